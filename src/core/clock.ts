@@ -1,0 +1,64 @@
+import { AbortedError } from './errors.js'
+
+/** An opaque timer handle returned by {@link Clock.setTimeout}. */
+export type TimerHandle = unknown
+
+/**
+ * The one source of time for every policy and worker. Library code never calls the global
+ * timers or `Date.now()` directly, so tests can inject a {@link ManualClock} (from
+ * `breakwater/testing`) or fake timers and drive time instead of sleeping.
+ */
+export interface Clock {
+  /** Milliseconds since the Unix epoch (wall clock, as `Date.now()`). */
+  now(): number
+  /** Calls `callback` once after `delayMs`. The timer must not keep the process alive. */
+  setTimeout(callback: () => void, delayMs: number): TimerHandle
+  /** Cancels a timer; a handle that already fired or was cleared is ignored. */
+  clearTimeout(handle: TimerHandle): void
+}
+
+/**
+ * The real clock. It looks the globals up at call time (not at import), so
+ * `vi.useFakeTimers()` and `@sinonjs/fake-timers` also drive code that uses it.
+ */
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout(callback, delayMs) {
+    const handle = globalThis.setTimeout(callback, delayMs)
+    // Pending policy timers (breaker cooldowns, backoff) must never hold a process open.
+    handle.unref?.()
+    return handle
+  },
+  clearTimeout(handle) {
+    globalThis.clearTimeout(handle as ReturnType<typeof globalThis.setTimeout>)
+  },
+}
+
+/**
+ * Waits `delayMs` on `clock`. Rejects with {@link AbortedError} (carrying the signal's reason)
+ * as soon as `signal` aborts, and clears the timer, so no sleep outlives its caller.
+ *
+ * @example
+ * ```ts
+ * import { sleep, systemClock } from 'breakwater'
+ * await sleep(systemClock, 100, AbortSignal.timeout(50)).catch(() => {})
+ * ```
+ */
+export function sleep(clock: Clock, delayMs: number, signal?: AbortSignal): Promise<void> {
+  if (signal?.aborted) return Promise.reject(new AbortedError(signal.reason))
+  if (delayMs <= 0 && signal === undefined) return Promise.resolve()
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = (): void => {
+      clock.clearTimeout(handle)
+      reject(new AbortedError(signal?.reason))
+    }
+    const handle = clock.setTimeout(
+      () => {
+        signal?.removeEventListener('abort', onAbort)
+        resolve()
+      },
+      Math.max(0, delayMs),
+    )
+    signal?.addEventListener('abort', onAbort, { once: true })
+  })
+}

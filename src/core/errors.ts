@@ -1,0 +1,84 @@
+import type { ErrorCode } from './error-codes.js'
+
+// A registry-wide symbol so the brand survives two copies of breakwater in one process
+// (duplicate installs), where `instanceof` would fail.
+const brand = Symbol.for('breakwater.error')
+
+/** Options shared by every breakwater error. */
+export interface BreakwaterErrorOptions {
+  /** The underlying error, if any. */
+  readonly cause?: unknown
+  /**
+   * Whether the failure is worth retrying. The shared classifier reads this.
+   * @default false
+   */
+  readonly retryable?: boolean
+}
+
+/**
+ * Base class of every error breakwater throws. Carries a stable string `code` (see
+ * `docs/errors.md`), a `retryable` hint used by the classifier, and the optional `cause`.
+ *
+ * @example
+ * ```ts
+ * import { BreakwaterError } from 'breakwater'
+ * try { await policy.execute(() => fetchThing()) }
+ * catch (error) { if (BreakwaterError.is(error) && error.code === 'BROKEN_CIRCUIT') useCache() }
+ * ```
+ */
+export class BreakwaterError extends Error {
+  /** The stable machine-readable code. */
+  readonly code: ErrorCode
+  /** Whether retrying may succeed. */
+  readonly retryable: boolean
+  readonly [brand] = true
+
+  constructor(code: ErrorCode, message: string, options: BreakwaterErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
+    this.code = code
+    this.retryable = options.retryable ?? false
+    this.name = new.target.name
+  }
+
+  /** True for any breakwater error, even one thrown by another copy of the package. */
+  static is(value: unknown): value is BreakwaterError {
+    return (
+      typeof value === 'object' &&
+      value !== null &&
+      (value as { [brand]?: unknown })[brand] === true
+    )
+  }
+}
+
+/** An option passed to a factory has a wrong type or value; thrown at construction. */
+export class InvalidOptionError extends BreakwaterError {
+  /** Dotted name of the option, e.g. `retry.maxAttempts`. */
+  readonly option: string
+  /** The value that was rejected. */
+  readonly value: unknown
+
+  constructor(option: string, expected: string, value: unknown) {
+    super('INVALID_OPTION', `${option}: expected ${expected}, got ${describeValue(value)}`)
+    this.option = option
+    this.value = value
+  }
+}
+
+/** The caller's AbortSignal fired. `cause` holds the signal's reason. */
+export class AbortedError extends BreakwaterError {
+  constructor(reason?: unknown) {
+    super('ABORTED', 'The operation was aborted by the caller', { cause: reason })
+  }
+}
+
+/** Renders a rejected value for an error message without dumping large objects. */
+export function describeValue(value: unknown): string {
+  if (typeof value === 'string')
+    return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value)
+  if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint')
+    return String(value)
+  if (value === undefined || value === null) return String(value)
+  if (typeof value === 'function') return 'a function'
+  if (Array.isArray(value)) return `an array of ${value.length}`
+  return 'an object'
+}

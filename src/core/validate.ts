@@ -1,0 +1,63 @@
+import { InvalidOptionError } from './errors.js'
+
+// Small validators for constructor options. They run once per factory call, never per
+// operation, so clarity beats speed here.
+
+/** Returns `value` if it is a finite number within [min, max], else throws naming `option`. */
+export function checkNumber(
+  option: string,
+  value: unknown,
+  min: number,
+  max = Number.POSITIVE_INFINITY,
+): number {
+  if (typeof value !== 'number' || Number.isNaN(value) || value < min || value > max) {
+    const range =
+      max === Number.POSITIVE_INFINITY ? `a number >= ${min}` : `a number in [${min}, ${max}]`
+    throw new InvalidOptionError(option, range, value)
+  }
+  return value
+}
+
+/** Returns `value` if it is an integer within [min, max], else throws naming `option`. */
+export function checkInteger(
+  option: string,
+  value: unknown,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    const range =
+      max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer in [${min}, ${max}]`
+    throw new InvalidOptionError(option, range, value)
+  }
+  return value
+}
+
+/** Returns `value` if it is one of `allowed`, else throws naming `option`. */
+export function checkOneOf<T extends string>(
+  option: string,
+  value: unknown,
+  allowed: readonly T[],
+): T {
+  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
+    throw new InvalidOptionError(option, `one of ${allowed.map((a) => `"${a}"`).join(', ')}`, value)
+  }
+  return value as T
+}
+
+/** Returns `value` if it is a function, else throws naming `option`. */
+export function checkFunction<T extends (...args: never[]) => unknown>(
+  option: string,
+  value: unknown,
+): T {
+  if (typeof value !== 'function') throw new InvalidOptionError(option, 'a function', value)
+  return value as T
+}
+
+/** Throws unless `value` is a plain object (or undefined when optional). */
+export function checkObject(option: string, value: unknown): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new InvalidOptionError(option, 'an object', value)
+  }
+  return value as Record<string, unknown>
+}

@@ -1,0 +1,120 @@
+import { BreakwaterError } from '../core/errors.js'
+
+/**
+ * How a failure should be treated:
+ * - `transient`: worth retrying and counts against the downstream's health (timeouts, refused or
+ *   reset connections, HTTP 408/429/502/503/504);
+ * - `permanent`: the request itself is wrong (other 4xx, validation, caller abort); never retried,
+ *   never held against the downstream;
+ * - `unknown`: anything else (a plain `Error` from user code). Not retried, because retrying
+ *   something we cannot classify may repeat a side effect, but counted by circuit breakers,
+ *   because a downstream that keeps throwing is unhealthy whatever the reason.
+ */
+export type FailureKind = 'transient' | 'permanent' | 'unknown'
+
+/** A classifier maps any thrown value to a {@link FailureKind}. Users may supply their own. */
+export type Classifier = (error: unknown) => FailureKind
+
+const transientCodes = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'ECONNABORTED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+  // undici's own codes for the same conditions
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+])
+
+/** True for the HTTP statuses the seed calls transient: 408, 429, 502, 503, 504. */
+export function isTransientStatus(status: number): boolean {
+  return status === 408 || status === 429 || status === 502 || status === 503 || status === 504
+}
+
+/**
+ * The shared classifier used by retry, circuit breaker, HTTP client and proxy.
+ *
+ * Reads, in order: breakwater errors (their `retryable` flag; caller aborts and invalid
+ * options are permanent), an HTTP `status`/`statusCode` property, a Node or undici error
+ * `code`, and fetch's `TypeError('fetch failed')` whose `cause` is classified in turn.
+ *
+ * @example
+ * ```ts
+ * import { classifyFailure } from 'breakwater'
+ * classifyFailure(Object.assign(new Error('refused'), { code: 'ECONNREFUSED' })) // 'transient'
+ * ```
+ */
+export function classifyFailure(error: unknown): FailureKind {
+  return classifyDepth(error, 0)
+}
+
+function classifyDepth(error: unknown, depth: number): FailureKind {
+  if (typeof error !== 'object' || error === null) return 'unknown'
+  if (BreakwaterError.is(error)) {
+    if (error.retryable) return 'transient'
+    if (error.code === 'HTTP_STATUS') return statusKind(error)
+    if (error.code === 'ABORTED' || error.code === 'INVALID_OPTION') return 'permanent'
+    return 'unknown'
+  }
+  const withStatus = statusKind(error)
+  if (withStatus !== 'unknown') return withStatus
+  const code = (error as { code?: unknown }).code
+  if (typeof code === 'string' && transientCodes.has(code)) return 'transient'
+  const name = (error as { name?: unknown }).name
+  if (name === 'TimeoutError') return 'transient'
+  if (name === 'AbortError') return 'permanent'
+  const cause = (error as { cause?: unknown }).cause
+  // fetch() reports every network failure as TypeError('fetch failed') with the real error as cause.
+  if (cause !== undefined && depth < 4) return classifyDepth(cause, depth + 1)
+  return 'unknown'
+}
+
+function statusKind(error: object): FailureKind {
+  const raw =
+    (error as { status?: unknown }).status ?? (error as { statusCode?: unknown }).statusCode
+  if (typeof raw !== 'number') return 'unknown'
+  if (isTransientStatus(raw)) return 'transient'
+  if (raw >= 400 && raw < 500) return 'permanent'
+  // Other 5xx (500, 501, ...) are server faults that are not known to be temporary.
+  return 'unknown'
+}
+
+/** True when {@link classifyFailure} says `transient`: the default `shouldRetry` of retry. */
+export function isTransientFailure(error: unknown): boolean {
+  return classifyFailure(error) === 'transient'
+}
+
+/**
+ * Reads a server-requested wait from an error: a numeric `retryAfterMs` property, or a
+ * `Retry-After` header (delta-seconds or HTTP-date) in a `headers` property (plain object,
+ * or anything with `get()` like `Headers`). Returns milliseconds from `nowMs`, or undefined.
+ */
+export function retryAfterMsOf(error: unknown, nowMs: number): number | undefined {
+  if (typeof error !== 'object' || error === null) return undefined
+  const direct = (error as { retryAfterMs?: unknown }).retryAfterMs
+  if (typeof direct === 'number' && direct >= 0) return direct
+  const headers = (error as { headers?: unknown }).headers
+  if (typeof headers !== 'object' || headers === null) return undefined
+  const value =
+    typeof (headers as { get?: unknown }).get === 'function'
+      ? (headers as { get(name: string): string | null }).get('retry-after')
+      : (headers as Record<string, unknown>)['retry-after']
+  return parseRetryAfter(Array.isArray(value) ? value[0] : value, nowMs)
+}
+
+/** Parses a `Retry-After` value (seconds or HTTP-date) into milliseconds from `nowMs`. */
+export function parseRetryAfter(value: unknown, nowMs: number): number | undefined {
+  if (typeof value !== 'string' || value.trim() === '') return undefined
+  const trimmed = value.trim()
+  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000
+  const at = Date.parse(trimmed)
+  if (Number.isNaN(at)) return undefined
+  return Math.max(0, at - nowMs)
+}

@@ -1,0 +1,47 @@
+import { type Channel, channel } from 'node:diagnostics_channel'
+
+/** Removes a listener added with {@link EventSource.on}. */
+export type Unsubscribe = () => void
+
+/**
+ * A minimal typed event source. Emitting costs one length check when nobody listens, which
+ * keeps the policies' hot path free of work nobody asked for.
+ */
+export class EventSource<T> {
+  #listeners: Array<(event: T) => void> = []
+
+  /** Adds a listener; returns a function that removes it. */
+  on(listener: (event: T) => void): Unsubscribe {
+    this.#listeners = [...this.#listeners, listener]
+    return () => {
+      this.#listeners = this.#listeners.filter((l) => l !== listener)
+    }
+  }
+
+  /** True when at least one listener is attached. */
+  get hasListeners(): boolean {
+    return this.#listeners.length > 0
+  }
+
+  /** Calls every listener; a listener that throws cannot break the policy that emitted. */
+  emit(event: T): void {
+    const listeners = this.#listeners
+    for (let i = 0; i < listeners.length; i++) {
+      try {
+        listeners[i]!(event)
+      } catch (error) {
+        queueMicrotask(() => {
+          throw error
+        })
+      }
+    }
+  }
+}
+
+/**
+ * The `node:diagnostics_channel` channel named `breakwater:<area>:<event>`, for tracers and
+ * APM agents that subscribe without touching user code. Publish only when `hasSubscribers`.
+ */
+export function diagnosticsChannel(area: string, event: string): Channel {
+  return channel(`breakwater:${area}:${event}`)
+}

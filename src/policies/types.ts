@@ -1,0 +1,35 @@
+/**
+ * What every policy hands to the function it runs.
+ */
+export interface PolicyContext {
+  /**
+   * Fires when this attempt should stop: the caller aborted, a timeout elapsed or the deadline
+   * passed. Pass it on to fetch, undici, pg or any API that accepts a signal.
+   */
+  readonly signal: AbortSignal
+  /** 1 for the first attempt, 2 for the first retry, and so on. */
+  readonly attempt: number
+}
+
+/** The function a policy runs. */
+export type PolicyFunction<T> = (context: PolicyContext) => PromiseLike<T> | T
+
+/**
+ * A resilience policy: runs a function with some protection around it. Policies compose with
+ * `pipeline()` (first = outermost).
+ */
+export interface Policy {
+  /**
+   * Runs `fn` under this policy.
+   * @param fn The work. It receives the signal to honour and the attempt number.
+   * @param signal The caller's signal; aborting it rejects with `AbortedError` promptly.
+   */
+  execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T>
+}
+
+// Shared by every call that has no caller signal, so a policy never allocates an
+// AbortController just to have something to hand down.
+const neverController = new AbortController()
+
+/** A signal that never aborts. */
+export const neverAbortedSignal: AbortSignal = neverController.signal

@@ -1,0 +1,101 @@
+import type { Clock, TimerHandle } from '../core/clock.js'
+
+interface PendingTimer {
+  readonly id: number
+  readonly at: number
+  readonly callback: () => void
+}
+
+/**
+ * A clock that only moves when a test moves it. Timers fire in time order (ties in creation
+ * order) during {@link ManualClock.advance}, and the promise jobs they start run before the
+ * next timer fires, so async code driven by it behaves as it would in real time.
+ *
+ * @example
+ * ```ts
+ * import { ManualClock } from 'breakwater/testing'
+ * const clock = new ManualClock()
+ * const fired: number[] = []
+ * clock.setTimeout(() => fired.push(clock.now()), 1_000)
+ * await clock.advance(1_000) // fired = [1000]
+ * ```
+ */
+export class ManualClock implements Clock {
+  #now: number
+  #nextId = 1
+  #timers: PendingTimer[] = []
+
+  /** @param startMs The initial value of `now()`. @default 0 */
+  constructor(startMs = 0) {
+    this.#now = startMs
+  }
+
+  now(): number {
+    return this.#now
+  }
+
+  setTimeout(callback: () => void, delayMs: number): TimerHandle {
+    const timer = { id: this.#nextId++, at: this.#now + Math.max(0, delayMs), callback }
+    this.#timers.push(timer)
+    return timer.id
+  }
+
+  clearTimeout(handle: TimerHandle): void {
+    const index = this.#timers.findIndex((t) => t.id === handle)
+    if (index >= 0) this.#timers.splice(index, 1)
+  }
+
+  /** Number of timers still waiting to fire. */
+  get pendingTimers(): number {
+    return this.#timers.length
+  }
+
+  /** The time at which the next timer fires, or undefined when none is pending. */
+  nextTimerAt(): number | undefined {
+    return this.#earliest()?.at
+  }
+
+  /**
+   * Moves time forward by `ms`, firing every timer that falls due on the way (including ones
+   * scheduled by the callbacks themselves) and letting promise jobs settle after each.
+   */
+  async advance(ms: number): Promise<void> {
+    const target = this.#now + ms
+    await flushJobs()
+    for (;;) {
+      const next = this.#earliest()
+      if (next === undefined || next.at > target) break
+      this.#timers.splice(this.#timers.indexOf(next), 1)
+      this.#now = Math.max(this.#now, next.at)
+      next.callback()
+      await flushJobs()
+    }
+    this.#now = target
+    await flushJobs()
+  }
+
+  /** Fires timers one after another until none is left (or `limit` have fired). */
+  async runAll(limit = 10_000): Promise<void> {
+    for (let i = 0; i < limit; i++) {
+      const next = this.#earliest()
+      if (next === undefined) return
+      await this.advance(next.at - this.#now)
+    }
+    throw new Error(
+      `ManualClock.runAll: more than ${limit} timers fired; is something rescheduling forever?`,
+    )
+  }
+
+  #earliest(): PendingTimer | undefined {
+    let best: PendingTimer | undefined
+    for (const t of this.#timers)
+      if (best === undefined || t.at < best.at || (t.at === best.at && t.id < best.id)) best = t
+    return best
+  }
+}
+
+/** Lets every queued promise job (and the jobs those queue) run. */
+export async function flushJobs(): Promise<void> {
+  // setImmediate runs after the whole microtask queue has drained, several rounds over.
+  for (let i = 0; i < 5; i++) await new Promise<void>((resolve) => setImmediate(resolve))
+}
