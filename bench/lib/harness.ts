@@ -1,0 +1,89 @@
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+/** One measured figure, in the format every benchmark writes. */
+export interface ResultRow {
+  subject: string
+  case: string
+  metric: string
+  value: number
+}
+
+const resultsDir = join(dirname(fileURLToPath(import.meta.url)), '..', 'results')
+
+/** Writes `bench/results/<name>.json` and prints the rows as aligned lines. */
+export function writeResults(benchmark: string, rows: ResultRow[]): string {
+  mkdirSync(resultsDir, { recursive: true })
+  const file = join(resultsDir, `${benchmark}.json`)
+  writeFileSync(file, `${JSON.stringify({ benchmark, rows }, null, 2)}\n`)
+  for (const row of rows) {
+    console.log(
+      `${benchmark}  ${row.subject.padEnd(14)} ${row.case.padEnd(28)} ${row.metric.padEnd(16)} ${formatValue(row.value)}`,
+    )
+  }
+  console.log(`wrote ${file}`)
+  return file
+}
+
+function formatValue(value: number): string {
+  return value >= 100 ? value.toFixed(0) : value.toPrecision(3)
+}
+
+/** A sequential async operation measured by {@link measureInterleaved}. */
+export interface AsyncCase {
+  subject: string
+  case: string
+  run: () => Promise<unknown>
+}
+
+/**
+ * Measures ns per sequential call for each case, interleaving the cases round by round so
+ * that machine noise (this machine is shared) hits them all alike; reports the median round.
+ */
+export async function measureInterleaved(
+  cases: AsyncCase[],
+  options: { rounds?: number; iterations?: number; warmup?: number } = {},
+): Promise<ResultRow[]> {
+  const rounds = options.rounds ?? 15
+  const iterations = options.iterations ?? 20_000
+  const warmup = options.warmup ?? 20_000
+  for (const c of cases) for (let i = 0; i < warmup; i++) await c.run()
+  const samples = cases.map(() => [] as number[])
+  for (let r = 0; r < rounds; r++) {
+    for (let ci = 0; ci < cases.length; ci++) {
+      const c = cases[ci]!
+      const start = process.hrtime.bigint()
+      for (let i = 0; i < iterations; i++) await c.run()
+      samples[ci]!.push(Number(process.hrtime.bigint() - start) / iterations)
+    }
+  }
+  return cases.map((c, ci) => ({
+    subject: c.subject,
+    case: c.case,
+    metric: 'ns_per_op',
+    value: median(samples[ci]!),
+  }))
+}
+
+/** The median of a non-empty list. */
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+
+/** The p-th percentile (0..100) of a non-empty list. */
+export function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))
+  return sorted[index]!
+}
+
+/** Forces a full collection; benchmarks run with --expose-gc. */
+export function collectGarbage(): void {
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (gc === undefined) throw new Error('run benchmarks with node --expose-gc (npm run bench does)')
+  gc()
+  gc()
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env node
+// The `breakwater` command. This file alone decides exit codes; every command is a thin layer
+// that parses its arguments and calls the library. Commands load lazily so that, say,
+// `breakwater migrate` never loads the demo's HTTP servers.
+import { BreakwaterError } from '../core/errors.js'
+
+/** A command's entry point: gets its own arguments, resolves to the exit code. */
+type Command = (args: string[]) => Promise<number>
+
+const commands: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  demo: {
+    summary: 'run the demo (`demo policies`: the resilience-policy scenarios)',
+    load: async () => (await import('./demo.js')).demoCommand,
+  },
+  migrate: {
+    summary: 'apply database migrations: migrate --db <url>',
+    load: async () => (await import('./migrate-entry.js')).migrateEntry,
+  },
+}
+
+function usage(): string {
+  const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
+  return `usage: breakwater <command> [options]\n\ncommands:\n${lines.join('\n')}\n`
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage())
+    return name === undefined ? 2 : 0
+  }
+  const command = commands[name]
+  if (command === undefined) {
+    process.stderr.write(`breakwater: unknown command "${name}"\n\n${usage()}`)
+    return 2
+  }
+  return (await command.load())(rest)
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2))
+} catch (error) {
+  // Option and config errors are the user's to fix: print the message, not a stack.
+  if (
+    BreakwaterError.is(error) &&
+    (error.code === 'INVALID_OPTION' || error.code === 'CONFIG_INVALID')
+  ) {
+    process.stderr.write(`breakwater: ${error.message}\n`)
+    process.exitCode = 2
+  } else {
+    process.stderr.write(
+      `breakwater: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    )
+    process.exitCode = 1
+  }
+}
