@@ -43,3 +43,54 @@ export class RetryBudgetExhaustedError extends BreakwaterError {
     super('RETRY_BUDGET_EXHAUSTED', 'Retry refused: the retry budget is exhausted', { cause })
   }
 }
+
+/**
+ * The circuit breaker is open, or half-open with every probe slot taken, and failed the call
+ * without running it (code `BROKEN_CIRCUIT`, not retryable: retrying at once would only be
+ * refused again; the retry policy passes it straight through).
+ */
+export class BrokenCircuitError extends BreakwaterError {
+  /** Milliseconds until the breaker lets a probe through (0 while half-open). */
+  readonly retryAfterMs: number
+
+  constructor(retryAfterMs: number) {
+    super('BROKEN_CIRCUIT', `The circuit is open; retry after ${retryAfterMs} ms`)
+    this.retryAfterMs = retryAfterMs
+  }
+}
+
+/**
+ * The circuit breaker was isolated by hand (`isolate()`) and fails every call until `reset()`
+ * (code `ISOLATED_CIRCUIT`, not retryable).
+ */
+export class IsolatedCircuitError extends BreakwaterError {
+  constructor() {
+    super('ISOLATED_CIRCUIT', 'The circuit was isolated by hand and fails every call')
+  }
+}
+
+/**
+ * The bulkhead refused a call (code `BULKHEAD_FULL`, not retryable): every slot and queue
+ * place was taken (`reason: 'full'`), or the call waited in the queue longer than
+ * `queueTimeoutMs` (`reason: 'queueTimeout'`).
+ */
+export class BulkheadRejectedError extends BreakwaterError {
+  /** Why the call was refused. */
+  readonly reason: 'full' | 'queueTimeout'
+  /** The bulkhead's `maxConcurrent`. */
+  readonly maxConcurrent: number
+  /** The bulkhead's `maxQueued`. */
+  readonly maxQueued: number
+
+  constructor(reason: 'full' | 'queueTimeout', maxConcurrent: number, maxQueued: number) {
+    super(
+      'BULKHEAD_FULL',
+      reason === 'full'
+        ? `The bulkhead is full (${maxConcurrent} running, ${maxQueued} queued)`
+        : 'The call waited in the bulkhead queue longer than its queue timeout',
+    )
+    this.reason = reason
+    this.maxConcurrent = maxConcurrent
+    this.maxQueued = maxQueued
+  }
+}
