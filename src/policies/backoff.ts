@@ -1,0 +1,158 @@
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkNumber, checkObject, checkOneOf } from '../core/validate.js'
+import type { RandomSource } from './random.js'
+
+/**
+ * How a backoff delay is randomised (see the AWS Architecture Blog, "Exponential Backoff And
+ * Jitter"). With `ceiling(n) = min(maxDelayMs, baseDelayMs * factor^n)` for retry `n` (0 for
+ * the first retry), the delay lies within:
+ * - `'full'`: `[0, ceiling(n)]`, uniformly. Spreads retries best; the default.
+ * - `'equal'`: `[ceiling(n) / 2, ceiling(n)]`: half fixed, half random.
+ * - `'decorrelated'`: `min(maxDelayMs, random(baseDelayMs, 3 * previousDelay))` with the
+ *   previous delay starting at `baseDelayMs`, so within
+ *   `[min(maxDelayMs, baseDelayMs), min(maxDelayMs, baseDelayMs * 3^(n + 1))]`. AWS's
+ *   multiplier 3 is part of the algorithm; `factor` does not apply.
+ * - `'none'`: exactly `ceiling(n)`.
+ */
+export type Jitter = 'full' | 'equal' | 'decorrelated' | 'none'
+
+const jitterKinds: readonly Jitter[] = ['full', 'equal', 'decorrelated', 'none']
+
+/** The largest delay a Node timer honours; longer ones would fire after 1 ms. */
+export const maxTimerDelayMs = 2_147_483_647
+
+/** Options of {@link exponentialBackoff} (and the backoff part of `retry()`). */
+export interface BackoffOptions {
+  /**
+   * The delay ceiling of the first retry, in milliseconds.
+   * @default 100
+   */
+  readonly baseDelayMs?: number
+  /**
+   * How much the ceiling grows per retry (>= 1).
+   * @default 2
+   */
+  readonly factor?: number
+  /**
+   * The cap on any delay, in milliseconds (>= baseDelayMs, at most 2^31 - 1).
+   * @default 30_000
+   */
+  readonly maxDelayMs?: number
+  /**
+   * How the delay is randomised; see {@link Jitter}.
+   * @default 'full'
+   */
+  readonly jitter?: Jitter
+  /**
+   * The random source, returning numbers in `[0, 1)`. Pass `seededRandom(seed)` for
+   * reproducible delays.
+   * @default Math.random
+   */
+  readonly random?: RandomSource
+}
+
+/** Computes backoff delays. Stateless, so one instance can serve any number of callers. */
+export interface Backoff {
+  /** The jitter kind in use. */
+  readonly jitter: Jitter
+  /**
+   * The delay before retry number `retry` (0 for the first retry), in milliseconds.
+   * @param previousDelayMs The delay this function returned for the previous retry; only
+   *   `'decorrelated'` jitter reads it. Omit it for the first retry.
+   */
+  delayMs(retry: number, previousDelayMs?: number): number
+  /** The deterministic ceiling `min(maxDelayMs, baseDelayMs * factor^retry)`. */
+  ceilingMs(retry: number): number
+}
+
+class ExponentialBackoff implements Backoff {
+  readonly jitter: Jitter
+  readonly #baseMs: number
+  readonly #factor: number
+  readonly #capMs: number
+  readonly #random: RandomSource
+
+  constructor(baseMs: number, factor: number, capMs: number, jitter: Jitter, random: RandomSource) {
+    this.#baseMs = baseMs
+    this.#factor = factor
+    this.#capMs = capMs
+    this.jitter = jitter
+    this.#random = random
+  }
+
+  ceilingMs(retry: number): number {
+    // factor^retry overflows to Infinity for large retry counts; min() then yields the cap.
+    return Math.min(this.#capMs, this.#baseMs * this.#factor ** Math.max(0, retry))
+  }
+
+  delayMs(retry: number, previousDelayMs?: number): number {
+    switch (this.jitter) {
+      case 'none':
+        return this.ceilingMs(retry)
+      case 'full':
+        return this.ceilingMs(retry) * this.#unit()
+      case 'equal': {
+        const half = this.ceilingMs(retry) / 2
+        return half + half * this.#unit()
+      }
+      case 'decorrelated': {
+        const base = this.#baseMs
+        const previous = Math.max(base, previousDelayMs ?? base)
+        return Math.min(this.#capMs, base + (previous * 3 - base) * this.#unit())
+      }
+    }
+  }
+
+  // Clamped (NaN to 0) so that a sloppy user-supplied source cannot push a delay out of bounds.
+  #unit(): number {
+    const r = this.#random()
+    return r > 0 ? Math.min(r, 1) : 0
+  }
+}
+
+/**
+ * Exponential backoff with jitter: delay ceilings of `baseDelayMs * factor^n` capped at
+ * `maxDelayMs`, randomised as {@link Jitter} describes (full jitter by default).
+ *
+ * @example
+ * ```ts
+ * import { exponentialBackoff, seededRandom } from 'breakwater'
+ * const backoff = exponentialBackoff({ jitter: 'none' })
+ * backoff.delayMs(0) // 100
+ * backoff.delayMs(3) // 800
+ * exponentialBackoff({ random: seededRandom(1) }).delayMs(2) // somewhere in [0, 400]
+ * ```
+ */
+export function exponentialBackoff(options: BackoffOptions = {}): Backoff {
+  return resolveBackoff('backoff', checkObject('backoff', options))
+}
+
+/** Validates backoff options (named `<prefix>.<option>` in errors) and builds the backoff. */
+export function resolveBackoff(prefix: string, options: BackoffOptions): Backoff {
+  const baseMs = checkNumber(
+    `${prefix}.baseDelayMs`,
+    options.baseDelayMs ?? 100,
+    0,
+    maxTimerDelayMs,
+  )
+  const factor = checkNumber(`${prefix}.factor`, options.factor ?? 2, 1, 1_000)
+  const capMs = checkNumber(
+    `${prefix}.maxDelayMs`,
+    options.maxDelayMs ?? Math.max(30_000, baseMs),
+    0,
+    maxTimerDelayMs,
+  )
+  if (capMs < baseMs) {
+    throw new InvalidOptionError(
+      `${prefix}.maxDelayMs`,
+      `a number >= baseDelayMs (${baseMs})`,
+      capMs,
+    )
+  }
+  const jitter = checkOneOf(`${prefix}.jitter`, options.jitter ?? 'full', jitterKinds)
+  const random =
+    options.random === undefined
+      ? Math.random
+      : checkFunction<RandomSource>(`${prefix}.random`, options.random)
+  return new ExponentialBackoff(baseMs, factor, capMs, jitter, random)
+}

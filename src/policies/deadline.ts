@@ -1,0 +1,314 @@
+import { AsyncLocalStorage } from 'node:async_hooks'
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkNumber, checkObject } from '../core/validate.js'
+import { DeadlineExceededError } from './errors.js'
+import { type TimerEntry, timerQueueFor } from './timer-queue.js'
+
+/**
+ * The end-to-end deadline of the current piece of work, as set by {@link withDeadline} or
+ * {@link adoptDeadline}. Retry and timeout policies read it to stop in time.
+ */
+export interface Deadline {
+  /** The absolute deadline, in milliseconds of the clock it was set with. */
+  readonly atMs: number
+  /**
+   * Aborts at the deadline (reason: a `DeadlineExceededError`) while the work that set the
+   * deadline is running. Created on first read, so a deadline nobody listens to costs no timer.
+   */
+  readonly signal: AbortSignal
+  /**
+   * Milliseconds left, never below 0.
+   * @param nowMs The current time; defaults to the deadline's clock.
+   */
+  remainingMs(nowMs?: number): number
+}
+
+/** Options of {@link withDeadline}. */
+export interface DeadlineOptions {
+  /**
+   * The clock the deadline is measured on.
+   * @default the enclosing deadline's clock, else systemClock
+   */
+  readonly clock?: Clock
+}
+
+class ScopedDeadline implements Deadline, TimerEntry {
+  readonly atMs: number
+  readonly clock: Clock
+  queueIndex = -1
+  #controller: AbortController | undefined
+  #active = true
+
+  constructor(atMs: number, clock: Clock) {
+    this.atMs = atMs
+    this.clock = clock
+  }
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController()
+      if (this.clock.now() >= this.atMs) this.fire()
+      else if (this.#active) timerQueueFor(this.clock).add(this)
+    }
+    return this.#controller.signal
+  }
+
+  remainingMs(nowMs: number = this.clock.now()): number {
+    return Math.max(0, this.atMs - nowMs)
+  }
+
+  fire(): void {
+    this.#controller?.abort(new DeadlineExceededError(this.atMs))
+  }
+
+  // The scope ended: its work is done, so the timer behind the signal is not needed any more.
+  close(): void {
+    this.#active = false
+    timerQueueFor(this.clock).remove(this)
+  }
+}
+
+const storage = new AsyncLocalStorage<ScopedDeadline>()
+
+/**
+ * The deadline of the current async context, or undefined when none was set.
+ *
+ * @example
+ * ```ts
+ * import { currentDeadline, withDeadline } from 'breakwater'
+ * await withDeadline(500, async () => {
+ *   const deadline = currentDeadline()
+ *   await fetch('https://example.com', { signal: deadline?.signal })
+ * })
+ * ```
+ */
+export function currentDeadline(): Deadline | undefined {
+  return storage.getStore()
+}
+
+/**
+ * Milliseconds left before the current deadline (never below 0), or undefined when there
+ * is no deadline.
+ * @param clock The clock to read now from; defaults to the deadline's own clock.
+ */
+export function remainingMs(clock?: Clock): number | undefined {
+  const deadline = storage.getStore()
+  if (deadline === undefined) return undefined
+  return deadline.remainingMs((clock ?? deadline.clock).now())
+}
+
+/**
+ * Runs `fn` with a deadline `ms` from now, visible to everything it calls (through
+ * `AsyncLocalStorage`) as {@link currentDeadline}. A nested call can only shorten the
+ * deadline, never extend it. The deadline is cooperative: it does not reject `fn` by itself;
+ * retry and timeout policies inside honour it, and its `signal` aborts when it passes.
+ *
+ * @param ms The budget in milliseconds (>= 0).
+ * @example
+ * ```ts
+ * import { retry, timeout, withDeadline } from 'breakwater'
+ * const perTry = timeout(200)
+ * const retrying = retry({ maxAttempts: 5 })
+ * // However many retries, the whole call takes at most one second.
+ * await withDeadline(1_000, () => retrying.execute(() => perTry.execute(() => fetch('https://example.com'))))
+ * ```
+ */
+export async function withDeadline<T>(
+  ms: number,
+  fn: () => PromiseLike<T> | T,
+  options: DeadlineOptions = {},
+): Promise<T> {
+  checkNumber('withDeadline.ms', ms, 0)
+  if (typeof fn !== 'function') throw new InvalidOptionError('withDeadline.fn', 'a function', fn)
+  const parent = storage.getStore()
+  checkObject('withDeadline.options', options)
+  const clock = options.clock ?? parent?.clock ?? systemClock
+  const atMs = clock.now() + ms
+  if (parent !== undefined && parent.atMs <= atMs) return await fn()
+  const deadline = new ScopedDeadline(atMs, clock)
+  try {
+    return await storage.run(deadline, fn)
+  } finally {
+    deadline.close()
+  }
+}
+
+/** The header that carries the remaining deadline budget, in whole milliseconds. */
+export const DEADLINE_HEADER = 'x-breakwater-deadline-ms'
+
+/** gRPC's deadline header, accepted on input: 1 to 8 digits and a unit (H M S m u n). */
+export const GRPC_TIMEOUT_HEADER = 'grpc-timeout'
+
+/**
+ * The value to send as {@link DEADLINE_HEADER} so the downstream adopts the remaining budget:
+ * whole milliseconds, rounded down. Undefined when there is no deadline.
+ *
+ * @example
+ * ```ts
+ * import { DEADLINE_HEADER, deadlineHeaderValue } from 'breakwater'
+ * const value = deadlineHeaderValue()
+ * const headers: Record<string, string> = value === undefined ? {} : { [DEADLINE_HEADER]: value }
+ * ```
+ */
+export function deadlineHeaderValue(clock?: Clock): string | undefined {
+  const left = remainingMs(clock)
+  return left === undefined ? undefined : String(Math.floor(left))
+}
+
+/**
+ * Request headers in any common shape: a fetch `Headers`, anything with `get(name)`, or
+ * Node's `IncomingHttpHeaders` (a plain object, usually with lower-case names).
+ */
+export type HeadersLike =
+  | { get(name: string): string | null | undefined }
+  | Readonly<Record<string, string | readonly string[] | undefined>>
+
+/** Options of {@link deadlineFromHeaders}. */
+export interface DeadlineFromHeadersOptions {
+  /**
+   * The largest budget to accept from a caller, in milliseconds: a client cannot make this
+   * server hold work longer than this.
+   * @default no cap
+   */
+  readonly maxMs?: number
+  /**
+   * The budget to use when the request carries no (valid) deadline header.
+   * @default undefined (no deadline)
+   */
+  readonly defaultMs?: number
+}
+
+/** Options of {@link adoptDeadline}. */
+export interface AdoptDeadlineOptions extends DeadlineFromHeadersOptions {
+  /**
+   * The clock the adopted deadline is measured on.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * Reads the caller's remaining budget from request headers: {@link DEADLINE_HEADER} first,
+ * then gRPC's `grpc-timeout` (e.g. `100m`, `2S`). Returns milliseconds (0 or less means already
+ * expired), capped by `maxMs`, or `defaultMs` (possibly undefined) when neither header is valid.
+ *
+ * @example
+ * ```ts
+ * import { deadlineFromHeaders } from 'breakwater'
+ * deadlineFromHeaders({ 'grpc-timeout': '2S' }) // 2000
+ * deadlineFromHeaders({ 'x-breakwater-deadline-ms': '90000' }, { maxMs: 30_000 }) // 30000
+ * ```
+ */
+export function deadlineFromHeaders(
+  headers: HeadersLike,
+  options: DeadlineFromHeadersOptions = {},
+): number | undefined {
+  checkObject('deadlineFromHeaders.options', options)
+  const maxMs =
+    options.maxMs === undefined
+      ? Number.POSITIVE_INFINITY
+      : checkNumber('deadlineFromHeaders.maxMs', options.maxMs, 0)
+  const defaultMs =
+    options.defaultMs === undefined
+      ? undefined
+      : checkNumber('deadlineFromHeaders.defaultMs', options.defaultMs, 0)
+  const ms =
+    parseDeadlineMs(headerOf(headers, DEADLINE_HEADER)) ??
+    parseGrpcTimeout(headerOf(headers, GRPC_TIMEOUT_HEADER)) ??
+    defaultMs
+  return ms === undefined ? undefined : Math.min(ms, maxMs)
+}
+
+/**
+ * Server side: runs `fn` within the budget the caller sent (see {@link deadlineFromHeaders}),
+ * so every policy and outbound call inside sees it. Rejects at once with
+ * `DeadlineExceededError`, without running `fn`, when the budget is already spent. Without a
+ * deadline header (and no `defaultMs`) `fn` runs without a deadline.
+ *
+ * @example
+ * ```ts
+ * import { createServer } from 'node:http'
+ * import { adoptDeadline } from 'breakwater'
+ * createServer((req, res) => {
+ *   adoptDeadline(req.headers, async () => 'done', { maxMs: 30_000 }).then(
+ *     (body) => res.end(body),
+ *     () => res.writeHead(504).end(),
+ *   )
+ * })
+ * ```
+ */
+export function adoptDeadline<T>(
+  headers: HeadersLike,
+  fn: () => PromiseLike<T> | T,
+  options: AdoptDeadlineOptions = {},
+): Promise<T> {
+  let ms: number | undefined
+  try {
+    ms = deadlineFromHeaders(headers, options)
+  } catch (error) {
+    return Promise.reject(error)
+  }
+  const clock = options.clock ?? systemClock
+  if (ms === undefined) return run(fn)
+  if (ms <= 0) return Promise.reject(new DeadlineExceededError(clock.now() + ms))
+  return withDeadline(ms, fn, { clock })
+}
+
+function headerOf(headers: HeadersLike, name: string): string | undefined {
+  if (typeof headers !== 'object' || headers === null) return undefined
+  if (typeof headers.get === 'function') {
+    return (headers as { get(name: string): string | null | undefined }).get(name) ?? undefined
+  }
+  const record = headers as Readonly<Record<string, unknown>>
+  let value = record[name]
+  if (value === undefined) {
+    // Plain objects built by hand may not use lower-case names.
+    for (const key of Object.keys(record)) {
+      if (key.toLowerCase() === name) {
+        value = record[key]
+        break
+      }
+    }
+  }
+  if (Array.isArray(value)) value = value[0]
+  return typeof value === 'string' ? value : undefined
+}
+
+function parseDeadlineMs(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined
+  const trimmed = value.trim()
+  return /^-?\d{1,15}$/.test(trimmed) ? Number(trimmed) : undefined
+}
+
+const grpcUnitMs: Readonly<Record<string, number>> = {
+  H: 3_600_000,
+  M: 60_000,
+  S: 1_000,
+  m: 1,
+  u: 0.001,
+  n: 0.000_001,
+}
+
+/**
+ * Parses a gRPC `grpc-timeout` value (1 to 8 digits and a unit: H hours, M minutes,
+ * S seconds, m milliseconds, u microseconds, n nanoseconds) into milliseconds.
+ * Returns undefined when the value is malformed.
+ *
+ * @example
+ * ```ts
+ * import { parseGrpcTimeout } from 'breakwater'
+ * parseGrpcTimeout('100m') // 100
+ * parseGrpcTimeout('2S') // 2000
+ * ```
+ */
+export function parseGrpcTimeout(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined
+  const match = /^(\d{1,8})([HMSmun])$/.exec(value.trim())
+  if (match === null) return undefined
+  return Number(match[1]) * grpcUnitMs[match[2]!]!
+}
+
+async function run<T>(fn: () => PromiseLike<T> | T): Promise<T> {
+  return await fn()
+}

@@ -1,0 +1,145 @@
+import { type Clock, systemClock } from '../core/clock.js'
+import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
+
+/**
+ * Limits retries to a share of the traffic, so that a struggling downstream is not hit by a
+ * retry storm (every caller multiplying its load by `maxAttempts`). Share one budget between
+ * every retry policy that calls the same downstream.
+ */
+export interface RetryBudget {
+  /** Records a first attempt; it deposits `ratio` tokens. */
+  recordRequest(): void
+  /** Takes one token for a retry; false (and nothing taken) when fewer than one is left. */
+  tryWithdraw(): boolean
+  /** Tokens available now (whole and fractional), never below 0. */
+  available(): number
+}
+
+/** Options of {@link createRetryBudget}. */
+export interface RetryBudgetOptions {
+  /**
+   * Tokens deposited per first attempt: retries allowed per request, on top of the floor.
+   * 0.2 lets retries add at most 20% to the load.
+   * @default 0.2
+   */
+  readonly ratio?: number
+  /**
+   * The floor: retries allowed per second even without traffic, so that a caller with few
+   * requests can still retry. Provides `minRetriesPerSecond * ttlMs / 1000` tokens per window.
+   * @default 10
+   */
+  readonly minRetriesPerSecond?: number
+  /**
+   * How long deposits (and withdrawals) count, in milliseconds.
+   * @default 10_000
+   */
+  readonly ttlMs?: number
+  /**
+   * The clock that ages deposits.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+// Deposits and withdrawals are kept in fixed point (1 token = 1000 units), as Finagle does,
+// so that five deposits of 0.2 make exactly one token.
+const unit = 1_000
+// The window is kept as this many slices; an amount expires when its slice leaves the window,
+// between (slices - 1) / slices and 1 times ttlMs after it was recorded.
+const slices = 10
+
+class TokenRetryBudget implements RetryBudget {
+  readonly #deposit: number
+  readonly #reserve: number
+  readonly #sliceMs: number
+  readonly #clock: Clock
+  readonly #amounts = new Array<number>(slices).fill(0)
+  #sum = 0
+  #slice: number
+
+  constructor(deposit: number, reserve: number, ttlMs: number, clock: Clock) {
+    this.#deposit = deposit
+    this.#reserve = reserve
+    this.#sliceMs = ttlMs / slices
+    this.#clock = clock
+    this.#slice = Math.floor(clock.now() / this.#sliceMs)
+  }
+
+  recordRequest(): void {
+    this.#add(this.#deposit)
+  }
+
+  tryWithdraw(): boolean {
+    if (this.#balance() < unit) return false
+    this.#add(-unit)
+    return true
+  }
+
+  available(): number {
+    return Math.max(0, this.#balance()) / unit
+  }
+
+  #balance(): number {
+    this.#expire()
+    return this.#reserve + this.#sum
+  }
+
+  #add(amount: number): void {
+    this.#expire()
+    this.#amounts[this.#slice % slices]! += amount
+    this.#sum += amount
+  }
+
+  // Drops the slices that left the window since the last call. A clock that moves back
+  // (wall-clock adjustments) leaves the window as it is.
+  #expire(): void {
+    const slice = Math.floor(this.#clock.now() / this.#sliceMs)
+    const passed = slice - this.#slice
+    if (passed <= 0) return
+    if (passed >= slices) {
+      this.#amounts.fill(0)
+      this.#sum = 0
+    } else {
+      for (let s = this.#slice + 1; s <= slice; s++) {
+        const index = s % slices
+        this.#sum -= this.#amounts[index]!
+        this.#amounts[index] = 0
+      }
+    }
+    this.#slice = slice
+  }
+}
+
+/**
+ * A retry budget as in Finagle's `RetryBudget` (and Envoy's retry budgets): every first
+ * attempt deposits `ratio` tokens, every retry withdraws one, deposits and withdrawals count
+ * for `ttlMs`, and a reserve of `minRetriesPerSecond * ttlMs / 1000` tokens is always added, so
+ * retries are limited to `ratio` of the traffic plus that floor. Pass it to `retry({ budget })`;
+ * when it is spent, retry fails with `RetryBudgetExhaustedError`.
+ *
+ * @example
+ * ```ts
+ * import { createRetryBudget, retry } from 'breakwater'
+ * const budget = createRetryBudget({ ratio: 0.1, minRetriesPerSecond: 5 })
+ * const toPayments = retry({ maxAttempts: 3, budget })
+ * const toLedger = retry({ maxAttempts: 5, budget }) // same downstream, same budget
+ * ```
+ */
+export function createRetryBudget(options: RetryBudgetOptions = {}): RetryBudget {
+  checkObject('retryBudget', options)
+  const ratio = checkNumber('retryBudget.ratio', options.ratio ?? 0.2, 0, 1_000)
+  const perSecond = checkNumber(
+    'retryBudget.minRetriesPerSecond',
+    options.minRetriesPerSecond ?? 10,
+    0,
+    1_000_000,
+  )
+  const ttlMs = checkInteger('retryBudget.ttlMs', options.ttlMs ?? 10_000, 10, 3_600_000)
+  const reserve = Math.round(perSecond * (ttlMs / 1_000) * unit)
+  return new TokenRetryBudget(
+    Math.round(ratio * unit),
+    reserve,
+    ttlMs,
+    options.clock ?? systemClock,
+  )
+}
