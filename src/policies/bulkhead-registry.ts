@@ -1,0 +1,74 @@
+import type { Clock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkObject } from '../core/validate.js'
+import { type Bulkhead, type BulkheadOptions, BulkheadPolicy } from './bulkhead.js'
+
+/** Options shared by every bulkhead of a {@link createBulkheads} registry. */
+export interface BulkheadRegistryOptions {
+  /**
+   * Time source for the queue timeouts of bulkheads that do not set their own.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** Named bulkheads, one per downstream or resource pool; see {@link createBulkheads}. */
+export interface BulkheadRegistry<K extends string = string> {
+  /** The bulkhead called `name`; throws `InvalidOptionError` for a name that was not defined. */
+  get(name: K): Bulkhead
+  /** True when a bulkhead called `name` exists (narrows a string read from config). */
+  has(name: string): name is K
+  /** The defined names, in definition order. */
+  readonly names: readonly K[]
+}
+
+/**
+ * Creates one bulkhead per entry, so each downstream gets its own compartment and a slow one
+ * cannot starve the others. Each bulkhead's `name` defaults to its key (for diagnostics and
+ * metrics). Definitions are validated at once, naming the bad entry (`bulkheads.C.maxQueued`).
+ *
+ * @example
+ * ```ts
+ * import { createBulkheads } from 'breakwater'
+ * const bulkheads = createBulkheads({
+ *   payments: { maxConcurrent: 30 },
+ *   search: { maxConcurrent: 10, maxQueued: 100, queueTimeoutMs: 250 },
+ * })
+ * await bulkheads.get('search').execute(() => fetch('http://search/?q=x'))
+ * ```
+ */
+export function createBulkheads<const K extends string>(
+  definitions: Readonly<Record<K, BulkheadOptions>>,
+  options: BulkheadRegistryOptions = {},
+): BulkheadRegistry<K> {
+  checkObject('bulkheads', definitions)
+  checkObject('bulkheads.options', options)
+  const byName = new Map<string, Bulkhead>()
+  for (const name of Object.keys(definitions) as K[]) {
+    checkObject(`bulkheads.${name}`, definitions[name])
+    const definition: BulkheadOptions = definitions[name]
+    const withDefaults: BulkheadOptions = {
+      ...definition,
+      name: definition.name ?? name,
+      ...(definition.clock === undefined && options.clock !== undefined
+        ? { clock: options.clock }
+        : {}),
+    }
+    byName.set(name, new BulkheadPolicy(withDefaults, `bulkheads.${name}`))
+  }
+  const names = Object.freeze([...byName.keys()] as K[])
+  return {
+    get(name: K): Bulkhead {
+      const found = byName.get(name)
+      if (found === undefined) {
+        const known = names.map((n) => `"${n}"`).join(', ')
+        throw new InvalidOptionError('bulkheads.get(name)', `one of ${known}`, name)
+      }
+      return found
+    },
+    has(name: string): name is K {
+      return byName.has(name)
+    },
+    names,
+  }
+}

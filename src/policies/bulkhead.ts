@@ -1,0 +1,250 @@
+import { type Counter, metrics } from '@opentelemetry/api'
+import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import { AbortedError, InvalidOptionError } from '../core/errors.js'
+import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import { BulkheadRejectedError } from './errors.js'
+import { diagnosticsChannel, EventSource } from './events.js'
+import { type ContextAwarePolicy, contextFor, executeInContext } from './pipeline.js'
+import { neverAbortedSignal, type PolicyContext, type PolicyFunction } from './types.js'
+
+/** What a bulkhead reports through its `events`. */
+export type BulkheadEvent =
+  | {
+      /** Every slot was taken; the call waits in the queue (`queued` includes it). */
+      readonly type: 'queued'
+      readonly queued: number
+    }
+  | {
+      /** The call was refused: no slot and no queue place, or the queue wait ran out. */
+      readonly type: 'rejected'
+      readonly reason: 'full' | 'queueTimeout'
+    }
+
+/** Options of {@link bulkhead}. */
+export interface BulkheadOptions {
+  /** How many calls may run at once. Required. */
+  readonly maxConcurrent: number
+  /**
+   * How many calls may wait for a slot; more are refused at once. 0 refuses every call that
+   * finds all slots taken.
+   * @default 0
+   */
+  readonly maxQueued?: number
+  /**
+   * How long a call may wait in the queue before it is refused with `BulkheadRejectedError`
+   * (`reason: 'queueTimeout'`). Waits as long as it takes when undefined.
+   * @default undefined
+   */
+  readonly queueTimeoutMs?: number
+  /**
+   * A label for diagnostics-channel messages and metric attributes.
+   * @default undefined (the registry sets the bulkhead's name)
+   */
+  readonly name?: string
+  /**
+   * Time source for the queue timeout.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** A bulkhead policy; see {@link bulkhead}. */
+export interface Bulkhead extends ContextAwarePolicy {
+  /** Calls holding a slot now (at most `maxConcurrent`). */
+  readonly running: number
+  /** Calls waiting for a slot now (at most `maxQueued`). */
+  readonly queued: number
+  /** The `name` option, if given. */
+  readonly name: string | undefined
+  /** Queueing and rejections; costs nothing while nobody listens. */
+  readonly events: EventSource<BulkheadEvent>
+}
+
+/**
+ * Creates a bulkhead: a limit on how many calls run at once, with an optional bounded FIFO
+ * queue, so one slow downstream cannot take every socket, connection or worker of the process.
+ *
+ * A call that finds every slot taken waits in the queue if there is room, else fails at once
+ * with `BulkheadRejectedError` (code `BULKHEAD_FULL`). A queued call leaves the queue as soon as
+ * its signal aborts (`AbortedError`) or its `queueTimeoutMs` runs out. A slot is held until the
+ * function's own promise settles, even if a hard timeout outside has already given up on it,
+ * so the limit counts the work really in flight. Queue operations are O(1) (a linked list);
+ * a call that finds a free slot allocates nothing beyond its promise.
+ *
+ * Publishes `breakwater:bulkhead:rejected` on `node:diagnostics_channel` and counts rejections
+ * in the OpenTelemetry counter `breakwater.bulkhead.rejections`.
+ *
+ * @example
+ * ```ts
+ * import { bulkhead } from 'breakwater'
+ * const search = bulkhead({ maxConcurrent: 10, maxQueued: 50, queueTimeoutMs: 200 })
+ * const hits = await search.execute(({ signal }) => fetch('http://search/?q=x', { signal }))
+ * ```
+ */
+export function bulkhead(options: BulkheadOptions): Bulkhead {
+  return new BulkheadPolicy(options, 'bulkhead')
+}
+
+const rejectedChannel = diagnosticsChannel('bulkhead', 'rejected')
+let rejectionCounter: Counter | undefined
+
+// A queued call. Nodes form a doubly linked list so that an abort or a queue timeout removes
+// its node in O(1) wherever it sits.
+interface Waiter {
+  resolve: () => void
+  reject: (error: unknown) => void
+  signal: AbortSignal | undefined
+  onAbort: (() => void) | undefined
+  timer: TimerHandle | undefined
+  prev: Waiter | undefined
+  next: Waiter | undefined
+}
+
+/** The bulkhead implementation; `prefix` names options in errors (registry entries differ). */
+export class BulkheadPolicy implements Bulkhead {
+  readonly events = new EventSource<BulkheadEvent>()
+  readonly name: string | undefined
+  readonly #maxConcurrent: number
+  readonly #maxQueued: number
+  readonly #queueTimeoutMs: number | undefined
+  readonly #clock: Clock
+  #running = 0
+  #queued = 0
+  #head: Waiter | undefined
+  #tail: Waiter | undefined
+
+  constructor(options: BulkheadOptions, prefix: string) {
+    checkObject(prefix, options)
+    this.#maxConcurrent = checkInteger(`${prefix}.maxConcurrent`, options.maxConcurrent, 1)
+    this.#maxQueued = checkInteger(`${prefix}.maxQueued`, options.maxQueued ?? 0, 0)
+    this.#queueTimeoutMs =
+      options.queueTimeoutMs === undefined
+        ? undefined
+        : checkNumber(`${prefix}.queueTimeoutMs`, options.queueTimeoutMs, 0)
+    const clock = options.clock ?? systemClock
+    if (typeof clock !== 'object' || clock === null || typeof clock.setTimeout !== 'function')
+      throw new InvalidOptionError(`${prefix}.clock`, 'a Clock', clock)
+    this.#clock = clock
+    if (options.name !== undefined && typeof options.name !== 'string')
+      throw new InvalidOptionError(`${prefix}.name`, 'a string', options.name)
+    this.name = options.name
+  }
+
+  get running(): number {
+    return this.#running
+  }
+
+  get queued(): number {
+    return this.#queued
+  }
+
+  execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    return this.#run(fn, contextFor(signal))
+  }
+
+  [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    return this.#run(fn, context)
+  }
+
+  async #run<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    const signal = context.signal
+    if (signal.aborted) throw new AbortedError(signal.reason)
+    if (this.#running < this.#maxConcurrent) {
+      this.#running++
+    } else if (this.#queued < this.#maxQueued) {
+      // Resolves once a finishing call has handed its slot over (running stays counted).
+      await this.#enqueue(signal)
+      if (signal.aborted) {
+        this.#release()
+        throw new AbortedError(signal.reason)
+      }
+    } else {
+      this.#rejected('full')
+      throw new BulkheadRejectedError('full', this.#maxConcurrent, this.#maxQueued)
+    }
+    try {
+      return await fn(context)
+    } finally {
+      this.#release()
+    }
+  }
+
+  // Frees a slot, or hands it straight to the oldest waiter so no newcomer can jump the queue.
+  #release(): void {
+    const waiter = this.#head
+    if (waiter === undefined) {
+      this.#running--
+      return
+    }
+    this.#unlink(waiter)
+    waiter.resolve()
+  }
+
+  #enqueue(signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve,
+        reject,
+        signal: undefined,
+        onAbort: undefined,
+        timer: undefined,
+        prev: this.#tail,
+        next: undefined,
+      }
+      if (this.#tail === undefined) this.#head = waiter
+      else this.#tail.next = waiter
+      this.#tail = waiter
+      this.#queued++
+      if (this.events.hasListeners) this.events.emit({ type: 'queued', queued: this.#queued })
+      if (this.#queueTimeoutMs !== undefined) {
+        waiter.timer = this.#clock.setTimeout(() => {
+          waiter.timer = undefined
+          this.#unlink(waiter)
+          this.#rejected('queueTimeout')
+          reject(new BulkheadRejectedError('queueTimeout', this.#maxConcurrent, this.#maxQueued))
+        }, this.#queueTimeoutMs)
+      }
+      // The shared never-aborting signal would collect listeners forever; it needs none.
+      if (signal !== neverAbortedSignal) {
+        const onAbort = (): void => {
+          this.#unlink(waiter)
+          reject(new AbortedError(signal.reason))
+        }
+        waiter.signal = signal
+        waiter.onAbort = onAbort
+        signal.addEventListener('abort', onAbort, { once: true })
+      }
+    })
+  }
+
+  // Takes a waiter out of the queue and drops its timer and abort listener.
+  #unlink(waiter: Waiter): void {
+    if (waiter.prev === undefined) this.#head = waiter.next
+    else waiter.prev.next = waiter.next
+    if (waiter.next === undefined) this.#tail = waiter.prev
+    else waiter.next.prev = waiter.prev
+    waiter.prev = undefined
+    waiter.next = undefined
+    this.#queued--
+    if (waiter.timer !== undefined) {
+      this.#clock.clearTimeout(waiter.timer)
+      waiter.timer = undefined
+    }
+    if (waiter.onAbort !== undefined) {
+      waiter.signal?.removeEventListener('abort', waiter.onAbort)
+      waiter.onAbort = undefined
+    }
+  }
+
+  #rejected(reason: 'full' | 'queueTimeout'): void {
+    if (this.events.hasListeners) this.events.emit({ type: 'rejected', reason })
+    if (rejectedChannel.hasSubscribers)
+      rejectedChannel.publish({ name: this.name, reason, bulkhead: this })
+    rejectionCounter ??= metrics
+      .getMeter('breakwater')
+      .createCounter('breakwater.bulkhead.rejections', {
+        description: 'Calls a bulkhead refused, by reason',
+      })
+    rejectionCounter.add(1, this.name === undefined ? { reason } : { reason, bulkhead: this.name })
+  }
+}

@@ -1,0 +1,393 @@
+import { type Counter, metrics } from '@opentelemetry/api'
+import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import {
+  type BreakerWindow,
+  type BreakerWindowOptions,
+  createBreakerWindow,
+} from './breaker-windows.js'
+import { classifyFailure } from './classify.js'
+import { BrokenCircuitError, IsolatedCircuitError } from './errors.js'
+import { diagnosticsChannel, EventSource } from './events.js'
+import { type ContextAwarePolicy, contextFor, executeInContext } from './pipeline.js'
+import type { PolicyContext, PolicyFunction } from './types.js'
+
+/**
+ * The state of a circuit breaker:
+ * - `closed`: calls run, and their outcomes feed the failure window;
+ * - `open`: calls fail fast with `BrokenCircuitError` until the cooldown ends;
+ * - `half-open`: up to `halfOpenProbes` trial calls run, every other call fails fast;
+ * - `isolated`: opened by hand with `isolate()`; calls fail with `IsolatedCircuitError` until
+ *   `reset()`.
+ */
+export type CircuitState = 'closed' | 'open' | 'half-open' | 'isolated'
+
+/** What a circuit breaker reports through its `events`. */
+export type CircuitBreakerEvent =
+  | {
+      readonly type: 'stateChange'
+      readonly from: CircuitState
+      readonly to: CircuitState
+    }
+  | {
+      /**
+       * The call returned, or threw an error that `isFailure` does not count (then `error` holds
+       * it: a client error proves the downstream answered).
+       */
+      readonly type: 'success'
+      readonly error?: unknown
+    }
+  | {
+      /** The call threw a counted error (`reason: 'error'`) or took `slowCallMs` or longer. */
+      readonly type: 'failure'
+      readonly reason: 'error' | 'slow'
+      readonly error: unknown
+    }
+  | {
+      /**
+       * The call's outcome says nothing about the downstream and was not recorded: the caller's
+       * own signal aborted it, or an inner bulkhead refused it.
+       */
+      readonly type: 'ignored'
+      readonly error: unknown
+    }
+  | {
+      /** The breaker failed a call fast without running it. */
+      readonly type: 'rejected'
+      readonly state: CircuitState
+      readonly retryAfterMs: number
+    }
+
+/** Options of {@link circuitBreaker}. */
+export interface CircuitBreakerOptions {
+  /**
+   * How failures are counted while the circuit is closed: `consecutive`, `count` (the last N
+   * calls) or `time` (the calls of the last N milliseconds).
+   * @default { kind: 'consecutive', failures: 5 }
+   */
+  readonly window?: BreakerWindowOptions
+  /**
+   * A call that returns but took at least this long counts as a failure: a downstream that
+   * answers slowly is as unhealthy as one that errors. Off when undefined.
+   * @default undefined
+   */
+  readonly slowCallMs?: number
+  /**
+   * Which errors count as failures. An error it rejects counts as a success (the downstream
+   * answered, the request was wrong), except when the caller's own signal aborted the call or
+   * an inner bulkhead refused it: those are not recorded at all.
+   * @default error => classifyFailure(error) !== 'permanent', and not BULKHEAD_FULL
+   */
+  readonly isFailure?: (error: unknown) => boolean
+  /**
+   * How long the circuit stays open before it lets probes through.
+   * @default 30_000
+   */
+  readonly cooldownMs?: number
+  /**
+   * Each failed probe multiplies the next cooldown by this, up to `maxCooldownMs`; closing the
+   * circuit restores `cooldownMs`. 1 keeps the cooldown fixed.
+   * @default 1
+   */
+  readonly cooldownMultiplier?: number
+  /**
+   * Upper bound of a growing cooldown.
+   * @default max(cooldownMs, 300_000)
+   */
+  readonly maxCooldownMs?: number
+  /**
+   * How many trial calls the half-open circuit admits. All must succeed to close it; one
+   * failure opens it again.
+   * @default 1
+   */
+  readonly halfOpenProbes?: number
+  /**
+   * A label for diagnostics-channel messages and metric attributes (e.g. the downstream).
+   * @default undefined
+   */
+  readonly name?: string
+  /**
+   * Time source for cooldowns and slow-call measurement.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** A circuit breaker policy; see {@link circuitBreaker}. */
+export interface CircuitBreaker extends ContextAwarePolicy {
+  /** The current state. */
+  readonly state: CircuitState
+  /** The `name` option, if given. */
+  readonly name: string | undefined
+  /** State changes and call outcomes; costs nothing while nobody listens. */
+  readonly events: EventSource<CircuitBreakerEvent>
+  /** Opens the circuit by hand until {@link CircuitBreaker.reset}: every call fails fast. */
+  isolate(): void
+  /** Closes the circuit, forgets the window and restores the base cooldown. */
+  reset(): void
+  /**
+   * Clears the cooldown timer. The breaker keeps working; an open circuit then moves to
+   * half-open on the first call after its cooldown instead of by timer.
+   */
+  dispose(): void
+}
+
+/**
+ * Creates a circuit breaker: it stops calling a downstream that keeps failing, so the
+ * downstream can recover and callers fail in microseconds instead of waiting on timeouts.
+ *
+ * Closed, it records outcomes in its window and opens when the window trips. Open, it fails
+ * every call with `BrokenCircuitError` (whose `retryAfterMs` is the cooldown left) without
+ * running it. A clock timer (which never keeps the process alive) moves it to half-open when
+ * the cooldown ends; there `halfOpenProbes` calls run as probes: all succeed and it closes with a
+ * fresh window, one fails and it opens again with the cooldown restarted (grown by
+ * `cooldownMultiplier`). A call that was admitted before the latest state change (including
+ * `reset()`) no longer counts: its outcome describes a downstream the breaker has stopped
+ * reasoning about.
+ *
+ * Publishes `breakwater:breaker:state-change` on `node:diagnostics_channel` and counts
+ * transitions in the OpenTelemetry counter `breakwater.breaker.transitions`.
+ *
+ * @example
+ * ```ts
+ * import { BreakwaterError, circuitBreaker } from 'breakwater'
+ * const breaker = circuitBreaker({
+ *   window: { kind: 'count', size: 20, failureRateThreshold: 0.5, minimumCalls: 10 },
+ *   cooldownMs: 10_000,
+ * })
+ * breaker.events.on((e) => { if (e.type === 'stateChange') console.log(`${e.from} -> ${e.to}`) })
+ * try {
+ *   await breaker.execute(({ signal }) => fetch('http://inventory/items', { signal }))
+ * } catch (error) {
+ *   if (BreakwaterError.is(error) && error.code === 'BROKEN_CIRCUIT') console.log('inventory is down')
+ * }
+ * ```
+ */
+export function circuitBreaker(options: CircuitBreakerOptions = {}): CircuitBreaker {
+  return new CircuitBreakerPolicy(options)
+}
+
+const stateChangeChannel = diagnosticsChannel('breaker', 'state-change')
+let transitionCounter: Counter | undefined
+
+// How a finished call counts: 'answered' = threw an error that is not a failure.
+type Outcome = 'success' | 'answered' | 'error' | 'slow' | 'ignored'
+
+/** The default `isFailure`. */
+function countsAsFailure(error: unknown): boolean {
+  // A full bulkhead inside the breaker is local load shedding, not the downstream's fault.
+  if (BreakwaterError.is(error) && error.code === 'BULKHEAD_FULL') return false
+  return classifyFailure(error) !== 'permanent'
+}
+
+class CircuitBreakerPolicy implements CircuitBreaker {
+  readonly events = new EventSource<CircuitBreakerEvent>()
+  readonly name: string | undefined
+  readonly #clock: Clock
+  readonly #window: BreakerWindow
+  readonly #windowTimed: boolean
+  readonly #isFailure: (error: unknown) => boolean
+  readonly #slowCallMs: number | undefined
+  readonly #baseCooldownMs: number
+  readonly #cooldownMultiplier: number
+  readonly #maxCooldownMs: number
+  readonly #halfOpenProbes: number
+  #state: CircuitState = 'closed'
+  // Bumped on every state change and reset; a call only counts in the epoch it was admitted in.
+  #epoch = 0
+  #cooldownMs: number
+  #openUntilMs = 0
+  #timer: TimerHandle | undefined
+  // Half-open bookkeeping: probes admitted (running or succeeded), and those that succeeded.
+  #probes = 0
+  #probeSuccesses = 0
+
+  constructor(options: CircuitBreakerOptions) {
+    checkObject('circuitBreaker', options)
+    const clock = options.clock ?? systemClock
+    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
+      throw new InvalidOptionError('circuitBreaker.clock', 'a Clock', clock)
+    this.#clock = clock
+    this.#window = createBreakerWindow(
+      options.window ?? { kind: 'consecutive', failures: 5 },
+      'circuitBreaker.window',
+      clock.now(),
+    )
+    this.#windowTimed = (options.window?.kind ?? 'consecutive') === 'time'
+    this.#isFailure =
+      options.isFailure === undefined
+        ? countsAsFailure
+        : checkFunction('circuitBreaker.isFailure', options.isFailure)
+    this.#slowCallMs =
+      options.slowCallMs === undefined
+        ? undefined
+        : checkNumber('circuitBreaker.slowCallMs', options.slowCallMs, 1)
+    this.#baseCooldownMs = checkNumber('circuitBreaker.cooldownMs', options.cooldownMs ?? 30_000, 0)
+    this.#cooldownMultiplier = checkNumber(
+      'circuitBreaker.cooldownMultiplier',
+      options.cooldownMultiplier ?? 1,
+      1,
+    )
+    this.#maxCooldownMs = checkNumber(
+      'circuitBreaker.maxCooldownMs',
+      options.maxCooldownMs ?? Math.max(this.#baseCooldownMs, 300_000),
+      this.#baseCooldownMs,
+    )
+    this.#halfOpenProbes = checkInteger(
+      'circuitBreaker.halfOpenProbes',
+      options.halfOpenProbes ?? 1,
+      1,
+    )
+    if (options.name !== undefined && typeof options.name !== 'string')
+      throw new InvalidOptionError('circuitBreaker.name', 'a string', options.name)
+    this.name = options.name
+    this.#cooldownMs = this.#baseCooldownMs
+  }
+
+  get state(): CircuitState {
+    return this.#state
+  }
+
+  execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    return this.#run(fn, contextFor(signal))
+  }
+
+  [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    return this.#run(fn, context)
+  }
+
+  isolate(): void {
+    if (this.#state !== 'isolated') this.#transition('isolated')
+  }
+
+  reset(): void {
+    this.#transition('closed')
+  }
+
+  dispose(): void {
+    this.#clearTimer()
+  }
+
+  async #run<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    const probe = this.#state === 'closed' ? false : this.#admit()
+    const signal = context.signal
+    if (signal.aborted) {
+      if (probe) this.#probes--
+      throw new AbortedError(signal.reason)
+    }
+    const epoch = this.#epoch
+    const startMs = this.#slowCallMs === undefined ? 0 : this.#clock.now()
+    let value: T
+    try {
+      value = await fn(context)
+    } catch (error) {
+      this.#onError(error, epoch, startMs, signal)
+      throw error
+    }
+    if (this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs)
+      this.#onOutcome(epoch, 'slow', undefined)
+    else this.#onOutcome(epoch, 'success', undefined)
+    return value
+  }
+
+  // Decides whether a call may run while the circuit is not closed; true = it is a probe.
+  #admit(): boolean {
+    if (this.#state === 'open' && this.#clock.now() >= this.#openUntilMs) {
+      // The cooldown timer is late or was disposed: move on without it.
+      this.#transition('half-open')
+    }
+    if (this.#state === 'half-open' && this.#probes < this.#halfOpenProbes) {
+      this.#probes++
+      return true
+    }
+    if (this.#state === 'isolated') {
+      if (this.events.hasListeners)
+        this.events.emit({ type: 'rejected', state: 'isolated', retryAfterMs: 0 })
+      throw new IsolatedCircuitError()
+    }
+    const retryAfterMs =
+      this.#state === 'open' ? Math.max(0, this.#openUntilMs - this.#clock.now()) : 0
+    if (this.events.hasListeners)
+      this.events.emit({ type: 'rejected', state: this.#state, retryAfterMs })
+    throw new BrokenCircuitError(retryAfterMs)
+  }
+
+  #onError(error: unknown, epoch: number, startMs: number, signal: AbortSignal): void {
+    let outcome: Outcome = 'answered'
+    if (this.#isFailure(error)) outcome = 'error'
+    else if (signal.aborted || (BreakwaterError.is(error) && error.code === 'BULKHEAD_FULL'))
+      outcome = 'ignored'
+    else if (this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs)
+      outcome = 'slow'
+    this.#onOutcome(epoch, outcome, error)
+  }
+
+  #onOutcome(epoch: number, outcome: Outcome, error: unknown): void {
+    if (this.events.hasListeners) this.#emitOutcome(outcome, error)
+    if (epoch !== this.#epoch) return
+    // Same epoch means same state as at admission: closed, or half-open for a probe.
+    const failed = outcome === 'error' || outcome === 'slow'
+    if (this.#state === 'closed') {
+      if (outcome === 'ignored') return
+      const now = this.#windowTimed ? this.#clock.now() : 0
+      if (this.#window.record(failed, now)) this.#transition('open')
+    } else if (this.#state === 'half-open') {
+      if (failed) this.#transition('open')
+      else if (outcome === 'ignored') this.#probes--
+      else if (++this.#probeSuccesses >= this.#halfOpenProbes) this.#transition('closed')
+    }
+  }
+
+  #emitOutcome(outcome: Outcome, error: unknown) {
+    if (outcome === 'success') this.events.emit({ type: 'success' })
+    else if (outcome === 'answered') this.events.emit({ type: 'success', error })
+    else if (outcome === 'ignored') this.events.emit({ type: 'ignored', error })
+    else this.events.emit({ type: 'failure', reason: outcome, error })
+  }
+
+  #transition(to: CircuitState): void {
+    const from = this.#state
+    this.#state = to
+    this.#epoch++
+    this.#clearTimer()
+    if (to === 'open') {
+      this.#cooldownMs =
+        from === 'half-open'
+          ? Math.min(this.#cooldownMs * this.#cooldownMultiplier, this.#maxCooldownMs)
+          : this.#baseCooldownMs
+      this.#openUntilMs = this.#clock.now() + this.#cooldownMs
+      const epoch = this.#epoch
+      this.#timer = this.#clock.setTimeout(() => {
+        this.#timer = undefined
+        if (this.#epoch === epoch) this.#transition('half-open')
+      }, this.#cooldownMs)
+    } else if (to === 'half-open') {
+      this.#probes = 0
+      this.#probeSuccesses = 0
+    } else if (to === 'closed') {
+      this.#window.reset(this.#clock.now())
+      this.#cooldownMs = this.#baseCooldownMs
+    }
+    if (from === to) return
+    if (this.events.hasListeners) this.events.emit({ type: 'stateChange', from, to })
+    if (stateChangeChannel.hasSubscribers)
+      stateChangeChannel.publish({ name: this.name, from, to, breaker: this })
+    transitionCounter ??= metrics
+      .getMeter('breakwater')
+      .createCounter('breakwater.breaker.transitions', {
+        description: 'Circuit breaker state changes, by from and to state',
+      })
+    transitionCounter.add(
+      1,
+      this.name === undefined ? { from, to } : { from, to, breaker: this.name },
+    )
+  }
+
+  #clearTimer(): void {
+    if (this.#timer !== undefined) {
+      this.#clock.clearTimeout(this.#timer)
+      this.#timer = undefined
+    }
+  }
+}

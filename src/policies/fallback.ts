@@ -1,0 +1,102 @@
+import { checkFunction, checkObject } from '../core/validate.js'
+import { EventSource } from './events.js'
+import { contextFor, executeInContext } from './pipeline.js'
+import type { PolicyContext, PolicyFunction } from './types.js'
+
+/** Computes the substitute answer from the error that made the call fail. */
+export type FallbackFunction<R> = (error: unknown, context: PolicyContext) => R | PromiseLike<R>
+
+/** What a fallback reports through its `events`. */
+export interface FallbackEvent {
+  /** The call failed and the substitute answer was used instead. */
+  readonly type: 'fallback'
+  /** The error that was replaced. */
+  readonly error: unknown
+}
+
+/** Options of {@link fallback}. */
+export interface FallbackOptions {
+  /**
+   * Which errors are replaced by the fallback; others are rethrown. Whatever it says, a call
+   * whose own signal was aborted is never replaced: the caller has stopped waiting, and a
+   * substitute answer would hide the cancellation from it.
+   * @default () => true
+   */
+  readonly shouldFallback?: (error: unknown) => boolean
+}
+
+/**
+ * A fallback policy: `execute` resolves to the function's value, or to the fallback's when the
+ * function fails. Its result type is therefore `T | R`, which is why it is not a plain
+ * `Policy`; `pipeline(fallback(...), ...)` keeps that type.
+ */
+export interface FallbackPolicy<R> {
+  /** Runs `fn`; on a failure `shouldFallback` accepts, resolves to the fallback instead. */
+  execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T | R>
+  /** Fallbacks taken; costs nothing while nobody listens. */
+  readonly events: EventSource<FallbackEvent>
+}
+
+/**
+ * Creates a fallback policy: when the call fails, answer with `valueOrFn` (a value, or a
+ * function of the error and context returning one) instead. Put it outermost, around the
+ * other policies, so it answers for an open circuit or a full bulkhead as well. A function
+ * value is always called; to fall back to a function itself, return it from a function.
+ *
+ * @example
+ * ```ts
+ * import { circuitBreaker, fallback, pipeline } from 'breakwater'
+ * const prices = pipeline(fallback([] as string[]), circuitBreaker())
+ * const list = await prices.execute(async () => ['a', 'b']) // string[]
+ * ```
+ */
+export function fallback<R>(
+  valueOrFn: R | FallbackFunction<R>,
+  options: FallbackOptions = {},
+): FallbackPolicy<R> {
+  checkObject('fallback', options)
+  const shouldFallback =
+    options.shouldFallback === undefined
+      ? undefined
+      : checkFunction<(error: unknown) => boolean>(
+          'fallback.shouldFallback',
+          options.shouldFallback,
+        )
+  return new FallbackPolicyImpl(valueOrFn, shouldFallback)
+}
+
+class FallbackPolicyImpl<R> implements FallbackPolicy<R> {
+  readonly events = new EventSource<FallbackEvent>()
+  readonly #valueOrFn: R | FallbackFunction<R>
+  readonly #shouldFallback: ((error: unknown) => boolean) | undefined
+
+  constructor(
+    valueOrFn: R | FallbackFunction<R>,
+    shouldFallback: ((error: unknown) => boolean) | undefined,
+  ) {
+    this.#valueOrFn = valueOrFn
+    this.#shouldFallback = shouldFallback
+  }
+
+  execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T | R> {
+    return this.#run(fn, contextFor(signal))
+  }
+
+  [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T | R> {
+    return this.#run(fn, context)
+  }
+
+  async #run<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T | R> {
+    try {
+      return await fn(context)
+    } catch (error) {
+      if (context.signal.aborted) throw error
+      if (this.#shouldFallback !== undefined && !this.#shouldFallback(error)) throw error
+      if (this.events.hasListeners) this.events.emit({ type: 'fallback', error })
+      const valueOrFn = this.#valueOrFn
+      return typeof valueOrFn === 'function'
+        ? await (valueOrFn as FallbackFunction<R>)(error, context)
+        : valueOrFn
+    }
+  }
+}

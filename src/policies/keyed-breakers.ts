@@ -1,0 +1,156 @@
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import type { CircuitBreaker } from './circuit-breaker.js'
+
+/** Options of {@link createKeyedBreakers}. */
+export interface KeyedBreakersOptions {
+  /** Builds the breaker for a key the first time it is asked for. Required. */
+  readonly create: (key: string) => CircuitBreaker
+  /**
+   * How many breakers are kept. When a new key would pass the bound, the least recently used
+   * closed breaker is dropped; breakers that are not closed are never dropped, so the count
+   * can exceed the bound while more than `maxKeys` circuits are open at once.
+   * @default 1000
+   */
+  readonly maxKeys?: number
+  /**
+   * A closed breaker not asked for during this long is dropped. An open, half-open or isolated
+   * one is kept (it carries the knowledge that the key is unhealthy) and checked again after
+   * another `idleMs`.
+   * @default 600_000
+   */
+  readonly idleMs?: number
+  /**
+   * Time source for idleness.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** A bounded set of circuit breakers by key; see {@link createKeyedBreakers}. */
+export interface KeyedBreakers {
+  /** The breaker for `key`, created on first use. */
+  get(key: string): CircuitBreaker
+  /** Drops (and disposes) the breaker for `key`; true when there was one. */
+  delete(key: string): boolean
+  /** Breakers currently kept. */
+  readonly size: number
+  /** Disposes every breaker and forgets them all. */
+  close(): void
+}
+
+interface Entry {
+  readonly breaker: CircuitBreaker
+  lastUsedMs: number
+}
+
+/**
+ * Keeps one circuit breaker per key (host, tenant, shard) so one bad downstream does not open
+ * the circuit for the healthy ones, with memory bounded by `maxKeys` (least recently used
+ * closed breakers go first) and idle closed breakers dropped after `idleMs`. Work is done in
+ * `get()`: O(1) amortised, no timer. A dropped breaker is disposed; a caller still holding it
+ * keeps a working but detached breaker.
+ *
+ * @example
+ * ```ts
+ * import { circuitBreaker, createKeyedBreakers } from 'breakwater'
+ * const breakers = createKeyedBreakers({ create: () => circuitBreaker({ cooldownMs: 5_000 }) })
+ * const url = new URL('http://10.0.0.7:8080/orders')
+ * await breakers.get(url.host).execute(({ signal }) => fetch(url, { signal }))
+ * ```
+ */
+export function createKeyedBreakers(options: KeyedBreakersOptions): KeyedBreakers {
+  return new KeyedBreakerSet(options)
+}
+
+class KeyedBreakerSet implements KeyedBreakers {
+  readonly #create: (key: string) => CircuitBreaker
+  readonly #maxKeys: number
+  readonly #idleMs: number
+  readonly #clock: Clock
+  // Map iteration order is insertion order; re-inserting on every use makes it LRU order.
+  readonly #entries = new Map<string, Entry>()
+  // The earliest time anything can need dropping; until then get() skips the sweep.
+  #nextSweepMs = Number.NEGATIVE_INFINITY
+
+  constructor(options: KeyedBreakersOptions) {
+    checkObject('keyedBreakers', options)
+    this.#create = checkFunction('keyedBreakers.create', options.create)
+    this.#maxKeys = checkInteger('keyedBreakers.maxKeys', options.maxKeys ?? 1000, 1)
+    this.#idleMs = checkNumber('keyedBreakers.idleMs', options.idleMs ?? 600_000, 1)
+    const clock = options.clock ?? systemClock
+    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
+      throw new InvalidOptionError('keyedBreakers.clock', 'a Clock', clock)
+    this.#clock = clock
+  }
+
+  get size(): number {
+    return this.#entries.size
+  }
+
+  get(key: string): CircuitBreaker {
+    const now = this.#clock.now()
+    const entries = this.#entries
+    let entry = entries.get(key)
+    if (entry !== undefined) {
+      entry.lastUsedMs = now
+      entries.delete(key)
+      entries.set(key, entry)
+    } else {
+      const breaker = this.#create(key)
+      if (typeof breaker !== 'object' || breaker === null || typeof breaker.execute !== 'function')
+        throw new InvalidOptionError(
+          'keyedBreakers.create',
+          'a function returning a CircuitBreaker',
+          breaker,
+        )
+      entry = { breaker, lastUsedMs: now }
+      entries.set(key, entry)
+      if (entries.size > this.#maxKeys) this.#nextSweepMs = now
+    }
+    if (now >= this.#nextSweepMs) this.#sweep(now, key)
+    return entry.breaker
+  }
+
+  delete(key: string): boolean {
+    const entry = this.#entries.get(key)
+    if (entry === undefined) return false
+    this.#entries.delete(key)
+    entry.breaker.dispose()
+    return true
+  }
+
+  close(): void {
+    for (const entry of this.#entries.values()) entry.breaker.dispose()
+    this.#entries.clear()
+  }
+
+  // Walks from the least recently used end while something is idle or the map is over its
+  // bound. A breaker that must be kept is moved to the newest end (as if used now), so each
+  // kept breaker costs one step per idle period and the walk ends after at most size steps.
+  #sweep(now: number, justUsed: string): void {
+    const entries = this.#entries
+    let budget = entries.size
+    this.#nextSweepMs = now + this.#idleMs
+    for (const [key, entry] of entries) {
+      if (key === justUsed) return
+      if (budget-- <= 0) {
+        this.#nextSweepMs = now
+        return
+      }
+      const over = entries.size > this.#maxKeys
+      const idle = now - entry.lastUsedMs >= this.#idleMs
+      if (!over && !idle) {
+        this.#nextSweepMs = entry.lastUsedMs + this.#idleMs
+        return
+      }
+      entries.delete(key)
+      if (entry.breaker.state === 'closed') entry.breaker.dispose()
+      else {
+        entry.lastUsedMs = now
+        entries.set(key, entry)
+      }
+    }
+  }
+}

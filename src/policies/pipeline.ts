@@ -1,0 +1,155 @@
+import { InvalidOptionError } from '../core/errors.js'
+import type { FallbackPolicy } from './fallback.js'
+import {
+  neverAbortedSignal,
+  type Policy,
+  type PolicyContext,
+  type PolicyFunction,
+} from './types.js'
+
+/**
+ * Key of an optional method, `[executeInContext](fn, context)`, through which a policy that
+ * does not change the context (circuit breaker, bulkhead, fallback, pipeline) receives its
+ * caller's context as is. `pipeline()` uses it to hand the outer retry's `attempt` down to the
+ * function and to skip building a context object per call. Internal: not exported from the
+ * package root. `Symbol.for` so that two installed copies still take the fast path.
+ */
+export const executeInContext: unique symbol = Symbol.for('breakwater.executeInContext')
+
+/** A policy that can run a function in a context it is given (see {@link executeInContext}). */
+export interface ContextAwarePolicy extends Policy {
+  /** Runs `fn` under this policy, handing it `context` unchanged. */
+  [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T>
+}
+
+/** The context of a call made without a signal; shared, so such calls allocate none. */
+export const rootContext: PolicyContext = Object.freeze({ signal: neverAbortedSignal, attempt: 1 })
+
+/** The context a policy hands to `fn` when called as `execute(fn, signal)`. */
+export function contextFor(signal: AbortSignal | undefined): PolicyContext {
+  return signal === undefined || signal === neverAbortedSignal
+    ? rootContext
+    : { signal, attempt: 1 }
+}
+
+/** A pipeline whose outermost policy is a `fallback()`: it resolves to `T | R`. */
+export interface FallbackPipeline<R> {
+  /** Runs `fn` through the pipeline; resolves to its value or the fallback's. */
+  execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T | R>
+}
+
+type Link = <T>(fn: PolicyFunction<T>, context: PolicyContext) => Promise<T>
+
+/**
+ * Composes policies into one: the first is the outermost, so
+ * `pipeline(a, b, c).execute(fn)` runs `a.execute(() => b.execute(() => c.execute(fn)))`.
+ * The chain is built once here; a call allocates one small closure per policy after the first
+ * and no arrays.
+ *
+ * The recommended order for calls to a downstream service is
+ * `pipeline(timeout(overallMs), retry(), circuitBreaker(), timeout(perTryMs), bulkhead())`:
+ * - `timeout(overallMs)` outermost bounds everything the caller waits for, backoff sleeps
+ *   included, and its signal aborts a retry's sleep;
+ * - `retry()` outside the breaker, so every attempt asks the breaker again, and an open
+ *   circuit's `BrokenCircuitError` (never retried) ends the retries at once;
+ * - `circuitBreaker()` outside the per-try timeout, so a timed-out attempt is counted as the
+ *   failure it is (a timeout outside the breaker would only abort, and an aborted call is
+ *   neutral for the breaker);
+ * - `timeout(perTryMs)` outside the bulkhead, so time spent queueing counts against the try;
+ *   the bulkhead still holds its slot until the function really settles, even after a hard
+ *   timeout gave up on it;
+ * - `bulkhead()` innermost, so it limits the calls actually in flight to the downstream;
+ *   its `BulkheadRejectedError` is local load shedding, neutral for the breaker and never
+ *   retried.
+ *
+ * A `fallback()` goes first of all, around the whole chain (it is then the pipeline's type).
+ *
+ * The function sees the `attempt` of the innermost policy that reports one above 1 (a retry
+ * that has retried), else the outer one: a timeout inside a retry does not reset it to 1.
+ *
+ * @example
+ * ```ts
+ * import { bulkhead, circuitBreaker, pipeline, retry, timeout } from 'breakwater'
+ * const payments = pipeline(
+ *   timeout(2_000),
+ *   retry({ maxAttempts: 3 }),
+ *   circuitBreaker({ window: { kind: 'count', size: 50, failureRateThreshold: 0.5 } }),
+ *   timeout(500),
+ *   bulkhead({ maxConcurrent: 20 }),
+ * )
+ * const receipt = await payments.execute(({ signal }) => fetch('http://payments/charge', { signal }))
+ * ```
+ */
+export function pipeline(...policies: readonly Policy[]): Policy
+/** A pipeline whose outermost policy is a fallback resolves to the fallback's type too. */
+export function pipeline<R>(
+  outer: FallbackPolicy<R>,
+  ...inner: readonly Policy[]
+): FallbackPipeline<R>
+export function pipeline(
+  ...policies: ReadonlyArray<Policy | FallbackPolicy<unknown>>
+): Policy & FallbackPipeline<unknown> {
+  for (let i = 0; i < policies.length; i++) {
+    const policy = policies[i] as { execute?: unknown } | null | undefined
+    if (typeof policy !== 'object' || policy === null || typeof policy.execute !== 'function')
+      throw new InvalidOptionError(`pipeline.policies[${i}]`, 'a policy', policy)
+  }
+  let head: Link = runDirectly
+  for (let i = policies.length - 1; i >= 0; i--) {
+    head = link(policies[i] as Policy, i === policies.length - 1 ? undefined : head)
+  }
+  return new Pipeline(head)
+}
+
+class Pipeline implements ContextAwarePolicy {
+  readonly #head: Link
+
+  constructor(head: Link) {
+    this.#head = head
+  }
+
+  execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    return this.#head(fn, contextFor(signal))
+  }
+
+  [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    return this.#head(fn, context)
+  }
+}
+
+async function runDirectly<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+  return fn(context)
+}
+
+function isContextAware(policy: Policy): policy is ContextAwarePolicy {
+  return typeof (policy as Partial<ContextAwarePolicy>)[executeInContext] === 'function'
+}
+
+// The context handed inward by a policy that builds its own (timeout, retry): its signal, and
+// the outer attempt unless the policy itself is on a later attempt.
+function merge(inner: PolicyContext, outer: PolicyContext): PolicyContext {
+  return inner.attempt !== 1 || outer.attempt === 1
+    ? inner
+    : { signal: inner.signal, attempt: outer.attempt }
+}
+
+function link(policy: Policy, next: Link | undefined): Link {
+  if (isContextAware(policy)) {
+    if (next === undefined) return (fn, context) => policy[executeInContext](fn, context)
+    return (fn, context) => policy[executeInContext]((inner) => next(fn, inner), context)
+  }
+  if (next === undefined) {
+    return (fn, context) =>
+      policy.execute(
+        context.attempt === 1 ? fn : (inner) => fn(merge(inner, context)),
+        signalOf(context),
+      )
+  }
+  return (fn, context) =>
+    policy.execute((inner) => next(fn, merge(inner, context)), signalOf(context))
+}
+
+// A policy given no signal can skip its abort handling; never-aborted is the same as none.
+function signalOf(context: PolicyContext): AbortSignal | undefined {
+  return context.signal === neverAbortedSignal ? undefined : context.signal
+}
