@@ -7,6 +7,23 @@ export type { ErrorCode } from './core/error-codes.js'
 export { errorCodes } from './core/error-codes.js'
 export type { BreakwaterErrorOptions } from './core/errors.js'
 export { AbortedError, BreakwaterError, InvalidOptionError } from './core/errors.js'
+export type {
+  BreakerWindowOptions,
+  ConsecutiveWindowOptions,
+  CountWindowOptions,
+  TimeWindowOptions,
+} from './policies/breaker-windows.js'
+export type { Bulkhead, BulkheadEvent, BulkheadOptions } from './policies/bulkhead.js'
+export { bulkhead } from './policies/bulkhead.js'
+export type { BulkheadRegistry, BulkheadRegistryOptions } from './policies/bulkhead-registry.js'
+export { createBulkheads } from './policies/bulkhead-registry.js'
+export type {
+  CircuitBreaker,
+  CircuitBreakerEvent,
+  CircuitBreakerOptions,
+  CircuitState,
+} from './policies/circuit-breaker.js'
+export { circuitBreaker } from './policies/circuit-breaker.js'
 export type { Classifier, FailureKind } from './policies/classify.js'
 export {
   classifyFailure,
@@ -15,7 +32,23 @@ export {
   parseRetryAfter,
   retryAfterMsOf,
 } from './policies/classify.js'
+export {
+  BrokenCircuitError,
+  BulkheadRejectedError,
+  IsolatedCircuitError,
+} from './policies/errors.js'
 export type { Unsubscribe } from './policies/events.js'
 export { EventSource } from './policies/events.js'
+export type {
+  FallbackEvent,
+  FallbackFunction,
+  FallbackOptions,
+  FallbackPolicy,
+} from './policies/fallback.js'
+export { fallback } from './policies/fallback.js'
+export type { KeyedBreakers, KeyedBreakersOptions } from './policies/keyed-breakers.js'
+export { createKeyedBreakers } from './policies/keyed-breakers.js'
+export type { FallbackPipeline } from './policies/pipeline.js'
+export { pipeline } from './policies/pipeline.js'
 export type { Policy, PolicyContext, PolicyFunction } from './policies/types.js'
 export { neverAbortedSignal } from './policies/types.js'
