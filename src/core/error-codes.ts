@@ -16,6 +16,20 @@ export const errorCodes = {
     'The bulkhead has no free slot and no free queue place (or the queue wait ran out).',
   RETRY_BUDGET_EXHAUSTED: "A retry was refused because the downstream's retry budget is spent.",
   HTTP_STATUS: 'A downstream answered with an HTTP status the caller treats as a failure.',
+  IDEMPOTENCY_KEY_MISSING:
+    'A request to a route that requires an Idempotency-Key came without one.',
+  IDEMPOTENCY_KEY_INVALID:
+    'An idempotency key is empty, longer than 255 characters, or uses a character outside the allowed set.',
+  IDEMPOTENCY_MISMATCH:
+    'An idempotency key was reused for a different request (method, route or body).',
+  IDEMPOTENCY_IN_PROGRESS:
+    'Another request or call holds the idempotency key and has not finished.',
+  DRIVER_MISSING: 'The database driver package (better-sqlite3 or pg) is not installed.',
+  STORE_CLOSED: 'A statement was sent to a database driver after close() was called.',
+  TRANSACTION_MISUSE:
+    'A transaction executor was used after its transaction ended, or a SQLite driver was called from inside its own transaction.',
+  MIGRATION_CONFLICT:
+    'An applied migration has a different name than the migration with the same capability and version in code.',
 } as const
 
 /** A stable, documented error code. */

@@ -2,7 +2,18 @@
  * The one way durable capabilities (idempotency, outbox, sagas, event store) touch a database.
  *
  * SQL is written with `$1, $2, ...` placeholders in both dialects; the SQLite adapter rewrites
- * them to `?` with a cached translation, so each statement is written once.
+ * them to `?` with a cached translation, so each statement is written once. A placeholder may
+ * appear more than once (`$1` twice binds the first value twice).
+ *
+ * Values that can be bound: numbers, strings, `null` (and `undefined`, sent as `null`), booleans
+ * (stored as 0/1 on SQLite), `Uint8Array`/`Buffer` and `bigint`. Timestamps are integer
+ * milliseconds since the epoch everywhere (`BIGINT` on PostgreSQL, `INTEGER` on SQLite).
+ *
+ * Values read back: `BIGINT` columns arrive as JS numbers from every executor breakwater
+ * creates (`openDatabase`, `fromPgClient`, `fromBetterSqlite`); values beyond 2^53 lose
+ * precision, so keep exact large integers in text. Booleans read back as `true`/`false` from a
+ * PostgreSQL `BOOLEAN` column and `0`/`1` from SQLite: compare truthily. Blobs read back as
+ * `Buffer`.
  */
 export interface SqlExecutor {
   /** Which SQL dialect this executor speaks, so capabilities can pick the right statement. */
@@ -16,13 +27,61 @@ export interface SqlExecutor {
 /** The SQL dialects breakwater speaks. */
 export type SqlDialect = 'sqlite' | 'postgres'
 
+/**
+ * The executor handed to {@link SqlDriver.transaction}'s callback. It is valid only until the
+ * callback settles; a statement sent through it later fails with `TRANSACTION_MISUSE`.
+ */
+export interface SqlTransaction extends SqlExecutor {
+  /**
+   * Runs `fn` inside a savepoint of this transaction: the savepoint is released when `fn`
+   * resolves and rolled back (leaving the outer transaction open and usable) when it throws.
+   * Savepoints nest. Do not run other statements on the outer `tx` while `fn` is running.
+   */
+  transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T>
+}
+
+/** A notification delivered by {@link SqlDriver.listen}. */
+export interface SqlNotification {
+  /** The channel it was sent on. */
+  readonly channel: string
+  /** The payload given to `pg_notify` (empty string when none, or when `reconnected`). */
+  readonly payload: string
+  /**
+   * True for the synthetic notification delivered after the listening connection was lost and
+   * re-established: notifications sent in between are lost, so a consumer should re-read its
+   * source once (as it would after a poll timeout).
+   */
+  readonly reconnected: boolean
+}
+
+/** Stops a {@link SqlDriver.listen} subscription. */
+export type Unlisten = () => Promise<void>
+
 /** A database connection (or pool) owned by breakwater. */
 export interface SqlDriver extends SqlExecutor {
   /**
    * Runs `fn` in one transaction: committed when `fn` resolves, rolled back when it throws.
-   * On SQLite the transaction is `BEGIN IMMEDIATE`, so writers queue instead of failing late.
+   *
+   * On SQLite the transaction is `BEGIN IMMEDIATE` (writers queue on the file lock instead of
+   * failing late) and no other statement of this driver runs while it is open. On PostgreSQL it
+   * runs on one pooled connection at the server's default isolation (READ COMMITTED; run `SET
+   * TRANSACTION ISOLATION LEVEL ...` as the first statement to change it).
+   *
+   * If COMMIT itself fails, that error is thrown as is and the outcome is ambiguous: the commit
+   * may or may not have happened (on PostgreSQL the connection can drop after the server
+   * committed). Callers that must know re-read what they wrote.
+   *
+   * Inside `fn`, use `tx`, never the driver itself: on SQLite that would wait for the open
+   * transaction forever, so it fails fast with `TRANSACTION_MISUSE`. Use `tx.transaction` for
+   * a nested unit (a savepoint).
    */
-  transaction<T>(fn: (tx: SqlExecutor) => Promise<T>): Promise<T>
-  /** Closes the connection or pool. */
+  transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T>
+  /**
+   * Subscribes to notifications on `channel` (PostgreSQL LISTEN on one dedicated connection per
+   * driver, re-established with backoff when it drops). Absent on SQLite, where consumers poll.
+   * Send with {@link notify} (inside a transaction, it is delivered on commit).
+   */
+  listen?(channel: string, onNotify: (notification: SqlNotification) => void): Promise<Unlisten>
+  /** Closes the connection or pool. Waits for a SQLite transaction in progress to finish. */
   close(): Promise<void>
 }

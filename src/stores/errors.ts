@@ -1,0 +1,92 @@
+import { BreakwaterError } from '../core/errors.js'
+
+/** The driver package a database URL needs (`better-sqlite3` or `pg`) is not installed. */
+export class DriverMissingError extends BreakwaterError {
+  /** The npm package to install. */
+  readonly driver: string
+
+  constructor(driver: string, cause: unknown) {
+    super(
+      'DRIVER_MISSING',
+      `The "${driver}" package is needed for this database but could not be loaded; install it with \`npm install ${driver}\``,
+      { cause },
+    )
+    this.driver = driver
+  }
+}
+
+/** A statement or transaction was sent to a driver after `close()`. */
+export class StoreClosedError extends BreakwaterError {
+  constructor(dialect: string) {
+    super('STORE_CLOSED', `The ${dialect} driver is closed`)
+  }
+}
+
+/**
+ * A transaction executor was used after its transaction ended, or a SQLite driver was called
+ * from inside its own open transaction (which would otherwise wait forever).
+ */
+export class TransactionMisuseError extends BreakwaterError {
+  constructor(message: string) {
+    super('TRANSACTION_MISUSE', message)
+  }
+}
+
+/** An applied migration's recorded name differs from the migration in code. */
+export class MigrationConflictError extends BreakwaterError {
+  /** The capability whose migrations conflict. */
+  readonly capability: string
+  /** The migration version. */
+  readonly version: number
+  /** The name recorded in `breakwater_migrations`. */
+  readonly appliedName: string
+  /** The name of the migration in code. */
+  readonly expectedName: string
+
+  constructor(capability: string, version: number, appliedName: string, expectedName: string) {
+    super(
+      'MIGRATION_CONFLICT',
+      `Migration ${capability} #${version} was applied as "${appliedName}" but the code now calls it "${expectedName}"; never edit an applied migration, add a new one`,
+    )
+    this.capability = capability
+    this.version = version
+    this.appliedName = appliedName
+    this.expectedName = expectedName
+  }
+}
+
+/** What kind of database failure an error is, across both dialects. */
+export type SqlErrorKind =
+  /** A UNIQUE or PRIMARY KEY constraint rejected the row. */
+  | 'unique-violation'
+  /** A serialization failure or deadlock (PostgreSQL 40001/40P01): retry the transaction. */
+  | 'serialization-failure'
+  /** The database was locked past the busy timeout (SQLite `SQLITE_BUSY`), or a lock timed out. */
+  | 'busy'
+  /** Anything else. */
+  | 'other'
+
+/**
+ * Classifies a driver error so capability code can react the same way on both dialects
+ * (better-sqlite3 error codes such as `SQLITE_CONSTRAINT_UNIQUE`, PostgreSQL SQLSTATEs).
+ *
+ * @example
+ * ```ts
+ * try { await db.execute('INSERT INTO t (id) VALUES ($1)', [id]) }
+ * catch (error) { if (sqlErrorKind(error) !== 'unique-violation') throw error }
+ * ```
+ */
+export function sqlErrorKind(error: unknown): SqlErrorKind {
+  const code = (error as { code?: unknown } | null)?.code
+  if (typeof code !== 'string') return 'other'
+  if (
+    code === '23505' ||
+    code === 'SQLITE_CONSTRAINT_UNIQUE' ||
+    code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+  )
+    return 'unique-violation'
+  if (code === '40001' || code === '40P01') return 'serialization-failure'
+  if (code === '55P03' || code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'))
+    return 'busy'
+  return 'other'
+}

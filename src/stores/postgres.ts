@@ -1,0 +1,529 @@
+import { createHash } from 'node:crypto'
+import { createRequire } from 'node:module'
+import { type Clock, sleep, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkInteger, checkObject } from '../core/validate.js'
+import { DriverMissingError, StoreClosedError } from './errors.js'
+import { LruCache } from './lru.js'
+import { redactUrl } from './redact.js'
+import { ScopedTransaction } from './scoped-transaction.js'
+import type { SqlDriver, SqlExecutor, SqlNotification, SqlTransaction, Unlisten } from './types.js'
+
+/** Options of {@link createPostgresDriver}. */
+export interface PostgresDriverOptions {
+  /** A `postgres://user:password@host:port/database` URL. */
+  readonly connectionString: string
+  /**
+   * The most connections the pool opens.
+   * @default 10
+   */
+  readonly maxConnections?: number
+  /**
+   * The server cancels any statement running longer than this (`statement_timeout`); 0 means
+   * no limit.
+   * @default 0
+   */
+  readonly statementTimeoutMs?: number
+  /**
+   * The server ends a session that sits idle inside an open transaction this long
+   * (`idle_in_transaction_session_timeout`), releasing its locks; 0 means no limit.
+   * @default 0
+   */
+  readonly idleInTransactionTimeoutMs?: number
+  /**
+   * How long to wait for a new connection (and for a free one when the pool is full).
+   * @default 10000
+   */
+  readonly connectionTimeoutMs?: number
+  /**
+   * How long an unused pooled connection stays open.
+   * @default 10000
+   */
+  readonly idleTimeoutMs?: number
+  /**
+   * Shown in `pg_stat_activity.application_name`.
+   * @default 'breakwater'
+   */
+  readonly applicationName?: string
+  /**
+   * First delay before re-establishing a lost LISTEN connection after the immediate retry
+   * failed; doubles per failure (with jitter) up to `listenRetryMaxMs`.
+   * @default 100
+   */
+  readonly listenRetryBaseMs?: number
+  /**
+   * Longest delay between attempts to re-establish the LISTEN connection.
+   * @default 5000
+   */
+  readonly listenRetryMaxMs?: number
+  /**
+   * Time source for the LISTEN reconnect backoff.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+// Minimal structural views of pg, so this module's public types never require @types/pg.
+interface PgQueryConfig {
+  text: string
+  values?: unknown[]
+  name?: string
+  types?: PgTypes
+}
+interface PgResult {
+  rows: unknown[]
+  rowCount: number | null
+}
+/** Something with pg's `query(config)`: a pg `Client`, `PoolClient` or `Pool`. */
+export interface PgQueryable {
+  /** Runs one statement (pg's query-config form). */
+  query(config: PgQueryConfig): Promise<PgResult>
+}
+interface PgTypes {
+  getTypeParser(oid: number, format?: string): unknown
+}
+interface PgClient extends PgQueryable {
+  query(config: PgQueryConfig | string): Promise<PgResult>
+  connect(): Promise<void>
+  end(): Promise<void>
+  on(event: 'error', listener: (error: Error) => void): unknown
+  on(event: 'end', listener: () => void): unknown
+  on(
+    event: 'notification',
+    listener: (message: { channel: string; payload?: string | undefined }) => void,
+  ): unknown
+}
+interface PgPoolClient extends PgClient {
+  release(error?: Error | boolean): void
+}
+interface PgPool extends PgQueryable {
+  connect(): Promise<PgPoolClient>
+  end(): Promise<void>
+  on(event: 'error', listener: (error: Error) => void): unknown
+}
+interface PgModule {
+  Pool: new (config: Record<string, unknown>) => PgPool
+  Client: new (config: Record<string, unknown>) => PgClient
+  types: PgTypes
+}
+
+const INT8_OID = 20
+const INT8_ARRAY_OID = 1016
+
+/**
+ * Type parsers for one pool: `BIGINT` (int8) arrives as a JS number, since breakwater stores
+ * millisecond timestamps and positions there. It is passed per pool (or per query), never set on
+ * pg's global registry, so the application's own pg usage is untouched.
+ */
+function breakwaterTypes(base: PgTypes): PgTypes {
+  const int8Array = base.getTypeParser(INT8_ARRAY_OID, 'text') as (value: string) => unknown[]
+  const parseInt8Array = (value: string): unknown =>
+    int8Array(value).map((item) => (item === null ? null : Number(item)))
+  return {
+    getTypeParser(oid: number, format?: string): unknown {
+      if (format !== 'binary') {
+        if (oid === INT8_OID) return Number
+        if (oid === INT8_ARRAY_OID) return parseInt8Array
+      }
+      return base.getTypeParser(oid, format)
+    },
+  }
+}
+
+async function loadPg(): Promise<PgModule> {
+  try {
+    const module = (await import('pg')) as unknown as { default?: PgModule } & PgModule
+    return module.default ?? module
+  } catch (error) {
+    throw new DriverMissingError('pg', error)
+  }
+}
+
+let syncTypes: PgTypes | undefined
+// fromPgClient is synchronous (it wraps a client the caller already holds, so pg is installed);
+// it only needs pg's default type parsers, loaded once here.
+function typesForWrappedClients(): PgTypes {
+  if (syncTypes === undefined) {
+    let pg: PgModule
+    try {
+      pg = createRequire(import.meta.url)('pg') as PgModule
+    } catch (error) {
+      throw new DriverMissingError('pg', error)
+    }
+    syncTypes = breakwaterTypes(pg.types)
+  }
+  return syncTypes
+}
+
+// Statement names are a hash of the SQL text, so a statement is parsed once per connection and
+// the name never needs coordinating between pools. Only the text-to-name mapping is cached.
+const statementNames = new LruCache<string, string>(1000)
+
+function statementName(sql: string): string {
+  let name = statementNames.get(sql)
+  if (name === undefined) {
+    name = `bw_${createHash('sha1').update(sql).digest('hex').slice(0, 30)}`
+    statementNames.set(sql, name)
+  }
+  return name
+}
+
+const emptyParams: readonly unknown[] = []
+
+function queryConfig(
+  sql: string,
+  params: readonly unknown[],
+  types: PgTypes | undefined,
+): PgQueryConfig {
+  // Statements without parameters go through the simple protocol: nothing to bind, and it
+  // accepts several statements in one string.
+  const config: PgQueryConfig =
+    params.length === 0
+      ? { text: sql }
+      : { text: sql, values: params as unknown[], name: statementName(sql) }
+  if (types !== undefined) config.types = types
+  return config
+}
+
+function executorOf(target: PgQueryable, types?: PgTypes): SqlExecutor {
+  return {
+    dialect: 'postgres',
+    query: async <R>(sql: string, params: readonly unknown[] = emptyParams) =>
+      (await target.query(queryConfig(sql, params, types))).rows as R[],
+    execute: async (sql: string, params: readonly unknown[] = emptyParams) => ({
+      rowCount: (await target.query(queryConfig(sql, params, types))).rowCount ?? 0,
+    }),
+  }
+}
+
+/**
+ * Wraps a pg client the application holds inside its own `BEGIN` as a {@link SqlExecutor}, so
+ * breakwater's rows commit (or roll back) with the business write. Works with a `PoolClient`
+ * from `pool.connect()` or a `Client`; never pass a `Pool` for transactional work (each query
+ * may run on another connection). BIGINT columns read through it arrive as numbers, whatever
+ * the client's own type parsers do.
+ *
+ * @example
+ * ```ts
+ * const client = await pool.connect()
+ * try {
+ *   await client.query('BEGIN')
+ *   await client.query('INSERT INTO orders (id) VALUES ($1)', ['o1'])
+ *   await outbox.enqueue(fromPgClient(client), event)
+ *   await client.query('COMMIT')
+ * } catch (error) { await client.query('ROLLBACK'); throw error } finally { client.release() }
+ * ```
+ */
+export function fromPgClient(client: PgQueryable): SqlExecutor {
+  return executorOf(client, typesForWrappedClients())
+}
+
+/**
+ * Sends a notification on `channel` through any PostgreSQL executor (`pg_notify`). Inside a
+ * transaction it is delivered when the transaction commits, and not at all if it rolls back,
+ * which is what wakes a relay exactly when there is something to read. On SQLite it does
+ * nothing: SQLite consumers poll.
+ */
+export async function notify(executor: SqlExecutor, channel: string, payload = ''): Promise<void> {
+  if (executor.dialect !== 'postgres') return
+  await executor.query('SELECT pg_notify($1, $2)', [channel, payload])
+}
+
+function quoteIdentifier(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`
+}
+
+type NotificationHandler = (notification: SqlNotification) => void
+
+/**
+ * One dedicated connection per driver for LISTEN (a pooled connection would be handed to other
+ * work and lose its subscriptions). When it drops, it is re-established (first at once, then
+ * with growing jittered delays) and every channel is listened to again; handlers then get one
+ * `reconnected` notification because anything sent in between was lost.
+ */
+class PgListener {
+  readonly #createClient: () => PgClient
+  readonly #clock: Clock
+  readonly #baseMs: number
+  readonly #maxMs: number
+  readonly #handlers = new Map<string, Set<NotificationHandler>>()
+  #client: PgClient | undefined
+  #connecting: Promise<PgClient> | undefined
+  #closed = false
+  readonly #stop = new AbortController()
+
+  constructor(createClient: () => PgClient, clock: Clock, baseMs: number, maxMs: number) {
+    this.#createClient = createClient
+    this.#clock = clock
+    this.#baseMs = baseMs
+    this.#maxMs = maxMs
+  }
+
+  async listen(channel: string, handler: NotificationHandler): Promise<Unlisten> {
+    if (this.#closed) throw new StoreClosedError('postgres')
+    let handlers = this.#handlers.get(channel)
+    const first = handlers === undefined
+    if (handlers === undefined) {
+      handlers = new Set()
+      this.#handlers.set(channel, handlers)
+    }
+    handlers.add(handler)
+    try {
+      const client = await this.#connected()
+      if (first) await client.query(`LISTEN ${quoteIdentifier(channel)}`)
+    } catch (error) {
+      this.#remove(channel, handler)
+      throw error
+    }
+    return async () => {
+      if (this.#remove(channel, handler) && this.#client !== undefined) {
+        await this.#client.query(`UNLISTEN ${quoteIdentifier(channel)}`).catch(() => {})
+      }
+    }
+  }
+
+  // Returns true when the channel has no handler left.
+  #remove(channel: string, handler: NotificationHandler): boolean {
+    const handlers = this.#handlers.get(channel)
+    if (handlers === undefined) return false
+    handlers.delete(handler)
+    if (handlers.size > 0) return false
+    this.#handlers.delete(channel)
+    return true
+  }
+
+  #connected(): Promise<PgClient> {
+    if (this.#client !== undefined) return Promise.resolve(this.#client)
+    this.#connecting ??= this.#connect().finally(() => {
+      this.#connecting = undefined
+    })
+    return this.#connecting
+  }
+
+  async #connect(): Promise<PgClient> {
+    const client = this.#createClient()
+    let lost = false
+    const onLost = (): void => {
+      if (lost) return
+      lost = true
+      if (this.#client === client) this.#client = undefined
+      client.end().catch(() => {})
+      if (!this.#closed) void this.#reconnect()
+    }
+    // An unhandled 'error' on a pg client would crash the process; a lost connection is
+    // expected here and repaired by reconnecting.
+    client.on('error', onLost)
+    client.on('end', onLost)
+    client.on('notification', (message) => {
+      this.#dispatch(message.channel, message.payload ?? '', false)
+    })
+    try {
+      await client.connect()
+      for (const channel of this.#handlers.keys()) {
+        await client.query(`LISTEN ${quoteIdentifier(channel)}`)
+      }
+    } catch (error) {
+      lost = true
+      client.end().catch(() => {})
+      throw error
+    }
+    if (this.#closed) {
+      lost = true
+      await client.end().catch(() => {})
+      throw new StoreClosedError('postgres')
+    }
+    this.#client = client
+    return client
+  }
+
+  async #reconnect(): Promise<void> {
+    for (let attempt = 0; !this.#closed; attempt++) {
+      if (attempt > 0) {
+        const ceiling = Math.min(this.#maxMs, this.#baseMs * 2 ** (attempt - 1))
+        try {
+          await sleep(this.#clock, ceiling / 2 + (Math.random() * ceiling) / 2, this.#stop.signal)
+        } catch {
+          return
+        }
+      }
+      try {
+        await this.#connected()
+      } catch {
+        continue
+      }
+      for (const channel of [...this.#handlers.keys()]) this.#dispatch(channel, '', true)
+      return
+    }
+  }
+
+  #dispatch(channel: string, payload: string, reconnected: boolean): void {
+    const handlers = this.#handlers.get(channel)
+    if (handlers === undefined) return
+    for (const handler of [...handlers]) {
+      try {
+        handler({ channel, payload, reconnected })
+      } catch {
+        // A handler's failure must not stop delivery to the others or kill the connection.
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    this.#stop.abort()
+    this.#handlers.clear()
+    const client = this.#client ?? (await this.#connecting?.catch(() => undefined))
+    this.#client = undefined
+    await client?.end().catch(() => {})
+  }
+}
+
+/**
+ * A PostgreSQL database through a pg `Pool`. Statements with parameters are prepared once per
+ * connection (named by a hash of their text); BIGINT arrives as a JS number.
+ */
+export class PostgresDriver implements SqlDriver {
+  readonly dialect = 'postgres' as const
+  readonly #pool: PgPool
+  readonly #direct: SqlExecutor
+  readonly #listener: PgListener
+  #closed = false
+
+  /** @internal Use {@link createPostgresDriver}. */
+  constructor(pool: PgPool, listener: PgListener) {
+    this.#pool = pool
+    this.#direct = executorOf(pool)
+    this.#listener = listener
+  }
+
+  query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
+    if (this.#closed) return Promise.reject(new StoreClosedError('postgres'))
+    return this.#direct.query<R>(sql, params)
+  }
+
+  execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    if (this.#closed) return Promise.reject(new StoreClosedError('postgres'))
+    return this.#direct.execute(sql, params)
+  }
+
+  async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    if (this.#closed) throw new StoreClosedError('postgres')
+    const client = await this.#pool.connect()
+    try {
+      await client.query('BEGIN')
+    } catch (error) {
+      client.release(asError(error))
+      throw error
+    }
+    const tx = new ScopedTransaction(executorOf(client))
+    let result: T
+    try {
+      result = await fn(tx)
+    } catch (error) {
+      tx.end()
+      try {
+        await client.query('ROLLBACK')
+        client.release()
+      } catch (rollbackError) {
+        // The connection's state is unknown: destroy it rather than return it to the pool.
+        client.release(asError(rollbackError))
+      }
+      throw error
+    }
+    tx.end()
+    try {
+      await client.query('COMMIT')
+    } catch (error) {
+      // Ambiguous: the server may have committed before the connection failed. The error goes
+      // to the caller as is, and the connection is destroyed.
+      client.release(asError(error))
+      throw error
+    }
+    client.release()
+    return result
+  }
+
+  /** {@inheritDoc SqlDriver.listen} */
+  listen(channel: string, onNotify: (notification: SqlNotification) => void): Promise<Unlisten> {
+    if (this.#closed) return Promise.reject(new StoreClosedError('postgres'))
+    return this.#listener.listen(channel, onNotify)
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    await this.#listener.close()
+    await this.#pool.end()
+  }
+}
+
+function asError(value: unknown): Error {
+  return value instanceof Error ? value : new Error(String(value))
+}
+
+/**
+ * Connects to PostgreSQL with a pg pool. The pool connects lazily; the first statement (or
+ * transaction) reports connection problems.
+ *
+ * @example
+ * ```ts
+ * const db = await createPostgresDriver({ connectionString: 'postgres://app@127.0.0.1/app' })
+ * const rows = await db.query<{ n: number }>('SELECT count(*) AS n FROM orders WHERE id = $1', ['o1'])
+ * await db.close()
+ * ```
+ */
+export async function createPostgresDriver(
+  options: PostgresDriverOptions,
+): Promise<PostgresDriver> {
+  checkObject('options', options)
+  const { connectionString } = options
+  if (typeof connectionString !== 'string' || !/^postgres(ql)?:\/\//.test(connectionString)) {
+    throw new InvalidOptionError(
+      'connectionString',
+      'a postgres:// URL',
+      typeof connectionString === 'string' ? redactUrl(connectionString) : connectionString,
+    )
+  }
+  const max = checkInteger('maxConnections', options.maxConnections ?? 10, 1)
+  const statementTimeoutMs = checkInteger('statementTimeoutMs', options.statementTimeoutMs ?? 0, 0)
+  const idleInTxMs = checkInteger(
+    'idleInTransactionTimeoutMs',
+    options.idleInTransactionTimeoutMs ?? 0,
+    0,
+  )
+  const connectionTimeoutMs = checkInteger(
+    'connectionTimeoutMs',
+    options.connectionTimeoutMs ?? 10_000,
+    0,
+  )
+  const idleTimeoutMs = checkInteger('idleTimeoutMs', options.idleTimeoutMs ?? 10_000, 0)
+  const applicationName = options.applicationName ?? 'breakwater'
+  if (typeof applicationName !== 'string') {
+    throw new InvalidOptionError('applicationName', 'a string', applicationName)
+  }
+  const baseMs = checkInteger('listenRetryBaseMs', options.listenRetryBaseMs ?? 100, 1)
+  const maxMs = checkInteger('listenRetryMaxMs', options.listenRetryMaxMs ?? 5_000, baseMs)
+  const clock = options.clock ?? systemClock
+
+  const pg = await loadPg()
+  const types = breakwaterTypes(pg.types)
+  const connection: Record<string, unknown> = {
+    connectionString,
+    types,
+    application_name: applicationName,
+    connectionTimeoutMillis: connectionTimeoutMs,
+  }
+  if (statementTimeoutMs > 0) connection.statement_timeout = statementTimeoutMs
+  if (idleInTxMs > 0) connection.idle_in_transaction_session_timeout = idleInTxMs
+  const pool = new pg.Pool({ ...connection, max, idleTimeoutMillis: idleTimeoutMs })
+  // An idle pooled connection that the server drops emits 'error' on the pool; pg has already
+  // removed it from the pool, and an unhandled 'error' event would crash the process.
+  pool.on('error', () => {})
+  const listener = new PgListener(
+    () => new pg.Client({ ...connection, application_name: `${applicationName}:listen` }),
+    clock,
+    baseMs,
+    maxMs,
+  )
+  return new PostgresDriver(pool, listener)
+}

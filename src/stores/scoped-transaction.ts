@@ -1,0 +1,72 @@
+import { TransactionMisuseError } from './errors.js'
+import type { SqlDialect, SqlExecutor, SqlTransaction } from './types.js'
+
+/**
+ * The `tx` handed to a transaction callback: it forwards statements to the connection that holds
+ * the transaction while the callback runs, refuses them afterwards (a statement that was not
+ * awaited would otherwise run outside the transaction, or on a connection already returned to
+ * the pool), and implements nested transactions as savepoints, the same on both dialects.
+ */
+export class ScopedTransaction implements SqlTransaction {
+  readonly dialect: SqlDialect
+  readonly #connection: SqlExecutor
+  readonly #depth: number
+  #open = true
+
+  constructor(connection: SqlExecutor, depth = 0) {
+    this.dialect = connection.dialect
+    this.#connection = connection
+    this.#depth = depth
+  }
+
+  /** Whether statements are still accepted. */
+  get open(): boolean {
+    return this.#open
+  }
+
+  /** Refuses every later statement. */
+  end(): void {
+    this.#open = false
+  }
+
+  query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
+    if (!this.#open) return Promise.reject(ended())
+    return this.#connection.query<R>(sql, params)
+  }
+
+  execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    if (!this.#open) return Promise.reject(ended())
+    return this.#connection.execute(sql, params)
+  }
+
+  async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    if (!this.#open) throw ended()
+    // Savepoint names only need to be unique among the savepoints open at once, which nest.
+    const name = `breakwater_sp_${this.#depth + 1}`
+    const child = new ScopedTransaction(this.#connection, this.#depth + 1)
+    await this.#connection.execute(`SAVEPOINT ${name}`)
+    let result: T
+    try {
+      result = await fn(child)
+    } catch (error) {
+      child.end()
+      try {
+        await this.#connection.execute(`ROLLBACK TO SAVEPOINT ${name}`)
+        await this.#connection.execute(`RELEASE SAVEPOINT ${name}`)
+      } catch {
+        // The connection is broken; the outer transaction will fail on its next statement or
+        // on COMMIT, and the caller's error is the one worth seeing.
+      }
+      throw error
+    }
+    child.end()
+    await this.#connection.execute(`RELEASE SAVEPOINT ${name}`)
+    return result
+  }
+}
+
+function ended(): TransactionMisuseError {
+  return new TransactionMisuseError(
+    'This transaction has already ended: a statement ran through its tx after the transaction callback settled (was a query not awaited?)',
+  )
+}

@@ -1,0 +1,324 @@
+import { AsyncLocalStorage } from 'node:async_hooks'
+import { mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkInteger, checkObject, checkOneOf } from '../core/validate.js'
+import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './errors.js'
+import { LruCache } from './lru.js'
+import { AsyncMutex } from './mutex.js'
+import { bindPositional, type PositionalSql, toPositional } from './placeholders.js'
+import { ScopedTransaction } from './scoped-transaction.js'
+import type { SqlDriver, SqlExecutor, SqlTransaction } from './types.js'
+
+/** The default database file of the embedded store. */
+export const defaultSqliteFilename = './.breakwater/breakwater.db'
+
+/** Options of {@link createSqliteDriver}. */
+export interface SqliteDriverOptions {
+  /**
+   * The database file, or `':memory:'` for a private in-memory database. The parent directory
+   * is created if missing.
+   * @default './.breakwater/breakwater.db'
+   */
+  readonly filename?: string
+  /**
+   * How long a statement waits for another process's write lock before failing with
+   * `SQLITE_BUSY`. better-sqlite3 is synchronous: while it waits, this thread is blocked.
+   * @default 5000
+   */
+  readonly busyTimeoutMs?: number
+  /**
+   * SQLite's `synchronous` setting in WAL mode. `'normal'`: a commit survives a crash of the
+   * process, but the last commits may be lost on power loss or an OS crash (the database stays
+   * consistent). `'full'`: every commit is fsynced before it returns, durable on power loss, at
+   * a cost in write throughput.
+   * @default 'normal'
+   */
+  readonly synchronous?: 'normal' | 'full'
+  /**
+   * How many prepared statements are kept (least recently used are dropped).
+   * @default 500
+   */
+  readonly statementCacheSize?: number
+}
+
+/** The parts of a better-sqlite3 statement breakwater uses. */
+export interface BetterSqliteStatement {
+  /** Whether the statement returns rows. */
+  readonly reader: boolean
+  /** Runs the statement and returns every row. */
+  all(...params: unknown[]): unknown[]
+  /** Runs the statement and returns how many rows it changed. */
+  run(...params: unknown[]): { changes: number | bigint }
+}
+
+/** The parts of a better-sqlite3 `Database` breakwater uses (any better-sqlite3 12 `Database`). */
+export interface BetterSqliteDatabase {
+  /** Compiles a statement. */
+  prepare(sql: string): BetterSqliteStatement
+  /** Whether a transaction is open on this connection. */
+  readonly inTransaction: boolean
+}
+
+interface CachedStatement {
+  readonly statement: BetterSqliteStatement
+  readonly translated: PositionalSql
+}
+
+/** Prepared statements of one better-sqlite3 connection, keyed by the `$n`-style SQL. */
+class SqliteStatements {
+  readonly #db: BetterSqliteDatabase
+  readonly #cache: LruCache<string, CachedStatement>
+
+  constructor(db: BetterSqliteDatabase, capacity: number) {
+    this.#db = db
+    this.#cache = new LruCache(capacity)
+  }
+
+  #get(sql: string): CachedStatement {
+    let entry = this.#cache.get(sql)
+    if (entry === undefined) {
+      const translated = toPositional(sql)
+      entry = { statement: this.#db.prepare(translated.sql), translated }
+      this.#cache.set(sql, entry)
+    }
+    return entry
+  }
+
+  all(sql: string, params: readonly unknown[]): unknown[] {
+    const { statement, translated } = this.#get(sql)
+    const args = bindPositional(translated, params)
+    if (statement.reader) return statement.all(args)
+    statement.run(args)
+    return []
+  }
+
+  run(sql: string, params: readonly unknown[]): number {
+    const { statement, translated } = this.#get(sql)
+    return Number(statement.run(bindPositional(translated, params)).changes)
+  }
+
+  clear(): void {
+    this.#cache.clear()
+  }
+}
+
+const emptyParams: readonly unknown[] = []
+
+// Runs a synchronous better-sqlite3 call and turns its outcome into a promise.
+function settle<T>(run: () => T): Promise<T> {
+  try {
+    return Promise.resolve(run())
+  } catch (error) {
+    return Promise.reject(error)
+  }
+}
+
+/** Runs statements straight on the connection; used by the executor that holds the lock. */
+function directExecutor(statements: SqliteStatements): SqlExecutor {
+  return {
+    dialect: 'sqlite',
+    query: <R>(sql: string, params: readonly unknown[] = emptyParams) =>
+      settle(() => statements.all(sql, params) as R[]),
+    execute: (sql: string, params: readonly unknown[] = emptyParams) =>
+      settle(() => ({ rowCount: statements.run(sql, params) })),
+  }
+}
+
+interface OpenTransaction {
+  readonly driver: SqliteDriver
+  readonly tx: ScopedTransaction
+}
+
+// Which driver's transaction the current async context runs inside, so a call on the driver
+// from within its own transaction fails fast instead of queueing behind itself forever.
+const currentTransaction = new AsyncLocalStorage<OpenTransaction>()
+
+interface BetterSqliteConnection extends BetterSqliteDatabase {
+  exec(sql: string): unknown
+  pragma(source: string, options?: { simple?: boolean }): unknown
+  close(): unknown
+}
+
+/**
+ * A SQLite database through better-sqlite3: one connection, shared by every caller of this
+ * driver. Statements run synchronously on Node's thread (they are fast: no network); a
+ * transaction holds an in-process FIFO lock so nothing else of this driver runs while it is open.
+ * Several processes may open the same file: WAL lets readers proceed while one writer works, and
+ * `BEGIN IMMEDIATE` makes writers queue (up to `busyTimeoutMs`) instead of failing mid-way.
+ */
+export class SqliteDriver implements SqlDriver {
+  readonly dialect = 'sqlite' as const
+  readonly #db: BetterSqliteConnection
+  readonly #statements: SqliteStatements
+  readonly #direct: SqlExecutor
+  readonly #mutex = new AsyncMutex()
+  #closed = false
+
+  /** @internal Use {@link createSqliteDriver}. */
+  constructor(db: BetterSqliteConnection, statementCacheSize: number) {
+    this.#db = db
+    this.#statements = new SqliteStatements(db, statementCacheSize)
+    this.#direct = directExecutor(this.#statements)
+  }
+
+  query<R = Record<string, unknown>>(
+    sql: string,
+    params: readonly unknown[] = emptyParams,
+  ): Promise<R[]> {
+    if (this.#mutex.locked) return this.#queued(() => this.#statements.all(sql, params) as R[])
+    if (this.#closed) return Promise.reject(new StoreClosedError('sqlite'))
+    return settle(() => this.#statements.all(sql, params) as R[])
+  }
+
+  execute(sql: string, params: readonly unknown[] = emptyParams): Promise<{ rowCount: number }> {
+    if (this.#mutex.locked)
+      return this.#queued(() => ({ rowCount: this.#statements.run(sql, params) }))
+    if (this.#closed) return Promise.reject(new StoreClosedError('sqlite'))
+    return settle(() => ({ rowCount: this.#statements.run(sql, params) }))
+  }
+
+  async #queued<T>(run: () => T): Promise<T> {
+    this.#refuseReentry()
+    await this.#mutex.acquire()
+    try {
+      if (this.#closed) throw new StoreClosedError('sqlite')
+      return run()
+    } finally {
+      this.#mutex.release()
+    }
+  }
+
+  #refuseReentry(): void {
+    const current = currentTransaction.getStore()
+    if (current !== undefined && current.driver === this && current.tx.open) {
+      throw new TransactionMisuseError(
+        'The SQLite driver was called from inside its own transaction; use the tx passed to the transaction callback (tx.transaction for a savepoint)',
+      )
+    }
+  }
+
+  async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    this.#refuseReentry()
+    await this.#mutex.acquire()
+    try {
+      if (this.#closed) throw new StoreClosedError('sqlite')
+      // IMMEDIATE takes the write lock now, so a concurrent writer in another process waits
+      // here (busy timeout) rather than failing at its first write with SQLITE_BUSY.
+      this.#db.exec('BEGIN IMMEDIATE')
+      const tx = new ScopedTransaction(this.#direct)
+      let result: T
+      try {
+        result = await currentTransaction.run({ driver: this, tx }, () => fn(tx))
+      } catch (error) {
+        tx.end()
+        // Some errors (SQLITE_FULL, SQLITE_IOERR) already rolled the transaction back.
+        if (this.#db.inTransaction) this.#db.exec('ROLLBACK')
+        throw error
+      }
+      tx.end()
+      try {
+        this.#db.exec('COMMIT')
+      } catch (error) {
+        if (this.#db.inTransaction) this.#db.exec('ROLLBACK')
+        throw error
+      }
+      return result
+    } finally {
+      this.#mutex.release()
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    await this.#mutex.acquire()
+    try {
+      if (this.#closed) return
+      this.#closed = true
+      this.#statements.clear()
+      this.#db.close()
+    } finally {
+      this.#mutex.release()
+    }
+  }
+}
+
+/**
+ * Opens (creating if needed) a SQLite database with better-sqlite3, in WAL mode with a busy
+ * timeout, foreign keys on and `synchronous` as chosen.
+ *
+ * @example
+ * ```ts
+ * const db = await createSqliteDriver({ filename: './.breakwater/app.db' })
+ * await db.transaction(async (tx) => {
+ *   await tx.execute('INSERT INTO orders (id, total) VALUES ($1, $2)', ['o1', 42])
+ * })
+ * await db.close()
+ * ```
+ */
+export async function createSqliteDriver(options: SqliteDriverOptions = {}): Promise<SqliteDriver> {
+  checkObject('options', options)
+  const filename = options.filename ?? defaultSqliteFilename
+  if (typeof filename !== 'string' || filename === '') {
+    throw new InvalidOptionError('filename', 'a file path or ":memory:"', filename)
+  }
+  const busyTimeoutMs = checkInteger('busyTimeoutMs', options.busyTimeoutMs ?? 5000, 0)
+  const synchronous = checkOneOf('synchronous', options.synchronous ?? 'normal', ['normal', 'full'])
+  const cacheSize = checkInteger('statementCacheSize', options.statementCacheSize ?? 500, 1)
+
+  let Database: new (filename: string) => BetterSqliteConnection
+  try {
+    const module = (await import('better-sqlite3')) as unknown as {
+      default: new (filename: string) => BetterSqliteConnection
+    }
+    Database = module.default
+  } catch (error) {
+    throw new DriverMissingError('better-sqlite3', error)
+  }
+  if (filename !== ':memory:') mkdirSync(dirname(filename), { recursive: true })
+  const db = new Database(filename)
+  try {
+    // The busy timeout goes first: switching to WAL takes a lock another process may hold.
+    db.pragma(`busy_timeout = ${busyTimeoutMs}`)
+    db.pragma('journal_mode = WAL')
+    db.pragma(`synchronous = ${synchronous === 'full' ? 'FULL' : 'NORMAL'}`)
+    db.pragma('foreign_keys = ON')
+  } catch (error) {
+    db.close()
+    throw error
+  }
+  return new SqliteDriver(db, cacheSize)
+}
+
+const wrappedStatements = new WeakMap<object, SqliteStatements>()
+
+/**
+ * Wraps a better-sqlite3 `Database` that the application owns as a {@link SqlExecutor}, so
+ * breakwater's rows are written inside the application's own transaction and commit (or roll
+ * back) with its business write.
+ *
+ * Every statement runs synchronously inside the `query`/`execute` call, before the returned
+ * promise settles: statements issued inside a synchronous `db.transaction(() => ...)` body
+ * belong to that transaction. Work that awaits between statements cannot run in a synchronous
+ * better-sqlite3 transaction; open one with `db.exec('BEGIN IMMEDIATE')` and end it with
+ * `COMMIT`/`ROLLBACK` instead, and keep other users of the connection out meanwhile.
+ * Prepared statements are cached per `Database`, so wrapping per request is cheap.
+ *
+ * @example
+ * ```ts
+ * db.exec('BEGIN IMMEDIATE')
+ * try {
+ *   db.prepare('INSERT INTO orders (id) VALUES (?)').run('o1')
+ *   await outbox.enqueue(fromBetterSqlite(db), event)
+ *   db.exec('COMMIT')
+ * } catch (error) { db.exec('ROLLBACK'); throw error }
+ * ```
+ */
+export function fromBetterSqlite(db: BetterSqliteDatabase): SqlExecutor {
+  let statements = wrappedStatements.get(db)
+  if (statements === undefined) {
+    statements = new SqliteStatements(db, 200)
+    wrappedStatements.set(db, statements)
+  }
+  return directExecutor(statements)
+}
