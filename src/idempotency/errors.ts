@@ -1,0 +1,98 @@
+import { BreakwaterError } from '../core/errors.js'
+
+// The errors of the idempotency capability. Each carries the HTTP status the middleware answers
+// with, so the framework-free core and the adapters map them to problem+json the same way.
+
+/**
+ * A request to a route that requires an `Idempotency-Key` came without one (code
+ * `IDEMPOTENCY_KEY_MISSING`, HTTP 400).
+ */
+export class IdempotencyKeyMissingError extends BreakwaterError {
+  /** The HTTP status the middleware answers with. */
+  readonly status = 400
+
+  constructor() {
+    super('IDEMPOTENCY_KEY_MISSING', 'The Idempotency-Key header is required for this request')
+  }
+}
+
+/** Which rule an invalid key broke. */
+export type IdempotencyKeyRule = 'empty' | 'too-long' | 'characters' | 'syntax'
+
+/**
+ * An idempotency key is empty, longer than 255 characters, uses a character outside the
+ * allowed set, or is a malformed quoted string (code `IDEMPOTENCY_KEY_INVALID`, HTTP 400).
+ */
+export class IdempotencyKeyInvalidError extends BreakwaterError {
+  /** The HTTP status the middleware answers with. */
+  readonly status = 400
+  /** The rule the key broke. */
+  readonly rule: IdempotencyKeyRule
+
+  constructor(rule: IdempotencyKeyRule, message: string) {
+    super('IDEMPOTENCY_KEY_INVALID', message)
+    this.rule = rule
+  }
+}
+
+/**
+ * The key was already used for a different request: another method, route or body, or, for
+ * `idempotent()`, another fingerprint (code `IDEMPOTENCY_MISMATCH`, HTTP 422). Not retryable:
+ * the client must use a new key for a new request.
+ */
+export class IdempotencyMismatchError extends BreakwaterError {
+  /** The HTTP status the middleware answers with. */
+  readonly status = 422
+  /** The key that was reused. */
+  readonly key: string
+
+  constructor(key: string) {
+    super(
+      'IDEMPOTENCY_MISMATCH',
+      `The idempotency key ${JSON.stringify(key)} was already used for a different request`,
+    )
+    this.key = key
+  }
+}
+
+/** Why an {@link IdempotencyInProgressError} was raised. */
+export type InProgressReason = 'in-flight' | 'wait-timeout' | 'lease-lost'
+
+/**
+ * Another request or call holds the key and has not finished (code `IDEMPOTENCY_IN_PROGRESS`,
+ * HTTP 409 with `Retry-After`). Retryable: once the holder finishes, a retry replays its result.
+ *
+ * `reason` says which case: `in-flight` (rejected at once), `wait-timeout` (waited in
+ * `onConcurrent: 'wait'` mode and gave up), or `lease-lost` (this call ran, but its lease expired
+ * and another call took the key over, so its result was rolled back instead of recorded).
+ */
+export class IdempotencyInProgressError extends BreakwaterError {
+  /** The HTTP status the middleware answers with. */
+  readonly status = 409
+  /** The key that is busy. */
+  readonly key: string
+  /** Which case this is. */
+  readonly reason: InProgressReason
+  /** How long the caller should wait before retrying, in milliseconds. */
+  readonly retryAfterMs: number
+
+  constructor(key: string, reason: InProgressReason, retryAfterMs: number) {
+    super(
+      'IDEMPOTENCY_IN_PROGRESS',
+      reason === 'lease-lost'
+        ? `The lease on idempotency key ${JSON.stringify(key)} expired and another request took it over; this attempt was rolled back`
+        : `A request with idempotency key ${JSON.stringify(key)} is still in progress`,
+      { retryable: true },
+    )
+    this.key = key
+    this.reason = reason
+    this.retryAfterMs = retryAfterMs
+  }
+}
+
+/** Any of the errors above: the ones the middleware turns into problem+json responses. */
+export type IdempotencyError =
+  | IdempotencyKeyMissingError
+  | IdempotencyKeyInvalidError
+  | IdempotencyMismatchError
+  | IdempotencyInProgressError
