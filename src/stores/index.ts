@@ -9,6 +9,10 @@ export {
   sqlErrorKind,
   TransactionMisuseError,
 } from './errors.js'
+export type { KyselyCompiledQuery, KyselyExecutor } from './kysely.js'
+export { fromKysely } from './kysely.js'
+export type { AppliedMigration, Migration, RunMigrationsOptions } from './migrations.js'
+export { listAppliedMigrations, runMigrations } from './migrations.js'
 export type { DatabaseTarget, OpenDatabaseOptions } from './open.js'
 export { openDatabase, parseDatabaseUrl } from './open.js'
 export type { PgQueryable, PostgresDriverOptions } from './postgres.js'

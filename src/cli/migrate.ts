@@ -1,0 +1,101 @@
+import { BreakwaterError } from '../core/errors.js'
+import type { Migration } from '../stores/migrations.js'
+import { runMigrations } from '../stores/migrations.js'
+import { openDatabase } from '../stores/open.js'
+import { redactUrl } from '../stores/redact.js'
+
+/** Where `migrateCommand` writes; defaults to the process's stdout and stderr. */
+export interface MigrateOutput {
+  /** Receives progress lines. */
+  readonly stdout?: { write(text: string): unknown }
+  /** Receives error messages. */
+  readonly stderr?: { write(text: string): unknown }
+}
+
+const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
+
+const usage = `usage: breakwater migrate [--db <url>]
+
+Applies the pending migrations of every capability.
+  --db <url>  sqlite:<file>, sqlite::memory: or postgres://user:pass@host/db
+              (default ${defaultUrl})
+`
+
+/**
+ * `breakwater migrate --db <url>`: applies every capability's pending migrations and prints
+ * what it applied. Resolves to the exit code: 0 on success, 2 for bad arguments, 1 when the
+ * database fails.
+ *
+ * @example
+ * ```ts
+ * const code = await migrateCommand(['--db', 'sqlite:./app.db'], { capabilities: { idempotency: migrations } })
+ * ```
+ */
+export async function migrateCommand(
+  args: string[],
+  deps: { capabilities: Record<string, Migration[]> } & MigrateOutput,
+): Promise<number> {
+  const out = deps.stdout ?? process.stdout
+  const err = deps.stderr ?? process.stderr
+  let url = defaultUrl
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!
+    if (arg === '--help' || arg === '-h') {
+      out.write(usage)
+      return 0
+    }
+    if (arg === '--db') {
+      const value = args[i + 1]
+      if (value === undefined || value === '' || value.startsWith('--')) {
+        err.write(`breakwater migrate: --db needs a database URL\n\n${usage}`)
+        return 2
+      }
+      url = value
+      i++
+    } else if (arg.startsWith('--db=')) {
+      url = arg.slice('--db='.length)
+      if (url === '') {
+        err.write(`breakwater migrate: --db needs a database URL\n\n${usage}`)
+        return 2
+      }
+    } else {
+      err.write(`breakwater migrate: unknown argument "${redactUrl(arg)}"\n\n${usage}`)
+      return 2
+    }
+  }
+
+  let db: Awaited<ReturnType<typeof openDatabase>>
+  try {
+    db = await openDatabase(url)
+  } catch (error) {
+    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
+      err.write(`breakwater migrate: --db: ${error.message}\n`)
+      return 2
+    }
+    err.write(`breakwater migrate: cannot open ${redactUrl(url)}: ${messageOf(error)}\n`)
+    return 1
+  }
+  try {
+    const names = Object.keys(deps.capabilities).sort()
+    if (names.length === 0) out.write('No capability has migrations.\n')
+    for (const capability of names) {
+      const applied = await runMigrations(db, capability, deps.capabilities[capability]!)
+      if (applied.length === 0) {
+        out.write(`${capability}: up to date\n`)
+      }
+      for (const migration of applied) {
+        out.write(`${capability}: applied ${migration.version} ${migration.name}\n`)
+      }
+    }
+    return 0
+  } catch (error) {
+    err.write(`breakwater migrate: ${redactUrl(messageOf(error))}\n`)
+    return 1
+  } finally {
+    await db.close().catch(() => {})
+  }
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error)
+}

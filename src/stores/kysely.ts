@@ -1,0 +1,96 @@
+import { randomUUID } from 'node:crypto'
+import { InvalidOptionError } from '../core/errors.js'
+import { LruCache } from './lru.js'
+import { bindPositional, toPositional } from './placeholders.js'
+import type { SqlDialect, SqlExecutor } from './types.js'
+
+/**
+ * The shape of a compiled query Kysely executes (`CompiledQuery.raw(sql, params)`), built here
+ * without importing Kysely so breakwater never loads it.
+ */
+export interface KyselyCompiledQuery {
+  /** The SQL text. */
+  readonly sql: string
+  /** The bound values. */
+  readonly parameters: readonly unknown[]
+  /** Kysely's operation node: a raw node holding the SQL. */
+  readonly query: {
+    readonly kind: 'RawNode'
+    readonly sqlFragments: readonly string[]
+    readonly parameters: readonly never[]
+  }
+  /** Kysely's query id, read by plugins. */
+  readonly queryId: { readonly queryId: string }
+}
+
+/** The part of a Kysely `Transaction` (or `Kysely` instance) breakwater uses. */
+export interface KyselyExecutor {
+  /** Kysely's `executeQuery(compiledQuery)`. */
+  executeQuery(query: KyselyCompiledQuery): Promise<{
+    readonly rows: readonly unknown[]
+    readonly numAffectedRows?: bigint | undefined
+  }>
+}
+
+const translations = new LruCache<string, ReturnType<typeof toPositional>>(500)
+
+/**
+ * Wraps a Kysely transaction as a {@link SqlExecutor}, so breakwater's rows commit (or roll
+ * back) with the business writes made through Kysely. `dialect` must match the Kysely dialect:
+ * `'sqlite'` for `SqliteDialect` (better-sqlite3), `'postgres'` for `PostgresDialect` (pg).
+ *
+ * On PostgreSQL, values are parsed by the application's pg pool: BIGINT columns arrive as
+ * strings unless that pool parses int8 (breakwater's own executors always return numbers).
+ * Breakwater's capabilities read their BIGINT columns through `Number(...)` for this reason.
+ *
+ * @example
+ * ```ts
+ * await kysely.transaction().execute(async (trx) => {
+ *   await trx.insertInto('orders').values({ id: 'o1' }).execute()
+ *   await outbox.enqueue(fromKysely(trx, 'postgres'), event)
+ * })
+ * ```
+ */
+export function fromKysely(trx: KyselyExecutor, dialect: SqlDialect): SqlExecutor {
+  if (dialect !== 'sqlite' && dialect !== 'postgres') {
+    throw new InvalidOptionError('dialect', 'one of "sqlite", "postgres"', dialect)
+  }
+  const run = (sql: string, params: readonly unknown[]) => {
+    let text = sql
+    let values = params
+    if (dialect === 'sqlite') {
+      // Kysely's SQLite driver hands the SQL to better-sqlite3 as is, which binds `$n` only by
+      // name: translate to positional `?` as breakwater's own SQLite driver does.
+      let translated = translations.get(sql)
+      if (translated === undefined) {
+        translated = toPositional(sql)
+        translations.set(sql, translated)
+      }
+      text = translated.sql
+      values = bindPositional(translated, params)
+    }
+    return trx.executeQuery(compiled(text, values))
+  }
+  return {
+    dialect,
+    query: async <R>(sql: string, params: readonly unknown[] = []) =>
+      (await run(sql, params)).rows as R[],
+    execute: async (sql: string, params: readonly unknown[] = []) => {
+      const result = await run(sql, params)
+      return { rowCount: Number(result.numAffectedRows ?? 0) }
+    },
+  }
+}
+
+function compiled(sql: string, parameters: readonly unknown[]): KyselyCompiledQuery {
+  return Object.freeze({
+    sql,
+    parameters: Object.freeze([...parameters]),
+    query: Object.freeze({
+      kind: 'RawNode' as const,
+      sqlFragments: Object.freeze([sql]),
+      parameters: Object.freeze([]),
+    }),
+    queryId: Object.freeze({ queryId: randomUUID() }),
+  })
+}

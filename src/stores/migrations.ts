@@ -1,0 +1,192 @@
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { MigrationConflictError } from './errors.js'
+import type { SqlDriver, SqlExecutor } from './types.js'
+
+/**
+ * One numbered schema change of a capability, in both dialects. Each array holds single
+ * statements, run in order inside the migration transaction (SQLite prepares one statement at
+ * a time). Never edit a migration once released: add the next version.
+ */
+export interface Migration {
+  /** Position in the capability's history: a positive integer, unique and increasing. */
+  readonly version: number
+  /** A short kebab-case name, recorded with the version and checked on every run. */
+  readonly name: string
+  /** Statements for SQLite. */
+  readonly sqlite: readonly string[]
+  /** Statements for PostgreSQL. */
+  readonly postgres: readonly string[]
+}
+
+/** A migration recorded in `breakwater_migrations`. */
+export interface AppliedMigration {
+  /** The capability it belongs to, e.g. `idempotency`. */
+  readonly capability: string
+  /** Its version. */
+  readonly version: number
+  /** Its name. */
+  readonly name: string
+  /** When it was applied, in epoch milliseconds. */
+  readonly appliedAt: number
+}
+
+/** Options of {@link runMigrations}. */
+export interface RunMigrationsOptions {
+  /**
+   * Source of `applied_at`.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+const createTable = {
+  sqlite: `CREATE TABLE IF NOT EXISTS breakwater_migrations (
+  capability TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  applied_at INTEGER NOT NULL,
+  PRIMARY KEY (capability, version)
+)`,
+  postgres: `CREATE TABLE IF NOT EXISTS breakwater_migrations (
+  capability TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  applied_at BIGINT NOT NULL,
+  PRIMARY KEY (capability, version)
+)`,
+} as const
+
+// One key for every migration run in the database ("breakwat" in ASCII): runs for different
+// capabilities also serialize, which keeps the shared table's creation race-free too.
+const advisoryLockKey = '7121410496880042356'
+
+/**
+ * Applies a capability's pending migrations, in version order, in one transaction, and returns
+ * the ones it applied (empty when the database was up to date). Safe to call from several
+ * processes at once: each migration is applied exactly once.
+ *
+ * - PostgreSQL: the transaction first takes `pg_advisory_xact_lock`. `CREATE TABLE IF NOT
+ *   EXISTS` and "read applied versions, then apply the rest" both race between concurrent
+ *   sessions (the former can even fail on a catalog unique index); the lock makes concurrent
+ *   runners take turns, and being transaction-scoped it is released by COMMIT or ROLLBACK, even
+ *   when the process dies.
+ * - SQLite: the transaction is `BEGIN IMMEDIATE`, which already holds the database's single
+ *   write lock from the start; other processes wait up to their busy timeout.
+ *
+ * A recorded migration whose name differs from the code's throws `MigrationConflictError`.
+ * Versions recorded in the database but unknown to the code (a newer release already ran) are
+ * left alone.
+ *
+ * @example
+ * ```ts
+ * const applied = await runMigrations(db, 'orders', [
+ *   { version: 1, name: 'create-orders',
+ *     sqlite: ['CREATE TABLE orders (id TEXT PRIMARY KEY)'],
+ *     postgres: ['CREATE TABLE orders (id TEXT PRIMARY KEY)'] },
+ * ])
+ * ```
+ */
+export async function runMigrations(
+  db: SqlDriver,
+  capability: string,
+  migrations: readonly Migration[],
+  options: RunMigrationsOptions = {},
+): Promise<AppliedMigration[]> {
+  if (typeof capability !== 'string' || !/^[a-z][a-z0-9-]*$/.test(capability)) {
+    throw new InvalidOptionError('capability', 'a kebab-case name', capability)
+  }
+  const ordered = checkMigrations(capability, migrations)
+  const clock = options.clock ?? systemClock
+  return db.transaction(async (tx) => {
+    if (tx.dialect === 'postgres') {
+      await tx.query(`SELECT pg_advisory_xact_lock(${advisoryLockKey})`)
+    }
+    await tx.execute(createTable[tx.dialect])
+    const applied = await appliedVersions(tx, capability)
+    const done: AppliedMigration[] = []
+    for (const migration of ordered) {
+      const recorded = applied.get(migration.version)
+      if (recorded !== undefined) {
+        if (recorded !== migration.name) {
+          throw new MigrationConflictError(capability, migration.version, recorded, migration.name)
+        }
+        continue
+      }
+      for (const statement of migration[tx.dialect]) await tx.execute(statement)
+      const appliedAt = clock.now()
+      await tx.execute(
+        'INSERT INTO breakwater_migrations (capability, version, name, applied_at) VALUES ($1, $2, $3, $4)',
+        [capability, migration.version, migration.name, appliedAt],
+      )
+      done.push({ capability, version: migration.version, name: migration.name, appliedAt })
+    }
+    return done
+  })
+}
+
+async function appliedVersions(tx: SqlExecutor, capability: string): Promise<Map<number, string>> {
+  const rows = await tx.query<{ version: number; name: string }>(
+    'SELECT version, name FROM breakwater_migrations WHERE capability = $1',
+    [capability],
+  )
+  return new Map(rows.map((row) => [Number(row.version), row.name]))
+}
+
+/**
+ * Lists every migration recorded in the database (all capabilities), oldest version first; empty
+ * when migrations never ran.
+ */
+export async function listAppliedMigrations(db: SqlExecutor): Promise<AppliedMigration[]> {
+  const exists =
+    db.dialect === 'postgres'
+      ? await db.query("SELECT 1 FROM pg_tables WHERE tablename = 'breakwater_migrations'")
+      : await db.query(
+          "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'breakwater_migrations'",
+        )
+  if (exists.length === 0) return []
+  const rows = await db.query<{
+    capability: string
+    version: number
+    name: string
+    applied_at: number
+  }>(
+    'SELECT capability, version, name, applied_at FROM breakwater_migrations ORDER BY capability, version',
+  )
+  return rows.map((row) => ({
+    capability: row.capability,
+    version: Number(row.version),
+    name: row.name,
+    appliedAt: Number(row.applied_at),
+  }))
+}
+
+function checkMigrations(capability: string, migrations: readonly Migration[]): Migration[] {
+  if (!Array.isArray(migrations)) {
+    throw new InvalidOptionError(`migrations.${capability}`, 'an array of migrations', migrations)
+  }
+  const seen = new Set<number>()
+  migrations.forEach((migration: Migration, index) => {
+    const at = `migrations.${capability}[${index}]`
+    if (typeof migration !== 'object' || migration === null) {
+      throw new InvalidOptionError(at, 'a migration object', migration)
+    }
+    if (!Number.isInteger(migration.version) || migration.version < 1) {
+      throw new InvalidOptionError(`${at}.version`, 'an integer >= 1', migration.version)
+    }
+    if (seen.has(migration.version)) {
+      throw new InvalidOptionError(`${at}.version`, 'a version used once', migration.version)
+    }
+    seen.add(migration.version)
+    if (typeof migration.name !== 'string' || migration.name === '') {
+      throw new InvalidOptionError(`${at}.name`, 'a non-empty string', migration.name)
+    }
+    for (const dialect of ['sqlite', 'postgres'] as const) {
+      const statements = migration[dialect]
+      if (!Array.isArray(statements) || statements.some((s) => typeof s !== 'string')) {
+        throw new InvalidOptionError(`${at}.${dialect}`, 'an array of SQL strings', statements)
+      }
+    }
+  })
+  return [...migrations].sort((a, b) => a.version - b.version)
+}
