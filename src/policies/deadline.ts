@@ -2,6 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, systemClock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkNumber, checkObject } from '../core/validate.js'
+import { CancelScope } from './cancel-scope.js'
 import { DeadlineExceededError } from './errors.js'
 import { type TimerEntry, timerQueueFor } from './timer-queue.js'
 
@@ -33,25 +34,18 @@ export interface DeadlineOptions {
   readonly clock?: Clock
 }
 
-class ScopedDeadline implements Deadline, TimerEntry {
+// A deadline is a cancellation scope without parents that expires by itself at `atMs`. Its
+// timer is only queued while somebody listens (a read `signal`, a retry's sleep or an attempt's
+// linked signal), and never after the scope that set it has ended.
+class ScopedDeadline extends CancelScope implements Deadline, TimerEntry {
   readonly atMs: number
   readonly clock: Clock
   queueIndex = -1
-  #controller: AbortController | undefined
-  #active = true
 
   constructor(atMs: number, clock: Clock) {
+    super()
     this.atMs = atMs
     this.clock = clock
-  }
-
-  get signal(): AbortSignal {
-    if (this.#controller === undefined) {
-      this.#controller = new AbortController()
-      if (this.clock.now() >= this.atMs) this.fire()
-      else if (this.#active) timerQueueFor(this.clock).add(this)
-    }
-    return this.#controller.signal
   }
 
   remainingMs(nowMs: number = this.clock.now()): number {
@@ -59,12 +53,18 @@ class ScopedDeadline implements Deadline, TimerEntry {
   }
 
   fire(): void {
-    this.#controller?.abort(new DeadlineExceededError(this.atMs))
+    this.abort(new DeadlineExceededError(this.atMs))
   }
 
-  // The scope ended: its work is done, so the timer behind the signal is not needed any more.
-  close(): void {
-    this.#active = false
+  protected override expiry(): unknown {
+    return this.clock.now() >= this.atMs ? new DeadlineExceededError(this.atMs) : undefined
+  }
+
+  protected override onLink(): void {
+    timerQueueFor(this.clock).add(this)
+  }
+
+  protected override onUnlink(): void {
     timerQueueFor(this.clock).remove(this)
   }
 }
@@ -84,6 +84,11 @@ const storage = new AsyncLocalStorage<ScopedDeadline>()
  * ```
  */
 export function currentDeadline(): Deadline | undefined {
+  return storage.getStore()
+}
+
+/** The current deadline as a cancellation scope, for the policies. Internal. */
+export function currentDeadlineScope(): (CancelScope & Deadline) | undefined {
   return storage.getStore()
 }
 
@@ -130,6 +135,7 @@ export async function withDeadline<T>(
   try {
     return await storage.run(deadline, fn)
   } finally {
+    // The work is done: the timer behind the signal is not needed any more.
     deadline.close()
   }
 }

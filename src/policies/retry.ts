@@ -3,18 +3,25 @@ import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
 import { AbortedError, BreakwaterError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import { type Backoff, type Jitter, maxTimerDelayMs, resolveBackoff } from './backoff.js'
+import {
+  type AbortListener,
+  type CancelParent,
+  CancelScope,
+  cancelScope,
+  listen,
+  parentOf,
+  parentOfSignal,
+  signalOf,
+  unlisten,
+} from './cancel-scope.js'
 import { isTransientFailure, retryAfterMsOf } from './classify.js'
-import { currentDeadline, type Deadline } from './deadline.js'
+import { currentDeadlineScope } from './deadline.js'
 import { DeadlineExceededError, RetryBudgetExhaustedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
+import { executeInContext } from './pipeline.js'
 import type { RandomSource } from './random.js'
 import type { RetryBudget } from './retry-budget.js'
-import {
-  neverAbortedSignal,
-  type Policy,
-  type PolicyContext,
-  type PolicyFunction,
-} from './types.js'
+import type { Policy, PolicyContext, PolicyFunction } from './types.js'
 
 /** Options of {@link retry}. */
 export interface RetryOptions {
@@ -149,64 +156,65 @@ const giveUpAttributes: Readonly<Record<GiveUpReason, Record<string, string>>> =
   aborted: { reason: 'aborted' },
 }
 
-// The context of one attempt. The signal handed to fn is the caller's, or the deadline's, or
-// (with both) one linked to both, built only when fn reads it and shared by all attempts.
-class RetryContext implements PolicyContext {
+// One per call: the context of the first attempt, and what later attempts share. The scope fn
+// runs under is the caller's, the deadline's, or (with both) one linked to both, built only
+// when somebody asks for it.
+class RetryExecution implements PolicyContext {
   readonly attempt: number
-  readonly #signals: SignalSource
+  readonly parent: CancelParent | undefined
+  #scope: CancelParent | undefined
+  #linked: CancelScope | undefined
+  #resolved = false
 
-  constructor(attempt: number, signals: SignalSource) {
+  constructor(parent: CancelParent | undefined, attempt: number) {
+    this.parent = parent
     this.attempt = attempt
-    this.#signals = signals
   }
 
   get signal(): AbortSignal {
-    return this.#signals.get()
+    return signalOf(this.scope())
+  }
+
+  [cancelScope](): CancelParent | undefined {
+    return this.scope()
+  }
+
+  scope(): CancelParent | undefined {
+    if (!this.#resolved) {
+      this.#resolved = true
+      const deadline = currentDeadlineScope()
+      if (deadline === undefined) this.#scope = this.parent
+      else if (this.parent === undefined) this.#scope = deadline
+      else {
+        this.#linked = new CancelScope(this.parent, deadline)
+        this.#scope = this.#linked
+      }
+    }
+    return this.#scope
+  }
+
+  close(): void {
+    // Only a linked scope is ours to close; the deadline belongs to withDeadline.
+    this.#linked?.close()
   }
 }
 
-class SignalSource {
-  readonly caller: AbortSignal
-  #signal: AbortSignal | undefined
-  #controller: AbortController | undefined
-  #deadline: Deadline | undefined
+// The context of a later attempt.
+class RetryContext implements PolicyContext {
+  readonly attempt: number
+  readonly #execution: RetryExecution
 
-  constructor(caller: AbortSignal) {
-    this.caller = caller
+  constructor(attempt: number, execution: RetryExecution) {
+    this.attempt = attempt
+    this.#execution = execution
   }
 
-  get(): AbortSignal {
-    if (this.#signal !== undefined) return this.#signal
-    const deadline = currentDeadline()
-    if (deadline === undefined) this.#signal = this.caller
-    else if (this.caller === neverAbortedSignal) this.#signal = deadline.signal
-    else {
-      const controller = new AbortController()
-      this.#controller = controller
-      this.#deadline = deadline
-      const caller = this.caller
-      const deadlineSignal = deadline.signal
-      if (caller.aborted) controller.abort(caller.reason)
-      else if (deadlineSignal.aborted) controller.abort(deadlineSignal.reason)
-      else {
-        caller.addEventListener('abort', this)
-        deadlineSignal.addEventListener('abort', this)
-      }
-      this.#signal = controller.signal
-    }
-    return this.#signal
+  get signal(): AbortSignal {
+    return signalOf(this.#execution.scope())
   }
 
-  handleEvent(event: Event): void {
-    this.#controller?.abort((event.target as AbortSignal).reason)
-    this.dispose()
-  }
-
-  dispose(): void {
-    if (this.#deadline === undefined) return
-    this.caller.removeEventListener('abort', this)
-    this.#deadline.signal.removeEventListener('abort', this)
-    this.#deadline = undefined
+  [cancelScope](): CancelParent | undefined {
+    return this.#execution.scope()
   }
 }
 
@@ -241,33 +249,50 @@ class RetryPolicyImpl implements RetryPolicy {
     this.#clock = options.clock ?? systemClock
   }
 
-  async execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
-    const caller = signal ?? neverAbortedSignal
-    if (caller.aborted) throw new AbortedError(caller.reason)
+  execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    return this.#run(fn, signal === undefined ? undefined : parentOfSignal(signal), 1)
+  }
+
+  // Called by pipeline(): the outer context is used without reading its signal, and the
+  // function sees the outer attempt number until this policy itself retries.
+  [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    return this.#run(fn, parentOf(context), context.attempt)
+  }
+
+  async #run<T>(
+    fn: PolicyFunction<T>,
+    parent: CancelParent | undefined,
+    outerAttempt: number,
+  ): Promise<T> {
+    if (parent?.aborted) throw new AbortedError(parent.reason)
     this.#budget?.recordRequest()
     retryCounters().attempts.add(1)
-    const signals = new SignalSource(caller)
+    const execution = new RetryExecution(parent, outerAttempt)
     try {
-      return await fn(new RetryContext(1, signals))
+      return await fn(execution)
     } catch (error) {
-      return await this.#retry(fn, signals, error)
+      return await this.#retry(fn, execution, error)
     } finally {
-      signals.dispose()
+      execution.close()
     }
   }
 
   // The slow path, entered after the first failure.
-  async #retry<T>(fn: PolicyFunction<T>, signals: SignalSource, firstError: unknown): Promise<T> {
-    const caller = signals.caller
+  async #retry<T>(
+    fn: PolicyFunction<T>,
+    execution: RetryExecution,
+    firstError: unknown,
+  ): Promise<T> {
+    const parent = execution.parent
     const clock = this.#clock
-    const deadline = currentDeadline()
+    const deadline = currentDeadlineScope()
     let error = firstError
     let attempt = 1
     let previousDelayMs: number | undefined
     for (;;) {
-      if (caller.aborted) {
+      if (parent?.aborted) {
         this.#giveUp(attempt, 'aborted', error)
-        throw isCode(error, 'ABORTED') ? error : new AbortedError(caller.reason)
+        throw isCode(error, 'ABORTED') ? error : new AbortedError(parent.reason)
       }
       const now = clock.now()
       if (deadline !== undefined && now >= deadline.atMs) {
@@ -308,16 +333,16 @@ class RetryPolicyImpl implements RetryPolicy {
         if (retryChannel.hasSubscribers) retryChannel.publish(event)
       }
       try {
-        await backoffSleep(clock, delayMs, caller, deadline)
+        await backoffSleep(clock, delayMs, parent, deadline)
       } catch (abort) {
-        const aborted = caller.aborted
+        const aborted = parent?.aborted === true
         this.#giveUp(attempt, aborted ? 'aborted' : 'deadline', error)
         throw aborted ? abort : new DeadlineExceededError(deadline?.atMs ?? now, { cause: error })
       }
       attempt++
       retryCounters().attempts.add(1)
       try {
-        return await fn(new RetryContext(attempt, signals))
+        return await fn(new RetryContext(attempt, execution))
       } catch (next) {
         error = next
       }
@@ -337,34 +362,66 @@ function isCode(error: unknown, code: string): boolean {
   return BreakwaterError.is(error) && error.code === code
 }
 
-// Like sleep() from core/clock, but woken by either of two signals (the caller's and the
-// deadline's) without linking them into a third one. Always clears its timer.
+// A backoff sleep that ends early (rejecting with AbortedError) when the caller's side or the
+// deadline aborts, and always clears its timer and its subscriptions.
+class BackoffSleep implements AbortListener {
+  readonly #clock: Clock
+  readonly #parent: CancelParent | undefined
+  readonly #deadline: CancelParent | undefined
+  readonly #resolve: () => void
+  readonly #reject: (error: unknown) => void
+  #handle: TimerHandle
+  #done = false
+
+  constructor(
+    clock: Clock,
+    parent: CancelParent | undefined,
+    deadline: CancelParent | undefined,
+    resolve: () => void,
+    reject: (error: unknown) => void,
+  ) {
+    this.#clock = clock
+    this.#parent = parent
+    this.#deadline = deadline
+    this.#resolve = resolve
+    this.#reject = reject
+  }
+
+  start(delayMs: number): void {
+    this.#handle = this.#clock.setTimeout(() => {
+      if (this.#stop()) this.#resolve()
+    }, delayMs)
+    listen(this.#parent, this)
+    listen(this.#deadline, this)
+  }
+
+  parentAborted(reason: unknown): void {
+    if (!this.#stop()) return
+    this.#clock.clearTimeout(this.#handle)
+    this.#reject(new AbortedError(reason))
+  }
+
+  handleEvent(event: Event): void {
+    this.parentAborted((event.target as AbortSignal).reason)
+  }
+
+  #stop(): boolean {
+    if (this.#done) return false
+    this.#done = true
+    unlisten(this.#parent, this)
+    unlisten(this.#deadline, this)
+    return true
+  }
+}
+
 function backoffSleep(
   clock: Clock,
   delayMs: number,
-  caller: AbortSignal,
-  deadline: Deadline | undefined,
+  parent: CancelParent | undefined,
+  deadline: CancelParent | undefined,
 ): Promise<void> {
-  const deadlineSignal = deadline?.signal
-  if (caller.aborted) return Promise.reject(new AbortedError(caller.reason))
-  if (deadlineSignal?.aborted) return Promise.reject(new AbortedError(deadlineSignal.reason))
   return new Promise<void>((resolve, reject) => {
-    let handle: TimerHandle
-    const onAbort = (event: Event): void => {
-      clock.clearTimeout(handle)
-      cleanup()
-      reject(new AbortedError((event.target as AbortSignal).reason))
-    }
-    const cleanup = (): void => {
-      caller.removeEventListener('abort', onAbort)
-      deadlineSignal?.removeEventListener('abort', onAbort)
-    }
-    handle = clock.setTimeout(() => {
-      cleanup()
-      resolve()
-    }, delayMs)
-    caller.addEventListener('abort', onAbort, { once: true })
-    deadlineSignal?.addEventListener('abort', onAbort, { once: true })
+    new BackoffSleep(clock, parent, deadline, resolve, reject).start(delayMs)
   })
 }
 

@@ -2,16 +2,20 @@ import { metrics } from '@opentelemetry/api'
 import { type Clock, systemClock } from '../core/clock.js'
 import { AbortedError, type BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkObject, checkOneOf } from '../core/validate.js'
+import {
+  type CancelParent,
+  CancelScope,
+  cancelScope,
+  hasExternalSignal,
+  parentOf,
+  parentOfSignal,
+} from './cancel-scope.js'
 import { currentDeadline } from './deadline.js'
 import { DeadlineExceededError, TimeoutError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
+import { executeInContext } from './pipeline.js'
 import { type TimerEntry, type TimerQueue, timerQueueFor } from './timer-queue.js'
-import {
-  neverAbortedSignal,
-  type Policy,
-  type PolicyContext,
-  type PolicyFunction,
-} from './types.js'
+import type { Policy, PolicyContext, PolicyFunction } from './types.js'
 
 /**
  * How a timeout ends a call:
@@ -77,44 +81,43 @@ function timeoutCounters(): TimeoutCounters {
 const timeoutAttributes = { reason: 'timeout' }
 const deadlineAttributes = { reason: 'deadline' }
 
-// One object per call serves as the context handed to fn, the timer-queue entry and the
-// listener on the caller's signal, so a call allocates no closures, no timer and no
-// AbortController unless fn actually reads ctx.signal.
-class TimeoutCall<T> implements PolicyContext, TimerEntry {
-  readonly attempt = 1
+// One object per call serves as the context handed to fn, its cancellation scope, the
+// timer-queue entry and the listener on the caller's signal, so a call allocates no closures,
+// no Node timer and no AbortController unless fn actually reads ctx.signal.
+class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
+  readonly attempt: number
   readonly atMs: number
   queueIndex = -1
   readonly #policy: TimeoutPolicyImpl
-  readonly #caller: AbortSignal
   readonly #limitMs: number
   readonly #byDeadline: boolean
-  #controller: AbortController | undefined
-  #reason: BreakwaterError | undefined
+  // The error this call's own timer produced; undefined until it fires.
+  #expired: BreakwaterError | undefined
   #settled = false
+  // Racing: the caller's promise is settled by whichever comes first (fn, the timer in hard
+  // mode, an external abort), not simply by fn.
+  #racing = false
   #resolve: ((value: T) => void) | undefined
   #reject: ((error: unknown) => void) | undefined
 
   constructor(
     policy: TimeoutPolicyImpl,
-    caller: AbortSignal,
+    parent: CancelParent | undefined,
+    attempt: number,
     atMs: number,
     limitMs: number,
     byDeadline: boolean,
   ) {
+    super(parent)
     this.#policy = policy
-    this.#caller = caller
+    this.attempt = attempt
     this.atMs = atMs
     this.#limitMs = limitMs
     this.#byDeadline = byDeadline
   }
 
-  get signal(): AbortSignal {
-    if (this.#controller === undefined) {
-      this.#controller = new AbortController()
-      if (this.#reason !== undefined) this.#controller.abort(this.#reason)
-      else if (this.#caller.aborted) this.#controller.abort(this.#caller.reason)
-    }
-    return this.#controller.signal
+  [cancelScope](): CancelParent {
+    return this
   }
 
   /** Timer queue callback: the time is up. */
@@ -123,71 +126,68 @@ class TimeoutCall<T> implements PolicyContext, TimerEntry {
     const reason = this.#byDeadline
       ? new DeadlineExceededError(this.atMs)
       : new TimeoutError(this.#limitMs)
-    this.#reason = reason
-    this.#controller?.abort(reason)
+    this.#expired = reason
+    this.abort(reason)
     this.#policy.reportTimeout(this.#limitMs, this.#byDeadline)
-    if (this.#policy.mode === 'hard') this.#settle()?.(reason)
+    if (this.#policy.mode === 'hard') this.#fail(reason)
   }
 
-  /** Listener on the caller's signal. */
-  handleEvent(): void {
-    if (this.#settled) return
-    const reason = this.#caller.reason
-    this.#controller?.abort(reason)
-    this.#settle()?.(new AbortedError(reason))
+  // The caller's side aborted. Only a racing call answers at once; otherwise fn hears of it
+  // through its signal and the call settles when fn does.
+  override parentAborted(reason: unknown): void {
+    this.abort(reason)
+    if (this.#racing) this.#fail(new AbortedError(reason))
   }
 
   /** Maps fn's failure to what the caller sees. */
   failure(error: unknown): unknown {
-    const reason = this.#reason
-    if (reason === undefined || error === reason) return error
+    const expired = this.#expired
+    if (expired === undefined || error === expired) return error
     return this.#byDeadline
       ? new DeadlineExceededError(this.atMs, { cause: error })
       : new TimeoutError(this.#limitMs, { cause: error })
   }
 
-  /** Stops the timer and the caller-signal listener. */
-  finish(queue: TimerQueue): void {
+  /** Stops the timer and lets go of the caller's signal. */
+  finish(): void {
     this.#settled = true
-    queue.remove(this)
-    if (this.#reject !== undefined && this.#caller !== neverAbortedSignal) {
-      this.#caller.removeEventListener('abort', this)
-    }
+    this.#policy.queue.remove(this)
+    this.close()
   }
 
-  /** Runs fn racing the timer and the caller's signal (hard mode, or a caller signal given). */
-  race(fn: PolicyFunction<T>): Promise<T> {
+  /** Runs fn racing the timer (hard mode) and the caller's real signal. */
+  race(fn: PolicyFunction<T>, linkNow: boolean): Promise<T> {
     const promise = new Promise<T>((resolve, reject) => {
       this.#resolve = resolve
       this.#reject = reject
     })
-    if (this.#caller !== neverAbortedSignal) this.#caller.addEventListener('abort', this)
+    this.#racing = true
+    if (linkNow) this.link()
+    if (this.#settled) return promise
     let result: PromiseLike<T> | T
     try {
       result = fn(this)
     } catch (error) {
-      this.#settle()?.(this.failure(error))
+      this.#fail(this.failure(error))
       return promise
     }
     Promise.resolve(result).then(
       (value) => {
         if (this.#settled) return
-        this.finish(this.#policy.queue)
+        this.finish()
         this.#resolve!(value)
       },
-      (error: unknown) => {
-        // After a hard timeout fn's late failure has nowhere to go; handling it here keeps
-        // it from surfacing as an unhandled rejection.
-        this.#settle()?.(this.failure(error))
-      },
+      // After a hard timeout fn's late failure has nowhere to go; handling it here keeps it
+      // from surfacing as an unhandled rejection.
+      (error: unknown) => this.#fail(this.failure(error)),
     )
     return promise
   }
 
-  #settle(): ((error: unknown) => void) | undefined {
-    if (this.#settled) return undefined
-    this.finish(this.#policy.queue)
-    return this.#reject
+  #fail(error: unknown): void {
+    if (this.#settled) return
+    this.finish()
+    this.#reject!(error)
   }
 }
 
@@ -206,8 +206,16 @@ class TimeoutPolicyImpl implements TimeoutPolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
-    const caller = signal ?? neverAbortedSignal
-    if (caller.aborted) return Promise.reject(new AbortedError(caller.reason))
+    return this.#run(fn, signal === undefined ? undefined : parentOfSignal(signal), 1)
+  }
+
+  // Called by pipeline(): the outer policy's context is used without reading its signal.
+  [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    return this.#run(fn, parentOf(context), context.attempt)
+  }
+
+  #run<T>(fn: PolicyFunction<T>, parent: CancelParent | undefined, attempt: number): Promise<T> {
+    if (parent?.aborted) return Promise.reject(new AbortedError(parent.reason))
     const now = this.#clock.now()
     let limitMs = this.timeoutMs
     let byDeadline = false
@@ -223,13 +231,14 @@ class TimeoutPolicyImpl implements TimeoutPolicy {
         byDeadline = true
       }
     }
-    const call = new TimeoutCall<T>(this, caller, now + limitMs, limitMs, byDeadline)
-    // An infinite timeout (no deadline either) needs no timer at all.
+    const call = new TimeoutCall<T>(this, parent, attempt, now + limitMs, limitMs, byDeadline)
+    // An infinite timeout (and no deadline) needs no timer at all.
     if (limitMs !== Number.POSITIVE_INFINITY) this.queue.add(call)
-    if (this.mode === 'cooperative' && caller === neverAbortedSignal) {
-      return this.#cooperative(call, fn)
-    }
-    return call.race(fn)
+    // A caller's real signal must reject the call at once when it aborts, whatever fn does;
+    // aborts from breakwater's own scopes (an outer timeout) are handled by their owner.
+    const external = hasExternalSignal(parent)
+    if (this.mode === 'cooperative' && !external) return this.#cooperative(call, fn)
+    return call.race(fn, external)
   }
 
   async #cooperative<T>(call: TimeoutCall<T>, fn: PolicyFunction<T>): Promise<T> {
@@ -238,7 +247,7 @@ class TimeoutPolicyImpl implements TimeoutPolicy {
     } catch (error) {
       throw call.failure(error)
     } finally {
-      call.finish(this.queue)
+      call.finish()
     }
   }
 
