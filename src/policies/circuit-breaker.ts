@@ -47,7 +47,8 @@ export type CircuitBreakerEvent =
   | {
       /**
        * The call's outcome says nothing about the downstream and was not recorded: the caller's
-       * own signal aborted it, or an inner bulkhead refused it.
+       * own signal aborted it (before `slowCallMs`), or an inner bulkhead refused it. An
+       * ignored probe frees its slot for another probe.
        */
       readonly type: 'ignored'
       readonly error: unknown
@@ -75,8 +76,10 @@ export interface CircuitBreakerOptions {
   readonly slowCallMs?: number
   /**
    * Which errors count as failures. An error it rejects counts as a success (the downstream
-   * answered, the request was wrong), except when the caller's own signal aborted the call or
-   * an inner bulkhead refused it: those are not recorded at all.
+   * answered, the request was wrong), except a refusal by an inner bulkhead, which is not
+   * recorded at all. Not asked when the caller's own signal aborted the call: such a call is
+   * not recorded either (the caller gave up; it proves nothing), unless it ran `slowCallMs`
+   * or longer, which counts as a slow failure.
    * @default error => classifyFailure(error) !== 'permanent', and not BULKHEAD_FULL
    */
   readonly isFailure?: (error: unknown) => boolean
@@ -314,12 +317,13 @@ class CircuitBreakerPolicy implements CircuitBreaker {
   }
 
   #onError(error: unknown, epoch: number, startMs: number, signal: AbortSignal): void {
-    let outcome: Outcome = 'answered'
-    if (this.#isFailure(error)) outcome = 'error'
-    else if (signal.aborted || (BreakwaterError.is(error) && error.code === 'BULKHEAD_FULL'))
-      outcome = 'ignored'
-    else if (this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs)
-      outcome = 'slow'
+    const slow = this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs
+    let outcome: Outcome
+    // The caller gave up: whatever fn threw then, it tells only whether the call was slow.
+    if (signal.aborted) outcome = slow ? 'slow' : 'ignored'
+    else if (this.#isFailure(error)) outcome = 'error'
+    else if (BreakwaterError.is(error) && error.code === 'BULKHEAD_FULL') outcome = 'ignored'
+    else outcome = slow ? 'slow' : 'answered'
     this.#onOutcome(epoch, outcome, error)
   }
 

@@ -1,0 +1,522 @@
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
+import {
+  type Attributes,
+  type Counter,
+  createNoopMeter,
+  type Meter,
+  metrics,
+} from '@opentelemetry/api'
+import { describe, expect, it } from 'vitest'
+import {
+  AbortedError,
+  BreakwaterError,
+  BrokenCircuitError,
+  BulkheadRejectedError,
+  type CircuitBreakerEvent,
+  type CircuitBreakerOptions,
+  circuitBreaker,
+  InvalidOptionError,
+  IsolatedCircuitError,
+} from '../../src/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+
+// Records what the breaker adds to its transitions counter. Registered before any breaker in
+// this file changes state, because the counter is created on the first transition.
+const counted: Array<{ name: string; value: number; attributes: Attributes | undefined }> = []
+const noopMeter = createNoopMeter()
+const recordingMeter: Meter = {
+  ...noopMeter,
+  createCounter(name: string): Counter {
+    return {
+      add(value: number, attributes?: Attributes) {
+        counted.push({ name, value, attributes })
+      },
+    }
+  },
+  createHistogram: noopMeter.createHistogram.bind(noopMeter),
+  createGauge: noopMeter.createGauge.bind(noopMeter),
+  createUpDownCounter: noopMeter.createUpDownCounter.bind(noopMeter),
+  createObservableGauge: noopMeter.createObservableGauge.bind(noopMeter),
+  createObservableCounter: noopMeter.createObservableCounter.bind(noopMeter),
+  createObservableUpDownCounter: noopMeter.createObservableUpDownCounter.bind(noopMeter),
+  addBatchObservableCallback: noopMeter.addBatchObservableCallback.bind(noopMeter),
+  removeBatchObservableCallback: noopMeter.removeBatchObservableCallback.bind(noopMeter),
+}
+metrics.setGlobalMeterProvider({ getMeter: () => recordingMeter })
+
+interface Deferred<T> {
+  promise: Promise<T>
+  resolve(value: T): void
+  reject(error: unknown): void
+}
+
+function deferred<T = string>(): Deferred<T> {
+  let resolve!: (value: T) => void
+  let reject!: (error: unknown) => void
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res
+    reject = rej
+  })
+  return { promise, resolve, reject }
+}
+
+const boom = (): Promise<never> => Promise.reject(new Error('boom'))
+const ok = (): Promise<string> => Promise.resolve('ok')
+const notFound = (): Promise<never> =>
+  Promise.reject(Object.assign(new Error('not found'), { status: 404 }))
+
+function setup(options: Omit<CircuitBreakerOptions, 'clock'> = {}) {
+  const clock = new ManualClock(1_000)
+  const breaker = circuitBreaker({ cooldownMs: 10_000, ...options, clock })
+  const events: CircuitBreakerEvent[] = []
+  breaker.events.on((e) => events.push(e))
+  const transitions = () =>
+    events.flatMap((e) => (e.type === 'stateChange' ? [`${e.from}->${e.to}`] : []))
+  return { clock, breaker, events, transitions }
+}
+
+async function failTimes(
+  breaker: { execute: (fn: () => Promise<never>) => Promise<unknown> },
+  n: number,
+) {
+  for (let i = 0; i < n; i++) await expect(breaker.execute(boom)).rejects.toThrow('boom')
+}
+
+describe('circuitBreaker: closed -> open', () => {
+  it('opens after `failures` consecutive failures; a success starts the count again', async () => {
+    const { breaker, transitions } = setup({ window: { kind: 'consecutive', failures: 3 } })
+    await failTimes(breaker, 2)
+    await breaker.execute(ok)
+    await failTimes(breaker, 2)
+    expect(breaker.state).toBe('closed')
+    await failTimes(breaker, 1)
+    expect(breaker.state).toBe('open')
+    expect(transitions()).toEqual(['closed->open'])
+  })
+
+  it('count window: opens when the failure rate over the last `size` calls reaches the threshold, after minimumCalls', async () => {
+    const { breaker } = setup({
+      window: { kind: 'count', size: 4, failureRateThreshold: 0.5, minimumCalls: 3 },
+    })
+    await failTimes(breaker, 1)
+    await breaker.execute(ok)
+    expect(breaker.state).toBe('closed') // 1 of 2, below minimumCalls
+    await breaker.execute(ok)
+    expect(breaker.state).toBe('closed') // 1 of 3 = 0.33
+    await breaker.execute(ok)
+    await breaker.execute(ok) // window now holds ok ok ok ok
+    await failTimes(breaker, 1) // ok ok ok F = 0.25
+    expect(breaker.state).toBe('closed')
+    await failTimes(breaker, 1) // ok ok F F = 0.5
+    expect(breaker.state).toBe('open')
+  })
+
+  it('count window: old outcomes slide out of the window', async () => {
+    const { breaker } = setup({
+      window: { kind: 'count', size: 3, failureRateThreshold: 1, minimumCalls: 3 },
+    })
+    await failTimes(breaker, 2)
+    await breaker.execute(ok)
+    await failTimes(breaker, 2) // F ok F F -> last three: ok F F
+    expect(breaker.state).toBe('closed')
+    await failTimes(breaker, 1) // F F F
+    expect(breaker.state).toBe('open')
+  })
+
+  it('time window: failures older than durationMs expire', async () => {
+    const { clock, breaker } = setup({
+      window: {
+        kind: 'time',
+        durationMs: 10_000,
+        buckets: 10,
+        failureRateThreshold: 0.5,
+        minimumCalls: 4,
+      },
+    })
+    await failTimes(breaker, 3)
+    await clock.advance(10_000) // the three failures leave the window
+    await breaker.execute(ok)
+    await breaker.execute(ok)
+    await failTimes(breaker, 1)
+    expect(breaker.state).toBe('closed') // 1 of 3 counted calls, below minimumCalls
+    await clock.advance(5_000)
+    await failTimes(breaker, 1) // 2 of 4 within the last 10 s
+    expect(breaker.state).toBe('open')
+  })
+
+  it('time window: a long gap clears every bucket', async () => {
+    const { clock, breaker } = setup({
+      window: {
+        kind: 'time',
+        durationMs: 1_000,
+        buckets: 4,
+        failureRateThreshold: 1,
+        minimumCalls: 2,
+      },
+    })
+    await failTimes(breaker, 1)
+    await clock.advance(1_000_000)
+    await failTimes(breaker, 1)
+    expect(breaker.state).toBe('closed')
+    await failTimes(breaker, 1)
+    expect(breaker.state).toBe('open')
+  })
+
+  it('counts a slow success as a failure when slowCallMs is set', async () => {
+    const { clock, breaker, events } = setup({
+      window: { kind: 'consecutive', failures: 2 },
+      slowCallMs: 100,
+    })
+    for (let i = 0; i < 2; i++) {
+      const call = breaker.execute(
+        () => new Promise((resolve) => clock.setTimeout(() => resolve('late'), 100)),
+      )
+      await clock.advance(100)
+      await expect(call).resolves.toBe('late')
+    }
+    expect(breaker.state).toBe('open')
+    expect(events.filter((e) => e.type === 'failure' && e.reason === 'slow')).toHaveLength(2)
+  })
+
+  it('counts a permanent (client) error as a success: the downstream answered', async () => {
+    const { breaker, events } = setup({ window: { kind: 'consecutive', failures: 2 } })
+    await failTimes(breaker, 1)
+    await expect(breaker.execute(notFound)).rejects.toThrow('not found')
+    await failTimes(breaker, 1)
+    expect(breaker.state).toBe('closed')
+    expect(events.some((e) => e.type === 'success' && e.error !== undefined)).toBe(true)
+  })
+
+  it('does not hold a full inner bulkhead or a caller abort against the downstream', async () => {
+    const { breaker, events } = setup({ window: { kind: 'consecutive', failures: 1 } })
+    await expect(
+      breaker.execute(() => Promise.reject(new BulkheadRejectedError('full', 1, 0))),
+    ).rejects.toThrow(BulkheadRejectedError)
+    const controller = new AbortController()
+    await expect(
+      breaker.execute(() => {
+        controller.abort()
+        return Promise.reject(new AbortedError('gone'))
+      }, controller.signal),
+    ).rejects.toThrow(AbortedError)
+    expect(breaker.state).toBe('closed')
+    expect(events.filter((e) => e.type === 'ignored')).toHaveLength(2)
+  })
+
+  it('honours a custom isFailure', async () => {
+    const { breaker } = setup({
+      window: { kind: 'consecutive', failures: 1 },
+      isFailure: (error) => (error as { status?: number }).status === 404,
+    })
+    await failTimes(breaker, 1)
+    expect(breaker.state).toBe('closed')
+    await expect(breaker.execute(notFound)).rejects.toThrow()
+    expect(breaker.state).toBe('open')
+  })
+
+  it('rejects an already aborted call without running it or counting it', async () => {
+    const { breaker } = setup({ window: { kind: 'consecutive', failures: 1 } })
+    let ran = false
+    await expect(
+      breaker.execute(() => {
+        ran = true
+        return 'x'
+      }, AbortSignal.abort('no')),
+    ).rejects.toThrow(AbortedError)
+    expect(ran).toBe(false)
+    expect(breaker.state).toBe('closed')
+  })
+})
+
+describe('circuitBreaker: open', () => {
+  it('fails fast with BrokenCircuitError carrying the cooldown left, without calling fn', async () => {
+    const { clock, breaker, events } = setup({ window: { kind: 'consecutive', failures: 1 } })
+    await failTimes(breaker, 1)
+    await clock.advance(4_000)
+    let calls = 0
+    const error = await breaker
+      .execute(() => {
+        calls++
+        return 'x'
+      })
+      .catch((e: unknown) => e)
+    expect(calls).toBe(0)
+    expect(error).toBeInstanceOf(BrokenCircuitError)
+    expect((error as BrokenCircuitError).code).toBe('BROKEN_CIRCUIT')
+    expect((error as BrokenCircuitError).retryAfterMs).toBe(6_000)
+    expect((error as BrokenCircuitError).retryable).toBe(false)
+    expect(events.at(-1)).toEqual({ type: 'rejected', state: 'open', retryAfterMs: 6_000 })
+  })
+
+  it('moves to half-open by timer when the cooldown ends, with no call needed', async () => {
+    const { clock, breaker, transitions } = setup({ window: { kind: 'consecutive', failures: 1 } })
+    await failTimes(breaker, 1)
+    expect(clock.pendingTimers).toBe(1)
+    await clock.advance(9_999)
+    expect(breaker.state).toBe('open')
+    await clock.advance(1)
+    expect(breaker.state).toBe('half-open')
+    expect(transitions()).toEqual(['closed->open', 'open->half-open'])
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('dispose() clears the timer; the next call after the cooldown moves it on', async () => {
+    const { clock, breaker } = setup({ window: { kind: 'consecutive', failures: 1 } })
+    await failTimes(breaker, 1)
+    breaker.dispose()
+    expect(clock.pendingTimers).toBe(0)
+    await clock.advance(20_000)
+    expect(breaker.state).toBe('open')
+    await expect(breaker.execute(ok)).resolves.toBe('ok')
+    expect(breaker.state).toBe('closed')
+  })
+
+  it('ignores outcomes of calls admitted before the circuit opened', async () => {
+    const { clock, breaker } = setup({ window: { kind: 'consecutive', failures: 1 } })
+    const late = deferred()
+    const lateCall = breaker.execute(() => late.promise)
+    await failTimes(breaker, 1)
+    await clock.advance(10_000)
+    expect(breaker.state).toBe('half-open')
+    late.resolve('stale')
+    await expect(lateCall).resolves.toBe('stale')
+    // A success from before the cooldown is not a probe: the circuit stays half-open.
+    expect(breaker.state).toBe('half-open')
+  })
+})
+
+describe('circuitBreaker: half-open', () => {
+  async function toHalfOpen(options: Omit<CircuitBreakerOptions, 'clock'> = {}, failures = 1) {
+    const s = setup({ window: { kind: 'consecutive', failures: 1 }, ...options })
+    await failTimes(s.breaker, failures)
+    await s.clock.advance(s.clock.nextTimerAt()! - s.clock.now())
+    expect(s.breaker.state).toBe('half-open')
+    return s
+  }
+
+  it('admits halfOpenProbes concurrent probes and fails every other caller fast', async () => {
+    const { breaker, transitions } = await toHalfOpen({ halfOpenProbes: 2 })
+    const probes = [deferred(), deferred()]
+    const calls = probes.map((p) => breaker.execute(() => p.promise))
+    const rejected = await breaker.execute(ok).catch((e: unknown) => e)
+    expect(rejected).toBeInstanceOf(BrokenCircuitError)
+    expect((rejected as BrokenCircuitError).retryAfterMs).toBe(0)
+    probes[0]!.resolve('a')
+    await calls[0]
+    expect(breaker.state).toBe('half-open') // one of two probes so far
+    // The finished probe's slot is not reopened: two trial calls per half-open period.
+    await expect(breaker.execute(ok)).rejects.toThrow(BrokenCircuitError)
+    probes[1]!.resolve('b')
+    await calls[1]
+    expect(breaker.state).toBe('closed')
+    expect(transitions()).toEqual(['closed->open', 'open->half-open', 'half-open->closed'])
+  })
+
+  it('closes with a fresh window after the probes succeed', async () => {
+    const { breaker } = await toHalfOpen(
+      {
+        window: { kind: 'count', size: 4, failureRateThreshold: 0.5, minimumCalls: 2 },
+      },
+      2,
+    )
+    await breaker.execute(ok)
+    expect(breaker.state).toBe('closed')
+    await failTimes(breaker, 1) // would be 3 of 4 with the old window; fresh: 1 of 1
+    expect(breaker.state).toBe('closed')
+    await failTimes(breaker, 1) // 2 of 2
+    expect(breaker.state).toBe('open')
+  })
+
+  it('a failed probe reopens with the cooldown restarted and grown up to maxCooldownMs', async () => {
+    const { clock, breaker } = await toHalfOpen({
+      cooldownMultiplier: 2,
+      maxCooldownMs: 30_000,
+    })
+    const expected = [20_000, 30_000, 30_000]
+    for (const cooldown of expected) {
+      await failTimes(breaker, 1)
+      expect(breaker.state).toBe('open')
+      const error = (await breaker.execute(ok).catch((e: unknown) => e)) as BrokenCircuitError
+      expect(error.retryAfterMs).toBe(cooldown)
+      await clock.advance(cooldown)
+      expect(breaker.state).toBe('half-open')
+    }
+    await breaker.execute(ok)
+    expect(breaker.state).toBe('closed')
+    await failTimes(breaker, 1)
+    const error = (await breaker.execute(ok).catch((e: unknown) => e)) as BrokenCircuitError
+    expect(error.retryAfterMs).toBe(10_000) // closing restored the base cooldown
+  })
+
+  it('a probe answered with a permanent error closes the circuit', async () => {
+    const { breaker } = await toHalfOpen()
+    await expect(breaker.execute(notFound)).rejects.toThrow('not found')
+    expect(breaker.state).toBe('closed')
+  })
+
+  it('a probe aborted by its caller frees the slot for another probe', async () => {
+    const { breaker } = await toHalfOpen()
+    const controller = new AbortController()
+    const aborted = breaker.execute(
+      ({ signal }) =>
+        new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason))),
+      controller.signal,
+    )
+    await expect(breaker.execute(ok)).rejects.toThrow(BrokenCircuitError)
+    controller.abort(new Error('caller gave up'))
+    await expect(aborted).rejects.toThrow('caller gave up')
+    expect(breaker.state).toBe('half-open')
+    await expect(breaker.execute(ok)).resolves.toBe('ok')
+    expect(breaker.state).toBe('closed')
+  })
+
+  it('a probe aborted by its caller after slowCallMs counts as a slow failure', async () => {
+    const { clock, breaker } = await toHalfOpen({ slowCallMs: 50 })
+    const controller = new AbortController()
+    const aborted = breaker.execute(
+      ({ signal }) =>
+        new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason))),
+      controller.signal,
+    )
+    await clock.advance(50)
+    controller.abort()
+    await expect(aborted).rejects.toThrow()
+    expect(breaker.state).toBe('open')
+  })
+
+  it('a slow probe reopens the circuit', async () => {
+    const { clock, breaker } = await toHalfOpen({ slowCallMs: 50 })
+    const call = breaker.execute(
+      () => new Promise((resolve) => clock.setTimeout(() => resolve('slow'), 60)),
+    )
+    await clock.advance(60)
+    await expect(call).resolves.toBe('slow')
+    expect(breaker.state).toBe('open')
+  })
+})
+
+describe('circuitBreaker: isolate and reset', () => {
+  it('isolate() fails every call with IsolatedCircuitError until reset()', async () => {
+    const { clock, breaker, transitions } = setup({ window: { kind: 'consecutive', failures: 1 } })
+    await failTimes(breaker, 1)
+    breaker.isolate()
+    expect(clock.pendingTimers).toBe(0) // no cooldown ends an isolation
+    await clock.advance(60_000)
+    const error = await breaker.execute(ok).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(IsolatedCircuitError)
+    expect(BreakwaterError.is(error) && error.code).toBe('ISOLATED_CIRCUIT')
+    breaker.isolate()
+    breaker.reset()
+    expect(breaker.state).toBe('closed')
+    await expect(breaker.execute(ok)).resolves.toBe('ok')
+    expect(transitions()).toEqual(['closed->open', 'open->isolated', 'isolated->closed'])
+  })
+
+  it('reset() while closed forgets the window', async () => {
+    const { breaker } = setup({ window: { kind: 'consecutive', failures: 2 } })
+    await failTimes(breaker, 1)
+    breaker.reset()
+    await failTimes(breaker, 1)
+    expect(breaker.state).toBe('closed')
+  })
+})
+
+describe('circuitBreaker: observability', () => {
+  it('publishes state changes on breakwater:breaker:state-change', async () => {
+    const messages: unknown[] = []
+    const onMessage = (message: unknown) => messages.push(message)
+    subscribe('breakwater:breaker:state-change', onMessage)
+    try {
+      const { breaker } = setup({ name: 'inventory', window: { kind: 'consecutive', failures: 1 } })
+      await failTimes(breaker, 1)
+      expect(messages).toEqual([
+        expect.objectContaining({ name: 'inventory', from: 'closed', to: 'open' }),
+      ])
+    } finally {
+      unsubscribe('breakwater:breaker:state-change', onMessage)
+    }
+  })
+
+  it('counts transitions in the breakwater.breaker.transitions OpenTelemetry counter', async () => {
+    counted.length = 0
+    const { breaker } = setup({ name: 'orders', window: { kind: 'consecutive', failures: 1 } })
+    await failTimes(breaker, 1)
+    breaker.reset()
+    expect(counted).toEqual([
+      {
+        name: 'breakwater.breaker.transitions',
+        value: 1,
+        attributes: { from: 'closed', to: 'open', breaker: 'orders' },
+      },
+      {
+        name: 'breakwater.breaker.transitions',
+        value: 1,
+        attributes: { from: 'open', to: 'closed', breaker: 'orders' },
+      },
+    ])
+  })
+
+  it('emits success and failure events with the error', async () => {
+    const { breaker, events } = setup()
+    await breaker.execute(ok)
+    await failTimes(breaker, 1)
+    expect(events).toEqual([
+      { type: 'success' },
+      { type: 'failure', reason: 'error', error: new Error('boom') },
+    ])
+  })
+})
+
+describe('circuitBreaker: options', () => {
+  const cases: Array<[string, CircuitBreakerOptions]> = [
+    ['circuitBreaker.window.kind', { window: { kind: 'sliding' } as never }],
+    ['circuitBreaker.window.failures', { window: { kind: 'consecutive', failures: 0 } }],
+    ['circuitBreaker.window.size', { window: { kind: 'count', size: 0 } }],
+    [
+      'circuitBreaker.window.minimumCalls',
+      { window: { kind: 'count', size: 10, minimumCalls: 11 } },
+    ],
+    [
+      'circuitBreaker.window.failureRateThreshold',
+      { window: { kind: 'count', size: 10, failureRateThreshold: 0 } },
+    ],
+    [
+      'circuitBreaker.window.failureRateThreshold',
+      { window: { kind: 'time', failureRateThreshold: 1.5 } },
+    ],
+    ['circuitBreaker.window.durationMs', { window: { kind: 'time', durationMs: -1 } }],
+    ['circuitBreaker.window.buckets', { window: { kind: 'time', durationMs: 100, buckets: 101 } }],
+    ['circuitBreaker.cooldownMs', { cooldownMs: Number.NaN }],
+    ['circuitBreaker.cooldownMultiplier', { cooldownMultiplier: 0.5 }],
+    ['circuitBreaker.maxCooldownMs', { cooldownMs: 1_000, maxCooldownMs: 999 }],
+    ['circuitBreaker.halfOpenProbes', { halfOpenProbes: 1.5 }],
+    ['circuitBreaker.slowCallMs', { slowCallMs: 0 }],
+    ['circuitBreaker.isFailure', { isFailure: 'yes' as never }],
+    ['circuitBreaker.clock', { clock: {} as never }],
+  ]
+  it.each(cases)('rejects a bad %s with InvalidOptionError naming it', (option, options) => {
+    const error = (() => {
+      try {
+        circuitBreaker(options)
+      } catch (e) {
+        return e
+      }
+    })()
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe(option)
+    expect((error as InvalidOptionError).message).toContain(option)
+  })
+
+  it('defaults: consecutive window of 5, 30 s cooldown, one probe', async () => {
+    const clock = new ManualClock()
+    const breaker = circuitBreaker({ clock })
+    await failTimes(breaker, 4)
+    expect(breaker.state).toBe('closed')
+    await failTimes(breaker, 1)
+    expect(breaker.state).toBe('open')
+    await clock.advance(29_999)
+    expect(breaker.state).toBe('open')
+    await clock.advance(1)
+    expect(breaker.state).toBe('half-open')
+  })
+})
