@@ -1,0 +1,271 @@
+// One behaviour for every SqlDriver: each test runs against real SQLite and real PostgreSQL.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { BreakwaterError } from '../../src/core/errors.js'
+import { sqlErrorKind } from '../../src/stores/errors.js'
+import type { SqlDriver, SqlTransaction } from '../../src/stores/types.js'
+import { type OpenedTarget, targets, uniqueTable } from './drivers.js'
+
+describe.each(targets)('$dialect driver conformance', (target) => {
+  let opened: OpenedTarget
+  let db: SqlDriver
+  const bigint = target.dialect === 'postgres' ? 'BIGINT' : 'INTEGER'
+  const bytes = target.dialect === 'postgres' ? 'BYTEA' : 'BLOB'
+  const real = target.dialect === 'postgres' ? 'DOUBLE PRECISION' : 'REAL'
+  const bool = target.dialect === 'postgres' ? 'BOOLEAN' : 'INTEGER'
+
+  beforeAll(async () => {
+    opened = await target.open('conformance')
+    db = opened.db
+  })
+  afterAll(async () => {
+    await opened?.cleanup()
+  })
+
+  async function table(columns = 'id INTEGER PRIMARY KEY, v TEXT'): Promise<string> {
+    const name = uniqueTable()
+    await db.execute(`CREATE TABLE ${name} (${columns})`)
+    return name
+  }
+
+  it('reports its dialect', () => {
+    expect(db.dialect).toBe(target.dialect)
+  })
+
+  it('round-trips every supported value type', async () => {
+    const t = await table(
+      `id INTEGER PRIMARY KEY, i INTEGER, big ${bigint}, f ${real}, s TEXT, n TEXT, u TEXT, b ${bool}, bytes ${bytes}, buf ${bytes}, ts ${bigint}`,
+    )
+    const timestamp = 1_726_000_000_123
+    await db.execute(
+      `INSERT INTO ${t} (id, i, big, f, s, n, u, b, bytes, buf, ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+      [
+        1,
+        -42,
+        2n ** 40n,
+        1.5,
+        'héllo ✓ \n\t"x"',
+        null,
+        undefined,
+        true,
+        new Uint8Array([0, 1, 255]),
+        Buffer.from('abc'),
+        timestamp,
+      ],
+    )
+    const [row] = await db.query<Record<string, unknown>>(`SELECT * FROM ${t} WHERE id = $1`, [1])
+    expect(row).toMatchObject({
+      id: 1,
+      i: -42,
+      big: 2 ** 40,
+      f: 1.5,
+      s: 'héllo ✓ \n\t"x"',
+      n: null,
+      u: null,
+      ts: timestamp,
+    })
+    expect(typeof row!.big).toBe('number')
+    expect(typeof row!.ts).toBe('number')
+    expect(Boolean(row!.b)).toBe(true)
+    expect(Buffer.isBuffer(row!.bytes)).toBe(true)
+    expect([...(row!.bytes as Buffer)]).toEqual([0, 1, 255])
+    expect((row!.buf as Buffer).toString()).toBe('abc')
+    // BIGINT results such as count(*) are numbers too.
+    const [count] = await db.query<{ n: number }>(`SELECT count(*) AS n FROM ${t}`)
+    expect(count).toEqual({ n: 1 })
+  })
+
+  it('binds a placeholder used twice and placeholders out of order', async () => {
+    const t = await table('id INTEGER PRIMARY KEY, a TEXT, b TEXT')
+    await db.execute(`INSERT INTO ${t} (id, b, a) VALUES ($3, $1, $2)`, ['B', 'A', 7])
+    await db.execute(`INSERT INTO ${t} (id, a, b) VALUES ($1, $2, $2)`, [8, 'same'])
+    expect(await db.query(`SELECT id, a, b FROM ${t} ORDER BY id`)).toEqual([
+      { id: 7, a: 'A', b: 'B' },
+      { id: 8, a: 'same', b: 'same' },
+    ])
+    const rows = await db.query(`SELECT id FROM ${t} WHERE a = $1 OR b = $1 ORDER BY id`, ['same'])
+    expect(rows).toEqual([{ id: 8 }])
+  })
+
+  it('leaves $n inside string literals, quoted identifiers and comments alone', async () => {
+    const t = await table('id INTEGER PRIMARY KEY, "weird$1" TEXT')
+    await db.execute(
+      `INSERT INTO ${t} (id, "weird$1") VALUES ($1, '$2 it''s ? $1') -- trailing $3 comment`,
+      [1],
+    )
+    const rows = await db.query(`SELECT "weird$1" AS v FROM ${t} /* $9 */ WHERE id = $1`, [1])
+    expect(rows).toEqual([{ v: "$2 it's ? $1" }])
+  })
+
+  it('reports changed rows from execute and RETURNING rows from query', async () => {
+    const t = await table()
+    expect(
+      await db.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'a'), (2, 'b'), (3, 'c')`),
+    ).toEqual({ rowCount: 3 })
+    expect(await db.execute(`UPDATE ${t} SET v = $1 WHERE id > $2`, ['z', 1])).toEqual({
+      rowCount: 2,
+    })
+    expect(await db.execute(`DELETE FROM ${t} WHERE id = $1`, [99])).toEqual({ rowCount: 0 })
+    expect(await db.query(`UPDATE ${t} SET v = 'y' WHERE id = $1`, [1])).toEqual([])
+    expect(
+      await db.query(`INSERT INTO ${t} (id, v) VALUES ($1, $2) RETURNING id, v`, [4, 'd']),
+    ).toEqual([{ id: 4, v: 'd' }])
+    expect(await db.query(`SELECT v FROM ${t} WHERE id = $1`, [404])).toEqual([])
+  })
+
+  it('commits a transaction when its callback resolves', async () => {
+    const t = await table()
+    const result = await db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES ($1, $2)`, [1, 'a'])
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES ($1, $2)`, [2, 'b'])
+      return (await tx.query<{ n: number }>(`SELECT count(*) AS n FROM ${t}`))[0]!.n
+    })
+    expect(result).toBe(2)
+    expect(await db.query(`SELECT id FROM ${t} ORDER BY id`)).toEqual([{ id: 1 }, { id: 2 }])
+  })
+
+  it('rolls a transaction back when its callback throws, rethrowing the same error', async () => {
+    const t = await table()
+    const boom = new Error('boom')
+    const outcome = db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES ($1, $2)`, [1, 'a'])
+      throw boom
+    })
+    await expect(outcome).rejects.toBe(boom)
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
+  })
+
+  it('rolls back when a statement inside the transaction fails, and stays usable', async () => {
+    const t = await table()
+    await db.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'a')`)
+    const outcome = db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (2, 'b')`)
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'duplicate')`)
+    })
+    const error = await outcome.catch((e: unknown) => e)
+    expect(sqlErrorKind(error)).toBe('unique-violation')
+    expect(await db.query(`SELECT id, v FROM ${t}`)).toEqual([{ id: 1, v: 'a' }])
+    await db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (3, 'c')`)
+    })
+    expect(await db.query(`SELECT count(*) AS n FROM ${t}`)).toEqual([{ n: 2 }])
+  })
+
+  it('refuses statements through a transaction executor after the transaction ended', async () => {
+    const t = await table()
+    let leaked: SqlTransaction | undefined
+    await db.transaction(async (tx) => {
+      leaked = tx
+    })
+    const error = await leaked!
+      .execute(`INSERT INTO ${t} (id, v) VALUES (1, 'late')`)
+      .catch((e) => e)
+    expect(BreakwaterError.is(error) && error.code).toBe('TRANSACTION_MISUSE')
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
+  })
+
+  it('runs tx.transaction as a savepoint: an inner failure undoes only the inner writes', async () => {
+    const t = await table()
+    await db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'outer')`)
+      await expect(
+        tx.transaction(async (inner) => {
+          await inner.execute(`INSERT INTO ${t} (id, v) VALUES (2, 'inner')`)
+          throw new Error('inner fails')
+        }),
+      ).rejects.toThrow('inner fails')
+      const nested = await tx.transaction(async (inner) => {
+        await inner.execute(`INSERT INTO ${t} (id, v) VALUES (3, 'kept')`)
+        return inner.transaction(async (deeper) => {
+          await deeper.execute(`INSERT INTO ${t} (id, v) VALUES (4, 'deeper')`)
+          return 'ok'
+        })
+      })
+      expect(nested).toBe('ok')
+    })
+    expect(await db.query(`SELECT id FROM ${t} ORDER BY id`)).toEqual([
+      { id: 1 },
+      { id: 3 },
+      { id: 4 },
+    ])
+  })
+
+  it('rolls back savepoint writes together with the outer transaction', async () => {
+    const t = await table()
+    await expect(
+      db.transaction(async (tx) => {
+        await tx.transaction(async (inner) => {
+          await inner.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'inner')`)
+        })
+        throw new Error('outer fails')
+      }),
+    ).rejects.toThrow('outer fails')
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
+  })
+
+  it('loses no update when many transactions increment one counter concurrently', async () => {
+    const t = await table('id INTEGER PRIMARY KEY, n INTEGER NOT NULL')
+    await db.execute(`INSERT INTO ${t} (id, n) VALUES (1, 0)`)
+    const count = 25
+    const seen = await Promise.all(
+      Array.from({ length: count }, () =>
+        db.transaction(async (tx) => {
+          const [row] = await tx.query<{ n: number }>(
+            `UPDATE ${t} SET n = n + 1 WHERE id = $1 RETURNING n`,
+            [1],
+          )
+          return row!.n
+        }),
+      ),
+    )
+    expect(seen.sort((a, b) => a - b)).toEqual(Array.from({ length: count }, (_, i) => i + 1))
+    expect(await db.query(`SELECT n FROM ${t}`)).toEqual([{ n: count }])
+  })
+
+  it('rejects with the driver error for bad SQL and stays usable', async () => {
+    await expect(db.query('SELEKT 1')).rejects.toThrow(/syntax/i)
+    await expect(db.query('SELECT * FROM no_such_table_here')).rejects.toThrow(/no_such_table_here/)
+    expect(await db.query('SELECT 1 AS one')).toEqual([{ one: 1 }])
+  })
+
+  it('rejects a parameter count that does not match the statement', async () => {
+    const t = await table()
+    await expect(db.query(`SELECT v FROM ${t} WHERE id = $1 AND v = $2`, [1])).rejects.toThrow()
+    await expect(db.query(`SELECT v FROM ${t} WHERE id = $1`, [1, 2])).rejects.toThrow()
+  })
+
+  it('classifies a unique violation the same way on both dialects', async () => {
+    const t = await table()
+    await db.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'a')`)
+    const error = await db.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'b')`).catch((e) => e)
+    expect(sqlErrorKind(error)).toBe('unique-violation')
+    expect(sqlErrorKind(new Error('x'))).toBe('other')
+  })
+
+  it('closes: later statements and transactions fail with STORE_CLOSED, close is idempotent', async () => {
+    const own = await target.open('close')
+    await own.db.query('SELECT 1 AS one')
+    await own.db.close()
+    await own.db.close()
+    const queryError = await own.db.query('SELECT 1').catch((e) => e)
+    const txError = await own.db.transaction(async () => 1).catch((e) => e)
+    expect(BreakwaterError.is(queryError) && queryError.code).toBe('STORE_CLOSED')
+    expect(BreakwaterError.is(txError) && txError.code).toBe('STORE_CLOSED')
+    await own.cleanup()
+  })
+
+  it('keeps working when more distinct statements run than the cache holds', async () => {
+    const own = await target.open('cache', {
+      sqlite: { statementCacheSize: 2 },
+    })
+    try {
+      for (let round = 0; round < 3; round++) {
+        for (let i = 0; i < 6; i++) {
+          const rows = await own.db.query<{ v: number }>(`SELECT $1 + ${i} AS v`, [round])
+          expect(Number(rows[0]!.v)).toBe(round + i)
+        }
+      }
+    } finally {
+      await own.cleanup()
+    }
+  })
+})
