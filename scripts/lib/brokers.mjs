@@ -1,15 +1,18 @@
-// Real broker servers for tests and benchmarks: nats-server (JetStream), redis-server and
-// rabbitmq-server, each on random loopback ports with all of its state in one temporary folder.
+// Real broker servers for tests, benchmarks and the demo: nats-server (JetStream), redis-server
+// and rabbitmq-server, each on random loopback ports with all of its state in one temporary
+// folder, so they clash with nothing installed system-wide.
 //
-//   import { startNats, startRedis, startRabbitMq } from './scripts/lib/brokers.mjs'
-//   const nats = await startNats()      // { url: 'nats://127.0.0.1:40123', ... }
-//   await nats.kill(); await nats.restart()   // same port, same data: a broker restart
-//   await nats.stop()                   // stops the server and removes its folder
+//   import { startNats } from './scripts/lib/brokers.mjs'
+//   const nats = await startNats({ stopOnExit: true })  // { url: 'nats://127.0.0.1:40123', ... }
+//   await nats.kill('SIGKILL'); await nats.restart()    // a crash, then the same port and data
+//   await nats.stop()                                   // stops it and removes its folder
+//   stopBroker(state)                                   // the same, synchronously, from the
+//                                                       // JSON state (another process, watchdog)
 //
 // A missing binary is installed from Debian packages when we are root (apt-get update once per
-// process, then apt-get install); otherwise start*() rejects with a message naming the package.
-// Plain Node ESM with no dependencies, so scripts/services.mjs and the vitest global setup can
-// both use it before anything is built.
+// process, then apt-get install, with the package's own service kept from starting); otherwise
+// start*() rejects with a message naming the package. Plain Node ESM with no dependencies, so
+// scripts/services.mjs and the vitest global setup can use it before anything is built.
 
 import { spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -19,28 +22,19 @@ import {
   constants,
   existsSync,
   mkdirSync,
+  mkdtempSync,
   openSync,
+  readdirSync,
   readFileSync,
+  rmSync,
+  writeFileSync,
 } from 'node:fs'
-import { mkdtemp, rm, unlink, writeFile } from 'node:fs/promises'
-import { createConnection, createServer } from 'node:net'
+import { createConnection } from 'node:net'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
+import { freePort, ServiceError } from './common.mjs'
 
 const LOOPBACK = '127.0.0.1'
-
-/**
- * @typedef {object} BrokerServer
- * @property {'nats' | 'redis' | 'rabbitmq'} kind
- * @property {string} url        Connection URL for the adapters (nats://, redis://, amqp://).
- * @property {number} port       The client port on 127.0.0.1.
- * @property {string} dir        The temporary folder holding the server's data and log.
- * @property {() => number | undefined} pid  The server's process id while it runs.
- * @property {(signal?: NodeJS.Signals) => Promise<void>} kill
- *   Stops the process (SIGTERM: clean shutdown; SIGKILL: crash) and keeps its data.
- * @property {() => Promise<void>} restart  Starts it again on the same port with the same data.
- * @property {() => Promise<void>} stop     Stops it for good and removes `dir`.
- */
 
 // ---------------------------------------------------------------------------------------------
 // Binaries and installation
@@ -60,114 +54,88 @@ function which(name, preferred = []) {
   return undefined
 }
 
-let aptUpdated
-const installs = new Map()
+let aptUpdated = false
+const POLICY_RC = '/usr/sbin/policy-rc.d'
 
 /**
- * Returns the path of `binary`, installing Debian package `pkg` first when it is missing and we
- * are root. Installs run one at a time per process; dpkg's own lock orders them across processes.
+ * Returns the path of `binary`, installing the Debian package `pkg` first when it is missing and
+ * we are root. apt-get runs synchronously, so two starts in one process never race; dpkg's lock
+ * (waited for, up to 5 minutes) orders installs across processes.
  */
-export async function ensureBinary(binary, pkg, preferredDirs = []) {
+export function ensureBinary(binary, pkg, { preferredDirs = [], log = defaultLog } = {}) {
   const found = which(binary, preferredDirs)
   if (found) return found
-  if (typeof process.getuid !== 'function' || process.getuid() !== 0) {
-    throw new Error(
-      `${binary} is not installed. Install the Debian package "${pkg}" (apt-get install -y ${pkg}) and run again.`,
+  if (typeof process.getuid !== 'function' || process.getuid() !== 0 || !which('apt-get')) {
+    throw new ServiceError(
+      `${binary} is not installed. Install the Debian package "${pkg}" ` +
+        `(sudo apt-get install -y ${pkg}) and try again.`,
     )
   }
-  let pending = installs.get(pkg)
-  if (!pending) {
-    pending = aptInstall(pkg)
-    installs.set(pkg, pending)
-  }
-  await pending
-  const installed = which(binary, preferredDirs)
-  if (!installed) throw new Error(`apt-get installed "${pkg}" but ${binary} is still not found`)
-  return installed
-}
-
-const POLICY_RC = '/usr/sbin/policy-rc.d'
-const services = {
-  'nats-server': 'nats-server',
-  'redis-server': 'redis-server',
-  'rabbitmq-server': 'rabbitmq-server',
-}
-
-async function aptInstall(pkg) {
+  log(`${binary} not found: installing the Debian package (apt-get install -y ${pkg})...`)
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
   const lock = ['-o', 'DPkg::Lock::Timeout=300']
-  aptUpdated ??= run('apt-get', [...lock, 'update', '-qq'], env)
-  await aptUpdated
+  if (!aptUpdated) {
+    apt([...lock, 'update', '-qq'], env)
+    aptUpdated = true
+  }
   // The packages' postinst scripts start a system-wide service on the default port. A
   // policy-rc.d that exits 101 tells invoke-rc.d not to; we add one only for the install.
   const ownPolicy = !existsSync(POLICY_RC)
-  if (ownPolicy) await writeFile(POLICY_RC, '#!/bin/sh\nexit 101\n', { mode: 0o755 })
+  if (ownPolicy) writeFileSync(POLICY_RC, '#!/bin/sh\nexit 101\n', { mode: 0o755 })
   try {
-    await run('apt-get', [...lock, 'install', '-y', '-q', pkg], env)
+    apt([...lock, 'install', '-y', '-q', pkg], env)
   } finally {
-    if (ownPolicy) await unlink(POLICY_RC).catch(() => {})
+    if (ownPolicy) rmSync(POLICY_RC, { force: true })
   }
-  const policy = readFileSync(POLICY_RC, { encoding: 'utf8', flag: 'a+' })
-  if (!ownPolicy && !/exit\s+101/.test(policy) && services[pkg]) {
-    // Someone else's policy allowed the start: stop the system service so it frees its port.
-    spawnSync('invoke-rc.d', [services[pkg], 'stop'], { stdio: 'ignore' })
+  if (!ownPolicy && !/exit\s+101/.test(readFileSync(POLICY_RC, 'utf8'))) {
+    // Someone else's policy may have let the service start: stop it so it frees its port.
+    spawnSync('invoke-rc.d', [pkg, 'stop'], { stdio: 'ignore' })
+  }
+  const installed = which(binary, preferredDirs)
+  if (!installed) throw new ServiceError(`apt-get installed "${pkg}" but ${binary} is not found`)
+  return installed
+}
+
+function apt(args, env) {
+  const result = spawnSync('apt-get', args, { env, encoding: 'utf8', stdio: 'pipe' })
+  if (result.status !== 0) {
+    const output = `${result.stdout ?? ''}${result.stderr ?? ''}`.trim().slice(-2000)
+    throw new ServiceError(`apt-get ${args.join(' ')} failed (exit ${result.status}): ${output}`)
   }
 }
 
-function run(command, args, env) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { env, stdio: ['ignore', 'ignore', 'pipe'] })
-    let stderr = ''
-    child.stderr.on('data', (chunk) => {
-      stderr += chunk
-    })
-    child.on('error', reject)
-    child.on('exit', (code) =>
-      code === 0
-        ? resolve()
-        : reject(
-            new Error(`${command} ${args.join(' ')} exited with ${code}: ${stderr.slice(-2000)}`),
-          ),
-    )
-  })
+function defaultLog(line) {
+  process.stderr.write(`${line}\n`)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Ports and readiness
-
-/** A free TCP port on 127.0.0.1 (the kernel picks it; it is released before we return it). */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.on('error', reject)
-    server.listen(0, LOOPBACK, () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
-}
+// Readiness probes
 
 /**
- * Connects to port, writes `hello` (if any) and resolves true when the first bytes received
- * satisfy `accept`, false on refusal, timeout or a non-matching answer.
+ * Connects to `port`, writes `hello` (if any) and resolves to what `accept` says about the bytes
+ * received so far (undefined: wait for more); false on refusal, timeout or close.
  */
 function probe(port, hello, accept, timeoutMs = 1000) {
   return new Promise((resolve) => {
     const socket = createConnection({ host: LOOPBACK, port })
     let received = Buffer.alloc(0)
+    let settled = false
     const done = (ok) => {
+      if (settled) return
+      settled = true
       clearTimeout(timer)
       socket.destroy()
       resolve(ok)
     }
     const timer = setTimeout(() => done(false), timeoutMs)
     socket.on('connect', () => {
-      if (hello) socket.write(hello)
+      if (hello === undefined) {
+        if (accept === undefined) done(true)
+      } else socket.write(hello)
     })
     socket.on('data', (chunk) => {
       received = Buffer.concat([received, chunk])
-      const verdict = accept(received)
+      const verdict = accept?.(received)
       if (verdict !== undefined) done(verdict)
     })
     socket.on('error', () => done(false))
@@ -175,31 +143,19 @@ function probe(port, hello, accept, timeoutMs = 1000) {
   })
 }
 
-async function waitUntil(check, describe, child, logFile, timeoutMs) {
+async function waitUntil(ready, what, child, logFile, timeoutMs) {
   const started = Date.now()
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(
-        `${describe} exited during startup (${child.exitCode ?? child.signalCode}).\n${tail(logFile)}`,
-      )
+      const how = child.exitCode ?? child.signalCode
+      throw new ServiceError(`${what} exited during startup (${how}).\n${tail(logFile)}`)
     }
-    if (await check()) return
+    if (await ready()) return
     if (Date.now() - started > timeoutMs) {
-      throw new Error(`${describe} was not ready after ${timeoutMs} ms.\n${tail(logFile)}`)
+      throw new ServiceError(`${what} was not ready after ${timeoutMs} ms.\n${tail(logFile)}`)
     }
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
-}
-
-function canConnect(port) {
-  return new Promise((resolve) => {
-    const socket = createConnection({ host: LOOPBACK, port })
-    socket.on('connect', () => {
-      socket.destroy()
-      resolve(true)
-    })
-    socket.on('error', () => resolve(false))
-  })
 }
 
 function tail(file) {
@@ -211,174 +167,250 @@ function tail(file) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Process supervision shared by the three servers
-
-const live = new Set()
-// Best effort: a test process that exits without calling stop() must not leave servers behind.
-process.once('exit', () => {
-  for (const child of live) child.kill('SIGKILL')
-})
+// Processes. Each server runs in its own process group (detached), so a terminal's Ctrl+C does
+// not hit it half-way through a test run, and so signals reach everything it started: the
+// rabbitmq-server script is a shell that runs the Erlang VM as its child, and a SIGKILL to the
+// shell alone would orphan the VM.
 
 function launch(command, args, { env, cwd, logFile }) {
   const fd = openSync(logFile, 'a')
   try {
-    const child = spawn(command, args, { env, cwd, stdio: ['ignore', fd, fd] })
-    live.add(child)
-    child.on('exit', () => live.delete(child))
-    child.on('error', () => live.delete(child))
+    const child = spawn(command, args, { env, cwd, stdio: ['ignore', fd, fd], detached: true })
+    // Servers must not keep a test runner or script alive; stop()/stopOnExit end them.
+    child.unref()
     return child
   } finally {
     closeSync(fd)
   }
 }
 
-function terminate(child, signal, graceMs = 15_000) {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
-    child.once('exit', () => {
-      clearTimeout(timer)
-      resolve()
-    })
-    child.kill(signal)
-  })
+/** Members of process group `pgid` that are still running (zombies excluded). */
+function groupMembers(pgid) {
+  const members = []
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+      // Fields after the command name, which may itself contain spaces and parentheses.
+      const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      if (Number(pgrp) === pgid && state !== 'Z' && state !== 'X') members.push(Number(entry))
+    } catch {}
+  }
+  return members
+}
+
+function cmdline(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ')
+  } catch {
+    return ''
+  }
+}
+
+function signalGroup(pgid, signal) {
+  try {
+    process.kill(-pgid, signal)
+  } catch {}
+}
+
+function sleepSync(ms) {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
 }
 
 /**
- * Builds a BrokerServer from a `spawnServer()` that starts the process and waits until it is
- * ready, plus optional `cleanup()` run by stop().
+ * Sends `signal` to the group and waits (synchronously) until every member is gone, escalating
+ * to SIGKILL after `graceMs`. Only groups with a member whose command line contains `marker`
+ * (the server's data folder or port) are signalled: a pid from saved state may have been reused.
  */
-async function supervise({ kind, url, port, dir, spawnServer, cleanup }) {
+function stopGroupSync(pgid, marker, signal = 'SIGTERM', graceMs = 15_000) {
+  const members = groupMembers(pgid)
+  if (members.length === 0 || !members.some((pid) => cmdline(pid).includes(marker))) return
+  signalGroup(pgid, signal)
+  const deadline = Date.now() + graceMs
+  while (groupMembers(pgid).length > 0) {
+    if (Date.now() > deadline) {
+      signalGroup(pgid, 'SIGKILL')
+      sleepSync(100)
+      return
+    }
+    sleepSync(25)
+  }
+}
+
+/** The same as stopGroupSync, without blocking the event loop (for the in-process handles). */
+async function stopGroup(pgid, signal = 'SIGTERM', graceMs = 15_000) {
+  if (groupMembers(pgid).length === 0) return
+  signalGroup(pgid, signal)
+  const deadline = Date.now() + graceMs
+  while (groupMembers(pgid).length > 0) {
+    if (Date.now() > deadline) {
+      signalGroup(pgid, 'SIGKILL')
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      return
+    }
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+}
+
+const stopOnExit = new Set()
+process.once('exit', () => {
+  for (const state of stopOnExit) stopBroker(state, 'SIGKILL')
+})
+
+/**
+ * Stops a server from its state (what start* returned, or that state as JSON from another
+ * process) and deletes its folder. Synchronous, so it also works in an 'exit' handler and in
+ * scripts/lib/watchdog.mjs.
+ */
+export function stopBroker(state, signal = 'SIGTERM') {
+  if (state.pid) stopGroupSync(state.pid, state.root, signal)
+  if (state.epmdPid) stopGroupSync(state.epmdPid, `-port ${state.epmdPort}`, 'SIGTERM', 5_000)
+  rmSync(state.root, { recursive: true, force: true })
+}
+
+function startWatchdog(pid, state) {
+  const script = new URL('./watchdog.mjs', import.meta.url)
+  const child = spawn(process.execPath, [script.pathname, String(pid), JSON.stringify(state)], {
+    detached: true,
+    stdio: 'ignore',
+  })
+  child.unref()
+  return child
+}
+
+/**
+ * Builds the started-server object. `spawnServer()` starts the process and waits until it is
+ * ready. The plain fields are the JSON-able state stopBroker() needs; the methods act on it.
+ */
+async function supervise(fields, spawnServer, options) {
+  const state = { ...fields, pid: 0, user: null }
   let child
   try {
     child = await spawnServer()
   } catch (error) {
-    if (cleanup) await cleanup()
-    await rm(dir, { recursive: true, force: true })
+    stopBroker(state, 'SIGKILL')
     throw error
   }
+  state.pid = child.pid
+  let watchdog
+  // A watchdog stops the server when the watched process dies without calling stop().
+  if (options.watchPid !== undefined) watchdog = startWatchdog(options.watchPid, { ...state })
+  if (options.stopOnExit) stopOnExit.add(state)
   let stopped = false
-  return {
-    kind,
-    url,
-    port,
-    dir,
-    pid: () => (child && child.exitCode === null ? child.pid : undefined),
+  return Object.assign(state, {
+    /** Stops the process (SIGTERM: clean shutdown; SIGKILL: crash), keeping its data. */
     async kill(signal = 'SIGTERM') {
-      await terminate(child, signal)
+      await stopGroup(child.pid, signal)
     },
+    /** Starts it again (after kill, or stopping it first) on the same port with the same data. */
     async restart() {
-      if (stopped) throw new Error(`${kind} server was stopped for good`)
-      await terminate(child, 'SIGTERM')
+      if (stopped) throw new ServiceError(`${state.service} server was stopped for good`)
+      await stopGroup(child.pid, 'SIGTERM')
       child = await spawnServer()
+      state.pid = child.pid
     },
+    /** Stops it for good and deletes its folder. */
     async stop() {
       if (stopped) return
       stopped = true
-      await terminate(child, 'SIGTERM')
-      if (cleanup) await cleanup()
-      await rm(dir, { recursive: true, force: true })
+      stopOnExit.delete(state)
+      if (watchdog !== undefined) {
+        try {
+          process.kill(watchdog.pid, 'SIGTERM')
+        } catch {}
+      }
+      await stopGroup(child.pid, 'SIGTERM')
+      stopBroker(state)
     },
-  }
+  })
 }
 
-async function tempDir(kind) {
-  return mkdtemp(join(tmpdir(), `breakwater-${kind}-`))
+function tempRoot(service, options) {
+  return mkdtempSync(join(options.tmpRoot ?? tmpdir(), `breakwater-${service}-`))
+}
+
+function readyOrKill(child, ready, what, logFile, timeoutMs) {
+  return waitUntil(ready, what, child, logFile, timeoutMs).then(
+    () => child,
+    async (error) => {
+      await stopGroup(child.pid, 'SIGKILL')
+      throw error
+    },
+  )
 }
 
 // ---------------------------------------------------------------------------------------------
 // NATS with JetStream
 
 /**
- * Starts `nats-server -js` on a free loopback port with its JetStream store in a temp folder.
- * @returns {Promise<BrokerServer>}
+ * Options shared by the three start functions:
+ * - `stopOnExit`: SIGKILL the server and delete its folder when this process exits (tests);
+ *   without it the server outlives this process (`scripts/services.mjs start`).
+ * - `watchPid`: a detached watchdog stops the server once that process is gone.
+ * - `tmpRoot`: parent of the temporary folder (default os.tmpdir()).
+ * - `timeoutMs`: how long to wait for the server to be ready.
+ * - `log`: receives progress lines (installation).
  */
-export async function startNats({ timeoutMs = 20_000 } = {}) {
-  const binary = await ensureBinary('nats-server', 'nats-server')
-  const dir = await tempDir('nats')
+
+/** Starts `nats-server -js` on a free loopback port with its JetStream store in a temp folder. */
+export async function startNats(options = {}) {
+  const bin = ensureBinary('nats-server', 'nats-server', options)
+  const root = tempRoot('nats', options)
   const port = await freePort()
-  const logFile = join(dir, 'server.log')
-  const args = [
-    '-js',
-    '-a',
-    LOOPBACK,
-    '-p',
-    String(port),
-    '-sd',
-    join(dir, 'jetstream'),
-    '-n',
-    `bw-${port}`,
-  ]
-  const spawnServer = async () => {
-    const child = launch(binary, args, { env: process.env, cwd: dir, logFile })
-    // The server enables JetStream before it accepts clients, so its INFO line means ready.
-    const ready = () =>
-      probe(port, undefined, (data) => {
-        const text = data.toString('latin1')
-        if (!text.includes('\r\n')) return undefined
-        return text.startsWith('INFO ') && text.includes('"jetstream":true')
-      })
-    await waitUntil(ready, 'nats-server', child, logFile, timeoutMs).catch(async (error) => {
-      await terminate(child, 'SIGKILL')
-      throw error
+  const logFile = join(root, 'server.log')
+  const args = ['-js', '-a', LOOPBACK, '-p', String(port), '-sd', join(root, 'jetstream')]
+  args.push('-n', `breakwater-${port}`)
+  // The server enables JetStream before it accepts clients, so an INFO line announcing
+  // JetStream means ready.
+  const ready = () =>
+    probe(port, undefined, (data) => {
+      const text = data.toString('latin1')
+      if (!text.includes('\r\n')) return undefined
+      return text.startsWith('INFO ') && text.includes('"jetstream":true')
     })
-    return child
+  const spawnServer = () => {
+    const child = launch(bin, args, { env: process.env, cwd: root, logFile })
+    return readyOrKill(child, ready, 'nats-server', logFile, options.timeoutMs ?? 20_000)
   }
-  return supervise({ kind: 'nats', url: `nats://${LOOPBACK}:${port}`, port, dir, spawnServer })
+  const url = `nats://${LOOPBACK}:${port}`
+  return supervise({ service: 'nats', url, port, root, bin }, spawnServer, options)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Redis
 
 /**
- * Starts `redis-server` on a free loopback port, AOF on with `appendfsync always` (a reply
- * means the write reached the disk), no RDB snapshots, every file inside a temp folder.
- * @returns {Promise<BrokerServer>}
+ * Starts `redis-server` on a free loopback port: AOF on with `appendfsync always` (a reply means
+ * the write reached the disk), no RDB snapshots, no config file (so Debian's
+ * /etc/redis/redis.conf is never read), every file inside a temp folder.
  */
-export async function startRedis({ timeoutMs = 20_000 } = {}) {
-  const binary = await ensureBinary('redis-server', 'redis-server')
-  const dir = await tempDir('redis')
+export async function startRedis(options = {}) {
+  const bin = ensureBinary('redis-server', 'redis-server', options)
+  const root = tempRoot('redis', options)
   const port = await freePort()
-  const logFile = join(dir, 'server.log')
-  // Arguments only: no config file, so the Debian /etc/redis/redis.conf is never read.
+  const logFile = join(root, 'server.log')
   const args = [
-    '--port',
-    String(port),
-    '--bind',
-    LOOPBACK,
-    '--dir',
-    dir,
-    '--appendonly',
-    'yes',
-    '--appendfsync',
-    'always',
-    '--save',
-    '',
-    '--daemonize',
-    'no',
-    '--protected-mode',
-    'yes',
-    '--logfile',
-    '',
-    '--unixsocket',
-    '',
-  ]
-  const spawnServer = async () => {
-    const child = launch(binary, args, { env: process.env, cwd: dir, logFile })
-    // PING answers -LOADING while the AOF is replayed after a restart: wait for +PONG.
-    const ready = () =>
-      probe(port, 'PING\r\n', (data) => {
-        const text = data.toString('latin1')
-        if (!text.includes('\r\n')) return undefined
-        return text.startsWith('+PONG')
-      })
-    await waitUntil(ready, 'redis-server', child, logFile, timeoutMs).catch(async (error) => {
-      await terminate(child, 'SIGKILL')
-      throw error
+    ['--port', String(port)],
+    ['--bind', LOOPBACK],
+    ['--dir', root],
+    ['--appendonly', 'yes'],
+    ['--appendfsync', 'always'],
+    ['--save', ''],
+    ['--daemonize', 'no'],
+    ['--logfile', ''],
+  ].flat()
+  // PING answers -LOADING while the AOF is replayed after a restart: wait for +PONG.
+  const ready = () =>
+    probe(port, 'PING\r\n', (data) => {
+      const text = data.toString('latin1')
+      return text.includes('\r\n') ? text.startsWith('+PONG') : undefined
     })
-    return child
+  const spawnServer = () => {
+    const child = launch(bin, args, { env: process.env, cwd: root, logFile })
+    return readyOrKill(child, ready, 'redis-server', logFile, options.timeoutMs ?? 20_000)
   }
-  return supervise({ kind: 'redis', url: `redis://${LOOPBACK}:${port}`, port, dir, spawnServer })
+  const url = `redis://${LOOPBACK}:${port}`
+  return supervise({ service: 'redis', url, port, root, bin }, spawnServer, options)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,83 +420,75 @@ const rabbitLibBin = '/usr/lib/rabbitmq/bin'
 
 /**
  * Starts `rabbitmq-server` (Debian 3.10) as its own Erlang node: random node name, AMQP and
- * distribution ports on loopback, mnesia, logs, cookie (HOME), config and plugin files all in a
- * temp folder, and its own `epmd` on a private port, so it clashes with no system RabbitMQ or
- * other Erlang node. Readiness is an AMQP handshake: the listener opens only after boot.
- * @returns {Promise<BrokerServer>}
+ * distribution ports on loopback; mnesia, logs, cookie (HOME), config and plugin files in a temp
+ * folder; and its own `epmd` on a private port, so it meets no system RabbitMQ, no other Erlang
+ * node and no epmd daemon left on 4369. Boot takes a few seconds; readiness is an AMQP
+ * handshake, because the listener opens only once the broker has booted.
  */
-export async function startRabbitMq({ timeoutMs = 90_000 } = {}) {
-  // The /usr/sbin wrapper would `su rabbitmq` and use /var/lib/rabbitmq; the script behind it
-  // runs as any user with the environment below.
-  const binary = await ensureBinary('rabbitmq-server', 'rabbitmq-server', [rabbitLibBin])
-  const server = existsSync(join(rabbitLibBin, 'rabbitmq-server'))
-    ? join(rabbitLibBin, 'rabbitmq-server')
-    : binary
-  const epmdBinary = await ensureBinary('epmd', 'erlang-base')
-  const dir = await tempDir('rabbitmq')
-  const [port, distPort, epmdPort] = [await freePort(), await freePort(), await freePort()]
+export async function startRabbitMq(options = {}) {
+  // /usr/sbin/rabbitmq-server would `su rabbitmq` and use /var/lib/rabbitmq; the script it
+  // wraps runs as any user with the environment below.
+  const preferredDirs = [rabbitLibBin]
+  const bin = ensureBinary('rabbitmq-server', 'rabbitmq-server', { ...options, preferredDirs })
+  const epmdBin = ensureBinary('epmd', 'erlang-base', options)
+  const root = tempRoot('rabbitmq', options)
+  const port = await freePort()
+  const distPort = await freePort()
+  const epmdPort = await freePort()
   const nodeName = `bw${randomBytes(4).toString('hex')}@localhost`
-  for (const sub of ['home', 'mnesia', 'log']) mkdirSync(join(dir, sub), { recursive: true })
-  await writeFile(join(dir, 'enabled_plugins'), '[].\n')
-  await writeFile(join(dir, 'rabbitmq-env.conf'), '')
-  // Quorum queues need no config; the disk limit is lowered so a nearly full /tmp still boots.
-  await writeFile(join(dir, 'rabbitmq.conf'), 'disk_free_limit.absolute = 10MB\n')
+  for (const sub of ['home', 'mnesia', 'log']) mkdirSync(join(root, sub), { recursive: true })
+  writeFileSync(join(root, 'enabled_plugins'), '[].\n')
+  writeFileSync(join(root, 'rabbitmq-env.conf'), '')
+  // A nearly full /tmp must not trip the default 50 MB free-disk alarm in tests.
+  writeFileSync(join(root, 'rabbitmq.conf'), 'disk_free_limit.absolute = 10MB\n')
   const env = {
     ...process.env,
-    HOME: join(dir, 'home'),
+    HOME: join(root, 'home'),
     ERL_EPMD_PORT: String(epmdPort),
     ERL_EPMD_ADDRESS: LOOPBACK,
-    RABBITMQ_CONF_ENV_FILE: join(dir, 'rabbitmq-env.conf'),
-    RABBITMQ_CONFIG_FILE: join(dir, 'rabbitmq.conf'),
-    RABBITMQ_ADVANCED_CONFIG_FILE: join(dir, 'advanced.config'),
-    RABBITMQ_ENABLED_PLUGINS_FILE: join(dir, 'enabled_plugins'),
-    RABBITMQ_MNESIA_BASE: join(dir, 'mnesia'),
-    RABBITMQ_LOG_BASE: join(dir, 'log'),
+    RABBITMQ_CONF_ENV_FILE: join(root, 'rabbitmq-env.conf'),
+    RABBITMQ_CONFIG_FILE: join(root, 'rabbitmq.conf'),
+    RABBITMQ_ADVANCED_CONFIG_FILE: join(root, 'advanced.config'),
+    RABBITMQ_ENABLED_PLUGINS_FILE: join(root, 'enabled_plugins'),
+    RABBITMQ_MNESIA_BASE: join(root, 'mnesia'),
+    RABBITMQ_LOG_BASE: join(root, 'log'),
     RABBITMQ_LOGS: '-',
-    RABBITMQ_PID_FILE: join(dir, 'rabbitmq.pid'),
+    RABBITMQ_PID_FILE: join(root, 'rabbitmq.pid'),
     RABBITMQ_NODENAME: nodeName,
     RABBITMQ_NODE_IP_ADDRESS: LOOPBACK,
     RABBITMQ_NODE_PORT: String(port),
     RABBITMQ_DIST_PORT: String(distPort),
     RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS: '-kernel inet_dist_use_interface {127,0,0,1}',
   }
-  // Our own epmd (a foreground child, not the -daemon Erlang would start on the shared default
-  // port 4369) so stop() can end it and two test runs never share one.
-  const epmdLog = join(dir, 'epmd.log')
-  const epmd = launch(epmdBinary, ['-port', String(epmdPort), '-address', LOOPBACK], {
-    env,
-    cwd: dir,
-    logFile: epmdLog,
-  })
-  await waitUntil(() => canConnect(epmdPort), 'epmd', epmd, epmdLog, 10_000)
-
-  const logFile = join(dir, 'server.log')
-  const amqpHeader = Buffer.from([0x41, 0x4d, 0x51, 0x50, 0, 0, 9, 1])
-  const spawnServer = async () => {
-    const child = launch(server, [], { env, cwd: dir, logFile })
-    // Frame type 1 (method) is connection.start: the broker finished booting.
-    const ready = () =>
-      probe(port, amqpHeader, (data) => (data.length > 0 ? data[0] === 1 : undefined))
-    await waitUntil(ready, 'rabbitmq-server', child, logFile, timeoutMs).catch(async (error) => {
-      await terminate(child, 'SIGKILL')
-      throw error
-    })
-    return child
+  // Our own epmd in the foreground (not the -daemon Erlang would otherwise leave running on the
+  // shared default port) so stopBroker() can end it.
+  const epmdLog = join(root, 'epmd.log')
+  const epmdArgs = ['-port', String(epmdPort), '-address', LOOPBACK]
+  const epmd = launch(epmdBin, epmdArgs, { env, cwd: root, logFile: epmdLog })
+  const fields = { service: 'rabbitmq', url: '', port, root, bin, epmdPid: epmd.pid, epmdPort }
+  fields.url = `amqp://guest:guest@${LOOPBACK}:${port}`
+  try {
+    await readyOrKill(epmd, () => probe(epmdPort), 'epmd', epmdLog, 10_000)
+  } catch (error) {
+    stopBroker({ ...fields, pid: 0 }, 'SIGKILL')
+    throw error
   }
-  return supervise({
-    kind: 'rabbitmq',
-    url: `amqp://guest:guest@${LOOPBACK}:${port}`,
-    port,
-    dir,
-    spawnServer,
-    cleanup: () => terminate(epmd, 'SIGTERM', 5_000),
-  })
+  const logFile = join(root, 'server.log')
+  const amqpHeader = Buffer.from([0x41, 0x4d, 0x51, 0x50, 0, 0, 9, 1])
+  // Frame type 1 (a method frame: connection.start) means the broker is up.
+  const ready = () =>
+    probe(port, amqpHeader, (data) => (data.length > 0 ? data[0] === 1 : undefined))
+  const spawnServer = () => {
+    const child = launch(bin, [], { env, cwd: root, logFile })
+    return readyOrKill(child, ready, 'rabbitmq-server', logFile, options.timeoutMs ?? 90_000)
+  }
+  return supervise(fields, spawnServer, options)
 }
 
-/** Starts one server by kind: 'nats' | 'redis' | 'rabbitmq'. */
-export function startBroker(kind, options) {
-  if (kind === 'nats') return startNats(options)
-  if (kind === 'redis') return startRedis(options)
-  if (kind === 'rabbitmq') return startRabbitMq(options)
-  throw new Error(`unknown broker "${kind}": expected nats, redis or rabbitmq`)
+/** Starts one server by name: 'nats' | 'redis' | 'rabbitmq'. */
+export function startBroker(name, options) {
+  if (name === 'nats') return startNats(options)
+  if (name === 'redis') return startRedis(options)
+  if (name === 'rabbitmq') return startRabbitMq(options)
+  return Promise.reject(new ServiceError(`unknown broker "${name}" (known: nats, redis, rabbitmq)`))
 }

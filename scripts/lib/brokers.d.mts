@@ -1,0 +1,64 @@
+// Types for scripts/lib/brokers.mjs, so TypeScript callers (test support, global setup,
+// benchmarks) can import it.
+
+/** The broker servers this module runs. */
+export type BrokerName = 'nats' | 'redis' | 'rabbitmq'
+
+/** What a started broker is, enough to stop it later (also from another process). */
+export interface BrokerState {
+  readonly service: BrokerName
+  /** Connection URL for the adapters: nats://, redis:// or amqp://guest:guest@... */
+  readonly url: string
+  /** The client port on 127.0.0.1. */
+  readonly port: number
+  /** The temporary folder holding the server's data and log (server.log). */
+  readonly root: string
+  /** The server binary. */
+  readonly bin: string
+  /** Process (and process group) id of the running server; changes on restart(). */
+  readonly pid: number
+  readonly user: null
+  /** RabbitMQ only: its private epmd's process id and port. */
+  readonly epmdPid?: number
+  readonly epmdPort?: number
+}
+
+/** A running broker server. */
+export interface StartedBroker extends BrokerState {
+  /** Stops the process (SIGTERM: clean shutdown; SIGKILL: crash) and keeps its data. */
+  kill(signal?: 'SIGTERM' | 'SIGKILL' | 'SIGINT'): Promise<void>
+  /** Starts it again on the same port with the same data (stopping it first if it runs). */
+  restart(): Promise<void>
+  /** Stops it for good and deletes its folder. */
+  stop(): Promise<void>
+}
+
+/** Options for starting a broker server. */
+export interface StartBrokerOptions {
+  /** SIGKILL the server and delete its folder when this process exits. @default false */
+  readonly stopOnExit?: boolean
+  /** Stop the server when this process is gone (a detached watchdog checks every second). */
+  readonly watchPid?: number
+  /** Parent folder of the temporary data folder. @default os.tmpdir() */
+  readonly tmpRoot?: string
+  /** How long to wait for readiness. @default 20000 (RabbitMQ: 90000) */
+  readonly timeoutMs?: number
+  /** Receives progress lines (installation). */
+  readonly log?: (line: string) => void
+}
+
+export declare function startNats(options?: StartBrokerOptions): Promise<StartedBroker>
+export declare function startRedis(options?: StartBrokerOptions): Promise<StartedBroker>
+export declare function startRabbitMq(options?: StartBrokerOptions): Promise<StartedBroker>
+export declare function startBroker(
+  name: BrokerName,
+  options?: StartBrokerOptions,
+): Promise<StartedBroker>
+/** Stops a server from its (possibly JSON round-tripped) state and deletes its folder. */
+export declare function stopBroker(state: BrokerState, signal?: 'SIGTERM' | 'SIGKILL'): void
+/** Path of `binary`, installing Debian package `pkg` when missing and running as root. */
+export declare function ensureBinary(
+  binary: string,
+  pkg: string,
+  options?: { readonly preferredDirs?: readonly string[]; readonly log?: (line: string) => void },
+): string
