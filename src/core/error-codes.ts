@@ -30,6 +30,11 @@ export const errorCodes = {
     'A transaction executor was used after its transaction ended, or a SQLite driver was called from inside its own transaction.',
   MIGRATION_CONFLICT:
     'An applied migration has a different name than the migration with the same capability and version in code.',
+  BROKER_UNAVAILABLE:
+    'A message broker could not be reached or did not confirm a publish; retryable.',
+  BROKER_UNROUTABLE:
+    'The broker is up but nothing takes messages for the topic yet (no queue bound, no stream); retryable.',
+  BROKER_REJECTED: 'The broker or its client refused the message itself (too large, invalid name).',
 } as const
 
 /** A stable, documented error code. */

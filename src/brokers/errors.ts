@@ -1,0 +1,58 @@
+import { BreakwaterError } from '../core/errors.js'
+
+/** Which adapter raised a {@link BrokerError}. */
+export type BrokerKind = 'nats' | 'rabbitmq' | 'redis'
+
+/** Why a broker operation failed; the stable code of a {@link BrokerError}. */
+export type BrokerErrorCode = 'BROKER_UNAVAILABLE' | 'BROKER_UNROUTABLE' | 'BROKER_REJECTED'
+
+/** Options of a {@link BrokerError}. */
+export interface BrokerErrorOptions {
+  /** The driver's error, if any. */
+  readonly cause?: unknown
+}
+
+/**
+ * A broker could not be reached, did not confirm a message in time, or refused it.
+ *
+ * - `BROKER_UNAVAILABLE` (retryable): connection refused or lost, confirm timeout, a negative
+ *   confirm, a server-side limit. The message may or may not have been stored; publish again.
+ * - `BROKER_UNROUTABLE` (retryable): the broker is up but nothing takes messages for the topic
+ *   yet (no RabbitMQ queue bound, no JetStream stream); publishing again once a subscriber or
+ *   stream exists succeeds.
+ * - `BROKER_REJECTED` (not retryable): the message itself is refused (too large, an invalid
+ *   subject or header), so publishing it again cannot succeed.
+ *
+ * The shared classifier reads `retryable`, so a relay's retry and circuit breaker treat the
+ * first two as transient.
+ *
+ * @example
+ * ```ts
+ * import { BreakwaterError } from 'breakwater'
+ * try { await publisher.publish(batch) }
+ * catch (error) { if (BreakwaterError.is(error) && error.retryable) scheduleRetry() }
+ * ```
+ */
+export class BrokerError extends BreakwaterError {
+  /** The adapter that failed. */
+  readonly broker: BrokerKind
+
+  constructor(
+    code: BrokerErrorCode,
+    broker: BrokerKind,
+    message: string,
+    options: BrokerErrorOptions = {},
+  ) {
+    super(code, `${broker}: ${message}`, {
+      cause: options.cause,
+      retryable: code !== 'BROKER_REJECTED',
+    })
+    this.broker = broker
+  }
+}
+
+/** Short text of a driver error for a message, without its stack. */
+export function reasonOf(error: unknown): string {
+  if (error instanceof Error) return error.message
+  return String(error)
+}

@@ -1,0 +1,76 @@
+/**
+ * The broker seam. Every adapter (NATS JetStream, RabbitMQ, Redis Streams, SQL queue, webhook)
+ * implements these interfaces and passes one shared conformance suite.
+ */
+
+/** A message handed to a {@link Publisher}. */
+export interface OutgoingMessage {
+  /** Stable id; brokers that can dedupe on it must (NATS `Nats-Msg-Id`). */
+  readonly id: string
+  /** Where the message goes (subject, routing key, stream). */
+  readonly topic: string
+  /** Ordering key (aggregate id): order is kept per key. */
+  readonly key: string
+  /** The body. Strings are sent as UTF-8. */
+  readonly payload: Uint8Array | string
+  /** Trace context, correlation id, causation id, event type, ... */
+  readonly headers: Readonly<Record<string, string>>
+}
+
+/** Publishes batches; resolves only after the broker has confirmed it holds every message. */
+export interface Publisher {
+  /**
+   * Publishes `messages` in order. Resolves when all are confirmed; rejects if any is not,
+   * in which case any subset may have been delivered (the caller retries the whole batch and
+   * relies on dedupe ids and idempotent consumers).
+   */
+  publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void>
+  /** Flushes and closes the connection. */
+  close(): Promise<void>
+}
+
+/** A message handed to a subscription handler. */
+export interface IncomingMessage {
+  readonly id: string
+  readonly topic: string
+  readonly key: string
+  readonly payload: Uint8Array
+  readonly headers: Readonly<Record<string, string>>
+  /** How many times the broker has delivered this message (1 on first delivery), when known. */
+  readonly deliveryCount: number
+}
+
+/** A live subscription. */
+export interface Subscription {
+  /** Stops receiving; in-flight handlers finish first. */
+  close(): Promise<void>
+}
+
+/** Receives messages; a message is acknowledged only after its handler resolves. */
+export interface Subscriber {
+  /**
+   * Calls `handler` for each message on `topic` for the consumer group `group` (competing
+   * consumers share a group). A handler that rejects leaves the message unacknowledged, so the
+   * broker redelivers it.
+   */
+  subscribe(
+    topic: string,
+    group: string,
+    handler: (message: IncomingMessage) => Promise<void>,
+  ): Promise<Subscription>
+  /** Closes every subscription and the connection. */
+  close(): Promise<void>
+}
+
+/**
+ * A publisher and a subscriber for one broker, as `openBroker()` and the `create*Broker`
+ * factories return them. Each side opens its own connections lazily, on first use.
+ */
+export interface Broker {
+  /** Publishes batches; see {@link Publisher}. */
+  readonly publisher: Publisher
+  /** Subscribes consumer groups; see {@link Subscriber}. */
+  readonly subscriber: Subscriber
+  /** Closes both sides. */
+  close(): Promise<void>
+}
