@@ -1,0 +1,344 @@
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
+import { describe, expect, it } from 'vitest'
+import {
+  AbortedError,
+  type BulkheadEvent,
+  type BulkheadOptions,
+  BulkheadRejectedError,
+  bulkhead,
+  createBulkheads,
+  InvalidOptionError,
+} from '../../src/index.js'
+import { timeout } from '../../src/policies/timeout.js'
+import { ManualClock } from '../../src/testing/index.js'
+
+interface Deferred<T> {
+  promise: Promise<T>
+  resolve(value: T): void
+  reject(error: unknown): void
+}
+
+function deferred<T = string>(): Deferred<T> {
+  let resolve!: (value: T) => void
+  let reject!: (error: unknown) => void
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res
+    reject = rej
+  })
+  return { promise, resolve, reject }
+}
+
+function thrown(fn: () => unknown): unknown {
+  try {
+    fn()
+  } catch (error) {
+    return error
+  }
+  return undefined
+}
+
+describe('bulkhead', () => {
+  it('runs up to maxConcurrent calls and refuses the next one without running it', async () => {
+    const clock = new ManualClock()
+    const limiter = bulkhead({ maxConcurrent: 2, clock })
+    const gates = [deferred(), deferred()]
+    const running = gates.map((g) => limiter.execute(() => g.promise))
+    expect(limiter.running).toBe(2)
+    let ran = false
+    const error = await limiter
+      .execute(() => {
+        ran = true
+        return 'x'
+      })
+      .catch((e: unknown) => e)
+    expect(ran).toBe(false)
+    expect(error).toBeInstanceOf(BulkheadRejectedError)
+    expect(error).toMatchObject({
+      code: 'BULKHEAD_FULL',
+      reason: 'full',
+      retryable: false,
+      maxConcurrent: 2,
+      maxQueued: 0,
+    })
+    gates[0]!.resolve('a')
+    await expect(running[0]).resolves.toBe('a')
+    expect(limiter.running).toBe(1)
+    await expect(limiter.execute(() => 'c')).resolves.toBe('c')
+    gates[1]!.resolve('b')
+    await running[1]
+    expect(limiter.running).toBe(0)
+  })
+
+  it('queues up to maxQueued calls and starts them in arrival order', async () => {
+    const limiter = bulkhead({ maxConcurrent: 1, maxQueued: 2 })
+    const started: string[] = []
+    const gates = new Map<string, Deferred<string>>()
+    const call = (name: string) => {
+      gates.set(name, deferred())
+      return limiter.execute(() => {
+        started.push(name)
+        return gates.get(name)!.promise
+      })
+    }
+    const a = call('a')
+    const b = call('b')
+    const c = call('c')
+    expect([limiter.running, limiter.queued]).toEqual([1, 2])
+    await expect(call('d')).rejects.toThrow(BulkheadRejectedError)
+    gates.get('a')!.resolve('a')
+    await a
+    // The freed slot went straight to the oldest waiter: a newcomer cannot jump the queue.
+    const e = call('e')
+    expect([limiter.running, limiter.queued]).toEqual([1, 2])
+    gates.get('b')!.resolve('b')
+    await b
+    gates.get('c')!.resolve('c')
+    await c
+    gates.get('e')!.resolve('e')
+    await e
+    expect(started).toEqual(['a', 'b', 'c', 'e'])
+    expect([limiter.running, limiter.queued]).toEqual([0, 0])
+  })
+
+  it('refuses a queued call whose wait passes queueTimeoutMs, and clears the timer otherwise', async () => {
+    const clock = new ManualClock()
+    const limiter = bulkhead({ maxConcurrent: 1, maxQueued: 2, queueTimeoutMs: 100, clock })
+    const gate = deferred()
+    const first = limiter.execute(() => gate.promise)
+    const waiting = limiter.execute(() => 'never')
+    const waitingResult = waiting.catch((e: unknown) => e)
+    await clock.advance(60)
+    const second = limiter.execute(() => 'second')
+    await clock.advance(40)
+    expect(await waitingResult).toMatchObject({ code: 'BULKHEAD_FULL', reason: 'queueTimeout' })
+    expect(limiter.queued).toBe(1)
+    gate.resolve('first')
+    await first
+    await expect(second).resolves.toBe('second')
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('takes an aborted queued call out of the queue at once', async () => {
+    const limiter = bulkhead({ maxConcurrent: 1, maxQueued: 5 })
+    const gate = deferred()
+    const first = limiter.execute(() => gate.promise)
+    const controller = new AbortController()
+    let ran = false
+    const aborted = limiter.execute(() => {
+      ran = true
+      return 'x'
+    }, controller.signal)
+    const behind = limiter.execute(() => 'behind')
+    expect(limiter.queued).toBe(2)
+    controller.abort(new Error('no longer needed'))
+    expect(limiter.queued).toBe(1) // synchronously, not when a slot frees
+    const error = await aborted.catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(AbortedError)
+    expect((error as AbortedError).cause).toEqual(new Error('no longer needed'))
+    gate.resolve('first')
+    await first
+    await expect(behind).resolves.toBe('behind')
+    expect(ran).toBe(false)
+  })
+
+  it('rejects a call whose signal is already aborted without taking a slot', async () => {
+    const limiter = bulkhead({ maxConcurrent: 1 })
+    await expect(limiter.execute(() => 'x', AbortSignal.abort())).rejects.toThrow(AbortedError)
+    expect(limiter.running).toBe(0)
+  })
+
+  it('holds the slot until fn settles, even after its caller stopped waiting', async () => {
+    const limiter = bulkhead({ maxConcurrent: 1 })
+    const controller = new AbortController()
+    const gate = deferred()
+    const call = limiter.execute(() => gate.promise, controller.signal) // fn ignores the signal
+    controller.abort()
+    await Promise.resolve()
+    expect(limiter.running).toBe(1)
+    await expect(limiter.execute(() => 'x')).rejects.toThrow(BulkheadRejectedError)
+    gate.resolve('done')
+    await call
+    expect(limiter.running).toBe(0)
+  })
+
+  it('keeps the slot after a hard timeout outside has rejected the caller', async () => {
+    const clock = new ManualClock()
+    const limiter = bulkhead({ maxConcurrent: 1, clock })
+    const hard = timeout(100, { mode: 'hard', clock })
+    const gate = deferred()
+    const call = hard.execute((ctx) => limiter.execute(() => gate.promise, ctx.signal))
+    const result = call.catch((e: unknown) => e)
+    await clock.advance(100)
+    expect(await result).toMatchObject({ code: 'TIMEOUT' })
+    expect(limiter.running).toBe(1)
+    gate.resolve('late')
+    await gate.promise
+    await Promise.resolve()
+    expect(limiter.running).toBe(0)
+  })
+
+  it('frees the slot when fn throws synchronously or rejects', async () => {
+    const limiter = bulkhead({ maxConcurrent: 1 })
+    await expect(
+      limiter.execute(() => {
+        throw new Error('sync')
+      }),
+    ).rejects.toThrow('sync')
+    await expect(limiter.execute(() => Promise.reject(new Error('async')))).rejects.toThrow('async')
+    expect(limiter.running).toBe(0)
+    await expect(limiter.execute(() => 'ok')).resolves.toBe('ok')
+  })
+
+  it('hands the waiter the caller context (signal, attempt 1)', async () => {
+    const limiter = bulkhead({ maxConcurrent: 1 })
+    const controller = new AbortController()
+    const seen = await limiter.execute((ctx) => ctx, controller.signal)
+    expect(seen.signal).toBe(controller.signal)
+    expect(seen.attempt).toBe(1)
+  })
+
+  it('emits queued and rejected events, and publishes rejections on breakwater:bulkhead:rejected', async () => {
+    const clock = new ManualClock()
+    const limiter = bulkhead({
+      maxConcurrent: 1,
+      maxQueued: 1,
+      queueTimeoutMs: 10,
+      clock,
+      name: 'db',
+    })
+    const events: BulkheadEvent[] = []
+    limiter.events.on((e) => events.push(e))
+    const published: unknown[] = []
+    const onMessage = (m: unknown) => published.push(m)
+    subscribe('breakwater:bulkhead:rejected', onMessage)
+    try {
+      const gate = deferred()
+      const first = limiter.execute(() => gate.promise)
+      const queued = limiter.execute(() => 'x').catch(() => undefined)
+      await limiter.execute(() => 'y').catch(() => undefined)
+      await clock.advance(10)
+      await queued
+      gate.resolve('done')
+      await first
+    } finally {
+      unsubscribe('breakwater:bulkhead:rejected', onMessage)
+    }
+    expect(events).toEqual([
+      { type: 'queued', queued: 1 },
+      { type: 'rejected', reason: 'full' },
+      { type: 'rejected', reason: 'queueTimeout' },
+    ])
+    expect(published).toEqual([
+      expect.objectContaining({ name: 'db', reason: 'full' }),
+      expect.objectContaining({ name: 'db', reason: 'queueTimeout' }),
+    ])
+  })
+
+  it('removes waiters from anywhere in a long queue', async () => {
+    const limiter = bulkhead({ maxConcurrent: 1, maxQueued: 10_000 })
+    const gate = deferred()
+    const first = limiter.execute(() => gate.promise)
+    const controllers = Array.from({ length: 10_000 }, () => new AbortController())
+    const order: number[] = []
+    const calls = controllers.map((c, i) =>
+      limiter
+        .execute(() => {
+          order.push(i)
+        }, c.signal)
+        .catch(() => undefined),
+    )
+    // Abort every other waiter, from the middle outwards.
+    for (let i = 1; i < controllers.length; i += 2) controllers[i]!.abort()
+    expect(limiter.queued).toBe(5_000)
+    gate.resolve('go')
+    await first
+    await Promise.all(calls)
+    expect(order).toEqual(Array.from({ length: 5_000 }, (_, k) => 2 * k))
+    expect([limiter.running, limiter.queued]).toEqual([0, 0])
+  })
+
+  const bad: Array<[string, unknown]> = [
+    ['bulkhead.maxConcurrent', {}],
+    ['bulkhead.maxConcurrent', { maxConcurrent: 0 }],
+    ['bulkhead.maxConcurrent', { maxConcurrent: 1.5 }],
+    ['bulkhead.maxQueued', { maxConcurrent: 1, maxQueued: -1 }],
+    ['bulkhead.queueTimeoutMs', { maxConcurrent: 1, queueTimeoutMs: Number.NaN }],
+    ['bulkhead.clock', { maxConcurrent: 1, clock: { now: () => 0 } }],
+    ['bulkhead.name', { maxConcurrent: 1, name: 7 }],
+    ['bulkhead', null],
+  ]
+  it.each(bad)('rejects a bad %s with InvalidOptionError naming it', (option, options) => {
+    const error = thrown(() => bulkhead(options as BulkheadOptions))
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe(option)
+  })
+})
+
+describe('createBulkheads', () => {
+  it('makes one independent bulkhead per name, named after its key', async () => {
+    const bulkheads = createBulkheads({
+      B: { maxConcurrent: 30 },
+      C: { maxConcurrent: 1 },
+      D: { maxConcurrent: 2, maxQueued: 4 },
+    })
+    expect(bulkheads.names).toEqual(['B', 'C', 'D'])
+    expect(bulkheads.get('C').name).toBe('C')
+    expect(bulkheads.get('C')).toBe(bulkheads.get('C'))
+    const gate = deferred()
+    const busy = bulkheads.get('C').execute(() => gate.promise)
+    await expect(bulkheads.get('C').execute(() => 'x')).rejects.toThrow(BulkheadRejectedError)
+    await expect(bulkheads.get('B').execute(() => 'b')).resolves.toBe('b')
+    gate.resolve('c')
+    await busy
+  })
+
+  it('throws InvalidOptionError for an unknown name, and has() narrows strings', () => {
+    const bulkheads = createBulkheads({ B: { maxConcurrent: 1 } })
+    const name: string = 'Z'
+    expect(bulkheads.has(name)).toBe(false)
+    const error = thrown(() => bulkheads.get(name as 'B'))
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).message).toBe(
+      'bulkheads.get(name): expected one of "B", got "Z"',
+    )
+  })
+
+  it('names the bad entry in InvalidOptionError', () => {
+    const error = thrown(() =>
+      createBulkheads({ B: { maxConcurrent: 1 }, C: { maxConcurrent: 1, maxQueued: -2 } }),
+    )
+    expect((error as InvalidOptionError).option).toBe('bulkheads.C.maxQueued')
+  })
+
+  it('gives every bulkhead the registry clock unless it has its own', async () => {
+    const shared = new ManualClock()
+    const own = new ManualClock()
+    const bulkheads = createBulkheads(
+      {
+        A: { maxConcurrent: 1, maxQueued: 1, queueTimeoutMs: 5 },
+        B: { maxConcurrent: 1, maxQueued: 1, queueTimeoutMs: 5, clock: own },
+      },
+      { clock: shared },
+    )
+    const gates = [deferred(), deferred()]
+    const busy = [
+      bulkheads.get('A').execute(() => gates[0]!.promise),
+      bulkheads.get('B').execute(() => gates[1]!.promise),
+    ]
+    const a = bulkheads
+      .get('A')
+      .execute(() => 'a')
+      .catch((e: unknown) => e)
+    const b = bulkheads
+      .get('B')
+      .execute(() => 'b')
+      .catch((e: unknown) => e)
+    expect([shared.pendingTimers, own.pendingTimers]).toEqual([1, 1])
+    await shared.advance(5)
+    await own.advance(5)
+    expect(await a).toBeInstanceOf(BulkheadRejectedError)
+    expect(await b).toBeInstanceOf(BulkheadRejectedError)
+    for (const g of gates) g.resolve('x')
+    await Promise.all(busy)
+  })
+})
