@@ -1,0 +1,184 @@
+import pg from 'pg'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import { createPostgresDriver, notify, type PostgresDriver } from '../../src/stores/postgres.js'
+import type { SqlNotification } from '../../src/stores/types.js'
+import { createTestDatabase, type TestDatabase } from '../support/postgres.js'
+import { uniqueTable } from './drivers.js'
+
+// Resolves once `predicate` holds for the collected items; notifications arrive over the
+// network, so the test waits for the event itself rather than for a fixed time.
+function waitUntil(predicate: () => boolean, what: string, limitMs = 10_000): Promise<void> {
+  const started = Date.now()
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (predicate()) resolve()
+      else if (Date.now() - started > limitMs) reject(new Error(`timed out waiting for ${what}`))
+      else setTimeout(check, 5)
+    }
+    check()
+  })
+}
+
+describe('PostgreSQL driver', () => {
+  let database: TestDatabase
+  let db: PostgresDriver
+
+  beforeAll(async () => {
+    database = await createTestDatabase('postgres-driver')
+    db = await createPostgresDriver({ connectionString: database.url })
+  })
+  afterAll(async () => {
+    await db?.close()
+    await database?.drop()
+  })
+
+  it('returns BIGINT as numbers without touching pg’s global type parsers', async () => {
+    expect(
+      await db.query('SELECT 9007199254740991::bigint AS big, ARRAY[1, 2]::bigint[] AS arr'),
+    ).toEqual([{ big: Number.MAX_SAFE_INTEGER, arr: [1, 2] }])
+    const plain = new pg.Client({ connectionString: database.url })
+    await plain.connect()
+    try {
+      const result = await plain.query('SELECT 5::bigint AS big')
+      expect(result.rows).toEqual([{ big: '5' }])
+    } finally {
+      await plain.end()
+    }
+  })
+
+  it('prepares a parameterized statement once per connection', async () => {
+    const solo = await createPostgresDriver({ connectionString: database.url, maxConnections: 1 })
+    try {
+      const sql = 'SELECT $1::int + 1 AS v'
+      for (let i = 0; i < 3; i++) expect(await solo.query(sql, [i])).toEqual([{ v: i + 1 }])
+      const prepared = await solo.query<{ statement: string }>(
+        'SELECT statement FROM pg_prepared_statements WHERE name LIKE $1',
+        ['bw\\_%'],
+      )
+      expect(prepared.filter((row) => row.statement === sql)).toHaveLength(1)
+    } finally {
+      await solo.close()
+    }
+  })
+
+  it('applies the statement timeout', async () => {
+    const strict = await createPostgresDriver({
+      connectionString: database.url,
+      statementTimeoutMs: 100,
+    })
+    try {
+      const error = await strict.query('SELECT pg_sleep(5)').catch((e) => e)
+      expect(error).toMatchObject({ code: '57014' })
+      expect(await strict.query('SELECT 1 AS one')).toEqual([{ one: 1 }])
+    } finally {
+      await strict.close()
+    }
+  })
+
+  it('surfaces a COMMIT failure as is and leaves nothing behind', async () => {
+    const t = uniqueTable()
+    await db.execute(
+      `CREATE TABLE ${t} (id INTEGER PRIMARY KEY, k INTEGER UNIQUE DEFERRABLE INITIALLY DEFERRED)`,
+    )
+    const error = await db
+      .transaction(async (tx) => {
+        await tx.execute(`INSERT INTO ${t} (id, k) VALUES (1, 7), (2, 7)`)
+        return 'fn resolved'
+      })
+      .catch((e) => e)
+    expect(error).toMatchObject({ code: '23505' })
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
+  })
+
+  it('returns the connection to the pool after a rollback (one-connection pool keeps working)', async () => {
+    const solo = await createPostgresDriver({ connectionString: database.url, maxConnections: 1 })
+    try {
+      for (let i = 0; i < 3; i++) {
+        await expect(
+          solo.transaction(async (tx) => {
+            await tx.query('SELECT 1')
+            throw new Error(`failure ${i}`)
+          }),
+        ).rejects.toThrow(`failure ${i}`)
+      }
+      expect(await solo.transaction(async (tx) => tx.query('SELECT 2 AS two'))).toEqual([
+        { two: 2 },
+      ])
+      // A transaction that failed on the server (aborted state) is rolled back too.
+      await expect(
+        solo.transaction(async (tx) => {
+          await tx.query('SELECT 1/0')
+        }),
+      ).rejects.toThrow(/division by zero/)
+      expect(await solo.query('SELECT 3 AS three')).toEqual([{ three: 3 }])
+    } finally {
+      await solo.close()
+    }
+  })
+
+  it('validates its options without printing the password', async () => {
+    await expect(
+      createPostgresDriver({ connectionString: 'postgres://u:pw@h/db', maxConnections: 0 }),
+    ).rejects.toThrow(new InvalidOptionError('maxConnections', 'an integer >= 1', 0))
+    const error = await createPostgresDriver({ connectionString: 'mysql://u:hunter2@h/db' }).catch(
+      (e) => e,
+    )
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect(String(error.message)).not.toContain('hunter2')
+    expect(String(error.message)).toContain('mysql://u:***@h/db')
+  })
+
+  it('delivers notifications sent in a transaction on commit only, and stops after unlisten', async () => {
+    const received: SqlNotification[] = []
+    const unlisten = await db.listen('orders_changed', (n) => received.push(n))
+    const other: SqlNotification[] = []
+    const unlistenOther = await db.listen('Other Channel', (n) => other.push(n))
+    await db
+      .transaction(async (tx) => {
+        await notify(tx, 'orders_changed', 'rolled back')
+        throw new Error('abort')
+      })
+      .catch(() => {})
+    await db.transaction(async (tx) => {
+      await notify(tx, 'orders_changed', 'first')
+      await notify(tx, 'Other Channel', 'case and spaces kept')
+    })
+    await notify(db, 'orders_changed', 'second')
+    await waitUntil(() => received.length >= 2 && other.length >= 1, 'two notifications')
+    expect(received).toEqual([
+      { channel: 'orders_changed', payload: 'first', reconnected: false },
+      { channel: 'orders_changed', payload: 'second', reconnected: false },
+    ])
+    expect(other).toEqual([
+      { channel: 'Other Channel', payload: 'case and spaces kept', reconnected: false },
+    ])
+    await unlisten()
+    await notify(db, 'orders_changed', 'after unlisten')
+    await notify(db, 'Other Channel', 'marker')
+    await waitUntil(() => other.length >= 2, 'the marker')
+    expect(received).toHaveLength(2)
+    await unlistenOther()
+  })
+
+  it('re-establishes LISTEN after its connection is killed and says so', async () => {
+    const own = await createPostgresDriver({
+      connectionString: database.url,
+      applicationName: 'bw-listen-test',
+    })
+    try {
+      const received: SqlNotification[] = []
+      await own.listen('jobs', (n) => received.push(n))
+      const killed = await db.query<{ killed: boolean }>(
+        "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity WHERE application_name = 'bw-listen-test:listen'",
+      )
+      expect(killed).toEqual([{ killed: true }])
+      await waitUntil(() => received.some((n) => n.reconnected), 'the reconnected notification')
+      expect(received[0]).toEqual({ channel: 'jobs', payload: '', reconnected: true })
+      await notify(db, 'jobs', 'after reconnect')
+      await waitUntil(() => received.some((n) => n.payload === 'after reconnect'), 'delivery')
+    } finally {
+      await own.close()
+    }
+  })
+})

@@ -1,0 +1,220 @@
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import fc from 'fast-check'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
+import { notify } from '../../src/stores/postgres.js'
+import { createSqliteDriver, type SqliteDriver } from '../../src/stores/sqlite.js'
+import type { SqlDriver, SqlExecutor } from '../../src/stores/types.js'
+import { createTestSqlite, type TestSqlite } from '../support/sqlite.js'
+import { uniqueTable } from './drivers.js'
+
+describe('SQLite driver', () => {
+  let file: TestSqlite
+  let db: SqliteDriver
+
+  beforeAll(async () => {
+    file = createTestSqlite('sqlite-driver')
+    db = await createSqliteDriver({ filename: file.filename })
+  })
+  afterAll(async () => {
+    await db?.close()
+    file?.cleanup()
+  })
+
+  it('opens in WAL mode with the busy timeout, NORMAL sync and foreign keys', async () => {
+    expect(await db.query('PRAGMA journal_mode')).toEqual([{ journal_mode: 'wal' }])
+    expect(await db.query('PRAGMA busy_timeout')).toEqual([{ timeout: 5000 }])
+    expect(await db.query('PRAGMA synchronous')).toEqual([{ synchronous: 1 }])
+    expect(await db.query('PRAGMA foreign_keys')).toEqual([{ foreign_keys: 1 }])
+  })
+
+  it("honours synchronous: 'full' and a custom busy timeout, and creates the folder", async () => {
+    const other = createTestSqlite('full')
+    const filename = join(other.filename, '..', 'nested', 'deeper', 'full.db')
+    const full = await createSqliteDriver({ filename, synchronous: 'full', busyTimeoutMs: 250 })
+    try {
+      expect(existsSync(filename)).toBe(true)
+      expect(await full.query('PRAGMA synchronous')).toEqual([{ synchronous: 2 }])
+      expect(await full.query('PRAGMA busy_timeout')).toEqual([{ timeout: 250 }])
+    } finally {
+      await full.close()
+      other.cleanup()
+    }
+  })
+
+  it('validates its options, naming the option and value', async () => {
+    await expect(createSqliteDriver({ busyTimeoutMs: -1 })).rejects.toThrow(
+      new InvalidOptionError('busyTimeoutMs', 'an integer >= 0', -1),
+    )
+    await expect(
+      createSqliteDriver({ synchronous: 'off' as 'full', filename: ':memory:' }),
+    ).rejects.toThrow(/synchronous: expected one of "normal", "full", got "off"/)
+    await expect(createSqliteDriver({ filename: '' })).rejects.toThrow(/filename/)
+  })
+
+  it('rejects ? placeholders: statements are written with $n', async () => {
+    const error = await db.query('SELECT ? AS v', [1]).catch((e) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+  })
+
+  it('fails fast instead of deadlocking when the driver is used inside its own transaction', async () => {
+    const t = uniqueTable()
+    await db.execute(`CREATE TABLE ${t} (id INTEGER PRIMARY KEY)`)
+    const inner = await db
+      .transaction(async (tx) => {
+        await tx.execute(`INSERT INTO ${t} (id) VALUES (1)`)
+        await db.query(`SELECT * FROM ${t}`)
+      })
+      .catch((e) => e)
+    expect(BreakwaterError.is(inner) && inner.code).toBe('TRANSACTION_MISUSE')
+    const nested = await db.transaction(async () => db.transaction(async () => 1)).catch((e) => e)
+    expect(BreakwaterError.is(nested) && nested.code).toBe('TRANSACTION_MISUSE')
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
+  })
+
+  it('still lets work started inside a transaction use the driver once the transaction ended', async () => {
+    let later: Promise<unknown> | undefined
+    await db.transaction(async () => {
+      later = Promise.resolve().then(async () => {
+        await new Promise<void>((resolve) => setImmediate(resolve))
+        return db.query('SELECT 1 AS one')
+      })
+    })
+    await expect(later).resolves.toEqual([{ one: 1 }])
+  })
+
+  it('notify is a no-op on SQLite', async () => {
+    await expect(notify(db, 'channel', 'payload')).resolves.toBeUndefined()
+    expect((db as SqlDriver).listen).toBeUndefined()
+  })
+
+  // The log records each statement in the order SQLite executed it (AUTOINCREMENT ids). A
+  // transaction's statements must form one unbroken run: nothing else of this driver ran while
+  // it was open.
+  function interleavings(rows: { actor: string }[]): string[] {
+    const problems: string[] = []
+    const finished = new Set<string>()
+    let current: string | undefined
+    for (const { actor } of rows) {
+      if (actor !== current) {
+        if (current?.startsWith('tx')) finished.add(current)
+        if (finished.has(actor)) problems.push(`${actor} resumed after another statement ran`)
+        current = actor
+      }
+    }
+    return problems
+  }
+
+  it('the interleaving check catches statements that interleave (it can fail)', () => {
+    const rows = ['tx0', 'tx1', 'tx0'].map((actor) => ({ actor }))
+    expect(interleavings(rows)).toEqual(['tx0 resumed after another statement ran'])
+    expect(interleavings(['tx0', 'tx0', 'out', 'tx1'].map((actor) => ({ actor })))).toEqual([])
+  })
+
+  it('serializes concurrent transactions and plain statements under any interleaving', async () => {
+    const t = uniqueTable('log')
+    const c = uniqueTable('counter')
+    await db.execute(
+      `CREATE TABLE ${t} (seq INTEGER PRIMARY KEY AUTOINCREMENT, actor TEXT NOT NULL, step INTEGER NOT NULL)`,
+    )
+    await db.execute(`CREATE TABLE ${c} (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)`)
+    await fc.assert(
+      fc.asyncProperty(
+        fc.scheduler(),
+        fc.integer({ min: 1, max: 4 }),
+        fc.integer({ min: 0, max: 4 }),
+        fc.integer({ min: 1, max: 3 }),
+        async (s, transactions, outside, steps) => {
+          await db.execute(`DELETE FROM ${t}`)
+          await db.execute(`DELETE FROM ${c}`)
+          await db.execute(`INSERT INTO ${c} (id, n) VALUES (1, 0)`)
+          const log = (executor: SqlExecutor, actor: string, step: number) =>
+            executor.execute(`INSERT INTO ${t} (actor, step) VALUES ($1, $2)`, [actor, step])
+          const work: Promise<unknown>[] = []
+          for (let i = 0; i < transactions; i++) {
+            const actor = `tx${i}`
+            work.push(
+              s.schedule(Promise.resolve(), `start ${actor}`).then(() =>
+                db.transaction(async (tx) => {
+                  // A read-modify-write across awaits: a lost update if anything interleaved.
+                  const [row] = await tx.query<{ n: number }>(`SELECT n FROM ${c} WHERE id = 1`)
+                  for (let step = 0; step < steps; step++) {
+                    await s.schedule(Promise.resolve(), `${actor} step ${step}`)
+                    await log(tx, actor, step)
+                  }
+                  await tx.execute(`UPDATE ${c} SET n = $1 WHERE id = 1`, [row!.n + 1])
+                }),
+              ),
+            )
+          }
+          for (let i = 0; i < outside; i++) {
+            work.push(
+              s.schedule(Promise.resolve(), `outside ${i}`).then(() => log(db, `out${i}`, 0)),
+            )
+          }
+          await s.waitFor(Promise.all(work))
+          const rows = await db.query<{ actor: string }>(`SELECT actor FROM ${t} ORDER BY seq`)
+          expect(interleavings(rows)).toEqual([])
+          expect(rows).toHaveLength(transactions * steps + outside)
+          expect(await db.query(`SELECT n FROM ${c}`)).toEqual([{ n: transactions }])
+        },
+      ),
+      { numRuns: 150 },
+    )
+  })
+
+  it('keeps plain statements in FIFO order behind a transaction', async () => {
+    const t = uniqueTable()
+    await db.execute(`CREATE TABLE ${t} (seq INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)`)
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const txDone = db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (v) VALUES ('tx-1')`)
+      await gate
+      await tx.execute(`INSERT INTO ${t} (v) VALUES ('tx-2')`)
+    })
+    const queued = [
+      db.execute(`INSERT INTO ${t} (v) VALUES ('a')`),
+      db.execute(`INSERT INTO ${t} (v) VALUES ('b')`),
+    ]
+    await new Promise<void>((resolve) => setImmediate(resolve))
+    release()
+    await Promise.all([txDone, ...queued])
+    expect(
+      (await db.query<{ v: string }>(`SELECT v FROM ${t} ORDER BY seq`)).map((r) => r.v),
+    ).toEqual(['tx-1', 'tx-2', 'a', 'b'])
+  })
+
+  it('close waits for the open transaction to finish', async () => {
+    const own = createTestSqlite('close-wait')
+    const driver = await createSqliteDriver({ filename: own.filename })
+    await driver.execute('CREATE TABLE t (id INTEGER PRIMARY KEY)')
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const tx = driver.transaction(async (t) => {
+      await gate
+      await t.execute('INSERT INTO t (id) VALUES (1)')
+    })
+    const closed = driver.close()
+    release()
+    await tx
+    await closed
+    const reopened = await createSqliteDriver({ filename: own.filename })
+    expect(await reopened.query('SELECT id FROM t')).toEqual([{ id: 1 }])
+    await reopened.close()
+    own.cleanup()
+  })
+
+  it('opens an in-memory database', async () => {
+    const memory = await createSqliteDriver({ filename: ':memory:' })
+    await memory.execute('CREATE TABLE t (v TEXT)')
+    await memory.execute('INSERT INTO t (v) VALUES ($1)', ['x'])
+    expect(await memory.query('SELECT v FROM t')).toEqual([{ v: 'x' }])
+    await memory.close()
+  })
+})

@@ -1,0 +1,218 @@
+// A user's own transaction, wrapped as a SqlExecutor: breakwater's row and the business row
+// commit together or not at all, on real databases.
+import Database from 'better-sqlite3'
+import { Kysely, PostgresDialect, SqliteDialect } from 'kysely'
+import pg from 'pg'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { fromKysely } from '../../src/stores/kysely.js'
+import { fromPgClient } from '../../src/stores/postgres.js'
+import { fromBetterSqlite } from '../../src/stores/sqlite.js'
+import type { SqlExecutor } from '../../src/stores/types.js'
+import { createTestDatabase, type TestDatabase } from '../support/postgres.js'
+import { createTestSqlite, type TestSqlite } from '../support/sqlite.js'
+
+// What a capability does with the executor it is handed: write its own row, read it back.
+async function writeBreakwaterRow(executor: SqlExecutor, id: string): Promise<void> {
+  await executor.execute('INSERT INTO breakwater_rows (id, created_at, done) VALUES ($1, $2, $3)', [
+    id,
+    1_726_000_000_000,
+    true,
+  ])
+  const rows = await executor.query<{ id: string; created_at: number }>(
+    'SELECT id, created_at FROM breakwater_rows WHERE id = $1',
+    [id],
+  )
+  expect(rows).toHaveLength(1)
+  expect(Number(rows[0]!.created_at)).toBe(1_726_000_000_000)
+}
+
+interface Tables {
+  business: { id: string }
+  breakwater_rows: { id: string; created_at: number; done: number | boolean }
+}
+
+describe('PostgreSQL: fromPgClient and fromKysely', () => {
+  let database: TestDatabase
+  let pool: pg.Pool
+
+  beforeAll(async () => {
+    database = await createTestDatabase('wrappers')
+    pool = new pg.Pool({ connectionString: database.url, max: 4 })
+    await pool.query('CREATE TABLE business (id TEXT PRIMARY KEY)')
+    await pool.query(
+      'CREATE TABLE breakwater_rows (id TEXT PRIMARY KEY, created_at BIGINT NOT NULL, done BOOLEAN NOT NULL)',
+    )
+  })
+  afterAll(async () => {
+    await pool?.end()
+    await database?.drop()
+  })
+
+  async function present(id: string): Promise<[number, number]> {
+    const business = await pool.query('SELECT 1 FROM business WHERE id = $1', [id])
+    const ours = await pool.query('SELECT 1 FROM breakwater_rows WHERE id = $1', [id])
+    return [business.rowCount ?? 0, ours.rowCount ?? 0]
+  }
+
+  it('fromPgClient: both rows commit with the user’s COMMIT', async () => {
+    const client = await pool.connect()
+    try {
+      await client.query('BEGIN')
+      await client.query('INSERT INTO business (id) VALUES ($1)', ['pg-commit'])
+      await writeBreakwaterRow(fromPgClient(client), 'pg-commit')
+      // Not visible outside the transaction before COMMIT.
+      expect(await present('pg-commit')).toEqual([0, 0])
+      await client.query('COMMIT')
+    } finally {
+      client.release()
+    }
+    expect(await present('pg-commit')).toEqual([1, 1])
+  })
+
+  it('fromPgClient: both rows vanish with the user’s ROLLBACK', async () => {
+    const client = await pool.connect()
+    try {
+      await client.query('BEGIN')
+      await client.query('INSERT INTO business (id) VALUES ($1)', ['pg-rollback'])
+      await writeBreakwaterRow(fromPgClient(client), 'pg-rollback')
+      await client.query('ROLLBACK')
+    } finally {
+      client.release()
+    }
+    expect(await present('pg-rollback')).toEqual([0, 0])
+  })
+
+  it('fromPgClient returns BIGINT as a number even though the client returns strings', async () => {
+    const client = await pool.connect()
+    try {
+      expect((await client.query('SELECT 7::bigint AS n')).rows).toEqual([{ n: '7' }])
+      expect(await fromPgClient(client).query('SELECT 7::bigint AS n')).toEqual([{ n: 7 }])
+    } finally {
+      client.release()
+    }
+  })
+
+  it('fromKysely: commit and rollback with the Kysely transaction', async () => {
+    const kysely = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) })
+    await kysely.transaction().execute(async (trx) => {
+      await trx.insertInto('business').values({ id: 'ky-commit' }).execute()
+      await writeBreakwaterRow(fromKysely(trx, 'postgres'), 'ky-commit')
+    })
+    expect(await present('ky-commit')).toEqual([1, 1])
+    await expect(
+      kysely.transaction().execute(async (trx) => {
+        await trx.insertInto('business').values({ id: 'ky-rollback' }).execute()
+        await writeBreakwaterRow(fromKysely(trx, 'postgres'), 'ky-rollback')
+        throw new Error('business rule failed')
+      }),
+    ).rejects.toThrow('business rule failed')
+    expect(await present('ky-rollback')).toEqual([0, 0])
+    const result = await fromKysely(kysely, 'postgres').execute(
+      'UPDATE breakwater_rows SET done = $1 WHERE id = $2',
+      [false, 'ky-commit'],
+    )
+    expect(result).toEqual({ rowCount: 1 })
+  })
+})
+
+describe('SQLite: fromBetterSqlite and fromKysely', () => {
+  let file: TestSqlite
+  let db: Database.Database
+
+  beforeAll(() => {
+    file = createTestSqlite('wrappers')
+    db = new Database(file.filename)
+    db.pragma('journal_mode = WAL')
+    db.exec('CREATE TABLE business (id TEXT PRIMARY KEY)')
+    db.exec(
+      'CREATE TABLE breakwater_rows (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, done INTEGER NOT NULL)',
+    )
+  })
+  afterAll(() => {
+    db?.close()
+    file?.cleanup()
+  })
+
+  function present(id: string): [number, number] {
+    const business = db.prepare('SELECT count(*) AS n FROM business WHERE id = ?').get(id) as {
+      n: number
+    }
+    const ours = db.prepare('SELECT count(*) AS n FROM breakwater_rows WHERE id = ?').get(id) as {
+      n: number
+    }
+    return [business.n, ours.n]
+  }
+
+  it('fromBetterSqlite: commit and rollback around awaited work (BEGIN IMMEDIATE)', async () => {
+    db.exec('BEGIN IMMEDIATE')
+    db.prepare('INSERT INTO business (id) VALUES (?)').run('bs-commit')
+    await writeBreakwaterRow(fromBetterSqlite(db), 'bs-commit')
+    db.exec('COMMIT')
+    expect(present('bs-commit')).toEqual([1, 1])
+
+    db.exec('BEGIN IMMEDIATE')
+    db.prepare('INSERT INTO business (id) VALUES (?)').run('bs-rollback')
+    await writeBreakwaterRow(fromBetterSqlite(db), 'bs-rollback')
+    db.exec('ROLLBACK')
+    expect(present('bs-rollback')).toEqual([0, 0])
+  })
+
+  it('fromBetterSqlite: statements issued inside a synchronous db.transaction belong to it', async () => {
+    const executor = fromBetterSqlite(db)
+    const pending: Promise<unknown>[] = []
+    const commit = db.transaction((id: string) => {
+      db.prepare('INSERT INTO business (id) VALUES (?)').run(id)
+      pending.push(
+        executor.execute('INSERT INTO breakwater_rows (id, created_at, done) VALUES ($1, $2, $3)', [
+          id,
+          1,
+          false,
+        ]),
+      )
+    })
+    commit('sync-commit')
+    expect(present('sync-commit')).toEqual([1, 1])
+    const failing = db.transaction((id: string) => {
+      pending.push(
+        executor.execute('INSERT INTO breakwater_rows (id, created_at, done) VALUES ($1, $2, $3)', [
+          id,
+          1,
+          false,
+        ]),
+      )
+      db.prepare('INSERT INTO business (id) VALUES (?)').run(id)
+      throw new Error('rolled back')
+    })
+    expect(() => failing('sync-rollback')).toThrow('rolled back')
+    expect(present('sync-rollback')).toEqual([0, 0])
+    await Promise.all(pending)
+  })
+
+  it('fromKysely (SQLite): commit and rollback with the Kysely transaction', async () => {
+    const kysely = new Kysely<Tables>({ dialect: new SqliteDialect({ database: db }) })
+    await kysely.transaction().execute(async (trx) => {
+      await trx.insertInto('business').values({ id: 'ksq-commit' }).execute()
+      await writeBreakwaterRow(fromKysely(trx, 'sqlite'), 'ksq-commit')
+    })
+    expect(present('ksq-commit')).toEqual([1, 1])
+    await expect(
+      kysely.transaction().execute(async (trx) => {
+        await trx.insertInto('business').values({ id: 'ksq-rollback' }).execute()
+        await writeBreakwaterRow(fromKysely(trx, 'sqlite'), 'ksq-rollback')
+        throw new Error('business rule failed')
+      }),
+    ).rejects.toThrow('business rule failed')
+    expect(present('ksq-rollback')).toEqual([0, 0])
+    // A placeholder used twice goes through the same translation as the driver's.
+    const rows = await fromKysely(kysely, 'sqlite').query(
+      'SELECT id FROM business WHERE id = $1 OR id = $1 || $2',
+      ['ksq-commit', 'x'],
+    )
+    expect(rows).toEqual([{ id: 'ksq-commit' }])
+  })
+
+  it('rejects an unknown dialect', () => {
+    const kysely = new Kysely<Tables>({ dialect: new SqliteDialect({ database: db }) })
+    expect(() => fromKysely(kysely, 'mysql' as 'sqlite')).toThrow(/dialect/)
+  })
+})
