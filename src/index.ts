@@ -7,6 +7,8 @@ export type { ErrorCode } from './core/error-codes.js'
 export { errorCodes } from './core/error-codes.js'
 export type { BreakwaterErrorOptions } from './core/errors.js'
 export { AbortedError, BreakwaterError, InvalidOptionError } from './core/errors.js'
+export type { Backoff, BackoffOptions, Jitter } from './policies/backoff.js'
+export { exponentialBackoff } from './policies/backoff.js'
 export type {
   BreakerWindowOptions,
   ConsecutiveWindowOptions,
@@ -32,10 +34,31 @@ export {
   parseRetryAfter,
   retryAfterMsOf,
 } from './policies/classify.js'
+export type {
+  AdoptDeadlineOptions,
+  Deadline,
+  DeadlineFromHeadersOptions,
+  DeadlineOptions,
+  HeadersLike,
+} from './policies/deadline.js'
+export {
+  adoptDeadline,
+  currentDeadline,
+  DEADLINE_HEADER,
+  deadlineFromHeaders,
+  deadlineHeaderValue,
+  GRPC_TIMEOUT_HEADER,
+  parseGrpcTimeout,
+  remainingMs,
+  withDeadline,
+} from './policies/deadline.js'
 export {
   BrokenCircuitError,
   BulkheadRejectedError,
+  DeadlineExceededError,
   IsolatedCircuitError,
+  RetryBudgetExhaustedError,
+  TimeoutError,
 } from './policies/errors.js'
 export type { Unsubscribe } from './policies/events.js'
 export { EventSource } from './policies/events.js'
@@ -50,5 +73,18 @@ export type { KeyedBreakers, KeyedBreakersOptions } from './policies/keyed-break
 export { createKeyedBreakers } from './policies/keyed-breakers.js'
 export type { FallbackPipeline } from './policies/pipeline.js'
 export { pipeline } from './policies/pipeline.js'
+export type { RandomSource } from './policies/random.js'
+export { seededRandom } from './policies/random.js'
+export type { GiveUpReason, RetryEvent, RetryOptions, RetryPolicy } from './policies/retry.js'
+export { retry } from './policies/retry.js'
+export type { RetryBudget, RetryBudgetOptions } from './policies/retry-budget.js'
+export { createRetryBudget } from './policies/retry-budget.js'
+export type {
+  TimeoutEvent,
+  TimeoutMode,
+  TimeoutOptions,
+  TimeoutPolicy,
+} from './policies/timeout.js'
+export { timeout } from './policies/timeout.js'
 export type { Policy, PolicyContext, PolicyFunction } from './policies/types.js'
 export { neverAbortedSignal } from './policies/types.js'
