@@ -1,0 +1,507 @@
+import { channel } from 'node:diagnostics_channel'
+import { describe, expect, it } from 'vitest'
+import { sleep } from '../../src/core/clock.js'
+import { AbortedError, BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
+import { withDeadline } from '../../src/policies/deadline.js'
+import { DeadlineExceededError, TimeoutError } from '../../src/policies/errors.js'
+import { pipeline } from '../../src/policies/pipeline.js'
+import { retry } from '../../src/policies/retry.js'
+import { type TimeoutEvent, timeout } from '../../src/policies/timeout.js'
+import { neverAbortedSignal, type PolicyContext } from '../../src/policies/types.js'
+import { ManualClock } from '../../src/testing/manual-clock.js'
+
+function track<T>(clock: ManualClock, promise: Promise<T>) {
+  const state: { settled: boolean; at?: number; value?: T; error?: unknown } = { settled: false }
+  promise.then(
+    (value) => Object.assign(state, { settled: true, at: clock.now(), value }),
+    (error: unknown) => Object.assign(state, { settled: true, at: clock.now(), error }),
+  )
+  return state
+}
+
+/** A promise settled from outside, standing for work that is in flight. */
+function deferred<T>() {
+  let resolve!: (value: T) => void
+  let reject!: (error: unknown) => void
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res
+    reject = rej
+  })
+  return { promise, resolve, reject }
+}
+
+describe('timeout, cooperative (default)', () => {
+  it('passes a fast result through and leaves no timer behind', async () => {
+    const clock = new ManualClock()
+    const policy = timeout(1_000, { clock })
+    expect(policy.mode).toBe('cooperative')
+    expect(await policy.execute(() => 42)).toBe(42)
+    expect(await policy.execute(async ({ attempt }) => attempt)).toBe(1)
+    await expect(
+      policy.execute(() => {
+        throw new Error('sync failure')
+      }),
+    ).rejects.toThrow('sync failure')
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('aborts ctx.signal at the timeout and rejects with TimeoutError once fn gives up', async () => {
+    const clock = new ManualClock()
+    const run = track(
+      clock,
+      timeout(100, { clock }).execute(({ signal }) => sleep(clock, 10_000, signal)),
+    )
+    await clock.advance(99)
+    expect(run.settled).toBe(false)
+    await clock.advance(1)
+    expect(run.at).toBe(100)
+    expect(run.error).toBeInstanceOf(TimeoutError)
+    const error = run.error as TimeoutError
+    expect(error.code).toBe('TIMEOUT')
+    expect(error.retryable).toBe(true)
+    expect(error.timeoutMs).toBe(100)
+    expect(error.cause).toBeInstanceOf(AbortedError)
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('waits for fn: a value that arrives after the timeout is still returned', async () => {
+    const clock = new ManualClock()
+    const work = deferred<string>()
+    let signal: AbortSignal | undefined
+    const run = track(
+      clock,
+      timeout(100, { clock }).execute((ctx) => {
+        signal = ctx.signal
+        return work.promise
+      }),
+    )
+    await clock.advance(500)
+    expect(signal?.aborted).toBe(true)
+    expect(signal?.reason).toBeInstanceOf(TimeoutError)
+    expect(run.settled).toBe(false)
+    work.resolve('late but fine')
+    await clock.advance(0)
+    expect(run.value).toBe('late but fine')
+  })
+
+  it('hands a signal created after the timeout already aborted', async () => {
+    const clock = new ManualClock()
+    const run = track(
+      clock,
+      timeout(50, { clock }).execute(async (ctx) => {
+        await sleep(clock, 80)
+        return ctx.signal.aborted
+      }),
+    )
+    await clock.advance(100)
+    expect(run.value).toBe(true)
+  })
+
+  it('rethrows the abort reason itself when fn rejects with it (as fetch does)', async () => {
+    const clock = new ManualClock()
+    const run = track(
+      clock,
+      timeout(10, { clock }).execute(
+        ({ signal }) =>
+          new Promise((_, reject) => {
+            signal.addEventListener('abort', () => reject(signal.reason))
+          }),
+      ),
+    )
+    await clock.advance(10)
+    expect(run.error).toBeInstanceOf(TimeoutError)
+    expect((run.error as TimeoutError).cause).toBeUndefined()
+  })
+
+  it('a caller abort rejects promptly with AbortedError and aborts ctx.signal', async () => {
+    const clock = new ManualClock()
+    const controller = new AbortController()
+    let inner: AbortSignal | undefined
+    const run = track(
+      clock,
+      timeout(1_000, { clock }).execute((ctx) => {
+        inner = ctx.signal
+        return new Promise(() => {}) // ignores its signal
+      }, controller.signal),
+    )
+    await clock.advance(10)
+    controller.abort('caller gone')
+    await clock.advance(0)
+    expect(run.at).toBe(10)
+    expect(run.error).toBeInstanceOf(AbortedError)
+    expect((run.error as AbortedError).cause).toBe('caller gone')
+    expect(inner?.aborted).toBe(true)
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('rejects at once, without running fn, when the caller signal is already aborted', async () => {
+    let ran = false
+    await expect(
+      timeout(10).execute(() => {
+        ran = true
+      }, AbortSignal.abort()),
+    ).rejects.toBeInstanceOf(AbortedError)
+    expect(ran).toBe(false)
+  })
+
+  it('with a caller signal that never aborts, still times out and cleans up its listener', async () => {
+    const clock = new ManualClock()
+    const controller = new AbortController()
+    const policy = timeout(20, { clock })
+    for (let i = 0; i < 3; i++) {
+      expect(await policy.execute(async () => i, controller.signal)).toBe(i)
+    }
+    const run = track(
+      clock,
+      policy.execute(({ signal }) => sleep(clock, 100, signal), controller.signal),
+    )
+    await clock.advance(20)
+    expect(run.error).toBeInstanceOf(TimeoutError)
+    // Aborting afterwards reaches nobody: every call removed its listener.
+    controller.abort()
+    expect(clock.pendingTimers).toBe(0)
+  })
+})
+
+describe('timeout, hard', () => {
+  it('rejects the caller at the timeout while fn keeps running in the background', async () => {
+    const clock = new ManualClock()
+    const work = deferred<string>()
+    let signal: AbortSignal | undefined
+    let finished = false
+    const run = track(
+      clock,
+      timeout(100, { clock, mode: 'hard' }).execute(async (ctx) => {
+        signal = ctx.signal
+        const value = await work.promise
+        finished = true
+        return value
+      }),
+    )
+    await clock.advance(100)
+    expect(run.at).toBe(100)
+    expect(run.error).toBeInstanceOf(TimeoutError)
+    expect(signal?.aborted).toBe(true)
+    expect(finished).toBe(false)
+    work.resolve('too late')
+    await clock.advance(0)
+    expect(finished).toBe(true)
+    expect(run.error).toBeInstanceOf(TimeoutError)
+  })
+
+  it('swallows a late failure of fn (no unhandled rejection) and returns fast results', async () => {
+    const clock = new ManualClock()
+    const policy = timeout(100, { clock, mode: 'hard' })
+    expect(await policy.execute(async () => 'fast')).toBe('fast')
+    await expect(policy.execute(() => Promise.reject(new Error('fast failure')))).rejects.toThrow(
+      'fast failure',
+    )
+    const work = deferred<never>()
+    const run = track(
+      clock,
+      policy.execute(() => work.promise),
+    )
+    await clock.advance(100)
+    work.reject(new Error('late failure'))
+    await clock.advance(0)
+    expect(run.error).toBeInstanceOf(TimeoutError)
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('a caller abort rejects with AbortedError', async () => {
+    const clock = new ManualClock()
+    const controller = new AbortController()
+    const run = track(
+      clock,
+      timeout(100, { clock, mode: 'hard' }).execute(() => new Promise(() => {}), controller.signal),
+    )
+    controller.abort()
+    await clock.advance(0)
+    expect(run.error).toBeInstanceOf(AbortedError)
+    expect(clock.pendingTimers).toBe(0)
+  })
+})
+
+describe('timeout and deadlines', () => {
+  it('is clipped to the remaining deadline and then rejects with DeadlineExceededError', async () => {
+    const clock = new ManualClock()
+    const events: TimeoutEvent[] = []
+    const policy = timeout(1_000, { clock })
+    policy.events.on((event) => events.push(event))
+    const run = track(
+      clock,
+      withDeadline(300, () => policy.execute(({ signal }) => sleep(clock, 5_000, signal)), {
+        clock,
+      }),
+    )
+    await clock.advance(300)
+    expect(run.at).toBe(300)
+    expect(run.error).toBeInstanceOf(DeadlineExceededError)
+    const error = run.error as DeadlineExceededError
+    expect(error.code).toBe('DEADLINE_EXCEEDED')
+    expect(error.retryable).toBe(false)
+    expect(events).toEqual([
+      { type: 'timeout', timeoutMs: 300, deadline: true, mode: 'cooperative' },
+    ])
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('keeps its own TimeoutError when the timeout is nearer than the deadline', async () => {
+    const clock = new ManualClock()
+    const run = track(
+      clock,
+      withDeadline(
+        10_000,
+        () => timeout(100, { clock, mode: 'hard' }).execute(() => new Promise(() => {})),
+        { clock },
+      ),
+    )
+    await clock.advance(100)
+    expect(run.error).toBeInstanceOf(TimeoutError)
+  })
+
+  it('rejects at once, without running fn, when the deadline has already passed', async () => {
+    const clock = new ManualClock()
+    let ran = false
+    const run = track(
+      clock,
+      withDeadline(
+        50,
+        async () => {
+          await sleep(clock, 60)
+          return timeout(1_000, { clock }).execute(() => {
+            ran = true
+          })
+        },
+        { clock },
+      ),
+    )
+    await clock.advance(60)
+    expect(run.error).toBeInstanceOf(DeadlineExceededError)
+    expect(ran).toBe(false)
+  })
+
+  it('an infinite timeout enforces only the deadline', async () => {
+    const clock = new ManualClock()
+    const policy = timeout(Number.POSITIVE_INFINITY, { clock, mode: 'hard' })
+    expect(await policy.execute(async () => 'no timer')).toBe('no timer')
+    expect(clock.pendingTimers).toBe(0)
+    const run = track(
+      clock,
+      withDeadline(70, () => policy.execute(() => new Promise(() => {})), { clock }),
+    )
+    await clock.advance(70)
+    expect(run.error).toBeInstanceOf(DeadlineExceededError)
+  })
+})
+
+describe('timeout timers', () => {
+  it('fires many overlapping timeouts each at its exact time, with one clock timer', async () => {
+    const clock = new ManualClock()
+    const durations = [500, 120, 310, 120, 999, 1, 64, 250, 777, 42]
+    const runs = durations.map((ms) => ({
+      ms,
+      run: track(
+        clock,
+        timeout(ms, { clock }).execute(({ signal }) => sleep(clock, 10_000, signal)),
+      ),
+    }))
+    // The ten fn sleeps hold ten timers; all the timeouts share one.
+    expect(clock.pendingTimers).toBe(11)
+    await clock.advance(1_000)
+    for (const { ms, run } of runs) {
+      expect(run.error).toBeInstanceOf(TimeoutError)
+      expect(run.at).toBe(ms)
+    }
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('a call that finishes removes only its own timeout', async () => {
+    const clock = new ManualClock()
+    const quick = deferred<string>()
+    const fired: number[] = []
+    const policy = timeout(100, { clock })
+    policy.events.on(() => fired.push(clock.now()))
+    const a = track(
+      clock,
+      policy.execute(() => quick.promise),
+    )
+    await clock.advance(30)
+    const b = track(
+      clock,
+      policy.execute(({ signal }) => sleep(clock, 1_000, signal)),
+    )
+    quick.resolve('a')
+    await clock.advance(0)
+    expect(a.value).toBe('a')
+    await clock.advance(99)
+    expect(fired).toEqual([])
+    await clock.advance(1)
+    expect(fired).toEqual([130])
+    expect(b.error).toBeInstanceOf(TimeoutError)
+  })
+
+  it('publishes to diagnostics_channel only while subscribed', async () => {
+    const clock = new ManualClock()
+    const published: unknown[] = []
+    const listener = (message: unknown) => published.push(message)
+    channel('breakwater:timeout:timeout').subscribe(listener)
+    const policy = timeout(5, { clock, mode: 'hard' })
+    const first = track(
+      clock,
+      policy.execute(() => new Promise(() => {})),
+    )
+    await clock.advance(5)
+    channel('breakwater:timeout:timeout').unsubscribe(listener)
+    const second = track(
+      clock,
+      policy.execute(() => new Promise(() => {})),
+    )
+    await clock.advance(5)
+    expect(first.error).toBeInstanceOf(TimeoutError)
+    expect(second.error).toBeInstanceOf(TimeoutError)
+    expect(published).toEqual([{ type: 'timeout', timeoutMs: 5, deadline: false, mode: 'hard' }])
+  })
+})
+
+describe('timeout in a pipeline', () => {
+  it('hands the outer attempt through, and an outer timeout reaches the inner signal', async () => {
+    const clock = new ManualClock()
+    const seen: Array<[number, boolean]> = []
+    const policy = pipeline(
+      timeout(1_000, { clock }),
+      retry({ clock, maxAttempts: 3, jitter: 'none' }),
+      timeout(400, { clock }),
+    )
+    const run = track(
+      clock,
+      policy.execute(async (ctx: PolicyContext) => {
+        seen.push([ctx.attempt, ctx.signal === neverAbortedSignal])
+        await sleep(clock, 10_000, ctx.signal)
+      }),
+    )
+    await clock.advance(2_000)
+    // Attempt 1 times out at 400, backoff 100, attempt 2 from 500 to 900, backoff 200 would
+    // end at 1100, past the outer timeout's 1000: the outer timeout cuts the backoff short.
+    expect(seen).toEqual([
+      [1, false],
+      [2, false],
+    ])
+    expect(run.at).toBe(1_000)
+    expect(run.error).toBeInstanceOf(TimeoutError)
+    expect((run.error as TimeoutError).timeoutMs).toBe(1_000)
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('a caller abort through the pipeline rejects promptly', async () => {
+    const clock = new ManualClock()
+    const controller = new AbortController()
+    const policy = pipeline(timeout(1_000, { clock }), retry({ clock }), timeout(500, { clock }))
+    const run = track(
+      clock,
+      policy.execute(() => new Promise(() => {}), controller.signal),
+    )
+    await clock.advance(10)
+    controller.abort('bye')
+    await clock.advance(0)
+    expect(run.at).toBe(10)
+    expect(run.error).toBeInstanceOf(AbortedError)
+    expect(clock.pendingTimers).toBe(0)
+  })
+})
+
+describe('timeout allocation', () => {
+  // Counts AbortControllers created while `body` runs, by swapping the global class.
+  async function countControllers(body: () => Promise<void>): Promise<number> {
+    const Original = globalThis.AbortController
+    let created = 0
+    globalThis.AbortController = class extends Original {
+      constructor() {
+        super()
+        created++
+      }
+    }
+    try {
+      await body()
+    } finally {
+      globalThis.AbortController = Original
+    }
+    return created
+  }
+
+  it('creates no AbortController unless fn reads ctx.signal, and one when it does', async () => {
+    const clock = new ManualClock()
+    const policy = pipeline(
+      timeout(1_000, { clock }),
+      retry({ clock }),
+      timeout(100, { clock }),
+      timeout(50, { clock, mode: 'hard' }),
+    )
+    const untouched = await countControllers(async () => {
+      for (let i = 0; i < 10; i++) expect(await policy.execute(async () => i)).toBe(i)
+    })
+    expect(untouched).toBe(0)
+    const read = await countControllers(async () => {
+      expect(await policy.execute(async ({ signal }) => signal.aborted)).toBe(false)
+    })
+    expect(read).toBe(1)
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('an outer timeout firing mid-attempt aborts the signal the innermost fn holds', async () => {
+    const clock = new ManualClock()
+    const policy = pipeline(timeout(300, { clock }), retry({ clock }), timeout(1_000, { clock }))
+    let reason: unknown
+    const run = track(
+      clock,
+      policy.execute(async ({ signal }) => {
+        signal.addEventListener('abort', () => {
+          reason = signal.reason
+        })
+        await sleep(clock, 10_000, signal)
+      }),
+    )
+    await clock.advance(300)
+    expect(reason).toBeInstanceOf(TimeoutError)
+    expect((reason as TimeoutError).timeoutMs).toBe(300)
+    expect(run.at).toBe(300)
+    expect(run.error).toBeInstanceOf(TimeoutError)
+    expect((run.error as TimeoutError).timeoutMs).toBe(300)
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('handles timeouts longer than a Node timer can hold (2^31 - 1 ms)', async () => {
+    const clock = new ManualClock()
+    const longMs = 3_000_000_000
+    const run = track(
+      clock,
+      timeout(longMs, { clock, mode: 'hard' }).execute(() => new Promise(() => {})),
+    )
+    await clock.advance(2 ** 31)
+    expect(run.settled).toBe(false)
+    await clock.advance(longMs - 2 ** 31 - 1)
+    expect(run.settled).toBe(false)
+    await clock.advance(1)
+    expect(run.at).toBe(longMs)
+    expect(run.error).toBeInstanceOf(TimeoutError)
+  })
+})
+
+describe('timeout options', () => {
+  it.each([
+    [0, {}, 'timeout.timeoutMs'],
+    [-5, {}, 'timeout.timeoutMs'],
+    [Number.NaN, {}, 'timeout.timeoutMs'],
+    ['100', {}, 'timeout.timeoutMs'],
+    [100, { mode: 'soft' }, 'timeout.mode'],
+  ])('rejects timeout(%o, %o) naming %s', (ms, options, name) => {
+    const create = () => timeout(ms as never, options as never)
+    expect(create).toThrow(InvalidOptionError)
+    expect(create).toThrow(new RegExp(`^${name.replace('.', '\\.')}: expected`))
+  })
+
+  it('errors are breakwater errors', () => {
+    expect(BreakwaterError.is(new TimeoutError(1))).toBe(true)
+    expect(BreakwaterError.is(new DeadlineExceededError(1))).toBe(true)
+  })
+})
