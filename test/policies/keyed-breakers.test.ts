@@ -1,0 +1,139 @@
+import { describe, expect, it } from 'vitest'
+import {
+  type CircuitBreaker,
+  circuitBreaker,
+  createKeyedBreakers,
+  InvalidOptionError,
+  type KeyedBreakersOptions,
+} from '../../src/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+
+function setup(options: Omit<KeyedBreakersOptions, 'create' | 'clock'> = {}) {
+  const clock = new ManualClock()
+  const created: string[] = []
+  const breakers = createKeyedBreakers({
+    ...options,
+    clock,
+    create: (key) => {
+      created.push(key)
+      return circuitBreaker({
+        window: { kind: 'consecutive', failures: 1 },
+        cooldownMs: 5_000,
+        clock,
+      })
+    },
+  })
+  return { clock, breakers, created }
+}
+
+async function trip(breaker: CircuitBreaker): Promise<void> {
+  await breaker.execute(() => Promise.reject(new Error('down'))).catch(() => undefined)
+  expect(breaker.state).toBe('open')
+}
+
+describe('createKeyedBreakers', () => {
+  it('creates one breaker per key, once', () => {
+    const { breakers, created } = setup()
+    const a = breakers.get('a')
+    expect(breakers.get('a')).toBe(a)
+    expect(breakers.get('b')).not.toBe(a)
+    expect(created).toEqual(['a', 'b'])
+    expect(breakers.size).toBe(2)
+  })
+
+  it('keeps a failing key from opening the circuit of the others', async () => {
+    const { breakers } = setup()
+    await trip(breakers.get('10.0.0.1'))
+    await expect(breakers.get('10.0.0.2').execute(() => 'ok')).resolves.toBe('ok')
+    expect(breakers.get('10.0.0.1').state).toBe('open')
+  })
+
+  it('is bounded by maxKeys, dropping the least recently used breaker', () => {
+    const { breakers, created } = setup({ maxKeys: 3 })
+    breakers.get('a')
+    breakers.get('b')
+    breakers.get('c')
+    breakers.get('a') // a is now the most recently used
+    breakers.get('d')
+    expect(breakers.size).toBe(3)
+    breakers.get('a')
+    breakers.get('c')
+    breakers.get('d')
+    expect(created).toEqual(['a', 'b', 'c', 'd'])
+    breakers.get('b') // b was dropped: a new breaker
+    expect(created).toEqual(['a', 'b', 'c', 'd', 'b'])
+    expect(breakers.size).toBe(3)
+  })
+
+  it('never drops an open breaker to make room, even past maxKeys', async () => {
+    const { breakers, created } = setup({ maxKeys: 2 })
+    const a = breakers.get('a')
+    await trip(a)
+    breakers.get('b')
+    breakers.get('c') // over the bound: b (closed) goes, a (open, older) stays
+    expect(breakers.get('a')).toBe(a)
+    expect(created).toEqual(['a', 'b', 'c'])
+    await trip(breakers.get('c'))
+    breakers.get('d') // both others are open: the set grows past maxKeys
+    expect(breakers.size).toBe(3)
+    expect(breakers.get('a')).toBe(a)
+    expect(created).toEqual(['a', 'b', 'c', 'd'])
+  })
+
+  it('drops closed breakers idle for idleMs and keeps open ones until they close', async () => {
+    const { clock, breakers, created } = setup({ idleMs: 60_000 })
+    const open = breakers.get('open')
+    await trip(open)
+    breakers.get('idle')
+    await clock.advance(59_999)
+    breakers.get('fresh')
+    expect(breakers.size).toBe(3)
+    await clock.advance(1)
+    breakers.get('fresh')
+    expect(breakers.size).toBe(2) // idle went; open stays (it is half-open by now)
+    expect(breakers.get('open')).toBe(open)
+    await open.execute(() => 'probe')
+    expect(open.state).toBe('closed')
+    await clock.advance(60_000)
+    breakers.get('fresh')
+    expect(breakers.size).toBe(1)
+    breakers.get('idle')
+    breakers.get('open')
+    expect(created).toEqual(['open', 'idle', 'fresh', 'idle', 'open'])
+  })
+
+  it('delete() and close() dispose the breakers, clearing their timers', async () => {
+    const { clock, breakers } = setup()
+    await trip(breakers.get('a'))
+    await trip(breakers.get('b'))
+    expect(clock.pendingTimers).toBe(2)
+    expect(breakers.delete('a')).toBe(true)
+    expect(breakers.delete('a')).toBe(false)
+    expect(clock.pendingTimers).toBe(1)
+    breakers.close()
+    expect(clock.pendingTimers).toBe(0)
+    expect(breakers.size).toBe(0)
+  })
+
+  const bad: Array<[string, unknown]> = [
+    ['keyedBreakers.create', {}],
+    ['keyedBreakers.maxKeys', { create: () => circuitBreaker(), maxKeys: 0 }],
+    ['keyedBreakers.idleMs', { create: () => circuitBreaker(), idleMs: 0 }],
+    ['keyedBreakers.clock', { create: () => circuitBreaker(), clock: 1 }],
+  ]
+  it.each(bad)('rejects a bad %s with InvalidOptionError naming it', (option, options) => {
+    let error: unknown
+    try {
+      createKeyedBreakers(options as KeyedBreakersOptions)
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe(option)
+  })
+
+  it('rejects a create() that does not return a breaker', () => {
+    const breakers = createKeyedBreakers({ create: () => undefined as unknown as CircuitBreaker })
+    expect(() => breakers.get('x')).toThrow(InvalidOptionError)
+  })
+})
