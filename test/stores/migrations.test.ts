@@ -1,0 +1,215 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import { MigrationConflictError } from '../../src/stores/errors.js'
+import {
+  listAppliedMigrations,
+  type Migration,
+  runMigrations,
+} from '../../src/stores/migrations.js'
+import { openDatabase } from '../../src/stores/open.js'
+import { ManualClock } from '../../src/testing/manual-clock.js'
+import { type OpenedTarget, targets } from './drivers.js'
+import { concurrencyMigrations } from './fixtures/concurrency-migrations.js'
+
+function sameSql(statements: string[]): Pick<Migration, 'sqlite' | 'postgres'> {
+  return { sqlite: statements, postgres: statements }
+}
+
+const runner = fileURLToPath(new URL('./fixtures/migrate-runner.ts', import.meta.url))
+
+interface Runner {
+  readonly child: ChildProcess
+  readonly ready: Promise<void>
+  readonly result: Promise<{ code: number | null; stdout: string; stderr: string }>
+}
+
+function startRunner(url: string): Runner {
+  const child = spawn(process.execPath, ['--import', 'tsx', runner, url], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  })
+  let stdout = ''
+  let stderr = ''
+  let markReady!: () => void
+  const ready = new Promise<void>((resolve) => {
+    markReady = resolve
+  })
+  child.stdout!.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString()
+    if (stdout.includes('ready\n')) markReady()
+  })
+  child.stderr!.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString()
+  })
+  const result = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    child.on('exit', (code) => {
+      markReady()
+      resolve({ code, stdout, stderr })
+    })
+  })
+  return { child, ready, result }
+}
+
+describe.each(targets)('$dialect migrations', (target) => {
+  let opened: OpenedTarget
+
+  beforeAll(async () => {
+    opened = await target.open('migrations')
+  })
+  afterAll(async () => {
+    await opened?.cleanup()
+  })
+
+  it('applies pending migrations once, in version order, and records them', async () => {
+    const { db } = opened
+    const clock = new ManualClock(1_700_000_000_000)
+    const migrations: Migration[] = [
+      {
+        version: 2,
+        name: 'add-total',
+        ...sameSql(['ALTER TABLE orders ADD COLUMN total INTEGER']),
+      },
+      {
+        version: 1,
+        name: 'create-orders',
+        ...sameSql(['CREATE TABLE orders (id TEXT PRIMARY KEY)']),
+      },
+    ]
+    const first = await runMigrations(db, 'orders', migrations, { clock })
+    expect(first.map((m) => [m.version, m.name, m.appliedAt])).toEqual([
+      [1, 'create-orders', 1_700_000_000_000],
+      [2, 'add-total', 1_700_000_000_000],
+    ])
+    expect(await runMigrations(db, 'orders', migrations)).toEqual([])
+    await db.execute('INSERT INTO orders (id, total) VALUES ($1, $2)', ['o1', 5])
+
+    const more = [
+      ...migrations,
+      {
+        version: 3,
+        name: 'index-total',
+        ...sameSql(['CREATE INDEX orders_total ON orders (total)']),
+      },
+    ]
+    await clock.advance(1_000)
+    expect((await runMigrations(db, 'orders', more, { clock })).map((m) => m.version)).toEqual([3])
+    const recorded = (await listAppliedMigrations(db)).filter((m) => m.capability === 'orders')
+    expect(recorded).toEqual([
+      { capability: 'orders', version: 1, name: 'create-orders', appliedAt: 1_700_000_000_000 },
+      { capability: 'orders', version: 2, name: 'add-total', appliedAt: 1_700_000_000_000 },
+      { capability: 'orders', version: 3, name: 'index-total', appliedAt: 1_700_000_001_000 },
+    ])
+  })
+
+  it('refuses an applied migration whose name changed, applying nothing', async () => {
+    const { db } = opened
+    await runMigrations(db, 'renamed', [
+      { version: 1, name: 'first', ...sameSql(['CREATE TABLE renamed_a (id INTEGER)']) },
+    ])
+    const error = await runMigrations(db, 'renamed', [
+      { version: 1, name: 'first-edited', ...sameSql(['CREATE TABLE renamed_a (id INTEGER)']) },
+      { version: 2, name: 'second', ...sameSql(['CREATE TABLE renamed_b (id INTEGER)']) },
+    ]).catch((e) => e)
+    expect(error).toBeInstanceOf(MigrationConflictError)
+    expect(error).toMatchObject({
+      code: 'MIGRATION_CONFLICT',
+      capability: 'renamed',
+      version: 1,
+      appliedName: 'first',
+      expectedName: 'first-edited',
+    })
+    expect(error.message).toContain('"first"')
+    const versions = (await listAppliedMigrations(db))
+      .filter((m) => m.capability === 'renamed')
+      .map((m) => m.version)
+    expect(versions).toEqual([1])
+  })
+
+  it('rolls back every migration of a run when one fails', async () => {
+    const { db } = opened
+    const error = await runMigrations(db, 'broken', [
+      { version: 1, name: 'good', ...sameSql(['CREATE TABLE broken_good (id INTEGER)']) },
+      { version: 2, name: 'bad', ...sameSql(['CREATE TABLE broken_bad (id INTEGER']) },
+    ]).catch((e) => e)
+    expect(error).toBeInstanceOf(Error)
+    expect((await listAppliedMigrations(db)).filter((m) => m.capability === 'broken')).toEqual([])
+    await expect(db.query('SELECT * FROM broken_good')).rejects.toThrow(/broken_good/)
+  })
+
+  it('leaves versions it does not know (applied by a newer release) alone', async () => {
+    const { db } = opened
+    const v1: Migration = {
+      version: 1,
+      name: 'one',
+      ...sameSql(['CREATE TABLE newer_one (id INTEGER)']),
+    }
+    const v2: Migration = {
+      version: 2,
+      name: 'two',
+      ...sameSql(['CREATE TABLE newer_two (id INTEGER)']),
+    }
+    await runMigrations(db, 'newer', [v1, v2])
+    expect(await runMigrations(db, 'newer', [v1])).toEqual([])
+  })
+
+  it('validates the migration list and capability name', async () => {
+    const { db } = opened
+    const ok = sameSql(['SELECT 1'])
+    await expect(
+      runMigrations(db, 'dup', [
+        { version: 1, name: 'a', ...ok },
+        { version: 1, name: 'b', ...ok },
+      ]),
+    ).rejects.toThrow(new InvalidOptionError('migrations.dup[1].version', 'a version used once', 1))
+    await expect(runMigrations(db, 'zero', [{ version: 0, name: 'a', ...ok }])).rejects.toThrow(
+      /migrations\.zero\[0\]\.version: expected an integer >= 1, got 0/,
+    )
+    await expect(
+      runMigrations(db, 'nosql', [
+        { version: 1, name: 'a', sqlite: ['SELECT 1'] } as unknown as Migration,
+      ]),
+    ).rejects.toThrow(/migrations\.nosql\[0\]\.postgres/)
+    await expect(runMigrations(db, 'Bad Name', [])).rejects.toThrow(/capability/)
+  })
+
+  it('applies each migration exactly once with 4 runner processes starting together', async () => {
+    const fresh = await target.create('migrations-concurrent')
+    try {
+      const runners = Array.from({ length: 4 }, () => startRunner(fresh.url))
+      await Promise.all(runners.map((r) => r.ready))
+      for (const r of runners) r.child.stdin!.write('go\n')
+      const results = await Promise.all(runners.map((r) => r.result))
+      for (const result of results) {
+        expect(result.stderr).toBe('')
+        expect(result.code).toBe(0)
+      }
+      const applied = results.map(
+        (r) => JSON.parse(r.stdout.split('\n')[1]!) as Record<string, number[]>,
+      )
+      for (const capability of ['alpha', 'beta']) {
+        const all = applied.flatMap((a) => a[capability]!).sort()
+        expect(all).toEqual([1, 2, 3])
+      }
+      const db = await openDatabase(fresh.url)
+      try {
+        for (const capability of ['alpha', 'beta']) {
+          const effects = await db.query<{ version: number }>(
+            `SELECT version FROM ${capability}_effects ORDER BY version`,
+          )
+          expect(effects.map((e) => e.version)).toEqual([1, 2, 3])
+        }
+        const recorded = await listAppliedMigrations(db)
+        expect(recorded.map((m) => `${m.capability}:${m.version}:${m.name}`)).toEqual(
+          ['alpha', 'beta'].flatMap((c) =>
+            concurrencyMigrations(c).map((m) => `${c}:${m.version}:${m.name}`),
+          ),
+        )
+      } finally {
+        await db.close()
+      }
+    } finally {
+      await fresh.cleanup()
+    }
+  })
+})
