@@ -1,0 +1,562 @@
+import { randomUUID } from 'node:crypto'
+import { type Clock, sleep, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject, checkOneOf } from '../core/validate.js'
+import type { SqlDriver } from '../stores/index.js'
+import {
+  type IdempotencyError,
+  IdempotencyInProgressError,
+  IdempotencyKeyInvalidError,
+  IdempotencyKeyMissingError,
+  IdempotencyMismatchError,
+  type InProgressReason,
+} from './errors.js'
+import { Execution, type ExecutionSettings } from './execution.js'
+import { defaultFingerprint, type FingerprintFunction } from './fingerprint.js'
+import { checkOperationKey, parseIdempotencyKey } from './key.js'
+import { defaultProblemTypeBase, problemResponse } from './problem.js'
+import { type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
+import { createSqlIdempotencyStore } from './sql-store.js'
+import type { IdempotencyRecord, IdempotencyStore, StoredResult } from './store.js'
+import type {
+  IdempotencyContext,
+  IdempotencyRequest,
+  IdempotencyResponse,
+  JsonValue,
+} from './types.js'
+
+/** The response headers stored and replayed by default (besides status and body). */
+export const defaultReplayHeaders: readonly string[] = [
+  'content-type',
+  'content-language',
+  'content-encoding',
+  'content-disposition',
+  'location',
+  'etag',
+  'last-modified',
+  'link',
+  'cache-control',
+]
+
+/** The header added to every replayed response. */
+export const replayedHeader = 'idempotent-replayed'
+
+/** Options of {@link createIdempotency}. */
+export interface IdempotencyOptions {
+  /**
+   * Where records live: an {@link IdempotencyStore} (`createSqlIdempotencyStore(db)`,
+   * `createMemoryIdempotencyStore()`), or a `SqlDriver` from `breakwater/stores`, which is
+   * wrapped in the SQL store. Run the migrations first (`migrateIdempotency(db)`).
+   */
+  readonly store: IdempotencyStore | SqlDriver
+  /**
+   * The scope keys live in: `'credential'` (hash of `Authorization`, else `X-API-Key`, else
+   * `anonymous`), `{ tenantHeader }`, or a function of the request. Never global across
+   * clients that send a credential.
+   * @default 'credential'
+   */
+  readonly scope?: ScopeOption
+  /**
+   * What a request looks like, stored with its key; a reuse of the key with another
+   * fingerprint is answered 422. Return `''` to disable the check.
+   * @default SHA-256 of method, route (path and query) and the SHA-256 of the body
+   */
+  readonly fingerprint?: FingerprintFunction
+  /**
+   * The HTTP methods the middleware guards; other methods pass through untouched.
+   * @default ['POST', 'PATCH']
+   */
+  readonly methods?: readonly string[]
+  /**
+   * Whether a guarded request without `Idempotency-Key` is refused with 400. When false, such
+   * requests run without idempotency.
+   * @default true
+   */
+  readonly required?: boolean
+  /**
+   * How long a holder owns a key before another request may take it over and run again. The
+   * handler (or each atomic phase) must finish within it: when it runs out, the handler's
+   * transaction is rolled back and its result is not recorded.
+   * @default 60000
+   */
+  readonly leaseMs?: number
+  /**
+   * How long a completed key is kept (and replayed) after its result was recorded.
+   * @default 86400000 (24 hours)
+   */
+  readonly retentionMs?: number
+  /**
+   * What a request does while another holds its key: `'reject'` answers 409 with
+   * `Retry-After` at once; `'wait'` polls (10 ms doubling to 500 ms, on the clock) until the
+   * holder finishes, then replays its response, or takes over an expired lease.
+   * @default 'reject'
+   */
+  readonly onConcurrent?: 'reject' | 'wait'
+  /**
+   * In `'wait'` mode, how long to wait before answering 409.
+   * @default 10000
+   */
+  readonly waitTimeoutMs?: number
+  /**
+   * The `Retry-After` sent with 409 (rounded up to whole seconds) and the `retryAfterMs` of
+   * `IdempotencyInProgressError`.
+   * @default 1000
+   */
+  readonly retryAfterMs?: number
+  /**
+   * Which results are recorded and replayed. A result that is not recorded releases the key:
+   * its transaction is rolled back and the record deleted, so the client's retry runs again.
+   * A handler that throws always releases.
+   * @default (status) => status < 500 (4xx are recorded, 5xx release)
+   */
+  readonly storeResponse?: (status: number) => boolean
+  /**
+   * Response headers stored and replayed with status and body (case-insensitive).
+   * `set-cookie` is left out by default on purpose.
+   * @default defaultReplayHeaders (content-type, content-language, content-encoding,
+   * content-disposition, location, etag, last-modified, link, cache-control)
+   */
+  readonly replayHeaders?: readonly string[]
+  /**
+   * The base of the problem type URIs in error responses.
+   * @default 'https://breakwater.dev/problems/'
+   */
+  readonly problemTypeBase?: string
+  /**
+   * The clock for leases, retention and waits.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** Options of {@link Idempotency.run} (and `idempotent()`). */
+export interface RunOptions {
+  /**
+   * The scope the key lives in (e.g. the consumer or saga name).
+   * @default 'default'
+   */
+  readonly scope?: string
+  /**
+   * What the call looks like (e.g. a hash of its input); a second call with the same key and
+   * another fingerprint throws `IdempotencyMismatchError`.
+   * @default '' (no check)
+   */
+  readonly fingerprint?: string
+  /** Aborts a wait in `onConcurrent: 'wait'` mode. */
+  readonly signal?: AbortSignal
+}
+
+/**
+ * One guarded request, started by {@link Idempotency.begin}, that this process must execute.
+ * Call exactly one of `complete` or `abort`.
+ */
+export interface IdempotentExecution {
+  /** What the handler receives: key, scope, `tx`, phases. */
+  readonly context: IdempotencyContext
+  /**
+   * Records the handler's response (in `context.tx`, which then commits) and returns the
+   * response to send: the same one, or a 409 problem if the lease was lost meanwhile (then the
+   * handler's writes were rolled back). A response that `storeResponse` rejects releases the
+   * key instead and is returned as is. Rejects only on a database error (the key is released).
+   */
+  complete(response: IdempotencyResponse): Promise<IdempotencyResponse>
+  /** The handler failed: rolls `context.tx` back and releases the key. Never rejects. */
+  abort(): Promise<void>
+}
+
+/** What {@link Idempotency.begin} decided. */
+export type IdempotencyBegin =
+  | {
+      /** The request is not guarded (method, or no key where keys are optional): just run it. */
+      readonly kind: 'bypass'
+    }
+  | {
+      /** Send `response` without running the handler: a replay or a problem. */
+      readonly kind: 'respond'
+      readonly response: IdempotencyResponse
+      /** True when `response` is a replay of a recorded result. */
+      readonly replayed: boolean
+      /** The error behind a problem response. */
+      readonly error: IdempotencyError | undefined
+    }
+  | {
+      /** This request holds the key: run the handler, then complete or abort. */
+      readonly kind: 'execute'
+      readonly execution: IdempotentExecution
+    }
+
+/**
+ * The framework-free Idempotency-Key protocol. Adapters for node:http, Express, Fastify and
+ * Hono, and the proxy, are thin layers over {@link Idempotency.begin}.
+ */
+export interface Idempotency {
+  /** The store records live in. */
+  readonly store: IdempotencyStore
+  /** Whether requests with this method are guarded. */
+  appliesTo(method: string): boolean
+  /**
+   * Validates the key, resolves scope and fingerprint, and claims the key: decides whether to
+   * run the handler, replay, or answer with a problem (400, 409, 422).
+   */
+  begin(request: IdempotencyRequest): Promise<IdempotencyBegin>
+  /**
+   * The whole protocol around a handler that returns a response: claim, run, record or
+   * release. Unguarded requests call the handler with `undefined`.
+   */
+  handle(
+    request: IdempotencyRequest,
+    handler: (context: IdempotencyContext | undefined) => Promise<IdempotencyResponse>,
+  ): Promise<IdempotencyResponse>
+  /**
+   * Runs `fn` at most once per key (non-HTTP work: message consumers, saga steps) and returns
+   * its result; a later call with the same key returns the recorded result (as JSON round trip)
+   * without running `fn`. `fn` may write in `ctx.tx`, which commits with the result. If `fn`
+   * throws, its writes roll back, the key is released and the error is rethrown.
+   *
+   * @throws IdempotencyInProgressError while another call holds the key (or waits, by option)
+   * @throws IdempotencyMismatchError when the key was used with another fingerprint
+   */
+  run<T>(
+    key: string,
+    fn: (context: IdempotencyContext) => Promise<T> | T,
+    options?: RunOptions,
+  ): Promise<T>
+}
+
+type Acquired =
+  | { readonly kind: 'execute'; readonly execution: Execution }
+  | { readonly kind: 'completed'; readonly record: IdempotencyRecord }
+  | { readonly kind: 'mismatch' }
+  | { readonly kind: 'busy'; readonly reason: InProgressReason }
+
+// Claims that lose a race (a record vanished or changed between two statements) are retried at
+// once; a bound keeps a pathological store from spinning forever.
+const maxImmediateRetries = 32
+const firstPollMs = 10
+const maxPollMs = 500
+
+const storeCache = new WeakMap<SqlDriver, IdempotencyStore>()
+
+function resolveStore(value: unknown): IdempotencyStore {
+  const candidate = checkObject('store', value)
+  if (typeof candidate.claim === 'function' && typeof candidate.complete === 'function') {
+    return candidate as unknown as IdempotencyStore
+  }
+  if (typeof candidate.transaction === 'function' && typeof candidate.query === 'function') {
+    const db = candidate as unknown as SqlDriver
+    let store = storeCache.get(db)
+    if (store === undefined) {
+      store = createSqlIdempotencyStore(db)
+      storeCache.set(db, store)
+    }
+    return store
+  }
+  throw new InvalidOptionError('store', 'an IdempotencyStore or a SqlDriver', value)
+}
+
+function toStored(response: IdempotencyResponse, replayHeaders: ReadonlySet<string>): StoredResult {
+  const headers: Record<string, string | readonly string[]> = {}
+  for (const [name, value] of Object.entries(response.headers)) {
+    const lower = name.toLowerCase()
+    if (replayHeaders.has(lower)) headers[lower] = value
+  }
+  return { status: response.status, headers, body: response.body }
+}
+
+function replayOf(record: IdempotencyRecord): IdempotencyResponse {
+  const result = record.result!
+  return {
+    status: result.status ?? 200,
+    headers: { ...result.headers, [replayedHeader]: 'true' },
+    body: result.body,
+  }
+}
+
+function decodeResult<T>(record: IdempotencyRecord): T {
+  const body = record.result?.body
+  if (body === undefined || body.byteLength === 0) return undefined as T
+  return JSON.parse(
+    Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8'),
+  ) as T
+}
+
+class IdempotencyCore implements Idempotency {
+  readonly store: IdempotencyStore
+  readonly #settings: ExecutionSettings
+  readonly #scope: ScopeFunction
+  readonly #fingerprint: FingerprintFunction
+  readonly #methods: ReadonlySet<string>
+  readonly #required: boolean
+  readonly #onConcurrent: 'reject' | 'wait'
+  readonly #waitTimeoutMs: number
+  readonly #storeResponse: (status: number) => boolean
+  readonly #replayHeaders: ReadonlySet<string>
+  readonly #problemTypeBase: string
+
+  constructor(options: IdempotencyOptions) {
+    checkObject('options', options)
+    this.store = resolveStore(options.store)
+    const clock = options.clock ?? systemClock
+    if (typeof clock?.now !== 'function' || typeof clock.setTimeout !== 'function') {
+      throw new InvalidOptionError('clock', 'a Clock', clock)
+    }
+    this.#settings = {
+      store: this.store,
+      clock,
+      leaseMs: checkInteger('leaseMs', options.leaseMs ?? 60_000, 1),
+      retentionMs: checkInteger('retentionMs', options.retentionMs ?? 86_400_000, 1),
+      retryAfterMs: checkInteger('retryAfterMs', options.retryAfterMs ?? 1_000, 0),
+    }
+    this.#scope = scopeResolver(options.scope)
+    this.#fingerprint =
+      options.fingerprint === undefined
+        ? defaultFingerprint
+        : checkFunction<FingerprintFunction>('fingerprint', options.fingerprint)
+    const methods = options.methods ?? ['POST', 'PATCH']
+    if (!Array.isArray(methods) || methods.some((m) => typeof m !== 'string' || m === '')) {
+      throw new InvalidOptionError('methods', 'an array of HTTP method names', methods)
+    }
+    this.#methods = new Set(methods.map((m) => m.toUpperCase()))
+    const required = options.required ?? true
+    if (typeof required !== 'boolean') {
+      throw new InvalidOptionError('required', 'a boolean', required)
+    }
+    this.#required = required
+    this.#onConcurrent = checkOneOf('onConcurrent', options.onConcurrent ?? 'reject', [
+      'reject',
+      'wait',
+    ])
+    this.#waitTimeoutMs = checkInteger('waitTimeoutMs', options.waitTimeoutMs ?? 10_000, 0)
+    this.#storeResponse =
+      options.storeResponse === undefined
+        ? (status) => status < 500
+        : checkFunction<(status: number) => boolean>('storeResponse', options.storeResponse)
+    const replayHeaders = options.replayHeaders ?? defaultReplayHeaders
+    if (!Array.isArray(replayHeaders) || replayHeaders.some((h) => typeof h !== 'string')) {
+      throw new InvalidOptionError('replayHeaders', 'an array of header names', replayHeaders)
+    }
+    this.#replayHeaders = new Set(replayHeaders.map((h) => h.toLowerCase()))
+    const base = options.problemTypeBase ?? defaultProblemTypeBase
+    if (typeof base !== 'string') {
+      throw new InvalidOptionError('problemTypeBase', 'a URI prefix', base)
+    }
+    this.#problemTypeBase = base
+  }
+
+  appliesTo(method: string): boolean {
+    return this.#methods.has(method.toUpperCase())
+  }
+
+  #problem(error: IdempotencyError): IdempotencyBegin {
+    return {
+      kind: 'respond',
+      response: problemResponse(error, this.#problemTypeBase),
+      replayed: false,
+      error,
+    }
+  }
+
+  async begin(request: IdempotencyRequest): Promise<IdempotencyBegin> {
+    if (!this.appliesTo(request.method)) return { kind: 'bypass' }
+    const raw = request.header('idempotency-key')
+    if (raw === undefined) {
+      return this.#required ? this.#problem(new IdempotencyKeyMissingError()) : { kind: 'bypass' }
+    }
+    let key: string
+    try {
+      key = parseIdempotencyKey(raw)
+    } catch (error) {
+      if (error instanceof IdempotencyKeyInvalidError) return this.#problem(error)
+      throw error
+    }
+    const scope = request.scope ?? (await this.#scope(request))
+    const fingerprint = await this.#fingerprint(request)
+    const acquired = await this.#acquire(scope, key, fingerprint, request.signal)
+    switch (acquired.kind) {
+      case 'completed':
+        return {
+          kind: 'respond',
+          response: replayOf(acquired.record),
+          replayed: true,
+          error: undefined,
+        }
+      case 'mismatch':
+        return this.#problem(new IdempotencyMismatchError(key))
+      case 'busy':
+        return this.#problem(
+          new IdempotencyInProgressError(key, acquired.reason, this.#settings.retryAfterMs),
+        )
+      case 'execute':
+        return { kind: 'execute', execution: this.#httpExecution(acquired.execution) }
+    }
+  }
+
+  #httpExecution(execution: Execution): IdempotentExecution {
+    return {
+      context: execution.context,
+      complete: async (response) => {
+        if (!this.#storeResponse(response.status)) {
+          await execution.release()
+          return response
+        }
+        try {
+          await execution.record(toStored(response, this.#replayHeaders))
+          return response
+        } catch (error) {
+          if (error instanceof IdempotencyInProgressError) {
+            return problemResponse(error, this.#problemTypeBase)
+          }
+          throw error
+        }
+      },
+      abort: () => execution.release(),
+    }
+  }
+
+  async handle(
+    request: IdempotencyRequest,
+    handler: (context: IdempotencyContext | undefined) => Promise<IdempotencyResponse>,
+  ): Promise<IdempotencyResponse> {
+    const begun = await this.begin(request)
+    if (begun.kind === 'respond') return begun.response
+    if (begun.kind === 'bypass') return handler(undefined)
+    const { execution } = begun
+    let response: IdempotencyResponse
+    try {
+      response = await handler(execution.context)
+    } catch (error) {
+      await execution.abort()
+      throw error
+    }
+    return execution.complete(response)
+  }
+
+  async run<T>(
+    key: string,
+    fn: (context: IdempotencyContext) => Promise<T> | T,
+    options: RunOptions = {},
+  ): Promise<T> {
+    checkOperationKey(key)
+    checkFunction('fn', fn)
+    const scope = options.scope ?? 'default'
+    if (typeof scope !== 'string' || scope === '') {
+      throw new InvalidOptionError('scope', 'a non-empty string', scope)
+    }
+    const fingerprint = options.fingerprint ?? ''
+    if (typeof fingerprint !== 'string') {
+      throw new InvalidOptionError('fingerprint', 'a string', fingerprint)
+    }
+    const acquired = await this.#acquire(scope, key, fingerprint, options.signal)
+    switch (acquired.kind) {
+      case 'completed':
+        return decodeResult<T>(acquired.record)
+      case 'mismatch':
+        throw new IdempotencyMismatchError(key)
+      case 'busy':
+        throw new IdempotencyInProgressError(key, acquired.reason, this.#settings.retryAfterMs)
+      case 'execute':
+        break
+    }
+    const { execution } = acquired
+    let json: string | undefined
+    try {
+      json = JSON.stringify((await fn(execution.context)) as JsonValue | undefined)
+    } catch (error) {
+      await execution.release()
+      throw error
+    }
+    const body = json === undefined ? new Uint8Array(0) : Buffer.from(json)
+    await execution.record({ status: undefined, headers: {}, body })
+    return (json === undefined ? undefined : JSON.parse(json)) as T
+  }
+
+  async #acquire(
+    scope: string,
+    key: string,
+    fingerprint: string,
+    signal: AbortSignal | undefined,
+  ): Promise<Acquired> {
+    const { store, clock, leaseMs, retentionMs } = this.#settings
+    const startedAt = clock.now()
+    let pollMs = firstPollMs
+    let immediate = 0
+    for (;;) {
+      const nowMs = clock.now()
+      const claim = {
+        scope,
+        key,
+        fingerprint,
+        leaseToken: randomUUID(),
+        nowMs,
+        leaseExpiresAtMs: nowMs + leaseMs,
+        expiresAtMs: nowMs + retentionMs,
+      }
+      const fresh = (attempt: number, from?: IdempotencyRecord): Acquired => ({
+        kind: 'execute',
+        execution: new Execution(this.#settings, {
+          lease: { scope, key, leaseToken: claim.leaseToken },
+          leaseExpiresAtMs: claim.leaseExpiresAtMs,
+          attempt,
+          recoveryPoint: from?.recoveryPoint,
+          phases: from?.phases ?? {},
+        }),
+      })
+      const outcome = await store.claim(claim)
+      if (outcome.claimed) return fresh(1)
+      const record = outcome.existing
+      if (record !== undefined) {
+        if (record.expiresAtMs <= nowMs) {
+          // Past retention but not swept yet: the key is free again.
+          if (await store.recycle({ ...claim, previousLeaseToken: record.leaseToken })) {
+            return fresh(1)
+          }
+        } else if (record.fingerprint !== fingerprint) {
+          return { kind: 'mismatch' }
+        } else if (record.state === 'completed') {
+          return { kind: 'completed', record }
+        } else if ((record.leaseExpiresAtMs ?? 0) <= nowMs) {
+          // The holder crashed or hung past its lease: take over, resuming after its phases.
+          if (await store.takeOver({ ...claim, previousLeaseToken: record.leaseToken })) {
+            return fresh(record.attempt + 1, record)
+          }
+        } else {
+          if (this.#onConcurrent === 'reject') return { kind: 'busy', reason: 'in-flight' }
+          const waitedMs = nowMs - startedAt
+          if (waitedMs >= this.#waitTimeoutMs) return { kind: 'busy', reason: 'wait-timeout' }
+          const untilLeaseEndsMs = (record.leaseExpiresAtMs ?? nowMs) - nowMs
+          await sleep(
+            clock,
+            Math.max(1, Math.min(pollMs, this.#waitTimeoutMs - waitedMs, untilLeaseEndsMs)),
+            signal,
+          )
+          pollMs = Math.min(pollMs * 2, maxPollMs)
+          continue
+        }
+      }
+      // Lost a race between two statements (released, recycled or taken over meanwhile).
+      if (++immediate > maxImmediateRetries) return { kind: 'busy', reason: 'in-flight' }
+    }
+  }
+}
+
+/**
+ * Creates the Idempotency-Key protocol over a store. Hand the result to an adapter
+ * (`idempotentHandler`, `expressIdempotency`, `fastifyIdempotency`, `honoIdempotency`) or use
+ * `begin`/`handle`/`run` directly.
+ *
+ * @example
+ * ```ts
+ * const db = await openDatabase('sqlite:./.breakwater/app.db')
+ * await migrateIdempotency(db)
+ * const idempotency = createIdempotency({ store: db, scope: { tenantHeader: 'x-tenant-id' } })
+ * const server = http.createServer(
+ *   idempotentHandler({ idempotency }, async (req, res, { idempotency: ctx }) => {
+ *     await ctx?.tx.execute('INSERT INTO charges (id) VALUES ($1)', [ctx.key])
+ *     res.writeHead(201, { 'content-type': 'application/json' }).end('{"ok":true}')
+ *   }),
+ * )
+ * ```
+ */
+export function createIdempotency(options: IdempotencyOptions): Idempotency {
+  return new IdempotencyCore(options)
+}

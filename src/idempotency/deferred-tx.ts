@@ -1,0 +1,101 @@
+import { type SqlDialect, type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
+import type { IdempotencyStore } from './store.js'
+
+type Decision =
+  | { readonly commit: (tx: SqlTransaction) => Promise<void> }
+  | { readonly rollback: true }
+
+// Thrown inside the store transaction to roll it back on purpose; never escapes this file.
+const rollbackSignal = new Error('idempotency: deliberate rollback')
+
+/**
+ * The handler's `ctx.tx`: a transaction that begins on its first statement and stays open
+ * until the core decides to record the result in it (commit) or to roll it back.
+ *
+ * Beginning late matters: a handler that first calls other services holds no database
+ * transaction meanwhile (on SQLite an open transaction blocks every other writer of the
+ * process), and atomic phases, which need their own transactions, can run before it.
+ */
+export class DeferredTransaction implements SqlTransaction {
+  readonly dialect: SqlDialect
+  readonly #store: IdempotencyStore
+  #ready: Promise<SqlTransaction> | undefined
+  #done: Promise<void> | undefined
+  #decide: ((decision: Decision) => void) | undefined
+  #closed = false
+
+  constructor(store: IdempotencyStore, dialect: SqlDialect) {
+    this.#store = store
+    this.dialect = dialect
+  }
+
+  /** Whether the transaction has begun. */
+  get opened(): boolean {
+    return this.#ready !== undefined
+  }
+
+  query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
+    return this.#open().then((tx) => tx.query<R>(sql, params))
+  }
+
+  execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    return this.#open().then((tx) => tx.execute(sql, params))
+  }
+
+  transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    return this.#open().then((tx) => tx.transaction(fn))
+  }
+
+  #open(): Promise<SqlTransaction> {
+    if (this.#closed) {
+      return Promise.reject(
+        new TransactionMisuseError(
+          'ctx.tx was used after the idempotent result was recorded or rolled back (was a statement not awaited, or did the lease expire?)',
+        ),
+      )
+    }
+    if (this.#ready === undefined) {
+      let resolveReady!: (tx: SqlTransaction) => void
+      let rejectReady!: (error: unknown) => void
+      this.#ready = new Promise<SqlTransaction>((resolve, reject) => {
+        resolveReady = resolve
+        rejectReady = reject
+      })
+      const decision = new Promise<Decision>((resolve) => {
+        this.#decide = resolve
+      })
+      this.#done = this.#store.transaction(async (tx) => {
+        resolveReady(tx)
+        const decided = await decision
+        if ('rollback' in decided) throw rollbackSignal
+        await decided.commit(tx)
+      })
+      // If BEGIN itself fails, the statements waiting for the transaction fail with its error.
+      this.#done.catch(rejectReady)
+    }
+    return this.#ready
+  }
+
+  /**
+   * Runs `write` as the last step of the transaction and commits; if the handler never opened
+   * the transaction, `write` runs in a transaction of its own. Rejects (after rolling back)
+   * when `write` or COMMIT fails.
+   */
+  async commit(write: (tx: SqlTransaction) => Promise<void>): Promise<void> {
+    this.#closed = true
+    if (this.#ready === undefined) {
+      await this.#store.transaction(write)
+      return
+    }
+    this.#decide?.({ commit: write })
+    await this.#done
+  }
+
+  /** Rolls the transaction back (if it began). Never rejects: a broken connection rolls back too. */
+  async rollback(): Promise<void> {
+    this.#closed = true
+    if (this.#ready === undefined) return
+    this.#decide?.({ rollback: true })
+    await this.#done?.catch(() => {})
+  }
+}

@@ -1,0 +1,183 @@
+import type { Clock, TimerHandle } from '../core/clock.js'
+import { type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
+import { DeferredTransaction } from './deferred-tx.js'
+import { IdempotencyInProgressError } from './errors.js'
+import type { IdempotencyStore, LeaseRef, StoredResult } from './store.js'
+import type { IdempotencyContext, JsonValue } from './types.js'
+
+/** What an execution needs from the core. */
+export interface ExecutionSettings {
+  readonly store: IdempotencyStore
+  readonly clock: Clock
+  readonly leaseMs: number
+  readonly retentionMs: number
+  readonly retryAfterMs: number
+}
+
+/** The state a holder starts from: fresh, or what earlier holders of the key committed. */
+export interface ExecutionStart {
+  readonly lease: LeaseRef
+  readonly leaseExpiresAtMs: number
+  readonly attempt: number
+  readonly recoveryPoint: string | undefined
+  readonly phases: Readonly<Record<string, JsonValue>>
+}
+
+// Phase results are stored wrapped, so that a phase returning undefined replays as undefined.
+type WrappedPhase = { readonly v?: JsonValue }
+
+function roundTrip<T>(value: T): T {
+  if (value === undefined) return value
+  const json = JSON.stringify(value)
+  return (json === undefined ? undefined : JSON.parse(json)) as T
+}
+
+/**
+ * One holder's run of a key: owns the lease, the deferred transaction and the phase state, and
+ * records or releases the key exactly once.
+ *
+ * The lease is also enforced locally: when it runs out before the result is recorded, the
+ * transaction is rolled back at once and the result will not be recorded, because another
+ * request may now take the key over. (On SQLite this also frees the single connection from a
+ * handler that hangs.) Each committed phase renews the lease.
+ */
+export class Execution {
+  readonly context: IdempotencyContext
+  readonly #settings: ExecutionSettings
+  readonly #lease: LeaseRef
+  readonly #tx: DeferredTransaction
+  #phases: Record<string, JsonValue>
+  #recoveryPoint: string | undefined
+  #timer: TimerHandle | undefined
+  #expired = false
+  #settled = false
+
+  constructor(settings: ExecutionSettings, start: ExecutionStart) {
+    this.#settings = settings
+    this.#lease = start.lease
+    this.#phases = { ...start.phases }
+    this.#recoveryPoint = start.recoveryPoint
+    this.#tx = new DeferredTransaction(settings.store, settings.store.dialect ?? 'sqlite')
+    this.#armLeaseTimer(start.leaseExpiresAtMs - settings.clock.now())
+    const self = this
+    this.context = {
+      key: start.lease.key,
+      scope: start.lease.scope,
+      tx: this.#tx,
+      attempt: start.attempt,
+      get recoveryPoint() {
+        return self.#recoveryPoint
+      },
+      phase: (name, fn) => this.#phase(name, fn),
+    }
+  }
+
+  /** The key this execution holds. */
+  get lease(): LeaseRef {
+    return this.#lease
+  }
+
+  #armLeaseTimer(delayMs: number): void {
+    const { clock } = this.#settings
+    if (this.#timer !== undefined) clock.clearTimeout(this.#timer)
+    this.#timer = clock.setTimeout(
+      () => {
+        this.#timer = undefined
+        if (this.#settled) return
+        this.#expired = true
+        void this.#tx.rollback()
+      },
+      Math.max(0, delayMs),
+    )
+  }
+
+  #settle(): void {
+    if (this.#settled) throw new TypeError('This idempotent execution was already settled')
+    this.#settled = true
+    if (this.#timer !== undefined) this.#settings.clock.clearTimeout(this.#timer)
+    this.#timer = undefined
+  }
+
+  #leaseLost(): IdempotencyInProgressError {
+    return new IdempotencyInProgressError(
+      this.#lease.key,
+      'lease-lost',
+      this.#settings.retryAfterMs,
+    )
+  }
+
+  async #phase<T>(name: string, fn: (tx: SqlTransaction) => Promise<T> | T): Promise<T> {
+    if (typeof name !== 'string' || name === '') {
+      throw new TypeError('ctx.phase(name, fn): name must be a non-empty string')
+    }
+    if (Object.hasOwn(this.#phases, name)) {
+      return (this.#phases[name] as WrappedPhase).v as T
+    }
+    if (this.#settled || this.#expired) {
+      throw new TransactionMisuseError(
+        'ctx.phase() was called after the idempotent result was recorded or the lease expired',
+      )
+    }
+    if (this.#tx.opened) {
+      // On SQLite the phase's own transaction would wait forever for ctx.tx to end.
+      throw new TransactionMisuseError(
+        'ctx.phase() must run before the first statement on ctx.tx (phases commit on their own)',
+      )
+    }
+    const { store, clock, leaseMs } = this.#settings
+    const nowMs = clock.now()
+    const leaseExpiresAtMs = nowMs + leaseMs
+    let phases: Record<string, JsonValue> = this.#phases
+    const value = await store.transaction(async (tx) => {
+      const result = roundTrip(await fn(tx))
+      const wrapped: WrappedPhase = result === undefined ? {} : { v: result as JsonValue }
+      phases = { ...this.#phases, [name]: wrapped }
+      const held = await store.savePhase(tx, this.#lease, name, phases, nowMs, leaseExpiresAtMs)
+      if (!held || this.#expired) throw this.#leaseLost()
+      return result
+    })
+    this.#phases = phases
+    this.#recoveryPoint = name
+    if (!this.#settled) this.#armLeaseTimer(leaseExpiresAtMs - clock.now())
+    return value
+  }
+
+  /**
+   * Records `result` in the handler's transaction (fenced by the lease) and commits. Throws
+   * {@link IdempotencyInProgressError} (`lease-lost`) when the lease expired or was taken over:
+   * then nothing was written and the business writes were rolled back. On a database error the
+   * key is released (if the commit did not happen) and the error is thrown.
+   */
+  async record(result: StoredResult): Promise<void> {
+    this.#settle()
+    if (this.#expired) {
+      await this.#tx.rollback()
+      throw this.#leaseLost()
+    }
+    const { store, clock, retentionMs } = this.#settings
+    try {
+      await this.#tx.commit(async (tx) => {
+        const nowMs = clock.now()
+        const held = await store.complete(tx, this.#lease, result, nowMs, nowMs + retentionMs)
+        if (!held) throw this.#leaseLost()
+      })
+    } catch (error) {
+      if (error instanceof IdempotencyInProgressError) throw this.#leaseLost()
+      // The COMMIT may have happened (a connection lost after COMMIT was sent). Releasing is
+      // still safe: it deletes only an in-progress record held by this lease.
+      await store.release(this.#lease).catch(() => {})
+      throw error
+    }
+  }
+
+  /**
+   * Rolls the handler's transaction back and deletes the in-progress record, so that a retry
+   * runs the work again. Never rejects: if the release fails, the lease expiry frees the key.
+   */
+  async release(): Promise<void> {
+    this.#settle()
+    await this.#tx.rollback()
+    // Fenced by the token: after a takeover this deletes nothing.
+    await this.#settings.store.release(this.#lease).catch(() => {})
+  }
+}

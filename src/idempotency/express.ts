@@ -1,0 +1,141 @@
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { attachContext } from './context-registry.js'
+import type { Idempotency } from './core.js'
+import { canonicalBodyBytes } from './fingerprint.js'
+import {
+  BodyTooLargeError,
+  captureNodeResponse,
+  disconnectSignal,
+  nodeRequest,
+  readNodeBody,
+  writeNodeResponse,
+} from './node-response.js'
+import { genericProblem } from './problem.js'
+
+/** The parts of an Express request the middleware reads (any Express 5 `Request`). */
+export interface ExpressLikeRequest extends IncomingMessage {
+  body?: unknown
+  readonly originalUrl?: string
+}
+
+/** The parts of an Express response the middleware uses (any Express 5 `Response`). */
+export interface ExpressLikeResponse extends ServerResponse {
+  readonly locals?: Record<string, unknown>
+}
+
+/** An Express middleware (structurally typed, so breakwater does not depend on Express). */
+export type ExpressIdempotencyMiddleware = (
+  req: ExpressLikeRequest,
+  res: ExpressLikeResponse,
+  next: (error?: unknown) => void,
+) => Promise<void>
+
+/** Options of {@link expressIdempotency}. */
+export interface ExpressIdempotencyOptions {
+  /**
+   * Computes the scope from the Express request (e.g. `req.user.tenantId` set by your auth
+   * middleware), overriding the core's `scope` option.
+   * @default the core's `scope` option
+   */
+  readonly scope?: (req: ExpressLikeRequest) => string | Promise<string>
+  /**
+   * The largest raw body read when no body parser ran before the middleware.
+   * @default 1048576 (1 MiB)
+   */
+  readonly maxBodyBytes?: number
+}
+
+/**
+ * Express 5 middleware for the Idempotency-Key protocol. Mount it after your body parser and
+ * before the handlers it guards (`app.post('/charges', express.json(), expressIdempotency(i),
+ * handler)`). The fingerprint hashes the canonical JSON of `req.body` (or its bytes for a
+ * Buffer or string); when no parser ran, the middleware reads the raw body into `req.body` as a
+ * Buffer. Handlers find the context with `idempotencyContextOf(req)` or in
+ * `res.locals.idempotency`; their response (`res.json`, `res.send`, errors rendered by Express)
+ * is held back until it is recorded, then sent.
+ *
+ * @example
+ * ```ts
+ * app.post('/charges', express.json(), expressIdempotency(idempotency), async (req, res) => {
+ *   const ctx = idempotencyContextOf(req)!
+ *   await ctx.tx.execute('INSERT INTO charges (id, amount) VALUES ($1, $2)', [ctx.key, req.body.amount])
+ *   res.status(201).json({ charged: req.body.amount })
+ * })
+ * ```
+ */
+export function expressIdempotency(
+  idempotency: Idempotency,
+  options: ExpressIdempotencyOptions = {},
+): ExpressIdempotencyMiddleware {
+  if (typeof idempotency?.begin !== 'function') {
+    throw new InvalidOptionError('idempotency', 'an Idempotency (createIdempotency)', idempotency)
+  }
+  checkObject('options', options)
+  const scope =
+    options.scope === undefined
+      ? undefined
+      : checkFunction<(req: ExpressLikeRequest) => string | Promise<string>>('scope', options.scope)
+  const maxBodyBytes = checkInteger('maxBodyBytes', options.maxBodyBytes ?? 1_048_576, 0)
+
+  return async (req, res, next) => {
+    if (!idempotency.appliesTo(req.method ?? 'GET')) {
+      next()
+      return
+    }
+    if (req.body === undefined && !req.readableEnded) {
+      try {
+        req.body = await readNodeBody(req, maxBodyBytes)
+      } catch (error) {
+        if (!(error instanceof BodyTooLargeError)) throw error
+        res.setHeader('connection', 'close')
+        writeNodeResponse(
+          res,
+          genericProblem(
+            413,
+            'Content Too Large',
+            `The request body exceeds ${maxBodyBytes} bytes`,
+          ),
+        )
+        return
+      }
+    }
+    const begun = await idempotency.begin(
+      nodeRequest(
+        req,
+        req.originalUrl ?? req.url ?? '/',
+        canonicalBodyBytes(req.body),
+        scope === undefined ? undefined : await scope(req),
+        disconnectSignal(res),
+      ),
+    )
+    if (begun.kind === 'respond') {
+      writeNodeResponse(res, begun.response)
+      return
+    }
+    if (begun.kind === 'bypass') {
+      next()
+      return
+    }
+    const { execution } = begun
+    attachContext(req, execution.context)
+    if (res.locals !== undefined) res.locals.idempotency = execution.context
+    // Express renders a handler's error through res.end too (status 500 by default), so the
+    // captured response covers failures: a 5xx releases the key.
+    captureNodeResponse(res, (response) => {
+      execution.complete(response).then(
+        (final) => writeNodeResponse(res, final),
+        () => {
+          // The store failed (the key was released). Express cannot render this error any
+          // more: the handler's response already went through res.end.
+          writeNodeResponse(
+            res,
+            genericProblem(500, 'Internal Server Error', 'The result could not be recorded'),
+          )
+        },
+      )
+    })
+    next()
+  }
+}

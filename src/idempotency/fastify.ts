@@ -1,0 +1,190 @@
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkObject } from '../core/validate.js'
+import { attachContext } from './context-registry.js'
+import type { Idempotency, IdempotentExecution } from './core.js'
+import { canonicalBodyBytes } from './fingerprint.js'
+import { disconnectSignal } from './node-response.js'
+import type { IdempotencyResponse } from './types.js'
+
+/** The parts of a Fastify request the plugin reads (any Fastify 5 `FastifyRequest`). */
+export interface FastifyLikeRequest {
+  readonly method: string
+  readonly url: string
+  readonly body: unknown
+  readonly headers: IncomingHttpHeaders
+  readonly raw: IncomingMessage
+}
+
+/** The parts of a Fastify reply the plugin uses (any Fastify 5 `FastifyReply`). */
+export interface FastifyLikeReply {
+  readonly statusCode: number
+  readonly raw: ServerResponse
+  code(statusCode: number): unknown
+  header(name: string, value: unknown): unknown
+  getHeaders(): Record<string, unknown>
+  removeHeader(name: string): unknown
+  send(payload?: unknown): unknown
+}
+
+/** The parts of a Fastify instance the plugin uses. */
+export interface FastifyLikeInstance {
+  // Typed loosely on purpose: Fastify's own overloads of addHook are assignable to it.
+  addHook: (...args: never[]) => unknown
+}
+
+/** A Fastify plugin: `await app.register(fastifyIdempotency(idempotency))`. */
+export type FastifyIdempotencyPlugin = (instance: FastifyLikeInstance) => Promise<void>
+
+/** Options of {@link fastifyIdempotency}. */
+export interface FastifyIdempotencyOptions {
+  /**
+   * Computes the scope from the Fastify request (e.g. `request.user.tenantId`), overriding the
+   * core's `scope` option.
+   * @default the core's `scope` option
+   */
+  readonly scope?: (request: FastifyLikeRequest) => string | Promise<string>
+}
+
+type RequestState =
+  | { readonly kind: 'executing'; readonly execution: IdempotentExecution }
+  | { readonly kind: 'done' }
+
+type Hook = (request: FastifyLikeRequest, reply: FastifyLikeReply, payload?: unknown) => unknown
+type AddHook = (name: string, hook: Hook) => unknown
+
+function headerOf(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const value = headers[name.toLowerCase()]
+  return Array.isArray(value) ? value.join(', ') : value
+}
+
+async function payloadBytes(payload: unknown): Promise<Buffer> {
+  if (payload === undefined || payload === null) return Buffer.alloc(0)
+  if (typeof payload === 'string') return Buffer.from(payload)
+  if (payload instanceof Uint8Array) {
+    return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)
+  }
+  if (typeof (payload as AsyncIterable<unknown>)[Symbol.asyncIterator] === 'function') {
+    const chunks: Buffer[] = []
+    for await (const chunk of payload as AsyncIterable<unknown>) {
+      chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.from(chunk as Uint8Array))
+    }
+    return Buffer.concat(chunks)
+  }
+  return Buffer.from(String(payload))
+}
+
+function replyHeaders(reply: FastifyLikeReply): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = {}
+  for (const [name, value] of Object.entries(reply.getHeaders())) {
+    if (value === undefined) continue
+    headers[name.toLowerCase()] = Array.isArray(value) ? value.map(String) : String(value)
+  }
+  return headers
+}
+
+function setReply(reply: FastifyLikeReply, response: IdempotencyResponse): void {
+  for (const name of Object.keys(reply.getHeaders())) reply.removeHeader(name)
+  reply.code(response.status)
+  for (const [name, value] of Object.entries(response.headers)) {
+    if (name !== 'content-length') reply.header(name, value)
+  }
+}
+
+/**
+ * A Fastify 5 plugin for the Idempotency-Key protocol. It applies to the routes of the context
+ * it is registered in (register it inside `app.register(async (scope) => ...)` to guard only
+ * some routes). A `preHandler` hook claims the key (replays or answers problems without running
+ * the handler); an `onSend` hook records the serialized response (errors rendered by Fastify
+ * included, so a 5xx releases the key) before it is sent. The fingerprint hashes the canonical
+ * JSON of the parsed body. Handlers find the context with `idempotencyContextOf(request)`.
+ *
+ * @example
+ * ```ts
+ * await app.register(fastifyIdempotency(idempotency))
+ * app.post('/charges', async (request, reply) => {
+ *   const ctx = idempotencyContextOf(request)!
+ *   await ctx.tx.execute('INSERT INTO charges (id) VALUES ($1)', [ctx.key])
+ *   return reply.code(201).send({ ok: true })
+ * })
+ * ```
+ */
+export function fastifyIdempotency(
+  idempotency: Idempotency,
+  options: FastifyIdempotencyOptions = {},
+): FastifyIdempotencyPlugin {
+  if (typeof idempotency?.begin !== 'function') {
+    throw new InvalidOptionError('idempotency', 'an Idempotency (createIdempotency)', idempotency)
+  }
+  checkObject('options', options)
+  const scope =
+    options.scope === undefined
+      ? undefined
+      : checkFunction<(request: FastifyLikeRequest) => string | Promise<string>>(
+          'scope',
+          options.scope,
+        )
+  const states = new WeakMap<FastifyLikeRequest, RequestState>()
+
+  const preHandler: Hook = async (request, reply) => {
+    if (!idempotency.appliesTo(request.method)) return
+    const scopeValue = scope === undefined ? undefined : await scope(request)
+    const begun = await idempotency.begin({
+      method: request.method,
+      route: request.url,
+      header: (name) => headerOf(request.headers, name),
+      body: canonicalBodyBytes(request.body),
+      signal: disconnectSignal(reply.raw),
+      native: request,
+      ...(scopeValue === undefined ? {} : { scope: scopeValue }),
+    })
+    if (begun.kind === 'bypass') return
+    if (begun.kind === 'respond') {
+      states.set(request, { kind: 'done' })
+      setReply(reply, begun.response)
+      // Returning the reply after send() tells Fastify the hook answered the request.
+      reply.send(Buffer.from(begun.response.body))
+      return reply
+    }
+    states.set(request, { kind: 'executing', execution: begun.execution })
+    attachContext(request, begun.execution.context)
+  }
+
+  const onSend: Hook = async (request, reply, payload) => {
+    const state = states.get(request)
+    if (state?.kind !== 'executing') return payload
+    states.set(request, { kind: 'done' })
+    const response: IdempotencyResponse = {
+      status: reply.statusCode,
+      headers: replyHeaders(reply),
+      body: await payloadBytes(payload),
+    }
+    const final = await state.execution.complete(response)
+    if (final !== response) setReply(reply, final)
+    return Buffer.from(final.body.buffer, final.body.byteOffset, final.body.byteLength)
+  }
+
+  // A request that ended without its response passing onSend (a failure inside Fastify) gives
+  // its key back instead of holding it until the lease expires. A client that disconnects does
+  // not: its handler keeps running and records the result for the client's retry.
+  const onResponse: Hook = async (request) => {
+    const state = states.get(request)
+    if (state?.kind !== 'executing') return
+    states.set(request, { kind: 'done' })
+    await state.execution.abort()
+  }
+
+  const plugin: FastifyIdempotencyPlugin = async (instance) => {
+    const addHook = instance.addHook.bind(instance) as unknown as AddHook
+    addHook('preHandler', preHandler)
+    addHook('onSend', onSend)
+    addHook('onResponse', onResponse)
+  }
+  // What fastify-plugin sets: the hooks apply to the context the plugin is registered in,
+  // not only inside a new encapsulated child context.
+  Object.assign(plugin, {
+    [Symbol.for('skip-override')]: true,
+    [Symbol.for('fastify.display-name')]: 'breakwater-idempotency',
+  })
+  return plugin
+}

@@ -1,0 +1,137 @@
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkObject } from '../core/validate.js'
+import { attachContext } from './context-registry.js'
+import type { Idempotency } from './core.js'
+import type { IdempotencyResponse } from './types.js'
+
+/** The parts of a Hono context the middleware uses (any Hono 4 `Context`). */
+export interface HonoLikeContext {
+  readonly req: {
+    readonly method: string
+    readonly url: string
+    readonly raw: Request
+    header(name: string): string | undefined
+    arrayBuffer(): Promise<ArrayBuffer>
+  }
+  get res(): Response
+  set res(response: Response | undefined)
+  set(key: 'idempotency', value: unknown): void
+}
+
+/** A Hono middleware (structurally typed, so breakwater does not depend on Hono). */
+export type HonoIdempotencyMiddleware = (
+  c: HonoLikeContext,
+  next: () => Promise<void>,
+) => Promise<Response | undefined>
+
+/** Options of {@link honoIdempotency}. */
+export interface HonoIdempotencyOptions {
+  /**
+   * Computes the scope from the Hono context (e.g. `c.get('tenantId')`), overriding the core's
+   * `scope` option.
+   * @default the core's `scope` option
+   */
+  readonly scope?: (c: HonoLikeContext) => string | Promise<string>
+}
+
+// Statuses whose responses must not have a body in the Fetch API.
+const nullBodyStatuses = new Set([101, 103, 204, 205, 304])
+
+function toFetchResponse(response: IdempotencyResponse): Response {
+  const headers = new Headers()
+  for (const [name, value] of Object.entries(response.headers)) {
+    if (name === 'content-length') continue
+    if (typeof value === 'string') headers.set(name, value)
+    else for (const item of value) headers.append(name, item)
+  }
+  const body = nullBodyStatuses.has(response.status) ? null : response.body
+  return new Response(body as ConstructorParameters<typeof Response>[0], {
+    status: response.status,
+    headers,
+  })
+}
+
+function fetchHeaders(response: Response): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = {}
+  response.headers.forEach((value, name) => {
+    if (name !== 'set-cookie') headers[name] = value
+  })
+  const cookies = response.headers.getSetCookie()
+  if (cookies.length > 0) headers['set-cookie'] = cookies
+  return headers
+}
+
+/**
+ * Hono middleware for the Idempotency-Key protocol (`app.use('/charges/*',
+ * honoIdempotency(idempotency))`). The fingerprint hashes the raw body (Hono caches it, so
+ * handlers can still call `c.req.json()`). Handlers find the context with
+ * `idempotencyContextOf(c)` or `c.get('idempotency')`. The handler's response (errors rendered
+ * by `app.onError` included, so a 5xx releases the key) is recorded before it is returned.
+ *
+ * @example
+ * ```ts
+ * app.post('/charges', honoIdempotency(idempotency), async (c) => {
+ *   const ctx = idempotencyContextOf(c)!
+ *   await ctx.tx.execute('INSERT INTO charges (id) VALUES ($1)', [ctx.key])
+ *   return c.json({ ok: true }, 201)
+ * })
+ * ```
+ */
+export function honoIdempotency(
+  idempotency: Idempotency,
+  options: HonoIdempotencyOptions = {},
+): HonoIdempotencyMiddleware {
+  if (typeof idempotency?.begin !== 'function') {
+    throw new InvalidOptionError('idempotency', 'an Idempotency (createIdempotency)', idempotency)
+  }
+  checkObject('options', options)
+  const scope =
+    options.scope === undefined
+      ? undefined
+      : checkFunction<(c: HonoLikeContext) => string | Promise<string>>('scope', options.scope)
+
+  return async (c, next) => {
+    if (!idempotency.appliesTo(c.req.method)) {
+      await next()
+      return undefined
+    }
+    const url = new URL(c.req.url)
+    const scopeValue = scope === undefined ? undefined : await scope(c)
+    const begun = await idempotency.begin({
+      method: c.req.method,
+      route: `${url.pathname}${url.search}`,
+      header: (name) => c.req.header(name),
+      body: new Uint8Array(await c.req.arrayBuffer()),
+      signal: c.req.raw.signal,
+      native: c,
+      ...(scopeValue === undefined ? {} : { scope: scopeValue }),
+    })
+    if (begun.kind === 'respond') return toFetchResponse(begun.response)
+    if (begun.kind === 'bypass') {
+      await next()
+      return undefined
+    }
+    const { execution } = begun
+    attachContext(c, execution.context)
+    c.set('idempotency', execution.context)
+    try {
+      await next()
+    } catch (error) {
+      // Only without an onError handler does Hono let a handler's error through.
+      await execution.abort()
+      throw error
+    }
+    const produced = c.res
+    const response: IdempotencyResponse = {
+      status: produced.status,
+      headers: fetchHeaders(produced),
+      body: new Uint8Array(await produced.arrayBuffer()),
+    }
+    const final = await execution.complete(response)
+    // Assigning c.res merges the old response's headers into the new one; clearing it first
+    // makes the recorded (or problem) response the whole answer.
+    c.res = undefined
+    c.res = toFetchResponse(final)
+    return undefined
+  }
+}

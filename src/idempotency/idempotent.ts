@@ -1,0 +1,94 @@
+import type { Clock } from '../core/clock.js'
+import { checkObject } from '../core/validate.js'
+import type { SqlDriver } from '../stores/index.js'
+import { createIdempotency } from './core.js'
+import type { IdempotencyStore } from './store.js'
+import type { IdempotencyContext } from './types.js'
+
+/** Options of {@link idempotent}. */
+export interface IdempotentOptions {
+  /** Where records live: an idempotency store or a `SqlDriver` (wrapped in the SQL store). */
+  readonly store: IdempotencyStore | SqlDriver
+  /**
+   * The scope the key lives in, e.g. the consumer or saga name.
+   * @default 'default'
+   */
+  readonly scope?: string
+  /**
+   * What the call looks like (e.g. a hash of its input); a later call with the same key and
+   * another fingerprint throws `IdempotencyMismatchError`.
+   * @default '' (no check)
+   */
+  readonly fingerprint?: string
+  /**
+   * What a call does while another holds the key: `'reject'` throws
+   * `IdempotencyInProgressError`; `'wait'` waits for the holder and returns its result.
+   * @default 'reject'
+   */
+  readonly onConcurrent?: 'reject' | 'wait'
+  /**
+   * In `'wait'` mode, how long to wait before throwing `IdempotencyInProgressError`.
+   * @default 10000
+   */
+  readonly waitTimeoutMs?: number
+  /**
+   * How long a call owns the key before another may take over (after a crash). `fn` must
+   * finish within it, or its writes are rolled back.
+   * @default 60000
+   */
+  readonly leaseMs?: number
+  /**
+   * How long a recorded result is kept.
+   * @default 86400000 (24 hours)
+   */
+  readonly retentionMs?: number
+  /**
+   * The `retryAfterMs` carried by `IdempotencyInProgressError`.
+   * @default 1000
+   */
+  readonly retryAfterMs?: number
+  /** Aborts a wait in `'wait'` mode. */
+  readonly signal?: AbortSignal
+  /**
+   * The clock for leases, retention and waits.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * Runs `fn` at most once per key, for work that is not an HTTP request: message consumers,
+ * saga steps (key = saga id + step). `fn` gets `ctx.tx`, a transaction on the store's database
+ * for its business writes; its JSON-serializable result is recorded in that same transaction,
+ * so both commit or neither does. A later call with the same key returns the recorded result
+ * (as a JSON round trip, also on the first call, so both calls see equal values) without
+ * running `fn`. If `fn` throws, its writes roll back, the key is released, and the error is
+ * rethrown, so a retry runs `fn` again.
+ *
+ * Creating an {@link Idempotency} once and calling its `run` avoids validating options on
+ * every call.
+ *
+ * @throws IdempotencyInProgressError while another call holds the key (retryable)
+ * @throws IdempotencyMismatchError when the key was used with another fingerprint
+ * @example
+ * ```ts
+ * const shipment = await idempotent(`${sagaId}:create-shipment`, async (ctx) => {
+ *   await ctx.tx.execute('INSERT INTO shipments (order_id) VALUES ($1)', [orderId])
+ *   return { shipmentId: orderId }
+ * }, { store: db, scope: 'order-saga' })
+ * ```
+ */
+export async function idempotent<T>(
+  key: string,
+  fn: (context: IdempotencyContext) => Promise<T> | T,
+  options: IdempotentOptions,
+): Promise<T> {
+  checkObject('options', options)
+  const { scope, fingerprint, signal, ...rest } = options
+  const core = createIdempotency(rest)
+  return core.run(key, fn, {
+    ...(scope === undefined ? {} : { scope }),
+    ...(fingerprint === undefined ? {} : { fingerprint }),
+    ...(signal === undefined ? {} : { signal }),
+  })
+}

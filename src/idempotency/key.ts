@@ -1,0 +1,92 @@
+import { IdempotencyKeyInvalidError } from './errors.js'
+
+/** The longest idempotency key accepted, in characters. */
+export const maxKeyLength = 255
+
+// The allowed set covers UUIDs, ULIDs, base64 and base64url, and composed keys such as
+// `order-42:charge`, while keeping out spaces, quotes, commas (two headers folded into one) and
+// anything that would need escaping in a log line or a problem+json body.
+const allowedKey = /^[A-Za-z0-9\-_.:~+/=]+$/
+
+/**
+ * Parses an `Idempotency-Key` header value: a bare token (`abc-123`) or, as the IETF httpapi
+ * draft defines the field, an RFC 8941 sf-string (`"abc-123"`). Surrounding spaces and tabs are
+ * ignored.
+ *
+ * The key must have 1 to 255 characters from `A-Z a-z 0-9 - _ . : ~ + / =`. A value repeated in
+ * two header lines arrives folded with `, ` and is therefore rejected.
+ *
+ * @throws {@link IdempotencyKeyInvalidError} naming the rule broken.
+ * @example
+ * ```ts
+ * parseIdempotencyKey('"8e03978e-40d5-43e8-bc93-6894a57f9324"') // '8e03978e-40d5-...'
+ * ```
+ */
+export function parseIdempotencyKey(headerValue: string): string {
+  let key = headerValue.replace(/^[ \t]+|[ \t]+$/g, '')
+  if (key.startsWith('"')) {
+    if (key.length < 2 || !key.endsWith('"')) {
+      throw new IdempotencyKeyInvalidError(
+        'syntax',
+        'The Idempotency-Key header starts a quoted string that does not end',
+      )
+    }
+    const inner = key.slice(1, -1)
+    // Escapes (\" and \\) are valid sf-string syntax, but the characters they produce are not in
+    // the allowed set, so a quoted key containing one is rejected with the characters rule below.
+    if (/[^\x20-\x7e]/.test(inner) || /(^|[^\\])"/.test(inner)) {
+      throw new IdempotencyKeyInvalidError(
+        'syntax',
+        'The Idempotency-Key header is not a valid quoted string',
+      )
+    }
+    key = inner.replace(/\\(["\\])/g, '$1')
+  }
+  checkKeyCharacters(key)
+  return key
+}
+
+function checkKeyCharacters(key: string): void {
+  if (key.length === 0) {
+    throw new IdempotencyKeyInvalidError('empty', 'The Idempotency-Key header is empty')
+  }
+  if (key.length > maxKeyLength) {
+    throw new IdempotencyKeyInvalidError(
+      'too-long',
+      `The idempotency key has ${key.length} characters; at most ${maxKeyLength} are allowed`,
+    )
+  }
+  if (!allowedKey.test(key)) {
+    throw new IdempotencyKeyInvalidError(
+      'characters',
+      'The idempotency key may only contain letters, digits and - _ . : ~ + / =',
+    )
+  }
+}
+
+/**
+ * Checks a key given to `idempotent()` (message ids, saga id + step name): 1 to 255 characters
+ * and no control characters. It is not a header value, so the header's character set does not
+ * apply.
+ *
+ * @throws {@link IdempotencyKeyInvalidError} naming the rule broken.
+ */
+export function checkOperationKey(key: unknown): string {
+  if (typeof key !== 'string' || key.length === 0) {
+    throw new IdempotencyKeyInvalidError('empty', 'The idempotency key must be a non-empty string')
+  }
+  if (key.length > maxKeyLength) {
+    throw new IdempotencyKeyInvalidError(
+      'too-long',
+      `The idempotency key has ${key.length} characters; at most ${maxKeyLength} are allowed`,
+    )
+  }
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+  if (/[\u0000-\u001f\u007f]/.test(key)) {
+    throw new IdempotencyKeyInvalidError(
+      'characters',
+      'The idempotency key must not contain control characters',
+    )
+  }
+  return key
+}

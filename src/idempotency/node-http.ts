@@ -1,0 +1,174 @@
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { attachContext } from './context-registry.js'
+import type { Idempotency } from './core.js'
+import {
+  BodyTooLargeError,
+  captureNodeResponse,
+  disconnectSignal,
+  nodeRequest,
+  readNodeBody,
+  writeInternalError,
+  writeNodeResponse,
+} from './node-response.js'
+import { genericProblem } from './problem.js'
+import type { IdempotencyContext, IdempotencyResponse } from './types.js'
+
+/** Options of {@link idempotentHandler}. */
+export interface IdempotentHandlerOptions {
+  /** The protocol (from `createIdempotency`). */
+  readonly idempotency: Idempotency
+  /**
+   * Computes the scope from the node request (e.g. an authenticated tenant), overriding the
+   * core's `scope` option.
+   * @default the core's `scope` option
+   */
+  readonly scope?: (req: IncomingMessage) => string | Promise<string>
+  /**
+   * The route used in the fingerprint.
+   * @default the request target as received (`req.url`: path and query)
+   */
+  readonly route?: (req: IncomingMessage) => string
+  /**
+   * The largest request body read (the wrapper reads the body to fingerprint it); larger
+   * bodies are answered 413.
+   * @default 1048576 (1 MiB)
+   */
+  readonly maxBodyBytes?: number
+  /**
+   * Called with an error thrown by the handler (after a 500 was sent) or by the store.
+   * @default console.error
+   */
+  readonly onError?: (error: unknown) => void
+}
+
+/** What {@link idempotentHandler} passes to the handler besides `req` and `res`. */
+export interface IdempotentHandlerExtras {
+  /** The request body, already read (the request stream is consumed). */
+  readonly body: Buffer
+  /** The idempotency context, or undefined when the request is not guarded (e.g. a GET). */
+  readonly idempotency: IdempotencyContext | undefined
+}
+
+/** A node:http handler that runs under the idempotency protocol. */
+export type IdempotentRequestHandler = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  extras: IdempotentHandlerExtras,
+) => void | Promise<void>
+
+/**
+ * Wraps a node:http handler for `http.createServer`: reads the body, validates the key, replays
+ * recorded responses (with `Idempotent-Replayed: true`) or answers problems (400, 409, 422)
+ * without calling the handler, and otherwise runs the handler with the idempotency context.
+ * The handler writes its response to `res` as usual; it is held back until it has been
+ * recorded in `ctx.tx` and committed, then sent. A handler that throws before ending the
+ * response gets its transaction rolled back, the key released, and a 500 problem sent.
+ *
+ * @example
+ * ```ts
+ * const server = http.createServer(
+ *   idempotentHandler({ idempotency }, async (req, res, { body, idempotency: ctx }) => {
+ *     await ctx?.tx.execute('INSERT INTO orders (id, body) VALUES ($1, $2)', [ctx.key, body])
+ *     res.writeHead(201, { 'content-type': 'application/json' })
+ *     res.end(JSON.stringify({ id: ctx?.key }))
+ *   }),
+ * )
+ * ```
+ */
+export function idempotentHandler(
+  options: IdempotentHandlerOptions,
+  handler: IdempotentRequestHandler,
+): (req: IncomingMessage, res: ServerResponse) => void {
+  checkObject('options', options)
+  const idempotency = options.idempotency
+  if (typeof idempotency?.begin !== 'function') {
+    throw new InvalidOptionError('idempotency', 'an Idempotency (createIdempotency)', idempotency)
+  }
+  checkFunction('handler', handler)
+  const scope =
+    options.scope === undefined
+      ? undefined
+      : checkFunction<(req: IncomingMessage) => string | Promise<string>>('scope', options.scope)
+  const route =
+    options.route === undefined
+      ? (req: IncomingMessage) => req.url ?? '/'
+      : checkFunction<(req: IncomingMessage) => string>('route', options.route)
+  const maxBodyBytes = checkInteger('maxBodyBytes', options.maxBodyBytes ?? 1_048_576, 0)
+  const onError =
+    options.onError === undefined
+      ? (error: unknown) => console.error(error)
+      : checkFunction<(error: unknown) => void>('onError', options.onError)
+
+  const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const signal = disconnectSignal(res)
+    let body: Buffer
+    try {
+      body = await readNodeBody(req, maxBodyBytes)
+    } catch (error) {
+      if (!(error instanceof BodyTooLargeError)) throw error
+      res.setHeader('connection', 'close')
+      writeNodeResponse(
+        res,
+        genericProblem(413, 'Content Too Large', `The request body exceeds ${maxBodyBytes} bytes`),
+      )
+      return
+    }
+    if (!idempotency.appliesTo(req.method ?? 'GET')) {
+      await handler(req, res, { body, idempotency: undefined })
+      return
+    }
+    const begun = await idempotency.begin(
+      nodeRequest(
+        req,
+        route(req),
+        body,
+        scope === undefined ? undefined : await scope(req),
+        signal,
+      ),
+    )
+    if (begun.kind === 'respond') {
+      writeNodeResponse(res, begun.response)
+      return
+    }
+    if (begun.kind === 'bypass') {
+      await handler(req, res, { body, idempotency: undefined })
+      return
+    }
+    const { execution } = begun
+    attachContext(req, execution.context)
+    let capture: { restore(): void } | undefined
+    const finished = new Promise<IdempotencyResponse>((resolve) => {
+      capture = captureNodeResponse(res, resolve)
+    })
+    const handled = (async () => {
+      await handler(req, res, { body, idempotency: execution.context })
+    })()
+    // A handler may resolve before it ends the response (a stream still piping): only a
+    // rejection before the end counts as failure.
+    const failure = handled.then(
+      () => new Promise<never>(() => {}),
+      (error: unknown) => Promise.reject(error),
+    )
+    let response: IdempotencyResponse
+    try {
+      response = await Promise.race([finished, failure])
+    } catch (error) {
+      capture?.restore()
+      await execution.abort()
+      writeInternalError(res)
+      onError(error)
+      return
+    }
+    handled.catch(onError)
+    writeNodeResponse(res, await execution.complete(response))
+  }
+
+  return (req, res) => {
+    serve(req, res).catch((error: unknown) => {
+      writeInternalError(res)
+      onError(error)
+    })
+  }
+}

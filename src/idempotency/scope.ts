@@ -1,0 +1,53 @@
+import { InvalidOptionError } from '../core/errors.js'
+import { sha256Hex } from './fingerprint.js'
+import type { IdempotencyRequest } from './types.js'
+
+/** Computes the scope a request's key lives in. */
+export type ScopeFunction = (request: IdempotencyRequest) => string | Promise<string>
+
+/**
+ * Where keys live, so one client can never read another's stored response by sending the same
+ * key:
+ * - `'credential'` (the default): per API credential, the SHA-256 of the `Authorization` header
+ *   (or, without one, of `X-API-Key`); the credential itself is never stored. Requests with
+ *   neither share the scope `anonymous`.
+ * - `{ tenantHeader: 'x-tenant-id' }`: per tenant, named by a header that a trusted layer (your
+ *   auth middleware or gateway) sets; requests without it fall back to the credential scope.
+ * - a function of the request (use `request.native` for the framework's request object, e.g. an
+ *   authenticated user id).
+ */
+export type ScopeOption = 'credential' | { readonly tenantHeader: string } | ScopeFunction
+
+/** The headers the `'credential'` scope reads, in order. */
+export const credentialHeaders: readonly string[] = ['authorization', 'x-api-key']
+
+/** The default scope: the hash of the request's credential, or `anonymous`. */
+export function credentialScope(request: IdempotencyRequest): string {
+  for (const name of credentialHeaders) {
+    const value = request.header(name)
+    if (value !== undefined && value !== '') return `credential:${sha256Hex(value)}`
+  }
+  return 'anonymous'
+}
+
+/** Turns the `scope` option into a function, validating it. */
+export function scopeResolver(option: unknown): ScopeFunction {
+  if (option === undefined || option === 'credential') return credentialScope
+  if (typeof option === 'function') return option as ScopeFunction
+  if (typeof option === 'object' && option !== null) {
+    const header = (option as { tenantHeader?: unknown }).tenantHeader
+    if (typeof header !== 'string' || header === '') {
+      throw new InvalidOptionError('scope.tenantHeader', 'a header name', header)
+    }
+    const name = header.toLowerCase()
+    return (request) => {
+      const tenant = request.header(name)
+      return tenant === undefined || tenant === '' ? credentialScope(request) : `tenant:${tenant}`
+    }
+  }
+  throw new InvalidOptionError(
+    'scope',
+    '"credential", { tenantHeader: string } or a function',
+    option,
+  )
+}

@@ -1,0 +1,210 @@
+import { InvalidOptionError } from '../core/errors.js'
+import {
+  type AppliedMigration,
+  runMigrations,
+  type SqlDriver,
+  type SqlTransaction,
+} from '../stores/index.js'
+import { type IdempotencyStatements, idempotencyMigrations, idempotencyStatements } from './sql.js'
+import type {
+  ClaimInput,
+  ClaimOutcome,
+  IdempotencyRecord,
+  IdempotencyStore,
+  LeaseRef,
+  StoredResult,
+  TakeoverInput,
+} from './store.js'
+import type { JsonValue } from './types.js'
+
+interface RecordRow {
+  scope: string
+  idem_key: string
+  fingerprint: string
+  state: string
+  lease_token: string
+  lease_expires_at: number | string | null
+  attempt: number | string
+  recovery_point: string | null
+  recovery_data: string | null
+  response_status: number | null
+  response_headers: string | null
+  response_body: Uint8Array | null
+  created_at: number | string
+  updated_at: number | string
+  expires_at: number | string
+}
+
+function toRecord(row: RecordRow): IdempotencyRecord {
+  const completed = row.state === 'completed'
+  return {
+    scope: row.scope,
+    key: row.idem_key,
+    fingerprint: row.fingerprint,
+    state: completed ? 'completed' : 'in_progress',
+    leaseToken: row.lease_token,
+    leaseExpiresAtMs: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
+    attempt: Number(row.attempt),
+    recoveryPoint: row.recovery_point ?? undefined,
+    phases:
+      row.recovery_data === null
+        ? {}
+        : (JSON.parse(row.recovery_data) as Record<string, JsonValue>),
+    result: completed
+      ? {
+          status: row.response_status ?? undefined,
+          headers:
+            row.response_headers === null
+              ? {}
+              : (JSON.parse(row.response_headers) as Record<string, string | string[]>),
+          body: row.response_body ?? new Uint8Array(0),
+        }
+      : undefined,
+    createdAtMs: Number(row.created_at),
+    updatedAtMs: Number(row.updated_at),
+    expiresAtMs: Number(row.expires_at),
+  }
+}
+
+// better-sqlite3 binds Buffers (not every Uint8Array view) as BLOBs; pg accepts both.
+const asBuffer = (bytes: Uint8Array): Buffer =>
+  Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+
+/**
+ * The idempotency store on breakwater's SQL seam, for SQLite and PostgreSQL. Run
+ * {@link migrateIdempotency} (or the CLI's `breakwater migrate`) once before use.
+ *
+ * Every protocol step is one statement: a claim is one `INSERT ... ON CONFLICT DO NOTHING`, the
+ * result is recorded by one fenced `UPDATE` inside the handler's own transaction.
+ *
+ * @example
+ * ```ts
+ * const db = await openDatabase('sqlite:./.breakwater/app.db')
+ * await migrateIdempotency(db)
+ * const idempotency = createIdempotency({ store: createSqlIdempotencyStore(db) })
+ * ```
+ */
+export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
+  if (
+    typeof db !== 'object' ||
+    db === null ||
+    typeof db.transaction !== 'function' ||
+    !(db.dialect in idempotencyStatements)
+  ) {
+    throw new InvalidOptionError('db', 'a SqlDriver (sqlite or postgres)', db)
+  }
+  const sql: IdempotencyStatements = idempotencyStatements[db.dialect]
+
+  const get = async (scope: string, key: string): Promise<IdempotencyRecord | undefined> => {
+    const rows = await db.query<RecordRow>(sql.select, [scope, key])
+    return rows[0] === undefined ? undefined : toRecord(rows[0])
+  }
+
+  return {
+    dialect: db.dialect,
+
+    async claim(input: ClaimInput): Promise<ClaimOutcome> {
+      const inserted = await db.query(sql.claim, [
+        input.scope,
+        input.key,
+        input.fingerprint,
+        input.leaseToken,
+        input.leaseExpiresAtMs,
+        input.nowMs,
+        input.expiresAtMs,
+      ])
+      if (inserted.length > 0) return { claimed: true }
+      return { claimed: false, existing: await get(input.scope, input.key) }
+    },
+
+    get,
+
+    async takeOver(input: TakeoverInput): Promise<boolean> {
+      const { rowCount } = await db.execute(sql.takeOver, [
+        input.scope,
+        input.key,
+        input.previousLeaseToken,
+        input.leaseToken,
+        input.leaseExpiresAtMs,
+        input.nowMs,
+      ])
+      return rowCount === 1
+    },
+
+    async recycle(input: TakeoverInput): Promise<boolean> {
+      const { rowCount } = await db.execute(sql.recycle, [
+        input.scope,
+        input.key,
+        input.previousLeaseToken,
+        input.fingerprint,
+        input.leaseToken,
+        input.leaseExpiresAtMs,
+        input.nowMs,
+        input.expiresAtMs,
+      ])
+      return rowCount === 1
+    },
+
+    transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+      return db.transaction(fn)
+    },
+
+    async complete(
+      tx: SqlTransaction,
+      lease: LeaseRef,
+      result: StoredResult,
+      nowMs: number,
+      expiresAtMs: number,
+    ): Promise<boolean> {
+      const { rowCount } = await tx.execute(sql.complete, [
+        lease.scope,
+        lease.key,
+        lease.leaseToken,
+        result.status ?? null,
+        JSON.stringify(result.headers),
+        asBuffer(result.body),
+        nowMs,
+        expiresAtMs,
+      ])
+      return rowCount === 1
+    },
+
+    async savePhase(
+      tx: SqlTransaction,
+      lease: LeaseRef,
+      point: string,
+      phases: Readonly<Record<string, JsonValue>>,
+      nowMs: number,
+      leaseExpiresAtMs: number,
+    ): Promise<boolean> {
+      const { rowCount } = await tx.execute(sql.savePhase, [
+        lease.scope,
+        lease.key,
+        lease.leaseToken,
+        point,
+        JSON.stringify(phases),
+        leaseExpiresAtMs,
+        nowMs,
+      ])
+      return rowCount === 1
+    },
+
+    async release(lease: LeaseRef): Promise<boolean> {
+      const { rowCount } = await db.execute(sql.release, [lease.scope, lease.key, lease.leaseToken])
+      return rowCount === 1
+    },
+
+    async sweep(nowMs: number, limit: number): Promise<number> {
+      const { rowCount } = await db.execute(sql.sweep, [nowMs, limit])
+      return rowCount
+    },
+  }
+}
+
+/**
+ * Applies the idempotency capability's pending migrations (capability name `idempotency`).
+ * Safe to run from several processes at once.
+ */
+export function migrateIdempotency(db: SqlDriver): Promise<AppliedMigration[]> {
+  return runMigrations(db, 'idempotency', idempotencyMigrations)
+}

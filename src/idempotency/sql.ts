@@ -1,0 +1,159 @@
+import type { Migration, SqlDialect } from '../stores/index.js'
+
+// Every SQL statement of the idempotency capability, per dialect. Both dialects use `$n`
+// placeholders (the SQLite driver rewrites them) and the same column meanings; timestamps are
+// integer epoch milliseconds, written from the application's clock so that tests can drive
+// lease expiry and retention with a ManualClock (processes sharing a database need NTP-synced
+// clocks; leases should be much longer than the expected skew).
+
+/** The table that holds idempotency records. */
+export const idempotencyTable = 'breakwater_idempotency'
+
+/**
+ * The numbered migrations of the `idempotency` capability, in both dialects. Run them with the
+ * stores' `runMigrations(db, 'idempotency', idempotencyMigrations)` (or `migrateIdempotency`).
+ */
+export const idempotencyMigrations: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'create-idempotency-records',
+    sqlite: [
+      `CREATE TABLE ${idempotencyTable} (
+  scope TEXT NOT NULL,
+  idem_key TEXT NOT NULL,
+  fingerprint TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('in_progress', 'completed')),
+  lease_token TEXT NOT NULL,
+  lease_expires_at INTEGER,
+  attempt INTEGER NOT NULL,
+  recovery_point TEXT,
+  recovery_data TEXT,
+  response_status INTEGER,
+  response_headers TEXT,
+  response_body BLOB,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  PRIMARY KEY (scope, idem_key)
+)`,
+      `CREATE INDEX ${idempotencyTable}_expires_at ON ${idempotencyTable} (expires_at)`,
+    ],
+    postgres: [
+      `CREATE TABLE ${idempotencyTable} (
+  scope TEXT NOT NULL,
+  idem_key TEXT NOT NULL,
+  fingerprint TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('in_progress', 'completed')),
+  lease_token TEXT NOT NULL,
+  lease_expires_at BIGINT,
+  attempt INTEGER NOT NULL,
+  recovery_point TEXT,
+  recovery_data TEXT,
+  response_status INTEGER,
+  response_headers TEXT,
+  response_body BYTEA,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL,
+  PRIMARY KEY (scope, idem_key)
+)`,
+      `CREATE INDEX ${idempotencyTable}_expires_at ON ${idempotencyTable} (expires_at)`,
+    ],
+  },
+]
+
+/** The statements the SQL store runs, for one dialect. */
+export interface IdempotencyStatements {
+  /** $1 scope, $2 key, $3 fingerprint, $4 lease token, $5 lease end, $6 now, $7 expiry. */
+  readonly claim: string
+  /** $1 scope, $2 key. */
+  readonly select: string
+  /** $1 scope, $2 key, $3 previous token, $4 new token, $5 lease end, $6 now. */
+  readonly takeOver: string
+  /** $1 scope, $2 key, $3 previous token, $4 fingerprint, $5 new token, $6 lease end, $7 now, $8 expiry. */
+  readonly recycle: string
+  /** $1 scope, $2 key, $3 token, $4 status, $5 headers JSON, $6 body, $7 now, $8 expiry. */
+  readonly complete: string
+  /** $1 scope, $2 key, $3 token, $4 recovery point, $5 phases JSON, $6 lease end, $7 now. */
+  readonly savePhase: string
+  /** $1 scope, $2 key, $3 token. */
+  readonly release: string
+  /** $1 now, $2 batch size. */
+  readonly sweep: string
+}
+
+const columns = `scope, idem_key, fingerprint, state, lease_token, lease_expires_at, attempt,
+  recovery_point, recovery_data, response_status, response_headers, response_body,
+  created_at, updated_at, expires_at`
+
+// The claim is the heart of the protocol: one INSERT ... ON CONFLICT DO NOTHING, so the primary
+// key decides which of any number of concurrent claims wins, in a single round trip. A loser
+// reads the winner's record with a second statement: on PostgreSQL a SELECT inside the same
+// statement would use a snapshot taken before the winner committed and could see nothing.
+const claim = `INSERT INTO ${idempotencyTable}
+  (scope, idem_key, fingerprint, state, lease_token, lease_expires_at, attempt, created_at, updated_at, expires_at)
+VALUES ($1, $2, $3, 'in_progress', $4, $5, 1, $6, $6, $7)
+ON CONFLICT (scope, idem_key) DO NOTHING
+RETURNING lease_token`
+
+const select = `SELECT ${columns} FROM ${idempotencyTable} WHERE scope = $1 AND idem_key = $2`
+
+// Compare-and-set on the token the caller read: of several retries that find the same expired
+// lease, exactly one moves the token on; the others see zero rows and read the record again.
+const takeOver = `UPDATE ${idempotencyTable}
+SET lease_token = $4, lease_expires_at = $5, attempt = attempt + 1, updated_at = $6
+WHERE scope = $1 AND idem_key = $2 AND lease_token = $3
+  AND state = 'in_progress' AND lease_expires_at <= $6`
+
+const recycle = `UPDATE ${idempotencyTable}
+SET fingerprint = $4, state = 'in_progress', lease_token = $5, lease_expires_at = $6, attempt = 1,
+  recovery_point = NULL, recovery_data = NULL, response_status = NULL, response_headers = NULL,
+  response_body = NULL, created_at = $7, updated_at = $7, expires_at = $8
+WHERE scope = $1 AND idem_key = $2 AND lease_token = $3 AND expires_at <= $7`
+
+// Fenced by the lease token: a holder whose lease was taken over writes nothing, and because
+// this runs in the handler's transaction, its business writes roll back with it. On
+// PostgreSQL the UPDATE also row-locks the record until COMMIT, so a concurrent takeover waits
+// and then sees the completed record.
+const complete = `UPDATE ${idempotencyTable}
+SET state = 'completed', lease_expires_at = NULL, response_status = $4, response_headers = $5,
+  response_body = $6, updated_at = $7, expires_at = $8
+WHERE scope = $1 AND idem_key = $2 AND lease_token = $3 AND state = 'in_progress'`
+
+const savePhase = `UPDATE ${idempotencyTable}
+SET recovery_point = $4, recovery_data = $5, lease_expires_at = $6, updated_at = $7
+WHERE scope = $1 AND idem_key = $2 AND lease_token = $3 AND state = 'in_progress'`
+
+const release = `DELETE FROM ${idempotencyTable}
+WHERE scope = $1 AND idem_key = $2 AND lease_token = $3 AND state = 'in_progress'`
+
+const shared = { claim, select, takeOver, recycle, complete, savePhase, release }
+
+/** The statements, per dialect. */
+export const idempotencyStatements: Readonly<Record<SqlDialect, IdempotencyStatements>> = {
+  // PostgreSQL: the batch is picked by primary key in a sub-select with LIMIT, so each DELETE
+  // is short (few row locks, a small WAL burst, no long transaction holding back vacuum) and
+  // never a table-wide lock; FOR UPDATE SKIP LOCKED passes over rows a live transaction holds
+  // (a handler recording its result right now) instead of queueing behind it. The outer
+  // condition is repeated because a row may have been recycled since the sub-select saw it.
+  postgres: {
+    ...shared,
+    sweep: `DELETE FROM ${idempotencyTable}
+WHERE (scope, idem_key) IN (
+  SELECT scope, idem_key FROM ${idempotencyTable}
+  WHERE expires_at <= $1
+  ORDER BY expires_at
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED
+) AND expires_at <= $1`,
+  },
+  // SQLite has a single writer: a bounded batch by rowid keeps the write lock short, so claims
+  // from requests queue behind the sweeper for milliseconds, not for a whole table scan.
+  sqlite: {
+    ...shared,
+    sweep: `DELETE FROM ${idempotencyTable}
+WHERE rowid IN (
+  SELECT rowid FROM ${idempotencyTable} WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2
+)`,
+  },
+}

@@ -1,0 +1,161 @@
+import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import type { SqlDriver } from '../stores/index.js'
+import { createSqlIdempotencyStore } from './sql-store.js'
+import type { IdempotencyStore } from './store.js'
+
+/** Options of {@link sweepExpired}. */
+export interface SweepOptions {
+  /**
+   * Records deleted per statement. Small batches keep each DELETE short, so request claims
+   * never wait long behind the sweeper.
+   * @default 1000
+   */
+  readonly batchSize?: number
+  /**
+   * At most this many batches per call; the rest waits for the next call.
+   * @default 100
+   */
+  readonly maxBatches?: number
+  /**
+   * The clock that says what has expired.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+function storeOf(target: unknown): IdempotencyStore {
+  const candidate = checkObject('store', target)
+  if (typeof candidate.sweep === 'function') return candidate as unknown as IdempotencyStore
+  if (typeof candidate.transaction === 'function') {
+    return createSqlIdempotencyStore(candidate as unknown as SqlDriver)
+  }
+  throw new InvalidOptionError('store', 'an IdempotencyStore or a SqlDriver', target)
+}
+
+function batchSettings(options: SweepOptions): { batchSize: number; maxBatches: number } {
+  return {
+    batchSize: checkInteger('batchSize', options.batchSize ?? 1000, 1, 1_000_000),
+    maxBatches: checkInteger('maxBatches', options.maxBatches ?? 100, 1),
+  }
+}
+
+async function sweepBatches(
+  store: IdempotencyStore,
+  clock: Clock,
+  batchSize: number,
+  maxBatches: number,
+): Promise<number> {
+  let total = 0
+  for (let batch = 0; batch < maxBatches; batch++) {
+    const deleted = await store.sweep(clock.now(), batchSize)
+    total += deleted
+    if (deleted < batchSize) break
+  }
+  return total
+}
+
+/**
+ * Deletes idempotency records whose retention has ended, in bounded batches (each batch one
+ * short statement in its own transaction), and returns how many it deleted.
+ *
+ * @example
+ * ```ts
+ * const deleted = await sweepExpired(db, { batchSize: 500 })
+ * ```
+ */
+export function sweepExpired(
+  store: IdempotencyStore | SqlDriver,
+  options: SweepOptions = {},
+): Promise<number> {
+  checkObject('options', options)
+  const { batchSize, maxBatches } = batchSettings(options)
+  return sweepBatches(storeOf(store), options.clock ?? systemClock, batchSize, maxBatches)
+}
+
+/** Options of {@link createSweeper}. */
+export interface SweeperOptions extends SweepOptions {
+  /** The store to sweep: an idempotency store or a `SqlDriver`. */
+  readonly store: IdempotencyStore | SqlDriver
+  /**
+   * Time between sweeps.
+   * @default 60000
+   */
+  readonly intervalMs?: number
+  /**
+   * Called with the error when a sweep fails; the sweeper keeps going.
+   * @default ignore
+   */
+  readonly onError?: (error: unknown) => void
+}
+
+/** A background sweeper made by {@link createSweeper}. */
+export interface Sweeper {
+  /** Sweeps now (waiting for a sweep in progress first) and returns how many it deleted. */
+  sweepNow(): Promise<number>
+  /** Stops the timer and waits for a sweep in progress. */
+  close(): Promise<void>
+}
+
+/**
+ * Starts a sweeper that calls {@link sweepExpired} every `intervalMs` on the clock. Its timer
+ * never keeps the process alive. Close it on shutdown.
+ *
+ * @example
+ * ```ts
+ * const sweeper = createSweeper({ store: db, intervalMs: 60_000 })
+ * process.on('SIGTERM', () => void sweeper.close())
+ * ```
+ */
+export function createSweeper(options: SweeperOptions): Sweeper {
+  checkObject('options', options)
+  const store = storeOf(options.store)
+  const clock = options.clock ?? systemClock
+  const intervalMs = checkInteger('intervalMs', options.intervalMs ?? 60_000, 1)
+  const { batchSize, maxBatches } = batchSettings(options)
+  const onError =
+    options.onError === undefined
+      ? () => {}
+      : checkFunction<(error: unknown) => void>('onError', options.onError)
+  let timer: TimerHandle | undefined
+  let running: Promise<number> | undefined
+  let closed = false
+
+  const sweepNow = async (): Promise<number> => {
+    while (running !== undefined) await running.catch(() => 0)
+    running = sweepBatches(store, clock, batchSize, maxBatches)
+    try {
+      return await running
+    } finally {
+      running = undefined
+    }
+  }
+
+  const schedule = (): void => {
+    if (closed) return
+    timer = clock.setTimeout(() => {
+      timer = undefined
+      sweepNow()
+        .catch((error: unknown) => {
+          try {
+            onError(error)
+          } catch {
+            // A failing error listener must not stop the sweeper.
+          }
+        })
+        .finally(schedule)
+    }, intervalMs)
+  }
+  schedule()
+
+  return {
+    sweepNow,
+    async close() {
+      closed = true
+      if (timer !== undefined) clock.clearTimeout(timer)
+      timer = undefined
+      await running?.catch(() => 0)
+    },
+  }
+}

@@ -1,0 +1,97 @@
+import type { SqlTransaction } from '../stores/index.js'
+
+/** A value that survives `JSON.stringify` / `JSON.parse` unchanged. */
+export type JsonValue =
+  | string
+  | number
+  | boolean
+  | null
+  | readonly JsonValue[]
+  | { readonly [key: string]: JsonValue }
+
+/**
+ * An HTTP request as the framework-free core sees it. Each adapter (node:http, Express, Fastify,
+ * Hono, the proxy) builds one from its own request object.
+ */
+export interface IdempotencyRequest {
+  /** The HTTP method, any case. */
+  readonly method: string
+  /**
+   * What the request targets, used in the default fingerprint: the adapters pass the path with
+   * its query string as received (`/accounts/7/charges?expand=fee`).
+   */
+  readonly route: string
+  /** Reads a request header (case-insensitive name); undefined when absent. */
+  header(name: string): string | undefined
+  /**
+   * The request body bytes, for the fingerprint. Adapters whose framework has already parsed
+   * the body pass its canonical JSON (see `canonicalBodyBytes`).
+   */
+  readonly body: Uint8Array
+  /** A scope computed by the adapter (overrides the core's `scope` option when set). */
+  readonly scope?: string
+  /** Aborts a wait in `onConcurrent: 'wait'` mode (e.g. when the client disconnects). */
+  readonly signal?: AbortSignal
+  /** The framework's own request object, for a custom `scope` or `fingerprint` function. */
+  readonly native?: unknown
+}
+
+/**
+ * An HTTP response: what a handler produced, what is replayed, or a problem response. Header
+ * names are lower case.
+ */
+export interface IdempotencyResponse {
+  /** The HTTP status code. */
+  readonly status: number
+  /** The response headers (lower-case names; arrays for repeated headers such as set-cookie). */
+  readonly headers: Readonly<Record<string, string | readonly string[]>>
+  /** The body bytes. */
+  readonly body: Uint8Array
+}
+
+/**
+ * What the handler of a keyed request (or the function given to `idempotent()`) receives.
+ *
+ * Business writes go through `tx`: the result is recorded in that same transaction, so either
+ * both commit or neither does. For a multi-step handler with calls to other systems in between,
+ * `phase()` commits a step and its result as a recovery point, as in Stripe's "atomic phases".
+ */
+export interface IdempotencyContext {
+  /** The idempotency key. */
+  readonly key: string
+  /** The scope the key lives in (tenant, credential hash, or a user-defined scope). */
+  readonly scope: string
+  /**
+   * The transaction in which the result is recorded. It opens on its first statement (so a
+   * handler that first calls other services does not hold a database transaction meanwhile)
+   * and commits after the handler's result is recorded in it. Its statements fail once the
+   * result has been recorded or rolled back.
+   *
+   * With the in-memory store there is no database: every statement on `tx` rejects.
+   */
+  readonly tx: SqlTransaction
+  /**
+   * 1 for the first execution of this key; 2 and more when this execution took the key over
+   * after an earlier holder's lease expired (it crashed or hung).
+   */
+  readonly attempt: number
+  /** The last phase committed by this or an earlier execution, or undefined. */
+  readonly recoveryPoint: string | undefined
+  /**
+   * Runs one atomic phase: `fn` runs in its own transaction, and its JSON result is recorded as
+   * the recovery point `name` in that transaction. If an earlier execution of this key already
+   * committed the phase, `fn` does not run and its recorded result is returned: after a crash,
+   * a retry resumes after the last committed phase.
+   *
+   * Phases must run before the first statement on `tx` (a SQLite connection holds one
+   * transaction at a time). A phase that calls another system should pass it a key derived
+   * from this one (`${ctx.key}:${name}`) so that a re-run of the phase is idempotent there too.
+   *
+   * @example
+   * ```ts
+   * const charge = await ctx.phase('charge', async () => payments.charge({ key: `${ctx.key}:charge` }))
+   * await ctx.tx.execute('UPDATE orders SET charge_id = $1 WHERE id = $2', [charge.id, orderId])
+   * ```
+   */
+  phase<T>(name: string, fn: (tx: SqlTransaction) => Promise<T> | T): Promise<T>
+}
