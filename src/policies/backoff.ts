@@ -35,7 +35,7 @@ export interface BackoffOptions {
   readonly factor?: number
   /**
    * The cap on any delay, in milliseconds (>= baseDelayMs, at most 2^31 - 1).
-   * @default 30_000
+   * @default 30_000, or baseDelayMs when that is larger
    */
   readonly maxDelayMs?: number
   /**

@@ -42,7 +42,7 @@ export interface RetryOptions {
   readonly factor?: number
   /**
    * The cap on any backoff delay, in milliseconds.
-   * @default 30_000
+   * @default 30_000, or baseDelayMs when that is larger
    */
   readonly maxDelayMs?: number
   /**
@@ -114,12 +114,16 @@ export type RetryEvent =
 
 /** A retry policy. */
 export interface RetryPolicy extends Policy {
-  /** Emits `retry` before each backoff sleep and `giveUp` when a failure is final. */
+  /**
+   * Emits `retry` before each backoff sleep and `giveUp` when a failure is final. The same
+   * events go to the diagnostics channels `breakwater:retry:retry` and
+   * `breakwater:retry:give-up` while they have subscribers.
+   */
   readonly events: EventSource<RetryEvent>
 }
 
 const retryChannel = diagnosticsChannel('retry', 'retry')
-const giveUpChannel = diagnosticsChannel('retry', 'giveUp')
+const giveUpChannel = diagnosticsChannel('retry', 'give-up')
 
 interface Counter {
   add(value: number, attributes?: Record<string, string>): void

@@ -58,7 +58,10 @@ export interface TimeoutPolicy extends Policy {
   readonly timeoutMs: number
   /** The configured mode. */
   readonly mode: TimeoutMode
-  /** Emits an event for every call that ran out of time. */
+  /**
+   * Emits an event for every call that ran out of time; the same events go to the
+   * diagnostics channel `breakwater:timeout:timeout` while it has subscribers.
+   */
   readonly events: EventSource<TimeoutEvent>
 }
 

@@ -1,3 +1,4 @@
+import type { IncomingHttpHeaders } from 'node:http'
 import { describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import {
@@ -150,6 +151,8 @@ describe('deadline headers', () => {
   it('reads fetch Headers, Node header objects, arrays and odd capitalisation', () => {
     expect(deadlineFromHeaders(new Headers({ 'X-Breakwater-Deadline-Ms': '42' }))).toBe(42)
     expect(deadlineFromHeaders({ 'x-breakwater-deadline-ms': ['43', '1'] })).toBe(43)
+    const incoming: IncomingHttpHeaders = { host: 'a', 'x-breakwater-deadline-ms': '41' }
+    expect(deadlineFromHeaders(incoming)).toBe(41)
     expect(deadlineFromHeaders({ 'X-Breakwater-Deadline-MS': '44' })).toBe(44)
     expect(deadlineFromHeaders({ 'x-breakwater-deadline-ms': ' 45 ' })).toBe(45)
     expect(deadlineFromHeaders({ 'x-breakwater-deadline-ms': '-3' })).toBe(-3)

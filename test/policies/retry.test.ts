@@ -416,7 +416,7 @@ describe('retry', () => {
     const published: unknown[] = []
     const onRetry = (message: unknown) => published.push(message)
     channel('breakwater:retry:retry').subscribe(onRetry)
-    channel('breakwater:retry:giveUp').subscribe(onRetry)
+    channel('breakwater:retry:give-up').subscribe(onRetry)
     const failure = httpError(503)
     const run = track(
       clock,
@@ -432,7 +432,7 @@ describe('retry', () => {
     ])
     expect(published).toEqual(events)
     channel('breakwater:retry:retry').unsubscribe(onRetry)
-    channel('breakwater:retry:giveUp').unsubscribe(onRetry)
+    channel('breakwater:retry:give-up').unsubscribe(onRetry)
     off()
     const second = track(
       clock,
