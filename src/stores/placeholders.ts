@@ -44,7 +44,11 @@ export function toPositional(sql: string): PositionalSql {
     } else if (c === 47 /* / */ && sql.charCodeAt(i + 1) === 42 /* * */) {
       const end = sql.indexOf('*/', i + 2)
       i = end === -1 ? n : end + 2
-    } else if (c === 36 /* $ */ && isDigit(sql.charCodeAt(i + 1))) {
+    } else if (
+      c === 36 /* $ */ &&
+      isDigit(sql.charCodeAt(i + 1)) &&
+      !isWordChar(sql.charCodeAt(i - 1))
+    ) {
       let j = i + 1
       while (j < n && isDigit(sql.charCodeAt(j))) j++
       const index = Number(sql.slice(i + 1, j))
@@ -69,6 +73,11 @@ export function toPositional(sql: string): PositionalSql {
 
 function isDigit(c: number): boolean {
   return c >= 48 && c <= 57
+}
+
+// `$` inside a word is part of an identifier (`price$1` is a column name in both dialects).
+function isWordChar(c: number): boolean {
+  return isDigit(c) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c === 36
 }
 
 /**

@@ -1,0 +1,128 @@
+import { afterAll, describe, expect, it } from 'vitest'
+import { migrateCommand } from '../../src/cli/migrate.js'
+import { listAppliedMigrations, type Migration } from '../../src/stores/migrations.js'
+import { openDatabase } from '../../src/stores/open.js'
+import { createTestDatabase } from '../support/postgres.js'
+import { createTestSqlite } from '../support/sqlite.js'
+
+function capture() {
+  let text = ''
+  return {
+    stream: {
+      write: (chunk: string) => {
+        text += chunk
+        return true
+      },
+    },
+    get text() {
+      return text
+    },
+  }
+}
+
+const capabilities: Record<string, Migration[]> = {
+  idempotency: [
+    {
+      version: 1,
+      name: 'create-keys',
+      sqlite: ['CREATE TABLE cli_keys (k TEXT PRIMARY KEY)'],
+      postgres: ['CREATE TABLE cli_keys (k TEXT PRIMARY KEY)'],
+    },
+  ],
+  outbox: [
+    {
+      version: 1,
+      name: 'create-events',
+      sqlite: ['CREATE TABLE cli_events (id TEXT PRIMARY KEY)'],
+      postgres: ['CREATE TABLE cli_events (id TEXT PRIMARY KEY)'],
+    },
+    {
+      version: 2,
+      name: 'add-topic',
+      sqlite: ['ALTER TABLE cli_events ADD COLUMN topic TEXT'],
+      postgres: ['ALTER TABLE cli_events ADD COLUMN topic TEXT'],
+    },
+  ],
+}
+
+async function run(args: string[], caps = capabilities) {
+  const out = capture()
+  const err = capture()
+  const code = await migrateCommand(args, {
+    capabilities: caps,
+    stdout: out.stream,
+    stderr: err.stream,
+  })
+  return { code, out: out.text, err: err.text }
+}
+
+describe('breakwater migrate', () => {
+  const file = createTestSqlite('cli')
+  afterAll(() => file.cleanup())
+
+  it('applies every capability and prints what it applied, then reports up to date', async () => {
+    const first = await run(['--db', file.url])
+    expect(first).toEqual({
+      code: 0,
+      out: 'idempotency: applied 1 create-keys\noutbox: applied 1 create-events\noutbox: applied 2 add-topic\n',
+      err: '',
+    })
+    const second = await run([`--db=${file.url}`])
+    expect(second).toEqual({
+      code: 0,
+      out: 'idempotency: up to date\noutbox: up to date\n',
+      err: '',
+    })
+    const db = await openDatabase(file.url)
+    expect((await listAppliedMigrations(db)).map((m) => `${m.capability}:${m.version}`)).toEqual([
+      'idempotency:1',
+      'outbox:1',
+      'outbox:2',
+    ])
+    await db.close()
+  })
+
+  it('migrates PostgreSQL too', async () => {
+    const database = await createTestDatabase('cli')
+    try {
+      const result = await run(['--db', database.url])
+      expect(result.code).toBe(0)
+      expect(result.out).toContain('outbox: applied 2 add-topic')
+    } finally {
+      await database.drop()
+    }
+  })
+
+  it.each([
+    [['--db'], '--db needs a database URL'],
+    [['--db', '--verbose'], '--db needs a database URL'],
+    [['--db='], '--db needs a database URL'],
+    [['--frobnicate'], 'unknown argument "--frobnicate"'],
+    [['--db', 'mysql://root:hunter2@db/app'], 'mysql://root:***@db/app'],
+  ])('exits 2 for %j naming the problem', async (args, message) => {
+    const result = await run(args)
+    expect(result.code).toBe(2)
+    expect(result.err).toContain(message)
+    expect(result.err).not.toContain('hunter2')
+    expect(result.out).toBe('')
+  })
+
+  it('exits 1 with the database error when a migration fails, hiding the password', async () => {
+    const broken = createTestSqlite('cli-broken')
+    try {
+      const result = await run(['--db', broken.url], {
+        bad: [{ version: 1, name: 'typo', sqlite: ['CREAT TABLE x (id INT)'], postgres: [] }],
+      })
+      expect(result.code).toBe(1)
+      expect(result.err).toMatch(/syntax error/)
+    } finally {
+      broken.cleanup()
+    }
+  })
+
+  it('prints usage for --help', async () => {
+    const result = await run(['--help'])
+    expect(result.code).toBe(0)
+    expect(result.out).toContain('usage: breakwater migrate [--db <url>]')
+  })
+})

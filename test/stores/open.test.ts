@@ -1,0 +1,118 @@
+import { isAbsolute } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
+import { openDatabase, parseDatabaseUrl } from '../../src/stores/open.js'
+import { redactUrl } from '../../src/stores/redact.js'
+import { createTestDatabase } from '../support/postgres.js'
+import { createTestSqlite } from '../support/sqlite.js'
+
+describe('parseDatabaseUrl', () => {
+  it.each([
+    ['sqlite:./data/app.db', { dialect: 'sqlite', filename: './data/app.db' }],
+    ['sqlite:app.db', { dialect: 'sqlite', filename: 'app.db' }],
+    ['sqlite:/var/lib/app.db', { dialect: 'sqlite', filename: '/var/lib/app.db' }],
+    ['sqlite:///var/lib/app.db', { dialect: 'sqlite', filename: '/var/lib/app.db' }],
+    ['sqlite::memory:', { dialect: 'sqlite', filename: ':memory:' }],
+    [
+      'postgres://u:p@127.0.0.1:5432/db',
+      { dialect: 'postgres', connectionString: 'postgres://u:p@127.0.0.1:5432/db' },
+    ],
+    [
+      'postgresql://db.internal/app?sslmode=require',
+      { dialect: 'postgres', connectionString: 'postgresql://db.internal/app?sslmode=require' },
+    ],
+  ])('%s', (url, expected) => {
+    expect(parseDatabaseUrl(url)).toEqual(expected)
+  })
+
+  it.each([
+    ['mysql://root:s3cret@db/app', 'mysql://root:***@db/app'],
+    ['sqlite:', 'sqlite:'],
+    ['postgres://', 'postgres://'],
+    ['./app.db', './app.db'],
+    ['', ''],
+  ])('rejects %j naming the URL without its password', (url, shown) => {
+    let error: unknown
+    try {
+      parseDatabaseUrl(url)
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    const invalid = error as InvalidOptionError
+    expect(invalid.option).toBe('url')
+    expect(invalid.value).toBe(shown)
+    expect(invalid.message).toContain(JSON.stringify(shown))
+    expect(invalid.message).not.toContain('s3cret')
+  })
+})
+
+describe('redactUrl', () => {
+  it.each([
+    ['postgres://app:secret@db:5432/app', 'postgres://app:***@db:5432/app'],
+    ['postgres://app@db/app', 'postgres://app@db/app'],
+    ['postgres://db/app?user=a&password=secret&x=1', 'postgres://db/app?user=a&password=***&x=1'],
+    ['postgres://a:p%40ss@db/app', 'postgres://a:***@db/app'],
+    ['sqlite:./x.db', 'sqlite:./x.db'],
+  ])('%s', (url, expected) => {
+    expect(redactUrl(url)).toBe(expected)
+  })
+})
+
+describe('openDatabase', () => {
+  const files = [createTestSqlite('open-a'), createTestSqlite('open-b')]
+  afterAll(() => {
+    for (const file of files) file.cleanup()
+  })
+
+  it('opens SQLite files by relative-to-cwd or absolute URL, and in memory', async () => {
+    expect(isAbsolute(files[0]!.filename)).toBe(true)
+    const a = await openDatabase(files[0]!.url)
+    const b = await openDatabase(`sqlite://${files[1]!.filename}`)
+    const memory = await openDatabase('sqlite::memory:', { sqlite: { busyTimeoutMs: 10 } })
+    try {
+      for (const db of [a, b, memory]) {
+        expect(db.dialect).toBe('sqlite')
+        expect(await db.query('SELECT 1 AS one')).toEqual([{ one: 1 }])
+      }
+      expect(await memory.query('PRAGMA busy_timeout')).toEqual([{ timeout: 10 }])
+    } finally {
+      await Promise.all([a.close(), b.close(), memory.close()])
+    }
+  })
+
+  it('opens PostgreSQL by postgres:// and postgresql:// URL', async () => {
+    const database = await createTestDatabase('open')
+    try {
+      for (const url of [database.url, database.url.replace(/^postgres:/, 'postgresql:')]) {
+        const db = await openDatabase(url, { postgres: { maxConnections: 2 } })
+        try {
+          expect(db.dialect).toBe('postgres')
+          expect(await db.query('SELECT current_database() AS name')).toEqual([
+            { name: database.name },
+          ])
+        } finally {
+          await db.close()
+        }
+      }
+    } finally {
+      await database.drop()
+    }
+  })
+
+  it('rejects an unknown scheme before loading any driver', async () => {
+    const error = await openDatabase('redis://:hunter2@localhost:6379').catch((e) => e)
+    expect(BreakwaterError.is(error) && error.code).toBe('INVALID_OPTION')
+    expect(error.message).not.toContain('hunter2')
+    expect(error.message).toContain('redis://:***@localhost:6379')
+  })
+
+  it('passes per-driver options through and validates them', async () => {
+    await expect(
+      openDatabase('sqlite::memory:', { sqlite: { statementCacheSize: 0 } }),
+    ).rejects.toThrow(/statementCacheSize: expected an integer >= 1, got 0/)
+    await expect(
+      openDatabase('postgres://u:pw@127.0.0.1:1/db', { postgres: { statementTimeoutMs: -5 } }),
+    ).rejects.toThrow(/statementTimeoutMs/)
+  })
+})
