@@ -1,4 +1,6 @@
 import { channel } from 'node:diagnostics_channel'
+import { getEventListeners } from 'node:events'
+import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { sleep } from '../../src/core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
@@ -7,6 +9,7 @@ import { DeadlineExceededError, TimeoutError } from '../../src/policies/errors.j
 import { pipeline } from '../../src/policies/pipeline.js'
 import { retry } from '../../src/policies/retry.js'
 import { type TimeoutEvent, timeout } from '../../src/policies/timeout.js'
+import { type TimerEntry, timerQueueFor } from '../../src/policies/timer-queue.js'
 import { neverAbortedSignal, type PolicyContext } from '../../src/policies/types.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 
@@ -364,6 +367,66 @@ describe('timeout timers', () => {
   })
 })
 
+describe('the shared timer queue behind timeouts and deadlines', () => {
+  type Op =
+    | { readonly kind: 'add'; readonly delayMs: number }
+    | { readonly kind: 'remove'; readonly pick: number }
+    | { readonly kind: 'advance'; readonly ms: number }
+
+  const op: fc.Arbitrary<Op> = fc.oneof(
+    fc.record({ kind: fc.constant('add' as const), delayMs: fc.integer({ min: 0, max: 500 }) }),
+    fc.record({ kind: fc.constant('remove' as const), pick: fc.nat() }),
+    fc.record({ kind: fc.constant('advance' as const), ms: fc.integer({ min: 0, max: 300 }) }),
+  )
+
+  it('fires exactly the entries that fall due, each at its time and in order, never a removed one', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(op, { maxLength: 60 }), async (ops) => {
+        const clock = new ManualClock()
+        const queue = timerQueueFor(clock)
+        const fired: Array<{ id: number; atMs: number; firedAt: number }> = []
+        const pending = new Map<number, TimerEntry>()
+        let nextId = 0
+        for (const o of ops) {
+          if (o.kind === 'add') {
+            const id = nextId++
+            const entry: TimerEntry = {
+              atMs: clock.now() + o.delayMs,
+              queueIndex: -1,
+              fire() {
+                fired.push({ id, atMs: this.atMs, firedAt: clock.now() })
+                pending.delete(id)
+              },
+            }
+            pending.set(id, entry)
+            queue.add(entry)
+          } else if (o.kind === 'remove') {
+            const ids = [...pending.keys()]
+            if (ids.length === 0) continue
+            const id = ids[o.pick % ids.length]!
+            queue.remove(pending.get(id)!)
+            pending.delete(id)
+          } else {
+            const before = fired.length
+            await clock.advance(o.ms)
+            const now = clock.now()
+            for (const f of fired.slice(before)) expect(f.firedAt).toBe(f.atMs)
+            for (let i = before + 1; i < fired.length; i++) {
+              expect(fired[i]!.atMs).toBeGreaterThanOrEqual(fired[i - 1]!.atMs)
+            }
+            for (const entry of pending.values()) expect(entry.atMs).toBeGreaterThan(now)
+          }
+          expect(queue.size).toBe(pending.size)
+          // One clock timer at most, and none once nothing is queued.
+          expect(clock.pendingTimers).toBe(pending.size === 0 ? 0 : 1)
+        }
+        expect(new Set(fired.map((f) => f.id)).size).toBe(fired.length)
+      }),
+      { numRuns: 300 },
+    )
+  })
+})
+
 describe('timeout in a pipeline', () => {
   it('hands the outer attempt through, and an outer timeout reaches the inner signal', async () => {
     const clock = new ManualClock()
@@ -467,6 +530,37 @@ describe('timeout allocation', () => {
     expect(run.at).toBe(300)
     expect(run.error).toBeInstanceOf(TimeoutError)
     expect((run.error as TimeoutError).timeoutMs).toBe(300)
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('leaves no listener on a long-lived caller signal, with or without a deadline', async () => {
+    const clock = new ManualClock()
+    const controller = new AbortController()
+    const policy = pipeline(
+      timeout(1_000, { clock }),
+      retry({ clock, jitter: 'none' }),
+      timeout(100, { clock, mode: 'hard' }),
+    )
+    const work = (i: number) =>
+      policy.execute(async ({ signal, attempt }) => {
+        if (i % 2 === 0) expect(signal.aborted).toBe(false)
+        if (i % 3 === 0 && attempt === 1) throw new TimeoutError(1)
+        return i
+      }, controller.signal)
+    for (let i = 0; i < 30; i++) {
+      const run = track(clock, work(i))
+      await clock.advance(200)
+      expect(run.value).toBe(i)
+    }
+    for (let i = 0; i < 30; i++) {
+      const run = track(
+        clock,
+        withDeadline(5_000, () => work(i), { clock }),
+      )
+      await clock.advance(200)
+      expect(run.value).toBe(i)
+    }
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0)
     expect(clock.pendingTimers).toBe(0)
   })
 
