@@ -5,7 +5,12 @@ import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import { BulkheadRejectedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type ContextAwarePolicy, contextFor, executeInContext } from './pipeline.js'
-import { neverAbortedSignal, type PolicyContext, type PolicyFunction } from './types.js'
+import {
+  neverAbortedSignal,
+  type Policy,
+  type PolicyContext,
+  type PolicyFunction,
+} from './types.js'
 
 /** What a bulkhead reports through its `events`. */
 export type BulkheadEvent =
@@ -49,7 +54,7 @@ export interface BulkheadOptions {
 }
 
 /** A bulkhead policy; see {@link bulkhead}. */
-export interface Bulkhead extends ContextAwarePolicy {
+export interface Bulkhead extends Policy {
   /** Calls holding a slot now (at most `maxConcurrent`). */
   readonly running: number
   /** Calls waiting for a slot now (at most `maxQueued`). */
@@ -101,7 +106,7 @@ interface Waiter {
 }
 
 /** The bulkhead implementation; `prefix` names options in errors (registry entries differ). */
-export class BulkheadPolicy implements Bulkhead {
+export class BulkheadPolicy implements Bulkhead, ContextAwarePolicy {
   readonly events = new EventSource<BulkheadEvent>()
   readonly name: string | undefined
   readonly #maxConcurrent: number

@@ -11,7 +11,7 @@ import { classifyFailure } from './classify.js'
 import { BrokenCircuitError, IsolatedCircuitError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type ContextAwarePolicy, contextFor, executeInContext } from './pipeline.js'
-import type { PolicyContext, PolicyFunction } from './types.js'
+import type { Policy, PolicyContext, PolicyFunction } from './types.js'
 
 /**
  * The state of a circuit breaker:
@@ -118,7 +118,7 @@ export interface CircuitBreakerOptions {
 }
 
 /** A circuit breaker policy; see {@link circuitBreaker}. */
-export interface CircuitBreaker extends ContextAwarePolicy {
+export interface CircuitBreaker extends Policy {
   /** The current state. */
   readonly state: CircuitState
   /** The `name` option, if given. */
@@ -184,7 +184,7 @@ function countsAsFailure(error: unknown): boolean {
   return classifyFailure(error) !== 'permanent'
 }
 
-class CircuitBreakerPolicy implements CircuitBreaker {
+class CircuitBreakerPolicy implements CircuitBreaker, ContextAwarePolicy {
   readonly events = new EventSource<CircuitBreakerEvent>()
   readonly name: string | undefined
   readonly #clock: Clock
