@@ -38,10 +38,10 @@ export function stopService(state) {
   service.stop(state)
 }
 
-// The CLI keeps what it started under the repository's .breakwater/ folder, so `stop` and `env`
-// in a later invocation can find it.
+// The CLI keeps what it started under the repository's .breakwater/ folder (or
+// BREAKWATER_SERVICES_DIR), so `stop` and `env` in a later invocation can find it.
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..')
-const stateDir = join(repoRoot, '.breakwater', 'services')
+const stateDir = process.env.BREAKWATER_SERVICES_DIR || join(repoRoot, '.breakwater', 'services')
 const stateFile = (name) => join(stateDir, `${name}.json`)
 
 function readState(name) {
