@@ -14,7 +14,7 @@ import {
 import { Execution, type ExecutionSettings } from './execution.js'
 import { defaultFingerprint, type FingerprintFunction } from './fingerprint.js'
 import { checkOperationKey, parseIdempotencyKey } from './key.js'
-import { defaultProblemTypeBase, problemResponse } from './problem.js'
+import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
 import { type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
 import { createSqlIdempotencyStore } from './sql-store.js'
 import type { IdempotencyRecord, IdempotencyStore, StoredResult } from './store.js'
@@ -426,6 +426,8 @@ class IdempotencyCore implements Idempotency {
       response = await handler(execution.context)
     } catch (error) {
       await execution.abort()
+      // A handler that ran past its lease learns it from ctx.phase(): answer as for a 409.
+      if (isIdempotencyError(error)) return problemResponse(error, this.#problemTypeBase)
       throw error
     }
     return execution.complete(response)

@@ -113,9 +113,10 @@ export class Execution {
     if (Object.hasOwn(this.#phases, name)) {
       return (this.#phases[name] as WrappedPhase).v as T
     }
-    if (this.#settled || this.#expired) {
+    if (this.#expired) throw this.#leaseLost()
+    if (this.#settled) {
       throw new TransactionMisuseError(
-        'ctx.phase() was called after the idempotent result was recorded or the lease expired',
+        'ctx.phase() was called after the idempotent result was recorded',
       )
     }
     if (this.#tx.opened) {

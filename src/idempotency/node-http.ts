@@ -12,7 +12,7 @@ import {
   writeInternalError,
   writeNodeResponse,
 } from './node-response.js'
-import { genericProblem } from './problem.js'
+import { genericProblem, isIdempotencyError, problemResponse } from './problem.js'
 import type { IdempotencyContext, IdempotencyResponse } from './types.js'
 
 /** Options of {@link idempotentHandler}. */
@@ -157,6 +157,10 @@ export function idempotentHandler(
     } catch (error) {
       capture?.restore()
       await execution.abort()
+      if (isIdempotencyError(error)) {
+        writeNodeResponse(res, problemResponse(error))
+        return
+      }
       writeInternalError(res)
       onError(error)
       return

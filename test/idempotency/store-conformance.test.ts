@@ -1,0 +1,243 @@
+// One behaviour for every IdempotencyStore: the in-memory store, real SQLite and real PostgreSQL.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  type ClaimInput,
+  createMemoryIdempotencyStore,
+  createSqlIdempotencyStore,
+  type IdempotencyStore,
+  idempotencyTable,
+  type StoredResult,
+} from '../../src/idempotency/index.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+interface StoreTarget {
+  readonly name: string
+  open(): Promise<{ store: IdempotencyStore; close(): Promise<void>; db?: TestDb['db'] }>
+}
+
+const storeTargets: StoreTarget[] = [
+  {
+    name: 'memory',
+    open: async () => ({ store: createMemoryIdempotencyStore(), close: async () => {} }),
+  },
+  ...dbTargets.map((target) => ({
+    name: target.dialect,
+    async open() {
+      const opened = await target.open('idem_store')
+      return { store: createSqlIdempotencyStore(opened.db), close: opened.close, db: opened.db }
+    },
+  })),
+]
+
+let keys = 0
+const nextKey = () => `key-${++keys}`
+
+function claimInput(key: string, overrides: Partial<ClaimInput> = {}): ClaimInput {
+  return {
+    scope: 'tenant:a',
+    key,
+    leaseToken: `token-${key}`,
+    fingerprint: 'fp',
+    nowMs: 1_000,
+    leaseExpiresAtMs: 61_000,
+    expiresAtMs: 86_401_000,
+    ...overrides,
+  }
+}
+
+const result: StoredResult = {
+  status: 201,
+  headers: { 'content-type': 'application/octet-stream', link: ['<a>', '<b>'] },
+  // Every byte value, including NUL and invalid UTF-8, must come back exactly.
+  body: Uint8Array.from({ length: 256 }, (_, i) => i),
+}
+
+describe.each(storeTargets)('$name idempotency store', (target) => {
+  let store: IdempotencyStore
+  let close: () => Promise<void>
+  let db: TestDb['db'] | undefined
+
+  beforeAll(async () => {
+    const opened = await target.open()
+    store = opened.store
+    close = opened.close
+    db = opened.db
+  })
+  afterAll(async () => {
+    await close?.()
+  })
+
+  it('lets exactly one of many concurrent claims win; the others read its record', async () => {
+    const key = nextKey()
+    const outcomes = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => store.claim(claimInput(key, { leaseToken: `t${i}` }))),
+    )
+    const winners = outcomes.flatMap((o, i) => (o.claimed ? [i] : []))
+    expect(winners).toHaveLength(1)
+    for (const outcome of outcomes) {
+      if (outcome.claimed) continue
+      expect(outcome.existing).toMatchObject({
+        state: 'in_progress',
+        leaseToken: `t${winners[0]}`,
+        fingerprint: 'fp',
+        attempt: 1,
+      })
+    }
+  })
+
+  it('reads a record back with integer-millisecond timestamps', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key))
+    expect(await store.get('tenant:a', key)).toEqual({
+      scope: 'tenant:a',
+      key,
+      fingerprint: 'fp',
+      state: 'in_progress',
+      leaseToken: `token-${key}`,
+      leaseExpiresAtMs: 61_000,
+      attempt: 1,
+      recoveryPoint: undefined,
+      phases: {},
+      result: undefined,
+      createdAtMs: 1_000,
+      updatedAtMs: 1_000,
+      expiresAtMs: 86_401_000,
+    })
+    expect(await store.get('tenant:b', key)).toBeUndefined()
+  })
+
+  it('records a result only under the current lease, inside the transaction', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key))
+    const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    const stale = { ...lease, leaseToken: 'someone-else' }
+    expect(await store.transaction((tx) => store.complete(tx, stale, result, 2_000, 9_000))).toBe(
+      false,
+    )
+    await expect(
+      store.transaction(async (tx) => {
+        expect(await store.complete(tx, lease, result, 2_000, 9_000)).toBe(true)
+        throw new Error('rolled back')
+      }),
+    ).rejects.toThrow('rolled back')
+    expect((await store.get('tenant:a', key))?.state).toBe('in_progress')
+    expect(await store.transaction((tx) => store.complete(tx, lease, result, 2_000, 9_000))).toBe(
+      true,
+    )
+    const record = await store.get('tenant:a', key)
+    expect(record).toMatchObject({
+      state: 'completed',
+      leaseExpiresAtMs: undefined,
+      updatedAtMs: 2_000,
+      expiresAtMs: 9_000,
+    })
+    expect(record?.result?.status).toBe(201)
+    expect(record?.result?.headers).toEqual(result.headers)
+    expect(Buffer.compare(Buffer.from(record!.result!.body), Buffer.from(result.body))).toBe(0)
+    // Completed is final: neither a second completion nor a release changes it.
+    expect(await store.transaction((tx) => store.complete(tx, lease, result, 3_000, 9_000))).toBe(
+      false,
+    )
+    expect(await store.release(lease)).toBe(false)
+  })
+
+  it('stores a result without status (idempotent()) and an empty body', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key))
+    const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    await store.transaction((tx) =>
+      store.complete(tx, lease, { status: undefined, headers: {}, body: new Uint8Array() }, 2, 3),
+    )
+    const stored = (await store.get('tenant:a', key))?.result
+    expect(stored?.status).toBeUndefined()
+    expect(stored?.body.byteLength).toBe(0)
+  })
+
+  it('takes over an expired lease once, keeping phases, and fences the old holder', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key, { leaseExpiresAtMs: 5_000 }))
+    const old = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    expect(
+      await store.transaction((tx) =>
+        store.savePhase(tx, old, 'charged', { charged: { v: 'ch_1' } }, 2_000, 5_000),
+      ),
+    ).toBe(true)
+    const takeover = (token: string, nowMs: number) =>
+      store.takeOver({
+        ...claimInput(key, { leaseToken: token, nowMs, leaseExpiresAtMs: nowMs + 60_000 }),
+        previousLeaseToken: `token-${key}`,
+      })
+    expect(await takeover('early', 4_999)).toBe(false)
+    const racers = await Promise.all(['r1', 'r2', 'r3', 'r4'].map((t) => takeover(t, 5_000)))
+    expect(racers.filter(Boolean)).toHaveLength(1)
+    const winner = `r${racers.indexOf(true) + 1}`
+    const record = await store.get('tenant:a', key)
+    expect(record).toMatchObject({
+      leaseToken: winner,
+      attempt: 2,
+      recoveryPoint: 'charged',
+      phases: { charged: { v: 'ch_1' } },
+      leaseExpiresAtMs: 65_000,
+      createdAtMs: 1_000,
+    })
+    expect(await store.transaction((tx) => store.savePhase(tx, old, 'x', {}, 5_001, 70_000))).toBe(
+      false,
+    )
+    expect(await store.transaction((tx) => store.complete(tx, old, result, 5_001, 9_000))).toBe(
+      false,
+    )
+    expect(await store.release(old)).toBe(false)
+    expect(await store.release({ ...old, leaseToken: winner })).toBe(true)
+    expect(await store.get('tenant:a', key)).toBeUndefined()
+  })
+
+  it('recycles a record only after its retention ended', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key, { expiresAtMs: 10_000 }))
+    const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    await store.transaction((tx) => store.complete(tx, lease, result, 2_000, 10_000))
+    const recycle = (nowMs: number) =>
+      store.recycle({
+        ...claimInput(key, {
+          leaseToken: 'new',
+          fingerprint: 'other',
+          nowMs,
+          leaseExpiresAtMs: nowMs + 1,
+          expiresAtMs: nowMs + 2,
+        }),
+        previousLeaseToken: `token-${key}`,
+      })
+    expect(await recycle(9_999)).toBe(false)
+    expect(await recycle(10_000)).toBe(true)
+    expect(await store.get('tenant:a', key)).toMatchObject({
+      state: 'in_progress',
+      fingerprint: 'other',
+      leaseToken: 'new',
+      attempt: 1,
+      result: undefined,
+      phases: {},
+      createdAtMs: 10_000,
+      expiresAtMs: 10_002,
+    })
+  })
+
+  it('sweeps only expired records, at most the batch size per call', async () => {
+    const scope = `sweep-${target.name}`
+    const before = await store.sweep(50_000, 1_000_000)
+    expect(before).toBeGreaterThanOrEqual(0)
+    for (let i = 0; i < 7; i++) {
+      await store.claim({ ...claimInput(`s${i}`), scope, expiresAtMs: i < 5 ? 60_000 : 90_000 })
+    }
+    expect(await store.sweep(59_999, 100)).toBe(0)
+    expect(await store.sweep(60_000, 3)).toBe(3)
+    expect(await store.sweep(60_000, 3)).toBe(2)
+    expect(await store.sweep(60_000, 3)).toBe(0)
+    expect(await store.get(scope, 's5')).toBeDefined()
+    expect(await store.get(scope, 's6')).toBeDefined()
+  })
+
+  it.runIf(target.name !== 'memory')('keeps its rows in the documented table', async () => {
+    const rows = await db!.query<{ n: number }>(`SELECT COUNT(*) AS n FROM ${idempotencyTable}`)
+    expect(Number(rows[0]?.n)).toBeGreaterThan(0)
+  })
+})
