@@ -337,7 +337,8 @@ class PgListener {
   }
 
   async #reconnect(): Promise<void> {
-    for (let attempt = 0; !this.#closed; attempt++) {
+    // Nobody listening any more: the next listen() connects afresh.
+    for (let attempt = 0; !this.#closed && this.#handlers.size > 0; attempt++) {
       if (attempt > 0) {
         const ceiling = Math.min(this.#maxMs, this.#baseMs * 2 ** (attempt - 1))
         try {

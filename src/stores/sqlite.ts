@@ -212,20 +212,31 @@ export class SqliteDriver implements SqlDriver {
         result = await currentTransaction.run({ driver: this, tx }, () => fn(tx))
       } catch (error) {
         tx.end()
-        // Some errors (SQLITE_FULL, SQLITE_IOERR) already rolled the transaction back.
-        if (this.#db.inTransaction) this.#db.exec('ROLLBACK')
+        this.#rollbackQuietly()
         throw error
       }
       tx.end()
       try {
         this.#db.exec('COMMIT')
       } catch (error) {
-        if (this.#db.inTransaction) this.#db.exec('ROLLBACK')
+        this.#rollbackQuietly()
         throw error
       }
       return result
     } finally {
       this.#mutex.release()
+    }
+  }
+
+  // The caller's error is the one worth seeing; a failing ROLLBACK must not replace it.
+  #rollbackQuietly(): void {
+    // Some errors (SQLITE_FULL, SQLITE_IOERR) already rolled the transaction back.
+    if (!this.#db.inTransaction) return
+    try {
+      this.#db.exec('ROLLBACK')
+    } catch {
+      // Nothing better to do here; if the transaction is somehow still open, the next BEGIN
+      // fails loudly rather than silently nesting.
     }
   }
 
