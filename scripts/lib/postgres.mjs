@@ -194,9 +194,12 @@ export function stopPostgres(state) {
 
 function startWatchdog(pid, state) {
   const script = new URL('./watchdog.mjs', import.meta.url)
-  const child = spawn(process.execPath, [script.pathname, String(pid), JSON.stringify(state)], {
+  // The state (with the URL's password) goes through the environment, which unlike argv is not
+  // readable by other users in `ps`.
+  const child = spawn(process.execPath, [script.pathname, String(pid)], {
     detached: true,
     stdio: 'ignore',
+    env: { ...process.env, BREAKWATER_WATCHDOG_STATE: JSON.stringify(state) },
   })
   child.unref()
   return child

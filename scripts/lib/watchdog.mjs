@@ -1,10 +1,10 @@
 // Stops a service started for a process once that process is gone (killed before it could
 // run its teardown), so no server or temporary folder is left behind.
-// Usage: node watchdog.mjs <pid> <state-json>
+// Usage: BREAKWATER_WATCHDOG_STATE=<state-json> node watchdog.mjs <pid>
 import { stopService } from '../services.mjs'
 
 const pid = Number(process.argv[2])
-const state = JSON.parse(process.argv[3] ?? '{}')
+const state = JSON.parse(process.env.BREAKWATER_WATCHDOG_STATE ?? '{}')
 
 function alive() {
   try {
