@@ -1,0 +1,255 @@
+// Each framework adapter on a real server (127.0.0.1:0), over real SQLite and PostgreSQL.
+import { randomUUID } from 'node:crypto'
+import { createServer, type Server } from 'node:http'
+import { createAdaptorServer } from '@hono/node-server'
+import express from 'express'
+import Fastify from 'fastify'
+import { Hono } from 'hono'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import {
+  createIdempotency,
+  expressIdempotency,
+  fastifyIdempotency,
+  honoIdempotency,
+  type Idempotency,
+  type IdempotencyContext,
+  idempotencyContextOf,
+  idempotentHandler,
+} from '../../src/idempotency/index.js'
+import { countRows, createChargesTable, dbTargets, type TestDb } from './databases.js'
+import { gate, type Listening, listenServer, type Reply, send } from './servers.js'
+
+/** What every app does for POST /charges, whatever the framework. */
+interface Behaviour {
+  /** Awaited before the business write. */
+  hold: () => Promise<void>
+  runs: number
+  contexts: IdempotencyContext[]
+}
+
+/**
+ * The shared handler body: writes one charge in ctx.tx and answers 201 JSON; amount 503 answers
+ * 503; a negative amount throws after the write (the framework renders a 500).
+ */
+async function charge(
+  ctx: IdempotencyContext,
+  body: { amount: number },
+  behaviour: Behaviour,
+): Promise<{ status: number; json: unknown }> {
+  behaviour.runs++
+  behaviour.contexts.push(ctx)
+  await behaviour.hold()
+  const id = randomUUID()
+  await ctx.tx.execute('INSERT INTO charges (id, tenant, amount) VALUES ($1, $2, $3)', [
+    id,
+    ctx.scope,
+    body.amount,
+  ])
+  if (body.amount < 0) throw new Error('refused after the business write')
+  if (body.amount === 503) return { status: 503, json: { error: 'unavailable' } }
+  return { status: 201, json: { id, amount: body.amount } }
+}
+
+interface AdapterTarget {
+  readonly name: string
+  start(idempotency: Idempotency, behaviour: Behaviour): Promise<Server>
+}
+
+const adapters: AdapterTarget[] = [
+  {
+    name: 'node:http',
+    async start(idempotency, behaviour) {
+      return createServer(
+        idempotentHandler(
+          { idempotency, onError: () => {} },
+          async (req, res, { body, idempotency: ctx }) => {
+            if (req.method === 'GET') {
+              res
+                .writeHead(200, { 'content-type': 'text/plain' })
+                .end(`guarded=${ctx !== undefined}`)
+              return
+            }
+            expect(idempotencyContextOf(req)).toBe(ctx)
+            const out = await charge(ctx!, JSON.parse(body.toString('utf8')), behaviour)
+            res.writeHead(out.status, { 'content-type': 'application/json' })
+            res.end(JSON.stringify(out.json))
+          },
+        ),
+      )
+    },
+  },
+  {
+    name: 'express',
+    async start(idempotency, behaviour) {
+      const app = express()
+      app.use(express.json())
+      app.use(expressIdempotency(idempotency))
+      app.get('/charges', (req, res) => {
+        res.type('text/plain').send(`guarded=${idempotencyContextOf(req) !== undefined}`)
+      })
+      app.post('/charges', async (req, res) => {
+        const ctx = idempotencyContextOf(req)!
+        expect(res.locals.idempotency).toBe(ctx)
+        const out = await charge(ctx, req.body, behaviour)
+        res.status(out.status).json(out.json)
+      })
+      // Keep Express from logging the deliberate failures.
+      app.use(
+        (
+          error: Error,
+          _req: express.Request,
+          res: express.Response,
+          _next: express.NextFunction,
+        ) => {
+          res.status(500).type('text/plain').send(`failed: ${error.message}`)
+        },
+      )
+      return createServer(app)
+    },
+  },
+  {
+    name: 'fastify',
+    async start(idempotency, behaviour) {
+      const app = Fastify()
+      await app.register(fastifyIdempotency(idempotency))
+      app.get(
+        '/charges',
+        async (request) => `guarded=${idempotencyContextOf(request) !== undefined}`,
+      )
+      app.post('/charges', async (request, reply) => {
+        const out = await charge(
+          idempotencyContextOf(request)!,
+          request.body as { amount: number },
+          behaviour,
+        )
+        return reply.code(out.status).send(out.json)
+      })
+      await app.ready()
+      return app.server
+    },
+  },
+  {
+    name: 'hono',
+    async start(idempotency, behaviour) {
+      const app = new Hono<{ Variables: { idempotency: IdempotencyContext } }>()
+      app.get('/charges', (c) => c.text(`guarded=${idempotencyContextOf(c) !== undefined}`))
+      app.post('/charges', honoIdempotency(idempotency), async (c) => {
+        const ctx = idempotencyContextOf(c)!
+        expect(c.get('idempotency')).toBe(ctx)
+        const out = await charge(ctx, await c.req.json(), behaviour)
+        return c.json(out.json, out.status as 201)
+      })
+      // Hono's default error handler logs; the deliberate failures need no log.
+      app.onError((error, c) => c.text(`failed: ${error.message}`, 500))
+      return createAdaptorServer({ fetch: app.fetch }) as Server
+    },
+  },
+]
+
+const cases = dbTargets.flatMap((db) => adapters.map((adapter) => ({ db, adapter })))
+
+describe.each(cases)('$adapter.name adapter on $db.dialect', ({ db, adapter }) => {
+  let testDb: TestDb
+  let listening: Listening | undefined
+  let behaviour: Behaviour
+  let idempotency: Idempotency
+
+  beforeAll(async () => {
+    testDb = await db.open(`idem_${adapter.name.replace(/\W/g, '')}`)
+    await createChargesTable(testDb.db)
+  })
+  afterAll(async () => {
+    await testDb?.close()
+  })
+  afterEach(async () => {
+    await listening?.close()
+    listening = undefined
+  })
+
+  async function start(hold: () => Promise<void> = async () => {}) {
+    behaviour = { hold, runs: 0, contexts: [] }
+    idempotency = createIdempotency({ store: testDb.db })
+    const server = await adapter.start(idempotency, behaviour)
+    listening = await listenServer(server)
+    return { url: `${listening.url}/charges`, server }
+  }
+
+  const isProblem = (reply: Reply, status: number, type: string) =>
+    reply.status === status &&
+    reply.headers['content-type'] === 'application/problem+json' &&
+    JSON.parse(reply.text).type === `https://breakwater.dev/problems/${type}`
+
+  it('runs the handler once and replays the response byte for byte', async () => {
+    const { url } = await start()
+    const key = randomUUID()
+    const before = await countRows(testDb.db, 'charges')
+    const first = await send(url, { key, body: '{"amount":10}' })
+    const second = await send(url, { key, body: '{"amount":10}' })
+    expect(first.status).toBe(201)
+    expect(first.headers['idempotent-replayed']).toBeUndefined()
+    expect(second.status).toBe(201)
+    expect(second.headers['idempotent-replayed']).toBe('true')
+    expect(second.headers['content-type']).toBe(first.headers['content-type'])
+    expect(second.body.equals(first.body)).toBe(true)
+    expect(JSON.parse(first.text).amount).toBe(10)
+    expect(behaviour.runs).toBe(1)
+    expect(behaviour.contexts[0]?.key).toBe(key)
+    expect((await countRows(testDb.db, 'charges')) - before).toBe(1)
+  })
+
+  it('answers 409 to concurrent requests while the first is in flight', async () => {
+    const total = 20
+    const othersAnswered = gate()
+    let answered = 0
+    const { url, server } = await start(() => othersAnswered.promise)
+    server.on('request', (_req, res) => {
+      res.once('finish', () => {
+        if (++answered === total - 1) othersAnswered.open()
+      })
+    })
+    const key = randomUUID()
+    const replies = await Promise.all(
+      Array.from({ length: total }, () => send(url, { key, body: '{"amount":1}' })),
+    )
+    expect(replies.filter((r) => r.status === 201)).toHaveLength(1)
+    const conflicts = replies.filter((r) => isProblem(r, 409, 'idempotency-key-in-progress'))
+    expect(conflicts).toHaveLength(total - 1)
+    expect(conflicts[0]?.headers['retry-after']).toBe('1')
+    expect(behaviour.runs).toBe(1)
+  })
+
+  it('answers 400 and 422 with problem+json without running the handler', async () => {
+    const { url } = await start()
+    const missing = await send(url, { body: '{"amount":1}' })
+    expect(isProblem(missing, 400, 'idempotency-key-missing')).toBe(true)
+    const long = await send(url, { key: 'x'.repeat(300), body: '{"amount":1}' })
+    expect(isProblem(long, 400, 'idempotency-key-too-long')).toBe(true)
+    const key = randomUUID()
+    await send(url, { key, body: '{"amount":1}' })
+    const mismatch = await send(url, { key, body: '{"amount":2}' })
+    expect(isProblem(mismatch, 422, 'idempotency-key-mismatch')).toBe(true)
+    expect(behaviour.runs).toBe(1)
+  })
+
+  it('rolls back the write and releases the key when the handler fails or answers 5xx', async () => {
+    const { url } = await start()
+    const key = randomUUID()
+    const before = await countRows(testDb.db, 'charges')
+    const failed = await send(url, { key, body: '{"amount":-1}' })
+    expect(failed.status).toBe(500)
+    const unavailable = await send(url, { key, body: '{"amount":503}' })
+    expect(unavailable.status).toBe(503)
+    expect(await countRows(testDb.db, 'charges')).toBe(before)
+    const ok = await send(url, { key, body: '{"amount":503}' })
+    expect(ok.status).toBe(503)
+    expect(behaviour.runs).toBe(3)
+    expect(await idempotency.store.get('anonymous', key)).toBeUndefined()
+  })
+
+  it('lets unguarded methods through without a key', async () => {
+    const { url } = await start()
+    const reply = await send(url, { method: 'GET' })
+    expect(reply.status).toBe(200)
+    expect(reply.text).toBe('guarded=false')
+  })
+})
