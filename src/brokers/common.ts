@@ -1,0 +1,271 @@
+import { createHash } from 'node:crypto'
+import { type Clock, systemClock } from '../core/clock.js'
+import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { BrokerError, type BrokerKind } from './errors.js'
+import type { IncomingMessage, OutgoingMessage } from './types.js'
+
+/**
+ * The header that carries {@link OutgoingMessage.key} on brokers without a key field (NATS,
+ * RabbitMQ). Subscribers remove it from `IncomingMessage.headers` again.
+ */
+export const KEY_HEADER = 'breakwater-key'
+
+/** Where a subscriber's error came from, for {@link SubscriberErrorEvent}. */
+export type SubscriberErrorPhase = 'handler' | 'settle' | 'connection'
+
+/** Handed to the `onError` option of every adapter. */
+export interface SubscriberErrorEvent {
+  /** What was thrown. */
+  readonly error: unknown
+  /**
+   * `handler`: a handler rejected (the message will be redelivered); `settle`: an ack or nack
+   * could not be sent; `connection`: the subscription lost its connection and is reconnecting.
+   */
+  readonly phase: SubscriberErrorPhase
+  readonly topic: string
+  readonly group: string
+  /** The message being handled or settled, for `handler` and `settle`. */
+  readonly message?: IncomingMessage
+}
+
+/**
+ * Options every broker adapter shares (connection, publish and subscriber tuning). Each
+ * adapter's options interface extends this one.
+ */
+export interface BrokerCommonOptions {
+  /** The broker's URL, credentials included (they are never logged). */
+  readonly url: string
+  /** Source of time for publish timeouts, retry delays and reconnect backoff. @default systemClock */
+  readonly clock?: Clock
+  /** How long connecting may take before it fails with `BROKER_UNAVAILABLE`. @default 5000 */
+  readonly connectTimeoutMs?: number
+  /**
+   * How long `publish()` waits for the broker to confirm a batch before it rejects with
+   * `BROKER_UNAVAILABLE` (the batch may still be stored: publish again). @default 10000
+   */
+  readonly publishTimeoutMs?: number
+  /**
+   * Handlers run at once per subscription. Messages with the same key never run concurrently
+   * and keep their order, whatever this is. @default 1
+   */
+  readonly concurrency?: number
+  /**
+   * Messages fetched ahead of the handlers per subscription (the broker's prefetch / max
+   * in-flight). Must be at least `concurrency`. @default 64
+   */
+  readonly prefetch?: number
+  /** Wait before a message whose handler failed is delivered again. @default 1000 */
+  readonly retryDelayMs?: number
+  /** First wait before a lost subscription reconnects; doubles per failed attempt. @default 100 */
+  readonly reconnectDelayMs?: number
+  /** Longest wait between reconnect attempts. @default 5000 */
+  readonly maxReconnectDelayMs?: number
+  /**
+   * Receives subscriber errors: handler failures (the message is redelivered), failed acks,
+   * lost connections. @default ignore them
+   */
+  readonly onError?: (event: SubscriberErrorEvent) => void
+}
+
+/** {@link BrokerCommonOptions} with defaults applied and values checked. */
+export interface ResolvedCommonOptions {
+  readonly url: URL
+  readonly clock: Clock
+  readonly connectTimeoutMs: number
+  readonly publishTimeoutMs: number
+  readonly concurrency: number
+  readonly prefetch: number
+  readonly retryDelayMs: number
+  readonly reconnectDelayMs: number
+  readonly maxReconnectDelayMs: number
+  readonly onError: (event: SubscriberErrorEvent) => void
+}
+
+const MAX_DELAY_MS = 2_147_483_647
+
+/** Checks the shared options once, at construction; `schemes` are the accepted URL protocols. */
+export function resolveCommonOptions(
+  prefix: string,
+  options: BrokerCommonOptions,
+  schemes: readonly string[],
+): ResolvedCommonOptions {
+  checkObject(prefix, options)
+  const url = parseBrokerUrl(`${prefix}.url`, options.url, schemes)
+  const concurrency = checkInteger(`${prefix}.concurrency`, options.concurrency ?? 1, 1, 10_000)
+  const prefetch = checkInteger(`${prefix}.prefetch`, options.prefetch ?? 64, 1, 65_535)
+  if (prefetch < concurrency) {
+    throw new InvalidOptionError(
+      `${prefix}.prefetch`,
+      `an integer >= concurrency (${concurrency})`,
+      prefetch,
+    )
+  }
+  const reconnectDelayMs = ms(`${prefix}.reconnectDelayMs`, options.reconnectDelayMs, 100, 1)
+  return {
+    url,
+    clock: options.clock ?? systemClock,
+    connectTimeoutMs: ms(`${prefix}.connectTimeoutMs`, options.connectTimeoutMs, 5_000, 1),
+    publishTimeoutMs: ms(`${prefix}.publishTimeoutMs`, options.publishTimeoutMs, 10_000, 1),
+    concurrency,
+    prefetch,
+    retryDelayMs: ms(`${prefix}.retryDelayMs`, options.retryDelayMs, 1_000, 0),
+    reconnectDelayMs,
+    maxReconnectDelayMs: ms(
+      `${prefix}.maxReconnectDelayMs`,
+      options.maxReconnectDelayMs,
+      Math.max(5_000, reconnectDelayMs),
+      reconnectDelayMs,
+    ),
+    onError:
+      options.onError === undefined
+        ? () => {}
+        : checkFunction<(event: SubscriberErrorEvent) => void>(
+            `${prefix}.onError`,
+            options.onError,
+          ),
+  }
+}
+
+/** Checks an optional millisecond option: an integer in [min, 2^31-1], or `fallback`. */
+export function ms(option: string, value: unknown, fallback: number, min: number): number {
+  return checkInteger(option, value ?? fallback, min, MAX_DELAY_MS)
+}
+
+/** Parses a broker URL and checks its scheme; the error names the option, never the password. */
+export function parseBrokerUrl(option: string, value: unknown, schemes: readonly string[]): URL {
+  const expected = `a ${schemes.map((s) => `${s}//`).join(' or ')} URL`
+  if (typeof value !== 'string') throw new InvalidOptionError(option, expected, value)
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    throw new InvalidOptionError(option, expected, redactUrl(value))
+  }
+  if (!schemes.includes(url.protocol) || url.hostname === '') {
+    throw new InvalidOptionError(option, expected, redactUrl(value))
+  }
+  return url
+}
+
+/** The URL with any user name and password replaced by `***`, for messages and logs. */
+export function redactUrl(value: string): string {
+  try {
+    const url = new URL(value)
+    if (url.username !== '' || url.password !== '') {
+      url.username = '***'
+      url.password = ''
+    }
+    return url.toString()
+  } catch {
+    // Not a URL: still hide anything between "//" and "@".
+    return value.replace(/\/\/[^/@]*@/, '//***@')
+  }
+}
+
+/** Checks the arguments of `Subscriber.subscribe()`. */
+export function checkSubscribeArgs(topic: unknown, group: unknown, handler: unknown): void {
+  if (typeof topic !== 'string' || topic === '') {
+    throw new InvalidOptionError('topic', 'a non-empty string', topic)
+  }
+  if (typeof group !== 'string' || group === '') {
+    throw new InvalidOptionError('group', 'a non-empty string', group)
+  }
+  checkFunction('handler', handler)
+}
+
+const encoder = new TextEncoder()
+
+/** The payload as bytes (strings as UTF-8), without copying a Buffer or Uint8Array. */
+export function payloadBytes(payload: Uint8Array | string): Uint8Array {
+  return typeof payload === 'string' ? encoder.encode(payload) : payload
+}
+
+/** The payload as a Buffer sharing its memory (drivers that want Buffers). */
+export function payloadBuffer(payload: Uint8Array | string): Buffer {
+  if (typeof payload === 'string') return Buffer.from(payload, 'utf8')
+  return Buffer.isBuffer(payload)
+    ? payload
+    : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)
+}
+
+/**
+ * A broker-safe name made of `[A-Za-z0-9_-]` (NATS stream and consumer names allow no dots,
+ * wildcards or spaces). Names that had to change get a short hash of the original, so two
+ * topics such as `a.b` and `a_b` never share a name.
+ */
+export function safeName(value: string): string {
+  const safe = value.replace(/[^A-Za-z0-9_-]/g, '_')
+  if (safe === value) return value
+  const hash = createHash('sha256').update(value).digest('hex').slice(0, 8)
+  return `${safe.slice(0, 200)}_${hash}`
+}
+
+/**
+ * Waits for `work` but gives up after `timeoutMs` on `clock` (rejecting with what `onTimeout`
+ * returns) or when `signal` aborts (rejecting with {@link AbortedError}). `work` keeps running;
+ * callers treat its outcome as unknown.
+ */
+export function within<T>(
+  work: Promise<T>,
+  clock: Clock,
+  timeoutMs: number,
+  onTimeout: () => Error,
+  signal?: AbortSignal,
+): Promise<T> {
+  if (signal?.aborted) return Promise.reject(new AbortedError(signal.reason))
+  return new Promise<T>((resolve, reject) => {
+    const finish = (): void => {
+      clock.clearTimeout(timer)
+      signal?.removeEventListener('abort', onAbort)
+    }
+    const onAbort = (): void => {
+      finish()
+      reject(new AbortedError(signal?.reason))
+    }
+    const timer = clock.setTimeout(() => {
+      finish()
+      reject(onTimeout())
+    }, timeoutMs)
+    signal?.addEventListener('abort', onAbort, { once: true })
+    work.then(
+      (value) => {
+        finish()
+        resolve(value)
+      },
+      (error: unknown) => {
+        finish()
+        reject(error)
+      },
+    )
+  })
+}
+
+/** Rejects when `signal` already aborted, before any work starts. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new AbortedError(signal.reason)
+}
+
+/** The error for a call on a publisher or subscriber after its `close()`. */
+export function closedError(broker: BrokerKind, what: 'publisher' | 'subscriber'): BrokerError {
+  return new BrokerError('BROKER_UNAVAILABLE', broker, `the ${what} is closed`)
+}
+
+/**
+ * Loads a broker driver on first use, so importing breakwater never loads it. A missing package
+ * fails with `DRIVER_MISSING` naming it.
+ */
+export function lazyDriver<T>(name: string, load: () => Promise<T>): () => Promise<T> {
+  let loading: Promise<T> | undefined
+  return () => {
+    loading ??= load().catch((error: unknown) => {
+      loading = undefined
+      throw new BreakwaterError(
+        'DRIVER_MISSING',
+        `The "${name}" package is needed for this broker but could not be loaded; install it with \`npm install ${name}\``,
+        { cause: error },
+      )
+    })
+    return loading
+  }
+}

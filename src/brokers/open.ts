@@ -1,0 +1,59 @@
+import type { Clock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { redactUrl, type SubscriberErrorEvent } from './common.js'
+import { createNatsBroker, type NatsBrokerOptions } from './nats.js'
+import { createRabbitMqBroker, type RabbitMqBrokerOptions } from './rabbitmq.js'
+import { createRedisBroker, type RedisBrokerOptions } from './redis.js'
+import type { Broker } from './types.js'
+
+/** Options of {@link openBroker}: shared settings plus per-adapter ones for the URL's scheme. */
+export interface OpenBrokerOptions {
+  /** Source of time for every adapter. @default systemClock */
+  readonly clock?: Clock
+  /** Receives subscriber errors of whichever adapter the URL selects. @default ignore them */
+  readonly onError?: (event: SubscriberErrorEvent) => void
+  /** Settings used when the URL is `nats://`. @default {} */
+  readonly nats?: Omit<NatsBrokerOptions, 'url'>
+  /** Settings used when the URL is `amqp://` or `amqps://`. @default {} */
+  readonly rabbitmq?: Omit<RabbitMqBrokerOptions, 'url'>
+  /** Settings used when the URL is `redis://` or `rediss://`. @default {} */
+  readonly redis?: Omit<RedisBrokerOptions, 'url'>
+}
+
+/**
+ * Opens the broker a URL names: `nats://` (NATS JetStream), `amqp://` or `amqps://`
+ * (RabbitMQ), `redis://` or `rediss://` (Redis Streams). Nothing connects until the first
+ * publish or subscribe. An unknown scheme throws {@link InvalidOptionError} naming the URL
+ * with its credentials hidden.
+ *
+ * @example
+ * ```ts
+ * import { openBroker } from 'breakwater/brokers'
+ * const { publisher, close } = openBroker(process.env.BROKER_URL ?? 'nats://127.0.0.1:4222')
+ * await publisher.publish([{ id: 'e1', topic: 'orders', key: 'order-7', payload: '{}', headers: {} }])
+ * await close()
+ * ```
+ */
+export function openBroker(url: string, options: OpenBrokerOptions = {}): Broker {
+  const scheme = typeof url === 'string' ? /^([a-z][a-z0-9+.-]*):/i.exec(url)?.[1] : undefined
+  const shared = {
+    ...(options.clock === undefined ? {} : { clock: options.clock }),
+    ...(options.onError === undefined ? {} : { onError: options.onError }),
+  }
+  switch (scheme?.toLowerCase()) {
+    case 'nats':
+      return createNatsBroker({ ...shared, ...options.nats, url })
+    case 'amqp':
+    case 'amqps':
+      return createRabbitMqBroker({ ...shared, ...options.rabbitmq, url })
+    case 'redis':
+    case 'rediss':
+      return createRedisBroker({ ...shared, ...options.redis, url })
+    default:
+      throw new InvalidOptionError(
+        'url',
+        'a nats://, amqp://, amqps://, redis:// or rediss:// URL',
+        typeof url === 'string' ? redactUrl(url) : url,
+      )
+  }
+}

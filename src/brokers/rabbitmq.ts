@@ -1,0 +1,477 @@
+// RabbitMQ adapter. The `amqplib` driver is imported lazily, here only.
+import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib'
+import { sleep } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkOneOf } from '../core/validate.js'
+import {
+  type BrokerCommonOptions,
+  checkSubscribeArgs,
+  closedError,
+  KEY_HEADER,
+  lazyDriver,
+  payloadBuffer,
+  type ResolvedCommonOptions,
+  redactUrl,
+  resolveCommonOptions,
+  throwIfAborted,
+  within,
+} from './common.js'
+import { type Delivery, KeyedDispatcher, type Outcome } from './dispatcher.js'
+import { BrokerError, reasonOf } from './errors.js'
+import { type Session, superviseSessions } from './sessions.js'
+import type {
+  Broker,
+  IncomingMessage,
+  OutgoingMessage,
+  Publisher,
+  Subscriber,
+  Subscription,
+} from './types.js'
+
+/**
+ * Options of {@link createRabbitMqBroker}.
+ *
+ * Messages go to one durable exchange with the topic as routing key. Each (topic, group) pair is
+ * a durable queue bound to the exchange with the topic as binding key; competing subscribers of
+ * a group consume the same queue.
+ */
+export interface RabbitMqBrokerOptions extends BrokerCommonOptions {
+  /** The exchange messages are published to (declared durable when missing). @default 'breakwater' */
+  readonly exchange?: string
+  /**
+   * Its type. With `topic`, topics are dot-separated words and a subscription's topic may use
+   * `*` and `#` wildcards. @default 'topic'
+   */
+  readonly exchangeType?: 'topic' | 'direct'
+  /**
+   * The queue of a subscription. Scoped to the topic as well as the group, so one group name
+   * can subscribe to several topics without their messages mixing, as on NATS and Redis.
+   * @default (topic, group) => `${topic}.${group}`
+   */
+  readonly queueName?: (topic: string, group: string) => string
+  /**
+   * Queue type declared for subscriptions: `quorum` (replicated Raft log, fsynced before the
+   * confirm, delivery counts) or `classic`. @default 'quorum'
+   */
+  readonly queueType?: 'quorum' | 'classic'
+  /**
+   * Publish `mandatory`: a message no queue is bound for comes back and `publish()` fails with
+   * `BROKER_UNROUTABLE`, instead of RabbitMQ dropping it silently. @default true
+   */
+  readonly mandatory?: boolean
+}
+
+interface ResolvedRabbitOptions extends ResolvedCommonOptions {
+  readonly exchange: string
+  readonly exchangeType: 'topic' | 'direct'
+  readonly queueName: (topic: string, group: string) => string
+  readonly queueType: 'quorum' | 'classic'
+  readonly mandatory: boolean
+}
+
+const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
+
+/**
+ * A RabbitMQ publisher (confirm channel, persistent messages) and subscriber (prefetch-limited
+ * consumer on a quorum queue, acking after the handler).
+ *
+ * `publish()` writes the whole batch, then waits for the broker's confirm of every message: a
+ * quorum queue confirms once a majority has fsynced it; a negative confirm or a returned
+ * (unroutable) message fails the batch. Connections are not re-established in the background:
+ * the publisher reconnects on its next `publish()`, a subscription reconnects with backoff.
+ *
+ * @example
+ * ```ts
+ * import { createRabbitMqBroker } from 'breakwater/brokers'
+ * const broker = createRabbitMqBroker({ url: 'amqp://guest:guest@127.0.0.1:5672' })
+ * await broker.subscriber.subscribe('orders.created', 'billing', async (m) => bill(m.payload))
+ * await broker.publisher.publish([{ id: 'e1', topic: 'orders.created', key: 'order-7', payload: '{}', headers: {} }])
+ * await broker.close()
+ * ```
+ */
+export function createRabbitMqBroker(options: RabbitMqBrokerOptions): Broker {
+  const resolved = resolveRabbitOptions(options)
+  const publisher = new RabbitPublisher(resolved)
+  const subscriber = new RabbitSubscriber(resolved)
+  return {
+    publisher,
+    subscriber,
+    async close() {
+      await Promise.all([publisher.close(), subscriber.close()])
+    },
+  }
+}
+
+function resolveRabbitOptions(options: RabbitMqBrokerOptions): ResolvedRabbitOptions {
+  const common = resolveCommonOptions('rabbitmq', options, ['amqp:', 'amqps:'])
+  const exchange = options.exchange ?? 'breakwater'
+  if (typeof exchange !== 'string' || exchange === '' || exchange.startsWith('amq.')) {
+    throw new InvalidOptionError(
+      'rabbitmq.exchange',
+      'a non-empty name not starting with "amq."',
+      exchange,
+    )
+  }
+  const queueName = options.queueName ?? ((topic: string, group: string) => `${topic}.${group}`)
+  if (typeof queueName !== 'function') {
+    throw new InvalidOptionError('rabbitmq.queueName', 'a function', queueName)
+  }
+  const mandatory = options.mandatory ?? true
+  if (typeof mandatory !== 'boolean') {
+    throw new InvalidOptionError('rabbitmq.mandatory', 'a boolean', mandatory)
+  }
+  return {
+    ...common,
+    exchange,
+    exchangeType: checkOneOf('rabbitmq.exchangeType', options.exchangeType ?? 'topic', [
+      'topic',
+      'direct',
+    ]),
+    queueName,
+    queueType: checkOneOf('rabbitmq.queueType', options.queueType ?? 'quorum', [
+      'quorum',
+      'classic',
+    ]),
+    mandatory,
+  }
+}
+
+async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelModel> {
+  const amqp = await loadAmqp()
+  try {
+    const model = await amqp.connect(options.url.toString(), {
+      timeout: options.connectTimeoutMs,
+      clientProperties: { connection_name: 'breakwater' },
+    })
+    // Without a listener an 'error' event would crash the process; 'close' follows it and is
+    // where each user of the connection reacts.
+    model.on('error', () => {})
+    return model
+  } catch (error) {
+    throw rabbitError(error, `cannot connect to ${redactUrl(options.url.toString())}`)
+  }
+}
+
+/** Maps a driver error to a {@link BrokerError}. */
+function rabbitError(error: unknown, context: string): BrokerError {
+  if (error instanceof BrokerError) return error
+  const message = `${context}: ${reasonOf(error)}`
+  // amqplib throws RangeError when a message's headers do not fit a frame.
+  if (error instanceof RangeError) {
+    return new BrokerError('BROKER_REJECTED', 'rabbitmq', message, { cause: error })
+  }
+  return new BrokerError('BROKER_UNAVAILABLE', 'rabbitmq', message, { cause: error })
+}
+
+interface PublishChannel {
+  readonly model: ChannelModel
+  readonly channel: ConfirmChannel
+  /** Ids of messages the broker returned as unroutable and that no publish has claimed yet. */
+  readonly returned: Set<string>
+}
+
+class RabbitPublisher implements Publisher {
+  readonly #options: ResolvedRabbitOptions
+  #connection: Promise<PublishChannel> | undefined
+  #closed = false
+
+  constructor(options: ResolvedRabbitOptions) {
+    this.#options = options
+  }
+
+  async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
+    throwIfAborted(signal)
+    if (this.#closed) throw closedError('rabbitmq', 'publisher')
+    if (messages.length === 0) return
+    const options = this.#options
+    const connection = this.#connect()
+    const { channel, returned } = await connection
+    const confirms: Array<Promise<void>> = []
+    try {
+      for (const message of messages) {
+        let written = true
+        confirms.push(
+          new Promise<void>((resolve, reject) => {
+            written = channel.publish(
+              options.exchange,
+              message.topic,
+              payloadBuffer(message.payload),
+              {
+                persistent: true,
+                mandatory: options.mandatory,
+                messageId: message.id,
+                headers: { ...message.headers, [KEY_HEADER]: message.key },
+              },
+              (error: unknown) => (error == null ? resolve() : reject(error)),
+            )
+          }),
+        )
+        if (!written) await drained(channel)
+      }
+    } catch (error) {
+      // A publish that throws (channel closed, frame too large) leaves the channel suspect.
+      this.#forget(connection, true)
+      await Promise.allSettled(confirms)
+      throw rabbitError(error, 'publish failed')
+    }
+    const results = await within(
+      Promise.allSettled(confirms),
+      options.clock,
+      options.publishTimeoutMs,
+      () => {
+        // Confirms that never came may still come; this channel's state is unknown.
+        this.#forget(connection, true)
+        return new BrokerError('BROKER_UNAVAILABLE', 'rabbitmq', 'publish confirms timed out')
+      },
+      signal,
+    )
+    for (const result of results) {
+      if (result.status === 'rejected') throw rabbitError(result.reason, 'publish not confirmed')
+    }
+    // basic.return arrives before the confirm of the same message, so this set is complete.
+    let unroutable: string | undefined
+    for (const message of messages) {
+      if (returned.delete(message.id)) unroutable ??= message.topic
+    }
+    if (unroutable !== undefined) {
+      throw new BrokerError(
+        'BROKER_UNROUTABLE',
+        'rabbitmq',
+        `no queue is bound for topic "${unroutable}" on exchange "${options.exchange}"`,
+      )
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    const connection = this.#connection
+    this.#connection = undefined
+    if (connection === undefined) return
+    const open = await connection.catch(() => undefined)
+    if (open !== undefined) {
+      await open.channel.close().catch(() => {})
+      await open.model.close().catch(() => {})
+    }
+  }
+
+  #connect(): Promise<PublishChannel> {
+    let connection = this.#connection
+    if (connection !== undefined) return connection
+    const options = this.#options
+    connection = (async (): Promise<PublishChannel> => {
+      const model = await connectRabbit(options)
+      try {
+        const channel = await model.createConfirmChannel()
+        channel.on('error', () => {})
+        const returned = new Set<string>()
+        channel.on('return', (message: ConsumeMessage) => {
+          const id = message.properties.messageId
+          if (typeof id === 'string') returned.add(id)
+        })
+        await channel.assertExchange(options.exchange, options.exchangeType, { durable: true })
+        return { model, channel, returned }
+      } catch (error) {
+        await model.close().catch(() => {})
+        throw rabbitError(error, 'cannot open a confirm channel')
+      }
+    })()
+    this.#connection = connection
+    connection.then(
+      ({ model, channel }) => {
+        // Forget a connection once it is gone: the next publish opens a new one.
+        const lost = (): void => this.#forget(connection, false)
+        model.once('close', lost)
+        channel.once('close', lost)
+      },
+      () => this.#forget(connection, false),
+    )
+    return connection
+  }
+
+  #forget(connection: Promise<PublishChannel>, closeIt: boolean): void {
+    if (this.#connection === connection) this.#connection = undefined
+    if (closeIt) {
+      void connection.then(
+        ({ model }) => model.close().catch(() => {}),
+        () => {},
+      )
+    }
+  }
+}
+
+/** Resolves when the channel can take more writes (or is gone). */
+function drained(channel: Channel): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      channel.removeListener('drain', done)
+      channel.removeListener('close', done)
+      resolve()
+    }
+    channel.once('drain', done)
+    channel.once('close', done)
+  })
+}
+
+// Headers RabbitMQ adds on its own (quorum queue delivery count, dead-lettering history).
+const brokerHeaders = /^x-(delivery-count|death|first-death-|last-death-)/
+
+function toIncoming(message: ConsumeMessage): IncomingMessage {
+  const raw = (message.properties.headers ?? {}) as Record<string, unknown>
+  const headers: Record<string, string> = {}
+  let key = ''
+  for (const name in raw) {
+    const value = raw[name]
+    const text =
+      typeof value === 'string'
+        ? value
+        : Buffer.isBuffer(value)
+          ? value.toString('utf8')
+          : String(value)
+    if (name === KEY_HEADER) key = text
+    else if (!brokerHeaders.test(name)) headers[name] = text
+  }
+  // Quorum queues count returned deliveries in x-delivery-count; classic queues only flag a
+  // redelivery, which then counts as the second.
+  const count = raw['x-delivery-count']
+  const deliveryCount = typeof count === 'number' ? count + 1 : message.fields.redelivered ? 2 : 1
+  const id = message.properties.messageId
+  return {
+    id: typeof id === 'string' ? id : '',
+    topic: message.fields.routingKey,
+    key,
+    payload: message.content,
+    headers,
+    deliveryCount,
+  }
+}
+
+interface RabbitDelivery extends Delivery {
+  readonly raw: ConsumeMessage
+}
+
+class RabbitSubscriber implements Subscriber {
+  readonly #options: ResolvedRabbitOptions
+  readonly #subscriptions = new Set<Subscription>()
+  #closed = false
+
+  constructor(options: ResolvedRabbitOptions) {
+    this.#options = options
+  }
+
+  async subscribe(
+    topic: string,
+    group: string,
+    handler: (message: IncomingMessage) => Promise<void>,
+  ): Promise<Subscription> {
+    checkSubscribeArgs(topic, group, handler)
+    if (this.#closed) throw closedError('rabbitmq', 'subscriber')
+    const options = this.#options
+    const queue = options.queueName(topic, group)
+    if (typeof queue !== 'string' || queue === '') {
+      throw new InvalidOptionError('rabbitmq.queueName()', 'a non-empty string', queue)
+    }
+    const inner = await superviseSessions({
+      open: () => this.#open(topic, group, queue, handler),
+      clock: options.clock,
+      reconnectDelayMs: options.reconnectDelayMs,
+      maxReconnectDelayMs: options.maxReconnectDelayMs,
+      onError: (error) => options.onError({ error, phase: 'connection', topic, group }),
+    })
+    const subscription: Subscription = {
+      close: async () => {
+        this.#subscriptions.delete(subscription)
+        await inner.close()
+      },
+    }
+    this.#subscriptions.add(subscription)
+    return subscription
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    await Promise.all([...this.#subscriptions].map((s) => s.close()))
+  }
+
+  async #open(
+    topic: string,
+    group: string,
+    queue: string,
+    handler: (message: IncomingMessage) => Promise<void>,
+  ): Promise<Session> {
+    const options = this.#options
+    const model = await connectRabbit(options)
+    let channel: Channel
+    let resolveEnded!: (reason: unknown) => void
+    const ended = new Promise<unknown>((resolve) => {
+      resolveEnded = resolve
+    })
+    let stopping = false
+    const lose = (reason: unknown): void =>
+      resolveEnded(
+        stopping
+          ? undefined
+          : rabbitError(reason ?? new Error('connection closed'), `subscription ${queue} lost`),
+      )
+    model.once('close', lose)
+    const abort = new AbortController()
+    const settle = async (raw: ConsumeMessage, outcome: Outcome): Promise<void> => {
+      if (outcome === 'ack') return channel.ack(raw)
+      if (outcome === 'retry' && options.retryDelayMs > 0) {
+        // Held back, not nacked yet: a requeued message would be redelivered at once.
+        await sleep(options.clock, options.retryDelayMs, abort.signal).catch(() => {})
+      }
+      channel.nack(raw, false, true)
+    }
+    const dispatcher = new KeyedDispatcher<RabbitDelivery>({
+      handler,
+      concurrency: options.concurrency,
+      capacity: options.prefetch,
+      onError: (error, phase, message) => options.onError({ error, phase, topic, group, message }),
+    })
+    let consumerTag: string
+    try {
+      channel = await model.createChannel()
+      channel.on('error', () => {})
+      channel.once('close', () => lose(new Error('channel closed')))
+      await channel.prefetch(options.prefetch)
+      await channel.assertExchange(options.exchange, options.exchangeType, { durable: true })
+      await channel.assertQueue(queue, {
+        durable: true,
+        arguments: options.queueType === 'quorum' ? { 'x-queue-type': 'quorum' } : {},
+      })
+      await channel.bindQueue(queue, options.exchange, topic)
+      const reply = await channel.consume(
+        queue,
+        (raw) => {
+          // null: the broker cancelled the consumer (queue deleted): start over.
+          if (raw === null) lose(new Error(`consumer of ${queue} cancelled by the broker`))
+          else dispatcher.push({ raw, message: toIncoming(raw), settle: (o) => settle(raw, o) })
+        },
+        { noAck: false },
+      )
+      consumerTag = reply.consumerTag
+    } catch (error) {
+      stopping = true
+      await model.close().catch(() => {})
+      throw rabbitError(error, `cannot subscribe ${queue} to ${topic}`)
+    }
+
+    let closing: Promise<void> | undefined
+    return {
+      ended,
+      close: () => {
+        closing ??= (async () => {
+          stopping = true
+          await channel.cancel(consumerTag).catch(() => {})
+          abort.abort()
+          await dispatcher.close()
+          // Closing the channel returns anything still unacked to the queue.
+          await channel.close().catch(() => {})
+          await model.close().catch(() => {})
+          resolveEnded(undefined)
+        })()
+        return closing
+      },
+    }
+  }
+}

@@ -1,0 +1,540 @@
+// Redis Streams adapter. The `ioredis` driver is imported lazily, here only.
+import { randomBytes } from 'node:crypto'
+import { hostname } from 'node:os'
+import type { Redis } from 'ioredis'
+import { sleep } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import {
+  type BrokerCommonOptions,
+  checkSubscribeArgs,
+  closedError,
+  lazyDriver,
+  ms,
+  payloadBuffer,
+  type ResolvedCommonOptions,
+  redactUrl,
+  resolveCommonOptions,
+  throwIfAborted,
+  within,
+} from './common.js'
+import { type Delivery, KeyedDispatcher, type Outcome } from './dispatcher.js'
+import { BrokerError, reasonOf } from './errors.js'
+import { type Session, superviseSessions } from './sessions.js'
+import type {
+  Broker,
+  IncomingMessage,
+  OutgoingMessage,
+  Publisher,
+  Subscriber,
+  Subscription,
+} from './types.js'
+
+/**
+ * Options of {@link createRedisBroker}.
+ *
+ * A topic is a stream key; each entry holds the fields `id`, `key`, `headers` (JSON) and
+ * `payload`. A consumer group is a Redis consumer group on that stream, created at the start
+ * of the stream (`0`) when missing, so a new group also receives what is already stored.
+ */
+export interface RedisBrokerOptions extends BrokerCommonOptions {
+  /**
+   * Trim each stream to about this many entries on every XADD (`MAXLEN ~`). Trimming also
+   * drops entries no group has consumed yet, so size it well above the consumers' lag.
+   * 0 never trims.
+   * @default 0
+   */
+  readonly maxLength?: number
+  /**
+   * How long a delivered message may stay unacknowledged before another consumer of the group
+   * claims it (XAUTOCLAIM): a crashed subscriber's messages come back after this. Extended
+   * while the handler runs.
+   * @default 30000
+   */
+  readonly visibilityTimeoutMs?: number
+  /** How often a subscription looks for messages to claim (failed or abandoned ones). @default 1000 */
+  readonly claimIntervalMs?: number
+  /** Longest wait of one blocking XREADGROUP (closing interrupts it at once). @default 5000 */
+  readonly blockMs?: number
+  /**
+   * The consumer name of this adapter's subscriptions within their groups. A stable name lets a
+   * restarted process take back its own pending messages at once (they are claimed by anyone
+   * after `visibilityTimeoutMs` anyway); two live subscriptions must not share one.
+   * @default `${hostname}-${pid}-${random}`, new for every subscription
+   */
+  readonly consumerName?: string
+}
+
+interface ResolvedRedisOptions extends ResolvedCommonOptions {
+  readonly maxLength: number
+  readonly visibilityTimeoutMs: number
+  readonly claimIntervalMs: number
+  readonly blockMs: number
+  readonly consumerName: string | undefined
+}
+
+const loadRedis = lazyDriver('ioredis', () => import('ioredis'))
+
+/**
+ * A Redis Streams publisher (XADD, pipelined) and subscriber (consumer groups).
+ *
+ * `publish()` sends one XADD per message in a single pipeline (one round trip) and resolves
+ * when Redis has answered every one. With `appendonly yes` and `appendfsync always` Redis
+ * fsyncs before it answers; with other settings an answer only means the message is in
+ * memory. Redis has no dedupe: a batch published twice is stored twice, so consumers dedupe
+ * by id (the inbox).
+ *
+ * A subscription reads new messages with XREADGROUP (blocking), acks with XACK after the
+ * handler resolves, and claims messages pending longer than `visibilityTimeoutMs` (XAUTOCLAIM)
+ * for redelivery: those of crashed consumers and those whose handler failed (a failed message
+ * is marked claimable after `retryDelayMs`). The delivery count comes from Redis's pending
+ * entries list.
+ *
+ * @example
+ * ```ts
+ * import { createRedisBroker } from 'breakwater/brokers'
+ * const broker = createRedisBroker({ url: 'redis://127.0.0.1:6379' })
+ * await broker.subscriber.subscribe('orders', 'billing', async (m) => bill(m.payload))
+ * await broker.publisher.publish([{ id: 'e1', topic: 'orders', key: 'order-7', payload: '{}', headers: {} }])
+ * await broker.close()
+ * ```
+ */
+export function createRedisBroker(options: RedisBrokerOptions): Broker {
+  const resolved = resolveRedisOptions(options)
+  const publisher = new RedisPublisher(resolved)
+  const subscriber = new RedisSubscriber(resolved)
+  return {
+    publisher,
+    subscriber,
+    async close() {
+      await Promise.all([publisher.close(), subscriber.close()])
+    },
+  }
+}
+
+function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions {
+  const common = resolveCommonOptions('redis', options, ['redis:', 'rediss:'])
+  const consumerName = options.consumerName
+  if (consumerName !== undefined && (typeof consumerName !== 'string' || consumerName === '')) {
+    throw new InvalidOptionError('redis.consumerName', 'a non-empty string', consumerName)
+  }
+  const visibilityTimeoutMs = ms(
+    'redis.visibilityTimeoutMs',
+    options.visibilityTimeoutMs,
+    30_000,
+    100,
+  )
+  return {
+    ...common,
+    maxLength: ms('redis.maxLength', options.maxLength, 0, 0),
+    visibilityTimeoutMs,
+    claimIntervalMs: ms('redis.claimIntervalMs', options.claimIntervalMs, 1_000, 10),
+    blockMs: ms('redis.blockMs', options.blockMs, 5_000, 1),
+    consumerName,
+  }
+}
+
+async function connectRedis(options: ResolvedRedisOptions, role: string): Promise<Redis> {
+  const { Redis } = await loadRedis()
+  const client = new Redis(options.url.toString(), {
+    lazyConnect: true,
+    // RESP2 replies keep the documented stream reply shapes (RESP3 maps arrive flattened).
+    protocol: 2,
+    connectTimeout: options.connectTimeoutMs,
+    connectionName: `breakwater-${role}`,
+    // Fail fast instead of queueing commands through an outage and reconnecting behind our
+    // back: the caller's retry policy (publisher) or the subscription's backoff decides.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    // Not enableAutoPipelining: in ioredis 6.0.0 it breaks call()/callBuffer(). Commands are
+    // still pipelined on the socket; they just are not coalesced into one write.
+  })
+  // Without a listener ioredis logs errors; 'end' is where users of the client react.
+  client.on('error', () => {})
+  try {
+    await client.connect()
+    return client
+  } catch (error) {
+    client.disconnect()
+    throw redisError(error, `cannot connect to ${redactUrl(options.url.toString())}`)
+  }
+}
+
+/** Maps a driver error to a {@link BrokerError}. */
+function redisError(error: unknown, context: string): BrokerError {
+  if (error instanceof BrokerError) return error
+  const message = `${context}: ${reasonOf(error)}`
+  // WRONGTYPE: the topic's key holds something that is not a stream.
+  if (reasonOf(error).startsWith('WRONGTYPE')) {
+    return new BrokerError('BROKER_REJECTED', 'redis', message, { cause: error })
+  }
+  return new BrokerError('BROKER_UNAVAILABLE', 'redis', message, { cause: error })
+}
+
+function whenEnded(client: Redis): Promise<void> {
+  return new Promise((resolve) => {
+    if (client.status === 'end') resolve()
+    else client.once('end', () => resolve())
+  })
+}
+
+class RedisPublisher implements Publisher {
+  readonly #options: ResolvedRedisOptions
+  #client: Promise<Redis> | undefined
+  #closed = false
+
+  constructor(options: ResolvedRedisOptions) {
+    this.#options = options
+  }
+
+  async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
+    throwIfAborted(signal)
+    if (this.#closed) throw closedError('redis', 'publisher')
+    if (messages.length === 0) return
+    const options = this.#options
+    const connecting = this.#connect()
+    const client = await connecting
+    const trim = options.maxLength > 0 ? ['MAXLEN', '~', String(options.maxLength)] : []
+    const pipeline = client.pipeline()
+    for (const message of messages) {
+      pipeline.call(
+        'XADD',
+        message.topic,
+        ...trim,
+        '*',
+        'id',
+        message.id,
+        'key',
+        message.key,
+        'headers',
+        JSON.stringify(message.headers),
+        'payload',
+        payloadBuffer(message.payload),
+      )
+    }
+    let results: Array<[error: Error | null, result: unknown]> | null
+    try {
+      results = await within(
+        pipeline.exec(),
+        options.clock,
+        options.publishTimeoutMs,
+        () => {
+          // Replies may still come on this connection; start the next publish on a fresh one.
+          this.#forget(connecting, true)
+          return new BrokerError('BROKER_UNAVAILABLE', 'redis', 'XADD replies timed out')
+        },
+        signal,
+      )
+    } catch (error) {
+      throw redisError(error, 'publish failed')
+    }
+    if (results === null) throw new BrokerError('BROKER_UNAVAILABLE', 'redis', 'publish failed')
+    for (const [error] of results) if (error !== null) throw redisError(error, 'XADD failed')
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    const client = this.#client
+    this.#client = undefined
+    const open = await client?.catch(() => undefined)
+    if (open !== undefined) await open.quit().catch(() => open.disconnect())
+  }
+
+  #connect(): Promise<Redis> {
+    let client = this.#client
+    if (client !== undefined) return client
+    client = connectRedis(this.#options, 'publisher')
+    this.#client = client
+    client.then(
+      (open) => void whenEnded(open).then(() => this.#forget(client, false)),
+      () => this.#forget(client, false),
+    )
+    return client
+  }
+
+  #forget(client: Promise<Redis>, closeIt: boolean): void {
+    if (this.#client === client) this.#client = undefined
+    if (closeIt) {
+      void client.then(
+        (open) => open.disconnect(),
+        () => {},
+      )
+    }
+  }
+}
+
+type Fields = Buffer[] | null
+type Entry = [id: Buffer, fields: Fields]
+
+function toIncoming(topic: string, entryId: string, fields: Buffer[], deliveryCount: number) {
+  let id = entryId
+  let key = ''
+  let headers: Record<string, string> = {}
+  let payload: Uint8Array = new Uint8Array(0)
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const name = fields[i]!.toString('utf8')
+    const value = fields[i + 1]!
+    if (name === 'id') id = value.toString('utf8')
+    else if (name === 'key') key = value.toString('utf8')
+    else if (name === 'payload') payload = value
+    else if (name === 'headers') headers = parseHeaders(value.toString('utf8'))
+  }
+  const message: IncomingMessage = { id, topic, key, payload, headers, deliveryCount }
+  return message
+}
+
+function parseHeaders(json: string): Record<string, string> {
+  try {
+    const parsed: unknown = JSON.parse(json)
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return {}
+    const headers: Record<string, string> = {}
+    for (const [name, value] of Object.entries(parsed)) {
+      if (typeof value === 'string') headers[name] = value
+    }
+    return headers
+  } catch {
+    // An entry written by another producer: deliver it without headers rather than not at all.
+    return {}
+  }
+}
+
+interface RedisDelivery extends Delivery {
+  readonly entryId: string
+}
+
+class RedisSubscriber implements Subscriber {
+  readonly #options: ResolvedRedisOptions
+  readonly #subscriptions = new Set<Subscription>()
+  #closed = false
+
+  constructor(options: ResolvedRedisOptions) {
+    this.#options = options
+  }
+
+  async subscribe(
+    topic: string,
+    group: string,
+    handler: (message: IncomingMessage) => Promise<void>,
+  ): Promise<Subscription> {
+    checkSubscribeArgs(topic, group, handler)
+    if (this.#closed) throw closedError('redis', 'subscriber')
+    const options = this.#options
+    // One name for the subscription's lifetime, so after a reconnect it still owns what it held.
+    const consumer =
+      options.consumerName ?? `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`
+    const inner = await superviseSessions({
+      open: () => this.#open(topic, group, consumer, handler),
+      clock: options.clock,
+      reconnectDelayMs: options.reconnectDelayMs,
+      maxReconnectDelayMs: options.maxReconnectDelayMs,
+      onError: (error) => options.onError({ error, phase: 'connection', topic, group }),
+    })
+    const subscription: Subscription = {
+      close: async () => {
+        this.#subscriptions.delete(subscription)
+        await inner.close()
+      },
+    }
+    this.#subscriptions.add(subscription)
+    return subscription
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    await Promise.all([...this.#subscriptions].map((s) => s.close()))
+  }
+
+  async #open(
+    topic: string,
+    group: string,
+    consumer: string,
+    handler: (message: IncomingMessage) => Promise<void>,
+  ): Promise<Session> {
+    const options = this.#options
+    // Two connections: XREADGROUP BLOCK occupies the reader; acks, claims and heartbeats must
+    // not wait behind it.
+    const commands = await connectRedis(options, 'commands')
+    let reader: Redis | undefined
+    let readerId: string
+    try {
+      await commands.call('XGROUP', 'CREATE', topic, group, '0', 'MKSTREAM').catch((error) => {
+        if (!reasonOf(error).startsWith('BUSYGROUP')) throw error
+      })
+      reader = await connectRedis(options, 'reader')
+      readerId = String(await reader.call('CLIENT', 'ID'))
+    } catch (error) {
+      commands.disconnect()
+      reader?.disconnect()
+      throw redisError(error, `cannot subscribe ${group} to ${topic}`)
+    }
+    const blocking = reader
+
+    let stopping = false
+    const abort = new AbortController()
+    const held = new Set<string>()
+    const settle = async (entryId: string, outcome: Outcome): Promise<void> => {
+      held.delete(entryId)
+      if (outcome === 'ack') {
+        await commands.call('XACK', topic, group, entryId)
+        return
+      }
+      // Leave it pending but make it look idle for long enough that the claim loop (ours or
+      // another consumer's) takes it: after retryDelayMs, or at once on release.
+      const delay = outcome === 'retry' ? options.retryDelayMs : 0
+      const idle = Math.max(0, options.visibilityTimeoutMs - delay)
+      await commands.call(
+        'XCLAIM',
+        topic,
+        group,
+        consumer,
+        '0',
+        entryId,
+        'IDLE',
+        String(idle),
+        'JUSTID',
+      )
+    }
+    const dispatcher = new KeyedDispatcher<RedisDelivery>({
+      handler,
+      concurrency: options.concurrency,
+      capacity: options.prefetch,
+      onError: (error, phase, message) => options.onError({ error, phase, topic, group, message }),
+    })
+    const deliver = (entryId: string, fields: Buffer[], deliveryCount: number): void => {
+      held.add(entryId)
+      dispatcher.push({
+        entryId,
+        message: toIncoming(topic, entryId, fields, deliveryCount),
+        settle: (outcome) => settle(entryId, outcome),
+      })
+    }
+
+    const readLoop = async (): Promise<void> => {
+      while (!stopping) {
+        await dispatcher.whenRoom()
+        if (stopping) return
+        const reply = (await blocking.callBuffer(
+          'XREADGROUP',
+          'GROUP',
+          group,
+          consumer,
+          'COUNT',
+          String(dispatcher.room),
+          'BLOCK',
+          String(options.blockMs),
+          'STREAMS',
+          topic,
+          '>',
+        )) as Array<[Buffer, Entry[]]> | null
+        for (const [, entries] of reply ?? []) {
+          for (const [id, fields] of entries) {
+            if (fields !== null) deliver(id.toString('latin1'), fields, 1)
+          }
+        }
+      }
+    }
+
+    const claimLoop = async (): Promise<void> => {
+      let cursor = '0-0'
+      while (!stopping) {
+        try {
+          await sleep(options.clock, options.claimIntervalMs, abort.signal)
+        } catch {
+          return
+        }
+        // Keep what we hold from being claimed by others while it waits or runs.
+        if (held.size > 0) {
+          await commands.call('XCLAIM', topic, group, consumer, '0', ...held, 'JUSTID')
+        }
+        const room = dispatcher.room
+        if (room === 0 || stopping) continue
+        const reply = (await commands.callBuffer(
+          'XAUTOCLAIM',
+          topic,
+          group,
+          consumer,
+          String(options.visibilityTimeoutMs),
+          cursor,
+          'COUNT',
+          String(room),
+        )) as [Buffer, Array<Entry | null>, Buffer[]?]
+        cursor = reply[0].toString('latin1')
+        const claimed: Array<[string, Buffer[]]> = []
+        for (const entry of reply[1]) {
+          if (entry === null || entry[1] === null) continue
+          const id = entry[0].toString('latin1')
+          if (!held.has(id)) claimed.push([id, entry[1]])
+        }
+        // Entries trimmed away while pending: nothing left to deliver, drop them from the PEL.
+        const deleted = (reply[2] ?? []).map((id) => id.toString('latin1'))
+        if (deleted.length > 0) await commands.call('XACK', topic, group, ...deleted)
+        if (claimed.length === 0 || stopping) continue
+        const counts = await deliveryCounts(claimed.map(([id]) => id))
+        for (const [id, fields] of claimed) deliver(id, fields, counts.get(id) ?? 2)
+      }
+    }
+
+    const deliveryCounts = async (ids: string[]): Promise<Map<string, number>> => {
+      const counts = new Map<string, number>()
+      const rows = (await commands.call(
+        'XPENDING',
+        topic,
+        group,
+        ids[0]!,
+        ids[ids.length - 1]!,
+        String(ids.length + held.size + 16),
+        consumer,
+      )) as Array<[string, string, number, number]>
+      for (const [id, , , deliveries] of rows) counts.set(id, Number(deliveries))
+      return counts
+    }
+
+    const reading = readLoop()
+    const claiming = claimLoop()
+    const ended = Promise.race([
+      whenEnded(commands).then(() => new Error('connection closed')),
+      whenEnded(blocking).then(() => new Error('connection closed')),
+      reading.then(
+        () => undefined,
+        (error: unknown) => error,
+      ),
+      claiming.then(
+        () => undefined,
+        (error: unknown) => error,
+      ),
+    ]).then((reason) =>
+      stopping || reason === undefined
+        ? undefined
+        : redisError(reason, `subscription ${group} on ${topic} lost`),
+    )
+
+    let closing: Promise<void> | undefined
+    return {
+      ended,
+      close: () => {
+        closing ??= (async () => {
+          stopping = true
+          abort.abort()
+          // Wake the blocked XREADGROUP now instead of after blockMs.
+          await commands.call('CLIENT', 'UNBLOCK', readerId).catch(() => {})
+          await reading.catch(() => {})
+          await dispatcher.close()
+          await claiming.catch(() => {})
+          // Forget this consumer when it holds nothing, so groups do not collect dead names.
+          // (XGROUP DELCONSUMER would drop the pending entries of a consumer that has some.)
+          await commands
+            .call('XPENDING', topic, group, '-', '+', '1', consumer)
+            .then(async (rows) => {
+              if (Array.isArray(rows) && rows.length === 0) {
+                await commands.call('XGROUP', 'DELCONSUMER', topic, group, consumer)
+              }
+            })
+            .catch(() => {})
+          await blocking.quit().catch(() => blocking.disconnect())
+          await commands.quit().catch(() => commands.disconnect())
+        })()
+        return closing
+      },
+    }
+  }
+}

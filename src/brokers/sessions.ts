@@ -1,0 +1,78 @@
+import { type Clock, sleep } from '../core/clock.js'
+import type { Subscription } from './types.js'
+
+/** One connected run of a subscription, from connect to connection loss or close. */
+export interface Session {
+  /** Settles when the session is over: the connection was lost (with the reason) or closed. */
+  readonly ended: Promise<unknown>
+  /**
+   * Stops receiving, lets running handlers finish and their acks go out, releases what was
+   * received but not started, and closes the connection. Idempotent.
+   */
+  close(): Promise<void>
+}
+
+/** How {@link superviseSessions} reconnects. */
+export interface SupervisorOptions {
+  /** Connects and starts consuming; rejects when that fails. */
+  readonly open: () => Promise<Session>
+  readonly clock: Clock
+  readonly reconnectDelayMs: number
+  readonly maxReconnectDelayMs: number
+  /** Receives why a session ended or a reconnect attempt failed. */
+  readonly onError: (error: unknown) => void
+}
+
+/**
+ * Opens the first session (its failure rejects, so `subscribe()` fails loudly when the broker
+ * is unreachable), then keeps the subscription alive: whenever a session ends by itself it is
+ * closed and a new one is opened, with exponential backoff on `clock` between failed attempts.
+ */
+export async function superviseSessions(options: SupervisorOptions): Promise<Subscription> {
+  const stop = new AbortController()
+  let current: Session | undefined = await options.open()
+  let closed = false
+
+  const backoff = (attempt: number): number =>
+    Math.min(options.maxReconnectDelayMs, options.reconnectDelayMs * 2 ** Math.min(attempt, 30))
+
+  const loop = (async () => {
+    let session: Session | undefined = current
+    while (session !== undefined) {
+      const reason = await session.ended
+      if (closed) return
+      options.onError(reason)
+      current = undefined
+      await session.close().catch(options.onError)
+      session = undefined
+      for (let attempt = 0; session === undefined; attempt++) {
+        try {
+          await sleep(options.clock, backoff(attempt), stop.signal)
+        } catch {
+          return // closed while waiting
+        }
+        try {
+          session = await options.open()
+        } catch (error) {
+          if (closed) return
+          options.onError(error)
+        }
+      }
+      if (closed) {
+        await session.close().catch(() => {})
+        return
+      }
+      current = session
+    }
+  })()
+
+  return {
+    async close() {
+      if (closed) return loop
+      closed = true
+      stop.abort()
+      await current?.close()
+      await loop
+    },
+  }
+}
