@@ -119,7 +119,10 @@ class RacyBulkhead implements BulkheadLike {
     if (mustWait && this.#waiting.length >= this.maxQueued)
       throw new BulkheadRejectedError('full', this.maxConcurrent, this.maxQueued)
     await this.pause()
-    if (mustWait) await new Promise<void>((resolve) => this.#waiting.push(resolve))
+    // Re-checked here only to decide whether to wait, so no wake-up is lost: the one bug left
+    // is the stale `mustWait` above letting callers through together.
+    if (mustWait && this.running >= this.maxConcurrent)
+      await new Promise<void>((resolve) => this.#waiting.push(resolve))
     this.running++
     try {
       return await fn({ signal: signal ?? new AbortController().signal, attempt: 1 })
