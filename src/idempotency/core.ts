@@ -11,6 +11,7 @@ import {
   IdempotencyMismatchError,
   type InProgressReason,
 } from './errors.js'
+import { publish } from './events.js'
 import { Execution, type ExecutionSettings } from './execution.js'
 import { defaultFingerprint, type FingerprintFunction } from './fingerprint.js'
 import { checkOperationKey, parseIdempotencyKey } from './key.js'
@@ -194,6 +195,8 @@ export interface Idempotency {
   readonly store: IdempotencyStore
   /** Whether requests with this method are guarded. */
   appliesTo(method: string): boolean
+  /** The problem+json response for an idempotency error, with the configured type base. */
+  problem(error: IdempotencyError): IdempotencyResponse
   /**
    * Validates the key, resolves scope and fingerprint, and claims the key: decides whether to
    * run the handler, replay, or answer with a problem (400, 409, 422).
@@ -347,7 +350,17 @@ class IdempotencyCore implements Idempotency {
     return this.#methods.has(method.toUpperCase())
   }
 
+  problem(error: IdempotencyError): IdempotencyResponse {
+    return problemResponse(error, this.#problemTypeBase)
+  }
+
   #problem(error: IdempotencyError): IdempotencyBegin {
+    if (
+      error instanceof IdempotencyKeyMissingError ||
+      error instanceof IdempotencyKeyInvalidError
+    ) {
+      publish('key-rejected', { code: error.code })
+    }
     return {
       kind: 'respond',
       response: problemResponse(error, this.#problemTypeBase),
@@ -403,9 +416,7 @@ class IdempotencyCore implements Idempotency {
           await execution.record(toStored(response, this.#replayHeaders))
           return response
         } catch (error) {
-          if (error instanceof IdempotencyInProgressError) {
-            return problemResponse(error, this.#problemTypeBase)
-          }
+          if (error instanceof IdempotencyInProgressError) return this.problem(error)
           throw error
         }
       },
@@ -427,7 +438,7 @@ class IdempotencyCore implements Idempotency {
     } catch (error) {
       await execution.abort()
       // A handler that ran past its lease learns it from ctx.phase(): answer as for a 409.
-      if (isIdempotencyError(error)) return problemResponse(error, this.#problemTypeBase)
+      if (isIdempotencyError(error)) return this.problem(error)
       throw error
     }
     return execution.complete(response)
@@ -493,16 +504,10 @@ class IdempotencyCore implements Idempotency {
         leaseExpiresAtMs: nowMs + leaseMs,
         expiresAtMs: nowMs + retentionMs,
       }
-      const fresh = (attempt: number, from?: IdempotencyRecord): Acquired => ({
-        kind: 'execute',
-        execution: new Execution(this.#settings, {
-          lease: { scope, key, leaseToken: claim.leaseToken },
-          leaseExpiresAtMs: claim.leaseExpiresAtMs,
-          attempt,
-          recoveryPoint: from?.recoveryPoint,
-          phases: from?.phases ?? {},
-        }),
-      })
+      const fresh = (attempt: number, from?: IdempotencyRecord): Acquired => {
+        publish('claimed', { scope, key, attempt })
+        return { kind: 'execute', execution: this.#execution(claim, attempt, from) }
+      }
       const outcome = await store.claim(claim)
       if (outcome.claimed) return fresh(1)
       const record = outcome.existing
@@ -513,8 +518,10 @@ class IdempotencyCore implements Idempotency {
             return fresh(1)
           }
         } else if (record.fingerprint !== fingerprint) {
+          publish('mismatch', { scope, key })
           return { kind: 'mismatch' }
         } else if (record.state === 'completed') {
+          publish('replayed', { scope, key })
           return { kind: 'completed', record }
         } else if ((record.leaseExpiresAtMs ?? 0) <= nowMs) {
           // The holder crashed or hung past its lease: take over, resuming after its phases.
@@ -522,9 +529,9 @@ class IdempotencyCore implements Idempotency {
             return fresh(record.attempt + 1, record)
           }
         } else {
-          if (this.#onConcurrent === 'reject') return { kind: 'busy', reason: 'in-flight' }
+          if (this.#onConcurrent === 'reject') return this.#busy(scope, key, 'in-flight')
           const waitedMs = nowMs - startedAt
-          if (waitedMs >= this.#waitTimeoutMs) return { kind: 'busy', reason: 'wait-timeout' }
+          if (waitedMs >= this.#waitTimeoutMs) return this.#busy(scope, key, 'wait-timeout')
           const untilLeaseEndsMs = (record.leaseExpiresAtMs ?? nowMs) - nowMs
           await sleep(
             clock,
@@ -536,8 +543,27 @@ class IdempotencyCore implements Idempotency {
         }
       }
       // Lost a race between two statements (released, recycled or taken over meanwhile).
-      if (++immediate > maxImmediateRetries) return { kind: 'busy', reason: 'in-flight' }
+      if (++immediate > maxImmediateRetries) return this.#busy(scope, key, 'in-flight')
     }
+  }
+
+  #busy(scope: string, key: string, reason: InProgressReason): Acquired {
+    publish('in-progress', { scope, key, reason })
+    return { kind: 'busy', reason }
+  }
+
+  #execution(
+    claim: { scope: string; key: string; leaseToken: string; leaseExpiresAtMs: number },
+    attempt: number,
+    from: IdempotencyRecord | undefined,
+  ): Execution {
+    return new Execution(this.#settings, {
+      lease: { scope: claim.scope, key: claim.key, leaseToken: claim.leaseToken },
+      leaseExpiresAtMs: claim.leaseExpiresAtMs,
+      attempt,
+      recoveryPoint: from?.recoveryPoint,
+      phases: from?.phases ?? {},
+    })
   }
 }
 

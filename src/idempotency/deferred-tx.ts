@@ -23,6 +23,7 @@ export class DeferredTransaction implements SqlTransaction {
   #done: Promise<void> | undefined
   #decide: ((decision: Decision) => void) | undefined
   #closed = false
+  #closedError: Error | undefined
 
   constructor(store: IdempotencyStore, dialect: SqlDialect) {
     this.#store = store
@@ -49,9 +50,10 @@ export class DeferredTransaction implements SqlTransaction {
   #open(): Promise<SqlTransaction> {
     if (this.#closed) {
       return Promise.reject(
-        new TransactionMisuseError(
-          'ctx.tx was used after the idempotent result was recorded or rolled back (was a statement not awaited, or did the lease expire?)',
-        ),
+        this.#closedError ??
+          new TransactionMisuseError(
+            'ctx.tx was used after the idempotent result was recorded or rolled back (was a statement not awaited?)',
+          ),
       )
     }
     if (this.#ready === undefined) {
@@ -91,8 +93,12 @@ export class DeferredTransaction implements SqlTransaction {
     await this.#done
   }
 
-  /** Rolls the transaction back (if it began). Never rejects: a broken connection rolls back too. */
-  async rollback(): Promise<void> {
+  /**
+   * Rolls the transaction back (if it began). Later statements fail with `reason` when given.
+   * Never rejects: a broken connection rolls back too.
+   */
+  async rollback(reason?: Error): Promise<void> {
+    if (!this.#closed) this.#closedError = reason
     this.#closed = true
     if (this.#ready === undefined) return
     this.#decide?.({ rollback: true })

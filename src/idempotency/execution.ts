@@ -2,6 +2,7 @@ import type { Clock, TimerHandle } from '../core/clock.js'
 import { type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
 import { IdempotencyInProgressError } from './errors.js'
+import { publish } from './events.js'
 import type { IdempotencyStore, LeaseRef, StoredResult } from './store.js'
 import type { IdempotencyContext, JsonValue } from './types.js'
 
@@ -50,6 +51,7 @@ export class Execution {
   #recoveryPoint: string | undefined
   #timer: TimerHandle | undefined
   #expired = false
+  #leaseLostPublished = false
   #settled = false
 
   constructor(settings: ExecutionSettings, start: ExecutionStart) {
@@ -85,7 +87,8 @@ export class Execution {
         this.#timer = undefined
         if (this.#settled) return
         this.#expired = true
-        void this.#tx.rollback()
+        // The handler's later statements fail with this, so it learns why.
+        void this.#tx.rollback(this.#leaseLost())
       },
       Math.max(0, delayMs),
     )
@@ -99,6 +102,10 @@ export class Execution {
   }
 
   #leaseLost(): IdempotencyInProgressError {
+    if (!this.#leaseLostPublished) {
+      this.#leaseLostPublished = true
+      publish('lease-lost', { scope: this.#lease.scope, key: this.#lease.key })
+    }
     return new IdempotencyInProgressError(
       this.#lease.key,
       'lease-lost',
@@ -162,6 +169,7 @@ export class Execution {
         const held = await store.complete(tx, this.#lease, result, nowMs, nowMs + retentionMs)
         if (!held) throw this.#leaseLost()
       })
+      publish('recorded', { scope: this.#lease.scope, key: this.#lease.key, status: result.status })
     } catch (error) {
       if (error instanceof IdempotencyInProgressError) throw this.#leaseLost()
       // The COMMIT may have happened (a connection lost after COMMIT was sent). Releasing is
@@ -179,6 +187,7 @@ export class Execution {
     this.#settle()
     await this.#tx.rollback()
     // Fenced by the token: after a takeover this deletes nothing.
-    await this.#settings.store.release(this.#lease).catch(() => {})
+    const released = await this.#settings.store.release(this.#lease).catch(() => false)
+    if (released) publish('released', { scope: this.#lease.scope, key: this.#lease.key })
   }
 }

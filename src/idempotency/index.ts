@@ -19,6 +19,8 @@ export {
   IdempotencyKeyMissingError,
   IdempotencyMismatchError,
 } from './errors.js'
+export type { IdempotencyEvents } from './events.js'
+export { idempotencyChannelNames } from './events.js'
 export type {
   ExpressIdempotencyMiddleware,
   ExpressIdempotencyOptions,

@@ -12,7 +12,7 @@ import {
   writeInternalError,
   writeNodeResponse,
 } from './node-response.js'
-import { genericProblem, isIdempotencyError, problemResponse } from './problem.js'
+import { genericProblem, isIdempotencyError } from './problem.js'
 import type { IdempotencyContext, IdempotencyResponse } from './types.js'
 
 /** Options of {@link idempotentHandler}. */
@@ -158,7 +158,7 @@ export function idempotentHandler(
       capture?.restore()
       await execution.abort()
       if (isIdempotencyError(error)) {
-        writeNodeResponse(res, problemResponse(error))
+        writeNodeResponse(res, idempotency.problem(error))
         return
       }
       writeInternalError(res)

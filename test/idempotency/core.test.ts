@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import {
@@ -11,6 +12,7 @@ import {
   type IdempotencyOptions,
   type IdempotencyRequest,
   type IdempotencyResponse,
+  idempotencyChannelNames,
   idempotent,
   sweepExpired,
 } from '../../src/idempotency/index.js'
@@ -517,5 +519,53 @@ describe('options', () => {
       expect((error as InvalidOptionError).option).toBe(name)
     }
     expect(() => createIdempotency({ store: {} as never })).toThrow(InvalidOptionError)
+  })
+})
+
+describe('diagnostics channels', () => {
+  it('publishes each protocol step on breakwater:idempotency:<event>', async () => {
+    const seen: string[] = []
+    const listeners = Object.entries(idempotencyChannelNames).map(([event, name]) => {
+      const listener = (message: unknown) => {
+        const m = message as { key?: string; attempt?: number; reason?: string; code?: string }
+        seen.push([event, m.key ?? m.code, m.attempt ?? m.reason].filter(Boolean).join(' '))
+      }
+      subscribe(name, listener)
+      return () => unsubscribe(name, listener)
+    })
+    try {
+      const { idempotency, handler, clock } = setup({ leaseMs: 1_000 })
+      await idempotency.handle(request({ key: 'a' }), handler)
+      await idempotency.handle(request({ key: 'a' }), handler)
+      await idempotency.handle(request({ key: 'a', body: 'other' }), handler)
+      await idempotency.handle(request({ key: 'b' }), async () => json(503, {}))
+      await idempotency.handle(request({ key: undefined }), handler)
+      const hold = gate()
+      const stale = idempotency.handle(request({ key: 'c' }), async () => {
+        await hold.promise
+        return json(201, {})
+      })
+      await idempotency.handle(request({ key: 'c' }), handler)
+      await clock.advance(1_000)
+      await idempotency.handle(request({ key: 'c' }), handler)
+      hold.open()
+      await stale
+      expect(seen).toEqual([
+        'claimed a 1',
+        'recorded a',
+        'replayed a',
+        'mismatch a',
+        'claimed b 1',
+        'released b',
+        'key-rejected IDEMPOTENCY_KEY_MISSING',
+        'claimed c 1',
+        'in-progress c in-flight',
+        'lease-lost c',
+        'claimed c 2',
+        'recorded c',
+      ])
+    } finally {
+      for (const stop of listeners) stop()
+    }
   })
 })

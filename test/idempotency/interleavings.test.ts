@@ -18,22 +18,27 @@ type Scheduler = fc.Scheduler
 
 /** Every store call first waits for the scheduler to let it through. */
 function scheduledStore(store: IdempotencyStore, s: Scheduler): IdempotencyStore {
-  const gate = (label: string) => s.schedule(Promise.resolve(), label)
+  const gated =
+    <A extends unknown[], R>(label: string, fn: (...args: A) => Promise<R>) =>
+    async (...args: A): Promise<R> => {
+      await s.schedule(Promise.resolve(), label)
+      return fn(...args)
+    }
   return {
     ...(store.dialect === undefined ? {} : { dialect: store.dialect }),
-    claim: async (input) => (await gate('claim'), store.claim(input)),
-    get: async (scope, key) => (await gate('get'), store.get(scope, key)),
-    takeOver: async (input) => (await gate('takeOver'), store.takeOver(input)),
-    recycle: async (input) => (await gate('recycle'), store.recycle(input)),
-    transaction: async (fn) => (await gate('transaction'), store.transaction(fn)),
-    complete: async (tx, lease, result, now, expires) => (
-      await gate('complete'), store.complete(tx, lease, result, now, expires)
+    claim: gated('claim', (input) => store.claim(input)),
+    get: gated('get', (scope: string, key: string) => store.get(scope, key)),
+    takeOver: gated('takeOver', (input) => store.takeOver(input)),
+    recycle: gated('recycle', (input) => store.recycle(input)),
+    transaction: (fn) => gated('transaction', () => store.transaction(fn))(),
+    complete: gated('complete', (tx, lease, result, now: number, expires: number) =>
+      store.complete(tx, lease, result, now, expires),
     ),
-    savePhase: async (tx, lease, point, phases, now, until) => (
-      await gate('savePhase'), store.savePhase(tx, lease, point, phases, now, until)
+    savePhase: gated('savePhase', (tx, lease, point: string, phases, now: number, until: number) =>
+      store.savePhase(tx, lease, point, phases, now, until),
     ),
-    release: async (lease) => (await gate('release'), store.release(lease)),
-    sweep: async (now, limit) => (await gate('sweep'), store.sweep(now, limit)),
+    release: gated('release', (lease) => store.release(lease)),
+    sweep: gated('sweep', (now: number, limit: number) => store.sweep(now, limit)),
   }
 }
 

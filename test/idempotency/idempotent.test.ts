@@ -1,0 +1,172 @@
+// idempotent() for non-HTTP work (message consumers, saga steps) on real SQLite and PostgreSQL.
+import { randomUUID } from 'node:crypto'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  createIdempotency,
+  IdempotencyInProgressError,
+  IdempotencyMismatchError,
+  idempotent,
+} from '../../src/idempotency/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { countRows, dbTargets, type TestDb } from './databases.js'
+import { gate } from './servers.js'
+
+describe.each(dbTargets)('idempotent() on $dialect', (target) => {
+  let testDb: TestDb
+
+  beforeAll(async () => {
+    testDb = await target.open('idem_run')
+    await testDb.db.execute('CREATE TABLE shipments (id TEXT PRIMARY KEY, order_id TEXT NOT NULL)')
+  })
+  afterAll(async () => {
+    await testDb?.close()
+  })
+
+  const shipments = (orderId: string) =>
+    countRows(testDb.db, 'shipments', `WHERE order_id = '${orderId}'`)
+
+  it('runs a saga step once and returns the recorded result to every later call', async () => {
+    const orderId = randomUUID()
+    let runs = 0
+    const step = () =>
+      idempotent(
+        `${orderId}:create-shipment`,
+        async (ctx) => {
+          runs++
+          const id = randomUUID()
+          await ctx.tx.execute('INSERT INTO shipments (id, order_id) VALUES ($1, $2)', [
+            id,
+            orderId,
+          ])
+          return { shipmentId: id, attempt: ctx.attempt }
+        },
+        { store: testDb.db, scope: 'order-saga' },
+      )
+    const first = await step()
+    const second = await step()
+    expect(second).toEqual(first)
+    expect(first.attempt).toBe(1)
+    expect(runs).toBe(1)
+    expect(await shipments(orderId)).toBe(1)
+  })
+
+  it('rolls back the writes of a step that throws and lets the next call run it', async () => {
+    const orderId = randomUUID()
+    const key = `${orderId}:create-shipment`
+    await expect(
+      idempotent(
+        key,
+        async (ctx) => {
+          await ctx.tx.execute('INSERT INTO shipments (id, order_id) VALUES ($1, $2)', [
+            randomUUID(),
+            orderId,
+          ])
+          throw new Error('carrier down')
+        },
+        { store: testDb.db },
+      ),
+    ).rejects.toThrow('carrier down')
+    expect(await shipments(orderId)).toBe(0)
+    const done = await idempotent(
+      key,
+      async (ctx) => {
+        await ctx.tx.execute('INSERT INTO shipments (id, order_id) VALUES ($1, $2)', [
+          randomUUID(),
+          orderId,
+        ])
+        return 'shipped'
+      },
+      { store: testDb.db },
+    )
+    expect(done).toBe('shipped')
+    expect(await shipments(orderId)).toBe(1)
+  })
+
+  it('lets one of 50 concurrent consumers run; the others get IdempotencyInProgressError or, waiting, the result', async () => {
+    const idempotency = createIdempotency({ store: testDb.db })
+    const waiting = createIdempotency({ store: testDb.db, onConcurrent: 'wait' })
+    const orderId = randomUUID()
+    const hold = gate()
+    let runs = 0
+    const consume = (core: typeof idempotency) =>
+      core.run(`message-${orderId}`, async (ctx) => {
+        runs++
+        await hold.promise
+        await ctx.tx.execute('INSERT INTO shipments (id, order_id) VALUES ($1, $2)', [
+          randomUUID(),
+          orderId,
+        ])
+        return { handled: orderId }
+      })
+    const winner = consume(idempotency)
+    while (runs === 0) await new Promise((r) => setImmediate(r))
+    const rejected = await Promise.all(
+      Array.from({ length: 25 }, () => consume(idempotency).catch((e: unknown) => e)),
+    )
+    const waiters = Array.from({ length: 25 }, () => consume(waiting))
+    hold.open()
+    expect(await winner).toEqual({ handled: orderId })
+    for (const error of rejected) {
+      expect(error).toBeInstanceOf(IdempotencyInProgressError)
+      expect((error as IdempotencyInProgressError).code).toBe('IDEMPOTENCY_IN_PROGRESS')
+    }
+    expect(await Promise.all(waiters)).toEqual(Array(25).fill({ handled: orderId }))
+    expect(runs).toBe(1)
+    expect(await shipments(orderId)).toBe(1)
+  })
+
+  it('refuses a key reused with another fingerprint', async () => {
+    const key = randomUUID()
+    await idempotent(key, () => 1, { store: testDb.db, fingerprint: 'a' })
+    await expect(
+      idempotent(key, () => 2, { store: testDb.db, fingerprint: 'b' }),
+    ).rejects.toBeInstanceOf(IdempotencyMismatchError)
+  })
+
+  it('persists atomic phases: after a crash, a takeover resumes after the last committed phase', async () => {
+    const clock = new ManualClock(Date.now())
+    const idempotency = createIdempotency({ store: testDb.db, clock, leaseMs: 30_000 })
+    const orderId = randomUUID()
+    const calls: string[] = []
+    const hang = gate()
+    const saga = (crashAfterReserve: boolean) =>
+      idempotency.run(`${orderId}:checkout`, async (ctx) => {
+        const reservation = await ctx.phase('reserve', async (tx) => {
+          calls.push('reserve')
+          await tx.execute('INSERT INTO shipments (id, order_id) VALUES ($1, $2)', [
+            `${orderId}-reserved`,
+            orderId,
+          ])
+          return { reservationId: `${orderId}-reserved` }
+        })
+        if (crashAfterReserve) await hang.promise
+        await ctx.tx.execute('INSERT INTO shipments (id, order_id) VALUES ($1, $2)', [
+          `${orderId}-shipped`,
+          orderId,
+        ])
+        calls.push('ship')
+        return { reservation, resumedAfter: ctx.recoveryPoint, attempt: ctx.attempt }
+      })
+    const crashed = saga(true)
+    while (calls.length === 0) await new Promise((r) => setImmediate(r))
+    const recordOf = () => idempotency.store.get('default', `${orderId}:checkout`)
+    for (let i = 0; i < 1_000 && (await recordOf())?.recoveryPoint !== 'reserve'; i++) {
+      await new Promise((r) => setImmediate(r))
+    }
+    expect(await recordOf()).toMatchObject({ state: 'in_progress', recoveryPoint: 'reserve' })
+    await clock.advance(30_000)
+    const resumed = await saga(false)
+    expect(resumed).toEqual({
+      reservation: { reservationId: `${orderId}-reserved` },
+      resumedAfter: 'reserve',
+      attempt: 2,
+    })
+    expect(calls).toEqual(['reserve', 'ship'])
+    expect(await shipments(orderId)).toBe(2)
+    hang.open()
+    await expect(crashed).rejects.toMatchObject({
+      code: 'IDEMPOTENCY_IN_PROGRESS',
+      reason: 'lease-lost',
+    })
+  })
+})
