@@ -236,7 +236,9 @@ describe.each(storeTargets)('$name idempotency store', (target) => {
     expect(await store.get(scope, 's6')).toBeDefined()
   })
 
-  it.runIf(target.name !== 'memory')('keeps its rows in the documented table', async () => {
+  // Only the SQL stores have a table (the memory store's size is checked in core.test.ts).
+  if (target.name === 'memory') return
+  it('keeps its rows in the documented table', async () => {
     const rows = await db!.query<{ n: number }>(`SELECT COUNT(*) AS n FROM ${idempotencyTable}`)
     expect(Number(rows[0]?.n)).toBeGreaterThan(0)
   })
