@@ -133,21 +133,29 @@ export class Execution {
       )
     }
     const { store, clock, leaseMs } = this.#settings
-    const nowMs = clock.now()
-    const leaseExpiresAtMs = nowMs + leaseMs
-    let phases: Record<string, JsonValue> = this.#phases
-    const value = await store.transaction(async (tx) => {
-      const result = roundTrip(await fn(tx))
-      const wrapped: WrappedPhase = result === undefined ? {} : { v: result as JsonValue }
-      phases = { ...this.#phases, [name]: wrapped }
+    // Like ctx.tx, the phase's transaction begins with its first statement: a call to another
+    // system made before it holds no transaction (on SQLite, no lock on the whole database).
+    const phaseTx = new DeferredTransaction(store, store.dialect ?? 'sqlite')
+    let result: T
+    try {
+      result = roundTrip(await fn(phaseTx))
+    } catch (error) {
+      await phaseTx.rollback()
+      throw error
+    }
+    const wrapped: WrappedPhase = result === undefined ? {} : { v: result as JsonValue }
+    const phases: Record<string, JsonValue> = { ...this.#phases, [name]: wrapped }
+    let leaseExpiresAtMs = 0
+    await phaseTx.commit(async (tx) => {
+      const nowMs = clock.now()
+      leaseExpiresAtMs = nowMs + leaseMs
       const held = await store.savePhase(tx, this.#lease, name, phases, nowMs, leaseExpiresAtMs)
       if (!held || this.#expired) throw this.#leaseLost()
-      return result
     })
     this.#phases = phases
     this.#recoveryPoint = name
     if (!this.#settled) this.#armLeaseTimer(leaseExpiresAtMs - clock.now())
-    return value
+    return result
   }
 
   /**

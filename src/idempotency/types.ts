@@ -78,8 +78,9 @@ export interface IdempotencyContext {
   /** The last phase committed by this or an earlier execution, or undefined. */
   readonly recoveryPoint: string | undefined
   /**
-   * Runs one atomic phase: `fn` runs in its own transaction, and its JSON result is recorded as
-   * the recovery point `name` in that transaction. If an earlier execution of this key already
+   * Runs one atomic phase: `fn` runs with its own transaction (begun on its first statement, so
+   * a call to another system made before any statement holds no transaction), and its JSON
+   * result is recorded as the recovery point `name` in that transaction, which then commits. If an earlier execution of this key already
    * committed the phase, `fn` does not run and its recorded result is returned: after a crash,
    * a retry resumes after the last committed phase.
    *

@@ -166,9 +166,12 @@ describe.each(cases)('$adapter.name adapter on $db.dialect', ({ db, adapter }) =
     listening = undefined
   })
 
-  async function start(hold: () => Promise<void> = async () => {}) {
+  async function start(
+    hold: () => Promise<void> = async () => {},
+    onConcurrent: 'reject' | 'wait' = 'reject',
+  ) {
     behaviour = { hold, runs: 0, contexts: [] }
-    idempotency = createIdempotency({ store: testDb.db })
+    idempotency = createIdempotency({ store: testDb.db, onConcurrent })
     const server = await adapter.start(idempotency, behaviour)
     listening = await listenServer(server)
     return { url: `${listening.url}/charges`, server }
@@ -216,6 +219,28 @@ describe.each(cases)('$adapter.name adapter on $db.dialect', ({ db, adapter }) =
     expect(conflicts).toHaveLength(total - 1)
     expect(conflicts[0]?.headers['retry-after']).toBe('1')
     expect(behaviour.runs).toBe(1)
+  })
+
+  it("in 'wait' mode answers concurrent requests with the first response", async () => {
+    const total = 10
+    const arrived = gate()
+    let arrivals = 0
+    const { url, server } = await start(() => arrived.promise, 'wait')
+    server.on('request', () => {
+      if (++arrivals === total) arrived.open()
+    })
+    const key = randomUUID()
+    const replies = await Promise.all(
+      Array.from({ length: total }, () => send(url, { key, body: '{"amount":2}' })),
+    )
+    expect(behaviour.runs).toBe(1)
+    for (const reply of replies) {
+      expect(reply.status).toBe(201)
+      expect(reply.body.equals(replies[0]!.body)).toBe(true)
+    }
+    expect(replies.filter((r) => r.headers['idempotent-replayed'] === 'true')).toHaveLength(
+      total - 1,
+    )
   })
 
   it('answers 400 and 422 with problem+json without running the handler', async () => {
