@@ -1,0 +1,228 @@
+import type { Dispatcher } from 'undici'
+import { errors } from 'undici'
+import type { Clock, TimerHandle } from '../core/clock.js'
+import { isTransientStatus, neverAbortedSignal, parseRetryAfter } from '../index.js'
+import { HttpStatusError } from './errors.js'
+import { BufferedResponse, type HttpResponseHeaders } from './response.js'
+
+/** What one attempt sends, fixed for the whole call. */
+export interface ExchangePlan {
+  readonly service: string
+  readonly method: string
+  /** The caller's path without the query string, for errors and events. */
+  readonly path: string
+  /** Base path + path + query: the request target. */
+  readonly target: string
+  readonly body: string | Uint8Array | undefined
+  readonly idempotent: boolean
+  /** Throw `HttpStatusError` for every status >= 400 (not only the transient ones and 5xx). */
+  readonly throwOnErrorStatus: boolean
+}
+
+/** The per-service settings an attempt needs. */
+export interface ExchangeSettings {
+  readonly dispatcher: Dispatcher
+  readonly clock: Clock
+  readonly headersTimeoutMs: number
+  readonly bodyTimeoutMs: number
+}
+
+const headersPhase = 1
+const bodyPhase = 2
+
+/**
+ * One attempt: an undici dispatch handler that buffers the response. It replaces undici's
+ * `request()` so that an attempt needs no stream, no AbortController of its own and no undici
+ * timer: the headers and body timeouts run on the service's clock (undici's coarse timers
+ * cannot time a few hundred milliseconds, and tests can drive this clock), and the attempt's
+ * signal aborts the exchange through undici's controller.
+ *
+ * Settles with a response, or rejects with `HttpStatusError` (transient statuses, other 5xx,
+ * and every status >= 400 when asked), undici's error, or the signal's reason.
+ */
+export class Exchange implements Dispatcher.DispatchHandler {
+  readonly #settings: ExchangeSettings
+  readonly #plan: ExchangePlan
+  readonly #attempt: number
+  readonly #signal: AbortSignal
+  readonly #resolve: (response: BufferedResponse) => void
+  readonly #reject: (error: unknown) => void
+  #controller: Dispatcher.DispatchController | undefined
+  #done = false
+  #reason: Error | undefined
+  #status = 0
+  #headers: HttpResponseHeaders = {}
+  #chunks: Buffer[] = []
+  #bytes = 0
+  #timer: TimerHandle | undefined
+  #phase = 0
+  #lastDataMs = 0
+
+  constructor(
+    settings: ExchangeSettings,
+    plan: ExchangePlan,
+    attempt: number,
+    signal: AbortSignal,
+    resolve: (response: BufferedResponse) => void,
+    reject: (error: unknown) => void,
+  ) {
+    this.#settings = settings
+    this.#plan = plan
+    this.#attempt = attempt
+    this.#signal = signal
+    this.#resolve = resolve
+    this.#reject = reject
+  }
+
+  start(headers: Record<string, string | string[]>): void {
+    const signal = this.#signal
+    if (signal.aborted) {
+      this.#fail(signal.reason)
+      return
+    }
+    if (signal !== neverAbortedSignal) signal.addEventListener('abort', this)
+    const plan = this.#plan
+    this.#settings.dispatcher.dispatch(
+      {
+        path: plan.target,
+        method: plan.method,
+        headers,
+        body: plan.body ?? null,
+        idempotent: plan.idempotent,
+      },
+      this,
+    )
+  }
+
+  /** The attempt's signal aborted (a timeout, the deadline, or the caller). */
+  handleEvent(): void {
+    const reason = this.#signal.reason as Error
+    this.#reason = reason
+    // Without a controller the request is still waiting for a connection; onRequestStart
+    // aborts it when it gets one. Either way the attempt ends now.
+    this.#controller?.abort(reason)
+    this.#fail(reason)
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    if (this.#done) {
+      controller.abort(this.#reason ?? new errors.RequestAbortedError())
+      return
+    }
+    this.#controller = controller
+    // undici calls this again when it re-sends a request whose connection failed first.
+    this.#arm(headersPhase, this.#settings.headersTimeoutMs)
+  }
+
+  onResponseStart(
+    _controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: HttpResponseHeaders,
+  ): void {
+    // 1xx interim responses: the final one follows.
+    if (statusCode < 200 || this.#done) return
+    this.#status = statusCode
+    this.#headers = headers
+    this.#arm(bodyPhase, this.#settings.bodyTimeoutMs)
+  }
+
+  onResponseData(_controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#done) return
+    this.#chunks.push(chunk)
+    this.#bytes += chunk.length
+    if (this.#phase === bodyPhase) this.#lastDataMs = this.#settings.clock.now()
+  }
+
+  onResponseEnd(): void {
+    if (this.#done) return
+    this.#finish()
+    const chunks = this.#chunks
+    const body =
+      chunks.length === 0
+        ? new Uint8Array(0)
+        : chunks.length === 1
+          ? chunks[0]!
+          : Buffer.concat(chunks, this.#bytes)
+    const status = this.#status
+    const response = new BufferedResponse(status, this.#headers, body, this.#attempt)
+    const plan = this.#plan
+    if (
+      status >= 500 ||
+      (status >= 400 && (plan.throwOnErrorStatus || isTransientStatus(status)))
+    ) {
+      const retryAfter = this.#headers['retry-after']
+      this.#reject(
+        new HttpStatusError(
+          plan.service,
+          plan.method,
+          plan.path,
+          response,
+          parseRetryAfter(
+            Array.isArray(retryAfter) ? retryAfter[0] : retryAfter,
+            this.#settings.clock.now(),
+          ),
+        ),
+      )
+    } else {
+      this.#resolve(response)
+    }
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    this.#fail(error)
+  }
+
+  #fail(error: unknown): void {
+    if (this.#done) return
+    this.#finish()
+    this.#reject(error)
+  }
+
+  #finish(): void {
+    this.#done = true
+    if (this.#timer !== undefined) {
+      this.#settings.clock.clearTimeout(this.#timer)
+      this.#timer = undefined
+    }
+    if (this.#signal !== neverAbortedSignal) this.#signal.removeEventListener('abort', this)
+  }
+
+  // One clock timer per attempt at a time: the headers timeout, then the body's idle timeout.
+  #arm(phase: number, timeoutMs: number): void {
+    const clock = this.#settings.clock
+    if (this.#timer !== undefined) {
+      clock.clearTimeout(this.#timer)
+      this.#timer = undefined
+    }
+    this.#phase = phase
+    if (timeoutMs === Number.POSITIVE_INFINITY) return
+    const now = clock.now()
+    this.#lastDataMs = now
+    this.#timer = clock.setTimeout(this.#onTimer, timeoutMs)
+  }
+
+  // The body timeout counts from the last chunk; rather than resetting a timer per chunk, the
+  // timer checks on expiry and re-arms for what is left.
+  readonly #onTimer = (): void => {
+    this.#timer = undefined
+    if (this.#done) return
+    const clock = this.#settings.clock
+    if (this.#phase === headersPhase) {
+      this.#timeOut(new errors.HeadersTimeoutError())
+      return
+    }
+    const idleMs = clock.now() - this.#lastDataMs
+    const leftMs = this.#settings.bodyTimeoutMs - idleMs
+    if (leftMs > 0) {
+      this.#timer = clock.setTimeout(this.#onTimer, leftMs)
+      return
+    }
+    this.#timeOut(new errors.BodyTimeoutError())
+  }
+
+  #timeOut(error: Error): void {
+    this.#reason = error
+    this.#controller?.abort(error)
+    this.#fail(error)
+  }
+}

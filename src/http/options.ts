@@ -1,0 +1,200 @@
+import type { Clock } from '../core/clock.js'
+import type {
+  BulkheadOptions,
+  CircuitBreakerOptions,
+  RetryBudget,
+  RetryBudgetOptions,
+  RetryOptions,
+} from '../index.js'
+import type { QueryParams } from './request-target.js'
+
+/** Retry settings of a service: `retry()`'s options; the budget and clock come from the service. */
+export type HttpRetryOptions = Omit<RetryOptions, 'budget' | 'clock'>
+
+/** Circuit breaker settings of a service; the name defaults to the service's, the clock is the service's. */
+export type HttpCircuitBreakerOptions = Omit<CircuitBreakerOptions, 'clock'>
+
+/** Bulkhead settings of a service; `maxConcurrent` also sizes the service's connection pool. */
+export type HttpBulkheadOptions = Partial<Omit<BulkheadOptions, 'clock'>>
+
+/** Retry budget settings of a service, or a budget to share with other clients. */
+export type HttpRetryBudgetOptions = Omit<RetryBudgetOptions, 'clock'> | RetryBudget
+
+/** One downstream service of an HTTP client. */
+export interface HttpServiceOptions {
+  /**
+   * Where the service lives: an absolute `http:` or `https:` URL, optionally with a base path
+   * (`http://inventory:8080/api/v1`) that every request path is appended to. No credentials,
+   * query or fragment. Required.
+   */
+  readonly baseUrl: string
+  /**
+   * How long opening a connection (TCP and TLS) may take. Enforced by undici, whose timers
+   * have a resolution of about half a second. `Infinity` disables it.
+   * @default 5_000
+   */
+  readonly connectTimeoutMs?: number
+  /**
+   * How long the response headers may take once the request went out on a connection.
+   * `Infinity` disables it.
+   * @default 10_000
+   */
+  readonly headersTimeoutMs?: number
+  /**
+   * How long the response body may go without receiving data (an idle timeout, not a total).
+   * `Infinity` disables it.
+   * @default 10_000
+   */
+  readonly bodyTimeoutMs?: number
+  /**
+   * The time limit of one attempt, bulkhead queueing, headers and body included. Clipped to the
+   * current deadline. `Infinity` leaves only the deadline.
+   * @default 10_000
+   */
+  readonly attemptTimeoutMs?: number
+  /**
+   * The time limit of a whole call, every attempt and backoff included: what the caller waits
+   * at most. Clipped to the current deadline. `Infinity` leaves only the deadline.
+   * @default 30_000
+   */
+  readonly overallTimeoutMs?: number
+  /**
+   * Retry of transient failures (timeouts, refused or reset connections, 408/429/502/503/504,
+   * honouring `Retry-After`), or `false` for none. Only requests that are safe to repeat are
+   * retried: idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) and requests carrying an
+   * idempotency key.
+   * @default {} (3 attempts, full jitter from 100 ms)
+   */
+  readonly retry?: HttpRetryOptions | false
+  /**
+   * The service's circuit breaker, or `false` for none. It counts transient failures and 5xx
+   * answers, not 4xx answers.
+   * @default {} (opens after 5 consecutive failures, 30 s cooldown)
+   */
+  readonly circuitBreaker?: HttpCircuitBreakerOptions | false
+  /**
+   * The service's bulkhead, or `false` for none. Its `maxConcurrent` is also the number of
+   * connections of the service's own pool, so a slow service can tie up only its own.
+   * @default { maxConcurrent: 32, maxQueued: 64 }
+   */
+  readonly bulkhead?: HttpBulkheadOptions | false
+  /**
+   * The connection pool's size when `bulkhead` is `false` (with a bulkhead, its
+   * `maxConcurrent` sizes the pool and this must be left out).
+   * @default 32
+   */
+  readonly connections?: number
+  /**
+   * The retry budget of the service (see `createRetryBudget`): retries may add at most this
+   * share of the traffic, so a fleet of clients cannot turn an outage into a retry storm. Pass
+   * a `RetryBudget` to share one between clients, or `false` for none.
+   * @default {} (20% of requests plus 10 retries per second)
+   */
+  readonly retryBudget?: HttpRetryBudgetOptions | false
+  /**
+   * Whether mutating requests (POST, PATCH, PUT, DELETE) without a caller-supplied key get an
+   * `Idempotency-Key` (a random UUID, generated once per call and sent with every attempt).
+   * With `false`, POST and PATCH are only retried when the caller supplies a key.
+   * @default true
+   */
+  readonly idempotencyKeys?: boolean
+  /**
+   * Whether every status >= 400 rejects with `HttpStatusError`. By default only the transient
+   * statuses reject (after retries); other statuses resolve as responses.
+   * @default false
+   */
+  readonly throwOnErrorStatus?: boolean
+  /**
+   * Whether to send the remaining time budget downstream in the `x-breakwater-deadline-ms`
+   * header: the least of the current deadline, the overall timeout left and the attempt timeout.
+   * @default true
+   */
+  readonly propagateDeadline?: boolean
+  /**
+   * Headers sent with every request to the service (a request's own headers win).
+   * @default {}
+   */
+  readonly headers?: Readonly<Record<string, string | readonly string[]>>
+  /**
+   * The largest response body accepted, in bytes; a larger one fails the attempt with undici's
+   * `ResponseExceededMaxSizeError` (not retried).
+   * @default 16_777_216 (16 MiB)
+   */
+  readonly maxResponseBytes?: number
+  /**
+   * The clock of the service's policies and of the headers and body timeouts.
+   * @default the client's clock
+   */
+  readonly clock?: Clock
+}
+
+/** Options of {@link createHttpClient}. */
+export interface HttpClientOptions {
+  /** The downstream services by name (letters, digits, `.`, `_`, `-`). At least one. Required. */
+  readonly services: Readonly<Record<string, HttpServiceOptions>>
+  /**
+   * The clock of every service that sets none.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** One request, as passed to `client.request(service, options)`. */
+export interface HttpRequestOptions {
+  /**
+   * The HTTP method (an HTTP token; upper-cased).
+   * @default 'GET'
+   */
+  readonly method?: string
+  /**
+   * The path under the service's base URL: starts with one `/`, may carry a query string.
+   * Absolute and protocol-relative URLs, `\`, `#`, `.`/`..` segments, spaces and non-ASCII
+   * characters are refused with `InvalidOptionError`. Required.
+   */
+  readonly path: string
+  /**
+   * Query parameters appended to the path (arrays repeat the name).
+   * @default undefined
+   */
+  readonly query?: QueryParams
+  /**
+   * Request headers. Connection-level headers (`host`, `connection`, `content-length`,
+   * `transfer-encoding`, ...) are refused.
+   * @default undefined
+   */
+  readonly headers?: Readonly<Record<string, string | readonly string[] | undefined>>
+  /**
+   * The request body. Bodies are buffered so that every attempt can send them again.
+   * @default undefined
+   */
+  readonly body?: string | Uint8Array
+  /**
+   * A value to send as JSON (sets `content-type: application/json` unless given). Not
+   * together with `body`.
+   * @default undefined
+   */
+  readonly json?: unknown
+  /**
+   * The idempotency key to send as `Idempotency-Key` with every attempt (1 to 255 visible
+   * ASCII characters), or `false` to send none. A saga step passes its deterministic key here.
+   * @default a random UUID for POST, PATCH, PUT and DELETE when the service's `idempotencyKeys` is on
+   */
+  readonly idempotencyKey?: string | false
+  /**
+   * Overrides whether the call may be retried. By default: idempotent methods and requests
+   * carrying an idempotency key.
+   * @default undefined
+   */
+  readonly retry?: boolean
+  /**
+   * Overrides the service's `throwOnErrorStatus` for this call.
+   * @default the service's setting
+   */
+  readonly throwOnErrorStatus?: boolean
+  /**
+   * Aborts the call: a running attempt's request is aborted and the call rejects with
+   * `AbortedError`.
+   * @default undefined
+   */
+  readonly signal?: AbortSignal
+}

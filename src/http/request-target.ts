@@ -1,0 +1,167 @@
+import { InvalidOptionError } from '../core/errors.js'
+
+// Where a request goes and what it carries, checked before anything is sent. A request can
+// only ever reach its own service: the undici Pool is bound to the service's origin, and the
+// path is appended to the base path as a string, never resolved as a URL (resolving
+// `//other-host/x` against a base changes the host; `/../admin` leaves the base path).
+
+/** A service's base URL, split into what the pool and the paths need. */
+export interface BaseTarget {
+  /** `http(s)://host:port`, what the pool connects to. */
+  readonly origin: string
+  /** The path prefix without a trailing slash (`''` for the root). */
+  readonly basePath: string
+  /** The normalized base URL, for display. */
+  readonly href: string
+}
+
+/** Parses and checks a service's `baseUrl`. */
+export function parseBaseUrl(option: string, value: unknown): BaseTarget {
+  const expected = 'an absolute http(s) URL without credentials, query or fragment'
+  if (typeof value !== 'string') throw new InvalidOptionError(option, expected, value)
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    throw new InvalidOptionError(option, expected, value)
+  }
+  if (
+    (url.protocol !== 'http:' && url.protocol !== 'https:') ||
+    url.username !== '' ||
+    url.password !== '' ||
+    url.search !== '' ||
+    url.hash !== '' ||
+    value.includes('?') ||
+    value.includes('#')
+  ) {
+    throw new InvalidOptionError(option, expected, value)
+  }
+  const basePath = url.pathname.replace(/\/+$/, '')
+  return { origin: url.origin, basePath, href: `${url.origin}${basePath}` }
+}
+
+// Origin-form only: a slash, not two (protocol-relative), then visible ASCII without `\`
+// (WHATWG parsers read it as `/`) and `#` (a fragment is never sent). Anything else, including
+// absolute URLs, spaces, control and non-ASCII characters (percent-encode them), is refused.
+const pathPattern = /^\/(?!\/)[\x21\x22\x24-\x5b\x5d-\x7e]*$/
+// `.` and `..` segments, also percent-encoded, which servers normalize away from the base path.
+const dotSegment = /(?:^|\/)(?:\.|%2e){1,2}(?:\/|$)/i
+
+/**
+ * Checks a request path and returns the path without its query string (for events and
+ * errors). Throws `InvalidOptionError` for anything that could leave the service.
+ */
+export function checkPath(path: unknown): string {
+  if (typeof path !== 'string' || !pathPattern.test(path)) {
+    throw new InvalidOptionError(
+      'request.path',
+      "a path starting with a single '/' (visible ASCII, no '\\' or '#')",
+      path,
+    )
+  }
+  const q = path.indexOf('?')
+  const pathOnly = q === -1 ? path : path.slice(0, q)
+  if (dotSegment.test(pathOnly)) {
+    throw new InvalidOptionError('request.path', "a path without '.' or '..' segments", path)
+  }
+  return pathOnly
+}
+
+/** A query parameter value. */
+export type QueryValue = string | number | boolean
+
+/** Query parameters; arrays repeat the name, undefined values are left out. */
+export type QueryParams = Readonly<Record<string, QueryValue | readonly QueryValue[] | undefined>>
+
+/** Appends `query` to `path` (which may already have a query string). */
+export function appendQuery(path: string, query: unknown): string {
+  if (query === undefined) return path
+  if (typeof query !== 'object' || query === null || Array.isArray(query)) {
+    throw new InvalidOptionError('request.query', 'an object', query)
+  }
+  const params = new URLSearchParams()
+  for (const [name, value] of Object.entries(query as Record<string, unknown>)) {
+    if (value === undefined) continue
+    const values: readonly unknown[] = Array.isArray(value) ? value : [value]
+    for (const v of values) {
+      if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') {
+        throw new InvalidOptionError(`request.query.${name}`, 'a string, number or boolean', v)
+      }
+      params.append(name, String(v))
+    }
+  }
+  const search = params.toString()
+  if (search === '') return path
+  return `${path}${path.includes('?') ? '&' : '?'}${search}`
+}
+
+const tokenPattern = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+const headerValuePattern = /^[\t\x20-\x7e\x80-\xff]*$/
+// Connection management and framing belong to the client; a caller-chosen Host could steer
+// a downstream that serves several virtual hosts.
+const reservedHeaders = new Set([
+  'host',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'content-length',
+  'expect',
+])
+
+/** True when `method` is an HTTP token. */
+export function isToken(value: string): boolean {
+  return tokenPattern.test(value)
+}
+
+/**
+ * Copies `headers` into `into` with lower-case names, checking names and values (undici would
+ * otherwise fail the attempt, and the failure would be held against the downstream).
+ */
+export function addHeaders(
+  into: Record<string, string | string[]>,
+  option: string,
+  headers: unknown,
+): void {
+  if (headers === undefined) return
+  if (typeof headers !== 'object' || headers === null || Array.isArray(headers)) {
+    throw new InvalidOptionError(option, 'an object of header names to values', headers)
+  }
+  for (const [rawName, value] of Object.entries(headers as Record<string, unknown>)) {
+    if (value === undefined) continue
+    const name = rawName.toLowerCase()
+    if (!tokenPattern.test(name) || reservedHeaders.has(name)) {
+      throw new InvalidOptionError(
+        `${option}.${rawName}`,
+        'a header name the client does not manage itself',
+        rawName,
+      )
+    }
+    if (Array.isArray(value)) {
+      for (const v of value) checkHeaderValue(`${option}.${rawName}`, v)
+      into[name] = [...(value as string[])]
+    } else {
+      checkHeaderValue(`${option}.${rawName}`, value)
+      into[name] = value as string
+    }
+  }
+}
+
+function checkHeaderValue(option: string, value: unknown): void {
+  if (typeof value !== 'string' || !headerValuePattern.test(value)) {
+    throw new InvalidOptionError(option, 'a header value without CR, LF or NUL', value)
+  }
+}
+
+const keyPattern = /^[\x21-\x7e]{1,255}$/
+
+/** Checks a caller-supplied idempotency key: 1 to 255 visible ASCII characters. */
+export function checkIdempotencyKey(option: string, value: unknown): string {
+  if (typeof value !== 'string' || !keyPattern.test(value)) {
+    throw new InvalidOptionError(option, '1 to 255 visible ASCII characters', value)
+  }
+  return value
+}

@@ -1,0 +1,565 @@
+import { randomUUID } from 'node:crypto'
+import { Pool } from 'undici'
+import type { Clock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import {
+  type Bulkhead,
+  bulkhead,
+  type CircuitBreaker,
+  type CircuitState,
+  circuitBreaker,
+  createRetryBudget,
+  currentDeadline,
+  DEADLINE_HEADER,
+  DeadlineExceededError,
+  type Policy,
+  type PolicyContext,
+  pipeline,
+  type RetryBudget,
+  type RetryPolicy,
+  retry,
+  timeout,
+  type Unsubscribe,
+} from '../index.js'
+import { HttpStatusError } from './errors.js'
+import { type HttpEvents, ServiceEvents } from './events.js'
+import { Exchange, type ExchangePlan, type ExchangeSettings } from './exchange.js'
+import type { HttpRequestOptions, HttpServiceOptions } from './options.js'
+import {
+  addHeaders,
+  appendQuery,
+  type BaseTarget,
+  checkIdempotencyKey,
+  checkPath,
+  isToken,
+  parseBaseUrl,
+} from './request-target.js'
+import type { BufferedResponse, HttpResponse } from './response.js'
+
+/** Connection pool figures of a service (undici's `PoolStats`). */
+export interface HttpPoolStats {
+  /** Open connections. */
+  readonly connected: number
+  /** Open connections without a request. */
+  readonly free: number
+  /** Requests waiting for a connection. */
+  readonly pending: number
+  /** Requests queued on connections. */
+  readonly queued: number
+  /** Requests in flight. */
+  readonly running: number
+  /** Pending, queued and running requests. */
+  readonly size: number
+}
+
+/** A snapshot of a service's resilience state, for metrics and admin endpoints. */
+export interface HttpServiceState {
+  /** The circuit breaker's state, or undefined without a breaker. */
+  readonly breaker: CircuitState | undefined
+  /** Calls holding and waiting for a bulkhead slot, or undefined without a bulkhead. */
+  readonly bulkhead: { readonly running: number; readonly queued: number } | undefined
+  /** The service's own connection pool. */
+  readonly pool: HttpPoolStats
+  /** Retry tokens left in the budget, or undefined without a budget. */
+  readonly retryBudget: number | undefined
+}
+
+/** Options of {@link HttpService.execute}. */
+export interface HttpExecuteOptions {
+  /**
+   * Whether failed attempts may be retried (only when the service has retry on). Say `true`
+   * only for work that is safe to repeat.
+   * @default false
+   */
+  readonly retry?: boolean
+  /**
+   * Aborts the call.
+   * @default undefined
+   */
+  readonly signal?: AbortSignal
+}
+
+/**
+ * One downstream service of an HTTP client: its own connection pool and policy stack. Most
+ * code only needs `client.request()`; this handle is for metrics, admin operations (isolate or
+ * reset the breaker) and for callers that stream through the pool themselves (the proxy).
+ */
+export interface HttpService {
+  /** The service's name. */
+  readonly name: string
+  /** The base URL as normalized (origin and base path). */
+  readonly baseUrl: string
+  /** The service's own undici `Pool`, bound to its origin. Closed by `client.close()`. */
+  readonly dispatcher: Pool
+  /** The circuit breaker, or undefined when disabled. */
+  readonly breaker: CircuitBreaker | undefined
+  /** The bulkhead, or undefined when disabled. */
+  readonly bulkhead: Bulkhead | undefined
+  /** The retry budget, or undefined when disabled. */
+  readonly retryBudget: RetryBudget | undefined
+  /** The service's events. */
+  readonly events: HttpEvents
+  /** A snapshot of breaker, bulkhead, pool and budget. */
+  state(): HttpServiceState
+  /**
+   * Runs `fn` through the service's policy stack (overall timeout, retry when asked, circuit
+   * breaker, attempt timeout, bulkhead), for work that talks to the service's `dispatcher`
+   * itself. `fn` must honour `ctx.signal`.
+   */
+  execute<T>(
+    fn: (ctx: PolicyContext) => PromiseLike<T> | T,
+    options?: HttpExecuteOptions,
+  ): Promise<T>
+}
+
+const idempotentMethods = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
+const keyedMethods = new Set(['POST', 'PATCH', 'PUT', 'DELETE'])
+const defaultBulkhead = { maxConcurrent: 32, maxQueued: 64 }
+
+/** The plan of one call plus what its attempts need. */
+interface CallPlan extends ExchangePlan {
+  readonly headers: Record<string, string | string[]>
+  readonly startMs: number
+}
+
+/** A service as built by the client. Internal: callers see {@link HttpService}. */
+export class ServiceRuntime implements HttpService, ExchangeSettings {
+  readonly name: string
+  readonly baseUrl: string
+  readonly dispatcher: Pool
+  readonly breaker: CircuitBreaker | undefined
+  readonly bulkhead: Bulkhead | undefined
+  readonly retryBudget: RetryBudget | undefined
+  readonly events: ServiceEvents
+  readonly clock: Clock
+  readonly headersTimeoutMs: number
+  readonly bodyTimeoutMs: number
+  readonly #base: BaseTarget
+  readonly #retry: RetryPolicy | undefined
+  // Two stacks sharing one breaker and one bulkhead: calls that may be repeated go through
+  // the one with retry, the others (a POST without a key) through the one without.
+  readonly #retrying: Policy
+  readonly #single: Policy
+  readonly #attemptTimeoutMs: number
+  readonly #overallTimeoutMs: number
+  readonly #idempotencyKeys: boolean
+  readonly #throwOnErrorStatus: boolean
+  readonly #propagateDeadline: boolean
+  readonly #defaultHeaders: Record<string, string | string[]>
+
+  constructor(name: string, options: HttpServiceOptions, clientClock: Clock) {
+    const prefix = `services.${name}`
+    checkObject(prefix, options)
+    this.name = name
+    this.#base = parseBaseUrl(`${prefix}.baseUrl`, options.baseUrl)
+    this.baseUrl = this.#base.href
+    const clock = options.clock ?? clientClock
+    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
+      throw new InvalidOptionError(`${prefix}.clock`, 'a Clock', clock)
+    this.clock = clock
+    const connectTimeoutMs = timeoutOption(prefix, 'connectTimeoutMs', options, 5_000)
+    this.headersTimeoutMs = timeoutOption(prefix, 'headersTimeoutMs', options, 10_000)
+    this.bodyTimeoutMs = timeoutOption(prefix, 'bodyTimeoutMs', options, 10_000)
+    this.#attemptTimeoutMs = timeoutOption(prefix, 'attemptTimeoutMs', options, 10_000)
+    this.#overallTimeoutMs = timeoutOption(prefix, 'overallTimeoutMs', options, 30_000)
+    this.#idempotencyKeys = booleanOption(prefix, 'idempotencyKeys', options, true)
+    this.#throwOnErrorStatus = booleanOption(prefix, 'throwOnErrorStatus', options, false)
+    this.#propagateDeadline = booleanOption(prefix, 'propagateDeadline', options, true)
+    this.#defaultHeaders = {}
+    addHeaders(this.#defaultHeaders, `${prefix}.headers`, options.headers)
+    const maxResponseBytes = checkInteger(
+      `${prefix}.maxResponseBytes`,
+      options.maxResponseBytes ?? 16 * 1024 * 1024,
+      0,
+    )
+
+    this.retryBudget = withPrefix(prefix, () => makeBudget(options.retryBudget, clock))
+    this.#retry =
+      options.retry === false
+        ? undefined
+        : withPrefix(prefix, () =>
+            retry({
+              ...(checkObject(`${prefix}.retry`, options.retry ?? {}) as object),
+              ...(this.retryBudget === undefined ? {} : { budget: this.retryBudget }),
+              clock,
+            }),
+          )
+    this.breaker =
+      options.circuitBreaker === false
+        ? undefined
+        : withPrefix(prefix, () =>
+            circuitBreaker({
+              name,
+              ...(checkObject(`${prefix}.circuitBreaker`, options.circuitBreaker ?? {}) as object),
+              clock,
+            }),
+          )
+    this.bulkhead =
+      options.bulkhead === false
+        ? undefined
+        : withPrefix(prefix, () =>
+            bulkhead({
+              ...defaultBulkhead,
+              name,
+              ...(checkObject(`${prefix}.bulkhead`, options.bulkhead ?? {}) as object),
+              clock,
+            }),
+          )
+    let connections: number
+    if (this.bulkhead === undefined) {
+      connections = checkInteger(`${prefix}.connections`, options.connections ?? 32, 1)
+    } else {
+      if (options.connections !== undefined)
+        throw new InvalidOptionError(
+          `${prefix}.connections`,
+          'undefined while the bulkhead is on (its maxConcurrent sizes the pool)',
+          options.connections,
+        )
+      connections =
+        (options.bulkhead as { maxConcurrent?: number } | undefined)?.maxConcurrent ??
+        defaultBulkhead.maxConcurrent
+    }
+
+    const overall = timeout(this.#overallTimeoutMs, { clock })
+    const perTry = timeout(this.#attemptTimeoutMs, { clock })
+    const inner: Policy[] = []
+    if (this.breaker !== undefined) inner.push(this.breaker)
+    inner.push(perTry)
+    if (this.bulkhead !== undefined) inner.push(this.bulkhead)
+    this.#single = pipeline(overall, ...inner)
+    this.#retrying =
+      this.#retry === undefined ? this.#single : pipeline(overall, this.#retry, ...inner)
+
+    this.events = new ServiceEvents((events) => this.#attachEvents(events))
+    this.dispatcher = new Pool(this.#base.origin, {
+      connections,
+      pipelining: 1,
+      connectTimeout: connectTimeoutMs === Number.POSITIVE_INFINITY ? 0 : connectTimeoutMs,
+      // The headers and body timeouts run on the service's clock (see Exchange).
+      headersTimeout: 0,
+      bodyTimeout: 0,
+      maxResponseSize: maxResponseBytes,
+    })
+  }
+
+  state(): HttpServiceState {
+    const stats = this.dispatcher.stats
+    return {
+      breaker: this.breaker?.state,
+      bulkhead:
+        this.bulkhead === undefined
+          ? undefined
+          : { running: this.bulkhead.running, queued: this.bulkhead.queued },
+      pool: {
+        connected: stats.connected,
+        free: stats.free,
+        pending: stats.pending,
+        queued: stats.queued,
+        running: stats.running,
+        size: stats.size,
+      },
+      retryBudget: this.retryBudget?.available(),
+    }
+  }
+
+  execute<T>(
+    fn: (ctx: PolicyContext) => PromiseLike<T> | T,
+    options: HttpExecuteOptions = {},
+  ): Promise<T> {
+    const stack = options.retry === true ? this.#retrying : this.#single
+    if (stack === this.#single && this.#retry !== undefined) this.retryBudget?.recordRequest()
+    return stack.execute(fn, options.signal)
+  }
+
+  /** Runs one call. */
+  async request(options: HttpRequestOptions): Promise<HttpResponse> {
+    const plan = this.#plan(options)
+    const deadline = currentDeadline()
+    // Nothing is sent for work whose caller has already given up (a whole millisecond is the
+    // least a downstream can be told).
+    if (deadline !== undefined && deadline.remainingMs() < 1)
+      throw new DeadlineExceededError(deadline.atMs)
+    const stack =
+      this.#retry !== undefined && this.#mayRetry(plan, options) ? this.#retrying : this.#single
+    // Calls that may not be retried are traffic too: they fund the budget like the others.
+    if (stack === this.#single && this.#retry !== undefined) this.retryBudget?.recordRequest()
+    const events = this.events
+    try {
+      const response = await stack.execute((ctx) => this.#attempt(plan, ctx), options.signal)
+      if (events.hasListeners) this.#emitResponse(plan, response)
+      return response
+    } catch (error) {
+      // Non-transient 5xx went through the policies as failures (so the breaker counts them)
+      // but are answers the caller gets as responses unless asked otherwise.
+      if (
+        error instanceof HttpStatusError &&
+        !error.retryable &&
+        !plan.throwOnErrorStatus &&
+        error.service === this.name
+      ) {
+        if (events.hasListeners) this.#emitResponse(plan, error.response)
+        return error.response
+      }
+      if (events.hasListeners)
+        events.emit({
+          type: 'failure',
+          service: this.name,
+          method: plan.method,
+          path: plan.path,
+          error,
+          durationMs: this.clock.now() - plan.startMs,
+        })
+      throw error
+    }
+  }
+
+  #mayRetry(plan: CallPlan, options: HttpRequestOptions): boolean {
+    if (options.retry !== undefined) return options.retry
+    return plan.idempotent
+  }
+
+  #plan(options: HttpRequestOptions): CallPlan {
+    if (typeof options !== 'object' || options === null)
+      throw new InvalidOptionError('request', 'an object', options)
+    const rawMethod = options.method ?? 'GET'
+    if (
+      typeof rawMethod !== 'string' ||
+      !isToken(rawMethod) ||
+      rawMethod.toUpperCase() === 'CONNECT'
+    )
+      throw new InvalidOptionError('request.method', 'an HTTP method other than CONNECT', rawMethod)
+    const method = rawMethod.toUpperCase()
+    const path = checkPath(options.path)
+    const target = this.#base.basePath + appendQuery(options.path, options.query)
+    const headers: Record<string, string | string[]> = { ...this.#defaultHeaders }
+    addHeaders(headers, 'request.headers', options.headers)
+
+    let body: string | Uint8Array | undefined
+    if (options.json !== undefined) {
+      if (options.body !== undefined)
+        throw new InvalidOptionError('request.body', 'undefined when json is given', options.body)
+      body = JSON.stringify(options.json)
+      if (headers['content-type'] === undefined) headers['content-type'] = 'application/json'
+    } else if (options.body !== undefined) {
+      if (typeof options.body !== 'string' && !(options.body instanceof Uint8Array))
+        throw new InvalidOptionError('request.body', 'a string or Uint8Array', options.body)
+      body = options.body
+    }
+
+    // The key: the caller's (option or header), else a fresh one for a mutating method.
+    let key: string | undefined
+    const headerKey = headers['idempotency-key']
+    if (headerKey !== undefined)
+      key = checkIdempotencyKey('request.headers.idempotency-key', headerKey)
+    const keyOption = options.idempotencyKey
+    if (keyOption === false) {
+      if (key !== undefined)
+        throw new InvalidOptionError(
+          'request.idempotencyKey',
+          'not false when the headers carry a key',
+          keyOption,
+        )
+    } else if (keyOption !== undefined) {
+      const given = checkIdempotencyKey('request.idempotencyKey', keyOption)
+      if (key !== undefined && key !== given)
+        throw new InvalidOptionError(
+          'request.idempotencyKey',
+          'the same key as the Idempotency-Key header',
+          keyOption,
+        )
+      key = given
+    } else if (key === undefined && this.#idempotencyKeys && keyedMethods.has(method)) {
+      key = randomUUID()
+    }
+    if (key !== undefined) headers['idempotency-key'] = key
+
+    const throwOnErrorStatus = options.throwOnErrorStatus ?? this.#throwOnErrorStatus
+    if (typeof throwOnErrorStatus !== 'boolean')
+      throw new InvalidOptionError('request.throwOnErrorStatus', 'a boolean', throwOnErrorStatus)
+    if (options.retry !== undefined && typeof options.retry !== 'boolean')
+      throw new InvalidOptionError('request.retry', 'a boolean', options.retry)
+    if (options.signal !== undefined && !(options.signal instanceof AbortSignal))
+      throw new InvalidOptionError('request.signal', 'an AbortSignal', options.signal)
+    return {
+      service: this.name,
+      method,
+      path,
+      target,
+      body,
+      idempotent: idempotentMethods.has(method) || key !== undefined,
+      throwOnErrorStatus,
+      headers,
+      startMs: this.clock.now(),
+    }
+  }
+
+  #attempt(plan: CallPlan, ctx: PolicyContext): Promise<BufferedResponse> {
+    const attempt = ctx.attempt
+    if (this.events.hasListeners)
+      this.events.emit({
+        type: 'attempt',
+        service: this.name,
+        method: plan.method,
+        path: plan.path,
+        attempt,
+      })
+    let headers = plan.headers
+    if (this.#propagateDeadline) {
+      const budget = this.#budgetMs(plan)
+      if (budget !== undefined) {
+        if (budget instanceof DeadlineExceededError) return Promise.reject(budget)
+        headers = { ...headers, [DEADLINE_HEADER]: String(budget) }
+      }
+    }
+    const signal = ctx.signal
+    return new Promise<BufferedResponse>((resolve, reject) => {
+      new Exchange(this, plan, attempt, signal, resolve, reject).start(headers)
+    })
+  }
+
+  // The budget to announce downstream, in whole milliseconds: the least of the deadline left,
+  // the overall timeout left and the attempt timeout. A deadline with less than a millisecond
+  // left ends the attempt before it is sent.
+  #budgetMs(plan: CallPlan): number | DeadlineExceededError | undefined {
+    let budget = Number.POSITIVE_INFINITY
+    const deadline = currentDeadline()
+    if (deadline !== undefined) {
+      budget = Math.floor(deadline.remainingMs())
+      if (budget < 1) return new DeadlineExceededError(deadline.atMs)
+    }
+    if (this.#overallTimeoutMs !== Number.POSITIVE_INFINITY) {
+      const left = this.#overallTimeoutMs - (this.clock.now() - plan.startMs)
+      budget = Math.min(budget, Math.max(1, Math.floor(left)))
+    }
+    budget = Math.min(budget, Math.floor(this.#attemptTimeoutMs))
+    return budget === Number.POSITIVE_INFINITY ? undefined : budget
+  }
+
+  #emitResponse(plan: CallPlan, response: HttpResponse): void {
+    this.events.emit({
+      type: 'response',
+      service: this.name,
+      method: plan.method,
+      path: plan.path,
+      status: response.status,
+      attempts: response.attempts,
+      durationMs: this.clock.now() - plan.startMs,
+    })
+  }
+
+  #attachEvents(events: ServiceEvents): Unsubscribe {
+    const service = this.name
+    const offs: Unsubscribe[] = []
+    if (this.#retry !== undefined)
+      offs.push(
+        this.#retry.events.on((e) => {
+          if (e.type === 'retry')
+            events.emit({
+              type: 'retry',
+              service,
+              attempt: e.attempt,
+              delayMs: e.delayMs,
+              error: e.error,
+            })
+          else
+            events.emit({
+              type: 'giveUp',
+              service,
+              attempt: e.attempt,
+              reason: e.reason,
+              error: e.error,
+            })
+        }),
+      )
+    if (this.breaker !== undefined)
+      offs.push(
+        this.breaker.events.on((e) => {
+          if (e.type === 'stateChange')
+            events.emit({ type: 'stateChange', service, from: e.from, to: e.to })
+          else if (e.type === 'rejected')
+            events.emit({
+              type: 'rejected',
+              service,
+              by: 'breaker',
+              state: e.state,
+              retryAfterMs: e.retryAfterMs,
+            })
+        }),
+      )
+    if (this.bulkhead !== undefined)
+      offs.push(
+        this.bulkhead.events.on((e) => {
+          if (e.type === 'rejected')
+            events.emit({ type: 'rejected', service, by: 'bulkhead', reason: e.reason })
+        }),
+      )
+    return () => {
+      for (const off of offs) off()
+    }
+  }
+
+  async close(): Promise<void> {
+    this.breaker?.dispose()
+    await this.dispatcher.close()
+  }
+}
+
+type TimeoutName =
+  | 'connectTimeoutMs'
+  | 'headersTimeoutMs'
+  | 'bodyTimeoutMs'
+  | 'attemptTimeoutMs'
+  | 'overallTimeoutMs'
+
+function timeoutOption(
+  prefix: string,
+  name: TimeoutName,
+  options: HttpServiceOptions,
+  fallback: number,
+): number {
+  const value = options[name] ?? fallback
+  if (value === Number.POSITIVE_INFINITY) return value
+  return checkNumber(`${prefix}.${name}`, value, 1, 2_147_483_647)
+}
+
+function booleanOption(
+  prefix: string,
+  name: 'idempotencyKeys' | 'throwOnErrorStatus' | 'propagateDeadline',
+  options: HttpServiceOptions,
+  fallback: boolean,
+): boolean {
+  const value = options[name] ?? fallback
+  if (typeof value !== 'boolean')
+    throw new InvalidOptionError(`${prefix}.${name}`, 'a boolean', value)
+  return value
+}
+
+function makeBudget(
+  option: HttpServiceOptions['retryBudget'],
+  clock: Clock,
+): RetryBudget | undefined {
+  if (option === false) return undefined
+  if (option !== undefined && typeof (option as Partial<RetryBudget>).tryWithdraw === 'function')
+    return option as RetryBudget
+  return createRetryBudget({ ...(checkObject('retryBudget', option ?? {}) as object), clock })
+}
+
+// The policy factories name their options from their own root (`retry.maxAttempts`); inside a
+// client the path starts at the service (`services.payments.retry.maxAttempts`).
+function withPrefix<T>(prefix: string, build: () => T): T {
+  try {
+    return build()
+  } catch (error) {
+    if (error instanceof InvalidOptionError && !error.option.startsWith(`${prefix}.`)) {
+      const lead = `${error.option}: expected `
+      const tail = error.message.lastIndexOf(', got ')
+      const expected =
+        error.message.startsWith(lead) && tail > lead.length
+          ? error.message.slice(lead.length, tail)
+          : 'a valid value'
+      throw new InvalidOptionError(`${prefix}.${error.option}`, expected, error.value)
+    }
+    throw error
+  }
+}

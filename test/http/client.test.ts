@@ -1,0 +1,326 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import {
+  createHttpClient,
+  type HttpClient,
+  HttpClientClosedError,
+  type HttpServiceOptions,
+} from '../../src/http/index.js'
+import { BreakwaterError, InvalidOptionError } from '../../src/index.js'
+import { startServer, type TestServer, until } from './servers.js'
+
+let server: TestServer
+let client: HttpClient | undefined
+
+beforeEach(async () => {
+  server = await startServer((req, res, hit) => {
+    res.setHeader('content-type', 'application/json')
+    res.setHeader('set-cookie', ['a=1', 'b=2'])
+    res.end(JSON.stringify({ method: hit.method, url: hit.url, body: hit.body }))
+  })
+})
+
+afterEach(async () => {
+  await client?.close()
+  client = undefined
+  await server.close()
+})
+
+function make(options: Partial<HttpServiceOptions> = {}, base = server.url): HttpClient {
+  client = createHttpClient({ services: { svc: { baseUrl: base, ...options } } })
+  return client
+}
+
+describe('requests and responses', () => {
+  it('resolves with status, headers and the body as bytes, text and JSON', async () => {
+    const response = await make().request('svc', { path: '/items/1' })
+    expect(response.status).toBe(200)
+    expect(response.attempts).toBe(1)
+    expect(response.headers['content-type']).toBe('application/json')
+    expect(response.headers['set-cookie']).toEqual(['a=1', 'b=2'])
+    expect(response.body).toBeInstanceOf(Uint8Array)
+    expect(JSON.parse(response.text())).toEqual({ method: 'GET', url: '/items/1', body: '' })
+    expect(response.json()).toEqual({ method: 'GET', url: '/items/1', body: '' })
+  })
+
+  it('joins the path onto the base path and appends query parameters', async () => {
+    const c = make({}, `${server.url}/api/v1/`)
+    const response = await c.request('svc', {
+      path: '/items?sort=asc',
+      query: { tag: ['a b', 'c'], limit: 10, deep: true, skipped: undefined },
+    })
+    expect(response.json<{ url: string }>().url).toBe(
+      '/api/v1/items?sort=asc&tag=a+b&tag=c&limit=10&deep=true',
+    )
+    expect(c.service('svc').baseUrl).toBe(`${server.url}/api/v1`)
+  })
+
+  it('sends JSON and string bodies, default headers and the caller headers', async () => {
+    const c = make({ headers: { 'X-Team': 'orders', accept: 'text/plain' } })
+    await c.request('svc', {
+      method: 'post',
+      path: '/a',
+      json: { n: 1 },
+      headers: { Accept: 'application/json', 'x-trace': 't1' },
+    })
+    await c.request('svc', {
+      method: 'PUT',
+      path: '/b',
+      body: 'plain',
+      headers: { 'content-type': 'text/plain' },
+    })
+    const [post, put] = server.hits
+    expect(post?.method).toBe('POST')
+    expect(post?.body).toBe('{"n":1}')
+    expect(post?.headers['content-type']).toBe('application/json')
+    expect(post?.headers.accept).toBe('application/json')
+    expect(post?.headers['x-team']).toBe('orders')
+    expect(post?.headers['x-trace']).toBe('t1')
+    expect(put?.body).toBe('plain')
+    expect(put?.headers['content-type']).toBe('text/plain')
+  })
+
+  it('resolves 4xx and 3xx answers as responses by default', async () => {
+    await server.close()
+    server = await startServer((_req, res, hit) => {
+      res.writeHead(hit.url === '/missing' ? 404 : 304)
+      res.end()
+    })
+    const c = make()
+    expect((await c.request('svc', { path: '/missing' })).status).toBe(404)
+    expect((await c.request('svc', { path: '/cached' })).status).toBe(304)
+  })
+})
+
+describe('a path cannot leave its service', () => {
+  const escapes = [
+    '//evil.example/x',
+    '///evil.example/x',
+    'http://evil.example/x',
+    'https:evil.example',
+    'evil.example/x',
+    '',
+    '\\\\evil.example\\x',
+    '/\\evil.example/x',
+    '/api/../admin',
+    '/..',
+    '/api/%2e%2e/admin',
+    '/api/.%2E/admin',
+    '/./x',
+    '/a#fragment',
+    '/a b',
+    '/a\r\nx-injected: 1',
+    '/caf\u00e9',
+  ]
+
+  it.each(escapes)('refuses %j with InvalidOptionError naming request.path', async (path) => {
+    const c = make({}, `${server.url}/api`)
+    const error = await c.request('svc', { path }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('request.path')
+    expect(server.hits).toHaveLength(0)
+  })
+
+  it('shows why: URL resolution would change the host or leave the base path', () => {
+    expect(new URL('//evil.example/x', 'http://127.0.0.1/api/').host).toBe('evil.example')
+    expect(new URL('/\\evil.example/x', 'http://127.0.0.1/api/').host).toBe('evil.example')
+    expect(new URL('/api/%2e%2e/admin', 'http://127.0.0.1/').pathname).toBe('/admin')
+  })
+
+  it('keeps dots that are not whole segments', async () => {
+    const c = make({}, `${server.url}/api`)
+    const response = await c.request('svc', { path: '/files/v1.2..3/.hidden?x=../y' })
+    expect(response.json<{ url: string }>().url).toBe('/api/files/v1.2..3/.hidden?x=../y')
+  })
+})
+
+describe('options are checked at construction', () => {
+  const cases: ReadonlyArray<[string, unknown, string]> = [
+    ['no services', { services: {} }, 'services'],
+    ['services not an object', { services: 'x' }, 'services'],
+    ['a bad service name', { services: { 'a b': { baseUrl: 'http://x' } } }, 'services.a b'],
+    ['a missing baseUrl', { services: { a: {} } }, 'services.a.baseUrl'],
+    ['a relative baseUrl', { services: { a: { baseUrl: '/api' } } }, 'services.a.baseUrl'],
+    ['an ftp baseUrl', { services: { a: { baseUrl: 'ftp://x' } } }, 'services.a.baseUrl'],
+    [
+      'credentials in the baseUrl',
+      { services: { a: { baseUrl: 'http://u:p@x' } } },
+      'services.a.baseUrl',
+    ],
+    [
+      'a query in the baseUrl',
+      { services: { a: { baseUrl: 'http://x/?q=1' } } },
+      'services.a.baseUrl',
+    ],
+    [
+      'a negative attempt timeout',
+      { services: { a: { baseUrl: 'http://x', attemptTimeoutMs: -1 } } },
+      'services.a.attemptTimeoutMs',
+    ],
+    [
+      'a zero headers timeout',
+      { services: { a: { baseUrl: 'http://x', headersTimeoutMs: 0 } } },
+      'services.a.headersTimeoutMs',
+    ],
+    [
+      'retry maxAttempts 0',
+      { services: { a: { baseUrl: 'http://x', retry: { maxAttempts: 0 } } } },
+      'services.a.retry.maxAttempts',
+    ],
+    ['retry: true', { services: { a: { baseUrl: 'http://x', retry: true } } }, 'services.a.retry'],
+    [
+      'a negative breaker cooldown',
+      { services: { a: { baseUrl: 'http://x', circuitBreaker: { cooldownMs: -1 } } } },
+      'services.a.circuitBreaker.cooldownMs',
+    ],
+    [
+      'bulkhead maxConcurrent 0',
+      { services: { a: { baseUrl: 'http://x', bulkhead: { maxConcurrent: 0 } } } },
+      'services.a.bulkhead.maxConcurrent',
+    ],
+    [
+      'connections next to a bulkhead',
+      { services: { a: { baseUrl: 'http://x', connections: 4 } } },
+      'services.a.connections',
+    ],
+    [
+      'connections 0 without a bulkhead',
+      { services: { a: { baseUrl: 'http://x', bulkhead: false, connections: 0 } } },
+      'services.a.connections',
+    ],
+    [
+      'a negative budget ratio',
+      { services: { a: { baseUrl: 'http://x', retryBudget: { ratio: -1 } } } },
+      'services.a.retryBudget.ratio',
+    ],
+    [
+      'a non-boolean idempotencyKeys',
+      { services: { a: { baseUrl: 'http://x', idempotencyKeys: 'yes' } } },
+      'services.a.idempotencyKeys',
+    ],
+    [
+      'a reserved default header',
+      { services: { a: { baseUrl: 'http://x', headers: { Host: 'evil' } } } },
+      'services.a.headers.Host',
+    ],
+    [
+      'a negative maxResponseBytes',
+      { services: { a: { baseUrl: 'http://x', maxResponseBytes: -1 } } },
+      'services.a.maxResponseBytes',
+    ],
+  ]
+
+  it.each(cases)('%s', (_name, options, option) => {
+    let error: unknown
+    try {
+      createHttpClient(options as never)
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe(option)
+    expect((error as InvalidOptionError).message).toContain(option)
+  })
+
+  it('names the service of a bad option among several', () => {
+    expect(() =>
+      createHttpClient({
+        services: {
+          good: { baseUrl: 'http://127.0.0.1:1' },
+          bad: { baseUrl: 'http://127.0.0.1:1', retry: { baseDelayMs: -5 } },
+        },
+      }),
+    ).toThrow(/^services\.bad\.retry\.baseDelayMs: expected/)
+  })
+})
+
+describe('request options are checked before anything is sent', () => {
+  const cases: ReadonlyArray<[string, Record<string, unknown>, string]> = [
+    ['a bad method', { method: 'GE T', path: '/' }, 'request.method'],
+    ['CONNECT', { method: 'CONNECT', path: '/' }, 'request.method'],
+    ['a Host header', { path: '/', headers: { Host: 'evil' } }, 'request.headers.Host'],
+    [
+      'a Transfer-Encoding header',
+      { path: '/', headers: { 'transfer-encoding': 'chunked' } },
+      'request.headers.transfer-encoding',
+    ],
+    [
+      'a header value with CRLF',
+      { path: '/', headers: { 'x-a': 'v\r\nx-b: 1' } },
+      'request.headers.x-a',
+    ],
+    ['body and json', { path: '/', body: 'x', json: {} }, 'request.body'],
+    ['a numeric body', { path: '/', body: 5 }, 'request.body'],
+    ['an empty idempotency key', { path: '/', idempotencyKey: '' }, 'request.idempotencyKey'],
+    ['a key with spaces', { path: '/', idempotencyKey: 'a b' }, 'request.idempotencyKey'],
+    ['a query object value', { path: '/', query: { a: { b: 1 } } }, 'request.query.a'],
+    ['retry: "yes"', { path: '/', retry: 'yes' }, 'request.retry'],
+  ]
+
+  it.each(cases)('%s', async (_name, options, option) => {
+    const error = await make()
+      .request('svc', options as never)
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe(option)
+    expect(server.hits).toHaveLength(0)
+  })
+
+  it('refuses an unknown service, naming the known ones', async () => {
+    const error = await make()
+      .request('nope', { path: '/' })
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('request.service')
+    expect((error as Error).message).toContain('"svc"')
+    expect(() => make().service('nope')).toThrow(InvalidOptionError)
+  })
+})
+
+describe('state, events and close', () => {
+  it('reports breaker, bulkhead, pool and budget state per service', async () => {
+    const c = make({ bulkhead: { maxConcurrent: 3 } })
+    await c.request('svc', { path: '/' })
+    // undici hands the connection back just after the response ended.
+    await until(() => c.state().svc!.pool.free === 1)
+    const state = c.state().svc!
+    expect(state.breaker).toBe('closed')
+    expect(state.bulkhead).toEqual({ running: 0, queued: 0 })
+    expect(state.pool).toMatchObject({ connected: 1, free: 1, running: 0, pending: 0 })
+    expect(state.retryBudget).toBeGreaterThan(0)
+    expect(c.services).toEqual(['svc'])
+    expect(c.service('svc').bulkhead?.running).toBe(0)
+  })
+
+  it('has no breaker, bulkhead or budget when they are turned off', async () => {
+    const c = make({ circuitBreaker: false, bulkhead: false, retryBudget: false, connections: 2 })
+    await c.request('svc', { path: '/' })
+    expect(c.state().svc).toMatchObject({
+      breaker: undefined,
+      bulkhead: undefined,
+      retryBudget: undefined,
+    })
+  })
+
+  it('emits attempt and response events while somebody listens, and stops after', async () => {
+    const c = make()
+    const seen: string[] = []
+    const off = c.events.on((e) => seen.push(`${e.type}:${e.service}`))
+    expect(c.events.hasListeners).toBe(true)
+    await c.request('svc', { path: '/x?secret=1' })
+    off()
+    expect(c.events.hasListeners).toBe(false)
+    await c.request('svc', { path: '/y' })
+    expect(seen).toEqual(['attempt:svc', 'response:svc'])
+  })
+
+  it('refuses requests after close with HttpClientClosedError', async () => {
+    const c = make()
+    await c.request('svc', { path: '/' })
+    await c.close()
+    const error = await c.request('svc', { path: '/' }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(HttpClientClosedError)
+    expect(BreakwaterError.is(error) && error.code).toBe('HTTP_CLIENT_CLOSED')
+    expect(server.hits).toHaveLength(1)
+    await c.close()
+  })
+})
