@@ -1,4 +1,5 @@
 // RabbitMQ adapter. The `amqplib` driver is imported lazily, here only.
+import { setMaxListeners } from 'node:events'
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib'
 import { sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
@@ -414,6 +415,8 @@ class RabbitSubscriber implements Subscriber {
       )
     model.once('close', lose)
     const abort = new AbortController()
+    // Every message waiting out its retry delay listens on this signal: not a leak.
+    setMaxListeners(0, abort.signal)
     const settle = async (raw: ConsumeMessage, outcome: Outcome): Promise<void> => {
       if (outcome === 'ack') return channel.ack(raw)
       if (outcome === 'retry' && options.retryDelayMs > 0) {

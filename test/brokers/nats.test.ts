@@ -1,0 +1,3 @@
+import { describeBrokerConformance } from './conformance.js'
+
+describeBrokerConformance({ name: 'nats', dedupe: true })
