@@ -12,7 +12,7 @@ let server: TestServer
 let client: HttpClient | undefined
 
 beforeEach(async () => {
-  server = await startServer((req, res, hit) => {
+  server = await startServer((_req, res, hit) => {
     res.setHeader('content-type', 'application/json')
     res.setHeader('set-cookie', ['a=1', 'b=2'])
     res.end(JSON.stringify({ method: hit.method, url: hit.url, body: hit.body }))

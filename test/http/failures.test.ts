@@ -328,7 +328,9 @@ describe('network failures', () => {
   })
 
   it('rejects at once with AbortedError for an already aborted signal', async () => {
-    const server = await serve((_req, res) => res.end())
+    const server = await serve((_req, res) => {
+      res.end()
+    })
     const client = clientFor(server.url)
     const error = await failure(client.request('svc', { path: '/', signal: AbortSignal.abort() }))
     expect(error).toBeInstanceOf(AbortedError)
