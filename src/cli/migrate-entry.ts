@@ -1,7 +1,8 @@
+import { idempotencyMigrations } from '../idempotency/index.js'
 import { migrateCommand } from './migrate.js'
 
 /** `breakwater migrate`: applies the migrations of every durable capability. */
 export async function migrateEntry(args: string[]): Promise<number> {
-  // Capabilities register their migrations here as they land.
-  return migrateCommand(args, { capabilities: {} })
+  // Each durable capability registers its numbered migrations here as it lands.
+  return migrateCommand(args, { capabilities: { idempotency: idempotencyMigrations } })
 }

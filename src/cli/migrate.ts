@@ -33,7 +33,7 @@ Applies the pending migrations of every capability.
  */
 export async function migrateCommand(
   args: string[],
-  deps: { capabilities: Record<string, Migration[]> } & MigrateOutput,
+  deps: { capabilities: Record<string, readonly Migration[]> } & MigrateOutput,
 ): Promise<number> {
   const out = deps.stdout ?? process.stdout
   const err = deps.stderr ?? process.stderr
