@@ -37,25 +37,48 @@ export interface AsyncCase {
   run: () => Promise<unknown>
 }
 
+/** Options of {@link measureInterleaved}. */
+export interface MeasureOptions {
+  /** Samples per case; the reported figure is their median. @default 15 */
+  rounds?: number
+  /**
+   * Calls per sample, the same for every case. When absent, each case gets as many calls as
+   * fit in `targetSampleMs` (calibrated on its warmup), so a slow peer cannot eat the budget.
+   * @default calibrated
+   */
+  iterations?: number
+  /** Calls per case before measuring (JIT warmup and calibration). @default 20_000 */
+  warmup?: number
+  /** Wall time one sample of one case aims at, when `iterations` is absent. @default 20 */
+  targetSampleMs?: number
+}
+
 /**
  * Measures ns per sequential call for each case, interleaving the cases round by round so
  * that machine noise (this machine is shared) hits them all alike; reports the median round.
  */
 export async function measureInterleaved(
   cases: AsyncCase[],
-  options: { rounds?: number; iterations?: number; warmup?: number } = {},
+  options: MeasureOptions = {},
 ): Promise<ResultRow[]> {
   const rounds = options.rounds ?? 15
-  const iterations = options.iterations ?? 20_000
   const warmup = options.warmup ?? 20_000
-  for (const c of cases) for (let i = 0; i < warmup; i++) await c.run()
+  const targetNs = (options.targetSampleMs ?? 20) * 1e6
+  const iterations: number[] = []
+  for (const c of cases) {
+    const start = process.hrtime.bigint()
+    for (let i = 0; i < warmup; i++) await c.run()
+    const nsPerOp = Number(process.hrtime.bigint() - start) / Math.max(1, warmup)
+    iterations.push(options.iterations ?? Math.max(200, Math.round(targetNs / nsPerOp)))
+  }
   const samples = cases.map(() => [] as number[])
   for (let r = 0; r < rounds; r++) {
     for (let ci = 0; ci < cases.length; ci++) {
       const c = cases[ci]!
+      const n = iterations[ci]!
       const start = process.hrtime.bigint()
-      for (let i = 0; i < iterations; i++) await c.run()
-      samples[ci]!.push(Number(process.hrtime.bigint() - start) / iterations)
+      for (let i = 0; i < n; i++) await c.run()
+      samples[ci]!.push(Number(process.hrtime.bigint() - start) / n)
     }
   }
   return cases.map((c, ci) => ({
