@@ -2,6 +2,7 @@ import { type Counter, metrics } from '@opentelemetry/api'
 import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import { parentOf } from './cancel-scope.js'
 import { BulkheadRejectedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type ContextAwarePolicy, contextFor, executeInContext } from './pipeline.js'
@@ -152,11 +153,15 @@ export class BulkheadPolicy implements Bulkhead, ContextAwarePolicy {
   }
 
   async #run<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    const signal = context.signal
-    if (signal.aborted) throw new AbortedError(signal.reason)
+    // Asking the scope, not `context.signal`: reading the signal of a lazy scope (a timeout's
+    // or a retry's context) creates an AbortController, which cost most of a pipeline's call.
+    const parent = parentOf(context)
+    if (parent?.aborted) throw new AbortedError(parent.reason)
     if (this.#running < this.#maxConcurrent) {
       this.#running++
     } else if (this.#queued < this.#maxQueued) {
+      // A queued call must hear of an abort at once: only it needs the real signal.
+      const signal = context.signal
       // Resolves once a finishing call has handed its slot over (running stays counted).
       await this.#enqueue(signal)
       if (signal.aborted) {

@@ -7,6 +7,7 @@ import {
   type BreakerWindowOptions,
   createBreakerWindow,
 } from './breaker-windows.js'
+import { type CancelParent, parentOf } from './cancel-scope.js'
 import { classifyFailure } from './classify.js'
 import { BrokenCircuitError, IsolatedCircuitError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
@@ -274,10 +275,12 @@ class CircuitBreakerPolicy implements CircuitBreaker, ContextAwarePolicy {
 
   async #run<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
     const probe = this.#state === 'closed' ? false : this.#admit()
-    const signal = context.signal
-    if (signal.aborted) {
+    // Asking the scope, not `context.signal`: reading the signal of a lazy scope (a timeout's
+    // or a retry's context) creates an AbortController, which cost most of a pipeline's call.
+    const parent = parentOf(context)
+    if (parent?.aborted) {
       if (probe) this.#probes--
-      throw new AbortedError(signal.reason)
+      throw new AbortedError(parent.reason)
     }
     const epoch = this.#epoch
     const startMs = this.#slowCallMs === undefined ? 0 : this.#clock.now()
@@ -285,7 +288,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ContextAwarePolicy {
     try {
       value = await fn(context)
     } catch (error) {
-      this.#onError(error, epoch, startMs, signal)
+      this.#onError(error, epoch, startMs, parent)
       throw error
     }
     if (this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs)
@@ -316,11 +319,11 @@ class CircuitBreakerPolicy implements CircuitBreaker, ContextAwarePolicy {
     throw new BrokenCircuitError(retryAfterMs)
   }
 
-  #onError(error: unknown, epoch: number, startMs: number, signal: AbortSignal): void {
+  #onError(error: unknown, epoch: number, startMs: number, parent: CancelParent | undefined): void {
     const slow = this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs
     let outcome: Outcome
     // The caller gave up: whatever fn threw then, it tells only whether the call was slow.
-    if (signal.aborted) outcome = slow ? 'slow' : 'ignored'
+    if (parent?.aborted === true) outcome = slow ? 'slow' : 'ignored'
     else if (this.#isFailure(error)) outcome = 'error'
     else if (BreakwaterError.is(error) && error.code === 'BULKHEAD_FULL') outcome = 'ignored'
     else outcome = slow ? 'slow' : 'answered'
