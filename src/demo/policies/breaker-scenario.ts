@@ -165,8 +165,8 @@ export async function runBreakerScenario(
     }
   }
 
-  const plain = await runVariant(`retry x${attempts}`, false)
-  const guarded = await runVariant(`retry x${attempts} + breaker`, true)
+  const plain = await runVariant('retry only', false)
+  const guarded = await runVariant('retry + breaker', true)
   return {
     scenario: 'breaker',
     title: 'The breaker takes load off a down service',

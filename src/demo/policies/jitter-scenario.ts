@@ -28,7 +28,7 @@ export interface JitterScenarioOptions {
   readonly maxAttempts?: number
   /**
    * Multiplies every duration of the story (outage 3 s, 100 ms of work per request, backoff
-   * from 100 ms up to 3.2 s, peak window 100 ms) so the scenario runs in a fraction of the time.
+   * from 100 ms up to 3.2 s, peak window 200 ms) so the scenario runs in a fraction of the time.
    * @default 0.1
    */
   readonly timeScale?: number
@@ -69,7 +69,7 @@ const workSeedMs = 100
 const capacity = 20
 const baseDelaySeedMs = 100
 const maxDelaySeedMs = 3_200
-const windowSeedMs = 100
+const windowSeedMs = 200
 
 /**
  * "Jitter spreads retry waves." Many clients fail at the same moment against a service that
@@ -103,9 +103,17 @@ export async function runJitterScenario(
     const service = await createFaultyService({ clock })
     const client = createDemoClient()
     try {
-      // Open every client's connection first: the clients are already talking to the
-      // service when it fails, so their first failures really happen at the same moment.
-      await Promise.all(Array.from({ length: clients }, () => client.get(service.url)))
+      // Open every client's connection first, and run the failure and retry paths once so
+      // they are compiled: the clients are already talking to the service when it fails, and
+      // their first failures and retries really happen at the same moment, not spread out by
+      // a cold start.
+      service.behave(({ index }) => ({ kind: 'respond', status: index % 2 === 0 ? 503 : 200 }))
+      const warmUp = retry({ maxAttempts: 3, baseDelayMs: 1, clock })
+      await Promise.all(
+        Array.from({ length: clients }, () =>
+          warmUp.execute(() => client.get(service.url)).catch(() => {}),
+        ),
+      )
       service.resetStats()
       const policy = retry({
         maxAttempts,

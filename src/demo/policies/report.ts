@@ -68,7 +68,7 @@ function glueUnits(words: readonly string[]): string[] {
   const glued: string[] = []
   for (const word of words) {
     const previous = glued.at(-1)
-    if (previous !== undefined && /^\d/.test(previous) && /^(ms|s)\b/.test(word))
+    if (previous !== undefined && /^<?\d/.test(previous) && /^(ms|s)\b/.test(word))
       glued[glued.length - 1] = `${previous} ${word}`
     else glued.push(word)
   }
@@ -185,12 +185,20 @@ export function renderHeader(timeScale: number): string[] {
   ].flatMap((line) => wrap(line, width, '', ''))
 }
 
-/** The closing line: how long the run took and how many claims its numbers showed. */
-export function renderFooter(results: readonly PolicyScenarioResult[], elapsedMs: number): string {
+/**
+ * The closing line: how long the run took, how busy the event loop was (every timing above
+ * depends on it), and how many claims the numbers showed.
+ */
+export function renderFooter(
+  results: readonly PolicyScenarioResult[],
+  elapsedMs: number,
+  eventLoopDelayP99Ms: number,
+): string[] {
   const shown = results.filter((r) => r.conclusion.holds).length
   const missed = shown === results.length ? '' : '; see the lines marked !!'
-  return (
-    `Done in ${(elapsedMs / 1_000).toFixed(1)} s: ${shown} of ${results.length} claims shown ` +
-    `by the numbers above${missed}.`
-  )
+  const text =
+    `Done in ${(elapsedMs / 1_000).toFixed(1)} s (event-loop delay p99 ` +
+    `${latency(eventLoopDelayP99Ms)}): ${shown} of ${results.length} claims shown by the ` +
+    `numbers above${missed}.`
+  return wrap(text, width, '', '')
 }
