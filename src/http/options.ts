@@ -106,10 +106,19 @@ export interface HttpServiceOptions {
   readonly throwOnErrorStatus?: boolean
   /**
    * Whether to send the remaining time budget downstream in the `x-breakwater-deadline-ms`
-   * header: the least of the current deadline, the overall timeout left and the attempt timeout.
+   * header: the least of the current deadline, the overall timeout left and the attempt
+   * timeout, less `deadlineMarginMs`.
    * @default true
    */
   readonly propagateDeadline?: boolean
+  /**
+   * Subtracted from the budget sent downstream, to cover the time the request takes to arrive
+   * (connection setup included): the downstream starts its own clock on arrival, so without a
+   * margin each hop would stretch the chain's deadline by its transit time. A call whose
+   * deadline leaves less than this plus 1 ms is not sent (`DeadlineExceededError`).
+   * @default 5
+   */
+  readonly deadlineMarginMs?: number
   /**
    * Headers sent with every request to the service (a request's own headers win).
    * @default {}

@@ -146,6 +146,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   readonly #idempotencyKeys: boolean
   readonly #throwOnErrorStatus: boolean
   readonly #propagateDeadline: boolean
+  readonly #deadlineMarginMs: number
   readonly #defaultHeaders: Record<string, string | string[]>
 
   constructor(name: string, options: HttpServiceOptions, clientClock: Clock) {
@@ -166,6 +167,12 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     this.#idempotencyKeys = booleanOption(prefix, 'idempotencyKeys', options, true)
     this.#throwOnErrorStatus = booleanOption(prefix, 'throwOnErrorStatus', options, false)
     this.#propagateDeadline = booleanOption(prefix, 'propagateDeadline', options, true)
+    this.#deadlineMarginMs = checkNumber(
+      `${prefix}.deadlineMarginMs`,
+      options.deadlineMarginMs ?? 5,
+      0,
+      60_000,
+    )
     this.#defaultHeaders = {}
     addHeaders(this.#defaultHeaders, `${prefix}.headers`, options.headers)
     const maxResponseBytes = checkInteger(
@@ -276,9 +283,10 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   async request(options: HttpRequestOptions): Promise<HttpResponse> {
     const plan = this.#plan(options)
     const deadline = currentDeadline()
-    // Nothing is sent for work whose caller has already given up (a whole millisecond is the
-    // least a downstream can be told).
-    if (deadline !== undefined && deadline.remainingMs() < 1)
+    // Nothing is sent for work whose caller has given up, or will have before the request can
+    // arrive (the margin; a whole millisecond is the least a downstream can be told). Checked
+    // here, before the breaker, which must not hold the caller's lateness against the service.
+    if (deadline !== undefined && deadline.remainingMs() - this.#deadlineMarginMs < 1)
       throw new DeadlineExceededError(deadline.atMs)
     const stack =
       this.#retry !== undefined && this.#mayRetry(plan, options) ? this.#retrying : this.#single
@@ -419,20 +427,24 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   }
 
   // The budget to announce downstream, in whole milliseconds: the least of the deadline left,
-  // the overall timeout left and the attempt timeout. A deadline with less than a millisecond
-  // left ends the attempt before it is sent.
+  // the overall timeout left and the attempt timeout, less the margin. The downstream starts
+  // counting when the request arrives, so without the margin every hop would add its transit
+  // time to the chain's deadline. When the deadline leaves nothing to announce, the attempt
+  // ends before it is sent (only after a retry's backoff or a bulkhead wait: request() checks
+  // first).
   #budgetMs(plan: CallPlan): number | DeadlineExceededError | undefined {
+    const margin = this.#deadlineMarginMs
     let budget = Number.POSITIVE_INFINITY
     const deadline = currentDeadline()
     if (deadline !== undefined) {
-      budget = Math.floor(deadline.remainingMs())
+      budget = Math.floor(deadline.remainingMs() - margin)
       if (budget < 1) return new DeadlineExceededError(deadline.atMs)
     }
     if (this.#overallTimeoutMs !== Number.POSITIVE_INFINITY) {
-      const left = this.#overallTimeoutMs - (this.clock.now() - plan.startMs)
+      const left = this.#overallTimeoutMs - (this.clock.now() - plan.startMs) - margin
       budget = Math.min(budget, Math.max(1, Math.floor(left)))
     }
-    budget = Math.min(budget, Math.floor(this.#attemptTimeoutMs))
+    budget = Math.min(budget, Math.max(1, Math.floor(this.#attemptTimeoutMs - margin)))
     return budget === Number.POSITIVE_INFINITY ? undefined : budget
   }
 

@@ -313,6 +313,46 @@ describe('state, events and close', () => {
     expect(seen).toEqual(['attempt:svc', 'response:svc'])
   })
 
+  it("runs the caller's own work through a service's pool and policies (for the proxy)", async () => {
+    await server.close()
+    server = await startServer((_req, res, hit) => {
+      res.writeHead(hit.n === 1 ? 503 : 200).end(`hit ${hit.n}`)
+    })
+    const c = make({ retry: { baseDelayMs: 1 } })
+    const svc = c.service('svc')
+    const attempts: number[] = []
+    const text = await svc.execute(
+      async ({ signal, attempt }) => {
+        attempts.push(attempt)
+        const res = await svc.dispatcher.request({ method: 'GET', path: '/stream', signal })
+        const body = await res.body.text()
+        if (res.statusCode === 503) throw Object.assign(new Error('busy'), { status: 503 })
+        return body
+      },
+      { retry: true },
+    )
+    expect(text).toBe('hit 2')
+    expect(attempts).toEqual([1, 2])
+    // Without retry: true the same failure is final.
+    const error = await svc
+      .execute(() => {
+        throw Object.assign(new Error('busy'), { status: 503 })
+      })
+      .catch((e: unknown) => e)
+    expect((error as Error).message).toBe('busy')
+  })
+
+  it('resolves HEAD and 204 answers with an empty body', async () => {
+    await server.close()
+    server = await startServer((_req, res, hit) => {
+      res.writeHead(hit.method === 'HEAD' ? 200 : 204, { 'content-length': '0' }).end()
+    })
+    const c = make()
+    const head = await c.request('svc', { method: 'HEAD', path: '/' })
+    const empty = await c.request('svc', { method: 'DELETE', path: '/x' })
+    expect([head.status, head.body.length, empty.status, empty.text()]).toEqual([200, 0, 204, ''])
+  })
+
   it('refuses requests after close with HttpClientClosedError', async () => {
     const c = make()
     await c.request('svc', { path: '/' })

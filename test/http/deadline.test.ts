@@ -1,0 +1,260 @@
+import { afterEach, describe, expect, it } from 'vitest'
+import {
+  createHttpClient,
+  type HttpClient,
+  type HttpServiceOptions,
+  HttpStatusError,
+} from '../../src/http/index.js'
+import {
+  adoptDeadline,
+  BreakwaterError,
+  currentDeadline,
+  DEADLINE_HEADER,
+  DeadlineExceededError,
+  remainingMs,
+  withDeadline,
+} from '../../src/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { type Handler, startServer, type TestServer, until } from './servers.js'
+
+const cleanup: Array<() => Promise<void>> = []
+afterEach(async () => {
+  for (const c of cleanup.splice(0).reverse()) await c()
+})
+
+async function serve(handler: Handler): Promise<TestServer> {
+  const server = await startServer(handler)
+  cleanup.push(() => server.close())
+  return server
+}
+
+function track(client: HttpClient): HttpClient {
+  cleanup.push(() => client.close())
+  return client
+}
+
+const realSleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+describe('the deadline header', () => {
+  const ok: Handler = (_req, res) => {
+    res.end('ok')
+  }
+
+  async function headerSent(
+    options: Partial<HttpServiceOptions>,
+    run: (client: HttpClient, clock: ManualClock) => Promise<unknown>,
+  ): Promise<unknown> {
+    const server = await serve(ok)
+    const clock = new ManualClock(1_000_000)
+    const client = track(
+      createHttpClient({ clock, services: { svc: { baseUrl: server.url, ...options } } }),
+    )
+    await run(client, clock)
+    return server.hits[0]?.headers[DEADLINE_HEADER]
+  }
+
+  it('sends the remaining deadline when it is the tightest budget', async () => {
+    const sent = await headerSent({}, (client, clock) =>
+      withDeadline(1_500, () => client.request('svc', { path: '/' }), { clock }),
+    )
+    // Less the default 5 ms margin for the time the request takes to arrive.
+    expect(sent).toBe('1495')
+    const exact = await headerSent({ deadlineMarginMs: 0 }, (client, clock) =>
+      withDeadline(1_500, () => client.request('svc', { path: '/' }), { clock }),
+    )
+    expect(exact).toBe('1500')
+  })
+
+  it('sends the attempt timeout when there is no deadline', async () => {
+    expect(
+      await headerSent({ attemptTimeoutMs: 2_000 }, (c) => c.request('svc', { path: '/' })),
+    ).toBe('1995')
+  })
+
+  it('sends what is left of the overall timeout', async () => {
+    const sent = await headerSent(
+      { attemptTimeoutMs: Number.POSITIVE_INFINITY, overallTimeoutMs: 3_000 },
+      (c) => c.request('svc', { path: '/' }),
+    )
+    expect(sent).toBe('2995')
+  })
+
+  it('sends nothing when turned off or when no budget is known', async () => {
+    expect(
+      await headerSent({ propagateDeadline: false }, (c) => c.request('svc', { path: '/' })),
+    ).toBeUndefined()
+    expect(
+      await headerSent(
+        {
+          attemptTimeoutMs: Number.POSITIVE_INFINITY,
+          overallTimeoutMs: Number.POSITIVE_INFINITY,
+        },
+        (c) => c.request('svc', { path: '/' }),
+      ),
+    ).toBeUndefined()
+  })
+
+  it('sends a smaller budget on each retry, as time passes', async () => {
+    const clock = new ManualClock()
+    const server = await serve((_req, res, hit) => {
+      if (hit.n === 1) res.writeHead(503, { 'retry-after': '1' }).end()
+      else res.end('ok')
+    })
+    const client = track(
+      createHttpClient({
+        clock,
+        services: { svc: { baseUrl: server.url, retry: { baseDelayMs: 1 } } },
+      }),
+    )
+    const pending = withDeadline(5_000, () => client.request('svc', { path: '/' }), { clock })
+    await until(() => clock.nextTimerAt() === 1_000)
+    await clock.advance(1_000)
+    await pending
+    expect(server.hits.map((h) => h.headers[DEADLINE_HEADER])).toEqual(['4995', '3995'])
+  })
+
+  it('sends nothing and rejects with DeadlineExceededError once the deadline has passed', async () => {
+    const clock = new ManualClock()
+    const server = await serve(ok)
+    const client = track(createHttpClient({ clock, services: { svc: { baseUrl: server.url } } }))
+    const error = await withDeadline(
+      10,
+      async () => {
+        await clock.advance(10)
+        return client.request('svc', { path: '/' })
+      },
+      { clock },
+    ).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(DeadlineExceededError)
+    expect(server.hits).toHaveLength(0)
+
+    // 5 ms left is not enough to reach the service within the 5 ms margin either.
+    const late = await withDeadline(5, () => client.request('svc', { path: '/' }), {
+      clock,
+    }).catch((e: unknown) => e)
+    expect(late).toBeInstanceOf(DeadlineExceededError)
+    expect(server.hits).toHaveLength(0)
+    expect(client.state().svc?.breaker).toBe('closed')
+  })
+
+  it('aborts the request in flight when the deadline passes', async () => {
+    let closed = false
+    const server = await serve((_req, res) => {
+      res.on('close', () => {
+        closed = true
+      })
+    })
+    const client = track(createHttpClient({ services: { svc: { baseUrl: server.url } } }))
+    const started = Date.now()
+    const error = await withDeadline(150, () => client.request('svc', { path: '/' })).catch(
+      (e: unknown) => e,
+    )
+    expect(error).toBeInstanceOf(DeadlineExceededError)
+    expect(Date.now() - started).toBeLessThan(1_000)
+    await until(() => closed)
+  })
+})
+
+describe('deadline propagation across three real hops', () => {
+  // A calls B calls C calls D, each through the client, each server adopting the deadline it
+  // receives. Every hop spends `hopMs` before calling the next; D works in 10 ms units for up
+  // to a second, checking its deadline before each unit. Connections are opened beforehand and
+  // each hop keeps a 20 ms margin for the request's transit (on a loaded two-core machine a
+  // warm loopback hop takes a few milliseconds), so the deadline each server adopts ends no
+  // later than the caller's.
+  async function chain(hopMs: number) {
+    const received: Record<string, number[]> = { a: [], b: [], c: [], d: [] }
+    const dUnits: number[] = []
+    const finished = new Set<string>()
+    let client: HttpClient | undefined
+
+    const hop =
+      (name: string, next: string | undefined): Handler =>
+      async (req, res) => {
+        if (req.url === '/warm') {
+          res.end('warm')
+          return
+        }
+        received[name]!.push(Number(req.headers[DEADLINE_HEADER]))
+        try {
+          const body = await adoptDeadline(req.headers, async () => {
+            if (next === undefined) {
+              for (let unit = 0; unit < 100; unit++) {
+                if ((remainingMs() ?? 0) <= 0)
+                  throw new DeadlineExceededError(currentDeadline()!.atMs)
+                dUnits.push(Date.now())
+                await realSleep(10)
+              }
+              return 'done'
+            }
+            await realSleep(hopMs)
+            return (await client!.request(next, { path: '/' })).text()
+          })
+          res.end(body)
+        } catch (error) {
+          res.writeHead(504).end(BreakwaterError.is(error) ? error.code : String(error))
+        } finally {
+          // The handler's work is over (its caller may have hung up long before).
+          finished.add(name)
+        }
+      }
+
+    const d = await serve(hop('d', undefined))
+    const c = await serve(hop('c', 'd'))
+    const b = await serve(hop('b', 'c'))
+    const a = await serve(hop('a', 'b'))
+    const service = (server: TestServer): HttpServiceOptions => ({
+      baseUrl: server.url,
+      retry: false,
+      deadlineMarginMs: 20,
+    })
+    client = track(
+      createHttpClient({
+        services: { a: service(a), b: service(b), c: service(c), d: service(d) },
+      }),
+    )
+    for (const name of client.services) await client.request(name, { path: '/warm' })
+    const started = Date.now()
+    let deadlineAt = 0
+    const error = await withDeadline(200, () => {
+      deadlineAt = currentDeadline()!.atMs
+      return client!.request('a', { path: '/' })
+    }).catch((e: unknown) => e)
+    return { error, started, deadlineAt, received, dUnits, finished, d }
+  }
+
+  // The caller sees its own deadline pass, or, usually a little earlier, A's 504: A's deadline
+  // ends the margin before the caller's.
+  function expectStopped(error: unknown): void {
+    if (error instanceof HttpStatusError) expect(error.status).toBe(504)
+    else expect(error).toBeInstanceOf(DeadlineExceededError)
+  }
+
+  it("stops the whole chain when A's 200 ms are up; D works only inside the deadline", async () => {
+    const run = await chain(30)
+    expectStopped(run.error)
+    expect(Date.now() - run.started).toBeLessThan(1_000)
+    const headers = ['a', 'b', 'c', 'd'].map((hop) => run.received[hop]![0]!)
+    expect(headers[0]).toBeLessThanOrEqual(180)
+    // Each hop was told less than the one before it, by at least the time that hop spent.
+    for (let i = 1; i < headers.length; i++) {
+      expect(headers[i]).toBeLessThanOrEqual(headers[i - 1]! - 30)
+    }
+    // D stops by itself at the deadline it was handed, long before its second of work, and
+    // never starts a unit after A's deadline.
+    await until(() => run.finished.has('d'))
+    expect(run.dUnits.length).toBeGreaterThan(0)
+    expect(run.dUnits.length).toBeLessThan(20)
+    expect(Math.max(...run.dUnits)).toBeLessThan(run.deadlineAt)
+  })
+
+  it('never calls D when the budget is spent before C gets to it', async () => {
+    const run = await chain(60)
+    expectStopped(run.error)
+    // A and B pass the deadline on; after C's 60 ms nothing is left, so nothing is sent to D.
+    await until(() => run.finished.has('c'))
+    expect(run.received.c).toHaveLength(1)
+    expect(run.d.hits.filter((h) => h.url !== '/warm')).toHaveLength(0)
+    expect(run.dUnits).toHaveLength(0)
+  })
+})
