@@ -36,6 +36,12 @@ export const errorCodes = {
   BROKER_UNROUTABLE:
     'The broker is up but nothing takes messages for the topic yet (no queue bound, no stream); retryable.',
   BROKER_REJECTED: 'The broker or its client refused the message itself (too large, invalid name).',
+  SAGA_LEASE_LOST:
+    "A saga worker's write was refused because another worker took the instance over (its lease expired).",
+  SAGA_NOT_FOUND: 'No saga instance has the given id.',
+  SAGA_STATE_CONFLICT:
+    'A saga operation (retry, cancel, deliver a reply) does not apply to the instance in its current status.',
+  SAGA_REPLY_TIMEOUT: 'A saga step waited for its reply message longer than its timeout; retryable.',
 } as const
 
 /** A stable, documented error code. */
