@@ -1,0 +1,940 @@
+import { randomUUID } from 'node:crypto'
+import { type Clock, sleep, systemClock, type TimerHandle } from '../core/clock.js'
+import { AbortedError, InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  type AppliedMigration,
+  type Migration,
+  runMigrations,
+  type SqlDialect,
+  type SqlDriver,
+  type SqlExecutor,
+  type Unlisten,
+} from '../stores/index.js'
+import type {
+  Broker,
+  IncomingMessage,
+  OutgoingMessage,
+  Publisher,
+  Subscriber,
+  Subscription,
+} from './types.js'
+
+// The embedded broker: a queue in the application's own SQLite or PostgreSQL database, so a
+// single machine needs nothing installed. Messages are stored once; each consumer group gets a
+// delivery row per message (fan-out at publish, backfilled when a group first subscribes), and
+// competing consumers of a group lease delivery rows with a visibility timeout.
+
+/** The messages table. */
+export const queueTable = 'breakwater_queue'
+/** Consumer groups per topic. */
+export const queueGroupsTable = 'breakwater_queue_groups'
+/** One row per (group, message) until the group acknowledges it. */
+export const queueDeliveriesTable = 'breakwater_queue_deliveries'
+/** The PostgreSQL channel publishers notify (payload: the topic). */
+export const QUEUE_CHANNEL = 'breakwater_queue'
+
+// Group creation takes this advisory lock exclusively; publishers and the pruner take it
+// shared ("bwqueue!" in ASCII). See registerGroup.
+const groupLockKey = '7095768478631387425'
+
+/** The numbered migrations of the `queue` capability. */
+export const sqlQueueMigrations: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'create-queue',
+    sqlite: [
+      `CREATE TABLE ${queueTable} (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  topic TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  msg_key TEXT NOT NULL,
+  payload BLOB NOT NULL,
+  headers TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  UNIQUE (topic, message_id)
+)`,
+      `CREATE INDEX ${queueTable}_topic ON ${queueTable} (topic, seq)`,
+      `CREATE INDEX ${queueTable}_created_at ON ${queueTable} (created_at)`,
+      `CREATE TABLE ${queueGroupsTable} (
+  topic TEXT NOT NULL,
+  group_name TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (topic, group_name)
+)`,
+      `CREATE TABLE ${queueDeliveriesTable} (
+  topic TEXT NOT NULL,
+  group_name TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  msg_key TEXT NOT NULL,
+  held_until INTEGER,
+  lease_token TEXT,
+  delivery_count INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (topic, group_name, seq)
+)`,
+      // Leased or delayed deliveries, per key: usually a handful, so "is an earlier message of
+      // this key still held?" is a cheap probe.
+      `CREATE INDEX ${queueDeliveriesTable}_held ON ${queueDeliveriesTable} (topic, group_name, msg_key, seq) WHERE held_until IS NOT NULL`,
+      `CREATE INDEX ${queueDeliveriesTable}_seq ON ${queueDeliveriesTable} (seq)`,
+    ],
+    postgres: [
+      `CREATE TABLE ${queueTable} (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  topic TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  msg_key TEXT NOT NULL,
+  payload BYTEA NOT NULL,
+  headers TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  UNIQUE (topic, message_id)
+)`,
+      `CREATE INDEX ${queueTable}_topic ON ${queueTable} (topic, seq)`,
+      `CREATE INDEX ${queueTable}_created_at ON ${queueTable} (created_at)`,
+      `CREATE TABLE ${queueGroupsTable} (
+  topic TEXT NOT NULL,
+  group_name TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  PRIMARY KEY (topic, group_name)
+)`,
+      `CREATE TABLE ${queueDeliveriesTable} (
+  topic TEXT NOT NULL,
+  group_name TEXT NOT NULL,
+  seq BIGINT NOT NULL,
+  msg_key TEXT NOT NULL,
+  held_until BIGINT,
+  lease_token TEXT,
+  delivery_count INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (topic, group_name, seq)
+)`,
+      `CREATE INDEX ${queueDeliveriesTable}_held ON ${queueDeliveriesTable} (topic, group_name, msg_key, seq) WHERE held_until IS NOT NULL`,
+      `CREATE INDEX ${queueDeliveriesTable}_seq ON ${queueDeliveriesTable} (seq)`,
+    ],
+  },
+]
+
+/**
+ * Applies the `queue` capability's pending migrations (the SQL queue's tables).
+ *
+ * @example
+ * ```ts
+ * import { migrateSqlQueue } from 'breakwater/outbox'
+ * await migrateSqlQueue(db)
+ * ```
+ */
+export function migrateSqlQueue(db: SqlDriver): Promise<AppliedMigration[]> {
+  return runMigrations(db, 'queue', sqlQueueMigrations)
+}
+
+// A delivery may be leased when it is not held (never leased, lease ended, retry delay over)
+// and no earlier delivery of the same key in the group is held: a failed message waiting for
+// its retry keeps the later messages of its key behind it.
+const leasable = `(w.held_until IS NULL OR w.held_until <= $3)
+    AND NOT EXISTS (
+      SELECT 1 FROM ${queueDeliveriesTable} h
+      WHERE h.topic = w.topic AND h.group_name = w.group_name AND h.msg_key = w.msg_key
+        AND h.seq < w.seq AND h.held_until IS NOT NULL AND h.held_until > $3)`
+
+interface QueueStatements {
+  /** PostgreSQL: $1..$5 arrays (topic, id, key, payload, headers), $6 now, $7 channel. */
+  readonly publishMany: string
+  /** SQLite: $1 topic, $2 id, $3 key, $4 payload, $5 headers, $6 now; returns seq. */
+  readonly insertMessage: string
+  /** SQLite: $1 topic, $2 seq, $3 key. */
+  readonly fanOut: string
+  /** $1 topic, $2 group, $3 now. */
+  readonly addGroup: string
+  /** $1 topic, $2 group. */
+  readonly backfill: string
+  /** $1 topic, $2 group, $3 now, $4 lease end, $5 token, $6 limit. */
+  readonly lease: string
+  /** SQLite: $1 seqs (JSON). */
+  readonly readMessages: string
+  /** $1 topic, $2 group, $3 seq, $4 token. */
+  readonly ack: string
+  /** $1 topic, $2 group, $3 seq, $4 token, $5 retry at. */
+  readonly retry: string
+  /** $1 topic, $2 group, $3 seqs (list), $4 token. */
+  readonly release: string
+  /** $1 topic, $2 group, $3 token, $4 lease end. */
+  readonly extend: string
+  /** $1 cutoff, $2 batch size. */
+  readonly prune: string
+}
+
+const shared = {
+  insertMessage: `INSERT INTO ${queueTable} (topic, message_id, msg_key, payload, headers, created_at)
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (topic, message_id) DO NOTHING RETURNING seq`,
+  fanOut: `INSERT INTO ${queueDeliveriesTable} (topic, group_name, seq, msg_key)
+SELECT topic, group_name, $2, $3 FROM ${queueGroupsTable} WHERE topic = $1`,
+  addGroup: `INSERT INTO ${queueGroupsTable} (topic, group_name, created_at) VALUES ($1, $2, $3)
+ON CONFLICT (topic, group_name) DO NOTHING`,
+  backfill: `INSERT INTO ${queueDeliveriesTable} (topic, group_name, seq, msg_key)
+SELECT topic, $2, seq, msg_key FROM ${queueTable} WHERE topic = $1
+ON CONFLICT (topic, group_name, seq) DO NOTHING`,
+  ack: `DELETE FROM ${queueDeliveriesTable}
+WHERE topic = $1 AND group_name = $2 AND seq = $3 AND lease_token = $4`,
+  retry: `UPDATE ${queueDeliveriesTable} SET held_until = $5, lease_token = NULL
+WHERE topic = $1 AND group_name = $2 AND seq = $3 AND lease_token = $4`,
+  extend: `UPDATE ${queueDeliveriesTable} SET held_until = $4
+WHERE topic = $1 AND group_name = $2 AND lease_token = $3`,
+}
+
+const statements: Readonly<Record<SqlDialect, QueueStatements>> = {
+  postgres: {
+    ...shared,
+    // One round trip for the whole batch: store (dropping ids already stored for the topic),
+    // fan out to the groups, notify subscribers at commit.
+    publishMany: `WITH ins AS (
+  INSERT INTO ${queueTable} (topic, message_id, msg_key, payload, headers, created_at)
+  SELECT t, i, k, p, h, $6::bigint
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) WITH ORDINALITY AS u(t, i, k, p, h, ord)
+  ORDER BY ord
+  ON CONFLICT (topic, message_id) DO NOTHING
+  RETURNING seq, topic, msg_key
+), fan AS (
+  INSERT INTO ${queueDeliveriesTable} (topic, group_name, seq, msg_key)
+  SELECT ins.topic, g.group_name, ins.seq, ins.msg_key
+  FROM ins JOIN ${queueGroupsTable} g ON g.topic = ins.topic
+)
+SELECT pg_notify($7, topics.topic) FROM (SELECT DISTINCT topic FROM ins) AS topics`,
+    // FOR UPDATE SKIP LOCKED: competing consumers of a group lease at the same moment without
+    // waiting for each other's lease transactions or taking the same rows; each skips what
+    // another is leasing right now and takes the next deliveries. A row updated and committed
+    // in between is re-checked against the conditions before it is taken.
+    lease: `WITH picked AS (
+  SELECT w.seq FROM ${queueDeliveriesTable} w
+  WHERE w.topic = $1 AND w.group_name = $2 AND ${leasable}
+  ORDER BY w.seq
+  LIMIT $6
+  FOR UPDATE SKIP LOCKED
+), leased AS (
+  UPDATE ${queueDeliveriesTable} d
+  SET held_until = $4, lease_token = $5, delivery_count = d.delivery_count + 1
+  FROM picked WHERE d.topic = $1 AND d.group_name = $2 AND d.seq = picked.seq
+  RETURNING d.seq, d.delivery_count
+)
+SELECT leased.seq, leased.delivery_count, m.message_id, m.msg_key, m.payload, m.headers
+FROM leased LEFT JOIN ${queueTable} m ON m.seq = leased.seq
+ORDER BY leased.seq`,
+    readMessages: '',
+    release: `UPDATE ${queueDeliveriesTable}
+SET held_until = NULL, lease_token = NULL, delivery_count = delivery_count - 1
+WHERE topic = $1 AND group_name = $2 AND seq = ANY($3::bigint[]) AND lease_token = $4`,
+    prune: `DELETE FROM ${queueTable} WHERE seq IN (
+  SELECT m.seq FROM ${queueTable} m
+  WHERE m.created_at <= $1
+    AND NOT EXISTS (SELECT 1 FROM ${queueDeliveriesTable} d WHERE d.seq = m.seq)
+  ORDER BY m.created_at LIMIT $2
+  FOR UPDATE SKIP LOCKED)`,
+  },
+  sqlite: {
+    ...shared,
+    publishMany: '',
+    lease: `UPDATE ${queueDeliveriesTable}
+SET held_until = $4, lease_token = $5, delivery_count = delivery_count + 1
+WHERE topic = $1 AND group_name = $2 AND seq IN (
+  SELECT w.seq FROM ${queueDeliveriesTable} w
+  WHERE w.topic = $1 AND w.group_name = $2 AND ${leasable}
+  ORDER BY w.seq
+  LIMIT $6)
+RETURNING seq, delivery_count`,
+    readMessages: `SELECT seq, message_id, msg_key, payload, headers FROM ${queueTable}
+WHERE seq IN (SELECT value FROM json_each($1))`,
+    release: `UPDATE ${queueDeliveriesTable}
+SET held_until = NULL, lease_token = NULL, delivery_count = delivery_count - 1
+WHERE topic = $1 AND group_name = $2 AND seq IN (SELECT value FROM json_each($3)) AND lease_token = $4`,
+    prune: `DELETE FROM ${queueTable} WHERE seq IN (
+  SELECT m.seq FROM ${queueTable} m
+  WHERE m.created_at <= $1
+    AND NOT EXISTS (SELECT 1 FROM ${queueDeliveriesTable} d WHERE d.seq = m.seq)
+  ORDER BY m.created_at LIMIT $2)`,
+  },
+}
+
+/** Handed to the `onError` option of {@link createSqlQueue}. */
+export interface SqlQueueErrorEvent {
+  /** What was thrown. */
+  readonly error: unknown
+  /**
+   * `handler`: a handler rejected (the message is redelivered after `retryDelayMs`);
+   * `settle`: an ack, retry or release could not be written; `connection`: leasing failed (the
+   * subscription retries with backoff).
+   */
+  readonly phase: 'handler' | 'settle' | 'connection'
+  readonly topic: string
+  readonly group: string
+  /** The message being handled or settled. */
+  readonly message?: IncomingMessage
+}
+
+/** Options of {@link createSqlQueue}. */
+export interface SqlQueueOptions {
+  /**
+   * Source of time for leases, retry delays and polling.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+  /**
+   * How long a leased message stays invisible to the group's other consumers. A running
+   * handler's lease is extended every third of it; a consumer that dies loses its leases after
+   * at most this long, and the messages are delivered again.
+   * @default 30_000
+   */
+  readonly visibilityTimeoutMs?: number
+  /**
+   * Wait before a message whose handler failed is delivered again. Later messages of its key
+   * wait behind it.
+   * @default 1_000
+   */
+  readonly retryDelayMs?: number
+  /**
+   * Messages leased per round per subscription.
+   * @default 64
+   */
+  readonly prefetch?: number
+  /**
+   * Handlers running at once per subscription. Messages of one key never run concurrently and
+   * keep their order, whatever this is.
+   * @default 1
+   */
+  readonly concurrency?: number
+  /**
+   * First idle wait after a round found nothing; doubles up to `maxPollIntervalMs`. A publish
+   * through this queue in the same process, or a PostgreSQL notification, ends it early.
+   * @default 10
+   */
+  readonly pollIntervalMs?: number
+  /**
+   * Longest idle wait.
+   * @default 1_000 with LISTEN (PostgreSQL), 250 without
+   */
+  readonly maxPollIntervalMs?: number
+  /**
+   * Wakes subscribers on PostgreSQL notifications from publishers in other processes.
+   * @default true
+   */
+  readonly listen?: boolean
+  /**
+   * Receives handler failures, failed acks and lease errors.
+   * @default ignore them
+   */
+  readonly onError?: (event: SqlQueueErrorEvent) => void
+}
+
+/** The SQL queue: a {@link Broker} stored in a SQLite or PostgreSQL database. */
+export type SqlQueue = Broker
+
+interface ResolvedOptions {
+  readonly clock: Clock
+  readonly visibilityTimeoutMs: number
+  readonly retryDelayMs: number
+  readonly prefetch: number
+  readonly concurrency: number
+  readonly pollIntervalMs: number
+  readonly maxPollIntervalMs: number
+  readonly listen: boolean
+  readonly onError: (event: SqlQueueErrorEvent) => void
+}
+
+const maxDelay = 2_147_483_647
+
+function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOptions {
+  checkObject('sqlQueue', options)
+  const clock = options.clock ?? systemClock
+  if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
+    throw new InvalidOptionError('sqlQueue.clock', 'a Clock', clock)
+  if (options.listen !== undefined && typeof options.listen !== 'boolean')
+    throw new InvalidOptionError('sqlQueue.listen', 'a boolean', options.listen)
+  const listen = (options.listen ?? true) && typeof db.listen === 'function'
+  const pollIntervalMs = checkInteger(
+    'sqlQueue.pollIntervalMs',
+    options.pollIntervalMs ?? 10,
+    1,
+    maxDelay,
+  )
+  return {
+    clock,
+    visibilityTimeoutMs: checkInteger(
+      'sqlQueue.visibilityTimeoutMs',
+      options.visibilityTimeoutMs ?? 30_000,
+      3,
+      maxDelay,
+    ),
+    retryDelayMs: checkInteger('sqlQueue.retryDelayMs', options.retryDelayMs ?? 1_000, 0, maxDelay),
+    prefetch: checkInteger('sqlQueue.prefetch', options.prefetch ?? 64, 1, 10_000),
+    concurrency: checkInteger('sqlQueue.concurrency', options.concurrency ?? 1, 1, 10_000),
+    pollIntervalMs,
+    maxPollIntervalMs: checkInteger(
+      'sqlQueue.maxPollIntervalMs',
+      options.maxPollIntervalMs ?? Math.max(pollIntervalMs, listen ? 1_000 : 250),
+      pollIntervalMs,
+      maxDelay,
+    ),
+    listen,
+    onError:
+      options.onError === undefined
+        ? () => {}
+        : checkFunction<(event: SqlQueueErrorEvent) => void>('sqlQueue.onError', options.onError),
+  }
+}
+
+function toBuffer(payload: Uint8Array | string): Buffer {
+  if (typeof payload === 'string') return Buffer.from(payload, 'utf8')
+  return Buffer.isBuffer(payload)
+    ? payload
+    : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)
+}
+
+function checkMessages(messages: readonly OutgoingMessage[]): void {
+  if (!Array.isArray(messages)) throw new InvalidOptionError('messages', 'an array', messages)
+  messages.forEach((m: OutgoingMessage, i) => {
+    if (typeof m !== 'object' || m === null)
+      throw new InvalidOptionError(`messages[${i}]`, 'a message', m)
+    if (typeof m.id !== 'string' || m.id === '')
+      throw new InvalidOptionError(`messages[${i}].id`, 'a non-empty string', m.id)
+    if (typeof m.topic !== 'string' || m.topic === '')
+      throw new InvalidOptionError(`messages[${i}].topic`, 'a non-empty string', m.topic)
+    if (typeof m.key !== 'string')
+      throw new InvalidOptionError(`messages[${i}].key`, 'a string', m.key)
+    if (typeof m.payload !== 'string' && !(m.payload instanceof Uint8Array))
+      throw new InvalidOptionError(`messages[${i}].payload`, 'a string or Uint8Array', m.payload)
+  })
+}
+
+/** A wait that a publish in this process, a notification or closing ends early. */
+class Wakeable {
+  readonly #clock: Clock
+  #pending = false
+  #done: (() => void) | undefined
+
+  constructor(clock: Clock) {
+    this.#clock = clock
+  }
+
+  wake(): void {
+    if (this.#done !== undefined) this.#done()
+    else this.#pending = true
+  }
+
+  wait(delayMs: number, signal: AbortSignal): Promise<void> {
+    if (this.#pending || signal.aborted) {
+      this.#pending = false
+      return Promise.resolve()
+    }
+    return new Promise<void>((resolve) => {
+      let timer: TimerHandle | undefined
+      const finish = (): void => {
+        this.#done = undefined
+        this.#clock.clearTimeout(timer)
+        signal.removeEventListener('abort', finish)
+        resolve()
+      }
+      this.#done = finish
+      signal.addEventListener('abort', finish, { once: true })
+      timer = this.#clock.setTimeout(finish, delayMs)
+    })
+  }
+}
+
+interface Leased {
+  readonly seq: number
+  readonly message: IncomingMessage | undefined
+}
+
+class QueueSubscription implements Subscription {
+  readonly topic: string
+  readonly group: string
+  readonly #db: SqlDriver
+  readonly #sql: QueueStatements
+  readonly #options: ResolvedOptions
+  readonly #handler: (message: IncomingMessage) => Promise<void>
+  readonly #onClosed: (subscription: QueueSubscription) => void
+  readonly #stop = new AbortController()
+  readonly #wakeable: Wakeable
+  #loop: Promise<void> = Promise.resolve()
+  #closing: Promise<void> | undefined
+
+  constructor(
+    db: SqlDriver,
+    options: ResolvedOptions,
+    topic: string,
+    group: string,
+    handler: (message: IncomingMessage) => Promise<void>,
+    onClosed: (subscription: QueueSubscription) => void,
+  ) {
+    this.#db = db
+    this.#sql = statements[db.dialect]
+    this.#options = options
+    this.topic = topic
+    this.group = group
+    this.#handler = handler
+    this.#onClosed = onClosed
+    this.#wakeable = new Wakeable(options.clock)
+  }
+
+  start(): void {
+    this.#loop = this.#run()
+  }
+
+  wake(): void {
+    this.#wakeable.wake()
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#stop.abort()
+      await this.#loop
+      this.#onClosed(this)
+    })()
+    return this.#closing
+  }
+
+  get #closed(): boolean {
+    return this.#stop.signal.aborted
+  }
+
+  async #run(): Promise<void> {
+    const { pollIntervalMs, maxPollIntervalMs, clock } = this.#options
+    let idleMs = pollIntervalMs
+    let failures = 0
+    while (!this.#closed) {
+      const token = randomUUID()
+      let batch: Leased[]
+      try {
+        batch = await this.#lease(token)
+        failures = 0
+      } catch (error) {
+        this.#options.onError({ error, phase: 'connection', topic: this.topic, group: this.group })
+        const delay = Math.min(
+          maxPollIntervalMs * 4,
+          pollIntervalMs * 2 ** Math.min(failures++, 20),
+        )
+        await sleep(clock, delay, this.#stop.signal).catch(() => {})
+        continue
+      }
+      if (batch.length === 0) {
+        await this.#wakeable.wait(idleMs, this.#stop.signal)
+        idleMs = Math.min(maxPollIntervalMs, idleMs * 2)
+        continue
+      }
+      idleMs = pollIntervalMs
+      await this.#dispatch(batch, token)
+    }
+  }
+
+  async #lease(token: string): Promise<Leased[]> {
+    const { clock, visibilityTimeoutMs, prefetch } = this.#options
+    const now = clock.now()
+    const params = [this.topic, this.group, now, now + visibilityTimeoutMs, token, prefetch]
+    type Row = {
+      seq: number
+      delivery_count: number
+      message_id: string | null
+      msg_key: string | null
+      payload: Buffer | null
+      headers: string | null
+    }
+    let rows: Row[]
+    if (this.#db.dialect === 'postgres') {
+      rows = await this.#db.query<Row>(this.#sql.lease, params)
+    } else {
+      rows = await this.#db.transaction(async (tx) => {
+        const leased = await tx.query<{ seq: number; delivery_count: number }>(
+          this.#sql.lease,
+          params,
+        )
+        if (leased.length === 0) return []
+        const messages = await tx.query<Row>(this.#sql.readMessages, [
+          JSON.stringify(leased.map((r) => r.seq)),
+        ])
+        const bySeq = new Map(messages.map((m) => [Number(m.seq), m]))
+        return leased
+          .map((l) => {
+            const m = bySeq.get(Number(l.seq))
+            return {
+              seq: Number(l.seq),
+              delivery_count: l.delivery_count,
+              message_id: m?.message_id ?? null,
+              msg_key: m?.msg_key ?? null,
+              payload: m?.payload ?? null,
+              headers: m?.headers ?? null,
+            }
+          })
+          .sort((a, b) => a.seq - b.seq)
+      })
+    }
+    return rows.map((row) => ({
+      seq: Number(row.seq),
+      message:
+        row.message_id === null
+          ? undefined
+          : {
+              id: row.message_id,
+              topic: this.topic,
+              key: row.msg_key ?? '',
+              payload: row.payload ?? Buffer.alloc(0),
+              headers: JSON.parse(row.headers ?? '{}') as Record<string, string>,
+              deliveryCount: Number(row.delivery_count),
+            },
+    }))
+  }
+
+  async #dispatch(batch: Leased[], token: string): Promise<void> {
+    const { clock, visibilityTimeoutMs, concurrency } = this.#options
+    // Keep the leases alive while handlers run, so a slow handler is not handed to another
+    // consumer; a consumer that dies stops extending and its leases run out.
+    let extender: TimerHandle | undefined
+    const extend = (): void => {
+      extender = clock.setTimeout(
+        () => {
+          this.#db
+            .execute(this.#sql.extend, [
+              this.topic,
+              this.group,
+              token,
+              clock.now() + visibilityTimeoutMs,
+            ])
+            .catch((error: unknown) =>
+              this.#options.onError({
+                error,
+                phase: 'settle',
+                topic: this.topic,
+                group: this.group,
+              }),
+            )
+            .finally(() => {
+              if (extender !== undefined) extend()
+            })
+        },
+        Math.max(1, Math.floor(visibilityTimeoutMs / 3)),
+      )
+    }
+    extend()
+    try {
+      const chains = new Map<string, Leased[]>()
+      for (const item of batch) {
+        if (item.message === undefined) {
+          // The message row is gone (cannot normally happen): drop the orphan delivery.
+          await this.#settle(this.#sql.ack, [this.topic, this.group, item.seq, token], undefined)
+          continue
+        }
+        const chain = chains.get(item.message.key)
+        if (chain === undefined) chains.set(item.message.key, [item])
+        else chain.push(item)
+      }
+      const queue = [...chains.values()]
+      const worker = async (): Promise<void> => {
+        for (let chain = queue.shift(); chain !== undefined; chain = queue.shift()) {
+          await this.#runChain(chain, token)
+        }
+      }
+      await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, worker))
+    } finally {
+      const timer = extender
+      extender = undefined
+      clock.clearTimeout(timer)
+    }
+  }
+
+  // One key's messages, strictly in order. After a failure (or on close) the rest of the chain
+  // goes back unhandled, so nothing overtakes the failed message.
+  async #runChain(chain: Leased[], token: string): Promise<void> {
+    for (let i = 0; i < chain.length; i++) {
+      const item = chain[i]!
+      const message = item.message!
+      if (this.#closed) {
+        await this.#release(chain.slice(i), token)
+        return
+      }
+      try {
+        await this.#handler(message)
+      } catch (error) {
+        this.#options.onError({
+          error,
+          phase: 'handler',
+          topic: this.topic,
+          group: this.group,
+          message,
+        })
+        await this.#settle(
+          this.#sql.retry,
+          [
+            this.topic,
+            this.group,
+            item.seq,
+            token,
+            this.#options.clock.now() + this.#options.retryDelayMs,
+          ],
+          message,
+        )
+        await this.#release(chain.slice(i + 1), token)
+        return
+      }
+      await this.#settle(this.#sql.ack, [this.topic, this.group, item.seq, token], message)
+    }
+  }
+
+  async #release(items: Leased[], token: string): Promise<void> {
+    if (items.length === 0) return
+    const seqs = items.map((item) => item.seq)
+    await this.#settle(
+      this.#sql.release,
+      [
+        this.topic,
+        this.group,
+        this.#db.dialect === 'postgres' ? seqs : JSON.stringify(seqs),
+        token,
+      ],
+      items[0]!.message,
+    )
+  }
+
+  // A failed settle is reported, not thrown: the lease runs out and the message comes back.
+  async #settle(
+    sql: string,
+    params: unknown[],
+    message: IncomingMessage | undefined,
+  ): Promise<void> {
+    try {
+      await this.#db.execute(sql, params)
+    } catch (error) {
+      this.#options.onError({
+        error,
+        phase: 'settle',
+        topic: this.topic,
+        group: this.group,
+        ...(message === undefined ? {} : { message }),
+      })
+    }
+  }
+}
+
+class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
+  readonly #db: SqlDriver
+  readonly #sql: QueueStatements
+  readonly #options: ResolvedOptions
+  readonly #subscriptions = new Set<QueueSubscription>()
+  #unlisten: Promise<Unlisten | undefined> | undefined
+  #closed = false
+
+  constructor(db: SqlDriver, options: SqlQueueOptions) {
+    if (
+      typeof db !== 'object' ||
+      db === null ||
+      typeof db.transaction !== 'function' ||
+      (db.dialect !== 'sqlite' && db.dialect !== 'postgres')
+    ) {
+      throw new InvalidOptionError('db', 'a SqlDriver', db)
+    }
+    this.#db = db
+    this.#sql = statements[db.dialect]
+    this.#options = resolveOptions(db, options)
+  }
+
+  get publisher(): Publisher {
+    return this
+  }
+
+  get subscriber(): Subscriber {
+    return this
+  }
+
+  async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
+    checkMessages(messages)
+    if (signal?.aborted) throw new AbortedError(signal.reason)
+    if (messages.length === 0) return
+    const now = this.#options.clock.now()
+    await this.#db.transaction(async (tx) => {
+      if (tx.dialect === 'postgres') {
+        await tx.query(`SELECT pg_advisory_xact_lock_shared(${groupLockKey})`)
+        await tx.query(this.#sql.publishMany, [
+          messages.map((m) => m.topic),
+          messages.map((m) => m.id),
+          messages.map((m) => m.key),
+          messages.map((m) => toBuffer(m.payload)),
+          messages.map((m) => JSON.stringify(m.headers ?? {})),
+          now,
+          QUEUE_CHANNEL,
+        ])
+      } else {
+        for (const m of messages) await this.#insertSqlite(tx, m, now)
+      }
+    })
+    // Subscribers in this process need no notification round trip.
+    const topics = new Set(messages.map((m) => m.topic))
+    for (const subscription of this.#subscriptions) {
+      if (topics.has(subscription.topic)) subscription.wake()
+    }
+  }
+
+  async #insertSqlite(tx: SqlExecutor, m: OutgoingMessage, now: number): Promise<void> {
+    const inserted = await tx.query<{ seq: number }>(this.#sql.insertMessage, [
+      m.topic,
+      m.id,
+      m.key,
+      toBuffer(m.payload),
+      JSON.stringify(m.headers ?? {}),
+      now,
+    ])
+    const seq = inserted[0]?.seq
+    if (seq !== undefined) await tx.execute(this.#sql.fanOut, [m.topic, seq, m.key])
+  }
+
+  async subscribe(
+    topic: string,
+    group: string,
+    handler: (message: IncomingMessage) => Promise<void>,
+  ): Promise<Subscription> {
+    if (this.#closed) throw new InvalidOptionError('sqlQueue', 'an open queue', 'a closed queue')
+    if (typeof topic !== 'string' || topic === '')
+      throw new InvalidOptionError('topic', 'a non-empty string', topic)
+    if (typeof group !== 'string' || group === '')
+      throw new InvalidOptionError('group', 'a non-empty string', group)
+    checkFunction('handler', handler)
+    await this.#registerGroup(topic, group)
+    if (this.#options.listen) await this.#listen()
+    const subscription = new QueueSubscription(
+      this.#db,
+      this.#options,
+      topic,
+      group,
+      handler,
+      (s) => this.#subscriptions.delete(s),
+    )
+    this.#subscriptions.add(subscription)
+    subscription.start()
+    return subscription
+  }
+
+  // A new group receives every message still stored for its topic (those published before it
+  // subscribed included), so a consumer that starts after the producer misses nothing. On
+  // PostgreSQL the exclusive advisory lock waits for publishers in flight (they hold it
+  // shared until COMMIT) and holds new ones back until the group is committed: a message is
+  // either committed before the backfill reads the table, or fanned out to the new group.
+  async #registerGroup(topic: string, group: string): Promise<void> {
+    await this.#db.transaction(async (tx) => {
+      if (tx.dialect === 'postgres') await tx.query(`SELECT pg_advisory_xact_lock(${groupLockKey})`)
+      const added = await tx.execute(this.#sql.addGroup, [topic, group, this.#options.clock.now()])
+      if (added.rowCount > 0) await tx.execute(this.#sql.backfill, [topic, group])
+    })
+  }
+
+  async #listen(): Promise<void> {
+    this.#unlisten ??= this.#db.listen!(QUEUE_CHANNEL, (notification) => {
+      for (const subscription of this.#subscriptions) {
+        if (notification.reconnected || notification.payload === subscription.topic) {
+          subscription.wake()
+        }
+      }
+    }).catch((error: unknown) => {
+      // Polling still delivers; LISTEN only shortens the wait.
+      this.#options.onError({ error, phase: 'connection', topic: '*', group: '*' })
+      return undefined
+    })
+    await this.#unlisten
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    await Promise.all([...this.#subscriptions].map((s) => s.close()))
+    const unlisten = await this.#unlisten
+    this.#unlisten = undefined
+    await unlisten?.().catch(() => {})
+  }
+}
+
+/**
+ * Creates the SQL queue broker on a SQLite or PostgreSQL database: the embedded default, so a
+ * single machine needs no broker installed. Run `migrateSqlQueue(db)` first.
+ *
+ * - Publisher: a batch is stored in one transaction (a message id already stored for its topic
+ *   is dropped, so a relay's re-publish after a crash is not delivered twice) and is durable
+ *   when `publish()` resolves.
+ * - Subscriber: consumer groups (each group gets every message; consumers in a group compete),
+ *   leases with a visibility timeout, acknowledgement (the group's delivery row is deleted)
+ *   only after the handler resolved, redelivery with a growing `deliveryCount` after a handler
+ *   failure (`retryDelayMs`) or an expired lease. A group keeps per-key order for a single
+ *   consumer: a key's next message is leased only once no earlier one is held (leased or
+ *   waiting for its retry). Competing consumers may handle one key's messages concurrently.
+ *
+ * Stored messages are kept for late-joining groups and for dedupe until `pruneSqlQueue`
+ * removes the acknowledged ones.
+ *
+ * @example
+ * ```ts
+ * import { createSqlQueue, migrateSqlQueue } from 'breakwater/outbox'
+ * await migrateSqlQueue(db)
+ * const queue = createSqlQueue(db)
+ * await queue.subscriber.subscribe('orders', 'billing', async (m) => {
+ *   console.log(m.id, Buffer.from(m.payload).toString())
+ * })
+ * await queue.publisher.publish([{ id: 'e1', topic: 'orders', key: 'o1', payload: '{}', headers: {} }])
+ * ```
+ */
+export function createSqlQueue(db: SqlDriver, options: SqlQueueOptions = {}): SqlQueue {
+  return new SqlQueueBroker(db, options)
+}
+
+/** Options of {@link pruneSqlQueue}. */
+export interface PruneSqlQueueOptions {
+  /**
+   * Messages stored at least this long ago, and acknowledged by every group, are removed. This
+   * is also the window in which a duplicate id is dropped and a new group is backfilled.
+   * @default 86_400_000 (one day)
+   */
+  readonly olderThanMs?: number
+  /**
+   * Messages removed per statement.
+   * @default 1000
+   */
+  readonly batchSize?: number
+  /**
+   * At most this many batches per call.
+   * @default 100
+   */
+  readonly maxBatches?: number
+  /**
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * Removes stored queue messages older than `olderThanMs` that no group still has to handle, in
+ * bounded batches; returns how many.
+ *
+ * @example
+ * ```ts
+ * import { pruneSqlQueue } from 'breakwater/outbox'
+ * await pruneSqlQueue(db, { olderThanMs: 3_600_000 })
+ * ```
+ */
+export async function pruneSqlQueue(
+  db: SqlDriver,
+  options: PruneSqlQueueOptions = {},
+): Promise<number> {
+  checkObject('pruneSqlQueue', options)
+  const clock = options.clock ?? systemClock
+  const olderThanMs = checkInteger(
+    'pruneSqlQueue.olderThanMs',
+    options.olderThanMs ?? 86_400_000,
+    0,
+  )
+  const batchSize = checkInteger('pruneSqlQueue.batchSize', options.batchSize ?? 1000, 1, 100_000)
+  const maxBatches = checkInteger('pruneSqlQueue.maxBatches', options.maxBatches ?? 100, 1)
+  const sql = statements[db.dialect]
+  const cutoff = clock.now() - olderThanMs
+  let total = 0
+  for (let batch = 0; batch < maxBatches; batch++) {
+    const removed = await db.transaction(async (tx) => {
+      // Shared with publishers: a group being created never sees a message vanish under its
+      // backfill.
+      if (tx.dialect === 'postgres')
+        await tx.query(`SELECT pg_advisory_xact_lock_shared(${groupLockKey})`)
+      return (await tx.execute(sql.prune, [cutoff, batchSize])).rowCount
+    })
+    total += removed
+    if (removed < batchSize) break
+  }
+  return total
+}

@@ -1,0 +1,158 @@
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkInteger, checkObject } from '../core/validate.js'
+import { notify, type SqlExecutor } from '../stores/index.js'
+import { listParam, OUTBOX_CHANNEL, outboxStatements } from './sql.js'
+
+/** A dead-lettered outbox event, as {@link listDead} returns it. */
+export interface DeadEvent {
+  /** The row's id (its position in the outbox). */
+  readonly id: number
+  /** The event's stable id; pass it to {@link redrive}. */
+  readonly eventId: string
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly type: string
+  readonly topic: string
+  /** The payload as stored (JSON text). */
+  readonly payload: string
+  readonly headers: Readonly<Record<string, string>>
+  /** Failed attempts charged to it. */
+  readonly attempts: number
+  /** The last failure, as text. */
+  readonly lastError: string | null
+  /** When it was enqueued (epoch ms). */
+  readonly createdAt: number
+  /** When it was dead-lettered (epoch ms). */
+  readonly deadAt: number
+}
+
+/** Options of {@link listDead}. */
+export interface ListDeadOptions {
+  /**
+   * Most events returned.
+   * @default 100
+   */
+  readonly limit?: number
+  /**
+   * Only events with a row id above this (paging: pass the last id of the previous page).
+   * @default 0
+   */
+  readonly afterId?: number
+}
+
+/**
+ * Lists dead-lettered events, oldest first. Each one holds back the later events of its
+ * aggregate until it is redriven.
+ *
+ * @example
+ * ```ts
+ * import { listDead, redrive } from 'breakwater/outbox'
+ * const dead = await listDead(db)
+ * await redrive(db, dead.map((e) => e.eventId))
+ * ```
+ */
+export async function listDead(
+  db: SqlExecutor,
+  options: ListDeadOptions = {},
+): Promise<DeadEvent[]> {
+  checkObject('listDead', options)
+  const limit = checkInteger('listDead.limit', options.limit ?? 100, 1, 100_000)
+  const afterId = checkInteger('listDead.afterId', options.afterId ?? 0, 0)
+  const rows = await db.query<{
+    id: number
+    event_id: string
+    aggregate_type: string
+    aggregate_id: string
+    event_type: string
+    topic: string
+    payload: string
+    headers: string
+    attempts: number
+    last_error: string | null
+    created_at: number
+    dead_at: number
+  }>(outboxStatements[db.dialect].listDead, [afterId, limit])
+  return rows.map((row) => ({
+    id: Number(row.id),
+    eventId: row.event_id,
+    aggregateType: row.aggregate_type,
+    aggregateId: row.aggregate_id,
+    type: row.event_type,
+    topic: row.topic,
+    payload: row.payload,
+    headers: JSON.parse(row.headers) as Record<string, string>,
+    attempts: Number(row.attempts),
+    lastError: row.last_error,
+    createdAt: Number(row.created_at),
+    deadAt: Number(row.dead_at),
+  }))
+}
+
+/**
+ * Sends dead-lettered events again: clears their dead state and attempt count, so the relay
+ * that owns their partition publishes them (first in their aggregate, as before) and the
+ * events queued behind them follow. `'all'` redrives every dead event. Returns how many were
+ * redriven; ids that are not dead (unknown, published, or still live) are ignored. On
+ * PostgreSQL relays are notified.
+ *
+ * @example
+ * ```ts
+ * import { redrive } from 'breakwater/outbox'
+ * await redrive(db, 'all')
+ * ```
+ */
+export async function redrive(
+  db: SqlExecutor,
+  eventIds: readonly string[] | 'all',
+): Promise<number> {
+  const sql = outboxStatements[db.dialect]
+  let count: number
+  if (eventIds === 'all') {
+    count = (await db.execute(sql.redriveAll)).rowCount
+  } else {
+    if (!Array.isArray(eventIds) || eventIds.some((id) => typeof id !== 'string'))
+      throw new InvalidOptionError('eventIds', 'an array of event ids or "all"', eventIds)
+    if (eventIds.length === 0) return 0
+    count = (await db.execute(sql.redrive, [listParam(db.dialect, eventIds)])).rowCount
+  }
+  if (count > 0) await notify(db, OUTBOX_CHANNEL)
+  return count
+}
+
+/** Database-wide outbox figures, as {@link outboxStats} returns them. */
+export interface OutboxStats {
+  /** Events not yet published and not dead. */
+  readonly pending: number
+  /** Dead-lettered events. */
+  readonly dead: number
+  /** Age of the oldest pending event in ms (the relay lag), 0 when none is pending. */
+  readonly lagMs: number
+}
+
+/**
+ * Counts pending and dead events and measures the lag (age of the oldest unpublished event)
+ * across the whole outbox, whichever relay owns them. The counts scan the pending rows; call
+ * it for dashboards and /metrics, not per event.
+ *
+ * @example
+ * ```ts
+ * import { outboxStats } from 'breakwater/outbox'
+ * const { pending, dead, lagMs } = await outboxStats(db)
+ * ```
+ */
+export async function outboxStats(
+  db: SqlExecutor,
+  options: { readonly clock?: Clock } = {},
+): Promise<OutboxStats> {
+  const clock = options.clock ?? systemClock
+  const sql = outboxStatements[db.dialect]
+  const counts = await db.query<{ pending: number | string; dead: number | string }>(sql.counts)
+  const oldest = await db.query<{ created_at: number }>(sql.oldestPending)
+  const createdAt = oldest[0]?.created_at
+  return {
+    pending: Number(counts[0]?.pending ?? 0),
+    dead: Number(counts[0]?.dead ?? 0),
+    lagMs: createdAt === undefined ? 0 : Math.max(0, clock.now() - Number(createdAt)),
+  }
+}

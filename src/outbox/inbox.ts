@@ -1,0 +1,128 @@
+import type { IncomingMessage } from '../brokers/types.js'
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkObject } from '../core/validate.js'
+import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
+import { inboxStatements } from './sql.js'
+
+/** Options of {@link createInbox}. */
+export interface InboxOptions {
+  /**
+   * The consumer's name: message ids are deduplicated per consumer, so two services (or two
+   * handlers) sharing a database each handle every message once.
+   */
+  readonly consumer: string
+  /**
+   * Source of `received_at` (used by `pruneInbox`).
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** The outcome of {@link Inbox.handle}. */
+export type InboxResult<T> =
+  | { readonly duplicate: false; readonly value: T }
+  /** The message was handled before: `fn` did not run. */
+  | { readonly duplicate: true }
+
+/** Consumer-side deduplication; see {@link createInbox}. */
+export interface Inbox {
+  /** The consumer name. */
+  readonly consumer: string
+  /**
+   * Records `(consumer, message.id)` in `tx` and runs `fn` in the same transaction. A message
+   * already recorded is a redelivery: `fn` does not run and the result says `duplicate`, so
+   * the caller acknowledges it. If `fn` throws, the transaction rolls back, the record with
+   * it, and the redelivered message runs `fn` again.
+   */
+  handle<M extends { readonly id: string }, T>(
+    tx: SqlExecutor,
+    message: M,
+    fn: (tx: SqlExecutor, message: M) => Promise<T>,
+  ): Promise<InboxResult<T>>
+}
+
+class SqlInbox implements Inbox {
+  readonly consumer: string
+  readonly #clock: Clock
+
+  constructor(options: InboxOptions) {
+    checkObject('inbox', options)
+    if (typeof options.consumer !== 'string' || options.consumer === '')
+      throw new InvalidOptionError('inbox.consumer', 'a non-empty string', options.consumer)
+    this.consumer = options.consumer
+    const clock = options.clock ?? systemClock
+    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
+      throw new InvalidOptionError('inbox.clock', 'a Clock', clock)
+    this.#clock = clock
+  }
+
+  async handle<M extends { readonly id: string }, T>(
+    tx: SqlExecutor,
+    message: M,
+    fn: (tx: SqlExecutor, message: M) => Promise<T>,
+  ): Promise<InboxResult<T>> {
+    if (typeof message?.id !== 'string' || message.id === '')
+      throw new InvalidOptionError('message.id', 'a non-empty string', message?.id)
+    const { rowCount } = await tx.execute(inboxStatements[tx.dialect].record, [
+      this.consumer,
+      message.id,
+      this.#clock.now(),
+    ])
+    if (rowCount === 0) return { duplicate: true }
+    return { duplicate: false, value: await fn(tx, message) }
+  }
+}
+
+/**
+ * Creates an inbox: consumer-side deduplication that makes a handler's effect exactly-once.
+ * `inbox.handle(tx, message, fn)` records the message id in the consumer's own database in
+ * the same transaction as `fn`'s writes, so either both commit or neither does, and a
+ * redelivered message (at-least-once brokers, relays publishing a batch again after a crash)
+ * is acknowledged without running `fn` twice. Run `migrateInbox(db)` once first.
+ *
+ * @example
+ * ```ts
+ * import { createInbox } from 'breakwater/outbox'
+ * const inbox = createInbox({ consumer: 'notifications' })
+ * await subscriber.subscribe('orders', 'notifications', (message) =>
+ *   db.transaction(async (tx) => {
+ *     await inbox.handle(tx, message, async (tx) => {
+ *       await tx.execute('INSERT INTO emails (order_id) VALUES ($1)', [message.key])
+ *     })
+ *   }),
+ * )
+ * ```
+ */
+export function createInbox(options: InboxOptions): Inbox {
+  return new SqlInbox(options)
+}
+
+/**
+ * A ready-made handler for `Subscriber.subscribe`: each message runs `fn` inside a new
+ * transaction on `db` through an inbox for `consumer`. Duplicates resolve without running
+ * `fn`; a failing `fn` rolls back and rejects, so the broker redelivers the message.
+ *
+ * @example
+ * ```ts
+ * import { inboxHandler } from 'breakwater/outbox'
+ * await subscriber.subscribe('orders', 'billing', inboxHandler(db, 'billing', async (tx, m) => {
+ *   await tx.execute('INSERT INTO invoices (order_id) VALUES ($1)', [m.key])
+ * }))
+ * ```
+ */
+export function inboxHandler(
+  db: SqlDriver,
+  consumer: string,
+  fn: (tx: SqlTransaction, message: IncomingMessage) => Promise<void>,
+  options: Omit<InboxOptions, 'consumer'> = {},
+): (message: IncomingMessage) => Promise<void> {
+  if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
+    throw new InvalidOptionError('db', 'a SqlDriver', db)
+  checkFunction('fn', fn)
+  const inbox = createInbox({ ...options, consumer })
+  return (message) =>
+    db.transaction(async (tx) => {
+      await inbox.handle(tx, message, () => fn(tx, message))
+    })
+}

@@ -1,0 +1,153 @@
+import type { Clock } from '../core/clock.js'
+import type { SqlDriver } from '../stores/index.js'
+import { OUTBOX_PARTITIONS } from './partition.js'
+import { listParam, type OutboxStatements, outboxStatements } from './sql.js'
+
+/** What a rebalance changed. */
+export interface LeaseChange {
+  readonly claimed: readonly number[]
+  readonly released: readonly number[]
+  readonly lost: readonly number[]
+}
+
+/**
+ * A relay's partition leases. Each partition row names its owner, when the lease ends and a
+ * fencing token that grows by one at every takeover; the relay publishes only rows of
+ * partitions it holds, and its "mark published" writes check owner and token, so a relay that
+ * lost a partition (it stalled past its lease and another relay took over) writes nothing for
+ * it. Relays register in a heartbeat table; each aims for a fair share, ceil(partitions / live
+ * relays): it claims free or expired partitions up to it and releases any above it.
+ *
+ * Every operation runs one at a time (a promise chain), so a renewal never races a claim in
+ * the relay's view of what it owns.
+ */
+export class PartitionLeases {
+  readonly #db: SqlDriver
+  readonly #sql: OutboxStatements
+  readonly #relayId: string
+  readonly #clock: Clock
+  readonly #leaseMs: number
+  readonly #startedAt: number
+  // partition -> fencing token
+  #owned = new Map<number, number>()
+  #validUntil = 0
+  #chain: Promise<unknown> = Promise.resolve()
+
+  constructor(db: SqlDriver, relayId: string, clock: Clock, leaseMs: number) {
+    this.#db = db
+    this.#sql = outboxStatements[db.dialect]
+    this.#relayId = relayId
+    this.#clock = clock
+    this.#leaseMs = leaseMs
+    this.#startedAt = clock.now()
+  }
+
+  /** The partitions held, ascending. */
+  get partitions(): number[] {
+    return [...this.#owned.keys()].sort((a, b) => a - b)
+  }
+
+  /** How many partitions are held. */
+  get size(): number {
+    return this.#owned.size
+  }
+
+  /** Whether `partition` is held. */
+  owns(partition: number): boolean {
+    return this.#owned.has(partition)
+  }
+
+  /**
+   * The end of the leases as this relay knows them: the start of the last successful renewal
+   * or claim plus the lease length (measured before the statement ran, so never optimistic).
+   */
+  get validUntil(): number {
+    return this.#validUntil
+  }
+
+  /** The fencing tokens as a list indexed by partition (-1 where not held). */
+  tokens(): unknown {
+    const tokens = new Array<number>(OUTBOX_PARTITIONS).fill(-1)
+    for (const [partition, token] of this.#owned) tokens[partition] = token
+    return listParam(this.#db.dialect, tokens)
+  }
+
+  /** Drops partitions from the local view (the database said they are no longer ours). */
+  forget(partitions: Iterable<number>): void {
+    for (const p of partitions) this.#owned.delete(p)
+  }
+
+  /** Extends every held lease and the relay's heartbeat; returns partitions found lost. */
+  renew(): Promise<number[]> {
+    return this.#serial(() => this.#renew())
+  }
+
+  /** Renews, then claims or releases partitions towards the fair share. */
+  rebalance(): Promise<LeaseChange> {
+    return this.#serial(async () => {
+      const lost = await this.#renew()
+      const now = this.#clock.now()
+      await this.#db.execute(this.#sql.forgetRelays, [now])
+      const live = await this.#db.query<{ n: number | string }>(this.#sql.liveRelays, [now])
+      const relays = Math.max(1, Number(live[0]?.n ?? 1))
+      const share = Math.ceil(OUTBOX_PARTITIONS / relays)
+      let claimed: number[] = []
+      let released: number[] = []
+      if (this.#owned.size > share) {
+        released = this.partitions.slice(share)
+        await this.#db.execute(this.#sql.release, [
+          this.#relayId,
+          listParam(this.#db.dialect, released),
+        ])
+        this.forget(released)
+      } else if (this.#owned.size < share) {
+        const start = this.#clock.now()
+        const rows = await this.#db.query<{ partition_no: number; token: number }>(
+          this.#sql.claim,
+          [this.#relayId, start + this.#leaseMs, start, share - this.#owned.size],
+        )
+        claimed = rows.map((r) => Number(r.partition_no))
+        for (const row of rows) this.#owned.set(Number(row.partition_no), Number(row.token))
+        // The renewal and the claim both set leases; the earlier one bounds them all.
+      }
+      return { claimed, released, lost }
+    })
+  }
+
+  /** Releases every partition and removes the relay's heartbeat (a graceful stop). */
+  releaseAll(): Promise<void> {
+    return this.#serial(async () => {
+      this.#owned.clear()
+      this.#validUntil = 0
+      await this.#db.execute(this.#sql.releaseAll, [this.#relayId])
+      await this.#db.execute(this.#sql.unregister, [this.#relayId])
+    })
+  }
+
+  async #renew(): Promise<number[]> {
+    const start = this.#clock.now()
+    const expires = start + this.#leaseMs
+    await this.#db.execute(this.#sql.heartbeat, [this.#relayId, this.#startedAt, expires])
+    const rows = await this.#db.query<{ partition_no: number; token: number }>(this.#sql.renew, [
+      this.#relayId,
+      expires,
+    ])
+    const fresh = new Map<number, number>()
+    for (const row of rows) fresh.set(Number(row.partition_no), Number(row.token))
+    const lost: number[] = []
+    for (const [partition, token] of this.#owned) {
+      if (fresh.get(partition) !== token) lost.push(partition)
+    }
+    // A partition recorded as ours with another token was taken over and given back in
+    // between: the old token's writes are refused, so only the new token counts.
+    this.#owned = fresh
+    this.#validUntil = expires
+    return lost
+  }
+
+  #serial<T>(run: () => Promise<T>): Promise<T> {
+    const next = this.#chain.then(run, run)
+    this.#chain = next.catch(() => {})
+    return next
+  }
+}

@@ -1,0 +1,306 @@
+import { randomUUID } from 'node:crypto'
+import { context, propagation } from '@opentelemetry/api'
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkObject } from '../core/validate.js'
+import type { SqlExecutor } from '../stores/index.js'
+import { partitionOf } from './partition.js'
+import { OUTBOX_CHANNEL, outboxStatements } from './sql.js'
+
+/** Header that carries the correlation id of an event (the flow it belongs to). */
+export const CORRELATION_ID_HEADER = 'correlation-id'
+/** Header that carries the causation id of an event (the message that caused it). */
+export const CAUSATION_ID_HEADER = 'causation-id'
+/** Header the relay adds with the event's type. */
+export const EVENT_TYPE_HEADER = 'event-type'
+/** Header the relay adds with the aggregate's type. */
+export const AGGREGATE_TYPE_HEADER = 'aggregate-type'
+
+/** An event handed to {@link Outbox.enqueue}. */
+export interface OutboxEvent {
+  /**
+   * The event's stable id, used by brokers and inboxes to drop duplicates. Unique in the outbox:
+   * enqueuing an id twice fails the transaction.
+   * @default a random UUID
+   */
+  readonly id?: string
+  /** The kind of aggregate the event belongs to, e.g. `order`. */
+  readonly aggregateType: string
+  /** The aggregate's id: the ordering key. Events of one aggregate are published in order. */
+  readonly aggregateId: string
+  /** The event's type, e.g. `order-placed`. */
+  readonly type: string
+  /** The body: any JSON-serializable value, stored and published as JSON text. */
+  readonly payload: unknown
+  /**
+   * Where the relay publishes it (subject, routing key, stream, queue topic).
+   * @default the outbox's `topic` option
+   */
+  readonly topic?: string
+  /** Extra headers (string values). Trace context is added unless the outbox turns it off. */
+  readonly headers?: Readonly<Record<string, string>>
+  /** Stored as the `correlation-id` header. */
+  readonly correlationId?: string
+  /** Stored as the `causation-id` header. */
+  readonly causationId?: string
+}
+
+/** Options of {@link createOutbox}. */
+export interface OutboxOptions {
+  /**
+   * The topic of events that name none: a fixed string, or a function of the event.
+   * @default the event's aggregateType
+   */
+  readonly topic?: string | ((event: OutboxEvent) => string)
+  /**
+   * Copies the active OpenTelemetry context (W3C `traceparent`, `tracestate`, baggage) into the
+   * headers, so consumers continue the producer's trace. A no-op unless an OpenTelemetry SDK
+   * with a propagator is registered.
+   * @default true
+   */
+  readonly propagateTraceContext?: boolean
+  /**
+   * On PostgreSQL, sends `NOTIFY breakwater_outbox` in the caller's transaction so that relays
+   * wake up when it commits (not at all if it rolls back). Off means relays only poll.
+   * @default true
+   */
+  readonly notify?: boolean
+  /**
+   * Source of `created_at`.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** Writes events into the outbox table inside the caller's transaction. */
+export interface Outbox {
+  /**
+   * Writes one event in the caller's transaction (`tx`: a breakwater transaction, or any
+   * executor wrapping the application's own: `fromPgClient`, `fromBetterSqlite`, `fromKysely`),
+   * so the event commits or rolls back with the business write. Resolves to the event id.
+   *
+   * On SQLite the row is written by one statement issued synchronously within this call, so it
+   * also works inside a synchronous better-sqlite3 `db.transaction(() => ...)` body.
+   */
+  enqueue(tx: SqlExecutor, event: OutboxEvent): Promise<string>
+  /** Writes several events, in order, with one statement; resolves to their ids. */
+  enqueue(tx: SqlExecutor, events: readonly OutboxEvent[]): Promise<string[]>
+}
+
+interface PreparedRow {
+  readonly eventId: string
+  readonly aggregateType: string
+  readonly aggregateId: string
+  readonly type: string
+  readonly topic: string
+  readonly payload: string
+  readonly headers: string
+  readonly partition: number
+}
+
+const traceSetter = {
+  set(carrier: Record<string, string>, key: string, value: string) {
+    carrier[key] = value
+  },
+}
+
+// Above this, a multi-row insert is split: SQLite and PostgreSQL both handle large JSON or
+// array parameters, but one giant statement would hold the write lock for long.
+const maxRowsPerStatement = 1000
+
+class SqlOutbox implements Outbox {
+  readonly #topic: string | ((event: OutboxEvent) => string) | undefined
+  readonly #trace: boolean
+  readonly #notify: boolean
+  readonly #clock: Clock
+
+  constructor(options: OutboxOptions) {
+    checkObject('outbox', options)
+    const topic = options.topic
+    if (
+      topic !== undefined &&
+      typeof topic !== 'function' &&
+      (typeof topic !== 'string' || topic === '')
+    ) {
+      throw new InvalidOptionError('outbox.topic', 'a non-empty string or a function', topic)
+    }
+    this.#topic = topic
+    this.#trace = checkBoolean('outbox.propagateTraceContext', options.propagateTraceContext, true)
+    this.#notify = checkBoolean('outbox.notify', options.notify, true)
+    const clock = options.clock ?? systemClock
+    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
+      throw new InvalidOptionError('outbox.clock', 'a Clock', clock)
+    this.#clock = clock
+  }
+
+  enqueue(tx: SqlExecutor, event: OutboxEvent): Promise<string>
+  enqueue(tx: SqlExecutor, events: readonly OutboxEvent[]): Promise<string[]>
+  enqueue(
+    tx: SqlExecutor,
+    input: OutboxEvent | readonly OutboxEvent[],
+  ): Promise<string | string[]> {
+    // Everything up to the first statement runs synchronously (see the SQLite note above).
+    let rows: PreparedRow[]
+    try {
+      if (typeof tx !== 'object' || tx === null || typeof tx.execute !== 'function')
+        throw new InvalidOptionError('tx', 'a SqlExecutor', tx)
+      rows = Array.isArray(input)
+        ? (input as readonly OutboxEvent[]).map((event, i) => this.#prepare(event, `events[${i}]`))
+        : [this.#prepare(input as OutboxEvent, 'event')]
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    const createdAt = this.#clock.now()
+    if (!Array.isArray(input)) return this.#insertOne(tx, rows[0]!, createdAt)
+    if (rows.length === 0) return Promise.resolve([])
+    return this.#insertMany(tx, rows, createdAt)
+  }
+
+  async #insertOne(tx: SqlExecutor, row: PreparedRow, createdAt: number): Promise<string> {
+    const statements = outboxStatements[tx.dialect]
+    const params = [
+      row.eventId,
+      row.aggregateType,
+      row.aggregateId,
+      row.type,
+      row.topic,
+      row.payload,
+      row.headers,
+      row.partition,
+      createdAt,
+    ]
+    if (this.#notify && tx.dialect === 'postgres') {
+      await tx.query(statements.insertOneNotify, [...params, OUTBOX_CHANNEL])
+    } else {
+      await tx.execute(statements.insertOne, params)
+    }
+    return row.eventId
+  }
+
+  async #insertMany(tx: SqlExecutor, rows: PreparedRow[], createdAt: number): Promise<string[]> {
+    for (let start = 0; start < rows.length; start += maxRowsPerStatement) {
+      const chunk = rows.slice(start, start + maxRowsPerStatement)
+      const statements = outboxStatements[tx.dialect]
+      if (tx.dialect === 'sqlite') {
+        const json = JSON.stringify(
+          chunk.map((r) => [
+            r.eventId,
+            r.aggregateType,
+            r.aggregateId,
+            r.type,
+            r.topic,
+            r.payload,
+            r.headers,
+            r.partition,
+          ]),
+        )
+        await tx.execute(statements.insertMany, [json, createdAt])
+      } else {
+        const params = [
+          chunk.map((r) => r.eventId),
+          chunk.map((r) => r.aggregateType),
+          chunk.map((r) => r.aggregateId),
+          chunk.map((r) => r.type),
+          chunk.map((r) => r.topic),
+          chunk.map((r) => r.payload),
+          chunk.map((r) => r.headers),
+          chunk.map((r) => r.partition),
+          createdAt,
+        ]
+        if (this.#notify) await tx.query(statements.insertManyNotify, [...params, OUTBOX_CHANNEL])
+        else await tx.execute(statements.insertMany, params)
+      }
+    }
+    return rows.map((r) => r.eventId)
+  }
+
+  #prepare(event: OutboxEvent, at: string): PreparedRow {
+    if (typeof event !== 'object' || event === null)
+      throw new InvalidOptionError(at, 'an outbox event object', event)
+    const id = event.id ?? randomUUID()
+    checkText(`${at}.id`, id)
+    checkText(`${at}.aggregateType`, event.aggregateType)
+    checkText(`${at}.aggregateId`, event.aggregateId)
+    checkText(`${at}.type`, event.type)
+    const topic =
+      event.topic ??
+      (typeof this.#topic === 'function' ? this.#topic(event) : this.#topic) ??
+      event.aggregateType
+    checkText(`${at}.topic`, topic)
+    let payload: string | undefined
+    try {
+      payload = JSON.stringify(event.payload)
+    } catch (error) {
+      throw new InvalidOptionError(
+        `${at}.payload`,
+        `a JSON-serializable value (${error})`,
+        event.payload,
+      )
+    }
+    if (payload === undefined)
+      throw new InvalidOptionError(`${at}.payload`, 'a JSON-serializable value', event.payload)
+    const headers: Record<string, string> = {}
+    if (this.#trace) propagation.inject(context.active(), headers, traceSetter)
+    if (event.headers !== undefined) {
+      checkObject(`${at}.headers`, event.headers)
+      for (const [name, value] of Object.entries(event.headers)) {
+        if (typeof value !== 'string')
+          throw new InvalidOptionError(`${at}.headers.${name}`, 'a string', value)
+        headers[name] = value
+      }
+    }
+    if (event.correlationId !== undefined) {
+      checkText(`${at}.correlationId`, event.correlationId)
+      headers[CORRELATION_ID_HEADER] = event.correlationId
+    }
+    if (event.causationId !== undefined) {
+      checkText(`${at}.causationId`, event.causationId)
+      headers[CAUSATION_ID_HEADER] = event.causationId
+    }
+    return {
+      eventId: id,
+      aggregateType: event.aggregateType,
+      aggregateId: event.aggregateId,
+      type: event.type,
+      topic,
+      payload,
+      headers: JSON.stringify(headers),
+      partition: partitionOf(event.aggregateId),
+    }
+  }
+}
+
+function checkText(option: string, value: unknown): asserts value is string {
+  if (typeof value !== 'string' || value === '')
+    throw new InvalidOptionError(option, 'a non-empty string', value)
+}
+
+/** Returns a boolean option's value or its default, else throws naming the option. */
+export function checkBoolean(option: string, value: unknown, fallback: boolean): boolean {
+  if (value === undefined) return fallback
+  if (typeof value !== 'boolean') throw new InvalidOptionError(option, 'a boolean', value)
+  return value
+}
+
+/**
+ * Creates the producer side of the transactional outbox: `enqueue(tx, event)` writes events
+ * into the outbox table in the caller's own transaction, so the business change and the events
+ * it causes commit together or not at all. A relay (`createRelay`) publishes them afterwards.
+ * Run `migrateOutbox(db)` once first.
+ *
+ * @example
+ * ```ts
+ * import { createOutbox, migrateOutbox } from 'breakwater/outbox'
+ * await migrateOutbox(db)
+ * const outbox = createOutbox({ topic: 'orders' })
+ * await db.transaction(async (tx) => {
+ *   await tx.execute('INSERT INTO orders (id, total) VALUES ($1, $2)', ['o1', 42])
+ *   await outbox.enqueue(tx, {
+ *     aggregateType: 'order', aggregateId: 'o1', type: 'order-placed', payload: { total: 42 },
+ *   })
+ * })
+ * ```
+ */
+export function createOutbox(options: OutboxOptions = {}): Outbox {
+  return new SqlOutbox(options)
+}

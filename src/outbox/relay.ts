@@ -1,0 +1,942 @@
+import { randomUUID } from 'node:crypto'
+import type { OutgoingMessage, Publisher } from '../brokers/types.js'
+import { type Clock, sleep, systemClock, type TimerHandle } from '../core/clock.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject, checkOneOf } from '../core/validate.js'
+import { type Backoff, type BackoffOptions, resolveBackoff } from '../policies/backoff.js'
+import {
+  type CircuitBreaker,
+  type CircuitBreakerOptions,
+  type CircuitState,
+  circuitBreaker,
+} from '../policies/circuit-breaker.js'
+import { classifyFailure } from '../policies/classify.js'
+import { BrokenCircuitError, TimeoutError } from '../policies/errors.js'
+import { diagnosticsChannel, EventSource } from '../policies/events.js'
+import type { SqlDriver, Unlisten } from '../stores/index.js'
+import type { RelayFaultPoint, RelayFaults } from './faults.js'
+import { type LeaseChange, PartitionLeases } from './leases.js'
+import { AGGREGATE_TYPE_HEADER, EVENT_TYPE_HEADER } from './outbox.js'
+import { type PruneOutboxOptions, prunePublished, resolvePruneOptions } from './retention.js'
+import {
+  listParam,
+  OUTBOX_CHANNEL,
+  type OutboxRow,
+  type OutboxStatements,
+  outboxStatements,
+} from './sql.js'
+import { Waker } from './waker.js'
+
+/**
+ * How a relay orders the events of one aggregate within a batch:
+ * - `'confirmed'`: an event is handed to the broker only after the previous event of its
+ *   aggregate was confirmed. A batch goes out in waves (wave n holds the n-th event of each
+ *   aggregate in the batch), so a broker that loses or rejects event n can never hold n+1.
+ * - `'batch'`: the whole batch goes out in one `publish()` call, in id order. Faster when one
+ *   aggregate produces most events, but when a call fails part-way the broker may hold a later
+ *   event of an aggregate without an earlier one, so consumers can see n+1 before the relay
+ *   publishes n again.
+ */
+export type RelayOrdering = 'confirmed' | 'batch'
+
+/** The lifecycle of a relay. */
+export type RelayState = 'new' | 'running' | 'stopping' | 'stopped' | 'crashed'
+
+/** Options of the relay's periodic retention (see `pruneOutbox`). */
+export interface RelayRetentionOptions extends Omit<PruneOutboxOptions, 'clock' | 'maxBatches'> {
+  /**
+   * How often the relay prunes.
+   * @default 60_000
+   */
+  readonly everyMs?: number
+}
+
+/** Options of {@link createRelay}. */
+export interface RelayOptions {
+  /** The database holding the outbox (migrated with `migrateOutbox`). */
+  readonly db: SqlDriver
+  /** Where events go; `publish()` must resolve only once the broker confirmed them. */
+  readonly publisher: Publisher
+  /**
+   * Rows read per round.
+   * @default 256
+   */
+  readonly batchSize?: number
+  /**
+   * How one aggregate's events are ordered within a batch; see {@link RelayOrdering}.
+   * @default 'confirmed'
+   */
+  readonly ordering?: RelayOrdering
+  /**
+   * How long a partition lease lasts. Leases are renewed every third of it; a relay that dies
+   * holds its partitions until the lease ends, so this bounds the pause before another relay
+   * takes over.
+   * @default 10_000
+   */
+  readonly leaseMs?: number
+  /**
+   * How long one `publish()` call may take before it counts as failed (its signal is aborted).
+   * At most half of `leaseMs`: a relay starts a publish only with that much lease left, so it
+   * never publishes a partition another relay may already hold.
+   * @default min(5_000, leaseMs / 2)
+   */
+  readonly publishTimeoutMs?: number
+  /**
+   * The first idle wait after a round found nothing to publish; it doubles per empty round up
+   * to `maxPollIntervalMs`. A notification (PostgreSQL) or {@link Relay.wake} ends it early.
+   * @default 20
+   */
+  readonly pollIntervalMs?: number
+  /**
+   * The longest idle wait between polls.
+   * @default 1_000 with LISTEN (PostgreSQL), 250 without
+   */
+  readonly maxPollIntervalMs?: number
+  /**
+   * Wakes on PostgreSQL notifications (`LISTEN breakwater_outbox`) sent by enqueues at commit.
+   * Ignored on SQLite, which only polls.
+   * @default true
+   */
+  readonly listen?: boolean
+  /**
+   * After this many failed attempts that are the event's own fault, the event is dead-lettered:
+   * set aside (`listDead`, `redrive`) while other aggregates flow on. The later events of the
+   * same aggregate wait behind it, to keep the aggregate's order, until it is redriven.
+   * @default 10
+   */
+  readonly maxAttempts?: number
+  /**
+   * Delays between failed rounds (broker down) and before an event's next attempt.
+   * @default { baseDelayMs: 100, maxDelayMs: 30_000, jitter: 'full' }
+   */
+  readonly retryBackoff?: BackoffOptions
+  /**
+   * The circuit breaker around the publisher (the relay's clock is used). Failures that are a
+   * message's own fault (`BROKER_REJECTED`, permanent errors) never count against it.
+   * @default { window: { kind: 'consecutive', failures: 5 }, cooldownMs: 5_000 }
+   */
+  readonly circuitBreaker?: Omit<CircuitBreakerOptions, 'clock' | 'isFailure'>
+  /**
+   * Periodic removal of published rows; `false` turns it off.
+   * @default { olderThanMs: 86_400_000, everyMs: 60_000, batchSize: 1000, archive: false }
+   */
+  readonly retention?: RelayRetentionOptions | false
+  /** Fault-injection hook called at each step boundary; see {@link RelayFaults}. */
+  readonly faults?: RelayFaults
+  /**
+   * This relay's identity in the lease tables (unique per running relay).
+   * @default a random UUID
+   */
+  readonly relayId?: string
+  /**
+   * Source of time for leases, waits, backoff, the breaker and timestamps.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** What a relay reports through its `events`. */
+export type RelayEvent =
+  | { readonly type: 'started'; readonly relayId: string }
+  | {
+      /** The partitions held changed (claimed, released, or lost to another relay). */
+      readonly type: 'partitionsChanged'
+      readonly owned: readonly number[]
+      readonly claimed: readonly number[]
+      readonly released: readonly number[]
+      readonly lost: readonly number[]
+    }
+  | {
+      /** Events were confirmed by the broker and marked published. */
+      readonly type: 'published'
+      readonly count: number
+      readonly durationMs: number
+    }
+  | {
+      /** A publish call failed. `outage`: it looks like the broker is down (not one event). */
+      readonly type: 'publishFailed'
+      readonly error: unknown
+      readonly count: number
+    }
+  | {
+      /** An event failed by its own fault and will be tried again at `retryAt`. */
+      readonly type: 'retryScheduled'
+      readonly eventId: string
+      readonly attempts: number
+      readonly retryAt: number
+      readonly error: unknown
+    }
+  | {
+      /** An event reached `maxAttempts` and was dead-lettered. */
+      readonly type: 'deadLettered'
+      readonly eventId: string
+      readonly aggregateId: string
+      readonly attempts: number
+      readonly error: unknown
+    }
+  | {
+      /** A database step failed; the relay carries on after a backoff. */
+      readonly type: 'error'
+      readonly phase: 'read' | 'mark' | 'charge' | 'lease' | 'listen' | 'retention'
+      readonly error: unknown
+    }
+  | { readonly type: 'pruned'; readonly count: number }
+  | { readonly type: 'stopped' }
+  | {
+      /** The fault hook threw at `point`: the relay halted as a crashed process would. */
+      readonly type: 'crashed'
+      readonly point: RelayFaultPoint
+      readonly error: unknown
+    }
+
+/** A snapshot of a relay's counters and gauges (see {@link Relay.metrics}). */
+export interface RelayMetrics {
+  /** Events confirmed and marked published by this relay (counter). */
+  readonly published: number
+  /** Failed publish calls (counter). */
+  readonly publishFailures: number
+  /** Events this relay dead-lettered (counter). */
+  readonly deadLettered: number
+  /** Rounds that published at least one event (counter). */
+  readonly batches: number
+  /**
+   * Age of the oldest publishable event in this relay's partitions at its last read, in ms
+   * (gauge; 0 when nothing is waiting). Events held behind a retry or a dead event are not
+   * counted; `outboxStats()` gives the database-wide view.
+   */
+  readonly lagMs: number
+  /** Partitions held (gauge). */
+  readonly ownedPartitions: number
+  /** The publisher circuit breaker's state. */
+  readonly breakerState: CircuitState
+  /** The relay's state. */
+  readonly state: RelayState
+}
+
+/** A running outbox relay; see {@link createRelay}. */
+export interface Relay {
+  /** This relay's id in the lease tables. */
+  readonly id: string
+  /** The lifecycle state. */
+  readonly state: RelayState
+  /** Typed events: publishes, failures, dead letters, partition changes, errors. */
+  readonly events: EventSource<RelayEvent>
+  /** The circuit breaker around the publisher. */
+  readonly breaker: CircuitBreaker
+  /**
+   * Registers, claims a fair share of partitions and starts publishing. Rejects if the first
+   * lease round fails (for example, the outbox migrations have not run).
+   */
+  start(): Promise<void>
+  /**
+   * Stops gracefully: no new batch starts, the batch in hand is published and marked (or
+   * fails), then the partitions are released for other relays. Nothing is published half-way.
+   */
+  stop(): Promise<void>
+  /** Same as {@link Relay.stop}. */
+  close(): Promise<void>
+  /** Asks for a read now (e.g. after a commit in the same process on SQLite). */
+  wake(): void
+  /** The partitions held, ascending. */
+  partitions(): number[]
+  /** Counters and gauges, read in-process (the relay process serves them at /metrics). */
+  metrics(): RelayMetrics
+}
+
+const publishedChannel = diagnosticsChannel('outbox', 'published')
+const deadLetteredChannel = diagnosticsChannel('outbox', 'dead-lettered')
+
+// Thrown through the loop when the fault hook simulated a crash.
+class Halt extends Error {}
+
+/** True for failures that are a message's own fault rather than the broker's health. */
+function isMessageFault(error: unknown): boolean {
+  if (BreakwaterError.is(error)) {
+    if (error.code === 'BROKER_REJECTED') return true
+    if (error.code === 'ABORTED') return false
+  }
+  return classifyFailure(error) === 'permanent'
+}
+
+function isCircuitRejection(error: unknown): boolean {
+  return (
+    BreakwaterError.is(error) &&
+    (error.code === 'BROKEN_CIRCUIT' || error.code === 'ISOLATED_CIRCUIT')
+  )
+}
+
+function errorText(error: unknown): string {
+  const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error)
+  return text.length > 2000 ? `${text.slice(0, 2000)}…` : text
+}
+
+interface WaveResult {
+  readonly ok: OutboxRow[]
+  readonly charged: Array<{ readonly row: OutboxRow; readonly error: unknown }>
+  /** The broker looks down (or the breaker is open): stop this round and back off. */
+  readonly outage: boolean
+  readonly retryAfterMs: number
+}
+
+/**
+ * Splits a batch (in id order) into waves: wave n holds the n-th event of each aggregate, each
+ * wave still in id order, so no aggregate has two events in flight at once.
+ */
+export function splitIntoWaves<R extends { readonly aggregate_id: string }>(
+  rows: readonly R[],
+): R[][] {
+  const waves: R[][] = []
+  const depth = new Map<string, number>()
+  for (const row of rows) {
+    const d = depth.get(row.aggregate_id) ?? 0
+    depth.set(row.aggregate_id, d + 1)
+    let wave = waves[d]
+    if (wave === undefined) {
+      wave = []
+      waves[d] = wave
+    }
+    wave.push(row)
+  }
+  return waves
+}
+
+class OutboxRelay implements Relay {
+  readonly id: string
+  readonly events = new EventSource<RelayEvent>()
+  readonly breaker: CircuitBreaker
+  readonly #db: SqlDriver
+  readonly #sql: OutboxStatements
+  readonly #publisher: Publisher
+  readonly #clock: Clock
+  readonly #batchSize: number
+  readonly #ordering: RelayOrdering
+  readonly #leaseMs: number
+  readonly #publishTimeoutMs: number
+  readonly #pollMs: number
+  readonly #maxPollMs: number
+  readonly #listen: boolean
+  readonly #maxAttempts: number
+  readonly #backoff: Backoff
+  readonly #retention: ReturnType<typeof resolvePruneOptions> | undefined
+  readonly #retentionEveryMs: number
+  readonly #faults: RelayFaults | undefined
+  readonly #leases: PartitionLeases
+  readonly #waker: Waker
+  readonly #stop = new AbortController()
+  #state: RelayState = 'new'
+  #starting: Promise<void> | undefined
+  #stopping: Promise<void> | undefined
+  #loop: Promise<void> = Promise.resolve()
+  #unlisten: Unlisten | undefined
+  #renewTimer: TimerHandle | undefined
+  #retentionTimer: TimerHandle | undefined
+  #pruning = false
+  #nextRebalanceAt = 0
+  #published = 0
+  #publishFailures = 0
+  #deadLettered = 0
+  #batches = 0
+  #lagMs = 0
+
+  constructor(options: RelayOptions) {
+    checkObject('relay', options)
+    const db = options.db
+    if (
+      typeof db !== 'object' ||
+      db === null ||
+      typeof db.query !== 'function' ||
+      (db.dialect !== 'sqlite' && db.dialect !== 'postgres')
+    ) {
+      throw new InvalidOptionError('relay.db', 'a SqlDriver', db)
+    }
+    this.#db = db
+    this.#sql = outboxStatements[db.dialect]
+    const publisher = options.publisher
+    if (
+      typeof publisher !== 'object' ||
+      publisher === null ||
+      typeof publisher.publish !== 'function'
+    )
+      throw new InvalidOptionError('relay.publisher', 'a Publisher', publisher)
+    this.#publisher = publisher
+    const clock = options.clock ?? systemClock
+    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
+      throw new InvalidOptionError('relay.clock', 'a Clock', clock)
+    this.#clock = clock
+    this.#batchSize = checkInteger('relay.batchSize', options.batchSize ?? 256, 1, 10_000)
+    this.#ordering = checkOneOf('relay.ordering', options.ordering ?? 'confirmed', [
+      'confirmed',
+      'batch',
+    ])
+    this.#leaseMs = checkInteger('relay.leaseMs', options.leaseMs ?? 10_000, 30, 2_147_483_647)
+    this.#publishTimeoutMs = checkInteger(
+      'relay.publishTimeoutMs',
+      options.publishTimeoutMs ?? Math.min(5_000, Math.floor(this.#leaseMs / 2)),
+      1,
+      Math.floor(this.#leaseMs / 2),
+    )
+    this.#pollMs = checkInteger(
+      'relay.pollIntervalMs',
+      options.pollIntervalMs ?? 20,
+      1,
+      2_147_483_647,
+    )
+    if (options.listen !== undefined && typeof options.listen !== 'boolean')
+      throw new InvalidOptionError('relay.listen', 'a boolean', options.listen)
+    this.#listen = (options.listen ?? true) && typeof db.listen === 'function'
+    this.#maxPollMs = checkInteger(
+      'relay.maxPollIntervalMs',
+      options.maxPollIntervalMs ?? Math.max(this.#pollMs, this.#listen ? 1_000 : 250),
+      this.#pollMs,
+      2_147_483_647,
+    )
+    this.#maxAttempts = checkInteger('relay.maxAttempts', options.maxAttempts ?? 10, 1)
+    this.#backoff = resolveBackoff('relay.retryBackoff', {
+      baseDelayMs: 100,
+      ...(checkObject('relay.retryBackoff', options.retryBackoff ?? {}) as BackoffOptions),
+    })
+    const breakerOptions = checkObject('relay.circuitBreaker', options.circuitBreaker ?? {})
+    this.breaker = circuitBreaker({
+      window: { kind: 'consecutive', failures: 5 },
+      cooldownMs: 5_000,
+      name: 'outbox-relay',
+      ...breakerOptions,
+      clock,
+      isFailure: (error) => !isMessageFault(error),
+    })
+    if (options.retention === false) {
+      this.#retention = undefined
+      this.#retentionEveryMs = 0
+    } else {
+      const retention = checkObject('relay.retention', options.retention ?? {})
+      this.#retentionEveryMs = checkInteger(
+        'relay.retention.everyMs',
+        retention.everyMs ?? 60_000,
+        1,
+        2_147_483_647,
+      )
+      const { everyMs: _ignored, ...prune } = retention as RelayRetentionOptions
+      this.#retention = resolvePruneOptions('relay.retention', { ...prune, clock, maxBatches: 10 })
+    }
+    this.#faults =
+      options.faults === undefined
+        ? undefined
+        : checkFunction<RelayFaults>('relay.faults', options.faults)
+    const id = options.relayId ?? randomUUID()
+    if (typeof id !== 'string' || id === '')
+      throw new InvalidOptionError('relay.relayId', 'a non-empty string', id)
+    this.id = id
+    this.#leases = new PartitionLeases(db, id, clock, this.#leaseMs)
+    this.#waker = new Waker(clock)
+  }
+
+  get state(): RelayState {
+    return this.#state
+  }
+
+  partitions(): number[] {
+    return this.#leases.partitions
+  }
+
+  wake(): void {
+    this.#waker.wake()
+  }
+
+  metrics(): RelayMetrics {
+    return {
+      published: this.#published,
+      publishFailures: this.#publishFailures,
+      deadLettered: this.#deadLettered,
+      batches: this.#batches,
+      lagMs: this.#lagMs,
+      ownedPartitions: this.#leases.size,
+      breakerState: this.breaker.state,
+      state: this.#state,
+    }
+  }
+
+  start(): Promise<void> {
+    this.#starting ??= this.#start()
+    return this.#starting
+  }
+
+  async #start(): Promise<void> {
+    if (this.#state !== 'new') return
+    this.#state = 'running'
+    try {
+      await this.#rebalance()
+    } catch (error) {
+      this.#state = 'stopped'
+      this.breaker.dispose()
+      throw error
+    }
+    if (this.#listen) {
+      try {
+        this.#unlisten = await this.#db.listen!(OUTBOX_CHANNEL, () => this.#waker.wake())
+      } catch (error) {
+        // Polling still works; LISTEN only shortens the wait.
+        this.#emit({ type: 'error', phase: 'listen', error })
+      }
+    }
+    this.#scheduleRenewal()
+    this.#scheduleRetention()
+    this.#emit({ type: 'started', relayId: this.id })
+    this.#loop = this.#run()
+  }
+
+  close(): Promise<void> {
+    return this.stop()
+  }
+
+  stop(): Promise<void> {
+    if (this.#stopping !== undefined) return this.#stopping
+    this.#stopping = this.#stopGracefully()
+    return this.#stopping
+  }
+
+  async #stopGracefully(): Promise<void> {
+    if (this.#starting !== undefined) await this.#starting.catch(() => {})
+    if (this.#state === 'new') {
+      this.#state = 'stopped'
+      this.breaker.dispose()
+      return
+    }
+    if (this.#state !== 'running') return
+    this.#state = 'stopping'
+    this.#stop.abort()
+    await this.#loop
+    if (this.#state !== 'stopping') return // crashed while finishing the batch
+    this.#clearTimers()
+    await this.#unlisten?.().catch(() => {})
+    try {
+      await this.#leases.releaseAll()
+    } catch (error) {
+      // The leases simply run out; another relay takes over a little later.
+      this.#emit({ type: 'error', phase: 'lease', error })
+    }
+    this.breaker.dispose()
+    this.#state = 'stopped'
+    this.#emit({ type: 'stopped' })
+  }
+
+  #halt(point: RelayFaultPoint, error: unknown): never {
+    this.#state = 'crashed'
+    this.#stop.abort()
+    this.#clearTimers()
+    void this.#unlisten?.().catch(() => {})
+    this.breaker.dispose()
+    this.#emit({ type: 'crashed', point, error })
+    throw new Halt()
+  }
+
+  #clearTimers(): void {
+    if (this.#renewTimer !== undefined) this.#clock.clearTimeout(this.#renewTimer)
+    if (this.#retentionTimer !== undefined) this.#clock.clearTimeout(this.#retentionTimer)
+    this.#renewTimer = undefined
+    this.#retentionTimer = undefined
+  }
+
+  #active(): boolean {
+    return this.#state === 'running' || this.#state === 'stopping'
+  }
+
+  #emit(event: RelayEvent): void {
+    if (this.events.hasListeners) this.events.emit(event)
+  }
+
+  async #fault(point: RelayFaultPoint): Promise<void> {
+    if (this.#faults === undefined) return
+    try {
+      await this.#faults(point)
+    } catch (error) {
+      this.#halt(point, error)
+    }
+    if (this.#state === 'crashed') throw new Halt()
+  }
+
+  // Renewal runs on its own timer, not in the loop, so a slow publish never lets leases lapse.
+  #scheduleRenewal(): void {
+    this.#renewTimer = this.#clock.setTimeout(
+      () => {
+        this.#renewTimer = undefined
+        if (!this.#active()) return
+        this.#leases
+          .renew()
+          .then((lost) => {
+            if (lost.length > 0) this.#reportChange({ claimed: [], released: [], lost })
+          })
+          .catch((error: unknown) => this.#emit({ type: 'error', phase: 'lease', error }))
+          .finally(() => {
+            if (this.#active()) this.#scheduleRenewal()
+          })
+      },
+      Math.max(1, Math.floor(this.#leaseMs / 3)),
+    )
+  }
+
+  #scheduleRetention(): void {
+    if (this.#retention === undefined) return
+    this.#retentionTimer = this.#clock.setTimeout(() => {
+      this.#retentionTimer = undefined
+      if (this.#state !== 'running') return
+      this.#scheduleRetention()
+      if (this.#pruning) return
+      this.#pruning = true
+      prunePublished(this.#db, this.#retention!)
+        .then((count) => {
+          if (count > 0) this.#emit({ type: 'pruned', count })
+        })
+        .catch((error: unknown) => this.#emit({ type: 'error', phase: 'retention', error }))
+        .finally(() => {
+          this.#pruning = false
+        })
+    }, this.#retentionEveryMs)
+  }
+
+  async #rebalance(): Promise<void> {
+    this.#nextRebalanceAt = this.#clock.now() + Math.max(1, Math.floor(this.#leaseMs / 3))
+    const change = await this.#leases.rebalance()
+    if (change.claimed.length + change.released.length + change.lost.length > 0) {
+      this.#reportChange(change)
+    }
+  }
+
+  #reportChange(change: LeaseChange): void {
+    this.#emit({ type: 'partitionsChanged', owned: this.#leases.partitions, ...change })
+  }
+
+  // Enough lease left to finish a publish call that starts now.
+  #leaseUsable(): boolean {
+    return this.#clock.now() + this.#publishTimeoutMs < this.#leases.validUntil
+  }
+
+  // A backoff pause: only stop() ends it early (notifications must not cut an outage short).
+  async #pause(delayMs: number): Promise<void> {
+    try {
+      await sleep(this.#clock, delayMs, this.#stop.signal)
+    } catch {
+      // Stopped.
+    }
+  }
+
+  async #run(): Promise<void> {
+    let idleMs = this.#pollMs
+    let failedRounds = 0
+    let dbFailures = 0
+    while (this.#state === 'running') {
+      try {
+        if (this.#clock.now() >= this.#nextRebalanceAt) await this.#rebalance()
+        if (this.#leases.size === 0 || !this.#leaseUsable()) {
+          this.#lagMs = 0
+          await this.#waker.wait(this.#untilRebalance(), this.#stop.signal)
+          continue
+        }
+        await this.#fault('before-claim')
+        const rows = await this.#readBatch()
+        await this.#fault('after-claim')
+        dbFailures = 0
+        this.#lagMs = rows.length === 0 ? 0 : Math.max(0, this.#clock.now() - oldest(rows))
+        if (rows.length === 0) {
+          await this.#waker.wait(Math.min(idleMs, this.#untilRebalance()), this.#stop.signal)
+          idleMs = Math.min(this.#maxPollMs, idleMs * 2)
+          continue
+        }
+        idleMs = this.#pollMs
+        const failure = await this.#publishBatch(rows)
+        if (failure === undefined) {
+          failedRounds = 0
+        } else {
+          const delay = Math.max(this.#backoff.delayMs(failedRounds), failure.retryAfterMs)
+          failedRounds++
+          await this.#pause(delay)
+        }
+      } catch (error) {
+        if (error instanceof Halt || !this.#active()) return
+        this.#emit({ type: 'error', phase: phaseOf(error), error: causeOf(error) })
+        await this.#pause(this.#backoff.delayMs(dbFailures))
+        dbFailures++
+      }
+    }
+  }
+
+  #untilRebalance(): number {
+    return Math.max(1, this.#nextRebalanceAt - this.#clock.now())
+  }
+
+  async #readBatch(): Promise<OutboxRow[]> {
+    try {
+      return await this.#db.query<OutboxRow>(this.#sql.readBatch, [
+        listParam(this.#db.dialect, this.#leases.partitions),
+        this.#clock.now(),
+        this.#batchSize,
+      ])
+    } catch (error) {
+      throw new PhaseError('read', error)
+    }
+  }
+
+  /** Publishes a batch; returns undefined on progress, or why the round failed. */
+  async #publishBatch(rows: OutboxRow[]): Promise<WaveResult | undefined> {
+    const startedAt = this.#clock.now()
+    const waves = this.#ordering === 'batch' ? [rows] : splitIntoWaves(rows)
+    const confirmed: OutboxRow[] = []
+    const charged: WaveResult['charged'] = []
+    // Aggregates with a failure in this batch: their later events wait for the next round.
+    const blocked = new Set<string>()
+    let failure: WaveResult | undefined
+    let attempted = false
+    for (const wave of waves) {
+      const todo = wave.filter(
+        (row) => !blocked.has(row.aggregate_id) && this.#leases.owns(row.partition_no),
+      )
+      if (todo.length === 0) continue
+      // Not enough lease left to finish a publish: the loop renews or rebalances first.
+      if (!this.#leaseUsable()) break
+      attempted = true
+      const result = await this.#publishWave(todo, blocked)
+      confirmed.push(...result.ok)
+      charged.push(...result.charged)
+      if (result.outage) {
+        failure = result
+        break
+      }
+    }
+    if (confirmed.length > 0) {
+      await this.#fault('after-publish')
+      await this.#mark(confirmed, startedAt)
+      await this.#fault('after-mark')
+    }
+    for (const { row, error } of charged) await this.#charge(row, error)
+    if (!attempted || confirmed.length > 0 || charged.length > 0) return undefined
+    return failure ?? { ok: [], charged: [], outage: true, retryAfterMs: 0 }
+  }
+
+  async #publishWave(rows: OutboxRow[], blocked: Set<string>): Promise<WaveResult> {
+    try {
+      await this.#send(rows)
+      return { ok: rows, charged: [], outage: false, retryAfterMs: 0 }
+    } catch (error) {
+      this.#onSendFailure(error, rows.length)
+      if (isCircuitRejection(error)) return outage(error)
+      if (rows.length === 1) {
+        if (!isMessageFault(error)) return outage(error)
+        blocked.add(rows[0]!.aggregate_id)
+        return { ok: [], charged: [{ row: rows[0]!, error }], outage: false, retryAfterMs: 0 }
+      }
+    }
+    // Isolation: which event failed the call? Each is sent alone, in order. An event's failure
+    // is charged to it when it is clearly its own fault, or when another event went through in
+    // the same round (so the broker is up). Three unclear failures before any success look
+    // like an outage: nothing is charged, the round backs off and the breaker decides.
+    const ok: OutboxRow[] = []
+    const failed: Array<{ row: OutboxRow; error: unknown }> = []
+    let unclear = 0
+    let stopped: WaveResult | undefined
+    for (const row of rows) {
+      if (blocked.has(row.aggregate_id)) continue
+      try {
+        await this.#send([row])
+        ok.push(row)
+      } catch (error) {
+        this.#onSendFailure(error, 1)
+        if (isCircuitRejection(error)) {
+          stopped = outage(error)
+          break
+        }
+        failed.push({ row, error })
+        blocked.add(row.aggregate_id)
+        if (!isMessageFault(error) && ok.length === 0 && ++unclear >= 3) {
+          stopped = outage(error)
+          break
+        }
+      }
+    }
+    const charged = failed.filter((f) => ok.length > 0 || isMessageFault(f.error))
+    if (stopped !== undefined) return { ...stopped, ok, charged }
+    return { ok, charged, outage: ok.length === 0 && charged.length === 0, retryAfterMs: 0 }
+  }
+
+  #onSendFailure(error: unknown, count: number): void {
+    this.#publishFailures++
+    this.#emit({ type: 'publishFailed', error, count })
+  }
+
+  #send(rows: readonly OutboxRow[]): Promise<void> {
+    const messages = rows.map(toMessage)
+    return this.breaker.execute(({ signal }) => this.#publishWithTimeout(messages, signal))
+  }
+
+  async #publishWithTimeout(messages: OutgoingMessage[], signal: AbortSignal): Promise<void> {
+    const controller = new AbortController()
+    const onAbort = (): void => controller.abort(signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    let timer: TimerHandle | undefined
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = this.#clock.setTimeout(() => {
+        const error = new TimeoutError(this.#publishTimeoutMs)
+        controller.abort(error)
+        reject(error)
+      }, this.#publishTimeoutMs)
+    })
+    try {
+      const publishing = this.#publisher.publish(messages, controller.signal)
+      // A publisher that ignores its signal may settle after the timeout; nobody awaits it then.
+      publishing.catch(() => {})
+      await Promise.race([publishing, timedOut])
+    } finally {
+      this.#clock.clearTimeout(timer)
+      signal.removeEventListener('abort', onAbort)
+    }
+  }
+
+  async #mark(rows: OutboxRow[], startedAt: number): Promise<void> {
+    const ids = rows.map((row) => row.id)
+    let marked: number
+    try {
+      marked = (
+        await this.#db.execute(this.#sql.markPublished, [
+          this.#clock.now(),
+          listParam(this.#db.dialect, ids),
+          this.id,
+          this.#leases.tokens(),
+        ])
+      ).rowCount
+    } catch (error) {
+      // Unmarked rows are read and published again: duplicates, never losses.
+      throw new PhaseError('mark', error)
+    }
+    this.#published += marked
+    this.#batches++
+    if (marked < ids.length) {
+      // Some partition changed hands while the batch was out: learn which.
+      const lost = await this.#leases.renew().catch(() => [] as number[])
+      if (lost.length > 0) this.#reportChange({ claimed: [], released: [], lost })
+    }
+    const event: RelayEvent = {
+      type: 'published',
+      count: marked,
+      durationMs: this.#clock.now() - startedAt,
+    }
+    this.#emit(event)
+    if (publishedChannel.hasSubscribers)
+      publishedChannel.publish({ relayId: this.id, count: marked })
+  }
+
+  async #charge(row: OutboxRow, error: unknown): Promise<void> {
+    const now = this.#clock.now()
+    const attempts = Number(row.attempts) + 1
+    const retryAt = now + Math.ceil(this.#backoff.delayMs(attempts - 1))
+    let result: Array<{ attempts: number; dead_at: number | null }>
+    try {
+      result = await this.#db.query(this.#sql.charge, [
+        row.id,
+        errorText(error),
+        this.#maxAttempts,
+        retryAt,
+        now,
+        this.id,
+        this.#leases.tokens(),
+      ])
+    } catch (cause) {
+      throw new PhaseError('charge', cause)
+    }
+    const updated = result[0]
+    if (updated === undefined) return // the partition changed hands: its new owner decides
+    if (updated.dead_at !== null && updated.dead_at !== undefined) {
+      this.#deadLettered++
+      const event = {
+        type: 'deadLettered' as const,
+        eventId: row.event_id,
+        aggregateId: row.aggregate_id,
+        attempts: Number(updated.attempts),
+        error,
+      }
+      this.#emit(event)
+      if (deadLetteredChannel.hasSubscribers)
+        deadLetteredChannel.publish({ relayId: this.id, ...event })
+    } else {
+      this.#emit({
+        type: 'retryScheduled',
+        eventId: row.event_id,
+        attempts: Number(updated.attempts),
+        retryAt,
+        error,
+      })
+    }
+  }
+}
+
+class PhaseError extends Error {
+  readonly phase: 'read' | 'mark' | 'charge'
+  constructor(phase: 'read' | 'mark' | 'charge', cause: unknown) {
+    super(`relay ${phase} failed`, { cause })
+    this.phase = phase
+  }
+}
+
+function phaseOf(error: unknown): 'read' | 'mark' | 'charge' | 'lease' {
+  return error instanceof PhaseError ? error.phase : 'lease'
+}
+
+function causeOf(error: unknown): unknown {
+  return error instanceof PhaseError ? error.cause : error
+}
+
+function outage(error: unknown): WaveResult {
+  const retryAfterMs = error instanceof BrokenCircuitError ? error.retryAfterMs : 0
+  return { ok: [], charged: [], outage: true, retryAfterMs }
+}
+
+function oldest(rows: readonly OutboxRow[]): number {
+  let min = Number(rows[0]!.created_at)
+  for (const row of rows) min = Math.min(min, Number(row.created_at))
+  return min
+}
+
+function toMessage(row: OutboxRow): OutgoingMessage {
+  const headers = JSON.parse(row.headers) as Record<string, string>
+  headers[EVENT_TYPE_HEADER] = row.event_type
+  headers[AGGREGATE_TYPE_HEADER] = row.aggregate_type
+  return {
+    id: row.event_id,
+    topic: row.topic,
+    key: row.aggregate_id,
+    payload: row.payload,
+    headers,
+  }
+}
+
+/**
+ * Creates an outbox relay: it reads committed, unpublished outbox rows in batches, publishes
+ * them, and marks them published only after the publisher resolved (the broker confirmed), so
+ * a crash at any point loses nothing; it may publish a batch again, and consumers dedupe by
+ * message id (the inbox).
+ *
+ * Any number of relays may run against one database. Rows carry a partition (a hash of the
+ * aggregate id); relays lease partitions (a fair share each, renewed on a timer, fenced by a
+ * token) and publish only their own, so no two relays publish the same rows at once, and
+ * within an aggregate events go out in id order, each only after the previous one was
+ * confirmed (see {@link RelayOrdering}). On PostgreSQL a row is read only once every
+ * transaction that could still commit an earlier row has ended, so a late commit is never
+ * overtaken or skipped.
+ *
+ * Wakes on PostgreSQL notifications from enqueues, and polls with backoff otherwise (always
+ * on SQLite). Broker failures back off (`retryBackoff`) behind a circuit breaker; an event that
+ * fails `maxAttempts` times by its own fault is dead-lettered (`listDead`, `redrive`) without
+ * blocking other aggregates, while its own aggregate's later events wait behind it.
+ *
+ * @example
+ * ```ts
+ * import { createRelay, createSqlQueue, migrateOutbox, migrateSqlQueue } from 'breakwater/outbox'
+ * await migrateOutbox(db)
+ * await migrateSqlQueue(db)
+ * const queue = createSqlQueue(db)
+ * const relay = createRelay({ db, publisher: queue.publisher })
+ * relay.events.on((e) => { if (e.type === 'deadLettered') console.warn('dead', e.eventId) })
+ * await relay.start()
+ * process.once('SIGTERM', () => void relay.stop())
+ * ```
+ */
+export function createRelay(options: RelayOptions): Relay {
+  return new OutboxRelay(options)
+}

@@ -1,0 +1,165 @@
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import type { SqlDriver } from '../stores/index.js'
+import { checkBoolean } from './outbox.js'
+import { inboxStatements, listParam, outboxStatements } from './sql.js'
+
+/** Options of {@link pruneOutbox}. */
+export interface PruneOutboxOptions {
+  /**
+   * Rows published at least this long ago are removed.
+   * @default 86_400_000 (one day)
+   */
+  readonly olderThanMs?: number
+  /**
+   * Rows removed per statement. Small batches keep each statement short, so writers never
+   * wait long behind the pruner (row locks only on PostgreSQL; a short write lock on SQLite).
+   * @default 1000
+   */
+  readonly batchSize?: number
+  /**
+   * At most this many batches per call; the rest waits for the next call.
+   * @default 100
+   */
+  readonly maxBatches?: number
+  /**
+   * Moves the rows to `breakwater_outbox_archive` instead of deleting them.
+   * @default false
+   */
+  readonly archive?: boolean
+  /**
+   * The clock that says how old a row is.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+interface PruneSettings {
+  readonly olderThanMs: number
+  readonly batchSize: number
+  readonly maxBatches: number
+  readonly archive: boolean
+  readonly clock: Clock
+}
+
+/** Validates {@link PruneOutboxOptions} (named `<prefix>.<option>` in errors). */
+export function resolvePruneOptions(prefix: string, options: PruneOutboxOptions): PruneSettings {
+  checkObject(prefix, options)
+  const clock = options.clock ?? systemClock
+  if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
+    throw new InvalidOptionError(`${prefix}.clock`, 'a Clock', clock)
+  return {
+    olderThanMs: checkNumber(`${prefix}.olderThanMs`, options.olderThanMs ?? 86_400_000, 0),
+    batchSize: checkInteger(`${prefix}.batchSize`, options.batchSize ?? 1000, 1, 100_000),
+    maxBatches: checkInteger(`${prefix}.maxBatches`, options.maxBatches ?? 100, 1),
+    archive: checkBoolean(`${prefix}.archive`, options.archive, false),
+    clock,
+  }
+}
+
+/** Runs one prune pass with settings already validated; returns the rows removed. */
+export async function prunePublished(db: SqlDriver, settings: PruneSettings): Promise<number> {
+  const sql = outboxStatements[db.dialect]
+  const cutoff = settings.clock.now() - settings.olderThanMs
+  let total = 0
+  for (let batch = 0; batch < settings.maxBatches; batch++) {
+    let removed: number
+    if (!settings.archive) {
+      removed = (await db.execute(sql.prune, [cutoff, settings.batchSize])).rowCount
+    } else if (db.dialect === 'postgres') {
+      removed = (await db.execute(sql.archive, [cutoff, settings.batchSize, settings.clock.now()]))
+        .rowCount
+    } else {
+      // SQLite cannot DELETE inside a CTE: copy then delete the same ids, in one short
+      // transaction.
+      removed = await db.transaction(async (tx) => {
+        const moved = await tx.query<{ id: number }>(sql.archive, [
+          cutoff,
+          settings.batchSize,
+          settings.clock.now(),
+        ])
+        if (moved.length === 0) return 0
+        const ids = moved.map((row) => Number(row.id))
+        await tx.execute(sql.archiveDelete, [listParam('sqlite', ids)])
+        return ids.length
+      })
+    }
+    total += removed
+    if (removed < settings.batchSize) break
+  }
+  return total
+}
+
+/**
+ * Removes published outbox rows older than `olderThanMs`, in bounded batches (each batch its
+ * own short statement or transaction), or moves them to `breakwater_outbox_archive` with
+ * `archive: true`. Unpublished and dead-lettered rows are never touched. Relays run this
+ * periodically by themselves (their `retention` option); call it directly from a scheduled job
+ * or the CLI. Returns the number of rows removed.
+ *
+ * @example
+ * ```ts
+ * import { pruneOutbox } from 'breakwater/outbox'
+ * const removed = await pruneOutbox(db, { olderThanMs: 7 * 86_400_000, archive: true })
+ * ```
+ */
+export async function pruneOutbox(
+  db: SqlDriver,
+  options: PruneOutboxOptions = {},
+): Promise<number> {
+  return prunePublished(db, resolvePruneOptions('pruneOutbox', options))
+}
+
+/** Options of {@link pruneInbox}. */
+export interface PruneInboxOptions {
+  /**
+   * Inbox records received at least this long ago are removed. This is the dedupe window:
+   * keep it longer than any message can take to be redelivered.
+   * @default 604_800_000 (seven days)
+   */
+  readonly olderThanMs?: number
+  /**
+   * Records removed per statement.
+   * @default 1000
+   */
+  readonly batchSize?: number
+  /**
+   * At most this many batches per call.
+   * @default 100
+   */
+  readonly maxBatches?: number
+  /**
+   * The clock that says how old a record is.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * Removes inbox records older than `olderThanMs`, in bounded batches, and returns how many. A
+ * message redelivered after its record was removed is handled again, so the window must
+ * outlast the brokers' redelivery.
+ *
+ * @example
+ * ```ts
+ * import { pruneInbox } from 'breakwater/outbox'
+ * await pruneInbox(db, { olderThanMs: 14 * 86_400_000 })
+ * ```
+ */
+export async function pruneInbox(db: SqlDriver, options: PruneInboxOptions = {}): Promise<number> {
+  checkObject('pruneInbox', options)
+  const clock = options.clock ?? systemClock
+  const olderThanMs = checkNumber('pruneInbox.olderThanMs', options.olderThanMs ?? 604_800_000, 0)
+  const batchSize = checkInteger('pruneInbox.batchSize', options.batchSize ?? 1000, 1, 100_000)
+  const maxBatches = checkInteger('pruneInbox.maxBatches', options.maxBatches ?? 100, 1)
+  const sql = inboxStatements[db.dialect]
+  const cutoff = clock.now() - olderThanMs
+  let total = 0
+  for (let batch = 0; batch < maxBatches; batch++) {
+    const removed = (await db.execute(sql.prune, [cutoff, batchSize])).rowCount
+    total += removed
+    if (removed < batchSize) break
+  }
+  return total
+}

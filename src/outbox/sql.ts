@@ -1,0 +1,456 @@
+import type { Migration, SqlDialect } from '../stores/index.js'
+import { OUTBOX_PARTITIONS } from './partition.js'
+
+// Every SQL statement of the outbox and inbox capabilities, per dialect, in one place. Both
+// dialects use `$n` placeholders (the SQLite driver rewrites them). Timestamps are integer epoch
+// milliseconds written from the application's clock, so tests can drive leases, retries and
+// retention with a ManualClock; processes that share a database need NTP-synced clocks, and
+// leases must be much longer than the expected skew.
+//
+// Lists of values are one parameter each: a PostgreSQL array (`= ANY($n::int[])`, `unnest`)
+// or, on SQLite, a JSON array read with `json_each`, so every statement has one fixed text and
+// is prepared once whatever the list's length.
+
+/** The outbox table. */
+export const outboxTable = 'breakwater_outbox'
+/** The partition lease table. */
+export const outboxPartitionsTable = 'breakwater_outbox_partitions'
+/** Live relays (for the fair share of partitions). */
+export const outboxRelaysTable = 'breakwater_outbox_relays'
+/** Where retention moves published rows when archiving is on. */
+export const outboxArchiveTable = 'breakwater_outbox_archive'
+/** The inbox table. */
+export const inboxTable = 'breakwater_inbox'
+
+/** The LISTEN/NOTIFY channel enqueues notify on PostgreSQL (delivered at commit). */
+export const OUTBOX_CHANNEL = 'breakwater_outbox'
+
+const last = OUTBOX_PARTITIONS - 1
+
+/**
+ * The numbered migrations of the `outbox` capability. Run them with `migrateOutbox(db)` (or
+ * the stores' `runMigrations(db, 'outbox', outboxMigrations)`).
+ */
+export const outboxMigrations: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'create-outbox',
+    sqlite: [
+      // AUTOINCREMENT: an id is never reused, even after retention deleted the newest row.
+      `CREATE TABLE ${outboxTable} (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  event_id TEXT NOT NULL UNIQUE,
+  aggregate_type TEXT NOT NULL,
+  aggregate_id TEXT NOT NULL,
+  event_type TEXT NOT NULL,
+  topic TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  headers TEXT NOT NULL,
+  partition_no INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  published_at INTEGER,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  retry_at INTEGER,
+  dead_at INTEGER
+)`,
+      // The relay walks unpublished rows in id order; published rows (kept until retention)
+      // never enter this index, so the walk does not slow down as they accumulate.
+      `CREATE INDEX ${outboxTable}_pending ON ${outboxTable} (id) WHERE published_at IS NULL AND dead_at IS NULL`,
+      // Rows that hold back the rest of their aggregate: dead, or waiting for a retry. Usually
+      // empty, so the per-row "is an earlier event of this aggregate held?" probe is nearly free.
+      `CREATE INDEX ${outboxTable}_held ON ${outboxTable} (aggregate_id, id) WHERE published_at IS NULL AND (dead_at IS NOT NULL OR retry_at IS NOT NULL)`,
+      `CREATE INDEX ${outboxTable}_published ON ${outboxTable} (published_at) WHERE published_at IS NOT NULL`,
+      `CREATE TABLE ${outboxPartitionsTable} (
+  partition_no INTEGER PRIMARY KEY,
+  owner TEXT,
+  lease_expires_at INTEGER,
+  token INTEGER NOT NULL DEFAULT 0
+)`,
+      `WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ${last})
+INSERT INTO ${outboxPartitionsTable} (partition_no, token) SELECT i, 0 FROM n`,
+      `CREATE TABLE ${outboxRelaysTable} (
+  relay_id TEXT PRIMARY KEY,
+  started_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL
+)`,
+      `CREATE TABLE ${outboxArchiveTable} (
+  id INTEGER PRIMARY KEY,
+  event_id TEXT NOT NULL,
+  aggregate_type TEXT NOT NULL,
+  aggregate_id TEXT NOT NULL,
+  event_type TEXT NOT NULL,
+  topic TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  headers TEXT NOT NULL,
+  partition_no INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  published_at INTEGER NOT NULL,
+  attempts INTEGER NOT NULL,
+  last_error TEXT,
+  archived_at INTEGER NOT NULL
+)`,
+    ],
+    postgres: [
+      // xid: the writing transaction's id, assigned at insert. The relay reads a row only once
+      // every transaction that could still commit an earlier row has ended (see readBatch).
+      `CREATE TABLE ${outboxTable} (
+  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  event_id TEXT NOT NULL UNIQUE,
+  aggregate_type TEXT NOT NULL,
+  aggregate_id TEXT NOT NULL,
+  event_type TEXT NOT NULL,
+  topic TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  headers TEXT NOT NULL,
+  partition_no INTEGER NOT NULL,
+  xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+  created_at BIGINT NOT NULL,
+  published_at BIGINT,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  retry_at BIGINT,
+  dead_at BIGINT
+)`,
+      `CREATE INDEX ${outboxTable}_pending ON ${outboxTable} (id) WHERE published_at IS NULL AND dead_at IS NULL`,
+      `CREATE INDEX ${outboxTable}_held ON ${outboxTable} (aggregate_id, id) WHERE published_at IS NULL AND (dead_at IS NOT NULL OR retry_at IS NOT NULL)`,
+      `CREATE INDEX ${outboxTable}_published ON ${outboxTable} (published_at) WHERE published_at IS NOT NULL`,
+      `CREATE TABLE ${outboxPartitionsTable} (
+  partition_no INTEGER PRIMARY KEY,
+  owner TEXT,
+  lease_expires_at BIGINT,
+  token BIGINT NOT NULL DEFAULT 0
+)`,
+      `INSERT INTO ${outboxPartitionsTable} (partition_no, token) SELECT g, 0 FROM generate_series(0, ${last}) AS g`,
+      `CREATE TABLE ${outboxRelaysTable} (
+  relay_id TEXT PRIMARY KEY,
+  started_at BIGINT NOT NULL,
+  expires_at BIGINT NOT NULL
+)`,
+      `CREATE TABLE ${outboxArchiveTable} (
+  id BIGINT PRIMARY KEY,
+  event_id TEXT NOT NULL,
+  aggregate_type TEXT NOT NULL,
+  aggregate_id TEXT NOT NULL,
+  event_type TEXT NOT NULL,
+  topic TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  headers TEXT NOT NULL,
+  partition_no INTEGER NOT NULL,
+  created_at BIGINT NOT NULL,
+  published_at BIGINT NOT NULL,
+  attempts INTEGER NOT NULL,
+  last_error TEXT,
+  archived_at BIGINT NOT NULL
+)`,
+    ],
+  },
+]
+
+/**
+ * The numbered migrations of the `inbox` capability. Run them with `migrateInbox(db)` in the
+ * consumer's database.
+ */
+export const inboxMigrations: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'create-inbox',
+    sqlite: [
+      `CREATE TABLE ${inboxTable} (
+  consumer TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  received_at INTEGER NOT NULL,
+  PRIMARY KEY (consumer, message_id)
+)`,
+      `CREATE INDEX ${inboxTable}_received_at ON ${inboxTable} (received_at)`,
+    ],
+    postgres: [
+      `CREATE TABLE ${inboxTable} (
+  consumer TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  received_at BIGINT NOT NULL,
+  PRIMARY KEY (consumer, message_id)
+)`,
+      `CREATE INDEX ${inboxTable}_received_at ON ${inboxTable} (received_at)`,
+    ],
+  },
+]
+
+/** The columns the relay reads. */
+export interface OutboxRow {
+  readonly id: number
+  readonly event_id: string
+  readonly aggregate_type: string
+  readonly aggregate_id: string
+  readonly event_type: string
+  readonly topic: string
+  readonly payload: string
+  readonly headers: string
+  readonly partition_no: number
+  readonly created_at: number
+  readonly attempts: number
+}
+
+/** The statements of the outbox, for one dialect. */
+export interface OutboxStatements {
+  /** $1 event id, $2 aggregate type, $3 aggregate id, $4 event type, $5 topic, $6 payload, $7 headers, $8 partition, $9 created at. */
+  readonly insertOne: string
+  /** As insertOne, then $10 the channel to notify (PostgreSQL only; SQLite has no notify). */
+  readonly insertOneNotify: string
+  /** SQLite: $1 a JSON array of [event id, aggregate type, aggregate id, event type, topic, payload, headers, partition], $2 created at. PostgreSQL: $1..$8 arrays of those, $9 created at. */
+  readonly insertMany: string
+  /** As insertMany, then the channel ($3 on SQLite, unused; $10 on PostgreSQL). */
+  readonly insertManyNotify: string
+  /** $1 owned partitions (list), $2 now, $3 limit. */
+  readonly readBatch: string
+  /** $1 now, $2 ids (list), $3 relay id, $4 tokens by partition (list). */
+  readonly markPublished: string
+  /** $1 id, $2 error text, $3 max attempts, $4 retry at, $5 now, $6 relay id, $7 tokens by partition (list). Returns attempts, dead_at. */
+  readonly charge: string
+  /** $1 relay id, $2 started at, $3 expires at. */
+  readonly heartbeat: string
+  /** $1 now. Returns n. */
+  readonly liveRelays: string
+  /** $1 now. */
+  readonly forgetRelays: string
+  /** $1 relay id. */
+  readonly unregister: string
+  /** $1 relay id, $2 lease end. Returns partition_no, token. */
+  readonly renew: string
+  /** $1 relay id, $2 lease end, $3 now, $4 how many. Returns partition_no, token. */
+  readonly claim: string
+  /** $1 relay id, $2 partitions (list). */
+  readonly release: string
+  /** $1 relay id. */
+  readonly releaseAll: string
+  /** Returns created_at of the oldest unpublished, live row. */
+  readonly oldestPending: string
+  /** Returns pending, dead. */
+  readonly counts: string
+  /** $1 after id, $2 limit. */
+  readonly listDead: string
+  /** $1 event ids (list). */
+  readonly redrive: string
+  readonly redriveAll: string
+  /** $1 cutoff, $2 batch size. */
+  readonly prune: string
+  /** PostgreSQL: $1 cutoff, $2 batch size, $3 now (one statement). SQLite: see archiveMove. */
+  readonly archive: string
+  /** SQLite only: $1 ids (JSON list) to delete once archived. */
+  readonly archiveDelete: string
+}
+
+/** The statements of the inbox, for one dialect. */
+export interface InboxStatements {
+  /** $1 consumer, $2 message id, $3 now. */
+  readonly record: string
+  /** $1 cutoff, $2 batch size. */
+  readonly prune: string
+}
+
+const insertColumns =
+  'event_id, aggregate_type, aggregate_id, event_type, topic, payload, headers, partition_no, created_at'
+
+const readColumns = `o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.payload,
+  o.headers, o.partition_no, o.created_at, o.attempts`
+
+const archivedColumns =
+  'id, event_id, aggregate_type, aggregate_id, event_type, topic, payload, headers, partition_no, created_at, published_at, attempts, last_error'
+
+// A row is held back while an earlier row of its aggregate is dead or waiting for a retry, so
+// an aggregate's events never overtake each other; other aggregates are not affected.
+const noHeldPredecessor = `NOT EXISTS (
+    SELECT 1 FROM ${outboxTable} h
+    WHERE h.aggregate_id = o.aggregate_id AND h.id < o.id
+      AND h.published_at IS NULL AND (h.dead_at IS NOT NULL OR h.retry_at IS NOT NULL))`
+
+const heartbeat = `INSERT INTO ${outboxRelaysTable} (relay_id, started_at, expires_at) VALUES ($1, $2, $3)
+ON CONFLICT (relay_id) DO UPDATE SET expires_at = excluded.expires_at`
+
+const shared = {
+  insertOne: `INSERT INTO ${outboxTable} (${insertColumns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+  heartbeat,
+  liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable} WHERE expires_at > $1`,
+  forgetRelays: `DELETE FROM ${outboxRelaysTable} WHERE expires_at <= $1`,
+  unregister: `DELETE FROM ${outboxRelaysTable} WHERE relay_id = $1`,
+  renew: `UPDATE ${outboxPartitionsTable} SET lease_expires_at = $2 WHERE owner = $1 RETURNING partition_no, token`,
+  releaseAll: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL WHERE owner = $1`,
+  oldestPending: `SELECT created_at FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL ORDER BY id LIMIT 1`,
+  counts: `SELECT
+  (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL) AS pending,
+  (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NOT NULL) AS dead`,
+  listDead: `SELECT id, event_id, aggregate_type, aggregate_id, event_type, topic, payload, headers, attempts,
+  last_error, created_at, dead_at
+FROM ${outboxTable} WHERE dead_at IS NOT NULL AND published_at IS NULL AND id > $1 ORDER BY id LIMIT $2`,
+  redriveAll: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
+WHERE dead_at IS NOT NULL AND published_at IS NULL`,
+}
+
+/** The statements, per dialect. */
+export const outboxStatements: Readonly<Record<SqlDialect, OutboxStatements>> = {
+  postgres: {
+    ...shared,
+    // One round trip: a data-modifying CTE always runs to completion, and the notification
+    // is queued in the same transaction, so PostgreSQL delivers it at COMMIT (never on
+    // ROLLBACK). Identical notifications of one transaction are folded into one.
+    insertOneNotify: `WITH ins AS (
+  INSERT INTO ${outboxTable} (${insertColumns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+)
+SELECT pg_notify($10, '')`,
+    insertMany: `INSERT INTO ${outboxTable} (${insertColumns})
+SELECT e, at, ai, et, t, p, h, pn, $9::bigint
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[])
+  WITH ORDINALITY AS u(e, at, ai, et, t, p, h, pn, ord)
+ORDER BY ord`,
+    insertManyNotify: `WITH ins AS (
+  INSERT INTO ${outboxTable} (${insertColumns})
+  SELECT e, at, ai, et, t, p, h, pn, $9::bigint
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[])
+    WITH ORDINALITY AS u(e, at, ai, et, t, p, h, pn, ord)
+  ORDER BY ord
+)
+SELECT pg_notify($10, '')`,
+    // Sequence values are handed out at INSERT, not at COMMIT: a transaction can take id 10,
+    // stay open, and commit after id 11 of another transaction is visible. The relay therefore
+    // reads only rows whose writing transaction is older than every transaction still running
+    // (xid below the snapshot's xmin): all such transactions have ended, so no row that could
+    // precede them is still in flight. The price is that one long-running writing transaction
+    // holds the relay back until it ends. The scalar subquery runs once per statement.
+    readBatch: `SELECT ${readColumns}
+FROM ${outboxTable} o
+WHERE o.published_at IS NULL AND o.dead_at IS NULL
+  AND o.partition_no = ANY($1::int[])
+  AND (o.retry_at IS NULL OR o.retry_at <= $2)
+  AND o.xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+  AND ${noHeldPredecessor}
+ORDER BY o.id
+LIMIT $3`,
+    // Fenced by the lease token: a relay that lost a partition (its lease expired and another
+    // relay took it over) writes nothing for that partition's rows.
+    markPublished: `UPDATE ${outboxTable} AS o SET published_at = $1, retry_at = NULL
+WHERE o.id = ANY($2::bigint[]) AND o.published_at IS NULL
+  AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
+    WHERE p.partition_no = o.partition_no AND p.owner = $3 AND p.token = ($4::bigint[])[o.partition_no + 1])`,
+    charge: `UPDATE ${outboxTable} AS o
+SET attempts = o.attempts + 1, last_error = $2,
+  retry_at = CASE WHEN o.attempts + 1 >= $3::int THEN NULL ELSE $4::bigint END,
+  dead_at = CASE WHEN o.attempts + 1 >= $3::int THEN $5::bigint ELSE NULL END
+WHERE o.id = $1 AND o.published_at IS NULL AND o.dead_at IS NULL
+  AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
+    WHERE p.partition_no = o.partition_no AND p.owner = $6 AND p.token = ($7::bigint[])[o.partition_no + 1])
+RETURNING o.attempts, o.dead_at`,
+    // SKIP LOCKED: relays starting together each take different free partitions instead of
+    // queueing on the same rows; the outer condition is re-checked on the locked row version.
+    claim: `UPDATE ${outboxPartitionsTable} AS p
+SET owner = $1, lease_expires_at = $2, token = p.token + 1
+WHERE p.partition_no IN (
+    SELECT f.partition_no FROM ${outboxPartitionsTable} f
+    WHERE f.owner IS NULL OR f.lease_expires_at IS NULL OR f.lease_expires_at <= $3
+    ORDER BY f.partition_no
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED)
+  AND (p.owner IS NULL OR p.lease_expires_at IS NULL OR p.lease_expires_at <= $3)
+RETURNING p.partition_no, p.token`,
+    release: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL
+WHERE owner = $1 AND partition_no = ANY($2::int[])`,
+    redrive: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
+WHERE dead_at IS NOT NULL AND published_at IS NULL AND event_id = ANY($1::text[])`,
+    // Bounded batches picked by a sub-select with LIMIT: each DELETE is short and takes row
+    // locks only (writers keep inserting); SKIP LOCKED passes over rows another pruner holds.
+    prune: `DELETE FROM ${outboxTable} WHERE id IN (
+  SELECT id FROM ${outboxTable} WHERE published_at IS NOT NULL AND published_at <= $1
+  ORDER BY published_at LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+    archive: `WITH moved AS (
+  DELETE FROM ${outboxTable} WHERE id IN (
+    SELECT id FROM ${outboxTable} WHERE published_at IS NOT NULL AND published_at <= $1
+    ORDER BY published_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+  RETURNING ${archivedColumns}
+)
+INSERT INTO ${outboxArchiveTable} (${archivedColumns}, archived_at)
+SELECT ${archivedColumns}, $3::bigint FROM moved`,
+    archiveDelete: '',
+  },
+  sqlite: {
+    ...shared,
+    insertOneNotify: `INSERT INTO ${outboxTable} (${insertColumns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+    insertMany: `INSERT INTO ${outboxTable} (${insertColumns})
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, $2
+FROM json_each($1) ORDER BY key`,
+    insertManyNotify: `INSERT INTO ${outboxTable} (${insertColumns})
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, $2
+FROM json_each($1) ORDER BY key`,
+    // No transaction-id guard: SQLite has one writer at a time, and a row's id is assigned
+    // inside the write transaction that holds the database's write lock until COMMIT, so ids
+    // become visible in commit order; a reader that sees id n already sees every smaller id
+    // that will ever commit.
+    readBatch: `SELECT ${readColumns}
+FROM ${outboxTable} o
+WHERE o.published_at IS NULL AND o.dead_at IS NULL
+  AND o.partition_no IN (SELECT value FROM json_each($1))
+  AND (o.retry_at IS NULL OR o.retry_at <= $2)
+  AND ${noHeldPredecessor}
+ORDER BY o.id
+LIMIT $3`,
+    markPublished: `UPDATE ${outboxTable} SET published_at = $1, retry_at = NULL
+WHERE id IN (SELECT value FROM json_each($2)) AND published_at IS NULL
+  AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
+    WHERE p.partition_no = ${outboxTable}.partition_no AND p.owner = $3
+      AND p.token = json_extract($4, '$[' || ${outboxTable}.partition_no || ']'))`,
+    charge: `UPDATE ${outboxTable}
+SET attempts = attempts + 1, last_error = $2,
+  retry_at = CASE WHEN attempts + 1 >= $3 THEN NULL ELSE $4 END,
+  dead_at = CASE WHEN attempts + 1 >= $3 THEN $5 ELSE NULL END
+WHERE id = $1 AND published_at IS NULL AND dead_at IS NULL
+  AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
+    WHERE p.partition_no = ${outboxTable}.partition_no AND p.owner = $6
+      AND p.token = json_extract($7, '$[' || ${outboxTable}.partition_no || ']'))
+RETURNING attempts, dead_at`,
+    claim: `UPDATE ${outboxPartitionsTable}
+SET owner = $1, lease_expires_at = $2, token = token + 1
+WHERE partition_no IN (
+    SELECT partition_no FROM ${outboxPartitionsTable}
+    WHERE owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $3
+    ORDER BY partition_no
+    LIMIT $4)
+RETURNING partition_no, token`,
+    release: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL
+WHERE owner = $1 AND partition_no IN (SELECT value FROM json_each($2))`,
+    redrive: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
+WHERE dead_at IS NOT NULL AND published_at IS NULL AND event_id IN (SELECT value FROM json_each($1))`,
+    // SQLite has a single writer: a bounded batch keeps the write lock short, so enqueuing
+    // transactions wait for the pruner for milliseconds, not for a whole table scan.
+    prune: `DELETE FROM ${outboxTable} WHERE id IN (
+  SELECT id FROM ${outboxTable} WHERE published_at IS NOT NULL AND published_at <= $1
+  ORDER BY published_at LIMIT $2)`,
+    archive: `INSERT INTO ${outboxArchiveTable} (${archivedColumns}, archived_at)
+SELECT ${archivedColumns}, $3 FROM ${outboxTable} WHERE id IN (
+  SELECT id FROM ${outboxTable} WHERE published_at IS NOT NULL AND published_at <= $1
+  ORDER BY published_at LIMIT $2)
+RETURNING id`,
+    archiveDelete: `DELETE FROM ${outboxTable} WHERE id IN (SELECT value FROM json_each($1))`,
+  },
+}
+
+/** The statements of the inbox, per dialect. */
+export const inboxStatements: Readonly<Record<SqlDialect, InboxStatements>> = {
+  postgres: {
+    // On a concurrent duplicate, PostgreSQL makes the second INSERT wait for the first
+    // transaction: if it commits, DO NOTHING (0 rows); if it rolls back, this one inserts.
+    record: `INSERT INTO ${inboxTable} (consumer, message_id, received_at) VALUES ($1, $2, $3)
+ON CONFLICT (consumer, message_id) DO NOTHING`,
+    prune: `DELETE FROM ${inboxTable} WHERE (consumer, message_id) IN (
+  SELECT consumer, message_id FROM ${inboxTable} WHERE received_at <= $1
+  ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+  },
+  sqlite: {
+    record: `INSERT INTO ${inboxTable} (consumer, message_id, received_at) VALUES ($1, $2, $3)
+ON CONFLICT (consumer, message_id) DO NOTHING`,
+    prune: `DELETE FROM ${inboxTable} WHERE rowid IN (
+  SELECT rowid FROM ${inboxTable} WHERE received_at <= $1 ORDER BY received_at LIMIT $2)`,
+  },
+}
+
+/** A list parameter: a PostgreSQL array as is, a JSON array text on SQLite. */
+export function listParam(dialect: SqlDialect, values: readonly unknown[]): unknown {
+  return dialect === 'postgres' ? values : JSON.stringify(values)
+}

@@ -1,0 +1,277 @@
+// enqueue(tx, event) on real SQLite and PostgreSQL: the event commits and rolls back with the
+// business write, in breakwater transactions and in the application's own wrapped ones.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import {
+  CAUSATION_ID_HEADER,
+  CORRELATION_ID_HEADER,
+  createOutbox,
+  OUTBOX_CHANNEL,
+  OUTBOX_PARTITIONS,
+  partitionOf,
+} from '../../src/outbox/index.js'
+import { fromBetterSqlite, fromPgClient, type SqlNotification } from '../../src/stores/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { count, dbTargets, delay, type OutboxDb, until } from './support.js'
+
+interface StoredRow {
+  id: number
+  event_id: string
+  aggregate_type: string
+  aggregate_id: string
+  event_type: string
+  topic: string
+  payload: string
+  headers: string
+  partition_no: number
+  created_at: number
+  published_at: number | null
+  attempts: number
+}
+
+describe('partitionOf', () => {
+  it('is FNV-1a of the UTF-8 bytes modulo the partition count, stable across calls', () => {
+    // Reference values computed independently: FNV-1a 32 of "a" is 0xe40c292c.
+    expect(partitionOf('a')).toBe(0xe40c292c % OUTBOX_PARTITIONS)
+    expect(partitionOf('')).toBe(0x811c9dc5 % OUTBOX_PARTITIONS)
+    // Non-ASCII goes through UTF-8: "é" is the bytes c3 a9.
+    let h = 0x811c9dc5
+    for (const byte of [0xc3, 0xa9]) h = Math.imul(h ^ byte, 0x01000193)
+    expect(partitionOf('é')).toBe((h >>> 0) % OUTBOX_PARTITIONS)
+    const spread = new Set(Array.from({ length: 1000 }, (_, i) => partitionOf(`order-${i}`)))
+    expect(spread.size).toBe(OUTBOX_PARTITIONS)
+  })
+})
+
+describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
+  let t: OutboxDb
+  const clock = new ManualClock(1_700_000_000_000)
+  const outbox = createOutbox({ clock, topic: 'orders' })
+
+  beforeAll(async () => {
+    t = await target.open('outbox_enqueue')
+    await t.db.execute('CREATE TABLE orders (id TEXT PRIMARY KEY, total INTEGER NOT NULL)')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  async function row(eventId: string): Promise<StoredRow | undefined> {
+    const rows = await t.db.query<StoredRow>(
+      'SELECT * FROM breakwater_outbox WHERE event_id = $1',
+      [eventId],
+    )
+    return rows[0]
+  }
+
+  it('commits the event with the business write, with every column filled', async () => {
+    const eventId = await t.db.transaction(async (tx) => {
+      await tx.execute('INSERT INTO orders (id, total) VALUES ($1, $2)', ['o1', 42])
+      return outbox.enqueue(tx, {
+        aggregateType: 'order',
+        aggregateId: 'o1',
+        type: 'order-placed',
+        payload: { total: 42, lines: [{ sku: 'a', n: 2 }] },
+        headers: { tenant: 't1' },
+        correlationId: 'flow-1',
+        causationId: 'cmd-1',
+      })
+    })
+    expect(eventId).toMatch(/^[0-9a-f-]{36}$/)
+    const stored = await row(eventId)
+    expect(stored).toMatchObject({
+      aggregate_type: 'order',
+      aggregate_id: 'o1',
+      event_type: 'order-placed',
+      topic: 'orders',
+      partition_no: partitionOf('o1'),
+      created_at: 1_700_000_000_000,
+      published_at: null,
+      attempts: 0,
+    })
+    expect(JSON.parse(stored!.payload)).toEqual({ total: 42, lines: [{ sku: 'a', n: 2 }] })
+    expect(JSON.parse(stored!.headers)).toEqual({
+      tenant: 't1',
+      [CORRELATION_ID_HEADER]: 'flow-1',
+      [CAUSATION_ID_HEADER]: 'cmd-1',
+    })
+  })
+
+  it('rolls back with the business write', async () => {
+    let eventId = ''
+    await expect(
+      t.db.transaction(async (tx) => {
+        await tx.execute('INSERT INTO orders (id, total) VALUES ($1, $2)', ['o2', 1])
+        eventId = await outbox.enqueue(tx, {
+          aggregateType: 'order',
+          aggregateId: 'o2',
+          type: 'order-placed',
+          payload: null,
+        })
+        throw new Error('business rule failed')
+      }),
+    ).rejects.toThrow('business rule failed')
+    expect(eventId).not.toBe('')
+    expect(await row(eventId)).toBeUndefined()
+    expect(await count(t.db, 'orders', "WHERE id = 'o2'")).toBe(0)
+  })
+
+  it('enqueues many events in order with one call, ids in insertion order', async () => {
+    const events = Array.from({ length: 2_500 }, (_, i) => ({
+      id: `bulk-${i}`,
+      aggregateType: 'order',
+      aggregateId: `bulk-${i % 7}`,
+      type: 'line-added',
+      payload: { i },
+      topic: i % 2 === 0 ? 'even' : 'odd',
+    }))
+    const ids = await t.db.transaction((tx) => outbox.enqueue(tx, events))
+    expect(ids).toEqual(events.map((e) => e.id))
+    const rows = await t.db.query<StoredRow>(
+      "SELECT * FROM breakwater_outbox WHERE event_id LIKE 'bulk-%' ORDER BY id",
+    )
+    expect(rows.map((r) => r.event_id)).toEqual(ids)
+    expect(rows.map((r) => JSON.parse(r.payload).i)).toEqual(events.map((_, i) => i))
+    expect(rows.every((r, i) => r.topic === (i % 2 === 0 ? 'even' : 'odd'))).toBe(true)
+    expect(rows.every((r) => r.partition_no === partitionOf(r.aggregate_id))).toBe(true)
+    expect(await t.db.transaction((tx) => outbox.enqueue(tx, []))).toEqual([])
+  })
+
+  it('fails the transaction when an event id is enqueued twice', async () => {
+    const event = { id: 'dup-1', aggregateType: 'order', aggregateId: 'd', type: 'x', payload: 1 }
+    await t.db.transaction((tx) => outbox.enqueue(tx, event))
+    await expect(t.db.transaction((tx) => outbox.enqueue(tx, event))).rejects.toThrow()
+    expect(await count(t.db, 'breakwater_outbox', "WHERE event_id = 'dup-1'")).toBe(1)
+  })
+
+  it('rejects invalid events before writing, naming the field', async () => {
+    const bad = [
+      [{ aggregateType: 'order', aggregateId: '', type: 't', payload: 1 }, 'event.aggregateId'],
+      [
+        { aggregateType: 'order', aggregateId: 'a', type: 't', payload: undefined },
+        'event.payload',
+      ],
+      [{ aggregateType: 'order', aggregateId: 'a', type: 't', payload: 1n }, 'event.payload'],
+      [{ aggregateType: 'order', aggregateId: 'a', type: '', payload: 1 }, 'event.type'],
+      [
+        { aggregateType: 'order', aggregateId: 'a', type: 't', payload: 1, headers: { x: 1 } },
+        'event.headers.x',
+      ],
+    ] as const
+    for (const [event, option] of bad) {
+      const error = await t.db
+        .transaction((tx) => outbox.enqueue(tx, event as never))
+        .catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe(option)
+    }
+    expect(() => createOutbox({ topic: '' })).toThrow(InvalidOptionError)
+  })
+
+  if (target.dialect === 'postgres') {
+    it('works in the application own pg transaction (fromPgClient), commit and rollback', async () => {
+      const pg = (await import('pg')).default
+      const pool = new pg.Pool({ connectionString: t.url, max: 1 })
+      try {
+        const client = await pool.connect()
+        try {
+          await client.query('BEGIN')
+          await client.query('INSERT INTO orders (id, total) VALUES ($1, $2)', ['pg-1', 5])
+          const kept = await outbox.enqueue(fromPgClient(client), {
+            aggregateType: 'order',
+            aggregateId: 'pg-1',
+            type: 'order-placed',
+            payload: {},
+          })
+          await client.query('COMMIT')
+          expect(await row(kept)).toBeDefined()
+          await client.query('BEGIN')
+          const dropped = await outbox.enqueue(fromPgClient(client), {
+            aggregateType: 'order',
+            aggregateId: 'pg-2',
+            type: 'order-placed',
+            payload: {},
+          })
+          await client.query('ROLLBACK')
+          expect(await row(dropped)).toBeUndefined()
+        } finally {
+          client.release()
+        }
+      } finally {
+        await pool.end()
+      }
+    })
+
+    it('notifies relays at commit, never before and never on rollback', async () => {
+      const listener = await t.another()
+      const seen: SqlNotification[] = []
+      const unlisten = await listener.listen!(OUTBOX_CHANNEL, (n) => seen.push(n))
+      try {
+        const event = { aggregateType: 'order', aggregateId: 'n1', type: 'x', payload: 1 }
+        await t.db
+          .transaction(async (tx) => {
+            await outbox.enqueue(tx, event)
+            throw new Error('rollback')
+          })
+          .catch(() => {})
+        let committed = false
+        await t.db.transaction(async (tx) => {
+          await outbox.enqueue(tx, [event, { ...event, aggregateId: 'n2' }])
+          await outbox.enqueue(tx, event)
+          await delay(50)
+          expect(seen).toHaveLength(0)
+          committed = true
+        })
+        expect(committed).toBe(true)
+        await until(() => seen.length > 0, 'the notification')
+        await delay(50)
+        // Identical notifications of one transaction are folded into one.
+        expect(seen).toHaveLength(1)
+        const quiet = createOutbox({ notify: false })
+        await t.db.transaction((tx) => quiet.enqueue(tx, event))
+        await delay(50)
+        expect(seen).toHaveLength(1)
+      } finally {
+        await unlisten()
+      }
+    })
+  } else {
+    it('works inside a synchronous better-sqlite3 transaction (fromBetterSqlite)', async () => {
+      const Database = (await import('better-sqlite3')).default
+      const raw = new Database(t.url.slice('sqlite:'.length))
+      raw.pragma('busy_timeout = 5000')
+      try {
+        const ids: Array<Promise<string>> = []
+        raw.transaction(() => {
+          raw.prepare('INSERT INTO orders (id, total) VALUES (?, ?)').run('sq-1', 3)
+          ids.push(
+            outbox.enqueue(fromBetterSqlite(raw), {
+              aggregateType: 'order',
+              aggregateId: 'sq-1',
+              type: 'order-placed',
+              payload: {},
+            }),
+          )
+        })()
+        expect(await row(await ids[0]!)).toBeDefined()
+        const dropped: Array<Promise<string>> = []
+        expect(() =>
+          raw.transaction(() => {
+            dropped.push(
+              outbox.enqueue(fromBetterSqlite(raw), {
+                aggregateType: 'order',
+                aggregateId: 'sq-2',
+                type: 'order-placed',
+                payload: {},
+              }),
+            )
+            throw new Error('rollback')
+          })(),
+        ).toThrow('rollback')
+        expect(await row(await dropped[0]!)).toBeUndefined()
+      } finally {
+        raw.close()
+      }
+    })
+  }
+})

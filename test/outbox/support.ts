@@ -1,0 +1,164 @@
+// Real databases for the outbox tests (a SQLite file, a PostgreSQL database on the test server)
+// with the outbox, queue and inbox migrations applied, and small helpers to watch them.
+import type { IncomingMessage } from '../../src/brokers/types.js'
+import {
+  createSqlQueue,
+  migrateInbox,
+  migrateOutbox,
+  migrateSqlQueue,
+  type SqlQueue,
+  type SqlQueueOptions,
+} from '../../src/outbox/index.js'
+import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
+import { createTestDatabase } from '../support/postgres.js'
+import { createTestSqlite } from '../support/sqlite.js'
+
+/** A migrated database for one test (or file). */
+export interface OutboxDb {
+  readonly db: SqlDriver
+  readonly url: string
+  /** Opens another connection (pool) to the same database, closed with the rest. */
+  another(): Promise<SqlDriver>
+  close(): Promise<void>
+}
+
+/** One engine under test. */
+export interface DbTarget {
+  readonly dialect: 'sqlite' | 'postgres'
+  open(name: string): Promise<OutboxDb>
+}
+
+async function migrated(url: string, drop: () => Promise<void>): Promise<OutboxDb> {
+  const db = await openDatabase(url)
+  const others: SqlDriver[] = []
+  try {
+    await migrateOutbox(db)
+    await migrateSqlQueue(db)
+    await migrateInbox(db)
+  } catch (error) {
+    await db.close()
+    await drop()
+    throw error
+  }
+  return {
+    db,
+    url,
+    async another() {
+      const other = await openDatabase(url)
+      others.push(other)
+      return other
+    },
+    async close() {
+      for (const other of others) await other.close()
+      await db.close()
+      await drop()
+    },
+  }
+}
+
+export const sqliteTarget: DbTarget = {
+  dialect: 'sqlite',
+  async open(name) {
+    const file = createTestSqlite(name)
+    return migrated(file.url, async () => file.cleanup())
+  },
+}
+
+export const postgresTarget: DbTarget = {
+  dialect: 'postgres',
+  async open(name) {
+    const database = await createTestDatabase(name)
+    return migrated(database.url, () => database.drop())
+  },
+}
+
+export const dbTargets: readonly DbTarget[] = [sqliteTarget, postgresTarget]
+
+/** Real-time wait for integration tests (a few ms; never used for backoff or cooldowns). */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+/** Polls `check` every `everyMs` until it returns true; fails after `timeoutMs`. */
+export async function until(
+  check: () => boolean | Promise<boolean>,
+  what: string,
+  timeoutMs = 20_000,
+  everyMs = 5,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (await check()) return
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await delay(everyMs)
+  }
+}
+
+/** Counts rows of a table (optionally with a WHERE clause). */
+export async function count(db: SqlDriver, table: string, where = ''): Promise<number> {
+  const rows = await db.query<{ n: number | string }>(`SELECT COUNT(*) AS n FROM ${table} ${where}`)
+  return Number(rows[0]?.n ?? 0)
+}
+
+/** Events not yet published and not dead. */
+export function pendingCount(db: SqlDriver): Promise<number> {
+  return count(db, 'breakwater_outbox', 'WHERE published_at IS NULL AND dead_at IS NULL')
+}
+
+/** A message as a consumer saw it. */
+export interface Received {
+  readonly id: string
+  readonly key: string
+  readonly type: string | undefined
+  readonly payload: unknown
+  readonly deliveryCount: number
+}
+
+/** A subscription that records everything it receives, in order. */
+export interface Collector {
+  readonly received: Received[]
+  /** Distinct ids received. */
+  ids(): Set<string>
+  /** Received ids per key, in arrival order. */
+  byKey(): Map<string, string[]>
+  close(): Promise<void>
+}
+
+/** Subscribes to `topic` as `group` and records every delivery. */
+export async function collect(
+  queue: SqlQueue,
+  topic: string,
+  group = 'test',
+  handler?: (message: IncomingMessage) => Promise<void>,
+): Promise<Collector> {
+  const received: Received[] = []
+  const subscription = await queue.subscriber.subscribe(topic, group, async (message) => {
+    if (handler !== undefined) await handler(message)
+    received.push({
+      id: message.id,
+      key: message.key,
+      type: message.headers['event-type'],
+      payload: JSON.parse(Buffer.from(message.payload).toString('utf8')),
+      deliveryCount: message.deliveryCount,
+    })
+  })
+  return {
+    received,
+    ids: () => new Set(received.map((r) => r.id)),
+    byKey() {
+      const map = new Map<string, string[]>()
+      for (const r of received) {
+        const list = map.get(r.key) ?? []
+        list.push(r.id)
+        map.set(r.key, list)
+      }
+      return map
+    },
+    close: () => subscription.close(),
+  }
+}
+
+/** A SQL queue with fast polling for tests. */
+export function testQueue(db: SqlDriver, options: SqlQueueOptions = {}): SqlQueue {
+  return createSqlQueue(db, { pollIntervalMs: 2, maxPollIntervalMs: 20, ...options })
+}
