@@ -5,7 +5,14 @@ import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import { parentOf } from './cancel-scope.js'
 import { BulkheadRejectedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { type ContextAwarePolicy, contextFor, executeInContext } from './pipeline.js'
+import {
+  type ChainablePolicy,
+  callDirectly,
+  contextFor,
+  executeInContext,
+  executeThrough,
+  type Next,
+} from './pipeline.js'
 import {
   neverAbortedSignal,
   type Policy,
@@ -107,7 +114,7 @@ interface Waiter {
 }
 
 /** The bulkhead implementation; `prefix` names options in errors (registry entries differ). */
-export class BulkheadPolicy implements Bulkhead, ContextAwarePolicy {
+export class BulkheadPolicy implements Bulkhead, ChainablePolicy {
   readonly events = new EventSource<BulkheadEvent>()
   readonly name: string | undefined
   readonly #maxConcurrent: number
@@ -145,14 +152,18 @@ export class BulkheadPolicy implements Bulkhead, ContextAwarePolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
-    return this.#run(fn, contextFor(signal))
+    return this.#run(callDirectly, fn, contextFor(signal))
   }
 
   [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    return this.#run(fn, context)
+    return this.#run(callDirectly, fn, context)
   }
 
-  async #run<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+  [executeThrough]<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    return this.#run(next, fn, context)
+  }
+
+  async #run<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
     // Asking the scope, not `context.signal`: reading the signal of a lazy scope (a timeout's
     // or a retry's context) creates an AbortController, which cost most of a pipeline's call.
     const parent = parentOf(context)
@@ -173,7 +184,7 @@ export class BulkheadPolicy implements Bulkhead, ContextAwarePolicy {
       throw new BulkheadRejectedError('full', this.#maxConcurrent, this.#maxQueued)
     }
     try {
-      return await fn(context)
+      return await next(fn, context)
     } finally {
       this.#release()
     }

@@ -11,7 +11,14 @@ import { type CancelParent, parentOf } from './cancel-scope.js'
 import { classifyFailure } from './classify.js'
 import { BrokenCircuitError, IsolatedCircuitError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { type ContextAwarePolicy, contextFor, executeInContext } from './pipeline.js'
+import {
+  type ChainablePolicy,
+  callDirectly,
+  contextFor,
+  executeInContext,
+  executeThrough,
+  type Next,
+} from './pipeline.js'
 import type { Policy, PolicyContext, PolicyFunction } from './types.js'
 
 /**
@@ -185,7 +192,7 @@ function countsAsFailure(error: unknown): boolean {
   return classifyFailure(error) !== 'permanent'
 }
 
-class CircuitBreakerPolicy implements CircuitBreaker, ContextAwarePolicy {
+class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy {
   readonly events = new EventSource<CircuitBreakerEvent>()
   readonly name: string | undefined
   readonly #clock: Clock
@@ -254,11 +261,15 @@ class CircuitBreakerPolicy implements CircuitBreaker, ContextAwarePolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
-    return this.#run(fn, contextFor(signal))
+    return this.#run(callDirectly, fn, contextFor(signal))
   }
 
   [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    return this.#run(fn, context)
+    return this.#run(callDirectly, fn, context)
+  }
+
+  [executeThrough]<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    return this.#run(next, fn, context)
   }
 
   isolate(): void {
@@ -273,7 +284,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ContextAwarePolicy {
     this.#clearTimer()
   }
 
-  async #run<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+  async #run<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
     const probe = this.#state === 'closed' ? false : this.#admit()
     // Asking the scope, not `context.signal`: reading the signal of a lazy scope (a timeout's
     // or a retry's context) creates an AbortController, which cost most of a pipeline's call.
@@ -286,7 +297,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ContextAwarePolicy {
     const startMs = this.#slowCallMs === undefined ? 0 : this.#clock.now()
     let value: T
     try {
-      value = await fn(context)
+      value = await next(fn, context)
     } catch (error) {
       this.#onError(error, epoch, startMs, parent)
       throw error

@@ -1,6 +1,12 @@
 import { checkFunction, checkObject } from '../core/validate.js'
 import { EventSource } from './events.js'
-import { contextFor, executeInContext } from './pipeline.js'
+import {
+  callDirectly,
+  contextFor,
+  executeInContext,
+  executeThrough,
+  type Next,
+} from './pipeline.js'
 import type { PolicyContext, PolicyFunction } from './types.js'
 
 /** Computes the substitute answer from the error that made the call fail. */
@@ -79,16 +85,20 @@ class FallbackPolicyImpl<R> implements FallbackPolicy<R> {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T | R> {
-    return this.#run(fn, contextFor(signal))
+    return this.#run(callDirectly, fn, contextFor(signal))
   }
 
   [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T | R> {
-    return this.#run(fn, context)
+    return this.#run(callDirectly, fn, context)
   }
 
-  async #run<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T | R> {
+  [executeThrough]<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T | R> {
+    return this.#run(next, fn, context)
+  }
+
+  async #run<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T | R> {
     try {
-      return await fn(context)
+      return await next(fn, context)
     } catch (error) {
       if (context.signal.aborted) throw error
       if (this.#shouldFallback !== undefined && !this.#shouldFallback(error)) throw error

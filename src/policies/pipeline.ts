@@ -16,10 +16,33 @@ import {
  */
 export const executeInContext: unique symbol = Symbol.for('breakwater.executeInContext')
 
+/**
+ * Key of an optional method, `[executeThrough](next, fn, context)`: the same as
+ * {@link executeInContext}, but the policy calls `next(fn, innerContext)` where it would call
+ * `fn(innerContext)`. `pipeline()` uses it to chain policies without allocating a closure per
+ * policy per call. A separate key (not an extra parameter) so that a copy of breakwater that
+ * predates it is never handed a `next` it would ignore.
+ */
+export const executeThrough: unique symbol = Symbol.for('breakwater.executeThrough')
+
+/** The rest of a chain: runs `fn` in `context` through the policies further in. */
+export type Next = <T>(fn: PolicyFunction<T>, context: PolicyContext) => PromiseLike<T> | T
+
 /** A policy that can run a function in a context it is given (see {@link executeInContext}). */
 export interface ContextAwarePolicy extends Policy {
   /** Runs `fn` under this policy, handing it `context` unchanged. */
   [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T>
+}
+
+/** A policy that can also hand its work to the rest of a chain (see {@link executeThrough}). */
+export interface ChainablePolicy extends ContextAwarePolicy {
+  /** Runs `next(fn, innerContext)` under this policy. */
+  [executeThrough]<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T>
+}
+
+/** The end of every chain: calls `fn` itself. */
+export function callDirectly<T>(fn: PolicyFunction<T>, context: PolicyContext): PromiseLike<T> | T {
+  return fn(context)
 }
 
 /** The context of a call made without a signal; shared, so such calls allocate none. */
@@ -43,8 +66,8 @@ type Link = <T>(fn: PolicyFunction<T>, context: PolicyContext) => Promise<T>
 /**
  * Composes policies into one: the first is the outermost, so
  * `pipeline(a, b, c).execute(fn)` runs `a.execute(() => b.execute(() => c.execute(fn)))`.
- * The chain is built once here; a call allocates one small closure per policy after the first
- * and no arrays.
+ * The chain is built once here; a call allocates no closures or arrays for breakwater's own
+ * policies (through {@link executeThrough}), and one small closure per other policy.
  *
  * The recommended order for calls to a downstream service is
  * `pipeline(timeout(overallMs), retry(), circuitBreaker(), timeout(perTryMs), bulkhead())`:
@@ -133,7 +156,14 @@ function merge(inner: PolicyContext, outer: PolicyContext): PolicyContext {
     : { signal: inner.signal, attempt: outer.attempt }
 }
 
+function isChainable(policy: Policy): policy is ChainablePolicy {
+  return typeof (policy as Partial<ChainablePolicy>)[executeThrough] === 'function'
+}
+
 function link(policy: Policy, next: Link | undefined): Link {
+  if (next !== undefined && isChainable(policy)) {
+    return (fn, context) => policy[executeThrough](next, fn, context)
+  }
   if (isContextAware(policy)) {
     if (next === undefined) return (fn, context) => policy[executeInContext](fn, context)
     return (fn, context) => policy[executeInContext]((inner) => next(fn, inner), context)

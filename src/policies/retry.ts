@@ -18,7 +18,13 @@ import { isTransientFailure, retryAfterMsOf } from './classify.js'
 import { currentDeadlineScope } from './deadline.js'
 import { DeadlineExceededError, RetryBudgetExhaustedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { executeInContext } from './pipeline.js'
+import {
+  type ChainablePolicy,
+  callDirectly,
+  executeInContext,
+  executeThrough,
+  type Next,
+} from './pipeline.js'
 import type { RandomSource } from './random.js'
 import type { RetryBudget } from './retry-budget.js'
 import type { Policy, PolicyContext, PolicyFunction } from './types.js'
@@ -222,7 +228,7 @@ class RetryContext implements PolicyContext {
   }
 }
 
-class RetryPolicyImpl implements RetryPolicy {
+class RetryPolicyImpl implements RetryPolicy, ChainablePolicy {
   readonly events = new EventSource<RetryEvent>()
   readonly #maxAttempts: number
   readonly #backoff: Backoff
@@ -254,16 +260,21 @@ class RetryPolicyImpl implements RetryPolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
-    return this.#run(fn, signal === undefined ? undefined : parentOfSignal(signal), 1)
+    return this.#run(callDirectly, fn, signal === undefined ? undefined : parentOfSignal(signal), 1)
   }
 
   // Called by pipeline(): the outer context is used without reading its signal, and the
   // function sees the outer attempt number until this policy itself retries.
   [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    return this.#run(fn, parentOf(context), context.attempt)
+    return this.#run(callDirectly, fn, parentOf(context), context.attempt)
+  }
+
+  [executeThrough]<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    return this.#run(next, fn, parentOf(context), context.attempt)
   }
 
   async #run<T>(
+    next: Next,
     fn: PolicyFunction<T>,
     parent: CancelParent | undefined,
     outerAttempt: number,
@@ -273,9 +284,9 @@ class RetryPolicyImpl implements RetryPolicy {
     retryCounters().attempts.add(1)
     const execution = new RetryExecution(parent, outerAttempt)
     try {
-      return await fn(execution)
+      return await next(fn, execution)
     } catch (error) {
-      return await this.#retry(fn, execution, error)
+      return await this.#retry(next, fn, execution, error)
     } finally {
       execution.close()
     }
@@ -283,6 +294,7 @@ class RetryPolicyImpl implements RetryPolicy {
 
   // The slow path, entered after the first failure.
   async #retry<T>(
+    next: Next,
     fn: PolicyFunction<T>,
     execution: RetryExecution,
     firstError: unknown,
@@ -346,7 +358,7 @@ class RetryPolicyImpl implements RetryPolicy {
       attempt++
       retryCounters().attempts.add(1)
       try {
-        return await fn(new RetryContext(attempt, execution))
+        return await next(fn, new RetryContext(attempt, execution))
       } catch (next) {
         error = next
       }

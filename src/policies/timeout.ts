@@ -13,7 +13,13 @@ import {
 import { currentDeadline } from './deadline.js'
 import { DeadlineExceededError, TimeoutError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { executeInContext } from './pipeline.js'
+import {
+  type ChainablePolicy,
+  callDirectly,
+  executeInContext,
+  executeThrough,
+  type Next,
+} from './pipeline.js'
 import { type TimerEntry, type TimerQueue, timerQueueFor } from './timer-queue.js'
 import type { Policy, PolicyContext, PolicyFunction } from './types.js'
 
@@ -159,7 +165,7 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
   }
 
   /** Runs fn racing the timer (hard mode) and the caller's real signal. */
-  race(fn: PolicyFunction<T>, linkNow: boolean): Promise<T> {
+  race(next: Next, fn: PolicyFunction<T>, linkNow: boolean): Promise<T> {
     const promise = new Promise<T>((resolve, reject) => {
       this.#resolve = resolve
       this.#reject = reject
@@ -169,7 +175,7 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
     if (this.#settled) return promise
     let result: PromiseLike<T> | T
     try {
-      result = fn(this)
+      result = next(fn, this)
     } catch (error) {
       this.#fail(this.failure(error))
       return promise
@@ -194,7 +200,7 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
   }
 }
 
-class TimeoutPolicyImpl implements TimeoutPolicy {
+class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy {
   readonly timeoutMs: number
   readonly mode: TimeoutMode
   readonly events = new EventSource<TimeoutEvent>()
@@ -209,15 +215,24 @@ class TimeoutPolicyImpl implements TimeoutPolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
-    return this.#run(fn, signal === undefined ? undefined : parentOfSignal(signal), 1)
+    return this.#run(callDirectly, fn, signal === undefined ? undefined : parentOfSignal(signal), 1)
   }
 
   // Called by pipeline(): the outer policy's context is used without reading its signal.
   [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    return this.#run(fn, parentOf(context), context.attempt)
+    return this.#run(callDirectly, fn, parentOf(context), context.attempt)
   }
 
-  #run<T>(fn: PolicyFunction<T>, parent: CancelParent | undefined, attempt: number): Promise<T> {
+  [executeThrough]<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    return this.#run(next, fn, parentOf(context), context.attempt)
+  }
+
+  #run<T>(
+    next: Next,
+    fn: PolicyFunction<T>,
+    parent: CancelParent | undefined,
+    attempt: number,
+  ): Promise<T> {
     if (parent?.aborted) return Promise.reject(new AbortedError(parent.reason))
     const now = this.#clock.now()
     let limitMs = this.timeoutMs
@@ -240,13 +255,13 @@ class TimeoutPolicyImpl implements TimeoutPolicy {
     // A caller's real signal must reject the call at once when it aborts, whatever fn does;
     // aborts from breakwater's own scopes (an outer timeout) are handled by their owner.
     const external = hasExternalSignal(parent)
-    if (this.mode === 'cooperative' && !external) return this.#cooperative(call, fn)
-    return call.race(fn, external)
+    if (this.mode === 'cooperative' && !external) return this.#cooperative(call, next, fn)
+    return call.race(next, fn, external)
   }
 
-  async #cooperative<T>(call: TimeoutCall<T>, fn: PolicyFunction<T>): Promise<T> {
+  async #cooperative<T>(call: TimeoutCall<T>, next: Next, fn: PolicyFunction<T>): Promise<T> {
     try {
-      return await fn(call)
+      return await next(fn, call)
     } catch (error) {
       throw call.failure(error)
     } finally {
