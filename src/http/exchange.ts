@@ -130,7 +130,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
     if (this.#done) return
     this.#chunks.push(chunk)
     this.#bytes += chunk.length
-    if (this.#phase === bodyPhase) this.#lastDataMs = this.#settings.clock.now()
+    if (this.#timer !== undefined) this.#lastDataMs = this.#settings.clock.now()
   }
 
   onResponseEnd(): void {

@@ -87,7 +87,8 @@ export interface HttpServiceOptions {
   /**
    * The retry budget of the service (see `createRetryBudget`): retries may add at most this
    * share of the traffic, so a fleet of clients cannot turn an outage into a retry storm. Pass
-   * a `RetryBudget` to share one between clients, or `false` for none.
+   * a `RetryBudget` to share one between clients, or `false` for none. Unused (and left
+   * undefined) when `retry` is `false`.
    * @default {} (20% of requests plus 10 retries per second)
    */
   readonly retryBudget?: HttpRetryBudgetOptions | false

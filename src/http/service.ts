@@ -22,7 +22,7 @@ import {
   timeout,
   type Unsubscribe,
 } from '../index.js'
-import { HttpStatusError } from './errors.js'
+import { HttpClientClosedError, HttpStatusError } from './errors.js'
 import { type HttpEvents, ServiceEvents } from './events.js'
 import { Exchange, type ExchangePlan, type ExchangeSettings } from './exchange.js'
 import type { HttpRequestOptions, HttpServiceOptions } from './options.js'
@@ -148,6 +148,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   readonly #propagateDeadline: boolean
   readonly #deadlineMarginMs: number
   readonly #defaultHeaders: Record<string, string | string[]>
+  #closed = false
 
   constructor(name: string, options: HttpServiceOptions, clientClock: Clock) {
     const prefix = `services.${name}`
@@ -181,7 +182,11 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       0,
     )
 
-    this.retryBudget = withPrefix(prefix, () => makeBudget(options.retryBudget, clock))
+    // A budget limits retries; without retry there is nothing for it to do.
+    this.retryBudget =
+      options.retry === false
+        ? undefined
+        : withPrefix(prefix, () => makeBudget(options.retryBudget, clock))
     this.#retry =
       options.retry === false
         ? undefined
@@ -403,6 +408,8 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   }
 
   #attempt(plan: CallPlan, ctx: PolicyContext): Promise<BufferedResponse> {
+    // A call that waited (bulkhead queue, backoff) while the client closed.
+    if (this.#closed) return Promise.reject(new HttpClientClosedError())
     const attempt = ctx.attempt
     if (this.events.hasListeners)
       this.events.emit({
@@ -512,6 +519,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   }
 
   async close(): Promise<void> {
+    this.#closed = true
     this.breaker?.dispose()
     await this.dispatcher.close()
   }
