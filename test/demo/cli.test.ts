@@ -53,9 +53,8 @@ describe('runPoliciesDemo', () => {
     expect(result.results.map((r) => r.scenario)).toEqual(['jitter', 'breaker'])
     expect(result.claimsShown).toBe(result.results.filter((r) => r.conclusion.holds).length)
     expect(lines[0]).toMatch(/^breakwater demo policies/)
-    expect(lines[1]).toContain('Times scaled x0.05')
-    expect(lines).toContain('1. Jitter spreads retry waves')
-    expect(lines).toContain('2. The breaker takes load off a down service')
+    expect(lines).toContain('1. Jitter spreads retry waves (times x0.05)')
+    expect(lines).toContain('2. The breaker takes load off a down service (times x0.05)')
     const footer = lines.slice(lines.lastIndexOf('') + 1).join(' ')
     expect(footer).toMatch(
       new RegExp(

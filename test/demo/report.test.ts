@@ -177,7 +177,9 @@ describe('renderScenario and renderFooter', () => {
 
   it('marks a claim the numbers did not show', () => {
     const shown = renderScenario(result(true), 3)
-    expect(shown[0]).toBe('3. A 500 ms timeout + retries beats one 10 s timeout at p99')
+    expect(shown[0]).toBe(
+      '3. A 500 ms timeout + retries beats one 10 s timeout at p99 (times x0.1)',
+    )
     expect(shown.at(-1)).toBe('   => It won.')
     expect(renderScenario(result(false), 3).at(-1)).toBe('   !! NOT shown by this run.')
     expect(renderFooter([result(true), result(false)], 9_500, 12).join(' ')).toBe(

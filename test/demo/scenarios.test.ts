@@ -23,7 +23,7 @@ function successRate(variant: BulkheadVariantResult, name: Downstream): number {
 // long enough to bunch up timers, so a scenario gets two more tries before the test fails.
 describe('policy scenarios (real servers, small scale)', { retry: 2 }, () => {
   it('jitter: full jitter lowers the peak and the requests shed after recovery', async () => {
-    const result = await runJitterScenario({ clients: 100, timeScale: 0.1 })
+    const result = await runJitterScenario({ clients: 100, timeScale: 0.15 })
     const [none, full] = result.variants
     expect(none.jitter).toBe('none')
     expect(full.jitter).toBe('full')

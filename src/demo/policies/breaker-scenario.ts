@@ -171,10 +171,10 @@ export async function runBreakerScenario(
     scenario: 'breaker',
     title: 'The breaker takes load off a down service',
     setup: [
-      `${calls} calls, one every ${formatMs(intervalMs)}; the service resets every connection ` +
-        `for the first ${formatMs(downMs)}, then answers in ${formatMs(answerMs)}.`,
-      `Both retry ${attempts} attempts from ${formatMs(baseDelayMs)}; the breaker opens after ` +
-        `${consecutiveFailures} failures in a row, probes after a ${formatMs(cooldownMs)} cooldown.`,
+      `${calls} calls, one every ${formatMs(intervalMs)}; the service resets connections ` +
+        `for ${formatMs(downMs)}, then answers in ${formatMs(answerMs)}.`,
+      `Retry: ${attempts} attempts from ${formatMs(baseDelayMs)}; breaker: opens after ` +
+        `${consecutiveFailures} failures in a row, ${formatMs(cooldownMs)} cooldown.`,
     ],
     timeScale,
     downMs,

@@ -158,9 +158,8 @@ export async function runBulkheadScenario(
     setup: [
       `A calls B, C and D, one call to each every ${formatMs(intervalMs)}; B and C answer in ` +
         `${formatMs(fastMs)}, D in ${formatMs(slowMs)}.`,
-      `Slots: one shared pool of ${sharedSlots} vs B:${slots.B} C:${slots.C} D:${slots.D} ` +
-        `(the seed's 100 = 30/30/40, divided by 5); a queued call gives up after ` +
-        `${formatMs(queueTimeoutMs)}.`,
+      `Slots: one pool of ${sharedSlots} vs B:${slots.B} C:${slots.C} D:${slots.D} (the seed's ` +
+        `100 vs 30/30/40, /5); queue wait <= ${formatMs(queueTimeoutMs)}.`,
     ],
     timeScale,
     variants: [shared, split],

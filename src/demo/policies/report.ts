@@ -161,7 +161,7 @@ function table(result: PolicyScenarioResult): string[] {
  * variant and downstream), extra detail, and the computed conclusion.
  */
 export function renderScenario(result: PolicyScenarioResult, number: number): string[] {
-  const lines = [`${number}. ${result.title}`]
+  const lines = [`${number}. ${result.title} (times x${result.timeScale})`]
   for (const setup of result.setup) lines.push(...wrap(setup, width, indent, `${indent}  `))
   lines.push(...table(result).map((line) => indent + line))
   if (result.scenario === 'breaker') {
@@ -174,14 +174,13 @@ export function renderScenario(result: PolicyScenarioResult, number: number): st
 }
 
 /** The lines printed before the scenarios. */
-export function renderHeader(timeScale: number): string[] {
+export function renderHeader(): string[] {
   return [
     "breakwater demo policies: the seed's claims, measured on local HTTP services that fail on purpose",
-    `Times scaled x${timeScale} so the run takes seconds: the seed's 10 s is ` +
-      `${formatMs(Math.round(10_000 * timeScale))} here, its 500 ms is ` +
-      `${formatMs(Math.round(500 * timeScale))}. Counts are not scaled.`,
-    'load = requests the service received (load down: while it was down); fast fail = refused by',
-    'a policy without calling or waiting; p50/p99 = time a call took, failures included.',
+    'Durations are scaled down so the run takes seconds; each title says by how much (x0.1: the ' +
+      "seed's 10 s is 1 s here). Counts are not scaled.",
+    'load = requests the service received (load down: while it was down); fast fail = refused by ' +
+      'a policy without calling or waiting; p50/p99 = time a call took, failures included.',
   ].flatMap((line) => wrap(line, width, '', ''))
 }
 

@@ -170,7 +170,7 @@ export async function runTimeoutScenario(
       `The dependency answers in ${fastestMs}-${formatMs(slowestMs)} but never ` +
         `answers ${Math.round(hangRate * 100)}% of requests; ${calls} calls, ${concurrency} at a time.`,
       `One ${formatMs(longMs)} timeout vs ${formatMs(shortMs)} per attempt, ${attempts} ` +
-        `attempts, full-jitter backoff from ${formatMs(baseDelayMs)}.`,
+        `attempts, backoff from ${formatMs(baseDelayMs)}.`,
     ],
     timeScale,
     hangs: [long.hangs, short.hangs],
