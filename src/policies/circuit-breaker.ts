@@ -284,28 +284,53 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy {
     this.#clearTimer()
   }
 
-  async #run<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    const probe = this.#state === 'closed' ? false : this.#admit()
+  // Not an async function: while a call is in flight it keeps a derived promise and two small
+  // handlers instead of an async frame. The caller sees the same microtask ticks as
+  // `try { value = await next(...) } catch { ... }`, and every failure (an open circuit, an
+  // abort, a throwing isFailure) still arrives as a rejection, never as a synchronous throw.
+  #run<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    let probe: boolean
+    try {
+      probe = this.#state === 'closed' ? false : this.#admit()
+    } catch (error) {
+      return Promise.reject(error)
+    }
     // Asking the scope, not `context.signal`: reading the signal of a lazy scope (a timeout's
     // or a retry's context) creates an AbortController, which cost most of a pipeline's call.
     const parent = parentOf(context)
     if (parent?.aborted) {
       if (probe) this.#probes--
-      throw new AbortedError(parent.reason)
+      return Promise.reject(new AbortedError(parent.reason))
     }
     const epoch = this.#epoch
     const startMs = this.#slowCallMs === undefined ? 0 : this.#clock.now()
-    let value: T
+    let result: PromiseLike<T> | T
     try {
-      value = await next(fn, context)
+      result = next(fn, context)
     } catch (error) {
-      this.#onError(error, epoch, startMs, parent)
-      throw error
+      try {
+        this.#onError(error, epoch, startMs, parent)
+      } catch (bookkeeping) {
+        return Promise.reject(bookkeeping)
+      }
+      return Promise.reject(error)
     }
+    return Promise.resolve(result).then(
+      (value) => {
+        this.#onValue(epoch, startMs)
+        return value
+      },
+      (error: unknown) => {
+        this.#onError(error, epoch, startMs, parent)
+        throw error
+      },
+    )
+  }
+
+  #onValue(epoch: number, startMs: number): void {
     if (this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs)
       this.#onOutcome(epoch, 'slow', undefined)
     else this.#onOutcome(epoch, 'success', undefined)
-    return value
   }
 
   // Decides whether a call may run while the circuit is not closed; true = it is a probe.
