@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events'
 /**
  * What every policy hands to the function it runs.
  */
@@ -30,6 +31,10 @@ export interface Policy {
 // Shared by every call that has no caller signal, so a policy never allocates an
 // AbortController just to have something to hand down.
 const neverController = new AbortController()
+// Every in-flight call may hand this one signal to undici, fetch or pg, each of which adds a
+// listener for the life of its request; with thousands in flight Node would warn about a leak
+// that is not one (the listeners leave with their requests, and the signal never fires).
+setMaxListeners(0, neverController.signal)
 
 /** A signal that never aborts. */
 export const neverAbortedSignal: AbortSignal = neverController.signal
