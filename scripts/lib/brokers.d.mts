@@ -35,7 +35,10 @@ export interface StartedBroker extends BrokerState {
 
 /** Options for starting a broker server. */
 export interface StartBrokerOptions {
-  /** SIGKILL the server and delete its folder when this process exits. @default false */
+  /**
+   * Stop the server and delete its folder when this process exits, also when it is killed
+   * (a detached watchdog watches this pid). @default false
+   */
   readonly stopOnExit?: boolean
   /** Stop the server when this process is gone (a detached watchdog checks every second). */
   readonly watchPid?: number

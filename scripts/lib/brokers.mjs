@@ -32,6 +32,7 @@ import {
 import { createConnection } from 'node:net'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { freePort, ServiceError } from './common.mjs'
 
 const LOOPBACK = '127.0.0.1'
@@ -268,14 +269,47 @@ export function stopBroker(state, signal = 'SIGTERM') {
   rmSync(state.root, { recursive: true, force: true })
 }
 
-function startWatchdog(pid, state) {
-  const script = new URL('./watchdog.mjs', import.meta.url)
-  const child = spawn(process.execPath, [script.pathname, String(pid), JSON.stringify(state)], {
+/**
+ * A detached `node brokers.mjs watch <pid> <state file>` that stops the server once process
+ * `pid` is gone: a test worker killed by a signal never runs its 'exit' handlers. It reads
+ * the state file when it acts, so it follows restarts (new pid).
+ */
+function startWatchdog(pid, stateFile) {
+  const script = fileURLToPath(import.meta.url)
+  const child = spawn(process.execPath, [script, 'watch', String(pid), stateFile], {
     detached: true,
     stdio: 'ignore',
   })
   child.unref()
   return child
+}
+
+function isAlive(pid) {
+  try {
+    process.kill(pid, 0)
+  } catch (error) {
+    return error.code === 'EPERM'
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2))
+  } catch {
+    return true
+  }
+}
+
+function watch(pid, stateFile) {
+  process.on('SIGTERM', () => process.exit(0))
+  const timer = setInterval(() => {
+    if (isAlive(pid)) return
+    clearInterval(timer)
+    try {
+      stopBroker(JSON.parse(readFileSync(stateFile, 'utf8')), 'SIGKILL')
+    } catch {
+      // Already stopped and removed.
+    }
+    process.exit(0)
+  }, 500)
 }
 
 /**
@@ -292,9 +326,11 @@ async function supervise(fields, spawnServer, options) {
     throw error
   }
   state.pid = child.pid
-  let watchdog
-  // A watchdog stops the server when the watched process dies without calling stop().
-  if (options.watchPid !== undefined) watchdog = startWatchdog(options.watchPid, { ...state })
+  const stateFile = join(state.root, 'state.json')
+  const saveState = () => writeFileSync(stateFile, JSON.stringify(state))
+  saveState()
+  const watchPid = options.watchPid ?? (options.stopOnExit ? process.pid : undefined)
+  const watchdog = watchPid === undefined ? undefined : startWatchdog(watchPid, stateFile)
   if (options.stopOnExit) stopOnExit.add(state)
   let stopped = false
   return Object.assign(state, {
@@ -308,6 +344,7 @@ async function supervise(fields, spawnServer, options) {
       await stopGroup(child.pid, 'SIGTERM')
       child = await spawnServer()
       state.pid = child.pid
+      saveState()
     },
     /** Stops it for good and deletes its folder. */
     async stop() {
@@ -344,8 +381,9 @@ function readyOrKill(child, ready, what, logFile, timeoutMs) {
 
 /**
  * Options shared by the three start functions:
- * - `stopOnExit`: SIGKILL the server and delete its folder when this process exits (tests);
- *   without it the server outlives this process (`scripts/services.mjs start`).
+ * - `stopOnExit`: stop the server and delete its folder when this process exits, also when it
+ *   is killed (a watchdog on this pid); without it the server outlives this process
+ *   (`scripts/services.mjs start`).
  * - `watchPid`: a detached watchdog stops the server once that process is gone.
  * - `tmpRoot`: parent of the temporary folder (default os.tmpdir()).
  * - `timeoutMs`: how long to wait for the server to be ready.
@@ -491,4 +529,8 @@ export function startBroker(name, options) {
   if (name === 'redis') return startRedis(options)
   if (name === 'rabbitmq') return startRabbitMq(options)
   return Promise.reject(new ServiceError(`unknown broker "${name}" (known: nats, redis, rabbitmq)`))
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === 'watch') {
+  watch(Number(process.argv[3]), process.argv[4])
 }

@@ -1,0 +1,168 @@
+import fc from 'fast-check'
+import { describe, expect, it } from 'vitest'
+import { KeyedDispatcher, type Outcome } from '../../src/brokers/dispatcher.js'
+import type { IncomingMessage } from '../../src/brokers/types.js'
+
+function message(id: number, key: string): IncomingMessage {
+  return {
+    id: String(id),
+    topic: 't',
+    key,
+    payload: new Uint8Array(),
+    headers: {},
+    deliveryCount: 1,
+  }
+}
+
+describe('KeyedDispatcher', () => {
+  it('runs one handler per key at a time, in order, within the concurrency, settling each delivery once', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.record({ key: fc.constantFrom('a', 'b', 'c', 'd'), fail: fc.boolean() }), {
+          maxLength: 25,
+        }),
+        fc.integer({ min: 1, max: 4 }),
+        fc.option(fc.nat(30), { nil: undefined }),
+        fc.scheduler(),
+        async (items, concurrency, closeAfter, s) => {
+          const outcomes = new Map<number, Outcome[]>()
+          const started: number[] = []
+          const runningKeys = new Set<string>()
+          let running = 0
+          let maxRunning = 0
+          let sameKeyOverlap = false
+          let startedAfterClose = false
+          let closed = false
+          const dispatcher = new KeyedDispatcher({
+            concurrency,
+            capacity: 1_000,
+            onError: () => {},
+            handler: async (m) => {
+              const index = Number(m.id)
+              if (closed) startedAfterClose = true
+              if (runningKeys.has(m.key)) sameKeyOverlap = true
+              runningKeys.add(m.key)
+              maxRunning = Math.max(maxRunning, ++running)
+              started.push(index)
+              await s.schedule(Promise.resolve(), `handler ${index}`)
+              runningKeys.delete(m.key)
+              running--
+              if (items[index]!.fail) throw new Error(`fail ${index}`)
+            },
+          })
+          items.forEach((item, index) => {
+            dispatcher.push({
+              message: message(index, item.key),
+              settle: (outcome) => {
+                outcomes.set(index, [...(outcomes.get(index) ?? []), outcome])
+              },
+            })
+          })
+          if (closeAfter !== undefined) {
+            for (let i = 0; i < closeAfter && s.count() > 0; i++) await s.waitOne()
+            closed = true
+            const closing = dispatcher.close()
+            await s.waitIdle()
+            await closing
+          } else {
+            await s.waitIdle()
+            await dispatcher.close()
+          }
+
+          expect(sameKeyOverlap).toBe(false)
+          expect(startedAfterClose).toBe(false)
+          expect(maxRunning).toBeLessThanOrEqual(concurrency)
+          // Every delivery is settled exactly once.
+          for (let i = 0; i < items.length; i++) expect(outcomes.get(i)).toHaveLength(1)
+          // Per key, handlers start in arrival order.
+          for (const key of ['a', 'b', 'c', 'd']) {
+            const order = started.filter((i) => items[i]!.key === key)
+            expect(order).toEqual([...order].sort((x, y) => x - y))
+          }
+          // All were queued before any ran: nothing of a key runs after that key failed.
+          for (const j of started) {
+            if (!items[j]!.fail) continue
+            const overtaken = started.filter((i) => i > j && items[i]!.key === items[j]!.key)
+            expect(overtaken).toEqual([])
+          }
+          for (let i = 0; i < items.length; i++) {
+            const [outcome] = outcomes.get(i)!
+            if (started.includes(i)) {
+              expect(outcome).toBe(items[i]!.fail ? 'retry' : 'ack')
+            } else if (outcome === 'retry') {
+              // Returned unhandled: an earlier message of its key failed while it waited.
+              const failedBefore = started.some(
+                (j) => j < i && items[j]!.key === items[i]!.key && items[j]!.fail,
+              )
+              expect(failedBefore).toBe(true)
+            } else {
+              expect(outcome).toBe('release')
+              expect(closeAfter).toBeDefined()
+            }
+          }
+        },
+      ),
+      { numRuns: 300 },
+    )
+  })
+
+  it('reports room against its capacity and wakes a waiter when a handler finishes', async () => {
+    const gates: Array<() => void> = []
+    const dispatcher = new KeyedDispatcher({
+      concurrency: 1,
+      capacity: 2,
+      onError: () => {},
+      handler: () => new Promise<void>((resolve) => gates.push(resolve)),
+    })
+    const settled: Outcome[] = []
+    const push = (id: number): void =>
+      dispatcher.push({ message: message(id, `k${id}`), settle: (o) => void settled.push(o) })
+    push(1)
+    push(2)
+    expect(dispatcher.size).toBe(2)
+    expect(dispatcher.room).toBe(0)
+    let woke = false
+    const waiting = dispatcher.whenRoom().then(() => {
+      woke = true
+    })
+    await Promise.resolve()
+    expect(woke).toBe(false)
+    gates.shift()!()
+    await waiting
+    expect(woke).toBe(true)
+    expect(settled).toEqual(['ack'])
+    expect(dispatcher.held().map((d) => d.message.id)).toEqual(['2'])
+    const closing = dispatcher.close()
+    gates.shift()!()
+    await closing
+    expect(settled).toEqual(['ack', 'ack'])
+  })
+
+  it('reports handler and settle failures without breaking the flow', async () => {
+    const errors: string[] = []
+    const dispatcher = new KeyedDispatcher({
+      concurrency: 2,
+      capacity: 10,
+      onError: (error, phase, m) => errors.push(`${phase}:${m.id}:${(error as Error).message}`),
+      handler: async (m) => {
+        if (m.id === '1') throw new Error('handler broke')
+      },
+    })
+    dispatcher.push({
+      message: message(1, 'a'),
+      settle: () => Promise.reject(new Error('nack lost')),
+    })
+    dispatcher.push({
+      message: message(2, 'b'),
+      settle: () => {
+        throw new Error('ack lost')
+      },
+    })
+    await dispatcher.close()
+    expect(errors.sort()).toEqual([
+      'handler:1:handler broke',
+      'settle:1:nack lost',
+      'settle:2:ack lost',
+    ])
+  })
+})

@@ -1,0 +1,151 @@
+import { createServer } from 'node:net'
+import { describe, expect, it } from 'vitest'
+import {
+  type Broker,
+  createNatsBroker,
+  createRabbitMqBroker,
+  createRedisBroker,
+  openBroker,
+  redactUrl,
+} from '../../src/brokers/index.js'
+import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
+
+/** A loopback port nothing listens on (the kernel hands it out, we release it at once). */
+function unusedPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() =>
+        resolve(typeof address === 'object' && address !== null ? address.port : 0),
+      )
+    })
+  })
+}
+
+function thrown(fn: () => unknown): unknown {
+  try {
+    fn()
+  } catch (error) {
+    return error
+  }
+  throw new Error('expected a throw')
+}
+
+describe('openBroker', () => {
+  it('picks the adapter from the scheme and connects nothing before first use', async () => {
+    for (const url of [
+      'nats://127.0.0.1:1',
+      'amqp://guest:guest@127.0.0.1:1',
+      'amqps://127.0.0.1:1',
+      'redis://127.0.0.1:1',
+      'rediss://127.0.0.1:1',
+    ]) {
+      const broker = openBroker(url)
+      expect(typeof broker.publisher.publish).toBe('function')
+      expect(typeof broker.subscriber.subscribe).toBe('function')
+      await broker.close()
+    }
+  })
+
+  it('rejects an unknown scheme with InvalidOptionError naming the URL without its credentials', () => {
+    const error = thrown(() => openBroker('kafka://admin:s3cret@broker:9092/topic'))
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('url')
+    expect((error as Error).message).toContain('kafka://***@broker:9092/topic')
+    expect((error as Error).message).not.toContain('s3cret')
+    expect(thrown(() => openBroker('not a url'))).toBeInstanceOf(InvalidOptionError)
+  })
+
+  it('passes per-adapter settings and validates them', () => {
+    const error = thrown(() =>
+      openBroker('redis://127.0.0.1:6379', { redis: { visibilityTimeoutMs: -1 } }),
+    )
+    expect((error as InvalidOptionError).option).toBe('redis.visibilityTimeoutMs')
+  })
+})
+
+describe('adapter options', () => {
+  it('validate once at construction and name the option', () => {
+    const cases: Array<[() => unknown, string]> = [
+      [() => createNatsBroker({ url: 'http://127.0.0.1:4222' }), 'nats.url'],
+      [() => createNatsBroker({ url: 'nats://127.0.0.1', concurrency: 0 }), 'nats.concurrency'],
+      [
+        () => createNatsBroker({ url: 'nats://127.0.0.1', concurrency: 8, prefetch: 4 }),
+        'nats.prefetch',
+      ],
+      [() => createNatsBroker({ url: 'nats://127.0.0.1', ackWaitMs: 10 }), 'nats.ackWaitMs'],
+      [
+        () =>
+          createNatsBroker({ url: 'nats://127.0.0.1', stream: { name: 'a.b', subjects: ['x'] } }),
+        'nats.stream.name',
+      ],
+      [() => createRabbitMqBroker({ url: 'redis://127.0.0.1' }), 'rabbitmq.url'],
+      [
+        () => createRabbitMqBroker({ url: 'amqp://127.0.0.1', exchange: 'amq.topic' }),
+        'rabbitmq.exchange',
+      ],
+      [
+        // @ts-expect-error: an unsupported queue type
+        () => createRabbitMqBroker({ url: 'amqp://127.0.0.1', queueType: 'stream' }),
+        'rabbitmq.queueType',
+      ],
+      [
+        () => createRedisBroker({ url: 'redis://127.0.0.1', retryDelayMs: 1.5 }),
+        'redis.retryDelayMs',
+      ],
+      [
+        () => createRedisBroker({ url: 'redis://127.0.0.1', consumerName: '' }),
+        'redis.consumerName',
+      ],
+    ]
+    for (const [make, option] of cases) {
+      const error = thrown(make)
+      expect(error, option).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe(option)
+    }
+  })
+
+  it('never put a password in an error message', () => {
+    const error = thrown(() => createRabbitMqBroker({ url: 'amqp://user:hunter2@' }))
+    expect((error as Error).message).not.toContain('hunter2')
+    expect(redactUrl('amqp://user:hunter2@host:5672/vh')).toBe('amqp://***@host:5672/vh')
+    expect(redactUrl('nats://host:4222')).toBe('nats://host:4222')
+    expect(redactUrl('%%://user:pw@host')).toBe('%%://***@host')
+  })
+})
+
+describe('publish without a server', () => {
+  const makers: Array<[string, (port: number) => Broker]> = [
+    ['nats', (port) => createNatsBroker({ url: `nats://127.0.0.1:${port}` })],
+    ['rabbitmq', (port) => createRabbitMqBroker({ url: `amqp://guest:guest@127.0.0.1:${port}` })],
+    ['redis', (port) => createRedisBroker({ url: `redis://:pw@127.0.0.1:${port}` })],
+  ]
+  for (const [name, make] of makers) {
+    it(`${name}: rejects with a retryable BROKER_UNAVAILABLE naming the URL without credentials`, async () => {
+      const port = await unusedPort()
+      const broker = make(port)
+      const message = { id: 'a', topic: 't', key: 'k', payload: 'x', headers: {} }
+      const error = await broker.publisher.publish([message]).then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(BreakwaterError.is(error)).toBe(true)
+      expect((error as BreakwaterError).code).toBe('BROKER_UNAVAILABLE')
+      expect((error as BreakwaterError).retryable).toBe(true)
+      expect((error as Error).message).toContain(`127.0.0.1:${port}`)
+      expect((error as Error).message).not.toContain('guest:guest')
+      expect((error as Error).message).not.toContain(':pw@')
+      // An empty batch needs no connection; a closed publisher refuses.
+      await broker.publisher.publish([])
+      await broker.close()
+      const closed = await broker.publisher.publish([message]).then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect((closed as BreakwaterError).code).toBe('BROKER_UNAVAILABLE')
+      await expect(broker.subscriber.subscribe('t', 'g', async () => {})).rejects.toThrow(/closed/)
+    })
+  }
+})

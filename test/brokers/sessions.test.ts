@@ -1,0 +1,115 @@
+// The reconnect loop in isolation, on a ManualClock. The sessions here are plain objects that
+// implement our own Session interface; the real connections are covered by the conformance
+// suite against real servers.
+import { describe, expect, it } from 'vitest'
+import { type Session, superviseSessions } from '../../src/brokers/sessions.js'
+import { ManualClock } from '../../src/testing/manual-clock.js'
+
+class FakeSession implements Session {
+  readonly ended: Promise<unknown>
+  closed = 0
+  #end!: (reason: unknown) => void
+
+  constructor() {
+    this.ended = new Promise((resolve) => {
+      this.#end = resolve
+    })
+  }
+
+  lose(reason: unknown): void {
+    this.#end(reason)
+  }
+
+  async close(): Promise<void> {
+    this.closed++
+    this.#end(undefined)
+  }
+}
+
+describe('superviseSessions', () => {
+  it('fails when the first session cannot be opened', async () => {
+    const clock = new ManualClock()
+    await expect(
+      superviseSessions({
+        open: () => Promise.reject(new Error('refused')),
+        clock,
+        reconnectDelayMs: 100,
+        maxReconnectDelayMs: 1_000,
+        onError: () => {},
+      }),
+    ).rejects.toThrow('refused')
+  })
+
+  it('reopens a lost session with exponential backoff capped at the maximum', async () => {
+    const clock = new ManualClock()
+    const sessions: FakeSession[] = []
+    const attempts: number[] = []
+    const errors: unknown[] = []
+    let failuresLeft = 0
+    const subscription = await superviseSessions({
+      open: async () => {
+        attempts.push(clock.now())
+        if (failuresLeft > 0) {
+          failuresLeft--
+          throw new Error('still down')
+        }
+        const session = new FakeSession()
+        sessions.push(session)
+        return session
+      },
+      clock,
+      reconnectDelayMs: 100,
+      maxReconnectDelayMs: 500,
+      onError: (error) => errors.push(error),
+    })
+    expect(attempts).toEqual([0])
+
+    failuresLeft = 4
+    sessions[0]!.lose(new Error('connection lost'))
+    await clock.advance(0)
+    expect(sessions[0]!.closed).toBe(1)
+    await clock.advance(5_000)
+    // Waits of 100, 200, 400, 500 (capped), 500 between the five attempts.
+    expect(attempts).toEqual([0, 100, 300, 700, 1_200, 1_700])
+    expect(sessions).toHaveLength(2)
+    expect(errors.map((e) => (e as Error).message)).toEqual([
+      'connection lost',
+      'still down',
+      'still down',
+      'still down',
+      'still down',
+    ])
+
+    // Backoff starts over after a success.
+    sessions[1]!.lose(new Error('lost again'))
+    await clock.advance(100)
+    expect(attempts.at(-1)).toBe(5_100)
+    expect(sessions).toHaveLength(3)
+
+    await subscription.close()
+    expect(sessions[2]!.closed).toBe(1)
+  })
+
+  it('stops reconnecting when closed during the backoff', async () => {
+    const clock = new ManualClock()
+    const session = new FakeSession()
+    let opens = 0
+    const subscription = await superviseSessions({
+      open: async () => {
+        opens++
+        if (opens > 1) throw new Error('should not reopen')
+        return session
+      },
+      clock,
+      reconnectDelayMs: 1_000,
+      maxReconnectDelayMs: 1_000,
+      onError: () => {},
+    })
+    session.lose(new Error('lost'))
+    await clock.advance(10)
+    await subscription.close()
+    await clock.advance(10_000)
+    expect(opens).toBe(1)
+    expect(clock.pendingTimers).toBe(0)
+  })
+})
