@@ -1,0 +1,466 @@
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { createIdempotency, type Idempotency } from '../idempotency/index.js'
+import { retry } from '../index.js'
+import type { Outbox, OutboxEvent } from '../outbox/index.js'
+import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
+import { WrongExpectedVersionError } from './errors.js'
+import { type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
+import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './types.js'
+
+/**
+ * The decide/evolve description of an aggregate (Jérémie Chassaing's "decider"): the state is
+ * the fold of the stream's events with `evolve`, starting from `initialState()`, and `decide`
+ * turns a command and that state into new events (or throws a domain error). Both functions
+ * must be pure: a command is decided again from fresh state after a version conflict.
+ *
+ * @example
+ * ```ts
+ * type Cart = { items: number; checkedOut: boolean }
+ * type CartEvent =
+ *   | { type: 'item-added'; data: { sku: string } }
+ *   | { type: 'checked-out'; data: Record<string, never> }
+ * const cart: Decider<{ kind: 'add'; sku: string } | { kind: 'checkout' }, CartEvent, Cart> = {
+ *   initialState: () => ({ items: 0, checkedOut: false }),
+ *   evolve: (s, e) => (e.type === 'item-added' ? { ...s, items: s.items + 1 } : { ...s, checkedOut: true }),
+ *   decide: (c, s) => {
+ *     if (s.checkedOut) throw new Error('cart is checked out')
+ *     return c.kind === 'add' ? [{ type: 'item-added', data: { sku: c.sku } }] : [{ type: 'checked-out', data: {} }]
+ *   },
+ * }
+ * ```
+ */
+export interface Decider<C, E extends EventShape, S> {
+  /** The state of a stream without events. */
+  initialState(): S
+  /** The state after one more event. */
+  evolve(state: S, event: RecordedEvent<E>): S
+  /** The events a command produces in a state (none: nothing is appended). */
+  decide(command: C, state: S): readonly NewEvent<E>[] | Promise<readonly NewEvent<E>[]>
+}
+
+/** Snapshot settings of a command handler. */
+export interface SnapshotOptions<S> {
+  /** Write a snapshot whenever the stream's version crosses a multiple of this. */
+  readonly every: number
+  /**
+   * The snapshot's name; change it (e.g. `cart-v2`) when `evolve` or the state's shape
+   * changes, so old snapshots are ignored.
+   * @default 'default'
+   */
+  readonly name?: string
+  /**
+   * Turns the state into JSON text.
+   * @default JSON.stringify
+   */
+  readonly serialize?: (state: S) => string
+  /**
+   * Turns the JSON text back into a state.
+   * @default JSON.parse
+   */
+  readonly deserialize?: (text: string) => S
+}
+
+/** Integration events published through the outbox with the append. */
+export interface CommandOutboxOptions<E extends EventShape, S> {
+  /** The outbox (`createOutbox()` from `breakwater/outbox`; run its migrations first). */
+  readonly outbox: Outbox
+  /**
+   * Maps the appended domain events (and the state after them) to the integration events to
+   * publish; they are enqueued in the append's transaction, after it, so they are published
+   * if and only if the events were appended.
+   */
+  readonly map: (
+    events: readonly RecordedEvent<E>[],
+    state: S,
+    stream: string,
+  ) => readonly OutboxEvent[]
+}
+
+/** Options of {@link createCommandHandler}. */
+export interface CommandHandlerOptions<C, E extends EventShape, S> {
+  /** The aggregate's decide/evolve functions. */
+  readonly decider: Decider<C, E, S>
+  /**
+   * Attempts per command: a version conflict (another command appended to the stream first)
+   * or a serialization failure re-reads the stream and decides again, up to this many times.
+   * @default 5
+   */
+  readonly maxAttempts?: number
+  /**
+   * Backoff ceiling of the first retry (full jitter, doubling per retry).
+   * @default 5
+   */
+  readonly baseDelayMs?: number
+  /**
+   * Longest backoff between attempts.
+   * @default 500
+   */
+  readonly maxDelayMs?: number
+  /**
+   * Idempotent commands: a command with a `commandId` is decided and appended at most once;
+   * a repeat returns the recorded result (`replayed: true`). The record is written in the
+   * append's transaction. Needs the idempotency migrations (`migrateIdempotency(db)`) on the
+   * store's database.
+   * @default undefined (commandId only goes into the events' metadata)
+   */
+  readonly idempotency?: {
+    /**
+     * The scope command ids live in.
+     * @default 'commands'
+     */
+    readonly scope?: string
+    /**
+     * How long one execution owns a command id before another may take over.
+     * @default 60000
+     */
+    readonly leaseMs?: number
+    /**
+     * How long recorded results are kept.
+     * @default 86400000
+     */
+    readonly retentionMs?: number
+  }
+  /**
+   * Integration events to enqueue in the outbox with every append.
+   * @default undefined (none)
+   */
+  readonly outbox?: CommandOutboxOptions<E, S>
+  /**
+   * Snapshots for long streams: load = latest snapshot + the events after it.
+   * @default undefined (always fold the whole stream)
+   */
+  readonly snapshots?: SnapshotOptions<S>
+  /**
+   * Time source for retry delays and idempotency leases.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** Options of {@link CommandHandler.handle}. */
+export interface HandleOptions {
+  /** The command's id: with the handler's `idempotency` option, repeats are replayed. */
+  readonly commandId?: string
+  /**
+   * A precondition from the caller (e.g. an HTTP `If-Match`): checked against the loaded
+   * version and never retried.
+   * @default no precondition
+   */
+  readonly expectedVersion?: ExpectedVersion
+  /** Merged into every appended event's metadata (besides `commandId`). */
+  readonly metadata?: Readonly<Record<string, unknown>>
+  /** Aborts retries. */
+  readonly signal?: AbortSignal
+}
+
+/** What handling a command did. */
+export interface CommandResult<E extends EventShape, S> {
+  /** The stream. */
+  readonly stream: string
+  /** The appended events (empty when the decision produced none). */
+  readonly events: readonly RecordedEvent<E>[]
+  /** The stream's version after the command. */
+  readonly version: number
+  /** The global position of the last appended event (0 when none): pass it to `waitFor`. */
+  readonly lastPosition: number
+  /** The state after the command. */
+  readonly state: S
+  /** True when this is the recorded result of an earlier execution of the same commandId. */
+  readonly replayed: boolean
+}
+
+/** Loaded state of a stream. */
+export interface LoadedState<S> {
+  /** The folded state. */
+  readonly state: S
+  /** The stream version it reflects. */
+  readonly version: number
+  /** Whether a snapshot was used. */
+  readonly fromSnapshot: boolean
+}
+
+/** Handles commands for one kind of aggregate. */
+export interface CommandHandler<C, E extends EventShape, S> {
+  /**
+   * Loads the stream's state, decides, and appends at the loaded version, retrying on
+   * conflicts; inline projections, the outbox and the idempotency record commit in the same
+   * transaction.
+   * @throws WrongExpectedVersionError when conflicts outlast `maxAttempts`, or the caller's
+   *   `expectedVersion` does not hold
+   */
+  handle(stream: string, command: C, options?: HandleOptions): Promise<CommandResult<E, S>>
+  /** Loads a stream's state (snapshot + tail when snapshots are on). */
+  load(stream: string, options?: { readonly tx?: SqlExecutor }): Promise<LoadedState<S>>
+}
+
+interface RecordedResult<S> {
+  readonly events: readonly RecordedEvent[]
+  readonly version: number
+  readonly lastPosition: number
+  readonly state: S
+}
+
+class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<C, E, S> {
+  readonly #store: EventStoreImpl
+  readonly #decider: Decider<C, E, S>
+  readonly #policy: ReturnType<typeof retry>
+  readonly #idempotency: Idempotency | undefined
+  readonly #scope: string
+  readonly #outbox: CommandOutboxOptions<E, S> | undefined
+  readonly #snapshots:
+    | {
+        every: number
+        name: string
+        serialize: (state: S) => string
+        deserialize: (text: string) => S
+      }
+    | undefined
+  // Conflicts with the caller's own precondition: never retried.
+  readonly #preconditionFailures = new WeakSet<object>()
+
+  constructor(store: EventStore, options: CommandHandlerOptions<C, E, S>) {
+    this.#store = internalsOf(store)
+    checkObject('options', options)
+    const decider = checkObject('decider', options.decider)
+    checkFunction('decider.initialState', decider.initialState)
+    checkFunction('decider.evolve', decider.evolve)
+    checkFunction('decider.decide', decider.decide)
+    this.#decider = options.decider
+    const clock = options.clock ?? systemClock
+    const maxAttempts = checkInteger('maxAttempts', options.maxAttempts ?? 5, 1, 1000)
+    const baseDelayMs = checkInteger('baseDelayMs', options.baseDelayMs ?? 5, 0)
+    const maxDelayMs = checkInteger('maxDelayMs', options.maxDelayMs ?? 500, baseDelayMs)
+    this.#policy = retry({
+      maxAttempts,
+      baseDelayMs,
+      maxDelayMs,
+      jitter: 'full',
+      clock,
+      shouldRetry: (error) => this.#retryable(error),
+    })
+    if (options.idempotency !== undefined) {
+      const settings = checkObject('idempotency', options.idempotency)
+      const scope = settings.scope ?? 'commands'
+      if (typeof scope !== 'string' || scope === '') {
+        throw new InvalidOptionError('idempotency.scope', 'a non-empty string', scope)
+      }
+      this.#scope = scope
+      this.#idempotency = createIdempotency({
+        store: this.#store.db,
+        onConcurrent: 'wait',
+        clock,
+        ...(options.idempotency.leaseMs === undefined
+          ? {}
+          : { leaseMs: options.idempotency.leaseMs }),
+        ...(options.idempotency.retentionMs === undefined
+          ? {}
+          : { retentionMs: options.idempotency.retentionMs }),
+      })
+    } else {
+      this.#scope = 'commands'
+      this.#idempotency = undefined
+    }
+    if (options.outbox !== undefined) {
+      const outbox = checkObject('outbox', options.outbox)
+      checkObject('outbox.outbox', outbox.outbox)
+      checkFunction('outbox.outbox.enqueue', (outbox.outbox as Outbox).enqueue)
+      checkFunction('outbox.map', outbox.map)
+      this.#outbox = options.outbox
+    }
+    if (options.snapshots !== undefined) {
+      const s = checkObject('snapshots', options.snapshots)
+      const every = checkInteger('snapshots.every', s.every, 1)
+      const name = s.name ?? 'default'
+      if (typeof name !== 'string' || name === '') {
+        throw new InvalidOptionError('snapshots.name', 'a non-empty string', name)
+      }
+      this.#snapshots = {
+        every,
+        name,
+        serialize:
+          options.snapshots.serialize === undefined
+            ? (state) => JSON.stringify(state)
+            : checkFunction('snapshots.serialize', options.snapshots.serialize),
+        deserialize:
+          options.snapshots.deserialize === undefined
+            ? (text) => JSON.parse(text) as S
+            : checkFunction('snapshots.deserialize', options.snapshots.deserialize),
+      }
+    }
+  }
+
+  #retryable(error: unknown): boolean {
+    if (error instanceof WrongExpectedVersionError) {
+      return !this.#preconditionFailures.has(error)
+    }
+    const kind = sqlErrorKind(error)
+    return kind === 'serialization-failure' || kind === 'busy'
+  }
+
+  async load(stream: string, options: { readonly tx?: SqlExecutor } = {}): Promise<LoadedState<S>> {
+    const store = this.#store
+    const executor = options.tx ?? store.db
+    let state = this.#decider.initialState()
+    const snapshots = this.#snapshots
+    if (snapshots !== undefined) {
+      const snapshot = await store.readSnapshotText(executor, stream, snapshots.name)
+      if (snapshot !== undefined) {
+        const read = await store.readStreamFrom(stream, snapshot.version + 1, executor)
+        // A delete (and recreate) between the two reads hides what the snapshot folded.
+        if (read.truncateBefore <= snapshot.version) {
+          state = snapshots.deserialize(snapshot.state)
+          for (const event of read.events) {
+            state = this.#decider.evolve(state, event as RecordedEvent<E>)
+          }
+          return { state, version: read.version, fromSnapshot: true }
+        }
+      }
+    }
+    const read = await store.readStreamFrom(stream, 1, executor)
+    for (const event of read.events) state = this.#decider.evolve(state, event as RecordedEvent<E>)
+    return { state, version: read.version, fromSnapshot: false }
+  }
+
+  async handle(
+    stream: string,
+    command: C,
+    options: HandleOptions = {},
+  ): Promise<CommandResult<E, S>> {
+    if (typeof stream !== 'string' || stream === '') {
+      throw new InvalidOptionError('stream', 'a non-empty string', stream)
+    }
+    checkObject('options', options)
+    const commandId = options.commandId
+    if (commandId !== undefined && (typeof commandId !== 'string' || commandId === '')) {
+      throw new InvalidOptionError('commandId', 'a non-empty string', commandId)
+    }
+    await this.#store.prepare()
+    const idempotency = this.#idempotency
+    if (idempotency === undefined || commandId === undefined) {
+      const transactional =
+        this.#outbox !== undefined ||
+        this.#snapshots !== undefined ||
+        this.#store.inlineProjections.length > 0
+      const result = await this.#policy.execute(
+        () =>
+          transactional
+            ? this.#store.db.transaction((tx) => this.#attempt(stream, command, options, tx))
+            : this.#attempt(stream, command, options, undefined),
+        options.signal,
+      )
+      return { stream, ...result, replayed: false } as CommandResult<E, S>
+    }
+    let ran = false
+    const result = await this.#policy.execute(
+      () =>
+        idempotency.run<RecordedResult<S>>(
+          commandId,
+          async (context) => {
+            const outcome = await this.#attempt(stream, command, options, context.tx)
+            ran = true
+            return outcome
+          },
+          { scope: this.#scope, fingerprint: stream },
+        ),
+      options.signal,
+    )
+    return { stream, ...result, replayed: !ran } as CommandResult<E, S>
+  }
+
+  async #attempt(
+    stream: string,
+    command: C,
+    options: HandleOptions,
+    tx: SqlExecutor | undefined,
+  ): Promise<RecordedResult<S>> {
+    const loaded = await this.load(stream, tx === undefined ? {} : { tx })
+    const precondition = options.expectedVersion
+    if (precondition !== undefined) {
+      const info = await this.#store.streamInfo(stream, tx === undefined ? {} : { tx })
+      const holds =
+        precondition === 'any' ||
+        (precondition === 'noStream' && (loaded.version === 0 || info.deleted)) ||
+        (precondition === 'streamExists' && info.exists) ||
+        precondition === loaded.version
+      if (!holds) {
+        const error = new WrongExpectedVersionError(
+          stream,
+          precondition,
+          loaded.version,
+          info.deleted,
+        )
+        this.#preconditionFailures.add(error)
+        throw error
+      }
+    }
+    const decided = await this.#decider.decide(command, loaded.state)
+    if (!Array.isArray(decided)) {
+      throw new InvalidOptionError('decider.decide', 'to return an array of events', decided)
+    }
+    if (decided.length === 0) {
+      return { events: [], version: loaded.version, lastPosition: 0, state: loaded.state }
+    }
+    const extra =
+      options.commandId === undefined && options.metadata === undefined
+        ? undefined
+        : {
+            ...options.metadata,
+            ...(options.commandId === undefined ? {} : { commandId: options.commandId }),
+          }
+    const events =
+      extra === undefined
+        ? decided
+        : decided.map((event) => ({ ...event, metadata: { ...event.metadata, ...extra } }))
+    const appended = await this.#store.append<E>(stream, events, {
+      expectedVersion: loaded.version,
+      ...(tx === undefined ? {} : { tx }),
+    })
+    let state = loaded.state
+    for (const event of appended.events) state = this.#decider.evolve(state, event)
+    const snapshots = this.#snapshots
+    if (
+      snapshots !== undefined &&
+      tx !== undefined &&
+      Math.floor(appended.version / snapshots.every) > Math.floor(loaded.version / snapshots.every)
+    ) {
+      await this.#store.writeSnapshot(
+        tx,
+        stream,
+        snapshots.name,
+        appended.version,
+        snapshots.serialize(state),
+      )
+    }
+    // Last, once the events are in: integration events commit with them or not at all.
+    if (this.#outbox !== undefined && tx !== undefined) {
+      const integration = this.#outbox.map(appended.events, state, stream)
+      if (integration.length > 0) await this.#outbox.outbox.enqueue(tx, integration)
+    }
+    return {
+      events: appended.events,
+      version: appended.version,
+      lastPosition: appended.lastPosition,
+      state,
+    }
+  }
+}
+
+/**
+ * Creates a command handler for one decider over an event store.
+ *
+ * @example
+ * ```ts
+ * const carts = createCommandHandler(store, { decider: cart, idempotency: {} })
+ * const { events, lastPosition } = await carts.handle('cart-42', { kind: 'add', sku: 'A1' }, {
+ *   commandId: request.headers['idempotency-key'],
+ * })
+ * ```
+ */
+export function createCommandHandler<C, E extends EventShape, S>(
+  store: EventStore,
+  options: CommandHandlerOptions<C, E, S>,
+): CommandHandler<C, E, S> {
+  return new StoreCommandHandler(store, options)
+}

@@ -1,0 +1,714 @@
+import { randomUUID } from 'node:crypto'
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkInteger, checkObject } from '../core/validate.js'
+import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
+import { WrongExpectedVersionError } from './errors.js'
+import {
+  applyInline,
+  ensureProjections,
+  type ProjectionDefinition,
+  validateProjection,
+} from './projections.js'
+import {
+  type CqrsStatements,
+  cqrsStatements,
+  postgresAppend,
+  sqliteInsertChunk,
+  sqliteInsertEvents,
+  sqliteLastPosition,
+  sqliteStreamForAppend,
+  sqliteUpsertStream,
+} from './sql.js'
+import { createSubscription, type Subscription, type SubscriptionOptions } from './subscription.js'
+import type {
+  AppendOptions,
+  AppendResult,
+  EventShape,
+  ExpectedVersion,
+  NewEvent,
+  ReadAllOptions,
+  ReadStreamOptions,
+  ReadStreamResult,
+  RecordedEvent,
+  StreamInfo,
+  StreamWriteOptions,
+} from './types.js'
+import { type Upcaster, UpcasterChain } from './upcasters.js'
+
+/** Options of {@link createEventStore}. */
+export interface EventStoreOptions {
+  /**
+   * Schema evolution steps, applied on every read. The highest version per type is also the
+   * version new events of that type are written with.
+   * @default []
+   */
+  readonly upcasters?: readonly Upcaster[]
+  /**
+   * Projections applied inside every append's transaction, so their read models are
+   * consistent with the log at commit. Their tables are created on first use.
+   * @default []
+   */
+  readonly inlineProjections?: readonly ProjectionDefinition[]
+  /**
+   * On PostgreSQL, each append sends `NOTIFY breakwater_events` (payload: its last position)
+   * when it commits, which wakes subscriptions and projectors at once instead of at their next
+   * poll. PostgreSQL serializes the commits of notifying transactions, so turn it off for the
+   * highest concurrent append rates when followers can live with polling.
+   * @default true
+   */
+  readonly notify?: boolean
+  /**
+   * Source of `createdAt`.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * An event-sourced log over a breakwater SQL driver (SQLite or PostgreSQL): streams with
+ * optimistic concurrency, a gap-safe global order, subscriptions and snapshots. Run
+ * {@link migrateCqrs} once first.
+ */
+export interface EventStore {
+  /** The database the store lives in. */
+  readonly db: SqlDriver
+  /** Its dialect. */
+  readonly dialect: SqlDialect
+  /**
+   * Appends events to a stream, atomically, checking `expectedVersion` first. On PostgreSQL a
+   * standalone append is one statement (one round trip, one transaction).
+   * @throws WrongExpectedVersionError when the stream is not in the expected state
+   */
+  append<E extends EventShape>(
+    stream: string,
+    events: readonly NewEvent<E>[],
+    options?: AppendOptions,
+  ): Promise<AppendResult<E>>
+  /** Reads a stream's events (forwards or backwards from a version) and its current version. */
+  readStream<E extends EventShape = EventShape>(
+    stream: string,
+    options?: ReadStreamOptions,
+  ): Promise<ReadStreamResult<E>>
+  /**
+   * Reads the log in global position order from `fromPosition` (inclusive). Never returns an
+   * event while an event at a smaller position may still commit: a reader that continues from
+   * the last position it got never skips one (see `docs/cqrs.md`).
+   */
+  readAll<E extends EventShape = EventShape>(options?: ReadAllOptions): Promise<RecordedEvent<E>[]>
+  /** The largest position `readAll` can return now (0 for an empty log). */
+  headPosition(options?: { readonly tx?: SqlExecutor }): Promise<number>
+  /** A stream's version, flags and metadata. */
+  streamInfo(stream: string, options?: { readonly tx?: SqlExecutor }): Promise<StreamInfo>
+  /** Replaces a stream's metadata (a JSON object); creates an empty stream row if needed. */
+  setStreamMetadata(
+    stream: string,
+    metadata: Readonly<Record<string, unknown>>,
+    options?: StreamWriteOptions,
+  ): Promise<void>
+  /**
+   * Soft-deletes a stream: its events disappear from `readStream` (they stay in `readAll`, the
+   * immutable log), its snapshots are dropped, and it counts as "no stream" for expectations.
+   * A later append recreates it: versions continue after the last one, and the events from
+   * before the delete stay hidden. Deleting a missing or deleted stream does nothing.
+   */
+  deleteStream(stream: string, options?: StreamWriteOptions): Promise<void>
+  /**
+   * Follows the log: catches up from the stored checkpoint (or `fromPosition`), then goes live
+   * (LISTEN/NOTIFY on PostgreSQL, polling on SQLite). Delivery is at least once; use a
+   * projector for exactly-once read-model updates.
+   */
+  subscribe<E extends EventShape = EventShape>(
+    handler: (event: RecordedEvent<E>) => Promise<void> | void,
+    options?: SubscriptionOptions,
+  ): Subscription
+}
+
+const emptyMetadata: Readonly<Record<string, unknown>> = Object.freeze({})
+
+/** A row of breakwater_events as selected by the statements in sql.ts. */
+export interface EventRow {
+  position: number | string
+  stream_id: string
+  stream_version: number | string
+  event_id: string
+  type: string
+  schema_version: number | string
+  data: string
+  metadata: string | null
+  created_at: number | string
+}
+
+interface StreamRow {
+  version: number | string
+  deleted: boolean | number
+  truncate_before: number | string
+  metadata: string | null
+}
+
+const expectedKinds = { any: 0, noStream: 1, streamExists: 2 } as const
+
+function checkExpected(value: unknown): ExpectedVersion {
+  if (value === 'any' || value === 'noStream' || value === 'streamExists') return value
+  if (typeof value === 'number' && Number.isInteger(value) && value >= 0) return value
+  throw new InvalidOptionError(
+    'expectedVersion',
+    '"any", "noStream", "streamExists" or an integer >= 0',
+    value,
+  )
+}
+
+function checkStream(stream: unknown): string {
+  if (typeof stream !== 'string' || stream === '') {
+    throw new InvalidOptionError('stream', 'a non-empty string', stream)
+  }
+  return stream
+}
+
+/** Whether a stream at `version` (deleted or not) satisfies `expected`. */
+export function expectationHolds(
+  expected: ExpectedVersion,
+  version: number,
+  deleted: boolean,
+): boolean {
+  if (expected === 'any') return true
+  if (expected === 'noStream') return version === 0 || deleted
+  if (expected === 'streamExists') return version > 0 && !deleted
+  return version === expected
+}
+
+interface PreparedEvents {
+  readonly ids: string[]
+  readonly types: string[]
+  readonly versions: number[]
+  readonly data: string[]
+  readonly metadata: (string | null)[]
+  readonly metadataObjects: Readonly<Record<string, unknown>>[]
+}
+
+/** @internal The implementation behind {@link EventStore}; other cqrs modules use its extras. */
+export class EventStoreImpl implements EventStore {
+  readonly db: SqlDriver
+  readonly dialect: SqlDialect
+  readonly clock: Clock
+  readonly upcasters: UpcasterChain
+  readonly statements: CqrsStatements
+  readonly inlineProjections: readonly ProjectionDefinition[]
+  readonly notify: boolean
+  #prepared: Promise<void> | undefined
+  #preparedDone = false
+
+  constructor(db: SqlDriver, options: EventStoreOptions) {
+    if (
+      typeof db !== 'object' ||
+      db === null ||
+      typeof db.transaction !== 'function' ||
+      (db.dialect !== 'sqlite' && db.dialect !== 'postgres')
+    ) {
+      throw new InvalidOptionError('db', 'a breakwater SqlDriver (SQLite or PostgreSQL)', db)
+    }
+    checkObject('options', options)
+    this.db = db
+    this.dialect = db.dialect
+    this.statements = cqrsStatements[db.dialect]
+    this.clock = options.clock ?? systemClock
+    if (typeof this.clock.now !== 'function') {
+      throw new InvalidOptionError('clock', 'a Clock', options.clock)
+    }
+    this.upcasters = new UpcasterChain(options.upcasters ?? [])
+    const inline = options.inlineProjections ?? []
+    if (!Array.isArray(inline)) {
+      throw new InvalidOptionError('inlineProjections', 'an array of projections', inline)
+    }
+    inline.forEach((p, i) => {
+      validateProjection(`inlineProjections[${i}]`, p)
+    })
+    this.inlineProjections = inline
+    const notify = options.notify ?? true
+    if (typeof notify !== 'boolean') throw new InvalidOptionError('notify', 'a boolean', notify)
+    this.notify = notify
+  }
+
+  /**
+   * Creates the inline projections' tables (once per store object). Command handlers call it
+   * before opening their transaction; an append without `tx` calls it itself.
+   */
+  prepare(): Promise<void> {
+    if (this.inlineProjections.length === 0) return Promise.resolve()
+    this.#prepared ??= ensureProjections(this.db, this.inlineProjections, this.clock).then(
+      () => {
+        this.#preparedDone = true
+      },
+      (error: unknown) => {
+        this.#prepared = undefined
+        throw error
+      },
+    )
+    return this.#prepared
+  }
+
+  async append<E extends EventShape>(
+    stream: string,
+    events: readonly NewEvent<E>[],
+    options: AppendOptions = {},
+  ): Promise<AppendResult<E>> {
+    checkStream(stream)
+    if (!Array.isArray(events) || events.length === 0) {
+      throw new InvalidOptionError('events', 'a non-empty array of events', events)
+    }
+    const expected = checkExpected(options.expectedVersion ?? 'any')
+    const prepared = this.#prepare(events)
+    const createdAt = this.clock.now()
+    const tx = options.tx
+    if (this.inlineProjections.length > 0) {
+      if (tx === undefined) {
+        await this.prepare()
+        return this.db.transaction((t) =>
+          this.#appendInline(t, stream, events, expected, prepared, createdAt),
+        )
+      }
+      if (!this.#preparedDone) await ensureProjections(tx, this.inlineProjections, this.clock)
+      return this.#appendInline(tx, stream, events, expected, prepared, createdAt)
+    }
+    return this.#appendRaw(tx, stream, events, expected, prepared, createdAt)
+  }
+
+  async #appendInline<E extends EventShape>(
+    tx: SqlExecutor,
+    stream: string,
+    events: readonly NewEvent<E>[],
+    expected: ExpectedVersion,
+    prepared: PreparedEvents,
+    createdAt: number,
+  ): Promise<AppendResult<E>> {
+    const result = await this.#appendRaw(tx, stream, events, expected, prepared, createdAt)
+    await applyInline(tx, this.inlineProjections, result.events)
+    return result
+  }
+
+  /** Appends through `tx` (or on its own when undefined), without inline projections. */
+  async #appendRaw<E extends EventShape>(
+    tx: SqlExecutor | undefined,
+    stream: string,
+    events: readonly NewEvent<E>[],
+    expected: ExpectedVersion,
+    prepared: PreparedEvents,
+    createdAt: number,
+  ): Promise<AppendResult<E>> {
+    let version: number
+    let firstPosition: number
+    if (this.dialect === 'postgres') {
+      const kind = typeof expected === 'number' ? 3 : expectedKinds[expected]
+      const rows = await (tx ?? this.db).query<{
+        r_ok: boolean
+        r_version: number | string
+        r_first_position: number | string | null
+        r_deleted: boolean
+      }>(postgresAppend, [
+        stream,
+        kind,
+        typeof expected === 'number' ? expected : 0,
+        prepared.ids,
+        prepared.types,
+        prepared.versions,
+        prepared.data,
+        prepared.metadata,
+        createdAt,
+        this.notify,
+      ])
+      const row = rows[0]
+      if (row === undefined) throw new Error('breakwater_append returned no row')
+      if (!row.r_ok) {
+        throw new WrongExpectedVersionError(
+          stream,
+          expected,
+          Number(row.r_version),
+          row.r_deleted === true,
+        )
+      }
+      version = Number(row.r_version)
+      firstPosition = Number(row.r_first_position)
+    } else {
+      const run = async (t: SqlExecutor): Promise<[number, number]> =>
+        this.#appendSqlite(t, stream, expected, prepared, createdAt)
+      ;[version, firstPosition] = tx === undefined ? await this.db.transaction(run) : await run(tx)
+    }
+    const count = events.length
+    const recorded: RecordedEvent<E>[] = new Array(count)
+    for (let i = 0; i < count; i++) {
+      const event = events[i]!
+      recorded[i] = {
+        type: event.type,
+        data: event.data,
+        id: prepared.ids[i]!,
+        stream,
+        version: version - count + 1 + i,
+        position: firstPosition + i,
+        schemaVersion: prepared.versions[i]!,
+        metadata: prepared.metadataObjects[i]!,
+        createdAt,
+      } as RecordedEvent<E>
+    }
+    return { version, firstPosition, lastPosition: firstPosition + count - 1, events: recorded }
+  }
+
+  // SQLite: the caller's transaction holds the database's write lock (BEGIN IMMEDIATE), so
+  // reading the stream row and MAX(position) and then writing cannot interleave with another
+  // writer, in this process or any other.
+  async #appendSqlite(
+    tx: SqlExecutor,
+    stream: string,
+    expected: ExpectedVersion,
+    prepared: PreparedEvents,
+    createdAt: number,
+  ): Promise<[number, number]> {
+    const rows = await tx.query<{ version: number; deleted: number }>(sqliteStreamForAppend, [
+      stream,
+    ])
+    const current = rows[0]
+    const currentVersion = current === undefined ? 0 : Number(current.version)
+    const deleted = current !== undefined && Boolean(current.deleted)
+    if (!expectationHolds(expected, currentVersion, deleted)) {
+      throw new WrongExpectedVersionError(stream, expected, currentVersion, deleted)
+    }
+    const count = prepared.ids.length
+    const version = currentVersion + count
+    await tx.execute(sqliteUpsertStream, [stream, version, createdAt])
+    const last = await tx.query<{ position: number }>(sqliteLastPosition)
+    const firstPosition = Number(last[0]?.position ?? 0) + 1
+    for (let start = 0; start < count; start += sqliteInsertChunk) {
+      const end = Math.min(count, start + sqliteInsertChunk)
+      const params: unknown[] = []
+      for (let i = start; i < end; i++) {
+        params.push(
+          firstPosition + i,
+          stream,
+          currentVersion + i + 1,
+          prepared.ids[i],
+          prepared.types[i],
+          prepared.versions[i],
+          prepared.data[i],
+          prepared.metadata[i],
+          createdAt,
+        )
+      }
+      await tx.execute(sqliteInsertEvents(end - start), params)
+    }
+    return [version, firstPosition]
+  }
+
+  #prepare(events: readonly NewEvent[]): PreparedEvents {
+    const n = events.length
+    const prepared: PreparedEvents = {
+      ids: new Array(n),
+      types: new Array(n),
+      versions: new Array(n),
+      data: new Array(n),
+      metadata: new Array(n),
+      metadataObjects: new Array(n),
+    }
+    for (let i = 0; i < n; i++) {
+      const event = events[i]
+      if (typeof event !== 'object' || event === null) {
+        throw new InvalidOptionError(`events[${i}]`, 'an event object', event)
+      }
+      if (typeof event.type !== 'string' || event.type === '') {
+        throw new InvalidOptionError(`events[${i}].type`, 'a non-empty string', event.type)
+      }
+      const id = event.id ?? randomUUID()
+      if (typeof id !== 'string' || id === '') {
+        throw new InvalidOptionError(`events[${i}].id`, 'a non-empty string', id)
+      }
+      const data = JSON.stringify(event.data)
+      if (data === undefined) {
+        throw new InvalidOptionError(`events[${i}].data`, 'a JSON-serializable value', event.data)
+      }
+      const metadata = event.metadata
+      if (metadata !== undefined && (typeof metadata !== 'object' || metadata === null)) {
+        throw new InvalidOptionError(`events[${i}].metadata`, 'an object', metadata)
+      }
+      const version =
+        event.schemaVersion === undefined
+          ? this.upcasters.currentVersion(event.type)
+          : checkInteger(`events[${i}].schemaVersion`, event.schemaVersion, 1, 2_147_483_647)
+      prepared.ids[i] = id
+      prepared.types[i] = event.type
+      prepared.versions[i] = version
+      prepared.data[i] = data
+      const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0
+      prepared.metadata[i] = hasMetadata ? JSON.stringify(metadata) : null
+      prepared.metadataObjects[i] = hasMetadata ? metadata : emptyMetadata
+    }
+    return prepared
+  }
+
+  async readStream<E extends EventShape = EventShape>(
+    stream: string,
+    options: ReadStreamOptions = {},
+  ): Promise<ReadStreamResult<E>> {
+    checkStream(stream)
+    checkObject('options', options)
+    const direction = options.direction ?? 'forwards'
+    if (direction !== 'forwards' && direction !== 'backwards') {
+      throw new InvalidOptionError('direction', '"forwards" or "backwards"', direction)
+    }
+    const from =
+      options.from === undefined
+        ? direction === 'forwards'
+          ? 1
+          : Number.MAX_SAFE_INTEGER
+        : checkInteger('from', options.from, 0)
+    const limit =
+      options.limit === undefined
+        ? this.statements.noLimit
+        : checkInteger('limit', options.limit, 0)
+    const { truncateBefore: _, ...result } = await this.#readStream<E>(
+      options.tx ?? this.db,
+      stream,
+      direction,
+      from,
+      limit,
+    )
+    return result
+  }
+
+  /** @internal Reads forwards from `from`, also returning the first visible version. */
+  readStreamFrom(
+    stream: string,
+    from: number,
+    executor: SqlExecutor,
+  ): Promise<ReadStreamResult & { truncateBefore: number }> {
+    return this.#readStream(executor, stream, 'forwards', from, this.statements.noLimit)
+  }
+
+  async #readStream<E extends EventShape>(
+    executor: SqlExecutor,
+    stream: string,
+    direction: 'forwards' | 'backwards',
+    from: number,
+    limit: number | null,
+  ): Promise<ReadStreamResult<E> & { truncateBefore: number }> {
+    const sql =
+      direction === 'forwards'
+        ? this.statements.readStreamForwards
+        : this.statements.readStreamBackwards
+    const rows = await executor.query<
+      {
+        current_version: number | string
+        stream_deleted: boolean | number
+        truncate_before: number | string
+      } & { [K in keyof EventRow]: EventRow[K] | null }
+    >(sql, [stream, from, limit])
+    const first = rows[0]
+    if (first === undefined) {
+      return { events: [], version: 0, exists: false, deleted: false, truncateBefore: 1 }
+    }
+    const version = Number(first.current_version)
+    const deleted = Boolean(first.stream_deleted)
+    const events: RecordedEvent<E>[] = []
+    for (const row of rows) {
+      if (row.position !== null) events.push(this.toRecorded<E>(row as EventRow))
+    }
+    return {
+      events,
+      version,
+      exists: version > 0 && !deleted,
+      deleted,
+      truncateBefore: Number(first.truncate_before),
+    }
+  }
+
+  async readAll<E extends EventShape = EventShape>(
+    options: ReadAllOptions = {},
+  ): Promise<RecordedEvent<E>[]> {
+    checkObject('options', options)
+    const from = checkInteger('fromPosition', options.fromPosition ?? 0, 0)
+    const limit = checkInteger('limit', options.limit ?? 1000, 1)
+    const rows = await (options.tx ?? this.db).query<EventRow>(this.statements.readAll, [
+      from,
+      limit,
+    ])
+    const events: RecordedEvent<E>[] = new Array(rows.length)
+    for (let i = 0; i < rows.length; i++) events[i] = this.toRecorded<E>(rows[i]!)
+    return events
+  }
+
+  /** @internal Turns a row into an event, upcasting its data. */
+  toRecorded<E extends EventShape>(row: EventRow): RecordedEvent<E> {
+    const metadata =
+      row.metadata === null
+        ? emptyMetadata
+        : (JSON.parse(row.metadata) as Readonly<Record<string, unknown>>)
+    let data: unknown = JSON.parse(row.data)
+    let schemaVersion = Number(row.schema_version)
+    if (!this.upcasters.empty) {
+      ;[data, schemaVersion] = this.upcasters.upcast(row.type, schemaVersion, data, metadata)
+    }
+    return {
+      type: row.type,
+      data,
+      id: row.event_id,
+      stream: row.stream_id,
+      version: Number(row.stream_version),
+      position: Number(row.position),
+      schemaVersion,
+      metadata,
+      createdAt: Number(row.created_at),
+    } as RecordedEvent<E>
+  }
+
+  async headPosition(options: { readonly tx?: SqlExecutor } = {}): Promise<number> {
+    const rows = await (options.tx ?? this.db).query<{ position: number | string }>(
+      this.statements.headPosition,
+    )
+    return Number(rows[0]?.position ?? 0)
+  }
+
+  /** @internal When the first final event after `position` was appended, if any. */
+  async firstCreatedAfter(position: number): Promise<number | undefined> {
+    const rows = await this.db.query<{ created_at: number | string }>(this.statements.firstAfter, [
+      position,
+    ])
+    return rows[0] === undefined ? undefined : Number(rows[0].created_at)
+  }
+
+  async streamInfo(
+    stream: string,
+    options: { readonly tx?: SqlExecutor } = {},
+  ): Promise<StreamInfo> {
+    checkStream(stream)
+    const rows = await (options.tx ?? this.db).query<StreamRow>(this.statements.streamInfo, [
+      stream,
+    ])
+    return streamInfoOf(rows[0])
+  }
+
+  async setStreamMetadata(
+    stream: string,
+    metadata: Readonly<Record<string, unknown>>,
+    options: StreamWriteOptions = {},
+  ): Promise<void> {
+    checkStream(stream)
+    checkObject('metadata', metadata)
+    const expected = checkExpected(options.expectedVersion ?? 'any')
+    const text = JSON.stringify(metadata)
+    await this.#inTransaction(options.tx, async (tx) => {
+      await this.#checkForWrite(tx, stream, expected)
+      await tx.execute(this.statements.upsertMetadata, [stream, text, false, this.clock.now()])
+    })
+  }
+
+  async deleteStream(stream: string, options: StreamWriteOptions = {}): Promise<void> {
+    checkStream(stream)
+    const expected = checkExpected(options.expectedVersion ?? 'any')
+    await this.#inTransaction(options.tx, async (tx) => {
+      const info = await this.#checkForWrite(tx, stream, expected)
+      if (info.version === 0 || info.deleted) return
+      await tx.execute(this.statements.markDeleted, [stream, true, this.clock.now()])
+      await tx.execute(this.statements.deleteSnapshots, [stream])
+    })
+  }
+
+  async #checkForWrite(
+    tx: SqlExecutor,
+    stream: string,
+    expected: ExpectedVersion,
+  ): Promise<StreamInfo> {
+    // FOR UPDATE on PostgreSQL: the check and the write see the same version.
+    const rows = await tx.query<StreamRow>(this.statements.streamInfoForUpdate, [stream])
+    const info = streamInfoOf(rows[0])
+    if (!expectationHolds(expected, info.version, info.deleted)) {
+      throw new WrongExpectedVersionError(stream, expected, info.version, info.deleted)
+    }
+    return info
+  }
+
+  #inTransaction<T>(tx: SqlExecutor | undefined, fn: (tx: SqlExecutor) => Promise<T>): Promise<T> {
+    return tx === undefined ? this.db.transaction(fn) : fn(tx)
+  }
+
+  /** @internal Reads a snapshot's version and state text; undefined when none. */
+  async readSnapshotText(
+    executor: SqlExecutor,
+    stream: string,
+    name: string,
+  ): Promise<{ version: number; state: string } | undefined> {
+    const rows = await executor.query<{ version: number | string; state: string }>(
+      this.statements.readSnapshot,
+      [stream, name],
+    )
+    const row = rows[0]
+    return row === undefined ? undefined : { version: Number(row.version), state: row.state }
+  }
+
+  /** @internal Writes (or advances) a snapshot in `tx`. */
+  async writeSnapshot(
+    tx: SqlExecutor,
+    stream: string,
+    name: string,
+    version: number,
+    state: string,
+  ): Promise<void> {
+    await tx.execute(this.statements.writeSnapshot, [
+      stream,
+      name,
+      version,
+      state,
+      this.clock.now(),
+    ])
+  }
+
+  subscribe<E extends EventShape = EventShape>(
+    handler: (event: RecordedEvent<E>) => Promise<void> | void,
+    options: SubscriptionOptions = {},
+  ): Subscription {
+    return createSubscription(
+      this,
+      handler as (event: RecordedEvent) => Promise<void> | void,
+      options,
+    )
+  }
+}
+
+function streamInfoOf(row: StreamRow | undefined): StreamInfo {
+  if (row === undefined)
+    return { version: 0, exists: false, deleted: false, metadata: emptyMetadata }
+  const version = Number(row.version)
+  const deleted = Boolean(row.deleted)
+  return {
+    version,
+    exists: version > 0 && !deleted,
+    deleted,
+    metadata:
+      row.metadata === null
+        ? emptyMetadata
+        : (JSON.parse(row.metadata) as Readonly<Record<string, unknown>>),
+  }
+}
+
+/**
+ * Creates an event store over a breakwater driver. Construction does no I/O; run
+ * {@link migrateCqrs} once before the first use.
+ *
+ * @example
+ * ```ts
+ * const db = await openDatabase('sqlite:./.breakwater/app.db')
+ * await migrateCqrs(db)
+ * const store = createEventStore(db)
+ * await store.append('order-1', [{ type: 'order-placed', data: { total: 42 } }], {
+ *   expectedVersion: 'noStream',
+ * })
+ * const { events, version } = await store.readStream('order-1')
+ * ```
+ */
+export function createEventStore(db: SqlDriver, options: EventStoreOptions = {}): EventStore {
+  return new EventStoreImpl(db, options)
+}
+
+/** @internal The implementation of a store made by {@link createEventStore}. */
+export function internalsOf(store: EventStore, option = 'store'): EventStoreImpl {
+  if (!(store instanceof EventStoreImpl)) {
+    throw new InvalidOptionError(option, 'an event store made by createEventStore', store)
+  }
+  return store
+}

@@ -1,0 +1,94 @@
+import { type Clock, sleep } from '../core/clock.js'
+import type { Unlisten } from '../stores/index.js'
+import type { EventStoreImpl } from './event-store.js'
+import { eventsChannel } from './sql.js'
+
+// The shortest wait before re-reading when a notification announced a position that `readAll`
+// does not return yet (an older transaction is still open); doubles up to the poll interval.
+const firstRecheckMs = 2
+
+/**
+ * Decides how long a follower of the log (subscription, projector) waits after it has read
+ * everything `readAll` returns. On PostgreSQL it listens on the append channel: a notification
+ * wakes it at once, and its payload (the appended position) tells whether events are known to
+ * be pending, in which case it re-reads after a short, growing delay rather than the full poll
+ * interval (the notified events become readable when older transactions finish). On SQLite it
+ * polls.
+ */
+export class LogWaker {
+  readonly #store: EventStoreImpl
+  readonly #clock: Clock
+  readonly #pollIntervalMs: number
+  #unlisten: Unlisten | undefined
+  #knownHead = 0
+  #dirty = false
+  #recheckMs = firstRecheckMs
+  #wake: (() => void) | undefined
+
+  constructor(store: EventStoreImpl, clock: Clock, pollIntervalMs: number) {
+    this.#store = store
+    this.#clock = clock
+    this.#pollIntervalMs = pollIntervalMs
+  }
+
+  /** Starts listening where the driver can; resolves when LISTEN is in place. */
+  async start(): Promise<void> {
+    const listen = this.#store.db.listen
+    if (listen === undefined) return
+    this.#unlisten = await listen.call(this.#store.db, eventsChannel, (notification) => {
+      if (notification.reconnected) {
+        // Anything sent while the connection was down is lost: read again.
+        this.#dirty = true
+      } else {
+        const position = Number(notification.payload)
+        if (Number.isFinite(position) && position > this.#knownHead) this.#knownHead = position
+        else this.#dirty = true
+      }
+      this.#wake?.()
+    })
+  }
+
+  /** Records progress: a read that returned events resets the short re-check delay. */
+  progressed(): void {
+    this.#recheckMs = firstRecheckMs
+  }
+
+  /** Waits until there may be something new after `position`, or `signal` aborts. */
+  async wait(position: number, signal: AbortSignal): Promise<void> {
+    if (this.#dirty) {
+      this.#dirty = false
+      return
+    }
+    let delayMs = this.#pollIntervalMs
+    if (this.#knownHead > position) {
+      delayMs = Math.min(this.#recheckMs, this.#pollIntervalMs)
+      this.#recheckMs = Math.min(this.#recheckMs * 2, this.#pollIntervalMs)
+    }
+    const wakeup = new AbortController()
+    const onStop = (): void => wakeup.abort()
+    signal.addEventListener('abort', onStop, { once: true })
+    this.#wake = () => wakeup.abort()
+    try {
+      await sleep(this.#clock, delayMs, wakeup.signal)
+    } catch {
+      // Woken by a notification or stopped: either way, the caller looks again.
+    } finally {
+      this.#wake = undefined
+      signal.removeEventListener('abort', onStop)
+    }
+  }
+
+  /** Stops listening. */
+  async close(): Promise<void> {
+    const unlisten = this.#unlisten
+    this.#unlisten = undefined
+    this.#wake?.()
+    await unlisten?.().catch(() => {})
+  }
+}
+
+/** Exponential delay for failure number `failures` (1-based), with equal jitter. */
+export function failureDelayMs(failures: number, baseMs: number, maxMs: number): number {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(30, failures - 1))
+  return ceiling / 2 + (Math.random() * ceiling) / 2
+}

@@ -1,0 +1,194 @@
+import type { Clock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkObject } from '../core/validate.js'
+import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
+import { cqrsStatements } from './sql.js'
+import type { EventShape, RecordedEvent } from './types.js'
+
+/** What a projection's `apply` receives besides the event. */
+export interface ProjectionContext {
+  /** The transaction to write the read model through (the append's, or the projector's). */
+  readonly tx: SqlExecutor
+  /** The database dialect, for the few statements that differ. */
+  readonly dialect: SqlDialect
+  /**
+   * The physical name of one of the projection's tables. It is the logical name itself, except
+   * while a rebuild fills a fresh copy; always write through it.
+   */
+  table(name: string): string
+}
+
+/**
+ * Creates one read-model table. Receives the physical table name (use it for index names too,
+ * e.g. `${table}_by_customer`, so a rebuild's fresh copy does not collide with the live one)
+ * and the dialect; returns the statements to run, in order.
+ */
+export type TableDefinition = (table: string, dialect: SqlDialect) => readonly string[]
+
+/**
+ * A projection: folds events into SQL read-model tables. The same definition runs inline (in
+ * the append's transaction, see `EventStoreOptions.inlineProjections`) or asynchronously (a
+ * projector, see `createProjector`), and can be rebuilt from position 0.
+ *
+ * `apply` must only write through `context.tx` and `context.table(...)`, and must be
+ * deterministic in the event (a rebuild must reach the same tables).
+ *
+ * @example
+ * ```ts
+ * const orderHistory = defineProjection<OrderEvent>({
+ *   name: 'order-history',
+ *   tables: {
+ *     order_history: (t) => [
+ *       `CREATE TABLE ${t} (order_id TEXT PRIMARY KEY, status TEXT NOT NULL, total INTEGER NOT NULL)`,
+ *     ],
+ *   },
+ *   async apply(event, { tx, table }) {
+ *     if (event.type === 'order-placed')
+ *       await tx.execute(`INSERT INTO ${table('order_history')} VALUES ($1, 'placed', $2)`, [
+ *         event.stream, event.data.total,
+ *       ])
+ *   },
+ * })
+ * ```
+ */
+export interface ProjectionDefinition<E extends EventShape = EventShape> {
+  /** A unique name (`[a-z][a-z0-9_-]*`): the key of its checkpoint. */
+  readonly name: string
+  /**
+   * Its tables: logical name (an SQL identifier, `[a-z_][a-z0-9_]*`, at most 40 characters)
+   * to definition.
+   */
+  readonly tables: Readonly<Record<string, TableDefinition>>
+  /**
+   * The event types it reads; others are skipped (but still advance its checkpoint).
+   * @default every type
+   */
+  readonly eventTypes?: readonly string[]
+  /** Applies one event to the read model. */
+  apply(event: RecordedEvent<E>, context: ProjectionContext): Promise<void> | void
+}
+
+const namePattern = /^[a-z][a-z0-9_-]*$/
+const tablePattern = /^[a-z_][a-z0-9_]{0,39}$/
+
+/** @internal Validates a projection definition; `at` names it in errors. */
+export function validateProjection(at: string, projection: unknown): ProjectionDefinition {
+  const p = checkObject(at, projection)
+  if (typeof p.name !== 'string' || !namePattern.test(p.name)) {
+    throw new InvalidOptionError(`${at}.name`, 'a name matching [a-z][a-z0-9_-]*', p.name)
+  }
+  const tables = checkObject(`${at}.tables`, p.tables)
+  for (const [table, definition] of Object.entries(tables)) {
+    if (!tablePattern.test(table)) {
+      throw new InvalidOptionError(
+        `${at}.tables`,
+        'table names matching [a-z_][a-z0-9_]* (at most 40 characters)',
+        table,
+      )
+    }
+    checkFunction(`${at}.tables.${table}`, definition)
+  }
+  if (
+    p.eventTypes !== undefined &&
+    (!Array.isArray(p.eventTypes) || p.eventTypes.some((t) => typeof t !== 'string'))
+  ) {
+    throw new InvalidOptionError(`${at}.eventTypes`, 'an array of strings', p.eventTypes)
+  }
+  checkFunction(`${at}.apply`, p.apply)
+  return projection as ProjectionDefinition
+}
+
+/**
+ * Declares a projection (validated now, so a mistake fails at startup). See
+ * {@link ProjectionDefinition}.
+ */
+export function defineProjection<E extends EventShape = EventShape>(
+  definition: ProjectionDefinition<E>,
+): ProjectionDefinition<E> {
+  validateProjection('projection', definition)
+  return definition
+}
+
+/** @internal The physical name of a table in a generation (0: the live, logical name). */
+export function physicalTable(table: string, generation: number): string {
+  return generation === 0 ? table : `${table}__r${generation}`
+}
+
+/** @internal A context whose tables resolve to `generation`'s names. */
+export function projectionContext(
+  tx: SqlExecutor,
+  projection: ProjectionDefinition,
+  generation: number,
+): ProjectionContext {
+  return {
+    tx,
+    dialect: tx.dialect,
+    table(name: string): string {
+      if (!Object.hasOwn(projection.tables, name)) {
+        throw new InvalidOptionError(
+          `${projection.name}: table`,
+          `one of ${Object.keys(projection.tables).join(', ')}`,
+          name,
+        )
+      }
+      return physicalTable(name, generation)
+    },
+  }
+}
+
+/** @internal Runs the table definitions of `generation`. */
+export async function createTables(
+  tx: SqlExecutor,
+  projection: ProjectionDefinition,
+  generation: number,
+): Promise<void> {
+  for (const [table, definition] of Object.entries(projection.tables)) {
+    for (const statement of definition(physicalTable(table, generation), tx.dialect)) {
+      await tx.execute(statement)
+    }
+  }
+}
+
+/**
+ * @internal Registers each projection and creates its tables, once: the registration row is
+ * inserted with ON CONFLICT DO NOTHING in the same transaction as the CREATE TABLEs, so
+ * concurrent processes do not race on the DDL (the loser waits for the winner's row, then
+ * skips).
+ */
+export async function ensureProjections(
+  target: SqlDriver | SqlExecutor,
+  projections: readonly ProjectionDefinition[],
+  clock: Clock,
+): Promise<void> {
+  const run = async (tx: SqlExecutor): Promise<void> => {
+    const statements = cqrsStatements[tx.dialect]
+    for (const projection of projections) {
+      const inserted = await tx.execute(statements.insertProjection, [projection.name, clock.now()])
+      if (inserted.rowCount > 0) await createTables(tx, projection, 0)
+    }
+  }
+  if ('transaction' in target && typeof target.transaction === 'function') {
+    await (target as SqlDriver).transaction(run)
+  } else {
+    await run(target)
+  }
+}
+
+/** @internal Whether `projection` reads events of this type. */
+export function handles(projection: ProjectionDefinition, type: string): boolean {
+  return projection.eventTypes === undefined || projection.eventTypes.includes(type)
+}
+
+/** @internal Applies inline projections to freshly appended events in the append's tx. */
+export async function applyInline(
+  tx: SqlExecutor,
+  projections: readonly ProjectionDefinition[],
+  events: readonly RecordedEvent[],
+): Promise<void> {
+  for (const projection of projections) {
+    const context = projectionContext(tx, projection, 0)
+    for (const event of events) {
+      if (handles(projection, event.type)) await projection.apply(event, context)
+    }
+  }
+}

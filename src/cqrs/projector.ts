@@ -1,0 +1,477 @@
+import { type Clock, sleep, systemClock } from '../core/clock.js'
+import { AbortedError, InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { TimeoutError } from '../index.js'
+import type { SqlExecutor } from '../stores/index.js'
+import { type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
+import { failureDelayMs, LogWaker } from './follower.js'
+import {
+  createTables,
+  ensureProjections,
+  handles,
+  type ProjectionDefinition,
+  physicalTable,
+  projectionContext,
+  validateProjection,
+} from './projections.js'
+import { positionLockKey } from './sql.js'
+import type { RecordedEvent } from './types.js'
+
+/** Options of {@link createProjector}. */
+export interface ProjectorOptions {
+  /**
+   * Events applied per transaction (each batch commits its read-model changes and the
+   * checkpoint together).
+   * @default 500
+   */
+  readonly batchSize?: number
+  /**
+   * How long a caught-up projector waits before looking again: the polling interval on
+   * SQLite, and on PostgreSQL the longest wait between notifications.
+   * @default 1000 on SQLite, 5000 on PostgreSQL
+   */
+  readonly pollIntervalMs?: number
+  /**
+   * First delay after a failed batch (rolled back as a whole); doubles up to
+   * `retryMaxDelayMs`. The batch is retried: an event that always fails stops the projection
+   * there (see `lag()` and `onError`) rather than being skipped.
+   * @default 100
+   */
+  readonly retryBaseDelayMs?: number
+  /**
+   * Longest delay between retries after failures.
+   * @default 30000
+   */
+  readonly retryMaxDelayMs?: number
+  /**
+   * Called with every failed batch.
+   * @default ignores failures
+   */
+  readonly onError?: (error: unknown) => void
+  /**
+   * Time source for polling, retries, lag and `waitFor`.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** How far a projection is behind the log. */
+export interface ProjectionLag {
+  /** The projection's checkpoint: the last position applied. */
+  readonly position: number
+  /** The log's head (the largest position `readAll` returns now). */
+  readonly head: number
+  /** `head - position`: how many positions behind (an upper bound of events: positions have holes). */
+  readonly positions: number
+  /**
+   * How long the oldest event not yet applied has been in the log, in ms (0 when caught up).
+   */
+  readonly ms: number
+}
+
+/** Options of {@link Projector.waitFor}. */
+export interface WaitForOptions {
+  /**
+   * Give up after this long with `TimeoutError`.
+   * @default 5000
+   */
+  readonly timeoutMs?: number
+  /** Aborts the wait (rejects with `AbortedError`). */
+  readonly signal?: AbortSignal
+}
+
+/** Options of {@link Projector.rebuild}. */
+export interface RebuildOptions {
+  /**
+   * Events applied per transaction while filling the fresh tables.
+   * @default the projector's batchSize
+   */
+  readonly batchSize?: number
+  /**
+   * PostgreSQL, inline projections: how long the swap waits for appends already in flight to
+   * finish before giving up (with `TimeoutError`; nothing is swapped, try again).
+   * @default 10000
+   */
+  readonly drainTimeoutMs?: number
+}
+
+/** What a rebuild did. */
+export interface RebuildResult {
+  /** The position the rebuilt tables reflect at the swap. */
+  readonly position: number
+  /** Events applied to the fresh tables. */
+  readonly events: number
+}
+
+/**
+ * Maintains a projection's read model from the log, in its own process or beside the
+ * application. Each batch runs in one transaction: lock the checkpoint row, read the events
+ * after it, apply them, store the new checkpoint, commit. A crash at any point leaves
+ * read model and checkpoint together, so no event is applied twice or skipped, and several
+ * projector instances of one projection take turns instead of racing.
+ */
+export interface Projector {
+  /** The projection's name. */
+  readonly name: string
+  /** Whether the projection runs inline (in appends) rather than in this projector. */
+  readonly inline: boolean
+  /**
+   * Starts following the log in the background (idempotent). Not available for inline
+   * projections, which need no projector.
+   */
+  start(): void
+  /** Stops the background loop after the batch in progress. */
+  stop(): Promise<void>
+  /** Applies batches until the projection has caught up with the head; returns its position. */
+  catchUp(options?: { readonly signal?: AbortSignal }): Promise<number>
+  /** The checkpoint (last applied position), read from the database. */
+  position(): Promise<number>
+  /** The projection's lag behind the log. */
+  lag(): Promise<ProjectionLag>
+  /**
+   * Resolves once the read model reflects every event up to `position` (read-your-writes:
+   * pass `AppendResult.lastPosition`). Inline projections resolve at once.
+   * @throws TimeoutError when it does not happen within `timeoutMs`
+   */
+  waitFor(position: number, options?: WaitForOptions): Promise<void>
+  /**
+   * Rebuilds the read model from position 0 into fresh tables, then swaps them in atomically
+   * (with the checkpoint); queries keep reading the old tables until the swap. Works for
+   * async and inline projections.
+   */
+  rebuild(options?: RebuildOptions): Promise<RebuildResult>
+}
+
+interface ProjectionRow {
+  position: number | string
+  generation: number | string
+  rebuild_generation: number | string | null
+}
+
+class SqlProjector implements Projector {
+  readonly name: string
+  readonly inline: boolean
+  readonly #store: EventStoreImpl
+  readonly #projection: ProjectionDefinition
+  readonly #batchSize: number
+  readonly #clock: Clock
+  readonly #retryBaseMs: number
+  readonly #retryMaxMs: number
+  readonly #onError: (error: unknown) => void
+  readonly #waker: LogWaker
+  #ready: Promise<void> | undefined
+  #loop: Promise<void> | undefined
+  #stop: AbortController | undefined
+  #lastKnown = 0
+  readonly #progress = new Set<() => void>()
+
+  constructor(store: EventStoreImpl, projection: ProjectionDefinition, options: ProjectorOptions) {
+    checkObject('options', options)
+    validateProjection('projection', projection)
+    this.#store = store
+    this.#projection = projection
+    this.name = projection.name
+    this.inline = store.inlineProjections.includes(projection)
+    this.#batchSize = checkInteger('batchSize', options.batchSize ?? 500, 1, 100_000)
+    const pollIntervalMs = checkInteger(
+      'pollIntervalMs',
+      options.pollIntervalMs ?? (store.dialect === 'postgres' ? 5000 : 1000),
+      1,
+    )
+    this.#retryBaseMs = checkInteger('retryBaseDelayMs', options.retryBaseDelayMs ?? 100, 1)
+    this.#retryMaxMs = checkInteger(
+      'retryMaxDelayMs',
+      options.retryMaxDelayMs ?? 30_000,
+      this.#retryBaseMs,
+    )
+    this.#onError =
+      options.onError === undefined ? () => {} : checkFunction('onError', options.onError)
+    this.#clock = options.clock ?? systemClock
+    this.#waker = new LogWaker(store, this.#clock, pollIntervalMs)
+  }
+
+  #ensure(): Promise<void> {
+    this.#ready ??= ensureProjections(this.#store.db, [this.#projection], this.#clock).catch(
+      (error: unknown) => {
+        this.#ready = undefined
+        throw error
+      },
+    )
+    return this.#ready
+  }
+
+  start(): void {
+    if (this.inline) {
+      throw new InvalidOptionError(
+        'projection',
+        'an async projection (inline projections run in appends)',
+        this.name,
+      )
+    }
+    if (this.#loop !== undefined) return
+    const stop = new AbortController()
+    this.#stop = stop
+    this.#loop = this.#follow(stop.signal)
+  }
+
+  async stop(): Promise<void> {
+    this.#stop?.abort()
+    const loop = this.#loop
+    this.#loop = undefined
+    await loop
+  }
+
+  async #follow(signal: AbortSignal): Promise<void> {
+    let failures = 0
+    let listening = false
+    while (!signal.aborted) {
+      try {
+        if (!listening) {
+          await this.#waker.start()
+          listening = true
+        }
+        const { applied, position } = await this.#batch()
+        failures = 0
+        if (applied > 0) this.#waker.progressed()
+        else await this.#waker.wait(position, signal)
+      } catch (error) {
+        if (signal.aborted) break
+        failures++
+        this.#onError(error)
+        await sleep(
+          this.#clock,
+          failureDelayMs(failures, this.#retryBaseMs, this.#retryMaxMs),
+          signal,
+        ).catch(() => {})
+      }
+    }
+    await this.#waker.close()
+  }
+
+  /** One transaction: lock checkpoint, read, apply, store checkpoint. */
+  async #batch(): Promise<{ applied: number; position: number }> {
+    await this.#ensure()
+    const store = this.#store
+    const result = await store.db.transaction(async (tx) => {
+      const row = await this.#lockRow(tx)
+      const position = Number(row.position)
+      const events = await store.readAll({
+        fromPosition: position + 1,
+        limit: this.#batchSize,
+        tx,
+      })
+      if (events.length === 0) return { applied: 0, position }
+      await this.#applyAll(tx, events, 0)
+      const last = events[events.length - 1]!.position
+      await tx.execute(store.statements.saveProjectionPosition, [
+        this.name,
+        last,
+        this.#clock.now(),
+      ])
+      return { applied: events.length, position: last }
+    })
+    this.#advanced(result.position)
+    return result
+  }
+
+  async #lockRow(tx: SqlExecutor): Promise<ProjectionRow> {
+    // FOR UPDATE on PostgreSQL: two projector instances (or a rebuild's swap) serialize here,
+    // and each reads the checkpoint the previous one committed. SQLite's write lock already
+    // serializes the whole transaction.
+    const rows = await tx.query<ProjectionRow>(this.#store.statements.projectionForUpdate, [
+      this.name,
+    ])
+    const row = rows[0]
+    if (row === undefined) throw new Error(`projection "${this.name}" is not registered`)
+    return row
+  }
+
+  async #applyAll(tx: SqlExecutor, events: readonly RecordedEvent[], generation: number) {
+    const context = projectionContext(tx, this.#projection, generation)
+    for (const event of events) {
+      if (handles(this.#projection, event.type)) await this.#projection.apply(event, context)
+    }
+  }
+
+  #advanced(position: number): void {
+    if (position > this.#lastKnown) this.#lastKnown = position
+    for (const wake of [...this.#progress]) wake()
+  }
+
+  async catchUp(options: { readonly signal?: AbortSignal } = {}): Promise<number> {
+    if (this.inline) return this.position()
+    for (;;) {
+      if (options.signal?.aborted) throw new AbortedError(options.signal.reason)
+      const { applied, position } = await this.#batch()
+      if (applied < this.#batchSize) return position
+    }
+  }
+
+  async position(): Promise<number> {
+    await this.#ensure()
+    const rows = await this.#store.db.query<ProjectionRow>(this.#store.statements.projection, [
+      this.name,
+    ])
+    return Number(rows[0]?.position ?? 0)
+  }
+
+  async lag(): Promise<ProjectionLag> {
+    const head = await this.#store.headPosition()
+    if (this.inline) return { position: head, head, positions: 0, ms: 0 }
+    const position = await this.position()
+    if (position >= head) return { position, head, positions: 0, ms: 0 }
+    const oldest = await this.#store.firstCreatedAfter(position)
+    return {
+      position,
+      head,
+      positions: head - position,
+      ms: oldest === undefined ? 0 : Math.max(0, this.#clock.now() - oldest),
+    }
+  }
+
+  async waitFor(position: number, options: WaitForOptions = {}): Promise<void> {
+    checkInteger('position', position, 0)
+    checkObject('options', options)
+    const timeoutMs = checkInteger('timeoutMs', options.timeoutMs ?? 5000, 0)
+    if (this.inline || position <= this.#lastKnown) return
+    const signal = options.signal
+    const deadline = this.#clock.now() + timeoutMs
+    let delayMs = 2
+    for (;;) {
+      if (signal?.aborted) throw new AbortedError(signal.reason)
+      const current = await this.position()
+      if (current > this.#lastKnown) this.#lastKnown = current
+      if (current >= position) return
+      const left = deadline - this.#clock.now()
+      if (left <= 0) throw new TimeoutError(timeoutMs)
+      // Woken early when this process's projector commits a batch; otherwise poll (another
+      // process may run the projector).
+      const wake = new AbortController()
+      const onProgress = (): void => wake.abort()
+      const onAbort = (): void => wake.abort()
+      this.#progress.add(onProgress)
+      signal?.addEventListener('abort', onAbort, { once: true })
+      try {
+        await sleep(this.#clock, Math.min(delayMs, left), wake.signal).catch(() => {})
+      } finally {
+        this.#progress.delete(onProgress)
+        signal?.removeEventListener('abort', onAbort)
+      }
+      delayMs = Math.min(delayMs * 2, 100)
+    }
+  }
+
+  async rebuild(options: RebuildOptions = {}): Promise<RebuildResult> {
+    checkObject('options', options)
+    const batchSize = checkInteger('batchSize', options.batchSize ?? this.#batchSize, 1, 100_000)
+    const drainTimeoutMs = checkInteger('drainTimeoutMs', options.drainTimeoutMs ?? 10_000, 0)
+    await this.#ensure()
+    const store = this.#store
+    const projection = this.#projection
+
+    // 1. A fresh generation of tables (dropping what a crashed rebuild may have left).
+    const generation = await store.db.transaction(async (tx) => {
+      const row = await this.#lockRow(tx)
+      const next = Number(row.generation) + 1
+      if (row.rebuild_generation !== null) {
+        await this.#dropTables(tx, Number(row.rebuild_generation))
+      }
+      await this.#dropTables(tx, next)
+      await createTables(tx, projection, next)
+      await tx.execute(store.statements.setRebuildGeneration, [this.name, next, this.#clock.now()])
+      return next
+    })
+
+    // 2. Fill them from the start of the log, batch by batch, without holding any lock the
+    // live projector or the appends need.
+    let position = 0
+    let applied = 0
+    for (;;) {
+      const count = await store.db.transaction(async (tx) => {
+        const events = await store.readAll({ fromPosition: position + 1, limit: batchSize, tx })
+        await this.#applyAll(tx, events, generation)
+        if (events.length > 0) position = events[events.length - 1]!.position
+        return events.length
+      })
+      applied += count
+      if (count < batchSize) break
+    }
+
+    // 3. Swap: stop the live side, apply what was appended meanwhile, rename, commit.
+    const final = await store.db.transaction(async (tx) => {
+      if (this.inline && tx.dialect === 'postgres') await this.#drainAppends(tx, drainTimeoutMs)
+      await this.#lockRow(tx)
+      for (;;) {
+        const events = await store.readAll({ fromPosition: position + 1, limit: batchSize, tx })
+        if (events.length === 0) break
+        await this.#applyAll(tx, events, generation)
+        position = events[events.length - 1]!.position
+        applied += events.length
+      }
+      for (const table of Object.keys(projection.tables)) {
+        const old = `${table}__old`
+        await tx.execute(`ALTER TABLE ${table} RENAME TO ${old}`)
+        await tx.execute(`ALTER TABLE ${physicalTable(table, generation)} RENAME TO ${table}`)
+        await tx.execute(`DROP TABLE ${old}`)
+      }
+      await tx.execute(store.statements.finishRebuild, [
+        this.name,
+        position,
+        generation,
+        this.#clock.now(),
+      ])
+      return position
+    })
+    this.#advanced(final)
+    return { position: final, events: applied }
+  }
+
+  async #dropTables(tx: SqlExecutor, generation: number): Promise<void> {
+    for (const table of Object.keys(this.#projection.tables)) {
+      await tx.execute(`DROP TABLE IF EXISTS ${physicalTable(table, generation)}`)
+    }
+  }
+
+  // PostgreSQL, inline projections: appends write the live tables inside their own
+  // transactions, so before the swap no append may be in flight. Taking the position lock (as
+  // a transaction lock) stops new appends before they take positions; then wait until every
+  // transaction that took positions has finished (the snapshot's xmin has passed the largest
+  // transaction id that took positions). Those appends committed to the live tables, and their
+  // events are now readable, so the catch-up below applies them to the fresh tables too.
+  async #drainAppends(tx: SqlExecutor, timeoutMs: number): Promise<void> {
+    await tx.query(`SELECT pg_advisory_xact_lock(${positionLockKey})`)
+    const deadline = this.#clock.now() + timeoutMs
+    let delayMs = 1
+    for (;;) {
+      const rows = await tx.query<{ drained: boolean }>(
+        `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint >
+  (SELECT last_value FROM breakwater_events_xid_order) AS drained`,
+      )
+      if (rows[0]?.drained === true) return
+      if (this.#clock.now() >= deadline) throw new TimeoutError(timeoutMs)
+      await sleep(this.#clock, delayMs)
+      delayMs = Math.min(delayMs * 2, 50)
+    }
+  }
+}
+
+/**
+ * Creates the projector of a projection: an async projection's driver (start it, or call
+ * `catchUp`), or, for a projection the store runs inline, the handle for its `rebuild`, `lag`
+ * and `waitFor`. Registers the projection and creates its tables on first use.
+ *
+ * @example
+ * ```ts
+ * const projector = createProjector(store, orderHistory)
+ * projector.start()
+ * const { lastPosition } = await store.append('order-1', [placed])
+ * await projector.waitFor(lastPosition, { timeoutMs: 2000 })
+ * ```
+ */
+export function createProjector(
+  store: EventStore,
+  projection: ProjectionDefinition,
+  options: ProjectorOptions = {},
+): Projector {
+  return new SqlProjector(internalsOf(store), projection, options)
+}

@@ -1,0 +1,191 @@
+import { type Clock, sleep, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import type { EventStoreImpl } from './event-store.js'
+import { failureDelayMs, LogWaker } from './follower.js'
+import type { RecordedEvent } from './types.js'
+
+/** Options of `EventStore.subscribe`. */
+export interface SubscriptionOptions {
+  /**
+   * The checkpoint name. With a name, the last handled position is stored in
+   * `breakwater_checkpoints` after every batch and a restarted subscription resumes after it;
+   * without one nothing is stored.
+   * @default undefined (no checkpoint)
+   */
+  readonly name?: string
+  /**
+   * Where to start (inclusive) when no checkpoint is stored.
+   * @default 0 (the beginning of the log)
+   */
+  readonly fromPosition?: number
+  /**
+   * Events read per query.
+   * @default 500
+   */
+  readonly batchSize?: number
+  /**
+   * How long a caught-up subscription waits before looking again: the polling interval on
+   * SQLite, and on PostgreSQL the longest wait between notifications (a safety net).
+   * @default 1000 on SQLite, 5000 on PostgreSQL
+   */
+  readonly pollIntervalMs?: number
+  /**
+   * First delay after a failure (reading, or the handler throwing); doubles up to
+   * `retryMaxDelayMs`. The failed event is delivered again: nothing is skipped.
+   * @default 100
+   */
+  readonly retryBaseDelayMs?: number
+  /**
+   * Longest delay between retries after failures.
+   * @default 30000
+   */
+  readonly retryMaxDelayMs?: number
+  /**
+   * Called with every failure (the subscription keeps retrying).
+   * @default ignores failures
+   */
+  readonly onError?: (error: unknown) => void
+  /**
+   * Time source for polling and retry delays.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** A running subscription made by `EventStore.subscribe`. */
+export interface Subscription {
+  /** The checkpoint name, if any. */
+  readonly name: string | undefined
+  /** The position of the last event handled (fromPosition - 1 before the first). */
+  readonly position: number
+  /** Whether it has caught up with the log at least once (and is now following it live). */
+  readonly live: boolean
+  /** Stops after the event being handled, stores the checkpoint, and stops listening. */
+  stop(): Promise<void>
+}
+
+class StoreSubscription implements Subscription {
+  readonly name: string | undefined
+  position: number
+  live = false
+  readonly #store: EventStoreImpl
+  readonly #handler: (event: RecordedEvent) => Promise<void> | void
+  readonly #batchSize: number
+  readonly #clock: Clock
+  readonly #retryBaseMs: number
+  readonly #retryMaxMs: number
+  readonly #onError: (error: unknown) => void
+  readonly #waker: LogWaker
+  readonly #stop = new AbortController()
+  readonly #done: Promise<void>
+  #saved: number
+
+  constructor(
+    store: EventStoreImpl,
+    handler: (event: RecordedEvent) => Promise<void> | void,
+    options: SubscriptionOptions,
+  ) {
+    checkObject('options', options)
+    this.#store = store
+    this.#handler = checkFunction('handler', handler)
+    if (options.name !== undefined && (typeof options.name !== 'string' || options.name === '')) {
+      throw new InvalidOptionError('name', 'a non-empty string', options.name)
+    }
+    this.name = options.name
+    this.position = checkInteger('fromPosition', options.fromPosition ?? 0, 0) - 1
+    if (this.position < 0) this.position = 0
+    this.#saved = this.position
+    this.#batchSize = checkInteger('batchSize', options.batchSize ?? 500, 1, 100_000)
+    const pollIntervalMs = checkInteger(
+      'pollIntervalMs',
+      options.pollIntervalMs ?? (store.dialect === 'postgres' ? 5000 : 1000),
+      1,
+    )
+    this.#retryBaseMs = checkInteger('retryBaseDelayMs', options.retryBaseDelayMs ?? 100, 1)
+    this.#retryMaxMs = checkInteger(
+      'retryMaxDelayMs',
+      options.retryMaxDelayMs ?? 30_000,
+      this.#retryBaseMs,
+    )
+    this.#onError =
+      options.onError === undefined ? () => {} : checkFunction('onError', options.onError)
+    this.#clock = options.clock ?? systemClock
+    this.#waker = new LogWaker(store, this.#clock, pollIntervalMs)
+    this.#done = this.#run()
+  }
+
+  async #run(): Promise<void> {
+    const signal = this.#stop.signal
+    let failures = 0
+    let started = false
+    while (!signal.aborted) {
+      try {
+        if (!started) {
+          await this.#waker.start()
+          if (this.name !== undefined) {
+            const rows = await this.#store.db.query<{ position: number | string }>(
+              this.#store.statements.loadCheckpoint,
+              [this.name],
+            )
+            if (rows[0] !== undefined) this.position = Number(rows[0].position)
+            this.#saved = this.position
+          }
+          started = true
+        }
+        const events = await this.#store.readAll({
+          fromPosition: this.position + 1,
+          limit: this.#batchSize,
+        })
+        for (const event of events) {
+          if (signal.aborted) break
+          await this.#handler(event)
+          this.position = event.position
+        }
+        await this.#saveCheckpoint()
+        failures = 0
+        if (events.length > 0) this.#waker.progressed()
+        if (events.length < this.#batchSize && !signal.aborted) {
+          this.live = true
+          await this.#waker.wait(this.position, signal)
+        }
+      } catch (error) {
+        if (signal.aborted) break
+        failures++
+        this.#onError(error)
+        await sleep(
+          this.#clock,
+          failureDelayMs(failures, this.#retryBaseMs, this.#retryMaxMs),
+          signal,
+        ).catch(() => {})
+      }
+    }
+    await this.#saveCheckpoint().catch((error: unknown) => this.#onError(error))
+    await this.#waker.close()
+  }
+
+  async #saveCheckpoint(): Promise<void> {
+    if (this.name === undefined || this.position === this.#saved) return
+    const position = this.position
+    await this.#store.db.execute(this.#store.statements.saveCheckpoint, [
+      this.name,
+      position,
+      this.#clock.now(),
+    ])
+    this.#saved = position
+  }
+
+  async stop(): Promise<void> {
+    this.#stop.abort()
+    await this.#done
+  }
+}
+
+/** @internal Used by `EventStore.subscribe`. */
+export function createSubscription(
+  store: EventStoreImpl,
+  handler: (event: RecordedEvent) => Promise<void> | void,
+  options: SubscriptionOptions,
+): Subscription {
+  return new StoreSubscription(store, handler, options)
+}

@@ -1,0 +1,175 @@
+import type { SqlExecutor } from '../stores/index.js'
+
+/** The domain part of an event: its type and its JSON-serializable data. */
+export interface EventShape {
+  /** The event's type, e.g. `order-placed`. */
+  readonly type: string
+  /** The body; stored as JSON text. */
+  readonly data: unknown
+}
+
+/** Extra fields of an event to append, besides its type and data. */
+export interface NewEventFields {
+  /**
+   * The event's id (e.g. used as the outbox message id downstream).
+   * @default a random UUID
+   */
+  readonly id?: string
+  /**
+   * Free-form JSON metadata: correlation id, causation id, user.
+   * @default {}
+   */
+  readonly metadata?: Readonly<Record<string, unknown>>
+  /**
+   * The schema version of `data`.
+   * @default the current version of the type, as the event store's upcasters define it (1 when
+   * the type has none)
+   */
+  readonly schemaVersion?: number
+}
+
+/**
+ * An event handed to `append`. With a union of event shapes, `NewEvent<OrderEvent>` keeps the
+ * union discriminated by `type`.
+ */
+export type NewEvent<E extends EventShape = EventShape> = E & NewEventFields
+
+/** What the event store adds to an event when it records it. */
+export interface EventEnvelope {
+  /** The event's id. */
+  readonly id: string
+  /** The stream it belongs to. */
+  readonly stream: string
+  /** Its version in the stream: 1 for the stream's first event. */
+  readonly version: number
+  /**
+   * Its global position: unique, increasing in the order readers of `readAll` see events.
+   * Positions may have holes (appends that rolled back), never reorderings.
+   */
+  readonly position: number
+  /** The schema version of `data` as read (after upcasting: the current one). */
+  readonly schemaVersion: number
+  /** The event's metadata (an empty object when none was given). */
+  readonly metadata: Readonly<Record<string, unknown>>
+  /** When it was appended, in epoch milliseconds (the appending store's clock). */
+  readonly createdAt: number
+}
+
+/** An event as read back from the store: the domain shape plus its {@link EventEnvelope}. */
+export type RecordedEvent<E extends EventShape = EventShape> = E & EventEnvelope
+
+/**
+ * The optimistic concurrency check of an append:
+ * - `'any'`: no check.
+ * - `'noStream'`: the stream has no events (never written, or soft-deleted).
+ * - `'streamExists'`: the stream has events and is not deleted.
+ * - a number `n`: the stream's version is exactly `n` (0: never written). A soft-deleted stream
+ *   keeps the version of its last event, so appending at that version also recreates it.
+ */
+export type ExpectedVersion = 'any' | 'noStream' | 'streamExists' | number
+
+/** Options of `EventStore.append`. */
+export interface AppendOptions {
+  /**
+   * The concurrency check; a mismatch throws `WrongExpectedVersionError` and appends nothing.
+   * @default 'any'
+   */
+  readonly expectedVersion?: ExpectedVersion
+  /**
+   * Append inside this transaction (a breakwater `tx`, or the application's own through
+   * `fromPgClient`/`fromBetterSqlite`/`fromKysely`): the events commit with the caller's other
+   * writes. Without it the append commits on its own.
+   *
+   * On PostgreSQL, make the append the first write of the transaction when you can: see
+   * `docs/cqrs.md` ("global positions") for why a transaction that wrote before may fail with
+   * a serialization failure (SQLSTATE 40001) that asks to retry it.
+   */
+  readonly tx?: SqlExecutor
+}
+
+/** What `EventStore.append` returns. */
+export interface AppendResult<E extends EventShape = EventShape> {
+  /** The stream's version after the append (the version of its last event). */
+  readonly version: number
+  /** The global position of the first appended event. */
+  readonly firstPosition: number
+  /** The global position of the last appended event (what `waitFor` takes). */
+  readonly lastPosition: number
+  /** The appended events as recorded. */
+  readonly events: readonly RecordedEvent<E>[]
+}
+
+/** Options of `EventStore.readStream`. */
+export interface ReadStreamOptions {
+  /**
+   * The first version to read (inclusive).
+   * @default 1 forwards, the last version backwards
+   */
+  readonly from?: number
+  /**
+   * Reading order.
+   * @default 'forwards'
+   */
+  readonly direction?: 'forwards' | 'backwards'
+  /**
+   * The most events to return.
+   * @default unlimited
+   */
+  readonly limit?: number
+  /** Read through this executor (e.g. inside a transaction). */
+  readonly tx?: SqlExecutor
+}
+
+/** What `EventStore.readStream` returns. Events, version and flags come from one snapshot. */
+export interface ReadStreamResult<E extends EventShape = EventShape> {
+  /** The events read, in the requested direction. */
+  readonly events: readonly RecordedEvent<E>[]
+  /**
+   * The stream's current version: the version of its last event, 0 if it never had one. A
+   * soft-deleted stream keeps its last version (its events are hidden).
+   */
+  readonly version: number
+  /** Whether the stream has events and is not deleted. */
+  readonly exists: boolean
+  /** Whether the stream is soft-deleted (and not appended to since). */
+  readonly deleted: boolean
+}
+
+/** Options of `EventStore.readAll`. */
+export interface ReadAllOptions {
+  /**
+   * The first global position to return (inclusive); 0 reads from the start.
+   * @default 0
+   */
+  readonly fromPosition?: number
+  /**
+   * The most events to return.
+   * @default 1000
+   */
+  readonly limit?: number
+  /** Read through this executor (e.g. inside the projector's transaction). */
+  readonly tx?: SqlExecutor
+}
+
+/** A stream's state, without its events. */
+export interface StreamInfo {
+  /** The stream's version (0 when it never had an event). */
+  readonly version: number
+  /** Whether it has events and is not deleted. */
+  readonly exists: boolean
+  /** Whether it is soft-deleted. */
+  readonly deleted: boolean
+  /** Its metadata (an empty object when none was set). */
+  readonly metadata: Readonly<Record<string, unknown>>
+}
+
+/** Options of `EventStore.deleteStream` and `EventStore.setStreamMetadata`. */
+export interface StreamWriteOptions {
+  /**
+   * The concurrency check against the stream's version.
+   * @default 'any'
+   */
+  readonly expectedVersion?: ExpectedVersion
+  /** Run inside this transaction. */
+  readonly tx?: SqlExecutor
+}
