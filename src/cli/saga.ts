@@ -1,0 +1,343 @@
+import { BreakwaterError } from '../core/errors.js'
+import {
+  cancelSaga,
+  getSaga,
+  getSagaTimeline,
+  listSagas,
+  retrySaga,
+  type SagaInstance,
+  type SagaStatus,
+  type SagaSummary,
+  type SagaTimelineEntry,
+  sagaStatuses,
+} from '../saga/index.js'
+import { openDatabase, redactUrl, type SqlDriver } from '../stores/index.js'
+
+/** What `sagaCommand` needs besides its arguments; everything has a default. */
+export interface SagaCommandDeps {
+  /** Receives the output. @default process.stdout */
+  readonly stdout?: { write(text: string): unknown }
+  /** Receives error messages. @default process.stderr */
+  readonly stderr?: { write(text: string): unknown }
+  /** Opens the database a URL names. @default openDatabase from breakwater/stores */
+  readonly openDatabase?: (url: string) => Promise<SqlDriver>
+}
+
+const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
+
+const usage = `usage: breakwater saga <command> [options] [--db <url>]
+
+commands:
+  list [--status <status>] [--name <name>] [--limit <n>] [--json]
+                       list instances, newest first
+  show <id> [--json]   print an instance and its timeline (each step, attempt, error,
+                       compensation)
+  retry <id> [--reason <text>] [--by <who>]
+                       re-queue a parked (failed) saga: its compensation resumes
+  cancel <id> [--reason <text>] [--by <who>]
+                       cancel a running saga: its completed steps are compensated
+
+options:
+  --db <url>  sqlite:<file> or postgres://user:pass@host/db (default ${defaultUrl})
+
+statuses: ${sagaStatuses.join(', ')}
+`
+
+interface Parsed {
+  readonly command: 'list' | 'show' | 'retry' | 'cancel'
+  readonly id: string | undefined
+  readonly url: string
+  readonly status: SagaStatus | undefined
+  readonly name: string | undefined
+  readonly limit: number
+  readonly json: boolean
+  readonly reason: string | undefined
+  readonly by: string
+}
+
+class UsageError extends Error {}
+
+const valueFlags = new Set(['--db', '--status', '--name', '--limit', '--reason', '--by'])
+const allowed: Record<Parsed['command'], readonly string[]> = {
+  list: ['--db', '--status', '--name', '--limit', '--json'],
+  show: ['--db', '--json'],
+  retry: ['--db', '--reason', '--by'],
+  cancel: ['--db', '--reason', '--by'],
+}
+
+function parse(args: readonly string[]): Parsed {
+  const [command, ...rest] = args
+  if (command === undefined) throw new UsageError('a command is needed')
+  if (!(command in allowed)) throw new UsageError(`unknown command "${command}"`)
+  const cmd = command as Parsed['command']
+  const values = new Map<string, string>()
+  const positional: string[] = []
+  let json = false
+  for (let i = 0; i < rest.length; i++) {
+    const arg = rest[i]!
+    if (!arg.startsWith('--')) {
+      positional.push(arg)
+      continue
+    }
+    const eq = arg.indexOf('=')
+    const flag = eq < 0 ? arg : arg.slice(0, eq)
+    if (!allowed[cmd].includes(flag)) {
+      throw new UsageError(`unknown option "${flag}" for "saga ${cmd}"`)
+    }
+    if (flag === '--json') {
+      if (eq >= 0) throw new UsageError('--json takes no value')
+      json = true
+      continue
+    }
+    if (!valueFlags.has(flag)) throw new UsageError(`unknown option "${flag}"`)
+    let value: string | undefined
+    if (eq >= 0) value = arg.slice(eq + 1)
+    else {
+      value = rest[i + 1]
+      i++
+    }
+    if (value === undefined || value === '' || (eq < 0 && value.startsWith('--'))) {
+      throw new UsageError(`${flag} needs a value`)
+    }
+    if (values.has(flag)) throw new UsageError(`${flag} given twice`)
+    values.set(flag, value)
+  }
+  const needsId = cmd !== 'list'
+  if (needsId && positional.length !== 1) {
+    throw new UsageError(`saga ${cmd} needs exactly one saga id`)
+  }
+  if (!needsId && positional.length > 0) {
+    throw new UsageError(`unexpected argument "${positional[0]}"`)
+  }
+  const status = values.get('--status')
+  if (status !== undefined && !(sagaStatuses as readonly string[]).includes(status)) {
+    throw new UsageError(`--status must be one of ${sagaStatuses.join(', ')}, got "${status}"`)
+  }
+  const limitText = values.get('--limit')
+  const limit = limitText === undefined ? 50 : Number(limitText)
+  if (!Number.isInteger(limit) || limit < 1 || limit > 100_000) {
+    throw new UsageError(`--limit must be an integer from 1 to 100000, got "${limitText}"`)
+  }
+  return {
+    command: cmd,
+    id: positional[0],
+    url: values.get('--db') ?? defaultUrl,
+    status: status as SagaStatus | undefined,
+    name: values.get('--name'),
+    limit,
+    json,
+    reason: values.get('--reason'),
+    by: values.get('--by') ?? 'cli',
+  }
+}
+
+/**
+ * `breakwater saga list|show|retry|cancel --db <url>`: inspects and operates saga instances.
+ * Resolves to the exit code: 0 on success, 2 for bad arguments, 1 when the saga is unknown,
+ * the operation does not apply to its status, or the database fails.
+ *
+ * @example
+ * ```ts
+ * const code = await sagaCommand(['show', 'order-o-42', '--db', 'sqlite:./app.db'])
+ * ```
+ */
+export async function sagaCommand(args: string[], deps: SagaCommandDeps = {}): Promise<number> {
+  const out = deps.stdout ?? process.stdout
+  const err = deps.stderr ?? process.stderr
+  if (args[0] === '--help' || args[0] === '-h' || args[0] === 'help') {
+    out.write(usage)
+    return 0
+  }
+  let parsed: Parsed
+  try {
+    parsed = parse(args)
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error
+    err.write(`breakwater saga: ${error.message}\n\n${usage}`)
+    return 2
+  }
+  let db: SqlDriver
+  try {
+    db = await (deps.openDatabase ?? openDatabase)(parsed.url)
+  } catch (error) {
+    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
+      err.write(`breakwater saga: --db: ${error.message}\n`)
+      return 2
+    }
+    err.write(`breakwater saga: cannot open ${redactUrl(parsed.url)}: ${messageOf(error)}\n`)
+    return 1
+  }
+  try {
+    return await execute(parsed, db, out, err)
+  } catch (error) {
+    if (
+      BreakwaterError.is(error) &&
+      (error.code === 'SAGA_NOT_FOUND' || error.code === 'SAGA_STATE_CONFLICT')
+    ) {
+      err.write(`breakwater saga: ${error.message}\n`)
+      return 1
+    }
+    const message = messageOf(error)
+    const hint = /no such table|does not exist/.test(message)
+      ? ` (run \`breakwater migrate --db ${redactUrl(parsed.url)}\` first)`
+      : ''
+    err.write(`breakwater saga: ${redactUrl(message)}${hint}\n`)
+    return 1
+  } finally {
+    await db.close().catch(() => {})
+  }
+}
+
+async function execute(
+  parsed: Parsed,
+  db: SqlDriver,
+  out: { write(text: string): unknown },
+  err: { write(text: string): unknown },
+): Promise<number> {
+  switch (parsed.command) {
+    case 'list': {
+      const sagas = await listSagas(db, {
+        ...(parsed.status === undefined ? {} : { status: parsed.status }),
+        ...(parsed.name === undefined ? {} : { name: parsed.name }),
+        limit: parsed.limit,
+      })
+      out.write(parsed.json ? `${JSON.stringify(sagas, null, 2)}\n` : formatList(sagas))
+      return 0
+    }
+    case 'show': {
+      const id = parsed.id!
+      const saga = await getSaga(db, id)
+      if (saga === undefined) {
+        err.write(`breakwater saga: no saga instance has the id ${JSON.stringify(id)}\n`)
+        return 1
+      }
+      const timeline = await getSagaTimeline(db, id)
+      out.write(
+        parsed.json
+          ? `${JSON.stringify({ saga, timeline }, null, 2)}\n`
+          : formatShow(saga, timeline),
+      )
+      return 0
+    }
+    case 'retry':
+      await retrySaga(db, parsed.id!, adminOptions(parsed))
+      out.write(`saga ${parsed.id}: re-queued; its compensation resumes on the next worker\n`)
+      return 0
+    case 'cancel':
+      await cancelSaga(db, parsed.id!, adminOptions(parsed))
+      out.write(`saga ${parsed.id}: cancel requested; its completed steps will be compensated\n`)
+      return 0
+  }
+}
+
+function adminOptions(parsed: Parsed): { by: string; reason?: string } {
+  return parsed.reason === undefined ? { by: parsed.by } : { by: parsed.by, reason: parsed.reason }
+}
+
+function time(ms: number | undefined): string {
+  return ms === undefined ? '-' : new Date(ms).toISOString()
+}
+
+function table(rows: readonly (readonly string[])[]): string {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)))
+  return rows
+    .map((r) =>
+      r
+        .map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!)))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n')
+}
+
+function truncate(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text
+}
+
+function formatList(sagas: readonly SagaSummary[]): string {
+  if (sagas.length === 0) return 'No saga instances.\n'
+  const rows = [
+    ['ID', 'SAGA', 'STATUS', 'STEP', 'ATTEMPT', 'UPDATED', 'REASON'],
+    ...sagas.map((s) => [
+      s.id,
+      `${s.name}@${s.version}`,
+      s.status,
+      s.step ?? '-',
+      String(s.attempt),
+      time(s.updatedAt),
+      truncate(s.reason ?? '', 60),
+    ]),
+  ]
+  return `${table(rows)}\n`
+}
+
+function formatShow(saga: SagaInstance, timeline: readonly SagaTimelineEntry[]): string {
+  const lines = [
+    `saga      ${saga.id}`,
+    `name      ${saga.name}@${saga.version}`,
+    `status    ${saga.status}${saga.cancelRequested && saga.status !== 'cancelled' ? ' (cancel requested)' : ''}`,
+  ]
+  if (saga.reason !== undefined) lines.push(`reason    ${saga.reason}`)
+  lines.push(
+    `created   ${time(saga.createdAt)}`,
+    `updated   ${time(saga.updatedAt)}`,
+    `finished  ${time(saga.finishedAt)}`,
+  )
+  if (saga.status === 'running' || saga.status === 'compensating') {
+    lines.push(
+      saga.leaseOwner === undefined
+        ? `next run  ${time(saga.nextRunAt)}`
+        : `lease     ${saga.leaseOwner} until ${time(saga.leaseExpiresAt)} (token ${saga.leaseToken})`,
+    )
+  }
+  lines.push(`input     ${JSON.stringify(saga.input)}`, `context   ${JSON.stringify(saga.context)}`)
+  lines.push('', 'steps')
+  const stepRows = [
+    ['#', 'STEP', 'STATUS', 'ATTEMPTS', 'COMPENSATION', 'LAST ERROR'],
+    ...saga.steps.map((s, i) => [
+      String(i + 1),
+      s.name,
+      s.status,
+      String(s.attempts),
+      s.compensationAttempts === undefined
+        ? '-'
+        : `${s.status === 'compensated' ? 'done' : 'pending'} (${s.compensationAttempts} attempt${s.compensationAttempts === 1 ? '' : 's'})`,
+      truncate(
+        (s.compensationError ?? s.error) === undefined
+          ? ''
+          : `${(s.compensationError ?? s.error)!.name}: ${(s.compensationError ?? s.error)!.message}`,
+        70,
+      ),
+    ]),
+  ]
+  lines.push(
+    table(stepRows)
+      .split('\n')
+      .map((l) => `  ${l}`)
+      .join('\n'),
+  )
+  lines.push('', 'timeline')
+  lines.push(`  ${time(saga.createdAt)}  started`)
+  for (const entry of timeline) lines.push(`  ${formatEntry(entry)}`)
+  return `${lines.join('\n')}\n`
+}
+
+function formatEntry(entry: SagaTimelineEntry): string {
+  const parts = [time(entry.at), entry.kind]
+  if (entry.step !== undefined) parts.push(entry.step)
+  if (entry.attempt !== undefined) parts.push(`attempt ${entry.attempt}`)
+  const d = entry.detail ?? {}
+  const error = d.error as { name?: string; message?: string } | undefined
+  if (error !== undefined) parts.push(`error ${error.name ?? 'Error'}: ${error.message ?? ''}`)
+  if (typeof d.retryAt === 'number') parts.push(`retry at ${time(d.retryAt)}`)
+  if (typeof d.until === 'number') parts.push(`until ${time(d.until)}`)
+  if (d.final === true) parts.push('(final)')
+  if (typeof d.previousOwner === 'string') parts.push(`(lease of ${d.previousOwner} expired)`)
+  if (typeof d.reason === 'string') parts.push(`reason: ${d.reason}`)
+  if (entry.worker !== undefined) parts.push(`[${entry.worker}]`)
+  return parts.join('  ')
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error)
+}

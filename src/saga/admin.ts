@@ -1,0 +1,261 @@
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkInteger, checkObject, checkOneOf } from '../core/validate.js'
+import type { SqlDriver, SqlExecutor } from '../stores/index.js'
+import { SagaNotFoundError, SagaStateConflictError } from './errors.js'
+import { sagaStatements } from './sql.js'
+import {
+  instanceFromRow,
+  type SagaEventRow,
+  type SagaInstance,
+  type SagaRow,
+  type SagaStatus,
+  type SagaTimelineEntry,
+  sagaStatuses,
+  timelineEntryFromRow,
+} from './state.js'
+
+/** Options of {@link listSagas}. */
+export interface ListSagasOptions {
+  /**
+   * Only instances in this status.
+   * @default all statuses
+   */
+  readonly status?: SagaStatus
+  /**
+   * Only instances of this definition name.
+   * @default all names
+   */
+  readonly name?: string
+  /**
+   * The most instances returned, newest first.
+   * @default 100
+   */
+  readonly limit?: number
+}
+
+/** A line of {@link listSagas}: an instance without its input and context. */
+export interface SagaSummary {
+  readonly id: string
+  readonly name: string
+  readonly version: number
+  readonly status: SagaStatus
+  /** The current step's name (or the next one to compensate), if any. */
+  readonly step: string | undefined
+  readonly attempt: number
+  readonly nextRunAt: number
+  readonly leaseOwner: string | undefined
+  readonly leaseExpiresAt: number | undefined
+  readonly reason: string | undefined
+  readonly createdAt: number
+  readonly updatedAt: number
+  readonly finishedAt: number | undefined
+}
+
+/**
+ * Lists saga instances, newest first, optionally by status and name.
+ *
+ * @example
+ * ```ts
+ * const parked = await listSagas(db, { status: 'failed' })
+ * ```
+ */
+export async function listSagas(
+  db: SqlExecutor,
+  options: ListSagasOptions = {},
+): Promise<SagaSummary[]> {
+  checkObject('options', options)
+  const status =
+    options.status === undefined ? null : checkOneOf('options.status', options.status, sagaStatuses)
+  if (options.name !== undefined && typeof options.name !== 'string')
+    throw new InvalidOptionError('options.name', 'a string', options.name)
+  const limit = checkInteger('options.limit', options.limit ?? 100, 1, 100_000)
+  const rows = await db.query<SagaRow>(sagaStatements[db.dialect].list, [
+    status,
+    options.name ?? null,
+    limit,
+  ])
+  return rows.map((row) => {
+    const steps = JSON.parse(row.steps) as { name: string }[]
+    return {
+      id: row.id,
+      name: row.name,
+      version: Number(row.version),
+      status: row.status as SagaStatus,
+      step: steps[Number(row.step_index)]?.name,
+      attempt: Number(row.attempt),
+      nextRunAt: Number(row.next_run_at),
+      leaseOwner: row.lease_owner ?? undefined,
+      leaseExpiresAt: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
+      reason: row.reason ?? undefined,
+      createdAt: Number(row.created_at),
+      updatedAt: Number(row.updated_at),
+      finishedAt: row.finished_at === null ? undefined : Number(row.finished_at),
+    }
+  })
+}
+
+/** Reads one instance; undefined when there is none with this id. */
+export async function getSaga(db: SqlExecutor, id: string): Promise<SagaInstance | undefined> {
+  const rows = await db.query<SagaRow>(sagaStatements[db.dialect].selectOne, [id])
+  return rows[0] === undefined ? undefined : instanceFromRow(rows[0])
+}
+
+/**
+ * Reads an instance's timeline: each step attempt and its outcome, failures with their errors,
+ * compensations, lease takeovers, operator actions, in order.
+ */
+export async function getSagaTimeline(db: SqlExecutor, id: string): Promise<SagaTimelineEntry[]> {
+  const rows = await db.query<SagaEventRow>(sagaStatements[db.dialect].selectEvents, [id])
+  return rows.map(timelineEntryFromRow)
+}
+
+/** Options of {@link retrySaga} and {@link cancelSaga}. */
+export interface SagaAdminOptions {
+  /**
+   * Who asks, recorded in the timeline.
+   * @default 'operator'
+   */
+  readonly by?: string
+  /**
+   * Why, recorded in the timeline (and, for a cancel, as the reason of the compensation).
+   * @default undefined
+   */
+  readonly reason?: string
+  /**
+   * Source of the timestamps.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * Re-queues a parked (`failed`) saga: its compensation resumes where it stopped, with fresh
+ * attempts, on the next worker that polls. Throws `SagaNotFoundError`, or
+ * `SagaStateConflictError` when the saga is not parked.
+ *
+ * @example
+ * ```ts
+ * await retrySaga(db, 'order-o-42', { by: 'alice', reason: 'payments fixed the refund bug' })
+ * ```
+ */
+export async function retrySaga(
+  db: SqlDriver,
+  id: string,
+  options: SagaAdminOptions = {},
+): Promise<void> {
+  const { now, by, reason } = adminOptions(options)
+  const statements = sagaStatements[db.dialect]
+  await db.transaction(async (tx) => {
+    const { rowCount } = await tx.execute(statements.retry, [id, now])
+    if (rowCount === 0) await refuse(tx, id, 'only a parked (failed) saga can be retried')
+    await tx.execute(statements.insertEvent, [
+      id,
+      now,
+      'retry-requested',
+      null,
+      null,
+      by,
+      JSON.stringify(reason === undefined ? {} : { reason }),
+    ])
+  })
+}
+
+/**
+ * Cancels a running saga: the worker that runs it finishes the step in progress, then
+ * compensates the completed steps in reverse order and ends it as `cancelled`. A saga waiting
+ * for a timer, a retry delay or a reply is woken at once. Throws `SagaNotFoundError`, or
+ * `SagaStateConflictError` when the saga is not running (already compensating or finished).
+ * A saga that was finishing its last step as the cancel arrived still ends `completed`.
+ */
+export async function cancelSaga(
+  db: SqlDriver,
+  id: string,
+  options: SagaAdminOptions = {},
+): Promise<void> {
+  const { now, by, reason } = adminOptions(options)
+  const statements = sagaStatements[db.dialect]
+  await db.transaction(async (tx) => {
+    const { rowCount } = await tx.execute(statements.cancel, [id, now])
+    if (rowCount === 0) await refuse(tx, id, 'only a running saga can be cancelled')
+    await tx.execute(statements.insertEvent, [
+      id,
+      now,
+      'cancel-requested',
+      null,
+      null,
+      by,
+      JSON.stringify(reason === undefined ? {} : { reason }),
+    ])
+  })
+}
+
+/** What {@link deliverReply} did. */
+export type DeliverReplyResult =
+  /** Recorded; the saga was woken to read it. */
+  | 'delivered'
+  /** A reply for this step was already recorded; this one was dropped. */
+  | 'duplicate'
+
+/**
+ * Delivers the reply to a step that sent a command and waits (a step with `awaitReply`),
+ * correlated by saga id and step name: records it (the first reply per step wins; later ones
+ * are duplicates) and wakes the saga so that a worker continues it. Pass your transaction to
+ * record the reply together with, say, the inbox row of the message that carried it. Throws
+ * `SagaNotFoundError` for an unknown saga and `SagaStateConflictError` for a step it does not
+ * have. A reply for a step that is not waiting (any more) is kept but changes nothing.
+ *
+ * @example
+ * ```ts
+ * await deliverReply(db, message.headers['correlation-id'], 'charge', JSON.parse(message.payload))
+ * ```
+ */
+export async function deliverReply(
+  executor: SqlExecutor,
+  sagaId: string,
+  step: string,
+  reply: unknown,
+  options: { readonly clock?: Clock } = {},
+): Promise<DeliverReplyResult> {
+  checkObject('options', options)
+  const clock = options.clock ?? systemClock
+  const statements = sagaStatements[executor.dialect]
+  const rows = await executor.query<SagaRow>(statements.selectOne, [sagaId])
+  const row = rows[0]
+  if (row === undefined) throw new SagaNotFoundError(sagaId)
+  const steps = JSON.parse(row.steps) as { name: string }[]
+  if (!steps.some((s) => s.name === step)) {
+    throw new SagaStateConflictError(sagaId, row.status, `it has no step named "${step}"`)
+  }
+  let json: string | undefined
+  try {
+    json = JSON.stringify(reply ?? null)
+  } catch (error) {
+    throw new InvalidOptionError('reply', `a JSON-serializable value (${String(error)})`, reply)
+  }
+  const now = clock.now()
+  const { rowCount } = await executor.execute(statements.insertReply, [sagaId, step, json, now])
+  if (rowCount === 0) return 'duplicate'
+  await executor.execute(statements.wake, [sagaId, now])
+  return 'delivered'
+}
+
+function adminOptions(options: SagaAdminOptions): { now: number; by: string; reason?: string } {
+  checkObject('options', options)
+  const by = options.by ?? 'operator'
+  if (typeof by !== 'string' || by === '')
+    throw new InvalidOptionError('options.by', 'a non-empty string', by)
+  if (options.reason !== undefined && typeof options.reason !== 'string')
+    throw new InvalidOptionError('options.reason', 'a string', options.reason)
+  const now = (options.clock ?? systemClock).now()
+  return options.reason === undefined ? { now, by } : { now, by, reason: options.reason }
+}
+
+async function refuse(tx: SqlExecutor, id: string, message: string): Promise<never> {
+  const rows = await tx.query<{ status: string }>(
+    `SELECT status FROM breakwater_sagas WHERE id = $1`,
+    [id],
+  )
+  if (rows[0] === undefined) throw new SagaNotFoundError(id)
+  throw new SagaStateConflictError(id, rows[0].status, message)
+}

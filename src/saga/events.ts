@@ -1,0 +1,177 @@
+import { type Channel, channel } from 'node:diagnostics_channel'
+import { metrics } from '@opentelemetry/api'
+import type { ErrorInfo } from './state.js'
+
+/** What a saga worker reports. */
+export type SagaEventType =
+  /** The worker took instances (leases) from the database. */
+  | 'claimed'
+  /** An instance whose previous worker died (its lease expired) was taken over. */
+  | 'recovered'
+  /** An action (or a reply step's send) is about to run. */
+  | 'step-started'
+  /** A step's result was recorded. */
+  | 'step-completed'
+  /** An attempt failed; `retryAt` when another follows, else the saga compensates. */
+  | 'step-failed'
+  /** The saga waits: a timer (`sleepMs`/`waitUntil`) or a reply, until `retryAt`. */
+  | 'step-waiting'
+  /** A step failed for good (or a cancel was requested): compensation begins. */
+  | 'compensating'
+  /** A compensation is about to run. */
+  | 'compensation-started'
+  /** A compensation was recorded as done. */
+  | 'compensation-completed'
+  /** A compensation attempt failed; `retryAt` when another follows, else the saga parks. */
+  | 'compensation-failed'
+  /** Every step completed. */
+  | 'completed'
+  /** Every completed step was compensated after a failure. */
+  | 'compensated'
+  /** Every completed step was compensated after a cancel request. */
+  | 'cancelled'
+  /** A compensation kept failing: the saga is parked as `failed` with `reason`. */
+  | 'parked'
+  /** A write was refused by the fencing token: another worker owns the instance now. */
+  | 'lease-lost'
+  /** The worker gave an instance back (stopping) for another worker to continue. */
+  | 'released'
+  /** The database failed a claim, renewal or state write (`error`); the worker carries on. */
+  | 'error'
+
+/**
+ * One event of a saga worker: plain data, safe to `JSON.stringify` as a log line. Fields that
+ * do not apply to the event are absent.
+ */
+export interface SagaEvent {
+  /** What happened. */
+  readonly type: SagaEventType
+  /** When (epoch ms on the worker's clock). */
+  readonly at: number
+  /** The worker's id. */
+  readonly worker: string
+  /** The saga instance. */
+  readonly sagaId?: string
+  /** The definition's name. */
+  readonly saga?: string
+  /** The definition's version. */
+  readonly version?: number
+  /** The step. */
+  readonly step?: string
+  /** The attempt (of the step or compensation). */
+  readonly attempt?: number
+  /** How long the action or compensation ran, in ms. */
+  readonly durationMs?: number
+  /** When the next attempt (or the wake-up) is due, epoch ms. */
+  readonly retryAt?: number
+  /** The failure. */
+  readonly error?: ErrorInfo
+  /** Why the saga compensates or was parked. */
+  readonly reason?: string
+  /** How many instances a claim took. */
+  readonly count?: number
+  /** For `recovered`: the worker whose lease expired. */
+  readonly previousOwner?: string
+  /** For `recovered`: milliseconds from the old lease's expiry to the takeover. */
+  readonly recoveryMs?: number
+}
+
+/** In-process counters of a saga worker since it was created. */
+export interface SagaWorkerMetrics {
+  /** Instances claimed (each claim of an instance counts, takeovers included). */
+  readonly claimed: number
+  /** Instances taken over after their previous worker's lease expired. */
+  readonly recovered: number
+  /** Step attempts started. */
+  readonly stepAttempts: number
+  /** Steps recorded as completed. */
+  readonly stepsCompleted: number
+  /** Step attempts that failed. */
+  readonly stepFailures: number
+  /** Compensations recorded as done. */
+  readonly compensations: number
+  /** Compensation attempts that failed. */
+  readonly compensationFailures: number
+  /** Instances this worker finished as completed. */
+  readonly completed: number
+  /** ... as compensated. */
+  readonly compensated: number
+  /** ... as cancelled. */
+  readonly cancelled: number
+  /** Instances this worker parked as failed. */
+  readonly parked: number
+  /** Writes refused by fencing. */
+  readonly leaseLost: number
+  /** Database errors (claims, renewals, writes). */
+  readonly errors: number
+  /** Instances in hand right now. */
+  readonly inFlight: number
+}
+
+/** The mutable counters behind {@link SagaWorkerMetrics}. */
+export type MutableSagaMetrics = { -readonly [K in keyof SagaWorkerMetrics]: number }
+
+/** Fresh zeroed counters. */
+export function emptyMetrics(): MutableSagaMetrics {
+  return {
+    claimed: 0,
+    recovered: 0,
+    stepAttempts: 0,
+    stepsCompleted: 0,
+    stepFailures: 0,
+    compensations: 0,
+    compensationFailures: 0,
+    completed: 0,
+    compensated: 0,
+    cancelled: 0,
+    parked: 0,
+    leaseLost: 0,
+    errors: 0,
+    inFlight: 0,
+  }
+}
+
+interface Counter {
+  add(value: number, attributes?: Record<string, string>): void
+}
+interface Histogram {
+  record(value: number, attributes?: Record<string, string>): void
+}
+
+/** The OpenTelemetry instruments of saga workers. */
+export interface SagaInstruments {
+  /** `breakwater.saga.events`: every worker event, attributes `type` and `saga`. */
+  readonly events: Counter
+  /** `breakwater.saga.step.duration`: action and compensation run time in ms. */
+  readonly stepDuration: Histogram
+}
+
+let instruments: SagaInstruments | undefined
+// Created on first use, not at import, so an SDK registered at startup is picked up.
+export function sagaInstruments(): SagaInstruments {
+  if (instruments === undefined) {
+    const meter = metrics.getMeter('breakwater')
+    instruments = {
+      events: meter.createCounter('breakwater.saga.events', {
+        description: 'Saga worker events (attribute type: step-completed, compensated, ...)',
+      }),
+      stepDuration: meter.createHistogram('breakwater.saga.step.duration', {
+        description: 'Run time of saga actions and compensations',
+        unit: 'ms',
+      }),
+    }
+  }
+  return instruments
+}
+
+const channels = new Map<string, Channel>()
+
+/** Publishes `event` on `breakwater:saga:<type>` when somebody subscribes. */
+export function publishSagaEvent(event: SagaEvent): void {
+  let ch = channels.get(event.type)
+  if (ch === undefined) {
+    ch = channel(`breakwater:saga:${event.type}`)
+    channels.set(event.type, ch)
+  }
+  if (ch.hasSubscribers) ch.publish(event)
+}

@@ -1,0 +1,442 @@
+import { randomUUID } from 'node:crypto'
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkInteger, checkObject } from '../core/validate.js'
+import type { SqlDriver, SqlExecutor } from '../stores/index.js'
+import { sagaStatements } from './sql.js'
+
+// A choreographed flow has no orchestrator holding its state: each service reacts to events
+// and emits its own. The tracker makes it traceable anyway: it records every event of a flow
+// (keyed by correlation id) and rebuilds the flow's state from a declared description of the
+// events expected, in order, and how long each may take.
+
+/** One expected event of a flow. */
+export interface FlowStepDeclaration {
+  /** The event type, e.g. `payment-charged`. */
+  readonly event: string
+  /**
+   * How long after the previous step's event this one may take before the flow counts as
+   * stalled, in milliseconds.
+   * @default the flow's withinMs
+   */
+  readonly withinMs?: number
+  /**
+   * Event types that mean this step failed (e.g. `payment-declined`): the flow then turns to
+   * its compensation.
+   * @default []
+   */
+  readonly failsOn?: readonly string[]
+}
+
+/** A declared choreographed flow. */
+export interface FlowDeclaration {
+  /** The flow's name. */
+  readonly name: string
+  /**
+   * The events expected, in order (a string is `{ event }`). The first one starts the flow:
+   * a correlation id belongs to the flow whose first event it has.
+   */
+  readonly steps: readonly (string | FlowStepDeclaration)[]
+  /**
+   * The events expected, in order, after a step failed (e.g. `inventory-released`,
+   * `order-cancelled`).
+   * @default []
+   */
+  readonly compensation?: readonly (string | FlowStepDeclaration)[]
+  /**
+   * The default time each step may take after the previous one, in milliseconds.
+   * @default 60_000
+   */
+  readonly withinMs?: number
+}
+
+interface CompiledFlowStep {
+  readonly event: string
+  readonly withinMs: number
+  readonly failsOn: readonly string[]
+}
+
+/** A validated flow description (from {@link defineFlow}). */
+export interface FlowDefinition {
+  /** The flow's name. */
+  readonly name: string
+  /** The expected events, in order. */
+  readonly steps: readonly Readonly<CompiledFlowStep>[]
+  /** The compensation events, in order. */
+  readonly compensation: readonly Readonly<CompiledFlowStep>[]
+}
+
+/**
+ * Declares a choreographed flow: the events expected per correlation id, in order, with how
+ * long each may take, which events mean failure, and the compensation expected after one.
+ * Throws `InvalidOptionError` for an empty or repeated event list.
+ *
+ * @example
+ * ```ts
+ * const orderFlow = defineFlow({
+ *   name: 'order',
+ *   steps: ['order-placed', { event: 'payment-charged', failsOn: ['payment-declined'] }, 'order-shipped'],
+ *   compensation: ['order-cancelled'],
+ *   withinMs: 30_000,
+ * })
+ * ```
+ */
+export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
+  const d = checkObject('flow', declaration)
+  if (typeof d.name !== 'string' || d.name === '')
+    throw new InvalidOptionError('flow.name', 'a non-empty string', d.name)
+  const where = `flow "${d.name}"`
+  const withinMs = checkInteger(`${where}.withinMs`, d.withinMs ?? 60_000, 1)
+  const compile = (field: string, raw: unknown, required: boolean): CompiledFlowStep[] => {
+    if (raw === undefined && !required) return []
+    if (!Array.isArray(raw) || (required && raw.length === 0))
+      throw new InvalidOptionError(`${where}.${field}`, 'a non-empty array of events', raw)
+    return raw.map((entry: unknown, i) => {
+      const at = `${where}.${field}[${i}]`
+      const step = typeof entry === 'string' ? { event: entry } : checkObject(at, entry)
+      if (typeof step.event !== 'string' || step.event === '')
+        throw new InvalidOptionError(`${at}.event`, 'a non-empty event type', step.event)
+      const failsOn = step.failsOn ?? []
+      if (!Array.isArray(failsOn) || failsOn.some((f) => typeof f !== 'string' || f === ''))
+        throw new InvalidOptionError(`${at}.failsOn`, 'an array of event types', failsOn)
+      return {
+        event: step.event,
+        withinMs: checkInteger(`${at}.withinMs`, step.withinMs ?? withinMs, 1),
+        failsOn: [...(failsOn as string[])],
+      }
+    })
+  }
+  const steps = compile('steps', d.steps, true)
+  const compensation = compile('compensation', d.compensation, false)
+  const seen = new Set<string>()
+  for (const [i, step] of [...steps, ...compensation].entries()) {
+    for (const event of [step.event, ...step.failsOn]) {
+      if (seen.has(event))
+        throw new InvalidOptionError(`${where} event #${i + 1}`, 'an event type used once', event)
+      seen.add(event)
+    }
+  }
+  return Object.freeze({ name: d.name, steps, compensation })
+}
+
+/** An event as the tracker records it. */
+export interface TrackedEvent {
+  /** The event's id (the outbox event id): recording an id twice keeps the first. */
+  readonly id: string
+  /** The flow instance it belongs to. */
+  readonly correlationId: string
+  /** The event type. */
+  readonly type: string
+  /** The service that emitted (or consumed) it. */
+  readonly source?: string
+  /** When it happened, epoch ms. */
+  readonly at: number
+  /** The body, if worth keeping. */
+  readonly payload?: unknown
+}
+
+/** Where a tracked flow is. */
+export type FlowStatus =
+  /** Steps are arriving within their time. */
+  | 'in-progress'
+  /** Every expected event arrived. */
+  | 'completed'
+  /** A step failed; the compensation events are arriving within their time. */
+  | 'compensating'
+  /** A step failed and every compensation event arrived. */
+  | 'compensated'
+  /** A step failed and the flow declares no compensation. */
+  | 'failed'
+  /** The next expected event is overdue (see `stalledAt`). */
+  | 'stalled'
+
+/** One expected step of a tracked flow. */
+export interface FlowStepState {
+  /** The expected event type. */
+  readonly event: string
+  /** Whether it arrived. */
+  readonly done: boolean
+  /** When it arrived. */
+  readonly at: number | undefined
+  /** Who emitted it. */
+  readonly source: string | undefined
+}
+
+/** A flow's state, rebuilt from its recorded events. */
+export interface FlowState {
+  /** The correlation id. */
+  readonly correlationId: string
+  /** The flow's name, or undefined when no declared flow starts with any of its events. */
+  readonly flow: string | undefined
+  /** Where it is. */
+  readonly status: FlowStatus
+  /** The expected steps and whether each arrived. */
+  readonly steps: readonly FlowStepState[]
+  /** The compensation steps (when a step failed). */
+  readonly compensation: readonly FlowStepState[]
+  /** The event that failed the flow, if any. */
+  readonly failure: TrackedEvent | undefined
+  /** The next event expected, if any. */
+  readonly next: string | undefined
+  /** When the next event becomes overdue, epoch ms. */
+  readonly dueAt: number | undefined
+  /** For a stalled flow: the step whose event is overdue, and by how long (ms). */
+  readonly stalledAt: { readonly event: string; readonly overdueMs: number } | undefined
+  /** Expected events that arrived before an earlier step's event (reordered delivery). */
+  readonly outOfOrder: readonly string[]
+  /** Events of types the flow does not declare. */
+  readonly unexpected: readonly TrackedEvent[]
+  /** Every recorded event, oldest first. */
+  readonly events: readonly TrackedEvent[]
+}
+
+/** Options of {@link createFlowTracker}. */
+export interface FlowTrackerOptions {
+  /** The database with the saga migrations applied (the tracker uses `breakwater_flow_events`). */
+  readonly db: SqlDriver
+  /** The declared flows. */
+  readonly flows: readonly FlowDefinition[]
+  /**
+   * The clock that decides what is overdue.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** Message headers the tracker reads (the outbox's names). */
+export const trackedHeaders = {
+  correlationId: 'correlation-id',
+  eventType: 'event-type',
+} as const
+
+/** A message as a broker subscription delivers it (structurally: any `IncomingMessage`). */
+export interface TrackableMessage {
+  readonly id: string
+  readonly payload: Uint8Array | string
+  readonly headers: Readonly<Record<string, string>>
+}
+
+/** Follows correlation ids across services' events; see {@link createFlowTracker}. */
+export interface FlowTracker {
+  /**
+   * Records an event (in `executor`, e.g. the transaction that emits or consumes it). Resolves
+   * to false when its id was already recorded.
+   */
+  record(executor: SqlExecutor, event: TrackedEvent): Promise<boolean>
+  /**
+   * Records a broker message by its `correlation-id` and `event-type` headers (ignored, resolving
+   * false, when it has neither). Use as a subscription handler on a consumer group of its own.
+   */
+  observe(message: TrackableMessage, source?: string): Promise<boolean>
+  /** Rebuilds a flow's state; undefined when no event has this correlation id. */
+  state(correlationId: string): Promise<FlowState | undefined>
+  /**
+   * Flows with events in the last `withinMs` whose next event is overdue, most recently active
+   * first.
+   */
+  stalled(options?: { readonly withinMs?: number; readonly limit?: number }): Promise<FlowState[]>
+}
+
+interface FlowEventRow {
+  seq: number
+  event_id: string
+  type: string
+  source: string | null
+  at: number
+  payload: string | null
+}
+
+class SqlFlowTracker implements FlowTracker {
+  readonly #db: SqlDriver
+  readonly #flows: readonly FlowDefinition[]
+  readonly #clock: Clock
+
+  constructor(options: FlowTrackerOptions) {
+    checkObject('options', options)
+    const db = options.db
+    if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
+      throw new InvalidOptionError('db', 'a SqlDriver', db)
+    this.#db = db
+    if (!Array.isArray(options.flows))
+      throw new InvalidOptionError('flows', 'an array of flows from defineFlow()', options.flows)
+    options.flows.forEach((flow, i) => {
+      if (typeof flow !== 'object' || flow === null || !Array.isArray(flow.steps))
+        throw new InvalidOptionError(`flows[${i}]`, 'a flow from defineFlow()', flow)
+    })
+    this.#flows = options.flows
+    this.#clock = options.clock ?? systemClock
+  }
+
+  async record(executor: SqlExecutor, event: TrackedEvent): Promise<boolean> {
+    checkObject('event', event)
+    for (const field of ['id', 'correlationId', 'type'] as const) {
+      if (typeof event[field] !== 'string' || event[field] === '')
+        throw new InvalidOptionError(`event.${field}`, 'a non-empty string', event[field])
+    }
+    const { rowCount } = await executor.execute(sagaStatements[executor.dialect].insertFlowEvent, [
+      event.correlationId,
+      event.id,
+      event.type,
+      event.source ?? null,
+      checkInteger('event.at', event.at, 0),
+      event.payload === undefined ? null : JSON.stringify(event.payload),
+    ])
+    return rowCount > 0
+  }
+
+  observe(message: TrackableMessage, source?: string): Promise<boolean> {
+    const correlationId = message.headers[trackedHeaders.correlationId]
+    const type = message.headers[trackedHeaders.eventType]
+    if (correlationId === undefined || type === undefined) return Promise.resolve(false)
+    return this.record(this.#db, {
+      id: message.id || randomUUID(),
+      correlationId,
+      type,
+      ...(source === undefined ? {} : { source }),
+      at: this.#clock.now(),
+    })
+  }
+
+  async state(correlationId: string): Promise<FlowState | undefined> {
+    const rows = await this.#db.query<FlowEventRow>(
+      sagaStatements[this.#db.dialect].selectFlowEvents,
+      [correlationId],
+    )
+    if (rows.length === 0) return undefined
+    const events = rows.map((row) => ({
+      id: row.event_id,
+      correlationId,
+      type: row.type,
+      at: Number(row.at),
+      ...(row.source === null ? {} : { source: row.source }),
+      ...(row.payload === null ? {} : { payload: JSON.parse(row.payload) as unknown }),
+    }))
+    return reconstructFlow(this.#flows, correlationId, events, this.#clock.now())
+  }
+
+  async stalled(options: { withinMs?: number; limit?: number } = {}): Promise<FlowState[]> {
+    checkObject('options', options)
+    const withinMs = checkInteger('options.withinMs', options.withinMs ?? 86_400_000, 1)
+    const limit = checkInteger('options.limit', options.limit ?? 1000, 1)
+    const rows = await this.#db.query<{ correlation_id: string }>(
+      sagaStatements[this.#db.dialect].recentCorrelations,
+      [this.#clock.now() - withinMs, limit],
+    )
+    const states: FlowState[] = []
+    for (const row of rows) {
+      const state = await this.state(row.correlation_id)
+      if (state?.status === 'stalled') states.push(state)
+    }
+    return states
+  }
+}
+
+/**
+ * Rebuilds a flow's state from its events (pure: the tracker's `state()` uses it, and it works
+ * on events read from anywhere, such as the outbox table). Steps count as done when their event
+ * arrived at any time, so reordered delivery does not hide progress; it is reported in
+ * `outOfOrder`.
+ */
+export function reconstructFlow(
+  flows: readonly FlowDefinition[],
+  correlationId: string,
+  events: readonly TrackedEvent[],
+  now: number,
+): FlowState {
+  const sorted = [...events].sort((a, b) => a.at - b.at)
+  const types = new Set(sorted.map((e) => e.type))
+  const flow = flows.find((f) => types.has(f.steps[0]!.event))
+  const first = new Map<string, TrackedEvent>()
+  for (const e of sorted) if (!first.has(e.type)) first.set(e.type, e)
+  if (flow === undefined) {
+    return {
+      correlationId,
+      flow: undefined,
+      status: 'in-progress',
+      steps: [],
+      compensation: [],
+      failure: undefined,
+      next: undefined,
+      dueAt: undefined,
+      stalledAt: undefined,
+      outOfOrder: [],
+      unexpected: sorted,
+      events: sorted,
+    }
+  }
+  const stateOf = (step: CompiledFlowStep): FlowStepState => {
+    const e = first.get(step.event)
+    return { event: step.event, done: e !== undefined, at: e?.at, source: e?.source }
+  }
+  const steps = flow.steps.map(stateOf)
+  const compensation = flow.compensation.map(stateOf)
+  const failures = flow.steps.flatMap((s) => s.failsOn)
+  const failure = sorted.find((e) => failures.includes(e.type))
+  const known = new Set(
+    [...flow.steps, ...flow.compensation].flatMap((s) => [s.event, ...s.failsOn]),
+  )
+  const unexpected = sorted.filter((e) => !known.has(e.type))
+  const outOfOrder: string[] = []
+  let latest = Number.NEGATIVE_INFINITY
+  for (const step of steps) {
+    if (step.at === undefined) continue
+    if (step.at < latest) outOfOrder.push(step.event)
+    latest = Math.max(latest, step.at)
+  }
+  // The sequence the flow is following: its steps, or after a failure its compensation,
+  // whose clock starts at the failure.
+  const track = failure === undefined ? flow.steps : flow.compensation
+  const trackStates = failure === undefined ? steps : compensation
+  const pendingIndex = trackStates.findIndex((s) => !s.done)
+  let status: FlowStatus
+  let next: string | undefined
+  let dueAt: number | undefined
+  let stalledAt: FlowState['stalledAt']
+  if (pendingIndex < 0) {
+    status = failure === undefined ? 'completed' : track.length === 0 ? 'failed' : 'compensated'
+  } else {
+    const previousAt =
+      pendingIndex === 0
+        ? failure === undefined
+          ? (sorted[0]?.at ?? now)
+          : failure.at
+        : Math.max(...trackStates.slice(0, pendingIndex).map((s) => s.at ?? 0))
+    next = track[pendingIndex]!.event
+    dueAt = previousAt + track[pendingIndex]!.withinMs
+    if (now > dueAt) {
+      status = 'stalled'
+      stalledAt = { event: next, overdueMs: now - dueAt }
+    } else status = failure === undefined ? 'in-progress' : 'compensating'
+  }
+  return {
+    correlationId,
+    flow: flow.name,
+    status,
+    steps,
+    compensation,
+    failure,
+    next,
+    dueAt,
+    stalledAt,
+    outOfOrder,
+    unexpected,
+    events: sorted,
+  }
+}
+
+/**
+ * Creates a flow tracker: records the events of choreographed flows (from the services that
+ * emit and consume them, or from a subscription that only listens) and rebuilds each flow's
+ * state from its declaration, including flows that stalled because the next event did not
+ * come in time.
+ *
+ * @example
+ * ```ts
+ * const tracker = createFlowTracker({ db, flows: [orderFlow] })
+ * await subscriber.subscribe('orders', 'flow-tracker', (m) => tracker.observe(m).then(() => {}))
+ * const state = await tracker.state('order-42') // { status: 'stalled', stalledAt: { event: 'payment-charged', ... } }
+ * ```
+ */
+export function createFlowTracker(options: FlowTrackerOptions): FlowTracker {
+  return new SqlFlowTracker(options)
+}

@@ -1,0 +1,82 @@
+// breakwater/saga: durable orchestration (a persisted state machine run by leased, fenced
+// workers, with compensations, timers and command/reply steps) and traceable choreography.
+// Loads no database driver by itself: it works through the stores seam.
+
+export type {
+  DeliverReplyResult,
+  ListSagasOptions,
+  SagaAdminOptions,
+  SagaSummary,
+} from './admin.js'
+export {
+  cancelSaga,
+  deliverReply,
+  getSaga,
+  getSagaTimeline,
+  listSagas,
+  retrySaga,
+} from './admin.js'
+export type {
+  ActionStep,
+  AwaitReplyOptions,
+  CompensationContext,
+  MergeContext,
+  ReplyStep,
+  SagaDeclaration,
+  SagaDefinition,
+  SagaRetryOptions,
+  SagaStep,
+  SagaStepInfo,
+  StepContext,
+  WaitStep,
+} from './definition.js'
+export { defineSaga } from './definition.js'
+export {
+  SagaLeaseLostError,
+  SagaNotFoundError,
+  SagaReplyTimeoutError,
+  SagaStateConflictError,
+} from './errors.js'
+export type { SagaEvent, SagaEventType, SagaWorkerMetrics } from './events.js'
+export type { SagaFaultPoint, SagaFaultSite, SagaFaults } from './faults.js'
+export { sagaCrashAtFromEnv, sagaFaultPoints } from './faults.js'
+export type {
+  FlowDeclaration,
+  FlowDefinition,
+  FlowState,
+  FlowStatus,
+  FlowStepDeclaration,
+  FlowStepState,
+  FlowTracker,
+  FlowTrackerOptions,
+  TrackableMessage,
+  TrackedEvent,
+} from './flow-tracker.js'
+export { createFlowTracker, defineFlow, reconstructFlow, trackedHeaders } from './flow-tracker.js'
+export {
+  flowEventsTable,
+  sagaEventsTable,
+  sagaMigrations,
+  sagaNotifyChannel,
+  sagaRepliesTable,
+  sagaTable,
+} from './sql.js'
+export type { StartedSaga, StartSagaOptions } from './start.js'
+export { migrateSagas, startSaga } from './start.js'
+export type {
+  ErrorInfo,
+  SagaInstance,
+  SagaStatus,
+  SagaTimelineEntry,
+  StepState,
+  StepStatus,
+} from './state.js'
+export { sagaStatuses } from './state.js'
+export type {
+  RunSagaOptions,
+  SagaOutcome,
+  SagaWorker,
+  SagaWorkerOptions,
+  SagaWorkerState,
+} from './worker.js'
+export { createSagaWorker } from './worker.js'

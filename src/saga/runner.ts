@@ -1,0 +1,767 @@
+import type { Clock, TimerHandle } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { retryAfterMsOf, TimeoutError } from '../index.js'
+import type { SqlDriver, SqlTransaction } from '../stores/index.js'
+import type { CompiledRetry, CompiledSaga, CompiledStep } from './definition.js'
+import { SagaLeaseLostError, SagaReplyTimeoutError } from './errors.js'
+import type { MutableSagaMetrics, SagaEvent } from './events.js'
+import type { SagaFaultPoint, SagaFaults } from './faults.js'
+import { sagaStatements } from './sql.js'
+import {
+  describeError,
+  type ErrorInfo,
+  errorInfo,
+  type SagaRow,
+  type SagaStatus,
+  type StepState,
+} from './state.js'
+import { type CommitWork, renewLease, type TimelineRecord, writeTransition } from './store.js'
+
+/** What the runner needs from its worker. */
+export interface RunnerHost {
+  readonly db: SqlDriver
+  readonly clock: Clock
+  readonly workerId: string
+  readonly leaseMs: number
+  readonly faults: SagaFaults | undefined
+  /** True once the worker is stopping: runs give their instances back at the next boundary. */
+  readonly stopping: boolean
+  emit(event: Omit<SagaEvent, 'at' | 'worker'>): void
+  count(metric: keyof MutableSagaMetrics): void
+  recordDuration(ms: number, saga: string): void
+}
+
+/** How a run of an instance ended in this worker. */
+export type RunOutcome =
+  /** Finished (completed, compensated, cancelled) or parked. */
+  | 'finished'
+  /** Waiting for a timer, a retry delay or a reply; the lease was released. */
+  | 'suspended'
+  /** Given back because the worker is stopping. */
+  | 'released'
+  /** A fenced write was refused: another worker owns it now. */
+  | 'lost'
+  /** A fault hook or a database error stopped the run; the lease will expire. */
+  | 'abandoned'
+
+/** Thrown by a fault hook's wrapper: stop at once, write nothing more. */
+class Abandon extends Error {}
+
+type Attempt<T> =
+  | { readonly ok: true; readonly value: T }
+  | { readonly ok: false; readonly error: unknown }
+
+type Step = 'continue' | RunOutcome
+
+const nothing: readonly CommitWork[] = []
+
+/**
+ * Runs one claimed instance until it finishes or suspends: the persisted state machine. Every
+ * transition is one fenced write (state, timeline rows and any `atCommit` work in one
+ * transaction); a refused write means another worker owns the instance, and this run stops.
+ */
+export class InstanceRun {
+  readonly id: string
+  readonly saga: CompiledSaga
+  token: number
+  leaseExpiresAt: number
+  readonly #host: RunnerHost
+  readonly #controller = new AbortController()
+  #lost = false
+  readonly #input: unknown
+  #status: SagaStatus
+  #context: Record<string, unknown>
+  readonly #steps: StepState[]
+  #stepIndex: number
+  #attempt: number
+  #reason: string | null
+  #cancelRequested: boolean
+  #events: TimelineRecord[] = []
+  readonly #previousOwner: string | null
+  readonly #previousExpiry: number | null
+
+  constructor(host: RunnerHost, saga: CompiledSaga, row: SagaRow) {
+    this.#host = host
+    this.saga = saga
+    this.id = row.id
+    this.token = Number(row.lease_token)
+    this.leaseExpiresAt = Number(row.lease_expires_at)
+    this.#input = JSON.parse(row.input)
+    this.#status = row.status as SagaStatus
+    this.#context = Object.freeze(JSON.parse(row.context) as Record<string, unknown>)
+    this.#steps = JSON.parse(row.steps) as StepState[]
+    this.#stepIndex = Number(row.step_index)
+    this.#attempt = Number(row.attempt)
+    this.#reason = row.reason
+    this.#cancelRequested = Boolean(Number(row.cancel_requested))
+    this.#previousOwner = row.previous_owner
+    this.#previousExpiry =
+      row.previous_expires_at === null || row.previous_expires_at === undefined
+        ? null
+        : Number(row.previous_expires_at)
+  }
+
+  /** The state as this run last saw it. */
+  get status(): SagaStatus {
+    return this.#status
+  }
+  get context(): Readonly<Record<string, unknown>> {
+    return this.#context
+  }
+  get reason(): string | undefined {
+    return this.#reason ?? undefined
+  }
+
+  /** Called when a lease renewal shows that another worker took the instance over. */
+  markLost(): void {
+    if (this.#lost) return
+    this.#lost = true
+    this.#host.count('leaseLost')
+    this.#emit({ type: 'lease-lost' })
+    this.#controller.abort(new SagaLeaseLostError(this.id))
+  }
+
+  /** Runs the instance until it finishes, suspends, is released or lost. */
+  async run(): Promise<RunOutcome> {
+    try {
+      if (this.#previousOwner !== null) this.#recovered(this.#previousOwner)
+      if (!this.#definitionMatches()) return await this.#parkMismatch()
+      for (;;) {
+        if (this.#lost) return 'lost'
+        let next: Step
+        if (this.#status === 'running') next = await this.#forward()
+        else if (this.#status === 'compensating') next = await this.#compensate()
+        else return 'finished'
+        if (next !== 'continue') return next
+      }
+    } catch (error) {
+      if (error instanceof Abandon) return 'abandoned'
+      if (this.#lost) return 'lost'
+      this.#host.count('errors')
+      this.#emit({ type: 'error', error: errorInfo(error) })
+      return 'abandoned'
+    }
+  }
+
+  #recovered(previousOwner: string): void {
+    const now = this.#host.clock.now()
+    const recoveryMs = this.#previousExpiry === null ? undefined : now - this.#previousExpiry
+    this.#host.count('recovered')
+    this.#event('lease-expired', this.#currentStepName(), this.#attempt, {
+      previousOwner,
+      ...(recoveryMs === undefined ? {} : { recoveryMs }),
+    })
+    this.#emit({
+      type: 'recovered',
+      previousOwner,
+      ...(this.#currentStepName() === null ? {} : { step: this.#currentStepName()! }),
+      ...(recoveryMs === undefined ? {} : { recoveryMs }),
+    })
+  }
+
+  #currentStepName(): string | null {
+    return this.saga.steps[this.#stepIndex]?.name ?? null
+  }
+
+  // A definition changed without a version bump would run the wrong code on persisted state.
+  #definitionMatches(): boolean {
+    const steps = this.saga.steps
+    return (
+      this.#steps.length === steps.length && this.#steps.every((s, i) => s.name === steps[i]!.name)
+    )
+  }
+
+  async #parkMismatch(): Promise<RunOutcome> {
+    if (this.#status !== 'running' && this.#status !== 'compensating') return 'finished'
+    this.#status = 'failed'
+    this.#reason = `the stored steps (${this.#steps.map((s) => s.name).join(', ')}) do not match definition ${this.saga.key} (${this.saga.steps.map((s) => s.name).join(', ')}): a definition was changed without a version bump`
+    this.#event('parked', null, null, { reason: this.#reason })
+    if (!(await this.#write({ release: true }))) return 'lost'
+    this.#host.count('parked')
+    this.#emit({ type: 'parked', reason: this.#reason })
+    return 'finished'
+  }
+
+  // ---- forward ---------------------------------------------------------------------------
+
+  async #forward(): Promise<Step> {
+    if (this.#cancelRequested) {
+      return this.#enterCompensation('cancel requested', this.#stepIndex - 1)
+    }
+    const step = this.saga.steps[this.#stepIndex]
+    if (step === undefined) return this.#finish('completed')
+    if (this.#host.stopping) return this.#release()
+    if (step.kind === 'wait') return this.#wait(step)
+    if (step.kind === 'reply') return this.#reply(step)
+    return this.#action(step)
+  }
+
+  async #action(step: CompiledStep): Promise<Step> {
+    const state = this.#steps[step.index]!
+    const attempt = this.#attempt
+    if (attempt > step.retry.maxAttempts) return this.#attemptsSpent(step, state)
+    await this.#ensureLease()
+    state.attempts = attempt
+    await this.#fault('before-step', step.name)
+    this.#host.count('stepAttempts')
+    this.#emit({ type: 'step-started', step: step.name, attempt })
+    const work: CommitWork[] = []
+    const started = this.#host.clock.now()
+    const outcome = await this.#invoke(
+      (signal) =>
+        step.action!(
+          this.#stepContext(step.name, attempt, `${this.id}:${step.name}`, signal, work) as never,
+        ),
+      step.timeoutMs,
+    )
+    if (this.#lost) return 'lost'
+    const durationMs = this.#host.clock.now() - started
+    this.#host.recordDuration(durationMs, this.saga.name)
+    if (outcome.ok) {
+      await this.#fault('after-step-action', step.name)
+      return this.#stepSucceeded(step, state, attempt, outcome.value, durationMs, work)
+    }
+    return this.#stepFailed(step, state, attempt, outcome.error, durationMs)
+  }
+
+  async #stepSucceeded(
+    step: CompiledStep,
+    state: StepState,
+    attempt: number,
+    value: unknown,
+    durationMs: number,
+    work: readonly CommitWork[],
+  ): Promise<Step> {
+    let result: unknown
+    try {
+      result = roundTrip(value)
+    } catch (error) {
+      const invalid = new InvalidOptionError(
+        `result of step "${step.name}"`,
+        `a JSON-serializable value (${String(error)})`,
+        value,
+      )
+      return this.#stepFailed(step, state, attempt, invalid, durationMs)
+    }
+    state.status = 'completed'
+    delete state.error
+    if (result !== undefined) state.result = result
+    if (isPlainObject(result)) this.#context = Object.freeze({ ...this.#context, ...result })
+    this.#stepIndex = step.index + 1
+    this.#attempt = 1
+    this.#event('step-completed', step.name, attempt, { durationMs })
+    const last = this.#stepIndex >= this.saga.steps.length
+    if (last)
+      return this.#finish('completed', work, () => this.#afterStepCommit(step, attempt, durationMs))
+    if (!(await this.#write({ release: false }, work))) return 'lost'
+    await this.#afterStepCommit(step, attempt, durationMs)
+    return 'continue'
+  }
+
+  async #afterStepCommit(step: CompiledStep, attempt: number, durationMs: number): Promise<void> {
+    this.#host.count('stepsCompleted')
+    this.#emit({ type: 'step-completed', step: step.name, attempt, durationMs })
+    await this.#fault('after-step-commit', step.name)
+  }
+
+  async #stepFailed(
+    step: CompiledStep,
+    state: StepState,
+    attempt: number,
+    error: unknown,
+    durationMs: number,
+    work: readonly CommitWork[] = nothing,
+  ): Promise<Step> {
+    this.#host.count('stepFailures')
+    const info = errorInfo(error)
+    state.error = info
+    const retryAt = this.#retryAt(step.retry, error, attempt)
+    if (retryAt !== undefined) {
+      if (step.kind === 'reply') state.status = 'failed'
+      this.#event('step-failed', step.name, attempt, { error: info, retryAt, durationMs })
+      // The next attempt may run on any worker: the delay is persisted, the lease released.
+      if (!(await this.#write({ release: true, nextRunAt: retryAt }, work))) return 'lost'
+      this.#emit({ type: 'step-failed', step: step.name, attempt, error: info, retryAt })
+      return 'suspended'
+    }
+    state.status = 'failed'
+    this.#event('step-failed', step.name, attempt, { error: info, final: true, durationMs })
+    this.#emit({ type: 'step-failed', step: step.name, attempt, error: info })
+    const tries = attempt > 1 ? ` after ${attempt} attempts` : ''
+    return this.#enterCompensation(
+      `step "${step.name}" failed${tries}: ${describeError(info)}`,
+      step.index - 1,
+      work,
+    )
+  }
+
+  // Attempts were started (and counted) but their workers died before recording an outcome.
+  #attemptsSpent(step: CompiledStep, state: StepState): Promise<Step> {
+    const attempts = step.retry.maxAttempts
+    state.status = 'failed'
+    const last = state.error === undefined ? '' : `; last error: ${describeError(state.error)}`
+    this.#event('step-failed', step.name, this.#attempt, { final: true, attemptsSpent: attempts })
+    this.#emit({ type: 'step-failed', step: step.name, attempt: this.#attempt })
+    return this.#enterCompensation(
+      `step "${step.name}" used up its ${attempts} attempts without recording an outcome (its workers died or lost their leases)${last}`,
+      step.index - 1,
+    )
+  }
+
+  #retryAt(retry: CompiledRetry, error: unknown, attempt: number): number | undefined {
+    if (attempt >= retry.maxAttempts) return undefined
+    let wanted: boolean
+    try {
+      wanted = retry.shouldRetry(error, attempt)
+    } catch {
+      wanted = false
+    }
+    if (!wanted) return undefined
+    const now = this.#host.clock.now()
+    let delayMs = retry.backoff.delayMs(attempt - 1)
+    const asked = retryAfterMsOf(error, now)
+    if (asked !== undefined) delayMs = Math.max(delayMs, Math.min(asked, retry.maxRetryAfterMs))
+    return now + Math.round(delayMs)
+  }
+
+  async #wait(step: CompiledStep): Promise<Step> {
+    const state = this.#steps[step.index]!
+    const now = this.#host.clock.now()
+    if (state.wakeAt === undefined) {
+      // Computed once and persisted: a restart must not start the wait over.
+      let wakeAt: unknown
+      try {
+        wakeAt =
+          step.sleepMs !== undefined
+            ? now + step.sleepMs
+            : await step.waitUntil!(this.#info(step.name) as never)
+      } catch (error) {
+        return this.#stepFailed(step, state, 1, error, 0)
+      }
+      if (typeof wakeAt !== 'number' || !Number.isFinite(wakeAt)) {
+        const invalid = new InvalidOptionError(
+          `waitUntil of step "${step.name}"`,
+          'a finite epoch-millisecond number',
+          wakeAt,
+        )
+        return this.#stepFailed(step, state, 1, invalid, 0)
+      }
+      state.wakeAt = Math.round(wakeAt)
+      state.status = 'waiting'
+      state.attempts = 1
+    }
+    if (now < state.wakeAt) {
+      this.#attempt = 0
+      this.#event('step-waiting', step.name, null, { until: state.wakeAt })
+      if (!(await this.#write({ release: true, nextRunAt: state.wakeAt }))) return 'lost'
+      this.#emit({ type: 'step-waiting', step: step.name, retryAt: state.wakeAt })
+      return 'suspended'
+    }
+    state.status = 'completed'
+    this.#stepIndex = step.index + 1
+    this.#attempt = 1
+    this.#event('step-completed', step.name, null, { waitedUntil: state.wakeAt })
+    if (this.#stepIndex >= this.saga.steps.length) return this.#finish('completed')
+    if (!(await this.#write({ release: false }))) return 'lost'
+    this.#host.count('stepsCompleted')
+    this.#emit({ type: 'step-completed', step: step.name })
+    return 'continue'
+  }
+
+  async #reply(step: CompiledStep): Promise<Step> {
+    const state = this.#steps[step.index]!
+    const db = this.#host.db
+    const statements = sagaStatements[db.dialect]
+    const read = async (): Promise<{ found: boolean; reply: unknown }> => {
+      const rows = await db.query<{ reply: string }>(statements.selectReply, [this.id, step.name])
+      return rows.length === 0
+        ? { found: false, reply: undefined }
+        : { found: true, reply: JSON.parse(rows[0]!.reply) }
+    }
+    if (state.status === 'waiting') {
+      // Woken by a reply, by the reply timeout, or spuriously: the attempt is the last send.
+      const attempt = state.attempts
+      const { found, reply } = await read()
+      if (found) return this.#replied(step, state, attempt, reply)
+      const now = this.#host.clock.now()
+      if (now >= (state.wakeAt ?? 0)) {
+        this.#attempt = attempt
+        return this.#stepFailed(
+          step,
+          state,
+          attempt,
+          new SagaReplyTimeoutError(step.name, step.replyTimeoutMs),
+          now - (state.wakeAt ?? now) + step.replyTimeoutMs,
+        )
+      }
+      this.#attempt = attempt
+      if (!(await this.#write({ release: true, nextRunAt: state.wakeAt ?? now }))) return 'lost'
+      return 'suspended'
+    }
+    const attempt = this.#attempt
+    if (attempt > step.retry.maxAttempts) return this.#attemptsSpent(step, state)
+    // A reply to an earlier send that came after its timeout still counts.
+    const earlier = await read()
+    if (earlier.found) return this.#replied(step, state, attempt, earlier.reply)
+    await this.#ensureLease()
+    state.attempts = attempt
+    await this.#fault('before-step', step.name)
+    this.#host.count('stepAttempts')
+    this.#emit({ type: 'step-started', step: step.name, attempt })
+    const work: CommitWork[] = []
+    const ctx = this.#stepContext(
+      step.name,
+      attempt,
+      `${this.id}:${step.name}`,
+      this.#controller.signal,
+      work,
+    )
+    const until = this.#host.clock.now() + step.replyTimeoutMs
+    state.status = 'waiting'
+    state.wakeAt = until
+    this.#event('step-waiting', step.name, attempt, { until, reply: true })
+    // The command is written by `send` in the same transaction as the waiting state: both
+    // commit or neither, and the reply cannot arrive before the state that expects it.
+    const send: CommitWork = async (tx) => {
+      await (step.send as (ctx: unknown, tx: SqlTransaction) => unknown)(ctx, tx)
+    }
+    if (!(await this.#write({ release: true, nextRunAt: until }, [send, ...work]))) return 'lost'
+    await this.#fault('after-step-action', step.name)
+    this.#emit({ type: 'step-waiting', step: step.name, attempt, retryAt: until })
+    return 'suspended'
+  }
+
+  async #replied(
+    step: CompiledStep,
+    state: StepState,
+    attempt: number,
+    reply: unknown,
+  ): Promise<Step> {
+    const outcome = await this.#invoke(
+      () =>
+        step.onReply === undefined
+          ? reply
+          : step.onReply(reply as never, this.#info(step.name) as never),
+      undefined,
+    )
+    if (this.#lost) return 'lost'
+    this.#event('reply-received', step.name, attempt, null)
+    if (outcome.ok) {
+      const value = step.onReply === undefined && !isPlainObject(reply) ? undefined : outcome.value
+      return this.#stepSucceeded(step, state, attempt, value, 0, nothing)
+    }
+    // A refused reply is used up: a resend waits for a fresh one.
+    const forget: CommitWork = async (tx) => {
+      await tx.execute(`DELETE FROM breakwater_saga_replies WHERE saga_id = $1 AND step = $2`, [
+        this.id,
+        step.name,
+      ])
+    }
+    this.#attempt = attempt
+    return this.#stepFailed(step, state, attempt, outcome.error, 0, [forget])
+  }
+
+  // ---- compensation ----------------------------------------------------------------------
+
+  #nextCompensable(from: number): number {
+    for (let i = from; i >= 0; i--) {
+      if (this.#steps[i]?.status === 'completed' && this.saga.steps[i]?.compensation !== undefined)
+        return i
+    }
+    return -1
+  }
+
+  async #enterCompensation(
+    reason: string,
+    from: number,
+    work: readonly CommitWork[] = nothing,
+  ): Promise<Step> {
+    this.#reason = reason
+    this.#stepIndex = this.#nextCompensable(from)
+    this.#attempt = 1
+    if (this.#stepIndex < 0) {
+      return this.#finish(this.#cancelRequested ? 'cancelled' : 'compensated', work)
+    }
+    this.#status = 'compensating'
+    this.#event('compensating', null, null, { reason })
+    if (!(await this.#write({ release: false }, work))) return 'lost'
+    this.#emit({ type: 'compensating', reason })
+    return 'continue'
+  }
+
+  async #compensate(): Promise<Step> {
+    const index = this.#nextCompensable(this.#stepIndex)
+    if (index !== this.#stepIndex) {
+      this.#stepIndex = index
+      this.#attempt = 1
+    }
+    if (index < 0) return this.#finish(this.#cancelRequested ? 'cancelled' : 'compensated')
+    if (this.#host.stopping) return this.#release()
+    const step = this.saga.steps[index]!
+    const state = this.#steps[index]!
+    const attempt = this.#attempt
+    if (attempt > step.compensationRetry.maxAttempts) {
+      return this.#park(step, state.compensationError, attempt - 1)
+    }
+    await this.#ensureLease()
+    state.compensationAttempts = attempt
+    await this.#fault('before-compensation', step.name)
+    this.#emit({ type: 'compensation-started', step: step.name, attempt })
+    const work: CommitWork[] = []
+    const started = this.#host.clock.now()
+    const outcome = await this.#invoke(
+      (signal) =>
+        step.compensation!({
+          ...this.#stepContext(
+            step.name,
+            attempt,
+            `${this.id}:${step.name}:compensate`,
+            signal,
+            work,
+          ),
+          reason: this.#reason ?? 'compensating',
+        } as never),
+      step.compensationTimeoutMs,
+    )
+    if (this.#lost) return 'lost'
+    const durationMs = this.#host.clock.now() - started
+    this.#host.recordDuration(durationMs, this.saga.name)
+    if (outcome.ok) {
+      await this.#fault('after-compensation-action', step.name)
+      state.status = 'compensated'
+      delete state.compensationError
+      this.#stepIndex = this.#nextCompensable(index - 1)
+      this.#attempt = 1
+      this.#event('compensation-completed', step.name, attempt, { durationMs })
+      const after = async (): Promise<void> => {
+        this.#host.count('compensations')
+        this.#emit({ type: 'compensation-completed', step: step.name, attempt, durationMs })
+        await this.#fault('after-compensation-commit', step.name)
+      }
+      if (this.#stepIndex < 0) {
+        return this.#finish(this.#cancelRequested ? 'cancelled' : 'compensated', work, after)
+      }
+      if (!(await this.#write({ release: false }, work))) return 'lost'
+      await after()
+      return 'continue'
+    }
+    this.#host.count('compensationFailures')
+    const info = errorInfo(outcome.error)
+    state.compensationError = info
+    const retryAt = this.#retryAt(step.compensationRetry, outcome.error, attempt)
+    if (retryAt === undefined) return this.#park(step, info, attempt)
+    this.#event('compensation-failed', step.name, attempt, { error: info, retryAt, durationMs })
+    if (!(await this.#write({ release: true, nextRunAt: retryAt }))) return 'lost'
+    this.#emit({ type: 'compensation-failed', step: step.name, attempt, error: info, retryAt })
+    return 'suspended'
+  }
+
+  async #park(step: CompiledStep, error: ErrorInfo | undefined, attempts: number): Promise<Step> {
+    const why =
+      error === undefined
+        ? 'its workers died or lost their leases before recording an outcome'
+        : describeError(error)
+    this.#status = 'failed'
+    this.#reason = `compensation of step "${step.name}" failed after ${attempts} attempt${attempts === 1 ? '' : 's'}: ${why} (while compensating because ${this.#reason ?? 'of an earlier failure'})`
+    this.#event('compensation-failed', step.name, attempts, {
+      ...(error === undefined ? {} : { error }),
+      final: true,
+    })
+    this.#event('parked', null, null, { reason: this.#reason })
+    if (!(await this.#write({ release: true }))) return 'lost'
+    this.#host.count('parked')
+    this.#emit({
+      type: 'parked',
+      step: step.name,
+      reason: this.#reason,
+      ...(error === undefined ? {} : { error }),
+    })
+    return 'finished'
+  }
+
+  // ---- endings ---------------------------------------------------------------------------
+
+  async #finish(
+    status: 'completed' | 'compensated' | 'cancelled',
+    work: readonly CommitWork[] = nothing,
+    afterCommit?: () => Promise<void>,
+  ): Promise<Step> {
+    this.#status = status
+    this.#stepIndex = status === 'completed' ? this.saga.steps.length : -1
+    this.#event(status, null, null, status === 'completed' ? null : { reason: this.#reason })
+    if (!(await this.#write({ release: true, finished: true }, work))) return 'lost'
+    await afterCommit?.()
+    this.#host.count(status)
+    this.#emit({ type: status, ...(status === 'completed' ? {} : { reason: this.#reason ?? '' }) })
+    return 'finished'
+  }
+
+  async #release(): Promise<Step> {
+    this.#event('released', this.#currentStepName(), null, null)
+    // The claim adds one to the attempt; what is persisted is the attempts already begun.
+    this.#attempt = Math.max(0, this.#attempt - 1)
+    if (!(await this.#write({ release: true }))) return 'lost'
+    this.#emit({ type: 'released' })
+    return 'released'
+  }
+
+  // ---- plumbing --------------------------------------------------------------------------
+
+  async #write(
+    options: { release: boolean; nextRunAt?: number; finished?: boolean },
+    work: readonly CommitWork[] = nothing,
+  ): Promise<boolean> {
+    const host = this.#host
+    const now = host.clock.now()
+    const leaseEnd = options.release ? null : now + host.leaseMs
+    const result = await writeTransition(
+      host.db,
+      {
+        id: this.id,
+        token: this.token,
+        status: this.#status,
+        context: JSON.stringify(this.#context),
+        steps: JSON.stringify(this.#steps),
+        stepIndex: this.#stepIndex,
+        attempt: this.#attempt,
+        nextRunAt: options.nextRunAt ?? now,
+        leaseOwner: options.release ? null : host.workerId,
+        leaseExpiresAt: leaseEnd,
+        reason: this.#reason,
+        now,
+        finishedAt: options.finished === true ? now : null,
+        events: this.#events,
+      },
+      work,
+    )
+    this.#events = []
+    if (result === undefined) {
+      this.markLost()
+      return false
+    }
+    if (leaseEnd !== null) this.leaseExpiresAt = leaseEnd
+    this.#cancelRequested = result.cancelRequested
+    return true
+  }
+
+  // Before starting work, make sure the lease has not already run out (a long pause, a slow
+  // database): renew it if the token still holds, else the instance is someone else's.
+  async #ensureLease(): Promise<void> {
+    const host = this.#host
+    const now = host.clock.now()
+    if (now < this.leaseExpiresAt) return
+    const leaseEnd = now + host.leaseMs
+    if (await renewLease(host.db, this.id, this.token, leaseEnd)) this.leaseExpiresAt = leaseEnd
+    else {
+      this.markLost()
+      throw new Abandon()
+    }
+  }
+
+  async #fault(point: SagaFaultPoint, step: string): Promise<void> {
+    const faults = this.#host.faults
+    if (faults === undefined) return
+    try {
+      await faults(point, { sagaId: this.id, step })
+    } catch {
+      throw new Abandon()
+    }
+  }
+
+  async #invoke<T>(
+    fn: (signal: AbortSignal) => Promise<T> | T,
+    timeoutMs: number | undefined,
+  ): Promise<Attempt<T>> {
+    const parent = this.#controller.signal
+    if (parent.aborted) return { ok: false, error: parent.reason }
+    const controller = new AbortController()
+    const clock = this.#host.clock
+    let timer: TimerHandle | undefined
+    let onAbort: (() => void) | undefined
+    const cut = new Promise<Attempt<T>>((resolve) => {
+      onAbort = () => {
+        controller.abort(parent.reason)
+        resolve({ ok: false, error: parent.reason })
+      }
+      parent.addEventListener('abort', onAbort, { once: true })
+      if (timeoutMs !== undefined) {
+        timer = clock.setTimeout(() => {
+          const error = new TimeoutError(timeoutMs)
+          controller.abort(error)
+          resolve({ ok: false, error })
+        }, timeoutMs)
+      }
+    })
+    try {
+      const running = (async () => fn(controller.signal))().then(
+        (value): Attempt<T> => ({ ok: true, value }),
+        (error: unknown): Attempt<T> => ({ ok: false, error }),
+      )
+      return await Promise.race([running, cut])
+    } finally {
+      if (timer !== undefined) clock.clearTimeout(timer)
+      if (onAbort !== undefined) parent.removeEventListener('abort', onAbort)
+    }
+  }
+
+  #info(step: string): Record<string, unknown> {
+    return {
+      sagaId: this.id,
+      saga: this.saga.name,
+      version: this.saga.version,
+      step,
+      input: this.#input,
+      context: this.#context,
+      clock: this.#host.clock,
+    }
+  }
+
+  #stepContext(
+    step: string,
+    attempt: number,
+    idempotencyKey: string,
+    signal: AbortSignal,
+    work: CommitWork[],
+  ): Record<string, unknown> {
+    return {
+      ...this.#info(step),
+      attempt,
+      idempotencyKey,
+      signal,
+      atCommit(fn: (tx: SqlTransaction) => Promise<void>): void {
+        if (typeof fn !== 'function') throw new InvalidOptionError('atCommit', 'a function', fn)
+        work.push(fn)
+      },
+    }
+  }
+
+  #event(
+    kind: string,
+    step: string | null,
+    attempt: number | null,
+    detail: Record<string, unknown> | null,
+  ): void {
+    this.#events.push({
+      at: this.#host.clock.now(),
+      kind,
+      step,
+      attempt,
+      worker: this.#host.workerId,
+      detail: detail === null ? null : JSON.stringify(detail),
+    })
+  }
+
+  #emit(event: Omit<SagaEvent, 'at' | 'worker' | 'sagaId' | 'saga' | 'version'>): void {
+    this.#host.emit({ sagaId: this.id, saga: this.saga.name, version: this.saga.version, ...event })
+  }
+}
+
+function roundTrip(value: unknown): unknown {
+  if (value === undefined) return undefined
+  const json = JSON.stringify(value)
+  return json === undefined ? undefined : JSON.parse(json)
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}

@@ -1,0 +1,285 @@
+import type { Migration, SqlDialect } from '../stores/index.js'
+
+// Every SQL statement of the saga capability, per dialect. Both dialects use `$n` placeholders
+// (the SQLite driver rewrites them) and the same column meanings; timestamps are integer epoch
+// milliseconds from the worker's clock, so tests drive leases and timers with a ManualClock
+// (processes sharing a database need NTP-synced clocks; leases must be much longer than the
+// skew between them).
+
+/** The table of saga instances. */
+export const sagaTable = 'breakwater_sagas'
+/** The timeline of saga instances: one row per step attempt, failure, compensation. */
+export const sagaEventsTable = 'breakwater_saga_events'
+/** Replies delivered to steps that wait for one. */
+export const sagaRepliesTable = 'breakwater_saga_replies'
+/** Events of choreographed flows recorded by the flow tracker. */
+export const flowEventsTable = 'breakwater_flow_events'
+/** The PostgreSQL NOTIFY channel that wakes saga workers when a saga is started. */
+export const sagaNotifyChannel = 'breakwater_saga'
+
+const instanceColumns = (bigint: string, flag: string) => `(
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  definition TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('running', 'compensating', 'completed', 'compensated', 'failed', 'cancelled')),
+  input TEXT NOT NULL,
+  context TEXT NOT NULL,
+  steps TEXT NOT NULL,
+  step_index INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  next_run_at ${bigint} NOT NULL,
+  lease_owner TEXT,
+  lease_expires_at ${bigint},
+  lease_token ${bigint} NOT NULL,
+  previous_owner TEXT,
+  previous_expires_at ${bigint},
+  cancel_requested ${flag} NOT NULL DEFAULT 0,
+  reason TEXT,
+  created_at ${bigint} NOT NULL,
+  updated_at ${bigint} NOT NULL,
+  finished_at ${bigint}
+)`
+
+const indexes = [
+  // The claim scans runnable instances by due time; finished ones drop out of this index.
+  `CREATE INDEX ${sagaTable}_runnable ON ${sagaTable} (next_run_at) WHERE status IN ('running', 'compensating')`,
+  `CREATE INDEX ${sagaTable}_status ON ${sagaTable} (status, created_at)`,
+  `CREATE INDEX ${sagaEventsTable}_saga ON ${sagaEventsTable} (saga_id, seq)`,
+  `CREATE INDEX ${flowEventsTable}_correlation ON ${flowEventsTable} (correlation_id, seq)`,
+  `CREATE INDEX ${flowEventsTable}_at ON ${flowEventsTable} (at)`,
+]
+
+/**
+ * The numbered migrations of the `saga` capability, in both dialects. Run them with
+ * `runMigrations(db, 'saga', sagaMigrations)` (or `migrateSagas(db)`).
+ */
+export const sagaMigrations: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'create-sagas',
+    sqlite: [
+      `CREATE TABLE ${sagaTable} ${instanceColumns('INTEGER', 'INTEGER')}`,
+      `CREATE TABLE ${sagaEventsTable} (
+  seq INTEGER PRIMARY KEY,
+  saga_id TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  kind TEXT NOT NULL,
+  step TEXT,
+  attempt INTEGER,
+  worker TEXT,
+  detail TEXT
+)`,
+      `CREATE TABLE ${sagaRepliesTable} (
+  saga_id TEXT NOT NULL,
+  step TEXT NOT NULL,
+  reply TEXT NOT NULL,
+  received_at INTEGER NOT NULL,
+  PRIMARY KEY (saga_id, step)
+)`,
+      `CREATE TABLE ${flowEventsTable} (
+  seq INTEGER PRIMARY KEY,
+  correlation_id TEXT NOT NULL,
+  event_id TEXT NOT NULL UNIQUE,
+  type TEXT NOT NULL,
+  source TEXT,
+  at INTEGER NOT NULL,
+  payload TEXT
+)`,
+      ...indexes,
+    ],
+    postgres: [
+      `CREATE TABLE ${sagaTable} ${instanceColumns('BIGINT', 'SMALLINT')}`,
+      `CREATE TABLE ${sagaEventsTable} (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  saga_id TEXT NOT NULL,
+  at BIGINT NOT NULL,
+  kind TEXT NOT NULL,
+  step TEXT,
+  attempt INTEGER,
+  worker TEXT,
+  detail TEXT
+)`,
+      `CREATE TABLE ${sagaRepliesTable} (
+  saga_id TEXT NOT NULL,
+  step TEXT NOT NULL,
+  reply TEXT NOT NULL,
+  received_at BIGINT NOT NULL,
+  PRIMARY KEY (saga_id, step)
+)`,
+      `CREATE TABLE ${flowEventsTable} (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  correlation_id TEXT NOT NULL,
+  event_id TEXT NOT NULL UNIQUE,
+  type TEXT NOT NULL,
+  source TEXT,
+  at BIGINT NOT NULL,
+  payload TEXT
+)`,
+      ...indexes,
+    ],
+  },
+]
+
+/** The statements of the saga capability, for one dialect. */
+export interface SagaStatements {
+  /**
+   * $1 id, $2 name, $3 version, $4 definition key, $5 input JSON, $6 steps JSON, $7 next run,
+   * $8 lease owner, $9 lease end, $10 lease token, $11 attempt, $12 now. Returns the id when
+   * inserted (nothing when the id exists).
+   */
+  readonly insert: string
+  /** As `insert`, plus $13 the NOTIFY channel (PostgreSQL; SQLite has no NOTIFY). */
+  readonly insertNotify: string
+  /** $1 owner, $2 lease end, $3 now, $4 definition keys (array / JSON array), $5 limit. */
+  readonly claim: string
+  /**
+   * $1 id, $2 lease token, $3 status, $4 context, $5 steps, $6 step index, $7 attempt, $8 next
+   * run, $9 lease owner, $10 lease end, $11 reason, $12 now, $13 finished at; PostgreSQL also
+   * $14 the timeline rows (JSON array). Returns `cancel_requested` when the token still held.
+   */
+  readonly transition: string
+  /** $1 saga id, $2 at, $3 kind, $4 step, $5 attempt, $6 worker, $7 detail JSON. */
+  readonly insertEvent: string
+  /** $1 lease end, $2 owner. Returns id and lease_token of every instance still held. */
+  readonly renew: string
+  /** $1 id, $2 lease token, $3 lease end. */
+  readonly renewOne: string
+  /** $1 id. */
+  readonly selectOne: string
+  /** $1 saga id. */
+  readonly selectEvents: string
+  /** $1 status or null, $2 name or null, $3 limit. */
+  readonly list: string
+  /** $1 id, $2 now. Re-queues a parked (failed) saga. */
+  readonly retry: string
+  /** $1 id, $2 now. Flags a running saga for cancellation and wakes it. */
+  readonly cancel: string
+  /** $1 saga id, $2 step, $3 reply JSON, $4 now. */
+  readonly insertReply: string
+  /** $1 saga id, $2 step. */
+  readonly selectReply: string
+  /** $1 id, $2 now. Wakes a running saga so that a worker reads its reply. */
+  readonly wake: string
+  /** $1 correlation id, $2 event id, $3 type, $4 source, $5 at, $6 payload JSON. */
+  readonly insertFlowEvent: string
+  /** $1 correlation id. */
+  readonly selectFlowEvents: string
+  /** $1 since (at), $2 limit: correlation ids with events since then, most recent first. */
+  readonly recentCorrelations: string
+}
+
+const transitionSet = `status = $3, context = $4, steps = $5, step_index = $6, attempt = $7,
+    next_run_at = $8, lease_owner = $9, lease_expires_at = $10, reason = $11, updated_at = $12,
+    finished_at = $13`
+
+const insertColumns = `(id, name, version, definition, status, input, context, steps, step_index,
+  attempt, next_run_at, lease_owner, lease_expires_at, lease_token, created_at, updated_at)
+VALUES ($1, $2, $3, $4, 'running', $5, '{}', $6, 0, $11, $7, $8, $9, $10, $12, $12)
+ON CONFLICT (id) DO NOTHING`
+
+const claimSet = `lease_owner = $1, lease_expires_at = $2, lease_token = lease_token + 1,
+    previous_owner = lease_owner, previous_expires_at = lease_expires_at, attempt = attempt + 1, updated_at = $3`
+
+const runnable = `status IN ('running', 'compensating') AND next_run_at <= $3
+      AND (lease_expires_at IS NULL OR lease_expires_at <= $3)`
+
+const common = {
+  insertEvent: `INSERT INTO ${sagaEventsTable} (saga_id, at, kind, step, attempt, worker, detail)
+VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+  renewOne: `UPDATE ${sagaTable} SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2`,
+  selectOne: `SELECT * FROM ${sagaTable} WHERE id = $1`,
+  selectEvents: `SELECT seq, at, kind, step, attempt, worker, detail FROM ${sagaEventsTable}
+WHERE saga_id = $1 ORDER BY seq`,
+  retry: `UPDATE ${sagaTable} SET status = 'compensating', attempt = 0, next_run_at = $2,
+    lease_owner = NULL, lease_expires_at = NULL, lease_token = lease_token + 1, updated_at = $2
+WHERE id = $1 AND status = 'failed'`,
+  cancel: `UPDATE ${sagaTable} SET cancel_requested = 1, updated_at = $2,
+    next_run_at = CASE WHEN next_run_at > $2 THEN $2 ELSE next_run_at END
+WHERE id = $1 AND status = 'running'`,
+  insertReply: `INSERT INTO ${sagaRepliesTable} (saga_id, step, reply, received_at)
+VALUES ($1, $2, $3, $4) ON CONFLICT (saga_id, step) DO NOTHING`,
+  selectReply: `SELECT reply FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,
+  wake: `UPDATE ${sagaTable} SET next_run_at = $2 WHERE id = $1 AND status = 'running' AND next_run_at > $2`,
+  insertFlowEvent: `INSERT INTO ${flowEventsTable} (correlation_id, event_id, type, source, at, payload)
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING`,
+  selectFlowEvents: `SELECT seq, event_id, type, source, at, payload FROM ${flowEventsTable}
+WHERE correlation_id = $1 ORDER BY at, seq`,
+  recentCorrelations: `SELECT correlation_id, MAX(at) AS last_at FROM ${flowEventsTable}
+WHERE at >= $1 GROUP BY correlation_id ORDER BY MAX(at) DESC LIMIT $2`,
+}
+
+/** The statements per dialect. */
+export const sagaStatements: Readonly<Record<SqlDialect, SagaStatements>> = {
+  sqlite: {
+    ...common,
+    insert: `INSERT INTO ${sagaTable} ${insertColumns} RETURNING id`,
+    insertNotify: `INSERT INTO ${sagaTable} ${insertColumns} RETURNING id`,
+    // SQLite has one writer at a time, so a single UPDATE ... RETURNING both picks and takes
+    // the rows: no other claim can interleave between the subquery and the update.
+    claim: `UPDATE ${sagaTable} SET ${claimSet}
+WHERE id IN (
+  SELECT id FROM ${sagaTable}
+  WHERE ${runnable}
+    AND definition IN (SELECT value FROM json_each($4))
+  ORDER BY next_run_at
+  LIMIT $5
+)
+RETURNING *`,
+    transition: `UPDATE ${sagaTable} SET ${transitionSet}
+WHERE id = $1 AND lease_token = $2
+RETURNING cancel_requested`,
+    renew: `UPDATE ${sagaTable} SET lease_expires_at = $1
+WHERE lease_owner = $2 AND status IN ('running', 'compensating')
+RETURNING id, lease_token`,
+    list: `SELECT id, name, version, status, step_index, attempt, next_run_at, lease_owner,
+  lease_expires_at, reason, created_at, updated_at, finished_at, steps
+FROM ${sagaTable}
+WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR name = $2)
+ORDER BY created_at DESC, id LIMIT $3`,
+  },
+  postgres: {
+    ...common,
+    insert: `INSERT INTO ${sagaTable} ${insertColumns} RETURNING id`,
+    insertNotify: `WITH inserted AS (
+  INSERT INTO ${sagaTable} ${insertColumns} RETURNING id
+)
+SELECT id, pg_notify($13, '') FROM inserted`,
+    // FOR UPDATE SKIP LOCKED: concurrent workers each lock different rows instead of queueing
+    // on the same ones; a row another worker is claiming right now is simply not ours this
+    // round. A row changed and committed by someone else before we lock it is re-evaluated
+    // against the subquery's WHERE (READ COMMITTED re-check), so an instance claimed or
+    // finished meanwhile drops out instead of being claimed twice.
+    claim: `UPDATE ${sagaTable} SET ${claimSet}
+WHERE id IN (
+  SELECT id FROM ${sagaTable}
+  WHERE ${runnable}
+    AND definition = ANY($4::text[])
+  ORDER BY next_run_at
+  LIMIT $5
+  FOR UPDATE SKIP LOCKED
+)
+RETURNING *`,
+    // One statement writes the fenced state and its timeline rows: one round trip and one
+    // commit per step, and the timeline rows exist exactly when the state write happened.
+    transition: `WITH updated AS (
+  UPDATE ${sagaTable} SET ${transitionSet}
+  WHERE id = $1 AND lease_token = $2
+  RETURNING id, cancel_requested
+), timeline AS (
+  INSERT INTO ${sagaEventsTable} (saga_id, at, kind, step, attempt, worker, detail)
+  SELECT updated.id, e.at, e.kind, e.step, e.attempt, e.worker, e.detail
+  FROM updated, jsonb_to_recordset($14::jsonb)
+    AS e(at BIGINT, kind TEXT, step TEXT, attempt INTEGER, worker TEXT, detail TEXT)
+)
+SELECT cancel_requested FROM updated`,
+    renew: `UPDATE ${sagaTable} SET lease_expires_at = $1
+WHERE lease_owner = $2 AND status IN ('running', 'compensating')
+RETURNING id, lease_token`,
+    list: `SELECT id, name, version, status, step_index, attempt, next_run_at, lease_owner,
+  lease_expires_at, reason, created_at, updated_at, finished_at, steps
+FROM ${sagaTable}
+WHERE ($1::text IS NULL OR status = $1::text) AND ($2::text IS NULL OR name = $2::text)
+ORDER BY created_at DESC, id LIMIT $3`,
+  },
+}

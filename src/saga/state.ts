@@ -1,0 +1,226 @@
+import { BreakwaterError } from '../core/errors.js'
+
+/**
+ * Where a saga instance is:
+ * - `running`: steps are being run (or it waits for a timer, a retry delay or a reply);
+ * - `compensating`: a step failed for good (or the saga was cancelled) and the completed steps
+ *   are being compensated in reverse order;
+ * - `completed`: every step completed;
+ * - `compensated`: a step failed for good and every completed step was compensated;
+ * - `failed`: a compensation kept failing; parked for a person, with the reason
+ *   (`retrySaga` / `breakwater saga retry` resumes it);
+ * - `cancelled`: cancelled by an operator, and every completed step was compensated.
+ */
+export type SagaStatus =
+  | 'running'
+  | 'compensating'
+  | 'completed'
+  | 'compensated'
+  | 'failed'
+  | 'cancelled'
+
+/** Every {@link SagaStatus}. */
+export const sagaStatuses: readonly SagaStatus[] = [
+  'running',
+  'compensating',
+  'completed',
+  'compensated',
+  'failed',
+  'cancelled',
+]
+
+/** The statuses in which a saga is finished for good. */
+export const finishedStatuses: readonly SagaStatus[] = ['completed', 'compensated', 'cancelled']
+
+/** Where one step of an instance is. */
+export type StepStatus = 'pending' | 'waiting' | 'completed' | 'failed' | 'compensated'
+
+/** An error as persisted: JSON-able, without the stack. */
+export interface ErrorInfo {
+  /** The error's name (class). */
+  readonly name: string
+  /** Its message. */
+  readonly message: string
+  /** A breakwater code or a Node/driver code, when it has one. */
+  readonly code?: string
+  /** An HTTP status, when it has one. */
+  readonly status?: number
+}
+
+/** The persisted state of one step. */
+export interface StepState {
+  /** The step's name. */
+  readonly name: string
+  /** Where it is. */
+  status: StepStatus
+  /** Attempts started (an attempt whose worker died counts). */
+  attempts: number
+  /** The recorded result of the action, when it completed. */
+  result?: unknown
+  /** The last failure of the action. */
+  error?: ErrorInfo
+  /** For a wait step: when it continues (epoch ms). For a reply step: when the reply is due. */
+  wakeAt?: number
+  /** Compensation attempts started. */
+  compensationAttempts?: number
+  /** The last failure of the compensation. */
+  compensationError?: ErrorInfo
+}
+
+/** A saga instance as stored. */
+export interface SagaInstance {
+  /** The instance id. */
+  readonly id: string
+  /** The definition's name. */
+  readonly name: string
+  /** The definition's version the instance runs on. */
+  readonly version: number
+  /** Where it is. */
+  readonly status: SagaStatus
+  /** The input given at start. */
+  readonly input: unknown
+  /** The merged results of the completed steps. */
+  readonly context: Readonly<Record<string, unknown>>
+  /** Every step's state, in definition order. */
+  readonly steps: readonly Readonly<StepState>[]
+  /** The step being run (or, while compensating, the next step to compensate; -1 when none). */
+  readonly stepIndex: number
+  /** Attempts started of the current step or compensation. */
+  readonly attempt: number
+  /** When a worker may pick it up next (epoch ms): a timer, a retry delay or a reply timeout. */
+  readonly nextRunAt: number
+  /** The worker holding it, or undefined when none does. */
+  readonly leaseOwner: string | undefined
+  /** When that worker's lease ends (epoch ms). */
+  readonly leaseExpiresAt: number | undefined
+  /** The fencing token: incremented by every claim; every state write must present it. */
+  readonly leaseToken: number
+  /** Whether a cancellation was requested. */
+  readonly cancelRequested: boolean
+  /** Why it compensates, was parked or cancelled. */
+  readonly reason: string | undefined
+  /** When it was started (epoch ms). */
+  readonly createdAt: number
+  /** When its state last changed (epoch ms). */
+  readonly updatedAt: number
+  /** When it finished (epoch ms), if it has. */
+  readonly finishedAt: number | undefined
+}
+
+/** One entry of an instance's timeline. */
+export interface SagaTimelineEntry {
+  /** Position in the timeline (increasing). */
+  readonly seq: number
+  /** When it happened (epoch ms on the writer's clock). */
+  readonly at: number
+  /**
+   * What happened: `step-completed`, `step-failed`, `step-waiting`, `compensation-completed`,
+   * `compensation-failed`, `compensating`, `completed`, `compensated`, `parked`, `cancelled`,
+   * `lease-expired`, `retry-requested`, `cancel-requested`, `reply-received`, `released`.
+   */
+  readonly kind: string
+  /** The step concerned, if any. */
+  readonly step: string | undefined
+  /** The attempt concerned, if any. */
+  readonly attempt: number | undefined
+  /** The worker that wrote it, if any. */
+  readonly worker: string | undefined
+  /** Details (error, result, delay, reason), JSON-parsed. */
+  readonly detail: Readonly<Record<string, unknown>> | undefined
+}
+
+/** A row of `breakwater_sagas`. */
+export interface SagaRow {
+  id: string
+  name: string
+  version: number
+  definition: string
+  status: string
+  input: string
+  context: string
+  steps: string
+  step_index: number
+  attempt: number
+  next_run_at: number
+  lease_owner: string | null
+  lease_expires_at: number | null
+  lease_token: number
+  previous_owner: string | null
+  previous_expires_at: number | null
+  cancel_requested: number | boolean
+  reason: string | null
+  created_at: number
+  updated_at: number
+  finished_at: number | null
+}
+
+/** Turns a row into an instance. */
+export function instanceFromRow(row: SagaRow): SagaInstance {
+  return {
+    id: row.id,
+    name: row.name,
+    version: Number(row.version),
+    status: row.status as SagaStatus,
+    input: JSON.parse(row.input) as unknown,
+    context: JSON.parse(row.context) as Record<string, unknown>,
+    steps: JSON.parse(row.steps) as StepState[],
+    stepIndex: Number(row.step_index),
+    attempt: Number(row.attempt),
+    nextRunAt: Number(row.next_run_at),
+    leaseOwner: row.lease_owner ?? undefined,
+    leaseExpiresAt: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
+    leaseToken: Number(row.lease_token),
+    cancelRequested: Boolean(Number(row.cancel_requested)),
+    reason: row.reason ?? undefined,
+    createdAt: Number(row.created_at),
+    updatedAt: Number(row.updated_at),
+    finishedAt: row.finished_at === null ? undefined : Number(row.finished_at),
+  }
+}
+
+/** A timeline row. */
+export interface SagaEventRow {
+  seq: number
+  at: number
+  kind: string
+  step: string | null
+  attempt: number | null
+  worker: string | null
+  detail: string | null
+}
+
+/** Turns a timeline row into an entry. */
+export function timelineEntryFromRow(row: SagaEventRow): SagaTimelineEntry {
+  return {
+    seq: Number(row.seq),
+    at: Number(row.at),
+    kind: row.kind,
+    step: row.step ?? undefined,
+    attempt: row.attempt === null ? undefined : Number(row.attempt),
+    worker: row.worker ?? undefined,
+    detail: row.detail === null ? undefined : (JSON.parse(row.detail) as Record<string, unknown>),
+  }
+}
+
+/** Reduces any thrown value to what is persisted and logged. */
+export function errorInfo(error: unknown): ErrorInfo {
+  if (typeof error !== 'object' || error === null) {
+    return { name: 'Error', message: String(error) }
+  }
+  const e = error as { name?: unknown; message?: unknown; code?: unknown; status?: unknown }
+  const info: { name: string; message: string; code?: string; status?: number } = {
+    name: typeof e.name === 'string' ? e.name : 'Error',
+    message: typeof e.message === 'string' ? e.message : String(error),
+  }
+  if (BreakwaterError.is(error)) info.code = error.code
+  else if (typeof e.code === 'string') info.code = e.code
+  if (typeof e.status === 'number') info.status = e.status
+  return info
+}
+
+/** A one-line description of a persisted error. */
+export function describeError(info: ErrorInfo | undefined): string {
+  if (info === undefined) return 'unknown error'
+  const code = info.code === undefined ? '' : ` [${info.code}]`
+  return `${info.name}: ${info.message}${code}`
+}

@@ -1,0 +1,193 @@
+import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
+import { sagaNotifyChannel, sagaStatements } from './sql.js'
+import type { SagaRow } from './state.js'
+
+// The saga capability's reads and writes. Every write of an instance's state is fenced by its
+// lease token: `UPDATE ... WHERE id = $1 AND lease_token = $2`. A claim increments the token,
+// so once another worker has taken an instance over, the previous holder's writes match no row
+// and change nothing (0 rows -> the holder stops working on that instance).
+
+/** One timeline row to write with a state transition. */
+export interface TimelineRecord {
+  readonly at: number
+  readonly kind: string
+  readonly step: string | null
+  readonly attempt: number | null
+  readonly worker: string | null
+  readonly detail: string | null
+}
+
+/** A fenced write of an instance's whole state. */
+export interface TransitionWrite {
+  readonly id: string
+  /** The lease token the writer holds. */
+  readonly token: number
+  readonly status: string
+  readonly context: string
+  readonly steps: string
+  readonly stepIndex: number
+  readonly attempt: number
+  readonly nextRunAt: number
+  readonly leaseOwner: string | null
+  readonly leaseExpiresAt: number | null
+  readonly reason: string | null
+  readonly now: number
+  readonly finishedAt: number | null
+  readonly events: readonly TimelineRecord[]
+}
+
+/** Work run inside the transition's transaction after the fenced write succeeded. */
+export type CommitWork = (tx: SqlTransaction) => Promise<void>
+
+/**
+ * Writes a transition. Resolves to whether a cancel was requested, or `undefined` when the
+ * token no longer holds (the lease was taken over): then nothing was written and `work` did
+ * not run.
+ */
+export async function writeTransition(
+  db: SqlDriver,
+  write: TransitionWrite,
+  work: readonly CommitWork[],
+): Promise<{ cancelRequested: boolean } | undefined> {
+  const statements = sagaStatements[db.dialect]
+  const params: unknown[] = [
+    write.id,
+    write.token,
+    write.status,
+    write.context,
+    write.steps,
+    write.stepIndex,
+    write.attempt,
+    write.nextRunAt,
+    write.leaseOwner,
+    write.leaseExpiresAt,
+    write.reason,
+    write.now,
+    write.finishedAt,
+  ]
+  const outcome = (rows: { cancel_requested: number | boolean }[]) =>
+    rows.length === 0 ? undefined : { cancelRequested: Boolean(Number(rows[0]!.cancel_requested)) }
+
+  if (db.dialect === 'postgres') {
+    params.push(JSON.stringify(write.events))
+    if (work.length === 0) {
+      // A single statement commits on its own: one round trip per transition.
+      return outcome(await db.query(statements.transition, params))
+    }
+    return db.transaction(async (tx) => {
+      const result = outcome(await tx.query(statements.transition, params))
+      if (result !== undefined) for (const w of work) await w(tx)
+      return result
+    })
+  }
+  if (write.events.length === 0 && work.length === 0) {
+    return outcome(await db.query(statements.transition, params))
+  }
+  return db.transaction(async (tx) => {
+    const result = outcome(await tx.query(statements.transition, params))
+    if (result === undefined) return undefined
+    for (const e of write.events) {
+      await tx.execute(statements.insertEvent, [
+        write.id,
+        e.at,
+        e.kind,
+        e.step,
+        e.attempt,
+        e.worker,
+        e.detail,
+      ])
+    }
+    for (const w of work) await w(tx)
+    return result
+  })
+}
+
+/** The definition keys in the form the dialect's claim statement takes. */
+export function definitionKeysParam(db: SqlExecutor, keys: readonly string[]): unknown {
+  return db.dialect === 'postgres' ? [...keys] : JSON.stringify(keys)
+}
+
+/** Claims up to `limit` runnable instances of the given definitions. */
+export function claimInstances(
+  db: SqlDriver,
+  owner: string,
+  leaseEnd: number,
+  now: number,
+  keys: unknown,
+  limit: number,
+): Promise<SagaRow[]> {
+  return db.query<SagaRow>(sagaStatements[db.dialect].claim, [owner, leaseEnd, now, keys, limit])
+}
+
+/** Extends every lease `owner` holds; resolves to the held instances and their tokens. */
+export async function renewLeases(
+  db: SqlDriver,
+  owner: string,
+  leaseEnd: number,
+): Promise<Map<string, number>> {
+  const rows = await db.query<{ id: string; lease_token: number }>(
+    sagaStatements[db.dialect].renew,
+    [leaseEnd, owner],
+  )
+  return new Map(rows.map((r) => [r.id, Number(r.lease_token)]))
+}
+
+/** Extends one lease if the token still holds. */
+export async function renewLease(
+  db: SqlDriver,
+  id: string,
+  token: number,
+  leaseEnd: number,
+): Promise<boolean> {
+  const { rowCount } = await db.execute(sagaStatements[db.dialect].renewOne, [id, token, leaseEnd])
+  return rowCount > 0
+}
+
+/** The values of a new instance. */
+export interface NewInstance {
+  readonly id: string
+  readonly name: string
+  readonly version: number
+  readonly key: string
+  readonly input: string
+  readonly steps: string
+  readonly nextRunAt: number
+  readonly leaseOwner: string | null
+  readonly leaseExpiresAt: number | null
+  readonly leaseToken: number
+  readonly attempt: number
+  readonly now: number
+}
+
+/**
+ * Inserts an instance with one statement (so it joins the caller's transaction when `executor`
+ * is one). Resolves to false when the id already exists. On PostgreSQL with `notify`, the same
+ * statement sends NOTIFY, delivered when the insert commits.
+ */
+export async function insertInstance(
+  executor: SqlExecutor,
+  instance: NewInstance,
+  notify: boolean,
+): Promise<boolean> {
+  const statements = sagaStatements[executor.dialect]
+  const params: unknown[] = [
+    instance.id,
+    instance.name,
+    instance.version,
+    instance.key,
+    instance.input,
+    instance.steps,
+    instance.nextRunAt,
+    instance.leaseOwner,
+    instance.leaseExpiresAt,
+    instance.leaseToken,
+    instance.attempt,
+    instance.now,
+  ]
+  if (notify && executor.dialect === 'postgres') {
+    const rows = await executor.query(statements.insertNotify, [...params, sagaNotifyChannel])
+    return rows.length > 0
+  }
+  const rows = await executor.query(statements.insert, params)
+  return rows.length > 0
+}

@@ -1,0 +1,522 @@
+import { randomBytes, randomUUID } from 'node:crypto'
+import { hostname } from 'node:os'
+import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { EventSource } from '../index.js'
+import type { SqlDriver, Unlisten } from '../stores/index.js'
+import { getSaga } from './admin.js'
+import { type CompiledSaga, compiledSaga, type SagaDefinition } from './definition.js'
+import {
+  emptyMetrics,
+  type MutableSagaMetrics,
+  publishSagaEvent,
+  type SagaEvent,
+  type SagaWorkerMetrics,
+  sagaInstruments,
+} from './events.js'
+import type { SagaFaults } from './faults.js'
+import { InstanceRun, type RunnerHost, type RunOutcome } from './runner.js'
+import { sagaNotifyChannel } from './sql.js'
+import { checkSagaId, initialSteps, serializeInput } from './start.js'
+import { errorInfo, type SagaRow, type SagaStatus } from './state.js'
+import { claimInstances, definitionKeysParam, insertInstance, renewLeases } from './store.js'
+
+/** Options of {@link createSagaWorker}. */
+export interface SagaWorkerOptions {
+  /** The database holding the sagas (run `migrateSagas(db)` first). The worker does not close it. */
+  readonly db: SqlDriver
+  /**
+   * The definitions this worker runs. It claims only instances of these names and versions;
+   * keep old versions registered until their instances are done.
+   */
+  readonly sagas: readonly SagaDefinition<unknown, unknown>[]
+  /**
+   * How long a claimed instance stays this worker's without renewal. A worker that dies (or
+   * pauses) loses its instances after at most this long, and another worker resumes them from
+   * the persisted state: it bounds crash recovery. Too short, and a worker blocked (a long GC
+   * pause, a SQLite busy wait) loses instances it is still running; its writes are then
+   * refused by fencing and the step is repeated elsewhere (with the same idempotency key).
+   * @default 800
+   */
+  readonly leaseMs?: number
+  /**
+   * How often the leases of the instances in hand are renewed (one statement for all of them).
+   * @default leaseMs / 3
+   */
+  readonly renewIntervalMs?: number
+  /**
+   * How often an idle worker looks for runnable instances (new ones, due timers and retry
+   * delays, expired leases). On PostgreSQL new sagas also wake it through NOTIFY.
+   * @default 100
+   */
+  readonly pollIntervalMs?: number
+  /**
+   * The most instances this worker runs at once.
+   * @default 16
+   */
+  readonly concurrency?: number
+  /**
+   * The worker's id, stored as the lease owner and in the timeline.
+   * @default `${hostname}:${pid}:${random}`
+   */
+  readonly workerId?: string
+  /**
+   * On PostgreSQL, LISTEN for the NOTIFY that `startSaga` sends, so new sagas start at once.
+   * @default true
+   */
+  readonly listen?: boolean
+  /**
+   * A hook called at named points (see `SagaFaultPoint`), for crash tests. See
+   * `sagaCrashAtFromEnv`.
+   * @default undefined
+   */
+  readonly faults?: SagaFaults
+  /**
+   * The clock of leases, timers, retry delays and timeouts.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** Options of {@link SagaWorker.run}. */
+export interface RunSagaOptions {
+  /**
+   * The instance id (see `startSaga`); a second run with the same id runs nothing and reports
+   * the existing instance.
+   * @default a random UUID
+   */
+  readonly id?: string
+}
+
+/** What {@link SagaWorker.run} reports. */
+export interface SagaOutcome<C = Record<string, unknown>> {
+  /** The instance id. */
+  readonly id: string
+  /** False when the id already existed and nothing was run. */
+  readonly created: boolean
+  /**
+   * The status after this worker's run: a finished status, `failed` when parked, or `running`/
+   * `compensating` when the saga suspended (a timer, a retry delay, a reply) or was taken over;
+   * any worker continues it then.
+   */
+  readonly status: SagaStatus
+  /** The context as this worker last saw it. */
+  readonly context: Readonly<Partial<C>>
+  /** Why it compensated, was cancelled or parked. */
+  readonly reason: string | undefined
+}
+
+/** Where a worker is in its life. */
+export type SagaWorkerState = 'new' | 'running' | 'stopping' | 'stopped'
+
+/** A saga worker: claims runnable instances with leases and runs them. */
+export interface SagaWorker {
+  /** The worker's id (lease owner). */
+  readonly id: string
+  /** `new`, `running` (after `start()`), `stopping`, `stopped`. */
+  readonly state: SagaWorkerState
+  /**
+   * The worker's events, plain JSON-able objects; also published on the diagnostics channels
+   * `breakwater:saga:<type>` and counted in the OpenTelemetry counter `breakwater.saga.events`.
+   */
+  readonly events: EventSource<SagaEvent>
+  /** Starts polling for runnable instances (and listening, on PostgreSQL). */
+  start(): Promise<void>
+  /**
+   * Stops gracefully: no new claims; each instance in hand finishes the step it is running,
+   * records it, and is given back (lease released) for another worker to continue at once.
+   * Resolves when nothing is in hand.
+   */
+  stop(): Promise<void>
+  /**
+   * Starts an instance already claimed by this worker and runs it here at once (no poll, no
+   * claim round trip): resolves when it finishes or suspends. If this process dies meanwhile,
+   * another worker resumes it after the lease expires, as for any instance.
+   */
+  run<I, C>(
+    definition: SagaDefinition<I, C>,
+    input: I,
+    options?: RunSagaOptions,
+  ): Promise<SagaOutcome<C>>
+  /**
+   * One claim round without the polling loop: claims what is runnable now (up to the free
+   * concurrency) and resolves, with the number claimed, once those runs have finished or
+   * suspended. For tests and scripts.
+   */
+  poll(): Promise<number>
+  /** The worker's counters. */
+  metrics(): SagaWorkerMetrics
+}
+
+class SagaWorkerImpl implements SagaWorker, RunnerHost {
+  readonly id: string
+  readonly workerId: string
+  readonly events = new EventSource<SagaEvent>()
+  readonly db: SqlDriver
+  readonly clock: Clock
+  readonly leaseMs: number
+  readonly faults: SagaFaults | undefined
+  readonly #renewMs: number
+  readonly #pollMs: number
+  readonly #concurrency: number
+  readonly #listen: boolean
+  readonly #sagas = new Map<string, CompiledSaga>()
+  readonly #keys: unknown
+  readonly #metrics: MutableSagaMetrics = emptyMetrics()
+  readonly #inHand = new Map<string, InstanceRun>()
+  readonly #running = new Set<Promise<RunOutcome>>()
+  #state: SagaWorkerState = 'new'
+  #loop: Promise<void> | undefined
+  #wake: (() => void) | undefined
+  #wakePending = false
+  #saturated = false
+  #renewTimer: TimerHandle | undefined
+  #renewing = false
+  #unlisten: Unlisten | undefined
+
+  constructor(options: SagaWorkerOptions) {
+    checkObject('options', options)
+    const db = options.db
+    if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
+      throw new InvalidOptionError('db', 'a SqlDriver (openDatabase)', db)
+    this.db = db
+    if (!Array.isArray(options.sagas) || options.sagas.length === 0)
+      throw new InvalidOptionError('sagas', 'a non-empty array of saga definitions', options.sagas)
+    options.sagas.forEach((definition, i) => {
+      const saga = compiledSaga(definition, `sagas[${i}]`)
+      if (this.#sagas.has(saga.key))
+        throw new InvalidOptionError(`sagas[${i}]`, 'a name and version registered once', saga.key)
+      this.#sagas.set(saga.key, saga)
+    })
+    this.#keys = definitionKeysParam(db, [...this.#sagas.keys()])
+    this.leaseMs = checkInteger('leaseMs', options.leaseMs ?? 800, 10, 2_147_483_647)
+    this.#renewMs = checkInteger(
+      'renewIntervalMs',
+      options.renewIntervalMs ?? Math.max(1, Math.floor(this.leaseMs / 3)),
+      1,
+      this.leaseMs - 1,
+    )
+    this.#pollMs = checkInteger('pollIntervalMs', options.pollIntervalMs ?? 100, 1, 2_147_483_647)
+    this.#concurrency = checkInteger('concurrency', options.concurrency ?? 16, 1, 10_000)
+    const workerId =
+      options.workerId ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`
+    if (typeof workerId !== 'string' || workerId === '' || workerId.length > 200)
+      throw new InvalidOptionError(
+        'workerId',
+        'a non-empty string of at most 200 characters',
+        workerId,
+      )
+    this.id = workerId
+    this.workerId = workerId
+    if (options.listen !== undefined && typeof options.listen !== 'boolean')
+      throw new InvalidOptionError('listen', 'a boolean', options.listen)
+    this.#listen = options.listen ?? true
+    this.faults =
+      options.faults === undefined ? undefined : checkFunction<SagaFaults>('faults', options.faults)
+    const clock = options.clock ?? systemClock
+    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
+      throw new InvalidOptionError('clock', 'a Clock', clock)
+    this.clock = clock
+  }
+
+  get state(): SagaWorkerState {
+    return this.#state
+  }
+
+  get stopping(): boolean {
+    return this.#state === 'stopping' || this.#state === 'stopped'
+  }
+
+  metrics(): SagaWorkerMetrics {
+    return { ...this.#metrics, inFlight: this.#inHand.size }
+  }
+
+  // ---- RunnerHost ------------------------------------------------------------------------
+
+  emit(partial: Omit<SagaEvent, 'at' | 'worker'>): void {
+    const event: SagaEvent = { at: this.clock.now(), worker: this.id, ...partial }
+    sagaInstruments().events.add(1, { type: event.type, saga: event.saga ?? '' })
+    publishSagaEvent(event)
+    if (this.events.hasListeners) this.events.emit(event)
+  }
+
+  count(metric: keyof MutableSagaMetrics): void {
+    this.#metrics[metric]++
+  }
+
+  recordDuration(ms: number, saga: string): void {
+    sagaInstruments().stepDuration.record(ms, { saga })
+  }
+
+  // ---- life cycle ------------------------------------------------------------------------
+
+  async start(): Promise<void> {
+    if (this.#state !== 'new') return
+    this.#state = 'running'
+    if (this.#listen && this.db.listen !== undefined) {
+      try {
+        this.#unlisten = await this.db.listen(sagaNotifyChannel, () => this.#wakeUp())
+      } catch (error) {
+        // Polling still finds every saga; NOTIFY only makes it quicker.
+        this.#error(error)
+      }
+    }
+    this.#loop = this.#pollLoop()
+  }
+
+  async stop(): Promise<void> {
+    if (this.#state === 'stopped') return
+    if (this.#state === 'new') {
+      this.#state = 'stopped'
+      return
+    }
+    if (this.#state === 'running') this.#state = 'stopping'
+    this.#wakeUp()
+    await this.#loop
+    while (this.#running.size > 0) await Promise.allSettled([...this.#running])
+    this.#stopRenewals()
+    const unlisten = this.#unlisten
+    this.#unlisten = undefined
+    await unlisten?.().catch(() => {})
+    this.#state = 'stopped'
+  }
+
+  async #pollLoop(): Promise<void> {
+    while (this.#state === 'running') {
+      const free = this.#concurrency - this.#inHand.size
+      if (free > 0) {
+        try {
+          const claimed = await this.#claim(free)
+          this.#saturated = claimed === free
+          // A full batch suggests more is waiting: claim again at once while slots are free.
+          if (this.#saturated && this.#inHand.size < this.#concurrency) continue
+        } catch (error) {
+          this.#error(error)
+        }
+      }
+      await this.#idle(this.#pollMs)
+    }
+  }
+
+  #idle(ms: number): Promise<void> {
+    if (this.#wakePending || this.#state !== 'running') {
+      this.#wakePending = false
+      return Promise.resolve()
+    }
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.#wake = undefined
+        this.clock.clearTimeout(timer)
+        resolve()
+      }
+      const timer = this.clock.setTimeout(done, ms)
+      this.#wake = done
+    })
+  }
+
+  #wakeUp(): void {
+    const wake = this.#wake
+    if (wake === undefined) this.#wakePending = true
+    else wake()
+  }
+
+  async poll(): Promise<number> {
+    const free = this.#concurrency - this.#inHand.size
+    if (free <= 0 || this.stopping) return 0
+    const before = new Set(this.#running)
+    const claimed = await this.#claim(free)
+    await Promise.allSettled([...this.#running].filter((p) => !before.has(p)))
+    return claimed
+  }
+
+  async #claim(limit: number): Promise<number> {
+    const now = this.clock.now()
+    const rows = await claimInstances(this.db, this.id, now + this.leaseMs, now, this.#keys, limit)
+    if (rows.length === 0) return 0
+    this.#metrics.claimed += rows.length
+    this.emit({ type: 'claimed', count: rows.length })
+    const runs: InstanceRun[] = []
+    for (const row of rows) {
+      const saga = this.#sagas.get(row.definition)
+      // The claim selects only registered definitions; this guards a hand-edited row.
+      if (saga === undefined) continue
+      const run = new InstanceRun(this, saga, row)
+      this.#inHand.set(run.id, run)
+      runs.push(run)
+    }
+    if (this.faults !== undefined) {
+      try {
+        await this.faults('after-claim', {
+          sagaId: runs.length === 1 ? runs[0]!.id : undefined,
+          step: undefined,
+        })
+      } catch {
+        // As if the process died here: the claimed leases simply expire.
+        for (const run of runs) this.#inHand.delete(run.id)
+        return rows.length
+      }
+    }
+    for (const run of runs) this.#track(run)
+    return rows.length
+  }
+
+  #track(run: InstanceRun): Promise<RunOutcome> {
+    this.#ensureRenewals()
+    const running = run.run().finally(() => {
+      if (this.#inHand.get(run.id) === run) this.#inHand.delete(run.id)
+      this.#running.delete(running)
+      if (this.#inHand.size === 0) this.#stopRenewals()
+      // A slot is free: if the last claim filled every slot, more may be waiting.
+      if (this.#saturated) this.#wakeUp()
+    })
+    this.#running.add(running)
+    return running
+  }
+
+  async run<I, C>(
+    definition: SagaDefinition<I, C>,
+    input: I,
+    options: RunSagaOptions = {},
+  ): Promise<SagaOutcome<C>> {
+    checkObject('options', options)
+    const given = compiledSaga(definition)
+    const saga = this.#sagas.get(given.key)
+    if (saga === undefined) {
+      throw new InvalidOptionError(
+        'definition',
+        `a definition registered with this worker (${[...this.#sagas.keys()].join(', ')})`,
+        given.key,
+      )
+    }
+    if (this.stopping)
+      throw new InvalidOptionError('worker', 'a worker that is not stopping', this.#state)
+    const id = options.id === undefined ? randomUUID() : checkSagaId('options.id', options.id)
+    const now = this.clock.now()
+    const row: SagaRow = {
+      id,
+      name: saga.name,
+      version: saga.version,
+      definition: saga.key,
+      status: 'running',
+      input: serializeInput(saga, input),
+      context: '{}',
+      steps: initialSteps(saga),
+      step_index: 0,
+      attempt: 1,
+      next_run_at: now,
+      lease_owner: this.id,
+      lease_expires_at: now + this.leaseMs,
+      lease_token: 1,
+      previous_owner: null,
+      previous_expires_at: null,
+      cancel_requested: 0,
+      reason: null,
+      created_at: now,
+      updated_at: now,
+      finished_at: null,
+    }
+    const created = await insertInstance(
+      this.db,
+      {
+        id,
+        name: saga.name,
+        version: saga.version,
+        key: saga.key,
+        input: row.input,
+        steps: row.steps,
+        nextRunAt: now,
+        leaseOwner: this.id,
+        leaseExpiresAt: now + this.leaseMs,
+        leaseToken: 1,
+        attempt: 1,
+        now,
+      },
+      false,
+    )
+    if (!created) {
+      const existing = await getSaga(this.db, id)
+      return {
+        id,
+        created: false,
+        status: existing?.status ?? 'running',
+        context: (existing?.context ?? {}) as Partial<C>,
+        reason: existing?.reason,
+      }
+    }
+    const run = new InstanceRun(this, saga, row)
+    this.#inHand.set(id, run)
+    await this.#track(run)
+    return {
+      id,
+      created: true,
+      status: run.status,
+      context: run.context as Partial<C>,
+      reason: run.reason,
+    }
+  }
+
+  // ---- leases ----------------------------------------------------------------------------
+
+  #ensureRenewals(): void {
+    if (this.#renewTimer !== undefined) return
+    this.#renewTimer = this.clock.setTimeout(() => {
+      this.#renewTimer = undefined
+      void this.#renew()
+    }, this.#renewMs)
+  }
+
+  #stopRenewals(): void {
+    if (this.#renewTimer === undefined) return
+    this.clock.clearTimeout(this.#renewTimer)
+    this.#renewTimer = undefined
+  }
+
+  async #renew(): Promise<void> {
+    if (this.#renewing || this.#inHand.size === 0) return
+    this.#renewing = true
+    const sent = new Map([...this.#inHand].map(([id, run]) => [id, run]))
+    const tokens = new Map([...sent].map(([id, run]) => [id, run.token]))
+    const leaseEnd = this.clock.now() + this.leaseMs
+    try {
+      const held = await renewLeases(this.db, this.id, leaseEnd)
+      for (const [id, run] of sent) {
+        if (this.#inHand.get(id) !== run) continue
+        if (held.get(id) === tokens.get(id)) run.leaseExpiresAt = leaseEnd
+        // Another worker claimed it after our lease ran out (a pause, a slow database).
+        else run.markLost()
+      }
+    } catch (error) {
+      this.#error(error)
+    } finally {
+      this.#renewing = false
+      if (this.#inHand.size > 0) this.#ensureRenewals()
+    }
+  }
+
+  #error(error: unknown): void {
+    this.#metrics.errors++
+    this.emit({ type: 'error', error: errorInfo(error) })
+  }
+}
+
+/**
+ * Creates a saga worker. Any number of workers (in any number of processes) may run against
+ * one database: each claims runnable instances with a lease (PostgreSQL: `FOR UPDATE SKIP
+ * LOCKED`; SQLite: one `UPDATE ... RETURNING`), renews the leases while steps run, and fences
+ * every state write with the lease token, so a worker that lost an instance can no longer
+ * change it. A worker that dies loses its leases after `leaseMs` and another resumes its
+ * instances from the persisted state. Timers, retry delays and reply timeouts are persisted as
+ * the instance's `next_run_at`, so they survive restarts.
+ *
+ * @example
+ * ```ts
+ * const worker = createSagaWorker({ db, sagas: [orderSaga] })
+ * await worker.start()
+ * await startSaga(db, orderSaga, { orderId: 'o-42', amount: 99 })
+ * process.once('SIGTERM', () => void worker.stop())
+ * ```
+ */
+export function createSagaWorker(options: SagaWorkerOptions): SagaWorker {
+  return new SagaWorkerImpl(options)
+}
