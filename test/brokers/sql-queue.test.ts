@@ -1,0 +1,375 @@
+// The SQL queue broker on real SQLite and PostgreSQL: durable publish with dedupe, consumer
+// groups and competing consumers, leases with a visibility timeout, redelivery after failure
+// or lease expiry, per-key order, backfill of late groups, pruning.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  createSqlQueue,
+  pruneSqlQueue,
+  type SqlQueue,
+  type SqlQueueErrorEvent,
+} from '../../src/brokers/sql-queue.js'
+import type { IncomingMessage, OutgoingMessage } from '../../src/brokers/types.js'
+import { AbortedError, InvalidOptionError } from '../../src/core/errors.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { count, dbTargets, delay, type OutboxDb, until } from '../outbox/support.js'
+
+let sequence = 0
+function message(topic: string, key: string, body: unknown = {}): OutgoingMessage {
+  sequence++
+  return {
+    id: `m-${sequence}`,
+    topic,
+    key,
+    payload: JSON.stringify(body),
+    headers: { n: String(sequence) },
+  }
+}
+
+function text(m: IncomingMessage): string {
+  return Buffer.from(m.payload).toString('utf8')
+}
+
+/** Moves a ManualClock forward in steps, letting real I/O run between steps. */
+async function advanceUntil(
+  clock: ManualClock,
+  check: () => boolean | Promise<boolean>,
+  what: string,
+  stepMs = 10,
+): Promise<void> {
+  const deadline = Date.now() + 20_000
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await clock.advance(stepMs)
+    await delay(2)
+  }
+}
+
+describe.each(dbTargets)('SQL queue on $dialect', (target) => {
+  let t: OutboxDb
+  const queues: SqlQueue[] = []
+  const errors: SqlQueueErrorEvent[] = []
+
+  function queue(options: Parameters<typeof createSqlQueue>[1] = {}): SqlQueue {
+    const q = createSqlQueue(t.db, {
+      pollIntervalMs: 2,
+      maxPollIntervalMs: 20,
+      onError: (e) => errors.push(e),
+      ...options,
+    })
+    queues.push(q)
+    return q
+  }
+
+  beforeAll(async () => {
+    t = await target.open('sql_queue')
+  })
+  afterAll(async () => {
+    for (const q of queues) await q.close()
+    await t?.close()
+  })
+
+  it('delivers payload, key, headers and a first deliveryCount of 1, then acknowledges', async () => {
+    const q = queue()
+    const got: IncomingMessage[] = []
+    const sub = await q.subscriber.subscribe('basic', 'g', async (m) => {
+      got.push(m)
+    })
+    const binary = { ...message('basic', 'k1'), payload: new Uint8Array([0, 1, 2, 255]) }
+    const json = message('basic', 'k2', { hello: 'wörld' })
+    await q.publisher.publish([binary, json])
+    await until(() => got.length === 2, 'two deliveries')
+    expect(got.map((m) => m.id)).toEqual([binary.id, json.id])
+    expect([...got[0]!.payload]).toEqual([0, 1, 2, 255])
+    expect(JSON.parse(text(got[1]!))).toEqual({ hello: 'wörld' })
+    expect(got[1]).toMatchObject({
+      topic: 'basic',
+      key: 'k2',
+      headers: json.headers,
+      deliveryCount: 1,
+    })
+    await sub.close()
+    expect(await count(t.db, 'breakwater_queue_deliveries', "WHERE topic = 'basic'")).toBe(0)
+  })
+
+  it('drops a message id already stored for its topic', async () => {
+    const q = queue()
+    const got: string[] = []
+    const sub = await q.subscriber.subscribe('dedupe', 'g', async (m) => {
+      got.push(m.id)
+    })
+    const m = message('dedupe', 'k')
+    await q.publisher.publish([m, m])
+    await q.publisher.publish([m])
+    await q.publisher.publish([{ ...m, topic: 'dedupe-other' }])
+    const after = message('dedupe', 'k')
+    await q.publisher.publish([after])
+    await until(() => got.includes(after.id), 'the later message')
+    await delay(30)
+    expect(got).toEqual([m.id, after.id])
+    expect(await count(t.db, 'breakwater_queue', `WHERE message_id = '${m.id}'`)).toBe(2)
+    await sub.close()
+  })
+
+  it('gives every group every message; consumers of one group compete', async () => {
+    const q = queue({ prefetch: 5 })
+    const a1: string[] = []
+    const a2: string[] = []
+    const b: string[] = []
+    const subs = [
+      await q.subscriber.subscribe('groups', 'a', async (m) => void a1.push(m.id)),
+      await q.subscriber.subscribe('groups', 'a', async (m) => void a2.push(m.id)),
+      await q.subscriber.subscribe('groups', 'b', async (m) => void b.push(m.id)),
+    ]
+    const sent = Array.from({ length: 200 }, (_, i) => message('groups', `k${i % 13}`))
+    for (let i = 0; i < sent.length; i += 20) await q.publisher.publish(sent.slice(i, i + 20))
+    await until(() => a1.length + a2.length === 200 && b.length === 200, 'all deliveries')
+    await delay(30)
+    const ids = sent.map((m) => m.id)
+    expect([...a1, ...a2].sort()).toEqual([...ids].sort())
+    expect(b).toEqual(ids)
+    for (const sub of subs) await sub.close()
+  })
+
+  it('backfills a group that subscribes after messages were published', async () => {
+    const q = queue()
+    const early = [message('late', 'k'), message('late', 'k')]
+    await q.publisher.publish(early)
+    const got: string[] = []
+    const sub = await q.subscriber.subscribe('late', 'newcomer', async (m) => void got.push(m.id))
+    const later = message('late', 'k')
+    await q.publisher.publish([later])
+    await until(() => got.length === 3, 'three deliveries')
+    expect(got).toEqual([...early, later].map((m) => m.id))
+    await sub.close()
+  })
+
+  it('redelivers a failed message after retryDelayMs, keeping its key in order', async () => {
+    const clock = new ManualClock(1_000_000)
+    const q = queue({ clock, retryDelayMs: 5_000, pollIntervalMs: 5, maxPollIntervalMs: 5 })
+    const handled: Array<{ id: string; deliveryCount: number; at: number }> = []
+    let failures = 0
+    let failedAt = 0
+    const [k1, k2, other] = [message('retry', 'k'), message('retry', 'k'), message('retry', 'z')]
+    const sub = await q.subscriber.subscribe('retry', 'g', async (m) => {
+      if (m.id === k1.id && failures === 0) {
+        failures++
+        failedAt = clock.now()
+        throw new Error('handler failed once')
+      }
+      handled.push({ id: m.id, deliveryCount: m.deliveryCount, at: clock.now() })
+    })
+    await q.publisher.publish([k1, k2, other])
+    await advanceUntil(clock, () => handled.length === 3, 'all handled', 100)
+    // The other key was not held up; k2 waited behind k1's retry.
+    expect(handled.map((h) => h.id)).toEqual([other.id, k1.id, k2.id])
+    expect(handled[1]!.deliveryCount).toBe(2)
+    expect(handled[2]!.deliveryCount).toBe(1)
+    expect(handled[1]!.at - failedAt).toBeGreaterThanOrEqual(5_000)
+    expect(errors.some((e) => e.phase === 'handler' && e.message?.id === k1.id)).toBe(true)
+    await sub.close()
+  })
+
+  it('redelivers a message whose consumer died once its lease runs out', async () => {
+    const clock = new ManualClock(2_000_000)
+    const q = queue({ clock, visibilityTimeoutMs: 3_000, pollIntervalMs: 5, maxPollIntervalMs: 5 })
+    const got: IncomingMessage[] = []
+    const sub = await q.subscriber.subscribe('dead-consumer', 'g', async (m) => void got.push(m))
+    await sub.close()
+    const m = message('dead-consumer', 'k')
+    await q.publisher.publish([m])
+    // What a consumer that leased the message and then died leaves behind.
+    const leased = await t.db.execute(
+      `UPDATE breakwater_queue_deliveries SET held_until = $1, lease_token = 'dead', delivery_count = 1
+       WHERE topic = 'dead-consumer'`,
+      [clock.now() + 3_000],
+    )
+    expect(leased.rowCount).toBe(1)
+    const again = await q.subscriber.subscribe('dead-consumer', 'g', async (x) => void got.push(x))
+    await clock.advance(2_900)
+    await delay(30)
+    await clock.advance(50)
+    await delay(30)
+    expect(got).toHaveLength(0)
+    await advanceUntil(clock, () => got.length === 1, 'the redelivery', 50)
+    expect(got[0]).toMatchObject({ id: m.id, deliveryCount: 2 })
+    expect(clock.now()).toBeGreaterThanOrEqual(2_003_000)
+    await again.close()
+  })
+
+  it('keeps per-key order with concurrent handlers for a single consumer', async () => {
+    const q = queue({ concurrency: 4, prefetch: 32 })
+    const seen = new Map<string, number[]>()
+    let running = 0
+    let maxRunning = 0
+    const sub = await q.subscriber.subscribe('order', 'g', async (m) => {
+      running++
+      maxRunning = Math.max(maxRunning, running)
+      await delay(Math.random() * 2)
+      running--
+      const list = seen.get(m.key) ?? []
+      list.push(JSON.parse(text(m)).i as number)
+      seen.set(m.key, list)
+    })
+    const sent = Array.from({ length: 300 }, (_, i) => message('order', `k${i % 10}`, { i }))
+    await q.publisher.publish(sent)
+    await until(() => [...seen.values()].reduce((n, l) => n + l.length, 0) === 300, 'all handled')
+    for (const [key, list] of seen) {
+      const expected = sent
+        .filter((m) => m.key === key)
+        .map((m) => JSON.parse(m.payload as string).i)
+      expect(list).toEqual(expected)
+    }
+    expect(maxRunning).toBeGreaterThan(1)
+    expect(maxRunning).toBeLessThanOrEqual(4)
+    await sub.close()
+  })
+
+  it('releases leased but unstarted messages on close, without counting a delivery', async () => {
+    const q = queue({ prefetch: 10 })
+    const first: string[] = []
+    const sub = await q.subscriber.subscribe('release', 'g', async (m) => {
+      first.push(m.id)
+      await delay(20)
+    })
+    const sent = Array.from({ length: 10 }, () => message('release', 'same-key'))
+    await q.publisher.publish(sent)
+    await until(() => first.length >= 1, 'a first delivery')
+    await sub.close()
+    expect(first.length).toBeLessThan(10)
+    const rest: IncomingMessage[] = []
+    const again = await q.subscriber.subscribe('release', 'g', async (m) => void rest.push(m))
+    await until(() => first.length + rest.length === 10, 'the released messages')
+    expect([...first, ...rest.map((m) => m.id)]).toEqual(sent.map((m) => m.id))
+    expect(rest.every((m) => m.deliveryCount === 1)).toBe(true)
+    await again.close()
+  })
+
+  it('prunes acknowledged messages past the cutoff, keeping those a group still needs', async () => {
+    const clock = new ManualClock(5_000_000)
+    const q = queue({ clock })
+    const done: string[] = []
+    const sub = await q.subscriber.subscribe('prune', 'fast', async (m) => void done.push(m.id))
+    let release = (): void => {}
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const slow = await q.subscriber.subscribe('prune-slow', 'slow', () => gate)
+    const acked = Array.from({ length: 25 }, () => message('prune', 'k'))
+    const waiting = message('prune-slow', 'k')
+    await q.publisher.publish([...acked, waiting])
+    await advanceUntil(clock, () => done.length === 25, 'the acks')
+    await sub.close()
+    await clock.advance(10_000)
+    const before = await count(t.db, 'breakwater_queue')
+    const removed = await pruneSqlQueue(t.db, { olderThanMs: 5_000, batchSize: 10, clock })
+    // Earlier tests' acknowledged messages with old ManualClock timestamps go too.
+    expect(removed).toBeGreaterThanOrEqual(25)
+    expect(await count(t.db, 'breakwater_queue')).toBe(before - removed)
+    expect(await count(t.db, 'breakwater_queue', "WHERE topic = 'prune'")).toBe(0)
+    expect(await count(t.db, 'breakwater_queue', "WHERE topic = 'prune-slow'")).toBe(1)
+    // Too young: kept even though acknowledged.
+    const young = message('prune', 'k')
+    await q.publisher.publish([young])
+    expect(await pruneSqlQueue(t.db, { olderThanMs: 5_000, clock })).toBe(0)
+    release()
+    await slow.close()
+  })
+
+  it('validates messages and honours an aborted signal', async () => {
+    const q = queue()
+    await expect(q.publisher.publish([{ ...message('v', 'k'), id: '' }])).rejects.toThrow(
+      InvalidOptionError,
+    )
+    const aborted = AbortSignal.abort(new Error('no'))
+    await expect(q.publisher.publish([message('v', 'k')], aborted)).rejects.toThrow(AbortedError)
+    await expect(q.subscriber.subscribe('', 'g', async () => {})).rejects.toThrow(
+      InvalidOptionError,
+    )
+    expect(() => createSqlQueue(t.db, { prefetch: 0 })).toThrow(InvalidOptionError)
+  })
+
+  if (target.dialect === 'postgres') {
+    // A second SQLite connection in the same process cannot take part here: better-sqlite3
+    // blocks the thread while it waits for the other connection's write lock.
+    it('hands a message to another consumer only when the holder stops extending its lease', async () => {
+      const clock = new ManualClock(3_000_000)
+      const options = { clock, visibilityTimeoutMs: 3_000, pollIntervalMs: 5, maxPollIntervalMs: 5 }
+      const holderDb = await t.another()
+      const holder = createSqlQueue(holderDb, { ...options, onError: () => {} })
+      const held: IncomingMessage[] = []
+      await holder.subscriber.subscribe('lease', 'g', (m) => {
+        held.push(m)
+        return new Promise<void>(() => {}) // never finishes: the consumer is stuck, then dies
+      })
+      const m = message('lease', 'k')
+      await queue().publisher.publish([m])
+      await advanceUntil(clock, () => held.length === 1, 'the first delivery')
+      const got: IncomingMessage[] = []
+      const rival = queue(options)
+      const sub = await rival.subscriber.subscribe('lease', 'g', async (x) => void got.push(x))
+      // Well past the visibility timeout: the holder keeps extending, so nobody else gets it.
+      for (let i = 0; i < 10; i++) {
+        await clock.advance(1_000)
+        await delay(10)
+      }
+      expect(got).toHaveLength(0)
+      // The holder loses its database (as a crashed process would): the lease runs out.
+      await holderDb.close()
+      await advanceUntil(clock, () => got.length === 1, 'the redelivery', 500)
+      expect(got[0]).toMatchObject({ id: m.id, deliveryCount: 2 })
+      await sub.close()
+    })
+
+    it('wakes a subscriber in another connection through NOTIFY, not polling', async () => {
+      const consumerDb = await t.another()
+      const consumer = createSqlQueue(consumerDb, {
+        pollIntervalMs: 60_000,
+        maxPollIntervalMs: 60_000,
+      })
+      queues.push(consumer)
+      const got: string[] = []
+      const sub = await consumer.subscriber.subscribe(
+        'notify',
+        'g',
+        async (m) => void got.push(m.id),
+      )
+      await delay(50) // the subscription's first poll found nothing and now waits a minute
+      const producer = createSqlQueue(await t.another())
+      const m = message('notify', 'k')
+      const sentAt = Date.now()
+      await producer.publisher.publish([m])
+      await until(() => got.length === 1, 'the notified delivery', 5_000)
+      expect(Date.now() - sentAt).toBeLessThan(2_000)
+      await sub.close()
+    })
+
+    it('lets competing consumers on separate connections share a backlog exactly once', async () => {
+      const sent = Array.from({ length: 400 }, (_, i) => message('compete', `k${i % 50}`))
+      const producer = queue()
+      // Register the group first so every message fans out to it.
+      const counts = new Map<string, number>()
+      const consumers: SqlQueue[] = []
+      const subs = []
+      for (let i = 0; i < 4; i++) {
+        const c = createSqlQueue(await t.another(), {
+          pollIntervalMs: 1,
+          maxPollIntervalMs: 5,
+          prefetch: 8,
+        })
+        consumers.push(c)
+        queues.push(c)
+        subs.push(
+          await c.subscriber.subscribe('compete', 'workers', async (m) => {
+            counts.set(m.id, (counts.get(m.id) ?? 0) + 1)
+          }),
+        )
+      }
+      for (let i = 0; i < sent.length; i += 50)
+        await producer.publisher.publish(sent.slice(i, i + 50))
+      await until(() => counts.size === 400, 'every message')
+      await delay(50)
+      expect([...counts.values()].every((n) => n === 1)).toBe(true)
+      for (const sub of subs) await sub.close()
+    })
+  }
+})
