@@ -35,6 +35,12 @@ interface RecordRow {
   expires_at: number | string
 }
 
+// What the claim returns: the token when it claimed; on PostgreSQL also the existing record's
+// columns (all NULL when it claimed, or when its snapshot cannot see the winner yet).
+type ClaimRow = { claimed_token: string | null } & {
+  [K in keyof RecordRow]?: RecordRow[K] | null
+}
+
 function toRecord(row: RecordRow): IdempotencyRecord {
   const completed = row.state === 'completed'
   return {
@@ -74,8 +80,9 @@ const asBuffer = (bytes: Uint8Array): Buffer =>
  * The idempotency store on breakwater's SQL seam, for SQLite and PostgreSQL. Run
  * {@link migrateIdempotency} (or the CLI's `breakwater migrate`) once before use.
  *
- * Every protocol step is one statement: a claim is one `INSERT ... ON CONFLICT DO NOTHING`, the
- * result is recorded by one fenced `UPDATE` inside the handler's own transaction.
+ * Every protocol step is one statement: a claim is one `INSERT ... ON CONFLICT DO NOTHING` (on
+ * PostgreSQL it also reads the existing record, so a replay is one round trip), the result is
+ * recorded by one fenced `UPDATE` inside the handler's own transaction.
  *
  * @example
  * ```ts
@@ -104,7 +111,7 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
     dialect: db.dialect,
 
     async claim(input: ClaimInput): Promise<ClaimOutcome> {
-      const inserted = await db.query(sql.claim, [
+      const rows = await db.query<ClaimRow>(sql.claim, [
         input.scope,
         input.key,
         input.fingerprint,
@@ -113,7 +120,10 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
         input.nowMs,
         input.expiresAtMs,
       ])
-      if (inserted.length > 0) return { claimed: true }
+      const row = rows[0]
+      if (row !== undefined && row.claimed_token !== null) return { claimed: true }
+      // PostgreSQL returns the existing record in the same row when its snapshot shows it.
+      if (row?.idem_key != null) return { claimed: false, existing: toRecord(row as RecordRow) }
       return { claimed: false, existing: await get(input.scope, input.key) }
     },
 

@@ -64,7 +64,11 @@ export const idempotencyMigrations: readonly Migration[] = [
 
 /** The statements the SQL store runs, for one dialect. */
 export interface IdempotencyStatements {
-  /** $1 scope, $2 key, $3 fingerprint, $4 lease token, $5 lease end, $6 now, $7 expiry. */
+  /**
+   * $1 scope, $2 key, $3 fingerprint, $4 lease token, $5 lease end, $6 now, $7 expiry. Returns
+   * `claimed_token` (non-null) when it claimed the key; on PostgreSQL it always returns one row,
+   * which also holds the existing record's columns when the statement's snapshot shows it.
+   */
   readonly claim: string
   /** $1 scope, $2 key. */
   readonly select: string
@@ -87,14 +91,28 @@ const columns = `scope, idem_key, fingerprint, state, lease_token, lease_expires
   created_at, updated_at, expires_at`
 
 // The claim is the heart of the protocol: one INSERT ... ON CONFLICT DO NOTHING, so the primary
-// key decides which of any number of concurrent claims wins, in a single round trip. A loser
-// reads the winner's record with a second statement: on PostgreSQL a SELECT inside the same
-// statement would use a snapshot taken before the winner committed and could see nothing.
-const claim = `INSERT INTO ${idempotencyTable}
-  (scope, idem_key, fingerprint, state, lease_token, lease_expires_at, attempt, created_at, updated_at, expires_at)
-VALUES ($1, $2, $3, 'in_progress', $4, $5, 1, $6, $6, $7)
+// key decides which of any number of concurrent claims wins, in a single round trip. On SQLite
+// a loser reads the winner's record with a second statement (in-process, so nearly free).
+const claimColumns = `(scope, idem_key, fingerprint, state, lease_token, lease_expires_at, attempt, created_at, updated_at, expires_at)`
+const claimValues = `($1, $2, $3, 'in_progress', $4, $5, 1, $6, $6, $7)`
+const claim = `INSERT INTO ${idempotencyTable} ${claimColumns}
+VALUES ${claimValues}
 ON CONFLICT (scope, idem_key) DO NOTHING
-RETURNING lease_token`
+RETURNING lease_token AS claimed_token`
+
+// PostgreSQL: the same INSERT, and in the same round trip the existing record, so that a replay
+// costs one statement. The record is read with the statement's snapshot: a winner that
+// committed before it is seen; one that committed while ON CONFLICT waited for it is not (the
+// row comes back all NULL), and then the store reads the record with a second statement.
+const claimOrRead = `WITH claimed AS (
+  INSERT INTO ${idempotencyTable} ${claimColumns}
+  VALUES ${claimValues}
+  ON CONFLICT (scope, idem_key) DO NOTHING
+  RETURNING lease_token
+)
+SELECT (SELECT lease_token FROM claimed) AS claimed_token, existing.*
+FROM (SELECT 1) AS one
+LEFT JOIN ${idempotencyTable} AS existing ON existing.scope = $1 AND existing.idem_key = $2`
 
 const select = `SELECT ${columns} FROM ${idempotencyTable} WHERE scope = $1 AND idem_key = $2`
 
@@ -138,6 +156,7 @@ export const idempotencyStatements: Readonly<Record<SqlDialect, IdempotencyState
   // condition is repeated because a row may have been recycled since the sub-select saw it.
   postgres: {
     ...shared,
+    claim: claimOrRead,
     sweep: `DELETE FROM ${idempotencyTable}
 WHERE (scope, idem_key) IN (
   SELECT scope, idem_key FROM ${idempotencyTable}
