@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Real servers for tests and demos, on loopback, in temporary folders:
-//   node scripts/services.mjs start [postgres]   start (installing if needed), print env lines
-//   node scripts/services.mjs stop [postgres]    stop and delete the folders
+//   node scripts/services.mjs start [postgres|nats|redis|rabbitmq]   start (installing if
+//                                                needed), print env lines; none: all of them
+//   node scripts/services.mjs stop [name...]     stop and delete the folders
 //   node scripts/services.mjs env                print VAR=url for every running service
 // Importable too: startService('postgres', { watchPid }) returns { url, stop() }.
 // A service is one row of the table below (start + stop + its environment variable), so NATS,
@@ -9,6 +10,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { startNats, startRabbitMq, startRedis, stopBroker } from './lib/brokers.mjs'
 import { ServiceError } from './lib/common.mjs'
 import { startPostgres, stopPostgres } from './lib/postgres.mjs'
 
@@ -22,6 +24,10 @@ export const services = {
     start: startPostgres,
     stop: stopPostgres,
   },
+  // NATS with JetStream, Redis (AOF, fsync always), RabbitMQ: scripts/lib/brokers.mjs.
+  nats: { env: 'BREAKWATER_TEST_NATS_URL', start: startNats, stop: stopBroker },
+  redis: { env: 'BREAKWATER_TEST_REDIS_URL', start: startRedis, stop: stopBroker },
+  rabbitmq: { env: 'BREAKWATER_TEST_RABBITMQ_URL', start: startRabbitMq, stop: stopBroker },
 }
 
 /** Starts one service; resolves to `{ service, url, ..., stop() }`. */

@@ -220,12 +220,13 @@ function sleepSync(ms) {
 
 /**
  * Sends `signal` to the group and waits (synchronously) until every member is gone, escalating
- * to SIGKILL after `graceMs`. Only groups with a member whose command line contains `marker`
- * (the server's data folder or port) are signalled: a pid from saved state may have been reused.
+ * to SIGKILL after `graceMs`. Only groups with a member whose command line contains one of
+ * `markers` (the server's data folder or port) are signalled: a saved pid may have been reused.
  */
-function stopGroupSync(pgid, marker, signal = 'SIGTERM', graceMs = 15_000) {
+function stopGroupSync(pgid, markers, signal = 'SIGTERM', graceMs = 15_000) {
   const members = groupMembers(pgid)
-  if (members.length === 0 || !members.some((pid) => cmdline(pid).includes(marker))) return
+  const ours = (pid) => markers.some((marker) => cmdline(pid).includes(marker))
+  if (members.length === 0 || !members.some(ours)) return
   signalGroup(pgid, signal)
   const deadline = Date.now() + graceMs
   while (groupMembers(pgid).length > 0) {
@@ -264,8 +265,10 @@ process.once('exit', () => {
  * scripts/lib/watchdog.mjs.
  */
 export function stopBroker(state, signal = 'SIGTERM') {
-  if (state.pid) stopGroupSync(state.pid, state.root, signal)
-  if (state.epmdPid) stopGroupSync(state.epmdPid, `-port ${state.epmdPort}`, 'SIGTERM', 5_000)
+  // redis-server rewrites its command line to "redis-server 127.0.0.1:<port>".
+  const markers = [state.root, `${LOOPBACK}:${state.port}`]
+  if (state.pid) stopGroupSync(state.pid, markers, signal)
+  if (state.epmdPid) stopGroupSync(state.epmdPid, [`-port ${state.epmdPort}`], 'SIGTERM', 5_000)
   rmSync(state.root, { recursive: true, force: true })
 }
 

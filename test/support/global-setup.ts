@@ -4,6 +4,7 @@
 // needs that server fails with it, so nothing is skipped silently.
 import type { TestProject } from 'vitest/node'
 import { type StartedService, startService, stopService } from '../../scripts/services.mjs'
+import { startRunBrokers } from './brokers.js'
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -15,6 +16,17 @@ declare module 'vitest' {
 }
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  // The brokers (RabbitMQ boots for seconds) start while PostgreSQL does.
+  const [stopPostgres, stopBrokers] = await Promise.all([
+    setupPostgres(project),
+    startRunBrokers(project),
+  ])
+  return async () => {
+    await Promise.all([stopPostgres(), stopBrokers()])
+  }
+}
+
+async function setupPostgres(project: TestProject): Promise<() => Promise<void>> {
   const given = process.env.BREAKWATER_TEST_PG_URL
   if (given !== undefined && given !== '') {
     project.provide('breakwaterPostgresUrl', given)
