@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto'
 import { type Clock, systemClock } from '../core/clock.js'
-import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
-import { BrokerError, type BrokerKind } from './errors.js'
+import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
 import type { IncomingMessage, OutgoingMessage } from './types.js'
 
 /**
@@ -260,11 +260,7 @@ export function lazyDriver<T>(name: string, load: () => Promise<T>): () => Promi
   return () => {
     loading ??= load().catch((error: unknown) => {
       loading = undefined
-      throw new BreakwaterError(
-        'DRIVER_MISSING',
-        `The "${name}" package is needed for this broker but could not be loaded; install it with \`npm install ${name}\``,
-        { cause: error },
-      )
+      throw new BrokerDriverMissingError(name, error)
     })
     return loading
   }

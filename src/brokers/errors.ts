@@ -56,3 +56,18 @@ export function reasonOf(error: unknown): string {
   if (error instanceof Error) return error.message
   return String(error)
 }
+
+/** A broker driver package (`nats`, `amqplib`, `ioredis`) could not be loaded. */
+export class BrokerDriverMissingError extends BreakwaterError {
+  /** The npm package to install. */
+  readonly driver: string
+
+  constructor(driver: string, cause: unknown) {
+    super(
+      'DRIVER_MISSING',
+      `The "${driver}" package is needed for this broker but could not be loaded; install it with \`npm install ${driver}\``,
+      { cause },
+    )
+    this.driver = driver
+  }
+}

@@ -5,7 +5,7 @@
 export type { BrokerCommonOptions, SubscriberErrorEvent, SubscriberErrorPhase } from './common.js'
 export { KEY_HEADER, redactUrl } from './common.js'
 export type { BrokerErrorCode, BrokerErrorOptions, BrokerKind } from './errors.js'
-export { BrokerError } from './errors.js'
+export { BrokerDriverMissingError, BrokerError } from './errors.js'
 export type { NatsBrokerOptions, NatsStreamSpec } from './nats.js'
 export { createNatsBroker } from './nats.js'
 export type { OpenBrokerOptions } from './open.js'

@@ -25,7 +25,8 @@ export const errorCodes = {
     'An idempotency key was reused for a different request (method, route or body).',
   IDEMPOTENCY_IN_PROGRESS:
     'Another request or call holds the idempotency key and has not finished.',
-  DRIVER_MISSING: 'The database driver package (better-sqlite3 or pg) is not installed.',
+  DRIVER_MISSING:
+    'A driver package (better-sqlite3, pg, nats, amqplib or ioredis) is not installed.',
   STORE_CLOSED: 'A statement was sent to a database driver after close() was called.',
   TRANSACTION_MISUSE:
     'A transaction executor was used after its transaction ended, or a SQLite driver was called from inside its own transaction.',
