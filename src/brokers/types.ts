@@ -52,6 +52,13 @@ export interface Subscriber {
    * Calls `handler` for each message on `topic` for the consumer group `group` (competing
    * consumers share a group). A handler that rejects leaves the message unacknowledged, so the
    * broker redelivers it.
+   *
+   * Resolves once the group exists on the broker (durable consumer, queue, consumer group), so
+   * every message published afterwards reaches it; a new group also receives what the broker
+   * still holds for the topic, where it keeps history (NATS, Redis). Rejects with a
+   * `BrokerError` when the broker cannot be reached; after that first success the
+   * subscription reconnects by itself. Messages with the same key are handled one at a time,
+   * in order.
    */
   subscribe(
     topic: string,
