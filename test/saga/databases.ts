@@ -1,0 +1,90 @@
+// The real databases the saga tests run against: a SQLite file and a PostgreSQL database on
+// the test server started by the global setup. Never a mock.
+import { migrateSagas } from '../../src/saga/index.js'
+import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
+import { createTestDatabase } from '../support/postgres.js'
+import { createTestSqlite } from '../support/sqlite.js'
+
+/** A migrated database for one test (or file). */
+export interface TestDb {
+  readonly db: SqlDriver
+  readonly url: string
+  /** Opens another connection (pool) to the same database: a second process, as far as leases go. */
+  reopen(): Promise<SqlDriver>
+  close(): Promise<void>
+}
+
+/** One database engine under test. */
+export interface DbTarget {
+  readonly dialect: 'sqlite' | 'postgres'
+  /** Creates a fresh database with the saga migrations applied. */
+  open(name: string): Promise<TestDb>
+  /** Creates a fresh empty database (no migrations), e.g. for the services' own tables. */
+  openEmpty(name: string): Promise<TestDb>
+}
+
+async function opened(url: string, drop: () => Promise<void>, migrate: boolean): Promise<TestDb> {
+  const db = await openDatabase(url)
+  const others: SqlDriver[] = []
+  try {
+    if (migrate) await migrateSagas(db)
+  } catch (error) {
+    await db.close()
+    await drop()
+    throw error
+  }
+  return {
+    db,
+    url,
+    async reopen() {
+      const other = await openDatabase(url)
+      others.push(other)
+      return other
+    },
+    async close() {
+      for (const other of others) await other.close().catch(() => {})
+      await db.close()
+      await drop()
+    },
+  }
+}
+
+export const sqliteDb: DbTarget = {
+  dialect: 'sqlite',
+  async open(name) {
+    const file = createTestSqlite(name)
+    return opened(file.url, async () => file.cleanup(), true)
+  },
+  async openEmpty(name) {
+    const file = createTestSqlite(name)
+    return opened(file.url, async () => file.cleanup(), false)
+  },
+}
+
+export const postgresDb: DbTarget = {
+  dialect: 'postgres',
+  async open(name) {
+    const database = await createTestDatabase(name)
+    return opened(database.url, () => database.drop(), true)
+  },
+  async openEmpty(name) {
+    const database = await createTestDatabase(name)
+    return opened(database.url, () => database.drop(), false)
+  },
+}
+
+export const dbTargets: readonly DbTarget[] = [sqliteDb, postgresDb]
+
+/** Number of rows in a table. */
+export async function countRows(
+  db: SqlDriver,
+  table: string,
+  where = '',
+  params: readonly unknown[] = [],
+): Promise<number> {
+  const rows = await db.query<{ n: number | string }>(
+    `SELECT COUNT(*) AS n FROM ${table} ${where}`,
+    params,
+  )
+  return Number(rows[0]?.n ?? 0)
+}

@@ -1,0 +1,584 @@
+// The saga state machine on real SQLite and PostgreSQL, driven by a ManualClock: retries with
+// persisted delays, compensation that parks, operator retry and cancel, timers that survive a
+// restart, fencing of a worker whose lease was taken over, versioned definitions, atCommit.
+import { randomUUID } from 'node:crypto'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import {
+  cancelSaga,
+  createSagaWorker,
+  defineSaga,
+  getSaga,
+  getSagaTimeline,
+  listSagas,
+  retrySaga,
+  type SagaEvent,
+  SagaStateConflictError,
+  startSaga,
+} from '../../src/saga/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { countRows, dbTargets, type TestDb } from './databases.js'
+
+/** A retryable failure, as a 503 would be. */
+function transient(message: string): Error {
+  return Object.assign(new Error(message), { status: 503 })
+}
+
+/** A promise with its resolver. */
+function gate(): { promise: Promise<void>; open(): void } {
+  let open!: () => void
+  const promise = new Promise<void>((resolve) => {
+    open = resolve
+  })
+  return { promise, open }
+}
+
+describe.each(dbTargets)('saga engine on $dialect', (target) => {
+  let t: TestDb
+
+  beforeAll(async () => {
+    t = await target.open('saga_engine')
+    await t.db.execute(
+      'CREATE TABLE effects (seq INTEGER PRIMARY KEY, saga_id TEXT NOT NULL, what TEXT NOT NULL)',
+    )
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  const effects = async (sagaId: string): Promise<string[]> =>
+    (
+      await t.db.query<{ what: string }>(
+        'SELECT what FROM effects WHERE saga_id = $1 ORDER BY seq',
+        [sagaId],
+      )
+    ).map((r) => r.what)
+  let seq = 0
+  const effect = (sagaId: string, what: string) =>
+    t.db.execute('INSERT INTO effects (seq, saga_id, what) VALUES ($1, $2, $3)', [
+      ++seq,
+      sagaId,
+      what,
+    ])
+
+  it('retries a transient failure after the backoff delay, persisted, and records every attempt', async () => {
+    const clock = new ManualClock(1_000_000)
+    let calls = 0
+    const saga = defineSaga({
+      name: `retrying-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'flaky',
+          retry: { maxAttempts: 4, baseDelayMs: 500, jitter: 'none' },
+          action: async () => {
+            calls++
+            if (calls < 3) throw transient(`down ${calls}`)
+            return { ok: true }
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id, status } = await worker.run(saga, {})
+    expect(status).toBe('running')
+    expect((await getSaga(t.db, id))!.nextRunAt).toBe(1_000_500)
+    await clock.advance(499)
+    expect(await worker.poll()).toBe(0)
+    await clock.advance(1)
+    expect(await worker.poll()).toBe(1)
+    expect((await getSaga(t.db, id))!.nextRunAt).toBe(1_001_500) // 500 ms, then 1 s
+    await clock.advance(1_000)
+    expect(await worker.poll()).toBe(1)
+    const instance = await getSaga(t.db, id)
+    expect(instance).toMatchObject({ status: 'completed', context: { ok: true } })
+    expect(instance!.steps[0]).toMatchObject({ status: 'completed', attempts: 3 })
+    const timeline = await getSagaTimeline(t.db, id)
+    expect(timeline.map((e) => `${e.kind}#${e.attempt ?? ''}`)).toEqual([
+      'step-failed#1',
+      'step-failed#2',
+      'step-completed#3',
+      'completed#',
+    ])
+    expect(timeline[0]!.detail).toMatchObject({ error: { message: 'down 1' }, retryAt: 1_000_500 })
+  })
+
+  it('fails a step for good when its attempts are spent and compensates what completed', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: `spent-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'a',
+          action: async (ctx) => {
+            await effect(ctx.sagaId, 'a')
+          },
+          compensation: async (ctx) => {
+            await effect(ctx.sagaId, 'undo-a')
+          },
+        },
+        {
+          name: 'b',
+          retry: { maxAttempts: 2, baseDelayMs: 10, jitter: 'none' },
+          action: async () => {
+            throw transient('b is down')
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    await clock.advance(10)
+    await worker.poll()
+    const instance = await getSaga(t.db, id)
+    expect(instance!.status).toBe('compensated')
+    expect(instance!.reason).toBe('step "b" failed after 2 attempts: Error: b is down')
+    expect(await effects(id)).toEqual(['a', 'undo-a'])
+  })
+
+  it('retries a failing compensation with backoff, parks the saga as failed, and resumes on retrySaga', async () => {
+    const clock = new ManualClock(0)
+    let refundWorks = false
+    const saga = defineSaga({
+      name: `parking-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'charge',
+          action: async (ctx) => {
+            await effect(ctx.sagaId, 'charge')
+            return { chargeId: 'c1' }
+          },
+          compensation: async (ctx) => {
+            if (!refundWorks) throw new Error(`refund of ${ctx.context.chargeId} refused`)
+            await effect(ctx.sagaId, 'refund')
+          },
+          compensationRetry: { maxAttempts: 3, baseDelayMs: 100, jitter: 'none' },
+        },
+        {
+          name: 'ship',
+          action: async () => {
+            throw Object.assign(new Error('undeliverable'), { status: 422 })
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    expect((await getSaga(t.db, id))!.status).toBe('compensating')
+    await clock.advance(100)
+    await worker.poll()
+    await clock.advance(200)
+    await worker.poll()
+    const parked = await getSaga(t.db, id)
+    expect(parked!.status).toBe('failed')
+    expect(parked!.reason).toContain('compensation of step "charge" failed after 3 attempts')
+    expect(parked!.reason).toContain('refund of c1 refused')
+    expect(parked!.reason).toContain('step "ship" failed')
+    expect(await listSagas(t.db, { status: 'failed', name: saga.name })).toHaveLength(1)
+    // Parked means parked: no worker picks it up.
+    await clock.advance(60_000)
+    expect(await worker.poll()).toBe(0)
+
+    await expect(cancelSaga(t.db, id)).rejects.toBeInstanceOf(SagaStateConflictError)
+    refundWorks = true
+    await retrySaga(t.db, id, { by: 'alice', reason: 'refunds fixed', clock })
+    await expect(retrySaga(t.db, id)).rejects.toThrow(/only a parked/)
+    expect(await worker.poll()).toBe(1)
+    const resumed = await getSaga(t.db, id)
+    expect(resumed!.status).toBe('compensated')
+    expect(await effects(id)).toEqual(['charge', 'refund'])
+    const kinds = (await getSagaTimeline(t.db, id)).map((e) => e.kind)
+    expect(kinds).toContain('parked')
+    expect(kinds.indexOf('retry-requested')).toBeGreaterThan(kinds.indexOf('parked'))
+    expect(kinds.at(-1)).toBe('compensated')
+  })
+
+  it('a wait of one hour is persisted: after a restart it fires once, when due', async () => {
+    const clock = new ManualClock(5_000_000)
+    const hour = 3_600_000
+    const saga = defineSaga({
+      name: `cool-off-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'reserve',
+          action: async (ctx) => {
+            await effect(ctx.sagaId, 'reserve')
+          },
+        },
+        { name: 'cool-off', sleepMs: hour },
+        {
+          name: 'ship',
+          action: async (ctx) => {
+            await effect(ctx.sagaId, 'ship')
+          },
+        },
+      ],
+    })
+    const first = createSagaWorker({ db: t.db, sagas: [saga], clock, workerId: 'before-restart' })
+    const { id, status } = await first.run(saga, {})
+    expect(status).toBe('running')
+    const waiting = await getSaga(t.db, id)
+    expect(waiting!.nextRunAt).toBe(5_000_000 + hour)
+    expect(waiting!.leaseOwner).toBeUndefined()
+    await first.stop()
+
+    // "Restart": a new connection and a new worker, nothing in memory from the first.
+    const db2 = await t.reopen()
+    // A long poll interval: advancing an hour fires every poll timer on the way.
+    const second = createSagaWorker({
+      db: db2,
+      sagas: [saga],
+      clock,
+      workerId: 'after-restart',
+      pollIntervalMs: 60_000,
+    })
+    await second.start()
+    try {
+      await clock.advance(hour - 1_000)
+      expect(await effects(id)).toEqual(['reserve'])
+      // Each round lets the poll loop's database round trip finish, then fires its next timer.
+      await vi.waitFor(async () => {
+        await clock.advance(60_000)
+        expect((await getSaga(t.db, id))!.status).toBe('completed')
+      })
+      expect((await getSaga(t.db, id))!.status).toBe('completed')
+      await clock.advance(hour)
+    } finally {
+      await second.stop()
+    }
+    expect(await effects(id)).toEqual(['reserve', 'ship'])
+    const timeline = await getSagaTimeline(t.db, id)
+    const waited = timeline.find((e) => e.kind === 'step-completed' && e.step === 'cool-off')
+    expect(waited!.worker).toBe('after-restart')
+    expect(waited!.at).toBeGreaterThanOrEqual(5_000_000 + hour)
+  })
+
+  it('a timer whose time passed while no worker ran fires once at the next worker’s first poll', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: `late-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        { name: 'wait', waitUntil: (ctx) => ctx.clock.now() + 3_600_000 },
+        {
+          name: 'after',
+          action: async (ctx) => {
+            await effect(ctx.sagaId, 'after')
+          },
+        },
+      ],
+    })
+    const { id } = await createSagaWorker({ db: t.db, sagas: [saga], clock }).run(saga, {})
+    await clock.advance(10 * 3_600_000)
+    const later = createSagaWorker({ db: await t.reopen(), sagas: [saga], clock })
+    expect(await later.poll()).toBe(1)
+    expect(await later.poll()).toBe(0)
+    expect(await effects(id)).toEqual(['after'])
+  })
+
+  it('cancel compensates a running saga (woken from its wait) and ends it cancelled', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: `cancel-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'book',
+          action: async (ctx) => {
+            await effect(ctx.sagaId, 'book')
+          },
+          compensation: async (ctx) => {
+            await effect(ctx.sagaId, `unbook (${ctx.reason})`)
+          },
+        },
+        { name: 'wait', sleepMs: 86_400_000 },
+        { name: 'never', action: async () => ({ ran: true }) },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    await cancelSaga(t.db, id, { by: 'bob', reason: 'customer changed their mind', clock })
+    expect((await getSaga(t.db, id))!.cancelRequested).toBe(true)
+    expect(await worker.poll()).toBe(1)
+    const instance = await getSaga(t.db, id)
+    expect(instance!.status).toBe('cancelled')
+    expect(await effects(id)).toEqual(['book', 'unbook (cancel requested)'])
+    await expect(cancelSaga(t.db, id)).rejects.toThrow(/only a running saga/)
+    await expect(cancelSaga(t.db, 'no-such-saga')).rejects.toThrow(/No saga instance/)
+  })
+
+  it('fences a stale worker: after another took over its expired lease, its writes are refused', async () => {
+    // Worker A's clock stands still (a paused process); B's is past A's lease.
+    const clockA = new ManualClock(0)
+    const clockB = new ManualClock(10_000)
+    const entered = gate()
+    const releaseA = gate()
+    const invocations: string[] = []
+    const saga = defineSaga({
+      name: `fenced-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'pay',
+          action: async (ctx) => {
+            invocations.push(`${ctx.attempt}:${ctx.idempotencyKey}`)
+            if (invocations.length === 1) {
+              entered.open()
+              await releaseA.promise
+            }
+            await effect(ctx.sagaId, `pay by attempt ${ctx.attempt}`)
+            return { paidBy: ctx.attempt }
+          },
+        },
+        { name: 'after', action: async () => ({ after: true }) },
+      ],
+    })
+    const { id } = await startSaga(t.db, saga, {}, { clock: clockA })
+    const a = createSagaWorker({
+      db: t.db,
+      sagas: [saga],
+      clock: clockA,
+      leaseMs: 1_000,
+      workerId: 'A',
+    })
+    const b = createSagaWorker({
+      db: await t.reopen(),
+      sagas: [saga],
+      clock: clockB,
+      leaseMs: 1_000,
+      workerId: 'B',
+    })
+    const eventsA: SagaEvent[] = []
+    a.events.on((e) => eventsA.push(e))
+    const pollA = a.poll()
+    await entered.promise
+    expect((await getSaga(t.db, id))!.leaseOwner).toBe('A')
+    expect(await b.poll()).toBe(1)
+    expect((await getSaga(t.db, id))!.status).toBe('completed')
+    const before = await getSaga(t.db, id)
+    releaseA.open()
+    await pollA
+    // A's action ran to its end (it cannot be stopped), but its state write was refused.
+    const after = await getSaga(t.db, id)
+    expect(after).toEqual(before)
+    expect(after!.context).toEqual({ paidBy: 2, after: true })
+    expect(a.metrics().leaseLost).toBe(1)
+    expect(eventsA.map((e) => e.type)).toContain('lease-lost')
+    expect(invocations).toEqual([`1:${id}:pay`, `2:${id}:pay`])
+    const timeline = await getSagaTimeline(t.db, id)
+    expect(timeline.every((e) => e.worker === 'B')).toBe(true)
+    expect(timeline[0]).toMatchObject({ kind: 'lease-expired', detail: { previousOwner: 'A' } })
+  })
+
+  it('keeps an instance on its version: v1 instances finish on v1 while v2 starts new ones', async () => {
+    const name = `versioned-${randomUUID().slice(0, 8)}`
+    const clock = new ManualClock(0)
+    const step = (label: string) => ({
+      name: label,
+      action: async (ctx: { sagaId: string; version: number }) => {
+        await effect(ctx.sagaId, `${label}@v${ctx.version}`)
+      },
+    })
+    const v1 = defineSaga({
+      name,
+      version: 1,
+      steps: [step('a'), { name: 'pause', sleepMs: 1_000 }, step('b')],
+    })
+    const v2 = defineSaga({
+      name,
+      version: 2,
+      steps: [step('a'), { name: 'pause', sleepMs: 1_000 }, step('b2'), step('c')],
+    })
+    const old = await createSagaWorker({ db: t.db, sagas: [v1], clock }).run(v1, {})
+    const fresh = await startSaga(t.db, v2, {}, { clock })
+    await clock.advance(2_000)
+    // A worker that only knows v2 leaves v1 instances alone.
+    const v2Only = createSagaWorker({ db: t.db, sagas: [v2], clock })
+    expect(await v2Only.poll()).toBe(1)
+    await clock.advance(2_000)
+    expect(await v2Only.poll()).toBe(1)
+    expect((await getSaga(t.db, old.id))!.status).toBe('running')
+    const both = createSagaWorker({ db: t.db, sagas: [v1, v2], clock })
+    expect(await both.poll()).toBe(1)
+    expect(await effects(old.id)).toEqual(['a@v1', 'b@v1'])
+    expect(await effects(fresh.id)).toEqual(['a@v2', 'b2@v2', 'c@v2'])
+  })
+
+  it('parks an instance whose stored steps do not match a definition changed without a version bump', async () => {
+    const name = `drift-${randomUUID().slice(0, 8)}`
+    const clock = new ManualClock(0)
+    const original = defineSaga({
+      name,
+      version: 1,
+      steps: [
+        { name: 'x', sleepMs: 10 },
+        { name: 'y', action: () => undefined },
+      ],
+    })
+    const edited = defineSaga({
+      name,
+      version: 1,
+      steps: [
+        { name: 'x', sleepMs: 10 },
+        { name: 'z', action: () => undefined },
+      ],
+    })
+    const { id } = await createSagaWorker({ db: t.db, sagas: [original], clock }).run(original, {})
+    await clock.advance(10)
+    expect(await createSagaWorker({ db: t.db, sagas: [edited], clock }).poll()).toBe(1)
+    const instance = await getSaga(t.db, id)
+    expect(instance!.status).toBe('failed')
+    expect(instance!.reason).toContain('without a version bump')
+  })
+
+  it('atCommit work commits with the step’s state, and not at all when the attempt fails', async () => {
+    const clock = new ManualClock(0)
+    let fail = true
+    const saga = defineSaga({
+      name: `atcommit-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'record',
+          retry: { maxAttempts: 2, baseDelayMs: 1, jitter: 'none' },
+          action: async (ctx) => {
+            ctx.atCommit(async (tx) => {
+              await tx.execute('INSERT INTO effects (seq, saga_id, what) VALUES ($1, $2, $3)', [
+                1_000_000 + ++seq,
+                ctx.sagaId,
+                `local write of attempt ${ctx.attempt}`,
+              ])
+            })
+            if (fail) {
+              fail = false
+              throw transient('after registering')
+            }
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    expect(await effects(id)).toEqual([])
+    await clock.advance(1)
+    await worker.poll()
+    expect(await effects(id)).toEqual(['local write of attempt 2'])
+  })
+
+  it('fails a step whose attempt runs past timeoutMs (ctx.signal aborts) and retries it', async () => {
+    const clock = new ManualClock(0)
+    const signals: AbortSignal[] = []
+    const saga = defineSaga({
+      name: `timeout-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'slow',
+          timeoutMs: 5_000,
+          retry: { maxAttempts: 2, baseDelayMs: 1, jitter: 'none' },
+          action: async (ctx) => {
+            signals.push(ctx.signal)
+            if (signals.length === 1) await new Promise(() => {})
+            return { fast: true }
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock, leaseMs: 60_000 })
+    const running = worker.run(saga, {})
+    await vi.waitFor(() => expect(signals).toHaveLength(1))
+    await clock.advance(5_000)
+    const { id, status } = await running
+    expect(status).toBe('running')
+    expect(signals[0]!.aborted).toBe(true)
+    expect((await getSaga(t.db, id))!.steps[0]!.error).toMatchObject({ code: 'TIMEOUT' })
+    await clock.advance(1)
+    await worker.poll()
+    expect((await getSaga(t.db, id))!.status).toBe('completed')
+  })
+
+  it('stop() lets the running step finish, records it, and gives the instance back at once', async () => {
+    const clock = new ManualClock(0)
+    const inside = gate()
+    const finish = gate()
+    const saga = defineSaga({
+      name: `stopping-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'one',
+          action: async () => {
+            inside.open()
+            await finish.promise
+            return { one: 1 }
+          },
+        },
+        { name: 'two', action: async () => ({ two: 2 }) },
+      ],
+    })
+    const { id } = await startSaga(t.db, saga, {}, { clock })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock, workerId: 'stopper' })
+    await worker.start()
+    await clock.advance(100)
+    await inside.promise
+    const stopped = worker.stop()
+    finish.open()
+    await stopped
+    expect(worker.state).toBe('stopped')
+    const instance = await getSaga(t.db, id)
+    expect(instance).toMatchObject({ status: 'running', stepIndex: 1, context: { one: 1 } })
+    expect(instance!.leaseOwner).toBeUndefined()
+    const next = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    expect(await next.poll()).toBe(1)
+    expect((await getSaga(t.db, id))!.status).toBe('completed')
+    const kinds = (await getSagaTimeline(t.db, id)).map((e) => e.kind)
+    expect(kinds).toEqual(['step-completed', 'released', 'step-completed', 'completed'])
+  })
+
+  it('several workers on one database run each saga’s steps once (claims never overlap)', async () => {
+    const clock = new ManualClock(0)
+    const calls = new Map<string, number>()
+    const saga = defineSaga({
+      name: `many-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: ['a', 'b', 'c'].map((name) => ({
+        name,
+        action: async (ctx: { idempotencyKey: string }) => {
+          calls.set(ctx.idempotencyKey, (calls.get(ctx.idempotencyKey) ?? 0) + 1)
+          await new Promise((resolve) => setImmediate(resolve))
+        },
+      })) as [
+        { name: string; action: () => Promise<void> },
+        { name: string; action: () => Promise<void> },
+        { name: string; action: () => Promise<void> },
+      ],
+    })
+    const n = 120
+    for (let i = 0; i < n; i++) await startSaga(t.db, saga, {}, { clock })
+    const workers = await Promise.all(
+      [0, 1, 2].map(async (i) =>
+        createSagaWorker({
+          db: i === 0 ? t.db : await t.reopen(),
+          sagas: [saga],
+          clock,
+          concurrency: 8,
+        }),
+      ),
+    )
+    for (let round = 0; round < 100; round++) {
+      const claimed = await Promise.all(workers.map((w) => w.poll()))
+      if (claimed.every((c) => c === 0)) break
+    }
+    expect(
+      await countRows(t.db, 'breakwater_sagas', `WHERE name = $1 AND status = 'completed'`, [
+        saga.name,
+      ]),
+    ).toBe(n)
+    expect(calls.size).toBe(3 * n)
+    expect([...calls.values()].every((c) => c === 1)).toBe(true)
+    const claimedBy = workers.map((w) => w.metrics().claimed)
+    expect(claimedBy.reduce((a, b) => a + b, 0)).toBe(n)
+  })
+})
