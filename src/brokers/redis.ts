@@ -4,6 +4,7 @@ import { hostname } from 'node:os'
 import type { Redis } from 'ioredis'
 import { sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { checkInteger } from '../core/validate.js'
 import {
   type BrokerCommonOptions,
   checkSubscribeArgs,
@@ -51,7 +52,11 @@ export interface RedisBrokerOptions extends BrokerCommonOptions {
    * @default 30000
    */
   readonly visibilityTimeoutMs?: number
-  /** How often a subscription looks for messages to claim (failed or abandoned ones). @default 1000 */
+  /**
+   * How often a subscription claims failed or abandoned messages and tells Redis it still works
+   * on the ones it holds. At most a third of `visibilityTimeoutMs`.
+   * @default min(1000, visibilityTimeoutMs / 3)
+   */
   readonly claimIntervalMs?: number
   /** Longest wait of one blocking XREADGROUP (closing interrupts it at once). @default 5000 */
   readonly blockMs?: number
@@ -125,9 +130,15 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
   )
   return {
     ...common,
-    maxLength: ms('redis.maxLength', options.maxLength, 0, 0),
+    maxLength: checkInteger('redis.maxLength', options.maxLength ?? 0, 0),
     visibilityTimeoutMs,
-    claimIntervalMs: ms('redis.claimIntervalMs', options.claimIntervalMs, 1_000, 10),
+    // The claim loop also keeps held messages fresh, so it must run well within the timeout.
+    claimIntervalMs: checkInteger(
+      'redis.claimIntervalMs',
+      options.claimIntervalMs ?? Math.min(1_000, Math.floor(visibilityTimeoutMs / 3)),
+      10,
+      Math.max(10, Math.floor(visibilityTimeoutMs / 3)),
+    ),
     blockMs: ms('redis.blockMs', options.blockMs, 5_000, 1),
     consumerName,
   }

@@ -99,6 +99,15 @@ describe('adapter options', () => {
         () => createRedisBroker({ url: 'redis://127.0.0.1', consumerName: '' }),
         'redis.consumerName',
       ],
+      [
+        () =>
+          createRedisBroker({
+            url: 'redis://127.0.0.1',
+            visibilityTimeoutMs: 900,
+            claimIntervalMs: 500,
+          }),
+        'redis.claimIntervalMs',
+      ],
     ]
     for (const [make, option] of cases) {
       const error = thrown(make)
