@@ -47,15 +47,16 @@ function random(initial: number): () => number {
 }
 
 /**
- * Every named crash point first (each life dies at its n-th visit of the point, so only a few
- * keys finish per life and every point is surely reached), then random SIGKILLs alternating
- * with the points again.
+ * A random SIGKILL early (life 1, while most keys are still to do, so it surely lands) and every
+ * named crash point in the first lives (each life dies at its n-th visit of the point, so only a
+ * few keys finish per life and every point is reached), then random SIGKILLs alternating with
+ * the points again.
  */
 function crashPlan(count: number, rng: () => number): LifePlan[] {
   const maxVisits = scaled(12, 3)
   const plans: LifePlan[] = []
   for (let life = 0, point = 0; life < count; life++) {
-    if (life >= crashPoints.length && life % 2 === 0) {
+    if (life === 1 || (life > crashPoints.length && life % 2 === 1)) {
       plans.push({ killAfterMs: 5 + Math.floor(rng() * 40) })
     } else {
       const crashAt = crashPoints[point++ % crashPoints.length]!

@@ -1,0 +1,381 @@
+// `npm run bench -- idempotency`: what the Idempotency-Key protocol costs a small JSON POST
+// handler that writes one row, on SQLite and on PostgreSQL. Writes bench/results/idempotency.json.
+//
+// Cases, per store: `no-idempotency-<store>` (plain node:http handler, one INSERT),
+// `no-idempotency-tx-<store>` (the same, the INSERT in its own transaction: what the issue's
+// goals are also read against, since idempotency needs a transaction), `idempotency-<store>` (the same handler under idempotentHandler, writing through ctx.tx, a
+// new key per request) and `replay-<store>` (keys already completed, sent again: replayed from
+// the store, the handler does not run).
+//
+// Method: server and load generator share this process (node:http on loopback, undici Pool of
+// 32 connections, each connection sends its next request when the last answered). Every case
+// gets a 1 s warmup, then `--duration-ms` (default 5000) of measurement split over two
+// interleaved rounds, so noise from this shared machine hits every case alike. Metrics:
+// requests_per_s, p50_ms and p99_ms of request latency, and statements_per_request: the
+// statements sent through a counting SqlDriver (a transaction counts BEGIN and COMMIT), which
+// on PostgreSQL are round trips. PostgreSQL 15 is started for the run (fsync on) and stopped.
+import { randomUUID } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Pool } from 'undici'
+import { startPostgres } from '../scripts/services.mjs'
+import {
+  createIdempotency,
+  idempotentHandler,
+  migrateIdempotency,
+} from '../src/idempotency/index.js'
+import { openDatabase, type SqlDriver, type SqlTransaction } from '../src/stores/index.js'
+import { collectGarbage, percentile, type ResultRow, writeResults } from './lib/harness.js'
+
+const connections = 32
+const warmupMs = 1_000
+const rounds = 2
+const requestBody = JSON.stringify({ amount: 4200, currency: 'EUR' })
+const insertCharge = 'INSERT INTO bench_charges (id, amount) VALUES ($1, $2)'
+
+/** Counts the statements (round trips on PostgreSQL) sent to the database. */
+class CountingDriver implements SqlDriver {
+  readonly dialect: SqlDriver['dialect']
+  statements = 0
+  readonly #inner: SqlDriver
+
+  constructor(inner: SqlDriver) {
+    this.#inner = inner
+    this.dialect = inner.dialect
+  }
+
+  query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
+    this.statements++
+    return this.#inner.query<R>(sql, params)
+  }
+
+  execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    this.statements++
+    return this.#inner.execute(sql, params)
+  }
+
+  transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    this.statements += 2 // BEGIN and COMMIT (or ROLLBACK)
+    return this.#inner.transaction((tx) => fn(this.#counted(tx)))
+  }
+
+  #counted(tx: SqlTransaction): SqlTransaction {
+    return {
+      dialect: tx.dialect,
+      query: (sql, params) => {
+        this.statements++
+        return tx.query(sql, params)
+      },
+      execute: (sql, params) => {
+        this.statements++
+        return tx.execute(sql, params)
+      },
+      transaction: (fn) => {
+        this.statements += 2 // SAVEPOINT and RELEASE
+        return tx.transaction((inner) => fn(this.#counted(inner)))
+      },
+    }
+  }
+
+  close(): Promise<void> {
+    return this.#inner.close()
+  }
+}
+
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    req.on('data', (chunk: Buffer) => chunks.push(chunk))
+    req.on('end', () => resolve(Buffer.concat(chunks)))
+    req.on('error', reject)
+  })
+}
+
+function respond(res: ServerResponse, id: string, amount: number): void {
+  res.writeHead(201, { 'content-type': 'application/json', location: `/charges/${id}` })
+  res.end(JSON.stringify({ id, amount }))
+}
+
+async function listen(
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<{ url: string; close(): Promise<void> }> {
+  const server = createServer({ keepAliveTimeout: 30_000 }, handler)
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      }),
+  }
+}
+
+/** The handler without idempotency: parse, one INSERT, answer. */
+function plainServer(db: SqlDriver) {
+  return listen((req, res) => {
+    void (async () => {
+      const { amount } = JSON.parse((await readBody(req)).toString('utf8')) as { amount: number }
+      const id = randomUUID()
+      await db.execute(insertCharge, [id, amount])
+      respond(res, id, amount)
+    })().catch((error: unknown) => {
+      console.error(error)
+      res.writeHead(500).end()
+    })
+  })
+}
+
+/** The handler without idempotency, writing in its own transaction (BEGIN, INSERT, COMMIT). */
+function plainTxServer(db: SqlDriver) {
+  return listen((req, res) => {
+    void (async () => {
+      const { amount } = JSON.parse((await readBody(req)).toString('utf8')) as { amount: number }
+      const id = randomUUID()
+      await db.transaction((tx) => tx.execute(insertCharge, [id, amount]))
+      respond(res, id, amount)
+    })().catch((error: unknown) => {
+      console.error(error)
+      res.writeHead(500).end()
+    })
+  })
+}
+
+/** The same handler under the Idempotency-Key protocol, writing through ctx.tx. */
+function idempotentServer(db: SqlDriver) {
+  const idempotency = createIdempotency({ store: db })
+  return listen(
+    idempotentHandler({ idempotency }, async (_req, res, { body, idempotency: ctx }) => {
+      const { amount } = JSON.parse(body.toString('utf8')) as { amount: number }
+      const id = randomUUID()
+      await ctx!.tx.execute(insertCharge, [id, amount])
+      respond(res, id, amount)
+    }),
+  )
+}
+
+interface LoadCase {
+  readonly subject: string
+  readonly name: string
+  readonly pool: Pool
+  readonly db: CountingDriver
+  /** The key for the next request, or undefined to send none. */
+  nextKey(): string | undefined
+  /** Called with the key of each successful request. */
+  done?(key: string): void
+  /** Whether a 2xx answer must be a replay. */
+  readonly replay: boolean
+  latenciesMs: number[]
+  requests: number
+  statements: number
+  elapsedMs: number
+  errors: number
+}
+
+/** Drives `c` with `connections` closed loops for `durationMs`; `record` false for warmup. */
+async function drive(c: LoadCase, durationMs: number, record: boolean): Promise<void> {
+  collectGarbage()
+  const statementsBefore = c.db.statements
+  const started = performance.now()
+  const end = started + durationMs
+  let requests = 0
+  const latencies: number[] = []
+  let errors = 0
+  await Promise.all(
+    Array.from({ length: connections }, async () => {
+      while (performance.now() < end) {
+        const key = c.nextKey()
+        const headers: Record<string, string> = { 'content-type': 'application/json' }
+        if (key !== undefined) headers['idempotency-key'] = key
+        const t0 = performance.now()
+        const response = await c.pool.request({
+          path: '/charges',
+          method: 'POST',
+          headers,
+          body: requestBody,
+        })
+        await response.body.arrayBuffer()
+        const ms = performance.now() - t0
+        const replayed = response.headers['idempotent-replayed'] === 'true'
+        if (response.statusCode !== 201 || replayed !== c.replay) {
+          errors++
+          continue
+        }
+        requests++
+        latencies.push(ms)
+        if (key !== undefined) c.done?.(key)
+      }
+    }),
+  )
+  if (!record) return
+  c.elapsedMs += performance.now() - started
+  c.requests += requests
+  c.statements += c.db.statements - statementsBefore
+  c.errors += errors
+  for (const ms of latencies) c.latenciesMs.push(ms)
+}
+
+function value(rows: ResultRow[], name: string, metric: string): number {
+  const row = rows.find((r) => r.case === name && r.metric === metric)
+  if (row === undefined) throw new Error(`no ${metric} for ${name}`)
+  return row.value
+}
+
+function goals(rows: ResultRow[]): string[] {
+  const verdict = (ok: boolean) => (ok ? 'met' : 'MISSED')
+  const lines: string[] = []
+  for (const store of ['sqlite', 'postgres']) {
+    const base = `no-idempotency-${store}`
+    const baseTx = `no-idempotency-tx-${store}`
+    const first = `idempotency-${store}`
+    const replay = `replay-${store}`
+    const statements = (name: string) => value(rows, name, 'statements_per_request')
+    const rps = (name: string) => value(rows, name, 'requests_per_s')
+    const extra = statements(first) - statements(base)
+    const extraTx = statements(first) - statements(baseTx)
+    const ratio = rps(first) / rps(base)
+    const ratioTx = rps(first) / rps(baseTx)
+    const speedup = value(rows, replay, 'requests_per_s') / value(rows, first, 'requests_per_s')
+    const p50Speedup = value(rows, first, 'p50_ms') / value(rows, replay, 'p50_ms')
+    lines.push(
+      `goal ${store}: <= 1 extra round trip per new key: +${extra.toFixed(2)} statements (${statements(first).toFixed(2)} vs ${statements(base).toFixed(2)}; +${extraTx.toFixed(2)} over the handler in its own transaction) -> ${verdict(extra <= 1.001)}`,
+      `goal ${store}: >= 0.7x throughput without idempotency: ${ratio.toFixed(2)}x (${ratioTx.toFixed(2)}x of the handler in its own transaction) -> ${verdict(ratio >= 0.7)}`,
+      `goal ${store}: replays >= 2x faster than first executions: ${speedup.toFixed(2)}x requests/s, ${p50Speedup.toFixed(2)}x p50 -> ${verdict(speedup >= 2)}`,
+    )
+  }
+  return lines
+}
+
+/** Runs the idempotency benchmark. */
+export async function main(args: string[]): Promise<void> {
+  const began = Date.now()
+  const durationArg = args.find((a) => a.startsWith('--duration-ms='))
+  const durationMs = durationArg === undefined ? 5_000 : Number(durationArg.split('=')[1])
+  const log = (line: string) => process.stderr.write(`${line}\n`)
+  log('starting PostgreSQL 15 (fsync on) ...')
+  const postgres = await startPostgres({ watchPid: process.pid, log })
+  const dir = mkdtempSync(join(tmpdir(), 'breakwater-bench-'))
+  const toClose: Array<{ close(): Promise<void> }> = []
+  try {
+    const cases: LoadCase[] = []
+    for (const store of ['sqlite', 'postgres'] as const) {
+      const url = store === 'sqlite' ? `sqlite:${join(dir, 'bench.db')}` : postgres.url
+      const raw = await openDatabase(url, { postgres: { maxConnections: 16 } })
+      toClose.push(raw)
+      await migrateIdempotency(raw)
+      await raw.execute('CREATE TABLE bench_charges (id TEXT PRIMARY KEY, amount INTEGER NOT NULL)')
+      // One counting driver per case, so each case's statements are its own.
+      const plainDb = new CountingDriver(raw)
+      const plainTxDb = new CountingDriver(raw)
+      const idemDb = new CountingDriver(raw)
+      const plain = await plainServer(plainDb)
+      const plainTx = await plainTxServer(plainTxDb)
+      const idem = await idempotentServer(idemDb)
+      toClose.push(plain, plainTx, idem)
+      const plainPool = new Pool(plain.url, { connections, pipelining: 1 })
+      const plainTxPool = new Pool(plainTx.url, { connections, pipelining: 1 })
+      const idemPool = new Pool(idem.url, { connections, pipelining: 1 })
+      toClose.push(plainPool, plainTxPool, idemPool)
+      const completed: string[] = []
+      let counter = 0
+      let replayAt = 0
+      const fresh = {
+        latenciesMs: [],
+        requests: 0,
+        statements: 0,
+        elapsedMs: 0,
+        errors: 0,
+      }
+      cases.push(
+        {
+          subject: 'node:http',
+          name: `no-idempotency-${store}`,
+          pool: plainPool,
+          db: plainDb,
+          nextKey: () => undefined,
+          replay: false,
+          ...structuredClone(fresh),
+        },
+        {
+          subject: 'node:http',
+          name: `no-idempotency-tx-${store}`,
+          pool: plainTxPool,
+          db: plainTxDb,
+          nextKey: () => undefined,
+          replay: false,
+          ...structuredClone(fresh),
+        },
+        {
+          subject: 'breakwater',
+          name: `idempotency-${store}`,
+          pool: idemPool,
+          db: idemDb,
+          nextKey: () => `bench-${store}-${counter++}`,
+          done: (key) => completed.push(key),
+          replay: false,
+          ...structuredClone(fresh),
+        },
+        {
+          subject: 'breakwater',
+          name: `replay-${store}`,
+          pool: idemPool,
+          db: idemDb,
+          nextKey: () => completed[replayAt++ % completed.length],
+          replay: true,
+          ...structuredClone(fresh),
+        },
+      )
+    }
+    for (const c of cases) {
+      log(`warmup ${c.name}`)
+      await drive(c, warmupMs, false)
+    }
+    for (let round = 0; round < rounds; round++) {
+      for (const c of cases) {
+        log(`round ${round + 1}/${rounds} ${c.name}`)
+        await drive(c, durationMs / rounds, true)
+      }
+    }
+    const rows: ResultRow[] = []
+    for (const c of cases) {
+      if (c.errors > 0) log(`warning: ${c.name} had ${c.errors} unexpected answers`)
+      rows.push(
+        {
+          subject: c.subject,
+          case: c.name,
+          metric: 'requests_per_s',
+          value: c.requests / (c.elapsedMs / 1000),
+        },
+        {
+          subject: c.subject,
+          case: c.name,
+          metric: 'p50_ms',
+          value: percentile(c.latenciesMs, 50),
+        },
+        {
+          subject: c.subject,
+          case: c.name,
+          metric: 'p99_ms',
+          value: percentile(c.latenciesMs, 99),
+        },
+        {
+          subject: c.subject,
+          case: c.name,
+          metric: 'statements_per_request',
+          value: c.statements / c.requests,
+        },
+      )
+    }
+    writeResults('idempotency', rows)
+    for (const line of goals(rows)) console.log(line)
+  } finally {
+    for (const resource of toClose.reverse()) await resource.close().catch(() => {})
+    await postgres.stop()
+    rmSync(dir, { recursive: true, force: true })
+  }
+  console.log(`took ${((Date.now() - began) / 1000).toFixed(0)} s`)
+}
