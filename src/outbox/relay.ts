@@ -331,6 +331,7 @@ class OutboxRelay implements Relay {
   #renewTimer: TimerHandle | undefined
   #retentionTimer: TimerHandle | undefined
   #pruning = false
+  #timersStopped = false
   #nextRebalanceAt = 0
   #published = 0
   #publishFailures = 0
@@ -530,6 +531,7 @@ class OutboxRelay implements Relay {
   }
 
   #clearTimers(): void {
+    this.#timersStopped = true
     if (this.#renewTimer !== undefined) this.#clock.clearTimeout(this.#renewTimer)
     if (this.#retentionTimer !== undefined) this.#clock.clearTimeout(this.#retentionTimer)
     this.#renewTimer = undefined
@@ -556,10 +558,11 @@ class OutboxRelay implements Relay {
 
   // Renewal runs on its own timer, not in the loop, so a slow publish never lets leases lapse.
   #scheduleRenewal(): void {
+    if (this.#timersStopped) return
     this.#renewTimer = this.#clock.setTimeout(
       () => {
         this.#renewTimer = undefined
-        if (!this.#active()) return
+        if (!this.#active() || this.#timersStopped) return
         this.#leases
           .renew()
           .then((lost) => {
@@ -575,7 +578,7 @@ class OutboxRelay implements Relay {
   }
 
   #scheduleRetention(): void {
-    if (this.#retention === undefined) return
+    if (this.#retention === undefined || this.#timersStopped) return
     this.#retentionTimer = this.#clock.setTimeout(() => {
       this.#retentionTimer = undefined
       if (this.#state !== 'running') return

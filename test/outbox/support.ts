@@ -1,6 +1,6 @@
 // Real databases for the outbox tests (a SQLite file, a PostgreSQL database on the test server)
 // with the outbox, queue and inbox migrations applied, and small helpers to watch them.
-import type { IncomingMessage } from '../../src/brokers/types.js'
+import type { IncomingMessage, OutgoingMessage, Publisher } from '../../src/brokers/types.js'
 import {
   createSqlQueue,
   migrateInbox,
@@ -161,4 +161,47 @@ export async function collect(
 /** A SQL queue with fast polling for tests. */
 export function testQueue(db: SqlDriver, options: SqlQueueOptions = {}): SqlQueue {
   return createSqlQueue(db, { pollIntervalMs: 2, maxPollIntervalMs: 20, ...options })
+}
+
+/** A publisher decorator for fault injection and recording around a real broker's publisher. */
+export interface TestPublisher extends Publisher {
+  /** Ids of every message the real publisher confirmed, in confirmation order (with repeats). */
+  readonly confirmed: string[]
+  /** Calls made (including failed ones). */
+  calls: number
+  /** Runs before each call is forwarded; may throw (the call fails) or wait (a slow broker). */
+  before: ((messages: readonly OutgoingMessage[]) => void | Promise<void>) | undefined
+}
+
+/** Wraps `inner`: `before` can fail or delay calls; confirmed ids are recorded. */
+export function testPublisher(inner: Publisher): TestPublisher {
+  const publisher: TestPublisher = {
+    confirmed: [],
+    calls: 0,
+    before: undefined,
+    async publish(messages, signal) {
+      publisher.calls++
+      await publisher.before?.(messages)
+      await inner.publish(messages, signal)
+      for (const m of messages) publisher.confirmed.push(m.id)
+    },
+    close: () => inner.close(),
+  }
+  return publisher
+}
+
+/** An error like the one a broker client raises when the broker is down (transient). */
+export function brokerDown(): Error {
+  return Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:4222'), { code: 'ECONNREFUSED' })
+}
+
+/** Ids confirmed more than once. */
+export function repeated(ids: readonly string[]): string[] {
+  const seen = new Set<string>()
+  const twice = new Set<string>()
+  for (const id of ids) {
+    if (seen.has(id)) twice.add(id)
+    seen.add(id)
+  }
+  return [...twice]
 }

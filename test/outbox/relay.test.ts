@@ -1,0 +1,293 @@
+// The relay on real SQLite and PostgreSQL, publishing through the real SQL queue: everything
+// arrives in per-aggregate order, several relays share the partitions without publishing an
+// event twice, stop() finishes the batch in hand, wake-ups, fault points.
+import { execFileSync } from 'node:child_process'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import {
+  crashAtFromEnv,
+  createOutbox,
+  createRelay,
+  OUTBOX_PARTITIONS,
+  type Outbox,
+  type Relay,
+  type RelayFaultPoint,
+  relayFaultPoints,
+} from '../../src/outbox/index.js'
+import { splitIntoWaves } from '../../src/outbox/relay.js'
+import type { SqlDriver } from '../../src/stores/index.js'
+import { QueueChecker } from '../support/queue-checker.js'
+import {
+  collect,
+  count,
+  dbTargets,
+  delay,
+  type OutboxDb,
+  pendingCount,
+  repeated,
+  type TestPublisher,
+  testPublisher,
+  testQueue,
+  until,
+} from './support.js'
+
+/** Writes `perAggregate` events for each aggregate, one transaction each, aggregates in parallel. */
+async function writeEvents(
+  db: SqlDriver,
+  outbox: Outbox,
+  options: { prefix: string; aggregates: number; perAggregate: number; checker?: QueueChecker },
+): Promise<string[]> {
+  const ids: string[] = []
+  await Promise.all(
+    Array.from({ length: options.aggregates }, async (_, a) => {
+      const key = `${options.prefix}-agg-${a}`
+      for (let n = 0; n < options.perAggregate; n++) {
+        const id = `${options.prefix}-${a}-${n}`
+        options.checker?.invoke(id, key)
+        await db.transaction((tx) =>
+          outbox.enqueue(tx, {
+            id,
+            aggregateType: 'order',
+            aggregateId: key,
+            type: n === 0 ? 'order-placed' : 'line-added',
+            payload: { n },
+            correlationId: `flow-${a}`,
+          }),
+        )
+        options.checker?.complete(id, 'ok')
+        ids.push(id)
+      }
+    }),
+  )
+  return ids
+}
+
+describe('splitIntoWaves', () => {
+  it('puts the n-th event of each aggregate in wave n, keeping id order within a wave', () => {
+    const rows = ['a', 'b', 'a', 'c', 'a', 'b'].map((aggregate_id, id) => ({ id, aggregate_id }))
+    expect(splitIntoWaves(rows).map((wave) => wave.map((r) => r.id))).toEqual([
+      [0, 1, 3],
+      [2, 5],
+      [4],
+    ])
+    expect(splitIntoWaves([])).toEqual([])
+  })
+})
+
+describe('relay options and fault hooks', () => {
+  it('validates options at construction, naming the option', () => {
+    const db = { dialect: 'sqlite', query: async () => [], execute: async () => ({ rowCount: 0 }) }
+    const publisher = { publish: async () => {}, close: async () => {} }
+    const build = (extra: object) => () =>
+      createRelay({ db: db as never, publisher, ...extra } as never)
+    expect(build({})).not.toThrow()
+    expect(build({ leaseMs: 1000, publishTimeoutMs: 600 })).toThrow(/relay\.publishTimeoutMs/)
+    expect(build({ batchSize: 0 })).toThrow(InvalidOptionError)
+    expect(build({ ordering: 'random' })).toThrow(/relay\.ordering/)
+    expect(build({ maxPollIntervalMs: 1, pollIntervalMs: 5 })).toThrow(/relay\.maxPollIntervalMs/)
+    expect(build({ publisher: {} })).toThrow(/relay\.publisher/)
+    expect(build({ retention: { olderThanMs: -1 } })).toThrow(/relay\.retention\.olderThanMs/)
+  })
+
+  it('crashAtFromEnv reads BREAKWATER_CRASH_AT and kills the process at the n-th time', () => {
+    expect(crashAtFromEnv(undefined)).toBeUndefined()
+    expect(crashAtFromEnv('saga:after-step')).toBeUndefined()
+    expect(() => crashAtFromEnv('relay:after-lunch')).toThrow(/BREAKWATER_CRASH_AT/)
+    expect(() => crashAtFromEnv('relay:after-mark:0')).toThrow(/BREAKWATER_CRASH_AT/)
+    const script = `
+      import { crashAtFromEnv } from './src/outbox/faults.ts'
+      const faults = crashAtFromEnv(process.env.BREAKWATER_CRASH_AT)
+      faults('after-publish'); faults('after-mark'); process.stdout.write('alive;')
+      faults('after-mark'); process.stdout.write('not reached')`
+    let error: { signal?: string; stdout?: string } = {}
+    try {
+      execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+        cwd: new URL('../..', import.meta.url),
+        env: { ...process.env, BREAKWATER_CRASH_AT: 'relay:after-mark:2' },
+        encoding: 'utf8',
+        stdio: 'pipe',
+      })
+    } catch (e) {
+      error = e as typeof error
+    }
+    expect(error.signal).toBe('SIGKILL')
+    expect(error.stdout).toBe('alive;')
+  })
+})
+
+describe.each(dbTargets)('relay on $dialect', (target) => {
+  let t: OutboxDb
+  const outbox = createOutbox({ topic: 'orders' })
+  const relays: Relay[] = []
+
+  function relay(publisher: TestPublisher, extra: Partial<Parameters<typeof createRelay>[0]> = {}) {
+    const r = createRelay({
+      db: t.db,
+      publisher,
+      pollIntervalMs: 2,
+      maxPollIntervalMs: 20,
+      leaseMs: 1_500,
+      batchSize: 50,
+      ...extra,
+    })
+    relays.push(r)
+    return r
+  }
+
+  beforeAll(async () => {
+    t = await target.open('relay')
+  })
+  afterAll(async () => {
+    for (const r of relays) await r.stop()
+    await t?.close()
+  })
+
+  it('publishes every event through the SQL queue in per-aggregate order, each once', async () => {
+    const queue = testQueue(t.db)
+    const collector = await collect(queue, 'orders', 'single')
+    const publisher = testPublisher(queue.publisher)
+    const checker = new QueueChecker()
+    const points: RelayFaultPoint[] = []
+    const r = relay(publisher, { faults: (point) => void points.push(point) })
+    await r.start()
+    expect(r.partitions()).toHaveLength(OUTBOX_PARTITIONS)
+    await writeEvents(t.db, outbox, { prefix: 'one', aggregates: 12, perAggregate: 30, checker })
+    await until(() => collector.ids().size === 360, 'all 360 events at the consumer')
+    for (const received of collector.received) checker.deliver(received.id)
+    const verdict = checker.check()
+    expect(verdict.valid).toBe(true)
+    expect(verdict.lost).toEqual([])
+    expect(verdict.duplicated.size).toBe(0)
+    expect(repeated(publisher.confirmed)).toEqual([])
+    expect(await pendingCount(t.db)).toBe(0)
+    expect(r.metrics()).toMatchObject({ published: 360, deadLettered: 0, lagMs: 0 })
+    const first = collector.received.find((m) => m.id === 'one-0-0')!
+    expect(first).toMatchObject({ key: 'one-agg-0', type: 'order-placed', payload: { n: 0 } })
+    // Each round passes the fault points in order.
+    expect(points.slice(0, 2)).toEqual(['before-claim', 'after-claim'])
+    const published = points.indexOf('after-publish')
+    expect(points.slice(published - 1, published + 2)).toEqual([
+      'after-claim',
+      'after-publish',
+      'after-mark',
+    ])
+    expect(new Set(points)).toEqual(new Set(relayFaultPoints))
+    await r.stop()
+    expect(r.state).toBe('stopped')
+    expect(await count(t.db, 'breakwater_outbox_partitions', 'WHERE owner IS NOT NULL')).toBe(0)
+    await collector.close()
+  })
+
+  it.each([2, 4])(
+    '%i relays in parallel share the partitions, publish nothing twice and keep order',
+    async (n) => {
+      const queue = testQueue(t.db)
+      const prefix = `par${n}`
+      const collector = await collect(queue, 'orders', `parallel-${n}`)
+      const checker = new QueueChecker()
+      const publishers: TestPublisher[] = []
+      const group: Relay[] = []
+      for (let i = 0; i < n; i++) {
+        // PostgreSQL relays get their own pools; SQLite relays in one process share the
+        // connection (separate better-sqlite3 connections would block the thread on locks).
+        const db = target.dialect === 'postgres' ? await t.another() : t.db
+        const publisher = testPublisher(queue.publisher)
+        publishers.push(publisher)
+        group.push(relay(publisher, { db, leaseMs: 600, batchSize: 20 }))
+      }
+      try {
+        await Promise.all(group.map((r) => r.start()))
+        const writing = writeEvents(t.db, outbox, {
+          prefix,
+          aggregates: 20,
+          perAggregate: 25,
+          checker,
+        })
+        // Every relay converges on its fair share while events flow.
+        await until(
+          () => group.every((r) => r.partitions().length === OUTBOX_PARTITIONS / n),
+          'a fair share each',
+        )
+        const owned = group.flatMap((r) => r.partitions())
+        expect(new Set(owned).size).toBe(OUTBOX_PARTITIONS)
+        await writing
+        await until(
+          () => [...collector.ids()].filter((id) => id.startsWith(prefix)).length === 500,
+          'all 500 events',
+        )
+        for (const received of collector.received) {
+          if (received.id.startsWith(prefix)) checker.deliver(received.id)
+        }
+        const verdict = checker.check()
+        expect(verdict.lost).toEqual([])
+        expect(verdict.orderViolations).toEqual([])
+        expect(verdict.valid).toBe(true)
+        // Across all relays, the broker confirmed each event exactly once.
+        const confirmed = publishers
+          .flatMap((p) => p.confirmed)
+          .filter((id) => id.startsWith(prefix))
+        expect(repeated(confirmed)).toEqual([])
+        expect(confirmed).toHaveLength(500)
+        expect(publishers.filter((p) => p.confirmed.length > 0).length).toBeGreaterThan(1)
+      } finally {
+        await Promise.all(group.map((r) => r.stop()))
+        await collector.close()
+      }
+    },
+  )
+
+  it('stop() finishes the batch in hand, releases its partitions, then publishes nothing', async () => {
+    const queue = testQueue(t.db)
+    const publisher = testPublisher(queue.publisher)
+    let release = (): void => {}
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let entered = false
+    publisher.before = async () => {
+      entered = true
+      await gate
+    }
+    // Written first, so that the first batch holds all five.
+    await writeEvents(t.db, outbox, { prefix: 'stop', aggregates: 5, perAggregate: 1 })
+    const r = relay(publisher)
+    await r.start()
+    await until(() => entered, 'a publish in flight')
+    const stopping = r.stop()
+    await delay(30)
+    expect(r.state).toBe('stopping')
+    expect(await pendingCount(t.db)).toBe(5)
+    release()
+    await stopping
+    expect(r.state).toBe('stopped')
+    expect(await pendingCount(t.db)).toBe(0)
+    expect(publisher.confirmed.filter((id) => id.startsWith('stop'))).toHaveLength(5)
+    expect(await count(t.db, 'breakwater_outbox_partitions', `WHERE owner = '${r.id}'`)).toBe(0)
+    expect(await count(t.db, 'breakwater_outbox_relays', `WHERE relay_id = '${r.id}'`)).toBe(0)
+    await writeEvents(t.db, outbox, { prefix: 'after-stop', aggregates: 1, perAggregate: 1 })
+    await delay(100)
+    expect(await pendingCount(t.db)).toBe(1)
+    await t.db.execute("DELETE FROM breakwater_outbox WHERE event_id LIKE 'after-stop%'")
+  })
+
+  it('wakes at once instead of waiting out a long poll interval', async () => {
+    const queue = testQueue(t.db)
+    const publisher = testPublisher(queue.publisher)
+    const r = relay(publisher, {
+      pollIntervalMs: 60_000,
+      maxPollIntervalMs: 60_000,
+      leaseMs: 120_000,
+    })
+    await r.start()
+    await delay(50) // the first read found nothing; the relay now waits a minute
+    const writer = target.dialect === 'postgres' ? await t.another() : t.db
+    const started = Date.now()
+    await writeEvents(writer, outbox, { prefix: 'wake', aggregates: 1, perAggregate: 1 })
+    // PostgreSQL: the enqueue's NOTIFY wakes it. SQLite has no notifications: the writer in
+    // the same process says so with wake().
+    if (target.dialect === 'sqlite') r.wake()
+    await until(() => publisher.confirmed.includes('wake-0-0'), 'the woken publish', 5_000)
+    expect(Date.now() - started).toBeLessThan(2_000)
+    await r.stop()
+  })
+})
