@@ -350,6 +350,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
             : this.#attempt(stream, command, options, undefined),
         options.signal,
       )
+      this.#store.announce(result.lastPosition)
       return { stream, ...result, replayed: false } as CommandResult<E, S>
     }
     let ran = false
@@ -366,6 +367,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
         ),
       options.signal,
     )
+    if (ran) this.#store.announce(result.lastPosition)
     return { stream, ...result, replayed: !ran } as CommandResult<E, S>
   }
 
@@ -413,10 +415,13 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       extra === undefined
         ? decided
         : decided.map((event) => ({ ...event, metadata: { ...event.metadata, ...extra } }))
-    const appended = await this.#store.append<E>(stream, events, {
-      expectedVersion: loaded.version,
-      ...(tx === undefined ? {} : { tx }),
-    })
+    // The handler announces the append itself once its transaction has committed.
+    const appended = await this.#store.appendQuietly<E>(
+      stream,
+      events,
+      { expectedVersion: loaded.version, ...(tx === undefined ? {} : { tx }) },
+      false,
+    )
     let state = loaded.state
     for (const event of appended.events) state = this.#decider.evolve(state, event)
     const snapshots = this.#snapshots

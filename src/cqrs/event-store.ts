@@ -4,6 +4,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import { WrongExpectedVersionError } from './errors.js'
+import { AppendNotifier } from './follower.js'
 import {
   applyInline,
   ensureProjections,
@@ -51,10 +52,12 @@ export interface EventStoreOptions {
    */
   readonly inlineProjections?: readonly ProjectionDefinition[]
   /**
-   * On PostgreSQL, each append sends `NOTIFY breakwater_events` (payload: its last position)
-   * when it commits, which wakes subscriptions and projectors at once instead of at their next
-   * poll. PostgreSQL serializes the commits of notifying transactions, so turn it off for the
-   * highest concurrent append rates when followers can live with polling.
+   * On PostgreSQL, wake subscriptions and projectors with `NOTIFY breakwater_events` (payload:
+   * the last appended position) instead of leaving them to their next poll. Standalone appends
+   * and command handlers notify right after their commit, coalesced, in a tiny transaction of
+   * their own. An append inside the caller's transaction (`tx`) notifies inside it, because only
+   * that is delivered at its commit; PostgreSQL serializes the commits of notifying
+   * transactions (with their WAL flush), so such appends do not commit concurrently.
    * @default true
    */
   readonly notify?: boolean
@@ -177,6 +180,15 @@ export function expectationHolds(
   return version === expected
 }
 
+interface PendingAppend<E extends EventShape> {
+  readonly stream: string
+  readonly events: readonly NewEvent<E>[]
+  readonly expected: ExpectedVersion
+  readonly prepared: PreparedEvents
+  readonly createdAt: number
+  readonly notifyInTx: boolean
+}
+
 interface PreparedEvents {
   readonly ids: string[]
   readonly types: string[]
@@ -197,6 +209,7 @@ export class EventStoreImpl implements EventStore {
   readonly notify: boolean
   #prepared: Promise<void> | undefined
   #preparedDone = false
+  readonly #notifier: AppendNotifier | undefined
 
   constructor(db: SqlDriver, options: EventStoreOptions) {
     if (
@@ -227,6 +240,7 @@ export class EventStoreImpl implements EventStore {
     const notify = options.notify ?? true
     if (typeof notify !== 'boolean') throw new InvalidOptionError('notify', 'a boolean', notify)
     this.notify = notify
+    this.#notifier = notify && db.dialect === 'postgres' ? new AppendNotifier(db) : undefined
   }
 
   /**
@@ -252,6 +266,25 @@ export class EventStoreImpl implements EventStore {
     events: readonly NewEvent<E>[],
     options: AppendOptions = {},
   ): Promise<AppendResult<E>> {
+    checkObject('options', options)
+    // In the caller's transaction the only way to wake followers at its commit is NOTIFY in
+    // that transaction; on its own the append announces itself after committing.
+    const result = await this.appendQuietly(stream, events, options, options.tx !== undefined)
+    if (options.tx === undefined) this.announce(result.lastPosition)
+    return result
+  }
+
+  /**
+   * @internal Appends without the post-commit notification (`notifyInTx`: NOTIFY inside the
+   * transaction instead). Callers that own the transaction call {@link announce} after it
+   * commits.
+   */
+  async appendQuietly<E extends EventShape>(
+    stream: string,
+    events: readonly NewEvent<E>[],
+    options: AppendOptions,
+    notifyInTx: boolean,
+  ): Promise<AppendResult<E>> {
     checkStream(stream)
     if (!Array.isArray(events) || events.length === 0) {
       throw new InvalidOptionError('events', 'a non-empty array of events', events)
@@ -260,28 +293,28 @@ export class EventStoreImpl implements EventStore {
     const prepared = this.#prepare(events)
     const createdAt = this.clock.now()
     const tx = options.tx
+    const append = { stream, events, expected, prepared, createdAt, notifyInTx }
     if (this.inlineProjections.length > 0) {
       if (tx === undefined) {
         await this.prepare()
-        return this.db.transaction((t) =>
-          this.#appendInline(t, stream, events, expected, prepared, createdAt),
-        )
+        return this.db.transaction((t) => this.#appendInline(t, append))
       }
       if (!this.#preparedDone) await ensureProjections(tx, this.inlineProjections, this.clock)
-      return this.#appendInline(tx, stream, events, expected, prepared, createdAt)
+      return this.#appendInline(tx, append)
     }
-    return this.#appendRaw(tx, stream, events, expected, prepared, createdAt)
+    return this.#appendRaw(tx, append)
+  }
+
+  /** @internal Wakes followers (PostgreSQL) after events up to `position` committed. */
+  announce(position: number): void {
+    if (this.#notifier !== undefined && position > 0) this.#notifier.appended(position)
   }
 
   async #appendInline<E extends EventShape>(
     tx: SqlExecutor,
-    stream: string,
-    events: readonly NewEvent<E>[],
-    expected: ExpectedVersion,
-    prepared: PreparedEvents,
-    createdAt: number,
+    append: PendingAppend<E>,
   ): Promise<AppendResult<E>> {
-    const result = await this.#appendRaw(tx, stream, events, expected, prepared, createdAt)
+    const result = await this.#appendRaw(tx, append)
     await applyInline(tx, this.inlineProjections, result.events)
     return result
   }
@@ -289,12 +322,9 @@ export class EventStoreImpl implements EventStore {
   /** Appends through `tx` (or on its own when undefined), without inline projections. */
   async #appendRaw<E extends EventShape>(
     tx: SqlExecutor | undefined,
-    stream: string,
-    events: readonly NewEvent<E>[],
-    expected: ExpectedVersion,
-    prepared: PreparedEvents,
-    createdAt: number,
+    append: PendingAppend<E>,
   ): Promise<AppendResult<E>> {
+    const { stream, events, expected, prepared, createdAt } = append
     let version: number
     let firstPosition: number
     if (this.dialect === 'postgres') {
@@ -314,7 +344,7 @@ export class EventStoreImpl implements EventStore {
         prepared.data,
         prepared.metadata,
         createdAt,
-        this.notify,
+        append.notifyInTx && this.notify,
       ])
       const row = rows[0]
       if (row === undefined) throw new Error('breakwater_append returned no row')

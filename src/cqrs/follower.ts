@@ -1,7 +1,7 @@
 import { type Clock, sleep } from '../core/clock.js'
-import type { Unlisten } from '../stores/index.js'
+import type { SqlDriver, Unlisten } from '../stores/index.js'
 import type { EventStoreImpl } from './event-store.js'
-import { eventsChannel } from './sql.js'
+import { eventsChannel, postgresNotify } from './sql.js'
 
 // The shortest wait before re-reading when a notification announced a position that `readAll`
 // does not return yet (an older transaction is still open); doubles up to the poll interval.
@@ -91,4 +91,39 @@ export class LogWaker {
 export function failureDelayMs(failures: number, baseMs: number, maxMs: number): number {
   const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(30, failures - 1))
   return ceiling / 2 + (Math.random() * ceiling) / 2
+}
+
+/**
+ * Sends the post-commit NOTIFY of appends on PostgreSQL, coalesced: at most one notification
+ * is in flight per store, carrying the largest position appended meanwhile, so a burst of
+ * appends costs one or two tiny statements, not one each.
+ */
+export class AppendNotifier {
+  readonly #db: SqlDriver
+  #pending = 0
+  #sending = false
+
+  constructor(db: SqlDriver) {
+    this.#db = db
+  }
+
+  /** Announces that events up to `position` have committed. */
+  appended(position: number): void {
+    if (position > this.#pending) this.#pending = position
+    if (!this.#sending) void this.#send()
+  }
+
+  async #send(): Promise<void> {
+    this.#sending = true
+    try {
+      while (this.#pending > 0) {
+        const position = this.#pending
+        this.#pending = 0
+        // A lost notification only delays followers until their next poll.
+        await this.#db.query(postgresNotify, [position]).catch(() => {})
+      }
+    } finally {
+      this.#sending = false
+    }
+  }
 }

@@ -173,6 +173,18 @@ BEGIN
 END;
 $fn$`
 
+// Wakes followers after a commit, without making the append itself notify: PostgreSQL holds a
+// cluster-wide lock from a notifying transaction's commit until its WAL flush, which would
+// serialize every concurrent append. This tiny transaction does not wait for its flush (a
+// lost notification only delays followers until their next poll).
+const notifyFunction = `CREATE FUNCTION breakwater_notify(p_position BIGINT) RETURNS VOID
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
+  PERFORM pg_notify('${eventsChannel}', p_position::text);
+END;
+$fn$`
+
 const postgresMigration: string[] = [
   `CREATE TABLE breakwater_streams (
   stream_id TEXT PRIMARY KEY,
@@ -219,6 +231,7 @@ const postgresMigration: string[] = [
   PRIMARY KEY (stream_id, name)
 )`,
   appendFunction,
+  notifyFunction,
 ]
 
 /** The event store's schema migrations (capability `cqrs`), both dialects. */
@@ -354,6 +367,9 @@ ORDER BY position LIMIT 1`,
     noLimit: null,
   },
 }
+
+/** PostgreSQL: the post-commit wake-up of followers (see the migration). */
+export const postgresNotify = 'SELECT breakwater_notify($1)'
 
 /** The PostgreSQL append call: see the migration. */
 export const postgresAppend =

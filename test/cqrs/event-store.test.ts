@@ -1,0 +1,431 @@
+// The event store on real SQLite and real PostgreSQL: appends and reads, every expectation,
+// soft delete, metadata, upcasters, and optimistic concurrency under 100 concurrent writers.
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import {
+  createEventStore,
+  type EventStore,
+  type ExpectedVersion,
+  WrongExpectedVersionError,
+} from '../../src/cqrs/index.js'
+import { sqlErrorKind } from '../../src/stores/index.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+const event = (n: number) => ({ type: 'counted', data: { n } })
+
+const raceWriter = fileURLToPath(new URL('../fixtures/cqrs/race-writer.ts', import.meta.url))
+
+function runWriter(
+  url: string,
+  stream: string,
+  count: number,
+  label: string,
+): Promise<{ label: string; conflicts: number }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', raceWriter, url, stream, String(count), label],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    )
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString()
+    })
+    child.stderr.on('data', (chunk: Buffer) => {
+      err += chunk.toString()
+    })
+    child.on('error', reject)
+    child.on('exit', (code) => {
+      if (code === 0) resolve(JSON.parse(out.trim()) as { label: string; conflicts: number })
+      else reject(new Error(`writer ${label} exited with ${code}: ${err}`))
+    })
+  })
+}
+
+async function conflict(promise: Promise<unknown>): Promise<WrongExpectedVersionError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  )
+  expect(error).toBeInstanceOf(WrongExpectedVersionError)
+  return error as WrongExpectedVersionError
+}
+
+describe.each(dbTargets)('event store on $dialect', (target) => {
+  let t: TestDb
+  let store: EventStore
+  let n = 0
+  const fresh = () => `stream-${++n}`
+
+  beforeAll(async () => {
+    t = await target.open('cqrs_store')
+    store = createEventStore(t.db)
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('appends atomically and reads streams forwards, backwards, from a version, limited', async () => {
+    const s = fresh()
+    const first = await store.append(s, [event(1), event(2), event(3)], {
+      expectedVersion: 'noStream',
+    })
+    expect(first.version).toBe(3)
+    expect(first.lastPosition - first.firstPosition).toBe(2)
+    expect(first.events.map((e) => [e.version, e.position])).toEqual([
+      [1, first.firstPosition],
+      [2, first.firstPosition + 1],
+      [3, first.firstPosition + 2],
+    ])
+    await store.append(s, [event(4)], { expectedVersion: 3 })
+
+    const all = await store.readStream(s)
+    expect(all.version).toBe(4)
+    expect(all.exists).toBe(true)
+    expect(all.events.map((e) => e.data)).toEqual([{ n: 1 }, { n: 2 }, { n: 3 }, { n: 4 }])
+    expect(all.events[0]).toMatchObject({
+      type: 'counted',
+      stream: s,
+      version: 1,
+      schemaVersion: 1,
+      metadata: {},
+    })
+    expect(typeof all.events[0]!.id).toBe('string')
+
+    const from = await store.readStream(s, { from: 3 })
+    expect(from.events.map((e) => e.version)).toEqual([3, 4])
+    const back = await store.readStream(s, { direction: 'backwards', limit: 3 })
+    expect(back.events.map((e) => e.version)).toEqual([4, 3, 2])
+    const backFrom = await store.readStream(s, { direction: 'backwards', from: 2 })
+    expect(backFrom.events.map((e) => e.version)).toEqual([2, 1])
+    const limited = await store.readStream(s, { from: 2, limit: 2 })
+    expect(limited.events.map((e) => e.version)).toEqual([2, 3])
+    expect(limited.version).toBe(4)
+
+    const missing = await store.readStream(fresh())
+    expect(missing).toEqual({ events: [], version: 0, exists: false, deleted: false })
+  })
+
+  it('keeps ids, metadata and explicit schema versions', async () => {
+    const s = fresh()
+    await store.append(s, [
+      { type: 'a', data: [1, 'x'], id: 'evt-1', metadata: { correlationId: 'c1' } },
+      { type: 'b', data: null, schemaVersion: 3 },
+    ])
+    const { events } = await store.readStream(s)
+    expect(events[0]).toMatchObject({
+      id: 'evt-1',
+      data: [1, 'x'],
+      metadata: { correlationId: 'c1' },
+    })
+    expect(events[1]).toMatchObject({ type: 'b', data: null, schemaVersion: 3 })
+  })
+
+  it('checks every expectation and reports expected and actual', async () => {
+    const s = fresh()
+    const e1 = await conflict(store.append(s, [event(1)], { expectedVersion: 'streamExists' }))
+    expect(e1).toMatchObject({
+      code: 'WRONG_EXPECTED_VERSION',
+      stream: s,
+      actual: 0,
+      deleted: false,
+    })
+    expect(e1.expected).toBe('streamExists')
+    await conflict(store.append(s, [event(1)], { expectedVersion: 1 }))
+    await store.append(s, [event(1)], { expectedVersion: 0 })
+    const e2 = await conflict(store.append(s, [event(2)], { expectedVersion: 'noStream' }))
+    expect(e2.actual).toBe(1)
+    const e3 = await conflict(store.append(s, [event(2)], { expectedVersion: 0 }))
+    expect([e3.expected, e3.actual]).toEqual([0, 1])
+    await store.append(s, [event(2)], { expectedVersion: 'streamExists' })
+    await store.append(s, [event(3)], { expectedVersion: 'any' })
+    await store.append(s, [event(4)])
+    const e4 = await conflict(store.append(s, [event(5)], { expectedVersion: 3 }))
+    expect(e4.message).toContain('version 4')
+    await store.append(s, [event(5)], { expectedVersion: 4 })
+    expect((await store.readStream(s)).events.map((e) => e.version)).toEqual([1, 2, 3, 4, 5])
+    // A failed append wrote nothing.
+    expect((await store.streamInfo(s)).version).toBe(5)
+  })
+
+  it('soft-deletes: reads hide the stream, readAll keeps the log, an append recreates it', async () => {
+    const s = fresh()
+    const first = await store.append(s, [event(1), event(2)])
+    await conflict(store.deleteStream(s, { expectedVersion: 1 }))
+    await store.deleteStream(s, { expectedVersion: 2 })
+    await store.deleteStream(s) // deleting again does nothing
+
+    expect(await store.readStream(s)).toEqual({
+      events: [],
+      version: 2,
+      exists: false,
+      deleted: true,
+    })
+    expect(await store.streamInfo(s)).toMatchObject({ version: 2, exists: false, deleted: true })
+    const log = await store.readAll({ fromPosition: first.firstPosition, limit: 2 })
+    expect(log.map((e) => e.stream)).toEqual([s, s])
+
+    // A deleted stream counts as no stream, and keeps its last version.
+    const exists = await conflict(store.append(s, [event(3)], { expectedVersion: 'streamExists' }))
+    expect(exists).toMatchObject({ actual: 2, deleted: true })
+    await conflict(store.append(s, [event(3)], { expectedVersion: 0 }))
+    const again = await store.append(s, [event(3)], { expectedVersion: 'noStream' })
+    expect(again.version).toBe(3)
+    const read = await store.readStream(s)
+    expect(read).toMatchObject({ version: 3, exists: true, deleted: false })
+    expect(read.events.map((e) => [e.version, e.data])).toEqual([[3, { n: 3 }]])
+
+    // Appending at the deleted stream's version also recreates it.
+    const other = fresh()
+    await store.append(other, [event(1)])
+    await store.deleteStream(other)
+    await store.append(other, [event(2)], { expectedVersion: 1 })
+    expect((await store.readStream(other)).events.map((e) => e.version)).toEqual([2])
+    expect((await store.readStream(other, { direction: 'backwards' })).events).toHaveLength(1)
+  })
+
+  it('stores stream metadata, with its own expectation', async () => {
+    const s = fresh()
+    await store.setStreamMetadata(s, { owner: 'team-a', maxAgeMs: 1000 })
+    expect(await store.streamInfo(s)).toEqual({
+      version: 0,
+      exists: false,
+      deleted: false,
+      metadata: { owner: 'team-a', maxAgeMs: 1000 },
+    })
+    // A metadata-only stream has no events: noStream and 0 still hold.
+    await store.append(s, [event(1)], { expectedVersion: 'noStream' })
+    await conflict(store.setStreamMetadata(s, { owner: 'b' }, { expectedVersion: 0 }))
+    await store.setStreamMetadata(s, { owner: 'b' }, { expectedVersion: 1 })
+    expect(await store.streamInfo(s)).toMatchObject({
+      version: 1,
+      exists: true,
+      metadata: { owner: 'b' },
+    })
+  })
+
+  it('reads the log by global position', async () => {
+    const head = await store.headPosition()
+    const a = fresh()
+    const b = fresh()
+    await store.append(a, [event(1)])
+    await store.append(b, [event(2), event(3)])
+    await store.append(a, [event(4)])
+    const log = await store.readAll({ fromPosition: head + 1 })
+    expect(log.map((e) => [e.stream, e.data])).toEqual([
+      [a, { n: 1 }],
+      [b, { n: 2 }],
+      [b, { n: 3 }],
+      [a, { n: 4 }],
+    ])
+    const positions = log.map((e) => e.position)
+    expect([...positions].sort((x, y) => x - y)).toEqual(positions)
+    const page = await store.readAll({ fromPosition: positions[1]!, limit: 2 })
+    expect(page.map((e) => e.position)).toEqual([positions[1], positions[2]])
+    expect(await store.headPosition()).toBe(positions[3])
+  })
+
+  it('upcasts old schema versions on every read and writes new events at the current one', async () => {
+    const upcasting = createEventStore(t.db, {
+      upcasters: [
+        {
+          type: 'priced',
+          fromVersion: 1,
+          upcast: (d) => ({ cents: Number((d as { price: string }).price) * 100 }),
+        },
+        {
+          type: 'priced',
+          fromVersion: 2,
+          upcast: (d, m) => ({
+            ...(d as object),
+            currency: (m.currency as string | undefined) ?? 'EUR',
+          }),
+        },
+      ],
+    })
+    const s = fresh()
+    await store.append(s, [
+      { type: 'priced', data: { price: '2' }, schemaVersion: 1 },
+      { type: 'priced', data: { cents: 300 }, schemaVersion: 2, metadata: { currency: 'USD' } },
+      { type: 'other', data: { price: '2' } },
+    ])
+    await upcasting.append(s, [{ type: 'priced', data: { cents: 400, currency: 'GBP' } }])
+    const { events } = await upcasting.readStream(s)
+    expect(events.map((e) => [e.type, e.schemaVersion, e.data])).toEqual([
+      ['priced', 3, { cents: 200, currency: 'EUR' }],
+      ['priced', 3, { cents: 300, currency: 'USD' }],
+      ['other', 1, { price: '2' }],
+      ['priced', 3, { cents: 400, currency: 'GBP' }],
+    ])
+    const log = await upcasting.readAll({ fromPosition: events[0]!.position, limit: 1 })
+    expect(log[0]!.data).toEqual({ cents: 200, currency: 'EUR' })
+    // The plain store reads what is stored.
+    expect((await store.readStream(s)).events.map((e) => e.schemaVersion)).toEqual([1, 2, 1, 3])
+  })
+
+  it('rejects bad arguments with errors naming them', () => {
+    expect(() =>
+      createEventStore(t.db, {
+        upcasters: [
+          { type: 'x', fromVersion: 2, upcast: (d) => d },
+          { type: 'x', fromVersion: 4, upcast: (d) => d },
+        ],
+      }),
+    ).toThrow(/gap-free chain for "x" \(no upcaster reads v3\)/)
+    expect(() =>
+      createEventStore(t.db, {
+        upcasters: [
+          { type: 'x', fromVersion: 1, upcast: (d) => d },
+          { type: 'x', fromVersion: 1, upcast: (d) => d },
+        ],
+      }),
+    ).toThrow(InvalidOptionError)
+    expect(() => createEventStore({} as never)).toThrow(/db: expected a breakwater SqlDriver/)
+    return Promise.all([
+      expect(store.append('', [event(1)])).rejects.toThrow(/stream: expected a non-empty string/),
+      expect(store.append('s', [])).rejects.toThrow(/events: expected a non-empty array/),
+      expect(store.append('s', [{ type: '', data: 1 }])).rejects.toThrow(/events\[0\]\.type/),
+      expect(store.append('s', [{ type: 'x', data: undefined }])).rejects.toThrow(
+        /events\[0\]\.data/,
+      ),
+      expect(
+        store.append('s', [event(1)], { expectedVersion: -1 as ExpectedVersion }),
+      ).rejects.toThrow(
+        /expectedVersion: expected "any", "noStream", "streamExists" or an integer >= 0/,
+      ),
+      expect(store.readAll({ limit: 0 })).rejects.toThrow(/limit: expected an integer >= 1/),
+      expect(store.readStream('s', { direction: 'sideways' as 'forwards' })).rejects.toThrow(
+        /direction/,
+      ),
+    ])
+  })
+
+  it('100 concurrent appends at one expected version: exactly one wins per version', async () => {
+    const s = fresh()
+    for (let version = 0; version < 3; version++) {
+      const outcomes = await Promise.allSettled(
+        Array.from({ length: 100 }, (_, i) =>
+          store.append(s, [event(i)], { expectedVersion: version }),
+        ),
+      )
+      const won = outcomes.filter((o) => o.status === 'fulfilled')
+      const lost = outcomes.filter((o) => o.status === 'rejected')
+      expect(won).toHaveLength(1)
+      for (const o of lost) {
+        expect((o as PromiseRejectedResult).reason).toBeInstanceOf(WrongExpectedVersionError)
+        expect((o as PromiseRejectedResult).reason).toMatchObject({
+          expected: version,
+          actual: version + 1,
+        })
+      }
+    }
+    const read = await store.readStream(s)
+    expect(read.events.map((e) => e.version)).toEqual([1, 2, 3])
+  })
+
+  it('100 writers racing with retries: every version is won exactly once', async () => {
+    const s = fresh()
+    const writer = async (id: number): Promise<number> => {
+      for (let attempt = 0; ; attempt++) {
+        const { version } = await store.streamInfo(s)
+        try {
+          await store.append(s, [{ type: 'written', data: { id } }], { expectedVersion: version })
+          return attempt
+        } catch (error) {
+          if (!(error instanceof WrongExpectedVersionError)) throw error
+        }
+      }
+    }
+    const attempts = await Promise.all(Array.from({ length: 100 }, (_, i) => writer(i)))
+    expect(attempts.some((a) => a > 0)).toBe(true)
+    const { events } = await store.readStream(s)
+    expect(events.map((e) => e.version)).toEqual(Array.from({ length: 100 }, (_, i) => i + 1))
+    expect(new Set(events.map((e) => (e.data as { id: number }).id)).size).toBe(100)
+  })
+
+  it('writers in three processes racing on one stream: every version is won exactly once', async () => {
+    const s = fresh()
+    const perProcess = 30
+    const labels = ['p1', 'p2', 'p3']
+    const results = await Promise.all(labels.map((label) => runWriter(t.url, s, perProcess, label)))
+    const { events } = await store.readStream(s)
+    expect(events.map((e) => e.version)).toEqual(
+      Array.from({ length: perProcess * labels.length }, (_, i) => i + 1),
+    )
+    for (const label of labels) {
+      const mine = events.filter((e) => (e.data as { by: string }).by === label)
+      expect(mine.map((e) => (e.data as { i: number }).i)).toEqual(
+        Array.from({ length: perProcess }, (_, i) => i),
+      )
+    }
+    expect(results.map((r) => r.label).sort()).toEqual(labels)
+  })
+
+  it('appends inside the caller transaction commit or roll back with it', async () => {
+    const s = fresh()
+    await expect(
+      t.db.transaction(async (tx) => {
+        await store.append(s, [event(1)], { tx })
+        throw new Error('business rule failed')
+      }),
+    ).rejects.toThrow('business rule failed')
+    expect((await store.readStream(s)).exists).toBe(false)
+    await t.db.transaction(async (tx) => {
+      await store.append(s, [event(1)], { tx, expectedVersion: 'noStream' })
+      await store.append(s, [event(2)], { tx, expectedVersion: 1 })
+    })
+    expect((await store.readStream(s)).version).toBe(2)
+  })
+})
+
+describe('PostgreSQL position order', () => {
+  const target = dbTargets.find((d) => d.dialect === 'postgres')!
+  let t: TestDb
+  beforeAll(async () => {
+    t = await target.open('cqrs_xid_order')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('refuses (40001) an append in a transaction that wrote before a newer transaction appended', async () => {
+    const store = createEventStore(t.db)
+    await t.db.execute('CREATE TABLE side_effects (id INTEGER)')
+    let release!: () => void
+    const appendedMeanwhile = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const older = t.db.transaction(async (tx) => {
+      // The business write gives this transaction its id before the append below.
+      await tx.execute('INSERT INTO side_effects (id) VALUES (1)')
+      await appendedMeanwhile
+      await store.append('late', [event(1)], { tx })
+    })
+    // Wait until the older transaction has its id, then append from a newer one.
+    for (;;) {
+      const rows = await t.db.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND backend_xid IS NOT NULL AND state = 'idle in transaction'",
+      )
+      if (rows[0]!.n > 0) break
+    }
+    await store.append('newer', [event(2)])
+    release()
+    const error = await older.then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(sqlErrorKind(error)).toBe('serialization-failure')
+    expect(String((error as Error).message)).toContain('retry the transaction')
+    // Retried (a fresh transaction), it goes through; appending first never conflicts.
+    await t.db.transaction(async (tx) => {
+      await store.append('late', [event(1)], { tx })
+      await tx.execute('INSERT INTO side_effects (id) VALUES (2)')
+    })
+    expect((await store.readStream('late')).version).toBe(1)
+  })
+})
