@@ -67,6 +67,13 @@ export interface SagaWorkerOptions {
    */
   readonly listen?: boolean
   /**
+   * Whether the started worker keeps the Node.js process alive, as a listening server does.
+   * With false, its timers (like every breakwater timer) let the process exit when nothing
+   * else holds it open. Only the system clock's timers can be held; a test clock's cannot.
+   * @default true
+   */
+  readonly keepAlive?: boolean
+  /**
    * A hook called at named points (see `SagaFaultPoint`), for crash tests. See
    * `sagaCrashAtFromEnv`.
    * @default undefined
@@ -161,6 +168,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   readonly #pollMs: number
   readonly #concurrency: number
   readonly #listen: boolean
+  readonly #keepAlive: boolean
   readonly #sagas = new Map<string, CompiledSaga>()
   readonly #keys: unknown
   readonly #metrics: MutableSagaMetrics = emptyMetrics()
@@ -212,6 +220,9 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     if (options.listen !== undefined && typeof options.listen !== 'boolean')
       throw new InvalidOptionError('listen', 'a boolean', options.listen)
     this.#listen = options.listen ?? true
+    if (options.keepAlive !== undefined && typeof options.keepAlive !== 'boolean')
+      throw new InvalidOptionError('keepAlive', 'a boolean', options.keepAlive)
+    this.#keepAlive = options.keepAlive ?? true
     this.faults =
       options.faults === undefined ? undefined : checkFunction<SagaFaults>('faults', options.faults)
     const clock = options.clock ?? systemClock
@@ -311,6 +322,9 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         resolve()
       }
       const timer = this.clock.setTimeout(done, ms)
+      // The system clock unrefs its timers; a started worker is meant to hold the process the
+      // way a listening server does, so its poll timer is re-referenced when it can be.
+      if (this.#keepAlive) (timer as { ref?: () => void } | null)?.ref?.()
       this.#wake = done
     })
   }
