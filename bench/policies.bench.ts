@@ -190,18 +190,21 @@ async function heapRows(): Promise<ResultRow[]> {
   const bw = bwPipeline()
   const ck = ckPipeline()
   const op = opossum((fn: Fn) => fn(), true)
-  const subjects: Array<{ subject: string; start: Start }> = [
-    { subject: 'bare', start: (fn) => fn() },
-    { subject: 'breakwater', start: (fn) => bw.execute(fn) },
-    { subject: 'cockatiel', start: (fn) => ck.execute(fn) },
-    { subject: 'opossum', start: (fn) => op.fire(fn as never) },
+  // Heap figures vary little between runs (they count objects, not time): two runs each,
+  // one for cockatiel, whose 100k calls take about 15 s to start and settle.
+  const subjects: Array<{ subject: string; start: Start; runs: number }> = [
+    { subject: 'bare', start: (fn) => fn(), runs: 2 },
+    { subject: 'breakwater', start: (fn) => bw.execute(fn), runs: 2 },
+    { subject: 'cockatiel', start: (fn) => ck.execute(fn), runs: 1 },
+    { subject: 'opossum', start: (fn) => op.fire(fn as never), runs: 2 },
   ]
   // Warm every path up so the measured runs allocate no code or feedback.
   for (const s of subjects) await inFlightHeapBytes(s.start, 1_000)
   const samples = subjects.map(() => [] as number[])
-  for (let r = 0; r < 3; r++) {
+  for (let r = 0; r < 2; r++) {
     for (let i = 0; i < subjects.length; i++) {
-      samples[i]!.push(await inFlightHeapBytes(subjects[i]!.start, inFlight))
+      const s = subjects[i]!
+      if (r < s.runs) samples[i]!.push(await inFlightHeapBytes(s.start, inFlight))
     }
   }
   const bare = median(samples[0]!)
@@ -229,17 +232,22 @@ async function scalingRows(): Promise<ResultRow[]> {
   const bw = bwPipeline()
   const ck = ckPipeline()
   const subjects: Array<{ subject: string; start: Start; total: number; rounds: number }> = [
-    { subject: 'bare', start: (fn) => fn(), total: inFlight, rounds: 7 },
-    { subject: 'breakwater', start: (fn) => bw.execute(fn), total: inFlight, rounds: 7 },
-    // cockatiel is an order of magnitude slower: fewer rounds keep the run short.
-    { subject: 'cockatiel', start: (fn) => ck.execute(fn), total: inFlight, rounds: 3 },
+    { subject: 'bare', start: (fn) => fn(), total: inFlight, rounds: 5 },
+    { subject: 'breakwater', start: (fn) => bw.execute(fn), total: inFlight, rounds: 5 },
+    // cockatiel is an order of magnitude slower: fewer calls per sample below 100k in flight
+    // and fewer rounds keep the whole benchmark within its two minutes.
+    { subject: 'cockatiel', start: (fn) => ck.execute(fn), total: 20_000, rounds: 2 },
   ]
   const levels = [
     { n: 1_000, name: '1k' },
     { n: 10_000, name: '10k' },
     { n: 100_000, name: '100k' },
   ]
-  for (const s of subjects) for (const l of levels) await concurrentNs(s.start, l.n, l.n)
+  // One warm-up batch per level (cockatiel's 100k batch alone would take seconds).
+  for (const s of subjects) {
+    for (const l of levels)
+      if (s.subject !== 'cockatiel' || l.n < 100_000) await concurrentNs(s.start, l.n, l.n)
+  }
   const samples = new Map<string, number[]>()
   const maxRounds = Math.max(...subjects.map((s) => s.rounds))
   for (let r = 0; r < maxRounds; r++) {
@@ -248,6 +256,11 @@ async function scalingRows(): Promise<ResultRow[]> {
       for (const l of levels) {
         const key = `${s.subject}\u0000${l.name}`
         const list = samples.get(key) ?? []
+        // The previous sample's garbage (up to 100k calls' worth) is collected here, not on
+        // this sample's clock; a forced full GC deoptimizes code whose maps died with the
+        // garbage, so an untimed batch re-warms it before timing.
+        collectGarbage()
+        await concurrentNs(s.start, Math.min(l.n, 10_000), 10_000)
         list.push(await concurrentNs(s.start, l.n, s.total))
         samples.set(key, list)
       }
@@ -283,9 +296,10 @@ function goals(rows: ResultRow[]): string[] {
   const bare1k = value(rows, 'bare', 'call-inflight-1k', 'ns_per_op')
   const bare100k = value(rows, 'bare', 'call-inflight-100k', 'ns_per_op')
   const verdict = (ok: boolean) => (ok ? 'met' : 'MISSED')
-  // "No slowdown" allows the noise of this shared machine: within 15% (or the bare calls' own
-  // growth, whichever is larger, since that part is the runtime's, not the pipeline's).
-  const allowed = Math.max(1.15, bare100k / bare1k)
+  // "No slowdown" allows only the noise of this shared machine (15%). The bare calls' own
+  // growth is printed for context: the part of the slowdown that is the runtime's (GC of
+  // what 100k calls keep alive), not breakwater's.
+  const allowed = 1.15
   return [
     `goal pipeline <= 1/10 of cockatiel: ${bw.toFixed(0)} ns vs ${ck.toFixed(0)} ns = 1/${(ck / bw).toFixed(1)} -> ${verdict(bw * 10 <= ck)}`,
     `goal pipeline below opossum: ${bw.toFixed(0)} ns vs ${op.toFixed(0)} ns -> ${verdict(bw < op)}`,
@@ -298,13 +312,21 @@ function goals(rows: ResultRow[]): string[] {
 export async function main(_args: string[]): Promise<void> {
   const began = Date.now()
   for (const line of composition) console.log(line)
+  const section = (name: string, since: number) =>
+    console.log(`(${name}: ${((Date.now() - since) / 1000).toFixed(0)} s)`)
+  let t = Date.now()
   const rows = await measureInterleaved(perCallCases(), {
     rounds: 21,
     warmup: 5_000,
     targetSampleMs: 20,
   })
+  section('per-call overhead', t)
+  t = Date.now()
   rows.push(...(await heapRows()))
+  section('heap per in-flight call', t)
+  t = Date.now()
   rows.push(...(await scalingRows()))
+  section('in-flight scaling', t)
   for (const breaker of opossumBreakers) breaker.shutdown()
   writeResults('policies', rows)
   for (const line of goals(rows)) console.log(line)

@@ -66,11 +66,17 @@ export async function measureInterleaved(
   const targetNs = (options.targetSampleMs ?? 20) * 1e6
   const iterations: number[] = []
   for (const c of cases) {
+    // Calibrate on the second half of the warmup, once the JIT has had the first half.
+    const half = warmup >> 1
+    for (let i = 0; i < half; i++) await c.run()
     const start = process.hrtime.bigint()
-    for (let i = 0; i < warmup; i++) await c.run()
-    const nsPerOp = Number(process.hrtime.bigint() - start) / Math.max(1, warmup)
+    for (let i = half; i < warmup; i++) await c.run()
+    const nsPerOp = Number(process.hrtime.bigint() - start) / Math.max(1, warmup - half)
     iterations.push(options.iterations ?? Math.max(200, Math.round(targetNs / nsPerOp)))
   }
+  // No forced GC between samples: a full collection with no instance alive frees the
+  // transition maps that optimized code embeds, deoptimizing it ('weak objects'), so every
+  // sample would then measure re-optimization. Interleaving spreads the GC cost fairly.
   const samples = cases.map(() => [] as number[])
   for (let r = 0; r < rounds; r++) {
     for (let ci = 0; ci < cases.length; ci++) {
