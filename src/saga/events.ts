@@ -66,7 +66,10 @@ export interface SagaEvent {
   readonly retryAt?: number
   /** The failure. */
   readonly error?: ErrorInfo
-  /** Why the saga compensates or was parked. */
+  /**
+   * Why the saga compensates or was parked; for `lease-lost`, how the loss showed:
+   * `write-refused` (a fenced state write matched no row) or `renewal-refused`.
+   */
   readonly reason?: string
   /** How many instances a claim took. */
   readonly count?: number

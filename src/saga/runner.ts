@@ -112,12 +112,12 @@ export class InstanceRun {
     return this.#reason ?? undefined
   }
 
-  /** Called when a lease renewal shows that another worker took the instance over. */
-  markLost(): void {
+  /** Called when a fenced write or a lease renewal shows that another worker took over. */
+  markLost(reason: 'write-refused' | 'renewal-refused'): void {
     if (this.#lost) return
     this.#lost = true
     this.#host.count('leaseLost')
-    this.#emit({ type: 'lease-lost' })
+    this.#emit({ type: 'lease-lost', reason })
     this.#controller.abort(new SagaLeaseLostError(this.id))
   }
 
@@ -636,7 +636,7 @@ export class InstanceRun {
     )
     this.#events = []
     if (result === undefined) {
-      this.markLost()
+      this.markLost('write-refused')
       return false
     }
     if (leaseEnd !== null) this.leaseExpiresAt = leaseEnd
@@ -653,7 +653,7 @@ export class InstanceRun {
     const leaseEnd = now + host.leaseMs
     if (await renewLease(host.db, this.id, this.token, leaseEnd)) this.leaseExpiresAt = leaseEnd
     else {
-      this.markLost()
+      this.markLost('renewal-refused')
       throw new Abandon()
     }
   }

@@ -498,7 +498,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         if (this.#inHand.get(id) !== run) continue
         if (held.get(id) === tokens.get(id)) run.leaseExpiresAt = leaseEnd
         // Another worker claimed it after our lease ran out (a pause, a slow database).
-        else run.markLost()
+        else run.markLost('renewal-refused')
       }
     } catch (error) {
       this.#error(error)

@@ -108,7 +108,9 @@ export async function startOrders(
   for (let i = from; i < from + n; i++) {
     const orderId = `o${i}-${randomUUID().slice(0, 8)}`
     const failAt = plannedFailure(i)
-    const { id } = await startSaga(db, saga, orderInput(orderId, failAt), { id: `order-${orderId}` })
+    const { id } = await startSaga(db, saga, orderInput(orderId, failAt), {
+      id: `order-${orderId}`,
+    })
     started.push({ sagaId: id, orderId, failAt })
   }
   return started
@@ -190,18 +192,25 @@ export async function runWithCrashes(options: CrashRunOptions): Promise<CrashRun
         if (w.child.exitCode === null && w.child.signalCode === null) continue
         alive.delete(w)
         const { signal } = await w.exited
-        if (w.crashAt !== undefined && signal === 'SIGKILL' && !w.killedByTest) covered.add(w.crashAt)
+        if (w.crashAt !== undefined && signal === 'SIGKILL' && !w.killedByTest)
+          covered.add(w.crashAt)
         else if (w.crashAt !== undefined && !covered.has(w.crashAt)) pending.push(w.crashAt)
         if (signal !== 'SIGKILL' && !w.killedByTest) {
           throw new Error(`worker ${w.id} exited on its own (${signal ?? 'code'}): ${w.stderr()}`)
         }
       }
-      const open = await unfinished(options.db, options.sagas.map((s) => s.sagaId))
+      const open = await unfinished(
+        options.db,
+        options.sagas.map((s) => s.sagaId),
+      )
       const crashWorkersAlive = [...alive].some((w) => w.crashAt !== undefined)
       if (open === 0 && pending.length === 0 && !crashWorkersAlive) {
         if (randomKills >= options.randomKills) break
       }
-      if (open === 0 && (pending.length > 0 || crashWorkersAlive || randomKills < options.randomKills)) {
+      if (
+        open === 0 &&
+        (pending.length > 0 || crashWorkersAlive || randomKills < options.randomKills)
+      ) {
         // Work ran out before every crash point (or kill) happened: give the workers more.
         const more = await startOrders(options.db, options.saga, 14, 100_000 + extraSagas)
         options.sagas.push(...more)
@@ -232,7 +241,10 @@ export async function runWithCrashes(options: CrashRunOptions): Promise<CrashRun
       if (Date.now() > deadline) {
         throw new Error(
           `crash run did not finish: ${open} sagas open, points left ${JSON.stringify(pending)}, ` +
-            `covered ${covered.size}, kills ${randomKills}; stderr: ${all.map((w) => w.stderr()).join('\n').slice(-2_000)}`,
+            `covered ${covered.size}, kills ${randomKills}; stderr: ${all
+              .map((w) => w.stderr())
+              .join('\n')
+              .slice(-2_000)}`,
         )
       }
       await realSleep(25)
@@ -274,7 +286,9 @@ export async function checkOrderSagas(
     }
     const expected = order.failAt === undefined ? 'completed' : 'compensated'
     if (instance.status !== expected) {
-      violations.push(`${where}: ended ${instance.status}, expected ${expected} (${instance.reason ?? ''})`)
+      violations.push(
+        `${where}: ended ${instance.status}, expected ${expected} (${instance.reason ?? ''})`,
+      )
     }
     const perOrder = counts.get(order.orderId) ?? new Map<EffectKind, number>()
     for (const [step, effect, compensation] of pairs) {
@@ -288,7 +302,9 @@ export async function checkOrderSagas(
         const c = perOrder.get(compensation) ?? 0
         const compensated = state.status === 'compensated'
         if (c !== (compensated ? 1 : 0)) {
-          violations.push(`${where}: ${c} ${compensation} effect(s) for a step that is ${state.status}`)
+          violations.push(
+            `${where}: ${c} ${compensation} effect(s) for a step that is ${state.status}`,
+          )
         }
       }
     }

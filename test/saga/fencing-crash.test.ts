@@ -1,0 +1,105 @@
+// Two worker processes on one saga, on real SQLite and PostgreSQL: worker A is paused with
+// SIGSTOP inside a step (after its remote call) until its lease has long expired, worker B
+// takes the saga over and finishes it, then A is resumed with SIGCONT. A's writes are refused
+// by the lease token (fencing): it reports the loss, the saga keeps B's outcome, and the
+// remote effect exists once (B repeated the call with the same idempotency key).
+import { randomUUID } from 'node:crypto'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { HttpClient } from '../../src/http/index.js'
+import { getSaga, getSagaTimeline, type SagaDefinition, startSaga } from '../../src/saga/index.js'
+import { createOrderSaga, type OrderInput, orderInput } from '../fixtures/saga/order-saga.js'
+import {
+  effectsOf,
+  migrateOrderServices,
+  type OrderServices,
+  startOrderServices,
+} from '../fixtures/saga/order-services.js'
+import { spawnWorker, stopWorkers, type WorkerProcess } from './crash-harness.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+const until = async (what: string, check: () => Promise<boolean> | boolean, ms = 20_000) => {
+  const deadline = Date.now() + ms
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+describe.each(dbTargets)('fencing of a paused worker on $dialect', (target) => {
+  let sagaDb: TestDb
+  let servicesDb: TestDb
+  let services: OrderServices
+  let client: HttpClient
+  let saga: SagaDefinition<OrderInput, unknown>
+  const workers: WorkerProcess[] = []
+
+  beforeAll(async () => {
+    sagaDb = await target.open('saga_fence')
+    servicesDb = await target.openEmpty('saga_fence_services')
+    await migrateOrderServices(servicesDb.db)
+    services = await startOrderServices(servicesDb.db)
+    ;({ saga, client } = createOrderSaga({ urls: services.urls }))
+  })
+  afterAll(async () => {
+    for (const w of workers) if (w.child.signalCode === null) w.child.kill('SIGCONT')
+    await stopWorkers(workers)
+    await client?.close()
+    await services?.close()
+    await servicesDb?.close()
+    await sagaDb?.close()
+  })
+
+  it('refuses the stale worker’s writes after SIGSTOP past its lease and SIGCONT', async () => {
+    const orderId = randomUUID()
+    const { id } = await startSaga(sagaDb.db, saga, orderInput(orderId))
+    const env = {
+      SAGA_DB_URL: sagaDb.url,
+      SAGA_SERVICES: JSON.stringify(services.urls),
+      SAGA_LEASE_MS: '400',
+      SAGA_POLL_MS: '20',
+    }
+    const a = spawnWorker({ ...env, SAGA_WORKER_ID: 'A', SAGA_HOLD: 'charge:1500' })
+    workers.push(a)
+    // A is inside "charge": the payment went through, its result is not recorded yet.
+    await until('A to charge', async () =>
+      (await effectsOf(servicesDb.db, orderId)).includes('charge'),
+    )
+    a.child.kill('SIGSTOP')
+    const held = await getSaga(sagaDb.db, id)
+    expect(held).toMatchObject({ leaseOwner: 'A', stepIndex: 1 })
+
+    const b = spawnWorker({ ...env, SAGA_WORKER_ID: 'B' })
+    workers.push(b)
+    await until(
+      'B to finish the saga',
+      async () => (await getSaga(sagaDb.db, id))?.status === 'completed',
+    )
+    const finished = await getSaga(sagaDb.db, id)
+    expect(finished!.leaseToken).toBeGreaterThan(held!.leaseToken)
+
+    a.child.kill('SIGCONT')
+    await until('A to notice', () => a.lines.some((l) => l.type === 'lease-lost'), 10_000)
+    const lost = a.lines.find((l) => l.type === 'lease-lost')!
+    expect(lost).toMatchObject({ sagaId: id, worker: 'A' })
+    expect(['write-refused', 'renewal-refused']).toContain(lost.reason)
+    // Give A every chance to write something after all.
+    await new Promise((resolve) => setTimeout(resolve, 500))
+
+    expect(await getSaga(sagaDb.db, id)).toEqual(finished)
+    const timeline = await getSagaTimeline(sagaDb.db, id)
+    const takeover = timeline.findIndex((e) => e.kind === 'lease-expired')
+    expect(timeline[takeover]).toMatchObject({ worker: 'B', detail: { previousOwner: 'A' } })
+    expect(timeline.slice(takeover).every((e) => e.worker === 'B')).toBe(true)
+    expect(timeline.slice(0, takeover).map((e) => `${e.kind}:${e.step}:${e.worker}`)).toEqual([
+      'step-completed:reserve:A',
+    ])
+    // B repeated the charge with the step's idempotency key: the service replayed the recorded
+    // answer without running its handler again, so there is no second charge.
+    expect(b.lines).toContainEqual(
+      expect.objectContaining({ type: 'step-started', step: 'charge', attempt: 2 }),
+    )
+    expect(services.requests.get('payments /charges')).toBe(1)
+    expect(await effectsOf(servicesDb.db, orderId)).toEqual(['reserve', 'charge', 'ship'])
+    expect(a.child.exitCode).toBeNull() // A is alive and well, just no longer in charge
+  }, 60_000)
+})
