@@ -1,0 +1,292 @@
+// Decide/evolve command handlers on real SQLite and PostgreSQL: retries on version conflicts
+// (bounded), caller preconditions, idempotent commands by command id (the idempotency record in
+// the append's transaction), integration events through the real outbox in the same
+// transaction, and snapshots.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  createCommandHandler,
+  createEventStore,
+  type Decider,
+  type EventStore,
+  WrongExpectedVersionError,
+} from '../../src/cqrs/index.js'
+import { createOutbox } from '../../src/outbox/index.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+type AccountEvent =
+  | { type: 'opened'; data: { owner: string } }
+  | { type: 'deposited'; data: { amount: number } }
+  | { type: 'withdrawn'; data: { amount: number } }
+type AccountCommand =
+  | { kind: 'open'; owner: string }
+  | { kind: 'deposit'; amount: number }
+  | { kind: 'withdraw'; amount: number }
+interface Account {
+  open: boolean
+  balance: number
+  events: number
+}
+
+class InsufficientFunds extends Error {}
+
+const account: Decider<AccountCommand, AccountEvent, Account> = {
+  initialState: () => ({ open: false, balance: 0, events: 0 }),
+  evolve(state, event) {
+    const events = state.events + 1
+    switch (event.type) {
+      case 'opened':
+        return { ...state, open: true, events }
+      case 'deposited':
+        return { ...state, balance: state.balance + event.data.amount, events }
+      case 'withdrawn':
+        return { ...state, balance: state.balance - event.data.amount, events }
+    }
+  },
+  decide(command, state) {
+    if (command.kind === 'open') {
+      return state.open ? [] : [{ type: 'opened', data: { owner: command.owner } }]
+    }
+    if (!state.open) throw new Error('account is not open')
+    if (command.kind === 'deposit') return [{ type: 'deposited', data: { amount: command.amount } }]
+    if (state.balance < command.amount) throw new InsufficientFunds('insufficient funds')
+    return [{ type: 'withdrawn', data: { amount: command.amount } }]
+  },
+}
+
+describe.each(dbTargets)('command handlers on $dialect', (target) => {
+  let t: TestDb
+  let store: EventStore
+  let n = 0
+  const fresh = () => `account-${++n}`
+  beforeAll(async () => {
+    t = await target.open('cqrs_commands', { idempotency: true, outbox: true })
+    store = createEventStore(t.db)
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('folds the stream, decides, appends at the loaded version', async () => {
+    const accounts = createCommandHandler(store, { decider: account })
+    const id = fresh()
+    const opened = await accounts.handle(id, { kind: 'open', owner: 'ada' })
+    expect(opened).toMatchObject({ stream: id, version: 1, replayed: false })
+    expect(opened.state).toEqual({ open: true, balance: 0, events: 1 })
+    expect(opened.lastPosition).toBe(opened.events[0]!.position)
+    await accounts.handle(id, { kind: 'deposit', amount: 50 })
+    const result = await accounts.handle(id, { kind: 'withdraw', amount: 20 })
+    expect(result.state.balance).toBe(30)
+    // No events decided: nothing appended, the state and version are returned as they are.
+    const noop = await accounts.handle(id, { kind: 'open', owner: 'ada' })
+    expect(noop).toMatchObject({ events: [], version: 3, lastPosition: 0 })
+    // A domain error appends nothing and is not retried.
+    await expect(accounts.handle(id, { kind: 'withdraw', amount: 100 })).rejects.toThrow(
+      InsufficientFunds,
+    )
+    expect((await store.readStream(id)).version).toBe(3)
+    expect((await accounts.load(id)).state).toEqual({ open: true, balance: 30, events: 3 })
+  })
+
+  it('retries version conflicts: 20 concurrent commands on one stream all land', async () => {
+    const accounts = createCommandHandler(store, {
+      decider: account,
+      maxAttempts: 100,
+      baseDelayMs: 0,
+    })
+    const id = fresh()
+    await accounts.handle(id, { kind: 'open', owner: 'bob' })
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => accounts.handle(id, { kind: 'deposit', amount: i + 1 })),
+    )
+    expect(new Set(results.map((r) => r.version)).size).toBe(20)
+    const { state, version } = await accounts.load(id)
+    expect(version).toBe(21)
+    expect(state.balance).toBe(210)
+  })
+
+  it('gives up after maxAttempts with the last conflict', async () => {
+    const id = fresh()
+    let decisions = 0
+    const contested: Decider<AccountCommand, AccountEvent, Account> = {
+      ...account,
+      // Another writer appends to the stream while every decision is being made.
+      async decide(command, state) {
+        decisions++
+        await store.append(id, [{ type: 'deposited', data: { amount: 1 } }])
+        return account.decide(command, state)
+      },
+    }
+    await store.append(id, [{ type: 'opened', data: { owner: 'cy' } }])
+    const accounts = createCommandHandler(store, {
+      decider: contested,
+      maxAttempts: 3,
+      baseDelayMs: 0,
+    })
+    await expect(accounts.handle(id, { kind: 'deposit', amount: 5 })).rejects.toBeInstanceOf(
+      WrongExpectedVersionError,
+    )
+    expect(decisions).toBe(3)
+  })
+
+  it('checks a caller precondition once, without retrying', async () => {
+    const accounts = createCommandHandler(store, { decider: account, baseDelayMs: 0 })
+    const id = fresh()
+    await accounts.handle(id, { kind: 'open', owner: 'dee' })
+    const error = await accounts
+      .handle(id, { kind: 'deposit', amount: 1 }, { expectedVersion: 0 })
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(WrongExpectedVersionError)
+    expect(error).toMatchObject({ expected: 0, actual: 1 })
+    const ok = await accounts.handle(id, { kind: 'deposit', amount: 1 }, { expectedVersion: 1 })
+    expect(ok.version).toBe(2)
+  })
+
+  it('runs a command id once: repeats and concurrent duplicates replay the recorded result', async () => {
+    const accounts = createCommandHandler(store, {
+      decider: account,
+      idempotency: { scope: 'accounts' },
+      baseDelayMs: 0,
+      maxAttempts: 50,
+    })
+    const id = fresh()
+    const opened = await accounts.handle(
+      id,
+      { kind: 'open', owner: 'eve' },
+      { commandId: 'cmd-open' },
+    )
+    const again = await accounts.handle(
+      id,
+      { kind: 'open', owner: 'eve' },
+      { commandId: 'cmd-open' },
+    )
+    expect(again).toMatchObject({ replayed: true, version: 1, lastPosition: opened.lastPosition })
+    expect(again.events.map((e) => e.id)).toEqual(opened.events.map((e) => e.id))
+
+    const duplicates = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        accounts.handle(
+          id,
+          { kind: 'deposit', amount: 7 },
+          { commandId: 'cmd-deposit', metadata: { user: 'u1' } },
+        ),
+      ),
+    )
+    expect(duplicates.filter((d) => !d.replayed)).toHaveLength(1)
+    const { events } = await store.readStream(id)
+    expect(events.map((e) => e.type)).toEqual(['opened', 'deposited'])
+    expect(events[1]!.metadata).toEqual({ user: 'u1', commandId: 'cmd-deposit' })
+    // Another command id is another command.
+    await accounts.handle(id, { kind: 'deposit', amount: 7 }, { commandId: 'cmd-deposit-2' })
+    expect((await accounts.load(id)).state.balance).toBe(14)
+    // A failed command releases its id: fixed and retried, it runs.
+    await expect(
+      accounts.handle(id, { kind: 'withdraw', amount: 100 }, { commandId: 'cmd-withdraw' }),
+    ).rejects.toThrow(InsufficientFunds)
+    await accounts.handle(id, { kind: 'deposit', amount: 100 }, { commandId: 'cmd-top-up' })
+    const withdrawn = await accounts.handle(
+      id,
+      { kind: 'withdraw', amount: 100 },
+      { commandId: 'cmd-withdraw' },
+    )
+    expect(withdrawn.replayed).toBe(false)
+  })
+
+  it('enqueues integration events in the append transaction, once per landed command', async () => {
+    const outbox = createOutbox({ topic: 'accounts' })
+    const accounts = createCommandHandler(store, {
+      decider: account,
+      baseDelayMs: 0,
+      maxAttempts: 100,
+      outbox: {
+        outbox,
+        map: (events, state, stream) =>
+          events
+            .filter((e) => e.type === 'deposited')
+            .map((e) => ({
+              id: `${e.id}`,
+              aggregateType: 'account',
+              aggregateId: stream,
+              type: 'account-credited',
+              payload: { amount: (e.data as { amount: number }).amount, balance: state.balance },
+            })),
+      },
+    })
+    const id = fresh()
+    await accounts.handle(id, { kind: 'open', owner: 'fay' })
+    await Promise.all(
+      Array.from({ length: 8 }, () => accounts.handle(id, { kind: 'deposit', amount: 10 })),
+    )
+    await expect(accounts.handle(id, { kind: 'withdraw', amount: 1000 })).rejects.toThrow(
+      InsufficientFunds,
+    )
+    const rows = await t.db.query<{ event_id: string; payload: string }>(
+      'SELECT event_id, payload FROM breakwater_outbox WHERE aggregate_id = $1 ORDER BY id',
+      [id],
+    )
+    const { events } = await store.readStream(id)
+    const deposits = events.filter((e) => e.type === 'deposited')
+    // Exactly one outbox row per appended deposit, although conflicts rolled attempts back.
+    expect(rows.map((r) => r.event_id)).toEqual(deposits.map((e) => e.id))
+    expect(rows.map((r) => (JSON.parse(r.payload) as { balance: number }).balance)).toEqual([
+      10, 20, 30, 40, 50, 60, 70, 80,
+    ])
+  })
+
+  it('loads from a snapshot plus the tail, and drops snapshots with the stream', async () => {
+    const plain = createCommandHandler(store, { decider: account })
+    const snapshotting = createCommandHandler(store, {
+      decider: account,
+      snapshots: { every: 4, name: 'account-v1' },
+    })
+    const id = fresh()
+    await snapshotting.handle(id, { kind: 'open', owner: 'gus' })
+    for (let i = 1; i <= 9; i++) await snapshotting.handle(id, { kind: 'deposit', amount: i })
+    const snapshot = await t.db.query<{ version: number; state: string }>(
+      'SELECT version, state FROM breakwater_snapshots WHERE stream_id = $1 AND name = $2',
+      [id, 'account-v1'],
+    )
+    expect(Number(snapshot[0]!.version)).toBe(8)
+    expect(JSON.parse(snapshot[0]!.state)).toEqual({ open: true, balance: 28, events: 8 })
+    const loaded = await snapshotting.load(id)
+    expect(loaded).toEqual({ ...(await plain.load(id)), fromSnapshot: true })
+    expect(loaded.state.balance).toBe(45)
+
+    // A snapshot the fold would not produce is what load uses: proof it is read.
+    await t.db.execute('UPDATE breakwater_snapshots SET state = $1 WHERE stream_id = $2', [
+      JSON.stringify({ open: true, balance: 1000, events: 8 }),
+      id,
+    ])
+    expect((await snapshotting.load(id)).state.balance).toBe(1017)
+    // Renamed snapshots (a new state shape) ignore the old one.
+    const renamed = createCommandHandler(store, {
+      decider: account,
+      snapshots: { every: 4, name: 'account-v2' },
+    })
+    expect(await renamed.load(id)).toMatchObject({ fromSnapshot: false, state: { balance: 45 } })
+
+    await store.deleteStream(id)
+    expect(
+      await t.db.query('SELECT 1 FROM breakwater_snapshots WHERE stream_id = $1', [id]),
+    ).toEqual([])
+    expect(await snapshotting.load(id)).toEqual({
+      state: account.initialState(),
+      version: 10,
+      fromSnapshot: false,
+    })
+  })
+
+  it('rejects bad options naming them', () => {
+    expect(() => createCommandHandler(store, { decider: {} as never })).toThrow(
+      /decider\.initialState/,
+    )
+    expect(() => createCommandHandler({} as never, { decider: account })).toThrow(
+      /store: expected an event store/,
+    )
+    expect(() => createCommandHandler(store, { decider: account, maxAttempts: 0 })).toThrow(
+      /maxAttempts/,
+    )
+    expect(() =>
+      createCommandHandler(store, { decider: account, snapshots: { every: 0 } }),
+    ).toThrow(/snapshots\.every/)
+  })
+})

@@ -1,0 +1,133 @@
+// Subscriptions on real SQLite and PostgreSQL: catch-up from a position, then live (LISTEN on
+// PostgreSQL, polling on SQLite, driven by a ManualClock), named checkpoints, stop(), and a
+// failing handler retried without skipping.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createEventStore, type EventStore } from '../../src/cqrs/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+const poll = { timeout: 10_000, interval: 2 }
+
+describe.each(dbTargets)('subscriptions on $dialect', (target) => {
+  let t: TestDb
+  let store: EventStore
+  beforeAll(async () => {
+    t = await target.open('cqrs_subscriptions')
+    store = createEventStore(t.db)
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('catches up from a position, goes live, and resumes after its checkpoint', async () => {
+    const clock = new ManualClock(Date.now())
+    const base = await store.headPosition()
+    await store.append(
+      's-1',
+      [1, 2, 3].map((n) => ({ type: 'n', data: n })),
+    )
+    const seen: number[] = []
+    const options = { name: 'counter', fromPosition: base + 2, pollIntervalMs: 50, clock }
+    const first = store.subscribe((event) => {
+      seen.push(event.data as number)
+    }, options)
+    await expect.poll(() => seen, poll).toEqual([2, 3])
+    expect(first.position).toBe(base + 3)
+    await expect.poll(() => first.live, poll).toBe(true)
+
+    await store.append('s-2', [{ type: 'n', data: 4 }])
+    // SQLite polls on the clock; PostgreSQL is woken by the append's NOTIFY.
+    await expect
+      .poll(async () => {
+        if (target.dialect === 'sqlite') await clock.advance(50)
+        return seen
+      }, poll)
+      .toEqual([2, 3, 4])
+    await first.stop()
+
+    await store.append('s-2', [{ type: 'n', data: 5 }])
+    const resumed: number[] = []
+    const second = store.subscribe((event) => {
+      resumed.push(event.data as number)
+    }, options)
+    await expect.poll(() => resumed, poll).toEqual([5])
+    await second.stop()
+    const rows = await t.db.query<{ position: number }>(
+      'SELECT position FROM breakwater_checkpoints WHERE name = $1',
+      ['counter'],
+    )
+    expect(Number(rows[0]!.position)).toBe(base + 5)
+  })
+
+  it('redelivers the event a handler failed on, after the retry delay, without skipping', async () => {
+    const clock = new ManualClock(Date.now())
+    const from = (await store.headPosition()) + 1
+    await store.append(
+      'flaky',
+      [1, 2, 3].map((n) => ({ type: 'n', data: n })),
+    )
+    const seen: number[] = []
+    const errors: unknown[] = []
+    let failOnce = true
+    const subscription = store.subscribe(
+      (event) => {
+        if (event.data === 2 && failOnce) {
+          failOnce = false
+          throw new Error('handler failed')
+        }
+        seen.push(event.data as number)
+      },
+      {
+        fromPosition: from,
+        retryBaseDelayMs: 1000,
+        pollIntervalMs: 60_000,
+        clock,
+        onError: (e) => errors.push(e),
+      },
+    )
+    await expect.poll(() => errors.length, poll).toBe(1)
+    expect(seen).toEqual([1])
+    await expect
+      .poll(async () => {
+        await clock.advance(1000)
+        return seen
+      }, poll)
+      .toEqual([1, 2, 3])
+    await subscription.stop()
+  })
+})
+
+describe('subscriptions on PostgreSQL are woken by NOTIFY', () => {
+  const target = dbTargets.find((d) => d.dialect === 'postgres')!
+  let t: TestDb
+  let store: EventStore
+  beforeAll(async () => {
+    t = await target.open('cqrs_notify')
+    store = createEventStore(t.db)
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('delivers appends at once although its clock never advances', async () => {
+    // The poll interval is on a clock that never moves: only notifications can wake it.
+    const clock = new ManualClock(Date.now())
+    const seen: string[] = []
+    const follower = createEventStore(await t.connect())
+    const subscription = follower.subscribe(
+      (event) => {
+        seen.push(event.stream)
+      },
+      { fromPosition: (await store.headPosition()) + 1, clock },
+    )
+    await expect.poll(() => subscription.live, poll).toBe(true)
+    await store.append('standalone', [{ type: 'x', data: 1 }])
+    await expect.poll(() => seen, poll).toEqual(['standalone'])
+    // In the caller's transaction the NOTIFY goes out at its commit.
+    await t.db.transaction(async (tx) => {
+      await store.append('in-tx', [{ type: 'x', data: 2 }], { tx })
+    })
+    await expect.poll(() => seen, poll).toEqual(['standalone', 'in-tx'])
+    await subscription.stop()
+  })
+})
