@@ -335,7 +335,7 @@ export const maxStepNameLength = 40
 export const maxSagaIdLength = 200
 const maxTimerMs = 2_147_483_647
 
-type E = Record<never, never>
+type E = unknown
 type M<C, Out> = MergeContext<C, Out>
 
 /**

@@ -1,0 +1,198 @@
+// `breakwater saga list|show|retry|cancel --db <url>` on real SQLite and PostgreSQL.
+import { randomUUID } from 'node:crypto'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { sagaCommand } from '../../src/cli/saga.js'
+import { createSagaWorker, defineSaga, getSaga } from '../../src/saga/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { createTestSqlite } from '../support/sqlite.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = ''
+  let err = ''
+  const code = await sagaCommand(args, {
+    stdout: { write: (t: string) => (out += t) },
+    stderr: { write: (t: string) => (err += t) },
+  })
+  return { code, out, err }
+}
+
+describe('saga command arguments', () => {
+  it.each([
+    [[], 'a command is needed'],
+    [['purge'], 'unknown command "purge"'],
+    [['show'], 'needs exactly one saga id'],
+    [['show', 'a', 'b'], 'needs exactly one saga id'],
+    [['list', 'extra'], 'unexpected argument "extra"'],
+    [['list', '--status', 'lost'], '--status must be one of'],
+    [['list', '--limit', '0'], '--limit must be an integer'],
+    [['list', '--limit'], '--limit needs a value'],
+    [['list', '--db'], '--db needs a value'],
+    [['list', '--db', '--json'], '--db needs a value'],
+    [['retry', 'x', '--json'], 'unknown option "--json" for "saga retry"'],
+    [['list', '--verbose'], 'unknown option "--verbose"'],
+    [['list', '--json=yes'], '--json takes no value'],
+    [['list', '--name', 'a', '--name', 'b'], '--name given twice'],
+  ])('%j -> exit 2 with a message and the usage', async (args, message) => {
+    const { code, err, out } = await run(args)
+    expect(code).toBe(2)
+    expect(err).toContain(message)
+    expect(err).toContain('usage: breakwater saga')
+    expect(out).toBe('')
+  })
+
+  it('a database URL it cannot parse is a usage error (exit 2)', async () => {
+    const { code, err } = await run(['list', '--db', 'mysql://localhost/x'])
+    expect(code).toBe(2)
+    expect(err).toContain('--db: url: expected a database URL')
+  })
+
+  it('--help prints the usage', async () => {
+    const { code, out } = await run(['--help'])
+    expect(code).toBe(0)
+    expect(out).toContain('list [--status <status>]')
+  })
+
+  it('a database without the saga tables fails with a hint to migrate (exit 1)', async () => {
+    const file = createTestSqlite('empty')
+    try {
+      const { code, err } = await run(['list', '--db', file.url])
+      expect(code).toBe(1)
+      expect(err).toContain('run `breakwater migrate --db')
+    } finally {
+      file.cleanup()
+    }
+  })
+})
+
+describe.each(dbTargets)('saga command on $dialect', (target) => {
+  let t: TestDb
+  // Starts at the real time: the CLI stamps retry and cancel with the system clock.
+  const clock = new ManualClock(Date.now())
+  let refundWorks = false
+  const saga = defineSaga({
+    name: 'cli-order',
+    version: 2,
+    steps: [
+      {
+        name: 'charge',
+        action: async () => ({ chargeId: 'c-1' }),
+        compensation: async () => {
+          if (!refundWorks) throw new Error('refund service down')
+        },
+        compensationRetry: { maxAttempts: 1 },
+      },
+      { name: 'wait', sleepMs: 60_000 },
+      {
+        name: 'ship',
+        action: async (ctx) => {
+          if ((ctx.input as { ship?: boolean }).ship === false) {
+            throw Object.assign(new Error('address rejected'), { status: 422 })
+          }
+        },
+      },
+    ],
+  })
+  const ids: Record<string, string> = {}
+
+  beforeAll(async () => {
+    t = await target.open('saga_cli')
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock, workerId: 'cli-worker' })
+    ids.waiting = (await worker.run(saga, {}, { id: `waiting-${randomUUID().slice(0, 6)}` })).id
+    ids.parked = (
+      await worker.run(saga, { ship: false }, { id: `parked-${randomUUID().slice(0, 6)}` })
+    ).id
+    ids.done = (await worker.run(saga, {}, { id: `done-${randomUUID().slice(0, 6)}` })).id
+    ids.parkedToo = (await worker.run(saga, { ship: false })).id
+    await clock.advance(60_000)
+    // Every instance went past the wait: 'waiting' is re-made below to stay running.
+    await worker.poll()
+    ids.waiting = (await worker.run(saga, {}, { id: `waiting2-${randomUUID().slice(0, 6)}` })).id
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('lists instances newest first, filtered by status and name', async () => {
+    const all = await run(['list', '--db', t.url])
+    expect(all.code).toBe(0)
+    expect(all.out.split('\n')[0]).toMatch(
+      /^ID\s+SAGA\s+STATUS\s+STEP\s+ATTEMPT\s+UPDATED\s+REASON$/,
+    )
+    for (const id of Object.values(ids)) expect(all.out).toContain(id)
+    const failed = await run(['list', '--status', 'failed', '--db', t.url])
+    expect(failed.out).toContain(ids.parked)
+    expect(failed.out).not.toContain(ids.done)
+    expect(failed.out).toContain('compensation of step "charge" failed')
+    const json = await run(['list', '--db', t.url, '--json', '--limit', '2'])
+    const parsed = JSON.parse(json.out) as { id: string; status: string; name: string }[]
+    expect(parsed).toHaveLength(2)
+    expect(parsed[0]).toMatchObject({ id: ids.waiting, status: 'running', name: 'cli-order' })
+    const none = await run(['list', '--name', 'nothing-here', '--db', t.url])
+    expect(none.out).toBe('No saga instances.\n')
+  })
+
+  it('shows an instance with its steps and its timeline of attempts, errors and compensations', async () => {
+    const { code, out } = await run(['show', ids.parked!, '--db', t.url])
+    expect(code).toBe(0)
+    expect(out).toContain(`saga      ${ids.parked}`)
+    expect(out).toContain('name      cli-order@2')
+    expect(out).toContain('status    failed')
+    expect(out).toMatch(
+      /charge\s+completed\s+1\s+pending \(1 attempt\)\s+Error: refund service down/,
+    )
+    expect(out).toMatch(/ship\s+failed\s+1\s+-\s+Error: address rejected/)
+    expect(out).toContain('timeline')
+    expect(out).toMatch(/step-completed\s+charge\s+attempt 1/)
+    expect(out).toMatch(
+      /step-failed\s+ship\s+attempt 1\s+error Error: address rejected\s+\(final\)/,
+    )
+    expect(out).toMatch(
+      /compensation-failed\s+charge\s+attempt 1\s+error Error: refund service down/,
+    )
+    expect(out).toMatch(/parked\s+reason: compensation of step "charge" failed/)
+    expect(out).toContain('[cli-worker]')
+    const json = JSON.parse((await run(['show', ids.done!, '--db', t.url, '--json'])).out) as {
+      saga: { status: string }
+      timeline: { kind: string }[]
+    }
+    expect(json.saga.status).toBe('completed')
+    expect(json.timeline.at(-1)!.kind).toBe('completed')
+    const missing = await run(['show', 'no-such-id', '--db', t.url])
+    expect(missing.code).toBe(1)
+    expect(missing.err).toContain('no saga instance has the id "no-such-id"')
+  })
+
+  it('retry re-queues a parked saga; a worker then finishes its compensation', async () => {
+    const refused = await run(['retry', ids.done!, '--db', t.url])
+    expect(refused.code).toBe(1)
+    expect(refused.err).toContain('only a parked (failed) saga can be retried')
+    const { code, out } = await run([
+      'retry',
+      ids.parked!,
+      '--db',
+      t.url,
+      '--reason',
+      'refunds are back',
+    ])
+    expect(code).toBe(0)
+    expect(out).toContain('re-queued')
+    refundWorks = true
+    await createSagaWorker({ db: t.db, sagas: [saga], clock }).poll()
+    expect((await getSaga(t.db, ids.parked!))!.status).toBe('compensated')
+    const shown = await run(['show', ids.parked!, '--db', t.url])
+    expect(shown.out).toMatch(/retry-requested\s+reason: refunds are back\s+\[cli\]/)
+  })
+
+  it('cancel compensates a running saga; unknown ids and finished sagas exit 1', async () => {
+    const { code, out } = await run(['cancel', ids.waiting!, '--db', t.url, '--by', 'alice'])
+    expect(code).toBe(0)
+    expect(out).toContain('cancel requested')
+    await createSagaWorker({ db: t.db, sagas: [saga], clock }).poll()
+    expect((await getSaga(t.db, ids.waiting!))!.status).toBe('cancelled')
+    expect((await run(['cancel', ids.waiting!, '--db', t.url])).code).toBe(1)
+    const unknown = await run(['cancel', 'nope', '--db', t.url])
+    expect(unknown.code).toBe(1)
+    expect(unknown.err).toContain('No saga instance has the id "nope"')
+  })
+})

@@ -1,0 +1,234 @@
+// defineSaga: bad declarations fail at declaration with InvalidOptionError naming the problem;
+// the context is typed step by step; the crash-point parser.
+import { describe, expect, expectTypeOf, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import {
+  type CompensationContext,
+  defineSaga,
+  type SagaDefinition,
+  type StepContext,
+  sagaCrashAtFromEnv,
+} from '../../src/saga/index.js'
+
+const noop = async () => undefined
+
+function rejection(fn: () => unknown): InvalidOptionError {
+  try {
+    fn()
+  } catch (error) {
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    return error as InvalidOptionError
+  }
+  throw new Error('expected the declaration to throw')
+}
+
+describe('defineSaga declarations', () => {
+  it('refuses duplicate step names, naming the step', () => {
+    const error = rejection(() =>
+      defineSaga({
+        name: 'order',
+        version: 1,
+        steps: [
+          { name: 'charge', action: noop },
+          { name: 'charge', action: noop },
+        ],
+      }),
+    )
+    expect(error.option).toBe('saga "order".steps[1].name')
+    expect(error.message).toContain('duplicate step name')
+    expect(error.value).toBe('charge')
+  })
+
+  it('refuses a step that requires a compensation but has none', () => {
+    const error = rejection(() =>
+      defineSaga({
+        name: 'order',
+        version: 1,
+        steps: [
+          { name: 'charge', action: noop, compensationRequired: true },
+          { name: 'ship', action: noop },
+        ],
+      }),
+    )
+    expect(error.option).toBe('saga "order".steps["charge"].compensation')
+    expect(error.message).toContain('compensationRequired')
+  })
+
+  it.each([
+    ['no steps', { name: 'x', version: 1, steps: [] }, 'saga "x".steps'],
+    ['steps not an array', { name: 'x', version: 1, steps: 'a,b' }, 'saga "x".steps'],
+    [
+      'a name with spaces',
+      { name: 'my saga', version: 1, steps: [{ name: 'a', action: noop }] },
+      'saga.name',
+    ],
+    [
+      'a name with @',
+      { name: 'a@b', version: 1, steps: [{ name: 'a', action: noop }] },
+      'saga.name',
+    ],
+    [
+      'version 0',
+      { name: 'x', version: 0, steps: [{ name: 'a', action: noop }] },
+      'saga "x".version',
+    ],
+    [
+      'version 1.5',
+      { name: 'x', version: 1.5, steps: [{ name: 'a', action: noop }] },
+      'saga "x".version',
+    ],
+    ['a missing version', { name: 'x', steps: [{ name: 'a', action: noop }] }, 'saga "x".version'],
+    [
+      'a step without a name',
+      { name: 'x', version: 1, steps: [{ action: noop }] },
+      'saga "x".steps[0].name',
+    ],
+    [
+      'a step name too long for idempotency keys',
+      { name: 'x', version: 1, steps: [{ name: 'a'.repeat(41), action: noop }] },
+      'saga "x".steps[0].name',
+    ],
+    [
+      'a step with nothing to do',
+      { name: 'x', version: 1, steps: [{ name: 'a' }] },
+      'saga "x".steps["a"]',
+    ],
+    [
+      'a step that is both an action and a wait',
+      { name: 'x', version: 1, steps: [{ name: 'a', action: noop, sleepMs: 5 }] },
+      'saga "x".steps["a"]',
+    ],
+    [
+      'a compensation that is not a function',
+      { name: 'x', version: 1, steps: [{ name: 'a', action: noop, compensation: 'undo' }] },
+      'saga "x".steps["a"].compensation',
+    ],
+    [
+      'a wait step with a compensation',
+      { name: 'x', version: 1, steps: [{ name: 'a', sleepMs: 5, compensation: noop }] },
+      'saga "x".steps["a"].compensation',
+    ],
+    [
+      'a zero timeout',
+      { name: 'x', version: 1, steps: [{ name: 'a', action: noop, timeoutMs: 0 }] },
+      'saga "x".steps["a"].timeoutMs',
+    ],
+    [
+      'zero retry attempts',
+      { name: 'x', version: 1, steps: [{ name: 'a', action: noop, retry: { maxAttempts: 0 } }] },
+      'saga "x".steps["a"].retry.maxAttempts',
+    ],
+    [
+      'an unknown retry option',
+      { name: 'x', version: 1, steps: [{ name: 'a', action: noop, retry: { attempts: 3 } }] },
+      'saga "x".steps["a"].retry.attempts',
+    ],
+    [
+      'a bad jitter',
+      { name: 'x', version: 1, steps: [{ name: 'a', action: noop, retry: { jitter: 'lots' } }] },
+      'saga "x".steps["a"].retry.jitter',
+    ],
+    [
+      'a reply step without send',
+      { name: 'x', version: 1, steps: [{ name: 'a', awaitReply: { timeoutMs: 10 } }] },
+      'saga "x".steps["a"].send',
+    ],
+    [
+      'an input parser that is not a function',
+      { name: 'x', version: 1, input: {}, steps: [{ name: 'a', action: noop }] },
+      'saga "x".input',
+    ],
+  ])('refuses %s', (_label, declaration, option) => {
+    const error = rejection(() => defineSaga(declaration as never))
+    expect(error.option).toBe(option)
+  })
+
+  it('accepts a valid declaration and exposes its name, version, key and step names', () => {
+    const saga = defineSaga({
+      name: 'order.v-1_x',
+      version: 3,
+      steps: [
+        { name: 'a', action: noop, compensation: noop, compensationRequired: true },
+        { name: 'wait', sleepMs: 1_000 },
+        { name: 'b', action: noop, retry: { maxAttempts: 5, jitter: 'equal' }, timeoutMs: 100 },
+      ],
+    })
+    expect(saga).toMatchObject({ name: 'order.v-1_x', version: 3, key: 'order.v-1_x@3' })
+    expect(saga.stepNames).toEqual(['a', 'wait', 'b'])
+    expect(Object.isFrozen(saga)).toBe(true)
+  })
+
+  it('types the context step by step from the actions’ results', () => {
+    const saga = defineSaga({
+      name: 'typed',
+      version: 1,
+      input: (raw) => raw as { orderId: string; amount: number },
+      steps: [
+        {
+          name: 'reserve',
+          action: async (ctx) => {
+            expectTypeOf(ctx.input.orderId).toEqualTypeOf<string>()
+            expectTypeOf(ctx.idempotencyKey).toEqualTypeOf<string>()
+            return { reservationId: `r-${ctx.input.orderId}` }
+          },
+          compensation: async (ctx) => {
+            expectTypeOf(ctx.context.reservationId).toEqualTypeOf<string>()
+            expectTypeOf(ctx.reason).toEqualTypeOf<string>()
+          },
+        },
+        { name: 'pause', sleepMs: 10 },
+        {
+          name: 'charge',
+          action: async (ctx) => {
+            expectTypeOf(ctx.context.reservationId).toEqualTypeOf<string>()
+            // @ts-expect-error: not in the context yet
+            ctx.context.chargeId
+            return { chargeId: 7 }
+          },
+        },
+        {
+          name: 'notify',
+          action: async (ctx) => {
+            expectTypeOf(ctx.context.chargeId).toEqualTypeOf<number>()
+          },
+        },
+      ],
+    })
+    expectTypeOf(saga).toEqualTypeOf<
+      SagaDefinition<
+        { orderId: string; amount: number },
+        { reservationId: string } & { chargeId: number }
+      >
+    >()
+    expectTypeOf<StepContext<{ a: 1 }, { b: 2 }>['context']>().toEqualTypeOf<Readonly<{ b: 2 }>>()
+    expectTypeOf<CompensationContext<unknown, object>['reason']>().toEqualTypeOf<string>()
+  })
+})
+
+describe('sagaCrashAtFromEnv', () => {
+  it('ignores an absent value and other areas', () => {
+    expect(sagaCrashAtFromEnv(undefined)).toBeUndefined()
+    expect(sagaCrashAtFromEnv('')).toBeUndefined()
+    expect(sagaCrashAtFromEnv('relay:after-publish')).toBeUndefined()
+  })
+
+  it.each([
+    'saga:nowhere',
+    'saga:after-step-commit:charge:0',
+    'saga:after-step-commit::2',
+    'saga:a:b:c:d',
+  ])('refuses %s', (value) => {
+    expect(() => sagaCrashAtFromEnv(value)).toThrow(InvalidOptionError)
+  })
+
+  it('parses point, step and count', () => {
+    expect(typeof sagaCrashAtFromEnv('saga:after-claim')).toBe('function')
+    expect(typeof sagaCrashAtFromEnv('saga:after-claim:3')).toBe('function')
+    expect(typeof sagaCrashAtFromEnv('saga:after-step-commit:charge')).toBe('function')
+    expect(typeof sagaCrashAtFromEnv('saga:before-compensation:reserve:2')).toBe('function')
+    // Reaching other points or other steps does nothing (the process would die otherwise).
+    const faults = sagaCrashAtFromEnv('saga:after-step-commit:charge')!
+    expect(faults('after-step-commit', { sagaId: 's', step: 'reserve' })).toBeUndefined()
+    expect(faults('before-step', { sagaId: 's', step: 'charge' })).toBeUndefined()
+  })
+})
