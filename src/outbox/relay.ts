@@ -332,6 +332,10 @@ class OutboxRelay implements Relay {
   #retentionTimer: TimerHandle | undefined
   #pruning = false
   #timersStopped = false
+  // Aggregates whose head event failed with an unclear error; see #publishBatch.
+  readonly #suspects = new Map<string, { readonly row: OutboxRow; readonly error: unknown }>()
+  // Aggregates whose last attempt failed, oldest first; see #publishBatch.
+  readonly #recentFailures = new Set<string>()
   #nextRebalanceAt = 0
   #published = 0
   #publishFailures = 0
@@ -638,7 +642,15 @@ class OutboxRelay implements Relay {
         const rows = await this.#readBatch()
         await this.#fault('after-claim')
         dbFailures = 0
-        this.#lagMs = rows.length === 0 ? 0 : Math.max(0, this.#clock.now() - oldest(rows))
+        if (rows.length > 0) this.#lagMs = Math.max(0, this.#clock.now() - oldest(rows))
+        else if (this.#suspects.size === 0) this.#lagMs = 0
+        if (rows.length === 0 && this.#suspects.size > 0) {
+          // Nothing else to try: with no other event going through, the suspects' failures
+          // may well be the broker's. Nobody is charged; they are retried after a backoff.
+          this.#suspects.clear()
+          await this.#pause(this.#backoff.delayMs(failedRounds++))
+          continue
+        }
         if (rows.length === 0) {
           await this.#waker.wait(Math.min(idleMs, this.#untilRebalance()), this.#stop.signal)
           idleMs = Math.min(this.#maxPollMs, idleMs * 2)
@@ -672,23 +684,39 @@ class OutboxRelay implements Relay {
         listParam(this.#db.dialect, this.#leases.partitions),
         this.#clock.now(),
         this.#batchSize,
+        listParam(this.#db.dialect, [...this.#suspects.keys()]),
       ])
     } catch (error) {
       throw new PhaseError('read', error)
     }
   }
 
-  /** Publishes a batch; returns undefined on progress, or why the round failed. */
+  /**
+   * Publishes a batch; returns undefined when the round made progress, or why it failed.
+   *
+   * Who is to blame for a failed publish? An error that is the message's own fault
+   * (`BROKER_REJECTED`, a permanent error) is charged to the event at once. Any other error is
+   * unclear: the broker may be down. The event's aggregate then becomes a suspect: it is set
+   * aside (the next reads skip it) while other aggregates are tried. As soon as another event
+   * goes through, the broker is known to be up and every suspect is charged one attempt. If
+   * nothing else is left to try, or the breaker opens, it was an outage: the suspects are
+   * cleared without charge and everything is retried after a backoff.
+   *
+   * Aggregates that failed recently are sent last and alone, after the rest of their wave: a
+   * poison event then never fails the call that carries the healthy events (nor the breaker's
+   * half-open probe), and its failure is clearly its own once they went through.
+   */
   async #publishBatch(rows: OutboxRow[]): Promise<WaveResult | undefined> {
     const startedAt = this.#clock.now()
     const waves = this.#ordering === 'batch' ? [rows] : splitIntoWaves(rows)
     const confirmed: OutboxRow[] = []
     const charged: WaveResult['charged'] = []
+    const suspectsBefore = this.#suspects.size
     // Aggregates with a failure in this batch: their later events wait for the next round.
     const blocked = new Set<string>()
     let failure: WaveResult | undefined
     let attempted = false
-    for (const wave of waves) {
+    waves: for (const wave of waves) {
       const todo = wave.filter(
         (row) => !blocked.has(row.aggregate_id) && this.#leases.owns(row.partition_no),
       )
@@ -696,22 +724,67 @@ class OutboxRelay implements Relay {
       // Not enough lease left to finish a publish: the loop renews or rebalances first.
       if (!this.#leaseUsable()) break
       attempted = true
-      const result = await this.#publishWave(todo, blocked)
-      confirmed.push(...result.ok)
-      charged.push(...result.charged)
-      if (result.outage) {
-        failure = result
-        break
+      const clean = todo.filter((row) => !this.#recentFailures.has(row.aggregate_id))
+      if (clean.length > 0) {
+        const result = await this.#publishWave(clean, blocked)
+        confirmed.push(...result.ok)
+        charged.push(...result.charged)
+        if (result.outage) {
+          failure = result
+          break
+        }
+      }
+      for (const row of todo) {
+        if (!this.#recentFailures.has(row.aggregate_id) || blocked.has(row.aggregate_id)) continue
+        try {
+          await this.#send([row])
+          confirmed.push(row)
+        } catch (error) {
+          this.#onSendFailure(error, 1)
+          if (isCircuitRejection(error)) {
+            failure = outage(error)
+            break waves
+          }
+          blocked.add(row.aggregate_id)
+          if (isMessageFault(error) || confirmed.length > 0) charged.push({ row, error })
+          else this.#suspect(row, error)
+        }
       }
     }
     if (confirmed.length > 0) {
       await this.#fault('after-publish')
       await this.#mark(confirmed, startedAt)
       await this.#fault('after-mark')
+      for (const row of confirmed) this.#recentFailures.delete(row.aggregate_id)
+      // The broker took other events: the suspects' failures were their own.
+      for (const suspect of this.#suspects.values()) charged.push(suspect)
+      this.#suspects.clear()
+    } else if (failure !== undefined) {
+      this.#suspects.clear()
     }
-    for (const { row, error } of charged) await this.#charge(row, error)
-    if (!attempted || confirmed.length > 0 || charged.length > 0) return undefined
+    for (const { row, error } of charged) {
+      this.#noteFailure(row.aggregate_id)
+      await this.#charge(row, error)
+    }
+    const progress =
+      confirmed.length > 0 || charged.length > 0 || this.#suspects.size > suspectsBefore
+    if (!attempted || progress) return undefined
     return failure ?? { ok: [], charged: [], outage: true, retryAfterMs: 0 }
+  }
+
+  #suspect(row: OutboxRow, error: unknown): void {
+    this.#suspects.set(row.aggregate_id, { row, error })
+    this.#noteFailure(row.aggregate_id)
+  }
+
+  // Remembers (boundedly) that an aggregate's event failed, until one of its events succeeds.
+  #noteFailure(aggregateId: string): void {
+    this.#recentFailures.delete(aggregateId)
+    this.#recentFailures.add(aggregateId)
+    if (this.#recentFailures.size > 10_000) {
+      const oldest = this.#recentFailures.values().next().value
+      if (oldest !== undefined) this.#recentFailures.delete(oldest)
+    }
   }
 
   async #publishWave(rows: OutboxRow[], blocked: Set<string>): Promise<WaveResult> {
@@ -722,19 +795,19 @@ class OutboxRelay implements Relay {
       this.#onSendFailure(error, rows.length)
       if (isCircuitRejection(error)) return outage(error)
       if (rows.length === 1) {
-        if (!isMessageFault(error)) return outage(error)
-        blocked.add(rows[0]!.aggregate_id)
-        return { ok: [], charged: [{ row: rows[0]!, error }], outage: false, retryAfterMs: 0 }
+        const row = rows[0]!
+        blocked.add(row.aggregate_id)
+        if (isMessageFault(error))
+          return { ok: [], charged: [{ row, error }], outage: false, retryAfterMs: 0 }
+        this.#suspect(row, error)
+        return { ok: [], charged: [], outage: false, retryAfterMs: 0 }
       }
     }
-    // Isolation: which event failed the call? Each is sent alone, in order. An event's failure
-    // is charged to it when it is clearly its own fault, or when another event went through in
-    // the same round (so the broker is up). Three unclear failures before any success look
-    // like an outage: nothing is charged, the round backs off and the breaker decides.
+    // Isolation: which event failed the call? Each is sent alone, in order. Three unclear
+    // failures before any success look like an outage: stop hammering the broker.
     const ok: OutboxRow[] = []
-    const failed: Array<{ row: OutboxRow; error: unknown }> = []
+    const charged: WaveResult['charged'] = []
     let unclear = 0
-    let stopped: WaveResult | undefined
     for (const row of rows) {
       if (blocked.has(row.aggregate_id)) continue
       try {
@@ -742,21 +815,17 @@ class OutboxRelay implements Relay {
         ok.push(row)
       } catch (error) {
         this.#onSendFailure(error, 1)
-        if (isCircuitRejection(error)) {
-          stopped = outage(error)
-          break
-        }
-        failed.push({ row, error })
+        if (isCircuitRejection(error)) return { ...outage(error), ok, charged }
         blocked.add(row.aggregate_id)
-        if (!isMessageFault(error) && ok.length === 0 && ++unclear >= 3) {
-          stopped = outage(error)
-          break
+        if (isMessageFault(error)) {
+          charged.push({ row, error })
+        } else {
+          this.#suspect(row, error)
+          if (ok.length === 0 && ++unclear >= 3) return { ...outage(error), ok, charged }
         }
       }
     }
-    const charged = failed.filter((f) => ok.length > 0 || isMessageFault(f.error))
-    if (stopped !== undefined) return { ...stopped, ok, charged }
-    return { ok, charged, outage: ok.length === 0 && charged.length === 0, retryAfterMs: 0 }
+    return { ok, charged, outage: false, retryAfterMs: 0 }
   }
 
   #onSendFailure(error: unknown, count: number): void {

@@ -201,7 +201,7 @@ export interface OutboxStatements {
   readonly insertMany: string
   /** As insertMany, then the channel ($3 on SQLite, unused; $10 on PostgreSQL). */
   readonly insertManyNotify: string
-  /** $1 owned partitions (list), $2 now, $3 limit. */
+  /** $1 owned partitions (list), $2 now, $3 limit, $4 aggregate ids to skip (list). */
   readonly readBatch: string
   /** $1 now, $2 ids (list), $3 relay id, $4 tokens by partition (list). */
   readonly markPublished: string
@@ -322,6 +322,7 @@ WHERE o.published_at IS NULL AND o.dead_at IS NULL
   AND o.partition_no = ANY($1::int[])
   AND (o.retry_at IS NULL OR o.retry_at <= $2)
   AND o.xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+  AND NOT (o.aggregate_id = ANY($4::text[]))
   AND ${noHeldPredecessor}
 ORDER BY o.id
 LIMIT $3`,
@@ -388,6 +389,7 @@ FROM ${outboxTable} o
 WHERE o.published_at IS NULL AND o.dead_at IS NULL
   AND o.partition_no IN (SELECT value FROM json_each($1))
   AND (o.retry_at IS NULL OR o.retry_at <= $2)
+  AND o.aggregate_id NOT IN (SELECT value FROM json_each($4))
   AND ${noHeldPredecessor}
 ORDER BY o.id
 LIMIT $3`,

@@ -1,0 +1,403 @@
+// The relay when things go wrong, with time on a ManualClock: a broker outage (events pile up,
+// the breaker opens, lag rises, the relay recovers by itself and lag falls), a poison event
+// (dead-lettered without blocking other aggregates, redriven later), and retention.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { BreakwaterError } from '../../src/core/errors.js'
+import {
+  createOutbox,
+  createRelay,
+  listDead,
+  type Outbox,
+  outboxStats,
+  pruneOutbox,
+  type RelayEvent,
+  redrive,
+} from '../../src/outbox/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { QueueChecker } from '../support/queue-checker.js'
+import {
+  brokerDown,
+  type Collector,
+  collect,
+  count,
+  dbTargets,
+  delay,
+  type OutboxDb,
+  pendingCount,
+  testPublisher,
+  testQueue,
+} from './support.js'
+
+const T0 = 1_700_000_000_000
+
+/** Moves a ManualClock forward in steps, letting real I/O run between steps. */
+async function advanceUntil(
+  clock: ManualClock,
+  check: () => boolean | Promise<boolean>,
+  what: string,
+  stepMs = 50,
+  each?: () => void | Promise<void>,
+): Promise<void> {
+  const deadline = Date.now() + 30_000
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await clock.advance(stepMs)
+    await each?.()
+    await delay(2)
+  }
+}
+
+async function enqueueAll(
+  db: OutboxDb['db'],
+  outbox: Outbox,
+  ids: string[],
+  checker?: QueueChecker,
+) {
+  for (const id of ids) {
+    const aggregateId = id.replace(/-\d+$/, '')
+    checker?.invoke(id, aggregateId)
+    await db.transaction((tx) =>
+      outbox.enqueue(tx, {
+        id,
+        aggregateType: 'thing',
+        aggregateId,
+        type: 'changed',
+        payload: { id },
+      }),
+    )
+    checker?.complete(id, 'ok')
+  }
+}
+
+function publishedIds(collector: Collector, prefix: string): string[] {
+  return collector.received.map((r) => r.id).filter((id) => id.startsWith(prefix))
+}
+
+describe.each(dbTargets)('relay failures on $dialect', (target) => {
+  let t: OutboxDb
+
+  beforeAll(async () => {
+    t = await target.open('relay_failures')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  async function setup(clock: ManualClock, extra: Partial<Parameters<typeof createRelay>[0]> = {}) {
+    const queue = testQueue(t.db)
+    const publisher = testPublisher(queue.publisher)
+    const relay = createRelay({
+      db: t.db,
+      publisher,
+      clock,
+      pollIntervalMs: 10,
+      maxPollIntervalMs: 100,
+      retryBackoff: { baseDelayMs: 100, maxDelayMs: 1_000, jitter: 'none' },
+      circuitBreaker: { window: { kind: 'consecutive', failures: 3 }, cooldownMs: 5_000 },
+      retention: false,
+      ...extra,
+    })
+    const events: RelayEvent[] = []
+    relay.events.on((e) => events.push(e))
+    return { queue, publisher, relay, events }
+  }
+
+  it('rides out a broker outage: breaker opens, lag rises, recovers by itself, lag falls', async () => {
+    const clock = new ManualClock(T0)
+    const outbox = createOutbox({ clock, topic: 'outage' })
+    const { queue, publisher, relay, events } = await setup(clock)
+    const collector = await collect(queue, 'outage', 'outage')
+    const checker = new QueueChecker()
+    let down = true
+    publisher.before = () => {
+      if (down) throw brokerDown()
+    }
+    try {
+      await relay.start()
+      const first = Array.from({ length: 10 }, (_, i) => `out-${i % 2}-${Math.floor(i / 2)}`)
+      await enqueueAll(t.db, outbox, first, checker)
+      await advanceUntil(clock, () => relay.breaker.state === 'open', 'the breaker to open')
+      const callsWhenOpened = publisher.calls
+      // While the broker stays down: events accumulate, the lag grows, the breaker only lets
+      // a probe through once per cooldown.
+      const lags: number[] = []
+      await advanceUntil(
+        clock,
+        () => clock.now() - T0 >= 30_000,
+        '30 s of outage',
+        250,
+        () => void lags.push(relay.metrics().lagMs),
+      )
+      const more = Array.from({ length: 10 }, (_, i) => `out-${2 + (i % 2)}-${Math.floor(i / 2)}`)
+      await enqueueAll(t.db, outbox, more, checker)
+      expect(await pendingCount(t.db)).toBe(20)
+      expect(Math.max(...lags)).toBeGreaterThan(20_000)
+      expect(publisher.calls - callsWhenOpened).toBeLessThanOrEqual(8)
+      expect(publisher.confirmed).toEqual([])
+      // An outage is not the events' fault: nothing charged, nothing dead.
+      expect(
+        await count(t.db, 'breakwater_outbox', 'WHERE attempts > 0 OR dead_at IS NOT NULL'),
+      ).toBe(0)
+
+      down = false
+      await advanceUntil(
+        clock,
+        async () => (await pendingCount(t.db)) === 0,
+        'the backlog to drain',
+      )
+      await advanceUntil(clock, () => relay.metrics().lagMs === 0, 'the lag to fall', 10)
+      expect(relay.breaker.state).toBe('closed')
+      await advanceUntil(clock, () => publishedIds(collector, 'out-').length === 20, 'delivery', 10)
+      for (const id of publishedIds(collector, 'out-')) checker.deliver(id)
+      expect(checker.check().valid).toBe(true)
+      expect(relay.metrics()).toMatchObject({
+        published: 20,
+        deadLettered: 0,
+        breakerState: 'closed',
+      })
+      expect(relay.metrics().publishFailures).toBeGreaterThanOrEqual(3)
+      expect(events.some((e) => e.type === 'publishFailed')).toBe(true)
+    } finally {
+      await relay.stop()
+      await collector.close()
+    }
+  })
+
+  it.each(['rejected', 'unclear'] as const)(
+    'dead-letters a poison event (%s error) without blocking other aggregates; redrive publishes it',
+    async (kind) => {
+      const clock = new ManualClock(T0 + 1_000_000)
+      const prefix = `poison-${kind}`
+      const outbox = createOutbox({ clock, topic: prefix })
+      const { queue, publisher, relay, events } = await setup(clock, { maxAttempts: 3 })
+      const collector = await collect(queue, prefix, 'poison')
+      const checker = new QueueChecker()
+      const poisoned = new Set([`${prefix}-p-0`])
+      publisher.before = (messages) => {
+        if (!messages.some((m) => poisoned.has(m.id))) return
+        throw kind === 'rejected'
+          ? new BreakwaterError('BROKER_REJECTED', 'message too large')
+          : new Error('boom')
+      }
+      try {
+        await relay.start()
+        const others = 4
+        const ids = ['p', 'a', 'b'].flatMap((agg) =>
+          Array.from({ length: others }, (_, n) => `${prefix}-${agg}-${n}`),
+        )
+        await enqueueAll(t.db, outbox, ids, checker)
+        // An unclear error is charged to the event only when other events get through around
+        // it, so in that case keep a trickle of other traffic flowing.
+        let trickle = 0
+        const keepTraffic = async () => {
+          if (kind === 'unclear')
+            await enqueueAll(t.db, outbox, [`${prefix}-c-${trickle++}`], checker)
+        }
+        await advanceUntil(
+          clock,
+          async () => (await listDead(t.db)).some((d) => d.eventId === `${prefix}-p-0`),
+          'the poison event to be dead-lettered',
+          50,
+          keepTraffic,
+        )
+        await advanceUntil(
+          clock,
+          () =>
+            ['a', 'b'].every(
+              (agg) => publishedIds(collector, `${prefix}-${agg}`).length === others,
+            ),
+          'the other aggregates',
+        )
+        const [dead] = await listDead(t.db)
+        expect(dead).toMatchObject({
+          eventId: `${prefix}-p-0`,
+          aggregateId: `${prefix}-p`,
+          attempts: 3,
+        })
+        expect(dead!.lastError).toContain(kind === 'rejected' ? 'message too large' : 'boom')
+        expect(relay.metrics().deadLettered).toBe(1)
+        expect(events.filter((e) => e.type === 'retryScheduled')).toHaveLength(2)
+        expect(events.find((e) => e.type === 'deadLettered')).toMatchObject({
+          eventId: `${prefix}-p-0`,
+          attempts: 3,
+        })
+        // The rest of the poisoned aggregate waits behind it.
+        await clock.advance(5_000)
+        await delay(50)
+        expect(publishedIds(collector, `${prefix}-p`)).toEqual([])
+        expect(await outboxStats(t.db, { clock })).toMatchObject({ dead: 1 })
+        expect(
+          await count(
+            t.db,
+            'breakwater_outbox',
+            `WHERE aggregate_id = '${prefix}-p' AND published_at IS NULL`,
+          ),
+        ).toBe(4)
+
+        poisoned.clear()
+        expect(await redrive(t.db, [`${prefix}-p-0`, 'unknown-id'])).toBe(1)
+        expect(await redrive(t.db, 'all')).toBe(0)
+        await advanceUntil(
+          clock,
+          () => publishedIds(collector, `${prefix}-p`).length === 4,
+          'the redriven aggregate',
+        )
+        const everything = ids.length + trickle
+        await advanceUntil(
+          clock,
+          () => new Set(publishedIds(collector, prefix)).size === everything,
+          'every event',
+        )
+        for (const id of publishedIds(collector, prefix)) checker.deliver(id)
+        const verdict = checker.check()
+        expect(verdict.lost).toEqual([])
+        expect(verdict.valid).toBe(true)
+        expect(publishedIds(collector, `${prefix}-p`)).toEqual(
+          [0, 1, 2, 3].map((n) => `${prefix}-p-${n}`),
+        )
+        expect(await listDead(t.db)).toEqual([])
+      } finally {
+        await relay.stop()
+        await collector.close()
+      }
+    },
+  )
+
+  it("treats an unclear failure with no other traffic as an outage, never as the event's fault", async () => {
+    const clock = new ManualClock(T0 + 2_000_000)
+    const outbox = createOutbox({ clock, topic: 'lonely' })
+    const { publisher, relay } = await setup(clock, { maxAttempts: 2 })
+    publisher.before = () => {
+      throw new Error('boom')
+    }
+    try {
+      await relay.start()
+      await enqueueAll(t.db, outbox, ['lonely-x-0'])
+      await advanceUntil(clock, () => publisher.calls >= 6, 'several failed calls', 500)
+      expect(await listDead(t.db)).toEqual([])
+      expect(
+        await count(t.db, 'breakwater_outbox', "WHERE event_id = 'lonely-x-0' AND attempts = 0"),
+      ).toBe(1)
+      expect(relay.breaker.state).not.toBe('closed')
+    } finally {
+      await relay.stop()
+      await t.db.execute("DELETE FROM breakwater_outbox WHERE event_id = 'lonely-x-0'")
+    }
+  })
+
+  it('prunes published rows past the age in bounded batches, or archives them', async () => {
+    const clock = new ManualClock(T0 + 3_000_000)
+    const outbox = createOutbox({ clock, topic: 'retention' })
+    await t.db.execute('DELETE FROM breakwater_outbox')
+    const ids = Array.from({ length: 40 }, (_, i) => `ret-${i}`)
+    await t.db.transaction((tx) =>
+      outbox.enqueue(
+        tx,
+        ids.map((id) => ({ id, aggregateType: 'x', aggregateId: id, type: 't', payload: {} })),
+      ),
+    )
+    const old = clock.now()
+    const setPublished = (from: number, to: number, at: number) =>
+      t.db.execute(
+        `UPDATE breakwater_outbox SET published_at = $1 WHERE event_id IN (${ids
+          .slice(from, to)
+          .map((id) => `'${id}'`)
+          .join(', ')})`,
+        [at],
+      )
+    await setPublished(0, 30, old) // old enough
+    await setPublished(30, 35, old + 9_000) // too young
+    await t.db.execute(
+      "UPDATE breakwater_outbox SET dead_at = $1 WHERE event_id IN ('ret-35', 'ret-36')",
+      [old],
+    )
+    await clock.advance(10_000)
+    expect(
+      await pruneOutbox(t.db, { olderThanMs: 5_000, batchSize: 10, maxBatches: 1, clock }),
+    ).toBe(10)
+    expect(await pruneOutbox(t.db, { olderThanMs: 5_000, batchSize: 7, clock })).toBe(20)
+    expect(await count(t.db, 'breakwater_outbox')).toBe(10)
+    // Young, unpublished and dead rows are untouched.
+    expect(await count(t.db, 'breakwater_outbox', 'WHERE published_at IS NOT NULL')).toBe(5)
+    expect(await pendingCount(t.db)).toBe(3)
+    await clock.advance(10_000)
+    expect(
+      await pruneOutbox(t.db, { olderThanMs: 5_000, batchSize: 2, archive: true, clock }),
+    ).toBe(5)
+    const archived = await t.db.query<{
+      event_id: string
+      archived_at: number
+      published_at: number
+    }>('SELECT event_id, archived_at, published_at FROM breakwater_outbox_archive ORDER BY id')
+    expect(archived.map((r) => r.event_id)).toEqual(ids.slice(30, 35))
+    expect(
+      archived.every((r) => r.archived_at === clock.now() && r.published_at === old + 9_000),
+    ).toBe(true)
+    expect(await count(t.db, 'breakwater_outbox')).toBe(5)
+  })
+
+  if (target.dialect === 'postgres') {
+    it('prunes while a writer holds an open transaction on the outbox (no table lock)', async () => {
+      const clock = new ManualClock(T0 + 4_000_000)
+      const outbox = createOutbox({ clock })
+      await t.db.transaction((tx) =>
+        outbox.enqueue(tx, {
+          id: 'lock-old',
+          aggregateType: 'x',
+          aggregateId: 'l',
+          type: 't',
+          payload: {},
+        }),
+      )
+      await t.db.execute(
+        "UPDATE breakwater_outbox SET published_at = $1 WHERE event_id = 'lock-old'",
+        [clock.now()],
+      )
+      await clock.advance(60_000)
+      let release = (): void => {}
+      const gate = new Promise<void>((resolve) => {
+        release = resolve
+      })
+      const writer = t.db.transaction(async (tx) => {
+        await outbox.enqueue(tx, { aggregateType: 'x', aggregateId: 'w', type: 't', payload: {} })
+        await gate
+      })
+      await delay(50)
+      const pruned = await Promise.race([
+        pruneOutbox(t.db, { olderThanMs: 1_000, clock }),
+        delay(3_000).then(() => 'blocked'),
+      ])
+      release()
+      await writer
+      expect(pruned).toBe(1)
+    })
+  }
+
+  it('a relay prunes by itself with its retention option', async () => {
+    const clock = new ManualClock(T0 + 5_000_000)
+    const outbox = createOutbox({ clock, topic: 'self-prune' })
+    await t.db.execute('DELETE FROM breakwater_outbox')
+    const { relay, events } = await setup(clock, {
+      retention: { olderThanMs: 60_000, everyMs: 500, batchSize: 2 },
+    })
+    try {
+      await relay.start()
+      await enqueueAll(t.db, outbox, ['sp-a-0', 'sp-a-1', 'sp-b-0'])
+      await advanceUntil(clock, async () => (await pendingCount(t.db)) === 0, 'publishing', 10)
+      expect(await count(t.db, 'breakwater_outbox')).toBe(3)
+      await advanceUntil(
+        clock,
+        async () => (await count(t.db, 'breakwater_outbox')) === 0,
+        'pruning',
+        1_000,
+      )
+      expect(
+        events
+          .filter((e) => e.type === 'pruned')
+          .reduce((n, e) => n + (e.type === 'pruned' ? e.count : 0), 0),
+      ).toBe(3)
+    } finally {
+      await relay.stop()
+    }
+  })
+})
