@@ -1,9 +1,9 @@
 import { type Clock, systemClock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkObject, checkOneOf } from '../core/validate.js'
-import type { SqlDriver, SqlExecutor } from '../stores/index.js'
+import { notify, type SqlDriver, type SqlExecutor } from '../stores/index.js'
 import { SagaNotFoundError, SagaStateConflictError } from './errors.js'
-import { sagaStatements } from './sql.js'
+import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import {
   instanceFromRow,
   type SagaEventRow,
@@ -236,7 +236,9 @@ export async function deliverReply(
   const now = clock.now()
   const { rowCount } = await executor.execute(statements.insertReply, [sagaId, step, json, now])
   if (rowCount === 0) return 'duplicate'
-  await executor.execute(statements.wake, [sagaId, now])
+  const woken = await executor.execute(statements.wake, [sagaId, now])
+  // Listening workers claim it at once instead of at their next poll (PostgreSQL only).
+  if (woken.rowCount > 0) await notify(executor, sagaNotifyChannel)
   return 'delivered'
 }
 

@@ -17,6 +17,27 @@ export {
   retrySaga,
 } from './admin.js'
 export type {
+  ChoreographyEvent,
+  CommandStepOptions,
+  EmitEventOptions,
+  EmittedEvent,
+  ReactionContext,
+  ReactorOptions,
+  SagaCommand,
+  SagaReply,
+  SagaReplyHandlerOptions,
+} from './choreography.js'
+export {
+  choreographyEvent,
+  commandStep,
+  createReactor,
+  emitEvent,
+  IDEMPOTENCY_KEY_HEADER,
+  replyTo,
+  SAGA_STEP_HEADER,
+  sagaReplyHandler,
+} from './choreography.js'
+export type {
   ActionStep,
   AwaitReplyOptions,
   CompensationContext,

@@ -1,0 +1,453 @@
+import type { IncomingMessage } from '../brokers/index.js'
+import { type Clock, systemClock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkObject } from '../core/validate.js'
+import {
+  CAUSATION_ID_HEADER,
+  CORRELATION_ID_HEADER,
+  createInbox,
+  EVENT_TYPE_HEADER,
+  type Outbox,
+  type OutboxEvent,
+} from '../outbox/index.js'
+import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
+import { deliverReply } from './admin.js'
+import type {
+  CompensationContext,
+  MergeContext,
+  ReplyStep,
+  SagaRetryOptions,
+  SagaStepInfo,
+  StepContext,
+} from './definition.js'
+import type { FlowTracker } from './flow-tracker.js'
+
+// Messaging on top of the outbox and the inbox: a saga step that sends a command and waits for
+// its reply (orchestration), and services that react to events and emit their own
+// (choreography). Thin wrappers: the outbox makes a state change and its messages commit
+// together, the inbox makes a consumer's effect exactly-once.
+
+/** The header naming the saga step a command belongs to (copied onto its reply). */
+export const SAGA_STEP_HEADER = 'saga-step'
+/**
+ * The header carrying a command's idempotency key (`${sagaId}:${step}`): the same on every
+ * resend, so the receiving service can do the work once (`idempotent(key, ...)`) however often
+ * the command arrives.
+ */
+export const IDEMPOTENCY_KEY_HEADER = 'idempotency-key'
+
+/** A command as a step describes it: an outbox event without the ids breakwater fills in. */
+export type SagaCommand = Omit<OutboxEvent, 'id' | 'correlationId' | 'causationId'>
+
+/** Options of {@link commandStep}. */
+export interface CommandStepOptions<I, C, Out> {
+  /** The step's name (unique in the saga). */
+  readonly name: string
+  /** The outbox the command is written to (`createOutbox`). */
+  readonly outbox: Outbox
+  /**
+   * Builds the command. It is written to the outbox in the transaction that records that the
+   * step waits, with id `${sagaId}:${step}:${attempt}`, correlation id = saga id, and the
+   * `saga-step` and `idempotency-key` headers.
+   */
+  readonly command: (ctx: StepContext<I, C>) => SagaCommand
+  /** How long to wait for the reply after the command committed, in milliseconds. */
+  readonly timeoutMs: number
+  /**
+   * Turns the reply into the step's result; throw to fail the step (a negative reply).
+   * @default the reply itself, when it is a plain object
+   */
+  readonly onReply?: (reply: unknown, ctx: SagaStepInfo<I, C>) => Out | Promise<Out>
+  /** Undoes the step after a later failure. */
+  readonly compensation?: (
+    ctx: CompensationContext<I, MergeContext<C, Out>>,
+  ) => Promise<void> | void
+  /** Retry of the step (a reply timeout is retryable: the command is sent again). */
+  readonly retry?: SagaRetryOptions
+  /** Fail the declaration without a compensation. */
+  readonly compensationRequired?: boolean
+  /** Retry of the compensation. */
+  readonly compensationRetry?: SagaRetryOptions
+  /** Time limit of one compensation attempt, in ms. */
+  readonly compensationTimeoutMs?: number
+}
+
+/**
+ * A saga step that sends a command through the outbox and waits for the reply correlated by
+ * saga id (command/reply over any broker): the command commits with the saga's state change,
+ * and the reply arrives through {@link sagaReplyHandler} (or `deliverReply`). Use it in
+ * `defineSaga`'s steps; give the type parameters when the step's context matters.
+ *
+ * @example
+ * ```ts
+ * const charge = commandStep<OrderInput, { reservationId: string }, { chargeId: string }>({
+ *   name: 'charge', outbox, timeoutMs: 30_000,
+ *   command: (ctx) => ({ aggregateType: 'payment', aggregateId: ctx.input.orderId,
+ *     type: 'charge-card', topic: 'payments.commands', payload: { amount: ctx.input.amount } }),
+ *   onReply: (reply) => {
+ *     const r = reply as { ok: boolean; chargeId: string }
+ *     if (!r.ok) throw new Error('declined')
+ *     return { chargeId: r.chargeId }
+ *   },
+ * })
+ * ```
+ */
+export function commandStep<I, C, Out>(
+  options: CommandStepOptions<I, C, Out>,
+): ReplyStep<I, C, Out> {
+  checkObject('commandStep', options)
+  const outbox = options.outbox
+  if (typeof outbox?.enqueue !== 'function')
+    throw new InvalidOptionError('commandStep.outbox', 'an Outbox (createOutbox)', outbox)
+  const command = checkFunction<(ctx: StepContext<I, C>) => SagaCommand>(
+    'commandStep.command',
+    options.command,
+  )
+  const { timeoutMs, onReply } = options
+  return {
+    name: options.name,
+    ...(options.compensation === undefined ? {} : { compensation: options.compensation }),
+    ...(options.retry === undefined ? {} : { retry: options.retry }),
+    ...(options.compensationRequired === undefined
+      ? {}
+      : { compensationRequired: options.compensationRequired }),
+    ...(options.compensationRetry === undefined
+      ? {}
+      : { compensationRetry: options.compensationRetry }),
+    ...(options.compensationTimeoutMs === undefined
+      ? {}
+      : { compensationTimeoutMs: options.compensationTimeoutMs }),
+    send: async (ctx, tx) => {
+      const event = command(ctx)
+      await outbox.enqueue(tx, {
+        ...event,
+        id: `${ctx.idempotencyKey}:${ctx.attempt}`,
+        correlationId: ctx.sagaId,
+        headers: {
+          ...event.headers,
+          [SAGA_STEP_HEADER]: ctx.step,
+          [IDEMPOTENCY_KEY_HEADER]: ctx.idempotencyKey,
+        },
+      })
+    },
+    awaitReply: onReply === undefined ? { timeoutMs } : { timeoutMs, onReply },
+  }
+}
+
+/** What a reply to a saga command says; see {@link replyTo}. */
+export interface SagaReply {
+  /** The reply's event type, e.g. `card-charged`. */
+  readonly type: string
+  /** Where the saga's reply handler listens. */
+  readonly topic: string
+  /** The reply body (JSON). */
+  readonly payload: unknown
+  /**
+   * The aggregate type of the reply event.
+   * @default 'saga-reply'
+   */
+  readonly aggregateType?: string
+}
+
+/**
+ * Builds the outbox event that answers a saga command: correlated to the saga, naming the
+ * step, caused by the command, with a deterministic id (`${command.id}:reply`). Enqueue it in
+ * the transaction that does the command's work (inside the inbox, or `idempotent()`).
+ *
+ * @example
+ * ```ts
+ * await outbox.enqueue(tx, replyTo(message, { type: 'card-charged', topic: 'saga.replies', payload: { ok: true } }))
+ * ```
+ */
+export function replyTo(
+  command: Pick<IncomingMessage, 'id' | 'headers'>,
+  reply: SagaReply,
+): OutboxEvent {
+  const sagaId = command.headers[CORRELATION_ID_HEADER]
+  const step = command.headers[SAGA_STEP_HEADER]
+  if (sagaId === undefined || step === undefined) {
+    throw new InvalidOptionError(
+      'command.headers',
+      `the ${CORRELATION_ID_HEADER} and ${SAGA_STEP_HEADER} headers of a saga command`,
+      command.headers,
+    )
+  }
+  return {
+    id: `${command.id}:reply`,
+    aggregateType: reply.aggregateType ?? 'saga-reply',
+    aggregateId: sagaId,
+    type: reply.type,
+    topic: reply.topic,
+    payload: reply.payload,
+    correlationId: sagaId,
+    causationId: command.id,
+    headers: { [SAGA_STEP_HEADER]: step },
+  }
+}
+
+/** Options of {@link sagaReplyHandler}. */
+export interface SagaReplyHandlerOptions {
+  /**
+   * The inbox consumer name under which reply messages are deduplicated.
+   * @default 'saga-replies'
+   */
+  readonly consumer?: string
+  /**
+   * Called for a reply that names no saga (or a step it does not have); it is acknowledged
+   * and dropped rather than redelivered forever.
+   * @default ignore
+   */
+  readonly onIgnored?: (message: IncomingMessage, reason: string) => void
+  /**
+   * Source of the reply's receive time.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * A subscription handler for saga replies: each message is recorded through an inbox (a
+ * redelivered message changes nothing) and handed to `deliverReply` by its correlation id and
+ * `saga-step` header, in one transaction; the saga wakes and a worker continues it.
+ *
+ * @example
+ * ```ts
+ * await broker.subscriber.subscribe('saga.replies', 'order-saga', sagaReplyHandler(db))
+ * ```
+ */
+export function sagaReplyHandler(
+  db: SqlDriver,
+  options: SagaReplyHandlerOptions = {},
+): (message: IncomingMessage) => Promise<void> {
+  if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
+    throw new InvalidOptionError('db', 'a SqlDriver', db)
+  checkObject('options', options)
+  const inbox = createInbox({
+    consumer: options.consumer ?? 'saga-replies',
+    ...(options.clock === undefined ? {} : { clock: options.clock }),
+  })
+  const clock = options.clock ?? systemClock
+  const onIgnored = options.onIgnored ?? (() => {})
+  return async (message) => {
+    const sagaId = message.headers[CORRELATION_ID_HEADER]
+    const step = message.headers[SAGA_STEP_HEADER]
+    if (sagaId === undefined || step === undefined) {
+      onIgnored(message, `no ${CORRELATION_ID_HEADER} or ${SAGA_STEP_HEADER} header`)
+      return
+    }
+    const reply = parsePayload(message.payload)
+    let ignored: string | undefined
+    await db.transaction(async (tx) => {
+      await inbox.handle(tx, message, async () => {
+        // A savepoint: a reply for an unknown saga is recorded in the inbox and dropped,
+        // without failing (and rolling back) the whole message.
+        try {
+          await tx.transaction((sp) => deliverReply(sp, sagaId, step, reply, { clock }))
+        } catch (error) {
+          const code = (error as { code?: unknown }).code
+          if (code !== 'SAGA_NOT_FOUND' && code !== 'SAGA_STATE_CONFLICT') throw error
+          ignored = (error as Error).message
+        }
+      })
+    })
+    if (ignored !== undefined) onIgnored(message, ignored)
+  }
+}
+
+/** An event as a reacting service sees it. */
+export interface ChoreographyEvent {
+  /** The message (event) id. */
+  readonly id: string
+  /** The event type (`event-type` header). */
+  readonly type: string
+  /** The topic it arrived on. */
+  readonly topic: string
+  /** Its ordering key (aggregate id). */
+  readonly key: string
+  /** The flow it belongs to (`correlation-id` header; the event's own id when absent). */
+  readonly correlationId: string
+  /** The event that caused it (`causation-id` header), if any. */
+  readonly causationId: string | undefined
+  /** The body, parsed as JSON (the raw text when it is not JSON). */
+  readonly payload: unknown
+  /** Every header. */
+  readonly headers: Readonly<Record<string, string>>
+}
+
+/** An event a reaction emits: correlation and causation are filled in. */
+export type EmittedEvent = Omit<OutboxEvent, 'correlationId' | 'causationId'>
+
+/** What a reaction receives. */
+export interface ReactionContext {
+  /** The transaction of the reaction: business writes go here, with the inbox record. */
+  readonly tx: SqlTransaction
+  /** The event reacted to. */
+  readonly event: ChoreographyEvent
+  /**
+   * Emits an event through the outbox in `tx`, carrying the flow's correlation id and this
+   * event as its cause (and records it with the tracker, when one is given). Resolves to its id.
+   */
+  emit(event: EmittedEvent): Promise<string>
+}
+
+/** Options of {@link createReactor}. */
+export interface ReactorOptions {
+  /** The service's database (outbox and inbox migrated). */
+  readonly db: SqlDriver
+  /** The service's name: its inbox consumer, and the `source` recorded with the tracker. */
+  readonly consumer: string
+  /** Where emitted events go. */
+  readonly outbox: Outbox
+  /** The reaction per event type; other types are acknowledged and skipped. */
+  readonly reactions: Readonly<Record<string, (ctx: ReactionContext) => Promise<void>>>
+  /**
+   * Records consumed and emitted events in the same transaction. Only when the tracker's table
+   * is in this service's database; otherwise run the tracker as its own subscriber
+   * (`tracker.observe`).
+   * @default none
+   */
+  readonly tracker?: FlowTracker
+  /**
+   * Source of inbox and tracker timestamps.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * A choreography participant: a subscription handler that runs the reaction for each event's
+ * type inside one transaction with the inbox record (a redelivered event does nothing) and
+ * emits the service's own events through the outbox in that same transaction, correlated to
+ * the flow and caused by the event.
+ *
+ * @example
+ * ```ts
+ * const payments = createReactor({ db, consumer: 'payments', outbox, reactions: {
+ *   'order-placed': async ({ tx, event, emit }) => {
+ *     await tx.execute('INSERT INTO charges (order_id) VALUES ($1)', [event.key])
+ *     await emit({ aggregateType: 'payment', aggregateId: event.key, type: 'payment-charged', payload: {} })
+ *   },
+ * } })
+ * await broker.subscriber.subscribe('orders', 'payments', payments)
+ * ```
+ */
+export function createReactor(
+  options: ReactorOptions,
+): (message: IncomingMessage) => Promise<void> {
+  checkObject('options', options)
+  const db = options.db
+  if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
+    throw new InvalidOptionError('db', 'a SqlDriver', db)
+  if (typeof options.consumer !== 'string' || options.consumer === '')
+    throw new InvalidOptionError('consumer', 'a non-empty string', options.consumer)
+  if (typeof options.outbox?.enqueue !== 'function')
+    throw new InvalidOptionError('outbox', 'an Outbox (createOutbox)', options.outbox)
+  const reactions = checkObject('reactions', options.reactions)
+  for (const [type, reaction] of Object.entries(reactions))
+    checkFunction(`reactions.${type}`, reaction)
+  const clock = options.clock ?? systemClock
+  const inbox = createInbox({ consumer: options.consumer, clock })
+  const { outbox, tracker, consumer } = options
+  return (message) =>
+    db.transaction(async (tx) => {
+      await inbox.handle(tx, message, async () => {
+        const event = choreographyEvent(message)
+        if (tracker !== undefined) {
+          await tracker.record(tx, {
+            id: event.id,
+            correlationId: event.correlationId,
+            type: event.type,
+            source: consumer,
+            at: clock.now(),
+          })
+        }
+        const reaction = options.reactions[event.type]
+        if (reaction === undefined) return
+        await reaction({
+          tx,
+          event,
+          emit: (emitted) =>
+            emitEvent(
+              tx,
+              { outbox, consumer, clock, ...(tracker ? { tracker } : {}) },
+              {
+                ...emitted,
+                correlationId: event.correlationId,
+                causationId: event.id,
+              },
+            ),
+        })
+      })
+    })
+}
+
+/** Options of {@link emitEvent}. */
+export interface EmitEventOptions {
+  /** Where the event goes. */
+  readonly outbox: Outbox
+  /** Records the event with the tracker in the same transaction. @default none */
+  readonly tracker?: FlowTracker
+  /** The emitting service, recorded as the event's source. @default undefined */
+  readonly consumer?: string
+  /** Source of the tracker timestamp. @default systemClock */
+  readonly clock?: Clock
+}
+
+/**
+ * Emits an event through the outbox in `tx` (and records it with the tracker): how a service
+ * starts a choreographed flow alongside its business write. The correlation id defaults to the
+ * event's id, which then names the flow.
+ *
+ * @example
+ * ```ts
+ * await db.transaction(async (tx) => {
+ *   await tx.execute('INSERT INTO orders (id) VALUES ($1)', ['o-42'])
+ *   await emitEvent(tx, { outbox, tracker }, { id: 'o-42:placed', correlationId: 'o-42',
+ *     aggregateType: 'order', aggregateId: 'o-42', type: 'order-placed', payload: {} })
+ * })
+ * ```
+ */
+export async function emitEvent(
+  tx: SqlExecutor,
+  options: EmitEventOptions,
+  event: OutboxEvent,
+): Promise<string> {
+  checkObject('options', options)
+  const id = await options.outbox.enqueue(tx, event)
+  if (options.tracker !== undefined) {
+    await options.tracker.record(tx, {
+      id,
+      correlationId: event.correlationId ?? id,
+      type: event.type,
+      ...(options.consumer === undefined ? {} : { source: options.consumer }),
+      at: (options.clock ?? systemClock).now(),
+    })
+  }
+  return id
+}
+
+const decoder = new TextDecoder()
+
+function parsePayload(payload: Uint8Array | string): unknown {
+  const text = typeof payload === 'string' ? payload : decoder.decode(payload)
+  try {
+    return JSON.parse(text) as unknown
+  } catch {
+    return text
+  }
+}
+
+/** Reads an incoming message as a choreography event. */
+export function choreographyEvent(message: IncomingMessage): ChoreographyEvent {
+  const headers = message.headers
+  return {
+    id: message.id,
+    type: headers[EVENT_TYPE_HEADER] ?? message.topic,
+    topic: message.topic,
+    key: message.key,
+    correlationId: headers[CORRELATION_ID_HEADER] ?? message.id,
+    causationId: headers[CAUSATION_ID_HEADER],
+    payload: parsePayload(message.payload),
+    headers,
+  }
+}

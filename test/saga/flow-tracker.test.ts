@@ -1,0 +1,154 @@
+// Rebuilding a choreographed flow's state from its events (pure), and flow declarations.
+import fc from 'fast-check'
+import { describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import { defineFlow, reconstructFlow, type TrackedEvent } from '../../src/saga/index.js'
+
+const flow = defineFlow({
+  name: 'order',
+  steps: [
+    'order-placed',
+    { event: 'payment-charged', failsOn: ['payment-declined'], withinMs: 1_000 },
+    { event: 'order-shipped', withinMs: 5_000 },
+  ],
+  compensation: [{ event: 'order-cancelled', withinMs: 2_000 }],
+})
+
+const ev = (type: string, at: number, id = `${type}@${at}`): TrackedEvent => ({
+  id,
+  correlationId: 'c1',
+  type,
+  at,
+})
+
+describe('reconstructFlow', () => {
+  it('follows a flow through its steps to completed', () => {
+    const started = reconstructFlow([flow], 'c1', [ev('order-placed', 0)], 500)
+    expect(started).toMatchObject({
+      flow: 'order',
+      status: 'in-progress',
+      next: 'payment-charged',
+      dueAt: 1_000,
+    })
+    const done = reconstructFlow(
+      [flow],
+      'c1',
+      [ev('order-placed', 0), ev('payment-charged', 400), ev('order-shipped', 3_000)],
+      10_000_000,
+    )
+    expect(done).toMatchObject({
+      status: 'completed',
+      next: undefined,
+      outOfOrder: [],
+      unexpected: [],
+    })
+  })
+
+  it('reports a stall when the next event is overdue, measured from the previous step', () => {
+    const state = reconstructFlow(
+      [flow],
+      'c1',
+      [ev('order-placed', 0), ev('payment-charged', 400)],
+      5_401,
+    )
+    expect(state).toMatchObject({
+      status: 'stalled',
+      next: 'order-shipped',
+      dueAt: 5_400,
+      stalledAt: { event: 'order-shipped', overdueMs: 1 },
+    })
+  })
+
+  it('turns to the compensation after a failure event, and stalls there too', () => {
+    const failed = [ev('order-placed', 0), ev('payment-declined', 300)]
+    expect(reconstructFlow([flow], 'c1', failed, 1_000)).toMatchObject({
+      status: 'compensating',
+      failure: { type: 'payment-declined' },
+      next: 'order-cancelled',
+      dueAt: 2_300,
+    })
+    expect(reconstructFlow([flow], 'c1', failed, 2_301).status).toBe('stalled')
+    expect(
+      reconstructFlow([flow], 'c1', [...failed, ev('order-cancelled', 900)], 9_999).status,
+    ).toBe('compensated')
+    const noCompensation = defineFlow({
+      name: 'simple',
+      steps: ['a', { event: 'b', failsOn: ['b-failed'] }],
+    })
+    expect(reconstructFlow([noCompensation], 'c1', [ev('a', 0), ev('b-failed', 1)], 2).status).toBe(
+      'failed',
+    )
+  })
+
+  it('reports reordered deliveries and events the flow does not declare', () => {
+    const state = reconstructFlow(
+      [flow],
+      'c1',
+      [
+        ev('order-placed', 0),
+        ev('order-shipped', 100),
+        ev('payment-charged', 200),
+        ev('coupon-used', 50),
+      ],
+      300,
+    )
+    expect(state.status).toBe('completed')
+    expect(state.outOfOrder).toEqual(['order-shipped']) // it came before the payment
+    expect(state.unexpected.map((e) => e.type)).toEqual(['coupon-used'])
+  })
+
+  it('picks the flow by its first event; events of no declared flow are all unexpected', () => {
+    const other = defineFlow({ name: 'refund', steps: ['refund-requested', 'refund-paid'] })
+    expect(reconstructFlow([flow, other], 'c1', [ev('refund-requested', 0)], 1).flow).toBe('refund')
+    const unknown = reconstructFlow([flow, other], 'c1', [ev('mystery', 0)], 1)
+    expect(unknown).toMatchObject({ flow: undefined, status: 'in-progress' })
+    expect(unknown.unexpected).toHaveLength(1)
+  })
+
+  it('property: a step is done exactly when its event is among the events, whatever their order', () => {
+    const types = ['order-placed', 'payment-charged', 'order-shipped', 'noise']
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ type: fc.constantFrom(...types), at: fc.nat(10_000) }), {
+          maxLength: 12,
+        }),
+        fc.nat(20_000),
+        (raw, now) => {
+          const events = [
+            ev('order-placed', 0, 'first'),
+            ...raw.map((r, i) => ev(r.type, r.at, `e${i}`)),
+          ]
+          const state = reconstructFlow([flow], 'c1', events, now)
+          for (const step of state.steps) {
+            expect(step.done).toBe(events.some((e) => e.type === step.event))
+          }
+          const allDone = state.steps.every((s) => s.done)
+          expect(state.status === 'completed').toBe(allDone)
+          expect(state.events.map((e) => e.at)).toEqual(
+            [...events.map((e) => e.at)].sort((a, b) => a - b),
+          )
+        },
+      ),
+    )
+  })
+})
+
+describe('defineFlow', () => {
+  it.each([
+    [{ name: '', steps: ['a'] }, 'flow.name'],
+    [{ name: 'f', steps: [] }, 'flow "f".steps'],
+    [{ name: 'f', steps: ['a', ''] }, 'flow "f".steps[1].event'],
+    [{ name: 'f', steps: ['a', 'a'] }, 'flow "f" event #2'],
+    [{ name: 'f', steps: ['a', { event: 'b', failsOn: ['a'] }] }, 'flow "f" event #2'],
+    [{ name: 'f', steps: ['a'], withinMs: 0 }, 'flow "f".withinMs'],
+    [{ name: 'f', steps: ['a', { event: 'b', withinMs: -1 }] }, 'flow "f".steps[1].withinMs'],
+  ])('refuses %j', (declaration, option) => {
+    try {
+      defineFlow(declaration as never)
+      expect.unreachable()
+    } catch (error) {
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe(option)
+    }
+  })
+})
