@@ -639,6 +639,8 @@ class OutboxRelay implements Relay {
           continue
         }
         await this.#fault('before-claim')
+        // stop() asked for before this batch was taken: take none.
+        if (this.#state !== 'running') break
         const rows = await this.#readBatch()
         await this.#fault('after-claim')
         dbFailures = 0
@@ -716,7 +718,7 @@ class OutboxRelay implements Relay {
     const blocked = new Set<string>()
     let failure: WaveResult | undefined
     let attempted = false
-    waves: for (const wave of waves) {
+    for (const wave of waves) {
       const todo = wave.filter(
         (row) => !blocked.has(row.aggregate_id) && this.#leases.owns(row.partition_no),
       )
@@ -743,13 +745,14 @@ class OutboxRelay implements Relay {
           this.#onSendFailure(error, 1)
           if (isCircuitRejection(error)) {
             failure = outage(error)
-            break waves
+            break
           }
           blocked.add(row.aggregate_id)
           if (isMessageFault(error) || confirmed.length > 0) charged.push({ row, error })
           else this.#suspect(row, error)
         }
       }
+      if (failure !== undefined) break
     }
     if (confirmed.length > 0) {
       await this.#fault('after-publish')
