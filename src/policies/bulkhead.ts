@@ -5,6 +5,7 @@ import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import { parentOf } from './cancel-scope.js'
 import { BulkheadRejectedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
+import { type FusablePolicy, type FusedStep, fusedStep, slowPath } from './fused.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -114,7 +115,7 @@ interface Waiter {
 }
 
 /** The bulkhead implementation; `prefix` names options in errors (registry entries differ). */
-export class BulkheadPolicy implements Bulkhead, ChainablePolicy {
+export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy {
   readonly events = new EventSource<BulkheadEvent>()
   readonly name: string | undefined
   readonly #maxConcurrent: number
@@ -125,6 +126,24 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy {
   #queued = 0
   #head: Waiter | undefined
   #tail: Waiter | undefined
+  // In a fused pipeline a call that finds a free slot takes it synchronously; one that would
+  // queue runs through the promise-based path, which waits for the slot.
+  readonly [fusedStep]: FusedStep = {
+    enter: () => {
+      if (this.#running >= this.#maxConcurrent) return slowPath
+      this.#running++
+      return 0
+    },
+    exitValue: () => this.#release(),
+    exitError: (_call, _layer, _state, error) => {
+      this.#release()
+      throw error
+    },
+    stateful: false,
+    readsDeadline: false,
+    clock: undefined,
+    timeout: undefined,
+  }
 
   constructor(options: BulkheadOptions, prefix: string) {
     checkObject(prefix, options)

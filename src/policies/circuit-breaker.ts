@@ -7,10 +7,11 @@ import {
   type BreakerWindowOptions,
   createBreakerWindow,
 } from './breaker-windows.js'
-import { type CancelParent, parentOf } from './cancel-scope.js'
+import { parentOf } from './cancel-scope.js'
 import { classifyFailure } from './classify.js'
 import { BrokenCircuitError, IsolatedCircuitError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
+import { type FusablePolicy, type FusedStep, fusedStep } from './fused.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -192,7 +193,7 @@ function countsAsFailure(error: unknown): boolean {
   return classifyFailure(error) !== 'permanent'
 }
 
-class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy {
+class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePolicy {
   readonly events = new EventSource<CircuitBreakerEvent>()
   readonly name: string | undefined
   readonly #clock: Clock
@@ -213,6 +214,9 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy {
   // Half-open bookkeeping: probes admitted (running or succeeded), and those that succeeded.
   #probes = 0
   #probeSuccesses = 0
+  // In a fused pipeline admission and recording are synchronous; the call keeps the epoch it
+  // was admitted in, and its start time on the breaker's clock when slow calls are counted.
+  readonly [fusedStep]: FusedStep
 
   constructor(options: CircuitBreakerOptions) {
     checkObject('circuitBreaker', options)
@@ -254,6 +258,21 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy {
       throw new InvalidOptionError('circuitBreaker.name', 'a string', options.name)
     this.name = options.name
     this.#cooldownMs = this.#baseCooldownMs
+    this[fusedStep] = {
+      enter: () => {
+        if (this.#state !== 'closed') this.#admit()
+        return this.#epoch
+      },
+      exitValue: (call, _layer, epoch) => this.#onValue(epoch, call.startMs),
+      exitError: (call, layer, epoch, error) => {
+        this.#onError(error, epoch, call.startMs, call.abortedAt(layer))
+        throw error
+      },
+      stateful: true,
+      readsDeadline: false,
+      clock: this.#slowCallMs === undefined ? undefined : clock,
+      timeout: undefined,
+    }
   }
 
   get state(): CircuitState {
@@ -309,7 +328,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy {
       result = next(fn, context)
     } catch (error) {
       try {
-        this.#onError(error, epoch, startMs, parent)
+        this.#onError(error, epoch, startMs, parent?.aborted === true)
       } catch (bookkeeping) {
         return Promise.reject(bookkeeping)
       }
@@ -321,7 +340,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy {
         return value
       },
       (error: unknown) => {
-        this.#onError(error, epoch, startMs, parent)
+        this.#onError(error, epoch, startMs, parent?.aborted === true)
         throw error
       },
     )
@@ -355,11 +374,11 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy {
     throw new BrokenCircuitError(retryAfterMs)
   }
 
-  #onError(error: unknown, epoch: number, startMs: number, parent: CancelParent | undefined): void {
+  #onError(error: unknown, epoch: number, startMs: number, aborted: boolean): void {
     const slow = this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs
     let outcome: Outcome
     // The caller gave up: whatever fn threw then, it tells only whether the call was slow.
-    if (parent?.aborted === true) outcome = slow ? 'slow' : 'ignored'
+    if (aborted) outcome = slow ? 'slow' : 'ignored'
     else if (this.#isFailure(error)) outcome = 'error'
     else if (BreakwaterError.is(error) && error.code === 'BULKHEAD_FULL') outcome = 'ignored'
     else outcome = slow ? 'slow' : 'answered'

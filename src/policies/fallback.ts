@@ -1,5 +1,6 @@
 import { checkFunction, checkObject } from '../core/validate.js'
 import { EventSource } from './events.js'
+import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
 import {
   callDirectly,
   contextFor,
@@ -71,10 +72,31 @@ export function fallback<R>(
   return new FallbackPolicyImpl(valueOrFn, shouldFallback)
 }
 
-class FallbackPolicyImpl<R> implements FallbackPolicy<R> {
+class FallbackPolicyImpl<R> implements FallbackPolicy<R>, FusablePolicy {
   readonly events = new EventSource<FallbackEvent>()
   readonly #valueOrFn: R | FallbackFunction<R>
   readonly #shouldFallback: ((error: unknown) => boolean) | undefined
+  // In a fused pipeline a value passes untouched; a failure is replaced as in `#run`, and a
+  // substitute that is still a promise is waited for outside the fused call.
+  readonly [fusedStep]: FusedStep = {
+    enter: () => 0,
+    exitValue: () => {},
+    exitError: (call, layer, _state, error) => {
+      if (call.abortedAt(layer)) throw error
+      if (this.#shouldFallback !== undefined && !this.#shouldFallback(error)) throw error
+      if (this.events.hasListeners) this.events.emit({ type: 'fallback', error })
+      const valueOrFn = this.#valueOrFn
+      const value =
+        typeof valueOrFn === 'function'
+          ? (valueOrFn as FallbackFunction<R>)(error, call.contextAt(layer))
+          : valueOrFn
+      return isThenable(value) ? new Later(Promise.resolve(value)) : value
+    },
+    stateful: false,
+    readsDeadline: false,
+    clock: undefined,
+    timeout: undefined,
+  }
 
   constructor(
     valueOrFn: R | FallbackFunction<R>,
@@ -109,4 +131,12 @@ class FallbackPolicyImpl<R> implements FallbackPolicy<R> {
         : valueOrFn
     }
   }
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (
+    (typeof value === 'object' || typeof value === 'function') &&
+    value !== null &&
+    typeof (value as { then?: unknown }).then === 'function'
+  )
 }

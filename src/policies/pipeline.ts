@@ -1,5 +1,6 @@
 import { InvalidOptionError } from '../core/errors.js'
 import type { FallbackPolicy } from './fallback.js'
+import { FusedPlan } from './fused.js'
 import {
   neverAbortedSignal,
   type Policy,
@@ -117,25 +118,45 @@ export function pipeline(
     if (typeof policy !== 'object' || policy === null || typeof policy.execute !== 'function')
       throw new InvalidOptionError(`pipeline.policies[${i}]`, 'a policy', policy)
   }
-  let head: Link = runDirectly
-  for (let i = policies.length - 1; i >= 0; i--) {
-    head = link(policies[i] as Policy, i === policies.length - 1 ? undefined : head)
+  // A nested pipeline runs as if its policies were listed in its place; flattening it lets
+  // the fused path cover them too.
+  const flat: Policy[] = []
+  for (const policy of policies) {
+    if (policy instanceof Pipeline) flat.push(...policy.policies)
+    else flat.push(policy as Policy)
   }
-  return new Pipeline(head)
+  // links[i] runs policy i and everything inside it; nexts[i] is what policy i hands work to.
+  const links: Link[] = []
+  const nexts: Next[] = []
+  let head: Link = runDirectly
+  for (let i = flat.length - 1; i >= 0; i--) {
+    nexts[i] = i === flat.length - 1 ? callDirectly : head
+    head = link(flat[i]!, i === flat.length - 1 ? undefined : head)
+    links[i] = head
+  }
+  return new Pipeline(flat, head, FusedPlan.create(flat, links, nexts))
 }
 
 class Pipeline implements ContextAwarePolicy {
+  readonly policies: readonly Policy[]
   readonly #head: Link
+  readonly #plan: FusedPlan | undefined
 
-  constructor(head: Link) {
+  constructor(policies: readonly Policy[], head: Link, plan: FusedPlan | undefined) {
+    this.policies = policies
     this.#head = head
+    this.#plan = plan
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    const plan = this.#plan
+    if (plan !== undefined) return plan.run(fn, contextFor(signal))
     return this.#head(fn, contextFor(signal))
   }
 
   [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+    const plan = this.#plan
+    if (plan !== undefined) return plan.run(fn, context)
     return this.#head(fn, context)
   }
 }

@@ -18,6 +18,7 @@ import { isTransientFailure, retryAfterMsOf } from './classify.js'
 import { currentDeadlineScope } from './deadline.js'
 import { DeadlineExceededError, RetryBudgetExhaustedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
+import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -228,7 +229,7 @@ class RetryContext implements PolicyContext {
   }
 }
 
-class RetryPolicyImpl implements RetryPolicy, ChainablePolicy {
+class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   readonly events = new EventSource<RetryEvent>()
   readonly #maxAttempts: number
   readonly #backoff: Backoff
@@ -236,6 +237,25 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy {
   readonly #maxRetryAfterMs: number
   readonly #budget: RetryBudget | undefined
   readonly #clock: Clock
+  // In a fused pipeline the first attempt is the call itself: the step only books it. A
+  // failure leaves the fused call: the retries run through the promise-based chain inside
+  // this policy, in a scope that follows the fused layers outside it.
+  readonly [fusedStep]: FusedStep = {
+    enter: () => {
+      this.#budget?.recordRequest()
+      retryCounters().attempts.add(1)
+      return 0
+    },
+    exitValue: () => {},
+    exitError: (call, layer, _state, error) => {
+      const execution = new RetryExecution(call.scopeAt(layer), call.outer.attempt)
+      return new Later(this.#retryAfterFirst(call.next(layer), call.fn, execution, error))
+    },
+    stateful: false,
+    readsDeadline: true,
+    clock: undefined,
+    timeout: undefined,
+  }
 
   constructor(options: RetryOptions) {
     this.#maxAttempts = checkInteger('retry.maxAttempts', options.maxAttempts ?? 3, 1)
@@ -287,6 +307,20 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy {
       return await next(fn, execution)
     } catch (error) {
       return await this.#retry(next, fn, execution, error)
+    } finally {
+      execution.close()
+    }
+  }
+
+  // A fused call's retries: the rest of `#run` after its first attempt failed.
+  async #retryAfterFirst<T>(
+    next: Next,
+    fn: PolicyFunction<T>,
+    execution: RetryExecution,
+    firstError: unknown,
+  ): Promise<T> {
+    try {
+      return await this.#retry(next, fn, execution, firstError)
     } finally {
       execution.close()
     }

@@ -13,6 +13,7 @@ import {
 import { currentDeadline } from './deadline.js'
 import { DeadlineExceededError, TimeoutError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
+import { type FusablePolicy, type FusedStep, fusedStep } from './fused.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -20,7 +21,7 @@ import {
   executeThrough,
   type Next,
 } from './pipeline.js'
-import { type TimerEntry, type TimerQueue, timerQueueFor } from './timer-queue.js'
+import { type TimerEntry, TimerList, type TimerQueue, timerQueueFor } from './timer-queue.js'
 import type { Policy, PolicyContext, PolicyFunction } from './types.js'
 
 /**
@@ -225,18 +226,40 @@ function cooperative<T>(call: TimeoutCall<T>, next: Next, fn: PolicyFunction<T>)
   )
 }
 
-class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy {
+class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy {
   readonly timeoutMs: number
   readonly mode: TimeoutMode
   readonly events = new EventSource<TimeoutEvent>()
   readonly queue: TimerQueue
   readonly #clock: Clock
+  // In a fused pipeline a cooperative timeout is a deadline the call keeps in this policy's
+  // list (see fused.ts); the exit maps fn's failure once the time has run out. A hard timeout
+  // must settle the caller before fn does, which only the promise-based path can.
+  readonly [fusedStep]: FusedStep | undefined
 
   constructor(timeoutMs: number, mode: TimeoutMode, clock: Clock) {
     this.timeoutMs = timeoutMs
     this.mode = mode
     this.#clock = clock
     this.queue = timerQueueFor(clock)
+    this[fusedStep] =
+      mode === 'hard'
+        ? undefined
+        : {
+            enter: () => 0,
+            exitValue: () => {},
+            exitError: (call, layer, _state, error) => {
+              throw call.timeoutFailure(layer, error)
+            },
+            stateful: false,
+            readsDeadline: true,
+            clock,
+            timeout: {
+              timeoutMs,
+              list: new TimerList(clock),
+              report: () => this.reportTimeout(timeoutMs, false),
+            },
+          }
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
