@@ -1,3 +1,31 @@
+// The outbox relay. Design, in short:
+//
+// - Partitions and leases. Every outbox row carries partition = FNV-1a(aggregate id) mod 64.
+//   Relays register in a heartbeat table and lease partitions (owner, lease end, fencing token
+//   bumped at every takeover) up to a fair share, ceil(64 / live relays): they claim free or
+//   expired partitions and release any above their share, between batches only. Leases are
+//   renewed on a timer (every third of leaseMs), independently of the publishing loop. A relay
+//   reads and publishes only rows of its partitions, and starts a publish only with at least
+//   publishTimeoutMs of lease left (publishTimeoutMs <= leaseMs / 2), so two relays never publish
+//   the same rows at once. "Mark published" and the attempt counters are fenced by owner and
+//   token. An aggregate lives in one partition, so its events are only ever handled by the one
+//   relay that holds that partition.
+// - Order. A batch is the oldest publishable rows of the relay's partitions, in id order. With
+//   ordering 'confirmed' (the default) it goes out in waves, wave n holding the n-th event of
+//   each aggregate, so event n+1 is handed to the broker only after event n was confirmed. A
+//   row is publishable when no earlier row of its aggregate is dead or waiting for a retry.
+//   On PostgreSQL a row is read only when its writing transaction is older than every running
+//   one (xid below the snapshot's xmin), so a row that commits late is neither overtaken by a
+//   later row of its aggregate nor skipped. SQLite serializes writers, so ids commit in order.
+// - Publish, then mark. Rows are marked published only after publish() resolved; a crash in
+//   between publishes that batch again (duplicates, at most one batch), never loses it.
+// - Failures. Publishes run behind a circuit breaker and back off between failed rounds. An
+//   event's own failure (BROKER_REJECTED, a permanent error; or an unclear error while other
+//   events get through) is charged to it: attempts + 1, retry after a backoff, dead-lettered
+//   at maxAttempts. A dead event holds back the later events of its aggregate (order) and no
+//   other aggregate, until redrive().
+// - Fault points before-claim, after-claim, after-publish, after-mark (see faults.ts).
+
 import { randomUUID } from 'node:crypto'
 import type { OutgoingMessage, Publisher } from '../brokers/types.js'
 import { type Clock, sleep, systemClock, type TimerHandle } from '../core/clock.js'
@@ -153,7 +181,7 @@ export type RelayEvent =
       readonly durationMs: number
     }
   | {
-      /** A publish call failed. `outage`: it looks like the broker is down (not one event). */
+      /** A publish call failed (`count` messages); see `retryScheduled` and `deadLettered`. */
       readonly type: 'publishFailed'
       readonly error: unknown
       readonly count: number

@@ -236,6 +236,37 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
     },
   )
 
+  it.each(['confirmed', 'batch'] as const)(
+    "ordering '%s': a hot aggregate's events in waves, or in one call",
+    async (ordering) => {
+      const queue = testQueue(t.db)
+      const publisher = testPublisher(queue.publisher)
+      const prefix = `hot-${ordering}`
+      await writeEvents(t.db, outbox, { prefix, aggregates: 3, perAggregate: 10 })
+      const r = relay(publisher, { ordering, batchSize: 100 })
+      await r.start()
+      await until(
+        () => publisher.confirmed.filter((id) => id.startsWith(prefix)).length === 30,
+        'all',
+      )
+      await r.stop()
+      const calls = publisher.batches.filter((b) => b.some((m) => m.id.startsWith(prefix)))
+      for (let a = 0; a < 3; a++) {
+        const ids = calls.flat().filter((m) => m.key === `${prefix}-agg-${a}`)
+        expect(ids.map((m) => m.id)).toEqual(
+          Array.from({ length: 10 }, (_, n) => `${prefix}-${a}-${n}`),
+        )
+      }
+      if (ordering === 'confirmed') {
+        // Never two events of one aggregate in flight in the same call.
+        for (const call of calls) expect(new Set(call.map((m) => m.key)).size).toBe(call.length)
+        expect(calls.length).toBeGreaterThanOrEqual(10)
+      } else {
+        expect(calls).toHaveLength(1)
+      }
+    },
+  )
+
   it('stop() finishes the batch in hand, releases its partitions, then publishes nothing', async () => {
     const queue = testQueue(t.db)
     const publisher = testPublisher(queue.publisher)

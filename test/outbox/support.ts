@@ -169,6 +169,8 @@ export interface TestPublisher extends Publisher {
   readonly confirmed: string[]
   /** Calls made (including failed ones). */
   calls: number
+  /** The message keys of each confirmed call, in order. */
+  readonly batches: Array<Array<{ readonly id: string; readonly key: string }>>
   /** Runs before each call is forwarded; may throw (the call fails) or wait (a slow broker). */
   before: ((messages: readonly OutgoingMessage[]) => void | Promise<void>) | undefined
 }
@@ -178,12 +180,14 @@ export function testPublisher(inner: Publisher): TestPublisher {
   const publisher: TestPublisher = {
     confirmed: [],
     calls: 0,
+    batches: [],
     before: undefined,
     async publish(messages, signal) {
       publisher.calls++
       await publisher.before?.(messages)
       await inner.publish(messages, signal)
       for (const m of messages) publisher.confirmed.push(m.id)
+      publisher.batches.push(messages.map((m) => ({ id: m.id, key: m.key })))
     },
     close: () => inner.close(),
   }
