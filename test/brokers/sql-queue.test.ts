@@ -293,7 +293,14 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
     // blocks the thread while it waits for the other connection's write lock.
     it('hands a message to another consumer only when the holder stops extending its lease', async () => {
       const clock = new ManualClock(3_000_000)
-      const options = { clock, visibilityTimeoutMs: 3_000, pollIntervalMs: 5, maxPollIntervalMs: 5 }
+      // The ManualClock jumps much faster than real time; a long timeout relative to the steps
+      // leaves each extension (a real database round trip) time to land.
+      const options = {
+        clock,
+        visibilityTimeoutMs: 30_000,
+        pollIntervalMs: 5,
+        maxPollIntervalMs: 5,
+      }
       const holderDb = await t.another()
       const holder = createSqlQueue(holderDb, { ...options, onError: () => {} })
       const held: IncomingMessage[] = []
@@ -308,14 +315,14 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
       const rival = queue(options)
       const sub = await rival.subscriber.subscribe('lease', 'g', async (x) => void got.push(x))
       // Well past the visibility timeout: the holder keeps extending, so nobody else gets it.
-      for (let i = 0; i < 10; i++) {
+      for (let i = 0; i < 70; i++) {
         await clock.advance(1_000)
-        await delay(10)
+        await delay(5)
       }
       expect(got).toHaveLength(0)
       // The holder loses its database (as a crashed process would): the lease runs out.
       await holderDb.close()
-      await advanceUntil(clock, () => got.length === 1, 'the redelivery', 500)
+      await advanceUntil(clock, () => got.length === 1, 'the redelivery', 1_000)
       expect(got[0]).toMatchObject({ id: m.id, deliveryCount: 2 })
       await sub.close()
     })
