@@ -1,7 +1,7 @@
 import { type Clock, sleep } from '../core/clock.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import type { EventStoreImpl } from './event-store.js'
-import { eventsChannel, postgresNotify } from './sql.js'
+import { eventsChannel, postgresLastTaken, postgresNotify } from './sql.js'
 
 // The shortest wait before re-reading when a notification announced a position that `readAll`
 // does not return yet (an older transaction is still open); doubles up to the poll interval.
@@ -46,6 +46,11 @@ export class LogWaker {
       }
       this.#wake?.()
     })
+    // Appends that notified before LISTEN was in place: the largest position handed out so far
+    // (committed or not) says whether something may still become readable.
+    const rows = await this.#store.db.query<{ position: number | string }>(postgresLastTaken)
+    const taken = Number(rows[0]?.position ?? 0)
+    if (taken > this.#knownHead) this.#knownHead = taken
   }
 
   /** Records progress: a read that returned events resets the short re-check delay. */
@@ -55,6 +60,8 @@ export class LogWaker {
 
   /** Waits until there may be something new after `position`, or `signal` aborts. */
   async wait(position: number, signal: AbortSignal): Promise<void> {
+    // An abort that already happened would never fire the listener below.
+    if (signal.aborted) return
     if (this.#dirty) {
       this.#dirty = false
       return

@@ -352,6 +352,8 @@ class SqlProjector implements Projector {
       this.#progress.add(onProgress)
       signal?.addEventListener('abort', onAbort, { once: true })
       try {
+        // A batch that committed while position() was in flight has already woken nobody.
+        if (this.#lastKnown >= position) return
         await sleep(this.#clock, Math.min(delayMs, left), wake.signal).catch(() => {})
       } finally {
         this.#progress.delete(onProgress)

@@ -368,6 +368,10 @@ ORDER BY position LIMIT 1`,
   },
 }
 
+/** PostgreSQL: the largest position handed out so far (committed, in flight or rolled back). */
+export const postgresLastTaken =
+  "SELECT COALESCE(pg_sequence_last_value('breakwater_events_position'), 0) AS position"
+
 /** PostgreSQL: the post-commit wake-up of followers (see the migration). */
 export const postgresNotify = 'SELECT breakwater_notify($1)'
 

@@ -11,47 +11,14 @@ import {
   WrongExpectedVersionError,
 } from '../../src/cqrs/index.js'
 import { createOutbox } from '../../src/outbox/index.js'
+import {
+  type Account,
+  type AccountCommand,
+  type AccountEvent,
+  account,
+  InsufficientFunds,
+} from './accounts.js'
 import { dbTargets, type TestDb } from './databases.js'
-
-type AccountEvent =
-  | { type: 'opened'; data: { owner: string } }
-  | { type: 'deposited'; data: { amount: number } }
-  | { type: 'withdrawn'; data: { amount: number } }
-type AccountCommand =
-  | { kind: 'open'; owner: string }
-  | { kind: 'deposit'; amount: number }
-  | { kind: 'withdraw'; amount: number }
-interface Account {
-  open: boolean
-  balance: number
-  events: number
-}
-
-class InsufficientFunds extends Error {}
-
-const account: Decider<AccountCommand, AccountEvent, Account> = {
-  initialState: () => ({ open: false, balance: 0, events: 0 }),
-  evolve(state, event) {
-    const events = state.events + 1
-    switch (event.type) {
-      case 'opened':
-        return { ...state, open: true, events }
-      case 'deposited':
-        return { ...state, balance: state.balance + event.data.amount, events }
-      case 'withdrawn':
-        return { ...state, balance: state.balance - event.data.amount, events }
-    }
-  },
-  decide(command, state) {
-    if (command.kind === 'open') {
-      return state.open ? [] : [{ type: 'opened', data: { owner: command.owner } }]
-    }
-    if (!state.open) throw new Error('account is not open')
-    if (command.kind === 'deposit') return [{ type: 'deposited', data: { amount: command.amount } }]
-    if (state.balance < command.amount) throw new InsufficientFunds('insufficient funds')
-    return [{ type: 'withdrawn', data: { amount: command.amount } }]
-  },
-}
 
 describe.each(dbTargets)('command handlers on $dialect', (target) => {
   let t: TestDb
