@@ -3,6 +3,7 @@ import { type Clock, sleep, systemClock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject, checkOneOf } from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
+import { DeferredTransaction } from './deferred-tx.js'
 import {
   type IdempotencyError,
   IdempotencyInProgressError,
@@ -18,7 +19,13 @@ import { checkOperationKey, parseIdempotencyKey } from './key.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
 import { type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
 import { createSqlIdempotencyStore } from './sql-store.js'
-import type { IdempotencyRecord, IdempotencyStore, StoredResult } from './store.js'
+import type {
+  ClaimInput,
+  IdempotencyClaimSteps,
+  IdempotencyRecord,
+  IdempotencyStore,
+  StoredResult,
+} from './store.js'
 import type {
   IdempotencyContext,
   IdempotencyRequest,
@@ -42,6 +49,14 @@ export const defaultReplayHeaders: readonly string[] = [
 /** The header added to every replayed response. */
 export const replayedHeader = 'idempotent-replayed'
 
+/**
+ * Where a key is claimed (see {@link IdempotencyOptions.claim}):
+ * - `'leased'`: in a record committed on its own before the handler runs, with a lease.
+ * - `'in-transaction'`: as the first statement of the handler's own transaction, committed
+ *   with its business writes and its result.
+ */
+export type IdempotencyClaimMode = 'leased' | 'in-transaction'
+
 /** Options of {@link createIdempotency}. */
 export interface IdempotencyOptions {
   /**
@@ -50,6 +65,26 @@ export interface IdempotencyOptions {
    * wrapped in the SQL store. Run the migrations first (`migrateIdempotency(db)`).
    */
   readonly store: IdempotencyStore | SqlDriver
+  /**
+   * Where the key is claimed.
+   *
+   * `'leased'` (the default) commits an in-progress record with a lease before the handler
+   * runs. It suits every handler: a concurrent duplicate is answered 409 at once (or waits, by
+   * `onConcurrent`), a crashed holder's key is taken over once its lease expires, and a handler
+   * may call other systems (in atomic phases) before it touches `ctx.tx`. It costs a second
+   * transaction per new key.
+   *
+   * `'in-transaction'` claims the key with the first statement of the handler's own
+   * transaction, which also records the result: one transaction per new key, a crash rolls
+   * claim and effects back together (no lease to wait out), and a concurrent duplicate waits
+   * for that transaction (PostgreSQL: on the key's unique index; SQLite: behind the single
+   * writer) and then replays its result, so `onConcurrent` must be `'wait'` (its default in
+   * this mode). Use it for handlers whose effects are all in the database (CRUD, ledgers):
+   * `ctx.tx` is open from the start, so `ctx.phase()` is refused and a call to another system
+   * would be made while the key is locked. Needs a SQL store.
+   * @default 'leased'
+   */
+  readonly claim?: IdempotencyClaimMode
   /**
    * The scope keys live in: `'credential'` (hash of `Authorization`, else `X-API-Key`, else
    * `anonymous`), `{ tenantHeader }`, or a function of the request. Never global across
@@ -77,7 +112,8 @@ export interface IdempotencyOptions {
   /**
    * How long a holder owns a key before another request may take it over and run again. The
    * handler (or each atomic phase) must finish within it: when it runs out, the handler's
-   * transaction is rolled back and its result is not recorded.
+   * transaction is rolled back and its result is not recorded. With `claim: 'in-transaction'`
+   * it bounds how long the handler may hold its transaction (and the key's lock).
    * @default 60000
    */
   readonly leaseMs?: number
@@ -89,12 +125,15 @@ export interface IdempotencyOptions {
   /**
    * What a request does while another holds its key: `'reject'` answers 409 with
    * `Retry-After` at once; `'wait'` polls (10 ms doubling to 500 ms, on the clock) until the
-   * holder finishes, then replays its response, or takes over an expired lease.
-   * @default 'reject'
+   * holder finishes, then replays its response, or takes over an expired lease. With `claim:
+   * 'in-transaction'` only `'wait'` is possible: the database makes the duplicate wait.
+   * @default 'reject' ('wait' with claim: 'in-transaction')
    */
   readonly onConcurrent?: 'reject' | 'wait'
   /**
-   * In `'wait'` mode, how long to wait before answering 409.
+   * In `'wait'` mode, how long to wait before answering 409. With `claim: 'in-transaction'`
+   * it applies to holders that committed a leased claim; waiting for another transaction's
+   * claim is bounded by that holder's `leaseMs` instead.
    * @default 10000
    */
   readonly waitTimeoutMs?: number
@@ -232,6 +271,21 @@ type Acquired =
   | { readonly kind: 'mismatch' }
   | { readonly kind: 'busy'; readonly reason: InProgressReason }
 
+// What one pass of the claim protocol found.
+type ClaimStep =
+  | {
+      readonly kind: 'execute'
+      readonly attempt: number
+      /** The record taken over, whose committed phases the new holder resumes after. */
+      readonly from: IdempotencyRecord | undefined
+    }
+  | { readonly kind: 'completed'; readonly record: IdempotencyRecord }
+  | { readonly kind: 'mismatch' }
+  /** Another holder's lease is live: wait (at most until it ends) or refuse. */
+  | { readonly kind: 'poll'; readonly untilLeaseEndsMs: number }
+  /** The record changed between two statements: claim again at once. */
+  | { readonly kind: 'retry' }
+
 // Claims that lose a race (a record vanished or changed between two statements) are retried at
 // once; a bound keeps a pathological store from spinning forever.
 const maxImmediateRetries = 32
@@ -290,6 +344,7 @@ class IdempotencyCore implements Idempotency {
   readonly #fingerprint: FingerprintFunction
   readonly #methods: ReadonlySet<string>
   readonly #required: boolean
+  readonly #claimInTx: boolean
   readonly #onConcurrent: 'reject' | 'wait'
   readonly #waitTimeoutMs: number
   readonly #storeResponse: (status: number) => boolean
@@ -325,10 +380,29 @@ class IdempotencyCore implements Idempotency {
       throw new InvalidOptionError('required', 'a boolean', required)
     }
     this.#required = required
-    this.#onConcurrent = checkOneOf('onConcurrent', options.onConcurrent ?? 'reject', [
-      'reject',
-      'wait',
-    ])
+    const claim = checkOneOf('claim', options.claim ?? 'leased', ['leased', 'in-transaction'])
+    this.#claimInTx = claim === 'in-transaction'
+    if (this.#claimInTx && typeof this.store.inTransaction !== 'function') {
+      throw new InvalidOptionError(
+        'store',
+        "a store that can claim in a transaction (createSqlIdempotencyStore or a SqlDriver) for claim: 'in-transaction'",
+        options.store,
+      )
+    }
+    this.#onConcurrent = checkOneOf(
+      'onConcurrent',
+      options.onConcurrent ?? (this.#claimInTx ? 'wait' : 'reject'),
+      ['reject', 'wait'],
+    )
+    if (this.#claimInTx && this.#onConcurrent === 'reject') {
+      // The duplicate's claim waits inside the database for the first transaction to end;
+      // answering 409 instead would need a lock timeout, i.e. one more statement per request.
+      throw new InvalidOptionError(
+        'onConcurrent',
+        "'wait' with claim: 'in-transaction' (a concurrent duplicate waits for the first request's transaction)",
+        options.onConcurrent,
+      )
+    }
     this.#waitTimeoutMs = checkInteger('waitTimeoutMs', options.waitTimeoutMs ?? 10_000, 0)
     this.#storeResponse =
       options.storeResponse === undefined
@@ -495,7 +569,7 @@ class IdempotencyCore implements Idempotency {
     let immediate = 0
     for (;;) {
       const nowMs = clock.now()
-      const claim = {
+      const claim: ClaimInput = {
         scope,
         key,
         fingerprint,
@@ -504,47 +578,79 @@ class IdempotencyCore implements Idempotency {
         leaseExpiresAtMs: nowMs + leaseMs,
         expiresAtMs: nowMs + retentionMs,
       }
-      const fresh = (attempt: number, from?: IdempotencyRecord): Acquired => {
-        publish('claimed', { scope, key, attempt })
-        return { kind: 'execute', execution: this.#execution(claim, attempt, from) }
+      // claim: 'in-transaction': every step below is a statement of the transaction that will
+      // become ctx.tx; nothing of it commits unless the handler's result does.
+      const tx = this.#claimInTx
+        ? new DeferredTransaction(store, store.dialect ?? 'sqlite')
+        : undefined
+      let step: ClaimStep
+      try {
+        step = await this.#claimStep(tx === undefined ? store : store.inTransaction!(tx), claim)
+      } catch (error) {
+        await tx?.rollback()
+        throw error
       }
-      const outcome = await store.claim(claim)
-      if (outcome.claimed) return fresh(1)
-      const record = outcome.existing
-      if (record !== undefined) {
-        if (record.expiresAtMs <= nowMs) {
-          // Past retention but not swept yet: the key is free again.
-          if (await store.recycle({ ...claim, previousLeaseToken: record.leaseToken })) {
-            return fresh(1)
-          }
-        } else if (record.fingerprint !== fingerprint) {
-          publish('mismatch', { scope, key })
-          return { kind: 'mismatch' }
-        } else if (record.state === 'completed') {
-          publish('replayed', { scope, key })
-          return { kind: 'completed', record }
-        } else if ((record.leaseExpiresAtMs ?? 0) <= nowMs) {
-          // The holder crashed or hung past its lease: take over, resuming after its phases.
-          if (await store.takeOver({ ...claim, previousLeaseToken: record.leaseToken })) {
-            return fresh(record.attempt + 1, record)
-          }
+      if (step.kind === 'execute') {
+        publish('claimed', { scope, key, attempt: step.attempt })
+        return { kind: 'execute', execution: this.#execution(claim, step, tx) }
+      }
+      if (tx !== undefined) {
+        if (step.kind === 'poll' || step.kind === 'retry') {
+          // Before waiting: an open transaction would hold SQLite's only writer meanwhile.
+          await tx.rollback()
         } else {
+          // A replay or a refusal has kept nothing: it need not wait for the ROLLBACK.
+          void tx.rollback()
+        }
+      }
+      switch (step.kind) {
+        case 'completed':
+          publish('replayed', { scope, key })
+          return step
+        case 'mismatch':
+          publish('mismatch', { scope, key })
+          return step
+        case 'poll': {
           if (this.#onConcurrent === 'reject') return this.#busy(scope, key, 'in-flight')
           const waitedMs = nowMs - startedAt
           if (waitedMs >= this.#waitTimeoutMs) return this.#busy(scope, key, 'wait-timeout')
-          const untilLeaseEndsMs = (record.leaseExpiresAtMs ?? nowMs) - nowMs
           await sleep(
             clock,
-            Math.max(1, Math.min(pollMs, this.#waitTimeoutMs - waitedMs, untilLeaseEndsMs)),
+            Math.max(1, Math.min(pollMs, this.#waitTimeoutMs - waitedMs, step.untilLeaseEndsMs)),
             signal,
           )
           pollMs = Math.min(pollMs * 2, maxPollMs)
           continue
         }
+        case 'retry':
+          // Lost a race between two statements (released, recycled or taken over meanwhile).
+          if (++immediate > maxImmediateRetries) return this.#busy(scope, key, 'in-flight')
       }
-      // Lost a race between two statements (released, recycled or taken over meanwhile).
-      if (++immediate > maxImmediateRetries) return this.#busy(scope, key, 'in-flight')
     }
+  }
+
+  /** One pass of the claim protocol: claim, else act on the record that holds the key. */
+  async #claimStep(steps: IdempotencyClaimSteps, claim: ClaimInput): Promise<ClaimStep> {
+    const outcome = await steps.claim(claim)
+    if (outcome.claimed) return { kind: 'execute', attempt: 1, from: undefined }
+    const record = outcome.existing
+    if (record === undefined) return { kind: 'retry' }
+    const { nowMs, fingerprint } = claim
+    if (record.expiresAtMs <= nowMs) {
+      // Past retention but not swept yet: the key is free again.
+      const recycled = await steps.recycle({ ...claim, previousLeaseToken: record.leaseToken })
+      return recycled ? { kind: 'execute', attempt: 1, from: undefined } : { kind: 'retry' }
+    }
+    if (record.fingerprint !== fingerprint) return { kind: 'mismatch' }
+    if (record.state === 'completed') return { kind: 'completed', record }
+    if ((record.leaseExpiresAtMs ?? 0) <= nowMs) {
+      // The holder crashed or hung past its lease: take over, resuming after its phases.
+      const taken = await steps.takeOver({ ...claim, previousLeaseToken: record.leaseToken })
+      return taken
+        ? { kind: 'execute', attempt: record.attempt + 1, from: record }
+        : { kind: 'retry' }
+    }
+    return { kind: 'poll', untilLeaseEndsMs: (record.leaseExpiresAtMs ?? nowMs) - nowMs }
   }
 
   #busy(scope: string, key: string, reason: InProgressReason): Acquired {
@@ -553,16 +659,22 @@ class IdempotencyCore implements Idempotency {
   }
 
   #execution(
-    claim: { scope: string; key: string; leaseToken: string; leaseExpiresAtMs: number },
-    attempt: number,
-    from: IdempotencyRecord | undefined,
+    claim: ClaimInput,
+    { attempt, from }: { attempt: number; from: IdempotencyRecord | undefined },
+    tx: DeferredTransaction | undefined,
   ): Execution {
     return new Execution(this.#settings, {
       lease: { scope: claim.scope, key: claim.key, leaseToken: claim.leaseToken },
-      leaseExpiresAtMs: claim.leaseExpiresAtMs,
+      // A claim in a transaction may have waited for the key's lock (or SQLite's writer) for a
+      // while: its time limit starts now, when the handler can start.
+      leaseExpiresAtMs:
+        tx === undefined
+          ? claim.leaseExpiresAtMs
+          : this.#settings.clock.now() + this.#settings.leaseMs,
       attempt,
       recoveryPoint: from?.recoveryPoint,
       phases: from?.phases ?? {},
+      ...(tx === undefined ? {} : { tx }),
     })
   }
 }

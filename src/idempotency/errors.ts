@@ -63,8 +63,9 @@ export type InProgressReason = 'in-flight' | 'wait-timeout' | 'lease-lost'
  * HTTP 409 with `Retry-After`). Retryable: once the holder finishes, a retry replays its result.
  *
  * `reason` says which case: `in-flight` (rejected at once), `wait-timeout` (waited in
- * `onConcurrent: 'wait'` mode and gave up), or `lease-lost` (this call ran, but its lease expired
- * and another call took the key over, so its result was rolled back instead of recorded).
+ * `onConcurrent: 'wait'` mode and gave up), or `lease-lost` (this call ran past its lease, so
+ * its writes were rolled back instead of recorded, and another call may have taken the key
+ * over).
  */
 export class IdempotencyInProgressError extends BreakwaterError {
   /** The HTTP status the middleware answers with. */
@@ -80,7 +81,7 @@ export class IdempotencyInProgressError extends BreakwaterError {
     super(
       'IDEMPOTENCY_IN_PROGRESS',
       reason === 'lease-lost'
-        ? `The lease on idempotency key ${JSON.stringify(key)} expired and another request took it over; this attempt was rolled back`
+        ? `The lease on idempotency key ${JSON.stringify(key)} expired before the result was recorded (another request may take the key over); this attempt was rolled back`
         : `A request with idempotency key ${JSON.stringify(key)} is still in progress`,
       { retryable: true },
     )

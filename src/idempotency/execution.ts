@@ -22,6 +22,12 @@ export interface ExecutionStart {
   readonly attempt: number
   readonly recoveryPoint: string | undefined
   readonly phases: Readonly<Record<string, JsonValue>>
+  /**
+   * With `claim: 'in-transaction'`: the open transaction whose first statement claimed the key.
+   * It becomes `ctx.tx`, so the claim commits with the business writes and the result, or
+   * rolls back with them.
+   */
+  readonly tx?: DeferredTransaction
 }
 
 // Phase results are stored wrapped, so that a phase returning undefined replays as undefined.
@@ -40,13 +46,18 @@ function roundTrip<T>(value: T): T {
  * The lease is also enforced locally: when it runs out before the result is recorded, the
  * transaction is rolled back at once and the result will not be recorded, because another
  * request may now take the key over. (On SQLite this also frees the single connection from a
- * handler that hangs.) Each committed phase renews the lease.
+ * handler that hangs.) Each committed phase renews the lease. With `claim: 'in-transaction'`
+ * nobody can take the key over (the claim is not committed), but the same limit still bounds
+ * how long the handler may hold its transaction, and with it the key's lock.
  */
 export class Execution {
   readonly context: IdempotencyContext
   readonly #settings: ExecutionSettings
   readonly #lease: LeaseRef
   readonly #tx: DeferredTransaction
+  // True when the claim itself is a statement of #tx (claim: 'in-transaction'): releasing is a
+  // rollback, and there is no committed record to recover phases from.
+  readonly #claimInTx: boolean
   #phases: Record<string, JsonValue>
   #recoveryPoint: string | undefined
   #timer: TimerHandle | undefined
@@ -59,7 +70,9 @@ export class Execution {
     this.#lease = start.lease
     this.#phases = { ...start.phases }
     this.#recoveryPoint = start.recoveryPoint
-    this.#tx = new DeferredTransaction(settings.store, settings.store.dialect ?? 'sqlite')
+    this.#claimInTx = start.tx !== undefined
+    this.#tx =
+      start.tx ?? new DeferredTransaction(settings.store, settings.store.dialect ?? 'sqlite')
     this.#armLeaseTimer(start.leaseExpiresAtMs - settings.clock.now())
     const self = this
     this.context = {
@@ -126,6 +139,11 @@ export class Execution {
         'ctx.phase() was called after the idempotent result was recorded',
       )
     }
+    if (this.#claimInTx) {
+      throw new TransactionMisuseError(
+        "ctx.phase() is not available with claim: 'in-transaction': ctx.tx is open from the claim on, and a crash rolls the claim back with everything else, so there is no recovery point to keep (use the default claim: 'leased' for handlers that call other systems)",
+      )
+    }
     if (this.#tx.opened) {
       // On SQLite the phase's own transaction would wait forever for ctx.tx to end.
       throw new TransactionMisuseError(
@@ -181,21 +199,25 @@ export class Execution {
     } catch (error) {
       if (error instanceof IdempotencyInProgressError) throw this.#leaseLost()
       // The COMMIT may have happened (a connection lost after COMMIT was sent). Releasing is
-      // still safe: it deletes only an in-progress record held by this lease.
-      await store.release(this.#lease).catch(() => {})
+      // still safe: it deletes only an in-progress record held by this lease. A claim made in
+      // the transaction has nothing to release: it committed or it is gone.
+      if (!this.#claimInTx) await store.release(this.#lease).catch(() => {})
       throw error
     }
   }
 
   /**
-   * Rolls the handler's transaction back and deletes the in-progress record, so that a retry
-   * runs the work again. Never rejects: if the release fails, the lease expiry frees the key.
+   * Rolls the handler's transaction back and deletes the in-progress record (with `claim:
+   * 'in-transaction'` the rollback alone undoes the claim), so that a retry runs the work again.
+   * Never rejects: if the release fails, the lease expiry frees the key.
    */
   async release(): Promise<void> {
     this.#settle()
     await this.#tx.rollback()
-    // Fenced by the token: after a takeover this deletes nothing.
-    const released = await this.#settings.store.release(this.#lease).catch(() => false)
+    // A claim made in the transaction was rolled back with it: the key is free again.
+    // Otherwise the record is deleted, fenced by the token: after a takeover nothing goes.
+    const released =
+      this.#claimInTx || (await this.#settings.store.release(this.#lease).catch(() => false))
     if (released) publish('released', { scope: this.#lease.scope, key: this.#lease.key })
   }
 }

@@ -1,7 +1,7 @@
 import type { Clock } from '../core/clock.js'
 import { checkObject } from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
-import { createIdempotency } from './core.js'
+import { createIdempotency, type IdempotencyClaimMode } from './core.js'
 import type { IdempotencyStore } from './store.js'
 import type { IdempotencyContext } from './types.js'
 
@@ -9,6 +9,14 @@ import type { IdempotencyContext } from './types.js'
 export interface IdempotentOptions {
   /** Where records live: an idempotency store or a `SqlDriver` (wrapped in the SQL store). */
   readonly store: IdempotencyStore | SqlDriver
+  /**
+   * Where the key is claimed: `'leased'` commits a leased in-progress record before `fn`
+   * runs; `'in-transaction'` claims it in `ctx.tx` itself (one transaction per call, a
+   * concurrent call waits for it; for `fn` whose effects are all in the database). See
+   * `IdempotencyOptions.claim`.
+   * @default 'leased'
+   */
+  readonly claim?: IdempotencyClaimMode
   /**
    * The scope the key lives in, e.g. the consumer or saga name.
    * @default 'default'
@@ -22,8 +30,9 @@ export interface IdempotentOptions {
   readonly fingerprint?: string
   /**
    * What a call does while another holds the key: `'reject'` throws
-   * `IdempotencyInProgressError`; `'wait'` waits for the holder and returns its result.
-   * @default 'reject'
+   * `IdempotencyInProgressError`; `'wait'` waits for the holder and returns its result
+   * (the only choice with `claim: 'in-transaction'`).
+   * @default 'reject' ('wait' with claim: 'in-transaction')
    */
   readonly onConcurrent?: 'reject' | 'wait'
   /**

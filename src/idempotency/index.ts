@@ -7,6 +7,7 @@ export { idempotencyContextOf } from './context-registry.js'
 export type {
   Idempotency,
   IdempotencyBegin,
+  IdempotencyClaimMode,
   IdempotencyOptions,
   IdempotentExecution,
   RunOptions,
@@ -64,6 +65,7 @@ export { createSqlIdempotencyStore, migrateIdempotency } from './sql-store.js'
 export type {
   ClaimInput,
   ClaimOutcome,
+  IdempotencyClaimSteps,
   IdempotencyRecord,
   IdempotencyStore,
   LeaseRef,

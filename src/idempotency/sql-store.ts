@@ -3,12 +3,14 @@ import {
   type AppliedMigration,
   runMigrations,
   type SqlDriver,
+  type SqlExecutor,
   type SqlTransaction,
 } from '../stores/index.js'
 import { type IdempotencyStatements, idempotencyMigrations, idempotencyStatements } from './sql.js'
 import type {
   ClaimInput,
   ClaimOutcome,
+  IdempotencyClaimSteps,
   IdempotencyRecord,
   IdempotencyStore,
   LeaseRef,
@@ -76,13 +78,73 @@ function toRecord(row: RecordRow): IdempotencyRecord {
 const asBuffer = (bytes: Uint8Array): Buffer =>
   Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
 
+/** The claim steps over one executor: the driver (autocommit) or an open transaction. */
+function claimSteps(
+  executor: SqlExecutor,
+  sql: IdempotencyStatements,
+  claimSql: string,
+): IdempotencyClaimSteps {
+  const get = async (scope: string, key: string): Promise<IdempotencyRecord | undefined> => {
+    const rows = await executor.query<RecordRow>(sql.select, [scope, key])
+    return rows[0] === undefined ? undefined : toRecord(rows[0])
+  }
+  return {
+    async claim(input: ClaimInput): Promise<ClaimOutcome> {
+      const rows = await executor.query<ClaimRow>(claimSql, [
+        input.scope,
+        input.key,
+        input.fingerprint,
+        input.leaseToken,
+        input.leaseExpiresAtMs,
+        input.nowMs,
+        input.expiresAtMs,
+      ])
+      const row = rows[0]
+      if (row !== undefined && row.claimed_token !== null) return { claimed: true }
+      // The existing record comes in the same row when the statement can see it (PostgreSQL:
+      // when its snapshot shows it; SQLite in a transaction: always).
+      if (row?.idem_key != null) return { claimed: false, existing: toRecord(row as RecordRow) }
+      return { claimed: false, existing: await get(input.scope, input.key) }
+    },
+
+    get,
+
+    async takeOver(input: TakeoverInput): Promise<boolean> {
+      const { rowCount } = await executor.execute(sql.takeOver, [
+        input.scope,
+        input.key,
+        input.previousLeaseToken,
+        input.leaseToken,
+        input.leaseExpiresAtMs,
+        input.nowMs,
+      ])
+      return rowCount === 1
+    },
+
+    async recycle(input: TakeoverInput): Promise<boolean> {
+      const { rowCount } = await executor.execute(sql.recycle, [
+        input.scope,
+        input.key,
+        input.previousLeaseToken,
+        input.fingerprint,
+        input.leaseToken,
+        input.leaseExpiresAtMs,
+        input.nowMs,
+        input.expiresAtMs,
+      ])
+      return rowCount === 1
+    },
+  }
+}
+
 /**
  * The idempotency store on breakwater's SQL seam, for SQLite and PostgreSQL. Run
  * {@link migrateIdempotency} (or the CLI's `breakwater migrate`) once before use.
  *
- * Every protocol step is one statement: a claim is one `INSERT ... ON CONFLICT DO NOTHING` (on
- * PostgreSQL it also reads the existing record, so a replay is one round trip), the result is
- * recorded by one fenced `UPDATE` inside the handler's own transaction.
+ * Every protocol step is one statement: a claim is one `INSERT ... ON CONFLICT` (it also reads
+ * the existing record on PostgreSQL, and on SQLite inside a transaction, so a replay is one
+ * round trip), the result is recorded by one fenced `UPDATE` inside the handler's own
+ * transaction. It supports both claim modes (`claim: 'leased'` and `'in-transaction'`).
  *
  * @example
  * ```ts
@@ -101,58 +163,17 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
     throw new InvalidOptionError('db', 'a SqlDriver (sqlite or postgres)', db)
   }
   const sql: IdempotencyStatements = idempotencyStatements[db.dialect]
-
-  const get = async (scope: string, key: string): Promise<IdempotencyRecord | undefined> => {
-    const rows = await db.query<RecordRow>(sql.select, [scope, key])
-    return rows[0] === undefined ? undefined : toRecord(rows[0])
-  }
+  const autocommit = claimSteps(db, sql, sql.claim)
 
   return {
     dialect: db.dialect,
+    claim: autocommit.claim,
+    get: autocommit.get,
+    takeOver: autocommit.takeOver,
+    recycle: autocommit.recycle,
 
-    async claim(input: ClaimInput): Promise<ClaimOutcome> {
-      const rows = await db.query<ClaimRow>(sql.claim, [
-        input.scope,
-        input.key,
-        input.fingerprint,
-        input.leaseToken,
-        input.leaseExpiresAtMs,
-        input.nowMs,
-        input.expiresAtMs,
-      ])
-      const row = rows[0]
-      if (row !== undefined && row.claimed_token !== null) return { claimed: true }
-      // PostgreSQL returns the existing record in the same row when its snapshot shows it.
-      if (row?.idem_key != null) return { claimed: false, existing: toRecord(row as RecordRow) }
-      return { claimed: false, existing: await get(input.scope, input.key) }
-    },
-
-    get,
-
-    async takeOver(input: TakeoverInput): Promise<boolean> {
-      const { rowCount } = await db.execute(sql.takeOver, [
-        input.scope,
-        input.key,
-        input.previousLeaseToken,
-        input.leaseToken,
-        input.leaseExpiresAtMs,
-        input.nowMs,
-      ])
-      return rowCount === 1
-    },
-
-    async recycle(input: TakeoverInput): Promise<boolean> {
-      const { rowCount } = await db.execute(sql.recycle, [
-        input.scope,
-        input.key,
-        input.previousLeaseToken,
-        input.fingerprint,
-        input.leaseToken,
-        input.leaseExpiresAtMs,
-        input.nowMs,
-        input.expiresAtMs,
-      ])
-      return rowCount === 1
+    inTransaction(tx: SqlTransaction): IdempotencyClaimSteps {
+      return claimSteps(tx, sql, sql.claimInTransaction)
     },
 
     transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {

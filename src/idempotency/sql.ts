@@ -70,6 +70,11 @@ export interface IdempotencyStatements {
    * which also holds the existing record's columns when the statement's snapshot shows it.
    */
   readonly claim: string
+  /**
+   * The claim as the first statement of the handler's own transaction (`claim:
+   * 'in-transaction'`); same parameters and result columns as `claim`.
+   */
+  readonly claimInTransaction: string
   /** $1 scope, $2 key. */
   readonly select: string
   /** $1 scope, $2 key, $3 previous token, $4 new token, $5 lease end, $6 now. */
@@ -114,6 +119,15 @@ SELECT (SELECT lease_token FROM claimed) AS claimed_token, existing.*
 FROM (SELECT 1) AS one
 LEFT JOIN ${idempotencyTable} AS existing ON existing.scope = $1 AND existing.idem_key = $2`
 
+// SQLite, inside the handler's transaction (claim: 'in-transaction'): the transaction holds the
+// database's only write lock (BEGIN IMMEDIATE), so no other writer can interleave, and a no-op
+// DO UPDATE makes RETURNING yield the existing record in the same statement. A replay's
+// transaction is rolled back, so the no-op write never reaches the file.
+const claimOrReturnExisting = `INSERT INTO ${idempotencyTable} ${claimColumns}
+VALUES ${claimValues}
+ON CONFLICT (scope, idem_key) DO UPDATE SET updated_at = updated_at
+RETURNING CASE WHEN lease_token = $4 THEN lease_token END AS claimed_token, ${columns}`
+
 const select = `SELECT ${columns} FROM ${idempotencyTable} WHERE scope = $1 AND idem_key = $2`
 
 // Compare-and-set on the token the caller read: of several retries that find the same expired
@@ -154,9 +168,14 @@ export const idempotencyStatements: Readonly<Record<SqlDialect, IdempotencyState
   // never a table-wide lock; FOR UPDATE SKIP LOCKED passes over rows a live transaction holds
   // (a handler recording its result right now) instead of queueing behind it. The outer
   // condition is repeated because a row may have been recycled since the sub-select saw it.
+  // In the handler's transaction (claim: 'in-transaction') the same CTE is the claim: its
+  // INSERT waits on the primary key's unique index while another open transaction holds an
+  // uncommitted claim of the key, then either conflicts (that one committed: the record is read
+  // with a second statement, as the snapshot predates the commit) or inserts (it rolled back).
   postgres: {
     ...shared,
     claim: claimOrRead,
+    claimInTransaction: claimOrRead,
     sweep: `DELETE FROM ${idempotencyTable}
 WHERE (scope, idem_key) IN (
   SELECT scope, idem_key FROM ${idempotencyTable}
@@ -170,6 +189,7 @@ WHERE (scope, idem_key) IN (
   // from requests queue behind the sweeper for milliseconds, not for a whole table scan.
   sqlite: {
     ...shared,
+    claimInTransaction: claimOrReturnExisting,
     sweep: `DELETE FROM ${idempotencyTable}
 WHERE rowid IN (
   SELECT rowid FROM ${idempotencyTable} WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2

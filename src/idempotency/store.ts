@@ -71,6 +71,27 @@ export interface TakeoverInput extends ClaimInput {
 }
 
 /**
+ * The claim steps of {@link IdempotencyStore}, run as statements of a transaction the caller
+ * holds open (for `claim: 'in-transaction'`). Same contracts as the store's methods of the same
+ * names, except that nothing is committed: the caller's transaction commits the claim together
+ * with the handler's business writes and the result, or rolls all of it back.
+ */
+export interface IdempotencyClaimSteps {
+  /**
+   * Inserts an in-progress record unless one exists, returning the existing record otherwise.
+   * A concurrent claim of the same key in another open transaction makes this wait until that
+   * transaction ends (PostgreSQL: the primary key's unique index; SQLite: the single writer).
+   */
+  claim(input: ClaimInput): Promise<ClaimOutcome>
+  /** Reads a record (what the transaction sees). */
+  get(scope: string, key: string): Promise<IdempotencyRecord | undefined>
+  /** As {@link IdempotencyStore.takeOver}, in the transaction. */
+  takeOver(input: TakeoverInput): Promise<boolean>
+  /** As {@link IdempotencyStore.recycle}, in the transaction. */
+  recycle(input: TakeoverInput): Promise<boolean>
+}
+
+/**
  * Storage for idempotency records. Every method is one atomic step; `complete` and `savePhase`
  * run inside a transaction opened with `transaction`, together with the caller's business
  * writes, and are fenced by the lease token.
@@ -99,6 +120,12 @@ export interface IdempotencyStore {
   recycle(input: TakeoverInput): Promise<boolean>
   /** Runs `fn` in one transaction of the store's database. */
   transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T>
+  /**
+   * The claim steps as statements of `tx`, a transaction opened with `transaction`. Needed for
+   * `claim: 'in-transaction'`; stores without it (the in-memory store) support only the
+   * default, leased claim.
+   */
+  inTransaction?(tx: SqlTransaction): IdempotencyClaimSteps
   /**
    * In `tx`: records the result and marks the key completed, only if `lease` still holds it.
    * False (and nothing written) when the lease was taken over.
