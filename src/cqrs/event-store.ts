@@ -596,10 +596,12 @@ export class EventStoreImpl implements EventStore {
 
   /** @internal When the first final event after `position` was appended, if any. */
   async firstCreatedAfter(position: number): Promise<number | undefined> {
-    const rows = await this.db.query<{ created_at: number | string }>(this.statements.firstAfter, [
-      position,
-    ])
-    return rows[0] === undefined ? undefined : Number(rows[0].created_at)
+    const rows = await this.db.query<{ created_at: number | string | null }>(
+      this.statements.firstAfter,
+      [position],
+    )
+    const created = rows[0]?.created_at
+    return created === undefined || created === null ? undefined : Number(created)
   }
 
   async streamInfo(

@@ -14,7 +14,7 @@ import {
   projectionContext,
   validateProjection,
 } from './projections.js'
-import { positionLockKey } from './sql.js'
+import { appenderLockClass, positionLockKey } from './sql.js'
 import type { RecordedEvent } from './types.js'
 
 /** Options of {@link createProjector}. */
@@ -436,20 +436,22 @@ class SqlProjector implements Projector {
 
   // PostgreSQL, inline projections: appends write the live tables inside their own
   // transactions, so before the swap no append may be in flight. Taking the position lock (as
-  // a transaction lock) stops new appends before they take positions; then wait until every
-  // transaction that took positions has finished (the snapshot's xmin has passed the largest
-  // transaction id that took positions). Those appends committed to the live tables, and their
-  // events are now readable, so the catch-up below applies them to the fresh tables too.
+  // a transaction lock) stops new appends before they take positions; then wait until no other
+  // transaction holds an appender lock (each appending transaction holds one until it ends).
+  // Those appends committed to the live tables, and their events are now readable, so the
+  // catch-up below applies them to the fresh tables too.
   async #drainAppends(tx: SqlExecutor, timeoutMs: number): Promise<void> {
     await tx.query(`SELECT pg_advisory_xact_lock(${positionLockKey})`)
     const deadline = this.#clock.now() + timeoutMs
     let delayMs = 1
     for (;;) {
-      const rows = await tx.query<{ drained: boolean }>(
-        `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint >
-  (SELECT last_value FROM breakwater_events_xid_order) AS drained`,
+      const rows = await tx.query<{ busy: boolean }>(
+        `SELECT EXISTS (SELECT 1 FROM pg_locks l
+  WHERE l.locktype = 'advisory' AND l.classid = ${appenderLockClass} AND l.objsubid = 2
+    AND l.pid <> pg_backend_pid()
+    AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())) AS busy`,
       )
-      if (rows[0]?.drained === true) return
+      if (rows[0]?.busy === false) return
       if (this.#clock.now() >= deadline) throw new TimeoutError(timeoutMs)
       await sleep(this.#clock, delayMs)
       delayMs = Math.min(delayMs * 2, 50)

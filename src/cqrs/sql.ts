@@ -19,6 +19,15 @@ export const eventsChannel = 'breakwater_events'
  */
 export const positionLockKey = '7021785581052507763'
 
+/**
+ * The first key of the shared advisory lock each appending transaction holds until it ends
+ * ("bwap"); the second key is the low 32 bits of its transaction id.
+ */
+export const appenderLockClass = 1651995504
+
+const eventColumns =
+  'e.position, e.stream_id, e.stream_version, e.event_id, e.type, e.schema_version, e.data, e.metadata, e.created_at'
+
 const sqliteMigration: string[] = [
   `CREATE TABLE breakwater_streams (
   stream_id TEXT PRIMARY KEY,
@@ -69,20 +78,36 @@ const sqliteMigration: string[] = [
 //
 // Global positions and late commits. A sequence hands out positions at insert time, but
 // transactions commit in another order: a reader that saw position 11 committed while 10 was
-// still in flight would move past 10 and never see it. Readers therefore only return events
-// whose writing transaction id is below the xmin of their snapshot: every transaction below it
-// has finished, so that part of the log can no longer change. That is only a prefix of the
-// position order if positions are handed out in transaction-id order, so positions are taken
-// under a short advisory lock together with the transaction's id:
-// - a transaction that had no id yet gets it inside the lock, so its id is larger than the id
-//   of every transaction that took positions before it;
-// - a transaction that already had an id (it wrote something before appending) is checked
-//   against the largest id that ever took positions (kept in a sequence, which is not
-//   transactional); if it is older, taking positions now could let a reader skip it, so the
-//   append fails with SQLSTATE 40001 (serialization_failure) and the caller retries.
-// The lock is session-level and released before the stream check and the insert, so appends
-// only serialize for the few microseconds of taking ids; commits (and their WAL flushes) stay
-// concurrent. The EXCEPTION block releases it even on a query cancel.
+// still in flight would move past 10 and never see it. The fix is a transaction-id watermark:
+// readers return only events written by transactions below the id W of the oldest appending
+// transaction still running, and appends are arranged so that this is always a prefix of the
+// position order that can no longer change.
+//
+// Appends (writers) take their positions in a short critical section under a session-level
+// advisory lock, in this order:
+// 1. get the transaction id (a transaction that had none gets it now, so it is larger than the
+//    id of every transaction that took positions before);
+// 2. a transaction that already had an id (it wrote something before appending) must not be
+//    older than the largest id that ever took positions (kept in the non-transactional
+//    sequence breakwater_events_xid_order); if it is, the append fails with SQLSTATE 40001
+//    (serialization_failure) and the caller retries the transaction. So ids never decrease in
+//    position order;
+// 3. raise that sequence to the id, take a shared transaction-level advisory lock keyed by the
+//    id (held until the transaction ends: it marks "an appender that holds positions is still
+//    running"), and take the positions.
+// The lock is released before the stream check and the insert, so appends serialize only for
+// those few microseconds; commits (and their WAL flushes) stay concurrent. The EXCEPTION block
+// releases it even on a query cancel.
+//
+// Readers (breakwater_read_watermark) read, in this order: the sequence (R), then the running
+// appenders of this database from pg_locks (A, mapped to full ids through the running
+// transactions of the snapshot), and only then, in a new statement with a new snapshot, the
+// events below W = min(A, R + 1). Every appender still running at that snapshot either took its
+// positions before A was read (then it is in A) or after R was read (then its id is above R),
+// so its id is >= W and, ids being non-decreasing in position order, so is the id of every event
+// after its positions: the returned events form a prefix. Unlike the snapshot's xmin, this
+// watermark ignores transactions that do not append: a long transaction elsewhere in the
+// cluster does not hold readers back, only an append left open does.
 const appendFunction = `CREATE FUNCTION breakwater_append(
   p_stream TEXT,
   p_expected_kind INTEGER,
@@ -119,6 +144,7 @@ BEGIN
     IF v_xid_number > (SELECT last_value FROM breakwater_events_xid_order) THEN
       PERFORM setval('breakwater_events_xid_order', v_xid_number);
     END IF;
+    PERFORM pg_advisory_xact_lock_shared(${appenderLockClass}, (v_xid_number::bit(32))::integer);
     v_first := nextval('breakwater_events_position');
     IF v_count > 1 THEN
       PERFORM setval('breakwater_events_position', v_first + v_count - 1);
@@ -170,6 +196,71 @@ BEGIN
     PERFORM pg_notify('${eventsChannel}', (v_first + v_count - 1)::text);
   END IF;
   RETURN QUERY SELECT TRUE, v_version, v_first, FALSE;
+END;
+$fn$`
+
+const watermarkFunction = `CREATE FUNCTION breakwater_read_watermark() RETURNS xid8
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_register BIGINT;
+  v_running BIGINT;
+BEGIN
+  -- A fixed snapshot (REPEATABLE READ, SERIALIZABLE) cannot see what finished after it: use
+  -- its xmin, below which everything had finished when it was taken.
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RETURN pg_snapshot_xmin(pg_current_snapshot());
+  END IF;
+  SELECT last_value INTO v_register FROM breakwater_events_xid_order;
+  SELECT min(x::text::bigint) INTO v_running
+    FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+    WHERE (x::text::bigint & 4294967295) IN (
+      SELECT l.objid::bigint FROM pg_locks l
+      WHERE l.locktype = 'advisory' AND l.classid = ${appenderLockClass} AND l.objsubid = 2
+        AND l.granted
+        AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
+  RETURN LEAST(v_running, v_register + 1)::text::xid8;
+END;
+$fn$`
+
+const eventColumnList = `r_position BIGINT, r_stream_id TEXT, r_stream_version BIGINT, r_event_id TEXT,
+  r_type TEXT, r_schema_version INTEGER, r_data TEXT, r_metadata TEXT, r_created_at BIGINT`
+
+// Each function computes the watermark first; its query then runs as a new statement, with a
+// snapshot taken after the watermark (READ COMMITTED), as the proof above needs.
+const readAllFunction = `CREATE FUNCTION breakwater_read_all(p_from BIGINT, p_limit INTEGER)
+RETURNS TABLE (${eventColumnList})
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_watermark xid8 := breakwater_read_watermark();
+BEGIN
+  RETURN QUERY SELECT ${eventColumns} FROM breakwater_events e
+    WHERE e.position >= p_from AND e.transaction_id < v_watermark
+    ORDER BY e.position LIMIT p_limit;
+END;
+$fn$`
+
+const headFunction = `CREATE FUNCTION breakwater_head() RETURNS BIGINT
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_watermark xid8 := breakwater_read_watermark();
+  v_position BIGINT;
+BEGIN
+  SELECT e.position INTO v_position FROM breakwater_events e
+    WHERE e.transaction_id < v_watermark ORDER BY e.position DESC LIMIT 1;
+  RETURN COALESCE(v_position, 0);
+END;
+$fn$`
+
+const firstAfterFunction = `CREATE FUNCTION breakwater_first_created_after(p_position BIGINT) RETURNS BIGINT
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_watermark xid8 := breakwater_read_watermark();
+  v_created BIGINT;
+BEGIN
+  SELECT e.created_at INTO v_created FROM breakwater_events e
+    WHERE e.position > p_position AND e.transaction_id < v_watermark
+    ORDER BY e.position LIMIT 1;
+  RETURN v_created;
 END;
 $fn$`
 
@@ -231,6 +322,10 @@ const postgresMigration: string[] = [
   PRIMARY KEY (stream_id, name)
 )`,
   appendFunction,
+  watermarkFunction,
+  readAllFunction,
+  headFunction,
+  firstAfterFunction,
   notifyFunction,
 ]
 
@@ -253,9 +348,6 @@ export const cqrsMigrations: readonly Migration[] = [
 export function migrateCqrs(db: SqlDriver): Promise<AppliedMigration[]> {
   return runMigrations(db, 'cqrs', cqrsMigrations)
 }
-
-const eventColumns =
-  'e.position, e.stream_id, e.stream_version, e.event_id, e.type, e.schema_version, e.data, e.metadata, e.created_at'
 
 /** One dialect's statements. */
 export interface CqrsStatements {
@@ -353,15 +445,12 @@ export const cqrsStatements: Readonly<Record<'sqlite' | 'postgres', CqrsStatemen
     ...common,
     readStreamForwards: readStreamSql('postgres', 'forwards'),
     readStreamBackwards: readStreamSql('postgres', 'backwards'),
-    readAll: `SELECT ${eventColumns} FROM breakwater_events e
-WHERE e.position >= $1 AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY e.position LIMIT $2`,
-    headPosition: `SELECT COALESCE((SELECT position FROM breakwater_events
-  WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-  ORDER BY position DESC LIMIT 1), 0) AS position`,
-    firstAfter: `SELECT created_at FROM breakwater_events
-WHERE position > $1 AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY position LIMIT 1`,
+    readAll: `SELECT r_position AS position, r_stream_id AS stream_id, r_stream_version AS stream_version,
+  r_event_id AS event_id, r_type AS type, r_schema_version AS schema_version, r_data AS data,
+  r_metadata AS metadata, r_created_at AS created_at
+FROM breakwater_read_all($1, $2)`,
+    headPosition: 'SELECT breakwater_head() AS position',
+    firstAfter: 'SELECT breakwater_first_created_after($1) AS created_at',
     streamInfoForUpdate: `${common.streamInfo} FOR UPDATE`,
     projectionForUpdate: `${common.projection} FOR UPDATE`,
     noLimit: null,

@@ -143,6 +143,53 @@ describe.each(dbTargets)('readAll with delayed commits on $dialect', (target) =>
   })
 })
 
+describe('the PostgreSQL watermark only waits for appends', () => {
+  let t: TestDb
+  let store: EventStore
+  beforeAll(async () => {
+    t = await postgresDb.open('cqrs_watermark')
+    store = createEventStore(t.db)
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('is not held back by an open transaction that does not append', async () => {
+    await t.db.execute('CREATE TABLE unrelated (id INTEGER)')
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let wrote!: () => void
+    const written = new Promise<void>((resolve) => {
+      wrote = resolve
+    })
+    // A write transaction with an id, older than the append below, left open.
+    const long = t.db.transaction(async (tx) => {
+      await tx.execute('INSERT INTO unrelated (id) VALUES (1)')
+      wrote()
+      await gate
+    })
+    await written
+    const from = (await store.headPosition()) + 1
+    const appended = await store.append('after-long', [{ type: 'x', data: 1 }])
+    const read = await store.readAll({ fromPosition: from })
+    expect(read.map((e) => e.position)).toEqual([appended.lastPosition])
+    expect(await store.headPosition()).toBe(appended.lastPosition)
+    release()
+    await long
+  })
+
+  it('reads consistently inside a REPEATABLE READ transaction', async () => {
+    const appended = await store.append('rr', [{ type: 'x', data: 1 }])
+    await t.db.transaction(async (tx) => {
+      await tx.execute('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ')
+      const read = await store.readAll({ fromPosition: appended.lastPosition, tx })
+      expect(read.map((e) => e.stream)).toEqual(['rr'])
+    })
+  })
+})
+
 describe('readAll under concurrent writers with delayed commits (PostgreSQL)', () => {
   let t: TestDb
   let store: EventStore
