@@ -507,6 +507,9 @@ describe('options', () => {
       [{ scope: 'global' as 'credential' }, 'scope'],
       [{ fingerprint: 'sha' as unknown as () => string }, 'fingerprint'],
       [{ replayHeaders: [1] as unknown as string[] }, 'replayHeaders'],
+      [{ claim: 'inline' as 'leased' }, 'claim'],
+      // The in-memory store cannot claim inside a database transaction.
+      [{ claim: 'in-transaction' }, 'store'],
     ]
     for (const [options, name] of bad) {
       let error: unknown

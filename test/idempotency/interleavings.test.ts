@@ -39,6 +39,20 @@ function scheduledStore(store: IdempotencyStore, s: Scheduler): IdempotencyStore
     ),
     release: gated('release', (lease) => store.release(lease)),
     sweep: gated('sweep', (now: number, limit: number) => store.sweep(now, limit)),
+    // claim: 'in-transaction': the claim steps, as statements of the caller's transaction.
+    ...(store.inTransaction === undefined
+      ? {}
+      : {
+          inTransaction: (tx) => {
+            const steps = store.inTransaction!(tx)
+            return {
+              claim: gated('claim in tx', (input) => steps.claim(input)),
+              get: gated('get in tx', (scope: string, key: string) => steps.get(scope, key)),
+              takeOver: gated('takeOver in tx', (input) => steps.takeOver(input)),
+              recycle: gated('recycle in tx', (input) => steps.recycle(input)),
+            }
+          },
+        }),
   }
 }
 
@@ -344,6 +358,161 @@ describe('interleavings of keyed requests', () => {
     },
     120_000,
   )
+
+  // claim: 'in-transaction' on SQLite: the claim is the first statement of the handler's
+  // transaction, so duplicates queue behind it (one writer) and replay; nothing is leased.
+  it("runs the handler once per (scope, key) with claim: 'in-transaction' on the SQLite store", async () => {
+    const target = targets.find((t) => t.name === 'SQLite store')!
+    await fc.assert(
+      fc.asyncProperty(
+        fc.scheduler(),
+        fc.array(callArb, { minLength: 1, maxLength: 10 }),
+        async (s, calls) => {
+          const run = ++runs
+          const idempotency = createIdempotency({
+            store: scheduledStore(target.store(), s),
+            clock: scheduledClock(s),
+            claim: 'in-transaction',
+            leaseMs: 3_600_000,
+            scope: (request) => `r${run}:${request.header('x-scope')}`,
+          })
+          const handlerRuns = new Map<string, number>()
+          const responses = await s.waitFor(
+            Promise.all(
+              calls.map((call, index) =>
+                idempotency.handle(
+                  {
+                    method: 'POST',
+                    route: '/work',
+                    header: (name) =>
+                      name === 'idempotency-key'
+                        ? call.key
+                        : name === 'x-scope'
+                          ? call.scope
+                          : undefined,
+                    body: new Uint8Array(),
+                  },
+                  async (ctx) => {
+                    const name = `${call.scope}/${call.key}`
+                    handlerRuns.set(name, (handlerRuns.get(name) ?? 0) + 1)
+                    await s.schedule(Promise.resolve(), `handler ${index} before write`)
+                    await target.write(ctx!, run)
+                    await s.schedule(Promise.resolve(), `handler ${index} after write`)
+                    return {
+                      status: call.outcome === 'ok' ? 201 : 409,
+                      headers: { 'content-type': 'text/plain' },
+                      body: Buffer.from(`${name} by call ${index}`),
+                    }
+                  },
+                ),
+              ),
+            ),
+          )
+          const effects = await target.effects(run)
+          for (const name of new Set(calls.map((c) => `${c.scope}/${c.key}`))) {
+            expect(handlerRuns.get(name), name).toBe(1)
+            expect(effects.get(name), name).toBe(1)
+          }
+          // Duplicates waited and replayed: every response is the one run's response.
+          calls.forEach((call, index) => {
+            const owner = responses.find(
+              (r, i) =>
+                calls[i]!.scope === call.scope &&
+                calls[i]!.key === call.key &&
+                r.headers['idempotent-replayed'] === undefined,
+            )
+            expect(responses[index]!.headers['content-type']).toBe('text/plain')
+            expect(text(responses[index]!)).toBe(text(owner!))
+          })
+        },
+      ),
+      { numRuns: 100 },
+    )
+  }, 120_000)
+
+  it("commits at most one effect per (scope, key) with failures, 5xx and expired holders with claim: 'in-transaction' on the SQLite store", async () => {
+    const target = targets.find((t) => t.name === 'SQLite store')!
+    let leaseLosses = 0
+    await fc.assert(
+      fc.asyncProperty(
+        fc.scheduler(),
+        fc.array(
+          fc.record({
+            key: fc.constantFrom('a', 'b'),
+            outcome: fc.constantFrom('ok' as const, 'throw' as const, 'unavailable' as const),
+          }),
+          { minLength: 1, maxLength: 8 },
+        ),
+        async (s, calls) => {
+          const run = ++runs
+          const store = target.store()
+          const idempotency = createIdempotency({
+            store: scheduledStore(store, s),
+            // Lease timers fire when the scheduler picks them: a holder past its lease has its
+            // transaction rolled back, and a waiting duplicate then runs.
+            clock: expiringClock(s),
+            claim: 'in-transaction',
+            leaseMs: 1_000,
+            scope: () => `r${run}:s1`,
+          })
+          const responses = await s.waitFor(
+            Promise.all(
+              calls.map((call, index) =>
+                idempotency
+                  .handle(
+                    {
+                      method: 'POST',
+                      route: '/work',
+                      header: (name) => (name === 'idempotency-key' ? call.key : undefined),
+                      body: new Uint8Array(),
+                    },
+                    async (ctx) => {
+                      expect(ctx!.attempt).toBe(1)
+                      await s.schedule(Promise.resolve(), `handler ${index} before write`)
+                      await target.write(ctx!, run)
+                      await s.schedule(Promise.resolve(), `handler ${index} after write`)
+                      if (call.outcome === 'throw') throw new Error('handler failed')
+                      return {
+                        status: call.outcome === 'ok' ? 201 : 503,
+                        headers: {},
+                        body: Buffer.from(`call ${index}`),
+                      }
+                    },
+                  )
+                  .catch((error: Error) => error),
+              ),
+            ),
+          )
+          leaseLosses += responses.filter(
+            (r) => !(r instanceof Error) && r.status === 409 && text(r).includes('expired'),
+          ).length
+          const effects = await target.effects(run)
+          for (const key of ['a', 'b']) {
+            const committed = effects.get(`s1/${key}`) ?? 0
+            expect(committed, key).toBeLessThanOrEqual(1)
+            const successes = new Set(
+              responses
+                .filter((r, i) => calls[i]!.key === key && !(r instanceof Error))
+                .filter((r) => (r as IdempotencyResponse).status === 201)
+                .map((r) => text(r as IdempotencyResponse)),
+            )
+            expect(successes.size, key).toBe(committed)
+            const record = await store.get(`r${run}:s1`, key)
+            if (committed === 1) {
+              expect(record?.state).toBe('completed')
+              expect(text(record!.result! as IdempotencyResponse)).toBe([...successes][0])
+            } else {
+              // Nothing committed leaves nothing behind: no in-progress record to wait out.
+              expect(record).toBeUndefined()
+            }
+          }
+        },
+      ),
+      { numRuns: 100 },
+    )
+    // The runs did exercise holders rolled back at the end of their lease.
+    expect(leaseLosses).toBeGreaterThan(0)
+  }, 120_000)
 
   it('is a check that can fail: a store whose claim is not atomic is caught', async () => {
     // The broken store reads, then inserts: two concurrent claims can both see "absent".

@@ -242,4 +242,82 @@ describe.each(storeTargets)('$name idempotency store', (target) => {
     const rows = await db!.query<{ n: number }>(`SELECT COUNT(*) AS n FROM ${idempotencyTable}`)
     expect(Number(rows[0]?.n)).toBeGreaterThan(0)
   })
+
+  // claim: 'in-transaction': the claim steps run as statements of a transaction the caller holds.
+  it('claims inside a transaction: the claim commits with it, or a rollback leaves no trace', async () => {
+    const key = nextKey()
+    await expect(
+      store.transaction(async (tx) => {
+        expect(await store.inTransaction!(tx).claim(claimInput(key))).toEqual({ claimed: true })
+        throw new Error('rolled back')
+      }),
+    ).rejects.toThrow('rolled back')
+    expect(await store.get('tenant:a', key)).toBeUndefined()
+
+    const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    await store.transaction(async (tx) => {
+      expect(await store.inTransaction!(tx).claim(claimInput(key))).toEqual({ claimed: true })
+      expect(await store.complete(tx, lease, result, 2_000, 9_000)).toBe(true)
+    })
+    // A later claim in a transaction gets the completed record in the same statement.
+    const later = await store.transaction((tx) =>
+      store.inTransaction!(tx).claim(claimInput(key, { leaseToken: 'later' })),
+    )
+    expect(later.claimed).toBe(false)
+    expect(later.claimed === false && later.existing).toMatchObject({
+      state: 'completed',
+      leaseToken: `token-${key}`,
+    })
+  })
+
+  it('makes a claim in another transaction wait for the holder to end, then see its outcome', async () => {
+    for (const outcome of ['commit', 'rollback'] as const) {
+      const key = nextKey()
+      let release!: () => void
+      const held = new Promise<void>((resolve) => {
+        release = resolve
+      })
+      let claimedFirst!: () => void
+      const firstClaimed = new Promise<void>((resolve) => {
+        claimedFirst = resolve
+      })
+      const first = store
+        .transaction(async (tx) => {
+          await store.inTransaction!(tx).claim(claimInput(key))
+          claimedFirst()
+          await held
+          if (outcome === 'rollback') throw new Error('rolled back')
+          await store.complete(
+            tx,
+            { scope: 'tenant:a', key, leaseToken: `token-${key}` },
+            result,
+            2,
+            9,
+          )
+        })
+        .catch(() => 'rolled back')
+      await firstClaimed
+      let settled = false
+      const second = store
+        .transaction((tx) =>
+          store.inTransaction!(tx).claim(claimInput(key, { leaseToken: 'second' })),
+        )
+        .finally(() => {
+          settled = true
+        })
+      // PostgreSQL: the second INSERT waits on the key's unique index; SQLite: the second
+      // transaction waits for the only writer.
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      expect(settled, outcome).toBe(false)
+      release()
+      await first
+      const claim = await second
+      if (outcome === 'commit') {
+        expect(claim.claimed).toBe(false)
+        expect(claim.claimed === false && claim.existing?.state).toBe('completed')
+      } else {
+        expect(claim).toEqual({ claimed: true })
+      }
+    }
+  })
 })

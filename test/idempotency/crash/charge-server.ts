@@ -7,6 +7,7 @@
 // Environment:
 //   CRASH_DB_URL             the database (sqlite:<file> or postgres://...), already migrated
 //   CRASH_LEASE_MS           the idempotency lease (default 500, so takeovers come quickly)
+//   CRASH_CLAIM              the claim mode: leased (default) or in-transaction
 //   BREAKWATER_CRASH_AT      a crash point (below); the process SIGKILLs itself there
 //   BREAKWATER_CRASH_AFTER   ... on the n-th time it gets there (default 1)
 //   BREAKWATER_BROKEN        a deliberately wrong handler, to show the checker catches it:
@@ -14,7 +15,8 @@
 //     respond-before-business   the response is recorded and sent, then the charge is written
 //
 // Crash points:
-//   idempotency:after-claim                       the key is claimed, the handler has not run
+//   idempotency:after-claim                       the key is claimed (with claim: 'in-transaction',
+//                                                 in the open transaction), the handler has not run
 //   idempotency:after-business-write              the charge is written, nothing committed
 //   idempotency:before-commit                     result written in ctx.tx, COMMIT not sent
 //   idempotency:after-commit-before-response      committed, the client has heard nothing
@@ -88,8 +90,13 @@ function withCommitCrashPoint(db: SqlDriver): SqlDriver {
 }
 
 const db = await openDatabase(env('CRASH_DB_URL'), { postgres: { maxConnections: 10 } })
+const claim = process.env.CRASH_CLAIM ?? 'leased'
+if (claim !== 'leased' && claim !== 'in-transaction') {
+  throw new Error(`unknown CRASH_CLAIM=${claim}`)
+}
 const idempotency = createIdempotency({
   store: withCommitCrashPoint(db),
+  claim,
   leaseMs: Number(process.env.CRASH_LEASE_MS ?? '500'),
   // Retries of a key whose holder died wait for its lease here instead of bouncing with 409.
   onConcurrent: 'wait',

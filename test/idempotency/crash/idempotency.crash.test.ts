@@ -3,8 +3,10 @@
 // step boundary (after the claim, after the business write, between the result UPDATE and
 // COMMIT, between COMMIT and the response), and restarted. Clients retry every key with the
 // same key until it gets a final answer. The checker then reads the database: one charge per
-// key, a completed record describing it, and a replay equal to the first answer. Two broken
-// handlers show that the checker does catch duplicates and lost effects.
+// key, a completed record describing it, and a replay equal to the first answer. It runs in both
+// claim modes: 'leased' (a crashed holder's key is taken over after its lease) and
+// 'in-transaction' (a crash rolls the claim back with the charge; nothing is taken over). Two
+// broken handlers show that the checker does catch duplicates and lost effects.
 import { Agent, request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import type { SqlDriver } from '../../../src/stores/index.js'
@@ -151,6 +153,8 @@ async function forEachKey(
 
 interface Scenario {
   readonly target: DbTarget
+  /** The claim mode of the charge server. */
+  readonly claim?: 'leased' | 'in-transaction'
   readonly keys: number
   readonly plans: readonly LifePlan[]
   readonly broken?: string
@@ -176,7 +180,11 @@ async function createChargesTable(db: SqlDriver): Promise<void> {
 /** Makes the charges under crashes, replays every key on a fresh server, and checks. */
 async function runScenario(scenario: Scenario): Promise<Outcome> {
   const database = await scenario.target.open('crash')
-  const env: Record<string, string> = { CRASH_DB_URL: database.url, CRASH_LEASE_MS: '500' }
+  const env: Record<string, string> = {
+    CRASH_DB_URL: database.url,
+    CRASH_LEASE_MS: '500',
+    CRASH_CLAIM: scenario.claim ?? 'leased',
+  }
   if (scenario.broken !== undefined) env.BREAKWATER_BROKEN = scenario.broken
   const requests = new Map<string, number>()
   for (let i = 0; i < scenario.keys; i++) requests.set(`charge-${i}`, 100 + ((i * 37) % 900))
@@ -205,7 +213,7 @@ async function runScenario(scenario: Scenario): Promise<Outcome> {
     const takeovers = state.records.filter((r) => r.attempt > 1).length
     const lives = crashing.lives
     const report = [
-      `seed ${seed} (BREAKWATER_CRASH_SEED), ${scenario.target.dialect}, ${scenario.keys} keys`,
+      `seed ${seed} (BREAKWATER_CRASH_SEED), ${scenario.target.dialect}, claim ${scenario.claim ?? 'leased'}, ${scenario.keys} keys`,
       `lives: ${lives.map((l) => l.crashedAt ?? (l.killedByTest ? `killed@${l.plan.killAfterMs}ms` : 'stopped')).join(', ')}`,
       `history: ${JSON.stringify(history.summary())}, takeovers ${takeovers}`,
       `violations: ${violations
@@ -225,31 +233,46 @@ async function runScenario(scenario: Scenario): Promise<Outcome> {
 
 const timeoutMs = scaled(600_000, 120_000)
 
-describe.each(dbTargets)('idempotency under SIGKILL on $dialect', (target) => {
-  it(
-    `makes every charge exactly once while the server is killed and restarted (${keyCount} keys)`,
-    async () => {
-      const outcome = await runScenario({
-        target,
-        keys: keyCount,
-        plans: crashPlan(plannedCrashes, random(seed)),
-      })
-      expect(outcome.violations, outcome.report).toEqual([])
-      // The crashes really happened where they were meant to, so the verdict means something.
-      const crashedAt = new Set(outcome.lives.map((l) => l.crashedAt))
-      for (const point of crashPoints) expect(crashedAt.has(point), outcome.report).toBe(true)
-      expect(
-        outcome.lives.filter((l) => l.killedByTest).length,
-        outcome.report,
-      ).toBeGreaterThanOrEqual(1)
-      const summary = outcome.history.summary()
-      expect(summary.info, outcome.report).toBeGreaterThan(0)
-      expect(summary.recovered, outcome.report).toBeGreaterThan(0)
-      expect(outcome.takeovers, outcome.report).toBeGreaterThan(0)
-    },
-    timeoutMs,
-  )
+const claimTargets = dbTargets.flatMap((target) =>
+  (['leased', 'in-transaction'] as const).map((claim) => ({ target, claim })),
+)
 
+describe.each(claimTargets)(
+  'idempotency under SIGKILL on $target.dialect, claim $claim',
+  ({ target, claim }) => {
+    it(
+      `makes every charge exactly once while the server is killed and restarted (${keyCount} keys)`,
+      async () => {
+        const outcome = await runScenario({
+          target,
+          claim,
+          keys: keyCount,
+          plans: crashPlan(plannedCrashes, random(seed)),
+        })
+        expect(outcome.violations, outcome.report).toEqual([])
+        // The crashes really happened where they were meant to, so the verdict means something.
+        const crashedAt = new Set(outcome.lives.map((l) => l.crashedAt))
+        for (const point of crashPoints) expect(crashedAt.has(point), outcome.report).toBe(true)
+        expect(
+          outcome.lives.filter((l) => l.killedByTest).length,
+          outcome.report,
+        ).toBeGreaterThanOrEqual(1)
+        const summary = outcome.history.summary()
+        expect(summary.info, outcome.report).toBeGreaterThan(0)
+        expect(summary.recovered, outcome.report).toBeGreaterThan(0)
+        if (claim === 'leased') {
+          expect(outcome.takeovers, outcome.report).toBeGreaterThan(0)
+        } else {
+          // A crash rolled the claim back with the charge: no key was ever left to take over.
+          expect(outcome.takeovers, outcome.report).toBe(0)
+        }
+      },
+      timeoutMs,
+    )
+  },
+)
+
+describe.each(dbTargets)('the crash checker on $dialect', (target) => {
   it(
     'the checker catches a charge committed outside ctx.tx (duplicates after a crash)',
     async () => {
@@ -266,11 +289,12 @@ describe.each(dbTargets)('idempotency under SIGKILL on $dialect', (target) => {
     timeoutMs,
   )
 
-  it(
-    'the checker catches a result recorded before the charge is written (lost effects)',
-    async () => {
+  it.each(['leased', 'in-transaction'] as const)(
+    'the checker catches a result recorded before the charge is written (lost effects), claim %s',
+    async (claim) => {
       const outcome = await runScenario({
         target,
+        claim,
         keys: 8,
         broken: 'respond-before-business',
         plans: [{ crashAt: 'idempotency:after-response-before-business-write', crashAfter: 1 }],
