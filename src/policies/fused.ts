@@ -1,14 +1,11 @@
 import type { Clock } from '../core/clock.js'
 import {
-  type AbortListener,
   type CancelParent,
   CancelScope,
   cancelScope,
   hasExternalSignal,
-  listen,
   parentOf,
   signalOf,
-  unlisten,
 } from './cancel-scope.js'
 import { currentDeadline } from './deadline.js'
 import { TimeoutError } from './errors.js'
@@ -94,8 +91,13 @@ export interface FusablePolicy {
   readonly [fusedStep]: FusedStep | undefined
 }
 
-// Fused steps are tracked in bit masks of a small integer.
-const maxFusedSteps = 30
+// A call keeps which steps it is inside, which timeouts ran out and which timer list it is in
+// as bit fields of one small integer: expired steps (bits 0-15), depth (16-20), timer step + 1
+// (21-25).
+const maxFusedSteps = 16
+const depthShift = 16
+const timerShift = 21
+const expiredMask = 0xffff
 
 /** The fused form of a pipeline: its leading fusable steps and its promise-based links. */
 export class FusedPlan {
@@ -108,9 +110,16 @@ export class FusedPlan {
   readonly timeoutMs: readonly number[]
   /** earliest[d]: the step with the nearest finite timeout among the first d, else -1. */
   readonly earliest: readonly number[]
+  /** timeoutBelow[i]: the innermost timeout step among the first i, else -1. */
+  readonly timeoutBelow: readonly number[]
   /** slots[i]: where step i's state is kept, -1 when it keeps none. */
   readonly slots: readonly number[]
   readonly clock: Clock | undefined
+  /**
+   * Calls keep their start time as an offset from this: a small integer in place of a boxed
+   * number for the first 24 days of the plan (later offsets are plain numbers, still exact).
+   */
+  readonly baseMs: number
   readonly hasTimeouts: boolean
   readonly readsDeadline: boolean
   /** True when every policy of the pipeline is fused. */
@@ -126,22 +135,28 @@ export class FusedPlan {
     this.links = links
     this.nexts = nexts
     this.clock = clock
+    this.baseMs = clock === undefined ? 0 : clock.now()
     this.complete = steps.length === links.length
     const timeoutMs: number[] = []
     const earliest: number[] = [-1]
+    const timeoutBelow: number[] = [-1]
     const slots: number[] = []
     let nearest = -1
+    let innermost = -1
     let slot = 0
     for (let i = 0; i < steps.length; i++) {
       const step = steps[i]!
       const ms = step.timeout === undefined ? Number.NaN : step.timeout.timeoutMs
       timeoutMs.push(ms)
       if (ms < Number.POSITIVE_INFINITY && (nearest < 0 || ms < timeoutMs[nearest]!)) nearest = i
+      if (step.timeout !== undefined) innermost = i
       earliest.push(nearest)
+      timeoutBelow.push(innermost)
       slots.push(step.stateful ? slot++ : -1)
     }
     this.timeoutMs = timeoutMs
     this.earliest = earliest
+    this.timeoutBelow = timeoutBelow
     this.slots = slots
     this.hasTimeouts = steps.some((s) => s.timeout !== undefined)
     this.readsDeadline = steps.some((s) => s.readsDeadline)
@@ -182,54 +197,81 @@ export class FusedPlan {
     ) {
       return this.links[0]!(fn, outer) as Promise<T>
     }
-    const startMs = this.clock === undefined ? 0 : this.clock.now()
-    return new FusedCall(this, fn as PolicyFunction<unknown>, outer, startMs).start() as Promise<T>
+    const offsetMs = this.clock === undefined ? 0 : this.clock.now() - this.baseMs
+    return new FusedCall(this, fn as PolicyFunction<unknown>, outer, offsetMs).start() as Promise<T>
   }
 }
 
 // What only calls off the common path need, allocated on first need.
 class Rare {
-  // fn's signal, when fn read it.
-  controller: AbortController | undefined = undefined
-  // Listening on the outer scope for the controller.
-  linked = false
   // reasons[i]: the TimeoutError of timeout step i once it ran out.
   readonly reasons: unknown[] = []
-  // Timeout steps that ran out, in the order they did.
-  readonly order: number[] = []
-  // Scopes handed to promise-based code running inside a layer.
-  readonly scopes: LayerScope[] = []
+  // scopes[i]: the scope of timeout step i, once somebody asked for it.
+  readonly scopes: Array<TimeoutScope | undefined> = []
   // States of steps beyond the first stateful one.
   readonly states: number[] = []
 }
 
 /**
- * One call through a fused pipeline: the state of every layer, the context fn receives, the
- * node in a timeout's timer list, and the listener that forwards an outer abort to fn's
- * signal. `depth` is the number of layers the call is inside (entered and not yet left).
+ * One call through a fused pipeline: the state of every layer, the context fn receives and
+ * the node in a timeout's timer list. Its depth is the number of layers the call is inside
+ * (entered and not yet left).
+ *
+ * Cancellation: the scope of each timeout step (what an unfused timeout's own context would
+ * be) is only created when somebody asks for it (fn reads its signal, promise-based code runs
+ * inside the step, a policy asks whether the call was aborted after a timeout ran out), with
+ * the lazy semantics of the unfused chain: a scope takes its own timeout's reason when that
+ * fires first, else the outer reason it first learns of.
  */
-export class FusedCall implements PolicyContext, TimerNode, AbortListener {
+export class FusedCall implements PolicyContext, TimerNode {
   readonly plan: FusedPlan
   readonly fn: PolicyFunction<unknown>
   /** The context the pipeline was called in. */
   readonly outer: PolicyContext
-  /** When the call started, on the plan's clock (0 when no step reads it). */
-  readonly startMs: number
-  depth = 0
   timerPrev: TimerNode | undefined = undefined
   timerNext: TimerNode | undefined = undefined
-  // Bit i: timeout step i ran out.
-  #expired = 0
-  // The timeout step whose list the call is in, or -1.
-  #timerLayer = -1
+  readonly #offsetMs: number
+  #bits = 0
   #state0 = 0
   #rare: Rare | undefined = undefined
 
-  constructor(plan: FusedPlan, fn: PolicyFunction<unknown>, outer: PolicyContext, startMs: number) {
+  constructor(
+    plan: FusedPlan,
+    fn: PolicyFunction<unknown>,
+    outer: PolicyContext,
+    offsetMs: number,
+  ) {
     this.plan = plan
     this.fn = fn
     this.outer = outer
-    this.startMs = startMs
+    this.#offsetMs = offsetMs
+  }
+
+  /** When the call started, on the plan's clock (unspecified when no step reads it). */
+  get startMs(): number {
+    return this.plan.baseMs + this.#offsetMs
+  }
+
+  get #depth(): number {
+    return (this.#bits >>> depthShift) & 31
+  }
+
+  set #depth(depth: number) {
+    this.#bits = (this.#bits & ~(31 << depthShift)) | (depth << depthShift)
+  }
+
+  // The timeout step whose list the call is in, or -1.
+  get #timerLayer(): number {
+    return ((this.#bits >>> timerShift) & 31) - 1
+  }
+
+  set #timerLayer(layer: number) {
+    this.#bits = (this.#bits & ~(31 << timerShift)) | ((layer + 1) << timerShift)
+  }
+
+  // Bit i: timeout step i ran out.
+  get #expired(): number {
+    return this.#bits & expiredMask
   }
 
   /** fn sees the attempt of the context the pipeline was called in. */
@@ -237,24 +279,9 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
     return this.outer.attempt
   }
 
-  /** fn's signal: aborts when a timeout of the pipeline runs out or the outer scope aborts. */
+  /** fn's signal: the innermost timeout's, else the outer context's. */
   get signal(): AbortSignal {
-    if (!this.plan.hasTimeouts) return signalOf(parentOf(this.outer))
-    const rare = this.#rareState()
-    let controller = rare.controller
-    if (controller === undefined) {
-      controller = new AbortController()
-      rare.controller = controller
-      const order = rare.order
-      const root = parentOf(this.outer)
-      if (order.length > 0) controller.abort(rare.reasons[order[0]!])
-      else if (root?.aborted) controller.abort(root.reason)
-      else if (root !== undefined && this.#fnRunning()) {
-        rare.linked = true
-        listen(root, this)
-      }
-    }
-    return controller.signal
+    return signalOf(this.scopeAt(this.plan.steps.length))
   }
 
   [cancelScope](): CancelParent | undefined {
@@ -262,7 +289,8 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
   }
 
   get timerAtMs(): number {
-    return this.startMs + this.plan.timeoutMs[this.#timerLayer]!
+    const plan = this.plan
+    return plan.baseMs + this.#offsetMs + plan.timeoutMs[this.#timerLayer]!
   }
 
   /** Runs the enter steps and fn (or the chain from the first step that declined). */
@@ -279,9 +307,12 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
         const slot = plan.slots[i]!
         if (slot === 0) this.#state0 = state
         else if (slot > 0) this.#rareState().states[slot] = state
-        this.depth = i + 1
+        this.#depth = i + 1
       }
       if (i === 0) return plan.links[0]!(this.fn, this.outer) as Promise<unknown>
+      // Timed before fn runs, as each timeout did on entry: on a clock that breaks ties by
+      // creation order, fn's own timers set for the same instant fire after the timeout.
+      this.#arm()
       result = i === n && plan.complete ? this.fn(this) : plan.links[i]!(this.fn, this.contextAt(i))
     } catch (error) {
       try {
@@ -290,7 +321,6 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
         return Promise.reject(failure)
       }
     }
-    this.#arm()
     return Promise.resolve(result).then(this.settleValue.bind(this), this.settleError.bind(this))
   }
 
@@ -311,9 +341,13 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
 
   /** True when the scope step `layer` runs in has aborted (an outer timeout or the caller). */
   abortedAt(layer: number): boolean {
-    if ((this.#expired & ((1 << layer) - 1)) !== 0) return true
-    const root = parentOf(this.outer)
-    return root?.aborted === true
+    if (this.#expired === 0) {
+      const root = parentOf(this.outer)
+      if (root === undefined || !root.aborted) return false
+    }
+    // Asked as the unfused chain would ask it, so the scopes learn their reasons in the
+    // same order.
+    return this.scopeAt(layer)?.aborted === true
   }
 
   /** What timeout step `layer` makes of `error`: a TimeoutError once it has run out. */
@@ -323,24 +357,21 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
     return new TimeoutError(this.plan.timeoutMs[layer]!, { cause: error })
   }
 
-  /** The scope step `layer` runs in, for promise-based code. */
+  /** The scope step `layer` runs in. */
   scopeAt(layer: number): CancelParent | undefined {
-    if (this.plan.earliest[layer]! < 0) return parentOf(this.outer)
-    return this.#layerScope(layer)
+    const timeoutLayer = this.plan.timeoutBelow[layer]!
+    return timeoutLayer < 0 ? parentOf(this.outer) : this.#scopeOf(timeoutLayer)
   }
 
   /** The context step `layer` receives, for promise-based code. */
   contextAt(layer: number): PolicyContext {
-    if (this.plan.earliest[layer]! < 0) return this.outer
-    return this.#layerScope(layer)
+    const timeoutLayer = this.plan.timeoutBelow[layer]!
+    return timeoutLayer < 0 ? this.outer : this.#scopeOf(timeoutLayer)
   }
 
-  /** Why the scope inside the first `layer` steps expired, or undefined while it has not. */
-  reasonBelow(layer: number): unknown {
-    const rare = this.#rare
-    if (rare === undefined) return undefined
-    for (const expired of rare.order) if (expired < layer) return rare.reasons[expired]
-    return undefined
+  /** The TimeoutError of timeout step `layer` once it ran out, else undefined. */
+  expiredReason(layer: number): unknown {
+    return this.#rare?.reasons[layer]
   }
 
   /** Timer list callback: the earliest running timeout ran out. */
@@ -349,34 +380,12 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
     this.#timerLayer = -1
     const timeout = this.plan.steps[layer]!.timeout!
     const reason = new TimeoutError(timeout.timeoutMs)
-    this.#expired |= 1 << layer
+    this.#bits |= 1 << layer
     const rare = this.#rareState()
     rare.reasons[layer] = reason
-    rare.order.push(layer)
-    const controller = rare.controller
-    if (controller !== undefined && this.#fnRunning() && !controller.signal.aborted) {
-      this.#unlinkRoot(rare)
-      controller.abort(reason)
-    }
-    const scopes = rare.scopes
-    for (let i = 0, n = scopes.length; i < n; i++) {
-      const scope = scopes[i]!
-      if (scope.layer > layer) scope.abort(reason)
-    }
-    timeout.report()
+    rare.scopes[layer]?.abort(reason)
     this.#arm()
-  }
-
-  parentAborted(reason: unknown): void {
-    const rare = this.#rare
-    if (rare === undefined) return
-    rare.linked = false
-    const controller = rare.controller
-    if (controller !== undefined && !controller.signal.aborted) controller.abort(reason)
-  }
-
-  handleEvent(event: Event): void {
-    this.parentAborted((event.target as AbortSignal).reason)
+    timeout.report()
   }
 
   // Passes an outcome out through the layers the call is inside, innermost first.
@@ -386,8 +395,8 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
     const steps = plan.steps
     let payload = outcome
     let fail = failed
-    for (let i = this.depth - 1; i >= 0; i--) {
-      this.depth = i
+    for (let i = this.#depth - 1; i >= 0; i--) {
+      this.#depth = i
       const step = steps[i]!
       const slot = plan.slots[i]!
       const state = slot < 0 ? 0 : slot === 0 ? this.#state0 : this.#rare!.states[slot]!
@@ -396,8 +405,10 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
           payload = step.exitError(this, i, state, payload)
         } catch (error) {
           payload = error
+          this.#leave(i)
           continue
         }
+        this.#leave(i)
         fail = false
         if (payload instanceof Later) {
           // The outer layers stay in until the step's outcome arrives.
@@ -414,16 +425,17 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
           payload = error
           fail = true
         }
+        this.#leave(i)
       }
     }
-    this.#finish()
     if (fail) throw payload
     return payload
   }
 
-  // fn was called by this call and has not settled.
-  #fnRunning(): boolean {
-    return this.depth === this.plan.steps.length && this.plan.complete
+  // Step `layer` is done with the call: its scope (if made) lets go of the outer ones.
+  #leave(layer: number): void {
+    const rare = this.#rare
+    if (rare !== undefined) rare.scopes[layer]?.close()
   }
 
   // Puts the call in the list of its nearest running timeout.
@@ -432,10 +444,11 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
     if (!plan.hasTimeouts) return
     let layer = -1
     const expired = this.#expired
-    if (expired === 0) layer = plan.earliest[this.depth]!
+    const depth = this.#depth
+    if (expired === 0) layer = plan.earliest[depth]!
     else {
       let nearest = Number.POSITIVE_INFINITY
-      for (let i = 0; i < this.depth; i++) {
+      for (let i = 0; i < depth; i++) {
         const ms = plan.timeoutMs[i]!
         if (ms < nearest && (expired & (1 << i)) === 0) {
           nearest = ms
@@ -455,44 +468,35 @@ export class FusedCall implements PolicyContext, TimerNode, AbortListener {
     this.#timerLayer = -1
   }
 
-  #finish(): void {
-    const rare = this.#rare
-    if (rare === undefined) return
-    this.#unlinkRoot(rare)
-    for (const scope of rare.scopes) scope.close()
-  }
-
-  #unlinkRoot(rare: Rare): void {
-    if (!rare.linked) return
-    rare.linked = false
-    unlisten(parentOf(this.outer), this)
-  }
-
   #rareState(): Rare {
     this.#rare ??= new Rare()
     return this.#rare
   }
 
-  #layerScope(layer: number): LayerScope {
+  #scopeOf(layer: number): TimeoutScope {
     const rare = this.#rareState()
-    for (const scope of rare.scopes) if (scope.layer === layer) return scope
-    const scope = new LayerScope(this, layer, parentOf(this.outer))
-    rare.scopes.push(scope)
+    let scope = rare.scopes[layer]
+    if (scope === undefined) {
+      scope = new TimeoutScope(this, layer, this.scopeAt(layer))
+      rare.scopes[layer] = scope
+      // A step the call has left closed its scope; one made afterwards starts closed.
+      if (layer >= this.#depth) scope.close()
+    }
     return scope
   }
 }
 
-// The scope inside the first `layer` steps of a fused call, for promise-based code running
-// there (a queued bulkhead, a retry's later attempts, a policy that is not fused): it aborts
-// when one of those steps' timeouts runs out or the outer scope aborts.
-class LayerScope extends CancelScope implements PolicyContext {
-  readonly layer: number
+// The scope of timeout step `layer` of a fused call, as the unfused timeout's own context
+// would be: it aborts when its timeout fires, or with its parent (the next timeout out, or the
+// outer scope) once it listens to it or is asked.
+class TimeoutScope extends CancelScope implements PolicyContext {
   readonly #call: FusedCall
+  readonly #layer: number
 
-  constructor(call: FusedCall, layer: number, root: CancelParent | undefined) {
-    super(root)
+  constructor(call: FusedCall, layer: number, parent: CancelParent | undefined) {
+    super(parent)
     this.#call = call
-    this.layer = layer
+    this.#layer = layer
   }
 
   get attempt(): number {
@@ -503,7 +507,8 @@ class LayerScope extends CancelScope implements PolicyContext {
     return this
   }
 
+  // Its timeout fired before anybody made the scope: it aborted then, with that reason.
   protected override expiry(): unknown {
-    return this.#call.reasonBelow(this.layer)
+    return this.#call.expiredReason(this.#layer)
   }
 }
