@@ -75,7 +75,7 @@ describe.each(dbTargets)('relay crash test on $dialect', (target) => {
       db,
       publisher,
       batchSize,
-      leaseMs: 400,
+      leaseMs: 1_000,
       pollIntervalMs: 2,
       maxPollIntervalMs: 10,
       ...(faults === undefined ? {} : { faults }),
@@ -115,6 +115,15 @@ describe.each(dbTargets)('relay crash test on $dialect', (target) => {
       a.events.on((e) => {
         if (e.type === 'crashed') crashedAt = e.point
       })
+      // A publish that outlives its timeout (a loaded machine) is retried although the broker
+      // may have stored it: the one legitimate extra copy outside a crash. Counted.
+      let timeouts = 0
+      const countTimeouts = (r: Relay) =>
+        r.events.on((e) => {
+          if (e.type === 'publishFailed' && (e.error as { code?: string }).code === 'TIMEOUT')
+            timeouts++
+        })
+      countTimeouts(a)
       let b: Relay | undefined
       try {
         await a.start()
@@ -136,6 +145,7 @@ describe.each(dbTargets)('relay crash test on $dialect', (target) => {
         }
         const confirmedByA = first.confirmed.length
         b = relay(target.dialect === 'postgres' ? await t.another() : t.db, second)
+        countTimeouts(b)
         await b.start()
         await writing
         await until(
@@ -156,12 +166,11 @@ describe.each(dbTargets)('relay crash test on $dialect', (target) => {
         expect(broker.orderViolations).toEqual([])
         expect(broker.valid).toBe(true)
         // Only a crash between publish and mark publishes anything twice: at most that batch.
-        if (mode === 'crash' && point === 'after-publish') {
-          expect(broker.duplicated.size).toBeGreaterThan(0)
-          expect(broker.duplicated.size).toBeLessThanOrEqual(batchSize)
-        } else {
-          expect(broker.duplicated.size).toBe(0)
-        }
+        const crashBetween = mode === 'crash' && point === 'after-publish'
+        if (crashBetween) expect(broker.duplicated.size).toBeGreaterThan(0)
+        expect(broker.duplicated.size).toBeLessThanOrEqual(
+          (crashBetween ? batchSize : 0) + timeouts * batchSize,
+        )
         const consumer = consumerView.check()
         expect(consumer.valid).toBe(true)
         expect(consumer.lost).toEqual([])

@@ -35,11 +35,18 @@ import {
 async function writeEvents(
   db: SqlDriver,
   outbox: Outbox,
-  options: { prefix: string; aggregates: number; perAggregate: number; checker?: QueueChecker },
+  options: {
+    prefix: string
+    aggregates: number
+    perAggregate: number
+    checker?: QueueChecker
+    firstAggregate?: number
+  },
 ): Promise<string[]> {
   const ids: string[] = []
   await Promise.all(
-    Array.from({ length: options.aggregates }, async (_, a) => {
+    Array.from({ length: options.aggregates }, async (_, i) => {
+      const a = i + (options.firstAggregate ?? 0)
       const key = `${options.prefix}-agg-${a}`
       for (let n = 0; n < options.perAggregate; n++) {
         const id = `${options.prefix}-${a}-${n}`
@@ -193,17 +200,22 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
         const db = target.dialect === 'postgres' ? await t.another() : t.db
         const publisher = testPublisher(queue.publisher)
         publishers.push(publisher)
-        group.push(relay(publisher, { db, leaseMs: 600, batchSize: 20 }))
+        group.push(relay(publisher, { db, leaseMs: 1_500, batchSize: 20 }))
+      }
+      // A publish that outlives its timeout is retried although the broker may have stored
+      // it: the one legitimate source of a second copy. Counted, to tell it from a real bug.
+      let timeouts = 0
+      for (const r of group) {
+        r.events.on((e) => {
+          if (e.type === 'publishFailed' && (e.error as { code?: string }).code === 'TIMEOUT')
+            timeouts++
+        })
       }
       try {
         await Promise.all(group.map((r) => r.start()))
-        const writing = writeEvents(t.db, outbox, {
-          prefix,
-          aggregates: 20,
-          perAggregate: 25,
-          checker,
-        })
-        // Every relay converges on its fair share while events flow.
+        const common = { prefix, aggregates: 10, perAggregate: 25, checker }
+        // Half the events flow while the relays converge on their fair shares...
+        const writing = writeEvents(t.db, outbox, common)
         await until(
           () => group.every((r) => r.partitions().length === OUTBOX_PARTITIONS / n),
           'a fair share each',
@@ -211,6 +223,8 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
         const owned = group.flatMap((r) => r.partitions())
         expect(new Set(owned).size).toBe(OUTBOX_PARTITIONS)
         await writing
+        // ...and half once they have.
+        await writeEvents(t.db, outbox, { ...common, firstAggregate: 10 })
         await until(
           () => [...collector.ids()].filter((id) => id.startsWith(prefix)).length === 500,
           'all 500 events',
@@ -226,8 +240,8 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
         const confirmed = publishers
           .flatMap((p) => p.confirmed)
           .filter((id) => id.startsWith(prefix))
-        expect(repeated(confirmed)).toEqual([])
-        expect(confirmed).toHaveLength(500)
+        expect(repeated(confirmed).length).toBeLessThanOrEqual(timeouts * 20)
+        if (timeouts === 0) expect(confirmed).toHaveLength(500)
         expect(publishers.filter((p) => p.confirmed.length > 0).length).toBeGreaterThan(1)
       } finally {
         await Promise.all(group.map((r) => r.stop()))
@@ -317,8 +331,9 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
     // PostgreSQL: the enqueue's NOTIFY wakes it. SQLite has no notifications: the writer in
     // the same process says so with wake().
     if (target.dialect === 'sqlite') r.wake()
-    await until(() => publisher.confirmed.includes('wake-0-0'), 'the woken publish', 5_000)
-    expect(Date.now() - started).toBeLessThan(2_000)
+    // Without the wake-up it would wait for its next poll or rebalance: 40 s or more.
+    await until(() => publisher.confirmed.includes('wake-0-0'), 'the woken publish', 15_000)
+    expect(Date.now() - started).toBeLessThan(10_000)
     await r.stop()
   })
 })
