@@ -1,0 +1,624 @@
+// The HTTP webhook publisher and the signature check for its receivers. undici is a regular
+// dependency of breakwater, so nothing here is loaded lazily.
+import { createHmac, timingSafeEqual } from 'node:crypto'
+import { Pool } from 'undici'
+import { type Clock, systemClock } from '../core/clock.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { checkInteger, checkObject } from '../core/validate.js'
+import { pipeline } from '../policies/pipeline.js'
+import { type RetryOptions, retry } from '../policies/retry.js'
+import { timeout } from '../policies/timeout.js'
+import type { Policy } from '../policies/types.js'
+import type { BrokerErrorCode } from './errors.js'
+import type { OutgoingMessage, Publisher } from './types.js'
+
+/**
+ * The request header carrying the signature, in the style of Stripe's:
+ *
+ * `Breakwater-Signature: t=1717171717,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd`
+ *
+ * - `t`: when the request was signed, in Unix seconds (each attempt is signed afresh);
+ * - `v1`: lower-case hex HMAC-SHA256, keyed with the shared secret, of the UTF-8 bytes of
+ *   `` `${t}.` `` followed by the raw request body, exactly as sent.
+ *
+ * A receiver recomputes `v1` over the raw body (before any JSON parsing), compares in constant
+ * time, and refuses timestamps outside its tolerance (replays). Several `v1` entries may
+ * appear; one match is enough. {@link verifyWebhookSignature} does all of this.
+ */
+export const WEBHOOK_SIGNATURE_HEADER = 'breakwater-signature'
+
+/** The request header carrying the message id (one-message requests), also sent as `Idempotency-Key`. */
+export const WEBHOOK_MESSAGE_ID_HEADER = 'breakwater-message-id'
+
+/** Retry settings of a webhook publisher (the clock is the publisher's). */
+export type WebhookRetryOptions = Pick<
+  RetryOptions,
+  'maxAttempts' | 'baseDelayMs' | 'maxDelayMs' | 'factor' | 'jitter' | 'random' | 'maxRetryAfterMs'
+>
+
+/** Options of {@link createWebhookPublisher}. */
+export interface WebhookPublisherOptions {
+  /**
+   * The receiver: an absolute `http:` or `https:` URL without credentials or fragment (put
+   * credentials in `headers` if the receiver wants more than the signature). Required.
+   */
+  readonly url: string
+  /**
+   * The shared signing secret, at least 16 bytes. Load it from the environment or a file,
+   * never from command-line arguments or config files; it is never logged. Required.
+   */
+  readonly secret: string | Uint8Array
+  /**
+   * `false`: one POST per message, body `{ id, topic, key, headers, payload }`, with the id in
+   * `Breakwater-Message-Id` and `Idempotency-Key`. `true`: one POST per `publish()` call, body
+   * `{ messages: [...] }` in order; the receiver accepts or refuses the batch as a whole.
+   * @default false
+   */
+  readonly batch?: boolean
+  /**
+   * Requests in flight at once (one-message mode) and the connection pool's size. Messages
+   * with the same key are always sent one after another, in order.
+   * @default 8
+   */
+  readonly concurrency?: number
+  /**
+   * How long one attempt (connect, send, response headers and body) may take.
+   * @default 10_000
+   */
+  readonly attemptTimeoutMs?: number
+  /**
+   * Retries of attempts that failed with a 5xx, 408 or 429 answer (honouring `Retry-After`),
+   * a timeout or a network error; or `false` for none. Other answers are never retried here.
+   * @default { maxAttempts: 3, baseDelayMs: 100, maxDelayMs: 2_000, maxRetryAfterMs: 5_000 }
+   */
+  readonly retry?: WebhookRetryOptions | false
+  /**
+   * Extra request headers (e.g. an API key the receiver wants). May not set `content-type`,
+   * `content-length`, `host`, `connection`, `transfer-encoding`, the signature or message-id
+   * headers, or `idempotency-key`.
+   * @default {}
+   */
+  readonly headers?: Readonly<Record<string, string>>
+  /**
+   * Source of signature timestamps, attempt timeouts and retry delays.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * A webhook delivery failed (codes shared with the other brokers, so a relay treats it the
+ * same way):
+ * - `BROKER_UNAVAILABLE` (retryable): a network error, a timeout, a 5xx, 408 or 429 answer; or
+ *   an answer saying the endpoint itself is wrong (3xx, 401, 403, 404, 405, 407): not the
+ *   message's fault, so a relay backs off and its breaker opens instead of dead-lettering
+ *   every event.
+ * - `BROKER_REJECTED` (not retryable): any other 4xx, such as 400 or 422: the receiver refuses
+ *   this message; a relay charges the event and dead-letters it after its `maxAttempts`.
+ *
+ * @example
+ * ```ts
+ * import { WebhookError } from 'breakwater/brokers'
+ * try { await webhook.publish(batch) }
+ * catch (error) { if (error instanceof WebhookError && error.status === 400) console.warn('refused') }
+ * ```
+ */
+export class WebhookError extends BreakwaterError {
+  /** Always `'webhook'`, like `BrokerError.broker` for the other adapters. */
+  readonly broker = 'webhook' as const
+  /** The HTTP status, when the receiver answered. */
+  readonly status: number | undefined
+  /** The wait asked for with `Retry-After`, in ms, when given. */
+  readonly retryAfterMs: number | undefined
+
+  constructor(
+    code: BrokerErrorCode,
+    message: string,
+    options: {
+      readonly status?: number
+      readonly retryAfterMs?: number
+      readonly cause?: unknown
+    } = {},
+  ) {
+    super(code, `webhook: ${message}`, {
+      cause: options.cause,
+      retryable: code !== 'BROKER_REJECTED',
+    })
+    this.status = options.status
+    this.retryAfterMs = options.retryAfterMs
+  }
+}
+
+// Failures the publisher's own retry repeats; an endpoint that is misconfigured (404, 401) is
+// not hammered within a call, though the error stays retryable for the caller.
+const retriedHere = new WeakSet<object>()
+
+const forbiddenHeaders = new Set([
+  'content-type',
+  'content-length',
+  'host',
+  'connection',
+  'transfer-encoding',
+  'keep-alive',
+  'upgrade',
+  'te',
+  'trailer',
+  'expect',
+  WEBHOOK_SIGNATURE_HEADER,
+  WEBHOOK_MESSAGE_ID_HEADER,
+  'idempotency-key',
+])
+const headerName = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+const minSecretBytes = 16
+const maxErrorBody = 300
+
+function secretBytes(option: string, secret: unknown): Buffer {
+  if (typeof secret === 'string') {
+    if (Buffer.byteLength(secret) >= minSecretBytes) return Buffer.from(secret, 'utf8')
+  } else if (secret instanceof Uint8Array) {
+    if (secret.byteLength >= minSecretBytes) return Buffer.from(secret)
+  }
+  // Never echo a secret back, not even a short one.
+  throw new InvalidOptionError(
+    option,
+    `a secret of at least ${minSecretBytes} bytes (string or Uint8Array)`,
+    typeof secret === 'string' || secret instanceof Uint8Array ? '[hidden]' : secret,
+  )
+}
+
+function hmacHex(secret: Buffer, timestamp: string, body: string | Uint8Array): string {
+  const mac = createHmac('sha256', secret)
+  mac.update(`${timestamp}.`, 'utf8')
+  mac.update(body)
+  return mac.digest('hex')
+}
+
+/**
+ * Computes the `Breakwater-Signature` header value for `body` signed at `timestampMs` (see
+ * {@link WEBHOOK_SIGNATURE_HEADER}): what the publisher sends, for other senders and tests.
+ *
+ * @example
+ * ```ts
+ * const header = signWebhookPayload(secret, '{"id":"e1"}', Date.now())
+ * // 't=1717171717,v1=5257a8...'
+ * ```
+ */
+export function signWebhookPayload(
+  secret: string | Uint8Array,
+  body: string | Uint8Array,
+  timestampMs: number,
+): string {
+  const key = secretBytes('secret', secret)
+  if (typeof timestampMs !== 'number' || !Number.isFinite(timestampMs) || timestampMs < 0)
+    throw new InvalidOptionError('timestampMs', 'epoch milliseconds', timestampMs)
+  const t = String(Math.floor(timestampMs / 1000))
+  return `t=${t},v1=${hmacHex(key, t, body)}`
+}
+
+/** Options of {@link verifyWebhookSignature}. */
+export interface VerifyWebhookSignatureOptions {
+  /**
+   * How far the signature's timestamp may be from now, either way, before the request is
+   * refused as a replay (or a badly skewed clock).
+   * @default 300_000 (5 minutes)
+   */
+  readonly toleranceMs?: number
+  /**
+   * Source of "now".
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** The outcome of {@link verifyWebhookSignature}. */
+export type WebhookVerification =
+  | {
+      readonly ok: true
+      /** When the request was signed (epoch ms, whole seconds). */
+      readonly timestampMs: number
+    }
+  | {
+      readonly ok: false
+      /**
+       * `missing`: no header; `malformed`: not `t=<seconds>,v1=<hex>`; `mismatch`: no `v1`
+       * matches the body under any given secret; `stale`: the signature matches but its
+       * timestamp is outside the tolerance.
+       */
+      readonly reason: 'missing' | 'malformed' | 'mismatch' | 'stale'
+    }
+
+/**
+ * Checks a `Breakwater-Signature` header (see {@link WEBHOOK_SIGNATURE_HEADER}) against the raw
+ * request body, for receivers: recomputes the HMAC under each secret (pass the old and the new
+ * one while rotating), compares in constant time, then checks the timestamp is within
+ * `toleranceMs` of now. Verify the bytes as received, before parsing the JSON.
+ *
+ * @example
+ * ```ts
+ * import { verifyWebhookSignature, WEBHOOK_SIGNATURE_HEADER } from 'breakwater/brokers'
+ * const result = verifyWebhookSignature(secret, req.headers[WEBHOOK_SIGNATURE_HEADER], rawBody)
+ * if (!result.ok) return res.writeHead(401).end(result.reason)
+ * ```
+ */
+export function verifyWebhookSignature(
+  secret: string | Uint8Array | readonly (string | Uint8Array)[],
+  header: string | readonly string[] | null | undefined,
+  body: string | Uint8Array,
+  options: VerifyWebhookSignatureOptions = {},
+): WebhookVerification {
+  checkObject('options', options)
+  const toleranceMs = checkInteger('toleranceMs', options.toleranceMs ?? 300_000, 0)
+  const clock = options.clock ?? systemClock
+  const secrets = (Array.isArray(secret) ? secret : [secret]).map((s, i) =>
+    secretBytes(Array.isArray(secret) ? `secret[${i}]` : 'secret', s),
+  )
+  if (secrets.length === 0) throw new InvalidOptionError('secret', 'at least one secret', secret)
+  if (typeof body !== 'string' && !(body instanceof Uint8Array))
+    throw new InvalidOptionError('body', 'the raw body as a string or bytes', body)
+  const value = Array.isArray(header) ? header.join(',') : header
+  if (typeof value !== 'string' || value.trim() === '') return { ok: false, reason: 'missing' }
+
+  let t: string | undefined
+  const candidates: Buffer[] = []
+  for (const part of value.split(',')) {
+    const eq = part.indexOf('=')
+    if (eq <= 0) return { ok: false, reason: 'malformed' }
+    const key = part.slice(0, eq).trim()
+    const v = part.slice(eq + 1).trim()
+    if (key === 't') {
+      if (t !== undefined || !/^\d{1,12}$/.test(v)) return { ok: false, reason: 'malformed' }
+      t = v
+    } else if (key === 'v1') {
+      if (!/^[0-9a-f]{64}$/i.test(v)) return { ok: false, reason: 'malformed' }
+      candidates.push(Buffer.from(v.toLowerCase(), 'hex'))
+    }
+    // Other schemes (a future v2) are ignored, so senders can add them first.
+  }
+  if (t === undefined || candidates.length === 0) return { ok: false, reason: 'malformed' }
+
+  let matched = false
+  for (const key of secrets) {
+    const expected = Buffer.from(hmacHex(key, t, body), 'hex')
+    // Every candidate is compared, match or not, so timing says nothing about which matched.
+    for (const candidate of candidates) {
+      if (timingSafeEqual(expected, candidate)) matched = true
+    }
+  }
+  if (!matched) return { ok: false, reason: 'mismatch' }
+  const timestampMs = Number(t) * 1000
+  if (Math.abs(clock.now() - timestampMs) > toleranceMs) return { ok: false, reason: 'stale' }
+  return { ok: true, timestampMs }
+}
+
+const decoder = new TextDecoder('utf-8', { fatal: true })
+
+// The payload as JSON when it is JSON text (the outbox stores JSON), else as base64 bytes, so
+// a receiver can always tell which it got.
+function payloadField(payload: Uint8Array | string): string {
+  let text: string | undefined
+  if (typeof payload === 'string') text = payload
+  else {
+    try {
+      text = decoder.decode(payload)
+    } catch {
+      text = undefined
+    }
+  }
+  if (text !== undefined && text.trim() !== '') {
+    try {
+      JSON.parse(text)
+      return `"payload":${text.trim()}`
+    } catch {
+      // Not JSON: base64 below.
+    }
+  }
+  const bytes = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : Buffer.from(payload)
+  return `"payloadBase64":${JSON.stringify(bytes.toString('base64'))}`
+}
+
+/** The JSON body of one message in a webhook request. */
+export function webhookMessageJson(message: OutgoingMessage): string {
+  return `{"id":${JSON.stringify(message.id)},"topic":${JSON.stringify(message.topic)},"key":${JSON.stringify(message.key)},"headers":${JSON.stringify(message.headers)},${payloadField(message.payload)}}`
+}
+
+function retryAfterMsFrom(value: string | string[] | undefined, nowMs: number): number | undefined {
+  const text = Array.isArray(value) ? value[0] : value
+  if (text === undefined || text.trim() === '') return undefined
+  if (/^\d+$/.test(text.trim())) return Number(text.trim()) * 1000
+  const at = Date.parse(text)
+  return Number.isNaN(at) ? undefined : Math.max(0, at - nowMs)
+}
+
+function isAbortLike(error: unknown): boolean {
+  if (BreakwaterError.is(error)) return error.code === 'ABORTED'
+  return error instanceof Error && error.name === 'AbortError'
+}
+
+class WebhookPublisher implements Publisher {
+  readonly #url: URL
+  readonly #origin: string
+  readonly #path: string
+  readonly #secret: Buffer
+  readonly #batch: boolean
+  readonly #concurrency: number
+  readonly #headers: Readonly<Record<string, string>>
+  readonly #clock: Clock
+  readonly #policy: Policy
+  readonly #pool: Pool
+  #closed = false
+
+  constructor(options: WebhookPublisherOptions) {
+    checkObject('webhook', options)
+    let url: URL
+    try {
+      url = new URL(options.url)
+    } catch {
+      throw new InvalidOptionError(
+        'webhook.url',
+        'an absolute http: or https: URL',
+        '[invalid URL]',
+      )
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:')
+      throw new InvalidOptionError('webhook.url', 'an http: or https: URL', url.protocol)
+    if (url.username !== '' || url.password !== '')
+      throw new InvalidOptionError(
+        'webhook.url',
+        'a URL without credentials (use headers or the signature)',
+        `${url.protocol}//***@${url.host}`,
+      )
+    if (url.hash !== '')
+      throw new InvalidOptionError('webhook.url', 'a URL without a fragment', url.origin)
+    this.#url = url
+    this.#origin = url.origin
+    this.#path = `${url.pathname}${url.search}`
+    this.#secret = secretBytes('webhook.secret', options.secret)
+    if (options.batch !== undefined && typeof options.batch !== 'boolean')
+      throw new InvalidOptionError('webhook.batch', 'a boolean', options.batch)
+    this.#batch = options.batch ?? false
+    this.#concurrency = checkInteger('webhook.concurrency', options.concurrency ?? 8, 1, 1_000)
+    const attemptTimeoutMs = checkInteger(
+      'webhook.attemptTimeoutMs',
+      options.attemptTimeoutMs ?? 10_000,
+      1,
+      2_147_483_647,
+    )
+    const headers = checkObject('webhook.headers', options.headers ?? {})
+    const extra: Record<string, string> = {}
+    for (const [name, value] of Object.entries(headers)) {
+      const lower = name.toLowerCase()
+      if (!headerName.test(name) || forbiddenHeaders.has(lower))
+        throw new InvalidOptionError(
+          `webhook.headers.${name}`,
+          'a header the publisher does not set itself',
+          name,
+        )
+      if (typeof value !== 'string' || /[\r\n\0]/.test(value))
+        throw new InvalidOptionError(`webhook.headers.${name}`, 'a single-line string', '[hidden]')
+      extra[lower] = value
+    }
+    this.#headers = extra
+    this.#clock = options.clock ?? systemClock
+    if (typeof this.#clock?.now !== 'function')
+      throw new InvalidOptionError('webhook.clock', 'a Clock', options.clock)
+    const attempt = timeout(attemptTimeoutMs, { clock: this.#clock })
+    if (options.retry === false) {
+      this.#policy = attempt
+    } else {
+      const retryOptions = checkObject('webhook.retry', options.retry ?? {}) as WebhookRetryOptions
+      this.#policy = pipeline(
+        retry({
+          maxAttempts: 3,
+          baseDelayMs: 100,
+          maxDelayMs: 2_000,
+          maxRetryAfterMs: 5_000,
+          ...retryOptions,
+          clock: this.#clock,
+          shouldRetry: (error) =>
+            (typeof error === 'object' && error !== null && retriedHere.has(error)) ||
+            (BreakwaterError.is(error) && error.code === 'TIMEOUT'),
+        }),
+        attempt,
+      )
+    }
+    // undici's own timers are a backstop; the attempt timeout above (on the clock) is the rule.
+    this.#pool = new Pool(this.#origin, {
+      connections: this.#concurrency,
+      headersTimeout: attemptTimeoutMs + 1_000,
+      bodyTimeout: attemptTimeoutMs + 1_000,
+    })
+  }
+
+  async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
+    if (this.#closed) throw new WebhookError('BROKER_UNAVAILABLE', 'the publisher is closed')
+    if (!Array.isArray(messages))
+      throw new InvalidOptionError('messages', 'an array of messages', messages)
+    if (messages.length === 0) return
+    if (this.#batch) {
+      const body = `{"messages":[${messages.map(webhookMessageJson).join(',')}]}`
+      await this.#deliver(body, undefined, signal)
+      return
+    }
+    await this.#publishEach(messages, signal)
+  }
+
+  // One request per message: keys run side by side (up to `concurrency`), a key's messages one
+  // after another; after a failure the key's later messages are not sent (order).
+  async #publishEach(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
+    const lanes = new Map<
+      string,
+      Array<{ readonly index: number; readonly message: OutgoingMessage }>
+    >()
+    messages.forEach((message, index) => {
+      let lane = lanes.get(message.key)
+      if (lane === undefined) {
+        lane = []
+        lanes.set(message.key, lane)
+      }
+      lane.push({ index, message })
+    })
+    const queue = [...lanes.values()]
+    let firstFailure: { index: number; error: unknown } | undefined
+    const worker = async (): Promise<void> => {
+      for (let lane = queue.shift(); lane !== undefined; lane = queue.shift()) {
+        for (const { index, message } of lane) {
+          if (signal?.aborted) return
+          try {
+            await this.#deliver(webhookMessageJson(message), message.id, signal)
+          } catch (error) {
+            if (firstFailure === undefined || index < firstFailure.index)
+              firstFailure = { index, error }
+            break
+          }
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(this.#concurrency, queue.length) }, worker))
+    if (firstFailure !== undefined) throw firstFailure.error
+    if (signal?.aborted)
+      throw new WebhookError('BROKER_UNAVAILABLE', 'publish aborted', { cause: signal.reason })
+  }
+
+  async #deliver(body: string, messageId: string | undefined, signal?: AbortSignal): Promise<void> {
+    try {
+      await this.#policy.execute(
+        ({ signal: attemptSignal }) => this.#attempt(body, messageId, attemptSignal),
+        signal,
+      )
+    } catch (error) {
+      if (error instanceof WebhookError || isAbortLike(error)) throw error
+      // A timeout (or anything else unexpected) is the endpoint's failure to answer.
+      throw new WebhookError(
+        'BROKER_UNAVAILABLE',
+        `POST ${this.#origin} failed: ${messageOf(error)}`,
+        {
+          cause: error,
+        },
+      )
+    }
+  }
+
+  async #attempt(body: string, messageId: string | undefined, signal: AbortSignal): Promise<void> {
+    const t = String(Math.floor(this.#clock.now() / 1000))
+    const headers: Record<string, string> = {
+      ...this.#headers,
+      'content-type': 'application/json',
+      'user-agent': 'breakwater-webhook',
+      [WEBHOOK_SIGNATURE_HEADER]: `t=${t},v1=${hmacHex(this.#secret, t, body)}`,
+    }
+    if (messageId !== undefined) {
+      headers[WEBHOOK_MESSAGE_ID_HEADER] = messageId
+      headers['idempotency-key'] = messageId
+    }
+    let response: Awaited<ReturnType<Pool['request']>>
+    try {
+      response = await this.#pool.request({
+        origin: this.#origin,
+        path: this.#path,
+        method: 'POST',
+        headers,
+        body,
+        signal,
+      })
+    } catch (error) {
+      if (signal.aborted || isAbortLike(error)) throw error
+      const failure = new WebhookError(
+        'BROKER_UNAVAILABLE',
+        `POST ${this.#origin} failed: ${messageOf(error)}`,
+        {
+          cause: error,
+        },
+      )
+      retriedHere.add(failure)
+      throw failure
+    }
+    const status = response.statusCode
+    if (status >= 200 && status < 300) {
+      await response.body.dump().catch(() => {})
+      return
+    }
+    const snippet = await readSnippet(response.body)
+    const detail = `POST ${this.#origin} answered ${status}${snippet === '' ? '' : `: ${snippet}`}`
+    if (status === 408 || status === 429 || status >= 500) {
+      const retryAfterMs = retryAfterMsFrom(response.headers['retry-after'], this.#clock.now())
+      const failure = new WebhookError('BROKER_UNAVAILABLE', detail, {
+        status,
+        ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
+      })
+      retriedHere.add(failure)
+      throw failure
+    }
+    if (status >= 400 && ![401, 403, 404, 405, 407].includes(status))
+      throw new WebhookError('BROKER_REJECTED', detail, { status })
+    throw new WebhookError(
+      'BROKER_UNAVAILABLE',
+      `${detail} (check the webhook URL and its access)`,
+      { status },
+    )
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    await this.#pool.close()
+  }
+
+  toString(): string {
+    return `WebhookPublisher(${this.#url.origin})`
+  }
+}
+
+async function readSnippet(
+  body: AsyncIterable<Buffer | Uint8Array> & { destroy(): unknown },
+): Promise<string> {
+  const chunks: Buffer[] = []
+  let size = 0
+  try {
+    for await (const chunk of body) {
+      chunks.push(Buffer.from(chunk))
+      size += chunk.byteLength
+      if (size >= maxErrorBody) break
+    }
+  } catch {
+    // The body is only for the message.
+  }
+  const text = Buffer.concat(chunks).toString('utf8').slice(0, maxErrorBody)
+  return text.replace(/\s+/g, ' ').trim()
+}
+
+function messageOf(error: unknown): string {
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code
+    return typeof code === 'string' && !error.message.includes(code)
+      ? `${error.message} (${code})`
+      : error.message
+  }
+  return String(error)
+}
+
+/**
+ * Creates a publisher that POSTs messages as JSON to an HTTP endpoint, signed with
+ * HMAC-SHA256 (see {@link WEBHOOK_SIGNATURE_HEADER} for the header format, and
+ * {@link verifyWebhookSignature} for the receiver's side). `publish()` resolves once the
+ * receiver answered 2xx for every message (or the batch). Failed attempts are retried on 5xx,
+ * 408, 429 (honouring `Retry-After`), timeouts and network errors, each attempt signed afresh;
+ * other 4xx answers are not retried (see {@link WebhookError}). Redirects are not followed.
+ *
+ * The receiver may see a message more than once (a lost answer, a relay that re-publishes
+ * after a crash): dedupe on the message id (`Breakwater-Message-Id`, also sent as
+ * `Idempotency-Key`), e.g. with breakwater's inbox or idempotency middleware.
+ *
+ * @example
+ * ```ts
+ * import { createWebhookPublisher } from 'breakwater/brokers'
+ * const webhook = createWebhookPublisher({
+ *   url: 'https://billing.example.com/hooks/orders',
+ *   secret: process.env.BREAKWATER_WEBHOOK_SECRET ?? '',
+ * })
+ * await webhook.publish([{ id: 'e1', topic: 'orders', key: 'order-7', payload: '{"total":12}', headers: {} }])
+ * await webhook.close()
+ * ```
+ */
+export function createWebhookPublisher(options: WebhookPublisherOptions): Publisher {
+  return new WebhookPublisher(options)
+}

@@ -1,0 +1,35 @@
+// Observability for breakwater's long-running processes (relay, saga worker, proxy): JSON
+// logs with secrets redacted, a small Prometheus registry, and the /metrics server.
+
+export type {
+  JsonLoggerOptions,
+  LogFields,
+  Logger,
+  LogLevel,
+  LogOutput,
+  LogThreshold,
+} from './logger.js'
+export { createJsonLogger, logThresholds } from './logger.js'
+export type {
+  Counter,
+  CounterOptions,
+  Gauge,
+  GaugeOptions,
+  Histogram,
+  HistogramOptions,
+  HistogramSnapshot,
+  LabelValues,
+  MetricOptions,
+  MetricsRegistry,
+  MetricsRegistryOptions,
+} from './metrics.js'
+export {
+  createMetricsRegistry,
+  escapeHelp,
+  escapeLabelValue,
+  formatSampleValue,
+  PROMETHEUS_CONTENT_TYPE,
+} from './metrics.js'
+export type { MetricsServer, MetricsServerOptions } from './metrics-server.js'
+export { startMetricsServer } from './metrics-server.js'
+export { isSecretKey, REDACTED, redactSecrets } from './redact.js'

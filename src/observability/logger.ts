@@ -1,0 +1,286 @@
+import { type Clock, systemClock } from '../core/clock.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { checkObject, checkOneOf } from '../core/validate.js'
+import { isSecretKey, normalizeKey, REDACTED, redactSecrets } from './redact.js'
+
+/** The severity of a log line, lowest first. */
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error'
+
+/** The threshold of a logger: a {@link LogLevel}, or `'silent'` for nothing at all. */
+export type LogThreshold = LogLevel | 'silent'
+
+/** Every {@link LogThreshold}, lowest first. */
+export const logThresholds: readonly LogThreshold[] = ['debug', 'info', 'warn', 'error', 'silent']
+
+/** The structured fields of a log line. */
+export type LogFields = Readonly<Record<string, unknown>>
+
+/** Where a logger writes; `process.stdout` and any writable stream fit. */
+export interface LogOutput {
+  write(text: string): unknown
+}
+
+/** A structured logger; see {@link createJsonLogger}. */
+export interface Logger {
+  /** The threshold: lines below it are dropped. */
+  readonly level: LogThreshold
+  /** True when a line at `level` would be written (to skip building costly fields). */
+  isLevelEnabled(level: LogLevel): boolean
+  debug(msg: string, fields?: LogFields): void
+  info(msg: string, fields?: LogFields): void
+  warn(msg: string, fields?: LogFields): void
+  error(msg: string, fields?: LogFields): void
+  /** A logger that adds `fields` to every line (its own fields win over the parent's). */
+  child(fields: LogFields): Logger
+}
+
+/** Options of {@link createJsonLogger}. */
+export interface JsonLoggerOptions {
+  /**
+   * Lines below this level are dropped.
+   * @default 'info'
+   */
+  readonly level?: LogThreshold
+  /**
+   * Receives one line (JSON object plus `\n`) per call.
+   * @default process.stdout
+   */
+  readonly output?: LogOutput
+  /**
+   * Fields added to every line, e.g. `{ service: 'relay' }`.
+   * @default {}
+   */
+  readonly fields?: LogFields
+  /**
+   * More field names whose values are secrets, on top of the built-in ones (password, secret,
+   * token, API key, authorization, cookie, ...: see `isSecretKey`). Compared case-insensitively,
+   * ignoring `-`, `_` and `.`.
+   * @default []
+   */
+  readonly redactKeys?: readonly string[]
+  /**
+   * Source of each line's `time`.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+const rank: Readonly<Record<LogThreshold, number>> = {
+  debug: 10,
+  info: 20,
+  warn: 30,
+  error: 40,
+  silent: 100,
+}
+const reserved = new Set(['level', 'time', 'msg'])
+const maxDepth = 8
+const maxStringLength = 8_192
+const maxArrayItems = 100
+
+interface LoggerCore {
+  readonly threshold: number
+  readonly level: LogThreshold
+  readonly output: LogOutput
+  readonly clock: Clock
+  readonly extra: ReadonlySet<string>
+}
+
+class JsonLogger implements Logger {
+  readonly #core: LoggerCore
+  // Fields bound by the options and child(), sanitized once when bound.
+  readonly #bound: Record<string, unknown>
+
+  constructor(core: LoggerCore, bound: Record<string, unknown>) {
+    this.#core = core
+    this.#bound = bound
+  }
+
+  get level(): LogThreshold {
+    return this.#core.level
+  }
+
+  isLevelEnabled(level: LogLevel): boolean {
+    return rank[level] >= this.#core.threshold
+  }
+
+  debug(msg: string, fields?: LogFields): void {
+    this.#write('debug', msg, fields)
+  }
+
+  info(msg: string, fields?: LogFields): void {
+    this.#write('info', msg, fields)
+  }
+
+  warn(msg: string, fields?: LogFields): void {
+    this.#write('warn', msg, fields)
+  }
+
+  error(msg: string, fields?: LogFields): void {
+    this.#write('error', msg, fields)
+  }
+
+  child(fields: LogFields): Logger {
+    checkObject('fields', fields)
+    return new JsonLogger(this.#core, { ...this.#bound, ...sanitizeFields(fields, this.#core) })
+  }
+
+  #write(level: LogLevel, msg: string, fields: LogFields | undefined): void {
+    if (rank[level] < this.#core.threshold) return
+    const line: Record<string, unknown> = {
+      level,
+      time: new Date(this.#core.clock.now()).toISOString(),
+      msg: redactSecrets(truncate(String(msg))),
+      ...this.#bound,
+    }
+    if (fields !== undefined) Object.assign(line, sanitizeFields(fields, this.#core))
+    let text: string
+    try {
+      text = JSON.stringify(line)
+    } catch {
+      // sanitize() leaves nothing JSON.stringify can throw on; this is a last resort.
+      text = JSON.stringify({ level, time: line.time, msg: line.msg, logError: 'unserializable' })
+    }
+    this.#core.output.write(`${text}\n`)
+  }
+}
+
+// Fields named like the line's own keys are kept under a `fields.` prefix rather than
+// overwriting level, time or msg, which every consumer relies on.
+function sanitizeFields(fields: LogFields, core: LoggerCore): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  const seen = new WeakSet<object>()
+  for (const [key, value] of Object.entries(fields)) {
+    if (value === undefined) continue
+    const name = reserved.has(key) ? `fields.${key}` : key
+    out[name] = isSecretKey(key, core.extra) ? REDACTED : sanitize(value, core, 0, seen)
+  }
+  return out
+}
+
+function truncate(text: string): string {
+  return text.length > maxStringLength ? `${text.slice(0, maxStringLength)}…` : text
+}
+
+/** Turns any value into plain JSON data with secrets hidden. */
+function sanitize(value: unknown, core: LoggerCore, depth: number, seen: WeakSet<object>): unknown {
+  switch (typeof value) {
+    case 'string':
+      return redactSecrets(truncate(value))
+    case 'number':
+      return Number.isFinite(value) ? value : String(value)
+    case 'boolean':
+      return value
+    case 'bigint':
+      return value.toString()
+    case 'undefined':
+      return null
+    case 'symbol':
+      return value.toString()
+    case 'function':
+      return `[function ${value.name || 'anonymous'}]`
+  }
+  if (value === null) return null
+  const object = value as object
+  if (seen.has(object)) return '[circular]'
+  if (depth >= maxDepth) return '[too deep]'
+  if (object instanceof Date)
+    return Number.isNaN(object.getTime()) ? 'Invalid Date' : object.toISOString()
+  if (object instanceof URL) return redactSecrets(object.href)
+  if (ArrayBuffer.isView(object)) return `[${object.byteLength} bytes]`
+  seen.add(object)
+  try {
+    if (object instanceof Error) return serializeError(object, core, depth, seen)
+    if (Array.isArray(object)) {
+      const items = object
+        .slice(0, maxArrayItems)
+        .map((item) => sanitize(item, core, depth + 1, seen))
+      if (object.length > maxArrayItems) items.push(`[${object.length - maxArrayItems} more]`)
+      return items
+    }
+    if (object instanceof Map) {
+      const out: Record<string, unknown> = {}
+      for (const [k, v] of object) {
+        const key = String(k)
+        out[key] = isSecretKey(key, core.extra) ? REDACTED : sanitize(v, core, depth + 1, seen)
+      }
+      return out
+    }
+    if (object instanceof Set) return sanitize([...object], core, depth, seen)
+    const toJSON = (object as { toJSON?: unknown }).toJSON
+    if (typeof toJSON === 'function') {
+      return sanitize((toJSON as () => unknown).call(object), core, depth + 1, seen)
+    }
+    const out: Record<string, unknown> = {}
+    for (const [key, v] of Object.entries(object)) {
+      if (v === undefined) continue
+      out[key] = isSecretKey(key, core.extra) ? REDACTED : sanitize(v, core, depth + 1, seen)
+    }
+    return out
+  } finally {
+    seen.delete(object)
+  }
+}
+
+// Operational failures with a stable code (broker down, timeout, open circuit) are expected
+// and logged often: their stack says nothing new, so only unexpected errors carry one.
+function serializeError(
+  error: Error,
+  core: LoggerCore,
+  depth: number,
+  seen: WeakSet<object>,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    type: error.name,
+    message: redactSecrets(truncate(error.message)),
+  }
+  const extra = error as unknown as Record<string, unknown>
+  if (extra.code !== undefined) out.code = sanitize(extra.code, core, depth + 1, seen)
+  if (typeof extra.status === 'number') out.status = extra.status
+  if (!BreakwaterError.is(error) && error.stack !== undefined) {
+    out.stack = redactSecrets(truncate(error.stack))
+  }
+  if (error.cause !== undefined) out.cause = sanitize(error.cause, core, depth + 1, seen)
+  if (error instanceof AggregateError) {
+    out.errors = sanitize(error.errors, core, depth + 1, seen)
+  }
+  return out
+}
+
+/**
+ * Creates a logger that writes one JSON object per line: `level`, `time` (ISO 8601, UTC),
+ * `msg`, then the logger's bound fields and the call's fields. Secrets never reach the output:
+ * values of secret-named fields (password, secret, token, API key, authorization, cookie, and
+ * `redactKeys`) at any depth become `[redacted]`, and credentials inside any string (URL
+ * passwords, `password=` pairs, bearer tokens) are masked. Errors become `{ type, message,
+ * code, status, stack, cause }` (no stack for breakwater's coded errors). Circular and very
+ * deep values are cut short, so logging never throws.
+ *
+ * @example
+ * ```ts
+ * const log = createJsonLogger({ fields: { service: 'relay' } })
+ * log.info('connected', { broker: 'nats://app:secret@nats:4222' })
+ * // {"level":"info","time":"...","msg":"connected","service":"relay","broker":"nats://app:***@nats:4222"}
+ * ```
+ */
+export function createJsonLogger(options: JsonLoggerOptions = {}): Logger {
+  checkObject('logger', options)
+  const level = checkOneOf('logger.level', options.level ?? 'info', logThresholds)
+  const output = options.output ?? process.stdout
+  if (typeof output !== 'object' || output === null || typeof output.write !== 'function')
+    throw new InvalidOptionError('logger.output', 'an object with write()', output)
+  const clock = options.clock ?? systemClock
+  if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
+    throw new InvalidOptionError('logger.clock', 'a Clock', clock)
+  const redactKeys = options.redactKeys ?? []
+  if (!Array.isArray(redactKeys) || redactKeys.some((k) => typeof k !== 'string' || k === ''))
+    throw new InvalidOptionError('logger.redactKeys', 'an array of field names', redactKeys)
+  const core: LoggerCore = {
+    threshold: rank[level],
+    level,
+    output,
+    clock,
+    extra: new Set(redactKeys.map(normalizeKey)),
+  }
+  const fields = checkObject('logger.fields', options.fields ?? {})
+  return new JsonLogger(core, sanitizeFields(fields, core))
+}

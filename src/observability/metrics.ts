@@ -1,0 +1,518 @@
+import { InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkObject } from '../core/validate.js'
+
+// A small Prometheus registry: counters, gauges and histograms with labels, rendered in the
+// text exposition format 0.0.4 (what every Prometheus server and agent scrapes). Enough for
+// breakwater's processes without pulling in a metrics library.
+
+/** Label values of one series, by label name. Numbers and booleans are rendered as text. */
+export type LabelValues = Readonly<Record<string, string | number | boolean>>
+
+/** Options shared by every metric. */
+export interface MetricOptions {
+  /** The metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`, unique in the registry. Required. */
+  readonly name: string
+  /** One line saying what it measures (shown as `# HELP`). Required. */
+  readonly help: string
+  /**
+   * The label names every series of the metric carries: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting
+   * with `__`.
+   * @default []
+   */
+  readonly labelNames?: readonly string[]
+}
+
+/** Options of {@link MetricsRegistry.counter}. */
+export type CounterOptions = MetricOptions
+
+/** Options of {@link MetricsRegistry.gauge}. */
+export type GaugeOptions = MetricOptions
+
+/** Options of {@link MetricsRegistry.histogram}. */
+export interface HistogramOptions extends MetricOptions {
+  /**
+   * Upper bounds of the buckets, strictly increasing and finite (`+Inf` is always added).
+   * @default [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+   */
+  readonly buckets?: readonly number[]
+}
+
+/** A value that only goes up (resets only when the process restarts). */
+export interface Counter {
+  readonly name: string
+  /** Adds `value` (>= 0, default 1) to the unlabelled series. */
+  inc(value?: number): void
+  /** Adds `value` (>= 0, default 1) to the series of `labels`. */
+  inc(labels: LabelValues, value?: number): void
+  /** The current value of a series (0 when it was never touched). */
+  get(labels?: LabelValues): number
+}
+
+/** A value that goes up and down. */
+export interface Gauge {
+  readonly name: string
+  /** Sets the unlabelled series. */
+  set(value: number): void
+  /** Sets the series of `labels`. */
+  set(labels: LabelValues, value: number): void
+  inc(value?: number): void
+  inc(labels: LabelValues, value?: number): void
+  dec(value?: number): void
+  dec(labels: LabelValues, value?: number): void
+  /** The current value of a series (0 when it was never set). */
+  get(labels?: LabelValues): number
+  /** Forgets every series (for gauges rebuilt at each collection). */
+  reset(): void
+}
+
+/** A histogram's state for one series. */
+export interface HistogramSnapshot {
+  readonly count: number
+  readonly sum: number
+  /** Cumulative counts per upper bound, `+Inf` (Infinity) last. */
+  readonly buckets: ReadonlyArray<{ readonly le: number; readonly count: number }>
+}
+
+/** Counts observations into buckets (latencies, sizes). */
+export interface Histogram {
+  readonly name: string
+  /** Records one observation in the unlabelled series. */
+  observe(value: number): void
+  /** Records one observation in the series of `labels`. */
+  observe(labels: LabelValues, value: number): void
+  /** The state of a series. */
+  get(labels?: LabelValues): HistogramSnapshot
+}
+
+/** Options of {@link createMetricsRegistry}. */
+export interface MetricsRegistryOptions {
+  /**
+   * Receives errors thrown by `onCollect` callbacks; rendering goes on with the values as they
+   * are.
+   * @default ignore them
+   */
+  readonly onCollectError?: (error: unknown) => void
+}
+
+/** A set of metrics rendered together; see {@link createMetricsRegistry}. */
+export interface MetricsRegistry {
+  /** The HTTP `Content-Type` of {@link MetricsRegistry.render}'s output. */
+  readonly contentType: string
+  counter(options: CounterOptions): Counter
+  gauge(options: GaugeOptions): Gauge
+  histogram(options: HistogramOptions): Histogram
+  /**
+   * Registers a callback run before each render, to refresh gauges from their source (a
+   * database query, a relay's snapshot). Returns a function that removes it.
+   */
+  onCollect(callback: () => void | Promise<void>): () => void
+  /** Runs the collect callbacks, then renders every metric in the text format. */
+  render(): Promise<string>
+}
+
+const metricName = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/
+const labelName = /^[a-zA-Z_][a-zA-Z0-9_]*$/
+const defaultBuckets: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+/** The text exposition format's content type. */
+export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
+
+/** Escapes a label value: backslash, double quote and line feed. */
+export function escapeLabelValue(value: string): string {
+  return value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
+}
+
+/** Escapes `# HELP` text: backslash and line feed. */
+export function escapeHelp(text: string): string {
+  return text.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')
+}
+
+/** Renders a sample value as Prometheus expects (`+Inf`, `-Inf`, `NaN`). */
+export function formatSampleValue(value: number): string {
+  if (Number.isNaN(value)) return 'NaN'
+  if (value === Number.POSITIVE_INFINITY) return '+Inf'
+  if (value === Number.NEGATIVE_INFINITY) return '-Inf'
+  return String(value)
+}
+
+type Kind = 'counter' | 'gauge' | 'histogram'
+
+/** What the registry needs of a metric. */
+interface Renderable {
+  readonly name: string
+  readonly kind: Kind
+  render(lines: string[]): void
+}
+
+abstract class Metric<S> implements Renderable {
+  readonly name: string
+  readonly help: string
+  readonly labelNames: readonly string[]
+  abstract readonly kind: Kind
+  // Series by their label values joined with NUL (which cannot be told apart only if a value
+  // itself holds NUL; rendering uses the stored values, not the key).
+  readonly series = new Map<string, { readonly labels: readonly string[]; state: S }>()
+
+  constructor(kind: Kind, options: MetricOptions, reservedLabels: readonly string[] = []) {
+    checkObject(kind, options)
+    if (typeof options.name !== 'string' || !metricName.test(options.name))
+      throw new InvalidOptionError(
+        `${kind}.name`,
+        'a name matching [a-zA-Z_:][a-zA-Z0-9_:]*',
+        options.name,
+      )
+    this.name = options.name
+    if (typeof options.help !== 'string' || options.help === '')
+      throw new InvalidOptionError(`${kind}.help`, 'a non-empty string', options.help)
+    this.help = options.help
+    const names = options.labelNames ?? []
+    if (!Array.isArray(names))
+      throw new InvalidOptionError(`${kind}.labelNames`, 'an array of label names', names)
+    const seen = new Set<string>()
+    for (const label of names as readonly unknown[]) {
+      if (
+        typeof label !== 'string' ||
+        !labelName.test(label) ||
+        label.startsWith('__') ||
+        reservedLabels.includes(label) ||
+        seen.has(label)
+      ) {
+        throw new InvalidOptionError(
+          `${kind}.labelNames`,
+          `distinct label names matching [a-zA-Z_][a-zA-Z0-9_]*, not starting with "__"${reservedLabels.length > 0 ? `, not ${reservedLabels.join(', ')}` : ''}`,
+          label,
+        )
+      }
+      seen.add(label)
+    }
+    this.labelNames = names
+  }
+
+  protected abstract initial(): S
+
+  protected entry(labels: LabelValues | undefined): {
+    readonly labels: readonly string[]
+    state: S
+  } {
+    const values = this.#values(labels)
+    const key = values.join('\u0000')
+    let entry = this.series.get(key)
+    if (entry === undefined) {
+      entry = { labels: values, state: this.initial() }
+      this.series.set(key, entry)
+    }
+    return entry
+  }
+
+  protected peek(labels: LabelValues | undefined): S | undefined {
+    return this.series.get(this.#values(labels).join('\u0000'))?.state
+  }
+
+  #values(labels: LabelValues | undefined): string[] {
+    if (labels === undefined) {
+      if (this.labelNames.length === 0) return []
+      throw new InvalidOptionError(
+        `${this.name}.labels`,
+        `values for ${this.labelNames.join(', ')}`,
+        labels,
+      )
+    }
+    if (typeof labels !== 'object' || labels === null)
+      throw new InvalidOptionError(`${this.name}.labels`, 'an object of label values', labels)
+    const values: string[] = []
+    for (const label of this.labelNames) {
+      const value = labels[label]
+      if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean')
+        throw new InvalidOptionError(
+          `${this.name}.labels.${label}`,
+          'a string, number or boolean',
+          value,
+        )
+      values.push(String(value))
+    }
+    for (const label of Object.keys(labels)) {
+      if (!this.labelNames.includes(label))
+        throw new InvalidOptionError(`${this.name}.labels.${label}`, 'a declared label name', label)
+    }
+    return values
+  }
+
+  /** `name{a="x",b="y"}` with `extra` labels appended (histogram `le`). */
+  protected sampleName(
+    suffix: string,
+    labels: readonly string[],
+    extra?: readonly [string, string],
+  ): string {
+    const parts = labels.map((value, i) => `${this.labelNames[i]}="${escapeLabelValue(value)}"`)
+    if (extra !== undefined) parts.push(`${extra[0]}="${escapeLabelValue(extra[1])}"`)
+    return parts.length === 0
+      ? `${this.name}${suffix}`
+      : `${this.name}${suffix}{${parts.join(',')}}`
+  }
+
+  render(lines: string[]): void {
+    lines.push(`# HELP ${this.name} ${escapeHelp(this.help)}`)
+    lines.push(`# TYPE ${this.name} ${this.kind}`)
+    // An unlabelled metric always shows its one series, 0 until touched, so dashboards and
+    // rate() see it from the first scrape.
+    if (this.labelNames.length === 0 && this.series.size === 0) this.entry(undefined)
+    for (const { labels, state } of this.series.values()) this.renderSeries(lines, labels, state)
+  }
+
+  protected abstract renderSeries(lines: string[], labels: readonly string[], state: S): void
+}
+
+interface NumberState {
+  value: number
+}
+
+function split(
+  a: LabelValues | number | undefined,
+  b: number | undefined,
+  fallback: number | undefined,
+): [LabelValues | undefined, number | undefined] {
+  if (typeof a === 'number') return [undefined, a]
+  return [a, b ?? fallback]
+}
+
+class CounterMetric extends Metric<NumberState> implements Counter {
+  readonly kind = 'counter'
+
+  constructor(options: CounterOptions) {
+    super('counter', options)
+  }
+
+  protected initial(): NumberState {
+    return { value: 0 }
+  }
+
+  inc(a?: LabelValues | number, b?: number): void {
+    const [labels, value] = split(a, b, 1)
+    if (typeof value !== 'number' || !(value >= 0) || value === Number.POSITIVE_INFINITY)
+      throw new InvalidOptionError(`${this.name}.inc`, 'a finite number >= 0', value)
+    this.entry(labels).state.value += value
+  }
+
+  get(labels?: LabelValues): number {
+    return this.peek(labels)?.value ?? 0
+  }
+
+  protected renderSeries(lines: string[], labels: readonly string[], state: NumberState): void {
+    lines.push(`${this.sampleName('', labels)} ${formatSampleValue(state.value)}`)
+  }
+}
+
+class GaugeMetric extends Metric<NumberState> implements Gauge {
+  readonly kind = 'gauge'
+
+  constructor(options: GaugeOptions) {
+    super('gauge', options)
+  }
+
+  protected initial(): NumberState {
+    return { value: 0 }
+  }
+
+  set(a: LabelValues | number, b?: number): void {
+    const [labels, value] = split(a, b, undefined)
+    if (typeof value !== 'number')
+      throw new InvalidOptionError(`${this.name}.set`, 'a number', value)
+    this.entry(labels).state.value = value
+  }
+
+  inc(a?: LabelValues | number, b?: number): void {
+    const [labels, value] = split(a, b, 1)
+    if (typeof value !== 'number')
+      throw new InvalidOptionError(`${this.name}.inc`, 'a number', value)
+    this.entry(labels).state.value += value
+  }
+
+  dec(a?: LabelValues | number, b?: number): void {
+    const [labels, value] = split(a, b, 1)
+    if (typeof value !== 'number')
+      throw new InvalidOptionError(`${this.name}.dec`, 'a number', value)
+    this.entry(labels).state.value -= value
+  }
+
+  get(labels?: LabelValues): number {
+    return this.peek(labels)?.value ?? 0
+  }
+
+  reset(): void {
+    this.series.clear()
+  }
+
+  protected renderSeries(lines: string[], labels: readonly string[], state: NumberState): void {
+    lines.push(`${this.sampleName('', labels)} ${formatSampleValue(state.value)}`)
+  }
+}
+
+interface HistogramState {
+  count: number
+  sum: number
+  /** Non-cumulative counts per finite bucket; observations above the last go only to count. */
+  readonly counts: number[]
+}
+
+class HistogramMetric extends Metric<HistogramState> implements Histogram {
+  readonly kind = 'histogram'
+  readonly buckets: readonly number[]
+
+  constructor(options: HistogramOptions) {
+    super('histogram', options, ['le'])
+    const buckets = options.buckets ?? defaultBuckets
+    if (!Array.isArray(buckets))
+      throw new InvalidOptionError('histogram.buckets', 'an array of numbers', buckets)
+    const finite = (buckets as readonly unknown[]).filter((b) => b !== Number.POSITIVE_INFINITY)
+    for (let i = 0; i < finite.length; i++) {
+      const b = finite[i]
+      const previous = finite[i - 1]
+      if (
+        typeof b !== 'number' ||
+        !Number.isFinite(b) ||
+        (typeof previous === 'number' && b <= previous)
+      )
+        throw new InvalidOptionError(
+          'histogram.buckets',
+          'strictly increasing finite numbers',
+          buckets,
+        )
+    }
+    this.buckets = finite as number[]
+  }
+
+  protected initial(): HistogramState {
+    return { count: 0, sum: 0, counts: this.buckets.map(() => 0) }
+  }
+
+  observe(a: LabelValues | number, b?: number): void {
+    const [labels, value] = split(a, b, undefined)
+    if (typeof value !== 'number' || Number.isNaN(value))
+      throw new InvalidOptionError(`${this.name}.observe`, 'a number', value)
+    const state = this.entry(labels).state
+    state.count++
+    state.sum += value
+    for (let i = 0; i < this.buckets.length; i++) {
+      if (value <= this.buckets[i]!) {
+        state.counts[i]!++
+        break
+      }
+    }
+  }
+
+  get(labels?: LabelValues): HistogramSnapshot {
+    const state = this.peek(labels) ?? this.initial()
+    let running = 0
+    const buckets = this.buckets.map((le, i) => {
+      running += state.counts[i]!
+      return { le, count: running }
+    })
+    buckets.push({ le: Number.POSITIVE_INFINITY, count: state.count })
+    return { count: state.count, sum: state.sum, buckets }
+  }
+
+  protected renderSeries(lines: string[], labels: readonly string[], state: HistogramState): void {
+    let running = 0
+    for (let i = 0; i < this.buckets.length; i++) {
+      running += state.counts[i]!
+      const le = formatSampleValue(this.buckets[i]!)
+      lines.push(`${this.sampleName('_bucket', labels, ['le', le])} ${running}`)
+    }
+    lines.push(`${this.sampleName('_bucket', labels, ['le', '+Inf'])} ${state.count}`)
+    lines.push(`${this.sampleName('_sum', labels)} ${formatSampleValue(state.sum)}`)
+    lines.push(`${this.sampleName('_count', labels)} ${state.count}`)
+  }
+}
+
+class Registry implements MetricsRegistry {
+  readonly contentType = PROMETHEUS_CONTENT_TYPE
+  readonly #metrics = new Map<string, Renderable>()
+  readonly #collectors = new Set<() => void | Promise<void>>()
+  readonly #onCollectError: (error: unknown) => void
+
+  constructor(options: MetricsRegistryOptions) {
+    checkObject('metricsRegistry', options)
+    this.#onCollectError =
+      options.onCollectError === undefined
+        ? () => {}
+        : checkFunction<(error: unknown) => void>(
+            'metricsRegistry.onCollectError',
+            options.onCollectError,
+          )
+  }
+
+  counter(options: CounterOptions): Counter {
+    return this.#add(new CounterMetric(options))
+  }
+
+  gauge(options: GaugeOptions): Gauge {
+    return this.#add(new GaugeMetric(options))
+  }
+
+  histogram(options: HistogramOptions): Histogram {
+    return this.#add(new HistogramMetric(options))
+  }
+
+  onCollect(callback: () => void | Promise<void>): () => void {
+    checkFunction('callback', callback)
+    const entry = (): void | Promise<void> => callback()
+    this.#collectors.add(entry)
+    return () => {
+      this.#collectors.delete(entry)
+    }
+  }
+
+  async render(): Promise<string> {
+    await Promise.all(
+      [...this.#collectors].map(async (collect) => {
+        try {
+          await collect()
+        } catch (error) {
+          this.#onCollectError(error)
+        }
+      }),
+    )
+    const lines: string[] = []
+    for (const metric of this.#metrics.values()) metric.render(lines)
+    return lines.length === 0 ? '' : `${lines.join('\n')}\n`
+  }
+
+  #add<M extends Renderable>(metric: M): M {
+    // A histogram also owns <name>_bucket, _sum and _count; none may clash.
+    const owned = (m: Renderable): string[] =>
+      m.kind === 'histogram'
+        ? [m.name, `${m.name}_bucket`, `${m.name}_sum`, `${m.name}_count`]
+        : [m.name]
+    const taken = new Set([...this.#metrics.values()].flatMap(owned))
+    for (const name of owned(metric)) {
+      if (taken.has(name))
+        throw new InvalidOptionError(
+          `${metric.kind}.name`,
+          'a name not registered yet',
+          metric.name,
+        )
+    }
+    this.#metrics.set(metric.name, metric)
+    return metric
+  }
+}
+
+/**
+ * Creates a metrics registry rendered in the Prometheus text format (version 0.0.4): counters,
+ * gauges and histograms with labels, `# HELP` and `# TYPE` lines, label values and help text
+ * escaped, `+Inf`/`-Inf`/`NaN` spelled as Prometheus reads them. Serve it with
+ * `startMetricsServer`.
+ *
+ * @example
+ * ```ts
+ * const registry = createMetricsRegistry()
+ * const published = registry.counter({ name: 'app_published_total', help: 'Events published.' })
+ * const latency = registry.histogram({ name: 'app_publish_seconds', help: 'Publish latency.', labelNames: ['broker'] })
+ * published.inc(10)
+ * latency.observe({ broker: 'nats' }, 0.012)
+ * const text = await registry.render()
+ * ```
+ */
+export function createMetricsRegistry(options: MetricsRegistryOptions = {}): MetricsRegistry {
+  return new Registry(options)
+}

@@ -1,0 +1,78 @@
+// Secret hiding for logs and messages. Two nets: field names that hold secrets (their values
+// are replaced whole), and secrets embedded in free text (URL credentials, `password=` pairs,
+// bearer tokens), which are masked wherever a string is logged.
+
+/** What a redacted value is replaced with. */
+export const REDACTED = '[redacted]'
+
+// Compared after lower-casing and removing `-`, `_`, `.` and spaces, so `X-Api-Key`,
+// `api_key` and `apiKey` are one name. A suffix match catches `dbPassword`, `clientSecret`,
+// `accessToken`, `set-cookie`, `proxy-authorization`; names that merely contain a word
+// (`tokens`, `secretFile`, `passwordPolicy`) are left alone.
+const secretSuffixes = [
+  'password',
+  'passwd',
+  'passphrase',
+  'secret',
+  'token',
+  'apikey',
+  'privatekey',
+  'credential',
+  'credentials',
+  'authorization',
+  'cookie',
+  'sessionid',
+]
+
+/** The normalized form of a field name that {@link isSecretKey} compares. */
+export function normalizeKey(key: string): string {
+  return key.toLowerCase().replace(/[-_.\s]/g, '')
+}
+
+/**
+ * True when a field of this name holds a secret (password, secret, token, API key, private
+ * key, credentials, authorization, cookie, session id, in any case and with `-`/`_` spelling),
+ * or when its normalized name is one of `extra`.
+ *
+ * @example
+ * ```ts
+ * isSecretKey('X-Api-Key') // true
+ * isSecretKey('tokens') // false
+ * ```
+ */
+export function isSecretKey(key: string, extra?: ReadonlySet<string>): boolean {
+  const normalized = normalizeKey(key)
+  if (extra?.has(normalized)) return true
+  for (const suffix of secretSuffixes) if (normalized.endsWith(suffix)) return true
+  return false
+}
+
+// scheme://userinfo@ : the userinfo runs to the last `@` before the path, so a password with
+// an unencoded `@` is masked whole.
+const urlCredentials = /\b([a-z][a-z0-9+.-]*:\/\/)([^\s/?#]*)@/gi
+// key=value pairs in query strings and libpq/ODBC connection strings.
+const secretPairs =
+  /\b(password|passwd|pwd|secret|client_secret|token|access_token|refresh_token|api_?key|sslpassword)=("[^"]*"|'[^']*'|[^\s&#;,]*)/gi
+const authSchemes = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/g
+
+/**
+ * Masks secrets embedded in text: URL credentials (`postgres://app:secret@db` becomes
+ * `postgres://app:***@db`; a user-only userinfo such as a NATS token becomes `***`),
+ * `password=`/`token=`/`api_key=`-style pairs, and `Bearer`/`Basic` credentials.
+ *
+ * @example
+ * ```ts
+ * redactSecrets('cannot connect to amqp://guest:guest@127.0.0.1:5672')
+ * // 'cannot connect to amqp://guest:***@127.0.0.1:5672'
+ * ```
+ */
+export function redactSecrets(text: string): string {
+  if (!text.includes('@') && !text.includes('=') && !/bearer|basic/i.test(text)) return text
+  return text
+    .replace(urlCredentials, (_match, scheme: string, userinfo: string) => {
+      const colon = userinfo.indexOf(':')
+      return colon === -1 ? `${scheme}***@` : `${scheme}${userinfo.slice(0, colon)}:***@`
+    })
+    .replace(secretPairs, (_match, key: string) => `${key}=***`)
+    .replace(authSchemes, (_match, scheme: string) => `${scheme} ***`)
+}

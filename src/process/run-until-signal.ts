@@ -1,0 +1,241 @@
+import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+
+/** A started long-running service, as the `start` function of {@link runUntilSignal} returns it. */
+export interface RunningService {
+  /**
+   * Shuts down gracefully: stop taking new work, finish the work in hand, release resources.
+   * Called once, after a signal (or after `done` settled).
+   */
+  stop(): Promise<void>
+  /**
+   * Settles when the service ends by itself (resolves: finished; rejects: failed). A service
+   * that only ends when stopped leaves it out.
+   * @default never settles
+   */
+  readonly done?: Promise<void>
+}
+
+/** Where signals come from: `process` by default, an `EventEmitter` in tests. */
+export interface SignalTarget {
+  on(signal: NodeJS.Signals, listener: (signal: NodeJS.Signals) => void): unknown
+  off(signal: NodeJS.Signals, listener: (signal: NodeJS.Signals) => void): unknown
+}
+
+/** Options of {@link runUntilSignal}. */
+export interface RunUntilSignalOptions {
+  /**
+   * The signals that start a graceful shutdown. A second one during the drain gives up
+   * waiting (outcome `drain: 'forced'`).
+   * @default ['SIGTERM', 'SIGINT']
+   */
+  readonly signals?: readonly NodeJS.Signals[]
+  /**
+   * How long `stop()` may take after a signal before the run gives up on it (outcome
+   * `drain: 'timeout'`).
+   * @default 30_000
+   */
+  readonly drainTimeoutMs?: number
+  /**
+   * Called when a signal arrives: `'drain'` for the first, `'force'` for one during the drain.
+   * For logging.
+   * @default none
+   */
+  readonly onSignal?: (signal: NodeJS.Signals, phase: 'drain' | 'force') => void
+  /**
+   * Keeps the event loop alive while the service runs, for services whose only handles are
+   * unreferenced timers (a relay on SQLite): otherwise Node would exit under them.
+   * @default true
+   */
+  readonly keepAlive?: boolean
+  /**
+   * Where signals are listened for.
+   * @default process
+   */
+  readonly target?: SignalTarget
+  /**
+   * Times the drain.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/** How {@link runUntilSignal} ended. */
+export type RunOutcome =
+  | {
+      /** A signal stopped the service. */
+      readonly reason: 'signal'
+      readonly signal: NodeJS.Signals
+      /**
+       * `'complete'`: `stop()` resolved in time; `'timeout'`: it took longer than
+       * `drainTimeoutMs`; `'forced'`: a second signal cut the wait short.
+       */
+      readonly drain: 'complete' | 'timeout' | 'forced'
+    }
+  | {
+      /** The service's `done` resolved by itself (then it was stopped). */
+      readonly reason: 'ended'
+    }
+
+const defaultSignals: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT']
+const maxTimerMs = 2_147_483_647
+
+/**
+ * Runs a long-running service until SIGTERM or SIGINT, then shuts it down gracefully: calls
+ * `start`, waits for a signal, calls the service's `stop()` and waits up to `drainTimeoutMs`
+ * for it. A signal that arrives while `start` is still running aborts the signal handed to
+ * `start` and stops the service as soon as it is up. Signal listeners are installed before
+ * `start` runs (so a signal never kills the process with its default action mid-start) and
+ * removed before the promise settles.
+ *
+ * Resolves with how the run ended; the caller (a CLI's `main`) decides the exit code. Rejects
+ * when `start` or `stop` rejects, or when `done` rejects (after `stop()` was tried). Never
+ * calls `process.exit`.
+ *
+ * @example
+ * ```ts
+ * const outcome = await runUntilSignal(async () => {
+ *   await relay.start()
+ *   return { stop: () => relay.stop() }
+ * }, { drainTimeoutMs: 10_000 })
+ * process.exitCode = outcome.reason === 'signal' && outcome.drain !== 'complete' ? 1 : 0
+ * ```
+ */
+export async function runUntilSignal(
+  start: (signal: AbortSignal) => RunningService | Promise<RunningService>,
+  options: RunUntilSignalOptions = {},
+): Promise<RunOutcome> {
+  checkFunction('start', start)
+  checkObject('runUntilSignal', options)
+  const signals = options.signals ?? defaultSignals
+  if (
+    !Array.isArray(signals) ||
+    signals.length === 0 ||
+    signals.some((s) => typeof s !== 'string' || !s.startsWith('SIG'))
+  )
+    throw new InvalidOptionError(
+      'runUntilSignal.signals',
+      'a non-empty array of signal names',
+      signals,
+    )
+  const drainTimeoutMs = checkInteger(
+    'runUntilSignal.drainTimeoutMs',
+    options.drainTimeoutMs ?? 30_000,
+    0,
+    maxTimerMs,
+  )
+  const onSignal =
+    options.onSignal === undefined
+      ? () => {}
+      : checkFunction<NonNullable<RunUntilSignalOptions['onSignal']>>(
+          'runUntilSignal.onSignal',
+          options.onSignal,
+        )
+  if (options.keepAlive !== undefined && typeof options.keepAlive !== 'boolean')
+    throw new InvalidOptionError('runUntilSignal.keepAlive', 'a boolean', options.keepAlive)
+  const target: SignalTarget = options.target ?? process
+  if (typeof target?.on !== 'function' || typeof target.off !== 'function')
+    throw new InvalidOptionError('runUntilSignal.target', 'an object with on() and off()', target)
+  const clock = options.clock ?? systemClock
+
+  const aborter = new AbortController()
+  let received: NodeJS.Signals | undefined
+  let wakeRun: () => void = () => {}
+  let forceDrain: () => void = () => {}
+  const listener = (signal: NodeJS.Signals): void => {
+    if (received === undefined) {
+      received = signal
+      onSignal(signal, 'drain')
+      aborter.abort(signal)
+      wakeRun()
+    } else {
+      onSignal(signal, 'force')
+      forceDrain()
+    }
+  }
+  for (const signal of signals) target.on(signal, listener)
+  const keepAlive = (options.keepAlive ?? true) ? holdOpen(clock) : () => {}
+  try {
+    let service: RunningService
+    try {
+      service = await start(aborter.signal)
+    } catch (error) {
+      // A start that gave up because the signal asked it to is a clean shutdown.
+      if (received !== undefined && isAbort(error, aborter.signal))
+        return { reason: 'signal', signal: received, drain: 'complete' }
+      throw error
+    }
+    if (typeof service !== 'object' || service === null || typeof service.stop !== 'function')
+      throw new InvalidOptionError('start()', 'a RunningService with stop()', service)
+
+    // Wait for a signal or for the service to end by itself.
+    let ended: { ok: true } | { ok: false; error: unknown } | undefined
+    await new Promise<void>((resolve) => {
+      wakeRun = resolve
+      if (received !== undefined) resolve()
+      service.done?.then(
+        () => {
+          ended = { ok: true }
+          resolve()
+        },
+        (error: unknown) => {
+          ended = { ok: false, error }
+          resolve()
+        },
+      )
+    })
+    if (received === undefined) {
+      // Ended by itself: release what it holds, then report.
+      await service.stop()
+      if (ended?.ok === false) throw ended.error
+      return { reason: 'ended' }
+    }
+    const signal = received
+    let timer: TimerHandle | undefined
+    try {
+      const stopping = service.stop()
+      // Once the wait is over (timeout, forced), a late failure of stop() has nobody to tell.
+      stopping.catch(() => {})
+      const drain = await Promise.race([
+        stopping.then(() => 'complete' as const),
+        new Promise<'timeout'>((resolve) => {
+          timer = clock.setTimeout(() => resolve('timeout'), drainTimeoutMs)
+        }),
+        new Promise<'forced'>((resolve) => {
+          forceDrain = () => resolve('forced')
+        }),
+      ])
+      return { reason: 'signal', signal, drain }
+    } finally {
+      clock.clearTimeout(timer)
+    }
+  } finally {
+    keepAlive()
+    for (const signal of signals) target.off(signal, listener)
+  }
+}
+
+function isAbort(error: unknown, signal: AbortSignal): boolean {
+  if (error === signal.reason) return true
+  if (BreakwaterError.is(error) && error.code === 'ABORTED') return true
+  return error instanceof Error && error.name === 'AbortError'
+}
+
+// A referenced timer, re-armed when it fires: the cheapest handle that keeps Node running. The
+// clock's timers are unreferenced (they must not hold a process open), so this one is ref'd
+// explicitly; with a test clock there is nothing to ref and nothing to hold.
+function holdOpen(clock: Clock): () => void {
+  let handle: TimerHandle | undefined
+  let released = false
+  const arm = (): void => {
+    if (released) return
+    handle = clock.setTimeout(arm, maxTimerMs)
+    ;(handle as { ref?: () => void } | null)?.ref?.()
+  }
+  arm()
+  return () => {
+    released = true
+    clock.clearTimeout(handle)
+  }
+}

@@ -1,0 +1,208 @@
+import { describe, expect, it } from 'vitest'
+import { BreakwaterError } from '../../src/core/errors.js'
+import { createJsonLogger, isSecretKey, redactSecrets } from '../../src/observability/index.js'
+import { ManualClock } from '../../src/testing/manual-clock.js'
+
+function capture(): {
+  lines: () => Record<string, unknown>[]
+  raw: () => string
+  write(t: string): void
+} {
+  let text = ''
+  return {
+    write(t: string) {
+      text += t
+    },
+    raw: () => text,
+    lines: () =>
+      text
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+  }
+}
+
+describe('createJsonLogger', () => {
+  it('writes one JSON object per line with level, time, msg and the fields', () => {
+    const out = capture()
+    const clock = new ManualClock(Date.UTC(2024, 0, 2, 3, 4, 5, 678))
+    const log = createJsonLogger({ output: out, clock, fields: { service: 'relay' } })
+    log.info('started', { batchSize: 256, nested: { ok: true } })
+    log.child({ relayId: 'r1' }).warn('slow', { ms: 12 })
+    expect(out.raw().endsWith('\n')).toBe(true)
+    expect(out.raw().split('\n')).toHaveLength(3)
+    const [first, second] = out.lines()
+    expect(Object.keys(first!).slice(0, 3)).toEqual(['level', 'time', 'msg'])
+    expect(first).toEqual({
+      level: 'info',
+      time: '2024-01-02T03:04:05.678Z',
+      msg: 'started',
+      service: 'relay',
+      batchSize: 256,
+      nested: { ok: true },
+    })
+    expect(second).toMatchObject({
+      level: 'warn',
+      msg: 'slow',
+      service: 'relay',
+      relayId: 'r1',
+      ms: 12,
+    })
+  })
+
+  it('drops lines below the level, and nothing passes "silent"', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out, level: 'warn' })
+    log.debug('d')
+    log.info('i')
+    log.warn('w')
+    log.error('e')
+    expect(out.lines().map((l) => l.level)).toEqual(['warn', 'error'])
+    expect(log.isLevelEnabled('info')).toBe(false)
+    const silent = capture()
+    createJsonLogger({ output: silent, level: 'silent' }).error('x')
+    expect(silent.raw()).toBe('')
+    expect(() => createJsonLogger({ level: 'loud' as 'info' })).toThrow(/logger.level/)
+  })
+
+  it('never writes secrets: secret-named fields at any depth and credentials inside strings', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out, redactKeys: ['x-internal'] })
+    const error = new Error('connect to postgres://app:s3cr3t-pw@db:5432/app failed')
+    log.error('boom', {
+      db: 'postgres://app:s3cr3t-pw@db:5432/app',
+      broker: 'amqp://guest:gu3st-pw@127.0.0.1:5672/',
+      nats: 'nats://t0ken-value@127.0.0.1:4222',
+      conninfo: 'host=db user=app password=pa55-word dbname=app',
+      query: 'https://api.example.com/x?api_key=k3y-value&limit=5',
+      config: {
+        password: 'pa55-word',
+        webhookSecret: 'wh-s3cret',
+        headers: {
+          Authorization: 'Bearer abcdefghijkl',
+          'X-Api-Key': 'k3y-value',
+          cookie: 'sid=1',
+        },
+        list: [{ accessToken: 't0ken-value' }],
+        'X-Internal': 'internal-value',
+        tokens: 3,
+        secretFile: '/run/secrets/hook',
+      },
+      text: 'sent Authorization: Bearer abcdefghijkl',
+      error,
+    })
+    const raw = out.raw()
+    for (const secret of [
+      's3cr3t-pw',
+      'gu3st-pw',
+      't0ken-value',
+      'pa55-word',
+      'k3y-value',
+      'wh-s3cret',
+      'abcdefghijkl',
+      'internal-value',
+      'sid=1',
+    ]) {
+      expect(raw).not.toContain(secret)
+    }
+    const [line] = out.lines()
+    const config = line!.config as Record<string, unknown>
+    expect(line!.db).toBe('postgres://app:***@db:5432/app')
+    expect(line!.nats).toBe('nats://***@127.0.0.1:4222')
+    expect(line!.conninfo).toBe('host=db user=app password=*** dbname=app')
+    expect(line!.query).toBe('https://api.example.com/x?api_key=***&limit=5')
+    expect(config.password).toBe('[redacted]')
+    expect(config['X-Internal']).toBe('[redacted]')
+    // Names that only contain a secret word keep their (harmless) values.
+    expect(config.tokens).toBe(3)
+    expect(config.secretFile).toBe('/run/secrets/hook')
+    expect((line!.error as Record<string, unknown>).message).toBe(
+      'connect to postgres://app:***@db:5432/app failed',
+    )
+  })
+
+  it('serializes errors with code, cause and stack (no stack for coded breakwater errors)', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    const cause = Object.assign(new Error('refused'), { code: 'ECONNREFUSED' })
+    log.error('failed', {
+      error: new BreakwaterError('BROKER_UNAVAILABLE', 'nats down', { cause, retryable: true }),
+    })
+    const error = out.lines()[0]!.error as Record<string, unknown>
+    expect(error).toMatchObject({
+      type: 'BreakwaterError',
+      message: 'nats down',
+      code: 'BROKER_UNAVAILABLE',
+    })
+    expect(error.stack).toBeUndefined()
+    expect(error.cause).toMatchObject({ type: 'Error', message: 'refused', code: 'ECONNREFUSED' })
+    expect(typeof (error.cause as Record<string, unknown>).stack).toBe('string')
+  })
+
+  it('never throws on circular, deep, odd or reserved-name values', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    const circular: Record<string, unknown> = { name: 'loop' }
+    circular.self = circular
+    let deep: Record<string, unknown> = {}
+    const root = deep
+    for (let i = 0; i < 20; i++) {
+      deep.next = {}
+      deep = deep.next as Record<string, unknown>
+    }
+    log.info('odd', {
+      circular,
+      root,
+      big: 10n,
+      fn: function named() {},
+      bytes: new Uint8Array(5),
+      when: new Date(0),
+      map: new Map<string, unknown>([
+        ['password', 'x'],
+        ['a', 1],
+      ]),
+      inf: Number.POSITIVE_INFINITY,
+      msg: 'field named msg',
+      level: 'field named level',
+    })
+    const line = out.lines()[0]!
+    expect(line.msg).toBe('odd')
+    expect(line.level).toBe('info')
+    expect(line['fields.msg']).toBe('field named msg')
+    expect(line['fields.level']).toBe('field named level')
+    expect(line.circular).toEqual({ name: 'loop', self: '[circular]' })
+    expect(JSON.stringify(line.root)).toContain('[too deep]')
+    expect(line.big).toBe('10')
+    expect(line.fn).toBe('[function named]')
+    expect(line.bytes).toBe('[5 bytes]')
+    expect(line.when).toBe('1970-01-01T00:00:00.000Z')
+    expect(line.map).toEqual({ password: '[redacted]', a: 1 })
+    expect(line.inf).toBe('Infinity')
+  })
+})
+
+describe('redaction helpers', () => {
+  it('recognises secret field names in any spelling, not words inside other names', () => {
+    for (const key of [
+      'password',
+      'DB_PASSWORD',
+      'clientSecret',
+      'x-api-key',
+      'Authorization',
+      'set-cookie',
+      'accessToken',
+      'privateKey',
+    ])
+      expect(isSecretKey(key), key).toBe(true)
+    for (const key of ['tokens', 'secretFile', 'passwordPolicy', 'key', 'topic'])
+      expect(isSecretKey(key), key).toBe(false)
+  })
+
+  it('masks URL passwords, including ones with an unencoded @', () => {
+    expect(redactSecrets('redis://:p@ss@cache:6379/0')).toBe('redis://:***@cache:6379/0')
+    expect(redactSecrets('two: nats://a:b@h1 and amqp://c:d@h2/')).toBe(
+      'two: nats://a:***@h1 and amqp://c:***@h2/',
+    )
+    expect(redactSecrets('http://example.com/path?x=1')).toBe('http://example.com/path?x=1')
+  })
+})

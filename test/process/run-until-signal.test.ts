@@ -1,0 +1,233 @@
+import { spawn } from 'node:child_process'
+import { EventEmitter } from 'node:events'
+import { fileURLToPath } from 'node:url'
+import { describe, expect, it } from 'vitest'
+import { AbortedError } from '../../src/core/errors.js'
+import { type RunOutcome, runUntilSignal } from '../../src/process/index.js'
+import { flushJobs, ManualClock } from '../../src/testing/manual-clock.js'
+
+/** A controllable service: records calls; stop() resolves when the test says so. */
+function service() {
+  const calls: string[] = []
+  let finishStop: () => void = () => {}
+  let endItself: (error?: unknown) => void = () => {}
+  const done = new Promise<void>((resolve, reject) => {
+    endItself = (error) => (error === undefined ? resolve() : reject(error))
+  })
+  return {
+    calls,
+    finishStop: () => finishStop(),
+    endItself: (error?: unknown) => endItself(error),
+    handle: {
+      done,
+      stop: () => {
+        calls.push('stop')
+        return new Promise<void>((resolve) => {
+          finishStop = () => {
+            calls.push('stopped')
+            resolve()
+          }
+        })
+      },
+    },
+  }
+}
+
+function track(promise: Promise<RunOutcome>) {
+  const state: { outcome?: RunOutcome; error?: unknown } = {}
+  promise.then(
+    (o) => {
+      state.outcome = o
+    },
+    (e: unknown) => {
+      state.error = e
+    },
+  )
+  return state
+}
+
+describe('runUntilSignal', () => {
+  it('waits for SIGTERM, stops the service, and removes its listeners', async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const s = service()
+    const signals: string[] = []
+    const run = track(
+      runUntilSignal(() => s.handle, {
+        target,
+        clock,
+        onSignal: (signal, phase) => signals.push(`${signal}:${phase}`),
+      }),
+    )
+    await flushJobs()
+    expect(target.listenerCount('SIGTERM')).toBe(1)
+    expect(target.listenerCount('SIGINT')).toBe(1)
+    expect(s.calls).toEqual([])
+    target.emit('SIGTERM', 'SIGTERM')
+    await flushJobs()
+    expect(s.calls).toEqual(['stop'])
+    expect(run.outcome).toBeUndefined()
+    s.finishStop()
+    await flushJobs()
+    expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'complete' })
+    expect(signals).toEqual(['SIGTERM:drain'])
+    expect(target.listenerCount('SIGTERM')).toBe(0)
+    expect(target.listenerCount('SIGINT')).toBe(0)
+  })
+
+  it('gives up on a drain that takes longer than drainTimeoutMs', async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const s = service()
+    const run = track(runUntilSignal(() => s.handle, { target, clock, drainTimeoutMs: 1_000 }))
+    await flushJobs()
+    target.emit('SIGINT', 'SIGINT')
+    await clock.advance(999)
+    expect(run.outcome).toBeUndefined()
+    await clock.advance(1)
+    expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGINT', drain: 'timeout' })
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('a second signal during the drain forces the end', async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const s = service()
+    const phases: string[] = []
+    const run = track(
+      runUntilSignal(() => s.handle, {
+        target,
+        clock,
+        onSignal: (_signal, phase) => phases.push(phase),
+      }),
+    )
+    await flushJobs()
+    target.emit('SIGTERM', 'SIGTERM')
+    await flushJobs()
+    target.emit('SIGTERM', 'SIGTERM')
+    await flushJobs()
+    expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'forced' })
+    expect(phases).toEqual(['drain', 'force'])
+    expect(s.calls).toEqual(['stop'])
+  })
+
+  it('a signal during start aborts its signal and stops the service once it is up', async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const s = service()
+    let startSignal: AbortSignal | undefined
+    let finishStart: () => void = () => {}
+    const run = track(
+      runUntilSignal(
+        async (signal) => {
+          startSignal = signal
+          await new Promise<void>((resolve) => {
+            finishStart = resolve
+          })
+          return s.handle
+        },
+        { target, clock },
+      ),
+    )
+    await flushJobs()
+    target.emit('SIGTERM', 'SIGTERM')
+    await flushJobs()
+    expect(startSignal?.aborted).toBe(true)
+    expect(s.calls).toEqual([])
+    finishStart()
+    await flushJobs()
+    expect(s.calls).toEqual(['stop'])
+    s.finishStop()
+    await flushJobs()
+    expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'complete' })
+  })
+
+  it('a start that gives up on the abort is a clean shutdown; other start failures reject', async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const run = track(
+      runUntilSignal(
+        (signal) =>
+          new Promise((_, reject) =>
+            signal.addEventListener('abort', () => reject(new AbortedError(signal.reason))),
+          ),
+        { target, clock },
+      ),
+    )
+    await flushJobs()
+    target.emit('SIGTERM', 'SIGTERM')
+    await flushJobs()
+    expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'complete' })
+
+    const failing = track(
+      runUntilSignal(() => Promise.reject(new Error('cannot connect')), { target, clock }),
+    )
+    await flushJobs()
+    expect((failing.error as Error).message).toBe('cannot connect')
+    expect(target.listenerCount('SIGTERM')).toBe(0)
+  })
+
+  it('a service that ends by itself is stopped; its failure rejects the run', async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const ok = service()
+    const run = track(runUntilSignal(() => ok.handle, { target, clock }))
+    await flushJobs()
+    ok.endItself()
+    await flushJobs()
+    expect(ok.calls).toEqual(['stop'])
+    ok.finishStop()
+    await flushJobs()
+    expect(run.outcome).toEqual({ reason: 'ended' })
+
+    const bad = service()
+    const failed = track(runUntilSignal(() => bad.handle, { target, clock }))
+    await flushJobs()
+    bad.endItself(new Error('relay crashed'))
+    await flushJobs()
+    bad.finishStop()
+    await flushJobs()
+    expect((failed.error as Error).message).toBe('relay crashed')
+    expect(target.listenerCount('SIGTERM')).toBe(0)
+  })
+
+  it('refuses bad options, naming them', async () => {
+    await expect(runUntilSignal(() => service().handle, { drainTimeoutMs: -1 })).rejects.toThrow(
+      /drainTimeoutMs/,
+    )
+    await expect(runUntilSignal(() => service().handle, { signals: [] })).rejects.toThrow(/signals/)
+  })
+
+  it('keeps a real process alive until SIGTERM, then drains and exits 0', async () => {
+    const fixture = fileURLToPath(new URL('./fixtures/sleeper.ts', import.meta.url))
+    const child = spawn(process.execPath, ['--import', 'tsx', fixture], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let out = ''
+    let err = ''
+    child.stdout.setEncoding('utf8').on('data', (c: string) => {
+      out += c
+    })
+    child.stderr.setEncoding('utf8').on('data', (c: string) => {
+      err += c
+    })
+    const exited = new Promise<number | null>((resolve) =>
+      child.once('exit', (code) => resolve(code)),
+    )
+    const deadline = Date.now() + 20_000
+    while (!out.includes('running') && Date.now() < deadline && child.exitCode === null)
+      await new Promise((r) => setTimeout(r, 20))
+    expect(out, err).toContain('running')
+    // Nothing but the helper keeps this process alive: it must still be here.
+    await new Promise((r) => setTimeout(r, 200))
+    expect(child.exitCode).toBeNull()
+    child.kill('SIGTERM')
+    expect(await exited).toBe(0)
+    expect(out.trim().split('\n')).toEqual([
+      'running',
+      'stopping',
+      'stopped',
+      'outcome signal SIGTERM complete',
+    ])
+  })
+})
