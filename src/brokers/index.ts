@@ -22,3 +22,17 @@ export type {
   Subscriber,
   Subscription,
 } from './types.js'
+export type {
+  VerifyWebhookSignatureOptions,
+  WebhookPublisherOptions,
+  WebhookRetryOptions,
+  WebhookVerification,
+} from './webhook.js'
+export {
+  createWebhookPublisher,
+  signWebhookPayload,
+  verifyWebhookSignature,
+  WEBHOOK_MESSAGE_ID_HEADER,
+  WEBHOOK_SIGNATURE_HEADER,
+  WebhookError,
+} from './webhook.js'
