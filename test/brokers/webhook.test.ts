@@ -1,0 +1,360 @@
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { afterEach, describe, expect, it } from 'vitest'
+import {
+  createWebhookPublisher,
+  type OutgoingMessage,
+  type Publisher,
+  signWebhookPayload,
+  verifyWebhookSignature,
+  WEBHOOK_SIGNATURE_HEADER,
+  WebhookError,
+} from '../../src/brokers/index.js'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import { classifyFailure } from '../../src/policies/classify.js'
+import { ManualClock } from '../../src/testing/manual-clock.js'
+
+const secret = 'whsec_test_0123456789abcdef'
+const start = Date.UTC(2024, 4, 1, 12, 0, 0)
+
+/** What the receiver saw of one request. */
+interface Seen {
+  readonly n: number
+  readonly headers: IncomingHttpHeaders
+  readonly body: string
+  readonly verified: ReturnType<typeof verifyWebhookSignature>
+}
+
+/** How the receiver answers a request; `hang` never answers. */
+type Answer = { status: number; headers?: Record<string, string> } | 'hang'
+
+/**
+ * A real HTTP receiver that verifies every request's signature with verifyWebhookSignature
+ * (answering 401 to a bad one before consulting `answer`).
+ */
+async function receiver(clock: ManualClock, answer: (seen: Seen) => Answer | Promise<Answer>) {
+  const seen: Seen[] = []
+  const waiters: Array<() => void> = []
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString('utf8')
+      const verified = verifyWebhookSignature(secret, req.headers[WEBHOOK_SIGNATURE_HEADER], body, {
+        clock,
+      })
+      const entry = { n: seen.length + 1, headers: req.headers, body, verified }
+      seen.push(entry)
+      for (const wake of waiters.splice(0)) wake()
+      if (!verified.ok) {
+        res.writeHead(401).end(`bad signature: ${verified.reason}`)
+        return
+      }
+      void Promise.resolve(answer(entry)).then((a) => {
+        if (a === 'hang') return
+        res.writeHead(a.status, a.headers).end(a.status < 300 ? 'ok' : `status ${a.status}`)
+      })
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  const handle = {
+    url: `http://127.0.0.1:${port}/hooks/orders`,
+    seen,
+    async waitFor(count: number): Promise<void> {
+      while (seen.length < count) await new Promise<void>((resolve) => waiters.push(resolve))
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      }),
+  }
+  cleanup.push(handle.close)
+  return handle
+}
+
+const cleanup: Array<() => Promise<void>> = []
+afterEach(async () => {
+  for (const fn of cleanup.splice(0).reverse()) await fn()
+})
+
+function publisherFor(options: Parameters<typeof createWebhookPublisher>[0]): Publisher {
+  const publisher = createWebhookPublisher(options)
+  cleanup.push(() => publisher.close())
+  return publisher
+}
+
+/**
+ * Settles `work`, moving the manual clock only through short timers (retry backoff); the
+ * attempt timeout (far away) fires only when a test advances to it. Real time passes only
+ * while real I/O is in flight.
+ */
+async function drive<T>(clock: ManualClock, work: Promise<T>, maxStepMs = 1_000): Promise<T> {
+  let settled = false
+  const result = work.finally(() => {
+    settled = true
+  })
+  result.catch(() => {})
+  while (!settled) {
+    const next = clock.nextTimerAt()
+    if (next !== undefined && next - clock.now() <= maxStepMs)
+      await clock.advance(next - clock.now())
+    else await new Promise((resolve) => setTimeout(resolve, 1))
+  }
+  return result
+}
+
+function message(
+  id: string,
+  key: string,
+  payload: string | Uint8Array = `{"n":"${id}"}`,
+): OutgoingMessage {
+  return { id, topic: 'orders', key, payload, headers: { 'event-type': 'order-placed' } }
+}
+
+describe('webhook publisher', () => {
+  it('POSTs each message as signed JSON that the receiver verifies', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 204 }))
+    const publisher = publisherFor({ url: hook.url, secret, clock })
+    await drive(
+      clock,
+      publisher.publish([
+        message('e1', 'order-1'),
+        message('e2', 'order-2', 'plain text, not JSON'),
+        message('e3', 'order-3', new Uint8Array([0xff, 0x00, 0x01])),
+      ]),
+    )
+    expect(hook.seen).toHaveLength(3)
+    const byId = new Map(hook.seen.map((s) => [JSON.parse(s.body).id as string, s]))
+    for (const s of hook.seen) {
+      expect(s.verified).toEqual({ ok: true, timestampMs: Math.floor(start / 1000) * 1000 })
+      expect(s.headers['content-type']).toBe('application/json')
+      expect(s.headers[WEBHOOK_SIGNATURE_HEADER]).toMatch(/^t=\d+,v1=[0-9a-f]{64}$/)
+    }
+    const e1 = byId.get('e1')!
+    expect(JSON.parse(e1.body)).toEqual({
+      id: 'e1',
+      topic: 'orders',
+      key: 'order-1',
+      headers: { 'event-type': 'order-placed' },
+      payload: { n: 'e1' },
+    })
+    expect(e1.headers['breakwater-message-id']).toBe('e1')
+    expect(e1.headers['idempotency-key']).toBe('e1')
+    expect(Buffer.from(JSON.parse(byId.get('e2')!.body).payloadBase64, 'base64').toString()).toBe(
+      'plain text, not JSON',
+    )
+    expect([...Buffer.from(JSON.parse(byId.get('e3')!.body).payloadBase64, 'base64')]).toEqual([
+      0xff, 0x00, 0x01,
+    ])
+  })
+
+  it('sends a whole batch in one request, in order, when batch is on', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 200 }))
+    const publisher = publisherFor({ url: hook.url, secret, clock, batch: true })
+    const batch = [message('b1', 'k'), message('b2', 'k'), message('b3', 'other')]
+    await drive(clock, publisher.publish(batch))
+    expect(hook.seen).toHaveLength(1)
+    expect(hook.seen[0]!.verified.ok).toBe(true)
+    expect(hook.seen[0]!.headers['idempotency-key']).toBeUndefined()
+    const body = JSON.parse(hook.seen[0]!.body) as { messages: Array<{ id: string }> }
+    expect(body.messages.map((m) => m.id)).toEqual(['b1', 'b2', 'b3'])
+  })
+
+  it('a publisher with the wrong secret is refused by the receiver, and not retried', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 200 }))
+    const publisher = publisherFor({ url: hook.url, secret: 'not-the-shared-secret-at-all', clock })
+    const error = await drive(clock, publisher.publish([message('e1', 'k')])).catch((e) => e)
+    expect(hook.seen).toHaveLength(1)
+    expect(hook.seen[0]!.verified).toEqual({ ok: false, reason: 'mismatch' })
+    expect(error).toBeInstanceOf(WebhookError)
+    // The endpoint refuses access: the broker's problem (back off), not the event's (no dead letter).
+    expect(error).toMatchObject({ code: 'BROKER_UNAVAILABLE', status: 401, retryable: true })
+    expect(String(error.message)).not.toContain('not-the-shared-secret')
+  })
+
+  it('retries a 503 (each attempt signed afresh) until the receiver accepts', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, (s) => (s.n <= 2 ? { status: 503 } : { status: 200 }))
+    const publisher = publisherFor({
+      url: hook.url,
+      secret,
+      clock,
+      retry: { maxAttempts: 3, baseDelayMs: 1_000, maxDelayMs: 1_000, jitter: 'none' },
+    })
+    await drive(clock, publisher.publish([message('e1', 'k')]), 2_000)
+    expect(hook.seen.map((s) => s.verified.ok)).toEqual([true, true, true])
+    // The backoff moved the clock, and every attempt carries its own timestamp.
+    const stamps = hook.seen.map((s) => (s.verified.ok ? s.verified.timestampMs : 0))
+    expect(stamps[2]! - stamps[0]!).toBeGreaterThanOrEqual(2_000)
+    expect(new Set(hook.seen.map((s) => s.headers['idempotency-key']))).toEqual(new Set(['e1']))
+  })
+
+  it('gives up after maxAttempts 5xx answers with a retryable BROKER_UNAVAILABLE', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 500 }))
+    const publisher = publisherFor({
+      url: hook.url,
+      secret,
+      clock,
+      retry: { maxAttempts: 2, baseDelayMs: 10 },
+    })
+    const error = await drive(clock, publisher.publish([message('e1', 'k')])).catch((e) => e)
+    expect(hook.seen).toHaveLength(2)
+    expect(error).toMatchObject({ code: 'BROKER_UNAVAILABLE', status: 500, retryable: true })
+    expect(classifyFailure(error)).toBe('transient')
+  })
+
+  it('does not retry a 400: the message is rejected (BROKER_REJECTED, not retryable)', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 400 }))
+    const publisher = publisherFor({ url: hook.url, secret, clock })
+    const error = await drive(clock, publisher.publish([message('poison', 'k')])).catch((e) => e)
+    expect(hook.seen).toHaveLength(1)
+    expect(error).toBeInstanceOf(WebhookError)
+    expect(error).toMatchObject({ code: 'BROKER_REJECTED', status: 400, retryable: false })
+    expect(error.message).toContain('answered 400')
+    // The receiver's path could hold a secret (Slack-style URLs): messages name only the origin.
+    expect(error.message).not.toContain('/hooks/orders')
+  })
+
+  it('retries an attempt that timed out', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, (s) => (s.n === 1 ? 'hang' : { status: 200 }))
+    const publisher = publisherFor({
+      url: hook.url,
+      secret,
+      clock,
+      attemptTimeoutMs: 5_000,
+      retry: { maxAttempts: 2, baseDelayMs: 10 },
+    })
+    const publishing = publisher.publish([message('e1', 'k')])
+    await hook.waitFor(1)
+    await clock.advance(5_000)
+    await drive(clock, publishing)
+    expect(hook.seen).toHaveLength(2)
+    expect(hook.seen.every((s) => s.verified.ok)).toBe(true)
+  })
+
+  it('keeps order per key and stops a key at its first failure, other keys going on', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, async (s) => {
+      const body = JSON.parse(s.body) as { id: string }
+      // Some processing time on the receiver, so keys really interleave.
+      await new Promise((resolve) => setTimeout(resolve, Number(body.id.slice(-1)) % 3))
+      return body.id === 'a2' ? { status: 422 } : { status: 200 }
+    })
+    const publisher = publisherFor({ url: hook.url, secret, clock, concurrency: 3 })
+    const batch: OutgoingMessage[] = []
+    for (let i = 0; i < 5; i++)
+      for (const key of ['a', 'b', 'c']) batch.push(message(`${key}${i}`, key))
+    const error = await drive(clock, publisher.publish(batch)).catch((e) => e)
+    expect(error).toMatchObject({ code: 'BROKER_REJECTED', status: 422 })
+    const ids = hook.seen.map((s) => (JSON.parse(s.body) as { id: string }).id)
+    expect(ids.filter((id) => id.startsWith('a'))).toEqual(['a0', 'a1', 'a2'])
+    expect(ids.filter((id) => id.startsWith('b'))).toEqual(['b0', 'b1', 'b2', 'b3', 'b4'])
+    expect(ids.filter((id) => id.startsWith('c'))).toEqual(['c0', 'c1', 'c2', 'c3', 'c4'])
+  })
+
+  it('refuses bad options without echoing secrets', () => {
+    expect(() => createWebhookPublisher({ url: 'http://127.0.0.1:1/x', secret: 'short' })).toThrow(
+      InvalidOptionError,
+    )
+    try {
+      createWebhookPublisher({ url: 'http://127.0.0.1:1/x', secret: 'short' })
+    } catch (error) {
+      expect(String(error)).not.toContain('short')
+    }
+    expect(() =>
+      createWebhookPublisher({ url: 'https://user:hunter2-pw@example.com/x', secret }),
+    ).toThrow(/without credentials/)
+    try {
+      createWebhookPublisher({ url: 'https://user:hunter2-pw@example.com/x', secret })
+    } catch (error) {
+      expect(String(error)).not.toContain('hunter2')
+    }
+    expect(() => createWebhookPublisher({ url: 'ftp://example.com/x', secret })).toThrow(/http/)
+    expect(() =>
+      createWebhookPublisher({
+        url: 'http://example.com/x',
+        secret,
+        headers: { 'Content-Type': 'x' },
+      }),
+    ).toThrow(/headers.Content-Type/)
+  })
+})
+
+describe('verifyWebhookSignature', () => {
+  const body = '{"id":"e1","payload":{"total":12}}'
+
+  it('accepts a good signature within the tolerance and refuses tampering, other secrets, replays', () => {
+    const clock = new ManualClock(start)
+    const header = signWebhookPayload(secret, body, clock.now())
+    expect(verifyWebhookSignature(secret, header, body, { clock })).toEqual({
+      ok: true,
+      timestampMs: start,
+    })
+    expect(verifyWebhookSignature(secret, header, Buffer.from(body), { clock }).ok).toBe(true)
+    expect(verifyWebhookSignature(secret, header, body.replace('12', '13'), { clock })).toEqual({
+      ok: false,
+      reason: 'mismatch',
+    })
+    expect(verifyWebhookSignature('another-secret-of-16+', header, body, { clock })).toEqual({
+      ok: false,
+      reason: 'mismatch',
+    })
+    // A different timestamp with the same v1 does not verify (t is signed).
+    const shifted = header.replace(/t=(\d+)/, (_m, t: string) => `t=${Number(t) + 1}`)
+    expect(verifyWebhookSignature(secret, shifted, body, { clock }).ok).toBe(false)
+  })
+
+  it('refuses timestamps outside the tolerance, either way', async () => {
+    const clock = new ManualClock(start)
+    const header = signWebhookPayload(secret, body, start)
+    await clock.advance(300_000)
+    expect(verifyWebhookSignature(secret, header, body, { clock }).ok).toBe(true)
+    await clock.advance(1_000)
+    expect(verifyWebhookSignature(secret, header, body, { clock })).toEqual({
+      ok: false,
+      reason: 'stale',
+    })
+    const future = signWebhookPayload(secret, body, clock.now() + 61_000)
+    expect(verifyWebhookSignature(secret, future, body, { clock, toleranceMs: 60_000 })).toEqual({
+      ok: false,
+      reason: 'stale',
+    })
+  })
+
+  it('accepts any matching v1 and any of several secrets (rotation); refuses malformed headers', () => {
+    const clock = new ManualClock(start)
+    const oldSecret = 'old-secret-0123456789'
+    const header = signWebhookPayload(oldSecret, body, start)
+    expect(verifyWebhookSignature([secret, oldSecret], header, body, { clock }).ok).toBe(true)
+    const v1 = signWebhookPayload(secret, body, start).split(',')[1]
+    const two = `${header},${v1}`
+    expect(verifyWebhookSignature(secret, two, body, { clock }).ok).toBe(true)
+    // Unknown schemes are ignored, so senders can add a v2 before receivers know it.
+    expect(verifyWebhookSignature(oldSecret, `${header},v2=whatever`, body, { clock }).ok).toBe(
+      true,
+    )
+    for (const bad of [
+      't=abc,v1=00',
+      `v1=${'0'.repeat(64)}`,
+      `t=1,t=2,${v1}`,
+      'garbage',
+      `t=${start / 1000}`,
+    ])
+      expect(verifyWebhookSignature(secret, bad, body, { clock })).toEqual({
+        ok: false,
+        reason: 'malformed',
+      })
+    expect(verifyWebhookSignature(secret, undefined, body, { clock })).toEqual({
+      ok: false,
+      reason: 'missing',
+    })
+  })
+})
