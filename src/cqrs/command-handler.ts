@@ -7,6 +7,7 @@ import type { Outbox, OutboxEvent } from '../outbox/index.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { WrongExpectedVersionError } from './errors.js'
 import { type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
+import { publish } from './events.js'
 import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './types.js'
 
 /**
@@ -343,32 +344,42 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
         this.#outbox !== undefined ||
         this.#snapshots !== undefined ||
         this.#store.inlineProjections.length > 0
-      const result = await this.#policy.execute(
-        () =>
-          transactional
-            ? this.#store.db.transaction((tx) => this.#attempt(stream, command, options, tx))
-            : this.#attempt(stream, command, options, undefined),
-        options.signal,
+      const result = await this.#retrying(stream, options.signal, () =>
+        transactional
+          ? this.#store.db.transaction((tx) => this.#attempt(stream, command, options, tx))
+          : this.#attempt(stream, command, options, undefined),
       )
       this.#store.announce(result.lastPosition)
       return { stream, ...result, replayed: false } as CommandResult<E, S>
     }
     let ran = false
-    const result = await this.#policy.execute(
-      () =>
-        idempotency.run<RecordedResult<S>>(
-          commandId,
-          async (context) => {
-            const outcome = await this.#attempt(stream, command, options, context.tx)
-            ran = true
-            return outcome
-          },
-          { scope: this.#scope, fingerprint: stream },
-        ),
-      options.signal,
+    const result = await this.#retrying(stream, options.signal, () =>
+      idempotency.run<RecordedResult<S>>(
+        commandId,
+        async (context) => {
+          const outcome = await this.#attempt(stream, command, options, context.tx)
+          ran = true
+          return outcome
+        },
+        { scope: this.#scope, fingerprint: stream },
+      ),
     )
     if (ran) this.#store.announce(result.lastPosition)
     return { stream, ...result, replayed: !ran } as CommandResult<E, S>
+  }
+
+  /** Runs `fn` under the retry policy, publishing each retry with the error behind it. */
+  #retrying<T>(stream: string, signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
+    let lastError: unknown
+    return this.#policy.execute(async ({ attempt }) => {
+      if (attempt > 1) publish('command-retry', { stream, attempt, error: lastError })
+      try {
+        return await fn()
+      } catch (error) {
+        lastError = error
+        throw error
+      }
+    }, signal)
   }
 
   async #attempt(

@@ -4,6 +4,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import { WrongExpectedVersionError } from './errors.js'
+import { publish } from './events.js'
 import { AppendNotifier } from './follower.js'
 import {
   applyInline,
@@ -349,6 +350,7 @@ export class EventStoreImpl implements EventStore {
       const row = rows[0]
       if (row === undefined) throw new Error('breakwater_append returned no row')
       if (!row.r_ok) {
+        publish('conflict', { stream, expected, actual: Number(row.r_version) })
         throw new WrongExpectedVersionError(
           stream,
           expected,
@@ -379,7 +381,9 @@ export class EventStoreImpl implements EventStore {
         createdAt,
       } as RecordedEvent<E>
     }
-    return { version, firstPosition, lastPosition: firstPosition + count - 1, events: recorded }
+    const lastPosition = firstPosition + count - 1
+    publish('appended', { stream, count, version, lastPosition })
+    return { version, firstPosition, lastPosition, events: recorded }
   }
 
   // SQLite: the caller's transaction holds the database's write lock (BEGIN IMMEDIATE), so
@@ -399,6 +403,7 @@ export class EventStoreImpl implements EventStore {
     const currentVersion = current === undefined ? 0 : Number(current.version)
     const deleted = current !== undefined && Boolean(current.deleted)
     if (!expectationHolds(expected, currentVersion, deleted)) {
+      publish('conflict', { stream, expected, actual: currentVersion })
       throw new WrongExpectedVersionError(stream, expected, currentVersion, deleted)
     }
     const count = prepared.ids.length

@@ -35,7 +35,8 @@ export class LogWaker {
   async start(): Promise<void> {
     const listen = this.#store.db.listen
     if (listen === undefined) return
-    this.#unlisten = await listen.call(this.#store.db, eventsChannel, (notification) => {
+    // Called again after a failed start: listen only once.
+    this.#unlisten ??= await listen.call(this.#store.db, eventsChannel, (notification) => {
       if (notification.reconnected) {
         // Anything sent while the connection was down is lost: read again.
         this.#dirty = true

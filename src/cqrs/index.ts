@@ -18,6 +18,8 @@ export { createCommandHandler } from './command-handler.js'
 export { WrongExpectedVersionError } from './errors.js'
 export type { EventStore, EventStoreOptions } from './event-store.js'
 export { createEventStore } from './event-store.js'
+export type { CqrsEvents } from './events.js'
+export { cqrsChannelNames } from './events.js'
 export type {
   ProjectionContext,
   ProjectionDefinition,

@@ -4,6 +4,7 @@ import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
 import type { SqlExecutor } from '../stores/index.js'
 import { type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
+import { publish } from './events.js'
 import { failureDelayMs, LogWaker } from './follower.js'
 import {
   createTables,
@@ -237,6 +238,7 @@ class SqlProjector implements Projector {
       } catch (error) {
         if (signal.aborted) break
         failures++
+        publish('projection-error', { projection: this.name, error })
         this.#onError(error)
         await sleep(
           this.#clock,
@@ -270,6 +272,13 @@ class SqlProjector implements Projector {
       ])
       return { applied: events.length, position: last }
     })
+    if (result.applied > 0) {
+      publish('projection-batch', {
+        projection: this.name,
+        applied: result.applied,
+        position: result.position,
+      })
+    }
     this.#advanced(result.position)
     return result
   }
@@ -425,6 +434,7 @@ class SqlProjector implements Projector {
       return position
     })
     this.#advanced(final)
+    publish('projection-rebuilt', { projection: this.name, position: final, events: applied })
     return { position: final, events: applied }
   }
 

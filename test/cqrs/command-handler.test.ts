@@ -2,8 +2,11 @@
 // (bounded), caller preconditions, idempotent commands by command id (the idempotency record in
 // the append's transaction), integration events through the real outbox in the same
 // transaction, and snapshots.
+
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
+  cqrsChannelNames,
   createCommandHandler,
   createEventStore,
   type Decider,
@@ -62,9 +65,21 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     })
     const id = fresh()
     await accounts.handle(id, { kind: 'open', owner: 'bob' })
+    const retries: { stream: string; attempt: number; error: unknown }[] = []
+    const onRetry = (message: unknown): void => {
+      retries.push(message as (typeof retries)[number])
+    }
+    subscribe(cqrsChannelNames['command-retry'], onRetry)
     const results = await Promise.all(
       Array.from({ length: 20 }, (_, i) => accounts.handle(id, { kind: 'deposit', amount: i + 1 })),
-    )
+    ).finally(() => unsubscribe(cqrsChannelNames['command-retry'], onRetry))
+    // Commands that lost a race were decided again, and said so on the channel.
+    expect(retries.length).toBeGreaterThan(0)
+    for (const retry of retries) {
+      expect(retry.stream).toBe(id)
+      expect(retry.attempt).toBeGreaterThan(1)
+      expect(retry.error).toBeInstanceOf(WrongExpectedVersionError)
+    }
     expect(new Set(results.map((r) => r.version)).size).toBe(20)
     const { state, version } = await accounts.load(id)
     expect(version).toBe(21)
