@@ -3,9 +3,12 @@
 //
 // Cases, per store: `no-idempotency-<store>` (plain node:http handler, one INSERT),
 // `no-idempotency-tx-<store>` (the same, the INSERT in its own transaction: what the issue's
-// goals are also read against, since idempotency needs a transaction), `idempotency-<store>` (the same handler under idempotentHandler, writing through ctx.tx, a
-// new key per request) and `replay-<store>` (keys already completed, sent again: replayed from
-// the store, the handler does not run).
+// goals are also read against, since idempotency needs a transaction), `idempotency-<store>`
+// (the same handler under idempotentHandler with the default claim: 'leased', writing through
+// ctx.tx, a new key per request), `replay-<store>` (keys already completed, sent again: replayed
+// from the store, the handler does not run), and `idempotency-in-tx-<store>` /
+// `replay-in-tx-<store>`: the same two with claim: 'in-transaction'. `--stores=sqlite` (or
+// postgres) runs one store only and prints without writing the results file.
 //
 // Method: server and load generator share this process (node:http on loopback, undici Pool of
 // 32 connections, each connection sends its next request when the last answered). Every case
