@@ -19,7 +19,7 @@
 // The report holds the checker's verdict, everything read back from both databases and the
 // measured figures; the test files assert on it.
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
@@ -222,6 +222,16 @@ class RelayLife {
   describe(): string {
     return `stdout:\n${this.stdout}\nstderr:\n${this.stderr.slice(-3000)}`
   }
+}
+
+/** Polls `check` every 20 ms; resolves true once it holds, false after `timeoutMs`. */
+async function until(check: () => boolean, timeoutMs: number): Promise<boolean> {
+  const deadline = performance.now() + timeoutMs
+  while (!check()) {
+    if (performance.now() > deadline) return false
+    await delay(20)
+  }
+  return true
 }
 
 async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -432,6 +442,13 @@ async function createConsumerTables(db: SqlDriver): Promise<void> {
   )
 }
 
+// BREAKWATER_CRASH_DEBUG=1 prints a timeline: each relay life, and commits, broker confirmations
+// and deliveries per second.
+const debug = process.env.BREAKWATER_CRASH_DEBUG === '1'
+function timeline(line: string): void {
+  if (debug) console.error(line)
+}
+
 /** Runs the scenario; resolves to the report (assertions are the caller's). */
 export async function runCrashScenario(scenario: CrashScenario): Promise<CrashReport> {
   const startedAt = performance.now()
@@ -557,7 +574,13 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
       String(scenario.leaseMs),
       confirmLog,
     ]
-    const restartAt = scenario.restartBroker && env.nats !== undefined ? plan.length >> 1 : -1
+    // The broker restart happens in the first life from the middle on that the test kills.
+    const restartAt =
+      scenario.restartBroker && env.nats !== undefined
+        ? plan.findIndex((kind, i) => kind === 'random' && i >= plan.length >> 1)
+        : -1
+    const written = (): number => outcomes.ok + outcomes.failed + outcomes.unknown
+    const confirmations = (): number => statSync(confirmLog).size
     let brokerRestarts = 0
     let randomKills = 0
     let atAfterPublish = 0
@@ -573,37 +596,66 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
       const spawnedAt = performance.now()
       const active = await within(life.printed('active'), 30_000, `relay life ${index} active`)
       const activeAt = performance.now()
-      if (process.env.DEBUG_CRASH) console.error(`life ${index} active at ${(Date.now() - 0) % 100000}`)
-      if (index === restartAt && env.nats !== undefined) {
-        // The broker dies under the running relay and comes back; the relay must recover.
+      if (index === restartAt && env.nats !== undefined && active) {
+        // The broker dies under the running relay and comes back; the relay must recover by
+        // itself: this life is killed only after it published again.
         await delay(50 + rng() * 200)
         await env.nats.kill('SIGKILL')
         await delay(500 + rng() * 500)
         await env.nats.restart()
         brokerRestarts++
+        const before = confirmations()
+        const recovered = await until(() => confirmations() > before, 20_000)
+        if (!recovered) {
+          throw new Error(
+            `the relay published nothing after the broker restart\n${life.describe()}`,
+          )
+        }
       }
+      let killedByTest = false
       if (kind === 'random' || !active) {
-        if (active) await delay(20 + rng() * scenario.maxActiveMs)
+        killedByTest = true
+        if (active) {
+          // Kills are spread over the writing: life i lasts at least until (i + 1) / (lives + 1)
+          // of the events were written, then a random while longer.
+          const due = ((index + 1) / (plan.length + 1)) * scenario.events
+          await until(() => !writing || written() >= due || life.child.exitCode !== null, 600_000)
+          await delay(20 + rng() * scenario.maxActiveMs)
+        }
         life.child.kill('SIGKILL')
       } else {
-        // It kills itself at its n-th after-publish; if it never gets there (nothing left to
-        // publish), the test kills it.
-        const ended = await Promise.race([life.exited.then(() => true), delay(15_000)])
-        if (ended !== true) life.child.kill('SIGKILL')
+        // It kills itself at its n-th after-publish. If it does not get there (the writers are
+        // done and nothing is left to publish), the test kills it, and counts a random kill.
+        let quietSince = performance.now()
+        let seen = confirmations()
+        const reached = await until(() => {
+          if (life.child.exitCode !== null || life.child.signalCode !== null) return true
+          if (confirmations() !== seen || writing) {
+            seen = confirmations()
+            quietSince = performance.now()
+          }
+          return performance.now() - quietSince > 3_000
+        }, 30_000)
+        if (!reached || (life.child.exitCode === null && life.child.signalCode === null)) {
+          killedByTest = true
+          life.child.kill('SIGKILL')
+        }
       }
       const { code, signal } = await within(life.exited, 30_000, `relay life ${index} exit`)
       if (signal !== 'SIGKILL') {
         throw new Error(`relay life ${index} exited with ${code ?? signal}\n${life.describe()}`)
       }
-      if (kind === 'point' && !life.stdout.includes('active\n')) {
+      if (!killedByTest && !life.stdout.includes('active\n')) {
         throw new Error(`relay life ${index} died before it was active\n${life.describe()}`)
       }
-      if (process.env.DEBUG_CRASH)
-        console.error(
-          `life ${index} ${kind}: active after ${(activeAt - spawnedAt).toFixed(0)} ms, lived ${(performance.now() - activeAt).toFixed(0)} ms, at ${(performance.now() - writeStart).toFixed(0)}; delivered ${firstDeliveredAt.size} committed ${committedAt.size}`,
-        )
-      if (kind === 'point') atAfterPublish++
-      else randomKills++
+      timeline(
+        `life ${index} (${kind}, ${killedByTest ? 'killed by the test' : 'killed itself'}): ` +
+          `active ${(activeAt - spawnedAt).toFixed(0)} ms after spawn, lived ` +
+          `${(performance.now() - activeAt).toFixed(0)} ms more; committed ${committedAt.size}, ` +
+          `delivered ${firstDeliveredAt.size}`,
+      )
+      if (killedByTest) randomKills++
+      else atAfterPublish++
       if (writing) duringWrites++
     }
 
@@ -711,14 +763,19 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
       if (first !== undefined) confirmLags.push(Math.max(0, first - at))
     }
     const confirmLagMs = spread(confirmLags)
-    if (process.env.DEBUG_CRASH) {
+    if (debug) {
       const base = Math.min(...committedAt.values())
-      const hist = (m: Map<string, number>) => {
-        const h: number[] = []
-        for (const t of m.values()) h[Math.floor((t - base) / 1000)] = (h[Math.floor((t - base) / 1000)] ?? 0) + 1
-        return Array.from(h, (x) => x ?? 0).join(',')
+      const perSecond = (times: Map<string, number>): string => {
+        const counts: number[] = []
+        for (const at of times.values()) {
+          const second = Math.floor((at - base) / 1000)
+          counts[second] = (counts[second] ?? 0) + 1
+        }
+        return Array.from(counts, (n) => n ?? 0).join(',')
       }
-      console.error(`commits/s ${hist(committedAt)}\nconfirms/s ${hist(firstConfirmedAt)}\ndeliveries/s ${hist(firstDeliveredAt)}`)
+      timeline(`commits/s ${perSecond(committedAt)}`)
+      timeline(`confirms/s ${perSecond(firstConfirmedAt)}`)
+      timeline(`deliveries/s ${perSecond(firstDeliveredAt)}`)
     }
     const kills: KillCounts = {
       random: randomKills,

@@ -24,7 +24,7 @@ describe('outbox relay process crash test on sqlite + sql queue', () => {
         batchSize: 64,
         leaseMs: 1_500,
         maxActiveMs: 1_500,
-        writeSpanMs: scaled(40_000, 12_000),
+        writeSpanMs: scaled(60_000, 25_000),
         writerConnectionKills: 0,
         restartBroker: false,
         drainTimeoutMs: scaled(180_000, 60_000),
