@@ -234,7 +234,7 @@ export async function main(): Promise<void> {
           const appends = subject.name === 'bw-sqlite' ? c.appends * 10 : c.appends
           const rate = await measureAppends(
             subject,
-            `${c.name.replace(' ', '-')}-r${round}`,
+            `${subject.name}-${c.name.replace(' ', '-')}-r${round}`,
             c.batch,
             c.streams,
             appends,
@@ -243,7 +243,7 @@ export async function main(): Promise<void> {
         }
       }
     }
-    for (const subject of subjects) await seed(subject, 'read-10k')
+    for (const subject of subjects) await seed(subject, `read-10k-${subject.name}`)
     for (let round = 0; round < rounds; round++) {
       for (const subject of subjects) {
         let start = performance.now()
@@ -251,7 +251,7 @@ export async function main(): Promise<void> {
         if (all !== readSize) throw new Error(`${subject.name} read ${all} events from the log`)
         add(subject.name, 'readAll 10k', all / ((performance.now() - start) / 1000))
         start = performance.now()
-        const count = await subject.readStream('read-10k')
+        const count = await subject.readStream(`read-10k-${subject.name}`)
         if (count !== readSize) throw new Error(`${subject.name} read ${count} events`)
         add(subject.name, 'readStream 10k', count / ((performance.now() - start) / 1000))
       }

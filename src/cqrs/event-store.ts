@@ -523,17 +523,23 @@ export class EventStoreImpl implements EventStore {
     from: number,
     limit: number | null,
   ): Promise<ReadStreamResult<E> & { truncateBefore: number }> {
+    const fast =
+      direction === 'forwards'
+        ? this.statements.readStreamForwardsFast
+        : this.statements.readStreamBackwardsFast
     const sql =
       direction === 'forwards'
         ? this.statements.readStreamForwards
         : this.statements.readStreamBackwards
-    const rows = await executor.query<
-      {
-        current_version: number | string
-        stream_deleted: boolean | number
-        truncate_before: number | string
-      } & { [K in keyof EventRow]: EventRow[K] | null }
-    >(sql, [stream, from, limit])
+    type Row = {
+      current_version: number | string
+      stream_deleted: boolean | number
+      truncate_before: number | string
+    } & { [K in keyof EventRow]: EventRow[K] | null }
+    let rows: Row[] = []
+    if (fast !== undefined) rows = await executor.query<Row>(fast, [stream, from, limit])
+    // No event in range (or SQLite): the JOIN form reports the stream row on its own.
+    if (rows.length === 0) rows = await executor.query<Row>(sql, [stream, from, limit])
     const first = rows[0]
     if (first === undefined) {
       return { events: [], version: 0, exists: false, deleted: false, truncateBefore: 1 }
@@ -559,10 +565,15 @@ export class EventStoreImpl implements EventStore {
     checkObject('options', options)
     const from = checkInteger('fromPosition', options.fromPosition ?? 0, 0)
     const limit = checkInteger('limit', options.limit ?? 1000, 1)
-    const rows = await (options.tx ?? this.db).query<EventRow>(this.statements.readAll, [
-      from,
-      limit,
-    ])
+    const executor = options.tx ?? this.db
+    const params: unknown[] = [from, limit]
+    const watermarkSql = this.statements.readAllWatermark
+    if (watermarkSql !== undefined) {
+      // Two statements on purpose: the events' snapshot must be taken after the watermark.
+      const watermark = await executor.query<{ watermark: string }>(watermarkSql)
+      params.push(watermark[0]!.watermark)
+    }
+    const rows = await executor.query<EventRow>(this.statements.readAll, params)
     const events: RecordedEvent<E>[] = new Array(rows.length)
     for (let i = 0; i < rows.length; i++) events[i] = this.toRecorded<E>(rows[i]!)
     return events

@@ -222,23 +222,9 @@ BEGIN
 END;
 $fn$`
 
-const eventColumnList = `r_position BIGINT, r_stream_id TEXT, r_stream_version BIGINT, r_event_id TEXT,
-  r_type TEXT, r_schema_version INTEGER, r_data TEXT, r_metadata TEXT, r_created_at BIGINT`
-
 // Each function computes the watermark first; its query then runs as a new statement, with a
-// snapshot taken after the watermark (READ COMMITTED), as the proof above needs.
-const readAllFunction = `CREATE FUNCTION breakwater_read_all(p_from BIGINT, p_limit INTEGER)
-RETURNS TABLE (${eventColumnList})
-LANGUAGE plpgsql AS $fn$
-DECLARE
-  v_watermark xid8 := breakwater_read_watermark();
-BEGIN
-  RETURN QUERY SELECT ${eventColumns} FROM breakwater_events e
-    WHERE e.position >= p_from AND e.transaction_id < v_watermark
-    ORDER BY e.position LIMIT p_limit;
-END;
-$fn$`
-
+// snapshot taken after the watermark (READ COMMITTED), as the proof above needs. readAll does
+// the same in two statements from the client (a function would materialize its rows).
 const headFunction = `CREATE FUNCTION breakwater_head() RETURNS BIGINT
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -323,7 +309,6 @@ const postgresMigration: string[] = [
 )`,
   appendFunction,
   watermarkFunction,
-  readAllFunction,
   headFunction,
   firstAfterFunction,
   notifyFunction,
@@ -353,8 +338,19 @@ export function migrateCqrs(db: SqlDriver): Promise<AppliedMigration[]> {
 export interface CqrsStatements {
   readonly readStreamForwards: string
   readonly readStreamBackwards: string
-  /** `$1` from position, `$2` limit. Only events no in-flight transaction can precede. */
+  /**
+   * `$1` from position, `$2` limit (PostgreSQL: `$3` the watermark read just before by
+   * {@link CqrsStatements.readAllWatermark}). Only events no in-flight transaction can precede.
+   */
   readonly readAll: string
+  /** PostgreSQL: the watermark for the next readAll statement (undefined on SQLite). */
+  readonly readAllWatermark: string | undefined
+  /**
+   * PostgreSQL: readStream as an ordered index scan, the stream row read by scalar subqueries
+   * in the same snapshot; returns no row when no event is in range (then the JOIN form runs).
+   */
+  readonly readStreamForwardsFast: string | undefined
+  readonly readStreamBackwardsFast: string | undefined
   readonly headPosition: string
   /** `$1` position: created_at of the first final event after it. */
   readonly firstAfter: string
@@ -424,6 +420,22 @@ ORDER BY e.stream_version ${direction === 'forwards' ? 'ASC' : 'DESC'}
 LIMIT $3`
 }
 
+function readStreamFastSql(direction: 'forwards' | 'backwards'): string {
+  const row = (column: string) => `(SELECT ${column} FROM breakwater_streams WHERE stream_id = $1)`
+  const range =
+    direction === 'forwards'
+      ? `e.stream_version >= GREATEST($2, ${row('truncate_before')})`
+      : `e.stream_version <= $2 AND e.stream_version >= ${row('truncate_before')}`
+  // Scalar subqueries run once (InitPlans), in the statement's snapshot, and leave the events
+  // to an index scan already in stream order (the JOIN form makes PostgreSQL sort).
+  return `SELECT ${row('version')} AS current_version, ${row('deleted')} AS stream_deleted,
+  ${row('truncate_before')} AS truncate_before, ${eventColumns}
+FROM breakwater_events e
+WHERE e.stream_id = $1 AND ${range}
+ORDER BY e.stream_version ${direction === 'forwards' ? 'ASC' : 'DESC'}
+LIMIT $3`
+}
+
 /** Statements per dialect. */
 export const cqrsStatements: Readonly<Record<'sqlite' | 'postgres', CqrsStatements>> = {
   sqlite: {
@@ -439,20 +451,26 @@ export const cqrsStatements: Readonly<Record<'sqlite' | 'postgres', CqrsStatemen
       'SELECT created_at FROM breakwater_events WHERE position > $1 ORDER BY position LIMIT 1',
     streamInfoForUpdate: common.streamInfo,
     projectionForUpdate: common.projection,
+    readAllWatermark: undefined,
+    readStreamForwardsFast: undefined,
+    readStreamBackwardsFast: undefined,
     noLimit: -1,
   },
   postgres: {
     ...common,
     readStreamForwards: readStreamSql('postgres', 'forwards'),
     readStreamBackwards: readStreamSql('postgres', 'backwards'),
-    readAll: `SELECT r_position AS position, r_stream_id AS stream_id, r_stream_version AS stream_version,
-  r_event_id AS event_id, r_type AS type, r_schema_version AS schema_version, r_data AS data,
-  r_metadata AS metadata, r_created_at AS created_at
-FROM breakwater_read_all($1, $2)`,
+    // With the watermark read by a statement before (see readAllWatermark).
+    readAll: `SELECT ${eventColumns} FROM breakwater_events e
+WHERE e.position >= $1 AND e.transaction_id < $3::xid8
+ORDER BY e.position LIMIT $2`,
     headPosition: 'SELECT breakwater_head() AS position',
     firstAfter: 'SELECT breakwater_first_created_after($1) AS created_at',
     streamInfoForUpdate: `${common.streamInfo} FOR UPDATE`,
     projectionForUpdate: `${common.projection} FOR UPDATE`,
+    readAllWatermark: 'SELECT breakwater_read_watermark()::text AS watermark',
+    readStreamForwardsFast: readStreamFastSql('forwards'),
+    readStreamBackwardsFast: readStreamFastSql('backwards'),
     noLimit: null,
   },
 }
