@@ -16,6 +16,14 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
     summary: 'apply database migrations: migrate --db <url>',
     load: async () => (await import('./migrate-entry.js')).migrateEntry,
   },
+  outbox: {
+    summary: 'inspect the outbox: outbox dead|redrive|stats --db <url>',
+    load: async () => (await import('./outbox.js')).outboxCommand,
+  },
+  relay: {
+    summary: 'publish outbox events to a broker: relay --db <url> --broker <url>',
+    load: async () => (await import('./relay.js')).relayCommand,
+  },
 }
 
 function usage(): string {

@@ -1,0 +1,267 @@
+import { BreakwaterError } from '../core/errors.js'
+import { redactSecrets } from '../observability/index.js'
+import { type DeadEvent, listDead, outboxStats, redrive } from '../outbox/index.js'
+import { openDatabase, type SqlDriver } from '../stores/index.js'
+
+/** What `outboxCommand` needs besides its arguments; everything has a default. */
+export interface OutboxCommandDeps {
+  /** Receives the output. @default process.stdout */
+  readonly stdout?: { write(text: string): unknown }
+  /** Receives error messages. @default process.stderr */
+  readonly stderr?: { write(text: string): unknown }
+  /** Opens the database a URL names. @default openDatabase from breakwater/stores */
+  readonly openDatabase?: (url: string) => Promise<SqlDriver>
+}
+
+const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
+
+const usage = `usage: breakwater outbox <command> [options] [--db <url>]
+
+commands:
+  dead [--json] [--limit <n>] [--after-id <id>]
+                         list dead-lettered events, oldest first (each one holds back the
+                         later events of its aggregate)
+  redrive (--all | --id <event id> [--id <event id> ...])
+                         send dead-lettered events again: the relay owning their partition
+                         publishes them first in their aggregate, then the events behind them
+  stats [--json]         pending and dead counts, and the lag (age of the oldest pending event)
+
+options:
+  --db <url>  sqlite:<file> or postgres://user:pass@host/db (default ${defaultUrl})
+`
+
+type Command = 'dead' | 'redrive' | 'stats'
+
+interface Parsed {
+  readonly command: Command
+  readonly url: string
+  readonly json: boolean
+  readonly limit: number
+  readonly afterId: number
+  readonly all: boolean
+  readonly ids: readonly string[]
+}
+
+class UsageError extends Error {}
+
+const allowed: Record<Command, readonly string[]> = {
+  dead: ['--db', '--json', '--limit', '--after-id'],
+  redrive: ['--db', '--all', '--id'],
+  stats: ['--db', '--json'],
+}
+const booleanFlags = new Set(['--json', '--all'])
+
+function parse(args: readonly string[]): Parsed {
+  const [command, ...rest] = args
+  if (command === undefined) throw new UsageError('a command is needed: dead, redrive or stats')
+  if (!(command in allowed)) throw new UsageError(`unknown command "${redactSecrets(command)}"`)
+  const cmd = command as Command
+  const values = new Map<string, string>()
+  const ids: string[] = []
+  const flags = new Set<string>()
+  for (let i = 0; i < rest.length; i++) {
+    const arg = rest[i]!
+    if (!arg.startsWith('--')) throw new UsageError(`unexpected argument "${redactSecrets(arg)}"`)
+    const eq = arg.indexOf('=')
+    const flag = eq < 0 ? arg : arg.slice(0, eq)
+    if (!allowed[cmd].includes(flag))
+      throw new UsageError(`unknown option "${redactSecrets(flag)}" for "outbox ${cmd}"`)
+    if (booleanFlags.has(flag)) {
+      if (eq >= 0) throw new UsageError(`${flag} takes no value`)
+      flags.add(flag)
+      continue
+    }
+    let value: string | undefined
+    if (eq >= 0) value = arg.slice(eq + 1)
+    else {
+      value = rest[i + 1]
+      i++
+    }
+    if (value === undefined || value === '' || (eq < 0 && value.startsWith('--')))
+      throw new UsageError(`${flag} needs a value`)
+    if (flag === '--id') {
+      ids.push(value)
+      continue
+    }
+    if (values.has(flag)) throw new UsageError(`${flag} given twice`)
+    values.set(flag, value)
+  }
+  const all = flags.has('--all')
+  if (cmd === 'redrive') {
+    if (all && ids.length > 0) throw new UsageError('give either --all or --id, not both')
+    if (!all && ids.length === 0)
+      throw new UsageError('outbox redrive needs --all or at least one --id <event id>')
+  }
+  const limitText = values.get('--limit')
+  const limit = limitText === undefined ? 100 : Number(limitText)
+  if (limitText !== undefined && (!/^\d+$/.test(limitText) || limit < 1 || limit > 100_000))
+    throw new UsageError(`--limit must be an integer from 1 to 100000, got "${limitText}"`)
+  const afterText = values.get('--after-id')
+  const afterId = afterText === undefined ? 0 : Number(afterText)
+  if (afterText !== undefined && (!/^\d+$/.test(afterText) || !Number.isSafeInteger(afterId)))
+    throw new UsageError(`--after-id must be a row id (an integer >= 0), got "${afterText}"`)
+  return {
+    command: cmd,
+    url: values.get('--db') ?? defaultUrl,
+    json: flags.has('--json'),
+    limit,
+    afterId,
+    all,
+    ids: [...new Set(ids)],
+  }
+}
+
+/**
+ * `breakwater outbox dead|redrive|stats --db <url>`: inspects dead-lettered outbox events and
+ * sends them again. Resolves to the exit code: 0 on success, 2 for bad arguments, 1 when the
+ * database fails or some `--id` was not a dead-lettered event.
+ *
+ * @example
+ * ```ts
+ * const code = await outboxCommand(['redrive', '--all', '--db', 'sqlite:./app.db'])
+ * ```
+ */
+export async function outboxCommand(args: string[], deps: OutboxCommandDeps = {}): Promise<number> {
+  const out = deps.stdout ?? process.stdout
+  const err = deps.stderr ?? process.stderr
+  if (args[0] === '--help' || args[0] === '-h' || args[0] === 'help') {
+    out.write(usage)
+    return 0
+  }
+  let parsed: Parsed
+  try {
+    parsed = parse(args)
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error
+    err.write(`breakwater outbox: ${error.message}\n\n${usage}`)
+    return 2
+  }
+  let db: SqlDriver
+  try {
+    db = await (deps.openDatabase ?? openDatabase)(parsed.url)
+  } catch (error) {
+    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
+      err.write(`breakwater outbox: --db: ${redactSecrets(error.message)}\n`)
+      return 2
+    }
+    err.write(
+      `breakwater outbox: cannot open ${redactSecrets(parsed.url)}: ${redactSecrets(messageOf(error))}\n`,
+    )
+    return 1
+  }
+  try {
+    return await execute(parsed, db, out, err)
+  } catch (error) {
+    const message = messageOf(error)
+    const hint = /no such table|does not exist/.test(message)
+      ? ` (run \`breakwater migrate --db ${redactSecrets(parsed.url)}\` first)`
+      : ''
+    err.write(`breakwater outbox: ${redactSecrets(message)}${hint}\n`)
+    return 1
+  } finally {
+    await db.close().catch(() => {})
+  }
+}
+
+async function execute(
+  parsed: Parsed,
+  db: SqlDriver,
+  out: { write(text: string): unknown },
+  err: { write(text: string): unknown },
+): Promise<number> {
+  switch (parsed.command) {
+    case 'dead': {
+      const dead = await listDead(db, { limit: parsed.limit, afterId: parsed.afterId })
+      if (parsed.json) {
+        out.write(`${JSON.stringify(dead.map(toJson), null, 2)}\n`)
+        return 0
+      }
+      if (dead.length === 0) {
+        out.write('No dead-lettered events.\n')
+        return 0
+      }
+      out.write(table(dead))
+      if (dead.length === parsed.limit) {
+        out.write(`(first ${parsed.limit}; next page: --after-id ${dead[dead.length - 1]!.id})\n`)
+      }
+      return 0
+    }
+    case 'redrive': {
+      const count = await redrive(db, parsed.all ? 'all' : parsed.ids)
+      if (parsed.all) {
+        out.write(`Redrove ${count} dead-lettered event${count === 1 ? '' : 's'}.\n`)
+        return 0
+      }
+      out.write(
+        `Redrove ${count} of ${parsed.ids.length} event${parsed.ids.length === 1 ? '' : 's'}.\n`,
+      )
+      if (count < parsed.ids.length) {
+        err.write(
+          `breakwater outbox: ${parsed.ids.length - count} of the given ids were not dead-lettered events (unknown, already published, or still being retried); see \`breakwater outbox dead\`\n`,
+        )
+        return 1
+      }
+      return 0
+    }
+    case 'stats': {
+      const stats = await outboxStats(db)
+      if (parsed.json) {
+        out.write(`${JSON.stringify(stats)}\n`)
+        return 0
+      }
+      out.write(
+        `pending: ${stats.pending}\ndead:    ${stats.dead}\nlag:     ${(stats.lagMs / 1000).toFixed(3)} s\n`,
+      )
+      return 0
+    }
+  }
+}
+
+function toJson(event: DeadEvent): Record<string, unknown> {
+  return {
+    ...event,
+    createdAt: new Date(event.createdAt).toISOString(),
+    deadAt: new Date(event.deadAt).toISOString(),
+  }
+}
+
+function table(events: readonly DeadEvent[]): string {
+  const rows = events.map((e) => [
+    String(e.id),
+    e.eventId,
+    `${e.aggregateType}/${e.aggregateId}`,
+    e.type,
+    e.topic,
+    String(e.attempts),
+    new Date(e.deadAt).toISOString(),
+    oneLine(e.lastError ?? ''),
+  ])
+  const header = [
+    'ID',
+    'EVENT ID',
+    'AGGREGATE',
+    'TYPE',
+    'TOPIC',
+    'ATTEMPTS',
+    'DEAD AT',
+    'LAST ERROR',
+  ]
+  const widths = header.map((h, i) =>
+    i === header.length - 1 ? 0 : Math.max(h.length, ...rows.map((r) => r[i]!.length)),
+  )
+  const render = (cells: readonly string[]): string =>
+    cells
+      .map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd()
+  return `${[render(header), ...rows.map(render)].join('\n')}\n`
+}
+
+function oneLine(text: string): string {
+  const flat = redactSecrets(text).replace(/\s+/g, ' ').trim()
+  return flat.length > 120 ? `${flat.slice(0, 119)}…` : flat
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error)
+}

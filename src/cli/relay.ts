@@ -1,0 +1,771 @@
+import { readFileSync } from 'node:fs'
+import {
+  createWebhookPublisher,
+  type OutgoingMessage,
+  openBroker,
+  type Publisher,
+} from '../brokers/index.js'
+import { BreakwaterError } from '../core/errors.js'
+import type { CircuitState } from '../index.js'
+import {
+  createJsonLogger,
+  createMetricsRegistry,
+  type Logger,
+  type LogOutput,
+  type LogThreshold,
+  logThresholds,
+  type MetricsServer,
+  redactSecrets,
+  startMetricsServer,
+} from '../observability/index.js'
+import {
+  crashAtFromEnv,
+  createRelay,
+  createSqlQueue,
+  outboxMigrations,
+  outboxStats,
+  type Relay,
+  type RelayOptions,
+  sqlQueueMigrations,
+} from '../outbox/index.js'
+import { type RunningService, runUntilSignal, type SignalTarget } from '../process/index.js'
+import {
+  listAppliedMigrations,
+  type Migration,
+  openDatabase,
+  parseDatabaseUrl,
+  type SqlDriver,
+} from '../stores/index.js'
+
+/** What `relayCommand` needs besides its arguments; everything has a default. */
+export interface RelayCommandDeps {
+  /** Receives the JSON log lines. @default process.stdout */
+  readonly stdout?: LogOutput
+  /** Receives usage errors and fatal errors as plain text. @default process.stderr */
+  readonly stderr?: { write(text: string): unknown }
+  /** Where the webhook secret and `BREAKWATER_CRASH_AT` are read. @default process.env */
+  readonly env?: Readonly<Record<string, string | undefined>>
+  /** Where SIGTERM and SIGINT come from. @default process */
+  readonly signals?: SignalTarget
+}
+
+const defaultDb = 'sqlite:./.breakwater/breakwater.db'
+const defaultSecretEnv = 'BREAKWATER_WEBHOOK_SECRET'
+
+const usage = `usage: breakwater relay [options]
+
+Publishes the outbox's events to a broker until SIGTERM or SIGINT, then finishes the batch in
+hand and exits 0. Logs JSON lines to stdout. Run \`breakwater migrate --db <url>\` first.
+
+options:
+  --db <url>                 the database holding the outbox: sqlite:<file> or
+                             postgres://user@host/db (default ${defaultDb})
+  --broker <url>             where events go (default sql:):
+                               sql:                       the SQL queue in the --db database
+                               sqlite:<file>, postgres://  the SQL queue in that database
+                               nats://host:port           NATS JetStream
+                               amqp://, amqps://          RabbitMQ
+                               redis://, rediss://        Redis Streams
+                               http://, https://          a webhook (signed POSTs)
+  --metrics-port <n>         serve Prometheus /metrics and /healthz on this port (0: any free
+                             port, logged at start; default: no server)
+  --metrics-host <host>      the metrics server's address (default 127.0.0.1)
+  --batch-size <n>           rows read per round, 1-10000 (default 256)
+  --topic-prefix <text>      prepended to every event's topic
+  --ordering <mode>          confirmed (default) or batch
+  --max-attempts <n>         failed attempts before an event is dead-lettered (default 10)
+  --max-backoff-ms <n>       longest wait between failed rounds (default 30000)
+  --breaker-cooldown-ms <n>  how long the broker's circuit stays open (default 5000)
+  --lease-ms <n>             partition lease length (default 10000)
+  --relay-id <id>            this relay's id in the lease tables (default: random)
+  --drain-timeout-ms <n>     how long a graceful stop may take (default 30000)
+  --log-level <level>        debug, info (default), warn, error or silent
+  --webhook-secret-env <var> environment variable holding the webhook signing secret
+                             (default ${defaultSecretEnv})
+  --webhook-secret-file <f>  file holding the webhook signing secret
+  --webhook-batch            one POST per batch instead of one per event
+
+environment:
+  BREAKWATER_DB_URL, BREAKWATER_BROKER_URL
+                             used when --db or --broker is not given: arguments show in ps
+                             and shell history, so URLs with passwords belong here (or use
+                             PGPASSWORD with PostgreSQL)
+  BREAKWATER_CRASH_AT        relay:<fault point>[:<n>]: SIGKILL itself there (crash tests)
+
+The webhook secret is never taken from arguments. Passwords are never logged.
+`
+
+/** The broker a `--broker` URL names. */
+type BrokerSpec =
+  | { readonly kind: 'sql'; readonly url: string | undefined }
+  | { readonly kind: 'nats' | 'rabbitmq' | 'redis'; readonly url: string }
+  | { readonly kind: 'webhook'; readonly url: string }
+
+interface RelayArgs {
+  readonly db: string
+  readonly broker: BrokerSpec
+  readonly brokerText: string
+  readonly metricsPort: number | undefined
+  readonly metricsHost: string
+  readonly batchSize: number | undefined
+  readonly topicPrefix: string | undefined
+  readonly ordering: 'confirmed' | 'batch' | undefined
+  readonly maxAttempts: number | undefined
+  readonly maxBackoffMs: number | undefined
+  readonly breakerCooldownMs: number | undefined
+  readonly leaseMs: number | undefined
+  readonly relayId: string | undefined
+  readonly drainTimeoutMs: number
+  readonly logLevel: LogThreshold
+  readonly secretEnv: string
+  readonly secretFile: string | undefined
+  readonly webhookBatch: boolean
+}
+
+class UsageError extends Error {}
+
+const valueFlags = new Set([
+  '--db',
+  '--broker',
+  '--metrics-port',
+  '--metrics-host',
+  '--batch-size',
+  '--topic-prefix',
+  '--ordering',
+  '--max-attempts',
+  '--max-backoff-ms',
+  '--breaker-cooldown-ms',
+  '--lease-ms',
+  '--relay-id',
+  '--drain-timeout-ms',
+  '--log-level',
+  '--webhook-secret-env',
+  '--webhook-secret-file',
+])
+const booleanFlags = new Set(['--webhook-batch'])
+const secretFlags = new Set(['--webhook-secret', '--secret', '--password', '--token'])
+
+function integer(
+  flag: string,
+  text: string | undefined,
+  min: number,
+  max: number,
+): number | undefined {
+  if (text === undefined) return undefined
+  if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max)
+    throw new UsageError(
+      `${flag} must be an integer from ${min} to ${max}, got "${redactSecrets(text)}"`,
+    )
+  return Number(text)
+}
+
+/** Parses `--broker`; the error never shows a password. */
+function parseBroker(text: string, dbUrl: string): BrokerSpec {
+  const shown = redactSecrets(text)
+  if (text === 'sql' || text === 'sql:' || text === 'sql://') return { kind: 'sql', url: undefined }
+  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(text)?.[1]?.toLowerCase()
+  switch (scheme) {
+    case 'sqlite':
+    case 'postgres':
+    case 'postgresql':
+      try {
+        parseDatabaseUrl(text)
+      } catch {
+        throw new UsageError(`--broker: not a database URL: "${shown}"`)
+      }
+      return { kind: 'sql', url: text === dbUrl ? undefined : text }
+    case 'nats':
+    case 'amqp':
+    case 'amqps':
+    case 'redis':
+    case 'rediss':
+    case 'http':
+    case 'https': {
+      let url: URL
+      try {
+        url = new URL(text)
+      } catch {
+        throw new UsageError(`--broker: not a valid URL: "${shown}"`)
+      }
+      if (url.hostname === '') throw new UsageError(`--broker: the URL names no host: "${shown}"`)
+      if (scheme === 'http' || scheme === 'https') return { kind: 'webhook', url: text }
+      const kind = scheme === 'nats' ? 'nats' : scheme.startsWith('amqp') ? 'rabbitmq' : 'redis'
+      return { kind, url: text }
+    }
+    default:
+      throw new UsageError(
+        `--broker: unsupported broker "${shown}"; expected sql:, sqlite:<file>, postgres://, nats://, amqp://, amqps://, redis://, rediss://, http:// or https://`,
+      )
+  }
+}
+
+function parse(
+  args: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+): RelayArgs {
+  const values = new Map<string, string>()
+  const flags = new Set<string>()
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!
+    if (!arg.startsWith('--')) throw new UsageError(`unexpected argument "${redactSecrets(arg)}"`)
+    const eq = arg.indexOf('=')
+    const flag = eq < 0 ? arg : arg.slice(0, eq)
+    if (secretFlags.has(flag))
+      throw new UsageError(
+        `${flag}: secrets are not accepted as arguments (they show in ps and shell history); use --webhook-secret-env or --webhook-secret-file`,
+      )
+    if (booleanFlags.has(flag)) {
+      if (eq >= 0) throw new UsageError(`${flag} takes no value`)
+      flags.add(flag)
+      continue
+    }
+    if (!valueFlags.has(flag)) throw new UsageError(`unknown option "${redactSecrets(flag)}"`)
+    let value: string | undefined
+    if (eq >= 0) value = arg.slice(eq + 1)
+    else {
+      value = args[i + 1]
+      i++
+    }
+    if (value === undefined || value === '' || (eq < 0 && value.startsWith('--')))
+      throw new UsageError(`${flag} needs a value`)
+    if (values.has(flag)) throw new UsageError(`${flag} given twice`)
+    values.set(flag, value)
+  }
+
+  const db = values.get('--db') ?? nonEmpty(env.BREAKWATER_DB_URL) ?? defaultDb
+  try {
+    parseDatabaseUrl(db)
+  } catch {
+    throw new UsageError(
+      `--db: expected sqlite:<file> or postgres://user:pass@host/db, got "${redactSecrets(db)}"`,
+    )
+  }
+  const brokerText = values.get('--broker') ?? nonEmpty(env.BREAKWATER_BROKER_URL) ?? 'sql:'
+  const broker = parseBroker(brokerText, db)
+  const ordering = values.get('--ordering')
+  if (ordering !== undefined && ordering !== 'confirmed' && ordering !== 'batch')
+    throw new UsageError(
+      `--ordering must be "confirmed" or "batch", got "${redactSecrets(ordering)}"`,
+    )
+  const logLevel = values.get('--log-level') ?? 'info'
+  if (!(logThresholds as readonly string[]).includes(logLevel))
+    throw new UsageError(
+      `--log-level must be one of ${logThresholds.join(', ')}, got "${logLevel}"`,
+    )
+  const topicPrefix = values.get('--topic-prefix')
+  if (topicPrefix !== undefined && !/^[\x21-\x7e]+$/.test(topicPrefix))
+    throw new UsageError('--topic-prefix must be visible ASCII characters (no spaces)')
+  const secretEnv = values.get('--webhook-secret-env') ?? defaultSecretEnv
+  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(secretEnv))
+    throw new UsageError(
+      `--webhook-secret-env must name an environment variable, got "${secretEnv}"`,
+    )
+  const secretFile = values.get('--webhook-secret-file')
+  const webhookBatch = flags.has('--webhook-batch')
+  if (broker.kind !== 'webhook') {
+    for (const flag of ['--webhook-secret-env', '--webhook-secret-file'])
+      if (values.has(flag)) throw new UsageError(`${flag} applies only to an http(s):// --broker`)
+    if (webhookBatch) throw new UsageError('--webhook-batch applies only to an http(s):// --broker')
+  }
+  const relayId = values.get('--relay-id')
+  if (relayId !== undefined && !/^[\x21-\x7e]{1,200}$/.test(relayId))
+    throw new UsageError('--relay-id must be 1 to 200 visible ASCII characters')
+  const maxMs = 2_147_483_647
+  return {
+    db,
+    broker,
+    brokerText,
+    metricsPort: integer('--metrics-port', values.get('--metrics-port'), 0, 65_535),
+    metricsHost: values.get('--metrics-host') ?? '127.0.0.1',
+    batchSize: integer('--batch-size', values.get('--batch-size'), 1, 10_000),
+    topicPrefix,
+    ordering: ordering as RelayArgs['ordering'],
+    maxAttempts: integer('--max-attempts', values.get('--max-attempts'), 1, 1_000_000),
+    maxBackoffMs: integer('--max-backoff-ms', values.get('--max-backoff-ms'), 1, maxMs),
+    breakerCooldownMs: integer(
+      '--breaker-cooldown-ms',
+      values.get('--breaker-cooldown-ms'),
+      1,
+      maxMs,
+    ),
+    leaseMs: integer('--lease-ms', values.get('--lease-ms'), 30, maxMs),
+    relayId,
+    drainTimeoutMs:
+      integer('--drain-timeout-ms', values.get('--drain-timeout-ms'), 0, maxMs) ?? 30_000,
+    logLevel: logLevel as LogThreshold,
+    secretEnv,
+    secretFile,
+    webhookBatch,
+  }
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value === '' ? undefined : value
+}
+
+/** Reads the webhook secret from its file or environment variable; never from arguments. */
+function webhookSecret(args: RelayArgs, env: Readonly<Record<string, string | undefined>>): string {
+  let secret: string | undefined
+  if (args.secretFile !== undefined) {
+    try {
+      secret = readFileSync(args.secretFile, 'utf8').replace(/\r?\n$/, '')
+    } catch (error) {
+      throw new UsageError(
+        `--webhook-secret-file: cannot read "${args.secretFile}": ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
+      )
+    }
+  } else {
+    secret = env[args.secretEnv]
+  }
+  const source =
+    args.secretFile === undefined
+      ? `the ${args.secretEnv} environment variable`
+      : `the file ${args.secretFile}`
+  if (secret === undefined || secret === '')
+    throw new UsageError(
+      `a webhook --broker needs a signing secret: set ${args.secretEnv} or pass --webhook-secret-file`,
+    )
+  if (Buffer.byteLength(secret) < 16)
+    throw new UsageError(`the webhook secret from ${source} is shorter than 16 bytes`)
+  return secret
+}
+
+/**
+ * Yields to the event loop before each publish. better-sqlite3 is synchronous, so on SQLite a
+ * busy relay round (read, publish to the SQL queue, mark) settles entirely in microtasks: without
+ * a yield, SIGTERM handlers and /metrics requests would wait until the outbox is empty.
+ */
+function yieldingPublisher(publisher: Publisher): Publisher {
+  return {
+    publish: async (messages: readonly OutgoingMessage[], signal?: AbortSignal) => {
+      await new Promise<void>((resolve) => setImmediate(resolve))
+      return publisher.publish(messages, signal)
+    },
+    close: () => publisher.close(),
+  }
+}
+
+/** Publishes every message under `prefix + topic`. */
+function prefixTopics(publisher: Publisher, prefix: string): Publisher {
+  return {
+    publish: (messages: readonly OutgoingMessage[], signal?: AbortSignal) =>
+      publisher.publish(
+        messages.map((m) => ({ ...m, topic: `${prefix}${m.topic}` })),
+        signal,
+      ),
+    close: () => publisher.close(),
+  }
+}
+
+class StartupError extends Error {}
+
+async function checkMigrated(
+  db: SqlDriver,
+  capability: string,
+  migrations: readonly Migration[],
+  url: string,
+): Promise<void> {
+  const applied = new Set(
+    (await listAppliedMigrations(db))
+      .filter((m) => m.capability === capability)
+      .map((m) => m.version),
+  )
+  const missing = migrations.filter((m) => !applied.has(m.version))
+  if (missing.length > 0)
+    throw new StartupError(
+      `${redactSecrets(url)} lacks the ${capability} migrations (${missing.map((m) => m.version).join(', ')}): run \`breakwater migrate --db ${redactSecrets(url)}\` first`,
+    )
+}
+
+const breakerStates: readonly CircuitState[] = ['closed', 'open', 'half-open', 'isolated']
+
+/** Metrics of the relay process, refreshed at each scrape. */
+function relayMetrics(relay: Relay, db: SqlDriver, log: Logger, broker: string) {
+  const registry = createMetricsRegistry({
+    onCollectError: (error) => log.warn('metrics collection failed', { error }),
+  })
+  const published = registry.counter({
+    name: 'breakwater_relay_published_total',
+    help: 'Events confirmed by the broker and marked published by this relay (rate() gives events/s).',
+  })
+  const failures = registry.counter({
+    name: 'breakwater_relay_publish_failures_total',
+    help: 'Failed publish calls (broker down, timeouts, rejected messages).',
+  })
+  const deadLettered = registry.counter({
+    name: 'breakwater_relay_dead_lettered_total',
+    help: 'Events this relay moved to the dead-letter state.',
+  })
+  const batches = registry.counter({
+    name: 'breakwater_relay_batches_total',
+    help: 'Rounds that published at least one event.',
+  })
+  const duration = registry.histogram({
+    name: 'breakwater_relay_batch_duration_seconds',
+    help: 'Time from reading a batch to marking it published.',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+  })
+  const outboxLag = registry.gauge({
+    name: 'breakwater_outbox_lag_seconds',
+    help: 'Age of the oldest unpublished (not dead) event in the whole outbox, 0 when none.',
+  })
+  const pending = registry.gauge({
+    name: 'breakwater_outbox_pending_events',
+    help: 'Events not yet published and not dead, in the whole outbox.',
+  })
+  const dead = registry.gauge({
+    name: 'breakwater_outbox_dead_events',
+    help: 'Dead-lettered events waiting for `breakwater outbox redrive`.',
+  })
+  const statsUp = registry.gauge({
+    name: 'breakwater_outbox_stats_up',
+    help: '1 when the last read of the outbox figures succeeded, 0 when it failed (figures are stale).',
+  })
+  const relayLag = registry.gauge({
+    name: 'breakwater_relay_lag_seconds',
+    help: "Age of the oldest publishable event in this relay's partitions at its last read.",
+  })
+  const partitions = registry.gauge({
+    name: 'breakwater_relay_owned_partitions',
+    help: 'Outbox partitions this relay holds.',
+  })
+  const breaker = registry.gauge({
+    name: 'breakwater_relay_breaker_state',
+    help: "1 for the broker circuit breaker's current state, 0 for the others.",
+    labelNames: ['state'],
+  })
+  const info = registry.gauge({
+    name: 'breakwater_relay_info',
+    help: 'Identity of this relay process.',
+    labelNames: ['relay_id', 'broker', 'dialect'],
+  })
+  info.set({ relay_id: relay.id, broker, dialect: db.dialect }, 1)
+
+  relay.events.on((event) => {
+    if (event.type === 'published') {
+      published.inc(event.count)
+      batches.inc()
+      duration.observe(event.durationMs / 1000)
+    } else if (event.type === 'publishFailed') {
+      failures.inc()
+    } else if (event.type === 'deadLettered') {
+      deadLettered.inc()
+    }
+  })
+  registry.onCollect(async () => {
+    const m = relay.metrics()
+    relayLag.set(m.lagMs / 1000)
+    partitions.set(m.ownedPartitions)
+    for (const state of breakerStates) breaker.set({ state }, m.breakerState === state ? 1 : 0)
+    try {
+      const stats = await outboxStats(db)
+      outboxLag.set(stats.lagMs / 1000)
+      pending.set(stats.pending)
+      dead.set(stats.dead)
+      statsUp.set(1)
+    } catch (error) {
+      statsUp.set(0)
+      throw error
+    }
+  })
+  return registry
+}
+
+/** Logs what the relay reports, at levels an operator can filter on. */
+function logRelayEvents(relay: Relay, log: Logger): void {
+  relay.events.on((event) => {
+    switch (event.type) {
+      case 'published':
+        if (log.isLevelEnabled('debug'))
+          log.debug('published', { count: event.count, durationMs: event.durationMs })
+        break
+      case 'publishFailed':
+        log.warn('publish failed', { count: event.count, error: event.error })
+        break
+      case 'retryScheduled':
+        log.warn('event will be retried', {
+          eventId: event.eventId,
+          attempts: event.attempts,
+          retryAt: new Date(event.retryAt).toISOString(),
+          error: event.error,
+        })
+        break
+      case 'deadLettered':
+        log.error('event dead-lettered', {
+          eventId: event.eventId,
+          aggregateId: event.aggregateId,
+          attempts: event.attempts,
+          error: event.error,
+        })
+        break
+      case 'partitionsChanged':
+        log.info('partitions changed', {
+          owned: event.owned.length,
+          claimed: event.claimed.length,
+          released: event.released.length,
+          lost: event.lost.length,
+        })
+        break
+      case 'error':
+        log.error('relay error', { phase: event.phase, error: event.error })
+        break
+      case 'pruned':
+        log.info('published events pruned', { count: event.count })
+        break
+      case 'crashed':
+        log.error('relay halted at a fault point', { point: event.point, error: event.error })
+        break
+      default:
+        break
+    }
+  })
+  relay.breaker.events.on((event) => {
+    if (event.type !== 'stateChange') return
+    const fields = { from: event.from, to: event.to }
+    if (event.to === 'open') log.warn('broker circuit opened', fields)
+    else log.info('broker circuit state changed', fields)
+  })
+}
+
+/**
+ * `breakwater relay`: runs an outbox relay against `--db` and `--broker` until SIGTERM or
+ * SIGINT, then stops gracefully (the batch in hand is published and marked, nothing half-way).
+ * Logs JSON lines to stdout, serves Prometheus metrics when `--metrics-port` is given.
+ * Resolves to the exit code: 0 after a graceful stop, 2 for bad arguments, 1 when the database
+ * or broker cannot be used or the drain did not finish in time.
+ *
+ * @example
+ * ```ts
+ * const code = await relayCommand(['--db', 'postgres://app@db/app', '--broker', 'nats://nats:4222', '--metrics-port', '9464'])
+ * ```
+ */
+export async function relayCommand(args: string[], deps: RelayCommandDeps = {}): Promise<number> {
+  const out = deps.stdout ?? process.stdout
+  const err = deps.stderr ?? process.stderr
+  const env = deps.env ?? process.env
+  if (args[0] === '--help' || args[0] === '-h' || args[0] === 'help') {
+    out.write(usage)
+    return 0
+  }
+  let parsed: RelayArgs
+  let secret: string | undefined
+  let faults: RelayOptions['faults']
+  try {
+    parsed = parse(args, env)
+    if (parsed.broker.kind === 'webhook') secret = webhookSecret(parsed, env)
+    try {
+      faults = crashAtFromEnv(env.BREAKWATER_CRASH_AT)
+    } catch (error) {
+      throw new UsageError(error instanceof Error ? error.message : String(error))
+    }
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error
+    err.write(`breakwater relay: ${error.message}\n\n${usage}`)
+    return 2
+  }
+
+  const log = createJsonLogger({
+    output: out,
+    level: parsed.logLevel,
+    fields: { service: 'breakwater-relay' },
+  })
+  const fail = (message: string, error?: unknown): number => {
+    log.error(message, error === undefined ? {} : { error })
+    const detail = error === undefined ? '' : `: ${redactSecrets(messageOf(error))}`
+    err.write(`breakwater relay: ${redactSecrets(message)}${detail}\n`)
+    return 1
+  }
+
+  let crashed: (error: unknown) => void = () => {}
+  const done = new Promise<void>((_, reject) => {
+    crashed = reject
+  })
+  done.catch(() => {})
+  let startupFailure: number | undefined
+
+  const start = async (): Promise<RunningService> => {
+    // Closed in reverse order when start fails part-way, or at stop.
+    const resources: Array<{ readonly what: string; close(): Promise<void> }> = []
+    const closeAll = async (): Promise<void> => {
+      for (const resource of resources.splice(0).reverse()) {
+        try {
+          await resource.close()
+        } catch (error) {
+          log.warn(`closing the ${resource.what} failed`, { error })
+        }
+      }
+    }
+    try {
+      let db: SqlDriver
+      try {
+        db = await openDatabase(parsed.db)
+      } catch (error) {
+        throw new StartupError(`cannot open ${redactSecrets(parsed.db)}: ${messageOf(error)}`)
+      }
+      resources.push({ what: 'database', close: () => db.close() })
+      try {
+        await checkMigrated(db, 'outbox', outboxMigrations, parsed.db)
+      } catch (error) {
+        if (error instanceof StartupError) throw error
+        throw new StartupError(`cannot read ${redactSecrets(parsed.db)}: ${messageOf(error)}`)
+      }
+
+      let publisher: Publisher
+      const broker = parsed.broker
+      if (broker.kind === 'sql') {
+        let queueDb = db
+        if (broker.url !== undefined) {
+          const url = broker.url
+          try {
+            queueDb = await openDatabase(url)
+          } catch (error) {
+            throw new StartupError(`cannot open ${redactSecrets(url)}: ${messageOf(error)}`)
+          }
+          const opened = queueDb
+          resources.push({ what: 'queue database', close: () => opened.close() })
+        }
+        await checkMigrated(queueDb, 'queue', sqlQueueMigrations, broker.url ?? parsed.db)
+        const queue = createSqlQueue(queueDb)
+        resources.push({ what: 'SQL queue', close: () => queue.close() })
+        publisher = queue.publisher
+      } else if (broker.kind === 'webhook') {
+        const webhook = createWebhookPublisher({
+          url: broker.url,
+          secret: secret!,
+          batch: parsed.webhookBatch,
+          // Inside the relay's own publish timeout (5 s by default): a few quick attempts, then
+          // the relay's backoff and circuit breaker take over.
+          attemptTimeoutMs: 2_000,
+          retry: { maxAttempts: 3, baseDelayMs: 100, maxDelayMs: 500, maxRetryAfterMs: 1_000 },
+        })
+        resources.push({ what: 'webhook publisher', close: () => webhook.close() })
+        publisher = webhook
+      } else {
+        const opened = openBroker(broker.url, {
+          onError: (event) => log.warn('broker error', { phase: event.phase, error: event.error }),
+        })
+        resources.push({ what: 'broker', close: () => opened.close() })
+        publisher = opened.publisher
+      }
+      if (parsed.topicPrefix !== undefined) publisher = prefixTopics(publisher, parsed.topicPrefix)
+      publisher = yieldingPublisher(publisher)
+
+      const relay = createRelay({
+        db,
+        publisher,
+        ...(parsed.batchSize === undefined ? {} : { batchSize: parsed.batchSize }),
+        ...(parsed.ordering === undefined ? {} : { ordering: parsed.ordering }),
+        ...(parsed.maxAttempts === undefined ? {} : { maxAttempts: parsed.maxAttempts }),
+        ...(parsed.maxBackoffMs === undefined
+          ? {}
+          : {
+              retryBackoff: {
+                baseDelayMs: Math.min(100, parsed.maxBackoffMs),
+                maxDelayMs: parsed.maxBackoffMs,
+              },
+            }),
+        ...(parsed.breakerCooldownMs === undefined
+          ? {}
+          : { circuitBreaker: { cooldownMs: parsed.breakerCooldownMs } }),
+        ...(parsed.leaseMs === undefined ? {} : { leaseMs: parsed.leaseMs }),
+        ...(parsed.relayId === undefined ? {} : { relayId: parsed.relayId }),
+        ...(faults === undefined ? {} : { faults }),
+      })
+      logRelayEvents(relay, log)
+      relay.events.on((event) => {
+        if (event.type === 'crashed') crashed(new Error(`relay halted at ${event.point}`))
+      })
+      const registry = relayMetrics(relay, db, log, broker.kind)
+      try {
+        await relay.start()
+      } catch (error) {
+        throw new StartupError(`the relay could not start: ${messageOf(error)}`)
+      }
+      resources.push({ what: 'relay', close: () => relay.stop() })
+
+      let server: MetricsServer | undefined
+      if (parsed.metricsPort !== undefined) {
+        try {
+          server = await startMetricsServer({
+            port: parsed.metricsPort,
+            host: parsed.metricsHost,
+            registry,
+            health: () => relay.state === 'running',
+            onError: (error) => log.warn('metrics server error', { error }),
+          })
+        } catch (error) {
+          throw new StartupError(
+            `cannot serve metrics on ${parsed.metricsHost}:${parsed.metricsPort}: ${messageOf(error)}`,
+          )
+        }
+        const listening = server
+        resources.push({ what: 'metrics server', close: () => listening.close() })
+      }
+      log.info('relay started', {
+        relayId: relay.id,
+        db: parsed.db,
+        broker: parsed.brokerText,
+        dialect: db.dialect,
+        partitions: relay.partitions().length,
+        ...(server === undefined ? {} : { metrics: `${server.url}/metrics` }),
+      })
+      return {
+        done,
+        async stop() {
+          // The relay stops first (its batch in hand is published and marked); the metrics
+          // server keeps answering until then.
+          const relayIndex = resources.findIndex((r) => r.what === 'relay')
+          const [stopping] = resources.splice(relayIndex, 1)
+          await stopping!.close()
+          const m = relay.metrics()
+          await closeAll()
+          log.info('relay stopped', {
+            relayId: relay.id,
+            published: m.published,
+            deadLettered: m.deadLettered,
+            state: relay.state,
+          })
+        },
+      }
+    } catch (error) {
+      await closeAll()
+      if (error instanceof StartupError) {
+        startupFailure = fail(error.message)
+        throw error
+      }
+      throw error
+    }
+  }
+
+  try {
+    const outcome = await runUntilSignal(start, {
+      drainTimeoutMs: parsed.drainTimeoutMs,
+      ...(deps.signals === undefined ? {} : { target: deps.signals }),
+      onSignal: (signal, phase) =>
+        phase === 'drain'
+          ? log.info('stopping: finishing the batch in hand', { signal })
+          : log.warn('second signal: exiting without waiting for the drain', { signal }),
+    })
+    if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
+      log.error('the relay did not stop in time', {
+        drain: outcome.drain,
+        drainTimeoutMs: parsed.drainTimeoutMs,
+      })
+      return 1
+    }
+    return outcome.reason === 'signal' ? 0 : 1
+  } catch (error) {
+    if (startupFailure !== undefined) return startupFailure
+    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
+      err.write(`breakwater relay: ${redactSecrets(error.message)}\n`)
+      return 2
+    }
+    return fail('the relay failed', error)
+  }
+}
+
+function messageOf(error: unknown): string {
+  if (error instanceof AggregateError && error.errors.length > 0)
+    return error.errors.map(messageOf).join('; ')
+  return error instanceof Error ? error.message : String(error)
+}

@@ -1,0 +1,118 @@
+// relayCommand in-process: argument errors exit 2 with a message naming the problem, startup
+// failures exit 1, and no password ever reaches the output.
+import { EventEmitter } from 'node:events'
+import { describe, expect, it } from 'vitest'
+import { relayCommand } from '../../src/cli/relay.js'
+import { createTestSqlite } from '../support/sqlite.js'
+
+async function run(args: string[], env: Record<string, string> = {}) {
+  let stdout = ''
+  let stderr = ''
+  const code = await relayCommand(args, {
+    stdout: { write: (t: string) => (stdout += t) },
+    stderr: { write: (t: string) => (stderr += t) },
+    env,
+    signals: new EventEmitter(),
+  })
+  return { code, stdout, stderr, all: stdout + stderr }
+}
+
+describe('breakwater relay: argument errors', () => {
+  const cases: Array<[string[], Record<string, string>, string]> = [
+    [['--batch-size', '0'], {}, '--batch-size must be an integer from 1 to 10000, got "0"'],
+    [['--batch-size=12x'], {}, '--batch-size must be an integer from 1 to 10000, got "12x"'],
+    [['--metrics-port', '70000'], {}, '--metrics-port must be an integer from 0 to 65535'],
+    [['--db'], {}, '--db needs a value'],
+    [['--db', '--broker'], {}, '--db needs a value'],
+    [['--bogus'], {}, 'unknown option "--bogus"'],
+    [['stray'], {}, 'unexpected argument "stray"'],
+    [['--batch-size', '5', '--batch-size', '6'], {}, '--batch-size given twice'],
+    [['--ordering', 'random'], {}, '--ordering must be "confirmed" or "batch"'],
+    [['--log-level', 'loud'], {}, '--log-level must be one of debug, info, warn, error, silent'],
+    [['--topic-prefix', 'a b'], {}, '--topic-prefix must be visible ASCII characters'],
+    [['--lease-ms', '10'], {}, '--lease-ms must be an integer from 30'],
+    [['--broker', 'kafka://k:9092'], {}, '--broker: unsupported broker "kafka://k:9092"'],
+    [
+      ['--broker', 'sql:', '--webhook-batch'],
+      {},
+      '--webhook-batch applies only to an http(s):// --broker',
+    ],
+    [['--webhook-secret', 'abc'], {}, '--webhook-secret: secrets are not accepted as arguments'],
+    [
+      ['--broker', 'https://hooks.example.com/x'],
+      {},
+      'a webhook --broker needs a signing secret: set BREAKWATER_WEBHOOK_SECRET or pass --webhook-secret-file',
+    ],
+    [
+      ['--broker', 'https://hooks.example.com/x', '--webhook-secret-env', 'HOOK_KEY'],
+      { HOOK_KEY: 'short' },
+      'the webhook secret from the HOOK_KEY environment variable is shorter than 16 bytes',
+    ],
+    [
+      ['--broker', 'https://hooks.example.com/x', '--webhook-secret-file', '/nonexistent/secret'],
+      {},
+      '--webhook-secret-file: cannot read "/nonexistent/secret": ENOENT',
+    ],
+    [[], { BREAKWATER_CRASH_AT: 'relay:nowhere' }, 'BREAKWATER_CRASH_AT'],
+  ]
+
+  for (const [args, env, message] of cases) {
+    it(`${JSON.stringify(args)} ${JSON.stringify(env)}`, async () => {
+      const result = await run(args, env)
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain(`breakwater relay: ${message}`)
+      expect(result.stderr).toContain('usage: breakwater relay')
+      expect(result.stdout).toBe('')
+    })
+  }
+
+  it('never prints a password given in a bad URL', async () => {
+    for (const args of [
+      ['--broker', 'ftp://user:hunter2-pw@host/x'],
+      ['--db', 'mysql://root:hunter2-pw@db/app'],
+      ['--broker', 'nats://user:hunter2-pw@'],
+      ['--db', 'postgres://app:hunter2-pw@db/app', '--batch-size', 'x'],
+    ]) {
+      const result = await run(args)
+      expect(result.code).toBe(2)
+      expect(result.all).not.toContain('hunter2')
+    }
+    const fromEnv = await run([], { BREAKWATER_BROKER_URL: 'gopher://u:hunter2-pw@h' })
+    expect(fromEnv.code).toBe(2)
+    expect(fromEnv.stderr).toContain('unsupported broker "gopher://u:***@h"')
+  })
+
+  it('prints its usage for --help and exits 0', async () => {
+    const result = await run(['--help'])
+    expect(result.code).toBe(0)
+    expect(result.stdout).toContain('usage: breakwater relay')
+    expect(result.stdout).toContain('sql:                       the SQL queue in the --db database')
+  })
+})
+
+describe('breakwater relay: startup failures exit 1', () => {
+  it('an unmigrated database: a JSON error line and a hint', async () => {
+    const file = createTestSqlite('relay-unmigrated')
+    try {
+      const result = await run(['--db', file.url])
+      expect(result.code).toBe(1)
+      expect(result.stderr).toContain(`lacks the outbox migrations`)
+      expect(result.stderr).toContain(`run \`breakwater migrate --db ${file.url}\` first`)
+      const lines = result.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+      expect(lines.at(-1)).toMatchObject({ level: 'error', service: 'breakwater-relay' })
+      expect(String(lines.at(-1)!.msg)).toContain('lacks the outbox migrations')
+    } finally {
+      file.cleanup()
+    }
+  })
+
+  it('an unreachable PostgreSQL: its password never appears', async () => {
+    const result = await run(['--db', 'postgres://app:hunter2-pw@127.0.0.1:1/app'])
+    expect(result.code).toBe(1)
+    expect(result.all).toContain('postgres://app:***@127.0.0.1:1/app')
+    expect(result.all).not.toContain('hunter2')
+  })
+})
