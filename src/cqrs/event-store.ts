@@ -63,6 +63,13 @@ export interface EventStoreOptions {
    */
   readonly notify?: boolean
   /**
+   * How long a standalone append (or command) waits before notifying, so that appends close
+   * together share one notification; 0 notifies right after each commit. Followers hear of an
+   * append at most this much later.
+   * @default 5
+   */
+  readonly notifyDelayMs?: number
+  /**
    * Source of `createdAt`.
    * @default systemClock
    */
@@ -241,7 +248,11 @@ export class EventStoreImpl implements EventStore {
     const notify = options.notify ?? true
     if (typeof notify !== 'boolean') throw new InvalidOptionError('notify', 'a boolean', notify)
     this.notify = notify
-    this.#notifier = notify && db.dialect === 'postgres' ? new AppendNotifier(db) : undefined
+    const notifyDelayMs = checkInteger('notifyDelayMs', options.notifyDelayMs ?? 5, 0, 60_000)
+    this.#notifier =
+      notify && db.dialect === 'postgres'
+        ? new AppendNotifier(db, this.clock, notifyDelayMs)
+        : undefined
   }
 
   /**

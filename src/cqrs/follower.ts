@@ -1,4 +1,4 @@
-import { type Clock, sleep } from '../core/clock.js'
+import { type Clock, sleep, type TimerHandle } from '../core/clock.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import type { EventStoreImpl } from './event-store.js'
 import { eventsChannel, postgresLastTaken, postgresNotify } from './sql.js'
@@ -102,23 +102,36 @@ export function failureDelayMs(failures: number, baseMs: number, maxMs: number):
 }
 
 /**
- * Sends the post-commit NOTIFY of appends on PostgreSQL, coalesced: at most one notification
- * is in flight per store, carrying the largest position appended meanwhile, so a burst of
- * appends costs one or two tiny statements, not one each.
+ * Sends the post-commit NOTIFY of appends on PostgreSQL, coalesced: appends within `delayMs` of
+ * each other share one notification (carrying the largest position), and at most one is in
+ * flight per store, so a burst of appends costs one or two tiny statements, not one each.
  */
 export class AppendNotifier {
   readonly #db: SqlDriver
+  readonly #clock: Clock
+  readonly #delayMs: number
   #pending = 0
   #sending = false
+  #timer: TimerHandle | undefined
 
-  constructor(db: SqlDriver) {
+  constructor(db: SqlDriver, clock: Clock, delayMs: number) {
     this.#db = db
+    this.#clock = clock
+    this.#delayMs = delayMs
   }
 
   /** Announces that events up to `position` have committed. */
   appended(position: number): void {
     if (position > this.#pending) this.#pending = position
-    if (!this.#sending) void this.#send()
+    if (this.#sending || this.#timer !== undefined) return
+    if (this.#delayMs === 0) {
+      void this.#send()
+      return
+    }
+    this.#timer = this.#clock.setTimeout(() => {
+      this.#timer = undefined
+      void this.#send()
+    }, this.#delayMs)
   }
 
   async #send(): Promise<void> {

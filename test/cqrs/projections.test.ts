@@ -27,8 +27,8 @@ import { dbTargets, type TestDb } from './databases.js'
 
 const poll = { timeout: 10_000, interval: 2 }
 
-/** Awaits `promise` while moving `clock` forward in small steps. */
-async function settle<T>(promise: Promise<T>, clock: ManualClock): Promise<T> {
+/** Awaits `promise` while moving the clocks forward in small steps. */
+async function settle<T>(promise: Promise<T>, ...clocks: ManualClock[]): Promise<T> {
   let outcome: { value: T } | { error: unknown } | undefined
   promise.then(
     (value) => {
@@ -40,7 +40,7 @@ async function settle<T>(promise: Promise<T>, clock: ManualClock): Promise<T> {
   )
   await expect
     .poll(async () => {
-      if (outcome === undefined) await clock.advance(10)
+      if (outcome === undefined) for (const clock of clocks) await clock.advance(10)
       return outcome !== undefined
     }, poll)
     .toBe(true)
@@ -152,13 +152,18 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
       const rows = await settle(
         history(id, { atLeastPosition: last.lastPosition, timeoutMs: 600_000 }),
         projectorClock,
+        storeClock,
       )
       expect(Number(rows[0]!.balance)).toBe(12)
       expect(await projector.lag()).toMatchObject({ positions: 0, ms: 0 })
       expect(await projector.position()).toBe(last.lastPosition)
       // Live: the next command reaches the read model without another catchUp.
       const next = await accounts.handle(id, { kind: 'deposit', amount: 1 })
-      await settle(projector.waitFor(next.lastPosition, { timeoutMs: 600_000 }), projectorClock)
+      await settle(
+        projector.waitFor(next.lastPosition, { timeoutMs: 600_000 }),
+        projectorClock,
+        storeClock,
+      )
       expect((await balances(t, 'async_balances', id))[0]!.balance).toBe(13)
     } finally {
       await projector.stop()
