@@ -20,6 +20,10 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
     summary: 'inspect the outbox: outbox dead|redrive|stats --db <url>',
     load: async () => (await import('./outbox.js')).outboxCommand,
   },
+  saga: {
+    summary: 'operate sagas: saga list|show|retry|cancel --db <url>',
+    load: async () => (await import('./saga.js')).sagaCommand,
+  },
   relay: {
     summary: 'publish outbox events to a broker: relay --db <url> --broker <url>',
     load: async () => (await import('./relay.js')).relayCommand,

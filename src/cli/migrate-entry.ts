@@ -1,5 +1,7 @@
+import { cqrsMigrations } from '../cqrs/index.js'
 import { idempotencyMigrations } from '../idempotency/index.js'
 import { inboxMigrations, outboxMigrations, sqlQueueMigrations } from '../outbox/index.js'
+import { sagaMigrations } from '../saga/index.js'
 import { migrateCommand } from './migrate.js'
 
 /** `breakwater migrate`: applies the migrations of every durable capability. */
@@ -11,6 +13,8 @@ export async function migrateEntry(args: string[]): Promise<number> {
       outbox: outboxMigrations,
       queue: sqlQueueMigrations,
       inbox: inboxMigrations,
+      saga: sagaMigrations,
+      cqrs: cqrsMigrations,
     },
   })
 }
