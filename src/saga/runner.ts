@@ -15,11 +15,19 @@ import {
   type SagaStatus,
   type StepState,
 } from './state.js'
-import { type CommitWork, renewLease, type TimelineRecord, writeTransition } from './store.js'
+import {
+  type BatchOutcome,
+  type CommitWork,
+  renewLease,
+  type TimelineRecord,
+  type TransitionWrite,
+} from './store.js'
 
 /** What the runner needs from its worker. */
 export interface RunnerHost {
   readonly db: SqlDriver
+  /** Writes a fenced transition (batched with other instances' when there is no `work`). */
+  write(write: TransitionWrite, work: readonly CommitWork[]): Promise<BatchOutcome>
   readonly clock: Clock
   readonly workerId: string
   readonly leaseMs: number
@@ -614,8 +622,7 @@ export class InstanceRun {
     const host = this.#host
     const now = host.clock.now()
     const leaseEnd = options.release ? null : now + host.leaseMs
-    const result = await writeTransition(
-      host.db,
+    const result = await host.write(
       {
         id: this.id,
         token: this.token,

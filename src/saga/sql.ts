@@ -139,6 +139,15 @@ export interface SagaStatements {
    * $14 the timeline rows (JSON array). Returns `cancel_requested` when the token still held.
    */
   readonly transition: string
+  /**
+   * PostgreSQL only: many fenced transitions in one statement (group commit). $1 is a JSON
+   * array of `{id, token, status, context, steps, step_index, attempt, next_run_at,
+   * lease_owner, lease_expires_at, reason, now, finished_at, events}`; returns `id` and
+   * `cancel_requested` of each row whose token still held.
+   */
+  readonly transitionBatch: string
+  /** PostgreSQL only: many inserts in one statement; $1 a JSON array; returns inserted ids. */
+  readonly insertBatch: string
   /** $1 saga id, $2 at, $3 kind, $4 step, $5 attempt, $6 worker, $7 detail JSON. */
   readonly insertEvent: string
   /** $1 lease end, $2 owner. Returns id and lease_token of every instance still held. */
@@ -229,6 +238,9 @@ RETURNING *`,
     transition: `UPDATE ${sagaTable} SET ${transitionSet}
 WHERE id = $1 AND lease_token = $2
 RETURNING cancel_requested`,
+    // SQLite batches by running the single statements inside one transaction.
+    transitionBatch: '',
+    insertBatch: '',
     renew: `UPDATE ${sagaTable} SET lease_expires_at = $1
 WHERE lease_owner = $2 AND status IN ('running', 'compensating')
 RETURNING id, lease_token`,
@@ -273,6 +285,40 @@ RETURNING *`,
     AS e(at BIGINT, kind TEXT, step TEXT, attempt INTEGER, worker TEXT, detail TEXT)
 )
 SELECT cancel_requested FROM updated`,
+    // Group commit: the transitions of every instance a worker runs, written by one statement
+    // and one commit. Each row is still fenced by its own token.
+    transitionBatch: `WITH input AS (
+  SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(id TEXT, token BIGINT, status TEXT,
+    context TEXT, steps TEXT, step_index INTEGER, attempt INTEGER, next_run_at BIGINT,
+    lease_owner TEXT, lease_expires_at BIGINT, reason TEXT, now BIGINT, finished_at BIGINT,
+    events JSONB)
+), updated AS (
+  UPDATE ${sagaTable} AS s SET status = i.status, context = i.context, steps = i.steps,
+    step_index = i.step_index, attempt = i.attempt, next_run_at = i.next_run_at,
+    lease_owner = i.lease_owner, lease_expires_at = i.lease_expires_at, reason = i.reason,
+    updated_at = i.now, finished_at = i.finished_at
+  FROM input AS i
+  WHERE s.id = i.id AND s.lease_token = i.token
+  RETURNING s.id, s.cancel_requested
+), timeline AS (
+  INSERT INTO ${sagaEventsTable} (saga_id, at, kind, step, attempt, worker, detail)
+  SELECT i.id, e.at, e.kind, e.step, e.attempt, e.worker, e.detail
+  FROM input AS i JOIN updated AS u ON u.id = i.id,
+    jsonb_to_recordset(i.events)
+      AS e(n INTEGER, at BIGINT, kind TEXT, step TEXT, attempt INTEGER, worker TEXT, detail TEXT)
+  ORDER BY e.n
+)
+SELECT id, cancel_requested FROM updated`,
+    insertBatch: `INSERT INTO ${sagaTable} (id, name, version, definition, status, input, context,
+  steps, step_index, attempt, next_run_at, lease_owner, lease_expires_at, lease_token, created_at,
+  updated_at)
+SELECT i.id, i.name, i.version, i.definition, 'running', i.input, '{}', i.steps, 0, i.attempt,
+  i.next_run_at, i.lease_owner, i.lease_expires_at, i.lease_token, i.now, i.now
+FROM jsonb_to_recordset($1::jsonb) AS i(id TEXT, name TEXT, version INTEGER, definition TEXT,
+  input TEXT, steps TEXT, attempt INTEGER, next_run_at BIGINT, lease_owner TEXT,
+  lease_expires_at BIGINT, lease_token BIGINT, now BIGINT)
+ON CONFLICT (id) DO NOTHING
+RETURNING id`,
     renew: `UPDATE ${sagaTable} SET lease_expires_at = $1
 WHERE lease_owner = $2 AND status IN ('running', 'compensating')
 RETURNING id, lease_token`,

@@ -191,3 +191,116 @@ export async function insertInstance(
   const rows = await executor.query(statements.insert, params)
   return rows.length > 0
 }
+
+/** The outcome of one write of a batch. */
+export type BatchOutcome = { cancelRequested: boolean } | undefined
+
+/**
+ * Writes many inserts and fenced transitions at once (group commit): on PostgreSQL one
+ * statement for the inserts and one for the transitions, each committing on its own; on SQLite
+ * one transaction. Resolves to which inserts happened and each transition's outcome
+ * (`undefined` where the token no longer held), in input order.
+ */
+export async function writeBatch(
+  db: SqlDriver,
+  inserts: readonly NewInstance[],
+  writes: readonly TransitionWrite[],
+): Promise<{ inserted: boolean[]; written: BatchOutcome[] }> {
+  const statements = sagaStatements[db.dialect]
+  if (db.dialect === 'postgres') {
+    let inserted: boolean[] = []
+    if (inserts.length > 0) {
+      const rows = await db.query<{ id: string }>(statements.insertBatch, [
+        JSON.stringify(
+          inserts.map((i) => ({
+            id: i.id,
+            name: i.name,
+            version: i.version,
+            definition: i.key,
+            input: i.input,
+            steps: i.steps,
+            attempt: i.attempt,
+            next_run_at: i.nextRunAt,
+            lease_owner: i.leaseOwner,
+            lease_expires_at: i.leaseExpiresAt,
+            lease_token: i.leaseToken,
+            now: i.now,
+          })),
+        ),
+      ])
+      const ids = new Set(rows.map((r) => r.id))
+      inserted = inserts.map((i) => ids.has(i.id))
+    }
+    let written: BatchOutcome[] = []
+    if (writes.length > 0) {
+      let n = 0
+      const rows = await db.query<{ id: string; cancel_requested: number }>(
+        statements.transitionBatch,
+        [
+          JSON.stringify(
+            writes.map((w) => ({
+              id: w.id,
+              token: w.token,
+              status: w.status,
+              context: w.context,
+              steps: w.steps,
+              step_index: w.stepIndex,
+              attempt: w.attempt,
+              next_run_at: w.nextRunAt,
+              lease_owner: w.leaseOwner,
+              lease_expires_at: w.leaseExpiresAt,
+              reason: w.reason,
+              now: w.now,
+              finished_at: w.finishedAt,
+              events: w.events.map((e) => ({ ...e, n: n++ })),
+            })),
+          ),
+        ],
+      )
+      const byId = new Map(rows.map((r) => [r.id, Boolean(Number(r.cancel_requested))]))
+      written = writes.map((w) =>
+        byId.has(w.id) ? { cancelRequested: byId.get(w.id)! } : undefined,
+      )
+    }
+    return { inserted, written }
+  }
+  return db.transaction(async (tx) => {
+    const inserted: boolean[] = []
+    for (const i of inserts) inserted.push(await insertInstance(tx, i, false))
+    const written: BatchOutcome[] = []
+    for (const w of writes) {
+      const rows = await tx.query<{ cancel_requested: number }>(statements.transition, [
+        w.id,
+        w.token,
+        w.status,
+        w.context,
+        w.steps,
+        w.stepIndex,
+        w.attempt,
+        w.nextRunAt,
+        w.leaseOwner,
+        w.leaseExpiresAt,
+        w.reason,
+        w.now,
+        w.finishedAt,
+      ])
+      if (rows.length === 0) {
+        written.push(undefined)
+        continue
+      }
+      for (const e of w.events) {
+        await tx.execute(statements.insertEvent, [
+          w.id,
+          e.at,
+          e.kind,
+          e.step,
+          e.attempt,
+          e.worker,
+          e.detail,
+        ])
+      }
+      written.push({ cancelRequested: Boolean(Number(rows[0]!.cancel_requested)) })
+    }
+    return { inserted, written }
+  })
+}

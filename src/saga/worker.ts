@@ -6,6 +6,7 @@ import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { EventSource } from '../index.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import { getSaga } from './admin.js'
+import { WriteBatcher } from './batcher.js'
 import { type CompiledSaga, compiledSaga, type SagaDefinition } from './definition.js'
 import {
   emptyMetrics,
@@ -20,7 +21,15 @@ import { InstanceRun, type RunnerHost, type RunOutcome } from './runner.js'
 import { sagaNotifyChannel } from './sql.js'
 import { checkSagaId, initialSteps, serializeInput } from './start.js'
 import { errorInfo, type SagaRow, type SagaStatus } from './state.js'
-import { claimInstances, definitionKeysParam, insertInstance, renewLeases } from './store.js'
+import {
+  type BatchOutcome,
+  type CommitWork,
+  claimInstances,
+  definitionKeysParam,
+  renewLeases,
+  type TransitionWrite,
+  writeTransition,
+} from './store.js'
 
 /** Options of {@link createSagaWorker}. */
 export interface SagaWorkerOptions {
@@ -171,6 +180,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   readonly #keepAlive: boolean
   readonly #sagas = new Map<string, CompiledSaga>()
   readonly #keys: unknown
+  readonly #batcher: WriteBatcher
   readonly #metrics: MutableSagaMetrics = emptyMetrics()
   readonly #inHand = new Map<string, InstanceRun>()
   readonly #running = new Set<Promise<RunOutcome>>()
@@ -207,6 +217,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     )
     this.#pollMs = checkInteger('pollIntervalMs', options.pollIntervalMs ?? 100, 1, 2_147_483_647)
     this.#concurrency = checkInteger('concurrency', options.concurrency ?? 16, 1, 10_000)
+    this.#batcher = new WriteBatcher(db, 500)
     const workerId =
       options.workerId ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`
     if (typeof workerId !== 'string' || workerId === '' || workerId.length > 200)
@@ -250,6 +261,11 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     sagaInstruments().events.add(1, { type: event.type, saga: event.saga ?? '' })
     publishSagaEvent(event)
     if (this.events.hasListeners) this.events.emit(event)
+  }
+
+  write(write: TransitionWrite, work: readonly CommitWork[]): Promise<BatchOutcome> {
+    // Local work (atCommit, a command for the outbox) needs its own transaction.
+    return work.length === 0 ? this.#batcher.write(write) : writeTransition(this.db, write, work)
   }
 
   count(metric: keyof MutableSagaMetrics): void {
@@ -430,24 +446,20 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       updated_at: now,
       finished_at: null,
     }
-    const created = await insertInstance(
-      this.db,
-      {
-        id,
-        name: saga.name,
-        version: saga.version,
-        key: saga.key,
-        input: row.input,
-        steps: row.steps,
-        nextRunAt: now,
-        leaseOwner: this.id,
-        leaseExpiresAt: now + this.leaseMs,
-        leaseToken: 1,
-        attempt: 1,
-        now,
-      },
-      false,
-    )
+    const created = await this.#batcher.insert({
+      id,
+      name: saga.name,
+      version: saga.version,
+      key: saga.key,
+      input: row.input,
+      steps: row.steps,
+      nextRunAt: now,
+      leaseOwner: this.id,
+      leaseExpiresAt: now + this.leaseMs,
+      leaseToken: 1,
+      attempt: 1,
+      now,
+    })
     if (!created) {
       const existing = await getSaga(this.db, id)
       return {
@@ -493,7 +505,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     const tokens = new Map([...sent].map(([id, run]) => [id, run.token]))
     const leaseEnd = this.clock.now() + this.leaseMs
     try {
-      const held = await renewLeases(this.db, this.id, leaseEnd)
+      const held = await this.#batcher.exclusive(() => renewLeases(this.db, this.id, leaseEnd))
       for (const [id, run] of sent) {
         if (this.#inHand.get(id) !== run) continue
         if (held.get(id) === tokens.get(id)) run.leaseExpiresAt = leaseEnd

@@ -60,7 +60,7 @@ export function spawnWorker(env: Record<string, string>): WorkerProcess {
   return {
     child,
     id,
-    crashAt: env.BREAKWATER_CRASH_AT,
+    crashAt: env.CRASH_POINT,
     lines,
     killedByTest: false,
     exited,
@@ -116,9 +116,15 @@ export async function startOrders(
   return started
 }
 
-/** Every named crash point the order saga passes, as BREAKWATER_CRASH_AT values. */
+/**
+ * Every crash point of the order saga: the worker's named points (BREAKWATER_CRASH_AT values)
+ * and, as `in-call:<step>`, a kill in the middle of each step's remote call.
+ */
 export const orderCrashPoints: readonly string[] = [
   'saga:after-claim',
+  'in-call:reserve',
+  'in-call:charge',
+  'in-call:ship',
   ...['reserve', 'charge', 'ship'].flatMap((step) => [
     `saga:before-step:${step}`,
     `saga:after-step-action:${step}`,
@@ -138,7 +144,10 @@ export interface CrashRunOptions {
   readonly sagas: StartedOrder[]
   /** Env of every worker (db URL, services, lease). */
   readonly env: Record<string, string>
-  /** Crash points each to be hit at least once (a worker per point until it is). */
+  /**
+   * Crash points each to be hit at least once (a worker per point until it is): `saga:...`
+   * values of BREAKWATER_CRASH_AT, or `in-call:<step>`.
+   */
   readonly points: readonly string[]
   /** How many random SIGKILLs to deliver. */
   readonly randomKills: number
@@ -220,7 +229,11 @@ export async function runWithCrashes(options: CrashRunOptions): Promise<CrashRun
         const crashAt = pending.shift()
         const w = spawnWorker({
           ...options.env,
-          ...(crashAt === undefined ? {} : { BREAKWATER_CRASH_AT: crashAt }),
+          ...(crashAt === undefined
+            ? {}
+            : crashAt.startsWith('in-call:')
+              ? { SAGA_CRASH_IN_CALL: crashAt.slice('in-call:'.length), CRASH_POINT: crashAt }
+              : { BREAKWATER_CRASH_AT: crashAt, CRASH_POINT: crashAt }),
         })
         alive.add(w)
         all.push(w)
