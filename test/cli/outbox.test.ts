@@ -1,0 +1,214 @@
+// `breakwater outbox dead|redrive|stats` on real SQLite and PostgreSQL. Events are
+// dead-lettered for real: a relay publishes to a webhook receiver that refuses a poison
+// message with 400 (not retryable), with maxAttempts 1.
+import { randomUUID } from 'node:crypto'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { afterAll, describe, expect, it } from 'vitest'
+import {
+  createWebhookPublisher,
+  verifyWebhookSignature,
+  WEBHOOK_SIGNATURE_HEADER,
+} from '../../src/brokers/index.js'
+import { outboxCommand } from '../../src/cli/outbox.js'
+import { createOutbox, createRelay, listDead, type OutboxEvent } from '../../src/outbox/index.js'
+import { dbTargets, pendingCount, until } from '../outbox/support.js'
+import { runCli } from '../process/cli-process.js'
+
+const secret = `whsec-${randomUUID()}`
+const outbox = createOutbox()
+const cleanups: Array<() => Promise<void> | void> = []
+afterAll(async () => {
+  for (const fn of cleanups.reverse()) await fn()
+})
+
+async function run(args: string[]) {
+  let stdout = ''
+  let stderr = ''
+  const code = await outboxCommand(args, {
+    stdout: { write: (t: string) => (stdout += t) },
+    stderr: { write: (t: string) => (stderr += t) },
+  })
+  return { code, stdout, stderr }
+}
+
+/** Distinct ids in first-arrival order (a relay may deliver a message more than once). */
+function distinct(accepted: ReadonlyArray<{ readonly id: string }>): string[] {
+  return [...new Set(accepted.map((a) => a.id))]
+}
+
+/** A webhook receiver that verifies signatures and refuses poison while `refusePoison` is on. */
+async function receiver() {
+  const state = { refusePoison: true, accepted: [] as Array<{ id: string; key: string }> }
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks)
+      if (!verifyWebhookSignature(secret, req.headers[WEBHOOK_SIGNATURE_HEADER], body).ok) {
+        res.writeHead(401).end()
+        return
+      }
+      const m = JSON.parse(body.toString('utf8')) as {
+        id: string
+        key: string
+        payload: { poison?: boolean }
+      }
+      if (m.payload.poison === true && state.refusePoison) {
+        res.writeHead(400).end('unknown order type')
+        return
+      }
+      state.accepted.push({ id: m.id, key: m.key })
+      res.writeHead(204).end()
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      }),
+  )
+  return { ...state, state, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook` }
+}
+
+describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
+  it('lists a dead-lettered event, refuses bad arguments, and redrives it so it is published in order', async () => {
+    const { db, url, close } = await target.open(`outbox_cli_${target.dialect}`)
+    cleanups.push(close)
+    const hook = await receiver()
+    const publisher = createWebhookPublisher({ url: hook.url, secret, retry: false })
+    cleanups.push(() => publisher.close())
+    const relay = createRelay({
+      db,
+      publisher,
+      maxAttempts: 1,
+      pollIntervalMs: 5,
+      maxPollIntervalMs: 20,
+      retention: false,
+    })
+    await relay.start()
+    cleanups.push(() => relay.stop())
+
+    const run_ = randomUUID().slice(0, 8)
+    const event = (aggregate: string, n: number, poison = false): OutboxEvent => ({
+      id: `${run_}-${aggregate}-${n}`,
+      aggregateType: 'order',
+      aggregateId: `${run_}-${aggregate}`,
+      type: poison ? 'order-exploded' : 'order-placed',
+      payload: { n, ...(poison ? { poison: true } : {}) },
+    })
+    const poisonId = `${run_}-p-0`
+    await db.transaction((tx) =>
+      outbox.enqueue(tx, [
+        event('a', 0),
+        event('p', 0, true),
+        event('a', 1),
+        event('p', 1),
+        event('b', 0),
+      ]),
+    )
+    relay.wake()
+    await until(
+      async () => (await listDead(db)).length === 1,
+      'the poison event to be dead-lettered',
+    )
+    await until(
+      () => distinct(hook.state.accepted).length === 3,
+      'the healthy events to be delivered',
+    )
+    // The poison holds back its own aggregate only.
+    expect(distinct(hook.state.accepted).sort()).toEqual(
+      [`${run_}-a-0`, `${run_}-a-1`, `${run_}-b-0`].sort(),
+    )
+
+    const json = await run(['dead', '--db', url, '--json'])
+    expect(json.code, json.stderr).toBe(0)
+    const dead = JSON.parse(json.stdout) as Array<Record<string, unknown>>
+    expect(dead).toHaveLength(1)
+    expect(dead[0]).toMatchObject({
+      eventId: poisonId,
+      aggregateId: `${run_}-p`,
+      type: 'order-exploded',
+      attempts: 1,
+    })
+    expect(String(dead[0]!.lastError)).toContain('answered 400')
+    expect(String(dead[0]!.deadAt)).toMatch(/^\d{4}-\d\d-\d\dT/)
+
+    const table = await run(['dead', '--db', url])
+    expect(table.code).toBe(0)
+    expect(table.stdout.split('\n')[0]).toMatch(
+      /^ID\s+EVENT ID\s+AGGREGATE\s+TYPE\s+TOPIC\s+ATTEMPTS/,
+    )
+    expect(table.stdout).toContain(poisonId)
+    expect(table.stdout).toContain(`order/${run_}-p`)
+
+    const stats = await run(['stats', '--db', url, '--json'])
+    expect(stats.code).toBe(0)
+    expect(JSON.parse(stats.stdout)).toMatchObject({ pending: 1, dead: 1 })
+    expect(JSON.parse(stats.stdout).lagMs).toBeGreaterThan(0)
+
+    // Bad arguments exit 2 with the problem named; an id that is not dead exits 1.
+    for (const [args, message] of [
+      [['redrive', '--db', url], 'outbox redrive needs --all or at least one --id <event id>'],
+      [['redrive', '--db', url, '--all', '--id', poisonId], 'give either --all or --id, not both'],
+      [['dead', '--db', url, '--limit', '0'], '--limit must be an integer from 1 to 100000'],
+      [['dead', '--db', url, '--all'], 'unknown option "--all" for "outbox dead"'],
+      [['purge', '--db', url], 'unknown command "purge"'],
+      [[], 'a command is needed'],
+    ] as Array<[string[], string]>) {
+      const result = await run(args)
+      expect(result.code, args.join(' ')).toBe(2)
+      expect(result.stderr).toContain(`breakwater outbox: ${message}`)
+    }
+    const unknown = await run(['redrive', '--db', url, '--id', 'no-such-event'])
+    expect(unknown.code).toBe(1)
+    expect(unknown.stderr).toContain('1 of the given ids were not dead-lettered')
+    expect(await listDead(db)).toHaveLength(1)
+
+    // The receiver is fixed; redrive: the poison goes out, then the event held behind it.
+    hook.state.refusePoison = false
+    const redriven =
+      target.dialect === 'sqlite'
+        ? await run(['redrive', '--db', url, '--id', poisonId])
+        : await run(['redrive', '--db', url, '--all'])
+    expect(redriven.code, redriven.stderr).toBe(0)
+    expect(redriven.stdout).toMatch(/^Redrove 1 (of 1 event|dead-lettered event)\.\n$/)
+    relay.wake()
+    await until(
+      () => distinct(hook.state.accepted).length === 5,
+      'the redriven events to be delivered',
+    )
+    expect(distinct(hook.state.accepted.filter((a) => a.key === `${run_}-p`))).toEqual([
+      poisonId,
+      `${run_}-p-1`,
+    ])
+    await until(async () => (await pendingCount(db)) === 0, 'everything marked published')
+    expect((await run(['dead', '--db', url])).stdout).toBe('No dead-lettered events.\n')
+    expect(JSON.parse((await run(['stats', '--db', url, '--json'])).stdout)).toEqual({
+      pending: 0,
+      dead: 0,
+      lagMs: 0,
+    })
+
+    if (target.dialect === 'sqlite') {
+      // The same command through the real command line.
+      const cli = await runCli(['outbox', 'dead', '--db', url, '--json'])
+      expect(cli.code, cli.stderr).toBe(0)
+      expect(JSON.parse(cli.stdout)).toEqual([])
+    }
+  })
+})
+
+describe('breakwater outbox: database problems', () => {
+  it('an unmigrated database exits 1 with a hint; a bad URL exits 2 without its password', async () => {
+    const missing = await run(['dead', '--db', 'sqlite::memory:'])
+    expect(missing.code).toBe(1)
+    expect(missing.stderr).toContain('run `breakwater migrate --db sqlite::memory:` first')
+    const bad = await run(['stats', '--db', 'mysql://root:hunter2-pw@db/app'])
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toContain('--db:')
+    expect(bad.stderr).not.toContain('hunter2')
+  })
+})
