@@ -15,6 +15,7 @@ import {
   SagaStateConflictError,
   startSaga,
 } from '../../src/saga/index.js'
+import { claimInstances, definitionKeysParam, writeBatch } from '../../src/saga/store.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { countRows, dbTargets, type TestDb } from './databases.js'
 
@@ -22,6 +23,8 @@ import { countRows, dbTargets, type TestDb } from './databases.js'
 function transient(message: string): Error {
   return Object.assign(new Error(message), { status: 503 })
 }
+
+const noopAction = async () => undefined
 
 /** A promise with its resolver. */
 function gate(): { promise: Promise<void>; open(): void } {
@@ -370,6 +373,156 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     const timeline = await getSagaTimeline(t.db, id)
     expect(timeline.every((e) => e.worker === 'B')).toBe(true)
     expect(timeline[0]).toMatchObject({ kind: 'lease-expired', detail: { previousOwner: 'A' } })
+  })
+
+  it('fences each instance of a worker on its own: the stolen one is refused, its neighbour kept', async () => {
+    const clockA = new ManualClock(0)
+    const clockB = new ManualClock(10_000)
+    const entered: string[] = []
+    const release = gate()
+    const bothIn = gate()
+    const saga = defineSaga({
+      name: `batch-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'work',
+          action: async (ctx) => {
+            if (ctx.attempt === 1) {
+              entered.push(ctx.sagaId)
+              if (entered.length === 2) bothIn.open()
+              await release.promise
+            }
+            return { by: ctx.attempt === 1 ? 'A' : 'B' }
+          },
+        },
+      ],
+    })
+    const first = await startSaga(t.db, saga, {}, { clock: clockA })
+    const second = await startSaga(t.db, saga, {}, { clock: clockA })
+    const a = createSagaWorker({
+      db: t.db,
+      sagas: [saga],
+      clock: clockA,
+      leaseMs: 1_000,
+      workerId: 'A',
+    })
+    const b = createSagaWorker({
+      db: await t.reopen(),
+      sagas: [saga],
+      clock: clockB,
+      leaseMs: 1_000,
+      workerId: 'B',
+      concurrency: 1,
+    })
+    const pollA = a.poll()
+    await bothIn.promise
+    expect(await b.poll()).toBe(1) // B takes one of A's two expired leases over
+    const stolen = (await getSaga(t.db, first.id))!.leaseOwner === undefined ? first.id : second.id
+    const kept = stolen === first.id ? second.id : first.id
+    release.open() // both of A's actions finish together
+    await pollA
+    expect(a.metrics().leaseLost).toBe(1)
+    expect((await getSaga(t.db, stolen))!.context).toEqual({ by: 'B' })
+    expect((await getSaga(t.db, kept))!.context).toEqual({ by: 'A' })
+    expect((await getSagaTimeline(t.db, stolen)).map((e) => e.worker)).toEqual(['B', 'B', 'B'])
+    expect((await getSagaTimeline(t.db, kept)).map((e) => e.worker)).toEqual(['A', 'A'])
+  })
+
+  it('a group commit fences each row: the stale write of a batch is refused, the others written', async () => {
+    const saga = defineSaga({
+      name: `group-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'x', action: noopAction }],
+    })
+    const keys = definitionKeysParam(t.db, [saga.key])
+    const one = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
+    const two = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
+    const claimed = await claimInstances(t.db, 'A', 1_000, 0, keys, 10)
+    expect(claimed.map((r) => r.id).sort()).toEqual([one.id, two.id].sort())
+    // B takes `two` over after A's lease ran out.
+    await t.db.execute('UPDATE breakwater_sagas SET lease_expires_at = 0 WHERE id = $1', [two.id])
+    expect((await claimInstances(t.db, 'B', 5_000, 500, keys, 10)).map((r) => r.id)).toEqual([
+      two.id,
+    ])
+    const write = (row: (typeof claimed)[number]) => ({
+      id: row.id,
+      token: Number(row.lease_token),
+      status: 'completed',
+      context: '{"by":"A"}',
+      steps: row.steps,
+      stepIndex: 1,
+      attempt: 1,
+      nextRunAt: 3_000,
+      leaseOwner: null,
+      leaseExpiresAt: null,
+      reason: null,
+      now: 3_000,
+      finishedAt: 3_000,
+      events: [
+        { at: 3_000, kind: 'step-completed', step: 'x', attempt: 1, worker: 'A', detail: null },
+        { at: 3_000, kind: 'completed', step: null, attempt: null, worker: 'A', detail: null },
+      ],
+    })
+    const byId = new Map(claimed.map((r) => [r.id, r]))
+    const { written } = await writeBatch(
+      t.db,
+      [],
+      [write(byId.get(one.id)!), write(byId.get(two.id)!)],
+    )
+    expect(written).toEqual([{ cancelRequested: false }, undefined])
+    expect((await getSaga(t.db, one.id))!.status).toBe('completed')
+    expect(await getSaga(t.db, two.id)).toMatchObject({ status: 'running', leaseOwner: 'B' })
+    expect((await getSagaTimeline(t.db, one.id)).map((e) => e.kind)).toEqual([
+      'step-completed',
+      'completed',
+    ])
+    expect(await getSagaTimeline(t.db, two.id)).toEqual([])
+  })
+
+  it('reports plain JSON events and counts them', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: `events-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        { name: 'one', action: async () => ({ one: 1 }), compensation: async () => undefined },
+        {
+          name: 'two',
+          action: async () => {
+            throw Object.assign(new Error('no'), { status: 400 })
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock, workerId: 'events' })
+    const events: SagaEvent[] = []
+    worker.events.on((e) => events.push(e))
+    await worker.run(saga, {})
+    expect(events.map((e) => `${e.type}:${e.step ?? ''}`)).toEqual([
+      'step-started:one',
+      'step-completed:one',
+      'step-started:two',
+      'step-failed:two',
+      'compensating:',
+      'compensation-started:one',
+      'compensation-completed:one',
+      'compensated:',
+    ])
+    for (const e of events) {
+      expect(JSON.parse(JSON.stringify(e))).toEqual(e)
+      expect(e).toMatchObject({ worker: 'events', saga: saga.name, version: 1 })
+    }
+    expect(events[3]!.error).toEqual({ name: 'Error', message: 'no', status: 400 })
+    expect(worker.metrics()).toMatchObject({
+      stepAttempts: 2,
+      stepsCompleted: 1,
+      stepFailures: 1,
+      compensations: 1,
+      compensated: 1,
+      completed: 0,
+      inFlight: 0,
+    })
   })
 
   it('keeps an instance on its version: v1 instances finish on v1 while v2 starts new ones', async () => {
