@@ -3,7 +3,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { Pool } from 'undici'
 import { type Clock, systemClock } from '../core/clock.js'
-import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkObject } from '../core/validate.js'
 import { pipeline } from '../policies/pipeline.js'
 import { type RetryOptions, retry } from '../policies/retry.js'
@@ -475,8 +475,7 @@ class WebhookPublisher implements Publisher {
     }
     await Promise.all(Array.from({ length: Math.min(this.#concurrency, queue.length) }, worker))
     if (firstFailure !== undefined) throw firstFailure.error
-    if (signal?.aborted)
-      throw new WebhookError('BROKER_UNAVAILABLE', 'publish aborted', { cause: signal.reason })
+    if (signal?.aborted) throw new AbortedError(signal.reason)
   }
 
   async #deliver(body: string, messageId: string | undefined, signal?: AbortSignal): Promise<void> {
