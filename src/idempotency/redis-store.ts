@@ -1,0 +1,415 @@
+// The Redis idempotency store. The `ioredis` driver is imported lazily, here only. Every
+// step is one Lua script, so it is atomic on the Redis server; nothing here is atomic with
+// a SQL database, which is why this store has no `inTransaction` and its ctx.tx runs no SQL.
+import type { Redis } from 'ioredis'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkObject } from '../core/validate.js'
+import { DriverMissingError, type SqlTransaction } from '../stores/index.js'
+import { IdempotencyInProgressError } from './errors.js'
+import type {
+  ClaimInput,
+  ClaimOutcome,
+  IdempotencyRecord,
+  IdempotencyStore,
+  LeaseRef,
+  StoredResult,
+  TakeoverInput,
+} from './store.js'
+import type { JsonValue } from './types.js'
+
+/** Options of {@link createRedisIdempotencyStore}. Exactly one of `url` and `client` is given. */
+export interface RedisIdempotencyStoreOptions {
+  /**
+   * A `redis://` or `rediss://` URL; the store opens its own connection on first use and
+   * closes it in `close()`.
+   * @default undefined (then `client` is required)
+   */
+  readonly url?: string
+  /**
+   * An ioredis client the caller owns (not closed by `close()`). It must not use
+   * `enableAutoPipelining` (ioredis 6 breaks `call()` with it).
+   * @default undefined (then `url` is required)
+   */
+  readonly client?: Redis
+  /**
+   * Prefix of every key the store writes; one hash per idempotency key.
+   * @default 'breakwater:idempotency:'
+   */
+  readonly keyPrefix?: string
+}
+
+/** The store returned by {@link createRedisIdempotencyStore}. */
+export interface RedisIdempotencyStore extends IdempotencyStore {
+  /** Closes the connection the store opened from `url` (a given `client` is left open). */
+  close(): Promise<void>
+}
+
+// Field names of the record hash (short, since every key holds them).
+// s scope, k key, fp fingerprint, st state, lt lease token, le lease end, at attempt,
+// rp recovery point, ph phases JSON, rr result present, rs status, rh headers JSON,
+// rb body bytes, ca created, ua updated, ea expires.
+const writeFresh = `
+local function fresh(key, a)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 's', ARGV[a], 'k', ARGV[a + 1], 'fp', ARGV[a + 2], 'st', 'in_progress',
+    'lt', ARGV[a + 3], 'le', ARGV[a + 4], 'at', 1, 'ph', '{}', 'ca', ARGV[a + 5],
+    'ua', ARGV[a + 5], 'ea', ARGV[a + 6])
+  redis.call('PEXPIRE', key, ARGV[a + 7])
+end
+`
+
+// ARGV: scope, key, fingerprint, token, leaseEnd, now, expires, ttl.
+const claimScript = `${writeFresh}
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
+fresh(KEYS[1], 1)
+return 1
+`
+
+// ARGV: previous token, now, new token, new lease end.
+const takeOverScript = `
+local r = redis.call('HMGET', KEYS[1], 'st', 'lt', 'le')
+if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
+if (tonumber(r[3]) or 0) > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'lt', ARGV[3], 'le', ARGV[4], 'ua', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'at', 1)
+return 1
+`
+
+// ARGV: previous token, then the claim arguments.
+const recycleScript = `${writeFresh}
+local r = redis.call('HMGET', KEYS[1], 'lt', 'ea')
+if r[1] ~= ARGV[1] or tonumber(r[2]) > tonumber(ARGV[7]) then return 0 end
+fresh(KEYS[1], 2)
+return 1
+`
+
+// ARGV: token.
+const releaseScript = `
+local r = redis.call('HMGET', KEYS[1], 'st', 'lt')
+if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+`
+
+// One write per key, 8 arguments each: kind, token, then the kind's values. Every lease is
+// checked before anything is written, so a transaction applies all of its writes or none.
+// complete: now, expires, ttl, status, headers JSON, body; phase: now, lease end, point, phases.
+const commitScript = `
+for i = 1, #KEYS do
+  local r = redis.call('HMGET', KEYS[i], 'st', 'lt')
+  if r[1] ~= 'in_progress' or r[2] ~= ARGV[(i - 1) * 8 + 2] then return i end
+end
+for i = 1, #KEYS do
+  local b = (i - 1) * 8
+  if ARGV[b + 1] == 'complete' then
+    redis.call('HSET', KEYS[i], 'st', 'completed', 'ua', ARGV[b + 3], 'ea', ARGV[b + 4],
+      'rr', '1', 'rs', ARGV[b + 6], 'rh', ARGV[b + 7], 'rb', ARGV[b + 8])
+    redis.call('HDEL', KEYS[i], 'le')
+    redis.call('PEXPIRE', KEYS[i], ARGV[b + 5])
+  else
+    redis.call('HSET', KEYS[i], 'ua', ARGV[b + 3], 'le', ARGV[b + 4], 'rp', ARGV[b + 5],
+      'ph', ARGV[b + 6])
+  end
+end
+return 0
+`
+
+interface Staged {
+  readonly lease: LeaseRef
+  readonly args: readonly (string | Buffer)[]
+}
+
+/**
+ * The `ctx.tx` of the Redis store. Redis has no SQL and no transaction shared with your
+ * database, so statements reject with a clear error instead of running without atomicity;
+ * the store's own writes are staged and applied in one fenced script when it commits.
+ */
+class RedisTransaction implements SqlTransaction {
+  // Only here to satisfy the executor type: no statement ever runs.
+  readonly dialect = 'sqlite' as const
+  readonly staged: Staged[] = []
+  open = true
+
+  query<R>(): Promise<R[]> {
+    return Promise.reject(noSql())
+  }
+
+  execute(): Promise<{ rowCount: number }> {
+    return Promise.reject(noSql())
+  }
+
+  transaction<T>(): Promise<T> {
+    return Promise.reject(noSql())
+  }
+}
+
+function noSql(): TypeError {
+  return new TypeError(
+    'The Redis idempotency store has no SQL database: ctx.tx cannot run statements, and writes to ' +
+      'your own database are not atomic with the recorded result; use createSqlIdempotencyStore ' +
+      'for that',
+  )
+}
+
+const ttlMs = (expiresAtMs: number, nowMs: number): string =>
+  String(Math.max(1, Math.ceil(expiresAtMs - nowMs)))
+
+function toRecord(reply: readonly Buffer[]): IdempotencyRecord {
+  const fields = new Map<string, Buffer>()
+  for (let i = 0; i + 1 < reply.length; i += 2) fields.set(reply[i]!.toString(), reply[i + 1]!)
+  const text = (name: string): string | undefined => fields.get(name)?.toString()
+  const num = (name: string): number => Number(text(name))
+  const leaseEnd = text('le')
+  const status = text('rs')
+  const body = fields.get('rb')
+  const result: StoredResult | undefined =
+    text('rr') === '1'
+      ? {
+          status: status === undefined || status === '' ? undefined : Number(status),
+          headers: JSON.parse(text('rh') ?? '{}') as StoredResult['headers'],
+          body: body === undefined ? new Uint8Array() : new Uint8Array(body),
+        }
+      : undefined
+  return {
+    scope: text('s') ?? '',
+    key: text('k') ?? '',
+    fingerprint: text('fp') ?? '',
+    state: text('st') === 'completed' ? 'completed' : 'in_progress',
+    leaseToken: text('lt') ?? '',
+    leaseExpiresAtMs: leaseEnd === undefined || leaseEnd === '' ? undefined : Number(leaseEnd),
+    attempt: num('at'),
+    recoveryPoint: text('rp'),
+    phases: JSON.parse(text('ph') ?? '{}') as Record<string, JsonValue>,
+    result,
+    createdAtMs: num('ca'),
+    updatedAtMs: num('ua'),
+    expiresAtMs: num('ea'),
+  }
+}
+
+/**
+ * An idempotency store in Redis, for services without a SQL database. Each step (claim,
+ * takeover, recycle, fenced completion, release) is one atomic Lua script; every key gets a
+ * TTL equal to its retention, so Redis deletes expired keys itself and `sweep` is a no-op
+ * (returns 0).
+ *
+ * Not atomic with SQL business writes: `ctx.tx` rejects every statement, and
+ * `claim: 'in-transaction'` is refused (the store has no `inTransaction`). A handler that
+ * writes to its own database and crashes before the result is recorded will run again on
+ * retry, so make those writes idempotent themselves, or use `createSqlIdempotencyStore`.
+ *
+ * @example
+ * ```ts
+ * const store = createRedisIdempotencyStore({ url: 'redis://localhost:6379' })
+ * const idempotency = createIdempotency({ store })
+ * // on shutdown
+ * await store.close()
+ * ```
+ */
+export function createRedisIdempotencyStore(
+  options: RedisIdempotencyStoreOptions,
+): RedisIdempotencyStore {
+  checkObject('options', options)
+  const { url, client: given } = options
+  if ((url === undefined) === (given === undefined)) {
+    throw new InvalidOptionError('url', 'exactly one of url and client', url)
+  }
+  if (url !== undefined && (typeof url !== 'string' || !/^rediss?:\/\//.test(url))) {
+    throw new InvalidOptionError('url', 'a redis:// or rediss:// URL', url)
+  }
+  if (given !== undefined && (typeof given !== 'object' || given === null)) {
+    throw new InvalidOptionError('client', 'an ioredis client', given)
+  }
+  const keyPrefix = options.keyPrefix ?? 'breakwater:idempotency:'
+  if (typeof keyPrefix !== 'string') {
+    throw new InvalidOptionError('keyPrefix', 'a string', keyPrefix)
+  }
+
+  let connecting: Promise<Redis> | undefined
+  let closed = false
+  const connect = (): Promise<Redis> => {
+    if (closed) return Promise.reject(new TypeError('The Redis idempotency store is closed'))
+    if (given !== undefined) return Promise.resolve(given)
+    connecting ??= (async () => {
+      const { Redis: RedisClient } = await import('ioredis').catch((error: unknown) => {
+        throw new DriverMissingError('ioredis', error)
+      })
+      const client = new RedisClient(url!, {
+        lazyConnect: true,
+        // Not enableAutoPipelining: in ioredis 6 it breaks call()/callBuffer().
+        enableAutoPipelining: false,
+        connectionName: 'breakwater-idempotency',
+      })
+      // Without a listener ioredis logs errors; commands still reject with them.
+      client.on('error', () => {})
+      await client.connect()
+      return client
+    })().catch((error: unknown) => {
+      connecting = undefined
+      throw error
+    })
+    return connecting
+  }
+
+  // The scope's length first, so no (scope, key) pair can collide with another.
+  const redisKey = (scope: string, key: string): string =>
+    `${keyPrefix}${scope.length}:${scope}:${key}`
+
+  const run = async (script: string, keys: readonly string[], args: readonly (string | Buffer)[]) =>
+    (await connect()).callBuffer('EVAL', script, keys.length, ...keys, ...args)
+
+  const claimArgs = (input: ClaimInput): string[] => [
+    input.scope,
+    input.key,
+    input.fingerprint,
+    input.leaseToken,
+    String(input.leaseExpiresAtMs),
+    String(input.nowMs),
+    String(input.expiresAtMs),
+    ttlMs(input.expiresAtMs, input.nowMs),
+  ]
+
+  const holds = async (lease: LeaseRef): Promise<boolean> => {
+    const client = await connect()
+    const [state, token] = await client.hmget(redisKey(lease.scope, lease.key), 'st', 'lt')
+    return state === 'in_progress' && token === lease.leaseToken
+  }
+
+  const asRedisTx = (tx: SqlTransaction): RedisTransaction => {
+    if (!(tx instanceof RedisTransaction) || !tx.open) {
+      throw new TypeError('Not an open transaction of this Redis idempotency store')
+    }
+    return tx
+  }
+
+  return {
+    async claim(input: ClaimInput): Promise<ClaimOutcome> {
+      const reply = await run(claimScript, [redisKey(input.scope, input.key)], claimArgs(input))
+      if (Array.isArray(reply)) return { claimed: false, existing: toRecord(reply as Buffer[]) }
+      return { claimed: true }
+    },
+
+    async get(scope: string, key: string) {
+      const client = await connect()
+      const reply = await client.hgetallBuffer(redisKey(scope, key))
+      const flat: Buffer[] = []
+      for (const [name, value] of Object.entries(reply)) flat.push(Buffer.from(name), value)
+      return flat.length === 0 ? undefined : toRecord(flat)
+    },
+
+    async takeOver(input: TakeoverInput): Promise<boolean> {
+      const reply = await run(
+        takeOverScript,
+        [redisKey(input.scope, input.key)],
+        [
+          input.previousLeaseToken,
+          String(input.nowMs),
+          input.leaseToken,
+          String(input.leaseExpiresAtMs),
+        ],
+      )
+      return reply === 1
+    },
+
+    async recycle(input: TakeoverInput): Promise<boolean> {
+      const reply = await run(
+        recycleScript,
+        [redisKey(input.scope, input.key)],
+        [input.previousLeaseToken, ...claimArgs(input)],
+      )
+      return reply === 1
+    },
+
+    async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+      const tx = new RedisTransaction()
+      try {
+        const value = await fn(tx)
+        if (tx.staged.length > 0) {
+          const failed = await run(
+            commitScript,
+            tx.staged.map((write) => redisKey(write.lease.scope, write.lease.key)),
+            tx.staged.flatMap((write) => write.args),
+          )
+          // The script checked every lease before writing: a lost one means nothing was written.
+          const lost = typeof failed === 'number' && failed > 0 ? tx.staged[failed - 1] : undefined
+          if (lost !== undefined) {
+            throw new IdempotencyInProgressError(lost.lease.key, 'lease-lost', 0)
+          }
+        }
+        return value
+      } finally {
+        tx.open = false
+      }
+    },
+
+    async complete(
+      tx: SqlTransaction,
+      lease: LeaseRef,
+      result: StoredResult,
+      nowMs: number,
+      expiresAtMs: number,
+    ): Promise<boolean> {
+      const redisTx = asRedisTx(tx)
+      if (!(await holds(lease))) return false
+      redisTx.staged.push({
+        lease,
+        args: [
+          'complete',
+          lease.leaseToken,
+          String(nowMs),
+          String(expiresAtMs),
+          ttlMs(expiresAtMs, nowMs),
+          result.status === undefined ? '' : String(result.status),
+          JSON.stringify(result.headers),
+          Buffer.from(result.body.buffer, result.body.byteOffset, result.body.byteLength),
+        ],
+      })
+      return true
+    },
+
+    async savePhase(
+      tx: SqlTransaction,
+      lease: LeaseRef,
+      point: string,
+      phases: Readonly<Record<string, JsonValue>>,
+      nowMs: number,
+      leaseExpiresAtMs: number,
+    ): Promise<boolean> {
+      const redisTx = asRedisTx(tx)
+      if (!(await holds(lease))) return false
+      redisTx.staged.push({
+        lease,
+        args: [
+          'phase',
+          lease.leaseToken,
+          String(nowMs),
+          String(leaseExpiresAtMs),
+          point,
+          JSON.stringify(phases),
+          '',
+          '',
+        ],
+      })
+      return true
+    },
+
+    async release(lease: LeaseRef): Promise<boolean> {
+      const reply = await run(releaseScript, [redisKey(lease.scope, lease.key)], [lease.leaseToken])
+      return reply === 1
+    },
+
+    // Redis deletes each key when its TTL (the retention) ends, so there is nothing to sweep.
+    async sweep(): Promise<number> {
+      return 0
+    },
+
+    async close(): Promise<void> {
+      closed = true
+      const pending = connecting
+      connecting = undefined
+      if (pending === undefined) return
+      const client = await pending.catch(() => undefined)
+      await client?.quit().catch(() => client.disconnect())
+    },
+  }
+}

@@ -1,0 +1,371 @@
+// The Redis idempotency store against the real redis-server of the test run (never a mock):
+// the store contracts of store-conformance.test.ts (minus what needs SQL), Redis-specific
+// behaviour (TTL = retention, no-op sweep, no SQL in ctx.tx) and a 200-claim race.
+import { randomUUID } from 'node:crypto'
+import { Redis } from 'ioredis'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import {
+  type ClaimInput,
+  createIdempotency,
+  createRedisIdempotencyStore,
+  IdempotencyInProgressError,
+  idempotent,
+  type RedisIdempotencyStore,
+  type StoredResult,
+} from '../../src/idempotency/index.js'
+import { brokerUrl } from '../support/brokers.js'
+
+// Unique per run, so reruns against a long-lived server never see old keys.
+const prefix = `bw-test:${randomUUID()}:`
+let keys = 0
+const nextKey = () => `key-${++keys}`
+
+function claimInput(key: string, overrides: Partial<ClaimInput> = {}): ClaimInput {
+  return {
+    scope: 'tenant:a',
+    key,
+    leaseToken: `token-${key}`,
+    fingerprint: 'fp',
+    nowMs: 1_000,
+    leaseExpiresAtMs: 61_000,
+    expiresAtMs: 86_401_000,
+    ...overrides,
+  }
+}
+
+const result: StoredResult = {
+  status: 201,
+  headers: { 'content-type': 'application/octet-stream', link: ['<a>', '<b>'] },
+  // Every byte value, including NUL and invalid UTF-8, must come back exactly.
+  body: Uint8Array.from({ length: 256 }, (_, i) => i),
+}
+
+let url: string
+let store: RedisIdempotencyStore
+let raw: Redis
+
+beforeAll(async () => {
+  url = await brokerUrl('redis')
+  store = createRedisIdempotencyStore({ url, keyPrefix: prefix })
+  raw = new Redis(url, { enableAutoPipelining: false })
+})
+afterAll(async () => {
+  await store?.close()
+  const left = (await raw?.keys(`${prefix}*`)) ?? []
+  if (left.length > 0) await raw.del(...left)
+  await raw?.quit()
+})
+
+describe('Redis idempotency store: the store contracts', () => {
+  it('lets exactly one of many concurrent claims win; the others read its record', async () => {
+    const key = nextKey()
+    const outcomes = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => store.claim(claimInput(key, { leaseToken: `t${i}` }))),
+    )
+    const winners = outcomes.flatMap((o, i) => (o.claimed ? [i] : []))
+    expect(winners).toHaveLength(1)
+    for (const outcome of outcomes) {
+      if (outcome.claimed) continue
+      expect(outcome.existing).toMatchObject({
+        state: 'in_progress',
+        leaseToken: `t${winners[0]}`,
+        fingerprint: 'fp',
+        attempt: 1,
+      })
+    }
+  })
+
+  it('lets exactly one of 200 concurrent claims of one key win, over separate connections', async () => {
+    const key = nextKey()
+    // Several clients, so the claims really interleave on the server, not on one socket.
+    const stores = Array.from({ length: 4 }, () =>
+      createRedisIdempotencyStore({ url, keyPrefix: prefix }),
+    )
+    try {
+      const outcomes = await Promise.all(
+        Array.from({ length: 200 }, (_, i) =>
+          stores[i % stores.length]!.claim(claimInput(key, { leaseToken: `c${i}` })),
+        ),
+      )
+      const winners = outcomes.flatMap((o, i) => (o.claimed ? [i] : []))
+      expect(winners).toHaveLength(1)
+      const losers = outcomes.filter((o) => !o.claimed)
+      expect(losers).toHaveLength(199)
+      for (const outcome of losers) {
+        expect(outcome.claimed === false && outcome.existing?.leaseToken).toBe(`c${winners[0]}`)
+      }
+      expect((await store.get('tenant:a', key))?.leaseToken).toBe(`c${winners[0]}`)
+    } finally {
+      await Promise.all(stores.map((s) => s.close()))
+    }
+  })
+
+  it('reads a record back with integer-millisecond timestamps', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key))
+    expect(await store.get('tenant:a', key)).toEqual({
+      scope: 'tenant:a',
+      key,
+      fingerprint: 'fp',
+      state: 'in_progress',
+      leaseToken: `token-${key}`,
+      leaseExpiresAtMs: 61_000,
+      attempt: 1,
+      recoveryPoint: undefined,
+      phases: {},
+      result: undefined,
+      createdAtMs: 1_000,
+      updatedAtMs: 1_000,
+      expiresAtMs: 86_401_000,
+    })
+    expect(await store.get('tenant:b', key)).toBeUndefined()
+    // Scope and key cannot be confused by moving a separator between them.
+    expect(await store.get('tenant', `a:${key}`)).toBeUndefined()
+  })
+
+  it('records a result only under the current lease, inside the transaction', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key))
+    const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    const stale = { ...lease, leaseToken: 'someone-else' }
+    expect(await store.transaction((tx) => store.complete(tx, stale, result, 2_000, 9_000))).toBe(
+      false,
+    )
+    await expect(
+      store.transaction(async (tx) => {
+        expect(await store.complete(tx, lease, result, 2_000, 9_000)).toBe(true)
+        throw new Error('rolled back')
+      }),
+    ).rejects.toThrow('rolled back')
+    expect((await store.get('tenant:a', key))?.state).toBe('in_progress')
+    expect(await store.transaction((tx) => store.complete(tx, lease, result, 2_000, 9_000))).toBe(
+      true,
+    )
+    const record = await store.get('tenant:a', key)
+    expect(record).toMatchObject({
+      state: 'completed',
+      leaseExpiresAtMs: undefined,
+      updatedAtMs: 2_000,
+      expiresAtMs: 9_000,
+    })
+    expect(record?.result?.status).toBe(201)
+    expect(record?.result?.headers).toEqual(result.headers)
+    expect(Buffer.compare(Buffer.from(record!.result!.body), Buffer.from(result.body))).toBe(0)
+    expect(await store.transaction((tx) => store.complete(tx, lease, result, 3_000, 9_000))).toBe(
+      false,
+    )
+    expect(await store.release(lease)).toBe(false)
+  })
+
+  it('stores a result without status (idempotent()) and an empty body', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key))
+    const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    await store.transaction((tx) =>
+      store.complete(
+        tx,
+        lease,
+        { status: undefined, headers: {}, body: new Uint8Array() },
+        2_000,
+        60_000,
+      ),
+    )
+    const stored = (await store.get('tenant:a', key))?.result
+    expect(stored).toBeDefined()
+    expect(stored?.status).toBeUndefined()
+    expect(stored?.body.byteLength).toBe(0)
+  })
+
+  it('takes over an expired lease once, keeping phases, and fences the old holder', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key, { leaseExpiresAtMs: 5_000 }))
+    const old = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    expect(
+      await store.transaction((tx) =>
+        store.savePhase(tx, old, 'charged', { charged: { v: 'ch_1' } }, 2_000, 5_000),
+      ),
+    ).toBe(true)
+    const takeover = (token: string, nowMs: number) =>
+      store.takeOver({
+        ...claimInput(key, { leaseToken: token, nowMs, leaseExpiresAtMs: nowMs + 60_000 }),
+        previousLeaseToken: `token-${key}`,
+      })
+    expect(await takeover('early', 4_999)).toBe(false)
+    const racers = await Promise.all(['r1', 'r2', 'r3', 'r4'].map((t) => takeover(t, 5_000)))
+    expect(racers.filter(Boolean)).toHaveLength(1)
+    const winner = `r${racers.indexOf(true) + 1}`
+    expect(await store.get('tenant:a', key)).toMatchObject({
+      leaseToken: winner,
+      attempt: 2,
+      recoveryPoint: 'charged',
+      phases: { charged: { v: 'ch_1' } },
+      leaseExpiresAtMs: 65_000,
+      createdAtMs: 1_000,
+    })
+    expect(await store.transaction((tx) => store.savePhase(tx, old, 'x', {}, 5_001, 70_000))).toBe(
+      false,
+    )
+    expect(await store.transaction((tx) => store.complete(tx, old, result, 5_001, 9_000))).toBe(
+      false,
+    )
+    expect(await store.release(old)).toBe(false)
+    expect(await store.release({ ...old, leaseToken: winner })).toBe(true)
+    expect(await store.get('tenant:a', key)).toBeUndefined()
+  })
+
+  it('recycles a record only after its retention ended', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key, { expiresAtMs: 10_000 }))
+    const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    // The logical clock says retention ends at 10 000 ms; the real TTL is a minute, so the
+    // record is still there for the recycle below.
+    await store.transaction((tx) => store.complete(tx, lease, result, 2_000, 62_000))
+    const recycle = (nowMs: number) =>
+      store.recycle({
+        ...claimInput(key, {
+          leaseToken: 'new',
+          fingerprint: 'other',
+          nowMs,
+          leaseExpiresAtMs: nowMs + 1,
+          expiresAtMs: nowMs + 60_000,
+        }),
+        previousLeaseToken: `token-${key}`,
+      })
+    expect(await recycle(61_999)).toBe(false)
+    expect(await recycle(62_000)).toBe(true)
+    expect(await store.get('tenant:a', key)).toEqual({
+      scope: 'tenant:a',
+      key,
+      state: 'in_progress',
+      fingerprint: 'other',
+      leaseToken: 'new',
+      leaseExpiresAtMs: 62_001,
+      attempt: 1,
+      recoveryPoint: undefined,
+      result: undefined,
+      phases: {},
+      createdAtMs: 62_000,
+      updatedAtMs: 62_000,
+      expiresAtMs: 122_000,
+    })
+  })
+
+  it('applies all of a transaction’s writes or none when one lease was lost', async () => {
+    const [a, b] = [nextKey(), nextKey()]
+    await store.claim(claimInput(a))
+    await store.claim(claimInput(b))
+    const leaseA = { scope: 'tenant:a', key: a, leaseToken: `token-${a}` }
+    const leaseB = { scope: 'tenant:a', key: b, leaseToken: `token-${b}` }
+    await expect(
+      store.transaction(async (tx) => {
+        expect(await store.complete(tx, leaseA, result, 2_000, 60_000)).toBe(true)
+        expect(await store.complete(tx, leaseB, result, 2_000, 60_000)).toBe(true)
+        // Another holder releases b between the check and the commit.
+        expect(await store.release(leaseB)).toBe(true)
+      }),
+    ).rejects.toBeInstanceOf(IdempotencyInProgressError)
+    expect((await store.get('tenant:a', a))?.state).toBe('in_progress')
+    expect(await store.get('tenant:a', b)).toBeUndefined()
+  })
+})
+
+describe('Redis idempotency store: what differs from SQL', () => {
+  it('gives every key a TTL equal to its retention, renewed when the result is recorded', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key, { nowMs: 1_000, expiresAtMs: 1_000 + 3_600_000 }))
+    const [redisKey] = await raw.keys(`${prefix}*:${key}`)
+    expect(redisKey).toBeDefined()
+    const claimedTtl = await raw.pttl(redisKey!)
+    expect(claimedTtl).toBeGreaterThan(3_500_000)
+    expect(claimedTtl).toBeLessThanOrEqual(3_600_000)
+    const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+    await store.transaction((tx) => store.complete(tx, lease, result, 2_000, 2_000 + 120_000))
+    const completedTtl = await raw.pttl(redisKey!)
+    expect(completedTtl).toBeGreaterThan(60_000)
+    expect(completedTtl).toBeLessThanOrEqual(120_000)
+  })
+
+  it('lets Redis delete a key whose retention ended, freeing it for a new claim', async () => {
+    const key = nextKey()
+    // Retention already over at the claim: the smallest TTL, 1 ms on the server's clock.
+    await store.claim(claimInput(key, { nowMs: 1_000, expiresAtMs: 1_000 }))
+    // Redis expires keys on its own clock, which no ManualClock drives: poll, bounded.
+    let rounds = 0
+    while ((await raw.exists(`${prefix}8:tenant:a:${key}`)) === 1 && rounds < 10_000) rounds++
+    expect(rounds).toBeLessThan(10_000)
+    expect(await store.get('tenant:a', key)).toBeUndefined()
+    expect(await store.claim(claimInput(key, { leaseToken: 'again' }))).toEqual({ claimed: true })
+  })
+
+  it('has nothing to sweep: sweep() is a no-op that deletes nothing', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key, { expiresAtMs: 60_000 }))
+    expect(await store.sweep(1_000_000, 100)).toBe(0)
+    expect(await store.get('tenant:a', key)).toBeDefined()
+  })
+
+  it("refuses claim: 'in-transaction', naming the store option", () => {
+    expect(store.inTransaction).toBeUndefined()
+    expect(() => createIdempotency({ store, claim: 'in-transaction' })).toThrow(InvalidOptionError)
+  })
+
+  it('rejects statements on ctx.tx, so no business write runs unprotected', async () => {
+    const key = randomUUID()
+    let runs = 0
+    const work = () =>
+      idempotent(
+        key,
+        async (ctx) => {
+          runs++
+          await ctx.tx.execute('INSERT INTO t VALUES (1)')
+          return 'unreachable'
+        },
+        { store, scope: 'redis-ctx' },
+      )
+    await expect(work()).rejects.toThrow(/no SQL database/)
+    // The failed run released its claim: the work can be retried.
+    await expect(work()).rejects.toThrow(/no SQL database/)
+    expect(runs).toBe(2)
+  })
+
+  it('runs idempotent() work once and replays its result', async () => {
+    const key = randomUUID()
+    let runs = 0
+    const work = () =>
+      idempotent(
+        key,
+        async (ctx) => {
+          runs++
+          return { attempt: ctx.attempt, at: runs }
+        },
+        { store, scope: 'redis-once' },
+      )
+    const first = await work()
+    expect(await work()).toEqual(first)
+    expect(first).toEqual({ attempt: 1, at: 1 })
+    expect(runs).toBe(1)
+  })
+
+  it('validates its options once, naming the option', () => {
+    expect(() => createRedisIdempotencyStore({})).toThrow(InvalidOptionError)
+    expect(() => createRedisIdempotencyStore({ url: 'http://localhost' })).toThrow(/url/)
+    expect(() => createRedisIdempotencyStore({ url, keyPrefix: 42 as unknown as string })).toThrow(
+      /keyPrefix/,
+    )
+  })
+
+  it('uses a client the caller owns and leaves it open on close()', async () => {
+    const client = new Redis(url, { enableAutoPipelining: false })
+    try {
+      const shared = createRedisIdempotencyStore({ client, keyPrefix: prefix })
+      const key = nextKey()
+      expect(await shared.claim(claimInput(key))).toEqual({ claimed: true })
+      await shared.close()
+      expect(await client.ping()).toBe('PONG')
+      await expect(shared.get('tenant:a', key)).rejects.toThrow(/closed/)
+    } finally {
+      await client.quit()
+    }
+  })
+})
