@@ -545,6 +545,8 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
     ).finally(() => {
       writing = false
     })
+    // Awaited after the relay lives; a failure must not count as unhandled meanwhile.
+    writeAll.catch(() => {})
 
     // Writer connections terminated at random moments (PostgreSQL).
     const connectionKiller = (async () => {
