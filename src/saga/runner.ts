@@ -460,10 +460,7 @@ export class InstanceRun {
     }
     // A refused reply is used up: a resend waits for a fresh one.
     const forget: CommitWork = async (tx) => {
-      await tx.execute(`DELETE FROM breakwater_saga_replies WHERE saga_id = $1 AND step = $2`, [
-        this.id,
-        step.name,
-      ])
+      await tx.execute(sagaStatements[tx.dialect].deleteReply, [this.id, step.name])
     }
     this.#attempt = attempt
     return this.#stepFailed(step, state, attempt, outcome.error, 0, [forget])

@@ -168,6 +168,8 @@ export interface SagaStatements {
   readonly insertReply: string
   /** $1 saga id, $2 step. */
   readonly selectReply: string
+  /** $1 saga id, $2 step: forgets a reply that was refused, so a resend waits for a new one. */
+  readonly deleteReply: string
   /** $1 id, $2 now. Wakes a running saga so that a worker reads its reply. */
   readonly wake: string
   /** $1 correlation id, $2 event id, $3 type, $4 source, $5 at, $6 payload JSON. */
@@ -209,6 +211,7 @@ WHERE id = $1 AND status = 'running'`,
   insertReply: `INSERT INTO ${sagaRepliesTable} (saga_id, step, reply, received_at)
 VALUES ($1, $2, $3, $4) ON CONFLICT (saga_id, step) DO NOTHING`,
   selectReply: `SELECT reply FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,
+  deleteReply: `DELETE FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,
   wake: `UPDATE ${sagaTable} SET next_run_at = $2 WHERE id = $1 AND status = 'running' AND next_run_at > $2`,
   insertFlowEvent: `INSERT INTO ${flowEventsTable} (correlation_id, event_id, type, source, at, payload)
 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING`,

@@ -316,8 +316,13 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         try {
           const claimed = await this.#claim(free)
           this.#saturated = claimed === free
-          // A full batch suggests more is waiting: claim again at once while slots are free.
-          if (this.#saturated && this.#inHand.size < this.#concurrency) continue
+          // A full batch suggests more is waiting: claim again at once while slots are free,
+          // after letting I/O and timers run (on SQLite a burst of short sagas would otherwise
+          // run in promise jobs alone and starve the rest of the process).
+          if (this.#saturated && this.#inHand.size < this.#concurrency) {
+            await yieldToEventLoop()
+            continue
+          }
         } catch (error) {
           this.#error(error)
         }
@@ -524,6 +529,11 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     this.#metrics.errors++
     this.emit({ type: 'error', error: errorInfo(error) })
   }
+}
+
+// Not a timer: it only lets the event loop turn, so a test clock has nothing to drive here.
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve))
 }
 
 /**
