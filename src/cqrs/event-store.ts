@@ -338,13 +338,13 @@ export class EventStoreImpl implements EventStore {
   ): Promise<AppendResult<E>> {
     const { stream, events, expected, prepared, createdAt } = append
     let version: number
-    let firstPosition: number
+    let positions: readonly number[]
     if (this.dialect === 'postgres') {
       const kind = typeof expected === 'number' ? 3 : expectedKinds[expected]
       const rows = await (tx ?? this.db).query<{
         r_ok: boolean
         r_version: number | string
-        r_first_position: number | string | null
+        r_positions: (number | string)[] | null
         r_deleted: boolean
       }>(postgresAppend, [
         stream,
@@ -360,7 +360,7 @@ export class EventStoreImpl implements EventStore {
       ])
       const row = rows[0]
       if (row === undefined) throw new Error('breakwater_append returned no row')
-      if (!row.r_ok) {
+      if (!row.r_ok || row.r_positions === null) {
         publish('conflict', { stream, expected, actual: Number(row.r_version) })
         throw new WrongExpectedVersionError(
           stream,
@@ -370,11 +370,11 @@ export class EventStoreImpl implements EventStore {
         )
       }
       version = Number(row.r_version)
-      firstPosition = Number(row.r_first_position)
+      positions = row.r_positions.map(Number)
     } else {
-      const run = async (t: SqlExecutor): Promise<[number, number]> =>
+      const run = async (t: SqlExecutor): Promise<[number, number[]]> =>
         this.#appendSqlite(t, stream, expected, prepared, createdAt)
-      ;[version, firstPosition] = tx === undefined ? await this.db.transaction(run) : await run(tx)
+      ;[version, positions] = tx === undefined ? await this.db.transaction(run) : await run(tx)
     }
     const count = events.length
     const recorded: RecordedEvent<E>[] = new Array(count)
@@ -386,13 +386,14 @@ export class EventStoreImpl implements EventStore {
         id: prepared.ids[i]!,
         stream,
         version: version - count + 1 + i,
-        position: firstPosition + i,
+        position: positions[i]!,
         schemaVersion: prepared.versions[i]!,
         metadata: prepared.metadataObjects[i]!,
         createdAt,
       } as RecordedEvent<E>
     }
-    const lastPosition = firstPosition + count - 1
+    const firstPosition = positions[0]!
+    const lastPosition = positions[count - 1]!
     publish('appended', { stream, count, version, lastPosition })
     return { version, firstPosition, lastPosition, events: recorded }
   }
@@ -406,7 +407,7 @@ export class EventStoreImpl implements EventStore {
     expected: ExpectedVersion,
     prepared: PreparedEvents,
     createdAt: number,
-  ): Promise<[number, number]> {
+  ): Promise<[number, number[]]> {
     const rows = await tx.query<{ version: number; deleted: number }>(sqliteStreamForAppend, [
       stream,
     ])
@@ -440,7 +441,9 @@ export class EventStoreImpl implements EventStore {
       }
       await tx.execute(sqliteInsertEvents(end - start), params)
     }
-    return [version, firstPosition]
+    const positions = new Array<number>(count)
+    for (let i = 0; i < count; i++) positions[i] = firstPosition + i
+    return [version, positions]
   }
 
   #prepare(events: readonly NewEvent[]): PreparedEvents {
@@ -581,8 +584,8 @@ export class EventStoreImpl implements EventStore {
     const watermarkSql = this.statements.readAllWatermark
     if (watermarkSql !== undefined) {
       // Two statements on purpose: the events' snapshot must be taken after the watermark.
-      const watermark = await executor.query<{ watermark: string }>(watermarkSql)
-      params.push(watermark[0]!.watermark)
+      const watermark = await executor.query<{ watermark: number | string }>(watermarkSql)
+      params.push(Number(watermark[0]!.watermark))
     }
     const rows = await executor.query<EventRow>(this.statements.readAll, params)
     const events: RecordedEvent<E>[] = new Array(rows.length)

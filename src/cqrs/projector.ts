@@ -3,7 +3,7 @@ import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
 import type { SqlExecutor } from '../stores/index.js'
-import { type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
+import { type EventRow, type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
 import { publish } from './events.js'
 import { failureDelayMs, LogWaker } from './follower.js'
 import {
@@ -15,7 +15,6 @@ import {
   projectionContext,
   validateProjection,
 } from './projections.js'
-import { appenderLockClass, positionLockKey } from './sql.js'
 import type { RecordedEvent } from './types.js'
 
 /** Options of {@link createProjector}. */
@@ -88,12 +87,6 @@ export interface RebuildOptions {
    * @default the projector's batchSize
    */
   readonly batchSize?: number
-  /**
-   * PostgreSQL, inline projections: how long the swap waits for appends already in flight to
-   * finish before giving up (with `TimeoutError`; nothing is swapped, try again).
-   * @default 10000
-   */
-  readonly drainTimeoutMs?: number
 }
 
 /** What a rebuild did. */
@@ -375,7 +368,6 @@ class SqlProjector implements Projector {
   async rebuild(options: RebuildOptions = {}): Promise<RebuildResult> {
     checkObject('options', options)
     const batchSize = checkInteger('batchSize', options.batchSize ?? this.#batchSize, 1, 100_000)
-    const drainTimeoutMs = checkInteger('drainTimeoutMs', options.drainTimeoutMs ?? 10_000, 0)
     await this.#ensure()
     const store = this.#store
     const projection = this.#projection
@@ -410,10 +402,26 @@ class SqlProjector implements Projector {
 
     // 3. Swap: stop the live side, apply what was appended meanwhile, rename, commit.
     const final = await store.db.transaction(async (tx) => {
-      if (this.inline && tx.dialect === 'postgres') await this.#drainAppends(tx, drainTimeoutMs)
       await this.#lockRow(tx)
+      let read = (from: number) => store.readAll({ fromPosition: from, limit: batchSize, tx })
+      if (this.inline && tx.dialect === 'postgres') {
+        // Appends write an inline projection's live tables in their own transactions. Once
+        // this lock is granted, every transaction that wrote them has committed, and the
+        // appends still in flight will write the swapped-in tables (their statements resolve
+        // the table name again after the lock), so the catch-up takes every committed event,
+        // not only the prefix below the watermark: the in-flight appends apply their own.
+        const live = Object.keys(projection.tables).join(', ')
+        await tx.execute(`LOCK TABLE ${live} IN EXCLUSIVE MODE`)
+        read = async (from: number) => {
+          const rows = await tx.query<EventRow>(store.statements.readAllCommitted, [
+            from,
+            batchSize,
+          ])
+          return rows.map((row) => store.toRecorded(row))
+        }
+      }
       for (;;) {
-        const events = await store.readAll({ fromPosition: position + 1, limit: batchSize, tx })
+        const events = await read(position + 1)
         if (events.length === 0) break
         await this.#applyAll(tx, events, generation)
         position = events[events.length - 1]!.position
@@ -441,30 +449,6 @@ class SqlProjector implements Projector {
   async #dropTables(tx: SqlExecutor, generation: number): Promise<void> {
     for (const table of Object.keys(this.#projection.tables)) {
       await tx.execute(`DROP TABLE IF EXISTS ${physicalTable(table, generation)}`)
-    }
-  }
-
-  // PostgreSQL, inline projections: appends write the live tables inside their own
-  // transactions, so before the swap no append may be in flight. Taking the position lock (as
-  // a transaction lock) stops new appends before they take positions; then wait until no other
-  // transaction holds an appender lock (each appending transaction holds one until it ends).
-  // Those appends committed to the live tables, and their events are now readable, so the
-  // catch-up below applies them to the fresh tables too.
-  async #drainAppends(tx: SqlExecutor, timeoutMs: number): Promise<void> {
-    await tx.query(`SELECT pg_advisory_xact_lock(${positionLockKey})`)
-    const deadline = this.#clock.now() + timeoutMs
-    let delayMs = 1
-    for (;;) {
-      const rows = await tx.query<{ busy: boolean }>(
-        `SELECT EXISTS (SELECT 1 FROM pg_locks l
-  WHERE l.locktype = 'advisory' AND l.classid = ${appenderLockClass} AND l.objsubid = 2
-    AND l.pid <> pg_backend_pid()
-    AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())) AS busy`,
-      )
-      if (rows[0]?.busy === false) return
-      if (this.#clock.now() >= deadline) throw new TimeoutError(timeoutMs)
-      await sleep(this.#clock, delayMs)
-      delayMs = Math.min(delayMs * 2, 50)
     }
   }
 }

@@ -14,16 +14,14 @@ import { runMigrations } from '../stores/index.js'
 export const eventsChannel = 'breakwater_events'
 
 /**
- * The advisory lock that orders position allocation on PostgreSQL ("breakevs" in ASCII, so it
- * cannot collide with the migration lock). See the migration's comment on the append function.
+ * PostgreSQL: the advisory lock keys that mark appending transactions. Each appending
+ * transaction holds one shared transaction-level lock `appenderLockBase + n` (n: a lower bound of
+ * the first position it takes) until it ends. The base ("bw" in the top two bytes) keeps these
+ * keys clear of small application lock numbers.
  */
-export const positionLockKey = '7021785581052507763'
-
-/**
- * The first key of the shared advisory lock each appending transaction holds until it ends
- * ("bwap"); the second key is the low 32 bits of its transaction id.
- */
-export const appenderLockClass = 1651995504
+export const appenderLockBase = '7095139737945505792'
+const appenderLockClassLow = 1651965952 // appenderLockBase >> 32
+const appenderLockClassHigh = appenderLockClassLow + 65536 // positions below 2^48
 
 const eventColumns =
   'e.position, e.stream_id, e.stream_version, e.event_id, e.type, e.schema_version, e.data, e.metadata, e.created_at'
@@ -76,38 +74,31 @@ const sqliteMigration: string[] = [
 // The PostgreSQL append is one server-side function, so a standalone append is one round trip
 // (and one autocommit transaction), and prepared once per connection.
 //
-// Global positions and late commits. A sequence hands out positions at insert time, but
-// transactions commit in another order: a reader that saw position 11 committed while 10 was
-// still in flight would move past 10 and never see it. The fix is a transaction-id watermark:
-// readers return only events written by transactions below the id W of the oldest appending
-// transaction still running, and appends are arranged so that this is always a prefix of the
-// position order that can no longer change.
+// Global positions and late commits. A sequence hands out positions when rows are inserted,
+// but transactions commit in another order: a reader that saw position 11 committed while 10
+// was still in flight would move past 10 and never see it. Readers therefore stop at a
+// watermark W below which nothing can still commit:
 //
-// Appends (writers) take their positions in a short critical section under a session-level
-// advisory lock, in this order:
-// 1. get the transaction id (a transaction that had none gets it now, so it is larger than the
-//    id of every transaction that took positions before);
-// 2. a transaction that already had an id (it wrote something before appending) must not be
-//    older than the largest id that ever took positions (kept in the non-transactional
-//    sequence breakwater_events_xid_order); if it is, the append fails with SQLSTATE 40001
-//    (serialization_failure) and the caller retries the transaction. So ids never decrease in
-//    position order;
-// 3. raise that sequence to the id, take a shared transaction-level advisory lock keyed by the
-//    id (held until the transaction ends: it marks "an appender that holds positions is still
-//    running"), and take the positions.
-// The lock is released before the stream check and the insert, so appends serialize only for
-// those few microseconds; commits (and their WAL flushes) stay concurrent. The EXCEPTION block
-// releases it even on a query cancel.
+// - An appending transaction, before it takes its first position, reads the sequence's last
+//   value L and takes a shared advisory lock on the key base + (L + 1), held until it ends
+//   (once per transaction). Every position it takes afterwards is > L, so the key is a lower
+//   bound of all its positions.
+// - A reader (breakwater_read_watermark) first reads the sequence's last value R, then the
+//   lowest key held in pg_locks by appenders of this database (A), and returns
+//   W = min(A, R + 1). Only then, in a new statement (so with a snapshot taken after), does it
+//   read events at positions below W.
 //
-// Readers (breakwater_read_watermark) read, in this order: the sequence (R), then the running
-// appenders of this database from pg_locks (A, mapped to full ids through the running
-// transactions of the snapshot), and only then, in a new statement with a new snapshot, the
-// events below W = min(A, R + 1). Every appender still running at that snapshot either took its
-// positions before A was read (then it is in A) or after R was read (then its id is above R),
-// so its id is >= W and, ids being non-decreasing in position order, so is the id of every event
-// after its positions: the returned events form a prefix. Unlike the snapshot's xmin, this
-// watermark ignores transactions that do not append: a long transaction elsewhere in the
-// cluster does not hold readers back, only an append left open does.
+// Why no event below W can still appear: take an appending transaction still running when the
+// events are read. If it took its lock before pg_locks was read, its key is in A, so W <= key <=
+// each of its positions. Otherwise it took its lock, and then its positions, after R was read,
+// so each of its positions is > R, that is >= R + 1 >= W. Either way all of its positions are
+// >= W; every event below W belongs to a transaction that has ended, and is visible if it
+// committed. The events below W are therefore a prefix of the log that can no longer change.
+//
+// Costs: a read runs one pg_locks scan; an append takes one advisory lock per transaction
+// (nothing is serialized: no global lock, commits stay concurrent); a follower waits for any
+// append left open, but not for transactions that do not append. The sequence must not cache
+// values (CACHE 1, the default), so that its last value is the largest position handed out.
 const appendFunction = `CREATE FUNCTION breakwater_append(
   p_stream TEXT,
   p_expected_kind INTEGER,
@@ -119,42 +110,14 @@ const appendFunction = `CREATE FUNCTION breakwater_append(
   p_metadata TEXT[],
   p_created_at BIGINT,
   p_notify BOOLEAN
-) RETURNS TABLE (r_ok BOOLEAN, r_version BIGINT, r_first_position BIGINT, r_deleted BOOLEAN)
+) RETURNS TABLE (r_ok BOOLEAN, r_version BIGINT, r_positions BIGINT[], r_deleted BOOLEAN)
 LANGUAGE plpgsql AS $fn$
 DECLARE
   v_count INTEGER := cardinality(p_types);
-  v_had_xid BOOLEAN;
-  v_xid xid8;
-  v_xid_number BIGINT;
-  v_first BIGINT;
   v_version BIGINT;
   v_deleted BOOLEAN;
+  v_positions BIGINT[];
 BEGIN
-  PERFORM pg_advisory_lock(${positionLockKey});
-  BEGIN
-    v_had_xid := pg_current_xact_id_if_assigned() IS NOT NULL;
-    v_xid := pg_current_xact_id();
-    v_xid_number := v_xid::text::bigint;
-    IF v_had_xid AND v_xid_number < (SELECT last_value FROM breakwater_events_xid_order) THEN
-      RAISE EXCEPTION USING
-        ERRCODE = 'serialization_failure',
-        MESSAGE = 'breakwater: this transaction wrote before appending and a newer transaction appended meanwhile; retry the transaction',
-        HINT = 'Make the append the first write of its transaction.';
-    END IF;
-    IF v_xid_number > (SELECT last_value FROM breakwater_events_xid_order) THEN
-      PERFORM setval('breakwater_events_xid_order', v_xid_number);
-    END IF;
-    PERFORM pg_advisory_xact_lock_shared(${appenderLockClass}, (v_xid_number::bit(32))::integer);
-    v_first := nextval('breakwater_events_position');
-    IF v_count > 1 THEN
-      PERFORM setval('breakwater_events_position', v_first + v_count - 1);
-    END IF;
-  EXCEPTION WHEN OTHERS OR query_canceled THEN
-    PERFORM pg_advisory_unlock(${positionLockKey});
-    RAISE;
-  END;
-  PERFORM pg_advisory_unlock(${positionLockKey});
-
   -- The stream row is the concurrency anchor: the UPDATE (or the upsert's conflict branch)
   -- locks it and re-checks its condition against the latest committed version, so of several
   -- appends at one expected version exactly one matches.
@@ -180,45 +143,55 @@ BEGIN
   IF v_version IS NULL THEN
     SELECT s.version, s.deleted INTO v_version, v_deleted
       FROM breakwater_streams AS s WHERE s.stream_id = p_stream;
-    RETURN QUERY SELECT FALSE, COALESCE(v_version, 0::bigint), NULL::bigint, COALESCE(v_deleted, FALSE);
+    RETURN QUERY SELECT FALSE, COALESCE(v_version, 0::bigint), NULL::bigint[], COALESCE(v_deleted, FALSE);
     RETURN;
   END IF;
 
+  -- Announce this transaction as an appender before it takes positions (see above). The
+  -- setting is local to the transaction (and to a savepoint that rolls back, like the lock).
+  IF current_setting('breakwater.appending', true) IS DISTINCT FROM 'on' THEN
+    PERFORM pg_advisory_xact_lock_shared(${appenderLockBase}::bigint + 1
+      + COALESCE(pg_sequence_last_value('breakwater_events_position'), 0));
+    PERFORM set_config('breakwater.appending', 'on', true);
+  END IF;
+  SELECT array_agg(n.p ORDER BY n.p) INTO v_positions
+    FROM (SELECT nextval('breakwater_events_position') AS p FROM generate_series(1, v_count)) AS n;
+
   INSERT INTO breakwater_events
-    (position, transaction_id, stream_id, stream_version, event_id, type, schema_version, data,
-     metadata, created_at)
-  SELECT v_first + u.ord - 1, v_xid, p_stream, v_version - v_count + u.ord, u.id, u.type, u.sv,
+    (position, stream_id, stream_version, event_id, type, schema_version, data, metadata,
+     created_at)
+  SELECT v_positions[u.ord], p_stream, v_version - v_count + u.ord, u.id, u.type, u.sv,
          u.data, u.meta, p_created_at
     FROM unnest(p_ids, p_types, p_schema_versions, p_data, p_metadata)
       WITH ORDINALITY AS u(id, type, sv, data, meta, ord);
 
   IF p_notify THEN
-    PERFORM pg_notify('${eventsChannel}', (v_first + v_count - 1)::text);
+    PERFORM pg_notify('${eventsChannel}', v_positions[v_count]::text);
   END IF;
-  RETURN QUERY SELECT TRUE, v_version, v_first, FALSE;
+  RETURN QUERY SELECT TRUE, v_version, v_positions, FALSE;
 END;
 $fn$`
 
-const watermarkFunction = `CREATE FUNCTION breakwater_read_watermark() RETURNS xid8
+const watermarkFunction = `CREATE FUNCTION breakwater_read_watermark() RETURNS BIGINT
 LANGUAGE plpgsql AS $fn$
 DECLARE
-  v_register BIGINT;
+  v_taken BIGINT;
   v_running BIGINT;
 BEGIN
-  -- A fixed snapshot (REPEATABLE READ, SERIALIZABLE) cannot see what finished after it: use
-  -- its xmin, below which everything had finished when it was taken.
+  -- A snapshot fixed before the watermark is read could miss what committed in between.
   IF current_setting('transaction_isolation') <> 'read committed' THEN
-    RETURN pg_snapshot_xmin(pg_current_snapshot());
+    RAISE EXCEPTION USING
+      ERRCODE = 'feature_not_supported',
+      MESSAGE = 'breakwater: reading the log needs READ COMMITTED isolation';
   END IF;
-  SELECT last_value INTO v_register FROM breakwater_events_xid_order;
-  SELECT min(x::text::bigint) INTO v_running
-    FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-    WHERE (x::text::bigint & 4294967295) IN (
-      SELECT l.objid::bigint FROM pg_locks l
-      WHERE l.locktype = 'advisory' AND l.classid = ${appenderLockClass} AND l.objsubid = 2
-        AND l.granted
-        AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
-  RETURN LEAST(v_running, v_register + 1)::text::xid8;
+  v_taken := COALESCE(pg_sequence_last_value('breakwater_events_position'), 0);
+  SELECT min((l.classid::bigint << 32) + l.objid::bigint) - ${appenderLockBase}::bigint
+    INTO v_running
+    FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+      AND l.classid >= ${appenderLockClassLow} AND l.classid < ${appenderLockClassHigh}
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+  RETURN LEAST(v_running, v_taken + 1);
 END;
 $fn$`
 
@@ -228,11 +201,11 @@ $fn$`
 const headFunction = `CREATE FUNCTION breakwater_head() RETURNS BIGINT
 LANGUAGE plpgsql AS $fn$
 DECLARE
-  v_watermark xid8 := breakwater_read_watermark();
+  v_watermark BIGINT := breakwater_read_watermark();
   v_position BIGINT;
 BEGIN
   SELECT e.position INTO v_position FROM breakwater_events e
-    WHERE e.transaction_id < v_watermark ORDER BY e.position DESC LIMIT 1;
+    WHERE e.position < v_watermark ORDER BY e.position DESC LIMIT 1;
   RETURN COALESCE(v_position, 0);
 END;
 $fn$`
@@ -240,11 +213,11 @@ $fn$`
 const firstAfterFunction = `CREATE FUNCTION breakwater_first_created_after(p_position BIGINT) RETURNS BIGINT
 LANGUAGE plpgsql AS $fn$
 DECLARE
-  v_watermark xid8 := breakwater_read_watermark();
+  v_watermark BIGINT := breakwater_read_watermark();
   v_created BIGINT;
 BEGIN
   SELECT e.created_at INTO v_created FROM breakwater_events e
-    WHERE e.position > p_position AND e.transaction_id < v_watermark
+    WHERE e.position > p_position AND e.position < v_watermark
     ORDER BY e.position LIMIT 1;
   RETURN v_created;
 END;
@@ -272,11 +245,11 @@ const postgresMigration: string[] = [
   created_at BIGINT NOT NULL,
   updated_at BIGINT NOT NULL
 )`,
-  'CREATE SEQUENCE breakwater_events_position AS BIGINT',
-  'CREATE SEQUENCE breakwater_events_xid_order AS BIGINT MINVALUE 0 START 0',
+  // CACHE 1 (the default) matters: readers rely on its last value being the largest position
+  // handed out by any session.
+  'CREATE SEQUENCE breakwater_events_position AS BIGINT CACHE 1',
   `CREATE TABLE breakwater_events (
   position BIGINT PRIMARY KEY,
-  transaction_id xid8 NOT NULL,
   stream_id TEXT NOT NULL,
   stream_version BIGINT NOT NULL,
   event_id TEXT NOT NULL,
@@ -345,6 +318,11 @@ export interface CqrsStatements {
   readonly readAll: string
   /** PostgreSQL: the watermark for the next readAll statement (undefined on SQLite). */
   readonly readAllWatermark: string | undefined
+  /**
+   * Every committed event from `$1`, `$2` at most, ignoring appends in flight (a rebuild's swap
+   * of an inline projection, once no transaction can write the old tables, needs exactly this).
+   */
+  readonly readAllCommitted: string
   /**
    * PostgreSQL: readStream as an ordered index scan, the stream row read by scalar subqueries
    * in the same snapshot; returns no row when no event is in range (then the JOIN form runs).
@@ -452,6 +430,7 @@ export const cqrsStatements: Readonly<Record<'sqlite' | 'postgres', CqrsStatemen
     streamInfoForUpdate: common.streamInfo,
     projectionForUpdate: common.projection,
     readAllWatermark: undefined,
+    readAllCommitted: `SELECT ${eventColumns} FROM breakwater_events e WHERE e.position >= $1 ORDER BY e.position LIMIT $2`,
     readStreamForwardsFast: undefined,
     readStreamBackwardsFast: undefined,
     noLimit: -1,
@@ -462,13 +441,14 @@ export const cqrsStatements: Readonly<Record<'sqlite' | 'postgres', CqrsStatemen
     readStreamBackwards: readStreamSql('postgres', 'backwards'),
     // With the watermark read by a statement before (see readAllWatermark).
     readAll: `SELECT ${eventColumns} FROM breakwater_events e
-WHERE e.position >= $1 AND e.transaction_id < $3::xid8
+WHERE e.position >= $1 AND e.position < $3
 ORDER BY e.position LIMIT $2`,
     headPosition: 'SELECT breakwater_head() AS position',
     firstAfter: 'SELECT breakwater_first_created_after($1) AS created_at',
     streamInfoForUpdate: `${common.streamInfo} FOR UPDATE`,
     projectionForUpdate: `${common.projection} FOR UPDATE`,
-    readAllWatermark: 'SELECT breakwater_read_watermark()::text AS watermark',
+    readAllWatermark: 'SELECT breakwater_read_watermark() AS watermark',
+    readAllCommitted: `SELECT ${eventColumns} FROM breakwater_events e WHERE e.position >= $1 ORDER BY e.position LIMIT $2`,
     readStreamForwardsFast: readStreamFastSql('forwards'),
     readStreamBackwardsFast: readStreamFastSql('backwards'),
     noLimit: null,
@@ -484,7 +464,7 @@ export const postgresNotify = 'SELECT breakwater_notify($1)'
 
 /** The PostgreSQL append call: see the migration. */
 export const postgresAppend =
-  'SELECT r_ok, r_version, r_first_position, r_deleted FROM breakwater_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)'
+  'SELECT r_ok, r_version, r_positions, r_deleted FROM breakwater_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)'
 
 const sqliteInsertCache = new Map<number, string>()
 /** The maximum rows per SQLite insert statement. */

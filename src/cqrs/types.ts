@@ -80,9 +80,8 @@ export interface AppendOptions {
    * `fromPgClient`/`fromBetterSqlite`/`fromKysely`): the events commit with the caller's other
    * writes. Without it the append commits on its own.
    *
-   * On PostgreSQL, make the append the first write of the transaction when you can: see
-   * `docs/cqrs.md` ("global positions") for why a transaction that wrote before may fail with
-   * a serialization failure (SQLSTATE 40001) that asks to retry it.
+   * Keep such transactions short: until it ends, followers of `readAll` cannot read past its
+   * events (see `docs/cqrs.md`, "global positions").
    */
   readonly tx?: SqlExecutor
 }
@@ -91,7 +90,10 @@ export interface AppendOptions {
 export interface AppendResult<E extends EventShape = EventShape> {
   /** The stream's version after the append (the version of its last event). */
   readonly version: number
-  /** The global position of the first appended event. */
+  /**
+   * The global position of the first appended event. On PostgreSQL, events of concurrent
+   * appends may take positions between this append's own.
+   */
   readonly firstPosition: number
   /** The global position of the last appended event (what `waitFor` takes). */
   readonly lastPosition: number

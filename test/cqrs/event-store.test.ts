@@ -10,7 +10,6 @@ import {
   type ExpectedVersion,
   WrongExpectedVersionError,
 } from '../../src/cqrs/index.js'
-import { sqlErrorKind } from '../../src/stores/index.js'
 import { dbTargets, type TestDb } from './databases.js'
 
 const event = (n: number) => ({ type: 'counted', data: { n } })
@@ -383,49 +382,55 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
   })
 })
 
-describe('PostgreSQL position order', () => {
+describe('PostgreSQL appends inside longer transactions', () => {
   const target = dbTargets.find((d) => d.dialect === 'postgres')!
   let t: TestDb
   beforeAll(async () => {
-    t = await target.open('cqrs_xid_order')
+    t = await target.open('cqrs_long_tx')
   })
   afterAll(async () => {
     await t?.close()
   })
 
-  it('refuses (40001) an append in a transaction that wrote before a newer transaction appended', async () => {
+  it('an append after other writes, and several appends, in one transaction', async () => {
     const store = createEventStore(t.db)
     await t.db.execute('CREATE TABLE side_effects (id INTEGER)')
+    const from = (await store.headPosition()) + 1
     let release!: () => void
-    const appendedMeanwhile = new Promise<void>((resolve) => {
+    const gate = new Promise<void>((resolve) => {
       release = resolve
     })
-    const older = t.db.transaction(async (tx) => {
-      // The business write gives this transaction its id before the append below.
-      await tx.execute('INSERT INTO side_effects (id) VALUES (1)')
-      await appendedMeanwhile
-      await store.append('late', [event(1)], { tx })
+    let appended!: () => void
+    const firstAppended = new Promise<void>((resolve) => {
+      appended = resolve
     })
-    // Wait until the older transaction has its id, then append from a newer one.
-    for (;;) {
-      const rows = await t.db.query<{ n: number }>(
-        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND backend_xid IS NOT NULL AND state = 'idle in transaction'",
-      )
-      if (rows[0]!.n > 0) break
-    }
-    await store.append('newer', [event(2)])
-    release()
-    const error = await older.then(
-      () => undefined,
-      (e: unknown) => e,
-    )
-    expect(sqlErrorKind(error)).toBe('serialization-failure')
-    expect(String((error as Error).message)).toContain('retry the transaction')
-    // Retried (a fresh transaction), it goes through; appending first never conflicts.
-    await t.db.transaction(async (tx) => {
-      await store.append('late', [event(1)], { tx })
+    const older = t.db.transaction(async (tx) => {
+      await tx.execute('INSERT INTO side_effects (id) VALUES (1)')
+      await store.append('long-a', [event(1)], { tx })
+      appended()
+      await gate
+      await store.append('long-b', [event(2), event(3)], { tx })
       await tx.execute('INSERT INTO side_effects (id) VALUES (2)')
     })
-    expect((await store.readStream('late')).version).toBe(1)
+    await firstAppended
+    await store.append('newer', [event(4)])
+    // The open transaction holds its positions: nothing after them is readable yet.
+    expect(await store.readAll({ fromPosition: from })).toEqual([])
+    release()
+    await older
+    const log = await store.readAll({ fromPosition: from })
+    expect(log.map((e) => e.stream)).toEqual(['long-a', 'newer', 'long-b', 'long-b'])
+    const positions = log.map((e) => e.position)
+    expect([...positions].sort((a, b) => a - b)).toEqual(positions)
+  })
+
+  it('refuses to read the log under a fixed snapshot (REPEATABLE READ)', async () => {
+    const store = createEventStore(t.db)
+    await expect(
+      t.db.transaction(async (tx) => {
+        await tx.execute('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ')
+        await store.readAll({ tx })
+      }),
+    ).rejects.toThrow(/needs READ COMMITTED/)
   })
 })

@@ -179,15 +179,6 @@ describe('the PostgreSQL watermark only waits for appends', () => {
     release()
     await long
   })
-
-  it('reads consistently inside a REPEATABLE READ transaction', async () => {
-    const appended = await store.append('rr', [{ type: 'x', data: 1 }])
-    await t.db.transaction(async (tx) => {
-      await tx.execute('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ')
-      const read = await store.readAll({ fromPosition: appended.lastPosition, tx })
-      expect(read.map((e) => e.stream)).toEqual(['rr'])
-    })
-  })
 })
 
 describe('readAll under concurrent writers with delayed commits (PostgreSQL)', () => {
