@@ -109,14 +109,17 @@ const appendFunction = `CREATE FUNCTION breakwater_append(
   p_data TEXT[],
   p_metadata TEXT[],
   p_created_at BIGINT,
-  p_notify BOOLEAN
-) RETURNS TABLE (r_ok BOOLEAN, r_version BIGINT, r_positions BIGINT[], r_deleted BOOLEAN)
+  p_notify BOOLEAN,
+  OUT r_ok BOOLEAN,
+  OUT r_version BIGINT,
+  OUT r_positions BIGINT[],
+  OUT r_deleted BOOLEAN
+)
 LANGUAGE plpgsql AS $fn$
 DECLARE
   v_count INTEGER := cardinality(p_types);
   v_version BIGINT;
   v_deleted BOOLEAN;
-  v_positions BIGINT[];
 BEGIN
   -- The stream row is the concurrency anchor: the UPDATE (or the upsert's conflict branch)
   -- locks it and re-checks its condition against the latest committed version, so of several
@@ -143,7 +146,9 @@ BEGIN
   IF v_version IS NULL THEN
     SELECT s.version, s.deleted INTO v_version, v_deleted
       FROM breakwater_streams AS s WHERE s.stream_id = p_stream;
-    RETURN QUERY SELECT FALSE, COALESCE(v_version, 0::bigint), NULL::bigint[], COALESCE(v_deleted, FALSE);
+    r_ok := FALSE;
+    r_version := COALESCE(v_version, 0);
+    r_deleted := COALESCE(v_deleted, FALSE);
     RETURN;
   END IF;
 
@@ -154,21 +159,32 @@ BEGIN
       + COALESCE(pg_sequence_last_value('breakwater_events_position'), 0));
     PERFORM set_config('breakwater.appending', 'on', true);
   END IF;
-  SELECT array_agg(n.p ORDER BY n.p) INTO v_positions
-    FROM (SELECT nextval('breakwater_events_position') AS p FROM generate_series(1, v_count)) AS n;
-
-  INSERT INTO breakwater_events
-    (position, stream_id, stream_version, event_id, type, schema_version, data, metadata,
-     created_at)
-  SELECT v_positions[u.ord], p_stream, v_version - v_count + u.ord, u.id, u.type, u.sv,
-         u.data, u.meta, p_created_at
-    FROM unnest(p_ids, p_types, p_schema_versions, p_data, p_metadata)
-      WITH ORDINALITY AS u(id, type, sv, data, meta, ord);
+  IF v_count = 1 THEN
+    r_positions := ARRAY[nextval('breakwater_events_position')];
+    INSERT INTO breakwater_events
+      (position, stream_id, stream_version, event_id, type, schema_version, data, metadata,
+       created_at)
+    VALUES (r_positions[1], p_stream, v_version, p_ids[1], p_types[1], p_schema_versions[1],
+            p_data[1], p_metadata[1], p_created_at);
+  ELSE
+    SELECT array_agg(n.p ORDER BY n.p) INTO r_positions
+      FROM (SELECT nextval('breakwater_events_position') AS p
+            FROM generate_series(1, v_count)) AS n;
+    INSERT INTO breakwater_events
+      (position, stream_id, stream_version, event_id, type, schema_version, data, metadata,
+       created_at)
+    SELECT r_positions[u.ord], p_stream, v_version - v_count + u.ord, u.id, u.type, u.sv,
+           u.data, u.meta, p_created_at
+      FROM unnest(p_ids, p_types, p_schema_versions, p_data, p_metadata)
+        WITH ORDINALITY AS u(id, type, sv, data, meta, ord);
+  END IF;
 
   IF p_notify THEN
-    PERFORM pg_notify('${eventsChannel}', v_positions[v_count]::text);
+    PERFORM pg_notify('${eventsChannel}', r_positions[v_count]::text);
   END IF;
-  RETURN QUERY SELECT TRUE, v_version, v_positions, FALSE;
+  r_ok := TRUE;
+  r_version := v_version;
+  r_deleted := FALSE;
 END;
 $fn$`
 
