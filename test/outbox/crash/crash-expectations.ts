@@ -16,6 +16,9 @@ export function expectSound(report: CrashReport): void {
   // per aggregate the first deliveries follow the commit order.
   expect(verdict.lost.slice(0, 20)).toEqual([])
   expect(verdict.unexpected.slice(0, 20)).toEqual([])
+  // Order as the relays published it (first confirmations), then as the consumer saw it.
+  expect(report.relayVerdict.orderViolations.slice(0, 20)).toEqual([])
+  expect(report.relayVerdict.lost.slice(0, 20)).toEqual([])
   expect(verdict.orderViolations.slice(0, 20)).toEqual([])
   expect(verdict.valid).toBe(true)
   // The producer's database agrees: every business row has its event and the other way round,

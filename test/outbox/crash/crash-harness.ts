@@ -115,6 +115,11 @@ export interface CrashReport {
   /** Confirmations logged by the relays (with repeats) and the repeats among them. */
   readonly relayConfirms: number
   readonly relayDuplicates: number
+  /**
+   * The enqueues judged with the relays' first confirmations as deliveries: per-aggregate
+   * order as the relays published it (confirmation log order).
+   */
+  readonly relayVerdict: QueueCheckResult
   /** Deliveries beyond the first, as the consumer saw them, and those the inbox dropped. */
   readonly consumerDuplicates: number
   readonly inboxDuplicates: number
@@ -465,8 +470,10 @@ export async function runCrashScenario(scenario: CrashScenario): Promise<CrashRe
     )
     await createConsumerTables(env.consumerDb)
 
-    // The consumer.
+    // The consumer's history, and the same enqueues with the relay's first confirmations as
+    // deliveries (to tell a relay's order violation from a broker's or subscriber's).
     const checker = new QueueChecker()
+    const relayView = new QueueChecker()
     const committedAt = new Map<string, number>()
     const firstDeliveredAt = new Map<string, number>()
     const deliveredPerKey = new Map<string, Set<string>>()
@@ -512,6 +519,7 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
     )
     const perWriter = Math.ceil(scenario.events / scenario.writers)
     const writeStart = performance.now()
+    const writeStartWall = Date.now()
     let writing = true
     const writeAll = Promise.all(
       writers.map(async (writer, w) => {
@@ -535,8 +543,10 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
             payload: { seq, writer: w },
           }
           checker.invoke(id, aggregateId)
+          relayView.invoke(id, aggregateId)
           const outcome = await writer.write(event, seq)
           checker.complete(id, outcome)
+          relayView.complete(id, outcome)
           outcomes[outcome]++
           if (outcome === 'ok') committedAt.set(id, Date.now())
           else if (outcome === 'unknown') unknownIds.push(id)
@@ -602,10 +612,12 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
         // The broker dies under the running relay and comes back; the relay must recover by
         // itself: this life is killed only after it published again.
         await delay(50 + rng() * 200)
+        timeline(`broker killed at ${Date.now() - writeStartWall} ms`)
         await env.nats.kill('SIGKILL')
         await delay(500 + rng() * 500)
         await env.nats.restart()
         brokerRestarts++
+        timeline(`broker restarted at ${Date.now() - writeStartWall} ms`)
         const before = confirmations()
         const recovered = await until(() => confirmations() > before, 20_000)
         if (!recovered) {
@@ -751,6 +763,8 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
       if (!firstConfirmedAt.has(id!)) firstConfirmedAt.set(id!, Number(at))
     }
     const relayDuplicates = confirmed.length - firstConfirmedAt.size
+    for (const id of firstConfirmedAt.keys()) relayView.deliver(id)
+    const relayVerdict = relayView.check()
 
     const verdict = checker.check()
     const lags: number[] = []
@@ -766,6 +780,14 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
     }
     const confirmLagMs = spread(confirmLags)
     if (debug) {
+      for (const v of verdict.orderViolations.slice(0, 8)) {
+        timeline(
+          `order violation ${v.key}: ${v.id} first delivered at ${firstDeliveredAt.get(v.id)! - writeStartWall} ms ` +
+            `(confirmed ${firstConfirmedAt.get(v.id)! - writeStartWall}, deliveries ${verdict.duplicated.get(v.id) ?? 1}), ` +
+            `after ${v.overtakenBy} at ${firstDeliveredAt.get(v.overtakenBy)! - writeStartWall} ` +
+            `(confirmed ${firstConfirmedAt.get(v.overtakenBy)! - writeStartWall})`,
+        )
+      }
       const base = Math.min(...committedAt.values())
       const perSecond = (times: Map<string, number>): string => {
         const counts: number[] = []
@@ -795,7 +817,8 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
       `relay-duplicates=${relayDuplicates} (bound kills*batch=${kills.total * scenario.batchSize}) ` +
       `consumer-duplicates=${consumerDuplicates} inbox-dropped=${inboxDuplicates} ` +
       `lost=${verdict.lost.length} unexpected=${verdict.unexpected.length} ` +
-      `order-violations=${verdict.orderViolations.length} applied-twice=${appliedTwice.length} ` +
+      `order-violations=${verdict.orderViolations.length} (relay-confirm-order=${relayVerdict.orderViolations.length}) ` +
+      `applied-twice=${appliedTwice.length} out-of-order-applied=${outOfOrder} ` +
       `lag-ms commit->consumer p50=${lagMs.p50.toFixed(0)} p99=${lagMs.p99.toFixed(0)} max=${lagMs.max.toFixed(0)} ` +
       `commit->broker-confirm p50=${confirmLagMs.p50.toFixed(0)} p99=${confirmLagMs.p99.toFixed(0)} max=${confirmLagMs.max.toFixed(0)} ` +
       `duration=${(durationMs / 1000).toFixed(1)}s seed=${scenario.seed}`
@@ -812,6 +835,7 @@ ON CONFLICT (aggregate_id) DO UPDATE SET applied = consumer_counters.applied + 1
       unknownNotCommitted: unknownIds.filter((id) => !outboxIds.has(id)),
       relayConfirms: confirmed.length,
       relayDuplicates,
+      relayVerdict,
       consumerDuplicates,
       inboxDuplicates,
       consumer: {

@@ -1,0 +1,119 @@
+// Found by the relay-process crash test (order violations at the consumer while the relay's own
+// confirmation order was correct, right after the NATS restart): the NATS subscriber breaks
+// per-key order when its connection drops while deliveries of a key wait behind a running
+// handler. Closing the session releases them (the nak cannot reach the server), JetStream
+// redelivers them only after ackWaitMs, and the new session hands later messages of the same
+// key to the handler first. The Subscriber contract says messages with the same key are handled
+// one at a time, in order; the outbox relies on it for per-aggregate order at the consumer.
+//
+// Deterministic: the connection is cut by a TCP proxy between subscriber and server (the
+// server keeps its consumer state), while the handler holds the key's first message.
+import { createConnection, createServer, type Server, type Socket } from 'node:net'
+import { afterAll, describe, expect, it } from 'vitest'
+import { createNatsBroker } from '../../../src/brokers/index.js'
+import { brokerUrl } from '../../support/brokers.js'
+
+// Real-time waits: a real server and a real connection.
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+async function until(check: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await delay(5)
+  }
+}
+
+/** A loopback TCP proxy to `port` whose open connections can be cut. */
+async function tcpProxy(port: number): Promise<{ url: string; cut(): void; close(): void }> {
+  const sockets = new Set<Socket>()
+  const server: Server = createServer((client) => {
+    const upstream = createConnection({ host: '127.0.0.1', port })
+    for (const socket of [client, upstream]) {
+      sockets.add(socket)
+      socket.on('close', () => sockets.delete(socket))
+      socket.on('error', () => {})
+    }
+    client.pipe(upstream)
+    upstream.pipe(client)
+    client.on('close', () => upstream.destroy())
+    upstream.on('close', () => client.destroy())
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const address = server.address()
+  if (address === null || typeof address === 'string') throw new Error('proxy has no port')
+  return {
+    url: `nats://127.0.0.1:${address.port}`,
+    cut: () => {
+      for (const socket of sockets) socket.destroy()
+    },
+    close: () => {
+      for (const socket of sockets) socket.destroy()
+      server.close()
+    },
+  }
+}
+
+describe('NATS subscriber per-key order across a lost connection', () => {
+  const cleanups: Array<() => Promise<void> | void> = []
+  afterAll(async () => {
+    for (const step of cleanups.reverse()) await step()
+  })
+
+  it('hands a key’s queued messages to the handler before later ones after reconnecting', async () => {
+    const url = await brokerUrl('nats')
+    const proxy = await tcpProxy(Number(new URL(url).port))
+    cleanups.push(() => proxy.close())
+    const topic = `order-loss-${Date.now()}`
+    const publisher = createNatsBroker({ url })
+    cleanups.push(() => publisher.close())
+    let connectionLost = false
+    const subscriber = createNatsBroker({
+      url: proxy.url,
+      ackWaitMs: 1_000,
+      reconnectDelayMs: 20,
+      maxReconnectDelayMs: 100,
+      onError: (event) => {
+        if (event.phase === 'connection') connectionLost = true
+      },
+    })
+    cleanups.push(() => subscriber.close())
+
+    const firstDeliveries: string[] = []
+    let release: () => void = () => {}
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let held = false
+    const subscription = await subscriber.subscriber.subscribe(topic, 'ordered', async (m) => {
+      if (!firstDeliveries.includes(m.id)) firstDeliveries.push(m.id)
+      if (m.id === 'k-1' && !held) {
+        held = true
+        await gate
+      }
+    })
+    cleanups.push(() => subscription.close())
+
+    const message = (n: number) => ({
+      id: `k-${n}`,
+      topic,
+      key: 'k',
+      payload: `{"n":${n}}`,
+      headers: {},
+    })
+    await publisher.publisher.publish([1, 2, 3, 4, 5].map(message))
+    // k-1 is in the handler; k-2..k-5 wait behind it (same key).
+    await until(() => held, 'the handler to hold k-1')
+    await delay(100)
+    proxy.cut()
+    // The subscription saw its session end (k-2..k-5 were released, never started); k-6 is
+    // published while k-1's handler still runs, then the handler finishes.
+    await until(() => connectionLost, 'the subscription to notice the lost connection')
+    await publisher.publisher.publish([message(6)])
+    release()
+    await until(() => firstDeliveries.length === 6, 'every message to be delivered')
+    expect(firstDeliveries).toEqual(['k-1', 'k-2', 'k-3', 'k-4', 'k-5', 'k-6'])
+  })
+})
