@@ -42,7 +42,8 @@ export const errorCodes = {
   SAGA_NOT_FOUND: 'No saga instance has the given id.',
   SAGA_STATE_CONFLICT:
     'A saga operation (retry, cancel, deliver a reply) does not apply to the instance in its current status.',
-  SAGA_REPLY_TIMEOUT: 'A saga step waited for its reply message longer than its timeout; retryable.',
+  SAGA_REPLY_TIMEOUT:
+    'A saga step waited for its reply message longer than its timeout; retryable.',
   WRONG_EXPECTED_VERSION:
     'An event store append found the stream at another version than its expectedVersion; nothing was written.',
 } as const
