@@ -9,6 +9,7 @@
 // - readAll 10k:  the first 10,000 events of the log read in pages of 1,000
 //   (Emmett: its readMessagesBatch, the reader its consumers use).
 // - readStream 10k: one 10,000-event stream read in one call.
+// pg-plain-insert is the ceiling: the same rows in one plain INSERT per commit.
 // Every case runs in rounds, subjects interleaved within each round so that noise from the
 // shared machine hits them alike; the figure is the median round. PostgreSQL runs with
 // fsync on (scripts/services.mjs), so a sequential append waits for one WAL flush.
@@ -25,7 +26,7 @@ import { createPostgresDriver, createSqliteDriver, type SqlDriver } from '../src
 import { median, type ResultRow, writeResults } from './lib/harness.js'
 
 const full = process.env.BREAKWATER_SCALE === 'full'
-const rounds = full ? 7 : 3
+const rounds = full ? 9 : 5
 const concurrency = 16
 
 /** One event store under test. */
@@ -34,9 +35,9 @@ interface Subject {
   /** Appends `count` events to `stream` at `expected` (its version); resolves to the new version. */
   append(stream: string, count: number, expected: number): Promise<number>
   /** Reads the first 10,000 events of the log in pages of 1,000; resolves to the count. */
-  readAll(): Promise<number>
+  readAll?(): Promise<number>
   /** Reads one stream whole; resolves to the number of events. */
-  readStream(stream: string): Promise<number>
+  readStream?(stream: string): Promise<number>
   close(): Promise<void>
 }
 
@@ -156,6 +157,29 @@ async function emmettSubject(
   }
 }
 
+/**
+ * The ceiling this machine allows: the same rows inserted by one plain multi-row INSERT per
+ * commit (no concurrency check, no positions), through the same pool size.
+ */
+async function plainInsertSubject(url: string): Promise<Subject> {
+  const db = await createPostgresDriver({ connectionString: url, maxConnections: concurrency })
+  await db.execute(
+    'CREATE TABLE plain_events (id BIGSERIAL PRIMARY KEY, stream_id TEXT NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL)',
+  )
+  return {
+    name: 'pg-plain-insert',
+    async append(stream, count, expected) {
+      const batch = events(count, expected)
+      await db.query(
+        'INSERT INTO plain_events (stream_id, type, data) SELECT $1, t, d FROM unnest($2::text[], $3::text[]) AS u(t, d)',
+        [stream, batch.map((e) => e.type), batch.map((e) => JSON.stringify(e.data))],
+      )
+      return expected + count
+    },
+    close: () => db.close(),
+  }
+}
+
 /** Runs `appends` appends of `batch` events over `streams` concurrent streams; returns events/s. */
 async function measureAppends(
   subject: Subject,
@@ -208,6 +232,7 @@ export async function main(): Promise<void> {
     })
     await migrateCqrs(postgres)
     subjects.push(breakwaterSubject('bw-postgres', postgres, createEventStore(postgres)))
+    subjects.push(await plainInsertSubject(pgUrl))
     if (typeof emmett === 'string') {
       console.log(`emmett-postgres: ${emmett}; its cases are reported as not measured`)
     } else {
@@ -243,23 +268,25 @@ export async function main(): Promise<void> {
         }
       }
     }
-    for (const subject of subjects) await seed(subject, `read-10k-${subject.name}`)
+    const readers = subjects.filter((s) => s.readAll !== undefined && s.readStream !== undefined)
+    for (const subject of readers) await seed(subject, `read-10k-${subject.name}`)
     for (let round = 0; round < rounds; round++) {
-      for (const subject of subjects) {
+      for (const subject of readers) {
         let start = performance.now()
-        const all = await subject.readAll()
+        const all = await subject.readAll!()
         if (all !== readSize) throw new Error(`${subject.name} read ${all} events from the log`)
         add(subject.name, 'readAll 10k', all / ((performance.now() - start) / 1000))
         start = performance.now()
-        const count = await subject.readStream(`read-10k-${subject.name}`)
+        const count = await subject.readStream!(`read-10k-${subject.name}`)
         if (count !== readSize) throw new Error(`${subject.name} read ${count} events`)
         add(subject.name, 'readStream 10k', count / ((performance.now() - start) / 1000))
       }
     }
     const names = [...cases.map((c) => c.name), 'readAll 10k', 'readStream 10k']
-    const allSubjects = ['bw-sqlite', 'bw-postgres', 'emmett-postgres']
+    const allSubjects = ['bw-sqlite', 'bw-postgres', 'emmett-postgres', 'pg-plain-insert']
     for (const name of names) {
       for (const subject of allSubjects) {
+        if (subject === 'pg-plain-insert' && name.startsWith('read')) continue
         const values = samples.get(`${subject}\u0000${name}`)
         const metric =
           name.startsWith('read') || name.includes('10x') ? 'events_per_s' : 'appends_per_s'
