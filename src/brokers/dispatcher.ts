@@ -45,6 +45,8 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
   readonly #settling = new Set<Promise<void>>()
   #queued = 0
   #closed = false
+  // Set by close({ drainQueued: true }): queued deliveries still run, new ones are released.
+  #draining = false
   #roomWaiters: Array<() => void> = []
   #idleWaiters: Array<() => void> = []
 
@@ -77,7 +79,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
 
   /** Queues a delivery; after {@link close} it is released at once. */
   push(delivery: D): void {
-    if (this.#closed) {
+    if (this.#closed || this.#draining) {
       this.#settle(delivery, 'release')
       return
     }
@@ -97,7 +99,18 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
    * Stops starting handlers, releases every queued delivery, and resolves once the running
    * handlers have finished and every settle has completed.
    */
-  async close(): Promise<void> {
+  async close(options: { drainQueued?: boolean } = {}): Promise<void> {
+    if (options.drainQueued === true && !this.#closed) {
+      // The session's connection is gone, but its queued deliveries were already handed to us
+      // in order. Releasing them would let the broker redeliver them only after its ack wait,
+      // behind later messages of the same key that a new session receives first. So run them
+      // now, in order, before the next session starts; their acks fail with the connection
+      // and the broker redelivers them later as duplicates, which the inbox absorbs.
+      this.#draining = true
+      while (this.size > 0) {
+        await new Promise<void>((resolve) => this.#idleWaiters.push(resolve))
+      }
+    }
     if (!this.#closed) {
       this.#closed = true
       const queued = [...this.#queues.values()].flat()

@@ -539,9 +539,12 @@ class NatsSubscriber implements Subscriber {
           stopping = true
           options.clock.clearTimeout(heartbeat)
           // A lost connection leaves the iterator waiting forever: end it ourselves.
-          if (nc.isClosed()) messages.stop()
+          const lost = nc.isClosed()
+          if (lost) messages.stop()
           else await messages.close().catch(() => messages.stop())
-          await dispatcher.close()
+          // After a lost connection, messages already queued behind a running handler are
+          // handled now, in order, so the next session cannot overtake them (see the dispatcher).
+          await dispatcher.close({ drainQueued: lost })
           if (!nc.isClosed()) await nc.drain().catch(() => nc.close())
           else await nc.close().catch(() => {})
           await pump.catch(() => {})
