@@ -53,6 +53,12 @@ export interface BrokerCommonOptions {
   /**
    * Messages fetched ahead of the handlers per subscription (the broker's prefetch / max
    * in-flight). Must be at least `concurrency`. @default 64
+   *
+   * Known limit: when the broker itself crashes, deliveries that were out but not yet
+   * acknowledged come back only after the ack wait, and with a prefetch above 1 later messages
+   * of the same key can be handled before them (the outbox crash test sees this on NATS). A
+   * consumer that needs strict per-key order across broker crashes sets `prefetch: 1` (and
+   * `concurrency: 1`); on NATS this also sets the consumer's max_ack_pending to 1.
    */
   readonly prefetch?: number
   /** Wait before a message whose handler failed is delivered again. @default 1000 */

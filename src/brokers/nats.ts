@@ -467,11 +467,21 @@ class NatsSubscriber implements Subscriber {
         filter_subject: topic,
         ack_wait: nats.nanos(options.ackWaitMs),
         max_deliver: -1,
+        // JetStream never has more unacknowledged deliveries out than we can hold. With a
+        // prefetch of 1 it therefore redelivers an unacknowledged message before delivering the
+        // next one, which is what keeps per-key order across a broker crash (see prefetch).
+        max_ack_pending: options.prefetch,
       }
       try {
         const info = await jsm.consumers.info(spec.name, durable)
-        if (info.config.ack_wait !== config.ack_wait) {
-          await jsm.consumers.update(spec.name, durable, { ack_wait: config.ack_wait })
+        if (
+          info.config.ack_wait !== config.ack_wait ||
+          info.config.max_ack_pending !== config.max_ack_pending
+        ) {
+          await jsm.consumers.update(spec.name, durable, {
+            ack_wait: config.ack_wait,
+            max_ack_pending: config.max_ack_pending,
+          })
         }
       } catch (error) {
         if (!isNotFound(error, CONSUMER_NOT_FOUND)) throw error
