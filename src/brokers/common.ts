@@ -3,7 +3,7 @@ import { type Clock, systemClock } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
-import type { IncomingMessage, OutgoingMessage } from './types.js'
+import type { Broker, IncomingMessage, OutgoingMessage, Publisher, Subscriber } from './types.js'
 
 /**
  * The header that carries {@link OutgoingMessage.key} on brokers without a key field (NATS,
@@ -269,5 +269,16 @@ export function lazyDriver<T>(name: string, load: () => Promise<T>): () => Promi
       throw new BrokerDriverMissingError(name, error)
     })
     return loading
+  }
+}
+
+/** Pairs an adapter's publisher and subscriber as a {@link Broker} whose `close()` closes both. */
+export function pairBroker(publisher: Publisher, subscriber: Subscriber): Broker {
+  return {
+    publisher,
+    subscriber,
+    async close() {
+      await Promise.all([publisher.close(), subscriber.close()])
+    },
   }
 }

@@ -17,6 +17,7 @@ import {
   KEY_HEADER,
   lazyDriver,
   ms,
+  pairBroker,
   payloadBytes,
   type ResolvedCommonOptions,
   redactUrl,
@@ -122,15 +123,7 @@ const loadNats = lazyDriver('nats', () => import('nats'))
  */
 export function createNatsBroker(options: NatsBrokerOptions): Broker {
   const resolved = resolveNatsOptions(options)
-  const publisher = new NatsPublisher(resolved)
-  const subscriber = new NatsSubscriber(resolved)
-  return {
-    publisher,
-    subscriber,
-    async close() {
-      await Promise.all([publisher.close(), subscriber.close()])
-    },
-  }
+  return pairBroker(new NatsPublisher(resolved), new NatsSubscriber(resolved))
 }
 
 function resolveNatsOptions(options: NatsBrokerOptions): ResolvedNatsOptions {

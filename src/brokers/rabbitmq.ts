@@ -10,6 +10,7 @@ import {
   closedError,
   KEY_HEADER,
   lazyDriver,
+  pairBroker,
   payloadBuffer,
   type ResolvedCommonOptions,
   redactUrl,
@@ -92,15 +93,7 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  */
 export function createRabbitMqBroker(options: RabbitMqBrokerOptions): Broker {
   const resolved = resolveRabbitOptions(options)
-  const publisher = new RabbitPublisher(resolved)
-  const subscriber = new RabbitSubscriber(resolved)
-  return {
-    publisher,
-    subscriber,
-    async close() {
-      await Promise.all([publisher.close(), subscriber.close()])
-    },
-  }
+  return pairBroker(new RabbitPublisher(resolved), new RabbitSubscriber(resolved))
 }
 
 function resolveRabbitOptions(options: RabbitMqBrokerOptions): ResolvedRabbitOptions {

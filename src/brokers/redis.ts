@@ -11,6 +11,7 @@ import {
   closedError,
   lazyDriver,
   ms,
+  pairBroker,
   payloadBuffer,
   type ResolvedCommonOptions,
   redactUrl,
@@ -105,15 +106,7 @@ const loadRedis = lazyDriver('ioredis', () => import('ioredis'))
  */
 export function createRedisBroker(options: RedisBrokerOptions): Broker {
   const resolved = resolveRedisOptions(options)
-  const publisher = new RedisPublisher(resolved)
-  const subscriber = new RedisSubscriber(resolved)
-  return {
-    publisher,
-    subscriber,
-    async close() {
-      await Promise.all([publisher.close(), subscriber.close()])
-    },
-  }
+  return pairBroker(new RedisPublisher(resolved), new RedisSubscriber(resolved))
 }
 
 function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions {
