@@ -1,0 +1,437 @@
+// The seams between the proxy's parts. The config loader produces `ProxyConfig`; the upstream
+// side (src/proxy/upstream) turns each `ServiceConfig` into a `ServiceRuntime`; the inbound side
+// (src/proxy/inbound) turns each `ListenerConfig` into a request handler that calls services
+// through `ServiceRegistry`; src/proxy/runtime.ts wires them, owns reload and the admin API.
+// Everything here is plain data or small interfaces so each part is testable alone.
+
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Clock } from '../core/clock.js'
+import type { Logger } from '../observability/logger.js'
+import type { MetricsRegistry } from '../observability/metrics.js'
+import type { CircuitState } from '../policies/circuit-breaker.js'
+
+// ---------------------------------------------------------------------------------------------
+// Resolved configuration (what the YAML becomes after validation and defaults)
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A secret's source in the YAML: `{ env: NAME }` or `{ file: path }`. Resolved when used (and
+ * re-read when a file changes), never logged and never shown by the admin API.
+ */
+export type SecretSource = { readonly env: string } | { readonly file: string }
+
+/** How a service finds its endpoints. */
+export type DiscoveryConfig =
+  | { readonly kind: 'static'; readonly endpoints: readonly string[] }
+  | {
+      readonly kind: 'dns'
+      /** Host name to resolve. */
+      readonly name: string
+      /** Record type: A/AAAA give addresses (port from `port`), SRV gives address and port. */
+      readonly recordType: 'A' | 'AAAA' | 'SRV'
+      /** Port for A/AAAA records. */
+      readonly port: number | undefined
+      /** `http` or `https`. */
+      readonly scheme: 'http' | 'https'
+      /** Re-resolve no sooner than this even when the TTL is shorter (ms). */
+      readonly minRefreshMs: number
+      /** Re-resolve at least this often, and retry a failed lookup after it (ms). */
+      readonly maxRefreshMs: number
+    }
+  | {
+      readonly kind: 'file'
+      /** A file with one endpoint URL per line (`#` comments) or a JSON/YAML array of URLs. */
+      readonly path: string
+    }
+
+/** Per-service timeouts (ms). */
+export interface TimeoutsConfig {
+  /** TCP + TLS connect. */
+  readonly connectMs: number
+  /** Time to response headers, and the longest gap between body chunks. */
+  readonly readMs: number
+  /** Whole exchange including retries, further bounded by the inbound deadline. */
+  readonly overallMs: number
+}
+
+/** Retry settings of a service. */
+export interface RetryConfig {
+  /** Attempts in all (1 = no retry). */
+  readonly attempts: number
+  /** Full-jitter backoff base (ms). */
+  readonly baseDelayMs: number
+  /** Backoff cap (ms). */
+  readonly maxDelayMs: number
+  /** Statuses treated as transient (retried, counted by the breaker). */
+  readonly retryOnStatus: readonly number[]
+  /** Retry budget: retries may add at most this fraction of requests... */
+  readonly budgetRatio: number
+  /** ...plus this many retries per second. */
+  readonly budgetMinPerSecond: number
+  /**
+   * Non-idempotent methods (POST, PATCH) are retried only with an Idempotency-Key; when true the
+   * proxy adds a fresh key to such requests that lack one, so they become retryable.
+   */
+  readonly addIdempotencyKey: boolean
+}
+
+/** Circuit breaker settings of a service (consecutive failures, as in the policies). */
+export interface BreakerConfig {
+  /** Consecutive failures that open the breaker. */
+  readonly failureThreshold: number
+  /** Time open before a half-open probe (ms). */
+  readonly cooldownMs: number
+  /** Probes allowed while half-open. */
+  readonly halfOpenProbes: number
+}
+
+/** Bulkhead: a service's own concurrency cap, queue and connection pool size. */
+export interface BulkheadConfig {
+  /** Requests in flight to the service at once. */
+  readonly maxConcurrent: number
+  /** Requests waiting for a slot; more are rejected with 503 at once. */
+  readonly maxQueue: number
+  /** Connections per endpoint. */
+  readonly connectionsPerEndpoint: number
+}
+
+/** Outlier ejection of single endpoints (Envoy's model, consecutive failures). */
+export interface OutlierEjectionConfig {
+  /** Consecutive failures (connect errors, resets, 5xx) of one endpoint that eject it. */
+  readonly consecutiveFailures: number
+  /** First ejection time; the nth ejection of the same endpoint lasts n times this (ms). */
+  readonly baseEjectionMs: number
+  /** Never eject more than this percentage of a service's endpoints. */
+  readonly maxEjectedPercent: number
+}
+
+/** TLS origination to a service's `https` endpoints. */
+export interface UpstreamTlsConfig {
+  /** PEM CA bundle file; default: Node's trusted roots. */
+  readonly caFile: string | undefined
+  /** Client certificate PEM (mTLS), with `keyFile`. */
+  readonly certFile: string | undefined
+  /** Client key PEM (mTLS). */
+  readonly keyFile: string | undefined
+  /** SNI and verification name, default: the endpoint's host. */
+  readonly serverName: string | undefined
+  /** Verify the server certificate. Default true; false is logged as a warning at start. */
+  readonly verify: boolean
+}
+
+/** Credentials the proxy adds to outbound requests of a service. */
+export type OutboundAuthConfig =
+  | { readonly kind: 'bearer'; readonly token: SecretSource }
+  | { readonly kind: 'api-key'; readonly header: string; readonly key: SecretSource }
+
+/** One upstream service. */
+export interface ServiceConfig {
+  /** The service's name (the YAML map key; used in `/<service>/` paths and metrics). */
+  readonly name: string
+  readonly discovery: DiscoveryConfig
+  readonly loadBalancer: 'round-robin' | 'least-request'
+  readonly timeouts: TimeoutsConfig
+  /** Undefined: no retries. */
+  readonly retry: RetryConfig | undefined
+  /** Undefined: no breaker. */
+  readonly breaker: BreakerConfig | undefined
+  readonly bulkhead: BulkheadConfig
+  /** Undefined: no ejection. */
+  readonly outlierEjection: OutlierEjectionConfig | undefined
+  /** TLS settings for `https` endpoints. */
+  readonly tls: UpstreamTlsConfig
+  /** Undefined: no credentials added. */
+  readonly auth: OutboundAuthConfig | undefined
+  /**
+   * Rewrite the `Host` header to the endpoint's host (true) or pass the inbound one (false).
+   */
+  readonly rewriteHost: boolean
+}
+
+/** Match part of a route; all given conditions must hold. */
+export interface RouteMatchConfig {
+  /** Path prefix on the normalized path, matched at segment boundaries (`/orders` ≠ `/ordersx`). */
+  readonly prefix: string
+  /** Methods (upper case); undefined: any. */
+  readonly methods: readonly string[] | undefined
+  /** Header name (lower case) to exact value. */
+  readonly headers: Readonly<Record<string, string>>
+}
+
+/** A weighted target of a route (strangler fig split). */
+export interface RouteTargetConfig {
+  readonly service: string
+  /** Relative weight, >= 0; at least one target of a route has weight > 0. */
+  readonly weight: number
+}
+
+/** Shadow mode: also send to `service`, answer from the primary, compare the two. */
+export interface ShadowConfig {
+  readonly service: string
+  /** Fraction of requests shadowed (0..1). */
+  readonly sampleRate: number
+  /** JSON pointer-like paths (`/createdAt`, `/items/* /id`) and header names ignored in diffs. */
+  readonly ignoreFields: readonly string[]
+  readonly ignoreHeaders: readonly string[]
+  /**
+   * Diffy-style noise: also call the primary a second time and drop fields that differ between
+   * the two primary responses. Only for safe methods (GET, HEAD).
+   */
+  readonly learnNoise: boolean
+  /** Latest mismatch examples kept per route for the admin API. */
+  readonly keepExamples: number
+}
+
+/** Idempotency-Key enforcement by the sidecar on a route. */
+export interface RouteIdempotencyConfig {
+  /** Methods for which a key is required and enforced. */
+  readonly methods: readonly string[]
+  /** How long stored responses are kept (ms). */
+  readonly ttlMs: number
+}
+
+/** One strangler-fig route. Routes are tried in the order written; the first match wins. */
+export interface RouteConfig {
+  readonly name: string
+  readonly match: RouteMatchConfig
+  readonly targets: readonly RouteTargetConfig[]
+  /**
+   * Sticky split: hash this header or cookie to choose the target, so one user stays on one
+   * side while the weights do not change. Undefined: random per request.
+   */
+  readonly sticky: { readonly header: string } | { readonly cookie: string } | undefined
+  /** Strip this prefix before forwarding (e.g. `/api` → ``). */
+  readonly stripPrefix: string | undefined
+  readonly shadow: ShadowConfig | undefined
+  readonly idempotency: RouteIdempotencyConfig | undefined
+}
+
+/** Inbound TLS (termination), hot-reloaded when the files change. */
+export interface ListenerTlsConfig {
+  readonly certFile: string
+  readonly keyFile: string
+  /** Require and verify client certificates against this CA (inbound mTLS). */
+  readonly clientCaFile: string | undefined
+}
+
+/** Limits against abuse, per listener. */
+export interface LimitsConfig {
+  /** Total request header bytes (Node's maxHeaderSize). */
+  readonly maxHeaderBytes: number
+  /** Header count; more is answered 431 (Node would silently drop the rest). */
+  readonly maxHeaders: number
+  /** Request body bytes; more is answered 413. */
+  readonly maxBodyBytes: number
+  /** Time to receive the whole request head (slowloris). */
+  readonly headersTimeoutMs: number
+  /** Time to receive the whole request. */
+  readonly requestTimeoutMs: number
+  /** Idle keep-alive connection timeout. */
+  readonly keepAliveTimeoutMs: number
+  /** Open connections; more are refused. */
+  readonly maxConnections: number
+}
+
+/**
+ * A listener. `ambassador`: the local app calls `/<service>/<path>`. `gateway`: requests are
+ * routed by `routes` (strangler fig; a sidecar is a gateway whose last route goes to the app).
+ */
+export interface ListenerConfig {
+  readonly name: string
+  readonly role: 'ambassador' | 'gateway'
+  readonly host: string
+  readonly port: number
+  readonly tls: ListenerTlsConfig | undefined
+  readonly limits: LimitsConfig
+  /** Gateway routes (empty for ambassadors). */
+  readonly routes: readonly RouteConfig[]
+  /** Services an ambassador exposes; undefined: all services. */
+  readonly services: readonly string[] | undefined
+}
+
+/** The admin API listener. */
+export interface AdminConfig {
+  readonly host: string
+  readonly port: number
+  /** Bearer token for the admin API (not for /metrics, /healthz, /readyz). */
+  readonly token: SecretSource
+}
+
+/** Where the sidecar's idempotency records live. */
+export interface IdempotencyStoreConfig {
+  /** `sqlite:<path>` | `postgres://...` | `memory`. */
+  readonly url: string
+}
+
+/** The whole proxy configuration. */
+export interface ProxyConfig {
+  readonly services: ReadonlyMap<string, ServiceConfig>
+  readonly listeners: readonly ListenerConfig[]
+  readonly admin: AdminConfig | undefined
+  readonly idempotency: IdempotencyStoreConfig | undefined
+  /** JSON access log lines on stdout (or off). */
+  readonly accessLog: boolean
+  /** Inbound deadline header honoured and passed on (default `x-breakwater-deadline-ms`). */
+  readonly deadlineHeader: string
+  /** Drain time on SIGTERM before open connections are cut (ms). */
+  readonly drainTimeoutMs: number
+  /** Worker processes (1 = single process). */
+  readonly workers: number
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runtime seams
+// ---------------------------------------------------------------------------------------------
+
+/** Shared things every part gets from the runtime. */
+export interface ProxyDeps {
+  readonly clock: Clock
+  readonly logger: Logger
+  readonly metrics: MetricsRegistry
+}
+
+/**
+ * A request the inbound side hands to a service: the head already validated, normalized and
+ * stripped of hop-by-hop headers; the body fully buffered (so retries can replay it).
+ */
+export interface ForwardRequest {
+  readonly method: string
+  /** Origin-form target to send upstream: normalized path plus the raw query (`/a/b?x=1`). */
+  readonly target: string
+  /** Lower-case header names; hop-by-hop headers already removed; no `host`. */
+  readonly headers: Record<string, string | string[]>
+  /** The inbound `Host` (forwarded when the service does not rewrite it). */
+  readonly host: string
+  readonly body: Buffer | undefined
+  /**
+   * Absolute deadline on the runtime clock (ms), from the inbound deadline header or the
+   * service's overall timeout, whichever is sooner; the service passes on the time left.
+   */
+  readonly deadlineAt: number | undefined
+  /** Route or `ambassador` (for metrics and logs). */
+  readonly route: string
+  /** Inbound request id (`x-request-id`, generated when absent); passed upstream. */
+  readonly requestId: string
+  /** Aborted when the client goes away. */
+  readonly signal: AbortSignal
+}
+
+/** How a forwarded exchange ended. */
+export interface ForwardOutcome {
+  /** Status sent to the client (the upstream's, or the proxy's own 502/503/504). */
+  readonly status: number
+  /** Attempts made (1 = no retry). */
+  readonly attempts: number
+  /** Endpoint of the final attempt, when one was picked. */
+  readonly endpoint: string | undefined
+  /** Proxy-generated failure code (e.g. `BREAKER_OPEN`, `BULKHEAD_FULL`, `UPSTREAM_TIMEOUT`). */
+  readonly error: string | undefined
+  /** The response as sent, when `capture` was requested (bodies over the cap are truncated). */
+  readonly captured: CapturedResponse | undefined
+}
+
+/** A buffered response, for shadow comparison and idempotent replay. */
+export interface CapturedResponse {
+  readonly status: number
+  readonly headers: Record<string, string | string[]>
+  readonly body: Buffer
+  /** True when the body was longer than the capture cap and cut. */
+  readonly truncated: boolean
+}
+
+/** Options of one forward. */
+export interface ForwardOptions {
+  /** Also buffer the response as sent (up to this many bytes) and return it in the outcome. */
+  readonly captureBytes?: number
+}
+
+/** A live upstream service: endpoints, pools, policies. */
+export interface ServiceRuntime {
+  readonly name: string
+  readonly config: ServiceConfig
+  /**
+   * Forwards and streams the response into `res` (status, headers without hop-by-hop ones,
+   * body). Never throws: failures become a proxy response (502/503/504 with a JSON problem body
+   * naming the code) unless `res.headersSent`, in which case the socket is destroyed.
+   */
+  forward(
+    req: ForwardRequest,
+    res: ServerResponse,
+    options?: ForwardOptions,
+  ): Promise<ForwardOutcome>
+  /** Sends without a client response and buffers the result (shadow traffic). */
+  exchange(req: ForwardRequest, maxBytes: number): Promise<CapturedResponse>
+  /** Snapshot for metrics and the admin API (no secrets). */
+  state(): ServiceState
+  /** Forces the breaker open until reset. */
+  isolate(): void
+  /** Closes the breaker and clears ejections. */
+  reset(): void
+  /** Stops discovery/file watchers and closes pools after in-flight requests finish. */
+  close(): Promise<void>
+}
+
+/** A service snapshot. */
+export interface ServiceState {
+  readonly name: string
+  readonly breaker: CircuitState | 'disabled'
+  readonly bulkhead: { readonly running: number; readonly queued: number; readonly max: number }
+  readonly retryBudgetLeft: number | undefined
+  readonly endpoints: readonly EndpointState[]
+}
+
+/** One endpoint's snapshot. */
+export interface EndpointState {
+  readonly url: string
+  readonly ejectedUntil: number | undefined
+  readonly ejections: number
+  readonly inFlight: number
+  readonly consecutiveFailures: number
+}
+
+/** The services of the current config, by name. Swapped as a whole on reload. */
+export interface ServiceRegistry {
+  get(name: string): ServiceRuntime | undefined
+  names(): readonly string[]
+}
+
+/** A route's live switch, changed by the admin API without a reload. */
+export interface RouteOverride {
+  /** Replacement targets (e.g. rollback: `[{ service: 'legacy', weight: 1 }]`). */
+  readonly targets: readonly RouteTargetConfig[]
+}
+
+/** Route-level state for the admin API and metrics. */
+export interface RouteState {
+  readonly name: string
+  readonly targets: readonly RouteTargetConfig[]
+  readonly overridden: boolean
+  /** Requests answered per target service. */
+  readonly requestsByService: Readonly<Record<string, number>>
+  readonly shadow:
+    | {
+        readonly compared: number
+        readonly mismatches: number
+        readonly examples: readonly ShadowMismatch[]
+      }
+    | undefined
+}
+
+/** One recorded shadow mismatch. */
+export interface ShadowMismatch {
+  readonly at: number
+  readonly method: string
+  readonly target: string
+  /** Differences as `path: primary → shadow` strings, noise removed. */
+  readonly differences: readonly string[]
+}
+
+/** What a listener's request handler needs from the runtime. */
+export interface InboundContext extends ProxyDeps {
+  readonly services: () => ServiceRegistry
+  readonly deadlineHeader: string
+  readonly accessLog: boolean
+}
+
+/** A node:http request listener. */
+export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void
