@@ -1,0 +1,74 @@
+// Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and must not be forwarded in
+// either direction, nor must any header the sender named in its own `Connection` header. Both
+// the inbound side (request headers) and the upstream side (response headers) use this one list.
+
+/** Header names (lower case) that are always connection-specific. */
+export const HOP_BY_HOP_HEADERS: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+])
+
+/**
+ * The header names listed in `Connection` header values (lower case, trimmed), which are
+ * hop-by-hop for this message too.
+ */
+export function connectionNamedHeaders(
+  connection: string | readonly string[] | undefined,
+): Set<string> {
+  const named = new Set<string>()
+  if (connection === undefined) return named
+  const values = typeof connection === 'string' ? [connection] : connection
+  for (const value of values) {
+    for (const token of value.split(',')) {
+      const name = token.trim().toLowerCase()
+      if (name !== '') named.add(name)
+    }
+  }
+  return named
+}
+
+/**
+ * Whether a header (lower-case name) must be dropped when forwarding a message whose
+ * `Connection`-named headers are `named`.
+ */
+export function isHopByHop(name: string, named: ReadonlySet<string>): boolean {
+  return HOP_BY_HOP_HEADERS.has(name) || named.has(name)
+}
+
+/**
+ * Copies node's raw header list (`[name, value, name, value, ...]`) without hop-by-hop headers
+ * and without the names in `drop` (lower case), joining repeated names into arrays; names are
+ * lower-cased.
+ */
+export function forwardableHeaders(
+  rawHeaders: readonly string[],
+  drop: ReadonlySet<string> = new Set(),
+): Record<string, string | string[]> {
+  let connection: string[] | undefined
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if ((rawHeaders[i] as string).toLowerCase() === 'connection') {
+      connection ??= []
+      connection.push(rawHeaders[i + 1] as string)
+    }
+  }
+  const named = connectionNamedHeaders(connection)
+  const out: Record<string, string | string[]> = {}
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as string).toLowerCase()
+    if (isHopByHop(name, named) || drop.has(name)) continue
+    const value = rawHeaders[i + 1] as string
+    const existing = out[name]
+    if (existing === undefined) out[name] = value
+    else if (typeof existing === 'string') out[name] = [existing, value]
+    else existing.push(value)
+  }
+  return out
+}

@@ -1,0 +1,22 @@
+// breakwater/proxy: ambassador, sidecar and strangler fig in one process, configured in YAML.
+// The runtime (startProxy), config loader and CLI are exported from here as they land.
+
+export type {
+  CapturedResponse,
+  ForwardOutcome,
+  ForwardRequest,
+  ListenerConfig,
+  ProxyConfig,
+  RouteConfig,
+  RouteState,
+  ServiceConfig,
+  ServiceRuntime,
+  ServiceState,
+  ShadowMismatch,
+} from './contracts.js'
+export {
+  connectionNamedHeaders,
+  forwardableHeaders,
+  HOP_BY_HOP_HEADERS,
+  isHopByHop,
+} from './hop-by-hop.js'
