@@ -46,6 +46,13 @@ export const errorCodes = {
     'A saga step waited for its reply message longer than its timeout; retryable.',
   WRONG_EXPECTED_VERSION:
     'An event store append found the stream at another version than its expectedVersion; nothing was written.',
+  UPSTREAM_CONNECT_FAILED:
+    'The proxy could not connect to any endpoint of an upstream service (refused, unreachable, TLS handshake or verification failed); answered 502.',
+  UPSTREAM_RESET:
+    'An upstream connection closed or reset before the response was complete; answered 502 (or the client socket destroyed once streaming began).',
+  UPSTREAM_TIMEOUT:
+    "An upstream endpoint did not connect, send its response head, or send the next body chunk within the service's timeouts; answered 504.",
+  UPSTREAM_NO_ENDPOINTS: 'An upstream service has no endpoints (discovery found none yet); answered 503.',
 } as const
 
 /** A stable, documented error code. */
