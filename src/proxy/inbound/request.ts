@@ -1,0 +1,432 @@
+// The inbound request reader: validates what Node's parser lets through but the proxy must
+// refuse (see the hardening list in docs/proxy.md), normalizes the path once for routing and
+// forwarding, buffers the body under the size limit, and reads the deadline and request id.
+//
+// Decisions (each refused request is answered here with an `application/problem+json` body and
+// `Connection: close`, and never reaches a route or an upstream):
+// - HTTP/0.9 request lines (no version, `httpVersionMajor < 1`): 400.
+// - `Host`: exactly one for HTTP/1.1 (Node itself refuses none); HTTP/1.0 may omit it (the
+//   listener's own address is used). Two `Host` headers, userinfo (`@`), characters outside
+//   `A-Z a-z 0-9 . - _` (or a bracketed IPv6 literal), an empty, non-numeric, zero or
+//   out-of-range port: 400.
+// - Request target: origin-form (`/path?query`), or absolute-form (`http://host[:port]/path`)
+//   only when its authority equals the `Host` header (default ports made explicit, host names
+//   compared case-insensitively) and the scheme is http or https; anything else, including
+//   `*` (server-wide OPTIONS) and authority-form: 400. The path goes through normalizePath.
+// - Any `Upgrade` header (`h2c`, `websocket`, ...): 400. The proxy does not tunnel upgraded
+//   connections, and passing the header through would let a client talk h2c to an upstream
+//   behind the proxy's back. CONNECT never gets here: the listener answers it 405.
+// - More headers than `limits.maxHeaders`: 431 (the listener sets `server.maxHeadersCount`
+//   one above the limit so the excess is visible instead of silently dropped).
+// - `Content-Length` above `limits.maxBodyBytes`: 413 before a byte of the body is read; a
+//   chunked body is counted while it is read and cut with 413 as soon as it passes the limit.
+// - The deadline: the listener context's deadline header (remaining ms) and gRPC's
+//   `grpc-timeout`; the sooner wins. Malformed values are ignored, as the deadline policy does.
+
+import { randomUUID } from 'node:crypto'
+import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http'
+import { GRPC_TIMEOUT_HEADER, parseGrpcTimeout } from '../../policies/deadline.js'
+import type {
+  ForwardOutcome,
+  ForwardRequest,
+  InboundContext,
+  ListenerConfig,
+} from '../contracts.js'
+import { forwardableHeaders } from '../hop-by-hop.js'
+import { normalizePath } from './normalize-path.js'
+
+/** A validated inbound request, ready for routing and forwarding. */
+export interface InboundRequest {
+  /** Upper-case method as sent. */
+  readonly method: string
+  /** Normalized path (see normalize-path.ts): what routes match and what is forwarded. */
+  readonly path: string
+  /** The raw query: `''` or a string starting with `?`. */
+  readonly query: string
+  /**
+   * Lower-case header names; hop-by-hop headers (and those named in `Connection`), `host`,
+   * `expect` and the inbound deadline header removed (the deadline travels as `deadlineAt`);
+   * `x-request-id` set to {@link InboundRequest.requestId}.
+   */
+  readonly headers: Record<string, string | string[]>
+  /** The inbound `Host` (or the listener's address for an HTTP/1.0 request without one). */
+  readonly host: string
+  /** `x-request-id` as sent (when well formed), else a fresh UUID. */
+  readonly requestId: string
+  /** Absolute deadline on the context clock (ms), from the deadline headers; undefined: none. */
+  readonly deadlineAt: number | undefined
+  /** The whole body, undefined when the request has none. */
+  readonly body: Buffer | undefined
+  /** Aborted when the client goes away before the response is finished. */
+  readonly signal: AbortSignal
+  /** Context clock time when reading started (ms). */
+  readonly startedAt: number
+}
+
+/**
+ * The `code` values of problems this module answers, for clients and logs:
+ * `BAD_REQUEST` (HTTP/0.9, target form), `HOST_INVALID`, `PATH_INVALID`,
+ * `UPGRADE_NOT_SUPPORTED`, `TOO_MANY_HEADERS` (431), `BODY_TOO_LARGE` (413),
+ * `BODY_INCOMPLETE` (the client stopped sending the body).
+ */
+export type InboundProblemCode =
+  | 'BAD_REQUEST'
+  | 'HOST_INVALID'
+  | 'PATH_INVALID'
+  | 'UPGRADE_NOT_SUPPORTED'
+  | 'TOO_MANY_HEADERS'
+  | 'BODY_TOO_LARGE'
+  | 'BODY_INCOMPLETE'
+
+// Per request bookkeeping the access log needs but the public shape does not carry.
+interface Bookkeeping {
+  readonly res: ServerResponse
+  readonly bytesWrittenAtStart: number
+  readonly bytesIn: number
+}
+const bookkeeping = new WeakMap<InboundRequest, Bookkeeping>()
+
+const hostPattern = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?$/
+const requestIdPattern = /^[\x21-\x7e]{1,200}$/
+const deadlineMsPattern = /^-?\d{1,15}$/
+
+/**
+ * Validates, normalizes and reads the body of an inbound request. On input the proxy refuses
+ * (see the decisions at the top of this module) it answers the client itself with a problem
+ * response and resolves undefined; the caller then does nothing more with `req`/`res`.
+ *
+ * @example
+ * ```ts
+ * const handler: RequestHandler = (req, res) => {
+ *   void readInboundRequest(req, res, listener, ctx).then((inbound) => {
+ *     if (inbound === undefined) return
+ *     // route on inbound.path, then service.forward(toForwardRequest(inbound, route, target), res)
+ *   })
+ * }
+ * ```
+ */
+export function readInboundRequest(
+  req: IncomingMessage,
+  res: ServerResponse,
+  listener: ListenerConfig,
+  ctx: InboundContext,
+): Promise<InboundRequest | undefined> {
+  const startedAt = ctx.clock.now()
+  const refuse = (status: number, code: InboundProblemCode, detail: string): undefined => {
+    if (ctx.accessLog) {
+      ctx.logger.warn('request refused', {
+        listener: listener.name,
+        method: req.method,
+        status,
+        code,
+        detail,
+        remote: req.socket.remoteAddress,
+      })
+    }
+    sendProblem(res, status, code, detail)
+    return undefined
+  }
+
+  if (req.httpVersionMajor < 1) {
+    return Promise.resolve(refuse(400, 'BAD_REQUEST', 'HTTP/0.9 is not supported'))
+  }
+  const raw = req.rawHeaders
+  if (raw.length / 2 > listener.limits.maxHeaders) {
+    return Promise.resolve(
+      refuse(431, 'TOO_MANY_HEADERS', `more than ${listener.limits.maxHeaders} header fields`),
+    )
+  }
+
+  let hostValue: string | undefined
+  let hostCount = 0
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      hostCount++
+      hostValue = raw[i + 1] as string
+    } else if (name.length === 7 && name.toLowerCase() === 'upgrade') {
+      return Promise.resolve(
+        refuse(400, 'UPGRADE_NOT_SUPPORTED', 'the proxy does not tunnel upgraded connections'),
+      )
+    }
+  }
+  if (hostCount > 1) return Promise.resolve(refuse(400, 'HOST_INVALID', 'more than one Host'))
+  const scheme = listener.tls === undefined ? 'http' : 'https'
+  let host: string
+  let hostKey: string | undefined
+  if (hostValue === undefined) {
+    if (req.httpVersionMinor >= 1 || req.httpVersionMajor > 1) {
+      return Promise.resolve(refuse(400, 'HOST_INVALID', 'Host is required'))
+    }
+    host = `${req.socket.localAddress ?? listener.host}:${req.socket.localPort ?? listener.port}`
+  } else {
+    hostKey = authorityKey(hostValue, scheme)
+    if (hostKey === undefined) {
+      return Promise.resolve(refuse(400, 'HOST_INVALID', 'malformed Host'))
+    }
+    host = hostValue
+  }
+
+  // Split the target into path and query, accepting absolute-form only when it names Host.
+  let target = req.url ?? ''
+  if (target.charCodeAt(0) !== 0x2f) {
+    const absolute = /^(https?):\/\/([^/?#]*)([/?].*)?$/is.exec(target)
+    if (absolute === null) {
+      return Promise.resolve(refuse(400, 'BAD_REQUEST', 'request target form not supported'))
+    }
+    const targetKey = authorityKey(absolute[2] as string, (absolute[1] as string).toLowerCase())
+    if (targetKey === undefined || hostKey === undefined || targetKey !== hostKey) {
+      return Promise.resolve(
+        refuse(400, 'HOST_INVALID', 'absolute-form target does not match Host'),
+      )
+    }
+    target = absolute[3] ?? '/'
+    if (target.charCodeAt(0) === 0x3f) target = `/${target}`
+  }
+  const q = target.indexOf('?')
+  const rawPath = q === -1 ? target : target.slice(0, q)
+  const query = q === -1 ? '' : target.slice(q)
+  if (query !== '' && /[^\x21-\x7e]|#/.test(query)) {
+    return Promise.resolve(refuse(400, 'BAD_REQUEST', 'invalid character in query'))
+  }
+  const normalized = normalizePath(rawPath)
+  if (!normalized.ok) return Promise.resolve(refuse(400, 'PATH_INVALID', normalized.reason))
+
+  // Deadline: the sooner of the context's header and grpc-timeout.
+  let remaining: number | undefined
+  const deadlineValue = firstHeader(req.headers[ctx.deadlineHeader])
+  if (deadlineValue !== undefined) {
+    const trimmed = deadlineValue.trim()
+    if (deadlineMsPattern.test(trimmed)) remaining = Number(trimmed)
+  }
+  const grpc = parseGrpcTimeout(firstHeader(req.headers[GRPC_TIMEOUT_HEADER]))
+  if (grpc !== undefined) remaining = remaining === undefined ? grpc : Math.min(remaining, grpc)
+  const deadlineAt = remaining === undefined ? undefined : startedAt + remaining
+
+  const sentId = firstHeader(req.headers['x-request-id'])
+  const requestId = sentId !== undefined && requestIdPattern.test(sentId) ? sentId : randomUUID()
+
+  const headers = forwardableHeaders(raw, dropSetFor(ctx.deadlineHeader))
+  headers['x-request-id'] = requestId
+
+  const controller = new AbortController()
+  res.once('close', () => {
+    if (!res.writableFinished) controller.abort(new Error('client disconnected'))
+  })
+
+  const base = {
+    method: req.method ?? 'GET',
+    path: normalized.path,
+    query,
+    headers,
+    host,
+    requestId,
+    deadlineAt,
+    signal: controller.signal,
+    startedAt,
+  }
+  const bytesWrittenAtStart = req.socket.bytesWritten
+
+  const finish = (body: Buffer | undefined): InboundRequest => {
+    const inbound: InboundRequest = { ...base, body }
+    bookkeeping.set(inbound, { res, bytesWrittenAtStart, bytesIn: body?.length ?? 0 })
+    return inbound
+  }
+
+  const contentLength = req.headers['content-length']
+  const chunked = req.headers['transfer-encoding'] !== undefined
+  if (contentLength === undefined && !chunked) return Promise.resolve(finish(undefined))
+  const limit = listener.limits.maxBodyBytes
+  if (contentLength !== undefined && Number(contentLength) > limit) {
+    return Promise.resolve(refuse(413, 'BODY_TOO_LARGE', `request body larger than ${limit} bytes`))
+  }
+  if (contentLength === '0') {
+    req.resume()
+    return Promise.resolve(finish(undefined))
+  }
+  return new Promise<InboundRequest | undefined>((resolve) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    let settled = false
+    const done = (value: InboundRequest | undefined): void => {
+      if (settled) return
+      settled = true
+      req.off('data', onData)
+      req.off('end', onEnd)
+      req.off('error', onError)
+      req.off('close', onClose)
+      resolve(value)
+    }
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length
+      if (size > limit) {
+        req.pause()
+        done(refuse(413, 'BODY_TOO_LARGE', `request body larger than ${limit} bytes`))
+        return
+      }
+      chunks.push(chunk)
+    }
+    const onEnd = (): void => {
+      done(finish(size === 0 ? undefined : Buffer.concat(chunks, size)))
+    }
+    const onError = (): void => {
+      done(refuse(400, 'BODY_INCOMPLETE', 'the request body could not be read'))
+    }
+    const onClose = (): void => {
+      if (!req.complete) done(undefined)
+    }
+    req.on('data', onData)
+    req.on('end', onEnd)
+    req.on('error', onError)
+    req.on('close', onClose)
+  })
+}
+
+/**
+ * The {@link ForwardRequest} for a validated inbound request sent to `target` (origin-form,
+ * path plus query) on behalf of `route` (a route name or `ambassador`).
+ *
+ * @example
+ * ```ts
+ * const forward = toForwardRequest(inbound, 'ambassador', `/${rest}${inbound.query}`)
+ * await service.forward(forward, res)
+ * ```
+ */
+export function toForwardRequest(
+  inbound: InboundRequest,
+  route: string,
+  target: string,
+): ForwardRequest {
+  return {
+    method: inbound.method,
+    target,
+    headers: inbound.headers,
+    host: inbound.host,
+    body: inbound.body,
+    deadlineAt: inbound.deadlineAt,
+    route,
+    requestId: inbound.requestId,
+    signal: inbound.signal,
+  }
+}
+
+/**
+ * Answers with an RFC 9457 `application/problem+json` body
+ * (`{ type, title, status, code, detail }`). When the request body was not read to the end
+ * the connection is closed after the response, so unread bytes are never parsed as a next
+ * request. When the response head is already out, the socket is destroyed instead.
+ *
+ * @example
+ * ```ts
+ * sendProblem(res, 404, 'SERVICE_NOT_FOUND', 'no service named "billing"')
+ * ```
+ */
+export function sendProblem(
+  res: ServerResponse,
+  status: number,
+  code: string,
+  detail: string,
+): void {
+  if (res.headersSent || res.writableEnded) {
+    if (!res.writableEnded) res.destroy()
+    return
+  }
+  const body = JSON.stringify({
+    type: 'about:blank',
+    title: STATUS_CODES[status] ?? 'Error',
+    status,
+    code,
+    detail,
+  })
+  const headers: Record<string, string | number> = {
+    'content-type': 'application/problem+json',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+  }
+  if (res.req !== undefined && !res.req.complete) headers.connection = 'close'
+  res.writeHead(status, headers)
+  res.end(body)
+}
+
+/** Extra fields of an access log line that the inbound request does not carry. */
+export interface AccessLogDetails {
+  /** The matched route (gateway) or `ambassador`. */
+  readonly route?: string
+  /** The service that answered. */
+  readonly service?: string
+}
+
+/**
+ * Writes one JSON access log line (`msg: "access"`) through `ctx.logger` when `ctx.accessLog`
+ * is on: listener, method, normalized path (never the query, which may carry tokens), route,
+ * service, status, attempts, endpoint, error code, request id, duration (ms on the context
+ * clock) and bytes in/out (out counts the response head too). Headers, cookies and tokens are
+ * never logged.
+ *
+ * @example
+ * ```ts
+ * const outcome = await service.forward(forward, res)
+ * logAccess(ctx, inbound, outcome, listener.name, { route: 'ambassador', service: service.name })
+ * ```
+ */
+export function logAccess(
+  ctx: InboundContext,
+  inbound: InboundRequest,
+  outcome: ForwardOutcome,
+  listener: string,
+  details: AccessLogDetails = {},
+): void {
+  if (!ctx.accessLog) return
+  const kept = bookkeeping.get(inbound)
+  const socket = kept?.res.socket
+  ctx.logger.info('access', {
+    listener,
+    method: inbound.method,
+    path: inbound.path,
+    route: details.route,
+    service: details.service,
+    status: outcome.status,
+    attempts: outcome.attempts,
+    endpoint: outcome.endpoint,
+    error: outcome.error,
+    requestId: inbound.requestId,
+    durationMs: ctx.clock.now() - inbound.startedAt,
+    bytesIn: kept?.bytesIn ?? inbound.body?.length ?? 0,
+    bytesOut:
+      socket !== null && socket !== undefined && kept !== undefined
+        ? socket.bytesWritten - kept.bytesWrittenAtStart
+        : undefined,
+  })
+}
+
+function firstHeader(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value
+}
+
+const dropSets = new Map<string, ReadonlySet<string>>()
+function dropSetFor(deadlineHeader: string): ReadonlySet<string> {
+  let set = dropSets.get(deadlineHeader)
+  if (set === undefined) {
+    set = new Set(['host', 'expect', deadlineHeader.toLowerCase()])
+    dropSets.set(deadlineHeader, set)
+  }
+  return set
+}
+
+/**
+ * `host:port` in lower case with the scheme's default port made explicit, or undefined when
+ * the authority is malformed (userinfo, bad characters, bad port).
+ */
+function authorityKey(authority: string, scheme: string): string | undefined {
+  const match = hostPattern.exec(authority)
+  if (match === null) return undefined
+  const portText = match[2]
+  let port: number
+  if (portText === undefined) {
+    port = scheme === 'https' ? 443 : 80
+  } else {
+    port = Number(portText)
+    if (port < 1 || port > 65_535) return undefined
+  }
+  return `${(match[1] as string).toLowerCase()}:${port}`
+}
