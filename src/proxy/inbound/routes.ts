@@ -1,0 +1,306 @@
+// The strangler fig's route table: which route a request takes (first match in the order
+// written), which target service it goes to (weighted, sticky when configured), live overrides
+// from the admin API, and the per-route counters the admin API and metrics read.
+
+import { InvalidOptionError } from '../../core/errors.js'
+import type { RouteConfig, RouteState, RouteTargetConfig } from '../contracts.js'
+import { ShadowStats } from './shadow.js'
+import { stickyPoint } from './sticky.js'
+
+/** One route of a {@link RouteTable}: its configuration and live counters. */
+export interface Route {
+  /** The route's name (unique in its table). */
+  readonly name: string
+  /** The configuration it was built from (the configured targets, not an override). */
+  readonly config: RouteConfig
+  /** Shadow comparison counters and examples; undefined when the route has no shadow. */
+  readonly shadow: ShadowStats | undefined
+}
+
+/** Options of {@link createRouteTable}. */
+export interface RouteTableOptions {
+  /**
+   * The table this one replaces (on a config reload): request counters and shadow statistics
+   * of routes with the same name carry over, so migration progress survives a reload.
+   * Overrides do not carry over: a reload puts every route back on its configured targets.
+   * @default undefined
+   */
+  readonly previous?: RouteTable
+}
+
+/** Routes in order, with weighted target choice and live overrides. */
+export interface RouteTable {
+  /** The routes in the order they are tried. */
+  readonly routes: readonly Route[]
+  /** The route of that name, or undefined. */
+  get(name: string): Route | undefined
+  /**
+   * The first route whose prefix (at a segment boundary), methods and headers all match, or
+   * undefined. `path` must be the normalized path (the one that is forwarded); `headers` have
+   * lower-case names.
+   */
+  match(
+    method: string,
+    path: string,
+    headers: Readonly<Record<string, string | string[]>>,
+  ): Route | undefined
+  /**
+   * The target service for one request. With a sticky value, its hash point picks the target
+   * from the cumulative weights (the same user always lands on the same target while the
+   * weights stay); without one, `random()` (in [0, 1)) does. Reads the route's current targets
+   * once: an override swapped in meanwhile applies from the next request on.
+   */
+  choose(route: Route, stickyValue: string | undefined, random: () => number): string
+  /**
+   * Replaces a route's targets until {@link RouteTable.clearOverride} (or a reload). The caller
+   * checks that the services exist. Requests that already chose a target finish there.
+   * @throws InvalidOptionError for an unknown route, an empty list, a negative or non-finite
+   * weight, a repeated service, or no weight above 0
+   */
+  override(name: string, targets: readonly RouteTargetConfig[]): void
+  /**
+   * Puts a route back on its configured targets.
+   * @throws InvalidOptionError for an unknown route
+   */
+  clearOverride(name: string): void
+  /** Counts one request answered by `service` on `route`. */
+  count(route: Route, service: string): void
+  /** Snapshot of every route for the admin API and metrics. */
+  state(): RouteState[]
+}
+
+// A route's targets as bands on [0, total): target i owns [upTo(i-1), upTo(i)). Built once per
+// configuration or override and swapped whole, so a reader never sees half an update.
+interface Plan {
+  readonly targets: readonly RouteTargetConfig[]
+  readonly overridden: boolean
+  readonly services: readonly string[]
+  readonly upTo: readonly number[]
+  readonly total: number
+}
+
+function checkTargets(option: string, targets: unknown): readonly RouteTargetConfig[] {
+  if (!Array.isArray(targets) || targets.length === 0) {
+    throw new InvalidOptionError(option, 'a non-empty array of { service, weight }', targets)
+  }
+  const seen = new Set<string>()
+  let positive = false
+  targets.forEach((target: unknown, i) => {
+    const t = target as Partial<RouteTargetConfig> | null
+    if (typeof t?.service !== 'string' || t.service === '') {
+      throw new InvalidOptionError(`${option}[${i}].service`, 'a service name', t?.service)
+    }
+    if (seen.has(t.service)) {
+      throw new InvalidOptionError(`${option}[${i}].service`, 'a service not listed yet', t.service)
+    }
+    seen.add(t.service)
+    if (typeof t.weight !== 'number' || !Number.isFinite(t.weight) || t.weight < 0) {
+      throw new InvalidOptionError(`${option}[${i}].weight`, 'a finite number >= 0', t.weight)
+    }
+    if (t.weight > 0) positive = true
+  })
+  if (!positive) {
+    throw new InvalidOptionError(option, 'at least one target with weight > 0', targets)
+  }
+  return targets.map((t: RouteTargetConfig) => ({ service: t.service, weight: t.weight }))
+}
+
+// Bands are laid out in service-name order, not in the order written, so that an override
+// listing the same services in another order does not reshuffle users. With two targets (the
+// strangler case: legacy and new) moving weight from one to the other moves exactly the users
+// whose points lie in the band that changed hands, and nobody else: the assignment is monotone.
+function planOf(targets: readonly RouteTargetConfig[], overridden: boolean): Plan {
+  const sorted = [...targets]
+    .filter((t) => t.weight > 0)
+    .sort((a, b) => (a.service < b.service ? -1 : a.service > b.service ? 1 : 0))
+  const upTo: number[] = []
+  let total = 0
+  for (const t of sorted) {
+    total += t.weight
+    upTo.push(total)
+  }
+  return { targets, overridden, services: sorted.map((t) => t.service), upTo, total }
+}
+
+function normalizePrefix(option: string, prefix: unknown): string {
+  if (typeof prefix !== 'string' || !prefix.startsWith('/')) {
+    throw new InvalidOptionError(option, 'a path starting with "/"', prefix)
+  }
+  let p = prefix
+  while (p.length > 1 && p.endsWith('/')) p = p.slice(0, -1)
+  return p
+}
+
+/**
+ * True when `path` is `prefix` or lies under it at a segment boundary: `/orders` matches
+ * `/orders` and `/orders/1`, never `/ordersx`. A prefix of `/` matches every path.
+ */
+export function matchesPrefix(path: string, prefix: string): boolean {
+  if (prefix === '/') return path.startsWith('/')
+  if (!path.startsWith(prefix)) return false
+  return path.length === prefix.length || path.charCodeAt(prefix.length) === 47 /* / */
+}
+
+/**
+ * Removes `prefix` from `path` at a segment boundary (`/api/x` → `/x`, `/api` → `/`); a path
+ * not under the prefix is returned unchanged.
+ */
+export function stripPathPrefix(path: string, prefix: string | undefined): string {
+  if (prefix === undefined || prefix === '' || prefix === '/') return path
+  let p = prefix
+  while (p.length > 1 && p.endsWith('/')) p = p.slice(0, -1)
+  if (!matchesPrefix(path, p)) return path
+  const rest = path.slice(p.length)
+  return rest === '' ? '/' : rest
+}
+
+class RouteEntry implements Route {
+  readonly name: string
+  readonly config: RouteConfig
+  readonly shadow: ShadowStats | undefined
+  readonly prefix: string
+  readonly methods: ReadonlySet<string> | undefined
+  readonly headers: readonly (readonly [string, string])[]
+  readonly configured: Plan
+  plan: Plan
+  readonly requests = new Map<string, number>()
+
+  constructor(config: RouteConfig, index: number, previous: RouteEntry | undefined) {
+    const at = `routes[${index}]`
+    if (typeof config?.name !== 'string' || config.name === '') {
+      throw new InvalidOptionError(`${at}.name`, 'a non-empty route name', config?.name)
+    }
+    this.name = config.name
+    this.config = config
+    this.prefix = normalizePrefix(`${at}.match.prefix`, config.match?.prefix)
+    const methods = config.match.methods
+    if (methods !== undefined && !Array.isArray(methods)) {
+      throw new InvalidOptionError(`${at}.match.methods`, 'an array of method names', methods)
+    }
+    this.methods = methods === undefined ? undefined : new Set(methods.map((m) => m.toUpperCase()))
+    this.headers = Object.entries(config.match.headers ?? {}).map(
+      ([name, value]) => [name.toLowerCase(), value] as const,
+    )
+    this.configured = planOf(checkTargets(`${at}.targets`, config.targets), false)
+    this.plan = this.configured
+    this.shadow =
+      config.shadow === undefined
+        ? undefined
+        : new ShadowStats(config.shadow.keepExamples, previous?.shadow)
+    if (previous !== undefined) {
+      for (const [service, n] of previous.requests) this.requests.set(service, n)
+    }
+  }
+
+  matches(method: string, path: string, headers: Readonly<Record<string, string | string[]>>) {
+    if (!matchesPrefix(path, this.prefix)) return false
+    if (this.methods !== undefined && !this.methods.has(method.toUpperCase())) return false
+    for (const [name, expected] of this.headers) {
+      const actual = headers[name]
+      if (actual === undefined) return false
+      // A repeated header means the same as its values joined with ", " (RFC 9110 §5.3).
+      if ((typeof actual === 'string' ? actual : actual.join(', ')) !== expected) return false
+    }
+    return true
+  }
+}
+
+class Table implements RouteTable {
+  readonly routes: readonly RouteEntry[]
+  readonly #byName = new Map<string, RouteEntry>()
+
+  constructor(configs: readonly RouteConfig[], options: RouteTableOptions) {
+    if (!Array.isArray(configs)) {
+      throw new InvalidOptionError('routes', 'an array of routes', configs)
+    }
+    const previous = options.previous instanceof Table ? options.previous.#byName : undefined
+    this.routes = configs.map((config, i) => {
+      const entry = new RouteEntry(config, i, previous?.get(config?.name))
+      if (this.#byName.has(entry.name)) {
+        throw new InvalidOptionError(`routes[${i}].name`, 'a route name not used yet', entry.name)
+      }
+      this.#byName.set(entry.name, entry)
+      return entry
+    })
+  }
+
+  get(name: string): Route | undefined {
+    return this.#byName.get(name)
+  }
+
+  match(
+    method: string,
+    path: string,
+    headers: Readonly<Record<string, string | string[]>>,
+  ): Route | undefined {
+    for (const route of this.routes) if (route.matches(method, path, headers)) return route
+    return undefined
+  }
+
+  choose(route: Route, stickyValue: string | undefined, random: () => number): string {
+    const plan = (route as RouteEntry).plan
+    const point = stickyValue === undefined ? random() : stickyPoint(stickyValue)
+    const x = point * plan.total
+    const { upTo, services } = plan
+    for (let i = 0; i < upTo.length; i++) if (x < (upTo[i] as number)) return services[i] as string
+    // Only reachable through floating-point rounding at the very top of the range.
+    return services[services.length - 1] as string
+  }
+
+  override(name: string, targets: readonly RouteTargetConfig[]): void {
+    const route = this.#route(name)
+    route.plan = planOf(checkTargets('targets', targets), true)
+  }
+
+  clearOverride(name: string): void {
+    const route = this.#route(name)
+    route.plan = route.configured
+  }
+
+  count(route: Route, service: string): void {
+    const requests = (route as RouteEntry).requests
+    requests.set(service, (requests.get(service) ?? 0) + 1)
+  }
+
+  state(): RouteState[] {
+    return this.routes.map((route) => ({
+      name: route.name,
+      targets: route.plan.targets.map((t) => ({ ...t })),
+      overridden: route.plan.overridden,
+      requestsByService: Object.fromEntries(route.requests),
+      shadow: route.shadow?.snapshot(),
+    }))
+  }
+
+  #route(name: string): RouteEntry {
+    const route = this.#byName.get(name)
+    if (route === undefined) {
+      throw new InvalidOptionError('route', 'the name of a configured route', name)
+    }
+    return route
+  }
+}
+
+/**
+ * Builds the route table of a gateway listener. Routes are tried in the order given; the
+ * first whose prefix, methods and headers match takes the request. Each route splits its
+ * traffic over weighted targets; with `sticky` the split hashes a header or cookie so a user
+ * stays on one side, and moving weight between two targets moves only the users in the band
+ * that changed hands (see {@link RouteTable.choose}).
+ *
+ * @example
+ * ```ts
+ * const table = createRouteTable(listener.routes)
+ * const route = table.match('GET', '/orders/7', { 'x-user-id': 'u-1' })
+ * if (route) {
+ *   const service = table.choose(route, 'u-1', Math.random)
+ *   table.override(route.name, [{ service: 'legacy', weight: 1 }]) // rollback
+ * }
+ * ```
+ */
+export function createRouteTable(
+  routes: readonly RouteConfig[],
+  options: RouteTableOptions = {},
+): RouteTable {
+  return new Table(routes, options)
+}

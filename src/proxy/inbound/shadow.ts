@@ -1,0 +1,298 @@
+// Shadow mode (Twitter's Diffy, in the proxy): a sampled request also goes to the shadow
+// service after the client has its answer from the primary; the two responses are compared
+// with configured ignores and learned noise removed, and mismatches are counted per route with
+// the latest examples kept. Nothing here can delay, change or fail the client's response.
+
+import { type Clock, systemClock } from '../../core/clock.js'
+import { InvalidOptionError } from '../../core/errors.js'
+import { checkInteger } from '../../core/validate.js'
+import type { Logger } from '../../observability/logger.js'
+import { redactSecrets } from '../../observability/redact.js'
+import type {
+  CapturedResponse,
+  ForwardRequest,
+  ServiceRuntime,
+  ShadowConfig,
+  ShadowMismatch,
+} from '../contracts.js'
+import {
+  type CompareResponsesOptions,
+  compareResponses,
+  compilePathPatterns,
+  type Difference,
+  formatDifference,
+  withoutNoise,
+} from './json-diff.js'
+
+// Noise learned per route is remembered (a timestamp with one-second resolution can be equal in
+// two quick primary calls and still differ from the shadow's); the set is bounded so a response
+// with ever-new paths cannot grow it without end.
+const maxLearnedNoise = 1_000
+
+/** Shadow counters of one route, as the admin API shows them. */
+export interface ShadowSnapshot {
+  /** Requests whose primary and shadow responses were compared. */
+  readonly compared: number
+  /** Comparisons that found a difference after ignores and noise. */
+  readonly mismatches: number
+  /** The latest mismatches, oldest first. */
+  readonly examples: readonly ShadowMismatch[]
+  /** Sampled requests not compared: too many shadow calls in flight, or a body over the cap. */
+  readonly skipped: number
+  /** Shadow (or second primary) calls that failed. */
+  readonly errors: number
+  /** Paths learned as noise (they differed between two primary responses). */
+  readonly noise: readonly string[]
+}
+
+/** The shadow counters, examples and learned noise of one route. */
+export class ShadowStats {
+  compared = 0
+  mismatches = 0
+  skipped = 0
+  errors = 0
+  readonly #keep: number
+  readonly #examples: ShadowMismatch[] = []
+  readonly #noise = new Set<string>()
+
+  /**
+   * @param keepExamples How many of the latest mismatches to keep.
+   * @param previous Counters carried over from the same route before a reload.
+   */
+  constructor(keepExamples: number, previous?: ShadowStats) {
+    this.#keep = checkInteger('shadow.keepExamples', keepExamples, 0)
+    if (previous !== undefined) {
+      this.compared = previous.compared
+      this.mismatches = previous.mismatches
+      this.skipped = previous.skipped
+      this.errors = previous.errors
+      for (const example of previous.#examples.slice(-this.#keep)) this.#examples.push(example)
+    }
+  }
+
+  /** Paths learned as noise so far. */
+  get noise(): ReadonlySet<string> {
+    return this.#noise
+  }
+
+  /** Adds paths seen to differ between two primary responses. */
+  learn(differences: readonly Difference[]): void {
+    for (const d of differences) {
+      if (this.#noise.size >= maxLearnedNoise) return
+      this.#noise.add(d.path)
+    }
+  }
+
+  /** Records one comparison and, when it found differences, keeps it as an example. */
+  record(example: ShadowMismatch | undefined): void {
+    this.compared++
+    if (example === undefined) return
+    this.mismatches++
+    if (this.#keep === 0) return
+    this.#examples.push(example)
+    if (this.#examples.length > this.#keep) this.#examples.shift()
+  }
+
+  /** A copy of the counters for the admin API. */
+  snapshot(): ShadowSnapshot {
+    return {
+      compared: this.compared,
+      mismatches: this.mismatches,
+      examples: [...this.#examples],
+      skipped: this.skipped,
+      errors: this.errors,
+      noise: [...this.#noise],
+    }
+  }
+}
+
+/** Options of {@link createShadowRunner}. */
+export interface ShadowRunnerOptions {
+  /**
+   * Shadow comparisons running at once (each is one shadow call, plus a second primary call
+   * when noise is learned). A sampled request arriving while all are busy is skipped and
+   * counted, never queued: shadow traffic must not pile up behind a slow new system.
+   * @default 32
+   */
+  readonly maxInFlight?: number
+  /**
+   * Largest response body compared (bytes); a longer primary, shadow or second primary body
+   * skips the comparison.
+   * @default 1048576 (1 MiB)
+   */
+  readonly maxBodyBytes?: number
+  /**
+   * Clock for the `at` time of mismatch examples.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+  /**
+   * Where shadow call failures are logged (debug level, without request data).
+   * @default no logging
+   */
+  readonly logger?: Logger
+}
+
+/** One sampled request to compare. */
+export interface ShadowJob {
+  /** The route's shadow settings. */
+  readonly config: ShadowConfig
+  /** The route's counters. */
+  readonly stats: ShadowStats
+  /** The service that answered the client. */
+  readonly primary: ServiceRuntime
+  /** The shadow service. */
+  readonly shadow: ServiceRuntime
+  /** The request as forwarded to the primary (its signal and deadline are not reused). */
+  readonly request: ForwardRequest
+  /** The primary's response as the client got it. */
+  readonly response: CapturedResponse
+}
+
+/** Runs shadow comparisons in the background with a cap on how many run at once. */
+export interface ShadowRunner {
+  /** The largest body compared (what to pass as `captureBytes` for the primary). */
+  readonly maxBodyBytes: number
+  /** Comparisons running now. */
+  readonly inFlight: number
+  /**
+   * Starts a comparison in the background and returns at once: false (and counted as skipped)
+   * when the cap is reached or the primary's body was cut. Never throws for the job's failures.
+   */
+  submit(job: ShadowJob): boolean
+  /** Resolves when no comparison is running (for tests and graceful shutdown). */
+  idle(): Promise<void>
+}
+
+const safeMethods = new Set(['GET', 'HEAD', 'OPTIONS'])
+
+interface CompiledShadow {
+  readonly options: CompareResponsesOptions
+}
+
+const compiledCache = new WeakMap<ShadowConfig, CompiledShadow>()
+
+function compiled(config: ShadowConfig): CompiledShadow {
+  let entry = compiledCache.get(config)
+  if (entry === undefined) {
+    entry = {
+      options: {
+        ignoreFields: compilePathPatterns(config.ignoreFields),
+        ignoreHeaders: new Set(config.ignoreHeaders.map((h) => h.toLowerCase())),
+      },
+    }
+    compiledCache.set(config, entry)
+  }
+  return entry
+}
+
+/** The target as shown in mismatch examples: credentials in the query string masked. */
+function safeTarget(target: string): string {
+  return redactSecrets(target)
+}
+
+class Runner implements ShadowRunner {
+  readonly maxBodyBytes: number
+  readonly #max: number
+  readonly #clock: Clock
+  readonly #logger: Logger | undefined
+  #inFlight = 0
+  #idle: (() => void)[] = []
+
+  constructor(options: ShadowRunnerOptions) {
+    this.#max = checkInteger('shadow.maxInFlight', options.maxInFlight ?? 32, 1)
+    this.maxBodyBytes = checkInteger('shadow.maxBodyBytes', options.maxBodyBytes ?? 1_048_576, 0)
+    const clock = options.clock ?? systemClock
+    if (typeof clock?.now !== 'function') throw new InvalidOptionError('clock', 'a Clock', clock)
+    this.#clock = clock
+    this.#logger = options.logger
+  }
+
+  get inFlight(): number {
+    return this.#inFlight
+  }
+
+  submit(job: ShadowJob): boolean {
+    if (this.#inFlight >= this.#max || job.response.truncated) {
+      job.stats.skipped++
+      return false
+    }
+    this.#inFlight++
+    void this.#run(job).finally(() => {
+      this.#inFlight--
+      if (this.#inFlight === 0) {
+        const waiters = this.#idle
+        this.#idle = []
+        for (const resolve of waiters) resolve()
+      }
+    })
+    return true
+  }
+
+  idle(): Promise<void> {
+    if (this.#inFlight === 0) return Promise.resolve()
+    return new Promise((resolve) => this.#idle.push(resolve))
+  }
+
+  async #run(job: ShadowJob): Promise<void> {
+    const { config, stats, request } = job
+    // The client's signal fires when its connection closes, and its deadline was for its own
+    // answer: the shadow calls get neither, and are bounded by the services' own timeouts.
+    const detached: ForwardRequest = {
+      ...request,
+      signal: new AbortController().signal,
+      deadlineAt: undefined,
+    }
+    const learn = config.learnNoise && safeMethods.has(request.method.toUpperCase())
+    let shadowResponse: CapturedResponse
+    let second: CapturedResponse | undefined
+    try {
+      ;[shadowResponse, second] = await Promise.all([
+        job.shadow.exchange(detached, this.maxBodyBytes),
+        learn ? job.primary.exchange(detached, this.maxBodyBytes) : undefined,
+      ])
+    } catch (error) {
+      stats.errors++
+      this.#logger?.debug('shadow call failed', {
+        route: request.route,
+        service: job.shadow.name,
+        error: error instanceof Error ? error.message : String(error),
+      })
+      return
+    }
+    if (shadowResponse.truncated || second?.truncated === true) {
+      stats.skipped++
+      return
+    }
+    const { options } = compiled(config)
+    if (second !== undefined) stats.learn(compareResponses(job.response, second, options))
+    const differences = withoutNoise(
+      compareResponses(job.response, shadowResponse, options),
+      stats.noise,
+    )
+    stats.record(
+      differences.length === 0
+        ? undefined
+        : {
+            at: this.#clock.now(),
+            method: request.method,
+            target: safeTarget(request.target),
+            differences: differences.map(formatDifference),
+          },
+    )
+  }
+}
+
+/**
+ * Creates the background runner of shadow comparisons shared by a gateway's routes.
+ *
+ * @example
+ * ```ts
+ * const shadows = createShadowRunner({ maxInFlight: 16 })
+ * // after the primary's response went to the client:
+ * shadows.submit({ config, stats, primary, shadow, request, response: outcome.captured })
+ * ```
+ */
+export function createShadowRunner(options: ShadowRunnerOptions = {}): ShadowRunner {
+  return new Runner(options)
+}
