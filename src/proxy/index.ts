@@ -1,6 +1,14 @@
 // breakwater/proxy: ambassador, sidecar and strangler fig in one process, configured in YAML.
 // The runtime (startProxy), config loader and CLI are exported from here as they land.
 
+export type { ConfigProblem, ProxyConfigDocument, ProxyConfigInput } from './config/index.js'
+export {
+  ConfigInvalidError,
+  loadProxyConfig,
+  parseProxyConfig,
+  proxyConfigJsonSchema,
+  proxyConfigSchema,
+} from './config/index.js'
 export type {
   CapturedResponse,
   ForwardOutcome,

@@ -1,0 +1,214 @@
+// Cross-field rules of the proxy config, which a per-field schema cannot state: route targets
+// and shadow services name defined services, listener names and ports are unique, a split has
+// a target with weight > 0, exactly one discovery source, and so on. They run on the raw
+// document next to the schema (not after it), so one run reports every problem; each check
+// looks only at the parts that have the right shape and leaves the rest to the schema.
+
+/** A problem found by a cross-field check: where, what was expected, and what was there. */
+export interface RawProblem {
+  readonly path: readonly (string | number)[]
+  readonly expected: string
+  /** The value found at `path` (undefined when missing). */
+  readonly value: unknown
+}
+
+type Obj = Record<string, unknown>
+
+function isObj(value: unknown): value is Obj {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+function list(value: unknown): unknown[] {
+  return Array.isArray(value) ? value : []
+}
+
+/** Every cross-field problem of a raw (parsed YAML) document. */
+export function crossFieldProblems(doc: unknown): RawProblem[] {
+  const problems: RawProblem[] = []
+  if (!isObj(doc)) return problems
+  const add = (path: (string | number)[], expected: string, value: unknown): void => {
+    problems.push({ path, expected, value })
+  }
+  const services = isObj(doc.services) ? doc.services : {}
+  const serviceNames = Object.keys(services)
+  const known = `a service defined under services (${serviceNames.join(', ') || 'none defined'})`
+
+  for (const [name, service] of Object.entries(services)) {
+    if (!isObj(service)) continue
+    const base = ['services', name]
+    const discovery = isObj(service.discovery) ? service.discovery : undefined
+    const sources =
+      (service.endpoints !== undefined ? 1 : 0) +
+      (discovery?.dns !== undefined ? 1 : 0) +
+      (discovery?.file !== undefined ? 1 : 0)
+    if (sources !== 1)
+      add(
+        base,
+        'exactly one of endpoints, discovery.dns or discovery.file',
+        sources === 0 ? 'none' : `${sources} of them`,
+      )
+    const dns = isObj(discovery?.dns) ? discovery.dns : undefined
+    if (dns !== undefined && dns.recordType !== 'SRV' && dns.port === undefined)
+      add([...base, 'discovery', 'dns', 'port'], 'a port for A/AAAA records', undefined)
+    if (
+      dns !== undefined &&
+      typeof dns.minRefreshMs === 'number' &&
+      typeof dns.maxRefreshMs === 'number' &&
+      dns.minRefreshMs > dns.maxRefreshMs
+    )
+      add(
+        [...base, 'discovery', 'dns', 'minRefreshMs'],
+        `at most maxRefreshMs (${dns.maxRefreshMs})`,
+        dns.minRefreshMs,
+      )
+    const retry = isObj(service.retry) ? service.retry : undefined
+    if (
+      retry !== undefined &&
+      typeof retry.baseDelayMs === 'number' &&
+      typeof retry.maxDelayMs === 'number' &&
+      retry.maxDelayMs < retry.baseDelayMs
+    )
+      add(
+        [...base, 'retry', 'maxDelayMs'],
+        `at least baseDelayMs (${retry.baseDelayMs})`,
+        retry.maxDelayMs,
+      )
+    const tls = isObj(service.tls) ? service.tls : undefined
+    if (tls !== undefined && (tls.certFile === undefined) !== (tls.keyFile === undefined))
+      add(
+        [...base, 'tls', tls.certFile === undefined ? 'certFile' : 'keyFile'],
+        'certFile and keyFile together (mTLS client certificate)',
+        undefined,
+      )
+    const auth = isObj(service.auth) ? service.auth : undefined
+    if (auth !== undefined && (auth.bearer === undefined) === (auth.apiKey === undefined))
+      add([...base, 'auth'], 'exactly one of bearer or apiKey', 'both or neither')
+    const apiKey = isObj(auth?.apiKey) ? auth.apiKey : undefined
+    if (apiKey !== undefined && (apiKey.env === undefined) === (apiKey.file === undefined))
+      add(
+        [...base, 'auth', 'apiKey'],
+        'exactly one of env or file (the key is never written inline)',
+        'both or neither',
+      )
+  }
+
+  const listeners = list(doc.listeners)
+  const listenerNames = new Map<string, number>()
+  const ports = new Map<string, string>()
+  const routeNames = new Map<string, string>()
+  const claimPort = (path: (string | number)[], host: unknown, port: unknown): void => {
+    if (typeof port !== 'number' || port === 0) return
+    const key = `${typeof host === 'string' ? host : '127.0.0.1'}:${port}`
+    const any = `*:${port}`
+    const owner = ports.get(key) ?? ports.get(any)
+    if (owner !== undefined) add(path, `a port not already used by ${owner}`, port)
+    else ports.set(key, formatPath(path))
+    // A wildcard address takes the port on every address, so it clashes with any other use.
+    if (host === '0.0.0.0' || host === '::') ports.set(any, formatPath(path))
+  }
+  let routeIdempotency = false
+  listeners.forEach((listener, i) => {
+    if (!isObj(listener)) return
+    const base: (string | number)[] = ['listeners', i]
+    if (typeof listener.name === 'string') {
+      const first = listenerNames.get(listener.name)
+      if (first !== undefined)
+        add([...base, 'name'], `a name not used by listeners[${first}]`, listener.name)
+      else listenerNames.set(listener.name, i)
+    }
+    claimPort([...base, 'port'], listener.host ?? '127.0.0.1', listener.port)
+    const routes = list(listener.routes)
+    if (listener.role === 'ambassador') {
+      if (listener.routes !== undefined)
+        add([...base, 'routes'], 'no routes on an ambassador (routes belong to gateways)', 'routes')
+      list(listener.services).forEach((name, j) => {
+        if (typeof name === 'string' && !serviceNames.includes(name))
+          add([...base, 'services', j], known, name)
+      })
+    } else if (listener.role === 'gateway') {
+      if (listener.services !== undefined)
+        add(
+          [...base, 'services'],
+          'no services list on a gateway (gateways route by routes)',
+          'services',
+        )
+      if (routes.length === 0) add([...base, 'routes'], 'at least one route', listener.routes)
+    }
+    routes.forEach((route, j) => {
+      if (!isObj(route)) return
+      const at: (string | number)[] = [...base, 'routes', j]
+      if (typeof route.name === 'string') {
+        const first = routeNames.get(route.name)
+        if (first !== undefined)
+          add([...at, 'name'], `a route name not used by ${first}`, route.name)
+        else routeNames.set(route.name, formatPath(at))
+      }
+      const targets = list(route.targets)
+      let positive = false
+      targets.forEach((target, k) => {
+        if (!isObj(target)) return
+        if (typeof target.service === 'string' && !serviceNames.includes(target.service))
+          add([...at, 'targets', k, 'service'], known, target.service)
+        if (target.weight === undefined || (typeof target.weight === 'number' && target.weight > 0))
+          positive = true
+      })
+      if (targets.length > 0 && !positive)
+        add([...at, 'targets'], 'at least one target with weight > 0', 'all weights 0')
+      const shadow = isObj(route.shadow) ? route.shadow : undefined
+      if (
+        shadow !== undefined &&
+        typeof shadow.service === 'string' &&
+        !serviceNames.includes(shadow.service)
+      )
+        add([...at, 'shadow', 'service'], known, shadow.service)
+      const sticky = isObj(route.sticky) ? route.sticky : undefined
+      if (sticky !== undefined && (sticky.header === undefined) === (sticky.cookie === undefined))
+        add([...at, 'sticky'], 'exactly one of header or cookie', 'both or neither')
+      const match = isObj(route.match) ? route.match : undefined
+      if (
+        typeof route.stripPrefix === 'string' &&
+        typeof match?.prefix === 'string' &&
+        !isPathPrefixOf(route.stripPrefix, match.prefix)
+      )
+        add(
+          [...at, 'stripPrefix'],
+          `a prefix of match.prefix (${match.prefix}) at a segment boundary`,
+          route.stripPrefix,
+        )
+      if (route.idempotency !== undefined) routeIdempotency = true
+    })
+  })
+
+  const admin = isObj(doc.admin) ? doc.admin : undefined
+  if (admin !== undefined) claimPort(['admin', 'port'], admin.host ?? '127.0.0.1', admin.port)
+
+  const workers = typeof doc.workers === 'number' ? doc.workers : 1
+  const store = isObj(doc.idempotency) ? doc.idempotency.url : undefined
+  if (routeIdempotency && workers > 1 && (store === undefined || store === 'memory'))
+    add(
+      ['idempotency', 'url'],
+      'a shared store (sqlite:<path> or postgres://...) when workers > 1 and a route enforces Idempotency-Key',
+      store,
+    )
+  if (typeof store === 'string' && !/^(memory$|sqlite:|postgres(ql)?:\/\/)/.test(store))
+    add(['idempotency', 'url'], '"memory", "sqlite:<path>" or "postgres://..."', store)
+  return problems
+}
+
+function isPathPrefixOf(prefix: string, path: string): boolean {
+  if (prefix === '/') return true
+  const p = prefix.endsWith('/') ? prefix.slice(0, -1) : prefix
+  return path === p || path.startsWith(`${p}/`)
+}
+
+/** `services.payments.retry.attempts`, `listeners[1].routes[0].name`. */
+export function formatPath(path: readonly (string | number)[]): string {
+  if (path.length === 0) return '(root)'
+  let out = ''
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`
+    else if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(part)) out += out === '' ? part : `.${part}`
+    else out += `[${JSON.stringify(part)}]`
+  }
+  return out
+}

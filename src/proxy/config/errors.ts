@@ -1,0 +1,50 @@
+import { BreakwaterError } from '../../core/errors.js'
+
+/** One problem in a config file. */
+export interface ConfigProblem {
+  /**
+   * Dotted path of the bad value (`services.payments.retry.attempts`, `listeners[1].port`), or
+   * `line:column` for a YAML syntax error.
+   */
+  readonly path: string
+  /** `expected ..., got ...` (secret values are never echoed). */
+  readonly message: string
+  /** 1-based line in the source, when known. */
+  readonly line: number | undefined
+  /** 1-based column in the source, when known. */
+  readonly column: number | undefined
+}
+
+/**
+ * A proxy config failed validation. The message lists every problem, one per line, as
+ * `path: expected ..., got <value>`; `problems` holds them as data. Code `CONFIG_INVALID`.
+ *
+ * @example
+ * ```ts
+ * try { parseProxyConfig(text, 'proxy.yaml') }
+ * catch (error) { if (error instanceof ConfigInvalidError) console.error(error.problems) }
+ * ```
+ */
+export class ConfigInvalidError extends BreakwaterError {
+  /** Name of the source (file path, or a label for inline text). */
+  readonly source: string
+  /** Every problem found, in document order. */
+  readonly problems: readonly ConfigProblem[]
+
+  constructor(source: string, problems: readonly ConfigProblem[]) {
+    const count = problems.length === 1 ? '1 problem' : `${problems.length} problems`
+    const lines = problems.map((p) => `  ${formatProblem(p)}`)
+    super('CONFIG_INVALID', `invalid proxy config ${source} (${count}):\n${lines.join('\n')}`)
+    this.source = source
+    this.problems = problems
+  }
+}
+
+/** `path: message (line L, column C)`. */
+export function formatProblem(problem: ConfigProblem): string {
+  const where =
+    problem.line === undefined || problem.path.startsWith(`${problem.line}:`)
+      ? ''
+      : ` (line ${problem.line}, column ${problem.column ?? 1})`
+  return `${problem.path}: ${problem.message}${where}`
+}

@@ -1,0 +1,9 @@
+// The proxy's YAML config: schema (zod 4), loader with path-naming errors, cross-field checks,
+// and the JSON Schema for editors.
+
+export type { ConfigProblem } from './errors.js'
+export { ConfigInvalidError, formatProblem } from './errors.js'
+export { proxyConfigJsonSchema } from './json-schema.js'
+export { loadProxyConfig, parseProxyConfig, validateProxyDocument } from './load.js'
+export type { ProxyConfigDocument, ProxyConfigInput } from './schema.js'
+export { proxyConfigSchema, toProxyConfig } from './schema.js'

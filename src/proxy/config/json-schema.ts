@@ -1,0 +1,22 @@
+import { z } from 'zod'
+import { proxyConfigSchema } from './schema.js'
+
+/**
+ * The JSON Schema (draft 2020-12) of the proxy config YAML, generated from the zod schema, for
+ * editors (`# yaml-language-server: $schema=...`). Cross-field rules (targets name defined
+ * services, unique ports, ...) are not expressible in it; the loader checks them.
+ * docs/proxy-config.schema.json is this value; a test keeps the two equal.
+ */
+export function proxyConfigJsonSchema(): Record<string, unknown> {
+  const schema = z.toJSONSchema(proxyConfigSchema, {
+    io: 'input',
+    target: 'draft-2020-12',
+    unrepresentable: 'any',
+  }) as Record<string, unknown>
+  return {
+    $schema: schema.$schema,
+    $id: 'https://breakwater.dev/schemas/proxy-config.schema.json',
+    title: 'breakwater proxy config',
+    ...schema,
+  }
+}

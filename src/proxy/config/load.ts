@@ -1,0 +1,253 @@
+import { readFile } from 'node:fs/promises'
+import { isMap, isScalar, LineCounter, type Node, parseDocument } from 'yaml'
+import type { z } from 'zod'
+import { isSecretKey, redactSecrets } from '../../observability/redact.js'
+import type { ProxyConfig } from '../contracts.js'
+import { crossFieldProblems, formatPath, type RawProblem } from './checks.js'
+import { ConfigInvalidError, type ConfigProblem } from './errors.js'
+import { type ProxyConfigDocument, proxyConfigSchema, toProxyConfig } from './schema.js'
+
+/**
+ * Parses and validates proxy config YAML. Throws {@link ConfigInvalidError} listing every
+ * problem (YAML syntax with line and column; each bad path with what was expected and what
+ * was found; unknown keys named). Secret values are never echoed in the message.
+ *
+ * @param yamlText the YAML document
+ * @param sourceName a name for messages (the file path, or e.g. `admin reload`)
+ *
+ * @example
+ * ```ts
+ * const config = parseProxyConfig(
+ *   'services: { app: { endpoints: [http://127.0.0.1:3000] } }\n' +
+ *     'listeners: [{ name: out, role: ambassador, port: 15001 }]\n',
+ *   'inline',
+ * )
+ * config.services.get('app')?.loadBalancer // 'round-robin'
+ * ```
+ */
+export function parseProxyConfig(yamlText: string, sourceName: string): ProxyConfig {
+  return toProxyConfig(validateProxyDocument(yamlText, sourceName))
+}
+
+/** Reads a YAML file and {@link parseProxyConfig}s it (the file path names the source). */
+export async function loadProxyConfig(file: string): Promise<ProxyConfig> {
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code ?? String(error)
+    throw new ConfigInvalidError(file, [
+      {
+        path: '(file)',
+        message: `expected a readable YAML file, got ${reason}`,
+        line: undefined,
+        column: undefined,
+      },
+    ])
+  }
+  return parseProxyConfig(text, file)
+}
+
+/**
+ * Validates YAML text and returns the document with defaults filled in (the YAML shape, not
+ * yet `ProxyConfig`). Throws {@link ConfigInvalidError}.
+ */
+export function validateProxyDocument(yamlText: string, sourceName: string): ProxyConfigDocument {
+  const lineCounter = new LineCounter()
+  // uniqueKeys (the default) makes a repeated key an error rather than last-one-wins.
+  const doc = parseDocument(yamlText, { lineCounter, prettyErrors: true, uniqueKeys: true })
+  if (doc.errors.length > 0) {
+    throw new ConfigInvalidError(
+      sourceName,
+      doc.errors.map((error) => {
+        const pos = error.linePos?.[0]
+        // The first sentence only: yaml's full message quotes the offending source line,
+        // which may hold a secret.
+        const what = error.message.split(' at line ')[0]?.split('\n')[0] ?? error.code
+        return {
+          path: pos === undefined ? '(yaml)' : `${pos.line}:${pos.col}`,
+          message: `YAML syntax error: ${what}`,
+          line: pos?.line,
+          column: pos?.col,
+        }
+      }),
+    )
+  }
+  let raw: unknown
+  try {
+    // A low alias budget stops "billion laughs" documents.
+    raw = doc.toJS({ maxAliasCount: 100 })
+  } catch (error) {
+    throw new ConfigInvalidError(sourceName, [
+      {
+        path: '(yaml)',
+        message: `expected a plain YAML document, got ${(error as Error).message}`,
+        line: undefined,
+        column: undefined,
+      },
+    ])
+  }
+  if (raw === null || raw === undefined) raw = {}
+  const locate = (path: readonly (string | number)[]): { line?: number; col?: number } => {
+    for (let n = path.length; n >= 0; n--) {
+      const node = doc.getIn(path.slice(0, n), true) as Node | undefined
+      const start = node?.range?.[0]
+      if (start !== undefined) {
+        const pos = lineCounter.linePos(start)
+        return { line: pos.line, col: pos.col }
+      }
+      // For a missing key, point at the map that should hold it.
+      if (n === 0) break
+    }
+    return {}
+  }
+  // For unknown keys, point at the key itself rather than at its map.
+  const locateKey = (path: readonly (string | number)[], key: string) => {
+    const map = doc.getIn(path, true)
+    if (isMap(map)) {
+      for (const pair of map.items) {
+        if (isScalar(pair.key) && String(pair.key.value) === key && pair.key.range !== undefined) {
+          const pos = lineCounter.linePos(pair.key.range[0])
+          return { line: pos.line, col: pos.col }
+        }
+      }
+    }
+    return locate(path)
+  }
+
+  const problems: (ConfigProblem & { order: number })[] = []
+  const push = (
+    path: readonly (string | number)[],
+    message: string,
+    at: { line?: number; col?: number },
+  ): void => {
+    problems.push({
+      path: formatPath(path),
+      message,
+      line: at.line,
+      column: at.col,
+      order: (at.line ?? Number.MAX_SAFE_INTEGER) * 10_000 + (at.col ?? 0),
+    })
+  }
+
+  const result = proxyConfigSchema.safeParse(raw, { error: expectedText })
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      const path = issue.path as (string | number)[]
+      if (issue.code === 'unrecognized_keys') {
+        for (const key of issue.keys)
+          push([...path, key], 'unknown key (not part of the proxy config)', locateKey(path, key))
+        continue
+      }
+      if (issue.code === 'invalid_key') {
+        const key = path[path.length - 1]
+        const inner = issue.issues[0]?.message ?? 'a valid name'
+        push(
+          path,
+          `expected a key that is a ${inner}, got ${JSON.stringify(key)}`,
+          locateKey(path.slice(0, -1), String(key)),
+        )
+        continue
+      }
+      const value = valueAt(raw, path)
+      push(path, `expected ${issue.message}, got ${describe(path, value)}`, locate(path))
+    }
+  }
+  for (const problem of crossFieldProblems(raw)) addRaw(problem)
+  function addRaw(problem: RawProblem): void {
+    const got =
+      typeof problem.value === 'string' &&
+      /^(none|both or neither|\d+ of them|routes|services|all weights 0)$/.test(problem.value)
+        ? problem.value
+        : describe(problem.path, problem.value)
+    push(problem.path, `expected ${problem.expected}, got ${got}`, locate(problem.path))
+  }
+  if (problems.length > 0) {
+    problems.sort((a, b) => a.order - b.order)
+    throw new ConfigInvalidError(
+      sourceName,
+      problems.map(({ order: _order, ...problem }) => problem),
+    )
+  }
+  return (result as { data: ProxyConfigDocument }).data
+}
+
+function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
+  let value = root
+  for (const part of path) {
+    if (typeof value !== 'object' || value === null) return undefined
+    value = (value as Record<PropertyKey, unknown>)[part]
+  }
+  return value
+}
+
+// Keys under which a string is a secret itself, not a reference to one.
+const secretKeys = new Set(['bearer', 'apikey', 'key', 'token'])
+
+function isSecretPath(path: readonly (string | number)[]): boolean {
+  const last = path[path.length - 1]
+  // `{ env: NAME }` and `{ file: path }` are references: safe to show.
+  if (last === 'env' || last === 'file' || last === 'header') return false
+  return path.some(
+    (part) => typeof part === 'string' && (secretKeys.has(part.toLowerCase()) || isSecretKey(part)),
+  )
+}
+
+/** The `got ...` half of a problem: the value, never a secret. */
+function describe(path: readonly (string | number)[], value: unknown): string {
+  if (value === undefined) return 'nothing'
+  if (value === null) return 'null'
+  if (typeof value === 'string') {
+    if (isSecretPath(path)) return 'a string (not shown: it looks like an inline secret)'
+    const shown = redactSecrets(value)
+    return JSON.stringify(shown.length > 80 ? `${shown.slice(0, 80)}…` : shown)
+  }
+  if (typeof value === 'number' || typeof value === 'boolean') return String(value)
+  if (Array.isArray(value)) return `a list of ${value.length}`
+  if (typeof value === 'object') return 'a mapping'
+  return typeof value
+}
+
+// The "expected ..." text for issues whose schema set no message of its own.
+function expectedText(issue: z.core.$ZodRawIssue): string {
+  switch (issue.code) {
+    case 'invalid_type':
+      return typeName(String(issue.expected))
+    case 'invalid_value':
+      return `one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`
+    case 'too_small':
+      return issue.origin === 'array'
+        ? `a list of at least ${String(issue.minimum)}`
+        : issue.origin === 'string'
+          ? `a string of at least ${String(issue.minimum)} characters`
+          : `a value ${issue.inclusive === false ? '>' : '>='} ${String(issue.minimum)}`
+    case 'too_big':
+      return issue.origin === 'array'
+        ? `a list of at most ${String(issue.maximum)}`
+        : `a value ${issue.inclusive === false ? '<' : '<='} ${String(issue.maximum)}`
+    case 'invalid_key':
+      return 'a valid name'
+    case 'invalid_union':
+      return 'one of the allowed forms'
+    case 'invalid_format':
+      return `a ${issue.format}`
+    default:
+      return 'a valid value'
+  }
+}
+
+function typeName(expected: string): string {
+  switch (expected) {
+    case 'object':
+    case 'record':
+      return 'a mapping'
+    case 'array':
+      return 'a list'
+    case 'int':
+      return 'an integer'
+    case 'boolean':
+      return 'true or false'
+    default:
+      return `a ${expected}`
+  }
+}

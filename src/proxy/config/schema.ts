@@ -1,0 +1,438 @@
+// The YAML shape of the proxy config, as a zod 4 schema. The schema describes what a person
+// writes (with defaults filled in); `toProxyConfig` turns the parsed value into the resolved
+// `ProxyConfig` the rest of the proxy uses. Keeping the two apart keeps the JSON Schema (made
+// from this schema for editors) free of transforms, and `ProxyConfig` free of YAML spelling.
+// Cross-field rules (targets name defined services, unique ports, ...) live in checks.ts.
+
+import { z } from 'zod'
+import { DEADLINE_HEADER } from '../../policies/deadline.js'
+import type {
+  DiscoveryConfig,
+  ListenerConfig,
+  OutboundAuthConfig,
+  ProxyConfig,
+  RouteConfig,
+  SecretSource,
+  ServiceConfig,
+} from '../contracts.js'
+
+const maxTimerMs = 2_147_483_647
+
+// Schema-level messages are the "expected ..." half of a problem line; load.ts adds the path
+// and the value that was found.
+function int(min: number, max = Number.MAX_SAFE_INTEGER): z.ZodInt {
+  const text = max === Number.MAX_SAFE_INTEGER ? `integer >= ${min}` : `integer in [${min}, ${max}]`
+  return z.int({ error: text }).min(min, { error: text }).max(max, { error: text })
+}
+
+function ms(min = 0): z.ZodInt {
+  return int(min, maxTimerMs)
+}
+
+function num(min: number, max: number): z.ZodNumber {
+  const text = `number in [${min}, ${max}]`
+  return z.number({ error: text }).min(min, { error: text }).max(max, { error: text })
+}
+
+function text(what = 'non-empty string'): z.ZodString {
+  return z.string({ error: what }).min(1, { error: what })
+}
+
+const secretText =
+  '{ env: NAME } or { file: path } (secrets are never written inline in the config)'
+
+/** `{ env: NAME }` or `{ file: path }`: where a secret is read from. */
+export const secretSourceSchema = z
+  .union(
+    [
+      z.strictObject({ env: text('environment variable name') }),
+      z.strictObject({ file: text('file path') }),
+    ],
+    { error: secretText },
+  )
+  .describe(secretText)
+
+const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
+const nameText = 'name of letters, digits, ".", "_" or "-" (starting with a letter or digit)'
+const serviceName = z
+  .string({ error: nameText })
+  .regex(namePattern, { error: nameText })
+  .max(64, { error: nameText })
+
+const headerPattern = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+const headerName = z
+  .string({ error: 'HTTP header name' })
+  .regex(headerPattern, { error: 'HTTP header name' })
+
+const pathPrefix = z
+  .string({ error: 'path starting with "/"' })
+  .startsWith('/', { error: 'path starting with "/"' })
+
+const methodPattern = /^[A-Z]+$/
+const method = z
+  .string({ error: 'upper-case HTTP method (GET, POST, ...)' })
+  .regex(methodPattern, { error: 'upper-case HTTP method (GET, POST, ...)' })
+
+const endpointUrl = z.string({ error: 'http:// or https:// URL' }).refine(isEndpointUrl, {
+  error: 'http:// or https:// URL with a host and no credentials, query or fragment',
+})
+
+function isEndpointUrl(value: string): boolean {
+  if (!/^https?:\/\//i.test(value)) return false
+  try {
+    const url = new URL(value)
+    return (
+      url.hostname !== '' &&
+      url.username === '' &&
+      url.password === '' &&
+      url.search === '' &&
+      url.hash === ''
+    )
+  } catch {
+    return false
+  }
+}
+
+const dnsDiscoverySchema = z.strictObject({
+  name: text('host name'),
+  recordType: z.enum(['A', 'AAAA', 'SRV']).default('A'),
+  port: int(1, 65_535).optional(),
+  scheme: z.enum(['http', 'https']).default('http'),
+  minRefreshMs: ms().default(1_000),
+  maxRefreshMs: ms(1).default(30_000),
+})
+
+const discoverySchema = z.strictObject({
+  dns: dnsDiscoverySchema.optional(),
+  file: text('file path').optional(),
+})
+
+const timeoutsSchema = z.strictObject({
+  connectMs: ms(1).default(1_000),
+  readMs: ms(1).default(10_000),
+  overallMs: ms(1).default(30_000),
+})
+
+const retrySchema = z.strictObject({
+  attempts: int(1).default(3),
+  baseDelayMs: ms().default(25),
+  maxDelayMs: ms().default(1_000),
+  retryOnStatus: z.array(int(100, 599)).default([502, 503, 504]),
+  budget: z
+    .strictObject({
+      ratio: num(0, 10).default(0.2),
+      minPerSecond: num(0, 1_000_000).default(10),
+    })
+    .default({ ratio: 0.2, minPerSecond: 10 }),
+  addIdempotencyKey: z.boolean({ error: 'true or false' }).default(false),
+})
+
+const breakerSchema = z.strictObject({
+  failureThreshold: int(1).default(5),
+  cooldownMs: ms(1).default(10_000),
+  halfOpenProbes: int(1).default(1),
+})
+
+const bulkheadSchema = z.strictObject({
+  maxConcurrent: int(1).default(64),
+  maxQueue: int(0).default(64),
+  connectionsPerEndpoint: int(1, 10_000).default(32),
+})
+
+const outlierSchema = z.strictObject({
+  consecutiveFailures: int(1).default(5),
+  baseEjectionMs: ms(1).default(30_000),
+  maxEjectedPercent: num(0, 100).default(50),
+})
+
+const upstreamTlsSchema = z.strictObject({
+  caFile: text('file path').optional(),
+  certFile: text('file path').optional(),
+  keyFile: text('file path').optional(),
+  serverName: text('host name').optional(),
+  verify: z.boolean({ error: 'true or false' }).default(true),
+})
+
+const authSchema = z.strictObject({
+  bearer: secretSourceSchema.optional(),
+  apiKey: z
+    .strictObject({
+      header: headerName.default('x-api-key'),
+      env: text('environment variable name').optional(),
+      file: text('file path').optional(),
+    })
+    .optional(),
+})
+
+/** One upstream service in the YAML. */
+export const serviceSchema = z.strictObject({
+  endpoints: z
+    .array(endpointUrl, { error: 'list of endpoint URLs' })
+    .min(1, { error: 'non-empty list of endpoint URLs' })
+    .optional(),
+  discovery: discoverySchema.optional(),
+  loadBalancer: z.enum(['round-robin', 'least-request']).default('round-robin'),
+  timeouts: timeoutsSchema.default({ connectMs: 1_000, readMs: 10_000, overallMs: 30_000 }),
+  retry: retrySchema.optional(),
+  circuitBreaker: breakerSchema.optional(),
+  bulkhead: bulkheadSchema.default({ maxConcurrent: 64, maxQueue: 64, connectionsPerEndpoint: 32 }),
+  outlierEjection: outlierSchema.optional(),
+  tls: upstreamTlsSchema.default({ verify: true }),
+  auth: authSchema.optional(),
+  rewriteHost: z.boolean({ error: 'true or false' }).default(true),
+})
+
+const limitsDefaults = {
+  maxHeaderBytes: 16_384,
+  maxHeaders: 100,
+  maxBodyBytes: 1_048_576,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  maxConnections: 10_000,
+}
+
+const limitsSchema = z.strictObject({
+  maxHeaderBytes: int(1_024, 1_048_576).default(limitsDefaults.maxHeaderBytes),
+  maxHeaders: int(1, 10_000).default(limitsDefaults.maxHeaders),
+  maxBodyBytes: int(0, 1_073_741_824).default(limitsDefaults.maxBodyBytes),
+  headersTimeoutMs: ms(1).default(limitsDefaults.headersTimeoutMs),
+  requestTimeoutMs: ms(1).default(limitsDefaults.requestTimeoutMs),
+  keepAliveTimeoutMs: ms(1).default(limitsDefaults.keepAliveTimeoutMs),
+  maxConnections: int(1).default(limitsDefaults.maxConnections),
+})
+
+const listenerTlsSchema = z.strictObject({
+  certFile: text('file path'),
+  keyFile: text('file path'),
+  clientCaFile: text('file path').optional(),
+})
+
+const routeSchema = z.strictObject({
+  name: serviceName,
+  match: z
+    .strictObject({
+      prefix: pathPrefix.default('/'),
+      methods: z.array(method).min(1, { error: 'non-empty list of methods' }).optional(),
+      headers: z.record(headerName, z.string({ error: 'string' })).default({}),
+    })
+    .default({ prefix: '/', headers: {} }),
+  targets: z
+    .array(
+      z.strictObject({
+        service: serviceName,
+        weight: num(0, 1_000_000).default(1),
+      }),
+      { error: 'list of { service, weight }' },
+    )
+    .min(1, { error: 'non-empty list of { service, weight }' }),
+  sticky: z
+    .strictObject({
+      header: headerName.optional(),
+      cookie: text('cookie name').optional(),
+    })
+    .optional(),
+  stripPrefix: pathPrefix.optional(),
+  shadow: z
+    .strictObject({
+      service: serviceName,
+      sampleRate: num(0, 1).default(1),
+      ignoreFields: z.array(pathPrefix).default([]),
+      ignoreHeaders: z.array(headerName).default([]),
+      learnNoise: z.boolean({ error: 'true or false' }).default(true),
+      keepExamples: int(0, 10_000).default(20),
+    })
+    .optional(),
+  idempotency: z
+    .strictObject({
+      methods: z.array(method).min(1, { error: 'non-empty list of methods' }).default(['POST']),
+      ttlMs: ms(1).default(86_400_000),
+    })
+    .optional(),
+})
+
+const listenerSchema = z.strictObject({
+  name: serviceName,
+  role: z.enum(['ambassador', 'gateway']),
+  host: text('host or IP address').default('127.0.0.1'),
+  port: int(0, 65_535),
+  tls: listenerTlsSchema.optional(),
+  limits: limitsSchema.default(limitsDefaults),
+  routes: z.array(routeSchema, { error: 'list of routes' }).optional(),
+  services: z.array(serviceName, { error: 'list of service names' }).optional(),
+})
+
+/**
+ * The proxy config as written in YAML (with defaults). Unknown keys are errors. Secrets are only
+ * ever `{ env }` / `{ file }` references. See docs/proxy.md for every field.
+ */
+export const proxyConfigSchema = z
+  .strictObject({
+    services: z.record(serviceName, serviceSchema, { error: 'mapping of service name to service' }),
+    listeners: z
+      .array(listenerSchema, { error: 'list of listeners' })
+      .min(1, { error: 'non-empty list of listeners' }),
+    admin: z
+      .strictObject({
+        host: text('host or IP address').default('127.0.0.1'),
+        port: int(0, 65_535),
+        token: secretSourceSchema,
+      })
+      .optional(),
+    idempotency: z
+      .strictObject({
+        url: text('"memory", "sqlite:<path>" or "postgres://..." URL'),
+      })
+      .optional(),
+    accessLog: z.boolean({ error: 'true or false' }).default(true),
+    deadlineHeader: headerName.default(DEADLINE_HEADER),
+    drainTimeoutMs: ms().default(30_000),
+    workers: int(1, 256).default(1),
+  })
+  .describe('breakwater proxy configuration (breakwater proxy --config file.yaml)')
+
+/** The YAML shape after validation and defaults. */
+export type ProxyConfigDocument = z.output<typeof proxyConfigSchema>
+
+/** The YAML shape as written (optional fields may be left out). */
+export type ProxyConfigInput = z.input<typeof proxyConfigSchema>
+
+type ServiceDocument = z.output<typeof serviceSchema>
+type ListenerDocument = z.output<typeof listenerSchema>
+type RouteDocument = z.output<typeof routeSchema>
+
+/**
+ * Turns a validated document (schema and cross-field checks passed) into the resolved
+ * `ProxyConfig`.
+ */
+export function toProxyConfig(doc: ProxyConfigDocument): ProxyConfig {
+  const services = new Map<string, ServiceConfig>()
+  for (const [name, service] of Object.entries(doc.services))
+    services.set(name, toService(name, service))
+  return {
+    services,
+    listeners: doc.listeners.map(toListener),
+    admin:
+      doc.admin === undefined
+        ? undefined
+        : { host: doc.admin.host, port: doc.admin.port, token: toSecret(doc.admin.token) },
+    idempotency: doc.idempotency === undefined ? undefined : { url: doc.idempotency.url },
+    accessLog: doc.accessLog,
+    deadlineHeader: doc.deadlineHeader.toLowerCase(),
+    drainTimeoutMs: doc.drainTimeoutMs,
+    workers: doc.workers,
+  }
+}
+
+function toSecret(source: { env: string } | { file: string }): SecretSource {
+  return 'env' in source ? { env: source.env } : { file: source.file }
+}
+
+function toDiscovery(service: ServiceDocument): DiscoveryConfig {
+  if (service.endpoints !== undefined) return { kind: 'static', endpoints: service.endpoints }
+  const dns = service.discovery?.dns
+  if (dns !== undefined)
+    return {
+      kind: 'dns',
+      name: dns.name,
+      recordType: dns.recordType,
+      port: dns.port,
+      scheme: dns.scheme,
+      minRefreshMs: dns.minRefreshMs,
+      maxRefreshMs: dns.maxRefreshMs,
+    }
+  // checks.ts guarantees exactly one of endpoints, discovery.dns, discovery.file.
+  return { kind: 'file', path: service.discovery?.file ?? '' }
+}
+
+function toAuth(auth: ServiceDocument['auth']): OutboundAuthConfig | undefined {
+  if (auth?.bearer !== undefined) return { kind: 'bearer', token: toSecret(auth.bearer) }
+  const apiKey = auth?.apiKey
+  if (apiKey === undefined) return undefined
+  return {
+    kind: 'api-key',
+    header: apiKey.header.toLowerCase(),
+    key: apiKey.env !== undefined ? { env: apiKey.env } : { file: apiKey.file ?? '' },
+  }
+}
+
+function toService(name: string, s: ServiceDocument): ServiceConfig {
+  return {
+    name,
+    discovery: toDiscovery(s),
+    loadBalancer: s.loadBalancer,
+    timeouts: { ...s.timeouts },
+    retry:
+      s.retry === undefined
+        ? undefined
+        : {
+            attempts: s.retry.attempts,
+            baseDelayMs: s.retry.baseDelayMs,
+            maxDelayMs: s.retry.maxDelayMs,
+            retryOnStatus: s.retry.retryOnStatus,
+            budgetRatio: s.retry.budget.ratio,
+            budgetMinPerSecond: s.retry.budget.minPerSecond,
+            addIdempotencyKey: s.retry.addIdempotencyKey,
+          },
+    breaker: s.circuitBreaker === undefined ? undefined : { ...s.circuitBreaker },
+    bulkhead: { ...s.bulkhead },
+    outlierEjection: s.outlierEjection === undefined ? undefined : { ...s.outlierEjection },
+    tls: {
+      caFile: s.tls.caFile,
+      certFile: s.tls.certFile,
+      keyFile: s.tls.keyFile,
+      serverName: s.tls.serverName,
+      verify: s.tls.verify,
+    },
+    auth: toAuth(s.auth),
+    rewriteHost: s.rewriteHost,
+  }
+}
+
+function toRoute(r: RouteDocument): RouteConfig {
+  const headers: Record<string, string> = {}
+  for (const [key, value] of Object.entries(r.match.headers)) headers[key.toLowerCase()] = value
+  return {
+    name: r.name,
+    match: { prefix: r.match.prefix, methods: r.match.methods, headers },
+    targets: r.targets.map((t) => ({ service: t.service, weight: t.weight })),
+    sticky:
+      r.sticky === undefined
+        ? undefined
+        : r.sticky.header !== undefined
+          ? { header: r.sticky.header.toLowerCase() }
+          : { cookie: r.sticky.cookie ?? '' },
+    stripPrefix: r.stripPrefix,
+    shadow:
+      r.shadow === undefined
+        ? undefined
+        : {
+            service: r.shadow.service,
+            sampleRate: r.shadow.sampleRate,
+            ignoreFields: r.shadow.ignoreFields,
+            ignoreHeaders: r.shadow.ignoreHeaders.map((h) => h.toLowerCase()),
+            learnNoise: r.shadow.learnNoise,
+            keepExamples: r.shadow.keepExamples,
+          },
+    idempotency:
+      r.idempotency === undefined
+        ? undefined
+        : { methods: r.idempotency.methods, ttlMs: r.idempotency.ttlMs },
+  }
+}
+
+function toListener(l: ListenerDocument): ListenerConfig {
+  return {
+    name: l.name,
+    role: l.role,
+    host: l.host,
+    port: l.port,
+    tls:
+      l.tls === undefined
+        ? undefined
+        : { certFile: l.tls.certFile, keyFile: l.tls.keyFile, clientCaFile: l.tls.clientCaFile },
+    limits: { ...l.limits },
+    routes: (l.routes ?? []).map(toRoute),
+    services: l.services,
+  }
+}

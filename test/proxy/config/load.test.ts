@@ -1,0 +1,313 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, expect, expectTypeOf, it } from 'vitest'
+import { BreakwaterError } from '../../../src/core/errors.js'
+import {
+  ConfigInvalidError,
+  loadProxyConfig,
+  parseProxyConfig,
+  toProxyConfig,
+} from '../../../src/proxy/config/index.js'
+import type { ProxyConfig } from '../../../src/proxy/contracts.js'
+
+const briefExample = `
+services:
+  orders:
+    endpoints: [http://127.0.0.1:3001]
+    loadBalancer: least-request
+    timeouts: { connectMs: 1000, readMs: 5000, overallMs: 10000 }
+    retry: { attempts: 3, baseDelayMs: 25, maxDelayMs: 1000, budget: { ratio: 0.2, minPerSecond: 10 }, addIdempotencyKey: true }
+    circuitBreaker: { failureThreshold: 5, cooldownMs: 10000, halfOpenProbes: 1 }
+    bulkhead: { maxConcurrent: 64, maxQueue: 64, connectionsPerEndpoint: 32 }
+    outlierEjection: { consecutiveFailures: 5, baseEjectionMs: 30000, maxEjectedPercent: 50 }
+    tls: { caFile: ca.pem, certFile: client.pem, keyFile: client-key.pem, verify: true }
+    auth: { bearer: { env: ORDERS_TOKEN } }
+  legacy:
+    discovery: { dns: { name: legacy.internal, recordType: SRV } }
+    auth: { apiKey: { header: X-Api-Key, file: /run/key } }
+  app:
+    discovery: { file: /etc/app-endpoints }
+listeners:
+  - { name: outbound, role: ambassador, port: 15001 }
+  - name: inbound
+    role: gateway
+    port: 8080
+    tls: { certFile: server.pem, keyFile: server-key.pem }
+    routes:
+      - name: orders
+        match: { prefix: /orders, methods: [GET, POST], headers: { X-Canary: "yes" } }
+        targets: [{ service: legacy, weight: 90 }, { service: orders, weight: 10 }]
+        sticky: { header: X-User-Id }
+        shadow: { service: orders, ignoreFields: [/createdAt] }
+        idempotency: { methods: [POST] }
+      - { name: app, match: { prefix: / }, targets: [{ service: app, weight: 1 }] }
+admin: { port: 15000, token: { env: BREAKWATER_ADMIN_TOKEN } }
+idempotency: { url: "sqlite:./proxy-idempotency.db" }
+`
+
+function problemsOf(yaml: string): string {
+  try {
+    parseProxyConfig(yaml, 'test.yaml')
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigInvalidError)
+    expect(BreakwaterError.is(error) && error.code).toBe('CONFIG_INVALID')
+    return (error as Error).message
+  }
+  throw new Error('expected the config to be rejected')
+}
+
+const minimal = `services: { app: { endpoints: [http://127.0.0.1:3000] } }
+listeners: [{ name: out, role: ambassador, port: 15001 }]
+`
+
+describe('parseProxyConfig', () => {
+  it('produces exactly ProxyConfig', () => {
+    expectTypeOf(parseProxyConfig).returns.toEqualTypeOf<ProxyConfig>()
+    expectTypeOf(toProxyConfig).returns.toEqualTypeOf<ProxyConfig>()
+    expectTypeOf<ReturnType<typeof parseProxyConfig>>().toExtend<ProxyConfig>()
+  })
+
+  it('fills defaults into a minimal file', () => {
+    const config = parseProxyConfig(minimal, 'minimal.yaml')
+    const app = config.services.get('app')
+    expect(app).toMatchObject({
+      name: 'app',
+      discovery: { kind: 'static', endpoints: ['http://127.0.0.1:3000'] },
+      loadBalancer: 'round-robin',
+      retry: undefined,
+      breaker: undefined,
+      outlierEjection: undefined,
+      auth: undefined,
+      rewriteHost: true,
+      tls: { verify: true, caFile: undefined },
+      bulkhead: { maxConcurrent: 64, maxQueue: 64, connectionsPerEndpoint: 32 },
+    })
+    expect(config.listeners[0]).toMatchObject({
+      name: 'out',
+      role: 'ambassador',
+      host: '127.0.0.1',
+      port: 15001,
+      routes: [],
+      services: undefined,
+      limits: { maxHeaders: 100, maxHeaderBytes: 16_384 },
+    })
+    expect(config).toMatchObject({
+      admin: undefined,
+      idempotency: undefined,
+      accessLog: true,
+      deadlineHeader: 'x-breakwater-deadline-ms',
+      workers: 1,
+    })
+  })
+
+  it("reads the brief's full example", () => {
+    const config = parseProxyConfig(briefExample, 'brief.yaml')
+    const orders = config.services.get('orders')
+    expect(orders?.retry).toEqual({
+      attempts: 3,
+      baseDelayMs: 25,
+      maxDelayMs: 1000,
+      retryOnStatus: [502, 503, 504],
+      budgetRatio: 0.2,
+      budgetMinPerSecond: 10,
+      addIdempotencyKey: true,
+    })
+    expect(orders?.breaker).toEqual({ failureThreshold: 5, cooldownMs: 10000, halfOpenProbes: 1 })
+    expect(orders?.auth).toEqual({ kind: 'bearer', token: { env: 'ORDERS_TOKEN' } })
+    expect(orders?.tls).toEqual({
+      caFile: 'ca.pem',
+      certFile: 'client.pem',
+      keyFile: 'client-key.pem',
+      serverName: undefined,
+      verify: true,
+    })
+    expect(config.services.get('legacy')).toMatchObject({
+      discovery: { kind: 'dns', name: 'legacy.internal', recordType: 'SRV', scheme: 'http' },
+      auth: { kind: 'api-key', header: 'x-api-key', key: { file: '/run/key' } },
+    })
+    expect(config.services.get('app')?.discovery).toEqual({
+      kind: 'file',
+      path: '/etc/app-endpoints',
+    })
+    const route = config.listeners[1]?.routes[0]
+    expect(route).toMatchObject({
+      name: 'orders',
+      match: { prefix: '/orders', methods: ['GET', 'POST'], headers: { 'x-canary': 'yes' } },
+      targets: [
+        { service: 'legacy', weight: 90 },
+        { service: 'orders', weight: 10 },
+      ],
+      sticky: { header: 'x-user-id' },
+      shadow: { service: 'orders', ignoreFields: ['/createdAt'], sampleRate: 1, learnNoise: true },
+      idempotency: { methods: ['POST'], ttlMs: 86_400_000 },
+    })
+    expect(config.listeners[1]?.tls).toEqual({
+      certFile: 'server.pem',
+      keyFile: 'server-key.pem',
+      clientCaFile: undefined,
+    })
+    expect(config.admin).toEqual({
+      host: '127.0.0.1',
+      port: 15000,
+      token: { env: 'BREAKWATER_ADMIN_TOKEN' },
+    })
+    expect(config.idempotency).toEqual({ url: 'sqlite:./proxy-idempotency.db' })
+  })
+
+  it('names every bad path with what was expected and what was found, in one error', () => {
+    const message = problemsOf(`
+services:
+  payments:
+    endpoints: [http://127.0.0.1:3001]
+    retry: { attempts: three }
+    loadBalancer: random
+    timeouts: { connectMs: -5 }
+  legacy: { endpoints: [ftp://x] }
+listeners:
+  - { name: out, role: sidecar, port: 70000 }
+  - name: in
+    role: gateway
+    port: 8080
+    routes:
+      - { name: r, match: { prefix: orders }, targets: [{ service: ghost, weight: 1 }] }
+`)
+    expect(message).toContain('test.yaml (8 problems)')
+    expect(message).toContain(
+      'services.payments.retry.attempts: expected integer >= 1, got "three" (line 5, column 24)',
+    )
+    expect(message).toContain(
+      'services.payments.loadBalancer: expected one of "round-robin", "least-request", got "random"',
+    )
+    expect(message).toContain('services.payments.timeouts.connectMs: expected integer in [1, ')
+    expect(message).toContain('got -5')
+    expect(message).toContain('services.legacy.endpoints[0]: expected http:// or https:// URL')
+    expect(message).toContain(
+      'listeners[0].role: expected one of "ambassador", "gateway", got "sidecar"',
+    )
+    expect(message).toContain('listeners[0].port: expected integer in [0, 65535], got 70000')
+    expect(message).toContain(
+      'listeners[1].routes[0].match.prefix: expected path starting with "/", got "orders"',
+    )
+    expect(message).toContain(
+      'listeners[1].routes[0].targets[0].service: expected a service defined under services (payments, legacy), got "ghost"',
+    )
+  })
+
+  it('rejects unknown keys, naming each one', () => {
+    const message = problemsOf(`services:
+  app:
+    endpoints: [http://127.0.0.1:1]
+    retyr: { attempts: 2 }
+listeners: [{ name: out, role: ambassador, port: 1, colour: blue }]
+extra: 1
+`)
+    expect(message).toContain(
+      'services.app.retyr: unknown key (not part of the proxy config) (line 4, column 5)',
+    )
+    expect(message).toContain('listeners[0].colour: unknown key')
+    expect(message).toContain('extra: unknown key')
+  })
+
+  it('reports YAML syntax errors with line and column, and duplicate keys', () => {
+    expect(problemsOf('services:\n  app: [1, 2\nlisteners: []\n')).toMatch(
+      /\n {2}3:1: YAML syntax error: /,
+    )
+    expect(problemsOf('workers: 1\nworkers: 2\n')).toMatch(
+      /2:1: YAML syntax error: Map keys must be unique/,
+    )
+  })
+
+  it('checks cross-field rules', () => {
+    const message = problemsOf(`
+services:
+  a: { endpoints: [http://127.0.0.1:1], discovery: { file: x }, tls: { certFile: c.pem } }
+  b: { discovery: { dns: { name: b.local } }, auth: { apiKey: { header: x-key } } }
+  c: {}
+listeners:
+  - { name: one, role: ambassador, port: 9000, services: [a, zz] }
+  - { name: one, role: gateway, port: 9001 }
+  - name: two
+    role: gateway
+    port: 9002
+    routes:
+      - name: r
+        targets: [{ service: a, weight: 0 }]
+        sticky: { header: x-user, cookie: uid }
+        shadow: { service: nope }
+        idempotency: {}
+      - { name: r, match: { prefix: /x }, stripPrefix: /y, targets: [{ service: b }] }
+admin: { port: 9000, token: { env: T } }
+workers: 2
+`)
+    for (const expected of [
+      'services.a: expected exactly one of endpoints, discovery.dns or discovery.file, got 2 of them',
+      'services.a.tls.keyFile: expected certFile and keyFile together',
+      'services.b.discovery.dns.port: expected a port for A/AAAA records, got nothing',
+      'services.b.auth.apiKey: expected exactly one of env or file',
+      'services.c: expected exactly one of endpoints, discovery.dns or discovery.file, got none',
+      'listeners[0].services[1]: expected a service defined under services (a, b, c), got "zz"',
+      'listeners[1].name: expected a name not used by listeners[0], got "one"',
+      'listeners[1].routes: expected at least one route',
+      'listeners[2].routes[0].targets: expected at least one target with weight > 0',
+      'listeners[2].routes[0].sticky: expected exactly one of header or cookie',
+      'listeners[2].routes[0].shadow.service: expected a service defined under services',
+      'listeners[2].routes[1].name: expected a route name not used by listeners[2].routes[0], got "r"',
+      'listeners[2].routes[1].stripPrefix: expected a prefix of match.prefix (/x)',
+      'admin.port: expected a port not already used by listeners[0].port, got 9000',
+      'idempotency.url: expected a shared store',
+    ])
+      expect(message).toContain(expected)
+  })
+
+  it('never echoes a secret written inline, nor URL credentials', () => {
+    const secret = 'hunter2-very-secret'
+    const message = problemsOf(`
+services:
+  a:
+    endpoints: ["http://user:${secret}@127.0.0.1:1"]
+    auth: { bearer: ${secret} }
+  b:
+    endpoints: [http://127.0.0.1:2]
+    auth: { apiKey: { header: x-key, value: ${secret} } }
+  c:
+    endpoints: [http://127.0.0.1:3]
+    auth: { bearer: { env: ${secret}, file: x } }
+listeners: [{ name: out, role: ambassador, port: 1 }]
+admin: { port: 2, token: ${secret} }
+idempotency: { url: "mysql://root:${secret}@db/x" }
+`)
+    expect(message).toContain('services.a.auth.bearer: expected { env: NAME } or { file: path }')
+    expect(message).toContain('admin.token: expected { env: NAME } or { file: path }')
+    expect(message).toContain('services.b.auth.apiKey.value: unknown key')
+    expect(message).toContain('idempotency.url')
+    expect(message).not.toContain(secret)
+    // A syntax error on a line holding a secret quotes no source text.
+    const syntax = problemsOf(`admin: { port: 2, token: ${secret} x: y: z }\n`)
+    expect(syntax).toContain('YAML syntax error')
+    expect(syntax).not.toContain(secret)
+  })
+
+  it('treats an empty document as missing services and listeners', () => {
+    const message = problemsOf('')
+    expect(message).toContain('services: expected mapping of service name to service, got nothing')
+    expect(message).toContain('listeners: expected list of listeners, got nothing')
+  })
+})
+
+describe('loadProxyConfig', () => {
+  it('reads a file and names it in errors', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bw-config-'))
+    const good = join(dir, 'good.yaml')
+    writeFileSync(good, minimal)
+    expect((await loadProxyConfig(good)).listeners[0]?.name).toBe('out')
+    const bad = join(dir, 'bad.yaml')
+    writeFileSync(bad, `${minimal}workers: 0\n`)
+    await expect(loadProxyConfig(bad)).rejects.toThrow(
+      `invalid proxy config ${bad} (1 problem):\n  workers: expected integer in [1, 256], got 0`,
+    )
+    await expect(loadProxyConfig(join(dir, 'missing.yaml'))).rejects.toThrow(
+      'expected a readable YAML file, got ENOENT',
+    )
+  })
+})
