@@ -1,0 +1,95 @@
+// The ambassador: the local app calls `http://localhost:PORT/<service>/<path>` and the proxy
+// forwards `/<path>` to that service's endpoints with the service's policies. The only inputs
+// that choose a destination are the first segment of the normalized path and the configured
+// service table; Host, an absolute-form target or anything else in the path never do, so the
+// ambassador cannot be used as an open proxy.
+
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type {
+  ForwardOutcome,
+  InboundContext,
+  ListenerConfig,
+  RequestHandler,
+} from '../contracts.js'
+import { logAccess, readInboundRequest, sendProblem, toForwardRequest } from './request.js'
+
+/** The route name ambassador requests carry in metrics and logs. */
+export const AMBASSADOR_ROUTE = 'ambassador'
+
+/**
+ * The request handler of an `ambassador` listener: `/<service>/<rest>?query` goes to
+ * `ctx.services().get(service)` as `/<rest>?query` (`/<service>` alone as `/`). A service that
+ * does not exist, or that the listener does not expose (`listener.services`), is answered 404
+ * with code `SERVICE_NOT_FOUND`, and so is a path without a service segment. The registry is
+ * read per request, so a reload takes effect for the next request while requests in flight
+ * finish on the runtime they started with.
+ *
+ * @example
+ * ```ts
+ * const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
+ * await server.listen()
+ * // the app: fetch('http://127.0.0.1:15001/orders/v1/orders/42')
+ * ```
+ */
+export function createAmbassadorHandler(
+  listener: ListenerConfig,
+  ctx: InboundContext,
+): RequestHandler {
+  const exposed = listener.services === undefined ? undefined : new Set(listener.services)
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const inbound = await readInboundRequest(req, res, listener, ctx)
+    if (inbound === undefined) return
+    const path = inbound.path
+    const slash = path.indexOf('/', 1)
+    const name = slash === -1 ? path.slice(1) : path.slice(1, slash)
+    const service =
+      name === '' || (exposed !== undefined && !exposed.has(name))
+        ? undefined
+        : ctx.services().get(name)
+    if (service === undefined) {
+      sendProblem(
+        res,
+        404,
+        'SERVICE_NOT_FOUND',
+        name === '' ? 'the path names no service' : 'no such service on this listener',
+      )
+      logAccess(ctx, inbound, notFound, listener.name, { route: AMBASSADOR_ROUTE })
+      return
+    }
+    const target = `${slash === -1 ? '/' : path.slice(slash)}${inbound.query}`
+    let outcome: ForwardOutcome
+    try {
+      outcome = await service.forward(toForwardRequest(inbound, AMBASSADOR_ROUTE, target), res)
+    } catch (error) {
+      // forward() promises never to throw; if it does anyway, the client still gets an answer.
+      ctx.logger.error('service forward threw', {
+        listener: listener.name,
+        service: service.name,
+        error: (error as Error).message,
+      })
+      sendProblem(res, 502, 'PROXY_ERROR', 'the proxy failed to forward the request')
+      outcome = { ...notFound, status: 502, error: 'PROXY_ERROR' }
+    }
+    logAccess(ctx, inbound, outcome, listener.name, {
+      route: AMBASSADOR_ROUTE,
+      service: service.name,
+    })
+  }
+  return (req, res) => {
+    handle(req, res).catch((error: unknown) => {
+      ctx.logger.error('ambassador handler failed', {
+        listener: listener.name,
+        error: (error as Error).message,
+      })
+      sendProblem(res, 500, 'PROXY_ERROR', 'internal proxy error')
+    })
+  }
+}
+
+const notFound: ForwardOutcome = {
+  status: 404,
+  attempts: 0,
+  endpoint: undefined,
+  error: 'SERVICE_NOT_FOUND',
+  captured: undefined,
+}

@@ -1,0 +1,322 @@
+// One listening socket of the proxy: a node:http or node:https server with the listener's
+// limits, TLS termination whose certificate is reloaded when its files change, and a graceful
+// drain. Request validation itself lives in request.ts; this module sets up what only the
+// server can do (parser strictness, sizes, timeouts, connection cap) and answers CONNECT.
+
+import { type FSWatcher, readFileSync, watch } from 'node:fs'
+import { createServer as createHttpServer, type Server, type ServerResponse } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { Socket } from 'node:net'
+import { basename, dirname, resolve } from 'node:path'
+import { createSecureContext, type SecureContextOptions } from 'node:tls'
+import type { TimerHandle } from '../../core/clock.js'
+import { InvalidOptionError } from '../../core/errors.js'
+import { checkInteger, checkObject } from '../../core/validate.js'
+import type { ListenerConfig, ProxyDeps, RequestHandler } from '../contracts.js'
+
+/** Options of {@link createListenerServer}. */
+export interface ListenerServerOptions {
+  /**
+   * Quiet time after the last change to a TLS file before it is reloaded, so a certificate
+   * and key written one after the other are read together (ms).
+   * @default 200
+   */
+  readonly tlsReloadDebounceMs?: number
+}
+
+/** The bound address of a listener. */
+export interface ListenerAddress {
+  readonly host: string
+  readonly port: number
+}
+
+/** A listening proxy server; see {@link createListenerServer}. */
+export interface ListenerServer {
+  /** The listener's name from the config. */
+  readonly name: string
+  /** The underlying node:http / node:https server (for tests and the runtime's own hooks). */
+  readonly server: Server
+  /** Open client connections now. */
+  readonly connections: number
+  /** Connections refused since start because `limits.maxConnections` were open. */
+  readonly refusedConnections: number
+  /** Binds `listener.host:listener.port` (port 0: any free port) and resolves the address. */
+  listen(): Promise<ListenerAddress>
+  /** The bound address, undefined before listen() or after close(). */
+  address(): ListenerAddress | undefined
+  /**
+   * Re-reads the TLS files now and swaps the certificate for new connections; keeps the old
+   * one (and logs) when the new files do not load. False when nothing was swapped.
+   */
+  reloadTls(): boolean
+  /**
+   * Graceful drain: stops accepting, closes idle keep-alive connections, lets requests in
+   * flight finish (their connections close after the response) for up to `drainMs`, then
+   * destroys whatever is still open. Resolves when every connection is closed.
+   */
+  close(drainMs?: number): Promise<void>
+}
+
+/**
+ * Creates the server for one listener. The HTTP parser is always the strict one
+ * (`insecureHTTPParser: false`), so conflicting Content-Length / Transfer-Encoding, duplicate
+ * Content-Length, obs-fold, bare LF and bad chunk sizes are refused by Node with 400 before
+ * `handler` runs. Limits: `maxHeaderSize` = `limits.maxHeaderBytes` (431 from Node),
+ * `maxHeadersCount` one above `limits.maxHeaders` (so request.ts sees the excess and answers
+ * 431), headers / request / keep-alive timeouts, and `maxConnections` (further connections are
+ * closed at once, without a response). CONNECT is answered 405 and the connection closed; any
+ * other `Upgrade` request reaches `handler` like a normal request (request.ts refuses it), since
+ * the proxy tunnels no upgraded protocol.
+ *
+ * With `listener.tls` it terminates TLS: the certificate and key (and client CA, which makes
+ * client certificates required) are read now, and again whenever one of the files changes
+ * (the folders are watched, so files replaced by rename are seen too); a new pair that does not
+ * load (bad PEM, key not matching) is logged and the previous certificate stays in use.
+ *
+ * @example
+ * ```ts
+ * const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), deps)
+ * const { port } = await server.listen()
+ * // ... on SIGTERM:
+ * await server.close(10_000)
+ * ```
+ */
+export function createListenerServer(
+  listener: ListenerConfig,
+  handler: RequestHandler,
+  deps: ProxyDeps,
+  options: ListenerServerOptions = {},
+): ListenerServer {
+  checkObject('listener', listener)
+  checkObject('options', options)
+  const prefix = `listeners.${listener.name}.limits`
+  const limits = checkObject(prefix, listener.limits)
+  const maxHeaderBytes = checkInteger(`${prefix}.maxHeaderBytes`, limits.maxHeaderBytes, 1024)
+  const maxHeaders = checkInteger(`${prefix}.maxHeaders`, limits.maxHeaders, 1, 100_000)
+  checkInteger(`${prefix}.maxBodyBytes`, limits.maxBodyBytes, 0)
+  const headersTimeoutMs = checkInteger(`${prefix}.headersTimeoutMs`, limits.headersTimeoutMs, 1)
+  const requestTimeoutMs = checkInteger(`${prefix}.requestTimeoutMs`, limits.requestTimeoutMs, 1)
+  if (headersTimeoutMs > requestTimeoutMs) {
+    throw new InvalidOptionError(
+      `${prefix}.headersTimeoutMs`,
+      `at most requestTimeoutMs (${requestTimeoutMs})`,
+      headersTimeoutMs,
+    )
+  }
+  const keepAliveTimeoutMs = checkInteger(
+    `${prefix}.keepAliveTimeoutMs`,
+    limits.keepAliveTimeoutMs,
+    1,
+  )
+  const maxConnections = checkInteger(`${prefix}.maxConnections`, limits.maxConnections, 1)
+  const debounceMs =
+    options.tlsReloadDebounceMs === undefined
+      ? 200
+      : checkInteger('options.tlsReloadDebounceMs', options.tlsReloadDebounceMs, 0)
+
+  const serverOptions = {
+    insecureHTTPParser: false,
+    maxHeaderSize: maxHeaderBytes,
+    requireHostHeader: true,
+    joinDuplicateHeaders: false,
+    headersTimeout: headersTimeoutMs,
+    requestTimeout: requestTimeoutMs,
+    keepAliveTimeout: keepAliveTimeoutMs,
+    // Node checks the headers and request timeouts on this interval (30 s by default), which
+    // would let a slowloris client hold a socket far past a short headersTimeout.
+    connectionsCheckingInterval: Math.max(
+      25,
+      Math.min(1_000, Math.floor(Math.min(headersTimeoutMs, requestTimeoutMs) / 4)),
+    ),
+    noDelay: true,
+  }
+
+  const log = deps.logger.child({ listener: listener.name })
+  const tls = listener.tls
+  const readTls = (): SecureContextOptions => {
+    if (tls === undefined) return {}
+    return {
+      cert: readFileSync(tls.certFile),
+      key: readFileSync(tls.keyFile),
+      ...(tls.clientCaFile === undefined ? {} : { ca: readFileSync(tls.clientCaFile) }),
+    }
+  }
+
+  let server: Server
+  if (tls === undefined) {
+    server = createHttpServer(serverOptions)
+  } else {
+    let secure: SecureContextOptions
+    try {
+      secure = readTls()
+      createSecureContext(secure)
+    } catch (error) {
+      throw new InvalidOptionError(
+        `listeners.${listener.name}.tls`,
+        `a readable certificate and matching key (${(error as Error).message})`,
+        tls.certFile,
+      )
+    }
+    server = createHttpsServer({
+      ...serverOptions,
+      ...secure,
+      requestCert: tls.clientCaFile !== undefined,
+      rejectUnauthorized: tls.clientCaFile !== undefined,
+    }) as unknown as Server
+  }
+  server.maxHeadersCount = maxHeaders + 1
+  server.maxConnections = maxConnections
+
+  const sockets = new Set<Socket>()
+  const inFlight = new Set<ServerResponse>()
+  let refused = 0
+  let draining = false
+  let bound: ListenerAddress | undefined
+
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+  })
+  server.on('drop', () => {
+    refused++
+  })
+  server.on('connect', (_req, socket: Socket) => {
+    const body =
+      '{"type":"about:blank","title":"Method Not Allowed","status":405,"code":"METHOD_NOT_ALLOWED","detail":"CONNECT is not supported"}'
+    socket.end(
+      `HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/problem+json\r\ncontent-length: ${body.length}\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\nconnection: close\r\n\r\n${body}`,
+    )
+  })
+  server.on('tlsClientError', (error: Error) => {
+    log.debug('tls handshake failed', { error: error.message })
+  })
+
+  const onFinished = function (this: ServerResponse): void {
+    inFlight.delete(this)
+    // A connection whose response was already under way when the drain began: close it now
+    // that the response is out, rather than waiting for the keep-alive timeout.
+    if (draining) this.socket?.end()
+  }
+  server.on('request', (req, res: ServerResponse) => {
+    inFlight.add(res)
+    res.once('close', onFinished)
+    if (draining) res.setHeader('connection', 'close')
+    handler(req, res)
+  })
+
+  // Certificate hot reload.
+  const watchers: FSWatcher[] = []
+  let reloadTimer: TimerHandle | undefined
+  const reloadTls = (): boolean => {
+    if (tls === undefined) return false
+    let secure: SecureContextOptions
+    try {
+      secure = readTls()
+      // Loads the PEMs and checks the key against the certificate before anything is swapped.
+      createSecureContext(secure)
+    } catch (error) {
+      log.error('tls reload failed; keeping the previous certificate', {
+        certFile: tls.certFile,
+        error: (error as Error).message,
+      })
+      return false
+    }
+    ;(
+      server as unknown as { setSecureContext(options: SecureContextOptions): void }
+    ).setSecureContext(secure)
+    log.info('tls certificate reloaded', { certFile: tls.certFile })
+    return true
+  }
+  const scheduleReload = (): void => {
+    if (reloadTimer !== undefined) deps.clock.clearTimeout(reloadTimer)
+    reloadTimer = deps.clock.setTimeout(() => {
+      reloadTimer = undefined
+      reloadTls()
+    }, debounceMs)
+  }
+  const startWatching = (): void => {
+    if (tls === undefined) return
+    const files = [tls.certFile, tls.keyFile, tls.clientCaFile]
+      .filter((file): file is string => file !== undefined)
+      .map((file) => resolve(file))
+    const byDir = new Map<string, Set<string>>()
+    for (const file of files) {
+      const names = byDir.get(dirname(file)) ?? new Set<string>()
+      names.add(basename(file))
+      byDir.set(dirname(file), names)
+    }
+    for (const [dir, names] of byDir) {
+      try {
+        const watcher = watch(dir, { persistent: false }, (_event, filename) => {
+          if (filename === null || names.has(filename.toString())) scheduleReload()
+        })
+        watcher.on('error', (error) => {
+          log.error('tls file watch failed', { dir, error: error.message })
+        })
+        watchers.push(watcher)
+      } catch (error) {
+        log.error('tls file watch failed', { dir, error: (error as Error).message })
+      }
+    }
+  }
+
+  return {
+    name: listener.name,
+    server,
+    get connections() {
+      return sockets.size
+    },
+    get refusedConnections() {
+      return refused
+    },
+    listen() {
+      return new Promise<ListenerAddress>((resolvePromise, reject) => {
+        const onError = (error: Error): void => reject(error)
+        server.once('error', onError)
+        server.listen(listener.port, listener.host, () => {
+          server.off('error', onError)
+          const info = server.address()
+          if (info === null || typeof info === 'string') {
+            reject(new Error('listener bound to a pipe, not a TCP port'))
+            return
+          }
+          bound = { host: info.address, port: info.port }
+          startWatching()
+          resolvePromise(bound)
+        })
+      })
+    },
+    address() {
+      return bound
+    },
+    reloadTls,
+    close(drainMs = 0) {
+      checkInteger('close.drainMs', drainMs, 0)
+      draining = true
+      for (const watcher of watchers.splice(0)) watcher.close()
+      if (reloadTimer !== undefined) deps.clock.clearTimeout(reloadTimer)
+      bound = undefined
+      return new Promise<void>((resolvePromise) => {
+        let hardStop: TimerHandle | undefined
+        if (!server.listening) {
+          resolvePromise()
+          return
+        }
+        server.close(() => {
+          if (hardStop !== undefined) deps.clock.clearTimeout(hardStop)
+          resolvePromise()
+        })
+        for (const res of inFlight) {
+          if (!res.headersSent) res.setHeader('connection', 'close')
+        }
+        // Node counts a connection without a response object (including one still sending its
+        // request head) as idle, so this also ends slow clients at once.
+        server.closeIdleConnections()
+        hardStop = deps.clock.setTimeout(() => {
+          server.closeAllConnections()
+          for (const socket of sockets) socket.destroy()
+        }, drainMs)
+      })
+    },
+  }
+}
