@@ -1,0 +1,198 @@
+// The gateway listener's request handler (strangler fig and sidecar): read and validate the
+// request, match a route on the normalized path, choose the target service (weighted, sticky),
+// forward, then compare with the shadow in the background. Idempotency-Key enforcement wraps
+// the forward on routes that ask for it.
+
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { InvalidOptionError } from '../../core/errors.js'
+import { checkFunction } from '../../core/validate.js'
+import type {
+  ForwardOptions,
+  ForwardOutcome,
+  InboundContext,
+  ListenerConfig,
+  RequestHandler,
+  ServiceRuntime,
+} from '../contracts.js'
+import { logAccess, readInboundRequest, sendProblem, toForwardRequest } from './request.js'
+import { type RouteTable, stripPathPrefix } from './routes.js'
+import { createShadowRunner, type ShadowRunner } from './shadow.js'
+import type { SidecarIdempotency } from './sidecar-idempotency.js'
+import { stickyValueOf } from './sticky.js'
+
+/**
+ * The `code` values of problems the gateway answers itself: `ROUTE_NOT_FOUND` (404, no route
+ * matches), `SERVICE_NOT_FOUND` (502, a route names a service the config lacks),
+ * `INTERNAL_ERROR` (500, a bug in the proxy).
+ */
+export type GatewayProblemCode = 'ROUTE_NOT_FOUND' | 'SERVICE_NOT_FOUND' | 'INTERNAL_ERROR'
+
+/** Options of {@link createGatewayHandler}. */
+export interface GatewayHandlerOptions {
+  /**
+   * Idempotency-Key enforcement for routes with `idempotency` set
+   * (`createSidecarIdempotency`). Without it such routes are forwarded unguarded, and a
+   * warning is logged once per route.
+   * @default undefined
+   */
+  readonly idempotency?: SidecarIdempotency
+  /**
+   * Runs shadow comparisons (shared by every route of the listener).
+   * @default createShadowRunner({ clock: ctx.clock, logger: ctx.logger })
+   */
+  readonly shadow?: ShadowRunner
+  /**
+   * Source of randomness in [0, 1) for non-sticky splits and shadow sampling (tests pass a
+   * seeded one).
+   * @default Math.random
+   */
+  readonly random?: () => number
+}
+
+function noRoute(status: number, error: GatewayProblemCode): ForwardOutcome {
+  return { status, attempts: 0, endpoint: undefined, error, captured: undefined }
+}
+
+/**
+ * Creates the request handler of a gateway listener. `table` may be a function returning the
+ * current table, so a reload can swap the routes without replacing the handler; a request
+ * keeps the table, route and target it started with.
+ *
+ * @example
+ * ```ts
+ * const table = createRouteTable(listener.routes)
+ * const handler = createGatewayHandler(listener, ctx, table, {
+ *   idempotency: createSidecarIdempotency({ idempotency }),
+ * })
+ * const server = http.createServer(handler)
+ * table.override('orders', [{ service: 'legacy', weight: 1 }]) // rollback, in-flight unaffected
+ * ```
+ */
+export function createGatewayHandler(
+  listener: ListenerConfig,
+  ctx: InboundContext,
+  table: RouteTable | (() => RouteTable),
+  options: GatewayHandlerOptions = {},
+): RequestHandler {
+  if (typeof listener?.name !== 'string') {
+    throw new InvalidOptionError('listener', 'a ListenerConfig', listener)
+  }
+  const currentTable =
+    typeof table === 'function'
+      ? table
+      : typeof table?.match === 'function'
+        ? () => table
+        : undefined
+  if (currentTable === undefined) {
+    throw new InvalidOptionError('table', 'a RouteTable or a function returning one', table)
+  }
+  const random =
+    options.random === undefined
+      ? Math.random
+      : checkFunction<() => number>('random', options.random)
+  const shadows = options.shadow ?? createShadowRunner({ clock: ctx.clock, logger: ctx.logger })
+  const idempotency = options.idempotency
+  const warned = new Set<string>()
+
+  const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const inbound = await readInboundRequest(req, res, listener, ctx)
+    if (inbound === undefined) return
+    const routes = currentTable()
+    const route = routes.match(inbound.method, inbound.path, inbound.headers)
+    if (route === undefined) {
+      sendProblem(res, 404, 'ROUTE_NOT_FOUND', 'no route matches this request')
+      logAccess(ctx, inbound, noRoute(404, 'ROUTE_NOT_FOUND'), listener.name)
+      return
+    }
+    const config = route.config
+    const serviceName = routes.choose(route, stickyValueOf(config.sticky, inbound.headers), random)
+    const registry = ctx.services()
+    const service = registry.get(serviceName)
+    if (service === undefined) {
+      sendProblem(res, 502, 'SERVICE_NOT_FOUND', `route ${route.name} has no live target`)
+      logAccess(ctx, inbound, noRoute(502, 'SERVICE_NOT_FOUND'), listener.name, {
+        route: route.name,
+        service: serviceName,
+      })
+      return
+    }
+    const forwarded = toForwardRequest(
+      inbound,
+      route.name,
+      `${stripPathPrefix(inbound.path, config.stripPrefix)}${inbound.query}`,
+    )
+
+    // Sampling is decided before the forward, so only sampled responses are captured.
+    let shadowService: ServiceRuntime | undefined
+    const shadowConfig = config.shadow
+    if (
+      shadowConfig !== undefined &&
+      route.shadow !== undefined &&
+      shadowConfig.service !== serviceName &&
+      random() < shadowConfig.sampleRate
+    ) {
+      shadowService = registry.get(shadowConfig.service)
+      if (shadowService === undefined) route.shadow.errors++
+    }
+    const captureBytes = shadowService === undefined ? undefined : shadows.maxBodyBytes
+
+    let called = false
+    const forward = (forwardOptions: ForwardOptions): Promise<ForwardOutcome> => {
+      called = true
+      const bytes = Math.max(forwardOptions.captureBytes ?? -1, captureBytes ?? -1)
+      return service.forward(forwarded, res, bytes < 0 ? undefined : { captureBytes: bytes })
+    }
+
+    let outcome: ForwardOutcome
+    const guard = config.idempotency
+    if (guard !== undefined && idempotency !== undefined) {
+      outcome = idempotency.guards(guard, inbound.method)
+        ? await idempotency.run(guard, inbound, res, forward)
+        : await forward({})
+    } else {
+      if (guard !== undefined && !warned.has(route.name)) {
+        warned.add(route.name)
+        ctx.logger.warn('route asks for idempotency but the proxy has no idempotency store', {
+          listener: listener.name,
+          route: route.name,
+        })
+      }
+      outcome = await forward({})
+    }
+    // Replays and idempotency problems never reached the service: they are not its traffic.
+    if (called) routes.count(route, serviceName)
+    logAccess(ctx, inbound, outcome, listener.name, { route: route.name, service: serviceName })
+
+    const captured = outcome.captured
+    if (
+      shadowService === undefined ||
+      shadowConfig === undefined ||
+      route.shadow === undefined ||
+      captured === undefined ||
+      outcome.error !== undefined
+    ) {
+      return
+    }
+    const job = {
+      config: shadowConfig,
+      stats: route.shadow,
+      primary: service,
+      shadow: shadowService,
+      request: forwarded,
+      response: captured,
+    }
+    // Only once the client has the whole response: shadow traffic must never delay it.
+    if (res.writableFinished) shadows.submit(job)
+    else res.once('close', () => shadows.submit(job))
+  }
+
+  return (req, res) => {
+    serve(req, res).catch((error: unknown) => {
+      ctx.logger.error('gateway request failed', {
+        listener: listener.name,
+        error: error instanceof Error ? error.message : String(error),
+      })
+      sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to handle the request')
+    })
+  }
+}

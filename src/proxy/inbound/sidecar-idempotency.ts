@@ -1,0 +1,273 @@
+// Idempotency-Key enforcement by the sidecar, for routes with `idempotency` set: the app behind
+// the proxy gets the protocol without a line of code. The idempotency capability decides every
+// answer (missing key 400, concurrent duplicate 409, reused key with another request 422,
+// replay of a recorded response); this module only connects it to the forward path.
+//
+// One difference from the in-process adapters, on purpose: the first response streams to the
+// client while it is captured, and is recorded after. The adapters hold a response back until
+// its record commits because the handler's writes commit in that same transaction; here the
+// app's effect has already happened whatever the record does, so holding the answer back would
+// only turn a success the client could have seen into an error that makes it retry (and the
+// app run twice). A response that cannot be recorded (5xx, a proxy error, a body over
+// `maxResponseBytes`) releases the key, so the client's retry reaches the app again.
+
+import type { ServerResponse } from 'node:http'
+import { type Clock, systemClock } from '../../core/clock.js'
+import { InvalidOptionError } from '../../core/errors.js'
+import { checkInteger, checkObject } from '../../core/validate.js'
+import {
+  createIdempotency,
+  createMemoryIdempotencyStore,
+  type Idempotency,
+  type IdempotencyResponse,
+  migrateIdempotency,
+} from '../../idempotency/index.js'
+import type { Logger } from '../../observability/logger.js'
+import { openDatabase } from '../../stores/index.js'
+import type { ForwardOptions, ForwardOutcome, RouteIdempotencyConfig } from '../contracts.js'
+import type { InboundRequest } from './request.js'
+
+/** Options of {@link createSidecarIdempotency}. */
+export interface SidecarIdempotencyOptions {
+  /**
+   * The protocol whose store holds the records (see {@link openProxyIdempotency}). Each route
+   * gets its own protocol over this store, with the route's `methods` and `ttlMs` (as
+   * `retentionMs`), keys scoped by credential (the hash of `Authorization`, else `X-API-Key`),
+   * and a concurrent duplicate answered 409 at once.
+   */
+  readonly idempotency: Idempotency
+  /**
+   * How long a first request holds its key before a duplicate may take it over; must cover
+   * the app's slowest answer, with retries.
+   * @default 60000
+   */
+  readonly leaseMs?: number
+  /**
+   * The `Retry-After` of a 409 for a concurrent duplicate (rounded up to whole seconds).
+   * @default 1000
+   */
+  readonly retryAfterMs?: number
+  /**
+   * Largest response body recorded for replay; a longer one is passed to the client but not
+   * recorded (the key is released).
+   * @default 1048576 (1 MiB)
+   */
+  readonly maxResponseBytes?: number
+  /**
+   * Clock of leases and retention.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+  /**
+   * Where record failures are logged.
+   * @default no logging
+   */
+  readonly logger?: Logger
+}
+
+/** Runs forwards of routes with Idempotency-Key enforcement. */
+export interface SidecarIdempotency {
+  /** Whether `config` guards requests with this method. */
+  guards(config: RouteIdempotencyConfig, method: string): boolean
+  /**
+   * Runs one request of a guarded route under the protocol: answers problems and replays
+   * itself (writing `res`), or calls `forward` with a capture and records what the app
+   * answered. Resolves with the outcome for the access log and counters; `attempts` is 0 when
+   * the app was not called.
+   */
+  run(
+    config: RouteIdempotencyConfig,
+    inbound: InboundRequest,
+    res: ServerResponse,
+    forward: (options: ForwardOptions) => Promise<ForwardOutcome>,
+  ): Promise<ForwardOutcome>
+}
+
+const emptyBody = Buffer.alloc(0)
+
+function writeResponse(res: ServerResponse, response: IdempotencyResponse): void {
+  if (res.headersSent || res.writableEnded) return
+  const headers: Record<string, string | string[]> = {}
+  for (const [name, value] of Object.entries(response.headers)) {
+    if (name === 'content-length' || name === 'transfer-encoding' || name === 'connection') {
+      continue
+    }
+    headers[name] = typeof value === 'string' ? value : [...value]
+  }
+  headers['content-length'] = String(response.body.byteLength)
+  res.writeHead(response.status, headers)
+  res.end(response.body)
+}
+
+function headerOf(
+  headers: Readonly<Record<string, string | string[]>>,
+  name: string,
+): string | undefined {
+  const value = headers[name.toLowerCase()]
+  if (value === undefined) return undefined
+  return typeof value === 'string' ? value : value.join(', ')
+}
+
+class Sidecar implements SidecarIdempotency {
+  readonly #base: Idempotency
+  readonly #leaseMs: number
+  readonly #retryAfterMs: number
+  readonly #maxBytes: number
+  readonly #clock: Clock
+  readonly #logger: Logger | undefined
+  readonly #byConfig = new WeakMap<RouteIdempotencyConfig, Idempotency>()
+
+  constructor(options: SidecarIdempotencyOptions) {
+    checkObject('options', options)
+    const base = options.idempotency
+    if (typeof base?.begin !== 'function' || typeof base.store !== 'object') {
+      throw new InvalidOptionError('idempotency', 'an Idempotency (createIdempotency)', base)
+    }
+    this.#base = base
+    this.#leaseMs = checkInteger('leaseMs', options.leaseMs ?? 60_000, 1)
+    this.#retryAfterMs = checkInteger('retryAfterMs', options.retryAfterMs ?? 1_000, 0)
+    this.#maxBytes = checkInteger('maxResponseBytes', options.maxResponseBytes ?? 1_048_576, 0)
+    this.#clock = options.clock ?? systemClock
+    this.#logger = options.logger
+  }
+
+  guards(config: RouteIdempotencyConfig, method: string): boolean {
+    return this.#protocol(config).appliesTo(method)
+  }
+
+  async run(
+    config: RouteIdempotencyConfig,
+    inbound: InboundRequest,
+    res: ServerResponse,
+    forward: (options: ForwardOptions) => Promise<ForwardOutcome>,
+  ): Promise<ForwardOutcome> {
+    const protocol = this.#protocol(config)
+    const begun = await protocol.begin({
+      method: inbound.method,
+      // The normalized path, as routed and forwarded, so two spellings of one path are one
+      // request.
+      route: `${inbound.path}${inbound.query}`,
+      header: (name) => headerOf(inbound.headers, name),
+      body: inbound.body ?? emptyBody,
+      signal: inbound.signal,
+      native: inbound,
+    })
+    if (begun.kind === 'bypass') return forward({})
+    if (begun.kind === 'respond') {
+      writeResponse(res, begun.response)
+      return {
+        status: begun.response.status,
+        attempts: 0,
+        endpoint: undefined,
+        error: begun.error?.code,
+        captured: undefined,
+      }
+    }
+    const { execution } = begun
+    let outcome: ForwardOutcome
+    try {
+      outcome = await forward({ captureBytes: this.#maxBytes })
+    } catch (error) {
+      await execution.abort()
+      throw error
+    }
+    const captured = outcome.captured
+    if (captured === undefined || captured.truncated || outcome.error !== undefined) {
+      await execution.abort()
+      return outcome
+    }
+    try {
+      const recorded = await execution.complete({
+        status: captured.status,
+        headers: captured.headers,
+        body: captured.body,
+      })
+      if (recorded.status !== captured.status) {
+        this.#logger?.warn('idempotency record lost its lease; the response was not recorded', {
+          route: inbound.path,
+          requestId: inbound.requestId,
+        })
+      }
+    } catch (error) {
+      // The store failed: complete() released the key, so a retry reaches the app again.
+      this.#logger?.error('idempotency record failed', {
+        requestId: inbound.requestId,
+        error: error instanceof Error ? error.message : String(error),
+      })
+    }
+    return outcome
+  }
+
+  #protocol(config: RouteIdempotencyConfig): Idempotency {
+    let protocol = this.#byConfig.get(config)
+    if (protocol === undefined) {
+      protocol = createIdempotency({
+        store: this.#base.store,
+        methods: config.methods,
+        retentionMs: config.ttlMs,
+        leaseMs: this.#leaseMs,
+        retryAfterMs: this.#retryAfterMs,
+        onConcurrent: 'reject',
+        clock: this.#clock,
+      })
+      this.#byConfig.set(config, protocol)
+    }
+    return protocol
+  }
+}
+
+/**
+ * Creates the sidecar's Idempotency-Key enforcement over an idempotency store chosen by the
+ * runtime (the `idempotency.url` of the proxy config, see {@link openProxyIdempotency}).
+ *
+ * @example
+ * ```ts
+ * const { idempotency, close } = await openProxyIdempotency('sqlite:./proxy-idempotency.db')
+ * const handler = createGatewayHandler(listener, ctx, table, {
+ *   idempotency: createSidecarIdempotency({ idempotency }),
+ * })
+ * ```
+ */
+export function createSidecarIdempotency(options: SidecarIdempotencyOptions): SidecarIdempotency {
+  return new Sidecar(options)
+}
+
+/** An idempotency protocol over the store a proxy config names, and how to close it. */
+export interface ProxyIdempotencyStore {
+  readonly idempotency: Idempotency
+  /** Closes the database (nothing for `memory`). */
+  close(): Promise<void>
+}
+
+/**
+ * Opens the store named by `ProxyConfig.idempotency.url`: `memory` (one process only: worker
+ * processes would not see each other's keys), `sqlite:<path>` or `postgres://...`, with the
+ * idempotency migrations applied.
+ *
+ * @example
+ * ```ts
+ * const store = await openProxyIdempotency('postgres://proxy@db/proxy')
+ * // ... createSidecarIdempotency({ idempotency: store.idempotency }) ...
+ * await store.close()
+ * ```
+ */
+export async function openProxyIdempotency(
+  url: string,
+  options: { readonly clock?: Clock } = {},
+): Promise<ProxyIdempotencyStore> {
+  const clock = options.clock ?? systemClock
+  if (url === 'memory') {
+    return {
+      idempotency: createIdempotency({ store: createMemoryIdempotencyStore(), clock }),
+      close: async () => {},
+    }
+  }
+  const db = await openDatabase(url)
+  try {
+    await migrateIdempotency(db)
+  } catch (error) {
+    await db.close()
+    throw error
+  }
+  return { idempotency: createIdempotency({ store: db, clock }), close: () => db.close() }
+}
