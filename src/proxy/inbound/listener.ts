@@ -13,6 +13,7 @@ import type { TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import type { ListenerConfig, ProxyDeps, RequestHandler } from '../contracts.js'
+import { isConnectionClosing } from './request.js'
 
 /** Options of {@link createListenerServer}. */
 export interface ListenerServerOptions {
@@ -198,6 +199,11 @@ export function createListenerServer(
     if (draining) this.socket?.end()
   }
   server.on('request', (req, res: ServerResponse) => {
+    if (isConnectionClosing(req.socket)) {
+      // A request pipelined behind a refused one: never processed, the socket is closing.
+      req.socket.destroySoon()
+      return
+    }
     inFlight.add(res)
     res.once('close', onFinished)
     if (draining) res.setHeader('connection', 'close')

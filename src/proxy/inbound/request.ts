@@ -343,9 +343,26 @@ export function sendProblem(
     'content-length': Buffer.byteLength(body),
     'cache-control': 'no-store',
   }
-  if (res.req !== undefined && !res.req.complete) headers.connection = 'close'
+  if (res.req !== undefined && !res.req.complete) {
+    headers.connection = 'close'
+    if (res.req.socket !== null) closingSockets.add(res.req.socket)
+  }
   res.writeHead(status, headers)
   res.end(body)
+}
+
+// Sockets whose current response announced `Connection: close`. Node goes on parsing bytes
+// that arrived in the same packet and would hand a pipelined request after the refused one to
+// the handler; RFC 9112 §9.6 says a server that sent close must not process it.
+const closingSockets = new WeakSet<object>()
+
+/**
+ * True when a response on `socket` announced `Connection: close` because its request was
+ * refused before its body was read: later requests parsed from the same connection must be
+ * ignored (the listener drops them).
+ */
+export function isConnectionClosing(socket: object | null): boolean {
+  return socket !== null && closingSockets.has(socket)
 }
 
 /** Extra fields of an access log line that the inbound request does not carry. */

@@ -1,0 +1,137 @@
+// Shared setup of the inbound tests: listener configs, a context with a captured JSON log, and
+// an in-memory ServiceRuntime that records what it was asked to forward and answers itself
+// (a unit-level stand-in until tests run against the real upstream runtime).
+
+import type { ServerResponse } from 'node:http'
+import type { Clock } from '../../../src/core/clock.js'
+import { systemClock } from '../../../src/core/clock.js'
+import { createJsonLogger } from '../../../src/observability/logger.js'
+import { createMetricsRegistry } from '../../../src/observability/metrics.js'
+import { DEADLINE_HEADER } from '../../../src/policies/deadline.js'
+import type {
+  ForwardOutcome,
+  ForwardRequest,
+  InboundContext,
+  LimitsConfig,
+  ListenerConfig,
+  ServiceConfig,
+  ServiceRegistry,
+  ServiceRuntime,
+} from '../../../src/proxy/contracts.js'
+
+export const defaultLimits: LimitsConfig = {
+  maxHeaderBytes: 16_384,
+  maxHeaders: 50,
+  maxBodyBytes: 1_024,
+  headersTimeoutMs: 5_000,
+  requestTimeoutMs: 10_000,
+  keepAliveTimeoutMs: 5_000,
+  maxConnections: 100,
+}
+
+export function listenerConfig(overrides: Partial<ListenerConfig> = {}): ListenerConfig {
+  return {
+    name: 'test',
+    role: 'ambassador',
+    host: '127.0.0.1',
+    port: 0,
+    tls: undefined,
+    limits: defaultLimits,
+    routes: [],
+    services: undefined,
+    ...overrides,
+  }
+}
+
+/** Log lines captured from the context's JSON logger. */
+export interface CapturedLog {
+  readonly text: () => string
+  readonly lines: () => Record<string, unknown>[]
+}
+
+export function captureLog(): { output: { write(text: string): void }; log: CapturedLog } {
+  let text = ''
+  return {
+    output: {
+      write(t: string) {
+        text += t
+      },
+    },
+    log: {
+      text: () => text,
+      lines: () =>
+        text
+          .split('\n')
+          .filter((line) => line !== '')
+          .map((line) => JSON.parse(line) as Record<string, unknown>),
+    },
+  }
+}
+
+export function registryOf(services: readonly ServiceRuntime[]): ServiceRegistry {
+  const byName = new Map(services.map((service) => [service.name, service]))
+  return { get: (name) => byName.get(name), names: () => [...byName.keys()] }
+}
+
+export function contextWith(
+  services: () => ServiceRegistry,
+  options: { clock?: Clock; accessLog?: boolean } = {},
+): { ctx: InboundContext; log: CapturedLog } {
+  const { output, log } = captureLog()
+  const clock = options.clock ?? systemClock
+  const ctx: InboundContext = {
+    clock,
+    logger: createJsonLogger({ output, clock, level: 'debug' }),
+    metrics: createMetricsRegistry(),
+    services,
+    deadlineHeader: DEADLINE_HEADER,
+    accessLog: options.accessLog ?? true,
+  }
+  return { ctx, log }
+}
+
+/** An in-memory service: records each forward and answers 200 with a JSON echo. */
+export interface RecordingService extends ServiceRuntime {
+  readonly forwarded: ForwardRequest[]
+}
+
+export function recordingService(name: string): RecordingService {
+  const forwarded: ForwardRequest[] = []
+  return {
+    name,
+    config: { name } as unknown as ServiceConfig,
+    forwarded,
+    forward(req: ForwardRequest, res: ServerResponse): Promise<ForwardOutcome> {
+      forwarded.push(req)
+      const body = JSON.stringify({
+        service: name,
+        method: req.method,
+        target: req.target,
+        body: req.body?.toString('utf8') ?? null,
+      })
+      res.writeHead(200, {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(body),
+      })
+      res.end(body)
+      return Promise.resolve({
+        status: 200,
+        attempts: 1,
+        endpoint: `memory://${name}`,
+        error: undefined,
+        captured: undefined,
+      })
+    },
+    exchange: () => Promise.reject(new Error('not used')),
+    state: () => ({
+      name,
+      breaker: 'disabled',
+      bulkhead: { running: 0, queued: 0, max: 1 },
+      retryBudgetLeft: undefined,
+      endpoints: [],
+    }),
+    isolate: () => {},
+    reset: () => {},
+    close: () => Promise.resolve(),
+  }
+}
