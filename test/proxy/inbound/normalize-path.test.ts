@@ -1,0 +1,202 @@
+import fc from 'fast-check'
+import { describe, expect, it } from 'vitest'
+import { normalizePath, pathHasPrefix } from '../../../src/proxy/inbound/normalize-path.js'
+
+function ok(raw: string): string {
+  const result = normalizePath(raw)
+  if (!result.ok) throw new Error(`refused ${raw}: ${result.reason}`)
+  return result.path
+}
+
+function refused(raw: string): string {
+  const result = normalizePath(raw)
+  if (result.ok) throw new Error(`accepted ${raw} as ${result.path}`)
+  return result.reason
+}
+
+describe('normalizePath examples', () => {
+  it.each([
+    ['/', '/'],
+    ['/a/b', '/a/b'],
+    ['/a/b/', '/a/b/'],
+    ['/a//b///c', '/a/b/c'],
+    ['//a', '/a'],
+    ['/a/./b', '/a/b'],
+    ['/a/b/..', '/a/'],
+    ['/a/b/.', '/a/b/'],
+    ['/a/b/../c', '/a/c'],
+    ['/api/%2e%2e/admin', '/admin'],
+    ['/api/%2E%2e/admin', '/admin'],
+    ['/api/.%2e/admin', '/admin'],
+    ['/%61%7A%2D%5F%7E', '/az-_~'],
+    ['/a%c3%a9', '/a%C3%A9'],
+    ['/a%20b', '/a%20b'],
+    ['/a/%25ab', '/a/%25ab'],
+    ['/a;b=c/d', '/a;b=c/d'],
+    ['/a/...', '/a/...'],
+    ['/a/..b', '/a/..b'],
+  ])('%s -> %s', (raw, expected) => {
+    expect(ok(raw)).toBe(expected)
+  })
+
+  it.each([
+    ['', 'path does not start with /'],
+    ['a/b', 'path does not start with /'],
+    ['/..', 'dot-dot segment above the root'],
+    ['/a/../..', 'dot-dot segment above the root'],
+    ['/%2e%2e', 'dot-dot segment above the root'],
+    ['/api\\..\\admin', 'backslash'],
+    ['/a\\b', 'backslash'],
+    ['/a%2fb', 'encoded slash or backslash'],
+    ['/a%2Fb', 'encoded slash or backslash'],
+    ['/a%5cb', 'encoded slash or backslash'],
+    ['/a/%252e%252e/b', 'double percent-encoding'],
+    ['/a/%252F', 'double percent-encoding'],
+    ['/a/%255c', 'double percent-encoding'],
+    ['/a/%25252e', 'double percent-encoding'],
+    ['/a%00', 'encoded control character'],
+    ['/a%0d%0a', 'encoded control character'],
+    ['/a%7f', 'encoded control character'],
+    ['/a%zz', 'malformed percent-encoding'],
+    ['/a%2', 'malformed percent-encoding'],
+    ['/a%', 'malformed percent-encoding'],
+    ['/a b', 'control or non-ASCII character'],
+    ['/a\u00e9', 'control or non-ASCII character'],
+    ['/a\tb', 'control or non-ASCII character'],
+    ['/a#frag', 'fragment in target'],
+    ['/a/..;/b', 'dot segment with parameters'],
+    ['/a/.;x/b', 'dot segment with parameters'],
+    ['/a/%2e%2e;/b', 'dot segment with parameters'],
+  ])('refuses %j (%s)', (raw, reason) => {
+    expect(refused(raw)).toBe(reason)
+  })
+})
+
+describe('pathHasPrefix', () => {
+  it.each([
+    ['/orders', '/orders', true],
+    ['/orders/', '/orders', true],
+    ['/orders/1', '/orders', true],
+    ['/orders/1', '/orders/', true],
+    ['/ordersx', '/orders', false],
+    ['/order', '/orders', false],
+    ['/anything', '/', true],
+  ])('%s under %s: %s', (path, prefix, expected) => {
+    expect(pathHasPrefix(path, prefix)).toBe(expected)
+  })
+})
+
+// Paths built from the pieces that matter to normalization, so the generator hits dot
+// segments, encodings and separators often.
+const piece = fc.constantFrom(
+  '/',
+  '//',
+  '.',
+  '..',
+  '%2e',
+  '%2E',
+  '%2e%2e',
+  '%2f',
+  '%5c',
+  '%25',
+  '%252e',
+  '%2525',
+  '%25ab',
+  '%41',
+  '%c3%a9',
+  '%20',
+  '%',
+  '\\',
+  ';',
+  '..;',
+  'a',
+  'admin',
+  'api',
+  '~',
+  '?',
+  '#',
+  '%00',
+)
+const rawPath = fc.oneof(
+  fc.array(piece, { maxLength: 14 }).map((parts) => `/${parts.join('')}`),
+  fc
+    .string({ unit: fc.constantFrom(...'/.%2eEfF5cC\\a;~'.split('')), maxLength: 24 })
+    .map((text) => `/${text}`),
+)
+const prefix = fc
+  .array(fc.constantFrom('a', 'admin', 'api', '~', 'x.y'), { minLength: 1, maxLength: 3 })
+  .map((segments) => `/${segments.join('/')}`)
+
+// What an upstream that decodes percent-encodings `times` times and then resolves dot segments
+// (treating a backslash as a slash, as WHATWG URL and IIS do) would make of a path.
+function upstreamView(path: string, times: number): string {
+  let text = path
+  for (let i = 0; i < times; i++) {
+    text = text.replace(/%([0-9A-Fa-f]{2})/g, (_, hex: string) =>
+      String.fromCharCode(Number.parseInt(hex, 16)),
+    )
+  }
+  const out: string[] = []
+  for (const segment of text.replaceAll('\\', '/').split('/')) {
+    if (segment === '' || segment === '.') continue
+    if (segment === '..') out.pop()
+    else out.push(segment)
+  }
+  return `/${out.join('/')}`
+}
+
+describe('normalizePath properties', () => {
+  it('is idempotent', () => {
+    fc.assert(
+      fc.property(rawPath, (raw) => {
+        const first = normalizePath(raw)
+        if (!first.ok) return
+        expect(normalizePath(first.path)).toEqual(first)
+      }),
+      { numRuns: 5_000 },
+    )
+  })
+
+  it('never yields dot segments, empty segments, backslashes or encoded separators', () => {
+    fc.assert(
+      fc.property(rawPath, (raw) => {
+        const result = normalizePath(raw)
+        if (!result.ok) return
+        const path = result.path
+        expect(path.startsWith('/')).toBe(true)
+        expect(path.includes('//')).toBe(false)
+        expect(path.includes('\\')).toBe(false)
+        expect(/%(2e|2f|5c|00)/i.test(path)).toBe(false)
+        expect(/[^\x21-\x7e]/.test(path)).toBe(false)
+        const segments = path.slice(1).split('/')
+        for (const segment of segments.slice(0, -1)) expect(segment).not.toBe('')
+        for (const segment of segments) {
+          expect(segment).not.toBe('.')
+          expect(segment).not.toBe('..')
+          expect(segment.split(';')[0]).not.toMatch(/^\.\.?$/)
+        }
+      }),
+      { numRuns: 5_000 },
+    )
+  })
+
+  it('leaves no route bypass: a path outside a prefix stays outside for any upstream decoding', () => {
+    fc.assert(
+      fc.property(rawPath, prefix, (raw, routePrefix) => {
+        const result = normalizePath(raw)
+        if (!result.ok) return
+        const matched = pathHasPrefix(result.path, routePrefix)
+        // The upstream receives exactly result.path; however many times it decodes, it must
+        // agree with the route table on whether the path is under the prefix.
+        for (const times of [0, 1, 2]) {
+          expect(pathHasPrefix(upstreamView(result.path, times), routePrefix)).toBe(matched)
+        }
+        // A WHATWG URL parser resolving the forwarded path keeps the upstream's host.
+        const url = new URL(result.path, 'http://upstream.internal')
+        expect(url.host).toBe('upstream.internal')
+        expect(pathHasPrefix(upstreamView(url.pathname, 1), routePrefix)).toBe(matched)
+      }),
+      { numRuns: 5_000 },
+    )
+  })
+})
