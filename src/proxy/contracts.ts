@@ -37,6 +37,11 @@ export type DiscoveryConfig =
       readonly minRefreshMs: number
       /** Re-resolve at least this often, and retry a failed lookup after it (ms). */
       readonly maxRefreshMs: number
+      /**
+       * DNS servers to ask (`ip` or `ip:port`, as `dns.Resolver#setServers` takes them);
+       * default: the system's resolvers.
+       */
+      readonly servers?: readonly string[]
     }
   | {
       readonly kind: 'file'

@@ -1,0 +1,173 @@
+import { readFileSync } from 'node:fs'
+import { createSecureContext } from 'node:tls'
+import { InvalidOptionError } from '../../core/errors.js'
+import type { Logger } from '../../observability/logger.js'
+import type { OutboundAuthConfig, SecretSource, UpstreamTlsConfig } from '../contracts.js'
+import { type FileWatch, watchFileContent } from './file-watch.js'
+
+// Secrets and TLS files of one service, kept current: file sources are watched and re-read
+// when they change. Secret values are never logged: log lines name the source, not the value.
+
+function describeSource(source: SecretSource): string {
+  return 'env' in source ? `env ${source.env}` : `file ${source.file}`
+}
+
+function readOptional(path: string): Buffer | undefined {
+  try {
+    return readFileSync(path)
+  } catch {
+    return undefined
+  }
+}
+
+/** The credential header a service adds to every outbound request. */
+export class OutboundAuth {
+  /** Lower-case header name (`authorization` or the API key header). */
+  readonly header: string
+  /** The header value, or undefined when the secret is missing (then nothing is added). */
+  value: string | undefined
+  readonly #watch: FileWatch | undefined
+
+  constructor(config: OutboundAuthConfig, logger: Logger, service: string) {
+    const source = config.kind === 'bearer' ? config.token : config.key
+    this.header = config.kind === 'bearer' ? 'authorization' : config.header.toLowerCase()
+    const render = (secret: string): string | undefined => {
+      const trimmed = secret.trim()
+      if (trimmed === '') return undefined
+      return config.kind === 'bearer' ? `Bearer ${trimmed}` : trimmed
+    }
+    if ('env' in source) {
+      this.value = render(process.env[source.env] ?? '')
+    } else {
+      const initial = readOptional(source.file)
+      this.value = initial === undefined ? undefined : render(initial.toString('utf8'))
+      this.#watch = watchFileContent(
+        source.file,
+        initial,
+        (content) => {
+          this.value = render(content.toString('utf8'))
+          logger.info('upstream credential reloaded', { service, source: describeSource(source) })
+        },
+        (error) =>
+          logger.warn('upstream credential file unreadable', {
+            service,
+            source: describeSource(source),
+            error: (error as Error).message,
+          }),
+      )
+    }
+    if (this.value === undefined)
+      logger.warn('upstream credential missing; requests go without it', {
+        service,
+        source: describeSource(source),
+      })
+  }
+
+  close(): void {
+    this.#watch?.close()
+  }
+}
+
+/** The PEM material of a service's TLS origination. */
+export interface TlsFiles {
+  readonly ca: Buffer | undefined
+  readonly cert: Buffer | undefined
+  readonly key: Buffer | undefined
+}
+
+/**
+ * A service's TLS files, read at start and re-read when any of them changes. A new set is
+ * applied only when Node accepts it as a secure context (a certificate written before its key
+ * is not applied until the key matches), then `onChange` rebuilds the pools.
+ */
+export class TlsMaterial {
+  files: TlsFiles
+  readonly #config: UpstreamTlsConfig
+  readonly #watches: FileWatch[] = []
+  readonly #logger: Logger
+  readonly #service: string
+  onChange: (() => void) | undefined
+
+  constructor(config: UpstreamTlsConfig, logger: Logger, service: string) {
+    this.#config = config
+    this.#logger = logger
+    this.#service = service
+    const read = (option: string, path: string | undefined): Buffer | undefined => {
+      if (path === undefined) return undefined
+      const content = readOptional(path)
+      if (content === undefined)
+        throw new InvalidOptionError(`services.${service}.tls.${option}`, 'a readable file', path)
+      return content
+    }
+    this.files = {
+      ca: read('caFile', config.caFile),
+      cert: read('certFile', config.certFile),
+      key: read('keyFile', config.keyFile),
+    }
+    if (!config.verify)
+      logger.warn('TLS verification is off for this upstream service', { service })
+    for (const path of [config.caFile, config.certFile, config.keyFile]) {
+      if (path === undefined) continue
+      this.#watches.push(
+        watchFileContent(
+          path,
+          readOptional(path),
+          () => this.#reload(),
+          (error) =>
+            logger.warn('TLS file unreadable', {
+              service,
+              file: path,
+              error: (error as Error).message,
+            }),
+        ),
+      )
+    }
+  }
+
+  /** undici `connect` options for an endpoint. */
+  connectOptions(servername: string | undefined): Record<string, unknown> {
+    const { ca, cert, key } = this.files
+    const options: Record<string, unknown> = { rejectUnauthorized: this.#config.verify }
+    if (ca !== undefined) options.ca = ca
+    if (cert !== undefined) options.cert = cert
+    if (key !== undefined) options.key = key
+    const name = this.#config.serverName ?? servername
+    if (name !== undefined) options.servername = name
+    return options
+  }
+
+  close(): void {
+    for (const watch of this.#watches) watch.close()
+  }
+
+  #reload(): void {
+    const config = this.#config
+    const files: TlsFiles = {
+      ca: config.caFile === undefined ? undefined : readOptional(config.caFile),
+      cert: config.certFile === undefined ? undefined : readOptional(config.certFile),
+      key: config.keyFile === undefined ? undefined : readOptional(config.keyFile),
+    }
+    if (
+      (config.caFile !== undefined && files.ca === undefined) ||
+      (config.certFile !== undefined && files.cert === undefined) ||
+      (config.keyFile !== undefined && files.key === undefined)
+    )
+      return
+    try {
+      createSecureContext({
+        ...(files.ca === undefined ? {} : { ca: files.ca }),
+        ...(files.cert === undefined ? {} : { cert: files.cert }),
+        ...(files.key === undefined ? {} : { key: files.key }),
+      })
+    } catch (error) {
+      this.#logger.warn('TLS files changed but do not form a valid set yet; keeping the old ones', {
+        service: this.#service,
+        error: (error as Error).message,
+      })
+      return
+    }
+    this.files = files
+    this.#logger.info('TLS files reloaded', { service: this.#service })
+    this.onChange?.()
+  }
+}

@@ -1,0 +1,240 @@
+import { Resolver } from 'node:dns/promises'
+import { readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
+import { parse as parseYaml } from 'yaml'
+import type { Clock, TimerHandle } from '../../core/clock.js'
+import { InvalidOptionError } from '../../core/errors.js'
+import type { Logger } from '../../observability/logger.js'
+import type { DiscoveryConfig } from '../contracts.js'
+import type { EndpointTarget } from './endpoints.js'
+import { type FileWatch, watchFileContent } from './file-watch.js'
+
+/**
+ * The part of `dns.promises.Resolver` DNS discovery uses. Pass your own (e.g. one pointed at a
+ * test server with `setServers`) through `ServiceRuntimeOptions.dnsResolver`.
+ */
+export interface DnsResolver {
+  resolve4(name: string, options: { ttl: true }): Promise<{ address: string; ttl: number }[]>
+  resolve6(name: string, options: { ttl: true }): Promise<{ address: string; ttl: number }[]>
+  resolveSrv(
+    name: string,
+  ): Promise<{ name: string; port: number; priority: number; weight: number }[]>
+}
+
+/** A running discovery: stops with `close()`. */
+export interface Discovery {
+  /** Settles after the first answer (or the first failure, which leaves the list empty). */
+  readonly ready: Promise<void>
+  close(): void
+}
+
+/** What a discovery needs from its service. */
+export interface DiscoveryContext {
+  readonly service: string
+  readonly clock: Clock
+  readonly logger: Logger
+  readonly resolver: DnsResolver | undefined
+  readonly onTargets: (targets: readonly EndpointTarget[]) => void
+}
+
+/**
+ * Validates an endpoint URL (`http(s)://host[:port]`, no credentials, no path, query or
+ * fragment) and returns its origin. Throws `InvalidOptionError` naming `option`.
+ */
+export function parseEndpointUrl(option: string, raw: string): string {
+  let url: URL
+  try {
+    url = new URL(raw)
+  } catch {
+    throw new InvalidOptionError(option, 'an http(s)://host:port URL', raw)
+  }
+  if (
+    (url.protocol !== 'http:' && url.protocol !== 'https:') ||
+    url.username !== '' ||
+    url.password !== '' ||
+    (url.pathname !== '/' && url.pathname !== '') ||
+    url.search !== '' ||
+    url.hash !== ''
+  )
+    throw new InvalidOptionError(option, 'an http(s)://host:port URL without path', raw)
+  return url.origin
+}
+
+/** Parses a discovery file: a JSON array, a YAML sequence, or one URL per line (`#` comments). */
+export function parseEndpointFile(text: string): string[] {
+  const trimmed = text.trim()
+  if (trimmed.startsWith('[') || trimmed.startsWith('-')) {
+    const parsed: unknown = trimmed.startsWith('[') ? JSON.parse(trimmed) : parseYaml(trimmed)
+    if (!Array.isArray(parsed) || !parsed.every((item) => typeof item === 'string'))
+      throw new Error('expected an array of endpoint URLs')
+    return parsed as string[]
+  }
+  return trimmed
+    .split('\n')
+    .map((line) => line.replace(/#.*$/, '').trim())
+    .filter((line) => line !== '')
+}
+
+/** Starts the discovery `config` describes; targets arrive through `context.onTargets`. */
+export function startDiscovery(config: DiscoveryConfig, context: DiscoveryContext): Discovery {
+  switch (config.kind) {
+    case 'static': {
+      context.onTargets(
+        config.endpoints.map((raw, i) => ({
+          url: parseEndpointUrl(`services.${context.service}.endpoints[${i}]`, raw),
+          servername: undefined,
+        })),
+      )
+      return { ready: Promise.resolve(), close() {} }
+    }
+    case 'file':
+      return startFileDiscovery(config.path, context)
+    case 'dns':
+      return new DnsDiscovery(config, context)
+  }
+}
+
+function startFileDiscovery(path: string, context: DiscoveryContext): Discovery {
+  const { logger, service } = context
+  const apply = (content: Buffer): void => {
+    let urls: string[]
+    try {
+      urls = parseEndpointFile(content.toString('utf8'))
+    } catch (error) {
+      logger.warn('discovery file unreadable; keeping the endpoints as they were', {
+        service,
+        file: path,
+        error: (error as Error).message,
+      })
+      return
+    }
+    const targets: EndpointTarget[] = []
+    for (const raw of urls) {
+      try {
+        targets.push({ url: parseEndpointUrl('endpoint', raw), servername: undefined })
+      } catch {
+        logger.warn('discovery file lists an invalid endpoint; skipped', {
+          service,
+          file: path,
+          endpoint: raw,
+        })
+      }
+    }
+    context.onTargets(targets)
+    logger.info('endpoints updated from file', { service, file: path, endpoints: targets.length })
+  }
+  let initial: Buffer | undefined
+  try {
+    initial = readFileSync(path)
+    apply(initial)
+  } catch (error) {
+    logger.warn('discovery file missing; no endpoints until it appears', {
+      service,
+      file: path,
+      error: (error as Error).message,
+    })
+  }
+  const watch: FileWatch = watchFileContent(path, initial, apply, (error) =>
+    logger.warn('discovery file watch failed', {
+      service,
+      file: path,
+      error: (error as Error).message,
+    }),
+  )
+  return { ready: Promise.resolve(), close: () => watch.close() }
+}
+
+type DnsConfig = Extract<DiscoveryConfig, { kind: 'dns' }>
+
+// Re-resolves when the shortest TTL of the answer runs out, bounded by [minRefreshMs,
+// maxRefreshMs]. Node's resolveSrv does not report the SRV record's own TTL, so an SRV answer
+// lives as long as the shortest TTL of the address records of its targets, which are resolved
+// through the same resolver (so the endpoints are addresses and the SRV target stays the TLS
+// name). A failed lookup keeps the last answer and tries again after maxRefreshMs.
+class DnsDiscovery implements Discovery {
+  readonly ready: Promise<void>
+  readonly #config: DnsConfig
+  readonly #context: DiscoveryContext
+  readonly #resolver: DnsResolver
+  #timer: TimerHandle | undefined
+  #closed = false
+
+  constructor(config: DnsConfig, context: DiscoveryContext) {
+    this.#config = config
+    this.#context = context
+    if (context.resolver !== undefined) {
+      this.#resolver = context.resolver
+    } else {
+      const resolver = new Resolver()
+      if (config.servers !== undefined && config.servers.length > 0)
+        resolver.setServers([...config.servers])
+      this.#resolver = resolver
+    }
+    this.ready = this.#refresh()
+  }
+
+  close(): void {
+    this.#closed = true
+    if (this.#timer !== undefined) this.#context.clock.clearTimeout(this.#timer)
+    this.#timer = undefined
+  }
+
+  async #refresh(): Promise<void> {
+    const { clock, logger, service } = this.#context
+    const config = this.#config
+    let nextMs = config.maxRefreshMs
+    try {
+      const { targets, ttlSeconds } = await this.#resolve()
+      if (this.#closed) return
+      this.#context.onTargets(targets)
+      nextMs = Math.min(config.maxRefreshMs, Math.max(config.minRefreshMs, ttlSeconds * 1000))
+      logger.debug('endpoints resolved', {
+        service,
+        name: config.name,
+        endpoints: targets.length,
+        nextMs,
+      })
+    } catch (error) {
+      if (this.#closed) return
+      logger.warn('DNS discovery failed; keeping the endpoints as they were', {
+        service,
+        name: config.name,
+        error: (error as Error).message,
+      })
+    }
+    this.#timer = clock.setTimeout(() => {
+      this.#timer = undefined
+      if (!this.#closed) void this.#refresh()
+    }, nextMs)
+  }
+
+  async #resolve(): Promise<{ targets: EndpointTarget[]; ttlSeconds: number }> {
+    const config = this.#config
+    const resolver = this.#resolver
+    const targets: EndpointTarget[] = []
+    let ttl = Number.POSITIVE_INFINITY
+    const addresses = async (name: string, six: boolean) => {
+      const records = six
+        ? await resolver.resolve6(name, { ttl: true })
+        : await resolver.resolve4(name, { ttl: true })
+      for (const record of records) ttl = Math.min(ttl, record.ttl)
+      return records.map((record) => record.address)
+    }
+    const push = (address: string, port: number, servername: string) => {
+      const host = isIP(address) === 6 ? `[${address}]` : address
+      targets.push({ url: `${config.scheme}://${host}:${port}`, servername })
+    }
+    if (config.recordType === 'SRV') {
+      const records = await resolver.resolveSrv(config.name)
+      for (const record of records) {
+        for (const address of await addresses(record.name, false))
+          push(address, record.port, record.name)
+      }
+    } else {
+      const port = config.port ?? (config.scheme === 'https' ? 443 : 80)
+      for (const address of await addresses(config.name, config.recordType === 'AAAA'))
+        push(address, port, config.name)
+    }
+    return { targets, ttlSeconds: ttl === Number.POSITIVE_INFINITY ? 0 : ttl }
+  }
+}

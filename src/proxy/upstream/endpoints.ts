@@ -1,0 +1,246 @@
+import type { Pool } from 'undici'
+import type { Clock, TimerHandle } from '../../core/clock.js'
+import type { EndpointState, OutlierEjectionConfig } from '../contracts.js'
+
+/** Where discovery says a service lives: an origin and the TLS name to verify, if not its host. */
+export interface EndpointTarget {
+  /** `http(s)://host:port`, no path. */
+  readonly url: string
+  /** SNI and verification name (from DNS: the name that was resolved). */
+  readonly servername: string | undefined
+}
+
+/** One endpoint of a service: its pool, its load and its health. Mutable, owned by the set. */
+export class Endpoint {
+  readonly url: string
+  readonly https: boolean
+  /** `host[:port]` as written in the URL, for a rewritten `Host` header. */
+  readonly hostHeader: string
+  readonly servername: string | undefined
+  /** The endpoint's connection pool; replaced (and the old one retired) when TLS files change. */
+  pool: Pool | undefined
+  inFlight = 0
+  consecutiveFailures = 0
+  ejectedUntil: number | undefined
+  ejections = 0
+  /** Position in the set's healthy list, -1 while ejected or removed. */
+  healthyIndex = -1
+  timer: TimerHandle | undefined
+
+  constructor(target: EndpointTarget) {
+    this.url = target.url
+    this.https = target.url.startsWith('https:')
+    this.hostHeader = target.url.slice(target.url.indexOf('//') + 2)
+    this.servername = target.servername
+  }
+
+  state(): EndpointState {
+    return {
+      url: this.url,
+      ejectedUntil: this.ejectedUntil,
+      ejections: this.ejections,
+      inFlight: this.inFlight,
+      consecutiveFailures: this.consecutiveFailures,
+    }
+  }
+}
+
+/** Options of {@link EndpointSet}. */
+export interface EndpointSetOptions {
+  readonly loadBalancer: 'round-robin' | 'least-request'
+  readonly outlierEjection: OutlierEjectionConfig | undefined
+  readonly clock: Clock
+  readonly random: () => number
+  /** Gives a new endpoint its pool. */
+  readonly open: (endpoint: Endpoint) => void
+  /** Closes a removed endpoint's pool once its requests are done. */
+  readonly retire: (endpoint: Endpoint) => void
+  /** Told about each ejection (metrics, logs). */
+  readonly onEject: (endpoint: Endpoint, durationMs: number) => void
+}
+
+/**
+ * A service's endpoints with load balancing and outlier ejection.
+ *
+ * Picking is O(1): ejected endpoints leave the `healthy` list (swap-remove by index) instead of
+ * being skipped at every pick. Round robin walks the healthy list; least-request is the
+ * power of two choices (two distinct random healthy endpoints, the one with fewer requests in
+ * flight wins), which spreads load nearly as well as a full scan at the cost of two reads.
+ * Ejection follows Envoy's consecutive-failure detector: an endpoint with `consecutiveFailures`
+ * failures in a row is ejected for `baseEjectionMs` times the number of its ejections so far,
+ * unless that would put more than `maxEjectedPercent` of the endpoints out.
+ */
+export class EndpointSet {
+  readonly #options: EndpointSetOptions
+  readonly #byUrl = new Map<string, Endpoint>()
+  #all: Endpoint[] = []
+  #healthy: Endpoint[] = []
+  #ejected = 0
+  #next = 0
+
+  constructor(options: EndpointSetOptions) {
+    this.#options = options
+  }
+
+  /** Every endpoint, ejected or not. */
+  get all(): readonly Endpoint[] {
+    return this.#all
+  }
+
+  /** The endpoints that are not ejected. */
+  get healthy(): readonly Endpoint[] {
+    return this.#healthy
+  }
+
+  /** Endpoints ejected now. */
+  get ejectedCount(): number {
+    return this.#ejected
+  }
+
+  /**
+   * Replaces the endpoint list (discovery's new answer). Endpoints that stay keep their pool,
+   * load and health; removed ones are retired after their requests finish.
+   */
+  replace(targets: readonly EndpointTarget[]): void {
+    const next: Endpoint[] = []
+    const seen = new Set<string>()
+    for (const target of targets) {
+      if (seen.has(target.url)) continue
+      seen.add(target.url)
+      let endpoint = this.#byUrl.get(target.url)
+      if (endpoint === undefined) {
+        endpoint = new Endpoint(target)
+        this.#byUrl.set(target.url, endpoint)
+        this.#options.open(endpoint)
+      }
+      next.push(endpoint)
+    }
+    for (const old of this.#all) {
+      if (seen.has(old.url)) continue
+      this.#byUrl.delete(old.url)
+      this.#clearTimer(old)
+      this.#options.retire(old)
+    }
+    this.#all = next
+    this.#rebuild()
+  }
+
+  /**
+   * Picks an endpoint for an attempt, avoiding `avoid` (the endpoint a retry just failed on)
+   * when another healthy one exists. When every endpoint is ejected (only possible with
+   * `maxEjectedPercent: 100`) it picks among all of them rather than fail: some chance beats
+   * none. Undefined only when there are no endpoints at all.
+   */
+  pick(avoid?: Endpoint): Endpoint | undefined {
+    let list = this.#healthy
+    if (list.length === 0) {
+      list = this.#all
+      if (list.length === 0) return undefined
+    }
+    const n = list.length
+    if (n === 1) return list[0]
+    if (this.#options.loadBalancer === 'round-robin') {
+      let index = this.#next++ % n
+      if (this.#next >= 0x3fffffff) this.#next = 0
+      if (list[index] === avoid) index = (index + 1) % n
+      return list[index]
+    }
+    const random = this.#options.random
+    const i = Math.floor(random() * n) % n
+    let j = Math.floor(random() * (n - 1)) % (n - 1)
+    if (j >= i) j++
+    const a = list[i] as Endpoint
+    const b = list[j] as Endpoint
+    if (a === avoid) return b
+    if (b === avoid) return a
+    return b.inFlight < a.inFlight ? b : a
+  }
+
+  /** An attempt on `endpoint` got a response that is not a failure. */
+  success(endpoint: Endpoint): void {
+    endpoint.consecutiveFailures = 0
+  }
+
+  /** An attempt on `endpoint` failed (connect error, reset, timeout, 5xx). */
+  failure(endpoint: Endpoint): void {
+    const failures = ++endpoint.consecutiveFailures
+    const config = this.#options.outlierEjection
+    if (
+      config === undefined ||
+      endpoint.ejectedUntil !== undefined ||
+      endpoint.healthyIndex < 0 ||
+      failures < config.consecutiveFailures ||
+      (this.#ejected + 1) * 100 > config.maxEjectedPercent * this.#all.length
+    )
+      return
+    const clock = this.#options.clock
+    const durationMs = config.baseEjectionMs * ++endpoint.ejections
+    endpoint.ejectedUntil = clock.now() + durationMs
+    this.#ejected++
+    this.#removeHealthy(endpoint)
+    endpoint.timer = clock.setTimeout(() => {
+      endpoint.timer = undefined
+      this.#return(endpoint)
+    }, durationMs)
+    this.#options.onEject(endpoint, durationMs)
+  }
+
+  /** Ends every ejection and forgets failure counts (the admin `reset`). */
+  reset(): void {
+    for (const endpoint of this.#all) {
+      this.#clearTimer(endpoint)
+      endpoint.ejectedUntil = undefined
+      endpoint.consecutiveFailures = 0
+    }
+    this.#rebuild()
+  }
+
+  /** Clears the ejection timers (the service is closing). */
+  dispose(): void {
+    for (const endpoint of this.#all) this.#clearTimer(endpoint)
+  }
+
+  #return(endpoint: Endpoint): void {
+    if (endpoint.ejectedUntil === undefined) return
+    endpoint.ejectedUntil = undefined
+    endpoint.consecutiveFailures = 0
+    if (this.#byUrl.get(endpoint.url) !== endpoint) return
+    this.#ejected--
+    endpoint.healthyIndex = this.#healthy.length
+    this.#healthy.push(endpoint)
+  }
+
+  #removeHealthy(endpoint: Endpoint): void {
+    const list = this.#healthy
+    const index = endpoint.healthyIndex
+    const last = list.pop() as Endpoint
+    if (last !== endpoint) {
+      list[index] = last
+      last.healthyIndex = index
+    }
+    endpoint.healthyIndex = -1
+  }
+
+  #rebuild(): void {
+    const healthy: Endpoint[] = []
+    let ejected = 0
+    for (const endpoint of this.#all) {
+      if (endpoint.ejectedUntil === undefined) {
+        endpoint.healthyIndex = healthy.length
+        healthy.push(endpoint)
+      } else {
+        endpoint.healthyIndex = -1
+        ejected++
+      }
+    }
+    this.#healthy = healthy
+    this.#ejected = ejected
+  }
+
+  #clearTimer(endpoint: Endpoint): void {
+    if (endpoint.timer !== undefined) {
+      this.#options.clock.clearTimeout(endpoint.timer)
+      endpoint.timer = undefined
+    }
+  }
+}

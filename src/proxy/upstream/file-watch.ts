@@ -1,0 +1,77 @@
+import { type FSWatcher, watch } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import { basename, dirname } from 'node:path'
+
+/**
+ * Calls `onChange` with a file's new content whenever it changes, until `close()`. Watches the
+ * file's folder rather than the file, so a file replaced by rename (how editors, `kubectl` and
+ * secret mounts update files) keeps being seen. Reads are serialized: an event that arrives
+ * while a read runs causes one more read after it, so the last content always wins.
+ */
+export interface FileWatch {
+  close(): void
+}
+
+/**
+ * Watches `path`. `initial` is the content already read and applied at start (an unchanged
+ * file is not reported again); `onError` gets read and watch failures.
+ */
+export function watchFileContent(
+  path: string,
+  initial: Buffer | undefined,
+  onChange: (content: Buffer) => void,
+  onError: (error: unknown) => void,
+): FileWatch {
+  const name = basename(path)
+  let last = initial
+  let reading = false
+  let again = false
+  let closed = false
+  const read = (): void => {
+    if (closed) return
+    if (reading) {
+      again = true
+      return
+    }
+    reading = true
+    readFile(path).then(
+      (content) => {
+        reading = false
+        if (closed) return
+        if (last === undefined || !last.equals(content)) {
+          last = content
+          onChange(content)
+        }
+        if (again) {
+          again = false
+          read()
+        }
+      },
+      (error: unknown) => {
+        reading = false
+        if (closed) return
+        // A missing file during a rename-replace is normal; the next event reads it again.
+        if ((error as { code?: unknown }).code !== 'ENOENT') onError(error)
+        if (again) {
+          again = false
+          read()
+        }
+      },
+    )
+  }
+  let watcher: FSWatcher | undefined
+  try {
+    watcher = watch(dirname(path), { persistent: false }, (_event, filename) => {
+      if (filename === null || filename === name) read()
+    })
+    watcher.on('error', onError)
+  } catch (error) {
+    onError(error)
+  }
+  return {
+    close() {
+      closed = true
+      watcher?.close()
+    },
+  }
+}

@@ -1,0 +1,1064 @@
+import { randomUUID } from 'node:crypto'
+import type { ServerResponse } from 'node:http'
+import { Pool } from 'undici'
+import type { Clock, TimerHandle } from '../../core/clock.js'
+import type { ErrorCode } from '../../core/error-codes.js'
+import { BreakwaterError } from '../../core/errors.js'
+import { checkFunction, checkObject } from '../../core/validate.js'
+import {
+  type Backoff,
+  type CircuitState,
+  createRetryBudget,
+  DEADLINE_HEADER,
+  exponentialBackoff,
+  parseRetryAfter,
+  type RandomSource,
+  type RetryBudget,
+} from '../../index.js'
+import type { Logger } from '../../observability/logger.js'
+import type {
+  CapturedResponse,
+  ForwardOptions,
+  ForwardOutcome,
+  ForwardRequest,
+  ProxyDeps,
+  ServiceConfig,
+  ServiceRuntime,
+  ServiceState,
+} from '../contracts.js'
+import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
+import { ServiceBreaker } from './breaker.js'
+import { OutboundAuth, TlsMaterial } from './credentials.js'
+import { type Discovery, type DnsResolver, startDiscovery } from './discovery.js'
+import { type Endpoint, EndpointSet } from './endpoints.js'
+import { type UpstreamMetrics, upstreamMetrics } from './metrics.js'
+
+/** Options of {@link createServiceRuntime} beyond the service's config. */
+export interface ServiceRuntimeOptions {
+  /**
+   * The resolver DNS discovery asks (anything with `resolve4`, `resolve6` with `{ ttl: true }`
+   * and `resolveSrv`, such as a `dns.promises.Resolver` given `setServers`). The YAML way to
+   * pick servers is `discovery.dns.servers`.
+   * @default a new `dns.promises.Resolver`, on `discovery.servers` when given
+   */
+  readonly dnsResolver?: DnsResolver
+  /**
+   * Random source for backoff jitter and the least-request choice of two.
+   * @default Math.random
+   */
+  readonly random?: RandomSource
+}
+
+/**
+ * A proxy failure, as `exchange()` rejects with it and as `forward()` answers it: a
+ * problem+json response whose `code` is this error's code, with status 502, 503 or 504.
+ */
+export class UpstreamError extends BreakwaterError {
+  /** The HTTP status the proxy answers with. */
+  readonly status: number
+  /** The service. */
+  readonly service: string
+
+  constructor(code: ErrorCode, status: number, service: string, detail: string) {
+    super(code, detail, { retryable: code !== 'DEADLINE_EXCEEDED' && code !== 'ISOLATED_CIRCUIT' })
+    this.status = status
+    this.service = service
+  }
+}
+
+/** A running service, with the extras the runtime and tests use. */
+export interface UpstreamService extends ServiceRuntime {
+  /** Settles once discovery has given its first answer (at once for static endpoints). */
+  ready(): Promise<void>
+}
+
+const idempotentMethods: ReadonlySet<string> = new Set([
+  'GET',
+  'HEAD',
+  'OPTIONS',
+  'TRACE',
+  'PUT',
+  'DELETE',
+])
+
+/** Request headers the proxy sets itself or must not pass (undici rejects `expect`). */
+const replacedRequestHeaders: ReadonlySet<string> = new Set([
+  'host',
+  'content-length',
+  'expect',
+  'x-request-id',
+  DEADLINE_HEADER,
+])
+
+const connectErrorCodes: ReadonlySet<string> = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_CONNECT',
+])
+
+/**
+ * Builds a service's runtime: discovery, one undici `Pool` per endpoint, load balancing,
+ * outlier ejection, TLS origination, outbound credentials and the policies of the forward path.
+ *
+ * A request goes: deadline check (the sooner of the inbound deadline and `overallMs`), bulkhead
+ * (a counter and a FIFO queue), then per attempt: endpoint pick, breaker admission, dispatch on
+ * the endpoint's pool with the proxy's own handler (connect and read timeouts on `deps.clock`),
+ * and the response streamed to the client as it arrives, without hop-by-hop headers. A
+ * connect error, a reset before the response, a read timeout or a status in
+ * `retry.retryOnStatus` is retried with full-jitter backoff (or after `Retry-After`, when that
+ * fits in the deadline) while attempts, the retry budget and the deadline allow, and only for
+ * idempotent methods or requests with an `Idempotency-Key`. Every attempt carries the deadline
+ * header with the time left.
+ *
+ * @example
+ * ```ts
+ * import { createServer } from 'node:http'
+ * import { systemClock } from 'breakwater'
+ * import { createJsonLogger, createMetricsRegistry } from 'breakwater/observability'
+ * const orders = createServiceRuntime(ordersConfig, {
+ *   clock: systemClock, logger: createJsonLogger(), metrics: createMetricsRegistry(),
+ * })
+ * createServer((req, res) => {
+ *   void orders.forward({ method: req.method ?? 'GET', target: req.url ?? '/', headers: {},
+ *     host: 'orders', body: undefined, deadlineAt: undefined, route: 'ambassador',
+ *     requestId: 'r-1', signal: new AbortController().signal }, res)
+ * }).listen(15001)
+ * ```
+ */
+export function createServiceRuntime(
+  config: ServiceConfig,
+  deps: ProxyDeps,
+  options: ServiceRuntimeOptions = {},
+): UpstreamService {
+  checkObject('createServiceRuntime.options', options)
+  if (options.random !== undefined) checkFunction('createServiceRuntime.random', options.random)
+  return new UpstreamServiceRuntime(config, deps, options)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service: shared state of every call. Fields are plain (not #private) because the call
+// and attempt classes below read them on the hot path.
+// ---------------------------------------------------------------------------------------------
+
+class Core {
+  readonly name: string
+  readonly config: ServiceConfig
+  readonly clock: Clock
+  readonly logger: Logger
+  readonly endpoints: EndpointSet
+  readonly breaker: ServiceBreaker
+  readonly budget: RetryBudget | undefined
+  readonly backoff: Backoff | undefined
+  /** retryStatus[status] = 1 for statuses retried and counted as failures. */
+  readonly retryStatus = new Uint8Array(600)
+  readonly auth: OutboundAuth | undefined
+  readonly tls: TlsMaterial | undefined
+  readonly metrics: UpstreamMetrics
+  readonly connectMs: number
+  readonly readMs: number
+  readonly overallMs: number
+  readonly maxConcurrent: number
+  readonly maxQueue: number
+  running = 0
+  queued = 0
+  queueHead: ForwardCall | undefined
+  queueTail: ForwardCall | undefined
+  /** Pending until discovery's first answer. */
+  discovering: Promise<void> | undefined
+  closed = false
+  // Counted locally and added to the registry's counters at collection: the label lookup is
+  // the costly part of a counter, and a scrape every few seconds needs no per-request update.
+  readonly statusCounts = new Map<number, number>()
+  retryCount = 0
+  ejectionCount = 0
+  readonly serviceLabels: { readonly service: string }
+
+  constructor(config: ServiceConfig, deps: ProxyDeps, options: ServiceRuntimeOptions) {
+    this.name = config.name
+    this.config = config
+    this.clock = deps.clock
+    this.logger = deps.logger
+    this.metrics = upstreamMetrics(deps.metrics)
+    this.serviceLabels = { service: config.name }
+    this.connectMs = config.timeouts.connectMs
+    this.readMs = config.timeouts.readMs
+    this.overallMs = config.timeouts.overallMs
+    this.maxConcurrent = config.bulkhead.maxConcurrent
+    this.maxQueue = config.bulkhead.maxQueue
+    const random = options.random ?? Math.random
+    this.breaker = new ServiceBreaker(config.breaker, deps.clock)
+    const retry = config.retry
+    if (retry !== undefined && retry.attempts > 1) {
+      this.budget = createRetryBudget({
+        ratio: retry.budgetRatio,
+        minRetriesPerSecond: retry.budgetMinPerSecond,
+        clock: deps.clock,
+      })
+      this.backoff = exponentialBackoff({
+        baseDelayMs: retry.baseDelayMs,
+        maxDelayMs: Math.max(retry.baseDelayMs, retry.maxDelayMs),
+        jitter: 'full',
+        random,
+      })
+      for (const status of retry.retryOnStatus)
+        if (status >= 0 && status < 600) this.retryStatus[status] = 1
+    }
+    this.tls =
+      config.tls.caFile !== undefined ||
+      config.tls.certFile !== undefined ||
+      config.tls.keyFile !== undefined ||
+      !config.tls.verify ||
+      config.tls.serverName !== undefined
+        ? new TlsMaterial(config.tls, deps.logger, config.name)
+        : undefined
+    this.auth =
+      config.auth === undefined
+        ? undefined
+        : new OutboundAuth(config.auth, deps.logger, config.name)
+    this.endpoints = new EndpointSet({
+      loadBalancer: config.loadBalancer,
+      outlierEjection: config.outlierEjection,
+      clock: deps.clock,
+      random,
+      open: (endpoint) => {
+        endpoint.pool = this.newPool(endpoint)
+      },
+      retire: (endpoint) => this.retirePool(endpoint.pool),
+      onEject: (endpoint, durationMs) => {
+        this.ejectionCount++
+        this.logger.warn('upstream endpoint ejected', {
+          service: this.name,
+          endpoint: endpoint.url,
+          durationMs,
+          ejections: endpoint.ejections,
+        })
+      },
+    })
+  }
+
+  newPool(endpoint: Endpoint): Pool {
+    const connect: Record<string, unknown> = { timeout: this.connectMs }
+    if (endpoint.https) {
+      const tlsOptions =
+        this.tls?.connectOptions(endpoint.servername) ??
+        (endpoint.servername === undefined ? {} : { servername: endpoint.servername })
+      Object.assign(connect, tlsOptions)
+    }
+    return new Pool(endpoint.url, {
+      connections: this.config.bulkhead.connectionsPerEndpoint,
+      pipelining: 1,
+      connect,
+      // Timeouts run on the service's clock in the handler; undici's own are off.
+      headersTimeout: 0,
+      bodyTimeout: 0,
+    })
+  }
+
+  retirePool(pool: Pool | undefined): void {
+    // close() lets queued and running requests finish, then closes the connections.
+    pool?.close().catch((error: unknown) => {
+      this.logger.debug('retired pool closed with an error', {
+        service: this.name,
+        error: (error as Error).message,
+      })
+    })
+  }
+
+  /** Frees a bulkhead slot: the next queued call takes it. */
+  release(): void {
+    const next = this.queueHead
+    if (next === undefined) {
+      this.running--
+      return
+    }
+    this.dequeue(next)
+    next.admitted()
+  }
+
+  enqueue(call: ForwardCall): void {
+    this.queued++
+    call.prev = this.queueTail
+    if (this.queueTail === undefined) this.queueHead = call
+    else this.queueTail.next = call
+    this.queueTail = call
+  }
+
+  dequeue(call: ForwardCall): void {
+    this.queued--
+    const { prev, next } = call
+    if (prev === undefined) this.queueHead = next
+    else prev.next = next
+    if (next === undefined) this.queueTail = prev
+    else next.prev = prev
+    call.prev = undefined
+    call.next = undefined
+  }
+
+  count(status: number, startedAt: number): void {
+    this.statusCounts.set(status, (this.statusCounts.get(status) ?? 0) + 1)
+    this.metrics.duration.observe(this.serviceLabels, (this.clock.now() - startedAt) / 1000)
+  }
+
+  /** Adds the locally counted figures to the registry (at collection and at close). */
+  flushMetrics(): void {
+    const service = this.name
+    const metrics = this.metrics
+    for (const [status, count] of this.statusCounts) {
+      if (count > 0) metrics.requests.inc({ service, status }, count)
+      this.statusCounts.set(status, 0)
+    }
+    if (this.retryCount > 0) metrics.retries.inc(this.serviceLabels, this.retryCount)
+    this.retryCount = 0
+    if (this.ejectionCount > 0) metrics.ejections.inc(this.serviceLabels, this.ejectionCount)
+    this.ejectionCount = 0
+    const state = this.breaker.state
+    for (const s of ['closed', 'open', 'half-open', 'isolated'] as const)
+      metrics.breakerState.set({ service, state: s }, s === state ? 1 : 0)
+    metrics.bulkheadRunning.set(this.serviceLabels, this.running)
+    metrics.bulkheadQueued.set(this.serviceLabels, this.queued)
+    metrics.ejected.set(this.serviceLabels, this.endpoints.ejectedCount)
+  }
+}
+
+class UpstreamServiceRuntime implements UpstreamService {
+  readonly name: string
+  readonly config: ServiceConfig
+  readonly #core: Core
+  readonly #discovery: Discovery
+  readonly #stopCollect: () => void
+
+  constructor(config: ServiceConfig, deps: ProxyDeps, options: ServiceRuntimeOptions) {
+    this.name = config.name
+    this.config = config
+    const core = new Core(config, deps, options)
+    this.#core = core
+    if (core.tls !== undefined) {
+      core.tls.onChange = () => {
+        // New connections use the new files; the old pool finishes its requests, then closes.
+        for (const endpoint of core.endpoints.all) {
+          if (!endpoint.https) continue
+          const old = endpoint.pool
+          endpoint.pool = core.newPool(endpoint)
+          core.retirePool(old)
+        }
+      }
+    }
+    this.#discovery = startDiscovery(config.discovery, {
+      service: config.name,
+      clock: deps.clock,
+      logger: deps.logger,
+      resolver: options.dnsResolver,
+      onTargets: (targets) => {
+        if (!core.closed) core.endpoints.replace(targets)
+      },
+    })
+    const discovering = this.#discovery.ready.finally(() => {
+      core.discovering = undefined
+    })
+    core.discovering = discovering
+    this.#stopCollect = deps.metrics.onCollect(() => core.flushMetrics())
+  }
+
+  ready(): Promise<void> {
+    return this.#core.discovering ?? Promise.resolve()
+  }
+
+  forward(
+    req: ForwardRequest,
+    res: ServerResponse,
+    options?: ForwardOptions,
+  ): Promise<ForwardOutcome> {
+    return new ForwardCall(this.#core, req, res, options?.captureBytes ?? 0).start()
+  }
+
+  async exchange(req: ForwardRequest, maxBytes: number): Promise<CapturedResponse> {
+    const outcome = await new ForwardCall(this.#core, req, undefined, Math.max(0, maxBytes)).start()
+    if (outcome.captured !== undefined && outcome.error === undefined) return outcome.captured
+    const code = (outcome.error ?? 'UPSTREAM_RESET') as ErrorCode
+    throw new UpstreamError(code, outcome.status, this.name, problemDetail(code, this.name))
+  }
+
+  state(): ServiceState {
+    const core = this.#core
+    const breaker = core.breaker
+    const state = breaker.state
+    return {
+      name: this.name,
+      breaker: breaker.enabled || state === 'isolated' ? state : 'disabled',
+      bulkhead: { running: core.running, queued: core.queued, max: core.maxConcurrent },
+      retryBudgetLeft: core.budget?.available(),
+      endpoints: core.endpoints.all.map((endpoint) => endpoint.state()),
+    }
+  }
+
+  isolate(): void {
+    this.#core.breaker.isolate()
+  }
+
+  reset(): void {
+    this.#core.breaker.reset()
+    this.#core.endpoints.reset()
+  }
+
+  async close(): Promise<void> {
+    const core = this.#core
+    if (core.closed) return
+    core.closed = true
+    this.#discovery.close()
+    core.tls?.close()
+    core.auth?.close()
+    core.endpoints.dispose()
+    core.flushMetrics()
+    this.#stopCollect()
+    await Promise.all(
+      core.endpoints.all.map((endpoint) => endpoint.pool?.close().catch(() => undefined)),
+    )
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One forwarded request and its attempts
+// ---------------------------------------------------------------------------------------------
+
+const statusFor: Partial<Record<ErrorCode, number>> = {
+  BROKEN_CIRCUIT: 503,
+  ISOLATED_CIRCUIT: 503,
+  BULKHEAD_FULL: 503,
+  UPSTREAM_NO_ENDPOINTS: 503,
+  UPSTREAM_CONNECT_FAILED: 502,
+  UPSTREAM_RESET: 502,
+  UPSTREAM_TIMEOUT: 504,
+  DEADLINE_EXCEEDED: 504,
+}
+
+function problemDetail(code: ErrorCode, service: string): string {
+  switch (code) {
+    case 'BROKEN_CIRCUIT':
+      return `The circuit breaker of service ${service} is open.`
+    case 'ISOLATED_CIRCUIT':
+      return `Service ${service} is isolated by an operator.`
+    case 'BULKHEAD_FULL':
+      return `Service ${service} has no free slot and no free queue place.`
+    case 'UPSTREAM_NO_ENDPOINTS':
+      return `Service ${service} has no endpoints.`
+    case 'UPSTREAM_CONNECT_FAILED':
+      return `Could not connect to service ${service}.`
+    case 'UPSTREAM_TIMEOUT':
+      return `Service ${service} did not answer in time.`
+    case 'DEADLINE_EXCEEDED':
+      return `The deadline passed before service ${service} answered.`
+    default:
+      return `The connection to service ${service} closed before its response was complete.`
+  }
+}
+
+const phaseConnect = 0
+const phaseHead = 1
+const phaseBody = 2
+const phaseDone = 3
+
+// Why an attempt failed, before the response head reached the client.
+const failConnect = 1
+const failReset = 2
+const failTimeout = 3
+const failDeadline = 4
+
+/**
+ * One attempt: the undici dispatch handler (undici's own callback interface, which its pools
+ * call directly; the newer controller interface is wrapped per request by undici) and the
+ * attempt's timer. A separate object per attempt so that the late callbacks of an abandoned
+ * attempt cannot be taken for the current one's.
+ */
+class Attempt {
+  readonly call: ForwardCall
+  readonly endpoint: Endpoint
+  readonly epoch: number
+  phase = phaseConnect
+  abort: ((reason?: Error) => void) | undefined
+  abandonReason: Error | undefined
+  resume: (() => void) | undefined
+  status = 0
+  statusFailed = false
+  /** The current phase's due time (connect, head, or body idle). */
+  dueAt: number
+  armedAt: number
+  timer: TimerHandle | undefined
+  readonly onTimer = (): void => this.timerFired()
+
+  constructor(call: ForwardCall, endpoint: Endpoint, epoch: number, now: number) {
+    this.call = call
+    this.endpoint = endpoint
+    this.epoch = epoch
+    const core = call.core
+    this.dueAt = now + core.connectMs
+    const due = Math.min(this.dueAt, call.deadlineAt)
+    this.armedAt = due
+    this.timer = core.clock.setTimeout(this.onTimer, due - now)
+  }
+
+  onConnect(abort: (reason?: Error) => void): void {
+    if (this.phase === phaseDone) {
+      abort(this.abandonReason)
+      return
+    }
+    this.abort = abort
+    this.phase = phaseHead
+    this.setDue(this.call.core.clock.now() + this.call.core.readMs)
+  }
+
+  onHeaders(status: number, raw: Buffer[], resume: () => void, statusText: string): boolean {
+    if (this.phase === phaseDone) return false
+    // 1xx interim responses: the final one follows.
+    if (status < 200) return true
+    this.resume = resume
+    return this.call.onResponse(this, status, raw, statusText)
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.phase === phaseDone) return false
+    return this.call.onData(this, chunk)
+  }
+
+  onComplete(): void {
+    if (this.phase === phaseDone) return
+    this.call.onComplete(this)
+  }
+
+  onError(error: Error): void {
+    if (this.phase === phaseDone) return
+    this.call.onAttemptError(this, error, 0)
+  }
+
+  onUpgrade(): void {
+    this.onError(new Error('unexpected upgrade'))
+  }
+
+  setDue(dueAt: number): void {
+    this.dueAt = dueAt
+    const due = Math.min(dueAt, this.call.deadlineAt)
+    if (due < this.armedAt) {
+      const clock = this.call.core.clock
+      clock.clearTimeout(this.timer)
+      this.armedAt = due
+      this.timer = clock.setTimeout(this.onTimer, due - clock.now())
+    }
+  }
+
+  // The timer is armed for the earliest due time known when it was set; later phases move
+  // the due time on without touching the timer (a body chunk just writes `dueAt`), and the
+  // timer, when it fires, re-arms for what is left.
+  timerFired(): void {
+    this.timer = undefined
+    if (this.phase === phaseDone) return
+    const clock = this.call.core.clock
+    const now = clock.now()
+    const deadlineAt = this.call.deadlineAt
+    const due = Math.min(this.dueAt, deadlineAt)
+    if (now < due) {
+      this.armedAt = due
+      this.timer = clock.setTimeout(this.onTimer, due - now)
+      return
+    }
+    this.call.onAttemptError(
+      this,
+      new Error(now >= deadlineAt ? 'deadline exceeded' : 'upstream timeout'),
+      now >= deadlineAt ? failDeadline : failTimeout,
+    )
+  }
+
+  /** Ends the attempt on the proxy's side: no more callbacks count, undici drops the request. */
+  finish(reason: Error | undefined): void {
+    if (this.phase === phaseDone) return
+    this.phase = phaseDone
+    this.endpoint.inFlight--
+    if (this.timer !== undefined) {
+      this.call.core.clock.clearTimeout(this.timer)
+      this.timer = undefined
+    }
+    if (reason !== undefined) {
+      this.abandonReason = reason
+      // Before onConnect there is nothing to abort yet; onConnect aborts it when it comes.
+      this.abort?.(reason)
+    }
+  }
+}
+
+class ForwardCall {
+  readonly core: Core
+  readonly req: ForwardRequest
+  readonly res: ServerResponse | undefined
+  readonly captureMax: number
+  readonly startedAt: number
+  deadlineAt: number
+  resolve!: (outcome: ForwardOutcome) => void
+  // Bulkhead queue links.
+  prev: ForwardCall | undefined
+  next: ForwardCall | undefined
+  headers: string[] | undefined
+  hostIndex = -1
+  deadlineIndex = -1
+  retryable = false
+  attempts = 0
+  attempt: Attempt | undefined
+  lastEndpoint: Endpoint | undefined
+  holdsSlot = false
+  listening = false
+  finished = false
+  waitTimer: TimerHandle | undefined
+  dispatchOptions:
+    | {
+        path: string
+        method: string
+        headers: string[]
+        body: Buffer | null
+      }
+    | undefined
+  // The response as sent (capture mode).
+  capturedHeaders: Record<string, string | string[]> | undefined
+  chunks: Buffer[] | undefined
+  capturedBytes = 0
+  truncated = false
+  onDrain: (() => void) | undefined
+
+  constructor(
+    core: Core,
+    req: ForwardRequest,
+    res: ServerResponse | undefined,
+    captureMax: number,
+  ) {
+    this.core = core
+    this.req = req
+    this.res = res
+    this.captureMax = captureMax
+    const now = core.clock.now()
+    this.startedAt = now
+    const overall = now + core.overallMs
+    this.deadlineAt =
+      req.deadlineAt !== undefined && req.deadlineAt < overall ? req.deadlineAt : overall
+  }
+
+  start(): Promise<ForwardOutcome> {
+    const promise = new Promise<ForwardOutcome>((resolve) => {
+      this.resolve = resolve
+    })
+    const core = this.core
+    if (this.req.signal.aborted) this.end(499, 'ABORTED')
+    else if (core.closed) this.fail('UPSTREAM_NO_ENDPOINTS')
+    else if (this.deadlineAt <= this.startedAt) this.fail('DEADLINE_EXCEEDED')
+    else if (core.endpoints.all.length === 0 && core.discovering !== undefined) {
+      // The first DNS answer is not in yet: wait for it, within the deadline.
+      core.discovering.then(() => this.admit())
+    } else this.admit()
+    return promise
+  }
+
+  admit(): void {
+    const core = this.core
+    if (this.finished) return
+    if (core.endpoints.all.length === 0) {
+      this.fail('UPSTREAM_NO_ENDPOINTS')
+      return
+    }
+    this.listen()
+    if (core.running < core.maxConcurrent) {
+      core.running++
+      this.holdsSlot = true
+      this.begin()
+    } else if (core.queued < core.maxQueue) {
+      core.enqueue(this)
+      this.waitTimer = core.clock.setTimeout(() => {
+        this.waitTimer = undefined
+        if (this.holdsSlot || this.finished) return
+        core.dequeue(this)
+        this.fail('DEADLINE_EXCEEDED')
+      }, this.deadlineAt - core.clock.now())
+    } else {
+      this.fail('BULKHEAD_FULL')
+    }
+  }
+
+  /** A queued call got a slot (the releasing call handed its slot over). */
+  admitted(): void {
+    this.holdsSlot = true
+    if (this.waitTimer !== undefined) {
+      this.core.clock.clearTimeout(this.waitTimer)
+      this.waitTimer = undefined
+    }
+    if (this.finished) {
+      this.core.release()
+      return
+    }
+    this.begin()
+  }
+
+  begin(): void {
+    const core = this.core
+    const req = this.req
+    const method = req.method
+    core.budget?.recordRequest()
+    // The upstream request head, built once for every attempt: the inbound headers as given
+    // (hop-by-hop ones are gone already; names the proxy sets are replaced), then host,
+    // request id, deadline, credentials and the Idempotency-Key.
+    const auth = core.auth
+    const headers: string[] = []
+    let hasKey = false
+    const source = req.headers
+    for (const name in source) {
+      if (replacedRequestHeaders.has(name) || HOP_BY_HOP_HEADERS.has(name)) continue
+      if (auth !== undefined && name === auth.header) continue
+      if (name === 'idempotency-key') hasKey = true
+      const value = source[name] as string | string[]
+      if (typeof value === 'string') headers.push(name, value)
+      else for (const item of value) headers.push(name, item)
+    }
+    this.hostIndex = headers.length + 1
+    headers.push('host', req.host)
+    headers.push('x-request-id', req.requestId)
+    this.deadlineIndex = headers.length + 1
+    headers.push(DEADLINE_HEADER, '')
+    if (auth?.value !== undefined) headers.push(auth.header, auth.value)
+    const retry = core.config.retry
+    if (!hasKey && retry?.addIdempotencyKey === true && !idempotentMethods.has(method)) {
+      headers.push('idempotency-key', randomUUID())
+      hasKey = true
+    }
+    this.retryable = core.backoff !== undefined && (hasKey || idempotentMethods.has(method))
+    this.headers = headers
+    this.dispatchOptions = { path: req.target, method, headers, body: req.body ?? null }
+    this.dispatch()
+  }
+
+  dispatch(): void {
+    const core = this.core
+    const endpoint = core.endpoints.pick(this.lastEndpoint)
+    if (endpoint === undefined) {
+      this.fail('UPSTREAM_NO_ENDPOINTS')
+      return
+    }
+    const epoch = core.breaker.admit()
+    if (epoch < 0) {
+      this.fail(core.breaker.state === 'isolated' ? 'ISOLATED_CIRCUIT' : 'BROKEN_CIRCUIT')
+      return
+    }
+    const now = core.clock.now()
+    const headers = this.headers as string[]
+    if (core.config.rewriteHost) headers[this.hostIndex] = endpoint.hostHeader
+    headers[this.deadlineIndex] = String(Math.max(0, Math.floor(this.deadlineAt - now)))
+    this.attempts++
+    this.lastEndpoint = endpoint
+    endpoint.inFlight++
+    const attempt = new Attempt(this, endpoint, epoch, now)
+    this.attempt = attempt
+    const pool = endpoint.pool as Pool
+    try {
+      pool.dispatch(this.dispatchOptions as NonNullable<ForwardCall['dispatchOptions']>, attempt)
+    } catch (error) {
+      // A pool closed by a TLS reload or discovery change between pick and dispatch.
+      attempt.onError(error as Error)
+    }
+  }
+
+  /** The response head of the current attempt arrived; false pauses the upstream. */
+  onResponse(attempt: Attempt, status: number, raw: Buffer[], statusText: string): boolean {
+    const core = this.core
+    attempt.status = status
+    if (core.retryStatus[status] === 1) {
+      attempt.statusFailed = true
+      if (this.canRetry()) {
+        const retryAfterMs =
+          status === 429 || status === 503 ? retryAfterOf(raw, core.clock) : undefined
+        if (this.retryLater(attempt, retryAfterMs)) return false
+      }
+    }
+    attempt.phase = phaseBody
+    attempt.setDue(core.clock.now() + core.readMs)
+    const res = this.res
+    const capture = this.captureMax > 0
+    const headers = responseHeaders(raw, capture)
+    if (capture) {
+      this.capturedHeaders = headers.record
+      this.chunks = []
+    }
+    if (res !== undefined) {
+      if (res.headersSent || res.destroyed) {
+        this.clientGone()
+        return false
+      }
+      try {
+        if (statusText === '') res.writeHead(status, headers.flat)
+        else res.writeHead(status, statusText, headers.flat)
+      } catch (error) {
+        this.failAttempt(attempt, error as Error, failReset)
+        return false
+      }
+    }
+    return true
+  }
+
+  onData(attempt: Attempt, chunk: Buffer): boolean {
+    attempt.dueAt = this.core.clock.now() + this.core.readMs
+    if (this.chunks !== undefined && !this.truncated) {
+      const room = this.captureMax - this.capturedBytes
+      if (chunk.length <= room) {
+        this.chunks.push(chunk)
+        this.capturedBytes += chunk.length
+      } else {
+        if (room > 0) this.chunks.push(chunk.subarray(0, room))
+        this.capturedBytes += Math.max(0, room)
+        this.truncated = true
+      }
+    }
+    const res = this.res
+    if (res === undefined || res.write(chunk)) return true
+    this.onDrain ??= () => this.attempt?.resume?.()
+    res.once('drain', this.onDrain)
+    return false
+  }
+
+  onComplete(attempt: Attempt): void {
+    attempt.finish(undefined)
+    this.recordAttempt(attempt, attempt.statusFailed)
+    this.res?.end()
+    this.end(attempt.status, undefined)
+  }
+
+  /** undici reported an error, or the attempt's timer ran out (`kind` says which). */
+  onAttemptError(attempt: Attempt, error: Error, kind: number): void {
+    let reason = kind
+    if (reason === 0) {
+      const code = (error as { code?: unknown }).code
+      reason =
+        attempt.phase === phaseConnect && typeof code === 'string' && connectErrorCodes.has(code)
+          ? failConnect
+          : attempt.phase === phaseConnect && isTlsError(error)
+            ? failConnect
+            : failReset
+    }
+    this.failAttempt(attempt, error, reason)
+  }
+
+  failAttempt(attempt: Attempt, error: Error, reason: number): void {
+    const streaming = attempt.phase === phaseBody
+    attempt.finish(error)
+    this.recordAttempt(attempt, true)
+    if (streaming) {
+      // Part of the response is out: the client must see a broken connection, never a body
+      // that ends early and looks complete.
+      this.res?.destroy()
+      this.end(
+        attempt.status,
+        reason === failTimeout
+          ? 'UPSTREAM_TIMEOUT'
+          : reason === failDeadline
+            ? 'DEADLINE_EXCEEDED'
+            : 'UPSTREAM_RESET',
+      )
+      return
+    }
+    if (reason !== failDeadline && this.canRetry() && this.retryLater(attempt, undefined)) return
+    this.fail(
+      reason === failConnect
+        ? 'UPSTREAM_CONNECT_FAILED'
+        : reason === failTimeout
+          ? 'UPSTREAM_TIMEOUT'
+          : reason === failDeadline
+            ? 'DEADLINE_EXCEEDED'
+            : 'UPSTREAM_RESET',
+    )
+  }
+
+  recordAttempt(attempt: Attempt, failed: boolean): void {
+    const core = this.core
+    core.breaker.record(attempt.epoch, failed)
+    if (failed || attempt.status >= 500) core.endpoints.failure(attempt.endpoint)
+    else core.endpoints.success(attempt.endpoint)
+  }
+
+  canRetry(): boolean {
+    const core = this.core
+    return (
+      this.retryable &&
+      this.attempts < (core.config.retry?.attempts ?? 1) &&
+      !this.req.signal.aborted &&
+      core.breaker.state === 'closed'
+    )
+  }
+
+  /**
+   * Schedules the next attempt after full-jitter backoff (or `retryAfterMs`, when longer) if
+   * it can start before the deadline and the budget has a token; false otherwise. A response
+   * that is retried is abandoned (its connection closed) rather than read to the end.
+   */
+  retryLater(attempt: Attempt, retryAfterMs: number | undefined): boolean {
+    const core = this.core
+    const backoff = core.backoff as Backoff
+    let delayMs = backoff.delayMs(this.attempts - 1)
+    if (retryAfterMs !== undefined && retryAfterMs > delayMs) delayMs = retryAfterMs
+    const now = core.clock.now()
+    if (now + delayMs >= this.deadlineAt) return false
+    if (core.budget !== undefined && !core.budget.tryWithdraw()) return false
+    if (attempt.phase !== phaseDone) {
+      attempt.finish(new Error('retrying'))
+      this.recordAttempt(attempt, true)
+    }
+    core.retryCount++
+    this.waitTimer = core.clock.setTimeout(() => {
+      this.waitTimer = undefined
+      if (!this.finished) this.dispatch()
+    }, delayMs)
+    return true
+  }
+
+  listen(): void {
+    const signal = this.req.signal
+    signal.addEventListener('abort', this)
+    this.listening = true
+  }
+
+  /** The client went away (the request's signal aborted). */
+  handleEvent(): void {
+    this.clientGone()
+  }
+
+  clientGone(): void {
+    if (this.finished) return
+    const attempt = this.attempt
+    if (attempt !== undefined && attempt.phase !== phaseDone) {
+      attempt.finish(new Error('client went away'))
+      this.core.breaker.record(attempt.epoch, undefined)
+    }
+    if (this.res !== undefined && !this.res.writableEnded) this.res.destroy()
+    this.end(499, 'ABORTED')
+  }
+
+  /** Answers with the proxy's own problem response. */
+  fail(code: ErrorCode): void {
+    if (this.finished) return
+    const status = statusFor[code] ?? 502
+    const res = this.res
+    if (res !== undefined) {
+      if (res.headersSent) res.destroy()
+      else if (!res.destroyed) {
+        const body = JSON.stringify({
+          type: 'about:blank',
+          title:
+            status === 503
+              ? 'Service Unavailable'
+              : status === 504
+                ? 'Gateway Timeout'
+                : 'Bad Gateway',
+          status,
+          code,
+          detail: problemDetail(code, this.core.name),
+          service: this.core.name,
+        })
+        res.writeHead(status, {
+          'content-type': 'application/problem+json',
+          'content-length': Buffer.byteLength(body),
+          'cache-control': 'no-store',
+        })
+        res.end(body)
+      }
+    }
+    this.end(status, code)
+  }
+
+  end(status: number, error: string | undefined): void {
+    if (this.finished) return
+    this.finished = true
+    const core = this.core
+    if (this.waitTimer !== undefined) {
+      core.clock.clearTimeout(this.waitTimer)
+      this.waitTimer = undefined
+    }
+    if (this.listening) this.req.signal.removeEventListener('abort', this)
+    if (this.holdsSlot) {
+      this.holdsSlot = false
+      core.release()
+    }
+    core.count(status, this.startedAt)
+    let captured: CapturedResponse | undefined
+    if (this.chunks !== undefined && error === undefined) {
+      captured = {
+        status,
+        headers: this.capturedHeaders ?? {},
+        body: Buffer.concat(this.chunks, Math.min(this.capturedBytes, this.captureMax)),
+        truncated: this.truncated,
+      }
+    }
+    this.resolve({
+      status,
+      attempts: this.attempts,
+      endpoint: this.lastEndpoint?.url,
+      error,
+      captured,
+    })
+  }
+}
+
+function isTlsError(error: Error): boolean {
+  const code = (error as { code?: unknown }).code
+  return (
+    typeof code === 'string' &&
+    (code.startsWith('ERR_TLS') ||
+      code.startsWith('ERR_SSL') ||
+      code.includes('CERT') ||
+      code === 'DEPTH_ZERO_SELF_SIGNED_CERT' ||
+      code === 'SELF_SIGNED_CERT_IN_CHAIN')
+  )
+}
+
+function isConnectionName(name: Buffer): boolean {
+  return name.length === 10 && name.toString('latin1').toLowerCase() === 'connection'
+}
+
+/**
+ * The response headers to send on: undici's raw list (Buffers) without hop-by-hop headers and
+ * without the headers the upstream named in `Connection`, as the flat name/value list
+ * `writeHead` takes (no header object, no per-header `setHeader`), plus a record when captured.
+ */
+function responseHeaders(
+  raw: Buffer[],
+  record: boolean,
+): { flat: string[]; record: Record<string, string | string[]> | undefined } {
+  let named: Set<string> | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    if (!isConnectionName(raw[i] as Buffer)) continue
+    for (const token of (raw[i + 1] as Buffer).toString('latin1').split(',')) {
+      const name = token.trim().toLowerCase()
+      if (name === '' || name === 'close' || HOP_BY_HOP_HEADERS.has(name)) continue
+      named ??= new Set()
+      named.add(name)
+    }
+  }
+  const flat: string[] = []
+  const out: Record<string, string | string[]> | undefined = record ? {} : undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = (raw[i] as Buffer).toString('latin1')
+    const lower = name.toLowerCase()
+    if (HOP_BY_HOP_HEADERS.has(lower) || named?.has(lower) === true) continue
+    const value = (raw[i + 1] as Buffer).toString('latin1')
+    flat.push(name, value)
+    if (out !== undefined) {
+      const existing = out[lower]
+      if (existing === undefined) out[lower] = value
+      else if (typeof existing === 'string') out[lower] = [existing, value]
+      else existing.push(value)
+    }
+  }
+  return { flat, record: out }
+}
+
+function retryAfterOf(raw: Buffer[], clock: Clock): number | undefined {
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as Buffer
+    if (name.length === 11 && name.toString('latin1').toLowerCase() === 'retry-after')
+      return parseRetryAfter((raw[i + 1] as Buffer).toString('latin1'), clock.now())
+  }
+  return undefined
+}
