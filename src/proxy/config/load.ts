@@ -106,7 +106,7 @@ export function validateProxyDocument(yamlText: string, sourceName: string): Pro
     const map = doc.getIn(path, true)
     if (isMap(map)) {
       for (const pair of map.items) {
-        if (isScalar(pair.key) && String(pair.key.value) === key && pair.key.range !== undefined) {
+        if (isScalar(pair.key) && String(pair.key.value) === key && pair.key.range != null) {
           const pos = lineCounter.linePos(pair.key.range[0])
           return { line: pos.line, col: pos.col }
         }

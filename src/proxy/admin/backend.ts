@@ -1,0 +1,106 @@
+// What the admin API acts on. In a single process that is the runtime itself; in the
+// multi-process mode it is the primary, which forwards each command to every worker over IPC
+// and gathers their answers. The shapes are plain JSON so both fit.
+
+import { redactSecrets } from '../../observability/redact.js'
+import type { ConfigInvalidError } from '../config/errors.js'
+import type {
+  ProxyConfig,
+  RouteState,
+  RouteTargetConfig,
+  ServiceState,
+  ShadowMismatch,
+} from '../contracts.js'
+
+/** One process's services. */
+export interface WorkerServices {
+  readonly pid: number
+  readonly services: readonly ServiceState[]
+}
+
+/** One process's routes. */
+export interface WorkerRoutes {
+  readonly pid: number
+  readonly routes: readonly RouteState[]
+}
+
+/** The operations behind the admin API. */
+export interface AdminBackend {
+  /** The config in force. */
+  config(): Promise<ProxyConfig>
+  /** Service state of every process. */
+  services(): Promise<WorkerServices[]>
+  /** Route state of every process. */
+  routes(): Promise<WorkerRoutes[]>
+  /** Switches a route in every process; rejects with InvalidOptionError for bad input. */
+  switchRoute(route: string, targets: RouteTargetConfig[]): Promise<void>
+  /** Puts a route back on its configured targets in every process. */
+  resetRoute(route: string): Promise<void>
+  /** Reloads the config file in every process; resolves with the error when it was refused. */
+  reload(): Promise<ConfigInvalidError | undefined>
+  /** Isolates a service's breaker in every process. */
+  isolate(service: string): Promise<void>
+  /** Resets a service's breaker and ejections in every process. */
+  reset(service: string): Promise<void>
+  /** Prometheus text (labelled by worker in the multi-process mode). */
+  metricsText(): Promise<string>
+  /** Listeners bound, config loaded, not draining. */
+  ready(): boolean
+}
+
+/**
+ * The config as the admin API shows it: the `services` map as an object, secrets as their
+ * `{ env }` / `{ file }` references (the config never holds a secret value), and credentials
+ * in URLs (an idempotency database URL) masked.
+ */
+export function configForDisplay(config: ProxyConfig): Record<string, unknown> {
+  return {
+    services: Object.fromEntries(config.services),
+    listeners: config.listeners,
+    admin: config.admin,
+    idempotency:
+      config.idempotency === undefined ? undefined : { url: redactSecrets(config.idempotency.url) },
+    accessLog: config.accessLog,
+    deadlineHeader: config.deadlineHeader,
+    drainTimeoutMs: config.drainTimeoutMs,
+    workers: config.workers,
+  }
+}
+
+/**
+ * Adds the route counters of several processes: requests and shadow counts are summed, the
+ * examples merged (latest last, at most `keep`), targets and override taken from the first.
+ */
+export function mergeRoutes(workers: readonly WorkerRoutes[], keep = 50): RouteState[] {
+  const merged = new Map<string, RouteState>()
+  for (const worker of workers) {
+    for (const route of worker.routes) {
+      const seen = merged.get(route.name)
+      if (seen === undefined) {
+        merged.set(route.name, route)
+        continue
+      }
+      const requests: Record<string, number> = { ...seen.requestsByService }
+      for (const [service, n] of Object.entries(route.requestsByService))
+        requests[service] = (requests[service] ?? 0) + n
+      let shadow = seen.shadow
+      if (route.shadow !== undefined) {
+        const examples: ShadowMismatch[] = [...(shadow?.examples ?? []), ...route.shadow.examples]
+        examples.sort((a, b) => a.at - b.at)
+        shadow = {
+          ...(shadow ?? route.shadow),
+          compared: (shadow?.compared ?? 0) + route.shadow.compared,
+          mismatches: (shadow?.mismatches ?? 0) + route.shadow.mismatches,
+          examples: examples.slice(-keep),
+        }
+      }
+      merged.set(route.name, {
+        ...seen,
+        overridden: seen.overridden || route.overridden,
+        requestsByService: requests,
+        shadow,
+      })
+    }
+  }
+  return [...merged.values()]
+}

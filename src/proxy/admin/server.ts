@@ -1,0 +1,460 @@
+// The admin API: node:http on admin.host (127.0.0.1 by default), every /admin/ path behind a
+// bearer token compared in constant time, and the unauthenticated probes /metrics, /healthz
+// and /readyz on the same port. Bodies are small JSON documents; a bad one is answered 400
+// with a problem+json naming the field. Neither the token nor any secret is ever logged or
+// returned.
+
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
+import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
+import { PROMETHEUS_CONTENT_TYPE } from '../../observability/metrics.js'
+import type { AdminConfig, ProxyDeps, RouteTargetConfig, SecretSource } from '../contracts.js'
+import { type AdminBackend, configForDisplay, mergeRoutes } from './backend.js'
+
+/** Options of {@link startAdminServer}. */
+export interface AdminServerOptions {
+  /** Where to listen and the token's source. */
+  readonly config: AdminConfig
+  /** What the endpoints act on. */
+  readonly backend: AdminBackend
+  /** Clock, logger and metrics of the proxy. */
+  readonly deps: ProxyDeps
+  /**
+   * Where `{ env }` token references are read.
+   * @default process.env
+   */
+  readonly env?: Readonly<Record<string, string | undefined>>
+  /**
+   * Largest request body accepted (bytes).
+   * @default 65536
+   */
+  readonly maxBodyBytes?: number
+}
+
+/** A running admin API. */
+export interface AdminServer {
+  /** The bound address (the real port when the config said 0). */
+  address(): { host: string; port: number }
+  /** Stops accepting and closes open connections. */
+  close(): Promise<void>
+}
+
+/** A 4xx/5xx answer of the admin API. */
+class AdminProblem extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    readonly detail: string,
+    readonly extra: Record<string, unknown> = {},
+  ) {
+    super(detail)
+  }
+}
+
+const titles: Record<number, string> = {
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  413: 'Content Too Large',
+  415: 'Unsupported Media Type',
+  422: 'Unprocessable Content',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable',
+}
+
+/**
+ * Reads the admin token from its source: the environment variable, or the file (trimmed;
+ * read on each request so a rotated file applies at once). Undefined when unset or empty.
+ */
+export async function resolveSecret(
+  source: SecretSource,
+  env: Readonly<Record<string, string | undefined>>,
+): Promise<string | undefined> {
+  const value =
+    'env' in source ? env[source.env] : await readFile(source.file, 'utf8').catch(() => undefined)
+  const trimmed = value?.trim()
+  return trimmed === undefined || trimmed === '' ? undefined : trimmed
+}
+
+/**
+ * True when `presented` equals `expected`. Both are hashed first, so the comparison runs over
+ * two equal-length digests with `timingSafeEqual`: its time reveals neither the token's
+ * content nor its length.
+ */
+export function tokenMatches(presented: string, expected: string): boolean {
+  const a = createHash('sha256').update(presented).digest()
+  const b = createHash('sha256').update(expected).digest()
+  return timingSafeEqual(a, b)
+}
+
+/**
+ * Starts the admin API. Endpoints (all JSON; `/admin/*` need `Authorization: Bearer <token>`):
+ * `GET /admin/config`, `GET /admin/services`, `GET /admin/routes`,
+ * `GET /admin/routes/:name/mismatches`, `POST /admin/routes/:name` (`{ "targets": [...] }`),
+ * `DELETE /admin/routes/:name/override`, `POST /admin/reload`,
+ * `POST /admin/services/:name/isolate`, `POST /admin/services/:name/reset`; and without a
+ * token `GET /metrics`, `/healthz`, `/readyz`.
+ *
+ * @example
+ * ```ts
+ * const admin = await startAdminServer({ config: proxyConfig.admin, backend, deps })
+ * console.log(admin.address().port)
+ * ```
+ */
+export async function startAdminServer(options: AdminServerOptions): Promise<AdminServer> {
+  const { config, backend, deps } = options
+  const env = options.env ?? process.env
+  const maxBodyBytes = options.maxBodyBytes ?? 65_536
+  const log = deps.logger.child({ component: 'admin' })
+  if ((await resolveSecret(config.token, env)) === undefined)
+    log.warn('admin token is not set: every /admin/ request will be refused', {
+      token: 'env' in config.token ? { env: config.token.env } : { file: config.token.file },
+    })
+
+  const sockets = new Set<Socket>()
+  const server: Server = createServer(
+    { insecureHTTPParser: false, headersTimeout: 10_000, requestTimeout: 30_000 },
+    (req, res) => {
+      handle(req, res).catch((error: unknown) => {
+        if (!(error instanceof AdminProblem))
+          log.error('admin request failed', {
+            error: error instanceof Error ? error.message : String(error),
+          })
+        const problem =
+          error instanceof AdminProblem
+            ? error
+            : new AdminProblem(500, 'INTERNAL_ERROR', 'internal error')
+        if (!res.headersSent) sendProblem(res, problem)
+        else res.destroy()
+      })
+    },
+  )
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+  })
+
+  async function authorize(req: IncomingMessage): Promise<void> {
+    const header = req.headers.authorization
+    const match = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null
+    const expected = await resolveSecret(config.token, env)
+    const presented = match?.[1]
+    // Hash and compare even when something is missing, so a refusal takes the same path.
+    const ok =
+      tokenMatches(presented ?? '', expected ?? '') &&
+      presented !== undefined &&
+      expected !== undefined
+    if (!ok) {
+      log.warn('admin request refused: missing or wrong token', {
+        method: req.method,
+        path: pathOf(req),
+        remote: req.socket.remoteAddress,
+      })
+      throw new AdminProblem(401, 'UNAUTHORIZED', 'a valid bearer token is required', {})
+    }
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const method = req.method ?? 'GET'
+    const path = pathOf(req)
+    if (path === '/healthz')
+      return only(method, ['GET', 'HEAD'], () => sendJson(res, 200, { status: 'ok' }))
+    if (path === '/readyz') {
+      return only(method, ['GET', 'HEAD'], () => {
+        const ready = backend.ready()
+        sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready' })
+      })
+    }
+    if (path === '/metrics') {
+      return only(method, ['GET'], async () => {
+        const text = await backend.metricsText()
+        res.writeHead(200, { 'content-type': PROMETHEUS_CONTENT_TYPE, 'cache-control': 'no-store' })
+        res.end(text)
+      })
+    }
+    if (path !== '/admin' && !path.startsWith('/admin/'))
+      throw new AdminProblem(404, 'NOT_FOUND', 'no such endpoint')
+    await authorize(req)
+    const parts = path.split('/').slice(2).map(decodeSegment)
+
+    // /admin/config
+    if (parts.length === 1 && parts[0] === 'config')
+      return only(method, ['GET'], async () =>
+        sendJson(res, 200, configForDisplay(await backend.config())),
+      )
+    if (parts.length === 1 && parts[0] === 'services')
+      return only(method, ['GET'], async () =>
+        sendJson(res, 200, { workers: await backend.services() }),
+      )
+    if (parts.length === 1 && parts[0] === 'routes') {
+      return only(method, ['GET'], async () => {
+        const workers = await backend.routes()
+        sendJson(res, 200, { routes: mergeRoutes(workers), workers: workers.length })
+      })
+    }
+    if (parts.length === 1 && parts[0] === 'reload') {
+      return only(method, ['POST'], async () => {
+        const error = await backend.reload()
+        if (error === undefined) {
+          log.info('config reloaded through the admin API')
+          sendJson(res, 200, { reloaded: true })
+        } else {
+          throw new AdminProblem(
+            422,
+            error.code,
+            'the new config was refused; the running config stays',
+            {
+              problems: error.problems.map((p) => ({
+                path: p.path,
+                message: p.message,
+                line: p.line,
+                column: p.column,
+              })),
+            },
+          )
+        }
+      })
+    }
+    if (parts[0] === 'routes' && parts.length >= 2) {
+      const name = parts[1] as string
+      const known = async (): Promise<void> => {
+        const workers = await backend.routes()
+        if (!workers.some((w) => w.routes.some((r) => r.name === name)))
+          throw new AdminProblem(404, 'ROUTE_NOT_FOUND', `no route named ${JSON.stringify(name)}`)
+      }
+      if (parts.length === 2) {
+        return only(method, ['POST'], async () => {
+          await known()
+          const targets = parseTargets(await readJson(req, maxBodyBytes))
+          await backend.switchRoute(name, targets).catch(toProblem)
+          log.info('route switched through the admin API', { route: name, targets })
+          sendJson(res, 200, { route: name, targets, overridden: true })
+        })
+      }
+      if (parts.length === 3 && parts[2] === 'override') {
+        return only(method, ['DELETE'], async () => {
+          await known()
+          await backend.resetRoute(name).catch(toProblem)
+          log.info('route override removed through the admin API', { route: name })
+          sendJson(res, 200, { route: name, overridden: false })
+        })
+      }
+      if (parts.length === 3 && parts[2] === 'mismatches') {
+        return only(method, ['GET'], async () => {
+          const workers = await backend.routes()
+          const route = mergeRoutes(workers).find((r) => r.name === name)
+          if (route === undefined)
+            throw new AdminProblem(404, 'ROUTE_NOT_FOUND', `no route named ${JSON.stringify(name)}`)
+          if (route.shadow === undefined)
+            throw new AdminProblem(
+              404,
+              'SHADOW_NOT_CONFIGURED',
+              `route ${JSON.stringify(name)} has no shadow`,
+            )
+          sendJson(res, 200, {
+            route: name,
+            compared: route.shadow.compared,
+            mismatches: route.shadow.mismatches,
+            examples: route.shadow.examples,
+          })
+        })
+      }
+    }
+    if (
+      parts[0] === 'services' &&
+      parts.length === 3 &&
+      (parts[2] === 'isolate' || parts[2] === 'reset')
+    ) {
+      const name = parts[1] as string
+      const action = parts[2]
+      return only(method, ['POST'], async () => {
+        const workers = await backend.services()
+        if (!workers.some((w) => w.services.some((s) => s.name === name)))
+          throw new AdminProblem(
+            404,
+            'SERVICE_NOT_FOUND',
+            `no service named ${JSON.stringify(name)}`,
+          )
+        await (action === 'isolate' ? backend.isolate(name) : backend.reset(name)).catch(toProblem)
+        log.info(`service ${action === 'isolate' ? 'isolated' : 'reset'} through the admin API`, {
+          service: name,
+        })
+        sendJson(res, 200, { service: name, action })
+      })
+    }
+    throw new AdminProblem(404, 'NOT_FOUND', 'no such endpoint')
+
+    async function only(
+      actual: string,
+      allowed: readonly string[],
+      run: () => void | Promise<void>,
+    ): Promise<void> {
+      if (!allowed.includes(actual)) {
+        res.setHeader('allow', allowed.join(', '))
+        throw new AdminProblem(405, 'METHOD_NOT_ALLOWED', `use ${allowed.join(' or ')}`)
+      }
+      await run()
+    }
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(config.port, config.host, () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  const info = server.address()
+  const bound =
+    info !== null && typeof info === 'object'
+      ? { host: info.address, port: info.port }
+      : { host: config.host, port: config.port }
+  log.info('admin api listening', bound)
+  return {
+    address: () => bound,
+    close: () =>
+      new Promise<void>((resolve) => {
+        if (!server.listening) {
+          resolve()
+          return
+        }
+        server.close(() => resolve())
+        server.closeIdleConnections()
+        for (const socket of sockets) socket.destroy()
+      }),
+  }
+}
+
+function pathOf(req: IncomingMessage): string {
+  const url = req.url ?? '/'
+  const q = url.indexOf('?')
+  const path = q === -1 ? url : url.slice(0, q)
+  return path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path
+}
+
+function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment)
+  } catch {
+    throw new AdminProblem(400, 'BAD_PATH', 'a path segment is not valid percent-encoding')
+  }
+}
+
+function toProblem(error: unknown): never {
+  if (error instanceof AdminProblem) throw error
+  if (
+    error instanceof InvalidOptionError ||
+    (BreakwaterError.is(error) && error.code === 'INVALID_OPTION')
+  ) {
+    const option = (error as InvalidOptionError).option
+    throw new AdminProblem(
+      400,
+      'INVALID_BODY',
+      error.message,
+      option === undefined ? {} : { field: option },
+    )
+  }
+  throw error
+}
+
+async function readJson(req: IncomingMessage, maxBytes: number): Promise<unknown> {
+  const type = req.headers['content-type']
+  if (type !== undefined && !/^application\/(.+\+)?json\b/i.test(type))
+    throw new AdminProblem(415, 'UNSUPPORTED_MEDIA_TYPE', 'send application/json')
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length
+    if (size > maxBytes)
+      throw new AdminProblem(413, 'BODY_TOO_LARGE', `the body is over ${maxBytes} bytes`)
+    chunks.push(chunk as Buffer)
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {
+    throw new AdminProblem(400, 'INVALID_BODY', 'the body is not valid JSON', { field: '(body)' })
+  }
+}
+
+/** `{ "targets": [{ "service": "legacy", "weight": 1 }] }`, checked field by field. */
+export function parseTargets(body: unknown): RouteTargetConfig[] {
+  const bad = (field: string, expected: string, value: unknown): never => {
+    throw new AdminProblem(
+      400,
+      'INVALID_BODY',
+      `${field}: expected ${expected}, got ${describe(value)}`,
+      {
+        field,
+      },
+    )
+  }
+  if (typeof body !== 'object' || body === null || Array.isArray(body))
+    bad('(body)', 'a JSON object { "targets": [...] }', body)
+  const { targets, ...rest } = body as Record<string, unknown>
+  const unknown = Object.keys(rest)[0]
+  if (unknown !== undefined) bad(unknown, 'no such field (only "targets")', rest[unknown])
+  if (!Array.isArray(targets) || targets.length === 0)
+    bad('targets', 'a non-empty list of { service, weight }', targets)
+  const out: RouteTargetConfig[] = []
+  const seen = new Set<string>()
+  ;(targets as unknown[]).forEach((target, i) => {
+    if (typeof target !== 'object' || target === null || Array.isArray(target))
+      bad(`targets[${i}]`, 'an object { service, weight }', target)
+    const { service, weight, ...others } = target as Record<string, unknown>
+    const extra = Object.keys(others)[0]
+    if (extra !== undefined) bad(`targets[${i}].${extra}`, 'no such field', others[extra])
+    if (typeof service !== 'string' || service === '')
+      bad(`targets[${i}].service`, 'a service name', service)
+    if (seen.has(service as string))
+      bad(`targets[${i}].service`, 'a service not already listed', service)
+    seen.add(service as string)
+    const w = weight === undefined ? 1 : weight
+    if (typeof w !== 'number' || !Number.isFinite(w) || w < 0)
+      bad(`targets[${i}].weight`, 'a number >= 0', weight)
+    out.push({ service: service as string, weight: w as number })
+  })
+  if (!out.some((t) => t.weight > 0)) bad('targets', 'at least one weight > 0', 'all weights 0')
+  return out
+}
+
+function describe(value: unknown): string {
+  if (value === undefined) return 'nothing'
+  if (typeof value === 'string')
+    return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value)
+  if (typeof value === 'number' || typeof value === 'boolean' || value === null)
+    return String(value)
+  if (Array.isArray(value)) return `a list of ${value.length}`
+  return 'an object'
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+  })
+  res.end(res.req?.method === 'HEAD' ? undefined : text)
+}
+
+function sendProblem(res: ServerResponse, problem: AdminProblem): void {
+  const text = JSON.stringify({
+    type: 'about:blank',
+    title: titles[problem.status] ?? 'Error',
+    status: problem.status,
+    code: problem.code,
+    detail: problem.detail,
+    ...problem.extra,
+  })
+  const headers: Record<string, string | number> = {
+    'content-type': 'application/problem+json',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+  }
+  if (problem.status === 401) headers['www-authenticate'] = 'Bearer realm="breakwater-admin"'
+  res.writeHead(problem.status, headers)
+  res.end(text)
+}

@@ -1,0 +1,747 @@
+// The proxy's runtime: turns a ProxyConfig into running services and listeners, and swaps
+// them on reload. A "generation" is one config's services, route tables and handlers. Handlers
+// read `ctx.services()` once per request, so a request that started on one generation
+// finishes on it; a reload swaps the generation pointer, and the old generation's services
+// close after their in-flight work (ServiceRuntime.close waits for it). Listener sockets
+// survive a reload unless their host, port or TLS files changed.
+
+import { type FSWatcher, watch } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { basename, dirname, resolve } from 'node:path'
+import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { checkObject } from '../core/validate.js'
+import { createJsonLogger, type Logger } from '../observability/logger.js'
+import {
+  type Counter,
+  createMetricsRegistry,
+  type Gauge,
+  type MetricsRegistry,
+} from '../observability/metrics.js'
+import { ConfigInvalidError } from './config/errors.js'
+import { parseProxyConfig } from './config/load.js'
+import type {
+  InboundContext,
+  ListenerConfig,
+  ProxyConfig,
+  ProxyDeps,
+  RequestHandler,
+  RouteState,
+  RouteTargetConfig,
+  ServiceRegistry,
+  ServiceRuntime,
+  ServiceState,
+  ShadowMismatch,
+} from './contracts.js'
+import { createAmbassadorHandler } from './inbound/ambassador.js'
+import { createGatewayHandler } from './inbound/gateway.js'
+import { createListenerServer, type ListenerServer } from './inbound/listener.js'
+import { createRouteTable, type RouteTable } from './inbound/routes.js'
+import { createShadowRunner, type ShadowRunner } from './inbound/shadow.js'
+import {
+  createSidecarIdempotency,
+  openProxyIdempotency,
+  type ProxyIdempotencyStore,
+  type SidecarIdempotency,
+} from './inbound/sidecar-idempotency.js'
+import { createServiceRuntime } from './upstream/index.js'
+
+/** Options of {@link startProxy}. */
+export interface StartProxyOptions {
+  /**
+   * The configuration: YAML text, a YAML file (`{ file }`, re-read on reload and watched), or
+   * an already resolved `ProxyConfig`.
+   */
+  readonly config: string | { readonly file: string } | ProxyConfig
+  /**
+   * Time source of every policy, deadline and timer.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+  /**
+   * Where the proxy logs (JSON lines; access logs too when `accessLog` is on).
+   * @default createJsonLogger({ fields: { component: 'proxy' } }) on stdout
+   */
+  readonly logger?: Logger
+  /**
+   * Registry of the proxy's metrics (`/metrics`).
+   * @default a new registry
+   */
+  readonly metrics?: MetricsRegistry
+  /**
+   * Reload when the config file changes (only with `config: { file }`).
+   * @default true
+   */
+  readonly watch?: boolean
+  /**
+   * Quiet time after the last change to the config file before it is reloaded (ms), so an
+   * editor's several writes become one reload.
+   * @default 250
+   */
+  readonly watchDebounceMs?: number
+  /**
+   * Start the admin API when the config has an `admin` section. Worker processes of the
+   * multi-process mode set this to false: their primary serves the admin API.
+   * @default true
+   */
+  readonly admin?: boolean
+  /**
+   * Where `{ env }` secret references (the admin token) are read.
+   * @default process.env
+   */
+  readonly env?: Readonly<Record<string, string | undefined>>
+}
+
+/** A running proxy; see {@link startProxy}. */
+export interface Proxy {
+  /** The bound address of a listener (the actual port when the config said 0). */
+  address(listener: string): { host: string; port: number }
+  /** The admin API's bound address, or undefined when it is not running. */
+  adminAddress(): { host: string; port: number } | undefined
+  /**
+   * Validates and applies a new config: `yamlText`, or else the config file read again.
+   * Throws {@link ConfigInvalidError} (code `CONFIG_INVALID`) and keeps the running config
+   * when the new one is invalid or cannot be applied (e.g. a port in use).
+   */
+  reload(yamlText?: string): Promise<void>
+  /** Sends a route to these targets until {@link Proxy.resetRoute} or a reload. */
+  switchRoute(route: string, targets: { service: string; weight: number }[]): void
+  /** Puts a route back on its configured targets. */
+  resetRoute(route: string): void
+  /** Every route's state (targets, override, counters, shadow statistics). */
+  routes(): RouteState[]
+  /** Every service's state (breaker, bulkhead, endpoints). */
+  services(): ServiceState[]
+  /** Forces a service's breaker open until {@link Proxy.reset}. */
+  isolate(service: string): void
+  /** Closes a service's breaker and clears its ejections. */
+  reset(service: string): void
+  /** The Prometheus text of the proxy's metrics. */
+  metricsText(): Promise<string>
+  /**
+   * Graceful stop: readiness turns false, listeners stop accepting and let requests in flight
+   * finish for up to `drainMs` (default: the config's `drainTimeoutMs`), then services, the
+   * admin API and the file watcher close.
+   */
+  close(drainMs?: number): Promise<void>
+}
+
+/** What the admin API needs beyond {@link Proxy} (same process). */
+export interface ProxyInternals extends Proxy {
+  /** The config in force. */
+  config(): ProxyConfig
+  /** Latest mismatch examples of a route's shadow (undefined: no such route or no shadow). */
+  mismatches(route: string): ShadowMismatch[] | undefined
+  /** Listeners bound, config loaded, not draining. */
+  ready(): boolean
+  /** Turns readiness false without closing anything yet (first step of a drain). */
+  beginDrain(): void
+  /** Reloads and resolves with nothing, or with the error (for callers that report it). */
+  tryReload(yamlText?: string): Promise<ConfigInvalidError | undefined>
+}
+
+interface Generation {
+  readonly config: ProxyConfig
+  readonly services: ReadonlyMap<string, ServiceRuntime>
+  readonly registry: ServiceRegistry
+  readonly tables: ReadonlyMap<string, RouteTable>
+  readonly handlers: ReadonlyMap<string, RequestHandler>
+}
+
+interface RuntimeMetrics {
+  readonly reloads: Counter
+  readonly reloadFailures: Counter
+  readonly configLoaded: Gauge
+  readonly routeOverridden: Gauge
+}
+
+const metricsByRegistry = new WeakMap<MetricsRegistry, RuntimeMetrics>()
+
+function runtimeMetrics(registry: MetricsRegistry): RuntimeMetrics {
+  let metrics = metricsByRegistry.get(registry)
+  if (metrics === undefined) {
+    metrics = {
+      reloads: registry.counter({
+        name: 'breakwater_proxy_config_reloads_total',
+        help: 'Config reloads applied.',
+      }),
+      reloadFailures: registry.counter({
+        name: 'breakwater_proxy_config_reload_failures_total',
+        help: 'Config reloads refused (invalid file, or could not be applied); the old config stays.',
+      }),
+      configLoaded: registry.gauge({
+        name: 'breakwater_proxy_config_last_reload_success_timestamp_seconds',
+        help: 'When the config in force was loaded (Unix seconds).',
+      }),
+      routeOverridden: registry.gauge({
+        name: 'breakwater_proxy_route_overridden',
+        help: '1 while a route is switched by the admin API away from its configured targets.',
+        labelNames: ['route'],
+      }),
+    }
+    metricsByRegistry.set(registry, metrics)
+  }
+  return metrics
+}
+
+/**
+ * Starts the proxy: validates the config, creates a `ServiceRuntime` per service, binds every
+ * listener (ambassador or gateway), opens the idempotency store when a route needs it, starts
+ * the admin API (when configured), and watches the config file. Rejects with
+ * {@link ConfigInvalidError} for an invalid config and closes whatever it started when a
+ * listener cannot bind.
+ *
+ * @example
+ * ```ts
+ * const proxy = await startProxy({ config: { file: 'breakwater.yaml' } })
+ * console.log(proxy.address('outbound'))
+ * process.once('SIGTERM', () => void proxy.close())
+ * ```
+ */
+export async function startProxy(options: StartProxyOptions): Promise<Proxy> {
+  return startProxyRuntime(options)
+}
+
+/** {@link startProxy} with the extra methods the admin API and the CLI use. */
+export async function startProxyRuntime(options: StartProxyOptions): Promise<ProxyInternals> {
+  checkObject('options', options)
+  const runtime = new ProxyRuntime(options)
+  await runtime.start()
+  return runtime
+}
+
+type Source =
+  | { readonly kind: 'file'; readonly file: string }
+  | { readonly kind: 'text'; text: string }
+  | { readonly kind: 'object'; readonly config: ProxyConfig }
+
+class ProxyRuntime implements ProxyInternals {
+  readonly #deps: ProxyDeps
+  readonly #metrics: RuntimeMetrics
+  readonly #source: Source
+  readonly #env: Readonly<Record<string, string | undefined>>
+  readonly #watchEnabled: boolean
+  readonly #watchDebounceMs: number
+  readonly #adminEnabled: boolean
+  #generation: Generation | undefined
+  readonly #listeners = new Map<string, { config: ListenerConfig; server: ListenerServer }>()
+  #idempotencyStore: { url: string; store: ProxyIdempotencyStore } | undefined
+  #sidecar: SidecarIdempotency | undefined
+  #admin: AdminServerLike | undefined
+  #watcher: FSWatcher | undefined
+  #watchTimer: TimerHandle | undefined
+  #reloading: Promise<unknown> = Promise.resolve()
+  #draining = false
+  // One runner for every gateway and generation: its cap on shadow calls in flight holds
+  // across reloads, and close() can wait for it.
+  readonly #shadow: ShadowRunner
+  #closed: Promise<void> | undefined
+
+  constructor(options: StartProxyOptions) {
+    const clock = options.clock ?? systemClock
+    const logger = options.logger ?? createJsonLogger({ clock, fields: { component: 'proxy' } })
+    const metrics = options.metrics ?? createMetricsRegistry()
+    this.#deps = { clock, logger, metrics }
+    this.#metrics = runtimeMetrics(metrics)
+    this.#shadow = createShadowRunner({ clock, logger: logger.child({ component: 'shadow' }) })
+    this.#env = options.env ?? process.env
+    this.#watchEnabled = options.watch ?? true
+    this.#watchDebounceMs = options.watchDebounceMs ?? 250
+    this.#adminEnabled = options.admin ?? true
+    const config = options.config
+    if (typeof config === 'string') this.#source = { kind: 'text', text: config }
+    else if (typeof config === 'object' && config !== null && 'file' in config)
+      this.#source = { kind: 'file', file: resolve(String(config.file)) }
+    else if (typeof config === 'object' && config !== null && config.services instanceof Map)
+      this.#source = { kind: 'object', config }
+    else
+      throw new InvalidOptionError('config', 'YAML text, { file } or a ProxyConfig', options.config)
+  }
+
+  async start(): Promise<void> {
+    const config = await this.#readConfig(undefined)
+    try {
+      await this.#apply(config)
+      if (this.#adminEnabled && config.admin !== undefined) {
+        const { startAdminServer } = await import('./admin/server.js')
+        this.#admin = await startAdminServer({
+          config: config.admin,
+          backend: localAdminBackend(this),
+          deps: this.#deps,
+          env: this.#env,
+        })
+      }
+    } catch (error) {
+      await this.close(0)
+      throw error
+    }
+    this.#watch()
+    const log = this.#deps.logger
+    log.info('proxy started', {
+      listeners: [...this.#listeners.values()].map((l) => ({
+        name: l.config.name,
+        role: l.config.role,
+        ...l.server.address(),
+      })),
+      admin: this.#admin?.address(),
+      services: [...config.services.keys()],
+    })
+  }
+
+  // ----- Proxy -----
+
+  address(listener: string): { host: string; port: number } {
+    const address = this.#listeners.get(listener)?.server.address()
+    if (address === undefined)
+      throw new InvalidOptionError('listener', 'the name of a running listener', listener)
+    return { host: address.host, port: address.port }
+  }
+
+  adminAddress(): { host: string; port: number } | undefined {
+    return this.#admin?.address()
+  }
+
+  async reload(yamlText?: string): Promise<void> {
+    const error = await this.tryReload(yamlText)
+    if (error !== undefined) throw error
+  }
+
+  tryReload(yamlText?: string): Promise<ConfigInvalidError | undefined> {
+    // Reloads run one at a time, in the order asked.
+    const next = this.#reloading.then(() => this.#reloadNow(yamlText))
+    this.#reloading = next.catch(() => {})
+    return next
+  }
+
+  switchRoute(route: string, targets: { service: string; weight: number }[]): void {
+    const generation = this.#current()
+    const table = tableOf(generation, route)
+    if (!Array.isArray(targets))
+      throw new InvalidOptionError('targets', 'a list of { service, weight }', targets)
+    targets.forEach((target, i) => {
+      if (typeof target !== 'object' || target === null || !generation.services.has(target.service))
+        throw new InvalidOptionError(
+          `targets[${i}].service`,
+          `a configured service (${[...generation.services.keys()].join(', ')})`,
+          (target as { service?: unknown } | null)?.service,
+        )
+    })
+    table.override(
+      route,
+      targets.map((t): RouteTargetConfig => ({ service: t.service, weight: t.weight })),
+    )
+    this.#metrics.routeOverridden.set({ route }, 1)
+    this.#deps.logger.info('route switched', { route, targets })
+  }
+
+  resetRoute(route: string): void {
+    tableOf(this.#current(), route).clearOverride(route)
+    this.#metrics.routeOverridden.set({ route }, 0)
+    this.#deps.logger.info('route reset to its configured targets', { route })
+  }
+
+  routes(): RouteState[] {
+    const out: RouteState[] = []
+    const generation = this.#generation
+    if (generation === undefined) return out
+    for (const table of generation.tables.values()) out.push(...table.state())
+    return out
+  }
+
+  services(): ServiceState[] {
+    return [...(this.#generation?.services.values() ?? [])].map((s) => s.state())
+  }
+
+  isolate(service: string): void {
+    this.#service(service).isolate()
+    this.#deps.logger.warn('service isolated by the admin API', { service })
+  }
+
+  reset(service: string): void {
+    this.#service(service).reset()
+    this.#deps.logger.info('service reset by the admin API', { service })
+  }
+
+  metricsText(): Promise<string> {
+    return this.#deps.metrics.render()
+  }
+
+  close(drainMs?: number): Promise<void> {
+    this.#closed ??= this.#close(drainMs)
+    return this.#closed
+  }
+
+  // ----- ProxyInternals -----
+
+  config(): ProxyConfig {
+    return this.#current().config
+  }
+
+  mismatches(route: string): ShadowMismatch[] | undefined {
+    const state = this.routes().find((r) => r.name === route)
+    return state?.shadow === undefined ? undefined : [...state.shadow.examples]
+  }
+
+  ready(): boolean {
+    if (this.#draining || this.#generation === undefined) return false
+    for (const { server } of this.#listeners.values())
+      if (server.address() === undefined) return false
+    return true
+  }
+
+  beginDrain(): void {
+    if (!this.#draining) this.#deps.logger.info('draining: readiness is now false')
+    this.#draining = true
+  }
+
+  // ----- internals -----
+
+  #current(): Generation {
+    if (this.#generation === undefined)
+      throw new InvalidOptionError('proxy', 'a started proxy', 'not started')
+    return this.#generation
+  }
+
+  #service(name: string): ServiceRuntime {
+    const generation = this.#current()
+    const service = generation.services.get(name)
+    if (service === undefined)
+      throw new InvalidOptionError(
+        'service',
+        `a configured service (${[...generation.services.keys()].join(', ')})`,
+        name,
+      )
+    return service
+  }
+
+  async #readConfig(yamlText: string | undefined): Promise<ProxyConfig> {
+    if (yamlText !== undefined) return parseProxyConfig(yamlText, 'reload')
+    const source = this.#source
+    switch (source.kind) {
+      case 'file': {
+        const { loadProxyConfig } = await import('./config/load.js')
+        return loadProxyConfig(source.file)
+      }
+      case 'text':
+        return parseProxyConfig(source.text, 'config')
+      case 'object':
+        return source.config
+    }
+  }
+
+  async #reloadNow(yamlText: string | undefined): Promise<ConfigInvalidError | undefined> {
+    if (this.#closed !== undefined) return undefined
+    const log = this.#deps.logger
+    let config: ProxyConfig
+    try {
+      config = await this.#readConfig(yamlText)
+    } catch (error) {
+      return this.#reloadFailed(error)
+    }
+    try {
+      await this.#apply(config)
+    } catch (error) {
+      return this.#reloadFailed(error)
+    }
+    if (yamlText !== undefined && this.#source.kind === 'text') this.#source.text = yamlText
+    this.#metrics.reloads.inc()
+    log.info('config reloaded', { services: [...config.services.keys()] })
+    return undefined
+  }
+
+  #reloadFailed(error: unknown): ConfigInvalidError {
+    this.#metrics.reloadFailures.inc()
+    const invalid =
+      error instanceof ConfigInvalidError
+        ? error
+        : new ConfigInvalidError('reload', [
+            {
+              path: '(apply)',
+              message: `expected a config that can be applied, got ${
+                BreakwaterError.is(error) || error instanceof Error ? error.message : String(error)
+              }`,
+              line: undefined,
+              column: undefined,
+            },
+          ])
+    this.#deps.logger.error('config reload refused; the running config stays in force', {
+      code: invalid.code,
+      problems: invalid.problems.map((p) => `${p.path}: ${p.message}`),
+    })
+    return invalid
+  }
+
+  // Builds the generation for `config` and swaps it in. On any failure, everything built for
+  // it is closed and the running generation is untouched.
+  async #apply(config: ProxyConfig): Promise<void> {
+    const old = this.#generation
+    const deps = this.#deps
+    const services = new Map<string, ServiceRuntime>()
+    const created: ServiceRuntime[] = []
+    const newListeners: { config: ListenerConfig; server: ListenerServer }[] = []
+    const handedOver: { config: ListenerConfig; server: ListenerServer }[] = []
+    let idempotencyOpened: { url: string; store: ProxyIdempotencyStore } | undefined
+    try {
+      for (const [name, serviceConfig] of config.services) {
+        // An unchanged service keeps its runtime: pools, breaker state and ejections survive.
+        const previous = old?.services.get(name)
+        if (previous !== undefined && sameJson(previous.config, serviceConfig)) {
+          services.set(name, previous)
+          continue
+        }
+        const service = createServiceRuntime(serviceConfig, deps)
+        created.push(service)
+        services.set(name, service)
+      }
+      const registry: ServiceRegistry = {
+        get: (name) => services.get(name),
+        names: () => [...services.keys()],
+      }
+
+      const needsIdempotency = config.listeners.some((l) =>
+        l.routes.some((r) => r.idempotency !== undefined),
+      )
+      const url = config.idempotency?.url ?? 'memory'
+      let sidecar = this.#sidecar
+      if (needsIdempotency && this.#idempotencyStore?.url !== url) {
+        idempotencyOpened = { url, store: await openProxyIdempotency(url, { clock: deps.clock }) }
+        sidecar = createSidecarIdempotency({
+          idempotency: idempotencyOpened.store.idempotency,
+          clock: deps.clock,
+          logger: deps.logger.child({ component: 'idempotency' }),
+        })
+      }
+
+      const ctx: InboundContext = {
+        clock: deps.clock,
+        logger: deps.logger,
+        metrics: deps.metrics,
+        // Read per request: the generation in force when the request started serves it.
+        services: () => this.#generation?.registry ?? registry,
+        deadlineHeader: config.deadlineHeader,
+        accessLog: config.accessLog,
+      }
+      const tables = new Map<string, RouteTable>()
+      const handlers = new Map<string, RequestHandler>()
+      for (const listener of config.listeners) {
+        if (listener.role === 'ambassador') {
+          handlers.set(listener.name, createAmbassadorHandler(listener, ctx))
+        } else {
+          const previousTable = old?.tables.get(listener.name)
+          const table = createRouteTable(
+            listener.routes,
+            previousTable === undefined ? {} : { previous: previousTable },
+          )
+          tables.set(listener.name, table)
+          handlers.set(
+            listener.name,
+            createGatewayHandler(listener, ctx, table, {
+              shadow: this.#shadow,
+              ...(needsIdempotency && sidecar !== undefined ? { idempotency: sidecar } : {}),
+            }),
+          )
+        }
+      }
+
+      // Listeners whose socket settings changed (or that are new) get a new server; bind them
+      // all before swapping, so a port in use fails the reload rather than half-applying it.
+      const plan = config.listeners.filter((listener) => {
+        const running = this.#listeners.get(listener.name)
+        return running === undefined || !sameSocket(running.config, listener)
+      })
+      // A running listener that is rebuilt or removed and holds a port a new server needs
+      // must let go of it first (Node 20 has no SO_REUSEPORT): it stops accepting (its
+      // requests in flight go on) and is re-created if the reload fails after all.
+      const wanted = new Set(plan.filter((l) => l.port !== 0).map((l) => l.port))
+      for (const [name, running] of this.#listeners) {
+        const next = config.listeners.find((l) => l.name === name)
+        const leaving = next === undefined || plan.includes(next)
+        if (leaving && wanted.has(running.config.port)) {
+          handedOver.push(running)
+          void running.server.close(config.drainTimeoutMs)
+        }
+      }
+      if (handedOver.length > 0) await new Promise<void>((done) => setImmediate(done))
+      for (const listener of plan) {
+        const server = createListenerServer(listener, this.#dispatcher(listener.name), deps)
+        newListeners.push({ config: listener, server })
+        await server.listen()
+      }
+
+      // Swap.
+      const generation: Generation = { config, services, registry, tables, handlers }
+      this.#generation = generation
+      if (idempotencyOpened !== undefined) {
+        const previousStore = this.#idempotencyStore
+        this.#idempotencyStore = idempotencyOpened
+        this.#sidecar = sidecar
+        idempotencyOpened = undefined
+        if (previousStore !== undefined) void closeLater(previousStore.store, deps.logger)
+      }
+      const replaced: ListenerServer[] = []
+      for (const entry of newListeners) {
+        const running = this.#listeners.get(entry.config.name)
+        if (running !== undefined) replaced.push(running.server)
+        this.#listeners.set(entry.config.name, entry)
+      }
+      for (const [name, running] of this.#listeners) {
+        const listener = config.listeners.find((l) => l.name === name)
+        if (listener === undefined) {
+          replaced.push(running.server)
+          this.#listeners.delete(name)
+        } else if (!newListeners.some((n) => n.config.name === name)) {
+          // Same socket; limits and routes may have changed, and handlers read them.
+          this.#listeners.set(name, { config: listener, server: running.server })
+        }
+      }
+      for (const server of replaced)
+        if (!handedOver.some((h) => h.server === server)) void server.close(config.drainTimeoutMs)
+      if (old !== undefined) {
+        for (const [name, service] of old.services)
+          if (services.get(name) !== service) void closeService(service, deps.logger)
+      }
+      this.#metrics.configLoaded.set(Math.floor(deps.clock.now() / 1000))
+      for (const listener of config.listeners)
+        for (const route of listener.routes)
+          this.#metrics.routeOverridden.set({ route: route.name }, 0)
+    } catch (error) {
+      for (const entry of newListeners) await entry.server.close(0).catch(() => {})
+      // Give the ports back to the listeners that let go of them for this reload.
+      for (const entry of handedOver) {
+        const server = createListenerServer(entry.config, this.#dispatcher(entry.config.name), deps)
+        try {
+          await server.listen()
+          this.#listeners.set(entry.config.name, { config: entry.config, server })
+        } catch (rebind) {
+          this.#listeners.delete(entry.config.name)
+          deps.logger.error('could not rebind a listener after a failed reload', {
+            listener: entry.config.name,
+            error: (rebind as Error).message,
+          })
+        }
+      }
+      for (const service of created) await service.close().catch(() => {})
+      if (idempotencyOpened !== undefined) await idempotencyOpened.store.close().catch(() => {})
+      throw error
+    }
+  }
+
+  // The listener server keeps one handler for its life; it looks up the current
+  // generation's handler on each request.
+  #dispatcher(listener: string): RequestHandler {
+    return (req: IncomingMessage, res: ServerResponse) => {
+      const handler = this.#generation?.handlers.get(listener)
+      if (handler !== undefined) {
+        handler(req, res)
+        return
+      }
+      res.writeHead(503, { 'content-type': 'application/problem+json', connection: 'close' })
+      res.end(
+        '{"type":"about:blank","title":"Service Unavailable","status":503,"code":"LISTENER_REMOVED"}',
+      )
+    }
+  }
+
+  #watch(): void {
+    if (!this.#watchEnabled || this.#source.kind !== 'file') return
+    const file = this.#source.file
+    // Watch the folder, not the file: editors and `mv` replace the file, which ends a watch
+    // on the file itself.
+    try {
+      this.#watcher = watch(dirname(file), (_event, name) => {
+        if (name !== null && name !== basename(file)) return
+        this.#deps.clock.clearTimeout(this.#watchTimer)
+        this.#watchTimer = this.#deps.clock.setTimeout(() => {
+          void this.#reloadFromWatch(file)
+        }, this.#watchDebounceMs)
+      })
+      this.#watcher.on('error', (error) =>
+        this.#deps.logger.warn('config file watch failed', { error: error.message }),
+      )
+    } catch (error) {
+      this.#deps.logger.warn('config file watch failed', { error: (error as Error).message })
+    }
+  }
+
+  async #reloadFromWatch(file: string): Promise<void> {
+    // A delete or a half-written file would fail the reload anyway; only react to content.
+    const text = await readFile(file, 'utf8').catch(() => undefined)
+    if (text === undefined) return
+    this.#deps.logger.info('config file changed; reloading', { file })
+    await this.tryReload()
+  }
+
+  async #close(drainMs: number | undefined): Promise<void> {
+    this.beginDrain()
+    this.#watcher?.close()
+    this.#deps.clock.clearTimeout(this.#watchTimer)
+    await this.#reloading.catch(() => {})
+    const wait = drainMs ?? this.#generation?.config.drainTimeoutMs ?? 30_000
+    await Promise.all([...this.#listeners.values()].map((l) => l.server.close(wait)))
+    this.#listeners.clear()
+    await this.#shadow.idle()
+    const generation = this.#generation
+    if (generation !== undefined)
+      await Promise.all(
+        [...generation.services.values()].map((s) => closeService(s, this.#deps.logger)),
+      )
+    await this.#idempotencyStore?.store.close().catch(() => {})
+    await this.#admin?.close()
+    this.#deps.logger.info('proxy stopped')
+  }
+}
+
+/** The admin server as the runtime sees it. */
+interface AdminServerLike {
+  address(): { host: string; port: number }
+  close(): Promise<void>
+}
+
+function tableOf(generation: Generation, route: string): RouteTable {
+  for (const table of generation.tables.values()) if (table.get(route) !== undefined) return table
+  const names = [...generation.tables.values()].flatMap((t) => t.routes.map((r) => r.name))
+  throw new InvalidOptionError('route', `a configured route (${names.join(', ')})`, route)
+}
+
+function sameSocket(a: ListenerConfig, b: ListenerConfig): boolean {
+  return (
+    a.host === b.host && a.port === b.port && sameJson(a.tls, b.tls) && sameJson(a.limits, b.limits)
+  )
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b)
+}
+
+async function closeService(service: ServiceRuntime, logger: Logger): Promise<void> {
+  try {
+    await service.close()
+  } catch (error) {
+    logger.warn('closing a service failed', { service: service.name, error: String(error) })
+  }
+}
+
+async function closeLater(store: ProxyIdempotencyStore, logger: Logger): Promise<void> {
+  try {
+    await store.close()
+  } catch (error) {
+    logger.warn('closing the idempotency store failed', { error: String(error) })
+  }
+}
+
+// The admin API of a single process: calls straight into the runtime.
+function localAdminBackend(runtime: ProxyInternals): import('./admin/backend.js').AdminBackend {
+  return {
+    config: async () => runtime.config(),
+    services: async () => [{ pid: process.pid, services: runtime.services() }],
+    routes: async () => [{ pid: process.pid, routes: runtime.routes() }],
+    switchRoute: async (route, targets) => runtime.switchRoute(route, targets),
+    resetRoute: async (route) => runtime.resetRoute(route),
+    reload: () => runtime.tryReload(),
+    isolate: async (service) => runtime.isolate(service),
+    reset: async (service) => runtime.reset(service),
+    metricsText: () => runtime.metricsText(),
+    ready: () => runtime.ready(),
+  }
+}

@@ -1,0 +1,186 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { createJsonLogger } from '../../../src/observability/logger.js'
+import { ConfigInvalidError } from '../../../src/proxy/config/index.js'
+import { type Proxy, startProxy } from '../../../src/proxy/runtime.js'
+import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
+
+let legacy: NamedUpstream
+let modern: NamedUpstream
+let proxy: Proxy | undefined
+const quiet = createJsonLogger({ level: 'silent' })
+
+beforeEach(async () => {
+  legacy = await startNamedUpstream('legacy', { hold: (url) => url.includes('slow') })
+  modern = await startNamedUpstream('modern')
+})
+
+afterEach(async () => {
+  legacy.release()
+  await proxy?.close(0)
+  proxy = undefined
+  await legacy.close()
+  await modern.close()
+})
+
+function yaml(options: { split?: string; extra?: string } = {}): string {
+  return `
+services:
+  legacy: { endpoints: [${legacy.url}] }
+  modern: { endpoints: [${modern.url}] }
+listeners:
+  - { name: out, role: ambassador, port: 0 }
+  - name: in
+    role: gateway
+    port: 0
+    routes:
+      - name: orders
+        match: { prefix: /orders }
+        targets: ${options.split ?? '[{ service: legacy, weight: 1 }]'}
+      - { name: rest, match: { prefix: / }, targets: [{ service: legacy }] }
+drainTimeoutMs: 2000
+${options.extra ?? ''}
+`
+}
+
+async function serviceOf(port: number, path: string): Promise<string> {
+  const res = await http(port, path)
+  expect(res.status).toBe(200)
+  return res.json<{ service: string }>().service
+}
+
+describe('startProxy', () => {
+  it('serves the ambassador and the gateway from YAML text', async () => {
+    const log = captureLog()
+    proxy = await startProxy({ config: yaml(), logger: createJsonLogger({ output: log }) })
+    const out = proxy.address('out').port
+    const res = await http(out, '/modern/items/1?x=2')
+    expect(res.status).toBe(200)
+    expect(res.json()).toMatchObject({ service: 'modern', url: '/items/1?x=2' })
+    expect(await serviceOf(proxy.address('in').port, '/orders/7')).toBe('legacy')
+    expect(log.lines().some((l) => l.msg === 'proxy started')).toBe(true)
+    expect(() => proxy?.address('nope')).toThrow('listener')
+  })
+
+  it('switches a route and rolls it back without a reload', async () => {
+    proxy = await startProxy({ config: yaml(), logger: quiet })
+    const port = proxy.address('in').port
+    proxy.switchRoute('orders', [{ service: 'modern', weight: 1 }])
+    expect(await serviceOf(port, '/orders/1')).toBe('modern')
+    expect(await serviceOf(port, '/other')).toBe('legacy')
+    const state = proxy.routes().find((r) => r.name === 'orders')
+    expect(state).toMatchObject({ overridden: true, targets: [{ service: 'modern', weight: 1 }] })
+    expect(state?.requestsByService.modern).toBe(1)
+    proxy.resetRoute('orders')
+    expect(await serviceOf(port, '/orders/1')).toBe('legacy')
+    expect(() => proxy?.switchRoute('orders', [{ service: 'ghost', weight: 1 }])).toThrow(
+      'targets[0].service',
+    )
+    expect(() => proxy?.switchRoute('nope', [{ service: 'modern', weight: 1 }])).toThrow('route')
+    expect(await proxy.metricsText()).toContain(
+      'breakwater_proxy_route_overridden{route="orders"} 0',
+    )
+  })
+
+  it('keeps the running config when a reload is invalid, and applies a valid one', async () => {
+    const log = captureLog()
+    proxy = await startProxy({ config: yaml(), logger: createJsonLogger({ output: log }) })
+    const port = proxy.address('in').port
+    const error = await proxy.reload(yaml({ split: '[{ service: ghost, weight: 1 }]' })).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(error).toBeInstanceOf(ConfigInvalidError)
+    expect((error as Error).message).toContain(
+      'listeners[1].routes[0].targets[0].service: expected a service defined under services (legacy, modern), got "ghost"',
+    )
+    expect(await serviceOf(port, '/orders/1')).toBe('legacy')
+    expect(await proxy.metricsText()).toContain('breakwater_proxy_config_reload_failures_total 1')
+    expect(
+      log.lines().some((l) => l.msg === 'config reload refused; the running config stays in force'),
+    ).toBe(true)
+
+    await proxy.reload(yaml({ split: '[{ service: modern, weight: 1 }]' }))
+    // Same listener socket: the port did not change.
+    expect(proxy.address('in').port).toBe(port)
+    expect(await serviceOf(port, '/orders/1')).toBe('modern')
+    expect(await proxy.metricsText()).toContain('breakwater_proxy_config_reloads_total 1')
+  })
+
+  it('finishes a request in flight on the old generation across a reload', async () => {
+    proxy = await startProxy({ config: yaml(), logger: quiet })
+    const port = proxy.address('in').port
+    const slow = http(port, '/orders/slow')
+    await eventually(
+      () => legacy.seen.some((s) => s.url.includes('slow')),
+      'the slow request upstream',
+    )
+    // The reload swaps every service (legacy's endpoint list changes), so the old legacy
+    // runtime is closed while the request is still in it.
+    const second = await startNamedUpstream('legacy-2')
+    try {
+      await proxy.reload(
+        yaml({ split: '[{ service: modern, weight: 1 }]' }).replace(
+          `legacy: { endpoints: [${legacy.url}] }`,
+          `legacy: { endpoints: [${second.url}] }`,
+        ),
+      )
+      expect(await serviceOf(port, '/orders/1')).toBe('modern')
+      legacy.release()
+      const res = await slow
+      expect(res.status).toBe(200)
+      expect(res.json()).toMatchObject({ service: 'legacy', url: '/orders/slow' })
+    } finally {
+      await second.close()
+    }
+  })
+
+  it('rebinds a listener whose port changed, and refuses a reload whose port is taken', async () => {
+    proxy = await startProxy({ config: yaml(), logger: quiet })
+    const blocker = await startNamedUpstream('blocker')
+    try {
+      const text = yaml().replace(
+        '{ name: out, role: ambassador, port: 0 }',
+        `{ name: out, role: ambassador, port: ${blocker.port} }`,
+      )
+      await expect(proxy.reload(text)).rejects.toThrow('EADDRINUSE')
+      // Still serving on the old sockets.
+      expect(await serviceOf(proxy.address('out').port, '/modern/x')).toBe('modern')
+      expect(await serviceOf(proxy.address('in').port, '/orders/x')).toBe('legacy')
+    } finally {
+      await blocker.close()
+    }
+  })
+
+  it('isolates and resets a service breaker', async () => {
+    proxy = await startProxy({
+      config: yaml().replace(
+        `modern: { endpoints: [${modern.url}] }`,
+        `modern: { endpoints: [${modern.url}], circuitBreaker: { failureThreshold: 3 } }`,
+      ),
+      logger: quiet,
+    })
+    const out = proxy.address('out').port
+    proxy.isolate('modern')
+    expect(proxy.services().find((s) => s.name === 'modern')?.breaker).toBe('isolated')
+    const refused = await http(out, '/modern/x')
+    expect(refused.status).toBe(503)
+    expect(modern.seen).toHaveLength(0)
+    proxy.reset('modern')
+    expect(await serviceOf(out, '/modern/x')).toBe('modern')
+    expect(() => proxy?.isolate('ghost')).toThrow('service')
+  })
+
+  it('reports readiness and drains on close', async () => {
+    proxy = await startProxy({ config: yaml(), logger: quiet })
+    const port = proxy.address('in').port
+    const slow = http(port, '/orders/slow')
+    await eventually(() => legacy.seen.length > 0, 'the slow request upstream')
+    const closing = proxy.close(5_000)
+    setTimeout(() => legacy.release(), 100)
+    const res = await slow
+    expect(res.status).toBe(200)
+    await closing
+    await expect(http(port, '/orders/1')).rejects.toThrow()
+    proxy = undefined
+  })
+})
