@@ -1,12 +1,12 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ConfigInvalidError } from '../../../src/proxy/config/index.js'
-import { type Proxy, startProxy } from '../../../src/proxy/runtime.js'
+import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
 import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
 
 let legacy: NamedUpstream
 let modern: NamedUpstream
-let proxy: Proxy | undefined
+let proxy: RunningProxy | undefined
 const quiet = createJsonLogger({ level: 'silent' })
 
 beforeEach(async () => {
