@@ -52,15 +52,27 @@ export interface BrokerCommonOptions {
   readonly concurrency?: number
   /**
    * Messages fetched ahead of the handlers per subscription (the broker's prefetch / max
-   * in-flight). Must be at least `concurrency`. @default 64
+   * in-flight; on NATS also the consumer's max_ack_pending). Must be at least `concurrency`.
+   * @default 64
    *
-   * Known limit: when the broker itself crashes, deliveries that were out but not yet
-   * acknowledged come back only after the ack wait, and with a prefetch above 1 later messages
-   * of the same key can be handled before them (the outbox crash test sees this on NATS). A
-   * consumer that needs strict per-key order across broker crashes sets `prefetch: 1` (and
-   * `concurrency: 1`); on NATS this also sets the consumer's max_ack_pending to 1.
+   * Per-key order holds with any prefetch, across handler failures, reconnects and broker
+   * restarts: while a message of a key is unacknowledged (its handler failed, or its connection
+   * was lost before it ran), later messages of that key are held until it is back and handled.
    */
   readonly prefetch?: number
+  /**
+   * Messages of one key held while the key waits for an earlier message to be redelivered;
+   * newer ones of that key are handed back (redelivered after `retryDelayMs`). @default
+   * max(1, prefetch / 4)
+   */
+  readonly maxHeldPerKey?: number
+  /**
+   * How long a key's later messages wait for an earlier message that went back to the broker
+   * before they run without it (it may have gone to another subscriber of the group, or been
+   * removed from the broker); each give-up is reported to `onError` (phase `settle`).
+   * @default 60000
+   */
+  readonly holdTimeoutMs?: number
   /** Wait before a message whose handler failed is delivered again. @default 1000 */
   readonly retryDelayMs?: number
   /** First wait before a lost subscription reconnects; doubles per failed attempt. @default 100 */
@@ -82,6 +94,8 @@ export interface ResolvedCommonOptions {
   readonly publishTimeoutMs: number
   readonly concurrency: number
   readonly prefetch: number
+  readonly maxHeldPerKey: number
+  readonly holdTimeoutMs: number
   readonly retryDelayMs: number
   readonly reconnectDelayMs: number
   readonly maxReconnectDelayMs: number
@@ -115,6 +129,13 @@ export function resolveCommonOptions(
     publishTimeoutMs: ms(`${prefix}.publishTimeoutMs`, options.publishTimeoutMs, 10_000, 1),
     concurrency,
     prefetch,
+    maxHeldPerKey: checkInteger(
+      `${prefix}.maxHeldPerKey`,
+      options.maxHeldPerKey ?? Math.max(1, Math.floor(prefetch / 4)),
+      1,
+      65_535,
+    ),
+    holdTimeoutMs: ms(`${prefix}.holdTimeoutMs`, options.holdTimeoutMs, 60_000, 1),
     retryDelayMs: ms(`${prefix}.retryDelayMs`, options.retryDelayMs, 1_000, 0),
     reconnectDelayMs,
     maxReconnectDelayMs: ms(

@@ -1,15 +1,30 @@
+import type { Clock, TimerHandle } from '../core/clock.js'
+import { BrokerError, type BrokerKind } from './errors.js'
 import type { IncomingMessage } from './types.js'
 
 /**
- * How a delivery ends: `ack` (the handler succeeded), `retry` (it failed: redeliver after the
- * adapter's retry delay), `release` (never handled because the subscription is closing:
- * redeliver as soon as possible, to anyone in the group).
+ * How a delivery ends: `ack` (the handler succeeded), `retry` (it failed, or it was handed back
+ * because too many deliveries were held: redeliver after the adapter's retry delay), `release`
+ * (never handled because the subscription is closing: redeliver as soon as possible, to anyone
+ * in the group).
  */
 export type Outcome = 'ack' | 'retry' | 'release'
+
+/**
+ * A delivery's position in the broker's log: the NATS stream sequence, the Redis entry id
+ * (as a bigint). Numbers and bigints compare with each other.
+ */
+export type DeliveryOrder = number | bigint
 
 /** One message received from a broker, with the adapter's way to settle it. */
 export interface Delivery {
   readonly message: IncomingMessage
+  /**
+   * The position in the broker's log, when the broker has one; a key's deliveries run in this
+   * order. Without it, arrival order is used, and a delivery handed back keeps its first
+   * position when it comes back (matched by message id).
+   */
+  readonly order?: DeliveryOrder
   /** Acks or returns the message. May reject (connection lost); the dispatcher reports it. */
   settle(outcome: Outcome): Promise<void> | void
 }
@@ -20,33 +35,79 @@ export interface DispatcherOptions {
   readonly handler: (message: IncomingMessage) => Promise<void>
   /** Handlers running at once, across keys. */
   readonly concurrency: number
-  /** Deliveries held (queued plus running) before {@link KeyedDispatcher.room} reaches 0. */
+  /**
+   * Deliveries held (queued plus running) before {@link KeyedDispatcher.room} reaches 0; a
+   * delivery that arrives beyond it is handed back (`retry`), unless it is an awaited one
+   * coming back.
+   */
   readonly capacity: number
-  /** Receives handler failures and settle failures. */
+  /**
+   * Deliveries of one key held while it waits for an awaited one; beyond it, newcomers of the
+   * key are handed back (`retry`). A key that only waits behind its running handler is bounded
+   * by `capacity` alone.
+   */
+  readonly maxHeldPerKey: number
+  /**
+   * How long a key's later deliveries wait for an earlier one that was handed back (or
+   * abandoned) to come back before they run anyway: it may have gone to another subscriber of
+   * the group, or been deleted from the broker.
+   */
+  readonly holdTimeoutMs: number
+  readonly clock: Clock
+  /** Names the adapter in the `BROKER_UNAVAILABLE` error of a given-up wait. */
+  readonly broker: BrokerKind
+  /** Receives handler failures, settle failures and given-up waits (phase `settle`). */
   readonly onError: (error: unknown, phase: 'handler' | 'settle', message: IncomingMessage) => void
+}
+
+interface Entry<D> {
+  readonly delivery: D
+  readonly order: DeliveryOrder
+}
+
+interface Awaited {
+  readonly order: DeliveryOrder
+  readonly message: IncomingMessage
+  readonly timer: TimerHandle
+}
+
+/** One ordering key's state. */
+interface KeyState<D> {
+  /** Deliveries not started yet, sorted by order. */
+  readonly queue: Array<Entry<D>>
+  /** The delivery whose handler runs, if any. */
+  running: Entry<D> | undefined
+  /** Deliveries of this key handed back or abandoned, not yet back, by message id. */
+  readonly awaited: Map<string, Awaited>
 }
 
 /**
  * Runs handlers for the deliveries of one subscription: at most `concurrency` at once, one at a
- * time per ordering key, in arrival order per key, so per-key order survives concurrency.
+ * time per ordering key, in log order per key, so per-key order survives concurrency,
+ * redelivery and reconnects.
  *
- * When a handler fails, the deliveries of the same key queued behind it are returned unhandled
- * (`retry`) too: redelivered in order after the failed one, instead of overtaking it. Every
- * delivery is settled exactly once.
+ * A delivery that is not acknowledged (its handler failed, it was handed back, or its
+ * connection was lost before it ran, see {@link abandon}) is *awaited*: later deliveries of its
+ * key are held until it comes back from the broker and has run, then run in log order. Waits are
+ * bounded: at most `maxHeldPerKey` per waiting key and `capacity` in all are held (beyond, the
+ * newcomer is handed back with `retry` and awaited in turn), and a key stops waiting after
+ * `holdTimeoutMs`.
+ *
+ * Every delivery pushed is settled exactly once, except those {@link abandon} returns.
  */
 export class KeyedDispatcher<D extends Delivery = Delivery> {
   readonly #options: DispatcherOptions
-  // Deliveries not started yet, per key. A key is in #ready exactly when it has queued
-  // deliveries and none running.
-  readonly #queues = new Map<string, D[]>()
+  readonly #keys = new Map<string, KeyState<D>>()
+  // Keys whose first queued delivery may start now (no handler running, nothing earlier awaited).
   readonly #ready: string[] = []
-  readonly #running = new Set<D>()
-  readonly #runningKeys = new Set<string>()
+  readonly #readySet = new Set<string>()
   readonly #settling = new Set<Promise<void>>()
   #queued = 0
+  #running = 0
+  #awaited = 0
+  // Arrival positions for deliveries without a broker order.
+  #arrivals = 0
   #closed = false
-  // Set by close({ drainQueued: true }): queued deliveries still run, new ones are released.
-  #draining = false
   #roomWaiters: Array<() => void> = []
   #idleWaiters: Array<() => void> = []
 
@@ -54,9 +115,9 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     this.#options = options
   }
 
-  /** Deliveries held: queued plus running. */
+  /** Deliveries held: queued (waiting or held) plus running. */
   get size(): number {
-    return this.#queued + this.#running.size
+    return this.#queued + this.#running
   }
 
   /** How many more deliveries fit before the capacity is reached. */
@@ -64,10 +125,20 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     return Math.max(0, this.#options.capacity - this.size)
   }
 
+  /** Deliveries handed back or abandoned that later ones of their key wait for. */
+  get awaited(): number {
+    return this.#awaited
+  }
+
   /** Every delivery held (running first), e.g. to extend their ack deadlines. */
   held(): D[] {
-    const all = [...this.#running]
-    for (const queue of this.#queues.values()) all.push(...queue)
+    const all: D[] = []
+    for (const state of this.#keys.values()) {
+      if (state.running !== undefined) all.push(state.running.delivery)
+    }
+    for (const state of this.#keys.values()) {
+      for (const entry of state.queue) all.push(entry.delivery)
+    }
     return all
   }
 
@@ -79,92 +150,182 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
 
   /** Queues a delivery; after {@link close} it is released at once. */
   push(delivery: D): void {
-    if (this.#closed || this.#draining) {
+    if (this.#closed) {
       this.#settle(delivery, 'release')
       return
     }
-    const key = delivery.message.key
-    let queue = this.#queues.get(key)
-    if (queue === undefined) {
-      queue = []
-      this.#queues.set(key, queue)
-      if (!this.#runningKeys.has(key)) this.#ready.push(key)
+    const { message } = delivery
+    const state = this.#state(message.key)
+    const awaited = state.awaited.get(message.id)
+    if (awaited !== undefined) this.#forget(state, message.id, awaited)
+    const order = delivery.order ?? awaited?.order ?? ++this.#arrivals
+    // Beyond the bounds, hand the newcomer back: it comes back later and keeps its place. An
+    // awaited delivery coming back is always taken, or its key could wait forever.
+    if (
+      awaited === undefined &&
+      (this.size >= this.#options.capacity ||
+        (state.awaited.size > 0 && state.queue.length >= this.#options.maxHeldPerKey))
+    ) {
+      this.#handBack(state, { delivery, order }, 'retry')
+      this.#refresh(message.key, state)
+      return
     }
-    queue.push(delivery)
+    insertSorted(state.queue, { delivery, order })
     this.#queued++
+    this.#refresh(message.key, state)
     this.#pump()
+  }
+
+  /**
+   * Drops the queued (not running) deliveries that `belongs` selects, without settling them,
+   * e.g. those of a connection that is gone: the broker redelivers them by itself. They are
+   * awaited like handed-back ones, so later deliveries of their keys wait for them. Returns them.
+   */
+  abandon(belongs: (delivery: D) => boolean): D[] {
+    const dropped: D[] = []
+    for (const [key, state] of this.#keys) {
+      const keep: Array<Entry<D>> = []
+      for (const entry of state.queue) {
+        if (belongs(entry.delivery)) {
+          dropped.push(entry.delivery)
+          this.#await(state, entry)
+        } else {
+          keep.push(entry)
+        }
+      }
+      if (keep.length !== state.queue.length) {
+        this.#queued -= state.queue.length - keep.length
+        state.queue.splice(0, state.queue.length, ...keep)
+        this.#refresh(key, state)
+      }
+    }
+    this.#wakeRoom()
+    return dropped
   }
 
   /**
    * Stops starting handlers, releases every queued delivery, and resolves once the running
    * handlers have finished and every settle has completed.
    */
-  async close(options: { drainQueued?: boolean } = {}): Promise<void> {
-    if (options.drainQueued === true && !this.#closed) {
-      // The session's connection is gone, but its queued deliveries were already handed to us
-      // in order. Releasing them would let the broker redeliver them only after its ack wait,
-      // behind later messages of the same key that a new session receives first. So run them
-      // now, in order, before the next session starts; their acks fail with the connection
-      // and the broker redelivers them later as duplicates, which the inbox absorbs.
-      this.#draining = true
-      while (this.size > 0) {
-        await new Promise<void>((resolve) => this.#idleWaiters.push(resolve))
-      }
-    }
+  async close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true
-      const queued = [...this.#queues.values()].flat()
-      this.#queues.clear()
-      this.#ready.length = 0
+      for (const state of this.#keys.values()) {
+        for (const entry of state.queue) this.#settle(entry.delivery, 'release')
+        state.queue.length = 0
+        for (const awaited of state.awaited.values())
+          this.#options.clock.clearTimeout(awaited.timer)
+        state.awaited.clear()
+      }
       this.#queued = 0
-      for (const delivery of queued) this.#settle(delivery, 'release')
+      this.#awaited = 0
+      this.#ready.length = 0
+      this.#readySet.clear()
       this.#wakeRoom()
     }
-    while (this.#running.size > 0) {
+    while (this.#running > 0) {
       await new Promise<void>((resolve) => this.#idleWaiters.push(resolve))
     }
     while (this.#settling.size > 0) await Promise.all([...this.#settling])
   }
 
+  #state(key: string): KeyState<D> {
+    let state = this.#keys.get(key)
+    if (state === undefined) {
+      state = { queue: [], running: undefined, awaited: new Map() }
+      this.#keys.set(key, state)
+    }
+    return state
+  }
+
+  /** Marks the key ready when its first queued delivery may start; drops an empty key. */
+  #refresh(key: string, state: KeyState<D>): void {
+    const head = state.queue[0]
+    if (head === undefined) {
+      if (state.running === undefined && state.awaited.size === 0) this.#keys.delete(key)
+      return
+    }
+    if (state.running !== undefined || this.#readySet.has(key)) return
+    for (const awaited of state.awaited.values()) if (awaited.order < head.order) return
+    this.#readySet.add(key)
+    this.#ready.push(key)
+  }
+
   #pump(): void {
-    while (!this.#closed && this.#running.size < this.#options.concurrency) {
+    while (!this.#closed && this.#running < this.#options.concurrency) {
       const key = this.#ready.shift()
       if (key === undefined) return
-      const queue = this.#queues.get(key)!
-      const delivery = queue.shift()!
-      if (queue.length === 0) this.#queues.delete(key)
+      this.#readySet.delete(key)
+      const state = this.#keys.get(key)
+      const entry = state?.queue[0]
+      if (state === undefined || entry === undefined || state.running !== undefined) continue
+      // Something earlier may have become awaited since the key was marked ready.
+      let blocked = false
+      for (const awaited of state.awaited.values()) if (awaited.order < entry.order) blocked = true
+      if (blocked) continue
+      state.queue.shift()
       this.#queued--
-      this.#running.add(delivery)
-      this.#runningKeys.add(key)
-      void this.#run(delivery, key)
+      this.#running++
+      state.running = entry
+      void this.#run(entry, key, state)
     }
   }
 
-  async #run(delivery: D, key: string): Promise<void> {
+  async #run(entry: Entry<D>, key: string, state: KeyState<D>): Promise<void> {
+    const { delivery } = entry
     try {
       await this.#options.handler(delivery.message)
       this.#settle(delivery, 'ack')
     } catch (error) {
       this.#report(error, 'handler', delivery.message)
-      this.#settle(delivery, 'retry')
-      // Successors of a failed message go back after it, so they cannot overtake it.
-      const behind = this.#queues.get(key)
-      if (behind !== undefined) {
-        this.#queues.delete(key)
-        this.#queued -= behind.length
-        for (const next of behind) this.#settle(next, 'retry')
-      }
+      // The deliveries of this key queued behind it stay held until it comes back and runs.
+      if (this.#closed) this.#settle(delivery, 'retry')
+      else this.#handBack(state, entry, 'retry')
     }
-    this.#running.delete(delivery)
-    this.#runningKeys.delete(key)
-    if (this.#queues.has(key)) this.#ready.push(key)
+    state.running = undefined
+    this.#running--
+    this.#refresh(key, state)
     this.#wakeRoom()
-    if (this.#running.size === 0) {
+    if (this.#running === 0) {
       const idle = this.#idleWaiters
       this.#idleWaiters = []
       for (const wake of idle) wake()
     }
     this.#pump()
+  }
+
+  /** Returns a delivery to the broker and waits for it before later ones of its key. */
+  #handBack(state: KeyState<D>, entry: Entry<D>, outcome: Outcome): void {
+    this.#await(state, entry)
+    this.#settle(entry.delivery, outcome)
+  }
+
+  #await(state: KeyState<D>, entry: Entry<D>): void {
+    const { message } = entry.delivery
+    const previous = state.awaited.get(message.id)
+    if (previous !== undefined) this.#forget(state, message.id, previous)
+    const timeoutMs = this.#options.holdTimeoutMs
+    const timer = this.#options.clock.setTimeout(() => {
+      if (state.awaited.get(message.id)?.timer !== timer) return
+      this.#forget(state, message.id, state.awaited.get(message.id)!)
+      const error = new BrokerError(
+        'BROKER_UNAVAILABLE',
+        this.#options.broker,
+        `message ${message.id} was handed back for redelivery and did not come back within ` +
+          `${timeoutMs} ms; later messages of its key run without it`,
+      )
+      this.#report(error, 'settle', message)
+      this.#refresh(message.key, state)
+      this.#pump()
+    }, timeoutMs)
+    state.awaited.set(message.id, { order: entry.order, message, timer })
+    this.#awaited++
+  }
+
+  #forget(state: KeyState<D>, id: string, awaited: Awaited): void {
+    this.#options.clock.clearTimeout(awaited.timer)
+    state.awaited.delete(id)
+    this.#awaited--
   }
 
   #settle(delivery: D, outcome: Outcome): void {
@@ -196,4 +357,11 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       // A throwing error listener must not break message flow.
     }
   }
+}
+
+/** Inserts after every entry of lower or equal order (a key's queue is short). */
+function insertSorted<D>(queue: Array<Entry<D>>, entry: Entry<D>): void {
+  let index = queue.length
+  while (index > 0 && queue[index - 1]!.order > entry.order) index--
+  queue.splice(index, 0, entry)
 }

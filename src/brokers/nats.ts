@@ -395,7 +395,24 @@ function toIncoming(message: JsMsg): IncomingMessage {
 
 interface NatsDelivery extends Delivery {
   readonly raw: JsMsg
+  /** The session (connection) it arrived on. */
+  readonly session: number
 }
+
+/** What a subscription's sessions share: the dispatcher and settles a lost connection owed. */
+interface NatsSubscriptionState {
+  readonly dispatcher: KeyedDispatcher<NatsDelivery>
+  /**
+   * Acks and naks that could not be sent because their connection was gone, as (reply
+   * subject, body): the next session sends them, so JetStream learns of a handled message
+   * before its ack wait (no duplicate) and redelivers an unhandled one at once.
+   */
+  readonly owed: Array<readonly [string, string]>
+  sessions: number
+}
+
+const ACK_BODY = '+ACK'
+const NAK_BODY = '-NAK'
 
 class NatsSubscriber implements Subscriber {
   readonly #options: ResolvedNatsOptions
@@ -416,16 +433,42 @@ class NatsSubscriber implements Subscriber {
     const options = this.#options
     const report = (error: unknown): void =>
       options.onError({ error, phase: 'connection', topic, group })
-    const inner = await superviseSessions({
-      open: () => this.#open(topic, group, handler),
-      clock: options.clock,
-      reconnectDelayMs: options.reconnectDelayMs,
-      maxReconnectDelayMs: options.maxReconnectDelayMs,
-      onError: report,
-    })
+    // One dispatcher for the subscription's lifetime: which deliveries of a key are still
+    // unacknowledged must survive a reconnect, or the new session would overtake them.
+    const state: NatsSubscriptionState = {
+      dispatcher: new KeyedDispatcher<NatsDelivery>({
+        handler,
+        concurrency: options.concurrency,
+        capacity: options.prefetch,
+        maxHeldPerKey: options.maxHeldPerKey,
+        holdTimeoutMs: options.holdTimeoutMs,
+        clock: options.clock,
+        broker: 'nats',
+        onError: (error, phase, message) =>
+          options.onError({ error, phase, topic, group, message }),
+      }),
+      owed: [],
+      sessions: 0,
+    }
+    let inner: Subscription
+    try {
+      inner = await superviseSessions({
+        open: () => this.#open(topic, group, state),
+        clock: options.clock,
+        reconnectDelayMs: options.reconnectDelayMs,
+        maxReconnectDelayMs: options.maxReconnectDelayMs,
+        onError: report,
+      })
+    } catch (error) {
+      await state.dispatcher.close()
+      throw error
+    }
     const subscription: Subscription = {
       close: async () => {
         this.#subscriptions.delete(subscription)
+        // Running handlers finish and ack, queued deliveries are released, while the current
+        // session's connection is still open; then the session closes.
+        await state.dispatcher.close()
         await inner.close()
       },
     }
@@ -438,17 +481,30 @@ class NatsSubscriber implements Subscriber {
     await Promise.all([...this.#subscriptions].map((s) => s.close()))
   }
 
-  async #open(
-    topic: string,
-    group: string,
-    handler: (message: IncomingMessage) => Promise<void>,
-  ): Promise<Session> {
+  async #open(topic: string, group: string, state: NatsSubscriptionState): Promise<Session> {
     const options = this.#options
+    const { dispatcher } = state
     const nats = await loadNats()
     const nc = await connectNats(options)
     const spec = streamFor(options, topic)
     const durable = durableFor(options, topic, group)
+    const session = ++state.sessions
+    let stopping = false
     let messages: ConsumerMessages
+    // The driver buffers a publish on a closed connection without a word: check first.
+    const owe = (raw: JsMsg, body: string): boolean => {
+      if (!nc.isClosed()) return false
+      // The next session sends it (a delayed nak becomes a plain one: the reconnect was
+      // delay enough).
+      if (raw.reply !== '') state.owed.push([raw.reply, body])
+      return true
+    }
+    const settle = (raw: JsMsg, outcome: Outcome): void => {
+      if (owe(raw, outcome === 'ack' ? ACK_BODY : NAK_BODY)) return
+      if (outcome === 'ack') raw.ack()
+      else if (outcome === 'retry') raw.nak(options.retryDelayMs)
+      else raw.nak()
+    }
     try {
       const jsm = await nc.jetstreamManager()
       await ensureStream(jsm, spec, options)
@@ -460,9 +516,8 @@ class NatsSubscriber implements Subscriber {
         filter_subject: topic,
         ack_wait: nats.nanos(options.ackWaitMs),
         max_deliver: -1,
-        // JetStream never has more unacknowledged deliveries out than we can hold. With a
-        // prefetch of 1 it therefore redelivers an unacknowledged message before delivering the
-        // next one, which is what keeps per-key order across a broker crash (see prefetch).
+        // JetStream never has more unacknowledged deliveries out than the dispatcher holds
+        // (redeliveries are not limited by it, so a held key's awaited message still comes).
         max_ack_pending: options.prefetch,
       }
       try {
@@ -481,28 +536,39 @@ class NatsSubscriber implements Subscriber {
         await jsm.consumers.add(spec.name, config)
       }
       const consumer = await nc.jetstream().consumers.get(spec.name, durable)
-      messages = await consumer.consume({ max_messages: options.prefetch })
+      // A callback, not the iterator: every message the client receives reaches the
+      // dispatcher at once. Messages buffered in an iterator when the connection drops would
+      // be invisible to the dispatcher, which could then not hold their keys' later ones.
+      messages = await consumer.consume({
+        max_messages: options.prefetch,
+        callback: (raw) => {
+          if (stopping) {
+            if (!owe(raw, NAK_BODY)) raw.nak()
+            return
+          }
+          dispatcher.push({
+            raw,
+            session,
+            message: toIncoming(raw),
+            order: raw.seq,
+            settle: (o) => settle(raw, o),
+          })
+        },
+      })
+      // What the previous connection owed: acks of messages handled while it was down, and
+      // naks of messages it held unstarted, which the dispatcher awaits.
+      for (const [subject, body] of state.owed.splice(0)) nc.publish(subject, body)
     } catch (error) {
       await nc.close().catch(() => {})
       throw natsError(error, `cannot subscribe ${durable} to ${topic}`)
     }
 
-    const settle = (raw: JsMsg, outcome: Outcome): void => {
-      if (outcome === 'ack') raw.ack()
-      else if (outcome === 'retry') raw.nak(options.retryDelayMs)
-      else raw.nak()
-    }
-    const dispatcher = new KeyedDispatcher<NatsDelivery>({
-      handler,
-      concurrency: options.concurrency,
-      capacity: options.prefetch,
-      onError: (error, phase, message) => options.onError({ error, phase, topic, group, message }),
-    })
     // While a handler runs (or waits its turn), tell JetStream the message is still being
     // worked on, so it is not redelivered to another subscriber after ackWaitMs.
     let heartbeat: unknown
     const beat = (): void => {
       for (const delivery of dispatcher.held()) {
+        if (delivery.session !== session) continue
         try {
           delivery.raw.working()
         } catch {
@@ -513,23 +579,9 @@ class NatsSubscriber implements Subscriber {
     }
     heartbeat = options.clock.setTimeout(beat, Math.floor(options.ackWaitMs / 3))
 
-    let stopping = false
-    const pump = (async () => {
-      for await (const raw of messages) {
-        if (stopping) {
-          raw.nak()
-          continue
-        }
-        dispatcher.push({ raw, message: toIncoming(raw), settle: (o) => settle(raw, o) })
-        if (dispatcher.room === 0) await dispatcher.whenRoom()
-      }
-    })()
     const ended = Promise.race([
       nc.closed().then((error) => error ?? new Error('connection closed')),
-      pump.then(
-        () => new Error('consumer stopped'),
-        (error: unknown) => error,
-      ),
+      messages.closed().then((error) => error ?? new Error('consumer stopped')),
     ]).then((reason) =>
       stopping ? undefined : natsError(reason, `subscription ${durable} on ${topic} lost`),
     )
@@ -541,16 +593,16 @@ class NatsSubscriber implements Subscriber {
         closing ??= (async () => {
           stopping = true
           options.clock.clearTimeout(heartbeat)
-          // A lost connection leaves the iterator waiting forever: end it ourselves.
-          const lost = nc.isClosed()
-          if (lost) messages.stop()
+          if (nc.isClosed()) messages.stop()
           else await messages.close().catch(() => messages.stop())
-          // After a lost connection, messages already queued behind a running handler are
-          // handled now, in order, so the next session cannot overtake them (see the dispatcher).
-          await dispatcher.close({ drainQueued: lost })
+          // Deliveries of this connection that never started: JetStream redelivers them (at
+          // once: the next session naks them). The dispatcher holds their keys' later
+          // deliveries until they are back, so the next session cannot overtake them.
+          for (const delivery of dispatcher.abandon((d) => d.session === session)) {
+            if (!owe(delivery.raw, NAK_BODY)) delivery.raw.nak()
+          }
           if (!nc.isClosed()) await nc.drain().catch(() => nc.close())
           else await nc.close().catch(() => {})
-          await pump.catch(() => {})
         })()
         return closing
       },

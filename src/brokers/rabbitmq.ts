@@ -341,6 +341,8 @@ function toIncoming(message: ConsumeMessage): IncomingMessage {
 
 interface RabbitDelivery extends Delivery {
   readonly raw: ConsumeMessage
+  /** The session (channel) it arrived on. */
+  readonly session: number
 }
 
 class RabbitSubscriber implements Subscriber {
@@ -364,16 +366,41 @@ class RabbitSubscriber implements Subscriber {
     if (typeof queue !== 'string' || queue === '') {
       throw new InvalidOptionError('rabbitmq.queueName()', 'a non-empty string', queue)
     }
-    const inner = await superviseSessions({
-      open: () => this.#open(topic, group, queue, handler),
+    // One dispatcher for the subscription's lifetime, so a key's unacknowledged messages are
+    // still awaited after a reconnect. RabbitMQ has no log position: a message keeps the
+    // position of its first arrival when it comes back (matched by message id).
+    const dispatcher = new KeyedDispatcher<RabbitDelivery>({
+      handler,
+      concurrency: options.concurrency,
+      capacity: options.prefetch,
+      maxHeldPerKey: options.maxHeldPerKey,
+      holdTimeoutMs: options.holdTimeoutMs,
       clock: options.clock,
-      reconnectDelayMs: options.reconnectDelayMs,
-      maxReconnectDelayMs: options.maxReconnectDelayMs,
-      onError: (error) => options.onError({ error, phase: 'connection', topic, group }),
+      broker: 'rabbitmq',
+      onError: (error, phase, message) => options.onError({ error, phase, topic, group, message }),
     })
+    // Every message waiting out its retry delay listens on this signal: not a leak.
+    const abort = new AbortController()
+    setMaxListeners(0, abort.signal)
+    const shared = { dispatcher, abort: abort.signal, sessions: 0 }
+    let inner: Subscription
+    try {
+      inner = await superviseSessions({
+        open: () => this.#open(topic, queue, shared),
+        clock: options.clock,
+        reconnectDelayMs: options.reconnectDelayMs,
+        maxReconnectDelayMs: options.maxReconnectDelayMs,
+        onError: (error) => options.onError({ error, phase: 'connection', topic, group }),
+      })
+    } catch (error) {
+      await dispatcher.close()
+      throw error
+    }
     const subscription: Subscription = {
       close: async () => {
         this.#subscriptions.delete(subscription)
+        abort.abort()
+        await dispatcher.close()
         await inner.close()
       },
     }
@@ -388,11 +415,16 @@ class RabbitSubscriber implements Subscriber {
 
   async #open(
     topic: string,
-    group: string,
     queue: string,
-    handler: (message: IncomingMessage) => Promise<void>,
+    shared: {
+      readonly dispatcher: KeyedDispatcher<RabbitDelivery>
+      readonly abort: AbortSignal
+      sessions: number
+    },
   ): Promise<Session> {
     const options = this.#options
+    const { dispatcher } = shared
+    const session = ++shared.sessions
     const model = await connectRabbit(options)
     let channel: Channel
     let resolveEnded!: (reason: unknown) => void
@@ -400,30 +432,27 @@ class RabbitSubscriber implements Subscriber {
       resolveEnded = resolve
     })
     let stopping = false
-    const lose = (reason: unknown): void =>
+    let lost = false
+    const lose = (reason: unknown): void => {
+      lost = true
       resolveEnded(
         stopping
           ? undefined
           : rabbitError(reason ?? new Error('connection closed'), `subscription ${queue} lost`),
       )
+    }
     model.once('close', lose)
-    const abort = new AbortController()
-    // Every message waiting out its retry delay listens on this signal: not a leak.
-    setMaxListeners(0, abort.signal)
     const settle = async (raw: ConsumeMessage, outcome: Outcome): Promise<void> => {
+      // A delivery tag belongs to its channel: once that is gone, RabbitMQ has requeued the
+      // message already.
+      if (lost) return
       if (outcome === 'ack') return channel.ack(raw)
       if (outcome === 'retry' && options.retryDelayMs > 0) {
         // Held back, not nacked yet: a requeued message would be redelivered at once.
-        await sleep(options.clock, options.retryDelayMs, abort.signal).catch(() => {})
+        await sleep(options.clock, options.retryDelayMs, shared.abort).catch(() => {})
       }
-      channel.nack(raw, false, true)
+      if (!lost) channel.nack(raw, false, true)
     }
-    const dispatcher = new KeyedDispatcher<RabbitDelivery>({
-      handler,
-      concurrency: options.concurrency,
-      capacity: options.prefetch,
-      onError: (error, phase, message) => options.onError({ error, phase, topic, group, message }),
-    })
     let consumerTag: string
     try {
       channel = await model.createChannel()
@@ -441,7 +470,14 @@ class RabbitSubscriber implements Subscriber {
         (raw) => {
           // null: the broker cancelled the consumer (queue deleted): start over.
           if (raw === null) lose(new Error(`consumer of ${queue} cancelled by the broker`))
-          else dispatcher.push({ raw, message: toIncoming(raw), settle: (o) => settle(raw, o) })
+          else {
+            dispatcher.push({
+              raw,
+              session,
+              message: toIncoming(raw),
+              settle: (o) => settle(raw, o),
+            })
+          }
         },
         { noAck: false },
       )
@@ -459,8 +495,9 @@ class RabbitSubscriber implements Subscriber {
         closing ??= (async () => {
           stopping = true
           await channel.cancel(consumerTag).catch(() => {})
-          abort.abort()
-          await dispatcher.close()
+          // What this channel delivered and never started goes back to the queue with the
+          // channel; the dispatcher holds its keys' later messages until it is back.
+          dispatcher.abandon((d) => d.session === session)
           // Closing the channel returns anything still unacked to the queue.
           await channel.close().catch(() => {})
           await model.close().catch(() => {})

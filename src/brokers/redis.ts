@@ -304,6 +304,29 @@ function parseHeaders(json: string): Record<string, string> {
 
 interface RedisDelivery extends Delivery {
   readonly entryId: string
+  /** The session (connections) it arrived on. */
+  readonly session: number
+}
+
+/** What a subscription's sessions share. */
+interface RedisSubscriptionState {
+  readonly dispatcher: KeyedDispatcher<RedisDelivery>
+  /** Entry ids in the dispatcher (queued or running): claimed for us, never delivered twice. */
+  readonly held: Set<string>
+  /** The current session's command connection: acks go out on it, whichever session read. */
+  commands: Redis | undefined
+  sessions: number
+}
+
+/** A stream entry id (`<ms>-<seq>`) as one comparable number: its place in the stream. */
+function entryOrder(entryId: string): bigint | undefined {
+  const dash = entryId.indexOf('-')
+  if (dash <= 0) return undefined
+  try {
+    return (BigInt(entryId.slice(0, dash)) << 64n) | BigInt(entryId.slice(dash + 1))
+  } catch {
+    return undefined
+  }
 }
 
 class RedisSubscriber implements Subscriber {
@@ -326,16 +349,41 @@ class RedisSubscriber implements Subscriber {
     // One name for the subscription's lifetime, so after a reconnect it still owns what it held.
     const consumer =
       options.consumerName ?? `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`
-    const inner = await superviseSessions({
-      open: () => this.#open(topic, group, consumer, handler),
-      clock: options.clock,
-      reconnectDelayMs: options.reconnectDelayMs,
-      maxReconnectDelayMs: options.maxReconnectDelayMs,
-      onError: (error) => options.onError({ error, phase: 'connection', topic, group }),
-    })
+    // One dispatcher for the subscription's lifetime: a key's entries still pending after a
+    // reconnect stay awaited, so the new session cannot overtake them.
+    const state: RedisSubscriptionState = {
+      dispatcher: new KeyedDispatcher<RedisDelivery>({
+        handler,
+        concurrency: options.concurrency,
+        capacity: options.prefetch,
+        maxHeldPerKey: options.maxHeldPerKey,
+        holdTimeoutMs: options.holdTimeoutMs,
+        clock: options.clock,
+        broker: 'redis',
+        onError: (error, phase, message) =>
+          options.onError({ error, phase, topic, group, message }),
+      }),
+      held: new Set(),
+      commands: undefined,
+      sessions: 0,
+    }
+    let inner: Subscription
+    try {
+      inner = await superviseSessions({
+        open: () => this.#open(topic, group, consumer, state),
+        clock: options.clock,
+        reconnectDelayMs: options.reconnectDelayMs,
+        maxReconnectDelayMs: options.maxReconnectDelayMs,
+        onError: (error) => options.onError({ error, phase: 'connection', topic, group }),
+      })
+    } catch (error) {
+      await state.dispatcher.close()
+      throw error
+    }
     const subscription: Subscription = {
       close: async () => {
         this.#subscriptions.delete(subscription)
+        await state.dispatcher.close()
         await inner.close()
       },
     }
@@ -352,9 +400,11 @@ class RedisSubscriber implements Subscriber {
     topic: string,
     group: string,
     consumer: string,
-    handler: (message: IncomingMessage) => Promise<void>,
+    state: RedisSubscriptionState,
   ): Promise<Session> {
     const options = this.#options
+    const { dispatcher, held } = state
+    const session = ++state.sessions
     // Two connections: XREADGROUP BLOCK occupies the reader; acks, claims and heartbeats must
     // not wait behind it.
     const commands = await connectRedis(options, 'commands')
@@ -372,21 +422,23 @@ class RedisSubscriber implements Subscriber {
       throw redisError(error, `cannot subscribe ${group} to ${topic}`)
     }
     const blocking = reader
+    state.commands = commands
 
     let stopping = false
     const abort = new AbortController()
-    const held = new Set<string>()
     const settle = async (entryId: string, outcome: Outcome): Promise<void> => {
       held.delete(entryId)
+      // Entry ids are the group's, not the connection's: settle on the live connection.
+      const live = state.commands ?? commands
       if (outcome === 'ack') {
-        await commands.call('XACK', topic, group, entryId)
+        await live.call('XACK', topic, group, entryId)
         return
       }
       // Leave it pending but make it look idle for long enough that the claim loop (ours or
       // another consumer's) takes it: after retryDelayMs, or at once on release.
       const delay = outcome === 'retry' ? options.retryDelayMs : 0
       const idle = Math.max(0, options.visibilityTimeoutMs - delay)
-      await commands.call(
+      await live.call(
         'XCLAIM',
         topic,
         group,
@@ -398,22 +450,51 @@ class RedisSubscriber implements Subscriber {
         'JUSTID',
       )
     }
-    const dispatcher = new KeyedDispatcher<RedisDelivery>({
-      handler,
-      concurrency: options.concurrency,
-      capacity: options.prefetch,
-      onError: (error, phase, message) => options.onError({ error, phase, topic, group, message }),
-    })
     const deliver = (entryId: string, fields: Buffer[], deliveryCount: number): void => {
+      if (held.has(entryId)) return
       held.add(entryId)
+      const order = entryOrder(entryId)
       dispatcher.push({
         entryId,
+        session,
         message: toIncoming(topic, entryId, fields, deliveryCount),
+        ...(order === undefined ? {} : { order }),
         settle: (outcome) => settle(entryId, outcome),
       })
     }
 
+    // What this consumer still has pending from before (a lost connection's unstarted and
+    // unacknowledged entries) comes back first: the dispatcher awaits them.
+    const readOwnPending = async (): Promise<void> => {
+      let after = '0'
+      for (;;) {
+        const reply = (await blocking.callBuffer(
+          'XREADGROUP',
+          'GROUP',
+          group,
+          consumer,
+          'COUNT',
+          String(Math.max(16, options.prefetch)),
+          'STREAMS',
+          topic,
+          after,
+        )) as Array<[Buffer, Entry[]]> | null
+        const entries = reply?.[0]?.[1] ?? []
+        if (entries.length === 0) return
+        const ids = entries.map(([id]) => id.toString('latin1'))
+        const counts = await deliveryCounts(ids)
+        for (const [id, fields] of entries) {
+          const entryId = id.toString('latin1')
+          if (fields !== null) deliver(entryId, fields, counts.get(entryId) ?? 2)
+          // A pending entry trimmed from the stream: nothing left to deliver.
+          else await commands.call('XACK', topic, group, entryId)
+        }
+        after = ids[ids.length - 1]!
+      }
+    }
+
     const readLoop = async (): Promise<void> => {
+      await readOwnPending()
       while (!stopping) {
         await dispatcher.whenRoom()
         if (stopping) return
@@ -450,7 +531,9 @@ class RedisSubscriber implements Subscriber {
         if (held.size > 0) {
           await commands.call('XCLAIM', topic, group, consumer, '0', ...held, 'JUSTID')
         }
-        const room = dispatcher.room
+        // Claim even when full while a key awaits a handed-back entry, or that key could wait
+        // for good; an entry claimed beyond the capacity is handed back again.
+        const room = Math.max(dispatcher.room, Math.min(dispatcher.awaited, options.prefetch))
         if (room === 0 || stopping) continue
         const reply = (await commands.callBuffer(
           'XAUTOCLAIM',
@@ -522,8 +605,13 @@ class RedisSubscriber implements Subscriber {
           // Wake the blocked XREADGROUP now instead of after blockMs.
           await commands.call('CLIENT', 'UNBLOCK', readerId).catch(() => {})
           await reading.catch(() => {})
-          await dispatcher.close()
           await claiming.catch(() => {})
+          // Entries of this session that never started stay pending for this consumer; the
+          // next session reads them back first, and the dispatcher holds their keys until then.
+          for (const delivery of dispatcher.abandon((d) => d.session === session)) {
+            held.delete(delivery.entryId)
+          }
+          if (state.commands === commands) state.commands = undefined
           // Forget this consumer when it holds nothing, so groups do not collect dead names.
           // (XGROUP DELCONSUMER would drop the pending entries of a consumer that has some.)
           await commands

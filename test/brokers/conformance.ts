@@ -246,6 +246,50 @@ export function describeBrokerConformance(target: ConformanceTarget): void {
       }
     })
 
+    it('holds later messages of a key while an earlier one is out for redelivery, with a large prefetch', async () => {
+      const broker = track(create(await brokerUrl(target.name), { concurrency: 4, prefetch: 64 }))
+      const topic = unique('held')
+      const message = (key: string, n: number): OutgoingMessage => ({
+        id: `${key}-${n}`,
+        topic,
+        key,
+        payload: String(n),
+        headers: { seq: String(n) },
+      })
+      const firstSuccess: IncomingMessage[] = []
+      const done = new Received()
+      let failed = false
+      let published: Promise<void> = Promise.resolve()
+      await broker.subscriber.subscribe(topic, unique('g'), async (m) => {
+        if (m.id === 'hot-0' && !failed) {
+          failed = true
+          // The key's later messages (and others) arrive while hot-0 is out for redelivery:
+          // they must wait for it, not overtake it.
+          published = (async () => {
+            await new Promise((resolve) => setImmediate(resolve))
+            await broker.publisher.publish([
+              ...[1, 2, 3, 4, 5].map((n) => message('hot', n)),
+              ...[0, 1, 2].map((n) => message('cold', n)),
+            ])
+          })()
+          throw new Error('hot-0 fails once')
+        }
+        if (!done.ids().includes(m.id)) firstSuccess.push(m)
+        done.record(m)
+      })
+      await broker.publisher.publish([message('hot', 0)])
+      await done.until(() => new Set(done.ids()).size >= 9, 'every message to succeed')
+      await published
+
+      const hot = firstSuccess.filter((m) => m.key === 'hot').map((m) => m.id)
+      expect(hot).toEqual(['hot-0', 'hot-1', 'hot-2', 'hot-3', 'hot-4', 'hot-5'])
+      expect(firstSuccess.filter((m) => m.key === 'cold').map((m) => m.id)).toEqual([
+        'cold-0',
+        'cold-1',
+        'cold-2',
+      ])
+    })
+
     it('does not ack before the handler resolves: a killed subscriber’s message goes to the next one', async () => {
       const url = await brokerUrl(target.name)
       const topic = unique('crash')

@@ -367,11 +367,11 @@ async function prepare(scenario: CrashScenario): Promise<Environment> {
         url: nats.url,
         // Deliveries whose ack the broker restart swallowed come back soon.
         ackWaitMs: 2_000,
-        // Strict per-key order across the broker restart needs one delivery in flight: with
-        // more, unacknowledged ones come back after the ack wait behind later messages of their
-        // key (the documented limit of `prefetch` in src/brokers/common.ts).
-        prefetch: 1,
-        concurrency: 1,
+        // A realistic consumer: many deliveries in flight and several handlers at once. The
+        // subscriber holds a key's later deliveries while an earlier one is unacknowledged, so
+        // per-key order survives the broker restart and redeliveries.
+        prefetch: 64,
+        concurrency: 8,
         reconnectDelayMs: 50,
         maxReconnectDelayMs: 500,
         name: 'crash-consumer',
