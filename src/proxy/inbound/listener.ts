@@ -170,6 +170,13 @@ export function createListenerServer(
 
   const sockets = new Set<Socket>()
   const inFlight = new Set<ServerResponse>()
+  // Responses under way per connection (the TLS socket for https), to tell idle connections
+  // from busy ones when draining.
+  const busy = new Map<Socket, number>()
+  const track = (socket: Socket): void => {
+    busy.set(socket, 0)
+    socket.once('close', () => busy.delete(socket))
+  }
   let refused = 0
   let draining = false
   let bound: ListenerAddress | undefined
@@ -177,7 +184,9 @@ export function createListenerServer(
   server.on('connection', (socket: Socket) => {
     sockets.add(socket)
     socket.once('close', () => sockets.delete(socket))
+    if (tls === undefined) track(socket)
   })
+  server.on('secureConnection', track)
   server.on('drop', () => {
     refused++
   })
@@ -192,11 +201,14 @@ export function createListenerServer(
     log.debug('tls handshake failed', { error: error.message })
   })
 
-  const onFinished = function (this: ServerResponse): void {
-    inFlight.delete(this)
+  // `res.socket` is already detached when `close` fires, so the socket is passed in.
+  const onFinished = (res: ServerResponse, socket: Socket): void => {
+    inFlight.delete(res)
+    const left = (busy.get(socket) ?? 1) - 1
+    if (busy.has(socket)) busy.set(socket, left)
     // A connection whose response was already under way when the drain began: close it now
     // that the response is out, rather than waiting for the keep-alive timeout.
-    if (draining) this.socket?.end()
+    if (draining && left <= 0) socket.end()
   }
   server.on('request', (req, res: ServerResponse) => {
     if (isConnectionClosing(req.socket)) {
@@ -205,7 +217,9 @@ export function createListenerServer(
       return
     }
     inFlight.add(res)
-    res.once('close', onFinished)
+    const socket = req.socket
+    if (busy.has(socket)) busy.set(socket, (busy.get(socket) ?? 0) + 1)
+    res.once('close', () => onFinished(res, socket))
     if (draining) res.setHeader('connection', 'close')
     handler(req, res)
   })
@@ -315,9 +329,9 @@ export function createListenerServer(
         for (const res of inFlight) {
           if (!res.headersSent) res.setHeader('connection', 'close')
         }
-        // Node counts a connection without a response object (including one still sending its
-        // request head) as idle, so this also ends slow clients at once.
+        // Idle keep-alive connections, and ones still sending a request head, end now.
         server.closeIdleConnections()
+        for (const [socket, responses] of busy) if (responses === 0) socket.destroy()
         hardStop = deps.clock.setTimeout(() => {
           server.closeAllConnections()
           for (const socket of sockets) socket.destroy()
