@@ -123,6 +123,10 @@ export function readInboundRequest(
         remote: req.socket.remoteAddress,
       })
     }
+    // A client that sent something refused here is broken or probing: nothing more is read
+    // from its connection.
+    res.setHeader('connection', 'close')
+    if (req.socket !== null) closingSockets.add(req.socket)
     sendProblem(res, status, code, detail)
     return undefined
   }
@@ -351,15 +355,15 @@ export function sendProblem(
   res.end(body)
 }
 
-// Sockets whose current response announced `Connection: close`. Node goes on parsing bytes
+// Sockets whose current response announced `Connection: close` (a refused request). Node goes on parsing bytes
 // that arrived in the same packet and would hand a pipelined request after the refused one to
 // the handler; RFC 9112 §9.6 says a server that sent close must not process it.
 const closingSockets = new WeakSet<object>()
 
 /**
  * True when a response on `socket` announced `Connection: close` because its request was
- * refused before its body was read: later requests parsed from the same connection must be
- * ignored (the listener drops them).
+ * refused: later requests parsed from the same connection must be ignored (the listener
+ * drops them).
  */
 export function isConnectionClosing(socket: object | null): boolean {
   return socket !== null && closingSockets.has(socket)
