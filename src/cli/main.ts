@@ -28,6 +28,10 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
     summary: 'publish outbox events to a broker: relay --db <url> --broker <url>',
     load: async () => (await import('./relay.js')).relayCommand,
   },
+  proxy: {
+    summary: 'run the resilience proxy: proxy --config <file.yaml> [--workers N] [--check]',
+    load: async () => (await import('./proxy.js')).proxyCommand,
+  },
 }
 
 function usage(): string {

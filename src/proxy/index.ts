@@ -28,3 +28,5 @@ export {
   HOP_BY_HOP_HEADERS,
   isHopByHop,
 } from './hop-by-hop.js'
+export type { Proxy, StartProxyOptions } from './runtime.js'
+export { startProxy } from './runtime.js'

@@ -1,0 +1,362 @@
+import cluster, { type Worker } from 'node:cluster'
+import { type FSWatcher, watch } from 'node:fs'
+import { basename, dirname, resolve } from 'node:path'
+import { BreakwaterError } from '../core/errors.js'
+import {
+  createJsonLogger,
+  createMetricsRegistry,
+  type Logger,
+  type LogOutput,
+  type LogThreshold,
+  logThresholds,
+} from '../observability/index.js'
+import { runUntilSignal, type SignalTarget } from '../process/index.js'
+import type { AdminServer } from '../proxy/admin/index.js'
+import type { ProxyConfig } from '../proxy/contracts.js'
+
+/** What `proxyCommand` needs besides its arguments; everything has a default. */
+export interface ProxyCommandDeps {
+  /** Receives the JSON log lines. @default process.stdout */
+  readonly stdout?: LogOutput
+  /** Receives usage and config errors as plain text. @default process.stderr */
+  readonly stderr?: { write(text: string): unknown }
+  /** Where secret `{ env }` references are read. @default process.env */
+  readonly env?: Readonly<Record<string, string | undefined>>
+  /** Where SIGTERM, SIGINT and SIGHUP come from. @default process */
+  readonly signals?: SignalTarget
+}
+
+const usage = `usage: breakwater proxy --config <file.yaml> [options]
+
+Runs the resilience proxy (ambassador, sidecar, strangler-fig gateway) described by the YAML
+file until SIGTERM or SIGINT, then drains: /readyz answers 503, listeners stop accepting,
+requests in flight finish (up to drainTimeoutMs), and the process exits 0. SIGHUP, a change
+to the file, or POST /admin/reload reloads it; an invalid file keeps the running config.
+Logs JSON lines to stdout. See docs/proxy.md.
+
+options:
+  --config <file>        the YAML config (required)
+  --workers <n>          worker processes sharing the listener ports (default: the config's
+                         workers, 1 = a single process)
+  --check                validate the file, print every problem, exit 0 (valid) or 1
+  --log-level <level>    debug, info (default), warn, error or silent
+`
+
+class UsageError extends Error {}
+
+interface ProxyArgs {
+  readonly config: string
+  readonly workers: number | undefined
+  readonly check: boolean
+  readonly logLevel: LogThreshold
+}
+
+function parseArgs(args: readonly string[]): ProxyArgs | 'help' {
+  let config: string | undefined
+  let workers: number | undefined
+  let check = false
+  let logLevel: LogThreshold = 'info'
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] as string
+    const [flag, inline] = arg.startsWith('--') && arg.includes('=') ? arg.split(/=(.*)/s) : [arg]
+    const value = (): string => {
+      const v = inline ?? args[++i]
+      if (v === undefined || v === '') throw new UsageError(`${flag} needs a value`)
+      return v
+    }
+    switch (flag) {
+      case '--help':
+      case '-h':
+        return 'help'
+      case '--config':
+      case '-c':
+        config = value()
+        break
+      case '--workers': {
+        const text = value()
+        const n = Number(text)
+        if (!/^\d+$/.test(text) || n < 1 || n > 256)
+          throw new UsageError(
+            `--workers: expected an integer in [1, 256], got ${JSON.stringify(text)}`,
+          )
+        workers = n
+        break
+      }
+      case '--check':
+        check = true
+        break
+      case '--log-level': {
+        const level = value()
+        if (!(logThresholds as readonly string[]).includes(level))
+          throw new UsageError(
+            `--log-level: expected one of ${logThresholds.join(', ')}, got ${JSON.stringify(level)}`,
+          )
+        logLevel = level as LogThreshold
+        break
+      }
+      default:
+        throw new UsageError(`unknown option ${JSON.stringify(arg)}`)
+    }
+  }
+  if (config === undefined) throw new UsageError('--config <file.yaml> is required')
+  return { config, workers, check, logLevel }
+}
+
+/** Marks a forked worker, so the same command line runs the worker side. */
+const workerEnv = 'BREAKWATER_PROXY_WORKER'
+
+/** `breakwater proxy`: resolves to the exit code. */
+export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}): Promise<number> {
+  const stdout = deps.stdout ?? process.stdout
+  const stderr = deps.stderr ?? process.stderr
+  const env = deps.env ?? process.env
+  let parsed: ProxyArgs | 'help'
+  try {
+    parsed = parseArgs(args)
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error
+    stderr.write(`breakwater proxy: ${error.message}\n\n${usage}`)
+    return 2
+  }
+  if (parsed === 'help') {
+    stdout.write(usage)
+    return 0
+  }
+  const file = resolve(parsed.config)
+  const { loadProxyConfig } = await import('../proxy/config/load.js')
+
+  if (parsed.check) {
+    try {
+      const config = await loadProxyConfig(file)
+      stdout.write(
+        `${file}: valid (${config.services.size} services, ${config.listeners.length} listeners, ${config.workers} workers)\n`,
+      )
+      return 0
+    } catch (error) {
+      if (BreakwaterError.is(error) && error.code === 'CONFIG_INVALID') {
+        stderr.write(`${error.message}\n`)
+        return 1
+      }
+      throw error
+    }
+  }
+
+  const isWorker = cluster.isWorker && env[workerEnv] === '1'
+  const logger = createJsonLogger({
+    level: parsed.logLevel,
+    output: stdout,
+    fields: {
+      component: 'proxy',
+      pid: process.pid,
+      ...(isWorker ? { worker: cluster.worker?.id } : {}),
+    },
+  })
+  if (isWorker) return runWorker(file, logger, deps)
+  // Validates before anything starts; an invalid file is exit 2 through main.ts.
+  const config = await loadProxyConfig(file)
+  const workers = parsed.workers ?? config.workers
+  if (workers > 1 && cluster.isPrimary) return runPrimary(file, config, workers, logger, deps)
+  return runSingle(file, config, logger, deps)
+}
+
+async function runSingle(
+  file: string,
+  config: ProxyConfig,
+  logger: Logger,
+  deps: ProxyCommandDeps,
+): Promise<number> {
+  const { startProxyRuntime } = await import('../proxy/runtime.js')
+  const signals = deps.signals ?? process
+  const outcome = await runUntilSignal(
+    async () => {
+      const proxy = await startProxyRuntime({
+        config: { file },
+        logger,
+        ...(deps.env === undefined ? {} : { env: deps.env }),
+      })
+      const onHup = (): void => {
+        logger.info('SIGHUP: reloading the config')
+        void proxy.tryReload()
+      }
+      signals.on('SIGHUP', onHup)
+      return {
+        stop: async () => {
+          signals.off('SIGHUP', onHup)
+          // Readiness goes false first, so a load balancer stops sending before we stop taking.
+          proxy.beginDrain()
+          await proxy.close()
+        },
+      }
+    },
+    {
+      target: signals,
+      drainTimeoutMs: config.drainTimeoutMs + 5_000,
+      onSignal: (signal, phase) =>
+        logger.info(`${signal}: ${phase === 'drain' ? 'draining' : 'forced stop'}`),
+    },
+  )
+  logger.info('proxy exited', { ...outcome })
+  return outcome.reason === 'signal' && outcome.drain !== 'complete' ? 1 : 0
+}
+
+async function runWorker(file: string, logger: Logger, deps: ProxyCommandDeps): Promise<number> {
+  const { startProxyRuntime } = await import('../proxy/runtime.js')
+  const { serveWorkerCommands } = await import('../proxy/admin/cluster.js')
+  const outcome = await runUntilSignal(
+    async () => {
+      // The primary watches the file, serves the admin API and tells workers to reload.
+      const proxy = await startProxyRuntime({
+        config: { file },
+        logger,
+        watch: false,
+        admin: false,
+        ...(deps.env === undefined ? {} : { env: deps.env }),
+      })
+      let drain: () => void = () => {}
+      const done = new Promise<void>((resolvePromise) => {
+        drain = resolvePromise
+      })
+      const stopServing = serveWorkerCommands(proxy, process, () => drain())
+      return {
+        done,
+        stop: async () => {
+          proxy.beginDrain()
+          await proxy.close()
+          stopServing()
+        },
+      }
+    },
+    { target: deps.signals ?? process, drainTimeoutMs: 600_000 },
+  )
+  logger.info('worker exited', { ...outcome })
+  // Let go of the IPC channel so the process can end.
+  if (process.connected) process.disconnect()
+  return 0
+}
+
+async function runPrimary(
+  file: string,
+  config: ProxyConfig,
+  workers: number,
+  logger: Logger,
+  deps: ProxyCommandDeps,
+): Promise<number> {
+  const { createClusterBackend } = await import('../proxy/admin/cluster.js')
+  const { startAdminServer } = await import('../proxy/admin/server.js')
+  const { loadProxyConfig } = await import('../proxy/config/load.js')
+  const signals = deps.signals ?? process
+  const log = logger.child({ role: 'primary' })
+  const metrics = createMetricsRegistry()
+  const restarts = metrics.counter({
+    name: 'breakwater_proxy_worker_restarts_total',
+    help: 'Worker processes restarted after they exited unexpectedly.',
+  })
+  const backend = createClusterBackend({
+    config,
+    loadConfig: () => loadProxyConfig(file),
+    logger: log,
+    metrics,
+  })
+  backend.expect(workers)
+  let stopping = false
+  let admin: AdminServer | undefined
+  let watcher: FSWatcher | undefined
+  let watchTimer: ReturnType<typeof setTimeout> | undefined
+  const exited = new Map<number, Promise<void>>()
+
+  const fork = (): Worker => {
+    const worker = cluster.fork({ [workerEnv]: '1' })
+    backend.attach(worker)
+    exited.set(
+      worker.id,
+      new Promise<void>((resolvePromise) => {
+        worker.once('exit', (code, signal) => {
+          backend.detach(worker)
+          exited.delete(worker.id)
+          resolvePromise()
+          if (stopping) return
+          restarts.inc()
+          log.error('worker exited unexpectedly; starting a new one', {
+            workerPid: worker.process.pid,
+            code,
+            signal,
+          })
+          // A short pause so a worker that dies at start does not spin the CPU.
+          setTimeout(() => {
+            if (!stopping) fork()
+          }, 500).unref()
+        })
+      }),
+    )
+    return worker
+  }
+
+  const reload = (why: string): void => {
+    log.info(`${why}: reloading the config`)
+    void backend
+      .reload()
+      .catch((error: unknown) => log.error('reload failed', { error: String(error) }))
+  }
+  const onHup = (): void => reload('SIGHUP')
+
+  const outcome = await runUntilSignal(
+    async () => {
+      log.info('starting workers', { workers })
+      for (let i = 0; i < workers; i++) fork()
+      if (config.admin !== undefined) {
+        admin = await startAdminServer({
+          config: config.admin,
+          backend,
+          deps: { clock: (await import('../core/clock.js')).systemClock, logger: log, metrics },
+          ...(deps.env === undefined ? {} : { env: deps.env }),
+        })
+      }
+      watcher = watchFile(
+        file,
+        () => {
+          if (watchTimer !== undefined) clearTimeout(watchTimer)
+          watchTimer = setTimeout(() => reload('config file changed'), 250)
+        },
+        log,
+      )
+      signals.on('SIGHUP', onHup)
+      return {
+        stop: async () => {
+          stopping = true
+          signals.off('SIGHUP', onHup)
+          watcher?.close()
+          if (watchTimer !== undefined) clearTimeout(watchTimer)
+          backend.beginDrain()
+          await backend.drainAll()
+          await Promise.all(exited.values())
+          await admin?.close()
+        },
+      }
+    },
+    {
+      target: signals,
+      drainTimeoutMs: config.drainTimeoutMs + 10_000,
+      onSignal: (signal, phase) =>
+        log.info(`${signal}: ${phase === 'drain' ? 'draining every worker' : 'forced stop'}`),
+    },
+  )
+  if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
+    for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGKILL')
+    await admin?.close()
+  }
+  log.info('proxy exited', { ...outcome })
+  return outcome.reason === 'signal' && outcome.drain !== 'complete' ? 1 : 0
+}
+
+function watchFile(file: string, onChange: () => void, log: Logger): FSWatcher | undefined {
+  try {
+    const watcher = watch(dirname(file), (_event, name) => {
+      if (name === null || name === basename(file)) onChange()
+    })
+    watcher.on('error', (error) => log.warn('config file watch failed', { error: error.message }))
+    return watcher
+  } catch (error) {
+    log.warn('config file watch failed', { error: (error as Error).message })
+    return undefined
+  }
+}

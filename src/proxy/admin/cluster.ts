@@ -1,0 +1,386 @@
+// The multi-process mode's control plane. The primary process runs no proxy itself: it forks
+// the workers (each runs the whole proxy; node:cluster shares the listener ports between
+// them), serves the admin API, and turns each admin command into one IPC request per worker,
+// gathering the answers. It remembers route switches and isolations so that a worker that
+// crashed and was restarted gets them again.
+
+import type { Worker } from 'node:cluster'
+import { type Clock, systemClock, type TimerHandle } from '../../core/clock.js'
+import { InvalidOptionError } from '../../core/errors.js'
+import type { Logger } from '../../observability/logger.js'
+import type { MetricsRegistry } from '../../observability/metrics.js'
+import { ConfigInvalidError, type ConfigProblem } from '../config/errors.js'
+import type { ProxyConfig, RouteTargetConfig } from '../contracts.js'
+import type { ProxyInternals } from '../runtime.js'
+import type { AdminBackend, WorkerRoutes, WorkerServices } from './backend.js'
+
+/** A command from the primary to a worker. */
+export type WorkerCommand =
+  | { readonly op: 'services' }
+  | { readonly op: 'routes' }
+  | { readonly op: 'metrics' }
+  | { readonly op: 'reload' }
+  | { readonly op: 'switchRoute'; readonly route: string; readonly targets: RouteTargetConfig[] }
+  | { readonly op: 'resetRoute'; readonly route: string }
+  | { readonly op: 'isolate'; readonly service: string }
+  | { readonly op: 'reset'; readonly service: string }
+  | { readonly op: 'drain' }
+
+/** IPC messages (tagged so other IPC traffic is left alone). */
+type Message =
+  | { readonly bw: 'request'; readonly id: number; readonly command: WorkerCommand }
+  | {
+      readonly bw: 'reply'
+      readonly id: number
+      readonly ok: boolean
+      readonly value?: unknown
+      readonly error?: SerializedError
+    }
+  | { readonly bw: 'ready' }
+
+interface SerializedError {
+  readonly code: string
+  readonly message: string
+  readonly option?: string
+  readonly problems?: readonly ConfigProblem[]
+}
+
+function serialize(error: unknown): SerializedError {
+  if (error instanceof ConfigInvalidError)
+    return { code: error.code, message: error.message, problems: error.problems }
+  if (error instanceof InvalidOptionError)
+    return { code: error.code, message: error.message, option: error.option }
+  return { code: 'INTERNAL_ERROR', message: error instanceof Error ? error.message : String(error) }
+}
+
+function revive(error: SerializedError | undefined): Error {
+  if (error?.code === 'CONFIG_INVALID')
+    return new ConfigInvalidError('reload', error.problems ?? [])
+  if (error?.code === 'INVALID_OPTION') {
+    const revived = new InvalidOptionError(error.option ?? 'option', 'a valid value', undefined)
+    revived.message = error.message
+    return revived
+  }
+  return new Error(error?.message ?? 'worker failed')
+}
+
+/**
+ * Worker side: answers the primary's commands from the local runtime. `onDrain` is called for
+ * the `drain` command (the CLI then stops the worker gracefully). Returns a function that
+ * stops listening.
+ */
+export function serveWorkerCommands(
+  runtime: ProxyInternals,
+  channel: NodeJS.Process,
+  onDrain: () => void,
+): () => void {
+  const listener = (message: unknown): void => {
+    const m = message as Message
+    if (typeof m !== 'object' || m === null || m.bw !== 'request') return
+    void run(m.command).then(
+      (value) => channel.send?.({ bw: 'reply', id: m.id, ok: true, value } satisfies Message),
+      (error: unknown) =>
+        channel.send?.({
+          bw: 'reply',
+          id: m.id,
+          ok: false,
+          error: serialize(error),
+        } satisfies Message),
+    )
+  }
+  async function run(command: WorkerCommand): Promise<unknown> {
+    switch (command.op) {
+      case 'services':
+        return { pid: process.pid, services: runtime.services() } satisfies WorkerServices
+      case 'routes':
+        return { pid: process.pid, routes: runtime.routes() } satisfies WorkerRoutes
+      case 'metrics':
+        return runtime.metricsText()
+      case 'reload':
+        await runtime.reload()
+        return null
+      case 'switchRoute':
+        runtime.switchRoute(command.route, command.targets)
+        return null
+      case 'resetRoute':
+        runtime.resetRoute(command.route)
+        return null
+      case 'isolate':
+        runtime.isolate(command.service)
+        return null
+      case 'reset':
+        runtime.reset(command.service)
+        return null
+      case 'drain':
+        runtime.beginDrain()
+        onDrain()
+        return null
+    }
+  }
+  channel.on('message', listener)
+  channel.send?.({ bw: 'ready' } satisfies Message)
+  return () => {
+    channel.off('message', listener)
+  }
+}
+
+/** Options of {@link createClusterBackend}. */
+export interface ClusterBackendOptions {
+  /** The config the primary validated (shown by GET /admin/config). */
+  readonly config: ProxyConfig
+  /** Re-reads and validates the config file in the primary (before workers are asked). */
+  readonly loadConfig: () => Promise<ProxyConfig>
+  readonly logger: Logger
+  /** The primary's own registry (reload counters), rendered with the workers' metrics. */
+  readonly metrics: MetricsRegistry
+  /**
+   * Time a worker has to answer a command (ms).
+   * @default 10000
+   */
+  readonly commandTimeoutMs?: number
+  /** @default systemClock */
+  readonly clock?: Clock
+}
+
+/** The primary's admin backend plus worker bookkeeping. */
+export interface ClusterBackend extends AdminBackend {
+  /** Starts talking to a (new or restarted) worker; replays switches and isolations. */
+  attach(worker: Worker): void
+  /** Forgets a worker that exited. */
+  detach(worker: Worker): void
+  /** Workers that reported ready. */
+  readyWorkers(): number
+  /** Sets how many workers should be up for readiness. */
+  expect(workers: number): void
+  /** Readiness false from now on (first step of a drain). */
+  beginDrain(): void
+  /** Sends `drain` to every worker. */
+  drainAll(): Promise<void>
+}
+
+/**
+ * Creates the primary's admin backend: each admin command goes to every attached worker;
+ * answers are gathered (state per worker; metrics with a `worker` label). A reload is
+ * validated in the primary first, so an invalid file never reaches the workers.
+ */
+export function createClusterBackend(options: ClusterBackendOptions): ClusterBackend {
+  const clock = options.clock ?? systemClock
+  const timeoutMs = options.commandTimeoutMs ?? 10_000
+  const log = options.logger
+  const workers = new Map<number, { worker: Worker; ready: boolean }>()
+  const pending = new Map<
+    number,
+    { resolve: (value: unknown) => void; reject: (error: Error) => void; timer: TimerHandle }
+  >()
+  const overrides = new Map<string, RouteTargetConfig[]>()
+  const isolated = new Set<string>()
+  let config = options.config
+  let expected = config.workers
+  let draining = false
+  let nextId = 1
+  const reloads = options.metrics.counter({
+    name: 'breakwater_proxy_primary_config_reloads_total',
+    help: 'Config reloads the primary validated and sent to the workers.',
+  })
+  const reloadFailures = options.metrics.counter({
+    name: 'breakwater_proxy_config_reload_failures_total',
+    help: 'Config reloads refused (invalid file, or could not be applied); the old config stays.',
+  })
+
+  function ask(worker: Worker, command: WorkerCommand): Promise<unknown> {
+    const id = nextId++
+    return new Promise((resolve, reject) => {
+      const timer = clock.setTimeout(() => {
+        pending.delete(id)
+        reject(
+          new Error(`worker ${worker.process.pid} did not answer ${command.op} in ${timeoutMs} ms`),
+        )
+      }, timeoutMs)
+      pending.set(id, { resolve, reject, timer })
+      try {
+        worker.send({ bw: 'request', id, command } satisfies Message)
+      } catch (error) {
+        clock.clearTimeout(timer)
+        pending.delete(id)
+        reject(error as Error)
+      }
+    })
+  }
+
+  async function all(command: WorkerCommand): Promise<unknown[]> {
+    const live = [...workers.values()].filter((w) => w.ready && w.worker.isConnected())
+    const results = await Promise.allSettled(live.map((w) => ask(w.worker, command)))
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed !== undefined) throw failed.reason
+    return results.map((r) => (r as PromiseFulfilledResult<unknown>).value)
+  }
+
+  const backend: ClusterBackend = {
+    config: async () => config,
+    services: async () => (await all({ op: 'services' })) as WorkerServices[],
+    routes: async () => (await all({ op: 'routes' })) as WorkerRoutes[],
+    async switchRoute(route, targets) {
+      await all({ op: 'switchRoute', route, targets })
+      overrides.set(route, targets)
+    },
+    async resetRoute(route) {
+      await all({ op: 'resetRoute', route })
+      overrides.delete(route)
+    },
+    async isolate(service) {
+      await all({ op: 'isolate', service })
+      isolated.add(service)
+    },
+    async reset(service) {
+      await all({ op: 'reset', service })
+      isolated.delete(service)
+    },
+    async reload() {
+      let next: ProxyConfig
+      try {
+        next = await options.loadConfig()
+      } catch (error) {
+        reloadFailures.inc()
+        const invalid =
+          error instanceof ConfigInvalidError
+            ? error
+            : new ConfigInvalidError('reload', [
+                { path: '(file)', message: String(error), line: undefined, column: undefined },
+              ])
+        log.error('config reload refused; the running config stays in force', {
+          code: invalid.code,
+          problems: invalid.problems.map((p) => `${p.path}: ${p.message}`),
+        })
+        return invalid
+      }
+      try {
+        await all({ op: 'reload' })
+      } catch (error) {
+        reloadFailures.inc()
+        log.error('a worker refused the reload', { error: (error as Error).message })
+        return error instanceof ConfigInvalidError
+          ? error
+          : new ConfigInvalidError('reload', [
+              {
+                path: '(apply)',
+                message: `expected a config every worker can apply, got ${(error as Error).message}`,
+                line: undefined,
+                column: undefined,
+              },
+            ])
+      }
+      config = next
+      // A reload puts routes back on their configured targets (as in one process).
+      overrides.clear()
+      reloads.inc()
+      log.info('config reloaded in every worker', { workers: workers.size })
+      return undefined
+    },
+    async metricsText() {
+      const texts = await Promise.all(
+        [...workers.values()]
+          .filter((w) => w.ready && w.worker.isConnected())
+          .map(async (w) => ({
+            pid: w.worker.process.pid ?? 0,
+            text: (await ask(w.worker, { op: 'metrics' })) as string,
+          })),
+      )
+      return mergeMetricsText(await options.metrics.render(), texts)
+    },
+    ready: () =>
+      !draining && workers.size >= expected && [...workers.values()].every((w) => w.ready),
+    attach(worker) {
+      workers.set(worker.id, { worker, ready: false })
+      worker.on('message', (message: unknown) => {
+        const m = message as Message
+        if (typeof m !== 'object' || m === null) return
+        if (m.bw === 'ready') {
+          const entry = workers.get(worker.id)
+          if (entry !== undefined) entry.ready = true
+          // A restarted worker starts from the file: give it the live switches again.
+          for (const [route, targets] of overrides)
+            void ask(worker, { op: 'switchRoute', route, targets }).catch(() => {})
+          for (const service of isolated)
+            void ask(worker, { op: 'isolate', service }).catch(() => {})
+        } else if (m.bw === 'reply') {
+          const waiting = pending.get(m.id)
+          if (waiting === undefined) return
+          pending.delete(m.id)
+          clock.clearTimeout(waiting.timer)
+          if (m.ok) waiting.resolve(m.value)
+          else waiting.reject(revive(m.error))
+        }
+      })
+    },
+    detach(worker) {
+      workers.delete(worker.id)
+    },
+    readyWorkers: () => [...workers.values()].filter((w) => w.ready).length,
+    expect(n) {
+      expected = n
+    },
+    beginDrain() {
+      draining = true
+    },
+    async drainAll() {
+      draining = true
+      await Promise.allSettled(
+        [...workers.values()]
+          .filter((w) => w.worker.isConnected())
+          .map((w) => ask(w.worker, { op: 'drain' })),
+      )
+    },
+  }
+  return backend
+}
+
+/**
+ * Merges Prometheus texts: the primary's as is, each worker's samples with a
+ * `worker="<pid>"` label, and one HELP/TYPE block per metric family.
+ */
+export function mergeMetricsText(
+  primary: string,
+  workers: readonly { readonly pid: number; readonly text: string }[],
+): string {
+  const families = new Map<string, { meta: string[]; samples: string[] }>()
+  const family = (name: string): { meta: string[]; samples: string[] } => {
+    let entry = families.get(name)
+    if (entry === undefined) {
+      entry = { meta: [], samples: [] }
+      families.set(name, entry)
+    }
+    return entry
+  }
+  const add = (text: string, worker: number | undefined): void => {
+    let current = ''
+    for (const line of text.split('\n')) {
+      if (line === '') continue
+      const meta = /^# (HELP|TYPE) (\S+)/.exec(line)
+      if (meta !== null) {
+        current = meta[2] as string
+        const entry = family(current)
+        if (!entry.meta.some((m) => m.startsWith(`# ${meta[1]} `))) entry.meta.push(line)
+        continue
+      }
+      if (line.startsWith('#')) continue
+      const sample = worker === undefined ? line : withWorkerLabel(line, worker)
+      family(current === '' ? (/^[^{\s]+/.exec(line)?.[0] ?? '') : current).samples.push(sample)
+    }
+  }
+  add(primary, undefined)
+  for (const { pid, text } of workers) add(text, pid)
+  const out: string[] = []
+  for (const { meta, samples } of families.values()) out.push(...meta, ...samples)
+  return `${out.join('\n')}\n`
+}
+
+function withWorkerLabel(line: string, pid: number): string {
+  const brace = line.indexOf('{')
+  const space = line.indexOf(' ')
+  if (brace !== -1 && (space === -1 || brace < space)) {
+    const close = line.indexOf('}', brace)
+    const inner = line.slice(brace + 1, close)
+    return `${line.slice(0, brace)}{worker="${pid}"${inner === '' ? '' : `,${inner}`}${line.slice(close)}`
+  }
+  return `${line.slice(0, space)}{worker="${pid}"}${line.slice(space)}`
+}
