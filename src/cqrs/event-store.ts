@@ -3,6 +3,7 @@ import { type Clock, systemClock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
+import { AppendBatcher, type AppendOutcome } from './append-batcher.js'
 import { WrongExpectedVersionError } from './errors.js'
 import { publish } from './events.js'
 import { AppendNotifier } from './follower.js'
@@ -69,6 +70,15 @@ export interface EventStoreOptions {
    * @default 5
    */
   readonly notifyDelayMs?: number
+  /**
+   * On PostgreSQL, group commit: standalone appends (no `tx`, no inline projections) made while
+   * an earlier one is still being written go out together, as one statement and one
+   * transaction, so concurrent appends share one round trip and one WAL flush. Each append's
+   * expectation is still checked on its own: a conflict fails that append only. A lone append
+   * is sent at once, as without this option.
+   * @default true
+   */
+  readonly groupCommit?: boolean
   /**
    * Source of `createdAt`.
    * @default systemClock
@@ -159,6 +169,9 @@ interface StreamRow {
 
 const expectedKinds = { any: 0, noStream: 1, streamExists: 2 } as const
 
+// Group-commit statements in flight at once (each holds one pooled connection).
+const groupCommitInFlight = 1
+
 function checkExpected(value: unknown): ExpectedVersion {
   if (value === 'any' || value === 'noStream' || value === 'streamExists') return value
   if (typeof value === 'number' && Number.isInteger(value) && value >= 0) return value
@@ -218,6 +231,7 @@ export class EventStoreImpl implements EventStore {
   #prepared: Promise<void> | undefined
   #preparedDone = false
   readonly #notifier: AppendNotifier | undefined
+  readonly #batcher: AppendBatcher | undefined
 
   constructor(db: SqlDriver, options: EventStoreOptions) {
     if (
@@ -252,6 +266,14 @@ export class EventStoreImpl implements EventStore {
     this.#notifier =
       notify && db.dialect === 'postgres'
         ? new AppendNotifier(db, this.clock, notifyDelayMs)
+        : undefined
+    const groupCommit = options.groupCommit ?? true
+    if (typeof groupCommit !== 'boolean') {
+      throw new InvalidOptionError('groupCommit', 'a boolean', groupCommit)
+    }
+    this.#batcher =
+      groupCommit && db.dialect === 'postgres'
+        ? new AppendBatcher(db, groupCommitInFlight)
         : undefined
   }
 
@@ -339,7 +361,26 @@ export class EventStoreImpl implements EventStore {
     const { stream, events, expected, prepared, createdAt } = append
     let version: number
     let positions: readonly number[]
-    if (this.dialect === 'postgres') {
+    if (this.dialect === 'postgres' && tx === undefined && this.#batcher !== undefined) {
+      const kind = typeof expected === 'number' ? 3 : expectedKinds[expected]
+      const outcome: AppendOutcome = await this.#batcher.append({
+        stream,
+        kind,
+        expected: typeof expected === 'number' ? expected : 0,
+        ids: prepared.ids,
+        types: prepared.types,
+        versions: prepared.versions,
+        data: prepared.data,
+        metadata: prepared.metadata,
+        createdAt,
+      })
+      if (!outcome.ok || outcome.positions === null) {
+        publish('conflict', { stream, expected, actual: outcome.version })
+        throw new WrongExpectedVersionError(stream, expected, outcome.version, outcome.deleted)
+      }
+      version = outcome.version
+      positions = outcome.positions
+    } else if (this.dialect === 'postgres') {
       const kind = typeof expected === 'number' ? 3 : expectedKinds[expected]
       const rows = await (tx ?? this.db).query<{
         r_ok: boolean

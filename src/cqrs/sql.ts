@@ -303,9 +303,61 @@ const postgresMigration: string[] = [
   notifyFunction,
 ]
 
+// Group commit (PostgreSQL): several standalone appends, each with its own expectation, in one
+// statement and so one transaction and one WAL flush. Each append runs through
+// breakwater_append as it would alone, in order; one whose expectation fails is reported
+// (r_ok[i] false, its actual version and deleted flag) and writes nothing, without failing the
+// others. The caller orders appends by stream so that two batches lock stream rows in the same
+// order. r_positions is aligned with the flattened events (NULL for a failed append's events).
+// The appender lock of the watermark is taken once, by the first successful append.
+const appendBatchFunction = `CREATE FUNCTION breakwater_append_batch(
+  p_streams TEXT[],
+  p_expected_kinds INTEGER[],
+  p_expected BIGINT[],
+  p_counts INTEGER[],
+  p_ids TEXT[],
+  p_types TEXT[],
+  p_schema_versions INTEGER[],
+  p_data TEXT[],
+  p_metadata TEXT[],
+  p_created_at BIGINT[],
+  OUT r_ok BOOLEAN[],
+  OUT r_versions BIGINT[],
+  OUT r_deleted BOOLEAN[],
+  OUT r_positions BIGINT[]
+)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_offset INTEGER := 0;
+  v_count INTEGER;
+  v_result RECORD;
+BEGIN
+  r_ok := '{}';
+  r_versions := '{}';
+  r_deleted := '{}';
+  r_positions := '{}';
+  FOR i IN 1 .. cardinality(p_streams) LOOP
+    v_count := p_counts[i];
+    SELECT a.r_ok, a.r_version, a.r_positions, a.r_deleted INTO v_result
+      FROM breakwater_append(p_streams[i], p_expected_kinds[i], p_expected[i],
+        p_ids[v_offset + 1 : v_offset + v_count], p_types[v_offset + 1 : v_offset + v_count],
+        p_schema_versions[v_offset + 1 : v_offset + v_count],
+        p_data[v_offset + 1 : v_offset + v_count], p_metadata[v_offset + 1 : v_offset + v_count],
+        p_created_at[i], FALSE) AS a;
+    r_ok := r_ok || v_result.r_ok;
+    r_versions := r_versions || v_result.r_version;
+    r_deleted := r_deleted || v_result.r_deleted;
+    r_positions := r_positions
+      || COALESCE(v_result.r_positions, array_fill(NULL::BIGINT, ARRAY[v_count]));
+    v_offset := v_offset + v_count;
+  END LOOP;
+END;
+$fn$`
+
 /** The event store's schema migrations (capability `cqrs`), both dialects. */
 export const cqrsMigrations: readonly Migration[] = [
   { version: 1, name: 'event-store', sqlite: sqliteMigration, postgres: postgresMigration },
+  { version: 2, name: 'append-batch', sqlite: [], postgres: [appendBatchFunction] },
 ]
 
 /**
@@ -477,6 +529,10 @@ export const postgresLastTaken =
 
 /** PostgreSQL: the post-commit wake-up of followers (see the migration). */
 export const postgresNotify = 'SELECT breakwater_notify($1)'
+
+/** The PostgreSQL group-commit call: several appends in one statement (see the migration). */
+export const postgresAppendBatch =
+  'SELECT r_ok, r_versions, r_deleted, r_positions FROM breakwater_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)'
 
 /** The PostgreSQL append call: see the migration. */
 export const postgresAppend =
