@@ -20,8 +20,9 @@ export interface Route {
 /** Options of {@link createRouteTable}. */
 export interface RouteTableOptions {
   /**
-   * The table this one replaces (on a config reload): request counters and shadow statistics
-   * of routes with the same name carry over, so migration progress survives a reload.
+   * The table this one replaces (on a config reload): routes with the same name keep their
+   * request counters and shadow statistics (shared, so requests still in flight on the old
+   * table count too), and migration progress survives a reload.
    * Overrides do not carry over: a reload puts every route back on its configured targets.
    * @default undefined
    */
@@ -163,7 +164,7 @@ class RouteEntry implements Route {
   readonly headers: readonly (readonly [string, string])[]
   readonly configured: Plan
   plan: Plan
-  readonly requests = new Map<string, number>()
+  readonly requests: Map<string, number>
 
   constructor(config: RouteConfig, index: number, previous: RouteEntry | undefined) {
     const at = `routes[${index}]`
@@ -183,12 +184,17 @@ class RouteEntry implements Route {
     )
     this.configured = planOf(checkTargets(`${at}.targets`, config.targets), false)
     this.plan = this.configured
-    this.shadow =
-      config.shadow === undefined
-        ? undefined
-        : new ShadowStats(config.shadow.keepExamples, previous?.shadow)
-    if (previous !== undefined) {
-      for (const [service, n] of previous.requests) this.requests.set(service, n)
+    // Shared with the route of the table this one replaces, not copied: a request that started
+    // before a reload still counts when it finishes on the old table.
+    this.requests = previous?.requests ?? new Map()
+    const shadow = config.shadow
+    if (shadow === undefined) {
+      this.shadow = undefined
+    } else if (previous?.shadow !== undefined) {
+      this.shadow = previous.shadow
+      this.shadow.keepExamples = shadow.keepExamples
+    } else {
+      this.shadow = new ShadowStats(shadow.keepExamples)
     }
   }
 

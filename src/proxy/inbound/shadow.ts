@@ -51,22 +51,24 @@ export class ShadowStats {
   mismatches = 0
   skipped = 0
   errors = 0
-  readonly #keep: number
+  #keep: number
   readonly #examples: ShadowMismatch[] = []
   readonly #noise = new Set<string>()
 
-  /**
-   * @param keepExamples How many of the latest mismatches to keep.
-   * @param previous Counters carried over from the same route before a reload.
-   */
-  constructor(keepExamples: number, previous?: ShadowStats) {
+  /** @param keepExamples How many of the latest mismatches to keep. */
+  constructor(keepExamples: number) {
     this.#keep = checkInteger('shadow.keepExamples', keepExamples, 0)
-    if (previous !== undefined) {
-      this.compared = previous.compared
-      this.mismatches = previous.mismatches
-      this.skipped = previous.skipped
-      this.errors = previous.errors
-      for (const example of previous.#examples.slice(-this.#keep)) this.#examples.push(example)
+  }
+
+  /** How many of the latest mismatches are kept (a reload may change it). */
+  get keepExamples(): number {
+    return this.#keep
+  }
+
+  set keepExamples(value: number) {
+    this.#keep = checkInteger('shadow.keepExamples', value, 0)
+    if (this.#examples.length > this.#keep) {
+      this.#examples.splice(0, this.#examples.length - this.#keep)
     }
   }
 

@@ -3,13 +3,11 @@
 // answer (missing key 400, concurrent duplicate 409, reused key with another request 422,
 // replay of a recorded response); this module only connects it to the forward path.
 //
-// One difference from the in-process adapters, on purpose: the first response streams to the
-// client while it is captured, and is recorded after. The adapters hold a response back until
-// its record commits because the handler's writes commit in that same transaction; here the
-// app's effect has already happened whatever the record does, so holding the answer back would
-// only turn a success the client could have seen into an error that makes it retry (and the
-// app run twice). A response that cannot be recorded (5xx, a proxy error, a body over
-// `maxResponseBytes`) releases the key, so the client's retry reaches the app again.
+// As in the in-process adapters, the first response is held back until its record commits, so
+// a client that has seen the answer gets a replay (never a 409) for any duplicate it sends
+// afterwards. A response that cannot be recorded (5xx, a proxy error, a body over
+// `maxResponseBytes`) releases the key before it is sent, so the client's retry reaches the
+// app again; one over the cap stops being held and streams on once it passes the cap.
 
 import type { ServerResponse } from 'node:http'
 import { type Clock, systemClock } from '../../core/clock.js'
@@ -99,6 +97,97 @@ function writeResponse(res: ServerResponse, response: IdempotencyResponse): void
   res.end(response.body)
 }
 
+type WriteHeadArgs = Parameters<ServerResponse['writeHead']>
+
+/** A response held back from the client; see {@link holdBack}. */
+interface HeldResponse {
+  /** True once the response passed the cap and went on to the client as it came. */
+  readonly streaming: boolean
+  /** Sends what was held (unless streaming) and puts the response's methods back. */
+  release(): void
+}
+
+/**
+ * Holds back what the service runtime writes to `res` (head, body, end) instead of sending it,
+ * until {@link HeldResponse.release}. A response longer than `maxBytes` is not held: the head and
+ * the bytes so far are sent when it passes the cap, and the rest streams through (with the
+ * client's backpressure). A second `writeHead` (the runtime's own error response after a failed
+ * attempt) replaces what was held.
+ */
+function holdBack(res: ServerResponse, maxBytes: number): HeldResponse {
+  const original = { writeHead: res.writeHead, write: res.write, end: res.end }
+  let head: WriteHeadArgs | undefined
+  let chunks: Buffer[] = []
+  let size = 0
+  let ended = false
+  let streaming = false
+  let released = false
+  const restore = (): void => {
+    res.writeHead = original.writeHead
+    res.write = original.write
+    res.end = original.end
+  }
+  const toBuffer = (chunk: unknown): Buffer | undefined =>
+    typeof chunk === 'string'
+      ? Buffer.from(chunk)
+      : chunk instanceof Uint8Array
+        ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
+        : undefined
+  const startStreaming = (): boolean => {
+    streaming = true
+    restore()
+    if (head !== undefined) original.writeHead.apply(res, head)
+    const body = Buffer.concat(chunks, size)
+    chunks = []
+    return body.length === 0 ? true : res.write(body)
+  }
+  res.writeHead = ((...args: WriteHeadArgs) => {
+    head = args
+    chunks = []
+    size = 0
+    return res
+  }) as ServerResponse['writeHead']
+  res.write = ((chunk: unknown, ...rest: unknown[]) => {
+    const buffer = toBuffer(chunk)
+    if (buffer !== undefined) {
+      chunks.push(buffer)
+      size += buffer.length
+    }
+    const callback = rest.find((a) => typeof a === 'function') as (() => void) | undefined
+    if (callback !== undefined) queueMicrotask(callback)
+    return size > maxBytes ? startStreaming() : true
+  }) as ServerResponse['write']
+  res.end = ((chunk?: unknown, ...rest: unknown[]) => {
+    const buffer = typeof chunk === 'function' ? undefined : toBuffer(chunk)
+    if (buffer !== undefined) {
+      chunks.push(buffer)
+      size += buffer.length
+    }
+    ended = true
+    const callback = [chunk, ...rest].find((a) => typeof a === 'function') as
+      | (() => void)
+      | undefined
+    if (callback !== undefined) res.once('finish', callback)
+    return res
+  }) as ServerResponse['end']
+  return {
+    get streaming() {
+      return streaming
+    },
+    release() {
+      if (released) return
+      released = true
+      // Streaming: the methods are back already and the runtime ends the response itself.
+      if (streaming) return
+      restore()
+      if (res.destroyed) return
+      if (head !== undefined) original.writeHead.apply(res, head)
+      if (ended) res.end(Buffer.concat(chunks, size))
+      else if (size > 0) res.write(Buffer.concat(chunks, size))
+    },
+  }
+}
+
 function headerOf(
   headers: Readonly<Record<string, string | string[]>>,
   name: string,
@@ -164,16 +253,24 @@ class Sidecar implements SidecarIdempotency {
       }
     }
     const { execution } = begun
+    const held = holdBack(res, this.#maxBytes)
     let outcome: ForwardOutcome
     try {
       outcome = await forward({ captureBytes: this.#maxBytes })
     } catch (error) {
       await execution.abort()
+      held.release()
       throw error
     }
     const captured = outcome.captured
-    if (captured === undefined || captured.truncated || outcome.error !== undefined) {
+    if (
+      held.streaming ||
+      captured === undefined ||
+      captured.truncated ||
+      outcome.error !== undefined
+    ) {
       await execution.abort()
+      held.release()
       return outcome
     }
     try {
@@ -183,18 +280,21 @@ class Sidecar implements SidecarIdempotency {
         body: captured.body,
       })
       if (recorded.status !== captured.status) {
-        this.#logger?.warn('idempotency record lost its lease; the response was not recorded', {
-          route: inbound.path,
+        // The app's effect happened whatever the record did: the client gets the app's answer.
+        this.#logger?.warn('idempotency lease ran out before the response was recorded', {
+          path: inbound.path,
           requestId: inbound.requestId,
         })
       }
     } catch (error) {
-      // The store failed: complete() released the key, so a retry reaches the app again.
+      // The store failed and complete() released the key: a retry reaches the app again.
       this.#logger?.error('idempotency record failed', {
+        path: inbound.path,
         requestId: inbound.requestId,
         error: error instanceof Error ? error.message : String(error),
       })
     }
+    held.release()
     return outcome
   }
 

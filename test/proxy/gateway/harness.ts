@@ -1,0 +1,197 @@
+// Integration harness of the gateway tests: real node:http upstream servers, the real service
+// runtime (src/proxy/upstream), the real listener server, and the gateway handler on it.
+
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { systemClock } from '../../../src/core/clock.js'
+import { createJsonLogger } from '../../../src/observability/logger.js'
+import { createMetricsRegistry } from '../../../src/observability/metrics.js'
+import { DEADLINE_HEADER } from '../../../src/policies/deadline.js'
+import type {
+  InboundContext,
+  ListenerConfig,
+  RouteConfig,
+  ServiceConfig,
+  ServiceRegistry,
+} from '../../../src/proxy/contracts.js'
+import {
+  createGatewayHandler,
+  type GatewayHandlerOptions,
+} from '../../../src/proxy/inbound/gateway.js'
+import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
+import type { RouteTable } from '../../../src/proxy/inbound/routes.js'
+import { createServiceRuntime, type UpstreamService } from '../../../src/proxy/upstream/index.js'
+
+/** A request as an upstream saw it. */
+export interface UpstreamRequest {
+  readonly method: string
+  readonly url: string
+  readonly headers: IncomingMessage['headers']
+  readonly body: string
+}
+
+/** A real upstream server that hands every request, body read, to `respond`. */
+export interface Upstream {
+  readonly url: string
+  readonly seen: UpstreamRequest[]
+  close(): Promise<void>
+}
+
+export async function startUpstream(
+  respond: (req: UpstreamRequest, res: ServerResponse) => void | Promise<void>,
+): Promise<Upstream> {
+  const seen: UpstreamRequest[] = []
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (chunk: Buffer) => chunks.push(chunk))
+    req.on('end', () => {
+      const request = {
+        method: req.method ?? '',
+        url: req.url ?? '',
+        headers: req.headers,
+        body: Buffer.concat(chunks).toString('utf8'),
+      }
+      seen.push(request)
+      void Promise.resolve(respond(request, res)).catch((error: unknown) => {
+        res.destroy(error as Error)
+      })
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  return {
+    url: `http://127.0.0.1:${port}`,
+    seen,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      }),
+  }
+}
+
+/** Sends a JSON body. */
+export function sendJson(res: ServerResponse, status: number, body: unknown): string {
+  const text = JSON.stringify(body)
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+  })
+  res.end(text)
+  return text
+}
+
+/** A service config as the loader would produce it: no retries, no breaker, no ejection. */
+export function serviceConfig(name: string, url: string): ServiceConfig {
+  return {
+    name,
+    discovery: { kind: 'static', endpoints: [url] },
+    loadBalancer: 'round-robin',
+    timeouts: { connectMs: 1_000, readMs: 10_000, overallMs: 20_000 },
+    retry: undefined,
+    breaker: undefined,
+    bulkhead: { maxConcurrent: 64, maxQueue: 64, connectionsPerEndpoint: 8 },
+    outlierEjection: undefined,
+    tls: {
+      caFile: undefined,
+      certFile: undefined,
+      keyFile: undefined,
+      serverName: undefined,
+      verify: true,
+    },
+    auth: undefined,
+    rewriteHost: true,
+  }
+}
+
+/** A running gateway with its services. */
+export interface Gateway {
+  readonly url: string
+  readonly services: ReadonlyMap<string, UpstreamService>
+  readonly logText: () => string
+  close(): Promise<void>
+}
+
+/** Starts a gateway listener in front of `upstreams` (service name → URL). */
+export async function startGateway(
+  upstreams: Readonly<Record<string, string>>,
+  routes: readonly RouteConfig[],
+  table: RouteTable | (() => RouteTable),
+  options: GatewayHandlerOptions = {},
+): Promise<Gateway> {
+  let log = ''
+  const logger = createJsonLogger({
+    output: {
+      write(text: string) {
+        log += text
+      },
+    },
+    level: 'debug',
+  })
+  const deps = { clock: systemClock, logger, metrics: createMetricsRegistry() }
+  const services = new Map<string, UpstreamService>()
+  for (const [name, url] of Object.entries(upstreams)) {
+    services.set(name, createServiceRuntime(serviceConfig(name, url), deps))
+  }
+  const registry: ServiceRegistry = {
+    get: (name) => services.get(name),
+    names: () => [...services.keys()],
+  }
+  const ctx: InboundContext = {
+    ...deps,
+    services: () => registry,
+    deadlineHeader: DEADLINE_HEADER,
+    accessLog: true,
+  }
+  const listener: ListenerConfig = {
+    name: 'gateway',
+    role: 'gateway',
+    host: '127.0.0.1',
+    port: 0,
+    tls: undefined,
+    limits: {
+      maxHeaderBytes: 16_384,
+      maxHeaders: 100,
+      maxBodyBytes: 1_048_576,
+      headersTimeoutMs: 10_000,
+      requestTimeoutMs: 30_000,
+      keepAliveTimeoutMs: 5_000,
+      maxConnections: 1_000,
+    },
+    routes,
+    services: undefined,
+  }
+  const server: ListenerServer = createListenerServer(
+    listener,
+    createGatewayHandler(listener, ctx, table, options),
+    deps,
+  )
+  const { port } = await server.listen()
+  return {
+    url: `http://127.0.0.1:${port}`,
+    services,
+    logText: () => log,
+    async close() {
+      await server.close(1_000)
+      await Promise.all([...services.values()].map((s) => s.close()))
+    },
+  }
+}
+
+/** A gate a test opens by hand. */
+export function gate(): { wait: Promise<void>; open(): void } {
+  let open!: () => void
+  const wait = new Promise<void>((resolve) => {
+    open = resolve
+  })
+  return { wait, open }
+}
+
+/** Polls `check` every 5 ms until it holds (bounded by the test timeout). */
+export async function until(check: () => boolean, what = 'condition'): Promise<void> {
+  const started = Date.now()
+  while (!check()) {
+    if (Date.now() - started > 10_000) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}
