@@ -87,7 +87,8 @@ export interface StartProxyOptions {
    */
   readonly admin?: boolean
   /**
-   * Where `{ env }` secret references (the admin token) are read.
+   * Where the admin token's `{ env }` reference is read. (Services read their outbound
+   * credentials from `process.env`.)
    * @default process.env
    */
   readonly env?: Readonly<Record<string, string | undefined>>
