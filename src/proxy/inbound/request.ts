@@ -347,7 +347,7 @@ export function sendProblem(
     'content-length': Buffer.byteLength(body),
     'cache-control': 'no-store',
   }
-  if (res.req !== undefined && !res.req.complete) {
+  if (res.req !== undefined && hasUnreadBody(res.req)) {
     headers.connection = 'close'
     if (res.req.socket !== null) closingSockets.add(res.req.socket)
   }
@@ -418,6 +418,14 @@ export function logAccess(
         ? socket.bytesWritten - kept.bytesWrittenAtStart
         : undefined,
   })
+}
+
+// `complete` is still false while the handler of a body-less request runs synchronously, so
+// the framing headers tell whether body bytes may still be on the wire.
+function hasUnreadBody(req: IncomingMessage): boolean {
+  if (req.complete) return false
+  const length = req.headers['content-length']
+  return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined
 }
 
 function firstHeader(value: string | string[] | undefined): string | undefined {

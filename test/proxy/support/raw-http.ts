@@ -97,8 +97,23 @@ export function openSocket(port: number, options: SendRawOptions = {}): Promise<
   })
 }
 
-/** Whether `data` holds a whole response (head plus a Content-Length or chunked body). */
-export function responseComplete(data: Buffer): boolean {
+// Interim 1xx responses (100 Continue) come before the final one; both helpers skip them.
+function skipInterim(data: Buffer): Buffer {
+  let rest = data
+  while (/^HTTP\/\d\.\d 1\d\d/.test(rest.subarray(0, 12).toString('latin1'))) {
+    const end = rest.indexOf('\r\n\r\n')
+    if (end === -1) return rest
+    rest = rest.subarray(end + 4)
+  }
+  return rest
+}
+
+/**
+ * Whether `data` holds a whole final response (head plus a Content-Length or chunked body),
+ * after any interim 1xx responses.
+ */
+export function responseComplete(whole: Buffer): boolean {
+  const data = skipInterim(whole)
   const end = data.indexOf('\r\n\r\n')
   if (end === -1) return false
   const head = data.subarray(0, end).toString('latin1').toLowerCase()
@@ -106,13 +121,14 @@ export function responseComplete(data: Buffer): boolean {
   const length = /\r\ncontent-length:\s*(\d+)/.exec(head)
   if (length !== null) return rest.length >= Number(length[1])
   if (/\r\ntransfer-encoding:\s*chunked/.test(head)) return rest.includes('0\r\n\r\n')
-  // 1xx, 204 and 304 have no body; others end with the connection.
-  const status = Number(/^HTTP\/\d\.\d (\d{3})/.exec(head)?.[1])
-  return status === 204 || status === 304 || (status >= 100 && status < 200)
+  // 204 and 304 have no body; others end with the connection.
+  const status = Number(/^http\/\d\.\d (\d{3})/.exec(head)?.[1])
+  return status === 204 || status === 304
 }
 
-/** Parses the first response in `data`. */
-export function parseResponse(data: Buffer, closed = true, timedOut = false): RawResponse {
+/** Parses the first final response in `data` (interim 1xx responses skipped; `raw` has all). */
+export function parseResponse(whole: Buffer, closed = true, timedOut = false): RawResponse {
+  const data = skipInterim(whole)
   const raw = data.toString('latin1')
   const end = raw.indexOf('\r\n\r\n')
   const head = end === -1 ? raw : raw.slice(0, end)
@@ -138,7 +154,7 @@ export function parseResponse(data: Buffer, closed = true, timedOut = false): Ra
     statusLine,
     headers,
     body,
-    raw,
+    raw: whole.toString('latin1'),
     closed,
     timedOut,
   }
