@@ -1,0 +1,119 @@
+// Chaos: the actions the dashboard's buttons and the CLI apply, and the scripted schedule of
+// `--chaos default`, which walks through every failure the patterns are there for.
+import type { ProcessName, Shop } from './system.js'
+
+/** One chaos action. */
+export type ChaosAction =
+  | { readonly kind: 'slow'; readonly target: ProcessName; readonly latencyMs: number }
+  | {
+      readonly kind: 'fail'
+      readonly target: ProcessName
+      readonly errorRate?: number
+      readonly resetRate?: number
+      readonly lostReplyRate?: number
+    }
+  | { readonly kind: 'calm'; readonly target: ProcessName }
+  | { readonly kind: 'down'; readonly target: ProcessName }
+  | { readonly kind: 'up'; readonly target: ProcessName }
+  | { readonly kind: 'weight'; readonly percent: number }
+  | { readonly kind: 'rollback' }
+
+/** A step of a chaos script: an action at a fraction of the run (0..1). */
+export interface ChaosStep {
+  readonly at: number
+  readonly action: ChaosAction
+}
+
+/**
+ * The default script: slow payments (timeouts, the bulkhead fills), failing payments with
+ * lost replies (retries, idempotency), the relay killed (the outbox holds the events), the
+ * inventory service down (its breaker opens, sagas wait and resume), a saga worker killed (the
+ * other takes its sagas over), the notifications consumer killed (redelivery, the inbox), the
+ * strangler shifted to the new service, shipping resetting connections, and a rollback.
+ */
+export const defaultChaos: readonly ChaosStep[] = [
+  { at: 0.08, action: { kind: 'slow', target: 'payments', latencyMs: 800 } },
+  { at: 0.18, action: { kind: 'fail', target: 'payments', errorRate: 0.3, lostReplyRate: 0.2 } },
+  { at: 0.3, action: { kind: 'calm', target: 'payments' } },
+  { at: 0.3, action: { kind: 'down', target: 'relay' } },
+  { at: 0.37, action: { kind: 'up', target: 'relay' } },
+  { at: 0.4, action: { kind: 'down', target: 'inventory' } },
+  { at: 0.5, action: { kind: 'up', target: 'inventory' } },
+  { at: 0.53, action: { kind: 'down', target: 'saga-worker-1' } },
+  { at: 0.6, action: { kind: 'weight', percent: 90 } },
+  { at: 0.62, action: { kind: 'up', target: 'saga-worker-1' } },
+  { at: 0.66, action: { kind: 'down', target: 'notifications' } },
+  { at: 0.72, action: { kind: 'up', target: 'notifications' } },
+  { at: 0.75, action: { kind: 'fail', target: 'shipping', resetRate: 0.4 } },
+  { at: 0.85, action: { kind: 'calm', target: 'shipping' } },
+  { at: 0.88, action: { kind: 'rollback' } },
+]
+
+/** The chaos scripts `--chaos` accepts. */
+export const chaosScripts: Readonly<Record<string, readonly ChaosStep[]>> = {
+  default: defaultChaos,
+  none: [],
+}
+
+/** A one-line description of an action, for the live lines. */
+export function describeAction(action: ChaosAction): string {
+  switch (action.kind) {
+    case 'slow':
+      return `${action.target} slow (+${action.latencyMs} ms per request)`
+    case 'fail': {
+      const parts = [
+        action.errorRate ? `${Math.round(action.errorRate * 100)}% 503` : '',
+        action.resetRate ? `${Math.round(action.resetRate * 100)}% resets` : '',
+        action.lostReplyRate ? `${Math.round(action.lostReplyRate * 100)}% lost replies` : '',
+      ].filter((p) => p !== '')
+      return `${action.target} failing (${parts.join(', ')})`
+    }
+    case 'calm':
+      return `${action.target} healthy again`
+    case 'down':
+      return `${action.target} killed (SIGKILL)`
+    case 'up':
+      return `${action.target} restarted`
+    case 'weight':
+      return `strangler: ${action.percent}% of /orders to the new service`
+    case 'rollback':
+      return 'strangler rollback: every order to legacy'
+  }
+}
+
+/** The controls the chaos actions drive. */
+export interface ChaosControls {
+  readonly shop: Shop
+  setNewShare(percent: number): void
+}
+
+/** Applies one action. */
+export async function applyChaos(controls: ChaosControls, action: ChaosAction): Promise<void> {
+  const { shop } = controls
+  switch (action.kind) {
+    case 'slow':
+      return shop.chaos(action.target, { latencyMs: action.latencyMs })
+    case 'fail': {
+      const { kind: _kind, target, ...rates } = action
+      return shop.chaos(target, rates)
+    }
+    case 'calm':
+      return shop.chaos(action.target, {})
+    case 'down':
+      return shop.kill(action.target)
+    case 'up':
+      return shop.restart(action.target)
+    case 'weight':
+      return controls.setNewShare(action.percent)
+    case 'rollback':
+      return controls.setNewShare(0)
+  }
+}
+
+/** Undoes every chaos: all processes up and calm. The split stays where it is. */
+export async function calmEverything(shop: Shop): Promise<void> {
+  for (const process of shop.processes.values()) {
+    if (!process.up) await shop.restart(process.name)
+    await shop.chaos(process.name, {})
+  }
+}

@@ -1,0 +1,213 @@
+// The headline figures, counted from the services' databases (never from logs or from what the
+// processes say about themselves), and the invariants they must keep.
+import { inboxTable, outboxArchiveTable, outboxTable } from 'breakwater/outbox'
+import { sagaTable } from 'breakwater/saga'
+import type { SqlDriver } from 'breakwater/stores'
+import type { StoreOwner } from './domain/schema.js'
+
+/** Everything the dashboard and the summary show that comes from the databases. */
+export interface ShopFigures {
+  readonly at: number
+  /** Orders recorded: by the legacy monolith, by the new orders service. */
+  readonly orders: { readonly legacy: number; readonly new: number; readonly total: number }
+  /** Orders paid: legacy `paid`, new `order-confirmed`. */
+  readonly paidOrders: { readonly legacy: number; readonly new: number; readonly total: number }
+  /** New orders cancelled (their saga compensated) and legacy orders still pending. */
+  readonly cancelledOrders: number
+  readonly legacyPending: number
+  /** Orders currently charged (charge rows not refunded), counted once per order. */
+  readonly charges: number
+  readonly refunds: number
+  /** Orders with more than one charge row: money taken twice. */
+  readonly duplicateCharges: number
+  /** Emails: orders with one, orders with more than one, finished new orders with none. */
+  readonly emails: {
+    readonly sent: number
+    readonly duplicated: number
+    readonly missing: number
+  }
+  /** Outbox events committed by the orders service, delivered to notifications' inbox, lost. */
+  readonly events: {
+    readonly committed: number
+    readonly delivered: number
+    readonly lost: number
+    readonly unpublished: number
+    readonly oldestUnpublishedMs: number
+  }
+  /** Saga instances by status. */
+  readonly sagas: Readonly<Record<string, number>>
+}
+
+/** One invariant, judged. */
+export interface Invariant {
+  readonly name: string
+  readonly value: string
+  readonly expected: string
+  readonly ok: boolean
+}
+
+const count = async (db: SqlDriver, sql: string, params: unknown[] = []): Promise<number> => {
+  const [row] = await db.query<{ n: number | string }>(sql, params)
+  return Number(row?.n ?? 0)
+}
+
+/** Counts the figures from the services' databases. */
+export async function countFigures(
+  dbs: Readonly<Record<StoreOwner, SqlDriver>>,
+): Promise<ShopFigures> {
+  const { legacy, orders, payments, notifications } = dbs
+  const legacyOrders = await count(legacy, 'SELECT count(*) AS n FROM legacy_orders')
+  const legacyPaid = await count(
+    legacy,
+    "SELECT count(*) AS n FROM legacy_orders WHERE status = 'paid'",
+  )
+  const legacyPending = await count(
+    legacy,
+    "SELECT count(*) AS n FROM legacy_orders WHERE status = 'pending'",
+  )
+  // The orders service's write side: one stream per order, one terminal event per outcome.
+  const byType = await orders.query<{ type: string; n: number | string }>(
+    `SELECT type, count(*) AS n FROM breakwater_events
+     WHERE type IN ('order-placed', 'order-confirmed', 'order-cancelled') GROUP BY type`,
+  )
+  const typed = (type: string): number => Number(byType.find((r) => r.type === type)?.n ?? 0)
+  const charged = await count(
+    payments,
+    "SELECT count(DISTINCT order_id) AS n FROM payments_charges WHERE status = 'charged'",
+  )
+  const refunds = await count(
+    payments,
+    "SELECT count(*) AS n FROM payments_charges WHERE status = 'refunded'",
+  )
+  const duplicateCharges = await count(
+    payments,
+    `SELECT count(*) AS n FROM (SELECT order_id FROM payments_charges
+       GROUP BY order_id HAVING count(*) > 1) AS d`,
+  )
+  const emailRows = await notifications.query<{ order_id: string; n: number | string }>(
+    'SELECT order_id, count(*) AS n FROM notifications_emails GROUP BY order_id',
+  )
+  const finished = await orders.query<{ stream_id: string }>(
+    `SELECT stream_id FROM breakwater_events WHERE type IN ('order-confirmed', 'order-cancelled')`,
+  )
+  const emailed = new Set(emailRows.map((r) => r.order_id))
+  const missing = finished.filter((r) => !emailed.has(r.stream_id.replace(/^order-/, ''))).length
+
+  // Every event the outbox ever held (published ones may have moved to the archive) must be
+  // in the consumer's inbox: that is "delivered", and anything else is lost.
+  const committed = await orders.query<{ event_id: string }>(
+    `SELECT event_id FROM ${outboxTable} UNION SELECT event_id FROM ${outboxArchiveTable}`,
+  )
+  const inbox = await notifications.query<{ message_id: string }>(
+    `SELECT message_id FROM ${inboxTable} WHERE consumer = 'notifications'`,
+  )
+  const received = new Set(inbox.map((r) => r.message_id))
+  const lost = committed.filter((r) => !received.has(r.event_id)).length
+  const [pending] = await orders.query<{ n: number | string; oldest: number | string | null }>(
+    `SELECT count(*) AS n, min(created_at) AS oldest FROM ${outboxTable} WHERE published_at IS NULL`,
+  )
+  const sagaRows = await orders.query<{ status: string; n: number | string }>(
+    `SELECT status, count(*) AS n FROM ${sagaTable} GROUP BY status`,
+  )
+  const now = Date.now()
+  return {
+    at: now,
+    orders: {
+      legacy: legacyOrders,
+      new: typed('order-placed'),
+      total: legacyOrders + typed('order-placed'),
+    },
+    paidOrders: {
+      legacy: legacyPaid,
+      new: typed('order-confirmed'),
+      total: legacyPaid + typed('order-confirmed'),
+    },
+    cancelledOrders: typed('order-cancelled'),
+    legacyPending,
+    charges: charged,
+    refunds,
+    duplicateCharges,
+    emails: {
+      sent: emailRows.length,
+      duplicated: emailRows.filter((r) => Number(r.n) > 1).length,
+      missing,
+    },
+    events: {
+      committed: committed.length,
+      delivered: committed.length - lost,
+      lost,
+      unpublished: Number(pending?.n ?? 0),
+      oldestUnpublishedMs:
+        pending?.oldest === null || pending?.oldest === undefined
+          ? 0
+          : now - Number(pending.oldest),
+    },
+    sagas: Object.fromEntries(sagaRows.map((r) => [r.status, Number(r.n)])),
+  }
+}
+
+/** Whether the system is quiet: nothing in flight that could still change a figure. */
+export function quiescent(f: ShopFigures): boolean {
+  return (
+    f.events.lost === 0 &&
+    f.events.unpublished === 0 &&
+    f.legacyPending === 0 &&
+    (f.sagas.running ?? 0) === 0 &&
+    (f.sagas.compensating ?? 0) === 0 &&
+    f.emails.missing === 0
+  )
+}
+
+/**
+ * Judges the invariants. While the system runs, figures in flight are not failures (an event
+ * not delivered yet, a saga between steps); `final` judges them after the system went quiet.
+ * `accepted` is how many orders the load generator was told were accepted: each must exist.
+ */
+export function judge(f: ShopFigures, final: boolean, accepted?: number): Invariant[] {
+  const inFlight = (f.sagas.running ?? 0) + (f.sagas.compensating ?? 0)
+  const list: Invariant[] = [
+    {
+      name: 'charges = paid orders',
+      value: `${f.charges} = ${f.paidOrders.total}`,
+      expected: 'equal',
+      ok: !final || f.charges === f.paidOrders.total,
+    },
+    {
+      name: 'duplicate charges',
+      value: String(f.duplicateCharges),
+      expected: '0',
+      ok: f.duplicateCharges === 0,
+    },
+    {
+      name: 'emails per finished order',
+      value:
+        f.emails.duplicated > 0
+          ? `${f.emails.duplicated} orders got 2+`
+          : f.emails.missing > 0
+            ? `${f.emails.missing} orders got 0`
+            : '1',
+      expected: '1',
+      ok: f.emails.duplicated === 0 && (!final || f.emails.missing === 0),
+    },
+    {
+      name: 'events lost',
+      value: String(f.events.lost),
+      expected: '0',
+      ok: !final || f.events.lost === 0,
+    },
+    {
+      name: 'sagas not finished',
+      value: `${inFlight + (f.sagas.failed ?? 0)}`,
+      expected: '0',
+      ok: (f.sagas.failed ?? 0) === 0 && (!final || inFlight === 0),
+    },
+  ]
+  if (accepted !== undefined)
+    list.push({
+      name: 'accepted orders recorded',
+      value: `${f.orders.total} >= ${accepted}`,
+      expected: '>=',
+      ok: f.orders.total >= accepted,
+    })
+  return list
+}

@@ -1,0 +1,234 @@
+// `breakwater demo` (the shop): starts the system, the dashboard and the load, plays a chaos
+// script, then stops the load, lets the system go quiet and judges the invariants from the
+// databases. Exported for the CLI (src/cli/demo.ts) and the tests.
+import { writeFileSync } from 'node:fs'
+import { sleep, systemClock } from 'breakwater'
+import {
+  applyChaos,
+  type ChaosAction,
+  calmEverything,
+  chaosScripts,
+  describeAction,
+} from './chaos.js'
+import { type Dashboard, startDashboard } from './dashboard.js'
+import { type Invariant, judge, quiescent, type ShopFigures } from './invariants.js'
+import { type Load, startLoad } from './load.js'
+import { type Monitor, startMonitor } from './monitor.js'
+import { type Shop, startShop } from './system.js'
+
+/** Options of {@link runShopDemo}. */
+export interface ShopDemoOptions {
+  /** How long the load runs (s); 0 runs until SIGINT/SIGTERM. */
+  readonly durationS: number
+  /** The chaos script: `default` or `none`. */
+  readonly chaos: string
+  /** Orders per second. */
+  readonly rate: number
+  /** PostgreSQL URL for every store; SQLite files when absent. */
+  readonly db?: string | undefined
+  /** NATS, RabbitMQ or Redis URL; the SQL queue when absent. */
+  readonly broker?: string | undefined
+  /** Dashboard port (a busy one falls back to a free port; 0: any). */
+  readonly port: number
+  /** Share of /orders sent to the new service at start (0..100). */
+  readonly newShare: number
+  /** Run without the proxy (policies in-process in each service). */
+  readonly noProxy: boolean
+  /** Safety nets to switch off, to show the checker catches it. */
+  readonly breaks: readonly string[]
+  /** Longest wait for the system to go quiet after the load stops (s). */
+  readonly quiesceS: number
+  /** Write the final summary as JSON to this file. */
+  readonly json?: string | undefined
+  /** Print a live line per event. */
+  readonly live: boolean
+  /** Where lines go. */
+  readonly write: (line: string) => void
+}
+
+/** What {@link runShopDemo} found. */
+export interface ShopDemoResult {
+  readonly ok: boolean
+  readonly quiescent: boolean
+  readonly figures: ShopFigures
+  readonly invariants: readonly Invariant[]
+  readonly load: { readonly sent: number; readonly accepted: number; readonly failed: number }
+  readonly engines: { readonly db: string; readonly broker: string }
+  readonly policiesIn: string
+  readonly shadow: { readonly compared: number; readonly mismatches: number } | undefined
+  readonly breakerTransitions: number
+  readonly restarts: number
+}
+
+function table(rows: readonly (readonly string[])[]): string[] {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)))
+  return rows.map((r) => `  ${r.map((cell, c) => cell.padEnd(widths[c]!)).join('   ')}`.trimEnd())
+}
+
+/** Runs the shop demo; resolves with the judged invariants (the CLI turns `ok` into the exit code). */
+export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoResult> {
+  const { write } = options
+  if (chaosScripts[options.chaos] === undefined)
+    throw new Error(
+      `unknown chaos script "${options.chaos}" (known: ${Object.keys(chaosScripts).join(', ')})`,
+    )
+  const startedAt = Date.now()
+  let newShare = options.newShare
+  let shop: Shop | undefined
+  let monitor: Monitor | undefined
+  let dashboard: Dashboard | undefined
+  let load: Load | undefined
+  const stopSignal = new AbortController()
+  const onSignal = (): void => stopSignal.abort()
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  try {
+    write(
+      `breakwater shop demo: starting 9 processes on ${options.db ? 'PostgreSQL' : 'SQLite'} + ${
+        options.broker ? options.broker.split(':')[0] : 'the SQL queue'
+      }...`,
+    )
+    shop = await startShop({
+      db: options.db,
+      broker: options.broker,
+      breaks: options.breaks,
+      newOrdersShare: newShare,
+      noProxy: options.noProxy,
+      log: (line) => write(`  ! ${line}`),
+    })
+    const running = shop
+    const setNewShare = (percent: number): void => {
+      newShare = percent
+      running.proxy?.setNewOrdersShare(percent)
+    }
+    const live = (line: string): void => {
+      if (options.live) write(line)
+    }
+    monitor = startMonitor({
+      shop,
+      load: () => load,
+      newShare: () => newShare,
+      startedAt,
+      line: live,
+    })
+    await monitor.refresh()
+    const activeMonitor = monitor
+    const chaos = async (action: ChaosAction): Promise<void> => {
+      live(
+        `[${((Date.now() - startedAt) / 1000).toFixed(1).padStart(5)}s] chaos: ${describeAction(action)}`,
+      )
+      await applyChaos({ shop: running, setNewShare }, action)
+      await activeMonitor.refresh()
+    }
+    dashboard = await startDashboard({ shop, monitor, chaos, port: options.port })
+    write(
+      `dashboard: ${dashboard.url}  (policies ${shop.proxy ? 'in the breakwater proxy' : 'in-process'}; ${
+        options.durationS > 0 ? `${options.durationS} s of load` : 'Ctrl-C to stop'
+      }, ${options.rate} orders/s, chaos: ${options.chaos})`,
+    )
+
+    load = startLoad({
+      rate: options.rate,
+      gatewayUrl: shop.proxy?.gatewayUrl,
+      direct: {
+        legacy: shop.processes.get('legacy')!.url,
+        orders: shop.processes.get('orders')!.url,
+      },
+      newShare: () => newShare,
+    })
+
+    // The chaos script, at fractions of the run.
+    const script = chaosScripts[options.chaos] ?? []
+    const durationMs = options.durationS * 1_000
+    const runEnds = options.durationS > 0 ? startedAt + durationMs : Number.POSITIVE_INFINITY
+    for (const step of options.durationS > 0 ? script : []) {
+      const due = startedAt + step.at * durationMs
+      while (Date.now() < due && !stopSignal.signal.aborted)
+        await sleep(systemClock, Math.min(250, due - Date.now()))
+      if (stopSignal.signal.aborted) break
+      await chaos(step.action).catch((error: unknown) => live(`  chaos failed: ${String(error)}`))
+    }
+    while (Date.now() < runEnds && !stopSignal.signal.aborted)
+      await sleep(systemClock, Math.min(250, runEnds - Date.now()))
+
+    // The end: every process back up and calm, no more orders, then wait for the system to
+    // settle (sagas finished, outbox drained, every event in the inbox) before judging.
+    live(
+      `[${((Date.now() - startedAt) / 1000).toFixed(1).padStart(5)}s] load stops; every service back up and calm; waiting for the system to settle...`,
+    )
+    await calmEverything(shop)
+    await load.stop()
+    const settleBy = Date.now() + options.quiesceS * 1_000
+    let figures = await monitor.figures()
+    while (!quiescent(figures) && Date.now() < settleBy) {
+      await sleep(systemClock, 500)
+      figures = await monitor.figures()
+    }
+    const settled = quiescent(figures)
+    const snapshot = await monitor.refresh()
+    const invariants = judge(figures, true, load.stats.accepted)
+    const shadow = snapshot.strangler.routes.find((r) => r.shadow !== undefined)?.shadow
+    const result: ShopDemoResult = {
+      ok: invariants.every((i) => i.ok),
+      quiescent: settled,
+      figures,
+      invariants,
+      load: { sent: load.stats.sent, accepted: load.stats.accepted, failed: load.stats.failed },
+      engines: shop.engines,
+      policiesIn: snapshot.policiesIn,
+      shadow:
+        shadow === undefined
+          ? undefined
+          : { compared: shadow.compared, mismatches: shadow.mismatches },
+      breakerTransitions: snapshot.transitions.length,
+      restarts: snapshot.processes.reduce((sum, p) => sum + p.restarts, 0),
+    }
+    printSummary(result, (Date.now() - startedAt) / 1000, write)
+    if (options.json !== undefined) writeFileSync(options.json, JSON.stringify(result, null, 2))
+    return result
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+    await load?.stop().catch(() => {})
+    await dashboard?.close()
+    await monitor?.stop()
+    await shop?.close()
+  }
+}
+
+function printSummary(r: ShopDemoResult, seconds: number, write: (line: string) => void): void {
+  const f = r.figures
+  write('')
+  write(
+    `Summary (${seconds.toFixed(0)} s, ${r.engines.db} + ${r.engines.broker}, policies ${r.policiesIn}):`,
+  )
+  for (const line of table([
+    ['invariant (from the databases)', 'value', 'must be', ''],
+    ...r.invariants.map((i) => [i.name, i.value, i.expected, i.ok ? 'ok' : 'BROKEN']),
+  ]))
+    write(line)
+  write('')
+  for (const line of table([
+    ['figure', 'value'],
+    ['orders placed (legacy / new)', `${f.orders.total} (${f.orders.legacy} / ${f.orders.new})`],
+    ['paid orders / charges / refunds', `${f.paidOrders.total} / ${f.charges} / ${f.refunds}`],
+    ['orders cancelled by compensation', String(f.cancelledOrders)],
+    [
+      'sagas completed / compensated / failed',
+      `${f.sagas.completed ?? 0} / ${f.sagas.compensated ?? 0} / ${f.sagas.failed ?? 0}`,
+    ],
+    ['emails sent', String(f.emails.sent)],
+    ['outbox events committed / delivered', `${f.events.committed} / ${f.events.delivered}`],
+    ['load: sent / accepted / failed', `${r.load.sent} / ${r.load.accepted} / ${r.load.failed}`],
+    ['breaker transitions seen', String(r.breakerTransitions)],
+    ['process restarts (chaos)', String(r.restarts)],
+    [
+      'shadow compared / mismatches',
+      r.shadow ? `${r.shadow.compared} / ${r.shadow.mismatches}` : 'proxy not running',
+    ],
+    ['settled before the deadline', r.quiescent ? 'yes' : 'NO'],
+  ]))
+    write(line)
+  write('')
+  write(r.ok ? 'All invariants held.' : 'INVARIANTS BROKEN: see the table above.')
+}

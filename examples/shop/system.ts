@@ -1,0 +1,242 @@
+// Starts and runs the shop: the databases (migrated once, as a deployment would), the proxy,
+// and every service as its own Node.js process on a free loopback port. The demo process keeps
+// the handles: it kills and restarts processes and sets their chaos for the chaos controls,
+// and reads every database for the figures.
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { openDatabase, type SqlDriver } from 'breakwater/stores'
+import { migrateQueue, migrateService, type StoreOwner, storeOwners } from './domain/schema.js'
+import { envNames } from './lib/env.js'
+import type { ChaosSettings } from './lib/host.js'
+import { type ShopProxy, startShopProxy } from './proxy.js'
+
+/** The processes of the shop, and the database each works on. */
+export const processSpecs = [
+  { name: 'legacy', entry: 'legacy', db: 'legacy', kind: 'service' },
+  { name: 'orders', entry: 'orders', db: 'orders', kind: 'service' },
+  { name: 'inventory', entry: 'inventory', db: 'inventory', kind: 'service' },
+  { name: 'payments', entry: 'payments', db: 'payments', kind: 'service' },
+  { name: 'shipping', entry: 'shipping', db: 'shipping', kind: 'service' },
+  { name: 'notifications', entry: 'notifications', db: 'notifications', kind: 'service' },
+  { name: 'relay', entry: 'relay', db: 'orders', kind: 'worker' },
+  { name: 'saga-worker-1', entry: 'saga-worker', db: 'orders', kind: 'worker' },
+  { name: 'saga-worker-2', entry: 'saga-worker', db: 'orders', kind: 'worker' },
+] as const satisfies readonly {
+  name: string
+  entry: string
+  db: StoreOwner
+  kind: 'service' | 'worker'
+}[]
+
+/** A process name. */
+export type ProcessName = (typeof processSpecs)[number]['name']
+
+/** Options of {@link startShop}. */
+export interface ShopOptions {
+  /** A PostgreSQL URL for every service's store; SQLite files in a temp folder when absent. */
+  readonly db?: string | undefined
+  /** A NATS, RabbitMQ or Redis URL; the SQL queue (in the database) when absent. */
+  readonly broker?: string | undefined
+  /** Safety nets to switch off (`payments-idempotency`), to prove the checker catches it. */
+  readonly breaks?: readonly string[]
+  /** Share of `/orders` the strangler sends to the new service at start (0..100). */
+  readonly newOrdersShare: number
+  /** Run without the proxy even when it is available (in-process policies). */
+  readonly noProxy?: boolean
+  /** Receives progress lines. */
+  readonly log: (line: string) => void
+}
+
+/** One running (or downed) process. */
+export interface ShopProcess {
+  readonly name: ProcessName
+  readonly kind: 'service' | 'worker'
+  readonly port: number
+  readonly url: string
+  child: ChildProcess | undefined
+  /** True while the process runs (false after a kill until its restart). */
+  up: boolean
+  restarts: number
+}
+
+/** The running shop. */
+export interface Shop {
+  readonly processes: ReadonlyMap<ProcessName, ShopProcess>
+  /** The services' databases, opened by the demo process to count the figures. */
+  readonly dbs: Readonly<Record<StoreOwner, SqlDriver>>
+  readonly proxy: ShopProxy | undefined
+  /** `sqlite` or `postgres`, and the broker in use (`sql-queue`, `nats`...). */
+  readonly engines: { readonly db: string; readonly broker: string }
+  /** Kills a process (SIGKILL: a crash, nothing cleaned up). */
+  kill(name: ProcessName): Promise<void>
+  /** Starts a killed process again on the same port. */
+  restart(name: ProcessName): Promise<void>
+  /** Sets a process's chaos (absent fields: no chaos of that kind). */
+  chaos(name: ProcessName, settings: Partial<ChaosSettings>): Promise<void>
+  /** Stops everything and deletes the temporary files. */
+  close(): Promise<void>
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0))
+    })
+  })
+}
+
+const servicesDir = fileURLToPath(new URL('./services/', import.meta.url))
+
+/** Starts the shop: databases, proxy, services; resolves when every process is ready. */
+export async function startShop(options: ShopOptions): Promise<Shop> {
+  const dir = mkdtempSync(join(tmpdir(), 'breakwater-shop-'))
+  const dbUrl = (owner: StoreOwner | 'queue'): string =>
+    options.db ?? `sqlite:${join(dir, `${owner}.db`)}`
+
+  // Migrations first, from this process, before any service runs (on PostgreSQL the services
+  // share one database, and two processes must not race to create the same tables).
+  const dbs = {} as Record<StoreOwner, SqlDriver>
+  for (const owner of storeOwners) {
+    const db = await openDatabase(dbUrl(owner), { postgres: { maxConnections: 2 } })
+    await migrateService(owner, db)
+    dbs[owner] = db
+  }
+  if (options.broker === undefined) {
+    const queueDb = await openDatabase(dbUrl('queue'))
+    await migrateQueue(queueDb)
+    await queueDb.close()
+  }
+
+  const ports = new Map<ProcessName, number>()
+  for (const spec of processSpecs) ports.set(spec.name, await freePort())
+  const peers: Record<string, string> = {}
+  for (const spec of processSpecs)
+    if (spec.kind === 'service') peers[spec.name] = `http://127.0.0.1:${ports.get(spec.name)}`
+
+  const proxy = options.noProxy
+    ? undefined
+    : await startShopProxy(
+        Object.fromEntries(Object.entries(peers).filter(([name]) => name !== 'notifications')),
+        options.newOrdersShare,
+        options.log,
+      )
+  // A fresh topic per run: a shared broker server (tests) never mixes two runs' events.
+  const topic = `shop_${Date.now().toString(36)}_orders`
+
+  const processes = new Map<ProcessName, ShopProcess>()
+  for (const spec of processSpecs) {
+    const port = ports.get(spec.name)!
+    processes.set(spec.name, {
+      name: spec.name,
+      kind: spec.kind,
+      port,
+      url: `http://127.0.0.1:${port}`,
+      child: undefined,
+      up: false,
+      restarts: 0,
+    })
+  }
+
+  const envOf = (spec: (typeof processSpecs)[number]): NodeJS.ProcessEnv => ({
+    ...process.env,
+    [envNames.name]: spec.name,
+    [envNames.port]: String(ports.get(spec.name)),
+    [envNames.dbUrl]: dbUrl(spec.db),
+    [envNames.brokerUrl]: options.broker ?? 'sql',
+    [envNames.queueDbUrl]: dbUrl('queue'),
+    [envNames.topic]: topic,
+    [envNames.peers]: JSON.stringify(peers),
+    [envNames.ambassadorUrl]: proxy?.ambassadorUrl ?? '',
+    [envNames.breaks]: (options.breaks ?? []).join(','),
+  })
+
+  let closing = false
+  const launch = (spec: (typeof processSpecs)[number]): Promise<void> => {
+    const entry = processes.get(spec.name)!
+    const child = spawn(process.execPath, [join(servicesDir, `${spec.entry}.js`)], {
+      env: envOf(spec),
+      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+    })
+    entry.child = child
+    let stderr = ''
+    child.stderr?.on('data', (chunk: Buffer) => {
+      stderr = (stderr + chunk.toString()).slice(-4_000)
+    })
+    return new Promise((resolve, reject) => {
+      child.on('message', (message: { type?: string }) => {
+        if (message.type === 'ready') {
+          entry.up = true
+          resolve()
+        }
+      })
+      child.once('exit', (code, signal) => {
+        entry.up = false
+        if (entry.child === child) entry.child = undefined
+        if (!closing && signal !== 'SIGKILL')
+          options.log(`${spec.name} exited (${signal ?? code}): ${stderr.trim().slice(-600)}`)
+        reject(new Error(`${spec.name} exited before it was ready: ${stderr.trim().slice(-1_500)}`))
+      })
+    })
+  }
+
+  await Promise.all(processSpecs.map(launch))
+
+  const specOf = (name: ProcessName) => processSpecs.find((s) => s.name === name)!
+  return {
+    processes,
+    dbs,
+    proxy,
+    engines: {
+      db: options.db === undefined ? 'sqlite' : 'postgres',
+      broker: options.broker === undefined ? 'sql-queue' : options.broker.split(':')[0]!,
+    },
+    kill: async (name) => {
+      const entry = processes.get(name)!
+      const child = entry.child
+      if (child === undefined) return
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGKILL')
+      await exited
+    },
+    restart: async (name) => {
+      const entry = processes.get(name)!
+      if (entry.child !== undefined) return
+      entry.restarts++
+      await launch(specOf(name))
+    },
+    chaos: async (name, settings) => {
+      const entry = processes.get(name)!
+      if (!entry.up) return
+      await fetch(`${entry.url}/_admin/chaos`, {
+        method: 'POST',
+        body: JSON.stringify(settings),
+        signal: AbortSignal.timeout(2_000),
+      })
+    },
+    close: async () => {
+      closing = true
+      const children = [...processes.values()].flatMap((p) => (p.child ? [p.child] : []))
+      await Promise.all(
+        children.map(
+          (child) =>
+            new Promise<void>((resolve) => {
+              child.once('exit', () => resolve())
+              child.kill('SIGTERM')
+              // A process stuck in its shutdown is not waited for long.
+              setTimeout(() => child.kill('SIGKILL'), 3_000).unref()
+            }),
+        ),
+      )
+      await proxy?.close()
+      for (const db of Object.values(dbs)) await db.close()
+      if (options.db === undefined) rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
