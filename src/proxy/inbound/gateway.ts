@@ -6,6 +6,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkFunction } from '../../core/validate.js'
+import type { Counter, Histogram, MetricsRegistry } from '../../observability/metrics.js'
 import type {
   ForwardOptions,
   ForwardOutcome,
@@ -14,7 +15,13 @@ import type {
   RequestHandler,
   ServiceRuntime,
 } from '../contracts.js'
-import { logAccess, readInboundRequest, sendProblem, toForwardRequest } from './request.js'
+import {
+  type InboundRequest,
+  logAccess,
+  readInboundRequest,
+  sendProblem,
+  toForwardRequest,
+} from './request.js'
 import { type RouteTable, stripPathPrefix } from './routes.js'
 import { createShadowRunner, type ShadowRunner } from './shadow.js'
 import type { SidecarIdempotency } from './sidecar-idempotency.js'
@@ -47,6 +54,35 @@ export interface GatewayHandlerOptions {
    * @default Math.random
    */
   readonly random?: () => number
+}
+
+interface GatewayMetrics {
+  readonly requests: Counter
+  readonly duration: Histogram
+}
+
+const metricsByRegistry = new WeakMap<MetricsRegistry, GatewayMetrics>()
+
+// One set per registry: every gateway listener, and every handler a reload creates, shares it.
+function gatewayMetrics(registry: MetricsRegistry): GatewayMetrics {
+  let metrics = metricsByRegistry.get(registry)
+  if (metrics === undefined) {
+    metrics = {
+      requests: registry.counter({
+        name: 'breakwater_proxy_route_requests_total',
+        help: 'Gateway requests by listener, route, target service and status sent (service empty when the service was not called: no route, idempotent replay or refusal).',
+        labelNames: ['listener', 'route', 'service', 'status'],
+      }),
+      duration: registry.histogram({
+        name: 'breakwater_proxy_route_request_duration_seconds',
+        help: 'Gateway request time from the first byte read to the end of the response, by route.',
+        labelNames: ['listener', 'route'],
+        buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      }),
+    }
+    metricsByRegistry.set(registry, metrics)
+  }
+  return metrics
 }
 
 function noRoute(status: number, error: GatewayProblemCode): ForwardOutcome {
@@ -90,7 +126,22 @@ export function createGatewayHandler(
     options.random === undefined
       ? Math.random
       : checkFunction<() => number>('random', options.random)
-  const shadows = options.shadow ?? createShadowRunner({ clock: ctx.clock, logger: ctx.logger })
+  const shadows =
+    options.shadow ??
+    createShadowRunner({ clock: ctx.clock, logger: ctx.logger, metrics: ctx.metrics })
+  const metrics = gatewayMetrics(ctx.metrics)
+  const observe = (
+    inbound: InboundRequest,
+    outcome: ForwardOutcome,
+    route: string,
+    service: string,
+  ): void => {
+    metrics.requests.inc({ listener: listener.name, route, service, status: outcome.status })
+    metrics.duration.observe(
+      { listener: listener.name, route },
+      (ctx.clock.now() - inbound.startedAt) / 1000,
+    )
+  }
   const idempotency = options.idempotency
   const warned = new Set<string>()
 
@@ -101,7 +152,9 @@ export function createGatewayHandler(
     const route = routes.match(inbound.method, inbound.path, inbound.headers)
     if (route === undefined) {
       sendProblem(res, 404, 'ROUTE_NOT_FOUND', 'no route matches this request')
-      logAccess(ctx, inbound, noRoute(404, 'ROUTE_NOT_FOUND'), listener.name)
+      const outcome = noRoute(404, 'ROUTE_NOT_FOUND')
+      logAccess(ctx, inbound, outcome, listener.name)
+      observe(inbound, outcome, '', '')
       return
     }
     const config = route.config
@@ -110,10 +163,9 @@ export function createGatewayHandler(
     const service = registry.get(serviceName)
     if (service === undefined) {
       sendProblem(res, 502, 'SERVICE_NOT_FOUND', `route ${route.name} has no live target`)
-      logAccess(ctx, inbound, noRoute(502, 'SERVICE_NOT_FOUND'), listener.name, {
-        route: route.name,
-        service: serviceName,
-      })
+      const outcome = noRoute(502, 'SERVICE_NOT_FOUND')
+      logAccess(ctx, inbound, outcome, listener.name, { route: route.name, service: serviceName })
+      observe(inbound, outcome, route.name, serviceName)
       return
     }
     const forwarded = toForwardRequest(
@@ -162,6 +214,7 @@ export function createGatewayHandler(
     // Replays and idempotency problems never reached the service: they are not its traffic.
     if (called) routes.count(route, serviceName)
     logAccess(ctx, inbound, outcome, listener.name, { route: route.name, service: serviceName })
+    observe(inbound, outcome, route.name, called ? serviceName : '')
 
     const captured = outcome.captured
     if (

@@ -7,6 +7,7 @@ import { type Clock, systemClock } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger } from '../../core/validate.js'
 import type { Logger } from '../../observability/logger.js'
+import type { Counter, MetricsRegistry } from '../../observability/metrics.js'
 import { redactSecrets } from '../../observability/redact.js'
 import type {
   CapturedResponse,
@@ -133,6 +134,30 @@ export interface ShadowRunnerOptions {
    * @default no logging
    */
   readonly logger?: Logger
+  /**
+   * Registry for `breakwater_proxy_shadow_comparisons_total{route, result}` (result: `match`,
+   * `mismatch`, `skipped`, `error`).
+   * @default no metrics
+   */
+  readonly metrics?: MetricsRegistry
+}
+
+/** What became of one sampled request. */
+type ShadowResult = 'match' | 'mismatch' | 'skipped' | 'error'
+
+const countersByRegistry = new WeakMap<MetricsRegistry, Counter>()
+
+function comparisonsCounter(registry: MetricsRegistry): Counter {
+  let counter = countersByRegistry.get(registry)
+  if (counter === undefined) {
+    counter = registry.counter({
+      name: 'breakwater_proxy_shadow_comparisons_total',
+      help: 'Sampled shadow requests by route and result (match, mismatch, skipped, error).',
+      labelNames: ['route', 'result'],
+    })
+    countersByRegistry.set(registry, counter)
+  }
+  return counter
 }
 
 /** One sampled request to compare. */
@@ -198,6 +223,7 @@ class Runner implements ShadowRunner {
   readonly #max: number
   readonly #clock: Clock
   readonly #logger: Logger | undefined
+  readonly #comparisons: Counter | undefined
   #inFlight = 0
   #idle: (() => void)[] = []
 
@@ -208,6 +234,14 @@ class Runner implements ShadowRunner {
     if (typeof clock?.now !== 'function') throw new InvalidOptionError('clock', 'a Clock', clock)
     this.#clock = clock
     this.#logger = options.logger
+    this.#comparisons =
+      options.metrics === undefined ? undefined : comparisonsCounter(options.metrics)
+  }
+
+  #count(job: ShadowJob, result: ShadowResult): void {
+    if (result === 'skipped') job.stats.skipped++
+    else if (result === 'error') job.stats.errors++
+    this.#comparisons?.inc({ route: job.request.route, result })
   }
 
   get inFlight(): number {
@@ -216,7 +250,7 @@ class Runner implements ShadowRunner {
 
   submit(job: ShadowJob): boolean {
     if (this.#inFlight >= this.#max || job.response.truncated) {
-      job.stats.skipped++
+      this.#count(job, 'skipped')
       return false
     }
     this.#inFlight++
@@ -254,7 +288,7 @@ class Runner implements ShadowRunner {
         learn ? job.primary.exchange(detached, this.maxBodyBytes) : undefined,
       ])
     } catch (error) {
-      stats.errors++
+      this.#count(job, 'error')
       this.#logger?.debug('shadow call failed', {
         route: request.route,
         service: job.shadow.name,
@@ -263,7 +297,7 @@ class Runner implements ShadowRunner {
       return
     }
     if (shadowResponse.truncated || second?.truncated === true) {
-      stats.skipped++
+      this.#count(job, 'skipped')
       return
     }
     const { options } = compiled(config)
@@ -272,6 +306,7 @@ class Runner implements ShadowRunner {
       compareResponses(job.response, shadowResponse, options),
       stats.noise,
     )
+    this.#count(job, differences.length === 0 ? 'match' : 'mismatch')
     stats.record(
       differences.length === 0
         ? undefined

@@ -2,6 +2,7 @@
 // listener, and the gateway handler between them.
 
 import { afterEach, describe, expect, it } from 'vitest'
+import { createMetricsRegistry } from '../../../src/observability/metrics.js'
 import { createRouteTable, type RouteTable } from '../../../src/proxy/inbound/routes.js'
 import { createShadowRunner } from '../../../src/proxy/inbound/shadow.js'
 import { route, shadowConfig } from './fixtures.js'
@@ -57,8 +58,15 @@ describe('shadow mode through the gateway', () => {
       }),
     ]
     const table = createRouteTable(routes)
-    const shadow = createShadowRunner()
-    const gw = await gateway({ legacy: legacy.url, new: fresh.url }, routes, table, { shadow })
+    const metrics = createMetricsRegistry()
+    const shadow = createShadowRunner({ metrics })
+    const gw = await gateway(
+      { legacy: legacy.url, new: fresh.url },
+      routes,
+      table,
+      { shadow },
+      metrics,
+    )
 
     const ids = ['1', '2', '3', '2', '1']
     const answers = []
@@ -89,6 +97,19 @@ describe('shadow mode through the gateway', () => {
     // Each request reached legacy twice (answer + noise probe) and new once.
     expect(legacy.seen).toHaveLength(10)
     expect(fresh.seen).toHaveLength(5)
+    const text = await metrics.render()
+    expect(text).toContain(
+      'breakwater_proxy_route_requests_total{listener="gateway",route="orders",service="legacy",status="200"} 5',
+    )
+    expect(text).toContain(
+      'breakwater_proxy_shadow_comparisons_total{route="orders",result="mismatch"} 2',
+    )
+    expect(text).toContain(
+      'breakwater_proxy_shadow_comparisons_total{route="orders",result="match"} 3',
+    )
+    expect(text).toMatch(
+      /breakwater_proxy_route_request_duration_seconds_count\{listener="gateway",route="orders"\} 5/,
+    )
   })
 
   it('never shadows a request whose primary is the shadow service itself', async () => {

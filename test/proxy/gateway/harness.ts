@@ -5,7 +5,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net'
 import { systemClock } from '../../../src/core/clock.js'
 import { createJsonLogger } from '../../../src/observability/logger.js'
-import { createMetricsRegistry } from '../../../src/observability/metrics.js'
+import { createMetricsRegistry, type MetricsRegistry } from '../../../src/observability/metrics.js'
 import { DEADLINE_HEADER } from '../../../src/policies/deadline.js'
 import type {
   InboundContext,
@@ -118,6 +118,7 @@ export async function startGateway(
   routes: readonly RouteConfig[],
   table: RouteTable | (() => RouteTable),
   options: GatewayHandlerOptions = {},
+  metrics: MetricsRegistry = createMetricsRegistry(),
 ): Promise<Gateway> {
   let log = ''
   const logger = createJsonLogger({
@@ -128,7 +129,7 @@ export async function startGateway(
     },
     level: 'debug',
   })
-  const deps = { clock: systemClock, logger, metrics: createMetricsRegistry() }
+  const deps = { clock: systemClock, logger, metrics }
   const services = new Map<string, UpstreamService>()
   for (const [name, url] of Object.entries(upstreams)) {
     services.set(name, createServiceRuntime(serviceConfig(name, url), deps))
