@@ -205,9 +205,10 @@ class Core {
         jitter: 'full',
         random,
       })
-      for (const status of retry.retryOnStatus)
-        if (status >= 0 && status < 600) this.retryStatus[status] = 1
     }
+    // Without retries these statuses still count against the breaker.
+    for (const status of retry?.retryOnStatus ?? [408, 429, 502, 503, 504])
+      if (status >= 0 && status < 600) this.retryStatus[status] = 1
     this.tls =
       config.tls.caFile !== undefined ||
       config.tls.certFile !== undefined ||
@@ -769,7 +770,7 @@ class ForwardCall {
     attempt.status = status
     if (core.retryStatus[status] === 1) {
       attempt.statusFailed = true
-      if (this.canRetry()) {
+      if (this.retryable && this.canRetry()) {
         const retryAfterMs =
           status === 429 || status === 503 ? retryAfterOf(raw, core.clock) : undefined
         if (this.retryLater(attempt, retryAfterMs)) return false
@@ -860,7 +861,13 @@ class ForwardCall {
       )
       return
     }
-    if (reason !== failDeadline && this.canRetry() && this.retryLater(attempt, undefined)) return
+    if (
+      reason !== failDeadline &&
+      this.retryable &&
+      this.canRetry() &&
+      this.retryLater(attempt, undefined)
+    )
+      return
     this.fail(
       reason === failConnect
         ? 'UPSTREAM_CONNECT_FAILED'

@@ -1,0 +1,180 @@
+// A real node:http (or node:https) upstream whose answers a test scripts request by request,
+// including the ways upstreams fail: a reset before the response, a reset in the middle of
+// the body, a hang, a response head held until the test releases it, and plain error statuses
+// (503 with Retry-After, 500). `refusedUrl()` gives a loopback URL nothing listens on.
+
+import {
+  createServer as createHttpServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http'
+import { createServer as createHttpsServer, type ServerOptions } from 'node:https'
+import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net'
+
+/** What the upstream does with one request. */
+export type UpstreamAnswer =
+  | {
+      readonly kind: 'respond'
+      readonly status?: number
+      readonly headers?: Readonly<Record<string, string | string[]>>
+      readonly body?: string | Buffer
+    }
+  /** Destroys the connection before any response byte. */
+  | { readonly kind: 'reset' }
+  /** Sends the head and part of a longer body (Content-Length or chunked), then resets. */
+  | { readonly kind: 'reset-mid-body'; readonly chunked?: boolean }
+  /** Never answers. */
+  | { readonly kind: 'hang' }
+  /** Answers (as `then`, default 200) only when the test calls `release()`. */
+  | { readonly kind: 'hold'; readonly then?: UpstreamAnswer }
+
+/** One request as the upstream saw it. */
+export interface SeenUpstreamRequest {
+  readonly method: string
+  readonly url: string
+  readonly headers: IncomingHttpHeaders
+  readonly body: string
+  /** The peer certificate's subject CN when the client sent one (mTLS). */
+  readonly clientCertCn: string | undefined
+}
+
+/** A running scripted upstream. */
+export interface FaultyUpstream {
+  readonly port: number
+  /** `http(s)://127.0.0.1:<port>`. */
+  readonly url: string
+  readonly requests: SeenUpstreamRequest[]
+  /** Answers for the next requests, in order; afterwards `fallback` answers. */
+  readonly script: UpstreamAnswer[]
+  /** What answers when the script is empty. Default: 200 with body `ok <url>`. */
+  fallback: UpstreamAnswer
+  /** Releases every held response (in arrival order). Returns how many. */
+  release(): number
+  /** Held responses waiting for `release()`. */
+  readonly held: number
+  /** Resolves when the upstream has seen `n` requests in all. */
+  waitForRequests(n: number): Promise<void>
+  readonly server: Server
+  close(): Promise<void>
+}
+
+/** Options of {@link startFaultyUpstream}. */
+export interface FaultyUpstreamOptions {
+  /** Serve HTTPS with these options (cert, key, ca, requestCert...). */
+  readonly tls?: ServerOptions
+  readonly fallback?: UpstreamAnswer
+}
+
+const okAnswer: UpstreamAnswer = { kind: 'respond' }
+
+/** Starts a scripted upstream on 127.0.0.1 and a free port. */
+export async function startFaultyUpstream(
+  options: FaultyUpstreamOptions = {},
+): Promise<FaultyUpstream> {
+  const requests: SeenUpstreamRequest[] = []
+  const script: UpstreamAnswer[] = []
+  const heldQueue: Array<() => void> = []
+  const waiters: Array<{ n: number; resolve: () => void }> = []
+  const sockets = new Set<Socket>()
+  const answer = (a: UpstreamAnswer, req: IncomingMessage, res: ServerResponse): void => {
+    switch (a.kind) {
+      case 'respond': {
+        const body = a.body ?? `ok ${req.url}`
+        res.writeHead(a.status ?? 200, {
+          'content-type': 'text/plain',
+          'content-length': Buffer.byteLength(body),
+          ...a.headers,
+        })
+        res.end(body)
+        return
+      }
+      case 'reset':
+        req.socket.destroy()
+        return
+      case 'reset-mid-body': {
+        if (a.chunked === true) res.writeHead(200, { 'content-type': 'text/plain' })
+        else res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 1000 })
+        res.write('x'.repeat(100))
+        // Let the partial body reach the proxy before the connection dies.
+        setImmediate(() => setImmediate(() => req.socket.destroy()))
+        return
+      }
+      case 'hang':
+        return
+      case 'hold':
+        heldQueue.push(() => answer(a.then ?? okAnswer, req, res))
+        return
+    }
+  }
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
+    const chunks: Buffer[] = []
+    req.on('data', (chunk: Buffer) => chunks.push(chunk))
+    req.on('end', () => {
+      const peer = (
+        req.socket as Socket & { getPeerCertificate?: () => { subject?: { CN?: string } } }
+      ).getPeerCertificate?.()
+      requests.push({
+        method: req.method ?? '',
+        url: req.url ?? '',
+        headers: req.headers,
+        body: Buffer.concat(chunks).toString('utf8'),
+        clientCertCn: peer?.subject?.CN,
+      })
+      for (const waiter of [...waiters]) {
+        if (requests.length >= waiter.n) {
+          waiters.splice(waiters.indexOf(waiter), 1)
+          waiter.resolve()
+        }
+      }
+      answer(script.shift() ?? upstream.fallback, req, res)
+    })
+  }
+  const server =
+    options.tls === undefined ? createHttpServer(handler) : createHttpsServer(options.tls, handler)
+  server.on(options.tls === undefined ? 'connection' : 'secureConnection', (socket: Socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+  })
+  // A TLS handshake the client aborts (verification failed) is expected in tests.
+  server.on('tlsClientError', () => {})
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  const upstream: FaultyUpstream = {
+    port,
+    url: `${options.tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}`,
+    requests,
+    script,
+    fallback: options.fallback ?? okAnswer,
+    release() {
+      const all = heldQueue.splice(0)
+      for (const go of all) go()
+      return all.length
+    },
+    get held() {
+      return heldQueue.length
+    },
+    waitForRequests(n) {
+      if (requests.length >= n) return Promise.resolve()
+      return new Promise<void>((resolve) => waiters.push({ n, resolve }))
+    },
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy()
+        server.closeAllConnections?.()
+        server.close(() => resolve())
+      }),
+  }
+  return upstream
+}
+
+/** A loopback URL on a port that was free a moment ago, so connecting is refused. */
+export async function refusedUrl(): Promise<string> {
+  const probe = createNetServer()
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
+  const port = (probe.address() as AddressInfo).port
+  await new Promise<void>((resolve) => probe.close(() => resolve()))
+  return `http://127.0.0.1:${port}`
+}

@@ -1,0 +1,383 @@
+import { request as httpRequest } from 'node:http'
+import { afterEach, describe, expect, it } from 'vitest'
+import { DEADLINE_HEADER } from '../../../src/index.js'
+import type { ServiceConfig } from '../../../src/proxy/contracts.js'
+import { createServiceRuntime, type UpstreamService } from '../../../src/proxy/upstream/index.js'
+import { ManualClock } from '../../../src/testing/manual-clock.js'
+import { type FaultyUpstream, refusedUrl, startFaultyUpstream } from '../support/faulty-upstream.js'
+import {
+  eventually,
+  type Front,
+  forwardRequest,
+  serviceConfig,
+  startFront,
+  testDeps,
+} from './helpers.js'
+
+const cleanups: Array<() => Promise<unknown> | unknown> = []
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
+})
+
+interface Setup {
+  readonly clock: ManualClock
+  readonly service: UpstreamService
+  readonly front: Front
+  readonly deps: ReturnType<typeof testDeps>
+}
+
+async function setup(config: ServiceConfig, random = () => 0.5): Promise<Setup> {
+  const clock = new ManualClock(1_000_000)
+  const deps = testDeps(clock)
+  const service = createServiceRuntime(config, deps, { random })
+  cleanups.push(() => service.close())
+  const front = await startFront(service, clock)
+  cleanups.push(() => front.close())
+  return { clock, service, front, deps }
+}
+
+async function upstream(...args: Parameters<typeof startFaultyUpstream>): Promise<FaultyUpstream> {
+  const started = await startFaultyUpstream(...args)
+  cleanups.push(() => started.close())
+  return started
+}
+
+/** Waits until the clock's earliest timer is at most `ms` away (a retry or wait was scheduled). */
+async function timerWithin(clock: ManualClock, ms: number): Promise<void> {
+  await eventually(() => {
+    const at = clock.nextTimerAt()
+    return at !== undefined && at - clock.now() <= ms
+  })
+}
+
+describe('forward: streaming and headers', () => {
+  it('streams the response, drops hop-by-hop and Connection-named headers, and sets the request head', async () => {
+    const up = await upstream({
+      fallback: {
+        kind: 'respond',
+        status: 201,
+        headers: { connection: 'x-internal', 'x-internal': 'secret', 'x-kept': 'yes' },
+        body: 'hello',
+      },
+    })
+    const { front } = await setup(serviceConfig([up.url]))
+    const response = await fetch(`${front.url}/items?x=1`, {
+      headers: { 'x-custom': 'a', [DEADLINE_HEADER]: '999999', 'x-request-id': 'spoofed' },
+    })
+    expect(response.status).toBe(201)
+    expect(await response.text()).toBe('hello')
+    expect(response.headers.get('x-kept')).toBe('yes')
+    expect(response.headers.get('x-internal')).toBeNull()
+    const seen = up.requests[0]!
+    expect(seen.url).toBe('/items?x=1')
+    expect(seen.headers['x-custom']).toBe('a')
+    expect(seen.headers.host).toBe(`127.0.0.1:${up.port}`)
+    expect(seen.headers['x-request-id']).toBe('req-1')
+    // The overall timeout (10 s) is sooner than the inbound 999999 ms: the header says so.
+    expect(seen.headers[DEADLINE_HEADER]).toBe('10000')
+    await eventually(() => front.outcomes.length === 1)
+    expect(front.outcomes[0]).toMatchObject({ status: 201, attempts: 1, error: undefined })
+  })
+
+  it('passes the inbound Host when rewriteHost is off, and forwards the body', async () => {
+    const up = await upstream()
+    const { front } = await setup(serviceConfig([up.url], { rewriteHost: false }))
+    const response = await fetch(`${front.url}/x`, {
+      method: 'PUT',
+      body: 'payload',
+      headers: { host: 'orders.example' },
+    })
+    expect(response.status).toBe(200)
+    await response.text()
+    expect(up.requests[0]).toMatchObject({ method: 'PUT', body: 'payload' })
+    expect(up.requests[0]!.headers.host).toBe(new URL(front.url).host)
+  })
+
+  it('destroys the client connection when the upstream resets mid-body (Content-Length and chunked)', async () => {
+    for (const chunked of [false, true]) {
+      const up = await upstream({ fallback: { kind: 'reset-mid-body', chunked } })
+      const { front } = await setup(serviceConfig([up.url]))
+      const result = await new Promise<{
+        status: number
+        error: string | undefined
+        bytes: number
+      }>((resolve) => {
+        const req = httpRequest(`${front.url}/big`, (res) => {
+          let bytes = 0
+          res.on('data', (chunk: Buffer) => {
+            bytes += chunk.length
+          })
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, error: undefined, bytes }))
+          res.on('error', (error) =>
+            resolve({ status: res.statusCode ?? 0, error: error.message, bytes }),
+          )
+        })
+        req.end()
+      })
+      expect(result.status).toBe(200)
+      // Never a clean end: the client sees the connection break after the partial body.
+      expect(result.error).toBeDefined()
+      expect(result.bytes).toBeLessThan(1000)
+      await eventually(() => front.outcomes.length === 1)
+      expect(front.outcomes[0]).toMatchObject({ status: 200, error: 'UPSTREAM_RESET' })
+    }
+  })
+
+  it('exchange() buffers the response up to the cap and marks it truncated', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', body: 'abcdefghij' } })
+    const { service } = await setup(serviceConfig([up.url]))
+    const whole = await service.exchange(forwardRequest(), 100)
+    expect(whole).toMatchObject({ status: 200, truncated: false })
+    expect(whole.body.toString()).toBe('abcdefghij')
+    expect(whole.headers['content-type']).toBe('text/plain')
+    const cut = await service.exchange(forwardRequest(), 4)
+    expect(cut.body.toString()).toBe('abcd')
+    expect(cut.truncated).toBe(true)
+  })
+})
+
+describe('forward: failures and retries', () => {
+  it('answers 502 UPSTREAM_CONNECT_FAILED as problem+json when every attempt is refused', async () => {
+    const refused = await refusedUrl()
+    const { front, clock } = await setup(serviceConfig([refused]))
+    const pending = fetch(`${front.url}/a`)
+    // Two retries, each after backoff on the manual clock (random 0.5: 50 ms, then 100 ms).
+    await timerWithin(clock, 50)
+    await clock.advance(50)
+    await timerWithin(clock, 100)
+    await clock.advance(100)
+    const response = await pending
+    expect(response.status).toBe(502)
+    expect(response.headers.get('content-type')).toBe('application/problem+json')
+    expect(await response.json()).toMatchObject({
+      status: 502,
+      code: 'UPSTREAM_CONNECT_FAILED',
+      service: 'orders',
+    })
+    await eventually(() => front.outcomes.length === 1)
+    expect(front.outcomes[0]).toMatchObject({ attempts: 3, error: 'UPSTREAM_CONNECT_FAILED' })
+  })
+
+  it('retries a reset before the response on the next endpoint', async () => {
+    const bad = await upstream({ fallback: { kind: 'reset' } })
+    const good = await upstream()
+    const { front, clock } = await setup(serviceConfig([bad.url, good.url]))
+    const pending = fetch(`${front.url}/a`)
+    await timerWithin(clock, 50)
+    await clock.advance(50)
+    const response = await pending
+    expect(response.status).toBe(200)
+    expect(await response.text()).toBe('ok /a')
+    expect(bad.requests).toHaveLength(1)
+    expect(good.requests).toHaveLength(1)
+  })
+
+  it('times out a hanging upstream after readMs on the clock: 504 UPSTREAM_TIMEOUT', async () => {
+    const up = await upstream({ fallback: { kind: 'hang' } })
+    const { front, clock } = await setup(serviceConfig([up.url], { retry: undefined }))
+    let answered = false
+    const pending = fetch(`${front.url}/slow`).then((r) => {
+      answered = true
+      return r
+    })
+    await up.waitForRequests(1)
+    await clock.advance(1_999)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(answered).toBe(false)
+    await clock.advance(1)
+    const response = await pending
+    expect(response.status).toBe(504)
+    expect((await response.json()).code).toBe('UPSTREAM_TIMEOUT')
+  })
+
+  it('serves slow headers that arrive within readMs', async () => {
+    const up = await upstream({ fallback: { kind: 'hold' } })
+    const { front, clock } = await setup(serviceConfig([up.url]))
+    const pending = fetch(`${front.url}/slow`)
+    await up.waitForRequests(1)
+    await clock.advance(1_900)
+    up.release()
+    const response = await pending
+    expect(response.status).toBe(200)
+    expect(await response.text()).toBe('ok /slow')
+  })
+
+  it('honours Retry-After on 503 and passes on the deadline reduced by the time spent', async () => {
+    const up = await upstream()
+    up.script.push({ kind: 'respond', status: 503, headers: { 'retry-after': '1' } })
+    const { front, clock } = await setup(serviceConfig([up.url]))
+    const pending = fetch(`${front.url}/a`, { headers: { [DEADLINE_HEADER]: '5000' } })
+    await up.waitForRequests(1)
+    expect(up.requests[0]!.headers[DEADLINE_HEADER]).toBe('5000')
+    await timerWithin(clock, 1_000)
+    await clock.advance(999)
+    expect(up.requests).toHaveLength(1)
+    await clock.advance(1)
+    const response = await pending
+    expect(response.status).toBe(200)
+    expect(up.requests).toHaveLength(2)
+    expect(up.requests[1]!.headers[DEADLINE_HEADER]).toBe('4000')
+  })
+
+  it('does not retry when Retry-After reaches past the deadline: the 503 goes to the client', async () => {
+    const up = await upstream()
+    up.script.push({ kind: 'respond', status: 503, headers: { 'retry-after': '30' }, body: 'busy' })
+    const { front } = await setup(serviceConfig([up.url]))
+    const response = await fetch(`${front.url}/a`)
+    expect(response.status).toBe(503)
+    expect(await response.text()).toBe('busy')
+    expect(up.requests).toHaveLength(1)
+  })
+
+  it('passes a 500 through without retrying it', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', status: 500, body: 'boom' } })
+    const { front } = await setup(serviceConfig([up.url]))
+    const response = await fetch(`${front.url}/a`)
+    expect(response.status).toBe(500)
+    expect(await response.text()).toBe('boom')
+    expect(up.requests).toHaveLength(1)
+  })
+
+  it('retries POST only with an Idempotency-Key, and adds one when addIdempotencyKey', async () => {
+    const plain = await upstream({ fallback: { kind: 'respond', status: 503 } })
+    const { front } = await setup(serviceConfig([plain.url]))
+    expect((await fetch(`${front.url}/pay`, { method: 'POST', body: 'x' })).status).toBe(503)
+    expect(plain.requests).toHaveLength(1)
+
+    const keyed = await upstream()
+    keyed.script.push({ kind: 'respond', status: 503 })
+    const one = await setup(serviceConfig([keyed.url]))
+    const pending = fetch(`${one.front.url}/pay`, {
+      method: 'POST',
+      body: 'x',
+      headers: { 'idempotency-key': 'k-1' },
+    })
+    await timerWithin(one.clock, 50)
+    await one.clock.advance(50)
+    expect((await pending).status).toBe(200)
+    expect(keyed.requests.map((r) => r.headers['idempotency-key'])).toEqual(['k-1', 'k-1'])
+
+    const added = await upstream()
+    added.script.push({ kind: 'respond', status: 502 })
+    const base = serviceConfig([added.url])
+    const two = await setup({ ...base, retry: { ...base.retry!, addIdempotencyKey: true } })
+    const pending2 = fetch(`${two.front.url}/pay`, { method: 'POST', body: 'x' })
+    await timerWithin(two.clock, 50)
+    await two.clock.advance(50)
+    expect((await pending2).status).toBe(200)
+    const keys = added.requests.map((r) => r.headers['idempotency-key'])
+    expect(keys).toHaveLength(2)
+    expect(keys[0]).toMatch(/^[0-9a-f-]{36}$/)
+    expect(keys[1]).toBe(keys[0])
+  })
+
+  it('stops retrying when the retry budget is spent', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', status: 503 } })
+    const base = serviceConfig([up.url])
+    const { front } = await setup({
+      ...base,
+      retry: { ...base.retry!, budgetRatio: 0, budgetMinPerSecond: 0 },
+    })
+    const response = await fetch(`${front.url}/a`)
+    expect(response.status).toBe(503)
+    expect(up.requests).toHaveLength(1)
+  })
+
+  it('answers 504 DEADLINE_EXCEEDED at once for a spent inbound deadline', async () => {
+    const up = await upstream()
+    const { front } = await setup(serviceConfig([up.url]))
+    const response = await fetch(`${front.url}/a`, { headers: { [DEADLINE_HEADER]: '0' } })
+    expect(response.status).toBe(504)
+    expect((await response.json()).code).toBe('DEADLINE_EXCEEDED')
+    expect(up.requests).toHaveLength(0)
+  })
+})
+
+describe('forward: breaker and bulkhead', () => {
+  it('opens after consecutive failures, fails fast, then closes after a good probe', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', status: 502 } })
+    const { front, clock, service } = await setup(
+      serviceConfig([up.url], {
+        retry: undefined,
+        breaker: { failureThreshold: 2, cooldownMs: 5_000, halfOpenProbes: 1 },
+      }),
+    )
+    expect((await fetch(`${front.url}/a`)).status).toBe(502)
+    expect((await fetch(`${front.url}/a`)).status).toBe(502)
+    expect(service.state().breaker).toBe('open')
+    const fast = await fetch(`${front.url}/a`)
+    expect(fast.status).toBe(503)
+    expect((await fast.json()).code).toBe('BROKEN_CIRCUIT')
+    expect(up.requests).toHaveLength(2)
+    await clock.advance(5_000)
+    up.fallback = { kind: 'respond' }
+    expect((await fetch(`${front.url}/a`)).status).toBe(200)
+    expect(service.state().breaker).toBe('closed')
+  })
+
+  it('isolate() fails every call with ISOLATED_CIRCUIT until reset()', async () => {
+    const up = await upstream()
+    const { front, service } = await setup(serviceConfig([up.url], { breaker: undefined }))
+    expect(service.state().breaker).toBe('disabled')
+    service.isolate()
+    const refused = await fetch(`${front.url}/a`)
+    expect(refused.status).toBe(503)
+    expect((await refused.json()).code).toBe('ISOLATED_CIRCUIT')
+    expect(service.state().breaker).toBe('isolated')
+    service.reset()
+    expect((await fetch(`${front.url}/a`)).status).toBe(200)
+  })
+
+  it('queues beyond maxConcurrent, refuses beyond maxQueue, and hands slots on in order', async () => {
+    const up = await upstream({ fallback: { kind: 'hold' } })
+    const { front, service } = await setup(
+      serviceConfig([up.url], {
+        bulkhead: { maxConcurrent: 1, maxQueue: 1, connectionsPerEndpoint: 4 },
+      }),
+    )
+    const first = fetch(`${front.url}/1`)
+    await up.waitForRequests(1)
+    const second = fetch(`${front.url}/2`)
+    await eventually(() => service.state().bulkhead.queued === 1)
+    const third = await fetch(`${front.url}/3`)
+    expect(third.status).toBe(503)
+    expect((await third.json()).code).toBe('BULKHEAD_FULL')
+    expect(service.state().bulkhead).toEqual({ running: 1, queued: 1, max: 1 })
+    up.release()
+    expect((await first).status).toBe(200)
+    await up.waitForRequests(2)
+    up.release()
+    expect(await (await second).text()).toBe('ok /2')
+    await eventually(() => service.state().bulkhead.running === 0)
+  })
+})
+
+describe('observability', () => {
+  it('registers request, latency, retry, breaker, bulkhead and ejection metrics', async () => {
+    const up = await upstream()
+    up.script.push({ kind: 'respond', status: 503 })
+    const { front, clock, deps } = await setup(
+      serviceConfig([up.url], {
+        breaker: { failureThreshold: 5, cooldownMs: 1_000, halfOpenProbes: 1 },
+      }),
+    )
+    const pending = fetch(`${front.url}/a`)
+    await timerWithin(clock, 50)
+    await clock.advance(50)
+    expect((await pending).status).toBe(200)
+    await eventually(() => front.outcomes.length === 1)
+    const text = await deps.metrics.render()
+    expect(text).toContain(
+      'breakwater_proxy_upstream_requests_total{service="orders",status="200"} 1',
+    )
+    expect(text).toContain('breakwater_proxy_upstream_retries_total{service="orders"} 1')
+    expect(text).toContain(
+      'breakwater_proxy_upstream_request_duration_seconds_count{service="orders"} 1',
+    )
+    expect(text).toContain(
+      'breakwater_proxy_upstream_breaker_state{service="orders",state="closed"} 1',
+    )
+    expect(text).toContain('breakwater_proxy_upstream_bulkhead_running{service="orders"} 0')
+    expect(text).toContain('breakwater_proxy_upstream_endpoints_ejected{service="orders"} 0')
+  })
+})

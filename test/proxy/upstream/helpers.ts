@@ -1,0 +1,155 @@
+// Shared pieces of the upstream tests: a ServiceConfig with test defaults, deps with a
+// ManualClock and a logger whose lines the test can read, and a minimal node:http front
+// server that hands each request to a service's forward() as the inbound side would.
+
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Clock } from '../../../src/core/clock.js'
+import { DEADLINE_HEADER } from '../../../src/index.js'
+import { createJsonLogger } from '../../../src/observability/logger.js'
+import { createMetricsRegistry, type MetricsRegistry } from '../../../src/observability/metrics.js'
+import type {
+  ForwardOutcome,
+  ForwardRequest,
+  ProxyDeps,
+  ServiceConfig,
+  ServiceRuntime,
+} from '../../../src/proxy/contracts.js'
+import { forwardableHeaders } from '../../../src/proxy/hop-by-hop.js'
+import { ManualClock } from '../../../src/testing/manual-clock.js'
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] }
+
+/** A service config with small, test-friendly defaults; `overrides` replace whole sections. */
+export function serviceConfig(
+  endpoints: readonly string[],
+  overrides: Partial<Mutable<ServiceConfig>> = {},
+): ServiceConfig {
+  return {
+    name: 'orders',
+    discovery: { kind: 'static', endpoints },
+    loadBalancer: 'round-robin',
+    timeouts: { connectMs: 1_000, readMs: 2_000, overallMs: 10_000 },
+    retry: {
+      attempts: 3,
+      baseDelayMs: 100,
+      maxDelayMs: 1_000,
+      retryOnStatus: [408, 429, 502, 503, 504],
+      budgetRatio: 0.2,
+      budgetMinPerSecond: 10,
+      addIdempotencyKey: false,
+    },
+    breaker: undefined,
+    bulkhead: { maxConcurrent: 64, maxQueue: 64, connectionsPerEndpoint: 8 },
+    outlierEjection: undefined,
+    tls: {
+      caFile: undefined,
+      certFile: undefined,
+      keyFile: undefined,
+      serverName: undefined,
+      verify: true,
+    },
+    auth: undefined,
+    rewriteHost: true,
+    ...overrides,
+  }
+}
+
+/** Deps on a ManualClock (unless given), with every log line kept in `logs`. */
+export function testDeps(clock: Clock = new ManualClock(1_000_000)): ProxyDeps & {
+  readonly logs: string[]
+  readonly metrics: MetricsRegistry
+  readonly clock: Clock
+} {
+  const logs: string[] = []
+  return {
+    clock,
+    logger: createJsonLogger({ level: 'debug', output: { write: (line) => logs.push(line) } }),
+    metrics: createMetricsRegistry(),
+    logs,
+  }
+}
+
+/** A front server that forwards every request to one service. */
+export interface Front {
+  readonly url: string
+  /** Outcomes in the order forwards finished. */
+  readonly outcomes: ForwardOutcome[]
+  /** The ForwardRequests handed to the service, in arrival order. */
+  readonly forwarded: ForwardRequest[]
+  readonly server: Server
+  close(): Promise<void>
+}
+
+/**
+ * Starts the front on 127.0.0.1. A request's `x-breakwater-deadline-ms` header becomes its
+ * `deadlineAt` on `clock`.
+ */
+export async function startFront(service: ServiceRuntime, clock: Clock): Promise<Front> {
+  const outcomes: ForwardOutcome[] = []
+  const forwarded: ForwardRequest[] = []
+  let n = 0
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (chunk: Buffer) => chunks.push(chunk))
+    req.on('end', () => {
+      const controller = new AbortController()
+      res.on('close', () => {
+        if (!res.writableFinished) controller.abort()
+      })
+      const headers = forwardableHeaders(req.rawHeaders, new Set(['host']))
+      const budget = req.headers[DEADLINE_HEADER]
+      const forward: ForwardRequest = {
+        method: req.method ?? 'GET',
+        target: req.url ?? '/',
+        headers,
+        host: req.headers.host ?? 'front',
+        body: chunks.length === 0 ? undefined : Buffer.concat(chunks),
+        deadlineAt: typeof budget === 'string' ? clock.now() + Number(budget) : undefined,
+        route: 'ambassador',
+        requestId: `req-${++n}`,
+        signal: controller.signal,
+      }
+      forwarded.push(forward)
+      void service.forward(forward, res).then((outcome) => outcomes.push(outcome))
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    outcomes,
+    forwarded,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      }),
+  }
+}
+
+/** Polls `check` on real time until it holds (for file watches and sockets, never for policy time). */
+export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 5_000) {
+  const start = Date.now()
+  for (;;) {
+    if (await check()) return
+    if (Date.now() - start > timeoutMs) throw new Error('condition not met in time')
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+}
+
+/** A ForwardRequest for calling a service directly (no front). */
+export function forwardRequest(overrides: Partial<Mutable<ForwardRequest>> = {}): ForwardRequest {
+  return {
+    method: 'GET',
+    target: '/items',
+    headers: {},
+    host: 'front',
+    body: undefined,
+    deadlineAt: undefined,
+    route: 'ambassador',
+    requestId: 'req-x',
+    signal: new AbortController().signal,
+    ...overrides,
+  }
+}
