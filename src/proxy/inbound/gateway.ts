@@ -143,6 +143,10 @@ export function createGatewayHandler(
     )
   }
   const idempotency = options.idempotency
+  // Builds each route's protocol now, so a bad idempotency setting fails here, not per request.
+  for (const route of listener.routes) {
+    if (route.idempotency !== undefined) idempotency?.guards(route.idempotency, 'POST')
+  }
   const warned = new Set<string>()
 
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {

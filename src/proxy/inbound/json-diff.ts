@@ -197,9 +197,19 @@ function headerValue(value: string | readonly string[] | undefined): string | un
 
 const defaultIgnoredHeaderSet = new Set(defaultIgnoredHeaders)
 
-function isJsonType(headers: Readonly<Record<string, string | string[]>>): boolean {
-  const type = headerValue(headers['content-type'])?.toLowerCase() ?? ''
-  return /[/+]json\b/.test(type)
+function lowerCased(headers: Readonly<Record<string, string | string[]>>): Map<string, string> {
+  const out = new Map<string, string>()
+  for (const [name, value] of Object.entries(headers)) {
+    const lower = name.toLowerCase()
+    const text = headerValue(value) as string
+    const seen = out.get(lower)
+    out.set(lower, seen === undefined ? text : `${seen}, ${text}`)
+  }
+  return out
+}
+
+function isJsonType(contentType: string | undefined): boolean {
+  return /[/+]json\b/.test(contentType?.toLowerCase() ?? '')
 }
 
 function parseJson(body: Buffer): { ok: true; value: unknown } | { ok: false } {
@@ -225,16 +235,16 @@ export function compareResponses(
   if (primary.status !== shadow.status) {
     out.push({ path: 'status', primary: primary.status, shadow: shadow.status })
   }
-  const names = new Set([...Object.keys(primary.headers), ...Object.keys(shadow.headers)])
-  for (const raw of names) {
-    const name = raw.toLowerCase()
+  const a = lowerCased(primary.headers)
+  const b = lowerCased(shadow.headers)
+  for (const name of new Set([...a.keys(), ...b.keys()])) {
     if (defaultIgnoredHeaderSet.has(name) || options.ignoreHeaders?.has(name)) continue
-    const a = headerValue(primary.headers[raw])
-    const b = headerValue(shadow.headers[raw])
-    if (a !== b) out.push({ path: `header ${name}`, primary: a, shadow: b })
+    if (a.get(name) !== b.get(name)) {
+      out.push({ path: `header ${name}`, primary: a.get(name), shadow: b.get(name) })
+    }
   }
   if (primary.body.equals(shadow.body)) return out
-  if (isJsonType(primary.headers) || isJsonType(shadow.headers)) {
+  if (isJsonType(a.get('content-type')) || isJsonType(b.get('content-type'))) {
     const a = parseJson(primary.body)
     const b = parseJson(shadow.body)
     if (a.ok && b.ok) {

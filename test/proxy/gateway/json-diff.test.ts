@@ -132,6 +132,20 @@ describe('compareResponses', () => {
     ).toEqual([{ path: 'status', primary: 200, shadow: 201 }])
   })
 
+  it('compares header names case-insensitively', () => {
+    const a = jsonResponse({}, 200, { 'X-Version': '1' })
+    const b = jsonResponse({}, 200, { 'x-version': '1', 'Content-Type': 'application/json' })
+    expect(
+      compareResponses(a, {
+        ...b,
+        headers: { 'x-version': '1', 'Content-Type': 'application/json' },
+      }),
+    ).toEqual([])
+    expect(compareResponses(a, jsonResponse({}, 200, { 'x-VERSION': '2' }))).toEqual([
+      { path: 'header x-version', primary: '1', shadow: '2' },
+    ])
+  })
+
   it('finds a content-type change and compares other bodies whole', () => {
     const text = (body: string, type = 'text/plain') => ({
       status: 200,
