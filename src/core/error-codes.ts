@@ -52,7 +52,25 @@ export const errorCodes = {
     'An upstream connection closed or reset before the response was complete; answered 502 (or the client socket destroyed once streaming began).',
   UPSTREAM_TIMEOUT:
     "An upstream endpoint did not connect, send its response head, or send the next body chunk within the service's timeouts; answered 504.",
-  UPSTREAM_NO_ENDPOINTS: 'An upstream service has no endpoints (discovery found none yet); answered 503.',
+  UPSTREAM_NO_ENDPOINTS:
+    'An upstream service has no endpoints (discovery found none yet); answered 503.',
+  REQUEST_INVALID:
+    'The proxy refused a request it will not interpret: an HTTP/0.9 request line, an asterisk or authority-form target, or a bad character in the query; answered 400.',
+  REQUEST_HOST_INVALID:
+    'The proxy refused a request whose Host is missing, repeated, malformed (userinfo, bad port) or disagrees with an absolute-form target; answered 400.',
+  REQUEST_PATH_INVALID:
+    'The proxy refused a request path it cannot normalize safely (dot-dot above the root, encoded slash or backslash, double encoding, control characters); answered 400.',
+  REQUEST_UPGRADE_REFUSED:
+    'The proxy refused a request carrying an Upgrade header (h2c, websocket): it tunnels no upgraded protocol; answered 400.',
+  REQUEST_HEADERS_TOO_MANY:
+    "A request had more header fields than the listener's limits.maxHeaders; answered 431.",
+  REQUEST_BODY_TOO_LARGE:
+    "A request body was larger than the listener's limits.maxBodyBytes; answered 413.",
+  REQUEST_BODY_INCOMPLETE: 'The proxy could not read a request body to its end; answered 400.',
+  REQUEST_METHOD_NOT_ALLOWED: 'The proxy refused a CONNECT request; answered 405.',
+  SERVICE_NOT_FOUND:
+    'A proxy request named no upstream service the listener exposes, or its route has no live target; answered 404 (ambassador) or 502 (gateway).',
+  INTERNAL_ERROR: 'The proxy failed while handling a request (a bug); answered 500.',
 } as const
 
 /** A stable, documented error code. */

@@ -67,8 +67,8 @@ export function createAmbassadorHandler(
         service: service.name,
         error: (error as Error).message,
       })
-      sendProblem(res, 502, 'PROXY_ERROR', 'the proxy failed to forward the request')
-      outcome = { ...notFound, status: 502, error: 'PROXY_ERROR' }
+      sendProblem(res, 502, 'INTERNAL_ERROR', 'the proxy failed to forward the request')
+      outcome = { ...notFound, status: 502, error: 'INTERNAL_ERROR' }
     }
     logAccess(ctx, inbound, outcome, listener.name, {
       route: AMBASSADOR_ROUTE,
@@ -81,7 +81,7 @@ export function createAmbassadorHandler(
         listener: listener.name,
         error: (error as Error).message,
       })
-      sendProblem(res, 500, 'PROXY_ERROR', 'internal proxy error')
+      sendProblem(res, 500, 'INTERNAL_ERROR', 'internal proxy error')
     })
   }
 }

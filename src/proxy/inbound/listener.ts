@@ -192,7 +192,7 @@ export function createListenerServer(
   })
   server.on('connect', (_req, socket: Socket) => {
     const body =
-      '{"type":"about:blank","title":"Method Not Allowed","status":405,"code":"METHOD_NOT_ALLOWED","detail":"CONNECT is not supported"}'
+      '{"type":"about:blank","title":"Method Not Allowed","status":405,"code":"REQUEST_METHOD_NOT_ALLOWED","detail":"CONNECT is not supported"}'
     socket.end(
       `HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/problem+json\r\ncontent-length: ${body.length}\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\nconnection: close\r\n\r\n${body}`,
     )

@@ -64,19 +64,19 @@ export interface InboundRequest {
 }
 
 /**
- * The `code` values of problems this module answers, for clients and logs:
- * `BAD_REQUEST` (HTTP/0.9, target form), `HOST_INVALID`, `PATH_INVALID`,
- * `UPGRADE_NOT_SUPPORTED`, `TOO_MANY_HEADERS` (431), `BODY_TOO_LARGE` (413),
- * `BODY_INCOMPLETE` (the client stopped sending the body).
+ * The `code` values of the problems this module answers (each documented in docs/errors.md):
+ * 400 `REQUEST_INVALID` (HTTP/0.9, target form, query characters), `REQUEST_HOST_INVALID`,
+ * `REQUEST_PATH_INVALID`, `REQUEST_UPGRADE_REFUSED`, `REQUEST_BODY_INCOMPLETE`; 431
+ * `REQUEST_HEADERS_TOO_MANY`; 413 `REQUEST_BODY_TOO_LARGE`.
  */
 export type InboundProblemCode =
-  | 'BAD_REQUEST'
-  | 'HOST_INVALID'
-  | 'PATH_INVALID'
-  | 'UPGRADE_NOT_SUPPORTED'
-  | 'TOO_MANY_HEADERS'
-  | 'BODY_TOO_LARGE'
-  | 'BODY_INCOMPLETE'
+  | 'REQUEST_INVALID'
+  | 'REQUEST_HOST_INVALID'
+  | 'REQUEST_PATH_INVALID'
+  | 'REQUEST_UPGRADE_REFUSED'
+  | 'REQUEST_HEADERS_TOO_MANY'
+  | 'REQUEST_BODY_TOO_LARGE'
+  | 'REQUEST_BODY_INCOMPLETE'
 
 // Per request bookkeeping the access log needs but the public shape does not carry.
 interface Bookkeeping {
@@ -86,6 +86,8 @@ interface Bookkeeping {
 }
 const bookkeeping = new WeakMap<InboundRequest, Bookkeeping>()
 
+const absoluteForm = /^(https?):\/\/([^/?#]*)([/?].*)?$/is
+const badQuery = /[^\x21-\x7e]|#/
 const hostPattern = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?$/
 const requestIdPattern = /^[\x21-\x7e]{1,200}$/
 const deadlineMsPattern = /^-?\d{1,15}$/
@@ -111,142 +113,29 @@ export function readInboundRequest(
   listener: ListenerConfig,
   ctx: InboundContext,
 ): Promise<InboundRequest | undefined> {
-  const startedAt = ctx.clock.now()
-  const refuse = (status: number, code: InboundProblemCode, detail: string): undefined => {
-    if (ctx.accessLog) {
-      ctx.logger.warn('request refused', {
-        listener: listener.name,
-        method: req.method,
-        status,
-        code,
-        detail,
-        remote: req.socket.remoteAddress,
-      })
-    }
-    // A client that sent something refused here is broken or probing: nothing more is read
-    // from its connection.
-    res.setHeader('connection', 'close')
-    if (req.socket !== null) closingSockets.add(req.socket)
-    sendProblem(res, status, code, detail)
-    return undefined
-  }
-
-  if (req.httpVersionMajor < 1) {
-    return Promise.resolve(refuse(400, 'BAD_REQUEST', 'HTTP/0.9 is not supported'))
-  }
-  const raw = req.rawHeaders
-  if (raw.length / 2 > listener.limits.maxHeaders) {
-    return Promise.resolve(
-      refuse(431, 'TOO_MANY_HEADERS', `more than ${listener.limits.maxHeaders} header fields`),
-    )
-  }
-
-  let hostValue: string | undefined
-  let hostCount = 0
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i] as string
-    if (name.length === 4 && name.toLowerCase() === 'host') {
-      hostCount++
-      hostValue = raw[i + 1] as string
-    } else if (name.length === 7 && name.toLowerCase() === 'upgrade') {
-      return Promise.resolve(
-        refuse(400, 'UPGRADE_NOT_SUPPORTED', 'the proxy does not tunnel upgraded connections'),
-      )
-    }
-  }
-  if (hostCount > 1) return Promise.resolve(refuse(400, 'HOST_INVALID', 'more than one Host'))
-  const scheme = listener.tls === undefined ? 'http' : 'https'
-  let host: string
-  let hostKey: string | undefined
-  if (hostValue === undefined) {
-    if (req.httpVersionMinor >= 1 || req.httpVersionMajor > 1) {
-      return Promise.resolve(refuse(400, 'HOST_INVALID', 'Host is required'))
-    }
-    host = `${req.socket.localAddress ?? listener.host}:${req.socket.localPort ?? listener.port}`
-  } else {
-    hostKey = authorityKey(hostValue, scheme)
-    if (hostKey === undefined) {
-      return Promise.resolve(refuse(400, 'HOST_INVALID', 'malformed Host'))
-    }
-    host = hostValue
-  }
-
-  // Split the target into path and query, accepting absolute-form only when it names Host.
-  let target = req.url ?? ''
-  if (target.charCodeAt(0) !== 0x2f) {
-    const absolute = /^(https?):\/\/([^/?#]*)([/?].*)?$/is.exec(target)
-    if (absolute === null) {
-      return Promise.resolve(refuse(400, 'BAD_REQUEST', 'request target form not supported'))
-    }
-    const targetKey = authorityKey(absolute[2] as string, (absolute[1] as string).toLowerCase())
-    if (targetKey === undefined || hostKey === undefined || targetKey !== hostKey) {
-      return Promise.resolve(
-        refuse(400, 'HOST_INVALID', 'absolute-form target does not match Host'),
-      )
-    }
-    target = absolute[3] ?? '/'
-    if (target.charCodeAt(0) === 0x3f) target = `/${target}`
-  }
-  const q = target.indexOf('?')
-  const rawPath = q === -1 ? target : target.slice(0, q)
-  const query = q === -1 ? '' : target.slice(q)
-  if (query !== '' && /[^\x21-\x7e]|#/.test(query)) {
-    return Promise.resolve(refuse(400, 'BAD_REQUEST', 'invalid character in query'))
-  }
-  const normalized = normalizePath(rawPath)
-  if (!normalized.ok) return Promise.resolve(refuse(400, 'PATH_INVALID', normalized.reason))
-
-  // Deadline: the sooner of the context's header and grpc-timeout.
-  let remaining: number | undefined
-  const deadlineValue = firstHeader(req.headers[ctx.deadlineHeader])
-  if (deadlineValue !== undefined) {
-    const trimmed = deadlineValue.trim()
-    if (deadlineMsPattern.test(trimmed)) remaining = Number(trimmed)
-  }
-  const grpc = parseGrpcTimeout(firstHeader(req.headers[GRPC_TIMEOUT_HEADER]))
-  if (grpc !== undefined) remaining = remaining === undefined ? grpc : Math.min(remaining, grpc)
-  const deadlineAt = remaining === undefined ? undefined : startedAt + remaining
-
-  const sentId = firstHeader(req.headers['x-request-id'])
-  const requestId = sentId !== undefined && requestIdPattern.test(sentId) ? sentId : randomUUID()
-
-  const headers = forwardableHeaders(raw, dropSetFor(ctx.deadlineHeader))
-  headers['x-request-id'] = requestId
-
-  const controller = new AbortController()
-  res.once('close', () => {
-    if (!res.writableFinished) controller.abort(new Error('client disconnected'))
-  })
-
-  const base = {
-    method: req.method ?? 'GET',
-    path: normalized.path,
-    query,
-    headers,
-    host,
-    requestId,
-    deadlineAt,
-    signal: controller.signal,
-    startedAt,
-  }
-  const bytesWrittenAtStart = req.socket.bytesWritten
-
-  const finish = (body: Buffer | undefined): InboundRequest => {
-    const inbound: InboundRequest = { ...base, body }
-    bookkeeping.set(inbound, { res, bytesWrittenAtStart, bytesIn: body?.length ?? 0 })
-    return inbound
+  const head = validateHead(req, listener, ctx)
+  if (isRefusal(head)) {
+    return Promise.resolve(refuse(req, res, listener, ctx, head[0], head[1], head[2]))
   }
 
   const contentLength = req.headers['content-length']
   const chunked = req.headers['transfer-encoding'] !== undefined
-  if (contentLength === undefined && !chunked) return Promise.resolve(finish(undefined))
+  if ((contentLength === undefined || contentLength === '0') && !chunked) {
+    return Promise.resolve(finish(req, res, head, undefined))
+  }
   const limit = listener.limits.maxBodyBytes
   if (contentLength !== undefined && Number(contentLength) > limit) {
-    return Promise.resolve(refuse(413, 'BODY_TOO_LARGE', `request body larger than ${limit} bytes`))
-  }
-  if (contentLength === '0') {
-    req.resume()
-    return Promise.resolve(finish(undefined))
+    return Promise.resolve(
+      refuse(
+        req,
+        res,
+        listener,
+        ctx,
+        413,
+        'REQUEST_BODY_TOO_LARGE',
+        `request body larger than ${limit} bytes`,
+      ),
+    )
   }
   return new Promise<InboundRequest | undefined>((resolve) => {
     const chunks: Buffer[] = []
@@ -265,18 +154,39 @@ export function readInboundRequest(
       size += chunk.length
       if (size > limit) {
         req.pause()
-        done(refuse(413, 'BODY_TOO_LARGE', `request body larger than ${limit} bytes`))
+        done(
+          refuse(
+            req,
+            res,
+            listener,
+            ctx,
+            413,
+            'REQUEST_BODY_TOO_LARGE',
+            `request body larger than ${limit} bytes`,
+          ),
+        )
         return
       }
       chunks.push(chunk)
     }
     const onEnd = (): void => {
-      done(finish(size === 0 ? undefined : Buffer.concat(chunks, size)))
+      done(finish(req, res, head, size === 0 ? undefined : Buffer.concat(chunks, size)))
     }
     const onError = (): void => {
-      done(refuse(400, 'BODY_INCOMPLETE', 'the request body could not be read'))
+      done(
+        refuse(
+          req,
+          res,
+          listener,
+          ctx,
+          400,
+          'REQUEST_BODY_INCOMPLETE',
+          'the request body could not be read',
+        ),
+      )
     }
     const onClose = (): void => {
+      // The client went away mid-body: nobody is left to answer.
       if (!req.complete) done(undefined)
     }
     req.on('data', onData)
@@ -284,6 +194,174 @@ export function readInboundRequest(
     req.on('error', onError)
     req.on('close', onClose)
   })
+}
+
+// What validateHead found wrong, mapped to the answer.
+const refusals = {
+  http09: [400, 'REQUEST_INVALID', 'HTTP/0.9 is not supported'],
+  headerCount: [431, 'REQUEST_HEADERS_TOO_MANY', 'more header fields than the listener allows'],
+  upgrade: [400, 'REQUEST_UPGRADE_REFUSED', 'the proxy does not tunnel upgraded connections'],
+  hostRepeated: [400, 'REQUEST_HOST_INVALID', 'more than one Host'],
+  hostMissing: [400, 'REQUEST_HOST_INVALID', 'Host is required'],
+  hostMalformed: [400, 'REQUEST_HOST_INVALID', 'malformed Host'],
+  targetForm: [400, 'REQUEST_INVALID', 'request target form not supported'],
+  targetHost: [400, 'REQUEST_HOST_INVALID', 'absolute-form target does not match Host'],
+  query: [400, 'REQUEST_INVALID', 'invalid character in query'],
+} as const satisfies Record<string, Refusal>
+type Refusal = readonly [status: number, code: InboundProblemCode, detail: string]
+
+function isRefusal(value: Head | Refusal): value is Refusal {
+  return Array.isArray(value)
+}
+
+// The validated head of a request, before its body.
+interface Head {
+  readonly method: string
+  readonly path: string
+  readonly query: string
+  readonly host: string
+  readonly startedAt: number
+  readonly deadlineAt: number | undefined
+  readonly requestId: string
+  readonly headers: Record<string, string | string[]>
+}
+
+function validateHead(
+  req: IncomingMessage,
+  listener: ListenerConfig,
+  ctx: InboundContext,
+): Head | Refusal {
+  const startedAt = ctx.clock.now()
+  if (req.httpVersionMajor < 1) return refusals.http09
+  const raw = req.rawHeaders
+  if (raw.length / 2 > listener.limits.maxHeaders) return refusals.headerCount
+
+  let hostValue: string | undefined
+  let hostCount = 0
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      hostCount++
+      hostValue = raw[i + 1] as string
+    } else if (name.length === 7 && name.toLowerCase() === 'upgrade') {
+      return refusals.upgrade
+    }
+  }
+  if (hostCount > 1) return refusals.hostRepeated
+  const scheme = listener.tls === undefined ? 'http' : 'https'
+  let host: string
+  let hostKey: string | undefined
+  if (hostValue === undefined) {
+    if (req.httpVersionMinor >= 1 || req.httpVersionMajor > 1) return refusals.hostMissing
+    const address = req.socket.localAddress ?? listener.host
+    const port = req.socket.localPort ?? listener.port
+    host = address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`
+  } else {
+    hostKey = authorityKey(hostValue, scheme)
+    if (hostKey === undefined) return refusals.hostMalformed
+    host = hostValue
+  }
+
+  // Split the target into path and query, accepting absolute-form only when it names Host.
+  let target = req.url ?? ''
+  if (target.charCodeAt(0) !== 0x2f) {
+    const absolute = absoluteForm.exec(target)
+    if (absolute === null) return refusals.targetForm
+    const targetKey = authorityKey(absolute[2] as string, (absolute[1] as string).toLowerCase())
+    if (targetKey === undefined || hostKey === undefined || targetKey !== hostKey) {
+      return refusals.targetHost
+    }
+    target = absolute[3] ?? '/'
+    if (target.charCodeAt(0) === 0x3f) target = `/${target}`
+  }
+  const q = target.indexOf('?')
+  const query = q === -1 ? '' : target.slice(q)
+  if (query !== '' && badQuery.test(query)) return refusals.query
+  const normalized = normalizePath(q === -1 ? target : target.slice(0, q))
+  if (!normalized.ok) return [400, 'REQUEST_PATH_INVALID', normalized.reason]
+
+  // Deadline: the sooner of the context's header and grpc-timeout.
+  let remaining: number | undefined
+  const deadlineValue = firstHeader(req.headers[ctx.deadlineHeader])
+  if (deadlineValue !== undefined) {
+    const trimmed = deadlineValue.trim()
+    if (deadlineMsPattern.test(trimmed)) remaining = Number(trimmed)
+  }
+  const grpc = parseGrpcTimeout(firstHeader(req.headers[GRPC_TIMEOUT_HEADER]))
+  if (grpc !== undefined) remaining = remaining === undefined ? grpc : Math.min(remaining, grpc)
+
+  const sentId = firstHeader(req.headers['x-request-id'])
+  const requestId = sentId !== undefined && requestIdPattern.test(sentId) ? sentId : randomUUID()
+  const headers = forwardableHeaders(raw, dropSetFor(ctx.deadlineHeader))
+  headers['x-request-id'] = requestId
+
+  return {
+    method: req.method ?? 'GET',
+    path: normalized.path,
+    query,
+    host,
+    startedAt,
+    deadlineAt: remaining === undefined ? undefined : startedAt + remaining,
+    requestId,
+    headers,
+  }
+}
+
+function finish(
+  req: IncomingMessage,
+  res: ServerResponse,
+  head: Head,
+  body: Buffer | undefined,
+): InboundRequest {
+  const controller = new AbortController()
+  res.once('close', () => {
+    if (!res.writableFinished) controller.abort(new Error('client disconnected'))
+  })
+  const inbound: InboundRequest = {
+    method: head.method,
+    path: head.path,
+    query: head.query,
+    headers: head.headers,
+    host: head.host,
+    requestId: head.requestId,
+    deadlineAt: head.deadlineAt,
+    body,
+    signal: controller.signal,
+    startedAt: head.startedAt,
+  }
+  bookkeeping.set(inbound, {
+    res,
+    bytesWrittenAtStart: req.socket.bytesWritten,
+    bytesIn: body?.length ?? 0,
+  })
+  return inbound
+}
+
+function refuse(
+  req: IncomingMessage,
+  res: ServerResponse,
+  listener: ListenerConfig,
+  ctx: InboundContext,
+  status: number,
+  code: InboundProblemCode,
+  detail: string,
+): undefined {
+  if (ctx.accessLog) {
+    ctx.logger.warn('request refused', {
+      listener: listener.name,
+      method: req.method,
+      status,
+      code,
+      detail,
+      remote: req.socket.remoteAddress,
+    })
+  }
+  // A client that sent something refused here is broken or probing: nothing more is read
+  // from its connection.
+  res.setHeader('connection', 'close')
+  closingSockets.add(req.socket)
+  sendProblem(res, status, code, detail)
+  return undefined
 }
 
 /**
