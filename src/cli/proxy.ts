@@ -217,9 +217,14 @@ async function runWorker(file: string, logger: Logger, deps: ProxyCommandDeps): 
         drain = resolvePromise
       })
       const stopServing = serveWorkerCommands(proxy, process, () => drain())
+      // The primary coordinates reloads; a SIGHUP sent to a worker must not end it (the
+      // default action of SIGHUP is to exit).
+      const onHup = (): void => logger.info('SIGHUP ignored in a worker: signal the primary')
+      process.on('SIGHUP', onHup)
       return {
         done,
         stop: async () => {
+          process.off('SIGHUP', onHup)
           proxy.beginDrain()
           await proxy.close()
           stopServing()

@@ -440,12 +440,14 @@ class ProxyRuntime implements ProxyInternals {
     } catch (error) {
       return this.#reloadFailed(error)
     }
+    const previous = this.#generation?.config
     try {
       await this.#apply(config)
     } catch (error) {
       return this.#reloadFailed(error)
     }
     if (yamlText !== undefined && this.#source.kind === 'text') this.#source.text = yamlText
+    if (previous !== undefined) warnStartOnly(previous, config, log)
     this.#metrics.reloads.inc()
     log.info('config reloaded', { services: [...config.services.keys()] })
     return undefined
@@ -697,6 +699,14 @@ class ProxyRuntime implements ProxyInternals {
 interface AdminServerLike {
   address(): { host: string; port: number }
   close(): Promise<void>
+}
+
+// Settings read once at start: a reload that changes them is applied otherwise, and says so.
+function warnStartOnly(before: ProxyConfig, after: ProxyConfig, log: Logger): void {
+  if (!sameJson(before.admin, after.admin))
+    log.warn('admin settings changed in the file; they apply at the next restart')
+  if (before.workers !== after.workers)
+    log.warn('workers changed in the file; the worker count applies at the next restart')
 }
 
 function tableOf(generation: Generation, route: string): RouteTable {

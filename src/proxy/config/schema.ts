@@ -100,6 +100,10 @@ const dnsDiscoverySchema = z.strictObject({
   scheme: z.enum(['http', 'https']).default('http'),
   minRefreshMs: ms().default(1_000),
   maxRefreshMs: ms(1).default(30_000),
+  servers: z
+    .array(text('"ip" or "ip:port" of a DNS server'), { error: 'list of DNS servers' })
+    .min(1, { error: 'non-empty list of DNS servers' })
+    .optional(),
 })
 
 const discoverySchema = z.strictObject({
@@ -340,6 +344,7 @@ function toDiscovery(service: ServiceDocument): DiscoveryConfig {
       scheme: dns.scheme,
       minRefreshMs: dns.minRefreshMs,
       maxRefreshMs: dns.maxRefreshMs,
+      ...(dns.servers === undefined ? {} : { servers: dns.servers }),
     }
   // checks.ts guarantees exactly one of endpoints, discovery.dns, discovery.file.
   return { kind: 'file', path: service.discovery?.file ?? '' }
