@@ -73,19 +73,25 @@ describe.each(engines)('sidecar idempotency on $name', (engine) => {
       const pad = req.body.includes('"big":true') ? 'x'.repeat(2 * 1_048_576) : undefined
       sendJson(res, 201, { payment: randomUUID(), key, body: req.body, pad })
     })
+    const guarded = { idempotency: { methods: ['POST'], ttlMs: 3_600_000 } }
     const routes = [
-      route('payments', '/payments', [{ service: 'app', weight: 1 }], {
-        idempotency: { methods: ['POST'], ttlMs: 3_600_000 },
-      }),
+      route('payments', '/payments', [{ service: 'app', weight: 1 }], guarded),
+      // Nothing listens on port 1: every connect is refused.
+      route('dead', '/dead', [{ service: 'dead', weight: 1 }], guarded),
     ]
     for (let i = 0; i < 2; i++) {
       // Each gateway opens the store itself, as each worker process does.
       const store = await openProxyIdempotency(database.url)
       stores.push(store)
       gateways.push(
-        await startGateway({ app: app.url }, routes, createRouteTable(routes), {
-          idempotency: createSidecarIdempotency({ idempotency: store.idempotency }),
-        }),
+        await startGateway(
+          { app: app.url, dead: 'http://127.0.0.1:1' },
+          routes,
+          createRouteTable(routes),
+          {
+            idempotency: createSidecarIdempotency({ idempotency: store.idempotency }),
+          },
+        ),
       )
     }
   })
@@ -195,6 +201,20 @@ describe.each(engines)('sidecar idempotency on $name', (engine) => {
       expect(body.pad).toHaveLength(2 * 1_048_576)
     }
     expect(executions.get(key)).toBe(2)
+  })
+
+  it('answers the runtime’s own 502 when the app is down, and releases the key for the retry', async () => {
+    const key = `down-${randomUUID()}`
+    for (let i = 0; i < 2; i++) {
+      const response = await fetch(`${gateways[i]!.url}/dead`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': key },
+        body: '{}',
+      })
+      expect(response.status).toBe(502)
+      expect(response.headers.get('content-type')).toBe('application/problem+json')
+      expect(((await response.json()) as { code: string }).code).not.toMatch(/^IDEMPOTENCY/)
+    }
   })
 
   it('passes unguarded methods through', async () => {
