@@ -103,8 +103,9 @@ export function failureDelayMs(failures: number, baseMs: number, maxMs: number):
 
 /**
  * Sends the post-commit NOTIFY of appends on PostgreSQL, coalesced: appends within `delayMs` of
- * each other share one notification (carrying the largest position), and at most one is in
- * flight per store, so a burst of appends costs one or two tiny statements, not one each.
+ * each other share one notification (carrying the largest position), at most one is in flight
+ * per store, and under a steady stream of appends one goes out per `delayMs`, so a burst of
+ * appends costs a few tiny statements, not one each.
  */
 export class AppendNotifier {
   readonly #db: SqlDriver
@@ -124,6 +125,10 @@ export class AppendNotifier {
   appended(position: number): void {
     if (position > this.#pending) this.#pending = position
     if (this.#sending || this.#timer !== undefined) return
+    this.#arm()
+  }
+
+  #arm(): void {
     if (this.#delayMs === 0) {
       void this.#send()
       return
@@ -136,15 +141,16 @@ export class AppendNotifier {
 
   async #send(): Promise<void> {
     this.#sending = true
+    const position = this.#pending
+    this.#pending = 0
     try {
-      while (this.#pending > 0) {
-        const position = this.#pending
-        this.#pending = 0
-        // A lost notification only delays followers until their next poll.
-        await this.#db.query(postgresNotify, [position]).catch(() => {})
-      }
+      // A lost notification only delays followers until their next poll.
+      await this.#db.query(postgresNotify, [position]).catch(() => {})
     } finally {
       this.#sending = false
     }
+    // Appends made meanwhile wait for the next window rather than going out at once: sent back
+    // to back, notifications would cost a sequential appender one extra statement per append.
+    if (this.#pending > 0) this.#arm()
   }
 }
