@@ -84,6 +84,51 @@ describe('slowloris and connection cap', () => {
     }
   })
 
+  it('closes a connection whose body trickles in past requestTimeoutMs', async () => {
+    // Real time, as above: Node's request timer.
+    const orders = recordingService('orders')
+    const { ctx } = contextWith(() => registryOf([orders]))
+    const listener = listenerConfig({
+      limits: { ...defaultLimits, headersTimeoutMs: 300, requestTimeoutMs: 600 },
+    })
+    const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
+    const { port } = await server.listen()
+    try {
+      const head = `POST /orders/x HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 100\r\n\r\n`
+      const started = Date.now()
+      const response = await sendRaw(port, [head, ...'a'.repeat(100).split('')], {
+        gapMs: 30,
+        untilFirstResponse: false,
+      })
+      expect(response.closed).toBe(true)
+      expect(response.status).toBe(408)
+      expect(Date.now() - started).toBeLessThan(2_000)
+      expect(orders.forwarded).toHaveLength(0)
+    } finally {
+      await server.close()
+    }
+  })
+
+  it('closes keep-alive connections idle past keepAliveTimeoutMs', async () => {
+    const orders = recordingService('orders')
+    const { ctx } = contextWith(() => registryOf([orders]))
+    const listener = listenerConfig({ limits: { ...defaultLimits, keepAliveTimeoutMs: 200 } })
+    const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
+    const { port } = await server.listen()
+    try {
+      const started = Date.now()
+      const response = await sendRaw(port, getRequest(port), { untilFirstResponse: false })
+      expect(response.status).toBe(200)
+      expect(response.closed).toBe(true)
+      const elapsed = Date.now() - started
+      expect(elapsed).toBeGreaterThanOrEqual(150)
+      // Node adds its own slack (about a second on Node 20) to the keep-alive timer.
+      expect(elapsed).toBeLessThan(4_000)
+    } finally {
+      await server.close()
+    }
+  })
+
   it('refuses connections beyond maxConnections and accepts again when one closes', async () => {
     const orders = recordingService('orders')
     const { ctx } = contextWith(() => registryOf([orders]))
