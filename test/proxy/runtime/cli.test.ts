@@ -1,0 +1,85 @@
+import { EventEmitter } from 'node:events'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { proxyCommand } from '../../../src/cli/proxy.js'
+import type { SignalTarget } from '../../../src/process/index.js'
+import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
+
+const dir = mkdtempSync(join(tmpdir(), 'bw-proxy-cli-'))
+let upstream: NamedUpstream
+
+beforeAll(async () => {
+  upstream = await startNamedUpstream('app')
+})
+afterAll(async () => {
+  await upstream.close()
+})
+
+function write(name: string, text: string): string {
+  const file = join(dir, name)
+  writeFileSync(file, text)
+  return file
+}
+
+describe('proxyCommand', () => {
+  it('prints usage errors with exit 2', async () => {
+    const err = captureLog()
+    expect(await proxyCommand([], { stderr: err })).toBe(2)
+    expect(err.text()).toContain('--config <file.yaml> is required')
+    expect(await proxyCommand(['--config', 'x', '--workers', '0'], { stderr: err })).toBe(2)
+    expect(err.text()).toContain('--workers: expected an integer in [1, 256], got "0"')
+    expect(await proxyCommand(['--config', 'x', '--token', 'y'], { stderr: err })).toBe(2)
+    expect(err.text()).toContain('unknown option "--token"')
+  })
+
+  it('--check reports every problem and exits 1, or 0 for a valid file', async () => {
+    const out = captureLog()
+    const err = captureLog()
+    const bad = write('bad.yaml', 'services: { a: { endpoints: [nope] } }\nlisteners: []\n')
+    expect(await proxyCommand(['--config', bad, '--check'], { stdout: out, stderr: err })).toBe(1)
+    expect(err.text()).toContain('services.a.endpoints[0]: expected http:// or https:// URL')
+    expect(err.text()).toContain('listeners: expected non-empty list of listeners, got a list of 0')
+    const good = write(
+      'good.yaml',
+      `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: out, role: ambassador, port: 0 }]\n`,
+    )
+    expect(await proxyCommand(['--config', good, '--check'], { stdout: out, stderr: err })).toBe(0)
+    expect(out.text()).toContain('valid (1 services, 1 listeners, 1 workers)')
+  })
+
+  it('reloads on SIGHUP and drains on SIGTERM with exit 0', async () => {
+    const file = write(
+      'run.yaml',
+      `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: out, role: ambassador, port: 0 }]\ndrainTimeoutMs: 1000\n`,
+    )
+    const signals = new EventEmitter()
+    const out = captureLog()
+    const run = proxyCommand(['--config', file], {
+      stdout: out,
+      signals: signals as unknown as SignalTarget,
+    })
+    await eventually(() => out.lines().some((l) => l.msg === 'proxy started'), 'the start')
+    const started = out.lines().find((l) => l.msg === 'proxy started') as {
+      listeners: { port: number }[]
+    }
+    const port = started.listeners[0]?.port ?? 0
+    expect((await http(port, '/a/x')).json()).toMatchObject({ service: 'app', url: '/x' })
+    signals.emit('SIGHUP', 'SIGHUP')
+    await eventually(
+      () => out.lines().some((l) => l.msg === 'config reloaded'),
+      'the SIGHUP reload',
+    )
+    signals.emit('SIGTERM', 'SIGTERM')
+    expect(await run).toBe(0)
+    const messages = out.lines().map((l) => l.msg)
+    expect(messages).toContain('draining: readiness is now false')
+    expect(out.lines().at(-1)).toMatchObject({
+      msg: 'proxy exited',
+      reason: 'signal',
+      drain: 'complete',
+    })
+    await expect(http(port, '/a/x')).rejects.toThrow()
+  })
+})
