@@ -1,6 +1,8 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
+import type { RouteConfig } from '../../../src/proxy/contracts.js'
 import { normalizePath, pathHasPrefix } from '../../../src/proxy/inbound/normalize-path.js'
+import { createRouteTable } from '../../../src/proxy/inbound/routes.js'
 
 function ok(raw: string): string {
   const result = normalizePath(raw)
@@ -197,6 +199,30 @@ describe('normalizePath properties', () => {
         expect(pathHasPrefix(upstreamView(url.pathname, 1), routePrefix)).toBe(matched)
       }),
       { numRuns: 5_000 },
+    )
+  })
+
+  it('routes exactly as the upstream will read the path: the gateway route table on normalized paths', () => {
+    const route = (name: string, prefix: string): RouteConfig => ({
+      name,
+      match: { prefix, methods: undefined, headers: {} },
+      targets: [{ service: name, weight: 1 }],
+      sticky: undefined,
+      stripPrefix: undefined,
+      shadow: undefined,
+      idempotency: undefined,
+    })
+    fc.assert(
+      fc.property(rawPath, prefix, (raw, guardedPrefix) => {
+        const table = createRouteTable([route('guarded', guardedPrefix), route('rest', '/')])
+        const result = normalizePath(raw)
+        if (!result.ok) return
+        const matched = table.match('GET', result.path, {})?.name === 'guarded'
+        for (const times of [0, 1, 2]) {
+          expect(pathHasPrefix(upstreamView(result.path, times), guardedPrefix)).toBe(matched)
+        }
+      }),
+      { numRuns: 2_000 },
     )
   })
 })
