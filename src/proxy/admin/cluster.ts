@@ -150,7 +150,7 @@ export interface ClusterBackend extends AdminBackend {
   detach(worker: Worker): void
   /** Workers that reported ready. */
   readyWorkers(): number
-  /** Sets how many workers should be up for readiness. */
+  /** Sets how many workers must have come up before the first ready. */
   expect(workers: number): void
   /** Readiness false from now on (first step of a drain). */
   beginDrain(): void
@@ -177,6 +177,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   let config = options.config
   let expected = config.workers
   let draining = false
+  let startedAll = false
   let nextId = 1
   const reloads = options.metrics.counter({
     name: 'breakwater_proxy_primary_config_reloads_total',
@@ -287,8 +288,9 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       )
       return mergeMetricsText(await options.metrics.render(), texts)
     },
-    ready: () =>
-      !draining && workers.size >= expected && [...workers.values()].every((w) => w.ready),
+    // Ready once every worker came up; afterwards one ready worker is enough, so a worker
+    // being replaced does not take the whole node out of its load balancer.
+    ready: () => !draining && startedAll && [...workers.values()].some((w) => w.ready),
     attach(worker) {
       workers.set(worker.id, { worker, ready: false })
       worker.on('message', (message: unknown) => {
@@ -297,6 +299,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         if (m.bw === 'ready') {
           const entry = workers.get(worker.id)
           if (entry !== undefined) entry.ready = true
+          if ([...workers.values()].filter((w) => w.ready).length >= expected) startedAll = true
           // A restarted worker starts from the file: give it the live switches again.
           for (const [route, targets] of overrides)
             void ask(worker, { op: 'switchRoute', route, targets }).catch(() => {})

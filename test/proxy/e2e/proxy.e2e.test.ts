@@ -114,13 +114,11 @@ describe('breakwater proxy --check', () => {
     expect(ok.stdout).toContain('valid (2 services, 2 listeners, 1 workers)')
 
     const bad = join(dir, 'check-bad.yaml')
-    writeFileSync(
-      bad,
-      config(p, { split: '[{ service: ghost, weight: 1 }]' }).replace(
-        'retry: { attempts: 2 }',
-        'retry: { attempts: three }',
-      ) + `extra: { token: ${upstreamToken} }\n`,
+    const broken = config(p, { split: '[{ service: ghost, weight: 1 }]' }).replace(
+      'retry: { attempts: 2 }',
+      'retry: { attempts: three }',
     )
+    writeFileSync(bad, `${broken}extra: { token: ${upstreamToken} }\n`)
     const refused = await runProxyCli(['proxy', '--config', bad, '--check'])
     expect(refused.code).toBe(1)
     expect(refused.stderr).toContain(`invalid proxy config ${bad} (3 problems)`)
@@ -281,12 +279,19 @@ describe('breakwater proxy --workers 2', () => {
       (l) => l.msg === 'worker exited unexpectedly; starting a new one',
       'the restart',
     )
+    // Readiness holds while one worker serves.
+    expect((await http(p.admin, '/readyz')).status).toBe(200)
+    // Once the replacement answers admin commands, the replayed switch (sent before them on
+    // the same IPC channel) has been applied.
     await eventually(
-      () => proxy.lines.filter((l) => l.msg === 'proxy started').length >= 3,
+      async () => {
+        const res = await http(p.admin, '/admin/services', { headers: auth })
+        const pids = res.json<{ workers: { pid: number }[] }>().workers.map((w) => w.pid)
+        return pids.length === 2 && !pids.includes(victim)
+      },
       'the replacement worker',
       30_000,
     )
-    await waitReady(proxy, p.admin)
     for (let i = 0; i < 20; i++) expect(await serviceOf(p.gateway, `/orders/${i}`)).toBe('modern')
 
     // Reload by file change reaches every worker (and resets the switch to the file's targets).
