@@ -1,3 +1,4 @@
+import { createServer } from 'node:net'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ConfigInvalidError } from '../../../src/proxy/config/index.js'
@@ -151,6 +152,42 @@ describe('startProxy', () => {
     }
   })
 
+  it('rebinds a listener on its own port when its limits change, and restores it when the reload fails', async () => {
+    const fixed = await freePort()
+    const base = yaml().replace(
+      'name: in\n    role: gateway\n    port: 0',
+      `name: in\n    role: gateway\n    port: ${fixed}`,
+    )
+    proxy = await startProxy({ config: base, logger: quiet })
+    // Host first: Node keeps only the first maxHeaders + 1 header lines.
+    const headers: Record<string, string> = { host: `127.0.0.1:${fixed}` }
+    for (let i = 0; i < 20; i++) headers[`x-h${i}`] = 'v'
+    expect((await http(fixed, '/orders/1', { headers })).status).toBe(200)
+
+    const strict = base.replace(`port: ${fixed}`, `port: ${fixed}\n    limits: { maxHeaders: 10 }`)
+    await proxy.reload(strict)
+    expect(proxy.address('in').port).toBe(fixed)
+    expect((await http(fixed, '/orders/1', { headers })).status).toBe(431)
+    expect(await serviceOf(fixed, '/orders/1')).toBe('legacy')
+
+    // The same change plus a new listener on a taken port: the reload fails after the
+    // gateway let go of its port, and the gateway is bound again with its running settings.
+    const blocker = createServer()
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve))
+    const taken = (blocker.address() as { port: number }).port
+    try {
+      const failing = `${base.replace('listeners:\n', `listeners:\n  - { name: extra, role: ambassador, port: ${taken} }\n`)}`
+      await expect(proxy.reload(failing)).rejects.toThrow('EADDRINUSE')
+      expect(proxy.address('in').port).toBe(fixed)
+      // Still the strict limits of the running config.
+      expect((await http(fixed, '/orders/1', { headers })).status).toBe(431)
+      expect(await serviceOf(fixed, '/orders/1')).toBe('legacy')
+      expect(() => proxy?.address('extra')).toThrow('listener')
+    } finally {
+      blocker.close()
+    }
+  })
+
   it('isolates and resets a service breaker', async () => {
     proxy = await startProxy({
       config: yaml().replace(
@@ -184,3 +221,11 @@ describe('startProxy', () => {
     proxy = undefined
   })
 })
+
+async function freePort(): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as { port: number }
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
+}
