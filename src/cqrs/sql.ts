@@ -99,7 +99,8 @@ const sqliteMigration: string[] = [
 // (nothing is serialized: no global lock, commits stay concurrent); a follower waits for any
 // append left open, but not for transactions that do not append. The sequence must not cache
 // values (CACHE 1, the default), so that its last value is the largest position handed out.
-const appendFunction = `CREATE FUNCTION breakwater_append(
+function appendFunctionSql(create: string, multiEventInsert: string): string {
+  return `${create} breakwater_append(
   p_stream TEXT,
   p_expected_kind INTEGER,
   p_expected BIGINT,
@@ -167,17 +168,7 @@ BEGIN
     VALUES (r_positions[1], p_stream, v_version, p_ids[1], p_types[1], p_schema_versions[1],
             p_data[1], p_metadata[1], p_created_at);
   ELSE
-    SELECT array_agg(n.p ORDER BY n.p) INTO r_positions
-      FROM (SELECT nextval('breakwater_events_position') AS p
-            FROM generate_series(1, v_count)) AS n;
-    INSERT INTO breakwater_events
-      (position, stream_id, stream_version, event_id, type, schema_version, data, metadata,
-       created_at)
-    SELECT r_positions[u.ord], p_stream, v_version - v_count + u.ord, u.id, u.type, u.sv,
-           u.data, u.meta, p_created_at
-      FROM unnest(p_ids, p_types, p_schema_versions, p_data, p_metadata)
-        WITH ORDINALITY AS u(id, type, sv, data, meta, ord);
-  END IF;
+${multiEventInsert}  END IF;
 
   IF p_notify THEN
     PERFORM pg_notify('${eventsChannel}', r_positions[v_count]::text);
@@ -187,6 +178,38 @@ BEGIN
   r_deleted := FALSE;
 END;
 $fn$`
+}
+
+const multiEventInsertV1 = `    SELECT array_agg(n.p ORDER BY n.p) INTO r_positions
+      FROM (SELECT nextval('breakwater_events_position') AS p
+            FROM generate_series(1, v_count)) AS n;
+    INSERT INTO breakwater_events
+      (position, stream_id, stream_version, event_id, type, schema_version, data, metadata,
+       created_at)
+    SELECT r_positions[u.ord], p_stream, v_version - v_count + u.ord, u.id, u.type, u.sv,
+           u.data, u.meta, p_created_at
+      FROM unnest(p_ids, p_types, p_schema_versions, p_data, p_metadata)
+        WITH ORDINALITY AS u(id, type, sv, data, meta, ord);
+`
+
+const appendFunction = appendFunctionSql('CREATE FUNCTION', multiEventInsertV1)
+
+// Migration 2: a several-event append takes its positions in the INSERT itself (one statement
+// instead of two); the ordered subquery makes nextval run in event order, so positions still
+// increase with stream versions, and positions are returned in stream-version order.
+const multiEventInsertV2 = `    WITH inserted AS (
+      INSERT INTO breakwater_events
+        (position, stream_id, stream_version, event_id, type, schema_version, data, metadata,
+         created_at)
+      SELECT nextval('breakwater_events_position'), p_stream, v_version - v_count + u.ord, u.id,
+             u.type, u.sv, u.data, u.meta, p_created_at
+        FROM (SELECT * FROM unnest(p_ids, p_types, p_schema_versions, p_data, p_metadata)
+                WITH ORDINALITY AS e(id, type, sv, data, meta, ord)
+              ORDER BY e.ord) AS u
+      RETURNING position, stream_version
+    )
+    SELECT array_agg(i.position ORDER BY i.stream_version) INTO r_positions FROM inserted AS i;
+`
 
 const watermarkFunction = `CREATE FUNCTION breakwater_read_watermark() RETURNS BIGINT
 LANGUAGE plpgsql AS $fn$
@@ -357,7 +380,15 @@ $fn$`
 /** The event store's schema migrations (capability `cqrs`), both dialects. */
 export const cqrsMigrations: readonly Migration[] = [
   { version: 1, name: 'event-store', sqlite: sqliteMigration, postgres: postgresMigration },
-  { version: 2, name: 'append-batch', sqlite: [], postgres: [appendBatchFunction] },
+  {
+    version: 2,
+    name: 'append-batch',
+    sqlite: [],
+    postgres: [
+      appendFunctionSql('CREATE OR REPLACE FUNCTION', multiEventInsertV2),
+      appendBatchFunction,
+    ],
+  },
 ]
 
 /**
