@@ -11,7 +11,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { basename, dirname, resolve } from 'node:path'
 import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkObject } from '../core/validate.js'
+import { checkInteger, checkObject } from '../core/validate.js'
 import { createJsonLogger, type Logger } from '../observability/logger.js'
 import {
   type Counter,
@@ -246,10 +246,18 @@ class ProxyRuntime implements ProxyInternals {
     this.#deps = { clock, logger, metrics }
     this.#metrics = runtimeMetrics(metrics)
     this.#shadow = createShadowRunner({ clock, logger: logger.child({ component: 'shadow' }) })
-    this.#env = options.env ?? process.env
-    this.#watchEnabled = options.watch ?? true
-    this.#watchDebounceMs = options.watchDebounceMs ?? 250
-    this.#adminEnabled = options.admin ?? true
+    this.#env =
+      options.env === undefined
+        ? process.env
+        : (checkObject('env', options.env) as Record<string, string | undefined>)
+    this.#watchEnabled = checkBoolean('watch', options.watch ?? true)
+    this.#watchDebounceMs = checkInteger(
+      'watchDebounceMs',
+      options.watchDebounceMs ?? 250,
+      0,
+      60_000,
+    )
+    this.#adminEnabled = checkBoolean('admin', options.admin ?? true)
     const config = options.config
     if (typeof config === 'string') this.#source = { kind: 'text', text: config }
     else if (typeof config === 'object' && config !== null && 'file' in config)
@@ -699,6 +707,11 @@ class ProxyRuntime implements ProxyInternals {
 interface AdminServerLike {
   address(): { host: string; port: number }
   close(): Promise<void>
+}
+
+function checkBoolean(option: string, value: unknown): boolean {
+  if (typeof value !== 'boolean') throw new InvalidOptionError(option, 'true or false', value)
+  return value
 }
 
 // Settings read once at start: a reload that changes them is applied otherwise, and says so.

@@ -7,6 +7,7 @@
 import type { Worker } from 'node:cluster'
 import { type Clock, systemClock, type TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
+import { checkInteger } from '../../core/validate.js'
 import type { Logger } from '../../observability/logger.js'
 import type { MetricsRegistry } from '../../observability/metrics.js'
 import { ConfigInvalidError, type ConfigProblem } from '../config/errors.js'
@@ -130,6 +131,7 @@ export interface ClusterBackendOptions {
   readonly config: ProxyConfig
   /** Re-reads and validates the config file in the primary (before workers are asked). */
   readonly loadConfig: () => Promise<ProxyConfig>
+  /** Where the primary logs (reloads, refused reloads). */
   readonly logger: Logger
   /** The primary's own registry (reload counters), rendered with the workers' metrics. */
   readonly metrics: MetricsRegistry
@@ -138,7 +140,10 @@ export interface ClusterBackendOptions {
    * @default 10000
    */
   readonly commandTimeoutMs?: number
-  /** @default systemClock */
+  /**
+   * Times the command timeouts.
+   * @default systemClock
+   */
   readonly clock?: Clock
 }
 
@@ -165,7 +170,7 @@ export interface ClusterBackend extends AdminBackend {
  */
 export function createClusterBackend(options: ClusterBackendOptions): ClusterBackend {
   const clock = options.clock ?? systemClock
-  const timeoutMs = options.commandTimeoutMs ?? 10_000
+  const timeoutMs = checkInteger('commandTimeoutMs', options.commandTimeoutMs ?? 10_000, 1, 600_000)
   const log = options.logger
   const workers = new Map<number, { worker: Worker; ready: boolean }>()
   const pending = new Map<

@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
+import { checkInteger, checkObject } from '../../core/validate.js'
 import { PROMETHEUS_CONTENT_TYPE } from '../../observability/metrics.js'
 import type { AdminConfig, ProxyDeps, RouteTargetConfig, SecretSource } from '../contracts.js'
 import { type AdminBackend, configForDisplay, mergeRoutes } from './backend.js'
@@ -105,9 +106,12 @@ export function tokenMatches(presented: string, expected: string): boolean {
  * ```
  */
 export async function startAdminServer(options: AdminServerOptions): Promise<AdminServer> {
+  checkObject('options', options)
   const { config, backend, deps } = options
+  checkObject('config', config)
+  checkInteger('config.port', config.port, 0, 65_535)
   const env = options.env ?? process.env
-  const maxBodyBytes = options.maxBodyBytes ?? 65_536
+  const maxBodyBytes = checkInteger('maxBodyBytes', options.maxBodyBytes ?? 65_536, 2, 16_777_216)
   const log = deps.logger.child({ component: 'admin' })
   if ((await resolveSecret(config.token, env)) === undefined)
     log.warn('admin token is not set: every /admin/ request will be refused', {
