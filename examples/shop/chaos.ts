@@ -49,9 +49,20 @@ export const defaultChaos: readonly ChaosStep[] = [
   { at: 0.88, action: { kind: 'rollback' } },
 ]
 
+/**
+ * Payments loses half of its replies after charging, for the whole run: every lost reply is
+ * retried with the same Idempotency-Key. With the idempotency adapter on, nothing is charged
+ * twice; with `--break payments-idempotency` the checker finds the duplicates.
+ */
+export const lostRepliesChaos: readonly ChaosStep[] = [
+  { at: 0, action: { kind: 'fail', target: 'payments', lostReplyRate: 0.5 } },
+  { at: 0.9, action: { kind: 'calm', target: 'payments' } },
+]
+
 /** The chaos scripts `--chaos` accepts. */
 export const chaosScripts: Readonly<Record<string, readonly ChaosStep[]>> = {
   default: defaultChaos,
+  'lost-replies': lostRepliesChaos,
   none: [],
 }
 

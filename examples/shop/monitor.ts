@@ -127,6 +127,7 @@ export function startMonitor(options: MonitorOptions): Monitor {
   const lastUp = new Map<string, boolean>()
   const seenSagas = new Map<string, string>()
   const proxyBreakers = new Map<string, string>()
+  const proxyTransitions: (BreakerTransition & { owner: string })[] = []
   let current: Snapshot | undefined
   let figures: ShopFigures | undefined
 
@@ -208,18 +209,19 @@ export function startMonitor(options: MonitorOptions): Monitor {
       if (b.owner !== 'proxy') continue
       const before = proxyBreakers.get(b.downstream)
       if (before !== undefined && before !== b.state) {
-        const t = {
+        proxyTransitions.push({
           at: Date.now(),
           owner: 'proxy',
           downstream: b.downstream,
-          from: before,
-          to: b.state,
-        }
-        transitions.push(t as BreakerTransition & { owner: string })
+          from: before as BreakerTransition['from'],
+          to: b.state as BreakerTransition['to'],
+        })
+        if (proxyTransitions.length > 30) proxyTransitions.shift()
         line(`breaker proxy -> ${b.downstream}: ${before} -> ${b.state}`)
       }
       proxyBreakers.set(b.downstream, b.state)
     }
+    transitions.push(...proxyTransitions)
     transitions.sort((a, b) => a.at - b.at)
 
     const workers: Record<string, Record<string, number>> = {}

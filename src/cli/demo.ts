@@ -17,7 +17,7 @@ const shopDefaults = {
   quiesceS: 30,
 } as const
 
-const chaosScripts = ['default', 'none'] as const
+const chaosScripts = ['default', 'lost-replies', 'none'] as const
 
 const usage = `usage: breakwater demo [shop] [options]
        breakwater demo policies [--only <scenario>[,<scenario>...]]

@@ -16,7 +16,7 @@ export const catalog: readonly Product[] = [
   { sku: 'mug', name: 'Mug', priceCents: 900, stock: 1_000_000 },
   { sku: 'teapot', name: 'Teapot', priceCents: 4_200, stock: 1_000_000 },
   { sku: 'tea-100g', name: 'Tea, 100 g', priceCents: 1_200, stock: 1_000_000 },
-  { sku: 'limited-print', name: 'Limited print', priceCents: 9_900, stock: 12 },
+  { sku: 'limited-print', name: 'Limited print', priceCents: 9_900, stock: 6 },
 ]
 
 /** A line of an order. */

@@ -1,0 +1,165 @@
+// Running the shop demo from tests: the real `breakwater demo` command in its own process (the
+// CLI from source through tsx; the shop itself compiled to dist/examples/shop, built here when
+// its sources are newer), with its summary read back as JSON.
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const repoRoot = fileURLToPath(new URL('../../../', import.meta.url))
+
+function newestMtime(dir: string): number {
+  let newest = 0
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    newest = Math.max(newest, entry.isDirectory() ? newestMtime(path) : statSync(path).mtimeMs)
+  }
+  return newest
+}
+
+function mtimeOf(path: string): number {
+  try {
+    return statSync(path).mtimeMs
+  } catch {
+    return 0
+  }
+}
+
+function tsc(project: string): void {
+  // tsc emits even when files that are not the shop's have type errors (others' work in
+  // progress); the check that matters is that the output exists afterwards.
+  spawnSync(process.execPath, [join(repoRoot, 'node_modules/typescript/bin/tsc'), '-p', project], {
+    cwd: repoRoot,
+    stdio: 'ignore',
+  })
+}
+
+/** Builds the library (when its proxy runtime is missing) and the shop (when stale). */
+export function ensureShopBuilt(): void {
+  let proxyIndex = ''
+  try {
+    proxyIndex = readFileSync(join(repoRoot, 'dist/proxy/index.js'), 'utf8')
+  } catch {}
+  if (!proxyIndex.includes('startProxy')) tsc('tsconfig.build.json')
+  const main = join(repoRoot, 'dist/examples/shop/main.js')
+  if (mtimeOf(main) < newestMtime(join(repoRoot, 'examples/shop'))) tsc('tsconfig.examples.json')
+  if (mtimeOf(main) === 0)
+    throw new Error('the shop did not build (npx tsc -p tsconfig.examples.json)')
+}
+
+/** The summary `breakwater demo --json` writes. */
+export interface ShopSummary {
+  readonly ok: boolean
+  readonly quiescent: boolean
+  readonly figures: {
+    readonly orders: { readonly legacy: number; readonly new: number; readonly total: number }
+    readonly paidOrders: { readonly total: number }
+    readonly charges: number
+    readonly duplicateCharges: number
+    readonly cancelledOrders: number
+    readonly emails: {
+      readonly sent: number
+      readonly duplicated: number
+      readonly missing: number
+    }
+    readonly events: {
+      readonly committed: number
+      readonly delivered: number
+      readonly lost: number
+    }
+    readonly sagas: Readonly<Record<string, number>>
+  }
+  readonly invariants: readonly {
+    readonly name: string
+    readonly ok: boolean
+    readonly value: string
+  }[]
+  readonly load: { readonly sent: number; readonly accepted: number; readonly failed: number }
+  readonly engines: { readonly db: string; readonly broker: string }
+  readonly policiesIn: string
+  readonly restarts: number
+}
+
+/** A running `breakwater demo` process. */
+export interface DemoRun {
+  /** Resolves with the first stdout line matching `pattern`. */
+  line(pattern: RegExp): Promise<string>
+  /** Resolves when the process exits, with its exit code, output and summary. */
+  readonly done: Promise<{
+    code: number | null
+    stdout: string
+    stderr: string
+    summary: ShopSummary | undefined
+  }>
+  /** Asks it to stop (SIGTERM: it stops the load, settles and prints the summary). */
+  stop(): void
+}
+
+/** Starts `breakwater demo <args> --json <file> --port 0`. */
+export function startDemo(args: readonly string[]): DemoRun {
+  const dir = mkdtempSync(join(tmpdir(), 'breakwater-shop-test-'))
+  const json = join(dir, 'summary.json')
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      join(repoRoot, 'src/cli/main.ts'),
+      'demo',
+      ...args,
+      '--port',
+      '0',
+      '--json',
+      json,
+    ],
+    { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] },
+  )
+  let stdout = ''
+  let stderr = ''
+  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = []
+  child.stdout.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString()
+    for (const waiter of [...waiters]) {
+      const line = stdout.split('\n').find((l) => waiter.pattern.test(l))
+      if (line !== undefined) {
+        waiters.splice(waiters.indexOf(waiter), 1)
+        waiter.resolve(line)
+      }
+    }
+  })
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString()
+  })
+  const done = new Promise<{
+    code: number | null
+    stdout: string
+    stderr: string
+    summary: ShopSummary | undefined
+  }>((resolve) => {
+    child.once('exit', (code) => {
+      let summary: ShopSummary | undefined
+      try {
+        summary = JSON.parse(readFileSync(json, 'utf8')) as ShopSummary
+      } catch {}
+      rmSync(dir, { recursive: true, force: true })
+      for (const waiter of waiters) waiter.resolve('')
+      resolve({ code, stdout, stderr, summary })
+    })
+  })
+  return {
+    line: (pattern) =>
+      new Promise((resolve) => {
+        const line = stdout.split('\n').find((l) => pattern.test(l))
+        if (line !== undefined) resolve(line)
+        else waiters.push({ pattern, resolve })
+      }),
+    done,
+    stop: () => child.kill('SIGTERM'),
+  }
+}
+
+/** Asserts-friendly view of a summary's invariants: name -> ok. */
+export function invariantsOf(summary: ShopSummary): Record<string, boolean> {
+  return Object.fromEntries(summary.invariants.map((i) => [i.name, i.ok]))
+}
