@@ -1,0 +1,179 @@
+// The processes of the proxy benchmark (bench/proxy.bench.ts), one role each, started as
+// `node --import tsx bench/lib/proxy-roles.ts <role> [json-args]`. Each prints one JSON line
+// `{"port":N}` on stdout when it listens, and answers an IPC message 'cpu' with its
+// process.cpuUsage() so the parent can charge CPU time to the requests of a run.
+//
+// Roles:
+// - upstream: node:http answering every request 200 with a 1 KiB body.
+// - breakwater: the ambassador. With startProxy available (src/proxy/runtime.ts), the real
+//   proxy from a config object; with `{"front":"minimal"}` (or when startProxy cannot start),
+//   a ServiceRuntime behind a bare node:http server that forwards every request.
+// - http-proxy: http-proxy 1.18 with a keep-alive agent behind node:http.
+import {
+  createServer,
+  Agent as HttpAgent,
+  type IncomingMessage,
+  type ServerResponse,
+} from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+const role = process.argv[2]
+const args = JSON.parse(process.argv[3] ?? '{}') as Record<string, unknown>
+
+// A normal exit (not the default signal death) lets --cpu-prof write its profile.
+process.on('SIGTERM', () => process.exit(0))
+process.on('message', (message) => {
+  if (message === 'cpu') process.send?.({ cpu: process.cpuUsage() })
+})
+
+function ready(port: number, extra: Record<string, unknown> = {}): void {
+  process.stdout.write(`${JSON.stringify({ port, ...extra })}\n`)
+}
+
+async function listen(
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<number> {
+  const server = createServer({ keepAliveTimeout: 60_000 }, handler)
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return (server.address() as AddressInfo).port
+}
+
+/** The bench service: every policy on, thresholds far from tripping in a healthy run. */
+export function benchServiceConfig(upstreamUrl: string) {
+  return {
+    name: 'bench',
+    discovery: { kind: 'static' as const, endpoints: [upstreamUrl] },
+    loadBalancer: 'least-request' as const,
+    timeouts: { connectMs: 1_000, readMs: 5_000, overallMs: 10_000 },
+    retry: {
+      attempts: 3,
+      baseDelayMs: 25,
+      maxDelayMs: 1_000,
+      retryOnStatus: [408, 429, 502, 503, 504],
+      budgetRatio: 0.2,
+      budgetMinPerSecond: 10,
+      addIdempotencyKey: false,
+    },
+    breaker: { failureThreshold: 5, cooldownMs: 10_000, halfOpenProbes: 1 },
+    bulkhead: { maxConcurrent: 1_024, maxQueue: 1_024, connectionsPerEndpoint: 64 },
+    outlierEjection: { consecutiveFailures: 5, baseEjectionMs: 30_000, maxEjectedPercent: 50 },
+    tls: {
+      caFile: undefined,
+      certFile: undefined,
+      keyFile: undefined,
+      serverName: undefined,
+      verify: true,
+    },
+    auth: undefined,
+    rewriteHost: true,
+  }
+}
+
+async function upstream(): Promise<void> {
+  const body = Buffer.alloc(1024, 'x')
+  const port = await listen((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': 1024 })
+    res.end(body)
+  })
+  ready(port)
+}
+
+async function breakwaterMinimal(upstreamUrl: string): Promise<number> {
+  const { systemClock } = await import('../../src/core/clock.js')
+  const { createJsonLogger } = await import('../../src/observability/logger.js')
+  const { createMetricsRegistry } = await import('../../src/observability/metrics.js')
+  const { forwardableHeaders } = await import('../../src/proxy/hop-by-hop.js')
+  const { createServiceRuntime } = await import('../../src/proxy/upstream/index.js')
+  const service = createServiceRuntime(benchServiceConfig(upstreamUrl), {
+    clock: systemClock,
+    logger: createJsonLogger({ level: 'warn' }),
+    metrics: createMetricsRegistry(),
+  })
+  const dropHost = new Set(['host'])
+  let n = 0
+  return listen((req, res) => {
+    const controller = new AbortController()
+    res.on('close', () => {
+      if (!res.writableFinished) controller.abort()
+    })
+    const path = req.url ?? '/'
+    const slash = path.indexOf('/', 1)
+    void service.forward(
+      {
+        method: req.method ?? 'GET',
+        target: slash < 0 ? '/' : path.slice(slash),
+        headers: forwardableHeaders(req.rawHeaders, dropHost),
+        host: req.headers.host ?? '',
+        body: undefined,
+        deadlineAt: undefined,
+        route: 'ambassador',
+        requestId: String(++n),
+        signal: controller.signal,
+      },
+      res,
+    )
+  })
+}
+
+async function breakwaterStartProxy(upstreamUrl: string): Promise<number> {
+  const { startProxy } = await import('../../src/proxy/index.js')
+  const { createJsonLogger } = await import('../../src/observability/logger.js')
+  const yaml = [
+    'services:',
+    '  bench:',
+    `    endpoints: [${upstreamUrl}]`,
+    '    loadBalancer: least-request',
+    '    timeouts: { connectMs: 1000, readMs: 5000, overallMs: 10000 }',
+    '    retry: { attempts: 3, baseDelayMs: 25, maxDelayMs: 1000, budget: { ratio: 0.2, minPerSecond: 10 } }',
+    '    circuitBreaker: { failureThreshold: 5, cooldownMs: 10000, halfOpenProbes: 1 }',
+    '    bulkhead: { maxConcurrent: 1024, maxQueue: 1024, connectionsPerEndpoint: 64 }',
+    '    outlierEjection: { consecutiveFailures: 5, baseEjectionMs: 30000, maxEjectedPercent: 50 }',
+    'listeners:',
+    '  - { name: outbound, role: ambassador, host: 127.0.0.1, port: 0 }',
+    'accessLog: false',
+  ].join('\n')
+  const proxy = await startProxy({ config: yaml, logger: createJsonLogger({ level: 'warn' }) })
+  return proxy.address('outbound').port
+}
+
+async function breakwater(): Promise<void> {
+  const upstreamUrl = String(args.upstream)
+  if (args.front !== 'minimal') {
+    try {
+      ready(await breakwaterStartProxy(upstreamUrl), { front: 'startProxy' })
+      return
+    } catch (error) {
+      process.stderr.write(
+        `startProxy could not run the bench config (${(error as Error).message}); using the minimal front\n`,
+      )
+    }
+  }
+  ready(await breakwaterMinimal(upstreamUrl), { front: 'minimal' })
+}
+
+async function httpProxy(): Promise<void> {
+  const { default: HttpProxy } = await import('http-proxy')
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: 64 })
+  const proxy = HttpProxy.createProxyServer({ target: String(args.upstream), agent })
+  proxy.on('error', (_error, _req, res) => {
+    const response = res as ServerResponse
+    if (!response.headersSent) response.writeHead(502)
+    response.end()
+  })
+  ready(await listen((req, res) => proxy.web(req, res)))
+}
+
+switch (role) {
+  case 'upstream':
+    await upstream()
+    break
+  case 'breakwater':
+    await breakwater()
+    break
+  case 'http-proxy':
+    await httpProxy()
+    break
+  default:
+    process.stderr.write(`unknown role ${role}\n`)
+    process.exit(2)
+}

@@ -1,0 +1,369 @@
+// `npm run bench -- proxy`: throughput, latency and CPU per request of an HTTP hop on loopback,
+// breakwater's ambassador side by side with http-proxy and nginx. Writes bench/results/proxy.json.
+//
+// Every server runs in its own process (bench/lib/proxy-roles.ts): a node:http upstream
+// answering 1 KiB; breakwater's ambassador with every policy on (connect/read/overall
+// timeouts, retry with budget, circuit breaker, bulkhead, outlier ejection); http-proxy 1.18
+// with a keep-alive agent; nginx (Debian package, one worker, master process off, keep-alive
+// upstream pool). One run per case: wrk (1 thread, 64 connections; autocannon when wrk is
+// missing) for `--seconds` after a warmup, reporting requests/s, p50 and p99 latency, and the
+// proxy process's CPU time (process.cpuUsage, or /proc for nginx) divided by the requests
+// served. Then one connection, unloaded: p50 through each proxy minus p50 direct, the latency
+// one hop adds.
+//
+// Options: --seconds N (default 10), --warmup N (default 2), --front minimal (run the
+// ServiceRuntime behind a bare node:http server instead of startProxy).
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { ResultRow } from './lib/harness.js'
+import { writeResults } from './lib/harness.js'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const rolesFile = join(here, 'lib', 'proxy-roles.ts')
+const connections = 64
+
+interface Running {
+  readonly child: ChildProcess
+  readonly port: number
+  readonly info: Record<string, unknown>
+  /** CPU time used so far, in microseconds. */
+  cpuUs(): Promise<number>
+  stop(): Promise<void>
+}
+
+function startRole(role: string, args: Record<string, unknown> = {}): Promise<Running> {
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', rolesFile, role, JSON.stringify(args)],
+    { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] },
+  )
+  return new Promise((resolve, reject) => {
+    let buffered = ''
+    child.once('exit', (code) => reject(new Error(`${role} exited with ${code}`)))
+    child.stdout?.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString()
+      const newline = buffered.indexOf('\n')
+      if (newline < 0) return
+      const info = JSON.parse(buffered.slice(0, newline)) as Record<string, unknown>
+      resolve({
+        child,
+        port: Number(info.port),
+        info,
+        cpuUs: () =>
+          new Promise((done) => {
+            child.once('message', (message: { cpu: { user: number; system: number } }) =>
+              done(message.cpu.user + message.cpu.system),
+            )
+            child.send('cpu')
+          }),
+        stop: () => stopChild(child),
+      })
+    })
+  })
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise((resolve) => {
+    child.removeAllListeners('exit')
+    child.once('exit', () => resolve())
+    child.kill('SIGTERM')
+  })
+}
+
+function has(command: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${command}`]).status === 0
+}
+
+/** Installs a Debian package when missing and running as root; false when it stays missing. */
+function ensurePackage(command: string, pkg: string): boolean {
+  if (has(command)) return true
+  if (process.getuid?.() !== 0) return false
+  console.log(`installing ${pkg} with apt-get`)
+  let result = spawnSync('apt-get', ['install', '-y', pkg], { stdio: 'ignore' })
+  if (result.status !== 0) {
+    spawnSync('apt-get', ['update'], { stdio: 'ignore' })
+    result = spawnSync('apt-get', ['install', '-y', pkg], { stdio: 'ignore' })
+  }
+  return has(command)
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx: one process (master_process off, one worker), keep-alive pool to the upstream.
+// ---------------------------------------------------------------------------------------------
+
+async function startNginx(upstreamPort: number): Promise<Running> {
+  const nginx = has('nginx') ? 'nginx' : '/usr/sbin/nginx'
+  const dir = mkdtempSync(join(tmpdir(), 'breakwater-nginx-'))
+  for (const sub of ['body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) mkdirSync(join(dir, sub))
+  const port = await freePort()
+  writeFileSync(
+    join(dir, 'nginx.conf'),
+    `worker_processes 1;
+master_process off;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_requests 1000000;
+  upstream bench { server 127.0.0.1:${upstreamPort}; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://bench;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+`,
+  )
+  const child = spawn(nginx, ['-p', dir, '-c', join(dir, 'nginx.conf')], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  })
+  await waitForPort(port)
+  const ticks = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
+  return {
+    child,
+    port,
+    info: {},
+    cpuUs: async () => {
+      const fields = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+      // utime and stime are fields 14 and 15 of the whole line (11 and 12 after "pid (comm) ").
+      return ((Number(fields[11]) + Number(fields[12])) / ticks) * 1e6
+    },
+    stop: async () => {
+      await stopChild(child)
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net')
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as { port: number }).port
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
+}
+
+async function waitForPort(port: number): Promise<void> {
+  const { connect } = await import('node:net')
+  for (let i = 0; i < 200; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, '127.0.0.1')
+      socket.once('connect', () => {
+        socket.destroy()
+        resolve(true)
+      })
+      socket.once('error', () => resolve(false))
+    })
+    if (ok) return
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+  throw new Error(`nothing listens on ${port}`)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generation
+// ---------------------------------------------------------------------------------------------
+
+interface LoadResult {
+  readonly requests: number
+  readonly rps: number
+  readonly p50Ms: number
+  readonly p99Ms: number
+  readonly errors: number
+}
+
+function wrkMs(text: string, label: string): number {
+  const match = new RegExp(`^\\s*${label}\\s+([\\d.]+)(us|ms|s)\\s*$`, 'm').exec(text)
+  if (match === null) return Number.NaN
+  const value = Number(match[1])
+  return match[2] === 'us' ? value / 1000 : match[2] === 's' ? value * 1000 : value
+}
+
+async function runLoad(url: string, conns: number, seconds: number): Promise<LoadResult> {
+  if (has('wrk')) {
+    const out = await new Promise<string>((resolve, reject) => {
+      const child = spawn('wrk', ['-t1', `-c${conns}`, `-d${seconds}s`, '--latency', url])
+      let text = ''
+      child.stdout.on('data', (chunk: Buffer) => {
+        text += chunk.toString()
+      })
+      child.once('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(text))))
+    })
+    const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0)
+    const errors =
+      Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0) +
+      (/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/
+        .exec(out)
+        ?.slice(1)
+        .reduce((sum, n) => sum + Number(n), 0) ?? 0)
+    return {
+      requests,
+      rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
+      p50Ms: wrkMs(out, '50%'),
+      p99Ms: wrkMs(out, '99%'),
+      errors,
+    }
+  }
+  // autocannon ships no types; this is the part of its result used here.
+  const module = (await import('autocannon' as string)) as {
+    default: (options: Record<string, unknown>) => Promise<{
+      requests: { total: number; average: number }
+      latency: { p50: number; p99: number }
+      errors: number
+      non2xx: number
+    }>
+  }
+  const result = await module.default({ url, connections: conns, duration: seconds })
+  return {
+    requests: result.requests.total,
+    rps: result.requests.average,
+    p50Ms: result.latency.p50,
+    p99Ms: result.latency.p99,
+    errors: result.errors + result.non2xx,
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface Subject {
+  /** The case name (direct, breakwater-ambassador, http-proxy, nginx). */
+  readonly name: string
+  /** The product measured (the rows' subject). */
+  readonly product: string
+  readonly url: string
+  readonly running: Running | undefined
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const option = (name: string, fallback: string): string => {
+    const i = argv.indexOf(`--${name}`)
+    return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1]! : fallback
+  }
+  const seconds = Number(option('seconds', '10'))
+  const warmup = Number(option('warmup', '2'))
+  const front = option('front', 'startProxy')
+  if (!ensurePackage('wrk', 'wrk')) console.log('wrk missing (not root?): using autocannon')
+  const rows: ResultRow[] = []
+  const started: Running[] = []
+  try {
+    const upstream = await startRole('upstream')
+    started.push(upstream)
+    const upstreamUrl = `http://127.0.0.1:${upstream.port}`
+    const subjects: Subject[] = [
+      { name: 'direct', product: 'node-http', url: `${upstreamUrl}/bench/x`, running: undefined },
+    ]
+    const bw = await startRole('breakwater', { upstream: upstreamUrl, front })
+    started.push(bw)
+    console.log(`breakwater front: ${String(bw.info.front)}`)
+    subjects.push({
+      name: 'breakwater-ambassador',
+      product: 'breakwater',
+      url: `http://127.0.0.1:${bw.port}/bench/x`,
+      running: bw,
+    })
+    const hp = await startRole('http-proxy', { upstream: upstreamUrl })
+    started.push(hp)
+    subjects.push({
+      name: 'http-proxy',
+      product: 'http-proxy',
+      url: `http://127.0.0.1:${hp.port}/bench/x`,
+      running: hp,
+    })
+    if (ensurePackage('nginx', 'nginx') || has('/usr/sbin/nginx')) {
+      const ngx = await startNginx(upstream.port)
+      started.push(ngx)
+      subjects.push({
+        name: 'nginx',
+        product: 'nginx',
+        url: `http://127.0.0.1:${ngx.port}/bench/x`,
+        running: ngx,
+      })
+    } else {
+      console.log('nginx: skipped (not installed and not running as root to apt-get install it)')
+    }
+
+    const loaded = new Map<string, LoadResult>()
+    for (const subject of subjects) {
+      await runLoad(subject.url, connections, warmup)
+      const before = (await subject.running?.cpuUs()) ?? 0
+      const result = await runLoad(subject.url, connections, seconds)
+      const after = (await subject.running?.cpuUs()) ?? 0
+      loaded.set(subject.name, result)
+      const c = subject.name
+      const product = subject.product
+      rows.push({ subject: product, case: c, metric: 'requests_per_s', value: result.rps })
+      rows.push({ subject: product, case: c, metric: 'p50_ms', value: result.p50Ms })
+      rows.push({ subject: product, case: c, metric: 'p99_ms', value: result.p99Ms })
+      if (subject.running !== undefined)
+        rows.push({
+          subject: product,
+          case: c,
+          metric: 'proxy_cpu_us_per_req',
+          value: (after - before) / Math.max(1, result.requests),
+        })
+      if (result.errors > 0)
+        rows.push({ subject: product, case: c, metric: 'errors', value: result.errors })
+      console.log(
+        `${subject.name}: ${result.rps.toFixed(0)} req/s, p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms`,
+      )
+    }
+    const direct = loaded.get('direct')!
+    for (const subject of subjects) {
+      if (subject.name === 'direct') continue
+      rows.push({
+        subject: subject.product,
+        case: subject.name,
+        metric: 'throughput_vs_direct',
+        value: loaded.get(subject.name)!.rps / direct.rps,
+      })
+    }
+    const bwLoaded = loaded.get('breakwater-ambassador')!
+    for (const peer of ['http-proxy', 'nginx']) {
+      const peerLoaded = loaded.get(peer)
+      if (peerLoaded !== undefined)
+        rows.push({
+          subject: 'breakwater',
+          case: 'breakwater-ambassador',
+          metric: `throughput_vs_${peer.replace('-', '_')}`,
+          value: bwLoaded.rps / peerLoaded.rps,
+        })
+    }
+
+    // One connection, unloaded: what one hop adds to the median.
+    const single = new Map<string, LoadResult>()
+    for (const subject of subjects) {
+      await runLoad(subject.url, 1, 1)
+      single.set(subject.name, await runLoad(subject.url, 1, Math.max(3, Math.round(seconds / 2))))
+    }
+    const directP50 = single.get('direct')!.p50Ms
+    for (const subject of subjects) {
+      const p50 = single.get(subject.name)!.p50Ms
+      rows.push({ subject: subject.product, case: 'one-connection', metric: 'p50_ms', value: p50 })
+      if (subject.name !== 'direct')
+        rows.push({
+          subject: subject.product,
+          case: 'one-connection-added-p50',
+          metric: 'ms',
+          value: p50 - directP50,
+        })
+    }
+  } finally {
+    for (const running of started.reverse()) await running.stop()
+  }
+  writeResults('proxy', rows)
+}
