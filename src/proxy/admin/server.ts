@@ -113,7 +113,14 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
   const env = options.env ?? process.env
   const maxBodyBytes = checkInteger('maxBodyBytes', options.maxBodyBytes ?? 65_536, 2, 16_777_216)
   const log = deps.logger.child({ component: 'admin' })
-  if ((await resolveSecret(config.token, env)) === undefined)
+  const initial = await resolveSecret(config.token, env)
+  if (initial !== undefined && initial.length < 16)
+    log.warn('admin token is shorter than 16 characters; use a long random token')
+  if (!isLoopback(config.host))
+    log.warn('admin api listens beyond loopback: make sure only operators can reach it', {
+      host: config.host,
+    })
+  if (initial === undefined)
     log.warn('admin token is not set: every /admin/ request will be refused', {
       token: 'env' in config.token ? { env: config.token.env } : { file: config.token.file },
     })
@@ -330,6 +337,10 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
         for (const socket of sockets) socket.destroy()
       }),
   }
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\./.test(host)
 }
 
 function pathOf(req: IncomingMessage): string {

@@ -190,6 +190,12 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
       'a shared store (sqlite:<path> or postgres://...) when workers > 1 and a route enforces Idempotency-Key',
       store,
     )
+  if (typeof store === 'string' && /^postgres(ql)?:\/\/[^/@]*:[^/@]*@/.test(store))
+    add(
+      ['idempotency', 'url'],
+      'a URL without a password (secrets are never written inline: set PGPASSWORD or use ~/.pgpass)',
+      store,
+    )
   if (typeof store === 'string' && !/^(memory$|sqlite:|postgres(ql)?:\/\/)/.test(store))
     add(['idempotency', 'url'], '"memory", "sqlite:<path>" or "postgres://..."', store)
   return problems

@@ -282,6 +282,11 @@ idempotency: { url: "mysql://root:${secret}@db/x" }
     expect(message).toContain('services.b.auth.apiKey.value: unknown key')
     expect(message).toContain('idempotency.url')
     expect(message).not.toContain(secret)
+    expect(
+      problemsOf(`${minimal}idempotency: { url: "postgres://app:${secret}@db/x" }\n`),
+    ).toContain(
+      'idempotency.url: expected a URL without a password (secrets are never written inline: set PGPASSWORD or use ~/.pgpass), got "postgres://app:***@db/x"',
+    )
     // A syntax error on a line holding a secret quotes no source text.
     const syntax = problemsOf(`admin: { port: 2, token: ${secret} x: y: z }\n`)
     expect(syntax).toContain('YAML syntax error')
