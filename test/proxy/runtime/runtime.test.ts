@@ -188,6 +188,35 @@ describe('startProxy', () => {
     }
   })
 
+  it('enforces Idempotency-Key on a configured route through the store it opens', async () => {
+    const text = yaml().replace(
+      'targets: [{ service: legacy, weight: 1 }]\n',
+      'targets: [{ service: legacy, weight: 1 }]\n        idempotency: { methods: [POST] }\n',
+    )
+    proxy = await startProxy({ config: `${text}idempotency: { url: memory }\n`, logger: quiet })
+    const port = proxy.address('in').port
+    const missing = await http(port, '/orders', {
+      method: 'POST',
+      body: '{"n":1}',
+      headers: { 'content-type': 'application/json' },
+    })
+    expect(missing.status).toBeGreaterThanOrEqual(400)
+    expect(missing.text).toContain('IDEMPOTENCY_KEY_MISSING')
+    expect(legacy.seen.filter((s) => s.method === 'POST')).toHaveLength(0)
+    const send = () =>
+      http(port, '/orders', {
+        method: 'POST',
+        body: '{"n":1}',
+        headers: { 'content-type': 'application/json', 'idempotency-key': 'key-1' },
+      })
+    const first = await send()
+    const second = await send()
+    expect(first.status).toBe(200)
+    expect(second.status).toBe(200)
+    expect(second.text).toBe(first.text)
+    expect(legacy.seen.filter((s) => s.method === 'POST')).toHaveLength(1)
+  })
+
   it('isolates and resets a service breaker', async () => {
     proxy = await startProxy({
       config: yaml().replace(
