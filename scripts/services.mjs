@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Real servers for tests and demos, on loopback, in temporary folders:
-//   node scripts/services.mjs start [postgres|nats|redis|rabbitmq]   start (installing if
+//   node scripts/services.mjs start [postgres|nats|redis|rabbitmq|chromium]   start (installing if
 //                                                needed), print env lines; none: all of them
 //   node scripts/services.mjs stop [name...]     stop and delete the folders
 //   node scripts/services.mjs env                print VAR=url for every running service
@@ -11,6 +11,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { startNats, startRabbitMq, startRedis, stopBroker } from './lib/brokers.mjs'
+import { startChromium, stopChromium } from './lib/chromium.mjs'
 import { ServiceError } from './lib/common.mjs'
 import { startPostgres, stopPostgres } from './lib/postgres.mjs'
 
@@ -28,6 +29,9 @@ export const services = {
   nats: { env: 'BREAKWATER_TEST_NATS_URL', start: startNats, stop: stopBroker },
   redis: { env: 'BREAKWATER_TEST_REDIS_URL', start: startRedis, stop: stopBroker },
   rabbitmq: { env: 'BREAKWATER_TEST_RABBITMQ_URL', start: startRabbitMq, stop: stopBroker },
+  // Not a server: headless Chromium for the shop dashboard's browser tests, installed from the
+  // Debian package when missing (its "url" is the binary's path). scripts/lib/chromium.mjs.
+  chromium: { env: 'BREAKWATER_CHROMIUM', start: startChromium, stop: stopChromium },
 }
 
 /** Starts one service; resolves to `{ service, url, ..., stop() }`. */

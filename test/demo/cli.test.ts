@@ -20,16 +20,27 @@ describe('breakwater demo (arguments)', () => {
   it('prints its usage for --help and exits 0', async () => {
     const out = capture(process.stdout)
     expect(await demoCommand(['--help'])).toBe(0)
-    expect(out()).toContain('usage: breakwater demo [policies]')
+    expect(out()).toContain('usage: breakwater demo [shop] [options]')
+    expect(out()).toContain('breakwater demo policies [--only <scenario>')
     expect(await demoCommand(['policies', '-h'])).toBe(0)
+    expect(await demoCommand(['shop', '--help'])).toBe(0)
   })
 
   it.each([
     [['--fast'], 'unknown option "--fast"'],
-    [['shop'], 'unknown demo "shop"'],
+    [['stroll'], 'unknown demo "stroll"'],
+    [['shop', 'shop'], 'unknown demo "shop"'],
     [['policies', 'policies'], 'unknown demo "policies"'],
-    [['--only'], '--only needs a list of scenarios'],
-    [['--only', 'jitter,retry'], 'unknown scenario "retry"'],
+    [['policies', '--only'], '--only needs a list of scenarios'],
+    [['policies', '--only', 'jitter,retry'], 'unknown scenario "retry"'],
+    [['--only', 'jitter'], 'unknown option "--only"'],
+    [['--duration', '-1'], '--duration needs a number from 0 to 86400, got "-1"'],
+    [['--rate'], '--rate needs a number from 0.1 to 500, got nothing'],
+    [['--new-share=101'], '--new-share needs a number from 0 to 100, got "101"'],
+    [['--chaos', 'storm'], '--chaos needs one of default, lost-replies, none'],
+    [['--db', 'mysql://x'], '--db needs a postgres:// URL'],
+    [['--broker', 'kafka://x'], '--broker needs a nats://, amqp:// or redis:// URL'],
+    [['--break', 'everything'], '--break takes: payments-idempotency'],
   ])('rejects %j with a clear message and exit code 2', async (args, message) => {
     const err = capture(process.stderr)
     const out = capture(process.stdout)

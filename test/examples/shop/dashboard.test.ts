@@ -1,0 +1,95 @@
+// The dashboard in a real headless Chromium (Debian's package, driven by playwright-core): it
+// loads, shows live data, and a chaos control (take payments down) changes the payments
+// breaker on screen, open and then closed again once payments is back.
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { type BrowserContext, chromium } from 'playwright-core'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { ensureChromium } from '../../../scripts/lib/chromium.mjs'
+import { type DemoRun, ensureShopBuilt, startDemo } from './support.js'
+
+let browser: BrowserContext | undefined
+let profile: string
+let run: DemoRun | undefined
+
+beforeAll(async () => {
+  ensureShopBuilt()
+  const executablePath = ensureChromium()
+  profile = mkdtempSync(join(tmpdir(), 'breakwater-chromium-'))
+  // A fresh profile per run: nothing cached from an earlier run can make the page look live.
+  browser = await chromium.launchPersistentContext(profile, {
+    executablePath,
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  })
+}, 120_000)
+
+afterAll(async () => {
+  run?.stop()
+  await run?.done
+  await browser?.close()
+  if (profile !== undefined) rmSync(profile, { recursive: true, force: true })
+})
+
+const numberIn = async (text: Promise<string | null>): Promise<number> =>
+  Number((await text)?.replace(/[^0-9]/g, '') ?? Number.NaN)
+
+describe('the shop dashboard in Chromium', () => {
+  it('loads, shows live data, and taking payments down opens its breaker on screen', async () => {
+    run = startDemo(['--duration', '0', '--chaos', 'none', '--rate', '5'])
+    const line = await run.line(/^dashboard: http/)
+    const url = /http:\/\/\S+/.exec(line)?.[0]
+    expect(url, line).toBeDefined()
+    const page = await browser!.newPage()
+    await page.goto(url!)
+    await expect.poll(() => page.title()).toBe('breakwater shop')
+
+    // Live: the orders counted from the databases go up while we watch.
+    const orders = page.locator('#orders-total b')
+    await orders.waitFor({ timeout: 15_000 })
+    await expect.poll(() => numberIn(orders.textContent()), { timeout: 15_000 }).toBeGreaterThan(0)
+    const before = await numberIn(orders.textContent())
+    await expect
+      .poll(() => numberIn(orders.textContent()), { timeout: 15_000 })
+      .toBeGreaterThan(before)
+    await expect
+      .poll(() => page.locator('[data-invariant="duplicate charges"]').getAttribute('data-ok'))
+      .toBe('true')
+
+    // The proxy's breaker in front of payments, closed while payments answers.
+    const breaker = page.locator('[data-breaker="proxy:payments"]')
+    await expect.poll(() => breaker.getAttribute('data-state'), { timeout: 10_000 }).toBe('closed')
+
+    await page.locator('[data-testid="down-payments"]').click()
+    await expect
+      .poll(() => page.locator('[data-process="payments"] td:nth-child(2)').textContent(), {
+        timeout: 10_000,
+      })
+      .toBe('DOWN')
+    await expect.poll(() => breaker.getAttribute('data-state'), { timeout: 20_000 }).toBe('open')
+    await expect.poll(() => breaker.locator('.state-open').isVisible()).toBe(true)
+    await expect
+      .poll(() => page.locator('#transitions').textContent())
+      .toMatch(/payments: closed → open/)
+
+    // Back up: after its cooldown the breaker lets a probe through and closes again.
+    await page.locator('[data-testid="up-payments"]').click()
+    await expect.poll(() => breaker.getAttribute('data-state'), { timeout: 30_000 }).toBe('closed')
+
+    // Stopping the demo settles the system and judges it: every invariant held.
+    run.stop()
+    const { code, summary, stdout } = await run.done
+    expect(summary?.ok, stdout).toBe(true)
+    expect(code).toBe(0)
+  }, 120_000)
+})
