@@ -51,7 +51,8 @@ import { createServiceRuntime } from './upstream/index.js'
 export interface StartProxyOptions {
   /**
    * The configuration: YAML text, a YAML file (`{ file }`, re-read on reload and watched), or
-   * an already resolved `ProxyConfig`.
+   * an already resolved `ProxyConfig` (taken as given: build it with `parseProxyConfig`, which
+   * also checks the cross-field rules).
    */
   readonly config: string | { readonly file: string } | ProxyConfig
   /**

@@ -20,14 +20,9 @@ function newestMtime(dir: string): number {
   return newest
 }
 
-/** Builds dist/ when it is missing or older than the sources the proxy command loads. */
+/** Builds dist/ when it is missing or older than any source file. */
 export function ensureBuilt(): void {
-  const sources = Math.max(
-    newestMtime(join(root, 'src/proxy')),
-    newestMtime(join(root, 'src/cli')),
-    newestMtime(join(root, 'src/observability')),
-    newestMtime(join(root, 'src/process')),
-  )
+  const sources = newestMtime(join(root, 'src'))
   const built = [mainJs, join(root, 'dist/proxy/runtime.js'), join(root, 'dist/cli/proxy.js')]
   if (built.every((file) => existsSync(file) && statSync(file).mtimeMs >= sources)) return
   try {
