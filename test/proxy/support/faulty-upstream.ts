@@ -43,7 +43,7 @@ export interface SeenUpstreamRequest {
 /** A running scripted upstream. */
 export interface FaultyUpstream {
   readonly port: number
-  /** `http(s)://127.0.0.1:<port>`. */
+  /** `http(s)://<host>:<port>`. */
   readonly url: string
   readonly requests: SeenUpstreamRequest[]
   /** Answers for the next requests, in order; afterwards `fallback` answers. */
@@ -65,6 +65,10 @@ export interface FaultyUpstreamOptions {
   /** Serve HTTPS with these options (cert, key, ca, requestCert...). */
   readonly tls?: ServerOptions
   readonly fallback?: UpstreamAnswer
+  /** Address to listen on (any 127.0.0.0/8 address works on Linux). @default '127.0.0.1' */
+  readonly host?: string
+  /** Port to listen on. @default 0 (a free one) */
+  readonly port?: number
 }
 
 const okAnswer: UpstreamAnswer = { kind: 'respond' }
@@ -139,11 +143,12 @@ export async function startFaultyUpstream(
   })
   // A TLS handshake the client aborts (verification failed) is expected in tests.
   server.on('tlsClientError', () => {})
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const host = options.host ?? '127.0.0.1'
+  await new Promise<void>((resolve) => server.listen(options.port ?? 0, host, resolve))
   const port = (server.address() as AddressInfo).port
   const upstream: FaultyUpstream = {
     port,
-    url: `${options.tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}`,
+    url: `${options.tls === undefined ? 'http' : 'https'}://${host}:${port}`,
     requests,
     script,
     fallback: options.fallback ?? okAnswer,

@@ -1,0 +1,202 @@
+import { Resolver } from 'node:dns/promises'
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import type { DiscoveryConfig } from '../../../src/proxy/contracts.js'
+import {
+  createServiceRuntime,
+  parseEndpointFile,
+  parseEndpointUrl,
+} from '../../../src/proxy/upstream/index.js'
+import { ManualClock } from '../../../src/testing/manual-clock.js'
+import { startDnsServer, type TestDnsServer } from '../support/dns-server.js'
+import { startFaultyUpstream } from '../support/faulty-upstream.js'
+import { eventually, forwardRequest, serviceConfig, testDeps } from './helpers.js'
+
+const cleanups: Array<() => Promise<unknown> | unknown> = []
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
+})
+
+async function dns(): Promise<TestDnsServer> {
+  const server = await startDnsServer()
+  cleanups.push(() => server.close())
+  return server
+}
+
+function endpointsOf(service: { state(): { endpoints: readonly { url: string }[] } }): string[] {
+  return service.state().endpoints.map((e) => e.url)
+}
+
+describe('DNS discovery', () => {
+  it('resolves A records, re-resolves when the TTL runs out on the clock, and follows the change', async () => {
+    const first = await startFaultyUpstream({ host: '127.0.0.1' })
+    const second = await startFaultyUpstream({ host: '127.0.0.2', port: first.port })
+    cleanups.push(
+      () => first.close(),
+      () => second.close(),
+    )
+    const server = await dns()
+    server.set('orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 5 }])
+    const clock = new ManualClock(0)
+    const discovery: DiscoveryConfig = {
+      kind: 'dns',
+      name: 'orders.test',
+      recordType: 'A',
+      port: first.port,
+      scheme: 'http',
+      minRefreshMs: 1_000,
+      maxRefreshMs: 60_000,
+      // The YAML path: servers in the discovery config.
+      servers: [server.address],
+    }
+    const service = createServiceRuntime(serviceConfig([], { discovery }), testDeps(clock))
+    cleanups.push(() => service.close())
+    await service.ready()
+    expect(endpointsOf(service)).toEqual([`http://127.0.0.1:${first.port}`])
+    expect((await service.exchange(forwardRequest(), 100)).status).toBe(200)
+    expect(first.requests).toHaveLength(1)
+
+    server.set('orders.test', 'A', [{ type: 'A', address: '127.0.0.2', ttl: 5 }])
+    const asked = server.queries.length
+    await clock.advance(4_999)
+    expect(server.queries.length).toBe(asked)
+    await clock.advance(1)
+    await eventually(() => endpointsOf(service)[0] === `http://127.0.0.2:${first.port}`)
+    expect((await service.exchange(forwardRequest(), 100)).status).toBe(200)
+    expect(second.requests).toHaveLength(1)
+  })
+
+  it('clamps the TTL to minRefreshMs and keeps the last answer while lookups fail', async () => {
+    const server = await dns()
+    server.set('orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 0 }])
+    const clock = new ManualClock(0)
+    const resolver = new Resolver({ timeout: 200, tries: 1 })
+    resolver.setServers([server.address])
+    const service = createServiceRuntime(
+      serviceConfig([], {
+        discovery: {
+          kind: 'dns',
+          name: 'orders.test',
+          recordType: 'A',
+          port: 8080,
+          scheme: 'http',
+          minRefreshMs: 2_000,
+          maxRefreshMs: 30_000,
+        },
+      }),
+      testDeps(clock),
+      { dnsResolver: resolver },
+    )
+    cleanups.push(() => service.close())
+    await service.ready()
+    const asked = server.queries.length
+    await clock.advance(1_999)
+    expect(server.queries.length).toBe(asked)
+    server.failing = true
+    await clock.advance(1)
+    await eventually(() => server.queries.length > asked)
+    // The failure is logged and the endpoints stay; the next try comes after maxRefreshMs.
+    await eventually(() => clock.nextTimerAt() === 2_000 + 30_000)
+    expect(endpointsOf(service)).toEqual(['http://127.0.0.1:8080'])
+    server.failing = false
+    server.set('orders.test', 'A', [{ type: 'A', address: '127.0.0.3', ttl: 60 }])
+    await clock.advance(30_000)
+    await eventually(() => endpointsOf(service)[0] === 'http://127.0.0.3:8080')
+  })
+
+  it('resolves SRV records to their targets addresses and ports, TLS name from the target', async () => {
+    const a = await startFaultyUpstream()
+    const b = await startFaultyUpstream()
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    )
+    const server = await dns()
+    server.set('_http._tcp.orders.test', 'SRV', [
+      { type: 'SRV', target: 'a.orders.test', port: a.port, ttl: 30 },
+      { type: 'SRV', target: 'b.orders.test', port: b.port, ttl: 30 },
+    ])
+    server.set('a.orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 10 }])
+    server.set('b.orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 20 }])
+    const clock = new ManualClock(0)
+    const resolver = new Resolver()
+    resolver.setServers([server.address])
+    const service = createServiceRuntime(
+      serviceConfig([], {
+        discovery: {
+          kind: 'dns',
+          name: '_http._tcp.orders.test',
+          recordType: 'SRV',
+          port: undefined,
+          scheme: 'http',
+          minRefreshMs: 1_000,
+          maxRefreshMs: 60_000,
+        },
+      }),
+      testDeps(clock),
+      { dnsResolver: resolver },
+    )
+    cleanups.push(() => service.close())
+    await service.ready()
+    expect(endpointsOf(service).sort()).toEqual(
+      [`http://127.0.0.1:${a.port}`, `http://127.0.0.1:${b.port}`].sort(),
+    )
+    await service.exchange(forwardRequest(), 10)
+    await service.exchange(forwardRequest(), 10)
+    expect([a.requests.length, b.requests.length]).toEqual([1, 1])
+    // The shortest address TTL (10 s) decides the next lookup.
+    expect(clock.nextTimerAt()).toBe(10_000)
+  })
+})
+
+describe('file discovery', () => {
+  it('reads the endpoint file and follows its changes, keeping the list on a bad file', async () => {
+    const a = await startFaultyUpstream()
+    const b = await startFaultyUpstream()
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    )
+    const dir = mkdtempSync(join(tmpdir(), 'breakwater-discovery-'))
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }))
+    const file = join(dir, 'orders.txt')
+    writeFileSync(file, `# orders\n${a.url}\n`)
+    const deps = testDeps()
+    const service = createServiceRuntime(
+      serviceConfig([], { discovery: { kind: 'file', path: file } }),
+      deps,
+    )
+    cleanups.push(() => service.close())
+    expect(endpointsOf(service)).toEqual([a.url])
+    // Replaced by rename, as editors and secret mounts do.
+    writeFileSync(join(dir, 'next.tmp'), JSON.stringify([b.url]))
+    renameSync(join(dir, 'next.tmp'), file)
+    await eventually(() => endpointsOf(service)[0] === b.url)
+    expect((await service.exchange(forwardRequest(), 100)).status).toBe(200)
+    expect(b.requests).toHaveLength(1)
+    writeFileSync(file, '[not json')
+    await eventually(() => deps.logs.some((line) => line.includes('discovery file unreadable')))
+    expect(endpointsOf(service)).toEqual([b.url])
+    writeFileSync(file, `- ${a.url}\n- ${b.url}\n`)
+    await eventually(() => endpointsOf(service).length === 2)
+  })
+
+  it('parses the three file formats and validates endpoint URLs', () => {
+    expect(parseEndpointFile('http://a:1\n# c\n\nhttp://b:2 # tail\n')).toEqual([
+      'http://a:1',
+      'http://b:2',
+    ])
+    expect(parseEndpointFile('["http://a:1"]')).toEqual(['http://a:1'])
+    expect(parseEndpointFile('- http://a:1\n- https://b:2\n')).toEqual([
+      'http://a:1',
+      'https://b:2',
+    ])
+    expect(parseEndpointUrl('x', 'https://Orders.Example:443/')).toBe('https://orders.example')
+    for (const bad of ['ftp://a', 'http://u:p@a', 'http://a/path', 'http://a?q', 'nope'])
+      expect(() => parseEndpointUrl('services.orders.endpoints[0]', bad)).toThrow(
+        /services\.orders\.endpoints\[0\]/,
+      )
+  })
+})
