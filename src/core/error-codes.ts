@@ -70,6 +70,8 @@ export const errorCodes = {
   REQUEST_METHOD_NOT_ALLOWED: 'The proxy refused a CONNECT request; answered 405.',
   SERVICE_NOT_FOUND:
     'A proxy request named no upstream service the listener exposes, or its route has no live target; answered 404 (ambassador) or 502 (gateway).',
+  ROUTE_NOT_FOUND:
+    'No gateway route matches the request (or the admin API was asked for an unknown route); answered 404.',
   INTERNAL_ERROR: 'The proxy failed while handling a request (a bug); answered 500.',
 } as const
 

@@ -246,7 +246,11 @@ class ProxyRuntime implements ProxyInternals {
     const metrics = options.metrics ?? createMetricsRegistry()
     this.#deps = { clock, logger, metrics }
     this.#metrics = runtimeMetrics(metrics)
-    this.#shadow = createShadowRunner({ clock, logger: logger.child({ component: 'shadow' }) })
+    this.#shadow = createShadowRunner({
+      clock,
+      logger: logger.child({ component: 'shadow' }),
+      metrics,
+    })
     this.#env =
       options.env === undefined
         ? process.env
