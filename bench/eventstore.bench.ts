@@ -9,10 +9,15 @@
 // - readAll 10k:  the first 10,000 events of the log read in pages of 1,000
 //   (Emmett: its readMessagesBatch, the reader its consumers use).
 // - readStream 10k: one 10,000-event stream read in one call.
-// pg-plain-insert is the ceiling: the same rows in one plain INSERT per commit.
-// Every case runs in rounds, subjects interleaved within each round so that noise from the
-// shared machine hits them alike; the figure is the median round. PostgreSQL runs with
-// fsync on (scripts/services.mjs), so a sequential append waits for one WAL flush.
+// pg-plain-insert is the ceiling: the same rows in one plain INSERT per commit (the row
+// `ratio plain/emmett` says how far ahead of Emmett that ceiling is in the same run). A
+// sequential case (1x1, 10x1) is one WAL flush per append for every subject, so under disk
+// contention from the shared machine all of them converge and no ratio can exceed that one.
+// breakwater's concurrent cases (1x16, 10x16) go through its group commit.
+// Every case runs in rounds, subjects interleaved within each round (each round starting with
+// another subject) so that noise from the shared machine hits them alike; the figure is the
+// median round. PostgreSQL runs with fsync on (scripts/services.mjs), so a sequential append
+// waits for one WAL flush.
 //
 // BREAKWATER_SCALE=full runs more rounds and longer samples.
 
@@ -253,8 +258,11 @@ export async function main(): Promise<void> {
       samples.set(key, list)
     }
     for (let round = 0; round < rounds; round++) {
+      // Each round starts with another subject, so that none always runs right after the same
+      // neighbour (whose WAL, checkpoints and SQLite syncs land on the same disk).
+      const order = subjects.map((_, i) => subjects[(i + round) % subjects.length]!)
       for (const c of cases) {
-        for (const subject of subjects) {
+        for (const subject of order) {
           // SQLite is not fsync-bound: give it enough appends for a measurable sample.
           const appends = subject.name === 'bw-sqlite' ? c.appends * 10 : c.appends
           const rate = await measureAppends(
@@ -308,6 +316,17 @@ export async function main(): Promise<void> {
           metric: 'bw_pg/emmett',
           value: median(bw) / median(em),
         })
+        // The ceiling of that ratio on this run: one plain autocommit insert per append (the
+        // same round trip and WAL flush, no concurrency check) against Emmett.
+        const plain = samples.get(`pg-plain-insert\u0000${name}`)
+        if (plain !== undefined) {
+          rows.push({
+            subject: 'ratio',
+            case: name,
+            metric: 'plain/emmett',
+            value: median(plain) / median(em),
+          })
+        }
       }
     }
   } finally {
