@@ -163,6 +163,10 @@ export async function startShop(options: ShopOptions): Promise<Shop> {
     const child = spawn(process.execPath, [join(servicesDir, `${spec.entry}.js`)], {
       env: envOf(spec),
       stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+      // Their own process group: Ctrl-C in the terminal reaches the demo process only, which
+      // then settles the system before stopping it. A service exits by itself if the demo
+      // process dies (its IPC channel closes).
+      detached: true,
     })
     entry.child = child
     let stderr = ''
@@ -186,10 +190,8 @@ export async function startShop(options: ShopOptions): Promise<Shop> {
     })
   }
 
-  await Promise.all(processSpecs.map(launch))
-
   const specOf = (name: ProcessName) => processSpecs.find((s) => s.name === name)!
-  return {
+  const shop: Shop = {
     processes,
     dbs,
     proxy,
@@ -239,4 +241,12 @@ export async function startShop(options: ShopOptions): Promise<Shop> {
       if (options.db === undefined) rmSync(dir, { recursive: true, force: true })
     },
   }
+  try {
+    await Promise.all(processSpecs.map(launch))
+  } catch (error) {
+    // One process failed to start: stop the others, and the proxy, before reporting it.
+    await shop.close()
+    throw error
+  }
+  return shop
 }

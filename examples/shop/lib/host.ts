@@ -162,6 +162,8 @@ export async function hostService(options: HostOptions): Promise<Server> {
     server.close()
     void (options.close?.() ?? Promise.resolve()).finally(() => process.exit(0))
   })
+  // The demo process is gone (even killed outright): nobody will stop this one, so it goes.
+  process.once('disconnect', () => process.exit(0))
   process.send?.({ type: 'ready', name: options.name, pid: process.pid })
   return server
 }

@@ -58,7 +58,6 @@ function policies(baseUrl: string): HttpServiceOptions {
     retryBudget: { ratio: 0.2, minRetriesPerSecond: 5 },
     circuitBreaker: { window: { kind: 'consecutive', failures: 5 }, cooldownMs: 2_000 },
     bulkhead: { maxConcurrent: 8, maxQueued: 16, queueTimeoutMs: 1_000 },
-    connections: 8,
   }
 }
 
