@@ -7,7 +7,6 @@ import { BreakwaterError } from '../../core/errors.js'
 import { checkFunction, checkObject } from '../../core/validate.js'
 import {
   type Backoff,
-  type CircuitState,
   createRetryBudget,
   DEADLINE_HEADER,
   exponentialBackoff,
@@ -88,17 +87,6 @@ const replacedRequestHeaders: ReadonlySet<string> = new Set([
   'expect',
   'x-request-id',
   DEADLINE_HEADER,
-])
-
-const connectErrorCodes: ReadonlySet<string> = new Set([
-  'ECONNREFUSED',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ENETDOWN',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'UND_ERR_CONNECT_TIMEOUT',
-  'UND_ERR_CONNECT',
 ])
 
 /**
@@ -830,16 +818,9 @@ class ForwardCall {
 
   /** undici reported an error, or the attempt's timer ran out (`kind` says which). */
   onAttemptError(attempt: Attempt, error: Error, kind: number): void {
-    let reason = kind
-    if (reason === 0) {
-      const code = (error as { code?: unknown }).code
-      reason =
-        attempt.phase === phaseConnect && typeof code === 'string' && connectErrorCodes.has(code)
-          ? failConnect
-          : attempt.phase === phaseConnect && isTlsError(error)
-            ? failConnect
-            : failReset
-    }
+    // Before onConnect the request has not been written: whatever failed (refused, TLS
+    // handshake or verification, a reset during it) failed to connect.
+    const reason = kind !== 0 ? kind : attempt.phase === phaseConnect ? failConnect : failReset
     this.failAttempt(attempt, error, reason)
   }
 
@@ -1006,18 +987,6 @@ class ForwardCall {
       captured,
     })
   }
-}
-
-function isTlsError(error: Error): boolean {
-  const code = (error as { code?: unknown }).code
-  return (
-    typeof code === 'string' &&
-    (code.startsWith('ERR_TLS') ||
-      code.startsWith('ERR_SSL') ||
-      code.includes('CERT') ||
-      code === 'DEPTH_ZERO_SELF_SIGNED_CERT' ||
-      code === 'SELF_SIGNED_CERT_IN_CHAIN')
-  )
 }
 
 function isConnectionName(name: Buffer): boolean {

@@ -68,8 +68,8 @@ function ipv6Bytes(address: string): Buffer {
 }
 
 function rdata(record: DnsRecord): Buffer {
-  if (record.type === 'A') return Buffer.from(record.address.split('.').map(Number))
-  if (record.type === 'AAAA') {
+  if (record.type !== 'SRV') {
+    if (record.type === 'A') return Buffer.from(record.address.split('.').map(Number))
     if (!isIPv6(record.address)) throw new Error(`not IPv6: ${record.address}`)
     return ipv6Bytes(record.address)
   }

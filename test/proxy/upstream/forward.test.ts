@@ -187,7 +187,7 @@ describe('forward: failures and retries', () => {
     await clock.advance(1)
     const response = await pending
     expect(response.status).toBe(504)
-    expect((await response.json()).code).toBe('UPSTREAM_TIMEOUT')
+    expect(((await response.json()) as { code: string }).code).toBe('UPSTREAM_TIMEOUT')
   })
 
   it('serves slow headers that arrive within readMs', async () => {
@@ -288,7 +288,7 @@ describe('forward: failures and retries', () => {
     const { front } = await setup(serviceConfig([up.url]))
     const response = await fetch(`${front.url}/a`, { headers: { [DEADLINE_HEADER]: '0' } })
     expect(response.status).toBe(504)
-    expect((await response.json()).code).toBe('DEADLINE_EXCEEDED')
+    expect(((await response.json()) as { code: string }).code).toBe('DEADLINE_EXCEEDED')
     expect(up.requests).toHaveLength(0)
   })
 })
@@ -307,7 +307,7 @@ describe('forward: breaker and bulkhead', () => {
     expect(service.state().breaker).toBe('open')
     const fast = await fetch(`${front.url}/a`)
     expect(fast.status).toBe(503)
-    expect((await fast.json()).code).toBe('BROKEN_CIRCUIT')
+    expect(((await fast.json()) as { code: string }).code).toBe('BROKEN_CIRCUIT')
     expect(up.requests).toHaveLength(2)
     await clock.advance(5_000)
     up.fallback = { kind: 'respond' }
@@ -322,7 +322,7 @@ describe('forward: breaker and bulkhead', () => {
     service.isolate()
     const refused = await fetch(`${front.url}/a`)
     expect(refused.status).toBe(503)
-    expect((await refused.json()).code).toBe('ISOLATED_CIRCUIT')
+    expect(((await refused.json()) as { code: string }).code).toBe('ISOLATED_CIRCUIT')
     expect(service.state().breaker).toBe('isolated')
     service.reset()
     expect((await fetch(`${front.url}/a`)).status).toBe(200)
@@ -341,7 +341,7 @@ describe('forward: breaker and bulkhead', () => {
     await eventually(() => service.state().bulkhead.queued === 1)
     const third = await fetch(`${front.url}/3`)
     expect(third.status).toBe(503)
-    expect((await third.json()).code).toBe('BULKHEAD_FULL')
+    expect(((await third.json()) as { code: string }).code).toBe('BULKHEAD_FULL')
     expect(service.state().bulkhead).toEqual({ running: 1, queued: 1, max: 1 })
     up.release()
     expect((await first).status).toBe(200)
