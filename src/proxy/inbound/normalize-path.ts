@@ -22,6 +22,11 @@
 //      hex of `.`, `/`, `\`, `%` or a control character (`%252e`, `%252f`, `%255c`, `%2525`),
 //      is rejected: an upstream that decodes twice would see a dot segment or a separator.
 //      Other `%25XX` (a literal `%` followed by two hex-looking characters) is kept as is.
+//    - encoded bytes >= 0x80 must spell well-formed UTF-8 (RFC 3629): overlong forms such as
+//      `%C0%AE` (a dot) and `%C0%AF` (a slash), surrogates and stray continuation bytes are
+//      rejected, since a lenient decoder (old IIS, some Java servers) reads them as `.` or `/`.
+//      Well-formed UTF-8 is kept encoded (`%C3%A9`); it is not NFKC-folded, so `%EF%BC%8E`
+//      (a fullwidth full stop) stays a literal character, never a dot.
 // 4. Empty segments are dropped (`//` becomes `/`).
 // 5. Dot segments are resolved: `.` is dropped, `..` removes the previous segment; a `..` with
 //    nothing left to remove (above the root) is rejected, not clamped, because a client that
@@ -76,6 +81,7 @@ export function normalizePath(raw: string): NormalizedPath {
   // Pass 1: characters and percent-encodings, segment by segment.
   const segments: string[] = []
   let current = ''
+  let highBytes = false
   for (let i = 1; i < raw.length; i++) {
     const code = raw.charCodeAt(i)
     if (code === 0x2f) {
@@ -100,6 +106,7 @@ export function normalizePath(raw: string): NormalizedPath {
       current += String.fromCharCode(byte)
       continue
     }
+    if (byte >= 0x80) highBytes = true
     if (byte === 0x25) {
       const inner = raw.slice(i + 1, i + 3)
       if (hexDigit.test(inner)) {
@@ -112,6 +119,17 @@ export function normalizePath(raw: string): NormalizedPath {
     current += `%${hex.toUpperCase()}`
   }
   segments.push(current)
+  if (highBytes) {
+    for (const segment of segments) {
+      // Only `%XX` of ASCII other than these high bytes remain, which decode without error, so
+      // a throw means the high bytes are not well-formed UTF-8.
+      try {
+        decodeURIComponent(segment)
+      } catch {
+        return { ok: false, reason: 'percent-encoded bytes that are not UTF-8' }
+      }
+    }
+  }
 
   // Pass 2: empty and dot segments.
   const out: string[] = []
