@@ -32,7 +32,9 @@ export interface BreakerView {
   readonly queued: number
   readonly retryBudget: number | undefined
   readonly retries: number
-  readonly rejected: number
+  /** Calls that failed for the caller; of them, failed fast by the breaker or bulkhead. */
+  readonly failed: number
+  readonly rejected: number | undefined
 }
 
 /** Everything the dashboard shows. */
@@ -169,6 +171,7 @@ export function startMonitor(options: MonitorOptions): Monitor {
     const breakers: BreakerView[] = []
     const transitions: (BreakerTransition & { owner: string })[] = []
     if (shop.proxy !== undefined) {
+      const counters = await shop.proxy.counters().catch(() => ({}) as Record<string, undefined>)
       for (const s of shop.proxy.services())
         breakers.push({
           owner: 'proxy',
@@ -177,8 +180,9 @@ export function startMonitor(options: MonitorOptions): Monitor {
           running: s.running,
           queued: s.queued,
           retryBudget: s.retryBudgetLeft,
-          retries: 0,
-          rejected: 0,
+          retries: counters[s.name]?.retries ?? 0,
+          failed: counters[s.name]?.failed ?? 0,
+          rejected: undefined,
         })
     }
     for (const [owner, s] of states) {
@@ -193,6 +197,7 @@ export function startMonitor(options: MonitorOptions): Monitor {
           queued: d.queued,
           retryBudget: d.retryBudget,
           retries: d.retries,
+          failed: d.failures,
           rejected: d.rejected,
         })
       for (const t of outbound.transitions) {

@@ -48,6 +48,8 @@ export interface ShopProxy {
   /** Rolls `/orders` back: every order to legacy at once (requests in flight finish). */
   rollback(): void
   services(): ProxyServiceView[]
+  /** Retries and failed answers (5xx to the caller) per service, from the proxy's metrics. */
+  counters(): Promise<Record<string, { retries: number; failed: number }>>
   routes(): ProxyRouteView[]
   close(): Promise<void>
 }
@@ -130,6 +132,27 @@ export async function startShopProxy(
         max: s.bulkhead.max,
         retryBudgetLeft: s.retryBudgetLeft,
       })),
+    counters: async () => {
+      const counters: Record<string, { retries: number; failed: number }> = {}
+      const of = (service: string) => {
+        counters[service] ??= { retries: 0, failed: 0 }
+        return counters[service]
+      }
+      // Prometheus text: `name{labels} value` per line.
+      for (const line of (await proxy.metricsText()).split('\n')) {
+        const retry = /^breakwater_proxy_upstream_retries_total\{service="([^"]+)"\} (\S+)/.exec(
+          line,
+        )
+        if (retry !== null) of(retry[1]!).retries += Number(retry[2])
+        const request =
+          /^breakwater_proxy_upstream_requests_total\{service="([^"]+)",status="(\d+)"\} (\S+)/.exec(
+            line,
+          )
+        if (request !== null && Number(request[2]) >= 500)
+          of(request[1]!).failed += Number(request[3])
+      }
+      return counters
+    },
     routes: () => proxy.routes(),
     close: () => proxy.close(1_000),
   }

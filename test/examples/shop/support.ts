@@ -2,7 +2,7 @@
 // CLI from source through tsx; the shop itself compiled to dist/examples/shop, built here when
 // its sources are newer), with its summary read back as JSON.
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -35,8 +35,38 @@ function tsc(project: string): void {
   })
 }
 
+// Test files run in parallel workers: one builds while the others wait for its lock (a
+// directory: mkdir is atomic), so no worker imports a half-written file.
+function withBuildLock(build: () => void): void {
+  const lock = join(repoRoot, 'dist/.shop-build-lock')
+  const pause = new Int32Array(new SharedArrayBuffer(4))
+  for (let waited = 0; ; waited += 200) {
+    try {
+      mkdirSync(lock, { recursive: false })
+      break
+    } catch {
+      // A lock older than two minutes was left by a killed run.
+      if (waited > 120_000 || Date.now() - mtimeOf(lock) > 120_000) {
+        rmSync(lock, { recursive: true, force: true })
+        continue
+      }
+      Atomics.wait(pause, 0, 0, 200)
+    }
+  }
+  try {
+    build()
+  } finally {
+    rmSync(lock, { recursive: true, force: true })
+  }
+}
+
 /** Builds the library (when its proxy runtime is missing) and the shop (when stale). */
 export function ensureShopBuilt(): void {
+  mkdirSync(join(repoRoot, 'dist'), { recursive: true })
+  withBuildLock(buildIfStale)
+}
+
+function buildIfStale(): void {
   let proxyIndex = ''
   try {
     proxyIndex = readFileSync(join(repoRoot, 'dist/proxy/index.js'), 'utf8')
