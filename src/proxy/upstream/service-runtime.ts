@@ -271,6 +271,7 @@ class Core {
 
   enqueue(call: ForwardCall): void {
     this.queued++
+    call.inQueue = true
     call.prev = this.queueTail
     if (this.queueTail === undefined) this.queueHead = call
     else this.queueTail.next = call
@@ -279,6 +280,7 @@ class Core {
 
   dequeue(call: ForwardCall): void {
     this.queued--
+    call.inQueue = false
     const { prev, next } = call
     if (prev === undefined) this.queueHead = next
     else prev.next = next
@@ -596,6 +598,7 @@ class ForwardCall {
   attempt: Attempt | undefined
   lastEndpoint: Endpoint | undefined
   holdsSlot = false
+  inQueue = false
   listening = false
   finished = false
   waitTimer: TimerHandle | undefined
@@ -662,9 +665,7 @@ class ForwardCall {
       core.enqueue(this)
       this.waitTimer = core.clock.setTimeout(() => {
         this.waitTimer = undefined
-        if (this.holdsSlot || this.finished) return
-        core.dequeue(this)
-        this.fail('DEADLINE_EXCEEDED')
+        if (!this.holdsSlot) this.fail('DEADLINE_EXCEEDED')
       }, this.deadlineAt - core.clock.now())
     } else {
       this.fail('BULKHEAD_FULL')
@@ -965,6 +966,8 @@ class ForwardCall {
       this.waitTimer = undefined
     }
     if (this.listening) this.req.signal.removeEventListener('abort', this)
+    // A queued call that ends (its client went away) gives its queue place back at once.
+    if (this.inQueue) core.dequeue(this)
     if (this.holdsSlot) {
       this.holdsSlot = false
       core.release()

@@ -381,3 +381,75 @@ describe('observability', () => {
     expect(text).toContain('breakwater_proxy_upstream_endpoints_ejected{service="orders"} 0')
   })
 })
+
+describe('deadlines and clients that leave', () => {
+  it('ends retries at the overall deadline: 504 DEADLINE_EXCEEDED', async () => {
+    const up = await upstream({ fallback: { kind: 'hang' } })
+    const { front, clock } = await setup(serviceConfig([up.url]))
+    const pending = fetch(`${front.url}/a`, { headers: { [DEADLINE_HEADER]: '3000' } })
+    await up.waitForRequests(1)
+    // Attempt 1 times out at readMs (2 s); the retry starts 50 ms later with 950 ms left.
+    await clock.advance(2_000)
+    await timerWithin(clock, 50)
+    await clock.advance(50)
+    await up.waitForRequests(2)
+    expect(up.requests[1]!.headers[DEADLINE_HEADER]).toBe('950')
+    await clock.advance(949)
+    expect(front.outcomes).toHaveLength(0)
+    await clock.advance(1)
+    const response = await pending
+    expect(response.status).toBe(504)
+    expect(((await response.json()) as { code: string }).code).toBe('DEADLINE_EXCEEDED')
+  })
+
+  it('a queued call that reaches its deadline is answered 504 and leaves the queue', async () => {
+    const up = await upstream({ fallback: { kind: 'hold' } })
+    const { front, clock, service } = await setup(
+      serviceConfig([up.url], {
+        bulkhead: { maxConcurrent: 1, maxQueue: 4, connectionsPerEndpoint: 2 },
+      }),
+    )
+    const first = fetch(`${front.url}/1`)
+    await up.waitForRequests(1)
+    const queued = fetch(`${front.url}/2`, { headers: { [DEADLINE_HEADER]: '500' } })
+    await eventually(() => service.state().bulkhead.queued === 1)
+    await clock.advance(500)
+    expect((await queued).status).toBe(504)
+    expect(service.state().bulkhead.queued).toBe(0)
+    up.release()
+    expect((await first).status).toBe(200)
+    expect(up.requests).toHaveLength(1)
+  })
+
+  it('aborts the upstream request when the client goes away, without counting it against the breaker', async () => {
+    const up = await upstream({ fallback: { kind: 'hang' } })
+    const { front, service } = await setup(
+      serviceConfig([up.url], {
+        breaker: { failureThreshold: 1, cooldownMs: 1_000, halfOpenProbes: 1 },
+        bulkhead: { maxConcurrent: 1, maxQueue: 1, connectionsPerEndpoint: 2 },
+      }),
+    )
+    const closed = new Promise<void>((resolve) =>
+      up.server.once('connection', (socket) => socket.once('close', () => resolve())),
+    )
+    const controller = new AbortController()
+    const pending = fetch(`${front.url}/a`, { signal: controller.signal }).catch(() => 'aborted')
+    await up.waitForRequests(1)
+    // A second client waits in the queue and leaves too: its place is freed at once.
+    const second = new AbortController()
+    const queued = fetch(`${front.url}/b`, { signal: second.signal }).catch(() => 'aborted')
+    await eventually(() => service.state().bulkhead.queued === 1)
+    second.abort()
+    await eventually(() => service.state().bulkhead.queued === 0)
+    controller.abort()
+    expect(await pending).toBe('aborted')
+    expect(await queued).toBe('aborted')
+    await closed
+    await eventually(() => front.outcomes.length === 2)
+    expect(front.outcomes.map((o) => o.error)).toEqual(['ABORTED', 'ABORTED'])
+    expect(service.state()).toMatchObject({
+      breaker: 'closed',
+      bulkhead: { running: 0, queued: 0 },
+    })
+  })
+})
