@@ -130,10 +130,11 @@ export function createOutbound(env: ShopEnv, downstreams: readonly string[]): Ou
 /**
  * Whether a failed call is worth another attempt later (by the saga's own step retry): network
  * failures, timeouts, 5xx and the policies' fast failures (open breaker, full bulkhead, spent
- * retry budget) are; a 4xx answer (declined card, out of stock) is final.
+ * retry budget) are; a 4xx answer (402 declined card, 409 out of stock) is final, except 408
+ * and 429.
  */
 export function worthRetrying(error: unknown): boolean {
   const status = (error as { status?: unknown } | undefined)?.status
   if (typeof status !== 'number' || status >= 500) return true
-  return status === 408 || status === 409 || status === 429
+  return status === 408 || status === 429
 }
