@@ -4,9 +4,10 @@ import type {
   ConsumerMessages,
   JetStreamManager,
   JsMsg,
+  Msg,
   MsgHdrs,
   NatsConnection,
-  PubAck,
+  NatsError,
 } from 'nats'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkObject } from '../core/validate.js'
@@ -261,9 +262,50 @@ async function ensureStream(
   }
 }
 
+/** A batch's acks awaited on one connection's reply inbox. */
+interface PendingAck {
+  readonly resolve: () => void
+  readonly reject: (error: unknown) => void
+}
+
+/**
+ * One connection's publish path: every publish carries a reply subject under one inbox
+ * wildcard subscription, and the acks are matched back by token. No request object, promise
+ * or timer per message (the driver's `js.publish` makes all three), one timer per batch.
+ */
+interface AckInbox {
+  readonly nc: NatsConnection
+  readonly prefix: string
+  readonly pending: Map<string, PendingAck>
+  next: number
+}
+
+const decoder = new TextDecoder()
+
+/** Reads a JetStream publish reply: undefined when stored (or a duplicate), else the error. */
+function pubAckError(message: Msg): unknown {
+  // A status message: 503 means no stream listens on the subject.
+  const status = message.headers?.code ?? 0
+  if (status >= 300) {
+    return Object.assign(new Error(`status ${status} ${message.headers?.description ?? ''}`), {
+      code: String(status),
+    })
+  }
+  let reply: { error?: { code?: number; err_code?: number; description?: string } }
+  try {
+    reply = JSON.parse(decoder.decode(message.data)) as typeof reply
+  } catch (error) {
+    return error
+  }
+  if (reply.error === undefined) return undefined
+  return Object.assign(new Error(reply.error.description ?? 'publish refused'), {
+    api_error: reply.error,
+  })
+}
+
 class NatsPublisher implements Publisher {
   readonly #options: ResolvedNatsOptions
-  #connection: Promise<NatsConnection> | undefined
+  #connection: Promise<AckInbox> | undefined
   // Streams known to exist, per name; forgotten when a publish finds no stream.
   readonly #streams = new Map<string, Promise<void>>()
   #closed = false
@@ -276,37 +318,50 @@ class NatsPublisher implements Publisher {
     throwIfAborted(signal)
     if (this.#closed) throw closedError('nats', 'publisher')
     if (messages.length === 0) return
-    const nc = await this.#connect()
+    const inbox = await this.#connect()
+    const { nc } = inbox
     const nats = await loadNats()
     const options = this.#options
-    const topics = new Set<string>()
-    for (const message of messages) topics.add(message.topic)
-    for (const topic of topics) await this.#ensureStream(nc, streamFor(options, topic))
-    const js = nc.jetstream()
-    // Every request goes out before the first ack is awaited: one round trip per batch.
-    const acks: Array<Promise<PubAck>> = []
+    let topic: string | undefined
     for (const message of messages) {
-      let ack: Promise<PubAck>
+      if (message.topic === topic) continue
+      topic = message.topic
+      await this.#ensureStream(nc, streamFor(options, topic))
+    }
+    // Every message goes out before the first ack is awaited (the driver writes them in one
+    // flush): one round trip per batch.
+    const acks: Array<Promise<void>> = []
+    const tokens: string[] = []
+    for (const message of messages) {
+      const token = `${inbox.prefix}.${(inbox.next++).toString(36)}`
+      tokens.push(token)
+      acks.push(
+        new Promise<void>((resolve, reject) => inbox.pending.set(token, { resolve, reject })),
+      )
       try {
-        ack = js.publish(message.topic, payloadBytes(message.payload), {
-          msgID: message.id,
+        nc.publish(message.topic, payloadBytes(message.payload), {
+          reply: token,
           headers: toNatsHeaders(nats.headers(), message),
-          timeout: options.publishTimeoutMs,
         })
       } catch (error) {
-        ack = Promise.reject(error)
+        inbox.pending.get(token)?.reject(error)
+        inbox.pending.delete(token)
       }
-      acks.push(ack)
     }
-    // Wait for every ack before failing, so no request of this batch is still in flight when
+    // Wait for every ack before failing, so no message of this batch is still in flight when
     // the caller retries it.
-    const results = await within(
-      Promise.allSettled(acks),
-      options.clock,
-      options.publishTimeoutMs + 1_000,
-      () => new BrokerError('BROKER_UNAVAILABLE', 'nats', 'publish acks timed out'),
-      signal,
-    )
+    let results: Array<PromiseSettledResult<void>>
+    try {
+      results = await within(
+        Promise.allSettled(acks),
+        options.clock,
+        options.publishTimeoutMs,
+        () => new BrokerError('BROKER_UNAVAILABLE', 'nats', 'publish acks timed out'),
+        signal,
+      )
+    } finally {
+      for (const token of tokens) inbox.pending.delete(token)
+    }
     for (const result of results) {
       if (result.status === 'rejected') {
         const error = natsError(result.reason, 'publish failed')
@@ -321,20 +376,25 @@ class NatsPublisher implements Publisher {
     const connection = this.#connection
     this.#connection = undefined
     if (connection === undefined) return
-    const nc = await connection.catch(() => undefined)
+    const inbox = await connection.catch(() => undefined)
+    const nc = inbox?.nc
     if (nc !== undefined && !nc.isClosed()) await nc.drain().catch(() => nc.close())
   }
 
-  #connect(): Promise<NatsConnection> {
+  #connect(): Promise<AckInbox> {
     let connection = this.#connection
     if (connection === undefined) {
-      connection = connectNats(this.#options)
+      connection = this.#open()
       this.#connection = connection
       connection.then(
-        (nc) => {
-          // Forget a connection once it is gone: the next publish opens a new one.
-          void nc.closed().then(() => {
+        (inbox) => {
+          // Forget a connection once it is gone: the next publish opens a new one. Acks still
+          // awaited on it fail now instead of at the timeout.
+          void inbox.nc.closed().then((error) => {
             if (this.#connection === connection) this.#connection = undefined
+            const reason = error ?? new Error('connection closed')
+            for (const ack of inbox.pending.values()) ack.reject(reason)
+            inbox.pending.clear()
           })
         },
         () => {
@@ -343,6 +403,24 @@ class NatsPublisher implements Publisher {
       )
     }
     return connection
+  }
+
+  async #open(): Promise<AckInbox> {
+    const nats = await loadNats()
+    const nc = await connectNats(this.#options)
+    const inbox: AckInbox = { nc, prefix: nats.createInbox(), pending: new Map(), next: 0 }
+    nc.subscribe(`${inbox.prefix}.*`, {
+      callback: (error: NatsError | null, message: Msg) => {
+        if (error !== null) return
+        const ack = inbox.pending.get(message.subject)
+        if (ack === undefined) return // late: its batch timed out
+        inbox.pending.delete(message.subject)
+        const failure = pubAckError(message)
+        if (failure === undefined) ack.resolve()
+        else ack.reject(failure)
+      },
+    })
+    return inbox
   }
 
   async #ensureStream(nc: NatsConnection, spec: NatsStreamSpec): Promise<void> {
@@ -368,6 +446,8 @@ class NatsPublisher implements Publisher {
 function toNatsHeaders(headers: MsgHdrs, message: OutgoingMessage): MsgHdrs {
   for (const name in message.headers) headers.set(name, message.headers[name]!)
   headers.set(KEY_HEADER, message.key)
+  // JetStream drops a second message with this id inside the stream's duplicate window.
+  headers.set(MSG_ID_HEADER, message.id)
   return headers
 }
 

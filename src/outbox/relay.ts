@@ -17,8 +17,12 @@
 //   On PostgreSQL a row is read only when its writing transaction is older than every running
 //   one (xid below the snapshot's xmin), so a row that commits late is neither overtaken by a
 //   later row of its aggregate nor skipped. SQLite serializes writers, so ids commit in order.
-// - Publish, then mark. Rows are marked published only after publish() resolved; a crash in
-//   between publishes that batch again (duplicates, at most one batch), never loses it.
+// - Publish, then mark, pipelined. Rows are marked published only after publish() resolved; a
+//   crash in between publishes them again (duplicates, never losses). The mark of one round
+//   runs while the next round is read and published (one mark statement at a time; rows
+//   confirmed meanwhile join the next one), and reads skip the rows whose mark is under way.
+//   A round takes half of batchSize, and a publish waits for marks whenever rows confirmed but
+//   not yet marked would exceed batchSize: a crash republishes at most batchSize events.
 // - Failures. Publishes run behind a circuit breaker and back off between failed rounds. An
 //   event's own failure (BROKER_REJECTED, a permanent error; or an unclear error while other
 //   events get through) is charged to it: attempts + 1, retry after a backoff, dead-lettered
@@ -86,7 +90,10 @@ export interface RelayOptions {
   /** Where events go; `publish()` must resolve only once the broker confirmed them. */
   readonly publisher: Publisher
   /**
-   * Rows read per round.
+   * The most events confirmed by the broker and not yet marked published at any moment, hence
+   * the most one crash of the relay can publish twice. A round reads half of it, so the mark
+   * of one round can run while the next one is read and published. With 1, rounds of one
+   * event run strictly one after the other.
    * @default 256
    */
   readonly batchSize?: number
@@ -337,6 +344,8 @@ class OutboxRelay implements Relay {
   readonly #publisher: Publisher
   readonly #clock: Clock
   readonly #batchSize: number
+  // Rows read per round: half the batch, so a round's mark overlaps the next round.
+  readonly #roundSize: number
   readonly #ordering: RelayOrdering
   readonly #leaseMs: number
   readonly #publishTimeoutMs: number
@@ -365,6 +374,16 @@ class OutboxRelay implements Relay {
   // Aggregates whose last attempt failed, oldest first; see #publishBatch.
   readonly #recentFailures = new Set<string>()
   #nextRebalanceAt = 0
+  // The mark under way (one statement at a time), its rows, the confirmed rows waiting for the
+  // next statement, and the first failure of a background mark, raised in the loop.
+  #marking: Promise<void> | undefined
+  #markingRows: OutboxRow[] = []
+  #toMark: Array<{ readonly rows: OutboxRow[]; readonly startedAt: number }> = []
+  #toMarkCount = 0
+  #markFailure: { readonly error: unknown } | undefined
+  // Marks committed, and those the loop has passed the after-mark fault point for.
+  #marksDone = 0
+  #marksReported = 0
   #published = 0
   #publishFailures = 0
   #deadLettered = 0
@@ -397,6 +416,7 @@ class OutboxRelay implements Relay {
       throw new InvalidOptionError('relay.clock', 'a Clock', clock)
     this.#clock = clock
     this.#batchSize = checkInteger('relay.batchSize', options.batchSize ?? 256, 1, 10_000)
+    this.#roundSize = Math.max(1, Math.floor(this.#batchSize / 2))
     this.#ordering = checkOneOf('relay.ordering', options.ordering ?? 'confirmed', [
       'confirmed',
       'batch',
@@ -660,7 +680,12 @@ class OutboxRelay implements Relay {
     let dbFailures = 0
     while (this.#state === 'running') {
       try {
-        if (this.#clock.now() >= this.#nextRebalanceAt) await this.#rebalance()
+        await this.#reportMarks()
+        if (this.#clock.now() >= this.#nextRebalanceAt) {
+          // Marks are fenced by the lease: finish them before partitions may be released.
+          await this.#settleMarks(0)
+          await this.#rebalance()
+        }
         if (this.#leases.size === 0 || !this.#leaseUsable()) {
           this.#lagMs = 0
           await this.#waker.wait(this.#untilRebalance(), this.#stop.signal)
@@ -702,10 +727,86 @@ class OutboxRelay implements Relay {
         dbFailures++
       }
     }
+    // Stopping: the rounds in hand are marked before the leases go.
+    try {
+      await this.#settleMarks(0)
+    } catch (error) {
+      if (error instanceof Halt || !this.#active()) return
+      // Unmarked rows are published again by whoever holds their partition next.
+      this.#emit({ type: 'error', phase: phaseOf(error), error: causeOf(error) })
+    }
+  }
+
+  /** Rows confirmed by the broker and not yet marked (being marked, or waiting to be). */
+  #unmarked(): number {
+    return this.#markingRows.length + this.#toMarkCount
+  }
+
+  /**
+   * Waits until at most `limit` rows are confirmed and unmarked; raises a background mark's
+   * failure (as the loop's `mark` error) and a crash at `after-mark`.
+   */
+  async #settleMarks(limit: number): Promise<void> {
+    for (;;) {
+      if (this.#markFailure !== undefined) {
+        const { error } = this.#markFailure
+        this.#markFailure = undefined
+        throw error
+      }
+      if (this.#state === 'crashed') throw new Halt()
+      if (this.#unmarked() <= limit || this.#marking === undefined) break
+      await this.#marking
+    }
+    await this.#reportMarks()
+  }
+
+  // The after-mark fault point, passed by the loop between steps (never while a publish is
+  // out) once per committed mark statement.
+  async #reportMarks(): Promise<void> {
+    while (this.#marksReported < this.#marksDone) {
+      this.#marksReported++
+      await this.#fault('after-mark')
+    }
+  }
+
+  /** Hands confirmed rows to the marker: marked by the next statement, in the background. */
+  #queueMark(rows: OutboxRow[], startedAt: number): void {
+    this.#toMark.push({ rows, startedAt })
+    this.#toMarkCount += rows.length
+    if (this.#marking === undefined) this.#startMark()
+  }
+
+  #startMark(): void {
+    if (this.#toMark.length === 0 || this.#state === 'crashed') return
+    const rounds = this.#toMark
+    this.#toMark = []
+    this.#toMarkCount = 0
+    const rows = rounds.flatMap((round) => round.rows)
+    this.#markingRows = rows
+    this.#marking = (async () => {
+      try {
+        await this.#mark(rows, rounds[0]!.startedAt)
+        this.#marksDone++
+      } catch (error) {
+        this.#markFailure ??= { error }
+      } finally {
+        this.#markingRows = []
+        this.#marking = undefined
+      }
+      if (this.#markFailure === undefined) this.#startMark()
+    })()
   }
 
   #untilRebalance(): number {
     return Math.max(1, this.#nextRebalanceAt - this.#clock.now())
+  }
+
+  // Rows whose mark is under way or queued: a read must not hand them out again.
+  #markPendingIds(): number[] {
+    if (this.#markingRows.length === 0 && this.#toMark.length === 0) return []
+    const ids = this.#markingRows.map((row) => row.id)
+    for (const round of this.#toMark) for (const row of round.rows) ids.push(row.id)
+    return ids
   }
 
   async #readBatch(): Promise<OutboxRow[]> {
@@ -713,8 +814,9 @@ class OutboxRelay implements Relay {
       return await this.#db.query<OutboxRow>(this.#sql.readBatch, [
         listParam(this.#db.dialect, this.#leases.partitions),
         this.#clock.now(),
-        this.#batchSize,
+        this.#roundSize,
         listParam(this.#db.dialect, [...this.#suspects.keys()]),
+        listParam(this.#db.dialect, this.#markPendingIds()),
       ])
     } catch (error) {
       throw new PhaseError('read', error)
@@ -746,6 +848,8 @@ class OutboxRelay implements Relay {
     const blocked = new Set<string>()
     let failure: WaveResult | undefined
     let attempted = false
+    // At most batchSize events confirmed and unmarked at any moment (what a crash republishes).
+    await this.#settleMarks(this.#batchSize - rows.length)
     for (const wave of waves) {
       const todo = wave.filter(
         (row) => !blocked.has(row.aggregate_id) && this.#leases.owns(row.partition_no),
@@ -784,8 +888,7 @@ class OutboxRelay implements Relay {
     }
     if (confirmed.length > 0) {
       await this.#fault('after-publish')
-      await this.#mark(confirmed, startedAt)
-      await this.#fault('after-mark')
+      this.#queueMark(confirmed, startedAt)
       for (const row of confirmed) this.#recentFailures.delete(row.aggregate_id)
       // The broker took other events: the suspects' failures were their own.
       for (const suspect of this.#suspects.values()) charged.push(suspect)

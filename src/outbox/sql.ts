@@ -201,7 +201,10 @@ export interface OutboxStatements {
   readonly insertMany: string
   /** As insertMany, then the channel ($3 on SQLite, unused; $10 on PostgreSQL). */
   readonly insertManyNotify: string
-  /** $1 owned partitions (list), $2 now, $3 limit, $4 aggregate ids to skip (list). */
+  /**
+   * $1 owned partitions (list), $2 now, $3 limit, $4 aggregate ids to skip (list), $5 row ids
+   * to skip (list: rows confirmed by the broker whose mark is still under way).
+   */
   readonly readBatch: string
   /** $1 now, $2 ids (list), $3 relay id, $4 tokens by partition (list). */
   readonly markPublished: string
@@ -323,13 +326,21 @@ WHERE o.published_at IS NULL AND o.dead_at IS NULL
   AND (o.retry_at IS NULL OR o.retry_at <= $2)
   AND o.xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
   AND NOT (o.aggregate_id = ANY($4::text[]))
+  AND NOT (o.id = ANY($5::bigint[]))
   AND ${noHeldPredecessor}
 ORDER BY o.id
 LIMIT $3`,
     // Fenced by the lease token: a relay that lost a partition (its lease expired and another
     // relay took it over) writes nothing for that partition's rows.
+    //
+    // The mark commits without waiting for its WAL flush (synchronous_commit off for this
+    // statement's transaction only, set by the uncorrelated subquery, evaluated once): the
+    // flush was most of the statement's time. A mark lost to a PostgreSQL crash only means
+    // those events are published again (deduped by message id, absorbed by the inbox); the
+    // events themselves were committed durably by their writers, so nothing can be lost.
     markPublished: `UPDATE ${outboxTable} AS o SET published_at = $1, retry_at = NULL
 WHERE o.id = ANY($2::bigint[]) AND o.published_at IS NULL
+  AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
   AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
     WHERE p.partition_no = o.partition_no AND p.owner = $3 AND p.token = ($4::bigint[])[o.partition_no + 1])`,
     charge: `UPDATE ${outboxTable} AS o
@@ -390,6 +401,7 @@ WHERE o.published_at IS NULL AND o.dead_at IS NULL
   AND o.partition_no IN (SELECT value FROM json_each($1))
   AND (o.retry_at IS NULL OR o.retry_at <= $2)
   AND o.aggregate_id NOT IN (SELECT value FROM json_each($4))
+  AND o.id NOT IN (SELECT value FROM json_each($5))
   AND ${noHeldPredecessor}
 ORDER BY o.id
 LIMIT $3`,

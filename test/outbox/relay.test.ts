@@ -170,14 +170,18 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
     expect(r.metrics()).toMatchObject({ published: 360, deadLettered: 0, lagMs: 0 })
     const first = collector.received.find((m) => m.id === 'one-0-0')!
     expect(first).toMatchObject({ key: 'one-agg-0', type: 'order-placed', payload: { n: 0 } })
-    // Each round passes the fault points in order.
+    // Each round passes claim, publish and hands its rows to the marker in order; marks run
+    // in the background (the next round may be claimed first), one statement at a time, so
+    // every mark follows a publish and there are never more marks than publishes.
     expect(points.slice(0, 2)).toEqual(['before-claim', 'after-claim'])
     const published = points.indexOf('after-publish')
-    expect(points.slice(published - 1, published + 2)).toEqual([
-      'after-claim',
-      'after-publish',
-      'after-mark',
-    ])
+    expect(points[published - 1]).toBe('after-claim')
+    let publishes = 0
+    let marks = 0
+    for (const point of points) {
+      if (point === 'after-publish') publishes++
+      if (point === 'after-mark') expect(++marks).toBeLessThanOrEqual(publishes)
+    }
     expect(new Set(points)).toEqual(new Set(relayFaultPoints))
     await r.stop()
     expect(r.state).toBe('stopped')

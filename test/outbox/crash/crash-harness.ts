@@ -375,6 +375,9 @@ async function prepare(scenario: CrashScenario): Promise<Environment> {
         reconnectDelayMs: 50,
         maxReconnectDelayMs: 500,
         name: 'crash-consumer',
+        onError: (event) => {
+          if (event.phase !== 'handler') timeline(`consumer ${event.phase}: ${String(event.error)}`)
+        },
       })
       cleanups.push(() => consumerBroker.close())
       await migrateOutbox(producer)
