@@ -25,6 +25,7 @@ export class ServiceBreaker {
   /** Called on each state change. */
   onChange: ((to: CircuitState) => void) | undefined
 
+  /** @param config Undefined: never trips by itself, can still be isolated. */
   constructor(config: BreakerConfig | undefined, clock: Clock) {
     this.#config = config
     this.#clock = clock
@@ -76,10 +77,12 @@ export class ServiceBreaker {
     }
   }
 
+  /** Opens by hand: every attempt is refused until {@link reset}. */
   isolate(): void {
     this.#to('isolated')
   }
 
+  /** Closes the breaker and forgets the failure count. */
   reset(): void {
     this.#to('closed')
   }

@@ -63,6 +63,7 @@ export class OutboundAuth {
       })
   }
 
+  /** Stops watching the secret's file. */
   close(): void {
     this.#watch?.close()
   }
@@ -81,11 +82,13 @@ export interface TlsFiles {
  * is not applied until the key matches), then `onChange` rebuilds the pools.
  */
 export class TlsMaterial {
+  /** The files as last applied. */
   files: TlsFiles
   readonly #config: UpstreamTlsConfig
   readonly #watches: FileWatch[] = []
   readonly #logger: Logger
   readonly #service: string
+  /** Called after a new, valid set of files was applied. */
   onChange: (() => void) | undefined
 
   constructor(config: UpstreamTlsConfig, logger: Logger, service: string) {
@@ -136,6 +139,7 @@ export class TlsMaterial {
     return options
   }
 
+  /** Stops watching the files. */
   close(): void {
     for (const watch of this.#watches) watch.close()
   }

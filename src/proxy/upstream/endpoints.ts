@@ -12,19 +12,27 @@ export interface EndpointTarget {
 
 /** One endpoint of a service: its pool, its load and its health. Mutable, owned by the set. */
 export class Endpoint {
+  /** The origin, `http(s)://host:port`. */
   readonly url: string
+  /** True for `https` endpoints (TLS origination). */
   readonly https: boolean
   /** `host[:port]` as written in the URL, for a rewritten `Host` header. */
   readonly hostHeader: string
+  /** SNI and verification name from discovery, when not the URL's host. */
   readonly servername: string | undefined
   /** The endpoint's connection pool; replaced (and the old one retired) when TLS files change. */
   pool: Pool | undefined
+  /** Attempts on this endpoint that have not ended. */
   inFlight = 0
+  /** Failed attempts in a row (reset by a success or the end of an ejection). */
   consecutiveFailures = 0
+  /** End of the current ejection on the clock, undefined when not ejected. */
   ejectedUntil: number | undefined
+  /** Ejections so far (the nth lasts n times the base time). */
   ejections = 0
   /** Position in the set's healthy list, -1 while ejected or removed. */
   healthyIndex = -1
+  /** The timer that ends the current ejection. */
   timer: TimerHandle | undefined
 
   constructor(target: EndpointTarget) {
@@ -34,6 +42,7 @@ export class Endpoint {
     this.servername = target.servername
   }
 
+  /** A snapshot for the admin API. */
   state(): EndpointState {
     return {
       url: this.url,
@@ -47,9 +56,13 @@ export class Endpoint {
 
 /** Options of {@link EndpointSet}. */
 export interface EndpointSetOptions {
+  /** How picks are made. */
   readonly loadBalancer: 'round-robin' | 'least-request'
+  /** Ejection settings; undefined: endpoints are never ejected. */
   readonly outlierEjection: OutlierEjectionConfig | undefined
+  /** Times ejections. */
   readonly clock: Clock
+  /** Random numbers in [0, 1) for the least-request choice of two. */
   readonly random: () => number
   /** Gives a new endpoint its pool. */
   readonly open: (endpoint: Endpoint) => void

@@ -9,6 +9,7 @@ import { basename, dirname } from 'node:path'
  * while a read runs causes one more read after it, so the last content always wins.
  */
 export interface FileWatch {
+  /** Stops watching; a read under way is dropped. */
   close(): void
 }
 

@@ -105,16 +105,12 @@ const replacedRequestHeaders: ReadonlySet<string> = new Set([
  *
  * @example
  * ```ts
- * import { createServer } from 'node:http'
- * import { systemClock } from 'breakwater'
- * import { createJsonLogger, createMetricsRegistry } from 'breakwater/observability'
- * const orders = createServiceRuntime(ordersConfig, {
- *   clock: systemClock, logger: createJsonLogger(), metrics: createMetricsRegistry(),
- * })
+ * // The proxy runtime does this for each service of the YAML; by hand it looks like:
+ * const orders = createServiceRuntime(ordersConfig, { clock: systemClock, logger, metrics })
  * createServer((req, res) => {
- *   void orders.forward({ method: req.method ?? 'GET', target: req.url ?? '/', headers: {},
- *     host: 'orders', body: undefined, deadlineAt: undefined, route: 'ambassador',
- *     requestId: 'r-1', signal: new AbortController().signal }, res)
+ *   const signal = new AbortController().signal
+ *   void orders.forward({ method: 'GET', target: req.url ?? '/', headers: {}, host: 'orders',
+ *     body: undefined, deadlineAt: undefined, route: 'ambassador', requestId: '1', signal }, res)
  * }).listen(15001)
  * ```
  */
