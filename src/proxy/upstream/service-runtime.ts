@@ -254,11 +254,14 @@ class Core {
     })
   }
 
+  /** Resolved when the last running call ends (close() waits for it). */
+  idle: (() => void) | undefined
+
   /** Frees a bulkhead slot: the next queued call takes it. */
   release(): void {
     const next = this.queueHead
     if (next === undefined) {
-      this.running--
+      if (--this.running === 0 && this.idle !== undefined) this.idle()
       return
     }
     this.dequeue(next)
@@ -400,10 +403,14 @@ class UpstreamServiceRuntime implements UpstreamService {
     core.tls?.close()
     core.auth?.close()
     core.endpoints.dispose()
+    // Calls under way finish (each within its deadline); then the pools go. destroy(), not
+    // close(): an attempt the proxy gave up on may still wait in a pool for a connection that
+    // never comes, and nobody waits for its answer.
+    if (core.running > 0) await new Promise<void>((resolve) => (core.idle = resolve))
     core.flushMetrics()
     this.#stopCollect()
     await Promise.all(
-      core.endpoints.all.map((endpoint) => endpoint.pool?.close().catch(() => undefined)),
+      core.endpoints.all.map((endpoint) => endpoint.pool?.destroy().catch(() => undefined)),
     )
   }
 }

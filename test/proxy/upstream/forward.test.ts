@@ -453,3 +453,48 @@ describe('deadlines and clients that leave', () => {
     })
   })
 })
+
+describe('connect timeout', () => {
+  it('times out a TLS handshake that never completes after connectMs on the clock: 504', async () => {
+    // A TCP server that accepts and never speaks: an https endpoint there never finishes
+    // connecting.
+    const { createServer } = await import('node:net')
+    const sockets: import('node:net').Socket[] = []
+    const silent = createServer((socket) => sockets.push(socket))
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const socket of sockets) socket.destroy()
+          silent.close(() => resolve())
+        }),
+    )
+    const port = (silent.address() as import('node:net').AddressInfo).port
+    const { service, clock } = await setup(
+      serviceConfig([`https://127.0.0.1:${port}`], {
+        retry: undefined,
+        timeouts: { connectMs: 5_000, readMs: 1_000, overallMs: 10_000 },
+      }),
+    )
+    const pending = service.exchange(forwardRequest(), 10)
+    await eventually(() => sockets.length === 1)
+    await clock.advance(4_999)
+    let settled = false
+    void pending.catch(() => {
+      settled = true
+    })
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect(settled).toBe(false)
+    await clock.advance(1)
+    await expect(pending).rejects.toMatchObject({ code: 'UPSTREAM_TIMEOUT', status: 504 })
+  })
+
+  it('close() stops discovery timers and closes the pools', async () => {
+    const up = await upstream()
+    const { service, clock } = await setup(serviceConfig([up.url]))
+    expect((await service.exchange(forwardRequest(), 10)).status).toBe(200)
+    await service.close()
+    expect(clock.pendingTimers).toBe(0)
+    await expect(service.exchange(forwardRequest(), 10)).rejects.toMatchObject({ status: 503 })
+  })
+})
