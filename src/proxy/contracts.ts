@@ -252,6 +252,12 @@ export interface ListenerConfig {
   readonly routes: readonly RouteConfig[]
   /** Services an ambassador exposes; undefined: all services. */
   readonly services: readonly string[] | undefined
+  /**
+   * Gateway: keep the client's `X-Forwarded-For` / `-Proto` / `-Host` and `Forwarded`,
+   * `X-Real-IP` (appending the client address to `X-Forwarded-For`), for a listener behind a
+   * trusted load balancer. False or undefined: those headers are replaced / dropped.
+   */
+  readonly trustForwardedHeaders?: boolean
 }
 
 /** The admin API listener. */

@@ -121,6 +121,12 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
     if (listener.role === 'ambassador') {
       if (listener.routes !== undefined)
         add([...base, 'routes'], 'no routes on an ambassador (routes belong to gateways)', 'routes')
+      if (listener.trustForwardedHeaders !== undefined)
+        add(
+          [...base, 'trustForwardedHeaders'],
+          'no trustForwardedHeaders on an ambassador (only gateways add X-Forwarded-*)',
+          'trustForwardedHeaders',
+        )
       list(listener.services).forEach((name, j) => {
         if (typeof name === 'string' && !serviceNames.includes(name))
           add([...base, 'services', j], known, name)

@@ -264,6 +264,7 @@ const listenerSchema = z.strictObject({
   limits: limitsSchema.default(limitsDefaults),
   routes: z.array(routeSchema, { error: 'list of routes' }).optional(),
   services: z.array(serviceName, { error: 'list of service names' }).optional(),
+  trustForwardedHeaders: z.boolean({ error: 'true or false' }).default(false),
 })
 
 /**
@@ -439,5 +440,6 @@ function toListener(l: ListenerDocument): ListenerConfig {
     limits: { ...l.limits },
     routes: (l.routes ?? []).map(toRoute),
     services: l.services,
+    trustForwardedHeaders: l.trustForwardedHeaders,
   }
 }

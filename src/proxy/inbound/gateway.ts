@@ -148,6 +148,8 @@ export function createGatewayHandler(
     if (route.idempotency !== undefined) idempotency?.guards(route.idempotency, 'POST')
   }
   const warned = new Set<string>()
+  const scheme = listener.tls === undefined ? 'http' : 'https'
+  const trustForwarded = listener.trustForwardedHeaders === true
 
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const inbound = await readInboundRequest(req, res, listener, ctx)
@@ -173,7 +175,7 @@ export function createGatewayHandler(
       return
     }
     const forwarded = toForwardRequest(
-      inbound,
+      withForwardedHeaders(inbound, req, scheme, trustForwarded),
       route.name,
       `${stripPathPrefix(inbound.path, config.stripPrefix)}${inbound.query}`,
     )
@@ -252,4 +254,34 @@ export function createGatewayHandler(
       sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to handle the request')
     })
   }
+}
+
+// Headers through which a client could claim another address, scheme or host; dropped unless
+// the listener trusts what is in front of it.
+const clientClaims = ['forwarded', 'x-real-ip'] as const
+
+/**
+ * The inbound request with `X-Forwarded-For` (the client address appended), `X-Forwarded-Proto`
+ * and `X-Forwarded-Host` for the service. Untrusted (the default): the client's own copies of
+ * those, of `Forwarded` and of `X-Real-IP` are discarded and the three are set from the
+ * connection and the validated `Host`, so an app that reads them can believe them. Trusted (a
+ * listener behind a load balancer that sets them): the address is appended to the chain, and
+ * Proto / Host are set only when absent.
+ */
+function withForwardedHeaders(
+  inbound: InboundRequest,
+  req: IncomingMessage,
+  scheme: string,
+  trusted: boolean,
+): InboundRequest {
+  const headers = { ...inbound.headers }
+  const client = req.socket.remoteAddress ?? ''
+  const chain = trusted ? headers['x-forwarded-for'] : undefined
+  const previous = chain === undefined ? '' : typeof chain === 'string' ? chain : chain.join(', ')
+  headers['x-forwarded-for'] = previous.trim() === '' ? client : `${previous}, ${client}`
+  if (!trusted || headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = scheme
+  if (!trusted || headers['x-forwarded-host'] === undefined)
+    headers['x-forwarded-host'] = inbound.host
+  if (!trusted) for (const name of clientClaims) delete headers[name]
+  return { ...inbound, headers }
 }

@@ -19,7 +19,13 @@ import {
   startCountingUpstream,
 } from '../support/counting-upstream.js'
 import { openSocket, sendRaw } from '../support/raw-http.js'
-import { ensureBuilt, freePort, type ProxyProcess, spawnProxy } from './proxy-process.js'
+import {
+  ensureBuilt,
+  freePort,
+  type ProxyProcess,
+  runProxyCli,
+  spawnProxy,
+} from './proxy-process.js'
 
 const adminToken = 'attack-admin-token-7d1e4c0b9a2f'
 const legacyToken = 'attack-legacy-bearer-51c2e8f0'
@@ -37,6 +43,7 @@ let proxy: ProxyProcess
 let out: number
 let gw: number
 let admin: number
+let trusted: number
 
 // The legacy upstream answers `/public/hop` with connection-specific headers the proxy must
 // drop, and everything else with the counting upstream's echo.
@@ -91,6 +98,12 @@ listeners:
         idempotency: { methods: [POST] }
       - { name: api, match: { prefix: /api }, stripPrefix: /api, targets: [{ service: modern }] }
       - { name: public, match: { prefix: /public }, targets: [{ service: legacy }] }
+  - name: behind-balancer
+    role: gateway
+    port: ${trusted}
+    trustForwardedHeaders: true
+    routes:
+      - { name: trusted-public, match: { prefix: /public }, targets: [{ service: legacy }] }
 admin: { port: ${admin}, token: { file: ${adminTokenFile} } }
 idempotency: { url: "sqlite:${join(dir, 'idempotency.db')}" }
 drainTimeoutMs: 2000
@@ -106,6 +119,7 @@ beforeAll(async () => {
   out = await freePort()
   gw = await freePort()
   admin = await freePort()
+  trusted = await freePort()
   writeFileSync(adminTokenFile, `${adminToken}\n`)
   writeFileSync(modernKeyFile, `${modernKey}\n`)
   const file = join(dir, 'attack.yaml')
@@ -581,6 +595,69 @@ describe('hop-by-hop headers are stripped both ways', () => {
       expect(response.headers['keep-alive'] ?? '').not.toContain('timeout=5')
       expect(response.headers.connection ?? 'keep-alive').not.toContain('x-secret')
     }
+  })
+})
+
+describe('X-Forwarded-For, -Proto and -Host on what the gateway forwards', () => {
+  const spoofed = (port: number): string =>
+    `GET /public/xff HTTP/1.1\r\nHost: app.example:${port}\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nForwarded: for=6.6.6.6;proto=https\r\nX-Real-IP: 6.6.6.6\r\n\r\n`
+
+  it('replaces client-sent copies by default: the app sees the real client, scheme and Host', async () => {
+    expect((await raw(gw, spoofed(gw))).status).toBe(200)
+    const headers = legacy.requests.at(-1)?.headers ?? {}
+    expect(headers['x-forwarded-for']).toBe('127.0.0.1')
+    expect(headers['x-forwarded-proto']).toBe('http')
+    expect(headers['x-forwarded-host']).toBe(`app.example:${gw}`)
+    expect(headers.forwarded).toBeUndefined()
+    expect(headers['x-real-ip']).toBeUndefined()
+
+    const plain = await raw(gw, `GET /public/xff2 HTTP/1.1\r\nHost: 127.0.0.1:${gw}\r\n\r\n`)
+    expect(plain.status).toBe(200)
+    expect(legacy.requests.at(-1)?.headers['x-forwarded-for']).toBe('127.0.0.1')
+    expect(legacy.requests.at(-1)?.headers['x-forwarded-host']).toBe(`127.0.0.1:${gw}`)
+  })
+
+  it('appends the client to trusted copies on a listener with trustForwardedHeaders', async () => {
+    expect((await raw(trusted, spoofed(trusted))).status).toBe(200)
+    const headers = legacy.requests.at(-1)?.headers ?? {}
+    expect(headers['x-forwarded-for']).toBe('6.6.6.6, 7.7.7.7, 127.0.0.1')
+    expect(headers['x-forwarded-proto']).toBe('https')
+    expect(headers['x-forwarded-host']).toBe('evil.example')
+    expect(headers.forwarded).toBe('for=6.6.6.6;proto=https')
+
+    expect((await raw(trusted, `GET /public/t HTTP/1.1\r\nHost: a.example\r\n\r\n`)).status).toBe(
+      200,
+    )
+    const fresh = legacy.requests.at(-1)?.headers ?? {}
+    expect(fresh['x-forwarded-for']).toBe('127.0.0.1')
+    expect(fresh['x-forwarded-proto']).toBe('http')
+    expect(fresh['x-forwarded-host']).toBe('a.example')
+  })
+
+  it('trustForwardedHeaders is refused on an ambassador by --check', async () => {
+    const file = join(dir, 'ambassador-trust.yaml')
+    writeFileSync(
+      file,
+      yaml().replace(
+        'services: [legacy, modern], limits:',
+        'services: [legacy, modern], trustForwardedHeaders: false, limits:',
+      ),
+    )
+    const checked = await runProxyCli(['proxy', '--config', file, '--check'])
+    expect(checked.code).toBe(1)
+    expect(checked.stderr).toContain(
+      'listeners[0].trustForwardedHeaders: expected no trustForwardedHeaders on an ambassador',
+    )
+  })
+
+  it('the ambassador adds none (the app is the client; its calls leave as it made them)', async () => {
+    expect(
+      (await raw(out, `GET /legacy/x HTTP/1.1\r\nHost: 127.0.0.1:${out}\r\n\r\n`)).status,
+    ).toBe(200)
+    const headers = legacy.requests.at(-1)?.headers ?? {}
+    expect(headers['x-forwarded-for']).toBeUndefined()
+    expect(headers['x-forwarded-proto']).toBeUndefined()
+    expect(headers['x-forwarded-host']).toBeUndefined()
   })
 })
 

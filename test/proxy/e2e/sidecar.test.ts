@@ -329,6 +329,11 @@ describe('the sidecar through the process', () => {
       attempts: 1,
     })
     expect(typeof line.durationMs).toBe('number')
+    // What the app was told about the client: TLS terminated here, from 127.0.0.1.
+    const atApp = seen.find((s) => s.url === '/logged/7?secret=q')?.headers ?? {}
+    expect(atApp['x-forwarded-proto']).toBe('https')
+    expect(atApp['x-forwarded-for']).toBe('127.0.0.1')
+    expect(atApp['x-forwarded-host']).toBe(`127.0.0.1:${port}`)
     expect(typeof line.bytesOut).toBe('number')
     expect(proxy.stdout()).not.toContain('cookie-value-9f')
     expect(proxy.stdout()).not.toContain('secret=q')
