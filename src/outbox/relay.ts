@@ -384,6 +384,8 @@ class OutboxRelay implements Relay {
   // Marks committed, and those the loop has passed the after-mark fault point for.
   #marksDone = 0
   #marksReported = 0
+  // The next round, read while the current one is published (see #publishBatch).
+  #ahead: Promise<OutboxRow[]> | undefined
   #published = 0
   #publishFailures = 0
   #deadLettered = 0
@@ -682,19 +684,30 @@ class OutboxRelay implements Relay {
       try {
         await this.#reportMarks()
         if (this.#clock.now() >= this.#nextRebalanceAt) {
-          // Marks are fenced by the lease: finish them before partitions may be released.
+          // Marks are fenced by the lease: finish them before partitions may be released. A
+          // round read ahead may hold rows of partitions that change hands: read again.
+          this.#dropAhead()
           await this.#settleMarks(0)
           await this.#rebalance()
         }
         if (this.#leases.size === 0 || !this.#leaseUsable()) {
+          this.#dropAhead()
           this.#lagMs = 0
           await this.#waker.wait(this.#untilRebalance(), this.#stop.signal)
           continue
         }
-        await this.#fault('before-claim')
-        // stop() asked for before this batch was taken: take none.
-        if (this.#state !== 'running') break
-        const rows = await this.#readBatch()
+        let rows: OutboxRow[]
+        const ahead = this.#ahead
+        this.#ahead = undefined
+        if (ahead !== undefined) {
+          // Read during the last round's publish, which passed before-claim for it.
+          rows = await ahead
+        } else {
+          await this.#fault('before-claim')
+          // stop() asked for before this batch was taken: take none.
+          if (this.#state !== 'running') break
+          rows = await this.#readBatch()
+        }
         await this.#fault('after-claim')
         dbFailures = 0
         if (rows.length > 0) this.#lagMs = Math.max(0, this.#clock.now() - oldest(rows))
@@ -727,7 +740,9 @@ class OutboxRelay implements Relay {
         dbFailures++
       }
     }
-    // Stopping: the rounds in hand are marked before the leases go.
+    // Stopping: a round read ahead is not published; the rounds in hand are marked before the
+    // leases go.
+    this.#dropAhead()
     try {
       await this.#settleMarks(0)
     } catch (error) {
@@ -735,6 +750,11 @@ class OutboxRelay implements Relay {
       // Unmarked rows are published again by whoever holds their partition next.
       this.#emit({ type: 'error', phase: phaseOf(error), error: causeOf(error) })
     }
+  }
+
+  #dropAhead(): void {
+    void this.#ahead?.catch(() => {})
+    this.#ahead = undefined
   }
 
   /** Rows confirmed by the broker and not yet marked (being marked, or waiting to be). */
@@ -802,21 +822,22 @@ class OutboxRelay implements Relay {
   }
 
   // Rows whose mark is under way or queued: a read must not hand them out again.
-  #markPendingIds(): number[] {
-    if (this.#markingRows.length === 0 && this.#toMark.length === 0) return []
-    const ids = this.#markingRows.map((row) => row.id)
+  #markPendingIds(publishing: readonly OutboxRow[]): number[] {
+    if (this.#markingRows.length + this.#toMark.length + publishing.length === 0) return []
+    const ids = publishing.map((row) => row.id)
+    for (const row of this.#markingRows) ids.push(row.id)
     for (const round of this.#toMark) for (const row of round.rows) ids.push(row.id)
     return ids
   }
 
-  async #readBatch(): Promise<OutboxRow[]> {
+  async #readBatch(publishing: readonly OutboxRow[] = []): Promise<OutboxRow[]> {
     try {
       return await this.#db.query<OutboxRow>(this.#sql.readBatch, [
         listParam(this.#db.dialect, this.#leases.partitions),
         this.#clock.now(),
         this.#roundSize,
         listParam(this.#db.dialect, [...this.#suspects.keys()]),
-        listParam(this.#db.dialect, this.#markPendingIds()),
+        listParam(this.#db.dialect, this.#markPendingIds(publishing)),
       ])
     } catch (error) {
       throw new PhaseError('read', error)
@@ -850,6 +871,18 @@ class OutboxRelay implements Relay {
     let attempted = false
     // At most batchSize events confirmed and unmarked at any moment (what a crash republishes).
     await this.#settleMarks(this.#batchSize - rows.length)
+    // A full round suggests more waiting: read the next round while this one is out. It skips
+    // this round's rows; it is used only if this round goes through entirely, since a failure
+    // here must hold back the later events of its aggregate, which the read may hold.
+    if (rows.length === this.#roundSize && this.#state === 'running') {
+      await this.#fault('before-claim')
+      if (this.#state === 'running') {
+        const ahead = this.#readBatch(rows)
+        // Handled when the loop takes it; a crash or stop may leave it behind.
+        ahead.catch(() => {})
+        this.#ahead = ahead
+      }
+    }
     for (const wave of waves) {
       const todo = wave.filter(
         (row) => !blocked.has(row.aggregate_id) && this.#leases.owns(row.partition_no),
@@ -900,6 +933,7 @@ class OutboxRelay implements Relay {
       this.#noteFailure(row.aggregate_id)
       await this.#charge(row, error)
     }
+    if (confirmed.length !== rows.length) this.#dropAhead()
     const progress =
       confirmed.length > 0 || charged.length > 0 || this.#suspects.size > suspectsBefore
     if (!attempted || progress) return undefined
