@@ -772,19 +772,21 @@ class ForwardCall {
     attempt.setDue(core.clock.now() + core.readMs)
     const res = this.res
     const capture = this.captureMax > 0
-    const headers = responseHeaders(raw, capture)
+    let record: Record<string, string | string[]> | undefined
     if (capture) {
-      this.capturedHeaders = headers.record
+      record = {}
+      this.capturedHeaders = record
       this.chunks = []
     }
+    const flat = responseHeaders(raw, record)
     if (res !== undefined) {
       if (res.headersSent || res.destroyed) {
         this.clientGone()
         return false
       }
       try {
-        if (statusText === '') res.writeHead(status, headers.flat)
-        else res.writeHead(status, statusText, headers.flat)
+        if (statusText === '') res.writeHead(status, flat)
+        else res.writeHead(status, statusText, flat)
       } catch (error) {
         this.failAttempt(attempt, error as Error, failReset)
         return false
@@ -1002,12 +1004,13 @@ function isConnectionName(name: Buffer): boolean {
 /**
  * The response headers to send on: undici's raw list (Buffers) without hop-by-hop headers and
  * without the headers the upstream named in `Connection`, as the flat name/value list
- * `writeHead` takes (no header object, no per-header `setHeader`), plus a record when captured.
+ * `writeHead` takes (no header object, no per-header `setHeader`); also fills `record` (lower-case
+ * names) when the response is captured.
  */
 function responseHeaders(
   raw: Buffer[],
-  record: boolean,
-): { flat: string[]; record: Record<string, string | string[]> | undefined } {
+  record: Record<string, string | string[]> | undefined,
+): string[] {
   let named: Set<string> | undefined
   for (let i = 0; i < raw.length; i += 2) {
     if (!isConnectionName(raw[i] as Buffer)) continue
@@ -1019,21 +1022,20 @@ function responseHeaders(
     }
   }
   const flat: string[] = []
-  const out: Record<string, string | string[]> | undefined = record ? {} : undefined
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] as Buffer).toString('latin1')
     const lower = name.toLowerCase()
     if (HOP_BY_HOP_HEADERS.has(lower) || named?.has(lower) === true) continue
     const value = (raw[i + 1] as Buffer).toString('latin1')
     flat.push(name, value)
-    if (out !== undefined) {
-      const existing = out[lower]
-      if (existing === undefined) out[lower] = value
-      else if (typeof existing === 'string') out[lower] = [existing, value]
+    if (record !== undefined) {
+      const existing = record[lower]
+      if (existing === undefined) record[lower] = value
+      else if (typeof existing === 'string') record[lower] = [existing, value]
       else existing.push(value)
     }
   }
-  return { flat, record: out }
+  return flat
 }
 
 function retryAfterOf(raw: Buffer[], clock: Clock): number | undefined {
