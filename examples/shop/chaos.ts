@@ -25,27 +25,29 @@ export interface ChaosStep {
 }
 
 /**
- * The default script: slow payments (timeouts, the bulkhead fills), failing payments with
- * lost replies (retries, idempotency), the relay killed (the outbox holds the events), the
- * inventory service down (its breaker opens, sagas wait and resume), a saga worker killed (the
- * other takes its sagas over), the notifications consumer killed (redelivery, the inbox), the
- * strangler shifted to the new service, shipping resetting connections, and a rollback.
+ * The default script: slow payments (timeouts, the bulkhead fills), a saga worker killed in
+ * the middle of slow charges (the other takes its sagas over), failing payments with lost
+ * replies (retries, idempotency), the relay killed (the outbox holds the events), the
+ * inventory service down (its breaker opens, sagas wait and resume), notifications losing
+ * acknowledgements and then killed (redelivery, the inbox), the strangler shifted to the new
+ * service, shipping resetting connections, and a rollback.
  */
 export const defaultChaos: readonly ChaosStep[] = [
-  { at: 0.08, action: { kind: 'slow', target: 'payments', latencyMs: 800 } },
+  { at: 0.06, action: { kind: 'slow', target: 'payments', latencyMs: 800 } },
+  { at: 0.12, action: { kind: 'down', target: 'saga-worker-1' } },
   { at: 0.18, action: { kind: 'fail', target: 'payments', errorRate: 0.3, lostReplyRate: 0.2 } },
+  { at: 0.22, action: { kind: 'up', target: 'saga-worker-1' } },
   { at: 0.3, action: { kind: 'calm', target: 'payments' } },
   { at: 0.3, action: { kind: 'down', target: 'relay' } },
   { at: 0.37, action: { kind: 'up', target: 'relay' } },
   { at: 0.4, action: { kind: 'down', target: 'inventory' } },
   { at: 0.5, action: { kind: 'up', target: 'inventory' } },
-  { at: 0.53, action: { kind: 'down', target: 'saga-worker-1' } },
-  { at: 0.6, action: { kind: 'weight', percent: 90 } },
-  { at: 0.62, action: { kind: 'up', target: 'saga-worker-1' } },
-  { at: 0.66, action: { kind: 'down', target: 'notifications' } },
-  { at: 0.72, action: { kind: 'up', target: 'notifications' } },
-  { at: 0.75, action: { kind: 'fail', target: 'shipping', resetRate: 0.4 } },
-  { at: 0.85, action: { kind: 'calm', target: 'shipping' } },
+  { at: 0.54, action: { kind: 'fail', target: 'notifications', lostReplyRate: 0.3 } },
+  { at: 0.56, action: { kind: 'weight', percent: 90 } },
+  { at: 0.62, action: { kind: 'down', target: 'notifications' } },
+  { at: 0.68, action: { kind: 'up', target: 'notifications' } },
+  { at: 0.72, action: { kind: 'fail', target: 'shipping', resetRate: 0.4 } },
+  { at: 0.82, action: { kind: 'calm', target: 'shipping' } },
   { at: 0.88, action: { kind: 'rollback' } },
 ]
 
@@ -89,6 +91,38 @@ export function describeAction(action: ChaosAction): string {
       return `strangler: ${action.percent}% of /orders to the new service`
     case 'rollback':
       return 'strangler rollback: every order to legacy'
+  }
+}
+
+/** What to watch after an action: the pattern that answers it. */
+export function watchFor(action: ChaosAction): string {
+  switch (action.kind) {
+    case 'slow':
+      return 'timeouts cut slow calls, the bulkhead caps calls in flight'
+    case 'fail':
+      if (action.target === 'notifications')
+        return 'messages come again; the inbox recognises them and sends no second email'
+      return action.lostReplyRate
+        ? 'retries with jitter; the Idempotency-Key makes a retried charge a replay'
+        : 'retries with jitter within the retry budget; the breaker opens if it keeps failing'
+    case 'calm':
+      return 'a half-open breaker lets a probe through and closes'
+    case 'down':
+      if (action.target === 'relay')
+        return 'the outbox holds the events: lag grows, nothing is lost'
+      if (action.target.startsWith('saga-worker'))
+        return 'the other worker takes its sagas over after the lease'
+      if (action.target === 'notifications')
+        return 'the broker redelivers; the inbox sends each email once'
+      return 'its breaker opens: callers fail fast; sagas retry later, then resume'
+    case 'up':
+      return action.target === 'relay'
+        ? 'the new relay publishes the backlog'
+        : 'traffic flows again'
+    case 'weight':
+      return 'sticky per customer: a customer stays on one side'
+    case 'rollback':
+      return 'immediate; requests in flight finish where they started'
   }
 }
 

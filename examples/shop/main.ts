@@ -9,11 +9,12 @@ import {
   calmEverything,
   chaosScripts,
   describeAction,
+  watchFor,
 } from './chaos.js'
 import { type Dashboard, startDashboard } from './dashboard.js'
 import { type Invariant, judge, quiescent, type ShopFigures } from './invariants.js'
 import { type Load, startLoad } from './load.js'
-import { type Monitor, startMonitor } from './monitor.js'
+import { type Monitor, type PatternCounters, startMonitor } from './monitor.js'
 import { type Shop, startShop } from './system.js'
 
 /** Options of {@link runShopDemo}. */
@@ -58,6 +59,7 @@ export interface ShopDemoResult {
   readonly shadow: { readonly compared: number; readonly mismatches: number } | undefined
   readonly breakerTransitions: number
   readonly restarts: number
+  readonly patterns: PatternCounters
 }
 
 function table(rows: readonly (readonly string[])[]): string[] {
@@ -114,9 +116,8 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
     await monitor.refresh()
     const activeMonitor = monitor
     const chaos = async (action: ChaosAction): Promise<void> => {
-      live(
-        `[${((Date.now() - startedAt) / 1000).toFixed(1).padStart(5)}s] chaos: ${describeAction(action)}`,
-      )
+      const at = ((Date.now() - startedAt) / 1000).toFixed(1).padStart(5)
+      live(`[${at}s] chaos: ${describeAction(action)} (watch: ${watchFor(action)})`)
       await applyChaos({ shop: running, setNewShare }, action)
       await activeMonitor.refresh()
     }
@@ -182,6 +183,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
           : { compared: shadow.compared, mismatches: shadow.mismatches },
       breakerTransitions: snapshot.transitions.length,
       restarts: snapshot.processes.reduce((sum, p) => sum + p.restarts, 0),
+      patterns: snapshot.patterns,
     }
     printSummary(result, (Date.now() - startedAt) / 1000, write)
     if (options.json !== undefined) writeFileSync(options.json, JSON.stringify(result, null, 2))
@@ -220,13 +222,23 @@ function printSummary(r: ShopDemoResult, seconds: number, write: (line: string) 
     ['emails sent', String(f.emails.sent)],
     ['outbox events committed / delivered', `${f.events.committed} / ${f.events.delivered}`],
     ['load: sent / accepted / failed', `${r.load.sent} / ${r.load.accepted} / ${r.load.failed}`],
-    ['breaker transitions seen', String(r.breakerTransitions)],
-    ['process restarts (chaos)', String(r.restarts)],
-    [
-      'shadow compared / mismatches',
-      r.shadow ? `${r.shadow.compared} / ${r.shadow.mismatches}` : 'proxy not running',
-    ],
+    ['processes killed and restarted (chaos)', String(r.restarts)],
     ['settled before the deadline', r.quiescent ? 'yes' : 'NO'],
+  ]))
+    write(line)
+  write('')
+  const p = r.patterns
+  const shadow = r.shadow ? `${r.shadow.compared} / ${r.shadow.mismatches}` : 'proxy not running'
+  for (const line of table([
+    ['what the patterns did', ''],
+    ['retries (full jitter, within the retry budget)', String(p.retries)],
+    ['  of them payments calls, same Idempotency-Key', String(p.paymentRetries)],
+    ['circuit breakers opened', `${p.breakerOpenings} (${r.breakerTransitions} transitions)`],
+    ['sagas compensated (refund, release, cancel)', String(f.sagas.compensated ?? 0)],
+    ['sagas taken over from a killed worker', String(p.sagaTakeovers)],
+    ['outbox events published by the relay', String(p.eventsPublished)],
+    ['redeliveries skipped by the inbox', String(p.redeliveriesAbsorbed)],
+    ['strangler shadow: compared / mismatches', shadow],
   ]))
     write(line)
   write('')

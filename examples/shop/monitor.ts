@@ -65,6 +65,8 @@ export interface Snapshot {
   }
   readonly figures: ShopFigures | undefined
   readonly invariants: readonly Invariant[]
+  /** What each pattern did so far (counters kept across process restarts). */
+  readonly patterns: PatternCounters
   readonly recentSagas: readonly {
     readonly id: string
     readonly status: string
@@ -72,6 +74,22 @@ export interface Snapshot {
     readonly reason: string | undefined
   }[]
   readonly log: readonly string[]
+}
+
+/** What the patterns did, summed over the processes (and over their restarts). */
+export interface PatternCounters {
+  /** Retries of outbound calls (by the proxy, or by the in-process clients). */
+  readonly retries: number
+  /** Of them, calls to payments: each sent again with the same Idempotency-Key. */
+  readonly paymentRetries: number
+  /** Times a breaker opened. */
+  readonly breakerOpenings: number
+  /** Saga instances a worker took over from a dead one (its lease expired). */
+  readonly sagaTakeovers: number
+  /** Events the relay published (again, after a kill, for the unmarked ones). */
+  readonly eventsPublished: number
+  /** Messages the notifications inbox recognised as redeliveries and skipped. */
+  readonly redeliveriesAbsorbed: number
 }
 
 interface AdminState {
@@ -126,12 +144,25 @@ export function startMonitor(options: MonitorOptions): Monitor {
     options.line(stamped)
   }
   const seenTransitions = new Set<string>()
+  let transitionsToOpen = 0
   const lastUp = new Map<string, boolean>()
   const seenSagas = new Map<string, string>()
   const proxyBreakers = new Map<string, string>()
   const proxyTransitions: (BreakerTransition & { owner: string })[] = []
   let current: Snapshot | undefined
   let figures: ShopFigures | undefined
+  // A restarted process starts its counters at zero: keep what its predecessors counted.
+  const counters = new Map<string, { pid: number; last: number; base: number }>()
+  const cumulative = (key: string, pid: number, value: number): number => {
+    const c = counters.get(key) ?? { pid, last: 0, base: 0 }
+    if (c.pid !== pid) {
+      c.base += c.last
+      c.pid = pid
+    }
+    c.last = value
+    counters.set(key, c)
+    return c.base + c.last
+  }
 
   const poll = async (): Promise<Snapshot> => {
     const states = new Map<string, AdminState>()
@@ -205,6 +236,7 @@ export function startMonitor(options: MonitorOptions): Monitor {
         const key = `${owner}:${t.downstream}:${t.at}:${t.to}`
         if (!seenTransitions.has(key)) {
           seenTransitions.add(key)
+          if (t.to === 'open') transitionsToOpen++
           line(`breaker ${owner} -> ${t.downstream}: ${t.from} -> ${t.to}`)
         }
       }
@@ -222,6 +254,7 @@ export function startMonitor(options: MonitorOptions): Monitor {
           to: b.state as BreakerTransition['to'],
         })
         if (proxyTransitions.length > 30) proxyTransitions.shift()
+        if (b.state === 'open') transitionsToOpen++
         line(`breaker proxy -> ${b.downstream}: ${before} -> ${b.state}`)
       }
       proxyBreakers.set(b.downstream, b.state)
@@ -250,6 +283,40 @@ export function startMonitor(options: MonitorOptions): Monitor {
       }
     } catch {
       // SQLite busy for a moment: next round.
+    }
+
+    for (const [name, s] of states) {
+      if (s.details?.worker) cumulative(`${name}:recovered`, s.pid, s.details.worker.recovered ?? 0)
+      for (const [downstream, d] of Object.entries(s.details?.outbound?.downstreams ?? {}))
+        cumulative(`${name}:${downstream}:retries`, s.pid, d.retries)
+      if (name === 'relay') cumulative('relay:published', s.pid, Number(s.details?.published ?? 0))
+      if (name === 'notifications')
+        cumulative(
+          'notifications:redeliveries',
+          s.pid,
+          Number(s.details?.redeliveriesAbsorbed ?? 0),
+        )
+    }
+    // Summed over every process that ever reported, also the ones down right now.
+    const total = (suffix: string): number => {
+      let sum = 0
+      for (const [key, c] of counters) if (key.endsWith(suffix)) sum += c.base + c.last
+      return sum
+    }
+    const patterns: PatternCounters = {
+      retries:
+        total(':retries') +
+        breakers.reduce((sum, b) => sum + (b.owner === 'proxy' ? b.retries : 0), 0),
+      paymentRetries:
+        total(':payments:retries') +
+        breakers.reduce(
+          (sum, b) => sum + (b.owner === 'proxy' && b.downstream === 'payments' ? b.retries : 0),
+          0,
+        ),
+      breakerOpenings: transitionsToOpen,
+      sagaTakeovers: total(':recovered'),
+      eventsPublished: total('relay:published'),
+      redeliveriesAbsorbed: total('notifications:redeliveries'),
     }
 
     const load = options.load()
@@ -281,6 +348,7 @@ export function startMonitor(options: MonitorOptions): Monitor {
       },
       figures,
       invariants: figures === undefined ? [] : judge(figures, false, accepted),
+      patterns,
       recentSagas,
       log: [...log],
     }

@@ -81,15 +81,24 @@ export interface Shop {
   close(): Promise<void>
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+// Ports for the services, below Linux's ephemeral range (32768-60999): the ports the kernel hands
+// out for outgoing connections and `listen(0)` never land there, so a port that is free now
+// stays free while a service is down and comes back on it (chaos restarts).
+const portRange = { from: 20_000, to: 32_000 }
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0))
-    })
+    server.once('error', () => resolve(false))
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
   })
+}
+
+async function freePort(taken: ReadonlySet<number>): Promise<number> {
+  for (;;) {
+    const port = portRange.from + Math.floor(Math.random() * (portRange.to - portRange.from))
+    if (!taken.has(port) && (await canListen(port))) return port
+  }
 }
 
 const servicesDir = fileURLToPath(new URL('./services/', import.meta.url))
@@ -115,7 +124,7 @@ export async function startShop(options: ShopOptions): Promise<Shop> {
   }
 
   const ports = new Map<ProcessName, number>()
-  for (const spec of processSpecs) ports.set(spec.name, await freePort())
+  for (const spec of processSpecs) ports.set(spec.name, await freePort(new Set(ports.values())))
   const peers: Record<string, string> = {}
   for (const spec of processSpecs)
     if (spec.kind === 'service') peers[spec.name] = `http://127.0.0.1:${ports.get(spec.name)}`

@@ -17,13 +17,22 @@ export interface ChaosSettings {
   /**
    * Share of requests handled (the work is done and committed) whose reply is then lost: the
    * connection is reset instead. The caller cannot tell this from a failure and retries, which
-   * is exactly what idempotency keys are for.
+   * is exactly what idempotency keys are for. For a consumer, the share of messages handled
+   * whose acknowledgement is lost: the broker delivers them again.
    */
   readonly lostReplyRate: number
 }
 
 /** No chaos. */
 export const calm: ChaosSettings = { latencyMs: 0, errorRate: 0, resetRate: 0, lostReplyRate: 0 }
+
+// The chaos of this process, also for its non-HTTP work (a consumer losing its acks).
+let currentSettings: ChaosSettings = calm
+
+/** The chaos this process is under right now. */
+export function currentChaos(): ChaosSettings {
+  return currentSettings
+}
 
 /** A service's request handler. */
 export type Handler = (req: IncomingMessage, res: ServerResponse) => Promise<void> | void
@@ -101,6 +110,7 @@ export async function hostService(options: HostOptions): Promise<Server> {
   const admin = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     if (req.url === '/_admin/chaos' && req.method === 'POST') {
       chaos = { ...calm, ...((await readJson(req)) as Partial<ChaosSettings>) }
+      currentSettings = chaos
       sendJson(res, 200, chaos)
     } else if (req.url === '/_admin/state') {
       sendJson(res, 200, {

@@ -5,10 +5,10 @@
 // so a redelivery sends nothing.
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from 'breakwater/brokers'
-import { EVENT_TYPE_HEADER, inboxHandler } from 'breakwater/outbox'
+import { createInbox, EVENT_TYPE_HEADER } from 'breakwater/outbox'
 import type { SqlExecutor } from 'breakwater/stores'
 import { readShopEnv } from '../lib/env.js'
-import { hostService, sendJson } from '../lib/host.js'
+import { currentChaos, hostService, sendJson } from '../lib/host.js'
 import { openServiceDb, openShopBroker } from '../lib/infra.js'
 import { router } from '../lib/routes.js'
 
@@ -31,11 +31,19 @@ async function sendEmail(tx: SqlExecutor, message: IncomingMessage): Promise<voi
   emailsSent++
 }
 
-await broker.subscriber.subscribe(
-  env.topic,
-  'notifications',
-  inboxHandler(db, 'notifications', (tx, message) => sendEmail(tx, message)),
-)
+// inboxHandler(db, 'notifications', sendEmail) does the same in one line; spelled out here to
+// count the redeliveries the inbox absorbed, for the dashboard.
+const inbox = createInbox({ consumer: 'notifications' })
+let redeliveriesAbsorbed = 0
+await broker.subscriber.subscribe(env.topic, 'notifications', async (message) => {
+  await db.transaction(async (tx) => {
+    const result = await inbox.handle(tx, message, () => sendEmail(tx, message))
+    if (result.duplicate) redeliveriesAbsorbed++
+  })
+  // Chaos: the email is sent and recorded, but the acknowledgement never reaches the broker
+  // (a crash right after the commit looks the same). The broker delivers the message again.
+  if (Math.random() < currentChaos().lostReplyRate) throw new Error('acknowledgement lost (chaos)')
+})
 
 const handler = router({
   'GET /emails/:orderId': async (_req, res, { orderId }) => {
@@ -51,7 +59,7 @@ await hostService({
   name: env.name,
   port: env.port,
   handler,
-  state: () => ({ emailsSent }),
+  state: () => ({ emailsSent, redeliveriesAbsorbed }),
   close: async () => {
     await closeBroker()
     await db.close()
