@@ -232,11 +232,15 @@ export class AppendBatcher {
 
 /**
  * Whether a failed statement certainly wrote nothing: PostgreSQL answered it with an error
- * (severity ERROR, so the statement's own transaction rolled back). A lost connection, or a
- * FATAL error, leaves the outcome unknown.
+ * response (a SQLSTATE and a severity, which Node's own socket errors lack), so the statement's
+ * autocommit transaction rolled back. Connection exceptions (class 08), shutdowns (57P0x) and
+ * internal errors (class XX) are treated as unknown outcomes, like a lost connection.
  */
 function rolledBack(error: unknown): boolean {
   if (typeof error !== 'object' || error === null) return false
   const { code, severity } = error as { code?: unknown; severity?: unknown }
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && severity === 'ERROR'
+  if (typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code) || typeof severity !== 'string') {
+    return false
+  }
+  return !code.startsWith('08') && !code.startsWith('57P0') && !code.startsWith('XX')
 }

@@ -126,6 +126,51 @@ describe('group commit on PostgreSQL', () => {
     expect((await store.streamInfo('bad-3')).version).toBe(0)
   })
 
+  it('a batch whose connection is lost fails every append of it, none retried (the outcome is unknown)', async () => {
+    const store = createEventStore(t.db)
+    await store.append('term-0', [{ type: 'a', data: 0 }])
+    let release!: () => void
+    const released = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let locked!: () => void
+    const isLocked = new Promise<void>((resolve) => {
+      locked = resolve
+    })
+    // Another connection holds the stream row, so the batch below waits inside its statement.
+    const holder = other.transaction(async (tx) => {
+      await tx.query("SELECT 1 FROM breakwater_streams WHERE stream_id = 'term-0' FOR UPDATE")
+      locked()
+      await released
+    })
+    await isLocked
+    const busy = store.append('term-busy', [{ type: 'a', data: 0 }])
+    const batch = [
+      store.append('term-0', [{ type: 'a', data: 1, id: 'term-lost-0' }]),
+      store.append('term-1', [{ type: 'a', data: 1, id: 'term-lost-1' }]),
+    ]
+    await busy
+    let pid: number | undefined
+    for (let i = 0; i < 500 && pid === undefined; i++) {
+      const rows = await other.query<{ pid: number }>(
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE '%breakwater_append_batch%' AND wait_event_type = 'Lock'",
+      )
+      pid = rows[0]?.pid
+    }
+    expect(pid).toBeDefined()
+    await other.query('SELECT pg_terminate_backend($1)', [pid])
+    const settled = await Promise.allSettled(batch)
+    release()
+    await holder
+    expect(settled.map((s) => s.status)).toEqual(['rejected', 'rejected'])
+    const written = await t.db.query(
+      "SELECT event_id FROM breakwater_events WHERE event_id LIKE 'term-lost-%'",
+    )
+    expect(written).toEqual([])
+    // The batcher goes on with a fresh connection.
+    expect((await store.append('term-1', [{ type: 'a', data: 2 }])).version).toBe(1)
+  })
+
   it('property: contenders at one expected version, any interleaving, two processes: one winner per stream, exact conflicts, no event lost', async () => {
     const stores: EventStore[] = [createEventStore(t.db), createEventStore(other)]
     const contenderArb = fc.record({
