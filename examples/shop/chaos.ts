@@ -68,6 +68,49 @@ export const chaosScripts: Readonly<Record<string, readonly ChaosStep[]>> = {
   none: [],
 }
 
+/** The commands the demo reads from its terminal, for `help`. */
+export const chaosCommandHelp =
+  'chaos commands: slow <process> [ms] | fail <process> [rate] | resets <process> [rate] | ' +
+  'lose <process> [rate] | down <process> | up <process> | calm <process> | weight <percent> | rollback'
+
+/**
+ * Parses a chaos command typed in the demo's terminal (`down payments`, `weight 90`); a string
+ * is the message for a bad one.
+ */
+export function parseChaosCommand(
+  line: string,
+  processes: readonly ProcessName[],
+): ChaosAction | string {
+  const [verb, arg, value] = line.trim().split(/\s+/)
+  if (verb === 'rollback') return { kind: 'rollback' }
+  if (verb === 'weight') {
+    const percent = Number(arg)
+    if (!Number.isInteger(percent) || percent < 0 || percent > 100)
+      return 'weight needs a percent from 0 to 100'
+    return { kind: 'weight', percent }
+  }
+  const target = processes.find((p) => p === arg)
+  if (target === undefined) return `unknown process "${arg ?? ''}" (${processes.join(', ')})`
+  const rate = value === undefined ? 0.5 : Number(value)
+  if (!(rate >= 0 && rate <= 1)) return 'the rate is a share from 0 to 1'
+  switch (verb) {
+    case 'slow':
+      return { kind: 'slow', target, latencyMs: value === undefined ? 800 : Number(value) || 800 }
+    case 'fail':
+      return { kind: 'fail', target, errorRate: rate }
+    case 'resets':
+      return { kind: 'fail', target, resetRate: rate }
+    case 'lose':
+      return { kind: 'fail', target, lostReplyRate: rate }
+    case 'down':
+    case 'up':
+    case 'calm':
+      return { kind: verb, target }
+    default:
+      return chaosCommandHelp
+  }
+}
+
 /** A one-line description of an action, for the live lines. */
 export function describeAction(action: ChaosAction): string {
   switch (action.kind) {

@@ -2,13 +2,16 @@
 // script, then stops the load, lets the system go quiet and judges the invariants from the
 // databases. Exported for the CLI (src/cli/demo.ts) and the tests.
 import { writeFileSync } from 'node:fs'
+import { createInterface, type Interface } from 'node:readline'
 import { sleep, systemClock } from 'breakwater'
 import {
   applyChaos,
   type ChaosAction,
   calmEverything,
+  chaosCommandHelp,
   chaosScripts,
   describeAction,
+  parseChaosCommand,
   watchFor,
 } from './chaos.js'
 import { type Dashboard, startDashboard } from './dashboard.js'
@@ -80,6 +83,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
   let monitor: Monitor | undefined
   let dashboard: Dashboard | undefined
   let load: Load | undefined
+  let closeTerminal: () => void = () => {}
   const stopSignal = new AbortController()
   const onSignal = (): void => stopSignal.abort()
   process.once('SIGINT', onSignal)
@@ -127,6 +131,23 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
         options.durationS > 0 ? `${options.durationS} s of load` : 'Ctrl-C to stop'
       }, ${options.rate} orders/s, chaos: ${options.chaos})`,
     )
+
+    // Chaos by hand: commands typed in the terminal (`down payments`, `weight 90`).
+    let terminal: Interface | undefined
+    if (process.stdin.isTTY) {
+      terminal = createInterface({ input: process.stdin })
+      write(
+        `  type a chaos command and Enter (${chaosCommandHelp.replace('chaos commands: ', '')})`,
+      )
+      const names = [...running.processes.keys()]
+      terminal.on('line', (text) => {
+        if (text.trim() === '') return
+        const action = parseChaosCommand(text, names)
+        if (typeof action === 'string') write(`  ${action}`)
+        else void chaos(action).catch((error: unknown) => write(`  chaos failed: ${String(error)}`))
+      })
+    }
+    closeTerminal = () => terminal?.close()
 
     load = startLoad({
       rate: options.rate,
@@ -189,6 +210,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
     if (options.json !== undefined) writeFileSync(options.json, JSON.stringify(result, null, 2))
     return result
   } finally {
+    closeTerminal()
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
     await load?.stop().catch(() => {})
