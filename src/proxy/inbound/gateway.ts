@@ -175,7 +175,13 @@ export function createGatewayHandler(
       return
     }
     const forwarded = toForwardRequest(
-      withForwardedHeaders(inbound, req, scheme, trustForwarded),
+      withForwardedHeaders(
+        inbound,
+        req,
+        scheme,
+        trustForwarded,
+        config.match.methods !== undefined,
+      ),
       route.name,
       `${stripPathPrefix(inbound.path, config.stripPrefix)}${inbound.query}`,
     )
@@ -259,6 +265,9 @@ export function createGatewayHandler(
 // Headers through which a client could claim another address, scheme or host; dropped unless
 // the listener trusts what is in front of it.
 const clientClaims = ['forwarded', 'x-real-ip'] as const
+// Headers through which frameworks (Express method-override, Rails, Spring's filter, ...) let a
+// request stand for another method: on a route chosen by method they would undo the choice.
+const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-override'] as const
 
 /**
  * The inbound request with `X-Forwarded-For` (the client address appended), `X-Forwarded-Proto`
@@ -266,13 +275,15 @@ const clientClaims = ['forwarded', 'x-real-ip'] as const
  * those, of `Forwarded` and of `X-Real-IP` are discarded and the three are set from the
  * connection and the validated `Host`, so an app that reads them can believe them. Trusted (a
  * listener behind a load balancer that sets them): the address is appended to the chain, and
- * Proto / Host are set only when absent.
+ * Proto / Host are set only when absent. On a route that matches on methods, method-override
+ * headers are dropped, so the app runs the method the route admitted.
  */
 function withForwardedHeaders(
   inbound: InboundRequest,
   req: IncomingMessage,
   scheme: string,
   trusted: boolean,
+  methodRoute: boolean,
 ): InboundRequest {
   const headers = { ...inbound.headers }
   const client = req.socket.remoteAddress ?? ''
@@ -283,5 +294,6 @@ function withForwardedHeaders(
   if (!trusted || headers['x-forwarded-host'] === undefined)
     headers['x-forwarded-host'] = inbound.host
   if (!trusted) for (const name of clientClaims) delete headers[name]
+  if (methodRoute) for (const name of methodOverrides) delete headers[name]
   return { ...inbound, headers }
 }

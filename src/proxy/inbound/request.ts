@@ -13,6 +13,8 @@
 //   only when its authority equals the `Host` header (default ports made explicit, host names
 //   compared case-insensitively) and the scheme is http or https; anything else, including
 //   `*` (server-wide OPTIONS) and authority-form: 400. The path goes through normalizePath.
+// - `TRACE` and `TRACK`: 405. A server answering TRACE echoes the request it received, and that
+//   request carries the credentials the proxy injected for the service.
 // - Any `Upgrade` header (`h2c`, `websocket`, ...): 400. The proxy does not tunnel upgraded
 //   connections, and passing the header through would let a client talk h2c to an upstream
 //   behind the proxy's back. CONNECT never gets here: the listener answers it 405.
@@ -67,7 +69,8 @@ export interface InboundRequest {
  * The `code` values of the problems this module answers (each documented in docs/errors.md):
  * 400 `REQUEST_INVALID` (HTTP/0.9, target form, query characters), `REQUEST_HOST_INVALID`,
  * `REQUEST_PATH_INVALID`, `REQUEST_UPGRADE_REFUSED`, `REQUEST_BODY_INCOMPLETE`; 431
- * `REQUEST_HEADERS_TOO_MANY`; 413 `REQUEST_BODY_TOO_LARGE`.
+ * `REQUEST_HEADERS_TOO_MANY`; 413 `REQUEST_BODY_TOO_LARGE`; 405 `REQUEST_METHOD_NOT_ALLOWED`
+ * (TRACE, TRACK).
  */
 export type InboundProblemCode =
   | 'REQUEST_INVALID'
@@ -77,6 +80,7 @@ export type InboundProblemCode =
   | 'REQUEST_HEADERS_TOO_MANY'
   | 'REQUEST_BODY_TOO_LARGE'
   | 'REQUEST_BODY_INCOMPLETE'
+  | 'REQUEST_METHOD_NOT_ALLOWED'
 
 // Per request bookkeeping the access log needs but the public shape does not carry.
 interface Bookkeeping {
@@ -199,6 +203,7 @@ export function readInboundRequest(
 // What validateHead found wrong, mapped to the answer.
 const refusals = {
   http09: [400, 'REQUEST_INVALID', 'HTTP/0.9 is not supported'],
+  trace: [405, 'REQUEST_METHOD_NOT_ALLOWED', 'TRACE and TRACK are not forwarded'],
   headerCount: [431, 'REQUEST_HEADERS_TOO_MANY', 'more header fields than the listener allows'],
   upgrade: [400, 'REQUEST_UPGRADE_REFUSED', 'the proxy does not tunnel upgraded connections'],
   hostRepeated: [400, 'REQUEST_HOST_INVALID', 'more than one Host'],
@@ -233,6 +238,8 @@ function validateHead(
 ): Head | Refusal {
   const startedAt = ctx.clock.now()
   if (req.httpVersionMajor < 1) return refusals.http09
+  const method = req.method
+  if (method === 'TRACE' || method === 'TRACK') return refusals.trace
   const raw = req.rawHeaders
   if (raw.length / 2 > listener.limits.maxHeaders) return refusals.headerCount
 

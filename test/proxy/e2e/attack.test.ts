@@ -531,6 +531,42 @@ describe('the hardening list, as raw bytes through the process', () => {
     expect(seenAnywhere()).toHaveLength(0)
   })
 
+  it('refuses TRACE and TRACK, which would echo the credentials the proxy injects', async () => {
+    for (const [port, target] of [
+      [out, '/legacy/x'],
+      [gw, '/public/x'],
+    ] as const) {
+      const response = await raw(
+        port,
+        `TRACE ${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`,
+      )
+      expect(response.status, `TRACE on ${port}: ${response.statusLine}`).toBe(405)
+      expect(response.body).not.toContain(legacyToken)
+      expect(JSON.parse(response.body).code).toBe('REQUEST_METHOD_NOT_ALLOWED')
+      // Node's parser does not know TRACK at all.
+      const track = await raw(port, `TRACK ${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
+      expect([400, 405]).toContain(track.status)
+    }
+    expect(seenAnywhere()).toHaveLength(0)
+  })
+
+  it('a route that matches on methods does not pass method-override headers', async () => {
+    const overrides =
+      'X-HTTP-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\nX-Method-Override: DELETE\r\n'
+    expect(
+      (await raw(gw, `GET /pay/1 HTTP/1.1\r\nHost: 127.0.0.1:${gw}\r\n${overrides}\r\n`)).status,
+    ).toBe(200)
+    const seen = legacy.requests.at(-1)?.headers ?? {}
+    expect(seen['x-http-method-override']).toBeUndefined()
+    expect(seen['x-http-method']).toBeUndefined()
+    expect(seen['x-method-override']).toBeUndefined()
+    // A route with no method condition leaves them to the app.
+    expect(
+      (await raw(gw, `GET /public/1 HTTP/1.1\r\nHost: 127.0.0.1:${gw}\r\n${overrides}\r\n`)).status,
+    ).toBe(200)
+    expect(legacy.requests.at(-1)?.headers['x-http-method-override']).toBe('DELETE')
+  })
+
   it('caps open connections (maxConnections: 8)', async () => {
     const sockets = await Promise.all(Array.from({ length: 8 }, () => openSocket(out)))
     try {
