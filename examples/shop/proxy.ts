@@ -68,7 +68,7 @@ function demoLogger(log: (line: string) => void): NonNullable<StartProxyOptions[
   return logger
 }
 
-/** The YAML the demo runs the proxy with (also printed by `breakwater demo --print-proxy-config`). */
+/** The YAML the demo runs the proxy with: a config like any `breakwater proxy --config` file. */
 export function proxyConfigYaml(peers: Readonly<Record<string, string>>, newShare: number): string {
   const policies = `
     timeouts: { connectMs: 500, readMs: 1500, overallMs: 4000 }
