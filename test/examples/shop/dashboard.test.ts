@@ -66,6 +66,15 @@ describe('the shop dashboard in Chromium', () => {
       .poll(() => page.locator('[data-invariant="duplicate charges"]').getAttribute('data-ok'))
       .toBe('true')
 
+    // Any saga's timeline, read from the saga tables: its steps in order.
+    const saga = page.locator('[data-saga-status="completed"]').first()
+    const sagaId = await saga.getAttribute('data-saga')
+    await saga.click()
+    await expect.poll(() => page.locator('#timeline').textContent()).toContain(String(sagaId))
+    await expect
+      .poll(() => page.locator('#timeline').textContent())
+      .toMatch(/accept[\s\S]*reserve[\s\S]*charge[\s\S]*ship/)
+
     // The proxy's breaker in front of payments, closed while payments answers.
     const breaker = page.locator('[data-breaker="proxy:payments"]')
     await expect.poll(() => breaker.getAttribute('data-state'), { timeout: 10_000 }).toBe('closed')
