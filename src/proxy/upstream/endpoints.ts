@@ -132,6 +132,8 @@ export class EndpointSet {
       if (seen.has(old.url)) continue
       this.#byUrl.delete(old.url)
       this.#clearTimer(old)
+      // Attempts still running on it report to an endpoint that is in no list any more.
+      old.healthyIndex = -1
       this.#options.retire(old)
     }
     this.#all = next

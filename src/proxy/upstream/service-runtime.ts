@@ -728,6 +728,12 @@ class ForwardCall {
 
   dispatch(): void {
     const core = this.core
+    const now = core.clock.now()
+    // A retry timer (or a slot) that came too late: no attempt without time left.
+    if (now >= this.deadlineAt) {
+      this.fail('DEADLINE_EXCEEDED')
+      return
+    }
     const endpoint = core.endpoints.pick(this.lastEndpoint)
     if (endpoint === undefined) {
       this.fail('UPSTREAM_NO_ENDPOINTS')
@@ -738,7 +744,6 @@ class ForwardCall {
       this.fail(core.breaker.state === 'isolated' ? 'ISOLATED_CIRCUIT' : 'BROKEN_CIRCUIT')
       return
     }
-    const now = core.clock.now()
     const headers = this.headers as string[]
     if (core.config.rewriteHost) headers[this.hostIndex] = endpoint.hostHeader
     headers[this.deadlineIndex] = String(Math.max(0, Math.floor(this.deadlineAt - now)))
@@ -768,8 +773,6 @@ class ForwardCall {
         if (this.retryLater(attempt, retryAfterMs)) return false
       }
     }
-    attempt.phase = phaseBody
-    attempt.setDue(core.clock.now() + core.readMs)
     const res = this.res
     const capture = this.captureMax > 0
     let record: Record<string, string | string[]> | undefined
@@ -792,6 +795,8 @@ class ForwardCall {
         return false
       }
     }
+    attempt.phase = phaseBody
+    attempt.setDue(core.clock.now() + core.readMs)
     return true
   }
 

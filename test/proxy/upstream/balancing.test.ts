@@ -181,6 +181,32 @@ describe('load balancing and outlier ejection (properties)', () => {
   })
 })
 
+describe('endpoint list changes', () => {
+  it('keeps endpoints that stay (with their health), and ignores failures reported by removed ones', () => {
+    const clock = new ManualClock(0)
+    const { set } = endpointSet(
+      3,
+      'round-robin',
+      { consecutiveFailures: 1, baseEjectionMs: 1_000, maxEjectedPercent: 100 },
+      clock,
+    )
+    const [a, b, c] = set.all as [Endpoint, Endpoint, Endpoint]
+    set.failure(a)
+    expect(a.ejectedUntil).toBe(1_000)
+    set.replace([
+      { url: a.url, servername: undefined },
+      { url: b.url, servername: undefined },
+    ])
+    expect(set.all).toEqual([a, b])
+    expect(set.healthy).toEqual([b])
+    // An attempt still running on the removed endpoint fails afterwards.
+    set.failure(c)
+    set.failure(c)
+    expect(set.healthy).toEqual([b])
+    expect(set.ejectedCount).toBe(1)
+  })
+})
+
 describe('outlier ejection through the service', () => {
   it('ejects an endpoint that keeps failing, sends traffic to the others, and shows it in state()', async () => {
     const bad = await startFaultyUpstream({ fallback: { kind: 'respond', status: 500 } })
