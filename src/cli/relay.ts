@@ -330,21 +330,6 @@ function webhookSecret(args: RelayArgs, env: Readonly<Record<string, string | un
   return secret
 }
 
-/**
- * Yields to the event loop before each publish. better-sqlite3 is synchronous, so on SQLite a
- * busy relay round (read, publish to the SQL queue, mark) settles entirely in microtasks: without
- * a yield, SIGTERM handlers and /metrics requests would wait until the outbox is empty.
- */
-function yieldingPublisher(publisher: Publisher): Publisher {
-  return {
-    publish: async (messages: readonly OutgoingMessage[], signal?: AbortSignal) => {
-      await new Promise<void>((resolve) => setImmediate(resolve))
-      return publisher.publish(messages, signal)
-    },
-    close: () => publisher.close(),
-  }
-}
-
 /** Publishes every message under `prefix + topic`. */
 function prefixTopics(publisher: Publisher, prefix: string): Publisher {
   return {
@@ -648,7 +633,6 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         publisher = opened.publisher
       }
       if (parsed.topicPrefix !== undefined) publisher = prefixTopics(publisher, parsed.topicPrefix)
-      publisher = yieldingPublisher(publisher)
 
       const relay = createRelay({
         db,

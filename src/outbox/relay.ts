@@ -728,6 +728,10 @@ class OutboxRelay implements Relay {
         const failure = await this.#publishBatch(rows)
         if (failure === undefined) {
           failedRounds = 0
+          // On SQLite (better-sqlite3 is synchronous) with an in-database queue, a whole round
+          // settles in microtasks: without this, a backlog would starve timers, signals and I/O
+          // of the relay's process until the outbox is empty.
+          await yieldToEventLoop()
         } else {
           const delay = Math.max(this.#backoff.delayMs(failedRounds), failure.retryAfterMs)
           failedRounds++
@@ -1104,6 +1108,11 @@ class OutboxRelay implements Relay {
       })
     }
   }
+}
+
+// Not a timer: it only lets the event loop turn, so a test clock has nothing to drive here.
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve))
 }
 
 class PhaseError extends Error {

@@ -167,6 +167,8 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
     expect(verdict.duplicated.size).toBe(0)
     expect(repeated(publisher.confirmed)).toEqual([])
     expect(await pendingCount(t.db)).toBe(0)
+    // The lag gauge is read at each read: the relay's next (empty) read brings it to 0.
+    await until(() => r.metrics().lagMs === 0, 'the lag gauge to fall to 0')
     expect(r.metrics()).toMatchObject({ published: 360, deadLettered: 0, lagMs: 0 })
     const first = collector.received.find((m) => m.id === 'one-0-0')!
     expect(first).toMatchObject({ key: 'one-agg-0', type: 'order-placed', payload: { n: 0 } })
@@ -318,6 +320,27 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
     expect(await pendingCount(t.db)).toBe(1)
     await t.db.execute("DELETE FROM breakwater_outbox WHERE event_id LIKE 'after-stop%'")
   })
+
+  // better-sqlite3 is synchronous: with the SQL queue in the same database, a round never
+  // waits for I/O, so only the relay's own yield lets timers, signals and requests through.
+  it.runIf(target.dialect === 'sqlite')(
+    'lets the event loop turn between rounds while it drains a backlog',
+    async () => {
+      const queue = testQueue(t.db)
+      const publisher = testPublisher(queue.publisher)
+      await writeEvents(t.db, outbox, { prefix: 'yield', aggregates: 4, perAggregate: 50 })
+      const r = relay(publisher, { batchSize: 20 })
+      await r.start()
+      await new Promise((resolve) => setImmediate(resolve))
+      // 200 events in rounds of 10: the event loop turned after the first round or two
+      // (without the yield, all 200 were published before it turned).
+      const publishedAtFirstTurn = publisher.confirmed.length
+      await until(async () => (await pendingCount(t.db)) === 0, 'the backlog to drain')
+      expect(publishedAtFirstTurn).toBeLessThanOrEqual(20)
+      expect(publisher.confirmed).toHaveLength(200)
+      await r.stop()
+    },
+  )
 
   it('wakes at once instead of waiting out a long poll interval', async () => {
     const queue = testQueue(t.db)
