@@ -27,6 +27,8 @@ export type UpstreamAnswer =
   | { readonly kind: 'reset-mid-body'; readonly chunked?: boolean }
   /** Never answers. */
   | { readonly kind: 'hang' }
+  /** Streams `bytes` of body (Content-Length) as fast as the connection takes it. */
+  | { readonly kind: 'stream'; readonly bytes: number }
   /** Answers (as `then`, default 200) only when the test calls `release()`. */
   | { readonly kind: 'hold'; readonly then?: UpstreamAnswer }
 
@@ -54,6 +56,8 @@ export interface FaultyUpstream {
   release(): number
   /** Held responses waiting for `release()`. */
   readonly held: number
+  /** Body bytes handed to the socket by `stream` answers so far. */
+  streamed: number
   /** Resolves when the upstream has seen `n` requests in all. */
   waitForRequests(n: number): Promise<void>
   readonly server: Server
@@ -107,6 +111,28 @@ export async function startFaultyUpstream(
       }
       case 'hang':
         return
+      case 'stream': {
+        res.writeHead(200, {
+          'content-type': 'application/octet-stream',
+          'content-length': a.bytes,
+        })
+        const chunk = Buffer.alloc(64 * 1024, 'y')
+        let left = a.bytes
+        const pump = (): void => {
+          while (left > 0) {
+            const piece = left >= chunk.length ? chunk : chunk.subarray(0, left)
+            left -= piece.length
+            upstream.streamed += piece.length
+            if (!res.write(piece)) {
+              res.once('drain', pump)
+              return
+            }
+          }
+          res.end()
+        }
+        pump()
+        return
+      }
       case 'hold':
         heldQueue.push(() => answer(a.then ?? okAnswer, req, res))
         return
@@ -160,6 +186,7 @@ export async function startFaultyUpstream(
     get held() {
       return heldQueue.length
     },
+    streamed: 0,
     waitForRequests(n) {
       if (requests.length >= n) return Promise.resolve()
       return new Promise<void>((resolve) => waiters.push({ n, resolve }))

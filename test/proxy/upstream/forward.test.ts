@@ -123,6 +123,40 @@ describe('forward: streaming and headers', () => {
     }
   })
 
+  it('applies backpressure: a client that stops reading stops the upstream, and gets every byte later', async () => {
+    const total = 64 * 1024 * 1024
+    const up = await upstream({ fallback: { kind: 'stream', bytes: total } })
+    const { front } = await setup(serviceConfig([up.url]))
+    let received = 0
+    let response: import('node:http').IncomingMessage | undefined
+    const done = new Promise<void>((resolve, reject) => {
+      const req = httpRequest(`${front.url}/big`, (res) => {
+        response = res
+        res.pause()
+        res.on('data', (chunk: Buffer) => {
+          received += chunk.length
+        })
+        res.on('end', () => resolve())
+        res.on('error', reject)
+      })
+      req.end()
+    })
+    await eventually(() => response !== undefined)
+    // Wait until the upstream has stopped writing (the buffers on the way are full).
+    let last = -1
+    await eventually(async () => {
+      const now = up.streamed
+      const settled = now === last && now > 0
+      last = now
+      await new Promise((resolve) => setTimeout(resolve, 150))
+      return settled
+    }, 20_000)
+    expect(up.streamed).toBeLessThan(total / 2)
+    response!.resume()
+    await done
+    expect(received).toBe(total)
+  })
+
   it('exchange() buffers the response up to the cap and marks it truncated', async () => {
     const up = await upstream({ fallback: { kind: 'respond', body: 'abcdefghij' } })
     const { service } = await setup(serviceConfig([up.url]))
