@@ -790,6 +790,40 @@ describe('secrets', () => {
     ).toBe(200)
   })
 
+  it('a reload refused for an inline secret echoes it nowhere (admin 422, file-watch log)', async () => {
+    const inline = 'inline-secret-in-yaml-4f0d2c'
+    const file = join(dir, 'attack.yaml')
+    const good = readFileSync(file, 'utf8')
+    try {
+      writeFileSync(
+        file,
+        good.replace(
+          'auth: { bearer: { env: ATTACK_LEGACY_TOKEN } }',
+          `auth: { bearer: "${inline}" }`,
+        ),
+      )
+      await proxy.waitForLine(
+        (l) => l.msg === 'config reload refused; the running config stays in force',
+        'the refused reload',
+      )
+      const refused = await http(admin, '/admin/reload', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${adminToken}`, 'content-length': '0' },
+      })
+      expect(refused.status).toBe(422)
+      expect(refused.text).toContain('services.legacy.auth.bearer')
+      expect(refused.text).not.toContain(inline)
+      expect(proxy.stdout()).not.toContain(inline)
+      expect(proxy.stderr()).not.toContain(inline)
+      // The running config still injects the real token.
+      await raw(out, `GET /legacy/x HTTP/1.1\r\nHost: 127.0.0.1:${out}\r\n\r\n`)
+      expect(legacy.requests.at(-1)?.headers.authorization).toBe(`Bearer ${legacyToken}`)
+    } finally {
+      writeFileSync(file, good)
+    }
+    await proxy.waitForLine((l) => l.msg === 'config reloaded', 'the reload of the good file')
+  })
+
   it('the admin token is compared in constant time (hashed, timingSafeEqual)', () => {
     const source = readFileSync(
       fileURLToPath(new URL('../../../src/proxy/admin/server.ts', import.meta.url)),
