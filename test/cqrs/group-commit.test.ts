@@ -149,6 +149,8 @@ describe('group commit on PostgreSQL', () => {
       store.append('term-0', [{ type: 'a', data: 1, id: 'term-lost-0' }]),
       store.append('term-1', [{ type: 'a', data: 1, id: 'term-lost-1' }]),
     ]
+    // Settled from the start: they reject while the test is still waiting on other statements.
+    const settledBatch = Promise.allSettled(batch)
     await busy
     let pid: number | undefined
     for (let i = 0; i < 500 && pid === undefined; i++) {
@@ -159,7 +161,7 @@ describe('group commit on PostgreSQL', () => {
     }
     expect(pid).toBeDefined()
     await other.query('SELECT pg_terminate_backend($1)', [pid])
-    const settled = await Promise.allSettled(batch)
+    const settled = await settledBatch
     release()
     await holder
     expect(settled.map((s) => s.status)).toEqual(['rejected', 'rejected'])
