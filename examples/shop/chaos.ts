@@ -52,13 +52,17 @@ export const defaultChaos: readonly ChaosStep[] = [
 ]
 
 /**
- * Payments loses half of its replies after charging, for the whole run: every lost reply is
- * retried with the same Idempotency-Key. With the idempotency adapter on, nothing is charged
- * twice; with `--break payments-idempotency` the checker finds the duplicates.
+ * For the whole run, payments loses half of its replies after charging and notifications half
+ * of its acknowledgements after sending the email: every charge lost that way is retried with
+ * the same Idempotency-Key, every such message delivered again. With the safety nets on,
+ * nothing is charged or sent twice; with `--break payments-idempotency` or `--break inbox` the
+ * checker finds the duplicates.
  */
 export const lostRepliesChaos: readonly ChaosStep[] = [
   { at: 0, action: { kind: 'fail', target: 'payments', lostReplyRate: 0.5 } },
+  { at: 0, action: { kind: 'fail', target: 'notifications', lostReplyRate: 0.5 } },
   { at: 0.9, action: { kind: 'calm', target: 'payments' } },
+  { at: 0.9, action: { kind: 'calm', target: 'notifications' } },
 ]
 
 /** The chaos scripts `--chaos` accepts. */

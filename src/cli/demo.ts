@@ -37,7 +37,8 @@ invariants are counted from the databases; the exit code is 1 if one broke.
   --new-share <pct>   share of /orders the strangler sends to the new service (default ${shopDefaults.newShare})
   --no-proxy          run the outbound policies in-process instead of in the proxy
   --quiesce <s>       longest wait for the system to settle after the load (default ${shopDefaults.quiesceS})
-  --break <what>      switch a safety net off to watch the checker catch it: payments-idempotency
+  --break <what>      switch a safety net off to watch the checker catch it:
+                      payments-idempotency, inbox (with --chaos lost-replies)
   --json <file>       also write the summary as JSON
   --quiet             no live lines, only the summary
 
@@ -143,7 +144,8 @@ function parseShop(args: readonly string[]): Parsed | string {
       options.broker = url
     } else if (flag === '--break') {
       const what = value()
-      if (what !== 'payments-idempotency') return '--break takes: payments-idempotency'
+      if (what !== 'payments-idempotency' && what !== 'inbox')
+        return '--break takes: payments-idempotency, inbox'
       options.breaks.push(what)
     } else if (flag === '--json') {
       const file = value()

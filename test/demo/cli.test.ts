@@ -40,7 +40,7 @@ describe('breakwater demo (arguments)', () => {
     [['--chaos', 'storm'], '--chaos needs one of default, lost-replies, none'],
     [['--db', 'mysql://x'], '--db needs a postgres:// URL'],
     [['--broker', 'kafka://x'], '--broker needs a nats://, amqp:// or redis:// URL'],
-    [['--break', 'everything'], '--break takes: payments-idempotency'],
+    [['--break', 'everything'], '--break takes: payments-idempotency, inbox'],
   ])('rejects %j with a clear message and exit code 2', async (args, message) => {
     const err = capture(process.stderr)
     const out = capture(process.stdout)

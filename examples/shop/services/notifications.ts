@@ -3,9 +3,12 @@
 // (a relay that dies after publishing publishes again; a consumer that dies before its ack gets
 // the message again); the inbox records each message id in the same transaction as the email,
 // so a redelivery sends nothing.
+//
+// SHOP_BREAK=inbox switches the deduplication off, to show that the checker then finds orders
+// with two emails.
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from 'breakwater/brokers'
-import { createInbox, EVENT_TYPE_HEADER } from 'breakwater/outbox'
+import { createInbox, EVENT_TYPE_HEADER, inboxTable } from 'breakwater/outbox'
 import type { SqlExecutor } from 'breakwater/stores'
 import { readShopEnv } from '../lib/env.js'
 import { currentChaos, hostService, sendJson } from '../lib/host.js'
@@ -35,8 +38,21 @@ async function sendEmail(tx: SqlExecutor, message: IncomingMessage): Promise<voi
 // count the redeliveries the inbox absorbed, for the dashboard.
 const inbox = createInbox({ consumer: 'notifications' })
 let redeliveriesAbsorbed = 0
+
+// SHOP_BREAK=inbox: the message is still recorded (so the checker still sees it delivered),
+// but a redelivery is no longer recognised: the email goes out again.
+async function withoutDedupe(tx: SqlExecutor, message: IncomingMessage): Promise<void> {
+  await tx.execute(
+    `INSERT INTO ${inboxTable} (consumer, message_id, received_at) VALUES ('notifications', $1, $2)
+     ON CONFLICT DO NOTHING`,
+    [message.id, Date.now()],
+  )
+  await sendEmail(tx, message)
+}
+
 await broker.subscriber.subscribe(env.topic, 'notifications', async (message) => {
   await db.transaction(async (tx) => {
+    if (env.breaks.has('inbox')) return withoutDedupe(tx, message)
     const result = await inbox.handle(tx, message, () => sendEmail(tx, message))
     if (result.duplicate) redeliveriesAbsorbed++
   })

@@ -109,6 +109,14 @@ export interface ShopSummary {
   readonly engines: { readonly db: string; readonly broker: string }
   readonly policiesIn: string
   readonly restarts: number
+  readonly patterns: {
+    readonly retries: number
+    readonly paymentRetries: number
+    readonly breakerOpenings: number
+    readonly sagaTakeovers: number
+    readonly eventsPublished: number
+    readonly redeliveriesAbsorbed: number
+  }
 }
 
 /** A running `breakwater demo` process. */

@@ -1,0 +1,35 @@
+// The checker's other half: with the inbox's deduplication switched off (`--break inbox`) and
+// notifications losing half of its acknowledgements, the broker's redeliveries send second
+// emails: the checker must count them from the notifications database and the demo must exit
+// 1. (checker.test.ts has the control run with every safety net on.)
+import { beforeAll, describe, expect, it } from 'vitest'
+import { ensureShopBuilt, invariantsOf, startDemo } from './support.js'
+
+beforeAll(() => {
+  ensureShopBuilt()
+})
+
+describe('the shop demo invariant checker', () => {
+  it('reports orders with two emails and exits 1 when the inbox does not deduplicate', async () => {
+    const { code, stdout, summary } = await startDemo([
+      '--duration',
+      '8',
+      '--chaos',
+      'lost-replies',
+      '--rate',
+      '6',
+      '--quiet',
+      '--break',
+      'inbox',
+    ]).done
+    expect(summary, stdout).toBeDefined()
+    const s = summary!
+    expect(s.figures.emails.duplicated, stdout).toBeGreaterThan(0)
+    expect(invariantsOf(s)['emails per finished order']).toBe(false)
+    // Only that net was off: payments still charged each order once.
+    expect(s.figures.duplicateCharges).toBe(0)
+    expect(s.ok).toBe(false)
+    expect(stdout).toMatch(/emails per finished order +\d+ orders got 2\+ +1 +BROKEN/)
+    expect(code).toBe(1)
+  }, 90_000)
+})
