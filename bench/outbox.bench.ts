@@ -28,7 +28,9 @@
 //   commit_to_confirm_p50_ms / _p99_ms: the part up to the broker's confirm.
 // Ceiling cases: events_per_s of the same 16 writers with no relay running
 // (postgres-insert-ceiling, sqlite-insert-ceiling), and on PostgreSQL also with the outbox's
-// NOTIFY turned off (postgres-insert-ceiling-no-notify).
+// NOTIFY turned off (postgres-insert-ceiling-no-notify) and with the writes made through
+// outbox.transaction(), which notifies after each commit, coalesced
+// (postgres-insert-ceiling-after-commit-notify).
 //
 // What a broker's confirm means: nats-server 2.9 acknowledges a JetStream publish once the
 // message is in its file store, before fsync (it survives a broker crash, not a power loss);
@@ -61,7 +63,7 @@ import {
   type OutboxEvent,
   type Relay,
 } from '../src/outbox/index.js'
-import { openDatabase, type SqlDriver } from '../src/stores/index.js'
+import { openDatabase, type SqlDriver, type SqlExecutor } from '../src/stores/index.js'
 import { type ResultRow, writeResults } from './lib/harness.js'
 
 const full = process.env.BREAKWATER_SCALE === 'full'
@@ -119,18 +121,22 @@ function event(topic: string): OutboxEvent & { id: string } {
 const outbox = createOutbox()
 // The same inserts without the in-transaction NOTIFY (relays would only poll).
 const silentOutbox = createOutbox({ notify: false })
+// The same inserts in outbox.transaction(): NOTIFY right after each commit, coalesced.
+const afterCommitOutbox = createOutbox()
 
 /** One event in its own transaction with a business row. */
 async function writeOne(db: SqlDriver, topic: string, into: Outbox = outbox): Promise<string> {
   const e = event(topic)
-  await db.transaction(async (tx) => {
+  const work = async (tx: SqlExecutor): Promise<void> => {
     await tx.execute('INSERT INTO bench_orders (id, aggregate_id, amount) VALUES ($1, $2, $3)', [
       e.id,
       e.aggregateId,
       42,
     ])
     await into.enqueue(tx, e)
-  })
+  }
+  if (into === afterCommitOutbox) await into.transaction(db, work)
+  else await db.transaction(work)
   return e.id
 }
 
@@ -532,6 +538,12 @@ const cases: readonly CaseRun[] = [
         // The outbox's NOTIFY takes a cluster-wide lock held through the commit's WAL flush,
         // so notifying commits cannot share a flush: this shows what that costs the writers.
         await measureCeiling(target, 'postgres-insert-ceiling-no-notify', silentOutbox),
+        // outbox.transaction(): the NOTIFY leaves the writers' transactions.
+        await measureCeiling(
+          target,
+          'postgres-insert-ceiling-after-commit-notify',
+          afterCommitOutbox,
+        ),
       ]
     },
   },

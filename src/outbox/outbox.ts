@@ -3,7 +3,7 @@ import { context, propagation } from '@opentelemetry/api'
 import { type Clock, systemClock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkObject } from '../core/validate.js'
-import type { SqlExecutor } from '../stores/index.js'
+import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { partitionOf } from './partition.js'
 import { OUTBOX_CHANNEL, outboxStatements } from './sql.js'
 
@@ -60,8 +60,11 @@ export interface OutboxOptions {
    */
   readonly propagateTraceContext?: boolean
   /**
-   * On PostgreSQL, sends `NOTIFY breakwater_outbox` in the caller's transaction so that relays
-   * wake up when it commits (not at all if it rolls back). Off means relays only poll.
+   * On PostgreSQL, wakes relays (`NOTIFY breakwater_outbox`) when an enqueue commits (not at all
+   * if it rolls back). Off means relays only poll. In the caller's own transaction the NOTIFY is
+   * sent inside it, which PostgreSQL delivers at commit but pays for by serializing the commits
+   * of notifying transactions; {@link Outbox.transaction} notifies right after its commit
+   * instead, coalesced, so its writers commit concurrently.
    * @default true
    */
   readonly notify?: boolean
@@ -85,7 +88,56 @@ export interface Outbox {
   enqueue(tx: SqlExecutor, event: OutboxEvent): Promise<string>
   /** Writes several events, in order, with one statement; resolves to their ids. */
   enqueue(tx: SqlExecutor, events: readonly OutboxEvent[]): Promise<string[]>
+  /**
+   * Runs `fn` in a transaction of `db` (as `db.transaction`) and wakes relays right after it
+   * commits, if `fn` enqueued anything (PostgreSQL, `notify` on). Enqueues inside it send no
+   * NOTIFY within the transaction: PostgreSQL serializes the commits of notifying transactions
+   * (each holds a global lock through its WAL flush), so writers that notify inside their
+   * transactions cannot commit concurrently. The notifications of commits close together are
+   * coalesced: at most one is in flight per database, and commits made meanwhile share the next.
+   * A notification lost to a connection failure only delays relays until their next poll.
+   *
+   * @example
+   * ```ts
+   * await outbox.transaction(db, async (tx) => {
+   *   await tx.execute('UPDATE orders SET state = $1 WHERE id = $2', ['paid', orderId])
+   *   await outbox.enqueue(tx, { aggregateType: 'order', aggregateId: orderId, type: 'order-paid', payload: {} })
+   * })
+   * ```
+   */
+  transaction<T>(db: SqlDriver, fn: (tx: SqlTransaction) => Promise<T>): Promise<T>
 }
+
+/**
+ * Sends `NOTIFY breakwater_outbox` after commits on one database, coalesced: one statement in
+ * flight at a time; commits announced meanwhile share the next one.
+ */
+class CommitNotifier {
+  readonly #db: SqlDriver
+  #pending = false
+  #sending = false
+
+  constructor(db: SqlDriver) {
+    this.#db = db
+  }
+
+  committed(): void {
+    this.#pending = true
+    if (!this.#sending) void this.#send()
+  }
+
+  async #send(): Promise<void> {
+    this.#sending = true
+    while (this.#pending) {
+      this.#pending = false
+      // A lost notification only delays relays until their next poll.
+      await this.#db.query(notifyStatement, [OUTBOX_CHANNEL]).catch(() => {})
+    }
+    this.#sending = false
+  }
+}
+
+const notifyStatement = "SELECT pg_notify($1, '')"
 
 interface PreparedRow {
   readonly eventId: string
@@ -113,6 +165,9 @@ class SqlOutbox implements Outbox {
   readonly #trace: boolean
   readonly #notify: boolean
   readonly #clock: Clock
+  // Transactions run by transaction(): their enqueues notify after commit, not inside.
+  readonly #deferred = new WeakMap<SqlExecutor, { enqueued: boolean }>()
+  readonly #notifiers = new WeakMap<SqlDriver, CommitNotifier>()
 
   constructor(options: OutboxOptions) {
     checkObject('outbox', options)
@@ -131,6 +186,26 @@ class SqlOutbox implements Outbox {
     if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
       throw new InvalidOptionError('outbox.clock', 'a Clock', clock)
     this.#clock = clock
+  }
+
+  async transaction<T>(db: SqlDriver, fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
+      throw new InvalidOptionError('db', 'a SqlDriver', db)
+    if (typeof fn !== 'function') throw new InvalidOptionError('fn', 'a function', fn)
+    const state = { enqueued: false }
+    const result = await db.transaction((tx) => {
+      this.#deferred.set(tx, state)
+      return fn(tx)
+    })
+    if (state.enqueued && this.#notify && db.dialect === 'postgres') {
+      let notifier = this.#notifiers.get(db)
+      if (notifier === undefined) {
+        notifier = new CommitNotifier(db)
+        this.#notifiers.set(db, notifier)
+      }
+      notifier.committed()
+    }
+    return result
   }
 
   enqueue(tx: SqlExecutor, event: OutboxEvent): Promise<string>
@@ -169,12 +244,22 @@ class SqlOutbox implements Outbox {
       row.partition,
       createdAt,
     ]
-    if (this.#notify && tx.dialect === 'postgres') {
+    if (this.#notifiesInside(tx)) {
       await tx.query(statements.insertOneNotify, [...params, OUTBOX_CHANNEL])
     } else {
       await tx.execute(statements.insertOne, params)
     }
     return row.eventId
+  }
+
+  // NOTIFY inside the transaction, unless transaction() runs it (then: after its commit).
+  #notifiesInside(tx: SqlExecutor): boolean {
+    const deferred = this.#deferred.get(tx)
+    if (deferred !== undefined) {
+      deferred.enqueued = true
+      return false
+    }
+    return this.#notify && tx.dialect === 'postgres'
   }
 
   async #insertMany(tx: SqlExecutor, rows: PreparedRow[], createdAt: number): Promise<string[]> {
@@ -207,7 +292,8 @@ class SqlOutbox implements Outbox {
           chunk.map((r) => r.partition),
           createdAt,
         ]
-        if (this.#notify) await tx.query(statements.insertManyNotify, [...params, OUTBOX_CHANNEL])
+        if (this.#notifiesInside(tx))
+          await tx.query(statements.insertManyNotify, [...params, OUTBOX_CHANNEL])
         else await tx.execute(statements.insertMany, params)
       }
     }

@@ -10,7 +10,13 @@ import {
   OUTBOX_PARTITIONS,
   partitionOf,
 } from '../../src/outbox/index.js'
-import { fromBetterSqlite, fromPgClient, type SqlNotification } from '../../src/stores/index.js'
+import {
+  fromBetterSqlite,
+  fromPgClient,
+  type SqlDriver,
+  type SqlNotification,
+  type SqlTransaction,
+} from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { count, dbTargets, delay, type OutboxDb, until } from './support.js'
 
@@ -168,6 +174,27 @@ describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
     expect(() => createOutbox({ topic: '' })).toThrow(InvalidOptionError)
   })
 
+  it('outbox.transaction() commits and rolls back the events with the business write', async () => {
+    const event = { aggregateType: 'order', aggregateId: 'tx-1', type: 'x', payload: 1 }
+    const id = await outbox.transaction(t.db, async (tx) => {
+      await tx.execute('INSERT INTO orders (id, total) VALUES ($1, $2)', ['tx-1', 1])
+      return outbox.enqueue(tx, event)
+    })
+    expect(await row(id)).toMatchObject({ aggregate_id: 'tx-1' })
+    let dropped = ''
+    const error = await outbox
+      .transaction(t.db, async (tx) => {
+        dropped = await outbox.enqueue(tx, { ...event, aggregateId: 'tx-2' })
+        throw new Error('rollback')
+      })
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(Error)
+    expect(await row(dropped)).toBeUndefined()
+    await expect(outbox.transaction({} as SqlDriver, async () => 1)).rejects.toThrow(
+      InvalidOptionError,
+    )
+  })
+
   if (target.dialect === 'postgres') {
     it('works in the application own pg transaction (fromPgClient), commit and rollback', async () => {
       const pg = (await import('pg')).default
@@ -231,6 +258,80 @@ describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
         await t.db.transaction((tx) => quiet.enqueue(tx, event))
         await delay(50)
         expect(seen).toHaveLength(1)
+      } finally {
+        await unlisten()
+      }
+    })
+
+    it('outbox.transaction() notifies right after its commit, not inside it, and only if it enqueued', async () => {
+      // Records every statement, in the transaction and on the driver.
+      const inside: string[] = []
+      const outside: string[] = []
+      const recordingTx = (tx: SqlTransaction): SqlTransaction => ({
+        dialect: tx.dialect,
+        query: (sql, params) => {
+          inside.push(sql)
+          return tx.query(sql, params)
+        },
+        execute: (sql, params) => {
+          inside.push(sql)
+          return tx.execute(sql, params)
+        },
+        transaction: (fn) => tx.transaction(fn),
+      })
+      const db = t.db
+      const recording: SqlDriver = {
+        dialect: db.dialect,
+        query: (sql, params) => {
+          outside.push(sql)
+          return db.query(sql, params)
+        },
+        execute: (sql, params) => {
+          outside.push(sql)
+          return db.execute(sql, params)
+        },
+        transaction: (fn) => db.transaction((tx) => fn(recordingTx(tx))),
+        close: async () => {},
+      }
+      const listener = await t.another()
+      const seen: SqlNotification[] = []
+      const unlisten = await listener.listen!(OUTBOX_CHANNEL, (n) => seen.push(n))
+      try {
+        const event = { aggregateType: 'order', aggregateId: 'ac1', type: 'x', payload: 1 }
+        const id = await outbox.transaction(recording, async (tx) => {
+          await tx.execute('INSERT INTO orders (id, total) VALUES ($1, $2)', ['ac-1', 3])
+          const [first] = await outbox.enqueue(tx, [event])
+          await outbox.enqueue(tx, { ...event, aggregateId: 'ac2' })
+          return first
+        })
+        expect(await row(id!)).toBeDefined()
+        expect(inside.some((sql) => /pg_notify|NOTIFY/i.test(sql))).toBe(false)
+        await until(() => seen.length > 0, 'the notification after commit')
+        expect(outside.filter((sql) => /pg_notify/.test(sql))).toHaveLength(1)
+        // Nothing enqueued, or rolled back: no notification is sent.
+        await outbox.transaction(recording, async (tx) => {
+          await tx.execute('INSERT INTO orders (id, total) VALUES ($1, $2)', ['ac-2', 3])
+        })
+        const failed = await outbox
+          .transaction(recording, async (tx) => {
+            await outbox.enqueue(tx, { ...event, aggregateId: 'ac3' })
+            throw new Error('rollback')
+          })
+          .catch((error: unknown) => error)
+        expect(failed).toBeInstanceOf(Error)
+        expect(outside.filter((sql) => /pg_notify/.test(sql))).toHaveLength(1)
+        // Concurrent writers: each commit is followed by a notification in flight or a later
+        // one that covers it; never more statements than commits.
+        await Promise.all(
+          Array.from({ length: 20 }, (_, i) =>
+            outbox.transaction(recording, (tx) =>
+              outbox.enqueue(tx, { ...event, aggregateId: `acc-${i}` }),
+            ),
+          ),
+        )
+        const sent = outside.filter((sql) => /pg_notify/.test(sql)).length
+        expect(sent).toBeGreaterThan(1)
+        expect(sent).toBeLessThanOrEqual(21)
       } finally {
         await unlisten()
       }
