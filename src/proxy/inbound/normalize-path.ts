@@ -7,7 +7,9 @@
 // The decisions, in the order they are applied to the path part of the target (before `?`):
 // 1. Only visible ASCII (0x21..0x7E) is allowed raw; control characters, NUL, space, DEL and
 //    raw bytes >= 0x80 are rejected (clients must percent-encode them), and so is `#` (a
-//    fragment has no business in a request target).
+//    fragment has no business in a request target) and `?` (the caller passes the part before
+//    the query; a `?` here would let `new URL` or an upstream read a shorter path than the
+//    route table saw).
 // 2. A raw backslash is rejected, not read as `/`: RFC 3986 does not allow it in a path, no
 //    correct client sends it, and servers disagree on what it means (IIS and WHATWG URL read
 //    `/`, most others a literal byte). Rejecting removes the ambiguity.
@@ -58,8 +60,8 @@ function isUnreserved(code: number): boolean {
   )
 }
 
-// A path without `%`, `\`, `#`, `//`, `/.` and with only visible ASCII needs no work; most do.
-const needsWork = /[%\\#]|\/\/|\/\.|[^\x21-\x7e]/
+// A path without `%`, `\`, `#`, `?`, `//`, `/.` and with only visible ASCII needs no work; most do.
+const needsWork = /[%\\#?]|\/\/|\/\.|[^\x21-\x7e]/
 
 /**
  * Normalizes the path part of a request target (what comes before `?`, starting with `/`) by
@@ -92,6 +94,7 @@ export function normalizePath(raw: string): NormalizedPath {
     if (code < 0x21 || code > 0x7e) return { ok: false, reason: 'control or non-ASCII character' }
     if (code === 0x5c) return { ok: false, reason: 'backslash' }
     if (code === 0x23) return { ok: false, reason: 'fragment in target' }
+    if (code === 0x3f) return { ok: false, reason: 'query separator in path' }
     if (code !== 0x25) {
       current += raw[i]
       continue

@@ -345,6 +345,9 @@ describe('no route bypass: matching and forwarding use one normalized path', () 
     expect(normalizePath('/a/%ED%A0%80')).toMatchObject({ ok: false }) // a UTF-16 surrogate
     expect(normalizePath('/a/%80')).toMatchObject({ ok: false }) // a stray continuation byte
     expect(normalizePath('/a/%25C0%25AE')).toEqual({ ok: true, path: '/a/%25C0%25AE' })
+    // The caller splits the query off first; a `?` left in the path is refused, because
+    // `new URL('/api?', base)` reads `/api` where the route table saw `/api?`.
+    expect(normalizePath('/api?')).toEqual({ ok: false, reason: 'query separator in path' })
   })
 
   it('what is forwarded is the normalized path; stripPrefix cuts at the segment boundary', async () => {
