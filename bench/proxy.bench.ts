@@ -5,21 +5,21 @@
 // answering 1 KiB; breakwater's ambassador with every policy on (connect/read/overall
 // timeouts, retry with budget, circuit breaker, bulkhead, outlier ejection); http-proxy 1.18
 // with a keep-alive agent; nginx (Debian package, one worker, master process off, keep-alive
-// upstream pool). One run per case: wrk (1 thread, 64 connections; autocannon when wrk is
-// missing) for `--seconds` after a warmup, reporting requests/s, p50 and p99 latency, and the
-// proxy process's CPU time (process.cpuUsage, or /proc for nginx) divided by the requests
-// served. Then one connection, unloaded: p50 through each proxy minus p50 direct, the latency
-// one hop adds.
+// upstream pool). One run: wrk (1 thread, 64 connections; autocannon when wrk is missing)
+// against each case in turn, `--rounds` times for `--seconds` each after a warmup (this machine
+// is shared: interleaved rounds let other tenants' load hit every case alike), reporting the
+// median round's requests/s, p50 and p99 latency, and the proxy process's CPU time
+// (process.cpuUsage, or /proc for nginx) over all the requests it served. Then one connection,
+// unloaded, in rounds too: p50 through each proxy minus p50 direct, the latency one hop adds.
 //
-// Options: --seconds N (default 10), --warmup N (default 2), --front minimal (run the
-// ServiceRuntime behind a bare node:http server instead of startProxy).
+// Options: --seconds N (default 4), --rounds N (default 5), --warmup N (default 2),
+// --front minimal (the ServiceRuntime behind a bare node:http server instead of startProxy).
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import type { ResultRow } from './lib/harness.js'
-import { writeResults } from './lib/harness.js'
+import { median, type ResultRow, writeResults } from './lib/harness.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const rolesFile = join(here, 'lib', 'proxy-roles.ts')
@@ -254,7 +254,8 @@ export async function main(argv: string[]): Promise<void> {
     const i = argv.indexOf(`--${name}`)
     return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1]! : fallback
   }
-  const seconds = Number(option('seconds', '10'))
+  const seconds = Number(option('seconds', '4'))
+  const rounds = Number(option('rounds', '5'))
   const warmup = Number(option('warmup', '2'))
   const front = option('front', 'startProxy')
   if (!ensurePackage('wrk', 'wrk')) console.log('wrk missing (not root?): using autocannon')
@@ -297,30 +298,55 @@ export async function main(argv: string[]): Promise<void> {
       console.log('nginx: skipped (not installed and not running as root to apt-get install it)')
     }
 
+    // Rounds: every case runs once per round, in turn, so that load from other tenants of the
+    // machine hits all of them alike; a case's figure is the median of its rounds (CPU per
+    // request: all its CPU over all its requests).
+    for (const subject of subjects) await runLoad(subject.url, connections, warmup)
+    const perRound = new Map<string, LoadResult[]>(subjects.map((s) => [s.name, []]))
+    const cpu = new Map<string, { us: number; requests: number }>(
+      subjects.map((s) => [s.name, { us: 0, requests: 0 }]),
+    )
+    for (let round = 0; round < rounds; round++) {
+      for (const subject of subjects) {
+        const before = (await subject.running?.cpuUs()) ?? 0
+        const result = await runLoad(subject.url, connections, seconds)
+        const after = (await subject.running?.cpuUs()) ?? 0
+        perRound.get(subject.name)!.push(result)
+        const used = cpu.get(subject.name)!
+        used.us += after - before
+        used.requests += result.requests
+        console.log(
+          `round ${round + 1} ${subject.name}: ${result.rps.toFixed(0)} req/s, p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms`,
+        )
+      }
+    }
     const loaded = new Map<string, LoadResult>()
     for (const subject of subjects) {
-      await runLoad(subject.url, connections, warmup)
-      const before = (await subject.running?.cpuUs()) ?? 0
-      const result = await runLoad(subject.url, connections, seconds)
-      const after = (await subject.running?.cpuUs()) ?? 0
+      const results = perRound.get(subject.name)!
+      const result: LoadResult = {
+        requests: results.reduce((sum, r) => sum + r.requests, 0),
+        rps: median(results.map((r) => r.rps)),
+        p50Ms: median(results.map((r) => r.p50Ms)),
+        p99Ms: median(results.map((r) => r.p99Ms)),
+        errors: results.reduce((sum, r) => sum + r.errors, 0),
+      }
       loaded.set(subject.name, result)
       const c = subject.name
       const product = subject.product
       rows.push({ subject: product, case: c, metric: 'requests_per_s', value: result.rps })
       rows.push({ subject: product, case: c, metric: 'p50_ms', value: result.p50Ms })
       rows.push({ subject: product, case: c, metric: 'p99_ms', value: result.p99Ms })
-      if (subject.running !== undefined)
+      if (subject.running !== undefined) {
+        const used = cpu.get(subject.name)!
         rows.push({
           subject: product,
           case: c,
           metric: 'proxy_cpu_us_per_req',
-          value: (after - before) / Math.max(1, result.requests),
+          value: used.us / Math.max(1, used.requests),
         })
+      }
       if (result.errors > 0)
         rows.push({ subject: product, case: c, metric: 'errors', value: result.errors })
-      console.log(
-        `${subject.name}: ${result.rps.toFixed(0)} req/s, p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms`,
-      )
     }
     const direct = loaded.get('direct')!
     for (const subject of subjects) {
@@ -345,14 +371,15 @@ export async function main(argv: string[]): Promise<void> {
     }
 
     // One connection, unloaded: what one hop adds to the median.
-    const single = new Map<string, LoadResult>()
-    for (const subject of subjects) {
-      await runLoad(subject.url, 1, 1)
-      single.set(subject.name, await runLoad(subject.url, 1, Math.max(3, Math.round(seconds / 2))))
+    const single = new Map<string, number[]>(subjects.map((s) => [s.name, []]))
+    for (const subject of subjects) await runLoad(subject.url, 1, 1)
+    for (let round = 0; round < rounds; round++) {
+      for (const subject of subjects)
+        single.get(subject.name)!.push((await runLoad(subject.url, 1, 2)).p50Ms)
     }
-    const directP50 = single.get('direct')!.p50Ms
+    const directP50 = median(single.get('direct')!)
     for (const subject of subjects) {
-      const p50 = single.get(subject.name)!.p50Ms
+      const p50 = median(single.get(subject.name)!)
       rows.push({ subject: subject.product, case: 'one-connection', metric: 'p50_ms', value: p50 })
       if (subject.name !== 'direct')
         rows.push({
