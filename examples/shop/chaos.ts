@@ -96,7 +96,8 @@ export function parseChaosCommand(
   const target = processes.find((p) => p === arg)
   if (target === undefined) return `unknown process "${arg ?? ''}" (${processes.join(', ')})`
   const rate = value === undefined ? 0.5 : Number(value)
-  if (!(rate >= 0 && rate <= 1)) return 'the rate is a share from 0 to 1'
+  if ((verb === 'fail' || verb === 'resets' || verb === 'lose') && !(rate >= 0 && rate <= 1))
+    return 'the rate is a share from 0 to 1'
   switch (verb) {
     case 'slow':
       return { kind: 'slow', target, latencyMs: value === undefined ? 800 : Number(value) || 800 }

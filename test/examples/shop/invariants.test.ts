@@ -1,0 +1,85 @@
+// The judging rules on their own: what counts as broken while the shop runs and once it
+// settled, and the chaos commands typed in the demo's terminal.
+import { describe, expect, it } from 'vitest'
+import { parseChaosCommand } from '../../../examples/shop/chaos.js'
+import { judge, quiescent, type ShopFigures } from '../../../examples/shop/invariants.js'
+
+const settled: ShopFigures = {
+  at: 0,
+  orders: { legacy: 4, new: 6, total: 10 },
+  paidOrders: { legacy: 4, new: 5, total: 9 },
+  cancelledOrders: 1,
+  legacyPending: 0,
+  charges: 9,
+  refunds: 1,
+  duplicateCharges: 0,
+  emails: { sent: 6, duplicated: 0, missing: 0 },
+  events: { committed: 12, delivered: 12, lost: 0, unpublished: 0, oldestUnpublishedMs: 0 },
+  sagas: { completed: 5, compensated: 1 },
+}
+
+const broken = (f: ShopFigures, final: boolean, accepted?: number): string[] =>
+  judge(f, final, accepted)
+    .filter((i) => !i.ok)
+    .map((i) => i.name)
+
+describe('judge', () => {
+  it('passes a settled system that kept every invariant', () => {
+    expect(quiescent(settled)).toBe(true)
+    expect(broken(settled, true, 10)).toEqual([])
+  })
+
+  it('breaks on a duplicate charge or a second email at any time', () => {
+    expect(broken({ ...settled, duplicateCharges: 1 }, false)).toEqual(['duplicate charges'])
+    const twice = { ...settled, emails: { sent: 6, duplicated: 2, missing: 0 } }
+    expect(broken(twice, false)).toEqual(['emails per finished order'])
+  })
+
+  it('lets work in flight pass while running, and judges it once settled', () => {
+    const running: ShopFigures = {
+      ...settled,
+      charges: 10,
+      emails: { sent: 5, duplicated: 0, missing: 1 },
+      events: { ...settled.events, delivered: 11, lost: 1, unpublished: 1 },
+      sagas: { completed: 5, running: 2 },
+    }
+    expect(quiescent(running)).toBe(false)
+    expect(broken(running, false)).toEqual([])
+    expect(broken(running, true)).toEqual([
+      'charges = paid orders',
+      'emails per finished order',
+      'events lost',
+      'sagas not finished',
+    ])
+  })
+
+  it('breaks on a parked saga and on an accepted order that was never recorded', () => {
+    expect(broken({ ...settled, sagas: { completed: 5, failed: 1 } }, false)).toEqual([
+      'sagas not finished',
+    ])
+    expect(broken(settled, true, 11)).toEqual(['accepted orders recorded'])
+  })
+})
+
+describe('parseChaosCommand', () => {
+  const processes = ['payments', 'relay'] as const
+  it.each([
+    ['down payments', { kind: 'down', target: 'payments' }],
+    ['slow payments 300', { kind: 'slow', target: 'payments', latencyMs: 300 }],
+    ['lose payments 0.2', { kind: 'fail', target: 'payments', lostReplyRate: 0.2 }],
+    ['resets relay', { kind: 'fail', target: 'relay', resetRate: 0.5 }],
+    ['weight 90', { kind: 'weight', percent: 90 }],
+    ['rollback', { kind: 'rollback' }],
+  ])('reads %j', (line, action) => {
+    expect(parseChaosCommand(line, processes)).toEqual(action)
+  })
+
+  it.each([
+    ['down billing', 'unknown process "billing"'],
+    ['weight 120', 'weight needs a percent from 0 to 100'],
+    ['fail payments 2', 'the rate is a share from 0 to 1'],
+    ['explode payments', 'chaos commands:'],
+  ])('answers %j with a message', (line, message) => {
+    expect(parseChaosCommand(line, processes)).toContain(message)
+  })
+})
