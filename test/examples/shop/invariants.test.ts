@@ -1,8 +1,11 @@
-// The judging rules on their own: what counts as broken while the shop runs and once it
-// settled, and the chaos commands typed in the demo's terminal.
+// The pure parts of the shop demo on their own: what counts as broken while the shop runs and
+// once it settled, the chaos commands typed in the demo's terminal, and the proxy config the
+// demo writes (checked by the proxy's own schema, so a schema change shows here first).
+import { parseProxyConfig } from 'breakwater/proxy'
 import { describe, expect, it } from 'vitest'
 import { parseChaosCommand } from '../../../examples/shop/chaos.js'
 import { judge, quiescent, type ShopFigures } from '../../../examples/shop/invariants.js'
+import { proxyConfigYaml } from '../../../examples/shop/proxy.js'
 
 const settled: ShopFigures = {
   at: 0,
@@ -81,5 +84,26 @@ describe('parseChaosCommand', () => {
     ['explode payments', 'chaos commands:'],
   ])('answers %j with a message', (line, message) => {
     expect(parseChaosCommand(line, processes)).toContain(message)
+  })
+})
+
+describe('proxyConfigYaml', () => {
+  it('is a valid proxy config: the strangler split, the shadowed catalog, every service', () => {
+    const names = ['legacy', 'orders', 'inventory', 'payments', 'shipping']
+    const peers = Object.fromEntries(
+      names.map((name, i) => [name, `http://127.0.0.1:${20_001 + i}`]),
+    )
+    const config = parseProxyConfig(proxyConfigYaml(peers, 30), 'shop.yaml')
+    expect([...config.services.keys()]).toEqual(names)
+    expect(config.services.get('payments')?.breaker).toBeDefined()
+    expect(config.services.get('payments')?.retry).toBeDefined()
+    const gateway = config.listeners.find((l) => l.name === 'gateway')
+    const orders = gateway?.routes?.find((r) => r.name === 'orders')
+    expect(orders?.targets).toEqual([
+      { service: 'legacy', weight: 70 },
+      { service: 'orders', weight: 30 },
+    ])
+    const catalog = gateway?.routes?.find((r) => r.name === 'catalog')
+    expect(catalog?.shadow?.service).toBe('inventory')
   })
 })
