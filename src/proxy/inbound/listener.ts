@@ -13,7 +13,7 @@ import type { TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import type { ListenerConfig, ProxyDeps, RequestHandler } from '../contracts.js'
-import { isConnectionClosing } from './request.js'
+import { awaitContinue, isConnectionClosing } from './request.js'
 
 /** Options of {@link createListenerServer}. */
 export interface ListenerServerOptions {
@@ -210,6 +210,12 @@ export function createListenerServer(
     // that the response is out, rather than waiting for the keep-alive timeout.
     if (draining && left <= 0) socket.end()
   }
+  // Without this listener Node sends `100 Continue` before the handler has seen the head, and
+  // the client sends a body the proxy is about to refuse.
+  server.on('checkContinue', (req, res: ServerResponse) => {
+    awaitContinue(req)
+    server.emit('request', req, res)
+  })
   server.on('request', (req, res: ServerResponse) => {
     if (isConnectionClosing(req.socket)) {
       // A request pipelined behind a refused one: never processed, the socket is closing.

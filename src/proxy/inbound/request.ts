@@ -20,8 +20,9 @@
 //   behind the proxy's back. CONNECT never gets here: the listener answers it 405.
 // - More headers than `limits.maxHeaders`: 431 (the listener sets `server.maxHeadersCount`
 //   one above the limit so the excess is visible instead of silently dropped).
-// - `Content-Length` above `limits.maxBodyBytes`: 413 before a byte of the body is read; a
-//   chunked body is counted while it is read and cut with 413 as soon as it passes the limit.
+// - `Content-Length` above `limits.maxBodyBytes`: 413 before a byte of the body is read (and,
+//   for `Expect: 100-continue`, before `100 Continue` invites it); a chunked body is counted
+//   while it is read and cut with 413 as soon as it passes the limit.
 // - The deadline: the listener context's deadline header (remaining ms) and gRPC's
 //   `grpc-timeout`; the sooner wins. Malformed values are ignored, as the deadline policy does.
 
@@ -141,6 +142,7 @@ export function readInboundRequest(
       ),
     )
   }
+  if (continueWanted.has(req)) res.writeContinue()
   return new Promise<InboundRequest | undefined>((resolve) => {
     const chunks: Buffer[] = []
     let size = 0
@@ -438,6 +440,20 @@ export function sendProblem(
   }
   res.writeHead(status, headers)
   res.end(body)
+}
+
+// Requests that sent `Expect: 100-continue` to a server that leaves the interim answer to the
+// handler (the listener's `checkContinue`): the body is only asked for once the head passed.
+const continueWanted = new WeakSet<IncomingMessage>()
+
+/**
+ * Marks `req` as waiting for `100 Continue`: {@link readInboundRequest} sends it once the head
+ * is accepted and the body is wanted, so a refused request (413 for a `Content-Length` over the
+ * limit, any 4xx) is answered before the client sends a byte of its body. The listener calls
+ * it from the server's `checkContinue` event.
+ */
+export function awaitContinue(req: IncomingMessage): void {
+  continueWanted.add(req)
 }
 
 // Sockets whose current response announced `Connection: close` (a refused request). Node goes on parsing bytes

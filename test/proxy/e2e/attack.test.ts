@@ -534,6 +534,33 @@ describe('the hardening list, as raw bytes through the process', () => {
     expect(seenAnywhere()).toHaveLength(0)
   })
 
+  it('answers Expect: 100-continue with 413 before the client sends a body over the limit', async () => {
+    for (const [port, target] of [
+      [out, '/legacy/x'],
+      [gw, '/public/x'],
+    ] as const) {
+      const big = await sendRaw(
+        port,
+        `POST ${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n`,
+        { untilFirstResponse: false, timeoutMs: 3_000 },
+      )
+      expect(big.raw.slice(0, 12), big.raw.slice(0, 60)).toBe('HTTP/1.1 413')
+      expect(big.closed).toBe(true)
+      // Within the limit: 100 Continue, then the body, then the answer.
+      const small = await sendRaw(
+        port,
+        [
+          `POST ${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n`,
+          'hello',
+        ],
+        { gapMs: 100, timeoutMs: 3_000 },
+      )
+      expect(small.raw.startsWith('HTTP/1.1 100 Continue\r\n')).toBe(true)
+      expect(small.status).toBe(200)
+      expect(legacy.requests.at(-1)?.body).toBe('hello')
+    }
+  })
+
   it('refuses TRACE and TRACK, which would echo the credentials the proxy injects', async () => {
     for (const [port, target] of [
       [out, '/legacy/x'],
