@@ -106,11 +106,22 @@ const servicesDir = fileURLToPath(new URL('./services/', import.meta.url))
 /** Starts the shop: databases, proxy, services; resolves when every process is ready. */
 export async function startShop(options: ShopOptions): Promise<Shop> {
   const dir = mkdtempSync(join(tmpdir(), 'breakwater-shop-'))
-  const dbUrl = (owner: StoreOwner | 'queue'): string =>
-    options.db ?? `sqlite:${join(dir, `${owner}.db`)}`
+  // Every service its own store: a SQLite file each, or on PostgreSQL a schema each in the
+  // given database (the connection's search_path selects it, so the code is the same).
+  const dbUrl = (owner: StoreOwner | 'queue'): string => {
+    if (options.db === undefined) return `sqlite:${join(dir, `${owner}.db`)}`
+    const separator = options.db.includes('?') ? '&' : '?'
+    return `${options.db}${separator}options=${encodeURIComponent(`-c search_path=shop_${owner}`)}`
+  }
+  if (options.db !== undefined) {
+    const admin = await openDatabase(options.db, { postgres: { maxConnections: 1 } })
+    for (const owner of [...storeOwners, 'queue'])
+      await admin.execute(`CREATE SCHEMA IF NOT EXISTS shop_${owner}`)
+    await admin.close()
+  }
 
-  // Migrations first, from this process, before any service runs (on PostgreSQL the services
-  // share one database, and two processes must not race to create the same tables).
+  // Migrations first, from this process, before any service runs (the orders service, its
+  // relay and its saga workers share a store, and must not race to create the same tables).
   const dbs = {} as Record<StoreOwner, SqlDriver>
   for (const owner of storeOwners) {
     const db = await openDatabase(dbUrl(owner), { postgres: { maxConnections: 2 } })

@@ -1,7 +1,8 @@
 // Every service's tables, as numbered migrations with both dialects (breakwater/stores'
 // runMigrations), plus the library capabilities each service uses. The demo process applies
-// them once before it starts the services, as a deployment would. Table names carry the
-// service's name, so that on PostgreSQL all services can share one database without clashes.
+// them once before it starts the services, as a deployment would. Each service has its own
+// store (a SQLite file, or a PostgreSQL schema); table names carry the service's name anyway,
+// so that a reader of any database knows whose table it is.
 
 import { migrateCqrs } from 'breakwater/cqrs'
 import { migrateIdempotency } from 'breakwater/idempotency'
