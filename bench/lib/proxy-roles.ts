@@ -92,27 +92,59 @@ async function breakwaterMinimal(upstreamUrl: string): Promise<number> {
   const dropHost = new Set(['host'])
   let n = 0
   return listen((req, res) => {
-    const controller = new AbortController()
-    res.on('close', () => {
-      if (!res.writableFinished) controller.abort()
-    })
     const path = req.url ?? '/'
     const slash = path.indexOf('/', 1)
     void service.forward(
-      {
-        method: req.method ?? 'GET',
-        target: slash < 0 ? '/' : path.slice(slash),
-        headers: forwardableHeaders(req.rawHeaders, dropHost),
-        host: req.headers.host ?? '',
-        body: undefined,
-        deadlineAt: undefined,
-        route: 'ambassador',
-        requestId: String(++n),
-        signal: controller.signal,
-      },
+      new MinimalForward(
+        req,
+        res,
+        slash < 0 ? '/' : path.slice(slash),
+        forwardableHeaders(req.rawHeaders, dropHost),
+        String(++n),
+      ),
       res,
     )
   })
+}
+
+// A ForwardRequest whose signal is made only when something reads it (the upstream side
+// watches the response's 'close' instead), as an inbound side can do it.
+class MinimalForward {
+  readonly method: string
+  readonly target: string
+  readonly headers: Record<string, string | string[]>
+  readonly host: string
+  readonly body = undefined
+  readonly deadlineAt = undefined
+  readonly route = 'ambassador'
+  readonly requestId: string
+  readonly #res: ServerResponse
+  #controller: AbortController | undefined
+
+  constructor(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: string,
+    headers: Record<string, string | string[]>,
+    requestId: string,
+  ) {
+    this.method = req.method ?? 'GET'
+    this.target = target
+    this.headers = headers
+    this.host = req.headers.host ?? ''
+    this.requestId = requestId
+    this.#res = res
+  }
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      const controller = new AbortController()
+      this.#controller = controller
+      if (this.#res.destroyed) controller.abort()
+      else this.#res.once('close', () => controller.abort())
+    }
+    return this.#controller.signal
+  }
 }
 
 async function breakwaterStartProxy(upstreamUrl: string): Promise<number> {

@@ -582,6 +582,14 @@ class Attempt {
   }
 }
 
+const callOfResponse: unique symbol = Symbol('breakwater.forwardCall')
+type ResponseWithCall = ServerResponse & { [callOfResponse]?: ForwardCall }
+
+// 'close' also comes after a response that finished normally; the call has ended by then.
+function onResponseClose(this: ServerResponse): void {
+  ;(this as ResponseWithCall)[callOfResponse]?.clientGone()
+}
+
 class ForwardCall {
   readonly core: Core
   readonly req: ForwardRequest
@@ -642,7 +650,8 @@ class ForwardCall {
       this.resolve = resolve
     })
     const core = this.core
-    if (this.req.signal.aborted) this.end(499, 'ABORTED')
+    if (this.res === undefined ? this.req.signal.aborted : this.res.destroyed)
+      this.end(499, 'ABORTED')
     else if (core.closed) this.fail('UPSTREAM_NO_ENDPOINTS')
     else if (this.deadlineAt <= this.startedAt) this.fail('DEADLINE_EXCEEDED')
     else if (core.endpoints.all.length === 0 && core.discovering !== undefined) {
@@ -883,7 +892,7 @@ class ForwardCall {
     return (
       this.retryable &&
       this.attempts < (core.config.retry?.attempts ?? 1) &&
-      !this.req.signal.aborted &&
+      !this.finished &&
       core.breaker.state === 'closed'
     )
   }
@@ -913,9 +922,18 @@ class ForwardCall {
     return true
   }
 
+  // How the call learns that its client went away. With a response to write, from the
+  // response's 'close' (an EventEmitter listener shared by every call, which finds its call
+  // on the response: no closure, no EventTarget bookkeeping, and the inbound side's signal is
+  // never read, so it may be created lazily); without one (exchange), from the signal.
   listen(): void {
-    const signal = this.req.signal
-    signal.addEventListener('abort', this)
+    const res = this.res
+    if (res !== undefined) {
+      ;(res as ResponseWithCall)[callOfResponse] = this
+      res.on('close', onResponseClose)
+      return
+    }
+    this.req.signal.addEventListener('abort', this)
     this.listening = true
   }
 
