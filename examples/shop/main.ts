@@ -159,12 +159,13 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       newShare: () => newShare,
     })
 
-    // The chaos script, at fractions of the run.
+    // The chaos script, at fractions of the load's run.
+    const loadStartedAt = Date.now()
     const script = chaosScripts[options.chaos] ?? []
     const durationMs = options.durationS * 1_000
-    const runEnds = options.durationS > 0 ? startedAt + durationMs : Number.POSITIVE_INFINITY
+    const runEnds = options.durationS > 0 ? loadStartedAt + durationMs : Number.POSITIVE_INFINITY
     for (const step of options.durationS > 0 ? script : []) {
-      const due = startedAt + step.at * durationMs
+      const due = loadStartedAt + step.at * durationMs
       while (Date.now() < due && !stopSignal.signal.aborted)
         await sleep(systemClock, Math.min(250, due - Date.now()))
       if (stopSignal.signal.aborted) break
