@@ -64,7 +64,8 @@ export interface ListenerServer {
  * Content-Length, obs-fold, bare LF and bad chunk sizes are refused by Node with 400 before
  * `handler` runs. Limits: `maxHeaderSize` = `limits.maxHeaderBytes` (431 from Node),
  * `maxHeadersCount` one above `limits.maxHeaders` (so request.ts sees the excess and answers
- * 431), headers / request / keep-alive timeouts, and `maxConnections` (further connections are
+ * 431), headers / request / keep-alive timeouts (the headers timeout also bounds a TLS
+ * handshake), and `maxConnections` (further connections are
  * closed at once, without a response). CONNECT is answered 405 and the connection closed; any
  * other `Upgrade` request reaches `handler` like a normal request (request.ts refuses it), since
  * the proxy tunnels no upgraded protocol.
@@ -160,6 +161,9 @@ export function createListenerServer(
     }
     server = createHttpsServer({
       ...serverOptions,
+      // headersTimeout only starts once the handshake is done; without this a connection that
+      // never finishes its ClientHello holds a slot for tls.Server's default 120 s.
+      handshakeTimeout: headersTimeoutMs,
       ...secure,
       requestCert: tls.clientCaFile !== undefined,
       rejectUnauthorized: tls.clientCaFile !== undefined,

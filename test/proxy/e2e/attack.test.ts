@@ -597,6 +597,13 @@ describe('the hardening list, as raw bytes through the process', () => {
     expect(legacy.requests.at(-1)?.headers['x-http-method-override']).toBe('DELETE')
   })
 
+  it('closes a connection that sends nothing after headersTimeoutMs', async () => {
+    const started = Date.now()
+    const silent = await sendRaw(gw, [], { timeoutMs: 6_000, untilFirstResponse: false })
+    expect(silent.closed).toBe(true)
+    expect(Date.now() - started).toBeLessThan(3_000)
+  })
+
   it('caps open connections (maxConnections: 8)', async () => {
     const sockets = await Promise.all(Array.from({ length: 8 }, () => openSocket(out)))
     try {

@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { eventually, http } from '../runtime/helpers.js'
 import { createTestCerts, issueCert, type TestCerts } from '../support/certs.js'
 import { refusedUrl } from '../support/faulty-upstream.js'
+import { sendRaw } from '../support/raw-http.js'
 import { ensureBuilt, freePort, type ProxyProcess, spawnProxy } from './proxy-process.js'
 
 const adminToken = 'sidecar-admin-token-0c6f2a94e1'
@@ -105,6 +106,7 @@ listeners:
     role: gateway
     port: ${port}
     tls: { certFile: ${join(dir, 'server.pem')}, keyFile: ${join(dir, 'server-key.pem')} }
+    limits: { headersTimeoutMs: 1000, requestTimeoutMs: 5000 }
     routes:
       - name: payments
         match: { prefix: /payments }
@@ -244,6 +246,19 @@ describe('the sidecar through the process', () => {
     expect(await servedFingerprint()).toBe(fingerprintOf(next.cert))
     writeFileSync(join(dir, 'server-key.pem'), next.key)
     writeFileSync(join(dir, 'server.pem'), next.cert)
+  })
+
+  it('closes a connection that never finishes its TLS handshake after headersTimeoutMs', async () => {
+    const started = Date.now()
+    // A TCP connection that sends nothing, and one that stops halfway through a ClientHello.
+    const silent = await sendRaw(port, [], { timeoutMs: 8_000, untilFirstResponse: false })
+    const partial = await sendRaw(port, Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), {
+      timeoutMs: 8_000,
+      untilFirstResponse: false,
+    })
+    expect(silent.closed).toBe(true)
+    expect(partial.closed).toBe(true)
+    expect(Date.now() - started).toBeLessThan(5_000)
   })
 
   it('enforces Idempotency-Key on the route with the SQLite store: a duplicate never reaches the app', async () => {
