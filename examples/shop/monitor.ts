@@ -171,7 +171,7 @@ export function startMonitor(options: MonitorOptions): Monitor {
         if (!p.up) return
         try {
           const response = await fetch(`${p.url}/_admin/state`, {
-            signal: AbortSignal.timeout(800),
+            signal: AbortSignal.timeout(2_000),
           })
           states.set(p.name, (await response.json()) as AdminState)
         } catch {
@@ -363,9 +363,18 @@ export function startMonitor(options: MonitorOptions): Monitor {
 
   let stopped = false
   let polling: Promise<unknown> = Promise.resolve()
+  let pollRunning = false
   const timer = setInterval(() => {
     if (stopped) return
-    polling = poll().catch(() => {})
+    // A slow round (a loaded machine) is not overtaken by the next one.
+    if (!pollRunning) {
+      pollRunning = true
+      polling = poll()
+        .catch(() => {})
+        .finally(() => {
+          pollRunning = false
+        })
+    }
     if (!countingFigures) {
       countingFigures = true
       void countNow()
