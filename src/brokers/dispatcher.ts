@@ -105,14 +105,22 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
   #queued = 0
   #running = 0
   #awaited = 0
-  // Arrival positions for deliveries without a broker order.
+  // Arrival positions for deliveries without a broker order, and the first one of each such
+  // message still in play (every copy of a message takes its first position).
   #arrivals = 0
+  readonly #firstArrival = new Map<string, number>()
+  // Ids handled successfully lately, oldest first (bounded): a copy of one of them that goes
+  // back is not awaited, since the broker may take the first copy's ack for the message and
+  // never redeliver it.
+  readonly #handled = new Set<string>()
+  readonly #handledLimit: number
   #closed = false
   #roomWaiters: Array<() => void> = []
   #idleWaiters: Array<() => void> = []
 
   constructor(options: DispatcherOptions) {
     this.#options = options
+    this.#handledLimit = Math.max(1_024, options.capacity * 16)
   }
 
   /** Deliveries held: queued (waiting or held) plus running. */
@@ -158,7 +166,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     const state = this.#state(message.key)
     const awaited = state.awaited.get(message.id)
     if (awaited !== undefined) this.#forget(state, message.id, awaited)
-    const order = delivery.order ?? awaited?.order ?? ++this.#arrivals
+    const order = delivery.order ?? this.#arrivalOf(message.id)
     // Beyond the bounds, hand the newcomer back: it comes back later and keeps its place. An
     // awaited delivery coming back is always taken, or its key could wait forever.
     if (
@@ -229,6 +237,20 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     while (this.#settling.size > 0) await Promise.all([...this.#settling])
   }
 
+  #arrivalOf(id: string): number {
+    let order = this.#firstArrival.get(id)
+    if (order === undefined) {
+      order = ++this.#arrivals
+      this.#firstArrival.set(id, order)
+      // Bounded: a message forgotten here is one long gone (handled elsewhere or given up).
+      if (this.#firstArrival.size > this.#handledLimit) {
+        const oldest = this.#firstArrival.keys().next().value
+        if (oldest !== undefined) this.#firstArrival.delete(oldest)
+      }
+    }
+    return order
+  }
+
   #state(key: string): KeyState<D> {
     let state = this.#keys.get(key)
     if (state === undefined) {
@@ -276,6 +298,18 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     try {
       await this.#options.handler(delivery.message)
       this.#settle(delivery, 'ack')
+      const id = delivery.message.id
+      this.#firstArrival.delete(id)
+      this.#handled.delete(id)
+      this.#handled.add(id)
+      if (this.#handled.size > this.#handledLimit) {
+        const oldest = this.#handled.values().next().value
+        if (oldest !== undefined) this.#handled.delete(oldest)
+      }
+      // A copy of this message handed back earlier (a redelivery that overlapped this one)
+      // may not come back: the broker may take this ack for the message.
+      const copy = state.awaited.get(id)
+      if (copy !== undefined) this.#forget(state, id, copy)
     } catch (error) {
       this.#report(error, 'handler', delivery.message)
       // The deliveries of this key queued behind it stay held until it comes back and runs.
@@ -302,6 +336,8 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
 
   #await(state: KeyState<D>, entry: Entry<D>): void {
     const { message } = entry.delivery
+    // Already handled: later messages need not wait for this copy.
+    if (this.#handled.has(message.id)) return
     const previous = state.awaited.get(message.id)
     if (previous !== undefined) this.#forget(state, message.id, previous)
     const timeoutMs = this.#options.holdTimeoutMs

@@ -488,6 +488,8 @@ interface NatsSubscriptionState {
    * before its ack wait (no duplicate) and redelivers an unhandled one at once.
    */
   readonly owed: Array<readonly [string, string]>
+  /** The live session's connection, once it consumes: owed settles go out on it at once. */
+  current: NatsConnection | undefined
   sessions: number
 }
 
@@ -528,6 +530,7 @@ class NatsSubscriber implements Subscriber {
           options.onError({ error, phase, topic, group, message }),
       }),
       owed: [],
+      current: undefined,
       sessions: 0,
     }
     let inner: Subscription
@@ -574,9 +577,14 @@ class NatsSubscriber implements Subscriber {
     // The driver buffers a publish on a closed connection without a word: check first.
     const owe = (raw: JsMsg, body: string): boolean => {
       if (!nc.isClosed()) return false
-      // The next session sends it (a delayed nak becomes a plain one: the reconnect was
-      // delay enough).
-      if (raw.reply !== '') state.owed.push([raw.reply, body])
+      // The live session sends it, or the next one (a delayed nak becomes a plain one: the
+      // reconnect was delay enough).
+      // The driver's messages carry their ack subject, which its JsMsg type does not declare.
+      const reply = (raw as JsMsg & { readonly reply?: string }).reply ?? ''
+      if (reply === '') return true
+      const live = state.current
+      if (live !== undefined && !live.isClosed()) live.publish(reply, body)
+      else state.owed.push([reply, body])
       return true
     }
     const settle = (raw: JsMsg, outcome: Outcome): void => {
@@ -638,6 +646,7 @@ class NatsSubscriber implements Subscriber {
       // What the previous connection owed: acks of messages handled while it was down, and
       // naks of messages it held unstarted, which the dispatcher awaits.
       for (const [subject, body] of state.owed.splice(0)) nc.publish(subject, body)
+      state.current = nc
     } catch (error) {
       await nc.close().catch(() => {})
       throw natsError(error, `cannot subscribe ${durable} to ${topic}`)
@@ -672,6 +681,7 @@ class NatsSubscriber implements Subscriber {
       close: () => {
         closing ??= (async () => {
           stopping = true
+          if (state.current === nc) state.current = undefined
           options.clock.clearTimeout(heartbeat)
           if (nc.isClosed()) messages.stop()
           else await messages.close().catch(() => messages.stop())

@@ -49,6 +49,8 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
           // NATS and Redis give a log position; RabbitMQ does not (arrival order, by id).
           brokerOrder: fc.boolean(),
           connectionLosses: fc.integer({ min: 0, max: 2 }),
+          // The broker redelivers a message still out (its ack wait ran out): two copies.
+          ackWaitExpiries: fc.integer({ min: 0, max: 3 }),
         }),
         fc.scheduler(),
         async (log, config, s) => {
@@ -61,6 +63,10 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
           const abandoned = new Set<SimDelivery>()
           let session = 0
           let deliveries = 0
+          // The broker's view: acked messages are never redelivered (an ack or nak of any copy
+          // settles the message, as in JetStream); delivered and not acked ones are out.
+          const acked = new Set<number>()
+          const out = new Set<number>()
 
           const dispatcher = new KeyedDispatcher<SimDelivery>({
             concurrency: config.concurrency,
@@ -92,7 +98,9 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
           // The broker: a delivery not acknowledged (handed back, or its ack lost with the
           // connection) comes back at some later point the scheduler picks.
           const redeliver = (seq: number): void => {
-            void s.schedule(Promise.resolve(), `redeliver m${seq}`).then(() => deliver(seq))
+            void s.schedule(Promise.resolve(), `redeliver m${seq}`).then(() => {
+              if (!acked.has(seq)) deliver(seq)
+            })
           }
           const deliver = (seq: number): void => {
             const entry = log[seq]!
@@ -104,9 +112,15 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
               settle: (outcome) => {
                 settles.set(delivery, [...(settles.get(delivery) ?? []), outcome])
                 // An ack on a connection that is gone never reaches the broker.
-                if (outcome !== 'ack' || delivery.session !== session) redeliver(seq)
+                if (outcome === 'ack' && delivery.session === session) {
+                  acked.add(seq)
+                  out.delete(seq)
+                } else {
+                  redeliver(seq)
+                }
               },
             }
+            out.add(seq)
             dispatcher.push(delivery)
           }
 
@@ -126,6 +140,13 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
                 abandoned.add(d)
                 redeliver(d.seq)
               }
+            })
+          }
+
+          for (let i = 0; i < config.ackWaitExpiries; i++) {
+            void s.schedule(Promise.resolve(), `ack wait ran out ${i}`).then(() => {
+              const [seq] = [...out].filter((n) => !acked.has(n))
+              if (seq !== undefined) deliver(seq)
             })
           }
 
