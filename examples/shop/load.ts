@@ -40,6 +40,8 @@ export interface LoadStats {
   inFlight: number
   bySystem: Record<string, number>
   latencies: number[]
+  /** New orders read back from the read model right after placing them: found, or not. */
+  readYourWrites: { found: number; missed: number }
 }
 
 /** The running load generator. */
@@ -82,7 +84,7 @@ function randomOrder(runId: string, n: number): PlaceOrder {
 /** Starts placing orders at `rate` per second. */
 export function startLoad(options: LoadOptions): Load {
   const services = options.gatewayUrl
-    ? { gateway: options.gatewayUrl }
+    ? { gateway: options.gatewayUrl, orders: options.direct.orders }
     : { legacy: options.direct.legacy, orders: options.direct.orders }
   // Three attempts with jitter, and no breaker: the client reports the shop's health as a
   // customer sees it instead of hiding it behind its own fast failures.
@@ -109,6 +111,7 @@ export function startLoad(options: LoadOptions): Load {
     inFlight: 0,
     bySystem: {},
     latencies: [],
+    readYourWrites: { found: 0, missed: 0 },
   }
   const stamps: number[] = []
   const runId = randomUUID().slice(0, 8)
@@ -131,10 +134,15 @@ export function startLoad(options: LoadOptions): Load {
         idempotencyKey: `place-${order.orderId}`,
         headers: { 'x-customer-id': order.customerId },
       })
-      const body = response.body.length > 0 ? response.json<{ system?: string }>() : {}
+      const body =
+        response.body.length > 0 ? response.json<{ system?: string; position?: number }>() : {}
       const ok = response.status < 300
       if (ok) stats.accepted++
       else stats.failed++
+      // Every third order of the new system is read back at once from its read model: the
+      // position makes the query wait for the projection (read-your-writes).
+      if (ok && body.position !== undefined && stats.accepted % 3 === 0)
+        track(readBack(order.orderId, body.position))
       const system = body.system ?? target
       stats.bySystem[system] = (stats.bySystem[system] ?? 0) + 1
       options.onOrder?.({
@@ -160,6 +168,30 @@ export function startLoad(options: LoadOptions): Load {
     }
   }
 
+  const track = (call: Promise<void>): void => {
+    const tracked = call.finally(() => {
+      inFlight.delete(tracked)
+      stats.inFlight = inFlight.size
+    })
+    inFlight.add(tracked)
+    stats.inFlight = inFlight.size
+  }
+
+  const readBack = async (orderId: string, position: number): Promise<void> => {
+    try {
+      const response = await client.request('orders', {
+        path: `/orders/${encodeURIComponent(orderId)}`,
+        query: { atLeast: position },
+      })
+      const found =
+        response.status === 200 && response.json<{ order_id?: string }>().order_id === orderId
+      if (found) stats.readYourWrites.found++
+      else stats.readYourWrites.missed++
+    } catch {
+      stats.readYourWrites.missed++
+    }
+  }
+
   const readCatalog = async (): Promise<void> => {
     const target = options.gatewayUrl ? 'gateway' : 'legacy'
     await client.request(target, { path: '/catalog' }).catch(() => {})
@@ -180,9 +212,7 @@ export function startLoad(options: LoadOptions): Load {
         stats.sent++
         stamps.push(Date.now())
         if (stamps.length > 200) stamps.shift()
-        const call = place(randomOrder(runId, n++)).finally(() => inFlight.delete(call))
-        inFlight.add(call)
-        stats.inFlight = inFlight.size
+        track(place(randomOrder(runId, n++)))
       }
       if (++ticks % 5 === 0) void readCatalog()
       await sleep(systemClock, Math.max(0, next - Date.now()))

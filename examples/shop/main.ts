@@ -56,7 +56,12 @@ export interface ShopDemoResult {
   readonly quiescent: boolean
   readonly figures: ShopFigures
   readonly invariants: readonly Invariant[]
-  readonly load: { readonly sent: number; readonly accepted: number; readonly failed: number }
+  readonly load: {
+    readonly sent: number
+    readonly accepted: number
+    readonly failed: number
+    readonly readYourWrites: { readonly found: number; readonly missed: number }
+  }
   readonly engines: { readonly db: string; readonly broker: string }
   readonly policiesIn: string
   readonly shadow: { readonly compared: number; readonly mismatches: number } | undefined
@@ -196,7 +201,12 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       quiescent: settled,
       figures,
       invariants,
-      load: { sent: load.stats.sent, accepted: load.stats.accepted, failed: load.stats.failed },
+      load: {
+        sent: load.stats.sent,
+        accepted: load.stats.accepted,
+        failed: load.stats.failed,
+        readYourWrites: { ...load.stats.readYourWrites },
+      },
       engines: shop.engines,
       policiesIn: snapshot.policiesIn,
       shadow:
@@ -260,6 +270,10 @@ function printSummary(r: ShopDemoResult, seconds: number, write: (line: string) 
     ['sagas compensated (refund, release, cancel)', String(f.sagas.compensated ?? 0)],
     ['sagas taken over from a killed worker', String(p.sagaTakeovers)],
     ['outbox events published by the relay', String(p.eventsPublished)],
+    [
+      'read-your-writes: new orders read back found / not',
+      `${r.load.readYourWrites.found} / ${r.load.readYourWrites.missed}`,
+    ],
     ['redeliveries skipped by the inbox', String(p.redeliveriesAbsorbed)],
     ['strangler shadow: compared / mismatches', shadow],
   ]))

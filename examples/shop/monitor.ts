@@ -62,6 +62,8 @@ export interface Snapshot {
     readonly shed: number
     readonly p50: number
     readonly p99: number
+    /** New orders read back from the read model right after they were placed. */
+    readonly readYourWrites: { readonly found: number; readonly missed: number }
   }
   readonly figures: ShopFigures | undefined
   readonly invariants: readonly Invariant[]
@@ -345,6 +347,7 @@ export function startMonitor(options: MonitorOptions): Monitor {
         shed: load?.stats.shed ?? 0,
         p50: percentile(load?.stats.latencies ?? [], 50),
         p99: percentile(load?.stats.latencies ?? [], 99),
+        readYourWrites: { ...(load?.stats.readYourWrites ?? { found: 0, missed: 0 }) },
       },
       figures,
       invariants: figures === undefined ? [] : judge(figures, false, accepted),

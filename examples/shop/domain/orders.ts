@@ -66,17 +66,19 @@ export function ordersOutbox(topic: string): Outbox {
 /**
  * Records an order event and its integration event together: the append and the outbox row
  * commit in the caller's transaction, so an event is published if and only if it happened.
+ * Resolves to the event's position in the log (for read-your-writes queries).
  */
 export async function recordOrderEvent(
   tx: SqlExecutor,
   deps: { readonly store: EventStore; readonly outbox: Outbox },
   event: OrderEvent,
-): Promise<void> {
+): Promise<number> {
   const orderId = event.data.orderId
-  await deps.store.append(`order-${orderId}`, [{ ...event, id: `${orderId}:${event.type}` }], {
-    expectedVersion: event.type === 'order-placed' ? 'noStream' : 'streamExists',
-    tx,
-  })
+  const appended = await deps.store.append(
+    `order-${orderId}`,
+    [{ ...event, id: `${orderId}:${event.type}` }],
+    { expectedVersion: event.type === 'order-placed' ? 'noStream' : 'streamExists', tx },
+  )
   await deps.outbox.enqueue(tx, {
     id: `${orderId}:${event.type}`,
     aggregateType: 'order',
@@ -84,6 +86,7 @@ export async function recordOrderEvent(
     type: event.type,
     payload: event.data,
   })
+  return appended.lastPosition
 }
 
 /** What the order saga's steps need: the outbound client, the event store and the outbox. */
@@ -182,16 +185,16 @@ export function defineOrderSaga(deps: OrderSagaDeps | undefined) {
             `${ctx.idempotencyKey}:release`,
             ctx.signal,
           )
-          ctx.atCommit((tx) =>
-            recordOrderEvent(
+          ctx.atCommit(async (tx) => {
+            await recordOrderEvent(
               tx,
               { store, outbox },
               {
                 type: 'order-cancelled',
                 data: { orderId: ctx.input.orderId, reason: ctx.reason.slice(0, 200) },
               },
-            ),
-          )
+            )
+          })
         },
       },
       {
@@ -257,16 +260,16 @@ export function defineOrderSaga(deps: OrderSagaDeps | undefined) {
         name: 'confirm',
         action: async (ctx) => {
           const { store, outbox } = need()
-          ctx.atCommit((tx) =>
-            recordOrderEvent(
+          ctx.atCommit(async (tx) => {
+            await recordOrderEvent(
               tx,
               { store, outbox },
               {
                 type: 'order-confirmed',
                 data: { orderId: ctx.input.orderId, chargeId: ctx.context.chargeId },
               },
-            ),
-          )
+            )
+          })
           return {}
         },
       },

@@ -48,7 +48,7 @@ const handler = idempotentHandler({ idempotency }, async (req, res, { body, idem
       const order = JSON.parse(body.toString('utf8')) as PlaceOrder
       const tx = ctx?.tx
       if (tx === undefined) return sendJson(res, 400, { error: 'Idempotency-Key required' })
-      await recordOrderEvent(
+      const position = await recordOrderEvent(
         tx,
         { store, outbox },
         {
@@ -62,7 +62,9 @@ const handler = idempotentHandler({ idempotency }, async (req, res, { body, idem
         { orderId: order.orderId, items: order.items, amountCents: order.amountCents },
         { id: `order-${order.orderId}` },
       )
-      sendJson(res, 202, { orderId: order.orderId, status: 'placed', system: 'new' })
+      // The position lets the client read its own write: GET /orders/:id?atLeast=<position>
+      // waits until the order-history projection has applied it.
+      sendJson(res, 202, { orderId: order.orderId, status: 'placed', system: 'new', position })
     },
     'GET /orders/:orderId': async (_req, _res, { orderId }) => {
       const atLeast = Number(queryOf(req).get('atLeast') ?? Number.NaN)

@@ -105,7 +105,12 @@ export interface ShopSummary {
     readonly ok: boolean
     readonly value: string
   }[]
-  readonly load: { readonly sent: number; readonly accepted: number; readonly failed: number }
+  readonly load: {
+    readonly sent: number
+    readonly accepted: number
+    readonly failed: number
+    readonly readYourWrites: { readonly found: number; readonly missed: number }
+  }
   readonly engines: { readonly db: string; readonly broker: string }
   readonly policiesIn: string
   readonly restarts: number
