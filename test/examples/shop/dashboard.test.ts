@@ -95,6 +95,17 @@ describe('the shop dashboard in Chromium', () => {
     await page.locator('[data-testid="up-payments"]').click()
     await expect.poll(() => breaker.getAttribute('data-state'), { timeout: 30_000 }).toBe('closed')
 
+    // The strangler's controls move the proxy's /orders route, and roll it back.
+    await page.locator('button[data-action*="\\"percent\\":90"]').click()
+    await expect.poll(() => page.locator('#share').textContent()).toBe('90')
+    await expect
+      .poll(() => page.locator('#routes tbody tr').first().textContent())
+      .toMatch(/legacy 10, orders 90/)
+    await page.locator('#rollback').click()
+    await expect
+      .poll(() => page.locator('#routes tbody tr').first().textContent())
+      .toMatch(/legacy 100, orders 0/)
+
     // Stopping the demo settles the system and judges it: every invariant held.
     run.stop()
     const { code, summary, stdout } = await run.done
