@@ -76,6 +76,11 @@ describe('adapter options', () => {
         'nats.prefetch',
       ],
       [() => createNatsBroker({ url: 'nats://127.0.0.1', ackWaitMs: 10 }), 'nats.ackWaitMs'],
+      [() => createNatsBroker({ url: 'nats://127.0.0.1', maxHeldPerKey: 0 }), 'nats.maxHeldPerKey'],
+      [
+        () => createRedisBroker({ url: 'redis://127.0.0.1', holdTimeoutMs: 0 }),
+        'redis.holdTimeoutMs',
+      ],
       [
         () =>
           createNatsBroker({ url: 'nats://127.0.0.1', stream: { name: 'a.b', subjects: ['x'] } }),
