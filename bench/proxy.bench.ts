@@ -3,7 +3,9 @@
 //
 // Every server runs in its own process (bench/lib/proxy-roles.ts): a node:http upstream
 // answering 1 KiB; breakwater's ambassador with every policy on (connect/read/overall
-// timeouts, retry with budget, circuit breaker, bulkhead, outlier ejection); http-proxy 1.18
+// timeouts, retry with budget, circuit breaker, bulkhead, outlier ejection), through
+// startProxy and (case breakwater-service-runtime) as the bare ServiceRuntime behind a
+// minimal node:http front; http-proxy 1.18
 // with a keep-alive agent; nginx (Debian package, one worker, master process off, keep-alive
 // upstream pool). One run: wrk (1 thread, 64 connections; autocannon when wrk is missing)
 // against each case in turn, `--rounds` times for `--seconds` each after a warmup (this machine
@@ -277,6 +279,18 @@ export async function main(argv: string[]): Promise<void> {
       url: `http://127.0.0.1:${bw.port}/bench/x`,
       running: bw,
     })
+    if (bw.info.front === 'startProxy') {
+      // The same service runtime behind a bare node:http front: what the upstream side costs
+      // apart from the inbound listener's work.
+      const bare = await startRole('breakwater', { upstream: upstreamUrl, front: 'minimal' })
+      started.push(bare)
+      subjects.push({
+        name: 'breakwater-service-runtime',
+        product: 'breakwater',
+        url: `http://127.0.0.1:${bare.port}/bench/x`,
+        running: bare,
+      })
+    }
     const hp = await startRole('http-proxy', { upstream: upstreamUrl })
     started.push(hp)
     subjects.push({
@@ -358,16 +372,18 @@ export async function main(argv: string[]): Promise<void> {
         value: loaded.get(subject.name)!.rps / direct.rps,
       })
     }
-    const bwLoaded = loaded.get('breakwater-ambassador')!
-    for (const peer of ['http-proxy', 'nginx']) {
-      const peerLoaded = loaded.get(peer)
-      if (peerLoaded !== undefined)
-        rows.push({
-          subject: 'breakwater',
-          case: 'breakwater-ambassador',
-          metric: `throughput_vs_${peer.replace('-', '_')}`,
-          value: bwLoaded.rps / peerLoaded.rps,
-        })
+    for (const subject of subjects) {
+      if (subject.product !== 'breakwater') continue
+      for (const peer of ['http-proxy', 'nginx']) {
+        const peerLoaded = loaded.get(peer)
+        if (peerLoaded !== undefined)
+          rows.push({
+            subject: subject.product,
+            case: subject.name,
+            metric: `throughput_vs_${peer.replace('-', '_')}`,
+            value: loaded.get(subject.name)!.rps / peerLoaded.rps,
+          })
+      }
     }
 
     // One connection, unloaded: what one hop adds to the median.
@@ -380,10 +396,11 @@ export async function main(argv: string[]): Promise<void> {
     const directP50 = median(single.get('direct')!)
     for (const subject of subjects) {
       const p50 = median(single.get(subject.name)!)
-      rows.push({ subject: subject.product, case: 'one-connection', metric: 'p50_ms', value: p50 })
+      // Subject here is the case name: two cases share the product breakwater.
+      rows.push({ subject: subject.name, case: 'one-connection', metric: 'p50_ms', value: p50 })
       if (subject.name !== 'direct')
         rows.push({
-          subject: subject.product,
+          subject: subject.name,
           case: 'one-connection-added-p50',
           metric: 'ms',
           value: p50 - directP50,
