@@ -2,13 +2,16 @@
 // `breakwater proxy` process with raw upstream sockets. Each test states the behaviour the
 // issue asks for. Failing at the time of writing (routed to the upstream engineer): the
 // deadline passed on under the configured `deadlineHeader`. The others pass and stay as
-// regression tests (short body, a pooled connection poisoned by extra bytes, CL + TE).
+// regression tests (short body, a pooled connection poisoned by extra bytes, CL + TE, no
+// retry of a keyless POST, redirects not followed, TLS verified by default, spent deadline).
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { createServer as createTlsServer } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { eventually, http } from '../runtime/helpers.js'
+import { createTestCerts, type TestCerts } from '../support/certs.js'
 import { sendRaw } from '../support/raw-http.js'
 import { ensureBuilt, freePort, type ProxyProcess, spawnProxy } from './proxy-process.js'
 
@@ -60,6 +63,12 @@ let echo: RawUpstream
 let lying: RawUpstream
 let poisoning: RawUpstream
 let framing: RawUpstream
+let unavailable: RawUpstream
+let redirecting: RawUpstream
+let certs: TestCerts
+const tlsHeads: string[] = []
+let tlsPort = 0
+let closeTls: (() => Promise<void>) | undefined
 let proxy: ProxyProcess
 let out: number
 let admin: number
@@ -90,6 +99,31 @@ beforeAll(async () => {
       'HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n',
     )
   })
+  // Always 503: a POST without an Idempotency-Key must not be sent twice.
+  unavailable = await rawUpstream((_head, socket) => {
+    socket.write('HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n')
+  })
+  // A redirect to a host outside the config: passed to the client, never followed.
+  redirecting = await rawUpstream((_head, socket) => {
+    socket.write(
+      `HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:${echo.port}/followed\r\nContent-Length: 0\r\n\r\n`,
+    )
+  })
+  // A TLS endpoint whose certificate is signed by a CA the proxy was not told about.
+  certs = createTestCerts()
+  const tlsServer = createTlsServer(
+    { cert: certs.server.cert, key: certs.server.key },
+    (socket) => {
+      socket.on('data', () => {
+        tlsHeads.push('request')
+        socket.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
+      })
+      socket.on('error', () => {})
+    },
+  )
+  await new Promise<void>((resolve) => tlsServer.listen(0, '127.0.0.1', resolve))
+  tlsPort = (tlsServer.address() as { port: number }).port
+  closeTls = () => new Promise<void>((resolve) => tlsServer.close(() => resolve()))
   out = await freePort()
   admin = await freePort()
   const file = join(dir, 'findings.yaml')
@@ -100,6 +134,17 @@ beforeAll(async () => {
   lying: { endpoints: [http://127.0.0.1:${lying.port}] }
   poisoning: { endpoints: [http://127.0.0.1:${poisoning.port}], bulkhead: { connectionsPerEndpoint: 1 } }
   framing: { endpoints: [http://127.0.0.1:${framing.port}] }
+  unavailable:
+    endpoints: [http://127.0.0.1:${unavailable.port}]
+    retry: { attempts: 3, baseDelayMs: 1, maxDelayMs: 2 }
+  redirecting: { endpoints: [http://127.0.0.1:${redirecting.port}] }
+  untrusted: { endpoints: [https://127.0.0.1:${tlsPort}] }
+  trusted:
+    endpoints: [https://127.0.0.1:${tlsPort}]
+    tls: { caFile: ${certs.ca.certFile} }
+  misnamed:
+    endpoints: [https://127.0.0.1:${tlsPort}]
+    tls: { caFile: ${certs.ca.certFile}, serverName: other.example }
 listeners:
   - { name: outbound, role: ambassador, port: ${out} }
 admin: { port: ${admin}, token: { env: FINDINGS_ADMIN_TOKEN } }
@@ -126,6 +171,10 @@ afterAll(async () => {
   await lying?.close()
   await poisoning?.close()
   await framing?.close()
+  await unavailable?.close()
+  await redirecting?.close()
+  await closeTls?.()
+  certs?.cleanup()
 })
 
 describe('upstream findings', () => {
@@ -185,5 +234,53 @@ describe('upstream findings', () => {
       },
     )
     expect(response.status).toBe(502)
+  })
+
+  it('never retries a POST without an Idempotency-Key, retries one with a key', async () => {
+    const get = (method: string, extra = ''): string =>
+      `${method} /unavailable/x HTTP/1.1\r\nHost: 127.0.0.1:${out}\r\nContent-Length: 2\r\n${extra}\r\nhi`
+    unavailable.heads.length = 0
+    expect((await sendRaw(out, get('POST'))).status).toBe(503)
+    expect(unavailable.heads).toHaveLength(1)
+    unavailable.heads.length = 0
+    expect((await sendRaw(out, get('POST', 'Idempotency-Key: k-1\r\n'))).status).toBe(503)
+    expect(unavailable.heads).toHaveLength(3)
+    unavailable.heads.length = 0
+    expect((await sendRaw(out, get('PUT'))).status).toBe(503)
+    expect(unavailable.heads).toHaveLength(3)
+  })
+
+  it('passes a redirect to the client and never follows it', async () => {
+    const before = echo.heads.length
+    const response = await sendRaw(
+      out,
+      `GET /redirecting/x HTTP/1.1\r\nHost: 127.0.0.1:${out}\r\n\r\n`,
+    )
+    expect(response.status).toBe(302)
+    expect(echo.heads.length).toBe(before)
+  })
+
+  it('verifies upstream TLS by default: an unknown CA or a wrong name never gets the request', async () => {
+    const to = (service: string) =>
+      sendRaw(out, `GET /${service}/x HTTP/1.1\r\nHost: 127.0.0.1:${out}\r\n\r\n`, {
+        timeoutMs: 5_000,
+      })
+    expect((await to('untrusted')).status).toBe(502)
+    expect((await to('misnamed')).status).toBe(502)
+    expect(tlsHeads).toHaveLength(0)
+    expect((await to('trusted')).status).toBe(200)
+    expect(tlsHeads).toHaveLength(1)
+  })
+
+  it('answers a spent inbound deadline at once, without calling the service', async () => {
+    const before = echo.heads.length
+    for (const value of ['0', '-5']) {
+      const response = await sendRaw(
+        out,
+        `GET /echo/x HTTP/1.1\r\nHost: 127.0.0.1:${out}\r\nX-Deadline-Ms: ${value}\r\n\r\n`,
+      )
+      expect(response.status, value).toBe(504)
+    }
+    expect(echo.heads.length).toBe(before)
   })
 })
