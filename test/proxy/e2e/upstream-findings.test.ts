@@ -3,7 +3,8 @@
 // issue asks for. Failing at the time of writing (routed to the upstream engineer): the
 // deadline passed on under the configured `deadlineHeader`. The others pass and stay as
 // regression tests (short body, a pooled connection poisoned by extra bytes, CL + TE, no
-// retry of a keyless POST, redirects not followed, TLS verified by default, spent deadline).
+// retry of a keyless POST, redirects not followed, TLS verified by default, spent deadline,
+// bulkhead slots freed when the client goes away).
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -12,7 +13,7 @@ import { createServer as createTlsServer } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { eventually, http } from '../runtime/helpers.js'
 import { createTestCerts, type TestCerts } from '../support/certs.js'
-import { sendRaw } from '../support/raw-http.js'
+import { openSocket, sendRaw } from '../support/raw-http.js'
 import { ensureBuilt, freePort, type ProxyProcess, spawnProxy } from './proxy-process.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'bw-proxy-upstream-findings-'))
@@ -65,6 +66,7 @@ let poisoning: RawUpstream
 let framing: RawUpstream
 let unavailable: RawUpstream
 let redirecting: RawUpstream
+let hanging: RawUpstream
 let certs: TestCerts
 const tlsHeads: string[] = []
 let tlsPort = 0
@@ -109,6 +111,11 @@ beforeAll(async () => {
       `HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:${echo.port}/followed\r\nContent-Length: 0\r\n\r\n`,
     )
   })
+  // Never answers `/hang`; answers everything else.
+  hanging = await rawUpstream((head, socket) => {
+    if (!head.startsWith('GET /hang'))
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
+  })
   // A TLS endpoint whose certificate is signed by a CA the proxy was not told about.
   certs = createTestCerts()
   const tlsServer = createTlsServer(
@@ -138,6 +145,10 @@ beforeAll(async () => {
     endpoints: [http://127.0.0.1:${unavailable.port}]
     retry: { attempts: 3, baseDelayMs: 1, maxDelayMs: 2 }
   redirecting: { endpoints: [http://127.0.0.1:${redirecting.port}] }
+  hanging:
+    endpoints: [http://127.0.0.1:${hanging.port}]
+    timeouts: { readMs: 60000, overallMs: 60000 }
+    bulkhead: { maxConcurrent: 2, maxQueue: 0, connectionsPerEndpoint: 4 }
   untrusted: { endpoints: [https://127.0.0.1:${tlsPort}] }
   trusted:
     endpoints: [https://127.0.0.1:${tlsPort}]
@@ -173,6 +184,7 @@ afterAll(async () => {
   await framing?.close()
   await unavailable?.close()
   await redirecting?.close()
+  await hanging?.close()
   await closeTls?.()
   certs?.cleanup()
 })
@@ -282,5 +294,22 @@ describe('upstream findings', () => {
       expect(response.status, value).toBe(504)
     }
     expect(echo.heads.length).toBe(before)
+  })
+
+  it('frees the bulkhead slot of a client that went away while the service hung', async () => {
+    for (let i = 0; i < 2; i++) {
+      const socket = await openSocket(out)
+      socket.write(`GET /hanging/hang/${i} HTTP/1.1\r\nHost: 127.0.0.1:${out}\r\n\r\n`)
+      await eventually(() => hanging.heads.length === i + 1, 'the hung request at the service')
+      socket.destroy()
+    }
+    // Both slots were taken by clients that are gone: a new request must still get one.
+    await eventually(
+      async () =>
+        (await sendRaw(out, `GET /hanging/ok HTTP/1.1\r\nHost: 127.0.0.1:${out}\r\n\r\n`))
+          .status === 200,
+      'a free bulkhead slot',
+      3_000,
+    )
   })
 })
