@@ -76,6 +76,10 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       res.write(`data: ${JSON.stringify(options.monitor.snapshot())}\n\n`)
       streams.add(res)
       req.on('close', () => streams.delete(res))
+    } else if (url === '/api/proxy-config') {
+      res
+        .writeHead(200, { 'content-type': 'text/plain; charset=utf-8' })
+        .end(options.shop.proxy?.configYaml ?? '# the proxy is not running (--no-proxy)\n')
     } else if (url.startsWith('/api/saga/')) {
       const id = decodeURIComponent(url.slice('/api/saga/'.length))
       getSagaTimeline(options.shop.dbs.orders, id).then(

@@ -43,6 +43,8 @@ export interface ShopProxy {
   readonly gatewayUrl: string
   /** Where services send their outbound calls (the ambassador listener). */
   readonly ambassadorUrl: string
+  /** The YAML the proxy runs with. */
+  readonly configYaml: string
   /** Sends `percent` % of `/orders` to the new orders service (sticky per customer). */
   setNewOrdersShare(percent: number): void
   /** Rolls `/orders` back: every order to legacy at once (requests in flight finish). */
@@ -106,8 +108,9 @@ export async function startShopProxy(
   newShare: number,
   log: (line: string) => void,
 ): Promise<ShopProxy> {
+  const configYaml = proxyConfigYaml(peers, newShare)
   const proxy = await startProxy({
-    config: proxyConfigYaml(peers, newShare),
+    config: configYaml,
     logger: demoLogger(log),
   })
   const url = (listener: string): string => {
@@ -121,6 +124,7 @@ export async function startShopProxy(
   return {
     gatewayUrl: url('gateway'),
     ambassadorUrl: url('ambassador'),
+    configYaml,
     setNewOrdersShare: (percent) => proxy.switchRoute('orders', split(percent)),
     rollback: () => proxy.switchRoute('orders', split(0)),
     services: () =>
