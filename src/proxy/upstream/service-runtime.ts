@@ -3,7 +3,7 @@ import type { ServerResponse } from 'node:http'
 import { Pool } from 'undici'
 import type { Clock, TimerHandle } from '../../core/clock.js'
 import type { ErrorCode } from '../../core/error-codes.js'
-import { BreakwaterError } from '../../core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
 import { checkFunction, checkObject } from '../../core/validate.js'
 import {
   type Backoff,
@@ -46,6 +46,13 @@ export interface ServiceRuntimeOptions {
    * @default Math.random
    */
   readonly random?: RandomSource
+  /**
+   * The header that carries the remaining deadline (whole milliseconds) to the upstream: the
+   * proxy's configured `deadlineHeader`, so the apps behind speak the same one as its clients.
+   * An inbound header of that name is replaced, never passed on.
+   * @default 'x-breakwater-deadline-ms'
+   */
+  readonly deadlineHeader?: string
 }
 
 /**
@@ -86,7 +93,6 @@ const replacedRequestHeaders: ReadonlySet<string> = new Set([
   'content-length',
   'expect',
   'x-request-id',
-  DEADLINE_HEADER,
 ])
 
 /**
@@ -121,6 +127,16 @@ export function createServiceRuntime(
 ): UpstreamService {
   checkObject('createServiceRuntime.options', options)
   if (options.random !== undefined) checkFunction('createServiceRuntime.random', options.random)
+  if (
+    options.deadlineHeader !== undefined &&
+    (typeof options.deadlineHeader !== 'string' ||
+      !/^[!#$%&'*+.^_`|~0-9a-z-]+$/i.test(options.deadlineHeader))
+  )
+    throw new InvalidOptionError(
+      'createServiceRuntime.deadlineHeader',
+      'a header name',
+      options.deadlineHeader,
+    )
   return new UpstreamServiceRuntime(config, deps, options)
 }
 
@@ -148,6 +164,8 @@ class Core {
   readonly overallMs: number
   readonly maxConcurrent: number
   readonly maxQueue: number
+  /** Lower-case name of the deadline header sent upstream. */
+  readonly deadlineHeader: string
   running = 0
   queued = 0
   queueHead: ForwardCall | undefined
@@ -174,6 +192,7 @@ class Core {
     this.overallMs = config.timeouts.overallMs
     this.maxConcurrent = config.bulkhead.maxConcurrent
     this.maxQueue = config.bulkhead.maxQueue
+    this.deadlineHeader = (options.deadlineHeader ?? DEADLINE_HEADER).toLowerCase()
     const random = options.random ?? Math.random
     this.breaker = new ServiceBreaker(config.breaker, deps.clock)
     const retry = config.retry
@@ -711,7 +730,12 @@ class ForwardCall {
     let hasKey = false
     const source = req.headers
     for (const name in source) {
-      if (replacedRequestHeaders.has(name) || HOP_BY_HOP_HEADERS.has(name)) continue
+      if (
+        replacedRequestHeaders.has(name) ||
+        HOP_BY_HOP_HEADERS.has(name) ||
+        name === core.deadlineHeader
+      )
+        continue
       if (auth !== undefined && name === auth.header) continue
       if (name === 'idempotency-key') hasKey = true
       const value = source[name] as string | string[]
@@ -722,7 +746,7 @@ class ForwardCall {
     headers.push('host', req.host)
     headers.push('x-request-id', req.requestId)
     this.deadlineIndex = headers.length + 1
-    headers.push(DEADLINE_HEADER, '')
+    headers.push(core.deadlineHeader, '')
     if (auth?.value !== undefined) headers.push(auth.header, auth.value)
     const retry = core.config.retry
     if (!hasKey && retry?.addIdempotencyKey === true && !idempotentMethods.has(method)) {

@@ -26,10 +26,18 @@ interface Setup {
   readonly deps: ReturnType<typeof testDeps>
 }
 
-async function setup(config: ServiceConfig, random = () => 0.5): Promise<Setup> {
+async function setup(
+  config: ServiceConfig,
+  random = () => 0.5,
+  deadlineHeader?: string,
+): Promise<Setup> {
   const clock = new ManualClock(1_000_000)
   const deps = testDeps(clock)
-  const service = createServiceRuntime(config, deps, { random })
+  const service = createServiceRuntime(
+    config,
+    deps,
+    deadlineHeader === undefined ? { random } : { random, deadlineHeader },
+  )
   cleanups.push(() => service.close())
   const front = await startFront(service, clock)
   cleanups.push(() => front.close())
@@ -77,6 +85,18 @@ describe('forward: streaming and headers', () => {
     expect(seen.headers[DEADLINE_HEADER]).toBe('10000')
     await eventually(() => front.outcomes.length === 1)
     expect(front.outcomes[0]).toMatchObject({ status: 201, attempts: 1, error: undefined })
+  })
+
+  it('sends the deadline under the configured header name, replacing an inbound one', async () => {
+    const up = await upstream()
+    const { front } = await setup(serviceConfig([up.url]), () => 0.5, 'X-Deadline-Ms')
+    const response = await fetch(`${front.url}/a`, { headers: { 'x-deadline-ms': '99999' } })
+    expect(response.status).toBe(200)
+    expect(up.requests[0]!.headers['x-deadline-ms']).toBe('10000')
+    expect(up.requests[0]!.headers[DEADLINE_HEADER]).toBeUndefined()
+    expect(() =>
+      createServiceRuntime(serviceConfig([up.url]), testDeps(), { deadlineHeader: 'bad header' }),
+    ).toThrow(/createServiceRuntime\.deadlineHeader/)
   })
 
   it('passes the inbound Host when rewriteHost is off, and forwards the body', async () => {
