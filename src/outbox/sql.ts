@@ -318,7 +318,9 @@ SELECT pg_notify($10, '')`,
     // reads only rows whose writing transaction is older than every transaction still running
     // (xid below the snapshot's xmin): all such transactions have ended, so no row that could
     // precede them is still in flight. The price is that one long-running writing transaction
-    // holds the relay back until it ends. The scalar subquery runs once per statement.
+    // holds the relay back until it ends. The scalar subquery runs once per statement. The rows
+    // in flight ($5) are the oldest pending ones, so the scan meets every one of them: NOT IN a
+    // subquery is a hashed lookup, where NOT (id = ANY(array)) compares with each element.
     readBatch: `SELECT ${readColumns}
 FROM ${outboxTable} o
 WHERE o.published_at IS NULL AND o.dead_at IS NULL
@@ -326,7 +328,7 @@ WHERE o.published_at IS NULL AND o.dead_at IS NULL
   AND (o.retry_at IS NULL OR o.retry_at <= $2)
   AND o.xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
   AND NOT (o.aggregate_id = ANY($4::text[]))
-  AND NOT (o.id = ANY($5::bigint[]))
+  AND o.id NOT IN (SELECT unnest($5::bigint[]))
   AND ${noHeldPredecessor}
 ORDER BY o.id
 LIMIT $3`,
