@@ -502,11 +502,17 @@ class ProxyRuntime implements ProxyInternals {
       for (const [name, serviceConfig] of config.services) {
         // An unchanged service keeps its runtime: pools, breaker state and ejections survive.
         const previous = old?.services.get(name)
-        if (previous !== undefined && sameJson(previous.config, serviceConfig)) {
+        if (
+          previous !== undefined &&
+          sameJson(previous.config, serviceConfig) &&
+          old?.config.deadlineHeader === config.deadlineHeader
+        ) {
           services.set(name, previous)
           continue
         }
-        const service = createServiceRuntime(serviceConfig, deps)
+        const service = createServiceRuntime(serviceConfig, deps, {
+          deadlineHeader: config.deadlineHeader,
+        })
         created.push(service)
         services.set(name, service)
       }
