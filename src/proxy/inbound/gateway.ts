@@ -201,10 +201,13 @@ export function createGatewayHandler(
     const captureBytes = shadowService === undefined ? undefined : shadows.maxBodyBytes
 
     let called = false
-    const forward = (forwardOptions: ForwardOptions): Promise<ForwardOutcome> => {
+    const forward = (
+      forwardOptions: ForwardOptions,
+      response: ServerResponse = res,
+    ): Promise<ForwardOutcome> => {
       called = true
       const bytes = Math.max(forwardOptions.captureBytes ?? -1, captureBytes ?? -1)
-      return service.forward(forwarded, res, bytes < 0 ? undefined : { captureBytes: bytes })
+      return service.forward(forwarded, response, bytes < 0 ? undefined : { captureBytes: bytes })
     }
 
     let outcome: ForwardOutcome

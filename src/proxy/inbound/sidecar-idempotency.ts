@@ -9,7 +9,7 @@
 // `maxResponseBytes`) releases the key before it is sent, so the client's retry reaches the
 // app again; one over the cap stops being held and streams on once it passes the cap.
 
-import type { ServerResponse } from 'node:http'
+import { ServerResponse } from 'node:http'
 import { type Clock, systemClock } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
@@ -70,14 +70,17 @@ export interface SidecarIdempotency {
   /**
    * Runs one request of a guarded route under the protocol: answers problems and replays
    * itself (writing `res`), or calls `forward` with a capture and records what the app
-   * answered. Resolves with the outcome for the access log and counters; `attempts` is 0 when
-   * the app was not called.
+   * answered. `forward` writes into `response`, a response detached from the client's
+   * connection: a client that goes away does not cut the app's call short, so its answer is
+   * still recorded and the client's retry with the same key gets it replayed (the lost-reply
+   * case the protocol is for). Resolves with the outcome for the access log and counters;
+   * `attempts` is 0 when the app was not called.
    */
   run(
     config: RouteIdempotencyConfig,
     inbound: InboundRequest,
     res: ServerResponse,
-    forward: (options: ForwardOptions) => Promise<ForwardOutcome>,
+    forward: (options: ForwardOptions, response: ServerResponse) => Promise<ForwardOutcome>,
   ): Promise<ForwardOutcome>
 }
 
@@ -108,25 +111,30 @@ interface HeldResponse {
 }
 
 /**
- * Holds back what the service runtime writes to `res` (head, body, end) instead of sending it,
- * until {@link HeldResponse.release}. A response longer than `maxBytes` is not held: the head and
- * the bytes so far are sent when it passes the cap, and the rest streams through (with the
- * client's backpressure). A second `writeHead` (the runtime's own error response after a failed
- * attempt) replaces what was held.
+ * Holds back what the service runtime writes to `source` (head, body, end) instead of sending
+ * it to `client`, until {@link HeldResponse.release}. `source` is a response of its own, not
+ * tied to the client's connection, so the service call outlives a client that goes away. A
+ * response longer than `maxBytes` is not held: the head and the bytes so far go to the client
+ * when it passes the cap, and the rest streams through with the client's backpressure; from
+ * then on a client that goes away ends the call, as on any other route. A second `writeHead`
+ * (the runtime's own error response after a failed attempt) replaces what was held.
  */
-function holdBack(res: ServerResponse, maxBytes: number): HeldResponse {
-  const original = { writeHead: res.writeHead, write: res.write, end: res.end }
+function holdBack(client: ServerResponse, source: ServerResponse, maxBytes: number): HeldResponse {
   let head: WriteHeadArgs | undefined
   let chunks: Buffer[] = []
   let size = 0
   let ended = false
   let streaming = false
   let released = false
-  const restore = (): void => {
-    res.writeHead = original.writeHead
-    res.write = original.write
-    res.end = original.end
-  }
+  let broken = false
+  // The runtime destroys its response when the app's answer breaks off mid-body: the client
+  // must then see a broken connection too, never a body that ends early.
+  const destroySource = source.destroy.bind(source)
+  source.destroy = ((error?: Error) => {
+    broken = true
+    if (!client.destroyed) client.destroy()
+    return destroySource(error)
+  }) as ServerResponse['destroy']
   const toBuffer = (chunk: unknown): Buffer | undefined =>
     typeof chunk === 'string'
       ? Buffer.from(chunk)
@@ -135,40 +143,68 @@ function holdBack(res: ServerResponse, maxBytes: number): HeldResponse {
         : undefined
   const startStreaming = (): boolean => {
     streaming = true
-    restore()
-    if (head !== undefined) original.writeHead.apply(res, head)
+    // The response can no longer be recorded: the client's backpressure and departure now
+    // govern the call.
+    client.on('drain', () => source.emit('drain'))
+    // `source` has no socket, so nothing else would tell the runtime (which listens for its
+    // response's 'close') that the client left.
+    const clientLeft = (): void => {
+      source.destroy()
+      source.emit('close')
+    }
+    if (client.destroyed) {
+      clientLeft()
+      return false
+    }
+    client.once('close', () => {
+      if (!client.writableFinished) clientLeft()
+    })
+    if (head !== undefined) client.writeHead(...head)
     const body = Buffer.concat(chunks, size)
     chunks = []
-    return body.length === 0 ? true : res.write(body)
+    return body.length === 0 ? true : client.write(body)
   }
-  res.writeHead = ((...args: WriteHeadArgs) => {
+  source.writeHead = ((...args: WriteHeadArgs) => {
+    if (streaming) {
+      if (!client.headersSent) client.writeHead(...args)
+      return source
+    }
     head = args
     chunks = []
     size = 0
-    return res
+    return source
   }) as ServerResponse['writeHead']
-  res.write = ((chunk: unknown, ...rest: unknown[]) => {
+  source.write = ((chunk: unknown, ...rest: unknown[]) => {
     const buffer = toBuffer(chunk)
+    const callback = rest.find((a) => typeof a === 'function') as (() => void) | undefined
+    if (streaming) {
+      if (callback !== undefined) queueMicrotask(callback)
+      return buffer === undefined || client.destroyed ? true : client.write(buffer)
+    }
     if (buffer !== undefined) {
       chunks.push(buffer)
       size += buffer.length
     }
-    const callback = rest.find((a) => typeof a === 'function') as (() => void) | undefined
     if (callback !== undefined) queueMicrotask(callback)
     return size > maxBytes ? startStreaming() : true
   }) as ServerResponse['write']
-  res.end = ((chunk?: unknown, ...rest: unknown[]) => {
+  source.end = ((chunk?: unknown, ...rest: unknown[]) => {
     const buffer = typeof chunk === 'function' ? undefined : toBuffer(chunk)
+    const callback = [chunk, ...rest].find((a) => typeof a === 'function') as
+      | (() => void)
+      | undefined
+    if (streaming) {
+      if (callback !== undefined) client.once('finish', callback)
+      if (!client.destroyed) client.end(buffer)
+      return source
+    }
     if (buffer !== undefined) {
       chunks.push(buffer)
       size += buffer.length
     }
     ended = true
-    const callback = [chunk, ...rest].find((a) => typeof a === 'function') as
-      | (() => void)
-      | undefined
-    if (callback !== undefined) res.once('finish', callback)
-    return res
+    if (callback !== undefined) client.once('finish', callback)
+    return source
   }) as ServerResponse['end']
   return {
     get streaming() {
@@ -177,13 +213,10 @@ function holdBack(res: ServerResponse, maxBytes: number): HeldResponse {
     release() {
       if (released) return
       released = true
-      // Streaming: the methods are back already and the runtime ends the response itself.
-      if (streaming) return
-      restore()
-      if (res.destroyed) return
-      if (head !== undefined) original.writeHead.apply(res, head)
-      if (ended) res.end(Buffer.concat(chunks, size))
-      else if (size > 0) res.write(Buffer.concat(chunks, size))
+      if (streaming || broken || client.destroyed) return
+      if (head !== undefined) client.writeHead(...head)
+      if (ended) client.end(Buffer.concat(chunks, size))
+      else if (size > 0) client.write(Buffer.concat(chunks, size))
     },
   }
 }
@@ -228,7 +261,7 @@ class Sidecar implements SidecarIdempotency {
     config: RouteIdempotencyConfig,
     inbound: InboundRequest,
     res: ServerResponse,
-    forward: (options: ForwardOptions) => Promise<ForwardOutcome>,
+    forward: (options: ForwardOptions, response: ServerResponse) => Promise<ForwardOutcome>,
   ): Promise<ForwardOutcome> {
     const protocol = this.#protocol(config)
     const begun = await protocol.begin({
@@ -241,7 +274,7 @@ class Sidecar implements SidecarIdempotency {
       signal: inbound.signal,
       native: inbound,
     })
-    if (begun.kind === 'bypass') return forward({})
+    if (begun.kind === 'bypass') return forward({}, res)
     if (begun.kind === 'respond') {
       writeResponse(res, begun.response)
       return {
@@ -253,10 +286,13 @@ class Sidecar implements SidecarIdempotency {
       }
     }
     const { execution } = begun
-    const held = holdBack(res, this.#maxBytes)
+    // Not attached to the client's socket: writes to it are intercepted by holdBack, and it
+    // never closes when the client does.
+    const detached = new ServerResponse(res.req)
+    const held = holdBack(res, detached, this.#maxBytes)
     let outcome: ForwardOutcome
     try {
-      outcome = await forward({ captureBytes: this.#maxBytes })
+      outcome = await forward({ captureBytes: this.#maxBytes }, detached)
     } catch (error) {
       await execution.abort()
       held.release()

@@ -68,7 +68,14 @@ function startApp(): Promise<void> {
         setTimeout(() => answer(503), 300)
         return
       }
-      if (url.startsWith('/hold')) {
+      if (url.includes('/break')) {
+        // The answer breaks off mid-body.
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 100 })
+        res.write('0123456789')
+        setTimeout(() => res.socket?.destroy(), 50)
+        return
+      }
+      if (url.includes('/hold')) {
         held.push(() => answer(200))
         return
       }
@@ -298,6 +305,68 @@ describe('the sidecar through the process', () => {
     await https('/other', { method: 'POST', body })
     await https('/other', { method: 'POST', body })
     expect(executions.get('/other')).toBe(2)
+  })
+
+  it('a client that goes away mid-request does not get the app to run its key twice', async () => {
+    // The lost-reply case Idempotency-Key exists for: the app got the request, the client's
+    // connection dropped before the answer, the client retries with the same key.
+    const body = '{"amount":7}'
+    const request = `POST /payments/hold/lost HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Type: application/json\r\nIdempotency-Key: lost-1\r\nContent-Length: ${body.length}\r\n\r\n${body}`
+    const socket = tlsConnect({
+      host: '127.0.0.1',
+      port,
+      ca: certs.ca.cert,
+      servername: 'localhost',
+    })
+    await new Promise<void>((resolve, reject) => {
+      socket.once('secureConnect', resolve)
+      socket.once('error', reject)
+    })
+    socket.write(request)
+    await eventually(() => held.length === 1, 'the request at the app')
+    socket.destroy()
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    for (const release of held.splice(0)) release()
+    expect(executions.get('/payments/hold/lost')).toBe(1)
+
+    // The retry: the recorded answer (or 409 while it is being recorded), never a second run.
+    let retry: Answer | undefined
+    await eventually(async () => {
+      retry = await https('/payments/hold/lost', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': 'lost-1' },
+        body,
+      })
+      for (const release of held.splice(0)) release()
+      return retry.status !== 409
+    }, 'an answer other than 409')
+    expect(executions.get('/payments/hold/lost')).toBe(1)
+    expect(retry?.status).toBe(200)
+    expect(retry?.headers['idempotent-replayed']).toBe('true')
+  })
+
+  it('an app answer that breaks off mid-body reaches the client broken, and frees the key', async () => {
+    const body = '{"amount":9}'
+    const send = () =>
+      sendRaw(
+        port,
+        `POST /payments/break HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Type: application/json\r\nIdempotency-Key: break-1\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+        {
+          tls: { ca: certs.ca.cert, servername: 'localhost' },
+          untilFirstResponse: false,
+          timeoutMs: 5_000,
+        },
+      )
+    const first = await send()
+    expect(first.timedOut).toBe(false)
+    expect(first.closed).toBe(true)
+    // Never a response that looks complete: nothing at all (the head was still held), a cut
+    // body, or the proxy's own 5xx.
+    if (first.status === 200) expect(first.body.length).toBeLessThan(100)
+    else if (first.status !== undefined) expect(first.status).toBeGreaterThanOrEqual(500)
+    // Nothing was recorded: the retry reaches the app again.
+    await send()
+    expect(executions.get('/payments/break')).toBe(2)
   })
 
   it('sets the deadline header for the app, reduced by the time already spent', async () => {

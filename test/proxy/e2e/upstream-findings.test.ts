@@ -1,7 +1,7 @@
 // Red-team probes of the forward path (src/proxy/upstream/), through the real
 // `breakwater proxy` process with raw upstream sockets. Each test states the behaviour the
-// issue asks for. Failing at the time of writing (routed to the upstream engineer): the
-// deadline passed on under the configured `deadlineHeader`. The others pass and stay as
+// issue asks for. The deadline passed on under the configured `deadlineHeader` failed when
+// written (fixed since in the upstream and the runtime). The others passed and stay as
 // regression tests (short body, a pooled connection poisoned by extra bytes, CL + TE, no
 // retry of a keyless POST, redirects not followed, TLS verified by default, spent deadline,
 // bulkhead slots freed when the client goes away).
