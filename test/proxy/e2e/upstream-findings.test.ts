@@ -1,8 +1,9 @@
 // Red-team probes of the forward path (src/proxy/upstream/), through the real
 // `breakwater proxy` process with raw upstream sockets. Each test states the behaviour the
-// issue asks for. The deadline passed on under the configured `deadlineHeader` failed when
-// written (fixed since in the upstream and the runtime). The others passed and stay as
-// regression tests (short body, a pooled connection poisoned by extra bytes, CL + TE, no
+// issue asks for. Failing when written, routed to the lead: a POST on a sidecar-guarded route
+// is retried after a read timeout (the key is enforced by the proxy, the app behind does not
+// dedupe, so it runs twice). The deadline under the configured `deadlineHeader` failed when
+// written and is fixed. The others passed and stay as regression tests (short body, a pooled connection poisoned by extra bytes, CL + TE, no
 // retry of a keyless POST, redirects not followed, TLS verified by default, spent deadline,
 // bulkhead slots freed when the client goes away).
 import { mkdtempSync, writeFileSync } from 'node:fs'
@@ -71,6 +72,9 @@ let certs: TestCerts
 const tlsHeads: string[] = []
 let tlsPort = 0
 let closeTls: (() => Promise<void>) | undefined
+let slowApp: RawUpstream
+const slowAppPosts: string[] = []
+let gw = 0
 let proxy: ProxyProcess
 let out: number
 let admin: number
@@ -131,6 +135,15 @@ beforeAll(async () => {
   await new Promise<void>((resolve) => tlsServer.listen(0, '127.0.0.1', resolve))
   tlsPort = (tlsServer.address() as { port: number }).port
   closeTls = () => new Promise<void>((resolve) => tlsServer.close(() => resolve()))
+  // A local app behind a sidecar route with Idempotency-Key enforcement: it knows nothing of
+  // keys (the point of the sidecar). Its first POST takes longer than the service's readMs.
+  slowApp = await rawUpstream((head, socket) => {
+    slowAppPosts.push(head.split('\r\n')[0] as string)
+    const answer = () => socket.write('HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok')
+    if (slowAppPosts.length === 1) setTimeout(answer, 600)
+    else answer()
+  })
+  gw = await freePort()
   out = await freePort()
   admin = await freePort()
   const file = join(dir, 'findings.yaml')
@@ -156,10 +169,20 @@ beforeAll(async () => {
   misnamed:
     endpoints: [https://127.0.0.1:${tlsPort}]
     tls: { caFile: ${certs.ca.certFile}, serverName: other.example }
+  slowapp:
+    endpoints: [http://127.0.0.1:${slowApp.port}]
+    timeouts: { readMs: 300 }
+    retry: { attempts: 3, baseDelayMs: 1, maxDelayMs: 2 }
 listeners:
+  - name: sidecar
+    role: gateway
+    port: ${gw}
+    routes:
+      - { name: guarded, match: { prefix: /g }, targets: [{ service: slowapp }], idempotency: { methods: [POST] } }
   - { name: outbound, role: ambassador, port: ${out} }
 admin: { port: ${admin}, token: { env: FINDINGS_ADMIN_TOKEN } }
 deadlineHeader: x-deadline-ms
+idempotency: { url: "sqlite:${join(dir, 'findings-idempotency.db')}" }
 `,
   )
   proxy = spawnProxy(['proxy', '--config', file], {
@@ -185,6 +208,7 @@ afterAll(async () => {
   await unavailable?.close()
   await redirecting?.close()
   await hanging?.close()
+  await slowApp?.close()
   await closeTls?.()
   certs?.cleanup()
 })
@@ -311,5 +335,17 @@ describe('upstream findings', () => {
       'a free bulkhead slot',
       3_000,
     )
+  })
+
+  it('does not retry a POST on a sidecar-guarded route once the app may have run it', async () => {
+    // The Idempotency-Key is enforced by the proxy in front of the app, not by the app: a
+    // retry after a read timeout makes the app run the request a second time.
+    const response = await sendRaw(
+      gw,
+      `POST /g/charge HTTP/1.1\r\nHost: 127.0.0.1:${gw}\r\nIdempotency-Key: g-1\r\nContent-Length: 2\r\n\r\nhi`,
+      { timeoutMs: 5_000 },
+    )
+    expect(response.status).toBeDefined()
+    expect(slowAppPosts, JSON.stringify(slowAppPosts)).toHaveLength(1)
   })
 })
