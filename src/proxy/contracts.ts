@@ -354,6 +354,21 @@ export interface CapturedResponse {
 export interface ForwardOptions {
   /** Also buffer the response as sent (up to this many bytes) and return it in the outcome. */
   readonly captureBytes?: number
+  /**
+   * When a request with a non-idempotent method (POST, PATCH, ...) may be retried:
+   * - `'with-key'`: like an idempotent one when it carries an `Idempotency-Key` (the app behind
+   *   dedupes by the key), never without one.
+   * - `'unsent-only'`: only after a failure that proves nothing was written to the app (the
+   *   connect failed or timed out before the request was handed to a connection), key or not;
+   *   never after a read timeout, a reset once sent, or a retryable status. For keys enforced
+   *   by the proxy itself (sidecar idempotency), which the app knows nothing of.
+   * - `'never'`: not retried at all.
+   *
+   * Idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) are retried as configured
+   * whatever this says.
+   * @default 'with-key'
+   */
+  readonly unsafeRetry?: 'with-key' | 'unsent-only' | 'never'
 }
 
 /** A live upstream service: endpoints, pools, policies. */

@@ -106,8 +106,9 @@ const replacedRequestHeaders: ReadonlySet<string> = new Set([
  * connect error, a reset before the response, a read timeout or a status in
  * `retry.retryOnStatus` is retried with full-jitter backoff (or after `Retry-After`, when that
  * fits in the deadline) while attempts, the retry budget and the deadline allow, and only for
- * idempotent methods or requests with an `Idempotency-Key`. Every attempt carries the deadline
- * header with the time left.
+ * idempotent methods or requests with an `Idempotency-Key` (see `ForwardOptions.unsafeRetry`
+ * for keys the app does not enforce). Every attempt carries the deadline header with the time
+ * left.
  *
  * @example
  * ```ts
@@ -382,7 +383,9 @@ class UpstreamServiceRuntime implements UpstreamService {
     res: ServerResponse,
     options?: ForwardOptions,
   ): Promise<ForwardOutcome> {
-    return new ForwardCall(this.#core, req, res, options?.captureBytes ?? 0).start()
+    const call = new ForwardCall(this.#core, req, res, options?.captureBytes ?? 0)
+    if (options?.unsafeRetry !== undefined) call.unsafeRetry = options.unsafeRetry
+    return call.start()
   }
 
   async exchange(req: ForwardRequest, maxBytes: number): Promise<CapturedResponse> {
@@ -624,6 +627,10 @@ class ForwardCall {
   hostIndex = -1
   deadlineIndex = -1
   retryable = false
+  unsafeRetry: NonNullable<ForwardOptions['unsafeRetry']> = 'with-key'
+  // A non-idempotent request under unsafeRetry 'unsent-only': retried only when the failed
+  // attempt never reached onConnect (undici writes nothing before it).
+  unsentOnly = false
   attempts = 0
   attempt: Attempt | undefined
   lastEndpoint: Endpoint | undefined
@@ -753,7 +760,12 @@ class ForwardCall {
       headers.push('idempotency-key', randomUUID())
       hasKey = true
     }
-    this.retryable = core.backoff !== undefined && (hasKey || idempotentMethods.has(method))
+    const safe = idempotentMethods.has(method)
+    const unsafeRetry = this.unsafeRetry
+    this.retryable =
+      core.backoff !== undefined &&
+      (safe || (unsafeRetry === 'with-key' ? hasKey : unsafeRetry === 'unsent-only'))
+    this.unsentOnly = !safe && unsafeRetry === 'unsent-only'
     this.headers = headers
     this.dispatchOptions = { path: req.target, method, headers, body: req.body ?? null }
     this.dispatch()
@@ -800,7 +812,7 @@ class ForwardCall {
     attempt.status = status
     if (core.retryStatus[status] === 1) {
       attempt.statusFailed = true
-      if (this.retryable && this.canRetry()) {
+      if (this.retryable && !this.unsentOnly && this.canRetry()) {
         const retryAfterMs =
           status === 429 || status === 503 ? retryAfterOf(raw, core.clock) : undefined
         if (this.retryLater(attempt, retryAfterMs)) return false
@@ -870,6 +882,7 @@ class ForwardCall {
 
   failAttempt(attempt: Attempt, error: Error, reason: number): void {
     const streaming = attempt.phase === phaseBody
+    const unsent = attempt.phase === phaseConnect
     attempt.finish(error)
     this.recordAttempt(attempt, true)
     if (streaming) {
@@ -889,6 +902,7 @@ class ForwardCall {
     if (
       reason !== failDeadline &&
       this.retryable &&
+      (unsent || !this.unsentOnly) &&
       this.canRetry() &&
       this.retryLater(attempt, undefined)
     )
