@@ -186,6 +186,21 @@ export interface RunOptions {
   readonly signal?: AbortSignal
 }
 
+/** Options of {@link IdempotentExecution.abort}. */
+export interface IdempotentAbortOptions {
+  /**
+   * Whether the key is given back at once. `false` when the outcome is unknown (the work may
+   * have happened: a call to another system timed out or broke after it was sent): `ctx.tx`
+   * is still rolled back, but the key stays in progress until its lease expires, so duplicates
+   * meanwhile get 409 (or wait) instead of running the work a second time; after that a
+   * duplicate takes the key over and runs again. With `claim: 'in-transaction'` the claim is
+   * a statement of `ctx.tx` and rolls back with it: the key is free at once (every effect of
+   * such a handler was in that transaction, so nothing happened).
+   * @default true
+   */
+  readonly release?: boolean
+}
+
 /**
  * One guarded request, started by {@link Idempotency.begin}, that this process must execute.
  * Call exactly one of `complete` or `abort`.
@@ -200,8 +215,11 @@ export interface IdempotentExecution {
    * key instead and is returned as is. Rejects only on a database error (the key is released).
    */
   complete(response: IdempotencyResponse): Promise<IdempotencyResponse>
-  /** The handler failed: rolls `context.tx` back and releases the key. Never rejects. */
-  abort(): Promise<void>
+  /**
+   * The handler failed: rolls `context.tx` back and releases the key (or, with `release:
+   * false`, leaves it held until its lease expires). Never rejects.
+   */
+  abort(options?: IdempotentAbortOptions): Promise<void>
 }
 
 /** What {@link Idempotency.begin} decided. */
@@ -494,7 +512,7 @@ class IdempotencyCore implements Idempotency {
           throw error
         }
       },
-      abort: () => execution.release(),
+      abort: (options) => (options?.release === false ? execution.abandon() : execution.release()),
     }
   }
 

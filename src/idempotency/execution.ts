@@ -207,6 +207,18 @@ export class Execution {
   }
 
   /**
+   * Rolls the handler's transaction back but leaves the in-progress record (its lease) in
+   * place: the outcome is unknown, so duplicates are refused (or wait) until the lease expires
+   * and one takes the key over. With `claim: 'in-transaction'` the rollback undoes the claim.
+   * Never rejects.
+   */
+  async abandon(): Promise<void> {
+    this.#settle()
+    await this.#tx.rollback()
+    if (this.#claimInTx) publish('released', { scope: this.#lease.scope, key: this.#lease.key })
+  }
+
+  /**
    * Rolls the handler's transaction back and deletes the in-progress record (with `claim:
    * 'in-transaction'` the rollback alone undoes the claim), so that a retry runs the work again.
    * Never rejects: if the release fails, the lease expiry frees the key.

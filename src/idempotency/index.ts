@@ -9,6 +9,7 @@ export type {
   IdempotencyBegin,
   IdempotencyClaimMode,
   IdempotencyOptions,
+  IdempotentAbortOptions,
   IdempotentExecution,
   RunOptions,
 } from './core.js'
