@@ -207,6 +207,15 @@ export function createGatewayHandler(
     ): Promise<ForwardOutcome> => {
       called = true
       const bytes = Math.max(forwardOptions.captureBytes ?? -1, captureBytes ?? -1)
+      // On an idempotency route the app behind does not dedupe by key (the proxy does): a
+      // request that may have been written to it is never sent again.
+      if (config.idempotency !== undefined) {
+        return service.forward(
+          forwarded,
+          response,
+          bytes < 0 ? unsentOnly : { captureBytes: bytes, unsafeRetry: 'unsent-only' },
+        )
+      }
       return service.forward(forwarded, response, bytes < 0 ? undefined : { captureBytes: bytes })
     }
 
@@ -270,6 +279,8 @@ export function createGatewayHandler(
 const clientClaims = ['forwarded', 'x-real-ip'] as const
 // Headers through which frameworks (Express method-override, Rails, Spring's filter, ...) let a
 // request stand for another method: on a route chosen by method they would undo the choice.
+const unsentOnly: ForwardOptions = { unsafeRetry: 'unsent-only' }
+
 const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-override'] as const
 
 /**

@@ -8,6 +8,15 @@
 // afterwards. A response that cannot be recorded (5xx, a proxy error, a body over
 // `maxResponseBytes`) releases the key before it is sent, so the client's retry reaches the
 // app again; one over the cap stops being held and streams on once it passes the cap.
+//
+// Except when the proxy cannot know whether the app ran: the app knows nothing of keys, so a
+// request sent to it once must not be sent again under the same key. The runtime is asked not
+// to retry such requests once they may have been written (`unsafeRetry: 'unsent-only'`), and
+// after a failure once the request may have reached the app (a read timeout, a reset after
+// sending, a deadline spent during the call) the key is not released but left held until its
+// lease expires: the client's retry meanwhile gets 409 with Retry-After instead of a second
+// run. Failures that prove the app never got the request (connect refused, breaker open,
+// bulkhead full, no endpoints) release it at once.
 
 import { ServerResponse } from 'node:http'
 import { type Clock, systemClock } from '../../core/clock.js'
@@ -106,6 +115,8 @@ type WriteHeadArgs = Parameters<ServerResponse['writeHead']>
 interface HeldResponse {
   /** True once the response passed the cap and went on to the client as it came. */
   readonly streaming: boolean
+  /** True when the runtime broke the response off (the app's answer ended mid-body). */
+  readonly broken: boolean
   /** Sends what was held (unless streaming) and puts the response's methods back. */
   release(): void
 }
@@ -210,6 +221,9 @@ function holdBack(client: ServerResponse, source: ServerResponse, maxBytes: numb
     get streaming() {
       return streaming
     },
+    get broken() {
+      return broken
+    },
     release() {
       if (released) return
       released = true
@@ -228,6 +242,43 @@ function headerOf(
   const value = headers[name.toLowerCase()]
   if (value === undefined) return undefined
   return typeof value === 'string' ? value : value.join(', ')
+}
+
+const idempotentMethods: ReadonlySet<string> = new Set([
+  'GET',
+  'HEAD',
+  'OPTIONS',
+  'TRACE',
+  'PUT',
+  'DELETE',
+])
+
+// Final failures of a call whose last round never wrote the request to the app.
+const unsentFailures: ReadonlySet<string> = new Set([
+  'UPSTREAM_CONNECT_FAILED',
+  'BROKEN_CIRCUIT',
+  'ISOLATED_CIRCUIT',
+  'BULKHEAD_FULL',
+  'UPSTREAM_NO_ENDPOINTS',
+])
+
+const keepKey = { release: false } as const
+
+const unsentOnly: ForwardOptions = { unsafeRetry: 'unsent-only' }
+
+/**
+ * Whether a failed call may have reached the app. The runtime retries a non-idempotent
+ * request under `unsafeRetry: 'unsent-only'` only after attempts that were never written, so
+ * a final failure that wrote nothing means none did; an idempotent method (a guarded PUT) is
+ * retried after any failure, so an earlier attempt may have been sent.
+ */
+function mayHaveReachedApp(outcome: ForwardOutcome, method: string): boolean {
+  if (outcome.attempts === 0) return false
+  if (outcome.error === undefined || !unsentFailures.has(outcome.error)) return true
+  return (
+    idempotentMethods.has(method.toUpperCase()) &&
+    outcome.attempts > (outcome.error === 'UPSTREAM_CONNECT_FAILED' ? 1 : 0)
+  )
 }
 
 class Sidecar implements SidecarIdempotency {
@@ -274,7 +325,7 @@ class Sidecar implements SidecarIdempotency {
       signal: inbound.signal,
       native: inbound,
     })
-    if (begun.kind === 'bypass') return forward({}, res)
+    if (begun.kind === 'bypass') return forward(unsentOnly, res)
     if (begun.kind === 'respond') {
       writeResponse(res, begun.response)
       return {
@@ -292,8 +343,12 @@ class Sidecar implements SidecarIdempotency {
     const held = holdBack(res, detached, this.#maxBytes)
     let outcome: ForwardOutcome
     try {
-      outcome = await forward({ captureBytes: this.#maxBytes }, detached)
+      outcome = await forward(
+        { captureBytes: this.#maxBytes, unsafeRetry: 'unsent-only' },
+        detached,
+      )
     } catch (error) {
+      // forward() answers every failure itself: a throw comes before the call was made.
       await execution.abort()
       held.release()
       throw error
@@ -305,7 +360,21 @@ class Sidecar implements SidecarIdempotency {
       captured.truncated ||
       outcome.error !== undefined
     ) {
-      await execution.abort()
+      // An answer that outgrew the cap or broke off mid-body came from the app: it ran, and
+      // its key is released as for a 5xx (see docs/proxy.md on what that leaves open).
+      const unknown =
+        outcome.error !== undefined &&
+        !held.streaming &&
+        !held.broken &&
+        mayHaveReachedApp(outcome, inbound.method)
+      if (unknown) {
+        this.#logger?.warn('idempotency key held until its lease expires: the app may have run', {
+          path: inbound.path,
+          requestId: inbound.requestId,
+          error: outcome.error,
+        })
+      }
+      await execution.abort(unknown ? keepKey : undefined)
       held.release()
       return outcome
     }
