@@ -4,14 +4,20 @@
 // service table; Host, an absolute-form target or anything else in the path never do, so the
 // ambassador cannot be used as an open proxy.
 
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { ServerResponse } from 'node:http'
 import type {
   ForwardOutcome,
   InboundContext,
   ListenerConfig,
   RequestHandler,
 } from '../contracts.js'
-import { logAccess, readInboundRequest, sendProblem, toForwardRequest } from './request.js'
+import {
+  type InboundRequest,
+  logAccess,
+  readInbound,
+  sendProblem,
+  toForwardRequest,
+} from './request.js'
 
 /** The route name ambassador requests carry in metrics and logs. */
 export const AMBASSADOR_ROUTE = 'ambassador'
@@ -36,9 +42,15 @@ export function createAmbassadorHandler(
   ctx: InboundContext,
 ): RequestHandler {
   const exposed = listener.services === undefined ? undefined : new Set(listener.services)
-  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const inbound = await readInboundRequest(req, res, listener, ctx)
-    if (inbound === undefined) return
+  const failed = (res: ServerResponse, error: unknown): void => {
+    ctx.logger.error('ambassador handler failed', {
+      listener: listener.name,
+      error: (error as Error).message,
+    })
+    sendProblem(res, 500, 'INTERNAL_ERROR', 'internal proxy error')
+  }
+  // The returned promise never rejects: a failure of the forward is answered here.
+  const route = (inbound: InboundRequest, res: ServerResponse): Promise<unknown> | undefined => {
     const path = inbound.path
     const slash = path.indexOf('/', 1)
     const name = slash === -1 ? path.slice(1) : path.slice(1, slash)
@@ -54,35 +66,43 @@ export function createAmbassadorHandler(
         name === '' ? 'the path names no service' : 'no such service on this listener',
       )
       logAccess(ctx, inbound, notFound, listener.name, { route: AMBASSADOR_ROUTE })
-      return
+      return undefined
     }
-    const target = `${slash === -1 ? '/' : path.slice(slash)}${inbound.query}`
-    let outcome: ForwardOutcome
-    try {
-      outcome = await service.forward(toForwardRequest(inbound, AMBASSADOR_ROUTE, target), res)
-    } catch (error) {
-      // forward() promises never to throw; if it does anyway, the client still gets an answer.
-      ctx.logger.error('service forward threw', {
-        listener: listener.name,
-        service: service.name,
-        error: (error as Error).message,
-      })
-      sendProblem(res, 502, 'INTERNAL_ERROR', 'the proxy failed to forward the request')
-      outcome = { ...notFound, status: 502, error: 'INTERNAL_ERROR' }
-    }
-    logAccess(ctx, inbound, outcome, listener.name, {
-      route: AMBASSADOR_ROUTE,
-      service: service.name,
-    })
+    const target = slash === -1 ? `/${inbound.query}` : `${path.slice(slash)}${inbound.query}`
+    const pending = service.forward(toForwardRequest(inbound, AMBASSADOR_ROUTE, target), res)
+    // Without access logs nothing waits for the outcome: no continuation per request.
+    if (!ctx.accessLog) return pending.then(undefined, (error: unknown) => threw(res, error))
+    return pending.then(
+      (outcome) => logForward(inbound, outcome, service.name),
+      (error: unknown) => logForward(inbound, threw(res, error, service.name), service.name),
+    )
   }
-  return (req, res) => {
-    handle(req, res).catch((error: unknown) => {
-      ctx.logger.error('ambassador handler failed', {
-        listener: listener.name,
-        error: (error as Error).message,
-      })
-      sendProblem(res, 500, 'INTERNAL_ERROR', 'internal proxy error')
+  // forward() promises never to throw; if it does anyway, the client still gets an answer.
+  const threw = (res: ServerResponse, error: unknown, service?: string): ForwardOutcome => {
+    ctx.logger.error('service forward threw', {
+      listener: listener.name,
+      service,
+      error: (error as Error).message,
     })
+    sendProblem(res, 502, 'INTERNAL_ERROR', 'the proxy failed to forward the request')
+    return forwardThrew
+  }
+  const logForward = (inbound: InboundRequest, outcome: ForwardOutcome, service: string): void =>
+    logAccess(ctx, inbound, outcome, listener.name, { route: AMBASSADOR_ROUTE, service })
+  return (req, res) => {
+    try {
+      const read = readInbound(req, res, listener, ctx)
+      // A request without a body is routed in this turn, without a promise for the read.
+      if (read instanceof Promise) {
+        read
+          .then((inbound) => (inbound === undefined ? undefined : route(inbound, res)))
+          .then(undefined, (error: unknown) => failed(res, error))
+      } else if (read !== undefined) {
+        route(read, res)
+      }
+    } catch (error) {
+      failed(res, error)
+    }
   }
 }
 
@@ -93,3 +113,4 @@ const notFound: ForwardOutcome = {
   error: 'SERVICE_NOT_FOUND',
   captured: undefined,
 }
+const forwardThrew: ForwardOutcome = { ...notFound, status: 502, error: 'INTERNAL_ERROR' }

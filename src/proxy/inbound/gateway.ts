@@ -175,15 +175,10 @@ export function createGatewayHandler(
       return
     }
     const forwarded = toForwardRequest(
-      withForwardedHeaders(
-        inbound,
-        req,
-        scheme,
-        trustForwarded,
-        config.match.methods !== undefined,
-      ),
+      inbound,
       route.name,
       `${stripPathPrefix(inbound.path, config.stripPrefix)}${inbound.query}`,
+      forwardedHeaders(inbound, req, scheme, trustForwarded, config.match.methods !== undefined),
     )
 
     // Sampling is decided before the forward, so only sampled responses are captured.
@@ -284,7 +279,7 @@ const unsentOnly: ForwardOptions = { unsafeRetry: 'unsent-only' }
 const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-override'] as const
 
 /**
- * The inbound request with `X-Forwarded-For` (the client address appended), `X-Forwarded-Proto`
+ * The inbound headers with `X-Forwarded-For` (the client address appended), `X-Forwarded-Proto`
  * and `X-Forwarded-Host` for the service. Untrusted (the default): the client's own copies of
  * those, of `Forwarded` and of `X-Real-IP` are discarded and the three are set from the
  * connection and the validated `Host`, so an app that reads them can believe them. Trusted (a
@@ -292,13 +287,13 @@ const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-ov
  * Proto / Host are set only when absent. On a route that matches on methods, method-override
  * headers are dropped, so the app runs the method the route admitted.
  */
-function withForwardedHeaders(
+function forwardedHeaders(
   inbound: InboundRequest,
   req: IncomingMessage,
   scheme: string,
   trusted: boolean,
   methodRoute: boolean,
-): InboundRequest {
+): Record<string, string | string[]> {
   const headers = { ...inbound.headers }
   const client = req.socket.remoteAddress ?? ''
   const chain = trusted ? headers['x-forwarded-for'] : undefined
@@ -309,5 +304,7 @@ function withForwardedHeaders(
     headers['x-forwarded-host'] = inbound.host
   if (!trusted) for (const name of clientClaims) delete headers[name]
   if (methodRoute) for (const name of methodOverrides) delete headers[name]
-  return { ...inbound, headers }
+  // Only the headers are new: a copy of the inbound request would read (and so create) its
+  // lazy signal.
+  return headers
 }
