@@ -258,7 +258,7 @@ export async function startShop(options: ShopOptions): Promise<Shop> {
       )
       await proxy?.close()
       for (const db of Object.values(dbs)) await db.close()
-      if (options.db === undefined) rmSync(dir, { recursive: true, force: true })
+      rmSync(dir, { recursive: true, force: true })
     },
   }
   try {
