@@ -205,7 +205,11 @@ export function createListenerServer(
     log.debug('tls handshake failed', { error: error.message })
   })
 
-  // `res.socket` is already detached when `close` fires, so the socket is passed in.
+  // One listener function for every response (no closure per request). `res.socket` is
+  // already detached when `close` fires; the request keeps its socket.
+  const onResponseClose = function (this: ServerResponse): void {
+    onFinished(this, this.req.socket)
+  }
   const onFinished = (res: ServerResponse, socket: Socket): void => {
     inFlight.delete(res)
     const left = (busy.get(socket) ?? 1) - 1
@@ -229,7 +233,7 @@ export function createListenerServer(
     inFlight.add(res)
     const socket = req.socket
     if (busy.has(socket)) busy.set(socket, (busy.get(socket) ?? 0) + 1)
-    res.once('close', () => onFinished(res, socket))
+    res.once('close', onResponseClose)
     if (draining) res.setHeader('connection', 'close')
     handler(req, res)
   })

@@ -312,6 +312,13 @@ interface Head {
   readonly headers: Record<string, string | string[]>
 }
 
+// The last well-formed Host seen and its authorityKey (a pure function of value and scheme).
+let lastHost: { readonly value: string; readonly scheme: string; readonly key: string } = {
+  value: '',
+  scheme: '',
+  key: '',
+}
+
 function validateHead(
   req: IncomingMessage,
   listener: ListenerConfig,
@@ -345,8 +352,14 @@ function validateHead(
     const port = req.socket.localPort ?? listener.port
     host = address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`
   } else {
-    hostKey = authorityKey(hostValue, scheme)
-    if (hostKey === undefined) return refusals.hostMalformed
+    // Clients send the same Host on every request: the last one's key is kept.
+    if (hostValue === lastHost.value && scheme === lastHost.scheme) {
+      hostKey = lastHost.key
+    } else {
+      hostKey = authorityKey(hostValue, scheme)
+      if (hostKey === undefined) return refusals.hostMalformed
+      lastHost = { value: hostValue, scheme, key: hostKey }
+    }
     host = hostValue
   }
 
