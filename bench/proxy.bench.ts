@@ -14,6 +14,20 @@
 // (process.cpuUsage, or /proc for nginx) over all the requests it served. Then one connection,
 // unloaded, in rounds too: p50 through each proxy minus p50 direct, the latency one hop adds.
 //
+// Case breakwater-ambassador-2-workers: the real multi-process mode, `breakwater proxy --config
+// file.yaml` with `workers: 2` (node:cluster: a primary and two workers sharing the listener
+// port), the same service config; its CPU is the primary's plus both workers'.
+//
+// Fairness and caveats:
+// - Access logs are off on both sides (nginx `access_log off`, breakwater `accessLog: false`):
+//   a JSON line per request is a cost of its own (building and writing it), measured by
+//   neither. Turn both on together or neither.
+// - The machine has 2 cores, shared with other tenants: wrk, the upstream and the proxy (or
+//   its 2 workers) all run on those same 2 cores, so a second worker cannot double
+//   throughput here; what it shows is that the mode works and spreads the proxy's share of
+//   the CPU over both cores. Scaling with cores needs a machine where wrk and the upstream
+//   have cores of their own.
+//
 // Options: --seconds N (default 4), --rounds N (default 5), --warmup N (default 2),
 // --front minimal (the ServiceRuntime behind a bare node:http server instead of startProxy).
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
@@ -151,6 +165,79 @@ http {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// breakwater multi-process: the real `breakwater proxy --config file.yaml --workers N` command
+// (node:cluster, the workers share the listener port), with the same service config as the
+// single-process case. CPU: the primary and every worker, read from /proc.
+// ---------------------------------------------------------------------------------------------
+
+async function startBreakwaterWorkers(upstreamUrl: string, workers: number): Promise<Running> {
+  const dir = mkdtempSync(join(tmpdir(), 'breakwater-proxy-'))
+  const port = await freePort()
+  const file = join(dir, 'proxy.yaml')
+  writeFileSync(
+    file,
+    [
+      'services:',
+      '  bench:',
+      `    endpoints: [${upstreamUrl}]`,
+      '    loadBalancer: least-request',
+      '    timeouts: { connectMs: 1000, readMs: 5000, overallMs: 10000 }',
+      '    retry: { attempts: 3, baseDelayMs: 25, maxDelayMs: 1000, budget: { ratio: 0.2, minPerSecond: 10 } }',
+      '    circuitBreaker: { failureThreshold: 5, cooldownMs: 10000, halfOpenProbes: 1 }',
+      '    bulkhead: { maxConcurrent: 1024, maxQueue: 1024, connectionsPerEndpoint: 64 }',
+      '    outlierEjection: { consecutiveFailures: 5, baseEjectionMs: 30000, maxEjectedPercent: 50 }',
+      'listeners:',
+      `  - { name: outbound, role: ambassador, host: 127.0.0.1, port: ${port} }`,
+      'accessLog: false',
+      `workers: ${workers}`,
+      '',
+    ].join('\n'),
+  )
+  const cli = join(here, '..', 'src', 'cli', 'main.ts')
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', cli, 'proxy', '--config', file, '--log-level', 'warn'],
+    { stdio: ['ignore', 'ignore', 'inherit'] },
+  )
+  const pid = child.pid!
+  const childrenOf = (parent: number): number[] => {
+    try {
+      return readFileSync(`/proc/${parent}/task/${parent}/children`, 'utf8')
+        .trim()
+        .split(/\s+/)
+        .filter((text) => text !== '')
+        .map(Number)
+    } catch {
+      return []
+    }
+  }
+  await waitForPort(port)
+  // The port answers once the first worker listens; wait for all of them to be up.
+  for (let i = 0; i < 200 && childrenOf(pid).length < workers; i++)
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  await new Promise((resolve) => setTimeout(resolve, 1_000))
+  const ticks = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
+  const cpuOf = (target: number): number => {
+    try {
+      const fields = readFileSync(`/proc/${target}/stat`, 'utf8').split(') ')[1]!.split(' ')
+      return ((Number(fields[11]) + Number(fields[12])) / ticks) * 1e6
+    } catch {
+      return 0
+    }
+  }
+  return {
+    child,
+    port,
+    info: { workers },
+    cpuUs: async () => [pid, ...childrenOf(pid)].reduce((sum, p) => sum + cpuOf(p), 0),
+    stop: async () => {
+      await stopChild(child)
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
 async function freePort(): Promise<number> {
   const { createServer } = await import('node:net')
   const server = createServer()
@@ -243,7 +330,7 @@ async function runLoad(url: string, conns: number, seconds: number): Promise<Loa
 // ---------------------------------------------------------------------------------------------
 
 interface Subject {
-  /** The case name (direct, breakwater-ambassador, http-proxy, nginx). */
+  /** The case name (direct, breakwater-ambassador, breakwater-ambassador-2-workers, ...). */
   readonly name: string
   /** The product measured (the rows' subject). */
   readonly product: string
@@ -291,6 +378,15 @@ export async function main(argv: string[]): Promise<void> {
         running: bare,
       })
     }
+    // The real multi-process mode, through the CLI (one primary, `workers` workers).
+    const bwWorkers = await startBreakwaterWorkers(upstreamUrl, 2)
+    started.push(bwWorkers)
+    subjects.push({
+      name: 'breakwater-ambassador-2-workers',
+      product: 'breakwater',
+      url: `http://127.0.0.1:${bwWorkers.port}/bench/x`,
+      running: bwWorkers,
+    })
     const hp = await startRole('http-proxy', { upstream: upstreamUrl })
     started.push(hp)
     subjects.push({
