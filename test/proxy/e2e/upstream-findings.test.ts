@@ -1,9 +1,9 @@
 // Red-team probes of the forward path (src/proxy/upstream/), through the real
 // `breakwater proxy` process with raw upstream sockets. Each test states the behaviour the
-// issue asks for. Failing when written, routed to the lead: a POST on a sidecar-guarded route
-// is retried after a read timeout (the key is enforced by the proxy, the app behind does not
-// dedupe, so it runs twice). The deadline under the configured `deadlineHeader` failed when
-// written and is fixed. The others passed and stay as regression tests (short body, a pooled connection poisoned by extra bytes, CL + TE, no
+// issue asks for. Failed when written and fixed since: a POST on a sidecar-guarded route was
+// retried after a read timeout (the key is enforced by the proxy, the app behind does not
+// dedupe, so it ran twice; now such requests are retried only when nothing was sent, and the
+// key stays held after the timeout), and the deadline under the configured `deadlineHeader`. The others passed and stay as regression tests (short body, a pooled connection poisoned by extra bytes, CL + TE, no
 // retry of a keyless POST, redirects not followed, TLS verified by default, spent deadline,
 // bulkhead slots freed when the client goes away).
 import { mkdtempSync, writeFileSync } from 'node:fs'
@@ -345,7 +345,16 @@ describe('upstream findings', () => {
       `POST /g/charge HTTP/1.1\r\nHost: 127.0.0.1:${gw}\r\nIdempotency-Key: g-1\r\nContent-Length: 2\r\n\r\nhi`,
       { timeoutMs: 5_000 },
     )
-    expect(response.status).toBeDefined()
+    expect(response.status).toBe(504)
+    expect(slowAppPosts, JSON.stringify(slowAppPosts)).toHaveLength(1)
+    // The app may have run it (it did, late): the client's retry must not run it again.
+    const retry = await sendRaw(
+      gw,
+      `POST /g/charge HTTP/1.1\r\nHost: 127.0.0.1:${gw}\r\nIdempotency-Key: g-1\r\nContent-Length: 2\r\n\r\nhi`,
+      { timeoutMs: 5_000 },
+    )
+    expect(retry.status).toBe(409)
+    await new Promise((resolve) => setTimeout(resolve, 400))
     expect(slowAppPosts, JSON.stringify(slowAppPosts)).toHaveLength(1)
   })
 })
