@@ -3,17 +3,15 @@
 // real app server that counts how often it runs each key.
 
 import { randomUUID } from 'node:crypto'
-import {
-  createServer as createHttpServer,
-  type IncomingMessage,
-  type ServerResponse,
-} from 'node:http'
-import { createServer as createNetServer } from 'node:net'
+import { createServer as createHttpServer, IncomingMessage, ServerResponse } from 'node:http'
+import { createServer as createNetServer, Socket } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
 import { DEADLINE_HEADER } from '../../../src/policies/deadline.js'
 import type {
+  ForwardOptions,
+  ForwardOutcome,
   InboundContext,
   ListenerConfig,
   RouteConfig,
@@ -271,6 +269,16 @@ async function appOn(
   }
 }
 
+const retryThrice = {
+  attempts: 3,
+  baseDelayMs: 1,
+  maxDelayMs: 2,
+  retryOnStatus: [502, 503, 504],
+  budgetRatio: 1,
+  budgetMinPerSecond: 100,
+  addIdempotencyKey: false,
+}
+
 /**
  * A gateway whose services retry (3 attempts, a 503 among the retried statuses) and whose
  * timeouts, leases and backoff all run on `clock`: the app behind never dedupes by key.
@@ -293,15 +301,7 @@ async function startClockedGateway(
           ...base,
           discovery: { kind: 'static', endpoints },
           timeouts: { connectMs: 1_000, readMs: 5_000, overallMs: 60_000 },
-          retry: {
-            attempts: 3,
-            baseDelayMs: 1,
-            maxDelayMs: 2,
-            retryOnStatus: [502, 503, 504],
-            budgetRatio: 1,
-            budgetMinPerSecond: 100,
-            addIdempotencyKey: false,
-          },
+          retry: retryThrice,
         },
         deps,
       ),
@@ -532,5 +532,105 @@ describe.each(engines)('sidecar idempotency after ambiguous failures, on $name',
     expect(retry.status).toBe(201)
     expect(retry.headers.get('idempotent-replayed')).toBeNull()
     expect(executions.get(key)).toBe(1)
+  })
+})
+
+// The runtime's side of the contract, without a gateway: which POSTs (with a key) a service
+// that retries 3 times sends again, under each ForwardOptions.unsafeRetry. Each test has its
+// services of its own, so round robin starts on the first endpoint listed.
+describe('ForwardOptions.unsafeRetry on the service runtime', () => {
+  const clock = new ManualClock(1_000_000)
+  let app: Upstream
+  let refused = ''
+  const services: UpstreamService[] = []
+  const seen = new Map<string, number>()
+
+  beforeAll(async () => {
+    app = await startUpstream((req, res) => {
+      const n = (seen.get(req.url) ?? 0) + 1
+      seen.set(req.url, n)
+      sendJson(res, n === 1 && req.url.startsWith('/busy') ? 503 : 201, { n })
+    })
+    refused = `http://127.0.0.1:${await closedPort()}`
+  })
+  afterAll(async () => {
+    await Promise.all(services.map((s) => s.close()))
+    await app?.close()
+  })
+
+  function serviceOf(endpoints: readonly string[]): UpstreamService {
+    const logger = createJsonLogger({ output: { write() {} }, level: 'error' })
+    const service = createServiceRuntime(
+      {
+        ...serviceConfig('svc', endpoints[0] as string),
+        discovery: { kind: 'static', endpoints },
+        retry: retryThrice,
+      },
+      { clock, logger, metrics: createMetricsRegistry() },
+    )
+    services.push(service)
+    return service
+  }
+
+  async function post(
+    service: UpstreamService,
+    target: string,
+    options?: ForwardOptions,
+  ): Promise<ForwardOutcome> {
+    // Nobody reads this response: only the outcome matters here.
+    const sink = new ServerResponse(new IncomingMessage(new Socket()))
+    const pending = service.forward(
+      {
+        method: 'POST',
+        target,
+        headers: { 'idempotency-key': randomUUID(), 'content-type': 'application/json' },
+        host: 'app',
+        body: Buffer.from('{}'),
+        deadlineAt: undefined,
+        route: 'test',
+        requestId: randomUUID(),
+        signal: new AbortController().signal,
+      },
+      sink,
+      options,
+    )
+    let done = false
+    void pending.then(() => {
+      done = true
+    })
+    // Backoff runs on the manual clock.
+    for (let i = 0; i < 200 && !done; i++) {
+      await clock.advance(1)
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+    return pending
+  }
+
+  it("'never' sends a POST once, even when the connect was refused", async () => {
+    const outcome = await post(serviceOf([refused, app.url]), '/never', { unsafeRetry: 'never' })
+    expect(outcome).toMatchObject({ attempts: 1, error: 'UPSTREAM_CONNECT_FAILED' })
+    expect(seen.get('/never')).toBeUndefined()
+  })
+
+  it("'unsent-only' retries a refused connect on the next endpoint", async () => {
+    const outcome = await post(serviceOf([refused, app.url]), '/unsent', {
+      unsafeRetry: 'unsent-only',
+    })
+    expect(outcome).toMatchObject({ status: 201, attempts: 2, error: undefined })
+    expect(seen.get('/unsent')).toBe(1)
+  })
+
+  it("'unsent-only' answers the app's 503 as it is: the app ran", async () => {
+    const outcome = await post(serviceOf([app.url]), '/busy-unsent', {
+      unsafeRetry: 'unsent-only',
+    })
+    expect(outcome).toMatchObject({ status: 503, attempts: 1 })
+    expect(seen.get('/busy-unsent')).toBe(1)
+  })
+
+  it("'with-key' (the default) retries a keyed POST after the app's 503: the app runs it again", async () => {
+    const outcome = await post(serviceOf([app.url]), '/busy-default')
+    expect(outcome).toMatchObject({ status: 201, attempts: 2 })
+    expect(seen.get('/busy-default')).toBe(2)
   })
 })
