@@ -360,13 +360,14 @@ class Sidecar implements SidecarIdempotency {
       captured.truncated ||
       outcome.error !== undefined
     ) {
-      // An answer that outgrew the cap or broke off mid-body came from the app: it ran, and
-      // its key is released as for a 5xx (see docs/proxy.md on what that leaves open).
+      // An answer that outgrew the cap came whole from the app and is released as for a 5xx
+      // (see docs/proxy.md on what that leaves open). One that broke off mid-body shows the app
+      // ran but not what it did, so its key is held until the lease expires, as for a timeout.
       const unknown =
-        outcome.error !== undefined &&
-        !held.streaming &&
-        !held.broken &&
-        mayHaveReachedApp(outcome, inbound.method)
+        held.broken ||
+        (outcome.error !== undefined &&
+          !held.streaming &&
+          mayHaveReachedApp(outcome, inbound.method))
       if (unknown) {
         this.#logger?.warn('idempotency key held until its lease expires: the app may have run', {
           path: inbound.path,
