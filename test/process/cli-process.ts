@@ -32,7 +32,19 @@ process.once('exit', () => {
 
 /** Starts `breakwater ...args` with `env` added to this process's environment. */
 export function spawnCli(args: readonly string[], env: Record<string, string> = {}): CliProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', mainFile, ...args], {
+  return spawnNode(['--import', 'tsx', mainFile, ...args], env)
+}
+
+/**
+ * Starts `node ...nodeArgs` (a breakwater entry point and its arguments) with `env` added, and
+ * collects its JSON log lines. {@link spawnCli} runs the sources; the proxy's end-to-end tests
+ * run the built package through this too.
+ */
+export function spawnNode(
+  nodeArgs: readonly string[],
+  env: Record<string, string> = {},
+): CliProcess {
+  const child = spawn(process.execPath, nodeArgs, {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })

@@ -25,6 +25,7 @@ import {
   type ProxyProcess,
   runProxyCli,
   spawnProxy,
+  waitForReady,
 } from './proxy-process.js'
 
 const adminToken = 'attack-admin-token-7d1e4c0b9a2f'
@@ -125,15 +126,7 @@ beforeAll(async () => {
   const file = join(dir, 'attack.yaml')
   writeFileSync(file, yaml())
   proxy = spawnProxy(['proxy', '--config', file], { ATTACK_LEGACY_TOKEN: legacyToken })
-  await eventually(
-    async () => {
-      if (proxy.child.exitCode !== null)
-        throw new Error(`proxy exited:\n${proxy.stdout()}\n${proxy.stderr()}`)
-      return (await http(admin, '/readyz').catch(() => ({ status: 0 }))).status === 200
-    },
-    'readyz 200',
-    30_000,
-  )
+  await waitForReady(proxy, admin)
 }, 180_000)
 
 afterAll(async () => {

@@ -1,11 +1,13 @@
 // Runs the real `breakwater proxy` command as the package ships it: node dist/cli/main.js.
 // The build is refreshed first when a source file is newer than it (tsc emits even while
 // other parts of the tree have type errors; the build's own exit code is not ours to judge).
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { existsSync, readdirSync, statSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { type CliProcess, spawnNode } from '../../process/cli-process.js'
+import { eventually, http } from '../runtime/helpers.js'
 
 const root = fileURLToPath(new URL('../../../', import.meta.url))
 const mainJs = join(root, 'dist/cli/main.js')
@@ -54,80 +56,27 @@ export async function freePort(): Promise<number> {
 }
 
 /** A running `breakwater proxy` process. */
-export interface ProxyProcess {
-  readonly child: ChildProcess
-  /** JSON log lines so far. */
-  readonly lines: Record<string, unknown>[]
-  stdout(): string
-  stderr(): string
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
-  waitForLine(
-    match: (line: Record<string, unknown>) => boolean,
-    what: string,
-    timeoutMs?: number,
-  ): Promise<Record<string, unknown>>
-  kill(): void
-}
-
-const running = new Set<ChildProcess>()
-process.once('exit', () => {
-  for (const child of running) child.kill('SIGKILL')
-})
+export type ProxyProcess = CliProcess
 
 /** Starts `breakwater ...args` from dist/ with `env` added. */
 export function spawnProxy(
   args: readonly string[],
   env: Record<string, string> = {},
 ): ProxyProcess {
-  const child = spawn(process.execPath, [mainJs, ...args], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  running.add(child)
-  const lines: Record<string, unknown>[] = []
-  let out = ''
-  let err = ''
-  let pending = ''
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-    out += chunk
-    pending += chunk
-    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
-      const line = pending.slice(0, nl)
-      pending = pending.slice(nl + 1)
-      if (line.startsWith('{')) lines.push(JSON.parse(line) as Record<string, unknown>)
-    }
-  })
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
-    err += chunk
-  })
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => {
-      running.delete(child)
-      resolve({ code, signal })
-    }),
+  return spawnNode([mainJs, ...args], env)
+}
+
+/** Waits until the proxy's admin listener on `adminPort` answers /readyz with 200. */
+export async function waitForReady(proxy: ProxyProcess, adminPort: number): Promise<void> {
+  await eventually(
+    async () => {
+      if (proxy.child.exitCode !== null)
+        throw new Error(`proxy exited:\n${proxy.stdout()}\n${proxy.stderr()}`)
+      return (await http(adminPort, '/readyz').catch(() => ({ status: 0 }))).status === 200
+    },
+    'readyz 200',
+    30_000,
   )
-  const describe = (): string => `\nstdout:\n${out.slice(-4000)}\nstderr:\n${err.slice(-4000)}`
-  return {
-    child,
-    lines,
-    stdout: () => out,
-    stderr: () => err,
-    exited,
-    async waitForLine(match, what, timeoutMs = 30_000) {
-      const deadline = Date.now() + timeoutMs
-      for (;;) {
-        const found = lines.find(match)
-        if (found !== undefined) return found
-        if (child.exitCode !== null || child.signalCode !== null)
-          throw new Error(`the proxy exited before ${what}${describe()}`)
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${describe()}`)
-        await new Promise((resolve) => setTimeout(resolve, 25))
-      }
-    },
-    kill() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-    },
-  }
 }
 
 /** Runs `breakwater ...args` to the end. */

@@ -11,6 +11,7 @@ import {
   type ProxyProcess,
   runProxyCli,
   spawnProxy,
+  waitForReady,
 } from './proxy-process.js'
 
 const adminToken = 'e2e-admin-token-5f1c9a7d'
@@ -82,18 +83,6 @@ async function start(file: string, args: string[] = []): Promise<ProxyProcess> {
   return proxy
 }
 
-async function waitReady(proxy: ProxyProcess, admin: number): Promise<void> {
-  await eventually(
-    async () => {
-      if (proxy.child.exitCode !== null)
-        throw new Error(`proxy exited:\n${proxy.stdout()}\n${proxy.stderr()}`)
-      return (await http(admin, '/readyz').catch(() => ({ status: 0 }))).status === 200
-    },
-    'readyz 200',
-    30_000,
-  )
-}
-
 async function serviceOf(
   port: number,
   path: string,
@@ -144,7 +133,7 @@ describe('breakwater proxy (one process)', () => {
     const file = join(dir, 'single.yaml')
     writeFileSync(file, config(p))
     const proxy = await start(file)
-    await waitReady(proxy, p.admin)
+    await waitForReady(proxy, p.admin)
 
     // Ambassador: /<service>/<path>, credential injected from the environment.
     const res = await http(p.out, '/legacy/items/1?q=2')
@@ -214,7 +203,7 @@ describe('breakwater proxy (one process)', () => {
     const file = join(dir, 'drain.yaml')
     writeFileSync(file, config(p))
     const proxy = await start(file)
-    await waitReady(proxy, p.admin)
+    await waitForReady(proxy, p.admin)
     const inFlight = http(p.gateway, '/orders/slow')
     await eventually(
       () => legacy.seen.some((s) => s.url === '/orders/slow'),
@@ -240,7 +229,7 @@ describe('breakwater proxy --workers 2', () => {
     const file = join(dir, 'workers.yaml')
     writeFileSync(file, config(p))
     const proxy = await start(file, ['--workers', '2'])
-    await waitReady(proxy, p.admin)
+    await waitForReady(proxy, p.admin)
     const primaryPid = proxy.child.pid
 
     // Many short connections: the primary hands them to the workers in turn.

@@ -16,7 +16,13 @@ import { eventually, http } from '../runtime/helpers.js'
 import { createTestCerts, issueCert, type TestCerts } from '../support/certs.js'
 import { refusedUrl } from '../support/faulty-upstream.js'
 import { sendRaw } from '../support/raw-http.js'
-import { ensureBuilt, freePort, type ProxyProcess, spawnProxy } from './proxy-process.js'
+import {
+  ensureBuilt,
+  freePort,
+  type ProxyProcess,
+  spawnProxy,
+  waitForReady,
+} from './proxy-process.js'
 
 const adminToken = 'sidecar-admin-token-0c6f2a94e1'
 const auth = { authorization: `Bearer ${adminToken}` }
@@ -138,15 +144,7 @@ beforeAll(async () => {
   const file = join(dir, 'sidecar.yaml')
   writeFileSync(file, yaml())
   proxy = spawnProxy(['proxy', '--config', file], { SIDECAR_ADMIN_TOKEN: adminToken })
-  await eventually(
-    async () => {
-      if (proxy.child.exitCode !== null)
-        throw new Error(`proxy exited:\n${proxy.stdout()}\n${proxy.stderr()}`)
-      return (await http(admin, '/readyz').catch(() => ({ status: 0 }))).status === 200
-    },
-    'readyz 200',
-    30_000,
-  )
+  await waitForReady(proxy, admin)
 }, 180_000)
 
 afterAll(async () => {

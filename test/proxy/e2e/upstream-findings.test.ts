@@ -12,10 +12,16 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createServer as createTlsServer } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { eventually, http } from '../runtime/helpers.js'
+import { eventually } from '../runtime/helpers.js'
 import { createTestCerts, type TestCerts } from '../support/certs.js'
 import { openSocket, sendRaw } from '../support/raw-http.js'
-import { ensureBuilt, freePort, type ProxyProcess, spawnProxy } from './proxy-process.js'
+import {
+  ensureBuilt,
+  freePort,
+  type ProxyProcess,
+  spawnProxy,
+  waitForReady,
+} from './proxy-process.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'bw-proxy-upstream-findings-'))
 
@@ -188,15 +194,7 @@ idempotency: { url: "sqlite:${join(dir, 'findings-idempotency.db')}" }
   proxy = spawnProxy(['proxy', '--config', file], {
     FINDINGS_ADMIN_TOKEN: 'findings-admin-token-0123456789',
   })
-  await eventually(
-    async () => {
-      if (proxy.child.exitCode !== null)
-        throw new Error(`proxy exited:\n${proxy.stdout()}\n${proxy.stderr()}`)
-      return (await http(admin, '/readyz').catch(() => ({ status: 0 }))).status === 200
-    },
-    'readyz 200',
-    30_000,
-  )
+  await waitForReady(proxy, admin)
 }, 180_000)
 
 afterAll(async () => {
