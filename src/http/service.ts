@@ -25,6 +25,7 @@ import {
 import { HttpClientClosedError, HttpStatusError } from './errors.js'
 import { type HttpEvents, ServiceEvents } from './events.js'
 import { Exchange, type ExchangePlan, type ExchangeSettings } from './exchange.js'
+import { idempotentMethods } from './methods.js'
 import type { HttpRequestOptions, HttpServiceOptions } from './options.js'
 import {
   addHeaders,
@@ -113,7 +114,6 @@ export interface HttpService {
   ): Promise<T>
 }
 
-const idempotentMethods = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 const keyedMethods = new Set(['POST', 'PATCH', 'PUT', 'DELETE'])
 const defaultBulkhead = { maxConcurrent: 32, maxQueued: 64 }
 

@@ -22,6 +22,7 @@ import { ServerResponse } from 'node:http'
 import { type Clock, systemClock } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
+import { idempotentMethods } from '../../http/methods.js'
 import {
   createIdempotency,
   createMemoryIdempotencyStore,
@@ -243,15 +244,6 @@ function headerOf(
   if (value === undefined) return undefined
   return typeof value === 'string' ? value : value.join(', ')
 }
-
-const idempotentMethods: ReadonlySet<string> = new Set([
-  'GET',
-  'HEAD',
-  'OPTIONS',
-  'TRACE',
-  'PUT',
-  'DELETE',
-])
 
 // Final failures of a call whose last round never wrote the request to the app.
 const unsentFailures: ReadonlySet<string> = new Set([

@@ -5,6 +5,7 @@ import type { Clock, TimerHandle } from '../../core/clock.js'
 import type { ErrorCode } from '../../core/error-codes.js'
 import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
 import { checkFunction, checkObject } from '../../core/validate.js'
+import { idempotentMethods } from '../../http/methods.js'
 import {
   type Backoff,
   createRetryBudget,
@@ -77,15 +78,6 @@ export interface UpstreamService extends ServiceRuntime {
   /** Settles once discovery has given its first answer (at once for static endpoints). */
   ready(): Promise<void>
 }
-
-const idempotentMethods: ReadonlySet<string> = new Set([
-  'GET',
-  'HEAD',
-  'OPTIONS',
-  'TRACE',
-  'PUT',
-  'DELETE',
-])
 
 /** Request headers the proxy sets itself or must not pass (undici rejects `expect`). */
 const replacedRequestHeaders: ReadonlySet<string> = new Set([
