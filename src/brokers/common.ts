@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto'
 import { type Clock, systemClock } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { type Delivery, KeyedDispatcher } from './dispatcher.js'
 import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
 import type { Broker, IncomingMessage, OutgoingMessage, Publisher, Subscriber } from './types.js'
 
@@ -152,6 +153,30 @@ export function resolveCommonOptions(
             options.onError,
           ),
   }
+}
+
+/**
+ * The per-key dispatcher of one subscription, from the adapter's resolved options. It lives as
+ * long as the subscription (not one connection), so deliveries of a key still unacknowledged
+ * when a connection drops stay awaited and the next session cannot overtake them.
+ */
+export function subscriptionDispatcher<D extends Delivery>(
+  broker: BrokerKind,
+  options: ResolvedCommonOptions,
+  topic: string,
+  group: string,
+  handler: (message: IncomingMessage) => Promise<void>,
+): KeyedDispatcher<D> {
+  return new KeyedDispatcher<D>({
+    handler,
+    concurrency: options.concurrency,
+    capacity: options.prefetch,
+    maxHeldPerKey: options.maxHeldPerKey,
+    holdTimeoutMs: options.holdTimeoutMs,
+    clock: options.clock,
+    broker,
+    onError: (error, phase, message) => options.onError({ error, phase, topic, group, message }),
+  })
 }
 
 /** Checks an optional millisecond option: an integer in [min, 2^31-1], or `fallback`. */

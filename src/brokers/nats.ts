@@ -24,10 +24,11 @@ import {
   redactUrl,
   resolveCommonOptions,
   safeName,
+  subscriptionDispatcher,
   throwIfAborted,
   within,
 } from './common.js'
-import { type Delivery, KeyedDispatcher, type Outcome } from './dispatcher.js'
+import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
 import { type Session, superviseSessions } from './sessions.js'
 import type {
@@ -518,17 +519,7 @@ class NatsSubscriber implements Subscriber {
     // One dispatcher for the subscription's lifetime: which deliveries of a key are still
     // unacknowledged must survive a reconnect, or the new session would overtake them.
     const state: NatsSubscriptionState = {
-      dispatcher: new KeyedDispatcher<NatsDelivery>({
-        handler,
-        concurrency: options.concurrency,
-        capacity: options.prefetch,
-        maxHeldPerKey: options.maxHeldPerKey,
-        holdTimeoutMs: options.holdTimeoutMs,
-        clock: options.clock,
-        broker: 'nats',
-        onError: (error, phase, message) =>
-          options.onError({ error, phase, topic, group, message }),
-      }),
+      dispatcher: subscriptionDispatcher<NatsDelivery>('nats', options, topic, group, handler),
       owed: [],
       current: undefined,
       sessions: 0,

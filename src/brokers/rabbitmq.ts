@@ -15,10 +15,11 @@ import {
   type ResolvedCommonOptions,
   redactUrl,
   resolveCommonOptions,
+  subscriptionDispatcher,
   throwIfAborted,
   within,
 } from './common.js'
-import { type Delivery, KeyedDispatcher, type Outcome } from './dispatcher.js'
+import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
 import { type Session, superviseSessions } from './sessions.js'
 import type {
@@ -369,16 +370,13 @@ class RabbitSubscriber implements Subscriber {
     // One dispatcher for the subscription's lifetime, so a key's unacknowledged messages are
     // still awaited after a reconnect. RabbitMQ has no log position: a message keeps the
     // position of its first arrival when it comes back (matched by message id).
-    const dispatcher = new KeyedDispatcher<RabbitDelivery>({
+    const dispatcher = subscriptionDispatcher<RabbitDelivery>(
+      'rabbitmq',
+      options,
+      topic,
+      group,
       handler,
-      concurrency: options.concurrency,
-      capacity: options.prefetch,
-      maxHeldPerKey: options.maxHeldPerKey,
-      holdTimeoutMs: options.holdTimeoutMs,
-      clock: options.clock,
-      broker: 'rabbitmq',
-      onError: (error, phase, message) => options.onError({ error, phase, topic, group, message }),
-    })
+    )
     // Every message waiting out its retry delay listens on this signal: not a leak.
     const abort = new AbortController()
     setMaxListeners(0, abort.signal)

@@ -16,10 +16,11 @@ import {
   type ResolvedCommonOptions,
   redactUrl,
   resolveCommonOptions,
+  subscriptionDispatcher,
   throwIfAborted,
   within,
 } from './common.js'
-import { type Delivery, KeyedDispatcher, type Outcome } from './dispatcher.js'
+import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
 import { type Session, superviseSessions } from './sessions.js'
 import type {
@@ -352,17 +353,7 @@ class RedisSubscriber implements Subscriber {
     // One dispatcher for the subscription's lifetime: a key's entries still pending after a
     // reconnect stay awaited, so the new session cannot overtake them.
     const state: RedisSubscriptionState = {
-      dispatcher: new KeyedDispatcher<RedisDelivery>({
-        handler,
-        concurrency: options.concurrency,
-        capacity: options.prefetch,
-        maxHeldPerKey: options.maxHeldPerKey,
-        holdTimeoutMs: options.holdTimeoutMs,
-        clock: options.clock,
-        broker: 'redis',
-        onError: (error, phase, message) =>
-          options.onError({ error, phase, topic, group, message }),
-      }),
+      dispatcher: subscriptionDispatcher<RedisDelivery>('redis', options, topic, group, handler),
       held: new Set(),
       commands: undefined,
       sessions: 0,
