@@ -6,6 +6,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } f
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import type { ShopDemoResult } from '../../../examples/shop/main.js'
 
 export const repoRoot = fileURLToPath(new URL('../../../', import.meta.url))
 
@@ -78,51 +79,8 @@ function buildIfStale(): void {
     throw new Error('the shop did not build (npx tsc -p tsconfig.examples.json)')
 }
 
-/** The summary `breakwater demo --json` writes. */
-export interface ShopSummary {
-  readonly ok: boolean
-  readonly quiescent: boolean
-  readonly figures: {
-    readonly orders: { readonly legacy: number; readonly new: number; readonly total: number }
-    readonly paidOrders: { readonly total: number }
-    readonly charges: number
-    readonly duplicateCharges: number
-    readonly cancelledOrders: number
-    readonly emails: {
-      readonly sent: number
-      readonly duplicated: number
-      readonly missing: number
-    }
-    readonly events: {
-      readonly committed: number
-      readonly delivered: number
-      readonly lost: number
-    }
-    readonly sagas: Readonly<Record<string, number>>
-  }
-  readonly invariants: readonly {
-    readonly name: string
-    readonly ok: boolean
-    readonly value: string
-  }[]
-  readonly load: {
-    readonly sent: number
-    readonly accepted: number
-    readonly failed: number
-    readonly readYourWrites: { readonly found: number; readonly missed: number }
-  }
-  readonly engines: { readonly db: string; readonly broker: string }
-  readonly policiesIn: string
-  readonly restarts: number
-  readonly patterns: {
-    readonly retries: number
-    readonly paymentRetries: number
-    readonly breakerOpenings: number
-    readonly sagaTakeovers: number
-    readonly eventsPublished: number
-    readonly redeliveriesAbsorbed: number
-  }
-}
+/** The summary `breakwater demo --json` writes: the shop's own result, as JSON. */
+export type ShopSummary = ShopDemoResult
 
 /** A running `breakwater demo` process. */
 export interface DemoRun {
