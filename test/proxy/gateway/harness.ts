@@ -21,6 +21,7 @@ import {
 import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
 import type { RouteTable } from '../../../src/proxy/inbound/routes.js'
 import { createServiceRuntime, type UpstreamService } from '../../../src/proxy/upstream/index.js'
+import { serviceConfig as upstreamServiceConfig } from '../upstream/helpers.js'
 
 /** A request as an upstream saw it. */
 export interface UpstreamRequest {
@@ -83,25 +84,12 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): st
 
 /** A service config as the loader would produce it: no retries, no breaker, no ejection. */
 export function serviceConfig(name: string, url: string): ServiceConfig {
-  return {
+  // The upstream tests' defaults, without retries and with longer read and overall timeouts.
+  return upstreamServiceConfig([url], {
     name,
-    discovery: { kind: 'static', endpoints: [url] },
-    loadBalancer: 'round-robin',
     timeouts: { connectMs: 1_000, readMs: 10_000, overallMs: 20_000 },
     retry: undefined,
-    breaker: undefined,
-    bulkhead: { maxConcurrent: 64, maxQueue: 64, connectionsPerEndpoint: 8 },
-    outlierEjection: undefined,
-    tls: {
-      caFile: undefined,
-      certFile: undefined,
-      keyFile: undefined,
-      serverName: undefined,
-      verify: true,
-    },
-    auth: undefined,
-    rewriteHost: true,
-  }
+  })
 }
 
 /** A running gateway with its services. */
