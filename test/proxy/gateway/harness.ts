@@ -92,6 +92,28 @@ export function serviceConfig(name: string, url: string): ServiceConfig {
   })
 }
 
+/** A gateway listener on 127.0.0.1 with an ephemeral port, default limits and `routes`. */
+export function gatewayListener(routes: readonly RouteConfig[]): ListenerConfig {
+  return {
+    name: 'gateway',
+    role: 'gateway',
+    host: '127.0.0.1',
+    port: 0,
+    tls: undefined,
+    limits: {
+      maxHeaderBytes: 16_384,
+      maxHeaders: 100,
+      maxBodyBytes: 1_048_576,
+      headersTimeoutMs: 10_000,
+      requestTimeoutMs: 30_000,
+      keepAliveTimeoutMs: 5_000,
+      maxConnections: 1_000,
+    },
+    routes,
+    services: undefined,
+  }
+}
+
 /** A running gateway with its services. */
 export interface Gateway {
   readonly url: string
@@ -132,24 +154,7 @@ export async function startGateway(
     deadlineHeader: DEADLINE_HEADER,
     accessLog: true,
   }
-  const listener: ListenerConfig = {
-    name: 'gateway',
-    role: 'gateway',
-    host: '127.0.0.1',
-    port: 0,
-    tls: undefined,
-    limits: {
-      maxHeaderBytes: 16_384,
-      maxHeaders: 100,
-      maxBodyBytes: 1_048_576,
-      headersTimeoutMs: 10_000,
-      requestTimeoutMs: 30_000,
-      keepAliveTimeoutMs: 5_000,
-      maxConnections: 1_000,
-    },
-    routes,
-    services: undefined,
-  }
+  const listener = gatewayListener(routes)
   const server: ListenerServer = createListenerServer(
     listener,
     createGatewayHandler(listener, ctx, table, options),

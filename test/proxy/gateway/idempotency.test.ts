@@ -13,7 +13,6 @@ import type {
   ForwardOptions,
   ForwardOutcome,
   InboundContext,
-  ListenerConfig,
   RouteConfig,
   ServiceRegistry,
 } from '../../../src/proxy/contracts.js'
@@ -33,6 +32,7 @@ import { route } from './fixtures.js'
 import {
   type Gateway,
   gate,
+  gatewayListener,
   sendJson,
   serviceConfig,
   startGateway,
@@ -317,24 +317,7 @@ async function startClockedGateway(
     deadlineHeader: DEADLINE_HEADER,
     accessLog: false,
   }
-  const listener: ListenerConfig = {
-    name: 'gateway',
-    role: 'gateway',
-    host: '127.0.0.1',
-    port: 0,
-    tls: undefined,
-    limits: {
-      maxHeaderBytes: 16_384,
-      maxHeaders: 100,
-      maxBodyBytes: 1_048_576,
-      headersTimeoutMs: 10_000,
-      requestTimeoutMs: 30_000,
-      keepAliveTimeoutMs: 5_000,
-      maxConnections: 1_000,
-    },
-    routes,
-    services: undefined,
-  }
+  const listener = gatewayListener(routes)
   const store = await openProxyIdempotency(idempotencyUrl, { clock })
   const sidecar = createSidecarIdempotency({
     idempotency: store.idempotency,
