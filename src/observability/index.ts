@@ -28,6 +28,7 @@ export {
   escapeHelp,
   escapeLabelValue,
   formatSampleValue,
+  metricsPerRegistry,
   PROMETHEUS_CONTENT_TYPE,
 } from './metrics.js'
 export type { MetricsServer, MetricsServerOptions } from './metrics-server.js'

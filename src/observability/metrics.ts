@@ -110,6 +110,33 @@ export interface MetricsRegistry {
   render(): Promise<string>
 }
 
+/**
+ * Wraps `register` so it runs once per registry and later calls get the same metrics. A
+ * registry refuses a name twice, while the parts that use the metrics (services, handlers,
+ * listeners) are created again on every config reload: the metrics belong to the registry.
+ *
+ * @example
+ * ```ts
+ * const relayMetrics = metricsPerRegistry((registry) => ({
+ *   published: registry.counter({ name: 'relay_published_total', help: 'Events published.' }),
+ * }))
+ * relayMetrics(registry).published.inc()
+ * ```
+ */
+export function metricsPerRegistry<M>(
+  register: (registry: MetricsRegistry) => M,
+): (registry: MetricsRegistry) => M {
+  const byRegistry = new WeakMap<MetricsRegistry, M>()
+  return (registry) => {
+    let metrics = byRegistry.get(registry)
+    if (metrics === undefined) {
+      metrics = register(registry)
+      byRegistry.set(registry, metrics)
+    }
+    return metrics
+  }
+}
+
 const metricName = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/
 const labelName = /^[a-zA-Z_][a-zA-Z0-9_]*$/
 const defaultBuckets: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]

@@ -18,6 +18,7 @@ import {
   createMetricsRegistry,
   type Gauge,
   type MetricsRegistry,
+  metricsPerRegistry,
 } from '../observability/metrics.js'
 import { ConfigInvalidError } from './config/errors.js'
 import { parseProxyConfig } from './config/load.js'
@@ -158,34 +159,27 @@ interface RuntimeMetrics {
   readonly routeOverridden: Gauge
 }
 
-const metricsByRegistry = new WeakMap<MetricsRegistry, RuntimeMetrics>()
-
-function runtimeMetrics(registry: MetricsRegistry): RuntimeMetrics {
-  let metrics = metricsByRegistry.get(registry)
-  if (metrics === undefined) {
-    metrics = {
-      reloads: registry.counter({
-        name: 'breakwater_proxy_config_reloads_total',
-        help: 'Config reloads applied.',
-      }),
-      reloadFailures: registry.counter({
-        name: 'breakwater_proxy_config_reload_failures_total',
-        help: 'Config reloads refused (invalid file, or could not be applied); the old config stays.',
-      }),
-      configLoaded: registry.gauge({
-        name: 'breakwater_proxy_config_last_reload_success_timestamp_seconds',
-        help: 'When the config in force was loaded (Unix seconds).',
-      }),
-      routeOverridden: registry.gauge({
-        name: 'breakwater_proxy_route_overridden',
-        help: '1 while a route is switched by the admin API away from its configured targets.',
-        labelNames: ['route'],
-      }),
-    }
-    metricsByRegistry.set(registry, metrics)
-  }
-  return metrics
-}
+const runtimeMetrics = metricsPerRegistry(
+  (registry): RuntimeMetrics => ({
+    reloads: registry.counter({
+      name: 'breakwater_proxy_config_reloads_total',
+      help: 'Config reloads applied.',
+    }),
+    reloadFailures: registry.counter({
+      name: 'breakwater_proxy_config_reload_failures_total',
+      help: 'Config reloads refused (invalid file, or could not be applied); the old config stays.',
+    }),
+    configLoaded: registry.gauge({
+      name: 'breakwater_proxy_config_last_reload_success_timestamp_seconds',
+      help: 'When the config in force was loaded (Unix seconds).',
+    }),
+    routeOverridden: registry.gauge({
+      name: 'breakwater_proxy_route_overridden',
+      help: '1 while a route is switched by the admin API away from its configured targets.',
+      labelNames: ['route'],
+    }),
+  }),
+)
 
 /**
  * Starts the proxy: validates the config, creates a `ServiceRuntime` per service, binds every

@@ -1,7 +1,11 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
-import { createMetricsRegistry, PROMETHEUS_CONTENT_TYPE } from '../../src/observability/index.js'
+import {
+  createMetricsRegistry,
+  metricsPerRegistry,
+  PROMETHEUS_CONTENT_TYPE,
+} from '../../src/observability/index.js'
 import { parsePrometheusText, sampleValue } from './prometheus-text.js'
 
 describe('metrics registry: exposition format', () => {
@@ -167,5 +171,26 @@ describe('metrics registry: exposition format', () => {
     c.inc({ route: '/a' }, 2)
     expect(c.get({ route: '/a' })).toBe(2)
     expect(c.get({ route: '/b' })).toBe(0)
+  })
+})
+
+describe('metricsPerRegistry', () => {
+  it('registers once per registry and hands later callers the same metrics', async () => {
+    let registrations = 0
+    const counters = metricsPerRegistry((registry) => {
+      registrations++
+      return registry.counter({ name: 'shared_total', help: 'Shared by every caller.' })
+    })
+    const first = createMetricsRegistry()
+    const second = createMetricsRegistry()
+    // A second registration of the same name would throw: the memo is what prevents it.
+    counters(first).inc()
+    counters(first).inc()
+    counters(second).inc()
+    expect(registrations).toBe(2)
+    expect(counters(first)).toBe(counters(first))
+    expect(counters(first)).not.toBe(counters(second))
+    expect(sampleValue(parsePrometheusText(await first.render()), 'shared_total')).toBe(2)
+    expect(sampleValue(parsePrometheusText(await second.render()), 'shared_total')).toBe(1)
   })
 })

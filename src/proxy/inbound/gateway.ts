@@ -6,7 +6,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkFunction } from '../../core/validate.js'
-import type { Counter, Histogram, MetricsRegistry } from '../../observability/metrics.js'
+import { type Counter, type Histogram, metricsPerRegistry } from '../../observability/metrics.js'
 import type {
   ForwardOptions,
   ForwardOutcome,
@@ -61,29 +61,22 @@ interface GatewayMetrics {
   readonly duration: Histogram
 }
 
-const metricsByRegistry = new WeakMap<MetricsRegistry, GatewayMetrics>()
-
 // One set per registry: every gateway listener, and every handler a reload creates, shares it.
-function gatewayMetrics(registry: MetricsRegistry): GatewayMetrics {
-  let metrics = metricsByRegistry.get(registry)
-  if (metrics === undefined) {
-    metrics = {
-      requests: registry.counter({
-        name: 'breakwater_proxy_route_requests_total',
-        help: 'Gateway requests by listener, route, target service and status sent (service empty when the service was not called: no route, idempotent replay or refusal).',
-        labelNames: ['listener', 'route', 'service', 'status'],
-      }),
-      duration: registry.histogram({
-        name: 'breakwater_proxy_route_request_duration_seconds',
-        help: 'Gateway request time from the first byte read to the end of the response, by route.',
-        labelNames: ['listener', 'route'],
-        buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-      }),
-    }
-    metricsByRegistry.set(registry, metrics)
-  }
-  return metrics
-}
+const gatewayMetrics = metricsPerRegistry(
+  (registry): GatewayMetrics => ({
+    requests: registry.counter({
+      name: 'breakwater_proxy_route_requests_total',
+      help: 'Gateway requests by listener, route, target service and status sent (service empty when the service was not called: no route, idempotent replay or refusal).',
+      labelNames: ['listener', 'route', 'service', 'status'],
+    }),
+    duration: registry.histogram({
+      name: 'breakwater_proxy_route_request_duration_seconds',
+      help: 'Gateway request time from the first byte read to the end of the response, by route.',
+      labelNames: ['listener', 'route'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    }),
+  }),
+)
 
 function noRoute(status: number, error: GatewayProblemCode): ForwardOutcome {
   return { status, attempts: 0, endpoint: undefined, error, captured: undefined }

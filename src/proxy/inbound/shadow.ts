@@ -7,7 +7,11 @@ import { type Clock, systemClock } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger } from '../../core/validate.js'
 import type { Logger } from '../../observability/logger.js'
-import type { Counter, MetricsRegistry } from '../../observability/metrics.js'
+import {
+  type Counter,
+  type MetricsRegistry,
+  metricsPerRegistry,
+} from '../../observability/metrics.js'
 import { redactSecrets } from '../../observability/redact.js'
 import type {
   CapturedResponse,
@@ -145,20 +149,14 @@ export interface ShadowRunnerOptions {
 /** What became of one sampled request. */
 type ShadowResult = 'match' | 'mismatch' | 'skipped' | 'error'
 
-const countersByRegistry = new WeakMap<MetricsRegistry, Counter>()
-
-function comparisonsCounter(registry: MetricsRegistry): Counter {
-  let counter = countersByRegistry.get(registry)
-  if (counter === undefined) {
-    counter = registry.counter({
+const comparisonsCounter = metricsPerRegistry(
+  (registry): Counter =>
+    registry.counter({
       name: 'breakwater_proxy_shadow_comparisons_total',
       help: 'Sampled shadow requests by route and result (match, mismatch, skipped, error).',
       labelNames: ['route', 'result'],
-    })
-    countersByRegistry.set(registry, counter)
-  }
-  return counter
-}
+    }),
+)
 
 /** One sampled request to compare. */
 export interface ShadowJob {
