@@ -36,6 +36,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { median, type ResultRow, writeResults } from './lib/harness.js'
+import { benchProxyYaml } from './lib/proxy-config.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const rolesFile = join(here, 'lib', 'proxy-roles.ts')
@@ -175,25 +176,7 @@ async function startBreakwaterWorkers(upstreamUrl: string, workers: number): Pro
   const dir = mkdtempSync(join(tmpdir(), 'breakwater-proxy-'))
   const port = await freePort()
   const file = join(dir, 'proxy.yaml')
-  writeFileSync(
-    file,
-    [
-      'services:',
-      '  bench:',
-      `    endpoints: [${upstreamUrl}]`,
-      '    loadBalancer: least-request',
-      '    timeouts: { connectMs: 1000, readMs: 5000, overallMs: 10000 }',
-      '    retry: { attempts: 3, baseDelayMs: 25, maxDelayMs: 1000, budget: { ratio: 0.2, minPerSecond: 10 } }',
-      '    circuitBreaker: { failureThreshold: 5, cooldownMs: 10000, halfOpenProbes: 1 }',
-      '    bulkhead: { maxConcurrent: 1024, maxQueue: 1024, connectionsPerEndpoint: 64 }',
-      '    outlierEjection: { consecutiveFailures: 5, baseEjectionMs: 30000, maxEjectedPercent: 50 }',
-      'listeners:',
-      `  - { name: outbound, role: ambassador, host: 127.0.0.1, port: ${port} }`,
-      'accessLog: false',
-      `workers: ${workers}`,
-      '',
-    ].join('\n'),
-  )
+  writeFileSync(file, benchProxyYaml(upstreamUrl, port, workers))
   const cli = join(here, '..', 'src', 'cli', 'main.ts')
   const child = spawn(
     process.execPath,

@@ -16,6 +16,7 @@ import {
   type ServerResponse,
 } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { benchProxyYaml } from './proxy-config.js'
 
 const role = process.argv[2]
 const args = JSON.parse(process.argv[3] ?? '{}') as Record<string, unknown>
@@ -150,20 +151,7 @@ class MinimalForward {
 async function breakwaterStartProxy(upstreamUrl: string): Promise<number> {
   const { startProxy } = await import('../../src/proxy/index.js')
   const { createJsonLogger } = await import('../../src/observability/logger.js')
-  const yaml = [
-    'services:',
-    '  bench:',
-    `    endpoints: [${upstreamUrl}]`,
-    '    loadBalancer: least-request',
-    '    timeouts: { connectMs: 1000, readMs: 5000, overallMs: 10000 }',
-    '    retry: { attempts: 3, baseDelayMs: 25, maxDelayMs: 1000, budget: { ratio: 0.2, minPerSecond: 10 } }',
-    '    circuitBreaker: { failureThreshold: 5, cooldownMs: 10000, halfOpenProbes: 1 }',
-    '    bulkhead: { maxConcurrent: 1024, maxQueue: 1024, connectionsPerEndpoint: 64 }',
-    '    outlierEjection: { consecutiveFailures: 5, baseEjectionMs: 30000, maxEjectedPercent: 50 }',
-    'listeners:',
-    '  - { name: outbound, role: ambassador, host: 127.0.0.1, port: 0 }',
-    'accessLog: false',
-  ].join('\n')
+  const yaml = benchProxyYaml(upstreamUrl, 0)
   const proxy = await startProxy({ config: yaml, logger: createJsonLogger({ level: 'warn' }) })
   return proxy.address('outbound').port
 }
