@@ -244,9 +244,10 @@ describe('deadline propagation across three real hops', () => {
       expect(headers.length).toBeGreaterThanOrEqual(1)
       expect(headers[0]).toBeLessThanOrEqual(200 - margin)
       // Each hop was told less than the one before it, by at least the time that hop spent
-      // and the margin.
+      // and the margin. One millisecond of slack: Node's timers run on a millisecond loop
+      // clock and can fire up to 1 ms early as Date.now() sees it, so a 5 ms sleep may measure 4.
       for (let i = 1; i < headers.length; i++) {
-        expect(headers[i]).toBeLessThanOrEqual(headers[i - 1]! - 5 - margin)
+        expect(headers[i]).toBeLessThanOrEqual(headers[i - 1]! - 5 - margin + 1)
       }
       if (run.received.d!.length === 0) continue
       reachedD = true
