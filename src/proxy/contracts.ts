@@ -185,6 +185,12 @@ export interface ShadowConfig {
   readonly learnNoise: boolean
   /** Latest mismatch examples kept per route for the admin API. */
   readonly keepExamples: number
+  /**
+   * Upper-case methods that are shadowed (default GET, HEAD, OPTIONS). A shadowed request runs
+   * on both services, so an unsafe method listed here has its side effects twice: list one
+   * only when the shadow writes to a store of its own.
+   */
+  readonly methods: readonly string[]
 }
 
 /** Idempotency-Key enforcement by the sidecar on a route. */

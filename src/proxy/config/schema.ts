@@ -245,6 +245,12 @@ const routeSchema = z.strictObject({
       ignoreHeaders: z.array(headerName).default([]),
       learnNoise: z.boolean({ error: 'true or false' }).default(true),
       keepExamples: int(0, 10_000).default(20),
+      // Safe methods only unless listed: a shadowed POST runs its side effects twice, once on
+      // each side, which is only right for a shadow that writes to a store of its own.
+      methods: z
+        .array(method)
+        .min(1, { error: 'non-empty list of methods' })
+        .default(['GET', 'HEAD', 'OPTIONS']),
     })
     .optional(),
   idempotency: z
@@ -419,6 +425,7 @@ function toRoute(r: RouteDocument): RouteConfig {
             ignoreHeaders: r.shadow.ignoreHeaders.map((h) => h.toLowerCase()),
             learnNoise: r.shadow.learnNoise,
             keepExamples: r.shadow.keepExamples,
+            methods: r.shadow.methods,
           },
     idempotency:
       r.idempotency === undefined

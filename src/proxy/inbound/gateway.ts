@@ -181,6 +181,7 @@ export function createGatewayHandler(
       shadowConfig !== undefined &&
       route.shadow !== undefined &&
       shadowConfig.service !== serviceName &&
+      shadowConfig.methods.includes(forwarded.method) &&
       random() < shadowConfig.sampleRate
     ) {
       shadowService = registry.get(shadowConfig.service)

@@ -44,6 +44,7 @@ export function shadowConfig(service: string, overrides: Partial<ShadowConfig> =
     ignoreHeaders: [],
     learnNoise: true,
     keepExamples: 10,
+    methods: ['GET', 'HEAD', 'OPTIONS'],
     ...overrides,
   }
 }

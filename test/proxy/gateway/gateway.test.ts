@@ -112,6 +112,46 @@ describe('shadow mode through the gateway', () => {
     )
   })
 
+  it('shadows only the methods listed: a POST reaches the primary alone unless POST is listed', async () => {
+    const legacy = await upstream((_req, res) => void sendJson(res, 200, { side: 'legacy' }))
+    const fresh = await upstream((_req, res) => void sendJson(res, 200, { side: 'legacy' }))
+    const run = async (shadowConfigured: ReturnType<typeof shadowConfig>) => {
+      const routes = [
+        route('orders', '/orders', [{ service: 'legacy', weight: 1 }], {
+          shadow: shadowConfigured,
+        }),
+      ]
+      const table = createRouteTable(routes)
+      const shadow = createShadowRunner()
+      const gw = await gateway({ legacy: legacy.url, new: fresh.url }, routes, table, { shadow })
+      for (const method of ['POST', 'GET', 'DELETE']) {
+        const response = await fetch(
+          `${gw.url}/orders/1`,
+          method === 'GET' ? { method } : { method, body: '{}' },
+        )
+        expect(response.status).toBe(200)
+        await response.arrayBuffer()
+      }
+      await shadow.idle()
+      return table.state()[0]?.shadow?.compared
+    }
+    // The default: safe methods only, so the POST and the DELETE ran once, on legacy.
+    expect(await run(shadowConfig('new', { learnNoise: false }))).toBe(1)
+    expect(fresh.seen.map((h) => h.method)).toEqual(['GET'])
+    // Listed explicitly (a shadow with a store of its own), POST is shadowed too.
+    expect(await run(shadowConfig('new', { learnNoise: false, methods: ['GET', 'POST'] }))).toBe(2)
+    // (The second run's two shadow calls run in the background, in either order.)
+    expect(fresh.seen.map((h) => h.method).sort()).toEqual(['GET', 'GET', 'POST'])
+    expect(legacy.seen.map((h) => h.method)).toEqual([
+      'POST',
+      'GET',
+      'DELETE',
+      'POST',
+      'GET',
+      'DELETE',
+    ])
+  })
+
   it('never shadows a request whose primary is the shadow service itself', async () => {
     const legacy = await upstream((_req, res) => void sendJson(res, 200, { side: 'legacy' }))
     const fresh = await upstream((_req, res) => void sendJson(res, 200, { side: 'new' }))
