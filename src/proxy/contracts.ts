@@ -339,6 +339,12 @@ export interface ForwardOutcome {
   readonly status: number
   /** Attempts made (1 = no retry). */
   readonly attempts: number
+  /**
+   * Whether any attempt may have reached the upstream: its connection was up and the request
+   * was handed to it. False means the upstream cannot have seen the request (refused or timed
+   * out connects, breaker, bulkhead, no endpoints, a deadline that passed while connecting).
+   */
+  readonly written: boolean
   /** Endpoint of the final attempt, when one was picked. */
   readonly endpoint: string | undefined
   /** Proxy-generated failure code (e.g. `BREAKER_OPEN`, `BULKHEAD_FULL`, `UPSTREAM_TIMEOUT`). */

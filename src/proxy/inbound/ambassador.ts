@@ -109,6 +109,7 @@ export function createAmbassadorHandler(
 const notFound: ForwardOutcome = {
   status: 404,
   attempts: 0,
+  written: false,
   endpoint: undefined,
   error: 'SERVICE_NOT_FOUND',
   captured: undefined,

@@ -79,7 +79,7 @@ const gatewayMetrics = metricsPerRegistry(
 )
 
 function noRoute(status: number, error: GatewayProblemCode): ForwardOutcome {
-  return { status, attempts: 0, endpoint: undefined, error, captured: undefined }
+  return { status, attempts: 0, written: false, endpoint: undefined, error, captured: undefined }
 }
 
 /**

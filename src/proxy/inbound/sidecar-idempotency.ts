@@ -15,14 +15,13 @@
 // after a failure once the request may have reached the app (a read timeout, a reset after
 // sending, a deadline spent during the call) the key is not released but left held until its
 // lease expires: the client's retry meanwhile gets 409 with Retry-After instead of a second
-// run. Failures that prove the app never got the request (connect refused, breaker open,
-// bulkhead full, no endpoints) release it at once.
+// run. Failures that prove the app never got the request (no attempt got past its connect:
+// refused or timed out, breaker open, bulkhead full, no endpoints) release it at once.
 
 import { ServerResponse } from 'node:http'
 import { type Clock, systemClock } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
-import { idempotentMethods } from '../../http/methods.js'
 import {
   createIdempotency,
   createMemoryIdempotencyStore,
@@ -245,33 +244,9 @@ function headerOf(
   return typeof value === 'string' ? value : value.join(', ')
 }
 
-// Final failures of a call whose last round never wrote the request to the app.
-const unsentFailures: ReadonlySet<string> = new Set([
-  'UPSTREAM_CONNECT_FAILED',
-  'BROKEN_CIRCUIT',
-  'ISOLATED_CIRCUIT',
-  'BULKHEAD_FULL',
-  'UPSTREAM_NO_ENDPOINTS',
-])
-
 const keepKey = { release: false } as const
 
 const unsentOnly: ForwardOptions = { unsafeRetry: 'unsent-only' }
-
-/**
- * Whether a failed call may have reached the app. The runtime retries a non-idempotent
- * request under `unsafeRetry: 'unsent-only'` only after attempts that were never written, so
- * a final failure that wrote nothing means none did; an idempotent method (a guarded PUT) is
- * retried after any failure, so an earlier attempt may have been sent.
- */
-function mayHaveReachedApp(outcome: ForwardOutcome, method: string): boolean {
-  if (outcome.attempts === 0) return false
-  if (outcome.error === undefined || !unsentFailures.has(outcome.error)) return true
-  return (
-    idempotentMethods.has(method.toUpperCase()) &&
-    outcome.attempts > (outcome.error === 'UPSTREAM_CONNECT_FAILED' ? 1 : 0)
-  )
-}
 
 class Sidecar implements SidecarIdempotency {
   readonly #base: Idempotency
@@ -323,6 +298,7 @@ class Sidecar implements SidecarIdempotency {
       return {
         status: begun.response.status,
         attempts: 0,
+        written: false,
         endpoint: undefined,
         error: begun.error?.code,
         captured: undefined,
@@ -357,9 +333,10 @@ class Sidecar implements SidecarIdempotency {
       // ran but not what it did, so its key is held until the lease expires, as for a timeout.
       const unknown =
         held.broken ||
-        (outcome.error !== undefined &&
-          !held.streaming &&
-          mayHaveReachedApp(outcome, inbound.method))
+        // `written`: some attempt got past its connect, so the app may have the request. A
+        // refused or timed-out connect, an open breaker, a full bulkhead or a deadline spent
+        // while connecting prove it never did, and release the key at once.
+        (outcome.error !== undefined && !held.streaming && outcome.written)
       if (unknown) {
         this.#logger?.warn('idempotency key held until its lease expires: the app may have run', {
           path: inbound.path,

@@ -516,6 +516,8 @@ class Attempt {
     }
     this.abort = abort
     this.phase = phaseHead
+    // undici writes the request right after this call: from here on it may reach the app.
+    this.call.written = true
     this.setDue(this.call.core.clock.now() + this.call.core.readMs)
   }
 
@@ -624,6 +626,8 @@ class ForwardCall {
   // attempt never reached onConnect (undici writes nothing before it).
   unsentOnly = false
   attempts = 0
+  /** Whether an attempt got past its connect (see ForwardOutcome.written). */
+  written = false
   attempt: Attempt | undefined
   lastEndpoint: Endpoint | undefined
   holdsSlot = false
@@ -1043,6 +1047,7 @@ class ForwardCall {
     this.resolve({
       status,
       attempts: this.attempts,
+      written: this.written,
       endpoint: this.lastEndpoint?.url,
       error,
       captured,

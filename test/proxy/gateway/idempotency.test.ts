@@ -4,7 +4,12 @@
 
 import { randomUUID } from 'node:crypto'
 import { createServer as createHttpServer, IncomingMessage, ServerResponse } from 'node:http'
-import { createServer as createNetServer, Socket } from 'node:net'
+import {
+  type AddressInfo,
+  createServer as createNetServer,
+  type Server as NetServer,
+  Socket,
+} from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
@@ -348,6 +353,8 @@ describe.each(engines)('sidecar idempotency after ambiguous failures, on $name',
   let gateway: Awaited<ReturnType<typeof startClockedGateway>>
   let drop: () => Promise<void> = async () => {}
   let downPort = 0
+  let silent: NetServer | undefined
+  const silentSockets: Socket[] = []
   const executions = new Map<string, number>()
   const gates = new Map<string, Promise<void>>()
   const behaviour = new Map<string, 'reset' | 'unavailable-once'>()
@@ -379,6 +386,10 @@ describe.each(engines)('sidecar idempotency after ambiguous failures, on $name',
       sendJson(res, 201, { key, execution: n })
     })
     downPort = await closedPort()
+    // Accepts and never speaks: an https endpoint there never finishes connecting.
+    silent = createNetServer((socket) => silentSockets.push(socket))
+    await new Promise<void>((resolve) => silent!.listen(0, '127.0.0.1', resolve))
+    const silentPort = (silent.address() as AddressInfo).port
     const guarded = { idempotency: { methods: ['POST'], ttlMs: 3_600_000 } }
     gateway = await startClockedGateway(
       clock,
@@ -387,11 +398,13 @@ describe.each(engines)('sidecar idempotency after ambiguous failures, on $name',
         down: [`http://127.0.0.1:${downPort}`],
         // A refused endpoint before the app: round robin sends the first attempt there.
         half: [`http://127.0.0.1:${downPort}`, app.url],
+        silent: [`https://127.0.0.1:${silentPort}`],
       },
       [
         route('pay', '/pay', [{ service: 'app', weight: 1 }], guarded),
         route('down', '/down', [{ service: 'down', weight: 1 }], guarded),
         route('half', '/half', [{ service: 'half', weight: 1 }], guarded),
+        route('silent', '/silent', [{ service: 'silent', weight: 1 }], guarded),
       ],
       database.url,
     )
@@ -401,6 +414,8 @@ describe.each(engines)('sidecar idempotency after ambiguous failures, on $name',
     await gateway?.close()
     await app?.close()
     await back?.close()
+    for (const socket of silentSockets) socket.destroy()
+    await new Promise<void>((resolve) => (silent ? silent.close(() => resolve()) : resolve()))
     await drop()
   })
 
@@ -497,6 +512,30 @@ describe.each(engines)('sidecar idempotency after ambiguous failures, on $name',
     expect(answer.status).toBe(201)
     expect(await answer.json()).toMatchObject({ key, execution: 1 })
     expect(executions.get(key)).toBe(1)
+  })
+
+  it('releases the key at once after connects that time out: nothing was sent, so no 409', async () => {
+    const key = `silent-${randomUUID()}`
+    const answer = async () => {
+      const pending = post('/silent', key)
+      let done = false
+      void pending.finally(() => {
+        done = true
+      })
+      // Three attempts, each a 1 s connect timeout on the clock, with backoff in between.
+      for (let i = 0; i < 400 && !done; i++) {
+        await clock.advance(25)
+        await new Promise((resolve) => setTimeout(resolve, 2))
+      }
+      return pending
+    }
+    const first = await answer()
+    expect(first.status).toBe(504)
+    expect(await first.json()).toMatchObject({ code: 'UPSTREAM_TIMEOUT' })
+    // The key is free at once (well inside its 30 s lease): the retry is tried, not refused.
+    const retry = await answer()
+    expect(retry.status).toBe(504)
+    expect(await retry.json()).toMatchObject({ code: 'UPSTREAM_TIMEOUT' })
   })
 
   it('releases the key at once after a refused connect: the retry runs once the app is back', async () => {

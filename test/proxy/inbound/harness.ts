@@ -117,6 +117,7 @@ export function recordingService(name: string): RecordingService {
       return Promise.resolve({
         status: 200,
         attempts: 1,
+        written: true,
         endpoint: `memory://${name}`,
         error: undefined,
         captured: undefined,

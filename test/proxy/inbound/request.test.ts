@@ -167,6 +167,7 @@ describe('access log', () => {
         return {
           status: 201,
           attempts: 2,
+          written: true,
           endpoint: 'http://e:1',
           error: undefined,
           captured: undefined,
@@ -236,6 +237,7 @@ describe('client disconnect', () => {
             resolve({
               status: 499,
               attempts: 1,
+              written: true,
               endpoint: undefined,
               error: 'ABORTED',
               captured: undefined,
