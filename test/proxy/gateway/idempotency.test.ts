@@ -346,6 +346,31 @@ async function startClockedGateway(
   }
 }
 
+/**
+ * Backoff, timeouts and leases run on the manual clock: moves it on `stepMs` at a time until
+ * `pending` settles (or `steps` steps), letting real I/O happen for `realMs` between steps.
+ */
+async function settleOnClock<T>(
+  clock: ManualClock,
+  pending: Promise<T>,
+  { stepMs = 1, steps = 200, realMs = 5 } = {},
+): Promise<T> {
+  let done = false
+  void pending.then(
+    () => {
+      done = true
+    },
+    () => {
+      done = true
+    },
+  )
+  for (let i = 0; i < steps && !done; i++) {
+    await clock.advance(stepMs)
+    await new Promise((resolve) => setTimeout(resolve, realMs))
+  }
+  return pending
+}
+
 describe.each(engines)('sidecar idempotency after ambiguous failures, on $name', (engine) => {
   const clock = new ManualClock(1_000_000)
   let app: Upstream
@@ -426,24 +451,7 @@ describe.each(engines)('sidecar idempotency after ambiguous failures, on $name',
       body: '{"amount":5}',
     })
 
-  // Backoff and leases run on the manual clock: move it on in small steps until `pending`
-  // settles (each step lets real I/O happen in between).
-  async function settle<T>(pending: Promise<T>): Promise<T> {
-    let done = false
-    void pending.then(
-      () => {
-        done = true
-      },
-      () => {
-        done = true
-      },
-    )
-    for (let i = 0; i < 200 && !done; i++) {
-      await clock.advance(1)
-      await new Promise((resolve) => setTimeout(resolve, 5))
-    }
-    return pending
-  }
+  const settle = <T>(pending: Promise<T>): Promise<T> => settleOnClock(clock, pending)
 
   it('holds the key after a read timeout: the app ran once, the immediate retry gets 409', async () => {
     const key = `timeout-${randomUUID()}`
@@ -516,19 +524,9 @@ describe.each(engines)('sidecar idempotency after ambiguous failures, on $name',
 
   it('releases the key at once after connects that time out: nothing was sent, so no 409', async () => {
     const key = `silent-${randomUUID()}`
-    const answer = async () => {
-      const pending = post('/silent', key)
-      let done = false
-      void pending.finally(() => {
-        done = true
-      })
-      // Three attempts, each a 1 s connect timeout on the clock, with backoff in between.
-      for (let i = 0; i < 400 && !done; i++) {
-        await clock.advance(25)
-        await new Promise((resolve) => setTimeout(resolve, 2))
-      }
-      return pending
-    }
+    // Three attempts, each a 1 s connect timeout on the clock, with backoff in between.
+    const answer = () =>
+      settleOnClock(clock, post('/silent', key), { stepMs: 25, steps: 400, realMs: 2 })
     const first = await answer()
     expect(first.status).toBe(504)
     expect(await first.json()).toMatchObject({ code: 'UPSTREAM_TIMEOUT' })
@@ -616,16 +614,8 @@ describe('ForwardOptions.unsafeRetry on the service runtime', () => {
       sink,
       options,
     )
-    let done = false
-    void pending.then(() => {
-      done = true
-    })
     // Backoff runs on the manual clock.
-    for (let i = 0; i < 200 && !done; i++) {
-      await clock.advance(1)
-      await new Promise((resolve) => setTimeout(resolve, 5))
-    }
-    return pending
+    return settleOnClock(clock, pending)
   }
 
   it("'never' sends a POST once, even when the connect was refused", async () => {
