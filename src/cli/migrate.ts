@@ -3,6 +3,7 @@ import type { Migration } from '../stores/migrations.js'
 import { runMigrations } from '../stores/migrations.js'
 import { openDatabase } from '../stores/open.js'
 import { redactUrl } from '../stores/redact.js'
+import { messageOf } from './database-command.js'
 
 /** Where `migrateCommand` writes; defaults to the process's stdout and stderr. */
 export interface MigrateOutput {
@@ -94,8 +95,4 @@ export async function migrateCommand(
   } finally {
     await db.close().catch(() => {})
   }
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error)
 }

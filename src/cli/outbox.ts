@@ -1,17 +1,15 @@
-import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import { type DeadEvent, listDead, outboxStats, redrive } from '../outbox/index.js'
-import { openDatabase, type SqlDriver } from '../stores/index.js'
+import type { SqlDriver } from '../stores/index.js'
+import {
+  type DatabaseCommandDeps,
+  runDatabaseCommand,
+  type TextSink,
+  UsageError,
+} from './database-command.js'
 
 /** What `outboxCommand` needs besides its arguments; everything has a default. */
-export interface OutboxCommandDeps {
-  /** Receives the output. @default process.stdout */
-  readonly stdout?: { write(text: string): unknown }
-  /** Receives error messages. @default process.stderr */
-  readonly stderr?: { write(text: string): unknown }
-  /** Opens the database a URL names. @default openDatabase from breakwater/stores */
-  readonly openDatabase?: (url: string) => Promise<SqlDriver>
-}
+export type OutboxCommandDeps = DatabaseCommandDeps
 
 const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
 
@@ -41,8 +39,6 @@ interface Parsed {
   readonly all: boolean
   readonly ids: readonly string[]
 }
-
-class UsageError extends Error {}
 
 const allowed: Record<Command, readonly string[]> = {
   dead: ['--db', '--json', '--limit', '--after-id'],
@@ -121,53 +117,15 @@ function parse(args: readonly string[]): Parsed {
  * const code = await outboxCommand(['redrive', '--all', '--db', 'sqlite:./app.db'])
  * ```
  */
-export async function outboxCommand(args: string[], deps: OutboxCommandDeps = {}): Promise<number> {
-  const out = deps.stdout ?? process.stdout
-  const err = deps.stderr ?? process.stderr
-  if (args[0] === '--help' || args[0] === '-h' || args[0] === 'help') {
-    out.write(usage)
-    return 0
-  }
-  let parsed: Parsed
-  try {
-    parsed = parse(args)
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error
-    err.write(`breakwater outbox: ${error.message}\n\n${usage}`)
-    return 2
-  }
-  let db: SqlDriver
-  try {
-    db = await (deps.openDatabase ?? openDatabase)(parsed.url)
-  } catch (error) {
-    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
-      err.write(`breakwater outbox: --db: ${redactSecrets(error.message)}\n`)
-      return 2
-    }
-    err.write(
-      `breakwater outbox: cannot open ${redactSecrets(parsed.url)}: ${redactSecrets(messageOf(error))}\n`,
-    )
-    return 1
-  }
-  try {
-    return await execute(parsed, db, out, err)
-  } catch (error) {
-    const message = messageOf(error)
-    const hint = /no such table|does not exist/.test(message)
-      ? ` (run \`breakwater migrate --db ${redactSecrets(parsed.url)}\` first)`
-      : ''
-    err.write(`breakwater outbox: ${redactSecrets(message)}${hint}\n`)
-    return 1
-  } finally {
-    await db.close().catch(() => {})
-  }
+export function outboxCommand(args: string[], deps: OutboxCommandDeps = {}): Promise<number> {
+  return runDatabaseCommand({ name: 'outbox', usage, parse, execute }, args, deps)
 }
 
 async function execute(
   parsed: Parsed,
   db: SqlDriver,
-  out: { write(text: string): unknown },
-  err: { write(text: string): unknown },
+  out: TextSink,
+  err: TextSink,
 ): Promise<number> {
   switch (parsed.command) {
     case 'dead': {
@@ -260,8 +218,4 @@ function table(events: readonly DeadEvent[]): string {
 function oneLine(text: string): string {
   const flat = redactSecrets(text).replace(/\s+/g, ' ').trim()
   return flat.length > 120 ? `${flat.slice(0, 119)}…` : flat
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error)
 }

@@ -13,6 +13,7 @@ import {
 import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { AdminServer } from '../proxy/admin/index.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
+import { UsageError } from './database-command.js'
 
 /** What `proxyCommand` needs besides its arguments; everything has a default. */
 export interface ProxyCommandDeps {
@@ -41,8 +42,6 @@ options:
   --check                validate the file, print every problem, exit 0 (valid) or 1
   --log-level <level>    debug, info (default), warn, error or silent
 `
-
-class UsageError extends Error {}
 
 interface ProxyArgs {
   readonly config: string

@@ -36,6 +36,7 @@ import {
   parseDatabaseUrl,
   type SqlDriver,
 } from '../stores/index.js'
+import { UsageError } from './database-command.js'
 
 /** What `relayCommand` needs besides its arguments; everything has a default. */
 export interface RelayCommandDeps {
@@ -121,8 +122,6 @@ interface RelayArgs {
   readonly secretFile: string | undefined
   readonly webhookBatch: boolean
 }
-
-class UsageError extends Error {}
 
 const valueFlags = new Set([
   '--db',

@@ -1,4 +1,3 @@
-import { BreakwaterError } from '../core/errors.js'
 import {
   cancelSaga,
   getSaga,
@@ -11,17 +10,16 @@ import {
   type SagaTimelineEntry,
   sagaStatuses,
 } from '../saga/index.js'
-import { openDatabase, redactUrl, type SqlDriver } from '../stores/index.js'
+import type { SqlDriver } from '../stores/index.js'
+import {
+  type DatabaseCommandDeps,
+  runDatabaseCommand,
+  type TextSink,
+  UsageError,
+} from './database-command.js'
 
 /** What `sagaCommand` needs besides its arguments; everything has a default. */
-export interface SagaCommandDeps {
-  /** Receives the output. @default process.stdout */
-  readonly stdout?: { write(text: string): unknown }
-  /** Receives error messages. @default process.stderr */
-  readonly stderr?: { write(text: string): unknown }
-  /** Opens the database a URL names. @default openDatabase from breakwater/stores */
-  readonly openDatabase?: (url: string) => Promise<SqlDriver>
-}
+export type SagaCommandDeps = DatabaseCommandDeps
 
 const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
 
@@ -54,8 +52,6 @@ interface Parsed {
   readonly reason: string | undefined
   readonly by: string
 }
-
-class UsageError extends Error {}
 
 const valueFlags = new Set(['--db', '--status', '--name', '--limit', '--reason', '--by'])
 const allowed: Record<Parsed['command'], readonly string[]> = {
@@ -141,58 +137,25 @@ function parse(args: readonly string[]): Parsed {
  * const code = await sagaCommand(['show', 'order-o-42', '--db', 'sqlite:./app.db'])
  * ```
  */
-export async function sagaCommand(args: string[], deps: SagaCommandDeps = {}): Promise<number> {
-  const out = deps.stdout ?? process.stdout
-  const err = deps.stderr ?? process.stderr
-  if (args[0] === '--help' || args[0] === '-h' || args[0] === 'help') {
-    out.write(usage)
-    return 0
-  }
-  let parsed: Parsed
-  try {
-    parsed = parse(args)
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error
-    err.write(`breakwater saga: ${error.message}\n\n${usage}`)
-    return 2
-  }
-  let db: SqlDriver
-  try {
-    db = await (deps.openDatabase ?? openDatabase)(parsed.url)
-  } catch (error) {
-    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
-      err.write(`breakwater saga: --db: ${error.message}\n`)
-      return 2
-    }
-    err.write(`breakwater saga: cannot open ${redactUrl(parsed.url)}: ${messageOf(error)}\n`)
-    return 1
-  }
-  try {
-    return await execute(parsed, db, out, err)
-  } catch (error) {
-    if (
-      BreakwaterError.is(error) &&
-      (error.code === 'SAGA_NOT_FOUND' || error.code === 'SAGA_STATE_CONFLICT')
-    ) {
-      err.write(`breakwater saga: ${error.message}\n`)
-      return 1
-    }
-    const message = messageOf(error)
-    const hint = /no such table|does not exist/.test(message)
-      ? ` (run \`breakwater migrate --db ${redactUrl(parsed.url)}\` first)`
-      : ''
-    err.write(`breakwater saga: ${redactUrl(message)}${hint}\n`)
-    return 1
-  } finally {
-    await db.close().catch(() => {})
-  }
+export function sagaCommand(args: string[], deps: SagaCommandDeps = {}): Promise<number> {
+  return runDatabaseCommand(
+    {
+      name: 'saga',
+      usage,
+      parse,
+      execute,
+      expectedErrors: ['SAGA_NOT_FOUND', 'SAGA_STATE_CONFLICT'],
+    },
+    args,
+    deps,
+  )
 }
 
 async function execute(
   parsed: Parsed,
   db: SqlDriver,
-  out: { write(text: string): unknown },
-  err: { write(text: string): unknown },
+  out: TextSink,
+  err: TextSink,
 ): Promise<number> {
   switch (parsed.command) {
     case 'list': {
@@ -336,8 +299,4 @@ function formatEntry(entry: SagaTimelineEntry): string {
   if (typeof d.reason === 'string') parts.push(`reason: ${d.reason}`)
   if (entry.worker !== undefined) parts.push(`[${entry.worker}]`)
   return parts.join('  ')
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error)
 }

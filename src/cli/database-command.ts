@@ -1,0 +1,108 @@
+// The skeleton every `breakwater <capability> <command> --db <url>` admin command shares:
+// help, argument parsing, opening the database with the exit codes the CLI promises, running
+// the command, and closing the database whatever happens. Each command brings its own parser,
+// its own runner and the errors it answers as "not found" rather than as a failure.
+
+import { BreakwaterError } from '../core/errors.js'
+import { redactSecrets } from '../observability/index.js'
+import { openDatabase, type SqlDriver } from '../stores/index.js'
+
+/** Where a command writes (process.stdout / process.stderr by default). */
+export interface TextSink {
+  write(text: string): unknown
+}
+
+/** What a database admin command needs besides its arguments; everything has a default. */
+export interface DatabaseCommandDeps {
+  /** Receives the output. @default process.stdout */
+  readonly stdout?: TextSink
+  /** Receives error messages. @default process.stderr */
+  readonly stderr?: TextSink
+  /** Opens the database a URL names. @default openDatabase from breakwater/stores */
+  readonly openDatabase?: (url: string) => Promise<SqlDriver>
+}
+
+/** Thrown by a command's parser for bad arguments: reported with the usage, exit code 2. */
+export class UsageError extends Error {}
+
+/** One database admin command, as {@link runDatabaseCommand} runs it. */
+export interface DatabaseCommand<P extends { readonly url: string }> {
+  /** The words after `breakwater`, for messages (`outbox`, `saga`). */
+  readonly name: string
+  /** The help text, printed for `--help` and after a usage error. */
+  readonly usage: string
+  /** Reads the arguments; throws {@link UsageError} for bad ones. */
+  parse(args: readonly string[]): P
+  /** Runs the parsed command; resolves to the exit code. */
+  execute(parsed: P, db: SqlDriver, out: TextSink, err: TextSink): Promise<number>
+  /**
+   * Error codes that are the user's answer, not a failure (an unknown saga): printed as they
+   * are, exit code 1, without the migration hint.
+   */
+  readonly expectedErrors?: readonly string[]
+}
+
+/**
+ * Runs `command` with `args`. Resolves to the exit code: 0 on success, 2 for bad arguments or a
+ * malformed `--db`, 1 when the database cannot be opened or the command fails (with a hint to
+ * run `breakwater migrate` when its tables are missing). Messages never show a URL's password.
+ *
+ * @example
+ * ```ts
+ * const code = await runDatabaseCommand(sagaAdmin, ['list', '--db', 'sqlite:./app.db'], {})
+ * ```
+ */
+export async function runDatabaseCommand<P extends { readonly url: string }>(
+  command: DatabaseCommand<P>,
+  args: readonly string[],
+  deps: DatabaseCommandDeps,
+): Promise<number> {
+  const out = deps.stdout ?? process.stdout
+  const err = deps.stderr ?? process.stderr
+  const prefix = `breakwater ${command.name}:`
+  if (args[0] === '--help' || args[0] === '-h' || args[0] === 'help') {
+    out.write(command.usage)
+    return 0
+  }
+  let parsed: P
+  try {
+    parsed = command.parse(args)
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error
+    err.write(`${prefix} ${error.message}\n\n${command.usage}`)
+    return 2
+  }
+  const url = redactSecrets(parsed.url)
+  let db: SqlDriver
+  try {
+    db = await (deps.openDatabase ?? openDatabase)(parsed.url)
+  } catch (error) {
+    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
+      err.write(`${prefix} --db: ${redactSecrets(error.message)}\n`)
+      return 2
+    }
+    err.write(`${prefix} cannot open ${url}: ${redactSecrets(messageOf(error))}\n`)
+    return 1
+  }
+  try {
+    return await command.execute(parsed, db, out, err)
+  } catch (error) {
+    if (BreakwaterError.is(error) && command.expectedErrors?.includes(error.code) === true) {
+      err.write(`${prefix} ${redactSecrets(error.message)}\n`)
+      return 1
+    }
+    const message = messageOf(error)
+    const hint = /no such table|does not exist/.test(message)
+      ? ` (run \`breakwater migrate --db ${url}\` first)`
+      : ''
+    err.write(`${prefix} ${redactSecrets(message)}${hint}\n`)
+    return 1
+  } finally {
+    await db.close().catch(() => {})
+  }
+}
+
+/** An error's message, or the thrown value as text. */
+export function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error)
+}
