@@ -272,6 +272,11 @@ export interface AdminConfig {
   readonly port: number
   /** Bearer token for the admin API (not for /metrics, /healthz, /readyz). */
   readonly token: SecretSource
+  /**
+   * Open connections the admin listener keeps; more are closed as they arrive (default 64 in
+   * the config; unlimited when absent from a config built by hand).
+   */
+  readonly maxConnections?: number
 }
 
 /** Where the sidecar's idempotency records live. */

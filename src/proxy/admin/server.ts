@@ -110,6 +110,10 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
   const { config, backend, deps } = options
   checkObject('config', config)
   checkInteger('config.port', config.port, 0, 65_535)
+  const maxConnections =
+    config.maxConnections === undefined
+      ? undefined
+      : checkInteger('config.maxConnections', config.maxConnections, 1, 100_000)
   const env = options.env ?? process.env
   const maxBodyBytes = checkInteger('maxBodyBytes', options.maxBodyBytes ?? 65_536, 2, 16_777_216)
   const log = deps.logger.child({ component: 'admin' })
@@ -143,6 +147,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       })
     },
   )
+  if (maxConnections !== undefined) server.maxConnections = maxConnections
   server.on('connection', (socket: Socket) => {
     sockets.add(socket)
     socket.once('close', () => sockets.delete(socket))

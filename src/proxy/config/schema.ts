@@ -288,6 +288,9 @@ export const proxyConfigSchema = z
         host: text('host or IP address').default('127.0.0.1'),
         port: int(0, 65_535),
         token: secretSourceSchema,
+        // Operators need a handful of connections; a cap keeps a flood on the admin port from
+        // holding sockets and memory that the proxy's own listeners need.
+        maxConnections: int(1, 100_000).default(64),
       })
       .optional(),
     idempotency: z
@@ -326,7 +329,12 @@ export function toProxyConfig(doc: ProxyConfigDocument): ProxyConfig {
     admin:
       doc.admin === undefined
         ? undefined
-        : { host: doc.admin.host, port: doc.admin.port, token: toSecret(doc.admin.token) },
+        : {
+            host: doc.admin.host,
+            port: doc.admin.port,
+            token: toSecret(doc.admin.token),
+            maxConnections: doc.admin.maxConnections,
+          },
     idempotency: doc.idempotency === undefined ? undefined : { url: doc.idempotency.url },
     accessLog: doc.accessLog,
     deadlineHeader: doc.deadlineHeader.toLowerCase(),

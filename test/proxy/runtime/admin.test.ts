@@ -1,4 +1,5 @@
 import { mkdtempSync, writeFileSync } from 'node:fs'
+import { connect, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -36,7 +37,7 @@ listeners:
         match: { prefix: /orders }
         targets: ${split}
         shadow: { service: modern, learnNoise: false }
-admin: { port: 0, token: { env: BW_ADMIN_TOKEN } }
+admin: { port: 0, token: { env: BW_ADMIN_TOKEN }, maxConnections: 4 }
 idempotency: { url: "postgres://proxy@127.0.0.1:1/x" }
 `
 }
@@ -251,6 +252,31 @@ describe('admin API', () => {
     expect(modern.seen.some((s) => s.headers.authorization === `Bearer ${upstreamToken}`)).toBe(
       true,
     )
+  })
+
+  it('keeps at most admin.maxConnections connections open, closing the ones over it', async () => {
+    const open = (): Promise<Socket> =>
+      new Promise((resolve, reject) => {
+        const socket = connect(admin, '127.0.0.1', () => resolve(socket))
+        socket.once('error', reject)
+      })
+    const closed = (socket: Socket): Promise<boolean> =>
+      new Promise((resolve) => {
+        if (socket.destroyed) resolve(true)
+        socket.once('close', () => resolve(true))
+        socket.resume()
+        setTimeout(() => resolve(false), 1_000)
+      })
+    const held = [await open(), await open(), await open(), await open()]
+    // Each connection is counted once the server has accepted it: the fifth is closed at once.
+    await eventually(async () => closed(await open()), 'a connection over the cap to be closed')
+    held[0]!.destroy()
+    // A place freed, an operator gets in again.
+    await eventually(
+      async () => (await http(admin, '/healthz').catch(() => undefined))?.status === 200,
+      'the admin API to answer once a connection closed',
+    )
+    for (const socket of held) socket.destroy()
   })
 
   it('turns readiness false when draining', async () => {
