@@ -151,6 +151,7 @@ describe('parseProxyConfig', () => {
       host: '127.0.0.1',
       port: 15000,
       token: { env: 'BREAKWATER_ADMIN_TOKEN' },
+      maxConnections: 64,
     })
     expect(config.idempotency).toEqual({ url: 'sqlite:./proxy-idempotency.db' })
   })
