@@ -28,15 +28,22 @@
 //   the CPU over both cores. Scaling with cores needs a machine where wrk and the upstream
 //   have cores of their own.
 //
+// Cases shadow-gateway-1-worker and shadow-gateway-2-workers (scaling with cores): a strangler
+// gateway that shadows every request and diffs two 21 KiB JSON answers from a canned-response
+// upstream, run as one process and as `workers: 2`, 32 connections. There the proxy is the
+// busiest process, so the second core has work to take; `speedup_vs_1_worker` is the ratio
+// of their req/s, and `shadow_compared_share` shows every comparison ran (none skipped).
+//
 // Options: --seconds N (default 4), --rounds N (default 5), --warmup N (default 2),
-// --front minimal (the ServiceRuntime behind a bare node:http server instead of startProxy).
+// --front minimal (the ServiceRuntime behind a bare node:http server instead of startProxy),
+// --scaling-only (just the two scaling cases, printed, no results file).
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { median, type ResultRow, writeResults } from './lib/harness.js'
-import { benchProxyYaml } from './lib/proxy-config.js'
+import { benchProxyYaml, benchShadowGatewayYaml } from './lib/proxy-config.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const rolesFile = join(here, 'lib', 'proxy-roles.ts')
@@ -172,16 +179,20 @@ http {
 // single-process case. CPU: the primary and every worker, read from /proc.
 // ---------------------------------------------------------------------------------------------
 
-async function startBreakwaterWorkers(upstreamUrl: string, workers: number): Promise<Running> {
+async function startBreakwaterWorkers(
+  yaml: (port: number) => string,
+  workers: number,
+  env: Record<string, string> = {},
+): Promise<Running> {
   const dir = mkdtempSync(join(tmpdir(), 'breakwater-proxy-'))
   const port = await freePort()
   const file = join(dir, 'proxy.yaml')
-  writeFileSync(file, benchProxyYaml(upstreamUrl, port, workers))
+  writeFileSync(file, yaml(port))
   const cli = join(here, '..', 'src', 'cli', 'main.ts')
   const child = spawn(
     process.execPath,
     ['--import', 'tsx', cli, 'proxy', '--config', file, '--log-level', 'warn'],
-    { stdio: ['ignore', 'ignore', 'inherit'] },
+    { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...env } },
   )
   const pid = child.pid!
   const childrenOf = (parent: number): number[] => {
@@ -196,8 +207,9 @@ async function startBreakwaterWorkers(upstreamUrl: string, workers: number): Pro
     }
   }
   await waitForPort(port)
-  // The port answers once the first worker listens; wait for all of them to be up.
-  for (let i = 0; i < 200 && childrenOf(pid).length < workers; i++)
+  // The port answers once the first worker listens; wait for all of them to be up (a single
+  // process, workers: 1, has none).
+  for (let i = 0; i < 200 && workers > 1 && childrenOf(pid).length < workers; i++)
     await new Promise((resolve) => setTimeout(resolve, 25))
   await new Promise((resolve) => setTimeout(resolve, 1_000))
   const ticks = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
@@ -330,6 +342,11 @@ export async function main(argv: string[]): Promise<void> {
   const rounds = Number(option('rounds', '5'))
   const warmup = Number(option('warmup', '2'))
   const front = option('front', 'startProxy')
+  if (argv.includes('--scaling-only')) {
+    const rows = await measureScaling(rounds, seconds, warmup)
+    for (const row of rows) console.log(`${row.case} ${row.metric} ${row.value.toFixed(3)}`)
+    return
+  }
   if (!ensurePackage('wrk', 'wrk')) console.log('wrk missing (not root?): using autocannon')
   const rows: ResultRow[] = []
   const started: Running[] = []
@@ -362,7 +379,10 @@ export async function main(argv: string[]): Promise<void> {
       })
     }
     // The real multi-process mode, through the CLI (one primary, `workers` workers).
-    const bwWorkers = await startBreakwaterWorkers(upstreamUrl, 2)
+    const bwWorkers = await startBreakwaterWorkers(
+      (port) => benchProxyYaml(upstreamUrl, port, 2),
+      2,
+    )
     started.push(bwWorkers)
     subjects.push({
       name: 'breakwater-ambassador-2-workers',
@@ -488,5 +508,116 @@ export async function main(argv: string[]): Promise<void> {
   } finally {
     for (const running of started.reverse()) await running.stop()
   }
+  rows.push(...(await measureScaling(rounds, seconds, warmup)))
   writeResults('proxy', rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scaling with cores: the multi-process mode where the proxy is the busiest process
+// ---------------------------------------------------------------------------------------------
+
+const scalingConnections = 32
+const adminToken = 'bench-admin-token-0123456789'
+
+/**
+ * The same strangler gateway, one process (`workers: 1`) and two (`workers: 2`), shadowing
+ * every request and diffing two 21 KiB JSON answers from a canned-response upstream. The
+ * proxy does most of the work here (two forwards, two parses, a diff per request), so a second
+ * worker on the second core shows what the multi-process mode adds; in the ambassador cases
+ * above wrk and the upstream take as much CPU as the proxy and nothing is left to add. Reports
+ * each one's req/s and CPU per request, the speedup, and the share of requests whose shadow
+ * comparison ran (a full shadow runner skips instead of queueing).
+ */
+async function measureScaling(
+  rounds: number,
+  seconds: number,
+  warmup: number,
+): Promise<ResultRow[]> {
+  const rows: ResultRow[] = []
+  const started: Running[] = []
+  try {
+    const upstream = await startRole('upstream-json')
+    started.push(upstream)
+    const upstreamUrl = `http://127.0.0.1:${upstream.port}`
+    const variants: { name: string; running: Running; adminPort: number }[] = []
+    for (const workers of [1, 2]) {
+      const adminPort = await freePort()
+      const running = await startBreakwaterWorkers(
+        (port) => benchShadowGatewayYaml(upstreamUrl, port, adminPort, workers),
+        workers,
+        { BENCH_ADMIN_TOKEN: adminToken },
+      )
+      started.push(running)
+      variants.push({
+        name: workers === 1 ? 'shadow-gateway-1-worker' : 'shadow-gateway-2-workers',
+        running,
+        adminPort,
+      })
+    }
+    const url = (v: { running: Running }) => `http://127.0.0.1:${v.running.port}/orders`
+    for (const v of variants) await runLoad(url(v), scalingConnections, warmup)
+    const comparisonsBefore = new Map<string, Comparisons>()
+    for (const v of variants) comparisonsBefore.set(v.name, await shadowComparisons(v.adminPort))
+    const perRound = new Map<string, LoadResult[]>(variants.map((v) => [v.name, []]))
+    const cpu = new Map<string, number>(variants.map((v) => [v.name, 0]))
+    for (let round = 0; round < rounds; round++) {
+      for (const v of variants) {
+        const before = await v.running.cpuUs()
+        const result = await runLoad(url(v), scalingConnections, seconds)
+        cpu.set(v.name, cpu.get(v.name)! + (await v.running.cpuUs()) - before)
+        perRound.get(v.name)!.push(result)
+        console.log(`round ${round + 1} ${v.name}: ${result.rps.toFixed(0)} req/s`)
+      }
+    }
+    const rps = new Map<string, number>()
+    for (const v of variants) {
+      const results = perRound.get(v.name)!
+      const requests = results.reduce((sum, r) => sum + r.requests, 0)
+      rps.set(v.name, median(results.map((r) => r.rps)))
+      const after = await shadowComparisons(v.adminPort)
+      const before = comparisonsBefore.get(v.name)!
+      const ran = after.ran - before.ran
+      const skipped = after.skipped - before.skipped
+      const add = (metric: string, value: number) =>
+        rows.push({ subject: 'breakwater', case: v.name, metric, value })
+      add('requests_per_s', rps.get(v.name)!)
+      add('p50_ms', median(results.map((r) => r.p50Ms)))
+      add('p99_ms', median(results.map((r) => r.p99Ms)))
+      add('proxy_cpu_us_per_req', cpu.get(v.name)! / Math.max(1, requests))
+      add('shadow_compared_share', ran / Math.max(1, ran + skipped))
+      const errors = results.reduce((sum, r) => sum + r.errors, 0)
+      if (errors > 0) add('errors', errors)
+    }
+    rows.push({
+      subject: 'breakwater',
+      case: 'shadow-gateway-2-workers',
+      metric: 'speedup_vs_1_worker',
+      value: rps.get('shadow-gateway-2-workers')! / rps.get('shadow-gateway-1-worker')!,
+    })
+  } finally {
+    for (const running of started.reverse()) await running.stop()
+  }
+  return rows
+}
+
+interface Comparisons {
+  /** Comparisons that ran (match, mismatch or error). */
+  readonly ran: number
+  /** Comparisons skipped because the shadow runner was full or a body was cut. */
+  readonly skipped: number
+}
+
+/** The gateway's shadow comparison counters so far, summed over its workers. */
+async function shadowComparisons(adminPort: number): Promise<Comparisons> {
+  const response = await fetch(`http://127.0.0.1:${adminPort}/metrics`)
+  const text = await response.text()
+  let ran = 0
+  let skipped = 0
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('breakwater_proxy_shadow_comparisons_total{')) continue
+    const value = Number(line.slice(line.lastIndexOf(' ') + 1))
+    if (line.includes('result="skipped"')) skipped += value
+    else ran += value
+  }
+  return { ran, skipped }
 }

@@ -22,3 +22,35 @@ export function benchProxyYaml(upstreamUrl: string, port: number, workers?: numb
     '',
   ].join('\n')
 }
+
+/**
+ * The YAML of the scaling case: a gateway on `port` whose one route answers from `primary`
+ * and shadows every GET to `shadow` (both at `upstreamUrl`), comparing the two JSON answers.
+ * Parsing and diffing make the proxy the busiest process, which is where more workers help.
+ */
+export function benchShadowGatewayYaml(
+  upstreamUrl: string,
+  port: number,
+  adminPort: number,
+  workers: number,
+): string {
+  return [
+    'services:',
+    `  primary: { endpoints: [${upstreamUrl}] }`,
+    `  shadow: { endpoints: [${upstreamUrl}] }`,
+    'listeners:',
+    `  - name: inbound`,
+    '    role: gateway',
+    '    host: 127.0.0.1',
+    `    port: ${port}`,
+    '    routes:',
+    '      - name: orders',
+    '        match: { prefix: / }',
+    '        targets: [{ service: primary, weight: 1 }]',
+    '        shadow: { service: shadow, learnNoise: false }',
+    `admin: { port: ${adminPort}, token: { env: BENCH_ADMIN_TOKEN } }`,
+    'accessLog: false',
+    `workers: ${workers}`,
+    '',
+  ].join('\n')
+}

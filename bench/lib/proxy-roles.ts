@@ -79,6 +79,56 @@ async function upstream(): Promise<void> {
   ready(port)
 }
 
+// The scaling case's upstream: a JSON document of `items` orders (about 16 KiB for 100), the
+// kind of answer a strangler gateway shadows and diffs.
+async function upstreamJson(): Promise<void> {
+  const items = Number(args.items ?? 100)
+  const document = {
+    page: 1,
+    items: Array.from({ length: items }, (_, i) => ({
+      id: `order-${i}`,
+      customer: {
+        id: `c-${i % 17}`,
+        name: `Customer ${i % 17}`,
+        tier: i % 3 === 0 ? 'gold' : 'std',
+      },
+      lines: [
+        { sku: `sku-${i}`, quantity: 1 + (i % 4), priceCents: 1_299 },
+        { sku: `sku-${i + 1}`, quantity: 1, priceCents: 499 },
+      ],
+      status: 'paid',
+      totalCents: 1_299 * (1 + (i % 4)) + 499,
+    })),
+  }
+  const body = Buffer.from(JSON.stringify(document))
+  // A canned response written straight to the socket for every bodiless request that arrives
+  // (keep-alive GETs, as the proxy sends them): the upstream should cost as little CPU as it
+  // can, so that what the case measures is the proxy's share.
+  const response = Buffer.concat([
+    Buffer.from(
+      `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nkeep-alive: timeout=60\r\n\r\n`,
+    ),
+    body,
+  ])
+  const { createServer: createNetServer } = await import('node:net')
+  const server = createNetServer((socket) => {
+    socket.setNoDelay(true)
+    let pending = ''
+    socket.on('data', (chunk: Buffer) => {
+      pending += chunk.toString('latin1')
+      let end = pending.indexOf('\r\n\r\n')
+      while (end !== -1) {
+        socket.write(response)
+        pending = pending.slice(end + 4)
+        end = pending.indexOf('\r\n\r\n')
+      }
+    })
+    socket.on('error', () => socket.destroy())
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  ready((server.address() as AddressInfo).port, { bytes: body.length })
+}
+
 async function breakwaterMinimal(upstreamUrl: string): Promise<number> {
   const { systemClock } = await import('../../src/core/clock.js')
   const { createJsonLogger } = await import('../../src/observability/logger.js')
@@ -186,6 +236,9 @@ async function httpProxy(): Promise<void> {
 switch (role) {
   case 'upstream':
     await upstream()
+    break
+  case 'upstream-json':
+    await upstreamJson()
     break
   case 'breakwater':
     await breakwater()
