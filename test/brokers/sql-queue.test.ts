@@ -343,10 +343,8 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
       await delay(50) // the subscription's first poll found nothing and now waits a minute
       const producer = createSqlQueue(await t.another())
       const m = message('notify', 'k')
-      const sentAt = Date.now()
       await producer.publisher.publish([m])
       await until(() => got.length === 1, 'the notified delivery', 5_000)
-      expect(Date.now() - sentAt).toBeLessThan(2_000)
       await sub.close()
     })
 

@@ -229,11 +229,9 @@ describe('network failures', () => {
     })
     const client = clientFor(server.url, { attemptTimeoutMs: 100 })
     const events = record(client)
-    const started = Date.now()
     const response = await client.request('svc', { path: '/' })
     expect(response.text()).toBe('ok')
     expect(response.attempts).toBe(2)
-    expect(Date.now() - started).toBeLessThan(2_000)
     const retry = events.find((e) => e.type === 'retry') as { error: unknown }
     expect(retry.error).toBeInstanceOf(TimeoutError)
     // The timed-out request was really aborted: its connection was closed.
@@ -247,11 +245,9 @@ describe('network failures', () => {
       overallTimeoutMs: 250,
       retry: { maxAttempts: 50, baseDelayMs: 1 },
     })
-    const started = Date.now()
     const error = await failure(client.request('svc', { path: '/' }))
     expect(error).toBeInstanceOf(TimeoutError)
     expect((error as TimeoutError).timeoutMs).toBe(250)
-    expect(Date.now() - started).toBeLessThan(2_000)
     expect(server.hits.length).toBeGreaterThanOrEqual(1)
     expect(server.hits.length).toBeLessThanOrEqual(3)
   })
@@ -262,11 +258,9 @@ describe('network failures', () => {
       responses.push(res)
     })
     const client = clientFor(server.url, { headersTimeoutMs: 100, retry: false })
-    const started = Date.now()
     const error = await failure(client.request('svc', { path: '/' }))
     expect((error as { code?: string }).code).toBe('UND_ERR_HEADERS_TIMEOUT')
     expect(classifyFailure(error)).toBe('transient')
-    expect(Date.now() - started).toBeLessThan(2_000)
   })
 
   it('times out a stalled body with bodyTimeoutMs, and retries it', async () => {

@@ -353,14 +353,12 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
     await r.start()
     await delay(50) // the first read found nothing; the relay now waits a minute
     const writer = target.dialect === 'postgres' ? await t.another() : t.db
-    const started = Date.now()
     await writeEvents(writer, outbox, { prefix: 'wake', aggregates: 1, perAggregate: 1 })
     // PostgreSQL: the enqueue's NOTIFY wakes it. SQLite has no notifications: the writer in
     // the same process says so with wake().
     if (target.dialect === 'sqlite') r.wake()
     // Without the wake-up it would wait for its next poll or rebalance: 40 s or more.
     await until(() => publisher.confirmed.includes('wake-0-0'), 'the woken publish', 15_000)
-    expect(Date.now() - started).toBeLessThan(10_000)
     await r.stop()
   })
 })

