@@ -3,6 +3,7 @@ import { type FSWatcher, watch } from 'node:fs'
 import { basename, dirname, resolve } from 'node:path'
 import { BreakwaterError } from '../core/errors.js'
 import {
+  createBufferedOutput,
   createJsonLogger,
   createMetricsRegistry,
   type Logger,
@@ -143,7 +144,10 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
   const isWorker = cluster.isWorker && env[workerEnv] === '1'
   const logger = createJsonLogger({
     level: parsed.logLevel,
-    output: stdout,
+    // An access line per request: gathered per event-loop turn, so a busy proxy makes one
+    // write to its stdout pipe per turn instead of one per request (see buffered-output.ts).
+    // A given output (tests) is written to directly.
+    output: deps.stdout ?? createBufferedOutput(process.stdout),
     fields: {
       component: 'proxy',
       pid: process.pid,

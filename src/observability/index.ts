@@ -1,6 +1,11 @@
 // Observability for breakwater's long-running processes (relay, saga worker, proxy): JSON
 // logs with secrets redacted, a small Prometheus registry, and the /metrics server.
 
+export {
+  type BufferedOutput,
+  type BufferedOutputOptions,
+  createBufferedOutput,
+} from './buffered-output.js'
 export type {
   JsonLoggerOptions,
   LogFields,

