@@ -17,6 +17,9 @@
 //   On PostgreSQL a row is read only when its writing transaction is older than every running
 //   one (xid below the snapshot's xmin), so a row that commits late is neither overtaken by a
 //   later row of its aggregate nor skipped. SQLite serializes writers, so ids commit in order.
+//   A read that finds nothing while such rows wait looks again after 10 ms, doubling up to
+//   maxPollIntervalMs: the running transaction (in any database of the server) sends no
+//   notification when it ends, and the idle backoff could be long.
 // - Publish, then mark, pipelined. Rows are marked published only after publish() resolved; a
 //   crash in between publishes them again (duplicates, never losses). The mark of one round
 //   runs while the next round is read and published (one mark statement at a time; rows
@@ -280,6 +283,10 @@ export interface Relay {
 
 const publishedChannel = diagnosticsChannel('outbox', 'published')
 const deadLetteredChannel = diagnosticsChannel('outbox', 'dead-lettered')
+
+// The first wait before reading again when rows are held back by a running transaction; it
+// doubles per read that still finds them held, up to maxPollIntervalMs.
+const horizonRecheckMs = 10
 
 // Thrown through the loop when the fault hook simulated a crash.
 class Halt extends Error {}
@@ -678,6 +685,7 @@ class OutboxRelay implements Relay {
 
   async #run(): Promise<void> {
     let idleMs = this.#pollMs
+    let horizonMs = horizonRecheckMs
     let failedRounds = 0
     let dbFailures = 0
     while (this.#state === 'running') {
@@ -720,11 +728,25 @@ class OutboxRelay implements Relay {
           continue
         }
         if (rows.length === 0) {
+          if (await this.#heldBack()) {
+            // Rows wait for a transaction that is still running (the PostgreSQL horizon). No
+            // notification comes when it ends, so look again soon, not after the idle backoff.
+            await this.#waker.wait(Math.min(horizonMs, this.#untilRebalance()), this.#stop.signal)
+            horizonMs = Math.min(this.#maxPollMs, horizonMs * 2)
+            continue
+          }
+          if (horizonMs !== horizonRecheckMs) {
+            // Rows were held back until now: the transaction may have ended between the read
+            // and the check, making them readable. Read once more before going idle.
+            horizonMs = horizonRecheckMs
+            continue
+          }
           await this.#waker.wait(Math.min(idleMs, this.#untilRebalance()), this.#stop.signal)
           idleMs = Math.min(this.#maxPollMs, idleMs * 2)
           continue
         }
         idleMs = this.#pollMs
+        horizonMs = horizonRecheckMs
         const failure = await this.#publishBatch(rows)
         if (failure === undefined) {
           failedRounds = 0
@@ -832,6 +854,20 @@ class OutboxRelay implements Relay {
     for (const row of this.#markingRows) ids.push(row.id)
     for (const round of this.#toMark) for (const row of round.rows) ids.push(row.id)
     return ids
+  }
+
+  /** Whether pending rows of the relay's partitions wait for the horizon (PostgreSQL). */
+  async #heldBack(): Promise<boolean> {
+    const sql = this.#sql.heldBack
+    if (sql === undefined) return false
+    try {
+      const rows = await this.#db.query<{ held: boolean }>(sql, [
+        listParam(this.#db.dialect, this.#leases.partitions),
+      ])
+      return rows[0]?.held === true
+    } catch (error) {
+      throw new PhaseError('read', error)
+    }
   }
 
   async #readBatch(publishing: readonly OutboxRow[] = []): Promise<OutboxRow[]> {

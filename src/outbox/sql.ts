@@ -206,6 +206,12 @@ export interface OutboxStatements {
    * to skip (list: rows confirmed by the broker whose mark is still under way).
    */
   readonly readBatch: string
+  /**
+   * PostgreSQL only: $1 owned partitions (list). Whether a pending row of them is held back by
+   * the transaction horizon (its writer is not older than every running transaction), so the
+   * read that found nothing should be tried again soon.
+   */
+  readonly heldBack: string | undefined
   /** $1 now, $2 ids (list), $3 relay id, $4 tokens by partition (list). */
   readonly markPublished: string
   /** $1 id, $2 error text, $3 max attempts, $4 retry at, $5 now, $6 relay id, $7 tokens by partition (list). Returns attempts, dead_at. */
@@ -321,6 +327,11 @@ SELECT pg_notify($10, '')`,
     // holds the relay back until it ends. The scalar subquery runs once per statement. The rows
     // in flight ($5) are the oldest pending ones, so the scan meets every one of them: NOT IN a
     // subquery is a hashed lookup, where NOT (id = ANY(array)) compares with each element.
+    // The horizon is cluster-wide: a transaction in any database of the server holds rows back.
+    heldBack: `SELECT EXISTS (SELECT 1 FROM ${outboxTable} o
+WHERE o.published_at IS NULL AND o.dead_at IS NULL
+  AND o.partition_no = ANY($1::int[])
+  AND o.xid >= (SELECT pg_snapshot_xmin(pg_current_snapshot()))) AS held`,
     readBatch: `SELECT ${readColumns}
 FROM ${outboxTable} o
 WHERE o.published_at IS NULL AND o.dead_at IS NULL
@@ -397,6 +408,7 @@ FROM json_each($1) ORDER BY key`,
     // inside the write transaction that holds the database's write lock until COMMIT, so ids
     // become visible in commit order; a reader that sees id n already sees every smaller id
     // that will ever commit.
+    heldBack: undefined,
     readBatch: `SELECT ${readColumns}
 FROM ${outboxTable} o
 WHERE o.published_at IS NULL AND o.dead_at IS NULL

@@ -347,6 +347,48 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
     },
   )
 
+  if (target.dialect === 'postgres') {
+    it('publishes soon after a running transaction that held its rows back ends, without a notification', async () => {
+      const queue = testQueue(t.db)
+      const publisher = testPublisher(queue.publisher)
+      const r = relay(publisher, {
+        pollIntervalMs: 60_000,
+        maxPollIntervalMs: 60_000,
+        leaseMs: 120_000,
+      })
+      await r.start()
+      // A writing transaction (it has an xid) older than the event, left open.
+      const blocker = await t.another()
+      await blocker.execute('CREATE TABLE IF NOT EXISTS horizon_blocker (id INTEGER)')
+      let release!: () => void
+      const gate = new Promise<void>((resolve) => {
+        release = resolve
+      })
+      let wrote!: () => void
+      const written = new Promise<void>((resolve) => {
+        wrote = resolve
+      })
+      const open = blocker.transaction(async (tx) => {
+        await tx.execute('INSERT INTO horizon_blocker (id) VALUES (1)')
+        wrote()
+        await gate
+      })
+      await written
+      // The event commits and notifies; the relay wakes, but the row is behind the horizon.
+      await writeEvents(t.db, outbox, { prefix: 'horizon', aggregates: 1, perAggregate: 1 })
+      await delay(100)
+      expect(publisher.confirmed).not.toContain('horizon-0-0')
+      release()
+      await open
+      // No notification now, and the idle wait is a minute: only the horizon recheck finds it.
+      await until(
+        () => publisher.confirmed.includes('horizon-0-0'),
+        'the held-back publish',
+        15_000,
+      )
+    })
+  }
+
   it('wakes at once instead of waiting out a long poll interval', async () => {
     const queue = testQueue(t.db)
     const publisher = testPublisher(queue.publisher)
