@@ -347,16 +347,21 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
     },
   )
 
+  /** A started relay whose idle polls are a minute apart: only a wake-up or a recheck helps. */
+  async function startIdleRelay() {
+    const publisher = testPublisher(testQueue(t.db).publisher)
+    const started = relay(publisher, {
+      pollIntervalMs: 60_000,
+      maxPollIntervalMs: 60_000,
+      leaseMs: 120_000,
+    })
+    await started.start()
+    return { publisher, relay: started }
+  }
+
   if (target.dialect === 'postgres') {
     it('publishes soon after a running transaction that held its rows back ends, without a notification', async () => {
-      const queue = testQueue(t.db)
-      const publisher = testPublisher(queue.publisher)
-      const r = relay(publisher, {
-        pollIntervalMs: 60_000,
-        maxPollIntervalMs: 60_000,
-        leaseMs: 120_000,
-      })
-      await r.start()
+      const { publisher } = await startIdleRelay()
       // A writing transaction (it has an xid) older than the event, left open.
       const blocker = await t.another()
       await blocker.execute('CREATE TABLE IF NOT EXISTS horizon_blocker (id INTEGER)')
@@ -390,14 +395,7 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
   }
 
   it('wakes at once instead of waiting out a long poll interval', async () => {
-    const queue = testQueue(t.db)
-    const publisher = testPublisher(queue.publisher)
-    const r = relay(publisher, {
-      pollIntervalMs: 60_000,
-      maxPollIntervalMs: 60_000,
-      leaseMs: 120_000,
-    })
-    await r.start()
+    const { publisher, relay: r } = await startIdleRelay()
     await delay(50) // the first read found nothing; the relay now waits a minute
     const writer = target.dialect === 'postgres' ? await t.another() : t.db
     await writeEvents(writer, outbox, { prefix: 'wake', aggregates: 1, perAggregate: 1 })
