@@ -8,6 +8,7 @@ import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createEventStore, type EventStore, type RecordedEvent } from '../../src/cqrs/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
+import { holdOpenTransaction } from '../support/held-transaction.js'
 import { scaled } from '../support/scale.js'
 import { dbTargets, postgresDb, type TestDb } from './databases.js'
 
@@ -156,28 +157,16 @@ describe('the PostgreSQL watermark only waits for appends', () => {
 
   it('is not held back by an open transaction that does not append', async () => {
     await t.db.execute('CREATE TABLE unrelated (id INTEGER)')
-    let release!: () => void
-    const gate = new Promise<void>((resolve) => {
-      release = resolve
-    })
-    let wrote!: () => void
-    const written = new Promise<void>((resolve) => {
-      wrote = resolve
-    })
     // A write transaction with an id, older than the append below, left open.
-    const long = t.db.transaction(async (tx) => {
-      await tx.execute('INSERT INTO unrelated (id) VALUES (1)')
-      wrote()
-      await gate
-    })
-    await written
+    const long = await holdOpenTransaction(t.db, (tx) =>
+      tx.execute('INSERT INTO unrelated (id) VALUES (1)'),
+    )
     const from = (await store.headPosition()) + 1
     const appended = await store.append('after-long', [{ type: 'x', data: 1 }])
     const read = await store.readAll({ fromPosition: from })
     expect(read.map((e) => e.position)).toEqual([appended.lastPosition])
     expect(await store.headPosition()).toBe(appended.lastPosition)
-    release()
-    await long
+    await long.commit()
   })
 })
 

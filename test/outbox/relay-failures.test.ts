@@ -14,6 +14,7 @@ import {
   redrive,
 } from '../../src/outbox/index.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { holdOpenTransaction } from '../support/held-transaction.js'
 import { QueueChecker } from '../support/queue-checker.js'
 import {
   brokerDown,
@@ -354,21 +355,14 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
         [clock.now()],
       )
       await clock.advance(60_000)
-      let release = (): void => {}
-      const gate = new Promise<void>((resolve) => {
-        release = resolve
-      })
-      const writer = t.db.transaction(async (tx) => {
-        await outbox.enqueue(tx, { aggregateType: 'x', aggregateId: 'w', type: 't', payload: {} })
-        await gate
-      })
-      await delay(50)
+      const writer = await holdOpenTransaction(t.db, (tx) =>
+        outbox.enqueue(tx, { aggregateType: 'x', aggregateId: 'w', type: 't', payload: {} }),
+      )
       const pruned = await Promise.race([
         pruneOutbox(t.db, { olderThanMs: 1_000, clock }),
         delay(3_000).then(() => 'blocked'),
       ])
-      release()
-      await writer
+      await writer.commit()
       expect(pruned).toBe(1)
     })
   }

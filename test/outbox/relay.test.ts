@@ -16,6 +16,7 @@ import {
 } from '../../src/outbox/index.js'
 import { splitIntoWaves } from '../../src/outbox/relay.js'
 import type { SqlDriver } from '../../src/stores/index.js'
+import { holdOpenTransaction } from '../support/held-transaction.js'
 import { QueueChecker } from '../support/queue-checker.js'
 import {
   collect,
@@ -365,26 +366,14 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
       // A writing transaction (it has an xid) older than the event, left open.
       const blocker = await t.another()
       await blocker.execute('CREATE TABLE IF NOT EXISTS horizon_blocker (id INTEGER)')
-      let release!: () => void
-      const gate = new Promise<void>((resolve) => {
-        release = resolve
-      })
-      let wrote!: () => void
-      const written = new Promise<void>((resolve) => {
-        wrote = resolve
-      })
-      const open = blocker.transaction(async (tx) => {
-        await tx.execute('INSERT INTO horizon_blocker (id) VALUES (1)')
-        wrote()
-        await gate
-      })
-      await written
+      const open = await holdOpenTransaction(blocker, (tx) =>
+        tx.execute('INSERT INTO horizon_blocker (id) VALUES (1)'),
+      )
       // The event commits and notifies; the relay wakes, but the row is behind the horizon.
       await writeEvents(t.db, outbox, { prefix: 'horizon', aggregates: 1, perAggregate: 1 })
       await delay(100)
       expect(publisher.confirmed).not.toContain('horizon-0-0')
-      release()
-      await open
+      await open.commit()
       // No notification now, and the idle wait is a minute: only the horizon recheck finds it.
       await until(
         () => publisher.confirmed.includes('horizon-0-0'),
