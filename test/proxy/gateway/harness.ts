@@ -144,6 +144,22 @@ export async function startGateway(
   for (const [name, url] of Object.entries(upstreams)) {
     services.set(name, createServiceRuntime(serviceConfig(name, url), deps))
   }
+  const served = await serveGateway(deps, services, routes, table, options, true)
+  return { ...served, services, logText: () => log }
+}
+
+/**
+ * A gateway listener on a free loopback port over `services` (closed with it), with `deps`
+ * as its clock, logger and metrics.
+ */
+export async function serveGateway(
+  deps: Pick<InboundContext, 'clock' | 'logger' | 'metrics'>,
+  services: ReadonlyMap<string, UpstreamService>,
+  routes: readonly RouteConfig[],
+  table: RouteTable | (() => RouteTable),
+  options: GatewayHandlerOptions,
+  accessLog: boolean,
+): Promise<{ readonly url: string; close(): Promise<void> }> {
   const registry: ServiceRegistry = {
     get: (name) => services.get(name),
     names: () => [...services.keys()],
@@ -152,7 +168,7 @@ export async function startGateway(
     ...deps,
     services: () => registry,
     deadlineHeader: DEADLINE_HEADER,
-    accessLog: true,
+    accessLog,
   }
   const listener = gatewayListener(routes)
   const server: ListenerServer = createListenerServer(
@@ -163,8 +179,6 @@ export async function startGateway(
   const { port } = await server.listen()
   return {
     url: `http://127.0.0.1:${port}`,
-    services,
-    logText: () => log,
     async close() {
       await server.close(1_000)
       await Promise.all([...services.values()].map((s) => s.close()))

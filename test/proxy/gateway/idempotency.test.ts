@@ -13,16 +13,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
-import { DEADLINE_HEADER } from '../../../src/policies/deadline.js'
-import type {
-  ForwardOptions,
-  ForwardOutcome,
-  InboundContext,
-  RouteConfig,
-  ServiceRegistry,
-} from '../../../src/proxy/contracts.js'
-import { createGatewayHandler } from '../../../src/proxy/inbound/gateway.js'
-import { createListenerServer } from '../../../src/proxy/inbound/listener.js'
+import type { ForwardOptions, ForwardOutcome, RouteConfig } from '../../../src/proxy/contracts.js'
 import { createRouteTable } from '../../../src/proxy/inbound/routes.js'
 import {
   createSidecarIdempotency,
@@ -37,8 +28,8 @@ import { route } from './fixtures.js'
 import {
   type Gateway,
   gate,
-  gatewayListener,
   sendJson,
+  serveGateway,
   serviceConfig,
   startGateway,
   startUpstream,
@@ -312,17 +303,6 @@ async function startClockedGateway(
       ),
     )
   }
-  const registry: ServiceRegistry = {
-    get: (name) => services.get(name),
-    names: () => [...services.keys()],
-  }
-  const ctx: InboundContext = {
-    ...deps,
-    services: () => registry,
-    deadlineHeader: DEADLINE_HEADER,
-    accessLog: false,
-  }
-  const listener = gatewayListener(routes)
   const store = await openProxyIdempotency(idempotencyUrl, { clock })
   const sidecar = createSidecarIdempotency({
     idempotency: store.idempotency,
@@ -330,17 +310,18 @@ async function startClockedGateway(
     leaseMs: 30_000,
     retryAfterMs: 2_000,
   })
-  const server = createListenerServer(
-    listener,
-    createGatewayHandler(listener, ctx, createRouteTable(routes), { idempotency: sidecar }),
+  const served = await serveGateway(
     deps,
+    services,
+    routes,
+    createRouteTable(routes),
+    { idempotency: sidecar },
+    false,
   )
-  const { port } = await server.listen()
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: served.url,
     async close() {
-      await server.close(1_000)
-      await Promise.all([...services.values()].map((s) => s.close()))
+      await served.close()
       await store.close()
     },
   }
