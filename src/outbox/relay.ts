@@ -686,6 +686,8 @@ class OutboxRelay implements Relay {
   async #run(): Promise<void> {
     let idleMs = this.#pollMs
     let horizonMs = horizonRecheckMs
+    // Whether the last empty read found rows held back by the horizon.
+    let heldBack = false
     let failedRounds = 0
     let dbFailures = 0
     while (this.#state === 'running') {
@@ -728,25 +730,26 @@ class OutboxRelay implements Relay {
           continue
         }
         if (rows.length === 0) {
-          if (await this.#heldBack()) {
+          const wasHeldBack = heldBack
+          heldBack = await this.#heldBack()
+          if (heldBack) {
             // Rows wait for a transaction that is still running (the PostgreSQL horizon). No
             // notification comes when it ends, so look again soon, not after the idle backoff.
             await this.#waker.wait(Math.min(horizonMs, this.#untilRebalance()), this.#stop.signal)
             horizonMs = Math.min(this.#maxPollMs, horizonMs * 2)
             continue
           }
-          if (horizonMs !== horizonRecheckMs) {
-            // Rows were held back until now: the transaction may have ended between the read
-            // and the check, making them readable. Read once more before going idle.
-            horizonMs = horizonRecheckMs
-            continue
-          }
+          horizonMs = horizonRecheckMs
+          // Rows were held back until now: the transaction may have ended between the read and
+          // the check, making them readable. Read once more before going idle.
+          if (wasHeldBack) continue
           await this.#waker.wait(Math.min(idleMs, this.#untilRebalance()), this.#stop.signal)
           idleMs = Math.min(this.#maxPollMs, idleMs * 2)
           continue
         }
         idleMs = this.#pollMs
         horizonMs = horizonRecheckMs
+        heldBack = false
         const failure = await this.#publishBatch(rows)
         if (failure === undefined) {
           failedRounds = 0
