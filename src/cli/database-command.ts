@@ -6,6 +6,7 @@
 import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import { openDatabase, type SqlDriver } from '../stores/index.js'
+import { messageOf, UsageError } from './usage.js'
 
 /** Where a command writes (process.stdout / process.stderr by default). */
 export interface TextSink {
@@ -21,9 +22,6 @@ export interface DatabaseCommandDeps {
   /** Opens the database a URL names. @default openDatabase from breakwater/stores */
   readonly openDatabase?: (url: string) => Promise<SqlDriver>
 }
-
-/** Thrown by a command's parser for bad arguments: reported with the usage, exit code 2. */
-export class UsageError extends Error {}
 
 /** One database admin command, as {@link runDatabaseCommand} runs it. */
 export interface DatabaseCommand<P extends { readonly url: string }> {
@@ -100,9 +98,4 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
   } finally {
     await db.close().catch(() => {})
   }
-}
-
-/** An error's message, or the thrown value as text. */
-export function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error)
 }

@@ -3,7 +3,7 @@ import type { Migration } from '../stores/migrations.js'
 import { runMigrations } from '../stores/migrations.js'
 import { openDatabase } from '../stores/open.js'
 import { redactUrl } from '../stores/redact.js'
-import { messageOf } from './database-command.js'
+import { messageOf } from './usage.js'
 
 /** Where `migrateCommand` writes; defaults to the process's stdout and stderr. */
 export interface MigrateOutput {

@@ -1,12 +1,8 @@
 import { redactSecrets } from '../observability/index.js'
 import { type DeadEvent, listDead, outboxStats, redrive } from '../outbox/index.js'
 import type { SqlDriver } from '../stores/index.js'
-import {
-  type DatabaseCommandDeps,
-  runDatabaseCommand,
-  type TextSink,
-  UsageError,
-} from './database-command.js'
+import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
+import { UsageError } from './usage.js'
 
 /** What `outboxCommand` needs besides its arguments; everything has a default. */
 export type OutboxCommandDeps = DatabaseCommandDeps

@@ -14,7 +14,7 @@ import {
 import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { AdminServer } from '../proxy/admin/index.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
-import { UsageError } from './database-command.js'
+import { UsageError } from './usage.js'
 
 /** What `proxyCommand` needs besides its arguments; everything has a default. */
 export interface ProxyCommandDeps {

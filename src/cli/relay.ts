@@ -36,7 +36,7 @@ import {
   parseDatabaseUrl,
   type SqlDriver,
 } from '../stores/index.js'
-import { UsageError } from './database-command.js'
+import { UsageError } from './usage.js'
 
 /** What `relayCommand` needs besides its arguments; everything has a default. */
 export interface RelayCommandDeps {

@@ -11,12 +11,8 @@ import {
   sagaStatuses,
 } from '../saga/index.js'
 import type { SqlDriver } from '../stores/index.js'
-import {
-  type DatabaseCommandDeps,
-  runDatabaseCommand,
-  type TextSink,
-  UsageError,
-} from './database-command.js'
+import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
+import { UsageError } from './usage.js'
 
 /** What `sagaCommand` needs besides its arguments; everything has a default. */
 export type SagaCommandDeps = DatabaseCommandDeps
