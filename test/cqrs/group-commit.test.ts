@@ -12,6 +12,7 @@ import {
   WrongExpectedVersionError,
 } from '../../src/cqrs/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
+import { holdOpenTransaction } from '../support/held-transaction.js'
 import { postgresDb, type TestDb } from './databases.js'
 
 /** The transaction ids that wrote the given events (one per transaction). */
@@ -129,21 +130,10 @@ describe('group commit on PostgreSQL', () => {
   it('a batch whose connection is lost fails every append of it, none retried (the outcome is unknown)', async () => {
     const store = createEventStore(t.db)
     await store.append('term-0', [{ type: 'a', data: 0 }])
-    let release!: () => void
-    const released = new Promise<void>((resolve) => {
-      release = resolve
-    })
-    let locked!: () => void
-    const isLocked = new Promise<void>((resolve) => {
-      locked = resolve
-    })
     // Another connection holds the stream row, so the batch below waits inside its statement.
-    const holder = other.transaction(async (tx) => {
-      await tx.query("SELECT 1 FROM breakwater_streams WHERE stream_id = 'term-0' FOR UPDATE")
-      locked()
-      await released
-    })
-    await isLocked
+    const holder = await holdOpenTransaction(other, (tx) =>
+      tx.query("SELECT 1 FROM breakwater_streams WHERE stream_id = 'term-0' FOR UPDATE"),
+    )
     const busy = store.append('term-busy', [{ type: 'a', data: 0 }])
     const batch = [
       store.append('term-0', [{ type: 'a', data: 1, id: 'term-lost-0' }]),
@@ -162,8 +152,7 @@ describe('group commit on PostgreSQL', () => {
     expect(pid).toBeDefined()
     await other.query('SELECT pg_terminate_backend($1)', [pid])
     const settled = await settledBatch
-    release()
-    await holder
+    await holder.commit()
     expect(settled.map((s) => s.status)).toEqual(['rejected', 'rejected'])
     const written = await t.db.query(
       "SELECT event_id FROM breakwater_events WHERE event_id LIKE 'term-lost-%'",
