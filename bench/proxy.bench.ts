@@ -324,6 +324,80 @@ async function runLoad(url: string, conns: number, seconds: number): Promise<Loa
 
 // ---------------------------------------------------------------------------------------------
 
+/** A case under load: its name, its URL, and the process whose CPU it is charged. */
+interface LoadCase {
+  readonly name: string
+  readonly url: string
+  readonly running: Running | undefined
+}
+
+/** A case's figures over its rounds: medians of req/s and latency, CPU over all requests. */
+interface RoundsResult extends LoadResult {
+  /** CPU of `running` per request over all rounds; undefined without a process. */
+  readonly cpuUsPerRequest: number | undefined
+}
+
+/**
+ * Warms every case up (unless `warmup` is 0), then runs `rounds` rounds, each case once per round in turn, so that
+ * load from other tenants of the machine hits all of them alike. A case's figure is the
+ * median of its rounds; its CPU per request is all its CPU over all its requests.
+ */
+async function measureInRounds(
+  cases: readonly LoadCase[],
+  conns: number,
+  { rounds, seconds, warmup }: { rounds: number; seconds: number; warmup: number },
+): Promise<Map<string, RoundsResult>> {
+  if (warmup > 0) for (const c of cases) await runLoad(c.url, conns, warmup)
+  const perRound = new Map<string, LoadResult[]>(cases.map((c) => [c.name, []]))
+  const cpuUs = new Map<string, number>(cases.map((c) => [c.name, 0]))
+  for (let round = 0; round < rounds; round++) {
+    for (const c of cases) {
+      const before = (await c.running?.cpuUs()) ?? 0
+      const result = await runLoad(c.url, conns, seconds)
+      const after = (await c.running?.cpuUs()) ?? 0
+      perRound.get(c.name)!.push(result)
+      cpuUs.set(c.name, cpuUs.get(c.name)! + after - before)
+      console.log(
+        `round ${round + 1} ${c.name}: ${result.rps.toFixed(0)} req/s, p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms`,
+      )
+    }
+  }
+  const measured = new Map<string, RoundsResult>()
+  for (const c of cases) {
+    const results = perRound.get(c.name)!
+    const requests = results.reduce((sum, r) => sum + r.requests, 0)
+    measured.set(c.name, {
+      requests,
+      rps: median(results.map((r) => r.rps)),
+      p50Ms: median(results.map((r) => r.p50Ms)),
+      p99Ms: median(results.map((r) => r.p99Ms)),
+      errors: results.reduce((sum, r) => sum + r.errors, 0),
+      cpuUsPerRequest:
+        c.running === undefined ? undefined : cpuUs.get(c.name)! / Math.max(1, requests),
+    })
+  }
+  return measured
+}
+
+/** The rows every case reports: req/s, p50, p99, proxy CPU per request, errors when any. */
+function loadRows(product: string, name: string, result: RoundsResult): ResultRow[] {
+  const rows: ResultRow[] = [
+    { subject: product, case: name, metric: 'requests_per_s', value: result.rps },
+    { subject: product, case: name, metric: 'p50_ms', value: result.p50Ms },
+    { subject: product, case: name, metric: 'p99_ms', value: result.p99Ms },
+  ]
+  if (result.cpuUsPerRequest !== undefined)
+    rows.push({
+      subject: product,
+      case: name,
+      metric: 'proxy_cpu_us_per_req',
+      value: result.cpuUsPerRequest,
+    })
+  if (result.errors > 0)
+    rows.push({ subject: product, case: name, metric: 'errors', value: result.errors })
+  return rows
+}
+
 interface Subject {
   /** The case name (direct, breakwater-ambassador, breakwater-ambassador-2-workers, ...). */
   readonly name: string
@@ -411,55 +485,9 @@ export async function main(argv: string[]): Promise<void> {
       console.log('nginx: skipped (not installed and not running as root to apt-get install it)')
     }
 
-    // Rounds: every case runs once per round, in turn, so that load from other tenants of the
-    // machine hits all of them alike; a case's figure is the median of its rounds (CPU per
-    // request: all its CPU over all its requests).
-    for (const subject of subjects) await runLoad(subject.url, connections, warmup)
-    const perRound = new Map<string, LoadResult[]>(subjects.map((s) => [s.name, []]))
-    const cpu = new Map<string, { us: number; requests: number }>(
-      subjects.map((s) => [s.name, { us: 0, requests: 0 }]),
-    )
-    for (let round = 0; round < rounds; round++) {
-      for (const subject of subjects) {
-        const before = (await subject.running?.cpuUs()) ?? 0
-        const result = await runLoad(subject.url, connections, seconds)
-        const after = (await subject.running?.cpuUs()) ?? 0
-        perRound.get(subject.name)!.push(result)
-        const used = cpu.get(subject.name)!
-        used.us += after - before
-        used.requests += result.requests
-        console.log(
-          `round ${round + 1} ${subject.name}: ${result.rps.toFixed(0)} req/s, p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms`,
-        )
-      }
-    }
-    const loaded = new Map<string, LoadResult>()
+    const loaded = await measureInRounds(subjects, connections, { rounds, seconds, warmup })
     for (const subject of subjects) {
-      const results = perRound.get(subject.name)!
-      const result: LoadResult = {
-        requests: results.reduce((sum, r) => sum + r.requests, 0),
-        rps: median(results.map((r) => r.rps)),
-        p50Ms: median(results.map((r) => r.p50Ms)),
-        p99Ms: median(results.map((r) => r.p99Ms)),
-        errors: results.reduce((sum, r) => sum + r.errors, 0),
-      }
-      loaded.set(subject.name, result)
-      const c = subject.name
-      const product = subject.product
-      rows.push({ subject: product, case: c, metric: 'requests_per_s', value: result.rps })
-      rows.push({ subject: product, case: c, metric: 'p50_ms', value: result.p50Ms })
-      rows.push({ subject: product, case: c, metric: 'p99_ms', value: result.p99Ms })
-      if (subject.running !== undefined) {
-        const used = cpu.get(subject.name)!
-        rows.push({
-          subject: product,
-          case: c,
-          metric: 'proxy_cpu_us_per_req',
-          value: used.us / Math.max(1, used.requests),
-        })
-      }
-      if (result.errors > 0)
-        rows.push({ subject: product, case: c, metric: 'errors', value: result.errors })
+      rows.push(...loadRows(subject.product, subject.name, loaded.get(subject.name)!))
     }
     const direct = loaded.get('direct')!
     for (const subject of subjects) {
@@ -554,39 +582,31 @@ async function measureScaling(
         adminPort,
       })
     }
-    const url = (v: { running: Running }) => `http://127.0.0.1:${v.running.port}/orders`
-    for (const v of variants) await runLoad(url(v), scalingConnections, warmup)
+    const cases = variants.map((v) => ({ ...v, url: `http://127.0.0.1:${v.running.port}/orders` }))
+    for (const c of cases) await runLoad(c.url, scalingConnections, warmup)
+    // Counted from here: the share is of the measured rounds' requests, not the warmup's.
     const comparisonsBefore = new Map<string, Comparisons>()
     for (const v of variants) comparisonsBefore.set(v.name, await shadowComparisons(v.adminPort))
-    const perRound = new Map<string, LoadResult[]>(variants.map((v) => [v.name, []]))
-    const cpu = new Map<string, number>(variants.map((v) => [v.name, 0]))
-    for (let round = 0; round < rounds; round++) {
-      for (const v of variants) {
-        const before = await v.running.cpuUs()
-        const result = await runLoad(url(v), scalingConnections, seconds)
-        cpu.set(v.name, cpu.get(v.name)! + (await v.running.cpuUs()) - before)
-        perRound.get(v.name)!.push(result)
-        console.log(`round ${round + 1} ${v.name}: ${result.rps.toFixed(0)} req/s`)
-      }
-    }
+    const measured = await measureInRounds(cases, scalingConnections, {
+      rounds,
+      seconds,
+      warmup: 0,
+    })
     const rps = new Map<string, number>()
     for (const v of variants) {
-      const results = perRound.get(v.name)!
-      const requests = results.reduce((sum, r) => sum + r.requests, 0)
-      rps.set(v.name, median(results.map((r) => r.rps)))
+      const result = measured.get(v.name)!
+      rps.set(v.name, result.rps)
+      rows.push(...loadRows('breakwater', v.name, result))
       const after = await shadowComparisons(v.adminPort)
       const before = comparisonsBefore.get(v.name)!
       const ran = after.ran - before.ran
       const skipped = after.skipped - before.skipped
-      const add = (metric: string, value: number) =>
-        rows.push({ subject: 'breakwater', case: v.name, metric, value })
-      add('requests_per_s', rps.get(v.name)!)
-      add('p50_ms', median(results.map((r) => r.p50Ms)))
-      add('p99_ms', median(results.map((r) => r.p99Ms)))
-      add('proxy_cpu_us_per_req', cpu.get(v.name)! / Math.max(1, requests))
-      add('shadow_compared_share', ran / Math.max(1, ran + skipped))
-      const errors = results.reduce((sum, r) => sum + r.errors, 0)
-      if (errors > 0) add('errors', errors)
+      rows.push({
+        subject: 'breakwater',
+        case: v.name,
+        metric: 'shadow_compared_share',
+        value: ran / Math.max(1, ran + skipped),
+      })
     }
     rows.push({
       subject: 'breakwater',
