@@ -261,6 +261,28 @@ workers: 2
       expect(message).toContain(expected)
   })
 
+  it('names a bad shadow.methods entry, an empty list and an admin.maxConnections out of range', () => {
+    const message = problemsOf(`
+services:
+  a: { endpoints: [http://127.0.0.1:1] }
+  b: { endpoints: [http://127.0.0.1:2] }
+listeners:
+  - name: g
+    role: gateway
+    port: 9001
+    routes:
+      - { name: r, targets: [{ service: a }], shadow: { service: b, methods: [get] } }
+      - { name: s, match: { prefix: /s }, targets: [{ service: a }], shadow: { service: b, methods: [] } }
+admin: { port: 9000, token: { env: T }, maxConnections: 0 }
+`)
+    for (const expected of [
+      'listeners[0].routes[0].shadow.methods[0]: expected upper-case HTTP method (GET, POST, ...), got "get"',
+      'listeners[0].routes[1].shadow.methods: expected non-empty list of methods',
+      'admin.maxConnections: expected integer in [1, 100000], got 0',
+    ])
+      expect(message).toContain(expected)
+  })
+
   it('never echoes a secret written inline, nor URL credentials', () => {
     const secret = 'hunter2-very-secret'
     const message = problemsOf(`
