@@ -6,7 +6,12 @@ import {
   type SqlExecutor,
   type SqlTransaction,
 } from '../stores/index.js'
-import { type IdempotencyStatements, idempotencyMigrations, idempotencyStatements } from './sql.js'
+import {
+  type IdempotencyStatements,
+  idempotencyMigrations,
+  idempotencyStatements,
+  leaseLostSqlState,
+} from './sql.js'
 import type {
   ClaimInput,
   ClaimOutcome,
@@ -187,7 +192,7 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
       nowMs: number,
       expiresAtMs: number,
     ): Promise<boolean> {
-      const { rowCount } = await tx.execute(sql.complete, [
+      const params = [
         lease.scope,
         lease.key,
         lease.leaseToken,
@@ -196,7 +201,19 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
         asBuffer(result.body),
         nowMs,
         expiresAtMs,
-      ])
+      ]
+      // On PostgreSQL the result write and COMMIT share one round trip when the transaction is
+      // breakwater's own; the write raises when the lease is lost, which rolls everything back.
+      if (sql.completeOrRaise !== undefined && tx.finish !== undefined) {
+        try {
+          await tx.finish(sql.completeOrRaise, params)
+          return true
+        } catch (error) {
+          if ((error as { code?: unknown } | null)?.code === leaseLostSqlState) return false
+          throw error
+        }
+      }
+      const { rowCount } = await tx.execute(sql.complete, params)
       return rowCount === 1
     },
 

@@ -9,6 +9,9 @@ import type { Migration, SqlDialect } from '../stores/index.js'
 /** The table that holds idempotency records. */
 export const idempotencyTable = 'breakwater_idempotency'
 
+/** The SQLSTATE `breakwater_idempotency_complete` raises when the lease is no longer held. */
+export const leaseLostSqlState = 'BW001'
+
 /**
  * The numbered migrations of the `idempotency` capability, in both dialects. Run them with the
  * stores' `runMigrations(db, 'idempotency', idempotencyMigrations)` (or `migrateIdempotency`).
@@ -60,6 +63,34 @@ export const idempotencyMigrations: readonly Migration[] = [
       `CREATE INDEX ${idempotencyTable}_expires_at ON ${idempotencyTable} (expires_at)`,
     ],
   },
+  {
+    // PostgreSQL: the fenced result write as a function that raises when the lease is no
+    // longer held, so that it can travel together with COMMIT (SqlTransaction.finish): a
+    // failing statement turns that COMMIT into a rollback, where a zero-row UPDATE would not.
+    version: 2,
+    name: 'complete-or-raise',
+    sqlite: [],
+    postgres: [
+      `CREATE FUNCTION breakwater_idempotency_complete(
+  p_scope TEXT, p_key TEXT, p_token TEXT, p_status INTEGER, p_headers TEXT, p_body BYTEA,
+  p_now BIGINT, p_expires BIGINT
+) RETURNS VOID
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  UPDATE ${idempotencyTable}
+  SET state = 'completed', lease_expires_at = NULL, response_status = p_status,
+    response_headers = p_headers, response_body = p_body, updated_at = p_now,
+    expires_at = p_expires
+  WHERE scope = p_scope AND idem_key = p_key AND lease_token = p_token
+    AND state = 'in_progress';
+  IF NOT FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = '${leaseLostSqlState}',
+      MESSAGE = 'breakwater: the idempotency lease was lost before the result was recorded';
+  END IF;
+END;
+$fn$`,
+    ],
+  },
 ]
 
 /** The statements the SQL store runs, for one dialect. */
@@ -83,6 +114,12 @@ export interface IdempotencyStatements {
   readonly recycle: string
   /** $1 scope, $2 key, $3 token, $4 status, $5 headers JSON, $6 body, $7 now, $8 expiry. */
   readonly complete: string
+  /**
+   * The same as `complete`, for `SqlTransaction.finish` (it commits with the statement): raises
+   * {@link leaseLostSqlState} instead of changing no row, so the COMMIT becomes a rollback.
+   * Undefined on SQLite, where there is no round trip to save.
+   */
+  readonly completeOrRaise?: string
   /** $1 scope, $2 key, $3 token, $4 recovery point, $5 phases JSON, $6 lease end, $7 now. */
   readonly savePhase: string
   /** $1 scope, $2 key, $3 token. */
@@ -191,6 +228,8 @@ export const idempotencyStatements: Readonly<Record<SqlDialect, IdempotencyState
     // Never the asynchronous form here: the setting would hold for the handler's whole
     // transaction, its business writes included.
     claimInTransaction: claimOrRead,
+    completeOrRaise:
+      'SELECT breakwater_idempotency_complete($1, $2, $3, $4::integer, $5, $6, $7::bigint, $8::bigint)',
     sweep: `DELETE FROM ${idempotencyTable}
 WHERE (scope, idem_key) IN (
   SELECT scope, idem_key FROM ${idempotencyTable}

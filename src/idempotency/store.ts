@@ -128,7 +128,9 @@ export interface IdempotencyStore {
   inTransaction?(tx: SqlTransaction): IdempotencyClaimSteps
   /**
    * In `tx`: records the result and marks the key completed, only if `lease` still holds it.
-   * False (and nothing written) when the lease was taken over.
+   * False (and nothing written) when the lease was taken over. It is the transaction's last
+   * statement, so a store may commit `tx` with it (`tx.finish`, one round trip on PostgreSQL);
+   * when it returns false after doing so, `tx` was rolled back instead.
    */
   complete(
     tx: SqlTransaction,

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module'
 import { type Clock, sleep, systemClock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkObject } from '../core/validate.js'
-import { DriverMissingError, StoreClosedError } from './errors.js'
+import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './errors.js'
 import { LruCache } from './lru.js'
 import { redactUrl } from './redact.js'
 import { ScopedTransaction } from './scoped-transaction.js'
@@ -73,6 +73,8 @@ interface PgQueryConfig {
 interface PgResult {
   rows: unknown[]
   rowCount: number | null
+  /** The command tag's verb (`COMMIT`, or `ROLLBACK` for a COMMIT of a failed transaction). */
+  command?: string
 }
 /** Something with pg's `query(config)`: a pg `Client`, `PoolClient` or `Pool`. */
 export interface PgQueryable {
@@ -379,6 +381,48 @@ class PgListener {
   }
 }
 
+function failedEarlier(): TransactionMisuseError {
+  return new TransactionMisuseError(
+    'The transaction was rolled back, not committed: one of its statements had failed (was its error caught inside the transaction callback?)',
+  )
+}
+
+/** How a transaction ended by `finish()` went. */
+interface FinishOutcome {
+  readonly result: { rows: unknown[]; rowCount: number }
+  /** Why `finish()` failed (the transaction did not commit, or it is unknown whether it did). */
+  readonly error?: unknown
+  /** Set when the connection must be destroyed, not returned to the pool. */
+  readonly broken?: Error
+}
+
+const noRows = { rows: [], rowCount: 0 }
+
+// The last statement and COMMIT go out together (pipeline mode) and are answered in order. If
+// the statement fails, the transaction is aborted and PostgreSQL answers the COMMIT with
+// ROLLBACK: the statement's error is the outcome and the connection is fine.
+async function finishWith(
+  client: PgClient,
+  sql: string,
+  params: readonly unknown[],
+): Promise<FinishOutcome> {
+  const [statement, commit] = await Promise.allSettled([
+    client.query(queryConfig(sql, params, undefined)),
+    client.query('COMMIT'),
+  ])
+  if (commit.status === 'rejected') {
+    // Ambiguous when the statement succeeded: the server may have committed before the
+    // connection failed.
+    const broken = asError(commit.reason)
+    const error = statement.status === 'rejected' ? statement.reason : commit.reason
+    return { result: noRows, error, broken }
+  }
+  if (statement.status === 'rejected') return { result: noRows, error: statement.reason }
+  if (commit.value.command === 'ROLLBACK') return { result: noRows, error: failedEarlier() }
+  const { rows, rowCount } = statement.value
+  return { result: { rows, rowCount: rowCount ?? 0 } }
+}
+
 /**
  * A PostgreSQL database through a pg `Pool`. Statements with parameters are prepared once per
  * connection (named by a hash of their text); BIGINT arrives as a JS number.
@@ -410,18 +454,40 @@ export class PostgresDriver implements SqlDriver {
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     if (this.#closed) throw new StoreClosedError('postgres')
     const client = await this.#pool.connect()
-    try {
-      await client.query('BEGIN')
-    } catch (error) {
-      client.release(asError(error))
-      throw error
-    }
-    const tx = new ScopedTransaction(executorOf(client))
+    // The pool's connections run in pg's pipeline mode, so BEGIN is not awaited: it goes out at
+    // once and the transaction's first statement follows it without waiting for its answer,
+    // which saves one round trip per transaction. A plain BEGIN fails only when the session
+    // itself is lost (then nothing after it runs either); should it ever fail otherwise, the
+    // statements behind it may have run on their own, so the connection is destroyed and
+    // BEGIN's error is what the caller gets.
+    let beginError: Error | undefined
+    const begun = client.query('BEGIN').then(
+      () => undefined,
+      (error: unknown) => {
+        beginError = asError(error)
+      },
+    )
+    let finished: Promise<FinishOutcome> | undefined
+    const tx = new ScopedTransaction(executorOf(client), 0, (sql, params) => {
+      const outcome = finishWith(client, sql, params)
+      finished = outcome
+      return outcome.then((o) => (o.error === undefined ? o.result : Promise.reject(o.error)))
+    })
     let result: T
     try {
       result = await fn(tx)
     } catch (error) {
       tx.end()
+      await begun
+      if (beginError !== undefined) {
+        client.release(beginError)
+        throw beginError
+      }
+      if (finished !== undefined) {
+        // The transaction already ended with finish(): nothing to roll back.
+        client.release((await finished).broken)
+        throw error
+      }
       try {
         await client.query('ROLLBACK')
         client.release()
@@ -432,8 +498,21 @@ export class PostgresDriver implements SqlDriver {
       throw error
     }
     tx.end()
+    await begun
+    if (beginError !== undefined) {
+      client.release(beginError)
+      throw beginError
+    }
+    if (finished !== undefined) {
+      const outcome = await finished
+      client.release(outcome.broken)
+      // A callback that swallowed finish()'s failure still must not look committed.
+      if (outcome.error !== undefined) throw outcome.error
+      return result
+    }
+    let committed: PgResult
     try {
-      await client.query('COMMIT')
+      committed = await client.query('COMMIT')
     } catch (error) {
       // Ambiguous: the server may have committed before the connection failed. The error goes
       // to the caller as is, and the connection is destroyed.
@@ -441,6 +520,10 @@ export class PostgresDriver implements SqlDriver {
       throw error
     }
     client.release()
+    // PostgreSQL answers COMMIT in a transaction that an earlier statement failed with
+    // ROLLBACK, not with an error: a callback that swallowed that statement's error would
+    // otherwise look committed.
+    if (committed.command === 'ROLLBACK') throw failedEarlier()
     return result
   }
 
@@ -516,7 +599,15 @@ export async function createPostgresDriver(
   }
   if (statementTimeoutMs > 0) connection.statement_timeout = statementTimeoutMs
   if (idleInTxMs > 0) connection.idle_in_transaction_session_timeout = idleInTxMs
-  const pool = new pg.Pool({ ...connection, max, idleTimeoutMillis: idleTimeoutMs })
+  // Pipeline mode (pg 8.23) lets a transaction send BEGIN and its first statement together.
+  // breakwater never uses what it excludes (cursors, the `rows` option, query streams); the
+  // LISTEN connection below is a plain client.
+  const pool = new pg.Pool({
+    ...connection,
+    max,
+    idleTimeoutMillis: idleTimeoutMs,
+    pipeline: true,
+  })
   // An idle pooled connection that the server drops emits 'error' on the pool; pg has already
   // removed it from the pool, and an unhandled 'error' event would crash the process.
   pool.on('error', () => {})

@@ -2,6 +2,15 @@ import { TransactionMisuseError } from './errors.js'
 import type { SqlDialect, SqlExecutor, SqlTransaction } from './types.js'
 
 /**
+ * Runs a transaction's last statement and its `COMMIT` (see {@link SqlTransaction.finish}); each
+ * driver brings its own, and settles the transaction's connection after it.
+ */
+export type TransactionFinisher = (
+  sql: string,
+  params: readonly unknown[],
+) => Promise<{ rows: unknown[]; rowCount: number }>
+
+/**
  * The `tx` handed to a transaction callback: it forwards statements to the connection that holds
  * the transaction while the callback runs, refuses them afterwards (a statement that was not
  * awaited would otherwise run outside the transaction, or on a connection already returned to
@@ -12,11 +21,27 @@ export class ScopedTransaction implements SqlTransaction {
   readonly #connection: SqlExecutor
   readonly #depth: number
   #open = true
+  /** {@inheritDoc SqlTransaction.finish} Present when the driver gave a finisher. */
+  readonly finish?: <R = Record<string, unknown>>(
+    sql: string,
+    params?: readonly unknown[],
+  ) => Promise<{ rows: R[]; rowCount: number }>
 
-  constructor(connection: SqlExecutor, depth = 0) {
+  /**
+   * @param finisher The driver's way to run a last statement together with `COMMIT`; given only
+   *   for the outermost transaction, which then offers `finish`.
+   */
+  constructor(connection: SqlExecutor, depth = 0, finisher?: TransactionFinisher) {
     this.dialect = connection.dialect
     this.#connection = connection
     this.#depth = depth
+    if (finisher !== undefined) {
+      this.finish = <R>(sql: string, params: readonly unknown[] = []) => {
+        if (!this.#open) return Promise.reject(ended())
+        this.#open = false
+        return finisher(sql, params) as Promise<{ rows: R[]; rowCount: number }>
+      }
+    }
   }
 
   /** Whether statements are still accepted. */

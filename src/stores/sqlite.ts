@@ -93,6 +93,17 @@ class SqliteStatements {
     return []
   }
 
+  /** Runs a statement for {@link SqlTransaction.finish}: its rows (if it returns any) and count. */
+  rowsAndCount(sql: string, params: readonly unknown[]): { rows: unknown[]; rowCount: number } {
+    const { statement, translated } = this.#get(sql)
+    const args = bindPositional(translated, params)
+    if (statement.reader) {
+      const rows = statement.all(args)
+      return { rows, rowCount: rows.length }
+    }
+    return { rows: [], rowCount: Number(statement.run(args).changes) }
+  }
+
   run(sql: string, params: readonly unknown[]): number {
     const { statement, translated } = this.#get(sql)
     return Number(statement.run(bindPositional(translated, params)).changes)
@@ -206,16 +217,36 @@ export class SqliteDriver implements SqlDriver {
       // IMMEDIATE takes the write lock now, so a concurrent writer in another process waits
       // here (busy timeout) rather than failing at its first write with SQLITE_BUSY.
       this.#db.exec('BEGIN IMMEDIATE')
-      const tx = new ScopedTransaction(this.#direct)
+      // finish(): the last statement and COMMIT run at once (no round trips to save here, but
+      // the same semantics as on PostgreSQL: committed before finish() resolves).
+      let finished: { error?: unknown } | undefined
+      const tx = new ScopedTransaction(this.#direct, 0, (sql, params) => {
+        finished = {}
+        try {
+          const outcome = this.#statements.rowsAndCount(sql, params)
+          this.#db.exec('COMMIT')
+          return Promise.resolve(outcome)
+        } catch (error) {
+          this.#rollbackQuietly()
+          finished.error = error
+          return Promise.reject(error)
+        }
+      })
       let result: T
       try {
         result = await currentTransaction.run({ driver: this, tx }, () => fn(tx))
       } catch (error) {
         tx.end()
+        // After finish() there is nothing left to roll back (#rollbackQuietly checks).
         this.#rollbackQuietly()
         throw error
       }
       tx.end()
+      if (finished !== undefined) {
+        // A callback that swallowed finish()'s failure still must not look committed.
+        if (finished.error !== undefined) throw finished.error
+        return result
+      }
       try {
         this.#db.exec('COMMIT')
       } catch (error) {

@@ -38,6 +38,24 @@ export interface SqlTransaction extends SqlExecutor {
    * Savepoints nest. Do not run other statements on the outer `tx` while `fn` is running.
    */
   transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T>
+  /**
+   * Runs `sql` as the transaction's last statement and commits with it: on PostgreSQL the
+   * statement and `COMMIT` travel together (one round trip instead of two). Resolves once the
+   * transaction has committed. If the statement fails, the transaction is rolled back and the
+   * statement's error is thrown; if an earlier statement had already failed the transaction,
+   * it is rolled back and `TRANSACTION_MISUSE` is thrown. A failing `COMMIT` is thrown as is
+   * and is ambiguous, as for {@link SqlDriver.transaction}.
+   *
+   * Afterwards the transaction accepts no statement and the callback should return: the
+   * outcome is settled, so an error the callback throws after a successful `finish` still
+   * reaches the caller but does not undo the commit. Only the outermost `tx` of a transaction
+   * begun by a breakwater driver has it; savepoints and wrapped user transactions do not (the
+   * user owns their `COMMIT`), so callers check for it and otherwise use `execute`.
+   */
+  finish?<R = Record<string, unknown>>(
+    sql: string,
+    params?: readonly unknown[],
+  ): Promise<{ rows: R[]; rowCount: number }>
 }
 
 /** A notification delivered by {@link SqlDriver.listen}. */

@@ -106,24 +106,72 @@ describe.each(storeTargets)('$name idempotency store', (target) => {
     expect(await store.get('tenant:b', key)).toBeUndefined()
   })
 
+  // complete() is a transaction's last statement and may commit (or, when the lease is lost,
+  // roll back) the transaction with it: the transaction then settles with that outcome.
+  async function completeAlone(
+    lease: { scope: string; key: string; leaseToken: string },
+    nowMs: number,
+    expiresAtMs: number,
+  ): Promise<boolean> {
+    let held: boolean | undefined
+    await store
+      .transaction(async (tx) => {
+        held = await store.complete(tx, lease, result, nowMs, expiresAtMs)
+      })
+      .catch((error: unknown) => {
+        if (held !== false) throw error
+      })
+    if (held === undefined) throw new Error('complete() did not settle')
+    return held
+  }
+
+  it.runIf(target.name !== 'memory')(
+    'commits the result with the business writes of its transaction, or neither',
+    async () => {
+      const key = nextKey()
+      const table = `idem_business_${keys}`
+      await db!.execute(`CREATE TABLE ${table} (id TEXT PRIMARY KEY)`)
+      await store.claim(claimInput(key))
+      const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
+      const inTransaction = (leaseRef: typeof lease, id: string) =>
+        store
+          .transaction(async (tx) => {
+            await tx.execute(`INSERT INTO ${table} (id) VALUES ($1)`, [id])
+            if (!(await store.complete(tx, leaseRef, result, 2_000, 9_000))) {
+              throw new Error('lease lost')
+            }
+          })
+          .then(
+            () => 'committed',
+            (error: Error) => error.message,
+          )
+      expect(await inTransaction({ ...lease, leaseToken: 'stale' }, 'lost')).toBe('lease lost')
+      expect(await db!.query(`SELECT id FROM ${table}`)).toEqual([])
+      expect((await store.get('tenant:a', key))?.state).toBe('in_progress')
+      expect(await inTransaction(lease, 'kept')).toBe('committed')
+      expect(await db!.query(`SELECT id FROM ${table}`)).toEqual([{ id: 'kept' }])
+      expect((await store.get('tenant:a', key))?.state).toBe('completed')
+    },
+  )
+
   it('records a result only under the current lease, inside the transaction', async () => {
     const key = nextKey()
     await store.claim(claimInput(key))
     const lease = { scope: 'tenant:a', key, leaseToken: `token-${key}` }
     const stale = { ...lease, leaseToken: 'someone-else' }
-    expect(await store.transaction((tx) => store.complete(tx, stale, result, 2_000, 9_000))).toBe(
-      false,
-    )
-    await expect(
-      store.transaction(async (tx) => {
-        expect(await store.complete(tx, lease, result, 2_000, 9_000)).toBe(true)
-        throw new Error('rolled back')
-      }),
-    ).rejects.toThrow('rolled back')
+    expect(await completeAlone(stale, 2_000, 9_000)).toBe(false)
     expect((await store.get('tenant:a', key))?.state).toBe('in_progress')
-    expect(await store.transaction((tx) => store.complete(tx, lease, result, 2_000, 9_000))).toBe(
-      true,
-    )
+    if (db === undefined) {
+      // The in-memory store writes at commit: a callback failing after complete() undoes it.
+      await expect(
+        store.transaction(async (tx) => {
+          expect(await store.complete(tx, lease, result, 2_000, 9_000)).toBe(true)
+          throw new Error('rolled back')
+        }),
+      ).rejects.toThrow('rolled back')
+      expect((await store.get('tenant:a', key))?.state).toBe('in_progress')
+    }
+    expect(await completeAlone(lease, 2_000, 9_000)).toBe(true)
     const record = await store.get('tenant:a', key)
     expect(record).toMatchObject({
       state: 'completed',
@@ -135,9 +183,7 @@ describe.each(storeTargets)('$name idempotency store', (target) => {
     expect(record?.result?.headers).toEqual(result.headers)
     expect(Buffer.compare(Buffer.from(record!.result!.body), Buffer.from(result.body))).toBe(0)
     // Completed is final: neither a second completion nor a release changes it.
-    expect(await store.transaction((tx) => store.complete(tx, lease, result, 3_000, 9_000))).toBe(
-      false,
-    )
+    expect(await completeAlone(lease, 3_000, 9_000)).toBe(false)
     expect(await store.release(lease)).toBe(false)
   })
 
@@ -183,9 +229,7 @@ describe.each(storeTargets)('$name idempotency store', (target) => {
     expect(await store.transaction((tx) => store.savePhase(tx, old, 'x', {}, 5_001, 70_000))).toBe(
       false,
     )
-    expect(await store.transaction((tx) => store.complete(tx, old, result, 5_001, 9_000))).toBe(
-      false,
-    )
+    expect(await completeAlone(old, 5_001, 9_000)).toBe(false)
     expect(await store.release(old)).toBe(false)
     expect(await store.release({ ...old, leaseToken: winner })).toBe(true)
     expect(await store.get('tenant:a', key)).toBeUndefined()

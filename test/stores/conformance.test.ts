@@ -202,6 +202,82 @@ describe.each(targets)('$dialect driver conformance', (target) => {
     expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
   })
 
+  it('finish() commits with its statement, returns its rows and count, and ends the transaction', async () => {
+    const t = await table()
+    let finished: { rows: unknown[]; rowCount: number } | undefined
+    let late: unknown
+    await db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES ($1, $2)`, [1, 'a'])
+      finished = await tx.finish!(`INSERT INTO ${t} (id, v) VALUES ($1, $2) RETURNING id`, [2, 'b'])
+      late = await tx.execute(`INSERT INTO ${t} (id, v) VALUES (3, 'late')`).catch((e) => e)
+    })
+    expect(finished).toEqual({ rows: [{ id: 2 }], rowCount: 1 })
+    expect(BreakwaterError.is(late) && late.code).toBe('TRANSACTION_MISUSE')
+    expect(await db.query(`SELECT id FROM ${t} ORDER BY id`)).toEqual([{ id: 1 }, { id: 2 }])
+  })
+
+  it('finish() whose statement fails rolls everything back and rejects with its error', async () => {
+    const t = await table()
+    await db.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'a')`)
+    const outcome = db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (2, 'b')`)
+      await tx.finish!(`INSERT INTO ${t} (id, v) VALUES (1, 'duplicate')`)
+    })
+    expect(sqlErrorKind(await outcome.catch((e: unknown) => e))).toBe('unique-violation')
+    expect(await db.query(`SELECT id, v FROM ${t}`)).toEqual([{ id: 1, v: 'a' }])
+    // The connection is fine afterwards (a one-connection pool would hang otherwise).
+    await db.transaction((tx) => tx.finish!(`INSERT INTO ${t} (id, v) VALUES (3, 'c')`))
+    expect(await db.query(`SELECT count(*) AS n FROM ${t}`)).toEqual([{ n: 2 }])
+  })
+
+  it('a callback that swallows a failed finish() still rejects, with nothing committed', async () => {
+    const t = await table()
+    await db.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'a')`)
+    const outcome = db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (2, 'b')`)
+      await tx.finish!(`INSERT INTO ${t} (id, v) VALUES (1, 'duplicate')`).catch(() => {})
+      return 'looks fine'
+    })
+    expect(sqlErrorKind(await outcome.catch((e: unknown) => e))).toBe('unique-violation')
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([{ id: 1 }])
+  })
+
+  it('an error thrown after a successful finish() reaches the caller; the commit stands', async () => {
+    const t = await table()
+    const boom = new Error('after finish')
+    const outcome = db.transaction(async (tx) => {
+      await tx.finish!(`INSERT INTO ${t} (id, v) VALUES (1, 'kept')`)
+      throw boom
+    })
+    await expect(outcome).rejects.toBe(boom)
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([{ id: 1 }])
+  })
+
+  it('offers finish() only on the outermost transaction, not on a savepoint', async () => {
+    await db.transaction(async (tx) => {
+      expect(typeof tx.finish).toBe('function')
+      await tx.transaction(async (inner) => {
+        expect(inner.finish).toBeUndefined()
+      })
+    })
+  })
+
+  it.runIf(target.dialect === 'postgres')(
+    'rejects, with nothing committed, a callback that swallowed a failed statement and returned',
+    async () => {
+      const t = await table()
+      await db.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'a')`)
+      const outcome = db.transaction(async (tx) => {
+        await tx.execute(`INSERT INTO ${t} (id, v) VALUES (2, 'b')`)
+        await tx.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'duplicate')`).catch(() => {})
+        return 'looks committed'
+      })
+      const error = await outcome.catch((e: unknown) => e)
+      expect(BreakwaterError.is(error) && error.code).toBe('TRANSACTION_MISUSE')
+      expect(await db.query(`SELECT id FROM ${t}`)).toEqual([{ id: 1 }])
+    },
+  )
+
   it('loses no update when many transactions increment one counter concurrently', async () => {
     const t = await table('id INTEGER PRIMARY KEY, n INTEGER NOT NULL')
     await db.execute(`INSERT INTO ${t} (id, n) VALUES (1, 0)`)
