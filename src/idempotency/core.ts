@@ -476,7 +476,7 @@ class IdempotencyCore implements Idempotency {
     }
     const scope = request.scope ?? (await this.#scope(request))
     const fingerprint = await this.#fingerprint(request)
-    const acquired = await this.#acquire(scope, key, fingerprint, request.signal)
+    const acquired = await this.#acquire(scope, key, fingerprint, request)
     switch (acquired.kind) {
       case 'completed':
         return {
@@ -551,7 +551,7 @@ class IdempotencyCore implements Idempotency {
     if (typeof fingerprint !== 'string') {
       throw new InvalidOptionError('fingerprint', 'a string', fingerprint)
     }
-    const acquired = await this.#acquire(scope, key, fingerprint, options.signal)
+    const acquired = await this.#acquire(scope, key, fingerprint, options)
     switch (acquired.kind) {
       case 'completed':
         return decodeResult<T>(acquired.record)
@@ -579,7 +579,8 @@ class IdempotencyCore implements Idempotency {
     scope: string,
     key: string,
     fingerprint: string,
-    signal: AbortSignal | undefined,
+    // Read only when waiting: an adapter may create the signal on first access.
+    abortable: { readonly signal?: AbortSignal | undefined },
   ): Promise<Acquired> {
     const { store, clock, leaseMs, retentionMs } = this.#settings
     const startedAt = clock.now()
@@ -635,7 +636,7 @@ class IdempotencyCore implements Idempotency {
           await sleep(
             clock,
             Math.max(1, Math.min(pollMs, this.#waitTimeoutMs - waitedMs, step.untilLeaseEndsMs)),
-            signal,
+            abortable.signal,
           )
           pollMs = Math.min(pollMs * 2, maxPollMs)
           continue

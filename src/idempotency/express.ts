@@ -84,6 +84,7 @@ export function expressIdempotency(
       next()
       return
     }
+    const signal = disconnectSignal(res)
     if (req.body === undefined && !req.readableEnded) {
       try {
         req.body = await readNodeBody(req, maxBodyBytes)
@@ -107,7 +108,7 @@ export function expressIdempotency(
         req.originalUrl ?? req.url ?? '/',
         canonicalBodyBytes(req.body),
         scope === undefined ? undefined : await scope(req),
-        disconnectSignal(res),
+        signal,
       ),
     )
     if (begun.kind === 'respond') {

@@ -128,13 +128,16 @@ export function fastifyIdempotency(
 
   const preHandler: Hook = async (request, reply) => {
     if (!idempotency.appliesTo(request.method)) return
+    const signal = disconnectSignal(reply.raw)
     const scopeValue = scope === undefined ? undefined : await scope(request)
     const begun = await idempotency.begin({
       method: request.method,
       route: request.url,
       header: (name) => headerOf(request.headers, name),
       body: canonicalBodyBytes(request.body),
-      signal: disconnectSignal(reply.raw),
+      get signal() {
+        return signal()
+      },
       native: request,
       ...(scopeValue === undefined ? {} : { scope: scopeValue }),
     })

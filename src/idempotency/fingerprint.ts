@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import * as crypto from 'node:crypto'
 import type { IdempotencyRequest } from './types.js'
 
 /**
@@ -7,9 +7,18 @@ import type { IdempotencyRequest } from './types.js'
  */
 export type FingerprintFunction = (request: IdempotencyRequest) => string | Promise<string>
 
+// crypto.hash (Node >= 20.12) hashes small inputs about 3x faster than a Hash object; older
+// Node 20 releases fall back to createHash.
+const oneShot:
+  | ((algorithm: string, data: Uint8Array | string, encoding: 'hex') => string)
+  | undefined = (
+  crypto as { hash?: (algorithm: string, data: Uint8Array | string, encoding: 'hex') => string }
+).hash
+
 /** Hex SHA-256 of bytes or a UTF-8 string. */
 export function sha256Hex(data: Uint8Array | string): string {
-  return createHash('sha256').update(data).digest('hex')
+  if (oneShot !== undefined) return oneShot('sha256', data, 'hex')
+  return crypto.createHash('sha256').update(data).digest('hex')
 }
 
 /**

@@ -74,26 +74,42 @@ export function nodeRequest(
   route: string,
   body: Uint8Array,
   scope: string | undefined,
-  signal: AbortSignal,
+  signal: () => AbortSignal,
 ): IdempotencyRequest {
   return {
     method: req.method ?? 'GET',
     route,
     header: (name) => nodeHeader(req, name),
     body,
-    signal,
+    get signal() {
+      return signal()
+    },
     native: req,
     ...(scope === undefined ? {} : { scope }),
   }
 }
 
-/** An AbortSignal that fires when the client goes away before the response is finished. */
-export function disconnectSignal(res: ServerResponse): AbortSignal {
-  const controller = new AbortController()
+/**
+ * The client's disconnect (the connection closing before the response finished) as an
+ * AbortSignal, created only when first read: only a request that waits for a concurrent
+ * duplicate needs one, and an AbortController per request shows in the cost of every request.
+ * Call it before anything can await, so that no early close is missed.
+ */
+export function disconnectSignal(res: ServerResponse): () => AbortSignal {
+  let controller: AbortController | undefined
+  let gone = false
   res.once('close', () => {
-    if (!res.writableFinished) controller.abort(new Error('client disconnected'))
+    if (res.writableFinished) return
+    gone = true
+    controller?.abort(new Error('client disconnected'))
   })
-  return controller.signal
+  return () => {
+    if (controller === undefined) {
+      controller = new AbortController()
+      if (gone) controller.abort(new Error('client disconnected'))
+    }
+    return controller.signal
+  }
 }
 
 /** Writes a whole response, replacing any header the handler had set. */

@@ -2,6 +2,7 @@
 // in ctx.tx, requests over real sockets.
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import {
   createIdempotency,
@@ -13,12 +14,22 @@ import {
 } from '../../src/idempotency/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { countRows, createChargesTable, dbTargets, type TestDb } from './databases.js'
-import { gate, type Listening, listen, type Reply, send } from './servers.js'
+import { agent, gate, type Listening, listen, type Reply, send } from './servers.js'
+
+/** Waits (a few ms per check, at most ~5 s) until `condition` holds. */
+async function until(condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 1_000 && !condition(); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+  expect(condition()).toBe(true)
+}
 
 describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
   let testDb: TestDb
   let server: Listening | undefined
   const errors: unknown[] = []
+  // Waiting requests whose client went away (their wait ends with this error).
+  const disconnects: unknown[] = []
 
   beforeAll(async () => {
     testDb = await target.open('idem_http')
@@ -77,7 +88,12 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
       {
         idempotency,
         onError: (error) => {
-          if (!(error instanceof Error && error.message === 'refused after the business write')) {
+          // The wait ends with AbortedError (ABORTED), caused by the client's disconnect.
+          if (error instanceof Error && (error.cause as Error)?.message === 'client disconnected') {
+            disconnects.push(error)
+          } else if (
+            !(error instanceof Error && error.message === 'refused after the business write')
+          ) {
             errors.push(error)
           }
         },
@@ -192,6 +208,45 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
       expect(reply.body.equals(original[0]!.body)).toBe(true)
       expect(reply.headers['content-type']).toBe('application/json')
     }
+  })
+
+  it("in 'wait' mode stops waiting as soon as the waiting client disconnects", async () => {
+    const clock = new ManualClock(Date.now())
+    const holding = gate()
+    const release = gate()
+    const { url, runs } = await start({
+      options: { onConcurrent: 'wait', waitTimeoutMs: 60_000, clock },
+      // Before the write, so ctx.tx is not open (on SQLite it would hold the only connection).
+      beforeWrite: () => {
+        holding.open()
+        return release.promise
+      },
+    })
+    const key = randomUUID()
+    const first = send(url, { key, body: '{"amount":3}' })
+    try {
+      await holding.promise
+      const leaseTimers = clock.pendingTimers
+      const client = new AbortController()
+      const waiting = request(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': key },
+        body: '{"amount":3}',
+        dispatcher: agent,
+        signal: client.signal,
+      }).catch((error: unknown) => error)
+      // The duplicate sleeps on the clock between polls; the clock never moves in this test.
+      await until(() => clock.pendingTimers > leaseTimers)
+      client.abort()
+      await waiting
+      await until(() => disconnects.length === 1)
+      expect(clock.pendingTimers).toBe(leaseTimers)
+    } finally {
+      release.open()
+    }
+    expect((await first).status).toBe(201)
+    expect(runs()).toBe(1)
+    disconnects.length = 0
   })
 
   it('commits the business write and the result together: a handler that throws after its write leaves neither', async () => {
