@@ -584,6 +584,10 @@ class IdempotencyCore implements Idempotency {
   ): Promise<Acquired> {
     const { store, clock, leaseMs, retentionMs } = this.#settings
     const startedAt = clock.now()
+    if (store.dialect === 'sqlite') {
+      const settled = await this.#settledAlready(scope, key, fingerprint, startedAt)
+      if (settled !== undefined) return settled
+    }
     let pollMs = firstPollMs
     let immediate = 0
     for (;;) {
@@ -646,6 +650,31 @@ class IdempotencyCore implements Idempotency {
           if (++immediate > maxImmediateRetries) return this.#busy(scope, key, 'in-flight')
       }
     }
+  }
+
+  /**
+   * SQLite only, where a read costs no round trip: a plain read of the key first, so that a
+   * replay (or a fingerprint mismatch) needs neither the claim's write nor, with `claim:
+   * 'in-transaction'`, a write transaction (`BEGIN IMMEDIATE` would queue behind every writer
+   * of the file, in every process). A record within its retention decides as the claim would:
+   * a completed record is final until it expires, and a different fingerprint is a mismatch in
+   * any state. Anything else (no record, in progress, expired) goes through the claim.
+   */
+  async #settledAlready(
+    scope: string,
+    key: string,
+    fingerprint: string,
+    nowMs: number,
+  ): Promise<Acquired | undefined> {
+    const record = await this.#settings.store.get(scope, key)
+    if (record === undefined || record.expiresAtMs <= nowMs) return undefined
+    if (record.fingerprint !== fingerprint) {
+      publish('mismatch', { scope, key })
+      return { kind: 'mismatch' }
+    }
+    if (record.state !== 'completed') return undefined
+    publish('replayed', { scope, key })
+    return { kind: 'completed', record }
   }
 
   /** One pass of the claim protocol: claim, else act on the record that holds the key. */
