@@ -117,6 +117,46 @@ describe('PostgreSQL driver', () => {
     }
   })
 
+  it('finish() on a connection that died fails, and the pool replaces the connection', async () => {
+    const solo = await createPostgresDriver({ connectionString: database.url, maxConnections: 1 })
+    const t = uniqueTable()
+    await db.execute(`CREATE TABLE ${t} (id INTEGER PRIMARY KEY)`)
+    try {
+      const error = await solo
+        .transaction(async (tx) => {
+          await tx.execute(`INSERT INTO ${t} (id) VALUES (1)`)
+          const [row] = await tx.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')
+          await db.query('SELECT pg_terminate_backend($1)', [row!.pid])
+          await tx.finish!(`INSERT INTO ${t} (id) VALUES (2)`)
+        })
+        .catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(Error)
+      expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
+      // The one connection was destroyed, not returned: a new one serves the next transaction.
+      await solo.transaction((tx) => tx.finish!(`INSERT INTO ${t} (id) VALUES (3)`))
+      expect(await db.query(`SELECT id FROM ${t}`)).toEqual([{ id: 3 }])
+    } finally {
+      await solo.close()
+    }
+  })
+
+  it('a failed statement swallowed in a one-connection pool leaves the connection usable', async () => {
+    const solo = await createPostgresDriver({ connectionString: database.url, maxConnections: 1 })
+    try {
+      for (let i = 0; i < 2; i++) {
+        const error = await solo
+          .transaction(async (tx) => {
+            await tx.query('SELECT 1/0').catch(() => {})
+          })
+          .catch((e: unknown) => e)
+        expect(error).toMatchObject({ code: 'TRANSACTION_MISUSE' })
+      }
+      expect(await solo.query('SELECT 4 AS four')).toEqual([{ four: 4 }])
+    } finally {
+      await solo.close()
+    }
+  })
+
   it('validates its options without printing the password', async () => {
     await expect(
       createPostgresDriver({ connectionString: 'postgres://u:pw@h/db', maxConnections: 0 }),
