@@ -97,6 +97,7 @@ interface PgClient extends PgQueryable {
 }
 interface PgPoolClient extends PgClient {
   release(error?: Error | boolean): void
+  removeListener(event: 'error', listener: (error: Error) => void): unknown
 }
 interface PgPool extends PgQueryable {
   connect(): Promise<PgPoolClient>
@@ -402,7 +403,7 @@ const noRows = { rows: [], rowCount: 0 }
 // the statement fails, the transaction is aborted and PostgreSQL answers the COMMIT with
 // ROLLBACK: the statement's error is the outcome and the connection is fine.
 async function finishWith(
-  client: PgClient,
+  client: Pick<PgClient, 'query'>,
   sql: string,
   params: readonly unknown[],
 ): Promise<FinishOutcome> {
@@ -453,7 +454,20 @@ export class PostgresDriver implements SqlDriver {
 
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     if (this.#closed) throw new StoreClosedError('postgres')
-    const client = await this.#pool.connect()
+    const pooled = await this.#pool.connect()
+    // The pool listens for errors on idle connections only. A connection lost while this
+    // transaction holds it but runs no statement (a server restart, pg_terminate_backend) would
+    // otherwise be an 'error' event nobody handles, which crashes the process; with this
+    // listener the next statement or COMMIT fails with the connection error instead.
+    const ignoreLost = (): void => {}
+    pooled.on('error', ignoreLost)
+    const client = {
+      query: pooled.query.bind(pooled),
+      release(error?: Error): void {
+        pooled.removeListener('error', ignoreLost)
+        pooled.release(error)
+      },
+    }
     // The pool's connections run in pg's pipeline mode, so BEGIN is not awaited: it goes out at
     // once and the transaction's first statement follows it without waiting for its answer,
     // which saves one round trip per transaction. A plain BEGIN fails only when the session

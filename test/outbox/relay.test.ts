@@ -268,7 +268,22 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
       const queue = testQueue(t.db)
       const publisher = testPublisher(queue.publisher)
       const prefix = `hot-${ordering}`
-      await writeEvents(t.db, outbox, { prefix, aggregates: 3, perAggregate: 10 })
+      // One transaction: on PostgreSQL the relay reads only rows older than every running
+      // transaction in the cluster (other test files share it), so events written in separate
+      // transactions could become readable in two parts, and 'batch' would rightly take two calls.
+      await t.db.transaction(async (tx) => {
+        for (let n = 0; n < 10; n++) {
+          for (let a = 0; a < 3; a++) {
+            await outbox.enqueue(tx, {
+              id: `${prefix}-${a}-${n}`,
+              aggregateType: 'order',
+              aggregateId: `${prefix}-agg-${a}`,
+              type: n === 0 ? 'order-placed' : 'line-added',
+              payload: { n },
+            })
+          }
+        }
+      })
       const r = relay(publisher, { ordering, batchSize: 100 })
       await r.start()
       await until(

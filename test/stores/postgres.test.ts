@@ -121,12 +121,24 @@ describe('PostgreSQL driver', () => {
     const solo = await createPostgresDriver({ connectionString: database.url, maxConnections: 1 })
     const t = uniqueTable()
     await db.execute(`CREATE TABLE ${t} (id INTEGER PRIMARY KEY)`)
+
     try {
       const error = await solo
         .transaction(async (tx) => {
           await tx.execute(`INSERT INTO ${t} (id) VALUES (1)`)
           const [row] = await tx.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')
           await db.query('SELECT pg_terminate_backend($1)', [row!.pid])
+          // Let the termination reach the idle connection before its next statement: without
+          // the driver's listener that is an unhandled 'error' event, fatal to the process.
+          let gone = false
+          while (!gone) {
+            const [left] = await db.query<{ n: number }>(
+              'SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1',
+              [row!.pid],
+            )
+            gone = left!.n === 0
+          }
+          await new Promise((resolve) => setTimeout(resolve, 20))
           await tx.finish!(`INSERT INTO ${t} (id) VALUES (2)`)
         })
         .catch((e: unknown) => e)
