@@ -9,11 +9,8 @@ export type FingerprintFunction = (request: IdempotencyRequest) => string | Prom
 
 // crypto.hash (Node >= 20.12) hashes small inputs about 3x faster than a Hash object; older
 // Node 20 releases fall back to createHash.
-const oneShot:
-  | ((algorithm: string, data: Uint8Array | string, encoding: 'hex') => string)
-  | undefined = (
-  crypto as { hash?: (algorithm: string, data: Uint8Array | string, encoding: 'hex') => string }
-).hash
+type OneShotHash = (algorithm: string, data: Uint8Array | string, encoding: 'hex') => string
+const oneShot = (crypto as { hash?: OneShotHash }).hash
 
 /** Hex SHA-256 of bytes or a UTF-8 string. */
 export function sha256Hex(data: Uint8Array | string): string {

@@ -487,29 +487,13 @@ export class PostgresDriver implements SqlDriver {
       finished = outcome
       return outcome.then((o) => (o.error === undefined ? o.result : Promise.reject(o.error)))
     })
-    let result: T
+    let settled:
+      | { readonly ok: true; readonly value: T }
+      | { readonly ok: false; readonly error: unknown }
     try {
-      result = await fn(tx)
+      settled = { ok: true, value: await fn(tx) }
     } catch (error) {
-      tx.end()
-      await begun
-      if (beginError !== undefined) {
-        client.release(beginError)
-        throw beginError
-      }
-      if (finished !== undefined) {
-        // The transaction already ended with finish(): nothing to roll back.
-        client.release((await finished).broken)
-        throw error
-      }
-      try {
-        await client.query('ROLLBACK')
-        client.release()
-      } catch (rollbackError) {
-        // The connection's state is unknown: destroy it rather than return it to the pool.
-        client.release(asError(rollbackError))
-      }
-      throw error
+      settled = { ok: false, error }
     }
     tx.end()
     await begun
@@ -518,11 +502,23 @@ export class PostgresDriver implements SqlDriver {
       throw beginError
     }
     if (finished !== undefined) {
+      // The transaction already ended with finish(): nothing to commit or roll back.
       const outcome = await finished
       client.release(outcome.broken)
+      if (!settled.ok) throw settled.error
       // A callback that swallowed finish()'s failure still must not look committed.
       if (outcome.error !== undefined) throw outcome.error
-      return result
+      return settled.value
+    }
+    if (!settled.ok) {
+      try {
+        await client.query('ROLLBACK')
+        client.release()
+      } catch (rollbackError) {
+        // The connection's state is unknown: destroy it rather than return it to the pool.
+        client.release(asError(rollbackError))
+      }
+      throw settled.error
     }
     let committed: PgResult
     try {
@@ -538,7 +534,7 @@ export class PostgresDriver implements SqlDriver {
     // ROLLBACK, not with an error: a callback that swallowed that statement's error would
     // otherwise look committed.
     if (committed.command === 'ROLLBACK') throw failedEarlier()
-    return result
+    return settled.value
   }
 
   /** {@inheritDoc SqlDriver.listen} */
