@@ -13,16 +13,9 @@ import {
   sweepExpired,
 } from '../../src/idempotency/index.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { until } from '../support/until.js'
 import { countRows, createChargesTable, dbTargets, type TestDb } from './databases.js'
 import { agent, gate, type Listening, listen, type Reply, send } from './servers.js'
-
-/** Waits (a few ms per check, at most ~5 s) until `condition` holds. */
-async function until(condition: () => boolean): Promise<void> {
-  for (let i = 0; i < 1_000 && !condition(); i++) {
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-  expect(condition()).toBe(true)
-}
 
 describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
   let testDb: TestDb
@@ -236,10 +229,10 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
         signal: client.signal,
       }).catch((error: unknown) => error)
       // The duplicate sleeps on the clock between polls; the clock never moves in this test.
-      await until(() => clock.pendingTimers > leaseTimers)
+      await until(() => clock.pendingTimers > leaseTimers, 'the duplicate to sleep', 5_000)
       client.abort()
       await waiting
-      await until(() => disconnects.length === 1)
+      await until(() => disconnects.length === 1, 'the wait to end', 5_000)
       expect(clock.pendingTimers).toBe(leaseTimers)
     } finally {
       release.open()

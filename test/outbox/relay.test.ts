@@ -15,7 +15,7 @@ import {
   relayFaultPoints,
 } from '../../src/outbox/index.js'
 import { splitIntoWaves } from '../../src/outbox/relay.js'
-import type { SqlDriver } from '../../src/stores/index.js'
+import type { SqlDriver, SqlExecutor } from '../../src/stores/index.js'
 import { holdOpenTransaction } from '../support/held-transaction.js'
 import { QueueChecker } from '../support/queue-checker.js'
 import {
@@ -32,7 +32,10 @@ import {
   until,
 } from './support.js'
 
-/** Writes `perAggregate` events for each aggregate, one transaction each, aggregates in parallel. */
+/**
+ * Writes `perAggregate` events for each aggregate, one transaction each, aggregates in parallel;
+ * with `oneTransaction`, all of them in a single transaction (so they become readable at once).
+ */
 async function writeEvents(
   db: SqlDriver,
   outbox: Outbox,
@@ -42,26 +45,40 @@ async function writeEvents(
     perAggregate: number
     checker?: QueueChecker
     firstAggregate?: number
+    oneTransaction?: boolean
   },
 ): Promise<string[]> {
   const ids: string[] = []
+  const enqueue = (tx: SqlExecutor, a: number, n: number) =>
+    outbox.enqueue(tx, {
+      id: `${options.prefix}-${a}-${n}`,
+      aggregateType: 'order',
+      aggregateId: `${options.prefix}-agg-${a}`,
+      type: n === 0 ? 'order-placed' : 'line-added',
+      payload: { n },
+      correlationId: `flow-${a}`,
+    })
+  const first = options.firstAggregate ?? 0
+  if (options.oneTransaction === true) {
+    await db.transaction(async (tx) => {
+      for (let n = 0; n < options.perAggregate; n++) {
+        for (let a = first; a < first + options.aggregates; a++) {
+          options.checker?.invoke(`${options.prefix}-${a}-${n}`, `${options.prefix}-agg-${a}`)
+          await enqueue(tx, a, n)
+          ids.push(`${options.prefix}-${a}-${n}`)
+        }
+      }
+    })
+    for (const id of ids) options.checker?.complete(id, 'ok')
+    return ids
+  }
   await Promise.all(
     Array.from({ length: options.aggregates }, async (_, i) => {
-      const a = i + (options.firstAggregate ?? 0)
-      const key = `${options.prefix}-agg-${a}`
+      const a = i + first
       for (let n = 0; n < options.perAggregate; n++) {
         const id = `${options.prefix}-${a}-${n}`
-        options.checker?.invoke(id, key)
-        await db.transaction((tx) =>
-          outbox.enqueue(tx, {
-            id,
-            aggregateType: 'order',
-            aggregateId: key,
-            type: n === 0 ? 'order-placed' : 'line-added',
-            payload: { n },
-            correlationId: `flow-${a}`,
-          }),
-        )
+        options.checker?.invoke(id, `${options.prefix}-agg-${a}`)
+        await db.transaction((tx) => enqueue(tx, a, n))
         options.checker?.complete(id, 'ok')
         ids.push(id)
       }
@@ -271,18 +288,11 @@ describe.each(dbTargets)('relay on $dialect', (target) => {
       // One transaction: on PostgreSQL the relay reads only rows older than every running
       // transaction in the cluster (other test files share it), so events written in separate
       // transactions could become readable in two parts, and 'batch' would rightly take two calls.
-      await t.db.transaction(async (tx) => {
-        for (let n = 0; n < 10; n++) {
-          for (let a = 0; a < 3; a++) {
-            await outbox.enqueue(tx, {
-              id: `${prefix}-${a}-${n}`,
-              aggregateType: 'order',
-              aggregateId: `${prefix}-agg-${a}`,
-              type: n === 0 ? 'order-placed' : 'line-added',
-              payload: { n },
-            })
-          }
-        }
+      await writeEvents(t.db, outbox, {
+        prefix,
+        aggregates: 3,
+        perAggregate: 10,
+        oneTransaction: true,
       })
       const r = relay(publisher, { ordering, batchSize: 100 })
       await r.start()

@@ -79,20 +79,7 @@ export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
-/** Polls `check` every `everyMs` until it returns true; fails after `timeoutMs`. */
-export async function until(
-  check: () => boolean | Promise<boolean>,
-  what: string,
-  timeoutMs = 20_000,
-  everyMs = 5,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    if (await check()) return
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await delay(everyMs)
-  }
-}
+export { until } from '../support/until.js'
 
 /** Counts rows of a table (optionally with a WHERE clause). */
 export async function count(db: SqlDriver, table: string, where = ''): Promise<number> {

@@ -4,21 +4,8 @@ import { InvalidOptionError } from '../../src/core/errors.js'
 import { createPostgresDriver, notify, type PostgresDriver } from '../../src/stores/postgres.js'
 import type { SqlNotification } from '../../src/stores/types.js'
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js'
+import { until } from '../support/until.js'
 import { uniqueTable } from './drivers.js'
-
-// Resolves once `predicate` holds for the collected items; notifications arrive over the
-// network, so the test waits for the event itself rather than for a fixed time.
-function waitUntil(predicate: () => boolean, what: string, limitMs = 10_000): Promise<void> {
-  const started = Date.now()
-  return new Promise((resolve, reject) => {
-    const check = (): void => {
-      if (predicate()) resolve()
-      else if (Date.now() - started > limitMs) reject(new Error(`timed out waiting for ${what}`))
-      else setTimeout(check, 5)
-    }
-    check()
-  })
-}
 
 describe('PostgreSQL driver', () => {
   let database: TestDatabase
@@ -130,14 +117,13 @@ describe('PostgreSQL driver', () => {
           await db.query('SELECT pg_terminate_backend($1)', [row!.pid])
           // Let the termination reach the idle connection before its next statement: without
           // the driver's listener that is an unhandled 'error' event, fatal to the process.
-          let gone = false
-          while (!gone) {
+          await until(async () => {
             const [left] = await db.query<{ n: number }>(
               'SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1',
               [row!.pid],
             )
-            gone = left!.n === 0
-          }
+            return left!.n === 0
+          }, 'the backend to exit')
           await new Promise((resolve) => setTimeout(resolve, 20))
           await tx.finish!(`INSERT INTO ${t} (id) VALUES (2)`)
         })
@@ -197,7 +183,7 @@ describe('PostgreSQL driver', () => {
       await notify(tx, 'Other Channel', 'case and spaces kept')
     })
     await notify(db, 'orders_changed', 'second')
-    await waitUntil(() => received.length >= 2 && other.length >= 1, 'two notifications')
+    await until(() => received.length >= 2 && other.length >= 1, 'two notifications', 10_000)
     expect(received).toEqual([
       { channel: 'orders_changed', payload: 'first', reconnected: false },
       { channel: 'orders_changed', payload: 'second', reconnected: false },
@@ -208,7 +194,7 @@ describe('PostgreSQL driver', () => {
     await unlisten()
     await notify(db, 'orders_changed', 'after unlisten')
     await notify(db, 'Other Channel', 'marker')
-    await waitUntil(() => other.length >= 2, 'the marker')
+    await until(() => other.length >= 2, 'the marker', 10_000)
     expect(received).toHaveLength(2)
     await unlistenOther()
   })
@@ -225,10 +211,10 @@ describe('PostgreSQL driver', () => {
         "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity WHERE application_name = 'bw-listen-test:listen'",
       )
       expect(killed).toEqual([{ killed: true }])
-      await waitUntil(() => received.some((n) => n.reconnected), 'the reconnected notification')
+      await until(() => received.some((n) => n.reconnected), 'the reconnected notification', 10_000)
       expect(received[0]).toEqual({ channel: 'jobs', payload: '', reconnected: true })
       await notify(db, 'jobs', 'after reconnect')
-      await waitUntil(() => received.some((n) => n.payload === 'after reconnect'), 'delivery')
+      await until(() => received.some((n) => n.payload === 'after reconnect'), 'delivery', 10_000)
     } finally {
       await own.close()
     }
