@@ -394,6 +394,12 @@ export async function main(args: string[]): Promise<void> {
       ?.split(',')
     if (casesArg !== undefined) {
       const wanted = new Set(casesArg)
+      const unknown = casesArg.filter((name) => !cases.some((c) => c.name === name))
+      if (unknown.length > 0) {
+        throw new Error(
+          `--cases: unknown case ${unknown.join(', ')} (cases for --stores=${stores.join(',')}: ${cases.map((c) => c.name).join(', ')})`,
+        )
+      }
       for (let i = cases.length - 1; i >= 0; i--)
         if (!wanted.has(cases[i]!.name)) cases.splice(i, 1)
     }
