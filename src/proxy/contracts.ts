@@ -201,6 +201,16 @@ export interface RouteIdempotencyConfig {
   readonly ttlMs: number
 }
 
+/** Retry affinity settings of a route (see `inbound/retry-affinity.ts`). */
+export interface RetryAffinityConfig {
+  /** Lower-case name of the header holding the key (`idempotency-key`). */
+  readonly header: string
+  /** How long a key stays pinned to its first target, from its first request (ms). */
+  readonly ttlMs: number
+  /** Most keys remembered per route; the oldest pin is dropped to make room. */
+  readonly maxKeys: number
+}
+
 /** One strangler-fig route. Routes are tried in the order written; the first match wins. */
 export interface RouteConfig {
   readonly name: string
@@ -215,6 +225,13 @@ export interface RouteConfig {
   readonly stripPrefix: string | undefined
   readonly shadow: ShadowConfig | undefined
   readonly idempotency: RouteIdempotencyConfig | undefined
+  /**
+   * Retry affinity: a request carrying this header's key goes where the key's first request
+   * went, even after the weights moved (see `inbound/retry-affinity.ts`). Config files get it
+   * by default (`idempotency-key`, 10 minutes, 100,000 keys); `retryAffinity: false` turns it
+   * off. Undefined (a config built by hand without it): off.
+   */
+  readonly retryAffinity?: RetryAffinityConfig | undefined
 }
 
 /** Inbound TLS (termination), hot-reloaded when the files change. */
@@ -457,6 +474,10 @@ export interface RouteState {
         readonly mismatches: number
         readonly examples: readonly ShadowMismatch[]
       }
+    | undefined
+  /** Keys pinned now, and requests that followed their key's pin; undefined: affinity off. */
+  readonly retryAffinity?:
+    | { readonly pinnedKeys: number; readonly repeatsFollowed: number }
     | undefined
 }
 

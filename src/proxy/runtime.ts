@@ -545,10 +545,10 @@ class ProxyRuntime implements ProxyInternals {
           handlers.set(listener.name, createAmbassadorHandler(listener, ctx))
         } else {
           const previousTable = old?.tables.get(listener.name)
-          const table = createRouteTable(
-            listener.routes,
-            previousTable === undefined ? {} : { previous: previousTable },
-          )
+          const table = createRouteTable(listener.routes, {
+            clock: deps.clock,
+            ...(previousTable === undefined ? {} : { previous: previousTable }),
+          })
           tables.set(listener.name, table)
           handlers.set(
             listener.name,

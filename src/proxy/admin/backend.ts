@@ -68,8 +68,8 @@ export function configForDisplay(config: ProxyConfig): Record<string, unknown> {
 }
 
 /**
- * Adds the route counters of several processes: requests and shadow counts are summed, the
- * examples merged (latest last, at most `keep`), targets and override taken from the first.
+ * Adds the route counters of several processes: requests, shadow and retry affinity counts
+ * are summed, the examples merged (latest last, at most `keep`), targets and override taken from the first.
  */
 export function mergeRoutes(workers: readonly WorkerRoutes[], keep = 50): RouteState[] {
   const merged = new Map<string, RouteState>()
@@ -94,11 +94,20 @@ export function mergeRoutes(workers: readonly WorkerRoutes[], keep = 50): RouteS
           examples: examples.slice(-keep),
         }
       }
+      const affinity =
+        route.retryAffinity === undefined
+          ? seen.retryAffinity
+          : {
+              pinnedKeys: (seen.retryAffinity?.pinnedKeys ?? 0) + route.retryAffinity.pinnedKeys,
+              repeatsFollowed:
+                (seen.retryAffinity?.repeatsFollowed ?? 0) + route.retryAffinity.repeatsFollowed,
+            }
       merged.set(route.name, {
         ...seen,
         overridden: seen.overridden || route.overridden,
         requestsByService: requests,
         shadow,
+        retryAffinity: affinity,
       })
     }
   }

@@ -15,6 +15,7 @@ import type {
   SecretSource,
   ServiceConfig,
 } from '../contracts.js'
+import { retryAffinityDefaults } from '../inbound/retry-affinity.js'
 
 const maxTimerMs = 2_147_483_647
 
@@ -259,6 +260,20 @@ const routeSchema = z.strictObject({
       ttlMs: ms(1).default(86_400_000),
     })
     .optional(),
+  // On by default: a retry that crosses to the other side of a migration does the work twice.
+  retryAffinity: z
+    .union(
+      [
+        z.literal(false),
+        z.strictObject({
+          header: headerName.default(retryAffinityDefaults.header),
+          ttlMs: ms(1).default(retryAffinityDefaults.ttlMs),
+          maxKeys: int(1, 10_000_000).default(retryAffinityDefaults.maxKeys),
+        }),
+      ],
+      { error: 'false or { header, ttlMs, maxKeys }' },
+    )
+    .default({ ...retryAffinityDefaults }),
 })
 
 const listenerSchema = z.strictObject({
@@ -439,6 +454,14 @@ function toRoute(r: RouteDocument): RouteConfig {
       r.idempotency === undefined
         ? undefined
         : { methods: r.idempotency.methods, ttlMs: r.idempotency.ttlMs },
+    retryAffinity:
+      r.retryAffinity === false
+        ? undefined
+        : {
+            header: r.retryAffinity.header.toLowerCase(),
+            ttlMs: r.retryAffinity.ttlMs,
+            maxKeys: r.retryAffinity.maxKeys,
+          },
   }
 }
 

@@ -22,6 +22,7 @@ import {
   sendProblem,
   toForwardRequest,
 } from './request.js'
+import { retryKeyOf } from './retry-affinity.js'
 import { type RouteTable, stripPathPrefix } from './routes.js'
 import { createShadowRunner, type ShadowRunner } from './shadow.js'
 import type { SidecarIdempotency } from './sidecar-idempotency.js'
@@ -157,7 +158,12 @@ export function createGatewayHandler(
       return
     }
     const config = route.config
-    const serviceName = routes.choose(route, stickyValueOf(config.sticky, inbound.headers), random)
+    const serviceName = routes.choose(
+      route,
+      stickyValueOf(config.sticky, inbound.headers),
+      random,
+      retryKeyOf(config.retryAffinity, inbound.headers),
+    )
     const registry = ctx.services()
     const service = registry.get(serviceName)
     if (service === undefined) {

@@ -2,8 +2,10 @@
 // written), which target service it goes to (weighted, sticky when configured), live overrides
 // from the admin API, and the per-route counters the admin API and metrics read.
 
+import { type Clock, systemClock } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import type { RouteConfig, RouteState, RouteTargetConfig } from '../contracts.js'
+import { RetryPins } from './retry-affinity.js'
 import { ShadowStats } from './shadow.js'
 import { stickyPoint } from './sticky.js'
 
@@ -27,6 +29,11 @@ export interface RouteTableOptions {
    * @default undefined
    */
   readonly previous?: RouteTable
+  /**
+   * Time for the retry affinity pins' lifetime (tests pass a ManualClock).
+   * @default systemClock
+   */
+  readonly clock?: Clock
 }
 
 /** Routes in order, with weighted target choice and live overrides. */
@@ -50,8 +57,17 @@ export interface RouteTable {
    * from the cumulative weights (the same user always lands on the same target while the
    * weights stay); without one, `random()` (in [0, 1)) does. Reads the route's current targets
    * once: an override swapped in meanwhile applies from the next request on.
+   *
+   * With a `retryKey` (the request's Idempotency-Key, on a route with retry affinity), a key
+   * seen before goes to the service its first request went to, whatever the weights say now,
+   * as long as that service is still one of the route's targets (see retry-affinity.ts).
    */
-  choose(route: Route, stickyValue: string | undefined, random: () => number): string
+  choose(
+    route: Route,
+    stickyValue: string | undefined,
+    random: () => number,
+    retryKey?: string,
+  ): string
   /**
    * Replaces a route's targets until {@link RouteTable.clearOverride} (or a reload). The caller
    * checks that the services exist. Requests that already chose a target finish there.
@@ -165,8 +181,9 @@ class RouteEntry implements Route {
   readonly configured: Plan
   plan: Plan
   readonly requests: Map<string, number>
+  readonly pins: RetryPins | undefined
 
-  constructor(config: RouteConfig, index: number, previous: RouteEntry | undefined) {
+  constructor(config: RouteConfig, index: number, previous: RouteEntry | undefined, clock: Clock) {
     const at = `routes[${index}]`
     if (typeof config?.name !== 'string' || config.name === '') {
       throw new InvalidOptionError(`${at}.name`, 'a non-empty route name', config?.name)
@@ -187,6 +204,16 @@ class RouteEntry implements Route {
     // Shared with the route of the table this one replaces, not copied: a request that started
     // before a reload still counts when it finishes on the old table.
     this.requests = previous?.requests ?? new Map()
+    // Pins survive a reload (a retry in flight during it still follows its first attempt).
+    const affinity = config.retryAffinity
+    if (affinity === undefined) {
+      this.pins = undefined
+    } else if (previous?.pins !== undefined) {
+      this.pins = previous.pins
+      this.pins.config = affinity
+    } else {
+      this.pins = new RetryPins(affinity, clock)
+    }
     const shadow = config.shadow
     if (shadow === undefined) {
       this.shadow = undefined
@@ -209,6 +236,14 @@ class RouteEntry implements Route {
     }
     return true
   }
+
+  /** Whether `service` is a target of this route now (configured or overridden, any weight). */
+  hasTarget(service: string): boolean {
+    return (
+      this.plan.targets.some((t) => t.service === service) ||
+      this.configured.targets.some((t) => t.service === service)
+    )
+  }
 }
 
 class Table implements RouteTable {
@@ -220,8 +255,9 @@ class Table implements RouteTable {
       throw new InvalidOptionError('routes', 'an array of routes', configs)
     }
     const previous = options.previous instanceof Table ? options.previous.#byName : undefined
+    const clock = options.clock ?? systemClock
     this.routes = configs.map((config, i) => {
-      const entry = new RouteEntry(config, i, previous?.get(config?.name))
+      const entry = new RouteEntry(config, i, previous?.get(config?.name), clock)
       if (this.#byName.has(entry.name)) {
         throw new InvalidOptionError(`routes[${i}].name`, 'a route name not used yet', entry.name)
       }
@@ -243,8 +279,31 @@ class Table implements RouteTable {
     return undefined
   }
 
-  choose(route: Route, stickyValue: string | undefined, random: () => number): string {
-    const plan = (route as RouteEntry).plan
+  choose(
+    route: Route,
+    stickyValue: string | undefined,
+    random: () => number,
+    retryKey?: string,
+  ): string {
+    const entry = route as RouteEntry
+    const pins = entry.pins
+    if (retryKey === undefined || pins === undefined)
+      return this.#weighted(entry, stickyValue, random)
+    const pinned = pins.pinned(retryKey)
+    if (pinned !== undefined) {
+      if (entry.hasTarget(pinned)) {
+        pins.followed++
+        return pinned
+      }
+      pins.forget(retryKey)
+    }
+    const chosen = this.#weighted(entry, stickyValue, random)
+    pins.pin(retryKey, chosen)
+    return chosen
+  }
+
+  #weighted(route: RouteEntry, stickyValue: string | undefined, random: () => number): string {
+    const plan = route.plan
     const point = stickyValue === undefined ? random() : stickyPoint(stickyValue)
     const x = point * plan.total
     const { upTo, services } = plan
@@ -275,6 +334,10 @@ class Table implements RouteTable {
       overridden: route.plan.overridden,
       requestsByService: Object.fromEntries(route.requests),
       shadow: route.shadow?.snapshot(),
+      retryAffinity:
+        route.pins === undefined
+          ? undefined
+          : { pinnedKeys: route.pins.size, repeatsFollowed: route.pins.followed },
     }))
   }
 

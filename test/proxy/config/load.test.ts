@@ -283,6 +283,45 @@ admin: { port: 9000, token: { env: T }, maxConnections: 0 }
       expect(message).toContain(expected)
   })
 
+  it('turns retry affinity on by default, off with false, and names a bad setting', () => {
+    // One gateway listener in front of service a, with these route lines.
+    const gateway = (...routes: string[]): string => `
+services:
+  a: { endpoints: [http://127.0.0.1:1] }
+listeners:
+  - name: g
+    role: gateway
+    port: 9001
+    routes:
+${routes.map((r) => `      - ${r}`).join('\n')}
+`
+    const config = parseProxyConfig(
+      gateway(
+        '{ name: on, match: { prefix: /on }, targets: [{ service: a }] }',
+        '{ name: off, match: { prefix: /off }, targets: [{ service: a }], retryAffinity: false }',
+        '{ name: own, targets: [{ service: a }], retryAffinity: { header: X-Request-Key, maxKeys: 5 } }',
+      ),
+      'affinity.yaml',
+    )
+    expect(config.listeners[0]?.routes.map((r) => r.retryAffinity)).toEqual([
+      { header: 'idempotency-key', ttlMs: 600_000, maxKeys: 100_000 },
+      undefined,
+      { header: 'x-request-key', ttlMs: 600_000, maxKeys: 5 },
+    ])
+    const message = problemsOf(
+      gateway(
+        '{ name: r, match: { prefix: /r }, targets: [{ service: a }], retryAffinity: true }',
+        '{ name: s, targets: [{ service: a }], retryAffinity: { maxKeys: 0, ttl: 5 } }',
+      ),
+    )
+    for (const expected of [
+      'listeners[0].routes[0].retryAffinity: expected false or { header, ttlMs, maxKeys }, got true',
+      'listeners[0].routes[1].retryAffinity.maxKeys: expected integer in [1, 10000000], got 0',
+      'listeners[0].routes[1].retryAffinity.ttl: unknown key',
+    ])
+      expect(message).toContain(expected)
+  })
+
   it('never echoes a secret written inline, nor URL credentials', () => {
     const secret = 'hunter2-very-secret'
     const message = problemsOf(`
