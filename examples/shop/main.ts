@@ -187,13 +187,17 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
     await calmEverything(shop)
     await load.stop()
     const settleBy = Date.now() + options.quiesceS * 1_000
+    // Settled also means no redelivery still owed: an email message whose acknowledgement
+    // chaos lost comes again, and only then do the emails counted show what it did.
     let figures = await monitor.figures()
-    while (!quiescent(figures) && Date.now() < settleBy) {
+    let snapshot = await monitor.refresh()
+    const settledNow = (): boolean => quiescent(figures) && snapshot.awaitingRedelivery === 0
+    while (!settledNow() && Date.now() < settleBy) {
       await sleep(systemClock, 500)
       figures = await monitor.figures()
+      snapshot = await monitor.refresh()
     }
-    const settled = quiescent(figures)
-    const snapshot = await monitor.refresh()
+    const settled = settledNow()
     const invariants = judge(figures, true, load.stats.accepted)
     const shadow = snapshot.strangler.routes.find((r) => r.shadow !== undefined)?.shadow
     const result: ShopDemoResult = {
@@ -256,6 +260,10 @@ function printSummary(r: ShopDemoResult, seconds: number, write: (line: string) 
     ['outbox events committed / delivered', `${f.events.committed} / ${f.events.delivered}`],
     ['load: sent / accepted / failed', `${r.load.sent} / ${r.load.accepted} / ${r.load.failed}`],
     ['processes killed and restarted (chaos)', String(r.restarts)],
+    [
+      'replies / email acknowledgements lost (chaos)',
+      `${r.patterns.repliesLost} / ${r.patterns.acksLost}`,
+    ],
     ['settled before the deadline', r.quiescent ? 'yes' : 'NO'],
   ]))
     write(line)

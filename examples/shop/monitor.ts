@@ -66,6 +66,12 @@ export interface Snapshot {
     readonly readYourWrites: { readonly found: number; readonly missed: number }
   }
   readonly figures: ShopFigures | undefined
+  /**
+   * Email messages whose acknowledgement chaos lost and that notifications has not handled
+   * again since (undefined while notifications does not answer): the broker still owes their
+   * redelivery, so the emails counted in `figures` are not final yet.
+   */
+  readonly awaitingRedelivery: number | undefined
   readonly invariants: readonly Invariant[]
   /** What each pattern did so far (counters kept across process restarts). */
   readonly patterns: PatternCounters
@@ -92,6 +98,10 @@ export interface PatternCounters {
   readonly eventsPublished: number
   /** Messages the notifications inbox recognised as redeliveries and skipped. */
   readonly redeliveriesAbsorbed: number
+  /** Faults injected: replies lost by chaos after the work was done (any service). */
+  readonly repliesLost: number
+  /** Faults injected: acknowledgements of email messages lost by chaos in notifications. */
+  readonly acksLost: number
 }
 
 interface AdminState {
@@ -100,6 +110,7 @@ interface AdminState {
   requests: number
   errors: number
   inFlight: number
+  repliesLost?: number
   chaos: Record<string, number>
   details?: {
     outbound?: OutboundState
@@ -292,12 +303,15 @@ export function startMonitor(options: MonitorOptions): Monitor {
       for (const [downstream, d] of Object.entries(s.details?.outbound?.downstreams ?? {}))
         cumulative(`${name}:${downstream}:retries`, s.pid, d.retries)
       if (name === 'relay') cumulative('relay:published', s.pid, Number(s.details?.published ?? 0))
-      if (name === 'notifications')
+      cumulative(`${name}:repliesLost`, s.pid, s.repliesLost ?? 0)
+      if (name === 'notifications') {
         cumulative(
           'notifications:redeliveries',
           s.pid,
           Number(s.details?.redeliveriesAbsorbed ?? 0),
         )
+        cumulative('notifications:acksLost', s.pid, Number(s.details?.acksLost ?? 0))
+      }
     }
     // Summed over every process that ever reported, also the ones down right now.
     const total = (suffix: string): number => {
@@ -319,7 +333,10 @@ export function startMonitor(options: MonitorOptions): Monitor {
       sagaTakeovers: total(':recovered'),
       eventsPublished: total('relay:published'),
       redeliveriesAbsorbed: total('notifications:redeliveries'),
+      repliesLost: total(':repliesLost'),
+      acksLost: total('notifications:acksLost'),
     }
+    const notifications = states.get('notifications')
 
     const load = options.load()
     const accepted = load?.stats.accepted
@@ -350,6 +367,10 @@ export function startMonitor(options: MonitorOptions): Monitor {
         readYourWrites: { ...(load?.stats.readYourWrites ?? { found: 0, missed: 0 }) },
       },
       figures,
+      awaitingRedelivery:
+        notifications === undefined
+          ? undefined
+          : Number(notifications.details?.awaitingRedelivery ?? 0),
       invariants: figures === undefined ? [] : judge(figures, false, accepted),
       patterns,
       recentSagas,

@@ -85,9 +85,10 @@ class RateMeter {
   }
 }
 
-function loseReply(req: IncomingMessage, res: ServerResponse): void {
+function loseReply(req: IncomingMessage, res: ServerResponse, lost: () => void): void {
   // The handler runs to the end (its transaction commits); only the bytes never leave.
   const destroy = (): ServerResponse => {
+    if (!req.socket.destroyed) lost()
     req.socket.destroy()
     return res
   }
@@ -104,6 +105,9 @@ export async function hostService(options: HostOptions): Promise<Server> {
   let requests = 0
   let errors = 0
   let inFlight = 0
+  // Replies the chaos layer swallowed after the handler ran: each is a call the caller sees
+  // fail although its work was done (tests wait for some before judging the idempotency).
+  let repliesLost = 0
   const rate = new RateMeter()
   const startedAt = Date.now()
 
@@ -120,6 +124,7 @@ export async function hostService(options: HostOptions): Promise<Server> {
         requests,
         errors,
         inFlight,
+        repliesLost,
         rps: rate.perSecond(),
         chaos,
         ...(options.state === undefined ? {} : { details: await options.state() }),
@@ -145,7 +150,10 @@ export async function hostService(options: HostOptions): Promise<Server> {
         errors++
         return sendJson(res, 503, { error: 'injected failure' })
       }
-      if (Math.random() < chaos.lostReplyRate) loseReply(req, res)
+      if (Math.random() < chaos.lostReplyRate)
+        loseReply(req, res, () => {
+          repliesLost++
+        })
       inFlight++
       try {
         await options.handler(req, res)

@@ -21,8 +21,8 @@ const { broker, close: closeBroker } = await openShopBroker(env)
 let emailsSent = 0
 
 async function sendEmail(tx: SqlExecutor, message: IncomingMessage): Promise<void> {
+  if (!isEmailMessage(message)) return
   const type = message.headers[EVENT_TYPE_HEADER]
-  if (type !== 'order-confirmed' && type !== 'order-cancelled') return
   // "Sending" is a row in the outbox of mail: the SMTP side is out of scope here.
   await tx.execute('INSERT INTO notifications_emails VALUES ($1, $2, $3, $4, $5)', [
     randomUUID(),
@@ -50,6 +50,18 @@ async function withoutDedupe(tx: SqlExecutor, message: IncomingMessage): Promise
   await sendEmail(tx, message)
 }
 
+// Chaos bookkeeping. `acksLost` counts the email messages whose acknowledgement chaos lost;
+// `awaitingRedelivery` holds the ids of those not delivered and acknowledged since. The demo
+// waits for it to empty before judging, so a redelivery still on its way is not missed: with
+// `--break inbox`, every lost acknowledgement of an email message becomes a second email.
+let acksLost = 0
+const awaitingRedelivery = new Set<string>()
+
+function isEmailMessage(message: IncomingMessage): boolean {
+  const type = message.headers[EVENT_TYPE_HEADER]
+  return type === 'order-confirmed' || type === 'order-cancelled'
+}
+
 await broker.subscriber.subscribe(env.topic, 'notifications', async (message) => {
   await db.transaction(async (tx) => {
     if (env.breaks.has('inbox')) return withoutDedupe(tx, message)
@@ -58,7 +70,14 @@ await broker.subscriber.subscribe(env.topic, 'notifications', async (message) =>
   })
   // Chaos: the email is sent and recorded, but the acknowledgement never reaches the broker
   // (a crash right after the commit looks the same). The broker delivers the message again.
-  if (Math.random() < currentChaos().lostReplyRate) throw new Error('acknowledgement lost (chaos)')
+  if (Math.random() < currentChaos().lostReplyRate) {
+    if (isEmailMessage(message)) {
+      acksLost++
+      awaitingRedelivery.add(message.id)
+    }
+    throw new Error('acknowledgement lost (chaos)')
+  }
+  awaitingRedelivery.delete(message.id)
 })
 
 const handler = router({
@@ -75,7 +94,12 @@ await hostService({
   name: env.name,
   port: env.port,
   handler,
-  state: () => ({ emailsSent, redeliveriesAbsorbed }),
+  state: () => ({
+    emailsSent,
+    redeliveriesAbsorbed,
+    acksLost,
+    awaitingRedelivery: awaitingRedelivery.size,
+  }),
   close: async () => {
     await closeBroker()
     await db.close()

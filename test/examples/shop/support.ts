@@ -6,7 +6,10 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } f
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import type { ChaosAction } from '../../../examples/shop/chaos.js'
 import type { ShopDemoResult } from '../../../examples/shop/main.js'
+import type { Snapshot } from '../../../examples/shop/monitor.js'
+import { until } from '../../support/until.js'
 
 export const repoRoot = fileURLToPath(new URL('../../../', import.meta.url))
 
@@ -163,4 +166,72 @@ export function startDemo(args: readonly string[]): DemoRun {
 /** Asserts-friendly view of a summary's invariants: name -> ok. */
 export function invariantsOf(summary: ShopSummary): Record<string, boolean> {
   return Object.fromEntries(summary.invariants.map((i) => [i.name, i.ok]))
+}
+
+/** The dashboard's URL, from the line the demo prints once it is up. */
+export async function dashboardOf(run: DemoRun): Promise<string> {
+  const line = await run.line(/^dashboard: http/)
+  const url = /http:\/\/\S+/.exec(line)?.[0]
+  if (url === undefined) throw new Error(`the demo printed no dashboard URL (line: "${line}")`)
+  return url.replace(/\/$/, '')
+}
+
+/** Applies a chaos action through the dashboard's API, as its buttons do. */
+export async function applyChaosVia(dashboard: string, action: ChaosAction): Promise<void> {
+  const res = await fetch(`${dashboard}/api/chaos`, {
+    method: 'POST',
+    body: JSON.stringify(action),
+  })
+  if (!res.ok) throw new Error(`chaos ${JSON.stringify(action)}: ${res.status} ${await res.text()}`)
+}
+
+/** The dashboard's current snapshot. */
+export async function snapshotOf(dashboard: string): Promise<Snapshot> {
+  const res = await fetch(`${dashboard}/api/state`)
+  if (!res.ok) throw new Error(`GET /api/state: ${res.status}`)
+  return (await res.json()) as Snapshot
+}
+
+/**
+ * Runs the demo (with `extraArgs`, e.g. `--break inbox`) under lost replies: payments loses
+ * half of its replies after charging and notifications half of its acknowledgements after
+ * sending the email. Rather than hoping a timed script lands its faults (a loaded machine can
+ * finish its orders after the script calmed things), it waits until `enough(patterns)` says
+ * the faults that matter happened, then stops the demo (which calms everything, settles,
+ * including the redeliveries still owed, and judges) and returns its result.
+ */
+export async function runUnderLostReplies(
+  extraArgs: readonly string[],
+  enough: (patterns: Snapshot['patterns']) => boolean,
+): Promise<Awaited<DemoRun['done']>> {
+  const run = startDemo([
+    '--duration',
+    '0',
+    '--chaos',
+    'none',
+    '--rate',
+    '6',
+    '--quiet',
+    ...extraArgs,
+  ])
+  try {
+    const dashboard = await dashboardOf(run)
+    for (const target of ['payments', 'notifications'] as const)
+      await applyChaosVia(dashboard, { kind: 'fail', target, lostReplyRate: 0.5 })
+    let last: Snapshot['patterns'] | undefined
+    await until(
+      async () => {
+        last = (await snapshotOf(dashboard)).patterns
+        return enough(last)
+      },
+      'the lost replies to happen',
+      60_000,
+      250,
+    ).catch((error: unknown) => {
+      throw new Error(`${String(error)}; patterns so far: ${JSON.stringify(last)}`)
+    })
+  } finally {
+    run.stop()
+  }
+  return run.done
 }
