@@ -3,6 +3,7 @@
 // the handles: it kills and restarts processes and sets their chaos for the chaos controls,
 // and reads every database for the figures.
 import { type ChildProcess, spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -148,7 +149,7 @@ export async function startShop(options: ShopOptions): Promise<Shop> {
         options.log,
       )
   // A fresh topic per run: a shared broker server (tests) never mixes two runs' events.
-  const topic = `shop_${Date.now().toString(36)}_orders`
+  const topic = `shop_${Date.now().toString(36)}${randomBytes(3).toString('hex')}_orders`
 
   const processes = new Map<ProcessName, ShopProcess>()
   for (const spec of processSpecs) {
