@@ -283,6 +283,7 @@ function printSummary(r: ShopDemoResult, seconds: number, write: (line: string) 
       `${r.load.readYourWrites.found} / ${r.load.readYourWrites.missed}`,
     ],
     ['redeliveries skipped by the inbox', String(p.redeliveriesAbsorbed)],
+    ['strangler: retried orders kept on their first side', String(p.retriesKeptOnSide)],
     ['strangler shadow: compared / mismatches', shadow],
   ]))
     write(line)

@@ -98,6 +98,11 @@ export interface PatternCounters {
   readonly eventsPublished: number
   /** Messages the notifications inbox recognised as redeliveries and skipped. */
   readonly redeliveriesAbsorbed: number
+  /**
+   * Retried orders (same Idempotency-Key) the strangler sent to the side that took their first
+   * attempt, whatever the split said by then (the proxy's retry affinity).
+   */
+  readonly retriesKeptOnSide: number
   /** Faults injected: replies lost by chaos after the work was done (any service). */
   readonly repliesLost: number
   /** Faults injected: acknowledgements of email messages lost by chaos in notifications. */
@@ -333,6 +338,10 @@ export function startMonitor(options: MonitorOptions): Monitor {
       sagaTakeovers: total(':recovered'),
       eventsPublished: total('relay:published'),
       redeliveriesAbsorbed: total('notifications:redeliveries'),
+      retriesKeptOnSide: (shop.proxy?.routes() ?? []).reduce(
+        (sum, r) => sum + (r.retryAffinity?.repeatsFollowed ?? 0),
+        0,
+      ),
       repliesLost: total(':repliesLost'),
       acksLost: total('notifications:acksLost'),
     }

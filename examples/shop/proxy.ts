@@ -35,6 +35,10 @@ export interface ProxyRouteView {
         }[]
       }
     | undefined
+  /** Requests whose Idempotency-Key had been seen, sent where the key's first one went. */
+  readonly retryAffinity?:
+    | { readonly pinnedKeys: number; readonly repeatsFollowed: number }
+    | undefined
 }
 
 /** The running proxy, as the demo uses it. */
