@@ -158,15 +158,17 @@ export function createGatewayHandler(
       return
     }
     const config = route.config
+    const retryKey = retryKeyOf(config.retryAffinity, inbound.headers)
     const serviceName = routes.choose(
       route,
       stickyValueOf(config.sticky, inbound.headers),
       random,
-      retryKeyOf(config.retryAffinity, inbound.headers),
+      retryKey,
     )
     const registry = ctx.services()
     const service = registry.get(serviceName)
     if (service === undefined) {
+      if (retryKey !== undefined) routes.settle(route, retryKey, serviceName, false)
       sendProblem(res, 502, 'SERVICE_NOT_FOUND', `route ${route.name} has no live target`)
       const outcome = noRoute(502, 'SERVICE_NOT_FOUND')
       logAccess(ctx, inbound, outcome, listener.name, { route: route.name, service: serviceName })
@@ -232,6 +234,8 @@ export function createGatewayHandler(
     }
     // Replays and idempotency problems never reached the service: they are not its traffic.
     if (called) routes.count(route, serviceName)
+    if (retryKey !== undefined)
+      routes.settle(route, retryKey, serviceName, called && outcome.written)
     logAccess(ctx, inbound, outcome, listener.name, { route: route.name, service: serviceName })
     observe(inbound, outcome, route.name, called ? serviceName : '')
 

@@ -15,6 +15,11 @@
 //   that then fails is an error the client sees; a retry that succeeds twice is not.
 // - The pin is dropped when its service is no longer a target of the route at all (a reload
 //   removed it): there is nowhere left to follow it to.
+// - A pin is only kept once a request with its key may have reached the service (the forward
+//   says whether any attempt was written to it). If every request with the key so far was
+//   refused before that (breaker open, connection refused, no endpoint), nothing can have been
+//   done anywhere, and the pin is dropped: during an incident an operator who moves the split
+//   away from a broken side moves its retries too, instead of pinning them to it for ttlMs.
 // - Pins live in the proxy process's memory, per route, bounded by `maxKeys` (oldest dropped
 //   first) and `ttlMs` (counted from the first request, not refreshed by retries). With
 //   `workers > 1`, a retry that arrives on another worker is routed by the weights: pins are
@@ -33,6 +38,10 @@ export const retryAffinityDefaults: RetryAffinityConfig = {
 interface Pin {
   readonly service: string
   readonly expiresAt: number
+  /** A request with this key may have reached `service`: the pin stays. */
+  reached: boolean
+  /** Requests with this key between choose and settle. */
+  inFlight: number
 }
 
 /**
@@ -51,7 +60,10 @@ export class RetryPins {
     readonly clock: Clock,
   ) {}
 
-  /** The service `key` is pinned to, or undefined (never pinned, or its pin expired). */
+  /**
+   * The service `key` is pinned to, or undefined (never pinned, or its pin expired). A request
+   * that goes there calls {@link RetryPins.follow} and, when it is done, {@link RetryPins.settle}.
+   */
   pinned(key: string): string | undefined {
     const pin = this.#pins.get(key)
     if (pin === undefined) return undefined
@@ -62,14 +74,42 @@ export class RetryPins {
     return pin.service
   }
 
-  /** Pins `key` to `service` for `ttlMs`, dropping expired pins and, when full, the oldest. */
+  /** Counts a request sent to `key`'s live pin (checked with {@link RetryPins.pinned}). */
+  follow(key: string): void {
+    const pin = this.#pins.get(key)
+    if (pin === undefined) return
+    pin.inFlight++
+    this.followed++
+  }
+
+  /**
+   * Pins `key` to `service` for `ttlMs`, for a request about to go there, dropping expired pins
+   * and, when full, the oldest.
+   */
   pin(key: string, service: string): void {
     const now = this.clock.now()
     for (const [oldKey, pin] of this.#pins) {
       if (pin.expiresAt > now && this.#pins.size < this.config.maxKeys) break
       this.#pins.delete(oldKey)
     }
-    this.#pins.set(key, { service, expiresAt: now + this.config.ttlMs })
+    this.#pins.set(key, {
+      service,
+      expiresAt: now + this.config.ttlMs,
+      reached: false,
+      inFlight: 1,
+    })
+  }
+
+  /**
+   * A request with `key` sent to `service` is done; `reached`: whether it may have reached the
+   * service. A pin that no request may have got through is dropped once none is in flight.
+   */
+  settle(key: string, service: string, reached: boolean): void {
+    const pin = this.#pins.get(key)
+    if (pin === undefined || pin.service !== service) return
+    if (pin.inFlight > 0) pin.inFlight--
+    if (reached) pin.reached = true
+    else if (!pin.reached && pin.inFlight === 0) this.#pins.delete(key)
   }
 
   /** Forgets `key` (its pinned service is gone from the route). */

@@ -60,7 +60,8 @@ export interface RouteTable {
    *
    * With a `retryKey` (the request's Idempotency-Key, on a route with retry affinity), a key
    * seen before goes to the service its first request went to, whatever the weights say now,
-   * as long as that service is still one of the route's targets (see retry-affinity.ts).
+   * as long as that service is still one of the route's targets (see retry-affinity.ts). The
+   * caller then reports the request's end with {@link RouteTable.settle}.
    */
   choose(
     route: Route,
@@ -68,6 +69,12 @@ export interface RouteTable {
     random: () => number,
     retryKey?: string,
   ): string
+  /**
+   * A request chosen with `retryKey` and sent to `service` is done; `reached`: whether it may
+   * have reached the service (the forward's `written`). Keeps the key's pin if any request
+   * may have reached it, and drops it otherwise.
+   */
+  settle(route: Route, retryKey: string, service: string, reached: boolean): void
   /**
    * Replaces a route's targets until {@link RouteTable.clearOverride} (or a reload). The caller
    * checks that the services exist. Requests that already chose a target finish there.
@@ -292,7 +299,7 @@ class Table implements RouteTable {
     const pinned = pins.pinned(retryKey)
     if (pinned !== undefined) {
       if (entry.hasTarget(pinned)) {
-        pins.followed++
+        pins.follow(retryKey)
         return pinned
       }
       pins.forget(retryKey)
@@ -300,6 +307,10 @@ class Table implements RouteTable {
     const chosen = this.#weighted(entry, stickyValue, random)
     pins.pin(retryKey, chosen)
     return chosen
+  }
+
+  settle(route: Route, retryKey: string, service: string, reached: boolean): void {
+    ;(route as RouteEntry).pins?.settle(retryKey, service, reached)
   }
 
   #weighted(route: RouteEntry, stickyValue: string | undefined, random: () => number): string {

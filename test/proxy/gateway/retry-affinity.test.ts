@@ -108,9 +108,43 @@ describe('retry affinity in the route table', () => {
     expect(withoutLegacy.state()[0]?.retryAffinity?.pinnedKeys).toBe(1)
   })
 
-  it('property: within ttlMs every request of a key goes to its first target, whatever the splits did', async () => {
+  it('drops a pin no request may have got through, so a refused first attempt does not hold its retries', () => {
+    const { table: t, orders } = table({ affinity })
+    const random = seededRandom(6)
+    // Refused before reaching legacy (breaker open, connection refused): the pin goes.
+    expect(t.choose(orders, undefined, random, 'refused')).toBe('legacy')
+    t.settle(orders, 'refused', 'legacy', false)
+    expect(t.choose(orders, undefined, random, 'reached')).toBe('legacy')
+    t.settle(orders, 'reached', 'legacy', true)
+    t.override('orders', split(0, 1))
+    expect(t.choose(orders, undefined, random, 'refused')).toBe('new')
+    expect(t.choose(orders, undefined, random, 'reached')).toBe('legacy')
+    // Once a request may have reached its service, a refused retry does not undo the pin.
+    t.settle(orders, 'reached', 'legacy', false)
+    expect(t.choose(orders, undefined, random, 'reached')).toBe('legacy')
+  })
+
+  it('keeps a pin while another request with its key is in flight, and drops it when none got through', () => {
+    const { table: t, orders } = table({ affinity })
+    const random = seededRandom(7)
+    expect(t.choose(orders, undefined, random, 'k')).toBe('legacy')
+    expect(t.choose(orders, undefined, random, 'k')).toBe('legacy')
+    t.override('orders', split(0, 1))
+    t.settle(orders, 'k', 'legacy', false)
+    // The second request is still out: it may yet reach legacy.
+    expect(t.choose(orders, undefined, random, 'k')).toBe('legacy')
+    t.settle(orders, 'k', 'legacy', false)
+    t.settle(orders, 'k', 'legacy', false)
+    expect(t.choose(orders, undefined, random, 'k')).toBe('new')
+  })
+
+  it('property: within ttlMs every request of a key goes where the first one that may have reached a service went', async () => {
     const command = fc.oneof(
-      fc.record({ kind: fc.constant('request' as const), key: fc.integer({ min: 0, max: 12 }) }),
+      fc.record({
+        kind: fc.constant('request' as const),
+        key: fc.integer({ min: 0, max: 12 }),
+        reached: fc.boolean(),
+      }),
       fc.record({
         kind: fc.constant('split' as const),
         legacy: fc.integer({ min: 0, max: 3 }),
@@ -132,10 +166,11 @@ describe('retry affinity in the route table', () => {
             else {
               const key = `k${c.key}`
               const service = t.choose(orders, undefined, random, key)
+              t.settle(orders, key, service, c.reached)
               const seen = first.get(key)
-              if (seen !== undefined && clock.now() - seen.at < affinity.ttlMs)
-                expect(service).toBe(seen.service)
-              else first.set(key, { service, at: clock.now() })
+              const live = seen !== undefined && clock.now() - seen.at < affinity.ttlMs
+              if (live) expect(service).toBe(seen.service)
+              else if (c.reached) first.set(key, { service, at: clock.now() })
             }
           }
         },
@@ -178,5 +213,32 @@ describe('retry affinity through the gateway', () => {
     expect(await post('order-2')).toBe('new')
     expect(legacy.seen.map((r) => r.headers['idempotency-key'])).toEqual(['order-1', 'order-1'])
     expect(next.seen.map((r) => r.headers['idempotency-key'])).toEqual(['order-2'])
+  })
+
+  it('a POST refused by a dead side is retried on the side the split moved to', async () => {
+    // legacy: a port nothing listens on (connection refused: the request cannot have arrived).
+    const dead = await startUpstream(() => {})
+    await dead.close()
+    const next = await startUpstream((_req, res) => {
+      sendJson(res, 201, { system: 'new' })
+    })
+    upstreams.push(next)
+    const routes = [route('orders', '/orders', split(1, 0), { retryAffinity: affinity })]
+    const t = createRouteTable(routes)
+    gateway = await startGateway({ legacy: dead.url, new: next.url }, routes, t)
+    const post = (key: string) =>
+      fetch(`${gateway!.url}/orders`, {
+        method: 'POST',
+        headers: { 'idempotency-key': key },
+        body: '{}',
+      })
+    const refused = await post('order-1')
+    expect(refused.status).toBeGreaterThanOrEqual(500)
+    await refused.arrayBuffer()
+    t.override('orders', split(0, 1))
+    const retried = await post('order-1')
+    expect(retried.status).toBe(201)
+    expect(((await retried.json()) as { system: string }).system).toBe('new')
+    expect(t.state()[0]?.retryAffinity).toEqual({ pinnedKeys: 1, repeatsFollowed: 0 })
   })
 })
