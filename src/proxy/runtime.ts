@@ -38,7 +38,7 @@ import type {
 import { createAmbassadorHandler } from './inbound/ambassador.js'
 import { createGatewayHandler } from './inbound/gateway.js'
 import { createListenerServer, type ListenerServer } from './inbound/listener.js'
-import { createRouteTable, type RouteTable } from './inbound/routes.js'
+import { createRouteTable, type RouteTable, type SharedRetryPin } from './inbound/routes.js'
 import { createShadowRunner, type ShadowRunner } from './inbound/shadow.js'
 import {
   createSidecarIdempotency,
@@ -142,6 +142,13 @@ export interface ProxyInternals extends Proxy {
   beginDrain(): void
   /** Reloads and resolves with nothing, or with the error (for callers that report it). */
   tryReload(yamlText?: string): Promise<ConfigInvalidError | undefined>
+  /**
+   * Sets (or clears) who is told about each retry affinity pin once a request may have reached
+   * its service; a worker of the multi-process mode sends them to its primary.
+   */
+  onRetryPinReached(listener: ((pin: SharedRetryPin) => void) | undefined): void
+  /** Takes a retry affinity pin another worker reported. */
+  adoptRetryPin(pin: SharedRetryPin): void
 }
 
 interface Generation {
@@ -229,6 +236,7 @@ class ProxyRuntime implements ProxyInternals {
   #watchTimer: TimerHandle | undefined
   #reloading: Promise<unknown> = Promise.resolve()
   #draining = false
+  #pinListener: ((pin: SharedRetryPin) => void) | undefined
   // One runner for every gateway and generation: its cap on shadow calls in flight holds
   // across reloads, and close() can wait for it.
   readonly #shadow: ShadowRunner
@@ -341,6 +349,16 @@ class ProxyRuntime implements ProxyInternals {
     )
     this.#metrics.routeOverridden.set({ route }, 1)
     this.#deps.logger.info('route switched', { route, targets })
+  }
+
+  onRetryPinReached(listener: ((pin: SharedRetryPin) => void) | undefined): void {
+    this.#pinListener = listener
+  }
+
+  adoptRetryPin(pin: SharedRetryPin): void {
+    const generation = this.#generation
+    if (generation === undefined) return
+    for (const table of generation.tables.values()) table.adoptPin(pin)
   }
 
   resetRoute(route: string): void {
@@ -547,6 +565,7 @@ class ProxyRuntime implements ProxyInternals {
           const previousTable = old?.tables.get(listener.name)
           const table = createRouteTable(listener.routes, {
             clock: deps.clock,
+            onPinReached: (pin) => this.#pinListener?.(pin),
             ...(previousTable === undefined ? {} : { previous: previousTable }),
           })
           tables.set(listener.name, table)

@@ -12,6 +12,7 @@ import type { Logger } from '../../observability/logger.js'
 import type { MetricsRegistry } from '../../observability/metrics.js'
 import { ConfigInvalidError, type ConfigProblem } from '../config/errors.js'
 import type { ProxyConfig, RouteTargetConfig } from '../contracts.js'
+import type { SharedRetryPin } from '../inbound/routes.js'
 import type { ProxyInternals } from '../runtime.js'
 import type { AdminBackend, WorkerRoutes, WorkerServices } from './backend.js'
 
@@ -38,6 +39,8 @@ type Message =
       readonly error?: SerializedError
     }
   | { readonly bw: 'ready' }
+  // A retry affinity pin: worker -> primary, then primary -> every other worker.
+  | ({ readonly bw: 'pin' } & SharedRetryPin)
 
 interface SerializedError {
   readonly code: string
@@ -77,7 +80,12 @@ export function serveWorkerCommands(
 ): () => void {
   const listener = (message: unknown): void => {
     const m = message as Message
-    if (typeof m !== 'object' || m === null || m.bw !== 'request') return
+    if (typeof m !== 'object' || m === null) return
+    if (m.bw === 'pin') {
+      runtime.adoptRetryPin(pinOf(m))
+      return
+    }
+    if (m.bw !== 'request') return
     void run(m.command).then(
       (value) => channel.send?.({ bw: 'reply', id: m.id, ok: true, value } satisfies Message),
       (error: unknown) =>
@@ -119,10 +127,19 @@ export function serveWorkerCommands(
     }
   }
   channel.on('message', listener)
+  // Retries with a key must reach the side of the first attempt whichever worker gets them.
+  runtime.onRetryPinReached((pin) => {
+    if (channel.connected === true) channel.send?.({ bw: 'pin', ...pin } satisfies Message)
+  })
   channel.send?.({ bw: 'ready' } satisfies Message)
   return () => {
+    runtime.onRetryPinReached(undefined)
     channel.off('message', listener)
   }
+}
+
+function pinOf(m: SharedRetryPin): SharedRetryPin {
+  return { route: m.route, key: m.key, service: m.service, expiresAt: m.expiresAt }
 }
 
 /** Options of {@link createClusterBackend}. */
@@ -310,6 +327,16 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
             void ask(worker, { op: 'switchRoute', route, targets }).catch(() => {})
           for (const service of isolated)
             void ask(worker, { op: 'isolate', service }).catch(() => {})
+        } else if (m.bw === 'pin') {
+          const pin = { bw: 'pin', ...pinOf(m) } satisfies Message
+          for (const other of workers.values())
+            if (other.worker.id !== worker.id && other.ready && other.worker.isConnected()) {
+              try {
+                other.worker.send(pin)
+              } catch {
+                // A worker going away misses the pin: its retries are routed by weight.
+              }
+            }
         } else if (m.bw === 'reply') {
           const waiting = pending.get(m.id)
           if (waiting === undefined) return

@@ -22,8 +22,10 @@
 //   away from a broken side moves its retries too, instead of pinning them to it for ttlMs.
 // - Pins live in the proxy process's memory, per route, bounded by `maxKeys` (oldest dropped
 //   first) and `ttlMs` (counted from the first request, not refreshed by retries). With
-//   `workers > 1`, a retry that arrives on another worker is routed by the weights: pins are
-//   not shared between workers.
+//   `workers > 1`, a worker tells the primary about each pin as soon as a request may have
+//   reached its service, and the primary passes it on to the other workers (IPC, well under a
+//   millisecond, while a client's retry comes after its timeout and backoff). A worker started
+//   later (a crashed one's replacement) begins without the pins.
 
 import type { Clock } from '../../core/clock.js'
 import type { RetryAffinityConfig } from '../contracts.js'
@@ -53,6 +55,8 @@ export class RetryPins {
   readonly #pins = new Map<string, Pin>()
   /** Requests whose key was pinned already, sent to its pinned service (admin API). */
   followed = 0
+  /** Called when a pin becomes one a request may have got through (to share it). */
+  onReached: ((key: string, service: string, expiresAt: number) => void) | undefined
 
   constructor(
     /** Replaced on a config reload; the pins stay. */
@@ -88,10 +92,7 @@ export class RetryPins {
    */
   pin(key: string, service: string): void {
     const now = this.clock.now()
-    for (const [oldKey, pin] of this.#pins) {
-      if (pin.expiresAt > now && this.#pins.size < this.config.maxKeys) break
-      this.#pins.delete(oldKey)
-    }
+    this.#makeRoom(now)
     this.#pins.set(key, {
       service,
       expiresAt: now + this.config.ttlMs,
@@ -108,8 +109,35 @@ export class RetryPins {
     const pin = this.#pins.get(key)
     if (pin === undefined || pin.service !== service) return
     if (pin.inFlight > 0) pin.inFlight--
-    if (reached) pin.reached = true
-    else if (!pin.reached && pin.inFlight === 0) this.#pins.delete(key)
+    if (reached) {
+      if (!pin.reached) {
+        pin.reached = true
+        this.onReached?.(key, service, pin.expiresAt)
+      }
+    } else if (!pin.reached && pin.inFlight === 0) this.#pins.delete(key)
+  }
+
+  /**
+   * Takes a pin another process reported (its request may have reached `service`). A pin of
+   * this process that a request may have got through already stays; an expired one is ignored.
+   */
+  adopt(key: string, service: string, expiresAt: number): void {
+    const now = this.clock.now()
+    if (expiresAt <= now) return
+    if (this.#pins.get(key)?.reached === true) return
+    this.#pins.delete(key)
+    this.#makeRoom(now)
+    this.#pins.set(key, { service, expiresAt, reached: true, inFlight: 0 })
+  }
+
+  // Drops expired pins, then the oldest while full. Adopted pins may carry an earlier expiry
+  // than the last one set, so an expired pin can sit behind a live one; it is dropped when
+  // read (pinned) or when it reaches the head.
+  #makeRoom(now: number): void {
+    for (const [oldKey, pin] of this.#pins) {
+      if (pin.expiresAt > now && this.#pins.size < this.config.maxKeys) break
+      this.#pins.delete(oldKey)
+    }
   }
 
   /** Forgets `key` (its pinned service is gone from the route). */

@@ -34,6 +34,21 @@ export interface RouteTableOptions {
    * @default systemClock
    */
   readonly clock?: Clock
+  /**
+   * Told about each retry affinity pin once a request may have reached its service (the
+   * multi-process mode passes it on to the other workers, which {@link RouteTable.adoptPin} it).
+   * @default undefined
+   */
+  readonly onPinReached?: (pin: SharedRetryPin) => void
+}
+
+/** A retry affinity pin as one process tells the others. */
+export interface SharedRetryPin {
+  readonly route: string
+  readonly key: string
+  readonly service: string
+  /** When it expires (epoch ms). */
+  readonly expiresAt: number
 }
 
 /** Routes in order, with weighted target choice and live overrides. */
@@ -75,6 +90,8 @@ export interface RouteTable {
    * may have reached it, and drops it otherwise.
    */
   settle(route: Route, retryKey: string, service: string, reached: boolean): void
+  /** Takes a pin another process reported; ignored for an unknown route or one without pins. */
+  adoptPin(pin: SharedRetryPin): void
   /**
    * Replaces a route's targets until {@link RouteTable.clearOverride} (or a reload). The caller
    * checks that the services exist. Requests that already chose a target finish there.
@@ -263,8 +280,16 @@ class Table implements RouteTable {
     }
     const previous = options.previous instanceof Table ? options.previous.#byName : undefined
     const clock = options.clock ?? systemClock
+    const onPinReached = options.onPinReached
     this.routes = configs.map((config, i) => {
       const entry = new RouteEntry(config, i, previous?.get(config?.name), clock)
+      // Pins are shared with the table this one replaces: the newest table's listener wins.
+      if (entry.pins !== undefined)
+        entry.pins.onReached =
+          onPinReached === undefined
+            ? undefined
+            : (key, service, expiresAt) =>
+                onPinReached({ route: entry.name, key, service, expiresAt })
       if (this.#byName.has(entry.name)) {
         throw new InvalidOptionError(`routes[${i}].name`, 'a route name not used yet', entry.name)
       }
@@ -311,6 +336,10 @@ class Table implements RouteTable {
 
   settle(route: Route, retryKey: string, service: string, reached: boolean): void {
     ;(route as RouteEntry).pins?.settle(retryKey, service, reached)
+  }
+
+  adoptPin(pin: SharedRetryPin): void {
+    this.#byName.get(pin.route)?.pins?.adopt(pin.key, pin.service, pin.expiresAt)
   }
 
   #weighted(route: RouteEntry, stickyValue: string | undefined, random: () => number): string {

@@ -307,6 +307,45 @@ describe('breakwater proxy --workers 2', () => {
   })
 })
 
+describe('breakwater proxy --workers 2: retry affinity', () => {
+  it('a retried POST reaches the side of its first attempt whichever worker takes it', async () => {
+    const p = await ports()
+    const file = join(dir, 'workers-affinity.yaml')
+    writeFileSync(file, config(p))
+    const proxy = await start(file, ['--workers', '2'])
+    await waitForReady(proxy, p.admin)
+    const post = (key: string) =>
+      http(p.gateway, '/orders', {
+        method: 'POST',
+        headers: { 'idempotency-key': key, 'content-type': 'application/json' },
+        body: '{}',
+      })
+    // One connection per request: the primary hands them to the two workers in turn.
+    const keys = Array.from({ length: 20 }, (_, i) => `order-${i}`)
+    for (const key of keys)
+      expect((await post(key)).json<{ service: string }>().service).toBe('legacy')
+    await eventually(() => workerPidsOf(proxy).size === 2, 'requests served by both workers')
+    // Each worker holds every pin once the other has told it (through the primary).
+    await eventually(async () => {
+      const routes = (await http(p.admin, '/admin/routes', { headers: auth })).json<{
+        routes: { name: string; retryAffinity?: { pinnedKeys: number } }[]
+      }>()
+      return routes.routes.find((r) => r.name === 'orders')?.retryAffinity?.pinnedKeys === 40
+    }, 'both workers to hold the 20 pins')
+    const switched = await http(p.admin, '/admin/routes/orders', {
+      method: 'POST',
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: '{"targets":[{"service":"modern","weight":1}]}',
+    })
+    expect(switched.status).toBe(200)
+    for (const key of keys)
+      expect((await post(key)).json<{ service: string }>().service).toBe('legacy')
+    expect((await post('order-new')).json<{ service: string }>().service).toBe('modern')
+    proxy.child.kill('SIGTERM')
+    expect(await proxy.exited).toEqual({ code: 0, signal: null })
+  })
+})
+
 function workerPidsOf(proxy: ProxyProcess): Set<number> {
   return new Set(
     proxy.lines

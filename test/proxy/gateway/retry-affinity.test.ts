@@ -4,7 +4,7 @@
 import fc from 'fast-check'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { RetryAffinityConfig, RouteTargetConfig } from '../../../src/proxy/contracts.js'
-import { createRouteTable } from '../../../src/proxy/inbound/routes.js'
+import { createRouteTable, type SharedRetryPin } from '../../../src/proxy/inbound/routes.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { route, seededRandom } from './fixtures.js'
 import { type Gateway, sendJson, startGateway, startUpstream, type Upstream } from './harness.js'
@@ -136,6 +136,38 @@ describe('retry affinity in the route table', () => {
     t.settle(orders, 'k', 'legacy', false)
     t.settle(orders, 'k', 'legacy', false)
     expect(t.choose(orders, undefined, random, 'k')).toBe('new')
+  })
+
+  it('tells its listener about a pin once a request may have reached it, and adopts pins of other processes', async () => {
+    const clock = new ManualClock(1_000)
+    const told: SharedRetryPin[] = []
+    const routes = [route('orders', '/orders', split(1, 0), { retryAffinity: affinity })]
+    const here = createRouteTable(routes, { clock, onPinReached: (pin) => told.push(pin) })
+    const there = createRouteTable(routes, { clock })
+    const orders = here.get('orders')!
+    const random = seededRandom(8)
+    here.choose(orders, undefined, random, 'refused')
+    here.settle(orders, 'refused', 'legacy', false)
+    here.choose(orders, undefined, random, 'k')
+    here.settle(orders, 'k', 'legacy', true)
+    here.choose(orders, undefined, random, 'k')
+    here.settle(orders, 'k', 'legacy', true)
+    expect(told).toEqual([{ route: 'orders', key: 'k', service: 'legacy', expiresAt: 61_000 }])
+
+    // Another worker takes it: its retries of k go to legacy after the split moved.
+    for (const pin of told) there.adoptPin(pin)
+    there.override('orders', split(0, 1))
+    expect(there.choose(there.get('orders')!, undefined, random, 'k')).toBe('legacy')
+    expect(there.choose(there.get('orders')!, undefined, random, 'other')).toBe('new')
+    // A pin of its own that a request may have got through wins over a reported one.
+    there.settle(there.get('orders')!, 'other', 'new', true)
+    there.adoptPin({ route: 'orders', key: 'other', service: 'legacy', expiresAt: 61_000 })
+    expect(there.choose(there.get('orders')!, undefined, random, 'other')).toBe('new')
+    // Expired or unknown-route pins are ignored.
+    await clock.advance(60_000)
+    there.adoptPin({ route: 'orders', key: 'late', service: 'legacy', expiresAt: 61_000 })
+    there.adoptPin({ route: 'nope', key: 'x', service: 'legacy', expiresAt: 99_000 })
+    expect(there.choose(there.get('orders')!, undefined, random, 'late')).toBe('new')
   })
 
   it('property: within ttlMs every request of a key goes where the first one that may have reached a service went', async () => {
