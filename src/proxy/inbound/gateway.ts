@@ -158,13 +158,9 @@ export function createGatewayHandler(
       return
     }
     const config = route.config
-    const retryKey = retryKeyOf(config.retryAffinity, inbound.headers)
-    const serviceName = routes.choose(
-      route,
-      stickyValueOf(config.sticky, inbound.headers),
-      random,
-      retryKey,
-    )
+    const stickyValue = stickyValueOf(config.sticky, inbound.headers)
+    const retryKey = retryKeyOf(config.retryAffinity, inbound.headers, stickyValue)
+    const serviceName = routes.choose(route, stickyValue, random, retryKey)
     const registry = ctx.services()
     const service = registry.get(serviceName)
     if (service === undefined) {

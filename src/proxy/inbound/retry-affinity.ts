@@ -28,6 +28,8 @@
 //   later (a crashed one's replacement) begins without the pins.
 
 import type { Clock } from '../../core/clock.js'
+import { sha256Hex } from '../../idempotency/fingerprint.js'
+import { credentialHeaders } from '../../idempotency/scope.js'
 import type { RetryAffinityConfig } from '../contracts.js'
 
 /** The settings a config file gets when it does not mention `retryAffinity`. */
@@ -151,17 +153,40 @@ export class RetryPins {
   }
 }
 
+function headerValue(
+  headers: Readonly<Record<string, string | string[]>>,
+  name: string,
+): string | undefined {
+  const raw = headers[name]
+  if (raw === undefined) return undefined
+  const value = typeof raw === 'string' ? raw : raw.join(', ')
+  return value === '' ? undefined : value
+}
+
 /**
- * The key a request carries in the affinity header, or undefined (no header, or empty). A
- * repeated header is joined with `, `, as everywhere else in the proxy.
+ * The pin key of a request: undefined without an affinity header (or with an empty one), else
+ * the SHA-256 of the key together with who sent it, the way idempotency keys are scoped: the
+ * credential (`Authorization`, else `X-API-Key`, as the sidecar's idempotency scopes keys) and
+ * the route's sticky value. Two clients that happen to use the same key never share a pin, and
+ * a pin costs the same memory however long the key or the token is. A repeated header is
+ * joined with `, `, as everywhere else in the proxy.
  */
 export function retryKeyOf(
   config: RetryAffinityConfig | undefined,
   headers: Readonly<Record<string, string | string[]>>,
+  stickyValue: string | undefined,
 ): string | undefined {
   if (config === undefined) return undefined
-  const raw = headers[config.header]
-  if (raw === undefined) return undefined
-  const value = typeof raw === 'string' ? raw : raw.join(', ')
-  return value === '' ? undefined : value
+  const key = headerValue(headers, config.header)
+  if (key === undefined) return undefined
+  let credential = ''
+  for (const name of credentialHeaders) {
+    const value = headerValue(headers, name)
+    if (value !== undefined) {
+      credential = `${name}:${value}`
+      break
+    }
+  }
+  // NUL cannot occur in header values, so the parts cannot run into each other.
+  return sha256Hex(`${credential}\u0000${stickyValue ?? ''}\u0000${key}`)
 }

@@ -4,6 +4,7 @@
 import fc from 'fast-check'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { RetryAffinityConfig, RouteTargetConfig } from '../../../src/proxy/contracts.js'
+import { retryKeyOf } from '../../../src/proxy/inbound/retry-affinity.js'
 import { createRouteTable, type SharedRetryPin } from '../../../src/proxy/inbound/routes.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { route, seededRandom } from './fixtures.js'
@@ -211,6 +212,37 @@ describe('retry affinity in the route table', () => {
   })
 })
 
+describe('the pin key of a request', () => {
+  const key = (headers: Record<string, string | string[]>, sticky?: string) =>
+    retryKeyOf(affinity, headers, sticky)
+
+  it('is scoped by credential and sticky value, so two clients never share a key', () => {
+    const base = key({ 'idempotency-key': 'k1', authorization: 'Bearer a' }, 'user-1')
+    expect(base).toMatch(/^[0-9a-f]{64}$/)
+    expect(key({ 'idempotency-key': 'k1', authorization: 'Bearer a' }, 'user-1')).toBe(base)
+    expect(key({ 'idempotency-key': 'k1', authorization: 'Bearer b' }, 'user-1')).not.toBe(base)
+    expect(key({ 'idempotency-key': 'k1', authorization: 'Bearer a' }, 'user-2')).not.toBe(base)
+    expect(key({ 'idempotency-key': 'k2', authorization: 'Bearer a' }, 'user-1')).not.toBe(base)
+    // Authorization first, else X-API-Key, as the sidecar's idempotency scopes keys; and the
+    // header name is part of it, so the same value in either header is another client.
+    expect(key({ 'idempotency-key': 'k1', 'x-api-key': 'a' })).not.toBe(
+      key({ 'idempotency-key': 'k1', authorization: 'a' }),
+    )
+    expect(key({ 'idempotency-key': 'k1', authorization: 'a', 'x-api-key': 'z' })).toBe(
+      key({ 'idempotency-key': 'k1', authorization: 'a' }),
+    )
+    // No parts run into each other: moving text from one to the next changes the key.
+    expect(key({ 'idempotency-key': 'c' }, 'ab')).not.toBe(key({ 'idempotency-key': 'bc' }, 'a'))
+  })
+
+  it('is undefined without the header, with an empty one, or with affinity off', () => {
+    expect(key({})).toBeUndefined()
+    expect(key({ 'idempotency-key': '' })).toBeUndefined()
+    expect(retryKeyOf(undefined, { 'idempotency-key': 'k' }, undefined)).toBeUndefined()
+    expect(key({ 'idempotency-key': ['a', 'b'] })).toBe(key({ 'idempotency-key': 'a, b' }))
+  })
+})
+
 describe('retry affinity through the gateway', () => {
   let gateway: Gateway | undefined
   const upstreams: Upstream[] = []
@@ -220,31 +252,45 @@ describe('retry affinity through the gateway', () => {
     gateway = undefined
   })
 
-  it('a POST retried after the split moved reaches the side that took its first attempt', async () => {
-    const legacy = await startUpstream((_req, res) => {
-      sendJson(res, 201, { system: 'legacy' })
-    })
-    const next = await startUpstream((_req, res) => {
-      sendJson(res, 201, { system: 'new' })
-    })
+  // Two upstreams answering which side they are, behind a gateway whose /orders route starts
+  // all on legacy; `post` sends a POST with these headers and returns the side that answered.
+  async function splitGateway() {
+    const side = (system: string) =>
+      startUpstream((_req, res) => {
+        sendJson(res, 201, { system })
+      })
+    const legacy = await side('legacy')
+    const next = await side('new')
     upstreams.push(legacy, next)
     const routes = [route('orders', '/orders', split(1, 0), { retryAffinity: affinity })]
-    const t = createRouteTable(routes)
-    gateway = await startGateway({ legacy: legacy.url, new: next.url }, routes, t)
-    const post = async (key: string): Promise<string> => {
-      const res = await fetch(`${gateway!.url}/orders`, {
-        method: 'POST',
-        headers: { 'idempotency-key': key, 'content-type': 'application/json' },
-        body: '{}',
-      })
+    const table = createRouteTable(routes)
+    gateway = await startGateway({ legacy: legacy.url, new: next.url }, routes, table)
+    const url = gateway.url
+    const post = async (headers: Record<string, string>): Promise<string> => {
+      const res = await fetch(`${url}/orders`, { method: 'POST', headers, body: '{}' })
       return ((await res.json()) as { system: string }).system
     }
-    expect(await post('order-1')).toBe('legacy')
+    return { legacy, next, table, post }
+  }
+
+  it('a POST retried after the split moved reaches the side that took its first attempt', async () => {
+    const { legacy, next, table: t, post } = await splitGateway()
+    const keyed = (key: string) => post({ 'idempotency-key': key })
+    expect(await keyed('order-1')).toBe('legacy')
     t.override('orders', split(0, 1))
-    expect(await post('order-1')).toBe('legacy')
-    expect(await post('order-2')).toBe('new')
+    expect(await keyed('order-1')).toBe('legacy')
+    expect(await keyed('order-2')).toBe('new')
     expect(legacy.seen.map((r) => r.headers['idempotency-key'])).toEqual(['order-1', 'order-1'])
     expect(next.seen.map((r) => r.headers['idempotency-key'])).toEqual(['order-2'])
+  })
+
+  it('two clients with the same key do not share a pin', async () => {
+    const { table: t, post } = await splitGateway()
+    const as = (token: string) => post({ 'idempotency-key': '1', authorization: `Bearer ${token}` })
+    expect(await as('alice')).toBe('legacy')
+    t.override('orders', split(0, 1))
+    expect(await as('bob')).toBe('new')
+    expect(await as('alice')).toBe('legacy')
   })
 
   it('a POST refused by a dead side is retried on the side the split moved to', async () => {
