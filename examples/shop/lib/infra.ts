@@ -40,6 +40,11 @@ export async function openShopBroker(env: ShopEnv): Promise<ShopBroker> {
       },
     }
   }
-  const broker = openBroker(env.brokerUrl, { nats: { ackWaitMs: 3_000 } })
+  // The same few seconds on the servers that wait for an acknowledgement (RabbitMQ hands a dead
+  // consumer's messages back as soon as its connection drops).
+  const broker = openBroker(env.brokerUrl, {
+    nats: { ackWaitMs: 3_000 },
+    redis: { visibilityTimeoutMs: 3_000 },
+  })
   return { broker, close: () => broker.close() }
 }
