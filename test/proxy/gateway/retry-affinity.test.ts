@@ -212,6 +212,45 @@ describe('retry affinity in the route table', () => {
   })
 })
 
+describe('retry affinity with requests in flight', () => {
+  // Requests overlap: each is chosen, and later settled as reached or refused, in any order,
+  // while the split flips. What matters to the user: no key is ever worked on by both sides.
+  it('property: every request of a key that may have reached a service reached the same one', () => {
+    const op = fc.oneof(
+      fc.record({ kind: fc.constant('start' as const), key: fc.integer({ min: 0, max: 3 }) }),
+      fc.record({
+        kind: fc.constant('finish' as const),
+        pick: fc.nat(),
+        reached: fc.boolean(),
+      }),
+      fc.record({ kind: fc.constant('flip' as const), toNew: fc.boolean() }),
+    )
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 120 }), fc.integer(), (ops, seed) => {
+        const { table: t, orders } = table({ affinity: { ...affinity, ttlMs: 1e12 } })
+        const random = seededRandom(seed)
+        const inFlight: { key: string; service: string }[] = []
+        const reachedBy = new Map<string, string>()
+        for (const o of ops) {
+          if (o.kind === 'flip') t.override('orders', o.toNew ? split(0, 1) : split(1, 0))
+          else if (o.kind === 'start') {
+            const key = `k${o.key}`
+            inFlight.push({ key, service: t.choose(orders, undefined, random, key) })
+          } else if (inFlight.length > 0) {
+            const [request] = inFlight.splice(o.pick % inFlight.length, 1)
+            const { key, service } = request!
+            t.settle(orders, key, service, o.reached)
+            if (!o.reached) continue
+            const earlier = reachedBy.get(key)
+            if (earlier !== undefined) expect(service).toBe(earlier)
+            reachedBy.set(key, service)
+          }
+        }
+      }),
+    )
+  })
+})
+
 describe('the pin key of a request', () => {
   const key = (headers: Record<string, string | string[]>, sticky?: string) =>
     retryKeyOf(affinity, headers, sticky)
