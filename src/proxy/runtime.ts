@@ -164,6 +164,8 @@ interface RuntimeMetrics {
   readonly reloadFailures: Counter
   readonly configLoaded: Gauge
   readonly routeOverridden: Gauge
+  readonly retryPins: Gauge
+  readonly retryPinsFollowed: Counter
 }
 
 const runtimeMetrics = metricsPerRegistry(
@@ -183,6 +185,16 @@ const runtimeMetrics = metricsPerRegistry(
     routeOverridden: registry.gauge({
       name: 'breakwater_proxy_route_overridden',
       help: '1 while a route is switched by the admin API away from its configured targets.',
+      labelNames: ['route'],
+    }),
+    retryPins: registry.gauge({
+      name: 'breakwater_proxy_route_retry_pins',
+      help: 'Idempotency keys a route holds pinned to the target of their first request (retry affinity).',
+      labelNames: ['route'],
+    }),
+    retryPinsFollowed: registry.counter({
+      name: 'breakwater_proxy_route_retry_pins_followed_total',
+      help: 'Requests sent to the target their key is pinned to, whatever the weights said.',
       labelNames: ['route'],
     }),
   }),
@@ -237,6 +249,7 @@ class ProxyRuntime implements ProxyInternals {
   #reloading: Promise<unknown> = Promise.resolve()
   #draining = false
   #pinListener: ((pin: SharedRetryPin) => void) | undefined
+  readonly #stopCollect: () => void
   // One runner for every gateway and generation: its cap on shadow calls in flight holds
   // across reloads, and close() can wait for it.
   readonly #shadow: ShadowRunner
@@ -248,6 +261,8 @@ class ProxyRuntime implements ProxyInternals {
     const metrics = options.metrics ?? createMetricsRegistry()
     this.#deps = { clock, logger, metrics }
     this.#metrics = runtimeMetrics(metrics)
+    // Retry affinity counts live in the route tables; copied into the registry at each scrape.
+    this.#stopCollect = metrics.onCollect(() => this.#collectRetryAffinity())
     this.#shadow = createShadowRunner({
       clock,
       logger: logger.child({ component: 'shadow' }),
@@ -723,7 +738,22 @@ class ProxyRuntime implements ProxyInternals {
       )
     await this.#idempotencyStore?.store.close().catch(() => {})
     await this.#admin?.close()
+    this.#stopCollect()
     this.#deps.logger.info('proxy stopped')
+  }
+
+  #collectRetryAffinity(): void {
+    const { retryPins, retryPinsFollowed } = this.#metrics
+    for (const route of this.routes()) {
+      const affinity = route.retryAffinity
+      if (affinity === undefined) continue
+      const labels = { route: route.name }
+      retryPins.set(labels, affinity.pinnedKeys)
+      // The table's count only grows (its pins survive reloads); a route removed and added
+      // again starts from 0, and the counter waits until the new count passes it.
+      const delta = affinity.repeatsFollowed - retryPinsFollowed.get(labels)
+      if (delta > 0) retryPinsFollowed.inc(labels, delta)
+    }
   }
 }
 

@@ -82,6 +82,36 @@ describe('startProxy', () => {
     )
   })
 
+  it('keeps a retried key on its first side through a switch and a reload, and counts it in /metrics', async () => {
+    proxy = await startProxy({ config: yaml(), logger: quiet })
+    const port = proxy.address('in').port
+    const post = async (key: string): Promise<string> => {
+      const res = await http(port, '/orders', {
+        method: 'POST',
+        headers: { 'idempotency-key': key },
+        body: '{}',
+      })
+      expect(res.status).toBe(200)
+      return res.json<{ service: string }>().service
+    }
+    expect(await post('k1')).toBe('legacy')
+    proxy.switchRoute('orders', [{ service: 'modern', weight: 1 }])
+    expect(await post('k1')).toBe('legacy')
+    expect(await post('k2')).toBe('modern')
+    // A reload puts the route on the file's targets (here: modern) and keeps the pins.
+    await proxy.reload(
+      yaml({ split: '[{ service: modern, weight: 1 }, { service: legacy, weight: 0 }]' }),
+    )
+    expect(await post('k1')).toBe('legacy')
+    expect(proxy.routes().find((r) => r.name === 'orders')?.retryAffinity).toEqual({
+      pinnedKeys: 2,
+      repeatsFollowed: 2,
+    })
+    const metrics = await proxy.metricsText()
+    expect(metrics).toContain('breakwater_proxy_route_retry_pins{route="orders"} 2')
+    expect(metrics).toContain('breakwater_proxy_route_retry_pins_followed_total{route="orders"} 2')
+  })
+
   it('keeps the running config when a reload is invalid, and applies a valid one', async () => {
     const log = captureLog()
     proxy = await startProxy({ config: yaml(), logger: createJsonLogger({ output: log }) })
