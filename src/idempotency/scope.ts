@@ -21,13 +21,24 @@ export type ScopeOption = 'credential' | { readonly tenantHeader: string } | Sco
 /** The headers the `'credential'` scope reads, in order. */
 export const credentialHeaders: readonly string[] = ['authorization', 'x-api-key']
 
+/**
+ * The first credential a request carries: `Authorization`, else `X-API-Key` (an empty one
+ * counts as absent), with the header it came in; undefined when it has neither.
+ */
+export function credentialOf(
+  header: (name: string) => string | undefined,
+): { readonly header: string; readonly value: string } | undefined {
+  for (const name of credentialHeaders) {
+    const value = header(name)
+    if (value !== undefined && value !== '') return { header: name, value }
+  }
+  return undefined
+}
+
 /** The default scope: the hash of the request's credential, or `anonymous`. */
 export function credentialScope(request: IdempotencyRequest): string {
-  for (const name of credentialHeaders) {
-    const value = request.header(name)
-    if (value !== undefined && value !== '') return `credential:${sha256Hex(value)}`
-  }
-  return 'anonymous'
+  const credential = credentialOf((name) => request.header(name))
+  return credential === undefined ? 'anonymous' : `credential:${sha256Hex(credential.value)}`
 }
 
 /** Turns the `scope` option into a function, validating it. */

@@ -68,8 +68,9 @@ export function configForDisplay(config: ProxyConfig): Record<string, unknown> {
 }
 
 /**
- * Adds the route counters of several processes: requests, shadow and retry affinity counts
- * are summed, the examples merged (latest last, at most `keep`), targets and override taken from the first.
+ * Adds the route counters of several processes: requests, shadow and retry affinity counts are
+ * summed, the examples merged (latest last, at most `keep`), targets and override taken from
+ * the first.
  */
 export function mergeRoutes(workers: readonly WorkerRoutes[], keep = 50): RouteState[] {
   const merged = new Map<string, RouteState>()

@@ -29,8 +29,9 @@
 
 import type { Clock } from '../../core/clock.js'
 import { sha256Hex } from '../../idempotency/fingerprint.js'
-import { credentialHeaders } from '../../idempotency/scope.js'
+import { credentialOf } from '../../idempotency/scope.js'
 import type { RetryAffinityConfig } from '../contracts.js'
+import { headerValueOf } from './header-value.js'
 
 /** The settings a config file gets when it does not mention `retryAffinity`. */
 export const retryAffinityDefaults: RetryAffinityConfig = {
@@ -153,16 +154,6 @@ export class RetryPins {
   }
 }
 
-function headerValue(
-  headers: Readonly<Record<string, string | string[]>>,
-  name: string,
-): string | undefined {
-  const raw = headers[name]
-  if (raw === undefined) return undefined
-  const value = typeof raw === 'string' ? raw : raw.join(', ')
-  return value === '' ? undefined : value
-}
-
 /**
  * The pin key of a request: undefined without an affinity header (or with an empty one), else
  * the SHA-256 of the key together with who sent it, the way idempotency keys are scoped: the
@@ -177,16 +168,10 @@ export function retryKeyOf(
   stickyValue: string | undefined,
 ): string | undefined {
   if (config === undefined) return undefined
-  const key = headerValue(headers, config.header)
-  if (key === undefined) return undefined
-  let credential = ''
-  for (const name of credentialHeaders) {
-    const value = headerValue(headers, name)
-    if (value !== undefined) {
-      credential = `${name}:${value}`
-      break
-    }
-  }
+  const key = headerValueOf(headers, config.header)
+  if (key === undefined || key === '') return undefined
+  const credential = credentialOf((name) => headerValueOf(headers, name))
+  const client = credential === undefined ? '' : `${credential.header}:${credential.value}`
   // NUL cannot occur in header values, so the parts cannot run into each other.
-  return sha256Hex(`${credential}\u0000${stickyValue ?? ''}\u0000${key}`)
+  return sha256Hex(`${client}\u0000${stickyValue ?? ''}\u0000${key}`)
 }

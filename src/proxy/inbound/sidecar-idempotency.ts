@@ -32,6 +32,7 @@ import {
 import type { Logger } from '../../observability/logger.js'
 import { openDatabase } from '../../stores/index.js'
 import type { ForwardOptions, ForwardOutcome, RouteIdempotencyConfig } from '../contracts.js'
+import { headerValueOf } from './header-value.js'
 import type { InboundRequest } from './request.js'
 
 /** Options of {@link createSidecarIdempotency}. */
@@ -235,15 +236,6 @@ function holdBack(client: ServerResponse, source: ServerResponse, maxBytes: numb
   }
 }
 
-function headerOf(
-  headers: Readonly<Record<string, string | string[]>>,
-  name: string,
-): string | undefined {
-  const value = headers[name.toLowerCase()]
-  if (value === undefined) return undefined
-  return typeof value === 'string' ? value : value.join(', ')
-}
-
 const keepKey = { release: false } as const
 
 const unsentOnly: ForwardOptions = { unsafeRetry: 'unsent-only' }
@@ -287,7 +279,7 @@ class Sidecar implements SidecarIdempotency {
       // The normalized path, as routed and forwarded, so two spellings of one path are one
       // request.
       route: `${inbound.path}${inbound.query}`,
-      header: (name) => headerOf(inbound.headers, name),
+      header: (name) => headerValueOf(inbound.headers, name.toLowerCase()),
       body: inbound.body ?? emptyBody,
       signal: inbound.signal,
       native: inbound,

@@ -4,6 +4,7 @@
 // puts one user at the same point.
 
 import type { RouteConfig } from '../contracts.js'
+import { headerValueOf } from './header-value.js'
 
 const fnvOffset = 0x811c9dc5
 const fnvPrime = 0x01000193
@@ -80,12 +81,9 @@ export function stickyValueOf(
   headers: Readonly<Record<string, string | string[]>>,
 ): string | undefined {
   if (sticky === undefined) return undefined
-  let value: string | undefined
-  if ('header' in sticky) {
-    const raw = headers[sticky.header.toLowerCase()]
-    value = raw === undefined ? undefined : typeof raw === 'string' ? raw : raw.join(', ')
-  } else {
-    value = readCookie(headers.cookie, sticky.cookie)
-  }
+  const value =
+    'header' in sticky
+      ? headerValueOf(headers, sticky.header.toLowerCase())
+      : readCookie(headers.cookie, sticky.cookie)
   return value === '' ? undefined : value
 }
