@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { until as untilHolds } from '../support/until.js'
 
 // Real node:http servers on 127.0.0.1:0 for the client's integration tests. Each records what
 // it received, so tests can count hits and read the headers an attempt carried.
@@ -77,12 +78,8 @@ export async function closedPort(): Promise<number> {
 }
 
 /** Resolves when `condition` holds, polling on real time (for network I/O only). */
-export async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const start = Date.now()
-  while (!condition()) {
-    if (Date.now() - start > timeoutMs) throw new Error('until: condition not met in time')
-    await new Promise((resolve) => setTimeout(resolve, 2))
-  }
+export function until(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
+  return untilHolds(condition, 'condition', timeoutMs, 2)
 }
 
 /** A gate a handler can wait on; `open()` lets every waiter through. */

@@ -21,6 +21,7 @@ import {
 import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
 import type { RouteTable } from '../../../src/proxy/inbound/routes.js'
 import { createServiceRuntime, type UpstreamService } from '../../../src/proxy/upstream/index.js'
+import { until as untilHolds } from '../../support/until.js'
 import { serviceConfig as upstreamServiceConfig } from '../upstream/helpers.js'
 
 /** A request as an upstream saw it. */
@@ -195,11 +196,7 @@ export function gate(): { wait: Promise<void>; open(): void } {
   return { wait, open }
 }
 
-/** Polls `check` every 5 ms until it holds (bounded by the test timeout). */
-export async function until(check: () => boolean, what = 'condition'): Promise<void> {
-  const started = Date.now()
-  while (!check()) {
-    if (Date.now() - started > 10_000) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
+/** Polls `check` every 5 ms until it holds; fails, naming `what`, after 10 s. */
+export function until(check: () => boolean, what = 'condition'): Promise<void> {
+  return untilHolds(check, what, 10_000, 5)
 }

@@ -8,6 +8,7 @@ import {
   type ServerResponse,
 } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { until } from '../../support/until.js'
 
 /** A real upstream that answers `{ service, method, url, pid }` unless `hold` keeps it open. */
 export interface NamedUpstream {
@@ -104,17 +105,12 @@ export function http(
 }
 
 /** Polls `check` every 25 ms until it returns true, or fails after `timeoutMs`. */
-export async function eventually(
+export function eventually(
   check: () => boolean | Promise<boolean>,
   what: string,
   timeoutMs = 10_000,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    if (await check()) return
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 25))
-  }
+  return until(check, what, timeoutMs, 25)
 }
 
 /** A log output that keeps every line. */

@@ -17,6 +17,7 @@ import type {
 } from '../../../src/proxy/contracts.js'
 import { forwardableHeaders } from '../../../src/proxy/hop-by-hop.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
+import { until } from '../../support/until.js'
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] }
 
@@ -129,13 +130,11 @@ export async function startFront(service: ServiceRuntime, clock: Clock): Promise
 }
 
 /** Polls `check` on real time until it holds (for file watches and sockets, never for policy time). */
-export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 5_000) {
-  const start = Date.now()
-  for (;;) {
-    if (await check()) return
-    if (Date.now() - start > timeoutMs) throw new Error('condition not met in time')
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
+export function eventually(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 5_000,
+): Promise<void> {
+  return until(check, 'condition', timeoutMs, 10)
 }
 
 /** A ForwardRequest for calling a service directly (no front). */
