@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { type BrowserContext, chromium } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ensureChromium } from '../../../scripts/lib/chromium.mjs'
-import { type DemoRun, ensureShopBuilt, startDemo } from './support.js'
+import { type DemoRun, dashboardOf, ensureShopBuilt, startDemo } from './support.js'
 
 let browser: BrowserContext | undefined
 let profile: string
@@ -47,11 +47,9 @@ const numberIn = async (text: Promise<string | null>): Promise<number> =>
 describe('the shop dashboard in Chromium', () => {
   it('loads, shows live data, and taking payments down opens its breaker on screen', async () => {
     run = startDemo(['--duration', '0', '--chaos', 'none', '--rate', '5'])
-    const line = await run.line(/^dashboard: http/)
-    const url = /http:\/\/\S+/.exec(line)?.[0]
-    expect(url, line).toBeDefined()
+    const url = await dashboardOf(run)
     const page = await browser!.newPage()
-    await page.goto(url!)
+    await page.goto(url)
     await expect.poll(() => page.title()).toBe('breakwater shop')
 
     // Live: the orders counted from the databases go up while we watch.
