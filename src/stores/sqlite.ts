@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, realpathSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkObject, checkOneOf } from '../core/validate.js'
@@ -8,6 +8,7 @@ import { LruCache } from './lru.js'
 import { AsyncMutex } from './mutex.js'
 import { bindPositional, type PositionalSql, toPositional } from './placeholders.js'
 import { ScopedTransaction } from './scoped-transaction.js'
+import { type FileLock, fileLock } from './sqlite-file-lock.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from './types.js'
 
 /** The default database file of the embedded store. */
@@ -46,6 +47,8 @@ export interface SqliteDriverOptions {
 export interface BetterSqliteStatement {
   /** Whether the statement returns rows. */
   readonly reader: boolean
+  /** Whether the statement only reads the database. */
+  readonly readonly: boolean
   /** Runs the statement and returns every row. */
   all(...params: unknown[]): unknown[]
   /** Runs the statement and returns how many rows it changed. */
@@ -104,6 +107,15 @@ class SqliteStatements {
     return { rows: [], rowCount: Number(statement.run(args).changes) }
   }
 
+  /** Whether the statement may write (one that does not compile counts as a read: it throws). */
+  writes(sql: string): boolean {
+    try {
+      return !this.#get(sql).statement.readonly
+    } catch {
+      return false
+    }
+  }
+
   run(sql: string, params: readonly unknown[]): number {
     const { statement, translated } = this.#get(sql)
     return Number(statement.run(bindPositional(translated, params)).changes)
@@ -155,20 +167,27 @@ interface BetterSqliteConnection extends BetterSqliteDatabase {
  * A SQLite database through better-sqlite3: one connection, shared by every caller of this
  * driver. Statements run synchronously on Node's thread (they are fast: no network); a
  * transaction holds an in-process FIFO lock so nothing else of this driver runs while it is open.
- * Several processes may open the same file: WAL lets readers proceed while one writer works, and
- * `BEGIN IMMEDIATE` makes writers queue (up to `busyTimeoutMs`) instead of failing mid-way.
+ * Drivers of one process on the same file also share a write lock (see sqlite-file-lock.ts), so a
+ * second driver's write waits for the first one's transaction instead of freezing the thread in
+ * SQLite's busy wait; its reads go ahead (WAL). Several processes may open the same file: WAL lets readers proceed while one writer
+ * works, and `BEGIN IMMEDIATE` makes writers queue (up to `busyTimeoutMs`) instead of failing
+ * mid-way.
  */
 export class SqliteDriver implements SqlDriver {
   readonly dialect = 'sqlite' as const
   readonly #db: BetterSqliteConnection
   readonly #statements: SqliteStatements
   readonly #direct: SqlExecutor
+  /** Keeps everything else of this driver out while one of its transactions is open. */
   readonly #mutex = new AsyncMutex()
+  /** Shared by the drivers of this process on the same file: held by a write transaction. */
+  readonly #file: FileLock
   #closed = false
 
   /** @internal Use {@link createSqliteDriver}. */
-  constructor(db: BetterSqliteConnection, statementCacheSize: number) {
+  constructor(db: BetterSqliteConnection, statementCacheSize: number, file: FileLock) {
     this.#db = db
+    this.#file = file
     this.#statements = new SqliteStatements(db, statementCacheSize)
     this.#direct = directExecutor(this.#statements)
   }
@@ -177,86 +196,115 @@ export class SqliteDriver implements SqlDriver {
     sql: string,
     params: readonly unknown[] = emptyParams,
   ): Promise<R[]> {
-    if (this.#mutex.locked) return this.#queued(() => this.#statements.all(sql, params) as R[])
+    const run = () => this.#statements.all(sql, params) as R[]
+    if (this.#mustQueue(sql)) return this.#queued(run, this.#statements.writes(sql))
     if (this.#closed) return Promise.reject(new StoreClosedError('sqlite'))
-    return settle(() => this.#statements.all(sql, params) as R[])
+    return settle(run)
   }
 
   execute(sql: string, params: readonly unknown[] = emptyParams): Promise<{ rowCount: number }> {
-    if (this.#mutex.locked)
-      return this.#queued(() => ({ rowCount: this.#statements.run(sql, params) }))
+    const run = () => ({ rowCount: this.#statements.run(sql, params) })
+    if (this.#mustQueue(sql)) return this.#queued(run, this.#statements.writes(sql))
     if (this.#closed) return Promise.reject(new StoreClosedError('sqlite'))
-    return settle(() => ({ rowCount: this.#statements.run(sql, params) }))
+    return settle(run)
   }
 
-  async #queued<T>(run: () => T): Promise<T> {
-    this.#refuseReentry()
+  // A statement waits while this driver's transaction is open, and a write also while another
+  // driver of the file has one open (a read goes ahead: WAL readers never wait for a writer).
+  #mustQueue(sql: string): boolean {
+    return this.#mutex.locked || (this.#file.mutex.locked && this.#statements.writes(sql))
+  }
+
+  async #queued<T>(run: () => T, writes: boolean): Promise<T> {
+    this.#refuseReentry(writes)
     await this.#mutex.acquire()
     try {
-      if (this.#closed) throw new StoreClosedError('sqlite')
-      return run()
+      if (writes) await this.#file.mutex.acquire()
+      try {
+        if (this.#closed) throw new StoreClosedError('sqlite')
+        return run()
+      } finally {
+        if (writes) this.#file.mutex.release()
+      }
     } finally {
       this.#mutex.release()
     }
   }
 
-  #refuseReentry(): void {
+  #refuseReentry(writes: boolean): void {
     const current = currentTransaction.getStore()
-    if (current !== undefined && current.driver === this && current.tx.open) {
+    if (current === undefined || !current.tx.open) return
+    if (current.driver === this) {
       throw new TransactionMisuseError(
         'The SQLite driver was called from inside its own transaction; use the tx passed to the transaction callback (tx.transaction for a savepoint)',
+      )
+    }
+    if (writes && current.driver.#file.mutex === this.#file.mutex) {
+      throw new TransactionMisuseError(
+        'A second SQLite driver on the same file was asked to write from inside a transaction of the first, which it would wait for forever; use the tx passed to the transaction callback',
       )
     }
   }
 
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
-    this.#refuseReentry()
+    this.#refuseReentry(true)
     await this.#mutex.acquire()
     try {
-      if (this.#closed) throw new StoreClosedError('sqlite')
-      // IMMEDIATE takes the write lock now, so a concurrent writer in another process waits
-      // here (busy timeout) rather than failing at its first write with SQLITE_BUSY.
-      this.#db.exec('BEGIN IMMEDIATE')
-      // finish(): the last statement and COMMIT run at once (no round trips to save here, but
-      // the same semantics as on PostgreSQL: committed before finish() resolves).
-      let finished: { error?: unknown } | undefined
-      const tx = new ScopedTransaction(this.#direct, 0, (sql, params) => {
-        finished = {}
-        try {
-          const outcome = this.#statements.rowsAndCount(sql, params)
-          this.#db.exec('COMMIT')
-          return Promise.resolve(outcome)
-        } catch (error) {
-          this.#rollbackQuietly()
-          finished.error = error
-          return Promise.reject(error)
-        }
-      })
-      let result: T
+      // Always this driver's lock first, then the file's: no two drivers wait for each other.
+      // (Taken at once when free: no extra await on the common path.)
+      if (!this.#file.mutex.tryAcquire()) await this.#file.mutex.acquire()
       try {
-        result = await currentTransaction.run({ driver: this, tx }, () => fn(tx))
-      } catch (error) {
-        tx.end()
-        // After finish() there is nothing left to roll back (#rollbackQuietly checks).
-        this.#rollbackQuietly()
-        throw error
+        return await this.#transactionLocked(fn)
+      } finally {
+        this.#file.mutex.release()
       }
-      tx.end()
-      if (finished !== undefined) {
-        // A callback that swallowed finish()'s failure still must not look committed.
-        if (finished.error !== undefined) throw finished.error
-        return result
-      }
-      try {
-        this.#db.exec('COMMIT')
-      } catch (error) {
-        this.#rollbackQuietly()
-        throw error
-      }
-      return result
     } finally {
       this.#mutex.release()
     }
+  }
+
+  async #transactionLocked<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    if (this.#closed) throw new StoreClosedError('sqlite')
+    // IMMEDIATE takes the write lock now, so a concurrent writer in another process waits
+    // here (busy timeout) rather than failing at its first write with SQLITE_BUSY.
+    this.#db.exec('BEGIN IMMEDIATE')
+    // finish(): the last statement and COMMIT run at once (no round trips to save here, but
+    // the same semantics as on PostgreSQL: committed before finish() resolves).
+    let finished: { error?: unknown } | undefined
+    const tx = new ScopedTransaction(this.#direct, 0, (sql, params) => {
+      finished = {}
+      try {
+        const outcome = this.#statements.rowsAndCount(sql, params)
+        this.#db.exec('COMMIT')
+        return Promise.resolve(outcome)
+      } catch (error) {
+        this.#rollbackQuietly()
+        finished.error = error
+        return Promise.reject(error)
+      }
+    })
+    let result: T
+    try {
+      result = await currentTransaction.run({ driver: this, tx }, () => fn(tx))
+    } catch (error) {
+      tx.end()
+      // After finish() there is nothing left to roll back (#rollbackQuietly checks).
+      this.#rollbackQuietly()
+      throw error
+    }
+    tx.end()
+    if (finished !== undefined) {
+      // A callback that swallowed finish()'s failure still must not look committed.
+      if (finished.error !== undefined) throw finished.error
+      return result
+    }
+    try {
+      this.#db.exec('COMMIT')
+    } catch (error) {
+      this.#rollbackQuietly()
+      throw error
+    }
+    return result
   }
 
   // The caller's error is the one worth seeing; a failing ROLLBACK must not replace it.
@@ -281,6 +329,7 @@ export class SqliteDriver implements SqlDriver {
       this.#db.close()
     } finally {
       this.#mutex.release()
+      this.#file.release()
     }
   }
 }
@@ -319,7 +368,10 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
   }
   if (filename !== ':memory:') mkdirSync(dirname(filename), { recursive: true })
   const db = new Database(filename)
+  let fileKey: string | undefined
   try {
+    // The file exists now; its real path names it whatever relative path or link reached it.
+    fileKey = filename === ':memory:' ? undefined : realpathSync(filename)
     // The busy timeout goes first: switching to WAL takes a lock another process may hold.
     db.pragma(`busy_timeout = ${busyTimeoutMs}`)
     db.pragma('journal_mode = WAL')
@@ -329,7 +381,7 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
     db.close()
     throw error
   }
-  return new SqliteDriver(db, cacheSize)
+  return new SqliteDriver(db, cacheSize, fileLock(fileKey))
 }
 
 const wrappedStatements = new WeakMap<object, SqliteStatements>()

@@ -73,10 +73,4 @@ export async function send(
 }
 
 /** A promise with its resolver, for holding handlers at a chosen point. */
-export function gate(): { readonly promise: Promise<void>; open(): void } {
-  let open!: () => void
-  const promise = new Promise<void>((resolve) => {
-    open = resolve
-  })
-  return { promise, open }
-}
+export { gate } from '../support/gate.js'

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs'
+import { existsSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -6,6 +6,7 @@ import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { notify } from '../../src/stores/postgres.js'
 import { createSqliteDriver, type SqliteDriver } from '../../src/stores/sqlite.js'
 import type { SqlDriver, SqlExecutor } from '../../src/stores/types.js'
+import { gate } from '../support/gate.js'
 import { createTestSqlite, type TestSqlite } from '../support/sqlite.js'
 import { uniqueTable } from './drivers.js'
 
@@ -208,6 +209,99 @@ describe('SQLite driver', () => {
     expect(await reopened.query('SELECT id FROM t')).toEqual([{ id: 1 }])
     await reopened.close()
     own.cleanup()
+  })
+
+  describe('two drivers of one process on the same file', () => {
+    // Before drivers shared a lock per file, the second driver's write ran into SQLite's
+    // synchronous busy wait while the first held a transaction across an await: the thread
+    // froze for the whole busy timeout (the holder could never run to commit), then the write
+    // failed with "database is locked".
+    it('queue behind each other instead of freezing the thread, even through a symlink', async () => {
+      const own = createTestSqlite('shared-lock')
+      const link = join(own.filename, '..', 'link.db')
+      symlinkSync(own.filename, link)
+      const first = await createSqliteDriver({ filename: own.filename })
+      const second = await createSqliteDriver({ filename: link, busyTimeoutMs: 100 })
+      try {
+        await first.execute('CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT NOT NULL)')
+        const held = gate()
+        const inside = gate()
+        const order: string[] = []
+        const tx = first.transaction(async (t) => {
+          await t.execute('INSERT INTO t (id, who) VALUES (1, $1)', ['first'])
+          inside.open()
+          await held.promise
+          order.push('first commits')
+        })
+        await inside.promise
+        const write = second
+          .execute('INSERT INTO t (id, who) VALUES (2, $1)', ['second'])
+          .then(() => order.push('second wrote'))
+        const read = second.query<{ n: number }>('SELECT count(*) AS n FROM t')
+        // The thread is free: a timer runs while the second driver waits.
+        await new Promise((resolve) => setTimeout(resolve, 250))
+        order.push('timer ran')
+        held.open()
+        await Promise.all([tx, write])
+        expect(order).toEqual(['timer ran', 'first commits', 'second wrote'])
+        expect(await read).toEqual([{ n: 2 }])
+        expect(await first.query('SELECT id, who FROM t ORDER BY id')).toEqual([
+          { id: 1, who: 'first' },
+          { id: 2, who: 'second' },
+        ])
+      } finally {
+        await second.close()
+        await first.close()
+        own.cleanup()
+      }
+    })
+
+    it("refuse, by name, a write through the second driver inside the first one's transaction", async () => {
+      const own = createTestSqlite('shared-misuse')
+      const first = await createSqliteDriver({ filename: own.filename })
+      const second = await createSqliteDriver({ filename: own.filename })
+      try {
+        await first.execute('CREATE TABLE t (id INTEGER PRIMARY KEY)')
+        const inside = first.transaction(async (t) => {
+          await t.execute('INSERT INTO t (id) VALUES (1)')
+          // A read is fine: it sees what was committed before the transaction.
+          expect(await second.query('SELECT id FROM t')).toEqual([])
+          await second.execute('INSERT INTO t (id) VALUES (3)')
+        })
+        await expect(inside).rejects.toThrow(
+          /second SQLite driver on the same file was asked to write from inside a transaction of the first/,
+        )
+        // Rolled back, and both drivers still work.
+        expect(await second.query('SELECT id FROM t')).toEqual([])
+        await second.execute('INSERT INTO t (id) VALUES (2)')
+        expect(await first.query('SELECT id FROM t')).toEqual([{ id: 2 }])
+      } finally {
+        await second.close()
+        await first.close()
+        own.cleanup()
+      }
+    })
+
+    it('do not hold up drivers of other files', async () => {
+      const a = createTestSqlite('lock-a')
+      const b = createTestSqlite('lock-b')
+      const onA = await createSqliteDriver({ filename: a.filename })
+      const onB = await createSqliteDriver({ filename: b.filename })
+      try {
+        await onB.execute('CREATE TABLE t (id INTEGER PRIMARY KEY)')
+        let wroteOnB = false
+        await onA.transaction(async () => {
+          await onB.execute('INSERT INTO t (id) VALUES (1)')
+          wroteOnB = true
+        })
+        expect(wroteOnB).toBe(true)
+      } finally {
+        await onB.close()
+        await onA.close()
+        a.cleanup()
+        b.cleanup()
+      }
+    })
   })
 
   it('opens an in-memory database', async () => {
