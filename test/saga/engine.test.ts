@@ -17,6 +17,7 @@ import {
 } from '../../src/saga/index.js'
 import { claimInstances, definitionKeysParam, writeBatch } from '../../src/saga/store.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { gate } from '../support/gate.js'
 import { countRows, dbTargets, type TestDb } from './databases.js'
 
 /** A retryable failure, as a 503 would be. */
@@ -25,15 +26,6 @@ function transient(message: string): Error {
 }
 
 const noopAction = async () => undefined
-
-/** A promise with its resolver. */
-function gate(): { promise: Promise<void>; open(): void } {
-  let open!: () => void
-  const promise = new Promise<void>((resolve) => {
-    open = resolve
-  })
-  return { promise, open }
-}
 
 describe.each(dbTargets)('saga engine on $dialect', (target) => {
   let t: TestDb
