@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { type Delivery, KeyedDispatcher } from './dispatcher.js'
 import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
 import type { Broker, IncomingMessage, OutgoingMessage, Publisher, Subscriber } from './types.js'
@@ -125,7 +125,7 @@ export function resolveCommonOptions(
   const reconnectDelayMs = ms(`${prefix}.reconnectDelayMs`, options.reconnectDelayMs, 100, 1)
   return {
     url,
-    clock: options.clock ?? systemClock,
+    clock: checkClock(`${prefix}.clock`, options.clock),
     connectTimeoutMs: ms(`${prefix}.connectTimeoutMs`, options.connectTimeoutMs, 5_000, 1),
     publishTimeoutMs: ms(`${prefix}.publishTimeoutMs`, options.publishTimeoutMs, 10_000, 1),
     concurrency,

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
-import { type Clock, sleep, systemClock, type TimerHandle } from '../core/clock.js'
+import { type Clock, sleep, type TimerHandle } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import {
   type AppliedMigration,
   type Migration,
@@ -340,9 +340,7 @@ const maxDelay = 2_147_483_647
 
 function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOptions {
   checkObject('sqlQueue', options)
-  const clock = options.clock ?? systemClock
-  if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-    throw new InvalidOptionError('sqlQueue.clock', 'a Clock', clock)
+  const clock = checkClock('sqlQueue.clock', options.clock)
   if (options.listen !== undefined && typeof options.listen !== 'boolean')
     throw new InvalidOptionError('sqlQueue.listen', 'a boolean', options.listen)
   const listen = (options.listen ?? true) && typeof db.listen === 'function'
@@ -914,7 +912,7 @@ export async function pruneSqlQueue(
   options: PruneSqlQueueOptions = {},
 ): Promise<number> {
   checkObject('pruneSqlQueue', options)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   const olderThanMs = checkInteger(
     'pruneSqlQueue.olderThanMs',
     options.olderThanMs ?? 86_400_000,

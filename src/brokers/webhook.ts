@@ -2,9 +2,9 @@
 // dependency of breakwater, so nothing here is loaded lazily.
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { Pool } from 'undici'
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { pipeline } from '../policies/pipeline.js'
 import { type RetryOptions, retry } from '../policies/retry.js'
 import { timeout } from '../policies/timeout.js'
@@ -248,7 +248,7 @@ export function verifyWebhookSignature(
 ): WebhookVerification {
   checkObject('options', options)
   const toleranceMs = checkInteger('toleranceMs', options.toleranceMs ?? 300_000, 0)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   const secrets = (Array.isArray(secret) ? secret : [secret]).map((s, i) =>
     secretBytes(Array.isArray(secret) ? `secret[${i}]` : 'secret', s),
   )
@@ -398,9 +398,7 @@ class WebhookPublisher implements Publisher {
       extra[lower] = value
     }
     this.#headers = extra
-    this.#clock = options.clock ?? systemClock
-    if (typeof this.#clock?.now !== 'function')
-      throw new InvalidOptionError('webhook.clock', 'a Clock', options.clock)
+    this.#clock = checkClock('webhook.clock', options.clock)
     const attempt = timeout(attemptTimeoutMs, { clock: this.#clock })
     if (options.retry === false) {
       this.#policy = attempt

@@ -1,3 +1,4 @@
+import { type Clock, systemClock } from './clock.js'
 import { InvalidOptionError } from './errors.js'
 
 // Small validators for constructor options. They run once per factory call, never per
@@ -60,4 +61,23 @@ export function checkObject(option: string, value: unknown): Record<string, unkn
     throw new InvalidOptionError(option, 'an object', value)
   }
   return value as Record<string, unknown>
+}
+
+/**
+ * Returns `value` if it is a {@link Clock} (`now`, `setTimeout` and `clearTimeout` functions),
+ * `systemClock` when it is undefined, else throws naming `option`.
+ */
+export function checkClock(option: string, value: unknown): Clock {
+  if (value === undefined) return systemClock
+  const clock = value as Partial<Clock> | null
+  if (
+    typeof value !== 'object' ||
+    clock === null ||
+    typeof clock.now !== 'function' ||
+    typeof clock.setTimeout !== 'function' ||
+    typeof clock.clearTimeout !== 'function'
+  ) {
+    throw new InvalidOptionError(option, 'a Clock (now, setTimeout and clearTimeout)', value)
+  }
+  return value as Clock
 }

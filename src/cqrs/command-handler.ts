@@ -1,6 +1,6 @@
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { createIdempotency, type Idempotency } from '../idempotency/index.js'
 import { retry } from '../index.js'
 import type { Outbox, OutboxEvent } from '../outbox/index.js'
@@ -229,7 +229,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     checkFunction('decider.evolve', decider.evolve)
     checkFunction('decider.decide', decider.decide)
     this.#decider = options.decider
-    const clock = options.clock ?? systemClock
+    const clock = checkClock('clock', options.clock)
     const maxAttempts = checkInteger('maxAttempts', options.maxAttempts ?? 5, 1, 1000)
     const baseDelayMs = checkInteger('baseDelayMs', options.baseDelayMs ?? 5, 0)
     const maxDelayMs = checkInteger('maxDelayMs', options.maxDelayMs ?? 500, baseDelayMs)

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import { AppendBatcher, type AppendOutcome } from './append-batcher.js'
 import { WrongExpectedVersionError } from './errors.js'
@@ -246,10 +246,7 @@ export class EventStoreImpl implements EventStore {
     this.db = db
     this.dialect = db.dialect
     this.statements = cqrsStatements[db.dialect]
-    this.clock = options.clock ?? systemClock
-    if (typeof this.clock.now !== 'function') {
-      throw new InvalidOptionError('clock', 'a Clock', options.clock)
-    }
+    this.clock = checkClock('clock', options.clock)
     this.upcasters = new UpcasterChain(options.upcasters ?? [])
     const inline = options.inlineProjections ?? []
     if (!Array.isArray(inline)) {

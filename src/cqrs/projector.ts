@@ -1,6 +1,6 @@
-import { type Clock, sleep, systemClock } from '../core/clock.js'
+import { type Clock, sleep } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
 import type { SqlExecutor } from '../stores/index.js'
 import { type EventRow, type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
@@ -180,7 +180,7 @@ class SqlProjector implements Projector {
     )
     this.#onError =
       options.onError === undefined ? () => {} : checkFunction('onError', options.onError)
-    this.#clock = options.clock ?? systemClock
+    this.#clock = checkClock('clock', options.clock)
     this.#waker = new LogWaker(store, this.#clock, pollIntervalMs)
   }
 

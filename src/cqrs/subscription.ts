@@ -1,6 +1,6 @@
-import { type Clock, sleep, systemClock } from '../core/clock.js'
+import { type Clock, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import type { EventStoreImpl } from './event-store.js'
 import { failureDelayMs, LogWaker } from './follower.js'
 import type { RecordedEvent } from './types.js'
@@ -110,7 +110,7 @@ class StoreSubscription implements Subscription {
     )
     this.#onError =
       options.onError === undefined ? () => {} : checkFunction('onError', options.onError)
-    this.#clock = options.clock ?? systemClock
+    this.#clock = checkClock('clock', options.clock)
     this.#waker = new LogWaker(store, this.#clock, pollIntervalMs)
     this.#done = this.#run()
   }

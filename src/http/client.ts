@@ -1,6 +1,5 @@
-import { systemClock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkObject } from '../core/validate.js'
+import { checkClock, checkObject } from '../core/validate.js'
 import { HttpClientClosedError } from './errors.js'
 import { ClientEvents, type HttpEvents } from './events.js'
 import type { HttpClientOptions, HttpRequestOptions } from './options.js'
@@ -127,9 +126,7 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
     throw new InvalidOptionError('services', 'an object of service names to options', services)
   const names = Object.keys(services)
   if (names.length === 0) throw new InvalidOptionError('services', 'at least one service', services)
-  const clock = options.clock ?? systemClock
-  if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-    throw new InvalidOptionError('clock', 'a Clock', clock)
+  const clock = checkClock('clock', options.clock)
   const runtimes = new Map<string, ServiceRuntime>()
   try {
     for (const name of names) {

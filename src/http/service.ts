@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { Pool } from 'undici'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import {
   type Bulkhead,
   bulkhead,
@@ -156,9 +156,8 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     this.name = name
     this.#base = parseBaseUrl(`${prefix}.baseUrl`, options.baseUrl)
     this.baseUrl = this.#base.href
-    const clock = options.clock ?? clientClock
-    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-      throw new InvalidOptionError(`${prefix}.clock`, 'a Clock', clock)
+    const clock =
+      options.clock === undefined ? clientClock : checkClock(`${prefix}.clock`, options.clock)
     this.clock = clock
     const connectTimeoutMs = timeoutOption(prefix, 'connectTimeoutMs', options, 5_000)
     this.headersTimeoutMs = timeoutOption(prefix, 'headersTimeoutMs', options, 10_000)
@@ -560,7 +559,7 @@ function makeBudget(
   clock: Clock,
 ): RetryBudget | undefined {
   if (option === false) return undefined
-  if (option !== undefined && typeof (option as Partial<RetryBudget>).tryWithdraw === 'function')
+  if (typeof (option as Partial<RetryBudget> | null | undefined)?.tryWithdraw === 'function')
     return option as RetryBudget
   return createRetryBudget({ ...(checkObject('retryBudget', option ?? {}) as object), clock })
 }

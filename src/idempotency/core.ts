@@ -1,7 +1,13 @@
 import { randomUUID } from 'node:crypto'
-import { type Clock, sleep, systemClock } from '../core/clock.js'
+import { type Clock, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject, checkOneOf } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkObject,
+  checkOneOf,
+} from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
 import {
@@ -372,10 +378,7 @@ class IdempotencyCore implements Idempotency {
   constructor(options: IdempotencyOptions) {
     checkObject('options', options)
     this.store = resolveStore(options.store)
-    const clock = options.clock ?? systemClock
-    if (typeof clock?.now !== 'function' || typeof clock.setTimeout !== 'function') {
-      throw new InvalidOptionError('clock', 'a Clock', clock)
-    }
+    const clock = checkClock('clock', options.clock)
     this.#settings = {
       store: this.store,
       clock,

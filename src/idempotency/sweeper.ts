@@ -1,6 +1,6 @@
-import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import type { Clock, TimerHandle } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
 import { createSqlIdempotencyStore } from './sql-store.js'
 import type { IdempotencyStore } from './store.js'
@@ -71,7 +71,7 @@ export function sweepExpired(
 ): Promise<number> {
   checkObject('options', options)
   const { batchSize, maxBatches } = batchSettings(options)
-  return sweepBatches(storeOf(store), options.clock ?? systemClock, batchSize, maxBatches)
+  return sweepBatches(storeOf(store), checkClock('clock', options.clock), batchSize, maxBatches)
 }
 
 /** Options of {@link createSweeper}. */
@@ -111,7 +111,7 @@ export interface Sweeper {
 export function createSweeper(options: SweeperOptions): Sweeper {
   checkObject('options', options)
   const store = storeOf(options.store)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   const intervalMs = checkInteger('intervalMs', options.intervalMs ?? 60_000, 1)
   const { batchSize, maxBatches } = batchSettings(options)
   const onError =

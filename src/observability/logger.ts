@@ -1,6 +1,6 @@
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkObject, checkOneOf } from '../core/validate.js'
+import { checkClock, checkObject, checkOneOf } from '../core/validate.js'
 import { isSecretKey, normalizeKey, REDACTED, redactSecrets } from './redact.js'
 
 /** The severity of a log line, lowest first. */
@@ -282,9 +282,7 @@ export function createJsonLogger(options: JsonLoggerOptions = {}): Logger {
   const output = options.output ?? process.stdout
   if (typeof output !== 'object' || output === null || typeof output.write !== 'function')
     throw new InvalidOptionError('logger.output', 'an object with write()', output)
-  const clock = options.clock ?? systemClock
-  if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-    throw new InvalidOptionError('logger.clock', 'a Clock', clock)
+  const clock = checkClock('logger.clock', options.clock)
   const redactKeys = options.redactKeys ?? []
   if (!Array.isArray(redactKeys) || redactKeys.some((k) => typeof k !== 'string' || k === ''))
     throw new InvalidOptionError('logger.redactKeys', 'an array of field names', redactKeys)

@@ -1,6 +1,6 @@
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { notify, type SqlExecutor } from '../stores/index.js'
 import { listParam, OUTBOX_CHANNEL, outboxStatements } from './sql.js'
 
@@ -145,7 +145,7 @@ export async function outboxStats(
   db: SqlExecutor,
   options: { readonly clock?: Clock } = {},
 ): Promise<OutboxStats> {
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   const sql = outboxStatements[db.dialect]
   const counts = await db.query<{ pending: number | string; dead: number | string }>(sql.counts)
   const oldest = await db.query<{ created_at: number }>(sql.oldestPending)

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from '../brokers/types.js'
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { inboxStatements } from './sql.js'
 
@@ -51,9 +51,7 @@ class SqlInbox implements Inbox {
     if (typeof options.consumer !== 'string' || options.consumer === '')
       throw new InvalidOptionError('inbox.consumer', 'a non-empty string', options.consumer)
     this.consumer = options.consumer
-    const clock = options.clock ?? systemClock
-    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-      throw new InvalidOptionError('inbox.clock', 'a Clock', clock)
+    const clock = checkClock('inbox.clock', options.clock)
     this.#clock = clock
   }
 

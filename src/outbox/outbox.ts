@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import { context, propagation } from '@opentelemetry/api'
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkObject } from '../core/validate.js'
+import { checkClock, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { partitionOf } from './partition.js'
 import { OUTBOX_CHANNEL, outboxStatements } from './sql.js'
@@ -182,9 +182,7 @@ class SqlOutbox implements Outbox {
     this.#topic = topic
     this.#trace = checkBoolean('outbox.propagateTraceContext', options.propagateTraceContext, true)
     this.#notify = checkBoolean('outbox.notify', options.notify, true)
-    const clock = options.clock ?? systemClock
-    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-      throw new InvalidOptionError('outbox.clock', 'a Clock', clock)
+    const clock = checkClock('outbox.clock', options.clock)
     this.#clock = clock
   }
 

@@ -35,9 +35,15 @@
 
 import { randomUUID } from 'node:crypto'
 import type { OutgoingMessage, Publisher } from '../brokers/types.js'
-import { type Clock, sleep, systemClock, type TimerHandle } from '../core/clock.js'
+import { type Clock, sleep, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject, checkOneOf } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkObject,
+  checkOneOf,
+} from '../core/validate.js'
 import { type Backoff, type BackoffOptions, resolveBackoff } from '../policies/backoff.js'
 import {
   type CircuitBreaker,
@@ -420,9 +426,7 @@ class OutboxRelay implements Relay {
     )
       throw new InvalidOptionError('relay.publisher', 'a Publisher', publisher)
     this.#publisher = publisher
-    const clock = options.clock ?? systemClock
-    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-      throw new InvalidOptionError('relay.clock', 'a Clock', clock)
+    const clock = checkClock('relay.clock', options.clock)
     this.#clock = clock
     this.#batchSize = checkInteger('relay.batchSize', options.batchSize ?? 256, 1, 10_000)
     this.#roundSize = Math.max(1, Math.floor(this.#batchSize / 2))

@@ -1,6 +1,5 @@
-import { type Clock, systemClock } from '../core/clock.js'
-import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import type { Clock } from '../core/clock.js'
+import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
 import { checkBoolean } from './outbox.js'
 import { inboxStatements, listParam, outboxStatements } from './sql.js'
@@ -46,9 +45,7 @@ interface PruneSettings {
 /** Validates {@link PruneOutboxOptions} (named `<prefix>.<option>` in errors). */
 export function resolvePruneOptions(prefix: string, options: PruneOutboxOptions): PruneSettings {
   checkObject(prefix, options)
-  const clock = options.clock ?? systemClock
-  if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-    throw new InvalidOptionError(`${prefix}.clock`, 'a Clock', clock)
+  const clock = checkClock(`${prefix}.clock`, options.clock)
   return {
     olderThanMs: checkNumber(`${prefix}.olderThanMs`, options.olderThanMs ?? 86_400_000, 0),
     batchSize: checkInteger(`${prefix}.batchSize`, options.batchSize ?? 1000, 1, 100_000),
@@ -149,7 +146,7 @@ export interface PruneInboxOptions {
  */
 export async function pruneInbox(db: SqlDriver, options: PruneInboxOptions = {}): Promise<number> {
   checkObject('pruneInbox', options)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   const olderThanMs = checkNumber('pruneInbox.olderThanMs', options.olderThanMs ?? 604_800_000, 0)
   const batchSize = checkInteger('pruneInbox.batchSize', options.batchSize ?? 1000, 1, 100_000)
   const maxBatches = checkInteger('pruneInbox.maxBatches', options.maxBatches ?? 100, 1)

@@ -1,7 +1,7 @@
 import { type Counter, metrics } from '@opentelemetry/api'
-import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import type { Clock, TimerHandle } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import { parentOf } from './cancel-scope.js'
 import { BulkheadRejectedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
@@ -153,10 +153,7 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
       options.queueTimeoutMs === undefined
         ? undefined
         : checkNumber(`${prefix}.queueTimeoutMs`, options.queueTimeoutMs, 0)
-    const clock = options.clock ?? systemClock
-    if (typeof clock !== 'object' || clock === null || typeof clock.setTimeout !== 'function')
-      throw new InvalidOptionError(`${prefix}.clock`, 'a Clock', clock)
-    this.#clock = clock
+    this.#clock = checkClock(`${prefix}.clock`, options.clock)
     if (options.name !== undefined && typeof options.name !== 'string')
       throw new InvalidOptionError(`${prefix}.name`, 'a string', options.name)
     this.name = options.name

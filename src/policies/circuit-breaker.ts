@@ -1,7 +1,13 @@
 import { type Counter, metrics } from '@opentelemetry/api'
-import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import type { Clock, TimerHandle } from '../core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkNumber,
+  checkObject,
+} from '../core/validate.js'
 import {
   type BreakerWindow,
   type BreakerWindowOptions,
@@ -220,9 +226,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
 
   constructor(options: CircuitBreakerOptions) {
     checkObject('circuitBreaker', options)
-    const clock = options.clock ?? systemClock
-    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-      throw new InvalidOptionError('circuitBreaker.clock', 'a Clock', clock)
+    const clock = checkClock('circuitBreaker.clock', options.clock)
     this.#clock = clock
     this.#window = createBreakerWindow(
       options.window ?? { kind: 'consecutive', failures: 5 },

@@ -1,7 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, systemClock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkNumber, checkObject } from '../core/validate.js'
+import { checkClock, checkNumber, checkObject } from '../core/validate.js'
 import { CancelScope } from './cancel-scope.js'
 import { DeadlineExceededError } from './errors.js'
 import { type TimerEntry, timerQueueFor } from './timer-queue.js'
@@ -128,7 +128,10 @@ export async function withDeadline<T>(
   if (typeof fn !== 'function') throw new InvalidOptionError('withDeadline.fn', 'a function', fn)
   const parent = storage.getStore()
   checkObject('withDeadline.options', options)
-  const clock = options.clock ?? parent?.clock ?? systemClock
+  const clock =
+    options.clock === undefined
+      ? (parent?.clock ?? systemClock)
+      : checkClock('withDeadline.clock', options.clock)
   const atMs = clock.now() + ms
   if (parent !== undefined && parent.atMs <= atMs) return await fn()
   const deadline = new ScopedDeadline(atMs, clock)
@@ -255,7 +258,7 @@ export function adoptDeadline<T>(
   } catch (error) {
     return Promise.reject(error)
   }
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   if (ms === undefined) return run(fn)
   if (ms <= 0) return Promise.reject(new DeadlineExceededError(clock.now() + ms))
   return withDeadline(ms, fn, { clock })

@@ -1,6 +1,12 @@
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkNumber,
+  checkObject,
+} from '../core/validate.js'
 import type { CircuitBreaker } from './circuit-breaker.js'
 
 /** Options of {@link createKeyedBreakers}. */
@@ -79,9 +85,7 @@ class KeyedBreakerSet implements KeyedBreakers {
     this.#create = checkFunction('keyedBreakers.create', options.create)
     this.#maxKeys = checkInteger('keyedBreakers.maxKeys', options.maxKeys ?? 1000, 1)
     this.#idleMs = checkNumber('keyedBreakers.idleMs', options.idleMs ?? 600_000, 1)
-    const clock = options.clock ?? systemClock
-    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-      throw new InvalidOptionError('keyedBreakers.clock', 'a Clock', clock)
+    const clock = checkClock('keyedBreakers.clock', options.clock)
     this.#clock = clock
   }
 

@@ -1,5 +1,5 @@
-import { type Clock, systemClock } from '../core/clock.js'
-import { checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import type { Clock } from '../core/clock.js'
+import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
 
 /**
  * Limits retries to a share of the traffic, so that a struggling downstream is not hit by a
@@ -140,6 +140,6 @@ export function createRetryBudget(options: RetryBudgetOptions = {}): RetryBudget
     Math.round(ratio * unit),
     reserve,
     ttlMs,
-    options.clock ?? systemClock,
+    checkClock('retryBudget.clock', options.clock),
   )
 }

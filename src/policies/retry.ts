@@ -1,7 +1,13 @@
 import { metrics } from '@opentelemetry/api'
-import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import type { Clock, TimerHandle } from '../core/clock.js'
 import { AbortedError, BreakwaterError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkNumber,
+  checkObject,
+} from '../core/validate.js'
 import { type Backoff, type Jitter, maxTimerDelayMs, resolveBackoff } from './backoff.js'
 import {
   type AbortListener,
@@ -276,7 +282,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       checkFunction('retry.budget.tryWithdraw', budget.tryWithdraw)
     }
     this.#budget = options.budget
-    this.#clock = options.clock ?? systemClock
+    this.#clock = checkClock('retry.clock', options.clock)
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {

@@ -1,7 +1,7 @@
 import { metrics } from '@opentelemetry/api'
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { AbortedError, type BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkObject, checkOneOf } from '../core/validate.js'
+import { checkClock, checkObject, checkOneOf } from '../core/validate.js'
 import {
   type CancelParent,
   CancelScope,
@@ -344,5 +344,5 @@ export function timeout(timeoutMs: number, options: TimeoutOptions = {}): Timeou
   }
   checkObject('timeout', options)
   const mode = checkOneOf('timeout.mode', options.mode ?? 'cooperative', modes)
-  return new TimeoutPolicyImpl(timeoutMs, mode, options.clock ?? systemClock)
+  return new TimeoutPolicyImpl(timeoutMs, mode, checkClock('timeout.clock', options.clock))
 }

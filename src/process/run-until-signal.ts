@@ -1,6 +1,6 @@
-import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import type { Clock, TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 
 /** A started long-running service, as the `start` function of {@link runUntilSignal} returns it. */
 export interface RunningService {
@@ -137,7 +137,7 @@ export async function runUntilSignal(
   const target: SignalTarget = options.target ?? process
   if (typeof target?.on !== 'function' || typeof target.off !== 'function')
     throw new InvalidOptionError('runUntilSignal.target', 'an object with on() and off()', target)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
 
   const aborter = new AbortController()
   let received: NodeJS.Signals | undefined

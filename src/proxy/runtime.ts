@@ -9,9 +9,9 @@ import { type FSWatcher, watch } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { basename, dirname, resolve } from 'node:path'
-import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import type { Clock, TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { createJsonLogger, type Logger } from '../observability/logger.js'
 import {
   type Counter,
@@ -256,7 +256,7 @@ class ProxyRuntime implements ProxyInternals {
   #closed: Promise<void> | undefined
 
   constructor(options: StartProxyOptions) {
-    const clock = options.clock ?? systemClock
+    const clock = checkClock('clock', options.clock)
     const logger = options.logger ?? createJsonLogger({ clock, fields: { component: 'proxy' } })
     const metrics = options.metrics ?? createMetricsRegistry()
     this.#deps = { clock, logger, metrics }

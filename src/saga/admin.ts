@@ -1,6 +1,6 @@
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkObject, checkOneOf } from '../core/validate.js'
+import { checkClock, checkInteger, checkObject, checkOneOf } from '../core/validate.js'
 import { notify, type SqlDriver, type SqlExecutor } from '../stores/index.js'
 import { SagaNotFoundError, SagaStateConflictError } from './errors.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
@@ -218,7 +218,7 @@ export async function deliverReply(
   options: { readonly clock?: Clock } = {},
 ): Promise<DeliverReplyResult> {
   checkObject('options', options)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   const statements = sagaStatements[executor.dialect]
   const rows = await executor.query<SagaRow>(statements.selectOne, [sagaId])
   const row = rows[0]
@@ -249,7 +249,7 @@ function adminOptions(options: SagaAdminOptions): { now: number; by: string; rea
     throw new InvalidOptionError('options.by', 'a non-empty string', by)
   if (options.reason !== undefined && typeof options.reason !== 'string')
     throw new InvalidOptionError('options.reason', 'a string', options.reason)
-  const now = (options.clock ?? systemClock).now()
+  const now = checkClock('clock', options.clock).now()
   return options.reason === undefined ? { now, by } : { now, by, reason: options.reason }
 }
 

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from '../brokers/index.js'
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkObject } from '../core/validate.js'
 import {
   CAUSATION_ID_HEADER,
   CORRELATION_ID_HEADER,
@@ -226,7 +226,7 @@ export function sagaReplyHandler(
     consumer: options.consumer ?? 'saga-replies',
     ...(options.clock === undefined ? {} : { clock: options.clock }),
   })
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   const onIgnored = options.onIgnored ?? (() => {})
   return async (message) => {
     const sagaId = message.headers[CORRELATION_ID_HEADER]
@@ -345,7 +345,7 @@ export function createReactor(
   const reactions = checkObject('reactions', options.reactions)
   for (const [type, reaction] of Object.entries(reactions))
     checkFunction(`reactions.${type}`, reaction)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   const inbox = createInbox({ consumer: options.consumer, clock })
   const { outbox, tracker, consumer } = options
   return (message) =>
@@ -420,7 +420,7 @@ export async function emitEvent(
       correlationId: event.correlationId ?? id,
       type: event.type,
       ...(options.consumer === undefined ? {} : { source: options.consumer }),
-      at: (options.clock ?? systemClock).now(),
+      at: checkClock('clock', options.clock).now(),
     })
   }
   return id

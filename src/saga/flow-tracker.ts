@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
 import { sagaStatements } from './sql.js'
 
@@ -264,7 +264,7 @@ class SqlFlowTracker implements FlowTracker {
         throw new InvalidOptionError(`flows[${i}]`, 'a flow from defineFlow()', flow)
     })
     this.#flows = options.flows
-    this.#clock = options.clock ?? systemClock
+    this.#clock = checkClock('clock', options.clock)
   }
 
   async record(executor: SqlExecutor, event: TrackedEvent): Promise<boolean> {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkObject } from '../core/validate.js'
+import { checkClock, checkObject } from '../core/validate.js'
 import {
   type AppliedMigration,
   runMigrations,
@@ -110,7 +110,7 @@ export async function startSaga<I>(
     throw new InvalidOptionError('executor', 'a SqlExecutor (driver or transaction)', executor)
   const saga = compiledSaga(definition)
   const id = options.id === undefined ? randomUUID() : checkSagaId('options.id', options.id)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   const now = clock.now()
   const created = await insertInstance(
     executor,

@@ -1,8 +1,8 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
-import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
+import type { Clock, TimerHandle } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { EventSource } from '../index.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import { getSaga } from './admin.js'
@@ -236,10 +236,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     this.#keepAlive = options.keepAlive ?? true
     this.faults =
       options.faults === undefined ? undefined : checkFunction<SagaFaults>('faults', options.faults)
-    const clock = options.clock ?? systemClock
-    if (typeof clock !== 'object' || clock === null || typeof clock.now !== 'function')
-      throw new InvalidOptionError('clock', 'a Clock', clock)
-    this.clock = clock
+    this.clock = checkClock('clock', options.clock)
   }
 
   get state(): SagaWorkerState {

@@ -1,5 +1,6 @@
-import { type Clock, systemClock } from '../core/clock.js'
+import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { checkClock } from '../core/validate.js'
 import { MigrationConflictError } from './errors.js'
 import type { SqlDriver, SqlExecutor } from './types.js'
 
@@ -97,7 +98,7 @@ export async function runMigrations(
     throw new InvalidOptionError('capability', 'a kebab-case name', capability)
   }
   const ordered = checkMigrations(capability, migrations)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   return db.transaction(async (tx) => {
     if (tx.dialect === 'postgres') {
       await tx.query(`SELECT pg_advisory_xact_lock(${advisoryLockKey})`)

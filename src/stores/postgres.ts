@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
-import { type Clock, sleep, systemClock } from '../core/clock.js'
+import { type Clock, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './errors.js'
 import { LruCache } from './lru.js'
 import { redactUrl } from './redact.js'
@@ -597,7 +597,7 @@ export async function createPostgresDriver(
   }
   const baseMs = checkInteger('listenRetryBaseMs', options.listenRetryBaseMs ?? 100, 1)
   const maxMs = checkInteger('listenRetryMaxMs', options.listenRetryMaxMs ?? 5_000, baseMs)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
 
   const pg = await loadPg()
   const types = breakwaterTypes(pg.types)

@@ -5,9 +5,9 @@
 // crashed and was restarted gets them again.
 
 import type { Worker } from 'node:cluster'
-import { type Clock, systemClock, type TimerHandle } from '../../core/clock.js'
+import type { Clock, TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
-import { checkInteger } from '../../core/validate.js'
+import { checkClock, checkInteger } from '../../core/validate.js'
 import type { Logger } from '../../observability/logger.js'
 import type { MetricsRegistry } from '../../observability/metrics.js'
 import { ConfigInvalidError, type ConfigProblem } from '../config/errors.js'
@@ -186,7 +186,7 @@ export interface ClusterBackend extends AdminBackend {
  * validated in the primary first, so an invalid file never reaches the workers.
  */
 export function createClusterBackend(options: ClusterBackendOptions): ClusterBackend {
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   const timeoutMs = checkInteger('commandTimeoutMs', options.commandTimeoutMs ?? 10_000, 1, 600_000)
   const log = options.logger
   const workers = new Map<number, { worker: Worker; ready: boolean }>()

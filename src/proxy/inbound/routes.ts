@@ -2,8 +2,9 @@
 // written), which target service it goes to (weighted, sticky when configured), live overrides
 // from the admin API, and the per-route counters the admin API and metrics read.
 
-import { type Clock, systemClock } from '../../core/clock.js'
+import type { Clock } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
+import { checkClock } from '../../core/validate.js'
 import type { RouteConfig, RouteState, RouteTargetConfig } from '../contracts.js'
 import { RetryPins } from './retry-affinity.js'
 import { ShadowStats } from './shadow.js'
@@ -279,7 +280,7 @@ class Table implements RouteTable {
       throw new InvalidOptionError('routes', 'an array of routes', configs)
     }
     const previous = options.previous instanceof Table ? options.previous.#byName : undefined
-    const clock = options.clock ?? systemClock
+    const clock = checkClock('clock', options.clock)
     const onPinReached = options.onPinReached
     this.routes = configs.map((config, i) => {
       const entry = new RouteEntry(config, i, previous?.get(config?.name), clock)

@@ -3,9 +3,8 @@
 // with configured ignores and learned noise removed, and mismatches are counted per route with
 // the latest examples kept. Nothing here can delay, change or fail the client's response.
 
-import { type Clock, systemClock } from '../../core/clock.js'
-import { InvalidOptionError } from '../../core/errors.js'
-import { checkInteger } from '../../core/validate.js'
+import type { Clock } from '../../core/clock.js'
+import { checkClock, checkInteger } from '../../core/validate.js'
 import type { Logger } from '../../observability/logger.js'
 import {
   type Counter,
@@ -228,9 +227,7 @@ class Runner implements ShadowRunner {
   constructor(options: ShadowRunnerOptions) {
     this.#max = checkInteger('shadow.maxInFlight', options.maxInFlight ?? 32, 1)
     this.maxBodyBytes = checkInteger('shadow.maxBodyBytes', options.maxBodyBytes ?? 1_048_576, 0)
-    const clock = options.clock ?? systemClock
-    if (typeof clock?.now !== 'function') throw new InvalidOptionError('clock', 'a Clock', clock)
-    this.#clock = clock
+    this.#clock = checkClock('clock', options.clock)
     this.#logger = options.logger
     this.#comparisons =
       options.metrics === undefined ? undefined : comparisonsCounter(options.metrics)

@@ -19,9 +19,9 @@
 // refused or timed out, breaker open, bulkhead full, no endpoints) release it at once.
 
 import { ServerResponse } from 'node:http'
-import { type Clock, systemClock } from '../../core/clock.js'
+import type { Clock } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
-import { checkInteger, checkObject } from '../../core/validate.js'
+import { checkClock, checkInteger, checkObject } from '../../core/validate.js'
 import {
   createIdempotency,
   createMemoryIdempotencyStore,
@@ -259,7 +259,7 @@ class Sidecar implements SidecarIdempotency {
     this.#leaseMs = checkInteger('leaseMs', options.leaseMs ?? 60_000, 1)
     this.#retryAfterMs = checkInteger('retryAfterMs', options.retryAfterMs ?? 1_000, 0)
     this.#maxBytes = checkInteger('maxResponseBytes', options.maxResponseBytes ?? 1_048_576, 0)
-    this.#clock = options.clock ?? systemClock
+    this.#clock = checkClock('clock', options.clock)
     this.#logger = options.logger
   }
 
@@ -422,7 +422,7 @@ export async function openProxyIdempotency(
   url: string,
   options: { readonly clock?: Clock } = {},
 ): Promise<ProxyIdempotencyStore> {
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('clock', options.clock)
   if (url === 'memory') {
     return {
       idempotency: createIdempotency({ store: createMemoryIdempotencyStore(), clock }),
