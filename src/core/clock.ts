@@ -17,20 +17,55 @@ export interface Clock {
   clearTimeout(handle: TimerHandle): void
 }
 
+/** The longest delay Node's timers honour; a longer one fires after 1 ms instead. */
+const maxTimerMs = 2_147_483_647
+
+// A timer longer than Node allows, armed in slices of at most maxTimerMs until its time.
+class LongTimer {
+  handle: ReturnType<typeof globalThis.setTimeout> | undefined
+
+  constructor(
+    readonly callback: () => void,
+    readonly atMs: number,
+  ) {
+    this.arm()
+  }
+
+  arm(): void {
+    const leftMs = this.atMs - Date.now()
+    // Infinity never fires: no slice is armed at all.
+    if (leftMs === Number.POSITIVE_INFINITY) return
+    this.handle = globalThis.setTimeout(
+      () => (leftMs > maxTimerMs ? this.arm() : this.callback()),
+      Math.min(leftMs, maxTimerMs),
+    )
+    this.handle.unref?.()
+  }
+
+  clear(): void {
+    if (this.handle !== undefined) globalThis.clearTimeout(this.handle)
+    this.handle = undefined
+  }
+}
+
 /**
  * The real clock. It looks the globals up at call time (not at import), so
- * `vi.useFakeTimers()` and `@sinonjs/fake-timers` also drive code that uses it.
+ * `vi.useFakeTimers()` and `@sinonjs/fake-timers` also drive code that uses it. Unlike Node's
+ * own timers it honours any delay: longer than about 24.8 days (2^31 - 1 ms, where Node would
+ * fire after 1 ms), and `Infinity` (never).
  */
 export const systemClock: Clock = {
   now: () => Date.now(),
   setTimeout(callback, delayMs) {
+    if (delayMs > maxTimerMs) return new LongTimer(callback, Date.now() + delayMs)
     const handle = globalThis.setTimeout(callback, delayMs)
     // Pending policy timers (breaker cooldowns, backoff) must never hold a process open.
     handle.unref?.()
     return handle
   },
   clearTimeout(handle) {
-    globalThis.clearTimeout(handle as ReturnType<typeof globalThis.setTimeout>)
+    if (handle instanceof LongTimer) handle.clear()
+    else globalThis.clearTimeout(handle as ReturnType<typeof globalThis.setTimeout>)
   },
 }
 

@@ -113,7 +113,8 @@ export function retryAfterMsOf(error: unknown, nowMs: number): number | undefine
 export function parseRetryAfter(value: unknown, nowMs: number): number | undefined {
   if (typeof value !== 'string' || value.trim() === '') return undefined
   const trimmed = value.trim()
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000
+  // Seconds; an absurd count (a hostile or broken server) still gives a finite wait.
+  if (/^\d+$/.test(trimmed)) return Math.min(Number(trimmed) * 1000, Number.MAX_SAFE_INTEGER)
   const at = Date.parse(trimmed)
   if (Number.isNaN(at)) return undefined
   return Math.max(0, at - nowMs)

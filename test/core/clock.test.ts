@@ -1,0 +1,66 @@
+// The system clock honours any delay. Node's own timers fire a delay above 2^31 - 1 ms (about
+// 24.8 days) after 1 ms instead, with only a warning: a breaker cooldown, a backoff ceiling or
+// a server's Retry-After that large would have turned "much later" into "now". Driven by
+// vitest's fake timers, which systemClock picks up because it reads the globals at call time.
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import { sleep, systemClock } from '../../src/index.js'
+
+const maxNodeTimerMs = 2 ** 31 - 1
+
+describe('systemClock timers', () => {
+  beforeEach(() => {
+    vi.useFakeTimers({ now: 1_000_000 })
+  })
+  afterEach(() => {
+    vi.useRealTimers()
+  })
+
+  it('fires a delay longer than Node allows at its time, not after 1 ms', () => {
+    const fired: number[] = []
+    const delayMs = 3 * maxNodeTimerMs + 12_345
+    systemClock.setTimeout(() => fired.push(Date.now()), delayMs)
+    vi.advanceTimersByTime(1)
+    expect(fired).toEqual([])
+    vi.advanceTimersByTime(delayMs - 2)
+    expect(fired).toEqual([])
+    vi.advanceTimersByTime(1)
+    expect(fired).toEqual([1_000_000 + delayMs])
+  })
+
+  it('cancels a long timer in any of its slices', () => {
+    let fired = false
+    const handle = systemClock.setTimeout(
+      () => {
+        fired = true
+      },
+      2 * maxNodeTimerMs + 5,
+    )
+    vi.advanceTimersByTime(maxNodeTimerMs + 10)
+    systemClock.clearTimeout(handle)
+    vi.advanceTimersByTime(3 * maxNodeTimerMs)
+    expect(fired).toBe(false)
+    expect(vi.getTimerCount()).toBe(0)
+  })
+
+  it('never fires an infinite delay, and a sleep that long ends only by its signal', async () => {
+    let fired = false
+    systemClock.setTimeout(() => {
+      fired = true
+    }, Number.POSITIVE_INFINITY)
+    vi.advanceTimersByTime(10 * maxNodeTimerMs)
+    expect(fired).toBe(false)
+    const stop = new AbortController()
+    const slept = sleep(systemClock, Number.POSITIVE_INFINITY, stop.signal)
+    vi.advanceTimersByTime(10 * maxNodeTimerMs)
+    stop.abort()
+    await expect(slept).rejects.toMatchObject({ code: 'ABORTED' })
+  })
+
+  it('keeps ordinary delays on one Node timer', () => {
+    let fired = 0
+    systemClock.setTimeout(() => fired++, 250)
+    expect(vi.getTimerCount()).toBe(1)
+    vi.advanceTimersByTime(250)
+    expect(fired).toBe(1)
+  })
+})
