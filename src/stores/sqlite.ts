@@ -216,7 +216,14 @@ export class SqliteDriver implements SqlDriver {
   }
 
   async #queued<T>(run: () => T, writes: boolean): Promise<T> {
-    this.#refuseReentry(writes)
+    if (this.#refuseReentry(writes) && !this.#db.inTransaction) {
+      // A read from inside another driver's transaction on this file. That transaction holds
+      // the file's write lock, so this connection has none open (it would need the lock) and
+      // the read can run at once; queueing could put it behind a write of this driver that
+      // waits for that very transaction.
+      if (this.#closed) throw new StoreClosedError('sqlite')
+      return run()
+    }
     await this.#mutex.acquire()
     try {
       if (writes) await this.#file.mutex.acquire()
@@ -231,19 +238,25 @@ export class SqliteDriver implements SqlDriver {
     }
   }
 
-  #refuseReentry(writes: boolean): void {
+  /**
+   * Throws when the call would wait for a transaction that waits for it; returns true for a
+   * read from inside a transaction of another driver on the same file.
+   */
+  #refuseReentry(writes: boolean): boolean {
     const current = currentTransaction.getStore()
-    if (current === undefined || !current.tx.open) return
+    if (current === undefined || !current.tx.open) return false
     if (current.driver === this) {
       throw new TransactionMisuseError(
         'The SQLite driver was called from inside its own transaction; use the tx passed to the transaction callback (tx.transaction for a savepoint)',
       )
     }
-    if (writes && current.driver.#file.mutex === this.#file.mutex) {
+    if (current.driver.#file.mutex !== this.#file.mutex) return false
+    if (writes) {
       throw new TransactionMisuseError(
         'A second SQLite driver on the same file was asked to write from inside a transaction of the first, which it would wait for forever; use the tx passed to the transaction callback',
       )
     }
+    return true
   }
 
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {

@@ -282,6 +282,45 @@ describe('SQLite driver', () => {
       }
     })
 
+    it("let a read through the second driver run inside the first one's transaction, even with a write of the second queued", async () => {
+      const own = createTestSqlite('shared-read')
+      const first = await createSqliteDriver({ filename: own.filename })
+      const second = await createSqliteDriver({ filename: own.filename })
+      try {
+        await first.execute('CREATE TABLE t (id INTEGER PRIMARY KEY)')
+        await first.execute('INSERT INTO t (id) VALUES (1)')
+        const inside = gate()
+        const proceed = gate()
+        const tx = first.transaction(async (t) => {
+          await t.execute('INSERT INTO t (id) VALUES (2)')
+          inside.open()
+          await proceed.promise
+          // The second driver's queue holds its write, which waits for this transaction: the
+          // read must not wait in that queue.
+          const read = second.query<{ id: number }>('SELECT id FROM t ORDER BY id')
+          const outcome = await Promise.race([
+            read,
+            new Promise((resolve) => setTimeout(() => resolve('still waiting'), 1_000)),
+          ])
+          expect(outcome).toEqual([{ id: 1 }])
+        })
+        await inside.promise
+        const write = second.execute('INSERT INTO t (id) VALUES (3)')
+        proceed.open()
+        await tx
+        await write
+        expect(await second.query('SELECT id FROM t ORDER BY id')).toEqual([
+          { id: 1 },
+          { id: 2 },
+          { id: 3 },
+        ])
+      } finally {
+        await second.close()
+        await first.close()
+        own.cleanup()
+      }
+    })
+
     it('do not hold up drivers of other files', async () => {
       const a = createTestSqlite('lock-a')
       const b = createTestSqlite('lock-b')
