@@ -28,8 +28,10 @@ export const errorCodes = {
   DRIVER_MISSING:
     'A driver package (better-sqlite3, pg, nats, amqplib or ioredis) is not installed.',
   STORE_CLOSED: 'A statement was sent to a database driver after close() was called.',
+  STORE_BUSY:
+    'A SQLite write waited longer than busyTimeoutMs for a transaction of another driver of the same process on the same file; retryable.',
   TRANSACTION_MISUSE:
-    'A transaction executor was used after its transaction ended, or a SQLite driver was called from inside its own transaction.',
+    'A transaction executor was used after its transaction ended, or a SQLite driver was called from inside its own transaction (or asked to write from inside the transaction of another driver on the same file).',
   MIGRATION_CONFLICT:
     'An applied migration has a different name than the migration with the same capability and version in code.',
   BROKER_UNAVAILABLE:

@@ -23,6 +23,20 @@ export class StoreClosedError extends BreakwaterError {
 }
 
 /**
+ * A SQLite write waited longer than `busyTimeoutMs` for the write lock that drivers of one
+ * process share per file (held by another driver's transaction). Retryable.
+ */
+export class StoreBusyError extends BreakwaterError {
+  constructor(timeoutMs: number) {
+    super(
+      'STORE_BUSY',
+      `database is locked: another SQLite driver of this process on the same file held a transaction open for more than busyTimeoutMs (${timeoutMs} ms)`,
+      { retryable: true },
+    )
+  }
+}
+
+/**
  * A transaction executor was used after its transaction ended, or a SQLite driver was called
  * from inside its own open transaction (which would otherwise wait forever).
  */
@@ -61,7 +75,10 @@ export type SqlErrorKind =
   | 'unique-violation'
   /** A serialization failure or deadlock (PostgreSQL 40001/40P01): retry the transaction. */
   | 'serialization-failure'
-  /** The database was locked past the busy timeout (SQLite `SQLITE_BUSY`), or a lock timed out. */
+  /**
+   * The database was locked past the busy timeout (SQLite `SQLITE_BUSY`, breakwater's
+   * `STORE_BUSY`), or a lock timed out.
+   */
   | 'busy'
   /** Anything else. */
   | 'other'
@@ -86,7 +103,12 @@ export function sqlErrorKind(error: unknown): SqlErrorKind {
   )
     return 'unique-violation'
   if (code === '40001' || code === '40P01') return 'serialization-failure'
-  if (code === '55P03' || code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'))
+  if (
+    code === '55P03' ||
+    code === 'STORE_BUSY' ||
+    code.startsWith('SQLITE_BUSY') ||
+    code.startsWith('SQLITE_LOCKED')
+  )
     return 'busy'
   return 'other'
 }

@@ -5,6 +5,7 @@ export type { SqlErrorKind } from './errors.js'
 export {
   DriverMissingError,
   MigrationConflictError,
+  StoreBusyError,
   StoreClosedError,
   sqlErrorKind,
   TransactionMisuseError,

@@ -5,7 +5,7 @@
  */
 export class AsyncMutex {
   #locked = false
-  #waiters: Array<() => void> = []
+  #waiters: Waiter[] = []
   #head = 0
 
   /** True while someone holds the lock. */
@@ -24,13 +24,35 @@ export class AsyncMutex {
   acquire(): Promise<void> {
     if (this.tryAcquire()) return Promise.resolve()
     return new Promise<void>((resolve) => {
-      this.#waiters.push(resolve)
+      this.#waiters.push({ grant: resolve, gaveUp: false })
+    })
+  }
+
+  /**
+   * Resolves to true once the caller holds the lock, or to false (without it) when `timeoutMs`
+   * passed first: the waiter then leaves the queue.
+   */
+  acquireWithin(timeoutMs: number): Promise<boolean> {
+    if (this.tryAcquire()) return Promise.resolve(true)
+    return new Promise<boolean>((resolve) => {
+      const waiter: Waiter = {
+        grant: () => {
+          clearTimeout(timer)
+          resolve(true)
+        },
+        gaveUp: false,
+      }
+      const timer = setTimeout(() => {
+        waiter.gaveUp = true
+        resolve(false)
+      }, timeoutMs)
+      this.#waiters.push(waiter)
     })
   }
 
   /** Hands the lock to the next waiter, or frees it. */
   release(): void {
-    if (this.#head < this.#waiters.length) {
+    while (this.#head < this.#waiters.length) {
       const next = this.#waiters[this.#head]!
       this.#head++
       // Compact now and then so a long-lived mutex does not keep every served waiter.
@@ -38,10 +60,17 @@ export class AsyncMutex {
         this.#waiters = this.#waiters.slice(this.#head)
         this.#head = 0
       }
+      if (next.gaveUp) continue
       // The lock passes directly to the waiter: `locked` stays true, so nobody can barge in.
-      next()
+      next.grant()
       return
     }
     this.#locked = false
   }
+}
+
+interface Waiter {
+  readonly grant: () => void
+  /** Set when acquireWithin timed out: the lock must not be handed to it any more. */
+  gaveUp: boolean
 }

@@ -3,7 +3,12 @@ import { mkdirSync, realpathSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkObject, checkOneOf } from '../core/validate.js'
-import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './errors.js'
+import {
+  DriverMissingError,
+  StoreBusyError,
+  StoreClosedError,
+  TransactionMisuseError,
+} from './errors.js'
 import { LruCache } from './lru.js'
 import { AsyncMutex } from './mutex.js'
 import { bindPositional, type PositionalSql, toPositional } from './placeholders.js'
@@ -24,7 +29,9 @@ export interface SqliteDriverOptions {
   readonly filename?: string
   /**
    * How long a statement waits for another process's write lock before failing with
-   * `SQLITE_BUSY`. better-sqlite3 is synchronous: while it waits, this thread is blocked.
+   * `SQLITE_BUSY`. better-sqlite3 is synchronous: while it waits, this thread is blocked. A
+   * write that waits for another driver of this process on the same file waits without
+   * blocking, as long at most, then fails with `STORE_BUSY`.
    * @default 5000
    */
   readonly busyTimeoutMs?: number
@@ -182,12 +189,19 @@ export class SqliteDriver implements SqlDriver {
   readonly #mutex = new AsyncMutex()
   /** Shared by the drivers of this process on the same file: held by a write transaction. */
   readonly #file: FileLock
+  readonly #busyTimeoutMs: number
   #closed = false
 
   /** @internal Use {@link createSqliteDriver}. */
-  constructor(db: BetterSqliteConnection, statementCacheSize: number, file: FileLock) {
+  constructor(
+    db: BetterSqliteConnection,
+    statementCacheSize: number,
+    file: FileLock,
+    busyTimeoutMs: number,
+  ) {
     this.#db = db
     this.#file = file
+    this.#busyTimeoutMs = busyTimeoutMs
     this.#statements = new SqliteStatements(db, statementCacheSize)
     this.#direct = directExecutor(this.#statements)
   }
@@ -226,7 +240,7 @@ export class SqliteDriver implements SqlDriver {
     }
     await this.#mutex.acquire()
     try {
-      if (writes) await this.#file.mutex.acquire()
+      if (writes) await this.#takeFileLock()
       try {
         if (this.#closed) throw new StoreClosedError('sqlite')
         return run()
@@ -259,13 +273,21 @@ export class SqliteDriver implements SqlDriver {
     return true
   }
 
+  // Waits for another driver's transaction as SQLite waits for another process's: up to the
+  // busy timeout.
+  async #takeFileLock(): Promise<void> {
+    if (!(await this.#file.mutex.acquireWithin(this.#busyTimeoutMs))) {
+      throw new StoreBusyError(this.#busyTimeoutMs)
+    }
+  }
+
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     this.#refuseReentry(true)
     await this.#mutex.acquire()
     try {
       // Always this driver's lock first, then the file's: no two drivers wait for each other.
       // (Taken at once when free: no extra await on the common path.)
-      if (!this.#file.mutex.tryAcquire()) await this.#file.mutex.acquire()
+      if (!this.#file.mutex.tryAcquire()) await this.#takeFileLock()
       try {
         return await this.#transactionLocked(fn)
       } finally {
@@ -394,7 +416,7 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
     db.close()
     throw error
   }
-  return new SqliteDriver(db, cacheSize, fileLock(fileKey))
+  return new SqliteDriver(db, cacheSize, fileLock(fileKey), busyTimeoutMs)
 }
 
 const wrappedStatements = new WeakMap<object, SqliteStatements>()

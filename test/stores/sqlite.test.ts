@@ -1,8 +1,9 @@
 import { existsSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import fc from 'fast-check'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
+import { sqlErrorKind } from '../../src/stores/errors.js'
 import { notify } from '../../src/stores/postgres.js'
 import { createSqliteDriver, type SqliteDriver } from '../../src/stores/sqlite.js'
 import type { SqlDriver, SqlExecutor } from '../../src/stores/types.js'
@@ -221,7 +222,7 @@ describe('SQLite driver', () => {
       const link = join(own.filename, '..', 'link.db')
       symlinkSync(own.filename, link)
       const first = await createSqliteDriver({ filename: own.filename })
-      const second = await createSqliteDriver({ filename: link, busyTimeoutMs: 100 })
+      const second = await createSqliteDriver({ filename: link, busyTimeoutMs: 2_000 })
       try {
         await first.execute('CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT NOT NULL)')
         const held = gate()
@@ -238,12 +239,13 @@ describe('SQLite driver', () => {
           .execute('INSERT INTO t (id, who) VALUES (2, $1)', ['second'])
           .then(() => order.push('second wrote'))
         const read = second.query<{ n: number }>('SELECT count(*) AS n FROM t')
-        // The thread is free: a timer runs while the second driver waits.
-        await new Promise((resolve) => setTimeout(resolve, 250))
-        order.push('timer ran')
+        // The thread is free: the event loop goes round while the second driver waits (before
+        // drivers shared the lock, the write blocked right here in SQLite's busy wait).
+        for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve))
+        order.push('event loop ran')
         held.open()
         await Promise.all([tx, write])
-        expect(order).toEqual(['timer ran', 'first commits', 'second wrote'])
+        expect(order).toEqual(['event loop ran', 'first commits', 'second wrote'])
         expect(await read).toEqual([{ n: 2 }])
         expect(await first.query('SELECT id, who FROM t ORDER BY id')).toEqual([
           { id: 1, who: 'first' },
@@ -314,6 +316,47 @@ describe('SQLite driver', () => {
           { id: 2 },
           { id: 3 },
         ])
+      } finally {
+        await second.close()
+        await first.close()
+        own.cleanup()
+      }
+    })
+
+    it("bound the wait for the other one's transaction by busyTimeoutMs, as SQLite bounds the wait for another process", async () => {
+      const own = createTestSqlite('shared-busy')
+      const first = await createSqliteDriver({ filename: own.filename })
+      const second = await createSqliteDriver({ filename: own.filename, busyTimeoutMs: 200 })
+      try {
+        await first.execute('CREATE TABLE t (id INTEGER PRIMARY KEY)')
+        const inside = gate()
+        const release = gate()
+        const tx = first.transaction(async (t) => {
+          await t.execute('INSERT INTO t (id) VALUES (1)')
+          inside.open()
+          await release.promise
+        })
+        await inside.promise
+        vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] })
+        try {
+          const write = second.execute('INSERT INTO t (id) VALUES (2)')
+          const failed = expect(write).rejects.toMatchObject({
+            code: 'STORE_BUSY',
+            retryable: true,
+          })
+          await vi.advanceTimersByTimeAsync(199)
+          const queuedTx = second.transaction((t) => t.execute('INSERT INTO t (id) VALUES (3)'))
+          await vi.advanceTimersByTimeAsync(1)
+          await failed
+          expect(sqlErrorKind(await write.catch((e: unknown) => e))).toBe('busy')
+          // The transaction queued later still waits; it gets the lock when the first commits.
+          release.open()
+          await tx
+          await queuedTx
+        } finally {
+          vi.useRealTimers()
+        }
+        expect(await second.query('SELECT id FROM t ORDER BY id')).toEqual([{ id: 1 }, { id: 3 }])
       } finally {
         await second.close()
         await first.close()
