@@ -950,6 +950,7 @@ class OutboxRelay implements Relay {
       }
       for (const row of todo) {
         if (!this.#recentFailures.has(row.aggregate_id) || blocked.has(row.aggregate_id)) continue
+        if (this.#holdBackWithoutLease(row, blocked)) continue
         try {
           await this.#send([row])
           confirmed.push(row)
@@ -1025,6 +1026,7 @@ class OutboxRelay implements Relay {
     let unclear = 0
     for (const row of rows) {
       if (blocked.has(row.aggregate_id)) continue
+      if (this.#holdBackWithoutLease(row, blocked)) continue
       try {
         await this.#send([row])
         ok.push(row)
@@ -1041,6 +1043,16 @@ class OutboxRelay implements Relay {
       }
     }
     return { ok, charged, outage: false, retryAfterMs: 0 }
+  }
+
+  // Before each send of a row alone (after a failed call, which may have taken the whole
+  // publishTimeoutMs): a send starts only with enough lease left to finish, as a wave does. A
+  // row left out blocks its aggregate for the rest of the round, so that no later wave sends
+  // its next event first even if a renewal lands meanwhile; the next round reads it again.
+  #holdBackWithoutLease(row: OutboxRow, blocked: Set<string>): boolean {
+    if (this.#leaseUsable() && this.#leases.owns(row.partition_no)) return false
+    blocked.add(row.aggregate_id)
+    return true
   }
 
   #onSendFailure(error: unknown, count: number): void {
