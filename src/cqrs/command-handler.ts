@@ -352,9 +352,13 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       this.#store.announce(result.lastPosition)
       return { stream, ...result, replayed: false } as CommandResult<E, S>
     }
+    // Whether the attempt that produced the result ran here. Reset per attempt: an attempt
+    // whose commit failed rolled back, and the retry may then replay what a concurrent
+    // duplicate recorded meanwhile, which this call must report as a replay.
     let ran = false
-    const result = await this.#retrying(stream, options.signal, () =>
-      idempotency.run<RecordedResult<S>>(
+    const result = await this.#retrying(stream, options.signal, () => {
+      ran = false
+      return idempotency.run<RecordedResult<S>>(
         commandId,
         async (context) => {
           const outcome = await this.#attempt(stream, command, options, context.tx)
@@ -362,8 +366,8 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
           return outcome
         },
         { scope: this.#scope, fingerprint: stream },
-      ),
-    )
+      )
+    })
     if (ran) this.#store.announce(result.lastPosition)
     return { stream, ...result, replayed: !ran } as CommandResult<E, S>
   }
