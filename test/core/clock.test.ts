@@ -4,6 +4,7 @@
 // vitest's fake timers, which systemClock picks up because it reads the globals at call time.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { sleep, systemClock } from '../../src/index.js'
+import { ManualClock } from '../../src/testing/index.js'
 
 const maxNodeTimerMs = 2 ** 31 - 1
 
@@ -62,5 +63,19 @@ describe('systemClock timers', () => {
     expect(vi.getTimerCount()).toBe(1)
     vi.advanceTimersByTime(250)
     expect(fired).toBe(1)
+  })
+})
+
+describe('ManualClock timers', () => {
+  it('never fires an infinite delay, not even in runAll, like the system clock', async () => {
+    const clock = new ManualClock(0)
+    const fired: string[] = []
+    clock.setTimeout(() => fired.push('never'), Number.POSITIVE_INFINITY)
+    clock.setTimeout(() => fired.push('soon'), 10)
+    await clock.runAll()
+    expect(fired).toEqual(['soon'])
+    expect(clock.pendingTimers).toBe(1)
+    await clock.advance(Number.MAX_SAFE_INTEGER)
+    expect(fired).toEqual(['soon'])
   })
 })
