@@ -522,8 +522,14 @@ class QueueSubscription implements Subscription {
 
   async #lease(token: string): Promise<Leased[]> {
     const { clock, visibilityTimeoutMs, prefetch } = this.#options
-    const now = clock.now()
-    const params = [this.topic, this.group, now, now + visibilityTimeoutMs, token, prefetch]
+    // The lease starts when its statement runs, not when it was asked for: on SQLite the
+    // transaction may first wait for the write lock (up to the busy timeout), and a lease
+    // dated before that wait could run out before the handler's first extension, handing a
+    // live consumer's message to another one.
+    const params = (): unknown[] => {
+      const now = clock.now()
+      return [this.topic, this.group, now, now + visibilityTimeoutMs, token, prefetch]
+    }
     type Row = {
       seq: number
       delivery_count: number
@@ -534,12 +540,12 @@ class QueueSubscription implements Subscription {
     }
     let rows: Row[]
     if (this.#db.dialect === 'postgres') {
-      rows = await this.#db.query<Row>(this.#sql.lease, params)
+      rows = await this.#db.query<Row>(this.#sql.lease, params())
     } else {
       rows = await this.#db.transaction(async (tx) => {
         const leased = await tx.query<{ seq: number; delivery_count: number }>(
           this.#sql.lease,
-          params,
+          params(),
         )
         if (leased.length === 0) return []
         const messages = await tx.query<Row>(this.#sql.readMessages, [

@@ -43,7 +43,7 @@ import {
 } from '../../src/outbox/index.js'
 import type { SqlDriver, SqlTransaction } from '../../src/stores/index.js'
 import { flushJobs, ManualClock } from '../../src/testing/index.js'
-import { type Gate, gate } from '../support/gate.js'
+import { Stall as ConnectionStall } from '../support/stall.js'
 import { brokerDown, type OutboxDb, repeated, sqliteTarget } from './support.js'
 
 const leaseMs = 1_000
@@ -102,23 +102,22 @@ const coverage = {
  */
 class StallableDriver implements SqlDriver {
   readonly dialect: SqlDriver['dialect']
-  #stall: Gate | undefined
+  readonly #stall = new ConnectionStall()
 
   constructor(readonly inner: SqlDriver) {
     this.dialect = inner.dialect
   }
 
   get stalled(): boolean {
-    return this.#stall !== undefined
+    return this.#stall.on
   }
 
   stall(): void {
-    this.#stall ??= gate()
+    this.#stall.stall()
   }
 
   resume(): void {
-    this.#stall?.open()
-    this.#stall = undefined
+    this.#stall.resume()
   }
 
   async query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
@@ -140,8 +139,8 @@ class StallableDriver implements SqlDriver {
     return this.inner.close()
   }
 
-  async #held(): Promise<void> {
-    while (this.#stall !== undefined) await this.#stall.promise
+  #held(): Promise<void> {
+    return this.#stall.passed()
   }
 }
 
