@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import type { Clock } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { type Delivery, KeyedDispatcher } from './dispatcher.js'
@@ -103,8 +103,6 @@ export interface ResolvedCommonOptions {
   readonly onError: (event: SubscriberErrorEvent) => void
 }
 
-const MAX_DELAY_MS = 2_147_483_647
-
 /** Checks the shared options once, at construction; `schemes` are the accepted URL protocols. */
 export function resolveCommonOptions(
   prefix: string,
@@ -181,7 +179,7 @@ export function subscriptionDispatcher<D extends Delivery>(
 
 /** Checks an optional millisecond option: an integer in [min, 2^31-1], or `fallback`. */
 export function ms(option: string, value: unknown, fallback: number, min: number): number {
-  return checkInteger(option, value ?? fallback, min, MAX_DELAY_MS)
+  return checkInteger(option, value ?? fallback, min, maxTimerDelayMs)
 }
 
 /** Parses a broker URL and checks its scheme; the error names the option, never the password. */

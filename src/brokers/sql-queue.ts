@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { type Clock, sleep, type TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import {
@@ -336,8 +336,6 @@ interface ResolvedOptions {
   readonly onError: (event: SqlQueueErrorEvent) => void
 }
 
-const maxDelay = 2_147_483_647
-
 function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOptions {
   checkObject('sqlQueue', options)
   const clock = checkClock('sqlQueue.clock', options.clock)
@@ -348,7 +346,7 @@ function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOption
     'sqlQueue.pollIntervalMs',
     options.pollIntervalMs ?? 10,
     1,
-    maxDelay,
+    maxTimerDelayMs,
   )
   return {
     clock,
@@ -356,9 +354,14 @@ function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOption
       'sqlQueue.visibilityTimeoutMs',
       options.visibilityTimeoutMs ?? 30_000,
       3,
-      maxDelay,
+      maxTimerDelayMs,
     ),
-    retryDelayMs: checkInteger('sqlQueue.retryDelayMs', options.retryDelayMs ?? 1_000, 0, maxDelay),
+    retryDelayMs: checkInteger(
+      'sqlQueue.retryDelayMs',
+      options.retryDelayMs ?? 1_000,
+      0,
+      maxTimerDelayMs,
+    ),
     prefetch: checkInteger('sqlQueue.prefetch', options.prefetch ?? 64, 1, 10_000),
     concurrency: checkInteger('sqlQueue.concurrency', options.concurrency ?? 1, 1, 10_000),
     pollIntervalMs,
@@ -366,7 +369,7 @@ function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOption
       'sqlQueue.maxPollIntervalMs',
       options.maxPollIntervalMs ?? Math.max(pollIntervalMs, listen ? 1_000 : 250),
       pollIntervalMs,
-      maxDelay,
+      maxTimerDelayMs,
     ),
     listen,
     onError:

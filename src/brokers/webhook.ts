@@ -2,7 +2,7 @@
 // dependency of breakwater, so nothing here is loaded lazily.
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { Pool } from 'undici'
-import type { Clock } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { pipeline } from '../policies/pipeline.js'
@@ -381,7 +381,7 @@ class WebhookPublisher implements Publisher {
       'webhook.attemptTimeoutMs',
       options.attemptTimeoutMs ?? 10_000,
       1,
-      2_147_483_647,
+      maxTimerDelayMs,
     )
     const headers = checkObject('webhook.headers', options.headers ?? {})
     const extra: Record<string, string> = {}

@@ -5,6 +5,7 @@ import {
   openBroker,
   type Publisher,
 } from '../brokers/index.js'
+import { maxTimerDelayMs } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
 import type { CircuitState } from '../index.js'
 import {
@@ -269,7 +270,6 @@ function parse(
   const relayId = values.get('--relay-id')
   if (relayId !== undefined && !/^[\x21-\x7e]{1,200}$/.test(relayId))
     throw new UsageError('--relay-id must be 1 to 200 visible ASCII characters')
-  const maxMs = 2_147_483_647
   return {
     db,
     broker,
@@ -280,17 +280,17 @@ function parse(
     topicPrefix,
     ordering: ordering as RelayArgs['ordering'],
     maxAttempts: integer('--max-attempts', values.get('--max-attempts'), 1, 1_000_000),
-    maxBackoffMs: integer('--max-backoff-ms', values.get('--max-backoff-ms'), 1, maxMs),
+    maxBackoffMs: integer('--max-backoff-ms', values.get('--max-backoff-ms'), 1, maxTimerDelayMs),
     breakerCooldownMs: integer(
       '--breaker-cooldown-ms',
       values.get('--breaker-cooldown-ms'),
       1,
-      maxMs,
+      maxTimerDelayMs,
     ),
-    leaseMs: integer('--lease-ms', values.get('--lease-ms'), 30, maxMs),
+    leaseMs: integer('--lease-ms', values.get('--lease-ms'), 30, maxTimerDelayMs),
     relayId,
     drainTimeoutMs:
-      integer('--drain-timeout-ms', values.get('--drain-timeout-ms'), 0, maxMs) ?? 30_000,
+      integer('--drain-timeout-ms', values.get('--drain-timeout-ms'), 0, maxTimerDelayMs) ?? 30_000,
     logLevel: logLevel as LogThreshold,
     secretEnv,
     secretFile,

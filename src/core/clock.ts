@@ -17,10 +17,10 @@ export interface Clock {
   clearTimeout(handle: TimerHandle): void
 }
 
-/** The longest delay Node's timers honour; a longer one fires after 1 ms instead. */
-const maxTimerMs = 2_147_483_647
+/** The longest delay Node's timers honour (2^31 - 1 ms); a longer one fires after 1 ms instead. */
+export const maxTimerDelayMs = 2_147_483_647
 
-// A timer longer than Node allows, armed in slices of at most maxTimerMs until its time.
+// A timer longer than Node allows, armed in slices of at most maxTimerDelayMs until its time.
 class LongTimer {
   handle: ReturnType<typeof globalThis.setTimeout> | undefined
 
@@ -36,8 +36,8 @@ class LongTimer {
     // Infinity never fires: no slice is armed at all.
     if (leftMs === Number.POSITIVE_INFINITY) return
     this.handle = globalThis.setTimeout(
-      () => (leftMs > maxTimerMs ? this.arm() : this.callback()),
-      Math.min(leftMs, maxTimerMs),
+      () => (leftMs > maxTimerDelayMs ? this.arm() : this.callback()),
+      Math.min(leftMs, maxTimerDelayMs),
     )
     this.handle.unref?.()
   }
@@ -57,7 +57,7 @@ class LongTimer {
 export const systemClock: Clock = {
   now: () => Date.now(),
   setTimeout(callback, delayMs) {
-    if (delayMs > maxTimerMs) return new LongTimer(callback, Date.now() + delayMs)
+    if (delayMs > maxTimerDelayMs) return new LongTimer(callback, Date.now() + delayMs)
     const handle = globalThis.setTimeout(callback, delayMs)
     // Pending policy timers (breaker cooldowns, backoff) must never hold a process open.
     handle.unref?.()

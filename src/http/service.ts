@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { Pool } from 'undici'
-import type { Clock } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import {
@@ -539,7 +539,7 @@ function timeoutOption(
 ): number {
   const value = options[name] ?? fallback
   if (value === Number.POSITIVE_INFINITY) return value
-  return checkNumber(`${prefix}.${name}`, value, 1, 2_147_483_647)
+  return checkNumber(`${prefix}.${name}`, value, 1, maxTimerDelayMs)
 }
 
 function booleanOption(

@@ -35,7 +35,7 @@
 
 import { randomUUID } from 'node:crypto'
 import type { OutgoingMessage, Publisher } from '../brokers/types.js'
-import { type Clock, sleep, type TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import {
   checkClock,
@@ -434,7 +434,7 @@ class OutboxRelay implements Relay {
       'confirmed',
       'batch',
     ])
-    this.#leaseMs = checkInteger('relay.leaseMs', options.leaseMs ?? 10_000, 30, 2_147_483_647)
+    this.#leaseMs = checkInteger('relay.leaseMs', options.leaseMs ?? 10_000, 30, maxTimerDelayMs)
     this.#publishTimeoutMs = checkInteger(
       'relay.publishTimeoutMs',
       options.publishTimeoutMs ?? Math.min(5_000, Math.floor(this.#leaseMs / 2)),
@@ -445,7 +445,7 @@ class OutboxRelay implements Relay {
       'relay.pollIntervalMs',
       options.pollIntervalMs ?? 20,
       1,
-      2_147_483_647,
+      maxTimerDelayMs,
     )
     if (options.listen !== undefined && typeof options.listen !== 'boolean')
       throw new InvalidOptionError('relay.listen', 'a boolean', options.listen)
@@ -454,7 +454,7 @@ class OutboxRelay implements Relay {
       'relay.maxPollIntervalMs',
       options.maxPollIntervalMs ?? Math.max(this.#pollMs, this.#listen ? 1_000 : 250),
       this.#pollMs,
-      2_147_483_647,
+      maxTimerDelayMs,
     )
     this.#maxAttempts = checkInteger('relay.maxAttempts', options.maxAttempts ?? 10, 1)
     this.#backoff = resolveBackoff('relay.retryBackoff', {
@@ -479,7 +479,7 @@ class OutboxRelay implements Relay {
         'relay.retention.everyMs',
         retention.everyMs ?? 60_000,
         1,
-        2_147_483_647,
+        maxTimerDelayMs,
       )
       const { everyMs: _ignored, ...prune } = retention as RelayRetentionOptions
       this.#retention = resolvePruneOptions('relay.retention', { ...prune, clock, maxBatches: 10 })

@@ -1,3 +1,4 @@
+import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkNumber, checkObject, checkOneOf } from '../core/validate.js'
 import type { RandomSource } from './random.js'
@@ -17,9 +18,6 @@ import type { RandomSource } from './random.js'
 export type Jitter = 'full' | 'equal' | 'decorrelated' | 'none'
 
 const jitterKinds: readonly Jitter[] = ['full', 'equal', 'decorrelated', 'none']
-
-/** The largest delay a Node timer honours; longer ones would fire after 1 ms. */
-export const maxTimerDelayMs = 2_147_483_647
 
 /** Options of {@link exponentialBackoff} (and the backoff part of `retry()`). */
 export interface BackoffOptions {

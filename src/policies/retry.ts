@@ -1,5 +1,5 @@
 import { metrics } from '@opentelemetry/api'
-import type { Clock, TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { AbortedError, BreakwaterError } from '../core/errors.js'
 import {
   checkClock,
@@ -8,7 +8,7 @@ import {
   checkNumber,
   checkObject,
 } from '../core/validate.js'
-import { type Backoff, type Jitter, maxTimerDelayMs, resolveBackoff } from './backoff.js'
+import { type Backoff, type Jitter, resolveBackoff } from './backoff.js'
 import {
   type AbortListener,
   type CancelParent,

@@ -1,5 +1,4 @@
-import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
-import { maxTimerDelayMs } from './backoff.js'
+import { type Clock, maxTimerDelayMs, systemClock, type TimerHandle } from '../core/clock.js'
 
 /**
  * Something that wants a callback at an absolute time. The queue writes `queueIndex` (its

@@ -1,4 +1,4 @@
-import type { Clock, TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 
@@ -79,7 +79,6 @@ export type RunOutcome =
     }
 
 const defaultSignals: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT']
-const maxTimerMs = 2_147_483_647
 
 /**
  * Runs a long-running service until SIGTERM or SIGINT, then shuts it down gracefully: calls
@@ -123,7 +122,7 @@ export async function runUntilSignal(
     'runUntilSignal.drainTimeoutMs',
     options.drainTimeoutMs ?? 30_000,
     0,
-    maxTimerMs,
+    maxTimerDelayMs,
   )
   const onSignal =
     options.onSignal === undefined
@@ -230,7 +229,7 @@ function holdOpen(clock: Clock): () => void {
   let released = false
   const arm = (): void => {
     if (released) return
-    handle = clock.setTimeout(arm, maxTimerMs)
+    handle = clock.setTimeout(arm, maxTimerDelayMs)
     ;(handle as { ref?: () => void } | null)?.ref?.()
   }
   arm()

@@ -1,4 +1,4 @@
-import type { Clock } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import {
@@ -333,7 +333,6 @@ const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
 export const maxStepNameLength = 40
 /** Longest saga id. */
 export const maxSagaIdLength = 200
-const maxTimerMs = 2_147_483_647
 
 type E = unknown
 type M<C, Out> = MergeContext<C, Out>
@@ -547,11 +546,16 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
   const timeoutMs =
     step.timeoutMs === undefined
       ? undefined
-      : checkInteger(`${named}.timeoutMs`, step.timeoutMs, 1, maxTimerMs)
+      : checkInteger(`${named}.timeoutMs`, step.timeoutMs, 1, maxTimerDelayMs)
   const compensationTimeoutMs =
     step.compensationTimeoutMs === undefined
       ? timeoutMs
-      : checkInteger(`${named}.compensationTimeoutMs`, step.compensationTimeoutMs, 1, maxTimerMs)
+      : checkInteger(
+          `${named}.compensationTimeoutMs`,
+          step.compensationTimeoutMs,
+          1,
+          maxTimerDelayMs,
+        )
   let replyTimeoutMs = 0
   let onReply: AnyFunction | undefined
   let send: AnyFunction | undefined
@@ -561,7 +565,7 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
       `${named}.awaitReply.timeoutMs`,
       awaitReply.timeoutMs,
       1,
-      maxTimerMs,
+      maxTimerDelayMs,
     )
     if (awaitReply.onReply !== undefined)
       onReply = checkFunction<AnyFunction>(`${named}.awaitReply.onReply`, awaitReply.onReply)
@@ -645,13 +649,13 @@ function compileRetry(at: string, raw: unknown, defaults: RetryDefaults): Compil
     `${at}.baseDelayMs`,
     options.baseDelayMs ?? defaults.baseDelayMs,
     0,
-    maxTimerMs,
+    maxTimerDelayMs,
   )
   const maxDelayMs = checkNumber(
     `${at}.maxDelayMs`,
     options.maxDelayMs ?? Math.max(defaults.maxDelayMs, baseDelayMs),
     baseDelayMs,
-    maxTimerMs,
+    maxTimerDelayMs,
   )
   const factor = checkNumber(`${at}.factor`, options.factor ?? 2, 1, 1_000)
   const shouldRetry =
@@ -665,7 +669,7 @@ function compileRetry(at: string, raw: unknown, defaults: RetryDefaults): Compil
     `${at}.maxRetryAfterMs`,
     options.maxRetryAfterMs ?? 30_000,
     0,
-    maxTimerMs,
+    maxTimerDelayMs,
   )
   let backoff: Backoff
   try {

@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
-import type { Clock, TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { EventSource } from '../index.js'
@@ -208,14 +208,14 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       this.#sagas.set(saga.key, saga)
     })
     this.#keys = definitionKeysParam(db, [...this.#sagas.keys()])
-    this.leaseMs = checkInteger('leaseMs', options.leaseMs ?? 800, 10, 2_147_483_647)
+    this.leaseMs = checkInteger('leaseMs', options.leaseMs ?? 800, 10, maxTimerDelayMs)
     this.#renewMs = checkInteger(
       'renewIntervalMs',
       options.renewIntervalMs ?? Math.max(1, Math.floor(this.leaseMs / 3)),
       1,
       this.leaseMs - 1,
     )
-    this.#pollMs = checkInteger('pollIntervalMs', options.pollIntervalMs ?? 100, 1, 2_147_483_647)
+    this.#pollMs = checkInteger('pollIntervalMs', options.pollIntervalMs ?? 100, 1, maxTimerDelayMs)
     this.#concurrency = checkInteger('concurrency', options.concurrency ?? 16, 1, 10_000)
     this.#batcher = new WriteBatcher(db, 500)
     const workerId =

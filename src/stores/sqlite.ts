@@ -176,9 +176,9 @@ interface BetterSqliteConnection extends BetterSqliteDatabase {
  * transaction holds an in-process FIFO lock so nothing else of this driver runs while it is open.
  * Drivers of one process on the same file also share a write lock (see sqlite-file-lock.ts), so a
  * second driver's write waits for the first one's transaction instead of freezing the thread in
- * SQLite's busy wait; its reads go ahead (WAL). Several processes may open the same file: WAL lets readers proceed while one writer
- * works, and `BEGIN IMMEDIATE` makes writers queue (up to `busyTimeoutMs`) instead of failing
- * mid-way.
+ * SQLite's busy wait; its reads go ahead (WAL). Several processes may open the same file: WAL
+ * lets readers proceed while one writer works, and `BEGIN IMMEDIATE` makes writers queue (up to
+ * `busyTimeoutMs`) instead of failing mid-way.
  */
 export class SqliteDriver implements SqlDriver {
   readonly dialect = 'sqlite' as const

@@ -5,6 +5,7 @@
 // Cross-field rules (targets name defined services, unique ports, ...) live in checks.ts.
 
 import { z } from 'zod'
+import { maxTimerDelayMs } from '../../core/clock.js'
 import { DEADLINE_HEADER } from '../../policies/deadline.js'
 import type {
   DiscoveryConfig,
@@ -17,8 +18,6 @@ import type {
 } from '../contracts.js'
 import { retryAffinityDefaults } from '../inbound/retry-affinity.js'
 
-const maxTimerMs = 2_147_483_647
-
 // Schema-level messages are the "expected ..." half of a problem line; load.ts adds the path
 // and the value that was found.
 function int(min: number, max = Number.MAX_SAFE_INTEGER): z.ZodInt {
@@ -27,7 +26,7 @@ function int(min: number, max = Number.MAX_SAFE_INTEGER): z.ZodInt {
 }
 
 function ms(min = 0): z.ZodInt {
-  return int(min, maxTimerMs)
+  return int(min, maxTimerDelayMs)
 }
 
 function num(min: number, max: number): z.ZodNumber {
