@@ -68,7 +68,7 @@ import { flushJobs, ManualClock } from '../../src/testing/index.js'
 import { gate } from '../support/gate.js'
 import { holdOpenTransaction } from '../support/held-transaction.js'
 import { createTestSqlite, type TestSqlite } from '../support/sqlite.js'
-import { Stall as ConnectionStall } from '../support/stall.js'
+import { StallableDriver } from '../support/stall.js'
 
 const topic = 'orders'
 const group = 'g'
@@ -106,57 +106,36 @@ class ProcessDead extends Error {}
  * until resumed, as when the connection hangs), a crash (every statement fails from then on),
  * and a watch on the broker's lease, ack and release statements for the invariants.
  */
-class ProcessDriver implements SqlDriver {
-  readonly dialect: SqlDriver['dialect']
-  readonly #stall = new ConnectionStall()
+class ProcessDriver extends StallableDriver {
   dead = false
 
   constructor(
-    readonly inner: SqlDriver,
+    inner: SqlDriver,
     readonly process: QueueProcess,
     readonly world: World,
   ) {
-    this.dialect = inner.dialect
+    super(inner)
   }
 
-  get stalled(): boolean {
-    return this.#stall.on
-  }
-
-  stall(): void {
-    this.#stall.stall()
-  }
-
-  resume(): void {
-    this.#stall.resume()
-  }
-
-  async query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
-    await this.#usable()
-    return this.inner.query<R>(sql, params)
-  }
-
-  async execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+  override async execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
     const askedAt = this.world.clock.now()
-    await this.#usable()
-    const result = await this.inner.execute(sql, params)
+    const result = await super.execute(sql, params)
     this.world.observeStatement(this.process, sql, params ?? [], result.rowCount, askedAt)
     return result
   }
 
-  async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+  override transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     // The broker dates a lease when its statement runs, inside the transaction: a stall before
     // that does not count against it.
-    await this.#usable()
-    return this.inner.transaction((tx) => fn(this.#watch(tx, this.process.stallEpoch)))
+    return super.transaction((tx) => fn(this.#watch(tx, this.process.stallEpoch)))
   }
 
   /** The process's driver is shared with its later incarnations: never closed here. */
-  async close(): Promise<void> {}
+  override async close(): Promise<void> {}
 
   /**
    * `tx`, with the lease statement observed from inside its own transaction; `epoch` is the
-   * process's stall count when the transaction was asked for.
+   * process's stall count when the transaction began.
    */
   #watch(tx: SqlTransaction, epoch: number): SqlTransaction {
     const world = this.world
@@ -176,8 +155,8 @@ class ProcessDriver implements SqlDriver {
     return watched
   }
 
-  async #usable(): Promise<void> {
-    await this.#stall.passed()
+  protected override async passed(): Promise<void> {
+    await super.passed()
     if (this.dead) throw new ProcessDead(`${this.process.name} is dead`)
   }
 }

@@ -41,9 +41,9 @@ import {
   type RelayEvent,
   type RelayFaultPoint,
 } from '../../src/outbox/index.js'
-import type { SqlDriver, SqlTransaction } from '../../src/stores/index.js'
+import type { SqlDriver } from '../../src/stores/index.js'
 import { flushJobs, ManualClock } from '../../src/testing/index.js'
-import { Stall as ConnectionStall } from '../support/stall.js'
+import { StallableDriver } from '../support/stall.js'
 import { brokerDown, type OutboxDb, repeated, sqliteTarget } from './support.js'
 
 const leaseMs = 1_000
@@ -93,55 +93,6 @@ const coverage = {
   withRetryScheduled: 0,
   withRepeats: 0,
   publications: 0,
-}
-
-/**
- * A relay's real SQLite driver whose statements can be held back, as when the process's
- * connection stalls: while stalled, every statement (lease renewals included) waits, and runs
- * once resumed. Everything else is the real driver.
- */
-class StallableDriver implements SqlDriver {
-  readonly dialect: SqlDriver['dialect']
-  readonly #stall = new ConnectionStall()
-
-  constructor(readonly inner: SqlDriver) {
-    this.dialect = inner.dialect
-  }
-
-  get stalled(): boolean {
-    return this.#stall.on
-  }
-
-  stall(): void {
-    this.#stall.stall()
-  }
-
-  resume(): void {
-    this.#stall.resume()
-  }
-
-  async query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
-    await this.#held()
-    return this.inner.query<R>(sql, params)
-  }
-
-  async execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
-    await this.#held()
-    return this.inner.execute(sql, params)
-  }
-
-  async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
-    await this.#held()
-    return this.inner.transaction(fn)
-  }
-
-  close(): Promise<void> {
-    return this.inner.close()
-  }
-
-  #held(): Promise<void> {
-    return this.#stall.passed()
-  }
 }
 
 /** One relay process: a relay, its crash plan, and its stop in progress. */

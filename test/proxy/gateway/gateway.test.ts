@@ -47,7 +47,7 @@ describe('shadow mode through the gateway', () => {
     const newGate = gate()
     let newCalls = 0
     const fresh = await upstream(async (req, res) => {
-      await newGate.wait
+      await newGate.promise
       const id = req.url.split('/')[2] ?? ''
       // /orders/2 has a real difference in `total`.
       sendJson(res, 200, { id, total: id === '2' ? 11 : 10, servedAt: `n-${++newCalls}` })
@@ -198,7 +198,7 @@ describe('routing through the gateway', () => {
     const legacy = await upstream((_req, res) => void sendJson(res, 200, { side: 'legacy' }))
     const slow = gate()
     const fresh = await upstream(async (req, res) => {
-      if (req.url === '/orders/slow') await slow.wait
+      if (req.url === '/orders/slow') await slow.promise
       sendJson(res, 200, { side: 'new', url: req.url, pad: 'x'.repeat(100_000) })
     })
     const routes = [route('orders', '/orders', [{ service: 'legacy', weight: 1 }])]

@@ -188,13 +188,7 @@ export async function serveGateway(
 }
 
 /** A gate a test opens by hand. */
-export function gate(): { wait: Promise<void>; open(): void } {
-  let open!: () => void
-  const wait = new Promise<void>((resolve) => {
-    open = resolve
-  })
-  return { wait, open }
-}
+export { gate } from '../../support/gate.js'
 
 /** Polls `check` every 5 ms until it holds; fails, naming `what`, after 10 s. */
 export function until(check: () => boolean, what = 'condition'): Promise<void> {

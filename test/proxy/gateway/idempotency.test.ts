@@ -141,7 +141,7 @@ describe.each(engines)('sidecar idempotency on $name', (engine) => {
   it('runs concurrent duplicates once: one reaches the app, the others get 409, later ones a replay', async () => {
     const key = `pay-${randomUUID()}`
     const held = gate()
-    gates.set(key, held.wait)
+    gates.set(key, held.promise)
     const first = post(0, key, { amount: 42 })
     await until(() => executions.get(key) === 1, 'the first request to reach the app')
     const duplicates = await Promise.all(
@@ -437,7 +437,7 @@ describe.each(engines)('sidecar idempotency after ambiguous failures, on $name',
   it('holds the key after a read timeout: the app ran once, the immediate retry gets 409', async () => {
     const key = `timeout-${randomUUID()}`
     const slow = gate()
-    gates.set(key, slow.wait)
+    gates.set(key, slow.promise)
     const claimedAt = clock.now()
     const first = post('/pay', key)
     await until(() => executions.get(key) === 1, 'the request at the app')
