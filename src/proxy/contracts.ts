@@ -4,11 +4,17 @@
 // through `ServiceRegistry`; src/proxy/runtime.ts wires them, owns reload and the admin API.
 // Everything here is plain data or small interfaces so each part is testable alone.
 
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import type {
+  IncomingMessage,
+  OutgoingHttpHeader,
+  OutgoingHttpHeaders,
+  ServerResponse,
+} from 'node:http'
 import type { Clock } from '../core/clock.js'
 import type { Logger } from '../observability/logger.js'
 import type { MetricsRegistry } from '../observability/metrics.js'
 import type { CircuitState } from '../policies/circuit-breaker.js'
+import type { FastRequestHandler } from './inbound/fast-connection.js'
 
 // ---------------------------------------------------------------------------------------------
 // Resolved configuration (what the YAML becomes after validation and defaults)
@@ -405,6 +411,33 @@ export interface ForwardOptions {
   readonly unsafeRetry?: 'with-key' | 'unsent-only' | 'never'
 }
 
+/**
+ * The response a service forwards into: node:http's ServerResponse, or the fast path's own
+ * response (src/proxy/inbound/fast-response.ts), which has just these members.
+ */
+export interface ProxyResponse {
+  readonly headersSent: boolean
+  readonly destroyed: boolean
+  readonly writableEnded: boolean
+  readonly writableFinished: boolean
+  /** The connection (the access log reads `bytesWritten`); null once detached. */
+  readonly socket: { readonly bytesWritten: number } | null
+  /** The request, when there is an IncomingMessage (not on the fast path). */
+  readonly req?: IncomingMessage | undefined
+  writeHead(
+    statusCode: number,
+    statusMessage?: string,
+    headers?: OutgoingHttpHeaders | OutgoingHttpHeader[],
+  ): unknown
+  writeHead(statusCode: number, headers?: OutgoingHttpHeaders | OutgoingHttpHeader[]): unknown
+  setHeader(name: string, value: number | string | readonly string[]): unknown
+  write(chunk: Buffer | string): boolean
+  end(chunk?: Buffer | string): unknown
+  destroy(): unknown
+  on(event: 'close' | 'drain', listener: () => void): unknown
+  once(event: 'close' | 'drain', listener: () => void): unknown
+}
+
 /** A live upstream service: endpoints, pools, policies. */
 export interface ServiceRuntime {
   readonly name: string
@@ -416,7 +449,7 @@ export interface ServiceRuntime {
    */
   forward(
     req: ForwardRequest,
-    res: ServerResponse,
+    res: ProxyResponse,
     options?: ForwardOptions,
   ): Promise<ForwardOutcome>
   /** Sends without a client response and buffers the result (shadow traffic). */
@@ -497,5 +530,10 @@ export interface InboundContext extends ProxyDeps {
   readonly accessLog: boolean
 }
 
-/** A node:http request listener. */
-export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void
+/**
+ * A node:http request listener, optionally with a fast-path entry (`fast`) that serves plain
+ * HTTP/1.1 requests read by the listener itself (see src/proxy/inbound/fast-connection.ts).
+ */
+export type RequestHandler = ((req: IncomingMessage, res: ServerResponse) => void) & {
+  readonly fast?: FastRequestHandler | undefined
+}

@@ -36,6 +36,7 @@ import type {
   ShadowMismatch,
 } from './contracts.js'
 import { createAmbassadorHandler } from './inbound/ambassador.js'
+import type { FastRequestHandler } from './inbound/fast-connection.js'
 import { createGatewayHandler } from './inbound/gateway.js'
 import { createListenerServer, type ListenerServer } from './inbound/listener.js'
 import { createRouteTable, type RouteTable, type SharedRetryPin } from './inbound/routes.js'
@@ -680,7 +681,14 @@ class ProxyRuntime implements ProxyInternals {
   // The listener server keeps one handler for its life; it looks up the current
   // generation's handler on each request.
   #dispatcher(listener: string): RequestHandler {
-    return (req: IncomingMessage, res: ServerResponse) => {
+    // The fast path asks the current generation too: `fast` is undefined while its handler has
+    // none (a gateway), so new connections go straight to node:http, and a request that meets
+    // a handler without one after a reload is handed over (false).
+    const fast: FastRequestHandler = (req, res) =>
+      this.#generation?.handlers.get(listener)?.fast?.(req, res) ?? false
+    const currentFast = (): FastRequestHandler | undefined =>
+      this.#generation?.handlers.get(listener)?.fast === undefined ? undefined : fast
+    const dispatch = (req: IncomingMessage, res: ServerResponse) => {
       const handler = this.#generation?.handlers.get(listener)
       if (handler !== undefined) {
         handler(req, res)
@@ -691,6 +699,7 @@ class ProxyRuntime implements ProxyInternals {
         '{"type":"about:blank","title":"Service Unavailable","status":503,"code":"LISTENER_REMOVED"}',
       )
     }
+    return Object.defineProperty(dispatch, 'fast', { get: currentFast, enumerable: true })
   }
 
   #watch(): void {

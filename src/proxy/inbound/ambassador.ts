@@ -4,16 +4,19 @@
 // service table; Host, an absolute-form target or anything else in the path never do, so the
 // ambassador cannot be used as an open proxy.
 
-import type { ServerResponse } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type {
   ForwardOutcome,
   InboundContext,
   ListenerConfig,
+  ProxyResponse,
   RequestHandler,
 } from '../contracts.js'
+import type { FastRequestHandler } from './fast-connection.js'
 import {
   type InboundRequest,
   logAccess,
+  readFastInbound,
   readInbound,
   sendProblem,
   toForwardRequest,
@@ -42,7 +45,7 @@ export function createAmbassadorHandler(
   ctx: InboundContext,
 ): RequestHandler {
   const exposed = listener.services === undefined ? undefined : new Set(listener.services)
-  const failed = (res: ServerResponse, error: unknown): void => {
+  const failed = (res: ProxyResponse, error: unknown): void => {
     ctx.logger.error('ambassador handler failed', {
       listener: listener.name,
       error: (error as Error).message,
@@ -50,7 +53,7 @@ export function createAmbassadorHandler(
     sendProblem(res, 500, 'INTERNAL_ERROR', 'internal proxy error')
   }
   // The returned promise never rejects: a failure of the forward is answered here.
-  const route = (inbound: InboundRequest, res: ServerResponse): Promise<unknown> | undefined => {
+  const route = (inbound: InboundRequest, res: ProxyResponse): Promise<unknown> | undefined => {
     const path = inbound.path
     const slash = path.indexOf('/', 1)
     const name = slash === -1 ? path.slice(1) : path.slice(1, slash)
@@ -78,7 +81,7 @@ export function createAmbassadorHandler(
     )
   }
   // forward() promises never to throw; if it does anyway, the client still gets an answer.
-  const threw = (res: ServerResponse, error: unknown, service?: string): ForwardOutcome => {
+  const threw = (res: ProxyResponse, error: unknown, service?: string): ForwardOutcome => {
     ctx.logger.error('service forward threw', {
       listener: listener.name,
       service,
@@ -89,7 +92,7 @@ export function createAmbassadorHandler(
   }
   const logForward = (inbound: InboundRequest, outcome: ForwardOutcome, service: string): void =>
     logAccess(ctx, inbound, outcome, listener.name, { route: AMBASSADOR_ROUTE, service })
-  return (req, res) => {
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
     try {
       const read = readInbound(req, res, listener, ctx)
       // A request without a body is routed in this turn, without a promise for the read.
@@ -104,6 +107,19 @@ export function createAmbassadorHandler(
       failed(res, error)
     }
   }
+  // Plain requests the listener read itself: the same validation, and a refused one goes
+  // back to node:http (false), which answers it through `handler`.
+  const fast: FastRequestHandler = (req, res) => {
+    const inbound = readFastInbound(req, res, listener, ctx)
+    if (inbound === undefined) return false
+    try {
+      route(inbound, res)
+    } catch (error) {
+      failed(res, error)
+    }
+    return true
+  }
+  return Object.assign(handler, { fast })
 }
 
 const notFound: ForwardOutcome = {

@@ -13,6 +13,7 @@ import type { TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import type { ListenerConfig, ProxyDeps, RequestHandler } from '../contracts.js'
+import { FastConnection } from './fast-connection.js'
 import { awaitContinue, isConnectionClosing } from './request.js'
 
 /** Options of {@link createListenerServer}. */
@@ -95,7 +96,7 @@ export function createListenerServer(
   const limits = checkObject(prefix, listener.limits)
   const maxHeaderBytes = checkInteger(`${prefix}.maxHeaderBytes`, limits.maxHeaderBytes, 1024)
   const maxHeaders = checkInteger(`${prefix}.maxHeaders`, limits.maxHeaders, 1, 100_000)
-  checkInteger(`${prefix}.maxBodyBytes`, limits.maxBodyBytes, 0)
+  const maxBodyBytes = checkInteger(`${prefix}.maxBodyBytes`, limits.maxBodyBytes, 0)
   const headersTimeoutMs = checkInteger(`${prefix}.headersTimeoutMs`, limits.headersTimeoutMs, 1)
   const requestTimeoutMs = checkInteger(`${prefix}.requestTimeoutMs`, limits.requestTimeoutMs, 1)
   if (headersTimeoutMs > requestTimeoutMs) {
@@ -187,11 +188,51 @@ export function createListenerServer(
   let draining = false
   let bound: ListenerAddress | undefined
 
-  server.on('connection', (socket: Socket) => {
-    sockets.add(socket)
-    socket.once('close', () => sockets.delete(socket))
-    if (tls === undefined) track(socket)
-  })
+  // The fast path (plain HTTP with a handler that has one): the listener reads requests off
+  // the socket itself (fast-connection.ts) and gives the connection to node:http's own
+  // connection listener, taken off the server here, at the first request outside the fast
+  // path's subset.
+  const fastConnections = new Set<FastConnection>()
+  // close() resolves once the server has closed and the last socket's 'close' has run: the
+  // server's own callback can come first (it counts a socket gone when it is destroyed).
+  let allClosed: (() => void) | undefined
+  const forget = (socket: Socket): void => {
+    sockets.delete(socket)
+    if (sockets.size === 0) allClosed?.()
+  }
+  const nativeListeners =
+    tls === undefined && 'fast' in handler
+      ? (server.listeners('connection') as ((socket: Socket) => void)[])
+      : undefined
+  if (nativeListeners !== undefined) {
+    server.removeAllListeners('connection')
+    const options = {
+      limits: { maxHeaderBytes, maxHeaders, maxBodyBytes, keepAliveTimeoutMs },
+      handler: () => handler.fast,
+      handOver: (socket: Socket): void => {
+        track(socket)
+        for (const native of nativeListeners) native.call(server, socket)
+      },
+      draining: () => draining,
+      onEnd: (connection: FastConnection): void => {
+        fastConnections.delete(connection)
+      },
+    }
+    server.on('connection', (socket: Socket) => {
+      sockets.add(socket)
+      socket.once('close', () => forget(socket))
+      // Read per connection: a runtime's handler has a fast path only while its current
+      // generation's listener does.
+      if (handler.fast === undefined) options.handOver(socket)
+      else fastConnections.add(new FastConnection(socket, options))
+    })
+  } else {
+    server.on('connection', (socket: Socket) => {
+      sockets.add(socket)
+      socket.once('close', () => forget(socket))
+      if (tls === undefined) track(socket)
+    })
+  }
   server.on('secureConnection', track)
   server.on('drop', () => {
     refused++
@@ -233,8 +274,11 @@ export function createListenerServer(
   })
   server.on('request', (req, res: ServerResponse) => {
     if (isConnectionClosing(req.socket)) {
-      // A request pipelined behind a refused one: never processed, the socket is closing.
-      req.socket.destroySoon()
+      // A request pipelined behind a refused one: never processed. The refusal's response
+      // says `Connection: close`, so node closes the socket once that response is out; ending
+      // the socket here instead could cut it off while it still waits behind an earlier
+      // response (when node parsed the whole pipeline at once, as it does with bytes the fast
+      // path handed over).
       return
     }
     busy.get(req.socket)?.push(res)
@@ -343,7 +387,8 @@ export function createListenerServer(
         }
         server.close(() => {
           if (hardStop !== undefined) deps.clock.clearTimeout(hardStop)
-          resolvePromise()
+          if (sockets.size === 0) resolvePromise()
+          else allClosed = resolvePromise
         })
         for (const responses of busy.values()) {
           for (const res of responses) if (!res.headersSent) res.setHeader('connection', 'close')
@@ -351,6 +396,7 @@ export function createListenerServer(
         // Idle keep-alive connections, and ones still sending a request head, end now.
         server.closeIdleConnections()
         for (const [socket, responses] of busy) if (responses.length === 0) socket.destroy()
+        for (const connection of fastConnections) connection.drain()
         hardStop = deps.clock.setTimeout(() => {
           server.closeAllConnections()
           for (const socket of sockets) socket.destroy()

@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto'
-import type { ServerResponse } from 'node:http'
 import { Pool } from 'undici'
 import type { Clock, TimerHandle } from '../../core/clock.js'
 import type { ErrorCode } from '../../core/error-codes.js'
@@ -22,6 +21,7 @@ import type {
   ForwardOutcome,
   ForwardRequest,
   ProxyDeps,
+  ProxyResponse,
   ServiceConfig,
   ServiceRuntime,
   ServiceState,
@@ -372,7 +372,7 @@ class UpstreamServiceRuntime implements UpstreamService {
 
   forward(
     req: ForwardRequest,
-    res: ServerResponse,
+    res: ProxyResponse,
     options?: ForwardOptions,
   ): Promise<ForwardOutcome> {
     const call = new ForwardCall(this.#core, req, res, options?.captureBytes ?? 0)
@@ -599,17 +599,17 @@ class Attempt {
 }
 
 const callOfResponse: unique symbol = Symbol('breakwater.forwardCall')
-type ResponseWithCall = ServerResponse & { [callOfResponse]?: ForwardCall }
+type ResponseWithCall = ProxyResponse & { [callOfResponse]?: ForwardCall }
 
 // 'close' also comes after a response that finished normally; the call has ended by then.
-function onResponseClose(this: ServerResponse): void {
+function onResponseClose(this: ProxyResponse): void {
   ;(this as ResponseWithCall)[callOfResponse]?.clientGone()
 }
 
 class ForwardCall {
   readonly core: Core
   readonly req: ForwardRequest
-  readonly res: ServerResponse | undefined
+  readonly res: ProxyResponse | undefined
   readonly captureMax: number
   readonly startedAt: number
   deadlineAt: number
@@ -650,12 +650,7 @@ class ForwardCall {
   truncated = false
   onDrain: (() => void) | undefined
 
-  constructor(
-    core: Core,
-    req: ForwardRequest,
-    res: ServerResponse | undefined,
-    captureMax: number,
-  ) {
+  constructor(core: Core, req: ForwardRequest, res: ProxyResponse | undefined, captureMax: number) {
     this.core = core
     this.req = req
     this.res = res
