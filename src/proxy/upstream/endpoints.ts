@@ -1,6 +1,6 @@
-import type { Pool } from 'undici'
 import type { Clock, TimerHandle } from '../../core/clock.js'
 import type { EndpointState, OutlierEjectionConfig } from '../contracts.js'
+import type { Http1Handler } from './http1-pool.js'
 
 /** Where discovery says a service lives: an origin and the TLS name to verify, if not its host. */
 export interface EndpointTarget {
@@ -8,6 +8,26 @@ export interface EndpointTarget {
   readonly url: string
   /** SNI and verification name (from DNS: the name that was resolved). */
   readonly servername: string | undefined
+}
+
+/**
+ * An endpoint's connection pool: undici's `Pool` (https) or the proxy's own `Http1Pool` (plain
+ * http), both driven through `dispatch` with the same handler.
+ */
+export interface UpstreamPool {
+  dispatch(options: UpstreamDispatch, handler: Http1Handler): unknown
+  /** Lets queued and running requests finish, then closes the connections. */
+  close(): Promise<void>
+  /** Fails queued and running requests and closes the connections now. */
+  destroy(): Promise<void>
+}
+
+/** One request as a pool takes it. */
+export interface UpstreamDispatch {
+  readonly path: string
+  readonly method: string
+  readonly headers: string[]
+  readonly body: Buffer | null
 }
 
 /** One endpoint of a service: its pool, its load and its health. Mutable, owned by the set. */
@@ -21,7 +41,7 @@ export class Endpoint {
   /** SNI and verification name from discovery, when not the URL's host. */
   readonly servername: string | undefined
   /** The endpoint's connection pool; replaced (and the old one retired) when TLS files change. */
-  pool: Pool | undefined
+  pool: UpstreamPool | undefined
   /** Attempts on this endpoint that have not ended. */
   inFlight = 0
   /** Failed attempts in a row (reset by a success or the end of an ejection). */
