@@ -3,7 +3,12 @@ import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
-import { AppendBatcher, type AppendOutcome } from './append-batcher.js'
+import {
+  AppendBatcher,
+  type AppendOutcome,
+  appendAlone,
+  type BatchedAppend,
+} from './append-batcher.js'
 import { WrongExpectedVersionError } from './errors.js'
 import { publish } from './events.js'
 import { AppendNotifier } from './follower.js'
@@ -358,11 +363,10 @@ export class EventStoreImpl implements EventStore {
     const { stream, events, expected, prepared, createdAt } = append
     let version: number
     let positions: readonly number[]
-    if (this.dialect === 'postgres' && tx === undefined && this.#batcher !== undefined) {
-      const kind = typeof expected === 'number' ? 3 : expectedKinds[expected]
-      const outcome: AppendOutcome = await this.#batcher.append({
+    if (this.dialect === 'postgres' && tx === undefined && !append.notifyInTx) {
+      const batched: BatchedAppend = {
         stream,
-        kind,
+        kind: typeof expected === 'number' ? 3 : expectedKinds[expected],
         expected: typeof expected === 'number' ? expected : 0,
         ids: prepared.ids,
         types: prepared.types,
@@ -370,7 +374,11 @@ export class EventStoreImpl implements EventStore {
         data: prepared.data,
         metadata: prepared.metadata,
         createdAt,
-      })
+      }
+      const outcome: AppendOutcome =
+        this.#batcher === undefined
+          ? await appendAlone(this.db, batched)
+          : await this.#batcher.append(batched)
       if (!outcome.ok || outcome.positions === null) {
         publish('conflict', { stream, expected, actual: outcome.version })
         throw new WrongExpectedVersionError(stream, expected, outcome.version, outcome.deleted)

@@ -152,6 +152,48 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
     expect((await store.streamInfo(s)).version).toBe(5)
   })
 
+  it('checks every expectation for several-event appends too, and keeps their text exact', async () => {
+    const s = fresh()
+    const two = (n: number) => [event(n), event(n + 1)]
+    await conflict(store.append(s, two(1), { expectedVersion: 'streamExists' }))
+    await conflict(store.append(s, two(1), { expectedVersion: 2 }))
+    expect((await store.append(s, two(1), { expectedVersion: 0 })).version).toBe(2)
+    expect((await conflict(store.append(s, two(3), { expectedVersion: 'noStream' }))).actual).toBe(
+      2,
+    )
+    expect((await conflict(store.append(s, two(3), { expectedVersion: 0 }))).actual).toBe(2)
+    expect((await conflict(store.append(s, two(3), { expectedVersion: 1 }))).actual).toBe(2)
+    expect((await store.append(s, two(3), { expectedVersion: 2 })).version).toBe(4)
+    expect((await store.append(s, two(5), { expectedVersion: 'streamExists' })).version).toBe(6)
+    expect((await store.append(s, two(7), { expectedVersion: 'any' })).version).toBe(8)
+    await store.deleteStream(s)
+    const recreated = await store.append(s, two(9), { expectedVersion: 'noStream' })
+    expect(recreated.events.map((e) => e.version)).toEqual([9, 10])
+    expect(recreated.lastPosition).toBeGreaterThan(recreated.firstPosition)
+    // Text that an array literal must quote or escape, in every column that travels as one.
+    const odd = ['q"uote', 'back\\slash', 'a,b', '{brace}', 'NULL', '', ' spaced ', 'é€😀\n']
+    const t = fresh()
+    const appended = await store.append(
+      t,
+      odd.map((text, i) => ({
+        type: `t${text}`,
+        id: `id${text}${i}`,
+        data: { text },
+        ...(i % 2 === 0 ? { metadata: { text } } : {}),
+      })),
+    )
+    const { events } = await store.readStream(t)
+    expect(events.map((e) => [e.type, e.id, e.data, e.metadata, e.position])).toEqual(
+      odd.map((text, i) => [
+        `t${text}`,
+        `id${text}${i}`,
+        { text },
+        i % 2 === 0 ? { text } : {},
+        appended.events[i]!.position,
+      ]),
+    )
+  })
+
   it('soft-deletes: reads hide the stream, readAll keeps the log, an append recreates it', async () => {
     const s = fresh()
     const first = await store.append(s, [event(1), event(2)])
