@@ -1,12 +1,23 @@
 import type { IdempotencyContext } from './types.js'
 
-// Adapters attach the context to the framework's own request object without adding properties
-// to it (and without module augmentation of framework types that may not be installed).
-const contexts = new WeakMap<object, IdempotencyContext>()
+// Adapters attach the context to the framework's own request object (without module
+// augmentation of framework types that may not be installed). It is kept under a private
+// symbol on that object: invisible to string-keyed enumeration (Object.keys, for-in,
+// JSON.stringify) and to other code. It used to live in a WeakMap keyed by the request, but a
+// WeakMap entry per request measurably slowed every keyed request: V8's young-generation
+// collector keeps the values of such entries alive (the context, and through it the whole
+// execution) until they are promoted to the old generation, which made every scavenge copy and
+// promote them. A request object that cannot take a property (frozen or sealed) still gets one
+// through the WeakMap.
+const contextKey = Symbol('breakwater.idempotency.context')
+const fallback = new WeakMap<object, IdempotencyContext>()
+
+type WithContext = { [contextKey]?: IdempotencyContext }
 
 /** @internal Attaches `context` to a framework request object. */
 export function attachContext(target: object, context: IdempotencyContext): void {
-  contexts.set(target, context)
+  if (Object.isExtensible(target)) (target as WithContext)[contextKey] = context
+  else fallback.set(target, context)
 }
 
 /**
@@ -24,5 +35,7 @@ export function attachContext(target: object, context: IdempotencyContext): void
  * ```
  */
 export function idempotencyContextOf(target: object): IdempotencyContext | undefined {
-  return contexts.get(target)
+  return Object.hasOwn(target, contextKey)
+    ? (target as WithContext)[contextKey]
+    : fallback.get(target)
 }

@@ -27,6 +27,7 @@ import { type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
 import { createSqlIdempotencyStore } from './sql-store.js'
 import type {
   ClaimInput,
+  ClaimOutcome,
   IdempotencyClaimSteps,
   IdempotencyRecord,
   IdempotencyStore,
@@ -310,6 +311,12 @@ type ClaimStep =
   /** The record changed between two statements: claim again at once. */
   | { readonly kind: 'retry' }
 
+// The phases of a fresh holder (never changed in place: a committed phase replaces them).
+const noPhases: Readonly<Record<string, JsonValue>> = Object.freeze({})
+
+// A claim that found the key free.
+const claimedStep: ClaimStep = { kind: 'execute', attempt: 1, from: undefined }
+
 // Claims that lose a race (a record vanished or changed between two statements) are retried at
 // once; a bound keeps a pathological store from spinning forever.
 const maxImmediateRetries = 32
@@ -359,6 +366,48 @@ function decodeResult<T>(record: IdempotencyRecord): T {
   return JSON.parse(
     Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8'),
   ) as T
+}
+
+/** {@link IdempotentExecution} over an {@link Execution}: one object per request, no closures. */
+class HttpExecution implements IdempotentExecution {
+  readonly context: IdempotencyContext
+  readonly #execution: Execution
+  readonly #storeResponse: (status: number) => boolean
+  readonly #replayHeaders: ReadonlySet<string>
+  readonly #problemTypeBase: string
+
+  constructor(
+    execution: Execution,
+    storeResponse: (status: number) => boolean,
+    replayHeaders: ReadonlySet<string>,
+    problemTypeBase: string,
+  ) {
+    this.context = execution.context
+    this.#execution = execution
+    this.#storeResponse = storeResponse
+    this.#replayHeaders = replayHeaders
+    this.#problemTypeBase = problemTypeBase
+  }
+
+  async complete(response: IdempotencyResponse): Promise<IdempotencyResponse> {
+    if (!this.#storeResponse(response.status)) {
+      await this.#execution.release()
+      return response
+    }
+    try {
+      await this.#execution.record(toStored(response, this.#replayHeaders))
+      return response
+    } catch (error) {
+      if (error instanceof IdempotencyInProgressError) {
+        return problemResponse(error, this.#problemTypeBase)
+      }
+      throw error
+    }
+  }
+
+  abort(options?: IdempotentAbortOptions): Promise<void> {
+    return options?.release === false ? this.#execution.abandon() : this.#execution.release()
+  }
 }
 
 class IdempotencyCore implements Idempotency {
@@ -442,7 +491,8 @@ class IdempotencyCore implements Idempotency {
   }
 
   appliesTo(method: string): boolean {
-    return this.#methods.has(method.toUpperCase())
+    // Methods usually arrive in upper case already (node:http always sends them so).
+    return this.#methods.has(method) || this.#methods.has(method.toUpperCase())
   }
 
   problem(error: IdempotencyError): IdempotencyResponse {
@@ -477,8 +527,16 @@ class IdempotencyCore implements Idempotency {
       if (error instanceof IdempotencyKeyInvalidError) return this.#problem(error)
       throw error
     }
-    const scope = request.scope ?? (await this.#scope(request))
-    const fingerprint = await this.#fingerprint(request)
+    // Scope and fingerprint are usually computed synchronously: awaited only when they are
+    // promises (each await is one more turn of the microtask queue for every request).
+    let scope = request.scope
+    if (scope === undefined) {
+      const computed = this.#scope(request)
+      scope = typeof computed === 'string' ? computed : await computed
+    }
+    const computedFingerprint = this.#fingerprint(request)
+    const fingerprint =
+      typeof computedFingerprint === 'string' ? computedFingerprint : await computedFingerprint
     const acquired = await this.#acquire(scope, key, fingerprint, request)
     switch (acquired.kind) {
       case 'completed':
@@ -500,23 +558,12 @@ class IdempotencyCore implements Idempotency {
   }
 
   #httpExecution(execution: Execution): IdempotentExecution {
-    return {
-      context: execution.context,
-      complete: async (response) => {
-        if (!this.#storeResponse(response.status)) {
-          await execution.release()
-          return response
-        }
-        try {
-          await execution.record(toStored(response, this.#replayHeaders))
-          return response
-        } catch (error) {
-          if (error instanceof IdempotencyInProgressError) return this.problem(error)
-          throw error
-        }
-      },
-      abort: (options) => (options?.release === false ? execution.abandon() : execution.release()),
-    }
+    return new HttpExecution(
+      execution,
+      this.#storeResponse,
+      this.#replayHeaders,
+      this.#problemTypeBase,
+    )
   }
 
   async handle(
@@ -588,7 +635,8 @@ class IdempotencyCore implements Idempotency {
     const { store, clock, leaseMs, retentionMs } = this.#settings
     const startedAt = clock.now()
     if (store.dialect === 'sqlite') {
-      const settled = await this.#settledAlready(scope, key, fingerprint, startedAt)
+      const record = await store.get(scope, key)
+      const settled = this.#settledAlready(record, scope, key, fingerprint, startedAt)
       if (settled !== undefined) return settled
     }
     let pollMs = firstPollMs
@@ -611,7 +659,10 @@ class IdempotencyCore implements Idempotency {
         : undefined
       let step: ClaimStep
       try {
-        step = await this.#claimStep(tx === undefined ? store : store.inTransaction!(tx), claim)
+        const steps = tx === undefined ? store : store.inTransaction!(tx)
+        const outcome = await steps.claim(claim)
+        // The common case (the key was free) without one more async call.
+        step = outcome.claimed ? claimedStep : await this.#claimStep(steps, claim, outcome)
       } catch (error) {
         await tx?.rollback()
         throw error
@@ -656,20 +707,21 @@ class IdempotencyCore implements Idempotency {
   }
 
   /**
-   * SQLite only, where a read costs no round trip: a plain read of the key first, so that a
-   * replay (or a fingerprint mismatch) needs neither the claim's write nor, with `claim:
-   * 'in-transaction'`, a write transaction (`BEGIN IMMEDIATE` would queue behind every writer
-   * of the file, in every process). A record within its retention decides as the claim would:
-   * a completed record is final until it expires, and a different fingerprint is a mismatch in
-   * any state. Anything else (no record, in progress, expired) goes through the claim.
+   * What `record`, read plainly before the claim, decides on its own. SQLite only, where a read
+   * costs no round trip: a replay (or a fingerprint mismatch) then needs neither the claim's
+   * write nor, with `claim: 'in-transaction'`, a write transaction (`BEGIN IMMEDIATE` would
+   * queue behind every writer of the file, in every process). A record within its retention
+   * decides as the claim would: a completed record is final until it expires, and a different
+   * fingerprint is a mismatch in any state. Anything else (no record, in progress, expired)
+   * goes through the claim.
    */
-  async #settledAlready(
+  #settledAlready(
+    record: IdempotencyRecord | undefined,
     scope: string,
     key: string,
     fingerprint: string,
     nowMs: number,
-  ): Promise<Acquired | undefined> {
-    const record = await this.#settings.store.get(scope, key)
+  ): Acquired | undefined {
     if (record === undefined || record.expiresAtMs <= nowMs) return undefined
     if (record.fingerprint !== fingerprint) {
       publish('mismatch', { scope, key })
@@ -680,10 +732,13 @@ class IdempotencyCore implements Idempotency {
     return { kind: 'completed', record }
   }
 
-  /** One pass of the claim protocol: claim, else act on the record that holds the key. */
-  async #claimStep(steps: IdempotencyClaimSteps, claim: ClaimInput): Promise<ClaimStep> {
-    const outcome = await steps.claim(claim)
-    if (outcome.claimed) return { kind: 'execute', attempt: 1, from: undefined }
+  /** The rest of one pass of the claim protocol: act on the record that holds the key. */
+  async #claimStep(
+    steps: IdempotencyClaimSteps,
+    claim: ClaimInput,
+    outcome: ClaimOutcome,
+  ): Promise<ClaimStep> {
+    if (outcome.claimed) return claimedStep
     const record = outcome.existing
     if (record === undefined) return { kind: 'retry' }
     const { nowMs, fingerprint } = claim
@@ -724,8 +779,8 @@ class IdempotencyCore implements Idempotency {
           : this.#settings.clock.now() + this.#settings.leaseMs,
       attempt,
       recoveryPoint: from?.recoveryPoint,
-      phases: from?.phases ?? {},
-      ...(tx === undefined ? {} : { tx }),
+      phases: from?.phases ?? noPhases,
+      tx,
     })
   }
 }

@@ -7,6 +7,7 @@ type Decision =
 
 // Thrown inside the store transaction to roll it back on purpose; never escapes this file.
 const rollbackSignal = new Error('idempotency: deliberate rollback')
+const rollbackDecision: Decision = { rollback: true }
 
 /**
  * The handler's `ctx.tx`: a transaction that begins on its first statement and stays open
@@ -15,11 +16,16 @@ const rollbackSignal = new Error('idempotency: deliberate rollback')
  * Beginning late matters: a handler that first calls other services holds no database
  * transaction meanwhile (on SQLite an open transaction blocks every other writer of the
  * process), and atomic phases, which need their own transactions, can run before it.
+ *
+ * Once the store's transaction has begun, statements go straight to its `tx` (no extra promise
+ * per statement): this is every keyed request's hot path.
  */
 export class DeferredTransaction implements SqlTransaction {
   readonly dialect: SqlDialect
   readonly #store: IdempotencyStore
   #ready: Promise<SqlTransaction> | undefined
+  /** The store's transaction, once it has begun (and until the decision is made). */
+  #tx: SqlTransaction | undefined
   #done: Promise<void> | undefined
   #decide: ((decision: Decision) => void) | undefined
   #closed = false
@@ -36,15 +42,32 @@ export class DeferredTransaction implements SqlTransaction {
   }
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
+    const tx = this.#current()
+    if (tx !== undefined) return tx.query<R>(sql, params)
     return this.#open().then((tx) => tx.query<R>(sql, params))
   }
 
   execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    const tx = this.#current()
+    if (tx !== undefined) return tx.execute(sql, params)
     return this.#open().then((tx) => tx.execute(sql, params))
   }
 
   transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    const tx = this.#current()
+    if (tx !== undefined) return tx.transaction(fn)
     return this.#open().then((tx) => tx.transaction(fn))
+  }
+
+  /**
+   * The store's transaction when a statement can go to it at once: it has begun (the SQLite
+   * driver begins synchronously when nothing holds its lock, so even the first statement
+   * usually finds it) and no decision was made. Otherwise undefined: wait for `#open()`.
+   */
+  #current(): SqlTransaction | undefined {
+    if (this.#closed) return undefined
+    if (this.#ready === undefined) void this.#open()
+    return this.#tx
   }
 
   #open(): Promise<SqlTransaction> {
@@ -67,8 +90,10 @@ export class DeferredTransaction implements SqlTransaction {
         this.#decide = resolve
       })
       this.#done = this.#store.transaction(async (tx) => {
+        this.#tx = tx
         resolveReady(tx)
         const decided = await decision
+        this.#tx = undefined
         if ('rollback' in decided) throw rollbackSignal
         await decided.commit(tx)
       })
@@ -83,14 +108,11 @@ export class DeferredTransaction implements SqlTransaction {
    * the transaction, `write` runs in a transaction of its own. Rejects (after rolling back)
    * when `write` or COMMIT fails.
    */
-  async commit(write: (tx: SqlTransaction) => Promise<void>): Promise<void> {
+  commit(write: (tx: SqlTransaction) => Promise<void>): Promise<void> {
     this.#closed = true
-    if (this.#ready === undefined) {
-      await this.#store.transaction(write)
-      return
-    }
+    if (this.#ready === undefined) return this.#store.transaction(write)
     this.#decide?.({ commit: write })
-    await this.#done
+    return this.#done!
   }
 
   /**
@@ -101,7 +123,7 @@ export class DeferredTransaction implements SqlTransaction {
     if (!this.#closed) this.#closedError = reason
     this.#closed = true
     if (this.#ready === undefined) return
-    this.#decide?.({ rollback: true })
+    this.#decide?.(rollbackDecision)
     await this.#done?.catch(() => {})
   }
 }

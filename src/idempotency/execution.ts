@@ -27,7 +27,40 @@ export interface ExecutionStart {
    * It becomes `ctx.tx`, so the claim commits with the business writes and the result, or
    * rolls back with them.
    */
-  readonly tx?: DeferredTransaction
+  readonly tx?: DeferredTransaction | undefined
+}
+
+/**
+ * What the handler receives as `ctx`: a class (one object per request, no closures); `phase`
+ * stays usable detached (`const { phase } = ctx`), bound on first read.
+ */
+class ExecutionContext implements IdempotencyContext {
+  readonly key: string
+  readonly scope: string
+  readonly tx: SqlTransaction
+  readonly attempt: number
+  readonly #execution: Execution
+  #phase: IdempotencyContext['phase'] | undefined
+
+  constructor(execution: Execution, lease: LeaseRef, tx: SqlTransaction, attempt: number) {
+    this.key = lease.key
+    this.scope = lease.scope
+    this.tx = tx
+    this.attempt = attempt
+    this.#execution = execution
+  }
+
+  get recoveryPoint(): string | undefined {
+    return this.#execution.recoveryPoint
+  }
+
+  get phase(): IdempotencyContext['phase'] {
+    if (this.#phase === undefined) {
+      const execution = this.#execution
+      this.#phase = (name, fn) => execution.phase(name, fn)
+    }
+    return this.#phase
+  }
 }
 
 // Phase results are stored wrapped, so that a phase returning undefined replays as undefined.
@@ -58,7 +91,8 @@ export class Execution {
   // True when the claim itself is a statement of #tx (claim: 'in-transaction'): releasing is a
   // rollback, and there is no committed record to recover phases from.
   readonly #claimInTx: boolean
-  #phases: Record<string, JsonValue>
+  // Replaced (never changed in place) when a phase commits.
+  #phases: Readonly<Record<string, JsonValue>>
   #recoveryPoint: string | undefined
   #timer: TimerHandle | undefined
   #expired = false
@@ -68,23 +102,23 @@ export class Execution {
   constructor(settings: ExecutionSettings, start: ExecutionStart) {
     this.#settings = settings
     this.#lease = start.lease
-    this.#phases = { ...start.phases }
+    this.#phases = start.phases
     this.#recoveryPoint = start.recoveryPoint
     this.#claimInTx = start.tx !== undefined
     this.#tx =
       start.tx ?? new DeferredTransaction(settings.store, settings.store.dialect ?? 'sqlite')
     this.#armLeaseTimer(start.leaseExpiresAtMs - settings.clock.now())
-    const self = this
-    this.context = {
-      key: start.lease.key,
-      scope: start.lease.scope,
-      tx: this.#tx,
-      attempt: start.attempt,
-      get recoveryPoint() {
-        return self.#recoveryPoint
-      },
-      phase: (name, fn) => this.#phase(name, fn),
-    }
+    this.context = new ExecutionContext(this, start.lease, this.#tx, start.attempt)
+  }
+
+  /** The last phase committed by this or an earlier holder. */
+  get recoveryPoint(): string | undefined {
+    return this.#recoveryPoint
+  }
+
+  /** {@link IdempotencyContext.phase} */
+  phase<T>(name: string, fn: (tx: SqlTransaction) => Promise<T> | T): Promise<T> {
+    return this.#phase(name, fn)
   }
 
   /** The key this execution holds. */

@@ -23,7 +23,9 @@ const allowedKey = /^[A-Za-z0-9\-_.:~+/=]+$/
  * ```
  */
 export function parseIdempotencyKey(headerValue: string): string {
-  let key = headerValue.replace(/^[ \t]+|[ \t]+$/g, '')
+  let key = hasOuterWhitespace(headerValue)
+    ? headerValue.replace(/^[ \t]+|[ \t]+$/g, '')
+    : headerValue
   if (key.startsWith('"')) {
     if (key.length < 2 || !key.endsWith('"')) {
       throw new IdempotencyKeyInvalidError(
@@ -44,6 +46,15 @@ export function parseIdempotencyKey(headerValue: string): string {
   }
   checkKeyCharacters(key)
   return key
+}
+
+// A space or tab at either end (what the trim removes); checked first because a key rarely has
+// one, and the regular expression costs more than two character tests.
+function hasOuterWhitespace(value: string): boolean {
+  if (value.length === 0) return false
+  const first = value.charCodeAt(0)
+  const last = value.charCodeAt(value.length - 1)
+  return first === 32 || first === 9 || last === 32 || last === 9
 }
 
 function checkKeyCharacters(key: string): void {

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
-import type { Idempotency } from './core.js'
+import type { Idempotency, IdempotentExecution } from './core.js'
 import {
   BodyTooLargeError,
   captureNodeResponse,
@@ -57,6 +57,89 @@ export type IdempotentRequestHandler = (
   res: ServerResponse,
   extras: IdempotentHandlerExtras,
 ) => void | Promise<void>
+
+/**
+ * One keyed request's handler, run with its response captured, then recorded and sent (or, if
+ * the handler fails before ending the response, rolled back and answered with a problem).
+ * Callbacks rather than a race of promises, and a class rather than closures: this is the path
+ * of every new key, and each promise (with its async hooks) and closure shows in its cost.
+ */
+class CapturedRun {
+  readonly #idempotency: Idempotency
+  readonly #execution: IdempotentExecution
+  readonly #res: ServerResponse
+  readonly #onError: (error: unknown) => void
+  #capture: { restore(): void } | undefined
+  #ended = false
+
+  constructor(
+    idempotency: Idempotency,
+    execution: IdempotentExecution,
+    res: ServerResponse,
+    onError: (error: unknown) => void,
+  ) {
+    this.#idempotency = idempotency
+    this.#execution = execution
+    this.#res = res
+    this.#onError = onError
+  }
+
+  start(handler: IdempotentRequestHandler, req: IncomingMessage, body: Buffer): void {
+    this.#capture = captureNodeResponse(this.#res, (response) => this.#captured(response))
+    let handled: void | Promise<void>
+    try {
+      handled = handler(req, this.#res, { body, idempotency: this.#execution.context })
+    } catch (error) {
+      this.#failed(error)
+      return
+    }
+    if (handled !== undefined && typeof handled.then === 'function') {
+      handled.then(undefined, (error: unknown) => this.#failed(error))
+    }
+  }
+
+  // The handler ended its response: record it, then send what complete() returns. The store
+  // failing (the key is then released) rejects: nothing was sent yet.
+  #captured(response: IdempotencyResponse): void {
+    this.#ended = true
+    this.#execution.complete(response).then(
+      (final) => this.#send(final),
+      (error: unknown) => this.#internalError(error),
+    )
+  }
+
+  // A handler may resolve before it ends the response (a stream still piping): only a
+  // rejection (or a throw) before the end counts as failure; a later one is reported.
+  #failed(error: unknown): void {
+    if (this.#ended) {
+      this.#onError(error)
+      return
+    }
+    this.#ended = true
+    this.#capture?.restore()
+    this.#execution.abort().then(
+      () => {
+        if (isIdempotencyError(error)) this.#send(this.#idempotency.problem(error))
+        else this.#internalError(error)
+      },
+      (abortError: unknown) => this.#internalError(abortError),
+    )
+  }
+
+  #send(response: IdempotencyResponse): void {
+    try {
+      writeNodeResponse(this.#res, response)
+    } catch (error) {
+      this.#internalError(error)
+    }
+  }
+
+  // As for any other failure of the request: a 500 unless something was sent, and onError.
+  #internalError(error: unknown): void {
+    writeInternalError(this.#res)
+    this.#onError(error)
+  }
+}
 
 /**
  * Wraps a node:http handler for `http.createServer`: reads the body, validates the key, replays
@@ -138,35 +221,7 @@ export function idempotentHandler(
     }
     const { execution } = begun
     attachContext(req, execution.context)
-    let capture: { restore(): void } | undefined
-    const finished = new Promise<IdempotencyResponse>((resolve) => {
-      capture = captureNodeResponse(res, resolve)
-    })
-    const handled = (async () => {
-      await handler(req, res, { body, idempotency: execution.context })
-    })()
-    // A handler may resolve before it ends the response (a stream still piping): only a
-    // rejection before the end counts as failure.
-    const failure = handled.then(
-      () => new Promise<never>(() => {}),
-      (error: unknown) => Promise.reject(error),
-    )
-    let response: IdempotencyResponse
-    try {
-      response = await Promise.race([finished, failure])
-    } catch (error) {
-      capture?.restore()
-      await execution.abort()
-      if (isIdempotencyError(error)) {
-        writeNodeResponse(res, idempotency.problem(error))
-        return
-      }
-      writeInternalError(res)
-      onError(error)
-      return
-    }
-    handled.catch(onError)
-    writeNodeResponse(res, await execution.complete(response))
+    new CapturedRun(idempotency, execution, res, onError).start(handler, req, body)
   }
 
   return (req, res) => {

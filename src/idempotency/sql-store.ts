@@ -83,19 +83,30 @@ function toRecord(row: RecordRow): IdempotencyRecord {
 const asBuffer = (bytes: Uint8Array): Buffer =>
   Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
 
-/** The claim steps over one executor: the driver (autocommit) or an open transaction. */
-function claimSteps(
-  executor: SqlExecutor,
-  sql: IdempotencyStatements,
-  claimSql: string,
-): IdempotencyClaimSteps {
-  const get = async (scope: string, key: string): Promise<IdempotencyRecord | undefined> => {
-    const rows = await executor.query<RecordRow>(sql.select, [scope, key])
+/**
+ * The claim steps over one executor: the driver (autocommit) or an open transaction. A class:
+ * with `claim: 'in-transaction'` one is made per request, over that request's transaction.
+ */
+class ClaimSteps implements IdempotencyClaimSteps {
+  readonly #executor: SqlExecutor
+  readonly #sql: IdempotencyStatements
+  readonly #claimSql: string
+
+  constructor(executor: SqlExecutor, sql: IdempotencyStatements, claimSql: string) {
+    this.#executor = executor
+    this.#sql = sql
+    this.#claimSql = claimSql
+  }
+
+  async get(scope: string, key: string): Promise<IdempotencyRecord | undefined> {
+    const rows = await this.#executor.query<RecordRow>(this.#sql.select, [scope, key])
     return rows[0] === undefined ? undefined : toRecord(rows[0])
   }
-  return {
-    async claim(input: ClaimInput): Promise<ClaimOutcome> {
-      const rows = await executor.query<ClaimRow>(claimSql, [
+
+  async claim(input: ClaimInput): Promise<ClaimOutcome> {
+    const counted = this.#sql.claimCounted
+    if (counted !== undefined) {
+      const { rowCount } = await this.#executor.execute(counted, [
         input.scope,
         input.key,
         input.fingerprint,
@@ -104,52 +115,63 @@ function claimSteps(
         input.nowMs,
         input.expiresAtMs,
       ])
-      const row = rows[0]
-      if (row !== undefined && row.claimed_token !== null) return { claimed: true }
-      // The existing record comes in the same row when the statement can see it (PostgreSQL:
-      // when its snapshot shows it; SQLite in a transaction: always).
-      if (row?.idem_key != null) return { claimed: false, existing: toRecord(row as RecordRow) }
-      return { claimed: false, existing: await get(input.scope, input.key) }
-    },
+      if (rowCount === 1) return claimed
+      return { claimed: false, existing: await this.get(input.scope, input.key) }
+    }
+    const rows = await this.#executor.query<ClaimRow>(this.#claimSql, [
+      input.scope,
+      input.key,
+      input.fingerprint,
+      input.leaseToken,
+      input.leaseExpiresAtMs,
+      input.nowMs,
+      input.expiresAtMs,
+    ])
+    const row = rows[0]
+    if (row !== undefined && row.claimed_token !== null) return claimed
+    // The existing record comes in the same row when the statement's snapshot shows it.
+    if (row?.idem_key != null) return { claimed: false, existing: toRecord(row as RecordRow) }
+    return { claimed: false, existing: await this.get(input.scope, input.key) }
+  }
 
-    get,
+  async takeOver(input: TakeoverInput): Promise<boolean> {
+    const { rowCount } = await this.#executor.execute(this.#sql.takeOver, [
+      input.scope,
+      input.key,
+      input.previousLeaseToken,
+      input.leaseToken,
+      input.leaseExpiresAtMs,
+      input.nowMs,
+    ])
+    return rowCount === 1
+  }
 
-    async takeOver(input: TakeoverInput): Promise<boolean> {
-      const { rowCount } = await executor.execute(sql.takeOver, [
-        input.scope,
-        input.key,
-        input.previousLeaseToken,
-        input.leaseToken,
-        input.leaseExpiresAtMs,
-        input.nowMs,
-      ])
-      return rowCount === 1
-    },
-
-    async recycle(input: TakeoverInput): Promise<boolean> {
-      const { rowCount } = await executor.execute(sql.recycle, [
-        input.scope,
-        input.key,
-        input.previousLeaseToken,
-        input.fingerprint,
-        input.leaseToken,
-        input.leaseExpiresAtMs,
-        input.nowMs,
-        input.expiresAtMs,
-      ])
-      return rowCount === 1
-    },
+  async recycle(input: TakeoverInput): Promise<boolean> {
+    const { rowCount } = await this.#executor.execute(this.#sql.recycle, [
+      input.scope,
+      input.key,
+      input.previousLeaseToken,
+      input.fingerprint,
+      input.leaseToken,
+      input.leaseExpiresAtMs,
+      input.nowMs,
+      input.expiresAtMs,
+    ])
+    return rowCount === 1
   }
 }
+
+const claimed: ClaimOutcome = { claimed: true }
 
 /**
  * The idempotency store on breakwater's SQL seam, for SQLite and PostgreSQL. Run
  * {@link migrateIdempotency} (or the CLI's `breakwater migrate`) once before use.
  *
- * Every protocol step is one statement: a claim is one `INSERT ... ON CONFLICT` (it also reads
- * the existing record on PostgreSQL, and on SQLite inside a transaction, so a replay is one
- * round trip), the result is recorded by one fenced `UPDATE` inside the handler's own
- * transaction. It supports both claim modes (`claim: 'leased'` and `'in-transaction'`).
+ * Every protocol step is one statement: a claim is one `INSERT ... ON CONFLICT` (on PostgreSQL
+ * it also reads the existing record, so a replay is one round trip; on SQLite, where a read
+ * costs no round trip, the key is read before the claim and a conflict is read after it), the
+ * result is recorded by one fenced `UPDATE` inside the handler's own transaction. It supports
+ * both claim modes (`claim: 'leased'` and `'in-transaction'`).
  *
  * @example
  * ```ts
@@ -168,17 +190,17 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
     throw new InvalidOptionError('db', 'a SqlDriver (sqlite or postgres)', db)
   }
   const sql: IdempotencyStatements = idempotencyStatements[db.dialect]
-  const autocommit = claimSteps(db, sql, sql.claim)
+  const autocommit = new ClaimSteps(db, sql, sql.claim)
 
   return {
     dialect: db.dialect,
-    claim: autocommit.claim,
-    get: autocommit.get,
-    takeOver: autocommit.takeOver,
-    recycle: autocommit.recycle,
+    claim: (input) => autocommit.claim(input),
+    get: (scope, key) => autocommit.get(scope, key),
+    takeOver: (input) => autocommit.takeOver(input),
+    recycle: (input) => autocommit.recycle(input),
 
     inTransaction(tx: SqlTransaction): IdempotencyClaimSteps {
-      return claimSteps(tx, sql, sql.claimInTransaction)
+      return new ClaimSteps(tx, sql, sql.claimInTransaction)
     },
 
     transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {

@@ -103,9 +103,20 @@ export interface IdempotencyStatements {
   readonly claim: string
   /**
    * The claim as the first statement of the handler's own transaction (`claim:
-   * 'in-transaction'`); same parameters and result columns as `claim`.
+   * 'in-transaction'`), with the same parameters. PostgreSQL: the same result columns as
+   * `claim`. SQLite: `claimCounted` (no rows; it claimed when it changed one).
    */
   readonly claimInTransaction: string
+  /**
+   * SQLite: the claim as a plain `INSERT ... ON CONFLICT DO NOTHING` (same parameters, no
+   * RETURNING), which claimed the key when it changed one row; on a conflict the store reads
+   * the existing record with `select`. The store claims with it in both modes (it is SQLite's
+   * `claimInTransaction` too): without RETURNING the statement costs less, and a claim usually
+   * finds the key free, since on SQLite a read before the claim already decides replays and
+   * mismatches. In a transaction the read that follows a conflict is exact: the transaction
+   * holds SQLite's only write lock, so nothing changes the record in between.
+   */
+  readonly claimCounted?: string
   /** $1 scope, $2 key. */
   readonly select: string
   /** $1 scope, $2 key, $3 previous token, $4 new token, $5 lease end, $6 now. */
@@ -137,9 +148,10 @@ const columns = `scope, idem_key, fingerprint, state, lease_token, lease_expires
 // a loser reads the winner's record with a second statement (in-process, so nearly free).
 const claimColumns = `(scope, idem_key, fingerprint, state, lease_token, lease_expires_at, attempt, created_at, updated_at, expires_at)`
 const claimValues = `($1, $2, $3, 'in_progress', $4, $5, 1, $6, $6, $7)`
-const claim = `INSERT INTO ${idempotencyTable} ${claimColumns}
+const claimCounted = `INSERT INTO ${idempotencyTable} ${claimColumns}
 VALUES ${claimValues}
-ON CONFLICT (scope, idem_key) DO NOTHING
+ON CONFLICT (scope, idem_key) DO NOTHING`
+const claim = `${claimCounted}
 RETURNING lease_token AS claimed_token`
 
 // PostgreSQL: the same INSERT, and in the same round trip the existing record, so that a replay
@@ -155,15 +167,6 @@ const claimOrRead = `WITH claimed AS (
 SELECT (SELECT lease_token FROM claimed) AS claimed_token, existing.*
 FROM (SELECT 1) AS one
 LEFT JOIN ${idempotencyTable} AS existing ON existing.scope = $1 AND existing.idem_key = $2`
-
-// SQLite, inside the handler's transaction (claim: 'in-transaction'): the transaction holds the
-// database's only write lock (BEGIN IMMEDIATE), so no other writer can interleave, and a no-op
-// DO UPDATE makes RETURNING yield the existing record in the same statement. A replay's
-// transaction is rolled back, so the no-op write never reaches the file.
-const claimOrReturnExisting = `INSERT INTO ${idempotencyTable} ${claimColumns}
-VALUES ${claimValues}
-ON CONFLICT (scope, idem_key) DO UPDATE SET updated_at = updated_at
-RETURNING CASE WHEN lease_token = $4 THEN lease_token END AS claimed_token, ${columns}`
 
 // PostgreSQL, claim: 'leased': the same claim committed without waiting for its WAL flush
 // (synchronous_commit off for this statement's own transaction only). This is safe because a
@@ -243,7 +246,12 @@ WHERE (scope, idem_key) IN (
   // from requests queue behind the sweeper for milliseconds, not for a whole table scan.
   sqlite: {
     ...shared,
-    claimInTransaction: claimOrReturnExisting,
+    // Inside the handler's transaction (claim: 'in-transaction') the transaction holds the
+    // database's only write lock (BEGIN IMMEDIATE), so no other writer can interleave between
+    // the claim and the read of an existing record that follows a conflict. A replay's
+    // transaction is rolled back.
+    claimInTransaction: claimCounted,
+    claimCounted,
     sweep: `DELETE FROM ${idempotencyTable}
 WHERE rowid IN (
   SELECT rowid FROM ${idempotencyTable} WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2

@@ -135,24 +135,41 @@ class SqliteStatements {
 
 const emptyParams: readonly unknown[] = []
 
-// Runs a synchronous better-sqlite3 call and turns its outcome into a promise.
-function settle<T>(run: () => T): Promise<T> {
-  try {
-    return Promise.resolve(run())
-  } catch (error) {
-    return Promise.reject(error)
+/**
+ * Runs statements straight on the connection; used by the executor that holds the lock. A
+ * class rather than closures: a transaction's statements are the hot path of every request
+ * that writes, and this allocates nothing but the promise per statement.
+ */
+class DirectExecutor implements SqlExecutor {
+  readonly dialect = 'sqlite' as const
+  readonly #statements: SqliteStatements
+
+  constructor(statements: SqliteStatements) {
+    this.#statements = statements
+  }
+
+  query<R = Record<string, unknown>>(
+    sql: string,
+    params: readonly unknown[] = emptyParams,
+  ): Promise<R[]> {
+    try {
+      return Promise.resolve(this.#statements.all(sql, params) as R[])
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  execute(sql: string, params: readonly unknown[] = emptyParams): Promise<{ rowCount: number }> {
+    try {
+      return Promise.resolve({ rowCount: this.#statements.run(sql, params) })
+    } catch (error) {
+      return Promise.reject(error)
+    }
   }
 }
 
-/** Runs statements straight on the connection; used by the executor that holds the lock. */
 function directExecutor(statements: SqliteStatements): SqlExecutor {
-  return {
-    dialect: 'sqlite',
-    query: <R>(sql: string, params: readonly unknown[] = emptyParams) =>
-      settle(() => statements.all(sql, params) as R[]),
-    execute: (sql: string, params: readonly unknown[] = emptyParams) =>
-      settle(() => ({ rowCount: statements.run(sql, params) })),
-  }
+  return new DirectExecutor(statements)
 }
 
 interface OpenTransaction {
@@ -210,17 +227,34 @@ export class SqliteDriver implements SqlDriver {
     sql: string,
     params: readonly unknown[] = emptyParams,
   ): Promise<R[]> {
-    const run = () => this.#statements.all(sql, params) as R[]
-    if (this.#mustQueue(sql)) return this.#queued(run, this.#statements.writes(sql))
+    if (this.#mustQueue(sql)) {
+      return this.#queued(
+        () => this.#statements.all(sql, params) as R[],
+        this.#statements.writes(sql),
+      )
+    }
     if (this.#closed) return Promise.reject(new StoreClosedError('sqlite'))
-    return settle(run)
+    // Run at once, without a closure: this is every plain statement's path.
+    try {
+      return Promise.resolve(this.#statements.all(sql, params) as R[])
+    } catch (error) {
+      return Promise.reject(error)
+    }
   }
 
   execute(sql: string, params: readonly unknown[] = emptyParams): Promise<{ rowCount: number }> {
-    const run = () => ({ rowCount: this.#statements.run(sql, params) })
-    if (this.#mustQueue(sql)) return this.#queued(run, this.#statements.writes(sql))
+    if (this.#mustQueue(sql)) {
+      return this.#queued(
+        () => ({ rowCount: this.#statements.run(sql, params) }),
+        this.#statements.writes(sql),
+      )
+    }
     if (this.#closed) return Promise.reject(new StoreClosedError('sqlite'))
-    return settle(run)
+    try {
+      return Promise.resolve({ rowCount: this.#statements.run(sql, params) })
+    } catch (error) {
+      return Promise.reject(error)
+    }
   }
 
   // A statement waits while this driver's transaction is open, and a write also while another
@@ -283,63 +317,60 @@ export class SqliteDriver implements SqlDriver {
 
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     this.#refuseReentry(true)
-    await this.#mutex.acquire()
+    // Both locks are taken at once when free (FIFO: a free lock has nobody queued), so the
+    // common path adds no await before BEGIN.
+    if (!this.#mutex.tryAcquire()) await this.#mutex.acquire()
     try {
       // Always this driver's lock first, then the file's: no two drivers wait for each other.
-      // (Taken at once when free: no extra await on the common path.)
       if (!this.#file.mutex.tryAcquire()) await this.#takeFileLock()
       try {
-        return await this.#transactionLocked(fn)
+        if (this.#closed) throw new StoreClosedError('sqlite')
+        // IMMEDIATE takes the write lock now, so a concurrent writer in another process waits
+        // here (busy timeout) rather than failing at its first write with SQLITE_BUSY.
+        this.#db.exec('BEGIN IMMEDIATE')
+        // finish(): the last statement and COMMIT run at once (no round trips to save here,
+        // but the same semantics as on PostgreSQL: committed before finish() resolves).
+        let finished: { error?: unknown } | undefined
+        const tx = new ScopedTransaction(this.#direct, 0, (sql, params) => {
+          finished = {}
+          try {
+            const outcome = this.#statements.rowsAndCount(sql, params)
+            this.#db.exec('COMMIT')
+            return Promise.resolve(outcome)
+          } catch (error) {
+            this.#rollbackQuietly()
+            finished.error = error
+            return Promise.reject(error)
+          }
+        })
+        let result: T
+        try {
+          result = await currentTransaction.run({ driver: this, tx }, fn, tx)
+        } catch (error) {
+          tx.end()
+          // After finish() there is nothing left to roll back (#rollbackQuietly checks).
+          this.#rollbackQuietly()
+          throw error
+        }
+        tx.end()
+        if (finished !== undefined) {
+          // A callback that swallowed finish()'s failure still must not look committed.
+          if (finished.error !== undefined) throw finished.error
+          return result
+        }
+        try {
+          this.#db.exec('COMMIT')
+        } catch (error) {
+          this.#rollbackQuietly()
+          throw error
+        }
+        return result
       } finally {
         this.#file.mutex.release()
       }
     } finally {
       this.#mutex.release()
     }
-  }
-
-  async #transactionLocked<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
-    if (this.#closed) throw new StoreClosedError('sqlite')
-    // IMMEDIATE takes the write lock now, so a concurrent writer in another process waits
-    // here (busy timeout) rather than failing at its first write with SQLITE_BUSY.
-    this.#db.exec('BEGIN IMMEDIATE')
-    // finish(): the last statement and COMMIT run at once (no round trips to save here, but
-    // the same semantics as on PostgreSQL: committed before finish() resolves).
-    let finished: { error?: unknown } | undefined
-    const tx = new ScopedTransaction(this.#direct, 0, (sql, params) => {
-      finished = {}
-      try {
-        const outcome = this.#statements.rowsAndCount(sql, params)
-        this.#db.exec('COMMIT')
-        return Promise.resolve(outcome)
-      } catch (error) {
-        this.#rollbackQuietly()
-        finished.error = error
-        return Promise.reject(error)
-      }
-    })
-    let result: T
-    try {
-      result = await currentTransaction.run({ driver: this, tx }, () => fn(tx))
-    } catch (error) {
-      tx.end()
-      // After finish() there is nothing left to roll back (#rollbackQuietly checks).
-      this.#rollbackQuietly()
-      throw error
-    }
-    tx.end()
-    if (finished !== undefined) {
-      // A callback that swallowed finish()'s failure still must not look committed.
-      if (finished.error !== undefined) throw finished.error
-      return result
-    }
-    try {
-      this.#db.exec('COMMIT')
-    } catch (error) {
-      this.#rollbackQuietly()
-      throw error
-    }
-    return result
   }
 
   // The caller's error is the one worth seeing; a failing ROLLBACK must not replace it.
