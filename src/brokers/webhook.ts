@@ -5,6 +5,7 @@ import { Pool } from 'undici'
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
+import { httpTokenPattern } from '../http/token.js'
 import { pipeline } from '../policies/pipeline.js'
 import { type RetryOptions, retry } from '../policies/retry.js'
 import { timeout } from '../policies/timeout.js'
@@ -148,7 +149,6 @@ const forbiddenHeaders = new Set([
   WEBHOOK_MESSAGE_ID_HEADER,
   'idempotency-key',
 ])
-const headerName = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const minSecretBytes = 16
 const maxErrorBody = 300
 
@@ -387,7 +387,7 @@ class WebhookPublisher implements Publisher {
     const extra: Record<string, string> = {}
     for (const [name, value] of Object.entries(headers)) {
       const lower = name.toLowerCase()
-      if (!headerName.test(name) || forbiddenHeaders.has(lower))
+      if (!httpTokenPattern.test(name) || forbiddenHeaders.has(lower))
         throw new InvalidOptionError(
           `webhook.headers.${name}`,
           'a header the publisher does not set itself',

@@ -6,6 +6,7 @@
 
 import { z } from 'zod'
 import { maxTimerDelayMs } from '../../core/clock.js'
+import { httpTokenPattern } from '../../http/token.js'
 import { DEADLINE_HEADER } from '../../policies/deadline.js'
 import type {
   DiscoveryConfig,
@@ -59,10 +60,9 @@ const serviceName = z
   .regex(namePattern, { error: nameText })
   .max(64, { error: nameText })
 
-const headerPattern = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const headerName = z
   .string({ error: 'HTTP header name' })
-  .regex(headerPattern, { error: 'HTTP header name' })
+  .regex(httpTokenPattern, { error: 'HTTP header name' })
 
 const pathPrefix = z
   .string({ error: 'path starting with "/"' })

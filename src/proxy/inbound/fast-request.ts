@@ -186,7 +186,8 @@ function isOws(c: number): boolean {
   return c === 0x20 || c === 0x09
 }
 
-function hasCloseToken(value: string): boolean {
+/** Whether a `Connection` header value lists the `close` option (case-insensitive). */
+export function hasCloseToken(value: string): boolean {
   for (const token of value.split(',')) if (token.trim().toLowerCase() === 'close') return true
   return false
 }

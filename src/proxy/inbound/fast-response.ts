@@ -5,6 +5,8 @@
 
 import { type OutgoingHttpHeader, type OutgoingHttpHeaders, STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
+import { httpTokenPattern } from '../../http/token.js'
+import { hasCloseToken } from './fast-request.js'
 
 /** What a {@link FastResponse} needs from its connection. */
 export interface FastResponseOwner {
@@ -21,7 +23,6 @@ type HeaderInput = OutgoingHttpHeaders | OutgoingHttpHeader[]
 
 const crlf = Buffer.from('\r\n', 'latin1')
 const lastChunk = Buffer.from('0\r\n\r\n', 'latin1')
-const tokenPattern = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 const badValue = /[^\t\x20-\x7e\x80-\xff]/
 // Lengths of the names writeHead looks at (date, connection, content-length, transfer-encoding):
 // other names are never lower-cased.
@@ -53,7 +54,7 @@ const scratch = {
 }
 
 function addHeader(name: string, value: HeaderValue): void {
-  if (!tokenPattern.test(name)) throw new TypeError(`Invalid header name: "${name}"`)
+  if (!httpTokenPattern.test(name)) throw new TypeError(`Invalid header name: "${name}"`)
   if (typeof value === 'object') {
     for (const item of value) addHeader(name, item)
     return
@@ -66,7 +67,7 @@ function addHeader(name: string, value: HeaderValue): void {
   else if (lower === 'transfer-encoding') {
     scratch.userChunked = /(?:^|,)\s*chunked\s*$/i.test(text)
   } else if (lower === 'connection') {
-    if (/(?:^|,)\s*close\s*(?:,|$)/i.test(text)) scratch.closeAsked = true
+    if (hasCloseToken(text)) scratch.closeAsked = true
     return // the connection's own Connection header is written by writeHead
   }
   scratch.head += `${name}: ${text}\r\n`

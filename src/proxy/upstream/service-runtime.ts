@@ -5,6 +5,7 @@ import type { ErrorCode } from '../../core/error-codes.js'
 import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
 import { checkFunction, checkObject } from '../../core/validate.js'
 import { idempotentMethods } from '../../http/methods.js'
+import { httpTokenPattern } from '../../http/token.js'
 import {
   type Backoff,
   createRetryBudget,
@@ -123,8 +124,7 @@ export function createServiceRuntime(
   if (options.random !== undefined) checkFunction('createServiceRuntime.random', options.random)
   if (
     options.deadlineHeader !== undefined &&
-    (typeof options.deadlineHeader !== 'string' ||
-      !/^[!#$%&'*+.^_`|~0-9a-z-]+$/i.test(options.deadlineHeader))
+    (typeof options.deadlineHeader !== 'string' || !httpTokenPattern.test(options.deadlineHeader))
   )
     throw new InvalidOptionError(
       'createServiceRuntime.deadlineHeader',
