@@ -104,21 +104,7 @@ class ClaimSteps implements IdempotencyClaimSteps {
   }
 
   async claim(input: ClaimInput): Promise<ClaimOutcome> {
-    const counted = this.#sql.claimCounted
-    if (counted !== undefined) {
-      const { rowCount } = await this.#executor.execute(counted, [
-        input.scope,
-        input.key,
-        input.fingerprint,
-        input.leaseToken,
-        input.leaseExpiresAtMs,
-        input.nowMs,
-        input.expiresAtMs,
-      ])
-      if (rowCount === 1) return claimed
-      return { claimed: false, existing: await this.get(input.scope, input.key) }
-    }
-    const rows = await this.#executor.query<ClaimRow>(this.#claimSql, [
+    const params = [
       input.scope,
       input.key,
       input.fingerprint,
@@ -126,7 +112,14 @@ class ClaimSteps implements IdempotencyClaimSteps {
       input.leaseExpiresAtMs,
       input.nowMs,
       input.expiresAtMs,
-    ])
+    ]
+    const counted = this.#sql.claimCounted
+    if (counted !== undefined) {
+      const { rowCount } = await this.#executor.execute(counted, params)
+      if (rowCount === 1) return claimed
+      return { claimed: false, existing: await this.get(input.scope, input.key) }
+    }
+    const rows = await this.#executor.query<ClaimRow>(this.#claimSql, params)
     const row = rows[0]
     if (row !== undefined && row.claimed_token !== null) return claimed
     // The existing record comes in the same row when the statement's snapshot shows it.

@@ -67,6 +67,7 @@ import {
 import { flushJobs, ManualClock } from '../../src/testing/index.js'
 import { gate } from '../support/gate.js'
 import { holdOpenTransaction } from '../support/held-transaction.js'
+import { settleOnClock } from '../support/settle.js'
 import { createTestSqlite, type TestSqlite } from '../support/sqlite.js'
 import { StallableDriver } from '../support/stall.js'
 
@@ -539,15 +540,7 @@ class World {
 
   /** Moves the clock in steps until `promise` settles (a close waiting for its handler). */
   async settle(promise: Promise<unknown>, what: string): Promise<void> {
-    let settled = false
-    promise.then(
-      () => (settled = true),
-      () => (settled = true),
-    )
-    await flushJobs()
-    for (let i = 0; i < 200 && !settled; i++) await this.clock.advance(50)
-    if (!settled) throw new Error(`${what} did not settle\n${this.describe()}`)
-    await promise
+    await settleOnClock(this.clock, promise, what, () => this.describe())
   }
 
   describe(): string {

@@ -43,6 +43,7 @@ import {
 } from '../../src/outbox/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
 import { flushJobs, ManualClock } from '../../src/testing/index.js'
+import { settleOnClock } from '../support/settle.js'
 import { StallableDriver } from '../support/stall.js'
 import { brokerDown, type OutboxDb, repeated, sqliteTarget } from './support.js'
 
@@ -375,15 +376,7 @@ class World {
 
   /** Moves the clock in steps until `promise` settles (a stop waiting for its batch). */
   async settle(promise: Promise<unknown>, what: string): Promise<void> {
-    let settled = false
-    promise.then(
-      () => (settled = true),
-      () => (settled = true),
-    )
-    await flushJobs()
-    for (let i = 0; i < 200 && !settled; i++) await this.clock.advance(50)
-    if (!settled) throw new Error(`${what} did not settle\n${this.describe()}`)
-    await promise
+    await settleOnClock(this.clock, promise, what, () => this.describe())
   }
 
   describe(): string {
