@@ -26,9 +26,15 @@ import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startPostgres } from '../scripts/services.mjs'
-import { createEventStore, type EventStore, migrateCqrs } from '../src/cqrs/index.js'
-import { createPostgresDriver, createSqliteDriver, type SqlDriver } from '../src/stores/index.js'
+import type { EventStore } from '../src/cqrs/index.js'
+import type { SqlDriver } from '../src/stores/index.js'
+import { built } from './lib/built.js'
 import { median, type ResultRow, writeResults } from './lib/harness.js'
+
+const { createEventStore, migrateCqrs } =
+  await built<typeof import('../src/cqrs/index.js')>('cqrs/index.js')
+const { createPostgresDriver, createSqliteDriver } =
+  await built<typeof import('../src/stores/index.js')>('stores/index.js')
 
 const full = process.env.BREAKWATER_SCALE === 'full'
 const rounds = full ? 9 : 5

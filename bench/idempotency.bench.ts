@@ -26,14 +26,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Pool } from 'undici'
 import { startPostgres } from '../scripts/services.mjs'
-import {
-  createIdempotency,
-  type IdempotencyClaimMode,
-  idempotentHandler,
-  migrateIdempotency,
-} from '../src/idempotency/index.js'
-import { openDatabase, type SqlDriver, type SqlTransaction } from '../src/stores/index.js'
+import type { IdempotencyClaimMode } from '../src/idempotency/index.js'
+import type { SqlDriver, SqlTransaction } from '../src/stores/index.js'
+import { built } from './lib/built.js'
 import { collectGarbage, percentile, type ResultRow, writeResults } from './lib/harness.js'
+
+const { createIdempotency, idempotentHandler, migrateIdempotency } =
+  await built<typeof import('../src/idempotency/index.js')>('idempotency/index.js')
+const { openDatabase } = await built<typeof import('../src/stores/index.js')>('stores/index.js')
 
 const connections = 32
 const warmupMs = 1_000

@@ -51,20 +51,17 @@ import {
   startRedis,
 } from '../scripts/lib/brokers.mjs'
 import { startPostgres } from '../scripts/services.mjs'
-import { createNatsBroker, createRabbitMqBroker, createRedisBroker } from '../src/brokers/index.js'
 import type { Broker, Publisher } from '../src/brokers/types.js'
-import {
-  createOutbox,
-  createRelay,
-  createSqlQueue,
-  migrateOutbox,
-  migrateSqlQueue,
-  type Outbox,
-  type OutboxEvent,
-  type Relay,
-} from '../src/outbox/index.js'
-import { openDatabase, type SqlDriver, type SqlExecutor } from '../src/stores/index.js'
+import type { Outbox, OutboxEvent, Relay } from '../src/outbox/index.js'
+import type { SqlDriver, SqlExecutor } from '../src/stores/index.js'
+import { built } from './lib/built.js'
 import { type ResultRow, writeResults } from './lib/harness.js'
+
+const { createNatsBroker, createRabbitMqBroker, createRedisBroker } =
+  await built<typeof import('../src/brokers/index.js')>('brokers/index.js')
+const { createOutbox, createRelay, createSqlQueue, migrateOutbox, migrateSqlQueue } =
+  await built<typeof import('../src/outbox/index.js')>('outbox/index.js')
+const { openDatabase } = await built<typeof import('../src/stores/index.js')>('stores/index.js')
 
 const full = process.env.BREAKWATER_SCALE === 'full'
 const backlog = Number(process.env.BENCH_OUTBOX_BACKLOG ?? (full ? 100_000 : 30_000))

@@ -24,15 +24,8 @@ import { PerformanceObserver, performance } from 'node:perf_hooks'
 import * as cockatiel from 'cockatiel'
 import CircuitBreaker from 'opossum'
 import pRetry from 'p-retry'
-import {
-  bulkhead,
-  circuitBreaker,
-  fallback,
-  type Policy,
-  pipeline,
-  retry,
-  timeout,
-} from '../src/index.js'
+import type { Policy } from '../src/index.js'
+import { built } from './lib/built.js'
 import {
   type AsyncCase,
   collectGarbage,
@@ -41,6 +34,9 @@ import {
   type ResultRow,
   writeResults,
 } from './lib/harness.js'
+
+const { bulkhead, circuitBreaker, fallback, pipeline, retry, timeout } =
+  await built<typeof import('../src/index.js')>('index.js')
 
 const overallTimeoutMs = 10_000
 const perTryTimeoutMs = 5_000

@@ -42,6 +42,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { builtCli } from './lib/built.js'
 import { median, type ResultRow, writeResults } from './lib/harness.js'
 import { benchProxyYaml, benchShadowGatewayYaml } from './lib/proxy-config.js'
 
@@ -188,10 +189,9 @@ async function startBreakwaterWorkers(
   const port = await freePort()
   const file = join(dir, 'proxy.yaml')
   writeFileSync(file, yaml(port))
-  const cli = join(here, '..', 'src', 'cli', 'main.ts')
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', cli, 'proxy', '--config', file, '--log-level', 'warn'],
+    [builtCli, 'proxy', '--config', file, '--log-level', 'warn'],
     { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...env } },
   )
   const pid = child.pid!

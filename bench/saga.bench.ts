@@ -15,16 +15,14 @@ import { rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import {
-  createSagaWorker,
-  defineSaga,
-  getSaga,
-  migrateSagas,
-  type SagaEvent,
-  startSaga,
-} from '../src/saga/index.js'
-import { openDatabase, type SqlDriver } from '../src/stores/index.js'
+import type { SagaEvent } from '../src/saga/index.js'
+import type { SqlDriver } from '../src/stores/index.js'
+import { built } from './lib/built.js'
 import { type ResultRow, writeResults } from './lib/harness.js'
+
+const { createSagaWorker, defineSaga, getSaga, migrateSagas, startSaga } =
+  await built<typeof import('../src/saga/index.js')>('saga/index.js')
+const { openDatabase } = await built<typeof import('../src/stores/index.js')>('stores/index.js')
 
 const concurrency = 16
 const warmupMs = 1_000

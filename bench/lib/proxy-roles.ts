@@ -16,6 +16,7 @@ import {
   type ServerResponse,
 } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { built } from './built.js'
 import { benchProxyYaml } from './proxy-config.js'
 
 const role = process.argv[2]
@@ -130,11 +131,16 @@ async function upstreamJson(): Promise<void> {
 }
 
 async function breakwaterMinimal(upstreamUrl: string): Promise<number> {
-  const { systemClock } = await import('../../src/core/clock.js')
-  const { createJsonLogger } = await import('../../src/observability/logger.js')
-  const { createMetricsRegistry } = await import('../../src/observability/metrics.js')
-  const { forwardableHeaders } = await import('../../src/proxy/hop-by-hop.js')
-  const { createServiceRuntime } = await import('../../src/proxy/upstream/index.js')
+  const { systemClock } = await built<typeof import('../../src/core/clock.js')>('core/clock.js')
+  const { createJsonLogger } =
+    await built<typeof import('../../src/observability/logger.js')>('observability/logger.js')
+  const { createMetricsRegistry } = await built<
+    typeof import('../../src/observability/metrics.js')
+  >('observability/metrics.js')
+  const { forwardableHeaders } =
+    await built<typeof import('../../src/proxy/hop-by-hop.js')>('proxy/hop-by-hop.js')
+  const { createServiceRuntime } =
+    await built<typeof import('../../src/proxy/upstream/index.js')>('proxy/upstream/index.js')
   const service = createServiceRuntime(benchServiceConfig(upstreamUrl), {
     clock: systemClock,
     logger: createJsonLogger({ level: 'warn' }),
@@ -199,8 +205,9 @@ class MinimalForward {
 }
 
 async function breakwaterStartProxy(upstreamUrl: string): Promise<number> {
-  const { startProxy } = await import('../../src/proxy/index.js')
-  const { createJsonLogger } = await import('../../src/observability/logger.js')
+  const { startProxy } = await built<typeof import('../../src/proxy/index.js')>('proxy/index.js')
+  const { createJsonLogger } =
+    await built<typeof import('../../src/observability/logger.js')>('observability/logger.js')
   const yaml = benchProxyYaml(upstreamUrl, 0)
   const proxy = await startProxy({ config: yaml, logger: createJsonLogger({ level: 'warn' }) })
   return proxy.address('outbound').port
