@@ -320,18 +320,24 @@ describe('breakwater proxy --workers 2: retry affinity', () => {
         headers: { 'idempotency-key': key, 'content-type': 'application/json' },
         body: '{}',
       })
-    // One connection per request: the primary hands them to the two workers in turn.
-    const keys = Array.from({ length: 20 }, (_, i) => `order-${i}`)
-    for (const key of keys)
+    // One connection per request: the primary hands them to the workers in turn, but only to
+    // workers already listening. Readiness needs one, and under load the second can start late,
+    // so the requests go on (new keys) until both workers have served some.
+    const keys: string[] = []
+    while (keys.length < 20 || workerPidsOf(proxy).size < 2) {
+      if (keys.length >= 500) throw new Error('the second worker never served a request')
+      const key = `order-${keys.length}`
+      keys.push(key)
       expect((await post(key)).json<{ service: string }>().service).toBe('legacy')
-    await eventually(() => workerPidsOf(proxy).size === 2, 'requests served by both workers')
+    }
     // Each worker holds every pin once the other has told it (through the primary).
     await eventually(async () => {
       const routes = (await http(p.admin, '/admin/routes', { headers: auth })).json<{
         routes: { name: string; retryAffinity?: { pinnedKeys: number } }[]
       }>()
-      return routes.routes.find((r) => r.name === 'orders')?.retryAffinity?.pinnedKeys === 40
-    }, 'both workers to hold the 20 pins')
+      const pinned = routes.routes.find((r) => r.name === 'orders')?.retryAffinity?.pinnedKeys
+      return pinned === keys.length * 2
+    }, `both workers to hold the ${keys.length} pins`)
     const switched = await http(p.admin, '/admin/routes/orders', {
       method: 'POST',
       headers: { ...auth, 'content-type': 'application/json' },
