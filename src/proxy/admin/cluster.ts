@@ -49,6 +49,13 @@ interface SerializedError {
   readonly problems?: readonly ConfigProblem[]
 }
 
+// Every IPC send passes a callback. Without one, Node reports a send on a channel that is
+// closing (a worker draining and disconnecting while a pin or an answer is on its way) as an
+// 'error' event on the process or Worker, which nobody listens to: an uncaught exception that
+// ends the primary with exit code 1 in the middle of a clean shutdown. With a callback the
+// failure comes to the sender, which decides what it means.
+const ignoreSendFailure = (): void => {}
+
 function serialize(error: unknown): SerializedError {
   if (error instanceof ConfigInvalidError)
     return { code: error.code, message: error.message, problems: error.problems }
@@ -86,15 +93,18 @@ export function serveWorkerCommands(
       return
     }
     if (m.bw !== 'request') return
+    // An answer that cannot be sent (the primary is gone) has nobody left to read it.
     void run(m.command).then(
-      (value) => channel.send?.({ bw: 'reply', id: m.id, ok: true, value } satisfies Message),
+      (value) =>
+        channel.send?.(
+          { bw: 'reply', id: m.id, ok: true, value } satisfies Message,
+          ignoreSendFailure,
+        ),
       (error: unknown) =>
-        channel.send?.({
-          bw: 'reply',
-          id: m.id,
-          ok: false,
-          error: serialize(error),
-        } satisfies Message),
+        channel.send?.(
+          { bw: 'reply', id: m.id, ok: false, error: serialize(error) } satisfies Message,
+          ignoreSendFailure,
+        ),
     )
   }
   async function run(command: WorkerCommand): Promise<unknown> {
@@ -129,9 +139,10 @@ export function serveWorkerCommands(
   channel.on('message', listener)
   // Retries with a key must reach the side of the first attempt whichever worker gets them.
   runtime.onRetryPinReached((pin) => {
-    if (channel.connected === true) channel.send?.({ bw: 'pin', ...pin } satisfies Message)
+    if (channel.connected === true)
+      channel.send?.({ bw: 'pin', ...pin } satisfies Message, ignoreSendFailure)
   })
-  channel.send?.({ bw: 'ready' } satisfies Message)
+  channel.send?.({ bw: 'ready' } satisfies Message, ignoreSendFailure)
   return () => {
     runtime.onRetryPinReached(undefined)
     channel.off('message', listener)
@@ -220,12 +231,17 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         )
       }, timeoutMs)
       pending.set(id, { resolve, reject, timer })
-      try {
-        worker.send({ bw: 'request', id, command } satisfies Message)
-      } catch (error) {
+      const failed = (error: Error): void => {
+        if (!pending.delete(id)) return
         clock.clearTimeout(timer)
-        pending.delete(id)
-        reject(error as Error)
+        reject(error)
+      }
+      try {
+        worker.send({ bw: 'request', id, command } satisfies Message, (error: Error | null) => {
+          if (error !== null) failed(error)
+        })
+      } catch (error) {
+        failed(error as Error)
       }
     })
   }
@@ -315,6 +331,11 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     ready: () => !draining && startedAll && [...workers.values()].some((w) => w.ready),
     attach(worker) {
       workers.set(worker.id, { worker, ready: false })
+      // Sends pass callbacks (see ignoreSendFailure); this catches anything else the channel
+      // reports, which would otherwise end the primary.
+      worker.on('error', (error: Error) =>
+        log.warn('worker channel error', { workerPid: worker.process.pid, error: error.message }),
+      )
       worker.on('message', (message: unknown) => {
         const m = message as Message
         if (typeof m !== 'object' || m === null) return
@@ -332,9 +353,10 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
           for (const other of workers.values())
             if (other.worker.id !== worker.id && other.ready && other.worker.isConnected()) {
               try {
-                other.worker.send(pin)
-              } catch {
                 // A worker going away misses the pin: its retries are routed by weight.
+                other.worker.send(pin, ignoreSendFailure)
+              } catch {
+                // (the same, reported synchronously)
               }
             }
         } else if (m.bw === 'reply') {

@@ -348,7 +348,11 @@ describe('breakwater proxy --workers 2: retry affinity', () => {
       expect((await post(key)).json<{ service: string }>().service).toBe('legacy')
     expect((await post('order-new')).json<{ service: string }>().service).toBe('modern')
     proxy.child.kill('SIGTERM')
-    expect(await proxy.exited).toEqual({ code: 0, signal: null })
+    const exit = await proxy.exited
+    expect(exit, `proxy output:\n${proxy.stdout()}\n${proxy.stderr()}`).toEqual({
+      code: 0,
+      signal: null,
+    })
   })
 })
 
