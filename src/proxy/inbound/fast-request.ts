@@ -18,6 +18,7 @@
 //   at most `maxBodyBytes`.
 
 import type { Socket } from 'node:net'
+import { tokenChar } from '../../http/token.js'
 
 /** A request read whole by {@link parseFastRequest}. */
 export interface FastRequest {
@@ -52,13 +53,6 @@ export interface FastRequestLimits {
 }
 
 const headEnd = Buffer.from('\r\n\r\n', 'latin1')
-
-// tokenChar[c] = 1 for RFC 9110 tchar.
-const tokenChar = new Uint8Array(256)
-for (const c of "!#$%&'*+-.^_`|~") tokenChar[c.charCodeAt(0)] = 1
-for (let c = 0x30; c <= 0x39; c++) tokenChar[c] = 1
-for (let c = 0x41; c <= 0x5a; c++) tokenChar[c] = 1
-for (let c = 0x61; c <= 0x7a; c++) tokenChar[c] = 1
 
 // targetChar[c] = 1 for the characters RFC 3986 allows in a path and query:
 // unreserved, sub-delims, ":", "@", "/", "?" and "%" (of a percent-encoding).

@@ -9,6 +9,7 @@
 // methods directly, so a read costs no extra object, call layer or pointer hop. What it needs
 // of the connection is the abstract members at the top of the class.
 
+import { tokenChar } from '../../http/token.js'
 import type { PendingRequest } from './http1-connection.js'
 import { Http1PoolError } from './http1-types.js'
 import {
@@ -21,7 +22,6 @@ import {
   keepAliveBytes,
   keepAliveTimeoutSeconds,
   lastTokenIs,
-  tokenChar,
   transferEncodingBytes,
 } from './http1-wire.js'
 

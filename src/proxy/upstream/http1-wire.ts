@@ -4,12 +4,8 @@
 // path and headers, plus the origin the pool connects to.
 
 import { InvalidOptionError } from '../../core/errors.js'
+import { tokenChar } from '../../http/token.js'
 import { type Http1DispatchOptions, Http1PoolError } from './http1-types.js'
-
-/** tokenChar[c] = 1 for RFC 9110 tchar. */
-export const tokenChar = new Uint8Array(256)
-for (const c of "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-  tokenChar[c.charCodeAt(0)] = 1
 
 /** hexValue[c] = the digit's value, 255 when c is no hex digit. */
 export const hexValue = new Uint8Array(256).fill(255)
