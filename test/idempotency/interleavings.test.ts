@@ -1,6 +1,7 @@
 // Property: whatever the interleaving of requests over a few keys and scopes (explored with
 // fast-check's scheduler between every store statement and inside handlers), the handler runs
-// at most once per (scope, key), and every response is that run's response or a 409.
+// at most once per (scope, key), and every response is that run's response or a 409. On the
+// in-memory store, a real SQLite file and a real PostgreSQL database, both claim modes.
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Clock } from '../../src/core/clock.js'
@@ -12,7 +13,8 @@ import {
   type IdempotencyResponse,
   type IdempotencyStore,
 } from '../../src/idempotency/index.js'
-import { sqliteDb, type TestDb } from './databases.js'
+import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
+import { postgresDb, sqliteDb, type TestDb } from './databases.js'
 
 type Scheduler = fc.Scheduler
 
@@ -132,16 +134,57 @@ interface Target {
 
 describe('interleavings of keyed requests', () => {
   let sqlite: TestDb
+  let postgres: TestDb
+  // PostgreSQL: a pool larger than the most transactions a run can hold open at once (one per
+  // call), so a statement never waits for a connection that only a later step would free.
+  let postgresPool: SqlDriver
 
   beforeAll(async () => {
     sqlite = await sqliteDb.open('idem_interleavings')
-    await sqlite.db.execute('CREATE TABLE effects (run INTEGER, scope TEXT, idem_key TEXT)')
+    postgres = await postgresDb.open('idem_interleavings')
+    postgresPool = await openDatabase(postgres.url, { postgres: { maxConnections: 24 } })
+    for (const db of [sqlite.db, postgresPool]) {
+      await db.execute('CREATE TABLE effects (run INTEGER, scope TEXT, idem_key TEXT)')
+    }
   })
   afterAll(async () => {
+    await postgresPool?.close()
+    await postgres?.close()
     await sqlite?.close()
   })
 
   const memoryEffects = new Map<number, Map<string, number>>()
+  /** A store on a real database; its effects are rows written through ctx.tx. */
+  const sqlTarget = (name: string, numRuns: number, db: () => SqlDriver): Target => ({
+    name,
+    numRuns,
+    store: () => createSqlIdempotencyStore(db()),
+    async effects(run) {
+      const rows = await db().query<{ scope: string; idem_key: string }>(
+        'SELECT scope, idem_key FROM effects WHERE run = $1',
+        [run],
+      )
+      const effects = new Map<string, number>()
+      for (const row of rows) {
+        const name = `${row.scope.replace(/^r\d+:/, '')}/${row.idem_key}`
+        effects.set(name, (effects.get(name) ?? 0) + 1)
+      }
+      return effects
+    },
+    async write(ctx, run) {
+      await ctx.tx.execute('INSERT INTO effects (run, scope, idem_key) VALUES ($1, $2, $3)', [
+        run,
+        ctx.scope,
+        ctx.key,
+      ])
+    },
+  })
+  // Every SQL store: only these can roll business writes back with the handler's transaction,
+  // and only they run claim: 'in-transaction'.
+  const sqlTargets: Target[] = [
+    sqlTarget('SQLite store', 100, () => sqlite.db),
+    sqlTarget('PostgreSQL store', 100, () => postgresPool),
+  ]
   const targets: Target[] = [
     {
       name: 'memory store',
@@ -157,30 +200,7 @@ describe('interleavings of keyed requests', () => {
         effects.set(name, (effects.get(name) ?? 0) + 1)
       },
     },
-    {
-      name: 'SQLite store',
-      numRuns: 100,
-      store: () => createSqlIdempotencyStore(sqlite.db),
-      async effects(run) {
-        const rows = await sqlite.db.query<{ scope: string; idem_key: string }>(
-          'SELECT scope, idem_key FROM effects WHERE run = $1',
-          [run],
-        )
-        const effects = new Map<string, number>()
-        for (const row of rows) {
-          const name = `${row.scope.replace(/^r\d+:/, '')}/${row.idem_key}`
-          effects.set(name, (effects.get(name) ?? 0) + 1)
-        }
-        return effects
-      },
-      async write(ctx, run) {
-        await ctx.tx.execute('INSERT INTO effects (run, scope, idem_key) VALUES ($1, $2, $3)', [
-          run,
-          ctx.scope,
-          ctx.key,
-        ])
-      },
-    },
+    ...sqlTargets,
   ]
 
   let runs = 0
@@ -271,11 +291,10 @@ describe('interleavings of keyed requests', () => {
         { numRuns: target.numRuns },
       )
     },
-    120_000,
+    180_000,
   )
 
-  // Only a SQL store can roll business writes back with the handler's transaction.
-  it.each(targets.filter((t) => t.name === 'SQLite store'))(
+  it.each(sqlTargets)(
     'commits at most one effect per (scope, key) with failures, 5xx and lease takeovers on the $name',
     async (target) => {
       let takeovers = 0
@@ -356,163 +375,170 @@ describe('interleavings of keyed requests', () => {
       // The runs did exercise expired leases being taken over.
       expect(takeovers).toBeGreaterThan(0)
     },
-    120_000,
+    180_000,
   )
 
-  // claim: 'in-transaction' on SQLite: the claim is the first statement of the handler's
-  // transaction, so duplicates queue behind it (one writer) and replay; nothing is leased.
-  it("runs the handler once per (scope, key) with claim: 'in-transaction' on the SQLite store", async () => {
-    const target = targets.find((t) => t.name === 'SQLite store')!
-    await fc.assert(
-      fc.asyncProperty(
-        fc.scheduler(),
-        fc.array(callArb, { minLength: 1, maxLength: 10 }),
-        async (s, calls) => {
-          const run = ++runs
-          const idempotency = createIdempotency({
-            store: scheduledStore(target.store(), s),
-            clock: scheduledClock(s),
-            claim: 'in-transaction',
-            leaseMs: 3_600_000,
-            scope: (request) => `r${run}:${request.header('x-scope')}`,
-          })
-          const handlerRuns = new Map<string, number>()
-          const responses = await s.waitFor(
-            Promise.all(
-              calls.map((call, index) =>
-                idempotency.handle(
-                  {
-                    method: 'POST',
-                    route: '/work',
-                    header: (name) =>
-                      name === 'idempotency-key'
-                        ? call.key
-                        : name === 'x-scope'
-                          ? call.scope
-                          : undefined,
-                    body: new Uint8Array(),
-                  },
-                  async (ctx) => {
-                    const name = `${call.scope}/${call.key}`
-                    handlerRuns.set(name, (handlerRuns.get(name) ?? 0) + 1)
-                    await s.schedule(Promise.resolve(), `handler ${index} before write`)
-                    await target.write(ctx!, run)
-                    await s.schedule(Promise.resolve(), `handler ${index} after write`)
-                    return {
-                      status: call.outcome === 'ok' ? 201 : 409,
-                      headers: { 'content-type': 'text/plain' },
-                      body: Buffer.from(`${name} by call ${index}`),
-                    }
-                  },
-                ),
-              ),
-            ),
-          )
-          const effects = await target.effects(run)
-          for (const name of new Set(calls.map((c) => `${c.scope}/${c.key}`))) {
-            expect(handlerRuns.get(name), name).toBe(1)
-            expect(effects.get(name), name).toBe(1)
-          }
-          // Duplicates waited and replayed: every response is the one run's response.
-          calls.forEach((call, index) => {
-            const owner = responses.find(
-              (r, i) =>
-                calls[i]!.scope === call.scope &&
-                calls[i]!.key === call.key &&
-                r.headers['idempotent-replayed'] === undefined,
-            )
-            expect(responses[index]!.headers['content-type']).toBe('text/plain')
-            expect(text(responses[index]!)).toBe(text(owner!))
-          })
-        },
-      ),
-      { numRuns: 100 },
-    )
-  }, 120_000)
-
-  it("commits at most one effect per (scope, key) with failures, 5xx and expired holders with claim: 'in-transaction' on the SQLite store", async () => {
-    const target = targets.find((t) => t.name === 'SQLite store')!
-    let leaseLosses = 0
-    await fc.assert(
-      fc.asyncProperty(
-        fc.scheduler(),
-        fc.array(
-          fc.record({
-            key: fc.constantFrom('a', 'b'),
-            outcome: fc.constantFrom('ok' as const, 'throw' as const, 'unavailable' as const),
-          }),
-          { minLength: 1, maxLength: 8 },
-        ),
-        async (s, calls) => {
-          const run = ++runs
-          const store = target.store()
-          const idempotency = createIdempotency({
-            store: scheduledStore(store, s),
-            // Lease timers fire when the scheduler picks them: a holder past its lease has its
-            // transaction rolled back, and a waiting duplicate then runs.
-            clock: expiringClock(s),
-            claim: 'in-transaction',
-            leaseMs: 1_000,
-            scope: () => `r${run}:s1`,
-          })
-          const responses = await s.waitFor(
-            Promise.all(
-              calls.map((call, index) =>
-                idempotency
-                  .handle(
+  // claim: 'in-transaction': the claim is the first statement of the handler's transaction, so
+  // duplicates queue behind it (SQLite: the one writer; PostgreSQL: the key's unique index)
+  // and replay; nothing is leased.
+  it.each(sqlTargets)(
+    "runs the handler once per (scope, key) with claim: 'in-transaction' on the $name",
+    async (target) => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.scheduler(),
+          fc.array(callArb, { minLength: 1, maxLength: 10 }),
+          async (s, calls) => {
+            const run = ++runs
+            const idempotency = createIdempotency({
+              store: scheduledStore(target.store(), s),
+              clock: scheduledClock(s),
+              claim: 'in-transaction',
+              leaseMs: 3_600_000,
+              scope: (request) => `r${run}:${request.header('x-scope')}`,
+            })
+            const handlerRuns = new Map<string, number>()
+            const responses = await s.waitFor(
+              Promise.all(
+                calls.map((call, index) =>
+                  idempotency.handle(
                     {
                       method: 'POST',
                       route: '/work',
-                      header: (name) => (name === 'idempotency-key' ? call.key : undefined),
+                      header: (name) =>
+                        name === 'idempotency-key'
+                          ? call.key
+                          : name === 'x-scope'
+                            ? call.scope
+                            : undefined,
                       body: new Uint8Array(),
                     },
                     async (ctx) => {
-                      expect(ctx!.attempt).toBe(1)
+                      const name = `${call.scope}/${call.key}`
+                      handlerRuns.set(name, (handlerRuns.get(name) ?? 0) + 1)
                       await s.schedule(Promise.resolve(), `handler ${index} before write`)
                       await target.write(ctx!, run)
                       await s.schedule(Promise.resolve(), `handler ${index} after write`)
-                      if (call.outcome === 'throw') throw new Error('handler failed')
                       return {
-                        status: call.outcome === 'ok' ? 201 : 503,
-                        headers: {},
-                        body: Buffer.from(`call ${index}`),
+                        status: call.outcome === 'ok' ? 201 : 409,
+                        headers: { 'content-type': 'text/plain' },
+                        body: Buffer.from(`${name} by call ${index}`),
                       }
                     },
-                  )
-                  .catch((error: Error) => error),
+                  ),
+                ),
               ),
-            ),
-          )
-          leaseLosses += responses.filter(
-            (r) => !(r instanceof Error) && r.status === 409 && text(r).includes('expired'),
-          ).length
-          const effects = await target.effects(run)
-          for (const key of ['a', 'b']) {
-            const committed = effects.get(`s1/${key}`) ?? 0
-            expect(committed, key).toBeLessThanOrEqual(1)
-            const successes = new Set(
-              responses
-                .filter((r, i) => calls[i]!.key === key && !(r instanceof Error))
-                .filter((r) => (r as IdempotencyResponse).status === 201)
-                .map((r) => text(r as IdempotencyResponse)),
             )
-            expect(successes.size, key).toBe(committed)
-            const record = await store.get(`r${run}:s1`, key)
-            if (committed === 1) {
-              expect(record?.state).toBe('completed')
-              expect(text(record!.result! as IdempotencyResponse)).toBe([...successes][0])
-            } else {
-              // Nothing committed leaves nothing behind: no in-progress record to wait out.
-              expect(record).toBeUndefined()
+            const effects = await target.effects(run)
+            for (const name of new Set(calls.map((c) => `${c.scope}/${c.key}`))) {
+              expect(handlerRuns.get(name), name).toBe(1)
+              expect(effects.get(name), name).toBe(1)
             }
-          }
-        },
-      ),
-      { numRuns: 100 },
-    )
-    // The runs did exercise holders rolled back at the end of their lease.
-    expect(leaseLosses).toBeGreaterThan(0)
-  }, 120_000)
+            // Duplicates waited and replayed: every response is the one run's response.
+            calls.forEach((call, index) => {
+              const owner = responses.find(
+                (r, i) =>
+                  calls[i]!.scope === call.scope &&
+                  calls[i]!.key === call.key &&
+                  r.headers['idempotent-replayed'] === undefined,
+              )
+              expect(responses[index]!.headers['content-type']).toBe('text/plain')
+              expect(text(responses[index]!)).toBe(text(owner!))
+            })
+          },
+        ),
+        { numRuns: target.numRuns },
+      )
+    },
+    180_000,
+  )
+
+  it.each(sqlTargets)(
+    "commits at most one effect per (scope, key) with failures, 5xx and expired holders with claim: 'in-transaction' on the $name",
+    async (target) => {
+      let leaseLosses = 0
+      await fc.assert(
+        fc.asyncProperty(
+          fc.scheduler(),
+          fc.array(
+            fc.record({
+              key: fc.constantFrom('a', 'b'),
+              outcome: fc.constantFrom('ok' as const, 'throw' as const, 'unavailable' as const),
+            }),
+            { minLength: 1, maxLength: 8 },
+          ),
+          async (s, calls) => {
+            const run = ++runs
+            const store = target.store()
+            const idempotency = createIdempotency({
+              store: scheduledStore(store, s),
+              // Lease timers fire when the scheduler picks them: a holder past its lease has its
+              // transaction rolled back, and a waiting duplicate then runs.
+              clock: expiringClock(s),
+              claim: 'in-transaction',
+              leaseMs: 1_000,
+              scope: () => `r${run}:s1`,
+            })
+            const responses = await s.waitFor(
+              Promise.all(
+                calls.map((call, index) =>
+                  idempotency
+                    .handle(
+                      {
+                        method: 'POST',
+                        route: '/work',
+                        header: (name) => (name === 'idempotency-key' ? call.key : undefined),
+                        body: new Uint8Array(),
+                      },
+                      async (ctx) => {
+                        expect(ctx!.attempt).toBe(1)
+                        await s.schedule(Promise.resolve(), `handler ${index} before write`)
+                        await target.write(ctx!, run)
+                        await s.schedule(Promise.resolve(), `handler ${index} after write`)
+                        if (call.outcome === 'throw') throw new Error('handler failed')
+                        return {
+                          status: call.outcome === 'ok' ? 201 : 503,
+                          headers: {},
+                          body: Buffer.from(`call ${index}`),
+                        }
+                      },
+                    )
+                    .catch((error: Error) => error),
+                ),
+              ),
+            )
+            leaseLosses += responses.filter(
+              (r) => !(r instanceof Error) && r.status === 409 && text(r).includes('expired'),
+            ).length
+            const effects = await target.effects(run)
+            for (const key of ['a', 'b']) {
+              const committed = effects.get(`s1/${key}`) ?? 0
+              expect(committed, key).toBeLessThanOrEqual(1)
+              const successes = new Set(
+                responses
+                  .filter((r, i) => calls[i]!.key === key && !(r instanceof Error))
+                  .filter((r) => (r as IdempotencyResponse).status === 201)
+                  .map((r) => text(r as IdempotencyResponse)),
+              )
+              expect(successes.size, key).toBe(committed)
+              const record = await store.get(`r${run}:s1`, key)
+              if (committed === 1) {
+                expect(record?.state).toBe('completed')
+                expect(text(record!.result! as IdempotencyResponse)).toBe([...successes][0])
+              } else {
+                // Nothing committed leaves nothing behind: no in-progress record to wait out.
+                expect(record).toBeUndefined()
+              }
+            }
+          },
+        ),
+        { numRuns: target.numRuns },
+      )
+      // The runs did exercise holders rolled back at the end of their lease.
+      expect(leaseLosses).toBeGreaterThan(0)
+    },
+    180_000,
+  )
 
   it('is a check that can fail: a store whose claim is not atomic is caught', async () => {
     // The broken store reads, then inserts: two concurrent claims can both see "absent".
