@@ -21,7 +21,7 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
     load: async () => (await import('./outbox.js')).outboxCommand,
   },
   saga: {
-    summary: 'operate sagas: saga list|show|retry|cancel --db <url>',
+    summary: 'operate sagas: saga list|show|retry|cancel|prune --db <url>',
     load: async () => (await import('./saga.js')).sagaCommand,
   },
   relay: {

@@ -3,6 +3,7 @@ import {
   getSaga,
   getSagaTimeline,
   listSagas,
+  pruneSagas,
   retrySaga,
   type SagaInstance,
   type SagaStatus,
@@ -12,6 +13,7 @@ import {
 } from '../saga/index.js'
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
+import { parseDuration } from './duration.js'
 import { UsageError } from './usage.js'
 
 /** What `sagaCommand` needs besides its arguments; everything has a default. */
@@ -30,6 +32,11 @@ commands:
                        re-queue a parked (failed) saga: its compensation resumes
   cancel <id> [--reason <text>] [--by <who>]
                        cancel a running saga: its completed steps are compensated
+  prune [--older-than <duration>] [--include-parked]
+                       remove completed, compensated and cancelled instances that ended
+                       longer ago than the duration (default 30d: 30d, 12h, 90m, 45s,
+                       500ms), with their timelines; --include-parked removes parked
+                       (failed) ones untouched that long too
 
 options:
   --db <url>  sqlite:<file> or postgres://user:pass@host/db (default ${defaultUrl})
@@ -38,7 +45,7 @@ statuses: ${sagaStatuses.join(', ')}
 `
 
 interface Parsed {
-  readonly command: 'list' | 'show' | 'retry' | 'cancel'
+  readonly command: 'list' | 'show' | 'retry' | 'cancel' | 'prune'
   readonly id: string | undefined
   readonly url: string
   readonly status: SagaStatus | undefined
@@ -47,14 +54,27 @@ interface Parsed {
   readonly json: boolean
   readonly reason: string | undefined
   readonly by: string
+  /** prune: milliseconds. */
+  readonly olderThanMs: number
+  readonly includeParked: boolean
 }
 
-const valueFlags = new Set(['--db', '--status', '--name', '--limit', '--reason', '--by'])
+const valueFlags = new Set([
+  '--db',
+  '--status',
+  '--name',
+  '--limit',
+  '--reason',
+  '--by',
+  '--older-than',
+])
+const booleanFlags = new Set(['--json', '--include-parked'])
 const allowed: Record<Parsed['command'], readonly string[]> = {
   list: ['--db', '--status', '--name', '--limit', '--json'],
   show: ['--db', '--json'],
   retry: ['--db', '--reason', '--by'],
   cancel: ['--db', '--reason', '--by'],
+  prune: ['--db', '--older-than', '--include-parked'],
 }
 
 function parse(args: readonly string[]): Parsed {
@@ -64,7 +84,7 @@ function parse(args: readonly string[]): Parsed {
   const cmd = command as Parsed['command']
   const values = new Map<string, string>()
   const positional: string[] = []
-  let json = false
+  const flags = new Set<string>()
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i]!
     if (!arg.startsWith('--')) {
@@ -76,9 +96,9 @@ function parse(args: readonly string[]): Parsed {
     if (!allowed[cmd].includes(flag)) {
       throw new UsageError(`unknown option "${flag}" for "saga ${cmd}"`)
     }
-    if (flag === '--json') {
-      if (eq >= 0) throw new UsageError('--json takes no value')
-      json = true
+    if (booleanFlags.has(flag)) {
+      if (eq >= 0) throw new UsageError(`${flag} takes no value`)
+      flags.add(flag)
       continue
     }
     if (!valueFlags.has(flag)) throw new UsageError(`unknown option "${flag}"`)
@@ -94,7 +114,7 @@ function parse(args: readonly string[]): Parsed {
     if (values.has(flag)) throw new UsageError(`${flag} given twice`)
     values.set(flag, value)
   }
-  const needsId = cmd !== 'list'
+  const needsId = cmd !== 'list' && cmd !== 'prune'
   if (needsId && positional.length !== 1) {
     throw new UsageError(`saga ${cmd} needs exactly one saga id`)
   }
@@ -117,14 +137,17 @@ function parse(args: readonly string[]): Parsed {
     status: status as SagaStatus | undefined,
     name: values.get('--name'),
     limit,
-    json,
+    json: flags.has('--json'),
     reason: values.get('--reason'),
     by: values.get('--by') ?? 'cli',
+    olderThanMs: parseDuration('--older-than', values.get('--older-than') ?? '30d'),
+    includeParked: flags.has('--include-parked'),
   }
 }
 
 /**
- * `breakwater saga list|show|retry|cancel --db <url>`: inspects and operates saga instances.
+ * `breakwater saga list|show|retry|cancel|prune --db <url>`: inspects and operates saga
+ * instances, and removes old finished ones.
  * Resolves to the exit code: 0 on success, 2 for bad arguments, 1 when the saga is unknown,
  * the operation does not apply to its status, or the database fails.
  *
@@ -186,11 +209,37 @@ async function execute(
       await cancelSaga(db, parsed.id!, adminOptions(parsed))
       out.write(`saga ${parsed.id}: cancel requested; its completed steps will be compensated\n`)
       return 0
+    case 'prune': {
+      const removed = await pruneSagas(db, {
+        olderThanMs: parsed.olderThanMs,
+        ...(parsed.includeParked
+          ? { statuses: ['completed', 'compensated', 'cancelled', 'failed'] as const }
+          : {}),
+        // A one-off run goes on until nothing that old is left.
+        maxBatches: Number.MAX_SAFE_INTEGER,
+      })
+      out.write(
+        `removed ${removed} saga instance${removed === 1 ? '' : 's'} that ended more than ${formatDuration(parsed.olderThanMs)} ago\n`,
+      )
+      return 0
+    }
   }
 }
 
 function adminOptions(parsed: Parsed): { by: string; reason?: string } {
   return parsed.reason === undefined ? { by: parsed.by } : { by: parsed.by, reason: parsed.reason }
+}
+
+function formatDuration(ms: number): string {
+  for (const [unit, size] of [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1_000],
+  ] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`
+  }
+  return `${ms}ms`
 }
 
 function time(ms: number | undefined): string {

@@ -332,3 +332,62 @@ WHERE ($1::text IS NULL OR status = $1::text) AND ($2::text IS NULL OR name = $2
 ORDER BY created_at DESC, id LIMIT $3`,
   },
 }
+
+/**
+ * Retention of finished instances (`pruneSagas`). An instance's age counts from its end
+ * (`finished_at`), or for a parked one from its last change (`updated_at`, since parking does not
+ * finish it). Candidates come from the `(status, created_at)` index: an instance ended after
+ * it was created, so every one old enough has `created_at <= cutoff` too.
+ */
+export interface SagaPruneStatements {
+  /**
+   * PostgreSQL: one statement removes a batch of instances with their timeline and replies,
+   * returning `removed`. SQLite: selects the batch's ids ($1 statuses JSON, $2 cutoff, $3 limit).
+   */
+  readonly pick: string
+  /** SQLite only: $1 ids JSON. */
+  readonly deleteEvents?: string
+  /** SQLite only: $1 ids JSON. */
+  readonly deleteReplies?: string
+  /** SQLite only: $1 ids JSON, $2 statuses JSON, $3 cutoff (the conditions checked again). */
+  readonly deleteInstances?: string
+}
+
+const endedBefore = 'COALESCE(finished_at, updated_at) <= $2'
+
+/** The retention statements, per dialect. */
+export const sagaPruneStatements: Readonly<Record<SqlDialect, SagaPruneStatements>> = {
+  // SQLite: run in one transaction, which holds the only write lock from the pick to the last
+  // delete, so nothing changes an instance between its pick and its removal.
+  sqlite: {
+    pick: `SELECT id FROM ${sagaTable}
+WHERE status IN (SELECT value FROM json_each($1)) AND created_at <= $2 AND ${endedBefore}
+ORDER BY created_at LIMIT $3`,
+    deleteEvents: `DELETE FROM ${sagaEventsTable} WHERE saga_id IN (SELECT value FROM json_each($1))`,
+    deleteReplies: `DELETE FROM ${sagaRepliesTable} WHERE saga_id IN (SELECT value FROM json_each($1))`,
+    deleteInstances: `DELETE FROM ${sagaTable}
+WHERE id IN (SELECT value FROM json_each($1))
+  AND status IN (SELECT value FROM json_each($2)) AND COALESCE(finished_at, updated_at) <= $3`,
+  },
+  // PostgreSQL: SKIP LOCKED passes over an instance an operator is changing right now (a retry
+  // of a parked saga), and the outer condition is checked again on the row as it is when
+  // deleted (READ COMMITTED re-check), so a retried instance is never removed. The timeline
+  // and replies go in the same statement, so none is left without its instance.
+  postgres: {
+    pick: `WITH doomed AS (
+  DELETE FROM ${sagaTable}
+  WHERE id IN (
+    SELECT id FROM ${sagaTable}
+    WHERE status = ANY($1::text[]) AND created_at <= $2 AND ${endedBefore}
+    ORDER BY created_at LIMIT $3
+    FOR UPDATE SKIP LOCKED
+  ) AND status = ANY($1::text[]) AND ${endedBefore}
+  RETURNING id
+), events AS (
+  DELETE FROM ${sagaEventsTable} WHERE saga_id IN (SELECT id FROM doomed)
+), replies AS (
+  DELETE FROM ${sagaRepliesTable} WHERE saga_id IN (SELECT id FROM doomed)
+)
+SELECT count(*)::integer AS removed FROM doomed`,
+  },
+}

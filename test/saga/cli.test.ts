@@ -1,4 +1,4 @@
-// `breakwater saga list|show|retry|cancel --db <url>` on real SQLite and PostgreSQL.
+// `breakwater saga list|show|retry|cancel|prune --db <url>` on real SQLite and PostgreSQL.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { sagaCommand } from '../../src/cli/saga.js'
@@ -33,6 +33,12 @@ describe('saga command arguments', () => {
     [['list', '--verbose'], 'unknown option "--verbose"'],
     [['list', '--json=yes'], '--json takes no value'],
     [['list', '--name', 'a', '--name', 'b'], '--name given twice'],
+    [['prune', 'old'], 'unexpected argument "old"'],
+    [['prune', '--older-than', '30'], '--older-than must be a whole number with a unit'],
+    [['prune', '--older-than', '1.5d'], 'got "1.5d"'],
+    [['prune', '--older-than', '-3d'], 'got "-3d"'],
+    [['prune', '--include-parked=yes'], '--include-parked takes no value'],
+    [['list', '--older-than', '3d'], 'unknown option "--older-than" for "saga list"'],
   ])('%j -> exit 2 with a message and the usage', async (args, message) => {
     const { code, err, out } = await run(args)
     expect(code).toBe(2)
@@ -194,5 +200,81 @@ describe.each(dbTargets)('saga command on $dialect', (target) => {
     const unknown = await run(['cancel', 'nope', '--db', t.url])
     expect(unknown.code).toBe(1)
     expect(unknown.err).toContain('No saga instance has the id "nope"')
+  })
+})
+
+describe.each(dbTargets)('saga prune command on $dialect', (target) => {
+  let t: TestDb
+  // The CLI reads the system clock: these instances ended 40 and 10 days before now.
+  const day = 86_400_000
+  const saga = defineSaga({
+    name: 'cli-prune',
+    version: 1,
+    steps: [
+      {
+        name: 'charge',
+        action: async (ctx) => {
+          if ((ctx.input as { fail?: boolean }).fail === true) {
+            throw Object.assign(new Error('refused'), { status: 422 })
+          }
+        },
+        compensation: async () => {
+          throw Object.assign(new Error('refund refused'), { status: 422 })
+        },
+        compensationRetry: { maxAttempts: 1 },
+      },
+      {
+        name: 'ship',
+        action: async (ctx) => {
+          if ((ctx.input as { park?: boolean }).park === true) {
+            throw Object.assign(new Error('address rejected'), { status: 422 })
+          }
+        },
+      },
+    ],
+  })
+  const ids: Record<string, string> = {}
+
+  beforeAll(async () => {
+    t = await target.open('saga_cli_prune')
+    const old = createSagaWorker({
+      db: t.db,
+      sagas: [saga],
+      clock: new ManualClock(Date.now() - 40 * day),
+    })
+    ids.old = (await old.run(saga, {})).id
+    ids.oldParked = (await old.run(saga, { park: true })).id
+    const recent = createSagaWorker({
+      db: t.db,
+      sagas: [saga],
+      clock: new ManualClock(Date.now() - 10 * day),
+    })
+    ids.recent = (await recent.run(saga, {})).id
+    expect((await getSaga(t.db, ids.oldParked))!.status).toBe('failed')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('removes finished instances older than the window (30 days by default), then parked ones on request', async () => {
+    const first = await run(['prune', '--db', t.url, '--older-than', '45d'])
+    expect(first).toMatchObject({
+      code: 0,
+      out: 'removed 0 saga instances that ended more than 45d ago\n',
+    })
+    const second = await run(['prune', '--db', t.url])
+    expect(second).toMatchObject({
+      code: 0,
+      out: 'removed 1 saga instance that ended more than 30d ago\n',
+    })
+    expect(await getSaga(t.db, ids.old!)).toBeUndefined()
+    expect((await getSaga(t.db, ids.oldParked!))!.status).toBe('failed')
+    expect((await getSaga(t.db, ids.recent!))!.status).toBe('completed')
+    const parked = await run(['prune', '--db', t.url, '--include-parked'])
+    expect(parked.out).toBe('removed 1 saga instance that ended more than 30d ago\n')
+    expect(await getSaga(t.db, ids.oldParked!)).toBeUndefined()
+    const all = await run(['prune', '--db', t.url, '--older-than', '12h'])
+    expect(all.out).toBe('removed 1 saga instance that ended more than 12h ago\n')
+    expect(await getSaga(t.db, ids.recent!)).toBeUndefined()
   })
 })

@@ -1,0 +1,127 @@
+import type { Clock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
+import { checkClock, checkInteger, checkObject } from '../core/validate.js'
+import type { SqlDriver } from '../stores/index.js'
+import { sagaPruneStatements } from './sql.js'
+import type { SagaStatus } from './state.js'
+
+/** The statuses {@link pruneSagas} may remove: an instance in one of them never runs again by itself. */
+export type PrunableSagaStatus = Extract<
+  SagaStatus,
+  'completed' | 'compensated' | 'cancelled' | 'failed'
+>
+
+const prunable: readonly PrunableSagaStatus[] = ['completed', 'compensated', 'cancelled', 'failed']
+const finished: readonly PrunableSagaStatus[] = ['completed', 'compensated', 'cancelled']
+
+/** Options of {@link pruneSagas}. */
+export interface PruneSagasOptions {
+  /**
+   * Instances that ended at least this long ago are removed. A parked (`failed`) instance has
+   * not ended: its age counts from its last change.
+   * @default 2_592_000_000 (30 days)
+   */
+  readonly olderThanMs?: number
+  /**
+   * The statuses removed. Parked (`failed`) instances are left out unless named here: each one
+   * waits for an operator (`retrySaga`), and removing it forgets that its compensation did not
+   * finish.
+   * @default ['completed', 'compensated', 'cancelled']
+   */
+  readonly statuses?: readonly PrunableSagaStatus[]
+  /**
+   * Instances removed per transaction (each with its timeline and recorded replies). Small
+   * batches keep each transaction short, so workers never wait long behind the pruner.
+   * @default 500
+   */
+  readonly batchSize?: number
+  /**
+   * At most this many batches per call; the rest waits for the next call.
+   * @default 100
+   */
+  readonly maxBatches?: number
+  /**
+   * The clock that says how old an instance is.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+function checkStatuses(value: unknown): readonly PrunableSagaStatus[] {
+  if (value === undefined) return finished
+  if (
+    !Array.isArray(value) ||
+    value.length === 0 ||
+    !value.every((s) => (prunable as readonly unknown[]).includes(s))
+  ) {
+    throw new InvalidOptionError(
+      'pruneSagas.statuses',
+      `a non-empty array of ${prunable.map((s) => `'${s}'`).join(', ')}`,
+      value,
+    )
+  }
+  return [...new Set(value as PrunableSagaStatus[])]
+}
+
+/**
+ * Removes saga instances that ended at least `olderThanMs` ago (by default: `completed`,
+ * `compensated` and `cancelled` ones), each together with its timeline and its recorded
+ * replies, in bounded batches: one short transaction per batch. Running and compensating
+ * instances are never touched; parked ones only when `statuses` names `'failed'`. Call it from
+ * a scheduled job, or run `breakwater saga prune`. Returns the number of instances removed.
+ *
+ * Once an instance is removed its id is free: starting a saga with that id again starts a new
+ * instance. Keep the window longer than any duplicate start can arrive (a redelivered
+ * message that starts sagas by a derived id).
+ *
+ * @example
+ * ```ts
+ * import { pruneSagas } from 'breakwater/saga'
+ * const removed = await pruneSagas(db, { olderThanMs: 7 * 86_400_000 })
+ * ```
+ */
+export async function pruneSagas(db: SqlDriver, options: PruneSagasOptions = {}): Promise<number> {
+  checkObject('pruneSagas', options)
+  const olderThanMs = checkInteger(
+    'pruneSagas.olderThanMs',
+    options.olderThanMs ?? 2_592_000_000,
+    0,
+  )
+  const statuses = checkStatuses(options.statuses)
+  const batchSize = checkInteger('pruneSagas.batchSize', options.batchSize ?? 500, 1, 10_000)
+  const maxBatches = checkInteger('pruneSagas.maxBatches', options.maxBatches ?? 100, 1)
+  const clock = checkClock('pruneSagas.clock', options.clock)
+  const cutoff = clock.now() - olderThanMs
+  const sql = sagaPruneStatements[db.dialect]
+  let total = 0
+  for (let batch = 0; batch < maxBatches; batch++) {
+    const removed =
+      db.dialect === 'postgres'
+        ? Number(
+            (await db.query<{ removed: number }>(sql.pick, [statuses, cutoff, batchSize]))[0]
+              ?.removed ?? 0,
+          )
+        : await db.transaction(async (tx) => {
+            const rows = await tx.query<{ id: string }>(sql.pick, [
+              JSON.stringify(statuses),
+              cutoff,
+              batchSize,
+            ])
+            if (rows.length === 0) return 0
+            const ids = JSON.stringify(rows.map((row) => row.id))
+            await tx.execute(sql.deleteEvents!, [ids])
+            await tx.execute(sql.deleteReplies!, [ids])
+            const { rowCount } = await tx.execute(sql.deleteInstances!, [
+              ids,
+              JSON.stringify(statuses),
+              cutoff,
+            ])
+            return rowCount
+          })
+    total += removed
+    // A short batch means nothing older is left (on PostgreSQL, rows locked by someone else
+    // right now were skipped: the next call gets them).
+    if (removed < batchSize) break
+  }
+  return total
+}

@@ -1,0 +1,24 @@
+import { describe, expect, it } from 'vitest'
+import { parseDuration } from '../../src/cli/duration.js'
+import { UsageError } from '../../src/cli/usage.js'
+
+describe('parseDuration', () => {
+  it.each([
+    ['500ms', 500],
+    ['45s', 45_000],
+    ['90m', 5_400_000],
+    ['12h', 43_200_000],
+    ['30d', 2_592_000_000],
+    ['0s', 0],
+  ])('%s is %d ms', (text, ms) => {
+    expect(parseDuration('--older-than', text)).toBe(ms)
+  })
+
+  it.each(['30', 'd', '1.5d', '-3d', '3 d', '3D', '3w', '', '1234567890123d'])(
+    '%j is refused, naming the flag',
+    (text) => {
+      expect(() => parseDuration('--older-than', text)).toThrow(UsageError)
+      expect(() => parseDuration('--older-than', text)).toThrow(/^--older-than must be/)
+    },
+  )
+})

@@ -1,0 +1,194 @@
+// Retention of finished saga instances on real SQLite and PostgreSQL: pruneSagas removes
+// instances that ended long enough ago, with their timeline and recorded replies, in bounded
+// batches, and never a running, compensating or (unless asked) parked one.
+import { randomUUID } from 'node:crypto'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import {
+  cancelSaga,
+  createSagaWorker,
+  defineSaga,
+  deliverReply,
+  getSaga,
+  pruneSagas,
+  retrySaga,
+  type SagaDefinition,
+  SagaNotFoundError,
+} from '../../src/saga/index.js'
+import { sagaEventsTable, sagaRepliesTable } from '../../src/saga/sql.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+const day = 86_400_000
+
+describe.each(dbTargets)('pruneSagas on $dialect', (target) => {
+  let t: TestDb
+
+  beforeAll(async () => {
+    t = await target.open('saga_retention')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  const rowsOf = async (table: string, id: string): Promise<number> =>
+    Number(
+      (
+        await t.db.query<{ n: number }>(`SELECT COUNT(*) AS n FROM ${table} WHERE saga_id = $1`, [
+          id,
+        ])
+      )[0]!.n,
+    )
+
+  /** One instance in each status, all started at `clock`'s time, on a fresh definition. */
+  async function oneOfEach(clock: ManualClock) {
+    const tag = randomUUID().slice(0, 8)
+    const undone = (name: string) => ({
+      name,
+      action: async () => ({}),
+      compensation: async () => {},
+    })
+    const sagas = {
+      completed: defineSaga({ name: `ok-${tag}`, version: 1, steps: [undone('a')] }),
+      compensated: defineSaga({
+        name: `undo-${tag}`,
+        version: 1,
+        steps: [
+          undone('a'),
+          {
+            name: 'b',
+            action: async () => {
+              throw Object.assign(new Error('refused'), { status: 422 })
+            },
+          },
+        ],
+      }),
+      failed: defineSaga({
+        name: `park-${tag}`,
+        version: 1,
+        steps: [
+          {
+            name: 'a',
+            action: async () => ({}),
+            compensation: async () => {
+              throw Object.assign(new Error('refund refused'), { status: 422 })
+            },
+            compensationRetry: { maxAttempts: 1 },
+          },
+          {
+            name: 'b',
+            action: async () => {
+              throw Object.assign(new Error('refused'), { status: 422 })
+            },
+          },
+        ],
+      }),
+      cancelled: defineSaga({
+        name: `cancel-${tag}`,
+        version: 1,
+        steps: [undone('a'), { name: 'wait', sleepMs: 10 * day }],
+      }),
+      running: defineSaga({
+        name: `run-${tag}`,
+        version: 1,
+        steps: [undone('a'), { name: 'wait', sleepMs: 1_000 * day }],
+      }),
+    } satisfies Record<string, SagaDefinition>
+    const worker = createSagaWorker({ db: t.db, sagas: Object.values(sagas), clock })
+    const ids: Record<keyof typeof sagas, string> = {
+      completed: (await worker.run(sagas.completed, {})).id,
+      compensated: (await worker.run(sagas.compensated, {})).id,
+      failed: (await worker.run(sagas.failed, {})).id,
+      cancelled: (await worker.run(sagas.cancelled, {})).id,
+      running: (await worker.run(sagas.running, {})).id,
+    }
+    await cancelSaga(t.db, ids.cancelled, { clock })
+    await worker.poll()
+    for (const [status, id] of Object.entries(ids)) {
+      expect((await getSaga(t.db, id))?.status, status).toBe(status)
+    }
+    return { ids, worker }
+  }
+
+  it('removes finished instances older than the window with their timeline and replies, and nothing else', async () => {
+    const clock = new ManualClock(1_000 * day)
+    const { ids, worker } = await oneOfEach(clock)
+    await deliverReply(t.db, ids.completed, 'a', { late: true }, { clock })
+    expect(await rowsOf(sagaEventsTable, ids.completed)).toBeGreaterThan(0)
+
+    // Not old enough yet.
+    await clock.advance(7 * day - 1)
+    expect(await pruneSagas(t.db, { olderThanMs: 7 * day, clock })).toBe(0)
+
+    await clock.advance(1)
+    expect(await pruneSagas(t.db, { olderThanMs: 7 * day, clock })).toBe(3)
+    for (const gone of [ids.completed, ids.compensated, ids.cancelled]) {
+      expect(await getSaga(t.db, gone), gone).toBeUndefined()
+      expect(await rowsOf(sagaEventsTable, gone), gone).toBe(0)
+      expect(await rowsOf(sagaRepliesTable, gone), gone).toBe(0)
+    }
+    // The parked one waits for an operator; the running one is still running.
+    expect((await getSaga(t.db, ids.failed))?.status).toBe('failed')
+    expect((await getSaga(t.db, ids.running))?.status).toBe('running')
+    expect(await rowsOf(sagaEventsTable, ids.failed)).toBeGreaterThan(0)
+    expect(await pruneSagas(t.db, { olderThanMs: 7 * day, clock })).toBe(0)
+
+    // Named explicitly, an abandoned parked instance goes too; the running one never does.
+    expect(
+      await pruneSagas(t.db, { olderThanMs: 7 * day, statuses: ['failed', 'completed'], clock }),
+    ).toBe(1)
+    expect(await getSaga(t.db, ids.failed)).toBeUndefined()
+    expect(await rowsOf(sagaEventsTable, ids.failed)).toBe(0)
+    await expect(retrySaga(t.db, ids.failed, { clock })).rejects.toBeInstanceOf(SagaNotFoundError)
+    expect((await getSaga(t.db, ids.running))?.status).toBe('running')
+    await worker.stop()
+  })
+
+  it('counts a parked instance from its last change, so a retried one is not removed', async () => {
+    const clock = new ManualClock(2_000 * day)
+    const { ids, worker } = await oneOfEach(clock)
+    await clock.advance(5 * day)
+    // The operator retries it: it compensates again and parks again, now.
+    await retrySaga(t.db, ids.failed, { clock })
+    await worker.poll()
+    expect((await getSaga(t.db, ids.failed))?.status).toBe('failed')
+    await clock.advance(3 * day)
+    const removed = await pruneSagas(t.db, {
+      olderThanMs: 7 * day,
+      statuses: ['failed', 'completed', 'compensated', 'cancelled'],
+      clock,
+    })
+    expect(removed).toBe(3)
+    expect((await getSaga(t.db, ids.failed))?.status).toBe('failed')
+    await worker.stop()
+  })
+
+  it('works in bounded batches and stops after maxBatches', async () => {
+    const clock = new ManualClock(3_000 * day)
+    const saga = defineSaga({
+      name: `batch-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'a', action: async () => ({}) }],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const ids: string[] = []
+    for (let i = 0; i < 7; i++) ids.push((await worker.run(saga, {})).id)
+    await clock.advance(31 * day)
+    // Two batches of two: four removed, three left for the next call.
+    expect(await pruneSagas(t.db, { batchSize: 2, maxBatches: 2, clock })).toBe(4)
+    expect(await pruneSagas(t.db, { batchSize: 2, clock })).toBe(3)
+    for (const id of ids) expect(await getSaga(t.db, id)).toBeUndefined()
+    await worker.stop()
+  })
+
+  it('refuses bad options, naming them', async () => {
+    await expect(pruneSagas(t.db, { olderThanMs: -1 })).rejects.toThrow(/pruneSagas\.olderThanMs/)
+    await expect(pruneSagas(t.db, { olderThanMs: 1.5 })).rejects.toThrow(/pruneSagas\.olderThanMs/)
+    await expect(pruneSagas(t.db, { statuses: ['running' as never] })).rejects.toBeInstanceOf(
+      InvalidOptionError,
+    )
+    await expect(pruneSagas(t.db, { statuses: [] })).rejects.toThrow(/pruneSagas\.statuses/)
+    await expect(pruneSagas(t.db, { batchSize: 0 })).rejects.toThrow(/pruneSagas\.batchSize/)
+    await expect(pruneSagas(t.db, null as never)).rejects.toThrow(/pruneSagas/)
+  })
+})
