@@ -74,8 +74,12 @@ export type {
   TrackedEvent,
 } from './flow-tracker.js'
 export { createFlowTracker, defineFlow, reconstructFlow, trackedHeaders } from './flow-tracker.js'
-export type { PrunableSagaStatus, PruneSagasOptions } from './retention.js'
-export { pruneSagas } from './retention.js'
+export type {
+  PrunableSagaStatus,
+  PruneFlowEventsOptions,
+  PruneSagasOptions,
+} from './retention.js'
+export { pruneFlowEvents, pruneSagas } from './retention.js'
 export {
   flowEventsTable,
   sagaEventsTable,

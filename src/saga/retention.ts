@@ -2,7 +2,7 @@ import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
-import { sagaPruneStatements } from './sql.js'
+import { flowPruneStatements, sagaPruneStatements } from './sql.js'
 import type { SagaStatus } from './state.js'
 
 /** The statuses {@link pruneSagas} may remove: an instance in one of them never runs again by itself. */
@@ -124,4 +124,87 @@ export async function pruneSagas(db: SqlDriver, options: PruneSagasOptions = {})
     if (removed < batchSize) break
   }
   return total
+}
+
+/** Options of {@link pruneFlowEvents}. */
+export interface PruneFlowEventsOptions {
+  /**
+   * Flows whose last event is at least this old are removed, all their events at once.
+   * @default 2_592_000_000 (30 days)
+   */
+  readonly olderThanMs?: number
+  /**
+   * Old events looked at per batch (each batch removes the flows they belong to, if those have
+   * nothing newer).
+   * @default 1000
+   */
+  readonly batchSize?: number
+  /**
+   * At most this many batches per call; the rest waits for the next call.
+   * @default 100
+   */
+  readonly maxBatches?: number
+  /**
+   * The clock that says how old an event is (its recorded `at`).
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * Removes the flow tracker's record of flows whose last event is at least `olderThanMs` old:
+ * every event of such a correlation id at once, so that no flow is left without its start.
+ * Flows with a newer event are kept whole. Returns the number of flows removed.
+ *
+ * A flow is gone from `tracker.state()` and `stalled()` once removed; an old event of it
+ * delivered again later is recorded as a new, partial flow. On PostgreSQL, an event recorded
+ * for a flow at the very moment its old events are removed (after the flow was quiet for the
+ * whole window) is kept alone.
+ *
+ * @example
+ * ```ts
+ * import { pruneFlowEvents } from 'breakwater/saga'
+ * const flows = await pruneFlowEvents(db, { olderThanMs: 7 * 86_400_000 })
+ * ```
+ */
+export async function pruneFlowEvents(
+  db: SqlDriver,
+  options: PruneFlowEventsOptions = {},
+): Promise<number> {
+  checkObject('pruneFlowEvents', options)
+  const olderThanMs = checkInteger(
+    'pruneFlowEvents.olderThanMs',
+    options.olderThanMs ?? 2_592_000_000,
+    0,
+  )
+  const batchSize = checkInteger('pruneFlowEvents.batchSize', options.batchSize ?? 1000, 1, 10_000)
+  const maxBatches = checkInteger('pruneFlowEvents.maxBatches', options.maxBatches ?? 100, 1)
+  const clock = checkClock('pruneFlowEvents.clock', options.clock)
+  const cutoff = clock.now() - olderThanMs
+  const sql = flowPruneStatements[db.dialect]
+  // The scan moves on past the rows it has seen: a flow that started long ago but is still
+  // going keeps its old events first in `at` order, and must not hold the scan up.
+  let cursorAt = Number.MIN_SAFE_INTEGER
+  let cursorSeq = 0
+  let flows = 0
+  for (let batch = 0; batch < maxBatches; batch++) {
+    const rows = await db.query<{ seq: number; at: number; correlation_id: string }>(sql.scan, [
+      cutoff,
+      cursorAt,
+      cursorSeq,
+      batchSize,
+    ])
+    if (rows.length === 0) break
+    const last = rows[rows.length - 1]!
+    cursorAt = Number(last.at)
+    cursorSeq = Number(last.seq)
+    const ids = [...new Set(rows.map((row) => row.correlation_id))]
+    const deleted = await db.query<{ correlation_id: string }>(sql.delete, [
+      db.dialect === 'postgres' ? ids : JSON.stringify(ids),
+      cutoff,
+    ])
+    flows += new Set(deleted.map((row) => row.correlation_id)).size
+    if (rows.length < batchSize) break
+  }
+  return flows
 }

@@ -391,3 +391,48 @@ WHERE id IN (SELECT value FROM json_each($1))
 SELECT count(*)::integer AS removed FROM doomed`,
   },
 }
+
+/**
+ * Retention of the flow tracker's events (`pruneFlowEvents`): a flow goes whole, once its last
+ * event is old enough, so no flow is ever left without its start.
+ */
+export interface FlowPruneStatements {
+  /**
+   * $1 cutoff, $2 and $3 the cursor (at, seq) of the last row scanned, $4 limit: old events in
+   * (at, seq) order after the cursor, through the `at` index.
+   */
+  readonly scan: string
+  /**
+   * $1 correlation ids (PostgreSQL array, SQLite JSON), $2 cutoff: deletes every event of those
+   * flows that have no event after the cutoff; returns each deleted row's `correlation_id`.
+   */
+  readonly delete: string
+}
+
+const flowScan = `SELECT seq, at, correlation_id FROM ${flowEventsTable}
+WHERE at <= $1 AND (at > $2 OR (at = $2 AND seq > $3))
+ORDER BY at, seq LIMIT $4`
+
+/** The flow retention statements, per dialect. */
+export const flowPruneStatements: Readonly<Record<SqlDialect, FlowPruneStatements>> = {
+  sqlite: {
+    scan: flowScan,
+    delete: `DELETE FROM ${flowEventsTable}
+WHERE correlation_id IN (SELECT value FROM json_each($1))
+  AND correlation_id NOT IN (
+    SELECT correlation_id FROM ${flowEventsTable}
+    WHERE correlation_id IN (SELECT value FROM json_each($1)) AND at > $2
+  )
+RETURNING correlation_id`,
+  },
+  postgres: {
+    scan: flowScan,
+    delete: `DELETE FROM ${flowEventsTable}
+WHERE correlation_id = ANY($1::text[])
+  AND correlation_id NOT IN (
+    SELECT correlation_id FROM ${flowEventsTable}
+    WHERE correlation_id = ANY($1::text[]) AND at > $2
+  )
+RETURNING correlation_id`,
+  },
+}

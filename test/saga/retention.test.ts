@@ -6,16 +6,19 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import {
   cancelSaga,
+  createFlowTracker,
   createSagaWorker,
+  defineFlow,
   defineSaga,
   deliverReply,
   getSaga,
+  pruneFlowEvents,
   pruneSagas,
   retrySaga,
   type SagaDefinition,
   SagaNotFoundError,
 } from '../../src/saga/index.js'
-import { sagaEventsTable, sagaRepliesTable } from '../../src/saga/sql.js'
+import { flowEventsTable, sagaEventsTable, sagaRepliesTable } from '../../src/saga/sql.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { dbTargets, type TestDb } from './databases.js'
 
@@ -190,5 +193,85 @@ describe.each(dbTargets)('pruneSagas on $dialect', (target) => {
     await expect(pruneSagas(t.db, { statuses: [] })).rejects.toThrow(/pruneSagas\.statuses/)
     await expect(pruneSagas(t.db, { batchSize: 0 })).rejects.toThrow(/pruneSagas\.batchSize/)
     await expect(pruneSagas(t.db, null as never)).rejects.toThrow(/pruneSagas/)
+  })
+})
+
+describe.each(dbTargets)('pruneFlowEvents on $dialect', (target) => {
+  let t: TestDb
+
+  beforeAll(async () => {
+    t = await target.open('flow_retention')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  const flow = defineFlow({ name: 'order', steps: ['order-placed', 'order-paid', 'order-shipped'] })
+  const eventsOf = async (correlationId: string): Promise<number> =>
+    Number(
+      (
+        await t.db.query<{ n: number }>(
+          `SELECT COUNT(*) AS n FROM ${flowEventsTable} WHERE correlation_id = $1`,
+          [correlationId],
+        )
+      )[0]!.n,
+    )
+
+  it('removes whole flows whose last event is old enough, and keeps every flow with a newer one', async () => {
+    const clock = new ManualClock(100 * day)
+    const tracker = createFlowTracker({ db: t.db, flows: [flow], clock })
+    const record = (correlationId: string, type: string, at: number) =>
+      tracker.record(t.db, { id: `${correlationId}:${type}`, correlationId, type, at })
+    // Finished 40 days before "now"; started long ago but still going; recent.
+    await record('old', 'order-placed', 50 * day)
+    await record('old', 'order-paid', 50 * day + 1)
+    await record('old', 'order-shipped', 60 * day)
+    await record('long', 'order-placed', 50 * day)
+    await record('long', 'order-paid', 95 * day)
+    await record('new', 'order-placed', 99 * day)
+    // Many old flows, so the scan needs many batches (of one event each), and the still-going
+    // flow's old event comes first in `at` order: a scan that started over each batch would
+    // find nothing but it.
+    for (let i = 0; i < 25; i++) await record(`bulk-${i}`, 'order-placed', 55 * day + i)
+
+    expect(await pruneFlowEvents(t.db, { olderThanMs: 30 * day, batchSize: 1, clock })).toBe(26)
+    expect(await eventsOf('old')).toBe(0)
+    for (let i = 0; i < 25; i++) expect(await eventsOf(`bulk-${i}`)).toBe(0)
+    expect(await eventsOf('long')).toBe(2)
+    expect(await eventsOf('new')).toBe(1)
+    expect(await tracker.state('old')).toBeUndefined()
+    expect((await tracker.state('long'))?.events).toHaveLength(2)
+
+    // Later, once the long flow has been quiet for the whole window, it goes too.
+    await clock.advance(26 * day)
+    expect(await pruneFlowEvents(t.db, { olderThanMs: 30 * day, clock })).toBe(1)
+    expect(await eventsOf('long')).toBe(0)
+    expect(await eventsOf('new')).toBe(1)
+    expect(await pruneFlowEvents(t.db, { olderThanMs: 30 * day, clock })).toBe(0)
+  })
+
+  it('stops after maxBatches and refuses bad options', async () => {
+    // A database of its own: only these flows are old here.
+    const own = await target.open('flow_retention_batches')
+    const clock = new ManualClock(200 * day)
+    const tracker = createFlowTracker({ db: own.db, flows: [flow], clock })
+    for (let i = 0; i < 6; i++) {
+      await tracker.record(own.db, {
+        id: `batch-${i}`,
+        correlationId: `batch-${i}`,
+        type: 'order-placed',
+        at: 150 * day + i,
+      })
+    }
+    expect(await pruneFlowEvents(own.db, { batchSize: 2, maxBatches: 2, clock })).toBe(4)
+    expect(await pruneFlowEvents(own.db, { batchSize: 2, clock })).toBe(2)
+    await own.close()
+    await expect(pruneFlowEvents(t.db, { olderThanMs: -5 })).rejects.toThrow(
+      /pruneFlowEvents\.olderThanMs/,
+    )
+    await expect(pruneFlowEvents(t.db, { batchSize: 0 })).rejects.toThrow(
+      /pruneFlowEvents\.batchSize/,
+    )
+    await expect(pruneFlowEvents(t.db, 'all' as never)).rejects.toThrow(/pruneFlowEvents/)
   })
 })
