@@ -335,7 +335,9 @@ class SqlFlowTracker implements FlowTracker {
  * Rebuilds a flow's state from its events (pure: the tracker's `state()` uses it, and it works
  * on events read from anywhere, such as the outbox table). Steps count as done when their event
  * arrived at any time, so reordered delivery does not hide progress; it is reported in
- * `outOfOrder`.
+ * `outOfOrder`. An event id given more than once counts once, as its first occurrence (as the
+ * tracker keeps the first recording of an id): events read from an at-least-once source may
+ * repeat. Events of the same millisecond keep the order they were given in.
  */
 export function reconstructFlow(
   flows: readonly FlowDefinition[],
@@ -343,7 +345,9 @@ export function reconstructFlow(
   events: readonly TrackedEvent[],
   now: number,
 ): FlowState {
-  const sorted = [...events].sort((a, b) => a.at - b.at)
+  const unique = new Map<string, TrackedEvent>()
+  for (const e of events) if (!unique.has(e.id)) unique.set(e.id, e)
+  const sorted = [...unique.values()].sort((a, b) => a.at - b.at)
   const types = new Set(sorted.map((e) => e.type))
   const flow = flows.find((f) => types.has(f.steps[0]!.event))
   const first = new Map<string, TrackedEvent>()

@@ -97,6 +97,23 @@ describe('reconstructFlow', () => {
     expect(state.unexpected.map((e) => e.type)).toEqual(['coupon-used'])
   })
 
+  it('counts an event id given twice once, as its first occurrence, as the tracker does', () => {
+    const placed = ev('order-placed', 0)
+    const coupon = ev('coupon-used', 50)
+    const state = reconstructFlow(
+      [flow],
+      'c1',
+      // An at-least-once source repeats the coupon and the placement; the copy of the
+      // placement carries a later time, as a redelivery read with its delivery time would.
+      [placed, coupon, { ...coupon }, { ...placed, at: 900 }, ev('payment-charged', 400)],
+      600,
+    )
+    expect(state.events.map((e) => e.id)).toEqual([placed.id, coupon.id, 'payment-charged@400'])
+    expect(state.unexpected).toHaveLength(1)
+    expect(state.steps[0]).toMatchObject({ done: true, at: 0 })
+    expect(state.outOfOrder).toEqual([])
+  })
+
   it('picks the flow by its first event; events of no declared flow are all unexpected', () => {
     const other = defineFlow({ name: 'refund', steps: ['refund-requested', 'refund-paid'] })
     expect(reconstructFlow([flow, other], 'c1', [ev('refund-requested', 0)], 1).flow).toBe('refund')
