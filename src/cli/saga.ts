@@ -3,6 +3,7 @@ import {
   getSaga,
   getSagaTimeline,
   listSagas,
+  pruneFlowEvents,
   pruneSagas,
   retrySaga,
   type SagaInstance,
@@ -35,8 +36,9 @@ commands:
   prune [--older-than <duration>] [--include-parked]
                        remove completed, compensated and cancelled instances that ended
                        longer ago than the duration (default 30d: 30d, 12h, 90m, 45s,
-                       500ms), with their timelines; --include-parked removes parked
-                       (failed) ones untouched that long too
+                       500ms), with their timelines, and tracked flows whose last event
+                       is that old; --include-parked removes parked (failed) instances
+                       untouched that long too
 
 options:
   --db <url>  sqlite:<file> or postgres://user:pass@host/db (default ${defaultUrl})
@@ -210,16 +212,20 @@ async function execute(
       out.write(`saga ${parsed.id}: cancel requested; its completed steps will be compensated\n`)
       return 0
     case 'prune': {
-      const removed = await pruneSagas(db, {
+      // A one-off run goes on until nothing that old is left.
+      const instances = await pruneSagas(db, {
         olderThanMs: parsed.olderThanMs,
         ...(parsed.includeParked
           ? { statuses: ['completed', 'compensated', 'cancelled', 'failed'] as const }
           : {}),
-        // A one-off run goes on until nothing that old is left.
+        maxBatches: Number.MAX_SAFE_INTEGER,
+      })
+      const flows = await pruneFlowEvents(db, {
+        olderThanMs: parsed.olderThanMs,
         maxBatches: Number.MAX_SAFE_INTEGER,
       })
       out.write(
-        `removed ${removed} saga instance${removed === 1 ? '' : 's'} that ended more than ${formatDuration(parsed.olderThanMs)} ago\n`,
+        `removed ${plural(instances, 'saga instance')} and ${plural(flows, 'tracked flow')} older than ${formatDuration(parsed.olderThanMs)}\n`,
       )
       return 0
     }
@@ -228,6 +234,10 @@ async function execute(
 
 function adminOptions(parsed: Parsed): { by: string; reason?: string } {
   return parsed.reason === undefined ? { by: parsed.by } : { by: parsed.by, reason: parsed.reason }
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`
 }
 
 function formatDuration(ms: number): string {

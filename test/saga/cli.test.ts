@@ -2,7 +2,13 @@
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { sagaCommand } from '../../src/cli/saga.js'
-import { createSagaWorker, defineSaga, getSaga } from '../../src/saga/index.js'
+import {
+  createFlowTracker,
+  createSagaWorker,
+  defineFlow,
+  defineSaga,
+  getSaga,
+} from '../../src/saga/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { createTestSqlite } from '../support/sqlite.js'
 import { dbTargets, type TestDb } from './databases.js'
@@ -244,6 +250,22 @@ describe.each(dbTargets)('saga prune command on $dialect', (target) => {
     })
     ids.old = (await old.run(saga, {})).id
     ids.oldParked = (await old.run(saga, { park: true })).id
+    // Two tracked flows: one quiet for 50 days, one for 5.
+    const tracker = createFlowTracker({
+      db: t.db,
+      flows: [defineFlow({ name: 'order', steps: ['order-placed', 'order-paid'] })],
+    })
+    for (const [id, ageDays] of [
+      ['flow-old', 50],
+      ['flow-recent', 5],
+    ] as const) {
+      await tracker.record(t.db, {
+        id,
+        correlationId: id,
+        type: 'order-placed',
+        at: Date.now() - ageDays * day,
+      })
+    }
     const recent = createSagaWorker({
       db: t.db,
       sagas: [saga],
@@ -260,21 +282,21 @@ describe.each(dbTargets)('saga prune command on $dialect', (target) => {
     const first = await run(['prune', '--db', t.url, '--older-than', '45d'])
     expect(first).toMatchObject({
       code: 0,
-      out: 'removed 0 saga instances that ended more than 45d ago\n',
+      out: 'removed 0 saga instances and 1 tracked flow older than 45d\n',
     })
     const second = await run(['prune', '--db', t.url])
     expect(second).toMatchObject({
       code: 0,
-      out: 'removed 1 saga instance that ended more than 30d ago\n',
+      out: 'removed 1 saga instance and 0 tracked flows older than 30d\n',
     })
     expect(await getSaga(t.db, ids.old!)).toBeUndefined()
     expect((await getSaga(t.db, ids.oldParked!))!.status).toBe('failed')
     expect((await getSaga(t.db, ids.recent!))!.status).toBe('completed')
     const parked = await run(['prune', '--db', t.url, '--include-parked'])
-    expect(parked.out).toBe('removed 1 saga instance that ended more than 30d ago\n')
+    expect(parked.out).toBe('removed 1 saga instance and 0 tracked flows older than 30d\n')
     expect(await getSaga(t.db, ids.oldParked!)).toBeUndefined()
     const all = await run(['prune', '--db', t.url, '--older-than', '12h'])
-    expect(all.out).toBe('removed 1 saga instance that ended more than 12h ago\n')
+    expect(all.out).toBe('removed 1 saga instance and 1 tracked flow older than 12h\n')
     expect(await getSaga(t.db, ids.recent!)).toBeUndefined()
   })
 })
