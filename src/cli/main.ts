@@ -17,7 +17,7 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
     load: async () => (await import('./migrate-entry.js')).migrateEntry,
   },
   outbox: {
-    summary: 'inspect the outbox: outbox dead|redrive|stats --db <url>',
+    summary: 'inspect the outbox: outbox dead|redrive|stats|prune --db <url>',
     load: async () => (await import('./outbox.js')).outboxCommand,
   },
   saga: {

@@ -1,7 +1,15 @@
 import { redactSecrets } from '../observability/index.js'
-import { type DeadEvent, listDead, outboxStats, redrive } from '../outbox/index.js'
+import {
+  type DeadEvent,
+  listDead,
+  outboxStats,
+  pruneInbox,
+  pruneOutbox,
+  redrive,
+} from '../outbox/index.js'
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
+import { parseDuration } from './duration.js'
 import { UsageError } from './usage.js'
 
 /** What `outboxCommand` needs besides its arguments; everything has a default. */
@@ -19,12 +27,19 @@ commands:
                          send dead-lettered events again: the relay owning their partition
                          publishes them first in their aggregate, then the events behind them
   stats [--json]         pending and dead counts, and the lag (age of the oldest pending event)
+  prune [--older-than <duration>] [--archive] [--inbox-older-than <duration>]
+                         remove published events older than the duration (default 1d;
+                         30d, 12h, 90m, 45s, 500ms), or move them to
+                         breakwater_outbox_archive with --archive, and inbox records older
+                         than --inbox-older-than (default 7d: keep it longer than any
+                         redelivery, or a redelivered message is handled again). Pending and
+                         dead-lettered events are never removed.
 
 options:
   --db <url>  sqlite:<file> or postgres://user:pass@host/db (default ${defaultUrl})
 `
 
-type Command = 'dead' | 'redrive' | 'stats'
+type Command = 'dead' | 'redrive' | 'stats' | 'prune'
 
 interface Parsed {
   readonly command: Command
@@ -34,18 +49,24 @@ interface Parsed {
   readonly afterId: number
   readonly all: boolean
   readonly ids: readonly string[]
+  /** prune: milliseconds. */
+  readonly olderThanMs: number
+  readonly inboxOlderThanMs: number
+  readonly archive: boolean
 }
 
 const allowed: Record<Command, readonly string[]> = {
   dead: ['--db', '--json', '--limit', '--after-id'],
   redrive: ['--db', '--all', '--id'],
   stats: ['--db', '--json'],
+  prune: ['--db', '--older-than', '--archive', '--inbox-older-than'],
 }
-const booleanFlags = new Set(['--json', '--all'])
+const booleanFlags = new Set(['--json', '--all', '--archive'])
 
 function parse(args: readonly string[]): Parsed {
   const [command, ...rest] = args
-  if (command === undefined) throw new UsageError('a command is needed: dead, redrive or stats')
+  if (command === undefined)
+    throw new UsageError('a command is needed: dead, redrive, stats or prune')
   if (!(command in allowed)) throw new UsageError(`unknown command "${redactSecrets(command)}"`)
   const cmd = command as Command
   const values = new Map<string, string>()
@@ -100,12 +121,15 @@ function parse(args: readonly string[]): Parsed {
     afterId,
     all,
     ids: [...new Set(ids)],
+    olderThanMs: parseDuration('--older-than', values.get('--older-than') ?? '1d'),
+    inboxOlderThanMs: parseDuration('--inbox-older-than', values.get('--inbox-older-than') ?? '7d'),
+    archive: flags.has('--archive'),
   }
 }
 
 /**
- * `breakwater outbox dead|redrive|stats --db <url>`: inspects dead-lettered outbox events and
- * sends them again. Resolves to the exit code: 0 on success, 2 for bad arguments, 1 when the
+ * `breakwater outbox dead|redrive|stats|prune --db <url>`: inspects dead-lettered outbox events
+ * and sends them again, and removes old published events and inbox records. Resolves to the exit code: 0 on success, 2 for bad arguments, 1 when the
  * database fails or some `--id` was not a dead-lettered event.
  *
  * @example
@@ -165,6 +189,22 @@ async function execute(
       }
       out.write(
         `pending: ${stats.pending}\ndead:    ${stats.dead}\nlag:     ${(stats.lagMs / 1000).toFixed(3)} s\n`,
+      )
+      return 0
+    }
+    case 'prune': {
+      // A one-off run goes on until nothing that old is left.
+      const events = await pruneOutbox(db, {
+        olderThanMs: parsed.olderThanMs,
+        archive: parsed.archive,
+        maxBatches: Number.MAX_SAFE_INTEGER,
+      })
+      const records = await pruneInbox(db, {
+        olderThanMs: parsed.inboxOlderThanMs,
+        maxBatches: Number.MAX_SAFE_INTEGER,
+      })
+      out.write(
+        `${parsed.archive ? 'Archived' : 'Removed'} ${events} published event${events === 1 ? '' : 's'}; removed ${records} inbox record${records === 1 ? '' : 's'}.\n`,
       )
       return 0
     }

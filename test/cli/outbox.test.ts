@@ -1,4 +1,4 @@
-// `breakwater outbox dead|redrive|stats` on real SQLite and PostgreSQL. Events are
+// `breakwater outbox dead|redrive|stats|prune` on real SQLite and PostgreSQL. Events are
 // dead-lettered for real: a relay publishes to a webhook receiver that refuses a poison
 // message with 400 (not retryable), with maxAttempts 1.
 import { randomUUID } from 'node:crypto'
@@ -11,8 +11,17 @@ import {
   WEBHOOK_SIGNATURE_HEADER,
 } from '../../src/brokers/index.js'
 import { outboxCommand } from '../../src/cli/outbox.js'
-import { createOutbox, createRelay, listDead, type OutboxEvent } from '../../src/outbox/index.js'
-import { dbTargets, pendingCount, until } from '../outbox/support.js'
+import {
+  createInbox,
+  createOutbox,
+  createRelay,
+  inboxTable,
+  listDead,
+  type OutboxEvent,
+  outboxArchiveTable,
+  outboxTable,
+} from '../../src/outbox/index.js'
+import { count, dbTargets, pendingCount, until } from '../outbox/support.js'
 import { runCli } from '../process/cli-process.js'
 
 const secret = `whsec-${randomUUID()}`
@@ -191,6 +200,42 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
       dead: 0,
       lagMs: 0,
     })
+
+    // Prune: nothing is a day old yet; with no window, the published events go to the archive
+    // (nothing pending or dead is left to keep) and the inbox records go.
+    const inbox = createInbox({ consumer: `cli-${run_}` })
+    await db.transaction((tx) => inbox.handle(tx, { id: `${run_}-m1` }, async () => 'handled'))
+    const young = await run(['prune', '--db', url])
+    expect(young).toMatchObject({
+      code: 0,
+      stdout: 'Removed 0 published events; removed 0 inbox records.\n',
+    })
+    const archived = await run([
+      'prune',
+      '--db',
+      url,
+      '--older-than',
+      '0s',
+      '--archive',
+      '--inbox-older-than',
+      '0ms',
+    ])
+    expect(archived.stdout, archived.stderr).toBe(
+      'Archived 5 published events; removed 1 inbox record.\n',
+    )
+    expect(await count(db, outboxTable)).toBe(0)
+    expect(await count(db, outboxArchiveTable)).toBe(5)
+    expect(await count(db, inboxTable)).toBe(0)
+    for (const [args, message] of [
+      [['prune', '--db', url, '--older-than', '7'], '--older-than must be a whole number'],
+      [['prune', '--db', url, '--inbox-older-than', 'week'], '--inbox-older-than must be'],
+      [['prune', '--db', url, '--archive=yes'], '--archive takes no value'],
+      [['stats', '--db', url, '--archive'], 'unknown option "--archive" for "outbox stats"'],
+    ] as Array<[string[], string]>) {
+      const result = await run(args)
+      expect(result.code, args.join(' ')).toBe(2)
+      expect(result.stderr).toContain(`breakwater outbox: ${message}`)
+    }
 
     if (target.dialect === 'sqlite') {
       // The same command through the real command line.
