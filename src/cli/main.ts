@@ -21,7 +21,8 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
     load: async () => (await import('./outbox.js')).outboxCommand,
   },
   saga: {
-    summary: 'operate sagas: saga list|show|retry|cancel|prune --db <url>',
+    summary:
+      'operate sagas: saga list|show|retry|cancel|prune --db <url>, saga worker --module <file>',
     load: async () => (await import('./saga.js')).sagaCommand,
   },
   relay: {

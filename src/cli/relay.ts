@@ -6,18 +6,13 @@ import {
   type Publisher,
 } from '../brokers/index.js'
 import { maxTimerDelayMs } from '../core/clock.js'
-import { BreakwaterError } from '../core/errors.js'
 import type { CircuitState } from '../index.js'
 import {
   createJsonLogger,
   createMetricsRegistry,
   type Logger,
-  type LogOutput,
   type LogThreshold,
-  logThresholds,
-  type MetricsServer,
   redactSecrets,
-  startMetricsServer,
 } from '../observability/index.js'
 import {
   crashAtFromEnv,
@@ -29,27 +24,29 @@ import {
   type RelayOptions,
   sqlQueueMigrations,
 } from '../outbox/index.js'
-import { type RunningService, runUntilSignal, type SignalTarget } from '../process/index.js'
+import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
 import {
-  listAppliedMigrations,
-  type Migration,
-  openDatabase,
-  parseDatabaseUrl,
-  type SqlDriver,
-} from '../stores/index.js'
+  type LongRunningCommandDeps,
+  openMigratedDatabase,
+  runLongRunningCommand,
+  serveMetrics,
+} from './long-running.js'
+import {
+  checkMigrated,
+  integerFlag,
+  logLevelFlag,
+  messageOf,
+  nonEmpty,
+  readFlags,
+  StartupError,
+} from './process-support.js'
 import { UsageError } from './usage.js'
 
-/** What `relayCommand` needs besides its arguments; everything has a default. */
-export interface RelayCommandDeps {
-  /** Receives the JSON log lines. @default process.stdout */
-  readonly stdout?: LogOutput
-  /** Receives usage errors and fatal errors as plain text. @default process.stderr */
-  readonly stderr?: { write(text: string): unknown }
-  /** Where the webhook secret and `BREAKWATER_CRASH_AT` are read. @default process.env */
-  readonly env?: Readonly<Record<string, string | undefined>>
-  /** Where SIGTERM and SIGINT come from. @default process */
-  readonly signals?: SignalTarget
-}
+/**
+ * What `relayCommand` needs besides its arguments; the webhook secret and `BREAKWATER_CRASH_AT`
+ * come from `env`.
+ */
+export type RelayCommandDeps = LongRunningCommandDeps
 
 const defaultDb = 'sqlite:./.breakwater/breakwater.db'
 const defaultSecretEnv = 'BREAKWATER_WEBHOOK_SECRET'
@@ -145,20 +142,6 @@ const valueFlags = new Set([
 const booleanFlags = new Set(['--webhook-batch'])
 const secretFlags = new Set(['--webhook-secret', '--secret', '--password', '--token'])
 
-function integer(
-  flag: string,
-  text: string | undefined,
-  min: number,
-  max: number,
-): number | undefined {
-  if (text === undefined) return undefined
-  if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max)
-    throw new UsageError(
-      `${flag} must be an integer from ${min} to ${max}, got "${redactSecrets(text)}"`,
-    )
-  return Number(text)
-}
-
 /** Parses `--broker`; the error never shows a password. */
 function parseBroker(text: string, dbUrl: string): BrokerSpec {
   const shown = redactSecrets(text)
@@ -203,34 +186,12 @@ function parse(
   args: readonly string[],
   env: Readonly<Record<string, string | undefined>>,
 ): RelayArgs {
-  const values = new Map<string, string>()
-  const flags = new Set<string>()
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!
-    if (!arg.startsWith('--')) throw new UsageError(`unexpected argument "${redactSecrets(arg)}"`)
-    const eq = arg.indexOf('=')
-    const flag = eq < 0 ? arg : arg.slice(0, eq)
+  const { values, flags } = readFlags(args, valueFlags, booleanFlags, (flag) => {
     if (secretFlags.has(flag))
       throw new UsageError(
         `${flag}: secrets are not accepted as arguments (they show in ps and shell history); use --webhook-secret-env or --webhook-secret-file`,
       )
-    if (booleanFlags.has(flag)) {
-      if (eq >= 0) throw new UsageError(`${flag} takes no value`)
-      flags.add(flag)
-      continue
-    }
-    if (!valueFlags.has(flag)) throw new UsageError(`unknown option "${redactSecrets(flag)}"`)
-    let value: string | undefined
-    if (eq >= 0) value = arg.slice(eq + 1)
-    else {
-      value = args[i + 1]
-      i++
-    }
-    if (value === undefined || value === '' || (eq < 0 && value.startsWith('--')))
-      throw new UsageError(`${flag} needs a value`)
-    if (values.has(flag)) throw new UsageError(`${flag} given twice`)
-    values.set(flag, value)
-  }
+  })
 
   const db = values.get('--db') ?? nonEmpty(env.BREAKWATER_DB_URL) ?? defaultDb
   try {
@@ -247,11 +208,7 @@ function parse(
     throw new UsageError(
       `--ordering must be "confirmed" or "batch", got "${redactSecrets(ordering)}"`,
     )
-  const logLevel = values.get('--log-level') ?? 'info'
-  if (!(logThresholds as readonly string[]).includes(logLevel))
-    throw new UsageError(
-      `--log-level must be one of ${logThresholds.join(', ')}, got "${logLevel}"`,
-    )
+  const logLevel = logLevelFlag(values.get('--log-level'))
   const topicPrefix = values.get('--topic-prefix')
   if (topicPrefix !== undefined && !/^[\x21-\x7e]+$/.test(topicPrefix))
     throw new UsageError('--topic-prefix must be visible ASCII characters (no spaces)')
@@ -274,32 +231,34 @@ function parse(
     db,
     broker,
     brokerText,
-    metricsPort: integer('--metrics-port', values.get('--metrics-port'), 0, 65_535),
+    metricsPort: integerFlag('--metrics-port', values.get('--metrics-port'), 0, 65_535),
     metricsHost: values.get('--metrics-host') ?? '127.0.0.1',
-    batchSize: integer('--batch-size', values.get('--batch-size'), 1, 10_000),
+    batchSize: integerFlag('--batch-size', values.get('--batch-size'), 1, 10_000),
     topicPrefix,
     ordering: ordering as RelayArgs['ordering'],
-    maxAttempts: integer('--max-attempts', values.get('--max-attempts'), 1, 1_000_000),
-    maxBackoffMs: integer('--max-backoff-ms', values.get('--max-backoff-ms'), 1, maxTimerDelayMs),
-    breakerCooldownMs: integer(
+    maxAttempts: integerFlag('--max-attempts', values.get('--max-attempts'), 1, 1_000_000),
+    maxBackoffMs: integerFlag(
+      '--max-backoff-ms',
+      values.get('--max-backoff-ms'),
+      1,
+      maxTimerDelayMs,
+    ),
+    breakerCooldownMs: integerFlag(
       '--breaker-cooldown-ms',
       values.get('--breaker-cooldown-ms'),
       1,
       maxTimerDelayMs,
     ),
-    leaseMs: integer('--lease-ms', values.get('--lease-ms'), 30, maxTimerDelayMs),
+    leaseMs: integerFlag('--lease-ms', values.get('--lease-ms'), 30, maxTimerDelayMs),
     relayId,
     drainTimeoutMs:
-      integer('--drain-timeout-ms', values.get('--drain-timeout-ms'), 0, maxTimerDelayMs) ?? 30_000,
-    logLevel: logLevel as LogThreshold,
+      integerFlag('--drain-timeout-ms', values.get('--drain-timeout-ms'), 0, maxTimerDelayMs) ??
+      30_000,
+    logLevel,
     secretEnv,
     secretFile,
     webhookBatch,
   }
-}
-
-function nonEmpty(value: string | undefined): string | undefined {
-  return value === undefined || value === '' ? undefined : value
 }
 
 /** Reads the webhook secret from its file or environment variable; never from arguments. */
@@ -339,26 +298,6 @@ function prefixTopics(publisher: Publisher, prefix: string): Publisher {
       ),
     close: () => publisher.close(),
   }
-}
-
-class StartupError extends Error {}
-
-async function checkMigrated(
-  db: SqlDriver,
-  capability: string,
-  migrations: readonly Migration[],
-  url: string,
-): Promise<void> {
-  const applied = new Set(
-    (await listAppliedMigrations(db))
-      .filter((m) => m.capability === capability)
-      .map((m) => m.version),
-  )
-  const missing = migrations.filter((m) => !applied.has(m.version))
-  if (missing.length > 0)
-    throw new StartupError(
-      `${redactSecrets(url)} lacks the ${capability} migrations (${missing.map((m) => m.version).join(', ')}): run \`breakwater migrate --db ${redactSecrets(url)}\` first`,
-    )
 }
 
 const breakerStates: readonly CircuitState[] = ['closed', 'open', 'half-open', 'isolated']
@@ -553,47 +492,21 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
     level: parsed.logLevel,
     fields: { service: 'breakwater-relay' },
   })
-  const fail = (message: string, error?: unknown): number => {
-    log.error(message, error === undefined ? {} : { error })
-    const detail = error === undefined ? '' : `: ${redactSecrets(messageOf(error))}`
-    err.write(`breakwater relay: ${redactSecrets(message)}${detail}\n`)
-    return 1
-  }
-
   let crashed: (error: unknown) => void = () => {}
   const done = new Promise<void>((_, reject) => {
     crashed = reject
   })
   done.catch(() => {})
-  let startupFailure: number | undefined
 
-  const start = async (): Promise<RunningService> => {
-    // Closed in reverse order when start fails part-way, or at stop.
-    const resources: Array<{ readonly what: string; close(): Promise<void> }> = []
-    const closeAll = async (): Promise<void> => {
-      for (const resource of resources.splice(0).reverse()) {
-        try {
-          await resource.close()
-        } catch (error) {
-          log.warn(`closing the ${resource.what} failed`, { error })
-        }
-      }
-    }
-    try {
-      let db: SqlDriver
-      try {
-        db = await openDatabase(parsed.db)
-      } catch (error) {
-        throw new StartupError(`cannot open ${redactSecrets(parsed.db)}: ${messageOf(error)}`)
-      }
-      resources.push({ what: 'database', close: () => db.close() })
-      try {
-        await checkMigrated(db, 'outbox', outboxMigrations, parsed.db)
-      } catch (error) {
-        if (error instanceof StartupError) throw error
-        throw new StartupError(`cannot read ${redactSecrets(parsed.db)}: ${messageOf(error)}`)
-      }
-
+  return runLongRunningCommand({
+    name: 'relay',
+    log,
+    err,
+    drainTimeoutMs: parsed.drainTimeoutMs,
+    ...(deps.signals === undefined ? {} : { signals: deps.signals }),
+    drainMessage: 'stopping: finishing the batch in hand',
+    async start(resources) {
+      const db = await openMigratedDatabase(resources, parsed.db, 'outbox', outboxMigrations)
       let publisher: Publisher
       const broker = parsed.broker
       if (broker.kind === 'sql') {
@@ -606,11 +519,11 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
             throw new StartupError(`cannot open ${redactSecrets(url)}: ${messageOf(error)}`)
           }
           const opened = queueDb
-          resources.push({ what: 'queue database', close: () => opened.close() })
+          resources.add('queue database', () => opened.close())
         }
         await checkMigrated(queueDb, 'queue', sqlQueueMigrations, broker.url ?? parsed.db)
         const queue = createSqlQueue(queueDb)
-        resources.push({ what: 'SQL queue', close: () => queue.close() })
+        resources.add('SQL queue', () => queue.close())
         publisher = queue.publisher
       } else if (broker.kind === 'webhook') {
         const webhook = createWebhookPublisher({
@@ -622,13 +535,13 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
           attemptTimeoutMs: 2_000,
           retry: { maxAttempts: 3, baseDelayMs: 100, maxDelayMs: 500, maxRetryAfterMs: 1_000 },
         })
-        resources.push({ what: 'webhook publisher', close: () => webhook.close() })
+        resources.add('webhook publisher', () => webhook.close())
         publisher = webhook
       } else {
         const opened = openBroker(broker.url, {
           onError: (event) => log.warn('broker error', { phase: event.phase, error: event.error }),
         })
-        resources.push({ what: 'broker', close: () => opened.close() })
+        resources.add('broker', () => opened.close())
         publisher = opened.publisher
       }
       if (parsed.topicPrefix !== undefined) publisher = prefixTopics(publisher, parsed.topicPrefix)
@@ -664,26 +577,15 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
       } catch (error) {
         throw new StartupError(`the relay could not start: ${messageOf(error)}`)
       }
-      resources.push({ what: 'relay', close: () => relay.stop() })
+      resources.add('relay', () => relay.stop())
 
-      let server: MetricsServer | undefined
-      if (parsed.metricsPort !== undefined) {
-        try {
-          server = await startMetricsServer({
-            port: parsed.metricsPort,
-            host: parsed.metricsHost,
-            registry,
-            health: () => relay.state === 'running',
-            onError: (error) => log.warn('metrics server error', { error }),
-          })
-        } catch (error) {
-          throw new StartupError(
-            `cannot serve metrics on ${parsed.metricsHost}:${parsed.metricsPort}: ${messageOf(error)}`,
-          )
-        }
-        const listening = server
-        resources.push({ what: 'metrics server', close: () => listening.close() })
-      }
+      const server = await serveMetrics(resources, {
+        port: parsed.metricsPort,
+        host: parsed.metricsHost,
+        registry,
+        health: () => relay.state === 'running',
+        log,
+      })
       log.info('relay started', {
         relayId: relay.id,
         db: parsed.db,
@@ -692,63 +594,24 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         partitions: relay.partitions().length,
         ...(server === undefined ? {} : { metrics: `${server.url}/metrics` }),
       })
+      let stats: { published: number; deadLettered: number } | undefined
       return {
         done,
         async stop() {
           // The relay stops first (its batch in hand is published and marked); the metrics
           // server keeps answering until then.
-          const relayIndex = resources.findIndex((r) => r.what === 'relay')
-          const [stopping] = resources.splice(relayIndex, 1)
-          await stopping!.close()
-          const m = relay.metrics()
-          await closeAll()
+          await resources.closeFirst('relay')
+          stats = relay.metrics()
+        },
+        stopped() {
           log.info('relay stopped', {
             relayId: relay.id,
-            published: m.published,
-            deadLettered: m.deadLettered,
+            published: stats?.published,
+            deadLettered: stats?.deadLettered,
             state: relay.state,
           })
         },
       }
-    } catch (error) {
-      await closeAll()
-      if (error instanceof StartupError) {
-        startupFailure = fail(error.message)
-        throw error
-      }
-      throw error
-    }
-  }
-
-  try {
-    const outcome = await runUntilSignal(start, {
-      drainTimeoutMs: parsed.drainTimeoutMs,
-      ...(deps.signals === undefined ? {} : { target: deps.signals }),
-      onSignal: (signal, phase) =>
-        phase === 'drain'
-          ? log.info('stopping: finishing the batch in hand', { signal })
-          : log.warn('second signal: exiting without waiting for the drain', { signal }),
-    })
-    if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
-      log.error('the relay did not stop in time', {
-        drain: outcome.drain,
-        drainTimeoutMs: parsed.drainTimeoutMs,
-      })
-      return 1
-    }
-    return outcome.reason === 'signal' ? 0 : 1
-  } catch (error) {
-    if (startupFailure !== undefined) return startupFailure
-    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
-      err.write(`breakwater relay: ${redactSecrets(error.message)}\n`)
-      return 2
-    }
-    return fail('the relay failed', error)
-  }
-}
-
-function messageOf(error: unknown): string {
-  if (error instanceof AggregateError && error.errors.length > 0)
-    return error.errors.map(messageOf).join('; ')
-  return error instanceof Error ? error.message : String(error)
+    },
+  })
 }

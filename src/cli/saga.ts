@@ -33,6 +33,9 @@ commands:
                        re-queue a parked (failed) saga: its compensation resumes
   cancel <id> [--reason <text>] [--by <who>]
                        cancel a running saga: its completed steps are compensated
+  worker --module <file> [options]
+                       run the sagas a module defines as a process until SIGTERM (see
+                       \`breakwater saga worker --help\`)
   prune [--older-than <duration>] [--include-parked]
                        remove completed, compensated and cancelled instances that ended
                        longer ago than the duration (default 30d: 30d, 12h, 90m, 45s,
@@ -149,7 +152,8 @@ function parse(args: readonly string[]): Parsed {
 
 /**
  * `breakwater saga list|show|retry|cancel|prune --db <url>`: inspects and operates saga
- * instances, and removes old finished ones.
+ * instances, and removes old finished ones; `breakwater saga worker --module <file>` runs
+ * sagas as a process (see `sagaWorkerCommand`).
  * Resolves to the exit code: 0 on success, 2 for bad arguments, 1 when the saga is unknown,
  * the operation does not apply to its status, or the database fails.
  *
@@ -158,7 +162,15 @@ function parse(args: readonly string[]): Parsed {
  * const code = await sagaCommand(['show', 'order-o-42', '--db', 'sqlite:./app.db'])
  * ```
  */
-export function sagaCommand(args: string[], deps: SagaCommandDeps = {}): Promise<number> {
+export async function sagaCommand(args: string[], deps: SagaCommandDeps = {}): Promise<number> {
+  // The worker is a long-running process, not a one-off admin command: its own module.
+  if (args[0] === 'worker') {
+    const { sagaWorkerCommand } = await import('./saga-worker.js')
+    return sagaWorkerCommand(args.slice(1), {
+      ...(deps.stdout === undefined ? {} : { stdout: deps.stdout }),
+      ...(deps.stderr === undefined ? {} : { stderr: deps.stderr }),
+    })
+  }
   return runDatabaseCommand(
     {
       name: 'saga',

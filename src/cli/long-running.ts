@@ -1,0 +1,204 @@
+import { BreakwaterError } from '../core/errors.js'
+import {
+  type Logger,
+  type LogOutput,
+  type MetricsRegistry,
+  type MetricsServer,
+  redactSecrets,
+  startMetricsServer,
+} from '../observability/index.js'
+import { runUntilSignal, type SignalTarget } from '../process/index.js'
+import { type Migration, openDatabase, type SqlDriver } from '../stores/index.js'
+import { checkMigrated, messageOf, StartupError } from './process-support.js'
+
+// The life of a long-running command (`breakwater relay`, `breakwater saga worker`): start
+// what it needs, in order, run until SIGTERM or SIGINT, drain, close everything in reverse,
+// and turn the outcome into an exit code. Each command only says what it starts.
+
+/** What a long-running command needs besides its arguments; everything has a default. */
+export interface LongRunningCommandDeps {
+  /** Receives the JSON log lines. @default process.stdout */
+  readonly stdout?: LogOutput
+  /** Receives usage errors and fatal errors as plain text. @default process.stderr */
+  readonly stderr?: { write(text: string): unknown }
+  /** Where `BREAKWATER_*` settings are read. @default process.env */
+  readonly env?: Readonly<Record<string, string | undefined>>
+  /** Where SIGTERM and SIGINT come from. @default process */
+  readonly signals?: SignalTarget
+}
+
+/** What a starting service holds: closed in reverse order at stop, or when start fails. */
+export class ServiceResources {
+  readonly #log: Logger
+  readonly #held: Array<{ readonly what: string; close(): Promise<void> }> = []
+
+  constructor(log: Logger) {
+    this.#log = log
+  }
+
+  /** Registers something to close (`what` names it in a warning if closing fails). */
+  add(what: string, close: () => Promise<void>): void {
+    this.#held.push({ what, close })
+  }
+
+  /** Closes the resource registered as `what` now, ahead of the others (the service itself). */
+  async closeFirst(what: string): Promise<void> {
+    const index = this.#held.findIndex((r) => r.what === what)
+    if (index < 0) return
+    const [resource] = this.#held.splice(index, 1)
+    await resource!.close()
+  }
+
+  /** Closes everything still held, last registered first; failures are logged, not thrown. */
+  async closeAll(): Promise<void> {
+    for (const resource of this.#held.splice(0).reverse()) {
+      try {
+        await resource.close()
+      } catch (error) {
+        this.#log.warn(`closing the ${resource.what} failed`, { error })
+      }
+    }
+  }
+}
+
+/** Opens the database at `url` and checks that `capability`'s migrations were applied. */
+export async function openMigratedDatabase(
+  resources: ServiceResources,
+  url: string,
+  capability: string,
+  migrations: readonly Migration[],
+): Promise<SqlDriver> {
+  let db: SqlDriver
+  try {
+    db = await openDatabase(url)
+  } catch (error) {
+    throw new StartupError(`cannot open ${redactSecrets(url)}: ${messageOf(error)}`)
+  }
+  resources.add('database', () => db.close())
+  try {
+    await checkMigrated(db, capability, migrations, url)
+  } catch (error) {
+    if (error instanceof StartupError) throw error
+    throw new StartupError(`cannot read ${redactSecrets(url)}: ${messageOf(error)}`)
+  }
+  return db
+}
+
+/** Serves `/metrics` and `/healthz` when a port was given; undefined otherwise. */
+export async function serveMetrics(
+  resources: ServiceResources,
+  options: {
+    readonly port: number | undefined
+    readonly host: string
+    readonly registry: MetricsRegistry
+    readonly health: () => boolean
+    readonly log: Logger
+  },
+): Promise<MetricsServer | undefined> {
+  if (options.port === undefined) return undefined
+  let server: MetricsServer
+  try {
+    server = await startMetricsServer({
+      port: options.port,
+      host: options.host,
+      registry: options.registry,
+      health: options.health,
+      onError: (error) => options.log.warn('metrics server error', { error }),
+    })
+  } catch (error) {
+    throw new StartupError(
+      `cannot serve metrics on ${options.host}:${options.port}: ${messageOf(error)}`,
+    )
+  }
+  resources.add('metrics server', () => server.close())
+  return server
+}
+
+/** A started service, as {@link LongRunningCommand.start} returns it. */
+export interface StartedService {
+  /** Drains the service; the remaining resources are closed after it. */
+  stop(): Promise<void>
+  /** Called once everything is closed after a stop (for the last log line). */
+  stopped?(): void
+  /** Settles when the service ends by itself (rejects: it failed). */
+  readonly done?: Promise<void>
+}
+
+/** One long-running command, as {@link runLongRunningCommand} runs it. */
+export interface LongRunningCommand {
+  /** Its name in messages: `relay`, `saga worker`. */
+  readonly name: string
+  readonly log: Logger
+  /** Receives fatal errors as plain text. */
+  readonly err: { write(text: string): unknown }
+  readonly drainTimeoutMs: number
+  readonly signals?: SignalTarget
+  /** Logged when the first signal arrives. */
+  readonly drainMessage: string
+  /** Prefixes the message of an `INVALID_OPTION` error thrown while starting (exit 2). */
+  readonly invalidOptionPrefix?: string
+  /** Starts the service, registering in `resources` what must be closed. */
+  start(resources: ServiceResources): Promise<StartedService>
+}
+
+/**
+ * Runs a long-running command until SIGTERM or SIGINT and resolves to its exit code: 0 after a
+ * graceful stop; 1 when starting fails (a `StartupError`, its message printed), when the drain
+ * outlasts `drainTimeoutMs` or a second signal cuts it short, when the service ends by itself,
+ * or when it fails; 2 when starting throws an `INVALID_OPTION` error (a configuration fault).
+ */
+export async function runLongRunningCommand(command: LongRunningCommand): Promise<number> {
+  const { log, err, name } = command
+  const fail = (message: string, error?: unknown): number => {
+    log.error(message, error === undefined ? {} : { error })
+    const detail = error === undefined ? '' : `: ${redactSecrets(messageOf(error))}`
+    err.write(`breakwater ${name}: ${redactSecrets(message)}${detail}\n`)
+    return 1
+  }
+  let startupFailure: number | undefined
+  const start = async () => {
+    const resources = new ServiceResources(log)
+    try {
+      const service = await command.start(resources)
+      return {
+        ...(service.done === undefined ? {} : { done: service.done }),
+        async stop() {
+          await service.stop()
+          await resources.closeAll()
+          service.stopped?.()
+        },
+      }
+    } catch (error) {
+      await resources.closeAll()
+      if (error instanceof StartupError) startupFailure = fail(error.message)
+      throw error
+    }
+  }
+  try {
+    const outcome = await runUntilSignal(start, {
+      drainTimeoutMs: command.drainTimeoutMs,
+      ...(command.signals === undefined ? {} : { target: command.signals }),
+      onSignal: (signal, phase) =>
+        phase === 'drain'
+          ? log.info(command.drainMessage, { signal })
+          : log.warn('second signal: exiting without waiting for the drain', { signal }),
+    })
+    if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
+      log.error(`the ${name} did not stop in time`, {
+        drain: outcome.drain,
+        drainTimeoutMs: command.drainTimeoutMs,
+      })
+      return 1
+    }
+    return outcome.reason === 'signal' ? 0 : 1
+  } catch (error) {
+    if (startupFailure !== undefined) return startupFailure
+    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
+      err.write(
+        `breakwater ${name}: ${command.invalidOptionPrefix ?? ''}${redactSecrets(error.message)}\n`,
+      )
+      return 2
+    }
+    return fail(`the ${name} failed`, error)
+  }
+}

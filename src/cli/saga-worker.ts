@@ -1,0 +1,337 @@
+import { isAbsolute, resolve } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { maxTimerDelayMs } from '../core/clock.js'
+import {
+  createJsonLogger,
+  createMetricsRegistry,
+  type Logger,
+  type LogThreshold,
+  redactSecrets,
+} from '../observability/index.js'
+import {
+  createSagaWorker,
+  type SagaDefinition,
+  type SagaWorker,
+  type SagaWorkerMetrics,
+  sagaCrashAtFromEnv,
+  sagaMigrations,
+} from '../saga/index.js'
+import { parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
+import {
+  type LongRunningCommandDeps,
+  openMigratedDatabase,
+  runLongRunningCommand,
+  serveMetrics,
+} from './long-running.js'
+import {
+  integerFlag,
+  logLevelFlag,
+  messageOf,
+  nonEmpty,
+  readFlags,
+  StartupError,
+} from './process-support.js'
+import { UsageError } from './usage.js'
+
+/**
+ * What `sagaWorkerCommand` needs besides its arguments; `BREAKWATER_DB_URL` and
+ * `BREAKWATER_CRASH_AT` come from `env`.
+ */
+export type SagaWorkerCommandDeps = LongRunningCommandDeps
+
+const defaultDb = 'sqlite:./.breakwater/breakwater.db'
+
+const usage = `usage: breakwater saga worker --module <file> [options]
+
+Runs the sagas that a module defines until SIGTERM or SIGINT; then each instance in hand
+finishes the step it is running and is given back for another worker, and the process exits 0.
+Logs JSON lines to stdout. Run \`breakwater migrate --db <url>\` first.
+
+options:
+  --module <file>            an ES module (or CommonJS) that exports \`sagas\`, the definitions
+                             to run (defineSaga), as an array (or as its default export)
+  --db <url>                 sqlite:<file> or postgres://user@host/db (default ${defaultDb})
+  --metrics-port <n>         serve Prometheus /metrics and /healthz on this port (0: any free
+                             port, logged at start; default: no server)
+  --metrics-host <host>      the metrics server's address (default 127.0.0.1)
+  --concurrency <n>          instances run at once, 1-10000 (default 16)
+  --lease-ms <n>             how long a claimed instance stays this worker's (default 800)
+  --poll-interval-ms <n>     how often an idle worker looks for work (default 100)
+  --worker-id <id>           the lease owner's name (default host:pid:random)
+  --drain-timeout-ms <n>     how long a graceful stop may take (default 30000)
+  --log-level <level>        debug, info (default), warn, error or silent
+
+environment:
+  BREAKWATER_DB_URL          used when --db is not given (URLs with passwords belong here)
+  BREAKWATER_CRASH_AT        saga:<fault point>[:<step>][:<n>]: SIGKILL itself there (crash tests)
+`
+
+interface WorkerArgs {
+  readonly db: string
+  readonly module: string
+  readonly metricsPort: number | undefined
+  readonly metricsHost: string
+  readonly concurrency: number | undefined
+  readonly leaseMs: number | undefined
+  readonly pollIntervalMs: number | undefined
+  readonly workerId: string | undefined
+  readonly drainTimeoutMs: number
+  readonly logLevel: LogThreshold
+}
+
+const valueFlags = new Set([
+  '--module',
+  '--db',
+  '--metrics-port',
+  '--metrics-host',
+  '--concurrency',
+  '--lease-ms',
+  '--poll-interval-ms',
+  '--worker-id',
+  '--drain-timeout-ms',
+  '--log-level',
+])
+
+function parse(
+  args: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+): WorkerArgs {
+  const { values } = readFlags(args, valueFlags)
+  const module = values.get('--module')
+  if (module === undefined) throw new UsageError('--module <file> is required')
+  const db = values.get('--db') ?? nonEmpty(env.BREAKWATER_DB_URL) ?? defaultDb
+  try {
+    parseDatabaseUrl(db)
+  } catch {
+    throw new UsageError(
+      `--db: expected sqlite:<file> or postgres://user:pass@host/db, got "${redactSecrets(db)}"`,
+    )
+  }
+  const logLevel = logLevelFlag(values.get('--log-level'))
+  const workerId = values.get('--worker-id')
+  if (workerId !== undefined && !/^[\x21-\x7e]{1,200}$/.test(workerId))
+    throw new UsageError('--worker-id must be 1 to 200 visible ASCII characters')
+  return {
+    db,
+    module,
+    metricsPort: integerFlag('--metrics-port', values.get('--metrics-port'), 0, 65_535),
+    metricsHost: values.get('--metrics-host') ?? '127.0.0.1',
+    concurrency: integerFlag('--concurrency', values.get('--concurrency'), 1, 10_000),
+    leaseMs: integerFlag('--lease-ms', values.get('--lease-ms'), 30, maxTimerDelayMs),
+    pollIntervalMs: integerFlag(
+      '--poll-interval-ms',
+      values.get('--poll-interval-ms'),
+      1,
+      maxTimerDelayMs,
+    ),
+    workerId,
+    drainTimeoutMs:
+      integerFlag('--drain-timeout-ms', values.get('--drain-timeout-ms'), 0, maxTimerDelayMs) ??
+      30_000,
+    logLevel,
+  }
+}
+
+/**
+ * Loads the definitions `--module` exports. Whether they are valid definitions is left to
+ * `createSagaWorker`, which names the one at fault.
+ */
+async function loadSagas(file: string): Promise<readonly SagaDefinition<unknown, unknown>[]> {
+  const path = isAbsolute(file) ? file : resolve(process.cwd(), file)
+  let loaded: Record<string, unknown>
+  try {
+    loaded = (await import(pathToFileURL(path).href)) as Record<string, unknown>
+  } catch (error) {
+    throw new UsageError(`--module: cannot load ${path}: ${messageOf(error)}`)
+  }
+  const sagas =
+    loaded.sagas ??
+    (loaded.default as Record<string, unknown> | undefined)?.sagas ??
+    (Array.isArray(loaded.default) ? loaded.default : undefined)
+  if (!Array.isArray(sagas) || sagas.length === 0)
+    throw new UsageError(
+      `--module: ${path} must export \`sagas\`, a non-empty array of saga definitions (defineSaga), or export that array as default`,
+    )
+  return sagas as SagaDefinition<unknown, unknown>[]
+}
+
+/** Counters of the worker's metrics, exposed as Prometheus counters (names and help). */
+const counters: ReadonlyArray<readonly [keyof SagaWorkerMetrics, string, string]> = [
+  ['claimed', 'claimed_total', 'Instances claimed (takeovers included).'],
+  ['recovered', 'recovered_total', "Instances taken over after their worker's lease expired."],
+  ['stepAttempts', 'step_attempts_total', 'Step attempts started.'],
+  ['stepsCompleted', 'steps_completed_total', 'Steps recorded as completed.'],
+  ['stepFailures', 'step_failures_total', 'Step attempts that failed.'],
+  ['compensations', 'compensations_total', 'Compensations recorded as done.'],
+  ['compensationFailures', 'compensation_failures_total', 'Compensation attempts that failed.'],
+  ['completed', 'completed_total', 'Instances finished as completed.'],
+  ['compensated', 'compensated_total', 'Instances finished as compensated.'],
+  ['cancelled', 'cancelled_total', 'Instances finished as cancelled.'],
+  ['parked', 'parked_total', 'Instances parked as failed (waiting for an operator).'],
+  [
+    'leaseLost',
+    'lease_lost_total',
+    'Writes refused by fencing (another worker owns the instance).',
+  ],
+  ['errors', 'errors_total', 'Database errors of claims, renewals and writes.'],
+]
+
+/** Metrics of the worker process, read from the worker's counters at each scrape. */
+function workerMetrics(worker: SagaWorker, db: SqlDriver, log: Logger) {
+  const registry = createMetricsRegistry({
+    onCollectError: (error) => log.warn('metrics collection failed', { error }),
+  })
+  const series = counters.map(
+    ([key, suffix, help]) =>
+      [key, registry.counter({ name: `breakwater_saga_worker_${suffix}`, help })] as const,
+  )
+  const inFlight = registry.gauge({
+    name: 'breakwater_saga_worker_in_flight',
+    help: 'Instances in hand right now.',
+  })
+  const info = registry.gauge({
+    name: 'breakwater_saga_worker_info',
+    help: 'Identity of this saga worker process.',
+    labelNames: ['worker_id', 'dialect'],
+  })
+  info.set({ worker_id: worker.id, dialect: db.dialect }, 1)
+  registry.onCollect(() => {
+    const m = worker.metrics()
+    // The worker's counters only go up: add what they gained since the last scrape.
+    for (const [key, counter] of series) counter.inc(Math.max(0, m[key] - counter.get()))
+    inFlight.set(m.inFlight)
+  })
+  return registry
+}
+
+/** Logs what the worker reports, at levels an operator can filter on. */
+function logWorkerEvents(worker: SagaWorker, log: Logger): void {
+  worker.events.on((event) => {
+    const { type, at: _at, worker: _worker, ...fields } = event
+    switch (type) {
+      case 'step-failed':
+      case 'compensation-failed':
+      case 'lease-lost':
+        log.warn(`saga ${type}`, fields)
+        return
+      case 'parked':
+      case 'error':
+        log.error(`saga ${type}`, fields)
+        return
+      case 'completed':
+      case 'compensated':
+      case 'cancelled':
+      case 'recovered':
+        log.info(`saga ${type}`, fields)
+        return
+      default:
+        log.debug(`saga ${type}`, fields)
+    }
+  })
+}
+
+/**
+ * `breakwater saga worker --module <file>`: runs the sagas a module defines as a process, until
+ * SIGTERM or SIGINT, with JSON logs and optional Prometheus metrics. Resolves to the exit code:
+ * 0 after a graceful stop, 2 for bad arguments or a module without sagas, 1 when the database
+ * fails, is not migrated, or the drain takes too long.
+ *
+ * @example
+ * ```ts
+ * const code = await sagaWorkerCommand(['--module', './dist/sagas.js', '--db', 'postgres://app@db/app'])
+ * ```
+ */
+export async function sagaWorkerCommand(
+  args: string[],
+  deps: SagaWorkerCommandDeps = {},
+): Promise<number> {
+  const out = deps.stdout ?? process.stdout
+  const err = deps.stderr ?? process.stderr
+  const env = deps.env ?? process.env
+  if (args[0] === '--help' || args[0] === '-h' || args[0] === 'help') {
+    out.write(usage)
+    return 0
+  }
+  let parsed: WorkerArgs
+  let sagas: readonly SagaDefinition<unknown, unknown>[]
+  let faults: ReturnType<typeof sagaCrashAtFromEnv>
+  try {
+    parsed = parse(args, env)
+    try {
+      faults = sagaCrashAtFromEnv(env.BREAKWATER_CRASH_AT)
+    } catch (error) {
+      throw new UsageError(messageOf(error))
+    }
+    sagas = await loadSagas(parsed.module)
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error
+    err.write(`breakwater saga worker: ${error.message}\n\n${usage}`)
+    return 2
+  }
+
+  const log = createJsonLogger({
+    output: out,
+    level: parsed.logLevel,
+    fields: { service: 'breakwater-saga-worker' },
+  })
+  return runLongRunningCommand({
+    name: 'saga worker',
+    log,
+    err,
+    drainTimeoutMs: parsed.drainTimeoutMs,
+    ...(deps.signals === undefined ? {} : { signals: deps.signals }),
+    drainMessage: 'stopping: finishing the steps in hand',
+    // A definition createSagaWorker refuses is the module's fault, like a bad argument.
+    invalidOptionPrefix: '--module: ',
+    async start(resources) {
+      const db = await openMigratedDatabase(resources, parsed.db, 'saga', sagaMigrations)
+      const worker = createSagaWorker({
+        db,
+        sagas,
+        ...(parsed.concurrency === undefined ? {} : { concurrency: parsed.concurrency }),
+        ...(parsed.leaseMs === undefined ? {} : { leaseMs: parsed.leaseMs }),
+        ...(parsed.pollIntervalMs === undefined ? {} : { pollIntervalMs: parsed.pollIntervalMs }),
+        ...(parsed.workerId === undefined ? {} : { workerId: parsed.workerId }),
+        ...(faults === undefined ? {} : { faults }),
+      })
+      logWorkerEvents(worker, log)
+      const registry = workerMetrics(worker, db, log)
+      try {
+        await worker.start()
+      } catch (error) {
+        throw new StartupError(`the saga worker could not start: ${messageOf(error)}`)
+      }
+      resources.add('worker', () => worker.stop())
+      const server = await serveMetrics(resources, {
+        port: parsed.metricsPort,
+        host: parsed.metricsHost,
+        registry,
+        health: () => worker.state === 'running',
+        log,
+      })
+      log.info('saga worker started', {
+        workerId: worker.id,
+        db: parsed.db,
+        dialect: db.dialect,
+        sagas: sagas.map((s) => `${s.name}@${s.version}`),
+        ...(server === undefined ? {} : { metrics: `${server.url}/metrics` }),
+      })
+      return {
+        // The worker stops first (each instance in hand finishes its step and is given back);
+        // the metrics server keeps answering until then.
+        stop: () => resources.closeFirst('worker'),
+        stopped() {
+          const m = worker.metrics()
+          log.info('saga worker stopped', {
+            workerId: worker.id,
+            completed: m.completed,
+            compensated: m.compensated,
+            cancelled: m.cancelled,
+            parked: m.parked,
+            state: worker.state,
+          })
+        },
+      }
+    },
+  })
+}

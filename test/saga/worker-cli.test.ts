@@ -1,0 +1,187 @@
+// `breakwater saga worker --module <file>` as a real process on real SQLite and PostgreSQL:
+// it runs the sagas the module exports, serves /metrics, logs JSON, and on SIGTERM lets the
+// step in hand finish, gives the instance back and exits 0. Bad arguments and modules exit 2.
+import { fileURLToPath } from 'node:url'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { sagaCommand } from '../../src/cli/saga.js'
+import { createSagaWorker, getSaga, startSaga } from '../../src/saga/index.js'
+import { greeting, slow } from '../fixtures/saga/cli-sagas.js'
+import { runCli, spawnCli } from '../process/cli-process.js'
+import { createTestSqlite } from '../support/sqlite.js'
+import { until } from '../support/until.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+const fixture = (name: string) =>
+  fileURLToPath(new URL(`../fixtures/saga/${name}`, import.meta.url))
+const sagasModule = fixture('cli-sagas.ts')
+
+/** One sample of a Prometheus text exposition. */
+function sample(text: string, name: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `))
+  return line === undefined ? undefined : Number(line.split(' ')[1])
+}
+
+describe('saga worker arguments', () => {
+  async function run(args: string[]) {
+    let out = ''
+    let err = ''
+    const code = await sagaCommand(['worker', ...args], {
+      stdout: { write: (t: string) => (out += t) },
+      stderr: { write: (t: string) => (err += t) },
+    })
+    return { code, out, err }
+  }
+
+  it.each([
+    [[], '--module <file> is required'],
+    [['--module'], '--module needs a value'],
+    [['--module', sagasModule, '--concurrency', '0'], '--concurrency must be an integer from 1'],
+    [['--module', sagasModule, '--log-level', 'loud'], '--log-level must be one of'],
+    [['--module', sagasModule, '--db', 'mysql://x/y'], '--db: expected sqlite:<file> or postgres'],
+    [['--module', sagasModule, 'extra'], 'unexpected argument "extra"'],
+    [['--module', sagasModule, '--verbose'], 'unknown option "--verbose"'],
+    [['--module', fixture('nowhere.ts')], '--module: cannot load'],
+    [['--module', fixture('cli-no-sagas.ts')], 'must export `sagas`, a non-empty array'],
+  ])('%j -> exit 2 with a message and the usage', async (args, message) => {
+    const { code, err } = await run(args)
+    expect(code).toBe(2)
+    expect(err).toContain(message)
+    expect(err).toContain('usage: breakwater saga worker')
+  })
+
+  it('--help prints the usage', async () => {
+    const { code, out } = await run(['--help'])
+    expect(code).toBe(0)
+    expect(out).toContain('--module <file>')
+  })
+
+  it('an unmigrated database exits 1 with a hint', async () => {
+    const file = createTestSqlite('saga-worker-unmigrated')
+    try {
+      const { code, err } = await run(['--module', sagasModule, '--db', file.url])
+      expect(code).toBe(1)
+      expect(err).toContain('lacks the saga migrations')
+      expect(err).toContain('run `breakwater migrate --db')
+    } finally {
+      file.cleanup()
+    }
+  })
+})
+
+describe.each(dbTargets)('saga worker process on $dialect', (target) => {
+  let t: TestDb
+
+  beforeAll(async () => {
+    t = await target.open('saga_worker_cli')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('runs the module’s sagas, serves metrics, and on SIGTERM finishes the step in hand, gives the instance back and exits 0', async () => {
+    const worker = spawnCli(
+      [
+        'saga',
+        'worker',
+        '--module',
+        sagasModule,
+        '--db',
+        t.url,
+        '--metrics-port',
+        '0',
+        '--poll-interval-ms',
+        '20',
+        '--log-level',
+        'debug',
+      ],
+      { SAGA_SLOW_MS: '600' },
+    )
+    try {
+      const started = await worker.waitForLine(
+        (l) => l.msg === 'saga worker started',
+        'the worker to start',
+        30_000,
+      )
+      expect(started).toMatchObject({
+        service: 'breakwater-saga-worker',
+        dialect: target.dialect,
+        sagas: ['cli-greeting@1', 'cli-slow@1'],
+      })
+
+      const ids: string[] = []
+      for (const name of ['ada', 'grace', 'edsger']) {
+        ids.push((await startSaga(t.db, greeting, { name })).id)
+      }
+      await until(async () => {
+        for (const id of ids) if ((await getSaga(t.db, id))?.status !== 'completed') return false
+        return true
+      }, 'the worker to complete the three sagas')
+      expect((await getSaga(t.db, ids[0]!))?.context).toMatchObject({
+        greeting: 'hello ada',
+        shout: 'HELLO ADA',
+      })
+      const metrics = await (await fetch(started.metrics as string)).text()
+      expect(sample(metrics, 'breakwater_saga_worker_completed_total')).toBe(3)
+      expect(sample(metrics, 'breakwater_saga_worker_steps_completed_total')).toBe(6)
+      expect(sample(metrics, 'breakwater_saga_worker_parked_total')).toBe(0)
+      expect(metrics).toContain('breakwater_saga_worker_info{')
+      const completed = worker.lines.filter((l) => l.msg === 'saga completed')
+      expect(completed.map((l) => l.sagaId).sort()).toEqual([...ids].sort())
+
+      // A slow step is running when SIGTERM arrives: it finishes and is recorded, the
+      // instance is given back, and the process exits 0.
+      const { id: slowId } = await startSaga(t.db, slow, {})
+      await worker.waitForLine(
+        (l) => l.msg === 'saga step-started' && l.sagaId === slowId,
+        'the slow step to start',
+      )
+      worker.child.kill('SIGTERM')
+      const exit = await worker.exited
+      expect(exit.code, worker.stderr()).toBe(0)
+      const handedBack = await getSaga(t.db, slowId)
+      expect(handedBack?.status).toBe('running')
+      expect(handedBack?.steps[0]).toMatchObject({ name: 'nap', status: 'completed' })
+      expect(handedBack?.leaseOwner).toBeUndefined()
+      expect(worker.lines.map((l) => l.msg)).toContain('stopping: finishing the steps in hand')
+      expect(worker.lines.at(-1)).toMatchObject({
+        msg: 'saga worker stopped',
+        completed: 3,
+        state: 'stopped',
+      })
+      for (const line of worker.lines) {
+        expect(Object.keys(line).slice(0, 3)).toEqual(['level', 'time', 'msg'])
+      }
+
+      // Another worker continues where it stopped, without repeating the nap.
+      const next = createSagaWorker({ db: t.db, sagas: [greeting, slow] })
+      expect(await next.poll()).toBe(1)
+      expect((await getSaga(t.db, slowId))?.status).toBe('completed')
+    } finally {
+      worker.kill()
+    }
+  }, 60_000)
+
+  it('runs with the database from BREAKWATER_DB_URL when --db is not given', async () => {
+    const migrated = await runCli(['migrate', '--db', t.url])
+    expect(migrated.code, migrated.stderr).toBe(0)
+    const worker = spawnCli(['saga', 'worker', '--module', sagasModule], {
+      BREAKWATER_DB_URL: t.url,
+    })
+    try {
+      await worker.waitForLine(
+        (l) => l.msg === 'saga worker started',
+        'the worker to start',
+        30_000,
+      )
+      const { id } = await startSaga(t.db, greeting, { name: 'barbara' })
+      await until(
+        async () => (await getSaga(t.db, id))?.status === 'completed',
+        'the saga to complete',
+      )
+      worker.child.kill('SIGTERM')
+      expect((await worker.exited).code).toBe(0)
+    } finally {
+      worker.kill()
+    }
+  }, 60_000)
+})
