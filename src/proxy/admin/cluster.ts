@@ -15,6 +15,7 @@ import type { ProxyConfig, RouteTargetConfig } from '../contracts.js'
 import type { SharedRetryPin } from '../inbound/routes.js'
 import type { ProxyInternals } from '../runtime.js'
 import type { AdminBackend, WorkerRoutes, WorkerServices } from './backend.js'
+import { PinBook } from './pin-book.js'
 
 /** A command from the primary to a worker. */
 export type WorkerCommand =
@@ -41,6 +42,8 @@ type Message =
   | { readonly bw: 'ready' }
   // A retry affinity pin: worker -> primary, then primary -> every other worker.
   | ({ readonly bw: 'pin' } & SharedRetryPin)
+  // The live pins, primary -> a worker that just came up (in batches).
+  | { readonly bw: 'pins'; readonly pins: readonly SharedRetryPin[] }
 
 interface SerializedError {
   readonly code: string
@@ -55,6 +58,10 @@ interface SerializedError {
 // ends the primary with exit code 1 in the middle of a clean shutdown. With a callback the
 // failure comes to the sender, which decides what it means.
 const ignoreSendFailure = (): void => {}
+
+// Pins per message to a new worker: 1,000 pins are about 200 KB of JSON, small enough not to
+// hold the channel up for other messages.
+const pinBatchSize = 1_000
 
 function serialize(error: unknown): SerializedError {
   if (error instanceof ConfigInvalidError)
@@ -90,6 +97,10 @@ export function serveWorkerCommands(
     if (typeof m !== 'object' || m === null) return
     if (m.bw === 'pin') {
       runtime.adoptRetryPin(pinOf(m))
+      return
+    }
+    if (m.bw === 'pins') {
+      if (Array.isArray(m.pins)) for (const pin of m.pins) runtime.adoptRetryPin(pinOf(pin))
       return
     }
     if (m.bw !== 'request') return
@@ -208,6 +219,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   const overrides = new Map<string, RouteTargetConfig[]>()
   const isolated = new Set<string>()
   let config = options.config
+  const pins = new PinBook(config)
   let expected = config.workers
   let draining = false
   let startedAll = false
@@ -309,6 +321,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
             ])
       }
       config = next
+      pins.configure(next)
       // A reload puts routes back on their configured targets (as in one process).
       overrides.clear()
       reloads.inc()
@@ -348,7 +361,16 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
             void ask(worker, { op: 'switchRoute', route, targets }).catch(() => {})
           for (const service of isolated)
             void ask(worker, { op: 'isolate', service }).catch(() => {})
+          // ... and the retry pins its siblings reported, so that its retries follow them too.
+          for (const batch of pins.batches(clock.now(), pinBatchSize)) {
+            try {
+              worker.send({ bw: 'pins', pins: batch } satisfies Message, ignoreSendFailure)
+            } catch {
+              // Gone again: its replacement gets them.
+            }
+          }
         } else if (m.bw === 'pin') {
+          pins.add(pinOf(m), clock.now())
           const pin = { bw: 'pin', ...pinOf(m) } satisfies Message
           for (const other of workers.values())
             if (other.worker.id !== worker.id && other.ready && other.worker.isConnected()) {

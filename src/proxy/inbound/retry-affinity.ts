@@ -24,8 +24,9 @@
 //   first) and `ttlMs` (counted from the first request, not refreshed by retries). With
 //   `workers > 1`, a worker tells the primary about each pin as soon as a request may have
 //   reached its service, and the primary passes it on to the other workers (IPC, well under a
-//   millisecond, while a client's retry comes after its timeout and backoff). A worker started
-//   later (a crashed one's replacement) begins without the pins.
+//   millisecond, while a client's retry comes after its timeout and backoff). The primary keeps
+//   a copy (src/proxy/admin/pin-book.ts) and gives a worker started later (a crashed one's
+//   replacement) the live pins as it comes up. A restart of the whole proxy forgets them.
 
 import type { Clock } from '../../core/clock.js'
 import { sha256Hex } from '../../idempotency/fingerprint.js'

@@ -308,7 +308,7 @@ describe('breakwater proxy --workers 2', () => {
 })
 
 describe('breakwater proxy --workers 2: retry affinity', () => {
-  it('a retried POST reaches the side of its first attempt whichever worker takes it', async () => {
+  it('a retried POST reaches the side of its first attempt whichever worker takes it, a crashed worker’s replacement included', async () => {
     const p = await ports()
     const file = join(dir, 'workers-affinity.yaml')
     writeFileSync(file, config(p))
@@ -338,14 +338,39 @@ describe('breakwater proxy --workers 2: retry affinity', () => {
       const pinned = routes.routes.find((r) => r.name === 'orders')?.retryAffinity?.pinnedKeys
       return pinned === keys.length * 2
     }, `both workers to hold the ${keys.length} pins`)
+    // A worker dies; the primary starts a replacement and gives it the pins its siblings
+    // reported, so the retries it takes follow them too.
+    const victim = [...workerPidsOf(proxy)][0]!
+    process.kill(victim, 'SIGKILL')
+    await eventually(
+      async () =>
+        proxy.lines.some(
+          (l) =>
+            l.msg === 'worker exited unexpectedly; starting a new one' && l.workerPid === victim,
+        ),
+      'the primary to see the worker die',
+    )
+    await eventually(async () => {
+      const answer = await http(p.admin, '/admin/routes', { headers: auth })
+      if (answer.status !== 200) return false
+      const routes = answer.json<{
+        routes: { name: string; retryAffinity?: { pinnedKeys: number } }[]
+      }>()
+      const pinned = routes.routes.find((r) => r.name === 'orders')?.retryAffinity?.pinnedKeys
+      return pinned === keys.length * 2
+    }, `the replacement worker to hold the ${keys.length} pins too`)
     const switched = await http(p.admin, '/admin/routes/orders', {
       method: 'POST',
       headers: { ...auth, 'content-type': 'application/json' },
       body: '{"targets":[{"service":"modern","weight":1}]}',
     })
     expect(switched.status).toBe(200)
+    const before = workerPidsOf(proxy)
     for (const key of keys)
       expect((await post(key)).json<{ service: string }>().service).toBe('legacy')
+    // The replacement took some of those retries (the primary hands connections out in turn).
+    const replacement = [...workerPidsOf(proxy)].filter((pid) => !before.has(pid))
+    expect(replacement).toHaveLength(1)
     expect((await post('order-new')).json<{ service: string }>().service).toBe('modern')
     proxy.child.kill('SIGTERM')
     const exit = await proxy.exited
