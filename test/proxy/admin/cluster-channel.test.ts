@@ -6,7 +6,6 @@
 // workers here are in-memory fakes of cluster's Worker that fail every send the way Node does.
 
 import type { Worker } from 'node:cluster'
-import { EventEmitter } from 'node:events'
 import { describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
@@ -14,6 +13,7 @@ import { createClusterBackend } from '../../../src/proxy/admin/cluster.js'
 import { parseProxyConfig } from '../../../src/proxy/config/load.js'
 import { ManualClock } from '../../../src/testing/index.js'
 import { captureLog } from '../runtime/helpers.js'
+import { FakeWorker } from './fake-worker.js'
 
 const yaml = `services:
   orders: { endpoints: ['http://127.0.0.1:1'] }
@@ -21,33 +21,6 @@ listeners:
   - { name: out, role: ambassador, host: 127.0.0.1, port: 0 }
 workers: 2
 `
-
-/** A Worker whose channel is closing: connected as far as it knows, every send fails. */
-class ClosingWorker extends EventEmitter {
-  readonly id: number
-  readonly process: { readonly pid: number }
-  readonly sent: unknown[] = []
-
-  constructor(id: number) {
-    super()
-    this.id = id
-    this.process = { pid: 1000 + id }
-  }
-
-  isConnected(): boolean {
-    return true
-  }
-
-  send(message: unknown, callback?: (error: Error | null) => void): boolean {
-    this.sent.push(message)
-    const error = Object.assign(new Error('Channel closed'), { code: 'ERR_IPC_CHANNEL_CLOSED' })
-    // As Node does: to the callback when there is one, else as an 'error' event (which throws
-    // when nothing listens).
-    if (callback !== undefined) process.nextTick(callback, error)
-    else process.nextTick(() => this.emit('error', error))
-    return false
-  }
-}
 
 function setup() {
   const log = captureLog()
@@ -61,8 +34,8 @@ function setup() {
     clock,
     commandTimeoutMs: 60_000,
   })
-  const a = new ClosingWorker(1)
-  const b = new ClosingWorker(2)
+  const a = new FakeWorker(1, { closing: true })
+  const b = new FakeWorker(2, { closing: true })
   backend.attach(a as unknown as Worker)
   backend.attach(b as unknown as Worker)
   a.emit('message', { bw: 'ready' })

@@ -16,6 +16,7 @@ import type { SharedRetryPin } from '../../../src/proxy/inbound/routes.js'
 import type { ProxyInternals } from '../../../src/proxy/runtime.js'
 import { ManualClock } from '../../../src/testing/index.js'
 import { captureLog } from '../runtime/helpers.js'
+import { FakeWorker } from './fake-worker.js'
 
 const yaml = (maxKeys: number) => `services:
   legacy: { endpoints: ['http://127.0.0.1:1'] }
@@ -33,36 +34,13 @@ listeners:
 workers: 2
 `
 
-/** A Worker whose sends succeed and are recorded. */
-class RecordingWorker extends EventEmitter {
-  readonly id: number
-  readonly process: { readonly pid: number }
-  readonly sent: unknown[] = []
-
-  constructor(id: number) {
-    super()
-    this.id = id
-    this.process = { pid: 2000 + id }
-  }
-
-  isConnected(): boolean {
-    return true
-  }
-
-  send(message: unknown, callback?: (error: Error | null) => void): boolean {
-    this.sent.push(message)
-    if (callback !== undefined) process.nextTick(callback, null)
-    return true
-  }
-
-  /** The pins sent in `pins` batches (to a worker that came up). */
-  batchedPins(): SharedRetryPin[] {
-    return this.sent
-      .filter(
-        (m): m is { bw: 'pins'; pins: SharedRetryPin[] } => (m as { bw?: string }).bw === 'pins',
-      )
-      .flatMap((m) => m.pins)
-  }
+/** The pins sent in `pins` batches (to a worker that came up). */
+function batchedPins(worker: FakeWorker): SharedRetryPin[] {
+  return worker.sent
+    .filter(
+      (m): m is { bw: 'pins'; pins: SharedRetryPin[] } => (m as { bw?: string }).bw === 'pins',
+    )
+    .flatMap((m) => m.pins)
 }
 
 function setup(maxKeys = 100) {
@@ -77,7 +55,7 @@ function setup(maxKeys = 100) {
     commandTimeoutMs: 60_000,
   })
   const up = (id: number) => {
-    const worker = new RecordingWorker(id)
+    const worker = new FakeWorker(id)
     backend.attach(worker as unknown as Worker)
     worker.emit('message', { bw: 'ready' })
     return worker
@@ -106,12 +84,9 @@ describe('cluster backend: retry pins for a worker that comes up later', () => {
     // Worker 1 crashed; its replacement comes up after k3 expired.
     await clock.advance(200_000)
     const c = up(3)
-    expect(c.batchedPins()).toEqual([
-      pin('k1', 'legacy', 1_600_000),
-      pin('k2', 'modern', 1_600_000),
-    ])
+    expect(batchedPins(c)).toEqual([pin('k1', 'legacy', 1_600_000), pin('k2', 'modern', 1_600_000)])
     // The siblings already have them: they are not sent the batch.
-    expect(a.batchedPins()).toEqual([])
+    expect(batchedPins(a)).toEqual([])
   })
 
   it('holds no more pins than the routes may hold together, dropping the oldest', () => {
@@ -119,11 +94,7 @@ describe('cluster backend: retry pins for a worker that comes up later', () => {
     const a = up(1)
     for (const key of ['k1', 'k2', 'k3'])
       a.emit('message', { bw: 'pin', ...pin(key, 'legacy', 2_000_000) })
-    expect(
-      up(2)
-        .batchedPins()
-        .map((p) => p.key),
-    ).toEqual(['k2', 'k3'])
+    expect(batchedPins(up(2)).map((p) => p.key)).toEqual(['k2', 'k3'])
   })
 
   it('sends many pins in batches of 1,000', () => {

@@ -1,0 +1,37 @@
+// In-memory fakes of node:cluster's Worker for the primary's IPC tests: they record what they
+// are sent, and either accept every send or fail it the way Node does on a closing channel.
+import { EventEmitter } from 'node:events'
+
+/** A Worker that records what it is sent; `closing` makes every send fail. */
+export class FakeWorker extends EventEmitter {
+  readonly id: number
+  readonly process: { readonly pid: number }
+  readonly sent: unknown[] = []
+  readonly #closing: boolean
+
+  constructor(id: number, options: { readonly closing?: boolean } = {}) {
+    super()
+    this.id = id
+    this.process = { pid: 1000 + id }
+    this.#closing = options.closing ?? false
+  }
+
+  /** Connected as far as it knows (a closing channel says so too). */
+  isConnected(): boolean {
+    return true
+  }
+
+  send(message: unknown, callback?: (error: Error | null) => void): boolean {
+    this.sent.push(message)
+    if (!this.#closing) {
+      if (callback !== undefined) process.nextTick(callback, null)
+      return true
+    }
+    const error = Object.assign(new Error('Channel closed'), { code: 'ERR_IPC_CHANNEL_CLOSED' })
+    // As Node does: to the callback when there is one, else as an 'error' event (which throws
+    // when nothing listens).
+    if (callback !== undefined) process.nextTick(callback, error)
+    else process.nextTick(() => this.emit('error', error))
+    return false
+  }
+}
