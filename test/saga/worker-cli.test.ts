@@ -1,10 +1,14 @@
 // `breakwater saga worker --module <file>` as a real process on real SQLite and PostgreSQL:
 // it runs the sagas the module exports, serves /metrics, logs JSON, and on SIGTERM lets the
 // step in hand finish, gives the instance back and exits 0. Bad arguments and modules exit 2.
+
+import { EventEmitter } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { sagaCommand } from '../../src/cli/saga.js'
-import { createSagaWorker, getSaga, startSaga } from '../../src/saga/index.js'
+import { sagaWorkerCommand } from '../../src/cli/saga-worker.js'
+import { createSagaWorker, getSaga, migrateSagas, startSaga } from '../../src/saga/index.js'
+import { openDatabase } from '../../src/stores/index.js'
 import { greeting, slow } from '../fixtures/saga/cli-sagas.js'
 import { runCli, spawnCli } from '../process/cli-process.js'
 import { createTestSqlite } from '../support/sqlite.js'
@@ -53,6 +57,36 @@ describe('saga worker arguments', () => {
     const { code, out } = await run(['--help'])
     expect(code).toBe(0)
     expect(out).toContain('--module <file>')
+  })
+
+  it('a definition the worker refuses exits 2 naming it; a default-exported array is taken', async () => {
+    const file = createTestSqlite('saga-worker-modules')
+    try {
+      const db = await openDatabase(file.url)
+      await migrateSagas(db)
+      await db.close()
+      const bad = await run(['--module', fixture('cli-bad-sagas.ts'), '--db', file.url])
+      expect(bad.code).toBe(2)
+      expect(bad.err).toContain('breakwater saga worker: --module: ')
+      expect(bad.err).toContain('sagas[0]')
+      // The default export is loaded: the worker starts (and is stopped by a signal).
+      const signals = new EventEmitter()
+      let out = ''
+      const running = sagaWorkerCommand(
+        ['--module', fixture('cli-default-export.ts'), '--db', file.url],
+        {
+          stdout: { write: (t: string) => (out += t) },
+          stderr: { write: () => {} },
+          signals,
+        },
+      )
+      await until(() => out.includes('saga worker started'), 'the worker to start')
+      expect(out).toContain('cli-greeting@1')
+      signals.emit('SIGTERM', 'SIGTERM')
+      expect(await running).toBe(0)
+    } finally {
+      file.cleanup()
+    }
   })
 
   it('an unmigrated database exits 1 with a hint', async () => {
