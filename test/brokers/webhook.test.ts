@@ -1,5 +1,4 @@
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
   createWebhookPublisher,
@@ -13,6 +12,7 @@ import {
 import { InvalidOptionError } from '../../src/core/errors.js'
 import { classifyFailure } from '../../src/policies/classify.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
+import { listenOnLoopback } from '../support/loopback.js'
 
 const secret = 'whsec_test_0123456789abcdef'
 const start = Date.UTC(2024, 4, 1, 12, 0, 0)
@@ -56,8 +56,7 @@ async function receiver(clock: ManualClock, answer: (seen: Seen) => Answer | Pro
       })
     })
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
+  const port = await listenOnLoopback(server)
   const handle = {
     url: `http://127.0.0.1:${port}/hooks/orders`,
     seen,

@@ -3,7 +3,6 @@
 // message with 400 (not retryable), with maxAttempts 1.
 import { randomUUID } from 'node:crypto'
 import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { afterAll, describe, expect, it } from 'vitest'
 import {
   createWebhookPublisher,
@@ -23,6 +22,7 @@ import {
 } from '../../src/outbox/index.js'
 import { count, dbTargets, pendingCount, until } from '../outbox/support.js'
 import { runCli } from '../process/cli-process.js'
+import { listenOnLoopback } from '../support/loopback.js'
 
 const secret = `whsec-${randomUUID()}`
 const outbox = createOutbox()
@@ -71,7 +71,7 @@ async function receiver() {
       res.writeHead(204).end()
     })
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const serverPort = await listenOnLoopback(server)
   cleanups.push(
     () =>
       new Promise<void>((resolve) => {
@@ -79,7 +79,7 @@ async function receiver() {
         server.close(() => resolve())
       }),
   )
-  return { ...state, state, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook` }
+  return { ...state, state, url: `http://127.0.0.1:${serverPort}/hook` }
 }
 
 describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {

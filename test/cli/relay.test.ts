@@ -2,7 +2,6 @@
 // queue in the same database, and a webhook receiver that verifies signatures.
 import { randomUUID } from 'node:crypto'
 import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { afterAll, describe, expect, it } from 'vitest'
 import { verifyWebhookSignature, WEBHOOK_SIGNATURE_HEADER } from '../../src/brokers/index.js'
 import { queueTable } from '../../src/brokers/sql-queue.js'
@@ -11,6 +10,7 @@ import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
 import { parsePrometheusText, sampleValue } from '../observability/prometheus-text.js'
 import { count, pendingCount, until } from '../outbox/support.js'
 import { runCli, spawnCli } from '../process/cli-process.js'
+import { listenOnLoopback } from '../support/loopback.js'
 import { createTestSqlite } from '../support/sqlite.js'
 
 const outbox = createOutbox()
@@ -191,9 +191,9 @@ describe('breakwater relay (SQLite, SQL queue)', () => {
         res.writeHead(204).end()
       })
     })
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const serverPort = await listenOnLoopback(server)
     cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())))
-    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`
+    const url = `http://127.0.0.1:${serverPort}/hooks`
 
     const run = `w${randomUUID().slice(0, 8)}`
     await enqueue(db, run, 0, 30, 3)

@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { freeLoopbackPort, listenOnLoopback } from '../support/loopback.js'
 import { until as untilHolds } from '../support/until.js'
 
 // Real node:http servers on 127.0.0.1:0 for the client's integration tests. Each records what
@@ -52,8 +52,7 @@ export async function startServer(handler: Handler): Promise<TestServer> {
     })
   })
   server.on('connection', () => connections++)
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
+  const port = await listenOnLoopback(server)
   return {
     url: `http://127.0.0.1:${port}`,
     port,
@@ -69,12 +68,8 @@ export async function startServer(handler: Handler): Promise<TestServer> {
 }
 
 /** A loopback port nothing listens on (a server bound it, then closed). */
-export async function closedPort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
+export function closedPort(): Promise<number> {
+  return freeLoopbackPort()
 }
 
 /** Resolves when `condition` holds, polling on real time (for network I/O only). */

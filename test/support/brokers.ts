@@ -9,10 +9,10 @@
 // endpoint, because a server started after the workers are up cannot reach them through
 // `provide` or the environment.
 import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { inject } from 'vitest'
 import type { TestProject } from 'vitest/node'
 import { type BrokerName, type StartedBroker, startBroker } from '../../scripts/lib/brokers.mjs'
+import { listenOnLoopback } from './loopback.js'
 
 export type { BrokerName, StartedBroker } from '../../scripts/lib/brokers.mjs'
 
@@ -139,10 +139,9 @@ export async function startRunBrokers(project: TestProject): Promise<() => Promi
           .end(error instanceof Error ? error.message : String(error)),
     )
   })
-  await new Promise<void>((resolve) => endpoint.listen(0, '127.0.0.1', resolve))
+  const port = await listenOnLoopback(endpoint)
   // Keep-alive sockets from the workers must not hold the teardown up.
   endpoint.keepAliveTimeout = 1_000
-  const { port } = endpoint.address() as AddressInfo
   project.provide('breakwaterBrokers', `http://127.0.0.1:${port}`)
 
   if (wholeSuite(process.argv)) {

@@ -12,6 +12,7 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { afterAll, describe, expect, it } from 'vitest'
 import { createNatsBroker } from '../../../src/brokers/index.js'
 import { brokerUrl } from '../../support/brokers.js'
+import { listenOnLoopback } from '../../support/loopback.js'
 
 // Real-time waits: a real server and a real connection.
 function delay(ms: number): Promise<void> {
@@ -41,11 +42,9 @@ async function tcpProxy(port: number): Promise<{ url: string; cut(): void; close
     client.on('close', () => upstream.destroy())
     upstream.on('close', () => client.destroy())
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const address = server.address()
-  if (address === null || typeof address === 'string') throw new Error('proxy has no port')
+  const listening = await listenOnLoopback(server)
   return {
-    url: `nats://127.0.0.1:${address.port}`,
+    url: `nats://127.0.0.1:${listening}`,
     cut: () => {
       for (const socket of sockets) socket.destroy()
     },

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createServer as createTlsServer } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { listenOnLoopback } from '../../support/loopback.js'
 import { eventually } from '../runtime/helpers.js'
 import { createTestCerts, type TestCerts } from '../support/certs.js'
 import { openSocket, sendRaw } from '../support/raw-http.js'
@@ -50,9 +51,9 @@ async function rawUpstream(answer: (head: string, socket: Socket) => void): Prom
       answer(head, socket)
     })
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const serverPort = await listenOnLoopback(server)
   return {
-    port: (server.address() as { port: number }).port,
+    port: serverPort,
     heads,
     close: () =>
       new Promise<void>((resolve) => {
@@ -138,8 +139,7 @@ beforeAll(async () => {
       socket.on('error', () => {})
     },
   )
-  await new Promise<void>((resolve) => tlsServer.listen(0, '127.0.0.1', resolve))
-  tlsPort = (tlsServer.address() as { port: number }).port
+  tlsPort = await listenOnLoopback(tlsServer)
   closeTls = () => new Promise<void>((resolve) => tlsServer.close(() => resolve()))
   // A local app behind a sidecar route with Idempotency-Key enforcement: it knows nothing of
   // keys (the point of the sidecar). Its first POST takes longer than the service's readMs.

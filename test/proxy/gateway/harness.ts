@@ -2,7 +2,6 @@
 // runtime (src/proxy/upstream), the real listener server, and the gateway handler on it.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { systemClock } from '../../../src/core/clock.js'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { createMetricsRegistry, type MetricsRegistry } from '../../../src/observability/metrics.js'
@@ -21,6 +20,7 @@ import {
 import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
 import type { RouteTable } from '../../../src/proxy/inbound/routes.js'
 import { createServiceRuntime, type UpstreamService } from '../../../src/proxy/upstream/index.js'
+import { listenOnLoopback } from '../../support/loopback.js'
 import { until as untilHolds } from '../../support/until.js'
 import { serviceConfig as upstreamServiceConfig } from '../upstream/helpers.js'
 
@@ -59,8 +59,7 @@ export async function startUpstream(
       })
     })
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
+  const port = await listenOnLoopback(server)
   return {
     url: `http://127.0.0.1:${port}`,
     seen,

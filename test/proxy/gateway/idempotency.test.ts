@@ -4,12 +4,7 @@
 
 import { randomUUID } from 'node:crypto'
 import { createServer as createHttpServer, IncomingMessage, ServerResponse } from 'node:http'
-import {
-  type AddressInfo,
-  createServer as createNetServer,
-  type Server as NetServer,
-  Socket,
-} from 'node:net'
+import { createServer as createNetServer, type Server as NetServer, Socket } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
@@ -22,6 +17,7 @@ import {
 } from '../../../src/proxy/inbound/sidecar-idempotency.js'
 import { createServiceRuntime, type UpstreamService } from '../../../src/proxy/upstream/index.js'
 import { ManualClock } from '../../../src/testing/index.js'
+import { freeLoopbackPort, listenOnLoopback } from '../../support/loopback.js'
 import { createTestDatabase } from '../../support/postgres.js'
 import { createTestSqlite } from '../../support/sqlite.js'
 import { route } from './fixtures.js'
@@ -238,12 +234,8 @@ describe.each(engines)('sidecar idempotency on $name', (engine) => {
 })
 
 // A port nothing listens on (yet): connects to it are refused until an app takes it.
-async function closedPort(): Promise<number> {
-  const server = createNetServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as { port: number }
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
+function closedPort(): Promise<number> {
+  return freeLoopbackPort()
 }
 
 // The app, back on the port it went away from.
@@ -394,8 +386,7 @@ describe.each(engines)('sidecar idempotency after ambiguous failures, on $name',
     downPort = await closedPort()
     // Accepts and never speaks: an https endpoint there never finishes connecting.
     silent = createNetServer((socket) => silentSockets.push(socket))
-    await new Promise<void>((resolve) => silent!.listen(0, '127.0.0.1', resolve))
-    const silentPort = (silent.address() as AddressInfo).port
+    const silentPort = await listenOnLoopback(silent)
     const guarded = { idempotency: { methods: ['POST'], ttlMs: 3_600_000 } }
     gateway = await startClockedGateway(
       clock,

@@ -5,13 +5,13 @@
 
 import { createHash } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { connect } from 'node:net'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import type { ServiceRuntime } from '../../../src/proxy/contracts.js'
 import { createAmbassadorHandler } from '../../../src/proxy/inbound/ambassador.js'
 import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
 import { createServiceRuntime } from '../../../src/proxy/upstream/index.js'
+import { listenOnLoopback } from '../../support/loopback.js'
 import { serviceConfig } from '../upstream/helpers.js'
 import { contextWith, listenerConfig, registryOf } from './harness.js'
 
@@ -42,8 +42,8 @@ beforeAll(async () => {
     }
     pump()
   })
-  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve))
-  const url = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`
+  const upstreamPort = await listenOnLoopback(upstream)
+  const url = `http://127.0.0.1:${upstreamPort}`
   const { ctx } = contextWith(() => registryOf(services))
   services = [createServiceRuntime(serviceConfig([url], { name: 'orders' }), ctx)]
   const listener = listenerConfig()

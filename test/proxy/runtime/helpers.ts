@@ -7,7 +7,7 @@ import {
   type Server,
   type ServerResponse,
 } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { listenOnLoopback } from '../../support/loopback.js'
 import { until } from '../../support/until.js'
 
 /** A real upstream that answers `{ service, method, url, pid }` unless `hold` keeps it open. */
@@ -43,8 +43,7 @@ export async function startNamedUpstream(
       else answer()
     })
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const port = (server.address() as AddressInfo).port
+  const port = await listenOnLoopback(server)
   return {
     name,
     port,

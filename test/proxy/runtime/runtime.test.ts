@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ConfigInvalidError } from '../../../src/proxy/config/index.js'
 import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
+import { freeLoopbackPort, listenOnLoopback } from '../../support/loopback.js'
 import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
 
 let legacy: NamedUpstream
@@ -203,8 +204,7 @@ describe('startProxy', () => {
     // The same change plus a new listener on a taken port: the reload fails after the
     // gateway let go of its port, and the gateway is bound again with its running settings.
     const blocker = createServer()
-    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve))
-    const taken = (blocker.address() as { port: number }).port
+    const taken = await listenOnLoopback(blocker)
     try {
       const failing = `${base.replace('listeners:\n', `listeners:\n  - { name: extra, role: ambassador, port: ${taken} }\n`)}`
       await expect(proxy.reload(failing)).rejects.toThrow('EADDRINUSE')
@@ -281,10 +281,6 @@ describe('startProxy', () => {
   })
 })
 
-async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as { port: number }
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
+function freePort(): Promise<number> {
+  return freeLoopbackPort()
 }

@@ -2,7 +2,7 @@
 // refused request never reached it. It answers 200 with a JSON echo of what it received.
 
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { listenOnLoopback } from '../../support/loopback.js'
 
 /** One request as the upstream saw it. */
 export interface SeenRequest {
@@ -55,8 +55,7 @@ export async function startCountingUpstream(
       res.end(body)
     })
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const port = (server.address() as AddressInfo).port
+  const port = await listenOnLoopback(server)
   return {
     port,
     url: `http://127.0.0.1:${port}`,

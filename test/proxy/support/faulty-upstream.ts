@@ -11,7 +11,8 @@ import {
   type ServerResponse,
 } from 'node:http'
 import { createServer as createHttpsServer, type ServerOptions } from 'node:https'
-import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
+import { freeLoopbackPort } from '../../support/loopback.js'
 
 /** What the upstream does with one request. */
 export type UpstreamAnswer =
@@ -204,9 +205,5 @@ export async function startFaultyUpstream(
 
 /** A loopback URL on a port that was free a moment ago, so connecting is refused. */
 export async function refusedUrl(): Promise<string> {
-  const probe = createNetServer()
-  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
-  const port = (probe.address() as AddressInfo).port
-  await new Promise<void>((resolve) => probe.close(() => resolve()))
-  return `http://127.0.0.1:${port}`
+  return `http://127.0.0.1:${await freeLoopbackPort()}`
 }

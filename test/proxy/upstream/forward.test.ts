@@ -4,6 +4,7 @@ import { DEADLINE_HEADER } from '../../../src/index.js'
 import type { ServiceConfig } from '../../../src/proxy/contracts.js'
 import { createServiceRuntime, type UpstreamService } from '../../../src/proxy/upstream/index.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
+import { listenOnLoopback } from '../../support/loopback.js'
 import { type FaultyUpstream, refusedUrl, startFaultyUpstream } from '../support/faulty-upstream.js'
 import {
   eventually,
@@ -515,7 +516,7 @@ describe('connect timeout', () => {
     const { createServer } = await import('node:net')
     const sockets: import('node:net').Socket[] = []
     const silent = createServer((socket) => sockets.push(socket))
-    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    const port = await listenOnLoopback(silent)
     cleanups.push(
       () =>
         new Promise<void>((resolve) => {
@@ -523,7 +524,6 @@ describe('connect timeout', () => {
           silent.close(() => resolve())
         }),
     )
-    const port = (silent.address() as import('node:net').AddressInfo).port
     const { service, clock } = await setup(
       serviceConfig([`https://127.0.0.1:${port}`], {
         retry: undefined,

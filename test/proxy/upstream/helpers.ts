@@ -3,7 +3,6 @@
 // server that hands each request to a service's forward() as the inbound side would.
 
 import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import type { Clock } from '../../../src/core/clock.js'
 import { DEADLINE_HEADER } from '../../../src/index.js'
 import { createJsonLogger } from '../../../src/observability/logger.js'
@@ -17,6 +16,7 @@ import type {
 } from '../../../src/proxy/contracts.js'
 import { forwardableHeaders } from '../../../src/proxy/hop-by-hop.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
+import { listenOnLoopback } from '../../support/loopback.js'
 import { until } from '../../support/until.js'
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] }
@@ -115,9 +115,9 @@ export async function startFront(service: ServiceRuntime, clock: Clock): Promise
       void service.forward(forward, res).then((outcome) => outcomes.push(outcome))
     })
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const serverPort = await listenOnLoopback(server)
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${serverPort}`,
     outcomes,
     forwarded,
     server,

@@ -9,7 +9,7 @@ import {
   type Server,
   type ServerResponse,
 } from 'node:http'
-import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net'
+import { createServer as createNetServer, type Socket } from 'node:net'
 import fc from 'fast-check'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { Clock, TimerHandle } from '../../../src/core/clock.js'
@@ -21,6 +21,7 @@ import {
   type Http1PoolOptions,
 } from '../../../src/proxy/upstream/http1-pool.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
+import { listenOnLoopback } from '../../support/loopback.js'
 import { refusedUrl } from '../support/faulty-upstream.js'
 import { eventually } from './helpers.js'
 
@@ -195,7 +196,7 @@ async function httpUpstream(
   })
   configure(server)
   server.on('connection', (socket: Socket) => sockets.push(socket))
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const serverPort = await listenOnLoopback(server)
   cleanups.push(
     () =>
       new Promise<void>((resolve) => {
@@ -204,7 +205,7 @@ async function httpUpstream(
       }),
   )
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${serverPort}`,
     server,
     sockets,
     seen,
@@ -253,7 +254,7 @@ async function rawUpstream(
       }
     })
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const serverPort = await listenOnLoopback(server)
   cleanups.push(
     () =>
       new Promise<void>((resolve) => {
@@ -262,7 +263,7 @@ async function rawUpstream(
       }),
   )
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${serverPort}`,
     sockets,
     heads,
     received,

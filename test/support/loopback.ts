@@ -1,0 +1,25 @@
+// Test servers on the loopback interface: listen on a free port, or find one nothing listens
+// on. One place for what nearly every network test does first.
+import { createServer, type Server } from 'node:net'
+
+/** Starts `server` (an http, https, tls or net server) on 127.0.0.1 at a free port; resolves to the port. */
+export async function listenOnLoopback(server: Server): Promise<number> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  const address = server.address()
+  if (address === null || typeof address === 'string') throw new Error('the server has no port')
+  return address.port
+}
+
+/** A loopback port nothing listens on (a server bound it, then closed). */
+export async function freeLoopbackPort(): Promise<number> {
+  const server = createServer()
+  const port = await listenOnLoopback(server)
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
+}
