@@ -1,4 +1,3 @@
-import { createServer } from 'node:net'
 import { describe, expect, it } from 'vitest'
 import {
   type Broker,
@@ -9,19 +8,11 @@ import {
   redactUrl,
 } from '../../src/brokers/index.js'
 import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
+import { freeLoopbackPort } from '../support/loopback.js'
 
 /** A loopback port nothing listens on (the kernel hands it out, we release it at once). */
 function unusedPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() =>
-        resolve(typeof address === 'object' && address !== null ? address.port : 0),
-      )
-    })
-  })
+  return freeLoopbackPort()
 }
 
 function thrown(fn: () => unknown): unknown {

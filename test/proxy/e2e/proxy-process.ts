@@ -3,10 +3,10 @@
 // other parts of the tree have type errors; the build's own exit code is not ours to judge).
 import { execFileSync } from 'node:child_process'
 import { existsSync, readdirSync, statSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { type CliProcess, spawnNode } from '../../process/cli-process.js'
+import { freeLoopbackPort } from '../../support/loopback.js'
 import { eventually, http } from '../runtime/helpers.js'
 
 const root = fileURLToPath(new URL('../../../', import.meta.url))
@@ -44,15 +44,8 @@ export function ensureBuilt(): void {
 }
 
 /** A free TCP port on 127.0.0.1 (bound and released; the proxy binds it right after). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
+export function freePort(): Promise<number> {
+  return freeLoopbackPort()
 }
 
 /** A running `breakwater proxy` process. */

@@ -7,11 +7,11 @@ import { X509Certificate } from 'node:crypto'
 import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
 import { request } from 'node:https'
-import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect as tlsConnect } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { listenOnLoopback } from '../../support/loopback.js'
 import { eventually, http } from '../runtime/helpers.js'
 import { createTestCerts, issueCert, type TestCerts } from '../support/certs.js'
 import { refusedUrl } from '../support/faulty-upstream.js'
@@ -44,7 +44,7 @@ const held: (() => void)[] = []
 let app: Server
 let appUrl: string
 
-function startApp(): Promise<void> {
+async function startApp(): Promise<void> {
   app = createServer((req, res) => {
     const chunks: Buffer[] = []
     req.on('data', (chunk: Buffer) => chunks.push(chunk))
@@ -88,12 +88,7 @@ function startApp(): Promise<void> {
       answer(req.method === 'POST' ? 201 : 200)
     })
   })
-  return new Promise((resolve) =>
-    app.listen(0, '127.0.0.1', () => {
-      appUrl = `http://127.0.0.1:${(app.address() as AddressInfo).port}`
-      resolve()
-    }),
-  )
+  appUrl = `http://127.0.0.1:${await listenOnLoopback(app)}`
 }
 
 let certs: TestCerts
