@@ -14,5 +14,10 @@ export function parseDuration(flag: string, text: string): number {
       `${flag} must be a whole number with a unit (ms, s, m, h or d), such as 30d or 12h, got "${text}"`,
     )
   }
-  return Number(match[1]) * units[match[2] as keyof typeof units]
+  const ms = Number(match[1]) * units[match[2] as keyof typeof units]
+  if (ms > Number.MAX_SAFE_INTEGER)
+    throw new UsageError(
+      `${flag} is too long (more than ${Number.MAX_SAFE_INTEGER} ms), got "${text}"`,
+    )
+  return ms
 }

@@ -25,6 +25,13 @@ export interface LongRunningCommandDeps {
   readonly env?: Readonly<Record<string, string | undefined>>
   /** Where SIGTERM and SIGINT come from. @default process */
   readonly signals?: SignalTarget
+  /**
+   * Ends the process when a drain did not finish (timed out, or cut short by a second signal):
+   * the service may still hold the process open (a saga step that never returns keeps renewing
+   * its lease), and then no other process could take its work over.
+   * @default process.exit
+   */
+  readonly exit?: (code: number) => void
 }
 
 /** What a starting service holds: closed in reverse order at stop, or when start fails. */
@@ -61,12 +68,10 @@ export class ServiceResources {
   }
 }
 
-/** Opens the database at `url` and checks that `capability`'s migrations were applied. */
-export async function openMigratedDatabase(
+/** Opens the database at `url` for a service (closed with its other resources). */
+export async function openServiceDatabase(
   resources: ServiceResources,
   url: string,
-  capability: string,
-  migrations: readonly Migration[],
 ): Promise<SqlDriver> {
   let db: SqlDriver
   try {
@@ -75,12 +80,33 @@ export async function openMigratedDatabase(
     throw new StartupError(`cannot open ${redactSecrets(url)}: ${messageOf(error)}`)
   }
   resources.add('database', () => db.close())
+  return db
+}
+
+/** Throws a StartupError unless `capability`'s migrations were applied to `db` (at `url`). */
+export async function requireMigrations(
+  db: SqlDriver,
+  url: string,
+  capability: string,
+  migrations: readonly Migration[],
+): Promise<void> {
   try {
     await checkMigrated(db, capability, migrations, url)
   } catch (error) {
     if (error instanceof StartupError) throw error
     throw new StartupError(`cannot read ${redactSecrets(url)}: ${messageOf(error)}`)
   }
+}
+
+/** Opens the database at `url` and checks that `capability`'s migrations were applied. */
+export async function openMigratedDatabase(
+  resources: ServiceResources,
+  url: string,
+  capability: string,
+  migrations: readonly Migration[],
+): Promise<SqlDriver> {
+  const db = await openServiceDatabase(resources, url)
+  await requireMigrations(db, url, capability, migrations)
   return db
 }
 
@@ -137,6 +163,8 @@ export interface LongRunningCommand {
   readonly drainMessage: string
   /** Prefixes the message of an `INVALID_OPTION` error thrown while starting (exit 2). */
   readonly invalidOptionPrefix?: string
+  /** Ends the process after a drain that did not finish (see {@link LongRunningCommandDeps.exit}). */
+  readonly exit?: (code: number) => void
   /** Starts the service, registering in `resources` what must be closed. */
   start(resources: ServiceResources): Promise<StartedService>
 }
@@ -144,8 +172,9 @@ export interface LongRunningCommand {
 /**
  * Runs a long-running command until SIGTERM or SIGINT and resolves to its exit code: 0 after a
  * graceful stop; 1 when starting fails (a `StartupError`, its message printed), when the drain
- * outlasts `drainTimeoutMs` or a second signal cuts it short, when the service ends by itself,
- * or when it fails; 2 when starting throws an `INVALID_OPTION` error (a configuration fault).
+ * outlasts `drainTimeoutMs` or a second signal cuts it short (then `exit(1)` ends the process
+ * at once, whatever still holds it open), when the service ends by itself, or when it fails; 2
+ * when starting throws an `INVALID_OPTION` error (a configuration fault).
  */
 export async function runLongRunningCommand(command: LongRunningCommand): Promise<number> {
   const { log, err, name } = command
@@ -163,8 +192,12 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
       return {
         ...(service.done === undefined ? {} : { done: service.done }),
         async stop() {
-          await service.stop()
-          await resources.closeAll()
+          try {
+            await service.stop()
+          } finally {
+            // Even when the service's own stop failed, nothing else is left open.
+            await resources.closeAll()
+          }
           service.stopped?.()
         },
       }
@@ -184,10 +217,11 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
           : log.warn('second signal: exiting without waiting for the drain', { signal }),
     })
     if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
-      log.error(`the ${name} did not stop in time`, {
+      log.error(`the ${name} did not stop in time; exiting now`, {
         drain: outcome.drain,
         drainTimeoutMs: command.drainTimeoutMs,
       })
+      command.exit?.(1)
       return 1
     }
     return outcome.reason === 'signal' ? 0 : 1

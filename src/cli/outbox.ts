@@ -193,19 +193,21 @@ async function execute(
       return 0
     }
     case 'prune': {
-      // A one-off run goes on until nothing that old is left.
+      // A one-off run goes on until nothing that old is left. Each part reports as soon as it
+      // is done, so a failure of the second still tells what the first removed.
       const events = await pruneOutbox(db, {
         olderThanMs: parsed.olderThanMs,
         archive: parsed.archive,
         maxBatches: Number.MAX_SAFE_INTEGER,
       })
+      out.write(
+        `${parsed.archive ? 'Archived' : 'Removed'} ${events} published event${events === 1 ? '' : 's'}.\n`,
+      )
       const records = await pruneInbox(db, {
         olderThanMs: parsed.inboxOlderThanMs,
         maxBatches: Number.MAX_SAFE_INTEGER,
       })
-      out.write(
-        `${parsed.archive ? 'Archived' : 'Removed'} ${events} published event${events === 1 ? '' : 's'}; removed ${records} inbox record${records === 1 ? '' : 's'}.\n`,
-      )
+      out.write(`Removed ${records} inbox record${records === 1 ? '' : 's'}.\n`)
       return 0
     }
   }

@@ -504,6 +504,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
     err,
     drainTimeoutMs: parsed.drainTimeoutMs,
     ...(deps.signals === undefined ? {} : { signals: deps.signals }),
+    exit: deps.exit ?? ((code) => process.exit(code)),
     drainMessage: 'stopping: finishing the batch in hand',
     async start(resources) {
       const db = await openMigratedDatabase(resources, parsed.db, 'outbox', outboxMigrations)

@@ -19,7 +19,8 @@ import {
 import { parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
 import {
   type LongRunningCommandDeps,
-  openMigratedDatabase,
+  openServiceDatabase,
+  requireMigrations,
   runLongRunningCommand,
   serveMetrics,
 } from './long-running.js'
@@ -280,11 +281,14 @@ export async function sagaWorkerCommand(
     err,
     drainTimeoutMs: parsed.drainTimeoutMs,
     ...(deps.signals === undefined ? {} : { signals: deps.signals }),
+    exit: deps.exit ?? ((code) => process.exit(code)),
     drainMessage: 'stopping: finishing the steps in hand',
     // A definition createSagaWorker refuses is the module's fault, like a bad argument.
     invalidOptionPrefix: '--module: ',
     async start(resources) {
-      const db = await openMigratedDatabase(resources, parsed.db, 'saga', sagaMigrations)
+      const db = await openServiceDatabase(resources, parsed.db)
+      // The definitions are checked first: a bad module is the user's to fix (exit 2) whatever
+      // state the database is in.
       const worker = createSagaWorker({
         db,
         sagas,
@@ -294,6 +298,7 @@ export async function sagaWorkerCommand(
         ...(parsed.workerId === undefined ? {} : { workerId: parsed.workerId }),
         ...(faults === undefined ? {} : { faults }),
       })
+      await requireMigrations(db, parsed.db, 'saga', sagaMigrations)
       logWorkerEvents(worker, log)
       const registry = workerMetrics(worker, db, log)
       try {

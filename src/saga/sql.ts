@@ -409,8 +409,12 @@ export interface FlowPruneStatements {
   readonly delete: string
 }
 
+// `at >= $2` gives the `at` index a lower bound (PostgreSQL cannot use the row comparison on
+// that one-column index); the row comparison then skips the rows of the cursor's millisecond
+// already seen. Without the bound, each batch re-read every old event the scans before it had
+// passed over, and the cost grew with the square of the backlog.
 const flowScan = `SELECT seq, at, correlation_id FROM ${flowEventsTable}
-WHERE at <= $1 AND (at > $2 OR (at = $2 AND seq > $3))
+WHERE at <= $1 AND at >= $2 AND (at, seq) > ($2, $3)
 ORDER BY at, seq LIMIT $4`
 
 /** The flow retention statements, per dialect. */

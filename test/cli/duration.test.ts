@@ -14,6 +14,13 @@ describe('parseDuration', () => {
     expect(parseDuration('--older-than', text)).toBe(ms)
   })
 
+  it('refuses a duration too long to count in milliseconds', () => {
+    expect(() => parseDuration('--older-than', '999999999999d')).toThrow(
+      /^--older-than is too long/,
+    )
+    expect(parseDuration('--older-than', '999999999999s')).toBe(999_999_999_999_000)
+  })
+
   it.each(['30', 'd', '1.5d', '-3d', '3 d', '3D', '3w', '', '1234567890123d'])(
     '%j is refused, naming the flag',
     (text) => {

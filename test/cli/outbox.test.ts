@@ -208,7 +208,7 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
     const young = await run(['prune', '--db', url])
     expect(young).toMatchObject({
       code: 0,
-      stdout: 'Removed 0 published events; removed 0 inbox records.\n',
+      stdout: 'Removed 0 published events.\nRemoved 0 inbox records.\n',
     })
     const archived = await run([
       'prune',
@@ -221,7 +221,7 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
       '0ms',
     ])
     expect(archived.stdout, archived.stderr).toBe(
-      'Archived 5 published events; removed 1 inbox record.\n',
+      'Archived 5 published events.\nRemoved 1 inbox record.\n',
     )
     expect(await count(db, outboxTable)).toBe(0)
     expect(await count(db, outboxArchiveTable)).toBe(5)

@@ -118,6 +118,7 @@ describe.each(dbTargets)('pruneSagas on $dialect', (target) => {
     const { ids, worker } = await oneOfEach(clock)
     await deliverReply(t.db, ids.completed, 'a', { late: true }, { clock })
     expect(await rowsOf(sagaEventsTable, ids.completed)).toBeGreaterThan(0)
+    expect(await rowsOf(sagaRepliesTable, ids.completed)).toBe(1)
 
     // Not old enough yet.
     await clock.advance(7 * day - 1)

@@ -96,6 +96,10 @@ describe('saga worker arguments', () => {
       expect(code).toBe(1)
       expect(err).toContain('lacks the saga migrations')
       expect(err).toContain('run `breakwater migrate --db')
+      // A bad module is reported first, whatever state the database is in.
+      const bad = await run(['--module', fixture('cli-bad-sagas.ts'), '--db', file.url])
+      expect(bad.code).toBe(2)
+      expect(bad.err).toContain('sagas[0]')
     } finally {
       file.cleanup()
     }
@@ -190,6 +194,51 @@ describe.each(dbTargets)('saga worker process on $dialect', (target) => {
       const next = createSagaWorker({ db: t.db, sagas: [greeting, slow] })
       expect(await next.poll()).toBe(1)
       expect((await getSaga(t.db, slowId))?.status).toBe('completed')
+    } finally {
+      worker.kill()
+    }
+  }, 60_000)
+
+  it('exits 1 at once when the step in hand outlasts --drain-timeout-ms, leaving it to another worker', async () => {
+    const worker = spawnCli(
+      [
+        'saga',
+        'worker',
+        '--module',
+        sagasModule,
+        '--db',
+        t.url,
+        '--poll-interval-ms',
+        '20',
+        '--drain-timeout-ms',
+        '200',
+        '--log-level',
+        'debug',
+      ],
+      // Far longer than the drain allows: the process must not wait for it.
+      { SAGA_SLOW_MS: '600000' },
+    )
+    try {
+      await worker.waitForLine(
+        (l) => l.msg === 'saga worker started',
+        'the worker to start',
+        30_000,
+      )
+      const { id } = await startSaga(t.db, slow, {})
+      await worker.waitForLine(
+        (l) => l.msg === 'saga step-started' && l.sagaId === id,
+        'the slow step to start',
+      )
+      worker.child.kill('SIGTERM')
+      const exit = await worker.exited
+      expect(exit.code, worker.stderr()).toBe(1)
+      expect(worker.lines.map((l) => l.msg)).toContain(
+        'the saga worker did not stop in time; exiting now',
+      )
+      // The nap never finished here: the instance waits for its lease to run out.
+      const left = await getSaga(t.db, id)
+      expect(left?.status).toBe('running')
+      expect(left?.steps[0]).toMatchObject({ name: 'nap', status: 'pending' })
     } finally {
       worker.kill()
     }

@@ -25,9 +25,13 @@ export class PinBook {
     return total
   }
 
-  /** Follows a reloaded config's limits. */
+  /** Follows a reloaded config's limits, dropping the oldest pins beyond the new one. */
   configure(config: ProxyConfig): void {
     this.#capacity = PinBook.capacityOf(config)
+    for (const id of this.#pins.keys()) {
+      if (this.#pins.size <= this.#capacity) break
+      this.#pins.delete(id)
+    }
   }
 
   /** Records a pin a worker reported (a later report of the same key replaces it). */

@@ -78,13 +78,15 @@ describe('cluster backend: retry pins for a worker that comes up later', () => {
     a.emit('message', { bw: 'pin', ...pin('k1', 'legacy', 1_600_000) })
     b.emit('message', { bw: 'pin', ...pin('k2', 'modern', 1_600_000) })
     b.emit('message', { bw: 'pin', ...pin('k3', 'legacy', 1_100_000) })
+    // k1 reported again (another request of the key reached a target): the latest report wins.
+    b.emit('message', { bw: 'pin', ...pin('k1', 'legacy', 1_700_000) })
     // Passed on to the sibling at once, as before.
     expect(b.sent).toContainEqual({ bw: 'pin', ...pin('k1', 'legacy', 1_600_000) })
 
     // Worker 1 crashed; its replacement comes up after k3 expired.
     await clock.advance(200_000)
     const c = up(3)
-    expect(batchedPins(c)).toEqual([pin('k1', 'legacy', 1_600_000), pin('k2', 'modern', 1_600_000)])
+    expect(batchedPins(c)).toEqual([pin('k2', 'modern', 1_600_000), pin('k1', 'legacy', 1_700_000)])
     // The siblings already have them: they are not sent the batch.
     expect(batchedPins(a)).toEqual([])
   })
@@ -127,8 +129,25 @@ describe('cluster backend: retry pins for a worker that comes up later', () => {
     stop()
   })
 
-  it('counts the capacity over every route with retry affinity', () => {
-    const config = parseProxyConfig(yaml(7), 'test')
-    expect(PinBook.capacityOf(config)).toBe(7)
+  it('counts the capacity over every route with retry affinity, and trims on a reload', () => {
+    const twoRoutes = yaml(7).replace(
+      'workers: 2',
+      `      - name: refunds
+        match: { prefix: /refunds }
+        targets: [{ service: legacy, weight: 1 }]
+        retryAffinity: { maxKeys: 5 }
+      - name: health
+        match: { prefix: /health }
+        targets: [{ service: legacy, weight: 1 }]
+        retryAffinity: false
+workers: 2`,
+    )
+    const config = parseProxyConfig(twoRoutes, 'test')
+    expect(PinBook.capacityOf(config)).toBe(12)
+    const book = new PinBook(config)
+    for (let i = 0; i < 12; i++) book.add(pin(`k${i}`, 'legacy', 10), 0)
+    expect(book.size).toBe(12)
+    book.configure(parseProxyConfig(yaml(3), 'test'))
+    expect([...book.batches(0, 100)].flat().map((p) => p.key)).toEqual(['k9', 'k10', 'k11'])
   })
 })
