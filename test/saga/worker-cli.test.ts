@@ -116,24 +116,18 @@ describe.each(dbTargets)('saga worker process on $dialect', (target) => {
     await t?.close()
   })
 
-  it('runs the module’s sagas, serves metrics, and on SIGTERM finishes the step in hand, gives the instance back and exits 0', async () => {
-    const worker = spawnCli(
+  /** `breakwater saga worker` on the test database, polling fast, logging every step. */
+  const spawnWorker = (args: string[], env: Record<string, string>) =>
+    spawnCli(
       [
-        'saga',
-        'worker',
-        '--module',
-        sagasModule,
-        '--db',
-        t.url,
-        '--metrics-port',
-        '0',
-        '--poll-interval-ms',
-        '20',
-        '--log-level',
-        'debug',
+        ...['saga', 'worker', '--module', sagasModule, '--db', t.url],
+        ...['--poll-interval-ms', '20', '--log-level', 'debug', ...args],
       ],
-      { SAGA_SLOW_MS: '600' },
+      env,
     )
+
+  it('runs the module’s sagas, serves metrics, and on SIGTERM finishes the step in hand, gives the instance back and exits 0', async () => {
+    const worker = spawnWorker(['--metrics-port', '0'], { SAGA_SLOW_MS: '600' })
     try {
       const started = await worker.waitForLine(
         (l) => l.msg === 'saga worker started',
@@ -200,24 +194,8 @@ describe.each(dbTargets)('saga worker process on $dialect', (target) => {
   }, 60_000)
 
   it('exits 1 at once when the step in hand outlasts --drain-timeout-ms, leaving it to another worker', async () => {
-    const worker = spawnCli(
-      [
-        'saga',
-        'worker',
-        '--module',
-        sagasModule,
-        '--db',
-        t.url,
-        '--poll-interval-ms',
-        '20',
-        '--drain-timeout-ms',
-        '200',
-        '--log-level',
-        'debug',
-      ],
-      // Far longer than the drain allows: the process must not wait for it.
-      { SAGA_SLOW_MS: '600000' },
-    )
+    // The nap is far longer than the drain allows: the process must not wait for it.
+    const worker = spawnWorker(['--drain-timeout-ms', '200'], { SAGA_SLOW_MS: '600000' })
     try {
       await worker.waitForLine(
         (l) => l.msg === 'saga worker started',
