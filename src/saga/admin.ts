@@ -235,7 +235,13 @@ export async function deliverReply(
   }
   const now = clock.now()
   const { rowCount } = await executor.execute(statements.insertReply, [sagaId, step, json, now])
-  if (rowCount === 0) return 'duplicate'
+  if (rowCount === 0) {
+    // Either this step's reply was recorded already, or the instance was removed (pruneSagas)
+    // since it was read above.
+    if ((await executor.query(statements.selectOne, [sagaId])).length === 0)
+      throw new SagaNotFoundError(sagaId)
+    return 'duplicate'
+  }
   const woken = await executor.execute(statements.wake, [sagaId, now])
   // Listening workers claim it at once instead of at their next poll (PostgreSQL only).
   if (woken.rowCount > 0) await notify(executor, sagaNotifyChannel)

@@ -164,7 +164,11 @@ export interface SagaStatements {
   readonly retry: string
   /** $1 id, $2 now. Flags a running saga for cancellation and wakes it. */
   readonly cancel: string
-  /** $1 saga id, $2 step, $3 reply JSON, $4 now. */
+  /**
+   * $1 saga id, $2 step, $3 reply JSON, $4 now. Inserts nothing when the instance is gone (or
+   * the step's reply was recorded already): a reply never outlives its instance, even when
+   * `pruneSagas` removes the instance at the same moment.
+   */
   readonly insertReply: string
   /** $1 saga id, $2 step. */
   readonly selectReply: string
@@ -208,8 +212,7 @@ WHERE id = $1 AND status = 'failed'`,
   cancel: `UPDATE ${sagaTable} SET cancel_requested = 1, updated_at = $2,
     next_run_at = CASE WHEN next_run_at > $2 THEN $2 ELSE next_run_at END
 WHERE id = $1 AND status = 'running'`,
-  insertReply: `INSERT INTO ${sagaRepliesTable} (saga_id, step, reply, received_at)
-VALUES ($1, $2, $3, $4) ON CONFLICT (saga_id, step) DO NOTHING`,
+
   selectReply: `SELECT reply FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,
   deleteReply: `DELETE FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,
   wake: `UPDATE ${sagaTable} SET next_run_at = $2 WHERE id = $1 AND status = 'running' AND next_run_at > $2`,
@@ -225,6 +228,11 @@ WHERE at >= $1 GROUP BY correlation_id ORDER BY MAX(at) DESC LIMIT $2`,
 export const sagaStatements: Readonly<Record<SqlDialect, SagaStatements>> = {
   sqlite: {
     ...common,
+    // One statement, and SQLite has one writer: the instance cannot go between the check and
+    // the insert.
+    insertReply: `INSERT INTO ${sagaRepliesTable} (saga_id, step, reply, received_at)
+SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM ${sagaTable} WHERE id = $1)
+ON CONFLICT (saga_id, step) DO NOTHING`,
     insert: `INSERT INTO ${sagaTable} ${insertColumns} RETURNING id`,
     insertNotify: `INSERT INTO ${sagaTable} ${insertColumns} RETURNING id`,
     // SQLite has one writer at a time, so a single UPDATE ... RETURNING both picks and takes
@@ -255,6 +263,12 @@ ORDER BY created_at DESC, id LIMIT $3`,
   },
   postgres: {
     ...common,
+    // FOR KEY SHARE holds the instance until this transaction ends: pruneSagas (FOR UPDATE
+    // SKIP LOCKED) passes over it meanwhile, and an instance deleted just before is seen as
+    // gone (READ COMMITTED re-check), so nothing is inserted for it.
+    insertReply: `INSERT INTO ${sagaRepliesTable} (saga_id, step, reply, received_at)
+SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM ${sagaTable} WHERE id = $1 FOR KEY SHARE)
+ON CONFLICT (saga_id, step) DO NOTHING`,
     insert: `INSERT INTO ${sagaTable} ${insertColumns} RETURNING id`,
     insertNotify: `WITH inserted AS (
   INSERT INTO ${sagaTable} ${insertColumns} RETURNING id

@@ -20,6 +20,7 @@ import {
 } from '../../src/saga/index.js'
 import { flowEventsTable, sagaEventsTable, sagaRepliesTable } from '../../src/saga/sql.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { holdOpenTransaction } from '../support/held-transaction.js'
 import { dbTargets, type TestDb } from './databases.js'
 
 const day = 86_400_000
@@ -164,6 +165,32 @@ describe.each(dbTargets)('pruneSagas on $dialect', (target) => {
     })
     expect(removed).toBe(3)
     expect((await getSaga(t.db, ids.failed))?.status).toBe('failed')
+    await worker.stop()
+  })
+
+  it('never leaves a reply without its instance when a reply and the pruner meet', async () => {
+    const clock = new ManualClock(4_000 * day)
+    const { ids, worker } = await oneOfEach(clock)
+    await clock.advance(40 * day)
+    if (target.dialect === 'postgres') {
+      // A reply being recorded holds its instance: the pruner passes over it until the reply's
+      // transaction ends, then removes both.
+      const held = await holdOpenTransaction(t.db, (tx) =>
+        deliverReply(tx, ids.completed, 'a', { late: true }, { clock }),
+      )
+      expect(await pruneSagas(t.db, { olderThanMs: 30 * day, clock })).toBe(2)
+      await held.commit()
+      expect(await rowsOf(sagaRepliesTable, ids.completed)).toBe(1)
+      expect(await pruneSagas(t.db, { olderThanMs: 30 * day, clock })).toBe(1)
+      expect(await rowsOf(sagaRepliesTable, ids.completed)).toBe(0)
+    } else {
+      expect(await pruneSagas(t.db, { olderThanMs: 30 * day, clock })).toBe(3)
+    }
+    // A reply for an instance already removed is refused, and nothing is recorded.
+    await expect(
+      deliverReply(t.db, ids.compensated, 'a', { late: true }, { clock }),
+    ).rejects.toBeInstanceOf(SagaNotFoundError)
+    expect(await rowsOf(sagaRepliesTable, ids.compensated)).toBe(0)
     await worker.stop()
   })
 
