@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { removeInBatches } from '../stores/batches.js'
 import {
   type AppliedMigration,
   type Migration,
@@ -931,17 +932,13 @@ export async function pruneSqlQueue(
   const maxBatches = checkInteger('pruneSqlQueue.maxBatches', options.maxBatches ?? 100, 1)
   const sql = statements[db.dialect]
   const cutoff = clock.now() - olderThanMs
-  let total = 0
-  for (let batch = 0; batch < maxBatches; batch++) {
-    const removed = await db.transaction(async (tx) => {
+  return removeInBatches(batchSize, maxBatches, () =>
+    db.transaction(async (tx) => {
       // Shared with publishers: a group being created never sees a message vanish under its
       // backfill.
       if (tx.dialect === 'postgres')
         await tx.query(`SELECT pg_advisory_xact_lock_shared(${groupLockKey})`)
       return (await tx.execute(sql.prune, [cutoff, batchSize])).rowCount
-    })
-    total += removed
-    if (removed < batchSize) break
-  }
-  return total
+    }),
+  )
 }

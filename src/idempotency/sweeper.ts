@@ -1,6 +1,7 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { removeInBatches } from '../stores/batches.js'
 import type { SqlDriver } from '../stores/index.js'
 import { createSqlIdempotencyStore } from './sql-store.js'
 import type { IdempotencyStore } from './store.js'
@@ -47,13 +48,7 @@ async function sweepBatches(
   batchSize: number,
   maxBatches: number,
 ): Promise<number> {
-  let total = 0
-  for (let batch = 0; batch < maxBatches; batch++) {
-    const deleted = await store.sweep(clock.now(), batchSize)
-    total += deleted
-    if (deleted < batchSize) break
-  }
-  return total
+  return removeInBatches(batchSize, maxBatches, () => store.sweep(clock.now(), batchSize))
 }
 
 /**

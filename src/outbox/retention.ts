@@ -1,5 +1,6 @@
 import type { Clock } from '../core/clock.js'
 import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import { removeInBatches } from '../stores/batches.js'
 import type { SqlDriver } from '../stores/index.js'
 import { checkBoolean } from './outbox.js'
 import { inboxStatements, listParam, outboxStatements } from './sql.js'
@@ -59,33 +60,28 @@ export function resolvePruneOptions(prefix: string, options: PruneOutboxOptions)
 export async function prunePublished(db: SqlDriver, settings: PruneSettings): Promise<number> {
   const sql = outboxStatements[db.dialect]
   const cutoff = settings.clock.now() - settings.olderThanMs
-  let total = 0
-  for (let batch = 0; batch < settings.maxBatches; batch++) {
-    let removed: number
+  return removeInBatches(settings.batchSize, settings.maxBatches, async () => {
     if (!settings.archive) {
-      removed = (await db.execute(sql.prune, [cutoff, settings.batchSize])).rowCount
-    } else if (db.dialect === 'postgres') {
-      removed = (await db.execute(sql.archive, [cutoff, settings.batchSize, settings.clock.now()]))
-        .rowCount
-    } else {
-      // SQLite cannot DELETE inside a CTE: copy then delete the same ids, in one short
-      // transaction.
-      removed = await db.transaction(async (tx) => {
-        const moved = await tx.query<{ id: number }>(sql.archive, [
-          cutoff,
-          settings.batchSize,
-          settings.clock.now(),
-        ])
-        if (moved.length === 0) return 0
-        const ids = moved.map((row) => Number(row.id))
-        await tx.execute(sql.archiveDelete, [listParam('sqlite', ids)])
-        return ids.length
-      })
+      return (await db.execute(sql.prune, [cutoff, settings.batchSize])).rowCount
     }
-    total += removed
-    if (removed < settings.batchSize) break
-  }
-  return total
+    if (db.dialect === 'postgres') {
+      return (await db.execute(sql.archive, [cutoff, settings.batchSize, settings.clock.now()]))
+        .rowCount
+    }
+    // SQLite cannot DELETE inside a CTE: copy then delete the same ids, in one short
+    // transaction.
+    return db.transaction(async (tx) => {
+      const moved = await tx.query<{ id: number }>(sql.archive, [
+        cutoff,
+        settings.batchSize,
+        settings.clock.now(),
+      ])
+      if (moved.length === 0) return 0
+      const ids = moved.map((row) => Number(row.id))
+      await tx.execute(sql.archiveDelete, [listParam('sqlite', ids)])
+      return ids.length
+    })
+  })
 }
 
 /**
@@ -152,11 +148,9 @@ export async function pruneInbox(db: SqlDriver, options: PruneInboxOptions = {})
   const maxBatches = checkInteger('pruneInbox.maxBatches', options.maxBatches ?? 100, 1)
   const sql = inboxStatements[db.dialect]
   const cutoff = clock.now() - olderThanMs
-  let total = 0
-  for (let batch = 0; batch < maxBatches; batch++) {
-    const removed = (await db.execute(sql.prune, [cutoff, batchSize])).rowCount
-    total += removed
-    if (removed < batchSize) break
-  }
-  return total
+  return removeInBatches(
+    batchSize,
+    maxBatches,
+    async () => (await db.execute(sql.prune, [cutoff, batchSize])).rowCount,
+  )
 }

@@ -1,6 +1,7 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
+import { removeInBatches } from '../stores/batches.js'
 import type { SqlDriver } from '../stores/index.js'
 import { flowPruneStatements, sagaPruneStatements } from './sql.js'
 import type { SagaStatus } from './state.js'
@@ -93,37 +94,31 @@ export async function pruneSagas(db: SqlDriver, options: PruneSagasOptions = {})
   const clock = checkClock('pruneSagas.clock', options.clock)
   const cutoff = clock.now() - olderThanMs
   const sql = sagaPruneStatements[db.dialect]
-  let total = 0
-  for (let batch = 0; batch < maxBatches; batch++) {
-    const removed =
-      db.dialect === 'postgres'
-        ? Number(
-            (await db.query<{ removed: number }>(sql.pick, [statuses, cutoff, batchSize]))[0]
-              ?.removed ?? 0,
-          )
-        : await db.transaction(async (tx) => {
-            const rows = await tx.query<{ id: string }>(sql.pick, [
-              JSON.stringify(statuses),
-              cutoff,
-              batchSize,
-            ])
-            if (rows.length === 0) return 0
-            const ids = JSON.stringify(rows.map((row) => row.id))
-            await tx.execute(sql.deleteEvents!, [ids])
-            await tx.execute(sql.deleteReplies!, [ids])
-            const { rowCount } = await tx.execute(sql.deleteInstances!, [
-              ids,
-              JSON.stringify(statuses),
-              cutoff,
-            ])
-            return rowCount
-          })
-    total += removed
-    // A short batch means nothing older is left (on PostgreSQL, rows locked by someone else
-    // right now were skipped: the next call gets them).
-    if (removed < batchSize) break
-  }
-  return total
+  // A short batch means nothing older is left (on PostgreSQL, rows locked by someone else
+  // right now were skipped: the next call gets them).
+  return removeInBatches(batchSize, maxBatches, async () => {
+    if (db.dialect === 'postgres') {
+      const rows = await db.query<{ removed: number }>(sql.pick, [statuses, cutoff, batchSize])
+      return Number(rows[0]?.removed ?? 0)
+    }
+    return db.transaction(async (tx) => {
+      const rows = await tx.query<{ id: string }>(sql.pick, [
+        JSON.stringify(statuses),
+        cutoff,
+        batchSize,
+      ])
+      if (rows.length === 0) return 0
+      const ids = JSON.stringify(rows.map((row) => row.id))
+      await tx.execute(sql.deleteEvents!, [ids])
+      await tx.execute(sql.deleteReplies!, [ids])
+      const { rowCount } = await tx.execute(sql.deleteInstances!, [
+        ids,
+        JSON.stringify(statuses),
+        cutoff,
+      ])
+      return rowCount
+    })
+  })
 }
 
 /** Options of {@link pruneFlowEvents}. */
