@@ -1,4 +1,5 @@
 import type { ProxyConfig } from '../contracts.js'
+import { makeRoomForPin } from '../inbound/retry-affinity.js'
 import type { SharedRetryPin } from '../inbound/routes.js'
 
 /**
@@ -39,10 +40,7 @@ export class PinBook {
     if (pin.expiresAt <= now || this.#capacity === 0) return
     const id = `${pin.route}\u0000${pin.key}`
     this.#pins.delete(id)
-    for (const [oldId, old] of this.#pins) {
-      if (old.expiresAt > now && this.#pins.size < this.#capacity) break
-      this.#pins.delete(oldId)
-    }
+    makeRoomForPin(this.#pins, now, this.#capacity)
     this.#pins.set(id, pin)
   }
 

@@ -134,14 +134,8 @@ export class RetryPins {
     this.#pins.set(key, { service, expiresAt, reached: true, inFlight: 0 })
   }
 
-  // Drops expired pins, then the oldest while full. Adopted pins may carry an earlier expiry
-  // than the last one set, so an expired pin can sit behind a live one; it is dropped when
-  // read (pinned) or when it reaches the head.
   #makeRoom(now: number): void {
-    for (const [oldKey, pin] of this.#pins) {
-      if (pin.expiresAt > now && this.#pins.size < this.config.maxKeys) break
-      this.#pins.delete(oldKey)
-    }
+    makeRoomForPin(this.#pins, now, this.config.maxKeys)
   }
 
   /** Forgets `key` (its pinned service is gone from the route). */
@@ -152,6 +146,24 @@ export class RetryPins {
   /** Keys pinned now (expired ones not yet dropped included). */
   get size(): number {
     return this.#pins.size
+  }
+}
+
+/**
+ * Makes room for one more pin in `pins` (insertion order, roughly expiry order): drops expired
+ * pins at the head, then the oldest while `capacity` is reached. Adopted pins may carry an
+ * earlier expiry than the last one set, so an expired pin can sit behind a live one; it is
+ * dropped when read or when it reaches the head. Shared by each route's pins and the primary's
+ * copy of every route's (`PinBook`).
+ */
+export function makeRoomForPin(
+  pins: Map<string, { readonly expiresAt: number }>,
+  now: number,
+  capacity: number,
+): void {
+  for (const [oldKey, pin] of pins) {
+    if (pin.expiresAt > now && pins.size < capacity) break
+    pins.delete(oldKey)
   }
 }
 
