@@ -9,7 +9,8 @@ import {
 } from '../observability/index.js'
 import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import { type Migration, openDatabase, type SqlDriver } from '../stores/index.js'
-import { checkMigrated, messageOf, StartupError } from './process-support.js'
+import { checkMigrated, StartupError } from './process-support.js'
+import { messageOf } from './usage.js'
 
 // The life of a long-running command (`breakwater relay`, `breakwater saga worker`): start
 // what it needs, in order, run until SIGTERM or SIGINT, drain, close everything in reverse,
@@ -155,16 +156,13 @@ export interface LongRunningCommand {
   /** Its name in messages: `relay`, `saga worker`. */
   readonly name: string
   readonly log: Logger
-  /** Receives fatal errors as plain text. */
-  readonly err: { write(text: string): unknown }
+  /** Where fatal errors go, signals come from and the process is ended (each with its default). */
+  readonly deps: LongRunningCommandDeps
   readonly drainTimeoutMs: number
-  readonly signals?: SignalTarget
   /** Logged when the first signal arrives. */
   readonly drainMessage: string
   /** Prefixes the message of an `INVALID_OPTION` error thrown while starting (exit 2). */
   readonly invalidOptionPrefix?: string
-  /** Ends the process after a drain that did not finish (see {@link LongRunningCommandDeps.exit}). */
-  readonly exit?: (code: number) => void
   /** Starts the service, registering in `resources` what must be closed. */
   start(resources: ServiceResources): Promise<StartedService>
 }
@@ -177,7 +175,9 @@ export interface LongRunningCommand {
  * when starting throws an `INVALID_OPTION` error (a configuration fault).
  */
 export async function runLongRunningCommand(command: LongRunningCommand): Promise<number> {
-  const { log, err, name } = command
+  const { log, name, deps } = command
+  const err = deps.stderr ?? process.stderr
+  const exit = deps.exit ?? ((code: number) => process.exit(code))
   const fail = (message: string, error?: unknown): number => {
     log.error(message, error === undefined ? {} : { error })
     const detail = error === undefined ? '' : `: ${redactSecrets(messageOf(error))}`
@@ -210,7 +210,7 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
   try {
     const outcome = await runUntilSignal(start, {
       drainTimeoutMs: command.drainTimeoutMs,
-      ...(command.signals === undefined ? {} : { target: command.signals }),
+      ...(deps.signals === undefined ? {} : { target: deps.signals }),
       onSignal: (signal, phase) =>
         phase === 'drain'
           ? log.info(command.drainMessage, { signal })
@@ -221,7 +221,7 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
         drain: outcome.drain,
         drainTimeoutMs: command.drainTimeoutMs,
       })
-      command.exit?.(1)
+      exit(1)
       return 1
     }
     return outcome.reason === 'signal' ? 0 : 1

@@ -10,7 +10,7 @@ import {
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
-import { UsageError } from './usage.js'
+import { counted, UsageError } from './usage.js'
 
 /** What `outboxCommand` needs besides its arguments; everything has a default. */
 export type OutboxCommandDeps = DatabaseCommandDeps
@@ -167,12 +167,10 @@ async function execute(
     case 'redrive': {
       const count = await redrive(db, parsed.all ? 'all' : parsed.ids)
       if (parsed.all) {
-        out.write(`Redrove ${count} dead-lettered event${count === 1 ? '' : 's'}.\n`)
+        out.write(`Redrove ${counted(count, 'dead-lettered event')}.\n`)
         return 0
       }
-      out.write(
-        `Redrove ${count} of ${parsed.ids.length} event${parsed.ids.length === 1 ? '' : 's'}.\n`,
-      )
+      out.write(`Redrove ${count} of ${counted(parsed.ids.length, 'event')}.\n`)
       if (count < parsed.ids.length) {
         err.write(
           `breakwater outbox: ${parsed.ids.length - count} of the given ids were not dead-lettered events (unknown, already published, or still being retried); see \`breakwater outbox dead\`\n`,
@@ -201,13 +199,13 @@ async function execute(
         maxBatches: Number.MAX_SAFE_INTEGER,
       })
       out.write(
-        `${parsed.archive ? 'Archived' : 'Removed'} ${events} published event${events === 1 ? '' : 's'}.\n`,
+        `${parsed.archive ? 'Archived' : 'Removed'} ${counted(events, 'published event')}.\n`,
       )
       const records = await pruneInbox(db, {
         olderThanMs: parsed.inboxOlderThanMs,
         maxBatches: Number.MAX_SAFE_INTEGER,
       })
-      out.write(`Removed ${records} inbox record${records === 1 ? '' : 's'}.\n`)
+      out.write(`Removed ${counted(records, 'inbox record')}.\n`)
       return 0
     }
   }

@@ -48,13 +48,6 @@ export async function checkMigrated(
     )
 }
 
-/** An error's message (an AggregateError's, joined), for one-line reports. */
-export function messageOf(error: unknown): string {
-  if (error instanceof AggregateError && error.errors.length > 0)
-    return error.errors.map(messageOf).join('; ')
-  return error instanceof Error ? error.message : String(error)
-}
-
 /** A long-running command's flags: values by flag, and the boolean flags given. */
 export interface ReadFlags {
   readonly values: ReadonlyMap<string, string>

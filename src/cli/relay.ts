@@ -35,12 +35,11 @@ import {
   checkMigrated,
   integerFlag,
   logLevelFlag,
-  messageOf,
   nonEmpty,
   readFlags,
   StartupError,
 } from './process-support.js'
-import { UsageError } from './usage.js'
+import { messageOf, UsageError } from './usage.js'
 
 /**
  * What `relayCommand` needs besides its arguments; the webhook secret and `BREAKWATER_CRASH_AT`
@@ -479,7 +478,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
     try {
       faults = crashAtFromEnv(env.BREAKWATER_CRASH_AT)
     } catch (error) {
-      throw new UsageError(error instanceof Error ? error.message : String(error))
+      throw new UsageError(messageOf(error))
     }
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
@@ -501,10 +500,8 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
   return runLongRunningCommand({
     name: 'relay',
     log,
-    err,
+    deps,
     drainTimeoutMs: parsed.drainTimeoutMs,
-    ...(deps.signals === undefined ? {} : { signals: deps.signals }),
-    exit: deps.exit ?? ((code) => process.exit(code)),
     drainMessage: 'stopping: finishing the batch in hand',
     async start(resources) {
       const db = await openMigratedDatabase(resources, parsed.db, 'outbox', outboxMigrations)

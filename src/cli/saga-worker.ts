@@ -24,15 +24,8 @@ import {
   runLongRunningCommand,
   serveMetrics,
 } from './long-running.js'
-import {
-  integerFlag,
-  logLevelFlag,
-  messageOf,
-  nonEmpty,
-  readFlags,
-  StartupError,
-} from './process-support.js'
-import { UsageError } from './usage.js'
+import { integerFlag, logLevelFlag, nonEmpty, readFlags, StartupError } from './process-support.js'
+import { messageOf, UsageError } from './usage.js'
 
 /**
  * What `sagaWorkerCommand` needs besides its arguments; `BREAKWATER_DB_URL` and
@@ -278,10 +271,8 @@ export async function sagaWorkerCommand(
   return runLongRunningCommand({
     name: 'saga worker',
     log,
-    err,
+    deps,
     drainTimeoutMs: parsed.drainTimeoutMs,
-    ...(deps.signals === undefined ? {} : { signals: deps.signals }),
-    exit: deps.exit ?? ((code) => process.exit(code)),
     drainMessage: 'stopping: finishing the steps in hand',
     // A definition createSagaWorker refuses is the module's fault, like a bad argument.
     invalidOptionPrefix: '--module: ',

@@ -15,7 +15,7 @@ import {
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
-import { UsageError } from './usage.js'
+import { counted, UsageError } from './usage.js'
 
 /** What `sagaCommand` needs besides its arguments; everything has a default. */
 export type SagaCommandDeps = DatabaseCommandDeps
@@ -237,7 +237,7 @@ async function execute(
         maxBatches: Number.MAX_SAFE_INTEGER,
       })
       out.write(
-        `removed ${plural(instances, 'saga instance')} and ${plural(flows, 'tracked flow')} older than ${formatDuration(parsed.olderThanMs)}\n`,
+        `removed ${counted(instances, 'saga instance')} and ${counted(flows, 'tracked flow')} older than ${formatDuration(parsed.olderThanMs)}\n`,
       )
       return 0
     }
@@ -246,10 +246,6 @@ async function execute(
 
 function adminOptions(parsed: Parsed): { by: string; reason?: string } {
   return parsed.reason === undefined ? { by: parsed.by } : { by: parsed.by, reason: parsed.reason }
-}
-
-function plural(count: number, noun: string): string {
-  return `${count} ${noun}${count === 1 ? '' : 's'}`
 }
 
 function formatDuration(ms: number): string {
@@ -331,7 +327,7 @@ function formatShow(saga: SagaInstance, timeline: readonly SagaTimelineEntry[]):
       String(s.attempts),
       s.compensationAttempts === undefined
         ? '-'
-        : `${s.status === 'compensated' ? 'done' : 'pending'} (${s.compensationAttempts} attempt${s.compensationAttempts === 1 ? '' : 's'})`,
+        : `${s.status === 'compensated' ? 'done' : 'pending'} (${counted(s.compensationAttempts, 'attempt')})`,
       truncate(
         (s.compensationError ?? s.error) === undefined
           ? ''

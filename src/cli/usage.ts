@@ -1,10 +1,20 @@
 // What every CLI command shares for reporting: the error a parser throws for bad arguments,
-// and the text of anything thrown.
+// the text of anything thrown, and counts in sentences.
 
 /** Thrown by a command's parser for bad arguments: reported with the usage, exit code 2. */
 export class UsageError extends Error {}
 
-/** An error's message, or the thrown value as text. */
+/**
+ * An error's message, or the thrown value as text. An AggregateError (a connect that failed on
+ * every address of a host) gives its errors' messages joined: its own message is often empty.
+ */
 export function messageOf(error: unknown): string {
+  if (error instanceof AggregateError && error.errors.length > 0)
+    return error.errors.map(messageOf).join('; ')
   return error instanceof Error ? error.message : String(error)
+}
+
+/** `1 event`, `2 events`: a count and its noun, plural unless the count is 1. */
+export function counted(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`
 }
