@@ -14,8 +14,8 @@
 // sequential case (1x1, 10x1) is one WAL flush per append for every subject, so under disk
 // contention from the shared machine all of them converge and no ratio can exceed that one.
 // breakwater's concurrent cases (1x16, 10x16) go through its group commit.
-// Every case runs in rounds, subjects interleaved within each round (each round starting with
-// another subject) so that noise from the shared machine hits them alike; the figure is the
+// Every case runs in rounds, subjects interleaved within each round (in a balanced order: see
+// balancedOrder) so that noise from the shared machine hits them alike; the figure is the
 // median round. PostgreSQL runs with fsync on (scripts/services.mjs), so a sequential append
 // waits for one WAL flush.
 //
@@ -29,7 +29,7 @@ import { startPostgres } from '../scripts/services.mjs'
 import type { EventStore } from '../src/cqrs/index.js'
 import type { SqlDriver } from '../src/stores/index.js'
 import { built } from './lib/built.js'
-import { median, type ResultRow, writeResults } from './lib/harness.js'
+import { balancedOrder, median, type ResultRow, writeResults } from './lib/harness.js'
 
 const { createEventStore, migrateCqrs } =
   await built<typeof import('../src/cqrs/index.js')>('cqrs/index.js')
@@ -264,9 +264,9 @@ export async function main(): Promise<void> {
       samples.set(key, list)
     }
     for (let round = 0; round < rounds; round++) {
-      // Each round starts with another subject, so that none always runs right after the same
-      // neighbour (whose WAL, checkpoints and SQLite syncs land on the same disk).
-      const order = subjects.map((_, i) => subjects[(i + round) % subjects.length]!)
+      // A balanced order, so that no subject always runs right after the same neighbour
+      // (whose WAL, checkpoints and SQLite syncs land on the same disk).
+      const order = balancedOrder(subjects.length, round).map((i) => subjects[i]!)
       for (const c of cases) {
         for (const subject of order) {
           // SQLite is not fsync-bound: give it enough appends for a measurable sample.

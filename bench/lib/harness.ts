@@ -95,6 +95,29 @@ export async function measureInterleaved(
   }))
 }
 
+/**
+ * The order in which to run `count` subjects in round `round`: rows of a Williams design, so
+ * that over `count` rounds (2 * `count` when `count` is odd) each subject runs right after
+ * every other one equally often. Rotating one fixed order instead, as this bench once did,
+ * keeps every subject behind the same neighbour in every round, so a neighbour that leaves
+ * work behind (WAL to flush, dirty pages, a checkpoint) would slow the same subject each time.
+ */
+export function balancedOrder(count: number, round: number): number[] {
+  if (!Number.isInteger(count) || count < 1) throw new RangeError(`count must be >= 1: ${count}`)
+  // The first row: 0, 1, n-1, 2, n-2, ...; each later row adds its index to every entry.
+  const first: number[] = [0]
+  for (let low = 1, high = count - 1; first.length < count; ) {
+    first.push(low++)
+    if (first.length < count) first.push(high--)
+  }
+  const shift = round % count
+  const row = first.map((subject) => (subject + shift) % count)
+  // For an odd count the rows alone give some neighbours twice and others never; their
+  // reversals, in the second half of the cycle, give the missing ones.
+  const reversed = count % 2 === 1 && Math.floor(round / count) % 2 === 1
+  return reversed ? row.reverse() : row
+}
+
 /** The median of a non-empty list. */
 export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
