@@ -63,7 +63,7 @@ export const errorCodes = {
   REQUEST_PATH_INVALID:
     'The proxy refused a request path it cannot normalize safely (dot-dot above the root, encoded slash or backslash, double encoding, control characters); answered 400.',
   REQUEST_UPGRADE_REFUSED:
-    'The proxy refused a request carrying an Upgrade header (h2c, websocket): it tunnels no upgraded protocol; answered 400.',
+    'The proxy refused a request carrying an Upgrade header: only WebSocket handshakes (GET, HTTP/1.1, no body) to routes with websocket set are tunnelled; answered 400.',
   REQUEST_HEADERS_TOO_MANY:
     "A request had more header fields than the listener's limits.maxHeaders; answered 431.",
   REQUEST_BODY_TOO_LARGE:
@@ -74,6 +74,8 @@ export const errorCodes = {
     'A proxy request named no upstream service the listener exposes, or its route has no live target; answered 404 (ambassador) or 502 (gateway).',
   ROUTE_NOT_FOUND:
     'No gateway route matches the request (or the admin API was asked for an unknown route); answered 404.',
+  PROXY_DRAINING:
+    'The proxy is shutting down and opens no new WebSocket tunnel; answered 503 so the client reconnects elsewhere.',
   INTERNAL_ERROR: 'The proxy failed while handling a request (a bug); answered 500.',
 } as const
 

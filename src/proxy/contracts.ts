@@ -10,6 +10,7 @@ import type {
   OutgoingHttpHeaders,
   ServerResponse,
 } from 'node:http'
+import type { Duplex } from 'node:stream'
 import type { Clock } from '../core/clock.js'
 import type { Logger } from '../observability/logger.js'
 import type { MetricsRegistry } from '../observability/metrics.js'
@@ -238,6 +239,17 @@ export interface RouteConfig {
    * off. Undefined (a config built by hand without it): off.
    */
   readonly retryAffinity?: RetryAffinityConfig | undefined
+  /**
+   * WebSocket upgrades accepted on this route (tunnelled to the chosen target, see
+   * `upstream/tunnel.ts`). Undefined: an `Upgrade` request is refused with 400.
+   */
+  readonly websocket?: WebSocketRouteConfig | undefined
+}
+
+/** A route's WebSocket settings. */
+export interface WebSocketRouteConfig {
+  /** A tunnel through which no byte passed either way for this long is closed. */
+  readonly idleTimeoutMs: number
 }
 
 /** Inbound TLS (termination), hot-reloaded when the files change. */
@@ -361,6 +373,41 @@ export interface ForwardRequest {
   readonly signal: AbortSignal
 }
 
+/** A WebSocket handshake to send upstream ({@link ServiceRuntime.tunnel}). */
+export interface TunnelRequest {
+  /** Origin-form target (path plus raw query). */
+  readonly target: string
+  /** Lower-case end-to-end headers (hop-by-hop ones removed; the tunnel adds its own). */
+  readonly headers: Record<string, string | string[]>
+  /** The inbound `Host` (sent when the service does not rewrite it). */
+  readonly host: string
+  readonly requestId: string
+  /** Close the tunnel after this long without a byte either way. */
+  readonly idleTimeoutMs: number
+}
+
+/** How a tunnel's handshake was decided. */
+export interface TunnelOutcome {
+  /** 101 when tunnelled; else the endpoint's answer or the proxy's 499/502/503/504. */
+  readonly status: number
+  /** Proxy-generated failure code (`UPSTREAM_TIMEOUT`, `BROKEN_CIRCUIT`, ...). */
+  readonly error: string | undefined
+  /** The endpoint tried, when one was picked. */
+  readonly endpoint: string | undefined
+  /** Settles when the client connection has closed. */
+  readonly ended: Promise<TunnelEnd>
+}
+
+/** How a tunnel (or the answer that replaced it) ended. */
+export interface TunnelEnd {
+  /** `idle`: closed by the idle timeout; `error`: a connection failed; `closed`: ended. */
+  readonly reason: 'closed' | 'idle' | 'error'
+  /** Bytes read from the client connection, request head included. */
+  readonly bytesIn: number
+  /** Bytes written to the client connection, response head included. */
+  readonly bytesOut: number
+}
+
 /** How a forwarded exchange ended. */
 export interface ForwardOutcome {
   /** Status sent to the client (the upstream's, or the proxy's own 502/503/504). */
@@ -454,6 +501,12 @@ export interface ServiceRuntime {
   ): Promise<ForwardOutcome>
   /** Sends without a client response and buffers the result (shadow traffic). */
   exchange(req: ForwardRequest, maxBytes: number): Promise<CapturedResponse>
+  /**
+   * Sends a WebSocket handshake to one endpoint and, when it answers 101, joins `client` to
+   * that connection (`head`: bytes the client sent after its request head). Resolves once the
+   * handshake is decided; never rejects (failures are answered to the client as problems).
+   */
+  tunnel(req: TunnelRequest, client: Duplex, head: Buffer): Promise<TunnelOutcome>
   /** Snapshot for metrics and the admin API (no secrets). */
   state(): ServiceState
   /** Forces the breaker open until reset. */
@@ -536,4 +589,9 @@ export interface InboundContext extends ProxyDeps {
  */
 export type RequestHandler = ((req: IncomingMessage, res: ServerResponse) => void) & {
   readonly fast?: FastRequestHandler | undefined
+  /** Takes `Upgrade` requests (node:http's 'upgrade' event); undefined: they are refused. */
+  readonly upgrade?: UpgradeHandler | undefined
 }
+
+/** Serves one `Upgrade` request: node:http gave up the socket, `head` is what followed it. */
+export type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void

@@ -34,11 +34,13 @@ import type {
   ServiceRuntime,
   ServiceState,
   ShadowMismatch,
+  UpgradeHandler,
 } from './contracts.js'
 import { createAmbassadorHandler } from './inbound/ambassador.js'
 import type { FastRequestHandler } from './inbound/fast-connection.js'
 import { createGatewayHandler } from './inbound/gateway.js'
 import { createListenerServer, type ListenerServer } from './inbound/listener.js'
+import { endWithProblem } from './inbound/raw-response.js'
 import { createRouteTable, type RouteTable, type SharedRetryPin } from './inbound/routes.js'
 import { createShadowRunner, type ShadowRunner } from './inbound/shadow.js'
 import {
@@ -699,6 +701,20 @@ class ProxyRuntime implements ProxyInternals {
         '{"type":"about:blank","title":"Service Unavailable","status":503,"code":"LISTENER_REMOVED"}',
       )
     }
+    // Upgrades go to the current generation's handler too; one without (an ambassador, or a
+    // listener a reload removed) leaves them to the listener's refusal.
+    const upgrade: UpgradeHandler = (req, socket, head) => {
+      const current = this.#generation?.handlers.get(listener)?.upgrade
+      if (current !== undefined) current(req, socket, head)
+      else
+        endWithProblem(
+          socket,
+          400,
+          'REQUEST_UPGRADE_REFUSED',
+          'this listener tunnels no upgraded connection',
+        )
+    }
+    Object.defineProperty(dispatch, 'upgrade', { value: upgrade, enumerable: true })
     return Object.defineProperty(dispatch, 'fast', { get: currentFast, enumerable: true })
   }
 

@@ -181,6 +181,17 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
           `a prefix of match.prefix (${match.prefix}) at a segment boundary`,
           route.stripPrefix,
         )
+      if (
+        route.websocket !== undefined &&
+        route.websocket !== false &&
+        Array.isArray(match?.methods) &&
+        !match.methods.includes('GET')
+      )
+        add(
+          [...at, 'websocket'],
+          'a route whose match.methods include GET (a WebSocket handshake is a GET)',
+          route.websocket,
+        )
       if (route.idempotency !== undefined) routeIdempotency = true
     })
   })

@@ -21,6 +21,9 @@ import { retryAffinityDefaults } from '../inbound/retry-affinity.js'
 
 // Schema-level messages are the "expected ..." half of a problem line; load.ts adds the path
 // and the value that was found.
+/** The WebSocket settings `websocket: true` stands for. */
+export const websocketDefaults = { idleTimeoutMs: 300_000 } as const
+
 function int(min: number, max = Number.MAX_SAFE_INTEGER): z.ZodInt {
   const text = max === Number.MAX_SAFE_INTEGER ? `integer >= ${min}` : `integer in [${min}, ${max}]`
   return z.int({ error: text }).min(min, { error: text }).max(max, { error: text })
@@ -273,6 +276,18 @@ const routeSchema = z.strictObject({
       { error: 'false or { header, ttlMs, maxKeys }' },
     )
     .default({ ...retryAffinityDefaults }),
+  // Off by default: a route opts in to tunnelling WebSocket handshakes (upstream/tunnel.ts).
+  websocket: z
+    .union(
+      [
+        z.boolean({ error: 'true or false' }),
+        z.strictObject({
+          idleTimeoutMs: ms(1_000).default(websocketDefaults.idleTimeoutMs),
+        }),
+      ],
+      { error: 'true, false or { idleTimeoutMs }' },
+    )
+    .default(false),
 })
 
 const listenerSchema = z.strictObject({
@@ -461,6 +476,12 @@ function toRoute(r: RouteDocument): RouteConfig {
             ttlMs: r.retryAffinity.ttlMs,
             maxKeys: r.retryAffinity.maxKeys,
           },
+    websocket:
+      r.websocket === false
+        ? undefined
+        : r.websocket === true
+          ? { ...websocketDefaults }
+          : { idleTimeoutMs: r.websocket.idleTimeoutMs },
   }
 }
 

@@ -1,7 +1,8 @@
 // The gateway listener's request handler (strangler fig and sidecar): read and validate the
 // request, match a route on the normalized path, choose the target service (weighted, sticky),
 // forward, then compare with the shadow in the background. Idempotency-Key enforcement wraps
-// the forward on routes that ask for it.
+// the forward on routes that ask for it. WebSocket handshakes take the handler's `upgrade`
+// (websocket.ts).
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../../core/errors.js'
@@ -15,6 +16,7 @@ import type {
   RequestHandler,
   ServiceRuntime,
 } from '../contracts.js'
+import { forwardedHeaders } from './forwarded-headers.js'
 import {
   type InboundRequest,
   logAccess,
@@ -27,6 +29,7 @@ import { type RouteTable, stripPathPrefix } from './routes.js'
 import { createShadowRunner, type ShadowRunner } from './shadow.js'
 import type { SidecarIdempotency } from './sidecar-idempotency.js'
 import { stickyValueOf } from './sticky.js'
+import { createWebSocketHandler } from './websocket.js'
 
 /**
  * The `code` values of problems the gateway answers itself: `ROUTE_NOT_FOUND` (404, no route
@@ -258,7 +261,21 @@ export function createGatewayHandler(
     else res.once('close', () => shadows.submit(job))
   }
 
-  return (req, res) => {
+  const upgrade = createWebSocketHandler(
+    listener,
+    ctx,
+    currentTable,
+    random,
+    (inbound, status, route, service) => {
+      metrics.requests.inc({ listener: listener.name, route, service, status })
+      if (inbound !== undefined)
+        metrics.duration.observe(
+          { listener: listener.name, route },
+          (ctx.clock.now() - inbound.startedAt) / 1000,
+        )
+    },
+  )
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
     serve(req, res).catch((error: unknown) => {
       ctx.logger.error('gateway request failed', {
         listener: listener.name,
@@ -267,44 +284,7 @@ export function createGatewayHandler(
       sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to handle the request')
     })
   }
+  return Object.assign(handler, { upgrade })
 }
 
-// Headers through which a client could claim another address, scheme or host; dropped unless
-// the listener trusts what is in front of it.
-const clientClaims = ['forwarded', 'x-real-ip'] as const
-// Headers through which frameworks (Express method-override, Rails, Spring's filter, ...) let a
-// request stand for another method: on a route chosen by method they would undo the choice.
 const unsentOnly: ForwardOptions = { unsafeRetry: 'unsent-only' }
-
-const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-override'] as const
-
-/**
- * The inbound headers with `X-Forwarded-For` (the client address appended), `X-Forwarded-Proto`
- * and `X-Forwarded-Host` for the service. Untrusted (the default): the client's own copies of
- * those, of `Forwarded` and of `X-Real-IP` are discarded and the three are set from the
- * connection and the validated `Host`, so an app that reads them can believe them. Trusted (a
- * listener behind a load balancer that sets them): the address is appended to the chain, and
- * Proto / Host are set only when absent. On a route that matches on methods, method-override
- * headers are dropped, so the app runs the method the route admitted.
- */
-function forwardedHeaders(
-  inbound: InboundRequest,
-  req: IncomingMessage,
-  scheme: string,
-  trusted: boolean,
-  methodRoute: boolean,
-): Record<string, string | string[]> {
-  const headers = { ...inbound.headers }
-  const client = req.socket.remoteAddress ?? ''
-  const chain = trusted ? headers['x-forwarded-for'] : undefined
-  const previous = chain === undefined ? '' : typeof chain === 'string' ? chain : chain.join(', ')
-  headers['x-forwarded-for'] = previous.trim() === '' ? client : `${previous}, ${client}`
-  if (!trusted || headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = scheme
-  if (!trusted || headers['x-forwarded-host'] === undefined)
-    headers['x-forwarded-host'] = inbound.host
-  if (!trusted) for (const name of clientClaims) delete headers[name]
-  if (methodRoute) for (const name of methodOverrides) delete headers[name]
-  // Only the headers are new: a copy of the inbound request would read (and so create) its
-  // lazy signal.
-  return headers
-}

@@ -4,16 +4,23 @@
 // server can do (parser strictness, sizes, timeouts, connection cap) and answers CONNECT.
 
 import { type FSWatcher, readFileSync, watch } from 'node:fs'
-import { createServer as createHttpServer, type Server, type ServerResponse } from 'node:http'
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import type { Socket } from 'node:net'
 import { basename, dirname, resolve } from 'node:path'
+import type { Duplex } from 'node:stream'
 import { createSecureContext, type SecureContextOptions } from 'node:tls'
 import type { TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import type { ListenerConfig, ProxyDeps, RequestHandler } from '../contracts.js'
 import { FastConnection } from './fast-connection.js'
+import { endWithProblem } from './raw-response.js'
 import { awaitContinue, isConnectionClosing } from './request.js'
 
 /** Options of {@link createListenerServer}. */
@@ -59,6 +66,8 @@ export interface ListenerServer {
   close(drainMs?: number): Promise<void>
 }
 
+function ignoreSocketError(): void {}
+
 /**
  * Creates the server for one listener. The HTTP parser is always the strict one
  * (`insecureHTTPParser: false`), so conflicting Content-Length / Transfer-Encoding, duplicate
@@ -67,9 +76,9 @@ export interface ListenerServer {
  * `maxHeadersCount` one above `limits.maxHeaders` (so request.ts sees the excess and answers
  * 431), headers / request / keep-alive timeouts (the headers timeout also bounds a TLS
  * handshake), and `maxConnections` (further connections are
- * closed at once, without a response). CONNECT is answered 405 and the connection closed; any
- * other `Upgrade` request reaches `handler` like a normal request (request.ts refuses it), since
- * the proxy tunnels no upgraded protocol.
+ * closed at once, without a response). CONNECT is answered 405 and the connection closed.
+ * `Upgrade` requests go to `handler.upgrade` (a gateway's WebSocket handshakes, websocket.ts)
+ * and are refused with 400 on a handler without one; a drain ends upgraded connections at once.
  *
  * With `listener.tls` it terminates TLS: the certificate and key (and client CA, which makes
  * client certificates required) are read now, and again whenever one of the files changes
@@ -238,11 +247,35 @@ export function createListenerServer(
     refused++
   })
   server.on('connect', (_req, socket: Socket) => {
-    const body =
-      '{"type":"about:blank","title":"Method Not Allowed","status":405,"code":"REQUEST_METHOD_NOT_ALLOWED","detail":"CONNECT is not supported"}'
-    socket.end(
-      `HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/problem+json\r\ncontent-length: ${body.length}\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\nconnection: close\r\n\r\n${body}`,
-    )
+    endWithProblem(socket, 405, 'REQUEST_METHOD_NOT_ALLOWED', 'CONNECT is not supported', {
+      headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' },
+    })
+  })
+  // Upgrade requests (node:http gives them up with their socket): a handler with `upgrade`
+  // (a gateway) takes them; any other refuses them as request.ts would. Upgraded connections
+  // are not HTTP connections any more: a drain ends them at once (their clients reconnect,
+  // to another instance) instead of waiting for a response that never comes.
+  const upgraded = new Set<Duplex>()
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    busy.delete(req.socket)
+    // node:http took its own listeners off: a reset client must not become an uncaught
+    // error. 'close' follows, and whoever holds the socket acts on that.
+    socket.on('error', ignoreSocketError)
+    const upgrade = handler.upgrade
+    if (draining) {
+      endWithProblem(socket, 503, 'PROXY_DRAINING', 'the proxy is shutting down')
+    } else if (upgrade === undefined) {
+      endWithProblem(
+        socket,
+        400,
+        'REQUEST_UPGRADE_REFUSED',
+        'this listener tunnels no upgraded connection',
+      )
+    } else {
+      upgraded.add(socket)
+      socket.once('close', () => upgraded.delete(socket))
+      upgrade(req, socket, head)
+    }
   })
   server.on('tlsClientError', (error: Error) => {
     log.debug('tls handshake failed', { error: error.message })
@@ -397,6 +430,7 @@ export function createListenerServer(
         server.closeIdleConnections()
         for (const [socket, responses] of busy) if (responses.length === 0) socket.destroy()
         for (const connection of fastConnections) connection.drain()
+        for (const socket of upgraded) socket.end()
         hardStop = deps.clock.setTimeout(() => {
           server.closeAllConnections()
           for (const socket of sockets) socket.destroy()

@@ -15,9 +15,11 @@
 //   `*` (server-wide OPTIONS) and authority-form: 400. The path goes through normalizePath.
 // - `TRACE` and `TRACK`: 405. A server answering TRACE echoes the request it received, and that
 //   request carries the credentials the proxy injected for the service.
-// - Any `Upgrade` header (`h2c`, `websocket`, ...): 400. The proxy does not tunnel upgraded
-//   connections, and passing the header through would let a client talk h2c to an upstream
-//   behind the proxy's back. CONNECT never gets here: the listener answers it 405.
+// - Any `Upgrade` header (`h2c`, `websocket`, ...): 400. Passing the header through would let
+//   a client talk h2c to an upstream behind the proxy's back. WebSocket handshakes on routes
+//   that accept them are the exception: node:http hands them to the listener's 'upgrade' event,
+//   checkUpgradeRequest validates them, and the service tunnels them (upstream/tunnel.ts).
+//   CONNECT never gets here: the listener answers it 405.
 // - More headers than `limits.maxHeaders`: 431 (the listener sets `server.maxHeadersCount`
 //   one above the limit so the excess is visible instead of silently dropped).
 // - `Content-Length` above `limits.maxBodyBytes`: 413 before a byte of the body is read (and,
@@ -305,7 +307,11 @@ const refusals = {
   http09: [400, 'REQUEST_INVALID', 'HTTP/0.9 is not supported'],
   trace: [405, 'REQUEST_METHOD_NOT_ALLOWED', 'TRACE and TRACK are not forwarded'],
   headerCount: [431, 'REQUEST_HEADERS_TOO_MANY', 'more header fields than the listener allows'],
-  upgrade: [400, 'REQUEST_UPGRADE_REFUSED', 'the proxy does not tunnel upgraded connections'],
+  upgrade: [
+    400,
+    'REQUEST_UPGRADE_REFUSED',
+    'only WebSocket handshakes (Connection: Upgrade, Upgrade: websocket) to routes that accept them are tunnelled',
+  ],
   hostRepeated: [400, 'REQUEST_HOST_INVALID', 'more than one Host'],
   hostMissing: [400, 'REQUEST_HOST_INVALID', 'Host is required'],
   hostMalformed: [400, 'REQUEST_HOST_INVALID', 'malformed Host'],
@@ -353,10 +359,13 @@ type HeadSource = Pick<
   }
 }
 
+// `websocket`: an `Upgrade: websocket` header is let through (checkUpgradeRequest checks the
+// rest of the handshake); any other Upgrade value is refused as always.
 function validateHead(
   req: HeadSource,
   listener: ListenerConfig,
   ctx: InboundContext,
+  websocket = false,
 ): Head | Refusal {
   const startedAt = ctx.clock.now()
   if (req.httpVersionMajor < 1) return refusals.http09
@@ -373,7 +382,8 @@ function validateHead(
       hostCount++
       hostValue = raw[i + 1] as string
     } else if (name.length === 7 && name.toLowerCase() === 'upgrade') {
-      return refusals.upgrade
+      if (!websocket || (raw[i + 1] as string).trim().toLowerCase() !== 'websocket')
+        return refusals.upgrade
     }
   }
   if (hostCount > 1) return refusals.hostRepeated
@@ -439,6 +449,73 @@ function validateHead(
     deadlineAt: remaining === undefined ? undefined : startedAt + remaining,
     requestId,
     headers,
+  }
+}
+
+/** What {@link checkUpgradeRequest} decided. */
+export type UpgradeCheck =
+  | { readonly ok: true; readonly request: InboundRequest }
+  | {
+      readonly ok: false
+      readonly status: number
+      readonly code: InboundProblemCode
+      readonly detail: string
+    }
+
+const neverAborted = new AbortController().signal
+
+/**
+ * Validates a WebSocket handshake (an `Upgrade` request node:http handed over) with the rules
+ * of {@link readInboundRequest}, except that `Upgrade: websocket` is allowed, plus the
+ * handshake's own: a GET, over HTTP/1.1, without a body (bytes after its head belong to the
+ * WebSocket conversation, so a body would be smuggled into it), and `Upgrade` naming
+ * `websocket` alone. The caller answers a refusal itself (the socket has no ServerResponse).
+ *
+ * @example
+ * ```ts
+ * server.on('upgrade', (req, socket, head) => {
+ *   const check = checkUpgradeRequest(req, listener, ctx)
+ *   if (!check.ok) return endWithProblem(socket, check.status, check.code, check.detail)
+ *   // route check.request.path, then service.tunnel(...)
+ * })
+ * ```
+ */
+export function checkUpgradeRequest(
+  req: IncomingMessage,
+  listener: ListenerConfig,
+  ctx: InboundContext,
+): UpgradeCheck {
+  const head = validateHead(req, listener, ctx, true)
+  if (isRefusal(head)) return { ok: false, status: head[0], code: head[1], detail: head[2] }
+  const refused = (detail: string): UpgradeCheck => ({
+    ok: false,
+    status: 400,
+    code: 'REQUEST_UPGRADE_REFUSED',
+    detail,
+  })
+  const upgrade = req.headers.upgrade
+  if (typeof upgrade !== 'string' || upgrade.trim().toLowerCase() !== 'websocket')
+    return refused('only WebSocket upgrades are tunnelled')
+  if (req.method !== 'GET') return refused('a WebSocket handshake must be a GET request')
+  if (req.httpVersionMajor !== 1 || req.httpVersionMinor !== 1)
+    return refused('a WebSocket handshake must use HTTP/1.1')
+  const length = req.headers['content-length']
+  if ((length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined)
+    return refused('a WebSocket handshake must not have a body')
+  return {
+    ok: true,
+    request: {
+      method: head.method,
+      path: head.path,
+      query: head.query,
+      headers: head.headers,
+      host: head.host,
+      requestId: head.requestId,
+      deadlineAt: head.deadlineAt,
+      body: undefined,
+      signal: neverAborted,
+      startedAt: head.startedAt,
+    },
   }
 }
 

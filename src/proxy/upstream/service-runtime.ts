@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import type { Duplex } from 'node:stream'
 import { Pool } from 'undici'
 import type { Clock, TimerHandle } from '../../core/clock.js'
 import type { ErrorCode } from '../../core/error-codes.js'
@@ -26,6 +27,8 @@ import type {
   ServiceConfig,
   ServiceRuntime,
   ServiceState,
+  TunnelOutcome,
+  TunnelRequest,
 } from '../contracts.js'
 import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
 import { ServiceBreaker } from './breaker.js'
@@ -34,6 +37,8 @@ import { type Discovery, type DnsResolver, startDiscovery } from './discovery.js
 import { type Endpoint, EndpointSet, type UpstreamPool } from './endpoints.js'
 import { Http1Pool } from './http1-pool.js'
 import { type UpstreamMetrics, upstreamMetrics } from './metrics.js'
+import { problemDetail, statusFor } from './problems.js'
+import { openTunnel } from './tunnel.js'
 
 /** Options of {@link createServiceRuntime} beyond the service's config. */
 export interface ServiceRuntimeOptions {
@@ -390,6 +395,10 @@ class UpstreamServiceRuntime implements UpstreamService {
     return call.start()
   }
 
+  tunnel(req: TunnelRequest, client: Duplex, head: Buffer): Promise<TunnelOutcome> {
+    return openTunnel(this.#core, req, client, head)
+  }
+
   async exchange(req: ForwardRequest, maxBytes: number): Promise<CapturedResponse> {
     const outcome = await new ForwardCall(this.#core, req, undefined, Math.max(0, maxBytes)).start()
     if (outcome.captured !== undefined && outcome.error === undefined) return outcome.captured
@@ -442,38 +451,6 @@ class UpstreamServiceRuntime implements UpstreamService {
 // ---------------------------------------------------------------------------------------------
 // One forwarded request and its attempts
 // ---------------------------------------------------------------------------------------------
-
-const statusFor: Partial<Record<ErrorCode, number>> = {
-  BROKEN_CIRCUIT: 503,
-  ISOLATED_CIRCUIT: 503,
-  BULKHEAD_FULL: 503,
-  UPSTREAM_NO_ENDPOINTS: 503,
-  UPSTREAM_CONNECT_FAILED: 502,
-  UPSTREAM_RESET: 502,
-  UPSTREAM_TIMEOUT: 504,
-  DEADLINE_EXCEEDED: 504,
-}
-
-function problemDetail(code: ErrorCode, service: string): string {
-  switch (code) {
-    case 'BROKEN_CIRCUIT':
-      return `The circuit breaker of service ${service} is open.`
-    case 'ISOLATED_CIRCUIT':
-      return `Service ${service} is isolated by an operator.`
-    case 'BULKHEAD_FULL':
-      return `Service ${service} has no free slot and no free queue place.`
-    case 'UPSTREAM_NO_ENDPOINTS':
-      return `Service ${service} has no endpoints.`
-    case 'UPSTREAM_CONNECT_FAILED':
-      return `Could not connect to service ${service}.`
-    case 'UPSTREAM_TIMEOUT':
-      return `Service ${service} did not answer in time.`
-    case 'DEADLINE_EXCEEDED':
-      return `The deadline passed before service ${service} answered.`
-    default:
-      return `The connection to service ${service} closed before its response was complete.`
-  }
-}
 
 const phaseConnect = 0
 const phaseHead = 1

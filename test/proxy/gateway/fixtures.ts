@@ -3,6 +3,7 @@
 // integration tests use the real runtime from src/proxy/upstream).
 
 import type { ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
 import type {
   CapturedResponse,
   ForwardOptions,
@@ -14,6 +15,8 @@ import type {
   ServiceRuntime,
   ServiceState,
   ShadowConfig,
+  TunnelOutcome,
+  TunnelRequest,
 } from '../../../src/proxy/contracts.js'
 
 /** A route config with loader-like defaults; `overrides` replace whole fields. */
@@ -77,8 +80,8 @@ export function jsonResponse(
 
 /**
  * An in-memory ServiceRuntime for unit tests of the shadow runner: `exchange` answers from
- * `answer` (which may return a promise to hold the call open). `forward` is not used by those
- * tests and rejects.
+ * `answer` (which may return a promise to hold the call open). `forward` and `tunnel` are not used
+ * by those tests and reject.
  */
 export class FakeService implements ServiceRuntime {
   readonly name: string
@@ -103,6 +106,10 @@ export class FakeService implements ServiceRuntime {
     _options?: ForwardOptions,
   ): Promise<ForwardOutcome> {
     return Promise.reject(new Error('FakeService.forward is not used by unit tests'))
+  }
+
+  tunnel(_req: TunnelRequest, _client: Duplex, _head: Buffer): Promise<TunnelOutcome> {
+    return Promise.reject(new Error('FakeService.tunnel is not used by unit tests'))
   }
 
   async exchange(req: ForwardRequest, _maxBytes: number): Promise<CapturedResponse> {

@@ -124,6 +124,7 @@ export function recordingService(name: string): RecordingService {
       })
     },
     exchange: () => Promise.reject(new Error('not used')),
+    tunnel: () => Promise.reject(new Error('not used')),
     state: () => ({
       name,
       breaker: 'disabled',

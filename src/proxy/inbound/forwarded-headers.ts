@@ -1,0 +1,44 @@
+// The headers a gateway adds to what it forwards (X-Forwarded-*), and drops from it (client
+// claims of another address, method-override headers). Shared by forwarded requests and
+// WebSocket handshakes.
+
+import type { IncomingMessage } from 'node:http'
+import type { InboundRequest } from './request.js'
+
+// Headers through which a client could claim another address, scheme or host; dropped unless
+// the listener trusts what is in front of it.
+const clientClaims = ['forwarded', 'x-real-ip'] as const
+// Headers through which frameworks (Express method-override, Rails, Spring's filter, ...) let a
+// request stand for another method: on a route chosen by method they would undo the choice.
+const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-override'] as const
+
+/**
+ * The inbound headers with `X-Forwarded-For` (the client address appended), `X-Forwarded-Proto`
+ * and `X-Forwarded-Host` for the service. Untrusted (the default): the client's own copies of
+ * those, of `Forwarded` and of `X-Real-IP` are discarded and the three are set from the
+ * connection and the validated `Host`, so an app that reads them can believe them. Trusted (a
+ * listener behind a load balancer that sets them): the address is appended to the chain, and
+ * Proto / Host are set only when absent. On a route that matches on methods, method-override
+ * headers are dropped, so the app runs the method the route admitted.
+ */
+export function forwardedHeaders(
+  inbound: InboundRequest,
+  req: IncomingMessage,
+  scheme: string,
+  trusted: boolean,
+  methodRoute: boolean,
+): Record<string, string | string[]> {
+  const headers = { ...inbound.headers }
+  const client = req.socket.remoteAddress ?? ''
+  const chain = trusted ? headers['x-forwarded-for'] : undefined
+  const previous = chain === undefined ? '' : typeof chain === 'string' ? chain : chain.join(', ')
+  headers['x-forwarded-for'] = previous.trim() === '' ? client : `${previous}, ${client}`
+  if (!trusted || headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = scheme
+  if (!trusted || headers['x-forwarded-host'] === undefined)
+    headers['x-forwarded-host'] = inbound.host
+  if (!trusted) for (const name of clientClaims) delete headers[name]
+  if (methodRoute) for (const name of methodOverrides) delete headers[name]
+  // Only the headers are new: a copy of the inbound request would read (and so create) its
+  // lazy signal.
+  return headers
+}

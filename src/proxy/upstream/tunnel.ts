@@ -1,0 +1,417 @@
+// WebSocket tunnels: the upstream half of an `Upgrade: websocket` request a gateway route
+// accepted. The handshake goes to one endpoint of the service under the service's policies, and
+// once the endpoint answers 101 the proxy stops speaking HTTP on both connections and copies
+// bytes both ways until either side ends.
+//
+// Decisions:
+// - One attempt, never retried: a handshake the endpoint may have received is not sent again,
+//   and WebSocket clients reconnect by themselves.
+// - The breaker admits the handshake and counts its outcome (a connect error, a reset, a
+//   timeout or a status in `retry.retryOnStatus` is a failure; 101 or any other answer is a
+//   success), as does outlier ejection. What happens later inside the tunnel is not counted:
+//   the breaker judges whether the service answers, not how long its conversations last.
+// - Timeouts: `timeouts.connectMs` to connect (TLS included), then `timeouts.readMs` for the
+//   answer, both on the service's clock. `overallMs` and the deadline header do not apply: a
+//   tunnel lives as long as its conversation.
+// - The bulkhead does not count tunnels: one long-lived WebSocket would hold a slot for hours
+//   and starve short requests. The listener's `maxConnections` bounds them.
+// - An answer other than 101 (401, 404, 503, ...) is passed to the client as an ordinary
+//   response with `Connection: close` (hop-by-hop headers removed) and the connection ends.
+// - The tunnel ends when either side ends or fails, when no byte has passed either way for
+//   the route's `idleTimeoutMs`, or when the listener drains.
+
+import { type ClientRequest, request as httpRequest, type IncomingMessage } from 'node:http'
+import { request as httpsRequest } from 'node:https'
+import type { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
+import type { Clock, TimerHandle } from '../../core/clock.js'
+import type { ErrorCode } from '../../core/error-codes.js'
+import type { ServiceConfig, TunnelEnd, TunnelOutcome, TunnelRequest } from '../contracts.js'
+import { connectionNamedHeaders, HOP_BY_HOP_HEADERS, isHopByHop } from '../hop-by-hop.js'
+import { endWithProblem } from '../inbound/raw-response.js'
+import type { ServiceBreaker } from './breaker.js'
+import type { OutboundAuth, TlsMaterial } from './credentials.js'
+import type { Endpoint, EndpointSet } from './endpoints.js'
+import { problemDetail, statusFor } from './problems.js'
+
+/** What a tunnel needs of its service: the service runtime's shared state. */
+export interface TunnelService {
+  readonly name: string
+  readonly config: ServiceConfig
+  readonly clock: Clock
+  readonly endpoints: EndpointSet
+  readonly breaker: ServiceBreaker
+  readonly auth: OutboundAuth | undefined
+  readonly tls: TlsMaterial | undefined
+  readonly connectMs: number
+  readonly readMs: number
+  /** retryStatus[status] = 1 for statuses counted as failures. */
+  readonly retryStatus: Uint8Array
+  readonly deadlineHeader: string
+  readonly closed: boolean
+  /** Pending until discovery's first answer. */
+  readonly discovering: Promise<void> | undefined
+}
+
+// Request headers the tunnel sets itself.
+const setByTunnel: ReadonlySet<string> = new Set(['host', 'content-length', 'x-request-id'])
+
+/**
+ * Sends the handshake of `request` to an endpoint of `service` and, on 101, joins `client` to
+ * the endpoint's connection (`head`: bytes the client sent after its request head). Resolves
+ * once the handshake is decided; `outcome.ended` settles when both connections are closed.
+ * Never rejects: a failure is answered to the client as a problem (502/503/504).
+ */
+export function openTunnel(
+  service: TunnelService,
+  request: TunnelRequest,
+  client: Duplex,
+  head: Buffer,
+): Promise<TunnelOutcome> {
+  if (service.endpoints.all.length === 0 && service.discovering !== undefined && !service.closed) {
+    // The first DNS answer is not in yet.
+    return service.discovering.then(() => new Handshake(service, request, client, head).start())
+  }
+  return new Handshake(service, request, client, head).start()
+}
+
+class Handshake {
+  readonly service: TunnelService
+  readonly request: TunnelRequest
+  readonly client: Duplex
+  readonly head: Buffer
+  resolve!: (outcome: TunnelOutcome) => void
+  endpoint: Endpoint | undefined
+  epoch = -1
+  upstream: ClientRequest | undefined
+  timer: TimerHandle | undefined
+  connected = false
+  timedOut = false
+  decided = false
+  readonly onClientGone = (): void => this.clientGone()
+  constructor(service: TunnelService, request: TunnelRequest, client: Duplex, head: Buffer) {
+    this.service = service
+    this.request = request
+    this.client = client
+    this.head = head
+  }
+
+  start(): Promise<TunnelOutcome> {
+    const promise = new Promise<TunnelOutcome>((resolve) => {
+      this.resolve = resolve
+    })
+    const service = this.service
+    if (this.client.destroyed) {
+      this.settle(499, 'ABORTED', closedNow())
+      return promise
+    }
+    const endpoint = service.closed ? undefined : service.endpoints.pick()
+    if (endpoint === undefined) {
+      this.refuse('UPSTREAM_NO_ENDPOINTS')
+      return promise
+    }
+    const epoch = service.breaker.admit()
+    if (epoch < 0) {
+      this.refuse(service.breaker.state === 'isolated' ? 'ISOLATED_CIRCUIT' : 'BROKEN_CIRCUIT')
+      return promise
+    }
+    this.endpoint = endpoint
+    this.epoch = epoch
+    endpoint.inFlight++
+    this.watchClient(true)
+    this.connect(endpoint)
+    return promise
+  }
+
+  connect(endpoint: Endpoint): void {
+    const service = this.service
+    const request = this.request
+    const headers: Record<string, string | string[]> = {}
+    const auth = service.auth
+    for (const name in request.headers) {
+      if (setByTunnel.has(name) || HOP_BY_HOP_HEADERS.has(name)) continue
+      if (name === service.deadlineHeader || (auth !== undefined && name === auth.header)) continue
+      headers[name] = request.headers[name] as string | string[]
+    }
+    headers.host = service.config.rewriteHost ? endpoint.hostHeader : request.host
+    headers['x-request-id'] = request.requestId
+    if (auth?.value !== undefined) headers[auth.header] = auth.value
+    headers.connection = 'Upgrade'
+    headers.upgrade = 'websocket'
+    const url = new URL(endpoint.url)
+    const options = {
+      // URL keeps an IPv6 literal's brackets; the socket wants the address alone.
+      host: url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname,
+      port: url.port === '' ? (endpoint.https ? 443 : 80) : Number(url.port),
+      method: 'GET',
+      path: request.target,
+      headers,
+      setHost: false,
+      agent: false,
+    }
+    let upstream: ClientRequest
+    try {
+      upstream = endpoint.https
+        ? httpsRequest({
+            ...options,
+            ...(service.tls?.connectOptions(endpoint.servername) ??
+              (endpoint.servername === undefined ? {} : { servername: endpoint.servername })),
+          })
+        : httpRequest(options)
+    } catch (error) {
+      // Options node refuses outright (a bad header value); nothing was sent.
+      this.fail('UPSTREAM_CONNECT_FAILED', error as Error)
+      return
+    }
+    this.upstream = upstream
+    this.arm(service.connectMs)
+    upstream.once('socket', (socket: Socket) => {
+      socket.setNoDelay(true)
+      socket.once(endpoint.https ? 'secureConnect' : 'connect', () => {
+        if (this.decided) return
+        this.connected = true
+        this.arm(service.readMs)
+      })
+    })
+    upstream.once('upgrade', (res: IncomingMessage, socket: Socket, upstreamHead: Buffer) =>
+      this.upgraded(res, socket, upstreamHead),
+    )
+    upstream.once('response', (res: IncomingMessage) => this.answered(res))
+    upstream.on('error', (error: Error) => {
+      if (this.decided) return
+      this.fail(
+        this.timedOut
+          ? 'UPSTREAM_TIMEOUT'
+          : this.connected
+            ? 'UPSTREAM_RESET'
+            : 'UPSTREAM_CONNECT_FAILED',
+        error,
+      )
+    })
+    upstream.end()
+  }
+
+  /** Starts (or stops) watching the client while the handshake is undecided. */
+  watchClient(on: boolean): void {
+    const client = this.client
+    if (on) {
+      client.once('close', this.onClientGone)
+      client.once('end', this.onClientGone)
+    } else {
+      client.off('close', this.onClientGone)
+      client.off('end', this.onClientGone)
+    }
+  }
+
+  arm(ms: number): void {
+    const clock = this.service.clock
+    if (this.timer !== undefined) clock.clearTimeout(this.timer)
+    this.timer = clock.setTimeout(() => {
+      this.timer = undefined
+      if (this.decided) return
+      this.timedOut = true
+      // 'error' follows, and reports UPSTREAM_TIMEOUT.
+      this.upstream?.destroy(new Error('upstream timeout'))
+    }, ms)
+  }
+
+  /** The endpoint switched protocols: join the two connections. */
+  upgraded(res: IncomingMessage, upstream: Socket, upstreamHead: Buffer): void {
+    if (this.decided) {
+      upstream.destroy()
+      return
+    }
+    this.record(false)
+    const client = this.client
+    this.watchClient(false)
+    if (client.destroyed) {
+      upstream.destroy()
+      this.settle(499, 'ABORTED', closedNow())
+      return
+    }
+    let text = `HTTP/1.1 101 ${res.statusMessage || 'Switching Protocols'}\r\n`
+    const raw = res.rawHeaders
+    for (let i = 0; i < raw.length; i += 2) text += `${raw[i]}: ${raw[i + 1]}\r\n`
+    client.write(`${text}\r\n`)
+    if (upstreamHead.length > 0) client.write(upstreamHead)
+    if (this.head.length > 0) upstream.write(this.head)
+    const ended = join(client, upstream, this.service.clock, this.request.idleTimeoutMs)
+    this.settle(101, undefined, ended)
+  }
+
+  /** The endpoint answered without switching: pass the answer on and end the connection. */
+  answered(res: IncomingMessage): void {
+    if (this.decided) {
+      res.destroy()
+      return
+    }
+    const status = res.statusCode ?? 502
+    this.record(this.service.retryStatus[status] === 1)
+    const client = this.client
+    this.watchClient(false)
+    const named = connectionNamedHeaders(res.headers.connection)
+    let text = `HTTP/1.1 ${status} ${res.statusMessage ?? ''}\r\n`
+    const raw = res.rawHeaders
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = (raw[i] as string).toLowerCase()
+      // The body is sent as it arrives and ends with the connection.
+      if (isHopByHop(name, named) || name === 'content-length') continue
+      text += `${raw[i]}: ${raw[i + 1]}\r\n`
+    }
+    client.write(`${text}connection: close\r\n\r\n`)
+    const ended = new Promise<TunnelEnd>((resolve) => {
+      const done = (reason: TunnelEnd['reason']): void => {
+        resolve({ reason, bytesIn: bytesRead(client), bytesOut: bytesWritten(client) })
+      }
+      res.on('error', () => client.destroy())
+      client.once('close', () => {
+        res.destroy()
+        done('closed')
+      })
+      res.pipe(client)
+    })
+    this.settle(status, undefined, ended)
+  }
+
+  fail(code: ErrorCode, _error: Error): void {
+    if (this.decided) return
+    this.record(true)
+    this.upstream?.destroy()
+    this.watchClient(false)
+    this.refuse(code)
+  }
+
+  /** Answers the client with the proxy's own problem for `code`. */
+  refuse(code: ErrorCode): void {
+    const service = this.service
+    const status = statusFor[code] ?? 502
+    const headers: Record<string, string> = {}
+    if (code === 'BROKEN_CIRCUIT')
+      headers['retry-after'] = String(Math.max(1, Math.ceil(service.breaker.retryAfterMs() / 1000)))
+    endWithProblem(this.client, status, code, problemDetail(code, service.name), {
+      headers,
+      fields: { service: service.name },
+    })
+    this.settle(status, code, closedWith(this.client))
+  }
+
+  clientGone(): void {
+    if (this.decided) return
+    this.watchClient(false)
+    this.client.destroy()
+    // Neither a success nor a failure of the service.
+    this.record(undefined)
+    this.upstream?.destroy()
+    this.settle(499, 'ABORTED', closedNow())
+  }
+
+  /** Reports the handshake's outcome to the breaker and outlier ejection, once. */
+  record(failed: boolean | undefined): void {
+    const endpoint = this.endpoint
+    if (endpoint === undefined || this.epoch < 0) return
+    const service = this.service
+    service.breaker.record(this.epoch, failed)
+    if (failed === true) service.endpoints.failure(endpoint)
+    else if (failed === false) service.endpoints.success(endpoint)
+    endpoint.inFlight--
+    this.epoch = -1
+  }
+
+  settle(status: number, error: string | undefined, ended: Promise<TunnelEnd>): void {
+    if (this.decided) return
+    this.decided = true
+    if (this.timer !== undefined) {
+      this.service.clock.clearTimeout(this.timer)
+      this.timer = undefined
+    }
+    this.resolve({ status, error, endpoint: this.endpoint?.url, ended })
+  }
+}
+
+function bytesRead(socket: Duplex): number {
+  return (socket as Partial<Socket>).bytesRead ?? 0
+}
+
+function bytesWritten(socket: Duplex): number {
+  return (socket as Partial<Socket>).bytesWritten ?? 0
+}
+
+function closedNow(): Promise<TunnelEnd> {
+  return Promise.resolve({ reason: 'closed', bytesIn: 0, bytesOut: 0 })
+}
+
+function closedWith(client: Duplex): Promise<TunnelEnd> {
+  return new Promise<TunnelEnd>((resolve) => {
+    const done = (): void =>
+      resolve({ reason: 'closed', bytesIn: bytesRead(client), bytesOut: bytesWritten(client) })
+    if (client.destroyed) done()
+    else client.once('close', done)
+  })
+}
+
+/**
+ * Copies bytes both ways between `client` and `upstream` (each side's end is passed on, so a
+ * half-close reaches the other side), ends both when either fails or closes, or when nothing
+ * has passed for `idleTimeoutMs` on `clock`. Settles when both are closed.
+ */
+function join(
+  client: Duplex,
+  upstream: Socket,
+  clock: Clock,
+  idleTimeoutMs: number,
+): Promise<TunnelEnd> {
+  let lastActive = clock.now()
+  let reason: TunnelEnd['reason'] | undefined
+  let timer: TimerHandle | undefined
+  const touch = (): void => {
+    lastActive = clock.now()
+  }
+  const stop = (why: TunnelEnd['reason']): void => {
+    reason ??= why
+    if (timer !== undefined) {
+      clock.clearTimeout(timer)
+      timer = undefined
+    }
+    client.destroy()
+    upstream.destroy()
+  }
+  // The timer fires at most once per idle period; traffic in between only moves lastActive.
+  const check = (): void => {
+    timer = undefined
+    const idleFor = clock.now() - lastActive
+    if (idleFor >= idleTimeoutMs) stop('idle')
+    else timer = clock.setTimeout(check, idleTimeoutMs - idleFor)
+  }
+  timer = clock.setTimeout(check, idleTimeoutMs)
+  client.on('data', touch)
+  upstream.on('data', touch)
+  // 'close' follows an error; the other side is ended there.
+  client.on('error', () => stop('error'))
+  upstream.on('error', () => stop('error'))
+  client.pipe(upstream)
+  upstream.pipe(client)
+  let open = 2
+  return new Promise<TunnelEnd>((resolve) => {
+    const closed = (): void => {
+      if (--open === 1) {
+        // One side is gone: the other is ended, not destroyed, so what is still queued for it
+        // (a close frame) goes out first. The idle timer stays armed for a peer that never
+        // closes its half.
+        if (!client.destroyed) client.end()
+        if (!upstream.destroyed) upstream.end()
+        return
+      }
+      if (timer !== undefined) {
+        clock.clearTimeout(timer)
+        timer = undefined
+      }
+      resolve({
+        reason: reason ?? 'closed',
+        bytesIn: bytesRead(client),
+        bytesOut: bytesWritten(client),
+      })
+    }
+    client.once('close', closed)
+    upstream.once('close', closed)
+  })
+}

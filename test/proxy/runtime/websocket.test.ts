@@ -1,0 +1,388 @@
+// WebSocket tunnels through a gateway route, end to end: a real client (undici), the proxy as
+// users run it (startProxy from YAML) and real upstream servers (ws). Timeouts run on an
+// injected clock.
+import { connect, createServer, type Socket } from 'node:net'
+import { afterEach, describe, expect, it } from 'vitest'
+import { createJsonLogger } from '../../../src/observability/logger.js'
+import { ConfigInvalidError } from '../../../src/proxy/config/index.js'
+import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
+import { ManualClock } from '../../../src/testing/index.js'
+import { freeLoopbackPort, listenOnLoopback } from '../../support/loopback.js'
+import { until } from '../../support/until.js'
+import { createTestCerts } from '../support/certs.js'
+import { captureLog } from './helpers.js'
+import { connectWs, rawHandshake, startWsUpstream, type WsUpstream } from './websocket-helpers.js'
+
+let proxy: RunningProxy | undefined
+const upstreams: WsUpstream[] = []
+const cleanups: (() => Promise<void> | void)[] = []
+const quiet = createJsonLogger({ level: 'silent' })
+
+afterEach(async () => {
+  await proxy?.close(0)
+  proxy = undefined
+  for (const upstream of upstreams.splice(0)) await upstream.close()
+  for (const cleanup of cleanups.splice(0)) await cleanup()
+})
+
+async function upstream(
+  name: string,
+  options: Parameters<typeof startWsUpstream>[1] = {},
+): Promise<WsUpstream> {
+  const started = await startWsUpstream(name, options)
+  upstreams.push(started)
+  return started
+}
+
+function yaml(
+  services: Record<string, string>,
+  options: { route?: string; extra?: string; service?: string } = {},
+): string {
+  const lines = Object.entries(services).map(
+    ([name, url]) => `  ${name}: { endpoints: [${url}]${options.service ?? ''} }`,
+  )
+  const first = Object.keys(services)[0]
+  return `
+services:
+${lines.join('\n')}
+listeners:
+  - { name: out, role: ambassador, port: 0 }
+  - name: in
+    role: gateway
+    port: 0
+    routes:
+      - name: chat
+        match: { prefix: /chat }
+        targets: [{ service: ${first}, weight: 1 }]
+        websocket: true
+${options.route ?? ''}
+      - { name: rest, match: { prefix: / }, targets: [{ service: ${first} }] }
+drainTimeoutMs: 600000
+${options.extra ?? ''}
+`
+}
+
+function wsUrl(path: string): string {
+  return `ws://127.0.0.1:${proxy?.address('in').port}${path}`
+}
+
+describe('WebSocket tunnels', () => {
+  it('carries text, binary, the subprotocol and the close frame between client and upstream', async () => {
+    const legacy = await upstream('legacy')
+    const log = captureLog()
+    proxy = await startProxy({
+      config: yaml({ legacy: legacy.url }),
+      logger: createJsonLogger({ output: log }),
+    })
+    const client = await connectWs(wsUrl('/chat/room-1?user=7'), ['v2.chat'])
+    expect(client.socket.protocol).toBe('v2.chat')
+    client.socket.send('hello')
+    expect(await client.next()).toBe('legacy:hello')
+    const bytes = Buffer.from([0, 1, 2, 250, 255])
+    client.socket.send(bytes)
+    expect(await client.next()).toEqual(bytes)
+    // The upstream speaks first too: the tunnel is not request-response.
+    legacy.broadcast('pushed')
+    expect(await client.next()).toBe('pushed')
+
+    const seen = legacy.seen[0]
+    expect(seen?.url).toBe('/chat/room-1?user=7')
+    expect(seen?.headers['x-forwarded-for']).toBe('127.0.0.1')
+    expect(seen?.headers['x-forwarded-proto']).toBe('http')
+    expect(seen?.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/)
+    expect(seen?.headers.host).toBe(new URL(legacy.url).host)
+
+    const metrics = await proxy.metricsText()
+    expect(metrics).toContain('breakwater_proxy_tunnels_open{listener="in",route="chat"} 1')
+    expect(metrics).toContain(
+      'breakwater_proxy_route_requests_total{listener="in",route="chat",service="legacy",status="101"} 1',
+    )
+
+    client.socket.close(4001, 'bye')
+    expect(await client.closed).toBe(4001)
+    await until(() => legacy.closes.length === 1, 'the close frame at the upstream')
+    expect(legacy.closes[0]).toEqual({ code: 4001, reason: 'bye' })
+    await until(
+      () => log.lines().some((l) => l.msg === 'access' && l.status === 101),
+      'the tunnel access line',
+    )
+    const access = log.lines().find((l) => l.msg === 'access' && l.status === 101)
+    expect(access).toMatchObject({
+      route: 'chat',
+      service: 'legacy',
+      path: '/chat/room-1',
+      tunnelEnd: 'closed',
+    })
+    expect(access?.bytesIn).toBeGreaterThan(0)
+    expect(access?.bytesOut).toBeGreaterThan(0)
+    await until(async () => {
+      const text = await proxy?.metricsText()
+      return text?.includes('breakwater_proxy_tunnels_open{listener="in",route="chat"} 0') === true
+    }, 'the open tunnel gauge back at 0')
+  })
+
+  it('routes handshakes by the current split, and a switch leaves open tunnels where they are', async () => {
+    const legacy = await upstream('legacy')
+    const modern = await upstream('modern')
+    proxy = await startProxy({
+      config: yaml(
+        { legacy: legacy.url, modern: modern.url },
+        { route: '        stripPrefix: /chat' },
+      ),
+      logger: quiet,
+    })
+    const first = await connectWs(wsUrl('/chat/a'))
+    proxy.switchRoute('chat', [{ service: 'modern', weight: 1 }])
+    const second = await connectWs(wsUrl('/chat/b'))
+    first.socket.send('x')
+    second.socket.send('y')
+    expect(await first.next()).toBe('legacy:x')
+    expect(await second.next()).toBe('modern:y')
+    expect(legacy.seen.map((s) => s.url)).toEqual(['/a'])
+    expect(modern.seen.map((s) => s.url)).toEqual(['/b'])
+    expect(proxy.routes().find((r) => r.name === 'chat')?.requestsByService).toEqual({
+      legacy: 1,
+      modern: 1,
+    })
+    first.socket.close()
+    second.socket.close()
+    await Promise.all([first.closed, second.closed])
+  })
+
+  it('refuses upgrades a route does not accept, and malformed handshakes, naming the rule', async () => {
+    const legacy = await upstream('legacy')
+    proxy = await startProxy({ config: yaml({ legacy: legacy.url }), logger: quiet })
+    const port = proxy.address('in').port
+    const off = await rawHandshake(port, '/other')
+    expect(off.status).toBe(400)
+    expect(off.headers.connection).toBe('close')
+    expect(JSON.parse(off.body)).toMatchObject({
+      code: 'REQUEST_UPGRADE_REFUSED',
+      detail: 'route rest does not accept WebSocket upgrades',
+    })
+    const post = await rawHandshake(port, '/chat', { method: 'POST' })
+    expect(JSON.parse(post.body)).toMatchObject({
+      status: 400,
+      code: 'REQUEST_UPGRADE_REFUSED',
+      detail: 'a WebSocket handshake must be a GET request',
+    })
+    const h2c = await rawHandshake(port, '/chat', { headers: { upgrade: 'h2c' } })
+    expect(JSON.parse(h2c.body)).toMatchObject({ code: 'REQUEST_UPGRADE_REFUSED' })
+    const body = await rawHandshake(port, '/chat', { headers: { 'content-length': '5' } })
+    expect(JSON.parse(body.body)).toMatchObject({
+      detail: 'a WebSocket handshake must not have a body',
+    })
+    const dotDot = await rawHandshake(port, '/chat/../../x')
+    expect(JSON.parse(dotDot.body)).toMatchObject({ code: 'REQUEST_PATH_INVALID' })
+    const ambassador = await rawHandshake(proxy.address('out').port, '/legacy/chat')
+    expect(ambassador.status).toBe(400)
+    expect(JSON.parse(ambassador.body)).toMatchObject({ code: 'REQUEST_UPGRADE_REFUSED' })
+    expect(legacy.seen).toEqual([])
+  })
+
+  it('tunnels wss to wss: TLS on both sides, the client certificate and credentials of the service', async () => {
+    const certs = createTestCerts()
+    cleanups.push(() => certs.cleanup())
+    const secure = await upstream('secure', {
+      tls: { cert: certs.server.cert, key: certs.server.key, ca: certs.ca.cert },
+    })
+    process.env.BREAKWATER_WS_TEST_TOKEN = 'upstream-secret'
+    cleanups.push(() => {
+      delete process.env.BREAKWATER_WS_TEST_TOKEN
+    })
+    const config = yaml(
+      { secure: secure.url },
+      {
+        service: `, tls: { caFile: ${certs.ca.certFile}, certFile: ${certs.client.certFile}, keyFile: ${certs.client.keyFile} }, auth: { bearer: { env: BREAKWATER_WS_TEST_TOKEN } }`,
+      },
+    ).replace(
+      '    role: gateway\n    port: 0\n',
+      `    role: gateway\n    port: 0\n    tls: { certFile: ${certs.server.certFile}, keyFile: ${certs.server.keyFile} }\n`,
+    )
+    proxy = await startProxy({ config, logger: quiet })
+    const client = await connectWs(
+      `wss://127.0.0.1:${proxy.address('in').port}/chat`,
+      [],
+      certs.ca.cert,
+    )
+    client.socket.send('over tls')
+    expect(await client.next()).toBe('secure:over tls')
+    expect(secure.seen[0]?.headers.authorization).toBe('Bearer upstream-secret')
+    expect(secure.seen[0]?.headers['x-forwarded-proto']).toBe('https')
+    client.socket.close()
+    await client.closed
+  })
+
+  it("passes an upstream's refusal on as an ordinary response", async () => {
+    const legacy = await upstream('legacy', { refuse: 401 })
+    proxy = await startProxy({ config: yaml({ legacy: legacy.url }), logger: quiet })
+    const answer = await rawHandshake(proxy.address('in').port, '/chat')
+    expect(answer.status).toBe(401)
+    expect(answer.headers.connection).toBe('close')
+    expect(answer.body).toBe('Refused by the upstream')
+  })
+
+  it('answers 502 for an endpoint that refuses connections, then 503 once the breaker opens', async () => {
+    const dead = `http://127.0.0.1:${await freeLoopbackPort()}`
+    proxy = await startProxy({
+      config: yaml(
+        { ghost: dead },
+        { service: ', circuitBreaker: { failureThreshold: 2, cooldownMs: 60000 }' },
+      ),
+      logger: quiet,
+    })
+    const port = proxy.address('in').port
+    for (let i = 0; i < 2; i++) {
+      const answer = await rawHandshake(port, '/chat')
+      expect(answer.status).toBe(502)
+      expect(JSON.parse(answer.body)).toMatchObject({
+        code: 'UPSTREAM_CONNECT_FAILED',
+        service: 'ghost',
+      })
+    }
+    const open = await rawHandshake(port, '/chat')
+    expect(open.status).toBe(503)
+    expect(open.headers['retry-after']).toBe('60')
+    expect(JSON.parse(open.body)).toMatchObject({ code: 'BROKEN_CIRCUIT' })
+    expect(proxy.services().find((s) => s.name === 'ghost')?.breaker).toBe('open')
+  })
+
+  it('answers 504 when the endpoint accepts but does not answer within readMs (clock-driven)', async () => {
+    const accepted: Socket[] = []
+    const silent = createServer((socket) => {
+      accepted.push(socket)
+    })
+    const port = await listenOnLoopback(silent)
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const socket of accepted) socket.destroy()
+          silent.close(() => resolve())
+        }),
+    )
+    const clock = new ManualClock(Date.now())
+    proxy = await startProxy({
+      config: yaml(
+        { mute: `http://127.0.0.1:${port}` },
+        { service: ', timeouts: { connectMs: 1000, readMs: 5000 }' },
+      ),
+      logger: quiet,
+      clock,
+    })
+    const answer = rawHandshake(proxy.address('in').port, '/chat')
+    await until(() => accepted.length === 1, 'the connection at the silent endpoint')
+    await clock.advance(4_999)
+    let settled = false
+    void answer.then(() => {
+      settled = true
+    })
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(settled).toBe(false)
+    await clock.advance(1)
+    const result = await answer
+    expect(result.status).toBe(504)
+    expect(JSON.parse(result.body)).toMatchObject({ code: 'UPSTREAM_TIMEOUT' })
+  })
+
+  it('survives a client that resets during the handshake, and closes the upstream connection', async () => {
+    const accepted: Socket[] = []
+    const silent = createServer((socket) => {
+      accepted.push(socket)
+      socket.on('error', () => {})
+      // Reads (and drops) what comes, so it sees the proxy's side close.
+      socket.resume()
+    })
+    const port = await listenOnLoopback(silent)
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const socket of accepted) socket.destroy()
+          silent.close(() => resolve())
+        }),
+    )
+    proxy = await startProxy({
+      config: yaml({ mute: `http://127.0.0.1:${port}` }),
+      logger: quiet,
+    })
+    const client = connect(proxy.address('in').port, '127.0.0.1')
+    client.on('error', () => {})
+    client.write(
+      'GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+    )
+    await until(() => accepted.length === 1, 'the handshake at the endpoint')
+    client.resetAndDestroy()
+    await until(() => accepted[0]?.destroyed === true, 'the upstream connection closed')
+    // Still serving, and the reset did not count against the service.
+    const answer = await rawHandshake(proxy.address('in').port, '/nothing-here', {
+      headers: { upgrade: 'h2c' },
+    })
+    expect(answer.status).toBe(400)
+    expect(proxy.services()[0]?.endpoints[0]?.consecutiveFailures).toBe(0)
+  })
+
+  it('closes a tunnel idle for idleTimeoutMs, and keeps one with traffic open (clock-driven)', async () => {
+    const legacy = await upstream('legacy')
+    const clock = new ManualClock(Date.now())
+    proxy = await startProxy({
+      config: yaml(
+        { legacy: legacy.url },
+        {
+          route:
+            '      - { name: quiet, match: { prefix: /quiet }, targets: [{ service: legacy }], websocket: { idleTimeoutMs: 10000 } }',
+        },
+      ).replace('websocket: true\n', 'websocket: { idleTimeoutMs: 10000 }\n'),
+      logger: quiet,
+      clock,
+    })
+    const busy = await connectWs(wsUrl('/chat'))
+    const idle = await connectWs(wsUrl('/quiet'))
+    await clock.advance(6_000)
+    busy.socket.send('still here')
+    expect(await busy.next()).toBe('legacy:still here')
+    await clock.advance(4_000)
+    // 10 s without a byte on `idle`; `busy` had traffic 4 s ago.
+    expect(await idle.closed).toBe(1006)
+    busy.socket.send('and here')
+    expect(await busy.next()).toBe('legacy:and here')
+    await until(() => legacy.open() === 1, 'the idle tunnel closed at the upstream')
+    busy.socket.close()
+    await busy.closed
+  })
+
+  it('ends open tunnels when the proxy drains, without waiting for drainTimeoutMs', async () => {
+    const legacy = await upstream('legacy')
+    proxy = await startProxy({ config: yaml({ legacy: legacy.url }), logger: quiet })
+    const client = await connectWs(wsUrl('/chat'))
+    client.socket.send('x')
+    expect(await client.next()).toBe('legacy:x')
+    // drainTimeoutMs is 10 minutes: a drain that waited for the tunnel would time the test out.
+    await proxy.close()
+    proxy = undefined
+    expect(await client.closed).toBe(1006)
+    await until(() => legacy.open() === 0, 'the tunnel closed at the upstream')
+  })
+
+  it('refuses a websocket route that cannot match a GET, and a bad idle timeout', async () => {
+    const legacy = await upstream('legacy')
+    const bad = yaml(
+      { legacy: legacy.url },
+      {
+        route:
+          '      - { name: posts, match: { prefix: /posts, methods: [POST] }, targets: [{ service: legacy }], websocket: true }\n      - { name: tiny, match: { prefix: /tiny }, targets: [{ service: legacy }], websocket: { idleTimeoutMs: 10 } }\n      - { name: word, match: { prefix: /word }, targets: [{ service: legacy }], websocket: yes }',
+      },
+    )
+    const error = await startProxy({ config: bad, logger: quiet }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(error).toBeInstanceOf(ConfigInvalidError)
+    const message = (error as Error).message
+    expect(message).toContain(
+      'listeners[1].routes[1].websocket: expected a route whose match.methods include GET',
+    )
+    expect(message).toContain('listeners[1].routes[2].websocket.idleTimeoutMs: expected integer')
+    expect(message).toContain(
+      'listeners[1].routes[3].websocket: expected true, false or { idleTimeoutMs }',
+    )
+  })
+})
