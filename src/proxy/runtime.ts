@@ -709,6 +709,7 @@ class ProxyRuntime implements ProxyInternals {
       else
         endWithProblem(
           socket,
+          this.#deps.clock,
           400,
           'REQUEST_UPGRADE_REFUSED',
           'this listener tunnels no upgraded connection',

@@ -247,26 +247,44 @@ export function createListenerServer(
     refused++
   })
   server.on('connect', (_req, socket: Socket) => {
-    endWithProblem(socket, 405, 'REQUEST_METHOD_NOT_ALLOWED', 'CONNECT is not supported', {
-      headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' },
-    })
+    endWithProblem(
+      socket,
+      deps.clock,
+      405,
+      'REQUEST_METHOD_NOT_ALLOWED',
+      'CONNECT is not supported',
+      {
+        headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' },
+      },
+    )
   })
   // Upgrade requests (node:http gives them up with their socket): a handler with `upgrade`
   // (a gateway) takes them; any other refuses them as request.ts would. Upgraded connections
-  // are not HTTP connections any more: a drain ends them at once (their clients reconnect,
-  // to another instance) instead of waiting for a response that never comes.
+  // are not HTTP connections any more: a drain closes them at once (their clients reconnect,
+  // to another instance) instead of waiting for a response that never comes, or for a
+  // client that never closes its side.
   const upgraded = new Set<Duplex>()
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    busy.delete(req.socket)
     // node:http took its own listeners off: a reset client must not become an uncaught
     // error. 'close' follows, and whoever holds the socket acts on that.
     socket.on('error', ignoreSocketError)
     const upgrade = handler.upgrade
+    if ((busy.get(req.socket)?.length ?? 0) > 0) {
+      // Pipelined behind a response still under way, which node would go on writing into the
+      // upgraded connection: neither can be answered in order, so the connection goes.
+      log.warn('upgrade pipelined behind an unfinished response; connection closed', {
+        remote: req.socket.remoteAddress,
+      })
+      socket.destroy()
+      return
+    }
+    busy.delete(req.socket)
     if (draining) {
-      endWithProblem(socket, 503, 'PROXY_DRAINING', 'the proxy is shutting down')
+      endWithProblem(socket, deps.clock, 503, 'PROXY_DRAINING', 'the proxy is shutting down')
     } else if (upgrade === undefined) {
       endWithProblem(
         socket,
+        deps.clock,
         400,
         'REQUEST_UPGRADE_REFUSED',
         'this listener tunnels no upgraded connection',
@@ -430,7 +448,7 @@ export function createListenerServer(
         server.closeIdleConnections()
         for (const [socket, responses] of busy) if (responses.length === 0) socket.destroy()
         for (const connection of fastConnections) connection.drain()
-        for (const socket of upgraded) socket.end()
+        for (const socket of upgraded) socket.destroy()
         hardStop = deps.clock.setTimeout(() => {
           server.closeAllConnections()
           for (const socket of sockets) socket.destroy()

@@ -469,13 +469,14 @@ const neverAborted = new AbortController().signal
  * of {@link readInboundRequest}, except that `Upgrade: websocket` is allowed, plus the
  * handshake's own: a GET, over HTTP/1.1, without a body (bytes after its head belong to the
  * WebSocket conversation, so a body would be smuggled into it), and `Upgrade` naming
- * `websocket` alone. The caller answers a refusal itself (the socket has no ServerResponse).
+ * `websocket` alone, with a well-formed `Sec-WebSocket-Key` and a `Sec-WebSocket-Version` (the
+ * version itself is the endpoint's to accept or refuse). The caller answers a refusal itself (the socket has no ServerResponse).
  *
  * @example
  * ```ts
  * server.on('upgrade', (req, socket, head) => {
  *   const check = checkUpgradeRequest(req, listener, ctx)
- *   if (!check.ok) return endWithProblem(socket, check.status, check.code, check.detail)
+ *   if (!check.ok) return endWithProblem(socket, clock, check.status, check.code, check.detail)
  *   // route check.request.path, then service.tunnel(...)
  * })
  * ```
@@ -499,6 +500,11 @@ export function checkUpgradeRequest(
   if (req.method !== 'GET') return refused('a WebSocket handshake must be a GET request')
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor !== 1)
     return refused('a WebSocket handshake must use HTTP/1.1')
+  const key = req.headers['sec-websocket-key']
+  if (typeof key !== 'string' || !/^[A-Za-z0-9+/]{22}==$/.test(key.trim()))
+    return refused('a WebSocket handshake needs one Sec-WebSocket-Key (16 bytes in base64)')
+  if (req.headers['sec-websocket-version'] === undefined)
+    return refused('a WebSocket handshake needs Sec-WebSocket-Version')
   const length = req.headers['content-length']
   if ((length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined)
     return refused('a WebSocket handshake must not have a body')

@@ -67,7 +67,7 @@ export function createWebSocketHandler(
     detail: string,
     route = '',
   ): void => {
-    endWithProblem(socket, status, code, detail)
+    endWithProblem(socket, ctx.clock, status, code, detail)
     if (ctx.accessLog) {
       ctx.logger.warn('request refused', {
         listener: listener.name,
@@ -159,7 +159,13 @@ export function createWebSocketHandler(
         listener: listener.name,
         error: error instanceof Error ? error.message : String(error),
       })
-      endWithProblem(socket, 500, 'INTERNAL_ERROR', 'the proxy failed to handle the request')
+      endWithProblem(
+        socket,
+        ctx.clock,
+        500,
+        'INTERNAL_ERROR',
+        'the proxy failed to handle the request',
+      )
     })
   }
 }

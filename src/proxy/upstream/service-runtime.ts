@@ -172,6 +172,8 @@ class Core {
   /** Pending until discovery's first answer. */
   discovering: Promise<void> | undefined
   closed = false
+  /** Stops of the WebSocket handshakes and tunnels under way (tunnel.ts). */
+  readonly tunnels = new Set<() => void>()
   // Counted locally and added to the registry's counters at collection: the label lookup is
   // the costly part of a counter, and a scrape every few seconds needs no per-request update.
   readonly statusCounts = new Map<number, number>()
@@ -432,6 +434,9 @@ class UpstreamServiceRuntime implements UpstreamService {
     const core = this.#core
     if (core.closed) return
     core.closed = true
+    // Its tunnels were opened with the settings being retired (endpoints, credentials, TLS):
+    // they end now, and their clients reconnect under the new ones.
+    for (const stop of [...core.tunnels]) stop()
     this.#discovery.close()
     core.tls?.close()
     core.auth?.close()

@@ -15,10 +15,15 @@
 //   tunnel lives as long as its conversation.
 // - The bulkhead does not count tunnels: one long-lived WebSocket would hold a slot for hours
 //   and starve short requests. The listener's `maxConnections` bounds them.
-// - An answer other than 101 (401, 404, 503, ...) is passed to the client as an ordinary
-//   response with `Connection: close` (hop-by-hop headers removed) and the connection ends.
-// - The tunnel ends when either side ends or fails, when no byte has passed either way for
-//   the route's `idleTimeoutMs`, or when the listener drains.
+// - An answer other than 101 (401, 404, 503, ...) is read whole (at most 1 MiB, `readMs`
+//   between chunks) and passed to the client with its length and `Connection: close`
+//   (hop-by-hop headers removed); one cut short or too large becomes the proxy's 502/504, never
+//   a shorter body that looks complete. The 101 keeps its headers except the endpoint's
+//   connection-specific ones (other than Connection and Upgrade).
+// - The tunnel ends when either side fails, when no byte has passed either way for the route's
+//   `idleTimeoutMs`, when the listener drains, or when its service closes (a reload changed or
+//   removed it). When one side closes, the other is ended (its queued bytes, a close frame,
+//   still go out) and cut if it has not closed within 5 s.
 
 import { type ClientRequest, request as httpRequest, type IncomingMessage } from 'node:http'
 import { request as httpsRequest } from 'node:https'
@@ -28,7 +33,7 @@ import type { Clock, TimerHandle } from '../../core/clock.js'
 import type { ErrorCode } from '../../core/error-codes.js'
 import type { ServiceConfig, TunnelEnd, TunnelOutcome, TunnelRequest } from '../contracts.js'
 import { connectionNamedHeaders, HOP_BY_HOP_HEADERS, isHopByHop } from '../hop-by-hop.js'
-import { endWithProblem } from '../inbound/raw-response.js'
+import { endGracefully, endWithProblem } from '../inbound/raw-response.js'
 import type { ServiceBreaker } from './breaker.js'
 import type { OutboundAuth, TlsMaterial } from './credentials.js'
 import type { Endpoint, EndpointSet } from './endpoints.js'
@@ -51,7 +56,17 @@ export interface TunnelService {
   readonly closed: boolean
   /** Pending until discovery's first answer. */
   readonly discovering: Promise<void> | undefined
+  /** Stops of the handshakes and tunnels under way; the service calls them when it closes. */
+  readonly tunnels: Set<() => void>
+  /** Counts an answer in the service's request metrics. */
+  count(status: number, startedAt: number): void
 }
+
+// How long the second side of a tunnel may take to close once the first has.
+const closeGraceMs = 5_000
+
+// The largest answer (other than 101) passed on to a client; a bigger one is a failed answer.
+const maxAnswerBytes = 1_048_576
 
 // Request headers the tunnel sets itself.
 const setByTunnel: ReadonlySet<string> = new Set(['host', 'content-length', 'x-request-id'])
@@ -80,20 +95,33 @@ class Handshake {
   readonly request: TunnelRequest
   readonly client: Duplex
   readonly head: Buffer
+  readonly startedAt: number
   resolve!: (outcome: TunnelOutcome) => void
   endpoint: Endpoint | undefined
   epoch = -1
   upstream: ClientRequest | undefined
+  /** The endpoint's connection once it switched protocols. */
+  upstreamSocket: Socket | undefined
   timer: TimerHandle | undefined
   connected = false
+  /** The answer (not 101) is being read. */
+  answering = false
   timedOut = false
   decided = false
   readonly onClientGone = (): void => this.clientGone()
+  /** Ends this handshake or tunnel at once (the service is closing). */
+  readonly stop = (): void => {
+    this.upstream?.destroy()
+    this.upstreamSocket?.destroy()
+    this.client.destroy()
+  }
+
   constructor(service: TunnelService, request: TunnelRequest, client: Duplex, head: Buffer) {
     this.service = service
     this.request = request
     this.client = client
     this.head = head
+    this.startedAt = service.clock.now()
   }
 
   start(): Promise<TunnelOutcome> {
@@ -118,7 +146,9 @@ class Handshake {
     this.endpoint = endpoint
     this.epoch = epoch
     endpoint.inFlight++
-    this.watchClient(true)
+    // Only 'close': a client that half-closes after its handshake may still read the answer.
+    this.client.once('close', this.onClientGone)
+    service.tunnels.add(this.stop)
     this.connect(endpoint)
     return promise
   }
@@ -158,9 +188,9 @@ class Handshake {
               (endpoint.servername === undefined ? {} : { servername: endpoint.servername })),
           })
         : httpRequest(options)
-    } catch (error) {
+    } catch {
       // Options node refuses outright (a bad header value); nothing was sent.
-      this.fail('UPSTREAM_CONNECT_FAILED', error as Error)
+      this.fail('UPSTREAM_CONNECT_FAILED')
       return
     }
     this.upstream = upstream
@@ -177,7 +207,7 @@ class Handshake {
       this.upgraded(res, socket, upstreamHead),
     )
     upstream.once('response', (res: IncomingMessage) => this.answered(res))
-    upstream.on('error', (error: Error) => {
+    upstream.on('error', () => {
       if (this.decided) return
       this.fail(
         this.timedOut
@@ -185,24 +215,12 @@ class Handshake {
           : this.connected
             ? 'UPSTREAM_RESET'
             : 'UPSTREAM_CONNECT_FAILED',
-        error,
       )
     })
     upstream.end()
   }
 
-  /** Starts (or stops) watching the client while the handshake is undecided. */
-  watchClient(on: boolean): void {
-    const client = this.client
-    if (on) {
-      client.once('close', this.onClientGone)
-      client.once('end', this.onClientGone)
-    } else {
-      client.off('close', this.onClientGone)
-      client.off('end', this.onClientGone)
-    }
-  }
-
+  /** (Re)arms the handshake's timer: connect, then the answer's head, then each body gap. */
   arm(ms: number): void {
     const clock = this.service.clock
     if (this.timer !== undefined) clock.clearTimeout(this.timer)
@@ -210,8 +228,7 @@ class Handshake {
       this.timer = undefined
       if (this.decided) return
       this.timedOut = true
-      // 'error' follows, and reports UPSTREAM_TIMEOUT.
-      this.upstream?.destroy(new Error('upstream timeout'))
+      this.fail('UPSTREAM_TIMEOUT')
     }, ms)
   }
 
@@ -223,15 +240,23 @@ class Handshake {
     }
     this.record(false)
     const client = this.client
-    this.watchClient(false)
+    client.off('close', this.onClientGone)
     if (client.destroyed) {
       upstream.destroy()
       this.settle(499, 'ABORTED', closedNow())
       return
     }
+    this.upstreamSocket = upstream
+    // The endpoint's own connection headers stay on its side, except the two that say what
+    // the connection switched to.
+    const named = connectionNamedHeaders(res.headers.connection)
     let text = `HTTP/1.1 101 ${res.statusMessage || 'Switching Protocols'}\r\n`
     const raw = res.rawHeaders
-    for (let i = 0; i < raw.length; i += 2) text += `${raw[i]}: ${raw[i + 1]}\r\n`
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = (raw[i] as string).toLowerCase()
+      if (name !== 'connection' && name !== 'upgrade' && isHopByHop(name, named)) continue
+      text += `${raw[i]}: ${raw[i + 1]}\r\n`
+    }
     client.write(`${text}\r\n`)
     if (upstreamHead.length > 0) client.write(upstreamHead)
     if (this.head.length > 0) upstream.write(this.head)
@@ -239,7 +264,11 @@ class Handshake {
     this.settle(101, undefined, ended)
   }
 
-  /** The endpoint answered without switching: pass the answer on and end the connection. */
+  /**
+   * The endpoint answered without switching: read its answer whole (bounded in size, `readMs`
+   * between chunks), then give it to the client with its length and end the connection. An
+   * answer cut short becomes the proxy's 502/504, never a shorter body that looks whole.
+   */
   answered(res: IncomingMessage): void {
     if (this.decided) {
       res.destroy()
@@ -247,37 +276,49 @@ class Handshake {
     }
     const status = res.statusCode ?? 502
     this.record(this.service.retryStatus[status] === 1)
-    const client = this.client
-    this.watchClient(false)
-    const named = connectionNamedHeaders(res.headers.connection)
-    let text = `HTTP/1.1 ${status} ${res.statusMessage ?? ''}\r\n`
-    const raw = res.rawHeaders
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = (raw[i] as string).toLowerCase()
-      // The body is sent as it arrives and ends with the connection.
-      if (isHopByHop(name, named) || name === 'content-length') continue
-      text += `${raw[i]}: ${raw[i + 1]}\r\n`
-    }
-    client.write(`${text}connection: close\r\n\r\n`)
-    const ended = new Promise<TunnelEnd>((resolve) => {
-      const done = (reason: TunnelEnd['reason']): void => {
-        resolve({ reason, bytesIn: bytesRead(client), bytesOut: bytesWritten(client) })
+    this.answering = true
+    const chunks: Buffer[] = []
+    let size = 0
+    this.arm(this.service.readMs)
+    res.on('data', (chunk: Buffer) => {
+      if (this.decided) return
+      size += chunk.length
+      if (size > maxAnswerBytes) {
+        this.fail('UPSTREAM_RESET')
+        return
       }
-      res.on('error', () => client.destroy())
-      client.once('close', () => {
-        res.destroy()
-        done('closed')
-      })
-      res.pipe(client)
+      chunks.push(chunk)
+      this.arm(this.service.readMs)
     })
-    this.settle(status, undefined, ended)
+    res.on('error', () => {
+      if (!this.decided) this.fail(this.timedOut ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_RESET')
+    })
+    res.on('end', () => {
+      if (this.decided) return
+      const named = connectionNamedHeaders(res.headers.connection)
+      let text = `HTTP/1.1 ${status} ${res.statusMessage ?? ''}\r\n`
+      const raw = res.rawHeaders
+      for (let i = 0; i < raw.length; i += 2) {
+        const name = (raw[i] as string).toLowerCase()
+        if (isHopByHop(name, named) || name === 'content-length') continue
+        text += `${raw[i]}: ${raw[i + 1]}\r\n`
+      }
+      text += `content-length: ${size}\r\nconnection: close\r\n\r\n`
+      this.client.off('close', this.onClientGone)
+      endGracefully(
+        this.client,
+        this.service.clock,
+        Buffer.concat([Buffer.from(text, 'latin1'), ...chunks]),
+      )
+      this.settle(status, undefined, closedWith(this.client))
+    })
   }
 
-  fail(code: ErrorCode, _error: Error): void {
+  fail(code: ErrorCode): void {
     if (this.decided) return
     this.record(true)
     this.upstream?.destroy()
-    this.watchClient(false)
+    this.client.off('close', this.onClientGone)
     this.refuse(code)
   }
 
@@ -288,7 +329,7 @@ class Handshake {
     const headers: Record<string, string> = {}
     if (code === 'BROKEN_CIRCUIT')
       headers['retry-after'] = String(Math.max(1, Math.ceil(service.breaker.retryAfterMs() / 1000)))
-    endWithProblem(this.client, status, code, problemDetail(code, service.name), {
+    endWithProblem(this.client, service.clock, status, code, problemDetail(code, service.name), {
       headers,
       fields: { service: service.name },
     })
@@ -297,8 +338,6 @@ class Handshake {
 
   clientGone(): void {
     if (this.decided) return
-    this.watchClient(false)
-    this.client.destroy()
     // Neither a success nor a failure of the service.
     this.record(undefined)
     this.upstream?.destroy()
@@ -309,21 +348,28 @@ class Handshake {
   record(failed: boolean | undefined): void {
     const endpoint = this.endpoint
     if (endpoint === undefined || this.epoch < 0) return
+    endpoint.inFlight--
     const service = this.service
-    service.breaker.record(this.epoch, failed)
+    const epoch = this.epoch
+    this.epoch = -1
+    // A closed service's endpoints are disposed: no ejection may start on them.
+    if (service.closed) return
+    service.breaker.record(epoch, failed)
     if (failed === true) service.endpoints.failure(endpoint)
     else if (failed === false) service.endpoints.success(endpoint)
-    endpoint.inFlight--
-    this.epoch = -1
   }
 
   settle(status: number, error: string | undefined, ended: Promise<TunnelEnd>): void {
     if (this.decided) return
     this.decided = true
+    const service = this.service
     if (this.timer !== undefined) {
-      this.service.clock.clearTimeout(this.timer)
+      service.clock.clearTimeout(this.timer)
       this.timer = undefined
     }
+    if (this.endpoint !== undefined && status !== 499) service.count(status, this.startedAt)
+    const stop = this.stop
+    void ended.then(() => service.tunnels.delete(stop))
     this.resolve({ status, error, endpoint: this.endpoint?.url, ended })
   }
 }
@@ -395,10 +441,14 @@ function join(
     const closed = (): void => {
       if (--open === 1) {
         // One side is gone: the other is ended, not destroyed, so what is still queued for it
-        // (a close frame) goes out first. The idle timer stays armed for a peer that never
-        // closes its half.
+        // (a close frame) goes out first, and destroyed if it has not closed within a grace.
         if (!client.destroyed) client.end()
         if (!upstream.destroyed) upstream.end()
+        if (timer !== undefined) clock.clearTimeout(timer)
+        timer = clock.setTimeout(() => {
+          timer = undefined
+          stop(reason ?? 'closed')
+        }, closeGraceMs)
         return
       }
       if (timer !== undefined) {

@@ -5,6 +5,7 @@ import { connect, createServer, type Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ConfigInvalidError } from '../../../src/proxy/config/index.js'
+import { lingerMs } from '../../../src/proxy/inbound/raw-response.js'
 import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
 import { ManualClock } from '../../../src/testing/index.js'
 import { freeLoopbackPort, listenOnLoopback } from '../../support/loopback.js'
@@ -60,6 +61,37 @@ ${options.route ?? ''}
 drainTimeoutMs: 600000
 ${options.extra ?? ''}
 `
+}
+
+/** A raw TCP client that keeps its side open until told (allowHalfOpen), recording what comes. */
+async function rawClient(port: number): Promise<{
+  socket: Socket
+  text(): string
+  readonly ended: boolean
+}> {
+  const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true })
+  const chunks: Buffer[] = []
+  const state = { ended: false }
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk))
+  socket.on('end', () => {
+    state.ended = true
+  })
+  socket.on('error', () => {})
+  cleanups.push(() => {
+    socket.destroy()
+  })
+  await new Promise((resolve) => socket.once('connect', resolve))
+  return {
+    socket,
+    text: () => Buffer.concat(chunks).toString('latin1'),
+    get ended() {
+      return state.ended
+    },
+  }
+}
+
+function handshakeText(path: string): string {
+  return `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`
 }
 
 function wsUrl(path: string): string {
@@ -172,6 +204,10 @@ describe('WebSocket tunnels', () => {
     expect(JSON.parse(body.body)).toMatchObject({
       detail: 'a WebSocket handshake must not have a body',
     })
+    const keyless = await rawHandshake(port, '/chat', { headers: { 'sec-websocket-key': 'x' } })
+    expect(JSON.parse(keyless.body)).toMatchObject({
+      detail: 'a WebSocket handshake needs one Sec-WebSocket-Key (16 bytes in base64)',
+    })
     const dotDot = await rawHandshake(port, '/chat/../../x')
     expect(JSON.parse(dotDot.body)).toMatchObject({ code: 'REQUEST_PATH_INVALID' })
     const ambassador = await rawHandshake(proxy.address('out').port, '/legacy/chat')
@@ -211,6 +247,91 @@ describe('WebSocket tunnels', () => {
     expect(secure.seen[0]?.headers['x-forwarded-proto']).toBe('https')
     client.socket.close()
     await client.closed
+  })
+
+  it('closes a refused connection whose client keeps its side open, after the linger (clock-driven)', async () => {
+    const legacy = await upstream('legacy')
+    const clock = new ManualClock(Date.now())
+    proxy = await startProxy({
+      config: yaml({ legacy: legacy.url }).replace(
+        '    role: gateway\n    port: 0\n',
+        '    role: gateway\n    port: 0\n    limits: { maxConnections: 1 }\n',
+      ),
+      logger: quiet,
+      clock,
+    })
+    const port = proxy.address('in').port
+    // A client that reads the answer and the proxy's end, and never ends its own side.
+    const client = await rawClient(port)
+    client.socket.write(handshakeText('/other'))
+    await until(() => client.ended, 'the answer and the end of the connection')
+    expect(client.text()).toContain('REQUEST_UPGRADE_REFUSED')
+    // The one connection slot is still taken by the half-open connection...
+    await expect(rawHandshake(port, '/other')).rejects.toThrow()
+    await clock.advance(lingerMs)
+    // ... until the linger ends it, and a new handshake is answered.
+    await until(async () => {
+      const answer = await rawHandshake(port, '/other').catch(() => undefined)
+      return answer?.status === 400
+    }, 'a second connection served')
+  })
+
+  it('refuses a handshake pipelined behind an unfinished request by closing the connection', async () => {
+    const legacy = await upstream('legacy')
+    proxy = await startProxy({ config: yaml({ legacy: legacy.url }), logger: quiet })
+    const client = await rawClient(proxy.address('in').port)
+    // The upstream never answers plain requests (a WebSocket server without a request handler).
+    client.socket.write(`GET /slow HTTP/1.1\r\nHost: x\r\n\r\n${handshakeText('/chat')}`)
+    await until(() => client.ended, 'the connection closed by the proxy')
+    expect(client.text()).not.toContain('101')
+    expect(legacy.seen).toEqual([])
+  })
+
+  it('answers 502, not a short body, when the endpoint dies in the middle of its answer', async () => {
+    const sockets: Socket[] = []
+    const dying = createServer((socket) => {
+      sockets.push(socket)
+      socket.once('data', () => {
+        socket.write('HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\nshort', () =>
+          socket.destroy(),
+        )
+      })
+    })
+    const chunked = createServer((socket) => {
+      sockets.push(socket)
+      socket.once('data', () =>
+        socket.end(
+          'HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n3\r\nno!\r\n0\r\n\r\n',
+        ),
+      )
+    })
+    const dyingPort = await listenOnLoopback(dying)
+    const chunkedPort = await listenOnLoopback(chunked)
+    cleanups.push(async () => {
+      for (const socket of sockets) socket.destroy()
+      await new Promise((resolve) => dying.close(resolve))
+      await new Promise((resolve) => chunked.close(resolve))
+    })
+    proxy = await startProxy({
+      config: yaml(
+        { dying: `http://127.0.0.1:${dyingPort}`, chunky: `http://127.0.0.1:${chunkedPort}` },
+        {
+          route:
+            '      - { name: chunky, match: { prefix: /chunky }, targets: [{ service: chunky }], websocket: true }',
+        },
+      ),
+      logger: quiet,
+    })
+    const port = proxy.address('in').port
+    const cut = await rawHandshake(port, '/chat')
+    expect(cut.status).toBe(502)
+    expect(JSON.parse(cut.body)).toMatchObject({ code: 'UPSTREAM_RESET', service: 'dying' })
+    const whole = await rawHandshake(port, '/chunky')
+    expect(whole.status).toBe(403)
+    expect(whole.headers['content-length']).toBe('3')
+    expect(whole.headers['transfer-encoding']).toBeUndefined()
+    expect(whole.headers.connection).toBe('close')
+    expect(whole.body).toBe('no!')
   })
 
   it("passes an upstream's refusal on as an ordinary response", async () => {
@@ -347,6 +468,39 @@ describe('WebSocket tunnels', () => {
     await until(() => legacy.open() === 1, 'the idle tunnel closed at the upstream')
     busy.socket.close()
     await busy.closed
+  })
+
+  it('ends a tunnel whose client keeps its side open when the proxy drains', async () => {
+    const legacy = await upstream('legacy')
+    proxy = await startProxy({ config: yaml({ legacy: legacy.url }), logger: quiet })
+    const client = await rawClient(proxy.address('in').port)
+    client.socket.write(handshakeText('/chat'))
+    await until(() => client.text().includes('\r\n\r\n'), 'the 101')
+    expect(client.text()).toMatch(/^HTTP\/1\.1 101 /)
+    // drainTimeoutMs is 10 minutes, and this client never ends its side by itself.
+    await proxy.close()
+    proxy = undefined
+    await until(() => client.ended, 'the client connection closed by the proxy')
+    await until(() => legacy.open() === 0, 'the tunnel closed at the upstream')
+  })
+
+  it('ends the tunnels of a service a reload changes, and keeps them when only weights move', async () => {
+    const legacy = await upstream('legacy')
+    const modern = await upstream('modern')
+    const services = { legacy: legacy.url, modern: modern.url }
+    proxy = await startProxy({ config: yaml(services), logger: quiet })
+    const kept = await connectWs(wsUrl('/chat'))
+    await proxy.reload(
+      yaml(services).replace(
+        'targets: [{ service: legacy, weight: 1 }]',
+        'targets: [{ service: legacy, weight: 1 }, { service: modern, weight: 1 }]',
+      ),
+    )
+    kept.socket.send('still')
+    expect(await kept.next()).toBe('legacy:still')
+    await proxy.reload(yaml(services, { service: ', rewriteHost: false' }))
+    expect(await kept.closed).toBe(1006)
+    await until(() => legacy.open() === 0 && modern.open() === 0, 'the tunnel closed upstream')
   })
 
   it('ends open tunnels when the proxy drains, without waiting for drainTimeoutMs', async () => {
