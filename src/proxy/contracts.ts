@@ -158,6 +158,11 @@ export interface ServiceConfig {
    * Rewrite the `Host` header to the endpoint's host (true) or pass the inbound one (false).
    */
   readonly rewriteHost: boolean
+  /**
+   * WebSocket handshakes the ambassador tunnels to this service (`upstream/tunnel.ts`).
+   * Undefined: the ambassador refuses them with 400. Gateway routes have their own setting.
+   */
+  readonly websocket?: WebSocketConfig | undefined
 }
 
 /** Match part of a route; all given conditions must hold. */
@@ -243,11 +248,11 @@ export interface RouteConfig {
    * WebSocket upgrades accepted on this route (tunnelled to the chosen target, see
    * `upstream/tunnel.ts`). Undefined: an `Upgrade` request is refused with 400.
    */
-  readonly websocket?: WebSocketRouteConfig | undefined
+  readonly websocket?: WebSocketConfig | undefined
 }
 
-/** A route's WebSocket settings. */
-export interface WebSocketRouteConfig {
+/** WebSocket settings of a gateway route, or of a service for the ambassador. */
+export interface WebSocketConfig {
   /** A tunnel through which no byte passed either way for this long is closed. */
   readonly idleTimeoutMs: number
 }

@@ -16,6 +16,7 @@ import type {
   RouteConfig,
   SecretSource,
   ServiceConfig,
+  WebSocketConfig,
 } from '../contracts.js'
 import { retryAffinityDefaults } from '../inbound/retry-affinity.js'
 
@@ -172,6 +173,20 @@ const authSchema = z.strictObject({
 })
 
 /** One upstream service in the YAML. */
+// Off by default: a gateway route, or a service for the ambassador, opts in to tunnelling
+// WebSocket handshakes (upstream/tunnel.ts).
+const websocketSchema = z
+  .union(
+    [
+      z.boolean({ error: 'true or false' }),
+      z.strictObject({
+        idleTimeoutMs: ms(1_000).default(websocketDefaults.idleTimeoutMs),
+      }),
+    ],
+    { error: 'true, false or { idleTimeoutMs }' },
+  )
+  .default(false)
+
 export const serviceSchema = z.strictObject({
   endpoints: z
     .array(endpointUrl, { error: 'list of endpoint URLs' })
@@ -187,6 +202,7 @@ export const serviceSchema = z.strictObject({
   tls: upstreamTlsSchema.default({ verify: true }),
   auth: authSchema.optional(),
   rewriteHost: z.boolean({ error: 'true or false' }).default(true),
+  websocket: websocketSchema,
 })
 
 const limitsDefaults = {
@@ -277,17 +293,7 @@ const routeSchema = z.strictObject({
     )
     .default({ ...retryAffinityDefaults }),
   // Off by default: a route opts in to tunnelling WebSocket handshakes (upstream/tunnel.ts).
-  websocket: z
-    .union(
-      [
-        z.boolean({ error: 'true or false' }),
-        z.strictObject({
-          idleTimeoutMs: ms(1_000).default(websocketDefaults.idleTimeoutMs),
-        }),
-      ],
-      { error: 'true, false or { idleTimeoutMs }' },
-    )
-    .default(false),
+  websocket: websocketSchema,
 })
 
 const listenerSchema = z.strictObject({
@@ -435,7 +441,13 @@ function toService(name: string, s: ServiceDocument): ServiceConfig {
     },
     auth: toAuth(s.auth),
     rewriteHost: s.rewriteHost,
+    websocket: toWebSocket(s.websocket),
   }
+}
+
+function toWebSocket(doc: false | true | { idleTimeoutMs: number }): WebSocketConfig | undefined {
+  if (doc === false) return undefined
+  return doc === true ? { ...websocketDefaults } : { idleTimeoutMs: doc.idleTimeoutMs }
 }
 
 function toRoute(r: RouteDocument): RouteConfig {
@@ -476,12 +488,7 @@ function toRoute(r: RouteDocument): RouteConfig {
             ttlMs: r.retryAffinity.ttlMs,
             maxKeys: r.retryAffinity.maxKeys,
           },
-    websocket:
-      r.websocket === false
-        ? undefined
-        : r.websocket === true
-          ? { ...websocketDefaults }
-          : { idleTimeoutMs: r.websocket.idleTimeoutMs },
+    websocket: toWebSocket(r.websocket),
   }
 }
 

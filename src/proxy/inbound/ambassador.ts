@@ -2,7 +2,8 @@
 // forwards `/<path>` to that service's endpoints with the service's policies. The only inputs
 // that choose a destination are the first segment of the normalized path and the configured
 // service table; Host, an absolute-form target or anything else in the path never do, so the
-// ambassador cannot be used as an open proxy.
+// ambassador cannot be used as an open proxy. WebSocket handshakes are routed the same way and
+// tunnelled to services that set `websocket`.
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type {
@@ -11,9 +12,13 @@ import type {
   ListenerConfig,
   ProxyResponse,
   RequestHandler,
+  ServiceRuntime,
+  UpgradeHandler,
 } from '../contracts.js'
 import type { FastRequestHandler } from './fast-connection.js'
+import { endWithProblem } from './raw-response.js'
 import {
+  checkUpgradeRequest,
   type InboundRequest,
   logAccess,
   readFastInbound,
@@ -21,6 +26,7 @@ import {
   sendProblem,
   toForwardRequest,
 } from './request.js'
+import { refuseUpgrade, tunnelAndLog } from './websocket.js'
 
 /** The route name ambassador requests carry in metrics and logs. */
 export const AMBASSADOR_ROUTE = 'ambassador'
@@ -53,7 +59,10 @@ export function createAmbassadorHandler(
     sendProblem(res, 500, 'INTERNAL_ERROR', 'internal proxy error')
   }
   // The returned promise never rejects: a failure of the forward is answered here.
-  const route = (inbound: InboundRequest, res: ProxyResponse): Promise<unknown> | undefined => {
+  // The service a path names (its first segment) and the target to send it.
+  const resolve = (
+    inbound: InboundRequest,
+  ): { name: string; service: ServiceRuntime | undefined; target: string } => {
     const path = inbound.path
     const slash = path.indexOf('/', 1)
     const name = slash === -1 ? path.slice(1) : path.slice(1, slash)
@@ -61,17 +70,16 @@ export function createAmbassadorHandler(
       name === '' || (exposed !== undefined && !exposed.has(name))
         ? undefined
         : ctx.services().get(name)
+    const target = slash === -1 ? `/${inbound.query}` : `${path.slice(slash)}${inbound.query}`
+    return { name, service, target }
+  }
+  const route = (inbound: InboundRequest, res: ProxyResponse): Promise<unknown> | undefined => {
+    const { name, service, target } = resolve(inbound)
     if (service === undefined) {
-      sendProblem(
-        res,
-        404,
-        'SERVICE_NOT_FOUND',
-        name === '' ? 'the path names no service' : 'no such service on this listener',
-      )
+      sendProblem(res, 404, 'SERVICE_NOT_FOUND', notFoundDetail(name))
       logAccess(ctx, inbound, notFound, listener.name, { route: AMBASSADOR_ROUTE })
       return undefined
     }
-    const target = slash === -1 ? `/${inbound.query}` : `${path.slice(slash)}${inbound.query}`
     const pending = service.forward(toForwardRequest(inbound, AMBASSADOR_ROUTE, target), res)
     // Without access logs nothing waits for the outcome: no continuation per request.
     if (!ctx.accessLog) return pending.then(undefined, (error: unknown) => threw(res, error))
@@ -119,7 +127,50 @@ export function createAmbassadorHandler(
     }
     return true
   }
-  return Object.assign(handler, { fast })
+  // WebSocket handshakes: routed by the same first path segment, tunnelled to services that
+  // accept them (`websocket` on the service); the app is the client, so no X-Forwarded-*.
+  const upgrade: UpgradeHandler = (req, socket, head) => {
+    const refuse = (status: number, code: string, detail: string, path?: string): void =>
+      refuseUpgrade(ctx, listener.name, req, socket, { status, code, detail }, path)
+    const check = checkUpgradeRequest(req, listener, ctx)
+    if (!check.ok) {
+      refuse(check.status, check.code, check.detail)
+      return
+    }
+    const inbound = check.request
+    const { name, service, target } = resolve(inbound)
+    if (service === undefined) {
+      refuse(404, 'SERVICE_NOT_FOUND', notFoundDetail(name), inbound.path)
+      return
+    }
+    const websocket = service.config.websocket
+    if (websocket === undefined) {
+      const detail = `service ${service.name} does not accept WebSocket upgrades`
+      refuse(400, 'REQUEST_UPGRADE_REFUSED', detail, inbound.path)
+      return
+    }
+    const request = {
+      target,
+      headers: inbound.headers,
+      host: inbound.host,
+      requestId: inbound.requestId,
+      idleTimeoutMs: websocket.idleTimeoutMs,
+    }
+    tunnelAndLog(ctx, listener.name, AMBASSADOR_ROUTE, inbound, service, request, socket, head)
+      // tunnel() never rejects; this is a bug's last answer.
+      .catch((error: unknown) => {
+        ctx.logger.error('websocket handshake failed', {
+          listener: listener.name,
+          error: (error as Error).message,
+        })
+        endWithProblem(socket, ctx.clock, 500, 'INTERNAL_ERROR', 'internal proxy error')
+      })
+  }
+  return Object.assign(handler, { fast, upgrade })
+}
+
+function notFoundDetail(name: string): string {
+  return name === '' ? 'the path names no service' : 'no such service on this listener'
 }
 
 const notFound: ForwardOutcome = {

@@ -10,7 +10,15 @@
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { metricsPerRegistry } from '../../observability/metrics.js'
-import type { InboundContext, ListenerConfig, TunnelEnd, UpgradeHandler } from '../contracts.js'
+import type {
+  InboundContext,
+  ListenerConfig,
+  ServiceRuntime,
+  TunnelEnd,
+  TunnelOutcome,
+  TunnelRequest,
+  UpgradeHandler,
+} from '../contracts.js'
 import { forwardedHeaders } from './forwarded-headers.js'
 import { endWithProblem } from './raw-response.js'
 import { checkUpgradeRequest, type InboundRequest } from './request.js'
@@ -56,7 +64,6 @@ export function createWebSocketHandler(
 ): UpgradeHandler {
   const scheme = listener.tls === undefined ? 'http' : 'https'
   const trustForwarded = listener.trustForwardedHeaders === true
-  const open = tunnelGauges(ctx.metrics)
 
   const refuse = (
     req: IncomingMessage,
@@ -67,19 +74,7 @@ export function createWebSocketHandler(
     detail: string,
     route = '',
   ): void => {
-    endWithProblem(socket, ctx.clock, status, code, detail)
-    if (ctx.accessLog) {
-      ctx.logger.warn('request refused', {
-        listener: listener.name,
-        method: req.method,
-        path: inbound?.path,
-        route: route === '' ? undefined : route,
-        status,
-        code,
-        detail,
-        remote: req.socket.remoteAddress,
-      })
-    }
+    refuseUpgrade(ctx, listener.name, req, socket, { status, code, detail }, inbound?.path, route)
     observe(inbound, status, route, '')
   }
 
@@ -116,7 +111,12 @@ export function createWebSocketHandler(
       trustForwarded,
       config.match.methods !== undefined,
     )
-    const outcome = await service.tunnel(
+    await tunnelAndLog(
+      ctx,
+      listener.name,
+      route.name,
+      inbound,
+      service,
       {
         target: `${stripPathPrefix(inbound.path, config.stripPrefix)}${inbound.query}`,
         headers,
@@ -126,31 +126,12 @@ export function createWebSocketHandler(
       },
       socket,
       head,
+      (outcome) => {
+        const reached = outcome.error === undefined || outcome.status === 499
+        if (reached) routes.count(route, serviceName)
+        observe(inbound, outcome.status, route.name, reached ? serviceName : '')
+      },
     )
-    const reached = outcome.error === undefined || outcome.status === 499
-    if (reached) routes.count(route, serviceName)
-    observe(inbound, outcome.status, route.name, reached ? serviceName : '')
-    const labels = { listener: listener.name, route: route.name }
-    if (outcome.status === 101) open.inc(labels)
-    const end: TunnelEnd = await outcome.ended
-    if (outcome.status === 101) open.dec(labels)
-    if (!ctx.accessLog) return
-    ctx.logger.info('access', {
-      listener: listener.name,
-      method: inbound.method,
-      path: inbound.path,
-      route: route.name,
-      service: serviceName,
-      status: outcome.status,
-      attempts: outcome.endpoint === undefined ? 0 : 1,
-      endpoint: outcome.endpoint,
-      error: outcome.error,
-      requestId: inbound.requestId,
-      durationMs: ctx.clock.now() - inbound.startedAt,
-      bytesIn: end.bytesIn,
-      bytesOut: end.bytesOut,
-      ...(outcome.status === 101 ? { tunnelEnd: end.reason } : {}),
-    })
   }
 
   return (req, socket, head) => {
@@ -168,4 +149,81 @@ export function createWebSocketHandler(
       )
     })
   }
+}
+
+/**
+ * Tunnels a checked handshake to `service` ({@link ServiceRuntime.tunnel}), calls `decided`
+ * with the handshake's outcome, keeps `breakwater_proxy_tunnels_open` while the tunnel is open,
+ * and writes one access log line when the client connection closes (status 101 for a tunnel,
+ * with its bytes, duration and `tunnelEnd`). Shared by gateway routes and the ambassador.
+ */
+export async function tunnelAndLog(
+  ctx: InboundContext,
+  listener: string,
+  route: string,
+  inbound: InboundRequest,
+  service: ServiceRuntime,
+  request: TunnelRequest,
+  socket: Duplex,
+  head: Buffer,
+  decided: (outcome: TunnelOutcome) => void = () => {},
+): Promise<void> {
+  const outcome = await service.tunnel(request, socket, head)
+  decided(outcome)
+  const open = tunnelGauges(ctx.metrics)
+  const labels = { listener, route }
+  if (outcome.status === 101) open.inc(labels)
+  const end: TunnelEnd = await outcome.ended
+  if (outcome.status === 101) open.dec(labels)
+  if (!ctx.accessLog) return
+  ctx.logger.info('access', {
+    listener,
+    method: inbound.method,
+    path: inbound.path,
+    route,
+    service: service.name,
+    status: outcome.status,
+    attempts: outcome.endpoint === undefined ? 0 : 1,
+    endpoint: outcome.endpoint,
+    error: outcome.error,
+    requestId: inbound.requestId,
+    durationMs: ctx.clock.now() - inbound.startedAt,
+    bytesIn: end.bytesIn,
+    bytesOut: end.bytesOut,
+    ...(outcome.status === 101 ? { tunnelEnd: end.reason } : {}),
+  })
+}
+
+/** A refusal the proxy answers to a handshake itself. */
+export interface UpgradeRefusal {
+  readonly status: number
+  readonly code: string
+  readonly detail: string
+}
+
+/**
+ * Answers a handshake with the proxy's own problem (and ends the connection), and logs it as
+ * `request refused` when access logs are on, with its path and route when known.
+ */
+export function refuseUpgrade(
+  ctx: InboundContext,
+  listener: string,
+  req: IncomingMessage,
+  socket: Duplex,
+  refusal: UpgradeRefusal,
+  path?: string,
+  route = '',
+): void {
+  endWithProblem(socket, ctx.clock, refusal.status, refusal.code, refusal.detail)
+  if (!ctx.accessLog) return
+  ctx.logger.warn('request refused', {
+    listener,
+    method: req.method,
+    path,
+    route: route === '' ? undefined : route,
+    status: refusal.status,
+    code: refusal.code,
+    detail: refusal.detail,
+    remote: req.socket.remoteAddress,
+  })
 }

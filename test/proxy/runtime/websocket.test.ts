@@ -181,6 +181,41 @@ describe('WebSocket tunnels', () => {
     await Promise.all([first.closed, second.closed])
   })
 
+  it('tunnels through the ambassador to a service that accepts WebSocket upgrades', async () => {
+    const legacy = await upstream('legacy')
+    const plain = await upstream('plain')
+    proxy = await startProxy({
+      config: yaml({ legacy: legacy.url, plain: plain.url }).replace(
+        `  legacy: { endpoints: [${legacy.url}] }`,
+        `  legacy: { endpoints: [${legacy.url}], websocket: { idleTimeoutMs: 60000 } }`,
+      ),
+      logger: quiet,
+    })
+    const out = proxy.address('out').port
+    const client = await connectWs(`ws://127.0.0.1:${out}/legacy/feed?x=1`, ['v2.chat'])
+    expect(client.socket.protocol).toBe('v2.chat')
+    client.socket.send('via ambassador')
+    expect(await client.next()).toBe('legacy:via ambassador')
+    expect(legacy.seen[0]?.url).toBe('/feed?x=1')
+    // The app is the client: nothing claims another address for it.
+    expect(legacy.seen[0]?.headers['x-forwarded-for']).toBeUndefined()
+    expect(await proxy.metricsText()).toContain(
+      'breakwater_proxy_tunnels_open{listener="out",route="ambassador"} 1',
+    )
+    const refused = await rawHandshake(out, '/plain/feed')
+    expect(refused.status).toBe(400)
+    expect(JSON.parse(refused.body)).toMatchObject({
+      code: 'REQUEST_UPGRADE_REFUSED',
+      detail: 'service plain does not accept WebSocket upgrades',
+    })
+    const unknown = await rawHandshake(out, '/ghost/feed')
+    expect(unknown.status).toBe(404)
+    expect(JSON.parse(unknown.body)).toMatchObject({ code: 'SERVICE_NOT_FOUND' })
+    expect(plain.seen).toEqual([])
+    client.socket.close()
+    await client.closed
+  })
+
   it('refuses upgrades a route does not accept, and malformed handshakes, naming the rule', async () => {
     const legacy = await upstream('legacy')
     proxy = await startProxy({ config: yaml({ legacy: legacy.url }), logger: quiet })
