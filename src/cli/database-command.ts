@@ -5,7 +5,8 @@
 
 import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
-import { openDatabase, type SqlDriver } from '../stores/index.js'
+import type { SqlDriver } from '../stores/index.js'
+import { openExistingDatabase } from './existing-database.js'
 import { messageOf, UsageError } from './usage.js'
 
 /** Where a command writes (process.stdout / process.stderr by default). */
@@ -19,7 +20,10 @@ export interface DatabaseCommandDeps {
   readonly stdout?: TextSink
   /** Receives error messages. @default process.stderr */
   readonly stderr?: TextSink
-  /** Opens the database a URL names. @default openDatabase from breakwater/stores */
+  /**
+   * Opens the database a URL names. @default openExistingDatabase (a SQLite file must exist and
+   * be migrated; nothing is created or changed otherwise)
+   */
   readonly openDatabase?: (url: string) => Promise<SqlDriver>
 }
 
@@ -73,7 +77,7 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
   const url = redactSecrets(parsed.url)
   let db: SqlDriver
   try {
-    db = await (deps.openDatabase ?? openDatabase)(parsed.url)
+    db = await (deps.openDatabase ?? openExistingDatabase)(parsed.url)
   } catch (error) {
     if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
       err.write(`${prefix} --db: ${redactSecrets(error.message)}\n`)

@@ -8,7 +8,8 @@ import {
   startMetricsServer,
 } from '../observability/index.js'
 import { runUntilSignal, type SignalTarget } from '../process/index.js'
-import { type Migration, openDatabase, type SqlDriver } from '../stores/index.js'
+import type { Migration, SqlDriver } from '../stores/index.js'
+import { openExistingDatabase } from './existing-database.js'
 import { checkMigrated, StartupError } from './process-support.js'
 import { messageOf } from './usage.js'
 
@@ -69,14 +70,17 @@ export class ServiceResources {
   }
 }
 
-/** Opens the database at `url` for a service (closed with its other resources). */
+/**
+ * Opens the database at `url` for a service (closed with its other resources); a SQLite file
+ * must already exist and be migrated (see existing-database.ts).
+ */
 export async function openServiceDatabase(
   resources: ServiceResources,
   url: string,
 ): Promise<SqlDriver> {
   let db: SqlDriver
   try {
-    db = await openDatabase(url)
+    db = await openExistingDatabase(url)
   } catch (error) {
     throw new StartupError(`cannot open ${redactSecrets(url)}: ${messageOf(error)}`)
   }

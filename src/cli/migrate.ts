@@ -39,8 +39,14 @@ export async function migrateCommand(
   const out = deps.stdout ?? process.stdout
   const err = deps.stderr ?? process.stderr
   let url = defaultUrl
+  let given = false
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!
+    if ((arg === '--db' || arg.startsWith('--db=')) && given) {
+      err.write(`breakwater migrate: --db given twice\n\n${usage}`)
+      return 2
+    }
+    if (arg === '--db' || arg.startsWith('--db=')) given = true
     if (arg === '--help' || arg === '-h') {
       out.write(usage)
       return 0
@@ -65,6 +71,12 @@ export async function migrateCommand(
     }
   }
 
+  if (/^sqlite::memory:$/i.test(url)) {
+    err.write(
+      'breakwater migrate: --db: an in-memory database lasts one command, so migrating it keeps nothing: use a sqlite: file\n',
+    )
+    return 2
+  }
   let db: Awaited<ReturnType<typeof openDatabase>>
   try {
     db = await openDatabase(url)

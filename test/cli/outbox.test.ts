@@ -2,7 +2,10 @@
 // dead-lettered for real: a relay publishes to a webhook receiver that refuses a poison
 // message with 400 (not retryable), with maxAttempts 1.
 import { randomUUID } from 'node:crypto'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import {
   createWebhookPublisher,
@@ -248,9 +251,40 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
 
 describe('breakwater outbox: database problems', () => {
   it('an unmigrated database exits 1 with a hint; a bad URL exits 2 without its password', async () => {
-    const missing = await run(['dead', '--db', 'sqlite::memory:'])
-    expect(missing.code).toBe(1)
-    expect(missing.stderr).toContain('run `breakwater migrate --db sqlite::memory:` first')
+    const memory = await run(['dead', '--db', 'sqlite::memory:'])
+    expect(memory.code).toBe(1)
+    expect(memory.stderr).toContain('an in-memory database is empty and lasts one command')
+    const dir = mkdtempSync(join(tmpdir(), 'breakwater-cli-'))
+    try {
+      // A mistyped path: nothing is created.
+      const typo = await run(['stats', '--db', `sqlite:${join(dir, 'typo', 'app.db')}`])
+      expect(typo.code).toBe(1)
+      expect(typo.stderr).toContain('no such database file')
+      expect(readdirSync(dir)).toEqual([])
+      // Another program's database: refused, and left byte for byte as it was (opening it for
+      // writing would switch it to WAL mode for good).
+      const other = join(dir, 'other.db')
+      const Database = (await import('better-sqlite3')).default
+      const foreign = new Database(other)
+      foreign.exec('CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)')
+      foreign.close()
+      const before = readFileSync(other)
+      const refused = await run(['stats', '--db', `sqlite:${other}`])
+      expect(refused.code).toBe(1)
+      expect(refused.stderr).toContain('not a breakwater database')
+      expect(refused.stderr).toContain(`run \`breakwater migrate --db sqlite:${other}\` first`)
+      expect(readFileSync(other).equals(before)).toBe(true)
+      expect(readdirSync(dir).sort()).toEqual(['other.db'])
+      // Not a database at all.
+      const text = join(dir, 'notes.txt')
+      writeFileSync(text, 'hello')
+      const notDb = await run(['stats', '--db', `sqlite:${text}`])
+      expect(notDb.code).toBe(1)
+      expect(notDb.stderr).toContain('not a readable SQLite database')
+      expect(readFileSync(text, 'utf8')).toBe('hello')
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
     const bad = await run(['stats', '--db', 'mysql://root:hunter2-pw@db/app'])
     expect(bad.code).toBe(2)
     expect(bad.stderr).toContain('--db:')

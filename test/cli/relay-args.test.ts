@@ -1,8 +1,11 @@
 // relayCommand in-process: argument errors exit 2 with a message naming the problem, startup
 // failures exit 1, and no password ever reaches the output.
 import { EventEmitter } from 'node:events'
+import { existsSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
 import { relayCommand } from '../../src/cli/relay.js'
+import { migrateIdempotency } from '../../src/idempotency/index.js'
+import { openDatabase } from '../../src/stores/index.js'
 import { createTestSqlite } from '../support/sqlite.js'
 
 async function run(args: string[], env: Record<string, string> = {}) {
@@ -91,19 +94,35 @@ describe('breakwater relay: argument errors', () => {
 })
 
 describe('breakwater relay: startup failures exit 1', () => {
-  it('an unmigrated database: a JSON error line and a hint', async () => {
-    const file = createTestSqlite('relay-unmigrated')
+  it('a missing database file: a JSON error line and a hint, and no file created', async () => {
+    const file = createTestSqlite('relay-missing')
     try {
       const result = await run(['--db', file.url])
       expect(result.code).toBe(1)
-      expect(result.stderr).toContain(`lacks the outbox migrations`)
+      expect(result.stderr).toContain('no such database file')
       expect(result.stderr).toContain(`run \`breakwater migrate --db ${file.url}\` first`)
       const lines = result.stdout
         .trim()
         .split('\n')
         .map((l) => JSON.parse(l) as Record<string, unknown>)
       expect(lines.at(-1)).toMatchObject({ level: 'error', service: 'breakwater-relay' })
-      expect(String(lines.at(-1)!.msg)).toContain('lacks the outbox migrations')
+      expect(String(lines.at(-1)!.msg)).toContain('no such database file')
+      expect(existsSync(file.filename)).toBe(false)
+    } finally {
+      file.cleanup()
+    }
+  })
+
+  it('a breakwater database without the outbox migrations: a hint', async () => {
+    const file = createTestSqlite('relay-unmigrated')
+    try {
+      const db = await openDatabase(file.url)
+      await migrateIdempotency(db)
+      await db.close()
+      const result = await run(['--db', file.url])
+      expect(result.code).toBe(1)
+      expect(result.stderr).toContain('lacks the outbox migrations')
+      expect(result.stderr).toContain(`run \`breakwater migrate --db ${file.url}\` first`)
     } finally {
       file.cleanup()
     }

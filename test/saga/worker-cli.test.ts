@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { sagaCommand } from '../../src/cli/saga.js'
 import { sagaWorkerCommand } from '../../src/cli/saga-worker.js'
+import { migrateIdempotency } from '../../src/idempotency/index.js'
 import { createSagaWorker, getSaga, migrateSagas, startSaga } from '../../src/saga/index.js'
 import { openDatabase } from '../../src/stores/index.js'
 import { greeting, slow } from '../fixtures/saga/cli-sagas.js'
@@ -92,6 +93,9 @@ describe('saga worker arguments', () => {
   it('an unmigrated database exits 1 with a hint', async () => {
     const file = createTestSqlite('saga-worker-unmigrated')
     try {
+      const db = await openDatabase(file.url)
+      await migrateIdempotency(db)
+      await db.close()
       const { code, err } = await run(['--module', sagasModule, '--db', file.url])
       expect(code).toBe(1)
       expect(err).toContain('lacks the saga migrations')

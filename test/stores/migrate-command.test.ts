@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs'
 import { afterAll, describe, expect, it } from 'vitest'
 import { migrateCommand } from '../../src/cli/migrate.js'
 import { listAppliedMigrations, type Migration } from '../../src/stores/migrations.js'
@@ -118,6 +119,16 @@ describe('breakwater migrate', () => {
     } finally {
       broken.cleanup()
     }
+  })
+
+  it('refuses --db given twice, and an in-memory database, touching nothing', async () => {
+    const twice = await run(['--db', file.url, '--db=sqlite:./elsewhere.db'])
+    expect(twice.code).toBe(2)
+    expect(twice.err).toContain('--db given twice')
+    const memory = await run(['--db', 'sqlite::memory:'])
+    expect(memory.code).toBe(2)
+    expect(memory.err).toContain('an in-memory database lasts one command')
+    expect(existsSync('elsewhere.db')).toBe(false)
   })
 
   it('prints usage for --help', async () => {

@@ -1,0 +1,67 @@
+// Opening the database of a command that works on breakwater's tables (every command but
+// `migrate`). Such a command must never create or change a file it was not meant for: opening
+// a SQLite file through the driver creates it (and its folder) when missing, and switches an
+// existing file to WAL mode for good. So a `sqlite:` URL is checked first, read-only: the file
+// must exist and hold breakwater's migrations table. A mistyped path then creates nothing, and
+// another program's database is left byte for byte as it was.
+
+import { existsSync } from 'node:fs'
+import { redactSecrets } from '../observability/index.js'
+import { DriverMissingError } from '../stores/errors.js'
+import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
+
+/** The table `breakwater migrate` creates first (src/stores/migrations.ts). */
+const migrationsTable = 'breakwater_migrations'
+
+interface ReadOnlyDatabase {
+  prepare(sql: string): { get(...params: unknown[]): unknown }
+  close(): void
+}
+
+/**
+ * Opens the database at `url` for a command that needs breakwater's tables. Throws, naming the
+ * file and what to do, when a SQLite file is missing, is not a SQLite database, or has no
+ * breakwater migrations; `sqlite::memory:` is refused (it would be empty, and gone when the
+ * command ends). PostgreSQL URLs open as they are (nothing is created by connecting).
+ *
+ * @example
+ * ```ts
+ * const db = await openExistingDatabase('sqlite:./.breakwater/app.db')
+ * ```
+ */
+export async function openExistingDatabase(url: string): Promise<SqlDriver> {
+  const target = parseDatabaseUrl(url)
+  if (target.dialect === 'sqlite') await checkBreakwaterFile(target.filename, url)
+  return openDatabase(url)
+}
+
+async function checkBreakwaterFile(filename: string, url: string): Promise<void> {
+  const migrate = `run \`breakwater migrate --db ${redactSecrets(url)}\` first`
+  if (filename === ':memory:')
+    throw new Error('an in-memory database is empty and lasts one command: use a sqlite: file')
+  if (!existsSync(filename)) throw new Error(`no such database file (${migrate}, which creates it)`)
+  let Database: new (file: string, options: Record<string, unknown>) => ReadOnlyDatabase
+  try {
+    const module = (await import('better-sqlite3')) as unknown as {
+      default: typeof Database
+    }
+    Database = module.default
+  } catch (error) {
+    throw new DriverMissingError('better-sqlite3', error)
+  }
+  let found: unknown
+  try {
+    const db = new Database(filename, { readonly: true, fileMustExist: true })
+    try {
+      found = db
+        .prepare("SELECT 1 AS found FROM sqlite_master WHERE type = 'table' AND name = ?")
+        .get(migrationsTable)
+    } finally {
+      db.close()
+    }
+  } catch (error) {
+    throw new Error(`not a readable SQLite database (${(error as Error).message})`)
+  }
+  if (found === undefined)
+    throw new Error(`not a breakwater database: it has no ${migrationsTable} table (${migrate})`)
+}
