@@ -1,11 +1,15 @@
 // `breakwater demo`: the shop (examples/shop: a small system built on breakwater's public API,
 // each service its own process, behind the breakwater proxy, with a live dashboard, load and
 // chaos) by default; `breakwater demo policies` plays the resilience-policy scenarios.
+import { accessSync, constants, statSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
+import { dirname, resolve } from 'node:path'
 import {
   type PolicyScenarioName,
   policyScenarioNames,
   runPoliciesDemo,
 } from '../demo/policies/index.js'
+import { redactSecrets } from '../observability/index.js'
 
 /** The defaults of a plain `npm start`: 45 s of load at 5 orders/s with the default chaos. */
 const shopDefaults = {
@@ -98,35 +102,114 @@ function parsePolicies(args: readonly string[]): Parsed | string {
   return { demo: 'policies', only }
 }
 
+// A flag's numeric value: digits only (`1.5`, `1e3`, `0x10`, ` ` and `` are refused, never read
+// as some other number), in the unit the flag documents.
+const numericFlags: Partial<
+  Record<
+    string,
+    {
+      readonly key: 'durationS' | 'rate' | 'port' | 'newShare' | 'quiesceS'
+      readonly min: number
+      readonly max: number
+      /** `seconds`: a whole number, `45` or `45s`; `whole`: a whole number; `decimal`: `2.5` too. */
+      readonly kind: 'seconds' | 'whole' | 'decimal'
+    }
+  >
+> = {
+  '--duration': { key: 'durationS', min: 0, max: 86_400, kind: 'seconds' },
+  '--rate': { key: 'rate', min: 0.1, max: 500, kind: 'decimal' },
+  '--port': { key: 'port', min: 0, max: 65_535, kind: 'whole' },
+  '--new-share': { key: 'newShare', min: 0, max: 100, kind: 'whole' },
+  '--quiesce': { key: 'quiesceS', min: 1, max: 3_600, kind: 'seconds' },
+}
+
+const numberPatterns = {
+  seconds: /^(\d{1,9})s?$/,
+  whole: /^(\d{1,9})$/,
+  decimal: /^(\d{1,9}(\.\d{1,6})?)$/,
+}
+const numberNouns = {
+  seconds: 'a whole number of seconds',
+  whole: 'a whole number',
+  decimal: 'a number',
+}
+
+const booleanFlags = new Set(['--no-proxy', '--quiet', '--help', '-h'])
+const knownFlags = new Set([
+  ...Object.keys(numericFlags),
+  ...booleanFlags,
+  ...['--chaos', '--db', '--broker', '--break', '--json'],
+])
+
+/** `text` with any password or token in it hidden, quoted for a message. */
+function shown(text: string | undefined): string {
+  return text === undefined ? 'nothing' : `"${redactSecrets(text)}"`
+}
+
+/**
+ * Why `--json <file>` cannot be written, or undefined when it can. Decision: the file is only
+ * checked here, when the arguments are read, and written once at the end: it is neither
+ * created nor truncated at start, so a run that fails to start or is stopped leaves an earlier
+ * summary (or no file) behind rather than an empty one. The check: an existing path must be a
+ * writable file; a new one needs an existing, writable folder. A write that still fails at the
+ * end (folder removed meanwhile, disk full) is reported then, with the summary on stdout.
+ */
+function jsonFileProblem(file: string): string | undefined {
+  const path = resolve(file)
+  try {
+    if (statSync(path).isDirectory()) return `--json ${file} is a folder, not a file`
+    accessSync(path, constants.W_OK)
+    return undefined
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT')
+      return `--json ${file} cannot be written: ${messageOf(error)}`
+  }
+  const folder = dirname(path)
+  try {
+    if (!statSync(folder).isDirectory()) return `--json ${file}: ${folder} is not a folder`
+    accessSync(folder, constants.W_OK)
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ENOENT'
+      ? `--json ${file}: the folder ${folder} does not exist`
+      : `--json ${file}: the folder ${folder} is not writable (${messageOf(error)})`
+  }
+  return undefined
+}
+
 function parseShop(args: readonly string[]): Parsed | string {
   const options: ShopOptions = { ...shopDefaults, noProxy: false, breaks: [], live: true }
-  const number = (flag: string, value: string | undefined, min: number, max: number) => {
-    const n = Number(value)
-    if (value === undefined || value === '' || !Number.isFinite(n) || n < min || n > max)
-      return `${flag} needs a number from ${min} to ${max}, got ${value === undefined ? 'nothing' : `"${value}"`}`
-    return n
-  }
+  const seen = new Set<string>()
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!
     const eq = arg.startsWith('--') ? arg.indexOf('=') : -1
     const flag = eq < 0 ? arg : arg.slice(0, eq)
-    const value = (): string | undefined => (eq < 0 ? args[++i] : arg.slice(eq + 1))
-    const numeric: Partial<Record<string, [keyof ShopOptions, number, number]>> = {
-      '--duration': ['durationS', 0, 86_400],
-      '--rate': ['rate', 0.1, 500],
-      '--port': ['port', 0, 65_535],
-      '--new-share': ['newShare', 0, 100],
-      '--quiesce': ['quiesceS', 1, 3_600],
+    // A separate value that is itself a flag (`--json --quiet`) is a missing value, not a value.
+    const value = (): string | undefined => {
+      if (eq >= 0) return arg.slice(eq + 1)
+      const next = args[i + 1]
+      if (next === undefined || next.startsWith('--')) return undefined
+      i++
+      return next
     }
-    const range = numeric[flag]
-    if (range !== undefined) {
-      const n = number(flag, value(), range[1], range[2])
-      if (typeof n === 'string') return n
-      ;(options as unknown as Record<string, number>)[range[0]] = n
+    if (flag === 'shop' && i === 0) continue
+    if (arg.startsWith('-') && !knownFlags.has(flag)) return `unknown option ${shown(arg)}`
+    if (booleanFlags.has(flag) && eq >= 0) return `${flag} takes no value`
+    // --break may name several safety nets, each once; every other flag is given at most once.
+    if (knownFlags.has(flag) && flag !== '--break') {
+      if (seen.has(flag)) return `${flag} given twice`
+      seen.add(flag)
+    }
+    const numeric = numericFlags[flag]
+    if (numeric !== undefined) {
+      const text = value()
+      const match = text === undefined ? null : numberPatterns[numeric.kind].exec(text)
+      const n = match === null ? Number.NaN : Number(match[1])
+      if (!(n >= numeric.min && n <= numeric.max))
+        return `${flag} needs ${numberNouns[numeric.kind]} from ${numeric.min} to ${numeric.max}, got ${shown(text)}`
+      options[numeric.key] = n
       continue
     }
     if (flag === '--help' || flag === '-h') return { help: true }
-    if (flag === 'shop' && i === 0) continue
     if (flag === '--chaos') {
       const script = value()
       if (script === undefined || !(chaosScripts as readonly string[]).includes(script))
@@ -134,18 +217,20 @@ function parseShop(args: readonly string[]): Parsed | string {
       options.chaos = script
     } else if (flag === '--db') {
       const url = value()
-      if (url === undefined || !/^postgres(ql)?:\/\//.test(url))
+      if (url === undefined || !/^postgres(ql)?:\/\/./.test(url))
         return '--db needs a postgres:// URL (SQLite is the default)'
       options.db = url
     } else if (flag === '--broker') {
       const url = value()
       if (url === undefined || !/^(nats|amqps?|rediss?):\/\//.test(url))
         return '--broker needs a nats://, amqp:// or redis:// URL (the SQL queue is the default)'
+      if (brokerAddress(url) === undefined) return `--broker: not a URL with a host: ${shown(url)}`
       options.broker = url
     } else if (flag === '--break') {
       const what = value()
       if (what !== 'payments-idempotency' && what !== 'inbox')
         return '--break takes: payments-idempotency, inbox'
+      if (options.breaks.includes(what)) return `--break ${what} given twice`
       options.breaks.push(what)
     } else if (flag === '--json') {
       const file = value()
@@ -155,11 +240,13 @@ function parseShop(args: readonly string[]): Parsed | string {
       options.noProxy = true
     } else if (flag === '--quiet') {
       options.live = false
-    } else if (arg.startsWith('-')) {
-      return `unknown option "${arg}"`
     } else {
-      return `unknown demo "${arg}" (known: shop, policies)`
+      return `unknown demo ${shown(arg)} (known: shop, policies)`
     }
+  }
+  if (options.json !== undefined) {
+    const problem = jsonFileProblem(options.json)
+    if (problem !== undefined) return problem
   }
   return { demo: 'shop', options }
 }
@@ -168,26 +255,111 @@ function parse(args: readonly string[]): Parsed | string {
   return args[0] === 'policies' ? parsePolicies(args.slice(1)) : parseShop(args)
 }
 
+/** What the shop demo resolves to: `ok` and the rest of the summary (written by --json). */
+type ShopRun = (
+  options: ShopOptions & { write: (line: string) => void },
+) => Promise<{ ok: boolean }>
+
 // The shop is compiled from examples/shop to dist/examples/shop (`npm run build`). This file
 // runs from src/cli (tests) or dist/cli: both are two levels below the repository root.
-async function loadShop(): Promise<
-  (options: ShopOptions & { write: (line: string) => void }) => Promise<{ ok: boolean }>
-> {
+async function loadShop(): Promise<ShopRun> {
   const entry = new URL('../../dist/examples/shop/main.js', import.meta.url).href
-  const module = (await import(entry)) as {
-    runShopDemo: (
-      options: ShopOptions & { write: (line: string) => void },
-    ) => Promise<{ ok: boolean }>
-  }
+  const module = (await import(entry)) as { runShopDemo: ShopRun }
   return module.runShopDemo
+}
+
+/** An error's message, on one line; an AggregateError (every address of a host) gives all of its. */
+function messageOf(error: unknown): string {
+  const text =
+    error instanceof AggregateError && error.errors.length > 0
+      ? error.errors.map(messageOf).join('; ')
+      : error instanceof Error
+        ? error.message || error.name
+        : String(error)
+  const line = redactSecrets(text.trim().split('\n')[0]!.trim())
+  return line.length > 300 ? `${line.slice(0, 300)}...` : line
+}
+
+const brokerPorts: Readonly<Record<string, number>> = {
+  nats: 4222,
+  amqp: 5672,
+  amqps: 5671,
+  redis: 6379,
+  rediss: 6379,
+}
+
+/** The host and port a broker URL names, or undefined when it names none. */
+function brokerAddress(url: string): { host: string; port: number } | undefined {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    return undefined
+  }
+  const host = parsed.hostname.replace(/^\[(.*)\]$/, '$1')
+  const port = parsed.port === '' ? brokerPorts[parsed.protocol.slice(0, -1)] : Number(parsed.port)
+  return host === '' || port === undefined ? undefined : { host, port }
+}
+
+const connectTimeoutMs = 10_000
+
+/**
+ * Checks, before any service starts, that `--db` opens and that `--broker` accepts connections:
+ * the one line that says which and why, instead of nine services failing each in its own way.
+ * The broker is only connected to (a TCP connect): the shop's services speak its protocol.
+ */
+async function checkConnections(options: ShopOptions): Promise<string | undefined> {
+  if (options.db !== undefined) {
+    const { openDatabase } = await import('../stores/index.js')
+    try {
+      const db = await openDatabase(options.db, {
+        postgres: { maxConnections: 1, connectionTimeoutMs: connectTimeoutMs },
+      })
+      try {
+        await db.execute('SELECT 1')
+      } finally {
+        await db.close().catch(() => {})
+      }
+    } catch (error) {
+      return `cannot open --db ${redactSecrets(options.db)}: ${messageOf(error)}`
+    }
+  }
+  if (options.broker !== undefined) {
+    const url = options.broker
+    const address = brokerAddress(url)!
+    const reached = await new Promise<string | undefined>((done) => {
+      const socket = connect(address)
+      socket.setTimeout(connectTimeoutMs, () =>
+        socket.destroy(
+          new Error(
+            `no answer from ${address.host}:${address.port} within ${connectTimeoutMs / 1000} s`,
+          ),
+        ),
+      )
+      socket.once('connect', () => {
+        socket.destroy()
+        done(undefined)
+      })
+      socket.once('error', (error) => done(messageOf(error)))
+    })
+    if (reached !== undefined) return `cannot reach --broker ${redactSecrets(url)}: ${reached}`
+  }
+  return undefined
+}
+
+/** What `demoCommand` runs the shop with (tests replace it). */
+export interface DemoCommandDeps {
+  /** Loads the shop demo's runner (default: dist/examples/shop/main.js). */
+  readonly loadShop?: () => Promise<ShopRun>
 }
 
 /**
  * `breakwater demo [shop] [options]` runs the shop and resolves to 0 when every invariant held,
- * 1 when one broke; `breakwater demo policies [--only <scenarios>]` plays the policy scenarios
- * (0 when the run completes). 2 for bad arguments.
+ * 1 when one broke, or when the shop could not start or --json could not be written;
+ * `breakwater demo policies [--only <scenarios>]` plays the policy scenarios (0 when the run
+ * completes). 2 for bad arguments.
  */
-export async function demoCommand(args: string[]): Promise<number> {
+export async function demoCommand(args: string[], deps: DemoCommandDeps = {}): Promise<number> {
   const parsed = parse(args)
   if (typeof parsed === 'string') {
     process.stderr.write(`breakwater demo: ${parsed}\n\n${usage}`)
@@ -202,15 +374,36 @@ export async function demoCommand(args: string[]): Promise<number> {
     await runPoliciesDemo({ only: parsed.only, write })
     return 0
   }
-  let runShopDemo: Awaited<ReturnType<typeof loadShop>>
-  try {
-    runShopDemo = await loadShop()
-  } catch (error) {
-    process.stderr.write(
-      `breakwater demo: the shop is not built (${error instanceof Error ? error.message : String(error)}); run \`npm run build\` first\n`,
-    )
+  const fail = (message: string): number => {
+    process.stderr.write(`breakwater demo: ${message}\n`)
     return 1
   }
-  const result = await runShopDemo({ ...parsed.options, write })
+  let runShopDemo: ShopRun
+  try {
+    runShopDemo = await (deps.loadShop ?? loadShop)()
+  } catch (error) {
+    return fail(`the shop is not built (${messageOf(error)}); run \`npm run build\` first`)
+  }
+  const unreachable = await checkConnections(parsed.options)
+  if (unreachable !== undefined) return fail(unreachable)
+  // The shop gets no `json`: the summary is written here, so a failed write is reported
+  // without losing it.
+  const { json, ...options } = parsed.options
+  let result: { ok: boolean }
+  try {
+    result = await runShopDemo({ ...options, write })
+  } catch (error) {
+    // A service's own output (its stderr) has been shown already, as the shop reports it.
+    return fail(`the shop failed: ${messageOf(error)}`)
+  }
+  if (json !== undefined) {
+    const text = JSON.stringify(result, null, 2)
+    try {
+      writeFileSync(json, text)
+    } catch (error) {
+      process.stdout.write(`${text}\n`)
+      return fail(`cannot write --json ${json}: ${messageOf(error)} (the summary is printed above)`)
+    }
+  }
   return result.ok ? 0 : 1
 }

@@ -5,6 +5,7 @@
 // src/cli/long-running.ts), since what did not stop may hold the process open. Commands load lazily so that, say,
 // `breakwater migrate` never loads the demo's HTTP servers.
 import { BreakwaterError } from '../core/errors.js'
+import { StartupError } from './process-support.js'
 
 /** A command's entry point: gets its own arguments, resolves to the exit code. */
 type Command = (args: string[]) => Promise<number>
@@ -66,6 +67,11 @@ try {
   ) {
     process.stderr.write(`breakwater: ${error.message}\n`)
     process.exitCode = 2
+  } else if (error instanceof StartupError) {
+    // A process that could not start (a port in use, a store that does not open): the
+    // message names what failed; a stack would only hide it.
+    process.stderr.write(`breakwater: ${error.message}\n`)
+    process.exitCode = 1
   } else {
     process.stderr.write(
       `breakwater: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,

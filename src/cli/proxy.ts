@@ -14,7 +14,8 @@ import {
 import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { AdminServer } from '../proxy/admin/index.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
-import { UsageError } from './usage.js'
+import { StartupError } from './process-support.js'
+import { messageOf, UsageError } from './usage.js'
 
 /** What `proxyCommand` needs besides its arguments; everything has a default. */
 export interface ProxyCommandDeps {
@@ -176,7 +177,7 @@ async function runSingle(
         config: { file },
         logger,
         ...(deps.env === undefined ? {} : { env: deps.env }),
-      })
+      }).catch(startFailure)
       const onHup = (): void => {
         logger.info('SIGHUP: reloading the config')
         void proxy.tryReload()
@@ -203,6 +204,20 @@ async function runSingle(
 }
 
 async function runWorker(file: string, logger: Logger, deps: ProxyCommandDeps): Promise<number> {
+  try {
+    return await serveAsWorker(file, logger, deps)
+  } finally {
+    // Let go of the IPC channel so the process can end, also when it could not start (the
+    // primary then sees it exit).
+    if (process.connected) process.disconnect()
+  }
+}
+
+async function serveAsWorker(
+  file: string,
+  logger: Logger,
+  deps: ProxyCommandDeps,
+): Promise<number> {
   const { startProxyRuntime } = await import('../proxy/runtime.js')
   const { serveWorkerCommands } = await import('../proxy/admin/cluster.js')
   const outcome = await runUntilSignal(
@@ -214,7 +229,7 @@ async function runWorker(file: string, logger: Logger, deps: ProxyCommandDeps): 
         watch: false,
         admin: false,
         ...(deps.env === undefined ? {} : { env: deps.env }),
-      })
+      }).catch(startFailure)
       let drain: () => void = () => {}
       const done = new Promise<void>((resolvePromise) => {
         drain = resolvePromise
@@ -237,8 +252,6 @@ async function runWorker(file: string, logger: Logger, deps: ProxyCommandDeps): 
     { target: deps.signals ?? process, drainTimeoutMs: 600_000 },
   )
   logger.info('worker exited', { ...outcome })
-  // Let go of the IPC channel so the process can end.
-  if (process.connected) process.disconnect()
   return 0
 }
 
@@ -272,9 +285,22 @@ async function runPrimary(
   let watchTimer: ReturnType<typeof setTimeout> | undefined
   const exited = new Map<number, Promise<void>>()
 
+  // Until every first worker has come up, a worker that exits ends the start: a worker that
+  // cannot start (a port in use, a store that does not open) would fail the same way again.
+  let startedAll = false
+  let readyCount = 0
+  let failStart: (() => void) | undefined
+  const startFailed = new Promise<void>((resolvePromise) => {
+    failStart = resolvePromise
+  })
+  let startError: string | undefined
   const fork = (): Worker => {
     const worker = cluster.fork({ [workerEnv]: '1' })
     backend.attach(worker)
+    worker.on('message', (message: unknown) => {
+      if ((message as { bw?: unknown } | null)?.bw === 'ready' && ++readyCount >= workers)
+        startedAll = true
+    })
     exited.set(
       worker.id,
       new Promise<void>((resolvePromise) => {
@@ -283,6 +309,16 @@ async function runPrimary(
           exited.delete(worker.id)
           resolvePromise()
           if (stopping) return
+          if (!startedAll) {
+            startError = 'a worker exited while starting; its error is above'
+            log.error('a worker failed to start; stopping', {
+              workerPid: worker.process.pid,
+              code,
+              signal,
+            })
+            failStart?.()
+            return
+          }
           restarts.inc()
           log.error('worker exited unexpectedly; starting a new one', {
             workerPid: worker.process.pid,
@@ -329,13 +365,20 @@ async function runPrimary(
       )
       signals.on('SIGHUP', onHup)
       return {
+        done: startFailed,
         stop: async () => {
           stopping = true
           signals.off('SIGHUP', onHup)
           watcher?.close()
           if (watchTimer !== undefined) clearTimeout(watchTimer)
-          backend.beginDrain()
-          await backend.drainAll()
+          if (startError === undefined) {
+            backend.beginDrain()
+            await backend.drainAll()
+          } else {
+            // Some workers never came up to take a drain request: signal each one instead (a
+            // worker that did start drains on SIGTERM).
+            for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM')
+          }
           await Promise.all(exited.values())
           await admin?.close()
         },
@@ -353,7 +396,19 @@ async function runPrimary(
     await admin?.close()
   }
   log.info('proxy exited', { ...outcome })
+  if (startError !== undefined) throw new StartupError(`cannot start: ${startError}`)
   return outcome.reason === 'signal' && outcome.drain !== 'complete' ? 1 : 0
+}
+
+// Why the proxy could not start, for main.ts: config and option errors stay what they are
+// (exit 2); anything else (a port in use, a store that does not open) becomes one line, exit 1.
+function startFailure(error: unknown): never {
+  if (
+    BreakwaterError.is(error) &&
+    (error.code === 'CONFIG_INVALID' || error.code === 'INVALID_OPTION')
+  )
+    throw error
+  throw new StartupError(`cannot start: ${messageOf(error)}`)
 }
 
 function watchFile(file: string, onChange: () => void, log: Logger): FSWatcher | undefined {

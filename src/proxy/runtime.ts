@@ -20,6 +20,7 @@ import {
   type MetricsRegistry,
   metricsPerRegistry,
 } from '../observability/metrics.js'
+import { redactUrl } from '../stores/redact.js'
 import { ConfigInvalidError } from './config/errors.js'
 import { parseProxyConfig } from './config/load.js'
 import type {
@@ -557,7 +558,16 @@ class ProxyRuntime implements ProxyInternals {
       const url = config.idempotency?.url ?? 'memory'
       let sidecar = this.#sidecar
       if (needsIdempotency && this.#idempotencyStore?.url !== url) {
-        idempotencyOpened = { url, store: await openProxyIdempotency(url, { clock: deps.clock }) }
+        let store: Awaited<ReturnType<typeof openProxyIdempotency>>
+        try {
+          store = await openProxyIdempotency(url, { clock: deps.clock })
+        } catch (error) {
+          throw new Error(
+            `idempotency.url: cannot open ${redactUrl(url)}: ${(error as Error).message}`,
+            { cause: error },
+          )
+        }
+        idempotencyOpened = { url, store }
         sidecar = createSidecarIdempotency({
           idempotency: idempotencyOpened.store.idempotency,
           clock: deps.clock,
@@ -619,7 +629,14 @@ class ProxyRuntime implements ProxyInternals {
       for (const listener of plan) {
         const server = createListenerServer(listener, this.#dispatcher(listener.name), deps)
         newListeners.push({ config: listener, server })
-        await server.listen()
+        try {
+          await server.listen()
+        } catch (error) {
+          throw new Error(
+            `listeners.${listener.name}: cannot listen on ${listener.host}:${listener.port}: ${(error as Error).message}`,
+            { cause: error },
+          )
+        }
       }
 
       // Swap.

@@ -1,10 +1,13 @@
 import { EventEmitter } from 'node:events'
 import { mkdtempSync, writeFileSync } from 'node:fs'
+import { createServer as createNetServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { proxyCommand } from '../../../src/cli/proxy.js'
 import type { SignalTarget } from '../../../src/process/index.js'
+import { runCli } from '../../process/cli-process.js'
+import { listenOnLoopback } from '../../support/loopback.js'
 import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'bw-proxy-cli-'))
@@ -47,6 +50,36 @@ describe('proxyCommand', () => {
     )
     expect(await proxyCommand(['--config', good, '--check'], { stdout: out, stderr: err })).toBe(0)
     expect(out.text()).toContain('valid (1 services, 1 listeners, 1 workers)')
+  })
+
+  it('a proxy that cannot start says what failed in one line, exit 1, with one process or workers', async () => {
+    const taken = createNetServer()
+    const port = await listenOnLoopback(taken)
+    try {
+      const busy = write(
+        'busy.yaml',
+        `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: out, role: ambassador, port: ${port} }]\n`,
+      )
+      for (const workers of ['1', '2']) {
+        const result = await runCli(['proxy', '--config', busy, '--workers', workers])
+        expect(result.code).toBe(1)
+        expect(result.stderr).toContain(`listeners.out: cannot listen on 127.0.0.1:${port}`)
+        expect(result.stderr).toContain('EADDRINUSE')
+        expect(result.stderr).not.toMatch(/\n\s+at /)
+        if (workers === '2')
+          expect(result.stderr).toContain('cannot start: a worker exited while starting')
+      }
+      const store = write(
+        'store.yaml',
+        `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: in, role: gateway, port: 0, routes: [{ name: r, match: { prefix: / }, targets: [{ service: a }], idempotency: {} }] }]\nidempotency: { url: "sqlite:${dir}" }\n`,
+      )
+      const result = await runCli(['proxy', '--config', store])
+      expect(result.code).toBe(1)
+      expect(result.stderr).toContain(`cannot start: idempotency.url: cannot open sqlite:${dir}`)
+      expect(result.stderr).not.toMatch(/\n\s+at /)
+    } finally {
+      await new Promise((resolve) => taken.close(resolve))
+    }
   })
 
   it('reloads on SIGHUP and drains on SIGTERM with exit 0', async () => {
