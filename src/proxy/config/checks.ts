@@ -196,6 +196,25 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
     })
   })
 
+  // `websocket` on a service is the ambassador's setting (gateway routes have their own): on
+  // a service no ambassador exposes it would be silently off.
+  const ambassadors = list(doc.listeners).filter(
+    (listener): listener is Obj => isObj(listener) && listener.role === 'ambassador',
+  )
+  for (const [name, service] of Object.entries(services)) {
+    if (!isObj(service) || service.websocket === undefined || service.websocket === false)
+      continue
+    const exposed = ambassadors.some(
+      (listener) => !Array.isArray(listener.services) || listener.services.includes(name),
+    )
+    if (!exposed)
+      add(
+        ['services', name, 'websocket'],
+        'an ambassador listener that exposes this service (websocket on a service is for the ambassador; gateway routes set their own)',
+        service.websocket,
+      )
+  }
+
   const admin = isObj(doc.admin) ? doc.admin : undefined
   if (admin !== undefined) claimPort(['admin', 'port'], admin.host ?? '127.0.0.1', admin.port)
 

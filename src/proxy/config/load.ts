@@ -131,28 +131,45 @@ export function validateProxyDocument(yamlText: string, sourceName: string): Pro
   }
 
   const result = proxyConfigSchema.safeParse(raw, { error: expectedText })
-  if (!result.success) {
-    for (const issue of result.error.issues) {
-      const path = issue.path as (string | number)[]
-      if (issue.code === 'unrecognized_keys') {
-        for (const key of issue.keys)
-          push([...path, key], 'unknown key (not part of the proxy config)', locateKey(path, key))
-        continue
-      }
-      if (issue.code === 'invalid_key') {
-        const key = path[path.length - 1]
-        const inner = issue.issues[0]?.message ?? 'a valid name'
-        push(
-          path,
-          `expected a key that is a ${inner}, got ${JSON.stringify(key)}`,
-          locateKey(path.slice(0, -1), String(key)),
-        )
-        continue
-      }
-      const value = valueAt(raw, path)
-      push(path, `expected ${issue.message}, got ${describe(path, value)}`, locate(path))
+  const report = (issue: z.core.$ZodIssue, base: readonly (string | number)[]): void => {
+    const path = [...base, ...(issue.path as (string | number)[])]
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys)
+        push([...path, key], 'unknown key (not part of the proxy config)', locateKey(path, key))
+      return
     }
+    if (issue.code === 'invalid_key') {
+      const key = path[path.length - 1]
+      const inner = issue.issues[0]?.message ?? 'a valid name'
+      push(
+        path,
+        `expected a key that is a ${inner}, got ${JSON.stringify(key)}`,
+        locateKey(path.slice(0, -1), String(key)),
+      )
+      return
+    }
+    const value = valueAt(raw, path)
+    if (issue.code === 'invalid_union') {
+      // `false or { ... }`-style settings: a mapping that fails is the mapping form with a bad
+      // field, so its own problems say more than "true, false or { ... }".
+      const mapping = typeof value === 'object' && value !== null && !Array.isArray(value)
+      const form = mapping
+        ? issue.errors.find(
+            (errors) =>
+              errors.length > 0 &&
+              errors.every(
+                (inner) => inner.path.length > 0 || inner.code === 'unrecognized_keys',
+              ),
+          )
+        : undefined
+      if (form !== undefined) {
+        for (const inner of form) report(inner, path)
+        return
+      }
+    }
+    push(path, `expected ${issue.message}, got ${describe(path, value)}`, locate(path))
   }
+  if (!result.success) for (const issue of result.error.issues) report(issue, [])
   for (const problem of crossFieldProblems(raw)) addRaw(problem)
   function addRaw(problem: RawProblem): void {
     const got =

@@ -573,5 +573,30 @@ describe('WebSocket tunnels', () => {
     expect(message).toContain(
       'listeners[1].routes[3].websocket: expected true, false or { idleTimeoutMs }',
     )
+    // A mapping with a bad field names the field; a service no ambassador exposes is refused.
+    const worse = yaml(
+      { legacy: legacy.url },
+      {
+        route:
+          '      - { name: text, match: { prefix: /text }, targets: [{ service: legacy }], websocket: { idleTimeoutMs: "60000" } }\n      - { name: typo, match: { prefix: /typo }, targets: [{ service: legacy }], websocket: { idle: 5 } }',
+      },
+    )
+      .replace('  - { name: out, role: ambassador, port: 0 }\n', '')
+      .replace(
+        'services:\n',
+        'services:\n  hidden: { endpoints: [http://127.0.0.1:9], websocket: true }\n',
+      )
+    const second = await startProxy({ config: worse, logger: quiet }).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    )
+    const text = second?.message ?? ''
+    expect(text).toContain(
+      'listeners[0].routes[1].websocket.idleTimeoutMs: expected integer in [1000, 2147483647], got "60000"',
+    )
+    expect(text).toContain('listeners[0].routes[2].websocket.idle: unknown key')
+    expect(text).toContain(
+      'services.hidden.websocket: expected an ambassador listener that exposes this service',
+    )
   })
 })
