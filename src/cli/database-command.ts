@@ -7,7 +7,7 @@ import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import type { SqlDriver } from '../stores/index.js'
 import { openExistingDatabase } from './existing-database.js'
-import { messageOf, UsageError } from './usage.js'
+import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /** Where a command writes (process.stdout / process.stderr by default). */
 export interface TextSink {
@@ -62,7 +62,7 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
   const out = deps.stdout ?? process.stdout
   const err = deps.stderr ?? process.stderr
   const prefix = `breakwater ${command.name}:`
-  if (args[0] === '--help' || args[0] === '-h' || args[0] === 'help') {
+  if (wantsHelp(args)) {
     out.write(command.usage)
     return 0
   }

@@ -39,7 +39,7 @@ import {
   readFlags,
   StartupError,
 } from './process-support.js'
-import { messageOf, UsageError } from './usage.js'
+import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /**
  * What `relayCommand` needs besides its arguments; the webhook secret and `BREAKWATER_CRASH_AT`
@@ -465,7 +465,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
   const out = deps.stdout ?? process.stdout
   const err = deps.stderr ?? process.stderr
   const env = deps.env ?? process.env
-  if (args[0] === '--help' || args[0] === '-h' || args[0] === 'help') {
+  if (wantsHelp(args)) {
     out.write(usage)
     return 0
   }

@@ -25,7 +25,7 @@ import {
   serveMetrics,
 } from './long-running.js'
 import { integerFlag, logLevelFlag, nonEmpty, readFlags, StartupError } from './process-support.js'
-import { messageOf, UsageError } from './usage.js'
+import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /**
  * What `sagaWorkerCommand` needs besides its arguments; `BREAKWATER_DB_URL` and
@@ -242,7 +242,7 @@ export async function sagaWorkerCommand(
   const out = deps.stdout ?? process.stdout
   const err = deps.stderr ?? process.stderr
   const env = deps.env ?? process.env
-  if (args[0] === '--help' || args[0] === '-h' || args[0] === 'help') {
+  if (wantsHelp(args)) {
     out.write(usage)
     return 0
   }

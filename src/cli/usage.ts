@@ -18,3 +18,11 @@ export function messageOf(error: unknown): string {
 export function counted(count: number, noun: string): string {
   return `${count} ${noun}${count === 1 ? '' : 's'}`
 }
+
+/**
+ * Whether `args` ask for a command's usage: `--help` or `-h` anywhere (`outbox stats --help`,
+ * `relay --db x --help`), or `help` as the first word.
+ */
+export function wantsHelp(args: readonly string[]): boolean {
+  return args[0] === 'help' || args.includes('--help') || args.includes('-h')
+}

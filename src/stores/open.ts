@@ -34,7 +34,12 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
  */
 export function parseDatabaseUrl(url: string): DatabaseTarget {
   if (typeof url !== 'string') throw new InvalidOptionError('url', expected, url)
-  if (/^postgres(ql)?:\/\/./i.test(url)) return { dialect: 'postgres', connectionString: url }
+  if (/^postgres(ql)?:\/\/./i.test(url)) {
+    // pg would refuse it later, as "Invalid URL" with nothing to say which setting held it.
+    if (!URL.canParse(url))
+      throw new InvalidOptionError('url', 'a valid postgres:// URL', redactUrl(url))
+    return { dialect: 'postgres', connectionString: url }
+  }
   if (/^sqlite:/i.test(url)) {
     let filename = url.slice('sqlite:'.length)
     // sqlite:///abs/path -> /abs/path, sqlite://rel.db -> rel.db

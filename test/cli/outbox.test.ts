@@ -250,6 +250,23 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
 })
 
 describe('breakwater outbox: database problems', () => {
+  it('prints its usage for --help or -h anywhere, and refuses a malformed postgres URL with exit 2', async () => {
+    for (const args of [
+      ['--help'],
+      ['stats', '--help'],
+      ['prune', '-h'],
+      ['dead', '--db', 'x', '--help'],
+    ]) {
+      const result = await run(args)
+      expect(result.code).toBe(0)
+      expect(result.stdout).toContain('usage: breakwater outbox')
+    }
+    const bad = await run(['stats', '--db', 'postgres://app:hunter2-pw@127.0.0.1:abc/app'])
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toContain('a valid postgres:// URL')
+    expect(bad.stderr).not.toContain('hunter2')
+  })
+
   it('an unmigrated database exits 1 with a hint; a bad URL exits 2 without its password', async () => {
     const memory = await run(['dead', '--db', 'sqlite::memory:'])
     expect(memory.code).toBe(1)

@@ -107,6 +107,19 @@ describe('openDatabase', () => {
     expect(error.message).toContain('redis://:***@localhost:6379')
   })
 
+  it('rejects a malformed postgres:// URL before connecting, naming it without its password', async () => {
+    for (const url of [
+      'postgres://app:hunter2@127.0.0.1:abc/x',
+      'postgres://app:hunter2@127.0.0.1:99999/x',
+      'postgresql://[::1:1/x',
+    ]) {
+      const error = await openDatabase(url).catch((e) => e)
+      expect(BreakwaterError.is(error) && error.code).toBe('INVALID_OPTION')
+      expect(error.message).toContain('a valid postgres:// URL')
+      expect(error.message).not.toContain('hunter2')
+    }
+  })
+
   it('passes per-driver options through and validates them', async () => {
     await expect(
       openDatabase('sqlite::memory:', { sqlite: { statementCacheSize: 0 } }),
