@@ -57,14 +57,22 @@ function parseArgs(args: readonly string[]): ProxyArgs | 'help' {
   let workers: number | undefined
   let check = false
   let logLevel: LogThreshold = 'info'
+  const seen = new Set<string>()
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] as string
     const [flag, inline] = arg.startsWith('--') && arg.includes('=') ? arg.split(/=(.*)/s) : [arg]
     const value = (): string => {
       const v = inline ?? args[++i]
-      if (v === undefined || v === '') throw new UsageError(`${flag} needs a value`)
+      if (v === undefined || v === '' || (inline === undefined && v.startsWith('-')))
+        throw new UsageError(`${flag} needs a value`)
       return v
     }
+    // One name per setting: `-c` is `--config`.
+    const name = flag === '-c' ? '--config' : (flag as string)
+    if (seen.has(name) && name !== '--help' && name !== '-h')
+      throw new UsageError(`${name} given twice`)
+    seen.add(name)
+    if (name === '--check' && inline !== undefined) throw new UsageError('--check takes no value')
     switch (flag) {
       case '--help':
       case '-h':

@@ -202,8 +202,7 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
     (listener): listener is Obj => isObj(listener) && listener.role === 'ambassador',
   )
   for (const [name, service] of Object.entries(services)) {
-    if (!isObj(service) || service.websocket === undefined || service.websocket === false)
-      continue
+    if (!isObj(service) || service.websocket === undefined || service.websocket === false) continue
     const exposed = ambassadors.some(
       (listener) => !Array.isArray(listener.services) || listener.services.includes(name),
     )

@@ -157,9 +157,7 @@ export function validateProxyDocument(yamlText: string, sourceName: string): Pro
         ? issue.errors.find(
             (errors) =>
               errors.length > 0 &&
-              errors.every(
-                (inner) => inner.path.length > 0 || inner.code === 'unrecognized_keys',
-              ),
+              errors.every((inner) => inner.path.length > 0 || inner.code === 'unrecognized_keys'),
           )
         : undefined
       if (form !== undefined) {

@@ -35,6 +35,12 @@ describe('proxyCommand', () => {
     expect(err.text()).toContain('--workers: expected an integer in [1, 256], got "0"')
     expect(await proxyCommand(['--config', 'x', '--token', 'y'], { stderr: err })).toBe(2)
     expect(err.text()).toContain('unknown option "--token"')
+    expect(await proxyCommand(['--config', 'a', '-c', 'b'], { stderr: err })).toBe(2)
+    expect(err.text()).toContain('--config given twice')
+    expect(await proxyCommand(['--config', 'a', '--check=yes'], { stderr: err })).toBe(2)
+    expect(err.text()).toContain('--check takes no value')
+    expect(await proxyCommand(['--config', '--check', 'b.yaml'], { stderr: err })).toBe(2)
+    expect(err.text()).toContain('--config needs a value')
   })
 
   it('--check reports every problem and exits 1, or 0 for a valid file', async () => {
