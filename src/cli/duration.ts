@@ -8,7 +8,9 @@ const units = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 } as con
  * milliseconds. Throws a `UsageError` naming `flag`.
  */
 export function parseDuration(flag: string, text: string): number {
-  const match = /^(\d{1,12})(ms|s|m|h|d)$/.exec(text)
+  const match = /^(\d+)(ms|s|m|h|d)$/.exec(text)
+  if (match !== null && match[1]!.length > 12)
+    throw new UsageError(`${flag} is too long (at most 12 digits before the unit), got "${text}"`)
   if (match === null) {
     throw new UsageError(
       `${flag} must be a whole number with a unit (ms, s, m, h or d), such as 30d or 12h, got "${text}"`,

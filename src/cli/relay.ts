@@ -24,7 +24,8 @@ import {
   type RelayOptions,
   sqlQueueMigrations,
 } from '../outbox/index.js'
-import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
+import { parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
+import { openExistingDatabase } from './existing-database.js'
 import {
   type LongRunningCommandDeps,
   openMigratedDatabase,
@@ -512,14 +513,25 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         if (broker.url !== undefined) {
           const url = broker.url
           try {
-            queueDb = await openDatabase(url)
+            queueDb = await openExistingDatabase(url)
           } catch (error) {
-            throw new StartupError(`cannot open ${redactSecrets(url)}: ${messageOf(error)}`)
+            throw new StartupError(
+              `cannot open --broker ${redactSecrets(url)}: ${messageOf(error)}`,
+            )
           }
           const opened = queueDb
           resources.add('queue database', () => opened.close())
         }
-        await checkMigrated(queueDb, 'queue', sqlQueueMigrations, broker.url ?? parsed.db)
+        try {
+          await checkMigrated(queueDb, 'queue', sqlQueueMigrations, broker.url ?? parsed.db)
+        } catch (error) {
+          if (error instanceof StartupError) throw error
+          // PostgreSQL connects only now: say which of the two databases did not answer.
+          const which = broker.url === undefined ? '--db' : '--broker'
+          throw new StartupError(
+            `cannot open ${which} ${redactSecrets(broker.url ?? parsed.db)}: ${messageOf(error)}`,
+          )
+        }
         const queue = createSqlQueue(queueDb)
         resources.add('SQL queue', () => queue.close())
         publisher = queue.publisher

@@ -132,7 +132,8 @@ function parse(args: readonly string[]): Parsed {
   }
   const limitText = values.get('--limit')
   const limit = limitText === undefined ? 50 : Number(limitText)
-  if (!Number.isInteger(limit) || limit < 1 || limit > 100_000) {
+  // Digits only: Number() would also take 0x10, 1e2, 1.0 and ' 5'.
+  if ((limitText !== undefined && !/^\d+$/.test(limitText)) || limit < 1 || limit > 100_000) {
     throw new UsageError(`--limit must be an integer from 1 to 100000, got "${limitText}"`)
   }
   return {

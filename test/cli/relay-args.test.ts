@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
 import { relayCommand } from '../../src/cli/relay.js'
 import { migrateIdempotency } from '../../src/idempotency/index.js'
+import { migrateOutbox } from '../../src/outbox/index.js'
 import { openDatabase } from '../../src/stores/index.js'
 import { createTestSqlite } from '../support/sqlite.js'
 
@@ -123,6 +124,26 @@ describe('breakwater relay: startup failures exit 1', () => {
       expect(result.code).toBe(1)
       expect(result.stderr).toContain('lacks the outbox migrations')
       expect(result.stderr).toContain(`run \`breakwater migrate --db ${file.url}\` first`)
+    } finally {
+      file.cleanup()
+    }
+  })
+
+  it('a SQL queue broker that does not answer is named as the --broker', async () => {
+    const file = createTestSqlite('relay-broker')
+    try {
+      const db = await openDatabase(file.url)
+      await migrateOutbox(db)
+      await db.close()
+      const result = await run([
+        '--db',
+        file.url,
+        '--broker',
+        'postgres://q:hunter2-pw@127.0.0.1:1/q',
+      ])
+      expect(result.code).toBe(1)
+      expect(result.stderr).toContain('cannot open --broker postgres://q:***@127.0.0.1:1/q')
+      expect(result.all).not.toContain('hunter2')
     } finally {
       file.cleanup()
     }
