@@ -41,7 +41,8 @@ options:
   --config <file>        the YAML config (required)
   --workers <n>          worker processes sharing the listener ports (default: the config's
                          workers, 1 = a single process)
-  --check                validate the file, print every problem, exit 0 (valid) or 1
+  --check                validate the file (and that the files it names can be read),
+                         print every problem, exit 0 (valid) or 1
   --log-level <level>    debug, info (default), warn, error or silent
 `
 
@@ -137,6 +138,14 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
   if (parsed.check) {
     try {
       const config = await loadProxyConfig(file)
+      const { unreadableFiles } = await import('../proxy/config/files.js')
+      const missing = unreadableFiles(config)
+      if (missing.length > 0) {
+        stderr.write(
+          `${file}: the config is valid, but ${missing.length === 1 ? 'a file it refers to' : `${missing.length} files it refers to`} cannot be read:\n${missing.map((p) => `  ${p.path}: ${p.file}: ${p.reason}\n`).join('')}`,
+        )
+        return 1
+      }
       stdout.write(
         `${file}: valid (${config.services.size} services, ${config.listeners.length} listeners, ${config.workers} workers)\n`,
       )

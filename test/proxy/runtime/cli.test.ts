@@ -56,6 +56,16 @@ describe('proxyCommand', () => {
     )
     expect(await proxyCommand(['--config', good, '--check'], { stdout: out, stderr: err })).toBe(0)
     expect(out.text()).toContain('valid (1 services, 1 listeners, 1 workers)')
+    // Valid in shape, but the certificate, key and token files it names are not there.
+    const files = write(
+      'files.yaml',
+      `services: { a: { endpoints: [${upstream.url}], auth: { bearer: { file: ${dir}/token } } } }\nlisteners: [{ name: in, role: gateway, port: 0, tls: { certFile: ${dir}/cert.pem, keyFile: ${dir} }, routes: [{ name: r, match: { prefix: / }, targets: [{ service: a }] }] }]\n`,
+    )
+    expect(await proxyCommand(['--config', files, '--check'], { stdout: out, stderr: err })).toBe(1)
+    expect(err.text()).toContain('3 files it refers to cannot be read')
+    expect(err.text()).toContain(`services.a.auth.bearer.file: ${dir}/token: no such file`)
+    expect(err.text()).toContain(`listeners[0].tls.certFile: ${dir}/cert.pem: no such file`)
+    expect(err.text()).toContain(`listeners[0].tls.keyFile: ${dir}: not a regular file`)
   })
 
   it('a proxy that cannot start says what failed in one line, exit 1, with one process or workers', async () => {
