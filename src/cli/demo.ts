@@ -82,10 +82,14 @@ function isScenarioName(name: string): name is PolicyScenarioName {
 // Returns the parsed arguments, or the message that explains what is wrong with them.
 function parsePolicies(args: readonly string[]): Parsed | string {
   let only: PolicyScenarioName[] = [...policyScenarioNames]
+  let onlyGiven = false
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!
     if (arg === '--help' || arg === '-h') return { help: true }
+    if (arg.startsWith('--help=')) return '--help takes no value'
     if (arg === '--only' || arg.startsWith('--only=')) {
+      if (onlyGiven) return '--only given twice'
+      onlyGiven = true
       const value = arg === '--only' ? args[++i] : arg.slice('--only='.length)
       if (value === undefined || value === '') return '--only needs a list of scenarios'
       const names = value.split(',').map((name) => name.trim())
@@ -370,13 +374,17 @@ export async function demoCommand(args: string[], deps: DemoCommandDeps = {}): P
     return 0
   }
   const write = (line: string): void => void process.stdout.write(`${line}\n`)
-  if (parsed.demo === 'policies') {
-    await runPoliciesDemo({ only: parsed.only, write })
-    return 0
-  }
   const fail = (message: string): number => {
     process.stderr.write(`breakwater demo: ${message}\n`)
     return 1
+  }
+  if (parsed.demo === 'policies') {
+    try {
+      await runPoliciesDemo({ only: parsed.only, write })
+    } catch (error) {
+      return fail(`the policy scenarios failed: ${messageOf(error)}`)
+    }
+    return 0
   }
   let runShopDemo: ShopRun
   try {

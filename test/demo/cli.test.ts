@@ -36,6 +36,8 @@ describe('breakwater demo (arguments)', () => {
     [['policies', 'policies'], 'unknown demo "policies"'],
     [['policies', '--only'], '--only needs a list of scenarios'],
     [['policies', '--only', 'jitter,retry'], 'unknown scenario "retry"'],
+    [['policies', '--only', 'jitter', '--only=jitter'], '--only given twice'],
+    [['policies', '--help=x'], '--help takes no value'],
     [['--only', 'jitter'], 'unknown option "--only"'],
     [['--duration', '-1'], '--duration needs a whole number of seconds from 0 to 86400, got "-1"'],
     [['--rate'], '--rate needs a number from 0.1 to 500, got nothing'],
