@@ -59,27 +59,21 @@ export function createAmbassadorHandler(
     sendProblem(res, 500, 'INTERNAL_ERROR', 'internal proxy error')
   }
   // The returned promise never rejects: a failure of the forward is answered here.
-  // The service a path names (its first segment) and the target to send it.
-  const resolve = (
-    inbound: InboundRequest,
-  ): { name: string; service: ServiceRuntime | undefined; target: string } => {
-    const path = inbound.path
-    const slash = path.indexOf('/', 1)
-    const name = slash === -1 ? path.slice(1) : path.slice(1, slash)
-    const service =
-      name === '' || (exposed !== undefined && !exposed.has(name))
-        ? undefined
-        : ctx.services().get(name)
-    const target = slash === -1 ? `/${inbound.query}` : `${path.slice(slash)}${inbound.query}`
-    return { name, service, target }
-  }
+  // The service a path's first segment names, if this listener exposes it. (Separate small
+  // functions rather than one returning an object: no allocation per request.)
+  const serviceNamed = (name: string): ServiceRuntime | undefined =>
+    name === '' || (exposed !== undefined && !exposed.has(name))
+      ? undefined
+      : ctx.services().get(name)
   const route = (inbound: InboundRequest, res: ProxyResponse): Promise<unknown> | undefined => {
-    const { name, service, target } = resolve(inbound)
+    const name = serviceSegment(inbound.path)
+    const service = serviceNamed(name)
     if (service === undefined) {
       sendProblem(res, 404, 'SERVICE_NOT_FOUND', notFoundDetail(name))
       logAccess(ctx, inbound, notFound, listener.name, { route: AMBASSADOR_ROUTE })
       return undefined
     }
+    const target = targetAfterService(inbound)
     const pending = service.forward(toForwardRequest(inbound, AMBASSADOR_ROUTE, target), res)
     // Without access logs nothing waits for the outcome: no continuation per request.
     if (!ctx.accessLog) return pending.then(undefined, (error: unknown) => threw(res, error))
@@ -138,7 +132,8 @@ export function createAmbassadorHandler(
       return
     }
     const inbound = check.request
-    const { name, service, target } = resolve(inbound)
+    const name = serviceSegment(inbound.path)
+    const service = serviceNamed(name)
     if (service === undefined) {
       refuse(404, 'SERVICE_NOT_FOUND', notFoundDetail(name), inbound.path)
       return
@@ -150,7 +145,7 @@ export function createAmbassadorHandler(
       return
     }
     const request = {
-      target,
+      target: targetAfterService(inbound),
       headers: inbound.headers,
       host: inbound.host,
       requestId: inbound.requestId,
@@ -167,6 +162,19 @@ export function createAmbassadorHandler(
       })
   }
   return Object.assign(handler, { fast, upgrade })
+}
+
+/** The first segment of a normalized path (`/orders/v1/x` → `orders`). */
+function serviceSegment(path: string): string {
+  const slash = path.indexOf('/', 1)
+  return slash === -1 ? path.slice(1) : path.slice(1, slash)
+}
+
+/** The origin-form target after the service segment: `/<service>/<rest>?q` → `/<rest>?q`. */
+function targetAfterService(inbound: InboundRequest): string {
+  const path = inbound.path
+  const slash = path.indexOf('/', 1)
+  return slash === -1 ? `/${inbound.query}` : `${path.slice(slash)}${inbound.query}`
 }
 
 function notFoundDetail(name: string): string {
