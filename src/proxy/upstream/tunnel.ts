@@ -104,8 +104,6 @@ class Handshake {
   upstreamSocket: Socket | undefined
   timer: TimerHandle | undefined
   connected = false
-  /** The answer (not 101) is being read. */
-  answering = false
   timedOut = false
   decided = false
   readonly onClientGone = (): void => this.clientGone()
@@ -250,13 +248,11 @@ class Handshake {
     // The endpoint's own connection headers stay on its side, except the two that say what
     // the connection switched to.
     const named = connectionNamedHeaders(res.headers.connection)
-    let text = `HTTP/1.1 101 ${res.statusMessage || 'Switching Protocols'}\r\n`
-    const raw = res.rawHeaders
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = (raw[i] as string).toLowerCase()
-      if (name !== 'connection' && name !== 'upgrade' && isHopByHop(name, named)) continue
-      text += `${raw[i]}: ${raw[i + 1]}\r\n`
-    }
+    const text = headText(
+      `HTTP/1.1 101 ${res.statusMessage || 'Switching Protocols'}`,
+      res.rawHeaders,
+      (name) => name !== 'connection' && name !== 'upgrade' && isHopByHop(name, named),
+    )
     client.write(`${text}\r\n`)
     if (upstreamHead.length > 0) client.write(upstreamHead)
     if (this.head.length > 0) upstream.write(this.head)
@@ -276,7 +272,6 @@ class Handshake {
     }
     const status = res.statusCode ?? 502
     this.record(this.service.retryStatus[status] === 1)
-    this.answering = true
     const chunks: Buffer[] = []
     let size = 0
     this.arm(this.service.readMs)
@@ -296,13 +291,11 @@ class Handshake {
     res.on('end', () => {
       if (this.decided) return
       const named = connectionNamedHeaders(res.headers.connection)
-      let text = `HTTP/1.1 ${status} ${res.statusMessage ?? ''}\r\n`
-      const raw = res.rawHeaders
-      for (let i = 0; i < raw.length; i += 2) {
-        const name = (raw[i] as string).toLowerCase()
-        if (isHopByHop(name, named) || name === 'content-length') continue
-        text += `${raw[i]}: ${raw[i + 1]}\r\n`
-      }
+      let text = headText(
+        `HTTP/1.1 ${status} ${res.statusMessage ?? ''}`,
+        res.rawHeaders,
+        (name) => isHopByHop(name, named) || name === 'content-length',
+      )
       text += `content-length: ${size}\r\nconnection: close\r\n\r\n`
       this.client.off('close', this.onClientGone)
       endGracefully(
@@ -372,6 +365,23 @@ class Handshake {
     void ended.then(() => service.tunnels.delete(stop))
     this.resolve({ status, error, endpoint: this.endpoint?.url, ended })
   }
+}
+
+/**
+ * A response head as text: `statusLine`, then each of the endpoint's raw headers as it sent
+ * them, except those `skip` (given the lower-case name) leaves out. No closing blank line.
+ */
+function headText(
+  statusLine: string,
+  raw: readonly string[],
+  skip: (name: string) => boolean,
+): string {
+  let text = `${statusLine}\r\n`
+  for (let i = 0; i < raw.length; i += 2) {
+    if (skip((raw[i] as string).toLowerCase())) continue
+    text += `${raw[i]}: ${raw[i + 1]}\r\n`
+  }
+  return text
 }
 
 function bytesRead(socket: Duplex): number {
