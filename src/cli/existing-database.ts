@@ -7,8 +7,8 @@
 
 import { existsSync } from 'node:fs'
 import { redactSecrets } from '../observability/index.js'
-import { DriverMissingError } from '../stores/errors.js'
 import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
+import { loadBetterSqlite } from '../stores/sqlite.js'
 
 /** The table `breakwater migrate` creates first (src/stores/migrations.ts). */
 const migrationsTable = 'breakwater_migrations'
@@ -40,15 +40,7 @@ async function checkBreakwaterFile(filename: string, url: string): Promise<void>
   if (filename === ':memory:')
     throw new Error('an in-memory database is empty and lasts one command: use a sqlite: file')
   if (!existsSync(filename)) throw new Error(`no such database file (${migrate}, which creates it)`)
-  let Database: new (file: string, options: Record<string, unknown>) => ReadOnlyDatabase
-  try {
-    const module = (await import('better-sqlite3')) as unknown as {
-      default: typeof Database
-    }
-    Database = module.default
-  } catch (error) {
-    throw new DriverMissingError('better-sqlite3', error)
-  }
+  const Database = await loadBetterSqlite<ReadOnlyDatabase>()
   let found: unknown
   try {
     const db = new Database(filename, { readonly: true, fileMustExist: true })

@@ -41,7 +41,6 @@ import { createAmbassadorHandler } from './inbound/ambassador.js'
 import type { FastRequestHandler } from './inbound/fast-connection.js'
 import { createGatewayHandler } from './inbound/gateway.js'
 import { createListenerServer, type ListenerServer } from './inbound/listener.js'
-import { endWithProblem } from './inbound/raw-response.js'
 import { createRouteTable, type RouteTable, type SharedRetryPin } from './inbound/routes.js'
 import { createShadowRunner, type ShadowRunner } from './inbound/shadow.js'
 import {
@@ -718,21 +717,12 @@ class ProxyRuntime implements ProxyInternals {
         '{"type":"about:blank","title":"Service Unavailable","status":503,"code":"LISTENER_REMOVED"}',
       )
     }
-    // Upgrades go to the current generation's handler too; one without (an ambassador, or a
-    // listener a reload removed) leaves them to the listener's refusal.
-    const upgrade: UpgradeHandler = (req, socket, head) => {
-      const current = this.#generation?.handlers.get(listener)?.upgrade
-      if (current !== undefined) current(req, socket, head)
-      else
-        endWithProblem(
-          socket,
-          this.#deps.clock,
-          400,
-          'REQUEST_UPGRADE_REFUSED',
-          'this listener tunnels no upgraded connection',
-        )
-    }
-    Object.defineProperty(dispatch, 'upgrade', { value: upgrade, enumerable: true })
+    // Upgrades go to the current generation's handler too; while it has none (an ambassador
+    // without, or a listener a reload removed) the listener refuses them itself.
+    Object.defineProperty(dispatch, 'upgrade', {
+      get: (): UpgradeHandler | undefined => this.#generation?.handlers.get(listener)?.upgrade,
+      enumerable: true,
+    })
     return Object.defineProperty(dispatch, 'fast', { get: currentFast, enumerable: true })
   }
 

@@ -401,6 +401,27 @@ export class SqliteDriver implements SqlDriver {
 }
 
 /**
+ * better-sqlite3's `Database` constructor, loaded on first use (it is an optional peer
+ * dependency), typed as the connection `C` the caller uses.
+ * @throws DriverMissingError when better-sqlite3 is not installed
+ */
+export async function loadBetterSqlite<C>(): Promise<
+  new (
+    filename: string,
+    options?: Record<string, unknown>,
+  ) => C
+> {
+  try {
+    const module = (await import('better-sqlite3')) as unknown as {
+      default: new (filename: string, options?: Record<string, unknown>) => C
+    }
+    return module.default
+  } catch (error) {
+    throw new DriverMissingError('better-sqlite3', error)
+  }
+}
+
+/**
  * Opens (creating if needed) a SQLite database with better-sqlite3, in WAL mode with a busy
  * timeout, foreign keys on and `synchronous` as chosen.
  *
@@ -423,15 +444,7 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
   const synchronous = checkOneOf('synchronous', options.synchronous ?? 'normal', ['normal', 'full'])
   const cacheSize = checkInteger('statementCacheSize', options.statementCacheSize ?? 500, 1)
 
-  let Database: new (filename: string) => BetterSqliteConnection
-  try {
-    const module = (await import('better-sqlite3')) as unknown as {
-      default: new (filename: string) => BetterSqliteConnection
-    }
-    Database = module.default
-  } catch (error) {
-    throw new DriverMissingError('better-sqlite3', error)
-  }
+  const Database = await loadBetterSqlite<BetterSqliteConnection>()
   if (filename !== ':memory:') mkdirSync(dirname(filename), { recursive: true })
   const db = new Database(filename)
   let fileKey: string | undefined
