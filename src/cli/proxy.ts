@@ -304,8 +304,6 @@ async function runPrimary(
 
   // Until every first worker has come up, a worker that exits ends the start: a worker that
   // cannot start (a port in use, a store that does not open) would fail the same way again.
-  let startedAll = false
-  let readyCount = 0
   let failStart: (() => void) | undefined
   const startFailed = new Promise<void>((resolvePromise) => {
     failStart = resolvePromise
@@ -314,10 +312,6 @@ async function runPrimary(
   const fork = (): Worker => {
     const worker = cluster.fork({ [workerEnv]: '1' })
     backend.attach(worker)
-    worker.on('message', (message: unknown) => {
-      if ((message as { bw?: unknown } | null)?.bw === 'ready' && ++readyCount >= workers)
-        startedAll = true
-    })
     exited.set(
       worker.id,
       new Promise<void>((resolvePromise) => {
@@ -326,7 +320,7 @@ async function runPrimary(
           exited.delete(worker.id)
           resolvePromise()
           if (stopping) return
-          if (!startedAll) {
+          if (!backend.hasStartedAll()) {
             startError = 'a worker exited while starting; its error is above'
             log.error('a worker failed to start; stopping', {
               workerPid: worker.process.pid,

@@ -194,6 +194,8 @@ export interface ClusterBackend extends AdminBackend {
   detach(worker: Worker): void
   /** Workers that reported ready. */
   readyWorkers(): number
+  /** Whether the expected number of workers have all reported ready once (see expect). */
+  hasStartedAll(): boolean
   /** Sets how many workers must have come up before the first ready. */
   expect(workers: number): void
   /** Readiness false from now on (first step of a drain). */
@@ -395,6 +397,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       workers.delete(worker.id)
     },
     readyWorkers: () => [...workers.values()].filter((w) => w.ready).length,
+    hasStartedAll: () => startedAll,
     expect(n) {
       expected = n
     },
