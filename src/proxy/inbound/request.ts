@@ -37,6 +37,7 @@ import type {
   InboundContext,
   ListenerConfig,
   ProxyResponse,
+  TunnelEnd,
 } from '../contracts.js'
 import { forwardableHeaders } from '../hop-by-hop.js'
 import type { FastRequest } from './fast-request.js'
@@ -543,16 +544,7 @@ function refuse(
   code: InboundProblemCode,
   detail: string,
 ): undefined {
-  if (ctx.accessLog) {
-    ctx.logger.warn('request refused', {
-      listener: listener.name,
-      method: req.method,
-      status,
-      code,
-      detail,
-      remote: req.socket.remoteAddress,
-    })
-  }
+  logRefusal(ctx, listener.name, req, { status, code, detail })
   // A client that sent something refused here is broken or probing: nothing more is read
   // from its connection.
   res.setHeader('connection', 'close')
@@ -699,12 +691,41 @@ export function isConnectionClosing(socket: object | null): boolean {
   return socket !== null && closingSockets.has(socket)
 }
 
+/**
+ * Logs a request the proxy refused itself (`msg: "request refused"`, warn) when access logs are
+ * on: listener, method, path and route when known, status, code, detail and the client address.
+ */
+export function logRefusal(
+  ctx: InboundContext,
+  listener: string,
+  req: IncomingMessage,
+  refusal: { readonly status: number; readonly code: string; readonly detail: string },
+  where: { readonly path?: string | undefined; readonly route?: string | undefined } = {},
+): void {
+  if (!ctx.accessLog) return
+  ctx.logger.warn('request refused', {
+    listener,
+    method: req.method,
+    path: where.path,
+    route: where.route,
+    status: refusal.status,
+    code: refusal.code,
+    detail: refusal.detail,
+    remote: req.socket.remoteAddress,
+  })
+}
+
 /** Extra fields of an access log line that the inbound request does not carry. */
 export interface AccessLogDetails {
   /** The matched route (gateway) or `ambassador`. */
   readonly route?: string
   /** The service that answered. */
   readonly service?: string
+  /**
+   * A WebSocket tunnel's bytes on the client connection and how it ended (for a tunnel the
+   * request carries no body, and the bytes are counted when the connection closes).
+   */
+  readonly tunnel?: TunnelEnd
 }
 
 /**
@@ -740,8 +761,11 @@ export function logAccess(
     error: outcome.error,
     requestId: inbound.requestId,
     durationMs: ctx.clock.now() - inbound.startedAt,
-    bytesIn: inbound.body?.length ?? 0,
-    bytesOut: LiveInboundRequest.bytesOut(inbound),
+    bytesIn: details.tunnel?.bytesIn ?? inbound.body?.length ?? 0,
+    bytesOut: details.tunnel?.bytesOut ?? LiveInboundRequest.bytesOut(inbound),
+    ...(details.tunnel === undefined || outcome.status !== 101
+      ? {}
+      : { tunnelEnd: details.tunnel.reason }),
   })
 }
 

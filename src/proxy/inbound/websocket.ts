@@ -21,7 +21,7 @@ import type {
 } from '../contracts.js'
 import { forwardedHeaders } from './forwarded-headers.js'
 import { endWithProblem } from './raw-response.js'
-import { checkUpgradeRequest, type InboundRequest } from './request.js'
+import { checkUpgradeRequest, type InboundRequest, logAccess, logRefusal } from './request.js'
 import { type RouteTable, stripPathPrefix } from './routes.js'
 import { stickyValueOf } from './sticky.js'
 
@@ -175,23 +175,10 @@ export async function tunnelAndLog(
   if (outcome.status === 101) open.inc(labels)
   const end: TunnelEnd = await outcome.ended
   if (outcome.status === 101) open.dec(labels)
-  if (!ctx.accessLog) return
-  ctx.logger.info('access', {
-    listener,
-    method: inbound.method,
-    path: inbound.path,
-    route,
-    service: service.name,
-    status: outcome.status,
-    attempts: outcome.endpoint === undefined ? 0 : 1,
-    endpoint: outcome.endpoint,
-    error: outcome.error,
-    requestId: inbound.requestId,
-    durationMs: ctx.clock.now() - inbound.startedAt,
-    bytesIn: end.bytesIn,
-    bytesOut: end.bytesOut,
-    ...(outcome.status === 101 ? { tunnelEnd: end.reason } : {}),
-  })
+  const attempts = outcome.endpoint === undefined ? 0 : 1
+  const { status, endpoint, error } = outcome
+  const logged = { status, attempts, written: attempts > 0, endpoint, error, captured: undefined }
+  logAccess(ctx, inbound, logged, listener, { route, service: service.name, tunnel: end })
 }
 
 /** A refusal the proxy answers to a handshake itself. */
@@ -215,15 +202,5 @@ export function refuseUpgrade(
   route = '',
 ): void {
   endWithProblem(socket, ctx.clock, refusal.status, refusal.code, refusal.detail)
-  if (!ctx.accessLog) return
-  ctx.logger.warn('request refused', {
-    listener,
-    method: req.method,
-    path,
-    route: route === '' ? undefined : route,
-    status: refusal.status,
-    code: refusal.code,
-    detail: refusal.detail,
-    remote: req.socket.remoteAddress,
-  })
+  logRefusal(ctx, listener, req, refusal, { path, route: route === '' ? undefined : route })
 }
