@@ -596,6 +596,14 @@ export class EventStoreImpl implements EventStore {
       stream_deleted: boolean | number
       truncate_before: number | string
     } & { [K in keyof EventRow]: EventRow[K] | null }
+    if (limit === 0) {
+      // LIMIT 0 would also drop the row the JOIN form adds for the stream itself, reporting an
+      // existing stream as never written: read the stream row alone (no events to agree with).
+      const info = await executor.query<StreamRow>(this.statements.streamInfo, [stream])
+      const { version, exists, deleted } = streamInfoOf(info[0])
+      const truncateBefore = info[0] === undefined ? 1 : Number(info[0].truncate_before)
+      return { events: [], version, exists, deleted, truncateBefore }
+    }
     let rows: Row[] = []
     if (fast !== undefined) rows = await executor.query<Row>(fast, [stream, from, limit])
     // No event in range (or SQLite): the JOIN form reports the stream row on its own.

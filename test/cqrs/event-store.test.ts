@@ -110,6 +110,32 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
     expect(missing).toEqual({ events: [], version: 0, exists: false, deleted: false })
   })
 
+  it('reports the stream state with limit 0 (no events), forwards and backwards', async () => {
+    const s = fresh()
+    await store.append(s, [event(1), event(2)])
+    for (const direction of ['forwards', 'backwards'] as const) {
+      expect(await store.readStream(s, { limit: 0, direction })).toEqual({
+        events: [],
+        version: 2,
+        exists: true,
+        deleted: false,
+      })
+    }
+    await store.deleteStream(s)
+    expect(await store.readStream(s, { limit: 0 })).toEqual({
+      events: [],
+      version: 2,
+      exists: false,
+      deleted: true,
+    })
+    expect(await store.readStream(fresh(), { limit: 0 })).toEqual({
+      events: [],
+      version: 0,
+      exists: false,
+      deleted: false,
+    })
+  })
+
   it('keeps ids, metadata and explicit schema versions', async () => {
     const s = fresh()
     await store.append(s, [
