@@ -6,7 +6,12 @@ import { retry } from '../index.js'
 import type { Outbox, OutboxEvent } from '../outbox/index.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { WrongExpectedVersionError } from './errors.js'
-import { type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
+import {
+  checkExpected,
+  type EventStore,
+  type EventStoreImpl,
+  internalsOf,
+} from './event-store.js'
 import { publish } from './events.js'
 import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './types.js'
 
@@ -337,6 +342,9 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     if (commandId !== undefined && (typeof commandId !== 'string' || commandId === '')) {
       throw new InvalidOptionError('commandId', 'a non-empty string', commandId)
     }
+    // A malformed precondition (a typo, -1) would otherwise match nothing and be reported as
+    // a version conflict.
+    if (options.expectedVersion !== undefined) checkExpected(options.expectedVersion)
     await this.#store.prepare()
     const idempotency = this.#idempotency
     if (idempotency === undefined || commandId === undefined) {

@@ -177,9 +177,12 @@ const expectedKinds = { any: 0, noStream: 1, streamExists: 2 } as const
 // Group-commit statements in flight at once (each holds one pooled connection).
 const groupCommitInFlight = 1
 
-function checkExpected(value: unknown): ExpectedVersion {
+/** @internal Validates an expected version (appends, deletes, metadata, command handlers). */
+export function checkExpected(value: unknown): ExpectedVersion {
   if (value === 'any' || value === 'noStream' || value === 'streamExists') return value
-  if (typeof value === 'number' && Number.isInteger(value) && value >= 0) return value
+  // Safe integers only: above 2^53 a version is no longer exact, and a value such as 1e21
+  // would reach PostgreSQL as "1e+21" and fail there with a bare driver error.
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value
   throw new InvalidOptionError(
     'expectedVersion',
     '"any", "noStream", "streamExists" or an integer >= 0',

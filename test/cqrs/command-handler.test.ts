@@ -121,6 +121,13 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     expect(error).toMatchObject({ expected: 0, actual: 1 })
     const ok = await accounts.handle(id, { kind: 'deposit', amount: 1 }, { expectedVersion: 1 })
     expect(ok.version).toBe(2)
+    // A precondition that is no expectation at all is a bad argument, not a conflict.
+    for (const expectedVersion of [-1, 1.5, 'nostream', 2 ** 53]) {
+      await expect(
+        accounts.handle(id, { kind: 'deposit', amount: 1 }, { expectedVersion } as never),
+      ).rejects.toThrow(/expectedVersion: expected/)
+    }
+    expect((await store.readStream(id)).version).toBe(2)
   })
 
   it('runs a command id once: repeats and concurrent duplicates replay the recorded result', async () => {

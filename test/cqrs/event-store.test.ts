@@ -365,6 +365,19 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
       ).rejects.toThrow(
         /expectedVersion: expected "any", "noStream", "streamExists" or an integer >= 0/,
       ),
+      // Beyond 2^53 a version is no longer exact (and 1e21 is not even sent as an integer).
+      ...[2 ** 53, 1e21].flatMap((expectedVersion) => [
+        expect(store.append('s', [event(1)], { expectedVersion })).rejects.toThrow(
+          InvalidOptionError,
+        ),
+        expect(store.append('s', [event(1), event(2)], { expectedVersion })).rejects.toThrow(
+          /expectedVersion: expected/,
+        ),
+        expect(store.deleteStream('s', { expectedVersion })).rejects.toThrow(InvalidOptionError),
+        expect(store.setStreamMetadata('s', {}, { expectedVersion })).rejects.toThrow(
+          InvalidOptionError,
+        ),
+      ]),
       expect(store.readAll({ limit: 0 })).rejects.toThrow(/limit: expected an integer >= 1/),
       expect(store.readStream('s', { direction: 'sideways' as 'forwards' })).rejects.toThrow(
         /direction/,
