@@ -6,12 +6,7 @@ import { retry } from '../index.js'
 import type { Outbox, OutboxEvent } from '../outbox/index.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { WrongExpectedVersionError } from './errors.js'
-import {
-  checkExpected,
-  type EventStore,
-  type EventStoreImpl,
-  internalsOf,
-} from './event-store.js'
+import { checkExpected, type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
 import { publish } from './events.js'
 import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './types.js'
 
