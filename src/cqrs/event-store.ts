@@ -429,14 +429,27 @@ export class EventStoreImpl implements EventStore {
     const recorded: RecordedEvent<E>[] = new Array(count)
     for (let i = 0; i < count; i++) {
       const event = events[i]!
+      let data: unknown = event.data
+      let schemaVersion = prepared.versions[i]!
+      // An event that names an older schema version is handed on (to inline projections,
+      // command handlers' evolve and the caller) as every read returns it: upcast, from the
+      // stored text as a read would, so an upcaster never sees the caller's own object.
+      if (!this.upcasters.empty && schemaVersion < this.upcasters.currentVersion(event.type)) {
+        ;[data, schemaVersion] = this.upcasters.upcast(
+          event.type,
+          schemaVersion,
+          JSON.parse(prepared.data[i]!),
+          prepared.metadataObjects[i]!,
+        )
+      }
       recorded[i] = {
         type: event.type,
-        data: event.data,
+        data,
         id: prepared.ids[i]!,
         stream,
         version: version - count + 1 + i,
         position: positions[i]!,
-        schemaVersion: prepared.versions[i]!,
+        schemaVersion,
         metadata: prepared.metadataObjects[i]!,
         createdAt,
       } as RecordedEvent<E>

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import {
   createEventStore,
+  defineProjection,
   type EventStore,
   type ExpectedVersion,
   WrongExpectedVersionError,
@@ -333,6 +334,54 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
     expect(log[0]!.data).toEqual({ cents: 200, currency: 'EUR' })
     // The plain store reads what is stored.
     expect((await store.readStream(s)).events.map((e) => e.schemaVersion)).toEqual([1, 2, 1, 3])
+  })
+
+  it('hands inline projections and the caller upcast data when an event names an old schema version', async () => {
+    const seen: unknown[] = []
+    const priced = defineProjection({
+      name: 'priced-cents',
+      tables: {
+        priced_cents: (table) => [
+          `CREATE TABLE ${table} (id TEXT PRIMARY KEY, cents INTEGER NOT NULL)`,
+        ],
+      },
+      async apply(e, { tx, table }) {
+        seen.push([e.schemaVersion, e.data])
+        const { cents } = e.data as { cents: number }
+        await tx.execute(`INSERT INTO ${table('priced_cents')} VALUES ($1, $2)`, [e.id, cents])
+      },
+    })
+    const upcasting = createEventStore(t.db, {
+      upcasters: [
+        {
+          type: 'priced',
+          fromVersion: 1,
+          upcast: (d) => ({ cents: Number((d as { price: string }).price) * 100 }),
+        },
+      ],
+      inlineProjections: [priced],
+    })
+    const s = fresh()
+    const appended = await upcasting.append(s, [
+      { type: 'priced', data: { price: '2' }, schemaVersion: 1, id: `${s}-old` },
+      { type: 'priced', data: { cents: 300 }, id: `${s}-new` },
+    ])
+    const read = await upcasting.readStream(s)
+    // What the append hands back (and to inline projections) is what every read returns.
+    expect(appended.events.map((e) => [e.schemaVersion, e.data])).toEqual(
+      read.events.map((e) => [e.schemaVersion, e.data]),
+    )
+    expect(seen).toEqual([
+      [2, { cents: 200 }],
+      [2, { cents: 300 }],
+    ])
+    const rows = await t.db.query<{ id: string; cents: number | string }>(
+      'SELECT id, cents FROM priced_cents ORDER BY id',
+    )
+    expect(rows.map((r) => [r.id, Number(r.cents)])).toEqual([
+      [`${s}-new`, 300],
+      [`${s}-old`, 200],
+    ])
   })
 
   it('rejects bad arguments with errors naming them', () => {
