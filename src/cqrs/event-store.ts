@@ -190,6 +190,18 @@ export function checkExpected(value: unknown): ExpectedVersion {
   )
 }
 
+/**
+ * JSON.stringify, with what it throws on (a BigInt, a cycle) turned into the InvalidOptionError
+ * a bad argument gets, instead of a bare TypeError.
+ */
+function jsonText(option: string, expected: string, value: unknown): string | undefined {
+  try {
+    return JSON.stringify(value)
+  } catch {
+    throw new InvalidOptionError(option, expected, value)
+  }
+}
+
 function checkStream(stream: unknown): string {
   if (typeof stream !== 'string' || stream === '') {
     throw new InvalidOptionError('stream', 'a non-empty string', stream)
@@ -530,14 +542,13 @@ export class EventStoreImpl implements EventStore {
       if (typeof id !== 'string' || id === '') {
         throw new InvalidOptionError(`events[${i}].id`, 'a non-empty string', id)
       }
-      const data = JSON.stringify(event.data)
+      const data = jsonText(`events[${i}].data`, 'a JSON-serializable value', event.data)
       if (data === undefined) {
         throw new InvalidOptionError(`events[${i}].data`, 'a JSON-serializable value', event.data)
       }
       const metadata = event.metadata
-      if (metadata !== undefined && (typeof metadata !== 'object' || metadata === null)) {
-        throw new InvalidOptionError(`events[${i}].metadata`, 'an object', metadata)
-      }
+      // An array would be stored and read back as the event's "metadata object".
+      if (metadata !== undefined) checkObject(`events[${i}].metadata`, metadata)
       const version =
         event.schemaVersion === undefined
           ? this.upcasters.currentVersion(event.type)
@@ -547,7 +558,9 @@ export class EventStoreImpl implements EventStore {
       prepared.versions[i] = version
       prepared.data[i] = data
       const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0
-      prepared.metadata[i] = hasMetadata ? JSON.stringify(metadata) : null
+      prepared.metadata[i] = hasMetadata
+        ? jsonText(`events[${i}].metadata`, 'a JSON-serializable object', metadata)!
+        : null
       prepared.metadataObjects[i] = hasMetadata ? metadata : emptyMetadata
     }
     return prepared
@@ -723,7 +736,7 @@ export class EventStoreImpl implements EventStore {
     checkStream(stream)
     checkObject('metadata', metadata)
     const expected = checkExpected(options.expectedVersion ?? 'any')
-    const text = JSON.stringify(metadata)
+    const text = jsonText('metadata', 'a JSON-serializable object', metadata)
     await this.#inTransaction(options.tx, async (tx) => {
       await this.#checkForWrite(tx, stream, expected)
       await tx.execute(this.statements.upsertMetadata, [stream, text, false, this.clock.now()])

@@ -427,6 +427,20 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
           InvalidOptionError,
         ),
       ]),
+      // Metadata is an object (as for setStreamMetadata), and what JSON cannot hold is refused
+      // as a bad argument rather than a bare TypeError.
+      expect(store.append('s', [{ ...event(1), metadata: [1, 2] as never }])).rejects.toThrow(
+        /events\[0\]\.metadata: expected an object/,
+      ),
+      expect(store.append('s', [{ type: 'x', data: { n: 1n } }])).rejects.toThrow(
+        /events\[0\]\.data: expected a JSON-serializable value/,
+      ),
+      expect(store.append('s', [{ ...event(1), metadata: { n: 1n } }])).rejects.toThrow(
+        /events\[0\]\.metadata: expected a JSON-serializable object/,
+      ),
+      expect(store.setStreamMetadata('s', { n: 1n })).rejects.toThrow(
+        /metadata: expected a JSON-serializable object/,
+      ),
       expect(store.readAll({ limit: 0 })).rejects.toThrow(/limit: expected an integer >= 1/),
       expect(store.readStream('s', { direction: 'sideways' as 'forwards' })).rejects.toThrow(
         /direction/,
