@@ -344,7 +344,9 @@ export class InstanceRun {
             ? now + step.sleepMs
             : await step.waitUntil!(this.#info(step.name) as never)
       } catch (error) {
-        return this.#stepFailed(step, state, 1, error, 0)
+        // The attempt the claim counted, not 1: with a fixed 1, a waitUntil that keeps failing
+        // retryably would never use up its attempts and be retried forever.
+        return this.#stepFailed(step, state, this.#attempt, error, 0)
       }
       if (typeof wakeAt !== 'number' || !Number.isFinite(wakeAt)) {
         const invalid = new InvalidOptionError(
@@ -352,7 +354,7 @@ export class InstanceRun {
           'a finite epoch-millisecond number',
           wakeAt,
         )
-        return this.#stepFailed(step, state, 1, invalid, 0)
+        return this.#stepFailed(step, state, this.#attempt, invalid, 0)
       }
       state.wakeAt = Math.round(wakeAt)
       state.status = 'waiting'

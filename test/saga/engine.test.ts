@@ -273,6 +273,43 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     expect(await effects(id)).toEqual(['after'])
   })
 
+  it('a waitUntil that keeps failing transiently uses up its attempts, then compensates', async () => {
+    const clock = new ManualClock(0)
+    let calls = 0
+    const saga = defineSaga({
+      name: `wait-fails-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'a',
+          action: noopAction,
+          compensation: async (ctx) => {
+            await effect(ctx.sagaId, 'undo-a')
+          },
+        },
+        {
+          name: 'wait',
+          waitUntil: () => {
+            calls++
+            throw transient(`calendar down ${calls}`)
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    // The default retry of a step: 3 attempts. Without a bound this would go on forever.
+    for (let round = 0; round < 10; round++) {
+      await clock.advance(60_000)
+      await worker.poll()
+    }
+    expect(calls).toBe(3)
+    const instance = await getSaga(t.db, id)
+    expect(instance).toMatchObject({ status: 'compensated' })
+    expect(instance!.reason).toContain('step "wait" failed after 3 attempts')
+    expect(await effects(id)).toEqual(['undo-a'])
+  })
+
   it('cancel compensates a running saga (woken from its wait) and ends it cancelled', async () => {
     const clock = new ManualClock(0)
     const saga = defineSaga({
