@@ -356,16 +356,22 @@ async function runPrimary(
 
   const outcome = await runUntilSignal(
     async () => {
+      // The admin API first: a port in use then fails the start before any worker is forked
+      // (a worker left running would keep this process, and the listener ports, alive).
+      if (config.admin !== undefined) {
+        try {
+          admin = await startAdminServer({
+            config: config.admin,
+            backend,
+            deps: { clock: (await import('../core/clock.js')).systemClock, logger: log, metrics },
+            ...(deps.env === undefined ? {} : { env: deps.env }),
+          })
+        } catch (error) {
+          throw new StartupError(`cannot start: admin: ${messageOf(error)}`)
+        }
+      }
       log.info('starting workers', { workers })
       for (let i = 0; i < workers; i++) fork()
-      if (config.admin !== undefined) {
-        admin = await startAdminServer({
-          config: config.admin,
-          backend,
-          deps: { clock: (await import('../core/clock.js')).systemClock, logger: log, metrics },
-          ...(deps.env === undefined ? {} : { env: deps.env }),
-        })
-      }
       watcher = watchFile(
         file,
         () => {

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { proxyCommand } from '../../../src/cli/proxy.js'
 import type { SignalTarget } from '../../../src/process/index.js'
-import { runCli } from '../../process/cli-process.js'
+import { runCli, spawnCli } from '../../process/cli-process.js'
 import { listenOnLoopback } from '../../support/loopback.js'
 import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
 
@@ -19,6 +19,17 @@ beforeAll(async () => {
 afterAll(async () => {
   await upstream.close()
 })
+
+/** Runs `use` with a loopback port that another socket holds. */
+async function withTakenPort(use: (port: number) => Promise<void>): Promise<void> {
+  const taken = createNetServer()
+  const port = await listenOnLoopback(taken)
+  try {
+    await use(port)
+  } finally {
+    await new Promise((resolve) => taken.close(resolve))
+  }
+}
 
 function write(name: string, text: string): string {
   const file = join(dir, name)
@@ -69,9 +80,7 @@ describe('proxyCommand', () => {
   })
 
   it('a proxy that cannot start says what failed in one line, exit 1, with one process or workers', async () => {
-    const taken = createNetServer()
-    const port = await listenOnLoopback(taken)
-    try {
+    await withTakenPort(async (port) => {
       const busy = write(
         'busy.yaml',
         `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: out, role: ambassador, port: ${port} }]\n`,
@@ -93,9 +102,35 @@ describe('proxyCommand', () => {
       expect(result.code).toBe(1)
       expect(result.stderr).toContain(`cannot start: idempotency.url: cannot open sqlite:${dir}`)
       expect(result.stderr).not.toMatch(/\n\s+at /)
-    } finally {
-      await new Promise((resolve) => taken.close(resolve))
-    }
+    })
+  })
+
+  it('with workers, an admin port in use is one line naming admin, exit 1, and no worker is left', async () => {
+    await withTakenPort(async (port) => {
+      const file = write(
+        'admin-busy.yaml',
+        `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: out, role: ambassador, port: 0 }]\nadmin: { port: ${port}, token: { env: BW_TEST_ADMIN_TOKEN } }\n`,
+      )
+      const cli = spawnCli(['proxy', '--config', file, '--workers', '2'], {
+        BW_TEST_ADMIN_TOKEN: 'a-long-enough-admin-token',
+      })
+      const exited = await Promise.race([
+        cli.exited,
+        new Promise<undefined>((resolve) => setTimeout(resolve, 20_000, undefined)),
+      ])
+      // Forked workers that outlive the failed start keep the primary (and the ports) alive.
+      for (const pid of cli.stdout().matchAll(/"pid":(\d+),"worker"/g))
+        try {
+          process.kill(Number(pid[1]), 'SIGKILL')
+        } catch {}
+      cli.kill()
+      expect(exited, `the proxy did not exit${cli.stdout()}${cli.stderr()}`).toBeDefined()
+      expect(exited?.code).toBe(1)
+      expect(cli.stderr()).toContain(`cannot start: admin: listen EADDRINUSE`)
+      expect(cli.stderr()).toContain(`127.0.0.1:${port}`)
+      expect(cli.stderr()).not.toMatch(/\n\s+at /)
+      expect(cli.stdout()).not.toContain('"worker":')
+    })
   })
 
   it('reloads on SIGHUP and drains on SIGTERM with exit 0', async () => {
