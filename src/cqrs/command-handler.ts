@@ -301,8 +301,16 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
   }
 
   async load(stream: string, options: { readonly tx?: SqlExecutor } = {}): Promise<LoadedState<S>> {
+    const { truncateBefore: _, ...loaded } = await this.#load(stream, options.tx ?? this.#store.db)
+    return loaded
+  }
+
+  /** {@link load}, also returning the first version the fold could see (moved by a delete). */
+  async #load(
+    stream: string,
+    executor: SqlExecutor,
+  ): Promise<LoadedState<S> & { truncateBefore: number }> {
     const store = this.#store
-    const executor = options.tx ?? store.db
     let state = this.#decider.initialState()
     const snapshots = this.#snapshots
     if (snapshots !== undefined) {
@@ -315,13 +323,23 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
           for (const event of read.events) {
             state = this.#decider.evolve(state, event as RecordedEvent<E>)
           }
-          return { state, version: read.version, fromSnapshot: true }
+          return {
+            state,
+            version: read.version,
+            fromSnapshot: true,
+            truncateBefore: read.truncateBefore,
+          }
         }
       }
     }
     const read = await store.readStreamFrom(stream, 1, executor)
     for (const event of read.events) state = this.#decider.evolve(state, event as RecordedEvent<E>)
-    return { state, version: read.version, fromSnapshot: false }
+    return {
+      state,
+      version: read.version,
+      fromSnapshot: false,
+      truncateBefore: read.truncateBefore,
+    }
   }
 
   async handle(
@@ -395,7 +413,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     options: HandleOptions,
     tx: SqlExecutor | undefined,
   ): Promise<RecordedResult<S>> {
-    const loaded = await this.load(stream, tx === undefined ? {} : { tx })
+    const loaded = await this.#load(stream, tx ?? this.#store.db)
     const precondition = options.expectedVersion
     if (precondition !== undefined) {
       const info = await this.#store.streamInfo(stream, tx === undefined ? {} : { tx })
@@ -448,6 +466,18 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       tx !== undefined &&
       Math.floor(appended.version / snapshots.every) > Math.floor(loaded.version / snapshots.every)
     ) {
+      // A delete committed between the load and the append (PostgreSQL: the load locks nothing)
+      // is not a conflict for the append, which recreates the stream at the deleted version, but
+      // the state folded the events the delete hid: as a snapshot it would bring them back on
+      // every load. The stream row is locked by the append now; if a delete moved its first
+      // visible version, conflict, so the command is decided again on the stream as it is.
+      const info = await tx.query<{ truncate_before: number | string }>(
+        this.#store.statements.streamInfo,
+        [stream],
+      )
+      if (Number(info[0]?.truncate_before ?? 1) !== loaded.truncateBefore) {
+        throw new WrongExpectedVersionError(stream, loaded.version, loaded.version, true)
+      }
       await this.#store.writeSnapshot(
         tx,
         stream,

@@ -264,6 +264,42 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     })
   })
 
+  // On SQLite the handler's transaction holds the write lock from its start, so no delete can
+  // come between its load and its append.
+  it.runIf(target.dialect === 'postgres')(
+    'a delete between load and append never leaves a snapshot of the hidden events',
+    async () => {
+      const id = fresh()
+      let deleteDuringDecide = false
+      const racing: Decider<AccountCommand, AccountEvent, Account> = {
+        ...account,
+        async decide(command, state) {
+          if (deleteDuringDecide) {
+            deleteDuringDecide = false
+            await store.deleteStream(id)
+          }
+          return account.decide(command, state)
+        },
+      }
+      const snapshotting = createCommandHandler(store, {
+        decider: racing,
+        snapshots: { every: 1, name: 'account-race' },
+        baseDelayMs: 0,
+      })
+      const plain = createCommandHandler(store, { decider: account })
+      await snapshotting.handle(id, { kind: 'open', owner: 'hal' })
+      await snapshotting.handle(id, { kind: 'deposit', amount: 100 })
+      deleteDuringDecide = true
+      // Decided again on the stream as it now is: deleted, so the account is not open.
+      await expect(snapshotting.handle(id, { kind: 'deposit', amount: 5 })).rejects.toThrow(
+        'account is not open',
+      )
+      // Whatever happened, a snapshot load and a plain fold agree.
+      expect((await snapshotting.load(id)).state).toEqual((await plain.load(id)).state)
+      expect(await store.readStream(id)).toMatchObject({ version: 2, deleted: true, events: [] })
+    },
+  )
+
   it('rejects bad options naming them', () => {
     expect(() => createCommandHandler(store, { decider: {} as never })).toThrow(
       /decider\.initialState/,
