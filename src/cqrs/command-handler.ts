@@ -6,7 +6,13 @@ import { retry } from '../index.js'
 import type { Outbox, OutboxEvent } from '../outbox/index.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { WrongExpectedVersionError } from './errors.js'
-import { checkExpected, type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
+import {
+  checkExpected,
+  checkName,
+  type EventStore,
+  type EventStoreImpl,
+  internalsOf,
+} from './event-store.js'
 import { publish } from './events.js'
 import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './types.js'
 
@@ -347,9 +353,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     command: C,
     options: HandleOptions = {},
   ): Promise<CommandResult<E, S>> {
-    if (typeof stream !== 'string' || stream === '') {
-      throw new InvalidOptionError('stream', 'a non-empty string', stream)
-    }
+    checkName('stream', stream)
     checkObject('options', options)
     const commandId = options.commandId
     if (commandId !== undefined && (typeof commandId !== 'string' || commandId === '')) {

@@ -202,11 +202,19 @@ function jsonText(option: string, expected: string, value: unknown): string | un
   }
 }
 
-function checkStream(stream: unknown): string {
-  if (typeof stream !== 'string' || stream === '') {
-    throw new InvalidOptionError('stream', 'a non-empty string', stream)
+/**
+ * @internal Whether `value` is a non-empty string PostgreSQL text can hold: it cannot hold NUL,
+ * which would fail there with a bare driver error (and work on SQLite), so both refuse it.
+ */
+export function checkName(option: string, value: unknown): string {
+  if (typeof value !== 'string' || value === '' || value.includes('\u0000')) {
+    throw new InvalidOptionError(option, 'a non-empty string without NUL characters', value)
   }
-  return stream
+  return value
+}
+
+function checkStream(stream: unknown): string {
+  return checkName('stream', stream)
 }
 
 /** Whether a stream at `version` (deleted or not) satisfies `expected`. */
@@ -535,13 +543,8 @@ export class EventStoreImpl implements EventStore {
       if (typeof event !== 'object' || event === null) {
         throw new InvalidOptionError(`events[${i}]`, 'an event object', event)
       }
-      if (typeof event.type !== 'string' || event.type === '') {
-        throw new InvalidOptionError(`events[${i}].type`, 'a non-empty string', event.type)
-      }
-      const id = event.id ?? randomUUID()
-      if (typeof id !== 'string' || id === '') {
-        throw new InvalidOptionError(`events[${i}].id`, 'a non-empty string', id)
-      }
+      checkName(`events[${i}].type`, event.type)
+      const id = checkName(`events[${i}].id`, event.id ?? randomUUID())
       const data = jsonText(`events[${i}].data`, 'a JSON-serializable value', event.data)
       if (data === undefined) {
         throw new InvalidOptionError(`events[${i}].data`, 'a JSON-serializable value', event.data)

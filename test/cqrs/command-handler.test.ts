@@ -128,6 +128,9 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
       ).rejects.toThrow(/expectedVersion: expected/)
     }
     expect((await store.readStream(id)).version).toBe(2)
+    await expect(accounts.handle('a\u0000b', { kind: 'open', owner: 'x' })).rejects.toThrow(
+      /stream: expected a non-empty string without NUL/,
+    )
   })
 
   it('runs a command id once: repeats and concurrent duplicates replay the recorded result', async () => {

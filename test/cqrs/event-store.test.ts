@@ -441,6 +441,17 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
       expect(store.setStreamMetadata('s', { n: 1n })).rejects.toThrow(
         /metadata: expected a JSON-serializable object/,
       ),
+      // PostgreSQL text cannot hold NUL: refused up front, on both databases alike.
+      expect(store.append('s\u0000x', [event(1)])).rejects.toThrow(
+        /stream: expected a non-empty string without NUL/,
+      ),
+      expect(store.readStream('s\u0000x')).rejects.toThrow(InvalidOptionError),
+      expect(store.append('s', [{ type: 'a\u0000', data: 1 }])).rejects.toThrow(
+        /events\[0\]\.type: expected a non-empty string without NUL/,
+      ),
+      expect(store.append('s', [{ ...event(1), id: 'i\u0000' }])).rejects.toThrow(
+        /events\[0\]\.id: expected a non-empty string without NUL/,
+      ),
       expect(store.readAll({ limit: 0 })).rejects.toThrow(/limit: expected an integer >= 1/),
       expect(store.readStream('s', { direction: 'sideways' as 'forwards' })).rejects.toThrow(
         /direction/,
