@@ -32,7 +32,26 @@ interface ReadOnlyDatabase {
 export async function openExistingDatabase(url: string): Promise<SqlDriver> {
   const target = parseDatabaseUrl(url)
   if (target.dialect === 'sqlite') await checkBreakwaterFile(target.filename, url)
-  return openDatabase(url)
+  return openAnsweringDatabase(url)
+}
+
+/**
+ * Opens the database at `url` and, for PostgreSQL, runs one statement, so that a server that
+ * does not answer, refuses the credentials, or has no such database fails here, where the
+ * caller reports it as "cannot open <url>". (pg connects only at the first statement: without
+ * this the failure would surface in the command itself, as its own error.)
+ */
+export async function openAnsweringDatabase(url: string): Promise<SqlDriver> {
+  const db = await openDatabase(url)
+  if (db.dialect === 'postgres') {
+    try {
+      await db.query('SELECT 1')
+    } catch (error) {
+      await db.close().catch(() => {})
+      throw error
+    }
+  }
+  return db
 }
 
 async function checkBreakwaterFile(filename: string, url: string): Promise<void> {

@@ -1,8 +1,8 @@
 import { BreakwaterError } from '../core/errors.js'
 import type { Migration } from '../stores/migrations.js'
 import { runMigrations } from '../stores/migrations.js'
-import { openDatabase } from '../stores/open.js'
 import { redactUrl } from '../stores/redact.js'
+import { openAnsweringDatabase } from './existing-database.js'
 import { messageOf } from './usage.js'
 
 /** Where `migrateCommand` writes; defaults to the process's stdout and stderr. */
@@ -77,9 +77,9 @@ export async function migrateCommand(
     )
     return 2
   }
-  let db: Awaited<ReturnType<typeof openDatabase>>
+  let db: Awaited<ReturnType<typeof openAnsweringDatabase>>
   try {
-    db = await openDatabase(url)
+    db = await openAnsweringDatabase(url)
   } catch (error) {
     if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
       err.write(`breakwater migrate: --db: ${error.message}\n`)

@@ -26,6 +26,7 @@ import {
 import { count, dbTargets, pendingCount, until } from '../outbox/support.js'
 import { runCli } from '../process/cli-process.js'
 import { listenOnLoopback } from '../support/loopback.js'
+import { runCaptured } from './captured.js'
 
 const secret = `whsec-${randomUUID()}`
 const outbox = createOutbox()
@@ -34,14 +35,8 @@ afterAll(async () => {
   for (const fn of cleanups.reverse()) await fn()
 })
 
-async function run(args: string[]) {
-  let stdout = ''
-  let stderr = ''
-  const code = await outboxCommand(args, {
-    stdout: { write: (t: string) => (stdout += t) },
-    stderr: { write: (t: string) => (stderr += t) },
-  })
-  return { code, stdout, stderr }
+function run(args: string[]) {
+  return runCaptured(outboxCommand, args)
 }
 
 /** Distinct ids in first-arrival order (a relay may deliver a message more than once). */
