@@ -11,7 +11,11 @@ export type TimerHandle = unknown
 export interface Clock {
   /** Milliseconds since the Unix epoch (wall clock, as `Date.now()`). */
   now(): number
-  /** Calls `callback` once after `delayMs`. The timer must not keep the process alive. */
+  /**
+   * Calls `callback` once after `delayMs`. The timer must not keep the process alive: a pending
+   * cooldown or idle timer never holds a process open. A wait that someone is blocked on
+   * (`sleep`, retry backoff) asks for the opposite with {@link keepProcessAlive}.
+   */
   setTimeout(callback: () => void, delayMs: number): TimerHandle
   /** Cancels a timer; a handle that already fired or was cleared is ignored. */
   clearTimeout(handle: TimerHandle): void
@@ -23,6 +27,7 @@ export const maxTimerDelayMs = 2_147_483_647
 // A timer longer than Node allows, armed in slices of at most maxTimerDelayMs until its time.
 class LongTimer {
   handle: ReturnType<typeof globalThis.setTimeout> | undefined
+  referenced = false
 
   constructor(
     readonly callback: () => void,
@@ -39,7 +44,12 @@ class LongTimer {
       () => (leftMs > maxTimerDelayMs ? this.arm() : this.callback()),
       Math.min(leftMs, maxTimerDelayMs),
     )
-    this.handle.unref?.()
+    if (!this.referenced) this.handle.unref?.()
+  }
+
+  ref(): void {
+    this.referenced = true
+    this.handle?.ref?.()
   }
 
   clear(): void {
@@ -70,7 +80,19 @@ export const systemClock: Clock = {
 }
 
 /**
- * Waits `delayMs` on `clock`. Rejects with {@link AbortedError} (carrying the signal's reason)
+ * Makes a timer from {@link Clock.setTimeout} hold the process open until it fires or is
+ * cleared, as Node's own timers do. The clock's timers are unreferenced, which is right for
+ * cooldowns and idle timers but wrong for a wait a caller is blocked on: a script awaiting a
+ * retry's backoff would otherwise end mid-wait (exit code 13, an unsettled top-level await) as
+ * soon as nothing else kept Node running. Handles without `ref` (test clocks) are left alone.
+ */
+export function keepProcessAlive(handle: TimerHandle): void {
+  ;(handle as { ref?: () => void } | null | undefined)?.ref?.()
+}
+
+/**
+ * Waits `delayMs` on `clock`. The wait holds the process open (see {@link keepProcessAlive}):
+ * whoever awaits it expects to be resumed. Rejects with {@link AbortedError} (carrying the signal's reason)
  * as soon as `signal` aborts, and clears the timer, so no sleep outlives its caller.
  *
  * @example
@@ -94,6 +116,7 @@ export function sleep(clock: Clock, delayMs: number, signal?: AbortSignal): Prom
       },
       Math.max(0, delayMs),
     )
+    keepProcessAlive(handle)
     signal?.addEventListener('abort', onAbort, { once: true })
   })
 }

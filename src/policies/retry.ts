@@ -1,5 +1,5 @@
 import { metrics } from '@opentelemetry/api'
-import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
+import { type Clock, keepProcessAlive, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { AbortedError, BreakwaterError } from '../core/errors.js'
 import {
   checkClock,
@@ -447,6 +447,8 @@ class BackoffSleep implements AbortListener {
     this.#handle = this.#clock.setTimeout(() => {
       if (this.#stop()) this.#resolve()
     }, delayMs)
+    // The caller awaits this backoff: it must not end the process (see keepProcessAlive).
+    keepProcessAlive(this.#handle)
     listen(this.#parent, this)
     listen(this.#deadline, this)
   }

@@ -1,4 +1,4 @@
-import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
+import { type Clock, keepProcessAlive, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 
@@ -223,14 +223,14 @@ function isAbort(error: unknown, signal: AbortSignal): boolean {
 
 // A referenced timer, re-armed when it fires: the cheapest handle that keeps Node running. The
 // clock's timers are unreferenced (they must not hold a process open), so this one is ref'd
-// explicitly; with a test clock there is nothing to ref and nothing to hold.
+// explicitly (keepProcessAlive); with a test clock there is nothing to ref and nothing to hold.
 function holdOpen(clock: Clock): () => void {
   let handle: TimerHandle | undefined
   let released = false
   const arm = (): void => {
     if (released) return
     handle = clock.setTimeout(arm, maxTimerDelayMs)
-    ;(handle as { ref?: () => void } | null)?.ref?.()
+    keepProcessAlive(handle)
   }
   arm()
   return () => {

@@ -3,7 +3,7 @@
 // a server's Retry-After that large would have turned "much later" into "now". Driven by
 // vitest's fake timers, which systemClock picks up because it reads the globals at call time.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import { sleep, systemClock } from '../../src/index.js'
+import { retry, sleep, systemClock, TimeoutError } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 
 const maxNodeTimerMs = 2 ** 31 - 1
@@ -77,5 +77,61 @@ describe('ManualClock timers', () => {
     expect(clock.pendingTimers).toBe(1)
     await clock.advance(Number.MAX_SAFE_INTEGER)
     expect(fired).toEqual(['soon'])
+  })
+})
+
+// Whether a wait holds the process open, read from Node's list of referenced handles: a
+// referenced timer is listed as a 'Timeout', an unreferenced one is not. Real timers, but
+// nothing waits for them: each wait is aborted (or its policy's attempt settled) at once.
+describe('which system-clock timers hold the process open', () => {
+  const heldTimers = (): number =>
+    process.getActiveResourcesInfo().filter((name) => name === 'Timeout').length
+
+  it('a sleep does, so a script awaiting it is resumed instead of ending', async () => {
+    const before = heldTimers()
+    const stop = new AbortController()
+    const slept = sleep(systemClock, 60_000, stop.signal)
+    expect(heldTimers()).toBe(before + 1)
+    stop.abort()
+    await expect(slept).rejects.toMatchObject({ code: 'ABORTED' })
+    expect(heldTimers()).toBe(before)
+  })
+
+  it('a sleep longer than Node allows does too, slice after slice', async () => {
+    const before = heldTimers()
+    const stop = new AbortController()
+    const slept = sleep(systemClock, 3 * maxNodeTimerMs, stop.signal)
+    expect(heldTimers()).toBe(before + 1)
+    stop.abort()
+    await expect(slept).rejects.toMatchObject({ code: 'ABORTED' })
+  })
+
+  it('a retry backoff does', async () => {
+    const before = heldTimers()
+    const stop = new AbortController()
+    let attempts = 0
+    const run = retry({ maxAttempts: 3, baseDelayMs: 60_000, jitter: 'none' }).execute(async () => {
+      attempts++
+      throw new TimeoutError(10)
+    }, stop.signal)
+    // The first attempt fails on a later tick; setImmediate adds no timer of its own.
+    for (let tick = 0; tick < 100 && attempts === 0; tick++) {
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    expect(attempts).toBe(1)
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(heldTimers()).toBe(before + 1)
+    stop.abort()
+    await expect(run).rejects.toMatchObject({ code: 'ABORTED' })
+    expect(heldTimers()).toBe(before)
+  })
+
+  it('a plain clock timer (a cooldown, an idle timer) does not', () => {
+    const before = heldTimers()
+    const handle = systemClock.setTimeout(() => {}, 60_000)
+    const long = systemClock.setTimeout(() => {}, 3 * maxNodeTimerMs)
+    expect(heldTimers()).toBe(before)
+    systemClock.clearTimeout(handle)
+    systemClock.clearTimeout(long)
   })
 })
