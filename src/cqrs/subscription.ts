@@ -57,7 +57,7 @@ export interface SubscriptionOptions {
 export interface Subscription {
   /** The checkpoint name, if any. */
   readonly name: string | undefined
-  /** The position of the last event handled (fromPosition - 1 before the first). */
+  /** The position of the last event handled (before the first: fromPosition - 1, and at least 0). */
   readonly position: number
   /** Whether it has caught up with the log at least once (and is now following it live). */
   readonly live: boolean
