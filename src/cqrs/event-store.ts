@@ -202,13 +202,27 @@ function jsonText(option: string, expected: string, value: unknown): string | un
   }
 }
 
+// A UTF-16 surrogate without its partner: not a character, so not encodable as UTF-8.
+const loneSurrogate = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
+
 /**
  * @internal Whether `value` is a non-empty string PostgreSQL text can hold: it cannot hold NUL,
- * which would fail there with a bare driver error (and work on SQLite), so both refuse it.
+ * which would fail there with a bare driver error (and work on SQLite), so both refuse it. A lone
+ * surrogate is refused too: the driver sends it as U+FFFD, so on PostgreSQL `'s\ud800'` and
+ * `'s\udc00'` would silently name one stream.
  */
 export function checkName(option: string, value: unknown): string {
-  if (typeof value !== 'string' || value === '' || value.includes('\u0000')) {
-    throw new InvalidOptionError(option, 'a non-empty string without NUL characters', value)
+  if (
+    typeof value !== 'string' ||
+    value === '' ||
+    value.includes('\u0000') ||
+    loneSurrogate.test(value)
+  ) {
+    throw new InvalidOptionError(
+      option,
+      'a non-empty string without NUL characters or lone surrogates',
+      value,
+    )
   }
   return value
 }

@@ -446,6 +446,10 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
         /stream: expected a non-empty string without NUL/,
       ),
       expect(store.readStream('s\u0000x')).rejects.toThrow(InvalidOptionError),
+      // A lone surrogate reaches PostgreSQL as U+FFFD: 's\ud800' and 's\udc00' would collide.
+      expect(store.append('s\ud800', [event(1)])).rejects.toThrow(/or lone surrogates/),
+      expect(store.readStream('s\udc00')).rejects.toThrow(InvalidOptionError),
+      expect(store.append('s', [{ type: 'a\udbff', data: 1 }])).rejects.toThrow(InvalidOptionError),
       expect(store.append('s', [{ type: 'a\u0000', data: 1 }])).rejects.toThrow(
         /events\[0\]\.type: expected a non-empty string without NUL/,
       ),
