@@ -138,11 +138,11 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
   if (parsed.check) {
     try {
       const config = await loadProxyConfig(file)
-      const { unreadableFiles } = await import('../proxy/config/files.js')
-      const missing = unreadableFiles(config)
+      const { unusableFiles } = await import('../proxy/config/files.js')
+      const missing = unusableFiles(config)
       if (missing.length > 0) {
         stderr.write(
-          `${file}: the config is valid, but ${missing.length === 1 ? 'a file it refers to' : `${missing.length} files it refers to`} cannot be read:\n${missing.map((p) => `  ${p.path}: ${p.file}: ${p.reason}\n`).join('')}`,
+          `${file}: the config is valid, but ${missing.length === 1 ? 'a file it refers to' : `${missing.length} files it refers to`} cannot be used:\n${missing.map((p) => `  ${p.path}: ${p.file}: ${p.reason}\n`).join('')}`,
         )
         return 1
       }

@@ -1,56 +1,105 @@
 // The files a valid proxy config refers to: TLS certificates, keys and CAs, and secrets kept
-// in files. (A discovery file is left out: the proxy waits for one that does not exist yet.) The loader checks the document's shape; whether these files can be
-// read is a fact of the machine it runs on, which `breakwater proxy --check` looks at too, so
-// a file that says "valid" does not then fail at start for a missing certificate.
+// in files. (A discovery file is left out: the proxy waits for one that does not exist yet.)
+// The loader checks the document's shape; whether these files can be read, and whether the
+// TLS ones hold what they should, is a fact of the machine it runs on, which `breakwater proxy
+// --check` looks at too, so a file that says "valid" does not then fail at start for a missing
+// certificate, or fail every request for a CA file that holds no certificate.
 
-import { accessSync, constants, statSync } from 'node:fs'
+import { createPrivateKey, X509Certificate } from 'node:crypto'
+import { accessSync, constants, readFileSync, statSync } from 'node:fs'
+import { createSecureContext } from 'node:tls'
 import type { ProxyConfig, SecretSource } from '../contracts.js'
 
-/** A referenced file that cannot be read: where it is referenced, its path, and why. */
+/** A referenced file that cannot be used: where it is referenced, its path, and why. */
 export interface FileProblem {
   readonly path: string
   readonly file: string
   readonly reason: string
 }
 
+/** What a referenced file must hold. */
+type Content = 'certificate' | 'private key' | 'secret'
+
+interface FileRef {
+  readonly path: string
+  readonly file: string | undefined
+  readonly content: Content
+}
+
+/** A certificate and its key, which must belong together. */
+interface Pair {
+  readonly cert: FileRef
+  readonly key: FileRef
+}
+
 /**
- * Every file `config` refers to that is missing, not a regular file, or not readable by this
- * process. Paths are taken as the proxy takes them (relative ones from the working folder).
+ * Every file `config` refers to that is missing, not a regular file, not readable by this
+ * process, or (for TLS) does not hold a PEM certificate or private key, and every key that
+ * does not match its certificate. Paths are taken as the proxy takes them (relative ones from
+ * the working folder).
  *
  * @example
  * ```ts
- * for (const p of unreadableFiles(config)) console.error(`${p.path}: cannot read ${p.file}: ${p.reason}`)
+ * for (const p of unusableFiles(config)) console.error(`${p.path}: ${p.file}: ${p.reason}`)
  * ```
  */
-export function unreadableFiles(config: ProxyConfig): FileProblem[] {
-  const refs: { path: string; file: string | undefined }[] = []
+export function unusableFiles(config: ProxyConfig): FileProblem[] {
+  const refs: FileRef[] = []
+  const pairs: Pair[] = []
+  const ref = (path: string, file: string | undefined, content: Content): FileRef => {
+    const made = { path, file, content }
+    refs.push(made)
+    return made
+  }
   const secret = (path: string, source: SecretSource | undefined): void => {
-    if (source !== undefined && 'file' in source)
-      refs.push({ path: `${path}.file`, file: source.file })
+    if (source !== undefined && 'file' in source) ref(`${path}.file`, source.file, 'secret')
+  }
+  const tls = (
+    at: string,
+    files: { readonly certFile?: string | undefined; readonly keyFile?: string | undefined },
+    ca: { option: string; file: string | undefined },
+  ): void => {
+    ref(`${at}.${ca.option}`, ca.file, 'certificate')
+    pairs.push({
+      cert: ref(`${at}.certFile`, files.certFile, 'certificate'),
+      key: ref(`${at}.keyFile`, files.keyFile, 'private key'),
+    })
   }
   for (const [name, service] of config.services) {
     const at = `services.${name}`
-    refs.push({ path: `${at}.tls.caFile`, file: service.tls.caFile })
-    refs.push({ path: `${at}.tls.certFile`, file: service.tls.certFile })
-    refs.push({ path: `${at}.tls.keyFile`, file: service.tls.keyFile })
+    tls(`${at}.tls`, service.tls, { option: 'caFile', file: service.tls.caFile })
     const auth = service.auth
     if (auth?.kind === 'bearer') secret(`${at}.auth.bearer`, auth.token)
     else if (auth?.kind === 'api-key') secret(`${at}.auth.apiKey`, auth.key)
   }
   config.listeners.forEach((listener, i) => {
-    const tls = listener.tls
-    if (tls === undefined) return
-    refs.push({ path: `listeners[${i}].tls.certFile`, file: tls.certFile })
-    refs.push({ path: `listeners[${i}].tls.keyFile`, file: tls.keyFile })
-    refs.push({ path: `listeners[${i}].tls.clientCaFile`, file: tls.clientCaFile })
+    const files = listener.tls
+    if (files === undefined) return
+    tls(`listeners[${i}].tls`, files, { option: 'clientCaFile', file: files.clientCaFile })
   })
   secret('admin.token', config.admin?.token)
 
   const problems: FileProblem[] = []
-  for (const { path, file } of refs) {
-    if (file === undefined) continue
-    const reason = unreadable(file)
-    if (reason !== undefined) problems.push({ path, file, reason })
+  const unusable = new Set<FileRef>()
+  for (const at of refs) {
+    if (at.file === undefined) continue
+    const reason = unreadable(at.file) ?? wrongContent(at.file, at.content)
+    if (reason === undefined) continue
+    unusable.add(at)
+    problems.push({ path: at.path, file: at.file, reason })
+  }
+  for (const { cert, key } of pairs) {
+    if (cert.file === undefined || key.file === undefined) continue
+    if (unusable.has(cert) || unusable.has(key)) continue
+    try {
+      createSecureContext({ cert: readFileSync(cert.file), key: readFileSync(key.file) })
+    } catch (error) {
+      problems.push({
+        path: key.path,
+        file: key.file,
+        reason: `not the key of the certificate ${cert.file} (${(error as Error).message})`,
+      })
+    }
   }
   return problems
 }
@@ -67,5 +116,17 @@ function unreadable(file: string): string | undefined {
       : code === 'EACCES'
         ? 'permission denied'
         : String(code)
+  }
+}
+
+function wrongContent(file: string, content: Content): string | undefined {
+  if (content === 'secret') return undefined
+  try {
+    const pem = readFileSync(file)
+    if (content === 'certificate') new X509Certificate(pem)
+    else createPrivateKey(pem)
+    return undefined
+  } catch (error) {
+    return `not a PEM ${content} (${(error as Error).message})`
   }
 }

@@ -8,6 +8,7 @@ import { proxyCommand } from '../../../src/cli/proxy.js'
 import type { SignalTarget } from '../../../src/process/index.js'
 import { runCli, spawnCli } from '../../process/cli-process.js'
 import { listenOnLoopback } from '../../support/loopback.js'
+import { createTestCerts } from '../support/certs.js'
 import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'bw-proxy-cli-'))
@@ -73,10 +74,71 @@ describe('proxyCommand', () => {
       `services: { a: { endpoints: [${upstream.url}], auth: { bearer: { file: ${dir}/token } } } }\nlisteners: [{ name: in, role: gateway, port: 0, tls: { certFile: ${dir}/cert.pem, keyFile: ${dir} }, routes: [{ name: r, match: { prefix: / }, targets: [{ service: a }] }] }]\n`,
     )
     expect(await proxyCommand(['--config', files, '--check'], { stdout: out, stderr: err })).toBe(1)
-    expect(err.text()).toContain('3 files it refers to cannot be read')
+    expect(err.text()).toContain('3 files it refers to cannot be used')
     expect(err.text()).toContain(`services.a.auth.bearer.file: ${dir}/token: no such file`)
     expect(err.text()).toContain(`listeners[0].tls.certFile: ${dir}/cert.pem: no such file`)
     expect(err.text()).toContain(`listeners[0].tls.keyFile: ${dir}: not a regular file`)
+  })
+
+  it('--check also refuses TLS files that hold no certificate or key, or a key of another certificate', async () => {
+    const certs = createTestCerts()
+    try {
+      const garbage = write('garbage.pem', 'not a certificate\n')
+      const out = captureLog()
+      const check = async (yaml: string) => {
+        const err = captureLog()
+        const code = await proxyCommand(['--config', write('tls.yaml', yaml), '--check'], {
+          stdout: out,
+          stderr: err,
+        })
+        return { code, text: err.text() }
+      }
+      const listener = (tls: string) =>
+        `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: in, role: gateway, port: 0, tls: ${tls}, routes: [{ name: r, targets: [{ service: a }] }] }]\n`
+      // The pair the listener would serve: valid.
+      const { server, client, ca } = certs
+      expect(
+        (
+          await check(
+            listener(
+              `{ certFile: ${server.certFile}, keyFile: ${server.keyFile}, clientCaFile: ${ca.certFile} }`,
+            ),
+          )
+        ).code,
+      ).toBe(0)
+      const bad = await check(
+        listener(
+          `{ certFile: ${garbage}, keyFile: ${server.certFile}, clientCaFile: ${server.keyFile} }`,
+        ),
+      )
+      expect(bad.code).toBe(1)
+      expect(bad.text).toContain('3 files it refers to cannot be used')
+      expect(bad.text).toContain(`listeners[0].tls.certFile: ${garbage}: not a PEM certificate`)
+      expect(bad.text).toContain(
+        `listeners[0].tls.keyFile: ${server.certFile}: not a PEM private key`,
+      )
+      expect(bad.text).toContain(
+        `listeners[0].tls.clientCaFile: ${server.keyFile}: not a PEM certificate`,
+      )
+      const mismatch = await check(
+        listener(`{ certFile: ${server.certFile}, keyFile: ${client.keyFile} }`),
+      )
+      expect(mismatch.code).toBe(1)
+      expect(mismatch.text).toContain(
+        `listeners[0].tls.keyFile: ${client.keyFile}: not the key of the certificate ${server.certFile}`,
+      )
+      // An upstream's CA (a file without a certificate would fail every request) and client pair.
+      const upstreamTls = await check(
+        `services: { a: { endpoints: [https://127.0.0.1:1], tls: { caFile: ${garbage}, certFile: ${client.certFile}, keyFile: ${server.keyFile} } } }\nlisteners: [{ name: out, role: ambassador, port: 0 }]\n`,
+      )
+      expect(upstreamTls.code).toBe(1)
+      expect(upstreamTls.text).toContain(`services.a.tls.caFile: ${garbage}: not a PEM certificate`)
+      expect(upstreamTls.text).toContain(
+        `services.a.tls.keyFile: ${server.keyFile}: not the key of the certificate ${client.certFile}`,
+      )
+    } finally {
+      certs.cleanup()
+    }
   })
 
   it('a proxy that cannot start says what failed in one line, exit 1, with one process or workers', async () => {
