@@ -18,8 +18,8 @@ const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
 const usage = `usage: breakwater migrate [--db <url>]
 
 Applies the pending migrations of every capability.
-  --db <url>  sqlite:<file>, sqlite::memory: or postgres://user:pass@host/db
-              (default ${defaultUrl})
+  --db <url>  sqlite:<file> (created with its folder when missing) or
+              postgres://user:pass@host/db (default ${defaultUrl})
 `
 
 /**
