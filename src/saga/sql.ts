@@ -150,7 +150,10 @@ export interface SagaStatements {
   readonly insertBatch: string
   /** $1 saga id, $2 at, $3 kind, $4 step, $5 attempt, $6 worker, $7 detail JSON. */
   readonly insertEvent: string
-  /** $1 lease end, $2 owner. Returns id and lease_token of every instance still held. */
+  /**
+   * $1 lease end, $2 owner, $3 the ids in hand (array / JSON array). Returns id and lease_token
+   * of each of them still held.
+   */
   readonly renew: string
   /** $1 id, $2 lease token, $3 lease end. */
   readonly renewOne: string
@@ -252,8 +255,11 @@ RETURNING cancel_requested`,
     // SQLite batches by running the single statements inside one transaction.
     transitionBatch: '',
     insertBatch: '',
+    // Only the instances the worker runs: one it gave up (a failed write) keeps its owner
+    // until its lease ends, and renewing it too would keep it from every other worker.
     renew: `UPDATE ${sagaTable} SET lease_expires_at = $1
 WHERE lease_owner = $2 AND status IN ('running', 'compensating')
+  AND id IN (SELECT value FROM json_each($3))
 RETURNING id, lease_token`,
     list: `SELECT id, name, version, status, step_index, attempt, next_run_at, lease_owner,
   lease_expires_at, reason, created_at, updated_at, finished_at, steps
@@ -337,7 +343,7 @@ FROM jsonb_to_recordset($1::jsonb) AS i(id TEXT, name TEXT, version INTEGER, def
 ON CONFLICT (id) DO NOTHING
 RETURNING id`,
     renew: `UPDATE ${sagaTable} SET lease_expires_at = $1
-WHERE lease_owner = $2 AND status IN ('running', 'compensating')
+WHERE lease_owner = $2 AND status IN ('running', 'compensating') AND id = ANY($3::text[])
 RETURNING id, lease_token`,
     list: `SELECT id, name, version, status, step_index, attempt, next_run_at, lease_owner,
   lease_expires_at, reason, created_at, updated_at, finished_at, steps

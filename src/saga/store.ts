@@ -102,7 +102,10 @@ export async function writeTransition(
   })
 }
 
-/** The definition keys in the form the dialect's claim statement takes. */
+/**
+ * A list of strings (the claim's definition keys, the renewal's ids) in the form the dialect's
+ * statements take: a PostgreSQL array, a JSON array for SQLite's `json_each`.
+ */
 export function definitionKeysParam(db: SqlExecutor, keys: readonly string[]): unknown {
   return db.dialect === 'postgres' ? [...keys] : JSON.stringify(keys)
 }
@@ -119,15 +122,19 @@ export function claimInstances(
   return db.query<SagaRow>(sagaStatements[db.dialect].claim, [owner, leaseEnd, now, keys, limit])
 }
 
-/** Extends every lease `owner` holds; resolves to the held instances and their tokens. */
+/**
+ * Extends the leases `owner` holds on the instances `ids` (the ones it runs); resolves to those
+ * still held and their tokens.
+ */
 export async function renewLeases(
   db: SqlDriver,
   owner: string,
   leaseEnd: number,
+  ids: readonly string[],
 ): Promise<Map<string, number>> {
   const rows = await db.query<{ id: string; lease_token: number }>(
     sagaStatements[db.dialect].renew,
-    [leaseEnd, owner],
+    [leaseEnd, owner, definitionKeysParam(db, ids)],
   )
   return new Map(rows.map((r) => [r.id, Number(r.lease_token)]))
 }

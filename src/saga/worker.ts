@@ -507,7 +507,9 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     const tokens = new Map([...sent].map(([id, run]) => [id, run.token]))
     const leaseEnd = this.clock.now() + this.leaseMs
     try {
-      const held = await this.#batcher.exclusive(() => renewLeases(this.db, this.id, leaseEnd))
+      const held = await this.#batcher.exclusive(() =>
+        renewLeases(this.db, this.id, leaseEnd, [...sent.keys()]),
+      )
       for (const [id, run] of sent) {
         if (this.#inHand.get(id) !== run) continue
         if (held.get(id) === tokens.get(id)) run.leaseExpiresAt = leaseEnd

@@ -404,6 +404,70 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     expect(timeline[0]).toMatchObject({ kind: 'lease-expired', detail: { previousOwner: 'A' } })
   })
 
+  it('renews only the instances it runs: one given up after a database error is free at its lease end', async () => {
+    const clock = new ManualClock(0)
+    const inside = gate()
+    const finish = gate()
+    let brokenCommits = 1
+    const busy = defineSaga({
+      name: `busy-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'hold',
+          action: async () => {
+            inside.open()
+            await finish.promise
+          },
+        },
+      ],
+    })
+    const broken = defineSaga({
+      name: `broken-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'write',
+          action: async (ctx) => {
+            ctx.atCommit(async (tx) => {
+              // The first commit fails in the database: the worker gives the instance up.
+              if (brokenCommits-- > 0) await tx.execute('INSERT INTO no_such_table VALUES (1)')
+            })
+          },
+        },
+      ],
+    })
+    const a = createSagaWorker({
+      db: t.db,
+      sagas: [busy, broken],
+      clock,
+      leaseMs: 1_000,
+      renewIntervalMs: 100,
+      workerId: 'A',
+    })
+    const busyId = `busy-${randomUUID()}`
+    const holding = a.run(busy, {}, { id: busyId })
+    await inside.promise
+    const { id } = await a.run(broken, {})
+    expect(a.metrics().errors).toBe(1)
+    // A goes on running (and renewing) the busy instance well past the broken one's lease end.
+    while (clock.now() < 1_500) {
+      await clock.advance(100)
+      await vi.waitFor(async () =>
+        expect((await getSaga(t.db, busyId))!.leaseExpiresAt).toBeGreaterThanOrEqual(
+          clock.now() + 900,
+        ),
+      )
+    }
+    expect((await getSaga(t.db, id))!.leaseExpiresAt).toBe(1_000)
+    const b = createSagaWorker({ db: await t.reopen(), sagas: [broken], clock, workerId: 'B' })
+    expect(await b.poll()).toBe(1)
+    expect((await getSaga(t.db, id))!.status).toBe('completed')
+    finish.open()
+    await holding
+    expect((await getSaga(t.db, busyId))!.status).toBe('completed')
+  })
+
   it('fences each instance of a worker on its own: the stolen one is refused, its neighbour kept', async () => {
     const clockA = new ManualClock(0)
     const clockB = new ManualClock(10_000)
