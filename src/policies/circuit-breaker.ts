@@ -383,10 +383,22 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
     let outcome: Outcome
     // The caller gave up: whatever fn threw then, it tells only whether the call was slow.
     if (aborted) outcome = slow ? 'slow' : 'ignored'
-    else if (this.#isFailure(error)) outcome = 'error'
+    else if (this.#isFailureOrIgnore(error, epoch)) outcome = 'error'
     else if (BreakwaterError.is(error) && error.code === 'BULKHEAD_FULL') outcome = 'ignored'
     else outcome = slow ? 'slow' : 'answered'
     this.#onOutcome(epoch, outcome, error)
+  }
+
+  // A throwing isFailure still rejects the call with its own error, but the call is first
+  // recorded as ignored: a half-open probe would otherwise keep its slot for good, and the
+  // circuit would refuse every call until reset().
+  #isFailureOrIgnore(error: unknown, epoch: number): boolean {
+    try {
+      return this.#isFailure(error)
+    } catch (failure) {
+      this.#onOutcome(epoch, 'ignored', error)
+      throw failure
+    }
   }
 
   #onOutcome(epoch: number, outcome: Outcome, error: unknown): void {

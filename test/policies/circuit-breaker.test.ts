@@ -17,6 +17,8 @@ import {
   circuitBreaker,
   InvalidOptionError,
   IsolatedCircuitError,
+  pipeline,
+  timeout,
 } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 
@@ -382,6 +384,25 @@ describe('circuitBreaker: half-open', () => {
     controller.abort()
     await expect(aborted).rejects.toThrow()
     expect(breaker.state).toBe('open')
+  })
+
+  it('a probe whose isFailure throws rejects with that error and frees its slot', async () => {
+    let throwing = false
+    const { breaker, clock } = await toHalfOpen({
+      isFailure: () => {
+        if (throwing) throw new Error('isFailure broke')
+        return true
+      },
+    })
+    // Fused (inside a pipeline) and direct: neither may keep the probe slot forever.
+    const fused = pipeline(breaker, timeout(1_000, { clock }))
+    throwing = true
+    await expect(breaker.execute(boom)).rejects.toThrow('isFailure broke')
+    await expect(fused.execute(boom)).rejects.toThrow('isFailure broke')
+    expect(breaker.state).toBe('half-open')
+    throwing = false
+    await expect(breaker.execute(ok)).resolves.toBe('ok')
+    expect(breaker.state).toBe('closed')
   })
 
   it('a slow probe reopens the circuit', async () => {
