@@ -462,25 +462,30 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       attempt: 1,
       now,
     })
-    if (!created) {
-      const existing = await getSaga(this.db, id)
-      return {
-        id,
-        created: false,
-        status: existing?.status ?? 'running',
-        context: (existing?.context ?? {}) as Partial<C>,
-        reason: existing?.reason,
-      }
-    }
+    if (!created) return this.#stored(id, false)
     const run = new InstanceRun(this, saga, row)
     this.#inHand.set(id, run)
-    await this.#track(run)
+    const outcome = await this.#track(run)
+    // A run that was fenced off or gave up holds a state its last write did not store (the
+    // status it was about to write, say 'completed'): what counts is what the database has.
+    if (outcome === 'lost' || outcome === 'abandoned') return this.#stored(id, true)
     return {
       id,
       created: true,
       status: run.status,
       context: run.context as Partial<C>,
       reason: run.reason,
+    }
+  }
+
+  async #stored<C>(id: string, created: boolean): Promise<SagaOutcome<C>> {
+    const stored = await getSaga(this.db, id)
+    return {
+      id,
+      created,
+      status: stored?.status ?? 'running',
+      context: (stored?.context ?? {}) as Partial<C>,
+      reason: stored?.reason,
     }
   }
 

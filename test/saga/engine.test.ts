@@ -404,6 +404,54 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     expect(timeline[0]).toMatchObject({ kind: 'lease-expired', detail: { previousOwner: 'A' } })
   })
 
+  it('run() reports the stored state when its last write failed or was fenced off', async () => {
+    const clockA = new ManualClock(0)
+    const clockB = new ManualClock(10_000)
+    const entered = gate()
+    const releaseA = gate()
+    let fenced = 0
+    let brokenCommits = 1
+    const saga = defineSaga({
+      name: `reported-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'only',
+          action: async (ctx) => {
+            if ((ctx.input as { fenced?: boolean }).fenced && fenced++ === 0) {
+              entered.open()
+              await releaseA.promise
+            }
+            ctx.atCommit(async (tx) => {
+              if ((ctx.input as { broken?: boolean }).broken && brokenCommits-- > 0)
+                await tx.execute('INSERT INTO no_such_table VALUES (1)')
+            })
+            return { by: ctx.attempt }
+          },
+        },
+      ],
+    })
+    const a = createSagaWorker({ db: t.db, sagas: [saga], clock: clockA, workerId: 'A' })
+    // The commit of the only step fails in the database: nothing of it was stored.
+    const broken = await a.run(saga, { broken: true })
+    expect(broken).toMatchObject({ created: true, status: 'running', context: {} })
+    expect(await getSaga(t.db, broken.id)).toMatchObject({ status: 'running', context: {} })
+    // A is overtaken while running its step: B takes over, sees the cancel and ends it first.
+    const running = a.run(saga, { fenced: true }, { id: `fenced-${randomUUID()}` })
+    await entered.promise
+    const b = createSagaWorker({ db: await t.reopen(), sagas: [saga], clock: clockB })
+    const [fencedRow] = await t.db.query<{ id: string }>(
+      "SELECT id FROM breakwater_sagas WHERE id LIKE 'fenced-%' AND lease_owner = 'A'",
+    )
+    await cancelSaga(t.db, fencedRow!.id, { clock: clockB })
+    expect(await b.poll()).toBe(2) // and the one A gave up, its lease over on B's clock
+    expect((await getSaga(t.db, broken.id))!.status).toBe('completed')
+    releaseA.open()
+    const outcome = await running
+    expect(outcome).toMatchObject({ status: 'cancelled', reason: 'cancel requested' })
+    expect((await getSaga(t.db, outcome.id))!.status).toBe('cancelled')
+  })
+
   it('renews only the instances it runs: one given up after a database error is free at its lease end', async () => {
     const clock = new ManualClock(0)
     const inside = gate()
