@@ -253,12 +253,14 @@ export function adoptDeadline<T>(
   options: AdoptDeadlineOptions = {},
 ): Promise<T> {
   let ms: number | undefined
+  let clock: Clock
+  // Every bad option is a rejection (the function returns a promise), the clock's included.
   try {
     ms = deadlineFromHeaders(headers, options)
+    clock = checkClock('adoptDeadline.clock', options.clock)
   } catch (error) {
     return Promise.reject(error)
   }
-  const clock = checkClock('clock', options.clock)
   if (ms === undefined) return run(fn)
   if (ms <= 0) return Promise.reject(new DeadlineExceededError(clock.now() + ms))
   return withDeadline(ms, fn, { clock })

@@ -230,5 +230,9 @@ describe('deadline headers', () => {
     await expect(adoptDeadline({}, async () => 1, { maxMs: -5 })).rejects.toBeInstanceOf(
       InvalidOptionError,
     )
+    // A bad clock too: a rejection naming adoptDeadline.clock, never a synchronous throw.
+    const badClock = adoptDeadline({}, async () => 1, { clock: {} as never })
+    await expect(badClock).rejects.toBeInstanceOf(InvalidOptionError)
+    await expect(badClock).rejects.toMatchObject({ option: 'adoptDeadline.clock' })
   })
 })
