@@ -231,8 +231,8 @@ export interface FlowTracker {
   /** Rebuilds a flow's state; undefined when no event has this correlation id. */
   state(correlationId: string): Promise<FlowState | undefined>
   /**
-   * Flows with events in the last `withinMs` whose next event is overdue, most recently active
-   * first.
+   * Flows with events in the last `withinMs` (default one day) whose next event is overdue, most
+   * recently active first, at most `limit` of them (default 1000).
    */
   stalled(options?: { readonly withinMs?: number; readonly limit?: number }): Promise<FlowState[]>
 }
@@ -318,16 +318,26 @@ class SqlFlowTracker implements FlowTracker {
     checkObject('options', options)
     const withinMs = checkInteger('options.withinMs', options.withinMs ?? 86_400_000, 1)
     const limit = checkInteger('options.limit', options.limit ?? 1000, 1)
-    const rows = await this.#db.query<{ correlation_id: string }>(
-      sagaStatements[this.#db.dialect].recentCorrelations,
-      [this.#clock.now() - withinMs, limit],
-    )
+    // The limit bounds what is returned, not the flows looked at: the flows most recently
+    // active come first, and a stalled one is typically among the least, so cutting the
+    // candidates at `limit` hid every stall behind that many healthy flows.
+    const since = this.#clock.now() - withinMs
     const states: FlowState[] = []
-    for (const row of rows) {
-      const state = await this.state(row.correlation_id)
-      if (state?.status === 'stalled') states.push(state)
+    let cursor: [number, string] = [Number.MAX_SAFE_INTEGER, '']
+    for (;;) {
+      const rows = await this.#db.query<{ correlation_id: string; last_at: number }>(
+        sagaStatements[this.#db.dialect].recentCorrelations,
+        [since, limit, ...cursor],
+      )
+      for (const row of rows) {
+        const state = await this.state(row.correlation_id)
+        if (state?.status === 'stalled') states.push(state)
+        if (states.length === limit) return states
+      }
+      if (rows.length < limit) return states
+      const last = rows[rows.length - 1]!
+      cursor = [Number(last.last_at), last.correlation_id]
     }
-    return states
   }
 }
 

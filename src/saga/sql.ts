@@ -183,7 +183,10 @@ export interface SagaStatements {
   readonly insertFlowEvent: string
   /** $1 correlation id. */
   readonly selectFlowEvents: string
-  /** $1 since (at), $2 limit: correlation ids with events since then, most recent first. */
+  /**
+   * $1 since (at), $2 limit, $3 and $4 the (last at, correlation id) of the page before:
+   * correlation ids with events since then, most recent first, after that cursor.
+   */
   readonly recentCorrelations: string
 }
 
@@ -224,7 +227,9 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING`,
   selectFlowEvents: `SELECT seq, event_id, type, source, at, payload FROM ${flowEventsTable}
 WHERE correlation_id = $1 ORDER BY at, seq`,
   recentCorrelations: `SELECT correlation_id, MAX(at) AS last_at FROM ${flowEventsTable}
-WHERE at >= $1 GROUP BY correlation_id ORDER BY MAX(at) DESC LIMIT $2`,
+WHERE at >= $1 GROUP BY correlation_id
+HAVING MAX(at) < $3 OR (MAX(at) = $3 AND correlation_id > $4)
+ORDER BY MAX(at) DESC, correlation_id LIMIT $2`,
 }
 
 /** The statements per dialect. */

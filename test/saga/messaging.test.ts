@@ -410,6 +410,38 @@ describe.each(dbTargets)('saga messaging on $dialect', (target) => {
     expect((await tracker.state(good))!.status).toBe('completed')
   })
 
+  it('stalled() finds a stalled flow behind more recently active ones than its limit', async () => {
+    const clock = new ManualClock(1_000_000_000)
+    const name = `busy-${randomUUID().slice(0, 6)}`
+    const flow = defineFlow({
+      name,
+      steps: [`${name}-placed`, { event: `${name}-paid`, withinMs: 10_000 }],
+    })
+    const tracker = createFlowTracker({ db: t.db, flows: [flow], clock })
+    const stuck = `${name}-stuck`
+    // The stuck flow started first; then more flows than the default limit (1000) started,
+    // all recently enough to be in progress.
+    await tracker.record(t.db, {
+      id: `${stuck}:placed`,
+      correlationId: stuck,
+      type: `${name}-placed`,
+      at: clock.now() - 20_000,
+    })
+    await t.db.transaction(async (tx) => {
+      for (let i = 0; i < 1_001; i++) {
+        await tracker.record(tx, {
+          id: `${name}-${i}:placed`,
+          correlationId: `${name}-${i}`,
+          type: `${name}-placed`,
+          at: clock.now() - 1_000 + (i % 500),
+        })
+      }
+    })
+    expect((await tracker.state(stuck))!.status).toBe('stalled')
+    expect((await tracker.stalled()).map((s) => s.correlationId)).toEqual([stuck])
+    expect((await tracker.stalled({ limit: 1 })).map((s) => s.correlationId)).toEqual([stuck])
+  })
+
   it('a reacting service handles a redelivered event once (inbox)', async () => {
     let runs = 0
     const reactor = createReactor({
