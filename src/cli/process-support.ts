@@ -1,5 +1,10 @@
 import { type LogThreshold, logThresholds, redactSecrets } from '../observability/index.js'
-import { listAppliedMigrations, type Migration, type SqlDriver } from '../stores/index.js'
+import {
+  listAppliedMigrations,
+  type Migration,
+  parseDatabaseUrl,
+  type SqlDriver,
+} from '../stores/index.js'
 import { UsageError } from './usage.js'
 
 // What the long-running commands (`breakwater relay`, `breakwater saga worker`) share: parsing
@@ -24,9 +29,47 @@ export function integerFlag(
   return Number(text)
 }
 
-/** An environment variable's value, or undefined when it is unset or empty. */
-export function nonEmpty(value: string | undefined): string | undefined {
-  return value === undefined || value === '' ? undefined : value
+/** A setting's value and where it came from (the flag, or the environment variable). */
+export interface Setting {
+  readonly value: string
+  /** What a message about the value names: `--broker`, or `BREAKWATER_BROKER_URL`. */
+  readonly source: string
+}
+
+/**
+ * `flag`'s value, else the environment variable `variable` (when set and not empty), else
+ * `fallback`; with the name a message about the value should give.
+ */
+export function flagOrEnv(
+  values: ReadonlyMap<string, string>,
+  flag: string,
+  env: Readonly<Record<string, string | undefined>>,
+  variable: string,
+  fallback: string,
+): Setting {
+  const given = values.get(flag)
+  if (given !== undefined) return { value: given, source: flag }
+  const fromEnv = env[variable]
+  return fromEnv === undefined || fromEnv === ''
+    ? { value: fallback, source: flag }
+    : { value: fromEnv, source: variable }
+}
+
+/** `--db`, else `BREAKWATER_DB_URL`, else `fallback`; a URL that is not a database's is refused. */
+export function databaseUrl(
+  values: ReadonlyMap<string, string>,
+  env: Readonly<Record<string, string | undefined>>,
+  fallback: string,
+): string {
+  const { value, source } = flagOrEnv(values, '--db', env, 'BREAKWATER_DB_URL', fallback)
+  try {
+    parseDatabaseUrl(value)
+  } catch {
+    throw new UsageError(
+      `${source}: expected sqlite:<file> or postgres://user:pass@host/db, got "${redactSecrets(value)}"`,
+    )
+  }
+  return value
 }
 
 /** Throws a StartupError naming the migrations of `capability` that `db` lacks. */

@@ -34,10 +34,12 @@ import {
 } from './long-running.js'
 import {
   checkMigrated,
+  databaseUrl,
+  flagOrEnv,
   integerFlag,
   logLevelFlag,
-  nonEmpty,
   readFlags,
+  type Setting,
   StartupError,
 } from './process-support.js'
 import { messageOf, UsageError, wantsHelp } from './usage.js'
@@ -142,8 +144,8 @@ const valueFlags = new Set([
 const booleanFlags = new Set(['--webhook-batch'])
 const secretFlags = new Set(['--webhook-secret', '--secret', '--password', '--token'])
 
-/** Parses `--broker`; the error never shows a password. */
-function parseBroker(text: string, dbUrl: string): BrokerSpec {
+/** Parses `--broker` (or `BREAKWATER_BROKER_URL`); the error never shows a password. */
+function parseBroker({ value: text, source }: Setting, dbUrl: string): BrokerSpec {
   const shown = redactSecrets(text)
   if (text === 'sql' || text === 'sql:' || text === 'sql://') return { kind: 'sql', url: undefined }
   const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(text)?.[1]?.toLowerCase()
@@ -154,7 +156,7 @@ function parseBroker(text: string, dbUrl: string): BrokerSpec {
       try {
         parseDatabaseUrl(text)
       } catch {
-        throw new UsageError(`--broker: not a database URL: "${shown}"`)
+        throw new UsageError(`${source}: not a database URL: "${shown}"`)
       }
       return { kind: 'sql', url: text === dbUrl ? undefined : text }
     case 'nats':
@@ -168,16 +170,16 @@ function parseBroker(text: string, dbUrl: string): BrokerSpec {
       try {
         url = new URL(text)
       } catch {
-        throw new UsageError(`--broker: not a valid URL: "${shown}"`)
+        throw new UsageError(`${source}: not a valid URL: "${shown}"`)
       }
-      if (url.hostname === '') throw new UsageError(`--broker: the URL names no host: "${shown}"`)
+      if (url.hostname === '') throw new UsageError(`${source}: the URL names no host: "${shown}"`)
       if (scheme === 'http' || scheme === 'https') return { kind: 'webhook', url: text }
       const kind = scheme === 'nats' ? 'nats' : scheme.startsWith('amqp') ? 'rabbitmq' : 'redis'
       return { kind, url: text }
     }
     default:
       throw new UsageError(
-        `--broker: unsupported broker "${shown}"; expected sql:, sqlite:<file>, postgres://, nats://, amqp://, amqps://, redis://, rediss://, http:// or https://`,
+        `${source}: unsupported broker "${shown}"; expected sql:, sqlite:<file>, postgres://, nats://, amqp://, amqps://, redis://, rediss://, http:// or https://`,
       )
   }
 }
@@ -193,16 +195,10 @@ function parse(
       )
   })
 
-  const db = values.get('--db') ?? nonEmpty(env.BREAKWATER_DB_URL) ?? defaultDb
-  try {
-    parseDatabaseUrl(db)
-  } catch {
-    throw new UsageError(
-      `--db: expected sqlite:<file> or postgres://user:pass@host/db, got "${redactSecrets(db)}"`,
-    )
-  }
-  const brokerText = values.get('--broker') ?? nonEmpty(env.BREAKWATER_BROKER_URL) ?? 'sql:'
-  const broker = parseBroker(brokerText, db)
+  const db = databaseUrl(values, env, defaultDb)
+  const brokerSetting = flagOrEnv(values, '--broker', env, 'BREAKWATER_BROKER_URL', 'sql:')
+  const brokerText = brokerSetting.value
+  const broker = parseBroker(brokerSetting, db)
   const ordering = values.get('--ordering')
   if (ordering !== undefined && ordering !== 'confirmed' && ordering !== 'batch')
     throw new UsageError(

@@ -6,7 +6,6 @@ import {
   createMetricsRegistry,
   type Logger,
   type LogThreshold,
-  redactSecrets,
 } from '../observability/index.js'
 import {
   createSagaWorker,
@@ -16,7 +15,7 @@ import {
   sagaCrashAtFromEnv,
   sagaMigrations,
 } from '../saga/index.js'
-import { parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
+import type { SqlDriver } from '../stores/index.js'
 import {
   type LongRunningCommandDeps,
   openServiceDatabase,
@@ -24,7 +23,13 @@ import {
   runLongRunningCommand,
   serveMetrics,
 } from './long-running.js'
-import { integerFlag, logLevelFlag, nonEmpty, readFlags, StartupError } from './process-support.js'
+import {
+  databaseUrl,
+  integerFlag,
+  logLevelFlag,
+  readFlags,
+  StartupError,
+} from './process-support.js'
 import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /**
@@ -93,14 +98,7 @@ function parse(
   const { values } = readFlags(args, valueFlags)
   const module = values.get('--module')
   if (module === undefined) throw new UsageError('--module <file> is required')
-  const db = values.get('--db') ?? nonEmpty(env.BREAKWATER_DB_URL) ?? defaultDb
-  try {
-    parseDatabaseUrl(db)
-  } catch {
-    throw new UsageError(
-      `--db: expected sqlite:<file> or postgres://user:pass@host/db, got "${redactSecrets(db)}"`,
-    )
-  }
+  const db = databaseUrl(values, env, defaultDb)
   const logLevel = logLevelFlag(values.get('--log-level'))
   const workerId = values.get('--worker-id')
   if (workerId !== undefined && !/^[\x21-\x7e]{1,200}$/.test(workerId))

@@ -58,6 +58,23 @@ describe('breakwater relay: argument errors', () => {
       '--webhook-secret-file: cannot read "/nonexistent/secret": ENOENT',
     ],
     [[], { BREAKWATER_CRASH_AT: 'relay:nowhere' }, 'BREAKWATER_CRASH_AT'],
+    // A bad URL from the environment names the variable, not a flag that was never given.
+    [
+      [],
+      { BREAKWATER_BROKER_URL: 'kafka://k:9092' },
+      'BREAKWATER_BROKER_URL: unsupported broker "kafka://k:9092"',
+    ],
+    [[], { BREAKWATER_BROKER_URL: 'nats://' }, 'BREAKWATER_BROKER_URL: the URL names no host'],
+    [
+      [],
+      { BREAKWATER_DB_URL: 'mysql://db/app' },
+      'BREAKWATER_DB_URL: expected sqlite:<file> or postgres://',
+    ],
+    [
+      ['--broker', 'nats://'],
+      { BREAKWATER_BROKER_URL: 'nats://n:4222' },
+      '--broker: the URL names no host',
+    ],
   ]
 
   for (const [args, env, message] of cases) {
