@@ -108,7 +108,7 @@ export interface HttpServiceOptions {
   /**
    * Whether to send the remaining time budget downstream in the `x-breakwater-deadline-ms`
    * header: the least of the current deadline, the overall timeout left and the attempt
-   * timeout, less `deadlineMarginMs`.
+   * timeout left (a wait in the bulkhead queue uses part of it), less `deadlineMarginMs`.
    * @default true
    */
   readonly propagateDeadline?: boolean

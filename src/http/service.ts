@@ -22,6 +22,7 @@ import {
   timeout,
   type Unsubscribe,
 } from '../index.js'
+import { timeoutEndOf } from '../policies/fused.js'
 import { HttpClientClosedError, HttpStatusError } from './errors.js'
 import { type HttpEvents, ServiceEvents } from './events.js'
 import { Exchange, type ExchangePlan, type ExchangeSettings } from './exchange.js'
@@ -420,7 +421,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       })
     let headers = plan.headers
     if (this.#propagateDeadline) {
-      const budget = this.#budgetMs(plan)
+      const budget = this.#budgetMs(plan, ctx)
       if (budget !== undefined) {
         if (budget instanceof DeadlineExceededError) return Promise.reject(budget)
         headers = { ...headers, [DEADLINE_HEADER]: String(budget) }
@@ -433,12 +434,12 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   }
 
   // The budget to announce downstream, in whole milliseconds: the least of the deadline left,
-  // the overall timeout left and the attempt timeout, less the margin. The downstream starts
+  // the overall timeout left and the attempt timeout left, less the margin. The downstream starts
   // counting when the request arrives, so without the margin every hop would add its transit
   // time to the chain's deadline. When the deadline leaves nothing to announce, the attempt
   // ends before it is sent (only after a retry's backoff or a bulkhead wait: request() checks
   // first).
-  #budgetMs(plan: CallPlan): number | DeadlineExceededError | undefined {
+  #budgetMs(plan: CallPlan, ctx: PolicyContext): number | DeadlineExceededError | undefined {
     const margin = this.#deadlineMarginMs
     let budget = Number.POSITIVE_INFINITY
     const deadline = currentDeadline()
@@ -450,7 +451,12 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       const left = this.#overallTimeoutMs - (this.clock.now() - plan.startMs) - margin
       budget = Math.min(budget, Math.max(1, Math.floor(left)))
     }
-    budget = Math.min(budget, Math.max(1, Math.floor(this.#attemptTimeoutMs - margin)))
+    // The attempt timeout started before the bulkhead: a wait in its queue used part of it, so
+    // announce what is left (ctx is the attempt timeout's context), not the whole timeout.
+    const attemptEndMs = timeoutEndOf(ctx)
+    const attemptLeftMs =
+      attemptEndMs === undefined ? this.#attemptTimeoutMs : attemptEndMs - this.clock.now()
+    budget = Math.min(budget, Math.max(1, Math.floor(attemptLeftMs - margin)))
     return budget === Number.POSITIVE_INFINITY ? undefined : budget
   }
 

@@ -36,6 +36,19 @@ import type { PolicyContext, PolicyFunction } from './types.js'
 /** Key of a policy's {@link FusedStep}. */
 export const fusedStep: unique symbol = Symbol('breakwater.fusedStep')
 
+/**
+ * Key of a context's method returning when the innermost timeout it runs under ends (on that
+ * timeout's clock; Infinity for an infinite one), on the contexts timeout policies hand to fn.
+ * Internal: the HTTP client announces what is left of an attempt's timeout downstream.
+ */
+export const timeoutEnd: unique symbol = Symbol('breakwater.timeoutEnd')
+
+/** When the innermost timeout `context` runs under ends, or undefined when it knows none. */
+export function timeoutEndOf(context: PolicyContext): number | undefined {
+  const end = (context as { [timeoutEnd]?: () => number | undefined })[timeoutEnd]
+  return typeof end === 'function' ? end.call(context) : undefined
+}
+
 /** Returned by {@link FusedStep.enter}: run this policy and the rest through the chain. */
 export const slowPath: unique symbol = Symbol('breakwater.slowPath')
 
@@ -288,6 +301,12 @@ export class FusedCall implements PolicyContext, TimerNode {
     return this.scopeAt(this.plan.steps.length)
   }
 
+  [timeoutEnd](): number | undefined {
+    const plan = this.plan
+    const layer = plan.timeoutBelow[plan.steps.length]!
+    return layer < 0 ? undefined : this.startMs + plan.timeoutMs[layer]!
+  }
+
   get timerAtMs(): number {
     const plan = this.plan
     return plan.baseMs + this.#offsetMs + plan.timeoutMs[this.#timerLayer]!
@@ -505,6 +524,10 @@ class TimeoutScope extends CancelScope implements PolicyContext {
 
   [cancelScope](): CancelParent {
     return this
+  }
+
+  [timeoutEnd](): number {
+    return this.#call.startMs + this.#call.plan.timeoutMs[this.#layer]!
   }
 
   // Its timeout fired before anybody made the scope: it aborted then, with that reason.

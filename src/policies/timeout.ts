@@ -13,7 +13,7 @@ import {
 import { currentDeadline } from './deadline.js'
 import { DeadlineExceededError, TimeoutError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { type FusablePolicy, type FusedStep, fusedStep } from './fused.js'
+import { type FusablePolicy, type FusedStep, fusedStep, timeoutEnd } from './fused.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -128,6 +128,10 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
 
   [cancelScope](): CancelParent {
     return this
+  }
+
+  [timeoutEnd](): number {
+    return this.atMs
   }
 
   /** Timer queue callback: the time is up. */

@@ -15,7 +15,7 @@ import {
   withDeadline,
 } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { type Handler, startServer, type TestServer, until } from './servers.js'
+import { Gate, type Handler, startServer, type TestServer, until } from './servers.js'
 
 const cleanup: Array<() => Promise<void>> = []
 afterEach(async () => {
@@ -111,6 +111,42 @@ describe('the deadline header', () => {
     await clock.advance(1_000)
     await pending
     expect(server.hits.map((h) => h.headers[DEADLINE_HEADER])).toEqual(['4995', '3995'])
+  })
+
+  it('sends what is left of the attempt timeout after a wait in the bulkhead queue', async () => {
+    // The attempt timeout is outside the bulkhead: time spent queueing counts against it.
+    const gate = new Gate()
+    const server = await serve(async (req, res) => {
+      if (req.url === '/hold') await gate.wait()
+      res.end('ok')
+    })
+    const clock = new ManualClock(1_000_000)
+    const client = track(
+      createHttpClient({
+        clock,
+        services: {
+          svc: {
+            baseUrl: server.url,
+            attemptTimeoutMs: 1_000,
+            bulkhead: { maxConcurrent: 1, maxQueued: 2 },
+          },
+        },
+      }),
+    )
+    const held = client.request('svc', { path: '/hold' })
+    await until(() => server.hits.length === 1)
+    // One call that runs fused, one that takes the promise-based chain (a caller signal).
+    const queued = client.request('svc', { path: '/fused' })
+    const signalled = client.request('svc', {
+      path: '/chained',
+      signal: new AbortController().signal,
+    })
+    await until(() => client.state().svc?.bulkhead?.queued === 2)
+    await clock.advance(600)
+    gate.open()
+    await Promise.all([held, queued, signalled])
+    const sent = Object.fromEntries(server.hits.map((h) => [h.url, h.headers[DEADLINE_HEADER]]))
+    expect(sent).toEqual({ '/hold': '995', '/fused': '395', '/chained': '395' })
   })
 
   it('sends nothing and rejects with DeadlineExceededError once the deadline has passed', async () => {
