@@ -361,7 +361,12 @@ export function createReactor(
             at: clock.now(),
           })
         }
-        const reaction = options.reactions[event.type]
+        // Own properties only: an event type such as `valueOf` or `__proto__` is a type
+        // without a reaction (skipped), not Object.prototype's member (which threw, so the
+        // message was redelivered forever).
+        const reaction = Object.hasOwn(options.reactions, event.type)
+          ? options.reactions[event.type]
+          : undefined
         if (reaction === undefined) return
         await reaction({
           tx,

@@ -442,6 +442,27 @@ describe.each(dbTargets)('saga messaging on $dialect', (target) => {
     expect((await tracker.stalled({ limit: 1 })).map((s) => s.correlationId)).toEqual([stuck])
   })
 
+  it('a reacting service skips event types that name Object.prototype members', async () => {
+    const consumer = `proto-${randomUUID().slice(0, 6)}`
+    const reactor = createReactor({
+      db: t.db,
+      consumer,
+      outbox,
+      reactions: { 'thing-happened': async () => {} },
+    })
+    for (const type of ['valueOf', 'hasOwnProperty', '__proto__', 'constructor', 'toString']) {
+      await reactor({
+        id: `m-${randomUUID()}`,
+        topic: 'things',
+        key: 'k1',
+        payload: new TextEncoder().encode('{}'),
+        headers: { 'event-type': type, 'correlation-id': 'flow-proto' },
+        deliveryCount: 1,
+      })
+    }
+    expect(await countRows(t.db, 'breakwater_inbox', 'WHERE consumer = $1', [consumer])).toBe(5)
+  })
+
   it('a reacting service handles a redelivered event once (inbox)', async () => {
     let runs = 0
     const reactor = createReactor({
