@@ -121,7 +121,8 @@ export interface HttpServiceOptions {
    */
   readonly deadlineMarginMs?: number
   /**
-   * Headers sent with every request to the service (a request's own headers win).
+   * Headers sent with every request to the service (a request's own headers win). An
+   * `Idempotency-Key` is refused: a key belongs to one call (`request.idempotencyKey`).
    * @default {}
    */
   readonly headers?: Readonly<Record<string, string | readonly string[]>>

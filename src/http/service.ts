@@ -176,6 +176,18 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     )
     this.#defaultHeaders = {}
     addHeaders(this.#defaultHeaders, `${prefix}.headers`, options.headers)
+    // A key belongs to one call: sent with every request, it would make the downstream answer
+    // each later POST with the first one's stored response (and make every POST retryable).
+    if (this.#defaultHeaders['idempotency-key'] !== undefined) {
+      const raw = Object.keys(options.headers ?? {}).find(
+        (name) => name.toLowerCase() === 'idempotency-key',
+      )
+      throw new InvalidOptionError(
+        `${prefix}.headers.${raw}`,
+        'no Idempotency-Key (give each request its own: request.idempotencyKey)',
+        this.#defaultHeaders['idempotency-key'],
+      )
+    }
     const maxResponseBytes = checkInteger(
       `${prefix}.maxResponseBytes`,
       options.maxResponseBytes ?? 16 * 1024 * 1024,

@@ -203,6 +203,12 @@ describe('options are checked at construction', () => {
       'services.a.headers.Host',
     ],
     [
+      // One key on every request: the downstream would answer each later POST with the first.
+      'an idempotency key in the default headers',
+      { services: { a: { baseUrl: 'http://x', headers: { 'Idempotency-Key': 'k1' } } } },
+      'services.a.headers.Idempotency-Key',
+    ],
+    [
       'a negative maxResponseBytes',
       { services: { a: { baseUrl: 'http://x', maxResponseBytes: -1 } } },
       'services.a.maxResponseBytes',
