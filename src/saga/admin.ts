@@ -12,6 +12,7 @@ import {
   type SagaStatus,
   type SagaTimelineEntry,
   sagaStatuses,
+  storedJson,
   timelineEntryFromRow,
 } from './state.js'
 
@@ -227,12 +228,7 @@ export async function deliverReply(
   if (!steps.some((s) => s.name === step)) {
     throw new SagaStateConflictError(sagaId, row.status, `it has no step named "${step}"`)
   }
-  let json: string | undefined
-  try {
-    json = JSON.stringify(reply ?? null)
-  } catch (error) {
-    throw new InvalidOptionError('reply', `a JSON-serializable value (${String(error)})`, reply)
-  }
+  const json = storedJson('reply', reply)
   const now = clock.now()
   const { rowCount } = await executor.execute(statements.insertReply, [sagaId, step, json, now])
   if (rowCount === 0) {

@@ -15,7 +15,7 @@ import {
   type SagaDefinition,
 } from './definition.js'
 import { sagaMigrations } from './sql.js'
-import type { StepState } from './state.js'
+import { type StepState, storedJson } from './state.js'
 import { insertInstance } from './store.js'
 
 /** Options of {@link startSaga}. */
@@ -65,13 +65,7 @@ export function checkSagaId(option: string, id: unknown): string {
 /** Validates and serializes a saga's input. */
 export function serializeInput(saga: CompiledSaga, input: unknown): string {
   const parsed = saga.parseInput === undefined ? input : saga.parseInput(input)
-  let json: string | undefined
-  try {
-    json = JSON.stringify(parsed ?? null)
-  } catch (error) {
-    throw new InvalidOptionError('input', `a JSON-serializable value (${String(error)})`, input)
-  }
-  return json
+  return storedJson('input', parsed)
 }
 
 /** The initial step states of a definition, as JSON. */

@@ -1,4 +1,4 @@
-import { BreakwaterError } from '../core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 
 /**
  * Where a saga instance is:
@@ -223,4 +223,21 @@ export function describeError(info: ErrorInfo | undefined): string {
   if (info === undefined) return 'unknown error'
   const code = info.code === undefined ? '' : ` [${info.code}]`
   return `${info.name}: ${info.message}${code}`
+}
+
+/**
+ * A value as the JSON text stored for it (`null` for undefined); throws `InvalidOptionError`
+ * naming `option` when JSON cannot hold it.
+ */
+export function storedJson(option: string, value: unknown): string {
+  let json: string | undefined
+  try {
+    json = JSON.stringify(value ?? null)
+  } catch (error) {
+    throw new InvalidOptionError(option, `a JSON-serializable value (${String(error)})`, value)
+  }
+  // A function or a symbol has no JSON text at all: refused here rather than by the database's
+  // NOT NULL constraint (a driver error, with the caller's transaction aborted on PostgreSQL).
+  if (json === undefined) throw new InvalidOptionError(option, 'a JSON-serializable value', value)
+  return json
 }

@@ -7,6 +7,7 @@ import {
   cancelSaga,
   createSagaWorker,
   defineSaga,
+  deliverReply,
   getSaga,
   getSagaTimeline,
   listSagas,
@@ -619,6 +620,32 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
       'completed',
     ])
     expect(await getSagaTimeline(t.db, two.id)).toEqual([])
+  })
+
+  it('refuses an input or a reply JSON cannot hold with InvalidOptionError, storing nothing', async () => {
+    const saga = defineSaga({
+      name: `unjsonable-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'x', action: noopAction }],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock: new ManualClock(0) })
+    for (const input of [() => 1, Symbol('input')]) {
+      await expect(startSaga(t.db, saga, input)).rejects.toMatchObject({
+        code: 'INVALID_OPTION',
+        option: 'input',
+      })
+      await expect(worker.run(saga, input)).rejects.toMatchObject({
+        code: 'INVALID_OPTION',
+        option: 'input',
+      })
+    }
+    expect(await countRows(t.db, 'breakwater_sagas', 'WHERE name = $1', [saga.name])).toBe(0)
+    const { id } = await startSaga(t.db, saga, {})
+    await expect(deliverReply(t.db, id, 'x', () => 1)).rejects.toMatchObject({
+      code: 'INVALID_OPTION',
+      option: 'reply',
+    })
+    expect(await countRows(t.db, 'breakwater_saga_replies', 'WHERE saga_id = $1', [id])).toBe(0)
   })
 
   it('reports plain JSON events and counts them', async () => {
