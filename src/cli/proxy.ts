@@ -15,7 +15,7 @@ import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { AdminServer } from '../proxy/admin/index.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
 import { StartupError } from './process-support.js'
-import { messageOf, UsageError } from './usage.js'
+import { counted, messageOf, UsageError } from './usage.js'
 
 /** What `proxyCommand` needs besides its arguments; everything has a default. */
 export interface ProxyCommandDeps {
@@ -134,10 +134,13 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
   }
   const file = resolve(parsed.config)
   const { loadProxyConfig } = await import('../proxy/config/load.js')
+  // `--workers` is validated as the file's `workers` would be (a memory idempotency store is
+  // refused with more than one).
+  const overrides = parsed.workers === undefined ? {} : { workers: parsed.workers }
 
   if (parsed.check) {
     try {
-      const config = await loadProxyConfig(file)
+      const config = await loadProxyConfig(file, overrides)
       const { unusableFiles } = await import('../proxy/config/files.js')
       const missing = unusableFiles(config)
       if (missing.length > 0) {
@@ -147,7 +150,7 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
         return 1
       }
       stdout.write(
-        `${file}: valid (${config.services.size} services, ${config.listeners.length} listeners, ${config.workers} workers)\n`,
+        `${file}: valid (${counted(config.services.size, 'service')}, ${counted(config.listeners.length, 'listener')}, ${counted(config.workers, 'worker')})\n`,
       )
       return 0
     } catch (error) {
@@ -174,9 +177,8 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
   })
   if (isWorker) return runWorker(file, logger, deps)
   // Validates before anything starts; an invalid file is exit 2 through main.ts.
-  const config = await loadProxyConfig(file)
-  const workers = parsed.workers ?? config.workers
-  if (workers > 1 && cluster.isPrimary) return runPrimary(file, config, workers, logger, deps)
+  const config = await loadProxyConfig(file, overrides)
+  if (config.workers > 1 && cluster.isPrimary) return runPrimary(file, config, logger, deps)
   return runSingle(file, config, logger, deps)
 }
 
@@ -275,10 +277,10 @@ async function serveAsWorker(
 async function runPrimary(
   file: string,
   config: ProxyConfig,
-  workers: number,
   logger: Logger,
   deps: ProxyCommandDeps,
 ): Promise<number> {
+  const workers = config.workers
   const { createClusterBackend } = await import('../proxy/admin/cluster.js')
   const { startAdminServer } = await import('../proxy/admin/server.js')
   const { loadProxyConfig } = await import('../proxy/config/load.js')
@@ -291,7 +293,8 @@ async function runPrimary(
   })
   const backend = createClusterBackend({
     config,
-    loadConfig: () => loadProxyConfig(file),
+    // A reload is checked with the worker count in force (the file's, or --workers).
+    loadConfig: () => loadProxyConfig(file, { workers }),
     logger: log,
     metrics,
   })

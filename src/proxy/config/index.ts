@@ -4,6 +4,7 @@
 export type { ConfigProblem } from './errors.js'
 export { ConfigInvalidError, formatProblem } from './errors.js'
 export { proxyConfigJsonSchema } from './json-schema.js'
+export type { ProxyConfigOverrides } from './load.js'
 export { loadProxyConfig, parseProxyConfig, validateProxyDocument } from './load.js'
 export type { ProxyConfigDocument, ProxyConfigInput } from './schema.js'
 export { proxyConfigSchema, toProxyConfig } from './schema.js'

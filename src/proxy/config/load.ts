@@ -25,12 +25,25 @@ import { type ProxyConfigDocument, proxyConfigSchema, toProxyConfig } from './sc
  * config.services.get('app')?.loadBalancer // 'round-robin'
  * ```
  */
-export function parseProxyConfig(yamlText: string, sourceName: string): ProxyConfig {
-  return toProxyConfig(validateProxyDocument(yamlText, sourceName))
+export function parseProxyConfig(
+  yamlText: string,
+  sourceName: string,
+  overrides: ProxyConfigOverrides = {},
+): ProxyConfig {
+  return toProxyConfig(validateProxyDocument(yamlText, sourceName, overrides))
+}
+
+/** Settings given besides the file (the CLI's `--workers`), validated as if the file held them. */
+export interface ProxyConfigOverrides {
+  /** Replaces the file's `workers`: rules that depend on it (a shared idempotency store) apply. */
+  readonly workers?: number
 }
 
 /** Reads a YAML file and {@link parseProxyConfig}s it (the file path names the source). */
-export async function loadProxyConfig(file: string): Promise<ProxyConfig> {
+export async function loadProxyConfig(
+  file: string,
+  overrides: ProxyConfigOverrides = {},
+): Promise<ProxyConfig> {
   let text: string
   try {
     text = await readFile(file, 'utf8')
@@ -45,14 +58,18 @@ export async function loadProxyConfig(file: string): Promise<ProxyConfig> {
       },
     ])
   }
-  return parseProxyConfig(text, file)
+  return parseProxyConfig(text, file, overrides)
 }
 
 /**
  * Validates YAML text and returns the document with defaults filled in (the YAML shape, not
  * yet `ProxyConfig`). Throws {@link ConfigInvalidError}.
  */
-export function validateProxyDocument(yamlText: string, sourceName: string): ProxyConfigDocument {
+export function validateProxyDocument(
+  yamlText: string,
+  sourceName: string,
+  overrides: ProxyConfigOverrides = {},
+): ProxyConfigDocument {
   const lineCounter = new LineCounter()
   // uniqueKeys (the default) makes a repeated key an error rather than last-one-wins.
   const doc = parseDocument(yamlText, { lineCounter, prettyErrors: true, uniqueKeys: true })
@@ -88,6 +105,8 @@ export function validateProxyDocument(yamlText: string, sourceName: string): Pro
     ])
   }
   if (raw === null || raw === undefined) raw = {}
+  if (overrides.workers !== undefined && typeof raw === 'object' && !Array.isArray(raw))
+    raw = { ...raw, workers: overrides.workers }
   const locate = (path: readonly (string | number)[]): { line?: number; col?: number } => {
     for (let n = path.length; n >= 0; n--) {
       const node = doc.getIn(path.slice(0, n), true) as Node | undefined

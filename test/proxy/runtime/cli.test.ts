@@ -67,7 +67,7 @@ describe('proxyCommand', () => {
       `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: out, role: ambassador, port: 0 }]\n`,
     )
     expect(await proxyCommand(['--config', good, '--check'], { stdout: out, stderr: err })).toBe(0)
-    expect(out.text()).toContain('valid (1 services, 1 listeners, 1 workers)')
+    expect(out.text()).toContain('valid (1 service, 1 listener, 1 worker)')
     // Valid in shape, but the certificate, key and token files it names are not there.
     const files = write(
       'files.yaml',
@@ -139,6 +139,44 @@ describe('proxyCommand', () => {
     } finally {
       certs.cleanup()
     }
+  })
+
+  it('--workers counts as the config workers: a memory idempotency store is refused with it', async () => {
+    const file = write(
+      'memory-store.yaml',
+      `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: in, role: gateway, port: 0, routes: [{ name: r, targets: [{ service: a }], idempotency: {} }] }]\n`,
+    )
+    const out = captureLog()
+    const err = captureLog()
+    const shared =
+      'idempotency.url: expected a shared store (sqlite:<path> or postgres://...) when workers > 1'
+    // One process: a memory store is fine.
+    expect(await proxyCommand(['--config', file, '--check'], { stdout: out, stderr: err })).toBe(0)
+    expect(out.text()).toContain('1 worker)')
+    // Two workers would each keep their own records: a key retried on the other worker would
+    // run the request again.
+    expect(
+      await proxyCommand(['--config', file, '--check', '--workers', '2'], {
+        stdout: out,
+        stderr: err,
+      }),
+    ).toBe(1)
+    expect(err.text()).toContain(shared)
+    const started = await runCli(['proxy', '--config', file, '--workers', '2'])
+    expect(started.code).toBe(2)
+    expect(started.stderr).toContain(shared)
+    expect(started.stdout).not.toContain('starting workers')
+    const sqlite = write(
+      'sqlite-store.yaml',
+      `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: in, role: gateway, port: 0, routes: [{ name: r, targets: [{ service: a }], idempotency: {} }] }]\nidempotency: { url: "sqlite:${dir}/idempotency.db" }\n`,
+    )
+    expect(
+      await proxyCommand(['--config', sqlite, '--check', '--workers', '3'], {
+        stdout: out,
+        stderr: err,
+      }),
+    ).toBe(0)
+    expect(out.text()).toContain('3 workers)')
   })
 
   it('a proxy that cannot start says what failed in one line, exit 1, with one process or workers', async () => {
