@@ -1,3 +1,4 @@
+import { AbortedError } from '../core/errors.js'
 import { checkFunction, checkObject } from '../core/validate.js'
 import { EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
@@ -38,7 +39,12 @@ export interface FallbackOptions {
  * `Policy`; `pipeline(fallback(...), ...)` keeps that type.
  */
 export interface FallbackPolicy<R> {
-  /** Runs `fn`; on a failure `shouldFallback` accepts, resolves to the fallback instead. */
+  /**
+   * Runs `fn`; on a failure `shouldFallback` accepts, resolves to the fallback instead. A signal
+   * that is already aborted rejects with `AbortedError` and `fn` does not run. An abort during
+   * the call reaches `fn` through its context's signal; the fallback does not race `fn` (it
+   * holds no timer or slot to free), and rethrows `fn`'s error instead of replacing it.
+   */
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T | R>
   /** Fallbacks taken; costs nothing while nobody listens. */
   readonly events: EventSource<FallbackEvent>
@@ -119,6 +125,9 @@ class FallbackPolicyImpl<R> implements FallbackPolicy<R>, FusablePolicy {
   }
 
   async #run<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T | R> {
+    // A caller who already gave up gets AbortedError and fn never runs, as with every policy
+    // (next may call fn directly, which would not look at the signal).
+    if (context.signal.aborted) throw new AbortedError(context.signal.reason)
     try {
       return await next(fn, context)
     } catch (error) {

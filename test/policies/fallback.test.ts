@@ -68,6 +68,23 @@ describe('fallback', () => {
     await expect(call).rejects.toThrow('cancelled')
   })
 
+  it('refuses an already-aborted call with AbortedError without running fn, as every policy does', async () => {
+    const controller = new AbortController()
+    controller.abort(new Error('gone'))
+    let ran = false
+    const run = () => {
+      ran = true
+      return 'real'
+    }
+    await expect(fallback('x').execute(run, controller.signal)).rejects.toMatchObject({
+      code: 'ABORTED',
+    })
+    await expect(
+      pipeline(fallback('x'), circuitBreaker()).execute(run, controller.signal),
+    ).rejects.toMatchObject({ code: 'ABORTED' })
+    expect(ran).toBe(false)
+  })
+
   it("rejects with the fallback function's own error when it fails too", async () => {
     const policy = fallback(() => {
       throw new Error('no cache either')
