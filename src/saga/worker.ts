@@ -291,11 +291,9 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
 
   async stop(): Promise<void> {
     if (this.#state === 'stopped') return
-    if (this.#state === 'new') {
-      this.#state = 'stopped'
-      return
-    }
-    if (this.#state === 'running') this.#state = 'stopping'
+    // A worker never started may still have instances in hand (run(), poll()): it waits for
+    // them too, as the TSDoc promises, rather than resolving while they still write.
+    if (this.#state === 'new' || this.#state === 'running') this.#state = 'stopping'
     this.#wakeUp()
     await this.#loop
     while (this.#running.size > 0) await Promise.allSettled([...this.#running])

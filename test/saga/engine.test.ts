@@ -858,6 +858,49 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     expect(kinds).toEqual(['step-completed', 'released', 'step-completed', 'completed'])
   })
 
+  it('stop() of a worker never started waits for what run() and poll() have in hand', async () => {
+    const clock = new ManualClock(0)
+    const inside = gate()
+    const finish = gate()
+    const saga = defineSaga({
+      name: `unstarted-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'one',
+          action: async () => {
+            inside.open()
+            await finish.promise
+            return { one: 1 }
+          },
+        },
+        { name: 'two', action: async () => ({ two: 2 }) },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const id = `unstarted-${randomUUID()}`
+    const running = worker.run(saga, {}, { id })
+    await inside.promise
+    let stopped = false
+    const stopping = worker.stop().then(() => {
+      stopped = true
+    })
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(stopped).toBe(false)
+    expect(worker.metrics().inFlight).toBe(1)
+    finish.open()
+    await stopping
+    expect(worker.metrics().inFlight).toBe(0)
+    expect((await running).status).toBe('running')
+    // The step in progress was recorded and the instance given back for another worker.
+    expect(await getSaga(t.db, id)).toMatchObject({
+      status: 'running',
+      stepIndex: 1,
+      context: { one: 1 },
+      leaseOwner: undefined,
+    })
+  })
+
   it('several workers on one database run each saga’s steps once (claims never overlap)', async () => {
     const clock = new ManualClock(0)
     const calls = new Map<string, number>()
