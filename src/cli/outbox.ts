@@ -10,7 +10,7 @@ import {
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
-import { counted, UsageError } from './usage.js'
+import { addSwitch, counted, UsageError } from './usage.js'
 
 /** What `outboxCommand` needs besides its arguments; everything has a default. */
 export type OutboxCommandDeps = DatabaseCommandDeps
@@ -80,8 +80,7 @@ function parse(args: readonly string[]): Parsed {
     if (!allowed[cmd].includes(flag))
       throw new UsageError(`unknown option "${redactSecrets(flag)}" for "outbox ${cmd}"`)
     if (booleanFlags.has(flag)) {
-      if (eq >= 0) throw new UsageError(`${flag} takes no value`)
-      flags.add(flag)
+      addSwitch(flags, flag, eq)
       continue
     }
     let value: string | undefined

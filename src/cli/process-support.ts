@@ -5,7 +5,7 @@ import {
   parseDatabaseUrl,
   type SqlDriver,
 } from '../stores/index.js'
-import { UsageError } from './usage.js'
+import { addSwitch, UsageError } from './usage.js'
 
 // What the long-running commands (`breakwater relay`, `breakwater saga worker`) share: parsing
 // integer flags, reading optional environment variables, failing at start with a message an
@@ -117,8 +117,7 @@ export function readFlags(
     const flag = eq < 0 ? arg : arg.slice(0, eq)
     refuse?.(flag)
     if (booleanFlags.has(flag)) {
-      if (eq >= 0) throw new UsageError(`${flag} takes no value`)
-      flags.add(flag)
+      addSwitch(flags, flag, eq)
       continue
     }
     if (!valueFlags.has(flag)) throw new UsageError(`unknown option "${redactSecrets(flag)}"`)

@@ -15,7 +15,7 @@ import {
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
-import { counted, UsageError } from './usage.js'
+import { addSwitch, counted, UsageError } from './usage.js'
 
 /** What `sagaCommand` needs besides its arguments; everything has a default. */
 export type SagaCommandDeps = DatabaseCommandDeps
@@ -102,8 +102,7 @@ function parse(args: readonly string[]): Parsed {
       throw new UsageError(`unknown option "${flag}" for "saga ${cmd}"`)
     }
     if (booleanFlags.has(flag)) {
-      if (eq >= 0) throw new UsageError(`${flag} takes no value`)
-      flags.add(flag)
+      addSwitch(flags, flag, eq)
       continue
     }
     if (!valueFlags.has(flag)) throw new UsageError(`unknown option "${flag}"`)

@@ -26,3 +26,13 @@ export function counted(count: number, noun: string): string {
 export function wantsHelp(args: readonly string[]): boolean {
   return args[0] === 'help' || args.includes('--help') || args.includes('-h')
 }
+
+/**
+ * Records the switch `flag` (a flag without a value) in `flags`. `eq` is the index of `=` in
+ * the argument (-1 when none): `--json=1` is refused, and so is a switch given twice.
+ */
+export function addSwitch(flags: Set<string>, flag: string, eq: number): void {
+  if (eq >= 0) throw new UsageError(`${flag} takes no value`)
+  if (flags.has(flag)) throw new UsageError(`${flag} given twice`)
+  flags.add(flag)
+}
