@@ -56,6 +56,28 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
       what,
     ])
 
+  /** A two-step saga whose first step waits, once inside, until the test opens `finish`. */
+  const heldTwoSteps = (prefix: string) => {
+    const inside = gate()
+    const finish = gate()
+    const saga = defineSaga({
+      name: `${prefix}-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'one',
+          action: async () => {
+            inside.open()
+            await finish.promise
+            return { one: 1 }
+          },
+        },
+        { name: 'two', action: async () => ({ two: 2 }) },
+      ],
+    })
+    return { saga, inside, finish }
+  }
+
   it('retries a transient failure after the backoff delay, persisted, and records every attempt', async () => {
     const clock = new ManualClock(1_000_000)
     let calls = 0
@@ -822,23 +844,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
 
   it('stop() lets the running step finish, records it, and gives the instance back at once', async () => {
     const clock = new ManualClock(0)
-    const inside = gate()
-    const finish = gate()
-    const saga = defineSaga({
-      name: `stopping-${randomUUID().slice(0, 8)}`,
-      version: 1,
-      steps: [
-        {
-          name: 'one',
-          action: async () => {
-            inside.open()
-            await finish.promise
-            return { one: 1 }
-          },
-        },
-        { name: 'two', action: async () => ({ two: 2 }) },
-      ],
-    })
+    const { saga, inside, finish } = heldTwoSteps('stopping')
     const { id } = await startSaga(t.db, saga, {}, { clock })
     const worker = createSagaWorker({ db: t.db, sagas: [saga], clock, workerId: 'stopper' })
     await worker.start()
@@ -860,23 +866,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
 
   it('stop() of a worker never started waits for what run() and poll() have in hand', async () => {
     const clock = new ManualClock(0)
-    const inside = gate()
-    const finish = gate()
-    const saga = defineSaga({
-      name: `unstarted-${randomUUID().slice(0, 8)}`,
-      version: 1,
-      steps: [
-        {
-          name: 'one',
-          action: async () => {
-            inside.open()
-            await finish.promise
-            return { one: 1 }
-          },
-        },
-        { name: 'two', action: async () => ({ two: 2 }) },
-      ],
-    })
+    const { saga, inside, finish } = heldTwoSteps('unstarted')
     const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
     const id = `unstarted-${randomUUID()}`
     const running = worker.run(saga, {}, { id })
