@@ -45,9 +45,14 @@ function usage(): string {
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+  if (name === undefined) {
+    // No command is a usage error: the usage goes with the other errors, to stderr.
+    process.stderr.write(`breakwater: a command is needed\n\n${usage()}`)
+    return 2
+  }
+  if (name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(usage())
-    return name === undefined ? 2 : 0
+    return 0
   }
   const command = commands[name]
   if (command === undefined) {
