@@ -190,8 +190,18 @@ export interface SagaStatements {
   readonly recentCorrelations: string
 }
 
+// A cancel requested while a step ran wakes the saga at once (cancelSaga), but the step's own
+// write came after it: a retry delay or a timer it persists would put the cancel off that long.
+// While the saga is still running with a cancel requested, it is due now instead. (The casts
+// give PostgreSQL the parameters' type, which a comparison of two parameters does not.)
+const cancelDue = (status: string, nextRunAt: string, now: string) => {
+  const [next, at] = [`CAST(${nextRunAt} AS BIGINT)`, `CAST(${now} AS BIGINT)`]
+  return `CASE WHEN cancel_requested = 1 AND ${status} = 'running' AND ${next} > ${at}
+    THEN ${at} ELSE ${next} END`
+}
+
 const transitionSet = `status = $3, context = $4, steps = $5, step_index = $6, attempt = $7,
-    next_run_at = $8, lease_owner = $9, lease_expires_at = $10, reason = $11, updated_at = $12,
+    next_run_at = ${cancelDue('$3', '$8', '$12')}, lease_owner = $9, lease_expires_at = $10, reason = $11, updated_at = $12,
     finished_at = $13`
 
 const insertColumns = `(id, name, version, definition, status, input, context, steps, step_index,
@@ -322,7 +332,8 @@ SELECT cancel_requested FROM updated`,
     events JSONB)
 ), updated AS (
   UPDATE ${sagaTable} AS s SET status = i.status, context = i.context, steps = i.steps,
-    step_index = i.step_index, attempt = i.attempt, next_run_at = i.next_run_at,
+    step_index = i.step_index, attempt = i.attempt,
+    next_run_at = ${cancelDue('i.status', 'i.next_run_at', 'i.now')},
     lease_owner = i.lease_owner, lease_expires_at = i.lease_expires_at, reason = i.reason,
     updated_at = i.now, finished_at = i.finished_at
   FROM input AS i

@@ -364,6 +364,38 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     await expect(cancelSaga(t.db, 'no-such-saga')).rejects.toThrow(/No saga instance/)
   })
 
+  it('a cancel that arrives during an attempt is not put off by that attempt’s retry delay', async () => {
+    const clock = new ManualClock(0)
+    const inside = gate()
+    const fail = gate()
+    const saga = defineSaga({
+      name: `cancel-retry-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        { name: 'reserve', action: async () => ({ reserved: true }), compensation: noopAction },
+        {
+          name: 'charge',
+          retry: { maxAttempts: 5, baseDelayMs: 60_000, jitter: 'none' },
+          action: async () => {
+            inside.open()
+            await fail.promise
+            throw transient('payments busy')
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const id = `cancel-retry-${randomUUID()}`
+    const running = worker.run(saga, {}, { id })
+    await inside.promise
+    await cancelSaga(t.db, id, { clock })
+    fail.open()
+    expect((await running).status).toBe('running')
+    // No time passes: the cancel is due now, not after the minute of backoff.
+    expect(await worker.poll()).toBe(1)
+    expect(await getSaga(t.db, id)).toMatchObject({ status: 'cancelled' })
+  })
+
   it('fences a stale worker: after another took over its expired lease, its writes are refused', async () => {
     // Worker A's clock stands still (a paused process); B's is past A's lease.
     const clockA = new ManualClock(0)
