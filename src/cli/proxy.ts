@@ -391,12 +391,13 @@ async function runPrimary(
           signals.off('SIGHUP', onHup)
           watcher?.close()
           if (watchTimer !== undefined) clearTimeout(watchTimer)
-          if (startError === undefined) {
-            backend.beginDrain()
+          backend.beginDrain()
+          if (startError === undefined && backend.hasStartedAll()) {
             await backend.drainAll()
           } else {
-            // Some workers never came up to take a drain request: signal each one instead (a
-            // worker that did start drains on SIGTERM).
+            // Some workers have not come up (a signal while they start), or never will: a drain
+            // request sent before a worker listens is lost. Signal each one instead: a worker
+            // drains on SIGTERM, and one still starting stops as soon as it is up.
             for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM')
           }
           await Promise.all(exited.values())

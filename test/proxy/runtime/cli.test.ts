@@ -233,6 +233,26 @@ describe('proxyCommand', () => {
     })
   })
 
+  it('with workers, SIGTERM while they start stops them at once, exit 0', async () => {
+    const file = write(
+      'workers-term.yaml',
+      `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: out, role: ambassador, port: 0 }]\ndrainTimeoutMs: 1000\n`,
+    )
+    const cli = spawnCli(['proxy', '--config', file, '--workers', '2'])
+    try {
+      await cli.waitForLine((l) => l.msg === 'starting workers', 'the fork')
+      const signalled = Date.now()
+      cli.child.kill('SIGTERM')
+      // A drain request sent before a worker listens for it is lost: the primary used to wait
+      // for the drain timeout (plus 10 s) and exit 1.
+      expect(await cli.exited).toEqual({ code: 0, signal: null })
+      expect(Date.now() - signalled).toBeLessThan(8_000)
+      expect(cli.stdout()).not.toContain('"drain":"timeout"')
+    } finally {
+      cli.kill()
+    }
+  })
+
   it('reloads on SIGHUP and drains on SIGTERM with exit 0', async () => {
     const file = write(
       'run.yaml',
