@@ -5,7 +5,7 @@
 // must exist and hold breakwater's migrations table. A mistyped path then creates nothing, and
 // another program's database is left byte for byte as it was.
 
-import { existsSync } from 'node:fs'
+import { existsSync, statSync } from 'node:fs'
 import { redactSecrets } from '../observability/index.js'
 import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
 import { loadBetterSqlite } from '../stores/sqlite.js'
@@ -59,6 +59,7 @@ async function checkBreakwaterFile(filename: string, url: string): Promise<void>
   if (filename === ':memory:')
     throw new Error('an in-memory database is empty and lasts one command: use a sqlite: file')
   if (!existsSync(filename)) throw new Error(`no such database file (${migrate}, which creates it)`)
+  if (!statSync(filename).isFile()) throw new Error('not a file (a folder?)')
   const Database = await loadBetterSqlite<ReadOnlyDatabase>()
   let found: unknown
   try {

@@ -4,6 +4,9 @@
 // bare "connect ECONNREFUSED" and, for a missing database, a hint to run migrate, which does
 // not create databases).
 import { randomBytes } from 'node:crypto'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { migrateCommand } from '../../src/cli/migrate.js'
 import { outboxCommand } from '../../src/cli/outbox.js'
@@ -48,4 +51,18 @@ describe('a PostgreSQL database that cannot be opened', () => {
       expect(result.stderr).not.toContain(url.password)
     },
   )
+})
+
+describe('a sqlite: URL that names a folder', () => {
+  it('is refused as not a file, with nothing created in it', async () => {
+    const folder = mkdtempSync(join(tmpdir(), 'breakwater-cli-folder-'))
+    try {
+      const result = await runCaptured(outboxCommand, ['stats', '--db', `sqlite:${folder}`])
+      expect(result.code).toBe(1)
+      expect(result.stderr).toContain(`cannot open sqlite:${folder}: not a file (a folder?)`)
+      expect(readdirSync(folder)).toEqual([])
+    } finally {
+      rmSync(folder, { recursive: true, force: true })
+    }
+  })
 })
