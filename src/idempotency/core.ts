@@ -423,6 +423,10 @@ class IdempotencyCore implements Idempotency {
   readonly #storeResponse: (status: number) => boolean
   readonly #replayHeaders: ReadonlySet<string>
   readonly #problemTypeBase: string
+  // How long a new claim's record is kept: its retention, but never less than its lease, so
+  // that neither the sweeper nor a duplicate (recycling a record past its retention) frees a
+  // key whose holder is still running. Completion sets the real retention.
+  readonly #claimRetentionMs: number
 
   constructor(options: IdempotencyOptions) {
     checkObject('options', options)
@@ -435,6 +439,7 @@ class IdempotencyCore implements Idempotency {
       retentionMs: checkInteger('retentionMs', options.retentionMs ?? 86_400_000, 1),
       retryAfterMs: checkInteger('retryAfterMs', options.retryAfterMs ?? 1_000, 0),
     }
+    this.#claimRetentionMs = Math.max(this.#settings.retentionMs, this.#settings.leaseMs)
     this.#scope = scopeResolver(options.scope)
     this.#fingerprint =
       options.fingerprint === undefined
@@ -632,7 +637,8 @@ class IdempotencyCore implements Idempotency {
     // Read only when waiting: an adapter may create the signal on first access.
     abortable: { readonly signal?: AbortSignal | undefined },
   ): Promise<Acquired> {
-    const { store, clock, leaseMs, retentionMs } = this.#settings
+    const { store, clock, leaseMs } = this.#settings
+    const claimRetentionMs = this.#claimRetentionMs
     const startedAt = clock.now()
     if (store.dialect === 'sqlite') {
       const record = await store.get(scope, key)
@@ -650,7 +656,7 @@ class IdempotencyCore implements Idempotency {
         leaseToken: randomUUID(),
         nowMs,
         leaseExpiresAtMs: nowMs + leaseMs,
-        expiresAtMs: nowMs + retentionMs,
+        expiresAtMs: nowMs + claimRetentionMs,
       }
       // claim: 'in-transaction': every step below is a statement of the transaction that will
       // become ctx.tx; nothing of it commits unless the handler's result does.

@@ -128,6 +128,8 @@ export function createMemoryIdempotencyStore(): IdempotencyStore & {
         leaseExpiresAtMs: input.leaseExpiresAtMs,
         attempt: record.attempt + 1,
         updatedAtMs: input.nowMs,
+        // Never expire (be swept or recycled) while the lease is live.
+        expiresAtMs: Math.max(record.expiresAtMs, input.leaseExpiresAtMs),
       })
       return true
     },
@@ -207,6 +209,7 @@ export function createMemoryIdempotencyStore(): IdempotencyStore & {
           phases: { ...phases },
           leaseExpiresAtMs,
           updatedAtMs: nowMs,
+          expiresAtMs: Math.max(record.expiresAtMs, leaseExpiresAtMs),
         }),
       })
       return true

@@ -65,13 +65,25 @@ fresh(KEYS[1], 1)
 return 1
 `
 
+// A key must not expire while its lease is live: a takeover or a phase that moves the lease end
+// past the key's expiry moves the expiry (and the TTL) with it. ARGV: now, lease end.
+const keepLease = `
+local function keep(key, now, leaseEnd)
+  if (tonumber(redis.call('HGET', key, 'ea')) or 0) < tonumber(leaseEnd) then
+    redis.call('HSET', key, 'ea', leaseEnd)
+    redis.call('PEXPIRE', key, math.max(1, tonumber(leaseEnd) - tonumber(now)))
+  end
+end
+`
+
 // ARGV: previous token, now, new token, new lease end.
-const takeOverScript = `
+const takeOverScript = `${keepLease}
 local r = redis.call('HMGET', KEYS[1], 'st', 'lt', 'le')
 if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
 if (tonumber(r[3]) or 0) > tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'lt', ARGV[3], 'le', ARGV[4], 'ua', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'at', 1)
+keep(KEYS[1], ARGV[2], ARGV[4])
 return 1
 `
 
@@ -94,7 +106,7 @@ return 1
 // One write per key, 8 arguments each: kind, token, then the kind's values. Every lease is
 // checked before anything is written, so a transaction applies all of its writes or none.
 // complete: now, expires, ttl, status, headers JSON, body; phase: now, lease end, point, phases.
-const commitScript = `
+const commitScript = `${keepLease}
 for i = 1, #KEYS do
   local r = redis.call('HMGET', KEYS[i], 'st', 'lt')
   if r[1] ~= 'in_progress' or r[2] ~= ARGV[(i - 1) * 8 + 2] then return i end
@@ -109,6 +121,7 @@ for i = 1, #KEYS do
   else
     redis.call('HSET', KEYS[i], 'ua', ARGV[b + 3], 'le', ARGV[b + 4], 'rp', ARGV[b + 5],
       'ph', ARGV[b + 6])
+    keep(KEYS[i], ARGV[b + 3], ARGV[b + 4])
   end
 end
 return 0

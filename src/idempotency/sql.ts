@@ -185,8 +185,11 @@ const select = `SELECT ${columns} FROM ${idempotencyTable} WHERE scope = $1 AND 
 
 // Compare-and-set on the token the caller read: of several retries that find the same expired
 // lease, exactly one moves the token on; the others see zero rows and read the record again.
+// A record must not expire (be swept or recycled) while its lease is live, so a takeover late in
+// the record's retention, like a phase renewing the lease, moves expires_at up to the lease end.
 const takeOver = `UPDATE ${idempotencyTable}
-SET lease_token = $4, lease_expires_at = $5, attempt = attempt + 1, updated_at = $6
+SET lease_token = $4, lease_expires_at = $5, attempt = attempt + 1, updated_at = $6,
+  expires_at = CASE WHEN expires_at < $5 THEN $5 ELSE expires_at END
 WHERE scope = $1 AND idem_key = $2 AND lease_token = $3
   AND state = 'in_progress' AND lease_expires_at <= $6`
 
@@ -206,7 +209,8 @@ SET state = 'completed', lease_expires_at = NULL, response_status = $4, response
 WHERE scope = $1 AND idem_key = $2 AND lease_token = $3 AND state = 'in_progress'`
 
 const savePhase = `UPDATE ${idempotencyTable}
-SET recovery_point = $4, recovery_data = $5, lease_expires_at = $6, updated_at = $7
+SET recovery_point = $4, recovery_data = $5, lease_expires_at = $6, updated_at = $7,
+  expires_at = CASE WHEN expires_at < $6 THEN $6 ELSE expires_at END
 WHERE scope = $1 AND idem_key = $2 AND lease_token = $3 AND state = 'in_progress'`
 
 const release = `DELETE FROM ${idempotencyTable}

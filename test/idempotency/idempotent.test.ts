@@ -6,6 +6,7 @@ import {
   IdempotencyInProgressError,
   IdempotencyMismatchError,
   idempotent,
+  sweepExpired,
 } from '../../src/idempotency/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { countRows, dbTargets, type TestDb } from './databases.js'
@@ -121,6 +122,82 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     await expect(
       idempotent(key, () => 2, { store: testDb.db, fingerprint: 'b' }),
     ).rejects.toBeInstanceOf(IdempotencyMismatchError)
+  })
+
+  // An in-progress record's retention must not end while its holder's lease is live: neither a
+  // duplicate (recycling it as "past retention") nor the sweeper may free a key in use, or the
+  // work runs twice at once. Three ways a lease reached past the record's expiry: a retention
+  // shorter than the lease, a takeover late in the retention, a phase renewing the lease.
+  it('never frees a key past its retention while its holder lease is live (duplicate, sweeper)', async () => {
+    const clock = new ManualClock(Date.now())
+    const scenarios = [
+      { retentionMs: 1_000, takeOverAt: undefined, phaseAt: undefined },
+      { retentionMs: 20_000, takeOverAt: 15_000, phaseAt: undefined },
+      { retentionMs: 15_000, takeOverAt: undefined, phaseAt: 8_000 },
+    ]
+    for (const { retentionMs, takeOverAt, phaseAt } of scenarios) {
+      const idempotency = createIdempotency({
+        store: testDb.db,
+        clock,
+        leaseMs: 10_000,
+        retentionMs,
+      })
+      const key = randomUUID()
+      const crash = gate()
+      const hold = gate()
+      const phase = gate()
+      let runs = 0
+      const holder = idempotency.run(key, async (ctx) => {
+        runs++
+        if (ctx.attempt === 1 && takeOverAt !== undefined) await crash.promise
+        if (phaseAt !== undefined) {
+          await phase.promise
+          await ctx.phase('renew', () => 'renewed')
+        }
+        await hold.promise
+        return { attempt: ctx.attempt }
+      })
+      const started = clock.now()
+      while (runs === 0) await new Promise((r) => setImmediate(r))
+      let taker: Promise<{ attempt: number }> = holder
+      if (takeOverAt !== undefined) {
+        await clock.advance(takeOverAt)
+        taker = idempotency.run(key, async (ctx) => {
+          runs++
+          await hold.promise
+          return { attempt: ctx.attempt }
+        })
+        while (runs === 1) await new Promise((r) => setImmediate(r))
+      }
+      if (phaseAt !== undefined) {
+        await clock.advance(phaseAt)
+        phase.open()
+        for (
+          let i = 0;
+          i < 1_000 && (await idempotency.store.get('default', key))?.recoveryPoint !== 'renew';
+          i++
+        ) {
+          await new Promise((r) => setImmediate(r))
+        }
+      }
+      // Past the record's retention, within the current holder's lease.
+      await clock.advance(
+        started + Math.max(retentionMs, takeOverAt ?? 0, phaseAt ?? 0) + 1 - clock.now(),
+      )
+      await sweepExpired(testDb.db, { clock })
+      expect(await idempotency.store.get('default', key)).toMatchObject({ state: 'in_progress' })
+      await expect(
+        idempotency.run(key, async () => {
+          runs++
+          return { attempt: 0 }
+        }),
+      ).rejects.toBeInstanceOf(IdempotencyInProgressError)
+      hold.open()
+      expect(await taker).toEqual({ attempt: takeOverAt === undefined ? 1 : 2 })
+      expect(runs).toBe(takeOverAt === undefined ? 1 : 2)
+      crash.open()
+      await holder.catch(() => {})
+    }
   })
 
   it('persists atomic phases: after a crash, a takeover resumes after the last committed phase', async () => {

@@ -286,6 +286,26 @@ describe('Redis idempotency store: what differs from SQL', () => {
     expect(completedTtl).toBeLessThanOrEqual(120_000)
   })
 
+  it('moves expiry and TTL up to the lease end on a takeover or a phase, so a live lease never expires', async () => {
+    const key = nextKey()
+    await store.claim(
+      claimInput(key, { nowMs: 1_000, leaseExpiresAtMs: 2_000, expiresAtMs: 61_000 }),
+    )
+    const [redisKey] = await raw.keys(`${prefix}*:${key}`)
+    expect(
+      await store.takeOver({
+        ...claimInput(key, { leaseToken: 'taker', nowMs: 50_000, leaseExpiresAtMs: 3_650_000 }),
+        previousLeaseToken: `token-${key}`,
+      }),
+    ).toBe(true)
+    expect(await store.get('tenant:a', key)).toMatchObject({ expiresAtMs: 3_650_000 })
+    expect(await raw.pttl(redisKey!)).toBeGreaterThan(3_500_000)
+    const lease = { scope: 'tenant:a', key, leaseToken: 'taker' }
+    await store.transaction((tx) => store.savePhase(tx, lease, 'p', {}, 60_000, 7_260_000))
+    expect(await store.get('tenant:a', key)).toMatchObject({ expiresAtMs: 7_260_000 })
+    expect(await raw.pttl(redisKey!)).toBeGreaterThan(7_100_000)
+  })
+
   it('lets Redis delete a key whose retention ended, freeing it for a new claim', async () => {
     const key = nextKey()
     // Retention already over at the claim: the smallest TTL, 1 ms on the server's clock.

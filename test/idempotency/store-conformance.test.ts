@@ -235,6 +235,30 @@ describe.each(storeTargets)('$name idempotency store', (target) => {
     expect(await store.get('tenant:a', key)).toBeUndefined()
   })
 
+  it("moves a record's expiry up to the lease end on a takeover or a phase, never down", async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key, { leaseExpiresAtMs: 5_000, expiresAtMs: 20_000 }))
+    const taken = { scope: 'tenant:a', key, leaseToken: 'taker' }
+    expect(
+      await store.takeOver({
+        ...claimInput(key, { leaseToken: 'taker', nowMs: 15_000, leaseExpiresAtMs: 25_000 }),
+        previousLeaseToken: `token-${key}`,
+      }),
+    ).toBe(true)
+    expect(await store.get('tenant:a', key)).toMatchObject({ expiresAtMs: 25_000 })
+    expect(
+      await store.transaction((tx) => store.savePhase(tx, taken, 'p', {}, 24_000, 34_000)),
+    ).toBe(true)
+    expect(await store.get('tenant:a', key)).toMatchObject({ expiresAtMs: 34_000 })
+    expect(
+      await store.transaction((tx) => store.savePhase(tx, taken, 'q', {}, 24_500, 30_000)),
+    ).toBe(true)
+    expect(await store.get('tenant:a', key)).toMatchObject({
+      leaseExpiresAtMs: 30_000,
+      expiresAtMs: 34_000,
+    })
+  })
+
   it('recycles a record only after its retention ended', async () => {
     const key = nextKey()
     await store.claim(claimInput(key, { expiresAtMs: 10_000 }))
