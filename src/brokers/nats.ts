@@ -445,11 +445,30 @@ class NatsPublisher implements Publisher {
 }
 
 function toNatsHeaders(headers: MsgHdrs, message: OutgoingMessage): MsgHdrs {
-  for (const name in message.headers) headers.set(name, message.headers[name]!)
-  headers.set(KEY_HEADER, message.key)
+  for (const name in message.headers) {
+    headers.set(name, headerValue(`header "${name}"`, message.headers[name]!))
+  }
+  headers.set(KEY_HEADER, headerValue('the key', message.key))
   // JetStream drops a second message with this id inside the stream's duplicate window.
-  headers.set(MSG_ID_HEADER, message.id)
+  headers.set(MSG_ID_HEADER, headerValue('the id', message.id))
   return headers
+}
+
+/**
+ * A header value NATS carries unchanged. The driver trims a value's leading and trailing
+ * whitespace when it encodes it and again when it parses it, so a key ' a' would arrive as
+ * 'a' (and an id, a header value, likewise changed): refuse it instead, as the driver refuses
+ * CR and LF.
+ */
+function headerValue(what: string, value: string): string {
+  if (value.trim() !== value) {
+    throw new BrokerError(
+      'BROKER_REJECTED',
+      'nats',
+      `${what} has leading or trailing whitespace, which NATS headers cannot carry`,
+    )
+  }
+  return value
 }
 
 function toIncoming(message: JsMsg): IncomingMessage {

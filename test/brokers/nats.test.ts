@@ -3,6 +3,7 @@ import { createNatsBroker } from '../../src/brokers/index.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
+import { testBroker } from './targets.js'
 
 // Only stops a server this file started itself (when no global setup provided one).
 afterAll(stopOwnBrokers)
@@ -43,5 +44,35 @@ describe('nats specifics', () => {
     )
     expect(BreakwaterError.is(error)).toBe(true)
     expect((error as BreakwaterError).code).toBe('BROKER_UNROUTABLE')
+  })
+
+  it('refuses a key, id or header value with leading or trailing whitespace (BROKER_REJECTED) instead of delivering it trimmed', async () => {
+    const broker = testBroker('nats', await brokerUrl('nats'))
+    closers.push(() => broker.close())
+    const topic = unique('spaces')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    const odd = [
+      { id: 'by-key', topic, key: ' padded ', payload: '', headers: {} },
+      { id: ' by-id', topic, key: 'k', payload: '', headers: {} },
+      { id: 'by-header', topic, key: 'k', payload: '', headers: { note: '\tpadded' } },
+    ]
+    for (const message of odd) {
+      const error = await broker.publisher.publish([message]).then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(BreakwaterError.is(error), message.id).toBe(true)
+      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+      expect((error as BreakwaterError).retryable).toBe(false)
+    }
+    // Inner spaces and an empty value travel unchanged.
+    await broker.publisher.publish([
+      { id: 'fine', topic, key: 'a key', payload: '', headers: { note: 'a b', empty: '' } },
+    ])
+    await received.until(() => received.ids().includes('fine'), 'the message that fits')
+    expect(received.ids()).toEqual(['fine'])
+    expect(received.messages[0]!.key).toBe('a key')
+    expect(received.messages[0]!.headers).toEqual({ note: 'a b', empty: '' })
   })
 })
