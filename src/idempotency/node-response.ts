@@ -171,6 +171,9 @@ export function disconnectSignal(res: ServerResponse): () => AbortSignal {
 
 /** Writes a whole response, replacing any header the handler had set. */
 export function writeNodeResponse(res: ServerResponse, response: IdempotencyResponse): void {
+  // A capture whose handler has ended stays in place until now (see capturedEnd).
+  const capture = (res as CapturedResponse)[captureState]
+  if (capture?.ended) restoreCaptured(res as CapturedResponse, capture)
   if (res.headersSent || res.writableEnded) return
   for (const name of res.getHeaderNames()) res.removeHeader(name)
   const headers: OutgoingHttpHeaders = {}
@@ -219,6 +222,7 @@ const captureState = Symbol('breakwater.idempotency.capture')
 type CapturedResponse = ServerResponse & { [captureState]?: Capture | undefined }
 
 function capturedWriteHead(this: CapturedResponse, status: number, ...rest: unknown[]) {
+  if (this[captureState]?.ended) return this
   this.statusCode = status
   let headers = rest[0]
   if (typeof headers === 'string') {
@@ -284,7 +288,10 @@ function capturedEnd(
     if (value === undefined) continue
     headers[name] = Array.isArray(value) ? value : String(value)
   }
-  restoreCaptured(this, capture)
+  // The capture stays in place until the recorded response is written (writeNodeResponse):
+  // what the handler (or an error handler after it, as Express's finalhandler, which sees no
+  // headers sent) writes after end() must neither reach the client before nor instead of the
+  // response that was recorded.
   // A copy: a chunk may be a view of the handler's own buffer, which it is free to reuse.
   capture.onEnd({ status: this.statusCode, headers, body: Buffer.concat(capture.chunks) })
   return this

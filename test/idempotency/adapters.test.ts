@@ -278,3 +278,70 @@ describe.each(cases)('$adapter.name adapter on $db.dialect', ({ db, adapter }) =
     expect(reply.text).toBe('guarded=false')
   })
 })
+
+// A handler that ends its response and then fails (an error after res.json(), a second end()):
+// the client must get the response that was recorded, as it would get the response already
+// sent without the middleware, never an error page rendered afterwards over a committed result.
+describe.each(dbTargets)('a response ended before the handler failed, on $dialect', (db) => {
+  let testDb: TestDb
+  let listening: Listening | undefined
+
+  beforeAll(async () => {
+    testDb = await db.open('idem_after_end')
+  })
+  afterAll(async () => {
+    await testDb?.close()
+  })
+  afterEach(async () => {
+    await listening?.close()
+    listening = undefined
+  })
+
+  async function check(server: Server, idempotency: Idempotency) {
+    listening = await listenServer(server)
+    const key = randomUUID()
+    const first = await send(`${listening.url}/charges`, { key, body: '{"amount":1}' })
+    expect(first.status).toBe(201)
+    expect(first.text).toBe('{"charged":1}')
+    expect(await idempotency.store.get('anonymous', key)).toMatchObject({
+      state: 'completed',
+      result: { status: 201 },
+    })
+    const replay = await send(`${listening.url}/charges`, { key, body: '{"amount":1}' })
+    expect(replay.status).toBe(201)
+    expect(replay.body.equals(first.body)).toBe(true)
+  }
+
+  it('express: an error thrown after res.json() does not replace the recorded response', async () => {
+    const idempotency = createIdempotency({ store: testDb.db })
+    const app = express()
+    app.use(express.json())
+    app.use(expressIdempotency(idempotency))
+    app.post('/charges', async (_req, res) => {
+      res.status(201).json({ charged: 1 })
+      throw new Error('audit log down')
+    })
+    app.use(
+      (
+        _error: Error,
+        _req: express.Request,
+        res: express.Response,
+        _next: express.NextFunction,
+      ) => {
+        res.status(500).type('text/plain').send('failed')
+      },
+    )
+    await check(createServer(app), idempotency)
+  })
+
+  it('node:http: a second end() does not send the response early, without its body', async () => {
+    const idempotency = createIdempotency({ store: testDb.db })
+    const server = createServer(
+      idempotentHandler({ idempotency, onError: () => {} }, async (_req, res) => {
+        res.writeHead(201, { 'content-type': 'application/json' }).end('{"charged":1}')
+        res.end()
+      }),
+    )
+    await check(server, idempotency)
+  })
+})
