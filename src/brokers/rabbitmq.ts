@@ -151,8 +151,10 @@ async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelMod
 function rabbitError(error: unknown, context: string): BrokerError {
   if (error instanceof BrokerError) return error
   const message = `${context}: ${reasonOf(error)}`
-  // amqplib throws RangeError when a message's headers do not fit a frame.
-  if (error instanceof RangeError) {
+  // amqplib throws RangeError when a message's headers do not fit a frame, and TypeError when
+  // a short-string field is longer than 255 bytes (message id, topic as routing key, queue):
+  // the same message or name can never go through, so neither is worth a retry.
+  if (error instanceof RangeError || error instanceof TypeError) {
     return new BrokerError('BROKER_REJECTED', 'rabbitmq', message, { cause: error })
   }
   return new BrokerError('BROKER_UNAVAILABLE', 'rabbitmq', message, { cause: error })
@@ -308,7 +310,9 @@ function drained(channel: Channel): Promise<void> {
 }
 
 // Headers RabbitMQ adds on its own (quorum queue delivery count, dead-lettering history).
-const brokerHeaders = /^x-(delivery-count|death|first-death-|last-death-)/
+// Whole names only: an application's header that merely starts like one (x-death-note) is
+// the application's and must be delivered.
+const brokerHeaders = /^x-(delivery-count|death|(first|last)-death-(exchange|queue|reason))$/
 
 function toIncoming(message: ConsumeMessage): IncomingMessage {
   const raw = (message.properties.headers ?? {}) as Record<string, unknown>

@@ -35,4 +35,51 @@ describe('rabbitmq specifics', () => {
     await received.until(() => received.messages.length >= 3, 'the retried batch')
     expect(received.ids().sort()).toEqual(batch.map((m) => m.id).sort())
   })
+
+  it('refuses a message id or topic longer than 255 bytes with BROKER_REJECTED (not retryable)', async () => {
+    const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
+    closers.push(() => broker.close())
+    const topic = unique('long')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    const odd = [
+      { id: 'é'.repeat(128), topic, key: 'k', payload: '', headers: {} },
+      {
+        id: 'long-topic',
+        topic: `${topic}.${'t'.repeat(256)}`,
+        key: 'k',
+        payload: '',
+        headers: {},
+      },
+    ]
+    for (const message of odd) {
+      const error = await broker.publisher.publish([message]).then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(BreakwaterError.is(error)).toBe(true)
+      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+      expect((error as BreakwaterError).retryable).toBe(false)
+    }
+    // The publisher still works.
+    await broker.publisher.publish(makeBatch(topic, 1, 1, 'after'))
+    await received.until(() => received.ids().includes('after-0'), 'the next message')
+  })
+
+  it('delivers application headers that merely start like the broker’s own x-death headers', async () => {
+    const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
+    closers.push(() => broker.close())
+    const topic = unique('xheaders')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    const headers = {
+      'x-death-note': 'a',
+      'x-deathline': 'b',
+      'x-delivery-count-hint': 'c',
+      'x-first-death-cause': 'd',
+    }
+    await broker.publisher.publish([{ id: 'x', topic, key: 'k', payload: '', headers }])
+    await received.until(() => received.messages.length >= 1, 'the message')
+    expect(received.messages[0]!.headers).toEqual(headers)
+  })
 })
