@@ -342,6 +342,23 @@ function resolveStore(value: unknown): IdempotencyStore {
   throw new InvalidOptionError('store', 'an IdempotencyStore or a SqlDriver', value)
 }
 
+/**
+ * What a scope or fingerprint function resolved to, when that was not a string at once. Anything
+ * but a string (a non-empty one for a scope) is refused: the database would store a number as
+ * text (`42.0` on SQLite), a missing tenant as a NOT NULL error, or a Buffer digest as a value
+ * that never equals the next request's, answering every retry 422.
+ */
+function computedString(option: 'scope' | 'fingerprint', value: unknown): string {
+  if (typeof value === 'string' && (value !== '' || option === 'fingerprint')) return value
+  throw new InvalidOptionError(
+    option,
+    option === 'scope'
+      ? 'a non-empty string from the scope function'
+      : 'a string from the fingerprint function',
+    value,
+  )
+}
+
 function toStored(response: IdempotencyResponse, replayHeaders: ReadonlySet<string>): StoredResult {
   const headers: Record<string, string | readonly string[]> = {}
   for (const [name, value] of Object.entries(response.headers)) {
@@ -534,14 +551,12 @@ class IdempotencyCore implements Idempotency {
     }
     // Scope and fingerprint are usually computed synchronously: awaited only when they are
     // promises (each await is one more turn of the microtask queue for every request).
-    let scope = request.scope
-    if (scope === undefined) {
-      const computed = this.#scope(request)
-      scope = typeof computed === 'string' ? computed : await computed
+    let scope = request.scope ?? this.#scope(request)
+    if (typeof scope !== 'string' || scope === '') scope = computedString('scope', await scope)
+    let fingerprint = this.#fingerprint(request)
+    if (typeof fingerprint !== 'string') {
+      fingerprint = computedString('fingerprint', await fingerprint)
     }
-    const computedFingerprint = this.#fingerprint(request)
-    const fingerprint =
-      typeof computedFingerprint === 'string' ? computedFingerprint : await computedFingerprint
     const acquired = await this.#acquire(scope, key, fingerprint, request)
     switch (acquired.kind) {
       case 'completed':

@@ -329,6 +329,32 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
     expect(await charges(`WHERE tenant IN ('a', 'b')`)).toBe(2)
   })
 
+  // A scope or fingerprint function typed loosely in JS: a user id as a number, a tenant that
+  // is missing, a digest left as a Buffer. The database would store `42.0` (SQLite), a NOT NULL
+  // error, or a fingerprint that never equals itself again (every retry a 422).
+  it('refuses a scope or fingerprint function that returns no string, before touching the key', async () => {
+    const bad: [string, Partial<IdempotencyOptions>][] = [
+      ['scope', { scope: () => 42 as unknown as string }],
+      ['scope', { scope: async () => undefined as unknown as string }],
+      ['scope', { scope: () => '' }],
+      ['fingerprint', { fingerprint: () => Buffer.from('fp') as unknown as string }],
+    ]
+    for (const [option, options] of bad) {
+      const { url, runs } = await start({ options })
+      const key = randomUUID()
+      for (let i = 0; i < 2; i++) {
+        expect((await send(url, { key, body: '{"amount":1}' })).status).toBe(500)
+      }
+      expect(runs()).toBe(0)
+      expect(errors.splice(0)).toMatchObject([
+        { code: 'INVALID_OPTION', option },
+        { code: 'INVALID_OPTION', option },
+      ])
+      await server?.close()
+      server = undefined
+    }
+  })
+
   it('scopes by credential by default, so two API keys never share a response', async () => {
     const { url, runs } = await start()
     const key = randomUUID()
