@@ -149,6 +149,10 @@ const forbiddenHeaders = new Set([
   WEBHOOK_MESSAGE_ID_HEADER,
   'idempotency-key',
 ])
+// What undici accepts as a header value (its headerCharRegex): no control character but tab,
+// nothing above U+00FF. It refuses anything else with an error at each request, which would
+// look like the endpoint's failure (retryable) rather than the value's.
+const headerValuePattern = /^[\t\x20-\x7e\x80-\xff]*$/
 const minSecretBytes = 16
 const maxErrorBody = 300
 
@@ -393,8 +397,12 @@ class WebhookPublisher implements Publisher {
           'a header the publisher does not set itself',
           name,
         )
-      if (typeof value !== 'string' || /[\r\n\0]/.test(value))
-        throw new InvalidOptionError(`webhook.headers.${name}`, 'a single-line string', '[hidden]')
+      if (typeof value !== 'string' || !headerValuePattern.test(value))
+        throw new InvalidOptionError(
+          `webhook.headers.${name}`,
+          'a single-line string of Latin-1 characters without control characters',
+          '[hidden]',
+        )
       extra[lower] = value
     }
     this.#headers = extra
@@ -477,6 +485,14 @@ class WebhookPublisher implements Publisher {
   }
 
   async #deliver(body: string, messageId: string | undefined, signal?: AbortSignal): Promise<void> {
+    // The id goes out as a header: one undici would refuse can never be sent, so it is the
+    // message's fault (not retried, dead-lettered by a relay), not the endpoint's.
+    if (messageId !== undefined && !headerValuePattern.test(messageId)) {
+      throw new WebhookError(
+        'BROKER_REJECTED',
+        `message id ${JSON.stringify(messageId)} cannot be sent as the ${WEBHOOK_MESSAGE_ID_HEADER} header (control characters or characters above U+00FF)`,
+      )
+    }
     try {
       await this.#policy.execute(
         ({ signal: attemptSignal }) => this.#attempt(body, messageId, attemptSignal),

@@ -259,6 +259,21 @@ describe('webhook publisher', () => {
     expect(ids.filter((id) => id.startsWith('c'))).toEqual(['c0', 'c1', 'c2', 'c3', 'c4'])
   })
 
+  it('refuses a message id that cannot be an HTTP header value (BROKER_REJECTED, not retried)', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 200 }))
+    const publisher = publisherFor({ url: hook.url, secret, clock })
+    for (const id of ['заказ-7', 'line\nbreak', 'nul\0']) {
+      const error = await drive(clock, publisher.publish([message(id, 'k')])).catch((e) => e)
+      expect(error).toBeInstanceOf(WebhookError)
+      expect(error).toMatchObject({ code: 'BROKER_REJECTED', retryable: false })
+    }
+    expect(hook.seen).toHaveLength(0)
+    // A Latin-1 id is a valid header value and goes out.
+    await drive(clock, publisher.publish([message('café-7', 'k')]))
+    expect(hook.seen).toHaveLength(1)
+  })
+
   it('refuses bad options without echoing secrets', () => {
     expect(() => createWebhookPublisher({ url: 'http://127.0.0.1:1/x', secret: 'short' })).toThrow(
       InvalidOptionError,
@@ -284,6 +299,16 @@ describe('webhook publisher', () => {
         headers: { 'Content-Type': 'x' },
       }),
     ).toThrow(/headers.Content-Type/)
+    // A value undici would refuse at every request is refused here, at construction.
+    for (const value of ['ключ', 'tab\tand\x01control', 'line\nbreak']) {
+      expect(() =>
+        createWebhookPublisher({
+          url: 'http://example.com/x',
+          secret,
+          headers: { 'x-api-key': value },
+        }),
+      ).toThrow(/headers.x-api-key/)
+    }
   })
 })
 
