@@ -21,7 +21,7 @@ import {
 import { publish } from './events.js'
 import { Execution, type ExecutionSettings } from './execution.js'
 import { defaultFingerprint, type FingerprintFunction } from './fingerprint.js'
-import { checkOperationKey, parseIdempotencyKey } from './key.js'
+import { checkOperationKey, hasLoneSurrogate, parseIdempotencyKey } from './key.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
 import { type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
 import { createSqlIdempotencyStore } from './sql-store.js'
@@ -614,8 +614,8 @@ class IdempotencyCore implements Idempotency {
     checkOperationKey(key)
     checkFunction('fn', fn)
     const scope = options.scope ?? 'default'
-    if (typeof scope !== 'string' || scope === '') {
-      throw new InvalidOptionError('scope', 'a non-empty string', scope)
+    if (typeof scope !== 'string' || scope === '' || hasLoneSurrogate(scope)) {
+      throw new InvalidOptionError('scope', 'a non-empty, well-formed string', scope)
     }
     const fingerprint = options.fingerprint ?? ''
     if (typeof fingerprint !== 'string') {

@@ -99,5 +99,18 @@ export function checkOperationKey(key: unknown): string {
       'The idempotency key must not contain control characters',
     )
   }
+  // Half of a surrogate pair (a key cut from text at 255 UTF-16 units) has no UTF-8 form: the
+  // database would store U+FFFD in its place, making different keys one key.
+  if (hasLoneSurrogate(key)) {
+    throw new IdempotencyKeyInvalidError(
+      'characters',
+      'The idempotency key must be well-formed Unicode (it contains half of a surrogate pair)',
+    )
+  }
   return key
+}
+
+/** Whether `value` holds half of a UTF-16 surrogate pair, which no database can store as is. */
+export function hasLoneSurrogate(value: string): boolean {
+  return /\p{Cs}/u.test(value)
 }

@@ -116,6 +116,31 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     expect(await shipments(orderId)).toBe(1)
   })
 
+  // A key cut from user text (`name.slice(0, 255)`) may end in half of a surrogate pair. Such a
+  // string has no UTF-8 form: PostgreSQL stores U+FFFD for it, so two different keys became one
+  // and the second call returned the first one's result without running.
+  it('refuses a key or scope with a lone surrogate, which the database cannot store as given', async () => {
+    const results: string[] = []
+    for (const key of ['order-\uD83D', 'order-\uD83C']) {
+      results.push(
+        await idempotent(key, () => key, { store: testDb.db }).catch(
+          (error: { code?: string; rule?: string }) => `${error.code}:${error.rule}`,
+        ),
+      )
+    }
+    expect(results).toEqual([
+      'IDEMPOTENCY_KEY_INVALID:characters',
+      'IDEMPOTENCY_KEY_INVALID:characters',
+    ])
+    await expect(
+      idempotent('k', () => 1, { store: testDb.db, scope: 'saga-\uDC00' }),
+    ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'scope' })
+    // A whole pair is one character like any other.
+    expect(
+      await idempotent(`order-${randomUUID()}-\u{1F600}`, () => 'ok', { store: testDb.db }),
+    ).toBe('ok')
+  })
+
   it('refuses a key reused with another fingerprint', async () => {
     const key = randomUUID()
     await idempotent(key, () => 1, { store: testDb.db, fingerprint: 'a' })
