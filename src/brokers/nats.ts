@@ -327,6 +327,15 @@ class NatsPublisher implements Publisher {
     for (const message of messages) {
       if (message.topic === topic) continue
       topic = message.topic
+      // Refused here: the server would refuse the stream (or the message) for it at every
+      // attempt, as an API error that reads like an outage (BROKER_UNAVAILABLE, retryable).
+      if (!isSubject(topic)) {
+        throw new BrokerError(
+          'BROKER_REJECTED',
+          'nats',
+          `topic ${JSON.stringify(topic)} is not a NATS subject (dot-separated non-empty tokens without whitespace)`,
+        )
+      }
       await this.#ensureStream(nc, streamFor(options, topic))
     }
     // Every message goes out before the first ack is awaited (the driver writes them in one
@@ -442,6 +451,11 @@ class NatsPublisher implements Publisher {
     }
     await ensured
   }
+}
+
+/** Whether a topic is a subject NATS takes: non-empty dot-separated tokens, no whitespace. */
+function isSubject(topic: string): boolean {
+  return topic.split('.').every((token) => token !== '' && !/\s/.test(token))
 }
 
 function toNatsHeaders(headers: MsgHdrs, message: OutgoingMessage): MsgHdrs {

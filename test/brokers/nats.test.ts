@@ -75,4 +75,19 @@ describe('nats specifics', () => {
     expect(received.messages[0]!.key).toBe('a key')
     expect(received.messages[0]!.headers).toEqual({ note: 'a b', empty: '' })
   })
+
+  it('refuses a topic that is not a valid subject with BROKER_REJECTED (not retryable)', async () => {
+    const broker = testBroker('nats', await brokerUrl('nats'))
+    closers.push(() => broker.close())
+    for (const topic of [`${unique('bad')} topic`, `${unique('a')}..b`, `${unique('trail')}.`]) {
+      const error = await broker.publisher
+        .publish([{ id: unique('m'), topic, key: 'k', payload: '', headers: {} }])
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        )
+      expect(BreakwaterError.is(error), topic).toBe(true)
+      expect((error as BreakwaterError).code, topic).toBe('BROKER_REJECTED')
+    }
+  })
 })
