@@ -121,8 +121,19 @@ function unreadable(file: string): string | undefined {
 
 function wrongContent(file: string, content: Content): string | undefined {
   if (content === 'secret') return undefined
+  return pemProblem(readFileSync(file), content)
+}
+
+/**
+ * Why `pem` is not a PEM `content` (Node's own TLS options skip what they cannot parse in a
+ * CA file, so a file of garbage would only show as failed connections), or undefined when it
+ * is one.
+ */
+export function pemProblem(
+  pem: Buffer,
+  content: 'certificate' | 'private key',
+): string | undefined {
   try {
-    const pem = readFileSync(file)
     if (content === 'certificate') new X509Certificate(pem)
     else createPrivateKey(pem)
     return undefined

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import { createSecureContext } from 'node:tls'
 import { InvalidOptionError } from '../../core/errors.js'
 import type { Logger } from '../../observability/logger.js'
+import { pemProblem } from '../config/files.js'
 import type { OutboundAuthConfig, SecretSource, UpstreamTlsConfig } from '../contracts.js'
 import { type FileWatch, watchFileContent } from './file-watch.js'
 
@@ -107,6 +108,15 @@ export class TlsMaterial {
       cert: read('certFile', config.certFile),
       key: read('keyFile', config.keyFile),
     }
+    // Refused at start: otherwise the proxy would start and then fail every request to this
+    // service with a connect error that names no file.
+    const problem = tlsFilesProblem(this.files)
+    if (problem !== undefined)
+      throw new InvalidOptionError(
+        `services.${service}.tls.${problem.option}`,
+        problem.expected.replace('{service}', service),
+        config[problem.option],
+      )
     if (!config.verify)
       logger.warn('TLS verification is off for this upstream service', { service })
     for (const path of [config.caFile, config.certFile, config.keyFile]) {
@@ -157,21 +167,54 @@ export class TlsMaterial {
       (config.keyFile !== undefined && files.key === undefined)
     )
       return
-    try {
-      createSecureContext({
-        ...(files.ca === undefined ? {} : { ca: files.ca }),
-        ...(files.cert === undefined ? {} : { cert: files.cert }),
-        ...(files.key === undefined ? {} : { key: files.key }),
-      })
-    } catch (error) {
+    const problem = tlsFilesProblem(files)
+    if (problem !== undefined) {
       this.#logger.warn('TLS files changed but do not form a valid set yet; keeping the old ones', {
         service: this.#service,
-        error: (error as Error).message,
+        file: config[problem.option],
+        error: problem.reason,
       })
       return
     }
     this.files = files
     this.#logger.info('TLS files reloaded', { service: this.#service })
     this.onChange?.()
+  }
+}
+
+/** What is wrong with a set of TLS files: which file, what it should hold, and Node's reason. */
+interface TlsFilesProblem {
+  readonly option: 'caFile' | 'certFile' | 'keyFile'
+  /** What the file should hold (`{service}` stands for the service's name). */
+  readonly expected: string
+  readonly reason: string
+}
+
+// Each file must hold what it is for (Node's TLS options skip what they cannot parse in a CA
+// file, so a CA file of garbage would only show as failed connections), and the key must be
+// the certificate's.
+function tlsFilesProblem(files: TlsFiles): TlsFilesProblem | undefined {
+  const contents = [
+    ['caFile', files.ca, 'certificate'],
+    ['certFile', files.cert, 'certificate'],
+    ['keyFile', files.key, 'private key'],
+  ] as const
+  for (const [option, pem, content] of contents) {
+    const reason = pem === undefined ? undefined : pemProblem(pem, content)
+    if (reason !== undefined) return { option, expected: `a file holding a PEM ${content}`, reason }
+  }
+  try {
+    createSecureContext({
+      ...(files.ca === undefined ? {} : { ca: files.ca }),
+      ...(files.cert === undefined ? {} : { cert: files.cert }),
+      ...(files.key === undefined ? {} : { key: files.key }),
+    })
+    return undefined
+  } catch (error) {
+    return {
+      option: 'keyFile',
+      expected: 'the private key of services.{service}.tls.certFile',
+      reason: (error as Error).message,
+    }
   }
 }

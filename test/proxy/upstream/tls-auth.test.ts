@@ -180,6 +180,26 @@ describe('TLS origination', () => {
   })
 })
 
+describe('TLS files refused at start', () => {
+  it('refuses a CA file of garbage and a key that is not the certificate’s, naming the service', () => {
+    const garbage = join(certs.dir, 'garbage.pem')
+    writeFileSync(garbage, 'not a certificate\n')
+    const config = (overrides: Partial<UpstreamTlsConfig>) =>
+      serviceConfig(['https://127.0.0.1:1'], { tls: tls(overrides) })
+    expect(() => createServiceRuntime(config({ caFile: garbage }), testDeps())).toThrow(
+      /services\.\w+\.tls\.caFile: expected a file holding a PEM certificate, got ".*garbage\.pem"/,
+    )
+    expect(() =>
+      createServiceRuntime(
+        config({ certFile: certs.client.certFile, keyFile: secondClient.keyFile }),
+        testDeps(),
+      ),
+    ).toThrow(
+      /services\.(\w+)\.tls\.keyFile: expected the private key of services\.\1\.tls\.certFile/,
+    )
+  })
+})
+
 describe('outbound credentials', () => {
   it('adds a bearer token from the environment, replacing the caller’s, and never shows it', async () => {
     process.env.BREAKWATER_TEST_ORDERS_TOKEN = 'env-token-s3cret'
