@@ -72,8 +72,8 @@ export interface NatsBrokerOptions extends BrokerCommonOptions {
   readonly createStreams?: boolean
   /**
    * The duplicate window of streams this adapter creates: a message id published again within
-   * it is acknowledged but not stored again.
-   * @default 120000
+   * it is acknowledged but not stored again. At most `maxAgeMs` when that is set.
+   * @default 120000, or maxAgeMs when that is shorter
    */
   readonly duplicateWindowMs?: number
   /** Age after which streams this adapter creates drop messages; 0 keeps them. @default 0 */
@@ -157,12 +157,28 @@ function resolveNatsOptions(options: NatsBrokerOptions): ResolvedNatsOptions {
   }
   const name = options.name ?? 'breakwater'
   if (typeof name !== 'string') throw new InvalidOptionError('nats.name', 'a string', name)
+  const maxAgeMs = ms('nats.maxAgeMs', options.maxAgeMs, 0, 0)
+  // JetStream refuses a stream whose duplicate window is longer than its max age, which would
+  // fail every publish: the default window shrinks to the max age, a given one is refused here.
+  const duplicateWindowMs = ms(
+    'nats.duplicateWindowMs',
+    options.duplicateWindowMs,
+    maxAgeMs > 0 ? Math.min(120_000, maxAgeMs) : 120_000,
+    0,
+  )
+  if (maxAgeMs > 0 && duplicateWindowMs > maxAgeMs) {
+    throw new InvalidOptionError(
+      'nats.duplicateWindowMs',
+      `at most maxAgeMs (${maxAgeMs})`,
+      duplicateWindowMs,
+    )
+  }
   return {
     ...common,
     stream,
     createStreams,
-    duplicateWindowMs: ms('nats.duplicateWindowMs', options.duplicateWindowMs, 120_000, 0),
-    maxAgeMs: ms('nats.maxAgeMs', options.maxAgeMs, 0, 0),
+    duplicateWindowMs,
+    maxAgeMs,
     ackWaitMs: ms('nats.ackWaitMs', options.ackWaitMs, 30_000, 1_000),
     name,
   }

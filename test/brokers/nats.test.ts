@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest'
 import { createNatsBroker } from '../../src/brokers/index.js'
-import { BreakwaterError } from '../../src/core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
 import { testBroker } from './targets.js'
@@ -89,5 +89,16 @@ describe('nats specifics', () => {
       expect(BreakwaterError.is(error), topic).toBe(true)
       expect((error as BreakwaterError).code, topic).toBe('BROKER_REJECTED')
     }
+  })
+
+  it('fits the default duplicate window to a shorter maxAgeMs and refuses a longer one given', async () => {
+    const url = await brokerUrl('nats')
+    expect(() => createNatsBroker({ url, maxAgeMs: 60_000, duplicateWindowMs: 90_000 })).toThrow(
+      InvalidOptionError,
+    )
+    // JetStream refuses a stream whose window exceeds its max age: every publish failed.
+    const broker = createNatsBroker({ url, maxAgeMs: 60_000 })
+    closers.push(() => broker.close())
+    await broker.publisher.publish(makeBatch(unique('aged'), 1, 1))
   })
 })
