@@ -299,11 +299,18 @@ class ProxyRuntime implements ProxyInternals {
       await this.#apply(config)
       if (this.#adminEnabled && config.admin !== undefined) {
         const { startAdminServer } = await import('./admin/server.js')
+        const admin = config.admin
+        // Named, as a listener's failure is, so a port in use says which port of the file it is.
         this.#admin = await startAdminServer({
-          config: config.admin,
+          config: admin,
           backend: localAdminBackend(this),
           deps: this.#deps,
           env: this.#env,
+        }).catch((error: unknown) => {
+          throw new Error(
+            `admin (${admin.host}:${admin.port}): ${(error as Error).message}`,
+            { cause: error },
+          )
         })
       }
     } catch (error) {

@@ -205,6 +205,22 @@ describe('proxyCommand', () => {
     })
   })
 
+  it('in one process, an admin port in use is one line naming admin and its address, exit 1', async () => {
+    await withTakenPort(async (port) => {
+      const file = write(
+        'admin-busy-single.yaml',
+        `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: out, role: ambassador, port: 0 }]\nadmin: { port: ${port}, token: { env: BW_TEST_ADMIN_TOKEN } }\n`,
+      )
+      const result = await runCli(['proxy', '--config', file], {
+        BW_TEST_ADMIN_TOKEN: 'a-long-enough-admin-token',
+      })
+      expect(result.code).toBe(1)
+      expect(result.stderr).toContain(`cannot start: admin (127.0.0.1:${port}): `)
+      expect(result.stderr).toContain('EADDRINUSE')
+      expect(result.stderr).not.toMatch(/\n\s+at /)
+    })
+  })
+
   it('with workers, an admin port in use is one line naming admin, exit 1, and no worker is left', async () => {
     await withTakenPort(async (port) => {
       const file = write(
