@@ -323,7 +323,8 @@ class SqlOutbox implements Outbox {
     }
     if (payload === undefined)
       throw new InvalidOptionError(`${at}.payload`, 'a JSON-serializable value', event.payload)
-    const headers: Record<string, string> = {}
+    // No prototype: a header named __proto__ is then an ordinary key instead of being dropped.
+    const headers: Record<string, string> = Object.create(null)
     if (this.#trace) propagation.inject(context.active(), headers, traceSetter)
     if (event.headers !== undefined) {
       checkObject(`${at}.headers`, event.headers)

@@ -103,6 +103,24 @@ describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
     })
   })
 
+  it('keeps a header of any name, __proto__ included', async () => {
+    const headers = JSON.parse('{"__proto__":"p","constructor":"c"}') as Record<string, string>
+    const eventId = await t.db.transaction((tx) =>
+      outbox.enqueue(tx, {
+        aggregateType: 'order',
+        aggregateId: 'o9',
+        type: 't',
+        payload: 1,
+        headers,
+      }),
+    )
+    const stored = JSON.parse((await row(eventId))!.headers) as Record<string, string>
+    expect(Object.entries(stored)).toEqual([
+      ['__proto__', 'p'],
+      ['constructor', 'c'],
+    ])
+  })
+
   it('rolls back with the business write', async () => {
     let eventId = ''
     await expect(
