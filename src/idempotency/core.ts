@@ -407,7 +407,16 @@ class HttpExecution implements IdempotentExecution {
   }
 
   async complete(response: IdempotencyResponse): Promise<IdempotencyResponse> {
-    if (!this.#storeResponse(response.status)) {
+    let store: boolean
+    try {
+      store = this.#storeResponse(response.status)
+    } catch (error) {
+      // The user's function failed: settle anyway, or ctx.tx stays open (on SQLite blocking
+      // every other statement) and the key held until the lease runs out.
+      await this.#execution.release()
+      throw error
+    }
+    if (!store) {
       await this.#execution.release()
       return response
     }

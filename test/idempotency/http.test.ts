@@ -355,6 +355,30 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
     }
   })
 
+  // complete() promises to reject only with the key released. A storeResponse that throws left
+  // the execution unsettled instead: ctx.tx open (on SQLite every other statement queued behind
+  // it) and the key held, both until the lease ran out.
+  it('releases the key and rolls back when storeResponse throws', async () => {
+    const clock = new ManualClock(Date.now())
+    const { url, runs } = await start({
+      options: {
+        clock,
+        storeResponse: () => {
+          throw new Error('storeResponse failed')
+        },
+      },
+    })
+    const key = randomUUID()
+    const before = await charges()
+    expect((await send(url, { key, body: '{"amount":4}' })).status).toBe(500)
+    expect(errors.splice(0)).toMatchObject([{ message: 'storeResponse failed' }])
+    // Nothing left running on the clock: no execution waits for its lease to end.
+    expect(clock.pendingTimers).toBe(0)
+    expect(await charges()).toBe(before)
+    expect(await recordOf('anonymous', key)).toBeUndefined()
+    expect(runs()).toBe(1)
+  })
+
   it('scopes by credential by default, so two API keys never share a response', async () => {
     const { url, runs } = await start()
     const key = randomUUID()
