@@ -307,10 +307,9 @@ class ProxyRuntime implements ProxyInternals {
           deps: this.#deps,
           env: this.#env,
         }).catch((error: unknown) => {
-          throw new Error(
-            `admin (${admin.host}:${admin.port}): ${(error as Error).message}`,
-            { cause: error },
-          )
+          throw new Error(`admin (${admin.host}:${admin.port}): ${(error as Error).message}`, {
+            cause: error,
+          })
         })
       }
     } catch (error) {
