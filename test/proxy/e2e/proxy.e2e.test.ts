@@ -100,7 +100,7 @@ describe('breakwater proxy --check', () => {
     writeFileSync(good, config(p))
     const ok = await runProxyCli(['proxy', '--config', good, '--check'])
     expect(ok.code).toBe(0)
-    expect(ok.stdout).toContain('valid (2 services, 2 listeners, 1 workers)')
+    expect(ok.stdout).toContain('valid (2 services, 2 listeners, 1 worker)')
 
     const bad = join(dir, 'check-bad.yaml')
     const broken = config(p, { split: '[{ service: ghost, weight: 1 }]' }).replace(
