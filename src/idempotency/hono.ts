@@ -1,7 +1,8 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkObject } from '../core/validate.js'
+import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import type { Idempotency } from './core.js'
+import { genericProblem } from './problem.js'
 import type { IdempotencyResponse } from './types.js'
 
 /** The parts of a Hono context the middleware uses (any Hono 4 `Context`). */
@@ -32,6 +33,13 @@ export interface HonoIdempotencyOptions {
    * @default the core's `scope` option
    */
   readonly scope?: (c: HonoLikeContext) => string | Promise<string>
+  /**
+   * The largest request body read (the middleware reads the body to fingerprint it); larger
+   * bodies are answered 413 before anything is stored or the handler runs, whether they declare
+   * a `Content-Length` or arrive chunked.
+   * @default 1048576 (1 MiB)
+   */
+  readonly maxBodyBytes?: number
 }
 
 // Statuses whose responses must not have a body in the Fetch API.
@@ -49,6 +57,30 @@ function toFetchResponse(response: IdempotencyResponse): Response {
     status: response.status,
     headers,
   })
+}
+
+// The body through Hono (which caches it, so the handler can read it again), or undefined when
+// it is larger than `maxBytes`. A declared length is trusted (the server enforces it); a chunked
+// body is first counted on a copy, read no further than the limit, so a client cannot make the
+// middleware buffer an unbounded body.
+async function readBody(c: HonoLikeContext, maxBytes: number): Promise<Uint8Array | undefined> {
+  const declared = c.req.header('content-length')
+  if (declared !== undefined) {
+    if (Number(declared) > maxBytes) return undefined
+  } else if (c.req.raw.body !== null) {
+    const reader = c.req.raw.clone().body!.getReader()
+    let total = 0
+    for (;;) {
+      const { done, value } = await reader.read()
+      if (done) break
+      total += value.byteLength
+      if (total > maxBytes) {
+        await reader.cancel()
+        return undefined
+      }
+    }
+  }
+  return new Uint8Array(await c.req.arrayBuffer())
 }
 
 function fetchHeaders(response: Response): Record<string, string | string[]> {
@@ -89,11 +121,22 @@ export function honoIdempotency(
     options.scope === undefined
       ? undefined
       : checkFunction<(c: HonoLikeContext) => string | Promise<string>>('scope', options.scope)
+  const maxBodyBytes = checkInteger('maxBodyBytes', options.maxBodyBytes ?? 1_048_576, 0)
 
   return async (c, next) => {
     if (!idempotency.appliesTo(c.req.method)) {
       await next()
       return undefined
+    }
+    const body = await readBody(c, maxBodyBytes)
+    if (body === undefined) {
+      const tooLarge = genericProblem(
+        413,
+        'Content Too Large',
+        `The request body exceeds ${maxBodyBytes} bytes`,
+      )
+      // The rest of the body is never read: the connection cannot carry another request.
+      return toFetchResponse({ ...tooLarge, headers: { ...tooLarge.headers, connection: 'close' } })
     }
     const url = new URL(c.req.url)
     const scopeValue = scope === undefined ? undefined : await scope(c)
@@ -101,7 +144,7 @@ export function honoIdempotency(
       method: c.req.method,
       route: `${url.pathname}${url.search}`,
       header: (name) => c.req.header(name),
-      body: new Uint8Array(await c.req.arrayBuffer()),
+      body,
       signal: c.req.raw.signal,
       native: c,
       ...(scopeValue === undefined ? {} : { scope: scopeValue }),

@@ -1,10 +1,12 @@
 // Each framework adapter on a real server (127.0.0.1:0), over real SQLite and PostgreSQL.
 import { randomUUID } from 'node:crypto'
 import { createServer, type Server } from 'node:http'
+import { Readable } from 'node:stream'
 import { createAdaptorServer } from '@hono/node-server'
 import express from 'express'
 import Fastify from 'fastify'
 import { Hono } from 'hono'
+import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import {
   createIdempotency,
@@ -343,5 +345,55 @@ describe.each(dbTargets)('a response ended before the handler failed, on $dialec
       }),
     )
     await check(server, idempotency)
+  })
+})
+
+describe.each(dbTargets)('hono: a body larger than maxBodyBytes, on $dialect', (db) => {
+  let testDb: TestDb
+  let listening: Listening | undefined
+
+  beforeAll(async () => {
+    testDb = await db.open('idem_hono_limit')
+  })
+  afterAll(async () => {
+    await testDb?.close()
+  })
+  afterEach(async () => {
+    await listening?.close()
+    listening = undefined
+  })
+
+  it('is answered 413 before anything is stored, declared or chunked; a body within it passes', async () => {
+    const idempotency = createIdempotency({ store: testDb.db })
+    let runs = 0
+    const app = new Hono()
+    app.post('/charges', honoIdempotency(idempotency, { maxBodyBytes: 64 }), async (c) => {
+      runs++
+      return c.json(await c.req.json(), 201)
+    })
+    listening = await listenServer(createAdaptorServer({ fetch: app.fetch }) as Server)
+    const url = `${listening.url}/charges`
+    const big = JSON.stringify({ pad: 'x'.repeat(100) })
+    const declared = await send(url, { key: 'declared', body: big })
+    expect(declared.status).toBe(413)
+    expect(declared.headers['content-type']).toBe('application/problem+json')
+    const chunked = await request(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'idempotency-key': 'chunked' },
+      body: Readable.from([big.slice(0, 50), big.slice(50)]),
+    })
+    await chunked.body.dump()
+    expect(chunked.statusCode).toBe(413)
+    expect(runs).toBe(0)
+    expect(await idempotency.store.get('anonymous', 'declared')).toBeUndefined()
+    expect(await idempotency.store.get('anonymous', 'chunked')).toBeUndefined()
+    const small = await request(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'idempotency-key': 'small' },
+      body: Readable.from(['{"a":', '1}']),
+    })
+    expect(small.statusCode).toBe(201)
+    expect(await small.body.json()).toEqual({ a: 1 })
+    expect(runs).toBe(1)
   })
 })
