@@ -16,7 +16,8 @@ const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-ov
  * The inbound headers with `X-Forwarded-For` (the client address appended), `X-Forwarded-Proto`
  * and `X-Forwarded-Host` for the service. Untrusted (the default): the client's own copies of
  * those, of `Forwarded` and of `X-Real-IP` are discarded and the three are set from the
- * connection and the validated `Host`, so an app that reads them can believe them. Trusted (a
+ * connection and the validated `Host`, so an app that reads them can believe them; any other
+ * `X-Forwarded-*` the client sent (`-Port`, `-Prefix`, ...) is dropped as well. Trusted (a
  * listener behind a load balancer that sets them): the address is appended to the chain, and
  * Proto / Host are set only when absent. On a route that matches on methods, method-override
  * headers are dropped, so the app runs the method the route admitted.
@@ -36,7 +37,22 @@ export function forwardedHeaders(
   if (!trusted || headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = scheme
   if (!trusted || headers['x-forwarded-host'] === undefined)
     headers['x-forwarded-host'] = inbound.host
-  if (!trusted) for (const name of clientClaims) delete headers[name]
+  if (!trusted) {
+    for (const name of clientClaims) delete headers[name]
+    // Every other X-Forwarded-* a client sent (-Port, -Prefix, -Ssl, -Server, ...) is a claim
+    // too: frameworks build redirects and absolute links from them. The docs promise that an
+    // untrusted listener keeps none of the client's X-Forwarded-*, not only the three set above.
+    for (const name in headers) {
+      if (
+        name.length > 12 &&
+        name.startsWith('x-forwarded-') &&
+        name !== 'x-forwarded-for' &&
+        name !== 'x-forwarded-proto' &&
+        name !== 'x-forwarded-host'
+      )
+        delete headers[name]
+    }
+  }
   if (methodRoute) for (const name of methodOverrides) delete headers[name]
   // Only the headers are new: a copy of the inbound request would read (and so create) its
   // lazy signal.

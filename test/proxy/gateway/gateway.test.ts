@@ -171,6 +171,32 @@ describe('shadow mode through the gateway', () => {
 })
 
 describe('routing through the gateway', () => {
+  it('drops every X-Forwarded-* the client sent on an untrusted listener, not only the three it sets', async () => {
+    // docs/proxy.md: trustForwardedHeaders "keeps the client's X-Forwarded-*"; without it an app
+    // (Spring's ForwardedHeaderFilter, Tomcat's RemoteIpValve) would believe a client's
+    // X-Forwarded-Port / -Prefix / -Ssl when building redirects and absolute links.
+    const app = await upstream((req, res) => void sendJson(res, 200, req.headers))
+    const routes = [route('app', '/', [{ service: 'app', weight: 1 }])]
+    const gw = await gateway({ app: app.url }, routes, createRouteTable(routes))
+    const response = await fetch(`${gw.url}/x`, {
+      headers: {
+        'x-forwarded-port': '443',
+        'x-forwarded-prefix': '/evil',
+        'x-forwarded-ssl': 'on',
+        'x-forwarded-server': 'evil.example',
+        'x-forwardedness': 'kept',
+      },
+    })
+    const seen = (await response.json()) as Record<string, string>
+    expect(seen['x-forwarded-port']).toBeUndefined()
+    expect(seen['x-forwarded-prefix']).toBeUndefined()
+    expect(seen['x-forwarded-ssl']).toBeUndefined()
+    expect(seen['x-forwarded-server']).toBeUndefined()
+    expect(seen['x-forwardedness']).toBe('kept')
+    expect(seen['x-forwarded-for']).toBe('127.0.0.1')
+    expect(seen['x-forwarded-proto']).toBe('http')
+  })
+
   it('answers 404 problem when no route matches, and strips the prefix it is told to', async () => {
     const app = await upstream((req, res) => void sendJson(res, 200, { url: req.url }))
     const routes = [route('api', '/api', [{ service: 'app', weight: 1 }], { stripPrefix: '/api' })]
