@@ -18,6 +18,7 @@ import type {
   ServiceConfig,
   WebSocketConfig,
 } from '../contracts.js'
+import { normalizePath } from '../inbound/normalize-path.js'
 import { retryAffinityDefaults } from '../inbound/retry-affinity.js'
 
 // Schema-level messages are the "expected ..." half of a problem line; load.ts adds the path
@@ -71,6 +72,27 @@ const headerName = z
 const pathPrefix = z
   .string({ error: 'path starting with "/"' })
   .startsWith('/', { error: 'path starting with "/"' })
+
+// Route prefixes are compared with the normalized request path (inbound/normalize-path.ts), so
+// one written in another form (`%7e` for `~`, lower-case hex, `//`, dot segments, a query) could
+// never match: every request would fall through to the next route without a word. Such a
+// prefix is refused, naming the form to write.
+const routePrefix = pathPrefix.refine(
+  (value) => {
+    // A prefix without the leading `/` is pathPrefix's to name.
+    if (!value.startsWith('/')) return true
+    const normalized = normalizePath(value)
+    return normalized.ok && normalized.path === value
+  },
+  {
+    error: (issue) => {
+      const normalized = normalizePath(String(issue.input))
+      return normalized.ok
+        ? `a normalized path (${normalized.path})`
+        : `a normalized path (${normalized.reason})`
+    },
+  },
+)
 
 const methodPattern = /^[A-Z]+$/
 const method = z
@@ -235,7 +257,7 @@ const routeSchema = z.strictObject({
   name: serviceName,
   match: z
     .strictObject({
-      prefix: pathPrefix.default('/'),
+      prefix: routePrefix.default('/'),
       methods: z.array(method).min(1, { error: 'non-empty list of methods' }).optional(),
       headers: z.record(headerName, z.string({ error: 'string' })).default({}),
     })
@@ -255,7 +277,7 @@ const routeSchema = z.strictObject({
       cookie: text('cookie name').optional(),
     })
     .optional(),
-  stripPrefix: pathPrefix.optional(),
+  stripPrefix: routePrefix.optional(),
   shadow: z
     .strictObject({
       service: serviceName,

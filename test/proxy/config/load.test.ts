@@ -261,6 +261,44 @@ workers: 2
       expect(message).toContain(expected)
   })
 
+  it('refuses a route prefix that path normalization would change, since it could never match', () => {
+    // Routes match the normalized path (docs/proxy.md): `/files/%c3%a9/x` arrives as
+    // `/files/%C3%A9/x`, `/docs/%7euser` as `/docs/~user`; a prefix written the other way would
+    // let every request fall through to the next route without a word.
+    const withRoutes = (...routes: string[]): string =>
+      `services: { a: { endpoints: [http://127.0.0.1:1] } }
+listeners:
+  - { name: g, role: gateway, port: 9001, routes: [${routes.join(', ')}] }
+`
+    const message = problemsOf(
+      withRoutes(
+        '{ name: r1, match: { prefix: /files/%c3%a9 }, targets: [{ service: a }] }',
+        '{ name: r2, match: { prefix: /docs/%7euser }, stripPrefix: /docs/%7euser, targets: [{ service: a }] }',
+        '{ name: r3, match: { prefix: /a//b }, targets: [{ service: a }] }',
+        '{ name: r4, match: { prefix: /a/../b }, targets: [{ service: a }] }',
+        "{ name: r5, match: { prefix: '/search?q=' }, targets: [{ service: a }] }",
+      ),
+    )
+    for (const expected of [
+      'listeners[0].routes[0].match.prefix: expected a normalized path (/files/%C3%A9)',
+      'listeners[0].routes[1].match.prefix: expected a normalized path (/docs/~user)',
+      'listeners[0].routes[1].stripPrefix: expected a normalized path (/docs/~user)',
+      'listeners[0].routes[2].match.prefix: expected a normalized path (/a/b)',
+      'listeners[0].routes[3].match.prefix: expected a normalized path (/b)',
+      'listeners[0].routes[4].match.prefix: expected a normalized path',
+    ])
+      expect(message).toContain(expected)
+    // Prefixes already in normalized form, with or without a trailing slash, load as before.
+    const config = parseProxyConfig(
+      withRoutes(
+        '{ name: r1, match: { prefix: /files/%C3%A9/ }, stripPrefix: /files, targets: [{ service: a }] }',
+        '{ name: r2, targets: [{ service: a }] }',
+      ),
+      'test.yaml',
+    )
+    expect(config.listeners[0]?.routes.map((r) => r.match.prefix)).toEqual(['/files/%C3%A9/', '/'])
+  })
+
   it('names a bad shadow.methods entry, an empty list and an admin.maxConnections out of range', () => {
     const message = problemsOf(`
 services:
