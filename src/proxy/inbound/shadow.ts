@@ -239,6 +239,16 @@ class Runner implements ShadowRunner {
     this.#comparisons?.inc({ route: job.request.route, result })
   }
 
+  /** Counts a job as an error and logs why (debug level, without request data). */
+  #failed(job: ShadowJob, message: string, error: unknown): void {
+    this.#count(job, 'error')
+    this.#logger?.debug(message, {
+      route: job.request.route,
+      service: job.shadow.name,
+      error: error instanceof Error ? error.message : String(error),
+    })
+  }
+
   get inFlight(): number {
     return this.#inFlight
   }
@@ -283,12 +293,7 @@ class Runner implements ShadowRunner {
         learn ? job.primary.exchange(detached, this.maxBodyBytes) : undefined,
       ])
     } catch (error) {
-      this.#count(job, 'error')
-      this.#logger?.debug('shadow call failed', {
-        route: request.route,
-        service: job.shadow.name,
-        error: error instanceof Error ? error.message : String(error),
-      })
+      this.#failed(job, 'shadow call failed', error)
       return
     }
     if (shadowResponse.truncated || second?.truncated === true) {
@@ -296,11 +301,21 @@ class Runner implements ShadowRunner {
       return
     }
     const { options } = compiled(config)
-    if (second !== undefined) stats.learn(compareResponses(job.response, second, options))
-    const differences = withoutNoise(
-      compareResponses(job.response, shadowResponse, options),
-      stats.noise,
-    )
+    let differences: Difference[]
+    try {
+      if (second !== undefined) stats.learn(compareResponses(job.response, second, options))
+      differences = withoutNoise(
+        compareResponses(job.response, shadowResponse, options),
+        stats.noise,
+      )
+    } catch (error) {
+      // The diff walks JSON recursively, and the services choose their bodies: one nested
+      // deeper than the stack (20,000 levels is 40 KB) throws RangeError here. Counted as an
+      // error like a failed call; escaping, it would be an unhandled rejection that ends the
+      // proxy process.
+      this.#failed(job, 'shadow comparison failed', error)
+      return
+    }
     this.#count(job, differences.length === 0 ? 'match' : 'mismatch')
     stats.record(
       differences.length === 0

@@ -135,6 +135,43 @@ describe('shadow runner', () => {
     expect(stats.snapshot()).toMatchObject({ compared: 0, errors: 1, skipped: 2 })
   })
 
+  it('counts a comparison that throws (JSON nested too deep to walk) as an error, never an unhandled rejection', async () => {
+    // The app decides what its JSON looks like (a stored document, an echo): 20,000 levels of
+    // arrays is 40 KB, well under the capture cap, and deeper than the diff can recurse. The
+    // runner promises never to throw for a job's failures; a rejection nobody handles ends
+    // the whole proxy process under Node 20.
+    const deep = (leaf: number): CapturedResponse => ({
+      status: 200,
+      headers: { 'content-type': 'application/json' },
+      body: Buffer.from(`${'['.repeat(20_000)}${leaf}${']'.repeat(20_000)}`),
+      truncated: false,
+    })
+    const unhandled: unknown[] = []
+    const onUnhandled = (reason: unknown): void => {
+      unhandled.push(reason)
+    }
+    process.on('unhandledRejection', onUnhandled)
+    try {
+      const runner = createShadowRunner()
+      const stats = new ShadowStats(10)
+      runner.submit({
+        config: shadowConfig('new', { learnNoise: false }),
+        stats,
+        primary: new FakeService('legacy', () => deep(1)),
+        shadow: new FakeService('new', () => deep(2)),
+        request: forwardRequest(),
+        response: deep(1),
+      })
+      await runner.idle()
+      await new Promise((resolve) => setImmediate(resolve))
+      expect(unhandled).toEqual([])
+      expect(runner.inFlight).toBe(0)
+      expect(stats.snapshot()).toMatchObject({ compared: 0, errors: 1 })
+    } finally {
+      process.off('unhandledRejection', onUnhandled)
+    }
+  })
+
   it('keeps the latest examples only, without credentials, and gives shadow calls their own signal', async () => {
     let n = 0
     const legacy = new FakeService('legacy', () => jsonResponse({ n: 0 }))
