@@ -301,32 +301,32 @@ class Runner implements ShadowRunner {
       return
     }
     const { options } = compiled(config)
-    let differences: Difference[]
+    let example: ShadowMismatch | undefined
     try {
       if (second !== undefined) stats.learn(compareResponses(job.response, second, options))
-      differences = withoutNoise(
+      const differences = withoutNoise(
         compareResponses(job.response, shadowResponse, options),
         stats.noise,
       )
+      example =
+        differences.length === 0
+          ? undefined
+          : {
+              at: this.#clock.now(),
+              method: request.method,
+              target: safeTarget(request.target),
+              differences: differences.map(formatDifference),
+            }
     } catch (error) {
-      // The diff walks JSON recursively, and the services choose their bodies: one nested
-      // deeper than the stack (20,000 levels is 40 KB) throws RangeError here. Counted as an
-      // error like a failed call; escaping, it would be an unhandled rejection that ends the
-      // proxy process.
+      // The diff walks JSON recursively and the previews stringify it, and the services choose
+      // their bodies: one nested deeper than the stack (20,000 levels is 40 KB) throws
+      // RangeError here. Counted as an error like a failed call; escaping, it would be an
+      // unhandled rejection that ends the proxy process.
       this.#failed(job, 'shadow comparison failed', error)
       return
     }
-    this.#count(job, differences.length === 0 ? 'match' : 'mismatch')
-    stats.record(
-      differences.length === 0
-        ? undefined
-        : {
-            at: this.#clock.now(),
-            method: request.method,
-            target: safeTarget(request.target),
-            differences: differences.map(formatDifference),
-          },
-    )
+    this.#count(job, example === undefined ? 'match' : 'mismatch')
+    stats.record(example)
   }
 }
 
