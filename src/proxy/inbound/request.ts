@@ -22,6 +22,8 @@
 //   CONNECT never gets here: the listener answers it 405.
 // - More headers than `limits.maxHeaders`: 431 (the listener sets `server.maxHeadersCount`
 //   one above the limit so the excess is visible instead of silently dropped).
+// - `Transfer-Encoding` other than `chunked` alone (`gzip, chunked`): 400, since the coded bytes
+//   would be forwarded as the body.
 // - `Content-Length` above `limits.maxBodyBytes`: 413 before a byte of the body is read (and,
 //   for `Expect: 100-continue`, before `100 Continue` invites it); a chunked body is counted
 //   while it is read and cut with 413 as soon as it passes the limit.
@@ -210,7 +212,14 @@ export function readInbound(
   if (isRefusal(head)) return refuse(req, res, listener, ctx, head[0], head[1], head[2])
 
   const contentLength = req.headers['content-length']
-  const chunked = req.headers['transfer-encoding'] !== undefined
+  const transferEncoding = req.headers['transfer-encoding']
+  const chunked = transferEncoding !== undefined
+  // Node's parser de-chunks but decodes no other coding (`gzip, chunked` passes it), and
+  // Transfer-Encoding is hop-by-hop: forwarded, the coded bytes would reach the app as the body
+  // itself. Only plain `chunked` is taken (RFC 9112 §6.1: a coding not understood is refused).
+  if (chunked && transferEncoding.trim().toLowerCase() !== 'chunked') {
+    return refuse(req, res, listener, ctx, ...refusals.transferCoding)
+  }
   if ((contentLength === undefined || contentLength === '0') && !chunked) {
     return finish(req, res, head, undefined)
   }
@@ -319,6 +328,7 @@ const refusals = {
   targetForm: [400, 'REQUEST_INVALID', 'request target form not supported'],
   targetHost: [400, 'REQUEST_HOST_INVALID', 'absolute-form target does not match Host'],
   query: [400, 'REQUEST_INVALID', 'invalid character in query'],
+  transferCoding: [400, 'REQUEST_INVALID', 'transfer codings other than chunked are not supported'],
 } as const satisfies Record<string, Refusal>
 type Refusal = readonly [status: number, code: InboundProblemCode, detail: string]
 

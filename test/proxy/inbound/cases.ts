@@ -87,6 +87,13 @@ export const refusedByProxy: readonly [string, string, number][] = [
   ['an encoded NUL', 'GET /orders/a%00b HTTP/1.1\r\nHost: HOST\r\n\r\n', 400],
   ['a dot-dot with parameters', 'GET /orders/..;/admin HTTP/1.1\r\nHost: HOST\r\n\r\n', 400],
   ['a malformed percent-encoding', 'GET /orders/%zz HTTP/1.1\r\nHost: HOST\r\n\r\n', 400],
+  [
+    // Node de-chunks but never decodes gzip; with Transfer-Encoding dropped (hop-by-hop) the app
+    // would take the compressed bytes for the body itself.
+    'a transfer coding besides chunked',
+    'POST /orders/x HTTP/1.1\r\nHost: HOST\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n',
+    400,
+  ],
 ]
 
 // [name, raw request, expected status] for what Node's strict parser refuses itself.
