@@ -810,6 +810,13 @@ class ForwardCall {
       this.chunks = []
     }
     const flat = responseHeaders(raw, record)
+    if (flat === undefined) {
+      // A transfer coding besides chunked (`gzip, chunked`): the pool de-chunks but decodes
+      // nothing else, and Transfer-Encoding is hop-by-hop, so the client would take the coded
+      // bytes for the body. 502, as nginx answers it ("unknown Transfer-Encoding").
+      this.failAttempt(attempt, new Error('unsupported transfer coding'), failReset)
+      return false
+    }
     if (res !== undefined) {
       if (res.headersSent || res.destroyed) {
         this.clientGone()
@@ -1050,12 +1057,13 @@ function isConnectionName(name: Buffer): boolean {
  * The response headers to send on: undici's raw list (Buffers) without hop-by-hop headers and
  * without the headers the upstream named in `Connection`, as the flat name/value list
  * `writeHead` takes (no header object, no per-header `setHeader`); also fills `record` (lower-case
- * names) when the response is captured.
+ * names) when the response is captured. Undefined when a `Transfer-Encoding` names a coding
+ * other than chunked, which cannot be passed on.
  */
 function responseHeaders(
   raw: Buffer[],
   record: Record<string, string | string[]> | undefined,
-): string[] {
+): string[] | undefined {
   let named: Set<string> | undefined
   for (let i = 0; i < raw.length; i += 2) {
     if (!isConnectionName(raw[i] as Buffer)) continue
@@ -1070,7 +1078,14 @@ function responseHeaders(
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] as Buffer).toString('latin1')
     const lower = name.toLowerCase()
-    if (HOP_BY_HOP_HEADERS.has(lower) || named?.has(lower) === true) continue
+    if (HOP_BY_HOP_HEADERS.has(lower) || named?.has(lower) === true) {
+      if (
+        lower === 'transfer-encoding' &&
+        (raw[i + 1] as Buffer).toString('latin1').trim().toLowerCase() !== 'chunked'
+      )
+        return undefined
+      continue
+    }
     const value = (raw[i + 1] as Buffer).toString('latin1')
     flat.push(name, value)
     if (record !== undefined) {

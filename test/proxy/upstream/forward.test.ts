@@ -1,4 +1,4 @@
-import { request as httpRequest } from 'node:http'
+import { createServer, request as httpRequest } from 'node:http'
 import { afterEach, describe, expect, it } from 'vitest'
 import { DEADLINE_HEADER } from '../../../src/index.js'
 import type { ServiceConfig } from '../../../src/proxy/contracts.js'
@@ -282,6 +282,27 @@ describe('forward: failures and retries', () => {
     expect(response.status).toBe(503)
     expect(await response.text()).toBe('busy')
     expect(up.requests).toHaveLength(1)
+  })
+
+  it('answers 502 to a response with a transfer coding besides chunked, never its coded bytes as the body', async () => {
+    // The pool de-chunks but decodes no gzip, and Transfer-Encoding is hop-by-hop: passed on
+    // without it, the client would take the compressed bytes for the body (nginx answers 502
+    // too: "upstream sent unknown Transfer-Encoding").
+    const server = createServer((req, res) => {
+      res.writeHead(200, { 'transfer-encoding': req.url === '/gzip' ? 'gzip, chunked' : 'Chunked' })
+      res.end('not really gzip')
+    })
+    const port = await listenOnLoopback(server)
+    cleanups.push(() => new Promise((resolve) => server.close(resolve)))
+    const { front } = await setup(serviceConfig([`http://127.0.0.1:${port}`], { retry: undefined }))
+    const response = await fetch(`${front.url}/gzip`)
+    expect(response.status).toBe(502)
+    expect(response.headers.get('content-type')).toBe('application/problem+json')
+    expect(await response.json()).toMatchObject({ status: 502, code: 'UPSTREAM_RESET' })
+    // Plain chunked still streams through.
+    const plain = await fetch(`${front.url}/plain`)
+    expect(plain.status).toBe(200)
+    expect(await plain.text()).toBe('not really gzip')
   })
 
   it('passes a 500 through without retrying it', async () => {
