@@ -12,6 +12,7 @@ import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import { PROMETHEUS_CONTENT_TYPE } from '../../observability/metrics.js'
 import type { AdminConfig, ProxyDeps, RouteTargetConfig, SecretSource } from '../contracts.js'
+import { maxRouteWeight } from '../inbound/routes.js'
 import { type AdminBackend, configForDisplay, mergeRoutes } from './backend.js'
 
 /** Options of {@link startAdminServer}. */
@@ -432,8 +433,8 @@ export function parseTargets(body: unknown): RouteTargetConfig[] {
       bad(`targets[${i}].service`, 'a service not already listed', service)
     seen.add(service as string)
     const w = weight === undefined ? 1 : weight
-    if (typeof w !== 'number' || !Number.isFinite(w) || w < 0)
-      bad(`targets[${i}].weight`, 'a number >= 0', weight)
+    if (typeof w !== 'number' || !Number.isFinite(w) || w < 0 || w > maxRouteWeight)
+      bad(`targets[${i}].weight`, `a number from 0 to ${maxRouteWeight}`, weight)
     out.push({ service: service as string, weight: w as number })
   })
   if (!out.some((t) => t.weight > 0)) bad('targets', 'at least one weight > 0', 'all weights 0')

@@ -20,6 +20,7 @@ import type {
 } from '../contracts.js'
 import { normalizePath } from '../inbound/normalize-path.js'
 import { retryAffinityDefaults } from '../inbound/retry-affinity.js'
+import { maxRouteWeight } from '../inbound/routes.js'
 
 // Schema-level messages are the "expected ..." half of a problem line; load.ts adds the path
 // and the value that was found.
@@ -266,7 +267,7 @@ const routeSchema = z.strictObject({
     .array(
       z.strictObject({
         service: serviceName,
-        weight: num(0, 1_000_000).default(1),
+        weight: num(0, maxRouteWeight).default(1),
       }),
       { error: 'list of { service, weight }' },
     )

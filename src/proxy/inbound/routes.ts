@@ -52,6 +52,8 @@ export interface SharedRetryPin {
   readonly expiresAt: number
 }
 
+/** The largest target weight a config or an override may give (the config schema's bound). */
+export const maxRouteWeight = 1_000_000
 /** Routes in order, with weighted target choice and live overrides. */
 export interface RouteTable {
   /** The routes in the order they are tried. */
@@ -136,8 +138,19 @@ function checkTargets(option: string, targets: unknown): readonly RouteTargetCon
       throw new InvalidOptionError(`${option}[${i}].service`, 'a service not listed yet', t.service)
     }
     seen.add(t.service)
-    if (typeof t.weight !== 'number' || !Number.isFinite(t.weight) || t.weight < 0) {
-      throw new InvalidOptionError(`${option}[${i}].weight`, 'a finite number >= 0', t.weight)
+    // The config's bound too: weights near Number.MAX_VALUE would sum to Infinity, and then
+    // every request would go to one target.
+    if (
+      typeof t.weight !== 'number' ||
+      !Number.isFinite(t.weight) ||
+      t.weight < 0 ||
+      t.weight > maxRouteWeight
+    ) {
+      throw new InvalidOptionError(
+        `${option}[${i}].weight`,
+        `a number from 0 to ${maxRouteWeight}`,
+        t.weight,
+      )
     }
     if (t.weight > 0) positive = true
   })

@@ -216,6 +216,7 @@ describe('overrides and state', () => {
       ['orders', [], 'targets'],
       ['orders', [{ service: 'a', weight: -1 }], 'targets[0].weight'],
       ['orders', [{ service: 'a', weight: Number.NaN }], 'targets[0].weight'],
+      ['orders', [{ service: 'a', weight: 1e308 }], 'targets[0].weight'],
       ['orders', [{ service: 'a', weight: 0 }], 'targets'],
       [
         'orders',

@@ -167,6 +167,7 @@ describe('admin API', () => {
       ['{"targets":[]}', 'targets'],
       ['{"targets":[{"service":"modern","weight":-1}]}', 'targets[0].weight'],
       ['{"targets":[{"service":"modern","weight":"x"}]}', 'targets[0].weight'],
+      ['{"targets":[{"service":"modern","weight":1e308}]}', 'targets[0].weight'],
       ['{"targets":[{"weight":1}]}', 'targets[0].service'],
       ['{"targets":[{"service":"ghost","weight":1}]}', 'targets[0].service'],
       ['{"targets":[{"service":"modern","weight":0}]}', 'targets'],
