@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { hasLoneSurrogate, jsonTextOf } from '../core/text.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import {
@@ -191,21 +192,6 @@ export function checkExpected(value: unknown): ExpectedVersion {
 }
 
 /**
- * JSON.stringify, with what it throws on (a BigInt, a cycle) turned into the InvalidOptionError
- * a bad argument gets, instead of a bare TypeError.
- */
-function jsonText(option: string, expected: string, value: unknown): string | undefined {
-  try {
-    return JSON.stringify(value)
-  } catch {
-    throw new InvalidOptionError(option, expected, value)
-  }
-}
-
-// A UTF-16 surrogate without its partner: not a character, so not encodable as UTF-8.
-const loneSurrogate = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
-
-/**
  * @internal Whether `value` is a non-empty string PostgreSQL text can hold: it cannot hold NUL,
  * which would fail there with a bare driver error (and work on SQLite), so both refuse it. A lone
  * surrogate is refused too: the driver sends it as U+FFFD, so on PostgreSQL `'s\ud800'` and
@@ -216,7 +202,7 @@ export function checkName(option: string, value: unknown): string {
     typeof value !== 'string' ||
     value === '' ||
     value.includes('\u0000') ||
-    loneSurrogate.test(value)
+    hasLoneSurrogate(value)
   ) {
     throw new InvalidOptionError(
       option,
@@ -559,10 +545,7 @@ export class EventStoreImpl implements EventStore {
       }
       checkName(`events[${i}].type`, event.type)
       const id = checkName(`events[${i}].id`, event.id ?? randomUUID())
-      const data = jsonText(`events[${i}].data`, 'a JSON-serializable value', event.data)
-      if (data === undefined) {
-        throw new InvalidOptionError(`events[${i}].data`, 'a JSON-serializable value', event.data)
-      }
+      const data = jsonTextOf(`events[${i}].data`, event.data)
       const metadata = event.metadata
       // An array would be stored and read back as the event's "metadata object".
       if (metadata !== undefined) checkObject(`events[${i}].metadata`, metadata)
@@ -576,7 +559,7 @@ export class EventStoreImpl implements EventStore {
       prepared.data[i] = data
       const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0
       prepared.metadata[i] = hasMetadata
-        ? jsonText(`events[${i}].metadata`, 'a JSON-serializable object', metadata)!
+        ? jsonTextOf(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
         : null
       prepared.metadataObjects[i] = hasMetadata ? metadata : emptyMetadata
     }
@@ -753,7 +736,7 @@ export class EventStoreImpl implements EventStore {
     checkStream(stream)
     checkObject('metadata', metadata)
     const expected = checkExpected(options.expectedVersion ?? 'any')
-    const text = jsonText('metadata', 'a JSON-serializable object', metadata)
+    const text = jsonTextOf('metadata', metadata, 'a JSON-serializable object')
     await this.#inTransaction(options.tx, async (tx) => {
       await this.#checkForWrite(tx, stream, expected)
       await tx.execute(this.statements.upsertMetadata, [stream, text, false, this.clock.now()])

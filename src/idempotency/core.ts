@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { hasLoneSurrogate } from '../core/text.js'
 import {
   checkClock,
   checkFunction,
@@ -21,7 +22,7 @@ import {
 import { publish } from './events.js'
 import { Execution, type ExecutionSettings } from './execution.js'
 import { defaultFingerprint, type FingerprintFunction } from './fingerprint.js'
-import { checkOperationKey, hasLoneSurrogate, parseIdempotencyKey } from './key.js'
+import { checkOperationKey, parseIdempotencyKey } from './key.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
 import { type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
 import { createSqlIdempotencyStore } from './sql-store.js'

@@ -1,3 +1,4 @@
+import { hasLoneSurrogate } from '../core/text.js'
 import { IdempotencyKeyInvalidError } from './errors.js'
 
 /** The longest idempotency key accepted, in characters. */
@@ -108,9 +109,4 @@ export function checkOperationKey(key: unknown): string {
     )
   }
   return key
-}
-
-/** Whether `value` holds half of a UTF-16 surrogate pair, which no database can store as is. */
-export function hasLoneSurrogate(value: string): boolean {
-  return /\p{Cs}/u.test(value)
 }

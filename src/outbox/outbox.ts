@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { context, propagation } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { jsonTextOf } from '../core/text.js'
 import { checkClock, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { partitionOf } from './partition.js'
@@ -311,18 +312,7 @@ class SqlOutbox implements Outbox {
       (typeof this.#topic === 'function' ? this.#topic(event) : this.#topic) ??
       event.aggregateType
     checkText(`${at}.topic`, topic)
-    let payload: string | undefined
-    try {
-      payload = JSON.stringify(event.payload)
-    } catch (error) {
-      throw new InvalidOptionError(
-        `${at}.payload`,
-        `a JSON-serializable value (${error})`,
-        event.payload,
-      )
-    }
-    if (payload === undefined)
-      throw new InvalidOptionError(`${at}.payload`, 'a JSON-serializable value', event.payload)
+    const payload = jsonTextOf(`${at}.payload`, event.payload)
     // No prototype: a header named __proto__ is then an ordinary key instead of being dropped.
     const headers: Record<string, string> = Object.create(null)
     if (this.#trace) propagation.inject(context.active(), headers, traceSetter)

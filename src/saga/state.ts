@@ -1,4 +1,5 @@
-import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { BreakwaterError } from '../core/errors.js'
+import { jsonTextOf } from '../core/text.js'
 
 /**
  * Where a saga instance is:
@@ -230,14 +231,7 @@ export function describeError(info: ErrorInfo | undefined): string {
  * naming `option` when JSON cannot hold it.
  */
 export function storedJson(option: string, value: unknown): string {
-  let json: string | undefined
-  try {
-    json = JSON.stringify(value ?? null)
-  } catch (error) {
-    throw new InvalidOptionError(option, `a JSON-serializable value (${String(error)})`, value)
-  }
   // A function or a symbol has no JSON text at all: refused here rather than by the database's
   // NOT NULL constraint (a driver error, with the caller's transaction aborted on PostgreSQL).
-  if (json === undefined) throw new InvalidOptionError(option, 'a JSON-serializable value', value)
-  return json
+  return jsonTextOf(option, value ?? null)
 }
