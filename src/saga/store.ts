@@ -106,7 +106,7 @@ export async function writeTransition(
  * A list of strings (the claim's definition keys, the renewal's ids) in the form the dialect's
  * statements take: a PostgreSQL array, a JSON array for SQLite's `json_each`.
  */
-export function definitionKeysParam(db: SqlExecutor, keys: readonly string[]): unknown {
+export function stringListParam(db: SqlExecutor, keys: readonly string[]): unknown {
   return db.dialect === 'postgres' ? [...keys] : JSON.stringify(keys)
 }
 
@@ -134,7 +134,7 @@ export async function renewLeases(
 ): Promise<Map<string, number>> {
   const rows = await db.query<{ id: string; lease_token: number }>(
     sagaStatements[db.dialect].renew,
-    [leaseEnd, owner, definitionKeysParam(db, ids)],
+    [leaseEnd, owner, stringListParam(db, ids)],
   )
   return new Map(rows.map((r) => [r.id, Number(r.lease_token)]))
 }

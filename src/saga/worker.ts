@@ -25,8 +25,8 @@ import {
   type BatchOutcome,
   type CommitWork,
   claimInstances,
-  definitionKeysParam,
   renewLeases,
+  stringListParam,
   type TransitionWrite,
   writeTransition,
 } from './store.js'
@@ -207,7 +207,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         throw new InvalidOptionError(`sagas[${i}]`, 'a name and version registered once', saga.key)
       this.#sagas.set(saga.key, saga)
     })
-    this.#keys = definitionKeysParam(db, [...this.#sagas.keys()])
+    this.#keys = stringListParam(db, [...this.#sagas.keys()])
     this.leaseMs = checkInteger('leaseMs', options.leaseMs ?? 800, 10, maxTimerDelayMs)
     this.#renewMs = checkInteger(
       'renewIntervalMs',

@@ -16,7 +16,7 @@ import {
   SagaStateConflictError,
   startSaga,
 } from '../../src/saga/index.js'
-import { claimInstances, definitionKeysParam, writeBatch } from '../../src/saga/store.js'
+import { claimInstances, stringListParam, writeBatch } from '../../src/saga/store.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { gate } from '../support/gate.js'
 import { countRows, dbTargets, type TestDb } from './databases.js'
@@ -631,7 +631,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
       version: 1,
       steps: [{ name: 'x', action: noopAction }],
     })
-    const keys = definitionKeysParam(t.db, [saga.key])
+    const keys = stringListParam(t.db, [saga.key])
     const one = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
     const two = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
     const claimed = await claimInstances(t.db, 'A', 1_000, 0, keys, 10)
