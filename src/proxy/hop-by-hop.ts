@@ -36,6 +36,16 @@ export function connectionNamedHeaders(
 }
 
 /**
+ * Whether a `Transfer-Encoding` value names plain `chunked` and nothing else, the only coding a
+ * proxy can pass on: node and undici take the chunking off but decode no other coding (`gzip,
+ * chunked`), and Transfer-Encoding is hop-by-hop, so the coded bytes would arrive as the body
+ * itself (RFC 9112 §6.1: a coding not understood is refused).
+ */
+export function isPlainChunked(transferEncoding: string): boolean {
+  return transferEncoding.trim().toLowerCase() === 'chunked'
+}
+
+/**
  * Whether a header (lower-case name) must be dropped when forwarding a message whose
  * `Connection`-named headers are `named`.
  */

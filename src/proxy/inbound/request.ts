@@ -41,7 +41,7 @@ import type {
   ProxyResponse,
   TunnelEnd,
 } from '../contracts.js'
-import { forwardableHeaders } from '../hop-by-hop.js'
+import { forwardableHeaders, isPlainChunked } from '../hop-by-hop.js'
 import type { FastRequest } from './fast-request.js'
 import { normalizePath } from './normalize-path.js'
 
@@ -214,10 +214,8 @@ export function readInbound(
   const contentLength = req.headers['content-length']
   const transferEncoding = req.headers['transfer-encoding']
   const chunked = transferEncoding !== undefined
-  // Node's parser de-chunks but decodes no other coding (`gzip, chunked` passes it), and
-  // Transfer-Encoding is hop-by-hop: forwarded, the coded bytes would reach the app as the body
-  // itself. Only plain `chunked` is taken (RFC 9112 §6.1: a coding not understood is refused).
-  if (chunked && transferEncoding.trim().toLowerCase() !== 'chunked') {
+  // Only plain `chunked`: another coding would reach the app still coded (isPlainChunked).
+  if (chunked && !isPlainChunked(transferEncoding)) {
     return refuse(req, res, listener, ctx, ...refusals.transferCoding)
   }
   if ((contentLength === undefined || contentLength === '0') && !chunked) {

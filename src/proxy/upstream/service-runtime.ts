@@ -30,7 +30,7 @@ import type {
   TunnelOutcome,
   TunnelRequest,
 } from '../contracts.js'
-import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
+import { HOP_BY_HOP_HEADERS, isPlainChunked } from '../hop-by-hop.js'
 import { ServiceBreaker } from './breaker.js'
 import { OutboundAuth, TlsMaterial } from './credentials.js'
 import { type Discovery, type DnsResolver, startDiscovery } from './discovery.js'
@@ -1081,7 +1081,7 @@ function responseHeaders(
     if (HOP_BY_HOP_HEADERS.has(lower) || named?.has(lower) === true) {
       if (
         lower === 'transfer-encoding' &&
-        (raw[i + 1] as Buffer).toString('latin1').trim().toLowerCase() !== 'chunked'
+        !isPlainChunked((raw[i + 1] as Buffer).toString('latin1'))
       )
         return undefined
       continue
