@@ -307,9 +307,7 @@ class ProxyRuntime implements ProxyInternals {
           deps: this.#deps,
           env: this.#env,
         }).catch((error: unknown) => {
-          throw new Error(`admin (${admin.host}:${admin.port}): ${(error as Error).message}`, {
-            cause: error,
-          })
+          throw startFailure(`admin (${admin.host}:${admin.port})`, error)
         })
       }
     } catch (error) {
@@ -567,10 +565,7 @@ class ProxyRuntime implements ProxyInternals {
         try {
           store = await openProxyIdempotency(url, { clock: deps.clock })
         } catch (error) {
-          throw new Error(
-            `idempotency.url: cannot open ${redactUrl(url)}: ${(error as Error).message}`,
-            { cause: error },
-          )
+          throw startFailure(`idempotency.url: cannot open ${redactUrl(url)}`, error)
         }
         idempotencyOpened = { url, store }
         sidecar = createSidecarIdempotency({
@@ -637,9 +632,9 @@ class ProxyRuntime implements ProxyInternals {
         try {
           await server.listen()
         } catch (error) {
-          throw new Error(
-            `listeners.${listener.name}: cannot listen on ${listener.host}:${listener.port}: ${(error as Error).message}`,
-            { cause: error },
+          throw startFailure(
+            `listeners.${listener.name}: cannot listen on ${listener.host}:${listener.port}`,
+            error,
           )
         }
       }
@@ -861,4 +856,10 @@ function localAdminBackend(runtime: ProxyInternals): import('./admin/backend.js'
     metricsText: () => runtime.metricsText(),
     ready: () => runtime.ready(),
   }
+}
+
+// A part of the config that could not start (`what` names the setting), as one line with the
+// underlying error's message; the error itself stays as the cause.
+function startFailure(what: string, error: unknown): Error {
+  return new Error(`${what}: ${(error as Error).message}`, { cause: error })
 }
