@@ -29,11 +29,11 @@ import { openExistingDatabase } from './existing-database.js'
 import {
   type LongRunningCommandDeps,
   openMigratedDatabase,
+  requireMigrations,
   runLongRunningCommand,
   serveMetrics,
 } from './long-running.js'
 import {
-  checkMigrated,
   databaseUrl,
   flagOrEnv,
   integerFlag,
@@ -518,16 +518,8 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
           const opened = queueDb
           resources.add('queue database', () => opened.close())
         }
-        try {
-          await checkMigrated(queueDb, 'queue', sqlQueueMigrations, broker.url ?? parsed.db)
-        } catch (error) {
-          if (error instanceof StartupError) throw error
-          // PostgreSQL connects only now: say which of the two databases did not answer.
-          const which = broker.url === undefined ? '--db' : '--broker'
-          throw new StartupError(
-            `cannot open ${which} ${redactSecrets(broker.url ?? parsed.db)}: ${messageOf(error)}`,
-          )
-        }
+        // Both databases answered when opened (openExistingDatabase runs a statement).
+        await requireMigrations(queueDb, broker.url ?? parsed.db, 'queue', sqlQueueMigrations)
         const queue = createSqlQueue(queueDb)
         resources.add('SQL queue', () => queue.close())
         publisher = queue.publisher
