@@ -87,7 +87,11 @@ export interface Outbox {
    * also works inside a synchronous better-sqlite3 `db.transaction(() => ...)` body.
    */
   enqueue(tx: SqlExecutor, event: OutboxEvent): Promise<string>
-  /** Writes several events, in order, with one statement; resolves to their ids. */
+  /**
+   * Writes several events, in order, with one statement (on PostgreSQL one per 1000 events);
+   * resolves to their ids. On SQLite the statement is issued synchronously within this call,
+   * as for one event, whatever the list's length.
+   */
   enqueue(tx: SqlExecutor, events: readonly OutboxEvent[]): Promise<string[]>
   /**
    * Runs `fn` in a transaction of `db` (as `db.transaction`) and wakes relays right after it
@@ -157,8 +161,12 @@ const traceSetter = {
   },
 }
 
-// Above this, a multi-row insert is split: SQLite and PostgreSQL both handle large JSON or
-// array parameters, but one giant statement would hold the write lock for long.
+// Above this, a multi-row insert is split on PostgreSQL: it handles large array parameters,
+// but one giant statement would hold its row locks and memory for long. SQLite is never split:
+// its write lock is held until the caller's commit anyway, and the statement must be issued
+// synchronously within enqueue() (see the SQLite note of Outbox.enqueue): a second statement,
+// sent after an await, would run after a synchronous better-sqlite3 transaction had already
+// committed or rolled back, outside it.
 const maxRowsPerStatement = 1000
 
 class SqlOutbox implements Outbox {
@@ -262,39 +270,40 @@ class SqlOutbox implements Outbox {
   }
 
   async #insertMany(tx: SqlExecutor, rows: PreparedRow[], createdAt: number): Promise<string[]> {
+    const statements = outboxStatements[tx.dialect]
+    if (tx.dialect === 'sqlite') {
+      // One statement, issued before the first await (see maxRowsPerStatement).
+      const json = JSON.stringify(
+        rows.map((r) => [
+          r.eventId,
+          r.aggregateType,
+          r.aggregateId,
+          r.type,
+          r.topic,
+          r.payload,
+          r.headers,
+          r.partition,
+        ]),
+      )
+      await tx.execute(statements.insertMany, [json, createdAt])
+      return rows.map((r) => r.eventId)
+    }
     for (let start = 0; start < rows.length; start += maxRowsPerStatement) {
       const chunk = rows.slice(start, start + maxRowsPerStatement)
-      const statements = outboxStatements[tx.dialect]
-      if (tx.dialect === 'sqlite') {
-        const json = JSON.stringify(
-          chunk.map((r) => [
-            r.eventId,
-            r.aggregateType,
-            r.aggregateId,
-            r.type,
-            r.topic,
-            r.payload,
-            r.headers,
-            r.partition,
-          ]),
-        )
-        await tx.execute(statements.insertMany, [json, createdAt])
-      } else {
-        const params = [
-          chunk.map((r) => r.eventId),
-          chunk.map((r) => r.aggregateType),
-          chunk.map((r) => r.aggregateId),
-          chunk.map((r) => r.type),
-          chunk.map((r) => r.topic),
-          chunk.map((r) => r.payload),
-          chunk.map((r) => r.headers),
-          chunk.map((r) => r.partition),
-          createdAt,
-        ]
-        if (this.#notifiesInside(tx))
-          await tx.query(statements.insertManyNotify, [...params, OUTBOX_CHANNEL])
-        else await tx.execute(statements.insertMany, params)
-      }
+      const params = [
+        chunk.map((r) => r.eventId),
+        chunk.map((r) => r.aggregateType),
+        chunk.map((r) => r.aggregateId),
+        chunk.map((r) => r.type),
+        chunk.map((r) => r.topic),
+        chunk.map((r) => r.payload),
+        chunk.map((r) => r.headers),
+        chunk.map((r) => r.partition),
+        createdAt,
+      ]
+      if (this.#notifiesInside(tx))
+        await tx.query(statements.insertManyNotify, [...params, OUTBOX_CHANNEL])
+      else await tx.execute(statements.insertMany, params)
     }
     return rows.map((r) => r.eventId)
   }

@@ -392,5 +392,41 @@ describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
         raw.close()
       }
     })
+
+    it('writes a list of more than 1000 events synchronously inside a better-sqlite3 transaction', async () => {
+      const Database = (await import('better-sqlite3')).default
+      const raw = new Database(t.url.slice('sqlite:'.length))
+      raw.pragma('busy_timeout = 5000')
+      const events = (prefix: string) =>
+        Array.from({ length: 1_001 }, (_, i) => ({
+          id: `${prefix}-${i}`,
+          aggregateType: 'order',
+          aggregateId: `${prefix}-${i % 3}`,
+          type: 'line-added',
+          payload: { i },
+        }))
+      try {
+        const rolledBack: Array<Promise<string[]>> = []
+        expect(() =>
+          raw.transaction(() => {
+            rolledBack.push(outbox.enqueue(fromBetterSqlite(raw), events('sync-rb')))
+            throw new Error('rollback')
+          })(),
+        ).toThrow('rollback')
+        await rolledBack[0]
+        // Every row rolled back with the transaction, none written after it ended.
+        expect(await count(t.db, 'breakwater_outbox', "WHERE event_id LIKE 'sync-rb-%'")).toBe(0)
+        const committed: Array<Promise<string[]>> = []
+        raw.transaction(() => {
+          committed.push(outbox.enqueue(fromBetterSqlite(raw), events('sync-ok')))
+        })()
+        expect(await committed[0]).toHaveLength(1_001)
+        expect(await count(t.db, 'breakwater_outbox', "WHERE event_id LIKE 'sync-ok-%'")).toBe(
+          1_001,
+        )
+      } finally {
+        raw.close()
+      }
+    })
   }
 })
