@@ -672,6 +672,9 @@ class ProxyRuntime implements ProxyInternals {
           if (services.get(name) !== service) void closeService(service, deps.logger)
       }
       this.#metrics.configLoaded.set(Math.floor(deps.clock.now() / 1000))
+      // Every route is back on its configured targets, and a route the file no longer has
+      // has no series left (a stale 1 would say it is still switched).
+      this.#metrics.routeOverridden.reset()
       for (const listener of config.listeners)
         for (const route of listener.routes)
           this.#metrics.routeOverridden.set({ route: route.name }, 0)

@@ -113,6 +113,20 @@ describe('startProxy', () => {
     expect(metrics).toContain('breakwater_proxy_route_retry_pins_followed_total{route="orders"} 2')
   })
 
+  it('drops the route_overridden series of a route that a reload removes', async () => {
+    proxy = await startProxy({ config: yaml(), logger: quiet })
+    proxy.switchRoute('orders', [{ service: 'modern', weight: 1 }])
+    expect(await proxy.metricsText()).toContain(
+      'breakwater_proxy_route_overridden{route="orders"} 1',
+    )
+    // The file no longer has the route: no series may say it is still switched.
+    await proxy.reload(yaml().replace(/ {6}- name: orders\n(?: {8}.*\n)+/, ''))
+    expect(proxy.routes().map((r) => r.name)).toEqual(['rest'])
+    const metrics = await proxy.metricsText()
+    expect(metrics).not.toContain('route_overridden{route="orders"}')
+    expect(metrics).toContain('breakwater_proxy_route_overridden{route="rest"} 0')
+  })
+
   it('keeps the running config when a reload is invalid, and applies a valid one', async () => {
     const log = captureLog()
     proxy = await startProxy({ config: yaml(), logger: createJsonLogger({ output: log }) })
