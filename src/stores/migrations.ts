@@ -136,12 +136,15 @@ async function appliedVersions(tx: SqlExecutor, capability: string): Promise<Map
 
 /**
  * Lists every migration recorded in the database (all capabilities), oldest version first; empty
- * when migrations never ran.
+ * when migrations never ran. On PostgreSQL "the database" is the `breakwater_migrations` table
+ * the connection's `search_path` finds, as for {@link runMigrations}.
  */
 export async function listAppliedMigrations(db: SqlExecutor): Promise<AppliedMigration[]> {
+  // PostgreSQL: the table as the SELECT below resolves it, through the search_path; a
+  // breakwater_migrations in another schema (another tenant's, another app's) is not this one's.
   const exists =
     db.dialect === 'postgres'
-      ? await db.query("SELECT 1 FROM pg_tables WHERE tablename = 'breakwater_migrations'")
+      ? await db.query("SELECT 1 WHERE to_regclass('breakwater_migrations') IS NOT NULL")
       : await db.query(
           "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'breakwater_migrations'",
         )

@@ -173,6 +173,40 @@ describe.each(targets)('$dialect migrations', (target) => {
     await expect(runMigrations(db, 'Bad Name', [])).rejects.toThrow(/capability/)
   })
 
+  it.runIf(target.dialect === 'postgres')(
+    "lists only the migrations of the connection's own schema (search_path), not another schema's",
+    async () => {
+      const { db, url } = opened
+      await db.execute('CREATE SCHEMA tenant_b')
+      const inB = new URL(url)
+      inB.searchParams.set('options', '-c search_path=tenant_b')
+      const dbB = await openDatabase(inB.toString())
+      try {
+        await runMigrations(dbB, 'tenant', [
+          {
+            version: 1,
+            name: 'only-in-b',
+            ...sameSql(['CREATE TABLE tenant_b_rows (id INTEGER)']),
+          },
+        ])
+        expect((await listAppliedMigrations(dbB)).map((m) => m.name)).toEqual(['only-in-b'])
+        // A database whose search_path (public) holds no breakwater_migrations has none applied,
+        // although another schema of the database has that table.
+        const empty = new URL(url)
+        empty.searchParams.set('options', '-c search_path=tenant_c')
+        await db.execute('CREATE SCHEMA tenant_c')
+        const dbC = await openDatabase(empty.toString())
+        try {
+          expect(await listAppliedMigrations(dbC)).toEqual([])
+        } finally {
+          await dbC.close()
+        }
+      } finally {
+        await dbB.close()
+      }
+    },
+  )
+
   it('applies each migration exactly once with 4 runner processes starting together', async () => {
     const fresh = await target.create('migrations-concurrent')
     try {
