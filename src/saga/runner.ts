@@ -76,6 +76,7 @@ export class InstanceRun {
   readonly #host: RunnerHost
   readonly #controller = new AbortController()
   #lost = false
+  #givenBack = false
   readonly #input: unknown
   #status: SagaStatus
   #context: Record<string, unknown>
@@ -118,6 +119,13 @@ export class InstanceRun {
   }
   get reason(): string | undefined {
     return this.#reason ?? undefined
+  }
+  /**
+   * True once this run has sent the write that gives its lease up (suspended, finished, parked,
+   * released): a renewal that no longer finds the lease then says nothing about a takeover.
+   */
+  get givenBack(): boolean {
+    return this.#givenBack
   }
 
   /** Called when a fenced write or a lease renewal shows that another worker took over. */
@@ -621,6 +629,7 @@ export class InstanceRun {
     const host = this.#host
     const now = host.clock.now()
     const leaseEnd = options.release ? null : now + host.leaseMs
+    if (options.release) this.#givenBack = true
     const result = await host.write(
       {
         id: this.id,

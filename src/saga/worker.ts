@@ -516,6 +516,9 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       for (const [id, run] of sent) {
         if (this.#inHand.get(id) !== run) continue
         if (held.get(id) === tokens.get(id)) run.leaseExpiresAt = leaseEnd
+        // Its own write gave the lease up (the run ends once it returns): not a takeover. If
+        // another worker did take over, that write is refused and says so.
+        else if (run.givenBack) continue
         // Another worker claimed it after our lease ran out (a pause, a slow database).
         else run.markLost('renewal-refused')
       }

@@ -747,6 +747,40 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     })
   })
 
+  it('a renewal that finds an instance just given back (finished, suspended) does not call it lost', async () => {
+    const clock = new ManualClock(0)
+    const committed = gate()
+    const hold = gate()
+    const saga = defineSaga({
+      name: `given-back-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'only', action: async () => ({ done: true }) }],
+    })
+    const worker = createSagaWorker({
+      db: t.db,
+      sagas: [saga],
+      clock,
+      leaseMs: 300,
+      // Holds the run just after its final write committed (the lease released), while it is
+      // still in hand: the moment a renewal may land in.
+      faults: async (point) => {
+        if (point !== 'after-step-commit') return
+        committed.open()
+        await hold.promise
+      },
+    })
+    const events: SagaEvent[] = []
+    worker.events.on((e) => events.push(e))
+    const running = worker.run(saga, {})
+    await committed.promise
+    await clock.advance(100) // the renewal interval: the lease is no longer this worker's
+    hold.open()
+    const outcome = await running
+    expect(outcome.status).toBe('completed')
+    expect(events.map((e) => e.type)).not.toContain('lease-lost')
+    expect(worker.metrics()).toMatchObject({ leaseLost: 0, completed: 1 })
+  })
+
   it('keeps an instance on its version: v1 instances finish on v1 while v2 starts new ones', async () => {
     const name = `versioned-${randomUUID().slice(0, 8)}`
     const clock = new ManualClock(0)
