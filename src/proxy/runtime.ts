@@ -781,6 +781,9 @@ class ProxyRuntime implements ProxyInternals {
 
   #collectRetryAffinity(): void {
     const { retryPins, retryPinsFollowed } = this.#metrics
+    // Rebuilt at each scrape: a route a reload removed, or whose retry affinity it turned off,
+    // holds no pins and has no series.
+    retryPins.reset()
     for (const route of this.routes()) {
       const affinity = route.retryAffinity
       if (affinity === undefined) continue

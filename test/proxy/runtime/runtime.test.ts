@@ -127,6 +127,33 @@ describe('startProxy', () => {
     expect(metrics).toContain('breakwater_proxy_route_overridden{route="rest"} 0')
   })
 
+  it('drops the retry_pins series of a route a reload removes or turns retry affinity off on', async () => {
+    proxy = await startProxy({ config: yaml(), logger: quiet })
+    const port = proxy.address('in').port
+    for (const path of ['/orders', '/other']) {
+      const res = await http(port, path, {
+        method: 'POST',
+        headers: { 'idempotency-key': 'k1' },
+        body: '{}',
+      })
+      expect(res.status).toBe(200)
+    }
+    let metrics = await proxy.metricsText()
+    expect(metrics).toContain('breakwater_proxy_route_retry_pins{route="orders"} 1')
+    expect(metrics).toContain('breakwater_proxy_route_retry_pins{route="rest"} 1')
+    // orders is gone from the file, rest holds no pins any more.
+    await proxy.reload(
+      yaml()
+        .replace(/ {6}- name: orders\n(?: {8}.*\n)+/, '')
+        .replace(
+          'targets: [{ service: legacy }] }',
+          'targets: [{ service: legacy }], retryAffinity: false }',
+        ),
+    )
+    metrics = await proxy.metricsText()
+    expect(metrics).not.toContain('breakwater_proxy_route_retry_pins{')
+  })
+
   it('keeps the running config when a reload is invalid, and applies a valid one', async () => {
     const log = captureLog()
     proxy = await startProxy({ config: yaml(), logger: createJsonLogger({ output: log }) })
