@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { context, propagation } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { jsonTextOf } from '../core/text.js'
+import { hasLoneSurrogate, jsonTextOf } from '../core/text.js'
 import { checkClock, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { partitionOf } from './partition.js'
@@ -17,7 +17,11 @@ export const EVENT_TYPE_HEADER = 'event-type'
 /** Header the relay adds with the aggregate's type. */
 export const AGGREGATE_TYPE_HEADER = 'aggregate-type'
 
-/** An event handed to {@link Outbox.enqueue}. */
+/**
+ * An event handed to {@link Outbox.enqueue}. Its text fields (id, aggregateType, aggregateId,
+ * type, topic, correlationId, causationId) are non-empty strings without NUL characters or lone
+ * surrogates (neither can be stored as they are); anything else is refused before writing.
+ */
 export interface OutboxEvent {
   /**
    * The event's stable id, used by brokers and inboxes to drop duplicates. Unique in the outbox:
@@ -354,9 +358,22 @@ class SqlOutbox implements Outbox {
   }
 }
 
+// The event's text columns. PostgreSQL text cannot hold NUL (a bare driver error that aborts
+// the caller's transaction there, while SQLite stores it), so both refuse it. A lone surrogate
+// has no UTF-8 form: the drivers store U+FFFD in its place, so two different ids would become
+// one, and the id enqueue() returns would not be the one published.
 function checkText(option: string, value: unknown): asserts value is string {
-  if (typeof value !== 'string' || value === '')
-    throw new InvalidOptionError(option, 'a non-empty string', value)
+  if (
+    typeof value !== 'string' ||
+    value === '' ||
+    value.includes('\u0000') ||
+    hasLoneSurrogate(value)
+  )
+    throw new InvalidOptionError(
+      option,
+      'a non-empty string without NUL characters or lone surrogates',
+      value,
+    )
 }
 
 /** Returns a boolean option's value or its default, else throws naming the option. */

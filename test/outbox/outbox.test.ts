@@ -181,6 +181,43 @@ describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
         { aggregateType: 'order', aggregateId: 'a', type: 't', payload: 1, headers: { x: 1 } },
         'event.headers.x',
       ],
+      // PostgreSQL text cannot hold NUL (a bare driver error there, stored on SQLite), and a
+      // lone surrogate has no UTF-8 form (stored as U+FFFD, so two ids would become one).
+      [
+        { aggregateType: 'order', aggregateId: 'a\u0000b', type: 't', payload: 1 },
+        'event.aggregateId',
+      ],
+      [
+        { aggregateType: 'order', aggregateId: 'a\ud800', type: 't', payload: 1 },
+        'event.aggregateId',
+      ],
+      [
+        { id: 'e\udc00', aggregateType: 'order', aggregateId: 'a', type: 't', payload: 1 },
+        'event.id',
+      ],
+      [
+        { id: 'e\u0000', aggregateType: 'order', aggregateId: 'a', type: 't', payload: 1 },
+        'event.id',
+      ],
+      [
+        { aggregateType: 'ord\u0000er', aggregateId: 'a', type: 't', payload: 1 },
+        'event.aggregateType',
+      ],
+      [{ aggregateType: 'order', aggregateId: 'a', type: 't\ud800', payload: 1 }, 'event.type'],
+      [
+        { aggregateType: 'order', aggregateId: 'a', type: 't', payload: 1, topic: 'x\u0000' },
+        'event.topic',
+      ],
+      [
+        {
+          aggregateType: 'order',
+          aggregateId: 'a',
+          type: 't',
+          payload: 1,
+          correlationId: '\ud800',
+        },
+        'event.correlationId',
+      ],
     ] as const
     for (const [event, option] of bad) {
       const error = await t.db
