@@ -60,6 +60,8 @@ export interface BetterSqliteStatement {
   all(...params: unknown[]): unknown[]
   /** Runs the statement and returns how many rows it changed. */
   run(...params: unknown[]): { changes: number | bigint }
+  /** Whether the statement returns integers as BigInt (better-sqlite3 >= 7). */
+  safeIntegers?(toggle?: boolean): unknown
 }
 
 /** The parts of a better-sqlite3 `Database` breakwater uses (any better-sqlite3 12 `Database`). */
@@ -89,7 +91,11 @@ class SqliteStatements {
     let entry = this.#cache.get(sql)
     if (entry === undefined) {
       const translated = toPositional(sql)
-      entry = { statement: this.#db.prepare(translated.sql), translated }
+      const statement = this.#db.prepare(translated.sql)
+      // Integers are read as numbers whatever the Database's default: an application's own
+      // connection (fromBetterSqlite) may have turned on defaultSafeIntegers for its queries.
+      statement.safeIntegers?.(false)
+      entry = { statement, translated }
       this.#cache.set(sql, entry)
     }
     return entry
@@ -475,7 +481,8 @@ const wrappedStatements = new WeakMap<object, SqliteStatements>()
  * belong to that transaction. Work that awaits between statements cannot run in a synchronous
  * better-sqlite3 transaction; open one with `db.exec('BEGIN IMMEDIATE')` and end it with
  * `COMMIT`/`ROLLBACK` instead, and keep other users of the connection out meanwhile.
- * Prepared statements are cached per `Database`, so wrapping per request is cheap.
+ * Prepared statements are cached per `Database`, so wrapping per request is cheap. Integers
+ * read through it are numbers even when the `Database` has `defaultSafeIntegers(true)`.
  *
  * @example
  * ```ts

@@ -188,6 +188,29 @@ describe('SQLite: fromBetterSqlite and fromKysely', () => {
     await Promise.all(pending)
   })
 
+  it('fromBetterSqlite returns integers as numbers even when the Database defaults to BigInt', async () => {
+    // The application's own connection, set to return every integer as a BigInt.
+    const safe = new Database(file.filename)
+    try {
+      safe.defaultSafeIntegers(true)
+      const executor = fromBetterSqlite(safe)
+      await executor.execute(
+        'INSERT INTO breakwater_rows (id, created_at, done) VALUES ($1, $2, $3)',
+        ['bs-safe', 1_726_000_000_000, true],
+      )
+      const rows = await executor.query<{ created_at: unknown; done: unknown }>(
+        'SELECT created_at, done FROM breakwater_rows WHERE id = $1',
+        ['bs-safe'],
+      )
+      expect(rows).toEqual([{ created_at: 1_726_000_000_000, done: 1 }])
+      expect(
+        await executor.execute('DELETE FROM breakwater_rows WHERE id = $1', ['bs-safe']),
+      ).toEqual({ rowCount: 1 })
+    } finally {
+      safe.close()
+    }
+  })
+
   it('fromKysely (SQLite): commit and rollback with the Kysely transaction', async () => {
     const kysely = new Kysely<Tables>({ dialect: new SqliteDialect({ database: db }) })
     await kysely.transaction().execute(async (trx) => {
