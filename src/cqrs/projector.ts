@@ -372,12 +372,16 @@ class SqlProjector implements Projector {
     const store = this.#store
     const projection = this.#projection
 
-    // 1. A fresh generation of tables (dropping what a crashed rebuild may have left).
+    // 1. A fresh generation of tables (dropping what a crashed, or still running, rebuild may
+    // have left). The number is above that rebuild's too: were it reused, a rebuild still
+    // filling the dropped tables would go on filling the recreated ones, and both rebuilds
+    // would apply every event to them. Its tables gone, the other rebuild fails instead.
     const generation = await store.db.transaction(async (tx) => {
       const row = await this.#lockRow(tx)
-      const next = Number(row.generation) + 1
+      const pending = row.rebuild_generation === null ? 0 : Number(row.rebuild_generation)
+      const next = Math.max(Number(row.generation), pending) + 1
       if (row.rebuild_generation !== null) {
-        await this.#dropTables(tx, Number(row.rebuild_generation))
+        await this.#dropTables(tx, pending)
       }
       await this.#dropTables(tx, next)
       await createTables(tx, projection, next)
@@ -402,7 +406,12 @@ class SqlProjector implements Projector {
 
     // 3. Swap: stop the live side, apply what was appended meanwhile, rename, commit.
     const final = await store.db.transaction(async (tx) => {
-      await this.#lockRow(tx)
+      const row = await this.#lockRow(tx)
+      if (row.rebuild_generation === null || Number(row.rebuild_generation) !== generation) {
+        throw new Error(
+          `projection "${this.name}": this rebuild was superseded by another one that started later`,
+        )
+      }
       let read = (from: number) => store.readAll({ fromPosition: from, limit: batchSize, tx })
       if (this.inline && tx.dialect === 'postgres') {
         // Appends write an inline projection's live tables in their own transactions. Once

@@ -56,6 +56,15 @@ async function balances(t: TestDb, table: string, prefix = ''): Promise<BalanceR
   return rows.map((r) => ({ ...r, balance: Number(r.balance), events: Number(r.events) }))
 }
 
+/** The names of the tables matching a LIKE pattern, sorted. */
+async function tablesLike(t: TestDb, pattern: string): Promise<string[]> {
+  const sql =
+    t.db.dialect === 'sqlite'
+      ? "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE $1 ORDER BY name"
+      : 'SELECT tablename AS name FROM pg_tables WHERE tablename LIKE $1 ORDER BY tablename'
+  return (await t.db.query<{ name: string }>(sql, [pattern])).map((r) => r.name)
+}
+
 async function allEvents(store: EventStore) {
   const events = []
   for (let from = 0; ; ) {
@@ -236,18 +245,32 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     expect(expected.find((r) => r.account_id === id)!.balance).toBe(deposits)
     // The swapped-in tables are the live ones under the logical name, indexes included, and no
     // fresh or old copy is left behind.
-    const tables =
-      target.dialect === 'sqlite'
-        ? await t.db.query<{ name: string }>(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%balances%' ORDER BY name",
-          )
-        : await t.db.query<{ name: string }>(
-            "SELECT tablename AS name FROM pg_tables WHERE tablename LIKE '%balances%' ORDER BY tablename",
-          )
-    expect(tables.map((r) => r.name)).toEqual(['async_balances', 'inline_balances'])
+    expect(await tablesLike(t, '%balances%')).toEqual(['async_balances', 'inline_balances'])
     // A second rebuild works too (the fresh tables' index names do not collide).
     await asyncProjector.rebuild()
     expect(await balances(t, 'async_balances')).toEqual(foldBalances(await allEvents(store)))
+  })
+
+  it('two rebuilds at once: one swaps in a read model with every event applied once', async () => {
+    // Two instances that both rebuild at startup. The later one drops the earlier one's fresh
+    // tables; the earlier one must then fail rather than keep filling tables the later one
+    // fills too (each applying every event: a swapped-in read model with events counted twice).
+    const projection = balancesProjection('twice-ledger', 'twice_ledger')
+    const accounts = createCommandHandler(store, { decider: account })
+    for (const id of [fresh('twice'), fresh('twice')]) {
+      await accounts.handle(id, { kind: 'open', owner: 'eve' })
+      for (let i = 1; i <= 4; i++) await accounts.handle(id, { kind: 'deposit', amount: i })
+    }
+    const first = createProjector(store, projection, { batchSize: 1 })
+    await first.catchUp()
+    const other = target.dialect === 'postgres' ? createEventStore(await t.connect()) : store
+    const second = createProjector(other, projection, { batchSize: 1 })
+    const outcomes = await Promise.allSettled([first.rebuild(), second.rebuild()])
+    expect(outcomes.some((o) => o.status === 'fulfilled')).toBe(true)
+    await first.catchUp()
+    expect(await balances(t, 'twice_ledger')).toEqual(foldBalances(await allEvents(store)))
+    // The loser's fresh tables were dropped by the winner: nothing is left behind.
+    expect(await tablesLike(t, 'twice%')).toEqual(['twice_ledger'])
   })
 
   it('property: rebuilt from zero equals incrementally maintained equals the fold', async () => {
