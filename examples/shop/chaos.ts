@@ -116,6 +116,63 @@ export function parseChaosCommand(
   }
 }
 
+const targetedKinds = ['slow', 'fail', 'calm', 'down', 'up'] as const
+const rateFields = ['errorRate', 'resetRate', 'lostReplyRate'] as const
+/** The longest latency an action may add (a minute): longer only looks like a hang. */
+export const maxChaosLatencyMs = 60_000
+
+/**
+ * Reads a chaos action sent as JSON (the dashboard's buttons post them to `/api/chaos`): the
+ * action with only the fields its kind has, or a string that says what is wrong with it.
+ */
+export function chaosActionOf(
+  value: unknown,
+  processes: readonly ProcessName[],
+): ChaosAction | string {
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    return 'a chaos action is a JSON object with a "kind"'
+  const fields = value as Record<string, unknown>
+  const kind = fields.kind
+  if (kind === 'rollback') return { kind }
+  if (kind === 'weight') {
+    const percent = fields.percent
+    if (typeof percent !== 'number' || !Number.isInteger(percent) || percent < 0 || percent > 100)
+      return 'weight needs "percent", a whole number from 0 to 100'
+    return { kind, percent }
+  }
+  if (!(targetedKinds as readonly unknown[]).includes(kind))
+    return `unknown kind ${JSON.stringify(kind) ?? 'undefined'} (known: ${[...targetedKinds, 'weight', 'rollback'].join(', ')})`
+  const target = processes.find((p) => p === fields.target)
+  if (target === undefined)
+    return `unknown process ${JSON.stringify(fields.target) ?? 'undefined'} (${processes.join(', ')})`
+  switch (kind as (typeof targetedKinds)[number]) {
+    case 'slow': {
+      const latencyMs = fields.latencyMs
+      if (
+        typeof latencyMs !== 'number' ||
+        !Number.isInteger(latencyMs) ||
+        latencyMs < 0 ||
+        latencyMs > maxChaosLatencyMs
+      )
+        return `slow needs "latencyMs", a whole number from 0 to ${maxChaosLatencyMs}`
+      return { kind: 'slow', target, latencyMs }
+    }
+    case 'fail': {
+      const rates: { errorRate?: number; resetRate?: number; lostReplyRate?: number } = {}
+      for (const field of rateFields) {
+        const rate = fields[field]
+        if (rate === undefined) continue
+        if (typeof rate !== 'number' || !(rate >= 0 && rate <= 1))
+          return `fail: "${field}" is a share from 0 to 1`
+        rates[field] = rate
+      }
+      return { kind: 'fail', target, ...rates }
+    }
+    default:
+      return { kind: kind as 'calm' | 'down' | 'up', target }
+  }
+}
+
 /** A one-line description of an action, for the live lines. */
 export function describeAction(action: ChaosAction): string {
   switch (action.kind) {

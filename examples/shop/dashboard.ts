@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import { fileURLToPath } from 'node:url'
 import { getSagaTimeline } from 'breakwater/saga'
-import { type ChaosAction, describeAction } from './chaos.js'
+import { type ChaosAction, chaosActionOf, describeAction } from './chaos.js'
 import type { Monitor } from './monitor.js'
 import type { Shop } from './system.js'
 
@@ -57,6 +57,7 @@ function listen(server: Server, port: number): Promise<number> {
 /** Serves the dashboard. */
 export async function startDashboard(options: DashboardOptions): Promise<Dashboard> {
   const page = pageHtml()
+  const processNames = [...options.shop.processes.keys()]
   const streams = new Set<import('node:http').ServerResponse>()
   const server = createServer((req, res) => {
     const url = req.url ?? '/'
@@ -92,7 +93,14 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
         body += chunk.toString()
       })
       req.on('end', () => {
-        const action = JSON.parse(body || '{}') as ChaosAction
+        // A body that is not an action is answered 400 (a throw here would end the demo).
+        let action: ChaosAction | string
+        try {
+          action = chaosActionOf(JSON.parse(body), processNames)
+        } catch {
+          action = 'the body is not JSON'
+        }
+        if (typeof action === 'string') return json(400, { error: action })
         options.chaos(action).then(
           () => json(200, { applied: describeAction(action) }),
           (error: unknown) => json(500, { error: String(error) }),
