@@ -50,6 +50,7 @@ import {
   type SidecarIdempotency,
 } from './inbound/sidecar-idempotency.js'
 import { createServiceRuntime } from './upstream/index.js'
+import { resetUpstreamGauges, upstreamMetrics } from './upstream/metrics.js'
 
 /** Options of {@link startProxy}. */
 export interface StartProxyOptions {
@@ -265,7 +266,14 @@ class ProxyRuntime implements ProxyInternals {
     this.#deps = { clock, logger, metrics }
     this.#metrics = runtimeMetrics(metrics)
     // Retry affinity counts live in the route tables; copied into the registry at each scrape.
-    this.#stopCollect = metrics.onCollect(() => this.#collectRetryAffinity())
+    // The services' gauges are cleared first, and each running service sets its own again:
+    // this collector is registered before any service's, and the registry starts collectors
+    // in that order, so a service a reload removed leaves no stale breaker state behind.
+    const upstream = upstreamMetrics(metrics)
+    this.#stopCollect = metrics.onCollect(() => {
+      resetUpstreamGauges(upstream)
+      this.#collectRetryAffinity()
+    })
     this.#shadow = createShadowRunner({
       clock,
       logger: logger.child({ component: 'shadow' }),

@@ -71,3 +71,15 @@ export const upstreamMetrics = metricsPerRegistry(
     }),
   }),
 )
+
+/**
+ * Forgets every series of the per-service gauges (breaker state, bulkhead, ejected endpoints).
+ * The proxy runtime calls it at the start of each collection, before the services' own
+ * collectors set their current values, so a service a reload removed has no series left.
+ */
+export function resetUpstreamGauges(metrics: UpstreamMetrics): void {
+  metrics.breakerState.reset()
+  metrics.bulkheadRunning.reset()
+  metrics.bulkheadQueued.reset()
+  metrics.ejected.reset()
+}

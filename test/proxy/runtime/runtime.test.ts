@@ -154,6 +154,29 @@ describe('startProxy', () => {
     expect(metrics).not.toContain('breakwater_proxy_route_retry_pins{')
   })
 
+  it('drops the breaker, bulkhead and ejection series of a service a reload removes', async () => {
+    const spare = yaml().replace(
+      `modern: { endpoints: [${modern.url}] }`,
+      `modern: { endpoints: [${modern.url}] }\n  spare: { endpoints: [${modern.url}] }`,
+    )
+    proxy = await startProxy({ config: spare, logger: quiet })
+    proxy.isolate('spare')
+    let metrics = await proxy.metricsText()
+    expect(metrics).toContain(
+      'breakwater_proxy_upstream_breaker_state{service="spare",state="isolated"} 1',
+    )
+    await proxy.reload(yaml())
+    await eventually(() => !proxy?.services().some((s) => s.name === 'spare'), 'spare removed')
+    metrics = await proxy.metricsText()
+    // The service is gone: no gauge may still say it is isolated (or anything else about it).
+    expect(metrics).not.toMatch(
+      /_(breaker_state|bulkhead_running|bulkhead_queued|endpoints_ejected)\{service="spare"/,
+    )
+    expect(metrics).toContain(
+      'breakwater_proxy_upstream_breaker_state{service="modern",state="closed"} 1',
+    )
+  })
+
   it('keeps the running config when a reload is invalid, and applies a valid one', async () => {
     const log = captureLog()
     proxy = await startProxy({ config: yaml(), logger: createJsonLogger({ output: log }) })
