@@ -379,10 +379,14 @@ export class InstanceRun {
     this.#stepIndex = step.index + 1
     this.#attempt = 1
     this.#event('step-completed', step.name, null, { waitedUntil: state.wakeAt })
-    if (this.#stepIndex >= this.saga.steps.length) return this.#finish('completed')
+    const completed = async (): Promise<void> => {
+      this.#host.count('stepsCompleted')
+      this.#emit({ type: 'step-completed', step: step.name })
+    }
+    if (this.#stepIndex >= this.saga.steps.length)
+      return this.#finish('completed', nothing, completed)
     if (!(await this.#write({ release: false }))) return 'lost'
-    this.#host.count('stepsCompleted')
-    this.#emit({ type: 'step-completed', step: step.name })
+    await completed()
     return 'continue'
   }
 

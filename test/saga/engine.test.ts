@@ -781,6 +781,30 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     expect(worker.metrics()).toMatchObject({ leaseLost: 0, completed: 1 })
   })
 
+  it('a wait that is the last step is counted and reported as a completed step, as any other', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: `last-wait-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        { name: 'charge', action: async () => ({ charged: true }) },
+        { name: 'return-window', sleepMs: 1_000 },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const events: SagaEvent[] = []
+    worker.events.on((e) => events.push(e))
+    const { id } = await worker.run(saga, {})
+    await clock.advance(1_000)
+    expect(await worker.poll()).toBe(1)
+    expect((await getSaga(t.db, id))!.status).toBe('completed')
+    expect(events.filter((e) => e.type === 'step-completed').map((e) => e.step)).toEqual([
+      'charge',
+      'return-window',
+    ])
+    expect(worker.metrics()).toMatchObject({ stepsCompleted: 2, completed: 1 })
+  })
+
   it('keeps an instance on its version: v1 instances finish on v1 while v2 starts new ones', async () => {
     const name = `versioned-${randomUUID().slice(0, 8)}`
     const clock = new ManualClock(0)
