@@ -571,7 +571,7 @@ export async function createPostgresDriver(
 ): Promise<PostgresDriver> {
   checkObject('options', options)
   const { connectionString } = options
-  if (typeof connectionString !== 'string' || !/^postgres(ql)?:\/\//.test(connectionString)) {
+  if (typeof connectionString !== 'string' || !/^postgres(ql)?:\/\//i.test(connectionString)) {
     throw new InvalidOptionError(
       'connectionString',
       'a postgres:// URL',

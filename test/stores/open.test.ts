@@ -81,10 +81,16 @@ describe('openDatabase', () => {
     }
   })
 
-  it('opens PostgreSQL by postgres:// and postgresql:// URL', async () => {
+  it('opens PostgreSQL by postgres:// and postgresql:// URL, the scheme in any case', async () => {
     const database = await createTestDatabase('open')
     try {
-      for (const url of [database.url, database.url.replace(/^postgres:/, 'postgresql:')]) {
+      // parseDatabaseUrl (and so the CLI's --db check) takes the scheme in any case, as URL
+      // schemes are: opening must not then refuse what it accepted.
+      for (const url of [
+        database.url,
+        database.url.replace(/^postgres:/, 'postgresql:'),
+        database.url.replace(/^postgres:/, 'POSTGRESQL:'),
+      ]) {
         const db = await openDatabase(url, { postgres: { maxConnections: 2 } })
         try {
           expect(db.dialect).toBe('postgres')
