@@ -143,7 +143,7 @@ class JsonLogger implements Logger {
     const line: Record<string, unknown> = {
       level,
       time: new Date(this.#core.clock.now()).toISOString(),
-      msg: redactSecrets(truncate(String(msg))),
+      msg: clip(String(msg)),
       ...this.#bound,
     }
     if (fields !== undefined) Object.assign(line, sanitizeFields(fields, this.#core))
@@ -171,15 +171,18 @@ function sanitizeFields(fields: LogFields, core: LoggerCore): Record<string, unk
   return out
 }
 
-function truncate(text: string): string {
-  return text.length > maxStringLength ? `${text.slice(0, maxStringLength)}…` : text
+// Masked first, then cut short: a cut inside a credential would leave what masks it (the '@'
+// after a URL's password, the token after 'Bearer') beyond the cut, and its first part written.
+function clip(text: string): string {
+  const masked = redactSecrets(text)
+  return masked.length > maxStringLength ? `${masked.slice(0, maxStringLength)}…` : masked
 }
 
 /** Turns any value into plain JSON data with secrets hidden. */
 function sanitize(value: unknown, core: LoggerCore, depth: number, seen: WeakSet<object>): unknown {
   switch (typeof value) {
     case 'string':
-      return redactSecrets(truncate(value))
+      return clip(value)
     case 'number':
       return Number.isFinite(value) ? value : String(value)
     case 'boolean':
@@ -245,13 +248,13 @@ function serializeError(
 ): Record<string, unknown> {
   const out: Record<string, unknown> = {
     type: error.name,
-    message: redactSecrets(truncate(error.message)),
+    message: clip(error.message),
   }
   const extra = error as unknown as Record<string, unknown>
   if (extra.code !== undefined) out.code = sanitize(extra.code, core, depth + 1, seen)
   if (typeof extra.status === 'number') out.status = extra.status
   if (!BreakwaterError.is(error) && error.stack !== undefined) {
-    out.stack = redactSecrets(truncate(error.stack))
+    out.stack = clip(error.stack)
   }
   if (error.cause !== undefined) out.cause = sanitize(error.cause, core, depth + 1, seen)
   if (error instanceof AggregateError) {

@@ -121,6 +121,22 @@ describe('createJsonLogger', () => {
     )
   })
 
+  it('masks a credential before cutting a long string short, so no part of it is written', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    // The cut (8,192 characters) falls inside the password: cut first, the '@' that marks
+    // the URL's credentials is gone, and the password's first characters would be written.
+    const url = 'postgres://app:supersecretpw@db:5432/app'
+    const long = `${'x'.repeat(8_192 - 20)} ${url}`
+    const error = new Error(long)
+    log.error(long, { text: long, error })
+    const raw = out.raw()
+    expect(raw).not.toContain('supe')
+    const [line] = out.lines()
+    expect(String(line!.msg)).toMatch(/ postgres:\/\/app:\*\*\*@\S*…$/)
+    expect(String(line!.text)).toMatch(/ postgres:\/\/app:\*\*\*@\S*…$/)
+  })
+
   it('serializes errors with code, cause and stack (no stack for coded breakwater errors)', () => {
     const out = capture()
     const log = createJsonLogger({ output: out })
