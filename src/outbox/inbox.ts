@@ -3,6 +3,7 @@ import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
+import { checkText } from './outbox.js'
 import { inboxStatements } from './sql.js'
 
 /** Options of {@link createInbox}. */
@@ -33,7 +34,9 @@ export interface Inbox {
    * Records `(consumer, message.id)` in `tx` and runs `fn` in the same transaction. A message
    * already recorded is a redelivery: `fn` does not run and the result says `duplicate`, so
    * the caller acknowledges it. If `fn` throws, the transaction rolls back, the record with
-   * it, and the redelivered message runs `fn` again.
+   * it, and the redelivered message runs `fn` again. A message id that is empty or holds a NUL
+   * character or a lone surrogate (text the database cannot store as it is) is refused with
+   * `InvalidOptionError` before anything is written.
    */
   handle<M extends { readonly id: string }, T>(
     tx: SqlExecutor,
@@ -48,8 +51,9 @@ class SqlInbox implements Inbox {
 
   constructor(options: InboxOptions) {
     checkObject('inbox', options)
-    if (typeof options.consumer !== 'string' || options.consumer === '')
-      throw new InvalidOptionError('inbox.consumer', 'a non-empty string', options.consumer)
+    // Stored as text, as message ids are: see checkText (a lone surrogate would make two ids
+    // one record, and the second message's effect would be skipped as a duplicate).
+    checkText('inbox.consumer', options.consumer)
     this.consumer = options.consumer
     const clock = checkClock('inbox.clock', options.clock)
     this.#clock = clock
@@ -60,8 +64,7 @@ class SqlInbox implements Inbox {
     message: M,
     fn: (tx: SqlExecutor, message: M) => Promise<T>,
   ): Promise<InboxResult<T>> {
-    if (typeof message?.id !== 'string' || message.id === '')
-      throw new InvalidOptionError('message.id', 'a non-empty string', message?.id)
+    checkText('message.id', message?.id)
     const { rowCount } = await tx.execute(inboxStatements[tx.dialect].record, [
       this.consumer,
       message.id,

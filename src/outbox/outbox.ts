@@ -358,11 +358,14 @@ class SqlOutbox implements Outbox {
   }
 }
 
-// The event's text columns. PostgreSQL text cannot hold NUL (a bare driver error that aborts
-// the caller's transaction there, while SQLite stores it), so both refuse it. A lone surrogate
-// has no UTF-8 form: the drivers store U+FFFD in its place, so two different ids would become
-// one, and the id enqueue() returns would not be the one published.
-function checkText(option: string, value: unknown): asserts value is string {
+/**
+ * Checks text stored in an outbox or inbox column (event fields, consumer, message id).
+ * PostgreSQL text cannot hold NUL (a bare driver error that aborts the caller's transaction
+ * there, while SQLite stores it), so both refuse it. A lone surrogate has no UTF-8 form: the
+ * drivers store U+FFFD in its place, so two different ids would become one, and the id
+ * enqueue() returns would not be the one published.
+ */
+export function checkText(option: string, value: unknown): asserts value is string {
   if (
     typeof value !== 'string' ||
     value === '' ||

@@ -136,6 +136,24 @@ describe.each(dbTargets)('inbox on $dialect', (target) => {
     await expect(
       t.db.transaction((tx) => inbox.handle(tx, { id: '' }, async () => {})),
     ).rejects.toThrow(InvalidOptionError)
+    // PostgreSQL text cannot hold NUL; a lone surrogate is stored as U+FFFD, so two different
+    // ids would be one record and the second message's effect would be skipped as a duplicate.
+    for (const consumer of ['a\u0000b', 'c\ud800']) {
+      expect(() => createInbox({ consumer })).toThrow(InvalidOptionError)
+    }
+    let ran = 0
+    for (const id of ['m\ud800', 'm\udc00', 'm\u0000']) {
+      const error = await t.db
+        .transaction((tx) =>
+          inbox.handle(tx, { id }, async () => {
+            ran++
+          }),
+        )
+        .catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe('message.id')
+    }
+    expect(ran).toBe(0)
   })
 
   it('prunes records older than the dedupe window, in batches', async () => {
