@@ -413,14 +413,19 @@ class SqlProjector implements Projector {
         )
       }
       let read = (from: number) => store.readAll({ fromPosition: from, limit: batchSize, tx })
-      if (this.inline && tx.dialect === 'postgres') {
+      // A table added to the projection since it was registered has no live copy yet: the
+      // fresh one is only renamed into place.
+      const live: string[] = []
+      for (const table of Object.keys(projection.tables)) {
+        if (await tableExists(tx, table)) live.push(table)
+      }
+      if (this.inline && tx.dialect === 'postgres' && live.length > 0) {
         // Appends write an inline projection's live tables in their own transactions. Once
         // this lock is granted, every transaction that wrote them has committed, and the
         // appends still in flight will write the swapped-in tables (their statements resolve
         // the table name again after the lock), so the catch-up takes every committed event,
         // not only the prefix below the watermark: the in-flight appends apply their own.
-        const live = Object.keys(projection.tables).join(', ')
-        await tx.execute(`LOCK TABLE ${live} IN EXCLUSIVE MODE`)
+        await tx.execute(`LOCK TABLE ${live.join(', ')} IN EXCLUSIVE MODE`)
         read = async (from: number) => {
           const rows = await tx.query<EventRow>(store.statements.readAllCommitted, [
             from,
@@ -438,9 +443,9 @@ class SqlProjector implements Projector {
       }
       for (const table of Object.keys(projection.tables)) {
         const old = `${table}__old`
-        await tx.execute(`ALTER TABLE ${table} RENAME TO ${old}`)
+        if (live.includes(table)) await tx.execute(`ALTER TABLE ${table} RENAME TO ${old}`)
         await tx.execute(`ALTER TABLE ${physicalTable(table, generation)} RENAME TO ${table}`)
-        await tx.execute(`DROP TABLE ${old}`)
+        if (live.includes(table)) await tx.execute(`DROP TABLE ${old}`)
       }
       await tx.execute(store.statements.finishRebuild, [
         this.name,
@@ -460,6 +465,17 @@ class SqlProjector implements Projector {
       await tx.execute(`DROP TABLE IF EXISTS ${physicalTable(table, generation)}`)
     }
   }
+}
+
+/** Whether a table of this name exists (a projection's live table). */
+async function tableExists(tx: SqlExecutor, table: string): Promise<boolean> {
+  const rows = await tx.query(
+    tx.dialect === 'postgres'
+      ? 'SELECT 1 WHERE to_regclass($1) IS NOT NULL'
+      : "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1",
+    [table],
+  )
+  return rows.length > 0
 }
 
 /**

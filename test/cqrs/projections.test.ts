@@ -18,6 +18,7 @@ import { ManualClock } from '../../src/testing/index.js'
 import { scaled } from '../support/scale.js'
 import {
   type AccountCommand,
+  type AccountEvent,
   account,
   type BalanceRow,
   balancesProjection,
@@ -272,6 +273,53 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     // The loser's fresh tables were dropped by the winner: nothing is left behind.
     expect(await tablesLike(t, 'twice%')).toEqual(['twice_ledger'])
   })
+
+  it.each(['async', 'inline'])(
+    'a rebuild swaps in a table added to an %s projection since its tables were created',
+    async (kind) => {
+      const prefix = `grown_${kind}`
+      const before = balancesProjection(`${prefix}-ledger`, `${prefix}_ledger`)
+      const first = createEventStore(t.db, kind === 'inline' ? { inlineProjections: [before] } : {})
+      const id = fresh(prefix)
+      await createCommandHandler(first, { decider: account }).handle(id, {
+        kind: 'open',
+        owner: 'fay',
+      })
+      await createProjector(first, before).catchUp()
+      // The next release adds an owners table to the projection and rebuilds it.
+      const owners = `${prefix}_owners`
+      const after = defineProjection<AccountEvent>({
+        ...before,
+        tables: {
+          ...before.tables,
+          [owners]: (table) => [`CREATE TABLE ${table} (account_id TEXT PRIMARY KEY, owner TEXT)`],
+        },
+        async apply(event, context) {
+          await before.apply(event, context)
+          if (event.type === 'opened') {
+            await context.tx.execute(
+              `INSERT INTO ${context.table(owners)} (account_id, owner) VALUES ($1, $2)`,
+              [event.stream, event.data.owner],
+            )
+          }
+        },
+      })
+      const next = createEventStore(t.db, kind === 'inline' ? { inlineProjections: [after] } : {})
+      const projector = createProjector(next, after)
+      await projector.rebuild()
+      await createCommandHandler(next, { decider: account }).handle(id, {
+        kind: 'deposit',
+        amount: 7,
+      })
+      await projector.catchUp()
+      expect(await balances(t, `${prefix}_ledger`)).toEqual(foldBalances(await allEvents(store)))
+      expect(await balances(t, `${prefix}_ledger`, id)).toMatchObject([{ balance: 7, events: 2 }])
+      expect(
+        await t.db.query(`SELECT account_id, owner FROM ${owners} WHERE account_id = $1`, [id]),
+      ).toEqual([{ account_id: id, owner: 'fay' }])
+      expect(await tablesLike(t, `${prefix}%`)).toEqual([`${prefix}_ledger`, owners])
+    },
+  )
 
   it('property: rebuilt from zero equals incrementally maintained equals the fold', async () => {
     const command = fc.oneof(
