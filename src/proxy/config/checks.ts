@@ -151,10 +151,22 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
       }
       const targets = list(route.targets)
       let positive = false
+      // A service listed twice has no one weight: the route table refuses it at start.
+      const listed = new Map<string, number>()
       targets.forEach((target, k) => {
         if (!isObj(target)) return
         if (typeof target.service === 'string' && !serviceNames.includes(target.service))
           add([...at, 'targets', k, 'service'], known, target.service)
+        if (typeof target.service === 'string') {
+          const first = listed.get(target.service)
+          if (first !== undefined)
+            add(
+              [...at, 'targets', k, 'service'],
+              `a service not already listed in targets[${first}]`,
+              target.service,
+            )
+          else listed.set(target.service, k)
+        }
         if (target.weight === undefined || (typeof target.weight === 'number' && target.weight > 0))
           positive = true
       })

@@ -261,6 +261,23 @@ workers: 2
       expect(message).toContain(expected)
   })
 
+  it('refuses a route that lists a target service twice (the route table would refuse it at start)', () => {
+    const message = problemsOf(`
+services:
+  a: { endpoints: [http://127.0.0.1:1] }
+  b: { endpoints: [http://127.0.0.1:2] }
+listeners:
+  - name: gw
+    role: gateway
+    port: 0
+    routes:
+      - { name: r, targets: [{ service: a, weight: 1 }, { service: b }, { service: a, weight: 2 }] }
+`)
+    expect(message).toContain(
+      'listeners[0].routes[0].targets[2].service: expected a service not already listed in targets[0], got "a"',
+    )
+  })
+
   it('refuses a route prefix that path normalization would change, since it could never match', () => {
     // Routes match the normalized path (docs/proxy.md): `/files/%c3%a9/x` arrives as
     // `/files/%C3%A9/x`, `/docs/%7euser` as `/docs/~user`; a prefix written the other way would
