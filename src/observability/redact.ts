@@ -50,15 +50,18 @@ export function isSecretKey(key: string, extra?: ReadonlySet<string>): boolean {
 // scheme://userinfo@ : the userinfo runs to the last `@` before the path, so a password with
 // an unencoded `@` is masked whole.
 const urlCredentials = /\b([a-z][a-z0-9+.-]*:\/\/)([^\s/?#]*)@/gi
-// key=value pairs in query strings and libpq/ODBC connection strings.
+// key=value pairs in query strings, libpq/ODBC connection strings and environment dumps. The
+// key is judged as a field name is: one that ends in a secret name (`DB_PASSWORD`, `PGPASSWORD`,
+// `client_secret`, `x-api-key`), not one that merely contains it (`max_tokens`).
 const secretPairs =
-  /\b(password|passwd|pwd|secret|client_secret|token|access_token|refresh_token|api_?key|sslpassword)=("[^"]*"|'[^']*'|[^\s&#;,]*)/gi
+  /\b([\w.-]*?(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id))=("[^"]*"|'[^']*'|[^\s&#;,]*)/gi
 const authSchemes = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/g
 
 /**
  * Masks secrets embedded in text: URL credentials (`postgres://app:secret@db` becomes
  * `postgres://app:***@db`; a user-only userinfo such as a NATS token becomes `***`),
- * `password=`/`token=`/`api_key=`-style pairs, and `Bearer`/`Basic` credentials.
+ * `key=value` pairs whose key ends in a secret name (`password=`, `DB_PASSWORD=`, `token=`,
+ * `x-api-key=`, as {@link isSecretKey} judges field names), and `Bearer`/`Basic` credentials.
  *
  * @example
  * ```ts

@@ -214,6 +214,23 @@ describe('redaction helpers', () => {
       expect(isSecretKey(key), key).toBe(false)
   })
 
+  it('masks key=value pairs whose key ends in a secret name, as field names are judged', () => {
+    for (const [text, masked] of [
+      ['DB_PASSWORD=hunter2 next', 'DB_PASSWORD=*** next'],
+      ['PGPASSWORD=hunter2', 'PGPASSWORD=***'],
+      ['export REDIS_PASSWORD="hunter 2"', 'export REDIS_PASSWORD=***'],
+      ['NATS_TOKEN=t0ken&x=1', 'NATS_TOKEN=***&x=1'],
+      ['x-api-key=k3y', 'x-api-key=***'],
+      ['AWS_SECRET=abc', 'AWS_SECRET=***'],
+      ['?csrf_token=abc', '?csrf_token=***'],
+      ['password=pw', 'password=***'],
+    ])
+      expect(redactSecrets(text!), text).toBe(masked)
+    // Names that only contain a secret word are not secrets (as isSecretKey says).
+    for (const text of ['max_tokens=5', 'passwordPolicy=strict', 'token_count=3'])
+      expect(redactSecrets(text)).toBe(text)
+  })
+
   it('masks URL passwords, including ones with an unencoded @', () => {
     expect(redactSecrets('redis://:p@ss@cache:6379/0')).toBe('redis://:***@cache:6379/0')
     expect(redactSecrets('two: nats://a:b@h1 and amqp://c:d@h2/')).toBe(
