@@ -202,7 +202,7 @@ export class InstanceRun {
 
   async #forward(): Promise<Step> {
     if (this.#cancelRequested) {
-      return this.#enterCompensation('cancel requested', this.#stepIndex - 1)
+      return this.#enterCompensation(await this.#cancelReason(), this.#stepIndex - 1)
     }
     const step = this.saga.steps[this.#stepIndex]
     if (step === undefined) return this.#finish('completed')
@@ -210,6 +210,21 @@ export class InstanceRun {
     if (step.kind === 'wait') return this.#wait(step)
     if (step.kind === 'reply') return this.#reply(step)
     return this.#action(step)
+  }
+
+  // The operator's reason (cancelSaga's `reason`, recorded with the request in the same
+  // transaction as the flag) becomes the compensation's reason.
+  async #cancelReason(): Promise<string> {
+    const db = this.#host.db
+    const rows = await db.query<{ detail: string | null }>(
+      sagaStatements[db.dialect].cancelRequest,
+      [this.id],
+    )
+    const detail = rows[0]?.detail
+    const reason = detail ? (JSON.parse(detail) as { reason?: unknown }).reason : undefined
+    return typeof reason === 'string' && reason !== ''
+      ? `cancel requested: ${reason}`
+      : 'cancel requested'
   }
 
   async #action(step: CompiledStep): Promise<Step> {

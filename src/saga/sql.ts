@@ -167,6 +167,8 @@ export interface SagaStatements {
   readonly retry: string
   /** $1 id, $2 now. Flags a running saga for cancellation and wakes it. */
   readonly cancel: string
+  /** $1 saga id: the detail (JSON, with the operator's `reason`) of its latest cancel request. */
+  readonly cancelRequest: string
   /**
    * $1 saga id, $2 step, $3 reply JSON, $4 now. Inserts nothing when the instance is gone (or
    * the step's reply was recorded already): a reply never outlives its instance, even when
@@ -228,6 +230,8 @@ WHERE id = $1 AND status = 'failed'`,
   cancel: `UPDATE ${sagaTable} SET cancel_requested = 1, updated_at = $2,
     next_run_at = CASE WHEN next_run_at > $2 THEN $2 ELSE next_run_at END
 WHERE id = $1 AND status = 'running'`,
+  cancelRequest: `SELECT detail FROM ${sagaEventsTable}
+WHERE saga_id = $1 AND kind = 'cancel-requested' ORDER BY seq DESC LIMIT 1`,
 
   selectReply: `SELECT reply FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,
   deleteReply: `DELETE FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,

@@ -359,7 +359,12 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     expect(await worker.poll()).toBe(1)
     const instance = await getSaga(t.db, id)
     expect(instance!.status).toBe('cancelled')
-    expect(await effects(id)).toEqual(['book', 'unbook (cancel requested)'])
+    // The operator's reason is the compensation's reason (and the saga's).
+    expect(instance!.reason).toBe('cancel requested: customer changed their mind')
+    expect(await effects(id)).toEqual([
+      'book',
+      'unbook (cancel requested: customer changed their mind)',
+    ])
     await expect(cancelSaga(t.db, id)).rejects.toThrow(/only a running saga/)
     await expect(cancelSaga(t.db, 'no-such-saga')).rejects.toThrow(/No saga instance/)
   })
