@@ -279,10 +279,8 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     if (options.snapshots !== undefined) {
       const s = checkObject('snapshots', options.snapshots)
       const every = checkInteger('snapshots.every', s.every, 1)
-      const name = s.name ?? 'default'
-      if (typeof name !== 'string' || name === '') {
-        throw new InvalidOptionError('snapshots.name', 'a non-empty string', name)
-      }
+      // checkName: PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD.
+      const name = checkName('snapshots.name', s.name ?? 'default')
       this.#snapshots = {
         every,
         name,

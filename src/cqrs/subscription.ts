@@ -1,7 +1,6 @@
 import { type Clock, sleep } from '../core/clock.js'
-import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
-import type { EventStoreImpl } from './event-store.js'
+import { checkName, type EventStoreImpl } from './event-store.js'
 import { failureDelayMs, LogWaker } from './follower.js'
 import type { RecordedEvent } from './types.js'
 
@@ -89,10 +88,8 @@ class StoreSubscription implements Subscription {
     checkObject('options', options)
     this.#store = store
     this.#handler = checkFunction('handler', handler)
-    if (options.name !== undefined && (typeof options.name !== 'string' || options.name === '')) {
-      throw new InvalidOptionError('name', 'a non-empty string', options.name)
-    }
-    this.name = options.name
+    // checkName: PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD.
+    this.name = options.name === undefined ? undefined : checkName('name', options.name)
     this.position = checkInteger('fromPosition', options.fromPosition ?? 0, 0) - 1
     if (this.position < 0) this.position = 0
     this.#saved = this.position

@@ -316,5 +316,12 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     expect(() =>
       createCommandHandler(store, { decider: account, snapshots: { every: 0 } }),
     ).toThrow(/snapshots\.every/)
+    // PostgreSQL text cannot hold NUL (every load would fail there) and stores a lone
+    // surrogate as U+FFFD (two names would share snapshots): refused on both databases.
+    for (const name of ['cart\u0000v2', 'cart\udc00']) {
+      expect(() =>
+        createCommandHandler(store, { decider: account, snapshots: { every: 5, name } }),
+      ).toThrow(/snapshots\.name: expected a non-empty string without NUL/)
+    }
   })
 })

@@ -59,6 +59,21 @@ describe.each(dbTargets)('subscriptions on $dialect', (target) => {
     expect(Number(rows[0]!.position)).toBe(base + 5)
   })
 
+  it('refuses a checkpoint name the database cannot store as given', async () => {
+    // PostgreSQL text cannot hold NUL (every checkpoint read would fail, retried forever) and
+    // stores a lone surrogate as U+FFFD (two names would share one checkpoint).
+    for (const name of ['a\u0000b', 'a\ud800']) {
+      let subscription: { stop(): Promise<void> } | undefined
+      try {
+        expect(() => {
+          subscription = store.subscribe(() => {}, { name })
+        }).toThrow(/name: expected a non-empty string without NUL/)
+      } finally {
+        await subscription?.stop()
+      }
+    }
+  })
+
   it('redelivers the event a handler failed on, after the retry delay, without skipping', async () => {
     const clock = new ManualClock(Date.now())
     const from = (await store.headPosition()) + 1
