@@ -20,6 +20,8 @@ export class ScopedTransaction implements SqlTransaction {
   readonly dialect: SqlDialect
   readonly #connection: SqlExecutor
   readonly #depth: number
+  /** The transaction this one is a savepoint of: it ends with it. */
+  readonly #parent: ScopedTransaction | undefined
   #open = true
   /** {@inheritDoc SqlTransaction.finish} Present when the driver gave a finisher. */
   readonly finish?: <R = Record<string, unknown>>(
@@ -31,22 +33,32 @@ export class ScopedTransaction implements SqlTransaction {
    * @param finisher The driver's way to run a last statement together with `COMMIT`; given only
    *   for the outermost transaction, which then offers `finish`.
    */
-  constructor(connection: SqlExecutor, depth = 0, finisher?: TransactionFinisher) {
+  constructor(
+    connection: SqlExecutor,
+    depth = 0,
+    finisher?: TransactionFinisher,
+    parent?: ScopedTransaction,
+  ) {
     this.dialect = connection.dialect
     this.#connection = connection
     this.#depth = depth
+    this.#parent = parent
     if (finisher !== undefined) {
       this.finish = <R>(sql: string, params: readonly unknown[] = []) => {
-        if (!this.#open) return Promise.reject(ended())
+        if (!this.open) return Promise.reject(ended())
         this.#open = false
         return finisher(sql, params) as Promise<{ rows: R[]; rowCount: number }>
       }
     }
   }
 
-  /** Whether statements are still accepted. */
+  /**
+   * Whether statements are still accepted: not once this transaction ended, nor once the one it
+   * is a savepoint of ended (its connection may be back in the pool, or outside any transaction,
+   * where a late statement would commit on its own).
+   */
   get open(): boolean {
-    return this.#open
+    return this.#open && (this.#parent === undefined || this.#parent.open)
   }
 
   /** Refuses every later statement. */
@@ -55,37 +67,39 @@ export class ScopedTransaction implements SqlTransaction {
   }
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
-    if (!this.#open) return Promise.reject(ended())
+    if (!this.open) return Promise.reject(ended())
     return this.#connection.query<R>(sql, params)
   }
 
   execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
-    if (!this.#open) return Promise.reject(ended())
+    if (!this.open) return Promise.reject(ended())
     return this.#connection.execute(sql, params)
   }
 
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
-    if (!this.#open) throw ended()
+    if (!this.open) throw ended()
     // Savepoint names only need to be unique among the savepoints open at once, which nest.
     const name = `breakwater_sp_${this.#depth + 1}`
-    const child = new ScopedTransaction(this.#connection, this.#depth + 1)
-    await this.#connection.execute(`SAVEPOINT ${name}`)
+    const child = new ScopedTransaction(this.#connection, this.#depth + 1, undefined, this)
+    // Through this executor, not the connection: the savepoint's own statements are refused
+    // too once the transaction ended.
+    await this.execute(`SAVEPOINT ${name}`)
     let result: T
     try {
       result = await fn(child)
     } catch (error) {
       child.end()
       try {
-        await this.#connection.execute(`ROLLBACK TO SAVEPOINT ${name}`)
-        await this.#connection.execute(`RELEASE SAVEPOINT ${name}`)
+        await this.execute(`ROLLBACK TO SAVEPOINT ${name}`)
+        await this.execute(`RELEASE SAVEPOINT ${name}`)
       } catch {
-        // The connection is broken; the outer transaction will fail on its next statement or
-        // on COMMIT, and the caller's error is the one worth seeing.
+        // The connection is broken (or the transaction ended); the outer transaction will fail
+        // on its next statement or on COMMIT, and the caller's error is the one worth seeing.
       }
       throw error
     }
     child.end()
-    await this.#connection.execute(`RELEASE SAVEPOINT ${name}`)
+    await this.execute(`RELEASE SAVEPOINT ${name}`)
     return result
   }
 }

@@ -35,7 +35,10 @@ export interface SqlTransaction extends SqlExecutor {
   /**
    * Runs `fn` inside a savepoint of this transaction: the savepoint is released when `fn`
    * resolves and rolled back (leaving the outer transaction open and usable) when it throws.
-   * Savepoints nest. Do not run other statements on the outer `tx` while `fn` is running.
+   * Savepoints nest. Do not run other statements on the outer `tx` while `fn` is running. The
+   * savepoint's `tx` ends with the outer one too: once the outer transaction has ended (its
+   * callback settled, or idempotency's lease expiry rolled `ctx.tx` back), its statements fail
+   * with `TRANSACTION_MISUSE` instead of running outside any transaction.
    */
   transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T>
   /**

@@ -225,6 +225,41 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     }
   })
 
+  // The lease runs out while fn is inside a savepoint of ctx.tx: ctx.tx is rolled back, and what
+  // fn then writes through the savepoint must go nowhere (not commit on its own beside the
+  // result the next holder records).
+  it('refuses the writes of a holder whose lease ran out inside a savepoint of ctx.tx', async () => {
+    const clock = new ManualClock(Date.now())
+    const idempotency = createIdempotency({ store: testDb.db, clock, leaseMs: 10_000 })
+    const orderId = randomUUID()
+    const hang = gate()
+    let entered = false
+    const stale = idempotency.run(orderId, async (ctx) => {
+      await ctx.tx.transaction(async (savepoint) => {
+        entered = true
+        await hang.promise
+        await savepoint.execute('INSERT INTO shipments (id, order_id) VALUES ($1, $2)', [
+          `${orderId}-late`,
+          orderId,
+        ])
+      })
+      return { attempt: ctx.attempt }
+    })
+    while (!entered) await new Promise((r) => setImmediate(r))
+    await clock.advance(10_000)
+    const retried = await idempotency.run(orderId, async (ctx) => {
+      await ctx.tx.execute('INSERT INTO shipments (id, order_id) VALUES ($1, $2)', [
+        `${orderId}-${ctx.attempt}`,
+        orderId,
+      ])
+      return { attempt: ctx.attempt }
+    })
+    expect(retried).toEqual({ attempt: 2 })
+    hang.open()
+    await expect(stale).rejects.toBeInstanceOf(Error)
+    expect(await shipments(orderId)).toBe(1)
+  })
+
   it('persists atomic phases: after a crash, a takeover resumes after the last committed phase', async () => {
     const clock = new ManualClock(Date.now())
     const idempotency = createIdempotency({ store: testDb.db, clock, leaseMs: 30_000 })

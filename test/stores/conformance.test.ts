@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { sqlErrorKind } from '../../src/stores/errors.js'
 import type { SqlDriver, SqlTransaction } from '../../src/stores/types.js'
+import { gate } from '../support/gate.js'
 import { type OpenedTarget, targets, uniqueTable } from './drivers.js'
 
 describe.each(targets)('$dialect driver conformance', (target) => {
@@ -161,6 +162,34 @@ describe.each(targets)('$dialect driver conformance', (target) => {
       .catch((e) => e)
     expect(BreakwaterError.is(error) && error.code).toBe('TRANSACTION_MISUSE')
     expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
+  })
+
+  it('refuses statements through a savepoint executor once the outer transaction ended', async () => {
+    const t = await table()
+    const inside = gate()
+    const proceed = gate()
+    let savepoint: Promise<unknown> | undefined
+    await expect(
+      db.transaction(async (tx) => {
+        // Not awaited (or cut short, as idempotency's lease expiry rolls ctx.tx back): the
+        // outer transaction ends while the savepoint's callback still runs.
+        savepoint = tx.transaction(async (inner) => {
+          inside.open()
+          await proceed.promise
+          await inner.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'after the end')`)
+        })
+        await inside.promise
+        throw new Error('outer fails')
+      }),
+    ).rejects.toThrow('outer fails')
+    proceed.open()
+    const error = await savepoint!.catch((e) => e)
+    expect(BreakwaterError.is(error) && error.code).toBe('TRANSACTION_MISUSE')
+    // The late write ran nowhere: not on its own, nor in a later transaction of the connection.
+    await db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (2, 'next')`)
+    })
+    expect(await db.query(`SELECT id FROM ${t} ORDER BY id`)).toEqual([{ id: 2 }])
   })
 
   it('runs tx.transaction as a savepoint: an inner failure undoes only the inner writes', async () => {
