@@ -663,10 +663,25 @@ class ForwardCall {
       this.end(499, 'ABORTED')
     else if (core.closed) this.fail('UPSTREAM_NO_ENDPOINTS')
     else if (this.deadlineAt <= this.startedAt) this.fail('DEADLINE_EXCEEDED')
-    else if (core.endpoints.all.length === 0 && core.discovering !== undefined) {
-      // The first DNS answer is not in yet: wait for it, within the deadline.
-      core.discovering.then(() => this.admit())
-    } else this.admit()
+    else {
+      this.listen()
+      if (core.endpoints.all.length === 0 && core.discovering !== undefined) {
+        // The first DNS answer is not in yet: wait for it, within the deadline (a resolver
+        // that does not answer gives up only after tens of seconds), and while the client
+        // stays.
+        this.waitTimer = core.clock.setTimeout(() => {
+          this.waitTimer = undefined
+          this.fail('DEADLINE_EXCEEDED')
+        }, this.deadlineAt - this.startedAt)
+        core.discovering.then(() => {
+          if (this.waitTimer !== undefined) {
+            core.clock.clearTimeout(this.waitTimer)
+            this.waitTimer = undefined
+          }
+          this.admit()
+        })
+      } else this.admit()
+    }
     return promise
   }
 
@@ -677,7 +692,6 @@ class ForwardCall {
       this.fail('UPSTREAM_NO_ENDPOINTS')
       return
     }
-    this.listen()
     if (core.running < core.maxConcurrent) {
       core.running++
       this.holdsSlot = true

@@ -1,3 +1,4 @@
+import { createSocket } from 'node:dgram'
 import { Resolver } from 'node:dns/promises'
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -66,6 +67,43 @@ describe('DNS discovery', () => {
     await eventually(() => endpointsOf(service)[0] === `http://127.0.0.2:${first.port}`)
     expect((await service.exchange(forwardRequest(), 100)).status).toBe(200)
     expect(second.requests).toHaveLength(1)
+  })
+
+  it('answers a request waiting for the first DNS answer at its deadline, not when DNS gives up', async () => {
+    // A DNS server that takes every query and never answers (a blackholed resolver).
+    const silent = createSocket('udp4')
+    await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve))
+    cleanups.push(() => new Promise<void>((resolve) => silent.close(() => resolve())))
+    const queried = new Promise<void>((resolve) => silent.once('message', () => resolve()))
+    const clock = new ManualClock(0)
+    const discovery: DiscoveryConfig = {
+      kind: 'dns',
+      name: 'orders.test',
+      recordType: 'A',
+      port: 80,
+      scheme: 'http',
+      minRefreshMs: 1_000,
+      maxRefreshMs: 60_000,
+      servers: [`127.0.0.1:${silent.address().port}`],
+    }
+    const service = createServiceRuntime(
+      serviceConfig([], { discovery, timeouts: { connectMs: 100, readMs: 100, overallMs: 500 } }),
+      testDeps(clock),
+    )
+    cleanups.push(() => service.close())
+    await queried
+    let outcome: unknown
+    const call = service.exchange(forwardRequest(), 100).then(
+      () => 'answered',
+      (error: { code?: string }) => error.code,
+    )
+    void call.then((value) => {
+      outcome = value
+    })
+    await clock.advance(499)
+    expect(outcome).toBeUndefined()
+    await clock.advance(1)
+    expect(await call).toBe('DEADLINE_EXCEEDED')
   })
 
   it('clamps the TTL to minRefreshMs and keeps the last answer while lookups fail', async () => {
