@@ -148,6 +148,17 @@ describe('conclusions are computed from the numbers', () => {
     expect(reversed.text).toContain('p99 60 ms -> 1 s')
   })
 
+  it('timeout: does not hold when the lower p99 comes from calls failing sooner', () => {
+    // Retries are there to turn the hung requests into successes: a short timeout that loses
+    // calls has a low p99 only because its failures are quick.
+    const long = variant({ p99Ms: 1_000, successes: 95, failures: 5 })
+    const losing = concludeTimeout(long, variant({ p99Ms: 300, successes: 34, failures: 66 }))
+    expect(losing.holds).toBe(false)
+    expect(losing.text).toMatch(/^NOT shown/)
+    expect(losing.text).toContain('successes 95 -> 34 of 100')
+    expect(concludeTimeout(long, variant({ p99Ms: 60, successes: 100 })).holds).toBe(true)
+  })
+
   it('breaker: holds only with less load, fast failures, and a close after recovery', () => {
     const path: CircuitState[] = ['closed', 'open', 'half-open', 'closed']
     const plain = breakerVariant(300, 0, [])
