@@ -454,15 +454,37 @@ export class InstanceRun {
       work,
     )
     const until = this.#host.clock.now() + step.replyTimeoutMs
+    const before = { status: state.status, wakeAt: state.wakeAt, events: this.#events.length }
     state.status = 'waiting'
     state.wakeAt = until
     this.#event('step-waiting', step.name, attempt, { until, reply: true })
     // The command is written by `send` in the same transaction as the waiting state: both
     // commit or neither, and the reply cannot arrive before the state that expects it.
+    let refused: { readonly error: unknown } | undefined
     const send: CommitWork = async (tx) => {
-      await (step.send as (ctx: unknown, tx: SqlTransaction) => unknown)(ctx, tx)
+      try {
+        await (step.send as (ctx: unknown, tx: SqlTransaction) => unknown)(ctx, tx)
+      } catch (error) {
+        refused = { error }
+        throw error
+      }
     }
-    if (!(await this.#write({ release: true, nextRunAt: until }, [send, ...work]))) return 'lost'
+    let written: boolean
+    try {
+      written = await this.#write({ release: true, nextRunAt: until }, [send, ...work])
+    } catch (error) {
+      if (refused === undefined) throw error
+      // `send` itself threw (the command cannot be built, the outbox refuses it): nothing was
+      // sent and nothing written, so this attempt failed with that error, as an action's
+      // would. Giving the instance up instead retried it after every lease, then reported the
+      // attempts as spent by dead workers.
+      state.status = before.status
+      if (before.wakeAt === undefined) delete state.wakeAt
+      else state.wakeAt = before.wakeAt
+      this.#events.length = before.events
+      return this.#stepFailed(step, state, attempt, refused.error, 0)
+    }
+    if (!written) return 'lost'
     await this.#fault('after-step-action', step.name)
     this.#emit({ type: 'step-waiting', step: step.name, attempt, retryAt: until })
     return 'suspended'

@@ -28,6 +28,7 @@ import {
   getSagaTimeline,
   IDEMPOTENCY_KEY_HEADER,
   replyTo,
+  type SagaEvent,
   sagaReplyHandler,
 } from '../../src/saga/index.js'
 import { ManualClock } from '../../src/testing/index.js'
@@ -233,6 +234,24 @@ describe.each(dbTargets)('saga messaging on $dialect', (target) => {
       [`${name}-o`],
     )
     expect(sent).toBe(2)
+  })
+
+  it('a command the outbox refuses fails the attempt with that error, at once, instead of giving the saga up', async () => {
+    const saga = paidOrderSaga(`refused-${randomUUID().slice(0, 6)}`, 60_000)
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock: new ManualClock(0) })
+    const events: SagaEvent[] = []
+    worker.events.on((e) => events.push(e))
+    // An empty order id makes an empty aggregateId: enqueue() refuses the command.
+    const outcome = await worker.run(saga, { orderId: '', amount: 10 })
+    expect(outcome.status).toBe('compensated')
+    expect(outcome.reason).toMatch(/^step "charge" failed: InvalidOptionError: .*aggregateId/)
+    expect(events.filter((e) => e.type === 'error')).toEqual([])
+    expect(worker.metrics()).toMatchObject({ errors: 0, stepFailures: 1, compensated: 1 })
+    const stored = await getSaga(t.db, outcome.id)
+    expect(stored!.steps[1]).toMatchObject({ status: 'failed', error: { code: 'INVALID_OPTION' } })
+    expect(
+      await countRows(t.db, 'shop_log', "WHERE order_id = '' AND what = $1", ['release r-']),
+    ).toBe(1)
   })
 
   it('a stale worker’s command is never written: the command commits only with a fenced state write', async () => {
