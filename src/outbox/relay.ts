@@ -696,6 +696,7 @@ class OutboxRelay implements Relay {
     let dbFailures = 0
     while (this.#state === 'running') {
       try {
+        this.#resumeMarks()
         await this.#reportMarks()
         if (this.#clock.now() >= this.#nextRebalanceAt) {
           // Marks are fenced by the lease: finish them before partitions may be released. A
@@ -807,6 +808,7 @@ class OutboxRelay implements Relay {
         throw error
       }
       if (this.#state === 'crashed') throw new Halt()
+      this.#resumeMarks()
       if (this.#unmarked() <= limit || this.#marking === undefined) break
       await this.#marking
     }
@@ -827,6 +829,15 @@ class OutboxRelay implements Relay {
     this.#toMark.push({ rows, startedAt })
     this.#toMarkCount += rows.length
     if (this.#marking === undefined) this.#startMark()
+  }
+
+  /**
+   * After a failed mark, the rounds queued behind it wait (no statement follows a failure at
+   * once): once the loop has raised the failure and backed off, they are marked by the next
+   * statement, even if no new round comes to start one.
+   */
+  #resumeMarks(): void {
+    if (this.#marking === undefined && this.#markFailure === undefined) this.#startMark()
   }
 
   #startMark(): void {

@@ -13,9 +13,13 @@ import {
   type RelayEvent,
   redrive,
 } from '../../src/outbox/index.js'
+import { outboxStatements } from '../../src/outbox/sql.js'
+import type { SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { type Gate, gate } from '../support/gate.js'
 import { holdOpenTransaction } from '../support/held-transaction.js'
 import { QueueChecker } from '../support/queue-checker.js'
+import { StallableDriver } from '../support/stall.js'
 import {
   brokerDown,
   type Collector,
@@ -70,6 +74,39 @@ async function enqueueAll(
   }
 }
 
+/**
+ * The real driver, except that the next "mark published" statement can be held at a gate and
+ * then lose its reply: it commits on the real database, and the relay is told it failed (as
+ * when the connection drops after COMMIT was sent).
+ */
+class LostMarkReply extends StallableDriver {
+  held: Gate | undefined
+  /** Settles once the held mark has committed and its failure was reported. */
+  reported: Gate = gate()
+  #arrived: Gate = gate()
+
+  constructor(inner: SqlDriver) {
+    super(inner)
+  }
+
+  /** Resolves once the held mark statement arrived. */
+  get arrived(): Promise<void> {
+    return this.#arrived.promise
+  }
+
+  override async execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    const held = this.held
+    if (held === undefined || sql !== outboxStatements[this.dialect].markPublished)
+      return super.execute(sql, params)
+    this.held = undefined
+    this.#arrived.open()
+    await held.promise
+    await super.execute(sql, params)
+    this.reported.open()
+    throw new Error('connection terminated after COMMIT was sent')
+  }
+}
+
 function publishedIds(collector: Collector, prefix: string): string[] {
   return collector.received.map((r) => r.id).filter((id) => id.startsWith(prefix))
 }
@@ -102,6 +139,42 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
     relay.events.on((e) => events.push(e))
     return { queue, publisher, relay, events }
   }
+
+  it('marks the rounds confirmed while a failed mark was under way, without waiting for more traffic', async () => {
+    const clock = new ManualClock(T0 + 6_000_000)
+    const outbox = createOutbox({ clock, topic: 'lost-mark' })
+    const db = new LostMarkReply(t.db)
+    const { publisher, relay, events } = await setup(clock, { db, batchSize: 4 })
+    db.held = gate()
+    const release = db.held
+    try {
+      await relay.start()
+      // Round 1 (lm-a-0) is confirmed; its mark is held.
+      await enqueueAll(t.db, outbox, ['lm-a-0'])
+      relay.wake()
+      await advanceUntil(clock, () => publisher.confirmed.includes('lm-a-0'), 'round 1', 10)
+      await db.arrived
+      // Round 2 (lm-b-0) is confirmed while that mark is under way: it waits for the next one.
+      await enqueueAll(t.db, outbox, ['lm-b-0'])
+      relay.wake()
+      await advanceUntil(clock, () => publisher.confirmed.includes('lm-b-0'), 'round 2', 10)
+      // The held mark commits, and its reply is lost.
+      release.open()
+      await db.reported.promise
+      await advanceUntil(
+        clock,
+        () => events.some((e) => e.type === 'error' && e.phase === 'mark'),
+        'the mark failure',
+        10,
+      )
+      // No more traffic comes. Round 2 must still be marked, not left pending for good.
+      await advanceUntil(clock, async () => (await pendingCount(t.db)) === 0, 'round 2 marked', 50)
+      expect(publisher.confirmed.filter((id) => id.startsWith('lm-'))).toEqual(['lm-a-0', 'lm-b-0'])
+    } finally {
+      release.open()
+      await relay.stop()
+    }
+  })
 
   it('rides out a broker outage: breaker opens, lag rises, recovers by itself, lag falls', async () => {
     const clock = new ManualClock(T0)
