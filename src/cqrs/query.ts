@@ -6,7 +6,8 @@ import type { Projector } from './projector.js'
 /**
  * What a query handler reads through: SELECT (or WITH ... SELECT) statements over read-model
  * tables. Statements that write, or that name the event store's own `breakwater_` tables, are
- * refused, which keeps queries on the query side of CQRS.
+ * refused, which keeps queries on the query side of CQRS. Words inside string literals, quoted
+ * identifiers and comments are not taken for statements (`WHERE kind = 'profile-update'`).
  */
 export interface ReadModelReader {
   /** The database dialect. */
@@ -52,16 +53,116 @@ const readOnly = /^\s*(select|with)\b/i
 const writes = /\b(insert|update|delete|merge|create|drop|alter|truncate|grant|revoke)\b/i
 const storeTables = /\bbreakwater_/i
 
+/** What a statement is made of, apart from its literals and comments. */
+interface Scanned {
+  /** The statement with string literals, quoted identifiers and comments blanked out. */
+  readonly code: string
+  /** The names written as quoted identifiers. */
+  readonly quoted: readonly string[]
+}
+
+const identifierChar = /[A-Za-z0-9_$]/
+const dollarTag = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/
+
+/**
+ * Splits a statement into its code and its quoted identifiers, dropping string literals
+ * (PostgreSQL: also E'...' and $tag$...$tag$) and comments, so that the checks below judge the
+ * statement and not words in its data. Undefined when a literal or comment is not closed.
+ */
+function scan(sql: string, dialect: SqlDialect): Scanned | undefined {
+  const postgres = dialect === 'postgres'
+  const quoted: string[] = []
+  let code = ''
+  let i = 0
+  while (i < sql.length) {
+    const c = sql[i]!
+    const next = sql[i + 1]
+    if (c === '-' && next === '-') {
+      const end = sql.indexOf('\n', i)
+      if (end < 0) break
+      code += ' '
+      i = end
+    } else if (c === '/' && next === '*') {
+      let depth = 1
+      let j = i + 2
+      while (j < sql.length && depth > 0) {
+        if (sql[j] === '*' && sql[j + 1] === '/') {
+          depth--
+          j += 2
+        } else if (postgres && sql[j] === '/' && sql[j + 1] === '*') {
+          depth++
+          j += 2
+        } else j++
+      }
+      if (depth > 0) return undefined
+      code += ' '
+      i = j
+    } else if (c === "'") {
+      // PostgreSQL's E'...' takes backslash escapes; elsewhere a backslash is a character.
+      const escapes =
+        postgres && /[eE]/.test(sql[i - 1] ?? '') && !identifierChar.test(sql[i - 2] ?? '')
+      let j = i + 1
+      for (;;) {
+        if (j >= sql.length) return undefined
+        if (escapes && sql[j] === '\\') j += 2
+        else if (sql[j] === "'" && sql[j + 1] === "'") j += 2
+        else if (sql[j] === "'") break
+        else j++
+      }
+      code += ' '
+      i = j + 1
+    } else if (c === '"' || (!postgres && (c === '`' || c === '['))) {
+      const close = c === '[' ? ']' : c
+      let name = ''
+      let j = i + 1
+      for (;;) {
+        if (j >= sql.length) return undefined
+        if (sql[j] === close && close !== ']' && sql[j + 1] === close) {
+          name += close
+          j += 2
+        } else if (sql[j] === close) break
+        else name += sql[j++]
+      }
+      quoted.push(name)
+      code += ' q '
+      i = j + 1
+    } else if (postgres && c === '$' && !identifierChar.test(sql[i - 1] ?? '')) {
+      const tag = dollarTag.exec(sql.slice(i))?.[0]
+      if (tag === undefined) {
+        code += c
+        i++
+        continue
+      }
+      const end = sql.indexOf(tag, i + tag.length)
+      if (end < 0) return undefined
+      code += ' '
+      i = end + tag.length
+    } else {
+      code += c
+      i++
+    }
+  }
+  return { code, quoted }
+}
+
+/** Whether `sql` is one read-only statement over read models. */
+function isReadModelQuery(sql: unknown, dialect: SqlDialect): boolean {
+  if (typeof sql !== 'string') return false
+  const scanned = scan(sql, dialect)
+  return (
+    scanned !== undefined &&
+    readOnly.test(scanned.code) &&
+    !writes.test(scanned.code) &&
+    !storeTables.test(scanned.code) &&
+    !scanned.quoted.some((name) => /^breakwater_/i.test(name))
+  )
+}
+
 function readerOf(db: SqlExecutor): ReadModelReader {
   return {
     dialect: db.dialect,
     query<R>(sql: string, params?: readonly unknown[]): Promise<R[]> {
-      if (
-        typeof sql !== 'string' ||
-        !readOnly.test(sql) ||
-        writes.test(sql) ||
-        storeTables.test(sql)
-      ) {
+      if (!isReadModelQuery(sql, db.dialect)) {
         return Promise.reject(
           new InvalidOptionError(
             'sql',

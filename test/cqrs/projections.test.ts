@@ -193,6 +193,29 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     await expect(
       query('WITH x AS (DELETE FROM inline_balances RETURNING *) SELECT * FROM x'),
     ).rejects.toThrow(/no writes/)
+    // Words in string literals, quoted identifiers and comments are data, not statements: an
+    // activity read model filters on kinds such as 'profile-update' and 'delete'.
+    await expect(
+      query(
+        `SELECT count(*) AS "update" FROM inline_balances -- drop the owner filter later
+         WHERE owner IN ('profile-update', 'delete', 'it''s a create') /* merge */`,
+      ),
+    ).resolves.toHaveLength(1)
+    if (target.dialect === 'postgres') {
+      await expect(
+        query(`SELECT count(*) FROM inline_balances WHERE owner IN (E'an \\' insert', $$drop$$)`),
+      ).resolves.toHaveLength(1)
+    }
+    await expect(query('SELECT * FROM "breakwater_events"')).rejects.toThrow(
+      /no breakwater_ tables/,
+    )
+    // Code between or after literals still counts, and an unclosed literal hides nothing.
+    await expect(
+      query("SELECT 1 FROM inline_balances WHERE owner = 'a'; DELETE FROM inline_balances"),
+    ).rejects.toThrow(/no writes/)
+    await expect(query("SELECT 1 FROM inline_balances WHERE owner = 'a; DROP")).rejects.toThrow(
+      /no writes/,
+    )
   })
 
   it('two projector instances never apply an event twice', async () => {
