@@ -564,6 +564,12 @@ export interface RouteState {
         readonly compared: number
         readonly mismatches: number
         readonly examples: readonly ShadowMismatch[]
+        /** Sampled requests not compared (too many shadow calls in flight, a body over the cap). */
+        readonly skipped?: number
+        /** Shadow (or second primary) calls, or comparisons, that failed. */
+        readonly errors?: number
+        /** Paths learned as noise. */
+        readonly noise?: readonly string[]
       }
     | undefined
   /** Keys pinned now, and requests that followed their key's pin; undefined: affinity off. */

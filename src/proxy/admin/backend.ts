@@ -68,9 +68,9 @@ export function configForDisplay(config: ProxyConfig): Record<string, unknown> {
 }
 
 /**
- * Adds the route counters of several processes: requests, shadow and retry affinity counts are
- * summed, the examples merged (latest last, at most `keep`), targets and override taken from
- * the first.
+ * Adds the route counters of several processes: requests, shadow (compared, mismatches,
+ * skipped, errors) and retry affinity counts are summed, the examples merged (latest last, at
+ * most `keep`) and the learned noise joined; targets and override taken from the first.
  */
 export function mergeRoutes(workers: readonly WorkerRoutes[], keep = 50): RouteState[] {
   const merged = new Map<string, RouteState>()
@@ -89,10 +89,12 @@ export function mergeRoutes(workers: readonly WorkerRoutes[], keep = 50): RouteS
         const examples: ShadowMismatch[] = [...(shadow?.examples ?? []), ...route.shadow.examples]
         examples.sort((a, b) => a.at - b.at)
         shadow = {
-          ...(shadow ?? route.shadow),
           compared: (shadow?.compared ?? 0) + route.shadow.compared,
           mismatches: (shadow?.mismatches ?? 0) + route.shadow.mismatches,
           examples: examples.slice(-keep),
+          skipped: (shadow?.skipped ?? 0) + (route.shadow.skipped ?? 0),
+          errors: (shadow?.errors ?? 0) + (route.shadow.errors ?? 0),
+          noise: [...new Set([...(shadow?.noise ?? []), ...(route.shadow.noise ?? [])])],
         }
       }
       const affinity =
