@@ -186,7 +186,8 @@ export interface RunOptions {
   readonly scope?: string
   /**
    * What the call looks like (e.g. a hash of its input); a second call with the same key and
-   * another fingerprint throws `IdempotencyMismatchError`.
+   * another fingerprint throws `IdempotencyMismatchError`. Like `scope`, a well-formed string
+   * without NUL (else `INVALID_OPTION`).
    * @default '' (no check)
    */
   readonly fingerprint?: string
@@ -358,6 +359,14 @@ function computedString(option: 'scope' | 'fingerprint', value: unknown): string
       : 'a string from the fingerprint function',
     value,
   )
+}
+
+/**
+ * Whether both databases store `value` as given: half of a surrogate pair has no UTF-8 form
+ * (stored as U+FFFD), and PostgreSQL's text cannot hold NUL (refused with an encoding error).
+ */
+function storableText(value: string): boolean {
+  return !value.includes('\u0000') && !hasLoneSurrogate(value)
 }
 
 function toStored(response: IdempotencyResponse, replayHeaders: ReadonlySet<string>): StoredResult {
@@ -624,12 +633,14 @@ class IdempotencyCore implements Idempotency {
     checkOperationKey(key)
     checkFunction('fn', fn)
     const scope = options.scope ?? 'default'
-    if (typeof scope !== 'string' || scope === '' || hasLoneSurrogate(scope)) {
-      throw new InvalidOptionError('scope', 'a non-empty, well-formed string', scope)
+    if (typeof scope !== 'string' || scope === '' || !storableText(scope)) {
+      throw new InvalidOptionError('scope', 'a non-empty, well-formed string without NUL', scope)
     }
     const fingerprint = options.fingerprint ?? ''
-    if (typeof fingerprint !== 'string') {
-      throw new InvalidOptionError('fingerprint', 'a string', fingerprint)
+    if (typeof fingerprint !== 'string' || !storableText(fingerprint)) {
+      // Stored as given or not at all: a changed fingerprint would answer the retry of the same
+      // call with IdempotencyMismatchError.
+      throw new InvalidOptionError('fingerprint', 'a well-formed string without NUL', fingerprint)
     }
     const acquired = await this.#acquire(scope, key, fingerprint, options)
     switch (acquired.kind) {

@@ -24,7 +24,8 @@ export interface IdempotentOptions {
   readonly scope?: string
   /**
    * What the call looks like (e.g. a hash of its input); a later call with the same key and
-   * another fingerprint throws `IdempotencyMismatchError`.
+   * another fingerprint throws `IdempotencyMismatchError`. Like `scope`, a well-formed string
+   * without NUL (else `INVALID_OPTION`).
    * @default '' (no check)
    */
   readonly fingerprint?: string

@@ -141,6 +141,29 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     ).toBe('ok')
   })
 
+  // A fingerprint made of the call's input text may hold half of a surrogate pair too (text cut
+  // at a length), or a NUL. The database cannot store such a string as given (both dialects
+  // store U+FFFD for the half, PostgreSQL refuses NUL with a bare encoding error), so the
+  // same call retried was answered with IdempotencyMismatchError instead of its result.
+  it('refuses a fingerprint or scope the database cannot store as given, before running fn', async () => {
+    let runs = 0
+    for (const fingerprint of ['input-\uD83D', 'input-\u0000']) {
+      const key = randomUUID()
+      await expect(
+        idempotent(key, () => ++runs, { store: testDb.db, fingerprint }),
+      ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'fingerprint' })
+    }
+    await expect(
+      idempotent(randomUUID(), () => ++runs, { store: testDb.db, scope: 'saga-\u0000' }),
+    ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'scope' })
+    expect(runs).toBe(0)
+    // A whole pair is one character like any other: the retry replays.
+    const key = randomUUID()
+    const fingerprint = 'input-\u{1F600}'
+    expect(await idempotent(key, () => ++runs, { store: testDb.db, fingerprint })).toBe(1)
+    expect(await idempotent(key, () => ++runs, { store: testDb.db, fingerprint })).toBe(1)
+  })
+
   it('refuses a key reused with another fingerprint', async () => {
     const key = randomUUID()
     await idempotent(key, () => 1, { store: testDb.db, fingerprint: 'a' })
