@@ -142,8 +142,9 @@ export interface SagaStatements {
   /**
    * PostgreSQL only: many fenced transitions in one statement (group commit). $1 is a JSON
    * array of `{id, token, status, context, steps, step_index, attempt, next_run_at,
-   * lease_owner, lease_expires_at, reason, now, finished_at, events}`; returns `id` and
-   * `cancel_requested` of each row whose token still held.
+   * lease_owner, lease_expires_at, reason, now, finished_at, events}`; returns `id`,
+   * `lease_token` and `cancel_requested` of each row whose token still held (one instance may
+   * come twice, a stale and a fresh run's write: the token says which one was written).
    */
   readonly transitionBatch: string
   /** PostgreSQL only: many inserts in one statement; $1 a JSON array; returns inserted ids. */
@@ -342,16 +343,16 @@ SELECT cancel_requested FROM updated`,
     updated_at = i.now, finished_at = i.finished_at
   FROM input AS i
   WHERE s.id = i.id AND s.lease_token = i.token
-  RETURNING s.id, s.cancel_requested
+  RETURNING s.id, s.lease_token, s.cancel_requested
 ), timeline AS (
   INSERT INTO ${sagaEventsTable} (saga_id, at, kind, step, attempt, worker, detail)
   SELECT i.id, e.at, e.kind, e.step, e.attempt, e.worker, e.detail
-  FROM input AS i JOIN updated AS u ON u.id = i.id,
+  FROM input AS i JOIN updated AS u ON u.id = i.id AND u.lease_token = i.token,
     jsonb_to_recordset(i.events)
       AS e(n INTEGER, at BIGINT, kind TEXT, step TEXT, attempt INTEGER, worker TEXT, detail TEXT)
   ORDER BY e.n
 )
-SELECT id, cancel_requested FROM updated`,
+SELECT id, lease_token, cancel_requested FROM updated`,
     insertBatch: `INSERT INTO ${sagaTable} (id, name, version, definition, status, input, context,
   steps, step_index, attempt, next_run_at, lease_owner, lease_expires_at, lease_token, created_at,
   updated_at)

@@ -241,7 +241,7 @@ export async function writeBatch(
     let written: BatchOutcome[] = []
     if (writes.length > 0) {
       let n = 0
-      const rows = await db.query<{ id: string; cancel_requested: number }>(
+      const rows = await db.query<{ id: string; lease_token: number; cancel_requested: number }>(
         statements.transitionBatch,
         [
           JSON.stringify(
@@ -264,10 +264,15 @@ export async function writeBatch(
           ),
         ],
       )
-      const byId = new Map(rows.map((r) => [r.id, Boolean(Number(r.cancel_requested))]))
-      written = writes.map((w) =>
-        byId.has(w.id) ? { cancelRequested: byId.get(w.id)! } : undefined,
+      // By id and token: a stale run's write of an instance must not read as the fresh one's.
+      const key = (id: string, token: number) => `${Number(token)}:${id}`
+      const byKey = new Map(
+        rows.map((r) => [key(r.id, r.lease_token), Boolean(Number(r.cancel_requested))]),
       )
+      written = writes.map((w) => {
+        const cancelRequested = byKey.get(key(w.id, w.token))
+        return cancelRequested === undefined ? undefined : { cancelRequested }
+      })
     }
     return { inserted, written }
   }

@@ -681,6 +681,41 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     expect(await getSagaTimeline(t.db, two.id)).toEqual([])
   })
 
+  it('a group commit fences by token: a stale and a fresh write of one instance in one batch', async () => {
+    // One worker re-claimed an instance whose lease ran out while its old run still went on
+    // (renewals failing): both runs' writes can meet in one flush.
+    const saga = defineSaga({
+      name: `group-same-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'x', action: noopAction }],
+    })
+    const keys = stringListParam(t.db, [saga.key])
+    const { id } = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
+    const [stale] = await claimInstances(t.db, 'A', 1_000, 0, keys, 10)
+    const [fresh] = await claimInstances(t.db, 'A', 3_000, 2_000, keys, 10)
+    expect([Number(stale!.lease_token), Number(fresh!.lease_token)]).toEqual([1, 2])
+    const write = (row: typeof stale, by: string) => ({
+      id,
+      token: Number(row!.lease_token),
+      status: 'running',
+      context: JSON.stringify({ by }),
+      steps: row!.steps,
+      stepIndex: 0,
+      attempt: 1,
+      nextRunAt: 2_500,
+      leaseOwner: 'A',
+      leaseExpiresAt: 3_500,
+      reason: null,
+      now: 2_500,
+      finishedAt: null,
+      events: [{ at: 2_500, kind: 'released', step: 'x', attempt: 1, worker: by, detail: null }],
+    })
+    const { written } = await writeBatch(t.db, [], [write(stale, 'stale'), write(fresh, 'fresh')])
+    expect(written).toEqual([undefined, { cancelRequested: false }])
+    expect((await getSaga(t.db, id))!.context).toEqual({ by: 'fresh' })
+    expect((await getSagaTimeline(t.db, id)).map((e) => e.worker)).toEqual(['fresh'])
+  })
+
   it('refuses an input or a reply JSON cannot hold with InvalidOptionError, storing nothing', async () => {
     const saga = defineSaga({
       name: `unjsonable-${randomUUID().slice(0, 8)}`,
