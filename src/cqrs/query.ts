@@ -5,9 +5,10 @@ import type { Projector } from './projector.js'
 
 /**
  * What a query handler reads through: SELECT (or WITH ... SELECT) statements over read-model
- * tables. Statements that write, or that name the event store's own `breakwater_` tables, are
- * refused, which keeps queries on the query side of CQRS. Words inside string literals, quoted
- * identifiers and comments are not taken for statements (`WHERE kind = 'profile-update'`).
+ * tables. Statements that write (also `SELECT ... INTO`), that name the event store's own
+ * `breakwater_` tables, or that are followed by another statement are refused, which keeps
+ * queries on the query side of CQRS. Words inside string literals, quoted identifiers and
+ * comments are not taken for statements (`WHERE kind = 'profile-update'`).
  */
 export interface ReadModelReader {
   /** The database dialect. */
@@ -50,7 +51,11 @@ export interface QueryOptions {
 export type QueryHandler<P, R> = (params: P, options?: QueryOptions) => Promise<R>
 
 const readOnly = /^\s*(select|with)\b/i
-const writes = /\b(insert|update|delete|merge|create|drop|alter|truncate|grant|revoke)\b/i
+// INTO: PostgreSQL's SELECT ... INTO creates a table.
+const writes = /\b(insert|into|update|delete|merge|create|drop|alter|truncate|grant|revoke)\b/i
+// A second statement (PostgreSQL runs all of a parameterless query) could be anything: SET,
+// LOCK, NOTIFY, CALL, DO.
+const secondStatement = /;\s*\S/
 const storeTables = /\bbreakwater_/i
 
 /** What a statement is made of, apart from its literals and comments. */
@@ -152,6 +157,7 @@ function isReadModelQuery(sql: unknown, dialect: SqlDialect): boolean {
   return (
     scanned !== undefined &&
     readOnly.test(scanned.code) &&
+    !secondStatement.test(scanned.code) &&
     !writes.test(scanned.code) &&
     !storeTables.test(scanned.code) &&
     !scanned.quoted.some((name) => /^breakwater_/i.test(name))
@@ -166,7 +172,7 @@ function readerOf(db: SqlExecutor): ReadModelReader {
         return Promise.reject(
           new InvalidOptionError(
             'sql',
-            'a SELECT over read models (no writes, no breakwater_ tables)',
+            'a SELECT over read models (one statement, no writes, no breakwater_ tables)',
             sql,
           ),
         )

@@ -209,6 +209,12 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     await expect(query('SELECT * FROM "breakwater_events"')).rejects.toThrow(
       /no breakwater_ tables/,
     )
+    // SELECT ... INTO creates a table on PostgreSQL; a second statement could be anything.
+    await expect(query('SELECT * INTO copied_balances FROM inline_balances')).rejects.toThrow(
+      /no writes/,
+    )
+    await expect(query('SELECT 1; SET search_path TO nowhere')).rejects.toThrow(/one statement/)
+    await expect(query('SELECT 1 AS one;  ')).resolves.toEqual([{ one: 1 }])
     // Code between or after literals still counts, and an unclosed literal hides nothing.
     await expect(
       query("SELECT 1 FROM inline_balances WHERE owner = 'a'; DELETE FROM inline_balances"),
