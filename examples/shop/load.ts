@@ -35,6 +35,8 @@ export interface OrderOutcome {
 export interface LoadStats {
   sent: number
   accepted: number
+  /** The ids of the accepted orders (the invariants check that each was recorded). */
+  acceptedIds: string[]
   failed: number
   shed: number
   inFlight: number
@@ -106,6 +108,7 @@ export function startLoad(options: LoadOptions): Load {
   const stats: LoadStats = {
     sent: 0,
     accepted: 0,
+    acceptedIds: [],
     failed: 0,
     shed: 0,
     inFlight: 0,
@@ -137,8 +140,10 @@ export function startLoad(options: LoadOptions): Load {
       const body =
         response.body.length > 0 ? response.json<{ system?: string; position?: number }>() : {}
       const ok = response.status < 300
-      if (ok) stats.accepted++
-      else stats.failed++
+      if (ok) {
+        stats.accepted++
+        stats.acceptedIds.push(order.orderId)
+      } else stats.failed++
       // Every third order of the new system is read back at once from its read model: the
       // position makes the query wait for the projection (read-your-writes).
       if (ok && body.position !== undefined && stats.accepted % 3 === 0)

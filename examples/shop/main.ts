@@ -198,7 +198,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       snapshot = await monitor.refresh()
     }
     const settled = settledNow()
-    const invariants = judge(figures, true, load.stats.accepted)
+    const invariants = judge(figures, true)
     const shadow = snapshot.strangler.routes.find((r) => r.shadow !== undefined)?.shadow
     const result: ShopDemoResult = {
       ok: invariants.every((i) => i.ok),

@@ -380,7 +380,7 @@ export function startMonitor(options: MonitorOptions): Monitor {
         notifications === undefined
           ? undefined
           : Number(notifications.details?.awaitingRedelivery ?? 0),
-      invariants: figures === undefined ? [] : judge(figures, false, accepted),
+      invariants: figures === undefined ? [] : judge(figures, false),
       patterns,
       recentSagas,
       log: [...log],
@@ -390,7 +390,7 @@ export function startMonitor(options: MonitorOptions): Monitor {
 
   let countingFigures = false
   const countNow = async (): Promise<ShopFigures> => {
-    figures = await countFigures(shop.dbs)
+    figures = await countFigures(shop.dbs, options.load()?.stats.acceptedIds)
     return figures
   }
 
