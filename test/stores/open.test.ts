@@ -54,6 +54,13 @@ describe('redactUrl', () => {
     ['postgres://db/app?user=a&password=secret&x=1', 'postgres://db/app?user=a&password=***&x=1'],
     ['postgres://a:p%40ss@db/app', 'postgres://a:***@db/app'],
     ['sqlite:./x.db', 'sqlite:./x.db'],
+    // A password with an unencoded /, ? or # (a generated one): the URL does not parse, and it
+    // is exactly then that the URL is shown in an error message.
+    ['postgres://app:pa/ss@db:5432/app', 'postgres://app:***@db:5432/app'],
+    ['postgres://app:p?ss@db/app', 'postgres://app:***@db/app'],
+    ['postgres://app:p#ss@db/app', 'postgres://app:***@db/app'],
+    ['postgres://app:p@s/s@db/app', 'postgres://app:***@db/app'],
+    ['postgres://app@db/app?application_name=a@b', 'postgres://app@db/app?application_name=a@b'],
   ])('%s', (url, expected) => {
     expect(redactUrl(url)).toBe(expected)
   })
@@ -118,6 +125,8 @@ describe('openDatabase', () => {
       'postgres://app:hunter2@127.0.0.1:abc/x',
       'postgres://app:hunter2@127.0.0.1:99999/x',
       'postgresql://[::1:1/x',
+      'postgres://app:hunter2/x@127.0.0.1/x',
+      'postgres://app:hunter2#x@127.0.0.1/x',
     ]) {
       const error = await openDatabase(url).catch((e) => e)
       expect(BreakwaterError.is(error) && error.code).toBe('INVALID_OPTION')
