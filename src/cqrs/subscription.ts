@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, sleep } from '../core/clock.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { checkName, type EventStoreImpl } from './event-store.js'
@@ -52,6 +53,9 @@ export interface SubscriptionOptions {
   readonly clock?: Clock
 }
 
+// The subscription whose handler the current async context runs in.
+const handling = new AsyncLocalStorage<StoreSubscription>()
+
 /** A running subscription made by `EventStore.subscribe`. */
 export interface Subscription {
   /** The checkpoint name, if any. */
@@ -60,7 +64,11 @@ export interface Subscription {
   readonly position: number
   /** Whether it has caught up with the log at least once (and is now following it live). */
   readonly live: boolean
-  /** Stops after the event being handled, stores the checkpoint, and stops listening. */
+  /**
+   * Stops after the event being handled, stores the checkpoint, and stops listening. Called
+   * from the subscription's own handler, it resolves at once (waiting would wait for that
+   * handler) and the rest happens when the handler returns.
+   */
   stop(): Promise<void>
 }
 
@@ -136,7 +144,7 @@ class StoreSubscription implements Subscription {
         })
         for (const event of events) {
           if (signal.aborted) break
-          await this.#handler(event)
+          await handling.run(this, () => this.#handler(event))
           this.position = event.position
         }
         await this.#saveCheckpoint()
@@ -172,9 +180,9 @@ class StoreSubscription implements Subscription {
     this.#saved = position
   }
 
-  async stop(): Promise<void> {
+  stop(): Promise<void> {
     this.#stop.abort()
-    await this.#done
+    return handling.getStore() === this ? Promise.resolve() : this.#done
   }
 }
 

@@ -2,7 +2,7 @@
 // PostgreSQL, polling on SQLite, driven by a ManualClock), named checkpoints, stop(), and a
 // failing handler retried without skipping.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createEventStore, type EventStore } from '../../src/cqrs/index.js'
+import { createEventStore, type EventStore, type Subscription } from '../../src/cqrs/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { dbTargets, type TestDb } from './databases.js'
 
@@ -57,6 +57,37 @@ describe.each(dbTargets)('subscriptions on $dialect', (target) => {
       ['counter'],
     )
     expect(Number(rows[0]!.position)).toBe(base + 5)
+  })
+
+  it('can be stopped from its own handler, which then stores the checkpoint', async () => {
+    const from = (await store.headPosition()) + 1
+    await store.append(
+      'stop-inside',
+      [1, 2, 3].map((n) => ({ type: 'n', data: n })),
+    )
+    const seen: number[] = []
+    let stopped = false
+    const subscription: Subscription = store.subscribe(
+      async (event) => {
+        seen.push(event.data as number)
+        if (event.data === 2) {
+          // "Read until the event I was waiting for": awaiting stop() here must not wait for
+          // this very handler to return.
+          await subscription.stop()
+          stopped = true
+        }
+      },
+      { name: 'stop-inside', fromPosition: from },
+    )
+    await expect.poll(() => stopped, poll).toBe(true)
+    await subscription.stop()
+    expect(seen).toEqual([1, 2])
+    expect(subscription.position).toBe(from + 1)
+    const rows = await t.db.query<{ position: number }>(
+      'SELECT position FROM breakwater_checkpoints WHERE name = $1',
+      ['stop-inside'],
+    )
+    expect(Number(rows[0]!.position)).toBe(from + 1)
   })
 
   it('refuses a checkpoint name the database cannot store as given', async () => {
