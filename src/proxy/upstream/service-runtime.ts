@@ -864,7 +864,15 @@ class ForwardCall {
     }
     const res = this.res
     if (res === undefined || res.write(chunk)) return true
-    this.onDrain ??= () => this.attempt?.resume?.()
+    // The client is slow, not the upstream: no read timeout while the upstream is paused for
+    // it (the deadline still holds); readMs starts again when the client has drained.
+    attempt.dueAt = Number.POSITIVE_INFINITY
+    this.onDrain ??= () => {
+      const current = this.attempt
+      if (current === undefined || current.phase !== phaseBody) return
+      current.setDue(this.core.clock.now() + this.core.readMs)
+      current.resume?.()
+    }
     res.once('drain', this.onDrain)
     return false
   }

@@ -178,6 +178,61 @@ describe('forward: streaming and headers', () => {
     expect(received).toBe(total)
   })
 
+  it('does not time out the upstream while a slow client holds the stream back (readMs on the clock)', async () => {
+    const total = 64 * 1024 * 1024
+    const up = await upstream({ fallback: { kind: 'stream', bytes: total } })
+    const clock = new ManualClock(1_000_000)
+    const service = createServiceRuntime(
+      serviceConfig([up.url], {
+        timeouts: { connectMs: 1_000, readMs: 2_000, overallMs: 600_000 },
+        breaker: { failureThreshold: 1, cooldownMs: 60_000, halfOpenProbes: 1 },
+      }),
+      testDeps(clock),
+    )
+    cleanups.push(() => service.close())
+    // A front that keeps the response, so the test sees when the proxy waits for the client.
+    let proxied: import('node:http').ServerResponse | undefined
+    let outcome: { status: number; error: string | undefined } | undefined
+    const front = createServer((req, res) => {
+      proxied = res
+      req.resume()
+      void service.forward(forwardRequest({ target: '/big' }), res).then((o) => (outcome = o))
+    })
+    const port = await listenOnLoopback(front)
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          front.closeAllConnections()
+          front.close(() => resolve())
+        }),
+    )
+    let received = 0
+    let response: import('node:http').IncomingMessage | undefined
+    const done = new Promise<void>((resolve, reject) => {
+      const req = httpRequest(`http://127.0.0.1:${port}/big`, { agent: false }, (res) => {
+        response = res
+        res.pause()
+        res.on('data', (chunk: Buffer) => {
+          received += chunk.length
+        })
+        res.on('end', () => resolve())
+        res.on('error', reject)
+        res.on('aborted', () => reject(new Error('response cut short')))
+      })
+      req.on('error', reject)
+      req.end()
+    })
+    // The client reads nothing: the proxy's writes fill up and it pauses the upstream.
+    await eventually(() => proxied?.writableNeedDrain === true, 20_000)
+    // Longer than readMs without an upstream chunk, but only because the client is slow.
+    await clock.advance(5_000)
+    response!.resume()
+    await done
+    expect(received).toBe(total)
+    expect(outcome).toMatchObject({ status: 200, error: undefined })
+    expect(service.state().breaker).toBe('closed')
+  })
+
   it('exchange() buffers the response up to the cap and marks it truncated', async () => {
     const up = await upstream({ fallback: { kind: 'respond', body: 'abcdefghij' } })
     const { service } = await setup(serviceConfig([up.url]))
