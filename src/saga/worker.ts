@@ -280,7 +280,10 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     this.#state = 'running'
     if (this.#listen && this.db.listen !== undefined) {
       try {
-        this.#unlisten = await this.db.listen(sagaNotifyChannel, () => this.#wakeUp())
+        const unlisten = await this.db.listen(sagaNotifyChannel, () => this.#wakeUp())
+        // stop() came while subscribing: it could not unsubscribe what it did not have yet.
+        if (this.#state !== 'running') await unlisten().catch(() => {})
+        else this.#unlisten = unlisten
       } catch (error) {
         // Polling still finds every saga; NOTIFY only makes it quicker.
         this.#error(error)

@@ -994,6 +994,34 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     expect(kinds).toEqual(['step-completed', 'released', 'step-completed', 'completed'])
   })
 
+  it('stop() called while start() is still subscribing leaves no LISTEN behind', async () => {
+    if (target.dialect !== 'postgres') return
+    // A database of its own: other tests' workers listen on the shared one.
+    const own = await target.open('saga_listen')
+    const db = own.db
+    const saga = defineSaga({
+      name: `listen-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'x', action: noopAction }],
+    })
+    const worker = createSagaWorker({ db, sagas: [saga], clock: new ManualClock(0) })
+    const starting = worker.start()
+    await worker.stop()
+    await starting
+    expect(worker.state).toBe('stopped')
+    // The listening connection's last statement: UNLISTEN once nobody listens any more.
+    try {
+      const rows = await db.query<{ query: string }>(
+        `SELECT query FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND query ILIKE '%listen "breakwater_saga"%'`,
+      )
+      expect(rows.map((r) => r.query)).toEqual(['UNLISTEN "breakwater_saga"'])
+    } finally {
+      await own.close()
+    }
+  })
+
   it('stop() of a worker never started waits for what run() and poll() have in hand', async () => {
     const clock = new ManualClock(0)
     const { saga, inside, finish } = heldTwoSteps('unstarted')
