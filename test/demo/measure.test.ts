@@ -1,6 +1,8 @@
+import { createHistogram } from 'node:perf_hooks'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { CallLog, isFastFailure, peakInWindow, percentile } from '../../src/demo/policies/index.js'
+import { eventLoopDelayP99Ms } from '../../src/demo/policies/measure.js'
 import {
   BrokenCircuitError,
   BulkheadRejectedError,
@@ -92,5 +94,25 @@ describe('CallLog', () => {
     expect(isFastFailure(new BulkheadRejectedError('queueTimeout', 1, 0))).toBe(false)
     expect(isFastFailure(new TimeoutError(10))).toBe(false)
     expect(isFastFailure(new Error('boom'))).toBe(false)
+  })
+})
+
+describe('eventLoopDelayP99Ms', () => {
+  // monitorEventLoopDelay records the time between two of its timer's runs, its resolution
+  // included: an idle loop sampled every 10 ms records about 10 ms, a loop 25 ms late 35 ms.
+  const sampled = (intervalsMs: readonly number[]) => {
+    const histogram = createHistogram()
+    for (const ms of intervalsMs) histogram.record(Math.round(ms * 1e6))
+    return histogram
+  }
+
+  it('is the delay beyond the sampling interval, not the interval itself', () => {
+    expect(eventLoopDelayP99Ms(sampled(Array(100).fill(10)), 10)).toBe(0)
+    expect(eventLoopDelayP99Ms(sampled([...Array(98).fill(10), 35, 35]), 10)).toBe(25)
+  })
+
+  it('is 0 for a timer that ran a little early, and with no samples', () => {
+    expect(eventLoopDelayP99Ms(sampled(Array(10).fill(9.2)), 10)).toBe(0)
+    expect(eventLoopDelayP99Ms(createHistogram(), 10)).toBe(0)
   })
 })

@@ -1,3 +1,4 @@
+import type { Histogram } from 'node:perf_hooks'
 import type { Clock } from '../../core/clock.js'
 import { BreakwaterError } from '../../core/errors.js'
 
@@ -100,4 +101,18 @@ export class CallLog {
       p99Ms: percentile(this.#latenciesMs, 99),
     }
   }
+}
+
+/**
+ * The 99th percentile of the event loop's delay, in whole milliseconds, from a
+ * `monitorEventLoopDelay({ resolution: resolutionMs })` histogram; 0 when it holds nothing.
+ */
+export function eventLoopDelayP99Ms(
+  histogram: Pick<Histogram, 'count' | 'percentile'>,
+  resolutionMs: number,
+): number {
+  if (histogram.count === 0) return 0
+  // It records the time between two runs of its timer (in nanoseconds): the resolution itself
+  // when the loop is idle. The delay is what comes on top (a timer may also run a little early).
+  return Math.max(0, Math.round(histogram.percentile(99) / 1e6 - resolutionMs))
 }

@@ -5,8 +5,12 @@ import { checkFunction, checkNumber, checkObject } from '../../core/validate.js'
 import { type BreakerScenarioOptions, runBreakerScenario } from './breaker-scenario.js'
 import { type BulkheadScenarioOptions, runBulkheadScenario } from './bulkhead-scenario.js'
 import { type JitterScenarioOptions, runJitterScenario } from './jitter-scenario.js'
+import { eventLoopDelayP99Ms as eventLoopDelayP99 } from './measure.js'
 import { type PolicyScenarioResult, renderFooter, renderHeader, renderScenario } from './report.js'
 import { runTimeoutScenario, type TimeoutScenarioOptions } from './timeout-scenario.js'
+
+// How often the event loop's delay is sampled while the scenarios play.
+const delayResolutionMs = 10
 
 /** The policy scenarios, in the order the demo plays them. */
 export const policyScenarioNames = ['jitter', 'bulkhead', 'timeout', 'breaker'] as const
@@ -117,7 +121,7 @@ export async function runPoliciesDemo(
   }
 
   const startMs = clock.now()
-  const delay = monitorEventLoopDelay({ resolution: 10 })
+  const delay = monitorEventLoopDelay({ resolution: delayResolutionMs })
   delay.enable()
   const results: PolicyScenarioResult[] = []
   try {
@@ -133,8 +137,7 @@ export async function runPoliciesDemo(
     delay.disable()
   }
   const elapsedMs = clock.now() - startMs
-  // The histogram counts in nanoseconds.
-  const eventLoopDelayP99Ms = delay.count === 0 ? 0 : Math.round(delay.percentile(99) / 1e6)
+  const eventLoopDelayP99Ms = eventLoopDelayP99(delay, delayResolutionMs)
   write('')
   for (const line of renderFooter(results, elapsedMs, eventLoopDelayP99Ms)) write(line)
   return {
