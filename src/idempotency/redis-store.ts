@@ -4,7 +4,7 @@
 import type { Redis } from 'ioredis'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkObject } from '../core/validate.js'
-import { DriverMissingError, type SqlTransaction } from '../stores/index.js'
+import { DriverMissingError, redactUrl, type SqlTransaction } from '../stores/index.js'
 import { IdempotencyInProgressError } from './errors.js'
 import type {
   ClaimInput,
@@ -228,7 +228,12 @@ export function createRedisIdempotencyStore(
     throw new InvalidOptionError('url', 'exactly one of url and client', url)
   }
   if (url !== undefined && (typeof url !== 'string' || !/^rediss?:\/\//.test(url))) {
-    throw new InvalidOptionError('url', 'a redis:// or rediss:// URL', url)
+    // Named in the message without its password.
+    throw new InvalidOptionError(
+      'url',
+      'a redis:// or rediss:// URL',
+      typeof url === 'string' ? redactUrl(url) : url,
+    )
   }
   if (given !== undefined && (typeof given !== 'object' || given === null)) {
     throw new InvalidOptionError('client', 'an ioredis client', given)

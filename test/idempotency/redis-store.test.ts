@@ -370,6 +370,19 @@ describe('Redis idempotency store: what differs from SQL', () => {
   it('validates its options once, naming the option', () => {
     expect(() => createRedisIdempotencyStore({})).toThrow(InvalidOptionError)
     expect(() => createRedisIdempotencyStore({ url: 'http://localhost' })).toThrow(/url/)
+    // The refused URL is named in the message, never its password.
+    for (const wrong of ['http://:hunter2@localhost:6379', 'redis+tcp://:hunter2@localhost:6379']) {
+      let error: unknown
+      try {
+        createRedisIdempotencyStore({ url: wrong })
+      } catch (e) {
+        error = e
+      }
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as Error).message).toContain('localhost:6379')
+      expect((error as Error).message).not.toContain('hunter2')
+      expect(JSON.stringify(error)).not.toContain('hunter2')
+    }
     expect(() => createRedisIdempotencyStore({ url, keyPrefix: 42 as unknown as string })).toThrow(
       /keyPrefix/,
     )
