@@ -1,4 +1,4 @@
-import { createServer, request as httpRequest } from 'node:http'
+import { createServer, request as httpRequest, type IncomingMessage } from 'node:http'
 import { afterEach, describe, expect, it } from 'vitest'
 import { DEADLINE_HEADER } from '../../../src/index.js'
 import type { ServiceConfig } from '../../../src/proxy/contracts.js'
@@ -57,6 +57,36 @@ async function timerWithin(clock: ManualClock, ms: number): Promise<void> {
     const at = clock.nextTimerAt()
     return at !== undefined && at - clock.now() <= ms
   })
+}
+
+/**
+ * A GET whose response the client does not read until `finish()`, which reads it to the end
+ * and resolves with its length (rejects if it was cut short).
+ */
+function pausedDownload(url: string): { started(): boolean; finish(): Promise<number> } {
+  let received = 0
+  let response: IncomingMessage | undefined
+  const done = new Promise<number>((resolve, reject) => {
+    const req = httpRequest(url, { agent: false }, (res) => {
+      response = res
+      res.pause()
+      res.on('data', (chunk: Buffer) => {
+        received += chunk.length
+      })
+      res.on('end', () => resolve(received))
+      res.on('error', reject)
+      res.on('aborted', () => reject(new Error('response cut short')))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+  return {
+    started: () => response !== undefined,
+    finish: () => {
+      response?.resume()
+      return done
+    },
+  }
 }
 
 describe('forward: streaming and headers', () => {
@@ -148,21 +178,8 @@ describe('forward: streaming and headers', () => {
     const total = 64 * 1024 * 1024
     const up = await upstream({ fallback: { kind: 'stream', bytes: total } })
     const { front } = await setup(serviceConfig([up.url]))
-    let received = 0
-    let response: import('node:http').IncomingMessage | undefined
-    const done = new Promise<void>((resolve, reject) => {
-      const req = httpRequest(`${front.url}/big`, (res) => {
-        response = res
-        res.pause()
-        res.on('data', (chunk: Buffer) => {
-          received += chunk.length
-        })
-        res.on('end', () => resolve())
-        res.on('error', reject)
-      })
-      req.end()
-    })
-    await eventually(() => response !== undefined)
+    const download = pausedDownload(`${front.url}/big`)
+    await eventually(() => download.started())
     // Wait until the upstream has stopped writing (the buffers on the way are full).
     let last = -1
     await eventually(async () => {
@@ -173,63 +190,25 @@ describe('forward: streaming and headers', () => {
       return settled
     }, 20_000)
     expect(up.streamed).toBeLessThan(total / 2)
-    response!.resume()
-    await done
-    expect(received).toBe(total)
+    expect(await download.finish()).toBe(total)
   })
 
   it('does not time out the upstream while a slow client holds the stream back (readMs on the clock)', async () => {
     const total = 64 * 1024 * 1024
     const up = await upstream({ fallback: { kind: 'stream', bytes: total } })
-    const clock = new ManualClock(1_000_000)
-    const service = createServiceRuntime(
+    const { clock, service, front } = await setup(
       serviceConfig([up.url], {
         timeouts: { connectMs: 1_000, readMs: 2_000, overallMs: 600_000 },
         breaker: { failureThreshold: 1, cooldownMs: 60_000, halfOpenProbes: 1 },
       }),
-      testDeps(clock),
     )
-    cleanups.push(() => service.close())
-    // A front that keeps the response, so the test sees when the proxy waits for the client.
-    let proxied: import('node:http').ServerResponse | undefined
-    let outcome: { status: number; error: string | undefined } | undefined
-    const front = createServer((req, res) => {
-      proxied = res
-      req.resume()
-      void service.forward(forwardRequest({ target: '/big' }), res).then((o) => (outcome = o))
-    })
-    const port = await listenOnLoopback(front)
-    cleanups.push(
-      () =>
-        new Promise<void>((resolve) => {
-          front.closeAllConnections()
-          front.close(() => resolve())
-        }),
-    )
-    let received = 0
-    let response: import('node:http').IncomingMessage | undefined
-    const done = new Promise<void>((resolve, reject) => {
-      const req = httpRequest(`http://127.0.0.1:${port}/big`, { agent: false }, (res) => {
-        response = res
-        res.pause()
-        res.on('data', (chunk: Buffer) => {
-          received += chunk.length
-        })
-        res.on('end', () => resolve())
-        res.on('error', reject)
-        res.on('aborted', () => reject(new Error('response cut short')))
-      })
-      req.on('error', reject)
-      req.end()
-    })
+    const download = pausedDownload(`${front.url}/big`)
     // The client reads nothing: the proxy's writes fill up and it pauses the upstream.
-    await eventually(() => proxied?.writableNeedDrain === true, 20_000)
+    await eventually(() => front.responses[0]?.writableNeedDrain === true, 20_000)
     // Longer than readMs without an upstream chunk, but only because the client is slow.
     await clock.advance(5_000)
-    response!.resume()
-    await done
-    expect(received).toBe(total)
-    expect(outcome).toMatchObject({ status: 200, error: undefined })
+    expect(await download.finish()).toBe(total)
+    expect(front.outcomes[0]).toMatchObject({ status: 200, error: undefined })
     expect(service.state().breaker).toBe('closed')
   })
 

@@ -2,7 +2,7 @@
 // ManualClock and a logger whose lines the test can read, and a minimal node:http front
 // server that hands each request to a service's forward() as the inbound side would.
 
-import { createServer, type Server } from 'node:http'
+import { createServer, type Server, type ServerResponse } from 'node:http'
 import type { Clock } from '../../../src/core/clock.js'
 import { DEADLINE_HEADER } from '../../../src/index.js'
 import { createJsonLogger } from '../../../src/observability/logger.js'
@@ -78,6 +78,8 @@ export interface Front {
   readonly outcomes: ForwardOutcome[]
   /** The ForwardRequests handed to the service, in arrival order. */
   readonly forwarded: ForwardRequest[]
+  /** The responses the service writes to, in arrival order. */
+  readonly responses: ServerResponse[]
   readonly server: Server
   close(): Promise<void>
 }
@@ -89,6 +91,7 @@ export interface Front {
 export async function startFront(service: ServiceRuntime, clock: Clock): Promise<Front> {
   const outcomes: ForwardOutcome[] = []
   const forwarded: ForwardRequest[] = []
+  const responses: ServerResponse[] = []
   let n = 0
   const server = createServer((req, res) => {
     const chunks: Buffer[] = []
@@ -112,6 +115,7 @@ export async function startFront(service: ServiceRuntime, clock: Clock): Promise
         signal: controller.signal,
       }
       forwarded.push(forward)
+      responses.push(res)
       void service.forward(forward, res).then((outcome) => outcomes.push(outcome))
     })
   })
@@ -120,6 +124,7 @@ export async function startFront(service: ServiceRuntime, clock: Clock): Promise
     url: `http://127.0.0.1:${serverPort}`,
     outcomes,
     forwarded,
+    responses,
     server,
     close: () =>
       new Promise<void>((resolve) => {
