@@ -227,7 +227,7 @@ export function createRedisIdempotencyStore(
   if ((url === undefined) === (given === undefined)) {
     throw new InvalidOptionError('url', 'exactly one of url and client', url)
   }
-  if (url !== undefined && (typeof url !== 'string' || !/^rediss?:\/\//.test(url))) {
+  if (url !== undefined && (typeof url !== 'string' || !/^rediss?:\/\//i.test(url))) {
     // Named in the message without its password.
     throw new InvalidOptionError(
       'url',

@@ -388,6 +388,18 @@ describe('Redis idempotency store: what differs from SQL', () => {
     )
   })
 
+  it('takes the redis:// scheme in any case, as openBroker does', async () => {
+    const upper = createRedisIdempotencyStore({
+      url: url.replace(/^redis:/i, 'REDIS:'),
+      keyPrefix: prefix,
+    })
+    try {
+      expect(await upper.claim(claimInput(nextKey()))).toEqual({ claimed: true })
+    } finally {
+      await upper.close()
+    }
+  })
+
   it('uses a client the caller owns and leaves it open on close()', async () => {
     const client = new Redis(url, { enableAutoPipelining: false })
     try {
