@@ -118,7 +118,10 @@ export interface Projector {
   stop(): Promise<void>
   /** Applies batches until the projection has caught up with the head; returns its position. */
   catchUp(options?: { readonly signal?: AbortSignal }): Promise<number>
-  /** The checkpoint (last applied position), read from the database. */
+  /**
+   * The checkpoint (last applied position), read from the database. An inline projection has
+   * applied every committed event: its position is the head.
+   */
   position(): Promise<number>
   /** The projection's lag behind the log. */
   lag(): Promise<ProjectionLag>
@@ -310,6 +313,8 @@ class SqlProjector implements Projector {
   }
 
   async position(): Promise<number> {
+    // An inline projection's stored position only says where its last rebuild ended.
+    if (this.inline) return this.#store.headPosition()
     await this.#ensure()
     const rows = await this.#store.db.query<ProjectionRow>(this.#store.statements.projection, [
       this.name,

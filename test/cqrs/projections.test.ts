@@ -120,6 +120,11 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     expect(projector.inline).toBe(true)
     await projector.waitFor(10_000_000)
     expect((await projector.lag()).positions).toBe(0)
+    // Every committed event is in an inline read model: its position is the head, as lag says.
+    const head = await store.headPosition()
+    expect(await projector.position()).toBe(head)
+    expect(await projector.catchUp()).toBe(head)
+    expect((await projector.lag()).position).toBe(head)
     expect(() => projector.start()).toThrow(/async projection/)
   })
 
