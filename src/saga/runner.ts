@@ -63,6 +63,9 @@ type Step = 'continue' | RunOutcome
 
 const nothing: readonly CommitWork[] = []
 
+/** The latest time a Date can hold, in epoch milliseconds. */
+const maxEpochMs = 8_640_000_000_000_000
+
 /**
  * Runs one claimed instance until it finishes or suspends: the persisted state machine. Every
  * transition is one fenced write (state, timeline rows and any `atCommit` work in one
@@ -371,10 +374,12 @@ export class InstanceRun {
         // retryably would never use up its attempts and be retried forever.
         return this.#stepFailed(step, state, this.#attempt, error, 0)
       }
-      if (typeof wakeAt !== 'number' || !Number.isFinite(wakeAt)) {
+      // Within Date's range (so also exact, and within PostgreSQL's BIGINT): a larger time
+      // made the write fail in the database on every claim, and the step never ended.
+      if (typeof wakeAt !== 'number' || !(Math.abs(wakeAt) <= maxEpochMs)) {
         const invalid = new InvalidOptionError(
           `waitUntil of step "${step.name}"`,
-          'a finite epoch-millisecond number',
+          `an epoch-millisecond number of at most ${maxEpochMs} (the latest Date)`,
           wakeAt,
         )
         return this.#stepFailed(step, state, this.#attempt, invalid, 0)

@@ -369,6 +369,26 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     await expect(cancelSaga(t.db, 'no-such-saga')).rejects.toThrow(/No saga instance/)
   })
 
+  it('refuses a waitUntil time past what an epoch-millisecond column and Date can hold', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: `far-wait-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        { name: 'book', action: noopAction, compensation: noopAction },
+        // Nanoseconds by mistake: beyond PostgreSQL's BIGINT, a write that can never succeed.
+        { name: 'until', waitUntil: () => 1e19 },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const events: SagaEvent[] = []
+    worker.events.on((e) => events.push(e))
+    const outcome = await worker.run(saga, {})
+    expect(outcome.status).toBe('compensated')
+    expect(outcome.reason).toMatch(/^step "until" failed: InvalidOptionError: .*waitUntil/)
+    expect(events.filter((e) => e.type === 'error')).toEqual([])
+  })
+
   it('a cancel that arrives during an attempt is not put off by that attempt’s retry delay', async () => {
     const clock = new ManualClock(0)
     const inside = gate()
