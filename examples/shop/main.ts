@@ -89,10 +89,24 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
   let dashboard: Dashboard | undefined
   let load: Load | undefined
   let closeTerminal: () => void = () => {}
+  // The first signal ends the load and lets the system settle before it is judged; a second
+  // one (Ctrl-C twice) stops waiting for the settle, and the demo still stops every process
+  // and removes its files; a third ends the process where it stands.
   const stopSignal = new AbortController()
-  const onSignal = (): void => stopSignal.abort()
-  process.once('SIGINT', onSignal)
-  process.once('SIGTERM', onSignal)
+  const hurry = new AbortController()
+  let signals = 0
+  const onSignal = (): void => {
+    signals++
+    if (signals === 1) {
+      stopSignal.abort()
+      write('stopping: the load ends, then the system settles (Ctrl-C again: stop without waiting)')
+    } else if (signals === 2) {
+      hurry.abort()
+      write('stopping without waiting for the system to settle...')
+    } else process.exit(130)
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
   try {
     write(
       `breakwater shop demo: starting 9 processes on ${options.db ? 'PostgreSQL' : 'SQLite'} + ${
@@ -192,7 +206,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
     let figures = await monitor.figures()
     let snapshot = await monitor.refresh()
     const settledNow = (): boolean => quiescent(figures) && snapshot.awaitingRedelivery === 0
-    while (!settledNow() && Date.now() < settleBy) {
+    while (!settledNow() && Date.now() < settleBy && !hurry.signal.aborted) {
       await sleep(systemClock, 500)
       figures = await monitor.figures()
       snapshot = await monitor.refresh()

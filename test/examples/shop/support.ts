@@ -96,12 +96,15 @@ export interface DemoRun {
     stderr: string
     summary: ShopSummary | undefined
   }>
-  /** Asks it to stop (SIGTERM: it stops the load, settles and prints the summary). */
+  /**
+   * Asks it to stop (SIGTERM: it stops the load, settles and prints the summary; a second one
+   * stops waiting for the settle).
+   */
   stop(): void
 }
 
-/** Starts `breakwater demo <args> --json <file> --port 0`. */
-export function startDemo(args: readonly string[]): DemoRun {
+/** Starts `breakwater demo <args> --json <file> --port 0` (with `env` added to its environment). */
+export function startDemo(args: readonly string[], env: NodeJS.ProcessEnv = {}): DemoRun {
   const dir = mkdtempSync(join(tmpdir(), 'breakwater-shop-test-'))
   const json = join(dir, 'summary.json')
   const child = spawn(
@@ -117,7 +120,7 @@ export function startDemo(args: readonly string[]): DemoRun {
       '--json',
       json,
     ],
-    { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] },
+    { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
   )
   let stdout = ''
   let stderr = ''

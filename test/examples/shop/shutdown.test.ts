@@ -1,0 +1,41 @@
+// Stopping the demo: the first signal stops the load and lets the system settle before judging
+// it; an impatient second one (Ctrl-C twice) must still end it cleanly, with every service
+// stopped and the temporary folder of SQLite files removed, not kill it where it stands.
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { applyChaosVia, dashboardOf, ensureShopBuilt, startDemo } from './support.js'
+
+let temp: string
+
+beforeAll(() => {
+  ensureShopBuilt()
+  temp = mkdtempSync(join(tmpdir(), 'breakwater-shop-shutdown-'))
+})
+
+afterAll(() => {
+  if (temp !== undefined) rmSync(temp, { recursive: true, force: true })
+})
+
+describe('stopping the shop demo', () => {
+  it('a second signal during the settle stops it at once, cleaning up', async () => {
+    // The demo's own temporary folder goes inside `temp`, where the test can see it.
+    const run = startDemo(['--duration', '0', '--chaos', 'none', '--rate', '5'], {
+      TMPDIR: temp,
+    })
+    const dashboard = await dashboardOf(run)
+    expect(readdirSync(temp).some((name) => name.startsWith('breakwater-shop-'))).toBe(true)
+    // A process down: the end restarts it, so the second signal lands while the demo settles.
+    await applyChaosVia(dashboard, { kind: 'down', target: 'notifications' })
+    run.stop()
+    await run.line(/load stops/)
+    run.stop()
+    const { code, stdout, stderr, summary } = await run.done
+    // It ended by itself (an exit code, not the signal) and still judged what it found.
+    expect(code, `${stdout}\n${stderr}`).not.toBeNull()
+    expect(summary, stdout).toBeDefined()
+    expect(stdout).toMatch(/stopping without waiting/)
+    expect(readdirSync(temp).filter((name) => name.startsWith('breakwater-shop-'))).toEqual([])
+  }, 120_000)
+})
