@@ -117,8 +117,10 @@ export function createSweeper(options: SweeperOptions): Sweeper {
   let running: Promise<number> | undefined
   let closed = false
 
-  const sweepNow = async (): Promise<number> => {
+  const sweep = async (byTimer: boolean): Promise<number> => {
     while (running !== undefined) await running.catch(() => 0)
+    // The timer's sweep may have waited behind another one while close() came: none after it.
+    if (byTimer && closed) return 0
     running = sweepBatches(store, clock, batchSize, maxBatches)
     try {
       return await running
@@ -127,11 +129,13 @@ export function createSweeper(options: SweeperOptions): Sweeper {
     }
   }
 
+  const sweepNow = (): Promise<number> => sweep(false)
+
   const schedule = (): void => {
     if (closed) return
     timer = clock.setTimeout(() => {
       timer = undefined
-      sweepNow()
+      sweep(true)
         .catch((error: unknown) => {
           try {
             onError(error)
@@ -150,7 +154,7 @@ export function createSweeper(options: SweeperOptions): Sweeper {
       closed = true
       if (timer !== undefined) clock.clearTimeout(timer)
       timer = undefined
-      await running?.catch(() => 0)
+      while (running !== undefined) await running.catch(() => 0)
     },
   }
 }

@@ -374,6 +374,38 @@ describe('the protocol (memory store)', () => {
   })
 })
 
+describe('sweeper', () => {
+  // close() promises no sweep after it: a sweep the timer started while another (sweepNow) ran
+  // was waiting its turn, and began once close() had returned, against a database the caller
+  // may already have closed.
+  it('starts no sweep after close(), not even one the timer queued behind a running sweep', async () => {
+    const clock = new ManualClock(1_000)
+    const memory = createMemoryIdempotencyStore()
+    const started: number[] = []
+    const held = gate()
+    const store = {
+      ...memory,
+      async sweep(nowMs: number, limit: number) {
+        started.push(nowMs)
+        if (started.length === 1) await held.promise
+        return memory.sweep(nowMs, limit)
+      },
+    }
+    const sweeper = createSweeper({ store, clock, intervalMs: 5_000 })
+    const manual = sweeper.sweepNow()
+    expect(started).toEqual([1_000])
+    // The timer's sweep now waits for the manual one.
+    await clock.advance(5_000)
+    const closed = sweeper.close()
+    held.open()
+    expect(await manual).toBe(0)
+    await closed
+    for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r))
+    expect(started).toEqual([1_000])
+    expect(clock.pendingTimers).toBe(0)
+  })
+})
+
 describe('scopes', () => {
   const sha = (value: string) => createHash('sha256').update(value).digest('hex')
 
