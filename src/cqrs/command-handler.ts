@@ -360,6 +360,8 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     // A malformed precondition (a typo, -1) would otherwise match nothing and be reported as
     // a version conflict.
     if (options.expectedVersion !== undefined) checkExpected(options.expectedVersion)
+    // Spread into every event's metadata: a string or an array would become {"0": ...}.
+    if (options.metadata !== undefined) checkObject('metadata', options.metadata)
     await this.#store.prepare()
     const idempotency = this.#idempotency
     if (idempotency === undefined || commandId === undefined) {

@@ -303,6 +303,19 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     },
   )
 
+  it('refuses metadata that is not an object before deciding', async () => {
+    const accounts = createCommandHandler(store, { decider: account })
+    const id = fresh()
+    await accounts.handle(id, { kind: 'open', owner: 'ivy' })
+    // Spread into each event's metadata, a string or an array became {"0": ...}.
+    for (const metadata of ['trace-1', ['trace-1']]) {
+      await expect(
+        accounts.handle(id, { kind: 'deposit', amount: 1 }, { metadata: metadata as never }),
+      ).rejects.toThrow(/metadata: expected an object/)
+    }
+    expect((await store.readStream(id)).version).toBe(1)
+  })
+
   it('rejects bad options naming them', () => {
     expect(() => createCommandHandler(store, { decider: {} as never })).toThrow(
       /decider\.initialState/,
