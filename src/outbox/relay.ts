@@ -274,7 +274,9 @@ export interface Relay {
   start(): Promise<void>
   /**
    * Stops gracefully: no new batch starts, the batch in hand is published and marked (or
-   * fails), then the partitions are released for other relays. Nothing is published half-way.
+   * fails), a retention run under way ends after its current delete, then the partitions are
+   * released for other relays. Nothing is published half-way, and once it resolves the relay
+   * sends no more statements, so the database can be closed.
    */
   stop(): Promise<void>
   /** Same as {@link Relay.stop}. */
@@ -380,7 +382,8 @@ class OutboxRelay implements Relay {
   #unlisten: Unlisten | undefined
   #renewTimer: TimerHandle | undefined
   #retentionTimer: TimerHandle | undefined
-  #pruning = false
+  // The retention run under way: stop() waits for it, a crash leaves it behind.
+  #pruning: Promise<void> | undefined
   #timersStopped = false
   // Aggregates whose head event failed with an unclear error; see #publishBatch.
   readonly #suspects = new Map<string, { readonly row: OutboxRow; readonly error: unknown }>()
@@ -573,6 +576,9 @@ class OutboxRelay implements Relay {
     await this.#loop
     if (this.#state !== 'stopping') return // crashed while finishing the batch
     this.#clearTimers()
+    // A retention run under way ends after its current batch: the caller may close the
+    // database as soon as stop() resolves.
+    await this.#pruning
     await this.#unlisten?.().catch(() => {})
     try {
       await this.#leases.releaseAll()
@@ -648,15 +654,17 @@ class OutboxRelay implements Relay {
       this.#retentionTimer = undefined
       if (this.#state !== 'running') return
       this.#scheduleRetention()
-      if (this.#pruning) return
-      this.#pruning = true
-      prunePublished(this.#db, this.#retention!)
+      if (this.#pruning !== undefined) return
+      // stop() (and a crash) aborts the signal: no batch starts after it.
+      this.#pruning = prunePublished(this.#db, this.#retention!, this.#stop.signal)
         .then((count) => {
-          if (count > 0) this.#emit({ type: 'pruned', count })
+          if (count > 0 && this.#state !== 'crashed') this.#emit({ type: 'pruned', count })
         })
-        .catch((error: unknown) => this.#emit({ type: 'error', phase: 'retention', error }))
+        .catch((error: unknown) => {
+          if (this.#state !== 'crashed') this.#emit({ type: 'error', phase: 'retention', error })
+        })
         .finally(() => {
-          this.#pruning = false
+          this.#pruning = undefined
         })
     }, this.#retentionEveryMs)
   }

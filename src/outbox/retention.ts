@@ -56,11 +56,20 @@ export function resolvePruneOptions(prefix: string, options: PruneOutboxOptions)
   }
 }
 
-/** Runs one prune pass with settings already validated; returns the rows removed. */
-export async function prunePublished(db: SqlDriver, settings: PruneSettings): Promise<number> {
+/**
+ * Runs one prune pass with settings already validated; returns the rows removed. Once `signal`
+ * is aborted no further batch starts (the one under way finishes).
+ */
+export async function prunePublished(
+  db: SqlDriver,
+  settings: PruneSettings,
+  signal?: AbortSignal,
+): Promise<number> {
   const sql = outboxStatements[db.dialect]
   const cutoff = settings.clock.now() - settings.olderThanMs
   return removeInBatches(settings.batchSize, settings.maxBatches, async () => {
+    // A short count ends the pass.
+    if (signal?.aborted === true) return 0
     if (!settings.archive) {
       return (await db.execute(sql.prune, [cutoff, settings.batchSize])).rowCount
     }

@@ -107,6 +107,31 @@ class LostMarkReply extends StallableDriver {
   }
 }
 
+/** The real driver, except that the first retention statement waits at a gate. */
+class HeldPrune extends StallableDriver {
+  /** Retention statements run. */
+  prunes = 0
+  readonly #held = gate()
+  readonly #arrived = gate()
+
+  /** Resolves once the first retention statement arrived (and waits). */
+  get arrived(): Promise<void> {
+    return this.#arrived.promise
+  }
+
+  release(): void {
+    this.#held.open()
+  }
+
+  override async execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    if (sql !== outboxStatements[this.dialect].prune) return super.execute(sql, params)
+    this.prunes++
+    this.#arrived.open()
+    await this.#held.promise
+    return super.execute(sql, params)
+  }
+}
+
 function publishedIds(collector: Collector, prefix: string): string[] {
   return collector.received.map((r) => r.id).filter((id) => id.startsWith(prefix))
 }
@@ -439,6 +464,41 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
       expect(pruned).toBe(1)
     })
   }
+
+  it('stop() waits for a retention run under way, and no batch of it starts afterwards', async () => {
+    const clock = new ManualClock(T0 + 7_000_000)
+    const outbox = createOutbox({ clock, topic: 'prune-stop' })
+    await t.db.execute('DELETE FROM breakwater_outbox')
+    const ids = Array.from({ length: 10 }, (_, i) => `ps-${i}-0`)
+    await enqueueAll(t.db, outbox, ids)
+    await t.db.execute('UPDATE breakwater_outbox SET published_at = $1', [clock.now()])
+    const db = new HeldPrune(t.db)
+    const { relay, events } = await setup(clock, {
+      db,
+      retention: { olderThanMs: 1_000, everyMs: 5_000, batchSize: 2 },
+    })
+    try {
+      await relay.start()
+      await clock.advance(5_000)
+      // The first batch of the run is held at the database.
+      await db.arrived
+      const stopping = relay.stop()
+      db.release()
+      await stopping
+      const types = events.map((e) => e.type)
+      // The run ended before the relay reported itself stopped (the caller may close the
+      // database right after), and it stopped after the batch in hand.
+      expect(types.indexOf('pruned')).toBeGreaterThanOrEqual(0)
+      expect(types.indexOf('pruned')).toBeLessThan(types.indexOf('stopped'))
+      expect(types.filter((type) => type === 'error')).toEqual([])
+      const statements = db.prunes
+      expect(statements).toBe(1)
+      expect(await count(t.db, 'breakwater_outbox')).toBe(8)
+    } finally {
+      db.release()
+      await relay.stop()
+    }
+  })
 
   it('a relay prunes by itself with its retention option', async () => {
     const clock = new ManualClock(T0 + 5_000_000)
