@@ -54,9 +54,18 @@ export class DeferredTransaction implements SqlTransaction {
   }
 
   transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    // The savepoint's statements are refused as ctx.tx's own are, with the same reason (a lost
+    // lease), once the result was recorded or the transaction rolled back.
+    const guarded = (savepoint: SqlTransaction) => fn(new GuardedSavepoint(savepoint, this))
     const tx = this.#current()
-    if (tx !== undefined) return tx.transaction(fn)
-    return this.#open().then((tx) => tx.transaction(fn))
+    if (tx !== undefined) return tx.transaction(guarded)
+    return this.#open().then((tx) => tx.transaction(guarded))
+  }
+
+  /** Why statements are refused now (the result was recorded or rolled back), else undefined. */
+  refusal(): Error | undefined {
+    if (!this.#closed) return undefined
+    return this.#closedError ?? closedMisuse()
   }
 
   /**
@@ -71,14 +80,7 @@ export class DeferredTransaction implements SqlTransaction {
   }
 
   #open(): Promise<SqlTransaction> {
-    if (this.#closed) {
-      return Promise.reject(
-        this.#closedError ??
-          new TransactionMisuseError(
-            'ctx.tx was used after the idempotent result was recorded or rolled back (was a statement not awaited?)',
-          ),
-      )
-    }
+    if (this.#closed) return Promise.reject(this.refusal())
     if (this.#ready === undefined) {
       let resolveReady!: (tx: SqlTransaction) => void
       let rejectReady!: (error: unknown) => void
@@ -125,5 +127,40 @@ export class DeferredTransaction implements SqlTransaction {
     if (this.#ready === undefined) return
     this.#decide?.(rollbackDecision)
     await this.#done?.catch(() => {})
+  }
+}
+
+function closedMisuse(): TransactionMisuseError {
+  return new TransactionMisuseError(
+    'ctx.tx was used after the idempotent result was recorded or rolled back (was a statement not awaited?)',
+  )
+}
+
+/** A savepoint of ctx.tx: its statements are refused once ctx.tx is settled, for its reason. */
+class GuardedSavepoint implements SqlTransaction {
+  readonly dialect: SqlDialect
+  readonly #savepoint: SqlTransaction
+  readonly #owner: DeferredTransaction
+
+  constructor(savepoint: SqlTransaction, owner: DeferredTransaction) {
+    this.dialect = savepoint.dialect
+    this.#savepoint = savepoint
+    this.#owner = owner
+  }
+
+  query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
+    const refused = this.#owner.refusal()
+    return refused === undefined ? this.#savepoint.query<R>(sql, params) : Promise.reject(refused)
+  }
+
+  execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    const refused = this.#owner.refusal()
+    return refused === undefined ? this.#savepoint.execute(sql, params) : Promise.reject(refused)
+  }
+
+  transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    const refused = this.#owner.refusal()
+    if (refused !== undefined) return Promise.reject(refused)
+    return this.#savepoint.transaction((deeper) => fn(new GuardedSavepoint(deeper, this.#owner)))
   }
 }

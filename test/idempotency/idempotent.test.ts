@@ -279,7 +279,11 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     })
     expect(retried).toEqual({ attempt: 2 })
     hang.open()
-    await expect(stale).rejects.toBeInstanceOf(Error)
+    // As for a statement on ctx.tx itself: the handler learns that its lease was lost.
+    await expect(stale).rejects.toMatchObject({
+      code: 'IDEMPOTENCY_IN_PROGRESS',
+      reason: 'lease-lost',
+    })
     expect(await shipments(orderId)).toBe(1)
   })
 
