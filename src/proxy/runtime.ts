@@ -773,8 +773,24 @@ class ProxyRuntime implements ProxyInternals {
     this.#deps.clock.clearTimeout(this.#watchTimer)
     await this.#reloading.catch(() => {})
     const wait = drainMs ?? this.#generation?.config.drainTimeoutMs ?? 30_000
+    const clock = this.#deps.clock
+    const cutAt = clock.now() + wait
     await Promise.all([...this.#listeners.values()].map((l) => l.server.close(wait)))
     this.#listeners.clear()
+    // Shadow comparisons run after their client's answer: they get what is left of the drain
+    // time, and are cut then (a slow shadow service must not hold the stop for its overallMs).
+    const left = cutAt - clock.now()
+    if (left > 0 && this.#shadow.inFlight > 0) {
+      let timer: TimerHandle | undefined
+      await Promise.race([
+        this.#shadow.idle(),
+        new Promise<void>((done) => {
+          timer = clock.setTimeout(done, left)
+        }),
+      ])
+      clock.clearTimeout(timer)
+    }
+    this.#shadow.cancel()
     await this.#shadow.idle()
     const generation = this.#generation
     if (generation !== undefined)

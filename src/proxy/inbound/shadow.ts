@@ -186,6 +186,11 @@ export interface ShadowRunner {
   submit(job: ShadowJob): boolean
   /** Resolves when no comparison is running (for tests and graceful shutdown). */
   idle(): Promise<void>
+  /**
+   * Cuts the shadow (and second primary) calls of every comparison running now; they end as
+   * errors. For a shutdown whose drain time is up.
+   */
+  cancel(): void
 }
 
 const safeMethods = new Set(['GET', 'HEAD', 'OPTIONS'])
@@ -223,6 +228,8 @@ class Runner implements ShadowRunner {
   readonly #comparisons: Counter | undefined
   #inFlight = 0
   #idle: (() => void)[] = []
+  /** One per running comparison: aborts its calls. */
+  readonly #running = new Set<AbortController>()
 
   constructor(options: ShadowRunnerOptions) {
     this.#max = checkInteger('shadow.maxInFlight', options.maxInFlight ?? 32, 1)
@@ -275,13 +282,28 @@ class Runner implements ShadowRunner {
     return new Promise((resolve) => this.#idle.push(resolve))
   }
 
+  cancel(): void {
+    for (const controller of this.#running) controller.abort()
+  }
+
   async #run(job: ShadowJob): Promise<void> {
+    const controller = new AbortController()
+    this.#running.add(controller)
+    try {
+      await this.#compare(job, controller.signal)
+    } finally {
+      this.#running.delete(controller)
+    }
+  }
+
+  async #compare(job: ShadowJob, signal: AbortSignal): Promise<void> {
     const { config, stats, request } = job
     // The client's signal fires when its connection closes, and its deadline was for its own
-    // answer: the shadow calls get neither, and are bounded by the services' own timeouts.
+    // answer: the shadow calls get neither, and are bounded by the services' own timeouts (or
+    // cut by cancel() when the proxy stops).
     const detached: ForwardRequest = {
       ...request,
-      signal: new AbortController().signal,
+      signal,
       deadlineAt: undefined,
     }
     const learn = config.learnNoise && safeMethods.has(request.method.toUpperCase())

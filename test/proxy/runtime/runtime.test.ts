@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ConfigInvalidError } from '../../../src/proxy/config/index.js'
 import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
+import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { freeLoopbackPort, listenOnLoopback } from '../../support/loopback.js'
 import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
 
@@ -328,6 +329,36 @@ describe('startProxy', () => {
     proxy.reset('modern')
     expect(await serviceOf(out, '/modern/x')).toBe('modern')
     expect(() => proxy?.isolate('ghost')).toThrow('service')
+  })
+
+  it('cuts shadow calls still running when the drain time is up, instead of waiting for them', async () => {
+    const stuck = await startNamedUpstream('stuck', { hold: () => true })
+    try {
+      const clock = new ManualClock(1_000_000)
+      proxy = await startProxy({
+        config: yaml()
+          .replace(
+            `modern: { endpoints: [${modern.url}] }`,
+            `modern: { endpoints: [${modern.url}] }\n  stuck: { endpoints: [${stuck.url}], timeouts: { overallMs: 600000, readMs: 600000 } }`,
+          )
+          .replace(
+            '        targets: [{ service: legacy, weight: 1 }]',
+            '        targets: [{ service: legacy, weight: 1 }]\n        shadow: { service: stuck, learnNoise: false }',
+          ),
+        logger: quiet,
+        clock,
+      })
+      const res = await http(proxy.address('in').port, '/orders/1')
+      expect(res.json()).toMatchObject({ service: 'legacy' })
+      await eventually(() => stuck.seen.length === 1, 'the shadow call upstream')
+      // Nothing is in flight but the shadow call, which would hang for 10 minutes: close(0)
+      // cuts it rather than waiting.
+      await proxy.close(0)
+      proxy = undefined
+    } finally {
+      stuck.release()
+      await stuck.close()
+    }
   })
 
   it('reports readiness and drains on close', async () => {
