@@ -23,6 +23,7 @@ import {
 import { redactUrl } from '../stores/redact.js'
 import { ConfigInvalidError } from './config/errors.js'
 import { parseProxyConfig } from './config/load.js'
+import { keepsServiceRuntime } from './config/reload.js'
 import type {
   InboundContext,
   ListenerConfig,
@@ -546,8 +547,8 @@ class ProxyRuntime implements ProxyInternals {
         const previous = old?.services.get(name)
         if (
           previous !== undefined &&
-          sameJson(previous.config, serviceConfig) &&
-          old?.config.deadlineHeader === config.deadlineHeader
+          old !== undefined &&
+          keepsServiceRuntime(old.config, config, name)
         ) {
           services.set(name, previous)
           continue

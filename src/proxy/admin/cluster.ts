@@ -11,6 +11,7 @@ import { checkClock, checkInteger } from '../../core/validate.js'
 import type { Logger } from '../../observability/logger.js'
 import type { MetricsRegistry } from '../../observability/metrics.js'
 import { ConfigInvalidError, type ConfigProblem } from '../config/errors.js'
+import { keepsServiceRuntime } from '../config/reload.js'
 import type { ProxyConfig, RouteTargetConfig } from '../contracts.js'
 import type { SharedRetryPin } from '../inbound/routes.js'
 import type { ProxyInternals } from '../runtime.js'
@@ -322,9 +323,12 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
               },
             ])
       }
+      // A reload puts routes back on their configured targets (as in one process), and a
+      // service it changed or removed got a new runtime in each worker, not isolated.
+      for (const service of isolated)
+        if (!keepsServiceRuntime(config, next, service)) isolated.delete(service)
       config = next
       pins.configure(next)
-      // A reload puts routes back on their configured targets (as in one process).
       overrides.clear()
       reloads.inc()
       log.info('config reloaded in every worker', { workers: workers.size })

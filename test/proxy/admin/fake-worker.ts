@@ -2,18 +2,35 @@
 // are sent, and either accept every send or fail it the way Node does on a closing channel.
 import { EventEmitter } from 'node:events'
 
-/** A Worker that records what it is sent; `closing` makes every send fail. */
+/**
+ * A Worker that records what it is sent; `closing` makes every send fail, `answering` answers
+ * every command as done (as a worker whose runtime accepted it).
+ */
 export class FakeWorker extends EventEmitter {
   readonly id: number
   readonly process: { readonly pid: number }
   readonly sent: unknown[] = []
   readonly #closing: boolean
+  readonly #answering: boolean
 
-  constructor(id: number, options: { readonly closing?: boolean } = {}) {
+  constructor(
+    id: number,
+    options: { readonly closing?: boolean; readonly answering?: boolean } = {},
+  ) {
     super()
     this.id = id
     this.process = { pid: 1000 + id }
     this.#closing = options.closing ?? false
+    this.#answering = options.answering ?? false
+  }
+
+  /** The commands the worker was sent, in order. */
+  commands(): unknown[] {
+    return this.sent
+      .filter(
+        (m): m is { bw: 'request'; command: unknown } => (m as { bw?: string }).bw === 'request',
+      )
+      .map((m) => m.command)
   }
 
   /** Connected as far as it knows (a closing channel says so too). */
@@ -25,6 +42,11 @@ export class FakeWorker extends EventEmitter {
     this.sent.push(message)
     if (!this.#closing) {
       if (callback !== undefined) process.nextTick(callback, null)
+      const request = message as { bw?: string; id?: number }
+      if (this.#answering && request.bw === 'request')
+        process.nextTick(() =>
+          this.emit('message', { bw: 'reply', id: request.id, ok: true, value: null }),
+        )
       return true
     }
     const error = Object.assign(new Error('Channel closed'), { code: 'ERR_IPC_CHANNEL_CLOSED' })
