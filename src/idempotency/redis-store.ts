@@ -260,7 +260,15 @@ export function createRedisIdempotencyStore(
       })
       // Without a listener ioredis logs errors; commands still reject with them.
       client.on('error', () => {})
-      await client.connect()
+      try {
+        await client.connect()
+      } catch (error) {
+        // ioredis would go on reconnecting this client in the background, forever (a timer that
+        // keeps the process alive, and one more client for every call that fails so): the next
+        // call connects afresh instead.
+        client.disconnect()
+        throw error
+      }
       return client
     })().catch((error: unknown) => {
       connecting = undefined

@@ -1,7 +1,10 @@
 // The Redis idempotency store against the real redis-server of the test run (never a mock):
 // the store contracts of store-conformance.test.ts (minus what needs SQL), Redis-specific
 // behaviour (TTL = retention, no-op sweep, no SQL in ctx.tx) and a 200-claim race.
+import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
+import { type AddressInfo, createServer } from 'node:net'
+import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
@@ -15,6 +18,8 @@ import {
   type StoredResult,
 } from '../../src/idempotency/index.js'
 import { brokerUrl } from '../support/brokers.js'
+
+const unreachable = fileURLToPath(new URL('./fixtures/redis-unreachable.ts', import.meta.url))
 
 // Unique per run, so reruns against a long-lived server never see old keys.
 const prefix = `bw-test:${randomUUID()}:`
@@ -397,6 +402,51 @@ describe('Redis idempotency store: what differs from SQL', () => {
       expect(await upper.claim(claimInput(nextKey()))).toEqual({ claimed: true })
     } finally {
       await upper.close()
+    }
+  })
+
+  // A connection that fails left its ioredis client reconnecting in the background forever:
+  // one more client per failed call, none of them closed by close(), and a process that never
+  // ended. Here the server accepts and drops every connection, counting them: one per call.
+  it('gives up a connection that failed: no client reconnects behind the store, the process ends', async () => {
+    let connections = 0
+    let tooMany!: (count: number) => void
+    const reconnected = new Promise<number>((resolve) => {
+      tooMany = resolve
+    })
+    const refusing = createServer((socket) => {
+      connections++
+      socket.destroy()
+      if (connections > 2) tooMany(connections)
+    })
+    await new Promise<void>((resolve) => refusing.listen(0, '127.0.0.1', resolve))
+    const { port } = refusing.address() as AddressInfo
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', unreachable, `redis://127.0.0.1:${port}`],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    )
+    let output = ''
+    child.stdout!.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+    })
+    child.stderr!.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+    })
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve))
+    try {
+      const outcome = await Promise.race([
+        exited.then((code) => ({ exited: code })),
+        reconnected.then((count) => ({ reconnected: count })),
+      ])
+      expect(outcome).toEqual({ exited: 0 })
+      expect(output).toBe('claim failed: true\nclaim failed: true\nclosed\n')
+      expect(connections).toBe(2)
+    } finally {
+      child.kill('SIGKILL')
+      await new Promise<void>((resolve) => refusing.close(() => resolve()))
     }
   })
 
