@@ -191,7 +191,11 @@ export type RelayEvent =
       readonly lost: readonly number[]
     }
   | {
-      /** Events were confirmed by the broker and marked published. */
+      /**
+       * Events of one round (batch) were confirmed by the broker and marked published: one
+       * such event per round with at least one event marked, even when one mark statement
+       * covered several rounds. `durationMs` runs from reading the round to its mark.
+       */
       readonly type: 'published'
       readonly count: number
       readonly durationMs: number
@@ -853,11 +857,10 @@ class OutboxRelay implements Relay {
     const rounds = this.#toMark
     this.#toMark = []
     this.#toMarkCount = 0
-    const rows = rounds.flatMap((round) => round.rows)
-    this.#markingRows = rows
+    this.#markingRows = rounds.flatMap((round) => round.rows)
     this.#marking = (async () => {
       try {
-        await this.#mark(rows, rounds[0]!.startedAt)
+        await this.#mark(rounds)
         this.#marksDone++
       } catch (error) {
         this.#markFailure ??= { error }
@@ -1107,37 +1110,40 @@ class OutboxRelay implements Relay {
     }
   }
 
-  async #mark(rows: OutboxRow[], startedAt: number): Promise<void> {
-    const ids = rows.map((row) => row.id)
-    let marked: number
+  // One statement for the rounds confirmed since the last one; each round that had events
+  // marked counts as a batch and is reported on its own (count, time since it was read).
+  async #mark(
+    rounds: ReadonlyArray<{ readonly rows: OutboxRow[]; readonly startedAt: number }>,
+  ): Promise<void> {
+    const ids = rounds.flatMap((round) => round.rows.map((row) => row.id))
+    let marked: Set<number>
     try {
-      marked = (
-        await this.#db.execute(this.#sql.markPublished, [
-          this.#clock.now(),
-          listParam(this.#db.dialect, ids),
-          this.id,
-          this.#leases.tokens(),
-        ])
-      ).rowCount
+      const result = await this.#db.query<{ id: number | string }>(this.#sql.markPublished, [
+        this.#clock.now(),
+        listParam(this.#db.dialect, ids),
+        this.id,
+        this.#leases.tokens(),
+      ])
+      marked = new Set(result.map((row) => Number(row.id)))
     } catch (error) {
       // Unmarked rows are read and published again: duplicates, never losses.
       throw new PhaseError('mark', error)
     }
-    this.#published += marked
-    this.#batches++
-    if (marked < ids.length) {
+    this.#published += marked.size
+    if (marked.size < ids.length) {
       // Some partition changed hands while the batch was out: learn which.
       const lost = await this.#leases.renew().catch(() => [] as number[])
       if (lost.length > 0) this.#reportChange({ claimed: [], released: [], lost })
     }
-    const event: RelayEvent = {
-      type: 'published',
-      count: marked,
-      durationMs: this.#clock.now() - startedAt,
+    const now = this.#clock.now()
+    for (const round of rounds) {
+      let count = 0
+      for (const row of round.rows) if (marked.has(Number(row.id))) count++
+      if (count === 0) continue
+      this.#batches++
+      this.#emit({ type: 'published', count, durationMs: now - round.startedAt })
+      if (publishedChannel.hasSubscribers) publishedChannel.publish({ relayId: this.id, count })
     }
-    this.#emit(event)
-    if (publishedChannel.hasSubscribers)
-      publishedChannel.publish({ relayId: this.id, count: marked })
   }
 
   async #charge(row: OutboxRow, error: unknown): Promise<void> {

@@ -212,7 +212,7 @@ export interface OutboxStatements {
    * read that found nothing should be tried again soon.
    */
   readonly heldBack: string | undefined
-  /** $1 now, $2 ids (list), $3 relay id, $4 tokens by partition (list). */
+  /** $1 now, $2 ids (list), $3 relay id, $4 tokens by partition (list). Returns the ids marked. */
   readonly markPublished: string
   /** $1 id, $2 error text, $3 max attempts, $4 retry at, $5 now, $6 relay id, $7 tokens by partition (list). Returns attempts, dead_at. */
   readonly charge: string
@@ -355,7 +355,8 @@ LIMIT $3`,
 WHERE o.id = ANY($2::bigint[]) AND o.published_at IS NULL
   AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
   AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
-    WHERE p.partition_no = o.partition_no AND p.owner = $3 AND p.token = ($4::bigint[])[o.partition_no + 1])`,
+    WHERE p.partition_no = o.partition_no AND p.owner = $3 AND p.token = ($4::bigint[])[o.partition_no + 1])
+RETURNING o.id`,
     charge: `UPDATE ${outboxTable} AS o
 SET attempts = o.attempts + 1, last_error = $2,
   retry_at = CASE WHEN o.attempts + 1 >= $3::int THEN NULL ELSE $4::bigint END,
@@ -423,7 +424,8 @@ LIMIT $3`,
 WHERE id IN (SELECT value FROM json_each($2)) AND published_at IS NULL
   AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
     WHERE p.partition_no = ${outboxTable}.partition_no AND p.owner = $3
-      AND p.token = json_extract($4, '$[' || ${outboxTable}.partition_no || ']'))`,
+      AND p.token = json_extract($4, '$[' || ${outboxTable}.partition_no || ']'))
+RETURNING id`,
     charge: `UPDATE ${outboxTable}
 SET attempts = attempts + 1, last_error = $2,
   retry_at = CASE WHEN attempts + 1 >= $3 THEN NULL ELSE $4 END,

@@ -16,7 +16,7 @@ import {
 import { outboxStatements } from '../../src/outbox/sql.js'
 import type { SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { type Gate, gate } from '../support/gate.js'
+import { gate } from '../support/gate.js'
 import { holdOpenTransaction } from '../support/held-transaction.js'
 import { QueueChecker } from '../support/queue-checker.js'
 import { StallableDriver } from '../support/stall.js'
@@ -75,60 +75,59 @@ async function enqueueAll(
 }
 
 /**
- * The real driver, except that the next "mark published" statement can be held at a gate and
- * then lose its reply: it commits on the real database, and the relay is told it failed (as
- * when the connection drops after COMMIT was sent).
+ * The real driver, except that the first run of one statement waits at a gate until
+ * `release()`; with `loseReply` it then commits on the real database and the caller is told it
+ * failed (as when the connection drops after COMMIT was sent).
  */
-class LostMarkReply extends StallableDriver {
-  held: Gate | undefined
-  /** Settles once the held mark has committed and its failure was reported. */
-  reported: Gate = gate()
-  #arrived: Gate = gate()
-
-  constructor(inner: SqlDriver) {
-    super(inner)
-  }
-
-  /** Resolves once the held mark statement arrived. */
-  get arrived(): Promise<void> {
-    return this.#arrived.promise
-  }
-
-  override async execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
-    const held = this.held
-    if (held === undefined || sql !== outboxStatements[this.dialect].markPublished)
-      return super.execute(sql, params)
-    this.held = undefined
-    this.#arrived.open()
-    await held.promise
-    await super.execute(sql, params)
-    this.reported.open()
-    throw new Error('connection terminated after COMMIT was sent')
-  }
-}
-
-/** The real driver, except that the first retention statement waits at a gate. */
-class HeldPrune extends StallableDriver {
-  /** Retention statements run. */
-  prunes = 0
+class HeldStatement extends StallableDriver {
+  /** Runs of the statement, the held one included. */
+  runs = 0
+  readonly #sql: string
+  readonly #loseReply: boolean
   readonly #held = gate()
   readonly #arrived = gate()
+  readonly #done = gate()
 
-  /** Resolves once the first retention statement arrived (and waits). */
+  constructor(inner: SqlDriver, sql: string, options: { loseReply?: boolean } = {}) {
+    super(inner)
+    this.#sql = sql
+    this.#loseReply = options.loseReply ?? false
+  }
+
+  /** Resolves once the held run arrived (and waits). */
   get arrived(): Promise<void> {
     return this.#arrived.promise
+  }
+
+  /** Resolves once the held run has run on the database. */
+  get done(): Promise<void> {
+    return this.#done.promise
   }
 
   release(): void {
     this.#held.open()
   }
 
-  override async execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
-    if (sql !== outboxStatements[this.dialect].prune) return super.execute(sql, params)
-    this.prunes++
+  override query<R = Record<string, unknown>>(
+    sql: string,
+    params?: readonly unknown[],
+  ): Promise<R[]> {
+    return this.#run(sql, () => super.query<R>(sql, params))
+  }
+
+  override execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    return this.#run(sql, () => super.execute(sql, params))
+  }
+
+  async #run<T>(sql: string, run: () => Promise<T>): Promise<T> {
+    if (sql !== this.#sql) return run()
+    if (++this.runs > 1) return run()
     this.#arrived.open()
     await this.#held.promise
-    return super.execute(sql, params)
+    const result = await run()
+    this.#done.open()
+    if (this.#loseReply) throw new Error('connection terminated after COMMIT was sent')
+    return result
   }
 }
 
@@ -168,10 +167,10 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
   it('marks the rounds confirmed while a failed mark was under way, without waiting for more traffic', async () => {
     const clock = new ManualClock(T0 + 6_000_000)
     const outbox = createOutbox({ clock, topic: 'lost-mark' })
-    const db = new LostMarkReply(t.db)
+    const db = new HeldStatement(t.db, outboxStatements[t.db.dialect].markPublished, {
+      loseReply: true,
+    })
     const { publisher, relay, events } = await setup(clock, { db, batchSize: 4 })
-    db.held = gate()
-    const release = db.held
     try {
       await relay.start()
       // Round 1 (lm-a-0) is confirmed; its mark is held.
@@ -184,8 +183,8 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
       relay.wake()
       await advanceUntil(clock, () => publisher.confirmed.includes('lm-b-0'), 'round 2', 10)
       // The held mark commits, and its reply is lost.
-      release.open()
-      await db.reported.promise
+      db.release()
+      await db.done
       await advanceUntil(
         clock,
         () => events.some((e) => e.type === 'error' && e.phase === 'mark'),
@@ -196,8 +195,73 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
       await advanceUntil(clock, async () => (await pendingCount(t.db)) === 0, 'round 2 marked', 50)
       expect(publisher.confirmed.filter((id) => id.startsWith('lm-'))).toEqual(['lm-a-0', 'lm-b-0'])
     } finally {
-      release.open()
+      db.release()
       await relay.stop()
+    }
+  })
+
+  it('counts each round in batches and in its own published event, also when one mark covers several', async () => {
+    const clock = new ManualClock(T0 + 8_000_000)
+    const outbox = createOutbox({ clock, topic: 'rounds' })
+    const db = new HeldStatement(t.db, outboxStatements[t.db.dialect].markPublished)
+    const { publisher, relay, events } = await setup(clock, { db, batchSize: 8 })
+    try {
+      await relay.start()
+      // Round 1's mark is held; rounds 2 and 3 are confirmed meanwhile and share the next one.
+      for (const id of ['rd-a-0', 'rd-b-0', 'rd-c-0']) {
+        await enqueueAll(t.db, outbox, [id])
+        relay.wake()
+        await advanceUntil(clock, () => publisher.confirmed.includes(id), id, 10)
+        if (id === 'rd-a-0') await db.arrived
+      }
+      db.release()
+      await advanceUntil(clock, async () => (await pendingCount(t.db)) === 0, 'the marks', 10)
+      await advanceUntil(clock, () => relay.metrics().published === 3, 'the count', 10)
+      expect(db.runs).toBe(2)
+      const published = events.filter((e) => e.type === 'published')
+      expect(published.map((e) => e.count)).toEqual([1, 1, 1])
+      expect(relay.metrics()).toMatchObject({ published: 3, batches: 3 })
+    } finally {
+      db.release()
+      await relay.stop()
+    }
+  })
+
+  it('reports no published event and no batch for a mark its lost lease refused', async () => {
+    const clock = new ManualClock(T0 + 9_000_000)
+    const outbox = createOutbox({ clock, topic: 'refused' })
+    const held = gate()
+    let holding = true
+    const { publisher, relay, events } = await setup(clock, {
+      faults: async (point) => {
+        if (point === 'after-publish' && holding) await held.promise
+      },
+    })
+    try {
+      await relay.start()
+      await enqueueAll(t.db, outbox, ['rf-a-0'])
+      relay.wake()
+      await advanceUntil(clock, () => publisher.confirmed.includes('rf-a-0'), 'the publish', 10)
+      // Another relay takes every partition over before the mark.
+      await t.db.execute(
+        "UPDATE breakwater_outbox_partitions SET owner = 'thief', token = token + 1, lease_expires_at = $1",
+        [clock.now() + 3_600_000],
+      )
+      holding = false
+      held.open()
+      await advanceUntil(clock, () => relay.partitions().length === 0, 'the lost lease', 10)
+      // The mark in hand has run (stop settles it) and was refused.
+      await relay.stop()
+      expect(await pendingCount(t.db)).toBe(1)
+      expect(events.filter((e) => e.type === 'published')).toEqual([])
+      expect(relay.metrics()).toMatchObject({ published: 0, batches: 0 })
+    } finally {
+      held.open()
+      await relay.stop()
+      await t.db.execute(
+        'UPDATE breakwater_outbox_partitions SET owner = NULL, lease_expires_at = NULL',
+      )
+      await t.db.execute("DELETE FROM breakwater_outbox WHERE event_id = 'rf-a-0'")
     }
   })
 
@@ -472,7 +536,7 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
     const ids = Array.from({ length: 10 }, (_, i) => `ps-${i}-0`)
     await enqueueAll(t.db, outbox, ids)
     await t.db.execute('UPDATE breakwater_outbox SET published_at = $1', [clock.now()])
-    const db = new HeldPrune(t.db)
+    const db = new HeldStatement(t.db, outboxStatements[t.db.dialect].prune)
     const { relay, events } = await setup(clock, {
       db,
       retention: { olderThanMs: 1_000, everyMs: 5_000, batchSize: 2 },
@@ -491,8 +555,7 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
       expect(types.indexOf('pruned')).toBeGreaterThanOrEqual(0)
       expect(types.indexOf('pruned')).toBeLessThan(types.indexOf('stopped'))
       expect(types.filter((type) => type === 'error')).toEqual([])
-      const statements = db.prunes
-      expect(statements).toBe(1)
+      expect(db.runs).toBe(1)
       expect(await count(t.db, 'breakwater_outbox')).toBe(8)
     } finally {
       db.release()
