@@ -71,7 +71,9 @@ options:
   --metrics-port <n>         serve Prometheus /metrics and /healthz on this port (0: any free
                              port, logged at start; default: no server)
   --metrics-host <host>      the metrics server's address (default 127.0.0.1)
-  --batch-size <n>           rows read per round, 1-10000 (default 256)
+  --batch-size <n>           most events confirmed and not yet marked published (what a
+                             crash can publish twice); a round reads half, 1-10000
+                             (default 256)
   --topic-prefix <text>      prepended to every event's topic
   --ordering <mode>          confirmed (default) or batch
   --max-attempts <n>         failed attempts before an event is dead-lettered (default 10)
