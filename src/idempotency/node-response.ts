@@ -181,9 +181,15 @@ export function writeNodeResponse(res: ServerResponse, response: IdempotencyResp
     if (name === 'content-length' || name === 'transfer-encoding') continue
     headers[name] = typeof value === 'string' ? value : [...value]
   }
-  headers['content-length'] = String(response.body.byteLength)
+  // A 1xx, 204 or 304 has no body, and RFC 9110 forbids Content-Length on 1xx and 204 (on a
+  // 304 it would have to be the 200's length): node sends whatever header it is given.
+  if (hasBody(response.status)) headers['content-length'] = String(response.body.byteLength)
   res.writeHead(response.status, headers)
   res.end(response.body)
+}
+
+function hasBody(status: number): boolean {
+  return status >= 200 && status !== 204 && status !== 304
 }
 
 /** Writes a 500 problem unless something was already sent. */

@@ -49,6 +49,7 @@ async function charge(
   ])
   if (body.amount < 0) throw new Error('refused after the business write')
   if (body.amount === 503) return { status: 503, json: { error: 'unavailable' } }
+  if (body.amount === 204) return { status: 204, json: undefined }
   return { status: 201, json: { id, amount: body.amount } }
 }
 
@@ -73,6 +74,10 @@ const adapters: AdapterTarget[] = [
             }
             expect(idempotencyContextOf(req)).toBe(ctx)
             const out = await charge(ctx!, JSON.parse(body.toString('utf8')), behaviour)
+            if (out.status === 204) {
+              res.writeHead(204).end()
+              return
+            }
             res.writeHead(out.status, { 'content-type': 'application/json' })
             res.end(JSON.stringify(out.json))
           },
@@ -93,7 +98,8 @@ const adapters: AdapterTarget[] = [
         const ctx = idempotencyContextOf(req)!
         expect(res.locals.idempotency).toBe(ctx)
         const out = await charge(ctx, req.body, behaviour)
-        res.status(out.status).json(out.json)
+        if (out.status === 204) res.status(204).end()
+        else res.status(out.status).json(out.json)
       })
       // Keep Express from logging the deliberate failures.
       app.use(
@@ -124,7 +130,7 @@ const adapters: AdapterTarget[] = [
           request.body as { amount: number },
           behaviour,
         )
-        return reply.code(out.status).send(out.json)
+        return out.status === 204 ? reply.code(204).send() : reply.code(out.status).send(out.json)
       })
       await app.ready()
       return app.server
@@ -139,6 +145,7 @@ const adapters: AdapterTarget[] = [
         const ctx = idempotencyContextOf(c)!
         expect(c.get('idempotency')).toBe(ctx)
         const out = await charge(ctx, await c.req.json(), behaviour)
+        if (out.status === 204) return c.body(null, 204)
         return c.json(out.json, out.status as 201)
       })
       // Hono's default error handler logs; the deliberate failures need no log.
@@ -200,6 +207,22 @@ describe.each(cases)('$adapter.name adapter on $db.dialect', ({ db, adapter }) =
     expect(behaviour.runs).toBe(1)
     expect(behaviour.contexts[0]?.key).toBe(key)
     expect((await countRows(testDb.db, 'charges')) - before).toBe(1)
+  })
+
+  // RFC 9110 8.6: no Content-Length in a 204 (a 304 would need the 200's length). The node:http
+  // and Express adapters wrote Content-Length: 0 on a 204 the handler sent without one.
+  it('answers a 204 without Content-Length, first and replayed', async () => {
+    const { url } = await start()
+    const key = randomUUID()
+    const first = await send(url, { key, body: '{"amount":204}' })
+    const second = await send(url, { key, body: '{"amount":204}' })
+    expect([first.status, second.status]).toEqual([204, 204])
+    expect(second.headers['idempotent-replayed']).toBe('true')
+    expect([first.headers['content-length'], second.headers['content-length']]).toEqual([
+      undefined,
+      undefined,
+    ])
+    expect(behaviour.runs).toBe(1)
   })
 
   it('answers 409 to concurrent requests while the first is in flight', async () => {
