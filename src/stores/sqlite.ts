@@ -1,6 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { mkdirSync, realpathSync } from 'node:fs'
 import { dirname } from 'node:path'
+import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkObject, checkOneOf } from '../core/validate.js'
 import {
@@ -31,7 +32,7 @@ export interface SqliteDriverOptions {
    * How long a statement waits for another process's write lock before failing with
    * `SQLITE_BUSY`. better-sqlite3 is synchronous: while it waits, this thread is blocked. A
    * write that waits for another driver of this process on the same file waits without
-   * blocking, as long at most, then fails with `STORE_BUSY`.
+   * blocking, as long at most, then fails with `STORE_BUSY`. At most 2147483647 (SQLite's limit).
    * @default 5000
    */
   readonly busyTimeoutMs?: number
@@ -446,7 +447,14 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
   if (typeof filename !== 'string' || filename === '') {
     throw new InvalidOptionError('filename', 'a file path or ":memory:"', filename)
   }
-  const busyTimeoutMs = checkInteger('busyTimeoutMs', options.busyTimeoutMs ?? 5000, 0)
+  // SQLite's busy_timeout is a 32-bit int (a longer one is taken as 0: no wait at all), and so
+  // is node's timer delay for the wait on another driver of the file.
+  const busyTimeoutMs = checkInteger(
+    'busyTimeoutMs',
+    options.busyTimeoutMs ?? 5000,
+    0,
+    maxTimerDelayMs,
+  )
   const synchronous = checkOneOf('synchronous', options.synchronous ?? 'normal', ['normal', 'full'])
   const cacheSize = checkInteger('statementCacheSize', options.statementCacheSize ?? 500, 1)
 

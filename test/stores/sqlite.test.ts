@@ -47,8 +47,18 @@ describe('SQLite driver', () => {
 
   it('validates its options, naming the option and value', async () => {
     await expect(createSqliteDriver({ busyTimeoutMs: -1 })).rejects.toThrow(
-      new InvalidOptionError('busyTimeoutMs', 'an integer >= 0', -1),
+      new InvalidOptionError('busyTimeoutMs', 'an integer in [0, 2147483647]', -1),
     )
+    // SQLite's busy_timeout is a 32-bit int: a longer one became 0 (no wait at all), and the
+    // wait for another driver of the file gave up after 1 ms (node's timer overflows too).
+    await expect(
+      createSqliteDriver({ busyTimeoutMs: 3_000_000_000, filename: ':memory:' }),
+    ).rejects.toThrow(
+      new InvalidOptionError('busyTimeoutMs', 'an integer in [0, 2147483647]', 3_000_000_000),
+    )
+    const longest = await createSqliteDriver({ busyTimeoutMs: 2_147_483_647, filename: ':memory:' })
+    expect(await longest.query('PRAGMA busy_timeout')).toEqual([{ timeout: 2_147_483_647 }])
+    await longest.close()
     await expect(
       createSqliteDriver({ synchronous: 'off' as 'full', filename: ':memory:' }),
     ).rejects.toThrow(/synchronous: expected one of "normal", "full", got "off"/)
