@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
-import { type Clock, sleep } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './errors.js'
@@ -579,18 +579,13 @@ export async function createPostgresDriver(
     )
   }
   const max = checkInteger('maxConnections', options.maxConnections ?? 10, 1)
-  const statementTimeoutMs = checkInteger('statementTimeoutMs', options.statementTimeoutMs ?? 0, 0)
-  const idleInTxMs = checkInteger(
-    'idleInTransactionTimeoutMs',
-    options.idleInTransactionTimeoutMs ?? 0,
-    0,
-  )
-  const connectionTimeoutMs = checkInteger(
-    'connectionTimeoutMs',
-    options.connectionTimeoutMs ?? 10_000,
-    0,
-  )
-  const idleTimeoutMs = checkInteger('idleTimeoutMs', options.idleTimeoutMs ?? 10_000, 0)
+  // Every timeout is a 32-bit millisecond count: PostgreSQL's settings refuse more (at every
+  // connect), and pg's timers would fire after 1 ms instead (node's delay overflows).
+  const timeout = (option: string, value: number) => checkInteger(option, value, 0, maxTimerDelayMs)
+  const statementTimeoutMs = timeout('statementTimeoutMs', options.statementTimeoutMs ?? 0)
+  const idleInTxMs = timeout('idleInTransactionTimeoutMs', options.idleInTransactionTimeoutMs ?? 0)
+  const connectionTimeoutMs = timeout('connectionTimeoutMs', options.connectionTimeoutMs ?? 10_000)
+  const idleTimeoutMs = timeout('idleTimeoutMs', options.idleTimeoutMs ?? 10_000)
   const applicationName = options.applicationName ?? 'breakwater'
   if (typeof applicationName !== 'string') {
     throw new InvalidOptionError('applicationName', 'a string', applicationName)

@@ -159,6 +159,18 @@ describe('PostgreSQL driver', () => {
     await expect(
       createPostgresDriver({ connectionString: 'postgres://u:pw@h/db', maxConnections: 0 }),
     ).rejects.toThrow(new InvalidOptionError('maxConnections', 'an integer >= 1', 0))
+    // Timeouts are 32-bit on both sides: pg's timers fired after 1 ms instead (every connect
+    // timed out at once), and PostgreSQL refuses a longer statement_timeout at every connect.
+    for (const option of [
+      'statementTimeoutMs',
+      'idleInTransactionTimeoutMs',
+      'connectionTimeoutMs',
+      'idleTimeoutMs',
+    ]) {
+      await expect(
+        createPostgresDriver({ connectionString: 'postgres://u:pw@h/db', [option]: 2 ** 31 }),
+      ).rejects.toThrow(new InvalidOptionError(option, 'an integer in [0, 2147483647]', 2 ** 31))
+    }
     const error = await createPostgresDriver({ connectionString: 'mysql://u:hunter2@h/db' }).catch(
       (e) => e,
     )
