@@ -245,6 +245,8 @@ interface PreparedEvents {
   readonly data: string[]
   readonly metadata: (string | null)[]
   readonly metadataObjects: Readonly<Record<string, unknown>>[]
+  /** For an event that names an older schema version: its data and version as reads see them. */
+  readonly upcast: ([unknown, number] | undefined)[]
 }
 
 /** @internal The implementation behind {@link EventStore}; other cqrs modules use its extras. */
@@ -449,19 +451,7 @@ export class EventStoreImpl implements EventStore {
     const recorded: RecordedEvent<E>[] = new Array(count)
     for (let i = 0; i < count; i++) {
       const event = events[i]!
-      let data: unknown = event.data
-      let schemaVersion = prepared.versions[i]!
-      // An event that names an older schema version is handed on (to inline projections,
-      // command handlers' evolve and the caller) as every read returns it: upcast, from the
-      // stored text as a read would, so an upcaster never sees the caller's own object.
-      if (!this.upcasters.empty && schemaVersion < this.upcasters.currentVersion(event.type)) {
-        ;[data, schemaVersion] = this.upcasters.upcast(
-          event.type,
-          schemaVersion,
-          JSON.parse(prepared.data[i]!),
-          prepared.metadataObjects[i]!,
-        )
-      }
+      const [data, schemaVersion] = prepared.upcast[i] ?? [event.data, prepared.versions[i]!]
       recorded[i] = {
         type: event.type,
         data,
@@ -537,6 +527,7 @@ export class EventStoreImpl implements EventStore {
       data: new Array(n),
       metadata: new Array(n),
       metadataObjects: new Array(n),
+      upcast: new Array(n),
     }
     for (let i = 0; i < n; i++) {
       const event = events[i]
@@ -562,6 +553,19 @@ export class EventStoreImpl implements EventStore {
         ? jsonTextOf(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
         : null
       prepared.metadataObjects[i] = hasMetadata ? metadata : emptyMetadata
+      // An event that names an older schema version is handed on (to inline projections,
+      // command handlers' evolve and the caller) as every read returns it: upcast, from the
+      // stored text as a read would, so an upcaster never sees the caller's own object. Done
+      // before anything is written: an event the upcasters cannot read would stop every
+      // reader of the log, so the append fails instead.
+      if (!this.upcasters.empty && version < this.upcasters.currentVersion(event.type)) {
+        prepared.upcast[i] = this.upcasters.upcast(
+          event.type,
+          version,
+          JSON.parse(data),
+          prepared.metadataObjects[i]!,
+        )
+      }
     }
     return prepared
   }

@@ -384,6 +384,36 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
     ])
   })
 
+  it('refuses, before writing, an old-version event its upcasters cannot read', async () => {
+    // Every read of such an event would fail: followers and projections would stop there.
+    const upcasting = createEventStore(t.db, {
+      upcasters: [
+        {
+          type: 'priced',
+          fromVersion: 1,
+          upcast: (d) => {
+            const cents = Number((d as { price: string }).price) * 100
+            if (!Number.isFinite(cents)) throw new Error('price is not a number')
+            return { cents }
+          },
+        },
+      ],
+    })
+    const s = fresh()
+    await expect(
+      upcasting.append(s, [{ type: 'priced', data: { price: 'ten' }, schemaVersion: 1 }]),
+    ).rejects.toThrow('price is not a number')
+    expect((await store.readStream(s)).version).toBe(0)
+    await expect(
+      t.db.transaction((tx) =>
+        upcasting.append(s, [{ type: 'priced', data: { price: 'ten' }, schemaVersion: 1 }], {
+          tx,
+        }),
+      ),
+    ).rejects.toThrow('price is not a number')
+    expect((await store.readStream(s)).version).toBe(0)
+  })
+
   it('rejects bad arguments with errors naming them', () => {
     expect(() =>
       createEventStore(t.db, {
