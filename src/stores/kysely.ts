@@ -77,7 +77,9 @@ export function fromKysely(trx: KyselyExecutor, dialect: SqlDialect): SqlExecuto
       (await run(sql, params)).rows as R[],
     execute: async (sql: string, params: readonly unknown[] = []) => {
       const result = await run(sql, params)
-      return { rowCount: Number(result.numAffectedRows ?? 0) }
+      // Kysely's SQLite driver reports no count for a statement that returns rows (INSERT,
+      // UPDATE or DELETE ... RETURNING): then each row it returned is one it changed.
+      return { rowCount: Number(result.numAffectedRows ?? result.rows.length) }
     },
   }
 }

@@ -226,6 +226,20 @@ describe('SQLite: fromBetterSqlite and fromKysely', () => {
       }),
     ).rejects.toThrow('business rule failed')
     expect(present('ksq-rollback')).toEqual([0, 0])
+    // execute() counts the rows a statement changed, also when it returns them (Kysely's SQLite
+    // driver reports no count for a statement that returns rows).
+    const executor = fromKysely(kysely, 'sqlite')
+    expect(
+      await executor.execute(
+        'INSERT INTO breakwater_rows (id, created_at, done) VALUES ($1, $2, $3), ($4, $2, $3) RETURNING id',
+        ['ksq-ret-1', 1, 0, 'ksq-ret-2'],
+      ),
+    ).toEqual({ rowCount: 2 })
+    expect(
+      await executor.execute('DELETE FROM breakwater_rows WHERE id LIKE $1 RETURNING id', [
+        'ksq-ret-%',
+      ]),
+    ).toEqual({ rowCount: 2 })
     // A placeholder used twice goes through the same translation as the driver's.
     const rows = await fromKysely(kysely, 'sqlite').query(
       'SELECT id FROM business WHERE id = $1 OR id = $1 || $2',
