@@ -9,7 +9,10 @@ import { redactUrl } from './redact.js'
 import { ScopedTransaction } from './scoped-transaction.js'
 import type { SqlDriver, SqlExecutor, SqlNotification, SqlTransaction, Unlisten } from './types.js'
 
-/** Options of {@link createPostgresDriver}. */
+/**
+ * Options of {@link createPostgresDriver}. Every timeout is at most 2147483647 ms (PostgreSQL's
+ * and node's timer limit).
+ */
 export interface PostgresDriverOptions {
   /** A `postgres://user:password@host:port/database` URL. */
   readonly connectionString: string
