@@ -111,7 +111,8 @@ export interface Projector {
   readonly inline: boolean
   /**
    * Starts following the log in the background (idempotent). Not available for inline
-   * projections, which need no projector.
+   * projections, which need no projector. Right after a `stop()` it begins once the stopped
+   * loop has finished its batch.
    */
   start(): void
   /** Stops the background loop after the batch in progress. */
@@ -158,6 +159,8 @@ class SqlProjector implements Projector {
   readonly #waker: LogWaker
   #ready: Promise<void> | undefined
   #loop: Promise<void> | undefined
+  /** The last loop stopped (it may still be finishing its batch). */
+  #ending: Promise<void> | undefined
   #stop: AbortController | undefined
   #lastKnown = 0
   readonly #progress = new Set<() => void>()
@@ -208,17 +211,20 @@ class SqlProjector implements Projector {
     if (this.#loop !== undefined) return
     const stop = new AbortController()
     this.#stop = stop
-    this.#loop = this.#follow(stop.signal)
+    this.#loop = this.#follow(stop.signal, this.#ending)
   }
 
   async stop(): Promise<void> {
     this.#stop?.abort()
     const loop = this.#loop
     this.#loop = undefined
+    if (loop !== undefined) this.#ending = loop
     await loop
   }
 
-  async #follow(signal: AbortSignal): Promise<void> {
+  async #follow(signal: AbortSignal, previous: Promise<void> | undefined): Promise<void> {
+    // A loop being stopped ends by closing the waker this one listens through: start after it.
+    await previous
     let failures = 0
     let listening = false
     while (!signal.aborted) {

@@ -415,3 +415,41 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     )
   })
 })
+
+describe('projectors on PostgreSQL are woken by NOTIFY', () => {
+  const target = dbTargets.find((d) => d.dialect === 'postgres')!
+  let t: TestDb
+  beforeAll(async () => {
+    t = await target.open('cqrs_projector_notify')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('also after a restart that did not wait for stop()', async () => {
+    // The poll interval is on a clock that never moves: only notifications can wake it.
+    const clock = new ManualClock(Date.now())
+    const writer = createEventStore(t.db)
+    const accounts = createCommandHandler(writer, { decider: account })
+    const projector = createProjector(
+      createEventStore(await t.connect()),
+      balancesProjection('restarted', 'restarted_balances'),
+      { clock },
+    )
+    const caughtUp = async (position: number) =>
+      expect.poll(() => projector.position(), poll).toBeGreaterThanOrEqual(position)
+    projector.start()
+    try {
+      const opened = await accounts.handle('restarted-1', { kind: 'open', owner: 'gus' })
+      await caughtUp(opened.lastPosition)
+      // Restarted at once: the old loop still ends (and stops listening) after the new one began.
+      const stopping = projector.stop()
+      projector.start()
+      await stopping
+      const deposited = await accounts.handle('restarted-1', { kind: 'deposit', amount: 3 })
+      await caughtUp(deposited.lastPosition)
+    } finally {
+      await projector.stop()
+    }
+  })
+})
