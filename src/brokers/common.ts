@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
+import { userinfoSpan } from '../core/userinfo.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { type Delivery, KeyedDispatcher } from './dispatcher.js'
 import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
@@ -208,7 +209,10 @@ export function redactUrl(value: string): string {
     }
     return url.toString()
   } catch {
-    // Not a URL: still hide anything between "//" and "@".
+    // Not a URL (an unencoded / ? # or @ in the password is one way to get here): still hide
+    // the whole userinfo, found as the database URLs' is, or anything between "//" and "@".
+    const span = userinfoSpan(value)
+    if (span !== undefined) return `${value.slice(0, span.start)}***${value.slice(span.at)}`
     return value.replace(/\/\/[^/@]*@/, '//***@')
   }
 }

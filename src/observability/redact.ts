@@ -1,3 +1,5 @@
+import { userinfoSpan } from '../core/userinfo.js'
+
 // Secret hiding for logs and messages. Two nets: field names that hold secrets (their values
 // are replaced whole), and secrets embedded in free text (URL credentials, `password=` pairs,
 // bearer tokens), which are masked wherever a string is logged.
@@ -47,9 +49,11 @@ export function isSecretKey(key: string, extra?: ReadonlySet<string>): boolean {
   return false
 }
 
-// scheme://userinfo@ : the userinfo runs to the last `@` before the path, so a password with
-// an unencoded `@` is masked whole.
-const urlCredentials = /\b([a-z][a-z0-9+.-]*:\/\/)([^\s/?#]*)@/gi
+// A URL-like run of text: scheme:// and everything up to whitespace, a quote or an angle
+// bracket (none of which a URL holds unencoded). Its userinfo is found by userinfoSpan, as in
+// database and broker URLs, so a password holding an unencoded `@`, `/`, `?` or `#` is masked
+// whole.
+const urlRuns = /\b[a-z][a-z0-9+.-]*:\/\/[^\s"'<>`]*/gi
 // key=value pairs in query strings, libpq/ODBC connection strings and environment dumps. The
 // key is judged as a field name is: one that ends in a secret name (`DB_PASSWORD`, `PGPASSWORD`,
 // `client_secret`, `x-api-key`), not one that merely contains it (`max_tokens`).
@@ -72,10 +76,18 @@ const authSchemes = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/g
 export function redactSecrets(text: string): string {
   if (!text.includes('@') && !text.includes('=') && !/bearer|basic/i.test(text)) return text
   return text
-    .replace(urlCredentials, (_match, scheme: string, userinfo: string) => {
-      const colon = userinfo.indexOf(':')
-      return colon === -1 ? `${scheme}***@` : `${scheme}${userinfo.slice(0, colon)}:***@`
-    })
+    .replace(urlRuns, maskUrlCredentials)
     .replace(secretPairs, (_match, key: string) => `${key}=***`)
     .replace(authSchemes, (_match, scheme: string) => `${scheme} ***`)
+}
+
+// user:password@ keeps the user; a user name alone (a NATS or Redis token) is masked whole,
+// unless it holds a `/`, `?` or `#`: then the `@` belongs to a path or a query
+// (`https://host/users/@me`, `https://host?mail=a@b`).
+function maskUrlCredentials(run: string): string {
+  const span = userinfoSpan(run)
+  if (span === undefined) return run
+  if (span.colon !== -1) return `${run.slice(0, span.colon)}:***${run.slice(span.at)}`
+  if (/[/?#]/.test(run.slice(span.start, span.at))) return run
+  return `${run.slice(0, span.start)}***${run.slice(span.at)}`
 }

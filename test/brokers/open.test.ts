@@ -119,6 +119,14 @@ describe('adapter options', () => {
     expect(redactUrl('nats://host:4222')).toBe('nats://host:4222')
     expect(redactUrl('%%://user:pw@host')).toBe('%%://***@host')
   })
+
+  it('hide a password that holds an unencoded / ? or # (such a URL does not parse)', () => {
+    for (const url of ['redis://:pa/ss@host:6379', 'amqp://u:p?w@host/vh', 'nats://u:p#w@host'])
+      expect(redactUrl(url), url).not.toMatch(/pa\/ss|p\?w|p#w/)
+    expect(redactUrl('redis://:pa/ss@host:6379')).toBe('redis://***@host:6379')
+    const error = thrown(() => createRedisBroker({ url: 'redis://:hunter/2@' }))
+    expect((error as Error).message).not.toContain('hunter')
+  })
 })
 
 describe('publish without a server', () => {

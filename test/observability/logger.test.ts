@@ -238,4 +238,17 @@ describe('redaction helpers', () => {
     )
     expect(redactSecrets('http://example.com/path?x=1')).toBe('http://example.com/path?x=1')
   })
+
+  it('masks URL passwords that hold an unencoded / ? or #', () => {
+    expect(redactSecrets('cannot connect to redis://:pa/ss@cache:6379/0')).toBe(
+      'cannot connect to redis://:***@cache:6379/0',
+    )
+    expect(redactSecrets('postgres://app:p?w#x@db/app failed')).toBe(
+      'postgres://app:***@db/app failed',
+    )
+    // A URL without credentials keeps its path, even with an @ in it.
+    expect(redactSecrets('see https://host/users/@me')).toBe('see https://host/users/@me')
+    expect(redactSecrets('https://host?mail=a@b')).toBe('https://host?mail=a@b')
+    expect(redactSecrets('"nats://s3cret@h:4222"')).toBe('"nats://***@h:4222"')
+  })
 })

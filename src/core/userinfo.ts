@@ -1,0 +1,32 @@
+/** Where the userinfo (`user:password`) of a `scheme://userinfo@host...` string lies. */
+export interface UserinfoSpan {
+  /** The index just after `//`, where the user name begins. */
+  readonly start: number
+  /** The index of the first `:` inside the userinfo, or -1 when it holds a user name alone. */
+  readonly colon: number
+  /** The index of the `@` that ends the userinfo. */
+  readonly at: number
+}
+
+const schemePrefix = /^[a-z][a-z0-9+.-]*:\/\//i
+
+/**
+ * Finds the userinfo of a URL-like string even when it does not parse: a password that was
+ * not percent-encoded may hold `/`, `?`, `#` and `@`, and such a URL is exactly the one shown
+ * in an error message. The userinfo ends at the last `@` before the query or fragment, which
+ * begins at the first `?` or `#` after the first `@` (before that `@`, a `?` or `#` may belong
+ * to the password). Undefined when there is no scheme or no `@`.
+ *
+ * Shared by the database, broker and log redaction so all three hide the same span.
+ */
+export function userinfoSpan(url: string): UserinfoSpan | undefined {
+  const scheme = schemePrefix.exec(url)
+  if (scheme === null) return undefined
+  const start = scheme[0].length
+  const firstAt = url.indexOf('@', start)
+  if (firstAt === -1) return undefined
+  const query = url.slice(firstAt).search(/[?#]/)
+  const at = url.lastIndexOf('@', query === -1 ? url.length : firstAt + query)
+  const colon = url.indexOf(':', start)
+  return { start, colon: colon !== -1 && colon < at ? colon : -1, at }
+}
