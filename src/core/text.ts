@@ -13,6 +13,32 @@ export function hasLoneSurrogate(value: string): boolean {
 }
 
 /**
+ * Whether both databases store `value` exactly as given: PostgreSQL text cannot hold NUL (a
+ * bare driver error there, which aborts the caller's transaction, while SQLite stores it), and
+ * half of a surrogate pair has no UTF-8 form (stored as U+FFFD, so two different names or ids
+ * would become one).
+ */
+export function isStorableText(value: string): boolean {
+  return !value.includes('\u0000') && !hasLoneSurrogate(value)
+}
+
+/**
+ * Checks a name or id about to be stored as text (a stream name, an event id, an outbox
+ * topic, an inbox message id): a non-empty string that {@link isStorableText} accepts, or
+ * `InvalidOptionError` naming `option`. Returns the value.
+ */
+export function checkStoredName(option: string, value: unknown): string {
+  if (typeof value !== 'string' || value === '' || !isStorableText(value)) {
+    throw new InvalidOptionError(
+      option,
+      'a non-empty string without NUL characters or lone surrogates',
+      value,
+    )
+  }
+  return value
+}
+
+/**
  * The JSON text of `value`. When JSON cannot hold it (a BigInt or a cycle, which make
  * `JSON.stringify` throw; undefined, a function or a symbol, which have no JSON text), throws
  * `InvalidOptionError` naming `option`, instead of a bare TypeError or a NULL for the database

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { hasLoneSurrogate, jsonTextOf } from '../core/text.js'
+import { checkStoredName, jsonTextOf } from '../core/text.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import {
@@ -192,26 +192,11 @@ export function checkExpected(value: unknown): ExpectedVersion {
 }
 
 /**
- * @internal Whether `value` is a non-empty string PostgreSQL text can hold: it cannot hold NUL,
- * which would fail there with a bare driver error (and work on SQLite), so both refuse it. A lone
- * surrogate is refused too: the driver sends it as U+FFFD, so on PostgreSQL `'s\ud800'` and
- * `'s\udc00'` would silently name one stream.
+ * @internal Checks a stream, event type or id, checkpoint or snapshot name:
+ * {@link checkStoredName}. A lone surrogate would otherwise be sent as U+FFFD, so on PostgreSQL
+ * `'s\ud800'` and `'s\udc00'` would silently name one stream.
  */
-export function checkName(option: string, value: unknown): string {
-  if (
-    typeof value !== 'string' ||
-    value === '' ||
-    value.includes('\u0000') ||
-    hasLoneSurrogate(value)
-  ) {
-    throw new InvalidOptionError(
-      option,
-      'a non-empty string without NUL characters or lone surrogates',
-      value,
-    )
-  }
-  return value
-}
+export const checkName: (option: string, value: unknown) => string = checkStoredName
 
 function checkStream(stream: unknown): string {
   return checkName('stream', stream)

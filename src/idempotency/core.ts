@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { hasLoneSurrogate } from '../core/text.js'
+import { isStorableText } from '../core/text.js'
 import {
   checkClock,
   checkFunction,
@@ -361,14 +361,6 @@ function computedString(option: 'scope' | 'fingerprint', value: unknown): string
   )
 }
 
-/**
- * Whether both databases store `value` as given: half of a surrogate pair has no UTF-8 form
- * (stored as U+FFFD), and PostgreSQL's text cannot hold NUL (refused with an encoding error).
- */
-function storableText(value: string): boolean {
-  return !value.includes('\u0000') && !hasLoneSurrogate(value)
-}
-
 function toStored(response: IdempotencyResponse, replayHeaders: ReadonlySet<string>): StoredResult {
   const headers: Record<string, string | readonly string[]> = {}
   for (const [name, value] of Object.entries(response.headers)) {
@@ -633,11 +625,11 @@ class IdempotencyCore implements Idempotency {
     checkOperationKey(key)
     checkFunction('fn', fn)
     const scope = options.scope ?? 'default'
-    if (typeof scope !== 'string' || scope === '' || !storableText(scope)) {
+    if (typeof scope !== 'string' || scope === '' || !isStorableText(scope)) {
       throw new InvalidOptionError('scope', 'a non-empty, well-formed string without NUL', scope)
     }
     const fingerprint = options.fingerprint ?? ''
-    if (typeof fingerprint !== 'string' || !storableText(fingerprint)) {
+    if (typeof fingerprint !== 'string' || !isStorableText(fingerprint)) {
       // Stored as given or not at all: a changed fingerprint would answer the retry of the same
       // call with IdempotencyMismatchError.
       throw new InvalidOptionError('fingerprint', 'a well-formed string without NUL', fingerprint)

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { context, propagation } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { hasLoneSurrogate, jsonTextOf } from '../core/text.js'
+import { checkStoredName, jsonTextOf } from '../core/text.js'
 import { checkClock, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { partitionOf } from './partition.js'
@@ -359,24 +359,13 @@ class SqlOutbox implements Outbox {
 }
 
 /**
- * Checks text stored in an outbox or inbox column (event fields, consumer, message id).
- * PostgreSQL text cannot hold NUL (a bare driver error that aborts the caller's transaction
- * there, while SQLite stores it), so both refuse it. A lone surrogate has no UTF-8 form: the
- * drivers store U+FFFD in its place, so two different ids would become one, and the id
- * enqueue() returns would not be the one published.
+ * Checks text stored in an outbox or inbox column (event fields, consumer, message id), as
+ * {@link checkStoredName} does: a NUL fails on PostgreSQL with a bare driver error that aborts
+ * the caller's transaction, and a lone surrogate is stored as U+FFFD, so two different ids would
+ * become one, and the id enqueue() returns would not be the one published.
  */
 export function checkText(option: string, value: unknown): asserts value is string {
-  if (
-    typeof value !== 'string' ||
-    value === '' ||
-    value.includes('\u0000') ||
-    hasLoneSurrogate(value)
-  )
-    throw new InvalidOptionError(
-      option,
-      'a non-empty string without NUL characters or lone surrogates',
-      value,
-    )
+  checkStoredName(option, value)
 }
 
 /** Returns a boolean option's value or its default, else throws naming the option. */
