@@ -24,7 +24,7 @@ import { Execution, type ExecutionSettings } from './execution.js'
 import { defaultFingerprint, type FingerprintFunction } from './fingerprint.js'
 import { checkOperationKey, parseIdempotencyKey } from './key.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
-import { type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
+import { credentialScope, type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
 import { createSqlIdempotencyStore } from './sql-store.js'
 import type {
   ClaimInput,
@@ -96,13 +96,15 @@ export interface IdempotencyOptions {
   /**
    * The scope keys live in: `'credential'` (hash of `Authorization`, else `X-API-Key`, else
    * `anonymous`), `{ tenantHeader }`, or a function of the request. Never global across
-   * clients that send a credential.
+   * clients that send a credential. A function must return a non-empty string without NUL
+   * characters or lone surrogates; else the request fails (500) with `INVALID_OPTION`.
    * @default 'credential'
    */
   readonly scope?: ScopeOption
   /**
    * What a request looks like, stored with its key; a reuse of the key with another
-   * fingerprint is answered 422. Return `''` to disable the check.
+   * fingerprint is answered 422. Return `''` to disable the check. A string without NUL
+   * characters or lone surrogates; else the request fails (500) with `INVALID_OPTION`.
    * @default SHA-256 of method, route (path and query) and the SHA-256 of the body
    */
   readonly fingerprint?: FingerprintFunction
@@ -345,18 +347,28 @@ function resolveStore(value: unknown): IdempotencyStore {
 }
 
 /**
- * What a scope or fingerprint function resolved to, when that was not a string at once. Anything
- * but a string (a non-empty one for a scope) is refused: the database would store a number as
- * text (`42.0` on SQLite), a missing tenant as a NOT NULL error, or a Buffer digest as a value
- * that never equals the next request's, answering every retry 422.
+ * What a scope or fingerprint function resolved to, when that was not at once a string known to
+ * be storable. Anything but a string (a non-empty one for a scope) is refused: the database would
+ * store a number as text (`42.0` on SQLite), a missing tenant as a NOT NULL error, or a Buffer
+ * digest as a value that never equals the next request's, answering every retry 422. So is a
+ * string that the database cannot store as given ({@link isStorableText}): half of a surrogate
+ * pair is stored as U+FFFD and PostgreSQL refuses NUL, so the request's own retry would be
+ * answered 422, or the claim would fail after the key was parsed. It is a programming error of
+ * the server, not the client's: the adapters answer it 500 and pass the error to `onError`.
  */
 function computedString(option: 'scope' | 'fingerprint', value: unknown): string {
-  if (typeof value === 'string' && (value !== '' || option === 'fingerprint')) return value
+  if (
+    typeof value === 'string' &&
+    (value !== '' || option === 'fingerprint') &&
+    isStorableText(value)
+  ) {
+    return value
+  }
   throw new InvalidOptionError(
     option,
     option === 'scope'
-      ? 'a non-empty string from the scope function'
-      : 'a string from the fingerprint function',
+      ? 'a non-empty string without NUL characters or lone surrogates from the scope function'
+      : 'a string without NUL characters or lone surrogates from the fingerprint function',
     value,
   )
 }
@@ -443,6 +455,10 @@ class IdempotencyCore implements Idempotency {
   readonly #settings: ExecutionSettings
   readonly #scope: ScopeFunction
   readonly #fingerprint: FingerprintFunction
+  // Whether #scope and #fingerprint are the built-in functions, whose strings are always
+  // storable (so begin() skips the check on the default path).
+  readonly #scopeIsDefault: boolean
+  readonly #fingerprintIsDefault: boolean
   readonly #methods: ReadonlySet<string>
   readonly #required: boolean
   readonly #claimInTx: boolean
@@ -473,6 +489,8 @@ class IdempotencyCore implements Idempotency {
       options.fingerprint === undefined
         ? defaultFingerprint
         : checkFunction<FingerprintFunction>('fingerprint', options.fingerprint)
+    this.#scopeIsDefault = this.#scope === credentialScope
+    this.#fingerprintIsDefault = this.#fingerprint === defaultFingerprint
     const methods = options.methods ?? ['POST', 'PATCH']
     if (!Array.isArray(methods) || methods.some((m) => typeof m !== 'string' || m === '')) {
       throw new InvalidOptionError('methods', 'an array of HTTP method names', methods)
@@ -561,11 +579,23 @@ class IdempotencyCore implements Idempotency {
       throw error
     }
     // Scope and fingerprint are usually computed synchronously: awaited only when they are
-    // promises (each await is one more turn of the microtask queue for every request).
-    let scope = request.scope ?? this.#scope(request)
-    if (typeof scope !== 'string' || scope === '') scope = computedString('scope', await scope)
+    // promises (each await is one more turn of the microtask queue for every request). The
+    // default functions return hex digests and fixed ASCII, so only other functions' strings
+    // are checked for what the database cannot store.
+    const given = request.scope
+    let scope = given ?? this.#scope(request)
+    if (
+      typeof scope !== 'string' ||
+      scope === '' ||
+      ((given !== undefined || !this.#scopeIsDefault) && !isStorableText(scope))
+    ) {
+      scope = computedString('scope', await scope)
+    }
     let fingerprint = this.#fingerprint(request)
-    if (typeof fingerprint !== 'string') {
+    if (
+      typeof fingerprint !== 'string' ||
+      (!this.#fingerprintIsDefault && !isStorableText(fingerprint))
+    ) {
       fingerprint = computedString('fingerprint', await fingerprint)
     }
     const acquired = await this.#acquire(scope, key, fingerprint, request)

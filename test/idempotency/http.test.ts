@@ -44,6 +44,8 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
     /** Called by the handler after its business write (ctx.tx open), before it answers. */
     readonly afterWrite?: (ctx: { key: string; attempt: number }) => Promise<void>
     readonly onRequest?: (res: ServerResponse) => void
+    /** The adapter's own `scope` option (overrides the core's). */
+    readonly adapterScope?: (req: IncomingMessage) => string | Promise<string>
   }
 
   // The handler of a payments service: one business row per charge, written in ctx.tx.
@@ -80,6 +82,7 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
     const wrapped = idempotentHandler(
       {
         idempotency,
+        ...(setup.adapterScope === undefined ? {} : { scope: setup.adapterScope }),
         onError: (error) => {
           // The wait ends with AbortedError (ABORTED), caused by the client's disconnect.
           if (error instanceof Error && (error.cause as Error)?.message === 'client disconnected') {
@@ -329,6 +332,25 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
     expect(await charges(`WHERE tenant IN ('a', 'b')`)).toBe(2)
   })
 
+  /**
+   * Sends one request and its retry to a server set up with a bad scope or fingerprint: both
+   * get 500, the handler never runs, and onError gets INVALID_OPTION naming `option`.
+   */
+  async function expectRefusedBeforeTheKey(option: string, setup: ServerSetup): Promise<void> {
+    const { url, runs } = await start(setup)
+    const key = randomUUID()
+    for (let i = 0; i < 2; i++) {
+      expect((await send(url, { key, body: '{"amount":1}' })).status).toBe(500)
+    }
+    expect(runs()).toBe(0)
+    expect(errors.splice(0)).toMatchObject([
+      { code: 'INVALID_OPTION', option },
+      { code: 'INVALID_OPTION', option },
+    ])
+    await server?.close()
+    server = undefined
+  }
+
   // A scope or fingerprint function typed loosely in JS: a user id as a number, a tenant that
   // is missing, a digest left as a Buffer. The database would store `42.0` (SQLite), a NOT NULL
   // error, or a fingerprint that never equals itself again (every retry a 422).
@@ -339,20 +361,36 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
       ['scope', { scope: () => '' }],
       ['fingerprint', { fingerprint: () => Buffer.from('fp') as unknown as string }],
     ]
-    for (const [option, options] of bad) {
-      const { url, runs } = await start({ options })
-      const key = randomUUID()
-      for (let i = 0; i < 2; i++) {
-        expect((await send(url, { key, body: '{"amount":1}' })).status).toBe(500)
-      }
-      expect(runs()).toBe(0)
-      expect(errors.splice(0)).toMatchObject([
-        { code: 'INVALID_OPTION', option },
-        { code: 'INVALID_OPTION', option },
-      ])
-      await server?.close()
-      server = undefined
-    }
+    for (const [option, options] of bad) await expectRefusedBeforeTheKey(option, { options })
+  })
+
+  // A scope or fingerprint built from request text (a user name, a path cut at a length) may
+  // hold half of a surrogate pair or a NUL. Both databases store U+FFFD for the half, so the
+  // request ran and its own retry was answered 422; PostgreSQL refuses NUL with a bare encoding
+  // error only at the claim. It is the server's bug, not the client's: 500, and onError gets
+  // INVALID_OPTION naming the function, before the handler runs or the key is stored.
+  it('refuses a scope or fingerprint that the database cannot store as given, before touching the key', async () => {
+    const bad: [string, ServerSetup][] = [
+      ['scope', { options: { scope: () => 'user-\uD83D' } }],
+      ['scope', { options: { scope: async () => 'user-\u0000' } }],
+      ['scope', { adapterScope: () => 'tenant-\uDE00' }],
+      [
+        'scope',
+        { options: { scope: { tenantHeader: 'x-tenant' } }, adapterScope: () => 'a\u0000' },
+      ],
+      ['fingerprint', { options: { fingerprint: (r) => `${r.route}-\uD83D` } }],
+      ['fingerprint', { options: { fingerprint: async () => 'fp-\u0000' } }],
+    ]
+    for (const [option, setup] of bad) await expectRefusedBeforeTheKey(option, setup)
+    // A whole pair is one character like any other: the retry replays.
+    const { url, runs } = await start({
+      options: { scope: () => 'user-\u{1F600}', fingerprint: () => 'fp-\u{1F600}' },
+    })
+    const key = randomUUID()
+    expect((await send(url, { key, body: '{"amount":1}' })).status).toBe(201)
+    const again = await send(url, { key, body: '{"amount":1}' })
+    expect(again.headers['idempotent-replayed']).toBe('true')
+    expect(runs()).toBe(1)
   })
 
   // complete() promises to reject only with the key released. A storeResponse that throws left
