@@ -1,4 +1,5 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
+import { checkStoredName } from '../core/text.js'
 import { type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
 import { IdempotencyInProgressError } from './errors.js'
@@ -161,9 +162,11 @@ export class Execution {
   }
 
   async #phase<T>(name: string, fn: (tx: SqlTransaction) => Promise<T> | T): Promise<T> {
-    if (typeof name !== 'string' || name === '') {
-      throw new TypeError('ctx.phase(name, fn): name must be a non-empty string')
-    }
+    // Checked before fn runs: the name is stored as the recovery point (PostgreSQL refuses NUL,
+    // and both databases store half of a surrogate pair as U+FFFD, so a retry would not find
+    // the phase and run it again), and finding that out at the save would come after fn's call
+    // to another system had already happened.
+    checkStoredName('ctx.phase(name)', name)
     if (Object.hasOwn(this.#phases, name)) {
       return (this.#phases[name] as WrappedPhase).v as T
     }

@@ -87,6 +87,8 @@ export interface IdempotencyContext {
    * Phases must run before the first statement on `tx` (a SQLite connection holds one
    * transaction at a time). A phase that calls another system should pass it a key derived
    * from this one (`${ctx.key}:${name}`) so that a re-run of the phase is idempotent there too.
+   * `name` is a non-empty string without NUL characters or lone surrogates (it is stored as
+   * text), else `INVALID_OPTION` before `fn` runs.
    *
    * @example
    * ```ts

@@ -287,6 +287,31 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     expect(await shipments(orderId)).toBe(1)
   })
 
+  // A phase name is stored as text (the recovery point). One with a NUL or half of a surrogate
+  // pair failed only when the phase was saved (PostgreSQL: a bare encoding error; both: U+FFFD
+  // for the half, so a takeover would not find the phase and run it again), after fn's call to
+  // another system had already been made. It is refused before fn runs.
+  it('refuses a phase name the database cannot store as given, before running the phase', async () => {
+    const calls: string[] = []
+    for (const name of ['charge-\u0000', 'charge-\uD83D', '']) {
+      await expect(
+        idempotent(randomUUID(), (ctx) => ctx.phase(name, () => calls.push(name)), {
+          store: testDb.db,
+        }),
+      ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'ctx.phase(name)' })
+    }
+    expect(calls).toEqual([])
+    // A whole pair is one character like any other.
+    const key = randomUUID()
+    const run = () =>
+      idempotent(key, (ctx) => ctx.phase('charge-\u{1F600}', () => calls.push('pair')), {
+        store: testDb.db,
+      })
+    expect(await run()).toBe(1)
+    expect(await run()).toBe(1)
+    expect(calls).toEqual(['pair'])
+  })
+
   it('persists atomic phases: after a crash, a takeover resumes after the last committed phase', async () => {
     const clock = new ManualClock(Date.now())
     const idempotency = createIdempotency({ store: testDb.db, clock, leaseMs: 30_000 })
