@@ -4,7 +4,12 @@
 import type { Redis } from 'ioredis'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkObject } from '../core/validate.js'
-import { DriverMissingError, redactUrl, type SqlTransaction } from '../stores/index.js'
+import {
+  DriverMissingError,
+  redactUrl,
+  type SqlTransaction,
+  StoreClosedError,
+} from '../stores/index.js'
 import { IdempotencyInProgressError } from './errors.js'
 import type {
   ClaimInput,
@@ -40,7 +45,10 @@ export interface RedisIdempotencyStoreOptions {
 
 /** The store returned by {@link createRedisIdempotencyStore}. */
 export interface RedisIdempotencyStore extends IdempotencyStore {
-  /** Closes the connection the store opened from `url` (a given `client` is left open). */
+  /**
+   * Closes the connection the store opened from `url` (a given `client` is left open). Every
+   * later call rejects with `StoreClosedError` (`STORE_CLOSED`), as the SQL drivers' do.
+   */
   close(): Promise<void>
 }
 
@@ -246,7 +254,10 @@ export function createRedisIdempotencyStore(
   let connecting: Promise<Redis> | undefined
   let closed = false
   const connect = (): Promise<Redis> => {
-    if (closed) return Promise.reject(new TypeError('The Redis idempotency store is closed'))
+    if (closed) {
+      // As the SQL drivers answer after close(): a coded error, not a programming error.
+      return Promise.reject(new StoreClosedError('redis', 'The Redis idempotency store is closed'))
+    }
     if (given !== undefined) return Promise.resolve(given)
     connecting ??= (async () => {
       const { Redis: RedisClient } = await import('ioredis').catch((error: unknown) => {

@@ -15,10 +15,13 @@ export class DriverMissingError extends BreakwaterError {
   }
 }
 
-/** A statement or transaction was sent to a driver after `close()`. */
+/**
+ * A statement or transaction was sent to a driver (or a store, such as the Redis idempotency
+ * store) after `close()`.
+ */
 export class StoreClosedError extends BreakwaterError {
-  constructor(dialect: string) {
-    super('STORE_CLOSED', `The ${dialect} driver is closed`)
+  constructor(dialect: string, message = `The ${dialect} driver is closed`) {
+    super('STORE_CLOSED', message)
   }
 }
 

@@ -17,6 +17,7 @@ import {
   type RedisIdempotencyStore,
   type StoredResult,
 } from '../../src/idempotency/index.js'
+import { StoreClosedError } from '../../src/stores/index.js'
 import { brokerUrl } from '../support/brokers.js'
 
 const unreachable = fileURLToPath(new URL('./fixtures/redis-unreachable.ts', import.meta.url))
@@ -448,6 +449,42 @@ describe('Redis idempotency store: what differs from SQL', () => {
       child.kill('SIGKILL')
       await new Promise<void>((resolve) => refusing.close(() => resolve()))
     }
+  })
+
+  // The SQL drivers answer every call after close() with StoreClosedError (STORE_CLOSED); this
+  // store threw a plain TypeError, which callers that check codes (and the retry classifier)
+  // could not tell from a programming error.
+  it('answers every call after close() with StoreClosedError (STORE_CLOSED)', async () => {
+    const used = createRedisIdempotencyStore({ url, keyPrefix: prefix })
+    const key = nextKey()
+    expect(await used.claim(claimInput(key))).toEqual({ claimed: true })
+    const never = createRedisIdempotencyStore({ url, keyPrefix: prefix })
+    await used.close()
+    await never.close()
+    for (const closed of [used, never]) {
+      const takeover = {
+        ...claimInput(key, { leaseToken: 'other' }),
+        previousLeaseToken: `token-${key}`,
+      }
+      const calls: [string, Promise<unknown>][] = [
+        ['claim', closed.claim(claimInput(nextKey()))],
+        ['get', closed.get('tenant:a', key)],
+        ['takeOver', closed.takeOver(takeover)],
+        ['recycle', closed.recycle(takeover)],
+        ['release', closed.release({ scope: 'tenant:a', key, leaseToken: `token-${key}` })],
+        ['idempotent', idempotent(nextKey(), () => 1, { store: closed })],
+      ]
+      for (const [name, call] of calls) {
+        const error = await call.then(
+          () => undefined,
+          (e: unknown) => e,
+        )
+        expect(error, name).toBeInstanceOf(StoreClosedError)
+        expect(error, name).toMatchObject({ code: 'STORE_CLOSED' })
+      }
+    }
+    // Nothing was written after close().
+    expect(await store.get('tenant:a', key)).toMatchObject({ state: 'in_progress' })
   })
 
   it('uses a client the caller owns and leaves it open on close()', async () => {
