@@ -7,6 +7,7 @@ import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './
 import { LruCache } from './lru.js'
 import { redactUrl } from './redact.js'
 import { ScopedTransaction } from './scoped-transaction.js'
+import { currentTransaction, refuseCloseInside } from './transaction-context.js'
 import type { SqlDriver, SqlExecutor, SqlNotification, SqlTransaction, Unlisten } from './types.js'
 
 /**
@@ -494,7 +495,7 @@ export class PostgresDriver implements SqlDriver {
       | { readonly ok: true; readonly value: T }
       | { readonly ok: false; readonly error: unknown }
     try {
-      settled = { ok: true, value: await fn(tx) }
+      settled = { ok: true, value: await currentTransaction.run({ driver: this, tx }, fn, tx) }
     } catch (error) {
       settled = { ok: false, error }
     }
@@ -548,6 +549,8 @@ export class PostgresDriver implements SqlDriver {
 
   async close(): Promise<void> {
     if (this.#closed) return
+    // pool.end() waits for every pooled connection to be returned, that transaction's too.
+    refuseCloseInside(this, 'PostgreSQL')
     this.#closed = true
     await this.#listener.close()
     await this.#pool.end()

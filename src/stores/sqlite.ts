@@ -1,4 +1,3 @@
-import { AsyncLocalStorage } from 'node:async_hooks'
 import { mkdirSync, realpathSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { maxTimerDelayMs } from '../core/clock.js'
@@ -15,6 +14,7 @@ import { AsyncMutex } from './mutex.js'
 import { bindPositional, type PositionalSql, toPositional } from './placeholders.js'
 import { ScopedTransaction } from './scoped-transaction.js'
 import { type FileLock, fileLock } from './sqlite-file-lock.js'
+import { currentTransaction, refuseCloseInside } from './transaction-context.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from './types.js'
 
 /** The default database file of the embedded store. */
@@ -179,15 +179,6 @@ function directExecutor(statements: SqliteStatements): SqlExecutor {
   return new DirectExecutor(statements)
 }
 
-interface OpenTransaction {
-  readonly driver: SqliteDriver
-  readonly tx: ScopedTransaction
-}
-
-// Which driver's transaction the current async context runs inside, so a call on the driver
-// from within its own transaction fails fast instead of queueing behind itself forever.
-const currentTransaction = new AsyncLocalStorage<OpenTransaction>()
-
 interface BetterSqliteConnection extends BetterSqliteDatabase {
   exec(sql: string): unknown
   pragma(source: string, options?: { simple?: boolean }): unknown
@@ -305,6 +296,7 @@ export class SqliteDriver implements SqlDriver {
         'The SQLite driver was called from inside its own transaction; use the tx passed to the transaction callback (tx.transaction for a savepoint)',
       )
     }
+    if (!(current.driver instanceof SqliteDriver)) return false
     if (current.driver.#file.mutex !== this.#file.mutex) return false
     if (writes) {
       throw new TransactionMisuseError(
@@ -394,6 +386,8 @@ export class SqliteDriver implements SqlDriver {
 
   async close(): Promise<void> {
     if (this.#closed) return
+    // The mutex is held by that transaction until its callback returns.
+    refuseCloseInside(this, 'SQLite')
     await this.#mutex.acquire()
     try {
       if (this.#closed) return

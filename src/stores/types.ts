@@ -103,6 +103,10 @@ export interface SqlDriver extends SqlExecutor {
    * Send with {@link notify} (inside a transaction, it is delivered on commit).
    */
   listen?(channel: string, onNotify: (notification: SqlNotification) => void): Promise<Unlisten>
-  /** Closes the connection or pool. Waits for a SQLite transaction in progress to finish. */
+  /**
+   * Closes the connection or pool. Waits for the transactions in progress to finish; called
+   * from inside one of this driver's own transactions (which it would wait for forever), it
+   * fails at once with `TRANSACTION_MISUSE` and leaves the driver open.
+   */
   close(): Promise<void>
 }

@@ -358,6 +358,46 @@ describe.each(targets)('$dialect driver conformance', (target) => {
     await own.cleanup()
   })
 
+  // close() waits for the transactions in progress (SQLite: the driver's lock; PostgreSQL:
+  // pool.end() waits for every pooled connection to come back). Called from inside one of them,
+  // it waited for a transaction that waited for it: the process hung on both dialects.
+  it('refuses close() from inside its own transaction; from outside, close() waits for it', async () => {
+    const own = await target.open('close-inside')
+    const t = uniqueTable()
+    await own.db.execute(`CREATE TABLE ${t} (id INTEGER PRIMARY KEY)`)
+    const inside: unknown[] = []
+    await own.db.transaction(async (tx) => {
+      inside.push(await own.db.close().catch((e) => e))
+      await tx.transaction(async () => {
+        inside.push(await own.db.close().catch((e) => e))
+      })
+      // The transaction goes on and commits.
+      await tx.execute(`INSERT INTO ${t} (id) VALUES (1)`)
+    })
+    for (const error of inside) {
+      expect(BreakwaterError.is(error) && error.code).toBe('TRANSACTION_MISUSE')
+      expect((error as Error).message).toMatch(/close\(\).*own transaction/)
+    }
+    expect(inside).toHaveLength(2)
+    // From outside, close() lets the open transaction finish and commit first.
+    const started = gate()
+    const proceed = gate()
+    const running = own.db.transaction(async (tx) => {
+      started.open()
+      await proceed.promise
+      await tx.execute(`INSERT INTO ${t} (id) VALUES (2)`)
+      return tx.query<{ id: number }>(`SELECT id FROM ${t} ORDER BY id`)
+    })
+    await started.promise
+    const closing = own.db.close()
+    proceed.open()
+    expect((await running).map((r) => Number(r.id))).toEqual([1, 2])
+    await closing
+    const after = await own.db.query('SELECT 1').catch((e) => e)
+    expect(BreakwaterError.is(after) && after.code).toBe('STORE_CLOSED')
+    await own.cleanup()
+  })
+
   it('keeps working when more distinct statements run than the cache holds', async () => {
     const own = await target.open('cache', {
       sqlite: { statementCacheSize: 2 },
