@@ -43,6 +43,12 @@ const translations = new LruCache<string, ReturnType<typeof toPositional>>(500)
  * strings unless that pool parses int8 (breakwater's own executors always return numbers).
  * Breakwater's capabilities read their BIGINT columns through `Number(...)` for this reason.
  *
+ * On SQLite, Kysely prepares the statements on the application's better-sqlite3 `Database`:
+ * when that has `defaultSafeIntegers(true)`, every integer arrives as a BigInt, and breakwater
+ * cannot change it. Use `fromBetterSqlite(database)` (the same `Database`) inside the Kysely
+ * transaction instead: it runs on the same connection, in the same transaction, and returns
+ * numbers.
+ *
  * @example
  * ```ts
  * await kysely.transaction().execute(async (trx) => {

@@ -430,7 +430,10 @@ async function finishWith(
 
 /**
  * A PostgreSQL database through a pg `Pool`. Statements with parameters are prepared once per
- * connection (named by a hash of their text); BIGINT arrives as a JS number.
+ * connection (named by a hash of their text); BIGINT arrives as a JS number. Named statements
+ * need a server session per connection: behind PgBouncer in transaction-pooling mode, set its
+ * `max_prepared_statements` above zero (PgBouncer 1.21+), or connect directly or through a
+ * session-mode pool (see docs/architecture.md).
  */
 export class PostgresDriver implements SqlDriver {
   readonly dialect = 'postgres' as const
