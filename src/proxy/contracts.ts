@@ -389,6 +389,11 @@ export interface TunnelRequest {
   readonly requestId: string
   /** Close the tunnel after this long without a byte either way. */
   readonly idleTimeoutMs: number
+  /**
+   * Absolute inbound deadline on the service's clock, if the client sent one. It bounds only
+   * the wait for a DNS-discovered service's first answer (a tunnel outlives any deadline).
+   */
+  readonly deadlineAt?: number | undefined
 }
 
 /** How a tunnel's handshake was decided. */

@@ -150,6 +150,7 @@ export function createAmbassadorHandler(
       host: inbound.host,
       requestId: inbound.requestId,
       idleTimeoutMs: websocket.idleTimeoutMs,
+      deadlineAt: inbound.deadlineAt,
     }
     tunnelAndLog(ctx, listener.name, AMBASSADOR_ROUTE, inbound, service, request, socket, head)
       // tunnel() never rejects; this is a bug's last answer.

@@ -5,7 +5,8 @@
 //
 // What does not apply to a tunnel: shadow comparison (there is no response to compare),
 // Idempotency-Key enforcement (a handshake is a GET), retry affinity (a handshake is never
-// retried by the proxy) and the deadline header (a tunnel lives as long as its conversation).
+// retried by the proxy) and the deadline header (a tunnel lives as long as its conversation;
+// the inbound deadline only bounds the wait for a DNS-discovered service's first answer).
 
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
@@ -123,6 +124,7 @@ export function createWebSocketHandler(
         host: inbound.host,
         requestId: inbound.requestId,
         idleTimeoutMs: config.websocket.idleTimeoutMs,
+        deadlineAt: inbound.deadlineAt,
       },
       socket,
       head,

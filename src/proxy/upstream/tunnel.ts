@@ -13,6 +13,9 @@
 // - Timeouts: `timeouts.connectMs` to connect (TLS included), then `timeouts.readMs` for the
 //   answer, both on the service's clock. `overallMs` and the deadline header do not apply: a
 //   tunnel lives as long as its conversation.
+// - The wait for a DNS-discovered service's first answer is part of connecting: it counts
+//   against `connectMs` (and ends at the inbound deadline when that is sooner), and runs out
+//   as the HTTP path's does, 504 DEADLINE_EXCEEDED. A client that leaves ends it (499).
 // - The bulkhead does not count tunnels: one long-lived WebSocket would hold a slot for hours
 //   and starve short requests. The listener's `maxConnections` bounds them.
 // - An answer other than 101 (401, 404, 503, ...) is read whole (at most 1 MiB, `readMs`
@@ -83,10 +86,6 @@ export function openTunnel(
   client: Duplex,
   head: Buffer,
 ): Promise<TunnelOutcome> {
-  if (service.endpoints.all.length === 0 && service.discovering !== undefined && !service.closed) {
-    // The first DNS answer is not in yet.
-    return service.discovering.then(() => new Handshake(service, request, client, head).start())
-  }
   return new Handshake(service, request, client, head).start()
 }
 
@@ -131,15 +130,74 @@ class Handshake {
       this.settle(499, 'ABORTED', closedNow())
       return promise
     }
+    const discovering = service.discovering
+    if (service.endpoints.all.length === 0 && discovering !== undefined && !service.closed)
+      this.awaitDiscovery(discovering)
+    else this.pick()
+    return promise
+  }
+
+  /**
+   * The first DNS answer is not in yet: wait for it as part of connecting, at most `connectMs`
+   * from the handshake's start and not past the inbound deadline (a resolver that does not
+   * answer gives up only after tens of seconds), and while the client stays.
+   */
+  awaitDiscovery(discovering: Promise<void>): void {
+    const service = this.service
+    const deadlineAt = this.request.deadlineAt
+    const waitMs = Math.min(
+      service.connectMs,
+      deadlineAt === undefined ? Number.POSITIVE_INFINITY : deadlineAt - this.startedAt,
+    )
+    if (waitMs <= 0) {
+      this.refuse('DEADLINE_EXCEEDED')
+      return
+    }
+    // A client that ends its side before anything was sent for it has left, as on the HTTP
+    // path: its connection is closed (the listener keeps half-open connections open).
+    const client = this.client
+    const leave = (): void => {
+      client.destroy()
+    }
+    client.once('close', this.onClientGone)
+    client.once('end', leave)
+    const stopWaiting = (): void => {
+      if (this.timer !== undefined) service.clock.clearTimeout(this.timer)
+      this.timer = undefined
+      client.off('close', this.onClientGone)
+      client.off('end', leave)
+    }
+    service.tunnels.add(this.stop)
+    this.timer = service.clock.setTimeout(() => {
+      this.timer = undefined
+      if (this.decided) return
+      stopWaiting()
+      this.refuse('DEADLINE_EXCEEDED')
+    }, waitMs)
+    void discovering.then(() => {
+      if (this.decided) return
+      stopWaiting()
+      service.tunnels.delete(this.stop)
+      this.pick()
+    })
+  }
+
+  /** Picks an endpoint the breaker admits and sends the handshake there. */
+  pick(): void {
+    const service = this.service
+    if (this.client.destroyed) {
+      this.settle(499, 'ABORTED', closedNow())
+      return
+    }
     const endpoint = service.closed ? undefined : service.endpoints.pick()
     if (endpoint === undefined) {
       this.refuse('UPSTREAM_NO_ENDPOINTS')
-      return promise
+      return
     }
     const epoch = service.breaker.admit()
     if (epoch < 0) {
       this.refuse(service.breaker.state === 'isolated' ? 'ISOLATED_CIRCUIT' : 'BROKEN_CIRCUIT')
-      return promise
+      return
     }
     this.endpoint = endpoint
     this.epoch = epoch
@@ -148,7 +206,6 @@ class Handshake {
     this.client.once('close', this.onClientGone)
     service.tunnels.add(this.stop)
     this.connect(endpoint)
-    return promise
   }
 
   connect(endpoint: Endpoint): void {
@@ -192,7 +249,8 @@ class Handshake {
       return
     }
     this.upstream = upstream
-    this.arm(service.connectMs)
+    // connectMs counts from the handshake's start: a wait for the first DNS answer used part.
+    this.arm(Math.max(0, this.startedAt + service.connectMs - service.clock.now()))
     upstream.once('socket', (socket: Socket) => {
       socket.setNoDelay(true)
       socket.once(endpoint.https ? 'secureConnect' : 'connect', () => {

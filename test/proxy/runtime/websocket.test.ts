@@ -1,6 +1,7 @@
 // WebSocket tunnels through a gateway route, end to end: a real client (undici), the proxy as
 // users run it (startProxy from YAML) and real upstream servers (ws). Timeouts run on an
 // injected clock.
+import { createSocket } from 'node:dgram'
 import { connect, createServer, type Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
@@ -598,5 +599,112 @@ describe('WebSocket tunnels', () => {
     expect(text).toContain(
       'services.hidden.websocket: expected an ambassador listener that exposes this service',
     )
+  })
+})
+
+describe('WebSocket handshakes before the first DNS answer', () => {
+  // A DNS server that takes every query and never answers (a blackholed resolver): the
+  // service's first answer never comes while the test runs.
+  async function silentDns(): Promise<{ address: string; queried: Promise<void> }> {
+    const silent = createSocket('udp4')
+    await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve))
+    cleanups.push(() => new Promise<void>((resolve) => silent.close(() => resolve())))
+    const queried = new Promise<void>((resolve) => silent.once('message', () => resolve()))
+    return { address: `127.0.0.1:${silent.address().port}`, queried }
+  }
+
+  async function startWithSilentDns(log?: ReturnType<typeof captureLog>): Promise<ManualClock> {
+    const dns = await silentDns()
+    const clock = new ManualClock(Date.now())
+    proxy = await startProxy({
+      config: `
+services:
+  chat:
+    discovery: { dns: { name: chat.test, port: 80, servers: ["${dns.address}"] } }
+    timeouts: { connectMs: 1000, readMs: 5000, overallMs: 30000 }
+    websocket: true
+listeners:
+  - { name: out, role: ambassador, port: 0 }
+  - name: in
+    role: gateway
+    port: 0
+    routes:
+      - { name: chat, match: { prefix: /chat }, targets: [{ service: chat }], websocket: true }
+`,
+      logger: log === undefined ? quiet : createJsonLogger({ output: log }),
+      clock,
+    })
+    await dns.queried
+    return clock
+  }
+
+  /** Resolves once the proxy holds one more timer than `before` (the handshake's wait). */
+  function waiting(clock: ManualClock, before: number): Promise<void> {
+    return until(() => clock.pendingTimers > before, 'the handshake waiting for DNS')
+  }
+
+  /**
+   * Sends a handshake to `listener` and checks that it is still waiting `afterMs - 1` ms after
+   * it arrived (on the clock), and answered 504 DEADLINE_EXCEEDED at `afterMs`.
+   */
+  async function expectDeadlineAt(
+    clock: ManualClock,
+    listener: string,
+    path: string,
+    afterMs: number,
+    headers: Record<string, string> = {},
+  ): Promise<void> {
+    const before = clock.pendingTimers
+    let settled = false
+    const answer = rawHandshake(proxy?.address(listener).port ?? 0, path, { headers })
+    answer.then(
+      () => {
+        settled = true
+      },
+      () => {},
+    )
+    await waiting(clock, before)
+    await clock.advance(afterMs - 1)
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(settled).toBe(false)
+    await clock.advance(1)
+    const result = await answer
+    expect(result.status).toBe(504)
+    expect(JSON.parse(result.body)).toMatchObject({ code: 'DEADLINE_EXCEEDED', service: 'chat' })
+  }
+
+  it('answers 504 DEADLINE_EXCEEDED once connectMs has passed, on the gateway and the ambassador (clock-driven)', async () => {
+    const clock = await startWithSilentDns()
+    await expectDeadlineAt(clock, 'in', '/chat', 1000)
+    await expectDeadlineAt(clock, 'out', '/chat/room', 1000)
+  })
+
+  it('answers 504 at the inbound deadline when it is sooner than connectMs (clock-driven)', async () => {
+    const clock = await startWithSilentDns()
+    await expectDeadlineAt(clock, 'in', '/chat', 300, { 'x-breakwater-deadline-ms': '300' })
+  })
+
+  it('stops waiting when the client leaves (ends its side or resets), and logs the handshake as 499', async () => {
+    const log = captureLog()
+    const clock = await startWithSilentDns(log)
+    const before = clock.pendingTimers
+    const abandoned = (): number =>
+      log.lines().filter((line) => line.msg === 'access' && line.status === 499).length
+    // Ends its side (FIN), as a client that gives up does: the proxy closes the connection.
+    const ending = await rawClient(proxy?.address('in').port ?? 0)
+    ending.socket.write(handshakeText('/chat'))
+    await waiting(clock, before)
+    ending.socket.end()
+    await until(() => ending.ended && abandoned() === 1, 'the first handshake abandoned')
+    expect(ending.text()).toBe('')
+    expect(clock.pendingTimers).toBe(before)
+    // Resets.
+    const resetting = await rawClient(proxy?.address('in').port ?? 0)
+    resetting.socket.write(handshakeText('/chat'))
+    await waiting(clock, before)
+    resetting.socket.resetAndDestroy()
+    await until(() => abandoned() === 2, 'the second handshake abandoned')
+    // The waits' timers are gone with them.
+    expect(clock.pendingTimers).toBe(before)
   })
 })
