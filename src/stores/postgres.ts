@@ -7,7 +7,6 @@ import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './
 import { LruCache } from './lru.js'
 import { redactUrl } from './redact.js'
 import { ScopedTransaction } from './scoped-transaction.js'
-import { currentTransaction, refuseCloseInside } from './transaction-context.js'
 import type { SqlDriver, SqlExecutor, SqlNotification, SqlTransaction, Unlisten } from './types.js'
 
 /**
@@ -498,7 +497,7 @@ export class PostgresDriver implements SqlDriver {
       | { readonly ok: true; readonly value: T }
       | { readonly ok: false; readonly error: unknown }
     try {
-      settled = { ok: true, value: await currentTransaction.run({ driver: this, tx }, fn, tx) }
+      settled = { ok: true, value: await fn(tx) }
     } catch (error) {
       settled = { ok: false, error }
     }
@@ -552,8 +551,10 @@ export class PostgresDriver implements SqlDriver {
 
   async close(): Promise<void> {
     if (this.#closed) return
-    // pool.end() waits for every pooled connection to be returned, that transaction's too.
-    refuseCloseInside(this, 'PostgreSQL')
+    // pool.end() waits for every pooled connection to be returned, so close() called from inside
+    // one of this driver's transactions never returns. It is not detected: telling that call
+    // from an outside one needs AsyncLocalStorage around every transaction, which turns on
+    // Node 20's promise hooks for the whole process (see docs/architecture.md).
     this.#closed = true
     await this.#listener.close()
     await this.#pool.end()

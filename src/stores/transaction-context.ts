@@ -9,9 +9,10 @@ export interface OpenTransaction {
 }
 
 /**
- * Which driver's transaction the current async context runs inside (one for both drivers, so
- * Node's async hooks are paid once), so that a call on the driver from within its own
- * transaction fails fast instead of waiting for that transaction forever.
+ * Which SQLite driver's transaction the current async context runs inside, so that a call on
+ * the driver from within its own transaction fails fast instead of waiting for that
+ * transaction forever. The PostgreSQL driver does not use it: on Node 20 an
+ * `AsyncLocalStorage` turns on promise hooks for the whole process (see docs/architecture.md).
  */
 export const currentTransaction = new AsyncLocalStorage<OpenTransaction>()
 

@@ -104,9 +104,9 @@ export interface SqlDriver extends SqlExecutor {
    */
   listen?(channel: string, onNotify: (notification: SqlNotification) => void): Promise<Unlisten>
   /**
-   * Closes the connection or pool. Waits for the transactions in progress to finish; called
-   * from inside one of this driver's own transactions (which it would wait for forever), it
-   * fails at once with `TRANSACTION_MISUSE` and leaves the driver open.
+   * Closes the connection or pool. Waits for the transactions in progress to finish, so it
+   * must not be called from inside one of this driver's own transactions: SQLite's driver then
+   * fails at once with `TRANSACTION_MISUSE` and stays open; PostgreSQL's waits forever.
    */
   close(): Promise<void>
 }
