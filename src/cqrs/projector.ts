@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, sleep } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
@@ -115,7 +116,12 @@ export interface Projector {
    * loop has finished its batch.
    */
   start(): void
-  /** Stops the background loop after the batch in progress. */
+  /**
+   * Stops the background loop after the batch in progress. Called from the projection's own
+   * `apply` (project until some event, then stop), it resolves at once (waiting would wait for
+   * that batch, whose transaction holds the checkpoint lock) and the loop stops once the batch
+   * has committed.
+   */
   stop(): Promise<void>
   /** Applies batches until the projection has caught up with the head; returns its position. */
   catchUp(options?: { readonly signal?: AbortSignal }): Promise<number>
@@ -139,6 +145,9 @@ export interface Projector {
    */
   rebuild(options?: RebuildOptions): Promise<RebuildResult>
 }
+
+// The projector whose projection's apply the current async context runs in.
+const applying = new AsyncLocalStorage<SqlProjector>()
 
 interface ProjectionRow {
   position: number | string
@@ -214,12 +223,13 @@ class SqlProjector implements Projector {
     this.#loop = this.#follow(stop.signal, this.#ending)
   }
 
-  async stop(): Promise<void> {
+  stop(): Promise<void> {
     this.#stop?.abort()
     const loop = this.#loop
     this.#loop = undefined
     if (loop !== undefined) this.#ending = loop
-    await loop
+    // From inside a batch, the loop awaits the caller: it ends once the batch has committed.
+    return loop === undefined || applying.getStore() === this ? Promise.resolve() : loop
   }
 
   async #follow(signal: AbortSignal, previous: Promise<void> | undefined): Promise<void> {
@@ -299,9 +309,11 @@ class SqlProjector implements Projector {
 
   async #applyAll(tx: SqlExecutor, events: readonly RecordedEvent[], generation: number) {
     const context = projectionContext(tx, this.#projection, generation)
-    for (const event of events) {
-      if (handles(this.#projection, event.type)) await this.#projection.apply(event, context)
-    }
+    await applying.run(this, async () => {
+      for (const event of events) {
+        if (handles(this.#projection, event.type)) await this.#projection.apply(event, context)
+      }
+    })
   }
 
   #advanced(position: number): void {

@@ -453,3 +453,53 @@ describe('projectors on PostgreSQL are woken by NOTIFY', () => {
     }
   })
 })
+
+describe.each(dbTargets)('a projector stopped from its own apply on $dialect', (target) => {
+  let t: TestDb
+  beforeAll(async () => {
+    t = await target.open('cqrs_projector_stop_inside')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('returns at once, commits the batch, and stops the loop after it', async () => {
+    const store = createEventStore(t.db)
+    const events = await store.append(
+      'stop-inside',
+      [1, 2, 3, 4].map((n) => ({ type: 'n', data: n })),
+    )
+    const seen: number[] = []
+    let stopped = false
+    // The poll interval is on a clock that never moves: the loop ends only through stop().
+    const clock = new ManualClock(Date.now())
+    const projector = createProjector(
+      store,
+      defineProjection({
+        name: 'stop-inside',
+        tables: { stop_inside: (table) => [`CREATE TABLE ${table} (n INTEGER NOT NULL)`] },
+        async apply(event, { tx, table }) {
+          seen.push(event.data as number)
+          await tx.execute(`INSERT INTO ${table('stop_inside')} (n) VALUES ($1)`, [event.data])
+          if (event.data === 2) {
+            // "Project until the event I was waiting for": awaiting stop() here, inside the
+            // batch's transaction, must not wait for this very batch to end.
+            await projector.stop()
+            stopped = true
+          }
+        },
+      }),
+      { batchSize: 2, clock },
+    )
+    projector.start()
+    await expect.poll(() => stopped, poll).toBe(true)
+    await projector.stop()
+    expect(seen).toEqual([1, 2])
+    // The batch committed with its checkpoint, and no further batch ran.
+    expect(await projector.position()).toBe(events.events[1]!.position)
+    const rows = await t.db.query<{ n: number }>('SELECT n FROM stop_inside ORDER BY n')
+    expect(rows.map((r) => Number(r.n))).toEqual([1, 2])
+    // Nothing is left holding the batch's locks (SQLite: the file's write lock).
+    await store.append('stop-inside', [{ type: 'n', data: 5 }])
+  })
+})
