@@ -145,7 +145,8 @@ export async function outboxStats(
   db: SqlExecutor,
   options: { readonly clock?: Clock } = {},
 ): Promise<OutboxStats> {
-  const clock = checkClock('clock', options.clock)
+  checkObject('outboxStats', options)
+  const clock = checkClock('outboxStats.clock', options.clock)
   const sql = outboxStatements[db.dialect]
   const counts = await db.query<{ pending: number | string; dead: number | string }>(sql.counts)
   const oldest = await db.query<{ created_at: number }>(sql.oldestPending)

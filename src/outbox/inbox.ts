@@ -35,8 +35,8 @@ export interface Inbox {
    * already recorded is a redelivery: `fn` does not run and the result says `duplicate`, so
    * the caller acknowledges it. If `fn` throws, the transaction rolls back, the record with
    * it, and the redelivered message runs `fn` again. A message id that is empty or holds a NUL
-   * character or a lone surrogate (text the database cannot store as it is) is refused with
-   * `InvalidOptionError` before anything is written.
+   * character or a lone surrogate (text the database cannot store as it is), or an `fn` that
+   * is not a function, is refused with `InvalidOptionError` before anything is written.
    */
   handle<M extends { readonly id: string }, T>(
     tx: SqlExecutor,
@@ -65,6 +65,9 @@ class SqlInbox implements Inbox {
     fn: (tx: SqlExecutor, message: M) => Promise<T>,
   ): Promise<InboxResult<T>> {
     checkText('message.id', message?.id)
+    // Before the record is written: a record without its effect would make the redelivery
+    // of this message a duplicate that never runs.
+    checkFunction('fn', fn)
     const { rowCount } = await tx.execute(inboxStatements[tx.dialect].record, [
       this.consumer,
       message.id,

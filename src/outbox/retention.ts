@@ -151,7 +151,7 @@ export interface PruneInboxOptions {
  */
 export async function pruneInbox(db: SqlDriver, options: PruneInboxOptions = {}): Promise<number> {
   checkObject('pruneInbox', options)
-  const clock = checkClock('clock', options.clock)
+  const clock = checkClock('pruneInbox.clock', options.clock)
   const olderThanMs = checkNumber('pruneInbox.olderThanMs', options.olderThanMs ?? 604_800_000, 0)
   const batchSize = checkInteger('pruneInbox.batchSize', options.batchSize ?? 1000, 1, 100_000)
   const maxBatches = checkInteger('pruneInbox.maxBatches', options.maxBatches ?? 100, 1)

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IncomingMessage } from '../../src/brokers/types.js'
 import { InvalidOptionError } from '../../src/core/errors.js'
-import { createInbox, inboxHandler, pruneInbox } from '../../src/outbox/index.js'
+import { createInbox, inboxHandler, outboxStats, pruneInbox } from '../../src/outbox/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { count, dbTargets, delay, type OutboxDb, testQueue, until } from './support.js'
 
@@ -154,6 +154,24 @@ describe.each(dbTargets)('inbox on $dialect', (target) => {
       expect((error as InvalidOptionError).option).toBe('message.id')
     }
     expect(ran).toBe(0)
+  })
+
+  it('names the option at fault: handle() fn, pruneInbox.clock, outboxStats.clock', async () => {
+    const inbox = createInbox({ consumer: 'options' })
+    const error = await t.db
+      .transaction((tx) =>
+        inbox.handle(tx, { id: 'no-fn' }, 'not a function' as unknown as () => Promise<void>),
+      )
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('fn')
+    // Refused before anything was recorded: the message is not a duplicate afterwards.
+    expect(await count(t.db, 'breakwater_inbox', "WHERE message_id = 'no-fn'")).toBe(0)
+    const badClock = { clock: {} } as unknown as { clock: ManualClock }
+    const pruneError = await pruneInbox(t.db, badClock).catch((e: unknown) => e)
+    expect((pruneError as InvalidOptionError).option).toBe('pruneInbox.clock')
+    const statsError = await outboxStats(t.db, badClock).catch((e: unknown) => e)
+    expect((statsError as InvalidOptionError).option).toBe('outboxStats.clock')
   })
 
   it('prunes records older than the dedupe window, in batches', async () => {
