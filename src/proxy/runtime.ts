@@ -143,6 +143,8 @@ export interface ProxyInternals extends Proxy {
   mismatches(route: string): ShadowMismatch[] | undefined
   /** Listeners bound, config loaded, not draining. */
   ready(): boolean
+  /** Names of the configured listeners that are not listening (a failed reload's rebind). */
+  listenersDown(): string[]
   /** Turns readiness false without closing anything yet (first step of a drain). */
   beginDrain(): void
   /** Reloads and resolves with nothing, or with the error (for callers that report it). */
@@ -442,9 +444,17 @@ class ProxyRuntime implements ProxyInternals {
 
   ready(): boolean {
     if (this.#draining || this.#generation === undefined) return false
-    for (const { server } of this.#listeners.values())
-      if (server.address() === undefined) return false
-    return true
+    return this.listenersDown().length === 0
+  }
+
+  listenersDown(): string[] {
+    // The config in force, not the servers held: a listener a failed reload could not bind
+    // again has no server left at all.
+    const generation = this.#generation
+    if (generation === undefined) return []
+    return generation.config.listeners
+      .filter(({ name }) => this.#listeners.get(name)?.server.address() === undefined)
+      .map(({ name }) => name)
   }
 
   beginDrain(): void {
@@ -691,12 +701,19 @@ class ProxyRuntime implements ProxyInternals {
       for (const entry of newListeners) await entry.server.close(0).catch(() => {})
       // Give the ports back to the listeners that let go of them for this reload.
       for (const entry of handedOver) {
-        const server = createListenerServer(entry.config, this.#dispatcher(entry.config.name), deps)
         try {
+          // Inside the try: re-reading its TLS files can fail too, and must not cut this
+          // clean-up short nor hide the reload's own error.
+          const server = createListenerServer(
+            entry.config,
+            this.#dispatcher(entry.config.name),
+            deps,
+          )
           await server.listen()
           this.#listeners.set(entry.config.name, { config: entry.config, server })
         } catch (rebind) {
           this.#listeners.delete(entry.config.name)
+          // Not listening until a reload binds it: /readyz answers 503 naming it.
           deps.logger.error('could not rebind a listener after a failed reload', {
             listener: entry.config.name,
             error: (rebind as Error).message,
@@ -886,6 +903,7 @@ function localAdminBackend(runtime: ProxyInternals): import('./admin/backend.js'
     reset: async (service) => runtime.reset(service),
     metricsText: () => runtime.metricsText(),
     ready: () => runtime.ready(),
+    listenersDown: () => runtime.listenersDown(),
   }
 }
 

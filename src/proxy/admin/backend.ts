@@ -46,6 +46,8 @@ export interface AdminBackend {
   metricsText(): Promise<string>
   /** Listeners bound, config loaded, not draining. */
   ready(): boolean
+  /** Configured listeners that are not listening (named by /readyz); [] in the primary. */
+  listenersDown(): readonly string[]
 }
 
 /**

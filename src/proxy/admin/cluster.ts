@@ -348,6 +348,8 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     // Ready once every worker came up; afterwards one ready worker is enough, so a worker
     // being replaced does not take the whole node out of its load balancer.
     ready: () => !draining && startedAll && [...workers.values()].some((w) => w.ready),
+    // Workers do not report their listeners: a worker's dropped listener is not seen here.
+    listenersDown: () => [],
     attach(worker) {
       workers.set(worker.id, { worker, ready: false })
       // Sends pass callbacks (see ignoreSendFailure); this catches anything else the channel

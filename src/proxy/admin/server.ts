@@ -181,8 +181,20 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       return only(method, ['GET', 'HEAD'], () => sendJson(res, 200, { status: 'ok' }))
     if (path === '/readyz') {
       return only(method, ['GET', 'HEAD'], () => {
-        const ready = backend.ready()
-        sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready' })
+        if (backend.ready()) {
+          sendJson(res, 200, { status: 'ready' })
+          return
+        }
+        const down = backend.listenersDown()
+        sendJson(res, 503, {
+          status: 'not ready',
+          ...(down.length === 0
+            ? {}
+            : {
+                listenersDown: down,
+                detail: down.map((name) => `listener ${name} is not listening`).join('; '),
+              }),
+        })
       })
     }
     if (path === '/metrics') {

@@ -1,10 +1,17 @@
+import { copyFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
+import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ConfigInvalidError } from '../../../src/proxy/config/index.js'
-import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
+import {
+  type Proxy as RunningProxy,
+  startProxy,
+  startProxyRuntime,
+} from '../../../src/proxy/runtime.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { freeLoopbackPort, listenOnLoopback } from '../../support/loopback.js'
+import { createTestCerts } from '../support/certs.js'
 import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
 
 let legacy: NamedUpstream
@@ -280,6 +287,59 @@ describe('startProxy', () => {
       expect(() => proxy?.address('extra')).toThrow('listener')
     } finally {
       blocker.close()
+    }
+  })
+
+  it('answers /readyz 503 naming a listener a failed reload could not bind again, until one does', async () => {
+    const certs = createTestCerts()
+    const blocker = createServer()
+    const taken = await listenOnLoopback(blocker)
+    try {
+      // The running gateway's certificate lives in files that are gone by the time it is bound
+      // again, so its rebind after the failed reload fails (deterministically, as a port taken
+      // meanwhile would).
+      const oldCert = join(certs.dir, 'old.pem')
+      const oldKey = join(certs.dir, 'old-key.pem')
+      copyFileSync(certs.server.certFile, oldCert)
+      copyFileSync(certs.server.keyFile, oldKey)
+      const fixed = await freePort()
+      const base = (cert: string, key: string): string =>
+        `${yaml().replace(
+          'name: in\n    role: gateway\n    port: 0',
+          `name: in\n    role: gateway\n    port: ${fixed}\n    tls: { certFile: ${cert}, keyFile: ${key} }`,
+        )}admin: { port: 0, token: { env: BW_TEST_ADMIN_TOKEN } }\n`
+      const runtime = await startProxyRuntime({
+        config: base(oldCert, oldKey),
+        logger: quiet,
+        env: { BW_TEST_ADMIN_TOKEN: 'admin-token-0123456789abcdef' },
+      })
+      proxy = runtime
+      const admin = runtime.adminAddress()?.port ?? 0
+      expect((await http(admin, '/readyz')).status).toBe(200)
+
+      rmSync(oldCert)
+      rmSync(oldKey)
+      // New certificate files for the gateway (it must let go of its port to rebind), and a
+      // new listener on a port in use: the reload fails after the gateway let go.
+      const rotated = base(certs.server.certFile, certs.server.keyFile)
+      const failing = rotated.replace(
+        'listeners:\n',
+        `listeners:\n  - { name: extra, role: ambassador, port: ${taken} }\n`,
+      )
+      await expect(runtime.reload(failing)).rejects.toThrow('EADDRINUSE')
+      expect(() => runtime.address('in')).toThrow('listener')
+      const down = await http(admin, '/readyz')
+      expect(down.status).toBe(503)
+      expect(down.json()).toMatchObject({ status: 'not ready', listenersDown: ['in'] })
+      expect(down.text).toContain('listener in is not listening')
+
+      // A reload that binds it again makes the proxy ready again.
+      await runtime.reload(rotated)
+      expect(runtime.address('in').port).toBe(fixed)
+      expect((await http(admin, '/readyz')).json()).toEqual({ status: 'ready' })
+    } finally {
+      blocker.close()
+      certs.cleanup()
     }
   })
 
