@@ -41,7 +41,13 @@ import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './typ
 export interface Decider<C, E extends EventShape, S> {
   /** The state of a stream without events. */
   initialState(): S
-  /** The state after one more event. */
+  /**
+   * The state after one more event. A handler without a transaction (no snapshots, outbox,
+   * inline projections or idempotency) also folds the decided events before appending them,
+   * as they will be recorded but with `position` 0 (it is assigned by the write), so an evolve
+   * that throws on them fails the command without writing anything; the returned state is
+   * folded from the recorded events.
+   */
   evolve(state: S, event: RecordedEvent<E>): S
   /** The events a command produces in a state (none: nothing is appended). */
   decide(command: C, state: S): readonly NewEvent<E>[] | Promise<readonly NewEvent<E>[]>
@@ -309,6 +315,12 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     return loaded
   }
 
+  #fold(state: S, events: readonly RecordedEvent[]): S {
+    let folded = state
+    for (const event of events) folded = this.#decider.evolve(folded, event as RecordedEvent<E>)
+    return folded
+  }
+
   /** {@link load}, also returning the first version the fold could see (moved by a delete). */
   async #load(
     stream: string,
@@ -323,10 +335,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
         const read = await store.readStreamFrom(stream, snapshot.version + 1, executor)
         // A delete (and recreate) between the two reads hides what the snapshot folded.
         if (read.truncateBefore <= snapshot.version) {
-          state = snapshots.deserialize(snapshot.state)
-          for (const event of read.events) {
-            state = this.#decider.evolve(state, event as RecordedEvent<E>)
-          }
+          state = this.#fold(snapshots.deserialize(snapshot.state), read.events)
           return {
             state,
             version: read.version,
@@ -337,7 +346,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       }
     }
     const read = await store.readStreamFrom(stream, 1, executor)
-    for (const event of read.events) state = this.#decider.evolve(state, event as RecordedEvent<E>)
+    state = this.#fold(state, read.events)
     return {
       state,
       version: read.version,
@@ -461,9 +470,13 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       events,
       { expectedVersion: loaded.version, ...(tx === undefined ? {} : { tx }) },
       false,
+      // Without a transaction the append commits on its own: an evolve that throws on the
+      // events after that would fail the command with its events stored, and every later load
+      // of the stream. So fold them first, as they will be recorded; in a transaction, the
+      // fold below rolls the append back instead.
+      tx === undefined ? (drafts) => this.#fold(loaded.state, drafts) : undefined,
     )
-    let state = loaded.state
-    for (const event of appended.events) state = this.#decider.evolve(state, event)
+    const state = this.#fold(loaded.state, appended.events)
     const snapshots = this.#snapshots
     if (
       snapshots !== undefined &&

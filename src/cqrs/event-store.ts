@@ -234,6 +234,38 @@ interface PreparedEvents {
   readonly upcast: ([unknown, number] | undefined)[]
 }
 
+/**
+ * The appended events as recorded: `version` is the stream's version after them, `positions`
+ * theirs (0 for each while they are not written yet).
+ */
+function recordedEvents<E extends EventShape>(
+  stream: string,
+  events: readonly NewEvent<E>[],
+  prepared: PreparedEvents,
+  createdAt: number,
+  version: number,
+  positions?: readonly number[],
+): RecordedEvent<E>[] {
+  const count = events.length
+  const recorded: RecordedEvent<E>[] = new Array(count)
+  for (let i = 0; i < count; i++) {
+    const event = events[i]!
+    const [data, schemaVersion] = prepared.upcast[i] ?? [event.data, prepared.versions[i]!]
+    recorded[i] = {
+      type: event.type,
+      data,
+      id: prepared.ids[i]!,
+      stream,
+      version: version - count + 1 + i,
+      position: positions === undefined ? 0 : positions[i]!,
+      schemaVersion,
+      metadata: prepared.metadataObjects[i]!,
+      createdAt,
+    } as RecordedEvent<E>
+  }
+  return recorded
+}
+
 /** @internal The implementation behind {@link EventStore}; other cqrs modules use its extras. */
 export class EventStoreImpl implements EventStore {
   readonly db: SqlDriver
@@ -323,13 +355,16 @@ export class EventStoreImpl implements EventStore {
   /**
    * @internal Appends without the post-commit notification (`notifyInTx`: NOTIFY inside the
    * transaction instead). Callers that own the transaction call {@link announce} after it
-   * commits.
+   * commits. With an exact expected version, `beforeWrite` sees the events as they will be
+   * recorded (their position, assigned by the write, is 0) before anything is written: if it
+   * throws, the append fails and writes nothing.
    */
   async appendQuietly<E extends EventShape>(
     stream: string,
     events: readonly NewEvent<E>[],
     options: AppendOptions,
     notifyInTx: boolean,
+    beforeWrite?: (drafts: readonly RecordedEvent<E>[]) => void,
   ): Promise<AppendResult<E>> {
     checkStream(stream)
     if (!Array.isArray(events) || events.length === 0) {
@@ -338,6 +373,9 @@ export class EventStoreImpl implements EventStore {
     const expected = checkExpected(options.expectedVersion ?? 'any')
     const prepared = this.#prepare(events)
     const createdAt = this.clock.now()
+    if (beforeWrite !== undefined && typeof expected === 'number') {
+      beforeWrite(recordedEvents(stream, events, prepared, createdAt, expected + events.length))
+    }
     const tx = options.tx
     const append = { stream, events, expected, prepared, createdAt, notifyInTx }
     if (this.inlineProjections.length > 0) {
@@ -433,22 +471,7 @@ export class EventStoreImpl implements EventStore {
       ;[version, positions] = tx === undefined ? await this.db.transaction(run) : await run(tx)
     }
     const count = events.length
-    const recorded: RecordedEvent<E>[] = new Array(count)
-    for (let i = 0; i < count; i++) {
-      const event = events[i]!
-      const [data, schemaVersion] = prepared.upcast[i] ?? [event.data, prepared.versions[i]!]
-      recorded[i] = {
-        type: event.type,
-        data,
-        id: prepared.ids[i]!,
-        stream,
-        version: version - count + 1 + i,
-        position: positions[i]!,
-        schemaVersion,
-        metadata: prepared.metadataObjects[i]!,
-        createdAt,
-      } as RecordedEvent<E>
-    }
+    const recorded = recordedEvents(stream, events, prepared, createdAt, version, positions)
     const firstPosition = positions[0]!
     const lastPosition = positions[count - 1]!
     publish('appended', { stream, count, version, lastPosition })

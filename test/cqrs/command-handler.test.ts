@@ -303,6 +303,41 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     },
   )
 
+  it('fails a command whose evolve throws on the decided events without appending them', async () => {
+    // A bug in evolve that decide does not share: the event it refuses must not be stored,
+    // or the stream could never be loaded (and every command on it would fail) again.
+    const refusing: Decider<AccountCommand, AccountEvent, Account> = {
+      ...account,
+      evolve(state, event) {
+        if (event.type === 'deposited' && event.data.amount === 13) {
+          throw new Error('evolve refuses 13')
+        }
+        return account.evolve(state, event)
+      },
+    }
+    const setups = {
+      plain: {},
+      snapshots: { snapshots: { every: 1, name: 'refusing' } },
+      idempotent: { idempotency: { scope: 'refusing' } },
+    }
+    for (const [setup, options] of Object.entries(setups)) {
+      const accounts = createCommandHandler(store, { decider: refusing, ...options })
+      const id = fresh()
+      await accounts.handle(id, { kind: 'open', owner: 'zoe' }, { commandId: `${id}-open` })
+      const head = await store.headPosition()
+      await expect(
+        accounts.handle(id, { kind: 'deposit', amount: 13 }, { commandId: `${id}-13` }),
+        setup,
+      ).rejects.toThrow('evolve refuses 13')
+      expect((await store.readStream(id)).version, setup).toBe(1)
+      expect(await store.headPosition(), setup).toBe(head)
+      expect((await accounts.load(id)).state, setup).toEqual({ open: true, balance: 0, events: 1 })
+      // The state a command returns is folded from the events as recorded.
+      const deposited = await accounts.handle(id, { kind: 'deposit', amount: 2 })
+      expect(deposited.state, setup).toEqual((await accounts.load(id)).state)
+    }
+  })
+
   it('refuses metadata that is not an object before deciding', async () => {
     const accounts = createCommandHandler(store, { decider: account })
     const id = fresh()
