@@ -58,9 +58,13 @@ export interface CommandStepOptions<I, C, Out> {
    * @default the reply itself, when it is a plain object
    */
   readonly onReply?: (reply: unknown, ctx: SagaStepInfo<I, C>) => Out | Promise<Out>
-  /** Undoes the step after a later failure. */
+  /**
+   * Undoes the step after a later failure, and also when the command was sent and no reply was
+   * read (a cancel, a last reply timeout): the step's result may then be missing from the
+   * context, so find the effect by the command's idempotency key (`${ctx.sagaId}:${ctx.step}`).
+   */
   readonly compensation?: (
-    ctx: CompensationContext<I, MergeContext<C, Out>>,
+    ctx: CompensationContext<I, MergeContext<C, Partial<Out>>>,
   ) => Promise<void> | void
   /** Retry of the step (a reply timeout is retryable: the command is sent again). */
   readonly retry?: SagaRetryOptions

@@ -221,9 +221,14 @@ export interface ReplyStep<I, C, Out> {
   readonly send: (ctx: StepContext<I, C>, tx: SqlTransaction) => Promise<void> | void
   /** How the reply is awaited. */
   readonly awaitReply: AwaitReplyOptions<I, C, Out>
-  /** As for an action step. */
+  /**
+   * Undoes the step. It also runs when the command was sent and no reply was read (a cancel,
+   * a last reply timeout): the other service may have acted, or not. Then the step's result is
+   * not in the context (hence `Partial`): find the effect by the command's idempotency key
+   * (`${ctx.sagaId}:${ctx.step}`), and do nothing when there is none.
+   */
   readonly compensation?: (
-    ctx: CompensationContext<I, MergeContext<C, Out>>,
+    ctx: CompensationContext<I, MergeContext<C, Partial<Out>>>,
   ) => Promise<void> | void
   /** As for an action step; a reply timeout is retryable. */
   readonly retry?: SagaRetryOptions

@@ -205,7 +205,8 @@ export class InstanceRun {
 
   async #forward(): Promise<Step> {
     if (this.#cancelRequested) {
-      return this.#enterCompensation(await this.#cancelReason(), this.#stepIndex - 1)
+      // From the current step: a reply step whose command was sent is compensated too.
+      return this.#enterCompensation(await this.#cancelReason(), this.#stepIndex)
     }
     const step = this.saga.steps[this.#stepIndex]
     if (step === undefined) return this.#finish('completed')
@@ -324,7 +325,7 @@ export class InstanceRun {
     const tries = attempt > 1 ? ` after ${attempt} attempts` : ''
     return this.#enterCompensation(
       `step "${step.name}" failed${tries}: ${describeError(info)}`,
-      step.index - 1,
+      step.index,
       work,
     )
   }
@@ -338,7 +339,7 @@ export class InstanceRun {
     this.#emit({ type: 'step-failed', step: step.name, attempt: this.#attempt })
     return this.#enterCompensation(
       `step "${step.name}" used up its ${attempts} attempts without recording an outcome (its workers died or lost their leases)${last}`,
-      step.index - 1,
+      step.index,
     )
   }
 
@@ -459,9 +460,15 @@ export class InstanceRun {
       work,
     )
     const until = this.#host.clock.now() + step.replyTimeoutMs
-    const before = { status: state.status, wakeAt: state.wakeAt, events: this.#events.length }
+    const before = {
+      status: state.status,
+      wakeAt: state.wakeAt,
+      sent: state.sent,
+      events: this.#events.length,
+    }
     state.status = 'waiting'
     state.wakeAt = until
+    state.sent = true
     this.#event('step-waiting', step.name, attempt, { until, reply: true })
     // The command is written by `send` in the same transaction as the waiting state: both
     // commit or neither, and the reply cannot arrive before the state that expects it.
@@ -486,6 +493,8 @@ export class InstanceRun {
       state.status = before.status
       if (before.wakeAt === undefined) delete state.wakeAt
       else state.wakeAt = before.wakeAt
+      if (before.sent === undefined) delete state.sent
+      else state.sent = before.sent
       this.#events.length = before.events
       return this.#stepFailed(step, state, attempt, refused.error, 0)
     }
@@ -509,6 +518,8 @@ export class InstanceRun {
       undefined,
     )
     if (this.#lost) return 'lost'
+    // The reply tells the outcome: a step it fails needs no compensation.
+    delete state.sent
     this.#event('reply-received', step.name, attempt, null)
     if (outcome.ok) {
       const value = step.onReply === undefined && !isPlainObject(reply) ? undefined : outcome.value
@@ -524,9 +535,16 @@ export class InstanceRun {
 
   // ---- compensation ----------------------------------------------------------------------
 
+  // The completed steps, and a reply step whose command was sent and whose reply was not read
+  // (its outcome is unknown: the other service may have acted, and a late reply would find
+  // nothing left to undo it). A step still `waiting` without the flag was stored by an earlier
+  // version, whose waiting always meant a command sent.
   #nextCompensable(from: number): number {
     for (let i = from; i >= 0; i--) {
-      if (this.#steps[i]?.status === 'completed' && this.saga.steps[i]?.compensation !== undefined)
+      const state = this.#steps[i]
+      if (state === undefined || this.saga.steps[i]?.compensation === undefined) continue
+      if (state.status === 'completed') return i
+      if (state.status !== 'compensated' && (state.sent === true || state.status === 'waiting'))
         return i
     }
     return -1
@@ -591,6 +609,7 @@ export class InstanceRun {
       await this.#fault('after-compensation-action', step.name)
       state.status = 'compensated'
       delete state.compensationError
+      delete state.sent
       this.#stepIndex = this.#nextCompensable(index - 1)
       this.#attempt = 1
       this.#event('compensation-completed', step.name, attempt, { durationMs })

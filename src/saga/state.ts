@@ -62,6 +62,11 @@ export interface StepState {
   error?: ErrorInfo
   /** For a wait step: when it continues (epoch ms). For a reply step: when the reply is due. */
   wakeAt?: number
+  /**
+   * For a reply step: a command was sent and no reply to it has been read. Its outcome is
+   * unknown (the other service may have acted), so a compensation covers this step too.
+   */
+  sent?: boolean
   /** Compensation attempts started. */
   compensationAttempts?: number
   /** The last failure of the compensation. */

@@ -1,7 +1,7 @@
 // The real databases the saga tests run against: a SQLite file and a PostgreSQL database on
 // the test server started by the global setup. Never a mock.
 import { migrateSagas } from '../../src/saga/index.js'
-import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
+import { openDatabase, type SqlDriver, type SqlExecutor } from '../../src/stores/index.js'
 import { createTestDatabase } from '../support/postgres.js'
 import { createTestSqlite } from '../support/sqlite.js'
 
@@ -87,4 +87,38 @@ export async function countRows(
     params,
   )
   return Number(rows[0]?.n ?? 0)
+}
+
+/** A table of what steps and compensations did, per saga, in the order they did it. */
+export interface EffectLog {
+  /** Creates the table. */
+  create(db: SqlDriver): Promise<unknown>
+  /** Records an effect (pass a step's `tx` to record it with the step's state). */
+  record(executor: SqlExecutor, sagaId: string, what: string): Promise<unknown>
+  /** The effects of one saga, in order. */
+  read(db: SqlDriver, sagaId: string): Promise<string[]>
+}
+
+/** An {@link EffectLog} in `table`. */
+export function effectLog(table: string): EffectLog {
+  let seq = 0
+  return {
+    create: (db) =>
+      db.execute(
+        `CREATE TABLE ${table} (seq INTEGER PRIMARY KEY, saga_id TEXT NOT NULL, what TEXT NOT NULL)`,
+      ),
+    record: (executor, sagaId, what) =>
+      executor.execute(`INSERT INTO ${table} (seq, saga_id, what) VALUES ($1, $2, $3)`, [
+        ++seq,
+        sagaId,
+        what,
+      ]),
+    read: async (db, sagaId) =>
+      (
+        await db.query<{ what: string }>(
+          `SELECT what FROM ${table} WHERE saga_id = $1 ORDER BY seq`,
+          [sagaId],
+        )
+      ).map((r) => r.what),
+  }
 }

@@ -19,7 +19,7 @@ import {
 import { claimInstances, stringListParam, writeBatch } from '../../src/saga/store.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { gate } from '../support/gate.js'
-import { countRows, dbTargets, type TestDb } from './databases.js'
+import { countRows, dbTargets, effectLog, type TestDb } from './databases.js'
 
 /** A retryable failure, as a 503 would be. */
 function transient(message: string): Error {
@@ -33,28 +33,15 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
 
   beforeAll(async () => {
     t = await target.open('saga_engine')
-    await t.db.execute(
-      'CREATE TABLE effects (seq INTEGER PRIMARY KEY, saga_id TEXT NOT NULL, what TEXT NOT NULL)',
-    )
+    await log.create(t.db)
   })
   afterAll(async () => {
     await t?.close()
   })
 
-  const effects = async (sagaId: string): Promise<string[]> =>
-    (
-      await t.db.query<{ what: string }>(
-        'SELECT what FROM effects WHERE saga_id = $1 ORDER BY seq',
-        [sagaId],
-      )
-    ).map((r) => r.what)
-  let seq = 0
-  const effect = (sagaId: string, what: string) =>
-    t.db.execute('INSERT INTO effects (seq, saga_id, what) VALUES ($1, $2, $3)', [
-      ++seq,
-      sagaId,
-      what,
-    ])
+  const log = effectLog('effects')
+  const effects = (sagaId: string) => log.read(t.db, sagaId)
+  const effect = (sagaId: string, what: string) => log.record(t.db, sagaId, what)
 
   /** A two-step saga whose first step waits, once inside, until the test opens `finish`. */
   const heldTwoSteps = (prefix: string) => {
@@ -938,11 +925,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
           retry: { maxAttempts: 2, baseDelayMs: 1, jitter: 'none' },
           action: async (ctx) => {
             ctx.atCommit(async (tx) => {
-              await tx.execute('INSERT INTO effects (seq, saga_id, what) VALUES ($1, $2, $3)', [
-                1_000_000 + ++seq,
-                ctx.sagaId,
-                `local write of attempt ${ctx.attempt}`,
-              ])
+              await log.record(tx, ctx.sagaId, `local write of attempt ${ctx.attempt}`)
             })
             if (fail) {
               fail = false
