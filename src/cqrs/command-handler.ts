@@ -1,7 +1,13 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
-import { createIdempotency, type Idempotency } from '../idempotency/index.js'
+import { sha256Hex } from '../idempotency/fingerprint.js'
+import {
+  canonicalBodyBytes,
+  createIdempotency,
+  type Idempotency,
+  IdempotencyMismatchError,
+} from '../idempotency/index.js'
 import { retry } from '../index.js'
 import type { Outbox, OutboxEvent } from '../outbox/index.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
@@ -134,6 +140,17 @@ export interface CommandHandlerOptions<C, E extends EventShape, S> {
      * @default 86400000
      */
     readonly retentionMs?: number
+    /**
+     * What a command looks like, stored with its id: the same id with another command (or on
+     * another stream) throws `IdempotencyMismatchError` instead of replaying the first result.
+     * Return `''` to compare the stream only; leave out fields a retry may change (a request
+     * timestamp). The default is the command's JSON with object keys sorted (`toJSON` is
+     * used; functions, symbols and `undefined` fields do not count, nor do the contents of a
+     * `Map` or `Set`); a command JSON cannot hold (a `bigint`, a cycle) fails with
+     * `InvalidOptionError` before anything runs, so give a function for such commands.
+     * @default the command's canonical JSON
+     */
+    readonly fingerprint?: (command: C) => string
   }
   /**
    * Integration events to enqueue in the outbox with every append.
@@ -202,6 +219,7 @@ export interface CommandHandler<C, E extends EventShape, S> {
    * transaction.
    * @throws WrongExpectedVersionError when conflicts outlast `maxAttempts`, or the caller's
    *   `expectedVersion` does not hold
+   * @throws IdempotencyMismatchError when the `commandId` was used for another command or stream
    */
   handle(stream: string, command: C, options?: HandleOptions): Promise<CommandResult<E, S>>
   /** Loads a stream's state (snapshot + tail when snapshots are on). */
@@ -221,6 +239,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
   readonly #policy: ReturnType<typeof retry>
   readonly #idempotency: Idempotency | undefined
   readonly #scope: string
+  readonly #fingerprint: ((command: C) => string) | undefined
   readonly #outbox: CommandOutboxOptions<E, S> | undefined
   readonly #snapshots:
     | {
@@ -260,6 +279,10 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
         throw new InvalidOptionError('idempotency.scope', 'a non-empty string', scope)
       }
       this.#scope = scope
+      this.#fingerprint =
+        settings.fingerprint === undefined
+          ? undefined
+          : checkFunction<(command: C) => string>('idempotency.fingerprint', settings.fingerprint)
       this.#idempotency = createIdempotency({
         store: this.#store.db,
         onConcurrent: 'wait',
@@ -273,6 +296,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       })
     } else {
       this.#scope = 'commands'
+      this.#fingerprint = undefined
       this.#idempotency = undefined
     }
     if (options.outbox !== undefined) {
@@ -386,24 +410,76 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       this.#store.announce(result.lastPosition)
       return { stream, ...result, replayed: false } as CommandResult<E, S>
     }
+    const fingerprint = this.#fingerprintOf(stream, command)
+    const scope = this.#scope
     // Whether the attempt that produced the result ran here. Reset per attempt: an attempt
     // whose commit failed rolled back, and the retry may then replay what a concurrent
     // duplicate recorded meanwhile, which this call must report as a replay.
     let ran = false
-    const result = await this.#retrying(stream, options.signal, () => {
+    const execute = async (context: { readonly tx: SqlExecutor }) => {
+      const outcome = await this.#attempt(stream, command, options, context.tx)
+      ran = true
+      return outcome
+    }
+    const result = await this.#retrying(stream, options.signal, async () => {
       ran = false
-      return idempotency.run<RecordedResult<S>>(
-        commandId,
-        async (context) => {
-          const outcome = await this.#attempt(stream, command, options, context.tx)
-          ran = true
-          return outcome
-        },
-        { scope: this.#scope, fingerprint: stream },
-      )
+      for (;;) {
+        try {
+          return await idempotency.run<RecordedResult<S>>(commandId, execute, {
+            scope,
+            fingerprint,
+          })
+        } catch (error) {
+          if (!(error instanceof IdempotencyMismatchError)) throw error
+        }
+        // Records written before commands were fingerprinted hold the stream alone: a repeat of
+        // such a command (a client's retry across the upgrade) is still a repeat.
+        try {
+          return await idempotency.run<RecordedResult<S>>(
+            commandId,
+            () => {
+              throw keyFreed
+            },
+            { scope, fingerprint: stream },
+          )
+        } catch (error) {
+          // The record went away meanwhile (expired): the key is free, claim it again.
+          if (error === keyFreed) continue
+          if (error instanceof IdempotencyMismatchError) throw commandMismatch(commandId)
+          throw error
+        }
+      }
     })
     if (ran) this.#store.announce(result.lastPosition)
     return { stream, ...result, replayed: !ran } as CommandResult<E, S>
+  }
+
+  /**
+   * What an idempotent command is recorded as: a hash of its stream and its fingerprint text.
+   * The `c1:` tag keeps it apart from the bare stream that older records hold.
+   */
+  #fingerprintOf(stream: string, command: C): string {
+    let text: string
+    if (this.#fingerprint !== undefined) {
+      text = this.#fingerprint(command)
+      if (typeof text !== 'string') {
+        throw new InvalidOptionError('idempotency.fingerprint', 'to return a string', text)
+      }
+    } else {
+      try {
+        text = Buffer.from(canonicalBodyBytes({ command })).toString()
+      } catch {
+        // A bigint (TypeError) or a cycle (RangeError): no JSON, so no fingerprint.
+        throw new InvalidOptionError(
+          'command',
+          'a command JSON can represent, for idempotency (or give idempotency.fingerprint)',
+          command,
+        )
+      }
+    }
+    return text === ''
+      ? `c1:${sha256Hex(stream)}`
+      : `c1:${sha256Hex(JSON.stringify([stream, text]))}`
   }
 
   /** Runs `fn` under the retry policy, publishing each retry with the error behind it. */
@@ -515,6 +591,15 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       state,
     }
   }
+}
+
+// Thrown by the claim of a key that was meant only to replay an older record, and found none.
+const keyFreed = new Error('the command id is free')
+
+function commandMismatch(commandId: string): IdempotencyMismatchError {
+  const error = new IdempotencyMismatchError(commandId)
+  error.message = `The command id ${JSON.stringify(commandId)} was already used for another command (or on another stream)`
+  return error
 }
 
 /**

@@ -13,6 +13,7 @@ import {
   type EventStore,
   WrongExpectedVersionError,
 } from '../../src/cqrs/index.js'
+import { createIdempotency, IdempotencyMismatchError } from '../../src/idempotency/index.js'
 import { createOutbox } from '../../src/outbox/index.js'
 import {
   type Account,
@@ -181,6 +182,90 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
       { commandId: 'cmd-withdraw' },
     )
     expect(withdrawn.replayed).toBe(false)
+  })
+
+  it('refuses a command id reused for another command on the same stream', async () => {
+    const accounts = createCommandHandler(store, {
+      decider: account,
+      idempotency: { scope: 'reused' },
+    })
+    const id = fresh()
+    await accounts.handle(id, { kind: 'open', owner: 'kim' })
+    const first = await accounts.handle(
+      id,
+      { kind: 'deposit', amount: 5 },
+      { commandId: `${id}-pay` },
+    )
+    // The same command (its keys in another order) is a repeat: replayed.
+    const repeat = await accounts.handle(
+      id,
+      { amount: 5, kind: 'deposit' },
+      { commandId: `${id}-pay` },
+    )
+    expect(repeat).toMatchObject({ replayed: true, lastPosition: first.lastPosition })
+    // Another command under that id is a client bug, not a repeat: answering it with the first
+    // command's result would report 500 deposited as done.
+    for (const command of [
+      { kind: 'deposit', amount: 500 },
+      { kind: 'withdraw', amount: 5 },
+    ] as const) {
+      const error = await accounts
+        .handle(id, command, { commandId: `${id}-pay` })
+        .catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(IdempotencyMismatchError)
+      expect(error).toMatchObject({ code: 'IDEMPOTENCY_MISMATCH' })
+      expect((error as Error).message).toMatch(/another command/)
+    }
+    // As before, another stream under that id too.
+    await expect(
+      accounts.handle(fresh(), { kind: 'open', owner: 'kim' }, { commandId: `${id}-pay` }),
+    ).rejects.toThrow(IdempotencyMismatchError)
+    expect((await accounts.load(id)).state.balance).toBe(5)
+
+    // A record written before commands were fingerprinted holds the stream alone: its repeat
+    // is still replayed.
+    await createIdempotency({ store: t.db }).run(
+      `${id}-old`,
+      () => ({
+        events: [],
+        version: 2,
+        lastPosition: 0,
+        state: { open: true, balance: 5, events: 2 },
+      }),
+      { scope: 'reused', fingerprint: id },
+    )
+    const old = await accounts.handle(
+      id,
+      { kind: 'deposit', amount: 1 },
+      { commandId: `${id}-old` },
+    )
+    expect(old).toMatchObject({ replayed: true, version: 2 })
+
+    // What JSON cannot hold fails before anything runs, unless the handler says how to
+    // fingerprint its commands.
+    type Big = { kind: 'deposit'; amount: number; ref: bigint }
+    const big: Big = { kind: 'deposit', amount: 1, ref: 7n }
+    const bigDecider: Decider<Big, AccountEvent, Account> = {
+      ...account,
+      decide: (command, state) =>
+        account.decide({ kind: 'deposit', amount: command.amount }, state),
+    }
+    await expect(
+      createCommandHandler(store, {
+        decider: bigDecider,
+        idempotency: { scope: 'reused' },
+      }).handle(id, big, { commandId: `${id}-big` }),
+    ).rejects.toThrow(/command: expected .*JSON.*idempotency\.fingerprint/)
+    expect((await accounts.load(id)).state.balance).toBe(5)
+    const fingerprinted = createCommandHandler(store, {
+      decider: bigDecider,
+      idempotency: { scope: 'reused', fingerprint: (c) => `${c.amount}:${c.ref}` },
+    })
+    await fingerprinted.handle(id, big, { commandId: `${id}-big` })
+    await expect(
+      fingerprinted.handle(id, { ...big, ref: 8n }, { commandId: `${id}-big` }),
+    ).rejects.toThrow(IdempotencyMismatchError)
+    expect((await accounts.load(id)).state.balance).toBe(6)
   })
 
   it('enqueues integration events in the append transaction, once per landed command', async () => {
