@@ -510,7 +510,16 @@ describe.each(dbTargets)('command handler interleavings on $dialect', (target) =
           decider: recordingDecider(s, decisions),
           maxAttempts,
           clock,
-          ...(config.idempotency ? { idempotency: { scope: 'interleavings' } } : {}),
+          ...(config.idempotency
+            ? {
+                idempotency: {
+                  scope: 'interleavings',
+                  // The send's index tags each send of a command, not the command: a re-send
+                  // of a command id is a repeat.
+                  fingerprint: ({ send: _, ...command }) => JSON.stringify(command),
+                },
+              }
+            : {}),
           ...(snapshots === undefined ? {} : { snapshots }),
           ...(config.outbox
             ? {

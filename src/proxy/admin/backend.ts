@@ -24,6 +24,26 @@ export interface WorkerRoutes {
   readonly routes: readonly RouteState[]
 }
 
+/**
+ * A command some workers applied and others did not (they failed or did not answer). The
+ * primary recorded the change (a restarted worker is given it); `failed` names the workers
+ * that may still run without it.
+ */
+export class PartiallyAppliedError extends Error {
+  constructor(
+    readonly op: string,
+    readonly applied: readonly number[],
+    readonly failed: readonly { readonly pid: number; readonly error: string }[],
+  ) {
+    super(
+      `${op} applied by ${applied.length} worker(s) but not by ${failed
+        .map((f) => `worker ${f.pid} (${f.error})`)
+        .join(', ')}`,
+    )
+    this.name = 'PartiallyAppliedError'
+  }
+}
+
 /** The operations behind the admin API. */
 export interface AdminBackend {
   /** The config in force. */

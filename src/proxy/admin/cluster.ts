@@ -15,7 +15,12 @@ import { keepsServiceRuntime } from '../config/reload.js'
 import type { ProxyConfig, RouteTargetConfig } from '../contracts.js'
 import type { SharedRetryPin } from '../inbound/routes.js'
 import type { ProxyInternals } from '../runtime.js'
-import type { AdminBackend, WorkerRoutes, WorkerServices } from './backend.js'
+import {
+  type AdminBackend,
+  PartiallyAppliedError,
+  type WorkerRoutes,
+  type WorkerServices,
+} from './backend.js'
 import { PinBook } from './pin-book.js'
 
 /** A command from the primary to a worker. */
@@ -269,26 +274,48 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     return results.map((r) => (r as PromiseFulfilledResult<unknown>).value)
   }
 
+  /**
+   * Sends a change to every worker, then `record`s it in the primary once any worker applied
+   * it: the workers that did keep it, so a restarted worker must be given it too. When some
+   * did not, rejects with PartiallyAppliedError naming them; when none did, with the first
+   * worker's error (a refusal every worker shares, such as a bad target).
+   */
+  async function change(command: WorkerCommand, record: () => void): Promise<void> {
+    const live = [...workers.values()].filter((w) => w.ready && w.worker.isConnected())
+    const results = await Promise.allSettled(live.map((w) => ask(w.worker, command)))
+    const applied: number[] = []
+    const failed: { pid: number; error: string }[] = []
+    let firstError: unknown
+    results.forEach((result, i) => {
+      const pid = live[i]?.worker.process.pid ?? 0
+      if (result.status === 'fulfilled') applied.push(pid)
+      else {
+        firstError ??= result.reason
+        failed.push({ pid, error: (result.reason as Error).message })
+      }
+    })
+    if (applied.length === 0 && failed.length > 0) throw firstError
+    record()
+    if (failed.length > 0) {
+      const error = new PartiallyAppliedError(command.op, applied, failed)
+      log.error('a change was applied by only some workers', {
+        op: command.op,
+        applied,
+        failed: failed.map((f) => f.pid),
+      })
+      throw error
+    }
+  }
+
   const backend: ClusterBackend = {
     config: async () => config,
     services: async () => (await all({ op: 'services' })) as WorkerServices[],
     routes: async () => (await all({ op: 'routes' })) as WorkerRoutes[],
-    async switchRoute(route, targets) {
-      await all({ op: 'switchRoute', route, targets })
-      overrides.set(route, targets)
-    },
-    async resetRoute(route) {
-      await all({ op: 'resetRoute', route })
-      overrides.delete(route)
-    },
-    async isolate(service) {
-      await all({ op: 'isolate', service })
-      isolated.add(service)
-    },
-    async reset(service) {
-      await all({ op: 'reset', service })
-      isolated.delete(service)
-    },
+    switchRoute: (route, targets) =>
+      change({ op: 'switchRoute', route, targets }, () => overrides.set(route, targets)),
+    resetRoute: (route) => change({ op: 'resetRoute', route }, () => overrides.delete(route)),
+    isolate: (service) => change({ op: 'isolate', service }, () => isolated.add(service)),
+    reset: (service) => change({ op: 'reset', service }, () => isolated.delete(service)),
     async reload() {
       let next: ProxyConfig
       try {

@@ -13,7 +13,12 @@ import { checkInteger, checkObject } from '../../core/validate.js'
 import { PROMETHEUS_CONTENT_TYPE } from '../../observability/metrics.js'
 import type { AdminConfig, ProxyDeps, RouteTargetConfig, SecretSource } from '../contracts.js'
 import { maxRouteWeight } from '../inbound/routes.js'
-import { type AdminBackend, configForDisplay, mergeRoutes } from './backend.js'
+import {
+  type AdminBackend,
+  configForDisplay,
+  mergeRoutes,
+  PartiallyAppliedError,
+} from './backend.js'
 
 /** Options of {@link startAdminServer}. */
 export interface AdminServerOptions {
@@ -378,6 +383,11 @@ function decodeSegment(segment: string): string {
 
 function toProblem(error: unknown): never {
   if (error instanceof AdminProblem) throw error
+  if (error instanceof PartiallyAppliedError)
+    throw new AdminProblem(502, 'PARTIALLY_APPLIED', error.message, {
+      appliedBy: error.applied,
+      notAppliedBy: error.failed,
+    })
   if (
     error instanceof InvalidOptionError ||
     (BreakwaterError.is(error) && error.code === 'INVALID_OPTION')

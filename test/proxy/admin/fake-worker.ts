@@ -13,15 +13,23 @@ export class FakeWorker extends EventEmitter {
   readonly #closing: boolean
   readonly #answering: boolean
 
+  readonly #refusing: ((command: { op: string }) => string | undefined) | undefined
+
   constructor(
     id: number,
-    options: { readonly closing?: boolean; readonly answering?: boolean } = {},
+    options: {
+      readonly closing?: boolean
+      readonly answering?: boolean
+      /** With `answering`: the error a command is refused with (undefined: done). */
+      readonly refusing?: (command: { op: string }) => string | undefined
+    } = {},
   ) {
     super()
     this.id = id
     this.process = { pid: 1000 + id }
     this.#closing = options.closing ?? false
     this.#answering = options.answering ?? false
+    this.#refusing = options.refusing
   }
 
   /** The commands the worker was sent, in order. */
@@ -42,10 +50,21 @@ export class FakeWorker extends EventEmitter {
     this.sent.push(message)
     if (!this.#closing) {
       if (callback !== undefined) process.nextTick(callback, null)
-      const request = message as { bw?: string; id?: number }
+      const request = message as { bw?: string; id?: number; command?: { op: string } }
+      const refused = request.command === undefined ? undefined : this.#refusing?.(request.command)
       if (this.#answering && request.bw === 'request')
         process.nextTick(() =>
-          this.emit('message', { bw: 'reply', id: request.id, ok: true, value: null }),
+          this.emit(
+            'message',
+            refused === undefined
+              ? { bw: 'reply', id: request.id, ok: true, value: null }
+              : {
+                  bw: 'reply',
+                  id: request.id,
+                  ok: false,
+                  error: { code: 'INTERNAL_ERROR', message: refused },
+                },
+          ),
         )
       return true
     }

@@ -1,0 +1,89 @@
+// A change (route switch, isolation) that only some workers apply: the workers that applied it
+// keep it, so the primary records it (a restarted worker is given it too) and the caller is
+// told which workers did not apply it. The workers are in-memory fakes of cluster's Worker.
+
+import type { Worker } from 'node:cluster'
+import { describe, expect, it } from 'vitest'
+import { createJsonLogger } from '../../../src/observability/logger.js'
+import { createMetricsRegistry } from '../../../src/observability/metrics.js'
+import { PartiallyAppliedError } from '../../../src/proxy/admin/backend.js'
+import { createClusterBackend } from '../../../src/proxy/admin/cluster.js'
+import { parseProxyConfig } from '../../../src/proxy/config/load.js'
+import { ManualClock } from '../../../src/testing/index.js'
+import { captureLog } from '../runtime/helpers.js'
+import { FakeWorker } from './fake-worker.js'
+
+const config = parseProxyConfig(
+  `services:
+  orders: { endpoints: ['http://127.0.0.1:1'] }
+  legacy: { endpoints: ['http://127.0.0.1:2'] }
+listeners:
+  - name: in
+    role: gateway
+    port: 0
+    routes:
+      - { name: main, match: { prefix: / }, targets: [{ service: legacy }, { service: orders, weight: 0 }] }
+workers: 2
+`,
+  'partial',
+)
+
+function newBackend(): ReturnType<typeof createClusterBackend> {
+  return createClusterBackend({
+    config,
+    loadConfig: async () => config,
+    logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
+    metrics: createMetricsRegistry(),
+    clock: new ManualClock(0),
+    commandTimeoutMs: 60_000,
+  })
+}
+
+describe('cluster backend: a change only some workers apply', () => {
+  it('records it for restarted workers and names the workers that did not apply it', async () => {
+    const backend = newBackend()
+    const up = (worker: FakeWorker): FakeWorker => {
+      backend.attach(worker as unknown as Worker)
+      worker.emit('message', { bw: 'ready' })
+      return worker
+    }
+    up(new FakeWorker(1, { answering: true }))
+    const failing = up(
+      new FakeWorker(2, {
+        answering: true,
+        refusing: (command) => (command.op === 'reload' ? undefined : 'runtime fault'),
+      }),
+    )
+    const targets = [{ service: 'orders', weight: 1 }]
+    const error = await backend.switchRoute('main', targets).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(error).toBeInstanceOf(PartiallyAppliedError)
+    expect((error as PartiallyAppliedError).applied).toEqual([1001])
+    expect((error as PartiallyAppliedError).failed).toEqual([{ pid: 1002, error: 'runtime fault' }])
+    await expect(backend.isolate('orders')).rejects.toThrow('not by worker 1002 (runtime fault)')
+
+    // The worker that failed is replaced: its replacement runs what its sibling runs.
+    backend.detach(failing as unknown as Worker)
+    const next = up(new FakeWorker(3, { answering: true }))
+    expect(next.commands()).toEqual([
+      { op: 'switchRoute', route: 'main', targets },
+      { op: 'isolate', service: 'orders' },
+    ])
+  })
+
+  it('records nothing when no worker applied it, and rejects with its error', async () => {
+    const backend = newBackend()
+    const refusing = new FakeWorker(1, { answering: true, refusing: () => 'no such route' })
+    backend.attach(refusing as unknown as Worker)
+    refusing.emit('message', { bw: 'ready' })
+    await expect(backend.switchRoute('main', [{ service: 'orders', weight: 1 }])).rejects.toThrow(
+      'no such route',
+    )
+    const next = new FakeWorker(2, { answering: true })
+    backend.attach(next as unknown as Worker)
+    next.emit('message', { bw: 'ready' })
+    expect(next.commands()).toEqual([])
+  })
+})
