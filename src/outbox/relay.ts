@@ -86,7 +86,13 @@ export type RelayState = 'new' | 'running' | 'stopping' | 'stopped' | 'crashed'
 /** Options of the relay's periodic retention (see `pruneOutbox`). */
 export interface RelayRetentionOptions extends Omit<PruneOutboxOptions, 'clock' | 'maxBatches'> {
   /**
-   * How often the relay prunes.
+   * How often the relay starts a retention run. A run removes due rows in batches of
+   * `batchSize` (each its own short statement) and goes on while batches come back full, so it
+   * keeps up with a relay publishing any number of rows per `everyMs`; it ends at the first
+   * short batch, and rows published after it started are never due in it, so it always ends.
+   * It yields to the event loop between batches (the relay's own work goes on meanwhile), no
+   * batch starts once `stop()` is called, and a timer that fires while a run is still going
+   * starts none.
    * @default 60_000
    */
   readonly everyMs?: number
@@ -489,7 +495,11 @@ class OutboxRelay implements Relay {
         maxTimerDelayMs,
       )
       const { everyMs: _ignored, ...prune } = retention as RelayRetentionOptions
-      this.#retention = resolvePruneOptions('relay.retention', { ...prune, clock, maxBatches: 10 })
+      // No batch budget: a run goes on while batches come back full (see RelayRetentionOptions).
+      this.#retention = {
+        ...resolvePruneOptions('relay.retention', { ...prune, clock }),
+        maxBatches: Number.POSITIVE_INFINITY,
+      }
     }
     this.#faults =
       options.faults === undefined
@@ -659,8 +669,15 @@ class OutboxRelay implements Relay {
       if (this.#state !== 'running') return
       this.#scheduleRetention()
       if (this.#pruning !== undefined) return
-      // stop() (and a crash) aborts the signal: no batch starts after it.
-      this.#pruning = prunePublished(this.#db, this.#retention!, this.#stop.signal)
+      // stop() (and a crash) aborts the signal: no batch starts after it. The run yields to
+      // the event loop between batches: on SQLite a batch resolves without I/O, and a long run
+      // would otherwise hold up the relay's reads, marks and lease renewals until it ended.
+      this.#pruning = prunePublished(
+        this.#db,
+        this.#retention!,
+        this.#stop.signal,
+        yieldToEventLoop,
+      )
         .then((count) => {
           if (count > 0 && this.#state !== 'crashed') this.#emit({ type: 'pruned', count })
         })

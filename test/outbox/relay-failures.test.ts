@@ -31,6 +31,7 @@ import {
   pendingCount,
   testPublisher,
   testQueue,
+  until,
 } from './support.js'
 
 const T0 = 1_700_000_000_000
@@ -131,6 +132,30 @@ class HeldStatement extends StallableDriver {
   }
 }
 
+/**
+ * The real driver, counting the runs of one statement; at the first run it queues a task
+ * (setImmediate) and records how many runs had started when that task ran.
+ */
+class YieldWatch extends StallableDriver {
+  runs = 0
+  taskRanBeforeRun: number | undefined
+  readonly #sql: string
+
+  constructor(inner: SqlDriver, sql: string) {
+    super(inner)
+    this.#sql = sql
+  }
+
+  override execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    if (sql === this.#sql && ++this.runs === 1) {
+      setImmediate(() => {
+        this.taskRanBeforeRun = this.runs
+      })
+    }
+    return super.execute(sql, params)
+  }
+}
+
 function publishedIds(collector: Collector, prefix: string): string[] {
   return collector.received.map((r) => r.id).filter((id) => id.startsWith(prefix))
 }
@@ -162,6 +187,32 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
     const events: RelayEvent[] = []
     relay.events.on((e) => events.push(e))
     return { queue, publisher, relay, events }
+  }
+
+  /**
+   * `rows` events already published (due for pruning), and a relay pruning them in batches of 2
+   * every 5 s through `wrap` around the database, which is given the prune statement.
+   */
+  async function retentionRelay<D extends SqlDriver>(
+    clock: ManualClock,
+    prefix: string,
+    rows: number,
+    wrap: (inner: SqlDriver, prune: string) => D,
+  ) {
+    const outbox = createOutbox({ clock, topic: `${prefix}-retention` })
+    await t.db.execute('DELETE FROM breakwater_outbox')
+    await enqueueAll(
+      t.db,
+      outbox,
+      Array.from({ length: rows }, (_, i) => `${prefix}-${i}-0`),
+    )
+    await t.db.execute('UPDATE breakwater_outbox SET published_at = $1', [clock.now()])
+    const db = wrap(t.db, outboxStatements[t.db.dialect].prune)
+    const { relay, events } = await setup(clock, {
+      db,
+      retention: { olderThanMs: 1_000, everyMs: 5_000, batchSize: 2 },
+    })
+    return { db, relay, events }
   }
 
   it('marks the rounds confirmed while a failed mark was under way, without waiting for more traffic', async () => {
@@ -531,16 +582,12 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
 
   it('stop() waits for a retention run under way, and no batch of it starts afterwards', async () => {
     const clock = new ManualClock(T0 + 7_000_000)
-    const outbox = createOutbox({ clock, topic: 'prune-stop' })
-    await t.db.execute('DELETE FROM breakwater_outbox')
-    const ids = Array.from({ length: 10 }, (_, i) => `ps-${i}-0`)
-    await enqueueAll(t.db, outbox, ids)
-    await t.db.execute('UPDATE breakwater_outbox SET published_at = $1', [clock.now()])
-    const db = new HeldStatement(t.db, outboxStatements[t.db.dialect].prune)
-    const { relay, events } = await setup(clock, {
-      db,
-      retention: { olderThanMs: 1_000, everyMs: 5_000, batchSize: 2 },
-    })
+    const { db, relay, events } = await retentionRelay(
+      clock,
+      'ps',
+      10,
+      (inner, prune) => new HeldStatement(inner, prune),
+    )
     try {
       await relay.start()
       await clock.advance(5_000)
@@ -559,6 +606,33 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
       expect(await count(t.db, 'breakwater_outbox')).toBe(8)
     } finally {
       db.release()
+      await relay.stop()
+    }
+  })
+
+  it('a retention run goes on while batches come back full, yielding between them', async () => {
+    const clock = new ManualClock(T0 + 8_000_000)
+    // More than the ten batches a run used to stop at: 15 full batches of 2, then a short one.
+    const { db, relay, events } = await retentionRelay(
+      clock,
+      'pa',
+      30,
+      (inner, prune) => new YieldWatch(inner, prune),
+    )
+    try {
+      await relay.start()
+      // One run, and only one: the clock is not moved again.
+      await clock.advance(5_000)
+      await until(() => events.some((e) => e.type === 'pruned'), 'the run to report')
+      expect(events.filter((e) => e.type === 'pruned')).toEqual([{ type: 'pruned', count: 30 }])
+      expect(await count(t.db, 'breakwater_outbox')).toBe(0)
+      expect(db.runs).toBe(16)
+      // The event loop ran between batches (a task queued at the first batch ran before the
+      // last one), so a run over a large backlog never holds the relay up; on SQLite, whose
+      // statements resolve without I/O, nothing else would run until the whole run ended.
+      expect(db.taskRanBeforeRun).toBeGreaterThan(0)
+      expect(db.taskRanBeforeRun).toBeLessThan(db.runs)
+    } finally {
       await relay.stop()
     }
   })
