@@ -239,10 +239,17 @@ export async function deliverReply(
       throw new SagaNotFoundError(sagaId)
     return 'duplicate'
   }
-  const woken = await executor.execute(statements.wake, [sagaId, now])
-  // Listening workers claim it at once instead of at their next poll (PostgreSQL only).
-  if (woken.rowCount > 0) await notify(executor, sagaNotifyChannel)
+  await wakeSaga(executor, sagaId, now)
   return 'delivered'
+}
+
+/**
+ * Makes a running saga due at `now` (a reply for it was recorded). Listening workers claim it
+ * at once instead of at their next poll (PostgreSQL NOTIFY, delivered on commit).
+ */
+export async function wakeSaga(executor: SqlExecutor, sagaId: string, now: number): Promise<void> {
+  const woken = await executor.execute(sagaStatements[executor.dialect].wake, [sagaId, now])
+  if (woken.rowCount > 0) await notify(executor, sagaNotifyChannel)
 }
 
 function adminOptions(options: SagaAdminOptions): { now: number; by: string; reason?: string } {

@@ -2,6 +2,7 @@ import type { Clock, TimerHandle } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
+import { wakeSaga } from './admin.js'
 import type { CompiledRetry, CompiledSaga, CompiledStep } from './definition.js'
 import { SagaLeaseLostError, SagaReplyTimeoutError } from './errors.js'
 import type { MutableSagaMetrics, SagaEvent } from './events.js'
@@ -316,6 +317,7 @@ export class InstanceRun {
       this.#event('step-failed', step.name, attempt, { error: info, retryAt, durationMs })
       // The next attempt may run on any worker: the delay is persisted, the lease released.
       if (!(await this.#write({ release: true, nextRunAt: retryAt }, work))) return 'lost'
+      if (step.kind === 'reply') await this.#wakeIfReplied(step)
       this.#emit({ type: 'step-failed', step: step.name, attempt, error: info, retryAt })
       return 'suspended'
     }
@@ -439,6 +441,7 @@ export class InstanceRun {
       }
       this.#attempt = attempt
       if (!(await this.#write({ release: true, nextRunAt: state.wakeAt ?? now }))) return 'lost'
+      await this.#wakeIfReplied(step)
       return 'suspended'
     }
     const attempt = this.#attempt
@@ -502,6 +505,18 @@ export class InstanceRun {
     await this.#fault('after-step-action', step.name)
     this.#emit({ type: 'step-waiting', step: step.name, attempt, retryAt: until })
     return 'suspended'
+  }
+
+  // A reply step suspended after reading no reply (a spurious wake, a timeout before its retry
+  // delay) wrote a later next_run_at. A reply recorded between that read and that write woke
+  // the saga in vain (it was due already), and the write put its wake-up off to the timeout or
+  // the retry: look again, now that the write committed, and wake the saga if one came. On
+  // PostgreSQL a reply still uncommitted then holds the row (deliverReply's wake), so the write
+  // waited for it and this read sees it; on SQLite the reply committed before the write.
+  async #wakeIfReplied(step: CompiledStep): Promise<void> {
+    const db = this.#host.db
+    const rows = await db.query(sagaStatements[db.dialect].selectReply, [this.id, step.name])
+    if (rows.length > 0) await wakeSaga(db, this.id, this.#host.clock.now())
   }
 
   async #replied(

@@ -236,7 +236,11 @@ WHERE saga_id = $1 AND kind = 'cancel-requested' ORDER BY seq DESC LIMIT 1`,
 
   selectReply: `SELECT reply FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,
   deleteReply: `DELETE FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,
-  wake: `UPDATE ${sagaTable} SET next_run_at = $2 WHERE id = $1 AND status = 'running' AND next_run_at > $2`,
+  // Every running instance matches, due already or not: on PostgreSQL the row lock this takes
+  // until the reply's transaction ends makes a worker's concurrent suspend write wait for the
+  // reply to commit, so the worker's re-read after that write sees it (see InstanceRun).
+  wake: `UPDATE ${sagaTable} SET next_run_at = CASE WHEN next_run_at > $2 THEN $2 ELSE next_run_at END
+WHERE id = $1 AND status = 'running'`,
   insertFlowEvent: `INSERT INTO ${flowEventsTable} (correlation_id, event_id, type, source, at, payload)
 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING`,
   selectFlowEvents: `SELECT seq, event_id, type, source, at, payload FROM ${flowEventsTable}

@@ -1,6 +1,7 @@
 // Command/reply steps on real SQLite and PostgreSQL, driven by a ManualClock and deliverReply:
 // a step whose command was sent has an unknown outcome until its reply is read, so every
-// compensation that starts meanwhile (a cancel, a last reply timeout) undoes it too.
+// compensation that starts meanwhile (a cancel, a last reply timeout) undoes it too; a reply
+// that arrives while a worker is suspending the step again keeps its wake-up.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -12,8 +13,33 @@ import {
   getSagaTimeline,
   type SagaRetryOptions,
 } from '../../src/saga/index.js'
+import { sagaStatements } from '../../src/saga/sql.js'
+import type { SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { gate } from '../support/gate.js'
 import { dbTargets, effectLog, type TestDb } from './databases.js'
+
+type Run = () => Promise<unknown[]>
+
+/**
+ * The database as the worker sees it: every query goes to the real database through `hook`,
+ * which may do something before the worker gets the answer (the saga tests never mock one).
+ */
+function withQueryHook(
+  db: SqlDriver,
+  hook: (sql: string, params: readonly unknown[], run: Run) => Promise<unknown[]>,
+): SqlDriver {
+  return new Proxy(db, {
+    get(target, prop) {
+      if (prop === 'query') {
+        return (sql: string, params: readonly unknown[] = []) =>
+          hook(sql, params, () => target.query(sql, params))
+      }
+      const value: unknown = Reflect.get(target, prop, target)
+      return typeof value === 'function' ? value.bind(target) : value
+    },
+  })
+}
 
 describe.each(dbTargets)('saga reply steps on $dialect', (target) => {
   let t: TestDb
@@ -149,4 +175,112 @@ describe.each(dbTargets)('saga reply steps on $dialect', (target) => {
     expect(instance!.steps[1]!.sent).toBeUndefined()
     expect(await effects(id)).toEqual(['reserve', 'charge-sent 1', 'release'])
   })
+
+  /**
+   * The worker's database: once `arm`ed, the first time the worker reads the charge's reply of
+   * `id` and finds none, `arrive()` runs before the worker gets that answer (a reply that
+   * comes between the worker's read and its next write).
+   */
+  const replyAfterEmptyRead = (id: string, arrive: () => Promise<void>) => {
+    let armed = false
+    const db = withQueryHook(t.db, async (sql, params, run) => {
+      const rows = await run()
+      const replyRead = sql === sagaStatements[t.db.dialect].selectReply && params[0] === id
+      if (armed && replyRead && params[1] === 'charge' && rows.length === 0) {
+        armed = false
+        await arrive()
+      }
+      return rows
+    })
+    return { db, arm: () => (armed = true) }
+  }
+
+  it('a reply that arrives while a spurious wake suspends the step again is read at once', async () => {
+    const clock = new ManualClock(0)
+    const saga = orderSaga('spurious-wake', { maxAttempts: 3 })
+    const id = `spurious-${randomUUID()}`
+    const worker1 = replyAfterEmptyRead(id, async () => {
+      await deliverReply(t.db, id, 'charge', { ok: true, chargeId: 'c-1' }, { clock })
+    })
+    const worker = createSagaWorker({ db: worker1.db, sagas: [saga], clock })
+    await worker.run(saga, {}, { id })
+    // A stray reply for a step that does not wait wakes the saga: nothing for it to do.
+    await deliverReply(t.db, id, 'reserve', { stray: true }, { clock })
+    worker1.arm()
+    expect(await worker.poll()).toBe(1)
+    expect((await getSaga(t.db, id))!.steps[1]!.status).toBe('waiting')
+    // No time passes: the charge's reply is read now, not when the minute's timeout fires.
+    expect(await worker.poll()).toBe(1)
+    expect(await getSaga(t.db, id)).toMatchObject({ status: 'completed' })
+    expect(await effects(id)).toEqual(['reserve', 'charge-sent 1', 'ship'])
+  })
+
+  it('a reply that arrives as the step times out is read at once, not after the retry delay', async () => {
+    const clock = new ManualClock(0)
+    const saga = orderSaga('timeout-reply', { maxAttempts: 3, baseDelayMs: 60_000 }, 1_000)
+    const id = `timeout-reply-${randomUUID()}`
+    const worker1 = replyAfterEmptyRead(id, async () => {
+      await deliverReply(t.db, id, 'charge', { ok: true, chargeId: 'c-1' }, { clock })
+    })
+    const worker = createSagaWorker({ db: worker1.db, sagas: [saga], clock })
+    await worker.run(saga, {}, { id })
+    await clock.advance(1_000)
+    worker1.arm()
+    expect(await worker.poll()).toBe(1) // timed out: a resend in a minute
+    expect((await getSaga(t.db, id))!.steps[1]!.status).toBe('failed')
+    expect(await worker.poll()).toBe(1)
+    expect(await getSaga(t.db, id)).toMatchObject({ status: 'completed' })
+    // The late reply counted: the command was not sent again.
+    expect(await effects(id)).toEqual(['reserve', 'charge-sent 1', 'ship'])
+  })
+
+  it.runIf(target.dialect === 'postgres')(
+    'a reply whose transaction is still open while the step is suspended again wakes it on commit',
+    async () => {
+      const clock = new ManualClock(0)
+      const saga = orderSaga('open-reply', { maxAttempts: 3 })
+      const id = `open-reply-${randomUUID()}`
+      const recorded = gate()
+      const commit = gate()
+      let replyTx: Promise<void> | undefined
+      const worker1 = replyAfterEmptyRead(id, async () => {
+        // The reply's transaction (an inbox handler's) records it and stays open.
+        replyTx = t.db.transaction(async (tx) => {
+          await deliverReply(tx, id, 'charge', { ok: true, chargeId: 'c-1' }, { clock })
+          recorded.open()
+          await commit.promise
+        })
+        await recorded.promise
+      })
+      // The worker's suspend write: if it waits for a row lock (the reply's), let the reply
+      // commit; if it does not, the reply commits only after the worker is done.
+      const db = withQueryHook(worker1.db, async (sql, _params, run) => {
+        if (replyTx === undefined || sql !== sagaStatements.postgres.transitionBatch) return run()
+        const written = run()
+        let settled = false
+        void written.finally(() => (settled = true)).catch(() => {})
+        while (!settled) {
+          const [row] = await t.db.query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+          )
+          if (row!.n > 0) {
+            commit.open()
+            break
+          }
+          await new Promise((resolve) => setImmediate(resolve))
+        }
+        return written
+      })
+      const worker = createSagaWorker({ db, sagas: [saga], clock })
+      await worker.run(saga, {}, { id })
+      await deliverReply(t.db, id, 'reserve', { stray: true }, { clock })
+      worker1.arm()
+      expect(await worker.poll()).toBe(1)
+      commit.open()
+      await replyTx
+      expect(await worker.poll()).toBe(1)
+      expect(await getSaga(t.db, id)).toMatchObject({ status: 'completed' })
+    },
+  )
 })
