@@ -26,8 +26,8 @@ export interface SignalTarget {
 /** Options of {@link runUntilSignal}. */
 export interface RunUntilSignalOptions {
   /**
-   * The signals that start a graceful shutdown. A second one during the drain gives up
-   * waiting (outcome `drain: 'forced'`).
+   * The signals that start a graceful shutdown. A second one gives up waiting (outcome
+   * `drain: 'forced'`), whether it comes during the drain or while `start` is still running.
    * @default ['SIGTERM', 'SIGINT']
    */
   readonly signals?: readonly NodeJS.Signals[]
@@ -38,8 +38,8 @@ export interface RunUntilSignalOptions {
    */
   readonly drainTimeoutMs?: number
   /**
-   * Called when a signal arrives: `'drain'` for the first, `'force'` for one during the drain.
-   * For logging.
+   * Called when a signal arrives: `'drain'` for the first, `'force'` for any later one (during
+   * the drain, or during a start that the first one interrupted). For logging.
    * @default none
    */
   readonly onSignal?: (signal: NodeJS.Signals, phase: 'drain' | 'force') => void
@@ -69,7 +69,8 @@ export type RunOutcome =
       readonly signal: NodeJS.Signals
       /**
        * `'complete'`: `stop()` resolved in time; `'timeout'`: it took longer than
-       * `drainTimeoutMs`; `'forced'`: a second signal cut the wait short.
+       * `drainTimeoutMs`; `'forced'`: a second signal cut the wait short (for `stop()`, or for a
+       * `start` still running).
        */
       readonly drain: 'complete' | 'timeout' | 'forced'
     }
@@ -84,9 +85,14 @@ const defaultSignals: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT']
  * Runs a long-running service until SIGTERM or SIGINT, then shuts it down gracefully: calls
  * `start`, waits for a signal, calls the service's `stop()` and waits up to `drainTimeoutMs`
  * for it. A signal that arrives while `start` is still running aborts the signal handed to
- * `start` and stops the service as soon as it is up. Signal listeners are installed before
- * `start` runs (so a signal never kills the process with its default action mid-start) and
- * removed before the promise settles.
+ * `start` and stops the service as soon as it is up. A second signal forces the end: during
+ * the drain the run stops waiting for `stop()`; during a start (one that does not give up on
+ * its abort signal, such as a connect that hangs) it resolves at once with `drain: 'forced'`
+ * rather than wait for `start` to settle, since the user asked twice; the service that `start`
+ * still brings up is then stopped in the background, and a failure of that start or stop is
+ * ignored (nobody is left to tell, as with a `stop()` still running after a forced drain).
+ * Signal listeners are installed before `start` runs (so a signal never kills the process with
+ * its default action mid-start) and removed before the promise settles.
  *
  * Resolves with how the run ended; the caller (a CLI's `main`) decides the exit code. Rejects
  * when `start` or `stop` rejects, or when `done` rejects (after `stop()` was tried). Never
@@ -142,6 +148,10 @@ export async function runUntilSignal(
   let received: NodeJS.Signals | undefined
   let wakeRun: () => void = () => {}
   let forceDrain: () => void = () => {}
+  // Settles at the second signal, whether start is still running or the drain has begun.
+  const forced = new Promise<'forced'>((resolve) => {
+    forceDrain = () => resolve('forced')
+  })
   const listener = (signal: NodeJS.Signals): void => {
     if (received === undefined) {
       received = signal
@@ -157,9 +167,24 @@ export async function runUntilSignal(
   const keepAlive = (options.keepAlive ?? true) ? holdOpen(clock) : () => {}
   try {
     let service: RunningService
-    try {
-      service = await start(aborter.signal)
-    } catch (error) {
+    const starting = (async () => start(aborter.signal))()
+    const started = await Promise.race([
+      starting.then(
+        (value) => ({ ok: true as const, value }),
+        (error: unknown) => ({ ok: false as const, error }),
+      ),
+      forced,
+    ])
+    if (started === 'forced') {
+      // Asked twice: stop waiting for start. What it still brings up is stopped.
+      starting
+        .then((late) => (typeof late?.stop === 'function' ? late.stop() : undefined))
+        .catch(() => {})
+      return { reason: 'signal', signal: received!, drain: 'forced' }
+    }
+    if (started.ok) service = started.value
+    else {
+      const { error } = started
       // A start that gave up because the signal asked it to is a clean shutdown.
       if (received !== undefined && isAbort(error, aborter.signal))
         return { reason: 'signal', signal: received, drain: 'complete' }
@@ -201,9 +226,7 @@ export async function runUntilSignal(
         new Promise<'timeout'>((resolve) => {
           timer = clock.setTimeout(() => resolve('timeout'), drainTimeoutMs)
         }),
-        new Promise<'forced'>((resolve) => {
-          forceDrain = () => resolve('forced')
-        }),
+        forced,
       ])
       return { reason: 'signal', signal, drain }
     } finally {

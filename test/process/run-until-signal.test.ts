@@ -33,6 +33,20 @@ function service() {
   }
 }
 
+/** A start that ignores its abort signal (a connect that hangs) until `finish()`. */
+function heldStart<T>(result: () => T) {
+  let finish: () => void = () => {}
+  return {
+    finish: () => finish(),
+    start: async () => {
+      await new Promise<void>((resolve) => {
+        finish = resolve
+      })
+      return result()
+    },
+  }
+}
+
 function track(promise: Promise<RunOutcome>) {
   const state: { outcome?: RunOutcome; error?: unknown } = {}
   promise.then(
@@ -140,6 +154,65 @@ describe('runUntilSignal', () => {
     s.finishStop()
     await flushJobs()
     expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'complete' })
+  })
+
+  it('a second signal during start forces the end at once; the service is stopped once up', async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const s = service()
+    const phases: string[] = []
+    const held = heldStart(() => s.handle)
+    const run = track(
+      runUntilSignal(held.start, {
+        target,
+        clock,
+        onSignal: (signal, phase) => phases.push(`${signal}:${phase}`),
+      }),
+    )
+    await flushJobs()
+    target.emit('SIGINT', 'SIGINT')
+    await flushJobs()
+    expect(run.outcome).toBeUndefined()
+    // The user pressed Ctrl-C twice: the run does not wait for start any longer.
+    target.emit('SIGINT', 'SIGINT')
+    await flushJobs()
+    expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGINT', drain: 'forced' })
+    expect(phases).toEqual(['SIGINT:drain', 'SIGINT:force'])
+    expect(target.listenerCount('SIGINT')).toBe(0)
+    expect(clock.pendingTimers).toBe(0)
+    // What start still brings up is stopped, not left running.
+    held.finish()
+    await flushJobs()
+    expect(s.calls).toEqual(['stop'])
+  })
+
+  it('after a forced end during start, a start or stop failure is not unhandled', async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const unhandled: unknown[] = []
+    const onUnhandled = (reason: unknown) => unhandled.push(reason)
+    process.on('unhandledRejection', onUnhandled)
+    try {
+      const failingStart = heldStart((): never => {
+        throw new Error('cannot connect')
+      })
+      const failing = track(runUntilSignal(failingStart.start, { target, clock }))
+      const held = heldStart(() => ({ stop: () => Promise.reject(new Error('stop failed')) }))
+      const failingStop = track(runUntilSignal(held.start, { target, clock }))
+      await flushJobs()
+      target.emit('SIGTERM', 'SIGTERM')
+      target.emit('SIGTERM', 'SIGTERM')
+      await flushJobs()
+      expect(failing.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'forced' })
+      expect(failingStop.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'forced' })
+      failingStart.finish()
+      held.finish()
+      await flushJobs()
+      await new Promise((resolve) => setImmediate(resolve))
+      expect(unhandled).toEqual([])
+    } finally {
+      process.off('unhandledRejection', onUnhandled)
+    }
   })
 
   it('a start that gives up on the abort is a clean shutdown; other start failures reject', async () => {
