@@ -327,7 +327,7 @@ export class EventStoreImpl implements EventStore {
    */
   prepare(): Promise<void> {
     if (this.inlineProjections.length === 0) return Promise.resolve()
-    this.#prepared ??= ensureProjections(this.db, this.inlineProjections, this.clock).then(
+    this.#prepared ??= ensureProjections(this.db, this.inlineProjections, this.clock, true).then(
       () => {
         this.#preparedDone = true
       },
@@ -383,7 +383,7 @@ export class EventStoreImpl implements EventStore {
         await this.prepare()
         return this.db.transaction((t) => this.#appendInline(t, append))
       }
-      if (!this.#preparedDone) await ensureProjections(tx, this.inlineProjections, this.clock)
+      if (!this.#preparedDone) await ensureProjections(tx, this.inlineProjections, this.clock, true)
       return this.#appendInline(tx, append)
     }
     return this.#appendRaw(tx, append)

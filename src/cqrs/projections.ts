@@ -154,16 +154,34 @@ export async function createTables(
  * inserted with ON CONFLICT DO NOTHING in the same transaction as the CREATE TABLEs, so
  * concurrent processes do not race on the DDL (the loser waits for the winner's row, then
  * skips).
+ *
+ * An `inline` projection records the last position taken at its registration: it is applied
+ * by the appends that follow (every position they take is above it), never to the events
+ * already in the log, so until a rebuild its tables lack them (see `Projector.position`).
+ * They are not filled here: that would apply the whole log in one transaction, in the path of
+ * the first append, holding SQLite's write lock throughout; `rebuild()` does it in batches
+ * without blocking appends.
  */
 export async function ensureProjections(
   target: SqlDriver | SqlExecutor,
   projections: readonly ProjectionDefinition[],
   clock: Clock,
+  inline: boolean,
 ): Promise<void> {
   const run = async (tx: SqlExecutor): Promise<void> => {
     const statements = cqrsStatements[tx.dialect]
     for (const projection of projections) {
-      const inserted = await tx.execute(statements.insertProjection, [projection.name, clock.now()])
+      let missingThrough: number | null = null
+      if (inline) {
+        const rows = await tx.query<{ position: number | string }>(statements.lastTaken)
+        const last = Number(rows[0]?.position ?? 0)
+        if (last > 0) missingThrough = last
+      }
+      const inserted = await tx.execute(statements.insertProjection, [
+        projection.name,
+        clock.now(),
+        missingThrough,
+      ])
       if (inserted.rowCount > 0) await createTables(tx, projection, 0)
     }
   }

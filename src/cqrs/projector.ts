@@ -127,14 +127,17 @@ export interface Projector {
   catchUp(options?: { readonly signal?: AbortSignal }): Promise<number>
   /**
    * The checkpoint (last applied position), read from the database. An inline projection has
-   * applied every committed event: its position is the head.
+   * applied every committed event: its position is the head. One registered on a log that
+   * already had events (added to a running system) has only applied the events appended since:
+   * until it is rebuilt, its position is the one before the log's first event.
    */
   position(): Promise<number>
   /** The projection's lag behind the log. */
   lag(): Promise<ProjectionLag>
   /**
    * Resolves once the read model reflects every event up to `position` (read-your-writes:
-   * pass `AppendResult.lastPosition`). Inline projections resolve at once.
+   * pass `AppendResult.lastPosition`). Inline projections resolve at once, except one that
+   * lacks the events from before its registration: it waits for its rebuild.
    * @throws TimeoutError when it does not happen within `timeoutMs`
    */
   waitFor(position: number, options?: WaitForOptions): Promise<void>
@@ -172,6 +175,8 @@ class SqlProjector implements Projector {
   #ending: Promise<void> | undefined
   #stop: AbortController | undefined
   #lastKnown = 0
+  /** An inline projection known to hold every event (registered on an empty log, or rebuilt). */
+  #complete = false
   readonly #progress = new Set<() => void>()
 
   constructor(store: EventStoreImpl, projection: ProjectionDefinition, options: ProjectorOptions) {
@@ -200,12 +205,15 @@ class SqlProjector implements Projector {
   }
 
   #ensure(): Promise<void> {
-    this.#ready ??= ensureProjections(this.#store.db, [this.#projection], this.#clock).catch(
-      (error: unknown) => {
-        this.#ready = undefined
-        throw error
-      },
-    )
+    this.#ready ??= ensureProjections(
+      this.#store.db,
+      [this.#projection],
+      this.#clock,
+      this.inline,
+    ).catch((error: unknown) => {
+      this.#ready = undefined
+      throw error
+    })
     return this.#ready
   }
 
@@ -331,8 +339,7 @@ class SqlProjector implements Projector {
   }
 
   async position(): Promise<number> {
-    // An inline projection's stored position only says where its last rebuild ended.
-    if (this.inline) return this.#store.headPosition()
+    if (this.inline) return this.#inlinePosition(await this.#store.headPosition())
     await this.#ensure()
     const rows = await this.#store.db.query<ProjectionRow>(this.#store.statements.projection, [
       this.name,
@@ -340,10 +347,32 @@ class SqlProjector implements Projector {
     return Number(rows[0]?.position ?? 0)
   }
 
+  /**
+   * An inline projection has applied every event appended since its registration (its stored
+   * position only says where its last rebuild ended). Registered on a log that had events, it
+   * lacks those until a rebuild: it is then complete only up to the log's first event.
+   */
+  async #inlinePosition(head: number): Promise<number> {
+    if (this.#complete) return head
+    await this.#ensure()
+    const rows = await this.#store.db.query<{
+      missing_through: number | string | null
+      first_position: number | string | null
+    }>(this.#store.statements.inlineProjection, [this.name])
+    const missing = rows[0]?.missing_through ?? null
+    if (missing === null) {
+      this.#complete = true
+      return head
+    }
+    const first = rows[0]?.first_position ?? null
+    // Positions up to `missing` may all have been rolled back (PostgreSQL): nothing is lacking.
+    if (first === null || Number(first) > Number(missing)) return head
+    return Math.min(head, Number(first) - 1)
+  }
+
   async lag(): Promise<ProjectionLag> {
     const head = await this.#store.headPosition()
-    if (this.inline) return { position: head, head, positions: 0, ms: 0 }
-    const position = await this.position()
+    const position = this.inline ? await this.#inlinePosition(head) : await this.position()
     if (position >= head) return { position, head, positions: 0, ms: 0 }
     const oldest = await this.#store.firstCreatedAfter(position)
     return {
@@ -358,7 +387,13 @@ class SqlProjector implements Projector {
     checkInteger('position', position, 0)
     checkObject('options', options)
     const timeoutMs = checkInteger('timeoutMs', options.timeoutMs ?? 5000, 0)
-    if (this.inline || position <= this.#lastKnown) return
+    if (position <= this.#lastKnown) return
+    // A complete inline projection has every committed event; one that lacks the events from
+    // before its registration reflects no position above them until it is rebuilt.
+    if (this.inline) {
+      if (!this.#complete) await this.position()
+      if (this.#complete) return
+    }
     const signal = options.signal
     const deadline = this.#clock.now() + timeoutMs
     let delayMs = 2
@@ -366,7 +401,7 @@ class SqlProjector implements Projector {
       if (signal?.aborted) throw new AbortedError(signal.reason)
       const current = await this.position()
       if (current > this.#lastKnown) this.#lastKnown = current
-      if (current >= position) return
+      if (current >= position || (this.inline && this.#complete)) return
       const left = deadline - this.#clock.now()
       if (left <= 0) throw new TimeoutError(timeoutMs)
       // Woken early when this process's projector commits a batch; otherwise poll (another

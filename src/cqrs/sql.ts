@@ -391,6 +391,14 @@ export const cqrsMigrations: readonly Migration[] = [
       appendBatchFunction,
     ],
   },
+  {
+    // An inline projection registered on a log that already had events: the last position
+    // taken then. Its tables lack the events up to there until a rebuild (NULL: complete).
+    version: 3,
+    name: 'inline-projection-gap',
+    sqlite: ['ALTER TABLE breakwater_projections ADD COLUMN missing_through INTEGER'],
+    postgres: ['ALTER TABLE breakwater_projections ADD COLUMN missing_through BIGINT'],
+  },
 ]
 
 /**
@@ -442,7 +450,12 @@ export interface CqrsStatements {
   readonly writeSnapshot: string
   readonly loadCheckpoint: string
   readonly saveCheckpoint: string
+  /** `$1` name, `$2` now, `$3` the last position an inline projection has not seen (or NULL). */
   readonly insertProjection: string
+  /** The largest position taken so far (committed or not). */
+  readonly lastTaken: string
+  /** An inline projection's `missing_through` and the log's first position. */
+  readonly inlineProjection: string
   readonly projectionForUpdate: string
   readonly projection: string
   readonly saveProjectionPosition: string
@@ -471,8 +484,10 @@ ON CONFLICT (stream_id, name) DO UPDATE
   loadCheckpoint: 'SELECT position FROM breakwater_checkpoints WHERE name = $1',
   saveCheckpoint: `INSERT INTO breakwater_checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at`,
-  insertProjection: `INSERT INTO breakwater_projections (name, position, generation, rebuild_generation, updated_at)
-VALUES ($1, 0, 0, NULL, $2) ON CONFLICT (name) DO NOTHING`,
+  insertProjection: `INSERT INTO breakwater_projections (name, position, generation, rebuild_generation, updated_at, missing_through)
+VALUES ($1, 0, 0, NULL, $2, $3) ON CONFLICT (name) DO NOTHING`,
+  inlineProjection: `SELECT missing_through, (SELECT MIN(position) FROM breakwater_events) AS first_position
+FROM breakwater_projections WHERE name = $1`,
   projection:
     'SELECT position, generation, rebuild_generation FROM breakwater_projections WHERE name = $1',
   saveProjectionPosition:
@@ -480,7 +495,7 @@ VALUES ($1, 0, 0, NULL, $2) ON CONFLICT (name) DO NOTHING`,
   setRebuildGeneration:
     'UPDATE breakwater_projections SET rebuild_generation = $2, updated_at = $3 WHERE name = $1',
   finishRebuild:
-    'UPDATE breakwater_projections SET position = $2, generation = $3, rebuild_generation = NULL, updated_at = $4 WHERE name = $1',
+    'UPDATE breakwater_projections SET position = $2, generation = $3, rebuild_generation = NULL, missing_through = NULL, updated_at = $4 WHERE name = $1',
 } as const
 
 function readStreamSql(dialect: 'sqlite' | 'postgres', direction: 'forwards' | 'backwards') {
@@ -526,6 +541,7 @@ export const cqrsStatements: Readonly<Record<'sqlite' | 'postgres', CqrsStatemen
     // never see a later position before an earlier one commits: no watermark is needed.
     readAll: `SELECT ${eventColumns} FROM breakwater_events e WHERE e.position >= $1 ORDER BY e.position LIMIT $2`,
     headPosition: 'SELECT COALESCE(MAX(position), 0) AS position FROM breakwater_events',
+    lastTaken: 'SELECT COALESCE(MAX(position), 0) AS position FROM breakwater_events',
     firstAfter:
       'SELECT created_at FROM breakwater_events WHERE position > $1 ORDER BY position LIMIT 1',
     streamInfoForUpdate: common.streamInfo,
@@ -545,6 +561,8 @@ export const cqrsStatements: Readonly<Record<'sqlite' | 'postgres', CqrsStatemen
 WHERE e.position >= $1 AND e.position < $3
 ORDER BY e.position LIMIT $2`,
     headPosition: 'SELECT breakwater_head() AS position',
+    lastTaken:
+      "SELECT COALESCE(pg_sequence_last_value('breakwater_events_position'), 0) AS position",
     firstAfter: 'SELECT breakwater_first_created_after($1) AS created_at',
     streamInfoForUpdate: `${common.streamInfo} FOR UPDATE`,
     projectionForUpdate: `${common.projection} FOR UPDATE`,
@@ -557,8 +575,7 @@ ORDER BY e.position LIMIT $2`,
 }
 
 /** PostgreSQL: the largest position handed out so far (committed, in flight or rolled back). */
-export const postgresLastTaken =
-  "SELECT COALESCE(pg_sequence_last_value('breakwater_events_position'), 0) AS position"
+export const postgresLastTaken: string = cqrsStatements.postgres.lastTaken
 
 /** PostgreSQL: the post-commit wake-up of followers (see the migration). */
 export const postgresNotify = 'SELECT breakwater_notify($1)'

@@ -503,3 +503,79 @@ describe.each(dbTargets)('a projector stopped from its own apply on $dialect', (
     await store.append('stop-inside', [{ type: 'n', data: 5 }])
   })
 })
+
+describe.each(dbTargets)(
+  'an inline projection added to a log with events on $dialect',
+  (target) => {
+    let t: TestDb
+    beforeAll(async () => {
+      t = await target.open('cqrs_inline_added_late')
+    })
+    afterAll(async () => {
+      await t?.close()
+    })
+
+    it('reports the events before its registration as not applied until it is rebuilt', async () => {
+      const clock = new ManualClock(1_000_000)
+      const before = createEventStore(t.db, { clock })
+      const accounts = createCommandHandler(before, { decider: account })
+      const early = await accounts.handle('late-1', { kind: 'open', owner: 'ida' })
+      await accounts.handle('late-1', { kind: 'deposit', amount: 4 })
+      await clock.advance(1000)
+
+      // The next release runs the projection inline: its tables start empty.
+      const projection = balancesProjection('late-balances', 'late_balances')
+      const store = createEventStore(t.db, { inlineProjections: [projection], clock })
+      const after = createCommandHandler(store, { decider: account })
+      const later = await after.handle('late-1', { kind: 'deposit', amount: 2 })
+      await after.handle('late-2', { kind: 'open', owner: 'jon' })
+      expect(await balances(t, 'late_balances')).toEqual([
+        { account_id: 'late-2', owner: 'jon', balance: 0, events: 1 },
+      ])
+      const head = await store.headPosition()
+      await clock.advance(1000)
+      const projector = createProjector(store, projection, { clock })
+      // Not "up to date": nothing from the first event on is known to be applied.
+      expect(await projector.position()).toBe(early.lastPosition - 1)
+      expect(await projector.lag()).toEqual({
+        position: early.lastPosition - 1,
+        head,
+        positions: head - early.lastPosition + 1,
+        ms: 2000,
+      })
+      const waited = await settle(
+        projector.waitFor(later.lastPosition, { timeoutMs: 100 }).catch((e: unknown) => e),
+        clock,
+      )
+      expect(waited).toBeInstanceOf(TimeoutError)
+
+      await projector.rebuild()
+      const events = await allEvents(store)
+      expect(await balances(t, 'late_balances')).toEqual(foldBalances(events))
+      expect(await projector.position()).toBe(head)
+      expect(await projector.lag()).toEqual({ position: head, head, positions: 0, ms: 0 })
+      await projector.waitFor(later.lastPosition, { timeoutMs: 0 })
+      // Complete from then on: the next append is applied and counted as usual.
+      const next = await after.handle('late-1', { kind: 'deposit', amount: 1 })
+      expect(await projector.position()).toBe(next.lastPosition)
+      expect(await balances(t, 'late_balances', 'late-1')).toMatchObject([{ balance: 7 }])
+    })
+
+    it('is complete when registered on an empty log', async () => {
+      const projection = balancesProjection('early-balances', 'early_balances')
+      const fresh = await target.open('cqrs_inline_added_early')
+      try {
+        const store = createEventStore(fresh.db, { inlineProjections: [projection] })
+        const opened = await createCommandHandler(store, { decider: account }).handle('early-1', {
+          kind: 'open',
+          owner: 'kit',
+        })
+        const projector = createProjector(store, projection)
+        expect(await projector.lag()).toMatchObject({ position: opened.lastPosition, positions: 0 })
+        await projector.waitFor(opened.lastPosition + 10, { timeoutMs: 0 })
+      } finally {
+        await fresh.close()
+      }
+    })
+  },
+)
