@@ -260,8 +260,12 @@ function formatDuration(ms: number): string {
   return `${ms}ms`
 }
 
+// A time past Date's range (a sleep stored by a version that did not refuse it) is printed as
+// its number: `show` and `list` must still work on such an instance.
 function time(ms: number | undefined): string {
-  return ms === undefined ? '-' : new Date(ms).toISOString()
+  if (ms === undefined) return '-'
+  const date = new Date(ms)
+  return Number.isNaN(date.getTime()) ? `${ms} (epoch ms, past Date's range)` : date.toISOString()
 }
 
 function table(rows: readonly (readonly string[])[]): string {

@@ -185,7 +185,11 @@ export interface ActionStep<I, C, Out> {
 export interface WaitStep<I, C> {
   /** The step's name (unique in the saga). */
   readonly name: string
-  /** How long to wait, in milliseconds from when the step is reached. */
+  /**
+   * How long to wait, in milliseconds from when the step is reached: an integer up to
+   * 8.64e15 (Date's range). A sleep that would end past the latest Date fails the step with
+   * `InvalidOptionError` when reached.
+   */
   readonly sleepMs?: number
   /** When to continue (epoch milliseconds on the worker's clock), computed when reached. */
   readonly waitUntil?: (ctx: SagaStepInfo<I, C>) => number
@@ -338,6 +342,11 @@ const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
 export const maxStepNameLength = 40
 /** Longest saga id. */
 export const maxSagaIdLength = 200
+/**
+ * The latest time a Date can hold, in epoch milliseconds: the bound of every persisted time
+ * (also exact as a double, and within PostgreSQL's BIGINT).
+ */
+export const maxEpochMs = 8_640_000_000_000_000
 
 type E = unknown
 type M<C, Out> = MergeContext<C, Out>
@@ -599,7 +608,8 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
     sleepMs:
       step.sleepMs === undefined
         ? undefined
-        : checkInteger(`${named}.sleepMs`, step.sleepMs, 0, Number.MAX_SAFE_INTEGER),
+        : // A longer sleep would end past any time a Date (or the saga's columns) can hold.
+          checkInteger(`${named}.sleepMs`, step.sleepMs, 0, maxEpochMs),
     waitUntil:
       step.waitUntil === undefined
         ? undefined

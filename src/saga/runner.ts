@@ -3,7 +3,12 @@ import { InvalidOptionError } from '../core/errors.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
 import { wakeSaga } from './admin.js'
-import type { CompiledRetry, CompiledSaga, CompiledStep } from './definition.js'
+import {
+  type CompiledRetry,
+  type CompiledSaga,
+  type CompiledStep,
+  maxEpochMs,
+} from './definition.js'
 import { SagaLeaseLostError, SagaReplyTimeoutError } from './errors.js'
 import type { MutableSagaMetrics, SagaEvent } from './events.js'
 import type { SagaFaultPoint, SagaFaults } from './faults.js'
@@ -63,9 +68,6 @@ type Attempt<T> =
 type Step = 'continue' | RunOutcome
 
 const nothing: readonly CommitWork[] = []
-
-/** The latest time a Date can hold, in epoch milliseconds. */
-const maxEpochMs = 8_640_000_000_000_000
 
 /**
  * Runs one claimed instance until it finishes or suspends: the persisted state machine. Every
@@ -378,13 +380,21 @@ export class InstanceRun {
         return this.#stepFailed(step, state, this.#attempt, error, 0)
       }
       // Within Date's range (so also exact, and within PostgreSQL's BIGINT): a larger time
-      // made the write fail in the database on every claim, and the step never ended.
+      // made the write fail in the database on every claim, and the step never ended (and
+      // `saga show` could not print it).
       if (typeof wakeAt !== 'number' || !(Math.abs(wakeAt) <= maxEpochMs)) {
-        const invalid = new InvalidOptionError(
-          `waitUntil of step "${step.name}"`,
-          `an epoch-millisecond number of at most ${maxEpochMs} (the latest Date)`,
-          wakeAt,
-        )
+        const invalid =
+          step.sleepMs !== undefined
+            ? new InvalidOptionError(
+                `sleepMs of step "${step.name}"`,
+                `a sleep that ends by the latest Date (${maxEpochMs}): at most ${maxEpochMs - now} ms from now (${now})`,
+                step.sleepMs,
+              )
+            : new InvalidOptionError(
+                `waitUntil of step "${step.name}"`,
+                `an epoch-millisecond number of at most ${maxEpochMs} (the latest Date)`,
+                wakeAt,
+              )
         return this.#stepFailed(step, state, this.#attempt, invalid, 0)
       }
       state.wakeAt = Math.round(wakeAt)

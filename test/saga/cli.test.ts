@@ -210,6 +210,25 @@ describe.each(dbTargets)('saga command on $dialect', (target) => {
     expect(unknown.code).toBe(1)
     expect(unknown.err).toContain('No saga instance has the id "nope"')
   })
+
+  it('show prints a time past Date’s range as its number (a sleep an earlier version stored)', async () => {
+    const id = (await createSagaWorker({ db: t.db, sagas: [saga], clock }).run(saga, {})).id
+    // Such a sleep fails its step now; an earlier version wrote its end (on SQLite).
+    const far = 9_000_000_000_000_000
+    await t.db.execute('UPDATE breakwater_sagas SET next_run_at = $2 WHERE id = $1', [id, far])
+    await t.db.execute(
+      "UPDATE breakwater_saga_events SET detail = $2 WHERE saga_id = $1 AND kind = 'step-waiting'",
+      [id, JSON.stringify({ until: far })],
+    )
+    const { code, out, err } = await run(['show', id, '--db', t.url])
+    expect(err).toBe('')
+    expect(code).toBe(0)
+    expect(out).toContain(`next run  ${far} (epoch ms, past Date's range)`)
+    expect(out).toMatch(
+      /step-waiting\s+wait\s+until 9000000000000000 \(epoch ms, past Date's range\)/,
+    )
+    expect((await run(['list', '--db', t.url])).code).toBe(0)
+  })
 })
 
 describe.each(dbTargets)('saga prune command on $dialect', (target) => {

@@ -109,6 +109,12 @@ describe('defineSaga declarations', () => {
       'saga "x".steps["a"].compensation',
     ],
     [
+      // It would end past the latest Date whenever it started.
+      'a sleep longer than Date’s range',
+      { name: 'x', version: 1, steps: [{ name: 'a', sleepMs: Number.MAX_SAFE_INTEGER }] },
+      'saga "x".steps["a"].sleepMs',
+    ],
+    [
       'a zero timeout',
       { name: 'x', version: 1, steps: [{ name: 'a', action: noop, timeoutMs: 0 }] },
       'saga "x".steps["a"].timeoutMs',

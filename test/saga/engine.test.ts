@@ -376,6 +376,26 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     expect(events.filter((e) => e.type === 'error')).toEqual([])
   })
 
+  it('refuses a sleep that would end past Date’s range when reached, naming sleepMs', async () => {
+    const clock = new ManualClock(Date.now())
+    const saga = defineSaga({
+      name: `far-sleep-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        { name: 'book', action: noopAction, compensation: noopAction },
+        // The longest sleep a declaration takes: it fits only from the epoch on.
+        { name: 'sleep', sleepMs: 8_640_000_000_000_000 },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const outcome = await worker.run(saga, {})
+    expect(outcome.status).toBe('compensated')
+    expect(outcome.reason).toMatch(
+      /^step "sleep" failed: InvalidOptionError: sleepMs of step "sleep"/,
+    )
+    expect((await getSaga(t.db, outcome.id))!.nextRunAt).toBeLessThanOrEqual(clock.now())
+  })
+
   it('a cancel that arrives during an attempt is not put off by that attempt’s retry delay', async () => {
     const clock = new ManualClock(0)
     const inside = gate()
