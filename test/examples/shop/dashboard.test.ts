@@ -1,6 +1,7 @@
 // The dashboard in a real headless Chromium (Debian's package, driven by playwright-core): it
 // loads, shows live data, and a chaos control (take payments down) changes the payments
-// breaker on screen, open and then closed again once payments is back.
+// breaker on screen, open and then closed again once payments is back; a refused chaos action
+// shows its error on the page.
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -103,6 +104,27 @@ describe('the shop dashboard in Chromium', () => {
     await expect
       .poll(() => page.locator('#routes tbody tr').first().textContent())
       .toMatch(/legacy 100, orders 0/)
+
+    // A refused action is not silent: the page shows the server's error text, and clears it
+    // once an action succeeds. (Every button of the page posts a valid action, so the refused
+    // one is added here; the page handles every button's answer the same way.)
+    const error = page.locator('#chaos-error')
+    const refused = JSON.stringify({ kind: 'slow', target: 'payments', latencyMs: -1 })
+    await page
+      .locator('body')
+      .evaluate(
+        (body, action) =>
+          body.insertAdjacentHTML(
+            'beforeend',
+            `<button id="refused" data-action='${action}'>refused</button>`,
+          ),
+        refused,
+      )
+    await page.locator('#refused').click()
+    await expect.poll(() => error.isVisible(), { timeout: 15_000 }).toBe(true)
+    expect(await error.textContent()).toMatch(/slow needs "latencyMs"/)
+    await page.locator('[data-testid="calm-payments"]').click()
+    await expect.poll(() => error.isVisible(), { timeout: 15_000 }).toBe(false)
 
     // Stopping the demo settles the system and judges it: every invariant held.
     run.stop()
