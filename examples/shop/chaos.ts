@@ -77,43 +77,61 @@ export const chaosCommandHelp =
   'chaos commands: slow <process> [ms] | fail <process> [rate] | resets <process> [rate] | ' +
   'lose <process> [rate] | down <process> | up <process> | calm <process> | weight <percent> | rollback'
 
+// The terminal's verbs: the chaos action field each one's value sets, and its default.
+const terminalVerbs = {
+  slow: { kind: 'slow', field: 'latencyMs', default: 800 },
+  fail: { kind: 'fail', field: 'errorRate', default: 0.5 },
+  resets: { kind: 'fail', field: 'resetRate', default: 0.5 },
+  lose: { kind: 'fail', field: 'lostReplyRate', default: 0.5 },
+  down: { kind: 'down' },
+  up: { kind: 'up' },
+  calm: { kind: 'calm' },
+} as const satisfies Record<string, { kind: string; field?: string; default?: number }>
+
+// A number typed in the terminal: plain decimal digits, maybe signed, maybe with a fraction.
+// Anything else (`abc`, `1e3`, `0x10`) stays text, which the action's rule then refuses by name.
+function typedNumber(text: string): number | string {
+  return /^-?\d+(\.\d+)?$/.test(text) ? Number(text) : text
+}
+
 /**
  * Parses a chaos command typed in the demo's terminal (`down payments`, `weight 90`); a string
- * is the message for a bad one.
+ * is the message for a bad one. The words become the JSON action the dashboard's buttons post
+ * and are checked by the same rule ({@link chaosActionOf}), so a value that is not one
+ * (`slow payments abc`, a negative latency) is refused, naming it, never read as a default.
  */
 export function parseChaosCommand(
   line: string,
   processes: readonly ProcessName[],
 ): ChaosAction | string {
-  const [verb, arg, value] = line.trim().split(/\s+/)
-  if (verb === 'rollback') return { kind: 'rollback' }
-  if (verb === 'weight') {
-    const percent = Number(arg)
-    if (!Number.isInteger(percent) || percent < 0 || percent > 100)
-      return 'weight needs a percent from 0 to 100'
-    return { kind: 'weight', percent }
-  }
-  const target = processes.find((p) => p === arg)
-  if (target === undefined) return `unknown process "${arg ?? ''}" (${processes.join(', ')})`
-  const rate = value === undefined ? 0.5 : Number(value)
-  if ((verb === 'fail' || verb === 'resets' || verb === 'lose') && !(rate >= 0 && rate <= 1))
-    return 'the rate is a share from 0 to 1'
-  switch (verb) {
-    case 'slow':
-      return { kind: 'slow', target, latencyMs: value === undefined ? 800 : Number(value) || 800 }
-    case 'fail':
-      return { kind: 'fail', target, errorRate: rate }
-    case 'resets':
-      return { kind: 'fail', target, resetRate: rate }
-    case 'lose':
-      return { kind: 'fail', target, lostReplyRate: rate }
-    case 'down':
-    case 'up':
-    case 'calm':
-      return { kind: verb, target }
-    default:
-      return chaosCommandHelp
-  }
+  const words = line.trim().split(/\s+/)
+  const verb = words[0] ?? ''
+  const refused = (problem: string) => `${line.trim()}: ${problem}`
+  let candidate: Record<string, unknown>
+  let used: number
+  if (verb === 'rollback') {
+    candidate = { kind: 'rollback' }
+    used = 1
+  } else if (verb === 'weight') {
+    candidate = {
+      kind: 'weight',
+      percent: words[1] === undefined ? undefined : typedNumber(words[1]),
+    }
+    used = 2
+  } else if (Object.hasOwn(terminalVerbs, verb)) {
+    const spec: { kind: string; field?: string; default?: number } =
+      terminalVerbs[verb as keyof typeof terminalVerbs]
+    candidate = { kind: spec.kind, target: words[1] }
+    used = 2
+    if (spec.field !== undefined) {
+      const value = words[2]
+      candidate[spec.field] = value === undefined ? spec.default : typedNumber(value)
+      used = 3
+    }
+  } else return chaosCommandHelp
+  if (words.length > used) return refused(`unexpected "${words[used]}" (${chaosCommandHelp})`)
+  const action = chaosActionOf(candidate, processes)
+  return typeof action === 'string' ? refused(action) : action
 }
 
 const targetedKinds = ['slow', 'fail', 'calm', 'down', 'up'] as const
@@ -121,9 +139,15 @@ const rateFields = ['errorRate', 'resetRate', 'lostReplyRate'] as const
 /** The longest latency an action may add (a minute): longer only looks like a hang. */
 export const maxChaosLatencyMs = 60_000
 
+/** A value received, for a message: JSON (`"abc"`, `-5`), or `nothing`. */
+function got(value: unknown): string {
+  return value === undefined ? 'nothing' : (JSON.stringify(value) ?? String(value))
+}
+
 /**
- * Reads a chaos action sent as JSON (the dashboard's buttons post them to `/api/chaos`): the
- * action with only the fields its kind has, or a string that says what is wrong with it.
+ * Reads a chaos action sent as JSON (the dashboard's buttons post them to `/api/chaos`; the
+ * terminal's commands are turned into one): the action with only the fields its kind has, or a
+ * string that says what is wrong with it, naming the value received.
  */
 export function chaosActionOf(
   value: unknown,
@@ -137,14 +161,13 @@ export function chaosActionOf(
   if (kind === 'weight') {
     const percent = fields.percent
     if (typeof percent !== 'number' || !Number.isInteger(percent) || percent < 0 || percent > 100)
-      return 'weight needs "percent", a whole number from 0 to 100'
+      return `weight needs "percent", a whole number from 0 to 100, got ${got(percent)}`
     return { kind, percent }
   }
   if (!(targetedKinds as readonly unknown[]).includes(kind))
-    return `unknown kind ${JSON.stringify(kind) ?? 'undefined'} (known: ${[...targetedKinds, 'weight', 'rollback'].join(', ')})`
+    return `unknown kind ${got(kind)} (known: ${[...targetedKinds, 'weight', 'rollback'].join(', ')})`
   const target = processes.find((p) => p === fields.target)
-  if (target === undefined)
-    return `unknown process ${JSON.stringify(fields.target) ?? 'undefined'} (${processes.join(', ')})`
+  if (target === undefined) return `unknown process ${got(fields.target)} (${processes.join(', ')})`
   switch (kind as (typeof targetedKinds)[number]) {
     case 'slow': {
       const latencyMs = fields.latencyMs
@@ -154,7 +177,7 @@ export function chaosActionOf(
         latencyMs < 0 ||
         latencyMs > maxChaosLatencyMs
       )
-        return `slow needs "latencyMs", a whole number from 0 to ${maxChaosLatencyMs}`
+        return `slow needs "latencyMs", a whole number from 0 to ${maxChaosLatencyMs}, got ${got(latencyMs)}`
       return { kind: 'slow', target, latencyMs }
     }
     case 'fail': {
@@ -163,7 +186,7 @@ export function chaosActionOf(
         const rate = fields[field]
         if (rate === undefined) continue
         if (typeof rate !== 'number' || !(rate >= 0 && rate <= 1))
-          return `fail: "${field}" is a share from 0 to 1`
+          return `fail: "${field}" is a share from 0 to 1, got ${got(rate)}`
         rates[field] = rate
       }
       return { kind: 'fail', target, ...rates }

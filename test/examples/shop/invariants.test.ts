@@ -3,7 +3,7 @@
 // demo writes (checked by the proxy's own schema, so a schema change shows here first).
 import { parseProxyConfig } from 'breakwater/proxy'
 import { describe, expect, it } from 'vitest'
-import { parseChaosCommand } from '../../../examples/shop/chaos.js'
+import { chaosActionOf, parseChaosCommand } from '../../../examples/shop/chaos.js'
 import { judge, quiescent, type ShopFigures } from '../../../examples/shop/invariants.js'
 import { proxyConfigYaml } from '../../../examples/shop/proxy.js'
 
@@ -81,11 +81,37 @@ describe('parseChaosCommand', () => {
 
   it.each([
     ['down billing', 'unknown process "billing"'],
-    ['weight 120', 'weight needs a percent from 0 to 100'],
-    ['fail payments 2', 'the rate is a share from 0 to 1'],
+    ['weight 120', 'weight needs "percent", a whole number from 0 to 100, got 120'],
+    ['weight', 'weight needs "percent", a whole number from 0 to 100, got nothing'],
+    ['fail payments 2', '"errorRate" is a share from 0 to 1, got 2'],
+    ['lose payments half', '"lostReplyRate" is a share from 0 to 1, got "half"'],
     ['explode payments', 'chaos commands:'],
+    // A latency that is not one is refused, naming it, by the rule the dashboard's API uses:
+    // never read as the default 800 ms, never a negative delay.
+    ['slow payments abc', 'slow needs "latencyMs", a whole number from 0 to 60000, got "abc"'],
+    ['slow payments -5', 'slow needs "latencyMs", a whole number from 0 to 60000, got -5'],
+    ['slow payments 1e3', 'got "1e3"'],
+    ['slow payments 2.5', 'got 2.5'],
+    ['slow payments 60001', 'got 60001'],
+    ['slow payments 300 400', 'unexpected "400"'],
+    ['down payments now', 'unexpected "now"'],
   ])('answers %j with a message', (line, message) => {
-    expect(parseChaosCommand(line, processes)).toContain(message)
+    const answer = parseChaosCommand(line, processes)
+    expect(typeof answer).toBe('string')
+    expect(answer).toContain(message)
+  })
+
+  it('refuses what the dashboard API refuses, with the same words', () => {
+    for (const [line, action] of [
+      ['slow payments abc', { kind: 'slow', target: 'payments', latencyMs: 'abc' }],
+      ['slow payments -1', { kind: 'slow', target: 'payments', latencyMs: -1 }],
+      ['resets relay 7', { kind: 'fail', target: 'relay', resetRate: 7 }],
+      ['weight 101', { kind: 'weight', percent: 101 }],
+    ] as const) {
+      const problem = chaosActionOf(action, processes)
+      expect(typeof problem).toBe('string')
+      expect(parseChaosCommand(line, processes)).toContain(problem)
+    }
   })
 })
 
