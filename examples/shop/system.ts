@@ -104,9 +104,48 @@ async function freePort(taken: ReadonlySet<number>): Promise<number> {
 
 const servicesDir = fileURLToPath(new URL('./services/', import.meta.url))
 
-/** Starts the shop: databases, proxy, services; resolves when every process is ready. */
+/**
+ * Starts the shop: databases, proxy, services; resolves when every process is ready. If it
+ * fails, whatever it had started (databases, proxy, processes) is stopped and its temporary
+ * folder removed before it rejects, with an error that names the step that failed
+ * (`migrating the payments store failed: ...`) and has the original error as its cause.
+ */
 export async function startShop(options: ShopOptions): Promise<Shop> {
   const dir = mkdtempSync(join(tmpdir(), 'breakwater-shop-'))
+  // What the preparation opened, closed in reverse if a later step fails.
+  const opened: { close(): Promise<void> }[] = []
+  let step = 'preparing the stores'
+  try {
+    return await startPrepared(options, dir, opened, (what) => {
+      step = what
+    })
+  } catch (error) {
+    for (const resource of opened.reverse()) await resource.close().catch(() => {})
+    rmSync(dir, { recursive: true, force: true })
+    throw new Error(`${step} failed: ${messageOf(error)}`, { cause: error })
+  }
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message || error.name : String(error)
+}
+
+async function startPrepared(
+  options: ShopOptions,
+  dir: string,
+  opened: { close(): Promise<void> }[],
+  at: (step: string) => void,
+): Promise<Shop> {
+  // Opens a database that is closed again if the start fails before the shop is up.
+  const open = async (url: string, settings?: Parameters<typeof openDatabase>[1]) => {
+    const db = await openDatabase(url, settings)
+    opened.push(db)
+    return db
+  }
+  const closeNow = async (db: SqlDriver): Promise<void> => {
+    opened.splice(opened.indexOf(db), 1)
+    await db.close()
+  }
   // Every service its own store: a SQLite file each, or on PostgreSQL a schema each in the
   // given database (the connection's search_path selects it, so the code is the same).
   const dbUrl = (owner: StoreOwner | 'queue'): string => {
@@ -115,25 +154,30 @@ export async function startShop(options: ShopOptions): Promise<Shop> {
     return `${options.db}${separator}options=${encodeURIComponent(`-c search_path=shop_${owner}`)}`
   }
   if (options.db !== undefined) {
-    const admin = await openDatabase(options.db, { postgres: { maxConnections: 1 } })
+    at("creating the stores' schemas")
+    const admin = await open(options.db, { postgres: { maxConnections: 1 } })
     for (const owner of [...storeOwners, 'queue'])
       await admin.execute(`CREATE SCHEMA IF NOT EXISTS shop_${owner}`)
-    await admin.close()
+    await closeNow(admin)
   }
 
   // Migrations first, from this process, before any service runs (the orders service, its
   // relay and its saga workers share a store, and must not race to create the same tables).
   const dbs = {} as Record<StoreOwner, SqlDriver>
   for (const owner of storeOwners) {
-    const db = await openDatabase(dbUrl(owner), { postgres: { maxConnections: 2 } })
+    at(`migrating the ${owner} store`)
+    const db = await open(dbUrl(owner), { postgres: { maxConnections: 2 } })
     await migrateService(owner, db)
     dbs[owner] = db
   }
   if (options.broker === undefined) {
-    const queueDb = await openDatabase(dbUrl('queue'))
+    at('migrating the SQL queue')
+    const queueDb = await open(dbUrl('queue'))
     await migrateQueue(queueDb)
-    await queueDb.close()
+    await closeNow(queueDb)
   }
+
+  at("choosing the services' ports")
 
   const ports = new Map<ProcessName, number>()
   for (const spec of processSpecs) ports.set(spec.name, await freePort(new Set(ports.values())))
@@ -141,6 +185,7 @@ export async function startShop(options: ShopOptions): Promise<Shop> {
   for (const spec of processSpecs)
     if (spec.kind === 'service') peers[spec.name] = `http://127.0.0.1:${ports.get(spec.name)}`
 
+  at('starting the proxy')
   const proxy = options.noProxy
     ? undefined
     : await startShopProxy(
@@ -148,6 +193,7 @@ export async function startShop(options: ShopOptions): Promise<Shop> {
         options.newOrdersShare,
         options.log,
       )
+  if (proxy !== undefined) opened.push(proxy)
   // A fresh topic per run: a shared broker server (tests) never mixes two runs' events.
   const topic = `shop_${Date.now().toString(36)}${randomBytes(3).toString('hex')}_orders`
 
@@ -262,10 +308,13 @@ export async function startShop(options: ShopOptions): Promise<Shop> {
       rmSync(dir, { recursive: true, force: true })
     },
   }
+  at('starting the processes')
   try {
     await Promise.all(processSpecs.map(launch))
   } catch (error) {
-    // One process failed to start: stop the others, and the proxy, before reporting it.
+    // One process failed to start: stop the others, and the proxy, before reporting it
+    // (shop.close() also closes the databases and removes the folder).
+    opened.length = 0
     await shop.close()
     throw error
   }
