@@ -1,9 +1,9 @@
 import type { IncomingMessage } from '../brokers/types.js'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { checkStoredName } from '../core/text.js'
 import { checkClock, checkFunction, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
-import { checkText } from './outbox.js'
 import { inboxStatements } from './sql.js'
 
 /** Options of {@link createInbox}. */
@@ -51,10 +51,9 @@ class SqlInbox implements Inbox {
 
   constructor(options: InboxOptions) {
     checkObject('inbox', options)
-    // Stored as text, as message ids are: see checkText (a lone surrogate would make two ids
-    // one record, and the second message's effect would be skipped as a duplicate).
-    checkText('inbox.consumer', options.consumer)
-    this.consumer = options.consumer
+    // Stored as text, as message ids are (a lone surrogate would make two ids one record, and
+    // the second message's effect would be skipped as a duplicate).
+    this.consumer = checkStoredName('inbox.consumer', options.consumer)
     const clock = checkClock('inbox.clock', options.clock)
     this.#clock = clock
   }
@@ -64,7 +63,7 @@ class SqlInbox implements Inbox {
     message: M,
     fn: (tx: SqlExecutor, message: M) => Promise<T>,
   ): Promise<InboxResult<T>> {
-    checkText('message.id', message?.id)
+    checkStoredName('message.id', message?.id)
     // Before the record is written: a record without its effect would make the redelivery
     // of this message a duplicate that never runs.
     checkFunction('fn', fn)

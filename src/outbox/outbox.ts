@@ -359,12 +359,12 @@ class SqlOutbox implements Outbox {
 }
 
 /**
- * Checks text stored in an outbox or inbox column (event fields, consumer, message id), as
+ * Checks text stored in an outbox column (an event's fields), as
  * {@link checkStoredName} does: a NUL fails on PostgreSQL with a bare driver error that aborts
  * the caller's transaction, and a lone surrogate is stored as U+FFFD, so two different ids would
  * become one, and the id enqueue() returns would not be the one published.
  */
-export function checkText(option: string, value: unknown): asserts value is string {
+function checkText(option: string, value: unknown): asserts value is string {
   checkStoredName(option, value)
 }
 
