@@ -1,9 +1,8 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
-import { sha256Hex } from '../idempotency/fingerprint.js'
+import { canonicalJson, sha256Hex } from '../idempotency/fingerprint.js'
 import {
-  canonicalBodyBytes,
   createIdempotency,
   type Idempotency,
   IdempotencyMismatchError,
@@ -467,7 +466,8 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       }
     } else {
       try {
-        text = Buffer.from(canonicalBodyBytes({ command })).toString()
+        // An object always has JSON text: only a throw means there is none.
+        text = canonicalJson({ command })!
       } catch {
         // A bigint (TypeError) or a cycle (RangeError): no JSON, so no fingerprint.
         throw new InvalidOptionError(

@@ -40,7 +40,12 @@ export function canonicalBodyBytes(body: unknown): Uint8Array {
   return Buffer.from(canonicalJson(body) ?? '')
 }
 
-function canonicalJson(value: unknown): string | undefined {
+/**
+ * @internal JSON with object keys sorted (`toJSON` used; functions, symbols and `undefined`
+ * fields left out): the text {@link canonicalBodyBytes} encodes. Undefined when the value has
+ * no JSON text; throws as `JSON.stringify` does (a BigInt, a cycle).
+ */
+export function canonicalJson(value: unknown): string | undefined {
   if (value === null || typeof value !== 'object') return JSON.stringify(value)
   const withJson = value as { toJSON?: () => unknown }
   if (typeof withJson.toJSON === 'function') return canonicalJson(withJson.toJSON())
