@@ -56,7 +56,12 @@ export interface AdminBackend {
   switchRoute(route: string, targets: RouteTargetConfig[]): Promise<void>
   /** Puts a route back on its configured targets in every process. */
   resetRoute(route: string): Promise<void>
-  /** Reloads the config file in every process; resolves with the error when it was refused. */
+  /**
+   * Reloads the config file in every process; resolves with the error when it was refused
+   * (by the primary's validation, or by every worker). Rejects with PartiallyAppliedError when
+   * only some workers applied it: the new config is then in force, and the workers that did
+   * not apply it are being replaced (their replacements start from the file).
+   */
   reload(): Promise<ConfigInvalidError | undefined>
   /** Isolates a service's breaker in every process. */
   isolate(service: string): Promise<void>

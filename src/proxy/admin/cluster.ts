@@ -69,6 +69,9 @@ const ignoreSendFailure = (): void => {}
 // hold the channel up for other messages.
 const pinBatchSize = 1_000
 
+// How long past its drain time a worker being replaced has to exit before it is killed.
+const replaceGraceMs = 5_000
+
 function serialize(error: unknown): SerializedError {
   if (error instanceof ConfigInvalidError)
     return { code: error.code, message: error.message, problems: error.problems }
@@ -192,6 +195,12 @@ export interface ClusterBackendOptions {
   readonly clock?: Clock
 }
 
+/** A worker the primary talks to; `ready` once it reported so (false again while replaced). */
+interface WorkerEntry {
+  readonly worker: Worker
+  ready: boolean
+}
+
 /** The primary's admin backend plus worker bookkeeping. */
 export interface ClusterBackend extends AdminBackend {
   /** Starts talking to a (new or restarted) worker; replays switches and isolations. */
@@ -219,7 +228,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   const clock = checkClock('clock', options.clock)
   const timeoutMs = checkInteger('commandTimeoutMs', options.commandTimeoutMs ?? 10_000, 1, 600_000)
   const log = options.logger
-  const workers = new Map<number, { worker: Worker; ready: boolean }>()
+  const workers = new Map<number, WorkerEntry>()
   const pending = new Map<
     number,
     { resolve: (value: unknown) => void; reject: (error: Error) => void; timer: TimerHandle }
@@ -264,6 +273,29 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         failed(error as Error)
       }
     })
+  }
+
+  /**
+   * Stops a worker so that the CLI's restart (which follows every exit it did not ask for)
+   * replaces it: SIGTERM lets it drain its requests in flight; one that has not exited when
+   * its drain time is up (a hung event loop never sees the signal) is killed.
+   */
+  function replace(entry: WorkerEntry): void {
+    // Out of commands and readiness from now on: it is going away.
+    entry.ready = false
+    const { worker } = entry
+    const killer = clock.setTimeout(() => {
+      if (!worker.isDead()) worker.process.kill('SIGKILL')
+    }, config.drainTimeoutMs + replaceGraceMs)
+    worker.once('exit', () => clock.clearTimeout(killer))
+    try {
+      worker.process.kill('SIGTERM')
+    } catch (error) {
+      log.warn('could not signal a worker to replace it', {
+        workerPid: worker.process.pid,
+        error: (error as Error).message,
+      })
+    }
   }
 
   async function all(command: WorkerCommand): Promise<unknown[]> {
@@ -334,17 +366,26 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         })
         return invalid
       }
-      try {
-        await all({ op: 'reload' })
-      } catch (error) {
+      const live = [...workers.values()].filter((w) => w.ready && w.worker.isConnected())
+      const results = await Promise.allSettled(live.map((w) => ask(w.worker, { op: 'reload' })))
+      const applied: number[] = []
+      const failed: { entry: WorkerEntry; error: unknown }[] = []
+      results.forEach((result, i) => {
+        const entry = live[i] as WorkerEntry
+        if (result.status === 'fulfilled') applied.push(entry.worker.process.pid ?? 0)
+        else failed.push({ entry, error: result.reason })
+      })
+      if (applied.length === 0 && failed.length > 0) {
+        // Nobody runs the new file: the old config stays in force everywhere.
+        const error = failed[0]?.error as Error
         reloadFailures.inc()
-        log.error('a worker refused the reload', { error: (error as Error).message })
+        log.error('a worker refused the reload', { error: error.message })
         return error instanceof ConfigInvalidError
           ? error
           : new ConfigInvalidError('reload', [
               {
                 path: '(apply)',
-                message: `expected a config every worker can apply, got ${(error as Error).message}`,
+                message: `expected a config every worker can apply, got ${error.message}`,
                 line: undefined,
                 column: undefined,
               },
@@ -358,8 +399,24 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       pins.configure(next)
       overrides.clear()
       reloads.inc()
-      log.info('config reloaded in every worker', { workers: workers.size })
-      return undefined
+      if (failed.length === 0) {
+        log.info('config reloaded in every worker', { workers: workers.size })
+        return undefined
+      }
+      // Some workers run the new file and the others the old one. The new one is adopted (it
+      // is valid, at least one worker applied it, and a restarted worker reads it), and the
+      // workers that did not apply it are replaced: their replacements start from the file,
+      // so every worker ends up on the same config without the operator having to notice.
+      for (const { entry } of failed) replace(entry)
+      const notApplied = failed.map(({ entry, error }) => ({
+        pid: entry.worker.process.pid ?? 0,
+        error: error instanceof Error ? error.message : String(error),
+      }))
+      log.error('a reload was applied by only some workers; replacing the others', {
+        applied,
+        failed: notApplied.map((f) => f.pid),
+      })
+      throw new PartiallyAppliedError('reload', applied, notApplied)
     },
     async metricsText() {
       const texts = await Promise.all(

@@ -231,7 +231,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     }
     if (parts.length === 1 && parts[0] === 'reload') {
       return only(method, ['POST'], async () => {
-        const error = await backend.reload()
+        const error = await backend.reload().catch(toProblem)
         if (error === undefined) {
           log.info('config reloaded through the admin API')
           sendJson(res, 200, { reloaded: true })

@@ -28,13 +28,33 @@ workers: 2
   'partial',
 )
 
-function newBackend(): ReturnType<typeof createClusterBackend> {
+// The file after an edit: the main route goes to orders.
+const edited = parseProxyConfig(
+  `services:
+  orders: { endpoints: ['http://127.0.0.1:1'] }
+  legacy: { endpoints: ['http://127.0.0.1:2'] }
+listeners:
+  - name: in
+    role: gateway
+    port: 0
+    routes:
+      - { name: main, match: { prefix: / }, targets: [{ service: orders }] }
+drainTimeoutMs: 2000
+workers: 2
+`,
+  'partial',
+)
+
+function newBackend(
+  clock = new ManualClock(0),
+  loadConfig: () => Promise<typeof config> = async () => config,
+): ReturnType<typeof createClusterBackend> {
   return createClusterBackend({
     config,
-    loadConfig: async () => config,
+    loadConfig,
     logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
     metrics: createMetricsRegistry(),
-    clock: new ManualClock(0),
+    clock,
     commandTimeoutMs: 60_000,
   })
 }
@@ -85,5 +105,86 @@ describe('cluster backend: a change only some workers apply', () => {
     backend.attach(next as unknown as Worker)
     next.emit('message', { bw: 'ready' })
     expect(next.commands()).toEqual([])
+  })
+
+  it('adopts a reload some workers applied and replaces the workers that did not', async () => {
+    const clock = new ManualClock(0)
+    const backend = newBackend(clock, async () => edited)
+    const up = (worker: FakeWorker): FakeWorker => {
+      backend.attach(worker as unknown as Worker)
+      worker.emit('message', { bw: 'ready' })
+      return worker
+    }
+    const applying = up(new FakeWorker(1, { answering: true }))
+    const failing = up(
+      new FakeWorker(2, {
+        answering: true,
+        refusing: (command) => (command.op === 'reload' ? 'cannot read tls file' : undefined),
+      }),
+    )
+    // A switch made before the reload: the reload ends it, in the primary too.
+    await backend.switchRoute('main', [{ service: 'legacy', weight: 1 }])
+
+    const error = await backend.reload().then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(error).toBeInstanceOf(PartiallyAppliedError)
+    expect((error as PartiallyAppliedError).applied).toEqual([1001])
+    expect((error as PartiallyAppliedError).failed).toEqual([
+      { pid: 1002, error: 'cannot read tls file' },
+    ])
+    // The new file is in force in the primary: the workers that run it and a replacement
+    // (which reads the file) agree with what GET /admin/config shows.
+    expect(await backend.config()).toBe(edited)
+    // The worker still on the old file is asked to drain and exit, and is out of commands.
+    expect(failing.signals).toEqual(['SIGTERM'])
+    expect(applying.signals).toEqual([])
+    expect(backend.readyWorkers()).toBe(1)
+    await backend.isolate('orders')
+    expect(failing.commands().filter((c) => (c as { op: string }).op === 'isolate')).toEqual([])
+
+    // Its replacement is given no route switch (the reload ended it), only the isolation.
+    failing.exit(0, null)
+    backend.detach(failing as unknown as Worker)
+    const next = up(new FakeWorker(3, { answering: true }))
+    expect(next.commands()).toEqual([{ op: 'isolate', service: 'orders' }])
+    // Exited in time: no SIGKILL follows.
+    await clock.advance(60_000)
+    expect(failing.signals).toEqual(['SIGTERM'])
+  })
+
+  it('kills a worker being replaced that has not exited when its drain time is up', async () => {
+    const clock = new ManualClock(0)
+    const backend = newBackend(clock, async () => edited)
+    for (const worker of [
+      new FakeWorker(1, { answering: true }),
+      new FakeWorker(2, { answering: true, refusing: () => 'stuck' }),
+    ]) {
+      backend.attach(worker as unknown as Worker)
+      worker.emit('message', { bw: 'ready' })
+    }
+    const hung = new FakeWorker(3, { answering: true, refusing: () => 'stuck' })
+    backend.attach(hung as unknown as Worker)
+    hung.emit('message', { bw: 'ready' })
+    await expect(backend.reload()).rejects.toBeInstanceOf(PartiallyAppliedError)
+    expect(hung.signals).toEqual(['SIGTERM'])
+    // The new config's drain time (2 s) plus 5 s of grace.
+    await clock.advance(6_999)
+    expect(hung.signals).toEqual(['SIGTERM'])
+    await clock.advance(1)
+    expect(hung.signals).toEqual(['SIGTERM', 'SIGKILL'])
+  })
+
+  it('keeps the old config everywhere when no worker applied the reload', async () => {
+    const backend = newBackend(new ManualClock(0), async () => edited)
+    const refusing = new FakeWorker(1, { answering: true, refusing: () => 'cannot bind' })
+    backend.attach(refusing as unknown as Worker)
+    refusing.emit('message', { bw: 'ready' })
+    const refused = await backend.reload()
+    expect(refused?.code).toBe('CONFIG_INVALID')
+    expect(refused?.message).toContain('cannot bind')
+    expect(await backend.config()).toBe(config)
+    expect(refusing.signals).toEqual([])
   })
 })

@@ -8,7 +8,10 @@ import { EventEmitter } from 'node:events'
  */
 export class FakeWorker extends EventEmitter {
   readonly id: number
-  readonly process: { readonly pid: number }
+  readonly process: { readonly pid: number; kill(signal: string): boolean }
+  /** The signals sent to the worker's process, in order. */
+  readonly signals: string[] = []
+  #dead = false
   readonly sent: unknown[] = []
   readonly #closing: boolean
   readonly #answering: boolean
@@ -26,7 +29,13 @@ export class FakeWorker extends EventEmitter {
   ) {
     super()
     this.id = id
-    this.process = { pid: 1000 + id }
+    this.process = {
+      pid: 1000 + id,
+      kill: (signal) => {
+        this.signals.push(signal)
+        return true
+      },
+    }
     this.#closing = options.closing ?? false
     this.#answering = options.answering ?? false
     this.#refusing = options.refusing
@@ -39,6 +48,17 @@ export class FakeWorker extends EventEmitter {
         (m): m is { bw: 'request'; command: unknown } => (m as { bw?: string }).bw === 'request',
       )
       .map((m) => m.command)
+  }
+
+  /** Whether the process exited (see exit). */
+  isDead(): boolean {
+    return this.#dead
+  }
+
+  /** Plays the process exiting, as cluster reports it. */
+  exit(code: number | null, signal: string | null): void {
+    this.#dead = true
+    this.emit('exit', code, signal)
   }
 
   /** Connected as far as it knows (a closing channel says so too). */
