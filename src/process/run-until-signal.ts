@@ -91,6 +91,9 @@ const defaultSignals: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT']
  * rather than wait for `start` to settle, since the user asked twice; the service that `start`
  * still brings up is then stopped in the background, and a failure of that start or stop is
  * ignored (nobody is left to tell, as with a `stop()` still running after a forced drain).
+ * A service whose `done` settles is stopped too; a signal during that `stop()` bounds it the
+ * same way (`drainTimeoutMs`, then a second signal), and the run then resolves with the signal's
+ * outcome unless `done` rejected, whose error it still rejects with.
  * Signal listeners are installed before `start` runs (so a signal never kills the process with
  * its default action mid-start) and removed before the promise settles.
  *
@@ -148,6 +151,11 @@ export async function runUntilSignal(
   let received: NodeJS.Signals | undefined
   let wakeRun: () => void = () => {}
   let forceDrain: () => void = () => {}
+  let signalled: () => void = () => {}
+  // Settles at the first signal: from then on, stop() gets drainTimeoutMs.
+  const firstSignal = new Promise<void>((resolve) => {
+    signalled = resolve
+  })
   // Settles at the second signal, whether start is still running or the drain has begun.
   const forced = new Promise<'forced'>((resolve) => {
     forceDrain = () => resolve('forced')
@@ -157,6 +165,7 @@ export async function runUntilSignal(
       received = signal
       onSignal(signal, 'drain')
       aborter.abort(signal)
+      signalled()
       wakeRun()
     } else {
       onSignal(signal, 'force')
@@ -209,29 +218,42 @@ export async function runUntilSignal(
         },
       )
     })
-    if (received === undefined) {
-      // Ended by itself: release what it holds, then report.
-      await service.stop()
-      if (ended?.ok === false) throw ended.error
-      return { reason: 'ended' }
-    }
-    const signal = received
-    let timer: TimerHandle | undefined
-    try {
+    // stop() gets drainTimeoutMs from the first signal, and a second signal ends the wait, also
+    // for a service that ended by itself: a SIGTERM there must not be swallowed while a hung
+    // stop() (and keepAlive) hold the process open.
+    const stopWithin = async (): Promise<'complete' | 'timeout' | 'forced'> => {
+      let timer: TimerHandle | undefined
+      let over = false
       const stopping = service.stop()
       // Once the wait is over (timeout, forced), a late failure of stop() has nobody to tell.
       stopping.catch(() => {})
-      const drain = await Promise.race([
-        stopping.then(() => 'complete' as const),
-        new Promise<'timeout'>((resolve) => {
-          timer = clock.setTimeout(() => resolve('timeout'), drainTimeoutMs)
-        }),
-        forced,
-      ])
-      return { reason: 'signal', signal, drain }
-    } finally {
-      clock.clearTimeout(timer)
+      try {
+        return await Promise.race([
+          stopping.then(() => 'complete' as const),
+          firstSignal.then(() =>
+            over
+              ? ('complete' as const)
+              : new Promise<'timeout'>((resolve) => {
+                  timer = clock.setTimeout(() => resolve('timeout'), drainTimeoutMs)
+                }),
+          ),
+          forced,
+        ])
+      } finally {
+        over = true
+        clock.clearTimeout(timer)
+      }
     }
+    if (received === undefined) {
+      // Ended by itself: release what it holds, then report.
+      const drain = await stopWithin()
+      if (ended?.ok === false) throw ended.error
+      if (drain === 'complete') return { reason: 'ended' }
+      // Not 'complete': a signal came during stop() (TS still narrows `received` to undefined).
+      return { reason: 'signal', signal: received as unknown as NodeJS.Signals, drain }
+    }
+    const signal = received
+    return { reason: 'signal', signal, drain: await stopWithin() }
   } finally {
     keepAlive()
     for (const signal of signals) target.off(signal, listener)

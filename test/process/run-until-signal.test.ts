@@ -264,6 +264,50 @@ describe('runUntilSignal', () => {
     expect(target.listenerCount('SIGTERM')).toBe(0)
   })
 
+  it('a signal bounds the stop of a service that ended by itself: drain timeout, then a second signal', async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const hung = service()
+    const run = track(runUntilSignal(() => hung.handle, { target, clock, drainTimeoutMs: 1_000 }))
+    await flushJobs()
+    hung.endItself()
+    await flushJobs()
+    expect(hung.calls).toEqual(['stop'])
+    // stop() hangs. Without a signal the run waits for it (the service is shutting itself down).
+    await clock.advance(5_000)
+    expect(run.outcome).toBeUndefined()
+    target.emit('SIGTERM', 'SIGTERM')
+    await clock.advance(999)
+    expect(run.outcome).toBeUndefined()
+    await clock.advance(1)
+    expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'timeout' })
+    expect(clock.pendingTimers).toBe(0)
+    expect(target.listenerCount('SIGTERM')).toBe(0)
+
+    const forced = service()
+    const second = track(runUntilSignal(() => forced.handle, { target, clock }))
+    await flushJobs()
+    forced.endItself()
+    await flushJobs()
+    target.emit('SIGINT', 'SIGINT')
+    target.emit('SIGINT', 'SIGINT')
+    await flushJobs()
+    expect(second.outcome).toEqual({ reason: 'signal', signal: 'SIGINT', drain: 'forced' })
+    expect(clock.pendingTimers).toBe(0)
+
+    // A service that failed still rejects with its failure, even when its stop was cut short.
+    const crashed = service()
+    const third = track(runUntilSignal(() => crashed.handle, { target, clock }))
+    await flushJobs()
+    crashed.endItself(new Error('relay crashed'))
+    await flushJobs()
+    target.emit('SIGTERM', 'SIGTERM')
+    target.emit('SIGTERM', 'SIGTERM')
+    await flushJobs()
+    expect((third.error as Error).message).toBe('relay crashed')
+    expect(target.listenerCount('SIGTERM')).toBe(0)
+  })
+
   it('refuses bad options, naming them', async () => {
     await expect(runUntilSignal(() => service().handle, { drainTimeoutMs: -1 })).rejects.toThrow(
       /drainTimeoutMs/,
