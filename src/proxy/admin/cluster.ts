@@ -46,6 +46,9 @@ type Message =
       readonly error?: SerializedError
     }
   | { readonly bw: 'ready' }
+  // The worker's configured listeners that are not listening: sent when it comes up and after
+  // each reload (the only times that changes), so the primary's /readyz can see them.
+  | { readonly bw: 'listeners'; readonly down: readonly string[] }
   // A retry affinity pin: worker -> primary, then primary -> every other worker.
   | ({ readonly bw: 'pin' } & SharedRetryPin)
   // The live pins, primary -> a worker that just came up (in batches).
@@ -136,7 +139,12 @@ export function serveWorkerCommands(
       case 'metrics':
         return runtime.metricsText()
       case 'reload':
-        await runtime.reload()
+        try {
+          await runtime.reload()
+        } finally {
+          // A failed reload can leave a listener unbound as much as a successful one.
+          reportListeners()
+        }
         return null
       case 'switchRoute':
         runtime.switchRoute(command.route, command.targets)
@@ -162,7 +170,12 @@ export function serveWorkerCommands(
     if (channel.connected === true)
       channel.send?.({ bw: 'pin', ...pin } satisfies Message, ignoreSendFailure)
   })
+  function reportListeners(): void {
+    const down = runtime.listenersDown()
+    channel.send?.({ bw: 'listeners', down } satisfies Message, ignoreSendFailure)
+  }
   channel.send?.({ bw: 'ready' } satisfies Message, ignoreSendFailure)
+  reportListeners()
   return () => {
     runtime.onRetryPinReached(undefined)
     channel.off('message', listener)
@@ -199,6 +212,8 @@ export interface ClusterBackendOptions {
 interface WorkerEntry {
   readonly worker: Worker
   ready: boolean
+  /** The listeners it last reported not listening. */
+  listenersDown: readonly string[]
 }
 
 /** The primary's admin backend plus worker bookkeeping. */
@@ -431,11 +446,24 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     },
     // Ready once every worker came up; afterwards one ready worker is enough, so a worker
     // being replaced does not take the whole node out of its load balancer.
-    ready: () => !draining && startedAll && [...workers.values()].some((w) => w.ready),
-    // Workers do not report their listeners: a worker's dropped listener is not seen here.
-    listenersDown: () => [],
+    ready: () =>
+      !draining &&
+      startedAll &&
+      [...workers.values()].some((w) => w.ready) &&
+      backend.listenersDown().length === 0,
+    // A listener is down when no ready worker listens on it: node:cluster hands a port's
+    // connections only to the workers listening on it, so one worker's dropped listener
+    // costs capacity, not availability (its siblings still answer on that port).
+    listenersDown() {
+      const ready = [...workers.values()].filter((w) => w.ready)
+      const [first, ...others] = ready
+      if (first === undefined) return []
+      return first.listenersDown.filter((name) =>
+        others.every((w) => w.listenersDown.includes(name)),
+      )
+    },
     attach(worker) {
-      workers.set(worker.id, { worker, ready: false })
+      workers.set(worker.id, { worker, ready: false, listenersDown: [] })
       // Sends pass callbacks (see ignoreSendFailure); this catches anything else the channel
       // reports, which would otherwise end the primary.
       worker.on('error', (error: Error) =>
@@ -461,6 +489,10 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
               // Gone again: its replacement gets them.
             }
           }
+        } else if (m.bw === 'listeners') {
+          const entry = workers.get(worker.id)
+          if (entry !== undefined && Array.isArray(m.down))
+            entry.listenersDown = m.down.filter((name) => typeof name === 'string')
         } else if (m.bw === 'pin') {
           pins.add(pinOf(m), clock.now())
           const pin = { bw: 'pin', ...pinOf(m) } satisfies Message

@@ -116,6 +116,7 @@ describe('cluster backend: retry pins for a worker that comes up later', () => {
     const runtime = {
       adoptRetryPin: (p: SharedRetryPin) => adopted.push(p),
       onRetryPinReached: () => {},
+      listenersDown: () => [],
     } as unknown as ProxyInternals
     const events = new EventEmitter()
     const channel = Object.assign(events, {
