@@ -449,8 +449,17 @@ class BackoffSleep implements AbortListener {
     }, delayMs)
     // The caller awaits this backoff: it must not end the process (see keepProcessAlive).
     keepProcessAlive(this.#handle)
-    listen(this.#parent, this)
-    listen(this.#deadline, this)
+    // A real AbortSignal that is already aborted never calls a listener added now, and user
+    // code (shouldRetry, a retry listener, a budget) ran since the last check and may have
+    // aborted it: without this the sleep would run its full length and fn would run again.
+    const parent = this.#parent
+    if (parent?.aborted) {
+      this.parentAborted(parent.reason)
+      return
+    }
+    listen(parent, this)
+    // A scope parent that has aborted answers at once (and the sleep is over by now).
+    if (!this.#done) listen(this.#deadline, this)
   }
 
   parentAborted(reason: unknown): void {

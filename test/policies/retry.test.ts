@@ -240,6 +240,44 @@ describe('retry', () => {
     expect(calls).toBe(1)
   })
 
+  it('an abort from shouldRetry or a retry listener (before the sleep starts) ends the call at once, fn not called again', async () => {
+    for (const where of ['shouldRetry', 'listener'] as const) {
+      const clock = new ManualClock()
+      const controller = new AbortController()
+      const policy = retry({
+        clock,
+        baseDelayMs: 10_000,
+        jitter: 'none',
+        shouldRetry: () => {
+          if (where === 'shouldRetry') controller.abort('changed my mind')
+          return true
+        },
+      })
+      const events: RetryEvent[] = []
+      policy.events.on((event) => {
+        events.push(event)
+        if (where === 'listener' && event.type === 'retry') controller.abort('changed my mind')
+      })
+      let calls = 0
+      const run = track(
+        clock,
+        policy.execute(() => {
+          calls++
+          throw httpError(503)
+        }, controller.signal),
+      )
+      await clock.advance(0)
+      // The abort arrived before the sleep subscribed to the signal: the sleep must still see it.
+      expect(run.settled).toBe(true)
+      expect(run.at).toBe(0)
+      expect(run.error).toBeInstanceOf(AbortedError)
+      expect((run.error as AbortedError).cause).toBe('changed my mind')
+      expect(events.at(-1)).toMatchObject({ type: 'giveUp', reason: 'aborted' })
+      expect(clock.pendingTimers).toBe(0)
+      expect(calls).toBe(1)
+    }
+  })
+
   it('rejects at once with AbortedError when the signal is already aborted, without calling fn', async () => {
     let calls = 0
     await expect(retry().execute(() => calls++, AbortSignal.abort('gone'))).rejects.toBeInstanceOf(
