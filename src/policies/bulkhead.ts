@@ -260,7 +260,6 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
       else this.#tail.next = waiter
       this.#tail = waiter
       this.#queued++
-      if (this.events.hasListeners) this.events.emit({ type: 'queued', queued: this.#queued })
       if (this.#queueTimeoutMs !== undefined) {
         waiter.timer = this.#clock.setTimeout(() => {
           waiter.timer = undefined
@@ -279,6 +278,9 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
         waiter.onAbort = onAbort
         signal.addEventListener('abort', onAbort, { once: true })
       }
+      // Emitted once the waiter listens to its signal: a listener that aborts the call (user
+      // code) must take it out of the queue, not leave it waiting for a slot it no longer wants.
+      if (this.events.hasListeners) this.events.emit({ type: 'queued', queued: this.#queued })
     })
   }
 

@@ -141,6 +141,31 @@ describe('bulkhead', () => {
     expect(ran).toBe(false)
   })
 
+  it('takes a call aborted by a queued listener out of the queue at once', async () => {
+    const limiter = bulkhead({ maxConcurrent: 1, maxQueued: 5 })
+    const gate = deferred()
+    const first = limiter.execute(() => gate.promise)
+    const controller = new AbortController()
+    // The listener runs while the call is being queued, before it would otherwise have
+    // subscribed to its signal.
+    limiter.events.on((event) => {
+      if (event.type === 'queued') controller.abort('no longer needed')
+    })
+    let ran = false
+    const aborted = limiter.execute(() => {
+      ran = true
+      return 'x'
+    }, controller.signal)
+    expect(limiter.queued).toBe(0)
+    const error = await aborted.catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(AbortedError)
+    expect((error as AbortedError).cause).toBe('no longer needed')
+    gate.resolve('first')
+    await first
+    expect(ran).toBe(false)
+    expect(limiter.running).toBe(0)
+  })
+
   it('rejects a call whose signal is already aborted without taking a slot', async () => {
     const limiter = bulkhead({ maxConcurrent: 1 })
     await expect(limiter.execute(() => 'x', AbortSignal.abort())).rejects.toThrow(AbortedError)
