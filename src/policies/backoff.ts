@@ -54,7 +54,9 @@ export interface Backoff {
   /** The jitter kind in use. */
   readonly jitter: Jitter
   /**
-   * The delay before retry number `retry` (0 for the first retry), in milliseconds.
+   * The delay before retry number `retry` (0 for the first retry; a negative number counts as
+   * 0), in milliseconds. Throws `InvalidOptionError` for a `retry` or `previousDelayMs` that
+   * is not a number (NaN included).
    * @param previousDelayMs The delay this function returned for the previous retry; only
    *   `'decorrelated'` jitter reads it. Omit it for the first retry.
    */
@@ -79,21 +81,38 @@ class ExponentialBackoff implements Backoff {
   }
 
   ceilingMs(retry: number): number {
-    // factor^retry overflows to Infinity for large retry counts; min() then yields the cap.
-    return Math.min(this.#capMs, this.#baseMs * this.#factor ** Math.max(0, retry))
+    // A NaN here would become a NaN delay (a timer Node fires after 1 ms): a caller's bug.
+    if (typeof retry !== 'number' || Number.isNaN(retry))
+      throw new InvalidOptionError('backoff.delayMs(retry)', 'a retry number >= 0', retry)
+    // factor^retry overflows to Infinity for large retry counts; min() then yields the cap,
+    // except for a zero base, where 0 * Infinity would be NaN.
+    const baseMs = this.#baseMs
+    if (baseMs === 0) return 0
+    return Math.min(this.#capMs, baseMs * this.#factor ** Math.max(0, retry))
   }
 
   delayMs(retry: number, previousDelayMs?: number): number {
+    const ceilingMs = this.ceilingMs(retry)
     switch (this.jitter) {
       case 'none':
-        return this.ceilingMs(retry)
+        return ceilingMs
       case 'full':
-        return this.ceilingMs(retry) * this.#unit()
+        return ceilingMs * this.#unit()
       case 'equal': {
-        const half = this.ceilingMs(retry) / 2
+        const half = ceilingMs / 2
         return half + half * this.#unit()
       }
       case 'decorrelated': {
+        if (
+          previousDelayMs !== undefined &&
+          (typeof previousDelayMs !== 'number' || Number.isNaN(previousDelayMs))
+        ) {
+          throw new InvalidOptionError(
+            'backoff.delayMs(previousDelayMs)',
+            'a delay in milliseconds, or undefined',
+            previousDelayMs,
+          )
+        }
         const base = this.#baseMs
         const previous = Math.max(base, previousDelayMs ?? base)
         return Math.min(this.#capMs, base + (previous * 3 - base) * this.#unit())

@@ -15,6 +15,25 @@ describe('exponentialBackoff', () => {
     expect(backoff.delayMs(5_000)).toBe(30_000)
   })
 
+  it('a zero base stays 0 however many retries (0 * factor^n must not overflow to NaN)', () => {
+    for (const jitter of ['full', 'equal', 'none', 'decorrelated'] as const) {
+      const backoff = exponentialBackoff({ jitter, baseDelayMs: 0 })
+      for (const n of [0, 1, 1_023, 1_100, 5_000]) {
+        expect(backoff.ceilingMs(n)).toBe(0)
+        expect(backoff.delayMs(n)).toBe(0)
+      }
+    }
+  })
+
+  it('refuses a retry number or previous delay that is not a number', () => {
+    const backoff = exponentialBackoff({ jitter: 'decorrelated' })
+    for (const bad of [Number.NaN, '1', undefined]) {
+      expect(() => backoff.delayMs(bad as never)).toThrow(InvalidOptionError)
+      expect(() => backoff.ceilingMs(bad as never)).toThrow(InvalidOptionError)
+    }
+    expect(() => backoff.delayMs(1, Number.NaN)).toThrow(/backoff\.delayMs\(previousDelayMs\)/)
+  })
+
   it('honours baseDelayMs, factor and maxDelayMs', () => {
     const backoff = exponentialBackoff({
       jitter: 'none',
