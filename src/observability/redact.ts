@@ -60,12 +60,24 @@ const urlRuns = /\b[a-z][a-z0-9+.-]*:\/\/[^\s"'<>`]*/gi
 const secretPairs =
   /\b([\w.-]*?(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id))=("[^"]*"|'[^']*'|[^\s&#;,]*)/gi
 const authSchemes = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/g
+// After an Authorization header name, any scheme in any case (schemes are case-insensitive,
+// RFC 9110 §11.1: `authorization: bearer ...`, `Token ...`); elsewhere only `Bearer`/`Basic`,
+// since "basic" and "bearer" are also plain words.
+const authHeaders =
+  /\b((?:proxy-)?authorization["']?\s*[:=]\s*["']?)([A-Za-z][\w.+-]*)\s+[A-Za-z0-9._~+/=-]{4,}/gi
+// `"name": value` members of JSON held in a string (a request body or config quoted in an error
+// message): a string or number value of a secret-named member is masked, the name judged by
+// isSecretKey as a field name is.
+const jsonMembers = /"((?:[^"\\]|\\.){1,200})"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*)/g
+const mayHoldSecret = /bearer|basic|authorization|"\s*:/i
 
 /**
  * Masks secrets embedded in text: URL credentials (`postgres://app:secret@db` becomes
  * `postgres://app:***@db`; a user-only userinfo such as a NATS token becomes `***`),
  * `key=value` pairs whose key ends in a secret name (`password=`, `DB_PASSWORD=`, `token=`,
- * `x-api-key=`, as {@link isSecretKey} judges field names), and `Bearer`/`Basic` credentials.
+ * `x-api-key=`, as {@link isSecretKey} judges field names), the values of secret-named members
+ * of JSON text (`"password":"..."`), `Bearer`/`Basic` credentials, and the credentials after
+ * an `Authorization` header name whatever their scheme and case.
  *
  * @example
  * ```ts
@@ -74,10 +86,14 @@ const authSchemes = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/g
  * ```
  */
 export function redactSecrets(text: string): string {
-  if (!text.includes('@') && !text.includes('=') && !/bearer|basic/i.test(text)) return text
+  if (!text.includes('@') && !text.includes('=') && !mayHoldSecret.test(text)) return text
   return text
     .replace(urlRuns, maskUrlCredentials)
+    .replace(jsonMembers, (match, key: string, colon: string) =>
+      isSecretKey(key) ? `"${key}"${colon}"***"` : match,
+    )
     .replace(secretPairs, (_match, key: string) => `${key}=***`)
+    .replace(authHeaders, (_match, name: string, scheme: string) => `${name}${scheme} ***`)
     .replace(authSchemes, (_match, scheme: string) => `${scheme} ***`)
 }
 

@@ -231,6 +231,35 @@ describe('redaction helpers', () => {
       expect(redactSecrets(text)).toBe(text)
   })
 
+  it('masks the credentials after an Authorization header name, whatever their scheme and case', () => {
+    for (const [text, masked] of [
+      ['authorization: bearer abcdefghijklmnop', 'authorization: bearer ***'],
+      ['Authorization: BEARER abcdefghijklmnop', 'Authorization: BEARER ***'],
+      ['proxy-authorization: basic dXNlcjpwYXNzd29yZA==', 'proxy-authorization: basic ***'],
+      ['Authorization=Token t0ken-abc x', 'Authorization=Token *** x'],
+      ['Bearer abcdefghijklmnop', 'Bearer ***'],
+    ])
+      expect(redactSecrets(text!), text).toBe(masked)
+    // "basic" and "bearer" elsewhere are plain words.
+    const words = 'using basic authentication for the bearer instrument'
+    expect(redactSecrets(words)).toBe(words)
+  })
+
+  it('masks secret-named members of JSON held in a string, as field names are judged', () => {
+    expect(redactSecrets('rejected {"user":"ann","password":"hunter2"}')).toBe(
+      'rejected {"user":"ann","password":"***"}',
+    )
+    expect(redactSecrets('{"apiKey" : "k\\"3y", "pin": 1, "accessToken":12345}')).toBe(
+      '{"apiKey" : "***", "pin": 1, "accessToken":"***"}',
+    )
+    expect(redactSecrets('{"headers":{"Authorization":"Token abc"}}')).toBe(
+      '{"headers":{"Authorization":"***"}}',
+    )
+    // Names that only contain a secret word are left alone, as are non-secret members.
+    const plain = '{"max_tokens":5,"passwordPolicy":"strict","name":"x"}'
+    expect(redactSecrets(plain)).toBe(plain)
+  })
+
   it('masks URL passwords, including ones with an unencoded @', () => {
     expect(redactSecrets('redis://:p@ss@cache:6379/0')).toBe('redis://:***@cache:6379/0')
     expect(redactSecrets('two: nats://a:b@h1 and amqp://c:d@h2/')).toBe(
