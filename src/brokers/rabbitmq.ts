@@ -398,6 +398,14 @@ class RabbitSubscriber implements Subscriber {
       await dispatcher.close()
       throw error
     }
+    if (this.#closed) {
+      // close() ran while this subscription connected and could not see it: without this, it
+      // would keep consuming (and competing in its group) after its subscriber was closed.
+      abort.abort()
+      await dispatcher.close()
+      await inner.close()
+      throw closedError('rabbitmq', 'subscriber')
+    }
     const subscription: Subscription = {
       close: async () => {
         this.#subscriptions.delete(subscription)

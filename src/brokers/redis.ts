@@ -371,6 +371,13 @@ class RedisSubscriber implements Subscriber {
       await state.dispatcher.close()
       throw error
     }
+    if (this.#closed) {
+      // close() ran while this subscription connected and could not see it: without this, it
+      // would keep consuming (and competing in its group) after its subscriber was closed.
+      await state.dispatcher.close()
+      await inner.close()
+      throw closedError('redis', 'subscriber')
+    }
     const subscription: Subscription = {
       close: async () => {
         this.#subscriptions.delete(subscription)

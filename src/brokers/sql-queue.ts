@@ -717,6 +717,10 @@ class QueueSubscription implements Subscription {
   }
 }
 
+function closedQueueError(): InvalidOptionError {
+  return new InvalidOptionError('sqlQueue', 'an open queue', 'a closed queue')
+}
+
 class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
   readonly #db: SqlDriver
   readonly #sql: QueueStatements
@@ -793,14 +797,18 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
     group: string,
     handler: (message: IncomingMessage) => Promise<void>,
   ): Promise<Subscription> {
-    if (this.#closed) throw new InvalidOptionError('sqlQueue', 'an open queue', 'a closed queue')
+    if (this.#closed) throw closedQueueError()
     if (typeof topic !== 'string' || topic === '')
       throw new InvalidOptionError('topic', 'a non-empty string', topic)
     if (typeof group !== 'string' || group === '')
       throw new InvalidOptionError('group', 'a non-empty string', group)
     checkFunction('handler', handler)
     await this.#registerGroup(topic, group)
+    // close() may have run during either wait and could not see this subscription: starting
+    // it now would leave a loop polling (and a LISTEN connection open) after close().
+    if (this.#closed) throw closedQueueError()
     if (this.#options.listen) await this.#listen()
+    if (this.#closed) throw closedQueueError()
     const subscription = new QueueSubscription(
       this.#db,
       this.#options,

@@ -288,6 +288,26 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
     expect(() => createSqlQueue(t.db, { prefetch: 0 })).toThrow(InvalidOptionError)
   })
 
+  it('refuses a subscribe that close() overtook, leaving nothing polling behind', async () => {
+    const q = queue()
+    const leaked: IncomingMessage[] = []
+    // subscribe() is still registering its group when close() runs: close() must not miss it.
+    const subscribing = q.subscriber.subscribe('race', 'g', async (m) => {
+      leaked.push(m)
+    })
+    await q.close()
+    await expect(subscribing).rejects.toThrow(/closed/)
+    // A live member of the same group gets every message: nothing competes with it.
+    const live = queue()
+    const got: IncomingMessage[] = []
+    await live.subscriber.subscribe('race', 'g', async (m) => {
+      got.push(m)
+    })
+    await live.publisher.publish([message('race', 'a'), message('race', 'b'), message('race', 'c')])
+    await until(() => got.length === 3, 'the three messages')
+    expect(leaked).toEqual([])
+  })
+
   if (target.dialect === 'postgres') {
     // A second SQLite connection in the same process cannot take part here: better-sqlite3
     // blocks the thread while it waits for the other connection's write lock.
