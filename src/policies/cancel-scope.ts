@@ -79,6 +79,9 @@ export class CancelScope implements AbortListener {
   readonly #parent: CancelParent | undefined
   readonly #parent2: CancelParent | undefined
   #linked = false
+  // Set by link(): the owner must hear of an abort until it closes the scope, whoever else
+  // comes and goes as a listener.
+  #pinned = false
   #closed = false
 
   constructor(parent?: CancelParent, parent2?: CancelParent) {
@@ -147,7 +150,7 @@ export class CancelScope implements AbortListener {
     if (index < 0) return
     const last = listeners.pop()!
     if (index < listeners.length) listeners[index] = last
-    if (listeners.length === 0 && this.#controller === undefined) this.#unlink()
+    if (listeners.length === 0 && this.#controller === undefined && !this.#pinned) this.#unlink()
   }
 
   /** Aborts the scope, its signal (if created) and everything listening, once. */
@@ -201,8 +204,13 @@ export class CancelScope implements AbortListener {
   /** Subclass hook: nobody listens any more. */
   protected onUnlink(): void {}
 
-  /** Subscribes to the parents now, for owners that must hear of an abort at once. */
+  /**
+   * Subscribes to the parents now, for owners that must hear of an abort at once, and stays
+   * subscribed until {@link CancelScope.close}: a listener that leaves (a retry's backoff sleep
+   * inside) must not unlink a timeout that races its caller's signal.
+   */
   protected link(): void {
+    this.#pinned = true
     this.#link()
   }
 

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import {
+  AbortedError,
   BrokenCircuitError,
   bulkhead,
   circuitBreaker,
@@ -127,6 +128,34 @@ describe('pipeline', () => {
       seen = context
     })
     expect(seen?.signal).toBe(neverAbortedSignal)
+  })
+
+  it("still rejects at once on the caller's abort after an inner retry slept (outer timeout racing the signal)", async () => {
+    const clock = new ManualClock()
+    const policy = pipeline(
+      timeout(10_000, { clock }),
+      retry({ clock, baseDelayMs: 100, jitter: 'none' }),
+    )
+    const controller = new AbortController()
+    let calls = 0
+    let outcome: unknown = 'pending'
+    // fn ignores its signal, so only the timeout's race can answer the caller.
+    policy
+      .execute(() => {
+        calls++
+        if (calls === 1) throw Object.assign(new Error('unavailable'), { status: 503 })
+        return new Promise(() => {})
+      }, controller.signal)
+      .then(
+        (value) => (outcome = value),
+        (error: unknown) => (outcome = error),
+      )
+    await clock.advance(100)
+    expect(calls).toBe(2)
+    controller.abort('caller left')
+    await clock.advance(0)
+    expect(outcome).toBeInstanceOf(AbortedError)
+    expect((outcome as AbortedError).cause).toBe('caller left')
   })
 
   it('composes nested pipelines as if flattened', async () => {
