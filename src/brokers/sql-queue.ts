@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
+import { checkStoredName, isStorableText } from '../core/text.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
 import {
@@ -392,12 +393,17 @@ function checkMessages(messages: readonly OutgoingMessage[]): void {
   messages.forEach((m: OutgoingMessage, i) => {
     if (typeof m !== 'object' || m === null)
       throw new InvalidOptionError(`messages[${i}]`, 'a message', m)
-    if (typeof m.id !== 'string' || m.id === '')
-      throw new InvalidOptionError(`messages[${i}].id`, 'a non-empty string', m.id)
-    if (typeof m.topic !== 'string' || m.topic === '')
-      throw new InvalidOptionError(`messages[${i}].topic`, 'a non-empty string', m.topic)
-    if (typeof m.key !== 'string')
-      throw new InvalidOptionError(`messages[${i}].key`, 'a string', m.key)
+    // Stored as text: a NUL fails on PostgreSQL with a bare driver error, and a lone surrogate
+    // is stored as U+FFFD there, so two different ids would be one and the second dropped as a
+    // duplicate. Refused on both databases alike.
+    checkStoredName(`messages[${i}].id`, m.id)
+    checkStoredName(`messages[${i}].topic`, m.topic)
+    if (typeof m.key !== 'string' || !isStorableText(m.key))
+      throw new InvalidOptionError(
+        `messages[${i}].key`,
+        'a string without NUL characters or lone surrogates',
+        m.key,
+      )
     if (typeof m.payload !== 'string' && !(m.payload instanceof Uint8Array))
       throw new InvalidOptionError(`messages[${i}].payload`, 'a string or Uint8Array', m.payload)
   })
@@ -798,10 +804,8 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
     handler: (message: IncomingMessage) => Promise<void>,
   ): Promise<Subscription> {
     if (this.#closed) throw closedQueueError()
-    if (typeof topic !== 'string' || topic === '')
-      throw new InvalidOptionError('topic', 'a non-empty string', topic)
-    if (typeof group !== 'string' || group === '')
-      throw new InvalidOptionError('group', 'a non-empty string', group)
+    checkStoredName('topic', topic)
+    checkStoredName('group', group)
     checkFunction('handler', handler)
     await this.#registerGroup(topic, group)
     // close() may have run during either wait and could not see this subscription: starting

@@ -288,6 +288,30 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
     expect(() => createSqlQueue(t.db, { prefetch: 0 })).toThrow(InvalidOptionError)
   })
 
+  it('refuses ids, topics, keys and groups the database cannot store exactly (NUL, lone surrogates)', async () => {
+    const q = queue()
+    // PostgreSQL text cannot hold NUL (a bare driver error), and sends a lone surrogate as
+    // U+FFFD, so 'x\ud800' and 'x\ud801' would be stored as one id and the second dropped.
+    for (const bad of [
+      { ...message('nul', 'k'), id: 'a\u0000b' },
+      { ...message('sur', 'k'), id: 'x\ud800' },
+      { ...message('t\u0000', 'k') },
+      { ...message('t\udc00', 'k') },
+      { ...message('keys', 'k\u0000') },
+      { ...message('keys', 'k\ud800') },
+    ]) {
+      await expect(q.publisher.publish([bad]), JSON.stringify(bad)).rejects.toThrow(
+        InvalidOptionError,
+      )
+    }
+    await expect(q.subscriber.subscribe('t\u0000', 'g', async () => {})).rejects.toThrow(
+      InvalidOptionError,
+    )
+    await expect(q.subscriber.subscribe('t', 'g\ud800', async () => {})).rejects.toThrow(
+      InvalidOptionError,
+    )
+  })
+
   it('refuses a subscribe that close() overtook, leaving nothing polling behind', async () => {
     const q = queue()
     const leaked: IncomingMessage[] = []
