@@ -181,7 +181,8 @@ export interface HttpRequestOptions {
   readonly body?: string | Uint8Array
   /**
    * A value to send as JSON (sets `content-type: application/json` unless given). Not
-   * together with `body`.
+   * together with `body`. A value `JSON.stringify` cannot serialize (a function, a symbol, a
+   * BigInt, a cycle) is refused with `InvalidOptionError`.
    * @default undefined
    */
   readonly json?: unknown

@@ -364,7 +364,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     if (options.json !== undefined) {
       if (options.body !== undefined)
         throw new InvalidOptionError('request.body', 'undefined when json is given', options.body)
-      body = JSON.stringify(options.json)
+      body = jsonBody(options.json)
       if (headers['content-type'] === undefined) headers['content-type'] = 'application/json'
     } else if (options.body !== undefined) {
       if (typeof options.body !== 'string' && !(options.body instanceof Uint8Array))
@@ -558,6 +558,20 @@ function timeoutOption(
   const value = options[name] ?? fallback
   if (value === Number.POSITIVE_INFINITY) return value
   return checkNumber(`${prefix}.${name}`, value, 1, maxTimerDelayMs)
+}
+
+// JSON.stringify throws a bare TypeError (BigInt, a cycle) or returns undefined (a function, a
+// symbol): the first has no code, the second would send an empty body labelled JSON.
+function jsonBody(value: unknown): string {
+  let text: string | undefined
+  try {
+    text = JSON.stringify(value)
+  } catch {
+    text = undefined
+  }
+  if (typeof text !== 'string')
+    throw new InvalidOptionError('request.json', 'a value JSON.stringify can serialize', value)
+  return text
 }
 
 function booleanOption(

@@ -239,6 +239,12 @@ describe('options are checked at construction', () => {
   })
 })
 
+function circular(): Record<string, unknown> {
+  const value: Record<string, unknown> = {}
+  value.self = value
+  return value
+}
+
 describe('request options are checked before anything is sent', () => {
   const cases: ReadonlyArray<[string, Record<string, unknown>, string]> = [
     ['a bad method', { method: 'GE T', path: '/' }, 'request.method'],
@@ -260,6 +266,12 @@ describe('request options are checked before anything is sent', () => {
     ['a key with spaces', { path: '/', idempotencyKey: 'a b' }, 'request.idempotencyKey'],
     ['a query object value', { path: '/', query: { a: { b: 1 } } }, 'request.query.a'],
     ['retry: "yes"', { path: '/', retry: 'yes' }, 'request.retry'],
+    // JSON.stringify gives undefined for these: an empty body labelled JSON would be sent.
+    ['a function as json', { method: 'POST', path: '/', json: () => 1 }, 'request.json'],
+    ['a symbol as json', { method: 'POST', path: '/', json: Symbol('x') }, 'request.json'],
+    // JSON.stringify throws a bare TypeError for these.
+    ['a bigint in json', { method: 'POST', path: '/', json: { n: 1n } }, 'request.json'],
+    ['circular json', { method: 'POST', path: '/', json: circular() }, 'request.json'],
   ]
 
   it.each(cases)('%s', async (_name, options, option) => {
