@@ -430,10 +430,14 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
     this.#epoch++
     this.#clearTimer()
     if (to === 'open') {
-      this.#cooldownMs =
-        from === 'half-open'
-          ? Math.min(this.#cooldownMs * this.#cooldownMultiplier, this.#maxCooldownMs)
-          : this.#baseCooldownMs
+      // A zero cooldown stays 0: 0 * Infinity (an infinite multiplier) would be NaN, and a NaN
+      // end of cooldown refuses every call (retryAfterMs NaN) until a timer happens to fire.
+      if (from !== 'half-open') this.#cooldownMs = this.#baseCooldownMs
+      else if (this.#cooldownMs > 0)
+        this.#cooldownMs = Math.min(
+          this.#cooldownMs * this.#cooldownMultiplier,
+          this.#maxCooldownMs,
+        )
       this.#openUntilMs = this.#clock.now() + this.#cooldownMs
       const epoch = this.#epoch
       this.#timer = this.#clock.setTimeout(() => {

@@ -350,6 +350,32 @@ describe('circuitBreaker: half-open', () => {
     expect(error.retryAfterMs).toBe(10_000) // closing restored the base cooldown
   })
 
+  it('a zero cooldown stays 0 with an infinite cooldownMultiplier (0 * Infinity is not NaN)', async () => {
+    const clock = new ManualClock(1_000)
+    const breaker = circuitBreaker({
+      clock,
+      cooldownMs: 0,
+      cooldownMultiplier: Number.POSITIVE_INFINITY,
+      window: { kind: 'consecutive', failures: 1 },
+    })
+    const rejected: number[] = []
+    breaker.events.on((event) => {
+      if (event.type === 'rejected') rejected.push(event.retryAfterMs)
+    })
+    const gate = deferred()
+    await breaker.execute(boom).catch(() => {})
+    // Half-open on the next call (cooldown 0); the probe holds its slot while another is refused.
+    const probe = breaker.execute(() => gate.promise)
+    expect(breaker.state).toBe('half-open')
+    gate.reject(new Error('boom'))
+    await probe.catch(() => {})
+    expect(breaker.state).toBe('open')
+    // The grown cooldown is still 0: the next call is a probe again, not refused with NaN.
+    await expect(breaker.execute(ok)).resolves.toBe('ok')
+    expect(breaker.state).toBe('closed')
+    expect(rejected.every((ms) => Number.isFinite(ms))).toBe(true)
+  })
+
   it('a probe answered with a permanent error closes the circuit', async () => {
     const { breaker } = await toHalfOpen()
     await expect(breaker.execute(notFound)).rejects.toThrow('not found')
