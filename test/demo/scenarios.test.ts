@@ -1,6 +1,8 @@
-// Each scenario runs for real against local HTTP servers, at a small scale (fewer clients and
-// calls, time scaled x0.05), and must show its claim in its own numbers. Backoff, cooldowns and
-// timeouts run inside the scenarios; the test itself never sleeps.
+// Each scenario must show its claim in its own numbers. The tests run them in virtual time: the
+// services are in memory (transport: 'memory') and every wait (answers, timeouts, backoff,
+// cooldowns, pacing) is a timer of a ManualClock that the test fires in order, so the numbers
+// are the same on every machine, however loaded, and nothing waits in real time. One run over
+// real HTTP checks that the sockets path works, and asserts no timing.
 import { describe, expect, it } from 'vitest'
 import {
   type BulkheadVariantResult,
@@ -11,6 +13,29 @@ import {
   runTimeoutScenario,
 } from '../../src/demo/policies/index.js'
 import type { CircuitState } from '../../src/index.js'
+import { flushJobs, ManualClock } from '../../src/testing/manual-clock.js'
+
+/**
+ * Runs `scenario` on a ManualClock, firing its timers in time order whenever nothing else is
+ * left to run, until it settles.
+ */
+async function inVirtualTime<T>(scenario: (clock: ManualClock) => Promise<T>): Promise<T> {
+  const clock = new ManualClock(0)
+  let settled = false
+  const running = scenario(clock).finally(() => {
+    settled = true
+  })
+  running.catch(() => {})
+  while (!settled) {
+    await flushJobs()
+    if (settled) break
+    const next = clock.nextTimerAt()
+    if (next === undefined || next === Number.POSITIVE_INFINITY)
+      throw new Error('the scenario waits for something no timer of its clock will bring')
+    await clock.advance(next - clock.now())
+  }
+  return running
+}
 
 const timeScale = 0.05
 
@@ -19,11 +44,11 @@ function successRate(variant: BulkheadVariantResult, name: Downstream): number {
   return row.successes / row.calls
 }
 
-// Real time on a shared two-core machine: a neighbour's burst of CPU can stall the event loop
-// long enough to bunch up timers, so a scenario gets two more tries before the test fails.
-describe('policy scenarios (real servers, small scale)', { retry: 2 }, () => {
+describe('policy scenarios (in-memory services, virtual time)', () => {
   it('jitter: full jitter lowers the peak and the requests shed after recovery', async () => {
-    const result = await runJitterScenario({ clients: 100, timeScale: 0.15 })
+    const result = await inVirtualTime((clock) =>
+      runJitterScenario({ clients: 100, timeScale: 0.15, clock, transport: 'memory' }),
+    )
     const [none, full] = result.variants
     expect(none.jitter).toBe('none')
     expect(full.jitter).toBe('full')
@@ -40,7 +65,9 @@ describe('policy scenarios (real servers, small scale)', { retry: 2 }, () => {
   })
 
   it('bulkhead: per-downstream bulkheads keep B and C healthy while D is slow', async () => {
-    const result = await runBulkheadScenario({ callsPerDownstream: 50, timeScale })
+    const result = await inVirtualTime((clock) =>
+      runBulkheadScenario({ callsPerDownstream: 50, timeScale, clock, transport: 'memory' }),
+    )
     const [shared, split] = result.variants
     for (const name of ['B', 'C'] as const) {
       expect(successRate(split, name)).toBeGreaterThan(successRate(shared, name))
@@ -55,9 +82,15 @@ describe('policy scenarios (real servers, small scale)', { retry: 2 }, () => {
   })
 
   it('timeout: a short timeout with retries beats one long timeout at p99', async () => {
-    // x0.1, not x0.05: a 25 ms attempt timeout is too close to what a busy shared machine
-    // adds to every call.
-    const result = await runTimeoutScenario({ calls: 150, concurrency: 30, timeScale: 0.1 })
+    const result = await inVirtualTime((clock) =>
+      runTimeoutScenario({
+        calls: 150,
+        concurrency: 30,
+        timeScale: 0.1,
+        clock,
+        transport: 'memory',
+      }),
+    )
     const [long, short] = result.variants
     expect(result.hangs[0]).toBeGreaterThan(1)
     // Hung calls wait out the whole long timeout (10 s x 0.1), and set the p99.
@@ -71,7 +104,9 @@ describe('policy scenarios (real servers, small scale)', { retry: 2 }, () => {
   })
 
   it('breaker: the breaker takes load off the down service and closes when it returns', async () => {
-    const result = await runBreakerScenario({ calls: 120, timeScale })
+    const result = await inVirtualTime((clock) =>
+      runBreakerScenario({ calls: 120, timeScale, clock, transport: 'memory' }),
+    )
     const [plain, guarded] = result.variants
     expect(plain.transitions).toEqual([])
     expect(plain.fastFailures).toBe(0)
@@ -95,5 +130,16 @@ describe('policy scenarios (real servers, small scale)', { retry: 2 }, () => {
     expect(guarded.transitions[0]!.afterRecoveryMs).toBeLessThan(0)
     expect(guarded.transitions.at(-1)!.afterRecoveryMs).toBeGreaterThanOrEqual(0)
     expect(result.conclusion.holds).toBe(true)
+  })
+})
+
+describe('policy scenarios over real HTTP', () => {
+  it('jitter: every call and retry goes through real sockets and is counted', async () => {
+    const result = await runJitterScenario({ clients: 20, timeScale: 0.05 })
+    for (const variant of result.variants) {
+      expect(variant.calls).toBe(20)
+      expect(variant.load).toBe(variant.calls + variant.retries)
+      expect(variant.successes + variant.failures).toBe(variant.calls)
+    }
   })
 })

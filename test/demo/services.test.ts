@@ -8,6 +8,7 @@ import {
   ServiceStatusError,
 } from '../../src/demo/policies/index.js'
 import { classifyFailure, InvalidOptionError } from '../../src/index.js'
+import { ManualClock } from '../../src/testing/index.js'
 
 let service: FaultyService | undefined
 let client: DemoClient | undefined
@@ -123,5 +124,84 @@ describe('createFaultyService', () => {
     await expect(createFaultyService({ behaviour: 5 as never })).rejects.toThrow(
       /faultyService\.behaviour/,
     )
+  })
+})
+
+describe("createFaultyService({ transport: 'memory' })", () => {
+  async function memory(clock = new ManualClock(0)) {
+    service = await createFaultyService({ transport: 'memory', clock })
+    client = createDemoClient()
+    return { service, client, clock }
+  }
+
+  it('answers through the demo client without sockets, after its delay on the clock', async () => {
+    const { service, client, clock } = await memory()
+    expect(service.url).toMatch(/^memory:\/\/faulty-\d+$/)
+    service.behave(({ index }) => ({
+      kind: 'respond',
+      status: index === 0 ? 200 : 503,
+      delayMs: 50,
+    }))
+    const first = client.get(service.url)
+    const second = client.get(service.url).catch((e: unknown) => e)
+    let answered = false
+    void first.then(() => {
+      answered = true
+    })
+    await clock.advance(49)
+    expect(answered).toBe(false)
+    await clock.advance(1)
+    await expect(first).resolves.toBe(200)
+    const error = await second
+    expect((error as ServiceStatusError).status).toBe(503)
+    expect(classifyFailure(error)).toBe('transient')
+    expect(service.stats).toMatchObject({ received: 2, ok: 1, errors: 1 })
+  })
+
+  it('resets as a transient network error, and counts a hung call in flight until the caller gives up', async () => {
+    const { service, client } = await memory()
+    const seen: RequestInfo[] = []
+    service.behave((request) => {
+      seen.push(request)
+      return request.index === 0 ? { kind: 'reset' } : { kind: 'hang' }
+    })
+    const reset = await client.get(service.url).catch((e: unknown) => e)
+    expect(classifyFailure(reset)).toBe('transient')
+    const controller = new AbortController()
+    const hung = client.get(service.url, controller.signal).catch((e: unknown) => e)
+    const next = client.get(service.url, controller.signal).catch((e: unknown) => e)
+    expect(seen.map((r) => r.inFlight)).toEqual([0, 0, 1])
+    const reason = new Error('gave up')
+    controller.abort(reason)
+    expect(await hung).toBe(reason)
+    expect(await next).toBe(reason)
+    // A signal already aborted sends nothing, as over HTTP.
+    expect(await client.get(service.url, controller.signal).catch((e: unknown) => e)).toBe(reason)
+    expect(service.stats).toMatchObject({ received: 3, resets: 1, hangs: 2 })
+  })
+
+  it('does not count an answer the caller gave up on, and fails open calls when it closes', async () => {
+    const { service, client, clock } = await memory()
+    service.behave(({ index }) =>
+      index === 0 ? { kind: 'respond', status: 200, delayMs: 100 } : { kind: 'hang' },
+    )
+    const controller = new AbortController()
+    const abandoned = client.get(service.url, controller.signal).catch((e: unknown) => e)
+    controller.abort(new Error('timeout'))
+    await abandoned
+    await clock.advance(100)
+    expect(service.stats.ok).toBe(0)
+    const hanging = client.get(service.url).catch((e: unknown) => e)
+    await service.close()
+    expect(classifyFailure(await hanging)).toBe('transient')
+    // Closed: its URL is no longer an in-memory service, and the call goes to undici (which
+    // refuses the memory: scheme).
+    await expect(client.get(service.url)).rejects.toThrow()
+  })
+
+  it('refuses an unknown transport, naming the option', async () => {
+    await expect(
+      createFaultyService({ transport: 'carrier-pigeon' as unknown as 'memory' }),
+    ).rejects.toThrow(/faultyService\.transport/)
   })
 })

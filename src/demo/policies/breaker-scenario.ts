@@ -7,6 +7,7 @@ import { retry } from '../../policies/retry.js'
 import type { Policy } from '../../policies/types.js'
 import { createDemoClient } from './client.js'
 import { CallLog } from './measure.js'
+import type { DemoTransport } from './services.js'
 import { createFaultyService } from './services.js'
 import {
   type Conclusion,
@@ -40,6 +41,12 @@ export interface BreakerScenarioOptions {
    * @default systemClock
    */
   readonly clock?: Clock
+  /**
+   * How the calls reach the scenario's services: real HTTP on 127.0.0.1, or `'memory'` (no
+   * sockets; with a ManualClock the scenario runs in virtual time, as the tests run it).
+   * @default 'http'
+   */
+  readonly transport?: DemoTransport
 }
 
 /** A state change of the breaker, with when it happened relative to the service's return. */
@@ -129,7 +136,10 @@ export async function runBreakerScenario(
       policy = pipeline(retryPolicy, breaker)
       dispose = () => breaker.dispose()
     }
-    const service = await createFaultyService({ clock })
+    const service = await createFaultyService({
+      transport: options.transport ?? 'http',
+      clock,
+    })
     const client = createDemoClient()
     try {
       const upAtMs = clock.now() + downMs

@@ -4,6 +4,7 @@ import { type Bulkhead, bulkhead } from '../../policies/bulkhead.js'
 import { createBulkheads } from '../../policies/bulkhead-registry.js'
 import { createDemoClient } from './client.js'
 import { CallLog } from './measure.js'
+import type { DemoTransport } from './services.js'
 import { createFaultyService, type FaultyService } from './services.js'
 import {
   type Conclusion,
@@ -31,6 +32,12 @@ export interface BulkheadScenarioOptions {
    * @default systemClock
    */
   readonly clock?: Clock
+  /**
+   * How the calls reach the scenario's services: real HTTP on 127.0.0.1, or `'memory'` (no
+   * sockets; with a ManualClock the scenario runs in virtual time, as the tests run it).
+   * @default 'http'
+   */
+  readonly transport?: DemoTransport
 }
 
 /** The three downstreams of service A. */
@@ -99,6 +106,7 @@ export async function runBulkheadScenario(
       for (const name of downstreams) {
         const delayMs = name === 'D' ? slowMs : fastMs
         services[name] = await createFaultyService({
+          transport: options.transport ?? 'http',
           clock,
           behaviour: () => ({ kind: 'respond', status: 200, delayMs }),
         })

@@ -2,6 +2,7 @@ import { Agent, request } from 'undici'
 import { BreakwaterError } from '../../core/errors.js'
 import { isTransientStatus } from '../../policies/classify.js'
 import { neverAbortedSignal } from '../../policies/types.js'
+import { callInMemory } from './services.js'
 
 /**
  * A demo service answered with a status of 400 or more (code `HTTP_STATUS`). `status` is what
@@ -31,7 +32,8 @@ export interface DemoClient {
 
 /**
  * Creates a client on one undici `Agent` with no limit on connections per origin, so that
- * the only limits on concurrency in a scenario are the policies under test.
+ * the only limits on concurrency in a scenario are the policies under test. A `memory://` URL
+ * of a service made with `transport: 'memory'` is called without sockets.
  *
  * @example
  * ```ts
@@ -45,6 +47,12 @@ export function createDemoClient(): DemoClient {
   const agent = new Agent({ keepAliveTimeout: 10_000, connect: { timeout: 5_000 } })
   return {
     async get(url, signal) {
+      const inMemory = callInMemory(url, signal === neverAbortedSignal ? undefined : signal)
+      if (inMemory !== undefined) {
+        const status = await inMemory
+        if (status >= 400) throw new ServiceStatusError(status, url)
+        return status
+      }
       const { statusCode, body } = await request(url, {
         method: 'GET',
         dispatcher: agent,

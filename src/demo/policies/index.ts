@@ -33,6 +33,7 @@ export { policyScenarioNames, runPoliciesDemo } from './run.js'
 export type {
   Behaviour,
   FaultyService,
+  DemoTransport,
   FaultyServiceOptions,
   Reaction,
   RequestInfo,

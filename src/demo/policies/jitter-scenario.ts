@@ -5,6 +5,7 @@ import { seededRandom } from '../../policies/random.js'
 import { retry } from '../../policies/retry.js'
 import { createDemoClient } from './client.js'
 import { CallLog, peakInWindow } from './measure.js'
+import type { DemoTransport } from './services.js'
 import { createFaultyService } from './services.js'
 import {
   type Conclusion,
@@ -45,6 +46,12 @@ export interface JitterScenarioOptions {
    * @default systemClock
    */
   readonly clock?: Clock
+  /**
+   * How the calls reach the scenario's services: real HTTP on 127.0.0.1, or `'memory'` (no
+   * sockets; with a ManualClock the scenario runs in virtual time, as the tests run it).
+   * @default 'http'
+   */
+  readonly transport?: DemoTransport
 }
 
 /** One variant of the jitter scenario. */
@@ -103,7 +110,10 @@ export async function runJitterScenario(
   const windowMs = scaled(windowSeedMs, timeScale)
 
   const runVariant = async (jitter: Jitter, label: string): Promise<JitterVariantResult> => {
-    const service = await createFaultyService({ clock })
+    const service = await createFaultyService({
+      transport: options.transport ?? 'http',
+      clock,
+    })
     const client = createDemoClient()
     try {
       // Open every client's connection first, and run the failure and retry paths once so

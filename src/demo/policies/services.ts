@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { type Clock, sleep, systemClock } from '../../core/clock.js'
+import { type Clock, sleep, systemClock, type TimerHandle } from '../../core/clock.js'
+import { InvalidOptionError } from '../../core/errors.js'
 import { checkFunction, checkObject } from '../../core/validate.js'
 
 /** What a {@link FaultyService} does with one request. */
@@ -53,7 +54,19 @@ export interface FaultyServiceOptions {
    * @default systemClock
    */
   readonly clock?: Clock
+  /**
+   * How requests reach the service. `'http'`: a real HTTP server on 127.0.0.1. `'memory'`: no
+   * server and no sockets; the demo client (createDemoClient) hands a `memory://` URL's request
+   * to the service as a function call, and a reset or a hang behaves for the caller as it does
+   * over HTTP. With a ManualClock a scenario then runs in virtual time, the same on every
+   * machine: that is how the tests check each scenario's claim without timing anything real.
+   * @default 'http'
+   */
+  readonly transport?: DemoTransport
 }
+
+/** How a demo client reaches a demo service; see {@link FaultyServiceOptions.transport}. */
+export type DemoTransport = 'http' | 'memory'
 
 /** A local HTTP service that misbehaves on purpose; see {@link createFaultyService}. */
 export interface FaultyService {
@@ -71,13 +84,13 @@ export interface FaultyService {
 
 const healthy: Behaviour = () => ({ kind: 'respond', status: 200 })
 
-class FaultyHttpService implements FaultyService {
-  readonly url: string
-  readonly #server: Server
-  readonly #clock: Clock
+/** The counters and behaviour every transport shares; a subclass delivers the reactions. */
+abstract class FaultyServiceBase implements FaultyService {
+  abstract readonly url: string
+  protected readonly clock: Clock
   #behaviour: Behaviour
   #index = 0
-  #inFlight = 0
+  protected inFlight = 0
   #received = 0
   #ok = 0
   #errors = 0
@@ -85,14 +98,9 @@ class FaultyHttpService implements FaultyService {
   #hangs = 0
   #arrivalsMs: number[] = []
 
-  constructor(server: Server, url: string, behaviour: Behaviour, clock: Clock) {
-    this.#server = server
-    this.url = url
+  constructor(behaviour: Behaviour, clock: Clock) {
     this.#behaviour = behaviour
-    this.#clock = clock
-    server.on('request', (request: IncomingMessage, response: ServerResponse) => {
-      this.#handle(request, response)
-    })
+    this.clock = clock
   }
 
   get stats(): ServiceStats {
@@ -119,6 +127,39 @@ class FaultyHttpService implements FaultyService {
     this.#arrivalsMs = []
   }
 
+  abstract close(): Promise<void>
+
+  /** Counts a request that arrived now and decides what to do with it. */
+  protected react(): Reaction {
+    const nowMs = this.clock.now()
+    this.#received++
+    this.#arrivalsMs.push(nowMs)
+    const reaction = this.#behaviour({ index: this.#index++, nowMs, inFlight: this.inFlight })
+    if (reaction.kind === 'reset') this.#resets++
+    else if (reaction.kind === 'hang') this.#hangs++
+    return reaction
+  }
+
+  /** Counts an answer that was delivered. */
+  protected answered(status: number): void {
+    if (status < 400) this.#ok++
+    else this.#errors++
+  }
+}
+
+class FaultyHttpService extends FaultyServiceBase {
+  readonly url: string
+  readonly #server: Server
+
+  constructor(server: Server, url: string, behaviour: Behaviour, clock: Clock) {
+    super(behaviour, clock)
+    this.#server = server
+    this.url = url
+    server.on('request', (request: IncomingMessage, response: ServerResponse) => {
+      this.#handle(request, response)
+    })
+  }
+
   close(): Promise<void> {
     return new Promise((resolve) => {
       this.#server.close(() => resolve())
@@ -128,21 +169,16 @@ class FaultyHttpService implements FaultyService {
   }
 
   #handle(request: IncomingMessage, response: ServerResponse): void {
-    const nowMs = this.#clock.now()
-    this.#received++
-    this.#arrivalsMs.push(nowMs)
-    const reaction = this.#behaviour({ index: this.#index++, nowMs, inFlight: this.#inFlight })
+    const reaction = this.react()
     // Drain whatever body the client sent, so the connection stays usable.
     request.resume()
     switch (reaction.kind) {
       case 'reset':
-        this.#resets++
         request.socket.resetAndDestroy()
         return
       case 'hang':
-        this.#hangs++
-        this.#inFlight++
-        response.once('close', () => this.#inFlight--)
+        this.inFlight++
+        response.once('close', () => this.inFlight--)
         return
       case 'respond': {
         const delayMs = reaction.delayMs ?? 0
@@ -150,9 +186,9 @@ class FaultyHttpService implements FaultyService {
           this.#answer(response, reaction.status)
           return
         }
-        this.#inFlight++
-        void sleep(this.#clock, delayMs).then(() => {
-          this.#inFlight--
+        this.inFlight++
+        void sleep(this.clock, delayMs).then(() => {
+          this.inFlight--
           // The client may have given up meanwhile; it then gets nothing.
           if (!response.destroyed) this.#answer(response, reaction.status)
         })
@@ -161,15 +197,89 @@ class FaultyHttpService implements FaultyService {
   }
 
   #answer(response: ServerResponse, status: number): void {
-    if (status < 400) this.#ok++
-    else this.#errors++
+    this.answered(status)
     response.writeHead(status, { 'content-type': 'text/plain' })
     response.end(status < 400 ? 'ok' : 'failed')
   }
 }
 
+/** The `memory://` services open now, for the demo client (see {@link callInMemory}). */
+const memoryServices = new Map<string, FaultyMemoryService>()
+let nextMemoryId = 1
+
+function connectionReset(): Error {
+  return Object.assign(new Error('connection reset by the in-memory service'), {
+    code: 'ECONNRESET',
+  })
+}
+
+class FaultyMemoryService extends FaultyServiceBase {
+  readonly url = `memory://faulty-${nextMemoryId++}`
+  /** Calls left hanging or waiting for their answer: closing fails them, as a dropped socket. */
+  readonly #open = new Set<(error: Error) => void>()
+
+  constructor(behaviour: Behaviour, clock: Clock) {
+    super(behaviour, clock)
+    memoryServices.set(this.url, this)
+  }
+
+  async close(): Promise<void> {
+    memoryServices.delete(this.url)
+    for (const fail of [...this.#open]) fail(connectionReset())
+  }
+
+  /** One request, as the HTTP service treats it; resolves with the status it answered. */
+  call(signal: AbortSignal | undefined): Promise<number> {
+    // As undici: an aborted signal fails the call before anything is sent.
+    if (signal?.aborted === true) return Promise.reject(signal.reason)
+    const reaction = this.react()
+    if (reaction.kind === 'reset') return Promise.reject(connectionReset())
+    const delayMs = reaction.kind === 'respond' ? (reaction.delayMs ?? 0) : 0
+    if (reaction.kind === 'respond' && delayMs <= 0) {
+      this.answered(reaction.status)
+      return Promise.resolve(reaction.status)
+    }
+    this.inFlight++
+    return new Promise<number>((resolve, reject) => {
+      let timer: TimerHandle | undefined
+      const settle = (error: Error | undefined, status?: number): void => {
+        if (!this.#open.delete(fail)) return
+        this.inFlight--
+        if (timer !== undefined) this.clock.clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        if (error !== undefined) reject(error)
+        else resolve(status as number)
+      }
+      const fail = (error: Error): void => settle(error)
+      // The caller gave up: over HTTP the socket closes and the late answer is never counted.
+      const onAbort = (): void => settle(signal?.reason as Error)
+      this.#open.add(fail)
+      signal?.addEventListener('abort', onAbort, { once: true })
+      if (reaction.kind === 'respond') {
+        timer = this.clock.setTimeout(() => {
+          this.answered(reaction.status)
+          settle(undefined, reaction.status)
+        }, delayMs)
+      }
+    })
+  }
+}
+
 /**
- * Starts an HTTP service on 127.0.0.1 and a random port that treats each request as its
+ * The demo client's way to a `memory://` service: the status it answered, or undefined when
+ * `url` is not one of the in-memory services open now.
+ * @internal
+ */
+export function callInMemory(
+  url: string,
+  signal: AbortSignal | undefined,
+): Promise<number> | undefined {
+  return memoryServices.get(url)?.call(signal)
+}
+
+/**
+ * Starts a service (an HTTP server on 127.0.0.1 and a random port, or with `transport:
+ * 'memory'` one the demo client calls without sockets) that treats each request as its
  * {@link Behaviour} says: answer (after a delay, with any status), reset the connection, or
  * hang. Scenarios script outages by swapping the behaviour or by reading the arrival time and
  * the number of requests in flight, and read the load the service took from its `stats`.
@@ -191,6 +301,12 @@ export async function createFaultyService(
     options.behaviour === undefined
       ? healthy
       : checkFunction<Behaviour>('faultyService.behaviour', options.behaviour)
+  const clock = options.clock ?? systemClock
+  const transport = options.transport ?? 'http'
+  if (transport !== 'http' && transport !== 'memory') {
+    throw new InvalidOptionError('faultyService.transport', "'http' or 'memory'", transport)
+  }
+  if (transport === 'memory') return new FaultyMemoryService(behaviour, clock)
   const server = createServer()
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
@@ -200,10 +316,5 @@ export async function createFaultyService(
     })
   })
   const { port } = server.address() as AddressInfo
-  return new FaultyHttpService(
-    server,
-    `http://127.0.0.1:${port}`,
-    behaviour,
-    options.clock ?? systemClock,
-  )
+  return new FaultyHttpService(server, `http://127.0.0.1:${port}`, behaviour, clock)
 }

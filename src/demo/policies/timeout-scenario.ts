@@ -7,6 +7,7 @@ import { timeout } from '../../policies/timeout.js'
 import type { Policy } from '../../policies/types.js'
 import { createDemoClient } from './client.js'
 import { CallLog } from './measure.js'
+import type { DemoTransport } from './services.js'
 import { createFaultyService } from './services.js'
 import {
   type Conclusion,
@@ -50,6 +51,12 @@ export interface TimeoutScenarioOptions {
    * @default systemClock
    */
   readonly clock?: Clock
+  /**
+   * How the calls reach the scenario's services: real HTTP on 127.0.0.1, or `'memory'` (no
+   * sockets; with a ManualClock the scenario runs in virtual time, as the tests run it).
+   * @default 'http'
+   */
+  readonly transport?: DemoTransport
 }
 
 /** What {@link runTimeoutScenario} measured. */
@@ -110,6 +117,7 @@ export async function runTimeoutScenario(
   ): Promise<{ result: VariantResult; hangs: number }> => {
     const random = seededRandom(seed)
     const service = await createFaultyService({
+      transport: options.transport ?? 'http',
       clock,
       behaviour: () =>
         random() < hangRate
