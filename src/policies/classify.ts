@@ -94,7 +94,8 @@ export function isTransientFailure(error: unknown): boolean {
 /**
  * Reads a server-requested wait from an error: a numeric `retryAfterMs` property, or a
  * `Retry-After` header (delta-seconds or HTTP-date) in a `headers` property (plain object,
- * or anything with `get()` like `Headers`). Returns milliseconds from `nowMs`, or undefined.
+ * its names matched in any case, or anything with `get()` like `Headers`). Returns
+ * milliseconds from `nowMs`, or undefined.
  */
 export function retryAfterMsOf(error: unknown, nowMs: number): number | undefined {
   if (typeof error !== 'object' || error === null) return undefined
@@ -105,8 +106,19 @@ export function retryAfterMsOf(error: unknown, nowMs: number): number | undefine
   const value =
     typeof (headers as { get?: unknown }).get === 'function'
       ? (headers as { get(name: string): string | null }).get('retry-after')
-      : (headers as Record<string, unknown>)['retry-after']
+      : plainHeader(headers as Record<string, unknown>, 'retry-after')
   return parseRetryAfter(Array.isArray(value) ? value[0] : value, nowMs)
+}
+
+// Node lower-cases the names of IncomingHttpHeaders, but an object built by hand (or by a
+// client that keeps the server's case) may say `Retry-After`: names are case-insensitive.
+function plainHeader(headers: Record<string, unknown>, lowerName: string): unknown {
+  const exact = headers[lowerName]
+  if (exact !== undefined) return exact
+  for (const key of Object.keys(headers)) {
+    if (key.toLowerCase() === lowerName) return headers[key]
+  }
+  return undefined
 }
 
 /** Parses a `Retry-After` value (seconds or HTTP-date) into milliseconds from `nowMs`. */

@@ -176,6 +176,24 @@ describe('retry', () => {
     expect(starts).toEqual([0, 3_000])
   })
 
+  it('honours Retry-After in a plain headers object whatever the case of its name', async () => {
+    for (const name of ['Retry-After', 'RETRY-AFTER']) {
+      const clock = new ManualClock()
+      const starts: number[] = []
+      const run = track(
+        clock,
+        retry({ clock, maxAttempts: 2 }).execute(() => {
+          starts.push(clock.now())
+          if (starts.length === 1) throw httpError(503, { [name]: '3' })
+          return 'ok'
+        }),
+      )
+      await settle(clock)
+      expect(run.value).toBe('ok')
+      expect(starts).toEqual([0, 3_000])
+    }
+  })
+
   it('honours Retry-After as an HTTP-date, through a Headers object', async () => {
     const clock = new ManualClock(Date.parse('2030-01-01T00:00:00Z'))
     const starts: number[] = []
