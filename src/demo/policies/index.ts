@@ -32,8 +32,8 @@ export type { PoliciesDemoOptions, PoliciesDemoResult, PolicyScenarioName } from
 export { policyScenarioNames, runPoliciesDemo } from './run.js'
 export type {
   Behaviour,
-  FaultyService,
   DemoTransport,
+  FaultyService,
   FaultyServiceOptions,
   Reaction,
   RequestInfo,
