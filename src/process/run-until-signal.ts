@@ -1,3 +1,4 @@
+import { constants as osConstants } from 'node:os'
 import { type Clock, keepProcessAlive, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
@@ -28,6 +29,7 @@ export interface RunUntilSignalOptions {
   /**
    * The signals that start a graceful shutdown. A second one gives up waiting (outcome
    * `drain: 'forced'`), whether it comes during the drain or while `start` is still running.
+   * Distinct names this platform knows (`os.constants.signals`), not SIGKILL or SIGSTOP.
    * @default ['SIGTERM', 'SIGINT']
    */
   readonly signals?: readonly NodeJS.Signals[]
@@ -80,6 +82,8 @@ export type RunOutcome =
     }
 
 const defaultSignals: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT']
+// No process can listen for these.
+const uncatchableSignals: ReadonlySet<string> = new Set(['SIGKILL', 'SIGSTOP'])
 
 /**
  * Runs a long-running service until SIGTERM or SIGINT, then shuts it down gracefully: calls
@@ -117,14 +121,24 @@ export async function runUntilSignal(
   checkFunction('start', start)
   checkObject('runUntilSignal', options)
   const signals = options.signals ?? defaultSignals
+  // Checked before any listener is installed: an unknown name ('SIGTRM') listens for nothing
+  // and leaves SIGTERM to its default action; process.on('SIGKILL') throws EINVAL after the
+  // listeners before it were installed for good; a repeated name makes one signal both drain
+  // and force.
   if (
     !Array.isArray(signals) ||
     signals.length === 0 ||
-    signals.some((s) => typeof s !== 'string' || !s.startsWith('SIG'))
+    signals.some(
+      (s, i) =>
+        typeof s !== 'string' ||
+        !Object.hasOwn(osConstants.signals, s) ||
+        uncatchableSignals.has(s) ||
+        signals.indexOf(s) !== i,
+    )
   )
     throw new InvalidOptionError(
       'runUntilSignal.signals',
-      'a non-empty array of signal names',
+      'a non-empty array of distinct signal names this platform knows, other than SIGKILL and SIGSTOP',
       signals,
     )
   const drainTimeoutMs = checkInteger(
@@ -172,9 +186,10 @@ export async function runUntilSignal(
       forceDrain()
     }
   }
-  for (const signal of signals) target.on(signal, listener)
   const keepAlive = (options.keepAlive ?? true) ? holdOpen(clock) : () => {}
   try {
+    // Inside the try: a target that throws on one signal leaves none of the others installed.
+    for (const signal of signals) target.on(signal, listener)
     let service: RunningService
     const starting = (async () => start(aborter.signal))()
     const started = await Promise.race([

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process'
 import { EventEmitter } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
-import { AbortedError } from '../../src/core/errors.js'
+import { AbortedError, InvalidOptionError } from '../../src/core/errors.js'
 import { type RunOutcome, runUntilSignal } from '../../src/process/index.js'
 import { flushJobs, ManualClock } from '../../src/testing/manual-clock.js'
 
@@ -313,6 +313,31 @@ describe('runUntilSignal', () => {
       /drainTimeoutMs/,
     )
     await expect(runUntilSignal(() => service().handle, { signals: [] })).rejects.toThrow(/signals/)
+  })
+
+  it('refuses unknown, uncatchable and repeated signals before listening for any', async () => {
+    const target = new EventEmitter()
+    const started: string[] = []
+    const start = () => {
+      started.push('start')
+      return service().handle
+    }
+    for (const signals of [
+      // A typo would leave SIGTERM to its default action, silently.
+      ['SIGTERM', 'SIGTRM'],
+      // process.on('SIGKILL') throws EINVAL, after SIGTERM's listener was installed for good.
+      ['SIGTERM', 'SIGKILL'],
+      ['SIGSTOP'],
+      // One SIGTERM would call the listener twice: a drain forced at once.
+      ['SIGTERM', 'SIGTERM'],
+    ] as NodeJS.Signals[][]) {
+      const run = track(runUntilSignal(start, { target, signals, clock: new ManualClock() }))
+      await flushJobs()
+      expect(run.error, signals.join()).toBeInstanceOf(InvalidOptionError)
+      expect((run.error as InvalidOptionError).option).toBe('runUntilSignal.signals')
+      expect(target.eventNames()).toEqual([])
+    }
+    expect(started).toEqual([])
   })
 
   it('keeps a real process alive until SIGTERM, then drains and exits 0', async () => {
