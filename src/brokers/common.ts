@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
+import { hasLoneSurrogate } from '../core/text.js'
 import { userinfoSpan } from '../core/userinfo.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { type Delivery, KeyedDispatcher } from './dispatcher.js'
@@ -227,6 +228,59 @@ export function checkSubscribeArgs(topic: unknown, group: unknown, handler: unkn
   }
   checkFunction('handler', handler)
 }
+
+/**
+ * Checks a batch before anything of it is sent, so a message no attempt can carry fails the
+ * whole batch at once with `BROKER_REJECTED` (not retryable) naming `messages[i]` and the field,
+ * instead of a driver's TypeError read as an outage (retried for ever) or text arriving
+ * changed: id, topic and key are strings, headers a record of strings, the payload a string or
+ * bytes, and no text holds half of a surrogate pair (it has no UTF-8 form and would be sent as
+ * U+FFFD, so two different ids would arrive as one, and NATS would drop the second as a
+ * duplicate). `extra` adds the adapter's own limits, returning what is wrong.
+ */
+export function checkOutgoing(
+  broker: BrokerKind,
+  messages: readonly OutgoingMessage[],
+  extra?: (message: OutgoingMessage) => string | undefined,
+): void {
+  if (!Array.isArray(messages)) throw new InvalidOptionError('messages', 'an array', messages)
+  for (let i = 0; i < messages.length; i++) {
+    const message = messages[i] as OutgoingMessage | undefined
+    const problem =
+      typeof message !== 'object' || message === null
+        ? 'is not a message object'
+        : (outgoingProblem(message) ?? extra?.(message))
+    if (problem !== undefined) {
+      throw new BrokerError('BROKER_REJECTED', broker, `messages[${i}]${problem}`)
+    }
+  }
+}
+
+function outgoingProblem(message: OutgoingMessage): string | undefined {
+  for (const field of ['id', 'topic', 'key'] as const) {
+    const value: unknown = message[field]
+    if (typeof value !== 'string') return `.${field} is not a string`
+    if (hasLoneSurrogate(value)) return `.${field} ${loneSurrogate}`
+  }
+  const headers: unknown = message.headers
+  if (typeof headers !== 'object' || headers === null || Array.isArray(headers)) {
+    return '.headers is not a record of strings'
+  }
+  for (const [name, value] of Object.entries(headers)) {
+    if (hasLoneSurrogate(name)) return `.headers has a name that ${loneSurrogate}`
+    if (typeof value !== 'string') return `.headers.${name} is not a string`
+    if (hasLoneSurrogate(value)) return `.headers.${name} ${loneSurrogate}`
+  }
+  const payload: unknown = message.payload
+  if (typeof payload === 'string') {
+    if (hasLoneSurrogate(payload)) return `.payload ${loneSurrogate}`
+  } else if (!(payload instanceof Uint8Array)) {
+    return '.payload is neither a string nor bytes'
+  }
+  return undefined
+}
+
+const loneSurrogate = 'holds half of a surrogate pair, which has no UTF-8 form'
 
 const encoder = new TextEncoder()
 

@@ -13,6 +13,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkObject } from '../core/validate.js'
 import {
   type BrokerCommonOptions,
+  checkOutgoing,
   checkSubscribeArgs,
   closedError,
   KEY_HEADER,
@@ -334,10 +335,14 @@ class NatsPublisher implements Publisher {
   async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
     throwIfAborted(signal)
     if (this.#closed) throw closedError('nats', 'publisher')
+    checkOutgoing('nats', messages)
     if (messages.length === 0) return
+    const nats = await loadNats()
+    // Every message's headers are built (and checked) before the first one is sent, so a
+    // message NATS cannot carry refuses the batch with nothing of it delivered.
+    const headers = messages.map((message, i) => toNatsHeaders(nats.headers(), message, i))
     const inbox = await this.#connect()
     const { nc } = inbox
-    const nats = await loadNats()
     const options = this.#options
     let topic: string | undefined
     for (const message of messages) {
@@ -358,7 +363,8 @@ class NatsPublisher implements Publisher {
     // flush): one round trip per batch.
     const acks: Array<Promise<void>> = []
     const tokens: string[] = []
-    for (const message of messages) {
+    for (let i = 0; i < messages.length; i++) {
+      const message = messages[i]!
       const token = `${inbox.prefix}.${(inbox.next++).toString(36)}`
       tokens.push(token)
       acks.push(
@@ -367,7 +373,7 @@ class NatsPublisher implements Publisher {
       try {
         nc.publish(message.topic, payloadBytes(message.payload), {
           reply: token,
-          headers: toNatsHeaders(nats.headers(), message),
+          headers: headers[i]!,
         })
       } catch (error) {
         inbox.pending.get(token)?.reject(error)
@@ -474,13 +480,25 @@ function isSubject(topic: string): boolean {
   return topic.split('.').every((token) => token !== '' && !/\s/.test(token))
 }
 
-function toNatsHeaders(headers: MsgHdrs, message: OutgoingMessage): MsgHdrs {
-  for (const name in message.headers) {
-    headers.set(name, headerValue(`header "${name}"`, message.headers[name]!))
+/**
+ * The NATS headers of `messages[index]`. A value or name the driver refuses (CR, LF, a
+ * character a header name cannot hold) fails with `BROKER_REJECTED` naming the message.
+ */
+function toNatsHeaders(headers: MsgHdrs, message: OutgoingMessage, index: number): MsgHdrs {
+  const at = `messages[${index}]`
+  try {
+    for (const name in message.headers) {
+      headers.set(name, headerValue(`${at}.headers.${name}`, message.headers[name]!))
+    }
+    headers.set(KEY_HEADER, headerValue(`${at}.key`, message.key))
+    // JetStream drops a second message with this id inside the stream's duplicate window.
+    headers.set(MSG_ID_HEADER, headerValue(`${at}.id`, message.id))
+  } catch (error) {
+    if (error instanceof BrokerError) throw error
+    throw new BrokerError('BROKER_REJECTED', 'nats', `${at} refused: ${reasonOf(error)}`, {
+      cause: error,
+    })
   }
-  headers.set(KEY_HEADER, headerValue('the key', message.key))
-  // JetStream drops a second message with this id inside the stream's duplicate window.
-  headers.set(MSG_ID_HEADER, headerValue('the id', message.id))
   return headers
 }
 

@@ -6,6 +6,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkOneOf } from '../core/validate.js'
 import {
   type BrokerCommonOptions,
+  checkOutgoing,
   checkSubscribeArgs,
   closedError,
   KEY_HEADER,
@@ -179,6 +180,7 @@ class RabbitPublisher implements Publisher {
   async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
     throwIfAborted(signal)
     if (this.#closed) throw closedError('rabbitmq', 'publisher')
+    checkOutgoing('rabbitmq', messages, shortStrings)
     if (messages.length === 0) return
     const options = this.#options
     const connection = this.#connect()
@@ -294,6 +296,17 @@ class RabbitPublisher implements Publisher {
       )
     }
   }
+}
+
+/**
+ * The message id and the topic (routing key) travel as AMQP short strings of at most 255
+ * bytes. Checked before the batch is sent: amqplib would throw in the middle of it, after the
+ * earlier messages went out, and the channel would be dropped.
+ */
+function shortStrings(message: OutgoingMessage): string | undefined {
+  if (Buffer.byteLength(message.id) > 255) return '.id is longer than 255 bytes'
+  if (Buffer.byteLength(message.topic) > 255) return '.topic is longer than 255 bytes'
+  return undefined
 }
 
 /** Resolves when the channel can take more writes (or is gone). */

@@ -7,6 +7,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger } from '../core/validate.js'
 import {
   type BrokerCommonOptions,
+  checkOutgoing,
   checkSubscribeArgs,
   closedError,
   lazyDriver,
@@ -195,6 +196,7 @@ class RedisPublisher implements Publisher {
   async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
     throwIfAborted(signal)
     if (this.#closed) throw closedError('redis', 'publisher')
+    checkOutgoing('redis', messages)
     if (messages.length === 0) return
     const options = this.#options
     const connecting = this.#connect()

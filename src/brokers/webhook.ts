@@ -4,6 +4,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto'
 import { Pool } from 'undici'
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { hasLoneSurrogate } from '../core/text.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { httpTokenPattern } from '../http/token.js'
 import { pipeline } from '../policies/pipeline.js'
@@ -440,12 +441,37 @@ class WebhookPublisher implements Publisher {
     if (!Array.isArray(messages))
       throw new InvalidOptionError('messages', 'an array of messages', messages)
     if (messages.length === 0) return
+    this.#checkSendable(messages)
     if (this.#batch) {
       const body = `{"messages":[${messages.map(webhookMessageJson).join(',')}]}`
       await this.#deliver(body, undefined, signal)
       return
     }
     await this.#publishEach(messages, signal)
+  }
+
+  // Every message is checked before the first request, so one that can never be sent refuses
+  // the whole call with nothing of it delivered (in one-message mode other keys' messages
+  // would otherwise go out first).
+  #checkSendable(messages: readonly OutgoingMessage[]): void {
+    messages.forEach((message, i) => {
+      // The id goes out as a header: one undici would refuse can never be sent, so it is the
+      // message's fault (not retried, dead-lettered by a relay), not the endpoint's.
+      if (!this.#batch && !headerValuePattern.test(message.id)) {
+        throw new WebhookError(
+          'BROKER_REJECTED',
+          `messages[${i}]: message id ${JSON.stringify(message.id)} cannot be sent as the ${WEBHOOK_MESSAGE_ID_HEADER} header (control characters or characters above U+00FF)`,
+        )
+      }
+      // A JSON payload goes into the body as it is: half of a surrogate pair there has no UTF-8
+      // form and would arrive as U+FFFD (ids, keys and headers are escaped by JSON.stringify).
+      if (typeof message.payload === 'string' && hasLoneSurrogate(message.payload)) {
+        throw new WebhookError(
+          'BROKER_REJECTED',
+          `messages[${i}].payload holds half of a surrogate pair, which has no UTF-8 form`,
+        )
+      }
+    })
   }
 
   // One request per message: keys run side by side (up to `concurrency`), a key's messages one
@@ -485,14 +511,6 @@ class WebhookPublisher implements Publisher {
   }
 
   async #deliver(body: string, messageId: string | undefined, signal?: AbortSignal): Promise<void> {
-    // The id goes out as a header: one undici would refuse can never be sent, so it is the
-    // message's fault (not retried, dead-lettered by a relay), not the endpoint's.
-    if (messageId !== undefined && !headerValuePattern.test(messageId)) {
-      throw new WebhookError(
-        'BROKER_REJECTED',
-        `message id ${JSON.stringify(messageId)} cannot be sent as the ${WEBHOOK_MESSAGE_ID_HEADER} header (control characters or characters above U+00FF)`,
-      )
-    }
     try {
       await this.#policy.execute(
         ({ signal: attemptSignal }) => this.#attempt(body, messageId, attemptSignal),

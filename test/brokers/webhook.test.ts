@@ -274,6 +274,23 @@ describe('webhook publisher', () => {
     expect(hook.seen).toHaveLength(1)
   })
 
+  it('refuses a batch holding a message it cannot send before sending any of it', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 200 }))
+    const publisher = publisherFor({ url: hook.url, secret, clock })
+    // The id cannot be a header; a lone surrogate in a payload string has no UTF-8 form (it
+    // would arrive as U+FFFD).
+    for (const bad of [message('заказ-7', 'b'), message('s', 'b', '{"a":"\ud800"}')]) {
+      const error = await drive(clock, publisher.publish([message('ok-1', 'a'), bad])).catch(
+        (e) => e,
+      )
+      expect(error).toBeInstanceOf(WebhookError)
+      expect(error).toMatchObject({ code: 'BROKER_REJECTED', retryable: false })
+      expect(error.message).toMatch(/messages\[1\]/)
+    }
+    expect(hook.seen).toHaveLength(0)
+  })
+
   it('refuses bad options without echoing secrets', () => {
     expect(() => createWebhookPublisher({ url: 'http://127.0.0.1:1/x', secret: 'short' })).toThrow(
       InvalidOptionError,
