@@ -71,7 +71,8 @@ export interface RetryOptions {
   readonly random?: RandomSource
   /**
    * Decides whether a failure is worth another attempt. `attempt` is the number of the attempt
-   * that failed (1 for the first call).
+   * that failed (1 for the first call). If it throws, the call rejects with that error (reported
+   * as a `notRetryable` give-up).
    * @default isTransientFailure (timeouts, refused or reset connections, 408/429/502/503/504)
    */
   readonly shouldRetry?: (error: unknown, attempt: number) => boolean
@@ -361,7 +362,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
         this.#giveUp(attempt, 'maxAttempts', error)
         throw error
       }
-      if (!this.#shouldRetry(error, attempt)) {
+      if (!this.#askShouldRetry(error, attempt)) {
         this.#giveUp(attempt, 'notRetryable', error)
         throw error
       }
@@ -402,6 +403,17 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       } catch (next) {
         error = next
       }
+    }
+  }
+
+  // A shouldRetry that throws ends the call with its own error (a bug to surface, not hide),
+  // but the call has still given up: the event and the metric must say so.
+  #askShouldRetry(error: unknown, attempt: number): boolean {
+    try {
+      return this.#shouldRetry(error, attempt)
+    } catch (failure) {
+      this.#giveUp(attempt, 'notRetryable', error)
+      throw failure
     }
   }
 

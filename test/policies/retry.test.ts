@@ -514,6 +514,24 @@ describe('retry', () => {
     expect(events).toMatchObject([{ type: 'giveUp', reason: 'notRetryable', attempt: 1 }])
   })
 
+  it('a shouldRetry that throws rejects with its error and still reports the give-up', async () => {
+    const bug = new Error('shouldRetry bug')
+    const policy = retry({
+      shouldRetry: () => {
+        throw bug
+      },
+    })
+    const events: RetryEvent[] = []
+    policy.events.on((event) => events.push(event))
+    const failure = httpError(503)
+    await expect(
+      policy.execute(() => {
+        throw failure
+      }),
+    ).rejects.toBe(bug)
+    expect(events).toEqual([{ type: 'giveUp', attempt: 1, reason: 'notRetryable', error: failure }])
+  })
+
   it.each([
     [{ maxAttempts: 0 }, 'retry.maxAttempts'],
     [{ maxAttempts: 2.5 }, 'retry.maxAttempts'],
