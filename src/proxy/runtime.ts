@@ -156,6 +156,12 @@ export interface ProxyInternals extends Proxy {
   onRetryPinReached(listener: ((pin: SharedRetryPin) => void) | undefined): void
   /** Takes a retry affinity pin another worker reported. */
   adoptRetryPin(pin: SharedRetryPin): void
+  /**
+   * Sets (or clears) who is told when a listener that was not listening is bound again
+   * outside a reload (see {@link listenersDown}); a worker of the multi-process mode tells its
+   * primary.
+   */
+  onListenersChanged(listener: (() => void) | undefined): void
 }
 
 interface Generation {
@@ -174,6 +180,10 @@ interface RuntimeMetrics {
   readonly retryPins: Gauge
   readonly retryPinsFollowed: Counter
 }
+
+// Backoff of the tries to bind a listener a failed reload could not bind again.
+const firstRebindDelayMs = 1_000
+const maxRebindDelayMs = 30_000
 
 const runtimeMetrics = metricsPerRegistry(
   (registry): RuntimeMetrics => ({
@@ -256,6 +266,10 @@ class ProxyRuntime implements ProxyInternals {
   #reloading: Promise<unknown> = Promise.resolve()
   #draining = false
   #pinListener: ((pin: SharedRetryPin) => void) | undefined
+  #listenersChanged: (() => void) | undefined
+  /** The next try to bind listeners a failed reload could not bind again. */
+  #rebindTimer: TimerHandle | undefined
+  #rebindDelayMs = firstRebindDelayMs
   readonly #stopCollect: () => void
   // One runner for every gateway and generation: its cap on shadow calls in flight holds
   // across reloads, and close() can wait for it.
@@ -386,6 +400,10 @@ class ProxyRuntime implements ProxyInternals {
 
   onRetryPinReached(listener: ((pin: SharedRetryPin) => void) | undefined): void {
     this.#pinListener = listener
+  }
+
+  onListenersChanged(listener: (() => void) | undefined): void {
+    this.#listenersChanged = listener
   }
 
   adoptRetryPin(pin: SharedRetryPin): void {
@@ -717,7 +735,9 @@ class ProxyRuntime implements ProxyInternals {
           deps.logger.error('could not rebind a listener after a failed reload', {
             listener: entry.config.name,
             error: (rebind as Error).message,
+            retryInMs: this.#rebindDelayMs,
           })
+          this.#scheduleRebind()
         }
       }
       for (const service of created) await service.close().catch(() => {})
@@ -777,6 +797,52 @@ class ProxyRuntime implements ProxyInternals {
     }
   }
 
+  // A listener a failed reload let go of and could not bind again (its port taken meanwhile,
+  // its certificate files gone) is tried again on its own, backing off from 1 s to 30 s, so
+  // the proxy heals once the cause is gone instead of waiting for the next good reload. The
+  // tries run in the reload queue: never in the middle of a reload.
+  #scheduleRebind(): void {
+    if (this.#closed !== undefined || this.#rebindTimer !== undefined) return
+    const delayMs = this.#rebindDelayMs
+    this.#rebindDelayMs = Math.min(delayMs * 2, maxRebindDelayMs)
+    this.#rebindTimer = this.#deps.clock.setTimeout(() => {
+      this.#rebindTimer = undefined
+      const next = this.#reloading.then(() => this.#rebindMissing())
+      this.#reloading = next.catch(() => {})
+    }, delayMs)
+  }
+
+  async #rebindMissing(): Promise<void> {
+    const generation = this.#generation
+    if (this.#closed !== undefined || this.#draining || generation === undefined) return
+    const log = this.#deps.logger
+    let bound = false
+    let stillDown = false
+    for (const listener of generation.config.listeners) {
+      // A reload since may have bound it already.
+      if (this.#listeners.has(listener.name)) continue
+      let server: ListenerServer | undefined
+      try {
+        server = createListenerServer(listener, this.#dispatcher(listener.name), this.#deps)
+        await server.listen()
+        this.#listeners.set(listener.name, { config: listener, server })
+        bound = true
+        log.info('listener bound again', { listener: listener.name })
+      } catch (error) {
+        await server?.close(0).catch(() => {})
+        stillDown = true
+        log.error('could not bind a listener again', {
+          listener: listener.name,
+          error: (error as Error).message,
+          retryInMs: this.#rebindDelayMs,
+        })
+      }
+    }
+    if (stillDown) this.#scheduleRebind()
+    else this.#rebindDelayMs = firstRebindDelayMs
+    if (bound) this.#listenersChanged?.()
+  }
+
   async #reloadFromWatch(file: string): Promise<void> {
     // A delete or a half-written file would fail the reload anyway; only react to content.
     const text = await readFile(file, 'utf8').catch(() => undefined)
@@ -789,6 +855,8 @@ class ProxyRuntime implements ProxyInternals {
     this.beginDrain()
     this.#watcher?.close()
     this.#deps.clock.clearTimeout(this.#watchTimer)
+    this.#deps.clock.clearTimeout(this.#rebindTimer)
+    this.#rebindTimer = undefined
     await this.#reloading.catch(() => {})
     const wait = drainMs ?? this.#generation?.config.drainTimeoutMs ?? 30_000
     const clock = this.#deps.clock

@@ -176,8 +176,11 @@ export function serveWorkerCommands(
   }
   channel.send?.({ bw: 'ready' } satisfies Message, ignoreSendFailure)
   reportListeners()
+  // A listener bound again between reloads (see ProxyInternals.onListenersChanged).
+  runtime.onListenersChanged(reportListeners)
   return () => {
     runtime.onRetryPinReached(undefined)
+    runtime.onListenersChanged(undefined)
     channel.off('message', listener)
   }
 }

@@ -87,12 +87,16 @@ describe('cluster backend: listeners a worker is not listening on', () => {
     expect(backend.listenersDown()).toEqual([])
   })
 
-  it('a worker reports its listeners when it comes up and after every reload, failed or not', async () => {
+  it('a worker reports its listeners when it comes up, after every reload (failed or not), and when one is bound again', async () => {
     let down: string[] = []
     let failReload = false
+    let changed: (() => void) | undefined
     const runtime = {
       onRetryPinReached: () => {},
       listenersDown: () => down,
+      onListenersChanged: (listener: (() => void) | undefined) => {
+        changed = listener
+      },
       reload: async () => {
         down = ['internal']
         if (failReload) throw new Error('cannot bind internal')
@@ -117,6 +121,11 @@ describe('cluster backend: listeners a worker is not listening on', () => {
     await new Promise((resolve) => setImmediate(resolve))
     expect(reports()).toEqual([[], ['internal']])
     expect(sent.at(-1)).toMatchObject({ bw: 'reply', id: 1, ok: false })
+    // Bound again between reloads: the runtime says so, and the worker reports it.
+    down = []
+    changed?.()
+    expect(reports()).toEqual([[], ['internal'], []])
     stop()
+    expect(changed).toBeUndefined()
   })
 })

@@ -117,6 +117,7 @@ describe('cluster backend: retry pins for a worker that comes up later', () => {
       adoptRetryPin: (p: SharedRetryPin) => adopted.push(p),
       onRetryPinReached: () => {},
       listenersDown: () => [],
+      onListenersChanged: () => {},
     } as unknown as ProxyInternals
     const events = new EventEmitter()
     const channel = Object.assign(events, {

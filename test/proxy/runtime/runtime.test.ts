@@ -343,6 +343,68 @@ describe('startProxy', () => {
     }
   })
 
+  it('binds a listener a failed reload let go of again on its own once the cause is gone, backing off', async () => {
+    const certs = createTestCerts()
+    const blocker = createServer()
+    const taken = await listenOnLoopback(blocker)
+    try {
+      const oldCert = join(certs.dir, 'old.pem')
+      const oldKey = join(certs.dir, 'old-key.pem')
+      copyFileSync(certs.server.certFile, oldCert)
+      copyFileSync(certs.server.keyFile, oldKey)
+      const fixed = await freePort()
+      const base = (cert: string, key: string): string =>
+        yaml().replace(
+          'name: in\n    role: gateway\n    port: 0',
+          `name: in\n    role: gateway\n    port: ${fixed}\n    tls: { certFile: ${cert}, keyFile: ${key} }`,
+        )
+      const clock = new ManualClock(0)
+      const log = captureLog()
+      const runtime = await startProxyRuntime({
+        config: base(oldCert, oldKey),
+        logger: createJsonLogger({ output: log, level: 'debug', clock }),
+        clock,
+      })
+      proxy = runtime
+      let changes = 0
+      runtime.onListenersChanged(() => changes++)
+      rmSync(oldCert)
+      rmSync(oldKey)
+      const failing = base(certs.server.certFile, certs.server.keyFile).replace(
+        'listeners:\n',
+        `listeners:\n  - { name: extra, role: ambassador, port: ${taken} }\n`,
+      )
+      await expect(runtime.reload(failing)).rejects.toThrow('EADDRINUSE')
+      expect(runtime.listenersDown()).toEqual(['in'])
+
+      // The certificate files are still gone: the first try fails, and the next waits longer.
+      await clock.advance(1_000)
+      await eventually(() =>
+        expect(log.lines().some((r) => r.msg === 'could not bind a listener again')).toBe(true),
+      )
+      expect(runtime.listenersDown()).toEqual(['in'])
+      expect(log.lines().find((r) => r.msg === 'could not bind a listener again')).toMatchObject({
+        listener: 'in',
+        retryInMs: 2_000,
+      })
+      // They are back: the second try, 2 s later, binds the listener on its port again.
+      copyFileSync(certs.server.certFile, oldCert)
+      copyFileSync(certs.server.keyFile, oldKey)
+      await clock.advance(1_999)
+      expect(runtime.listenersDown()).toEqual(['in'])
+      await clock.advance(1)
+      await eventually(() => expect(runtime.listenersDown()).toEqual([]))
+      expect(runtime.address('in').port).toBe(fixed)
+      expect(changes).toBe(1)
+      expect(runtime.ready()).toBe(true)
+      // Nothing is left to try.
+      expect(clock.pendingTimers).toBe(0)
+    } finally {
+      blocker.close()
+      certs.cleanup()
+    }
+  })
+
   it('enforces Idempotency-Key on a configured route through the store it opens', async () => {
     const text = yaml().replace(
       'targets: [{ service: legacy, weight: 1 }]\n',
