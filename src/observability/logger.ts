@@ -76,6 +76,8 @@ const reserved = new Set(['level', 'time', 'msg'])
 const maxDepth = 8
 const maxStringLength = 8_192
 const maxArrayItems = 100
+// What a value that throws when read is logged as.
+const unserializable = '[unserializable]'
 
 interface LoggerCore {
   readonly threshold: number
@@ -140,14 +142,27 @@ class JsonLogger implements Logger {
 
   #write(level: LogLevel, msg: string, fields: LogFields | undefined): void {
     if (rank[level] < this.#core.threshold) return
+    let text: string
+    try {
+      text = clip(String(msg))
+    } catch {
+      // A msg whose toString throws: logging, often in an error path, must not.
+      text = unserializable
+    }
     const line: Record<string, unknown> = {
       level,
       time: new Date(this.#core.clock.now()).toISOString(),
-      msg: clip(String(msg)),
+      msg: text,
       ...this.#bound,
     }
-    if (fields !== undefined) Object.assign(line, sanitizeFields(fields, this.#core))
-    let text: string
+    if (fields !== undefined) {
+      try {
+        Object.assign(line, sanitizeFields(fields, this.#core))
+      } catch {
+        // Only reading the fields object itself can throw here (a getter on it).
+        line.logError = 'unserializable'
+      }
+    }
     try {
       text = JSON.stringify(line)
     } catch {
@@ -197,7 +212,21 @@ function sanitize(value: unknown, core: LoggerCore, depth: number, seen: WeakSet
       return `[function ${value.name || 'anonymous'}]`
   }
   if (value === null) return null
-  const object = value as object
+  try {
+    return sanitizeObject(value as object, core, depth, seen)
+  } catch {
+    // A getter, toJSON or proxy trap that throws (a revoked proxy, an object read in the wrong
+    // state): the value is left out rather than the log call throwing.
+    return unserializable
+  }
+}
+
+function sanitizeObject(
+  object: object,
+  core: LoggerCore,
+  depth: number,
+  seen: WeakSet<object>,
+): unknown {
   if (seen.has(object)) return '[circular]'
   if (depth >= maxDepth) return '[too deep]'
   if (object instanceof Date)
@@ -270,7 +299,8 @@ function serializeError(
  * `redactKeys`) at any depth become `[redacted]`, and credentials inside any string (URL
  * passwords, `password=` pairs, bearer tokens) are masked. Errors become `{ type, message,
  * code, status, stack, cause }` (no stack for breakwater's coded errors). Circular and very
- * deep values are cut short, so logging never throws.
+ * deep values are cut short, and a value that throws when read (a getter, `toJSON`, a revoked
+ * proxy) is written as `[unserializable]`, so logging never throws.
  *
  * @example
  * ```ts

@@ -195,6 +195,56 @@ describe('createJsonLogger', () => {
     expect(line.map).toEqual({ password: '[redacted]', a: 1 })
     expect(line.inf).toBe('Infinity')
   })
+
+  it('never throws on values that throw when read: toJSON, getters, revoked proxies, msg', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    const revocable = Proxy.revocable({}, {})
+    revocable.revoke()
+    const badMessage = new Error('m')
+    Object.defineProperty(badMessage, 'message', {
+      get() {
+        throw new Error('no message')
+      },
+    })
+    log.info('values', {
+      json: {
+        toJSON() {
+          throw new Error('boom')
+        },
+      },
+      getter: {
+        get x() {
+          throw new Error('getter')
+        },
+      },
+      revoked: revocable.proxy,
+      error: badMessage,
+      fine: 1,
+    })
+    const line = out.lines()[0]!
+    expect(line.msg).toBe('values')
+    expect(line.json).toBe('[unserializable]')
+    expect(line.getter).toBe('[unserializable]')
+    expect(line.revoked).toBe('[unserializable]')
+    expect(line.error).toBe('[unserializable]')
+    expect(line.fine).toBe(1)
+
+    const fields = {
+      get x(): string {
+        throw new Error('top-level getter')
+      },
+    }
+    log.warn('fields', fields)
+    log.error({
+      toString() {
+        throw new Error('msg')
+      },
+    } as unknown as string)
+    const [, second, third] = out.lines()
+    expect(second).toMatchObject({ level: 'warn', msg: 'fields', logError: 'unserializable' })
+    expect(third).toMatchObject({ level: 'error', msg: '[unserializable]' })
+  })
 })
 
 describe('redaction helpers', () => {
