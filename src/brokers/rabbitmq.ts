@@ -164,7 +164,18 @@ function rabbitError(error: unknown, context: string): BrokerError {
 interface PublishChannel {
   readonly model: ChannelModel
   readonly channel: ConfirmChannel
-  /** Ids of messages the broker returned as unroutable and that no publish has claimed yet. */
+  /**
+   * The publishes awaiting their confirms on this channel. A returned (unroutable) message is
+   * recorded only in the ones that sent its id, and only while they wait: a return that comes
+   * back after its publish gave up (aborted, a negative confirm) must not fail a later publish
+   * of the same id, which may well be routable by then.
+   */
+  readonly watches: Set<ReturnWatch>
+}
+
+/** One publish's ids and which of them came back unroutable. */
+interface ReturnWatch {
+  readonly ids: ReadonlySet<string>
   readonly returned: Set<string>
 }
 
@@ -182,9 +193,26 @@ class RabbitPublisher implements Publisher {
     if (this.#closed) throw closedError('rabbitmq', 'publisher')
     checkOutgoing('rabbitmq', messages, shortStrings)
     if (messages.length === 0) return
-    const options = this.#options
     const connection = this.#connect()
-    const { channel, returned } = await connection
+    const { channel, watches } = await connection
+    const watch: ReturnWatch = { ids: new Set(messages.map((m) => m.id)), returned: new Set() }
+    watches.add(watch)
+    try {
+      await this.#publishOn(connection, channel, messages, watch, signal)
+    } finally {
+      watches.delete(watch)
+    }
+  }
+
+  /** Sends a batch on `channel` and waits for its confirms; `watch` collects its returns. */
+  async #publishOn(
+    connection: Promise<PublishChannel>,
+    channel: ConfirmChannel,
+    messages: readonly OutgoingMessage[],
+    watch: ReturnWatch,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    const options = this.#options
     const confirms: Array<Promise<void>> = []
     try {
       for (const message of messages) {
@@ -230,7 +258,7 @@ class RabbitPublisher implements Publisher {
     // basic.return arrives before the confirm of the same message, so this set is complete.
     let unroutable: string | undefined
     for (const message of messages) {
-      if (returned.delete(message.id)) unroutable ??= message.topic
+      if (watch.returned.has(message.id)) unroutable ??= message.topic
     }
     if (unroutable !== undefined) {
       throw new BrokerError(
@@ -262,13 +290,14 @@ class RabbitPublisher implements Publisher {
       try {
         const channel = await model.createConfirmChannel()
         channel.on('error', () => {})
-        const returned = new Set<string>()
+        const watches = new Set<ReturnWatch>()
         channel.on('return', (message: ConsumeMessage) => {
           const id = message.properties.messageId
-          if (typeof id === 'string') returned.add(id)
+          if (typeof id !== 'string') return
+          for (const watch of watches) if (watch.ids.has(id)) watch.returned.add(id)
         })
         await channel.assertExchange(options.exchange, options.exchangeType, { durable: true })
-        return { model, channel, returned }
+        return { model, channel, watches }
       } catch (error) {
         await model.close().catch(() => {})
         throw rabbitError(error, 'cannot open a confirm channel')

@@ -82,4 +82,25 @@ describe('rabbitmq specifics', () => {
     await received.until(() => received.messages.length >= 1, 'the message')
     expect(received.messages[0]!.headers).toEqual(headers)
   })
+
+  it('does not fail a later publish as unroutable for a return that came back to an abandoned one', async () => {
+    const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
+    closers.push(() => broker.close())
+    const orphan = unique('orphan')
+    const bound = unique('bound')
+    const received = new Received()
+    await broker.subscriber.subscribe(bound, unique('g'), async (m) => received.record(m))
+    const lost = { id: unique('lost'), topic: orphan, key: 'k', payload: '', headers: {} }
+    // Aborted while its confirm is awaited: the broker still returns the message afterwards.
+    const abort = new AbortController()
+    const abandoned = broker.publisher.publish([lost], abort.signal)
+    abort.abort()
+    await expect(abandoned).rejects.toMatchObject({ code: 'ABORTED' })
+    // A confirm on the same channel comes after the earlier message's return.
+    await broker.publisher.publish([{ ...lost, id: unique('m'), topic: bound }])
+    // Once a queue is bound, publishing the same message again succeeds.
+    await broker.subscriber.subscribe(orphan, unique('g'), async (m) => received.record(m))
+    await broker.publisher.publish([lost])
+    await received.until(() => received.ids().includes(lost.id), 'the republished message')
+  })
 })
