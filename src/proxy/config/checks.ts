@@ -4,6 +4,10 @@
 // document next to the schema (not after it), so one run reports every problem; each check
 // looks only at the parts that have the right shape and leaves the rest to the schema.
 
+import { DEADLINE_HEADER } from '../../policies/deadline.js'
+import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
+import { limitsDefaults as limitDefaults } from './schema.js'
+
 /** A problem found by a cross-field check: where, what was expected, and what was there. */
 export interface RawProblem {
   readonly path: readonly (string | number)[]
@@ -94,18 +98,41 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
 
   const listeners = list(doc.listeners)
   const listenerNames = new Map<string, number>()
-  const ports = new Map<string, string>()
+  // Who took each port, on which address.
+  const ports = new Map<number, { host: string; wildcard: boolean; path: string }[]>()
   const routeNames = new Map<string, string>()
   const claimPort = (path: (string | number)[], host: unknown, port: unknown): void => {
     if (typeof port !== 'number' || port === 0) return
-    const key = `${typeof host === 'string' ? host : '127.0.0.1'}:${port}`
-    const any = `*:${port}`
-    const owner = ports.get(key) ?? ports.get(any)
-    if (owner !== undefined) add(path, `a port not already used by ${owner}`, port)
-    else ports.set(key, formatPath(path))
-    // A wildcard address takes the port on every address, so it clashes with any other use.
-    if (host === '0.0.0.0' || host === '::') ports.set(any, formatPath(path))
+    const address = typeof host === 'string' ? host : '127.0.0.1'
+    // A wildcard address takes the port on every address, so it clashes with any other use,
+    // whichever of the two is written first.
+    const wildcard = address === '0.0.0.0' || address === '::'
+    const claims = ports.get(port) ?? []
+    const owner = claims.find((c) => c.host === address || c.wildcard || wildcard)
+    if (owner !== undefined) {
+      add(path, `a port not already used by ${owner.path}`, port)
+      return
+    }
+    claims.push({ host: address, wildcard, path: formatPath(path) })
+    ports.set(port, claims)
   }
+  // Headers the inbound side removes before a route looks at the request (request.ts): a
+  // route that matches on one, or takes its sticky or retry-affinity value from one, would
+  // never see it, and so never match, or never stick, without a word.
+  const deadlineHeader =
+    typeof doc.deadlineHeader === 'string' ? doc.deadlineHeader.toLowerCase() : DEADLINE_HEADER
+  const unseen = (name: unknown): boolean => {
+    if (typeof name !== 'string') return false
+    const lower = name.toLowerCase()
+    return (
+      HOP_BY_HOP_HEADERS.has(lower) ||
+      lower === 'host' ||
+      lower === 'expect' ||
+      lower === deadlineHeader
+    )
+  }
+  const unseenText =
+    'a header that reaches the route (Host, Expect, the deadline header and hop-by-hop headers such as Connection or TE are removed before routing)'
   let routeIdempotency = false
   listeners.forEach((listener, i) => {
     if (!isObj(listener)) return
@@ -117,6 +144,25 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
       else listenerNames.set(listener.name, i)
     }
     claimPort([...base, 'port'], listener.host ?? '127.0.0.1', listener.port)
+    // node:http refuses a headers timeout longer than the request timeout when the server is
+    // made, so the file would pass the loader and then fail to start (or to reload).
+    const limits = isObj(listener.limits) ? listener.limits : {}
+    const headersMs = limits.headersTimeoutMs ?? limitDefaults.headersTimeoutMs
+    const requestMs = limits.requestTimeoutMs ?? limitDefaults.requestTimeoutMs
+    if (typeof headersMs === 'number' && typeof requestMs === 'number' && headersMs > requestMs) {
+      if (limits.headersTimeoutMs !== undefined)
+        add(
+          [...base, 'limits', 'headersTimeoutMs'],
+          `at most requestTimeoutMs (${requestMs})`,
+          headersMs,
+        )
+      else
+        add(
+          [...base, 'limits', 'requestTimeoutMs'],
+          `at least headersTimeoutMs (${headersMs}, the default)`,
+          requestMs,
+        )
+    }
     const routes = list(listener.routes)
     if (listener.role === 'ambassador') {
       if (listener.routes !== undefined)
@@ -182,7 +228,14 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
       const sticky = isObj(route.sticky) ? route.sticky : undefined
       if (sticky !== undefined && (sticky.header === undefined) === (sticky.cookie === undefined))
         add([...at, 'sticky'], 'exactly one of header or cookie', 'both or neither')
+      if (unseen(sticky?.header)) add([...at, 'sticky', 'header'], unseenText, sticky?.header)
+      const affinity = isObj(route.retryAffinity) ? route.retryAffinity : undefined
+      if (unseen(affinity?.header))
+        add([...at, 'retryAffinity', 'header'], unseenText, affinity?.header)
       const match = isObj(route.match) ? route.match : undefined
+      if (isObj(match?.headers))
+        for (const name of Object.keys(match.headers))
+          if (unseen(name)) add([...at, 'match', 'headers', name], unseenText, name)
       if (
         typeof route.stripPrefix === 'string' &&
         typeof match?.prefix === 'string' &&

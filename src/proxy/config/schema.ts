@@ -4,6 +4,7 @@
 // from this schema for editors) free of transforms, and `ProxyConfig` free of YAML spelling.
 // Cross-field rules (targets name defined services, unique ports, ...) live in checks.ts.
 
+import { isIPv4, isIPv6 } from 'node:net'
 import { z } from 'zod'
 import { maxTimerDelayMs } from '../../core/clock.js'
 import { httpTokenPattern } from '../../http/token.js'
@@ -101,23 +102,44 @@ const method = z
   .regex(methodPattern, { error: 'upper-case HTTP method (GET, POST, ...)' })
 
 const endpointUrl = z.string({ error: 'http:// or https:// URL' }).refine(isEndpointUrl, {
-  error: 'http:// or https:// URL with a host and no credentials, query or fragment',
+  error:
+    'http:// or https:// URL of a host and port (1-65535), without credentials, path, query or fragment',
 })
 
+// The service runtime takes an endpoint's origin only (upstream/discovery.ts parseEndpointUrl
+// refuses a path at start), so a path here would pass `--check` and then stop the start.
 function isEndpointUrl(value: string): boolean {
   if (!/^https?:\/\//i.test(value)) return false
   try {
     const url = new URL(value)
     return (
       url.hostname !== '' &&
+      url.port !== '0' &&
       url.username === '' &&
       url.password === '' &&
+      (url.pathname === '/' || url.pathname === '') &&
       url.search === '' &&
       url.hash === ''
     )
   } catch {
     return false
   }
+}
+
+const dnsServerText = '"ip" or "ip:port" of a DNS server ("[ipv6]:port" with a port)'
+
+// What dns.Resolver#setServers takes without throwing at start; a port of 0 even aborts the
+// process there (a native assertion), and one above 65535 is taken and then never answers.
+function isDnsServer(value: string): boolean {
+  if (isIPv4(value) || isIPv6(value)) return true
+  const bracketed = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(value)
+  if (bracketed !== null) return isIPv6(bracketed[1] as string) && isPort(bracketed[2])
+  const withPort = /^([^:]+):(\d{1,5})$/.exec(value)
+  return withPort !== null && isIPv4(withPort[1] as string) && isPort(withPort[2])
+}
+
+function isPort(text: string | undefined): boolean {
+  return text === undefined || (Number(text) >= 1 && Number(text) <= 65_535)
 }
 
 const dnsDiscoverySchema = z.strictObject({
@@ -128,7 +150,9 @@ const dnsDiscoverySchema = z.strictObject({
   minRefreshMs: ms().default(1_000),
   maxRefreshMs: ms(1).default(30_000),
   servers: z
-    .array(text('"ip" or "ip:port" of a DNS server'), { error: 'list of DNS servers' })
+    .array(z.string({ error: dnsServerText }).refine(isDnsServer, { error: dnsServerText }), {
+      error: 'list of DNS servers',
+    })
     .min(1, { error: 'non-empty list of DNS servers' })
     .optional(),
 })
@@ -228,7 +252,8 @@ export const serviceSchema = z.strictObject({
   websocket: websocketSchema,
 })
 
-const limitsDefaults = {
+/** The listener `limits` a file leaves out. */
+export const limitsDefaults = {
   maxHeaderBytes: 16_384,
   maxHeaders: 100,
   maxBodyBytes: 1_048_576,
