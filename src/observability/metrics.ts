@@ -103,10 +103,15 @@ export interface MetricsRegistry {
   histogram(options: HistogramOptions): Histogram
   /**
    * Registers a callback run before each render, to refresh gauges from their source (a
-   * database query, a relay's snapshot). Returns a function that removes it.
+   * database query, a relay's snapshot); renders that overlap share one run. Returns a
+   * function that removes it.
    */
   onCollect(callback: () => void | Promise<void>): () => void
-  /** Runs the collect callbacks, then renders every metric in the text format. */
+  /**
+   * Runs the collect callbacks, then renders every metric in the text format. A render that
+   * starts while the callbacks of another are still running waits for those instead of running
+   * them again.
+   */
   render(): Promise<string>
 }
 
@@ -456,6 +461,7 @@ class Registry implements MetricsRegistry {
   readonly #metrics = new Map<string, Renderable>()
   readonly #collectors = new Set<() => void | Promise<void>>()
   readonly #onCollectError: (error: unknown) => void
+  #collecting: Promise<void> | undefined
 
   constructor(options: MetricsRegistryOptions) {
     checkObject('metricsRegistry', options)
@@ -490,18 +496,31 @@ class Registry implements MetricsRegistry {
   }
 
   async render(): Promise<string> {
-    await Promise.all(
-      [...this.#collectors].map(async (collect) => {
-        try {
-          await collect()
-        } catch (error) {
-          this.#onCollectError(error)
-        }
-      }),
-    )
+    // Scrapes that overlap a collection in flight wait for it rather than start their own: a
+    // slow source (a database under stress) would otherwise get one more query per scrape,
+    // piling up while it is slowest.
+    this.#collecting ??= this.#collect()
+    await this.#collecting
     const lines: string[] = []
     for (const metric of this.#metrics.values()) metric.render(lines)
     return lines.length === 0 ? '' : `${lines.join('\n')}\n`
+  }
+
+  async #collect(): Promise<void> {
+    try {
+      await Promise.all(
+        [...this.#collectors].map(async (collect) => {
+          try {
+            await collect()
+          } catch (error) {
+            this.#onCollectError(error)
+          }
+        }),
+      )
+    } finally {
+      // Cleared before any waiting render resumes, so the next scrape collects afresh.
+      this.#collecting = undefined
+    }
   }
 
   #add<M extends Renderable>(metric: M): M {

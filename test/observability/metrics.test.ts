@@ -146,6 +146,35 @@ describe('metrics registry: exposition format', () => {
     expect(errors).toHaveLength(2)
   })
 
+  it('runs the collect callbacks once for scrapes that overlap a collection in flight', async () => {
+    // A slow source (a database under stress) must not get one more query per scrape: two
+    // Prometheus replicas, or a scrape that timed out and came back, join the running one.
+    const registry = createMetricsRegistry()
+    const pending = registry.gauge({ name: 'pending', help: 'p' })
+    let calls = 0
+    let release: () => void = () => {}
+    registry.onCollect(async () => {
+      calls++
+      await new Promise<void>((resolve) => {
+        release = resolve
+      })
+      pending.set(calls)
+    })
+    const first = registry.render()
+    const second = registry.render()
+    await Promise.resolve()
+    expect(calls).toBe(1)
+    release()
+    const [a, b] = await Promise.all([first, second])
+    expect(a).toBe(b)
+    expect(sampleValue(parsePrometheusText(a), 'pending')).toBe(1)
+    // The next scrape collects afresh.
+    const third = registry.render()
+    await Promise.resolve()
+    release()
+    expect(sampleValue(parsePrometheusText(await third), 'pending')).toBe(2)
+  })
+
   it('refuses bad names, duplicate names, wrong labels and negative counter increments', () => {
     const registry = createMetricsRegistry()
     expect(() => registry.counter({ name: '1bad', help: 'x' })).toThrow(InvalidOptionError)
