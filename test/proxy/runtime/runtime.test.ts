@@ -290,26 +290,61 @@ describe('startProxy', () => {
     }
   })
 
+  /**
+   * A gateway on a fixed port whose certificate lives in copies the test can delete, so that its
+   * rebind after a failed reload fails (deterministically, as a port taken meanwhile would), and
+   * restore. `running` is its config; `rotated` the same gateway on the original files;
+   * `failing` that plus a listener on a port in use, a reload that fails after the gateway let
+   * go of its port.
+   */
+  async function vanishingCertGateway(
+    certs: ReturnType<typeof createTestCerts>,
+    taken: number,
+    extra = '',
+  ) {
+    const oldCert = join(certs.dir, 'old.pem')
+    const oldKey = join(certs.dir, 'old-key.pem')
+    const restore = (): void => {
+      copyFileSync(certs.server.certFile, oldCert)
+      copyFileSync(certs.server.keyFile, oldKey)
+    }
+    restore()
+    const fixed = await freePort()
+    const config = (cert: string, key: string): string =>
+      `${yaml().replace(
+        'name: in\n    role: gateway\n    port: 0',
+        `name: in\n    role: gateway\n    port: ${fixed}\n    tls: { certFile: ${cert}, keyFile: ${key} }`,
+      )}${extra}`
+    const rotated = config(certs.server.certFile, certs.server.keyFile)
+    return {
+      fixed,
+      running: config(oldCert, oldKey),
+      rotated,
+      failing: rotated.replace(
+        'listeners:\n',
+        `listeners:\n  - { name: extra, role: ambassador, port: ${taken} }\n`,
+      ),
+      remove: (): void => {
+        rmSync(oldCert)
+        rmSync(oldKey)
+      },
+      restore,
+    }
+  }
+
   it('answers /readyz 503 naming a listener a failed reload could not bind again, until one does', async () => {
     const certs = createTestCerts()
     const blocker = createServer()
     const taken = await listenOnLoopback(blocker)
     try {
-      // The running gateway's certificate lives in files that are gone by the time it is bound
-      // again, so its rebind after the failed reload fails (deterministically, as a port taken
-      // meanwhile would).
-      const oldCert = join(certs.dir, 'old.pem')
-      const oldKey = join(certs.dir, 'old-key.pem')
-      copyFileSync(certs.server.certFile, oldCert)
-      copyFileSync(certs.server.keyFile, oldKey)
-      const fixed = await freePort()
-      const base = (cert: string, key: string): string =>
-        `${yaml().replace(
-          'name: in\n    role: gateway\n    port: 0',
-          `name: in\n    role: gateway\n    port: ${fixed}\n    tls: { certFile: ${cert}, keyFile: ${key} }`,
-        )}admin: { port: 0, token: { env: BW_TEST_ADMIN_TOKEN } }\n`
+      const gateway = await vanishingCertGateway(
+        certs,
+        taken,
+        'admin: { port: 0, token: { env: BW_TEST_ADMIN_TOKEN } }\n',
+      )
+      const { fixed } = gateway
       const runtime = await startProxyRuntime({
-        config: base(oldCert, oldKey),
+        config: gateway.running,
         logger: quiet,
         env: { BW_TEST_ADMIN_TOKEN: 'admin-token-0123456789abcdef' },
       })
@@ -317,16 +352,10 @@ describe('startProxy', () => {
       const admin = runtime.adminAddress()?.port ?? 0
       expect((await http(admin, '/readyz')).status).toBe(200)
 
-      rmSync(oldCert)
-      rmSync(oldKey)
+      gateway.remove()
       // New certificate files for the gateway (it must let go of its port to rebind), and a
       // new listener on a port in use: the reload fails after the gateway let go.
-      const rotated = base(certs.server.certFile, certs.server.keyFile)
-      const failing = rotated.replace(
-        'listeners:\n',
-        `listeners:\n  - { name: extra, role: ambassador, port: ${taken} }\n`,
-      )
-      await expect(runtime.reload(failing)).rejects.toThrow('EADDRINUSE')
+      await expect(runtime.reload(gateway.failing)).rejects.toThrow('EADDRINUSE')
       expect(() => runtime.address('in')).toThrow('listener')
       const down = await http(admin, '/readyz')
       expect(down.status).toBe(503)
@@ -334,7 +363,7 @@ describe('startProxy', () => {
       expect(down.text).toContain('listener in is not listening')
 
       // A reload that binds it again makes the proxy ready again.
-      await runtime.reload(rotated)
+      await runtime.reload(gateway.rotated)
       expect(runtime.address('in').port).toBe(fixed)
       expect((await http(admin, '/readyz')).json()).toEqual({ status: 'ready' })
     } finally {
@@ -348,39 +377,27 @@ describe('startProxy', () => {
     const blocker = createServer()
     const taken = await listenOnLoopback(blocker)
     try {
-      const oldCert = join(certs.dir, 'old.pem')
-      const oldKey = join(certs.dir, 'old-key.pem')
-      copyFileSync(certs.server.certFile, oldCert)
-      copyFileSync(certs.server.keyFile, oldKey)
-      const fixed = await freePort()
-      const base = (cert: string, key: string): string =>
-        yaml().replace(
-          'name: in\n    role: gateway\n    port: 0',
-          `name: in\n    role: gateway\n    port: ${fixed}\n    tls: { certFile: ${cert}, keyFile: ${key} }`,
-        )
+      const gateway = await vanishingCertGateway(certs, taken)
+      const { fixed } = gateway
       const clock = new ManualClock(0)
       const log = captureLog()
       const runtime = await startProxyRuntime({
-        config: base(oldCert, oldKey),
+        config: gateway.running,
         logger: createJsonLogger({ output: log, level: 'debug', clock }),
         clock,
       })
       proxy = runtime
       let changes = 0
       runtime.onListenersChanged(() => changes++)
-      rmSync(oldCert)
-      rmSync(oldKey)
-      const failing = base(certs.server.certFile, certs.server.keyFile).replace(
-        'listeners:\n',
-        `listeners:\n  - { name: extra, role: ambassador, port: ${taken} }\n`,
-      )
-      await expect(runtime.reload(failing)).rejects.toThrow('EADDRINUSE')
+      gateway.remove()
+      await expect(runtime.reload(gateway.failing)).rejects.toThrow('EADDRINUSE')
       expect(runtime.listenersDown()).toEqual(['in'])
 
       // The certificate files are still gone: the first try fails, and the next waits longer.
       await clock.advance(1_000)
-      await eventually(() =>
-        expect(log.lines().some((r) => r.msg === 'could not bind a listener again')).toBe(true),
+      await eventually(
+        () => log.lines().some((r) => r.msg === 'could not bind a listener again'),
+        'the first try to bind it again',
       )
       expect(runtime.listenersDown()).toEqual(['in'])
       expect(log.lines().find((r) => r.msg === 'could not bind a listener again')).toMatchObject({
@@ -388,12 +405,11 @@ describe('startProxy', () => {
         retryInMs: 2_000,
       })
       // They are back: the second try, 2 s later, binds the listener on its port again.
-      copyFileSync(certs.server.certFile, oldCert)
-      copyFileSync(certs.server.keyFile, oldKey)
+      gateway.restore()
       await clock.advance(1_999)
       expect(runtime.listenersDown()).toEqual(['in'])
       await clock.advance(1)
-      await eventually(() => expect(runtime.listenersDown()).toEqual([]))
+      await eventually(() => runtime.listenersDown().length === 0, 'the listener bound again')
       expect(runtime.address('in').port).toBe(fixed)
       expect(changes).toBe(1)
       expect(runtime.ready()).toBe(true)
