@@ -13,8 +13,7 @@ import { ManualClock } from '../../../src/testing/index.js'
 import { captureLog } from '../runtime/helpers.js'
 import { FakeWorker } from './fake-worker.js'
 
-const config = parseProxyConfig(
-  `services:
+const yaml = `services:
   orders: { endpoints: ['http://127.0.0.1:1'] }
   legacy: { endpoints: ['http://127.0.0.1:2'] }
 listeners:
@@ -24,24 +23,14 @@ listeners:
     routes:
       - { name: main, match: { prefix: / }, targets: [{ service: legacy }, { service: orders, weight: 0 }] }
 workers: 2
-`,
-  'partial',
-)
+`
+const config = parseProxyConfig(yaml, 'partial')
 
-// The file after an edit: the main route goes to orders.
+// The file after an edit: the main route goes to orders, and draining takes 2 s.
 const edited = parseProxyConfig(
-  `services:
-  orders: { endpoints: ['http://127.0.0.1:1'] }
-  legacy: { endpoints: ['http://127.0.0.1:2'] }
-listeners:
-  - name: in
-    role: gateway
-    port: 0
-    routes:
-      - { name: main, match: { prefix: / }, targets: [{ service: orders }] }
-drainTimeoutMs: 2000
-workers: 2
-`,
+  yaml
+    .replace('[{ service: legacy }, { service: orders, weight: 0 }]', '[{ service: orders }]')
+    .replace('workers: 2', 'drainTimeoutMs: 2000\nworkers: 2'),
   'partial',
 )
 
