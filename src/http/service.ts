@@ -107,7 +107,8 @@ export interface HttpService {
   /**
    * Runs `fn` through the service's policy stack (overall timeout, retry when asked, circuit
    * breaker, attempt timeout, bulkhead), for work that talks to the service's `dispatcher`
-   * itself. `fn` must honour `ctx.signal`.
+   * itself. `fn` must honour `ctx.signal`. Once the client is closing, attempts reject with
+   * `HttpClientClosedError` without calling `fn`.
    */
   execute<T>(
     fn: (ctx: PolicyContext) => PromiseLike<T> | T,
@@ -293,7 +294,13 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   ): Promise<T> {
     const stack = options.retry === true ? this.#retrying : this.#single
     if (stack === this.#single && this.#retry !== undefined) this.retryBudget?.recordRequest()
-    return stack.execute(fn, options.signal)
+    // As for request(): nothing runs on the closed pool, neither a new call nor the attempt of
+    // one that was in backoff or queued when the client closed (undici's UND_ERR_CLOSED is
+    // transient and would spend every attempt).
+    return stack.execute(
+      (ctx) => (this.#closed ? Promise.reject(new HttpClientClosedError()) : fn(ctx)),
+      options.signal,
+    )
   }
 
   /** Runs one call. */

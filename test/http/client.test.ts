@@ -381,4 +381,29 @@ describe('state, events and close', () => {
     expect(server.hits).toHaveLength(1)
     await c.close()
   })
+
+  it("refuses a service's execute() after close, also for a retry of a call begun before", async () => {
+    const c = make({ retry: { baseDelayMs: 1 } })
+    const svc = c.service('svc')
+    let calls = 0
+    const closing: Array<Promise<void>> = []
+    const error = await svc
+      .execute(
+        () => {
+          calls++
+          // The first attempt fails while the client closes; the retry must not run on the
+          // closed pool (undici's UND_ERR_CLOSED is transient: every attempt would be spent).
+          closing.push(c.close())
+          throw Object.assign(new Error('busy'), { status: 503 })
+        },
+        { retry: true },
+      )
+      .catch((e: unknown) => e)
+    await Promise.all(closing)
+    expect(error).toBeInstanceOf(HttpClientClosedError)
+    expect(calls).toBe(1)
+    const late = await svc.execute(() => calls++).catch((e: unknown) => e)
+    expect(late).toBeInstanceOf(HttpClientClosedError)
+    expect(calls).toBe(1)
+  })
 })
