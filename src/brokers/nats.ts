@@ -694,6 +694,10 @@ class NatsSubscriber implements Subscriber {
       // be invisible to the dispatcher, which could then not hold their keys' later ones.
       messages = await consumer.consume({
         max_messages: options.prefetch,
+        // A deleted consumer or stream ends the session, so the next one creates them again.
+        // The driver's default waits for someone else to restore them: the subscription would
+        // receive nothing, silently, for good.
+        abort_on_missing_resource: true,
         callback: (raw) => {
           if (stopping) {
             if (!owe(raw, NAK_BODY)) raw.nak()

@@ -1,3 +1,4 @@
+import { connect } from 'nats'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createNatsBroker } from '../../src/brokers/index.js'
 import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
@@ -100,5 +101,40 @@ describe('nats specifics', () => {
     const broker = createNatsBroker({ url, maxAgeMs: 60_000 })
     closers.push(() => broker.close())
     await broker.publisher.publish(makeBatch(unique('aged'), 1, 1))
+  })
+
+  it('recreates its consumer (and stream) when they are deleted under a live subscription', async () => {
+    const url = await brokerUrl('nats')
+    const broker = testBroker('nats', url)
+    closers.push(() => broker.close())
+    const topic = unique('deleted')
+    const group = unique('g')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, group, async (m) => received.record(m))
+    await broker.publisher.publish([{ id: 'first', topic, key: 'k', payload: '', headers: {} }])
+    await received.until(() => received.ids().includes('first'), 'the first message')
+
+    // An operator deletes the consumer, then the whole stream (the publisher recreates it).
+    const nc = await connect({ servers: new URL(url).host })
+    closers.push(() => nc.close())
+    const jsm = await nc.jetstreamManager()
+    await jsm.consumers.delete(topic, group)
+    await broker.publisher.publish([{ id: 'second', topic, key: 'k', payload: '', headers: {} }])
+    await received.until(
+      () => received.ids().includes('second'),
+      'a message after the consumer was deleted',
+    )
+    await jsm.streams.delete(topic)
+    const third = [{ id: 'third', topic, key: 'k', payload: '', headers: {} }]
+    // The first publish finds the stream gone (retryable BROKER_UNROUTABLE); the retry, as a
+    // relay's, recreates it.
+    await broker.publisher.publish(third).catch(async (error: unknown) => {
+      expect((error as BreakwaterError).code).toBe('BROKER_UNROUTABLE')
+      await broker.publisher.publish(third)
+    })
+    await received.until(
+      () => received.ids().includes('third'),
+      'a message after the stream was deleted',
+    )
   })
 })
