@@ -175,15 +175,24 @@ export async function runUntilSignal(
     forceDrain = () => resolve('forced')
   })
   const listener = (signal: NodeJS.Signals): void => {
+    // onSignal is called first (its log line comes before what the signal sets off), but a
+    // throwing one must not swallow the signal: its error still surfaces, after the drain or
+    // the forced end has begun.
     if (received === undefined) {
       received = signal
-      onSignal(signal, 'drain')
-      aborter.abort(signal)
-      signalled()
-      wakeRun()
+      try {
+        onSignal(signal, 'drain')
+      } finally {
+        aborter.abort(signal)
+        signalled()
+        wakeRun()
+      }
     } else {
-      onSignal(signal, 'force')
-      forceDrain()
+      try {
+        onSignal(signal, 'force')
+      } finally {
+        forceDrain()
+      }
     }
   }
   const keepAlive = (options.keepAlive ?? true) ? holdOpen(clock) : () => {}

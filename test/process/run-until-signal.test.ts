@@ -308,6 +308,31 @@ describe('runUntilSignal', () => {
     expect(target.listenerCount('SIGTERM')).toBe(0)
   })
 
+  it('a throwing onSignal still starts the drain, and a second signal still forces', async () => {
+    // A bug in the logging callback surfaces (process: an uncaughtException) but must not
+    // swallow the signal: with an uncaughtException handler the process would never stop.
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const s = service()
+    const run = track(
+      runUntilSignal(() => s.handle, {
+        target,
+        clock,
+        onSignal: () => {
+          throw new Error('logger broke')
+        },
+      }),
+    )
+    await flushJobs()
+    expect(() => target.emit('SIGTERM', 'SIGTERM')).toThrow('logger broke')
+    await flushJobs()
+    expect(s.calls).toEqual(['stop'])
+    expect(() => target.emit('SIGTERM', 'SIGTERM')).toThrow('logger broke')
+    await flushJobs()
+    expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'forced' })
+    expect(target.listenerCount('SIGTERM')).toBe(0)
+  })
+
   it('refuses bad options, naming them', async () => {
     await expect(runUntilSignal(() => service().handle, { drainTimeoutMs: -1 })).rejects.toThrow(
       /drainTimeoutMs/,
