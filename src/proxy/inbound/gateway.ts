@@ -217,19 +217,47 @@ export function createGatewayHandler(
 
     let outcome: ForwardOutcome
     const guard = config.idempotency
-    if (guard !== undefined && idempotency !== undefined) {
-      outcome = idempotency.guards(guard, inbound.method)
-        ? await idempotency.run(guard, inbound, res, forward)
-        : await forward({})
-    } else {
-      if (guard !== undefined && !warned.has(route.name)) {
-        warned.add(route.name)
-        ctx.logger.warn('route asks for idempotency but the proxy has no idempotency store', {
-          listener: listener.name,
-          route: route.name,
-        })
+    try {
+      if (guard !== undefined && idempotency !== undefined) {
+        outcome = idempotency.guards(guard, inbound.method)
+          ? await idempotency.run(guard, inbound, res, forward)
+          : await forward({})
+      } else {
+        if (guard !== undefined && !warned.has(route.name)) {
+          warned.add(route.name)
+          ctx.logger.warn('route asks for idempotency but the proxy has no idempotency store', {
+            listener: listener.name,
+            route: route.name,
+          })
+        }
+        outcome = await forward({})
       }
-      outcome = await forward({})
+    } catch (error) {
+      // forward() answers its own failures, so this is the idempotency store failing (it is
+      // down: begin, complete or abort threw). The request still ends as one: answered,
+      // logged, counted, and its retry-affinity pin settled. Left unsettled, a pin taken for
+      // a request that never reached the app would send the key's retries to that target for
+      // the pin's whole ttlMs, whatever the weights say by then.
+      ctx.logger.error('gateway request failed', {
+        listener: listener.name,
+        route: route.name,
+        error: error instanceof Error ? error.message : String(error),
+      })
+      sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to handle the request')
+      // Once the app was called it may have run the request: the pin stays, as after a timeout.
+      if (called) routes.count(route, serviceName)
+      if (retryKey !== undefined) routes.settle(route, retryKey, serviceName, called)
+      const failed: ForwardOutcome = {
+        status: 500,
+        attempts: called ? 1 : 0,
+        written: called,
+        endpoint: undefined,
+        error: 'INTERNAL_ERROR',
+        captured: undefined,
+      }
+      logAccess(ctx, inbound, failed, listener.name, { route: route.name, service: serviceName })
+      observe(inbound, failed, route.name, called ? serviceName : '')
+      return
     }
     // Replays and idempotency problems never reached the service: they are not its traffic.
     if (called) routes.count(route, serviceName)

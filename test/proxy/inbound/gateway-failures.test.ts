@@ -1,0 +1,85 @@
+// A gateway request whose handling fails after routing (the idempotency store is down) must
+// still end as one request: the client gets a problem answer, the access log and the route
+// metrics have it, and a retry-affinity pin taken for it is dropped (nothing reached the app),
+// so the key's retry is routed by the weights in force then.
+
+import { afterEach, describe, expect, it } from 'vitest'
+import {
+  createIdempotency,
+  createMemoryIdempotencyStore,
+  type IdempotencyStore,
+} from '../../../src/idempotency/index.js'
+import type { RouteConfig } from '../../../src/proxy/contracts.js'
+import { createGatewayHandler } from '../../../src/proxy/inbound/gateway.js'
+import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
+import { retryAffinityDefaults } from '../../../src/proxy/inbound/retry-affinity.js'
+import { createRouteTable } from '../../../src/proxy/inbound/routes.js'
+import { createSidecarIdempotency } from '../../../src/proxy/inbound/sidecar-idempotency.js'
+import { sendRaw } from '../support/raw-http.js'
+import { contextWith, listenerConfig, recordingService, registryOf } from './harness.js'
+
+let server: ListenerServer | undefined
+
+afterEach(async () => {
+  await server?.close()
+  server = undefined
+})
+
+function failingStore(): IdempotencyStore {
+  const store = createMemoryIdempotencyStore()
+  return {
+    ...store,
+    claim: () => Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:5432')),
+  } as IdempotencyStore
+}
+
+describe('a gateway request whose idempotency store fails', () => {
+  it('is answered 500, logged and counted, and leaves no retry-affinity pin', async () => {
+    const app = recordingService('app')
+    const route: RouteConfig = {
+      name: 'orders',
+      match: { prefix: '/', methods: undefined, headers: {} },
+      targets: [{ service: 'app', weight: 1 }],
+      sticky: undefined,
+      stripPrefix: undefined,
+      shadow: undefined,
+      idempotency: { methods: ['POST'], ttlMs: 60_000 },
+      retryAffinity: { ...retryAffinityDefaults },
+      websocket: undefined,
+    }
+    const listener = listenerConfig({ role: 'gateway', routes: [route] })
+    const { ctx, log } = contextWith(() => registryOf([app]))
+    const table = createRouteTable([route])
+    const idempotency = createSidecarIdempotency({
+      idempotency: createIdempotency({ store: failingStore() }),
+    })
+    server = createListenerServer(
+      listener,
+      createGatewayHandler(listener, ctx, table, { idempotency }),
+      ctx,
+    )
+    const { port } = await server.listen()
+
+    const response = await sendRaw(
+      port,
+      `POST /orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k-1\r\nContent-Length: 2\r\n\r\n{}`,
+    )
+    expect(response.status).toBe(500)
+    expect(response.headers['content-type']).toBe('application/problem+json')
+    expect(JSON.parse(response.body)).toMatchObject({ status: 500, code: 'INTERNAL_ERROR' })
+    expect(app.forwarded).toHaveLength(0)
+    expect(table.state()[0]?.retryAffinity).toMatchObject({ pinnedKeys: 0 })
+    const access = log.lines().filter((line) => line.msg === 'access')
+    expect(access).toHaveLength(1)
+    expect(access[0]).toMatchObject({
+      route: 'orders',
+      status: 500,
+      error: 'INTERNAL_ERROR',
+      attempts: 0,
+    })
+    const metrics = await ctx.metrics.render()
+    expect(metrics).toContain(
+      'breakwater_proxy_route_requests_total{listener="test",route="orders",service="",status="500"} 1',
+    )
+  })
+})
