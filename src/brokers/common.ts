@@ -197,6 +197,19 @@ export function parseBrokerUrl(option: string, value: unknown, schemes: readonly
   if (!schemes.includes(url.protocol) || url.hostname === '') {
     throw new InvalidOptionError(option, expected, redactUrl(value))
   }
+  // The drivers decode the user name, password and path (RabbitMQ's vhost) on first connect: a
+  // bare % there would throw a URIError from publish() or subscribe() instead of failing here.
+  for (const part of [url.username, url.password, url.pathname]) {
+    try {
+      decodeURIComponent(part)
+    } catch {
+      throw new InvalidOptionError(
+        option,
+        `${expected} whose user name, password and path are percent-encoded (a % must start a %XX escape; write % itself as %25)`,
+        redactUrl(value),
+      )
+    }
+  }
   return url
 }
 

@@ -120,6 +120,23 @@ describe('adapter options', () => {
     expect(redactUrl('%%://user:pw@host')).toBe('%%://***@host')
   })
 
+  it('refuse at construction a user name, password or path whose % is not an escape, naming why but not the secret', () => {
+    const cases: Array<[() => unknown, string]> = [
+      [() => createNatsBroker({ url: 'nats://user:hunter%zz@127.0.0.1' }), 'nats.url'],
+      [() => createNatsBroker({ url: 'nats://tok%en@127.0.0.1' }), 'nats.url'],
+      [() => createRedisBroker({ url: 'redis://:hunter%zz@127.0.0.1' }), 'redis.url'],
+      [() => createRabbitMqBroker({ url: 'amqp://u:hunter%zz@127.0.0.1' }), 'rabbitmq.url'],
+      [() => createRabbitMqBroker({ url: 'amqp://u:p@127.0.0.1/vh%zz' }), 'rabbitmq.url'],
+    ]
+    for (const [make, option] of cases) {
+      const error = thrown(make)
+      expect(error, option).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe(option)
+      expect((error as Error).message).toMatch(/percent-encoded/)
+      expect((error as Error).message).not.toMatch(/hunter|tok%en/)
+    }
+  })
+
   it('hide a password that holds an unencoded / ? or # (such a URL does not parse)', () => {
     for (const url of ['redis://:pa/ss@host:6379', 'amqp://u:p?w@host/vh', 'nats://u:p#w@host'])
       expect(redactUrl(url), url).not.toMatch(/pa\/ss|p\?w|p#w/)
