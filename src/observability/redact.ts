@@ -53,12 +53,18 @@ export function isSecretKey(key: string, extra?: ReadonlySet<string>): boolean {
 // bracket (none of which a URL holds unencoded). Its userinfo is found by userinfoSpan, as in
 // database and broker URLs, so a password holding an unencoded `@`, `/`, `?` or `#` is masked
 // whole.
-const urlRuns = /\b[a-z][a-z0-9+.-]*:\/\/[^\s"'<>`]*/gi
+// Every pattern here must run in time linear in the text: redactSecrets sees every logged
+// string, request paths in access lines included. An unbounded run of name characters after a
+// `\b` is quadratic (each word boundary inside `a.a.a.a...` restarts a scan to the run's end:
+// 0.6 s for a 16 KB path), so the scheme is bounded (none is longer than 32 characters).
+const urlRuns = /\b[a-z][a-z0-9+.-]{0,31}:\/\/[^\s"'<>`]*/gi
 // key=value pairs in query strings, libpq/ODBC connection strings and environment dumps. The
 // key is judged as a field name is: one that ends in a secret name (`DB_PASSWORD`, `PGPASSWORD`,
-// `client_secret`, `x-api-key`), not one that merely contains it (`max_tokens`).
+// `client_secret`, `x-api-key`), not one that merely contains it (`max_tokens`). The match
+// starts at the secret name (what comes before it in the key is kept as it is anyway), which
+// keeps it linear.
 const secretPairs =
-  /\b([\w.-]*?(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id))=("[^"]*"|'[^']*'|[^\s&#;,]*)/gi
+  /(password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id)=(?:"[^"]*"|'[^']*'|[^\s&#;,]*)/gi
 const authSchemes = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/g
 // After an Authorization header name, any scheme in any case (schemes are case-insensitive,
 // RFC 9110 §11.1: `authorization: bearer ...`, `Token ...`); elsewhere only `Bearer`/`Basic`,
@@ -92,7 +98,7 @@ export function redactSecrets(text: string): string {
     .replace(jsonMembers, (match, key: string, colon: string) =>
       isSecretKey(key) ? `"${key}"${colon}"***"` : match,
     )
-    .replace(secretPairs, (_match, key: string) => `${key}=***`)
+    .replace(secretPairs, (_match, name: string) => `${name}=***`)
     .replace(authHeaders, (_match, name: string, scheme: string) => `${name}${scheme} ***`)
     .replace(authSchemes, (_match, scheme: string) => `${scheme} ***`)
 }
