@@ -579,6 +579,15 @@ class NatsSubscriber implements Subscriber {
     handler: (message: IncomingMessage) => Promise<void>,
   ): Promise<Subscription> {
     checkSubscribeArgs(topic, group, handler)
+    // Refused here: the server refuses the stream or consumer for it at every attempt, which
+    // would read like an outage (BROKER_UNAVAILABLE, retryable).
+    if (!isSubject(topic)) {
+      throw new InvalidOptionError(
+        'topic',
+        'a NATS subject (dot-separated non-empty tokens without whitespace)',
+        topic,
+      )
+    }
     if (this.#closed) throw closedError('nats', 'subscriber')
     const options = this.#options
     const report = (error: unknown): void =>

@@ -92,6 +92,20 @@ describe('nats specifics', () => {
     }
   })
 
+  it('refuses to subscribe to a topic that is not a valid subject with InvalidOptionError, before connecting', async () => {
+    const broker = testBroker('nats', await brokerUrl('nats'))
+    closers.push(() => broker.close())
+    for (const topic of ['bad topic', 'a..b', 'trail.', '.lead']) {
+      const error = await broker.subscriber.subscribe(topic, 'g', async () => {}).catch((e) => e)
+      expect(error, topic).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option, topic).toBe('topic')
+    }
+    // Wildcards are subjects a subscription may use.
+    const prefix = unique('wild')
+    const subscription = await broker.subscriber.subscribe(`${prefix}.*`, 'g', async () => {})
+    await subscription.close()
+  })
+
   it('fits the default duplicate window to a shorter maxAgeMs and refuses a longer one given', async () => {
     const url = await brokerUrl('nats')
     expect(() => createNatsBroker({ url, maxAgeMs: 60_000, duplicateWindowMs: 90_000 })).toThrow(
