@@ -5,9 +5,25 @@
 import type { IncomingMessage } from 'node:http'
 import type { InboundRequest } from './request.js'
 
-// Headers through which a client could claim another address, scheme or host; dropped unless
-// the listener trusts what is in front of it.
-const clientClaims = ['forwarded', 'x-real-ip'] as const
+// Headers through which a client could claim another address, scheme, host or path; dropped
+// unless the listener trusts what is in front of it. Besides Forwarded and X-Real-IP, the
+// address headers that widespread client-address helpers read before (or instead of)
+// X-Forwarded-For (request-ip, Rails' RemoteIp, Spring, ASP.NET), and the path headers that
+// IIS URL Rewrite, Symfony and Laminas take as the request's real path: through those an app
+// would serve another path than the one the route table matched.
+const clientClaims = [
+  'forwarded',
+  'x-real-ip',
+  'x-client-ip',
+  'true-client-ip',
+  'cf-connecting-ip',
+  'fastly-client-ip',
+  'x-cluster-client-ip',
+  'x-forwarded',
+  'forwarded-for',
+  'x-original-url',
+  'x-rewrite-url',
+] as const
 // Headers through which frameworks (Express method-override, Rails, Spring's filter, ...) let a
 // request stand for another method: on a route chosen by method they would undo the choice.
 const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-override'] as const
@@ -17,7 +33,9 @@ const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-ov
  * and `X-Forwarded-Host` for the service. Untrusted (the default): the client's own copies of
  * those, of `Forwarded` and of `X-Real-IP` are discarded and the three are set from the
  * connection and the validated `Host`, so an app that reads them can believe them; any other
- * `X-Forwarded-*` the client sent (`-Port`, `-Prefix`, ...) is dropped as well. Trusted (a
+ * `X-Forwarded-*` the client sent (`-Port`, `-Prefix`, ...) is dropped as well, and so are the
+ * other client-address headers (`X-Client-IP`, `True-Client-IP`, `CF-Connecting-IP`, ...) and
+ * the path overrides `X-Original-URL` and `X-Rewrite-URL`. Trusted (a
  * listener behind a load balancer that sets them): the address is appended to the chain, and
  * Proto / Host are set only when absent. On a route that matches on methods, method-override
  * headers are dropped, so the app runs the method the route admitted.

@@ -1,0 +1,67 @@
+// What an untrusted gateway lets through of the headers a client could use to claim another
+// address or another path than the one the route table judged: none of them.
+
+import type { IncomingMessage } from 'node:http'
+import { describe, expect, it } from 'vitest'
+import { forwardedHeaders } from '../../../src/proxy/inbound/forwarded-headers.js'
+import type { InboundRequest } from '../../../src/proxy/inbound/request.js'
+
+function inboundWith(headers: Record<string, string>): InboundRequest {
+  return {
+    method: 'GET',
+    path: '/public/x',
+    query: '',
+    headers,
+    host: 'shop.example',
+    requestId: 'r-1',
+    deadlineAt: undefined,
+    body: undefined,
+    signal: new AbortController().signal,
+    startedAt: 0,
+  }
+}
+
+const req = { socket: { remoteAddress: '10.0.0.9' } } as unknown as IncomingMessage
+
+// Read by widespread client-address helpers (request-ip, Spring's RemoteIpValve, Rails'
+// RemoteIp, ASP.NET) as the client's address, before or instead of X-Forwarded-For.
+const addressClaims = {
+  'x-client-ip': '6.6.6.6',
+  'true-client-ip': '6.6.6.6',
+  'cf-connecting-ip': '6.6.6.6',
+  'fastly-client-ip': '6.6.6.6',
+  'x-cluster-client-ip': '6.6.6.6',
+  'x-forwarded': 'for=6.6.6.6',
+  'forwarded-for': '6.6.6.6',
+}
+// Read by IIS URL Rewrite, Symfony and Zend/Laminas as the request's real path: the app would
+// serve another path than the route table matched.
+const pathClaims = { 'x-original-url': '/admin', 'x-rewrite-url': '/admin' }
+
+describe('forwardedHeaders on an untrusted gateway', () => {
+  it('drops every header through which a client claims another address or path', () => {
+    const headers = forwardedHeaders(
+      inboundWith({ ...addressClaims, ...pathClaims, 'x-kept': 'yes' }),
+      req,
+      'http',
+      false,
+      false,
+    )
+    for (const name of [...Object.keys(addressClaims), ...Object.keys(pathClaims)])
+      expect(headers[name], name).toBeUndefined()
+    expect(headers['x-kept']).toBe('yes')
+    expect(headers['x-forwarded-for']).toBe('10.0.0.9')
+  })
+
+  it('keeps them on a listener that trusts what is in front of it', () => {
+    const headers = forwardedHeaders(
+      inboundWith({ ...addressClaims, ...pathClaims }),
+      req,
+      'http',
+      true,
+      false,
+    )
+    for (const [name, value] of Object.entries({ ...addressClaims, ...pathClaims }))
+      expect(headers[name], name).toBe(value)
+  })
+})
