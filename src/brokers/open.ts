@@ -1,5 +1,6 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { checkObject } from '../core/validate.js'
 import { redactUrl, type SubscriberErrorEvent } from './common.js'
 import { createNatsBroker, type NatsBrokerOptions } from './nats.js'
 import { createRabbitMqBroker, type RabbitMqBrokerOptions } from './rabbitmq.js'
@@ -35,6 +36,12 @@ export interface OpenBrokerOptions {
  * ```
  */
 export function openBroker(url: string, options: OpenBrokerOptions = {}): Broker {
+  checkObject('openBroker', options)
+  // Every adapter's settings are checked, not only the one the URL picks: a string or array
+  // there would otherwise be spread into the options and silently ignored.
+  for (const name of ['nats', 'rabbitmq', 'redis'] as const) {
+    if (options[name] !== undefined) checkObject(`openBroker.${name}`, options[name])
+  }
   const scheme = typeof url === 'string' ? /^([a-z][a-z0-9+.-]*):/i.exec(url)?.[1] : undefined
   const shared = {
     ...(options.clock === undefined ? {} : { clock: options.clock }),

@@ -55,6 +55,22 @@ describe('openBroker', () => {
     )
     expect((error as InvalidOptionError).option).toBe('redis.visibilityTimeoutMs')
   })
+
+  it('refuses options, and per-adapter settings, that are not objects, naming them', () => {
+    const cases: Array<[() => unknown, string]> = [
+      [() => openBroker('nats://127.0.0.1', null as never), 'openBroker'],
+      [() => openBroker('nats://127.0.0.1', { nats: 'fast' as never }), 'openBroker.nats'],
+      [() => openBroker('amqp://127.0.0.1', { rabbitmq: [] as never }), 'openBroker.rabbitmq'],
+      [() => openBroker('redis://127.0.0.1', { redis: null as never }), 'openBroker.redis'],
+      // Settings for another scheme are checked too: a typo there is found before it matters.
+      [() => openBroker('redis://127.0.0.1', { nats: 5 as never }), 'openBroker.nats'],
+    ]
+    for (const [make, option] of cases) {
+      const error = thrown(make)
+      expect(error, option).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe(option)
+    }
+  })
 })
 
 describe('adapter options', () => {
