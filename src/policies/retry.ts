@@ -366,6 +366,12 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
         this.#giveUp(attempt, 'notRetryable', error)
         throw error
       }
+      // shouldRetry is user code and may have aborted the caller's side (the sleep below also
+      // catches an abort from a retry listener or the budget).
+      if (parent?.aborted) {
+        this.#giveUp(attempt, 'aborted', error)
+        throw new AbortedError(parent.reason)
+      }
       const backoffMs = this.#backoff.delayMs(attempt - 1, previousDelayMs)
       previousDelayMs = backoffMs
       let delayMs = backoffMs
