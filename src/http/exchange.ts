@@ -99,15 +99,18 @@ export class Exchange implements Dispatcher.DispatchHandler {
     const reason = this.#signal.reason as Error
     this.#reason = reason
     // Without a controller the request is still waiting for a connection; onRequestStart
-    // aborts it when it gets one. Either way the attempt ends now.
+    // drops it when it gets one. Either way the attempt ends now.
     this.#controller?.abort(reason)
     this.#fail(reason)
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     if (this.#done) {
-      controller.abort(this.#reason ?? new errors.RequestAbortedError())
-      return
+      // The attempt ended while its request waited for a connection, and nothing of it was
+      // written yet. Throwing makes undici drop the request and keep the connection;
+      // controller.abort() would destroy the socket, a healthy keep-alive one or one that took
+      // longer to open than the attempt had (so no later attempt could use it either).
+      throw this.#reason ?? new errors.RequestAbortedError()
     }
     this.#controller = controller
     // undici calls this again when it re-sends a request whose connection failed first.

@@ -16,7 +16,7 @@ import {
   TimeoutError,
 } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { closedPort, type Handler, startServer, type TestServer, until } from './servers.js'
+import { closedPort, Gate, type Handler, startServer, type TestServer, until } from './servers.js'
 
 // Each test starts its own real server failing in one way. Backoff is a millisecond (or runs
 // on a ManualClock); real time is only spent on network round trips and timeouts of at most a
@@ -319,6 +319,32 @@ describe('network failures', () => {
     expect(error).toBeInstanceOf(AbortedError)
     await until(() => closed)
     expect(server.hits).toHaveLength(1)
+  })
+
+  it('drops a request that ended while waiting for a connection without killing the connection', async () => {
+    // The only connection is busy; the second call gives up while its request waits in the
+    // pool. When the connection frees, undici hands that stale request to it: it must be
+    // dropped unsent, not aborted (which destroys the healthy keep-alive socket, so a slow
+    // connect could never be used by the next attempt either).
+    const gate = new Gate()
+    const server = await serve(async (req, res) => {
+      if (req.url === '/hold') await gate.wait()
+      res.end('ok')
+    })
+    const client = clientFor(server.url, { bulkhead: false, connections: 1, retry: false })
+    const held = client.request('svc', { path: '/hold' })
+    await until(() => server.hits.length === 1)
+    const controller = new AbortController()
+    const stale = failure(client.request('svc', { path: '/stale', signal: controller.signal }))
+    await until(() => client.state().svc?.pool.pending === 1)
+    controller.abort(new Error('caller left'))
+    expect(await stale).toBeInstanceOf(AbortedError)
+    gate.open()
+    await held
+    expect((await client.request('svc', { path: '/after' })).status).toBe(200)
+    expect(server.hits.map((h) => h.url)).toEqual(['/hold', '/after'])
+    expect(server.connections()).toBe(1)
+    expect(client.state().svc?.pool.size).toBe(0)
   })
 
   it('rejects at once with AbortedError for an already aborted signal', async () => {
