@@ -20,7 +20,7 @@ import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import type { ListenerConfig, ProxyDeps, RequestHandler } from '../contracts.js'
 import { FastConnection } from './fast-connection.js'
-import { endWithProblem } from './raw-response.js'
+import { endWithProblem, rawProblem } from './raw-response.js'
 import { awaitContinue, isConnectionClosing } from './request.js'
 
 /** Options of {@link createListenerServer}. */
@@ -68,11 +68,34 @@ export interface ListenerServer {
 
 function ignoreSocketError(): void {}
 
+/** The problem answering an error node:http raised for a connection ('clientError'). */
+function clientErrorAnswer(
+  code: string | undefined,
+  maxHeaderBytes: number,
+): readonly [status: number, code: string, detail: string] {
+  switch (code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return [
+        431,
+        'REQUEST_HEADERS_TOO_MANY',
+        `request header section larger than ${maxHeaderBytes} bytes`,
+      ]
+    case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
+      return [413, 'REQUEST_BODY_TOO_LARGE', 'chunk extensions too large']
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return [408, 'TIMEOUT', 'the request did not arrive within the listener time limits']
+    default:
+      return [400, 'REQUEST_INVALID', 'malformed HTTP/1.1 request']
+  }
+}
+
 /**
  * Creates the server for one listener. The HTTP parser is always the strict one
  * (`insecureHTTPParser: false`), so conflicting Content-Length / Transfer-Encoding, duplicate
- * Content-Length, obs-fold, bare LF and bad chunk sizes are refused by Node with 400 before
- * `handler` runs. Limits: `maxHeaderSize` = `limits.maxHeaderBytes` (431 from Node),
+ * Content-Length, obs-fold, bare LF and bad chunk sizes are refused by Node before `handler`
+ * runs; those refusals, and node's header and request timeouts, are answered as problems (400
+ * `REQUEST_INVALID`, 431 `REQUEST_HEADERS_TOO_MANY`, 408 `TIMEOUT`) and close the connection.
+ * Limits: `maxHeaderSize` = `limits.maxHeaderBytes` (431),
  * `maxHeadersCount` one above `limits.maxHeaders` (so request.ts sees the excess and answers
  * 431), headers / request / keep-alive timeouts (the headers timeout also bounds a TLS
  * handshake), and `maxConnections` (further connections are
@@ -129,7 +152,9 @@ export function createListenerServer(
   const serverOptions = {
     insecureHTTPParser: false,
     maxHeaderSize: maxHeaderBytes,
-    requireHostHeader: true,
+    // request.ts refuses an HTTP/1.1 request without Host itself (400 REQUEST_HOST_INVALID, as
+    // a problem); node's own check would answer first, with a bare 400 and no code.
+    requireHostHeader: false,
     joinDuplicateHeaders: false,
     headersTimeout: headersTimeoutMs,
     requestTimeout: requestTimeoutMs,
@@ -294,6 +319,18 @@ export function createListenerServer(
       socket.once('close', () => upgraded.delete(socket))
       upgrade(req, socket, head)
     }
+  })
+  // What node:http's parser refuses (and its header and request timers) is answered as every
+  // other refusal, a problem with a stable code, rather than node's bare status line. As node
+  // does: only when nothing of a response is on the wire yet, and the connection goes at once
+  // (the parser has failed, so nothing more can be read from it).
+  server.on('clientError', (error: Error & { code?: string }, socket: Duplex) => {
+    const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage
+    if (socket.writable && inFlight?.headersSent !== true) {
+      const [status, code, detail] = clientErrorAnswer(error.code, maxHeaderBytes)
+      socket.write(rawProblem(status, code, detail))
+    }
+    socket.destroy()
   })
   server.on('tlsClientError', (error: Error) => {
     log.debug('tls handshake failed', { error: error.message })
