@@ -310,8 +310,12 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     // Nothing is sent for work whose caller has given up, or will have before the request can
     // arrive (the margin; a whole millisecond is the least a downstream can be told). Checked
     // here, before the breaker, which must not hold the caller's lateness against the service.
-    if (deadline !== undefined && deadline.remainingMs() - this.#deadlineMarginMs < 1)
-      throw new DeadlineExceededError(deadline.atMs)
+    if (deadline !== undefined && deadline.remainingMs() - this.#deadlineMarginMs < 1) {
+      const error = new DeadlineExceededError(deadline.atMs)
+      // Still a call that failed for good: monitoring on the events must see it.
+      if (this.events.hasListeners) this.#emitFailure(plan, error)
+      throw error
+    }
     const stack =
       this.#retry !== undefined && this.#mayRetry(plan, options) ? this.#retrying : this.#single
     // Calls that may not be retried are traffic too: they fund the budget like the others.
@@ -333,15 +337,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
         if (events.hasListeners) this.#emitResponse(plan, error.response)
         return error.response
       }
-      if (events.hasListeners)
-        events.emit({
-          type: 'failure',
-          service: this.name,
-          method: plan.method,
-          path: plan.path,
-          error,
-          durationMs: this.clock.now() - plan.startMs,
-        })
+      if (events.hasListeners) this.#emitFailure(plan, error)
       throw error
     }
   }
@@ -477,6 +473,17 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       attemptEndMs === undefined ? this.#attemptTimeoutMs : attemptEndMs - this.clock.now()
     budget = Math.min(budget, Math.max(1, Math.floor(attemptLeftMs - margin)))
     return budget === Number.POSITIVE_INFINITY ? undefined : budget
+  }
+
+  #emitFailure(plan: CallPlan, error: unknown): void {
+    this.events.emit({
+      type: 'failure',
+      service: this.name,
+      method: plan.method,
+      path: plan.path,
+      error,
+      durationMs: this.clock.now() - plan.startMs,
+    })
   }
 
   #emitResponse(plan: CallPlan, response: HttpResponse): void {

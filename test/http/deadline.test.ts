@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import {
   createHttpClient,
   type HttpClient,
+  type HttpClientEvent,
   type HttpServiceOptions,
   HttpStatusError,
 } from '../../src/http/index.js'
@@ -171,6 +172,29 @@ describe('the deadline header', () => {
     expect(late).toBeInstanceOf(DeadlineExceededError)
     expect(server.hits).toHaveLength(0)
     expect(client.state().svc?.breaker).toBe('closed')
+  })
+
+  it('reports a call refused for a spent deadline as a failure event', async () => {
+    const clock = new ManualClock()
+    const server = await serve(ok)
+    const client = track(createHttpClient({ clock, services: { svc: { baseUrl: server.url } } }))
+    const events: HttpClientEvent[] = []
+    client.events.on((e) => events.push(e))
+    const error = await withDeadline(3, () => client.request('svc', { path: '/late' }), {
+      clock,
+    }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(DeadlineExceededError)
+    expect(events).toEqual([
+      {
+        type: 'failure',
+        service: 'svc',
+        method: 'GET',
+        path: '/late',
+        error,
+        durationMs: 0,
+      },
+    ])
+    expect(server.hits).toHaveLength(0)
   })
 
   it('aborts the request in flight when the deadline passes', async () => {
