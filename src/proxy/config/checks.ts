@@ -290,7 +290,12 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
       'a shared store (sqlite:<path> or postgres://...) when workers > 1 and a route enforces Idempotency-Key',
       store,
     )
-  if (typeof store === 'string' && /^postgres(ql)?:\/\/[^/@]*:[^/@]*@/.test(store))
+  // node-postgres also takes `password` (and the key's `sslpassword`) from the query string.
+  if (
+    typeof store === 'string' &&
+    (/^postgres(ql)?:\/\/[^/@]*:[^/@]*@/.test(store) ||
+      (/^postgres(ql)?:\/\//.test(store) && /[?&](ssl)?password=/i.test(store)))
+  )
     add(
       ['idempotency', 'url'],
       'a URL without a password (secrets are never written inline: set PGPASSWORD or use ~/.pgpass)',

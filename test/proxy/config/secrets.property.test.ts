@@ -13,6 +13,9 @@ const placements: ((secret: string) => string)[] = [
     `services:\n  b:\n    endpoints: [http://127.0.0.1:2]\n    auth: { apiKey: { header: x-key, key: ${secret} } }\n`,
   (secret) => `services:\n  b:\n    endpoints: ["http://user:${secret}@127.0.0.1:2"]\n`,
   (secret) => `idempotency: { url: "postgres://proxy:${secret}@db/x" }\n`,
+  // node-postgres takes a password from the query string too.
+  (secret) => `idempotency: { url: "postgres://proxy@db/x?sslmode=disable&password=${secret}" }\n`,
+  (secret) => `idempotency: { url: "postgresql://db/x?sslpassword=${secret}" }\n`,
   (secret) => `services:\n  b:\n    endpoints: [http://127.0.0.1:2]\n    password: ${secret}\n`,
   (secret) => `admin: { port: 2, token: ${secret} x: y }\n`,
 ]
