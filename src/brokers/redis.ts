@@ -157,12 +157,26 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
   })
   // Without a listener ioredis logs errors; 'end' is where users of the client react.
   client.on('error', () => {})
+  const where = redactUrl(options.url.toString())
   try {
-    await client.connect()
+    // ioredis's connectTimeout covers the TCP connect only: a server that accepts but never
+    // answers (frozen, overloaded) would hold connect(), and the publish or subscribe waiting
+    // on it, for good.
+    await within(
+      client.connect(),
+      options.clock,
+      options.connectTimeoutMs,
+      () =>
+        new BrokerError(
+          'BROKER_UNAVAILABLE',
+          'redis',
+          `cannot connect to ${where}: no answer within ${options.connectTimeoutMs} ms`,
+        ),
+    )
     return client
   } catch (error) {
     client.disconnect()
-    throw redisError(error, `cannot connect to ${redactUrl(options.url.toString())}`)
+    throw redisError(error, `cannot connect to ${where}`)
   }
 }
 
