@@ -35,7 +35,7 @@ describe('redis specifics', () => {
       const broker = createRedisBroker({ url: server.url, clock, connectTimeoutMs: 2_000 })
       const message = { id: 'a', topic: 't', key: 'k', payload: 'x', headers: {} }
       for (const attempt of [
-        () => broker.publisher.publish([message]),
+        (): Promise<unknown> => broker.publisher.publish([message]),
         () => broker.subscriber.subscribe('t', 'g', async () => {}),
       ]) {
         const error = await drive(clock, attempt()).catch((e: unknown) => e)
