@@ -27,7 +27,8 @@ export const errorCodes = {
     'Another request or call holds the idempotency key and has not finished.',
   DRIVER_MISSING:
     'A driver package (better-sqlite3, pg, nats, amqplib or ioredis) is not installed.',
-  STORE_CLOSED: 'A statement was sent to a database driver after close() was called.',
+  STORE_CLOSED:
+    'A statement was sent to a database driver (or a call made on the Redis idempotency store) after close() was called.',
   STORE_BUSY:
     'A SQLite write waited longer than busyTimeoutMs for a transaction of another driver of the same process on the same file; retryable.',
   TRANSACTION_MISUSE:
@@ -57,7 +58,7 @@ export const errorCodes = {
   UPSTREAM_NO_ENDPOINTS:
     'An upstream service has no endpoints (discovery found none yet); answered 503.',
   REQUEST_INVALID:
-    'The proxy refused a request it will not interpret: an HTTP/0.9 request line, an asterisk or authority-form target, or a bad character in the query; answered 400.',
+    "The proxy refused a request it will not interpret: an HTTP/0.9 request line, an asterisk or authority-form target, a bad character in the query, a transfer coding other than chunked, or anything Node's strict parser refuses; answered 400.",
   REQUEST_HOST_INVALID:
     'The proxy refused a request whose Host is missing, repeated, malformed (userinfo, bad port) or disagrees with an absolute-form target; answered 400.',
   REQUEST_PATH_INVALID:
@@ -65,7 +66,7 @@ export const errorCodes = {
   REQUEST_UPGRADE_REFUSED:
     'The proxy refused a request carrying an Upgrade header: only WebSocket handshakes (GET, HTTP/1.1, no body) to routes with websocket set are tunnelled; answered 400.',
   REQUEST_HEADERS_TOO_MANY:
-    "A request had more header fields than the listener's limits.maxHeaders; answered 431.",
+    "A request had more header fields than the listener's limits.maxHeaders, or a header section larger than limits.maxHeaderBytes; answered 431.",
   REQUEST_BODY_TOO_LARGE:
     "A request body was larger than the listener's limits.maxBodyBytes; answered 413.",
   REQUEST_BODY_INCOMPLETE: 'The proxy could not read a request body to its end; answered 400.',
