@@ -126,6 +126,19 @@ function isEndpointUrl(value: string): boolean {
   }
 }
 
+const bindHostText = 'IP address or host name to bind (IPv6 without brackets: "::1")'
+const hostLabel = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
+const hostNamePattern = new RegExp(`^${hostLabel}(?:\\.${hostLabel})*\\.?$`)
+
+// The address a listener or the admin API binds. Anything else (a bracketed IPv6 literal, a
+// URL, a typo with a space) passed `--check` and then failed the start (or a reload) with
+// ENOTFOUND from the resolver.
+const bindHost = z
+  .string({ error: bindHostText })
+  .refine((value) => isIPv4(value) || isIPv6(value) || hostNamePattern.test(value), {
+    error: bindHostText,
+  })
+
 const dnsServerText = '"ip" or "ip:port" of a DNS server ("[ipv6]:port" with a port)'
 
 // What dns.Resolver#setServers takes without throwing at start; a port of 0 even aborts the
@@ -347,7 +360,7 @@ const routeSchema = z.strictObject({
 const listenerSchema = z.strictObject({
   name: serviceName,
   role: z.enum(['ambassador', 'gateway']),
-  host: text('host or IP address').default('127.0.0.1'),
+  host: bindHost.default('127.0.0.1'),
   port: int(0, 65_535),
   tls: listenerTlsSchema.optional(),
   limits: limitsSchema.default(limitsDefaults),
@@ -368,7 +381,7 @@ export const proxyConfigSchema = z
       .min(1, { error: 'non-empty list of listeners' }),
     admin: z
       .strictObject({
-        host: text('host or IP address').default('127.0.0.1'),
+        host: bindHost.default('127.0.0.1'),
         port: int(0, 65_535),
         token: secretSourceSchema,
         // Operators need a handful of connections; a cap keeps a flood on the admin port from

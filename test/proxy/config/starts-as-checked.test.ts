@@ -149,3 +149,32 @@ describe('headers a route reads', () => {
     expect(message).toContain('listeners[0].routes[0].match.headers.x-deadline: expected a header')
   })
 })
+
+describe('bind addresses', () => {
+  it('refuses a listener or admin host that is neither an IP address nor a host name', () => {
+    const message = problemsOf(
+      `${app}listeners:
+  - { name: a, role: ambassador, host: "[::1]", port: 15001 }
+  - { name: b, role: ambassador, host: "http://0.0.0.0", port: 15002 }
+admin: { host: "local host", port: 15000, token: { env: T } }
+`,
+    )
+    expect(message).toContain('listeners[0].host: expected IP address or host name to bind')
+    expect(message).toContain('listeners[1].host: expected IP address or host name to bind')
+    expect(message).toContain('admin.host: expected IP address or host name to bind')
+  })
+
+  it('takes IPv4, IPv6 and host names', () => {
+    expect(() =>
+      parseProxyConfig(
+        `${app}listeners:
+  - { name: a, role: ambassador, host: "::1", port: 15001 }
+  - { name: b, role: ambassador, host: 0.0.0.0, port: 15002 }
+  - { name: c, role: ambassador, host: localhost, port: 15003 }
+  - { name: d, role: ambassador, host: proxy-1.internal, port: 15004 }
+`,
+        't',
+      ),
+    ).not.toThrow()
+  })
+})
