@@ -113,6 +113,15 @@ export function createRedisBroker(options: RedisBrokerOptions): Broker {
 
 function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions {
   const common = resolveCommonOptions('redis', options, ['redis:', 'rediss:'])
+  // ioredis reads the path as the database number with parseInt and ignores the rest, so
+  // '/3x' would silently mean database 3 and '/abc' database 0.
+  if (!/^\/?(\d+)?$/.test(common.url.pathname)) {
+    throw new InvalidOptionError(
+      'redis.url',
+      'a redis:// or rediss:// URL whose path is empty or a database number (/0, /1, ...)',
+      redactUrl(options.url),
+    )
+  }
   const consumerName = options.consumerName
   if (consumerName !== undefined && (typeof consumerName !== 'string' || consumerName === '')) {
     throw new InvalidOptionError('redis.consumerName', 'a non-empty string', consumerName)

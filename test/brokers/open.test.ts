@@ -153,6 +153,18 @@ describe('adapter options', () => {
     }
   })
 
+  it('refuse a Redis URL whose path is not a database number (the driver would use another database)', async () => {
+    for (const path of ['/abc', '/3x', '/-1', '/1/2', '/ 3']) {
+      const error = thrown(() => createRedisBroker({ url: `redis://:hunter2@127.0.0.1${path}` }))
+      expect(error, path).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe('redis.url')
+      expect((error as Error).message).toMatch(/database number/)
+      expect((error as Error).message).not.toContain('hunter2')
+    }
+    for (const path of ['', '/', '/0', '/15'])
+      await createRedisBroker({ url: `rediss://127.0.0.1${path}` }).close()
+  })
+
   it('hide a password that holds an unencoded / ? or # (such a URL does not parse)', () => {
     for (const url of ['redis://:pa/ss@host:6379', 'amqp://u:p?w@host/vh', 'nats://u:p#w@host'])
       expect(redactUrl(url), url).not.toMatch(/pa\/ss|p\?w|p#w/)
