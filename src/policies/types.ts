@@ -23,7 +23,10 @@ export interface Policy {
   /**
    * Runs `fn` under this policy.
    * @param fn The work. It receives the signal to honour and the attempt number.
-   * @param signal The caller's signal; aborting it rejects with `AbortedError` promptly.
+   * @param signal The caller's signal. Already aborted, the call rejects with `AbortedError`
+   *   and `fn` does not run. Aborted later, `fn`'s signal aborts; a call waiting in a policy (a
+   *   backoff sleep, a bulkhead queue) or timed by a `timeout()` rejects with `AbortedError` at
+   *   once, while other policies settle when `fn` does (so `fn` should honour its signal).
    */
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T>
 }
