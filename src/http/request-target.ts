@@ -1,4 +1,5 @@
 import { InvalidOptionError } from '../core/errors.js'
+import { isSecretKey, REDACTED } from '../observability/redact.js'
 
 // Where a request goes and what it carries, checked before anything is sent. A request can
 // only ever reach its own service: the undici Pool is bound to the service's origin, and the
@@ -140,19 +141,27 @@ export function addHeaders(
         rawName,
       )
     }
+    const secret = isSecretKey(name)
     if (Array.isArray(value)) {
-      for (const v of value) checkHeaderValue(`${option}.${rawName}`, v)
+      for (const v of value) checkHeaderValue(`${option}.${rawName}`, v, secret)
       into[name] = [...(value as string[])]
     } else {
-      checkHeaderValue(`${option}.${rawName}`, value)
+      checkHeaderValue(`${option}.${rawName}`, value, secret)
       into[name] = value as string
     }
   }
 }
 
-function checkHeaderValue(option: string, value: unknown): void {
+// The value of a secret header (authorization, x-api-key, cookie) is not put in the error: the
+// usual bad value is a token read from a file with its newline, which the message would carry
+// into logs that do not mask it.
+function checkHeaderValue(option: string, value: unknown, secret: boolean): void {
   if (typeof value !== 'string' || !headerValuePattern.test(value)) {
-    throw new InvalidOptionError(option, 'a header value without CR, LF or NUL', value)
+    throw new InvalidOptionError(
+      option,
+      'a header value without CR, LF or NUL',
+      secret ? REDACTED : value,
+    )
   }
 }
 

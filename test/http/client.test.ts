@@ -283,6 +283,29 @@ describe('request options are checked before anything is sent', () => {
     expect(server.hits).toHaveLength(0)
   })
 
+  it('never echoes the value of a secret header it refuses (a token read with its newline)', async () => {
+    for (const headers of [
+      { 'X-Api-Key': 'sk_live_0123456789\n' },
+      { authorization: ['Token sk_live_0123456789\r\n'] },
+    ]) {
+      const error = await make()
+        .request('svc', { path: '/', headers })
+        .catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as Error).message).not.toContain('sk_live')
+      expect(JSON.stringify((error as InvalidOptionError).value)).not.toContain('sk_live')
+    }
+    expect(() => make({ headers: { 'x-auth-token': 'sk_live_0123456789\n' } })).toThrow(
+      /services\.svc\.headers\.x-auth-token: .*\[redacted\]/,
+    )
+    // Other headers still show what was wrong with them.
+    const plain = await make()
+      .request('svc', { path: '/', headers: { 'x-team': 'orders\n' } })
+      .catch((e: unknown) => e)
+    expect((plain as Error).message).toContain('orders')
+    expect(server.hits).toHaveLength(0)
+  })
+
   it('refuses an unknown service, naming the known ones', async () => {
     const error = await make()
       .request('nope', { path: '/' })
