@@ -4,7 +4,8 @@
 //
 // Decisions (each refused request is answered here with an `application/problem+json` body and
 // `Connection: close`, and never reaches a route or an upstream):
-// - HTTP/0.9 request lines (no version, `httpVersionMajor < 1`): 400.
+// - HTTP/0.9 request lines (no version, `httpVersionMajor < 1`): 400. A text request line of
+//   another major version (`HTTP/2.0`, which node's parser takes): 505.
 // - `Host`: exactly one for HTTP/1.1 (Node itself refuses none); HTTP/1.0 may omit it (the
 //   listener's own address is used). Two `Host` headers, userinfo (`@`), characters outside
 //   `A-Z a-z 0-9 . - _` (or a bracketed IPv6 literal), an empty, non-numeric, zero or
@@ -313,6 +314,7 @@ export function readFastInbound(
 // What validateHead found wrong, mapped to the answer.
 const refusals = {
   http09: [400, 'REQUEST_INVALID', 'HTTP/0.9 is not supported'],
+  version: [505, 'REQUEST_INVALID', 'only HTTP/1.0 and HTTP/1.1 are supported'],
   trace: [405, 'REQUEST_METHOD_NOT_ALLOWED', 'TRACE and TRACK are not forwarded'],
   headerCount: [431, 'REQUEST_HEADERS_TOO_MANY', 'more header fields than the listener allows'],
   upgrade: [
@@ -378,6 +380,10 @@ function validateHead(
 ): Head | Refusal {
   const startedAt = ctx.clock.now()
   if (req.httpVersionMajor < 1) return refusals.http09
+  // node's parser reads `HTTP/2.0` in a text request line as version 2.0: no client of HTTP/2
+  // sends one (h2 is binary, and its preface is refused by the parser), so it is a confused or
+  // probing client, and the request would be forwarded as HTTP/1.1.
+  if (req.httpVersionMajor > 1) return refusals.version
   const method = req.method
   if (method === 'TRACE' || method === 'TRACK') return refusals.trace
   const raw = req.rawHeaders
@@ -400,7 +406,7 @@ function validateHead(
   let host: string
   let hostKey: string | undefined
   if (hostValue === undefined) {
-    if (req.httpVersionMinor >= 1 || req.httpVersionMajor > 1) return refusals.hostMissing
+    if (req.httpVersionMinor >= 1) return refusals.hostMissing
     const address = req.socket.localAddress ?? listener.host
     const port = req.socket.localPort ?? listener.port
     host = address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`

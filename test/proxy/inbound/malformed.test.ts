@@ -75,3 +75,19 @@ describe('a request the listener times out', () => {
     expect(JSON.parse(response.body)).toMatchObject({ status: 408, code: 'TIMEOUT' })
   })
 })
+
+describe('a request of another HTTP major version', () => {
+  it('is answered 505 and never forwarded (node parses "HTTP/2.0" as a request line)', async () => {
+    const response = await sendRaw(
+      port,
+      `GET /orders/x HTTP/2.0\r\nHost: 127.0.0.1:${port}\r\n\r\n`,
+      {
+        untilFirstResponse: false,
+      },
+    )
+    expect(response.status).toBe(505)
+    expect(response.closed).toBe(true)
+    expect(JSON.parse(response.body)).toMatchObject({ status: 505, code: 'REQUEST_INVALID' })
+    expect(orders.forwarded).toHaveLength(0)
+  })
+})
