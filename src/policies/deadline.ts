@@ -151,7 +151,7 @@ export const GRPC_TIMEOUT_HEADER = 'grpc-timeout'
 
 /**
  * The value to send as {@link DEADLINE_HEADER} so the downstream adopts the remaining budget:
- * whole milliseconds, rounded down. Undefined when there is no deadline.
+ * whole milliseconds, rounded down. Undefined when there is no deadline (or an infinite one).
  *
  * @example
  * ```ts
@@ -162,7 +162,10 @@ export const GRPC_TIMEOUT_HEADER = 'grpc-timeout'
  */
 export function deadlineHeaderValue(clock?: Clock): string | undefined {
   const left = remainingMs(clock)
-  return left === undefined ? undefined : String(Math.floor(left))
+  // withDeadline(Infinity) is no budget at all: 'Infinity' is not a header anyone can parse.
+  return left === undefined || left === Number.POSITIVE_INFINITY
+    ? undefined
+    : String(Math.floor(left))
 }
 
 /**

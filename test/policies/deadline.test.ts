@@ -50,6 +50,14 @@ describe('withDeadline', () => {
     expect(await done).toEqual([300, 179.4, 179, 0, 0])
   })
 
+  it('sends no header for an infinite deadline (there is no budget to announce)', async () => {
+    const clock = new ManualClock()
+    const header = await withDeadline(Number.POSITIVE_INFINITY, () => deadlineHeaderValue(), {
+      clock,
+    })
+    expect(header).toBeUndefined()
+  })
+
   it('nested deadlines can shorten the budget but never extend it', async () => {
     const clock = new ManualClock()
     await withDeadline(
