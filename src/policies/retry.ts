@@ -513,10 +513,11 @@ function backoffSleep(
 /**
  * Retries failed calls with exponential backoff and jitter. Only failures that `shouldRetry`
  * accepts are retried (by default the transient ones of the shared classifier, so a 4xx other
- * than 408 and 429, an open circuit or a full bulkhead is not). A server's `Retry-After` is honoured (up to
- * `maxRetryAfterMs`) when longer than the backoff. The backoff sleep ends at once when the
- * caller aborts, and retry never outlasts the current deadline (see `withDeadline`): when the
- * next attempt could not start before it, the call fails at once with the last error.
+ * than 408 and 429, an open circuit or a full bulkhead is not). A server's `Retry-After` is
+ * honoured (up to `maxRetryAfterMs`) when longer than the backoff. The backoff sleep ends at
+ * once when the caller aborts, and retry never outlasts the current deadline (see
+ * `withDeadline`): when the next attempt could not start before it, the call fails at once
+ * with the last error.
  *
  * @example
  * ```ts
