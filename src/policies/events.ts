@@ -1,4 +1,5 @@
 import { type Channel, channel } from 'node:diagnostics_channel'
+import { checkFunction } from '../core/validate.js'
 
 /** Removes a listener added with {@link EventSource.on}. */
 export type Unsubscribe = () => void
@@ -10,8 +11,13 @@ export type Unsubscribe = () => void
 export class EventSource<T> {
   #listeners: Array<(event: T) => void> = []
 
-  /** Adds a listener; returns a function that removes it. */
+  /**
+   * Adds a listener; returns a function that removes it. Throws `InvalidOptionError` for a
+   * listener that is not a function: accepted, it would throw at every event, each time as an
+   * uncaught exception.
+   */
   on(listener: (event: T) => void): Unsubscribe {
+    checkFunction('events.on(listener)', listener)
     this.#listeners = [...this.#listeners, listener]
     return () => {
       this.#listeners = this.#listeners.filter((l) => l !== listener)
