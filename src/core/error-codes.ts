@@ -78,6 +78,22 @@ export const errorCodes = {
   PROXY_DRAINING:
     'The proxy is shutting down and opens no new WebSocket tunnel; answered 503 so the client reconnects elsewhere.',
   INTERNAL_ERROR: 'The proxy failed while handling a request (a bug); answered 500.',
+  UNAUTHORIZED:
+    'An /admin/ request of the proxy admin API came without the right bearer token; answered 401.',
+  NOT_FOUND: 'The proxy admin API has no endpoint at the requested path; answered 404.',
+  METHOD_NOT_ALLOWED:
+    'A proxy admin API endpoint (or probe) was called with a method it does not take; answered 405.',
+  BAD_PATH: 'A proxy admin API path segment is not valid percent-encoding; answered 400.',
+  INVALID_BODY:
+    'A proxy admin API request body is not JSON or not the expected shape, or names an unknown service; answered 400.',
+  UNSUPPORTED_MEDIA_TYPE:
+    'A proxy admin API request body was sent with a Content-Type other than JSON; answered 415.',
+  BODY_TOO_LARGE:
+    "A proxy admin API request body is larger than the admin server's limit; answered 413.",
+  SHADOW_NOT_CONFIGURED:
+    'The proxy admin API was asked for the shadow mismatches of a route without a shadow; answered 404.',
+  PARTIALLY_APPLIED:
+    'A proxy admin command reached some workers of a multi-process proxy and not others; answered 502, send it again.',
 } as const
 
 /** A stable, documented error code. */

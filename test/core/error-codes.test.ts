@@ -38,6 +38,19 @@ describe('error codes', () => {
     expect(dead).toEqual([])
   })
 
+  it('every code the proxy answers a client with is registered and documented', () => {
+    // Problem responses pass their code as a plain string next to the status
+    // (`sendProblem(res, 404, 'ROUTE_NOT_FOUND', ...)`, `new AdminProblem(401, 'UNAUTHORIZED', ...)`),
+    // so the type checker does not hold them to the registry; this does.
+    const answered = new Set<string>()
+    for (const text of sources()) {
+      for (const m of text.matchAll(/\b[1-5]\d\d,\s*'([A-Z][A-Z0-9_]+)'/g))
+        answered.add(m[1] as string)
+    }
+    expect(answered.size).toBeGreaterThan(10)
+    expect([...answered].filter((code) => !(code in errorCodes)).sort()).toEqual([])
+  })
+
   it('docs/errors.md gives the status the proxy answers with for each upstream failure', () => {
     // The proxy answers these codes for a service it could not reach (statusFor in
     // src/proxy/upstream/problems.ts); a reader must find the status in the code's own section.
