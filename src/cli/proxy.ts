@@ -1,6 +1,7 @@
 import cluster, { type Worker } from 'node:cluster'
 import { type FSWatcher, watch } from 'node:fs'
 import { basename, dirname, resolve } from 'node:path'
+import { maxTimerDelayMs } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
 import {
   createBufferedOutput,
@@ -213,7 +214,7 @@ async function runSingle(
     },
     {
       target: signals,
-      drainTimeoutMs: config.drainTimeoutMs + 5_000,
+      drainTimeoutMs: drainWait(config.drainTimeoutMs, 5_000),
       onSignal: (signal, phase) =>
         logger.info(`${signal}: ${phase === 'drain' ? 'draining' : 'forced stop'}`),
     },
@@ -407,7 +408,7 @@ async function runPrimary(
     },
     {
       target: signals,
-      drainTimeoutMs: config.drainTimeoutMs + 10_000,
+      drainTimeoutMs: drainWait(config.drainTimeoutMs, 10_000),
       onSignal: (signal, phase) =>
         log.info(`${signal}: ${phase === 'drain' ? 'draining every worker' : 'forced stop'}`),
     },
@@ -419,6 +420,15 @@ async function runPrimary(
   log.info('proxy exited', { ...outcome })
   if (startError !== undefined) throw new StartupError(`cannot start: ${startError}`)
   return outcome.reason === 'signal' && outcome.drain !== 'complete' ? 1 : 0
+}
+
+/**
+ * How long the command waits for a drain: the config's `drainTimeoutMs` plus `margin` (for
+ * closing services and stores), within what a timer can wait. The config takes any delay up to
+ * that bound, and the sum past it was refused by runUntilSignal, so such a file never started.
+ */
+function drainWait(drainTimeoutMs: number, margin: number): number {
+  return Math.min(drainTimeoutMs + margin, maxTimerDelayMs)
 }
 
 // Why the proxy could not start, for main.ts: config and option errors stay what they are
