@@ -1,4 +1,10 @@
-import { type Clock, maxTimerDelayMs, systemClock, type TimerHandle } from '../core/clock.js'
+import {
+  type Clock,
+  keepProcessAlive,
+  maxTimerDelayMs,
+  systemClock,
+  type TimerHandle,
+} from '../core/clock.js'
 
 /**
  * Something that wants a callback at an absolute time. The queue writes `queueIndex` (its
@@ -23,7 +29,9 @@ export interface TimerEntry {
  * queue empties: the next entry (usually later, since a policy's timeout is fixed) reuses it,
  * and a timer that fires with nothing due simply re-arms for the earliest entry. On injected
  * clocks (tests) the timer is cleared as soon as nothing is queued, so `pendingTimers` stays
- * exact. Entries always fire at their exact time: nothing is rounded into coarse buckets.
+ * exact. Entries always fire at their exact time: nothing is rounded into coarse buckets. While
+ * anything is queued the timer holds the process open (every entry is a call someone awaits);
+ * the idle timer left in place does not.
  */
 export class TimerQueue {
   readonly #clock: Clock
@@ -50,6 +58,8 @@ export class TimerQueue {
     heap.push(entry)
     this.#up(entry.queueIndex)
     if (entry.atMs < this.#armedAtMs) this.#arm(entry.atMs)
+    // The idle timer left armed (no later than this entry) waits for someone again.
+    else if (heap.length === 1) keepProcessAlive(this.#handle)
   }
 
   /** Removes `entry` if it is queued; it will not fire. */
@@ -65,7 +75,11 @@ export class TimerQueue {
       this.#down(index)
       this.#up(last.queueIndex)
     }
-    if (heap.length === 0 && !this.#keepIdleTimer) this.#disarm()
+    if (heap.length === 0) {
+      if (!this.#keepIdleTimer) this.#disarm()
+      // Kept for the next entry, but nobody waits for it: it must not hold the process open.
+      else (this.#handle as { unref?: () => void } | undefined)?.unref?.()
+    }
   }
 
   #run(): void {
@@ -96,6 +110,10 @@ export class TimerQueue {
     // Longer delays would make Node fire after 1 ms; the run then re-arms for the rest.
     const delayMs = Math.min(maxTimerDelayMs, Math.max(0, atMs - this.#clock.now()))
     this.#handle = this.#clock.setTimeout(this.#onTimer, delayMs)
+    // Armed only for queued entries, each a call someone awaits: a timeout exists to end a call
+    // that would never settle, and with an unreferenced timer a script awaiting such a call
+    // would exit (code 13, unsettled await) before the timeout could answer it.
+    keepProcessAlive(this.#handle)
   }
 
   #disarm(): void {

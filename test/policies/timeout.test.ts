@@ -599,3 +599,32 @@ describe('timeout options', () => {
     expect(BreakwaterError.is(new DeadlineExceededError(1))).toBe(true)
   })
 })
+
+// Whether a pending timeout holds the process open, read from Node's list of referenced
+// handles (a referenced timer is listed as a 'Timeout'). Real system-clock timers, but nothing
+// waits for them: each call is ended at once by its caller's abort.
+describe('timeout on the system clock', () => {
+  const heldTimers = (): number =>
+    process.getActiveResourcesInfo().filter((name) => name === 'Timeout').length
+
+  it('holds the process open while a call is timed, and lets go once none is', async () => {
+    const before = heldTimers()
+    for (const mode of ['cooperative', 'hard'] as const) {
+      // A function that never settles and holds nothing: exactly what a timeout must end, so a
+      // script awaiting it must not exit (code 13, unsettled await) before the timeout fires.
+      const stop = new AbortController()
+      const call = timeout(60_000, { mode }).execute(() => new Promise(() => {}), stop.signal)
+      expect(heldTimers()).toBe(before + 1)
+      // A second call behind it reuses the armed timer.
+      const stop2 = new AbortController()
+      const second = timeout(120_000).execute(() => new Promise(() => {}), stop2.signal)
+      expect(heldTimers()).toBe(before + 1)
+      stop.abort()
+      stop2.abort()
+      await expect(call).rejects.toBeInstanceOf(AbortedError)
+      await expect(second).rejects.toBeInstanceOf(AbortedError)
+      // The armed timer may stay for the next call, but it no longer holds the process.
+      expect(heldTimers()).toBe(before)
+    }
+  })
+})
