@@ -16,7 +16,8 @@ export const errorCodes = {
     'The bulkhead has no free slot and no free queue place (or the queue wait ran out).',
   RETRY_BUDGET_EXHAUSTED: "A retry was refused because the downstream's retry budget is spent.",
   HTTP_STATUS: 'A downstream answered with an HTTP status the caller treats as a failure.',
-  HTTP_CLIENT_CLOSED: 'A request was made through an HTTP client after its close() was called.',
+  HTTP_CLIENT_CLOSED:
+    'A request (or a service execute()) was made through an HTTP client after its close() was called, or was still waiting in backoff or the bulkhead queue when it closed.',
   IDEMPOTENCY_KEY_MISSING:
     'A request to a route that requires an Idempotency-Key came without one.',
   IDEMPOTENCY_KEY_INVALID:
