@@ -1,5 +1,5 @@
 import { type Counter, metrics } from '@opentelemetry/api'
-import type { Clock, TimerHandle } from '../core/clock.js'
+import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import { parentOf } from './cancel-scope.js'
@@ -267,6 +267,9 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
           this.#rejected('queueTimeout')
           reject(new BulkheadRejectedError('queueTimeout', this.#maxConcurrent, this.#maxQueued))
         }, this.#queueTimeoutMs)
+        // The caller awaits this wait: when the running calls hang on nothing that holds the
+        // process, only this timer can answer it, so it must not let the process exit first.
+        keepProcessAlive(waiter.timer)
       }
       // The shared never-aborting signal would collect listeners forever; it needs none.
       if (signal !== neverAbortedSignal) {

@@ -367,3 +367,25 @@ describe('createBulkheads', () => {
     await Promise.all(busy)
   })
 })
+
+// Read from Node's list of referenced handles (a referenced timer is listed as a 'Timeout').
+// Real system-clock timers, but nothing waits for them: the queued call is aborted at once.
+describe('bulkhead on the system clock', () => {
+  const heldTimers = (): number =>
+    process.getActiveResourcesInfo().filter((name) => name === 'Timeout').length
+
+  it('holds the process open while a queued call waits for its queue timeout', async () => {
+    const limiter = bulkhead({ maxConcurrent: 1, maxQueued: 1, queueTimeoutMs: 60_000 })
+    // The running call never settles and holds nothing: only the queue timeout can answer the
+    // queued caller, so a script awaiting it must not exit before it does.
+    void limiter.execute(() => new Promise(() => {}))
+    const before = heldTimers()
+    const stop = new AbortController()
+    const queued = limiter.execute(() => 'never', stop.signal)
+    expect(limiter.queued).toBe(1)
+    expect(heldTimers()).toBe(before + 1)
+    stop.abort()
+    await expect(queued).rejects.toBeInstanceOf(AbortedError)
+    expect(heldTimers()).toBe(before)
+  })
+})
