@@ -14,6 +14,9 @@ export function headerValueOf(
   headers: Readonly<Record<string, string | string[]>>,
   name: string,
 ): string | undefined {
+  // Own headers only: a name from the config such as `constructor` would otherwise read
+  // Object.prototype's, and a function is neither a string nor a list of them.
+  if (!Object.hasOwn(headers, name)) return undefined
   const value = headers[name]
   if (value === undefined) return undefined
   return typeof value === 'string' ? value : value.join(', ')

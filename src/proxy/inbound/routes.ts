@@ -6,6 +6,7 @@ import type { Clock } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkClock } from '../../core/validate.js'
 import type { RouteConfig, RouteState, RouteTargetConfig } from '../contracts.js'
+import { headerValueOf } from './header-value.js'
 import { RetryPins } from './retry-affinity.js'
 import { ShadowStats } from './shadow.js'
 import { stickyPoint } from './sticky.js'
@@ -267,10 +268,8 @@ class RouteEntry implements Route {
     if (!matchesPrefix(path, this.prefix)) return false
     if (this.methods !== undefined && !this.methods.has(method.toUpperCase())) return false
     for (const [name, expected] of this.headers) {
-      const actual = headers[name]
-      if (actual === undefined) return false
       // A repeated header means the same as its values joined with ", " (RFC 9110 §5.3).
-      if ((typeof actual === 'string' ? actual : actual.join(', ')) !== expected) return false
+      if (headerValueOf(headers, name) !== expected) return false
     }
     return true
   }

@@ -83,3 +83,39 @@ describe('a gateway request whose idempotency store fails', () => {
     )
   })
 })
+
+describe('a route that reads a header named like an Object property', () => {
+  it('matches and sticks on what the request sent, never on the prototype', async () => {
+    const app = recordingService('app')
+    const base: RouteConfig = {
+      name: 'gated',
+      match: { prefix: '/a', methods: undefined, headers: { constructor: 'yes' } },
+      targets: [{ service: 'app', weight: 1 }],
+      sticky: undefined,
+      stripPrefix: undefined,
+      shadow: undefined,
+      idempotency: undefined,
+      retryAffinity: undefined,
+      websocket: undefined,
+    }
+    const sticky: RouteConfig = {
+      ...base,
+      name: 'sticky',
+      match: { prefix: '/', methods: undefined, headers: {} },
+      sticky: { header: 'constructor' },
+      retryAffinity: { ...retryAffinityDefaults, header: 'constructor' },
+    }
+    const listener = listenerConfig({ role: 'gateway', routes: [base, sticky] })
+    const { ctx } = contextWith(() => registryOf([app]))
+    server = createListenerServer(
+      listener,
+      createGatewayHandler(listener, ctx, createRouteTable([base, sticky])),
+      ctx,
+    )
+    const { port } = await server.listen()
+    // Not gated (no such header), so the sticky route takes it, assigned as without a value.
+    const response = await sendRaw(port, 'GET /a/x HTTP/1.1\r\nHost: x\r\n\r\n')
+    expect(response.status).toBe(200)
+    expect(app.forwarded.map((f) => f.route)).toEqual(['sticky'])
+  })
+})
