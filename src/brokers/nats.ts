@@ -31,7 +31,7 @@ import {
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
-import { type Session, superviseSessions } from './sessions.js'
+import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
 import type {
   Broker,
   IncomingMessage,
@@ -600,7 +600,7 @@ class NatsSubscriber implements Subscriber {
       current: undefined,
       sessions: 0,
     }
-    let inner: Subscription
+    let inner: SupervisedSubscription
     try {
       inner = await superviseSessions({
         open: () => this.#open(topic, group, state),
@@ -616,6 +616,7 @@ class NatsSubscriber implements Subscriber {
     if (this.#closed) {
       // close() ran while this subscription connected and could not see it: without this, it
       // would keep consuming (and competing in its group) after its subscriber was closed.
+      await inner.stopReceiving()
       await state.dispatcher.close()
       await inner.close()
       throw closedError('nats', 'subscriber')
@@ -623,8 +624,11 @@ class NatsSubscriber implements Subscriber {
     const subscription: Subscription = {
       close: async () => {
         this.#subscriptions.delete(subscription)
-        // Running handlers finish and ack, queued deliveries are released, while the current
-        // session's connection is still open; then the session closes.
+        // The consumer stops first, or JetStream would hand every released delivery straight
+        // back while handlers finish. Running handlers then finish and ack, queued deliveries
+        // are released, while the current session's connection is still open; then the
+        // session closes.
+        await inner.stopReceiving()
         await state.dispatcher.close()
         await inner.close()
       },
@@ -748,21 +752,35 @@ class NatsSubscriber implements Subscriber {
 
     const ended = Promise.race([
       nc.closed().then((error) => error ?? new Error('connection closed')),
-      messages.closed().then((error) => error ?? new Error('consumer stopped')),
+      // A consumer we stopped ourselves (stopReceiving) has not ended the session: its
+      // connection stays up for the acks of running handlers until close().
+      messages
+        .closed()
+        .then((error) =>
+          stopping ? new Promise<never>(() => {}) : (error ?? new Error('consumer stopped')),
+        ),
     ]).then((reason) =>
       stopping ? undefined : natsError(reason, `subscription ${durable} on ${topic} lost`),
     )
 
+    let stoppingReceipt: Promise<void> | undefined
+    const stopReceiving = (): Promise<void> => {
+      stoppingReceipt ??= (async () => {
+        stopping = true
+        if (nc.isClosed()) messages.stop()
+        else await messages.close().catch(() => messages.stop())
+      })()
+      return stoppingReceipt
+    }
     let closing: Promise<void> | undefined
     return {
       ended,
+      stopReceiving,
       close: () => {
         closing ??= (async () => {
-          stopping = true
+          await stopReceiving()
           if (state.current === nc) state.current = undefined
           options.clock.clearTimeout(heartbeat)
-          if (nc.isClosed()) messages.stop()
-          else await messages.close().catch(() => messages.stop())
           // Deliveries of this connection that never started: JetStream redelivers them (at
           // once: the next session naks them). The dispatcher holds their keys' later
           // deliveries until they are back, so the next session cannot overtake them.

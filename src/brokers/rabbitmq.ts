@@ -22,7 +22,7 @@ import {
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
-import { type Session, superviseSessions } from './sessions.js'
+import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
 import type {
   Broker,
   IncomingMessage,
@@ -427,7 +427,7 @@ class RabbitSubscriber implements Subscriber {
     const abort = new AbortController()
     setMaxListeners(0, abort.signal)
     const shared = { dispatcher, abort: abort.signal, sessions: 0 }
-    let inner: Subscription
+    let inner: SupervisedSubscription
     try {
       inner = await superviseSessions({
         open: () => this.#open(topic, queue, shared),
@@ -444,6 +444,7 @@ class RabbitSubscriber implements Subscriber {
       // close() ran while this subscription connected and could not see it: without this, it
       // would keep consuming (and competing in its group) after its subscriber was closed.
       abort.abort()
+      await inner.stopReceiving()
       await dispatcher.close()
       await inner.close()
       throw closedError('rabbitmq', 'subscriber')
@@ -452,6 +453,9 @@ class RabbitSubscriber implements Subscriber {
       close: async () => {
         this.#subscriptions.delete(subscription)
         abort.abort()
+        // The consumer is cancelled first, or RabbitMQ would hand every released delivery
+        // straight back while running handlers finish (and count each return).
+        await inner.stopReceiving()
         await dispatcher.close()
         await inner.close()
       },
@@ -540,13 +544,21 @@ class RabbitSubscriber implements Subscriber {
       throw rabbitError(error, `cannot subscribe ${queue} to ${topic}`)
     }
 
+    let stoppingReceipt: Promise<void> | undefined
+    const stopReceiving = (): Promise<void> => {
+      stoppingReceipt ??= (async () => {
+        stopping = true
+        await channel.cancel(consumerTag).catch(() => {})
+      })()
+      return stoppingReceipt
+    }
     let closing: Promise<void> | undefined
     return {
       ended,
+      stopReceiving,
       close: () => {
         closing ??= (async () => {
-          stopping = true
-          await channel.cancel(consumerTag).catch(() => {})
+          await stopReceiving()
           // What this channel delivered and never started goes back to the queue with the
           // channel; the dispatcher holds its keys' later messages until it is back.
           dispatcher.abandon((d) => d.session === session)

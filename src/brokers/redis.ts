@@ -23,7 +23,7 @@ import {
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
-import { type Session, superviseSessions } from './sessions.js'
+import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
 import type {
   Broker,
   IncomingMessage,
@@ -383,7 +383,7 @@ class RedisSubscriber implements Subscriber {
       commands: undefined,
       sessions: 0,
     }
-    let inner: Subscription
+    let inner: SupervisedSubscription
     try {
       inner = await superviseSessions({
         open: () => this.#open(topic, group, consumer, state),
@@ -399,6 +399,7 @@ class RedisSubscriber implements Subscriber {
     if (this.#closed) {
       // close() ran while this subscription connected and could not see it: without this, it
       // would keep consuming (and competing in its group) after its subscriber was closed.
+      await inner.stopReceiving()
       await state.dispatcher.close()
       await inner.close()
       throw closedError('redis', 'subscriber')
@@ -406,6 +407,9 @@ class RedisSubscriber implements Subscriber {
     const subscription: Subscription = {
       close: async () => {
         this.#subscriptions.delete(subscription)
+        // Reading and claiming stop first, or entries the dispatcher releases would be claimed
+        // straight back while running handlers finish.
+        await inner.stopReceiving()
         await state.dispatcher.close()
         await inner.close()
       },
@@ -448,6 +452,9 @@ class RedisSubscriber implements Subscriber {
     state.commands = commands
 
     let stopping = false
+    // False once stopReceiving() ran: no more reads or claims, but held entries are still kept
+    // fresh (XCLAIM) and acked while their handlers finish.
+    let receiving = true
     const abort = new AbortController()
     const settle = async (entryId: string, outcome: Outcome): Promise<void> => {
       held.delete(entryId)
@@ -518,9 +525,9 @@ class RedisSubscriber implements Subscriber {
 
     const readLoop = async (): Promise<void> => {
       await readOwnPending()
-      while (!stopping) {
+      while (!stopping && receiving) {
         await dispatcher.whenRoom()
-        if (stopping) return
+        if (stopping || !receiving) return
         const reply = (await blocking.callBuffer(
           'XREADGROUP',
           'GROUP',
@@ -557,7 +564,7 @@ class RedisSubscriber implements Subscriber {
         // Claim even when full while a key awaits a handed-back entry, or that key could wait
         // for good; an entry claimed beyond the capacity is handed back again.
         const room = Math.max(dispatcher.room, Math.min(dispatcher.awaited, options.prefetch))
-        if (room === 0 || stopping) continue
+        if (room === 0 || stopping || !receiving) continue
         const reply = (await commands.callBuffer(
           'XAUTOCLAIM',
           topic,
@@ -604,8 +611,9 @@ class RedisSubscriber implements Subscriber {
     const ended = Promise.race([
       whenEnded(commands).then(() => new Error('connection closed')),
       whenEnded(blocking).then(() => new Error('connection closed')),
+      // Reading that stopped because of stopReceiving() has not ended the session.
       reading.then(
-        () => undefined,
+        () => (stopping ? undefined : new Promise<never>(() => {})),
         (error: unknown) => error,
       ),
       claiming.then(
@@ -618,16 +626,25 @@ class RedisSubscriber implements Subscriber {
         : redisError(reason, `subscription ${group} on ${topic} lost`),
     )
 
+    let stoppingReceipt: Promise<void> | undefined
+    const stopReceiving = (): Promise<void> => {
+      stoppingReceipt ??= (async () => {
+        receiving = false
+        // Wake the blocked XREADGROUP now instead of after blockMs.
+        await commands.call('CLIENT', 'UNBLOCK', readerId).catch(() => {})
+        await reading.catch(() => {})
+      })()
+      return stoppingReceipt
+    }
     let closing: Promise<void> | undefined
     return {
       ended,
+      stopReceiving,
       close: () => {
         closing ??= (async () => {
           stopping = true
           abort.abort()
-          // Wake the blocked XREADGROUP now instead of after blockMs.
-          await commands.call('CLIENT', 'UNBLOCK', readerId).catch(() => {})
-          await reading.catch(() => {})
+          await stopReceiving()
           await claiming.catch(() => {})
           // Entries of this session that never started stay pending for this consumer; the
           // next session reads them back first, and the dispatcher holds their keys until then.

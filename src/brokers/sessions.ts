@@ -6,10 +6,27 @@ export interface Session {
   /** Settles when the session is over: the connection was lost (with the reason) or closed. */
   readonly ended: Promise<unknown>
   /**
+   * Stops taking deliveries from the broker but keeps the connection open, so handlers still
+   * running can ack. Idempotent; the session does not count as ended because of it.
+   */
+  stopReceiving(): Promise<void>
+  /**
    * Stops receiving, lets running handlers finish and their acks go out, releases what was
    * received but not started, and closes the connection. Idempotent.
    */
   close(): Promise<void>
+}
+
+/** A supervised subscription: {@link Subscription} plus a way to stop receiving first. */
+export interface SupervisedSubscription extends Subscription {
+  /**
+   * Stops the current session receiving and opens no new session after a loss, while
+   * connections stay open for the acks of running handlers. A subscription's `close()` calls
+   * it before it waits for its handlers: a consumer left active meanwhile would be handed
+   * again, at once, every message the closing dispatcher releases, a hot loop of redeliveries
+   * for as long as the slowest handler runs.
+   */
+  stopReceiving(): Promise<void>
 }
 
 /** How {@link superviseSessions} reconnects. */
@@ -28,10 +45,13 @@ export interface SupervisorOptions {
  * is unreachable), then keeps the subscription alive: whenever a session ends by itself it is
  * closed and a new one is opened, with exponential backoff on `clock` between failed attempts.
  */
-export async function superviseSessions(options: SupervisorOptions): Promise<Subscription> {
+export async function superviseSessions(
+  options: SupervisorOptions,
+): Promise<SupervisedSubscription> {
   const stop = new AbortController()
   let current: Session | undefined = await options.open()
   let closed = false
+  let receiving = true
 
   const backoff = (attempt: number): number =>
     Math.min(options.maxReconnectDelayMs, options.reconnectDelayMs * 2 ** Math.min(attempt, 30))
@@ -41,10 +61,13 @@ export async function superviseSessions(options: SupervisorOptions): Promise<Sub
     while (session !== undefined) {
       const reason = await session.ended
       if (closed) return
-      options.onError(reason)
+      // undefined: it ended because we stopped it (stopReceiving), not a failure to report.
+      if (reason !== undefined) options.onError(reason)
       current = undefined
       await session.close().catch(options.onError)
       session = undefined
+      // Not receiving any more: nothing to reconnect for; close() ends what is left.
+      if (!receiving) return
       for (let attempt = 0; session === undefined; attempt++) {
         try {
           await sleep(options.clock, backoff(attempt), stop.signal)
@@ -58,7 +81,7 @@ export async function superviseSessions(options: SupervisorOptions): Promise<Sub
           options.onError(error)
         }
       }
-      if (closed) {
+      if (closed || !receiving) {
         await session.close().catch(() => {})
         return
       }
@@ -67,6 +90,12 @@ export async function superviseSessions(options: SupervisorOptions): Promise<Sub
   })()
 
   return {
+    async stopReceiving() {
+      receiving = false
+      // A reconnect waiting out its backoff gives up now.
+      stop.abort()
+      await current?.stopReceiving()
+    },
     async close() {
       if (closed) return loop
       closed = true

@@ -20,6 +20,12 @@ class FakeSession implements Session {
     this.#end(reason)
   }
 
+  stopped = 0
+
+  async stopReceiving(): Promise<void> {
+    this.stopped++
+  }
+
   async close(): Promise<void> {
     this.closed++
     this.#end(undefined)
@@ -110,6 +116,34 @@ describe('superviseSessions', () => {
     await subscription.close()
     await clock.advance(10_000)
     expect(opens).toBe(1)
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('stops the current session receiving and opens no new one after a loss until closed', async () => {
+    const clock = new ManualClock()
+    const sessions: FakeSession[] = []
+    const errors: unknown[] = []
+    const subscription = await superviseSessions({
+      open: async () => {
+        const session = new FakeSession()
+        sessions.push(session)
+        return session
+      },
+      clock,
+      reconnectDelayMs: 100,
+      maxReconnectDelayMs: 100,
+      onError: (error) => errors.push(error),
+    })
+    await subscription.stopReceiving()
+    expect(sessions[0]!.stopped).toBe(1)
+    expect(sessions[0]!.closed).toBe(0)
+    // Lost while running handlers finish: closed, reported, not replaced.
+    sessions[0]!.lose(new Error('lost'))
+    await clock.advance(10_000)
+    expect(sessions).toHaveLength(1)
+    expect(sessions[0]!.closed).toBe(1)
+    expect(errors).toHaveLength(1)
+    await subscription.close()
     expect(clock.pendingTimers).toBe(0)
   })
 })
