@@ -233,9 +233,22 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
       if (unseen(affinity?.header))
         add([...at, 'retryAffinity', 'header'], unseenText, affinity?.header)
       const match = isObj(route.match) ? route.match : undefined
-      if (isObj(match?.headers))
-        for (const name of Object.keys(match.headers))
+      if (isObj(match?.headers)) {
+        // Header names are case-insensitive: two spellings of one name are one header with two
+        // required values, and the loader would keep only one of them without a word.
+        const spelled = new Map<string, string>()
+        for (const name of Object.keys(match.headers)) {
           if (unseen(name)) add([...at, 'match', 'headers', name], unseenText, name)
+          const first = spelled.get(name.toLowerCase())
+          if (first !== undefined)
+            add(
+              [...at, 'match', 'headers', name],
+              `a header not already listed (as ${first}; names are case-insensitive)`,
+              name,
+            )
+          else spelled.set(name.toLowerCase(), name)
+        }
+      }
       if (
         typeof route.stripPrefix === 'string' &&
         typeof match?.prefix === 'string' &&

@@ -178,3 +178,11 @@ admin: { host: "local host", port: 15000, token: { env: T } }
     ).not.toThrow()
   })
 })
+
+describe('match.headers', () => {
+  it('refuses one header name written twice in different case', () => {
+    expect(problemsOf(route('match: { headers: { X-Canary: "1", x-canary: "2" } }'))).toContain(
+      'listeners[0].routes[0].match.headers.x-canary: expected a header not already listed (as X-Canary; names are case-insensitive), got "x-canary"',
+    )
+  })
+})
