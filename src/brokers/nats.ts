@@ -220,6 +220,19 @@ async function connectNats(options: ResolvedNatsOptions): Promise<NatsConnection
   }
 }
 
+/**
+ * JetStream API errors that refuse the message itself, so every attempt of it fails alike: its
+ * size, or a `Nats-*` header JetStream acts on (an expectation the stream does not meet, a
+ * rollup the stream does not allow). Read as an outage they would be retried for ever.
+ */
+const messageRefusals = new Set([
+  10054, // message size exceeds the stream's maximum
+  10060, // Nats-Expected-Stream: expected stream does not match
+  10070, // Nats-Expected-Last-Msg-Id: wrong last msg ID
+  10071, // Nats-Expected-Last-(Subject-)Sequence: wrong last sequence
+  10111, // Nats-Rollup: rollup not permitted
+])
+
 /** Maps a driver error to a {@link BrokerError}. */
 function natsError(error: unknown, context: string): BrokerError {
   if (error instanceof BrokerError) return error
@@ -234,7 +247,7 @@ function natsError(error: unknown, context: string): BrokerError {
     code === 'BAD_PAYLOAD' ||
     code === 'INVALID_PAYLOAD' ||
     code === 'MAX_PAYLOAD_EXCEEDED' ||
-    apiCode === 10054 // message size exceeds the stream's maximum
+    (apiCode !== undefined && messageRefusals.has(apiCode))
   ) {
     return new BrokerError('BROKER_REJECTED', 'nats', message, { cause: error })
   }

@@ -77,6 +77,31 @@ describe('nats specifics', () => {
     expect(received.messages[0]!.headers).toEqual({ note: 'a b', empty: '' })
   })
 
+  it('reports a message JetStream refuses for its own Nats-* headers as BROKER_REJECTED, not as an outage', async () => {
+    const broker = testBroker('nats', await brokerUrl('nats'))
+    closers.push(() => broker.close())
+    const topic = unique('expect')
+    // Headers JetStream acts on: every attempt of such a message is refused the same way.
+    for (const headers of [
+      { 'Nats-Expected-Stream': 'another' },
+      { 'Nats-Expected-Last-Sequence': '99' },
+      { 'Nats-Expected-Last-Subject-Sequence': '7' },
+      { 'Nats-Expected-Last-Msg-Id': 'zz' },
+      { 'Nats-Rollup': 'all' },
+    ]) {
+      const what = JSON.stringify(headers)
+      const error = await broker.publisher
+        .publish([{ id: unique('m'), topic, key: 'k', payload: '', headers }])
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        )
+      expect(BreakwaterError.is(error), what).toBe(true)
+      expect((error as BreakwaterError).code, what).toBe('BROKER_REJECTED')
+      expect((error as BreakwaterError).retryable, what).toBe(false)
+    }
+  })
+
   it('refuses a topic that is not a valid subject with BROKER_REJECTED (not retryable)', async () => {
     const broker = testBroker('nats', await brokerUrl('nats'))
     closers.push(() => broker.close())
