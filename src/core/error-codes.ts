@@ -50,6 +50,8 @@ export const errorCodes = {
     'A saga step waited for its reply message longer than its timeout; retryable.',
   WRONG_EXPECTED_VERSION:
     'An event store append found the stream at another version than its expectedVersion; nothing was written.',
+  REBUILD_SUPERSEDED:
+    'A projection rebuild was overtaken by a later rebuild of the same projection; it swapped nothing in.',
   UPSTREAM_CONNECT_FAILED:
     'The proxy could not connect to any endpoint of an upstream service (refused, unreachable, TLS handshake or verification failed); answered 502.',
   UPSTREAM_RESET:

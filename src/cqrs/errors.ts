@@ -40,3 +40,32 @@ export class WrongExpectedVersionError extends BreakwaterError {
 function describeExpected(expected: ExpectedVersion): string {
   return typeof expected === 'number' ? `version ${expected}` : `"${expected}"`
 }
+
+/**
+ * A projection rebuild found, when it came to swap its tables in, that a later rebuild of the
+ * same projection had started (code `REBUILD_SUPERSEDED`): the later one owns the projection's
+ * fresh tables now, so this one swapped nothing in. Not retryable: the later rebuild finishes
+ * the work.
+ *
+ * @example
+ * ```ts
+ * try { await projector.rebuild() }
+ * catch (error) {
+ *   if (!(error instanceof RebuildSupersededError)) throw error // another instance rebuilds
+ * }
+ * ```
+ */
+export class RebuildSupersededError extends BreakwaterError {
+  /** The projection. */
+  readonly projection: string
+
+  /** @param cause What the rebuild's own work failed with, when it found out that way. */
+  constructor(projection: string, cause?: unknown) {
+    super(
+      'REBUILD_SUPERSEDED',
+      `projection "${projection}": this rebuild was superseded by another one that started later`,
+      cause === undefined ? {} : { cause },
+    )
+    this.projection = projection
+  }
+}

@@ -4,6 +4,7 @@ import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
 import type { SqlExecutor } from '../stores/index.js'
+import { RebuildSupersededError } from './errors.js'
 import { type EventRow, type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
 import { publish } from './events.js'
 import { failureDelayMs, LogWaker } from './follower.js'
@@ -151,6 +152,11 @@ export interface Projector {
 
 // The projector whose projection's apply the current async context runs in.
 const applying = new AsyncLocalStorage<SqlProjector>()
+
+/** Whether the rebuild filling `generation` is still the projection's rebuild in progress. */
+function ownsRebuild(row: ProjectionRow, generation: number): boolean {
+  return row.rebuild_generation !== null && Number(row.rebuild_generation) === generation
+}
 
 interface ProjectionRow {
   position: number | string
@@ -303,6 +309,13 @@ class SqlProjector implements Projector {
     return result
   }
 
+  /** Whether a later rebuild has taken over from the one filling `generation`. */
+  #rebuildSuperseded(generation: number): Promise<boolean> {
+    return this.#store.db.transaction(
+      async (tx) => !ownsRebuild(await this.#lockRow(tx), generation),
+    )
+  }
+
   async #lockRow(tx: SqlExecutor): Promise<ProjectionRow> {
     // FOR UPDATE on PostgreSQL: two projector instances (or a rebuild's swap) serialize here,
     // and each reads the checkpoint the previous one committed. SQLite's write lock already
@@ -452,23 +465,29 @@ class SqlProjector implements Projector {
     let position = 0
     let applied = 0
     for (;;) {
-      const count = await store.db.transaction(async (tx) => {
-        const events = await store.readAll({ fromPosition: position + 1, limit: batchSize, tx })
-        await this.#applyAll(tx, events, generation)
-        if (events.length > 0) position = events[events.length - 1]!.position
-        return events.length
-      })
+      let count: number
+      try {
+        count = await store.db.transaction(async (tx) => {
+          const events = await store.readAll({ fromPosition: position + 1, limit: batchSize, tx })
+          await this.#applyAll(tx, events, generation)
+          if (events.length > 0) position = events[events.length - 1]!.position
+          return events.length
+        })
+      } catch (error) {
+        // A later rebuild dropped these tables under this one: the driver's "no such table"
+        // is that, and the caller is told so (the check costs a query on failure only).
+        if (await this.#rebuildSuperseded(generation))
+          throw new RebuildSupersededError(this.name, error)
+        throw error
+      }
       applied += count
       if (count < batchSize) break
     }
 
     // 3. Swap: stop the live side, apply what was appended meanwhile, rename, commit.
     const final = await store.db.transaction(async (tx) => {
-      const row = await this.#lockRow(tx)
-      if (row.rebuild_generation === null || Number(row.rebuild_generation) !== generation) {
-        throw new Error(
-          `projection "${this.name}": this rebuild was superseded by another one that started later`,
-        )
+      if (!ownsRebuild(await this.#lockRow(tx), generation)) {
+        throw new RebuildSupersededError(this.name)
       }
       let read = (from: number) => store.readAll({ fromPosition: from, limit: batchSize, tx })
       // A table added to the projection since it was registered has no live copy yet: the

@@ -12,6 +12,7 @@ import {
   createQueryHandler,
   defineProjection,
   type EventStore,
+  RebuildSupersededError,
 } from '../../src/cqrs/index.js'
 import { TimeoutError } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
@@ -302,6 +303,15 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     const second = createProjector(other, projection, { batchSize: 1 })
     const outcomes = await Promise.allSettled([first.rebuild(), second.rebuild()])
     expect(outcomes.some((o) => o.status === 'fulfilled')).toBe(true)
+    for (const outcome of outcomes)
+      if (outcome.status === 'rejected') {
+        // The loser says why, with a code (it may also have lost while filling its tables).
+        expect(outcome.reason).toBeInstanceOf(RebuildSupersededError)
+        expect(outcome.reason).toMatchObject({
+          code: 'REBUILD_SUPERSEDED',
+          projection: 'twice-ledger',
+        })
+      }
     await first.catchUp()
     expect(await balances(t, 'twice_ledger')).toEqual(foldBalances(await allEvents(store)))
     // The loser's fresh tables were dropped by the winner: nothing is left behind.
