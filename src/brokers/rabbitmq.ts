@@ -148,6 +148,15 @@ async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelMod
   }
 }
 
+/**
+ * The body size the server named when it closed the channel over a message above its
+ * max_message_size, if that is why it closed it.
+ */
+function oversizedBody(failure: unknown): number | undefined {
+  const found = /message size (\d+) is larger than configured max size/.exec(reasonOf(failure))
+  return found === null ? undefined : Number(found[1])
+}
+
 /** Maps a driver error to a {@link BrokerError}. */
 function rabbitError(error: unknown, context: string): BrokerError {
   if (error instanceof BrokerError) return error
@@ -171,6 +180,8 @@ interface PublishChannel {
    * of the same id, which may well be routable by then.
    */
   readonly watches: Set<ReturnWatch>
+  /** Why the server closed the channel, once it did: its confirms then fail as 'channel closed'. */
+  failure: unknown
 }
 
 /** One publish's ids and which of them came back unroutable. */
@@ -194,11 +205,12 @@ class RabbitPublisher implements Publisher {
     checkOutgoing('rabbitmq', messages, shortStrings)
     if (messages.length === 0) return
     const connection = this.#connect()
-    const { channel, watches } = await connection
+    const open = await connection
+    const { channel, watches } = open
     const watch: ReturnWatch = { ids: new Set(messages.map((m) => m.id)), returned: new Set() }
     watches.add(watch)
     try {
-      await this.#publishOn(connection, channel, messages, watch, signal)
+      await this.#publishOn(connection, open, channel, messages, watch, signal)
     } finally {
       watches.delete(watch)
     }
@@ -207,6 +219,7 @@ class RabbitPublisher implements Publisher {
   /** Sends a batch on `channel` and waits for its confirms; `watch` collects its returns. */
   async #publishOn(
     connection: Promise<PublishChannel>,
+    open: PublishChannel,
     channel: ConfirmChannel,
     messages: readonly OutgoingMessage[],
     watch: ReturnWatch,
@@ -253,7 +266,21 @@ class RabbitPublisher implements Publisher {
       signal,
     )
     for (const result of results) {
-      if (result.status === 'rejected') throw rabbitError(result.reason, 'publish not confirmed')
+      if (result.status === 'rejected') {
+        // The server's reason for closing the channel says more than the driver's 'channel
+        // closed'. A message above max_message_size fails the same way at every attempt: its
+        // batch is refused for good; others that shared the channel just publish again.
+        const size = oversizedBody(open.failure)
+        if (size !== undefined && messages.some((m) => payloadBuffer(m.payload).length === size)) {
+          throw new BrokerError(
+            'BROKER_REJECTED',
+            'rabbitmq',
+            `publish refused: ${reasonOf(open.failure)}`,
+            { cause: open.failure },
+          )
+        }
+        throw rabbitError(open.failure ?? result.reason, 'publish not confirmed')
+      }
     }
     // basic.return arrives before the confirm of the same message, so this set is complete.
     let unroutable: string | undefined
@@ -289,7 +316,11 @@ class RabbitPublisher implements Publisher {
       const model = await connectRabbit(options)
       try {
         const channel = await model.createConfirmChannel()
-        channel.on('error', () => {})
+        const opened: { failure: unknown } = { failure: undefined }
+        // Emitted before 'close' fails the unconfirmed messages.
+        channel.on('error', (error: unknown) => {
+          opened.failure = error
+        })
         const watches = new Set<ReturnWatch>()
         channel.on('return', (message: ConsumeMessage) => {
           const id = message.properties.messageId
@@ -297,7 +328,7 @@ class RabbitPublisher implements Publisher {
           for (const watch of watches) if (watch.ids.has(id)) watch.returned.add(id)
         })
         await channel.assertExchange(options.exchange, options.exchangeType, { durable: true })
-        return { model, channel, watches }
+        return Object.assign(opened, { model, channel, watches })
       } catch (error) {
         await model.close().catch(() => {})
         throw rabbitError(error, 'cannot open a confirm channel')

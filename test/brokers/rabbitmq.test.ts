@@ -103,4 +103,31 @@ describe('rabbitmq specifics', () => {
     await broker.publisher.publish([lost])
     await received.until(() => received.ids().includes(lost.id), 'the republished message')
   })
+
+  it('refuses a message over the server’s max_message_size with BROKER_REJECTED (not retryable), then publishes on', async () => {
+    const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
+    closers.push(() => broker.close())
+    const topic = unique('big')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    // RabbitMQ 3.10's default max_message_size is 128 MiB; the server closes the channel.
+    const payload = Buffer.alloc(128 * 1024 * 1024 + 1)
+    const settle = (promise: Promise<void>): Promise<unknown> =>
+      promise.then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+    // A batch sharing the channel loses it too, but only the big message's batch is refused.
+    const [error, other] = await Promise.all([
+      settle(broker.publisher.publish([{ id: 'big', topic, key: 'k', payload, headers: {} }])),
+      settle(broker.publisher.publish(makeBatch(topic, 1, 1, 'beside'))),
+    ])
+    if (other !== undefined) expect((other as BreakwaterError).code).toBe('BROKER_UNAVAILABLE')
+    expect(BreakwaterError.is(error), String(error)).toBe(true)
+    expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+    expect((error as BreakwaterError).retryable).toBe(false)
+    expect((error as Error).message).toMatch(/max size/)
+    await broker.publisher.publish(makeBatch(topic, 1, 1, 'after'))
+    await received.until(() => received.ids().includes('after-0'), 'the next message')
+  }, 60_000)
 })
