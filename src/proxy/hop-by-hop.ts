@@ -70,7 +70,7 @@ export function forwardableHeaders(
     }
   }
   const named = connectionNamedHeaders(connection)
-  const out: Record<string, string | string[]> = {}
+  const out = emptyHeaderRecord()
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = (rawHeaders[i] as string).toLowerCase()
     if (isHopByHop(name, named) || drop.has(name)) continue
@@ -81,4 +81,14 @@ export function forwardableHeaders(
     else existing.push(value)
   }
   return out
+}
+
+/**
+ * An empty header record without a prototype. Header names are the client's (or upstream's)
+ * text: in a plain `{}` a header named `constructor` or `toString` would find Object.prototype's
+ * function, and appending a second value to it would throw (a 500 any client could cause), and
+ * one named `__proto__` would be dropped by the prototype setter.
+ */
+export function emptyHeaderRecord(): Record<string, string | string[]> {
+  return Object.create(null) as Record<string, string | string[]>
 }

@@ -30,7 +30,7 @@ import type {
   TunnelOutcome,
   TunnelRequest,
 } from '../contracts.js'
-import { HOP_BY_HOP_HEADERS, isPlainChunked } from '../hop-by-hop.js'
+import { emptyHeaderRecord, HOP_BY_HOP_HEADERS, isPlainChunked } from '../hop-by-hop.js'
 import { ServiceBreaker } from './breaker.js'
 import { OutboundAuth, TlsMaterial } from './credentials.js'
 import { type Discovery, type DnsResolver, startDiscovery } from './discovery.js'
@@ -819,7 +819,7 @@ class ForwardCall {
     const capture = this.captureMax > 0
     let record: Record<string, string | string[]> | undefined
     if (capture) {
-      record = {}
+      record = emptyHeaderRecord()
       this.capturedHeaders = record
       this.chunks = []
     }

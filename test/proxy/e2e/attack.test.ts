@@ -63,6 +63,18 @@ function legacyAnswer(seen: SeenRequest, res: ServerResponse): void {
     res.end('ok')
     return
   }
+  if (seen.url.startsWith('/public/proto')) {
+    // Header names that are also properties of every plain object.
+    res.writeHead(200, [
+      ['content-type', 'text/plain'],
+      ['constructor', 'c'],
+      ['__proto__', 'p'],
+      ['tostring', 't'],
+      ['content-length', '2'],
+    ])
+    res.end('ok')
+    return
+  }
   const body = JSON.stringify({ url: seen.url })
   res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length })
   res.end(body)
@@ -669,6 +681,33 @@ describe('hop-by-hop headers are stripped both ways', () => {
       // The proxy's own connection announces its own keep-alive, never the upstream's.
       expect(response.headers['keep-alive'] ?? '').not.toContain('timeout=5')
       expect(response.headers.connection ?? 'keep-alive').not.toContain('x-secret')
+    }
+  })
+  it('passes headers named like Object.prototype properties both ways, as any other header', async () => {
+    for (const [port, prefix, upstream] of [
+      [out, '/legacy', legacy],
+      [gw, '', legacy],
+    ] as const) {
+      upstream.requests.length = 0
+      const request = await raw(
+        port,
+        `GET ${prefix}/public/x HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConstructor: 1\r\n__proto__: 2\r\nhasOwnProperty: 3\r\nConstructor: 4\r\n\r\n`,
+      )
+      expect(request.status, `${port} request`).toBe(200)
+      const seen = upstream.requests[0]?.headers ?? {}
+      expect(seen.constructor, `${port}`).toBe('1, 4')
+      // (node:http leaves a `__proto__` header out of req.headers, so the upstream cannot show
+      // it; the request carrying it must still go through.)
+      expect(seen.hasownproperty, `${port}`).toBe('3')
+
+      const response = await raw(
+        port,
+        `GET ${prefix}/public/proto HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`,
+      )
+      expect(response.status, `${port} response`).toBe(200)
+      expect(response.body).toBe('ok')
+      expect(response.headers.constructor).toBe('c')
+      expect(response.headers.tostring).toBe('t')
     }
   })
 })

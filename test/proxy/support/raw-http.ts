@@ -135,7 +135,8 @@ export function parseResponse(whole: Buffer, closed = true, timedOut = false): R
   const lines = head.split('\r\n')
   const statusLine = lines[0] ?? ''
   const match = /^HTTP\/\d\.\d (\d{3})/.exec(statusLine)
-  const headers: Record<string, string> = {}
+  // No prototype: a header named `constructor` is a header here too.
+  const headers: Record<string, string> = Object.create(null)
   for (const line of lines.slice(1)) {
     const colon = line.indexOf(':')
     if (colon === -1) continue
