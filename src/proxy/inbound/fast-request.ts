@@ -110,7 +110,8 @@ export function parseFastRequest(
 
   // Header lines.
   const rawHeaders: string[] = []
-  const headers: Record<string, string> = {}
+  // No prototype, as IncomingMessage.headers: a header named `constructor` is only a header.
+  const headers: Record<string, string> = Object.create(null)
   let contentLength = -1
   let keepAlive = true
   let at = lineEnd < 0 ? head.length : lineEnd + 2
