@@ -71,7 +71,9 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
     parsed = command.parse(args)
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
-    err.write(`${prefix} ${error.message}\n\n${command.usage}`)
+    // Redacted here, once, for every parser: a message quotes the argument at fault, and a
+    // database URL given without --db (`saga list postgres://app:pw@db/app`) is such an argument.
+    err.write(`${prefix} ${redactSecrets(error.message)}\n\n${command.usage}`)
     return 2
   }
   const url = redactSecrets(parsed.url)

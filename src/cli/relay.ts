@@ -481,7 +481,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
     }
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
-    err.write(`breakwater relay: ${error.message}\n\n${usage}`)
+    err.write(`breakwater relay: ${redactSecrets(error.message)}\n\n${usage}`)
     return 2
   }
 

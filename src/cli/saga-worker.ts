@@ -6,6 +6,7 @@ import {
   createMetricsRegistry,
   type Logger,
   type LogThreshold,
+  redactSecrets,
 } from '../observability/index.js'
 import {
   createSagaWorker,
@@ -257,7 +258,7 @@ export async function sagaWorkerCommand(
     sagas = await loadSagas(parsed.module)
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
-    err.write(`breakwater saga worker: ${error.message}\n\n${usage}`)
+    err.write(`breakwater saga worker: ${redactSecrets(error.message)}\n\n${usage}`)
     return 2
   }
 

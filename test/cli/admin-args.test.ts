@@ -1,0 +1,47 @@
+// The admin commands (outbox, saga) answer bad arguments with exit 2 and a message that never
+// shows a password, whatever the argument was: a URL given without --db is a common slip.
+import { EventEmitter } from 'node:events'
+import { describe, expect, it } from 'vitest'
+import { outboxCommand } from '../../src/cli/outbox.js'
+import { relayCommand } from '../../src/cli/relay.js'
+import { sagaCommand } from '../../src/cli/saga.js'
+import { sagaWorkerCommand } from '../../src/cli/saga-worker.js'
+import { type CapturedEntry, runCaptured } from './captured.js'
+
+const url = 'postgres://app:hunter2-pw@db/app'
+
+describe('admin commands: a password in a bad argument', () => {
+  const cases: ReadonlyArray<{ name: string; entry: CapturedEntry; args: string[] }> = [
+    { name: 'saga', entry: sagaCommand, args: ['list', url] },
+    { name: 'saga', entry: sagaCommand, args: ['prune', url] },
+    { name: 'saga', entry: sagaCommand, args: [url] },
+    { name: 'saga', entry: sagaCommand, args: ['list', '--status', url] },
+    { name: 'outbox', entry: outboxCommand, args: ['stats', url] },
+    { name: 'outbox', entry: outboxCommand, args: [url] },
+    { name: 'outbox', entry: outboxCommand, args: ['dead', '--limit', url] },
+  ]
+  it.each(cases)('$name $args exits 2 without printing it', async ({ name, entry, args }) => {
+    const result = await runCaptured(entry, args)
+    expect(result.code).toBe(2)
+    expect(result.stderr).toContain(`breakwater ${name}: `)
+    expect(result.stderr).toContain('postgres://app:***@db/app')
+    expect(result.stderr).not.toContain('hunter2')
+    expect(result.stdout).toBe('')
+  })
+})
+
+describe('long-running commands: a password in a bad argument', () => {
+  const quiet = { stdout: { write: () => {} }, signals: new EventEmitter(), env: {} }
+  const relay: CapturedEntry = (args, deps) => relayCommand(args, { ...quiet, ...deps })
+  const worker: CapturedEntry = (args, deps) => sagaWorkerCommand(args, { ...quiet, ...deps })
+  const cases: ReadonlyArray<{ name: string; entry: CapturedEntry; args: string[] }> = [
+    { name: 'relay', entry: relay, args: ['--webhook-secret-env', url] },
+    { name: 'saga worker', entry: worker, args: ['--module', 'x.js', '--log-level', url] },
+  ]
+  it.each(cases)('$name $args exits 2 without printing it', async ({ name, entry, args }) => {
+    const result = await runCaptured(entry, args)
+    expect(result.code).toBe(2)
+    expect(result.stderr).toContain(`breakwater ${name}: `)
+    expect(result.stderr).not.toContain('hunter2')
+  })
+})
