@@ -89,8 +89,12 @@ export function bindPositional(
   params: readonly unknown[],
 ): readonly unknown[] {
   if (params.length !== translated.parameterCount) {
-    throw new RangeError(
-      `The statement expects ${translated.parameterCount} parameter(s) but ${params.length} were given`,
+    // A caller's bug, named with a code like every other bad argument (PostgreSQL's driver
+    // answers the same mistake with the server's own error).
+    throw new InvalidOptionError(
+      'params',
+      `the ${translated.parameterCount} parameter(s) the statement expects`,
+      `${params.length} parameter(s)`,
     )
   }
   const order = translated.order

@@ -80,7 +80,11 @@ describe('bindPositional', () => {
   })
 
   it('rejects a parameter count that differs from the statement', () => {
-    expect(() => bindPositional(toPositional('$1 $2'), [1])).toThrow(/expects 2 parameter/)
-    expect(() => bindPositional(toPositional('$2 $1'), [1, 2, 3])).toThrow(RangeError)
+    expect(() => bindPositional(toPositional('$1 $2'), [1])).toThrow(
+      /params: expected the 2 parameter\(s\) the statement expects, got "1 parameter\(s\)"/,
+    )
+    expect(() => bindPositional(toPositional('$2 $1'), [1, 2, 3])).toThrow(
+      expect.objectContaining({ code: 'INVALID_OPTION', option: 'params' }),
+    )
   })
 })
