@@ -131,6 +131,15 @@ export function createNatsBroker(options: NatsBrokerOptions): Broker {
 
 function resolveNatsOptions(options: NatsBrokerOptions): ResolvedNatsOptions {
   const common = resolveCommonOptions('nats', options, ['nats:'])
+  // connectNats sends user:password, or a lone user name as a token; a password without a
+  // user name fits neither and would be dropped, failing later as an authorization error.
+  if (common.url.password !== '' && common.url.username === '') {
+    throw new InvalidOptionError(
+      'nats.url',
+      'a nats:// URL with user:password@ or token@ credentials (a password needs a user name)',
+      redactUrl(options.url),
+    )
+  }
   let stream: NatsStreamSpec | undefined
   if (options.stream !== undefined) {
     const spec = checkObject('nats.stream', options.stream)

@@ -153,6 +153,17 @@ describe('adapter options', () => {
     }
   })
 
+  it('refuse a NATS URL with a password but no user name (the credentials would be dropped)', () => {
+    const error = thrown(() => createNatsBroker({ url: 'nats://:hunter2@127.0.0.1:4222' }))
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('nats.url')
+    expect((error as Error).message).toMatch(/token@/)
+    expect((error as Error).message).not.toContain('hunter2')
+    // user:password and a token alone are fine.
+    createNatsBroker({ url: 'nats://user:pw@127.0.0.1:4222' })
+    createNatsBroker({ url: 'nats://token@127.0.0.1:4222' })
+  })
+
   it('refuse a Redis URL whose path is not a database number (the driver would use another database)', async () => {
     for (const path of ['/abc', '/3x', '/-1', '/1/2', '/ 3']) {
       const error = thrown(() => createRedisBroker({ url: `redis://:hunter2@127.0.0.1${path}` }))
