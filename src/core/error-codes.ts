@@ -8,7 +8,8 @@ export const errorCodes = {
   INVALID_OPTION: 'An option passed to a factory or function has a wrong type or value.',
   CONFIG_INVALID: 'A configuration file failed validation; the message names each bad path.',
   ABORTED: 'The caller aborted the operation through its AbortSignal.',
-  TIMEOUT: 'An attempt or operation ran past its timeout.',
+  TIMEOUT:
+    "An attempt or operation ran past its timeout; also the proxy listener's 408 for a request whose head or body did not arrive in time.",
   DEADLINE_EXCEEDED: 'The end-to-end deadline passed, or too little of it is left to start.',
   BROKEN_CIRCUIT: 'The circuit breaker is open (or half-open and busy) and failed the call fast.',
   ISOLATED_CIRCUIT: 'The circuit breaker was isolated by hand and fails every call.',
@@ -61,7 +62,7 @@ export const errorCodes = {
   UPSTREAM_NO_ENDPOINTS:
     'An upstream service has no endpoints (discovery found none yet); answered 503.',
   REQUEST_INVALID:
-    "The proxy refused a request it will not interpret: an HTTP/0.9 request line, an asterisk or authority-form target, a bad character in the query, a transfer coding other than chunked, or anything Node's strict parser refuses; answered 400.",
+    "The proxy refused a request it will not interpret: an HTTP/0.9 request line, an asterisk or authority-form target, a bad character in the query, a transfer coding other than chunked, or anything Node's strict parser refuses; answered 400 (505 for an HTTP version other than 1.0 and 1.1).",
   REQUEST_HOST_INVALID:
     'The proxy refused a request whose Host is missing, repeated, malformed (userinfo, bad port) or disagrees with an absolute-form target; answered 400.',
   REQUEST_PATH_INVALID:
