@@ -1,4 +1,5 @@
 import { BreakwaterError } from '../core/errors.js'
+import { redactSecrets } from '../observability/index.js'
 import type { Migration } from '../stores/migrations.js'
 import { runMigrations } from '../stores/migrations.js'
 import { redactUrl } from '../stores/redact.js'
@@ -66,7 +67,8 @@ export async function migrateCommand(
         return 2
       }
     } else {
-      err.write(`breakwater migrate: unknown argument "${redactUrl(arg)}"\n\n${usage}`)
+      // Not redactUrl: the argument is not always a bare URL (`--dbx=postgres://app:pw@db/app`).
+      err.write(`breakwater migrate: unknown argument "${redactSecrets(arg)}"\n\n${usage}`)
       return 2
     }
   }
@@ -85,7 +87,9 @@ export async function migrateCommand(
       err.write(`breakwater migrate: --db: ${error.message}\n`)
       return 2
     }
-    err.write(`breakwater migrate: cannot open ${redactUrl(url)}: ${messageOf(error)}\n`)
+    err.write(
+      `breakwater migrate: cannot open ${redactUrl(url)}: ${redactSecrets(messageOf(error))}\n`,
+    )
     return 1
   }
   try {
@@ -102,7 +106,7 @@ export async function migrateCommand(
     }
     return 0
   } catch (error) {
-    err.write(`breakwater migrate: ${redactUrl(messageOf(error))}\n`)
+    err.write(`breakwater migrate: ${redactSecrets(messageOf(error))}\n`)
     return 1
   } finally {
     await db.close().catch(() => {})

@@ -2,6 +2,7 @@
 // shows a password, whatever the argument was: a URL given without --db is a common slip.
 import { EventEmitter } from 'node:events'
 import { describe, expect, it } from 'vitest'
+import { migrateCommand } from '../../src/cli/migrate.js'
 import { outboxCommand } from '../../src/cli/outbox.js'
 import { relayCommand } from '../../src/cli/relay.js'
 import { sagaCommand } from '../../src/cli/saga.js'
@@ -44,4 +45,17 @@ describe('long-running commands: a password in a bad argument', () => {
     expect(result.stderr).toContain(`breakwater ${name}: `)
     expect(result.stderr).not.toContain('hunter2')
   })
+})
+
+describe('breakwater migrate: a password in a bad argument', () => {
+  const migrate: CapturedEntry = (args, deps) => migrateCommand(args, { capabilities: {}, ...deps })
+  it.each([[[`--dbx=${url}`]], [[url]], [['--db=sqlite:./x.db', `--url=${url}`]]])(
+    'migrate %j exits 2 without printing it',
+    async (args) => {
+      const result = await runCaptured(migrate, args)
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain('breakwater migrate: unknown argument')
+      expect(result.stderr).not.toContain('hunter2')
+    },
+  )
 })
