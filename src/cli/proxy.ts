@@ -195,6 +195,8 @@ async function runSingle(
     async () => {
       const proxy = await startProxyRuntime({
         config: { file },
+        // --workers 1 on a file with more: the file is read (and reloaded) as one process.
+        configOverrides: { workers: config.workers },
         logger,
         ...(deps.env === undefined ? {} : { env: deps.env }),
       }).catch(startFailure)

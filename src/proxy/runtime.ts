@@ -22,7 +22,7 @@ import {
 } from '../observability/metrics.js'
 import { redactUrl } from '../stores/redact.js'
 import { ConfigInvalidError } from './config/errors.js'
-import { parseProxyConfig } from './config/load.js'
+import { type ProxyConfigOverrides, parseProxyConfig } from './config/load.js'
 import { keepsServiceRuntime } from './config/reload.js'
 import type {
   InboundContext,
@@ -61,6 +61,12 @@ export interface StartProxyOptions {
    * also checks the cross-field rules).
    */
   readonly config: string | { readonly file: string } | ProxyConfig
+  /**
+   * Settings given besides the file or text (the CLI's `--workers`), applied each time it is
+   * read, at start and at every reload, as if the file held them.
+   * @default none
+   */
+  readonly configOverrides?: ProxyConfigOverrides
   /**
    * Time source of every policy, deadline and timer.
    * @default systemClock
@@ -254,6 +260,7 @@ class ProxyRuntime implements ProxyInternals {
   readonly #source: Source
   readonly #env: Readonly<Record<string, string | undefined>>
   readonly #watchEnabled: boolean
+  readonly #configOverrides: ProxyConfigOverrides
   readonly #watchDebounceMs: number
   readonly #adminEnabled: boolean
   #generation: Generation | undefined
@@ -301,6 +308,8 @@ class ProxyRuntime implements ProxyInternals {
         ? process.env
         : (checkObject('env', options.env) as Record<string, string | undefined>)
     this.#watchEnabled = checkBoolean('watch', options.watch ?? true)
+    // Its values are checked with the file's, as the file's own would be.
+    this.#configOverrides = checkObject('configOverrides', options.configOverrides ?? {})
     this.#watchDebounceMs = checkInteger(
       'watchDebounceMs',
       options.watchDebounceMs ?? 250,
@@ -501,15 +510,16 @@ class ProxyRuntime implements ProxyInternals {
   }
 
   async #readConfig(yamlText: string | undefined): Promise<ProxyConfig> {
-    if (yamlText !== undefined) return parseProxyConfig(yamlText, 'reload')
+    const overrides = this.#configOverrides
+    if (yamlText !== undefined) return parseProxyConfig(yamlText, 'reload', overrides)
     const source = this.#source
     switch (source.kind) {
       case 'file': {
         const { loadProxyConfig } = await import('./config/load.js')
-        return loadProxyConfig(source.file)
+        return loadProxyConfig(source.file, overrides)
       }
       case 'text':
-        return parseProxyConfig(source.text, 'config')
+        return parseProxyConfig(source.text, 'config', overrides)
       case 'object':
         return source.config
     }

@@ -179,6 +179,38 @@ describe('proxyCommand', () => {
     expect(out.text()).toContain('3 workers)')
   })
 
+  it('--workers 1 runs one process on a file with more workers, also through a reload', async () => {
+    // The file asks for four workers and keeps idempotency records in memory, which only one
+    // process may: --workers 1 is what makes it valid, so the runtime must read the file with it
+    // at start and at each reload, not only --check.
+    const file = write(
+      'four-workers.yaml',
+      `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: in, role: gateway, port: 0, routes: [{ name: r, targets: [{ service: a }], idempotency: {} }] }]\nworkers: 4\ndrainTimeoutMs: 1000\n`,
+    )
+    const signals = new EventEmitter()
+    const out = captureLog()
+    const err = captureLog()
+    const run = proxyCommand(['--config', file, '--workers', '1'], {
+      stdout: out,
+      stderr: err,
+      signals: signals as unknown as SignalTarget,
+    })
+    await eventually(
+      () => out.lines().some((l) => l.msg === 'proxy started') || err.text() !== '',
+      'the start',
+    )
+    expect(err.text()).toBe('')
+    signals.emit('SIGHUP', 'SIGHUP')
+    await eventually(
+      () =>
+        out.lines().some((l) => l.msg === 'config reloaded' || l.msg === 'config reload refused'),
+      'the SIGHUP reload',
+    )
+    expect(out.lines().map((l) => l.msg)).toContain('config reloaded')
+    signals.emit('SIGTERM', 'SIGTERM')
+    expect(await run).toBe(0)
+  })
+
   it('a proxy that cannot start says what failed in one line, exit 1, with one process or workers', async () => {
     await withTakenPort(async (port) => {
       const busy = write(
