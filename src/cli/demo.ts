@@ -366,7 +366,9 @@ export interface DemoCommandDeps {
 export async function demoCommand(args: string[], deps: DemoCommandDeps = {}): Promise<number> {
   const parsed = parse(args)
   if (typeof parsed === 'string') {
-    process.stderr.write(`breakwater demo: ${parsed}\n\n${usage}`)
+    // Redacted here for both parsers: a message quotes the argument at fault, which may be a
+    // database URL (`demo policies --db=postgres://app:pw@db/app`).
+    process.stderr.write(`breakwater demo: ${redactSecrets(parsed)}\n\n${usage}`)
     return 2
   }
   if ('help' in parsed) {
