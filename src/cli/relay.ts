@@ -6,6 +6,7 @@ import {
   type Publisher,
 } from '../brokers/index.js'
 import { maxTimerDelayMs } from '../core/clock.js'
+import { BreakwaterError } from '../core/errors.js'
 import type { CircuitState } from '../index.js'
 import {
   createJsonLogger,
@@ -108,6 +109,8 @@ interface RelayArgs {
   readonly db: string
   readonly broker: BrokerSpec
   readonly brokerText: string
+  /** Where the broker URL came from, for messages: `--broker` or `BREAKWATER_BROKER_URL`. */
+  readonly brokerSource: string
   readonly metricsPort: number | undefined
   readonly metricsHost: string
   readonly batchSize: number | undefined
@@ -229,6 +232,7 @@ function parse(
     db,
     broker,
     brokerText,
+    brokerSource: brokerSetting.source,
     metricsPort: integerFlag('--metrics-port', values.get('--metrics-port'), 0, 65_535),
     metricsHost: values.get('--metrics-host') ?? '127.0.0.1',
     batchSize: integerFlag('--batch-size', values.get('--batch-size'), 1, 10_000),
@@ -284,6 +288,22 @@ function webhookSecret(args: RelayArgs, env: Readonly<Record<string, string | un
   if (Buffer.byteLength(secret) < 16)
     throw new UsageError(`the webhook secret from ${source} is shorter than 16 bytes`)
   return secret
+}
+
+/**
+ * Builds the broker's publisher. The adapter checks the rest of the URL (a Redis path that is
+ * no database number, a webhook URL with credentials or a fragment): its INVALID_OPTION is the
+ * user's to fix like a bad argument (exit 2), and the message says where the URL came from
+ * (`source`: --broker or BREAKWATER_BROKER_URL) rather than only the adapter's option name.
+ */
+function brokerOption<T>(source: string, build: () => T): T {
+  try {
+    return build()
+  } catch (error) {
+    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION')
+      throw new BreakwaterError('INVALID_OPTION', `${source}: ${error.message}`, { cause: error })
+    throw error
+  }
 }
 
 /** Publishes every message under `prefix + topic`. */
@@ -526,21 +546,26 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         resources.add('SQL queue', () => queue.close())
         publisher = queue.publisher
       } else if (broker.kind === 'webhook') {
-        const webhook = createWebhookPublisher({
-          url: broker.url,
-          secret: secret!,
-          batch: parsed.webhookBatch,
-          // Inside the relay's own publish timeout (5 s by default): a few quick attempts, then
-          // the relay's backoff and circuit breaker take over.
-          attemptTimeoutMs: 2_000,
-          retry: { maxAttempts: 3, baseDelayMs: 100, maxDelayMs: 500, maxRetryAfterMs: 1_000 },
-        })
+        const webhook = brokerOption(parsed.brokerSource, () =>
+          createWebhookPublisher({
+            url: broker.url,
+            secret: secret!,
+            batch: parsed.webhookBatch,
+            // Inside the relay's own publish timeout (5 s by default): a few quick attempts, then
+            // the relay's backoff and circuit breaker take over.
+            attemptTimeoutMs: 2_000,
+            retry: { maxAttempts: 3, baseDelayMs: 100, maxDelayMs: 500, maxRetryAfterMs: 1_000 },
+          }),
+        )
         resources.add('webhook publisher', () => webhook.close())
         publisher = webhook
       } else {
-        const opened = openBroker(broker.url, {
-          onError: (event) => log.warn('broker error', { phase: event.phase, error: event.error }),
-        })
+        const opened = brokerOption(parsed.brokerSource, () =>
+          openBroker(broker.url, {
+            onError: (event) =>
+              log.warn('broker error', { phase: event.phase, error: event.error }),
+          }),
+        )
         resources.add('broker', () => opened.close())
         publisher = opened.publisher
       }

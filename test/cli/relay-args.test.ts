@@ -173,3 +173,45 @@ describe('breakwater relay: startup failures exit 1', () => {
     expect(result.all).not.toContain('hunter2')
   })
 })
+
+describe('breakwater relay: a --broker its adapter refuses', () => {
+  // The scheme and host are checked while the arguments are read; the rest of the URL by the
+  // broker's adapter when the relay builds it. Both are the user's to fix: exit 2, naming
+  // where the URL came from (not the adapter's option name alone), without its password.
+  const cases: Array<[string[], Record<string, string>, string]> = [
+    [
+      ['--broker', 'redis://u:hunter2-pw@127.0.0.1:1/abc'],
+      {},
+      '--broker: redis.url: expected a redis:// or rediss:// URL',
+    ],
+    [
+      ['--broker', 'http://127.0.0.1:1/hook#part', '--webhook-secret-env', 'HOOK'],
+      { HOOK: 'a-webhook-secret-long-enough' },
+      '--broker: webhook.url: expected a URL without a fragment',
+    ],
+    [
+      [],
+      { BREAKWATER_BROKER_URL: 'https://u:hunter2-pw@127.0.0.1:1/hook', HOOK: 'x'.repeat(16) },
+      'BREAKWATER_BROKER_URL: webhook.url: expected a URL without credentials',
+    ],
+  ]
+  for (const [args, env, message] of cases) {
+    it(`${JSON.stringify(args)} ${JSON.stringify(env)}`, async () => {
+      const file = createTestSqlite('relay-broker-url')
+      try {
+        const db = await openDatabase(file.url)
+        await migrateOutbox(db)
+        await db.close()
+        const result = await run(['--db', file.url, ...args], {
+          BREAKWATER_WEBHOOK_SECRET: 'x'.repeat(16),
+          ...env,
+        })
+        expect(result.stderr).toContain(`breakwater relay: ${message}`)
+        expect(result.code).toBe(2)
+        expect(result.all).not.toContain('hunter2')
+      } finally {
+        file.cleanup()
+      }
+    })
+  }
+})
