@@ -130,6 +130,21 @@ export function readFlags(
   return { values, flags }
 }
 
+/**
+ * Parses `--metrics-port` (no server when absent) and `--metrics-host` (default 127.0.0.1). A
+ * host without a port is refused: no server would start, and the address be ignored silently.
+ */
+export function metricsFlags(values: ReadonlyMap<string, string>): {
+  readonly port: number | undefined
+  readonly host: string
+} {
+  const port = integerFlag('--metrics-port', values.get('--metrics-port'), 0, 65_535)
+  const host = values.get('--metrics-host')
+  if (host !== undefined && port === undefined)
+    throw new UsageError('--metrics-host applies only with --metrics-port')
+  return { port, host: host ?? '127.0.0.1' }
+}
+
 /** Parses `--log-level` (default info). */
 export function logLevelFlag(text: string | undefined): LogThreshold {
   const level = text ?? 'info'

@@ -39,6 +39,7 @@ import {
   flagOrEnv,
   integerFlag,
   logLevelFlag,
+  metricsFlags,
   readFlags,
   type Setting,
   StartupError,
@@ -71,7 +72,8 @@ options:
                                http://, https://          a webhook (signed POSTs)
   --metrics-port <n>         serve Prometheus /metrics and /healthz on this port (0: any free
                              port, logged at start; default: no server)
-  --metrics-host <host>      the metrics server's address (default 127.0.0.1)
+  --metrics-host <host>      the metrics server's address, with --metrics-port (default
+                             127.0.0.1)
   --batch-size <n>           most events confirmed and not yet marked published (what a
                              crash can publish twice); a round reads half, 1-10000
                              (default 256)
@@ -210,6 +212,7 @@ function parse(
       `--ordering must be "confirmed" or "batch", got "${redactSecrets(ordering)}"`,
     )
   const logLevel = logLevelFlag(values.get('--log-level'))
+  const metrics = metricsFlags(values)
   const topicPrefix = values.get('--topic-prefix')
   if (topicPrefix !== undefined && !/^[\x21-\x7e]+$/.test(topicPrefix))
     throw new UsageError('--topic-prefix must be visible ASCII characters (no spaces)')
@@ -233,8 +236,8 @@ function parse(
     broker,
     brokerText,
     brokerSource: brokerSetting.source,
-    metricsPort: integerFlag('--metrics-port', values.get('--metrics-port'), 0, 65_535),
-    metricsHost: values.get('--metrics-host') ?? '127.0.0.1',
+    metricsPort: metrics.port,
+    metricsHost: metrics.host,
     batchSize: integerFlag('--batch-size', values.get('--batch-size'), 1, 10_000),
     topicPrefix,
     ordering: ordering as RelayArgs['ordering'],

@@ -28,6 +28,7 @@ import {
   databaseUrl,
   integerFlag,
   logLevelFlag,
+  metricsFlags,
   readFlags,
   StartupError,
 } from './process-support.js'
@@ -53,7 +54,8 @@ options:
   --db <url>                 sqlite:<file> or postgres://user@host/db (default ${defaultDb})
   --metrics-port <n>         serve Prometheus /metrics and /healthz on this port (0: any free
                              port, logged at start; default: no server)
-  --metrics-host <host>      the metrics server's address (default 127.0.0.1)
+  --metrics-host <host>      the metrics server's address, with --metrics-port (default
+                             127.0.0.1)
   --concurrency <n>          instances run at once, 1-10000 (default 16)
   --lease-ms <n>             how long a claimed instance stays this worker's (default 800)
   --poll-interval-ms <n>     how often an idle worker looks for work (default 100)
@@ -101,14 +103,15 @@ function parse(
   if (module === undefined) throw new UsageError('--module <file> is required')
   const db = databaseUrl(values, env, defaultDb)
   const logLevel = logLevelFlag(values.get('--log-level'))
+  const metrics = metricsFlags(values)
   const workerId = values.get('--worker-id')
   if (workerId !== undefined && !/^[\x21-\x7e]{1,200}$/.test(workerId))
     throw new UsageError('--worker-id must be 1 to 200 visible ASCII characters')
   return {
     db,
     module,
-    metricsPort: integerFlag('--metrics-port', values.get('--metrics-port'), 0, 65_535),
-    metricsHost: values.get('--metrics-host') ?? '127.0.0.1',
+    metricsPort: metrics.port,
+    metricsHost: metrics.host,
     concurrency: integerFlag('--concurrency', values.get('--concurrency'), 1, 10_000),
     leaseMs: integerFlag('--lease-ms', values.get('--lease-ms'), 30, maxTimerDelayMs),
     pollIntervalMs: integerFlag(

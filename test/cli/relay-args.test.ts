@@ -42,6 +42,8 @@ describe('breakwater relay: argument errors', () => {
       '--webhook-batch applies only to an http(s):// --broker',
     ],
     [['--webhook-secret', 'abc'], {}, '--webhook-secret: secrets are not accepted as arguments'],
+    // Without --metrics-port no server starts: the address would be ignored silently.
+    [['--metrics-host', '0.0.0.0'], {}, '--metrics-host applies only with --metrics-port'],
     [
       ['--broker', 'https://hooks.example.com/x'],
       {},

@@ -31,3 +31,13 @@ describe('breakwater saga worker: the database URL', () => {
     expect(fromFlag.stderr).toContain('breakwater saga worker: --db: expected sqlite:<file>')
   })
 })
+
+describe('breakwater saga worker: --metrics-host', () => {
+  it('is refused without --metrics-port (no server starts, it would be ignored)', async () => {
+    const result = await run(['--module', 'x.js', '--metrics-host', '0.0.0.0'], {})
+    expect(result.code).toBe(2)
+    expect(result.stderr).toContain(
+      'breakwater saga worker: --metrics-host applies only with --metrics-port',
+    )
+  })
+})
