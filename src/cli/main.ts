@@ -5,6 +5,8 @@
 // src/cli/long-running.ts), since what did not stop may hold the process open. Commands load lazily so that, say,
 // `breakwater migrate` never loads the demo's HTTP servers.
 import { BreakwaterError } from '../core/errors.js'
+// The module itself, not observability/index.js: main loads nothing a command does not need.
+import { redactSecrets } from '../observability/redact.js'
 import { StartupError } from './process-support.js'
 
 /** A command's entry point: gets its own arguments, resolves to the exit code. */
@@ -51,15 +53,21 @@ async function main(argv: string[]): Promise<number> {
     return 2
   }
   if (name === '--help' || name === '-h' || name === 'help') {
+    // `help relay` is the relay's usage; ignoring the word would answer another question.
+    if (name === 'help' && rest.length > 0) return runCommand(rest[0]!, ['--help'])
     process.stdout.write(usage())
     return 0
   }
-  const command = commands[name]
+  return runCommand(name, rest)
+}
+
+async function runCommand(name: string, args: string[]): Promise<number> {
+  const command = Object.hasOwn(commands, name) ? commands[name] : undefined
   if (command === undefined) {
-    process.stderr.write(`breakwater: unknown command "${name}"\n\n${usage()}`)
+    process.stderr.write(`breakwater: unknown command "${redactSecrets(name)}"\n\n${usage()}`)
     return 2
   }
-  return (await command.load())(rest)
+  return (await command.load())(args)
 }
 
 try {

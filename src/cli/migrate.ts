@@ -4,7 +4,7 @@ import type { Migration } from '../stores/migrations.js'
 import { runMigrations } from '../stores/migrations.js'
 import { redactUrl } from '../stores/redact.js'
 import { openAnsweringDatabase } from './existing-database.js'
-import { messageOf } from './usage.js'
+import { messageOf, wantsHelp } from './usage.js'
 
 /** Where `migrateCommand` writes; defaults to the process's stdout and stderr. */
 export interface MigrateOutput {
@@ -39,6 +39,11 @@ export async function migrateCommand(
 ): Promise<number> {
   const out = deps.stdout ?? process.stdout
   const err = deps.stderr ?? process.stderr
+  // As every command: --help or -h anywhere, or help first (`migrate --db --help` too).
+  if (wantsHelp(args)) {
+    out.write(usage)
+    return 0
+  }
   let url = defaultUrl
   let given = false
   for (let i = 0; i < args.length; i++) {
@@ -48,10 +53,6 @@ export async function migrateCommand(
       return 2
     }
     if (arg === '--db' || arg.startsWith('--db=')) given = true
-    if (arg === '--help' || arg === '-h') {
-      out.write(usage)
-      return 0
-    }
     if (arg === '--db') {
       const value = args[i + 1]
       if (value === undefined || value === '' || value.startsWith('--')) {

@@ -14,3 +14,38 @@ describe('breakwater without a command', () => {
     expect(asked.stderr).toBe('')
   })
 })
+
+describe('breakwater help <command>', () => {
+  it("prints that command's usage, and refuses a command that does not exist", async () => {
+    const relay = await runCli(['help', 'relay'])
+    expect(relay.code).toBe(0)
+    expect(relay.stdout).toContain('usage: breakwater relay')
+    const unknown = await runCli(['help', 'relais'])
+    expect(unknown.code).toBe(2)
+    expect(unknown.stderr).toContain('breakwater: unknown command "relais"')
+  })
+})
+
+describe('breakwater migrate asks for help as the other commands do', () => {
+  it.each([[['migrate', 'help']], [['migrate', '--db', '--help']]])(
+    '%j prints the usage, exit 0',
+    async (args) => {
+      const result = await runCli(args)
+      expect(result.code).toBe(0)
+      expect(result.stdout).toContain('usage: breakwater migrate')
+    },
+  )
+})
+
+describe('breakwater <unknown command>', () => {
+  it.each([['constructor'], ['toString'], ['postgres://app:hunter2-pw@db/app']])(
+    '%s is one line naming it, exit 2 (no stack, no password)',
+    async (name) => {
+      const result = await runCli([name])
+      expect(result.code).toBe(2)
+      expect(result.stderr).toMatch(/^breakwater: unknown command "[^"\n]+"\n\nusage:/)
+      expect(result.stderr).not.toContain('hunter2')
+      expect(result.stderr).not.toContain('    at ')
+    },
+  )
+})
