@@ -203,7 +203,8 @@ function parseShop(args: readonly string[]): Parsed | string {
       if (seen.has(flag)) return `${flag} given twice`
       seen.add(flag)
     }
-    const numeric = numericFlags[flag]
+    // Own keys only: a plain index also finds Object.prototype's members (constructor).
+    const numeric = Object.hasOwn(numericFlags, flag) ? numericFlags[flag] : undefined
     if (numeric !== undefined) {
       const text = value()
       const match = text === undefined ? null : numberPatterns[numeric.kind].exec(text)

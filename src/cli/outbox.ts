@@ -67,7 +67,9 @@ function parse(args: readonly string[]): Parsed {
   const [command, ...rest] = args
   if (command === undefined)
     throw new UsageError('a command is needed: dead, redrive, stats or prune')
-  if (!(command in allowed)) throw new UsageError(`unknown command "${redactSecrets(command)}"`)
+  // Own keys only: `in` also finds Object.prototype's members (constructor, toString).
+  if (!Object.hasOwn(allowed, command))
+    throw new UsageError(`unknown command "${redactSecrets(command)}"`)
   const cmd = command as Command
   const values = new Map<string, string>()
   const ids: string[] = []

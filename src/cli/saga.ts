@@ -85,7 +85,8 @@ const allowed: Record<Parsed['command'], readonly string[]> = {
 function parse(args: readonly string[]): Parsed {
   const [command, ...rest] = args
   if (command === undefined) throw new UsageError('a command is needed')
-  if (!(command in allowed)) throw new UsageError(`unknown command "${command}"`)
+  // Own keys only: `in` also finds Object.prototype's members (constructor, toString).
+  if (!Object.hasOwn(allowed, command)) throw new UsageError(`unknown command "${command}"`)
   const cmd = command as Parsed['command']
   const values = new Map<string, string>()
   const positional: string[] = []

@@ -59,3 +59,19 @@ describe('breakwater migrate: a password in a bad argument', () => {
     },
   )
 })
+
+describe('admin commands: a command named like an Object member', () => {
+  // `name in table` finds Object.prototype's members: such a word went on as a command (a
+  // TypeError stack, or a database opened and nothing done with exit code 0).
+  const cases: ReadonlyArray<{ name: string; entry: CapturedEntry; args: string[] }> = [
+    { name: 'outbox', entry: outboxCommand, args: ['constructor'] },
+    { name: 'outbox', entry: outboxCommand, args: ['toString', '--db', 'sqlite:./x.db'] },
+    { name: 'saga', entry: sagaCommand, args: ['constructor', 'some-id'] },
+    { name: 'saga', entry: sagaCommand, args: ['__proto__', 'some-id', '--json'] },
+  ]
+  it.each(cases)('$name $args is an unknown command, exit 2', async ({ name, entry, args }) => {
+    const result = await runCaptured(entry, args)
+    expect(result.stderr).toContain(`breakwater ${name}: unknown command "${args[0]}"`)
+    expect(result.code).toBe(2)
+  })
+})

@@ -26,3 +26,15 @@ describe('breakwater demo: a password in a bad argument', () => {
     expect(stderr).not.toContain('hunter2')
   })
 })
+
+describe('breakwater demo: a word named like an Object member', () => {
+  it.each([['constructor'], ['toString']])('demo %s is an unknown demo, exit 2', async (word) => {
+    let stderr = ''
+    vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      stderr += String(chunk)
+      return true
+    })
+    expect(await demoCommand([word])).toBe(2)
+    expect(stderr).toContain(`breakwater demo: unknown demo "${word}" (known: shop, policies)`)
+  })
+})
