@@ -1,3 +1,4 @@
+import { redactSecrets } from '../observability/index.js'
 import {
   cancelSaga,
   getSaga,
@@ -198,7 +199,9 @@ async function execute(
         ...(parsed.name === undefined ? {} : { name: parsed.name }),
         limit: parsed.limit,
       })
-      out.write(parsed.json ? `${JSON.stringify(sagas, null, 2)}\n` : formatList(sagas))
+      out.write(
+        parsed.json ? `${redactSecrets(JSON.stringify(sagas, null, 2))}\n` : formatList(sagas),
+      )
       return 0
     }
     case 'show': {
@@ -211,7 +214,7 @@ async function execute(
       const timeline = await getSagaTimeline(db, id)
       out.write(
         parsed.json
-          ? `${JSON.stringify({ saga, timeline }, null, 2)}\n`
+          ? `${redactSecrets(JSON.stringify({ saga, timeline }, null, 2))}\n`
           : formatShow(saga, timeline),
       )
       return 0
@@ -281,8 +284,12 @@ function table(rows: readonly (readonly string[])[]): string {
     .join('\n')
 }
 
+// What a step threw and why a saga parked is stored as thrown, and may quote a connection URL:
+// it is redacted before being cut, so a cut cannot leave a password that no longer looks like
+// one (`postgres://app:hunt…`).
 function truncate(text: string, max: number): string {
-  return text.length > max ? `${text.slice(0, max - 1)}…` : text
+  const shown = redactSecrets(text)
+  return shown.length > max ? `${shown.slice(0, max - 1)}…` : shown
 }
 
 function formatList(sagas: readonly SagaSummary[]): string {
@@ -350,7 +357,8 @@ function formatShow(saga: SagaInstance, timeline: readonly SagaTimelineEntry[]):
   lines.push('', 'timeline')
   lines.push(`  ${time(saga.createdAt)}  started`)
   for (const entry of timeline) lines.push(`  ${formatEntry(entry)}`)
-  return `${lines.join('\n')}\n`
+  // The reason, errors, input and context are stored text: none may show a password.
+  return `${redactSecrets(lines.join('\n'))}\n`
 }
 
 function formatEntry(entry: SagaTimelineEntry): string {

@@ -1,0 +1,67 @@
+// `breakwater saga list|show` print what the database holds: step errors, the timeline's
+// errors and the parking reason are text a step threw, and may quote a connection URL. Like
+// the outbox's dead list, the output never shows its password, in the table and in --json.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { sagaCommand } from '../../src/cli/saga.js'
+import { createSagaWorker, defineSaga, migrateSagas } from '../../src/saga/index.js'
+import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { createTestSqlite, type TestSqlite } from '../support/sqlite.js'
+import { runCaptured } from './captured.js'
+
+const leaky = 'cannot reach postgres://app:hunter2-pw@db/app'
+
+describe('breakwater saga list|show: a password in stored errors', () => {
+  let file: TestSqlite
+  let db: SqlDriver
+  let id: string
+  beforeAll(async () => {
+    file = createTestSqlite('saga-output')
+    db = await openDatabase(file.url)
+    await migrateSagas(db)
+    const saga = defineSaga({
+      name: 'leaky',
+      version: 1,
+      steps: [
+        {
+          name: 'charge',
+          action: async () => ({}),
+          compensation: async () => {
+            throw Object.assign(new Error(leaky), { status: 422 })
+          },
+          compensationRetry: { maxAttempts: 1 },
+        },
+        {
+          name: 'ship',
+          action: async () => {
+            throw Object.assign(new Error(leaky), { status: 422 })
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db, sagas: [saga], clock: new ManualClock(Date.now()) })
+    id = (await worker.run(saga, {})).id
+  })
+  afterAll(async () => {
+    await db?.close()
+    file?.cleanup()
+  })
+
+  it.each([[['show']], [['show', '--json']], [['list']], [['list', '--json']]])(
+    'saga %j masks it',
+    async (words) => {
+      const [command, ...flags] = words
+      const args =
+        command === 'show'
+          ? [command, id, ...flags, '--db', file.url]
+          : [command!, ...flags, '--db', file.url]
+      const result = await runCaptured(sagaCommand, args)
+      expect(result.stderr).toBe('')
+      expect(result.code).toBe(0)
+      expect(result.stdout).toContain(id)
+      expect(result.stdout).not.toContain('hunter2')
+      if (command === 'show') expect(result.stdout).toContain('postgres://app:***@db/app')
+      if (flags.includes('--json')) JSON.parse(result.stdout)
+    },
+  )
+})
