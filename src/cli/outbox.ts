@@ -152,7 +152,8 @@ async function execute(
     case 'dead': {
       const dead = await listDead(db, { limit: parsed.limit, afterId: parsed.afterId })
       if (parsed.json) {
-        out.write(`${JSON.stringify(dead.map(toJson), null, 2)}\n`)
+        // As in the table: a last error (what the broker client threw) may quote a URL.
+        out.write(`${redactSecrets(JSON.stringify(dead.map(toJson), null, 2))}\n`)
         return 0
       }
       if (dead.length === 0) {

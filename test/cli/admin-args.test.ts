@@ -7,6 +7,9 @@ import { outboxCommand } from '../../src/cli/outbox.js'
 import { relayCommand } from '../../src/cli/relay.js'
 import { sagaCommand } from '../../src/cli/saga.js'
 import { sagaWorkerCommand } from '../../src/cli/saga-worker.js'
+import { createOutbox, migrateOutbox, outboxTable } from '../../src/outbox/index.js'
+import { openDatabase } from '../../src/stores/index.js'
+import { createTestSqlite } from '../support/sqlite.js'
 import { type CapturedEntry, runCaptured } from './captured.js'
 
 const url = 'postgres://app:hunter2-pw@db/app'
@@ -73,5 +76,37 @@ describe('admin commands: a command named like an Object member', () => {
     const result = await runCaptured(entry, args)
     expect(result.stderr).toContain(`breakwater ${name}: unknown command "${args[0]}"`)
     expect(result.code).toBe(2)
+  })
+})
+
+describe('breakwater outbox dead --json: a password in a stored error', () => {
+  it('is masked as in the table', async () => {
+    const file = createTestSqlite('outbox-dead-json')
+    const db = await openDatabase(file.url)
+    try {
+      await migrateOutbox(db)
+      await db.transaction((tx) =>
+        createOutbox().enqueue(tx, {
+          aggregateType: 'order',
+          aggregateId: 'o-1',
+          type: 'order.placed',
+          payload: {},
+        }),
+      )
+      // Dead-lettered as a relay does it, with the error text a broker client gave.
+      await db.execute(`UPDATE ${outboxTable} SET dead_at = $1, attempts = 1, last_error = $2`, [
+        Date.now(),
+        `connect to amqp://relay:${'hunter2'}-pw@mq:5672 refused`,
+      ])
+      for (const flags of [[], ['--json']]) {
+        const result = await runCaptured(outboxCommand, ['dead', ...flags, '--db', file.url])
+        expect(result.code).toBe(0)
+        expect(result.stdout).toContain('amqp://relay:***@mq:5672')
+        expect(result.stdout).not.toContain('hunter2')
+      }
+    } finally {
+      await db.close()
+      file.cleanup()
+    }
   })
 })
