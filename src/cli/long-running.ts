@@ -11,7 +11,7 @@ import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { Migration, SqlDriver } from '../stores/index.js'
 import { openExistingDatabase } from './existing-database.js'
 import { checkMigrated, StartupError } from './process-support.js'
-import { messageOf } from './usage.js'
+import { messageOf, UsageError } from './usage.js'
 
 // The life of a long-running command (`breakwater relay`, `breakwater saga worker`): start
 // what it needs, in order, run until SIGTERM or SIGINT, drain, close everything in reverse,
@@ -167,8 +167,13 @@ export interface LongRunningCommand {
   readonly drainMessage: string
   /** Prefixes the message of an `INVALID_OPTION` error thrown while starting (exit 2). */
   readonly invalidOptionPrefix?: string
-  /** Starts the service, registering in `resources` what must be closed. */
-  start(resources: ServiceResources): Promise<StartedService>
+  /** Printed after the message of a `UsageError` thrown while starting (exit 2). */
+  readonly usage?: string
+  /**
+   * Starts the service, registering in `resources` what must be closed. `signal` aborts at the
+   * first SIGTERM or SIGINT: a start that throws its reason ends the command cleanly (exit 0).
+   */
+  start(resources: ServiceResources, signal: AbortSignal): Promise<StartedService>
 }
 
 /**
@@ -176,7 +181,7 @@ export interface LongRunningCommand {
  * graceful stop; 1 when starting fails (a `StartupError`, its message printed), when the drain
  * outlasts `drainTimeoutMs` or a second signal cuts it short (then `exit(1)` ends the process
  * at once, whatever still holds it open), when the service ends by itself, or when it fails; 2
- * when starting throws an `INVALID_OPTION` error (a configuration fault).
+ * when starting throws an `INVALID_OPTION` error (a configuration fault) or a `UsageError`.
  */
 export async function runLongRunningCommand(command: LongRunningCommand): Promise<number> {
   const { log, name, deps } = command
@@ -189,10 +194,10 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
     return 1
   }
   let startupFailure: number | undefined
-  const start = async () => {
+  const start = async (signal: AbortSignal) => {
     const resources = new ServiceResources(log)
     try {
-      const service = await command.start(resources)
+      const service = await command.start(resources, signal)
       return {
         ...(service.done === undefined ? {} : { done: service.done }),
         async stop() {
@@ -231,6 +236,10 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
     return outcome.reason === 'signal' ? 0 : 1
   } catch (error) {
     if (startupFailure !== undefined) return startupFailure
+    if (error instanceof UsageError) {
+      err.write(`breakwater ${name}: ${redactSecrets(error.message)}\n\n${command.usage ?? ''}`)
+      return 2
+    }
     if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
       err.write(
         `breakwater ${name}: ${command.invalidOptionPrefix ?? ''}${redactSecrets(error.message)}\n`,

@@ -249,7 +249,6 @@ export async function sagaWorkerCommand(
     return 0
   }
   let parsed: WorkerArgs
-  let sagas: readonly SagaDefinition<unknown, unknown>[]
   let faults: ReturnType<typeof sagaCrashAtFromEnv>
   try {
     parsed = parse(args, env)
@@ -258,7 +257,6 @@ export async function sagaWorkerCommand(
     } catch (error) {
       throw new UsageError(messageOf(error))
     }
-    sagas = await loadSagas(parsed.module)
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
     err.write(`breakwater saga worker: ${redactSecrets(error.message)}\n\n${usage}`)
@@ -278,7 +276,13 @@ export async function sagaWorkerCommand(
     drainMessage: 'stopping: finishing the steps in hand',
     // A definition createSagaWorker refuses is the module's fault, like a bad argument.
     invalidOptionPrefix: '--module: ',
-    async start(resources) {
+    usage,
+    async start(resources, signal) {
+      // Loaded once the signals are handled: an import that takes a while (an app connecting at
+      // its top level) must not leave a SIGTERM to its default action, which kills the process.
+      const sagas = await loadSagas(parsed.module)
+      // Stopped while loading: nothing was started (the signal's reason ends it cleanly).
+      signal.throwIfAborted()
       const db = await openServiceDatabase(resources, parsed.db)
       // The definitions are checked first: a bad module is the user's to fix (exit 2) whatever
       // state the database is in.

@@ -1,7 +1,11 @@
 // sagaWorkerCommand in-process: a bad --db names where the URL came from.
 import { EventEmitter } from 'node:events'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { sagaWorkerCommand } from '../../src/cli/saga-worker.js'
+import { until } from '../support/until.js'
 
 async function run(args: string[], env: Record<string, string>) {
   let stderr = ''
@@ -39,5 +43,45 @@ describe('breakwater saga worker: --metrics-host', () => {
     expect(result.stderr).toContain(
       'breakwater saga worker: --metrics-host applies only with --metrics-port',
     )
+  })
+})
+
+describe('breakwater saga worker: a signal while the module loads', () => {
+  it('ends the command cleanly (exit 0) before anything starts', async () => {
+    // The module's top level waits (an app that connects at import, a slow disk): a SIGTERM
+    // then must be handled as at any other time of the start, not left to its default action
+    // (the process killed by the signal) or ignored (the worker starting anyway).
+    const dir = mkdtempSync(join(tmpdir(), 'breakwater-worker-module-'))
+    const module = join(dir, 'slow-sagas.mjs')
+    writeFileSync(
+      module,
+      'await new Promise((resolve) => { globalThis.__breakwaterReleaseModule = resolve })\nexport const sagas = [{}]\n',
+    )
+    const signals = new EventEmitter()
+    const released = globalThis as { __breakwaterReleaseModule?: () => void }
+    let stdout = ''
+    let stderr = ''
+    try {
+      const running = sagaWorkerCommand(
+        ['--module', module, '--db', `sqlite:${join(dir, 'none.db')}`],
+        {
+          stdout: { write: (t: string) => (stdout += t) },
+          stderr: { write: (t: string) => (stderr += t) },
+          env: {},
+          signals,
+          exit: () => {},
+        },
+      )
+      await until(() => released.__breakwaterReleaseModule !== undefined, 'the module to load')
+      signals.emit('SIGTERM', 'SIGTERM')
+      released.__breakwaterReleaseModule!()
+      expect(await running).toBe(0)
+      expect(stderr).toBe('')
+      expect(stdout).not.toContain('saga worker started')
+      expect(signals.listenerCount('SIGTERM')).toBe(0)
+    } finally {
+      delete released.__breakwaterReleaseModule
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
