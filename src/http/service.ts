@@ -311,7 +311,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     // arrive (the margin; a whole millisecond is the least a downstream can be told). Checked
     // here, before the breaker, which must not hold the caller's lateness against the service.
     if (deadline !== undefined && deadline.remainingMs() - this.#deadlineMarginMs < 1) {
-      const error = new DeadlineExceededError(deadline.atMs)
+      const error = new DeadlineExceededError(deadline.atMs, { started: false })
       // Still a call that failed for good: monitoring on the events must see it.
       if (this.events.hasListeners) this.#emitFailure(plan, error)
       throw error
@@ -460,7 +460,8 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     const deadline = currentDeadline()
     if (deadline !== undefined) {
       budget = Math.floor(deadline.remainingMs() - margin)
-      if (budget < 1) return new DeadlineExceededError(deadline.atMs)
+      // Not sent: the circuit breaker, around this attempt, does not count it (see started).
+      if (budget < 1) return new DeadlineExceededError(deadline.atMs, { started: false })
     }
     if (this.#overallTimeoutMs !== Number.POSITIVE_INFINITY) {
       const left = this.#overallTimeoutMs - (this.clock.now() - plan.startMs) - margin

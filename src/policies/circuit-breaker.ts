@@ -91,11 +91,13 @@ export interface CircuitBreakerOptions {
   readonly slowCallMs?: number
   /**
    * Which errors count as failures. An error it rejects counts as a success (the downstream
-   * answered, the request was wrong), except a refusal by an inner bulkhead, which is not
-   * recorded at all. Not asked when the caller's own signal aborted the call: such a call is
-   * not recorded either (the caller gave up; it proves nothing), unless it ran `slowCallMs`
-   * or longer, which counts as a slow failure.
-   * @default error => classifyFailure(error) !== 'permanent', and not BULKHEAD_FULL
+   * answered, the request was wrong), except a refusal on this side, which is not recorded at
+   * all: an inner bulkhead's, or a `DeadlineExceededError` with `started: false` (too little
+   * of the deadline was left to begin the call; nothing reached the downstream). Not asked
+   * when the caller's own signal aborted the call: such a call is not recorded either (the
+   * caller gave up; it proves nothing), unless it ran `slowCallMs` or longer, which counts as
+   * a slow failure.
+   * @default error => classifyFailure(error) !== 'permanent', and not those refusals
    */
   readonly isFailure?: (error: unknown) => boolean
   /**
@@ -195,8 +197,20 @@ type Outcome = 'success' | 'answered' | 'error' | 'slow' | 'ignored'
 /** The default `isFailure`. */
 function countsAsFailure(error: unknown): boolean {
   // A full bulkhead inside the breaker is local load shedding, not the downstream's fault.
-  if (BreakwaterError.is(error) && error.code === 'BULKHEAD_FULL') return false
+  if (isLocalRefusal(error)) return false
   return classifyFailure(error) !== 'permanent'
+}
+
+/**
+ * Whether `error` refused the call on this side, before anything reached the downstream: a
+ * full bulkhead (local load shedding), or a deadline too short to start the call (the caller's
+ * lateness). Either says nothing about the downstream's health, so it is ignored: it neither
+ * counts as a failure nor closes a half-open circuit.
+ */
+function isLocalRefusal(error: unknown): boolean {
+  if (!BreakwaterError.is(error)) return false
+  if (error.code === 'BULKHEAD_FULL') return true
+  return error.code === 'DEADLINE_EXCEEDED' && (error as { started?: unknown }).started === false
 }
 
 class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePolicy {
@@ -384,7 +398,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
     // The caller gave up: whatever fn threw then, it tells only whether the call was slow.
     if (aborted) outcome = slow ? 'slow' : 'ignored'
     else if (this.#isFailureOrIgnore(error, epoch)) outcome = 'error'
-    else if (BreakwaterError.is(error) && error.code === 'BULKHEAD_FULL') outcome = 'ignored'
+    else if (isLocalRefusal(error)) outcome = 'ignored'
     else outcome = slow ? 'slow' : 'answered'
     this.#onOutcome(epoch, outcome, error)
   }

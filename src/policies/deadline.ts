@@ -265,7 +265,8 @@ export function adoptDeadline<T>(
     return Promise.reject(error)
   }
   if (ms === undefined) return run(fn)
-  if (ms <= 0) return Promise.reject(new DeadlineExceededError(clock.now() + ms))
+  if (ms <= 0)
+    return Promise.reject(new DeadlineExceededError(clock.now() + ms, { started: false }))
   return withDeadline(ms, fn, { clock })
 }
 

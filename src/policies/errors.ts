@@ -27,10 +27,20 @@ export class TimeoutError extends BreakwaterError {
 export class DeadlineExceededError extends BreakwaterError {
   /** The absolute deadline (epoch milliseconds on the policy's clock). */
   readonly deadlineAtMs: number
+  /**
+   * False when the call was refused before it began, because too little of the deadline was
+   * left to start it: nothing reached the downstream, so a circuit breaker does not count it
+   * against the downstream (the caller's lateness is not the service's failure).
+   */
+  readonly started: boolean
 
-  constructor(deadlineAtMs: number, options: { readonly cause?: unknown } = {}) {
+  constructor(
+    deadlineAtMs: number,
+    options: { readonly cause?: unknown; readonly started?: boolean } = {},
+  ) {
     super('DEADLINE_EXCEEDED', 'The deadline was exceeded', { cause: options.cause })
     this.deadlineAtMs = deadlineAtMs
+    this.started = options.started ?? true
   }
 }
 

@@ -294,7 +294,7 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
       const leftMs = deadline.atMs - now
       if (leftMs <= 0) {
         this.reportTimeout(0, true)
-        return Promise.reject(new DeadlineExceededError(deadline.atMs))
+        return Promise.reject(new DeadlineExceededError(deadline.atMs, { started: false }))
       }
       if (leftMs <= limitMs) {
         limitMs = leftMs

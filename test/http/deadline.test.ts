@@ -150,6 +150,43 @@ describe('the deadline header', () => {
     expect(sent).toEqual({ '/hold': '995', '/fused': '395', '/chained': '395' })
   })
 
+  it('does not hold a call its deadline left too late to send (after a bulkhead wait) against the service', async () => {
+    const gate = new Gate()
+    const server = await serve(async (req, res) => {
+      if (req.url === '/hold') await gate.wait()
+      res.end('ok')
+    })
+    const clock = new ManualClock(1_000_000)
+    const client = track(
+      createHttpClient({
+        clock,
+        services: {
+          svc: {
+            baseUrl: server.url,
+            attemptTimeoutMs: 10_000,
+            bulkhead: { maxConcurrent: 1, maxQueued: 1 },
+            circuitBreaker: { window: { kind: 'consecutive', failures: 1 } },
+            retry: false,
+          },
+        },
+      }),
+    )
+    const held = client.request('svc', { path: '/hold' })
+    await until(() => server.hits.length === 1)
+    const late = withDeadline(700, () => client.request('svc', { path: '/late' }), {
+      clock,
+    }).catch((e: unknown) => e)
+    await until(() => client.state().svc?.bulkhead?.queued === 1)
+    // 3 ms of the deadline are left when the slot frees: less than the 5 ms margin.
+    await clock.advance(697)
+    gate.open()
+    await held
+    expect(await late).toMatchObject({ code: 'DEADLINE_EXCEEDED', started: false })
+    expect(server.hits.map((h) => h.url)).toEqual(['/hold'])
+    // The caller was late; the service did nothing wrong.
+    expect(client.state().svc?.breaker).toBe('closed')
+  })
+
   it('sends nothing and rejects with DeadlineExceededError once the deadline has passed', async () => {
     const clock = new ManualClock()
     const server = await serve(ok)

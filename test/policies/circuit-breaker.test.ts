@@ -7,6 +7,7 @@ import {
   metrics,
 } from '@opentelemetry/api'
 import { describe, expect, it } from 'vitest'
+import { sleep } from '../../src/core/clock.js'
 import {
   AbortedError,
   BreakwaterError,
@@ -19,6 +20,7 @@ import {
   IsolatedCircuitError,
   pipeline,
   timeout,
+  withDeadline,
 } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 
@@ -565,5 +567,63 @@ describe('circuitBreaker: options', () => {
     expect(breaker.state).toBe('open')
     await clock.advance(1)
     expect(breaker.state).toBe('half-open')
+  })
+})
+
+describe('circuitBreaker: a call refused because its deadline was spent before it began', () => {
+  it('is not held against the downstream: it neither opens the circuit nor closes a half-open one', async () => {
+    const clock = new ManualClock(0)
+    const breaker = circuitBreaker({
+      window: { kind: 'consecutive', failures: 1 },
+      cooldownMs: 1_000,
+      clock,
+    })
+    const policy = pipeline(breaker, timeout(100, { clock }))
+    let calls = 0
+    const late = () =>
+      withDeadline(
+        10,
+        async () => {
+          // The caller spends its whole deadline elsewhere (a queue, a backoff) first.
+          await clock.advance(10)
+          return policy.execute(async () => {
+            calls++
+          })
+        },
+        { clock },
+      )
+    const refused = await late().catch((e: unknown) => e)
+    expect(refused).toMatchObject({ code: 'DEADLINE_EXCEEDED', started: false })
+    expect(calls).toBe(0)
+    expect(breaker.state).toBe('closed')
+
+    // Half-open: the refused probe gives its slot back, and the circuit still waits for a real
+    // answer to close.
+    await expect(policy.execute(() => Promise.reject(new Error('down')))).rejects.toThrow('down')
+    expect(breaker.state).toBe('open')
+    await clock.advance(1_000)
+    expect(breaker.state).toBe('half-open')
+    await expect(late()).rejects.toMatchObject({ started: false })
+    expect(breaker.state).toBe('half-open')
+    await policy.execute(async () => {
+      calls++
+    })
+    expect(calls).toBe(1)
+    expect(breaker.state).toBe('closed')
+  })
+
+  it('still counts a deadline that ran out while the call was under way', async () => {
+    const clock = new ManualClock(0)
+    const breaker = circuitBreaker({ window: { kind: 'consecutive', failures: 1 }, clock })
+    const policy = pipeline(breaker, timeout(100, { clock }))
+    const call = withDeadline(
+      10,
+      () => policy.execute(({ signal }) => sleep(clock, 5_000, signal)),
+      { clock },
+    )
+    const outcome = call.catch((e: unknown) => e)
+    await clock.advance(10)
+    expect(await outcome).toMatchObject({ code: 'DEADLINE_EXCEEDED', started: true })
+    expect(breaker.state).toBe('open')
   })
 })
