@@ -6,6 +6,7 @@
 // another program's database is left byte for byte as it was.
 
 import { existsSync, statSync } from 'node:fs'
+import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
 import { loadBetterSqlite } from '../stores/sqlite.js'
@@ -18,11 +19,21 @@ interface ReadOnlyDatabase {
   close(): void
 }
 
+/** Why an in-memory database is refused: what a message about one says after the flag. */
+export const inMemoryRefusal =
+  'an in-memory database is empty and lasts one command: use a sqlite: file'
+
+/** Whether `url` (already valid) names a private in-memory SQLite database. */
+export function isInMemoryDatabase(url: string): boolean {
+  const target = parseDatabaseUrl(url)
+  return target.dialect === 'sqlite' && target.filename === ':memory:'
+}
+
 /**
  * Opens the database at `url` for a command that needs breakwater's tables. Throws, naming the
  * file and what to do, when a SQLite file is missing, is not a SQLite database, or has no
- * breakwater migrations; `sqlite::memory:` is refused (it would be empty, and gone when the
- * command ends). PostgreSQL URLs open as they are (nothing is created by connecting).
+ * breakwater migrations; `sqlite::memory:` is refused with INVALID_OPTION, a bad argument (it
+ * would be empty, and gone when the command ends). PostgreSQL URLs open as they are (nothing is created by connecting).
  *
  * @example
  * ```ts
@@ -31,6 +42,7 @@ interface ReadOnlyDatabase {
  */
 export async function openExistingDatabase(url: string): Promise<SqlDriver> {
   const target = parseDatabaseUrl(url)
+  if (isInMemoryDatabase(url)) throw new BreakwaterError('INVALID_OPTION', inMemoryRefusal)
   if (target.dialect === 'sqlite') await checkBreakwaterFile(target.filename, url)
   return openAnsweringDatabase(url)
 }
@@ -56,8 +68,6 @@ export async function openAnsweringDatabase(url: string): Promise<SqlDriver> {
 
 async function checkBreakwaterFile(filename: string, url: string): Promise<void> {
   const migrate = `run \`breakwater migrate --db ${redactSecrets(url)}\` first`
-  if (filename === ':memory:')
-    throw new Error('an in-memory database is empty and lasts one command: use a sqlite: file')
   if (!existsSync(filename)) throw new Error(`no such database file (${migrate}, which creates it)`)
   if (!statSync(filename).isFile()) throw new Error('not a file (a folder?)')
   const Database = await loadBetterSqlite<ReadOnlyDatabase>()

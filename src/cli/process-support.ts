@@ -5,6 +5,7 @@ import {
   parseDatabaseUrl,
   type SqlDriver,
 } from '../stores/index.js'
+import { inMemoryRefusal, isInMemoryDatabase } from './existing-database.js'
 import { addSwitch, UsageError } from './usage.js'
 
 // What the long-running commands (`breakwater relay`, `breakwater saga worker`) share: parsing
@@ -55,7 +56,10 @@ export function flagOrEnv(
     : { value: fromEnv, source: variable }
 }
 
-/** `--db`, else `BREAKWATER_DB_URL`, else `fallback`; a URL that is not a database's is refused. */
+/**
+ * `--db`, else `BREAKWATER_DB_URL`, else `fallback`; a URL that is not a database's, or names
+ * an in-memory one (empty, and gone when the command ends), is refused.
+ */
 export function databaseUrl(
   values: ReadonlyMap<string, string>,
   env: Readonly<Record<string, string | undefined>>,
@@ -69,6 +73,7 @@ export function databaseUrl(
       `${source}: expected sqlite:<file> or postgres://user:pass@host/db, got "${redactSecrets(value)}"`,
     )
   }
+  if (isInMemoryDatabase(value)) throw new UsageError(`${source}: ${inMemoryRefusal}`)
   return value
 }
 

@@ -26,7 +26,7 @@ import {
   sqlQueueMigrations,
 } from '../outbox/index.js'
 import { parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
-import { openExistingDatabase } from './existing-database.js'
+import { inMemoryRefusal, isInMemoryDatabase, openExistingDatabase } from './existing-database.js'
 import {
   type LongRunningCommandDeps,
   openMigratedDatabase,
@@ -165,6 +165,7 @@ function parseBroker({ value: text, source }: Setting, dbUrl: string): BrokerSpe
       } catch {
         throw new UsageError(`${source}: not a database URL: "${shown}"`)
       }
+      if (isInMemoryDatabase(text)) throw new UsageError(`${source}: ${inMemoryRefusal}`)
       return { kind: 'sql', url: text === dbUrl ? undefined : text }
     case 'nats':
     case 'amqp':

@@ -110,3 +110,39 @@ describe('breakwater outbox dead --json: a password in a stored error', () => {
     }
   })
 })
+
+describe('an in-memory --db is a bad argument (exit 2) for every command', () => {
+  // It would be empty and gone when the command ends: refused before anything opens, as
+  // migrate refuses it, naming where the URL came from.
+  const quiet = { stdout: { write: () => {} }, signals: new EventEmitter(), env: {} }
+  const relay: CapturedEntry = (args, deps) => relayCommand(args, { ...quiet, ...deps })
+  const relayFromEnv: CapturedEntry = (args, deps) =>
+    relayCommand(args, { ...quiet, env: { BREAKWATER_DB_URL: 'sqlite::memory:' }, ...deps })
+  const worker: CapturedEntry = (args, deps) => sagaWorkerCommand(args, { ...quiet, ...deps })
+  const cases: ReadonlyArray<{ name: string; entry: CapturedEntry; args: string[]; says: string }> =
+    [
+      { name: 'outbox', entry: outboxCommand, args: ['stats'], says: '--db: an in-memory' },
+      { name: 'saga', entry: sagaCommand, args: ['list'], says: '--db: an in-memory' },
+      { name: 'relay', entry: relay, args: [], says: '--db: an in-memory' },
+      { name: 'relay', entry: relayFromEnv, args: [], says: 'BREAKWATER_DB_URL: an in-memory' },
+      {
+        name: 'relay',
+        entry: relay,
+        args: ['--db', 'sqlite:./x.db', '--broker', 'sqlite::memory:'],
+        says: '--broker: an in-memory',
+      },
+      {
+        name: 'saga worker',
+        entry: worker,
+        args: ['--module', 'x.js'],
+        says: '--db: an in-memory',
+      },
+    ]
+  it.each(cases)('$name $args', async ({ name, entry, args, says }) => {
+    const withDb =
+      args.includes('--db') || entry === relayFromEnv ? args : [...args, '--db', 'sqlite::memory:']
+    const result = await runCaptured(entry, withDb)
+    expect(result.stderr).toContain(`breakwater ${name}: ${says}`)
+    expect(result.code).toBe(2)
+  })
+})

@@ -263,9 +263,10 @@ describe('breakwater outbox: database problems', () => {
   })
 
   it('an unmigrated database exits 1 with a hint; a bad URL exits 2 without its password', async () => {
+    // A bad argument, known before anything opens (exit 2, as migrate answers it).
     const memory = await run(['dead', '--db', 'sqlite::memory:'])
-    expect(memory.code).toBe(1)
-    expect(memory.stderr).toContain('an in-memory database is empty and lasts one command')
+    expect(memory.code).toBe(2)
+    expect(memory.stderr).toContain('--db: an in-memory database is empty and lasts one command')
     const dir = mkdtempSync(join(tmpdir(), 'breakwater-cli-'))
     try {
       // A mistyped path: nothing is created.
