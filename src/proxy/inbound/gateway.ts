@@ -243,16 +243,22 @@ export function createGatewayHandler(
         route: route.name,
         error: error instanceof Error ? error.message : String(error),
       })
-      sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to handle the request')
+      // An outage, not a bug: 503, which clients and load balancers retry, with the key.
+      sendProblem(
+        res,
+        503,
+        'IDEMPOTENCY_STORE_UNAVAILABLE',
+        'the idempotency store is unavailable; retry the request with the same Idempotency-Key later',
+      )
       // Once the app was called it may have run the request: the pin stays, as after a timeout.
       if (called) routes.count(route, serviceName)
       if (retryKey !== undefined) routes.settle(route, retryKey, serviceName, called)
       const failed: ForwardOutcome = {
-        status: 500,
+        status: 503,
         attempts: called ? 1 : 0,
         written: called,
         endpoint: undefined,
-        error: 'INTERNAL_ERROR',
+        error: 'IDEMPOTENCY_STORE_UNAVAILABLE',
         captured: undefined,
       }
       logAccess(ctx, inbound, failed, listener.name, { route: route.name, service: serviceName })
@@ -309,7 +315,13 @@ export function createGatewayHandler(
         listener: listener.name,
         error: error instanceof Error ? error.message : String(error),
       })
-      sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to handle the request')
+      // An outage, not a bug: 503, which clients and load balancers retry, with the key.
+      sendProblem(
+        res,
+        503,
+        'IDEMPOTENCY_STORE_UNAVAILABLE',
+        'the idempotency store is unavailable; retry the request with the same Idempotency-Key later',
+      )
     })
   }
   return Object.assign(handler, { upgrade })

@@ -34,7 +34,7 @@ function failingStore(): IdempotencyStore {
 }
 
 describe('a gateway request whose idempotency store fails', () => {
-  it('is answered 500, logged and counted, and leaves no retry-affinity pin', async () => {
+  it('is answered 503 IDEMPOTENCY_STORE_UNAVAILABLE, logged and counted, and leaves no retry-affinity pin', async () => {
     const app = recordingService('app')
     const route: RouteConfig = {
       name: 'orders',
@@ -64,22 +64,25 @@ describe('a gateway request whose idempotency store fails', () => {
       port,
       `POST /orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k-1\r\nContent-Length: 2\r\n\r\n{}`,
     )
-    expect(response.status).toBe(500)
+    expect(response.status).toBe(503)
     expect(response.headers['content-type']).toBe('application/problem+json')
-    expect(JSON.parse(response.body)).toMatchObject({ status: 500, code: 'INTERNAL_ERROR' })
+    expect(JSON.parse(response.body)).toMatchObject({
+      status: 503,
+      code: 'IDEMPOTENCY_STORE_UNAVAILABLE',
+    })
     expect(app.forwarded).toHaveLength(0)
     expect(table.state()[0]?.retryAffinity).toMatchObject({ pinnedKeys: 0 })
     const access = log.lines().filter((line) => line.msg === 'access')
     expect(access).toHaveLength(1)
     expect(access[0]).toMatchObject({
       route: 'orders',
-      status: 500,
-      error: 'INTERNAL_ERROR',
+      status: 503,
+      error: 'IDEMPOTENCY_STORE_UNAVAILABLE',
       attempts: 0,
     })
     const metrics = await ctx.metrics.render()
     expect(metrics).toContain(
-      'breakwater_proxy_route_requests_total{listener="test",route="orders",service="",status="500"} 1',
+      'breakwater_proxy_route_requests_total{listener="test",route="orders",service="",status="503"} 1',
     )
   })
 })
