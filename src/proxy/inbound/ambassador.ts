@@ -89,7 +89,7 @@ export function createAmbassadorHandler(
       service,
       error: (error as Error).message,
     })
-    sendProblem(res, 502, 'INTERNAL_ERROR', 'the proxy failed to forward the request')
+    sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to forward the request')
     return forwardThrew
   }
   const logForward = (inbound: InboundRequest, outcome: ForwardOutcome, service: string): void =>
@@ -197,4 +197,4 @@ const notFound: ForwardOutcome = {
   error: 'SERVICE_NOT_FOUND',
   captured: undefined,
 }
-const forwardThrew: ForwardOutcome = { ...notFound, status: 502, error: 'INTERNAL_ERROR' }
+const forwardThrew: ForwardOutcome = { ...notFound, status: 500, error: 'INTERNAL_ERROR' }
