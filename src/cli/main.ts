@@ -70,6 +70,14 @@ async function runCommand(name: string, args: string[]): Promise<number> {
   return (await command.load())(args)
 }
 
+// A reader that went away (`breakwater saga list | head -1`, a log shipper that died): Node
+// ignores SIGPIPE, so the next write fails with EPIPE, an unhandled 'error' that printed a
+// stack. End as a command killed by SIGPIPE does (128 + 13), silently: nobody reads the output.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EPIPE') process.exit(141)
+  throw error
+})
+
 try {
   process.exitCode = await main(process.argv.slice(2))
 } catch (error) {

@@ -1,6 +1,11 @@
 // The `breakwater` entry point itself: which stream the usage goes to, and the exit code.
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { runCli } from '../process/cli-process.js'
+
+const mainFile = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 
 describe('breakwater without a command', () => {
   it('prints the usage on stderr with exit 2 (asked for with --help: stdout, exit 0)', async () => {
@@ -48,4 +53,22 @@ describe('breakwater <unknown command>', () => {
       expect(result.stderr).not.toContain('    at ')
     },
   )
+})
+
+describe('breakwater | a reader that goes away', () => {
+  it('ends as a command killed by SIGPIPE (exit 141), without a stack', async () => {
+    // `breakwater saga list | head -1`: Node ignores SIGPIPE, so the write fails with EPIPE.
+    const child = spawn(process.execPath, ['--import', 'tsx', mainFile, 'saga', '--help'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    // Closed before the process writes anything (it has not even loaded yet).
+    child.stdout.destroy()
+    let stderr = ''
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+      stderr += chunk
+    })
+    const [code] = (await once(child, 'exit')) as [number | null]
+    expect(stderr).toBe('')
+    expect(code).toBe(141)
+  })
 })
