@@ -8,6 +8,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
+import type { ErrorCode } from '../../core/error-codes.js'
 import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import { PROMETHEUS_CONTENT_TYPE } from '../../observability/metrics.js'
@@ -52,7 +53,8 @@ export interface AdminServer {
 class AdminProblem extends Error {
   constructor(
     readonly status: number,
-    readonly code: string,
+    // Registered codes only: the compiler checks each against docs/errors.md's registry.
+    readonly code: ErrorCode,
     readonly detail: string,
     readonly extra: Record<string, unknown> = {},
   ) {

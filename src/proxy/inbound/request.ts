@@ -33,6 +33,7 @@
 
 import { randomUUID } from 'node:crypto'
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http'
+import type { ErrorCode } from '../../core/error-codes.js'
 import { GRPC_TIMEOUT_HEADER, parseGrpcTimeout } from '../../policies/deadline.js'
 import type {
   ForwardOutcome,
@@ -650,7 +651,7 @@ export function toForwardRequest(
 export function sendProblem(
   res: ProxyResponse,
   status: number,
-  code: string,
+  code: ErrorCode,
   detail: string,
 ): void {
   if (res.headersSent || res.writableEnded) {
