@@ -219,6 +219,9 @@ export class FusedPlan {
 class Rare {
   // reasons[i]: the TimeoutError of timeout step i once it ran out.
   readonly reasons: unknown[] = []
+  // aborts[i]: why the scope of timeout step i aborted, fixed when its timeout ran out: the
+  // reason of an outer scope that had aborted before, else reasons[i].
+  readonly aborts: unknown[] = []
   // scopes[i]: the scope of timeout step i, once somebody asked for it.
   readonly scopes: Array<TimeoutScope | undefined> = []
   // States of steps beyond the first stateful one.
@@ -233,8 +236,8 @@ class Rare {
  * Cancellation: the scope of each timeout step (what an unfused timeout's own context would
  * be) is only created when somebody asks for it (fn reads its signal, promise-based code runs
  * inside the step, a policy asks whether the call was aborted after a timeout ran out), with
- * the lazy semantics of the unfused chain: a scope takes its own timeout's reason when that
- * fires first, else the outer reason it first learns of.
+ * the semantics of the unfused chain: a scope aborts with the reason of whichever came first,
+ * its own timeout or an outer abort, as if it had followed its parent all along.
  */
 export class FusedCall implements PolicyContext, TimerNode {
   readonly plan: FusedPlan
@@ -388,9 +391,12 @@ export class FusedCall implements PolicyContext, TimerNode {
     return timeoutLayer < 0 ? this.outer : this.#scopeOf(timeoutLayer)
   }
 
-  /** The TimeoutError of timeout step `layer` once it ran out, else undefined. */
+  /**
+   * Why the scope of timeout step `layer` aborted once its timeout ran out (an outer reason
+   * when an outer scope had aborted first), else undefined.
+   */
   expiredReason(layer: number): unknown {
-    return this.#rare?.reasons[layer]
+    return this.#rare?.aborts[layer]
   }
 
   /** Timer list callback: the earliest running timeout ran out. */
@@ -399,12 +405,29 @@ export class FusedCall implements PolicyContext, TimerNode {
     this.#timerLayer = -1
     const timeout = this.plan.steps[layer]!.timeout!
     const reason = new TimeoutError(timeout.timeoutMs)
-    this.#bits |= 1 << layer
     const rare = this.#rareState()
+    // Like an unfused timeout's scope, this step's scope keeps the reason of an outer one that
+    // aborted first, whether or not anybody linked the two in between.
+    const outer = this.#outerAbort(layer)
+    const abortReason = outer === undefined ? reason : outer.reason
+    this.#bits |= 1 << layer
     rare.reasons[layer] = reason
-    rare.scopes[layer]?.abort(reason)
+    rare.aborts[layer] = abortReason
+    rare.scopes[layer]?.abort(abortReason)
     this.#arm()
     timeout.report()
+  }
+
+  // The nearest aborted scope outside timeout step `layer`, as it is now: the first outer
+  // timeout step that ran out (its reason was fixed then), else the outer scope if aborted.
+  #outerAbort(layer: number): { reason: unknown } | undefined {
+    const plan = this.plan
+    const expired = this.#expired
+    for (let p = plan.timeoutBelow[layer]!; p >= 0; p = plan.timeoutBelow[p]!) {
+      if ((expired & (1 << p)) !== 0) return { reason: this.#rare!.aborts[p] }
+    }
+    const root = parentOf(this.outer)
+    return root?.aborted === true ? { reason: root.reason } : undefined
   }
 
   // Passes an outcome out through the layers the call is inside, innermost first.
@@ -530,7 +553,8 @@ class TimeoutScope extends CancelScope implements PolicyContext {
     return this.#call.startMs + this.#call.plan.timeoutMs[this.#layer]!
   }
 
-  // Its timeout fired before anybody made the scope: it aborted then, with that reason.
+  // Its timeout fired before anybody made the scope: it aborted then, with the reason it
+  // would have had then (an outer one when that aborted first).
   protected override expiry(): unknown {
     return this.#call.expiredReason(this.#layer)
   }

@@ -141,7 +141,10 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
       ? new DeadlineExceededError(this.atMs)
       : new TimeoutError(this.#limitMs)
     this.#expired = reason
-    this.abort(reason)
+    // A scope that nobody linked has not heard yet of a parent that aborted before this timer
+    // fired; asking adopts the parent's reason, as an AbortSignal following it would have. The
+    // reason must not depend on whether somebody happened to read a signal on the way.
+    if (!this.aborted) this.abort(reason)
     this.#policy.reportTimeout(this.#limitMs, this.#byDeadline)
     if (this.#policy.mode === 'hard') this.#fail(reason)
   }

@@ -299,7 +299,8 @@ describe('fused pipeline', () => {
 
   it('gives a retry inside two timeouts the abort reason the promise-based chain gives', async () => {
     // The per-try timeout outside runs out first, the overall one inside later; nothing asked
-    // the inner scope in between, so it aborted with its own reason (found by the property).
+    // the inner scope in between, yet it aborted with the outer reason, which came first
+    // (found by the property).
     const scenario: Scenario = {
       policies: [
         { kind: 'bulkhead', ms: 1, n: 1, m: 0, flag: false },
@@ -322,7 +323,47 @@ describe('fused pipeline', () => {
     }
     const reference = await observe(scenario, false)
     expect(reference.outcomes[0]).toMatch(
-      /after 60 ms <- AbortedError.* <- TimeoutError.*after 60 ms$/,
+      /after 60 ms <- AbortedError.* <- TimeoutError.*after 15 ms$/,
+    )
+    expect(await observe(scenario, true)).toEqual(reference)
+  })
+
+  it('gives a scope whose outer timeout ran out first the outer reason, whoever linked it', async () => {
+    // The per-try timeout outside runs out at 15 ms, the overall one inside at 60 ms; fn fails
+    // after both without looking at its signal. The retry inside gives up with the reason of
+    // its scope, which has been aborted since 15 ms: an AbortSignal chain would say so, and the
+    // lazy scopes must not answer differently because somebody read a signal on the way in
+    // (the promise-based fallback did; the fused one did not). Found by the property above.
+    const scenario: Scenario = {
+      policies: [
+        { kind: 'perTry', ms: 1, n: 1, m: 0, flag: false },
+        { kind: 'overall', ms: 1, n: 1, m: 0, flag: false },
+        { kind: 'retry', ms: 1, n: 1, m: 0, flag: false },
+        { kind: 'fallback', ms: 1, n: 1, m: 0, flag: false },
+        { kind: 'bulkhead', ms: 1, n: 1, m: 0, flag: false },
+      ],
+      calls: [
+        {
+          startMs: 0,
+          attempts: [
+            { kind: 'transient', ms: 60 },
+            { kind: 'ok', ms: 1 },
+            { kind: 'ok', ms: 1 },
+          ],
+        },
+        {
+          startMs: 0,
+          attempts: [
+            { kind: 'ok', ms: 1 },
+            { kind: 'ok', ms: 1 },
+            { kind: 'ok', ms: 1 },
+          ],
+        },
+      ],
+    }
+    const reference = await observe(scenario, false)
+    expect(reference.outcomes[0]).toMatch(
+      /after 60 ms <- AbortedError.* <- TimeoutError.*after 15 ms$/,
     )
     expect(await observe(scenario, true)).toEqual(reference)
   })
