@@ -315,13 +315,7 @@ export function createGatewayHandler(
         listener: listener.name,
         error: error instanceof Error ? error.message : String(error),
       })
-      // An outage, not a bug: 503, which clients and load balancers retry, with the key.
-      sendProblem(
-        res,
-        503,
-        'IDEMPOTENCY_STORE_UNAVAILABLE',
-        'the idempotency store is unavailable; retry the request with the same Idempotency-Key later',
-      )
+      sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to handle the request')
     })
   }
   return Object.assign(handler, { upgrade })
