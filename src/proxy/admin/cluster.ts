@@ -325,29 +325,46 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   }
 
   /**
+   * Sends `command` to every ready worker and sorts the answers: the pids that applied it, and
+   * the workers that did not, each with its error (in the order the workers were asked).
+   */
+  async function sendToEach(command: WorkerCommand): Promise<{
+    applied: number[]
+    failed: { entry: WorkerEntry; pid: number; error: unknown }[]
+  }> {
+    const live = [...workers.values()].filter((w) => w.ready && w.worker.isConnected())
+    const results = await Promise.allSettled(live.map((w) => ask(w.worker, command)))
+    const applied: number[] = []
+    const failed: { entry: WorkerEntry; pid: number; error: unknown }[] = []
+    results.forEach((result, i) => {
+      const entry = live[i] as WorkerEntry
+      const pid = entry.worker.process.pid ?? 0
+      if (result.status === 'fulfilled') applied.push(pid)
+      else failed.push({ entry, pid, error: result.reason })
+    })
+    return { applied, failed }
+  }
+
+  /** The workers that did not apply a command, as PartiallyAppliedError names them. */
+  function notAppliedBy(failed: readonly { pid: number; error: unknown }[]) {
+    return failed.map(({ pid, error }) => ({
+      pid,
+      error: error instanceof Error ? error.message : String(error),
+    }))
+  }
+
+  /**
    * Sends a change to every worker, then `record`s it in the primary once any worker applied
    * it: the workers that did keep it, so a restarted worker must be given it too. When some
    * did not, rejects with PartiallyAppliedError naming them; when none did, with the first
    * worker's error (a refusal every worker shares, such as a bad target).
    */
   async function change(command: WorkerCommand, record: () => void): Promise<void> {
-    const live = [...workers.values()].filter((w) => w.ready && w.worker.isConnected())
-    const results = await Promise.allSettled(live.map((w) => ask(w.worker, command)))
-    const applied: number[] = []
-    const failed: { pid: number; error: string }[] = []
-    let firstError: unknown
-    results.forEach((result, i) => {
-      const pid = live[i]?.worker.process.pid ?? 0
-      if (result.status === 'fulfilled') applied.push(pid)
-      else {
-        firstError ??= result.reason
-        failed.push({ pid, error: (result.reason as Error).message })
-      }
-    })
-    if (applied.length === 0 && failed.length > 0) throw firstError
+    const { applied, failed } = await sendToEach(command)
+    if (applied.length === 0 && failed.length > 0) throw failed[0]?.error
     record()
     if (failed.length > 0) {
-      const error = new PartiallyAppliedError(command.op, applied, failed)
+      const error = new PartiallyAppliedError(command.op, applied, notAppliedBy(failed))
       log.error('a change was applied by only some workers', {
         op: command.op,
         applied,
@@ -384,15 +401,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         })
         return invalid
       }
-      const live = [...workers.values()].filter((w) => w.ready && w.worker.isConnected())
-      const results = await Promise.allSettled(live.map((w) => ask(w.worker, { op: 'reload' })))
-      const applied: number[] = []
-      const failed: { entry: WorkerEntry; error: unknown }[] = []
-      results.forEach((result, i) => {
-        const entry = live[i] as WorkerEntry
-        if (result.status === 'fulfilled') applied.push(entry.worker.process.pid ?? 0)
-        else failed.push({ entry, error: result.reason })
-      })
+      const { applied, failed } = await sendToEach({ op: 'reload' })
       if (applied.length === 0 && failed.length > 0) {
         // Nobody runs the new file: the old config stays in force everywhere.
         const error = failed[0]?.error as Error
@@ -426,10 +435,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       // workers that did not apply it are replaced: their replacements start from the file,
       // so every worker ends up on the same config without the operator having to notice.
       for (const { entry } of failed) replace(entry)
-      const notApplied = failed.map(({ entry, error }) => ({
-        pid: entry.worker.process.pid ?? 0,
-        error: error instanceof Error ? error.message : String(error),
-      }))
+      const notApplied = notAppliedBy(failed)
       log.error('a reload was applied by only some workers; replacing the others', {
         applied,
         failed: notApplied.map((f) => f.pid),
