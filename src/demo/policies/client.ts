@@ -45,24 +45,23 @@ export interface DemoClient {
 export function createDemoClient(): DemoClient {
   // Keep-alive long enough to span a scenario; a reset connection is simply reopened.
   const agent = new Agent({ keepAliveTimeout: 10_000, connect: { timeout: 5_000 } })
+  const overHttp = async (url: string, signal: AbortSignal | undefined): Promise<number> => {
+    const { statusCode, body } = await request(url, {
+      method: 'GET',
+      dispatcher: agent,
+      ...(signal === undefined ? {} : { signal }),
+    })
+    await body.dump()
+    return statusCode
+  }
   return {
     async get(url, signal) {
-      const inMemory = callInMemory(url, signal === neverAbortedSignal ? undefined : signal)
-      if (inMemory !== undefined) {
-        const status = await inMemory
-        if (status >= 400) throw new ServiceStatusError(status, url)
-        return status
-      }
-      const { statusCode, body } = await request(url, {
-        method: 'GET',
-        dispatcher: agent,
-        // Policies hand out one shared never-aborting signal when nothing can abort; undici
-        // would add a listener to it per request in flight and warn about a leak.
-        ...(signal === undefined || signal === neverAbortedSignal ? {} : { signal }),
-      })
-      await body.dump()
-      if (statusCode >= 400) throw new ServiceStatusError(statusCode, url)
-      return statusCode
+      // Policies hand out one shared never-aborting signal when nothing can abort; undici
+      // would add a listener to it per request in flight and warn about a leak.
+      const abortable = signal === neverAbortedSignal ? undefined : signal
+      const status = (await callInMemory(url, abortable)) ?? (await overHttp(url, abortable))
+      if (status >= 400) throw new ServiceStatusError(status, url)
+      return status
     },
     close: () => agent.close(),
   }
