@@ -381,7 +381,15 @@ class ProxyRuntime implements ProxyInternals {
 
   tryReload(yamlText?: string): Promise<ConfigInvalidError | undefined> {
     // Reloads run one at a time, in the order asked.
-    const next = this.#reloading.then(() => this.#reloadNow(yamlText))
+    return this.#queued(() => this.#reloadNow(yamlText))
+  }
+
+  /**
+   * Runs `work` after every reload (and rebind) queued before it. A failure never breaks the
+   * queue, and a caller may ignore the returned promise without an unhandled rejection.
+   */
+  #queued<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.#reloading.then(work)
     this.#reloading = next.catch(() => {})
     return next
   }
@@ -817,8 +825,7 @@ class ProxyRuntime implements ProxyInternals {
     this.#rebindDelayMs = Math.min(delayMs * 2, maxRebindDelayMs)
     this.#rebindTimer = this.#deps.clock.setTimeout(() => {
       this.#rebindTimer = undefined
-      const next = this.#reloading.then(() => this.#rebindMissing())
-      this.#reloading = next.catch(() => {})
+      void this.#queued(() => this.#rebindMissing())
     }, delayMs)
   }
 
