@@ -114,8 +114,11 @@ describe('the deadline header', () => {
     expect(server.hits.map((h) => h.headers[DEADLINE_HEADER])).toEqual(['4995', '3995'])
   })
 
-  it('sends what is left of the attempt timeout after a wait in the bulkhead queue', async () => {
-    // The attempt timeout is outside the bulkhead: time spent queueing counts against it.
+  /**
+   * A client of `svc` (with `options`) whose only bulkhead slot is held by a call to /hold until
+   * the returned gate opens; calls made next wait in the bulkhead queue.
+   */
+  async function slotHeld(options: Partial<HttpServiceOptions>) {
     const gate = new Gate()
     const server = await serve(async (req, res) => {
       if (req.url === '/hold') await gate.wait()
@@ -123,19 +126,19 @@ describe('the deadline header', () => {
     })
     const clock = new ManualClock(1_000_000)
     const client = track(
-      createHttpClient({
-        clock,
-        services: {
-          svc: {
-            baseUrl: server.url,
-            attemptTimeoutMs: 1_000,
-            bulkhead: { maxConcurrent: 1, maxQueued: 2 },
-          },
-        },
-      }),
+      createHttpClient({ clock, services: { svc: { baseUrl: server.url, ...options } } }),
     )
     const held = client.request('svc', { path: '/hold' })
     await until(() => server.hits.length === 1)
+    return { gate, server, clock, client, held }
+  }
+
+  it('sends what is left of the attempt timeout after a wait in the bulkhead queue', async () => {
+    // The attempt timeout is outside the bulkhead: time spent queueing counts against it.
+    const { gate, server, clock, client, held } = await slotHeld({
+      attemptTimeoutMs: 1_000,
+      bulkhead: { maxConcurrent: 1, maxQueued: 2 },
+    })
     // One call that runs fused, one that takes the promise-based chain (a caller signal).
     const queued = client.request('svc', { path: '/fused' })
     const signalled = client.request('svc', {
@@ -151,28 +154,12 @@ describe('the deadline header', () => {
   })
 
   it('does not hold a call its deadline left too late to send (after a bulkhead wait) against the service', async () => {
-    const gate = new Gate()
-    const server = await serve(async (req, res) => {
-      if (req.url === '/hold') await gate.wait()
-      res.end('ok')
+    const { gate, server, clock, client, held } = await slotHeld({
+      attemptTimeoutMs: 10_000,
+      bulkhead: { maxConcurrent: 1, maxQueued: 1 },
+      circuitBreaker: { window: { kind: 'consecutive', failures: 1 } },
+      retry: false,
     })
-    const clock = new ManualClock(1_000_000)
-    const client = track(
-      createHttpClient({
-        clock,
-        services: {
-          svc: {
-            baseUrl: server.url,
-            attemptTimeoutMs: 10_000,
-            bulkhead: { maxConcurrent: 1, maxQueued: 1 },
-            circuitBreaker: { window: { kind: 'consecutive', failures: 1 } },
-            retry: false,
-          },
-        },
-      }),
-    )
-    const held = client.request('svc', { path: '/hold' })
-    await until(() => server.hits.length === 1)
     const late = withDeadline(700, () => client.request('svc', { path: '/late' }), {
       clock,
     }).catch((e: unknown) => e)
