@@ -4,20 +4,15 @@
 // hop-by-hop.ts's forwardableHeaders); once that is fixed the two paths still must agree.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createAmbassadorHandler } from '../../../src/proxy/inbound/ambassador.js'
-import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
+import type { ListenerServer } from '../../../src/proxy/inbound/listener.js'
 import { sendRaw } from '../support/raw-http.js'
-import { contextWith, listenerConfig, recordingService, registryOf } from './harness.js'
+import { listenAmbassador, recordingService } from './harness.js'
 
 let server: ListenerServer
 let port: number
 
 beforeAll(async () => {
-  const orders = recordingService('orders')
-  const listener = listenerConfig()
-  const { ctx } = contextWith(() => registryOf([orders]))
-  server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
-  port = (await server.listen()).port
+  ;({ server, port } = await listenAmbassador([recordingService('orders')]))
 })
 
 afterAll(async () => {

@@ -10,6 +10,7 @@ import {
   type CapturedLog,
   contextWith,
   defaultLimits,
+  listenAmbassador,
   listenerConfig,
   type RecordingService,
   recordingService,
@@ -26,11 +27,9 @@ let log: CapturedLog
 beforeAll(async () => {
   orders = recordingService('orders')
   admin = recordingService('admin')
-  const listener = listenerConfig({ limits: { ...defaultLimits, maxHeaders: 20 } })
-  const setup = contextWith(() => registryOf([orders, admin]))
-  log = setup.log
-  server = createListenerServer(listener, createAmbassadorHandler(listener, setup.ctx), setup.ctx)
-  port = (await server.listen()).port
+  ;({ server, port, log } = await listenAmbassador([orders, admin], {
+    listener: listenerConfig({ limits: { ...defaultLimits, maxHeaders: 20 } }),
+  }))
   host = `127.0.0.1:${port}`
 })
 

@@ -18,6 +18,8 @@ import type {
   ServiceRegistry,
   ServiceRuntime,
 } from '../../../src/proxy/contracts.js'
+import { createAmbassadorHandler } from '../../../src/proxy/inbound/ambassador.js'
+import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
 
 export const defaultLimits: LimitsConfig = {
   maxHeaderBytes: 16_384,
@@ -88,6 +90,21 @@ export function contextWith(
     accessLog: options.accessLog ?? true,
   }
   return { ctx, log }
+}
+
+/**
+ * Starts an ambassador listener (`listener`, by default listenerConfig()) in front of
+ * `services` on a free loopback port. The caller closes `server`.
+ */
+export async function listenAmbassador(
+  services: readonly ServiceRuntime[],
+  options: { clock?: Clock; accessLog?: boolean; listener?: ListenerConfig } = {},
+): Promise<{ server: ListenerServer; port: number; ctx: InboundContext; log: CapturedLog }> {
+  const { listener = listenerConfig(), ...context } = options
+  const { ctx, log } = contextWith(() => registryOf(services), context)
+  const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
+  const { port } = await server.listen()
+  return { server, port, ctx, log }
 }
 
 /** An in-memory service: records each forward and answers 200 with a JSON echo. */

@@ -4,17 +4,10 @@
 
 import type { Socket } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createAmbassadorHandler } from '../../../src/proxy/inbound/ambassador.js'
-import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
+import type { ListenerServer } from '../../../src/proxy/inbound/listener.js'
 import { openSocket, parseResponse, sendRaw } from '../support/raw-http.js'
 import { refusedByNode } from './cases.js'
-import {
-  contextWith,
-  listenerConfig,
-  type RecordingService,
-  recordingService,
-  registryOf,
-} from './harness.js'
+import { listenAmbassador, type RecordingService, recordingService } from './harness.js'
 
 let server: ListenerServer
 let port: number
@@ -22,10 +15,7 @@ let orders: RecordingService
 
 beforeAll(async () => {
   orders = recordingService('orders')
-  const listener = listenerConfig()
-  const { ctx } = contextWith(() => registryOf([orders]))
-  server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
-  port = (await server.listen()).port
+  ;({ server, port } = await listenAmbassador([orders]))
 })
 
 afterAll(async () => {

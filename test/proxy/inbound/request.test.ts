@@ -5,7 +5,6 @@ import type {
   ForwardRequest,
   ServiceRuntime,
 } from '../../../src/proxy/contracts.js'
-import { createAmbassadorHandler } from '../../../src/proxy/inbound/ambassador.js'
 import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
 import { sendProblem, toForwardRequest } from '../../../src/proxy/inbound/request.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
@@ -13,6 +12,7 @@ import { openSocket, sendRaw } from '../support/raw-http.js'
 import {
   type CapturedLog,
   contextWith,
+  listenAmbassador,
   listenerConfig,
   type RecordingService,
   recordingService,
@@ -28,11 +28,8 @@ async function ambassador(
   services: ServiceRuntime[],
   options: { clock?: ManualClock; accessLog?: boolean } = {},
 ): Promise<{ port: number; log: CapturedLog }> {
-  const { ctx, log } = contextWith(() => registryOf(services), options)
-  const listener = listenerConfig()
-  const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
+  const { server, port, log } = await listenAmbassador(services, options)
   started.push(server)
-  const { port } = await server.listen()
   return { port, log }
 }
 
