@@ -421,6 +421,15 @@ describe('startProxy', () => {
     }
   })
 
+  it("refuses configOverrides that are not an object, and checks their values as the file's", async () => {
+    await expect(
+      startProxyRuntime({ config: yaml(), configOverrides: 'workers=2' as never, logger: quiet }),
+    ).rejects.toThrow(/configOverrides: expected/)
+    await expect(
+      startProxyRuntime({ config: yaml(), configOverrides: { workers: 0 }, logger: quiet }),
+    ).rejects.toMatchObject({ code: 'CONFIG_INVALID' })
+  })
+
   it('enforces Idempotency-Key on a configured route through the store it opens', async () => {
     const text = yaml().replace(
       'targets: [{ service: legacy, weight: 1 }]\n',
