@@ -23,13 +23,27 @@ const rollbackDecision: Decision = { rollback: true }
 export class DeferredTransaction implements SqlTransaction {
   readonly dialect: SqlDialect
   readonly #store: IdempotencyStore
-  #ready: Promise<SqlTransaction> | undefined
+  /** Whether the store's transaction was asked to begin (on the first statement). */
+  #began = false
   /** The store's transaction, once it has begun (and until the decision is made). */
   #tx: SqlTransaction | undefined
   #done: Promise<void> | undefined
   #decide: ((decision: Decision) => void) | undefined
   #closed = false
   #closedError: Error | undefined
+  /**
+   * Statements made before the store's transaction began, in the order they were made. They
+   * are sent the moment it begins, before anything else runs, so they keep their order with
+   * each other and come before the result's write (see {@link DeferredTransaction.defer}).
+   */
+  #waiting: Array<{
+    readonly send: (tx: SqlTransaction) => void
+    readonly fail: (error: unknown) => void
+  }> = []
+  /** Deferred writes sent so far; each settles (never rejects) once answered. */
+  #deferred: Promise<void>[] = []
+  /** The first deferred write's failure, once its answer came. */
+  #deferredFailure: { readonly error: unknown } | undefined
 
   constructor(store: IdempotencyStore, dialect: SqlDialect) {
     this.#store = store
@@ -38,19 +52,47 @@ export class DeferredTransaction implements SqlTransaction {
 
   /** Whether the transaction has begun. */
   get opened(): boolean {
-    return this.#ready !== undefined
+    return this.#began
   }
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
     const tx = this.#current()
     if (tx !== undefined) return tx.query<R>(sql, params)
-    return this.#open().then((tx) => tx.query<R>(sql, params))
+    return this.#whenBegun((tx) => tx.query<R>(sql, params))
   }
 
   execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
     const tx = this.#current()
     if (tx !== undefined) return tx.execute(sql, params)
-    return this.#open().then((tx) => tx.execute(sql, params))
+    return this.#whenBegun((tx) => tx.execute(sql, params))
+  }
+
+  /**
+   * Sends a write without waiting for its answer (`ctx.deferWrite`). It keeps its place among
+   * the transaction's statements; the result's write and `COMMIT` follow it on the same
+   * connection, so on PostgreSQL (whose connections pipeline) they share its round trip. Its
+   * failure is checked before the commit can count: on SQLite its answer is already there (it
+   * runs in process) and a failed write rolls the transaction back; on PostgreSQL a failed
+   * statement aborts the transaction, so the server answers `COMMIT` with `ROLLBACK`. Either
+   * way {@link commit} rejects with the write's own error.
+   *
+   * Throws at once, sending nothing, when statements are refused (the result was recorded or
+   * rolled back).
+   */
+  defer(sql: string, params?: readonly unknown[]): void {
+    const refused = this.refusal()
+    if (refused !== undefined) throw refused
+    const tx = this.#current()
+    const written =
+      tx !== undefined ? tx.execute(sql, params) : this.#whenBegun((tx) => tx.execute(sql, params))
+    this.#deferred.push(
+      written.then(
+        () => {},
+        (error: unknown) => {
+          this.#deferredFailure ??= { error }
+        },
+      ),
+    )
   }
 
   transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
@@ -59,7 +101,7 @@ export class DeferredTransaction implements SqlTransaction {
     const guarded = (savepoint: SqlTransaction) => fn(new GuardedSavepoint(savepoint, this))
     const tx = this.#current()
     if (tx !== undefined) return tx.transaction(guarded)
-    return this.#open().then((tx) => tx.transaction(guarded))
+    return this.#whenBegun((tx) => tx.transaction(guarded))
   }
 
   /** Why statements are refused now (the result was recorded or rolled back), else undefined. */
@@ -71,38 +113,70 @@ export class DeferredTransaction implements SqlTransaction {
   /**
    * The store's transaction when a statement can go to it at once: it has begun (the SQLite
    * driver begins synchronously when nothing holds its lock, so even the first statement
-   * usually finds it) and no decision was made. Otherwise undefined: wait for `#open()`.
+   * usually finds it) and no decision was made. Otherwise undefined: queue behind `#open()`.
    */
   #current(): SqlTransaction | undefined {
     if (this.#closed) return undefined
-    if (this.#ready === undefined) void this.#open()
+    if (!this.#began) this.#open()
     return this.#tx
   }
 
-  #open(): Promise<SqlTransaction> {
+  /** Begins the store's transaction; statements made meanwhile wait in `#waiting`. */
+  #open(): void {
+    this.#began = true
+    const decision = new Promise<Decision>((resolve) => {
+      this.#decide = resolve
+    })
+    this.#done = this.#store.transaction(async (tx) => {
+      this.#tx = tx
+      // Synchronously, before the decision below can be acted on: a commit decided while the
+      // transaction was beginning must come after every statement made before it.
+      const waiting = this.#waiting
+      this.#waiting = []
+      for (const statement of waiting) statement.send(tx)
+      const decided = await decision
+      this.#tx = undefined
+      if ('rollback' in decided) throw rollbackSignal
+      await this.#commitAfterDeferred(tx, decided.commit)
+    })
+    // If BEGIN itself fails, the statements waiting for the transaction fail with its error.
+    this.#done.catch((error: unknown) => {
+      const waiting = this.#waiting
+      this.#waiting = []
+      for (const statement of waiting) statement.fail(error)
+    })
+  }
+
+  /** Queues a statement until the store's transaction has begun (see `#waiting`). */
+  #whenBegun<T>(send: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     if (this.#closed) return Promise.reject(this.refusal())
-    if (this.#ready === undefined) {
-      let resolveReady!: (tx: SqlTransaction) => void
-      let rejectReady!: (error: unknown) => void
-      this.#ready = new Promise<SqlTransaction>((resolve, reject) => {
-        resolveReady = resolve
-        rejectReady = reject
-      })
-      const decision = new Promise<Decision>((resolve) => {
-        this.#decide = resolve
-      })
-      this.#done = this.#store.transaction(async (tx) => {
-        this.#tx = tx
-        resolveReady(tx)
-        const decided = await decision
-        this.#tx = undefined
-        if ('rollback' in decided) throw rollbackSignal
-        await decided.commit(tx)
-      })
-      // If BEGIN itself fails, the statements waiting for the transaction fail with its error.
-      this.#done.catch(rejectReady)
+    return new Promise<T>((resolve, reject) => {
+      this.#waiting.push({ send: (tx) => send(tx).then(resolve, reject), fail: reject })
+      if (!this.#began) this.#open()
+    })
+  }
+
+  /** Runs `write` and commits, unless a deferred write failed: then that write's error. */
+  async #commitAfterDeferred(
+    tx: SqlTransaction,
+    write: (tx: SqlTransaction) => Promise<void>,
+  ): Promise<void> {
+    const deferred = this.#deferred
+    if (deferred.length === 0) return write(tx)
+    if (tx.dialect !== 'postgres') {
+      // In process: the answers are there, waiting costs no round trip. A failed statement
+      // does not end a SQLite transaction, so the commit must not even start.
+      await Promise.all(deferred)
+      if (this.#deferredFailure !== undefined) throw this.#deferredFailure.error
+      return write(tx)
     }
-    return this.#ready
+    // Sent right behind the deferred writes, without waiting for their answers. If one failed,
+    // PostgreSQL aborted the transaction: `write` fails (or its COMMIT is answered ROLLBACK),
+    // and the write's own error says more than "current transaction is aborted".
+    const written = write(tx)
+    await Promise.allSettled([written, ...deferred])
+    if (this.#deferredFailure !== undefined) throw this.#deferredFailure.error
+    await written
   }
 
   /**
@@ -112,7 +186,7 @@ export class DeferredTransaction implements SqlTransaction {
    */
   commit(write: (tx: SqlTransaction) => Promise<void>): Promise<void> {
     this.#closed = true
-    if (this.#ready === undefined) return this.#store.transaction(write)
+    if (!this.#began) return this.#store.transaction(write)
     this.#decide?.({ commit: write })
     return this.#done!
   }
@@ -124,7 +198,7 @@ export class DeferredTransaction implements SqlTransaction {
   async rollback(reason?: Error): Promise<void> {
     if (!this.#closed) this.#closedError = reason
     this.#closed = true
-    if (this.#ready === undefined) return
+    if (!this.#began) return
     this.#decide?.(rollbackDecision)
     await this.#done?.catch(() => {})
   }

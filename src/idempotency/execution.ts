@@ -33,17 +33,18 @@ export interface ExecutionStart {
 
 /**
  * What the handler receives as `ctx`: a class (one object per request, no closures); `phase`
- * stays usable detached (`const { phase } = ctx`), bound on first read.
+ * and `deferWrite` stay usable detached (`const { phase } = ctx`), bound on first read.
  */
 class ExecutionContext implements IdempotencyContext {
   readonly key: string
   readonly scope: string
-  readonly tx: SqlTransaction
+  readonly tx: DeferredTransaction
   readonly attempt: number
   readonly #execution: Execution
   #phase: IdempotencyContext['phase'] | undefined
+  #deferWrite: IdempotencyContext['deferWrite'] | undefined
 
-  constructor(execution: Execution, lease: LeaseRef, tx: SqlTransaction, attempt: number) {
+  constructor(execution: Execution, lease: LeaseRef, tx: DeferredTransaction, attempt: number) {
     this.key = lease.key
     this.scope = lease.scope
     this.tx = tx
@@ -53,6 +54,14 @@ class ExecutionContext implements IdempotencyContext {
 
   get recoveryPoint(): string | undefined {
     return this.#execution.recoveryPoint
+  }
+
+  get deferWrite(): IdempotencyContext['deferWrite'] {
+    if (this.#deferWrite === undefined) {
+      const tx = this.tx
+      this.#deferWrite = (sql, params) => tx.defer(sql, params)
+    }
+    return this.#deferWrite
   }
 
   get phase(): IdempotencyContext['phase'] {

@@ -71,6 +71,27 @@ export interface IdempotencyContext {
    */
   readonly tx: SqlTransaction
   /**
+   * Sends a write through {@link tx} without waiting for its answer, for a handler that does
+   * not need it (an `INSERT` or `UPDATE` whose row count it does not read). The write keeps its
+   * place among `tx`'s statements, and the result's write and `COMMIT` follow it on the same
+   * connection: on PostgreSQL they share its round trip, so a new key costs one round trip
+   * less than with `await ctx.tx.execute(...)` (see docs/idempotency.md, "Deferred writes").
+   *
+   * If the write fails, nothing commits: the request ends as if the handler had thrown that
+   * write's error (the response the handler produced is not sent, and the key is released as
+   * for any other error), and `idempotent()` rejects with it. On PostgreSQL a failed statement
+   * also aborts the transaction, so statements sent after it fail with "current transaction is
+   * aborted". Throws at once, sending nothing, once `tx` refuses statements (the result was
+   * recorded, or the lease was lost).
+   *
+   * @example
+   * ```ts
+   * ctx.deferWrite('INSERT INTO charges (id, amount) VALUES ($1, $2)', [ctx.key, amount])
+   * res.writeHead(201, { 'content-type': 'application/json' }).end('{"ok":true}')
+   * ```
+   */
+  deferWrite(sql: string, params?: readonly unknown[]): void
+  /**
    * 1 for the first execution of this key; 2 and more when this execution took the key over
    * after an earlier holder's lease expired (it crashed or hung).
    */

@@ -1,0 +1,120 @@
+// Unit tests of ctx.tx's transaction (DeferredTransaction) over an in-memory fake store whose
+// transaction begins only when the test says so: what happens to statements, deferred writes
+// and a commit decided while the transaction is still beginning.
+import { describe, expect, it } from 'vitest'
+import { DeferredTransaction } from '../../src/idempotency/deferred-tx.js'
+import type { IdempotencyStore } from '../../src/idempotency/store.js'
+import type { SqlDialect, SqlTransaction } from '../../src/stores/index.js'
+import { gate } from './servers.js'
+
+/** A store whose transaction begins when `begin` is opened, and logs what its `tx` is sent. */
+function fakeStore(dialect: SqlDialect, failing = new Set<string>()) {
+  const sent: string[] = []
+  const begin = gate()
+  let beginError: Error | undefined
+  const tx: SqlTransaction = {
+    dialect,
+    async query<R>(sql: string) {
+      sent.push(sql)
+      if (failing.has(sql)) throw new Error(`refused: ${sql}`)
+      return [] as R[]
+    },
+    async execute(sql: string) {
+      sent.push(sql)
+      if (failing.has(sql)) throw new Error(`refused: ${sql}`)
+      return { rowCount: 1 }
+    },
+    transaction: (fn) => fn(tx),
+  }
+  const store = {
+    async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+      await begin.promise
+      if (beginError !== undefined) throw beginError
+      sent.push('BEGIN')
+      try {
+        const value = await fn(tx)
+        sent.push('COMMIT')
+        return value
+      } catch (error) {
+        sent.push('ROLLBACK')
+        throw error
+      }
+    },
+  } as unknown as IdempotencyStore
+  return {
+    store,
+    sent,
+    begin: () => begin.open(),
+    failBegin: (error: Error) => {
+      beginError = error
+      begin.open()
+    },
+  }
+}
+
+describe.each(['sqlite', 'postgres'] as const)('DeferredTransaction (%s)', (dialect) => {
+  it('sends statements made while the transaction began in order, before the result write', async () => {
+    const fake = fakeStore(dialect)
+    const tx = new DeferredTransaction(fake.store, dialect)
+    tx.defer('write 1')
+    const read = tx.query('read')
+    tx.defer('write 2')
+    // The commit is decided before BEGIN was answered.
+    const committed = tx.commit(async (inner) => {
+      await inner.execute('record')
+    })
+    fake.begin()
+    await committed
+    await read
+    expect(fake.sent).toEqual(['BEGIN', 'write 1', 'read', 'write 2', 'record', 'COMMIT'])
+  })
+
+  it('rolls back without recording when a deferred write failed, with its error', async () => {
+    const fake = fakeStore(dialect, new Set(['write 2']))
+    const tx = new DeferredTransaction(fake.store, dialect)
+    tx.defer('write 1')
+    tx.defer('write 2')
+    const committed = tx.commit(async (inner) => {
+      await inner.execute('record')
+    })
+    fake.begin()
+    await expect(committed).rejects.toThrow('refused: write 2')
+    expect(fake.sent).not.toContain('COMMIT')
+    expect(fake.sent.at(-1)).toBe('ROLLBACK')
+    // SQLite must not even start the result write; PostgreSQL sends it (the server refuses it).
+    if (dialect === 'sqlite') expect(fake.sent).not.toContain('record')
+  })
+
+  it('fails the statements waiting for a BEGIN that failed, and the commit, with its error', async () => {
+    const fake = fakeStore(dialect)
+    const tx = new DeferredTransaction(fake.store, dialect)
+    const read = tx.query('read')
+    tx.defer('write')
+    const committed = tx.commit(async () => {})
+    fake.failBegin(new Error('no connection'))
+    await expect(read).rejects.toThrow('no connection')
+    await expect(committed).rejects.toThrow('no connection')
+    expect(fake.sent).toEqual([])
+  })
+
+  it('refuses a deferred write once the commit was decided', async () => {
+    const fake = fakeStore(dialect)
+    const tx = new DeferredTransaction(fake.store, dialect)
+    const committed = tx.commit(async () => {})
+    expect(() => tx.defer('late')).toThrow(/after the idempotent result was recorded/)
+    fake.begin()
+    await committed
+    expect(fake.sent).not.toContain('late')
+  })
+
+  it('refuses a deferred write after a rollback with the rollback reason', async () => {
+    const fake = fakeStore(dialect)
+    const tx = new DeferredTransaction(fake.store, dialect)
+    tx.defer('write')
+    const rolledBack = tx.rollback(new Error('lease lost'))
+    expect(() => tx.defer('late')).toThrow('lease lost')
+    fake.begin()
+    await rolledBack
+    expect(fake.sent).not.toContain('COMMIT')
+  })
+})

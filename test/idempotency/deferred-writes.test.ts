@@ -1,0 +1,249 @@
+// ctx.deferWrite on real SQLite and real PostgreSQL: a write the handler does not wait for,
+// committed with the recorded result or not at all, and on PostgreSQL sent in the same round
+// trip as the result's write and COMMIT.
+import { randomUUID } from 'node:crypto'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  createIdempotency,
+  type IdempotencyClaimMode,
+  type IdempotencyContext,
+  IdempotencyInProgressError,
+  idempotencyStatements,
+  idempotentHandler,
+} from '../../src/idempotency/index.js'
+import {
+  type SqlDriver,
+  type SqlTransaction,
+  TransactionMisuseError,
+} from '../../src/stores/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { countRows, createChargesTable, dbTargets, type TestDb } from './databases.js'
+import { listen, send } from './servers.js'
+
+const insertCharge = 'INSERT INTO charges (id, tenant, amount) VALUES ($1, $2, $3)'
+
+/**
+ * Notes when each statement of a transaction is sent and when its answer arrives, so a test can
+ * tell whether the result's write went out before the business write was answered (one round
+ * trip for both) or only after (two).
+ */
+class TimelineDriver implements SqlDriver {
+  readonly dialect: SqlDriver['dialect']
+  readonly events: string[] = []
+  readonly #inner: SqlDriver
+
+  constructor(inner: SqlDriver) {
+    this.#inner = inner
+    this.dialect = inner.dialect
+  }
+
+  #label(sql: string): string {
+    const statements = idempotencyStatements[this.dialect]
+    if (sql === statements.complete || sql === statements.completeOrRaise) return 'record'
+    if (sql === insertCharge) return 'write'
+    return 'other'
+  }
+
+  #traced<T>(sql: string, send: () => Promise<T>): Promise<T> {
+    const label = this.#label(sql)
+    this.events.push(`sent ${label}`)
+    const answered = send()
+    answered.then(
+      () => this.events.push(`answered ${label}`),
+      () => this.events.push(`failed ${label}`),
+    )
+    return answered
+  }
+
+  query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
+    return this.#inner.query<R>(sql, params)
+  }
+
+  execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    return this.#inner.execute(sql, params)
+  }
+
+  transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+    return this.#inner.transaction((tx) => {
+      const traced: SqlTransaction = {
+        dialect: tx.dialect,
+        query: (sql, params) => this.#traced(sql, () => tx.query(sql, params)),
+        execute: (sql, params) => this.#traced(sql, () => tx.execute(sql, params)),
+        transaction: (inner) => tx.transaction(inner),
+      }
+      const finish = tx.finish?.bind(tx)
+      if (finish !== undefined) {
+        traced.finish = (sql, params) => this.#traced(sql, () => finish(sql, params))
+      }
+      return fn(traced)
+    })
+  }
+
+  close(): Promise<void> {
+    return this.#inner.close()
+  }
+}
+
+const claimModes: readonly IdempotencyClaimMode[] = ['leased', 'in-transaction']
+
+describe.each(dbTargets)('ctx.deferWrite on $dialect', (target) => {
+  let testDb: TestDb
+
+  beforeAll(async () => {
+    testDb = await target.open('idem_deferred')
+    await createChargesTable(testDb.db)
+  })
+  afterAll(async () => {
+    await testDb?.close()
+  })
+
+  const charges = (tenant: string) => countRows(testDb.db, 'charges', `WHERE tenant = '${tenant}'`)
+
+  describe.each(claimModes)("claim: '%s'", (claim) => {
+    const core = (store: SqlDriver = testDb.db, clock?: ManualClock) =>
+      createIdempotency({ store, claim, ...(clock === undefined ? {} : { clock }) })
+
+    it('commits the write with the result; a replay returns the result without running fn', async () => {
+      const tenant = randomUUID()
+      const idempotency = core()
+      let runs = 0
+      const step = () =>
+        idempotency.run(tenant, (ctx) => {
+          runs++
+          ctx.deferWrite(insertCharge, [randomUUID(), tenant, 42])
+          return { charged: 42 }
+        })
+      expect(await step()).toEqual({ charged: 42 })
+      expect(await step()).toEqual({ charged: 42 })
+      expect(runs).toBe(1)
+      expect(await charges(tenant)).toBe(1)
+    })
+
+    it('keeps the order of deferred and awaited statements', async () => {
+      const tenant = randomUUID()
+      const seen = await core().run(tenant, async (ctx) => {
+        ctx.deferWrite(insertCharge, [randomUUID(), tenant, 1])
+        const between = await ctx.tx.query<{ n: number | string }>(
+          'SELECT COUNT(*) AS n FROM charges WHERE tenant = $1',
+          [tenant],
+        )
+        ctx.deferWrite(insertCharge, [randomUUID(), tenant, 2])
+        return Number(between[0]?.n)
+      })
+      expect(seen).toBe(1)
+      expect(await charges(tenant)).toBe(2)
+    })
+
+    it('commits nothing when a deferred write fails, rethrows its own error and frees the key', async () => {
+      const tenant = randomUUID()
+      const taken = randomUUID()
+      await testDb.db.execute(insertCharge, [taken, 'someone-else', 1])
+      const idempotency = core()
+      let runs = 0
+      const failing = idempotency.run(tenant, (ctx) => {
+        runs++
+        ctx.deferWrite(insertCharge, [randomUUID(), tenant, 1])
+        ctx.deferWrite(insertCharge, [taken, tenant, 2])
+        ctx.deferWrite(insertCharge, [randomUUID(), tenant, 3])
+        return 'charged'
+      })
+      await expect(failing).rejects.toThrow(/unique|duplicate/i)
+      await expect(failing).rejects.not.toBeInstanceOf(TransactionMisuseError)
+      expect(await charges(tenant)).toBe(0)
+      // The key was released: the retry runs fn again, and this time everything commits.
+      const retried = await idempotency.run(tenant, (ctx) => {
+        runs++
+        ctx.deferWrite(insertCharge, [randomUUID(), tenant, 1])
+        return 'charged'
+      })
+      expect(retried).toBe('charged')
+      expect(runs).toBe(2)
+      expect(await charges(tenant)).toBe(1)
+    })
+
+    it('refuses a deferred write once the result is recorded, sending nothing', async () => {
+      const tenant = randomUUID()
+      let kept: IdempotencyContext | undefined
+      await core().run(tenant, (ctx) => {
+        kept = ctx
+        ctx.deferWrite(insertCharge, [randomUUID(), tenant, 1])
+      })
+      expect(() => kept!.deferWrite(insertCharge, [randomUUID(), tenant, 2])).toThrow(
+        TransactionMisuseError,
+      )
+      // Detached, as the getter binds it.
+      const { deferWrite } = kept!
+      expect(() => deferWrite(insertCharge, [randomUUID(), tenant, 3])).toThrow(
+        TransactionMisuseError,
+      )
+      expect(await charges(tenant)).toBe(1)
+    })
+
+    it('refuses a deferred write after the lease ran out, and commits nothing', async () => {
+      const tenant = randomUUID()
+      const clock = new ManualClock()
+      const run = core(testDb.db, clock).run(tenant, async (ctx) => {
+        ctx.deferWrite(insertCharge, [randomUUID(), tenant, 1])
+        await clock.advance(60_001)
+        ctx.deferWrite(insertCharge, [randomUUID(), tenant, 2])
+      })
+      await expect(run).rejects.toBeInstanceOf(IdempotencyInProgressError)
+      expect(await charges(tenant)).toBe(0)
+    })
+
+    it.runIf(target.dialect === 'postgres')(
+      'sends the result write before the deferred write is answered (one round trip for both)',
+      async () => {
+        const tenant = randomUUID()
+        const timeline = new TimelineDriver(testDb.db)
+        await core(timeline).run(tenant, (ctx) => {
+          ctx.deferWrite(insertCharge, [randomUUID(), tenant, 1])
+          return 'charged'
+        })
+        const events = timeline.events.filter((e) => !e.endsWith('other'))
+        expect(events.indexOf('sent record')).toBeGreaterThan(events.indexOf('sent write'))
+        expect(events.indexOf('sent record')).toBeLessThan(events.indexOf('answered write'))
+        // The awaited form, for contrast: the record goes out after the write was answered.
+        const awaited = new TimelineDriver(testDb.db)
+        await core(awaited).run(randomUUID(), async (ctx) => {
+          await ctx.tx.execute(insertCharge, [randomUUID(), tenant, 2])
+        })
+        const contrast = awaited.events.filter((e) => !e.endsWith('other'))
+        expect(contrast.indexOf('sent record')).toBeGreaterThan(contrast.indexOf('answered write'))
+      },
+    )
+
+    it('answers 500 over HTTP when the deferred write fails, and a retry with the key runs again', async () => {
+      const tenant = randomUUID()
+      const taken = randomUUID()
+      await testDb.db.execute(insertCharge, [taken, 'someone-else', 1])
+      let runs = 0
+      const server = await listen(
+        idempotentHandler(
+          { idempotency: core(), onError: () => {} },
+          async (_req, res, { idempotency: ctx }) => {
+            runs++
+            const id = runs === 1 ? taken : randomUUID()
+            ctx!.deferWrite(insertCharge, [id, tenant, 5])
+            res.writeHead(201, { 'content-type': 'application/json' }).end('{"charged":5}')
+          },
+        ),
+      )
+      try {
+        const key = randomUUID()
+        const first = await send(server.url, { key, body: '{}' })
+        expect(first.status).toBe(500)
+        expect(await charges(tenant)).toBe(0)
+        const second = await send(server.url, { key, body: '{}' })
+        expect(second.status).toBe(201)
+        const replay = await send(server.url, { key, body: '{}' })
+        expect(replay.status).toBe(201)
+        expect(replay.text).toBe('{"charged":5}')
+        expect(runs).toBe(2)
+        expect(await charges(tenant)).toBe(1)
+      } finally {
+        await server.close()
+      }
+    })
+  })
+})
