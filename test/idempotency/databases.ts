@@ -1,6 +1,6 @@
 // The real databases the idempotency tests run against: a SQLite file and a PostgreSQL
 // database on the test server started by the global setup. Never a mock.
-import { migrateIdempotency } from '../../src/idempotency/index.js'
+import { idempotencyStatements, migrateIdempotency } from '../../src/idempotency/index.js'
 import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
 import { createTestDatabase } from '../support/postgres.js'
 import { createTestSqlite } from '../support/sqlite.js'
@@ -67,4 +67,22 @@ export async function createChargesTable(db: SqlDriver): Promise<void> {
 export async function countRows(db: SqlDriver, table: string, where = ''): Promise<number> {
   const rows = await db.query<{ n: number | string }>(`SELECT COUNT(*) AS n FROM ${table} ${where}`)
   return Number(rows[0]?.n ?? 0)
+}
+
+/** The business write of the charges table's handlers. */
+export const insertCharge = 'INSERT INTO charges (id, tenant, amount) VALUES ($1, $2, $3)'
+
+/**
+ * What a statement sent by the idempotency protocol (or the charges handlers) is, for tests
+ * that note what reached the database: `claim`, `claim (autocommit)`, `record`, `select`,
+ * `business write`, or the SQL itself.
+ */
+export function statementLabel(dialect: SqlDriver['dialect'], sql: string): string {
+  const statements = idempotencyStatements[dialect]
+  if (sql === statements.claimInTransaction) return 'claim'
+  if (sql === statements.claim) return 'claim (autocommit)'
+  if (sql === statements.complete || sql === statements.completeOrRaise) return 'record'
+  if (sql === statements.select) return 'select'
+  if (sql === insertCharge) return 'business write'
+  return sql
 }

@@ -10,7 +10,6 @@ import {
   createSqlIdempotencyStore,
   type IdempotencyOptions,
   type IdempotentRequestHandler,
-  idempotencyStatements,
   idempotent,
   idempotentHandler,
   sweepExpired,
@@ -21,10 +20,15 @@ import {
   TransactionMisuseError,
 } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { countRows, createChargesTable, dbTargets, type TestDb } from './databases.js'
+import {
+  countRows,
+  createChargesTable,
+  dbTargets,
+  insertCharge,
+  statementLabel,
+  type TestDb,
+} from './databases.js'
 import { gate, type Listening, listen, type Reply, send } from './servers.js'
-
-const insertCharge = 'INSERT INTO charges (id, tenant, amount) VALUES ($1, $2, $3)'
 
 /**
  * Passes every statement through to the real driver and notes what was sent, so a test can
@@ -41,13 +45,7 @@ class RecordingDriver implements SqlDriver {
   }
 
   #label(sql: string): string {
-    const statements = idempotencyStatements[this.dialect]
-    if (sql === statements.claimInTransaction) return 'claim'
-    if (sql === statements.claim) return 'claim (autocommit)'
-    if (sql === statements.complete || sql === statements.completeOrRaise) return 'record'
-    if (sql === statements.select) return 'select'
-    if (sql === insertCharge) return 'business write'
-    return sql
+    return statementLabel(this.dialect, sql)
   }
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
