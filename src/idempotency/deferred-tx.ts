@@ -42,8 +42,8 @@ export class DeferredTransaction implements SqlTransaction {
   }> = []
   /** Deferred writes sent so far; each settles (never rejects) once answered. */
   #deferred: Promise<void>[] = []
-  /** The first deferred write's failure, once its answer came. */
-  #deferredFailure: { readonly error: unknown } | undefined
+  /** The failure of the first deferred write (in the order made) that failed, once answered. */
+  #deferredFailure: { readonly error: unknown; readonly order: number } | undefined
 
   constructor(store: IdempotencyStore, dialect: SqlDialect) {
     this.#store = store
@@ -85,11 +85,16 @@ export class DeferredTransaction implements SqlTransaction {
     const tx = this.#current()
     const written =
       tx !== undefined ? tx.execute(sql, params) : this.#whenBegun((tx) => tx.execute(sql, params))
+    const order = this.#deferred.length
     this.#deferred.push(
       written.then(
         () => {},
         (error: unknown) => {
-          this.#deferredFailure ??= { error }
+          // The first write made that failed, whichever answer came first: on PostgreSQL the
+          // writes after it fail only because it aborted the transaction.
+          if (this.#deferredFailure === undefined || order < this.#deferredFailure.order) {
+            this.#deferredFailure = { error, order }
+          }
         },
       ),
     )

@@ -1,6 +1,7 @@
 // Unit tests of ctx.tx's transaction (DeferredTransaction) over an in-memory fake store whose
 // transaction begins only when the test says so: what happens to statements, deferred writes
 // and a commit decided while the transaction is still beginning.
+import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { DeferredTransaction } from '../../src/idempotency/deferred-tx.js'
 import type { IdempotencyStore } from '../../src/idempotency/store.js'
@@ -118,3 +119,117 @@ describe.each(['sqlite', 'postgres'] as const)('DeferredTransaction (%s)', (dial
     expect(fake.sent).not.toContain('COMMIT')
   })
 })
+
+/** One statement the property below makes on ctx.tx. */
+type Op = { readonly kind: 'defer' | 'query'; readonly fails: boolean }
+
+/**
+ * A store whose BEGIN and every statement's answer come when fast-check's scheduler says so;
+ * it notes statements in the order they were sent.
+ */
+function scheduledStore(s: fc.Scheduler, dialect: SqlDialect) {
+  const sent: string[] = []
+  const answer = async (sql: string) => {
+    sent.push(sql)
+    await s.schedule(Promise.resolve(), `answer ${sql}`)
+    if (sql.endsWith('!')) throw new Error(`refused: ${sql}`)
+  }
+  const tx: SqlTransaction = {
+    dialect,
+    query: async <R>(sql: string) => {
+      await answer(sql)
+      return [] as R[]
+    },
+    execute: async (sql: string) => {
+      await answer(sql)
+      return { rowCount: 1 }
+    },
+    transaction: (fn) => fn(tx),
+  }
+  const store = {
+    async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+      await s.schedule(Promise.resolve(), 'BEGIN answered')
+      sent.push('BEGIN')
+      try {
+        const value = await fn(tx)
+        sent.push('COMMIT')
+        return value
+      } catch (error) {
+        sent.push('ROLLBACK')
+        throw error
+      }
+    },
+  } as unknown as IdempotencyStore
+  return { store, sent }
+}
+
+describe.each(['sqlite', 'postgres'] as const)(
+  'DeferredTransaction interleavings (%s)',
+  (dialect) => {
+    it('in any order of answers: statements keep their order, the result write comes last, and it commits exactly when no deferred write failed', async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.scheduler(),
+          fc.array(fc.record({ kind: fc.constantFrom('defer', 'query'), fails: fc.boolean() }), {
+            minLength: 1,
+            maxLength: 6,
+          }),
+          fc.nat(6),
+          async (s, ops: Op[], commitAfter) => {
+            const { store, sent } = scheduledStore(s, dialect)
+            const tx = new DeferredTransaction(store, dialect)
+            const names = ops.map((op, i) => `${op.kind} ${i}${op.fails ? '!' : ''}`)
+            const queries: Promise<unknown>[] = []
+            let committed: Promise<void> | undefined
+            const decide = () => {
+              committed = tx.commit(async (inner) => {
+                await inner.execute('record')
+              })
+              committed.catch(() => {})
+            }
+            // The handler makes its statements one after another, awaiting none of them; the
+            // commit is decided after some prefix of them (the rest are then refused).
+            let refused = 0
+            ops.forEach((op, i) => {
+              if (i === commitAfter) decide()
+              const name = names[i]!
+              if (op.kind === 'defer') {
+                try {
+                  tx.defer(name)
+                } catch {
+                  refused++
+                }
+              } else {
+                const query = tx.query(name)
+                query.catch(() => {})
+                queries.push(query)
+              }
+            })
+            if (committed === undefined) decide()
+            await s.waitFor(Promise.allSettled([committed!, ...queries]))
+            const made = names.slice(0, Math.min(commitAfter, ops.length))
+            expect(sent.slice(0, 1 + made.length)).toEqual(['BEGIN', ...made])
+            const deferredFailed = ops
+              .slice(0, made.length)
+              .some((op) => op.kind === 'defer' && op.fails)
+            const outcome = await committed!.then(
+              () => 'committed',
+              (error: Error) => error.message,
+            )
+            if (deferredFailed) {
+              const first = made.find((name, i) => ops[i]!.kind === 'defer' && name.endsWith('!'))
+              expect(outcome).toBe(`refused: ${first}`)
+              expect(sent.at(-1)).toBe('ROLLBACK')
+              if (dialect === 'sqlite') expect(sent).not.toContain('record')
+            } else {
+              expect(outcome).toBe('committed')
+              expect(sent.slice(1 + made.length)).toEqual(['record', 'COMMIT'])
+            }
+            expect(refused).toBe(ops.slice(made.length).filter((op) => op.kind === 'defer').length)
+          },
+        ),
+        { numRuns: 200 },
+      )
+    })
+  },
+)
