@@ -374,6 +374,24 @@ describe('the protocol (memory store)', () => {
   })
 })
 
+describe('ctx.deferWrite on the memory store', () => {
+  // There is no database: the write is refused like any statement on ctx.tx, and the call fails
+  // with that refusal instead of recording a result the write never joined.
+  it("fails the call with the store's refusal and records nothing", async () => {
+    const { idempotency } = setup()
+    let runs = 0
+    const step = () =>
+      idempotency.run('deferred', (ctx) => {
+        runs++
+        ctx.deferWrite('INSERT INTO charges (id) VALUES ($1)', ['c1'])
+        return 'charged'
+      })
+    await expect(step()).rejects.toThrow(/has no database/)
+    await expect(step()).rejects.toThrow(/has no database/)
+    expect(runs).toBe(2)
+  })
+})
+
 describe('sweeper', () => {
   // close() promises no sweep after it: a sweep the timer started while another (sweepNow) ran
   // was waiting its turn, and began once close() had returned, against a database the caller
