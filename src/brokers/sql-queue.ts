@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
-import { AbortedError, InvalidOptionError } from '../core/errors.js'
+import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkStoredName, isStorableText } from '../core/text.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
@@ -723,8 +723,25 @@ class QueueSubscription implements Subscription {
   }
 }
 
-function closedQueueError(): InvalidOptionError {
-  return new InvalidOptionError('sqlQueue', 'an open queue', 'a closed queue')
+/**
+ * A call on a closed SQL queue: `publish()` or `subscribe()` after `close()`. The same code and
+ * message as the NATS, RabbitMQ and Redis adapters' (`BROKER_UNAVAILABLE`, `the publisher is
+ * closed`), so a caller handles every broker's closed side alike; `broker` is `'sql-queue'`.
+ *
+ * @example
+ * ```ts
+ * import { BreakwaterError } from 'breakwater'
+ * await queue.close()
+ * await queue.publisher.publish(batch).catch((e) => BreakwaterError.is(e) && e.code) // 'BROKER_UNAVAILABLE'
+ * ```
+ */
+export class SqlQueueClosedError extends BreakwaterError {
+  /** Always `'sql-queue'`, like `BrokerError.broker` for the other adapters. */
+  readonly broker = 'sql-queue' as const
+
+  constructor(what: 'publisher' | 'subscriber') {
+    super('BROKER_UNAVAILABLE', `sql-queue: the ${what} is closed`, { retryable: true })
+  }
 }
 
 class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
@@ -758,8 +775,11 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
   }
 
   async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
-    checkMessages(messages)
     if (signal?.aborted) throw new AbortedError(signal.reason)
+    // Refused like the other brokers' closed publishers: a publish after close() would still
+    // store the batch, and a caller shutting down would not learn that its queue is closed.
+    if (this.#closed) throw new SqlQueueClosedError('publisher')
+    checkMessages(messages)
     if (messages.length === 0) return
     const now = this.#options.clock.now()
     await this.#db.transaction(async (tx) => {
@@ -803,16 +823,16 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
     group: string,
     handler: (message: IncomingMessage) => Promise<void>,
   ): Promise<Subscription> {
-    if (this.#closed) throw closedQueueError()
+    if (this.#closed) throw new SqlQueueClosedError('subscriber')
     checkStoredName('topic', topic)
     checkStoredName('group', group)
     checkFunction('handler', handler)
     await this.#registerGroup(topic, group)
     // close() may have run during either wait and could not see this subscription: starting
     // it now would leave a loop polling (and a LISTEN connection open) after close().
-    if (this.#closed) throw closedQueueError()
+    if (this.#closed) throw new SqlQueueClosedError('subscriber')
     if (this.#options.listen) await this.#listen()
-    if (this.#closed) throw closedQueueError()
+    if (this.#closed) throw new SqlQueueClosedError('subscriber')
     const subscription = new QueueSubscription(
       this.#db,
       this.#options,

@@ -9,7 +9,7 @@ import {
   type SqlQueueErrorEvent,
 } from '../../src/brokers/sql-queue.js'
 import type { IncomingMessage, OutgoingMessage } from '../../src/brokers/types.js'
-import { AbortedError, InvalidOptionError } from '../../src/core/errors.js'
+import { AbortedError, BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { count, dbTargets, delay, type OutboxDb, until } from '../outbox/support.js'
 
@@ -310,6 +310,25 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
     await expect(q.subscriber.subscribe('t', 'g\ud800', async () => {})).rejects.toThrow(
       InvalidOptionError,
     )
+  })
+
+  it('refuses publish and subscribe after close() with BROKER_UNAVAILABLE, as the other brokers do', async () => {
+    const q = queue()
+    await q.close()
+    for (const attempt of [
+      () => q.publisher.publish([message('after-close', 'k')]),
+      () => q.subscriber.subscribe('after-close', 'g', async () => {}),
+    ]) {
+      const error = await attempt().then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(BreakwaterError.is(error), String(error)).toBe(true)
+      expect((error as BreakwaterError).code).toBe('BROKER_UNAVAILABLE')
+      expect((error as Error).message).toMatch(/^sql-queue: the (publisher|subscriber) is closed$/)
+    }
+    // Nothing was stored by the refused publish.
+    expect(await count(t.db, 'breakwater_queue', "WHERE topic = 'after-close'")).toBe(0)
   })
 
   it('refuses a subscribe that close() overtook, leaving nothing polling behind', async () => {
