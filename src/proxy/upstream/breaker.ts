@@ -48,6 +48,16 @@ export class ServiceBreaker {
   }
 
   /**
+   * The `Retry-After` of a `BROKEN_CIRCUIT` answer: {@link retryAfterMs} in whole seconds,
+   * rounded up and at least 1 (half-open with every probe slot taken, or a cooldown with less
+   * than a second left, still says 1: a 0 would read as "retry now" and bring the client back
+   * while the probe is out).
+   */
+  retryAfterSeconds(): number {
+    return Math.max(1, Math.ceil(this.retryAfterMs() / 1000))
+  }
+
+  /**
    * Admits an attempt: returns its epoch (>= 0) to hand back to {@link record}, or -1 when the
    * breaker refuses it.
    */

@@ -1024,11 +1024,15 @@ class ForwardCall {
           detail: problemDetail(code, this.core.name),
           service: this.core.name,
         })
-        res.writeHead(status, {
+        const headers: Record<string, string | number> = {
           'content-type': 'application/problem+json',
           'content-length': Buffer.byteLength(body),
           'cache-control': 'no-store',
-        })
+        }
+        // When the breaker lets a probe through, as the tunnel's refusal says it (tunnel.ts).
+        if (code === 'BROKEN_CIRCUIT')
+          headers['retry-after'] = this.core.breaker.retryAfterSeconds()
+        res.writeHead(status, headers)
         res.end(body)
       }
     }

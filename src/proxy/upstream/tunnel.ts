@@ -379,7 +379,7 @@ class Handshake {
     const status = statusFor[code] ?? 502
     const headers: Record<string, string> = {}
     if (code === 'BROKEN_CIRCUIT')
-      headers['retry-after'] = String(Math.max(1, Math.ceil(service.breaker.retryAfterMs() / 1000)))
+      headers['retry-after'] = String(service.breaker.retryAfterSeconds())
     endWithProblem(this.client, service.clock, status, code, problemDetail(code, service.name), {
       headers,
       fields: { service: service.name },

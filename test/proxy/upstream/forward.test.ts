@@ -425,6 +425,53 @@ describe('forward: breaker and bulkhead', () => {
     expect(service.state().breaker).toBe('closed')
   })
 
+  it('answers BROKEN_CIRCUIT with Retry-After: the cooldown left on the clock, in whole seconds rounded up', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', status: 502 } })
+    const { front, clock } = await setup(
+      serviceConfig([up.url], {
+        retry: undefined,
+        breaker: { failureThreshold: 1, cooldownMs: 5_000, halfOpenProbes: 1 },
+      }),
+    )
+    expect((await fetch(`${front.url}/a`)).status).toBe(502)
+    const opened = await fetch(`${front.url}/a`)
+    expect(opened.status).toBe(503)
+    expect(opened.headers.get('retry-after')).toBe('5')
+    expect(opened.headers.get('content-type')).toBe('application/problem+json')
+    expect(await opened.json()).toMatchObject({
+      status: 503,
+      code: 'BROKEN_CIRCUIT',
+      service: 'orders',
+    })
+    await clock.advance(3_500)
+    expect((await fetch(`${front.url}/a`)).headers.get('retry-after')).toBe('2')
+    await clock.advance(1_499)
+    // 1 ms left: never 0, which a client would take as "retry now".
+    expect((await fetch(`${front.url}/a`)).headers.get('retry-after')).toBe('1')
+    expect(up.requests).toHaveLength(1)
+  })
+
+  it('answers BROKEN_CIRCUIT with Retry-After 1 while half-open with its probe slot taken', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', status: 502 } })
+    const { front, clock, service } = await setup(
+      serviceConfig([up.url], {
+        retry: undefined,
+        breaker: { failureThreshold: 1, cooldownMs: 5_000, halfOpenProbes: 1 },
+      }),
+    )
+    expect((await fetch(`${front.url}/a`)).status).toBe(502)
+    await clock.advance(5_000)
+    up.fallback = { kind: 'hold' }
+    const probe = fetch(`${front.url}/probe`)
+    await up.waitForRequests(2)
+    expect(service.state().breaker).toBe('half-open')
+    const refused = await fetch(`${front.url}/a`)
+    expect(refused.status).toBe(503)
+    expect(refused.headers.get('retry-after')).toBe('1')
+    up.release()
+    expect((await probe).status).toBe(200)
+  })
+
   it('isolate() fails every call with ISOLATED_CIRCUIT until reset()', async () => {
     const up = await upstream()
     const { front, service } = await setup(serviceConfig([up.url], { breaker: undefined }))
