@@ -25,6 +25,8 @@ export interface DatabaseCommandDeps {
    * be migrated; nothing is created or changed otherwise)
    */
   readonly openDatabase?: (url: string) => Promise<SqlDriver>
+  /** Where `BREAKWATER_DB_URL` (used when `--db` is not given) is read. @default process.env */
+  readonly env?: Readonly<Record<string, string | undefined>>
 }
 
 /** One database admin command, as {@link runDatabaseCommand} runs it. */
@@ -33,8 +35,11 @@ export interface DatabaseCommand<P extends { readonly url: string }> {
   readonly name: string
   /** The help text, printed for `--help` and after a usage error. */
   readonly usage: string
-  /** Reads the arguments; throws {@link UsageError} for bad ones. */
-  parse(args: readonly string[]): P
+  /**
+   * Reads the arguments, and `env` for what a flag not given stands for (`BREAKWATER_DB_URL`);
+   * throws {@link UsageError} for bad ones.
+   */
+  parse(args: readonly string[], env: Readonly<Record<string, string | undefined>>): P
   /** Runs the parsed command; resolves to the exit code. */
   execute(parsed: P, db: SqlDriver, out: TextSink, err: TextSink): Promise<number>
   /**
@@ -46,7 +51,7 @@ export interface DatabaseCommand<P extends { readonly url: string }> {
 
 /**
  * Runs `command` with `args`. Resolves to the exit code: 0 on success, 2 for bad arguments or a
- * malformed `--db`, 1 when the database cannot be opened or the command fails (with a hint to
+ * malformed or in-memory `--db` (or `BREAKWATER_DB_URL`), 1 when the database cannot be opened or the command fails (with a hint to
  * run `breakwater migrate` when its tables are missing). Messages never show a URL's password.
  *
  * @example
@@ -68,7 +73,7 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
   }
   let parsed: P
   try {
-    parsed = command.parse(args)
+    parsed = command.parse(args, deps.env ?? process.env)
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
     // Redacted here, once, for every parser: a message quotes the argument at fault, and a

@@ -4,7 +4,8 @@ import type { Migration } from '../stores/migrations.js'
 import { runMigrations } from '../stores/migrations.js'
 import { redactUrl } from '../stores/redact.js'
 import { openAnsweringDatabase } from './existing-database.js'
-import { messageOf, wantsHelp } from './usage.js'
+import { acceptedDatabaseUrls, databaseUrl } from './process-support.js'
+import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /** Where `migrateCommand` writes; defaults to the process's stdout and stderr. */
 export interface MigrateOutput {
@@ -12,6 +13,8 @@ export interface MigrateOutput {
   readonly stdout?: { write(text: string): unknown }
   /** Receives error messages. */
   readonly stderr?: { write(text: string): unknown }
+  /** Where `BREAKWATER_DB_URL` (used when `--db` is not given) is read. @default process.env */
+  readonly env?: Readonly<Record<string, string | undefined>>
 }
 
 const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
@@ -19,13 +22,18 @@ const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
 const usage = `usage: breakwater migrate [--db <url>]
 
 Applies the pending migrations of every capability.
-  --db <url>  sqlite:<file> (created with its folder when missing) or
-              postgres://user:pass@host/db (default ${defaultUrl})
+  --db <url>  ${acceptedDatabaseUrls} (a sqlite: file is created with its
+              folder when missing; default ${defaultUrl})
+
+environment:
+  BREAKWATER_DB_URL  used when --db is not given: arguments show in ps and shell history,
+                     so a URL with a password belongs here
 `
 
 /**
  * `breakwater migrate --db <url>`: applies every capability's pending migrations and prints
- * what it applied. Resolves to the exit code: 0 on success, 2 for bad arguments, 1 when the
+ * what it applied; without `--db`, `BREAKWATER_DB_URL` names the database. Resolves to the exit
+ * code: 0 on success, 2 for bad arguments (a malformed or in-memory URL too), 1 when the
  * database fails.
  *
  * @example
@@ -44,7 +52,7 @@ export async function migrateCommand(
     out.write(usage)
     return 0
   }
-  let url = defaultUrl
+  const values = new Map<string, string>()
   let given = false
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!
@@ -59,14 +67,15 @@ export async function migrateCommand(
         err.write(`breakwater migrate: --db needs a database URL\n\n${usage}`)
         return 2
       }
-      url = value
+      values.set('--db', value)
       i++
     } else if (arg.startsWith('--db=')) {
-      url = arg.slice('--db='.length)
-      if (url === '') {
+      const value = arg.slice('--db='.length)
+      if (value === '') {
         err.write(`breakwater migrate: --db needs a database URL\n\n${usage}`)
         return 2
       }
+      values.set('--db', value)
     } else {
       // Not redactUrl: the argument is not always a bare URL (`--dbx=postgres://app:pw@db/app`).
       err.write(`breakwater migrate: unknown argument "${redactSecrets(arg)}"\n\n${usage}`)
@@ -74,10 +83,18 @@ export async function migrateCommand(
     }
   }
 
-  if (/^sqlite::memory:$/i.test(url)) {
-    err.write(
-      'breakwater migrate: --db: an in-memory database lasts one command, so migrating it keeps nothing: use a sqlite: file\n',
+  let url: string
+  try {
+    // An in-memory database is refused in every spelling (`sqlite://:memory:` too).
+    url = databaseUrl(
+      values,
+      deps.env ?? process.env,
+      defaultUrl,
+      'an in-memory database lasts one command, so migrating it keeps nothing: use a sqlite: file',
     )
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error
+    err.write(`breakwater migrate: ${error.message}\n\n${usage}`)
     return 2
   }
   let db: Awaited<ReturnType<typeof openAnsweringDatabase>>

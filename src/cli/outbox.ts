@@ -10,6 +10,7 @@ import {
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
+import { acceptedDatabaseUrls, databaseUrl } from './process-support.js'
 import { addSwitch, counted, UsageError } from './usage.js'
 
 /** What `outboxCommand` needs besides its arguments; everything has a default. */
@@ -36,7 +37,11 @@ commands:
                          dead-lettered events are never removed.
 
 options:
-  --db <url>  sqlite:<file> or postgres://user:pass@host/db (default ${defaultUrl})
+  --db <url>  ${acceptedDatabaseUrls} (default ${defaultUrl})
+
+environment:
+  BREAKWATER_DB_URL  used when --db is not given: arguments show in ps and shell history,
+                     so a URL with a password belongs here
 `
 
 type Command = 'dead' | 'redrive' | 'stats' | 'prune'
@@ -63,7 +68,7 @@ const allowed: Record<Command, readonly string[]> = {
 }
 const booleanFlags = new Set(['--json', '--all', '--archive'])
 
-function parse(args: readonly string[]): Parsed {
+function parse(args: readonly string[], env: Readonly<Record<string, string | undefined>>): Parsed {
   const [command, ...rest] = args
   if (command === undefined)
     throw new UsageError('a command is needed: dead, redrive, stats or prune')
@@ -116,7 +121,7 @@ function parse(args: readonly string[]): Parsed {
     throw new UsageError(`--after-id must be a row id (an integer >= 0), got "${afterText}"`)
   return {
     command: cmd,
-    url: values.get('--db') ?? defaultUrl,
+    url: databaseUrl(values, env, defaultUrl),
     json: flags.has('--json'),
     limit,
     afterId,

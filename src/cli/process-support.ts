@@ -10,7 +10,7 @@ import { addSwitch, UsageError } from './usage.js'
 
 // What the long-running commands (`breakwater relay`, `breakwater saga worker`) share: parsing
 // integer flags, reading optional environment variables, failing at start with a message an
-// operator can act on.
+// operator can act on. Every command that takes `--db` reads it with `databaseUrl`.
 
 /** A failure while a process starts (exit 1, the message printed as is). */
 export class StartupError extends Error {}
@@ -57,23 +57,35 @@ export function flagOrEnv(
 }
 
 /**
+ * The database URLs every CLI command accepts, for its messages. Not the library's list
+ * (src/stores/open.ts), which offers `sqlite::memory:`: every command refuses that one.
+ */
+export const acceptedDatabaseUrls = 'sqlite:<file> or postgres://user:pass@host/db'
+
+/**
  * `--db`, else `BREAKWATER_DB_URL`, else `fallback`; a URL that is not a database's, or names
- * an in-memory one (empty, and gone when the command ends), is refused.
+ * an in-memory one (empty, and gone when the command ends), is refused with a `UsageError`
+ * naming where it came from and never showing its password. `inMemory` says why an in-memory
+ * database is refused (after `--db: `).
  */
 export function databaseUrl(
   values: ReadonlyMap<string, string>,
   env: Readonly<Record<string, string | undefined>>,
   fallback: string,
+  inMemory: string = inMemoryRefusal,
 ): string {
   const { value, source } = flagOrEnv(values, '--db', env, 'BREAKWATER_DB_URL', fallback)
   try {
     parseDatabaseUrl(value)
   } catch {
-    throw new UsageError(
-      `${source}: expected sqlite:<file> or postgres://user:pass@host/db, got "${redactSecrets(value)}"`,
-    )
+    // A postgres:// URL that does not parse (a bad port, an unencoded `[`) is told as such:
+    // the list of forms would not say what is wrong with it.
+    const wanted = /^postgres(ql)?:\/\/./i.test(value)
+      ? 'a valid postgres:// URL (postgres://user:pass@host:port/db)'
+      : acceptedDatabaseUrls
+    throw new UsageError(`${source}: expected ${wanted}, got "${redactSecrets(value)}"`)
   }
-  if (isInMemoryDatabase(value)) throw new UsageError(`${source}: ${inMemoryRefusal}`)
+  if (isInMemoryDatabase(value)) throw new UsageError(`${source}: ${inMemory}`)
   return value
 }
 

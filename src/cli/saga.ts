@@ -16,6 +16,7 @@ import {
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
+import { acceptedDatabaseUrls, databaseUrl } from './process-support.js'
 import { addSwitch, counted, UsageError } from './usage.js'
 
 /** What `sagaCommand` needs besides its arguments; everything has a default. */
@@ -45,7 +46,11 @@ commands:
                        untouched that long too
 
 options:
-  --db <url>  sqlite:<file> or postgres://user:pass@host/db (default ${defaultUrl})
+  --db <url>  ${acceptedDatabaseUrls} (default ${defaultUrl})
+
+environment:
+  BREAKWATER_DB_URL  used when --db is not given: arguments show in ps and shell history,
+                     so a URL with a password belongs here
 
 statuses: ${sagaStatuses.join(', ')}
 `
@@ -83,7 +88,7 @@ const allowed: Record<Parsed['command'], readonly string[]> = {
   prune: ['--db', '--older-than', '--include-parked'],
 }
 
-function parse(args: readonly string[]): Parsed {
+function parse(args: readonly string[], env: Readonly<Record<string, string | undefined>>): Parsed {
   const [command, ...rest] = args
   if (command === undefined) throw new UsageError('a command is needed')
   // Own keys only: `in` also finds Object.prototype's members (constructor, toString).
@@ -140,7 +145,7 @@ function parse(args: readonly string[]): Parsed {
   return {
     command: cmd,
     id: positional[0],
-    url: values.get('--db') ?? defaultUrl,
+    url: databaseUrl(values, env, defaultUrl),
     status: status as SagaStatus | undefined,
     name: values.get('--name'),
     limit,

@@ -59,7 +59,7 @@ describe('saga command arguments', () => {
   it('a database URL it cannot parse is a usage error (exit 2)', async () => {
     const { code, err } = await run(['list', '--db', 'mysql://localhost/x'])
     expect(code).toBe(2)
-    expect(err).toContain('--db: url: expected a database URL')
+    expect(err).toContain('--db: expected sqlite:<file> or postgres://')
   })
 
   it('--help prints the usage', async () => {

@@ -1,0 +1,164 @@
+// Every command that takes `--db` reads BREAKWATER_DB_URL when `--db` is not given (a URL with
+// a password belongs in the environment, not in argv, where ps and shell history show it),
+// with the relay's precedence and messages; and a malformed URL is answered with the forms
+// the CLI accepts, which do not include an in-memory database.
+import { EventEmitter } from 'node:events'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { migrateCommand } from '../../src/cli/migrate.js'
+import { outboxCommand } from '../../src/cli/outbox.js'
+import { relayCommand } from '../../src/cli/relay.js'
+import { sagaCommand } from '../../src/cli/saga.js'
+import { sagaWorkerCommand } from '../../src/cli/saga-worker.js'
+import { migrateOutbox } from '../../src/outbox/index.js'
+import { migrateSagas } from '../../src/saga/index.js'
+import { openDatabase } from '../../src/stores/index.js'
+import { createTestSqlite, type TestSqlite } from '../support/sqlite.js'
+import { type CapturedEntry, runCaptured } from './captured.js'
+
+type Env = Readonly<Record<string, string | undefined>>
+
+const quiet = { stdout: { write: () => {} }, signals: new EventEmitter() }
+
+/** The commands that take `--db`, each with the arguments of a read-only run, given `env`. */
+function commands(env: Env): ReadonlyArray<{ name: string; entry: CapturedEntry; args: string[] }> {
+  return [
+    {
+      name: 'outbox',
+      entry: (args, deps) => outboxCommand(args, { ...deps, env }),
+      args: ['stats'],
+    },
+    { name: 'saga', entry: (args, deps) => sagaCommand(args, { ...deps, env }), args: ['list'] },
+    {
+      name: 'migrate',
+      entry: (args, deps) => migrateCommand(args, { capabilities: {}, ...deps, env }),
+      args: [],
+    },
+    {
+      name: 'relay',
+      entry: (args, deps) => relayCommand(args, { ...quiet, ...deps, env }),
+      args: [],
+    },
+    {
+      name: 'saga worker',
+      entry: (args, deps) => sagaWorkerCommand(args, { ...quiet, ...deps, env }),
+      args: ['--module', 'x.js'],
+    },
+  ]
+}
+
+// The default database is ./.breakwater/breakwater.db: the tests run in an empty folder, so
+// that a command that ignored the environment would show it without touching the repository.
+let cwd: string
+let folder: string
+let file: TestSqlite
+
+beforeAll(async () => {
+  cwd = process.cwd()
+  folder = mkdtempSync(join(tmpdir(), 'breakwater-cli-env-'))
+  process.chdir(folder)
+  file = createTestSqlite('env')
+  const db = await openDatabase(file.url)
+  try {
+    await migrateOutbox(db)
+    await migrateSagas(db)
+  } finally {
+    await db.close()
+  }
+})
+
+afterAll(() => {
+  process.chdir(cwd)
+  rmSync(folder, { recursive: true, force: true })
+  file.cleanup()
+})
+
+const oneOff = (env: Env) => commands(env).filter((c) => !['relay', 'saga worker'].includes(c.name))
+
+describe('BREAKWATER_DB_URL stands in for --db', () => {
+  it.each(oneOff({}).map((c) => c.name))('%s uses it when --db is not given', async (name) => {
+    const command = oneOff({ BREAKWATER_DB_URL: file.url }).find((c) => c.name === name)!
+    const result = await runCaptured(command.entry, command.args)
+    expect(result.stderr).toBe('')
+    expect(result.code).toBe(0)
+    expect(existsSync(join(folder, '.breakwater'))).toBe(false)
+  })
+
+  it.each(oneOff({}).map((c) => c.name))('%s: --db wins over it', async (name) => {
+    const command = oneOff({ BREAKWATER_DB_URL: 'mysql://db/app' }).find((c) => c.name === name)!
+    const result = await runCaptured(command.entry, [...command.args, '--db', file.url])
+    expect(result.stderr).toBe('')
+    expect(result.code).toBe(0)
+  })
+
+  it.each(commands({}).map((c) => c.name))(
+    '%s: a malformed one is a bad argument naming it, its password hidden',
+    async (name) => {
+      const env = { BREAKWATER_DB_URL: 'mysql://app:hunter2-pw@db/app' }
+      const command = commands(env).find((c) => c.name === name)!
+      const result = await runCaptured(command.entry, command.args)
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain(
+        `breakwater ${name}: BREAKWATER_DB_URL: expected sqlite:<file> or postgres://`,
+      )
+      expect(result.stderr).toContain('mysql://app:***@db/app')
+      expect(result.stderr).not.toContain('hunter2')
+    },
+  )
+
+  it.each(commands({}).map((c) => c.name))(
+    '%s: an in-memory one is refused naming it',
+    async (name) => {
+      const command = commands({ BREAKWATER_DB_URL: 'sqlite::memory:' }).find(
+        (c) => c.name === name,
+      )!
+      const result = await runCaptured(command.entry, command.args)
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain(`breakwater ${name}: BREAKWATER_DB_URL: an in-memory`)
+    },
+  )
+
+  it.each(commands({}).map((c) => c.name))('%s --help names it', async (name) => {
+    const command = commands({}).find((c) => c.name === name)!
+    const result = await runCaptured(command.entry, [...command.args, '--help'])
+    expect(result.code).toBe(0)
+    expect(result.stdout).toContain('BREAKWATER_DB_URL')
+  })
+})
+
+describe('a malformed --db', () => {
+  it.each(commands({}).map((c) => c.name))(
+    '%s lists only the URLs the CLI accepts',
+    async (name) => {
+      const command = commands({}).find((c) => c.name === name)!
+      for (const [bad, expected] of [
+        ['mysql://app:hunter2-pw@db/app', 'sqlite:<file> or postgres://'],
+        ['sqlite:', 'sqlite:<file> or postgres://'],
+        // A postgres:// URL that does not parse is told as such.
+        ['postgres://app:hunter2-pw@[db/app', 'a valid postgres:// URL'],
+      ]) {
+        const result = await runCaptured(command.entry, [...command.args, '--db', bad!])
+        expect(result.code).toBe(2)
+        expect(result.stderr).toContain(`breakwater ${name}: --db: expected ${expected}`)
+        // An in-memory database is refused by every command: the message must not offer it.
+        expect(result.stderr).not.toContain(':memory:')
+        expect(result.stderr).not.toContain('hunter2')
+      }
+    },
+  )
+
+  it.each(commands({}).map((c) => c.name))(
+    '%s refuses every spelling of an in-memory database',
+    async (name) => {
+      const command = commands({}).find((c) => c.name === name)!
+      // `sqlite://:memory:` names the same in-memory database (the `//` is dropped).
+      for (const memory of ['sqlite::memory:', 'SQLITE::memory:', 'sqlite://:memory:']) {
+        const result = await runCaptured(command.entry, [...command.args, '--db', memory])
+        expect(result.code).toBe(2)
+        expect(result.stderr).toContain(`breakwater ${name}: --db: an in-memory`)
+      }
+    },
+  )
+})
