@@ -84,6 +84,13 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * (unroutable) message fails the batch. Connections are not re-established in the background:
  * the publisher reconnects on its next `publish()`, a subscription reconnects with backoff.
  *
+ * A delivered message's id is its AMQP `messageId` property, which this publisher always sets.
+ * A message from another producer without one (or with an empty one) never reaches the handler:
+ * RabbitMQ has no stable id of its own to stand in for it, so it is rejected without requeueing
+ * (dead-lettered if the queue has a dead-letter exchange, by policy) and reported to `onError`
+ * (phase `handler`, `BROKER_REJECTED`), rather than handed on with an id an inbox could not
+ * tell apart from every other such message.
+ *
  * @example
  * ```ts
  * import { createRabbitMqBroker } from 'breakwater/brokers'
@@ -387,6 +394,18 @@ function drained(channel: Channel): Promise<void> {
 // the application's and must be delivered.
 const brokerHeaders = /^x-(delivery-count|death|(first|last)-death-(exchange|queue|reason))$/
 
+/**
+ * Why a delivery without a message id is refused. RabbitMQ gives a message no id of its own
+ * that survives redelivery (a delivery tag is per channel and changes each time), and one made
+ * up from the content would make two equal messages one: so a message whose `messageId`
+ * property is missing or empty is rejected without requeueing (dead-lettered when the queue
+ * has a dead-letter exchange, dropped otherwise) and reported to `onError` with
+ * `BROKER_REJECTED`, instead of reaching the handler with the id '' that an inbox would take
+ * for one message delivered again and again. breakwater's publisher always sets it.
+ */
+const MISSING_ID_REASON =
+  'refused a message without a messageId property (set by every breakwater publisher; other producers must set a unique one): it has no id to deduplicate on, so it was rejected without requeueing (dead-lettered if the queue has a dead-letter exchange)'
+
 function toIncoming(message: ConsumeMessage): IncomingMessage {
   const raw = (message.properties.headers ?? {}) as Record<string, unknown>
   const headers: Record<string, string> = {}
@@ -457,7 +476,7 @@ class RabbitSubscriber implements Subscriber {
     // Every message waiting out its retry delay listens on this signal: not a leak.
     const abort = new AbortController()
     setMaxListeners(0, abort.signal)
-    const shared = { dispatcher, abort: abort.signal, sessions: 0 }
+    const shared = { dispatcher, abort: abort.signal, group, sessions: 0 }
     let inner: SupervisedSubscription
     try {
       inner = await superviseSessions({
@@ -506,6 +525,7 @@ class RabbitSubscriber implements Subscriber {
     shared: {
       readonly dispatcher: KeyedDispatcher<RabbitDelivery>
       readonly abort: AbortSignal
+      readonly group: string
       sessions: number
     },
   ): Promise<Session> {
@@ -540,6 +560,23 @@ class RabbitSubscriber implements Subscriber {
       }
       if (!lost) channel.nack(raw, false, true)
     }
+    // A message without an id (another producer's, published without `messageId`) cannot be
+    // told from its redeliveries or from other such messages: see MISSING_ID_REASON.
+    const refuse = (raw: ConsumeMessage, message: IncomingMessage): void => {
+      if (lost) return
+      channel.nack(raw, false, false)
+      options.onError({
+        error: new BrokerError(
+          'BROKER_REJECTED',
+          'rabbitmq',
+          `${MISSING_ID_REASON} (queue ${queue}, delivery tag ${raw.fields.deliveryTag})`,
+        ),
+        phase: 'handler',
+        topic,
+        group: shared.group,
+        message,
+      })
+    }
     let consumerTag: string
     try {
       channel = await model.createChannel()
@@ -558,12 +595,9 @@ class RabbitSubscriber implements Subscriber {
           // null: the broker cancelled the consumer (queue deleted): start over.
           if (raw === null) lose(new Error(`consumer of ${queue} cancelled by the broker`))
           else {
-            dispatcher.push({
-              raw,
-              session,
-              message: toIncoming(raw),
-              settle: (o) => settle(raw, o),
-            })
+            const message = toIncoming(raw)
+            if (message.id === '') refuse(raw, message)
+            else dispatcher.push({ raw, session, message, settle: (o) => settle(raw, o) })
           }
         },
         { noAck: false },

@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest'
+import { createRabbitMqBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
@@ -130,4 +131,44 @@ describe('rabbitmq specifics', () => {
     await broker.publisher.publish(makeBatch(topic, 1, 1, 'after'))
     await received.until(() => received.ids().includes('after-0'), 'the next message')
   }, 60_000)
+
+  it('refuses a message another producer sent without a messageId (it has no id to dedupe on), reporting it, and delivers the rest', async () => {
+    const url = await brokerUrl('rabbitmq')
+    const errors: SubscriberErrorEvent[] = []
+    const broker = createRabbitMqBroker({ url, retryDelayMs: 50, onError: (e) => errors.push(e) })
+    closers.push(() => broker.close())
+    const topic = unique('foreign')
+    const group = unique('g')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, group, async (m) => received.record(m))
+    // Another producer, straight through amqplib: one message without a messageId property,
+    // one with an empty one. Each would reach the handler with the id '' (one inbox record).
+    const amqp = await import('amqplib')
+    const model = await amqp.connect(url)
+    closers.push(() => model.close())
+    const channel = await model.createConfirmChannel()
+    for (const messageId of [undefined, '']) {
+      channel.publish('breakwater', topic, Buffer.from('foreign'), {
+        persistent: true,
+        ...(messageId === undefined ? {} : { messageId }),
+        headers: { 'breakwater-key': 'k' },
+      })
+    }
+    await channel.waitForConfirms()
+    await broker.publisher.publish(makeBatch(topic, 1, 1, 'ours'))
+    await received.until(() => received.ids().includes('ours-0'), 'the message with an id')
+    expect(received.ids()).toEqual(['ours-0'])
+    const refused = errors.filter((e) => BreakwaterError.is(e.error))
+    expect(refused).toHaveLength(2)
+    for (const event of refused) {
+      expect((event.error as BreakwaterError).code).toBe('BROKER_REJECTED')
+      expect((event.error as Error).message).toMatch(/messageId/)
+      expect(event.phase).toBe('handler')
+      expect(event.message?.topic).toBe(topic)
+    }
+    // Rejected without requeueing (dead-lettered where the queue has a dead-letter exchange):
+    // not handed back over and over.
+    const { messageCount } = await channel.checkQueue(`${topic}.${group}`)
+    expect(messageCount).toBe(0)
+  })
 })
