@@ -32,6 +32,8 @@ export function problemDetail(code: ErrorCode, service: string): string {
       return `Service ${service} did not answer in time.`
     case 'DEADLINE_EXCEEDED':
       return `The deadline passed before service ${service} answered.`
+    case 'ABORTED':
+      return `The caller went away before service ${service} answered.`
     default:
       return `The connection to service ${service} closed before its response was complete.`
   }

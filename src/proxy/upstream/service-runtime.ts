@@ -64,8 +64,28 @@ export interface ServiceRuntimeOptions {
 }
 
 /**
+ * The failures worth another try by whoever called `exchange()`: the endpoints did not connect,
+ * answer in time or finish their answer, or there were none yet, and a later call may find them
+ * well. `retryable` is what the library's classifier (`classifyFailure`, so `retry()` and
+ * `circuitBreaker()`) reads, so the refusals follow the policies' own errors: an open circuit
+ * (`BrokenCircuitError`) and a full bulkhead (`BulkheadRejectedError`) are not retryable, since
+ * retrying at once only hits the refusal again and adds load to a service already shedding it
+ * (a client of the proxy gets the 503 with `Retry-After` and waits); nor are an isolated
+ * circuit, a deadline that passed, or a caller that went away (`ABORTED`).
+ */
+const retryableCodes: ReadonlySet<string> = new Set<ErrorCode>([
+  'UPSTREAM_CONNECT_FAILED',
+  'UPSTREAM_RESET',
+  'UPSTREAM_TIMEOUT',
+  'UPSTREAM_NO_ENDPOINTS',
+])
+
+/**
  * A proxy failure, as `exchange()` rejects with it and as `forward()` answers it: a
- * problem+json response whose `code` is this error's code, with status 502, 503 or 504.
+ * problem+json response whose `code` is this error's code, with status 502, 503 or 504 (499
+ * for `ABORTED`). Retryable only for the upstream's own failures (connect, reset, timeout, no
+ * endpoints), never for the proxy's refusals (`BROKEN_CIRCUIT`, `ISOLATED_CIRCUIT`,
+ * `BULKHEAD_FULL`), `DEADLINE_EXCEEDED` or `ABORTED`, as for the policies' errors.
  */
 export class UpstreamError extends BreakwaterError {
   /** The HTTP status the proxy answers with. */
@@ -74,7 +94,7 @@ export class UpstreamError extends BreakwaterError {
   readonly service: string
 
   constructor(code: ErrorCode, status: number, service: string, detail: string) {
-    super(code, detail, { retryable: code !== 'DEADLINE_EXCEEDED' && code !== 'ISOLATED_CIRCUIT' })
+    super(code, detail, { retryable: retryableCodes.has(code) })
     this.status = status
     this.service = service
   }

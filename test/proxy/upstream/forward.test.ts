@@ -1,8 +1,12 @@
 import { createServer, request as httpRequest, type IncomingMessage } from 'node:http'
 import { afterEach, describe, expect, it } from 'vitest'
-import { DEADLINE_HEADER } from '../../../src/index.js'
+import { classifyFailure, DEADLINE_HEADER } from '../../../src/index.js'
 import type { ServiceConfig } from '../../../src/proxy/contracts.js'
-import { createServiceRuntime, type UpstreamService } from '../../../src/proxy/upstream/index.js'
+import {
+  createServiceRuntime,
+  UpstreamError,
+  type UpstreamService,
+} from '../../../src/proxy/upstream/index.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { listenOnLoopback } from '../../support/loopback.js'
 import { type FaultyUpstream, refusedUrl, startFaultyUpstream } from '../support/faulty-upstream.js'
@@ -470,6 +474,47 @@ describe('forward: breaker and bulkhead', () => {
     expect(refused.headers.get('retry-after')).toBe('1')
     up.release()
     expect((await probe).status).toBe(200)
+  })
+
+  it('exchange() rejects with UpstreamError whose retryable flag follows the policies: an open circuit is not retryable', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', status: 502 } })
+    const { service } = await setup(
+      serviceConfig([up.url], {
+        retry: undefined,
+        breaker: { failureThreshold: 1, cooldownMs: 5_000, halfOpenProbes: 1 },
+      }),
+    )
+    // A 502 answer is the upstream's own: exchange() resolves with it.
+    expect((await service.exchange(forwardRequest(), 100)).status).toBe(502)
+    const error = await service.exchange(forwardRequest(), 100).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(UpstreamError)
+    expect(error).toMatchObject({ code: 'BROKEN_CIRCUIT', status: 503, retryable: false })
+    expect(classifyFailure(error)).not.toBe('transient')
+  })
+
+  it('exchange() errors the policies would not retry are not retryable: a full bulkhead, a caller that left', async () => {
+    const up = await upstream({ fallback: { kind: 'hold' } })
+    const { service } = await setup(
+      serviceConfig([up.url], {
+        bulkhead: { maxConcurrent: 1, maxQueue: 0, connectionsPerEndpoint: 1 },
+      }),
+    )
+    const held = service.exchange(forwardRequest(), 100)
+    await up.waitForRequests(1)
+    const full = await service.exchange(forwardRequest(), 100).catch((e: unknown) => e)
+    expect(full).toMatchObject({ code: 'BULKHEAD_FULL', status: 503, retryable: false })
+    up.release()
+    expect((await held).status).toBe(200)
+    const gone = await service
+      .exchange(forwardRequest({ signal: AbortSignal.abort() }), 100)
+      .catch((e: unknown) => e)
+    expect(gone).toMatchObject({ code: 'ABORTED', status: 499, retryable: false })
+    expect((gone as Error).message).toBe('The caller went away before service orders answered.')
+    expect(classifyFailure(gone)).toBe('permanent')
+    // What a later attempt may well get through stays retryable.
+    await service.close()
+    const closed = await service.exchange(forwardRequest(), 100).catch((e: unknown) => e)
+    expect(closed).toMatchObject({ code: 'UPSTREAM_NO_ENDPOINTS', retryable: true })
   })
 
   it('isolate() fails every call with ISOLATED_CIRCUIT until reset()', async () => {
