@@ -11,6 +11,7 @@ import {
   type LogOutput,
   type LogThreshold,
   logThresholds,
+  redactSecrets,
 } from '../observability/index.js'
 import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { AdminServer } from '../proxy/admin/index.js'
@@ -126,7 +127,9 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
     parsed = parseArgs(args)
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
-    stderr.write(`breakwater proxy: ${error.message}\n\n${usage}`)
+    // Redacted as every command's: a message quotes the argument at fault, and a URL with a
+    // password given by mistake (`--db=postgres://app:pw@db/app`) is such an argument.
+    stderr.write(`breakwater proxy: ${redactSecrets(error.message)}\n\n${usage}`)
     return 2
   }
   if (parsed === 'help') {

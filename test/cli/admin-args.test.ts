@@ -4,6 +4,7 @@ import { EventEmitter } from 'node:events'
 import { describe, expect, it } from 'vitest'
 import { migrateCommand } from '../../src/cli/migrate.js'
 import { outboxCommand } from '../../src/cli/outbox.js'
+import { proxyCommand } from '../../src/cli/proxy.js'
 import { relayCommand } from '../../src/cli/relay.js'
 import { sagaCommand } from '../../src/cli/saga.js'
 import { sagaWorkerCommand } from '../../src/cli/saga-worker.js'
@@ -38,9 +39,15 @@ describe('long-running commands: a password in a bad argument', () => {
   const quiet = { stdout: { write: () => {} }, signals: new EventEmitter(), env: {} }
   const relay: CapturedEntry = (args, deps) => relayCommand(args, { ...quiet, ...deps })
   const worker: CapturedEntry = (args, deps) => sagaWorkerCommand(args, { ...quiet, ...deps })
+  const proxy: CapturedEntry = (args, deps) => proxyCommand(args, { ...quiet, ...deps })
   const cases: ReadonlyArray<{ name: string; entry: CapturedEntry; args: string[] }> = [
     { name: 'relay', entry: relay, args: ['--webhook-secret-env', url] },
     { name: 'saga worker', entry: worker, args: ['--module', 'x.js', '--log-level', url] },
+    // The proxy takes no URL: one given by mistake is quoted in the message all the same.
+    { name: 'proxy', entry: proxy, args: ['--config', 'p.yaml', url] },
+    { name: 'proxy', entry: proxy, args: [`--db=${url}`] },
+    { name: 'proxy', entry: proxy, args: ['--config', 'p.yaml', '--workers', url] },
+    { name: 'proxy', entry: proxy, args: ['--config', 'p.yaml', '--log-level', url] },
   ]
   it.each(cases)('$name $args exits 2 without printing it', async ({ name, entry, args }) => {
     const result = await runCaptured(entry, args)
