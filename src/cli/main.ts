@@ -53,8 +53,10 @@ async function main(argv: string[]): Promise<number> {
     return 2
   }
   if (name === '--help' || name === '-h' || name === 'help') {
-    // `help relay` is the relay's usage; ignoring the word would answer another question.
-    if (name === 'help' && rest.length > 0) return runCommand(rest[0]!, ['--help'])
+    // `help relay` is the relay's usage, and `help saga worker` the worker's: ignoring the
+    // words would answer another question.
+    if (name === 'help' && rest.length > 0)
+      return runCommand(rest[0]!, [...rest.slice(1), '--help'])
     process.stdout.write(usage())
     return 0
   }

@@ -25,6 +25,10 @@ describe('breakwater help <command>', () => {
     const relay = await runCli(['help', 'relay'])
     expect(relay.code).toBe(0)
     expect(relay.stdout).toContain('usage: breakwater relay')
+    // A subcommand's own usage: `help saga worker` is the worker's, not saga's.
+    const worker = await runCli(['help', 'saga', 'worker'])
+    expect(worker.code).toBe(0)
+    expect(worker.stdout).toContain('usage: breakwater saga worker')
     const unknown = await runCli(['help', 'relais'])
     expect(unknown.code).toBe(2)
     expect(unknown.stderr).toContain('breakwater: unknown command "relais"')
