@@ -224,6 +224,9 @@ function parseShop(args: readonly string[]): Parsed | string {
       const url = value()
       if (url === undefined || !/^postgres(ql)?:\/\/./.test(url))
         return '--db needs a postgres:// URL (SQLite is the default)'
+      // As the library checks it (src/stores/open.ts): one that does not parse is a bad
+      // argument, not a database that "cannot open" once the shop is loaded.
+      if (!URL.canParse(url)) return `--db needs a valid postgres:// URL, got ${shown(url)}`
       options.db = url
     } else if (flag === '--broker') {
       const url = value()

@@ -38,3 +38,23 @@ describe('breakwater demo: a word named like an Object member', () => {
     expect(stderr).toContain(`breakwater demo: unknown demo "${word}" (known: shop, policies)`)
   })
 })
+
+describe('breakwater demo --db: a postgres:// URL that does not parse', () => {
+  // It passed the scheme check, and failed only at the connection check, as "cannot open"
+  // with exit 1: a bad argument is exit 2, known before anything is loaded or connected to.
+  it.each([['postgres://app:hunter2-pw@127.0.0.1:abc/app'], ['postgres://app:hunter2-pw@[db/app']])(
+    'demo --db %s exits 2 without printing its password',
+    async (url) => {
+      let stderr = ''
+      vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+        stderr += String(chunk)
+        return true
+      })
+      const loadShop = vi.fn(async () => async () => ({ ok: true }))
+      expect(await demoCommand(['--db', url], { loadShop })).toBe(2)
+      expect(stderr).toContain('breakwater demo: --db needs a valid postgres:// URL')
+      expect(stderr).not.toContain('hunter2')
+      expect(loadShop).not.toHaveBeenCalled()
+    },
+  )
+})
