@@ -432,7 +432,7 @@ export interface ForwardOutcome {
   readonly written: boolean
   /** Endpoint of the final attempt, when one was picked. */
   readonly endpoint: string | undefined
-  /** Proxy-generated failure code (e.g. `BREAKER_OPEN`, `BULKHEAD_FULL`, `UPSTREAM_TIMEOUT`). */
+  /** Proxy-generated failure code (e.g. `BROKEN_CIRCUIT`, `BULKHEAD_FULL`, `UPSTREAM_TIMEOUT`). */
   readonly error: string | undefined
   /** The response as sent, when `capture` was requested (bodies over the cap are truncated). */
   readonly captured: CapturedResponse | undefined
@@ -449,7 +449,10 @@ export interface CapturedResponse {
 
 /** Options of one forward. */
 export interface ForwardOptions {
-  /** Also buffer the response as sent (up to this many bytes) and return it in the outcome. */
+  /**
+   * Also buffer the response as sent (up to this many bytes) and return it in the outcome; 0
+   * captures the head with an empty body (truncated when the answer had one).
+   */
   readonly captureBytes?: number
   /**
    * When a request with a non-idempotent method (POST, PATCH, ...) may be retried:

@@ -412,7 +412,7 @@ class UpstreamServiceRuntime implements UpstreamService {
     res: ProxyResponse,
     options?: ForwardOptions,
   ): Promise<ForwardOutcome> {
-    const call = new ForwardCall(this.#core, req, res, options?.captureBytes ?? 0)
+    const call = new ForwardCall(this.#core, req, res, options?.captureBytes ?? -1)
     if (options?.unsafeRetry !== undefined) call.unsafeRetry = options.unsafeRetry
     return call.start()
   }
@@ -622,6 +622,7 @@ class ForwardCall {
   readonly core: Core
   readonly req: ForwardRequest
   readonly res: ProxyResponse | undefined
+  /** Bytes of the body captured for the outcome; negative: no capture. */
   readonly captureMax: number
   readonly startedAt: number
   deadlineAt: number
@@ -836,7 +837,8 @@ class ForwardCall {
       }
     }
     const res = this.res
-    const capture = this.captureMax > 0
+    // A cap of 0 still captures: the head, with an empty body marked truncated when it had one.
+    const capture = this.captureMax >= 0
     let record: Record<string, string | string[]> | undefined
     if (capture) {
       record = emptyHeaderRecord()

@@ -227,6 +227,15 @@ describe('forward: streaming and headers', () => {
     expect(cut.body.toString()).toBe('abcd')
     expect(cut.truncated).toBe(true)
   })
+
+  it('exchange() with a cap of 0 resolves with the head and an empty, truncated body (it rejected a 200 as UPSTREAM_RESET)', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', body: 'abcdefghij' } })
+    const { service } = await setup(serviceConfig([up.url]))
+    const head = await service.exchange(forwardRequest(), 0)
+    expect(head).toMatchObject({ status: 200, truncated: true })
+    expect(head.body.length).toBe(0)
+    expect(head.headers['content-type']).toBe('text/plain')
+  })
 })
 
 describe('forward: failures and retries', () => {
