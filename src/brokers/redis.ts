@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Redis } from 'ioredis'
-import { sleep } from '../core/clock.js'
+import { maxTimerDelayMs, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger } from '../core/validate.js'
 import {
@@ -64,6 +64,17 @@ export interface RedisBrokerOptions extends BrokerCommonOptions {
   /** Longest wait of one blocking XREADGROUP (closing interrupts it at once). @default 5000 */
   readonly blockMs?: number
   /**
+   * How long a Redis command of a subscription (XACK, XCLAIM, XAUTOCLAIM, XPENDING, XGROUP,
+   * ...) or a closing QUIT may wait for its answer before it fails with `BROKER_UNAVAILABLE`
+   * (`... got no answer within N ms (commandTimeoutMs)`) and its connection is dropped; a
+   * subscription then reconnects with backoff. A server that keeps the connection open but
+   * stops answering (paused, frozen, swapping) would otherwise hold acks, claims and `close()`
+   * for good. A blocking XREADGROUP may take `blockMs` longer. `publish()` is bounded by
+   * `publishTimeoutMs` instead.
+   * @default 10000
+   */
+  readonly commandTimeoutMs?: number
+  /**
    * The consumer name of this adapter's subscriptions within their groups. A stable name lets a
    * restarted process take back its own pending messages at once (they are claimed by anyone
    * after `visibilityTimeoutMs` anyway); two live subscriptions must not share one.
@@ -77,6 +88,7 @@ interface ResolvedRedisOptions extends ResolvedCommonOptions {
   readonly visibilityTimeoutMs: number
   readonly claimIntervalMs: number
   readonly blockMs: number
+  readonly commandTimeoutMs: number
   readonly consumerName: string | undefined
 }
 
@@ -96,6 +108,10 @@ const loadRedis = lazyDriver('ioredis', () => import('ioredis'))
  * for redelivery: those of crashed consumers and those whose handler failed (a failed message
  * is marked claimable after `retryDelayMs`). The delivery count comes from Redis's pending
  * entries list.
+ *
+ * Every command waits at most `commandTimeoutMs` for its answer (a blocking read `blockMs`
+ * longer), so a server that keeps the connection but stops answering fails a subscription's
+ * commands with `BROKER_UNAVAILABLE` and it reconnects, instead of hanging.
  *
  * @example
  * ```ts
@@ -144,6 +160,7 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
       Math.max(10, Math.floor(visibilityTimeoutMs / 3)),
     ),
     blockMs: ms('redis.blockMs', options.blockMs, 5_000, 1),
+    commandTimeoutMs: ms('redis.commandTimeoutMs', options.commandTimeoutMs, 10_000, 1),
     consumerName,
   }
 }
@@ -187,6 +204,45 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
     client.disconnect()
     throw redisError(error, `cannot connect to ${where}`)
   }
+}
+
+/**
+ * Waits for `reply`, an answer from `client` to the command `what`, at most `commandTimeoutMs`
+ * (plus `extraMs`, for a command that blocks on purpose) on the adapter's clock. On timeout the
+ * connection is dropped: the answer may still come, and whoever uses the connection reconnects
+ * (ioredis's own `commandTimeout` runs on the system clock and leaves the connection up).
+ */
+function answered<T>(
+  options: ResolvedRedisOptions,
+  client: Redis,
+  what: string,
+  reply: Promise<T>,
+  extraMs = 0,
+): Promise<T> {
+  const limit = Math.min(maxTimerDelayMs, options.commandTimeoutMs + extraMs)
+  return within(reply, options.clock, limit, () => {
+    client.disconnect()
+    return new BrokerError(
+      'BROKER_UNAVAILABLE',
+      'redis',
+      `${what} got no answer within ${limit} ms (commandTimeoutMs)`,
+    )
+  })
+}
+
+/** Sends a command on `client`, bounded by {@link answered}. */
+function command(
+  options: ResolvedRedisOptions,
+  client: Redis,
+  name: string,
+  ...args: Array<string | Buffer>
+): Promise<unknown> {
+  return answered(options, client, name, client.call(name, ...args))
+}
+
+/** Closes `client` with QUIT, bounded by {@link answered}, or drops it. */
+async function quit(options: ResolvedRedisOptions, client: Redis): Promise<void> {
+  await answered(options, client, 'QUIT', client.quit()).catch(() => client.disconnect())
 }
 
 /** Maps a driver error to a {@link BrokerError}. */
@@ -267,7 +323,7 @@ class RedisPublisher implements Publisher {
     const client = this.#client
     this.#client = undefined
     const open = await client?.catch(() => undefined)
-    if (open !== undefined) await open.quit().catch(() => open.disconnect())
+    if (open !== undefined) await quit(this.#options, open)
   }
 
   #connect(): Promise<Redis> {
@@ -438,11 +494,13 @@ class RedisSubscriber implements Subscriber {
     let reader: Redis | undefined
     let readerId: string
     try {
-      await commands.call('XGROUP', 'CREATE', topic, group, '0', 'MKSTREAM').catch((error) => {
-        if (!reasonOf(error).startsWith('BUSYGROUP')) throw error
-      })
+      await command(options, commands, 'XGROUP', 'CREATE', topic, group, '0', 'MKSTREAM').catch(
+        (error) => {
+          if (!reasonOf(error).startsWith('BUSYGROUP')) throw error
+        },
+      )
       reader = await connectRedis(options, 'reader')
-      readerId = String(await reader.call('CLIENT', 'ID'))
+      readerId = String(await command(options, reader, 'CLIENT', 'ID'))
     } catch (error) {
       commands.disconnect()
       reader?.disconnect()
@@ -461,14 +519,16 @@ class RedisSubscriber implements Subscriber {
       // Entry ids are the group's, not the connection's: settle on the live connection.
       const live = state.commands ?? commands
       if (outcome === 'ack') {
-        await live.call('XACK', topic, group, entryId)
+        await command(options, live, 'XACK', topic, group, entryId)
         return
       }
       // Leave it pending but make it look idle for long enough that the claim loop (ours or
       // another consumer's) takes it: after retryDelayMs, or at once on release.
       const delay = outcome === 'retry' ? options.retryDelayMs : 0
       const idle = Math.max(0, options.visibilityTimeoutMs - delay)
-      await live.call(
+      await command(
+        options,
+        live,
         'XCLAIM',
         topic,
         group,
@@ -498,16 +558,21 @@ class RedisSubscriber implements Subscriber {
     const readOwnPending = async (): Promise<void> => {
       let after = '0'
       for (;;) {
-        const reply = (await blocking.callBuffer(
+        const reply = (await answered(
+          options,
+          blocking,
           'XREADGROUP',
-          'GROUP',
-          group,
-          consumer,
-          'COUNT',
-          String(Math.max(16, options.prefetch)),
-          'STREAMS',
-          topic,
-          after,
+          blocking.callBuffer(
+            'XREADGROUP',
+            'GROUP',
+            group,
+            consumer,
+            'COUNT',
+            String(Math.max(16, options.prefetch)),
+            'STREAMS',
+            topic,
+            after,
+          ),
         )) as Array<[Buffer, Entry[]]> | null
         const entries = reply?.[0]?.[1] ?? []
         if (entries.length === 0) return
@@ -517,7 +582,7 @@ class RedisSubscriber implements Subscriber {
           const entryId = id.toString('latin1')
           if (fields !== null) deliver(entryId, fields, counts.get(entryId) ?? 2)
           // A pending entry trimmed from the stream: nothing left to deliver.
-          else await commands.call('XACK', topic, group, entryId)
+          else await command(options, commands, 'XACK', topic, group, entryId)
         }
         after = ids[ids.length - 1]!
       }
@@ -528,18 +593,25 @@ class RedisSubscriber implements Subscriber {
       while (!stopping && receiving) {
         await dispatcher.whenRoom()
         if (stopping || !receiving) return
-        const reply = (await blocking.callBuffer(
+        const reply = (await answered(
+          options,
+          blocking,
           'XREADGROUP',
-          'GROUP',
-          group,
-          consumer,
-          'COUNT',
-          String(dispatcher.room),
-          'BLOCK',
-          String(options.blockMs),
-          'STREAMS',
-          topic,
-          '>',
+          blocking.callBuffer(
+            'XREADGROUP',
+            'GROUP',
+            group,
+            consumer,
+            'COUNT',
+            String(dispatcher.room),
+            'BLOCK',
+            String(options.blockMs),
+            'STREAMS',
+            topic,
+            '>',
+          ),
+          // Redis answers a read that found nothing after blockMs.
+          options.blockMs,
         )) as Array<[Buffer, Entry[]]> | null
         for (const [, entries] of reply ?? []) {
           for (const [id, fields] of entries) {
@@ -559,21 +631,26 @@ class RedisSubscriber implements Subscriber {
         }
         // Keep what we hold from being claimed by others while it waits or runs.
         if (held.size > 0) {
-          await commands.call('XCLAIM', topic, group, consumer, '0', ...held, 'JUSTID')
+          await command(options, commands, 'XCLAIM', topic, group, consumer, '0', ...held, 'JUSTID')
         }
         // Claim even when full while a key awaits a handed-back entry, or that key could wait
         // for good; an entry claimed beyond the capacity is handed back again.
         const room = Math.max(dispatcher.room, Math.min(dispatcher.awaited, options.prefetch))
         if (room === 0 || stopping || !receiving) continue
-        const reply = (await commands.callBuffer(
+        const reply = (await answered(
+          options,
+          commands,
           'XAUTOCLAIM',
-          topic,
-          group,
-          consumer,
-          String(options.visibilityTimeoutMs),
-          cursor,
-          'COUNT',
-          String(room),
+          commands.callBuffer(
+            'XAUTOCLAIM',
+            topic,
+            group,
+            consumer,
+            String(options.visibilityTimeoutMs),
+            cursor,
+            'COUNT',
+            String(room),
+          ),
         )) as [Buffer, Array<Entry | null>, Buffer[]?]
         cursor = reply[0].toString('latin1')
         const claimed: Array<[string, Buffer[]]> = []
@@ -584,7 +661,7 @@ class RedisSubscriber implements Subscriber {
         }
         // Entries trimmed away while pending: nothing left to deliver, drop them from the PEL.
         const deleted = (reply[2] ?? []).map((id) => id.toString('latin1'))
-        if (deleted.length > 0) await commands.call('XACK', topic, group, ...deleted)
+        if (deleted.length > 0) await command(options, commands, 'XACK', topic, group, ...deleted)
         if (claimed.length === 0 || stopping) continue
         const counts = await deliveryCounts(claimed.map(([id]) => id))
         for (const [id, fields] of claimed) deliver(id, fields, counts.get(id) ?? 2)
@@ -593,7 +670,9 @@ class RedisSubscriber implements Subscriber {
 
     const deliveryCounts = async (ids: string[]): Promise<Map<string, number>> => {
       const counts = new Map<string, number>()
-      const rows = (await commands.call(
+      const rows = (await command(
+        options,
+        commands,
         'XPENDING',
         topic,
         group,
@@ -631,7 +710,7 @@ class RedisSubscriber implements Subscriber {
       stoppingReceipt ??= (async () => {
         receiving = false
         // Wake the blocked XREADGROUP now instead of after blockMs.
-        await commands.call('CLIENT', 'UNBLOCK', readerId).catch(() => {})
+        await command(options, commands, 'CLIENT', 'UNBLOCK', readerId).catch(() => {})
         await reading.catch(() => {})
       })()
       return stoppingReceipt
@@ -654,16 +733,15 @@ class RedisSubscriber implements Subscriber {
           if (state.commands === commands) state.commands = undefined
           // Forget this consumer when it holds nothing, so groups do not collect dead names.
           // (XGROUP DELCONSUMER would drop the pending entries of a consumer that has some.)
-          await commands
-            .call('XPENDING', topic, group, '-', '+', '1', consumer)
+          await command(options, commands, 'XPENDING', topic, group, '-', '+', '1', consumer)
             .then(async (rows) => {
               if (Array.isArray(rows) && rows.length === 0) {
-                await commands.call('XGROUP', 'DELCONSUMER', topic, group, consumer)
+                await command(options, commands, 'XGROUP', 'DELCONSUMER', topic, group, consumer)
               }
             })
             .catch(() => {})
-          await blocking.quit().catch(() => blocking.disconnect())
-          await commands.quit().catch(() => commands.disconnect())
+          await quit(options, blocking)
+          await quit(options, commands)
         })()
         return closing
       },

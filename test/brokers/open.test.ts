@@ -112,6 +112,10 @@ describe('adapter options', () => {
         'redis.consumerName',
       ],
       [
+        () => createRedisBroker({ url: 'redis://127.0.0.1', commandTimeoutMs: 0 }),
+        'redis.commandTimeoutMs',
+      ],
+      [
         () =>
           createRedisBroker({
             url: 'redis://127.0.0.1',

@@ -1,8 +1,9 @@
 import { afterAll, describe, expect, it } from 'vitest'
-import { createRedisBroker } from '../../src/brokers/index.js'
+import { createRedisBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { startPrivateBroker, stopOwnBrokers } from '../support/brokers.js'
+import { until } from '../support/until.js'
 import { describeBrokerConformance } from './conformance.js'
 
 // Only stops a server this file started itself (when no global setup provided one).
@@ -25,7 +26,70 @@ async function drive<T>(clock: ManualClock, work: Promise<T>): Promise<T> {
   return result
 }
 
+/**
+ * Advances the clock to each pending timer, letting real I/O run between, until `done()`. Gives
+ * up after 30 s of real time so a hang fails the test with `what` instead of its timeout.
+ */
+async function driveUntil(clock: ManualClock, done: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 30_000
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`still waiting for ${what}`)
+    const next = clock.nextTimerAt()
+    if (next !== undefined) await clock.advance(next - clock.now())
+    await new Promise((resolve) => setTimeout(resolve, 1))
+  }
+}
+
 describe('redis specifics', () => {
+  it('fails a command a connected server stops answering after commandTimeoutMs (coded), and closes instead of hanging', async () => {
+    const server = await startPrivateBroker('redis')
+    let frozen = false
+    try {
+      const clock = new ManualClock(1_000)
+      const errors: SubscriberErrorEvent[] = []
+      const broker = createRedisBroker({
+        url: server.url,
+        clock,
+        connectTimeoutMs: 2_000,
+        commandTimeoutMs: 200,
+        onError: (event) => errors.push(event),
+      })
+      let release!: () => void
+      const gate = new Promise<void>((resolve) => {
+        release = resolve
+      })
+      const handled: string[] = []
+      // The clock stands still while the server answers: no timer of it matters yet.
+      await broker.subscriber.subscribe('frozen', 'g', async (m) => {
+        handled.push(m.id)
+        await gate
+      })
+      await broker.publisher.publish([
+        { id: 'a', topic: 'frozen', key: 'k', payload: 'x', headers: {} },
+      ])
+      await until(() => handled.length > 0, 'the message to reach the handler')
+      // The server keeps its connections open but answers nothing from now on.
+      process.kill(server.pid, 'SIGSTOP')
+      frozen = true
+      release()
+      const isTimeout = (e: SubscriberErrorEvent): boolean =>
+        e.phase === 'settle' && BreakwaterError.is(e.error) && /XACK/.test(e.error.message)
+      await driveUntil(clock, () => errors.some(isTimeout), 'the unanswered XACK to fail')
+      const error = errors.find(isTimeout)!.error as BreakwaterError
+      expect(error.code).toBe('BROKER_UNAVAILABLE')
+      expect(error.message).toMatch(/no answer within 200 ms \(commandTimeoutMs\)/)
+      // Closing sends QUIT (and more) to a server that does not answer: bounded as well.
+      let closed = false
+      void broker.close().then(() => {
+        closed = true
+      })
+      await driveUntil(clock, () => closed, 'close() on the frozen server')
+    } finally {
+      if (frozen) process.kill(server.pid, 'SIGCONT')
+      await server.stop()
+    }
+  })
+
   it('fails a connect the server accepts but never answers after connectTimeoutMs, instead of hanging', async () => {
     // A frozen server: the kernel still accepts connections, nothing answers the handshake.
     const server = await startPrivateBroker('redis')
