@@ -176,6 +176,7 @@ export async function sagaCommand(args: string[], deps: SagaCommandDeps = {}): P
     return sagaWorkerCommand(args.slice(1), {
       ...(deps.stdout === undefined ? {} : { stdout: deps.stdout }),
       ...(deps.stderr === undefined ? {} : { stderr: deps.stderr }),
+      ...(deps.env === undefined ? {} : { env: deps.env }),
     })
   }
   return runDatabaseCommand(

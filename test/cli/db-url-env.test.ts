@@ -23,7 +23,9 @@ type Env = Readonly<Record<string, string | undefined>>
 const quiet = { stdout: { write: () => {} }, signals: new EventEmitter() }
 
 /** The commands that take `--db`, each with the arguments of a read-only run, given `env`. */
-function commands(env: Env): ReadonlyArray<{ name: string; entry: CapturedEntry; args: string[] }> {
+function commands(
+  env: Env,
+): ReadonlyArray<{ name: string; label?: string; entry: CapturedEntry; args: string[] }> {
   return [
     {
       name: 'outbox',
@@ -45,6 +47,12 @@ function commands(env: Env): ReadonlyArray<{ name: string; entry: CapturedEntry;
       name: 'saga worker',
       entry: (args, deps) => sagaWorkerCommand(args, { ...quiet, ...deps, env }),
       args: ['--module', 'x.js'],
+    }, // `breakwater saga worker` as main.ts runs it: through `saga`, which passes env on.
+    {
+      name: 'saga worker',
+      label: 'saga worker (through saga)',
+      entry: (args, deps) => sagaCommand(args, { ...deps, env }),
+      args: ['worker', '--module', 'x.js'],
     },
   ]
 }
@@ -75,29 +83,37 @@ afterAll(() => {
   file.cleanup()
 })
 
+const labels = (list: ReturnType<typeof commands>) => list.map((c) => c.label ?? c.name)
+
+/** The command `label` names (its name, unless two run the same command). */
+function pick<C extends { name: string; label?: string }>(list: readonly C[], label: string): C {
+  return list.find((c) => (c.label ?? c.name) === label)!
+}
+
 const oneOff = (env: Env) => commands(env).filter((c) => !['relay', 'saga worker'].includes(c.name))
 
 describe('BREAKWATER_DB_URL stands in for --db', () => {
-  it.each(oneOff({}).map((c) => c.name))('%s uses it when --db is not given', async (name) => {
-    const command = oneOff({ BREAKWATER_DB_URL: file.url }).find((c) => c.name === name)!
+  it.each(labels(oneOff({})))('%s uses it when --db is not given', async (label) => {
+    const command = pick(oneOff({ BREAKWATER_DB_URL: file.url }), label)
     const result = await runCaptured(command.entry, command.args)
     expect(result.stderr).toBe('')
     expect(result.code).toBe(0)
     expect(existsSync(join(folder, '.breakwater'))).toBe(false)
   })
 
-  it.each(oneOff({}).map((c) => c.name))('%s: --db wins over it', async (name) => {
-    const command = oneOff({ BREAKWATER_DB_URL: 'mysql://db/app' }).find((c) => c.name === name)!
+  it.each(labels(oneOff({})))('%s: --db wins over it', async (label) => {
+    const command = pick(oneOff({ BREAKWATER_DB_URL: 'mysql://db/app' }), label)
     const result = await runCaptured(command.entry, [...command.args, '--db', file.url])
     expect(result.stderr).toBe('')
     expect(result.code).toBe(0)
   })
 
-  it.each(commands({}).map((c) => c.name))(
+  it.each(labels(commands({})))(
     '%s: a malformed one is a bad argument naming it, its password hidden',
-    async (name) => {
+    async (label) => {
       const env = { BREAKWATER_DB_URL: 'mysql://app:hunter2-pw@db/app' }
-      const command = commands(env).find((c) => c.name === name)!
+      const command = pick(commands(env), label)
+      const { name } = command
       const result = await runCaptured(command.entry, command.args)
       expect(result.code).toBe(2)
       expect(result.stderr).toContain(
@@ -108,20 +124,16 @@ describe('BREAKWATER_DB_URL stands in for --db', () => {
     },
   )
 
-  it.each(commands({}).map((c) => c.name))(
-    '%s: an in-memory one is refused naming it',
-    async (name) => {
-      const command = commands({ BREAKWATER_DB_URL: 'sqlite::memory:' }).find(
-        (c) => c.name === name,
-      )!
-      const result = await runCaptured(command.entry, command.args)
-      expect(result.code).toBe(2)
-      expect(result.stderr).toContain(`breakwater ${name}: BREAKWATER_DB_URL: an in-memory`)
-    },
-  )
+  it.each(labels(commands({})))('%s: an in-memory one is refused naming it', async (label) => {
+    const command = pick(commands({ BREAKWATER_DB_URL: 'sqlite::memory:' }), label)
+    const { name } = command
+    const result = await runCaptured(command.entry, command.args)
+    expect(result.code).toBe(2)
+    expect(result.stderr).toContain(`breakwater ${name}: BREAKWATER_DB_URL: an in-memory`)
+  })
 
-  it.each(commands({}).map((c) => c.name))('%s --help names it', async (name) => {
-    const command = commands({}).find((c) => c.name === name)!
+  it.each(labels(commands({})))('%s --help names it', async (label) => {
+    const command = pick(commands({}), label)
     const result = await runCaptured(command.entry, [...command.args, '--help'])
     expect(result.code).toBe(0)
     expect(result.stdout).toContain('BREAKWATER_DB_URL')
@@ -129,30 +141,29 @@ describe('BREAKWATER_DB_URL stands in for --db', () => {
 })
 
 describe('a malformed --db', () => {
-  it.each(commands({}).map((c) => c.name))(
-    '%s lists only the URLs the CLI accepts',
-    async (name) => {
-      const command = commands({}).find((c) => c.name === name)!
-      for (const [bad, expected] of [
-        ['mysql://app:hunter2-pw@db/app', 'sqlite:<file> or postgres://'],
-        ['sqlite:', 'sqlite:<file> or postgres://'],
-        // A postgres:// URL that does not parse is told as such.
-        ['postgres://app:hunter2-pw@[db/app', 'a valid postgres:// URL'],
-      ]) {
-        const result = await runCaptured(command.entry, [...command.args, '--db', bad!])
-        expect(result.code).toBe(2)
-        expect(result.stderr).toContain(`breakwater ${name}: --db: expected ${expected}`)
-        // An in-memory database is refused by every command: the message must not offer it.
-        expect(result.stderr).not.toContain(':memory:')
-        expect(result.stderr).not.toContain('hunter2')
-      }
-    },
-  )
+  it.each(labels(commands({})))('%s lists only the URLs the CLI accepts', async (label) => {
+    const command = pick(commands({}), label)
+    const { name } = command
+    for (const [bad, expected] of [
+      ['mysql://app:hunter2-pw@db/app', 'sqlite:<file> or postgres://'],
+      ['sqlite:', 'sqlite:<file> or postgres://'],
+      // A postgres:// URL that does not parse is told as such.
+      ['postgres://app:hunter2-pw@[db/app', 'a valid postgres:// URL'],
+    ]) {
+      const result = await runCaptured(command.entry, [...command.args, '--db', bad!])
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain(`breakwater ${name}: --db: expected ${expected}`)
+      // An in-memory database is refused by every command: the message must not offer it.
+      expect(result.stderr).not.toContain(':memory:')
+      expect(result.stderr).not.toContain('hunter2')
+    }
+  })
 
-  it.each(commands({}).map((c) => c.name))(
+  it.each(labels(commands({})))(
     '%s refuses every spelling of an in-memory database',
-    async (name) => {
-      const command = commands({}).find((c) => c.name === name)!
+    async (label) => {
+      const command = pick(commands({}), label)
+      const { name } = command
       // `sqlite://:memory:` names the same in-memory database (the `//` is dropped).
       for (const memory of ['sqlite::memory:', 'SQLITE::memory:', 'sqlite://:memory:']) {
         const result = await runCaptured(command.entry, [...command.args, '--db', memory])
