@@ -51,8 +51,9 @@ export interface DatabaseCommand<P extends { readonly url: string }> {
 
 /**
  * Runs `command` with `args`. Resolves to the exit code: 0 on success, 2 for bad arguments or a
- * malformed or in-memory `--db` (or `BREAKWATER_DB_URL`), 1 when the database cannot be opened or the command fails (with a hint to
- * run `breakwater migrate` when its tables are missing). Messages never show a URL's password.
+ * malformed or in-memory `--db` (or `BREAKWATER_DB_URL`), 1 when the database cannot be opened
+ * or the command fails (with a hint to run `breakwater migrate` when its tables are missing).
+ * Messages never show a URL's password.
  *
  * @example
  * ```ts
