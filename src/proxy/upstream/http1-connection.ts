@@ -32,7 +32,12 @@ export class PendingRequest {
   readonly abort = (reason?: Error): void => {
     const conn = this.conn
     if (conn === undefined || conn.req !== this) return
-    conn.failRequest(reason ?? new Http1PoolError('UND_ERR_ABORTED', 'Request aborted'))
+    // From its own onConnect (a request given up on while it waited in the queue) nothing of
+    // it has been written: the socket is as good as before and serves the next request.
+    conn.failRequest(
+      reason ?? new Http1PoolError('UND_ERR_ABORTED', 'Request aborted'),
+      conn.inOnConnect,
+    )
   }
 
   readonly resume = (): void => {
@@ -63,6 +68,8 @@ export class Connection extends ResponseParser {
   /** Idle lifetime after the last response (the pool's, or the server's hint when lower). */
   idleMs: number
   connectTimer: TimerHandle | undefined
+  /** True while the current request's onConnect runs: nothing of it is written yet. */
+  inOnConnect = false
 
   // Flow control: the handler paused the response (see Http1Handler.onHeaders and onData).
   override paused = false
@@ -191,8 +198,12 @@ export class Connection extends ResponseParser {
     if (req !== undefined) req.handler.onError(error)
   }
 
-  /** Starts `req` on this connected, free socket: onConnect, then the one write. */
-  assign(req: PendingRequest): void {
+  /**
+   * Starts `req` on this connected, free socket: onConnect, then the one write. False when
+   * the request was aborted in its onConnect: nothing was written and the socket, unless dead,
+   * is free again for the caller to hand on (see Core.usable).
+   */
+  assign(req: PendingRequest): boolean {
     this.req = req
     req.conn = this
     this.core.busy++
@@ -202,12 +213,14 @@ export class Connection extends ResponseParser {
     }
     this.resetHead()
     this.isHead = req.isHead
+    this.inOnConnect = true
     try {
       req.handler.onConnect(req.abort)
     } catch (error) {
       req.abort(error as Error)
     }
-    if (this.req !== req) return // aborted in onConnect: nothing was written
+    this.inOnConnect = false
+    if (this.req !== req) return false // aborted in onConnect: nothing was written
     const body = req.body
     const socket = this.socket
     if (body === null || body.length === 0) socket.write(req.head, 'latin1')
@@ -223,6 +236,7 @@ export class Connection extends ResponseParser {
       socket.write(body)
       socket.uncork()
     }
+    return true
   }
 
   /** Ends the current request on this socket (its callbacks stop reaching the handler). */
@@ -234,11 +248,14 @@ export class Connection extends ResponseParser {
     return req
   }
 
-  /** Fails the current request: the socket is destroyed first, so the slot is free in onError. */
-  override failRequest(error: Error): void {
+  /**
+   * Fails the current request: the socket is destroyed first, so the slot is free in onError;
+   * `keepSocket` (an abort in onConnect, before any write) leaves it to `assign`'s caller.
+   */
+  override failRequest(error: Error, keepSocket = false): void {
     if (this.req === undefined) return
     const req = this.detach()
-    this.kill()
+    if (!keepSocket) this.kill()
     req.handler.onError(error)
   }
 

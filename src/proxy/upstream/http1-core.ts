@@ -77,7 +77,7 @@ export class Core {
     const conn = this.idle.pop()
     if (conn !== undefined) {
       conn.isIdle = false
-      conn.assign(req)
+      if (!conn.assign(req) && !conn.dead) this.usable(conn)
       return
     }
     this.enqueue(req)
@@ -113,11 +113,16 @@ export class Core {
     }
   }
 
-  /** A socket that just connected or finished a response: it serves the queue or goes idle. */
+  /**
+   * A socket that just connected or finished a response: it serves the queue or goes idle.
+   * Requests aborted in their onConnect (given up on while queued) left it unwritten, so it
+   * goes on down the queue rather than being destroyed for each of them (a loop, not
+   * recursion: the queue may hold many such requests).
+   */
   usable(conn: Connection): void {
-    const req = this.shift()
-    if (req !== undefined) conn.assign(req)
-    else this.goIdle(conn)
+    for (let req = this.shift(); req !== undefined; req = this.shift())
+      if (conn.assign(req) || conn.dead) return
+    this.goIdle(conn)
   }
 
   goIdle(conn: Connection): void {

@@ -945,6 +945,33 @@ describe('Http1Pool handler control', () => {
     expect(up.heads.map((h) => h.split(' ')[1])).toEqual(['/yes'])
   })
 
+  it('keeps the socket of a queued request aborted in onConnect (nothing was written) for the next one', async () => {
+    const held: ServerResponse[] = []
+    const up = await httpUpstream((req, res) => {
+      if (req.url === '/held') held.push(res)
+      else res.end(req.url)
+    })
+    const pool = newPool(up.url, { connections: 1 })
+    const first = send(pool, get('/held'))
+    await eventually(() => held.length === 1)
+    // Two requests given up on while they waited for the socket (their attempt timed out),
+    // then one still wanted.
+    const reason = new Error('gave up while queued')
+    const abandoned = [0, 1].map(() => {
+      const rec = recorder({ onConnect: (abort) => abort(reason) })
+      pool.dispatch(get('/abandoned'), rec.handler)
+      return rec.outcome
+    })
+    const next = send(pool, get('/next'))
+    held[0]?.end('held')
+    expect((await first).body.toString()).toBe('held')
+    for (const outcome of await Promise.all(abandoned)) expect(outcome.error).toBe(reason)
+    expect((await next).body.toString()).toBe('/next')
+    expect(up.seen.map((s) => s.line)).toEqual(['GET /held', 'GET /next'])
+    expect(up.sockets).toHaveLength(1)
+    expect(pool.connected).toBe(1)
+  })
+
   it('ignores a stale abort or resume from an earlier request on the same socket', async () => {
     const up = await rawUpstream((socket) =>
       socket.write('HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc'),
