@@ -7,6 +7,7 @@ import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import type { SqlDriver } from '../stores/index.js'
 import { openExistingDatabase } from './existing-database.js'
+import { migrateCommandFor } from './process-support.js'
 import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /** Where a command writes (process.stdout / process.stderr by default). */
@@ -67,6 +68,7 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
 ): Promise<number> {
   const out = deps.stdout ?? process.stdout
   const err = deps.stderr ?? process.stderr
+  const env = deps.env ?? process.env
   const prefix = `breakwater ${command.name}:`
   if (wantsHelp(args)) {
     out.write(command.usage)
@@ -74,7 +76,7 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
   }
   let parsed: P
   try {
-    parsed = command.parse(args, deps.env ?? process.env)
+    parsed = command.parse(args, env)
   } catch (error) {
     if (!(error instanceof UsageError)) throw error
     // Redacted here, once, for every parser: a message quotes the argument at fault, and a
@@ -103,7 +105,7 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
     }
     const message = messageOf(error)
     const hint = /no such table|does not exist/.test(message)
-      ? ` (run \`breakwater migrate --db ${url}\` first)`
+      ? ` (run ${migrateCommandFor(parsed.url, env)} first)`
       : ''
     err.write(`${prefix} ${redactSecrets(message)}${hint}\n`)
     return 1

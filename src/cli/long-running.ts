@@ -88,30 +88,38 @@ export async function openServiceDatabase(
   return db
 }
 
-/** Throws a StartupError unless `capability`'s migrations were applied to `db` (at `url`). */
+/**
+ * Throws a StartupError unless `capability`'s migrations were applied to `db` (at `url`); `env`
+ * holds the `BREAKWATER_DB_URL` the hint to migrate may name.
+ */
 export async function requireMigrations(
   db: SqlDriver,
   url: string,
   capability: string,
   migrations: readonly Migration[],
+  env: Readonly<Record<string, string | undefined>> = {},
 ): Promise<void> {
   try {
-    await checkMigrated(db, capability, migrations, url)
+    await checkMigrated(db, capability, migrations, url, env)
   } catch (error) {
     if (error instanceof StartupError) throw error
     throw new StartupError(`cannot read ${redactSecrets(url)}: ${messageOf(error)}`)
   }
 }
 
-/** Opens the database at `url` and checks that `capability`'s migrations were applied. */
+/**
+ * Opens the database at `url` and checks that `capability`'s migrations were applied (`env` as
+ * for {@link requireMigrations}).
+ */
 export async function openMigratedDatabase(
   resources: ServiceResources,
   url: string,
   capability: string,
   migrations: readonly Migration[],
+  env: Readonly<Record<string, string | undefined>> = {},
 ): Promise<SqlDriver> {
   const db = await openServiceDatabase(resources, url)
-  await requireMigrations(db, url, capability, migrations)
+  await requireMigrations(db, url, capability, migrations, env)
   return db
 }
 

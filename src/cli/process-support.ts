@@ -89,12 +89,31 @@ export function databaseUrl(
   return value
 }
 
-/** Throws a StartupError naming the migrations of `capability` that `db` lacks. */
+/**
+ * The command a hint gives to migrate the database at `url`: `breakwater migrate` alone when
+ * `url` is `BREAKWATER_DB_URL`'s (migrate reads it too; the URL with its password hidden would
+ * be a command that does not work, and putting the password back in argv is what the variable
+ * avoids), else `breakwater migrate --db <url>` with its password hidden.
+ */
+export function migrateCommandFor(
+  url: string,
+  env: Readonly<Record<string, string | undefined>>,
+): string {
+  return url === env.BREAKWATER_DB_URL
+    ? '`breakwater migrate`'
+    : `\`breakwater migrate --db ${redactSecrets(url)}\``
+}
+
+/**
+ * Throws a StartupError naming the migrations of `capability` that `db` lacks; `env` is where
+ * the hint looks for `BREAKWATER_DB_URL` (see {@link migrateCommandFor}).
+ */
 export async function checkMigrated(
   db: SqlDriver,
   capability: string,
   migrations: readonly Migration[],
   url: string,
+  env: Readonly<Record<string, string | undefined>> = {},
 ): Promise<void> {
   const applied = new Set(
     (await listAppliedMigrations(db))
@@ -104,7 +123,7 @@ export async function checkMigrated(
   const missing = migrations.filter((m) => !applied.has(m.version))
   if (missing.length > 0)
     throw new StartupError(
-      `${redactSecrets(url)} lacks the ${capability} migrations (${missing.map((m) => m.version).join(', ')}): run \`breakwater migrate --db ${redactSecrets(url)}\` first`,
+      `${redactSecrets(url)} lacks the ${capability} migrations (${missing.map((m) => m.version).join(', ')}): run ${migrateCommandFor(url, env)} first`,
     )
 }
 

@@ -527,7 +527,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
     drainTimeoutMs: parsed.drainTimeoutMs,
     drainMessage: 'stopping: finishing the batch in hand',
     async start(resources) {
-      const db = await openMigratedDatabase(resources, parsed.db, 'outbox', outboxMigrations)
+      const db = await openMigratedDatabase(resources, parsed.db, 'outbox', outboxMigrations, env)
       let publisher: Publisher
       const broker = parsed.broker
       if (broker.kind === 'sql') {
@@ -545,7 +545,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
           resources.add('queue database', () => opened.close())
         }
         // Both databases answered when opened (openExistingDatabase runs a statement).
-        await requireMigrations(queueDb, broker.url ?? parsed.db, 'queue', sqlQueueMigrations)
+        await requireMigrations(queueDb, broker.url ?? parsed.db, 'queue', sqlQueueMigrations, env)
         const queue = createSqlQueue(queueDb)
         resources.add('SQL queue', () => queue.close())
         publisher = queue.publisher

@@ -295,7 +295,7 @@ export async function sagaWorkerCommand(
         ...(parsed.workerId === undefined ? {} : { workerId: parsed.workerId }),
         ...(faults === undefined ? {} : { faults }),
       })
-      await requireMigrations(db, parsed.db, 'saga', sagaMigrations)
+      await requireMigrations(db, parsed.db, 'saga', sagaMigrations, env)
       logWorkerEvents(worker, log)
       const registry = workerMetrics(worker, db, log)
       try {
