@@ -13,6 +13,11 @@ function describeSource(source: SecretSource): string {
   return 'env' in source ? `env ${source.env}` : `file ${source.file}`
 }
 
+// What a header value cannot hold (the rule of node:http's own check): a credential with a line
+// break or another control character inside would be refused by the pool at every request, which
+// reads as the service failing to connect (retried, counted by the breaker, ejecting endpoints).
+const notInHeaderValue = /[^\t\x20-\x7e\x80-\xff]/
+
 function readOptional(path: string): Buffer | undefined {
   try {
     return readFileSync(path)
@@ -32,22 +37,33 @@ export class OutboundAuth {
   constructor(config: OutboundAuthConfig, logger: Logger, service: string) {
     const source = config.kind === 'bearer' ? config.token : config.key
     this.header = config.kind === 'bearer' ? 'authorization' : config.header.toLowerCase()
-    const render = (secret: string): string | undefined => {
+    // Undefined for an empty secret, null for one no header can carry (warned about here).
+    const render = (secret: string): string | undefined | null => {
       const trimmed = secret.trim()
       if (trimmed === '') return undefined
+      if (notInHeaderValue.test(trimmed)) {
+        logger.warn(
+          'upstream credential unusable: it holds a line break or control character no header value can carry; requests go without it',
+          { service, source: describeSource(source) },
+        )
+        return null
+      }
       return config.kind === 'bearer' ? `Bearer ${trimmed}` : trimmed
     }
+    let value: string | undefined | null
     if ('env' in source) {
-      this.value = render(process.env[source.env] ?? '')
+      value = render(process.env[source.env] ?? '')
     } else {
       const initial = readOptional(source.file)
-      this.value = initial === undefined ? undefined : render(initial.toString('utf8'))
+      value = initial === undefined ? undefined : render(initial.toString('utf8'))
       this.#watch = watchFileContent(
         source.file,
         initial,
         (content) => {
-          this.value = render(content.toString('utf8'))
-          logger.info('upstream credential reloaded', { service, source: describeSource(source) })
+          const next = render(content.toString('utf8'))
+          this.value = next ?? undefined
+          if (next !== null)
+            logger.info('upstream credential reloaded', { service, source: describeSource(source) })
         },
         (error) =>
           logger.warn('upstream credential file unreadable', {
@@ -57,7 +73,8 @@ export class OutboundAuth {
           }),
       )
     }
-    if (this.value === undefined)
+    this.value = value ?? undefined
+    if (value === undefined)
       logger.warn('upstream credential missing; requests go without it', {
         service,
         source: describeSource(source),

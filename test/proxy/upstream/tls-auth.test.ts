@@ -239,6 +239,35 @@ describe('outbound credentials', () => {
     expect(JSON.stringify(service.state())).not.toContain('s3cret')
   })
 
+  it('treats a secret a header cannot carry (a line break inside) as missing, not as a connect failure of the service', async () => {
+    const up = await startFaultyUpstream()
+    cleanups.push(() => up.close())
+    const keyFile = join(certs.dir, 'api-key-two-lines')
+    writeFileSync(keyFile, 'line-one-s3cret\nline-two-s3cret\n')
+    const { service, deps } = start(
+      serviceConfig([up.url], {
+        auth: { kind: 'api-key', header: 'X-Api-Key', key: { file: keyFile } },
+        breaker: { failureThreshold: 1, cooldownMs: 60_000, halfOpenProbes: 1 },
+      }),
+    )
+    expect(deps.logs.some((l) => l.includes('upstream credential unusable'))).toBe(true)
+    expect((await service.exchange(forwardRequest(), 10)).status).toBe(200)
+    expect(up.requests[0]!.headers['x-api-key']).toBeUndefined()
+    expect(service.state().breaker).toBe('closed')
+    // A reload to such a value does the same; a good one is used again.
+    writeFileSync(keyFile, 'good-s3cret\n')
+    await eventually(() => deps.logs.some((l) => l.includes('upstream credential reloaded')))
+    await service.exchange(forwardRequest(), 10)
+    expect(up.requests[1]!.headers['x-api-key']).toBe('good-s3cret')
+    writeFileSync(keyFile, 'bad\u0000-s3cret')
+    await eventually(
+      () => deps.logs.filter((l) => l.includes('upstream credential unusable')).length === 2,
+    )
+    expect((await service.exchange(forwardRequest(), 10)).status).toBe(200)
+    expect(up.requests[2]!.headers['x-api-key']).toBeUndefined()
+    expect(deps.logs.join('')).not.toContain('s3cret')
+  })
+
   it('warns (naming the source, not a value) when the secret is missing, and sends no header', async () => {
     const up = await startFaultyUpstream()
     cleanups.push(() => up.close())
