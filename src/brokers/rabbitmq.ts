@@ -234,44 +234,62 @@ class RabbitPublisher implements Publisher {
   ): Promise<void> {
     const options = this.#options
     const confirms: Array<Promise<void>> = []
-    try {
-      for (const message of messages) {
-        let written = true
-        confirms.push(
-          new Promise<void>((resolve, reject) => {
-            written = channel.publish(
-              options.exchange,
-              message.topic,
-              payloadBuffer(message.payload),
-              {
-                persistent: true,
-                mandatory: options.mandatory,
-                messageId: message.id,
-                headers: { ...message.headers, [KEY_HEADER]: message.key },
-              },
-              (error: unknown) => (error == null ? resolve() : reject(error)),
-            )
-          }),
-        )
-        if (!written) await drained(channel)
-      }
-    } catch (error) {
-      // A publish that throws (channel closed, frame too large) leaves the channel suspect.
-      this.#forget(connection, true)
-      await Promise.allSettled(confirms)
-      throw rabbitError(error, 'publish failed')
-    }
-    const results = await within(
-      Promise.allSettled(confirms),
-      options.clock,
-      options.publishTimeoutMs,
-      () => {
-        // Confirms that never came may still come; this channel's state is unknown.
+    // Set once publish() stopped waiting (deadline, abort): the rest of the batch is not sent.
+    let givenUp = false
+    // The deadline covers writing as well as confirms: a server that stops reading (frozen, or
+    // blocked by a resource alarm) fills the socket and the channel's buffer, and the wait for
+    // 'drain' would otherwise outlast publishTimeoutMs and the caller's signal.
+    const sending = (async (): Promise<Array<PromiseSettledResult<void>>> => {
+      try {
+        for (const message of messages) {
+          if (givenUp) break
+          let written = true
+          confirms.push(
+            new Promise<void>((resolve, reject) => {
+              written = channel.publish(
+                options.exchange,
+                message.topic,
+                payloadBuffer(message.payload),
+                {
+                  persistent: true,
+                  mandatory: options.mandatory,
+                  messageId: message.id,
+                  headers: { ...message.headers, [KEY_HEADER]: message.key },
+                },
+                (error: unknown) => (error == null ? resolve() : reject(error)),
+              )
+            }),
+          )
+          if (!written) await drained(channel)
+        }
+      } catch (error) {
+        // A publish that throws (channel closed, frame too large) leaves the channel suspect.
         this.#forget(connection, true)
-        return new BrokerError('BROKER_UNAVAILABLE', 'rabbitmq', 'publish confirms timed out')
-      },
-      signal,
-    )
+        await Promise.allSettled(confirms)
+        throw rabbitError(error, 'publish failed')
+      }
+      return Promise.allSettled(confirms)
+    })()
+    let results: Array<PromiseSettledResult<void>>
+    try {
+      results = await within(
+        sending,
+        options.clock,
+        options.publishTimeoutMs,
+        () => {
+          // Writes and confirms that never came may still come; this channel's state is unknown.
+          this.#forget(connection, true)
+          return new BrokerError(
+            'BROKER_UNAVAILABLE',
+            'rabbitmq',
+            `publish not written and confirmed within ${options.publishTimeoutMs} ms (publishTimeoutMs)`,
+          )
+        },
+        signal,
+      )
+    } finally {
+      givenUp = true
+    }
     for (const result of results) {
       if (result.status === 'rejected') {
         // The server's reason for closing the channel says more than the driver's 'channel

@@ -1,7 +1,8 @@
 import { afterAll, describe, expect, it } from 'vitest'
 import { createRabbitMqBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
 import { BreakwaterError } from '../../src/core/errors.js'
-import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { brokerUrl, startPrivateBroker, stopOwnBrokers } from '../support/brokers.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
 import { testBroker } from './targets.js'
 
@@ -171,4 +172,56 @@ describe('rabbitmq specifics', () => {
     const { messageCount } = await channel.checkQueue(`${topic}.${group}`)
     expect(messageCount).toBe(0)
   })
+
+  it('bounds a publish whose writes the server stops reading by publishTimeoutMs, instead of waiting for the channel to drain for ever', async () => {
+    const server = await startPrivateBroker('rabbitmq')
+    let frozen = false
+    try {
+      const clock = new ManualClock(1_000)
+      const broker = createRabbitMqBroker({ url: server.url, clock, publishTimeoutMs: 3_000 })
+      const topic = unique('stall')
+      await broker.subscriber.subscribe(topic, unique('g'), async () => {})
+      // Connected and confirming while the clock stands still.
+      await broker.publisher.publish(makeBatch(topic, 1, 1, 'first'))
+      // The whole server group (the script and its Erlang VM) stops: connections stay open and
+      // nothing is read, so the socket fills, then the channel's buffer of 1024 frames, and
+      // the driver asks the publisher to wait for 'drain'.
+      process.kill(-server.pid, 'SIGSTOP')
+      frozen = true
+      const payload = Buffer.alloc(16 * 1024)
+      const batch = Array.from({ length: 4_000 }, (_, i) => ({
+        id: `big-${i}`,
+        topic,
+        key: 'k',
+        payload,
+        headers: {},
+      }))
+      let outcome: unknown
+      let settled = false
+      void broker.publisher.publish(batch).then(
+        () => {
+          settled = true
+        },
+        (error: unknown) => {
+          outcome = error
+          settled = true
+        },
+      )
+      const deadline = Date.now() + 30_000
+      while (!settled) {
+        if (Date.now() > deadline) throw new Error('publish() still waiting on a frozen server')
+        const next = clock.nextTimerAt()
+        if (next !== undefined) await clock.advance(next - clock.now())
+        await new Promise((resolve) => setTimeout(resolve, 5))
+      }
+      expect(BreakwaterError.is(outcome), String(outcome)).toBe(true)
+      expect((outcome as BreakwaterError).code).toBe('BROKER_UNAVAILABLE')
+      process.kill(-server.pid, 'SIGCONT')
+      frozen = false
+      await broker.close()
+    } finally {
+      if (frozen) process.kill(-server.pid, 'SIGCONT')
+      await server.stop()
+    }
+  }, 120_000)
 })
