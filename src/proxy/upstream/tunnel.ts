@@ -418,7 +418,9 @@ class Handshake {
       service.clock.clearTimeout(this.timer)
       this.timer = undefined
     }
-    if (this.endpoint !== undefined && status !== 499) service.count(status, this.startedAt)
+    // Refusals before an endpoint was picked (open breaker, no endpoints, deadline) count too,
+    // as the HTTP path counts them: an open breaker must show in the service's metrics.
+    if (status !== 499) service.count(status, this.startedAt)
     const stop = this.stop
     void ended.then(() => service.tunnels.delete(stop))
     this.resolve({ status, error, endpoint: this.endpoint?.url, ended })

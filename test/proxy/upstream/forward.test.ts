@@ -1,4 +1,5 @@
 import { createServer, request as httpRequest, type IncomingMessage } from 'node:http'
+import { Duplex } from 'node:stream'
 import { afterEach, describe, expect, it } from 'vitest'
 import { classifyFailure, DEADLINE_HEADER } from '../../../src/index.js'
 import type { ServiceConfig } from '../../../src/proxy/contracts.js'
@@ -590,6 +591,44 @@ describe('observability', () => {
     )
     expect(text).toContain('breakwater_proxy_upstream_bulkhead_running{service="orders"} 0')
     expect(text).toContain('breakwater_proxy_upstream_endpoints_ejected{service="orders"} 0')
+  })
+})
+
+describe('websocket refusals', () => {
+  it('counts a handshake the open breaker refuses (503, Retry-After) in the upstream request metric, as an HTTP request', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', status: 502 } })
+    const { service, deps } = await setup(
+      serviceConfig([up.url], {
+        retry: undefined,
+        breaker: { failureThreshold: 1, cooldownMs: 2_500, halfOpenProbes: 1 },
+      }),
+    )
+    expect((await service.exchange(forwardRequest(), 10)).status).toBe(502)
+    const written: Buffer[] = []
+    const client = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, callback) {
+        written.push(chunk)
+        callback()
+      },
+    })
+    const outcome = await service.tunnel(
+      { target: '/chat', headers: {}, host: 'front', requestId: 'ws-1', idleTimeoutMs: 1_000 },
+      client,
+      Buffer.alloc(0),
+    )
+    expect(outcome).toMatchObject({ status: 503, error: 'BROKEN_CIRCUIT' })
+    const answer = Buffer.concat(written).toString('latin1')
+    expect(answer).toMatch(/^HTTP\/1\.1 503 /)
+    expect(answer).toContain('retry-after: 3\r\n')
+    client.destroy()
+    const text = await deps.metrics.render()
+    expect(text).toContain(
+      'breakwater_proxy_upstream_requests_total{service="orders",status="502"} 1',
+    )
+    expect(text).toContain(
+      'breakwater_proxy_upstream_requests_total{service="orders",status="503"} 1',
+    )
   })
 })
 
