@@ -406,6 +406,17 @@ function checkMessages(messages: readonly OutgoingMessage[]): void {
       )
     if (typeof m.payload !== 'string' && !(m.payload instanceof Uint8Array))
       throw new InvalidOptionError(`messages[${i}].payload`, 'a string or Uint8Array', m.payload)
+    // Stored as JSON and handed to subscribers as parsed: a number or an object would arrive as
+    // one where a string is promised, a string or array as the whole headers. (Missing headers
+    // are stored as none.)
+    const headers: unknown = m.headers
+    if (headers === undefined || headers === null) return
+    if (typeof headers !== 'object' || Array.isArray(headers))
+      throw new InvalidOptionError(`messages[${i}].headers`, 'a record of strings', headers)
+    for (const [name, value] of Object.entries(headers)) {
+      if (typeof value !== 'string')
+        throw new InvalidOptionError(`messages[${i}].headers.${name}`, 'a string', value)
+    }
   })
 }
 

@@ -312,6 +312,26 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
     )
   })
 
+  it('refuses headers that are not a record of strings, which would be delivered as they are', async () => {
+    const q = queue()
+    const cases: Array<[unknown, string]> = [
+      [{ n: 1 }, 'messages[0].headers.n'],
+      [{ ok: 'a', nested: { b: 'c' } }, 'messages[0].headers.nested'],
+      ['text', 'messages[0].headers'],
+      [['a'], 'messages[0].headers'],
+    ]
+    for (const [headers, option] of cases) {
+      const bad = { ...message('bad-headers', 'k'), headers } as unknown as OutgoingMessage
+      const error = await q.publisher.publish([bad]).then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(error, JSON.stringify(headers)).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe(option)
+    }
+    expect(await count(t.db, 'breakwater_queue', "WHERE topic = 'bad-headers'")).toBe(0)
+  })
+
   it('refuses publish and subscribe after close() with BROKER_UNAVAILABLE, as the other brokers do', async () => {
     const q = queue()
     await q.close()
