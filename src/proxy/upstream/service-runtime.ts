@@ -425,7 +425,10 @@ class UpstreamServiceRuntime implements UpstreamService {
     const outcome = await new ForwardCall(this.#core, req, undefined, Math.max(0, maxBytes)).start()
     if (outcome.captured !== undefined && outcome.error === undefined) return outcome.captured
     const code = (outcome.error ?? 'UPSTREAM_RESET') as ErrorCode
-    throw new UpstreamError(code, outcome.status, this.name, problemDetail(code, this.name))
+    // The proxy's status for the code: an answer cut mid-body ends with the upstream's own
+    // status (200, say) in the outcome, which is no status for a failure.
+    const status = code === 'ABORTED' ? 499 : (statusFor[code] ?? 502)
+    throw new UpstreamError(code, status, this.name, problemDetail(code, this.name))
   }
 
   state(): ServiceState {

@@ -229,6 +229,14 @@ describe('forward: streaming and headers', () => {
     expect(cut.truncated).toBe(true)
   })
 
+  it("exchange() rejects an answer cut mid-body with UPSTREAM_RESET and status 502, not the cut answer's 200", async () => {
+    const up = await upstream({ fallback: { kind: 'reset-mid-body' } })
+    const { service } = await setup(serviceConfig([up.url], { retry: undefined }))
+    const error = await service.exchange(forwardRequest(), 100).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(UpstreamError)
+    expect(error).toMatchObject({ code: 'UPSTREAM_RESET', status: 502, retryable: true })
+  })
+
   it('exchange() with a cap of 0 resolves with the head and an empty, truncated body (it rejected a 200 as UPSTREAM_RESET)', async () => {
     const up = await upstream({ fallback: { kind: 'respond', body: 'abcdefghij' } })
     const { service } = await setup(serviceConfig([up.url]))
