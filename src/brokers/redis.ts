@@ -373,7 +373,9 @@ function parseHeaders(json: string): Record<string, string> {
   try {
     const parsed: unknown = JSON.parse(json)
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return {}
-    const headers: Record<string, string> = {}
+    // No prototype: a header named __proto__ (the outbox keeps those) is then an ordinary key
+    // instead of being dropped by the assignment below.
+    const headers: Record<string, string> = Object.create(null)
     for (const [name, value] of Object.entries(parsed)) {
       if (typeof value === 'string') headers[name] = value
     }

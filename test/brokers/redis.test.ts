@@ -2,9 +2,10 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { createRedisBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { startPrivateBroker, stopOwnBrokers } from '../support/brokers.js'
+import { brokerUrl, startPrivateBroker, stopOwnBrokers } from '../support/brokers.js'
 import { until } from '../support/until.js'
-import { describeBrokerConformance } from './conformance.js'
+import { describeBrokerConformance, Received, unique } from './conformance.js'
+import { testBroker } from './targets.js'
 
 // Only stops a server this file started itself (when no global setup provided one).
 afterAll(stopOwnBrokers)
@@ -111,6 +112,24 @@ describe('redis specifics', () => {
     } finally {
       process.kill(server.pid, 'SIGCONT')
       await server.stop()
+    }
+  })
+
+  it('delivers a header named __proto__ like any other (the outbox keeps such headers)', async () => {
+    const broker = testBroker('redis', await brokerUrl('redis'))
+    try {
+      const topic = unique('proto')
+      const received = new Received()
+      await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+      // An own property named __proto__, as the outbox stores it.
+      const headers = JSON.parse('{"__proto__":"p","other":"o"}') as Record<string, string>
+      await broker.publisher.publish([{ id: 'x', topic, key: 'k', payload: '', headers }])
+      await received.until(() => received.messages.length >= 1, 'the message')
+      const got = received.messages[0]!.headers
+      expect(Object.keys(got).sort()).toEqual(['__proto__', 'other'])
+      expect(Object.getOwnPropertyDescriptor(got, '__proto__')?.value).toBe('p')
+    } finally {
+      await broker.close()
     }
   })
 })
