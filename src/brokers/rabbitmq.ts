@@ -384,13 +384,19 @@ class RabbitPublisher implements Publisher {
 }
 
 /**
- * The message id and the topic (routing key) travel as AMQP short strings of at most 255
- * bytes. Checked before the batch is sent: amqplib would throw in the middle of it, after the
- * earlier messages went out, and the channel would be dropped.
+ * What RabbitMQ cannot carry as it is, checked before the batch is sent. The message id and the
+ * topic (routing key) travel as AMQP short strings of at most 255 bytes: amqplib would throw in
+ * the middle of the batch, after the earlier messages went out, and the channel would be
+ * dropped. A header named `__proto__` (the outbox keeps such headers) would be sent, but
+ * amqplib decodes a headers table into a plain object, where that name sets the prototype:
+ * the header would vanish on the way without a word.
  */
 function shortStrings(message: OutgoingMessage): string | undefined {
   if (Buffer.byteLength(message.id) > 255) return '.id is longer than 255 bytes'
   if (Buffer.byteLength(message.topic) > 255) return '.topic is longer than 255 bytes'
+  if (Object.hasOwn(message.headers, '__proto__')) {
+    return '.headers has a header named __proto__, which the amqplib driver drops on receipt'
+  }
   return undefined
 }
 

@@ -224,4 +224,27 @@ describe('rabbitmq specifics', () => {
       await server.stop()
     }
   }, 120_000)
+
+  it('refuses a header named __proto__ with BROKER_REJECTED, which the driver would drop on receipt', async () => {
+    const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
+    closers.push(() => broker.close())
+    const topic = unique('proto')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    // An own property named __proto__, as the outbox keeps it. amqplib decodes a headers
+    // table into a plain object, where that name sets the prototype: the header would vanish.
+    const headers = JSON.parse('{"__proto__":"p","other":"o"}') as Record<string, string>
+    const error = await broker.publisher
+      .publish([{ id: 'x', topic, key: 'k', payload: '', headers }])
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+    expect(BreakwaterError.is(error), String(error)).toBe(true)
+    expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+    expect((error as Error).message).toMatch(/messages\[0\]\.headers.*__proto__/)
+    await broker.publisher.publish([{ id: 'y', topic, key: 'k', payload: '', headers: {} }])
+    await received.until(() => received.messages.length >= 1, 'the next message')
+    expect(received.ids()).toEqual(['y'])
+  })
 })
