@@ -37,7 +37,8 @@ import type {
  * Options of {@link createRedisBroker}.
  *
  * A topic is a stream key; each entry holds the fields `id`, `key`, `headers` (JSON) and
- * `payload`. A consumer group is a Redis consumer group on that stream, created at the start
+ * `payload`. An entry another producer wrote without an `id` (or with an empty one) is
+ * delivered with the id `<topic>:<entry id>`. A consumer group is a Redis consumer group on that stream, created at the start
  * of the stream (`0`) when missing, so a new group also receives what is already stored.
  */
 export interface RedisBrokerOptions extends BrokerCommonOptions {
@@ -352,8 +353,14 @@ class RedisPublisher implements Publisher {
 type Fields = Buffer[] | null
 type Entry = [id: Buffer, fields: Fields]
 
+/**
+ * An entry's message. Its id is the `id` field breakwater's publisher writes; an entry another
+ * producer wrote without one (or with an empty one) gets `<topic>:<entry id>`, stable across
+ * redeliveries and unique across streams (two streams' entries of one millisecond share the
+ * entry id `<ms>-0`), so an inbox can deduplicate it.
+ */
 function toIncoming(topic: string, entryId: string, fields: Buffer[], deliveryCount: number) {
-  let id = entryId
+  let id = ''
   let key = ''
   let headers: Record<string, string> = {}
   let payload: Uint8Array = new Uint8Array(0)
@@ -365,6 +372,7 @@ function toIncoming(topic: string, entryId: string, fields: Buffer[], deliveryCo
     else if (name === 'payload') payload = value
     else if (name === 'headers') headers = parseHeaders(value.toString('utf8'))
   }
+  if (id === '') id = `${topic}:${entryId}`
   const message: IncomingMessage = { id, topic, key, payload, headers, deliveryCount }
   return message
 }

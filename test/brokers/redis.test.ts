@@ -132,4 +132,26 @@ describe('redis specifics', () => {
       await broker.close()
     }
   })
+
+  it('gives an entry another producer wrote without an id, or with an empty one, an id made of its topic and entry id', async () => {
+    const url = await brokerUrl('redis')
+    const broker = testBroker('redis', url)
+    const { Redis } = await import('ioredis')
+    const other = new Redis(url)
+    try {
+      const topic = unique('foreign')
+      const received = new Received()
+      await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+      const bare = String(await other.xadd(topic, '*', 'payload', 'a'))
+      const empty = String(await other.xadd(topic, '*', 'id', '', 'payload', 'b'))
+      await received.until(() => received.messages.length >= 2, 'both entries')
+      // An inbox refuses '' (and would take every such entry for one): the entry id is unique
+      // in the stream and the same at every redelivery, and the topic keeps two streams'
+      // entries written in the same millisecond (both <ms>-0) apart in one inbox.
+      expect(received.ids().sort()).toEqual([`${topic}:${bare}`, `${topic}:${empty}`].sort())
+    } finally {
+      other.disconnect()
+      await broker.close()
+    }
+  })
 })
