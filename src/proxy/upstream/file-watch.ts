@@ -4,8 +4,9 @@ import { basename, dirname } from 'node:path'
 
 /**
  * Calls `onChange` with a file's new content whenever it changes, until `close()`. Watches the
- * file's folder rather than the file, so a file replaced by rename (how editors, `kubectl` and
- * secret mounts update files) keeps being seen. Reads are serialized: an event that arrives
+ * file's folder rather than the file, so a file replaced by rename (how editors and `mv` update
+ * files) keeps being seen, as does a Kubernetes secret or ConfigMap volume update (the `..data`
+ * symlink swapped, the file's own name untouched). Reads are serialized: an event that arrives
  * while a read runs causes one more read after it, so the last content always wins.
  */
 export interface FileWatch {
@@ -63,7 +64,12 @@ export function watchFileContent(
   let watcher: FSWatcher | undefined
   try {
     watcher = watch(dirname(path), { persistent: false }, (_event, filename) => {
-      if (filename === null || filename === name) read()
+      // A Kubernetes secret or ConfigMap volume never touches the file's own name: the file is
+      // a symlink through `..data`, which the kubelet swaps by renaming `..data_tmp` over it,
+      // so events name `..data`, `..data_tmp` or the new `..<timestamp>` folder. Those (names
+      // starting with `..`, which nothing else uses) are read too; an unchanged file is not
+      // reported.
+      if (filename === null || filename === name || filename.startsWith('..')) read()
     })
     watcher.on('error', onError)
   } catch (error) {
