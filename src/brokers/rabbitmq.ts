@@ -83,6 +83,9 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * quorum queue confirms once a majority has fsynced it; a negative confirm or a returned
  * (unroutable) message fails the batch. Connections are not re-established in the background:
  * the publisher reconnects on its next `publish()`, a subscription reconnects with backoff.
+ * Every other round trip to the server (opening channels, declarations, cancelling, closing)
+ * waits at most `connectTimeoutMs`, then drops the connection: a server that keeps it open but
+ * stops answering cannot hold `subscribe()` or `close()` for good.
  *
  * A delivered message's id is its AMQP `messageId` property, which this publisher always sets.
  * A message from another producer without one (or with an empty one) never reaches the handler:
@@ -153,6 +156,45 @@ async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelMod
   } catch (error) {
     throw rabbitError(error, `cannot connect to ${redactUrl(options.url.toString())}`)
   }
+}
+
+/** Drops a connection at once, without the close handshake a frozen server never answers. */
+function destroy(model: ChannelModel): void {
+  const stream = (model.connection as unknown as { stream?: { destroy(): void } }).stream
+  stream?.destroy()
+}
+
+/**
+ * Waits for `work`, a round trip to the server on `model` (opening a channel, a declaration,
+ * cancelling a consumer, closing), at most `connectTimeoutMs`: a server that keeps the
+ * connection open but stops answering would hold connecting, subscribing and `close()` for
+ * good. On timeout the connection is dropped (its users see it closed and reconnect) and the
+ * wait fails with `BROKER_UNAVAILABLE`.
+ */
+function answered<T>(
+  options: ResolvedRabbitOptions,
+  model: ChannelModel,
+  what: string,
+  work: Promise<T>,
+): Promise<T> {
+  return within(work, options.clock, options.connectTimeoutMs, () => {
+    destroy(model)
+    return new BrokerError(
+      'BROKER_UNAVAILABLE',
+      'rabbitmq',
+      `${what} got no answer within ${options.connectTimeoutMs} ms (connectTimeoutMs)`,
+    )
+  })
+}
+
+/** Closes a channel and its connection, each bounded by {@link answered}. */
+async function closeBoth(
+  options: ResolvedRabbitOptions,
+  model: ChannelModel,
+  channel: Channel,
+): Promise<void> {
+  await answered(options, model, 'closing the channel', channel.close()).catch(() => {})
+  await answered(options, model, 'closing the connection', model.close()).catch(() => {})
 }
 
 /**
@@ -328,8 +370,7 @@ class RabbitPublisher implements Publisher {
     if (connection === undefined) return
     const open = await connection.catch(() => undefined)
     if (open !== undefined) {
-      await open.channel.close().catch(() => {})
-      await open.model.close().catch(() => {})
+      await closeBoth(this.#options, open.model, open.channel)
     }
   }
 
@@ -340,7 +381,12 @@ class RabbitPublisher implements Publisher {
     connection = (async (): Promise<PublishChannel> => {
       const model = await connectRabbit(options)
       try {
-        const channel = await model.createConfirmChannel()
+        const channel = await answered(
+          options,
+          model,
+          'opening a channel',
+          model.createConfirmChannel(),
+        )
         const opened: { failure: unknown } = { failure: undefined }
         // Emitted before 'close' fails the unconfirmed messages.
         channel.on('error', (error: unknown) => {
@@ -352,10 +398,15 @@ class RabbitPublisher implements Publisher {
           if (typeof id !== 'string') return
           for (const watch of watches) if (watch.ids.has(id)) watch.returned.add(id)
         })
-        await channel.assertExchange(options.exchange, options.exchangeType, { durable: true })
+        await answered(
+          options,
+          model,
+          'declaring the exchange',
+          channel.assertExchange(options.exchange, options.exchangeType, { durable: true }),
+        )
         return Object.assign(opened, { model, channel, watches })
       } catch (error) {
-        await model.close().catch(() => {})
+        await answered(options, model, 'closing the connection', model.close()).catch(() => {})
         throw rabbitError(error, 'cannot open a confirm channel')
       }
     })()
@@ -603,33 +654,53 @@ class RabbitSubscriber implements Subscriber {
     }
     let consumerTag: string
     try {
-      channel = await model.createChannel()
+      channel = await answered(options, model, 'opening a channel', model.createChannel())
       channel.on('error', () => {})
       channel.once('close', () => lose(new Error('channel closed')))
-      await channel.prefetch(options.prefetch)
-      await channel.assertExchange(options.exchange, options.exchangeType, { durable: true })
-      await channel.assertQueue(queue, {
-        durable: true,
-        arguments: options.queueType === 'quorum' ? { 'x-queue-type': 'quorum' } : {},
-      })
-      await channel.bindQueue(queue, options.exchange, topic)
-      const reply = await channel.consume(
-        queue,
-        (raw) => {
-          // null: the broker cancelled the consumer (queue deleted): start over.
-          if (raw === null) lose(new Error(`consumer of ${queue} cancelled by the broker`))
-          else {
-            const message = toIncoming(raw)
-            if (message.id === '') refuse(raw, message)
-            else dispatcher.push({ raw, session, message, settle: (o) => settle(raw, o) })
-          }
-        },
-        { noAck: false },
+      await answered(options, model, 'setting the prefetch', channel.prefetch(options.prefetch))
+      await answered(
+        options,
+        model,
+        'declaring the exchange',
+        channel.assertExchange(options.exchange, options.exchangeType, { durable: true }),
+      )
+      await answered(
+        options,
+        model,
+        `declaring the queue ${queue}`,
+        channel.assertQueue(queue, {
+          durable: true,
+          arguments: options.queueType === 'quorum' ? { 'x-queue-type': 'quorum' } : {},
+        }),
+      )
+      await answered(
+        options,
+        model,
+        `binding the queue ${queue}`,
+        channel.bindQueue(queue, options.exchange, topic),
+      )
+      const reply = await answered(
+        options,
+        model,
+        `consuming from ${queue}`,
+        channel.consume(
+          queue,
+          (raw) => {
+            // null: the broker cancelled the consumer (queue deleted): start over.
+            if (raw === null) lose(new Error(`consumer of ${queue} cancelled by the broker`))
+            else {
+              const message = toIncoming(raw)
+              if (message.id === '') refuse(raw, message)
+              else dispatcher.push({ raw, session, message, settle: (o) => settle(raw, o) })
+            }
+          },
+          { noAck: false },
+        ),
       )
       consumerTag = reply.consumerTag
     } catch (error) {
       stopping = true
-      await model.close().catch(() => {})
+      await answered(options, model, 'closing the connection', model.close()).catch(() => {})
       throw rabbitError(error, `cannot subscribe ${queue} to ${topic}`)
     }
 
@@ -637,7 +708,12 @@ class RabbitSubscriber implements Subscriber {
     const stopReceiving = (): Promise<void> => {
       stoppingReceipt ??= (async () => {
         stopping = true
-        await channel.cancel(consumerTag).catch(() => {})
+        await answered(
+          options,
+          model,
+          `cancelling the consumer of ${queue}`,
+          channel.cancel(consumerTag),
+        ).catch(() => {})
       })()
       return stoppingReceipt
     }
@@ -652,8 +728,7 @@ class RabbitSubscriber implements Subscriber {
           // channel; the dispatcher holds its keys' later messages until it is back.
           dispatcher.abandon((d) => d.session === session)
           // Closing the channel returns anything still unacked to the queue.
-          await channel.close().catch(() => {})
-          await model.close().catch(() => {})
+          await closeBoth(options, model, channel)
           resolveEnded(undefined)
         })()
         return closing

@@ -247,4 +247,33 @@ describe('rabbitmq specifics', () => {
     await received.until(() => received.messages.length >= 1, 'the next message')
     expect(received.ids()).toEqual(['y'])
   })
+
+  it('closes within connectTimeoutMs when the server stops answering, instead of waiting for its close-ok for ever', async () => {
+    const server = await startPrivateBroker('rabbitmq')
+    let frozen = false
+    try {
+      const clock = new ManualClock(1_000)
+      const broker = createRabbitMqBroker({ url: server.url, clock, connectTimeoutMs: 2_000 })
+      const topic = unique('frozen-close')
+      // Connected while the clock stands still: a subscription and a publisher channel.
+      await broker.subscriber.subscribe(topic, unique('g'), async () => {})
+      await broker.publisher.publish(makeBatch(topic, 1, 1, 'first'))
+      process.kill(-server.pid, 'SIGSTOP')
+      frozen = true
+      let closed = false
+      void broker.close().then(() => {
+        closed = true
+      })
+      const deadline = Date.now() + 30_000
+      while (!closed) {
+        if (Date.now() > deadline) throw new Error('close() still waiting on a frozen server')
+        const next = clock.nextTimerAt()
+        if (next !== undefined) await clock.advance(next - clock.now())
+        await new Promise((resolve) => setTimeout(resolve, 5))
+      }
+    } finally {
+      if (frozen) process.kill(-server.pid, 'SIGCONT')
+      await server.stop()
+    }
+  }, 120_000)
 })
