@@ -90,6 +90,23 @@ function clientErrorAnswer(
 }
 
 /**
+ * Whether a change event of a watched folder (`filename` as `fs.watch` reports it) may have
+ * changed one of the files named `names` in it, so the caller should read them again. Besides
+ * the names themselves (and `null`: the platform did not say), names starting with `..` count:
+ * a Kubernetes secret or ConfigMap volume never touches the file's own name, as the file is a
+ * symlink through `..data`, which the kubelet swaps by renaming `..data_tmp` over it, so its
+ * events name `..data`, `..data_tmp` or the new `..<timestamp>` folder. Nothing else uses such
+ * names, so other files in the folder still cause no reload.
+ */
+export function isWatchedFileEvent(
+  filename: string | null,
+  names: string | ReadonlySet<string>,
+): boolean {
+  if (filename === null || filename.startsWith('..')) return true
+  return typeof names === 'string' ? filename === names : names.has(filename)
+}
+
+/**
  * Creates the server for one listener. The HTTP parser is always the strict one
  * (`insecureHTTPParser: false`), so conflicting Content-Length / Transfer-Encoding, duplicate
  * Content-Length, obs-fold, bare LF and bad chunk sizes are refused by Node before `handler`
@@ -419,7 +436,7 @@ export function createListenerServer(
     for (const [dir, names] of byDir) {
       try {
         const watcher = watch(dir, { persistent: false }, (_event, filename) => {
-          if (filename === null || names.has(filename.toString())) scheduleReload()
+          if (isWatchedFileEvent(filename, names)) scheduleReload()
         })
         watcher.on('error', (error) => {
           log.error('tls file watch failed', { dir, error: error.message })

@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto'
-import { renameSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import type { ServerResponse } from 'node:http'
 import { join } from 'node:path'
 import type { TLSSocket } from 'node:tls'
@@ -11,7 +11,7 @@ import type {
   ServiceRuntime,
 } from '../../../src/proxy/contracts.js'
 import { createAmbassadorHandler } from '../../../src/proxy/inbound/ambassador.js'
-import { createListenerServer } from '../../../src/proxy/inbound/listener.js'
+import { createListenerServer, isWatchedFileEvent } from '../../../src/proxy/inbound/listener.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { createCa, createTestCerts, issueCert, type TestCerts } from '../support/certs.js'
 import { openSocket, sendRaw } from '../support/raw-http.js'
@@ -51,6 +51,20 @@ describe('createListenerServer options', () => {
       },
     })
     expect(() => createListenerServer(listener, () => {}, ctx)).toThrow(/listeners\.test\.tls/)
+  })
+})
+
+describe('isWatchedFileEvent', () => {
+  it('reacts to the watched names, to ..-prefixed Kubernetes volume entries, and to unnamed events only', () => {
+    const names = new Set(['tls.crt', 'tls.key'])
+    for (const name of ['tls.crt', 'tls.key', '..data', '..data_tmp', '..2026_01_02_00_00_00.2'])
+      expect(isWatchedFileEvent(name, names)).toBe(true)
+    expect(isWatchedFileEvent(null, names)).toBe(true)
+    expect(isWatchedFileEvent('proxy.yaml', 'proxy.yaml')).toBe(true)
+    // Other files of the folder, including dot files and editors' temporary files, do not.
+    for (const name of ['ca.crt', 'tls.crt.tmp', '.tls.crt.swp', '.', 'tls.crt~'])
+      expect(isWatchedFileEvent(name, names)).toBe(false)
+    expect(isWatchedFileEvent('other.yaml', 'proxy.yaml')).toBe(false)
   })
 })
 
@@ -224,6 +238,51 @@ describe('TLS termination', () => {
       writeFileSync(certFile, certs.server.cert)
       expect(server.reloadTls()).toBe(false)
       expect(await peerFingerprint(port, ca2.cert)).toBe(fingerprint(next.cert))
+    } finally {
+      await server.close()
+    }
+  })
+
+  it('reloads a certificate mounted from a Kubernetes secret when the kubelet swaps ..data', async () => {
+    // The kubelet's atomic writer: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>. An
+    // update writes a new timestamped folder, points ..data_tmp at it and renames it over
+    // ..data: no event ever names tls.crt or tls.key.
+    const dir = mkdtempSync(join(certs.dir, 'secret-'))
+    const version = (name: string, cert: string, key: string): void => {
+      mkdirSync(join(dir, name))
+      writeFileSync(join(dir, name, 'tls.crt'), cert)
+      writeFileSync(join(dir, name, 'tls.key'), key)
+    }
+    version('..2026_01_01_00_00_00.1', certs.server.cert, certs.server.key)
+    symlinkSync('..2026_01_01_00_00_00.1', join(dir, '..data'))
+    symlinkSync(join('..data', 'tls.crt'), join(dir, 'tls.crt'))
+    symlinkSync(join('..data', 'tls.key'), join(dir, 'tls.key'))
+    const clock = new ManualClock(Date.now())
+    const orders = recordingService('orders')
+    const { ctx, log } = contextWith(() => registryOf([orders]), { clock })
+    const listener = listenerConfig({
+      tls: {
+        certFile: join(dir, 'tls.crt'),
+        keyFile: join(dir, 'tls.key'),
+        clientCaFile: undefined,
+      },
+    })
+    const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx, {
+      tlsReloadDebounceMs: 100,
+    })
+    const { port } = await server.listen()
+    try {
+      expect(await peerFingerprint(port, certs.ca.cert)).toBe(fingerprint(certs.server.cert))
+      const ca4 = createCa(certs.dir, 'ca4', 'rotated CA')
+      const next = issueCert(certs.dir, ca4, 'server4', 'server')
+      version('..2026_01_02_00_00_00.2', next.cert, next.key)
+      symlinkSync('..2026_01_02_00_00_00.2', join(dir, '..data_tmp'))
+      renameSync(join(dir, '..data_tmp'), join(dir, '..data'))
+      rmSync(join(dir, '..2026_01_01_00_00_00.1'), { recursive: true })
+      await vi.waitFor(() => expect(clock.pendingTimers).toBeGreaterThan(0), { timeout: 5_000 })
+      await clock.advance(100)
+      expect(log.text()).toContain('tls certificate reloaded')
+      expect(await peerFingerprint(port, ca4.cert)).toBe(fingerprint(next.cert))
     } finally {
       await server.close()
     }
