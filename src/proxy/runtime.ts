@@ -41,7 +41,11 @@ import type {
 import { createAmbassadorHandler } from './inbound/ambassador.js'
 import type { FastRequestHandler } from './inbound/fast-connection.js'
 import { createGatewayHandler } from './inbound/gateway.js'
-import { createListenerServer, type ListenerServer } from './inbound/listener.js'
+import {
+  createListenerServer,
+  isWatchedFileEvent,
+  type ListenerServer,
+} from './inbound/listener.js'
 import { createRouteTable, type RouteTable, type SharedRetryPin } from './inbound/routes.js'
 import { createShadowRunner, type ShadowRunner } from './inbound/shadow.js'
 import {
@@ -798,10 +802,10 @@ class ProxyRuntime implements ProxyInternals {
     if (!this.#watchEnabled || this.#source.kind !== 'file') return
     const file = this.#source.file
     // Watch the folder, not the file: editors and `mv` replace the file, which ends a watch
-    // on the file itself.
+    // on the file itself. A ConfigMap volume's update names only its `..`-prefixed entries.
     try {
       this.#watcher = watch(dirname(file), (_event, name) => {
-        if (name !== null && name !== basename(file)) return
+        if (!isWatchedFileEvent(name, basename(file))) return
         this.#deps.clock.clearTimeout(this.#watchTimer)
         this.#watchTimer = this.#deps.clock.setTimeout(() => {
           void this.#reloadFromWatch(file)

@@ -1,0 +1,86 @@
+// The runtime's config file watch against the real file system: the ways config files get
+// replaced in practice reload the proxy, which then routes by the new file.
+
+import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { createJsonLogger } from '../../../src/observability/logger.js'
+import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
+import { captureLog, eventually, http, type NamedUpstream, startNamedUpstream } from './helpers.js'
+
+let legacy: NamedUpstream
+let modern: NamedUpstream
+let proxy: RunningProxy | undefined
+let dir: string
+
+beforeEach(async () => {
+  legacy = await startNamedUpstream('legacy')
+  modern = await startNamedUpstream('modern')
+  dir = mkdtempSync(join(tmpdir(), 'bw-proxy-watch-'))
+})
+
+afterEach(async () => {
+  await proxy?.close(0)
+  proxy = undefined
+  await legacy.close()
+  await modern.close()
+  rmSync(dir, { recursive: true, force: true })
+})
+
+function yaml(upstream: NamedUpstream): string {
+  return `services: { a: { endpoints: [${upstream.url}] } }\nlisteners: [{ name: out, role: ambassador, port: 0 }]\ndrainTimeoutMs: 1000\n`
+}
+
+async function serviceOf(port: number): Promise<string> {
+  const res = await http(port, '/a/x')
+  expect(res.status).toBe(200)
+  return res.json<{ service: string }>().service
+}
+
+async function start(file: string): Promise<{ port: number; reloads: () => number }> {
+  const log = captureLog()
+  proxy = await startProxy({
+    config: { file },
+    logger: createJsonLogger({ output: log }),
+    watchDebounceMs: 0,
+  })
+  return {
+    port: proxy.address('out').port,
+    reloads: () => log.lines().filter((l) => l.msg === 'config reloaded').length,
+  }
+}
+
+describe('config file watch', () => {
+  it('reloads a plain file replaced by rename', async () => {
+    const file = join(dir, 'proxy.yaml')
+    writeFileSync(file, yaml(legacy))
+    const { port, reloads } = await start(file)
+    expect(await serviceOf(port)).toBe('legacy')
+    writeFileSync(join(dir, 'proxy.yaml.tmp'), yaml(modern))
+    renameSync(join(dir, 'proxy.yaml.tmp'), file)
+    await eventually(() => reloads() > 0, 'the reload')
+    expect(await serviceOf(port)).toBe('modern')
+  })
+
+  it('reloads a file mounted from a ConfigMap when the kubelet swaps ..data', async () => {
+    // The kubelet's atomic writer: proxy.yaml -> ..data/proxy.yaml, ..data -> ..<timestamp>.
+    // An update writes a new timestamped folder, points ..data_tmp at it and renames it over
+    // ..data: no event ever names proxy.yaml.
+    const version = (name: string, text: string): void => {
+      mkdirSync(join(dir, name))
+      writeFileSync(join(dir, name, 'proxy.yaml'), text)
+    }
+    version('..2026_01_01_00_00_00.1', yaml(legacy))
+    symlinkSync('..2026_01_01_00_00_00.1', join(dir, '..data'))
+    symlinkSync(join('..data', 'proxy.yaml'), join(dir, 'proxy.yaml'))
+    const { port, reloads } = await start(join(dir, 'proxy.yaml'))
+    expect(await serviceOf(port)).toBe('legacy')
+    version('..2026_01_02_00_00_00.2', yaml(modern))
+    symlinkSync('..2026_01_02_00_00_00.2', join(dir, '..data_tmp'))
+    renameSync(join(dir, '..data_tmp'), join(dir, '..data'))
+    rmSync(join(dir, '..2026_01_01_00_00_00.1'), { recursive: true })
+    await eventually(() => reloads() > 0, 'the reload')
+    expect(await serviceOf(port)).toBe('modern')
+  })
+})
