@@ -38,7 +38,12 @@ import type {
  *
  * A topic is a stream key; each entry holds the fields `id`, `key`, `headers` (JSON) and
  * `payload`. An entry another producer wrote without an `id` (or with an empty one) is
- * delivered with the id `<topic>:<entry id>`. A consumer group is a Redis consumer group on that stream, created at the start
+ * delivered with the id `<topic>:<entry id>`.
+ *
+ * The URL's query may carry other ioredis options (`family`, `tls`-related ones, ...), but not
+ * those the adapter sets or relies on (`protocol`, `enableOfflineQueue`, `maxRetriesPerRequest`,
+ * `lazyConnect`, the timeouts, `keyPrefix`, ...): ioredis would let them override its settings,
+ * so they are refused at construction. A consumer group is a Redis consumer group on that stream, created at the start
  * of the stream (`0`) when missing, so a new group also receives what is already stored.
  */
 export interface RedisBrokerOptions extends BrokerCommonOptions {
@@ -95,6 +100,24 @@ interface ResolvedRedisOptions extends ResolvedCommonOptions {
 
 const loadRedis = lazyDriver('ioredis', () => import('ioredis'))
 
+/** ioredis options a URL query could set that connectRedis sets or relies on being unset. */
+const reservedQuery = new Set([
+  'lazyConnect',
+  'protocol',
+  'connectTimeout',
+  'connectionName',
+  'enableOfflineQueue',
+  'maxRetriesPerRequest',
+  'enableAutoPipelining',
+  'commandTimeout',
+  'blockingTimeout',
+  'socketTimeout',
+  'autoResendUnfulfilledCommands',
+  'autoResubscribe',
+  'stringNumbers',
+  'keyPrefix',
+])
+
 /**
  * A Redis Streams publisher (XADD, pipelined) and subscriber (consumer groups).
  *
@@ -138,6 +161,18 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
       'a redis:// or rediss:// URL whose path is empty or a database number (/0, /1, ...)',
       redactUrl(options.url),
     )
+  }
+  // ioredis lets the URL's query override the options the adapter gives it, which would undo
+  // what it relies on: RESP2 reply shapes, failing fast instead of queueing or retrying through
+  // an outage, its own connect sequence and timeouts.
+  for (const name of common.url.searchParams.keys()) {
+    if (reservedQuery.has(name)) {
+      throw new InvalidOptionError(
+        'redis.url',
+        `a redis:// or rediss:// URL whose query does not set ${name} (the adapter sets it; see RedisBrokerOptions)`,
+        redactUrl(options.url),
+      )
+    }
   }
   const consumerName = options.consumerName
   if (consumerName !== undefined && (typeof consumerName !== 'string' || consumerName === '')) {

@@ -115,6 +115,20 @@ describe('adapter options', () => {
         () => createRedisBroker({ url: 'redis://127.0.0.1', commandTimeoutMs: 0 }),
         'redis.commandTimeoutMs',
       ],
+      // ioredis lets a URL's query override the options it is given: these would undo what the
+      // adapter relies on (RESP2 reply shapes, failing fast instead of queueing, its timeouts).
+      ...[
+        'protocol=3',
+        'enableOfflineQueue=true',
+        'maxRetriesPerRequest=5',
+        'lazyConnect=false',
+        'connectTimeout=1',
+        'commandTimeout=1',
+        'family=6&enableAutoPipelining=true',
+      ].map((query): [() => unknown, string] => [
+        () => createRedisBroker({ url: `redis://127.0.0.1:6379?${query}` }),
+        'redis.url',
+      ]),
       [
         () =>
           createRedisBroker({
