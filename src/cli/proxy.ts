@@ -381,7 +381,7 @@ async function runPrimary(
       }
       log.info('starting workers', { workers })
       for (let i = 0; i < workers; i++) fork()
-      watcher = watchFile(
+      watcher = await watchFile(
         file,
         () => {
           if (watchTimer !== undefined) clearTimeout(watchTimer)
@@ -447,10 +447,17 @@ function startFailure(error: unknown): never {
   throw new StartupError(`cannot start: ${messageOf(error)}`)
 }
 
-function watchFile(file: string, onChange: () => void, log: Logger): FSWatcher | undefined {
+// Watches the folder, not the file: editors and `mv` replace the file, which ends a watch on
+// the file itself; a ConfigMap volume's update names only its `..`-prefixed entries.
+async function watchFile(
+  file: string,
+  onChange: () => void,
+  log: Logger,
+): Promise<FSWatcher | undefined> {
+  const { isWatchedFileEvent } = await import('../proxy/inbound/listener.js')
   try {
     const watcher = watch(dirname(file), (_event, name) => {
-      if (name === null || name === basename(file)) onChange()
+      if (isWatchedFileEvent(name, basename(file))) onChange()
     })
     watcher.on('error', (error) => log.warn('config file watch failed', { error: error.message }))
     return watcher
