@@ -964,8 +964,16 @@ export async function pruneSqlQueue(
   db: SqlDriver,
   options: PruneSqlQueueOptions = {},
 ): Promise<number> {
+  if (
+    typeof db !== 'object' ||
+    db === null ||
+    typeof db.transaction !== 'function' ||
+    (db.dialect !== 'sqlite' && db.dialect !== 'postgres')
+  ) {
+    throw new InvalidOptionError('db', 'a SqlDriver', db)
+  }
   checkObject('pruneSqlQueue', options)
-  const clock = checkClock('clock', options.clock)
+  const clock = checkClock('pruneSqlQueue.clock', options.clock)
   const olderThanMs = checkInteger(
     'pruneSqlQueue.olderThanMs',
     options.olderThanMs ?? 86_400_000,

@@ -275,6 +275,15 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
     await slow.close()
   })
 
+  it('names the option pruneSqlQueue refuses, and refuses something that is not a database', async () => {
+    const error = await pruneSqlQueue(t.db, { clock: 5 as never }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('pruneSqlQueue.clock')
+    const notDb = await pruneSqlQueue({} as never).catch((e: unknown) => e)
+    expect(notDb).toBeInstanceOf(InvalidOptionError)
+    expect((notDb as InvalidOptionError).option).toBe('db')
+  })
+
   it('validates messages and honours an aborted signal', async () => {
     const q = queue()
     await expect(q.publisher.publish([{ ...message('v', 'k'), id: '' }])).rejects.toThrow(
