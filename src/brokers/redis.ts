@@ -83,7 +83,9 @@ export interface RedisBrokerOptions extends BrokerCommonOptions {
   /**
    * The consumer name of this adapter's subscriptions within their groups. A stable name lets a
    * restarted process take back its own pending messages at once (they are claimed by anyone
-   * after `visibilityTimeoutMs` anyway); two live subscriptions must not share one.
+   * after `visibilityTimeoutMs` anyway); two live subscriptions of one group must not share
+   * one (a second subscribe of the same topic and group on this adapter is refused with
+   * `INVALID_OPTION` while the first is open; other processes cannot be checked).
    * @default `${hostname}-${pid}-${random}`, new for every subscription
    */
   readonly consumerName?: string
@@ -459,6 +461,8 @@ function entryOrder(entryId: string): bigint | undefined {
 class RedisSubscriber implements Subscriber {
   readonly #options: ResolvedRedisOptions
   readonly #subscriptions = new Set<Subscription>()
+  /** (topic, group) pairs with a live subscription under the fixed `consumerName`. */
+  readonly #named = new Set<string>()
   #closed = false
 
   constructor(options: ResolvedRedisOptions) {
@@ -473,6 +477,25 @@ class RedisSubscriber implements Subscriber {
     checkSubscribeArgs(topic, group, handler)
     if (this.#closed) throw closedError('redis', 'subscriber')
     const options = this.#options
+    // Two live subscriptions of a group under one consumer name would each read the other's
+    // pending entries back as their own (running them twice at once, out of key order).
+    const slot = `${topic}\u0000${group}`
+    if (options.consumerName !== undefined) {
+      if (this.#named.has(slot)) {
+        throw new InvalidOptionError(
+          'redis.consumerName',
+          `a name not already used by a live subscription of group "${group}" on "${topic}" (close it first, or leave consumerName unset)`,
+          options.consumerName,
+        )
+      }
+      this.#named.add(slot)
+    }
+    let named = options.consumerName !== undefined
+    // Once only: a second close() must not free the slot of a later subscription.
+    const releaseName = (): void => {
+      if (named) this.#named.delete(slot)
+      named = false
+    }
     // One name for the subscription's lifetime, so after a reconnect it still owns what it held.
     const consumer =
       options.consumerName ?? `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`
@@ -495,6 +518,7 @@ class RedisSubscriber implements Subscriber {
       })
     } catch (error) {
       await state.dispatcher.close()
+      releaseName()
       throw error
     }
     if (this.#closed) {
@@ -503,6 +527,7 @@ class RedisSubscriber implements Subscriber {
       await inner.stopReceiving()
       await state.dispatcher.close()
       await inner.close()
+      releaseName()
       throw closedError('redis', 'subscriber')
     }
     const subscription: Subscription = {
@@ -513,6 +538,7 @@ class RedisSubscriber implements Subscriber {
         await inner.stopReceiving()
         await state.dispatcher.close()
         await inner.close()
+        releaseName()
       },
     }
     this.#subscriptions.add(subscription)

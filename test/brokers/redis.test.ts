@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest'
 import { createRedisBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
-import { BreakwaterError } from '../../src/core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { brokerUrl, startPrivateBroker, stopOwnBrokers } from '../support/brokers.js'
 import { until } from '../support/until.js'
@@ -151,6 +151,29 @@ describe('redis specifics', () => {
       expect(received.ids().sort()).toEqual([`${topic}:${bare}`, `${topic}:${empty}`].sort())
     } finally {
       other.disconnect()
+      await broker.close()
+    }
+  })
+
+  it('refuses a second live subscription of one group and topic under a fixed consumerName', async () => {
+    const broker = createRedisBroker({ url: await brokerUrl('redis'), consumerName: 'fixed' })
+    try {
+      const topic = unique('named')
+      const group = unique('g')
+      const first = await broker.subscriber.subscribe(topic, group, async () => {})
+      // Two readers under one consumer name would take each other's pending entries back.
+      const error = await broker.subscriber
+        .subscribe(topic, group, async () => {})
+        .catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe('redis.consumerName')
+      // Another group or topic may use the name; so may the group once the first is closed.
+      const other = await broker.subscriber.subscribe(topic, unique('g'), async () => {})
+      await first.close()
+      const again = await broker.subscriber.subscribe(topic, group, async () => {})
+      await other.close()
+      await again.close()
+    } finally {
       await broker.close()
     }
   })
