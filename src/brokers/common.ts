@@ -15,20 +15,23 @@ import type { Broker, IncomingMessage, OutgoingMessage, Publisher, Subscriber } 
 export const KEY_HEADER = 'breakwater-key'
 
 /** Where a subscriber's error came from, for {@link SubscriberErrorEvent}. */
-export type SubscriberErrorPhase = 'handler' | 'settle' | 'connection'
+export type SubscriberErrorPhase = 'handler' | 'refused' | 'settle' | 'connection'
 
 /** Handed to the `onError` option of every adapter. */
 export interface SubscriberErrorEvent {
   /** What was thrown. */
   readonly error: unknown
   /**
-   * `handler`: a handler rejected (the message will be redelivered); `settle`: an ack or nack
-   * could not be sent; `connection`: the subscription lost its connection and is reconnecting.
+   * `handler`: a handler rejected (the message will be redelivered); `refused`: the adapter
+   * refused a message before any handler saw it, for good (not redelivered: dead-lettered where
+   * the broker has somewhere to put it, else dropped; the error says why, e.g. a RabbitMQ
+   * message without `messageId`); `settle`: an ack or nack could not be sent; `connection`: the
+   * subscription lost its connection and is reconnecting.
    */
   readonly phase: SubscriberErrorPhase
   readonly topic: string
   readonly group: string
-  /** The message being handled or settled, for `handler` and `settle`. */
+  /** The message being handled, refused or settled, for `handler`, `refused` and `settle`. */
   readonly message?: IncomingMessage
 }
 

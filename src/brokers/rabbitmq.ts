@@ -646,7 +646,7 @@ class RabbitSubscriber implements Subscriber {
           'rabbitmq',
           `${MISSING_ID_REASON} (queue ${queue}, delivery tag ${raw.fields.deliveryTag})`,
         ),
-        phase: 'handler',
+        phase: 'refused',
         topic,
         group: shared.group,
         message,

@@ -12,6 +12,7 @@ export {
   migrateSqlQueue,
   pruneSqlQueue,
   QUEUE_CHANNEL,
+  SqlQueueClosedError,
   sqlQueueMigrations,
 } from '../brokers/sql-queue.js'
 export type { DeadEvent, ListDeadOptions, OutboxStats } from './dead-letters.js'

@@ -164,7 +164,7 @@ describe('rabbitmq specifics', () => {
     for (const event of refused) {
       expect((event.error as BreakwaterError).code).toBe('BROKER_REJECTED')
       expect((event.error as Error).message).toMatch(/messageId/)
-      expect(event.phase).toBe('handler')
+      expect(event.phase).toBe('refused')
       expect(event.message?.topic).toBe(topic)
     }
     // Rejected without requeueing (dead-lettered where the queue has a dead-letter exchange):
