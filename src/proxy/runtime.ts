@@ -269,6 +269,8 @@ class ProxyRuntime implements ProxyInternals {
   readonly #adminEnabled: boolean
   #generation: Generation | undefined
   readonly #listeners = new Map<string, { config: ListenerConfig; server: ListenerServer }>()
+  /** Servers a reload replaced or removed, still draining. */
+  readonly #retiring = new Set<ListenerServer>()
   #idempotencyStore: { url: string; store: ProxyIdempotencyStore } | undefined
   #sidecar: SidecarIdempotency | undefined
   #admin: AdminServerLike | undefined
@@ -681,7 +683,7 @@ class ProxyRuntime implements ProxyInternals {
         const leaving = next === undefined || plan.includes(next)
         if (leaving && wanted.has(running.config.port)) {
           handedOver.push(running)
-          void running.server.close(config.drainTimeoutMs)
+          this.#retire(running.server, config.drainTimeoutMs)
         }
       }
       if (handedOver.length > 0) await new Promise<void>((done) => setImmediate(done))
@@ -725,7 +727,8 @@ class ProxyRuntime implements ProxyInternals {
         }
       }
       for (const server of replaced)
-        if (!handedOver.some((h) => h.server === server)) void server.close(config.drainTimeoutMs)
+        if (!handedOver.some((h) => h.server === server))
+          this.#retire(server, config.drainTimeoutMs)
       if (old !== undefined) {
         for (const [name, service] of old.services)
           if (services.get(name) !== service) void closeService(service, deps.logger)
@@ -796,6 +799,13 @@ class ProxyRuntime implements ProxyInternals {
       enumerable: true,
     })
     return Object.defineProperty(dispatch, 'fast', { get: currentFast, enumerable: true })
+  }
+
+  // Closes a server a reload replaced or removed, letting its requests in flight finish for up
+  // to `drainMs`; kept until it has closed, so that close() bounds that drain by its own.
+  #retire(server: ListenerServer, drainMs: number): void {
+    this.#retiring.add(server)
+    void server.close(drainMs).finally(() => this.#retiring.delete(server))
   }
 
   #watch(): void {
@@ -882,7 +892,11 @@ class ProxyRuntime implements ProxyInternals {
     const wait = drainMs ?? this.#generation?.config.drainTimeoutMs ?? 30_000
     const clock = this.#deps.clock
     const cutAt = clock.now() + wait
-    await Promise.all([...this.#listeners.values()].map((l) => l.server.close(wait)))
+    // Servers a reload retired may still drain requests: the stop's own drain bounds them too.
+    await Promise.all([
+      ...[...this.#listeners.values()].map((l) => l.server.close(wait)),
+      ...[...this.#retiring].map((server) => server.close(wait)),
+    ])
     this.#listeners.clear()
     // Shadow comparisons run after their client's answer: they get what is left of the drain
     // time, and are cut then (a slow shadow service must not hold the stop for its overallMs).

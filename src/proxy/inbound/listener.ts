@@ -61,7 +61,8 @@ export interface ListenerServer {
   /**
    * Graceful drain: stops accepting, closes idle keep-alive connections, lets requests in
    * flight finish (their connections close after the response) for up to `drainMs`, then
-   * destroys whatever is still open. Resolves when every connection is closed.
+   * destroys whatever is still open. Resolves when every connection is closed. A call while
+   * closing returns the same promise, and cuts the connections no later than its own `drainMs`.
    */
   close(drainMs?: number): Promise<void>
 }
@@ -448,6 +449,19 @@ export function createListenerServer(
     }
   }
 
+  // close(): its promise (later calls get the same one), and when it destroys what is still open.
+  let closing: Promise<void> | undefined
+  let hardStop: TimerHandle | undefined
+  let hardStopAt = Number.POSITIVE_INFINITY
+  const armHardStop = (drainMs: number): void => {
+    if (hardStop !== undefined) deps.clock.clearTimeout(hardStop)
+    hardStopAt = deps.clock.now() + drainMs
+    hardStop = deps.clock.setTimeout(() => {
+      server.closeAllConnections()
+      for (const socket of sockets) socket.destroy()
+    }, drainMs)
+  }
+
   return {
     name: listener.name,
     server,
@@ -480,18 +494,25 @@ export function createListenerServer(
     reloadTls,
     close(drainMs = 0) {
       checkInteger('close.drainMs', drainMs, 0)
+      // Closing already (a reload retired this server, and now the proxy stops): the same
+      // drain, cut no later than this call asks, rather than a promise that resolves at once
+      // while connections are still open.
+      if (closing !== undefined) {
+        if (hardStop !== undefined && deps.clock.now() + drainMs < hardStopAt) armHardStop(drainMs)
+        return closing
+      }
       draining = true
       for (const watcher of watchers.splice(0)) watcher.close()
       if (reloadTimer !== undefined) deps.clock.clearTimeout(reloadTimer)
       bound = undefined
-      return new Promise<void>((resolvePromise) => {
-        let hardStop: TimerHandle | undefined
+      closing = new Promise<void>((resolvePromise) => {
         if (!server.listening) {
           resolvePromise()
           return
         }
         server.close(() => {
           if (hardStop !== undefined) deps.clock.clearTimeout(hardStop)
+          hardStop = undefined
           if (sockets.size === 0) resolvePromise()
           else allClosed = resolvePromise
         })
@@ -503,11 +524,9 @@ export function createListenerServer(
         for (const [socket, responses] of busy) if (responses.length === 0) socket.destroy()
         for (const connection of fastConnections) connection.drain()
         for (const socket of upgraded) socket.destroy()
-        hardStop = deps.clock.setTimeout(() => {
-          server.closeAllConnections()
-          for (const socket of sockets) socket.destroy()
-        }, drainMs)
+        armHardStop(drainMs)
       })
+      return closing
     },
   }
 }

@@ -406,4 +406,30 @@ describe('graceful drain', () => {
     expect(response.closed).toBe(true)
     slow.release()
   })
+
+  it('a second close() resolves only when the connections are gone, and a shorter drainMs cuts them sooner', async () => {
+    const slow = heldService()
+    const clock = new ManualClock(Date.now())
+    const { ctx } = contextWith(() => registryOf([slow]), { clock })
+    const listener = listenerConfig()
+    const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
+    const { port } = await server.listen()
+    const inFlight = sendRaw(port, getRequest(port, '/slow/x'), { untilFirstResponse: false })
+    await slow.started
+    let closed = 0
+    const first = server.close(60_000).then(() => closed++)
+    const second = server.close(5_000).then(() => closed++)
+    await clock.advance(4_999)
+    expect(closed).toBe(0)
+    expect(server.connections).toBe(1)
+    await clock.advance(1)
+    await Promise.all([first, second])
+    expect(server.connections).toBe(0)
+    const response = await inFlight
+    expect(response.status).toBeUndefined()
+    expect(response.closed).toBe(true)
+    // A later, longer drainMs does not put the cut off either.
+    await server.close(120_000)
+    slow.release()
+  })
 })

@@ -508,6 +508,31 @@ describe('startProxy', () => {
     }
   })
 
+  it('close(drainMs) also bounds the drain of a listener a reload replaced', async () => {
+    // The old server of a rebuilt listener drains for drainTimeoutMs (10 minutes here): a stop
+    // with close(0) must not wait for it, nor leave its connection open.
+    const long = (text: string): string =>
+      text.replace('drainTimeoutMs: 2000', 'drainTimeoutMs: 600000')
+    proxy = await startProxy({ config: long(yaml()), logger: quiet })
+    const port = proxy.address('in').port
+    const slow = http(port, '/orders/slow').then(
+      (res) => res.status,
+      () => 'cut',
+    )
+    await eventually(() => legacy.seen.length > 0, 'the slow request upstream')
+    // New limits: the gateway gets a new server, on a new port (it asks for any free one).
+    await proxy.reload(
+      long(yaml()).replace(
+        'name: in\n    role: gateway\n    port: 0',
+        'name: in\n    role: gateway\n    port: 0\n    limits: { maxHeaders: 50 }',
+      ),
+    )
+    expect(proxy.address('in').port).not.toBe(port)
+    await proxy.close(0)
+    proxy = undefined
+    expect(await slow).toBe('cut')
+  })
+
   it('reports readiness and drains on close', async () => {
     proxy = await startProxy({ config: yaml(), logger: quiet })
     const port = proxy.address('in').port
