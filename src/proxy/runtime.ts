@@ -334,9 +334,20 @@ class ProxyRuntime implements ProxyInternals {
   }
 
   async start(): Promise<void> {
-    const config = await this.#readConfig(undefined)
+    // The file is watched before it is read: a change while the proxy starts (binding its
+    // listeners, opening its store, its admin API) is reloaded once it is up instead of being
+    // missed until the next one. The read and apply run in the reload queue, so that reload
+    // waits for them.
+    this.#watch()
+    let config: ProxyConfig
+    let loaded = false
     try {
-      await this.#apply(config)
+      config = await this.#queued(async () => {
+        const read = await this.#readConfig(undefined)
+        loaded = true
+        await this.#apply(read)
+        return read
+      })
       if (this.#adminEnabled && config.admin !== undefined) {
         const { startAdminServer } = await import('./admin/server.js')
         const admin = config.admin
@@ -351,10 +362,17 @@ class ProxyRuntime implements ProxyInternals {
         })
       }
     } catch (error) {
-      await this.close(0)
+      if (loaded) await this.close(0)
+      else {
+        // The file did not load: nothing started, so there is nothing to drain or to log; the
+        // watch stops, and a reload it asked for meanwhile finds the proxy closed.
+        this.#closed ??= Promise.resolve()
+        this.#watcher?.close()
+        this.#deps.clock.clearTimeout(this.#watchTimer)
+        this.#stopCollect()
+      }
       throw error
     }
-    this.#watch()
     const log = this.#deps.logger
     log.info('proxy started', {
       listeners: [...this.#listeners.values()].map((l) => ({
@@ -825,6 +843,8 @@ class ProxyRuntime implements ProxyInternals {
         this.#deps.logger.warn('config file watch failed', { error: error.message }),
       )
     } catch (error) {
+      // A folder that does not exist: start() reads the file next and reports that.
+      if ((error as { code?: unknown }).code === 'ENOENT') return
       this.#deps.logger.warn('config file watch failed', { error: (error as Error).message })
     }
   }

@@ -83,4 +83,37 @@ describe('config file watch', () => {
     await eventually(() => reloads() > 0, 'the reload')
     expect(await serviceOf(port)).toBe('modern')
   })
+
+  it('reloads a file that changed while the proxy was starting', async () => {
+    const file = join(dir, 'proxy.yaml')
+    const admin = 'admin: { port: 0, token: { env: ADMIN_TOKEN } }\n'
+    writeFileSync(file, yaml(legacy) + admin)
+    // The admin API reads its token from env when it starts, after the file was read and the
+    // listeners bound: the file is replaced right then, before the proxy is up.
+    let replaced = false
+    const env = new Proxy({} as Record<string, string | undefined>, {
+      get(_target, key) {
+        if (key !== 'ADMIN_TOKEN') return undefined
+        if (!replaced) {
+          replaced = true
+          writeFileSync(join(dir, 'proxy.yaml.tmp'), yaml(modern) + admin)
+          renameSync(join(dir, 'proxy.yaml.tmp'), file)
+        }
+        return 'secret'
+      },
+    })
+    const log = captureLog()
+    proxy = await startProxy({
+      config: { file },
+      logger: createJsonLogger({ output: log }),
+      watchDebounceMs: 0,
+      env,
+    })
+    expect(replaced).toBe(true)
+    await eventually(
+      () => log.lines().some((l) => l.msg === 'config reloaded'),
+      'the reload of the file replaced during the start',
+    )
+    expect(await serviceOf(proxy.address('out').port)).toBe('modern')
+  })
 })
