@@ -123,8 +123,9 @@ export function isWatchedFileEvent(
  *
  * With `listener.tls` it terminates TLS: the certificate and key (and client CA, which makes
  * client certificates required) are read now, and again whenever one of the files changes
- * (the folders are watched, so files replaced by rename are seen too); a new pair that does not
- * load (bad PEM, key not matching) is logged and the previous certificate stays in use.
+ * (the folders are watched, so files replaced by rename are seen too, as are Kubernetes secret
+ * volume updates, see {@link isWatchedFileEvent}); a new pair that does not load (bad PEM, key
+ * not matching) is logged and the previous certificate stays in use.
  *
  * @example
  * ```ts
