@@ -325,9 +325,13 @@ class ProxyRuntime implements ProxyInternals {
     this.#adminEnabled = checkBoolean('admin', options.admin ?? true)
     const config = options.config
     if (typeof config === 'string') this.#source = { kind: 'text', text: config }
-    else if (typeof config === 'object' && config !== null && 'file' in config)
-      this.#source = { kind: 'file', file: resolve(String(config.file)) }
-    else if (typeof config === 'object' && config !== null && config.services instanceof Map)
+    else if (typeof config === 'object' && config !== null && 'file' in config) {
+      // An empty path would resolve to the working folder, and a missing one to "./undefined":
+      // both failed later, as an unreadable file named after neither.
+      if (typeof config.file !== 'string' || config.file === '')
+        throw new InvalidOptionError('config.file', 'a non-empty path', config.file)
+      this.#source = { kind: 'file', file: resolve(config.file) }
+    } else if (typeof config === 'object' && config !== null && config.services instanceof Map)
       this.#source = { kind: 'object', config }
     else
       throw new InvalidOptionError('config', 'YAML text, { file } or a ProxyConfig', options.config)

@@ -430,6 +430,17 @@ describe('startProxy', () => {
     ).rejects.toMatchObject({ code: 'CONFIG_INVALID' })
   })
 
+  it('refuses a config file that is not a non-empty path with INVALID_OPTION naming config.file', async () => {
+    for (const file of ['', undefined, 42]) {
+      await expect(
+        startProxyRuntime({ config: { file } as never, logger: quiet }),
+      ).rejects.toMatchObject({
+        code: 'INVALID_OPTION',
+        message: expect.stringContaining('config.file'),
+      })
+    }
+  })
+
   it('enforces Idempotency-Key on a configured route through the store it opens', async () => {
     const text = yaml().replace(
       'targets: [{ service: legacy, weight: 1 }]\n',
