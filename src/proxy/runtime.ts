@@ -275,6 +275,8 @@ class ProxyRuntime implements ProxyInternals {
   #sidecar: SidecarIdempotency | undefined
   #admin: AdminServerLike | undefined
   #watcher: FSWatcher | undefined
+  /** The config file's text in force (undefined: not read from the file, or not applied). */
+  #appliedFileText: string | undefined
   #watchTimer: TimerHandle | undefined
   #reloading: Promise<unknown> = Promise.resolve()
   #draining = false
@@ -349,8 +351,9 @@ class ProxyRuntime implements ProxyInternals {
       config = await this.#queued(async () => {
         const read = await this.#readConfig(undefined)
         loaded = true
-        await this.#apply(read)
-        return read
+        await this.#apply(read.config)
+        this.#appliedFileText = read.fileText
+        return read.config
       })
       if (this.#adminEnabled && config.admin !== undefined) {
         const { startAdminServer } = await import('./admin/server.js')
@@ -545,19 +548,27 @@ class ProxyRuntime implements ProxyInternals {
     return service
   }
 
-  async #readConfig(yamlText: string | undefined): Promise<ProxyConfig> {
+  // The config to apply, and the file's text when it was read from the file.
+  async #readConfig(
+    yamlText: string | undefined,
+  ): Promise<{ config: ProxyConfig; fileText?: string }> {
     const overrides = this.#configOverrides
-    if (yamlText !== undefined) return parseProxyConfig(yamlText, 'reload', overrides)
+    if (yamlText !== undefined) return { config: parseProxyConfig(yamlText, 'reload', overrides) }
     const source = this.#source
     switch (source.kind) {
       case 'file': {
-        const { loadProxyConfig } = await import('./config/load.js')
-        return loadProxyConfig(source.file, overrides)
+        const fileText = await readFile(source.file, 'utf8').catch(() => undefined)
+        if (fileText === undefined) {
+          // Unreadable: loadProxyConfig reports it as it always has.
+          const { loadProxyConfig } = await import('./config/load.js')
+          return { config: await loadProxyConfig(source.file, overrides) }
+        }
+        return { config: parseProxyConfig(fileText, source.file, overrides), fileText }
       }
       case 'text':
-        return parseProxyConfig(source.text, 'config', overrides)
+        return { config: parseProxyConfig(source.text, 'config', overrides) }
       case 'object':
-        return source.config
+        return { config: source.config }
     }
   }
 
@@ -565,8 +576,9 @@ class ProxyRuntime implements ProxyInternals {
     if (this.#closed !== undefined) return undefined
     const log = this.#deps.logger
     let config: ProxyConfig
+    let fileText: string | undefined
     try {
-      config = await this.#readConfig(yamlText)
+      ;({ config, fileText } = await this.#readConfig(yamlText))
     } catch (error) {
       return this.#reloadFailed(error)
     }
@@ -576,6 +588,8 @@ class ProxyRuntime implements ProxyInternals {
     } catch (error) {
       return this.#reloadFailed(error)
     }
+    // Text given to reload() puts the file out of force: its next change applies it again.
+    this.#appliedFileText = fileText
     if (yamlText !== undefined && this.#source.kind === 'text') this.#source.text = yamlText
     if (previous !== undefined) warnStartOnly(previous, config, log)
     this.#metrics.reloads.inc()
@@ -902,6 +916,12 @@ class ProxyRuntime implements ProxyInternals {
     // A delete or a half-written file would fail the reload anyway; only react to content.
     const text = await readFile(file, 'utf8').catch(() => undefined)
     if (text === undefined) return
+    // The event may be another file's: a ConfigMap update swaps ..data for any of its keys.
+    // Reloading the same config is not free (switched routes go back to their targets).
+    if (text === this.#appliedFileText) {
+      this.#deps.logger.debug('config file unchanged; not reloaded', { file })
+      return
+    }
     this.#deps.logger.info('config file changed; reloading', { file })
     await this.tryReload()
   }

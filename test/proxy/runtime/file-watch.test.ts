@@ -116,4 +116,43 @@ describe('config file watch', () => {
     )
     expect(await serviceOf(proxy.address('out').port)).toBe('modern')
   })
+
+  it('does not reload when a ConfigMap update leaves the config file as it was', async () => {
+    // A ConfigMap with two keys: an update of the other one swaps ..data too. Reloading the
+    // same config is not free: it puts switched routes back on their configured targets.
+    const version = (name: string, text: string, other: string): void => {
+      mkdirSync(join(dir, name))
+      writeFileSync(join(dir, name, 'proxy.yaml'), text)
+      writeFileSync(join(dir, name, 'other.txt'), other)
+    }
+    const swap = (name: string): void => {
+      symlinkSync(name, join(dir, '..data_tmp'))
+      renameSync(join(dir, '..data_tmp'), join(dir, '..data'))
+    }
+    version('..v1', yaml(legacy), 'one')
+    symlinkSync('..v1', join(dir, '..data'))
+    symlinkSync(join('..data', 'proxy.yaml'), join(dir, 'proxy.yaml'))
+    symlinkSync(join('..data', 'other.txt'), join(dir, 'other.txt'))
+    const log = captureLog()
+    proxy = await startProxy({
+      config: { file: join(dir, 'proxy.yaml') },
+      logger: createJsonLogger({ output: log, level: 'debug' }),
+      watchDebounceMs: 0,
+    })
+    const seen = (msg: string) => log.lines().filter((l) => l.msg === msg).length
+    version('..v2', yaml(legacy), 'two')
+    swap('..v2')
+    await eventually(
+      () =>
+        seen('config file unchanged; not reloaded') + seen('config file changed; reloading') > 0,
+      'the watch to see the update',
+    )
+    expect(seen('config file changed; reloading')).toBe(0)
+    // A change of the config file itself still reloads.
+    version('..v3', yaml(modern), 'two')
+    swap('..v3')
+    await eventually(() => seen('config reloaded') > 0, 'the reload')
+    expect(seen('config reloaded')).toBe(1)
+    expect(await serviceOf(proxy.address('out').port)).toBe('modern')
+  })
 })
