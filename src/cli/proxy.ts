@@ -1,5 +1,6 @@
 import cluster, { type Worker } from 'node:cluster'
 import { type FSWatcher, watch } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import { basename, dirname, resolve } from 'node:path'
 import { maxTimerDelayMs } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
@@ -307,8 +308,7 @@ async function runPrimary(
   backend.expect(workers)
   let stopping = false
   let admin: AdminServer | undefined
-  let watcher: FSWatcher | undefined
-  let watchTimer: ReturnType<typeof setTimeout> | undefined
+  let watcher: { close(): void } | undefined
   const exited = new Map<number, Promise<void>>()
 
   // Until every first worker has come up, a worker that exits ends the start: a worker that
@@ -379,16 +379,10 @@ async function runPrimary(
           throw new StartupError(`cannot start: admin: ${messageOf(error)}`)
         }
       }
+      // Watched before the workers read the file: a change after they did is not missed.
+      watcher = await watchFile(file, () => reload('config file changed'), log)
       log.info('starting workers', { workers })
       for (let i = 0; i < workers; i++) fork()
-      watcher = await watchFile(
-        file,
-        () => {
-          if (watchTimer !== undefined) clearTimeout(watchTimer)
-          watchTimer = setTimeout(() => reload('config file changed'), 250)
-        },
-        log,
-      )
       signals.on('SIGHUP', onHup)
       return {
         done: startFailed,
@@ -396,7 +390,6 @@ async function runPrimary(
           stopping = true
           signals.off('SIGHUP', onHup)
           watcher?.close()
-          if (watchTimer !== undefined) clearTimeout(watchTimer)
           backend.beginDrain()
           if (startError === undefined && backend.hasStartedAll()) {
             await backend.drainAll()
@@ -447,22 +440,51 @@ function startFailure(error: unknown): never {
   throw new StartupError(`cannot start: ${messageOf(error)}`)
 }
 
-// Watches the folder, not the file: editors and `mv` replace the file, which ends a watch on
-// the file itself; a ConfigMap volume's update names only its `..`-prefixed entries.
+// Calls `onChange` once the file's text changed, 250 ms after the last event. Watches the
+// folder, not the file: editors and `mv` replace the file, which ends a watch on the file
+// itself; a ConfigMap volume's update names only its `..`-prefixed entries, and happens for
+// an update of any of its keys, so an event that leaves the text as it was reloads nothing (a
+// reload puts switched routes back on their targets).
 async function watchFile(
   file: string,
   onChange: () => void,
   log: Logger,
-): Promise<FSWatcher | undefined> {
+): Promise<{ close(): void }> {
   const { isWatchedFileEvent } = await import('../proxy/inbound/listener.js')
+  let last = await readFile(file, 'utf8').catch(() => undefined)
+  let timer: ReturnType<typeof setTimeout> | undefined
+  let closed = false
+  // Serialized, so two reads of one change cannot both report it.
+  let checking = Promise.resolve()
+  const check = (): void => {
+    checking = checking.then(async () => {
+      const text = await readFile(file, 'utf8').catch(() => undefined)
+      // Missing meanwhile (a rename under way): the next event reads it again.
+      if (closed || text === undefined) return
+      if (text === last) {
+        log.debug('config file unchanged; not reloaded', { file })
+        return
+      }
+      last = text
+      onChange()
+    })
+  }
+  let watcher: FSWatcher | undefined
   try {
-    const watcher = watch(dirname(file), (_event, name) => {
-      if (isWatchedFileEvent(name, basename(file))) onChange()
+    watcher = watch(dirname(file), (_event, name) => {
+      if (!isWatchedFileEvent(name, basename(file))) return
+      if (timer !== undefined) clearTimeout(timer)
+      timer = setTimeout(check, 250)
     })
     watcher.on('error', (error) => log.warn('config file watch failed', { error: error.message }))
-    return watcher
   } catch (error) {
     log.warn('config file watch failed', { error: (error as Error).message })
-    return undefined
+  }
+  return {
+    close() {
+      closed = true
+      watcher?.close()
+      if (timer !== undefined) clearTimeout(timer)
+    },
   }
 }

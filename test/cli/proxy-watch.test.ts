@@ -79,4 +79,39 @@ describe('breakwater proxy with workers, config file watch', () => {
       rmSync(join(folder, '..2026_01_01_00_00_00.1'), { recursive: true })
     })
   })
+
+  it('reloads nothing when a ConfigMap update leaves the config file as it was', async () => {
+    // An update of another key swaps ..data too; a reload would put switched routes back.
+    const folder = mkdtempSync(join(dir, 'two-keys-'))
+    const version = (name: string, text: string, other: string): void => {
+      mkdirSync(join(folder, name))
+      writeFileSync(join(folder, name, 'proxy.yaml'), text)
+      writeFileSync(join(folder, name, 'other.txt'), other)
+    }
+    version('..v1', yaml(legacy), 'one')
+    symlinkSync('..v1', join(folder, '..data'))
+    symlinkSync(join('..data', 'proxy.yaml'), join(folder, 'proxy.yaml'))
+    symlinkSync(join('..data', 'other.txt'), join(folder, 'other.txt'))
+    const cli = spawnCli(['proxy', '--config', join(folder, 'proxy.yaml'), '--log-level', 'debug'])
+    try {
+      await cli.waitForLine(
+        () => cli.lines.filter((l) => l.msg === 'proxy started').length === 2,
+        'both workers',
+      )
+      version('..v2', yaml(legacy), 'two')
+      symlinkSync('..v2', join(folder, '..data_tmp'))
+      renameSync(join(folder, '..data_tmp'), join(folder, '..data'))
+      const seen = await cli.waitForLine(
+        (l) =>
+          l.msg === 'config file unchanged; not reloaded' ||
+          l.msg === 'config file changed: reloading the config',
+        'the watch to see the update',
+      )
+      expect(seen.msg).toBe('config file unchanged; not reloaded')
+      cli.child.kill('SIGTERM')
+      expect(await cli.exited).toEqual({ code: 0, signal: null })
+    } finally {
+      cli.kill()
+    }
+  })
 })
