@@ -275,8 +275,11 @@ class ProxyRuntime implements ProxyInternals {
   #sidecar: SidecarIdempotency | undefined
   #admin: AdminServerLike | undefined
   #watcher: FSWatcher | undefined
-  /** The config file's text in force (undefined: not read from the file, or not applied). */
-  #appliedFileText: string | undefined
+  /**
+   * The config file's text as last read (undefined: a reload from it failed to apply, or text
+   * given to reload() is in force), which a watch event that leaves it as it is does not reload.
+   */
+  #fileText: string | undefined
   #watchTimer: TimerHandle | undefined
   #reloading: Promise<unknown> = Promise.resolve()
   #draining = false
@@ -352,7 +355,6 @@ class ProxyRuntime implements ProxyInternals {
         const read = await this.#readConfig(undefined)
         loaded = true
         await this.#apply(read.config)
-        this.#appliedFileText = read.fileText
         return read.config
       })
       if (this.#adminEnabled && config.admin !== undefined) {
@@ -551,19 +553,20 @@ class ProxyRuntime implements ProxyInternals {
   // The config to apply, and the file's text when it was read from the file.
   async #readConfig(
     yamlText: string | undefined,
-  ): Promise<{ config: ProxyConfig; fileText?: string }> {
+  ): Promise<{ config: ProxyConfig; fromFile?: true }> {
     const overrides = this.#configOverrides
     if (yamlText !== undefined) return { config: parseProxyConfig(yamlText, 'reload', overrides) }
     const source = this.#source
     switch (source.kind) {
       case 'file': {
-        const fileText = await readFile(source.file, 'utf8').catch(() => undefined)
-        if (fileText === undefined) {
+        const text = await readFile(source.file, 'utf8').catch(() => undefined)
+        this.#fileText = text
+        if (text === undefined) {
           // Unreadable: loadProxyConfig reports it as it always has.
           const { loadProxyConfig } = await import('./config/load.js')
-          return { config: await loadProxyConfig(source.file, overrides) }
+          return { config: await loadProxyConfig(source.file, overrides), fromFile: true }
         }
-        return { config: parseProxyConfig(fileText, source.file, overrides), fileText }
+        return { config: parseProxyConfig(text, source.file, overrides), fromFile: true }
       }
       case 'text':
         return { config: parseProxyConfig(source.text, 'config', overrides) }
@@ -576,9 +579,9 @@ class ProxyRuntime implements ProxyInternals {
     if (this.#closed !== undefined) return undefined
     const log = this.#deps.logger
     let config: ProxyConfig
-    let fileText: string | undefined
+    let fromFile: true | undefined
     try {
-      ;({ config, fileText } = await this.#readConfig(yamlText))
+      ;({ config, fromFile } = await this.#readConfig(yamlText))
     } catch (error) {
       return this.#reloadFailed(error)
     }
@@ -586,10 +589,12 @@ class ProxyRuntime implements ProxyInternals {
     try {
       await this.#apply(config)
     } catch (error) {
+      // Not in force (a port in use): the next event tries the same text again.
+      if (fromFile) this.#fileText = undefined
       return this.#reloadFailed(error)
     }
-    // Text given to reload() puts the file out of force: its next change applies it again.
-    this.#appliedFileText = fileText
+    // Text given to reload() puts the file out of force: its next event applies it again.
+    if (!fromFile) this.#fileText = undefined
     if (yamlText !== undefined && this.#source.kind === 'text') this.#source.text = yamlText
     if (previous !== undefined) warnStartOnly(previous, config, log)
     this.#metrics.reloads.inc()
@@ -912,18 +917,22 @@ class ProxyRuntime implements ProxyInternals {
     if (bound) this.#listenersChanged?.()
   }
 
-  async #reloadFromWatch(file: string): Promise<void> {
-    // A delete or a half-written file would fail the reload anyway; only react to content.
-    const text = await readFile(file, 'utf8').catch(() => undefined)
-    if (text === undefined) return
-    // The event may be another file's: a ConfigMap update swaps ..data for any of its keys.
-    // Reloading the same config is not free (switched routes go back to their targets).
-    if (text === this.#appliedFileText) {
-      this.#deps.logger.debug('config file unchanged; not reloaded', { file })
-      return
-    }
-    this.#deps.logger.info('config file changed; reloading', { file })
-    await this.tryReload()
+  // In the reload queue: the text is compared with what the reload before it read.
+  #reloadFromWatch(file: string): Promise<unknown> {
+    return this.#queued(async () => {
+      if (this.#closed !== undefined) return undefined
+      // A delete or a half-written file would fail the reload anyway; only react to content.
+      const text = await readFile(file, 'utf8').catch(() => undefined)
+      if (text === undefined) return undefined
+      // The event may be another file's: a ConfigMap update swaps ..data for any of its keys.
+      // Reloading the same config is not free (switched routes go back to their targets).
+      if (text === this.#fileText) {
+        this.#deps.logger.debug('config file unchanged; not reloaded', { file })
+        return undefined
+      }
+      this.#deps.logger.info('config file changed; reloading', { file })
+      return this.#reloadNow(undefined)
+    })
   }
 
   async #close(drainMs: number | undefined): Promise<void> {

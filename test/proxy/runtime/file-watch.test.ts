@@ -155,4 +155,32 @@ describe('config file watch', () => {
     expect(seen('config reloaded')).toBe(1)
     expect(await serviceOf(proxy.address('out').port)).toBe('modern')
   })
+
+  it('reloads a file put back after a refused change, and not a refused text again', async () => {
+    const file = join(dir, 'proxy.yaml')
+    writeFileSync(file, yaml(legacy))
+    const log = captureLog()
+    proxy = await startProxy({
+      config: { file },
+      logger: createJsonLogger({ output: log, level: 'debug' }),
+      watchDebounceMs: 0,
+    })
+    const seen = (msg: string) => log.lines().filter((l) => l.msg === msg).length
+    const replace = (text: string): void => {
+      writeFileSync(`${file}.tmp`, text)
+      renameSync(`${file}.tmp`, file)
+    }
+    replace('services: {}\n')
+    await eventually(
+      () => seen('config reload refused; the running config stays in force') > 0,
+      'the refusal',
+    )
+    // The same refused text again: nothing to retry.
+    replace('services: {}\n')
+    await eventually(() => seen('config file unchanged; not reloaded') > 0, 'the event')
+    expect(seen('config reload refused; the running config stays in force')).toBe(1)
+    // The good file back: reloaded, although it is the text in force.
+    replace(yaml(legacy))
+    await eventually(() => seen('config reloaded') > 0, 'the reload')
+  })
 })
