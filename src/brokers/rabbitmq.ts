@@ -94,6 +94,11 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * (phase `handler`, `BROKER_REJECTED`), rather than handed on with an id an inbox could not
  * tell apart from every other such message.
  *
+ * Header values arrive as text. breakwater's publisher sends strings only; another producer's
+ * numbers, booleans, decimals, timestamps, byte arrays, tables and arrays are converted to
+ * deterministic text (tables and arrays as canonical JSON, decimals exact, timestamps ISO 8601,
+ * byte arrays base64): see docs/rabbitmq.md.
+ *
  * @example
  * ```ts
  * import { createRabbitMqBroker } from 'breakwater/brokers'
@@ -481,18 +486,90 @@ const brokerHeaders = /^x-(delivery-count|death|(first|last)-death-(exchange|que
 const MISSING_ID_REASON =
   'refused a message without a messageId property (set by every breakwater publisher; other producers must set a unique one): it has no id to deduplicate on, so it was rejected without requeueing (dead-lettered if the queue has a dead-letter exchange)'
 
+/**
+ * The text an AMQP header value takes in {@link IncomingMessage.headers}, whose values are
+ * strings: breakwater's publisher sends only strings, but another producer may send any AMQP
+ * field type, which amqplib decodes as follows. The conversion is deterministic (equal values
+ * give equal text, whatever the order of a table's fields) and keeps everything amqplib decoded,
+ * so two different values of one type never arrive as the same text:
+ *
+ * - a string: as it is;
+ * - an integer or float: `String(n)` (`42`, `-7`, `1.5`; a 32-bit float keeps its binary
+ *   value, so 0.1 arrives as `0.10000000149011612`; amqplib decodes a 64-bit integer into a
+ *   JS number, exact up to 2^53 only);
+ * - a boolean: `true` / `false`; a void field: `null`;
+ * - a decimal (`{ digits, places }` in amqplib): its exact decimal text, scale kept
+ *   (digits 150, places 2: `1.50`; digits 5, places 3: `0.005`);
+ * - a timestamp (seconds since the epoch): ISO 8601 UTC without fraction,
+ *   `2023-11-14T22:13:20Z` (the count of seconds if beyond what a Date can hold);
+ * - a byte array: base64 (its bytes need not be UTF-8, which would lose them);
+ * - a table or an array: JSON text, a table's fields sorted by name, and within it strings as
+ *   JSON strings, numbers, booleans and null as JSON, decimals as JSON numbers with the text
+ *   above, timestamps and byte arrays as JSON strings with the text above, and NaN or an
+ *   infinite float as the JSON string `"NaN"`, `"Infinity"` or `"-Infinity"`.
+ */
+function headerText(value: unknown): string {
+  if (typeof value === 'string') return value
+  if (typeof value === 'number') return String(value)
+  const special = specialText(value)
+  if (special !== undefined) return special
+  return fieldJson(value)
+}
+
+/** A decimal, timestamp or byte array as text, or undefined for any other value. */
+function specialText(value: unknown): string | undefined {
+  if (Buffer.isBuffer(value)) return value.toString('base64')
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined
+  // amqplib decodes a decimal as { '!': 'decimal', value: { places, digits } } and a timestamp
+  // as { '!': 'timestamp', value: seconds }.
+  const typed = value as { readonly '!'?: unknown; readonly value?: unknown }
+  if (typed['!'] === 'decimal') {
+    const { digits, places } = (typed.value ?? {}) as { digits?: unknown; places?: unknown }
+    if (typeof digits === 'number' && typeof places === 'number') {
+      const text = String(digits).padStart(places + 1, '0')
+      if (places === 0) return text
+      return `${text.slice(0, text.length - places)}.${text.slice(text.length - places)}`
+    }
+  }
+  if (typed['!'] === 'timestamp' && typeof typed.value === 'number') {
+    const seconds = typed.value
+    const date = new Date(seconds * 1000)
+    // Beyond ±8.64e12 s a Date is invalid: the count itself is the only exact text left.
+    if (Number.isNaN(date.getTime())) return String(seconds)
+    return date.toISOString().replace('.000Z', 'Z')
+  }
+  return undefined
+}
+
+/** A field value as canonical JSON text (see {@link headerText}). */
+function fieldJson(value: unknown): string {
+  if (typeof value === 'number') {
+    return Number.isFinite(value) ? String(value) : JSON.stringify(String(value))
+  }
+  if (typeof value === 'string') return JSON.stringify(value)
+  if (typeof value === 'boolean' || value === null) return String(value)
+  if (typeof value === 'object') {
+    const special = specialText(value)
+    if (special !== undefined) {
+      return (value as { '!'?: unknown })['!'] === 'decimal' ? special : JSON.stringify(special)
+    }
+    if (Array.isArray(value)) return `[${value.map(fieldJson).join(',')}]`
+    const table = value as Record<string, unknown>
+    const fields = Object.keys(table)
+      .sort()
+      .map((name) => `${JSON.stringify(name)}:${fieldJson(table[name])}`)
+    return `{${fields.join(',')}}`
+  }
+  // amqplib decodes nothing else; should it one day, keep the value rather than fail.
+  return JSON.stringify(String(value))
+}
+
 function toIncoming(message: ConsumeMessage): IncomingMessage {
   const raw = (message.properties.headers ?? {}) as Record<string, unknown>
   const headers: Record<string, string> = {}
   let key = ''
   for (const name in raw) {
-    const value = raw[name]
-    const text =
-      typeof value === 'string'
-        ? value
-        : Buffer.isBuffer(value)
-          ? value.toString('utf8')
-          : String(value)
+    const text = headerText(raw[name])
     if (name === KEY_HEADER) key = text
     else if (!brokerHeaders.test(name)) headers[name] = text
   }

@@ -85,6 +85,88 @@ describe('rabbitmq specifics', () => {
     expect(received.messages[0]!.headers).toEqual(headers)
   })
 
+  it('delivers another producer’s typed header values as deterministic text: tables and arrays as canonical JSON, decimals exact, timestamps ISO, bytes base64', async () => {
+    const url = await brokerUrl('rabbitmq')
+    const broker = testBroker('rabbitmq', url)
+    closers.push(() => broker.close())
+    const topic = unique('typed')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    // Another producer, straight through amqplib, with every AMQP field type it can encode
+    // ({ '!': type } picks one; a JS number is sent as the smallest integer type or a double).
+    const amqp = await import('amqplib')
+    const model = await amqp.connect(url)
+    closers.push(() => model.close())
+    const channel = await model.createConfirmChannel()
+    const decimal = (digits: number, places: number) => ({
+      '!': 'decimal',
+      value: { digits, places },
+    })
+    const headers = {
+      'breakwater-key': 'k',
+      text: 'plain',
+      byte: 42,
+      negative: -7,
+      long: 2 ** 40,
+      double: 1.5,
+      float: { '!': 'float', value: 0.5 },
+      unsigned: { '!': 'uint32', value: 4_000_000_000 },
+      yes: true,
+      no: false,
+      void: null,
+      decimal: decimal(150, 2),
+      fraction: decimal(5, 3),
+      whole: decimal(7, 0),
+      timestamp: { '!': 'timestamp', value: 1_700_000_000 },
+      bytes: Buffer.from([0xff, 0x00, 0x41]),
+      table: { b: 1, a: 'x', nested: { z: true } },
+      // The same table with its fields in another order: the same text.
+      reordered: { nested: { z: true }, a: 'x', b: 1 },
+      other: { a: 'x', b: 2, nested: { z: true } },
+      list: [
+        1,
+        'two',
+        decimal(3, 1),
+        Buffer.from('hi'),
+        null,
+        [false],
+        { '!': 'timestamp', value: 0 },
+      ],
+      empty: {},
+    }
+    channel.publish('breakwater', topic, Buffer.from('typed'), {
+      persistent: true,
+      messageId: 'typed-1',
+      headers,
+    })
+    await channel.waitForConfirms()
+    await received.until(() => received.messages.length >= 1, 'the typed message')
+    const message = received.messages[0]!
+    expect(message.key).toBe('k')
+    expect(message.headers).toEqual({
+      text: 'plain',
+      byte: '42',
+      negative: '-7',
+      long: '1099511627776',
+      double: '1.5',
+      float: '0.5',
+      unsigned: '4000000000',
+      yes: 'true',
+      no: 'false',
+      void: 'null',
+      decimal: '1.50',
+      fraction: '0.005',
+      whole: '7',
+      timestamp: '2023-11-14T22:13:20Z',
+      bytes: '/wBB',
+      table: '{"a":"x","b":1,"nested":{"z":true}}',
+      reordered: '{"a":"x","b":1,"nested":{"z":true}}',
+      other: '{"a":"x","b":2,"nested":{"z":true}}',
+      list: '[1,"two",0.3,"aGk=",null,[false],"1970-01-01T00:00:00Z"]',
+      empty: '{}',
+    })
+  })
+
   it('does not fail a later publish as unroutable for a return that came back to an abandoned one', async () => {
     const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
     closers.push(() => broker.close())
