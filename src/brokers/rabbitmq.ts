@@ -163,10 +163,16 @@ async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelMod
   }
 }
 
-/** Drops a connection at once, without the close handshake a frozen server never answers. */
+/**
+ * Drops a connection at once, without the close handshake a frozen server never answers. The
+ * socket is destroyed with an error: the driver listens for 'error' and 'end' only, so a plain
+ * destroy would leave it believing the connection open, its channels never closed, and every
+ * wait on them ('drain', confirms, replies, a close) pending for good.
+ */
 function destroy(model: ChannelModel): void {
-  const stream = (model.connection as unknown as { stream?: { destroy(): void } }).stream
-  stream?.destroy()
+  const stream = (model.connection as unknown as { stream?: { destroy(error?: Error): void } })
+    .stream
+  stream?.destroy(new Error('connection dropped: the server did not answer in time'))
 }
 
 /**
@@ -431,8 +437,12 @@ class RabbitPublisher implements Publisher {
   #forget(connection: Promise<PublishChannel>, closeIt: boolean): void {
     if (this.#connection === connection) this.#connection = undefined
     if (closeIt) {
+      // Bounded like every other round trip: a frozen server never sends the close-ok, and
+      // the connection (with the given-up publish's wait for 'drain') would outlive it.
+      const options = this.#options
       void connection.then(
-        ({ model }) => model.close().catch(() => {}),
+        ({ model }) =>
+          answered(options, model, 'closing the connection', model.close()).catch(() => {}),
         () => {},
       )
     }

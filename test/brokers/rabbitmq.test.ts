@@ -1,3 +1,7 @@
+import { createRequire } from 'node:module'
+import type { Socket } from 'node:net'
+import { dirname, join } from 'node:path'
+import type { ChannelModel, ConfirmChannel } from 'amqplib'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createRabbitMqBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
 import { BreakwaterError } from '../../src/core/errors.js'
@@ -302,6 +306,82 @@ describe('rabbitmq specifics', () => {
       frozen = false
       await broker.close()
     } finally {
+      if (frozen) process.kill(-server.pid, 'SIGCONT')
+      await server.stop()
+    }
+  }, 120_000)
+
+  it('drops the connection of a publish that timed out within connectTimeoutMs, instead of waiting for the close-ok of a frozen server (and its drain) for ever', async () => {
+    const server = await startPrivateBroker('rabbitmq')
+    let frozen = false
+    // The publisher's connection and channel, seen through the driver's own class: the adapter
+    // keeps them private, and a forgotten connection is exactly what is under test.
+    const require = createRequire(import.meta.url)
+    const { ChannelModel } = require(
+      join(dirname(require.resolve('amqplib')), 'lib', 'channel_model.js'),
+    ) as { ChannelModel: { prototype: { createConfirmChannel: () => Promise<ConfirmChannel> } } }
+    const original = ChannelModel.prototype.createConfirmChannel
+    const opened: Array<{ model: ChannelModel; channel: ConfirmChannel }> = []
+    ChannelModel.prototype.createConfirmChannel = async function (this: ChannelModel) {
+      const channel = await original.call(this)
+      opened.push({ model: this, channel })
+      return channel
+    }
+    try {
+      const clock = new ManualClock(1_000)
+      const broker = createRabbitMqBroker({
+        url: server.url,
+        clock,
+        publishTimeoutMs: 3_000,
+        connectTimeoutMs: 2_000,
+      })
+      const topic = unique('stall-leak')
+      await broker.subscriber.subscribe(topic, unique('g'), async () => {})
+      await broker.publisher.publish(makeBatch(topic, 1, 1, 'first'))
+      expect(opened).toHaveLength(1)
+      const { model, channel } = opened[0]!
+      const socket = (model.connection as unknown as { stream: Socket }).stream
+      let channelClosed = false
+      channel.once('close', () => {
+        channelClosed = true
+      })
+      process.kill(-server.pid, 'SIGSTOP')
+      frozen = true
+      // Enough to fill the socket and the channel's buffer: the publish waits for 'drain'.
+      const payload = Buffer.alloc(16 * 1024)
+      const batch = Array.from({ length: 4_000 }, (_, i) => ({
+        id: `big-${i}`,
+        topic,
+        key: 'k',
+        payload,
+        headers: {},
+      }))
+      const publishing = broker.publisher.publish(batch)
+      let settled = false
+      publishing.then(
+        () => (settled = true),
+        () => (settled = true),
+      )
+      // Steps the clock only to the publish deadline (the deadline loop only guards the test).
+      const deadline = Date.now() + 30_000
+      while (!settled && clock.now() < 1_000 + 3_000) {
+        if (Date.now() > deadline) throw new Error('publish() still waiting on a frozen server')
+        await clock.advance(1_000 + 3_000 - clock.now())
+        await new Promise((resolve) => setTimeout(resolve, 5))
+      }
+      await expect(publishing).rejects.toMatchObject({ code: 'BROKER_UNAVAILABLE' })
+      // The publish gave up: its connection is closed in the background, with the same bound
+      // as every other round trip. Once connectTimeoutMs passed, the socket is gone and the
+      // driver has closed the channel (ending the wait for 'drain' and the pending confirms).
+      await clock.advance(2_000)
+      await new Promise((resolve) => setImmediate(resolve))
+      expect(socket.destroyed).toBe(true)
+      expect(channelClosed).toBe(true)
+      process.kill(-server.pid, 'SIGCONT')
+      frozen = false
+      await broker.close()
+    } finally {
+      ChannelModel.prototype.createConfirmChannel = original
       if (frozen) process.kill(-server.pid, 'SIGCONT')
       await server.stop()
     }
