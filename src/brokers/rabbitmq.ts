@@ -451,9 +451,9 @@ class RabbitPublisher implements Publisher {
 
 /**
  * What RabbitMQ cannot carry as it is, checked before the batch is sent. The message id and the
- * topic (routing key) travel as AMQP short strings of at most 255 bytes: amqplib would throw in
- * the middle of the batch, after the earlier messages went out, and the channel would be
- * dropped. A header named `__proto__` (the outbox keeps such headers) would be sent, but
+ * topic (routing key), and the name of each header, travel as AMQP short strings of at most
+ * 255 bytes: amqplib would throw in the middle of the batch, after the earlier messages went
+ * out, and the channel would be dropped. A header named `__proto__` (the outbox keeps such headers) would be sent, but
  * amqplib decodes a headers table into a plain object, where that name sets the prototype:
  * the header would vanish on the way without a word.
  */
@@ -462,6 +462,12 @@ function shortStrings(message: OutgoingMessage): string | undefined {
   if (Buffer.byteLength(message.topic) > 255) return '.topic is longer than 255 bytes'
   if (Object.hasOwn(message.headers, '__proto__')) {
     return '.headers has a header named __proto__, which the amqplib driver drops on receipt'
+  }
+  for (const name of Object.keys(message.headers)) {
+    // A header table's field names are short strings too.
+    if (Buffer.byteLength(name) > 255) {
+      return `.headers has a header name longer than 255 bytes ("${name.slice(0, 32)}…")`
+    }
   }
   return undefined
 }

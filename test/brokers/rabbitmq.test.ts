@@ -410,6 +410,33 @@ describe('rabbitmq specifics', () => {
     expect(received.ids()).toEqual(['y'])
   })
 
+  it('refuses a header name longer than 255 bytes before sending any of the batch, naming the header', async () => {
+    const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
+    closers.push(() => broker.close())
+    const topic = unique('long-header')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    // A table key is an AMQP short string: amqplib would throw a bare RangeError in the middle
+    // of the batch, after the first message went out.
+    const batch = [
+      { id: 'sent-first', topic, key: 'k', payload: '', headers: {} },
+      { id: 'long', topic, key: 'k', payload: '', headers: { ['h'.repeat(256)]: 'v' } },
+    ]
+    const error = await broker.publisher.publish(batch).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(BreakwaterError.is(error), String(error)).toBe(true)
+    expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+    expect((error as BreakwaterError).retryable).toBe(false)
+    expect((error as Error).message).toMatch(/messages\[1\]\.headers.*255 bytes/)
+    // One consumer of a queue sees messages in publish order: 'after' comes after anything the
+    // refused batch sent.
+    await broker.publisher.publish([{ id: 'after', topic, key: 'k', payload: '', headers: {} }])
+    await received.until(() => received.ids().includes('after'), 'the next message')
+    expect(received.ids()).toEqual(['after'])
+  })
+
   it('closes within connectTimeoutMs when the server stops answering, instead of waiting for its close-ok for ever', async () => {
     const server = await startPrivateBroker('rabbitmq')
     let frozen = false
