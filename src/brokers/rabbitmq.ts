@@ -455,7 +455,8 @@ class RabbitPublisher implements Publisher {
  * 255 bytes: amqplib would throw in the middle of the batch, after the earlier messages went
  * out, and the channel would be dropped. A header named `__proto__` (the outbox keeps such headers) would be sent, but
  * amqplib decodes a headers table into a plain object, where that name sets the prototype:
- * the header would vanish on the way without a word.
+ * the header would vanish on the way without a word. So would a header named like RabbitMQ's
+ * own (`x-death`, `x-delivery-count`, ...), which the subscriber leaves out of a delivery.
  */
 function shortStrings(message: OutgoingMessage): string | undefined {
   if (Buffer.byteLength(message.id) > 255) return '.id is longer than 255 bytes'
@@ -467,6 +468,9 @@ function shortStrings(message: OutgoingMessage): string | undefined {
     // A header table's field names are short strings too.
     if (Buffer.byteLength(name) > 255) {
       return `.headers has a header name longer than 255 bytes ("${name.slice(0, 32)}…")`
+    }
+    if (brokerHeaders.test(name)) {
+      return `.headers has a header named ${name}, which is RabbitMQ's own: the subscriber does not deliver it`
     }
   }
   return undefined

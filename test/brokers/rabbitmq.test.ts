@@ -437,6 +437,33 @@ describe('rabbitmq specifics', () => {
     expect(received.ids()).toEqual(['after'])
   })
 
+  it('refuses a header named like RabbitMQ’s own (x-death, x-delivery-count), which the subscriber would drop on receipt', async () => {
+    const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
+    closers.push(() => broker.close())
+    const topic = unique('own-headers')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    for (const name of [
+      'x-death',
+      'x-delivery-count',
+      'x-first-death-queue',
+      'x-last-death-reason',
+    ]) {
+      const error = await broker.publisher
+        .publish([{ id: 'x', topic, key: 'k', payload: '', headers: { [name]: 'v' } }])
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        )
+      expect(BreakwaterError.is(error), `${name}: ${String(error)}`).toBe(true)
+      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+      expect((error as Error).message).toContain(`messages[0].headers has a header named ${name}`)
+    }
+    await broker.publisher.publish([{ id: 'y', topic, key: 'k', payload: '', headers: {} }])
+    await received.until(() => received.messages.length >= 1, 'the next message')
+    expect(received.ids()).toEqual(['y'])
+  })
+
   it('closes within connectTimeoutMs when the server stops answering, instead of waiting for its close-ok for ever', async () => {
     const server = await startPrivateBroker('rabbitmq')
     let frozen = false
