@@ -40,7 +40,10 @@ import type {
  * a group consume the same queue.
  */
 export interface RabbitMqBrokerOptions extends BrokerCommonOptions {
-  /** The exchange messages are published to (declared durable when missing). @default 'breakwater' */
+  /**
+   * The exchange messages are published to (declared durable when missing): at most 255 bytes,
+   * not starting with `amq.`. @default 'breakwater'
+   */
   readonly exchange?: string
   /**
    * Its type. With `topic`, topics are dot-separated words and a subscription's topic may use
@@ -116,10 +119,17 @@ export function createRabbitMqBroker(options: RabbitMqBrokerOptions): Broker {
 function resolveRabbitOptions(options: RabbitMqBrokerOptions): ResolvedRabbitOptions {
   const common = resolveCommonOptions('rabbitmq', options, ['amqp:', 'amqps:'])
   const exchange = options.exchange ?? 'breakwater'
-  if (typeof exchange !== 'string' || exchange === '' || exchange.startsWith('amq.')) {
+  // At most 255 bytes (an AMQP short string): a longer one would fail every publish with
+  // amqplib's TypeError, which reads as a rejected message rather than a bad setting.
+  if (
+    typeof exchange !== 'string' ||
+    exchange === '' ||
+    exchange.startsWith('amq.') ||
+    Buffer.byteLength(exchange) > 255
+  ) {
     throw new InvalidOptionError(
       'rabbitmq.exchange',
-      'a non-empty name not starting with "amq."',
+      'a non-empty name of at most 255 bytes not starting with "amq."',
       exchange,
     )
   }

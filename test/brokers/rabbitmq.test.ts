@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path'
 import type { ChannelModel, ConfirmChannel } from 'amqplib'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createRabbitMqBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
-import { BreakwaterError } from '../../src/core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { brokerUrl, startPrivateBroker, stopOwnBrokers } from '../support/brokers.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
@@ -462,6 +462,18 @@ describe('rabbitmq specifics', () => {
     await broker.publisher.publish([{ id: 'y', topic, key: 'k', payload: '', headers: {} }])
     await received.until(() => received.messages.length >= 1, 'the next message')
     expect(received.ids()).toEqual(['y'])
+  })
+
+  it('refuses an exchange name longer than 255 bytes at construction, instead of failing every publish as a rejected message', () => {
+    // An AMQP short string: amqplib would throw a TypeError on each publish, which reads as
+    // BROKER_REJECTED (not retryable) and would dead-letter every event over a setting.
+    const make = (): unknown =>
+      createRabbitMqBroker({ url: 'amqp://127.0.0.1:1', exchange: 'e'.repeat(256) })
+    expect(make).toThrow(InvalidOptionError)
+    expect(make).toThrow(/rabbitmq\.exchange/)
+    expect(() =>
+      createRabbitMqBroker({ url: 'amqp://127.0.0.1:1', exchange: 'é'.repeat(127) }),
+    ).not.toThrow()
   })
 
   it('closes within connectTimeoutMs when the server stops answering, instead of waiting for its close-ok for ever', async () => {
