@@ -642,8 +642,14 @@ class RabbitSubscriber implements Subscriber {
     if (this.#closed) throw closedError('rabbitmq', 'subscriber')
     const options = this.#options
     const queue = options.queueName(topic, group)
-    if (typeof queue !== 'string' || queue === '') {
-      throw new InvalidOptionError('rabbitmq.queueName()', 'a non-empty string', queue)
+    // A queue name is an AMQP short string: a longer one would fail each connection attempt
+    // with amqplib's TypeError instead of naming the setting (or the topic and group) at fault.
+    if (typeof queue !== 'string' || queue === '' || Buffer.byteLength(queue) > 255) {
+      throw new InvalidOptionError(
+        'rabbitmq.queueName()',
+        'a non-empty string of at most 255 bytes',
+        queue,
+      )
     }
     // One dispatcher for the subscription's lifetime, so a key's unacknowledged messages are
     // still awaited after a reconnect. RabbitMQ has no log position: a message keeps the

@@ -476,6 +476,19 @@ describe('rabbitmq specifics', () => {
     ).not.toThrow()
   })
 
+  it('refuses to subscribe with a queue name longer than 255 bytes with InvalidOptionError, before connecting', async () => {
+    const broker = createRabbitMqBroker({ url: 'amqp://127.0.0.1:1' })
+    closers.push(() => broker.close())
+    const error = await broker.subscriber
+      .subscribe(`t.${'x'.repeat(250)}`, 'group', async () => {})
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('rabbitmq.queueName()')
+  })
+
   it('closes within connectTimeoutMs when the server stops answering, instead of waiting for its close-ok for ever', async () => {
     const server = await startPrivateBroker('rabbitmq')
     let frozen = false
