@@ -175,7 +175,22 @@ export class CancelScope implements AbortListener {
   }
 
   parentAborted(reason: unknown): void {
-    this.abort(reason)
+    this.abort(this.#firstReason(reason))
+  }
+
+  // A parent just told us it aborted with `reason`; the other parent (or the scope's own
+  // expiry) may have aborted before without telling us (a deadline expires by the clock, with
+  // no timer while nobody listens). That one came first, and its reason is the scope's, as for
+  // AbortSignal.any() made before either aborted.
+  #firstReason(reason: unknown): unknown {
+    if (this.#aborted) return reason
+    const expired = this.expiry()
+    if (expired !== undefined) return expired
+    const p1 = this.#parent
+    if (p1?.aborted && p1.reason !== reason) return p1.reason
+    const p2 = this.#parent2
+    if (p2?.aborted && p2.reason !== reason) return p2.reason
+    return reason
   }
 
   handleEvent(event: Event): void {

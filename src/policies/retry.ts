@@ -14,6 +14,7 @@ import {
   type CancelParent,
   CancelScope,
   cancelScope,
+  hasExternalSignal,
   listen,
   parentOf,
   parentOfSignal,
@@ -181,12 +182,18 @@ class RetryExecution implements PolicyContext {
   readonly attempt: number
   readonly parent: CancelParent | undefined
   #scope: CancelParent | undefined
-  #linked: CancelScope | undefined
+  #linked: RetryScope | undefined
   #resolved = false
 
   constructor(parent: CancelParent | undefined, attempt: number) {
     this.parent = parent
     this.attempt = attempt
+    // Under a deadline, a caller's signal must be followed from the start: an AbortSignal does
+    // not say when it aborted, so a scope first asked after both it and the deadline had aborted
+    // could not tell which came first (and would answer with the caller's reason, although the
+    // deadline ran out before). Following it, the scope hears the caller's abort when it happens
+    // and then looks whether the deadline had already passed.
+    if (hasExternalSignal(parent) && currentDeadlineScope() !== undefined) this.scope()
   }
 
   get signal(): AbortSignal {
@@ -204,8 +211,10 @@ class RetryExecution implements PolicyContext {
       if (deadline === undefined) this.#scope = this.parent
       else if (this.parent === undefined) this.#scope = deadline
       else {
-        this.#linked = new CancelScope(this.parent, deadline)
-        this.#scope = this.#linked
+        const linked = new RetryScope(this.parent, deadline)
+        if (hasExternalSignal(this.parent)) linked.follow()
+        this.#linked = linked
+        this.#scope = linked
       }
     }
     return this.#scope
@@ -214,6 +223,26 @@ class RetryExecution implements PolicyContext {
   close(): void {
     // Only a linked scope is ours to close; the deadline belongs to withDeadline.
     this.#linked?.close()
+  }
+
+  /**
+   * True when the caller's side aborted the call before the deadline passed: a caller's abort
+   * (given up as 'aborted') rather than a deadline that ran out first (given up as 'deadline').
+   */
+  callerAborted(): boolean {
+    const parent = this.parent
+    if (parent === undefined || !parent.aborted) return false
+    const linked = this.#linked
+    // The linked scope took the reason of whichever of the two aborted first.
+    return linked === undefined || linked.reason === parent.reason
+  }
+}
+
+// The scope of a retry's attempts under both a deadline and a caller's side.
+class RetryScope extends CancelScope {
+  /** Follows the parents now, until closed (see CancelScope.link). */
+  follow(): void {
+    this.link()
   }
 }
 
@@ -347,9 +376,10 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
     let attempt = 1
     let previousDelayMs: number | undefined
     for (;;) {
-      if (parent?.aborted) {
+      // A caller who left after the deadline had passed is a deadline, checked next.
+      if (execution.callerAborted()) {
         this.#giveUp(attempt, 'aborted', error)
-        throw isCode(error, 'ABORTED') ? error : new AbortedError(parent.reason)
+        throw isCode(error, 'ABORTED') ? error : new AbortedError(parent?.reason)
       }
       const now = clock.now()
       if (deadline !== undefined && now >= deadline.atMs) {
@@ -368,9 +398,9 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       }
       // shouldRetry is user code and may have aborted the caller's side (the sleep below also
       // catches an abort from a retry listener or the budget).
-      if (parent?.aborted) {
+      if (execution.callerAborted()) {
         this.#giveUp(attempt, 'aborted', error)
-        throw new AbortedError(parent.reason)
+        throw new AbortedError(parent?.reason)
       }
       const backoffMs = this.#backoff.delayMs(attempt - 1, previousDelayMs)
       previousDelayMs = backoffMs
