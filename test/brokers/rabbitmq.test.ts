@@ -15,6 +15,54 @@ afterAll(stopOwnBrokers)
 
 describeBrokerConformance({ name: 'rabbitmq', dedupe: false })
 
+/** A private RabbitMQ that a test can freeze (SIGSTOP of its whole process group) and thaw. */
+async function freezableBroker() {
+  const server = await startPrivateBroker('rabbitmq')
+  let frozen = false
+  return {
+    url: server.url,
+    /** Stops the server: connections stay open and nothing is read or answered. */
+    freeze(): void {
+      process.kill(-server.pid, 'SIGSTOP')
+      frozen = true
+    },
+    thaw(): void {
+      if (frozen) process.kill(-server.pid, 'SIGCONT')
+      frozen = false
+    },
+    async stop(): Promise<void> {
+      this.thaw()
+      await server.stop()
+    },
+  }
+}
+
+/**
+ * Advances `clock` to its next timer until `done()`, letting real I/O happen in between; the
+ * real-time deadline only guards the test against hanging.
+ */
+async function stepTimersUntil(clock: ManualClock, done: () => boolean, what: string) {
+  const deadline = Date.now() + 30_000
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`${what} still waiting on a frozen server`)
+    const next = clock.nextTimerAt()
+    if (next !== undefined) await clock.advance(next - clock.now())
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}
+
+/** Enough to fill the socket and the channel's buffer: publishing it waits for 'drain'. */
+function drainingBatch(topic: string) {
+  const payload = Buffer.alloc(16 * 1024)
+  return Array.from({ length: 4_000 }, (_, i) => ({
+    id: `big-${i}`,
+    topic,
+    key: 'k',
+    payload,
+    headers: {},
+  }))
+}
+
 describe('rabbitmq specifics', () => {
   const closers: Array<() => Promise<void>> = []
   afterAll(async () => {
@@ -260,8 +308,7 @@ describe('rabbitmq specifics', () => {
   })
 
   it('bounds a publish whose writes the server stops reading by publishTimeoutMs, instead of waiting for the channel to drain for ever', async () => {
-    const server = await startPrivateBroker('rabbitmq')
-    let frozen = false
+    const server = await freezableBroker()
     try {
       const clock = new ManualClock(1_000)
       const broker = createRabbitMqBroker({ url: server.url, clock, publishTimeoutMs: 3_000 })
@@ -272,16 +319,8 @@ describe('rabbitmq specifics', () => {
       // The whole server group (the script and its Erlang VM) stops: connections stay open and
       // nothing is read, so the socket fills, then the channel's buffer of 1024 frames, and
       // the driver asks the publisher to wait for 'drain'.
-      process.kill(-server.pid, 'SIGSTOP')
-      frozen = true
-      const payload = Buffer.alloc(16 * 1024)
-      const batch = Array.from({ length: 4_000 }, (_, i) => ({
-        id: `big-${i}`,
-        topic,
-        key: 'k',
-        payload,
-        headers: {},
-      }))
+      server.freeze()
+      const batch = drainingBatch(topic)
       let outcome: unknown
       let settled = false
       void broker.publisher.publish(batch).then(
@@ -293,27 +332,18 @@ describe('rabbitmq specifics', () => {
           settled = true
         },
       )
-      const deadline = Date.now() + 30_000
-      while (!settled) {
-        if (Date.now() > deadline) throw new Error('publish() still waiting on a frozen server')
-        const next = clock.nextTimerAt()
-        if (next !== undefined) await clock.advance(next - clock.now())
-        await new Promise((resolve) => setTimeout(resolve, 5))
-      }
+      await stepTimersUntil(clock, () => settled, 'publish()')
       expect(BreakwaterError.is(outcome), String(outcome)).toBe(true)
       expect((outcome as BreakwaterError).code).toBe('BROKER_UNAVAILABLE')
-      process.kill(-server.pid, 'SIGCONT')
-      frozen = false
+      server.thaw()
       await broker.close()
     } finally {
-      if (frozen) process.kill(-server.pid, 'SIGCONT')
       await server.stop()
     }
   }, 120_000)
 
   it('drops the connection of a publish that timed out within connectTimeoutMs, instead of waiting for the close-ok of a frozen server (and its drain) for ever', async () => {
-    const server = await startPrivateBroker('rabbitmq')
-    let frozen = false
+    const server = await freezableBroker()
     // The publisher's connection and channel, seen through the driver's own class: the adapter
     // keeps them private, and a forgotten connection is exactly what is under test.
     const require = createRequire(import.meta.url)
@@ -345,18 +375,8 @@ describe('rabbitmq specifics', () => {
       channel.once('close', () => {
         channelClosed = true
       })
-      process.kill(-server.pid, 'SIGSTOP')
-      frozen = true
-      // Enough to fill the socket and the channel's buffer: the publish waits for 'drain'.
-      const payload = Buffer.alloc(16 * 1024)
-      const batch = Array.from({ length: 4_000 }, (_, i) => ({
-        id: `big-${i}`,
-        topic,
-        key: 'k',
-        payload,
-        headers: {},
-      }))
-      const publishing = broker.publisher.publish(batch)
+      server.freeze()
+      const publishing = broker.publisher.publish(drainingBatch(topic))
       let settled = false
       publishing.then(
         () => (settled = true),
@@ -377,12 +397,10 @@ describe('rabbitmq specifics', () => {
       await new Promise((resolve) => setImmediate(resolve))
       expect(socket.destroyed).toBe(true)
       expect(channelClosed).toBe(true)
-      process.kill(-server.pid, 'SIGCONT')
-      frozen = false
+      server.thaw()
       await broker.close()
     } finally {
       ChannelModel.prototype.createConfirmChannel = original
-      if (frozen) process.kill(-server.pid, 'SIGCONT')
       await server.stop()
     }
   }, 120_000)
@@ -490,8 +508,7 @@ describe('rabbitmq specifics', () => {
   })
 
   it('closes within connectTimeoutMs when the server stops answering, instead of waiting for its close-ok for ever', async () => {
-    const server = await startPrivateBroker('rabbitmq')
-    let frozen = false
+    const server = await freezableBroker()
     try {
       const clock = new ManualClock(1_000)
       const broker = createRabbitMqBroker({ url: server.url, clock, connectTimeoutMs: 2_000 })
@@ -499,21 +516,13 @@ describe('rabbitmq specifics', () => {
       // Connected while the clock stands still: a subscription and a publisher channel.
       await broker.subscriber.subscribe(topic, unique('g'), async () => {})
       await broker.publisher.publish(makeBatch(topic, 1, 1, 'first'))
-      process.kill(-server.pid, 'SIGSTOP')
-      frozen = true
+      server.freeze()
       let closed = false
       void broker.close().then(() => {
         closed = true
       })
-      const deadline = Date.now() + 30_000
-      while (!closed) {
-        if (Date.now() > deadline) throw new Error('close() still waiting on a frozen server')
-        const next = clock.nextTimerAt()
-        if (next !== undefined) await clock.advance(next - clock.now())
-        await new Promise((resolve) => setTimeout(resolve, 5))
-      }
+      await stepTimersUntil(clock, () => closed, 'close()')
     } finally {
-      if (frozen) process.kill(-server.pid, 'SIGCONT')
       await server.stop()
     }
   }, 120_000)
