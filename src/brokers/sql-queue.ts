@@ -764,14 +764,7 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
   #closed = false
 
   constructor(db: SqlDriver, options: SqlQueueOptions) {
-    if (
-      typeof db !== 'object' ||
-      db === null ||
-      typeof db.transaction !== 'function' ||
-      (db.dialect !== 'sqlite' && db.dialect !== 'postgres')
-    ) {
-      throw new InvalidOptionError('db', 'a SqlDriver', db)
-    }
+    checkQueueDb(db)
     this.#db = db
     this.#sql = statements[db.dialect]
     this.#options = resolveOptions(db, options)
@@ -950,6 +943,18 @@ export interface PruneSqlQueueOptions {
   readonly clock?: Clock
 }
 
+/** Refuses, naming option `db`, anything that is not a SQLite or PostgreSQL SqlDriver. */
+function checkQueueDb(db: SqlDriver): void {
+  if (
+    typeof db !== 'object' ||
+    db === null ||
+    typeof db.transaction !== 'function' ||
+    (db.dialect !== 'sqlite' && db.dialect !== 'postgres')
+  ) {
+    throw new InvalidOptionError('db', 'a SqlDriver', db)
+  }
+}
+
 /**
  * Removes stored queue messages older than `olderThanMs` that no group still has to handle, in
  * bounded batches; returns how many.
@@ -964,14 +969,7 @@ export async function pruneSqlQueue(
   db: SqlDriver,
   options: PruneSqlQueueOptions = {},
 ): Promise<number> {
-  if (
-    typeof db !== 'object' ||
-    db === null ||
-    typeof db.transaction !== 'function' ||
-    (db.dialect !== 'sqlite' && db.dialect !== 'postgres')
-  ) {
-    throw new InvalidOptionError('db', 'a SqlDriver', db)
-  }
+  checkQueueDb(db)
   checkObject('pruneSqlQueue', options)
   const clock = checkClock('pruneSqlQueue.clock', options.clock)
   const olderThanMs = checkInteger(
