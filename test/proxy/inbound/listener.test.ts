@@ -347,6 +347,19 @@ describe('graceful drain', () => {
     }
   }
 
+  /** A listener on a ManualClock with one request in flight, held by the slow service. */
+  async function oneRequestHeld() {
+    const slow = heldService()
+    const clock = new ManualClock(Date.now())
+    const { ctx } = contextWith(() => registryOf([slow]), { clock })
+    const listener = listenerConfig()
+    const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
+    const { port } = await server.listen()
+    const inFlight = sendRaw(port, getRequest(port, '/slow/x'), { untilFirstResponse: false })
+    await slow.started
+    return { slow, clock, server, inFlight }
+  }
+
   it('stops accepting, closes idle connections, and lets the request in flight finish', async () => {
     const slow = heldService()
     const orders = recordingService('orders')
@@ -385,14 +398,7 @@ describe('graceful drain', () => {
   })
 
   it('destroys connections still busy when drainMs runs out', async () => {
-    const slow = heldService()
-    const clock = new ManualClock(Date.now())
-    const { ctx } = contextWith(() => registryOf([slow]), { clock })
-    const listener = listenerConfig()
-    const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
-    const { port } = await server.listen()
-    const inFlight = sendRaw(port, getRequest(port, '/slow/x'), { untilFirstResponse: false })
-    await slow.started
+    const { slow, clock, server, inFlight } = await oneRequestHeld()
     let closed = false
     const closing = server.close(5_000).then(() => {
       closed = true
@@ -408,14 +414,7 @@ describe('graceful drain', () => {
   })
 
   it('a second close() resolves only when the connections are gone, and a shorter drainMs cuts them sooner', async () => {
-    const slow = heldService()
-    const clock = new ManualClock(Date.now())
-    const { ctx } = contextWith(() => registryOf([slow]), { clock })
-    const listener = listenerConfig()
-    const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
-    const { port } = await server.listen()
-    const inFlight = sendRaw(port, getRequest(port, '/slow/x'), { untilFirstResponse: false })
-    await slow.started
+    const { slow, clock, server, inFlight } = await oneRequestHeld()
     let closed = 0
     const first = server.close(60_000).then(() => closed++)
     const second = server.close(5_000).then(() => closed++)
