@@ -8,6 +8,31 @@ import type { IdempotencyStore } from '../../src/idempotency/store.js'
 import type { SqlDialect, SqlTransaction } from '../../src/stores/index.js'
 import { gate } from './servers.js'
 
+/**
+ * A fake store whose transaction begins once `begun()` resolves (it may throw: BEGIN failed)
+ * and notes BEGIN, COMMIT and ROLLBACK in `sent`; `tx` is the transaction's executor.
+ */
+function loggingStore(
+  sent: string[],
+  tx: SqlTransaction,
+  begun: () => Promise<unknown>,
+): IdempotencyStore {
+  return {
+    async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+      await begun()
+      sent.push('BEGIN')
+      try {
+        const value = await fn(tx)
+        sent.push('COMMIT')
+        return value
+      } catch (error) {
+        sent.push('ROLLBACK')
+        throw error
+      }
+    },
+  } as unknown as IdempotencyStore
+}
+
 /** A store whose transaction begins when `begin` is opened, and logs what its `tx` is sent. */
 function fakeStore(dialect: SqlDialect, failing = new Set<string>()) {
   const sent: string[] = []
@@ -27,21 +52,10 @@ function fakeStore(dialect: SqlDialect, failing = new Set<string>()) {
     },
     transaction: (fn) => fn(tx),
   }
-  const store = {
-    async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
-      await begin.promise
-      if (beginError !== undefined) throw beginError
-      sent.push('BEGIN')
-      try {
-        const value = await fn(tx)
-        sent.push('COMMIT')
-        return value
-      } catch (error) {
-        sent.push('ROLLBACK')
-        throw error
-      }
-    },
-  } as unknown as IdempotencyStore
+  const store = loggingStore(sent, tx, async () => {
+    await begin.promise
+    if (beginError !== undefined) throw beginError
+  })
   return {
     store,
     sent,
@@ -146,20 +160,7 @@ function scheduledStore(s: fc.Scheduler, dialect: SqlDialect) {
     },
     transaction: (fn) => fn(tx),
   }
-  const store = {
-    async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
-      await s.schedule(Promise.resolve(), 'BEGIN answered')
-      sent.push('BEGIN')
-      try {
-        const value = await fn(tx)
-        sent.push('COMMIT')
-        return value
-      } catch (error) {
-        sent.push('ROLLBACK')
-        throw error
-      }
-    },
-  } as unknown as IdempotencyStore
+  const store = loggingStore(sent, tx, () => s.schedule(Promise.resolve(), 'BEGIN answered'))
   return { store, sent }
 }
 
