@@ -94,7 +94,7 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * A message from another producer without one (or with an empty one) never reaches the handler:
  * RabbitMQ has no stable id of its own to stand in for it, so it is rejected without requeueing
  * (dead-lettered if the queue has a dead-letter exchange, by policy) and reported to `onError`
- * (phase `handler`, `BROKER_REJECTED`), rather than handed on with an id an inbox could not
+ * (phase `refused`, `BROKER_REJECTED`), rather than handed on with an id an inbox could not
  * tell apart from every other such message.
  *
  * Header values arrive as text. breakwater's publisher sends strings only; another producer's
