@@ -208,6 +208,11 @@ function answered<T>(
   })
 }
 
+/** Closes a connection, bounded by {@link answered} (dropped on timeout); never rejects. */
+async function closeConnection(options: ResolvedRabbitOptions, model: ChannelModel): Promise<void> {
+  await answered(options, model, 'closing the connection', model.close()).catch(() => {})
+}
+
 /** Closes a channel and its connection, each bounded by {@link answered}. */
 async function closeBoth(
   options: ResolvedRabbitOptions,
@@ -215,7 +220,7 @@ async function closeBoth(
   channel: Channel,
 ): Promise<void> {
   await answered(options, model, 'closing the channel', channel.close()).catch(() => {})
-  await answered(options, model, 'closing the connection', model.close()).catch(() => {})
+  await closeConnection(options, model)
 }
 
 /**
@@ -427,7 +432,7 @@ class RabbitPublisher implements Publisher {
         )
         return Object.assign(opened, { model, channel, watches })
       } catch (error) {
-        await answered(options, model, 'closing the connection', model.close()).catch(() => {})
+        await closeConnection(options, model)
         throw rabbitError(error, 'cannot open a confirm channel')
       }
     })()
@@ -451,8 +456,7 @@ class RabbitPublisher implements Publisher {
       // the connection (with the given-up publish's wait for 'drain') would outlive it.
       const options = this.#options
       void connection.then(
-        ({ model }) =>
-          answered(options, model, 'closing the connection', model.close()).catch(() => {}),
+        ({ model }) => closeConnection(options, model),
         () => {},
       )
     }
@@ -813,7 +817,7 @@ class RabbitSubscriber implements Subscriber {
       consumerTag = reply.consumerTag
     } catch (error) {
       stopping = true
-      await answered(options, model, 'closing the connection', model.close()).catch(() => {})
+      await closeConnection(options, model)
       throw rabbitError(error, `cannot subscribe ${queue} to ${topic}`)
     }
 
