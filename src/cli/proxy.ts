@@ -450,7 +450,7 @@ async function watchFile(
   onChange: () => void,
   log: Logger,
 ): Promise<{ close(): void }> {
-  const { isWatchedFileEvent } = await import('../proxy/inbound/listener.js')
+  const { isWatchedFileEvent } = await import('../proxy/upstream/file-watch.js')
   let last = await readFile(file, 'utf8').catch(() => undefined)
   let timer: ReturnType<typeof setTimeout> | undefined
   let closed = false

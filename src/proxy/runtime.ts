@@ -41,11 +41,7 @@ import type {
 import { createAmbassadorHandler } from './inbound/ambassador.js'
 import type { FastRequestHandler } from './inbound/fast-connection.js'
 import { createGatewayHandler } from './inbound/gateway.js'
-import {
-  createListenerServer,
-  isWatchedFileEvent,
-  type ListenerServer,
-} from './inbound/listener.js'
+import { createListenerServer, type ListenerServer } from './inbound/listener.js'
 import { createRouteTable, type RouteTable, type SharedRetryPin } from './inbound/routes.js'
 import { createShadowRunner, type ShadowRunner } from './inbound/shadow.js'
 import {
@@ -54,6 +50,7 @@ import {
   type ProxyIdempotencyStore,
   type SidecarIdempotency,
 } from './inbound/sidecar-idempotency.js'
+import { isWatchedFileEvent } from './upstream/file-watch.js'
 import { createServiceRuntime } from './upstream/index.js'
 import { resetUpstreamGauges, upstreamMetrics } from './upstream/metrics.js'
 

@@ -19,6 +19,7 @@ import type { TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import type { ListenerConfig, ProxyDeps, RequestHandler } from '../contracts.js'
+import { isWatchedFileEvent } from '../upstream/file-watch.js'
 import { FastConnection } from './fast-connection.js'
 import { endWithProblem, rawProblem } from './raw-response.js'
 import { awaitContinue, isConnectionClosing } from './request.js'
@@ -88,23 +89,6 @@ function clientErrorAnswer(
     default:
       return [400, 'REQUEST_INVALID', 'malformed HTTP/1.1 request']
   }
-}
-
-/**
- * Whether a change event of a watched folder (`filename` as `fs.watch` reports it) may have
- * changed one of the files named `names` in it, so the caller should read them again. Besides
- * the names themselves (and `null`: the platform did not say), names starting with `..` count:
- * a Kubernetes secret or ConfigMap volume never touches the file's own name, as the file is a
- * symlink through `..data`, which the kubelet swaps by renaming `..data_tmp` over it, so its
- * events name `..data`, `..data_tmp` or the new `..<timestamp>` folder. Nothing else uses such
- * names, so other files in the folder still cause no reload.
- */
-export function isWatchedFileEvent(
-  filename: string | null,
-  names: string | ReadonlySet<string>,
-): boolean {
-  if (filename === null || filename.startsWith('..')) return true
-  return typeof names === 'string' ? filename === names : names.has(filename)
 }
 
 /**

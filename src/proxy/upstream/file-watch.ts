@@ -15,6 +15,23 @@ export interface FileWatch {
 }
 
 /**
+ * Whether a change event of a watched folder (`filename` as `fs.watch` reports it) may have
+ * changed one of the files named `names` in it, so the caller should read them again. Besides
+ * the names themselves (and `null`: the platform did not say), names starting with `..` count:
+ * a Kubernetes secret or ConfigMap volume never touches the file's own name, as the file is a
+ * symlink through `..data`, which the kubelet swaps by renaming `..data_tmp` over it, so its
+ * events name `..data`, `..data_tmp` or the new `..<timestamp>` folder. Nothing else uses such
+ * names, so other files in the folder still cause no reload.
+ */
+export function isWatchedFileEvent(
+  filename: string | null,
+  names: string | ReadonlySet<string>,
+): boolean {
+  if (filename === null || filename.startsWith('..')) return true
+  return typeof names === 'string' ? filename === names : names.has(filename)
+}
+
+/**
  * Watches `path`. `initial` is the content already read and applied at start (an unchanged
  * file is not reported again); `onError` gets read and watch failures.
  */
@@ -64,12 +81,8 @@ export function watchFileContent(
   let watcher: FSWatcher | undefined
   try {
     watcher = watch(dirname(path), { persistent: false }, (_event, filename) => {
-      // A Kubernetes secret or ConfigMap volume never touches the file's own name: the file is
-      // a symlink through `..data`, which the kubelet swaps by renaming `..data_tmp` over it,
-      // so events name `..data`, `..data_tmp` or the new `..<timestamp>` folder. Those (names
-      // starting with `..`, which nothing else uses) are read too; an unchanged file is not
-      // reported.
-      if (filename === null || filename === name || filename.startsWith('..')) read()
+      // A Kubernetes volume update names only `..` entries; an unchanged file is not reported.
+      if (isWatchedFileEvent(filename, name)) read()
     })
     watcher.on('error', onError)
   } catch (error) {

@@ -11,7 +11,8 @@ import type {
   ServiceRuntime,
 } from '../../../src/proxy/contracts.js'
 import { createAmbassadorHandler } from '../../../src/proxy/inbound/ambassador.js'
-import { createListenerServer, isWatchedFileEvent } from '../../../src/proxy/inbound/listener.js'
+import { createListenerServer } from '../../../src/proxy/inbound/listener.js'
+import { isWatchedFileEvent } from '../../../src/proxy/upstream/file-watch.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { createCa, createTestCerts, issueCert, type TestCerts } from '../support/certs.js'
 import { openSocket, sendRaw } from '../support/raw-http.js'
