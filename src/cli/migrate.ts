@@ -4,7 +4,7 @@ import type { Migration } from '../stores/migrations.js'
 import { runMigrations } from '../stores/migrations.js'
 import { redactUrl } from '../stores/redact.js'
 import { openAnsweringDatabase } from './existing-database.js'
-import { acceptedDatabaseUrls, databaseUrl } from './process-support.js'
+import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
 import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /** Where `migrateCommand` writes; defaults to the process's stdout and stderr. */
@@ -25,10 +25,7 @@ Applies the pending migrations of every capability.
   --db <url>  ${acceptedDatabaseUrls} (a sqlite: file is created with its
               folder when missing; default ${defaultUrl})
 
-environment:
-  BREAKWATER_DB_URL  used when --db is not given: arguments show in ps and shell history,
-                     so a URL with a password belongs here
-`
+${databaseUrlEnvironmentHelp}`
 
 /**
  * `breakwater migrate --db <url>`: applies every capability's pending migrations and prints

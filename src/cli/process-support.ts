@@ -62,6 +62,12 @@ export function flagOrEnv(
  */
 export const acceptedDatabaseUrls = 'sqlite:<file> or postgres://user:pass@host/db'
 
+/** The help section of the admin commands (migrate, outbox, saga) on `BREAKWATER_DB_URL`. */
+export const databaseUrlEnvironmentHelp = `environment:
+  BREAKWATER_DB_URL  used when --db is not given: arguments show in ps and shell history,
+                     so a URL with a password belongs here
+`
+
 /**
  * `--db`, else `BREAKWATER_DB_URL`, else `fallback`; a URL that is not a database's, or names
  * an in-memory one (empty, and gone when the command ends), is refused with a `UsageError`

@@ -16,7 +16,7 @@ import {
 import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
-import { acceptedDatabaseUrls, databaseUrl } from './process-support.js'
+import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
 import { addSwitch, counted, UsageError } from './usage.js'
 
 /** What `sagaCommand` needs besides its arguments; everything has a default. */
@@ -48,10 +48,7 @@ commands:
 options:
   --db <url>  ${acceptedDatabaseUrls} (default ${defaultUrl})
 
-environment:
-  BREAKWATER_DB_URL  used when --db is not given: arguments show in ps and shell history,
-                     so a URL with a password belongs here
-
+${databaseUrlEnvironmentHelp}
 statuses: ${sagaStatuses.join(', ')}
 `
 
