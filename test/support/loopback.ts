@@ -16,10 +16,22 @@ export async function listenOnLoopback(server: Server): Promise<number> {
   return address.port
 }
 
-/** A loopback port nothing listens on (a server bound it, then closed). */
+// Ports freeLoopbackPort already handed out in this process. Once closed, a port is free for
+// the kernel to give to the next bind(0) again, so two calls in a row could return one port
+// (seen: a proxy config with two listeners on the same port, refused at start).
+const handedOut = new Set<number>()
+
+/**
+ * A loopback port nothing listens on (a server bound it, then closed), never one this process
+ * was already given.
+ */
 export async function freeLoopbackPort(): Promise<number> {
-  const server = createServer()
-  const port = await listenOnLoopback(server)
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
+  for (;;) {
+    const server = createServer()
+    const port = await listenOnLoopback(server)
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+    if (handedOut.has(port)) continue
+    handedOut.add(port)
+    return port
+  }
 }
