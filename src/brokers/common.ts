@@ -10,7 +10,9 @@ import type { Broker, IncomingMessage, OutgoingMessage, Publisher, Subscriber } 
 
 /**
  * The header that carries {@link OutgoingMessage.key} on brokers without a key field (NATS,
- * RabbitMQ). Subscribers remove it from `IncomingMessage.headers` again.
+ * RabbitMQ). Subscribers remove it from `IncomingMessage.headers` again. The name is reserved:
+ * `publish()` on the NATS, RabbitMQ and Redis adapters refuses an application header of exactly
+ * this name with `BROKER_REJECTED` rather than overwrite it with the key.
  */
 export const KEY_HEADER = 'breakwater-key'
 
@@ -252,7 +254,8 @@ export function checkSubscribeArgs(topic: unknown, group: unknown, handler: unkn
  * changed: id, topic and key are strings, headers a record of strings, the payload a string or
  * bytes, and no text holds half of a surrogate pair (it has no UTF-8 form and would be sent as
  * U+FFFD, so two different ids would arrive as one, and NATS would drop the second as a
- * duplicate). `extra` adds the adapter's own limits, returning what is wrong.
+ * duplicate), and no header is named {@link KEY_HEADER} (it would be overwritten with the key).
+ * `extra` adds the adapter's own limits, returning what is wrong.
  */
 export function checkOutgoing(
   broker: BrokerKind,
@@ -284,6 +287,12 @@ function outgoingProblem(message: OutgoingMessage): string | undefined {
   }
   for (const [name, value] of Object.entries(headers)) {
     if (hasLoneSurrogate(name)) return `.headers has a name that ${loneSurrogate}`
+    // NATS and RabbitMQ carry the key in this header: an application's value would be replaced
+    // by the key on the way, without a word. Reserved on every adapter alike, so a batch that
+    // one broker takes is never refused (or altered) by another.
+    if (name === KEY_HEADER) {
+      return `.headers has a header named ${KEY_HEADER}, which is reserved for the message key (set the key field instead, or rename the header)`
+    }
     if (typeof value !== 'string') return `.headers.${name} is not a string`
     if (hasLoneSurrogate(value)) return `.headers.${name} ${loneSurrogate}`
   }

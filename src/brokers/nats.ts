@@ -357,7 +357,7 @@ class NatsPublisher implements Publisher {
   async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
     throwIfAborted(signal)
     if (this.#closed) throw closedError('nats', 'publisher')
-    checkOutgoing('nats', messages)
+    checkOutgoing('nats', messages, reservedNatsHeader)
     if (messages.length === 0) return
     const nats = await loadNats()
     // Every message's headers are built (and checked) before the first one is sent, so a
@@ -500,6 +500,17 @@ class NatsPublisher implements Publisher {
 /** Whether a topic is a subject NATS takes: non-empty dot-separated tokens, no whitespace. */
 function isSubject(topic: string): boolean {
   return topic.split('.').every((token) => token !== '' && !/\s/.test(token))
+}
+
+/**
+ * A header named `Nats-Msg-Id` would be replaced by the message id (which JetStream dedupes
+ * on) without a word: refused like the key header, naming the field that sets it.
+ */
+function reservedNatsHeader(message: OutgoingMessage): string | undefined {
+  if (Object.hasOwn(message.headers, MSG_ID_HEADER)) {
+    return `.headers has a header named ${MSG_ID_HEADER}, which is reserved for the message id (set the id field instead)`
+  }
+  return undefined
 }
 
 /**

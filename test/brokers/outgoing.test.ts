@@ -1,7 +1,7 @@
 // Messages a broker cannot carry unchanged are refused before anything is sent, on every
 // adapter against its real server, instead of arriving altered (or retried forever).
 import { afterAll, describe, expect, it } from 'vitest'
-import type { Broker, OutgoingMessage } from '../../src/brokers/index.js'
+import { type Broker, KEY_HEADER, type OutgoingMessage } from '../../src/brokers/index.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { type BrokerName, brokerUrl, stopOwnBrokers } from '../support/brokers.js'
 import { Received, unique } from './conformance.js'
@@ -59,5 +59,37 @@ describe.each(names)('%s: outgoing messages', (name) => {
     await broker.publisher.publish([{ ...good, id: 'after' }])
     await received.until(() => received.messages.length >= 1, 'the good message')
     expect(received.ids()).toEqual(['after'])
+  })
+
+  it('refuses an application header named like the reserved key header (BROKER_REJECTED) instead of overwriting it with the key', async () => {
+    const broker = testBroker(name, await brokerUrl(name))
+    open.push(broker)
+    const topic = unique('reserved')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    const good: OutgoingMessage = { id: 'good', topic, key: 'k', payload: '{}', headers: {} }
+    const reserved = [KEY_HEADER]
+    // NATS also carries the id in a header of its own.
+    if (name === 'nats') reserved.push('Nats-Msg-Id')
+    for (const header of reserved) {
+      const error = await broker.publisher
+        .publish([good, { ...good, id: 'bad', headers: { [header]: 'mine' } }])
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        )
+      expect(BreakwaterError.is(error), `${header}: ${String(error)}`).toBe(true)
+      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+      expect((error as BreakwaterError).retryable).toBe(false)
+      expect((error as Error).message).toContain(`messages[1].headers has a header named ${header}`)
+    }
+    // A name that merely contains the reserved one is the application's and arrives unchanged.
+    await broker.publisher.publish([
+      { ...good, id: 'after', headers: { 'x-breakwater-key': 'mine' } },
+    ])
+    await received.until(() => received.messages.length >= 1, 'the good message')
+    expect(received.ids()).toEqual(['after'])
+    expect(received.messages[0]!.key).toBe('k')
+    expect(received.messages[0]!.headers).toEqual({ 'x-breakwater-key': 'mine' })
   })
 })
