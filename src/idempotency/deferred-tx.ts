@@ -105,8 +105,23 @@ export class DeferredTransaction implements SqlTransaction {
     // lease), once the result was recorded or the transaction rolled back.
     const guarded = (savepoint: SqlTransaction) => fn(new GuardedSavepoint(savepoint, this))
     const tx = this.#current()
-    if (tx !== undefined) return tx.transaction(guarded)
-    return this.#whenBegun((tx) => tx.transaction(guarded))
+    const done =
+      tx !== undefined ? tx.transaction(guarded) : this.#whenBegun((tx) => tx.transaction(guarded))
+    // A deferred write made in the savepoint may have failed, and the savepoint's rollback
+    // healed the PostgreSQL transaction, so its COMMIT would succeed: the failure must be known
+    // before the commit is sent (#commitAfterDeferred checks). The writes were sent before the
+    // savepoint's RELEASE or ROLLBACK TO on the same connection, so they are answered already
+    // and this costs no round trip.
+    return done.then(
+      async (value) => {
+        await Promise.all(this.#deferred)
+        return value
+      },
+      async (error: unknown) => {
+        await Promise.all(this.#deferred)
+        throw error
+      },
+    )
   }
 
   /** Why statements are refused now (the result was recorded or rolled back), else undefined. */
@@ -161,6 +176,12 @@ export class DeferredTransaction implements SqlTransaction {
     })
   }
 
+  /** Throws the error of the first deferred write that failed, if one did (as answered so far). */
+  #throwIfDeferredFailed(): void {
+    const failure = this.#deferredFailure
+    if (failure !== undefined) throw failure.error
+  }
+
   /** Runs `write` and commits, unless a deferred write failed: then that write's error. */
   async #commitAfterDeferred(
     tx: SqlTransaction,
@@ -172,15 +193,18 @@ export class DeferredTransaction implements SqlTransaction {
       // In process: the answers are there, waiting costs no round trip. A failed statement
       // does not end a SQLite transaction, so the commit must not even start.
       await Promise.all(deferred)
-      if (this.#deferredFailure !== undefined) throw this.#deferredFailure.error
+      this.#throwIfDeferredFailed()
       return write(tx)
     }
+    // A failure already known must stop the commit here: a savepoint's rollback may have
+    // healed the transaction after it, and PostgreSQL would then commit without the write.
+    this.#throwIfDeferredFailed()
     // Sent right behind the deferred writes, without waiting for their answers. If one failed,
     // PostgreSQL aborted the transaction: `write` fails (or its COMMIT is answered ROLLBACK),
     // and the write's own error says more than "current transaction is aborted".
     const written = write(tx)
     await Promise.allSettled([written, ...deferred])
-    if (this.#deferredFailure !== undefined) throw this.#deferredFailure.error
+    this.#throwIfDeferredFailed()
     await written
   }
 

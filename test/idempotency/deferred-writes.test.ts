@@ -158,6 +158,34 @@ describe.each(dbTargets)('ctx.deferWrite on $dialect', (target) => {
       expect(await charges(tenant)).toBe(1)
     })
 
+    it('commits nothing when a deferred write made in a savepoint fails, even if the handler catches the savepoint failure', async () => {
+      const tenant = randomUUID()
+      const taken = randomUUID()
+      await testDb.db.execute(insertCharge, [taken, 'someone-else', 1])
+      const idempotency = core()
+      let runs = 0
+      const failing = idempotency.run(tenant, async (ctx) => {
+        runs++
+        await ctx.tx
+          .transaction(async (savepoint) => {
+            ctx.deferWrite(insertCharge, [taken, tenant, 1])
+            // On PostgreSQL this fails (the transaction is aborted), rolling the savepoint back.
+            await savepoint.execute(insertCharge, [randomUUID(), tenant, 2])
+          })
+          .catch(() => {})
+        return 'charged'
+      })
+      await expect(failing).rejects.toThrow(/unique|duplicate/i)
+      expect(await charges(tenant)).toBe(0)
+      // Nothing was recorded either: the retry runs fn again rather than replaying 'charged'.
+      const retried = await idempotency.run(tenant, () => {
+        runs++
+        return 'retried'
+      })
+      expect(retried).toBe('retried')
+      expect(runs).toBe(2)
+    })
+
     it('refuses a deferred write once the result is recorded, sending nothing', async () => {
       const tenant = randomUUID()
       let kept: IdempotencyContext | undefined
