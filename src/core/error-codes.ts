@@ -59,6 +59,8 @@ export const errorCodes = {
     'An upstream connection closed or reset before the response was complete; answered 502 (or the client socket destroyed once streaming began).',
   UPSTREAM_TIMEOUT:
     "An upstream endpoint did not connect, send its response head, or send the next body chunk within the service's timeouts; answered 504.",
+  UPSTREAM_POOL_REFUSED:
+    "The proxy's own connection pool for an upstream service refused a request before writing any of it (the pool was being retired, or the request could not be sent as given); not counted by the circuit breaker or outlier ejection; answered 503.",
   UPSTREAM_NO_ENDPOINTS:
     'An upstream service has no endpoints (discovery found none yet); answered 503.',
   REQUEST_INVALID:

@@ -71,8 +71,9 @@ export class ServiceBreaker {
   }
 
   /**
-   * Records an admitted attempt's outcome: `true` failed (connect error, reset, timeout,
-   * transient status), `false` answered, `undefined` says nothing (the client went away).
+   * Records an admitted attempt's outcome: `true` failed (connect error, reset, timeout, a
+   * counted 5xx status), `false` answered, `undefined` says nothing (the client went away, or
+   * the proxy's own pool refused the request before sending it).
    */
   record(epoch: number, failed: boolean | undefined): void {
     if (epoch !== this.#epoch || this.#config === undefined) return

@@ -9,6 +9,7 @@ export const statusFor: Partial<Record<ErrorCode, number>> = {
   ISOLATED_CIRCUIT: 503,
   BULKHEAD_FULL: 503,
   UPSTREAM_NO_ENDPOINTS: 503,
+  UPSTREAM_POOL_REFUSED: 503,
   UPSTREAM_CONNECT_FAILED: 502,
   UPSTREAM_RESET: 502,
   UPSTREAM_TIMEOUT: 504,
@@ -28,6 +29,8 @@ export function problemDetail(code: ErrorCode, service: string): string {
       return `Service ${service} has no endpoints.`
     case 'UPSTREAM_CONNECT_FAILED':
       return `Could not connect to service ${service}.`
+    case 'UPSTREAM_POOL_REFUSED':
+      return `The proxy's connection pool for service ${service} refused the request before sending it.`
     case 'UPSTREAM_TIMEOUT':
       return `Service ${service} did not answer in time.`
     case 'DEADLINE_EXCEEDED':

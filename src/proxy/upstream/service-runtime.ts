@@ -85,7 +85,8 @@ const retryableCodes: ReadonlySet<string> = new Set<ErrorCode>([
  * problem+json response whose `code` is this error's code, with status 502, 503 or 504 (499
  * for `ABORTED`). Retryable only for the upstream's own failures (connect, reset, timeout, no
  * endpoints), never for the proxy's refusals (`BROKEN_CIRCUIT`, `ISOLATED_CIRCUIT`,
- * `BULKHEAD_FULL`), `DEADLINE_EXCEEDED` or `ABORTED`, as for the policies' errors.
+ * `BULKHEAD_FULL`, `UPSTREAM_POOL_REFUSED`), `DEADLINE_EXCEEDED` or `ABORTED`, as for the
+ * policies' errors.
  */
 export class UpstreamError extends BreakwaterError {
   /** The HTTP status the proxy answers with. */
@@ -98,6 +99,23 @@ export class UpstreamError extends BreakwaterError {
     this.status = status
     this.service = service
   }
+}
+
+/**
+ * The upstream answers the circuit breaker and outlier ejection count as a failure of the
+ * upstream, as a table indexed by status: the 5xx statuses of `retry.retryOnStatus`, or 502,
+ * 503 and 504 when the service has no `retry` (the same default). A 4xx answer is never one,
+ * even when it is retried: the upstream answered, and a 429 (or 408) says it is shedding load
+ * or the client was slow, not that it is broken; opening the circuit on it would turn a
+ * throttled client's excess into an outage for every client (Envoy's outlier detection and
+ * resilience4j's HTTP recipes count 5xx too). A 429 or 503 with `Retry-After` is honoured by
+ * the retry, whether or not it counts here.
+ */
+export function breakerFailureStatuses(retryOnStatus: readonly number[] | undefined): Uint8Array {
+  const table = new Uint8Array(600)
+  for (const status of retryOnStatus ?? [502, 503, 504])
+    if (status >= 500 && status < 600) table[status] = 1
+  return table
 }
 
 /** A running service, with the extras the runtime and tests use. */
@@ -173,8 +191,13 @@ class Core {
   readonly breaker: ServiceBreaker
   readonly budget: RetryBudget | undefined
   readonly backoff: Backoff | undefined
-  /** retryStatus[status] = 1 for statuses retried and counted as failures. */
+  /** retryStatus[status] = 1 for the statuses retried (`retry.retryOnStatus`). */
   readonly retryStatus = new Uint8Array(600)
+  /**
+   * failureStatus[status] = 1 for the answers the breaker and outlier ejection count as a
+   * failure of the upstream (see {@link breakerFailureStatuses}).
+   */
+  readonly failureStatus: Uint8Array
   readonly auth: OutboundAuth | undefined
   readonly tls: TlsMaterial | undefined
   readonly metrics: UpstreamMetrics
@@ -230,9 +253,10 @@ class Core {
         random,
       })
     }
-    // Without retries these statuses still count against the breaker.
-    for (const status of retry?.retryOnStatus ?? [408, 429, 502, 503, 504])
-      if (status >= 0 && status < 600) this.retryStatus[status] = 1
+    if (retry !== undefined)
+      for (const status of retry.retryOnStatus)
+        if (status >= 0 && status < 600) this.retryStatus[status] = 1
+    this.failureStatus = breakerFailureStatuses(retry?.retryOnStatus)
     this.tls =
       config.tls.caFile !== undefined ||
       config.tls.certFile !== undefined ||
@@ -490,6 +514,19 @@ const failConnect = 1
 const failReset = 2
 const failTimeout = 3
 const failDeadline = 4
+const failRefused = 5
+
+/**
+ * Error codes with which a pool refuses a request before writing any of it (undici's names,
+ * which Http1Pool uses too): the pool was closed or destroyed (a TLS reload, a discovery change
+ * or the service's close retired it), or it cannot send the request as given (a header value
+ * with a NUL). The proxy's own doing, not the upstream's: see {@link ForwardCall.failAttempt}.
+ */
+const poolRefusalCodes: ReadonlySet<string> = new Set([
+  'UND_ERR_CLOSED',
+  'UND_ERR_DESTROYED',
+  'UND_ERR_INVALID_ARG',
+])
 
 /**
  * One attempt: the undici dispatch handler (undici's own callback interface, which its pools
@@ -831,8 +868,8 @@ class ForwardCall {
   onResponse(attempt: Attempt, status: number, raw: Buffer[], statusText: string): boolean {
     const core = this.core
     attempt.status = status
+    attempt.statusFailed = core.failureStatus[status] === 1
     if (core.retryStatus[status] === 1) {
-      attempt.statusFailed = true
       if (this.retryable && !this.unsentOnly && this.canRetry()) {
         const retryAfterMs =
           status === 429 || status === 503 ? retryAfterOf(raw, core.clock) : undefined
@@ -913,7 +950,14 @@ class ForwardCall {
   onAttemptError(attempt: Attempt, error: Error, kind: number): void {
     // Before onConnect the request has not been written: whatever failed (refused, TLS
     // handshake or verification, a reset during it) failed to connect.
-    const reason = kind !== 0 ? kind : attempt.phase === phaseConnect ? failConnect : failReset
+    const reason =
+      kind !== 0
+        ? kind
+        : attempt.phase !== phaseConnect
+          ? failReset
+          : poolRefusalCodes.has((error as { code?: unknown }).code as string)
+            ? failRefused
+            : failConnect
     this.failAttempt(attempt, error, reason)
   }
 
@@ -921,7 +965,12 @@ class ForwardCall {
     const streaming = attempt.phase === phaseBody
     const unsent = attempt.phase === phaseConnect
     attempt.finish(error)
-    this.recordAttempt(attempt, true)
+    // A request the pool refused never reached the upstream: it says nothing of its health,
+    // so neither the breaker (a half-open probe slot is given back) nor outlier ejection
+    // counts it. Counting it let local trouble (a pool being retired, a request that cannot
+    // be sent) open the circuit of a healthy upstream.
+    if (reason === failRefused) this.core.breaker.record(attempt.epoch, undefined)
+    else this.recordAttempt(attempt, true)
     if (streaming) {
       // Part of the response is out: the client must see a broken connection, never a body
       // that ends early and looks complete.
@@ -947,11 +996,13 @@ class ForwardCall {
     this.fail(
       reason === failConnect
         ? 'UPSTREAM_CONNECT_FAILED'
-        : reason === failTimeout
-          ? 'UPSTREAM_TIMEOUT'
-          : reason === failDeadline
-            ? 'DEADLINE_EXCEEDED'
-            : 'UPSTREAM_RESET',
+        : reason === failRefused
+          ? 'UPSTREAM_POOL_REFUSED'
+          : reason === failTimeout
+            ? 'UPSTREAM_TIMEOUT'
+            : reason === failDeadline
+              ? 'DEADLINE_EXCEEDED'
+              : 'UPSTREAM_RESET',
     )
   }
 
@@ -986,8 +1037,9 @@ class ForwardCall {
     if (now + delayMs >= this.deadlineAt) return false
     if (core.budget !== undefined && !core.budget.tryWithdraw()) return false
     if (attempt.phase !== phaseDone) {
+      // A retried answer (the only attempt still open here): counted as its status says.
       attempt.finish(new Error('retrying'))
-      this.recordAttempt(attempt, true)
+      this.recordAttempt(attempt, attempt.statusFailed)
     }
     core.retryCount++
     this.waitTimer = core.clock.setTimeout(() => {

@@ -7,8 +7,9 @@
 // - One attempt, never retried: a handshake the endpoint may have received is not sent again,
 //   and WebSocket clients reconnect by themselves.
 // - The breaker admits the handshake and counts its outcome (a connect error, a reset, a
-//   timeout or a status in `retry.retryOnStatus` is a failure; 101 or any other answer is a
-//   success), as does outlier ejection. What happens later inside the tunnel is not counted:
+//   timeout or a 5xx status in `retry.retryOnStatus`, 502/503/504 without `retry`, is a
+//   failure; 101 or any other answer, 408 and 429 included, is a success), as does outlier
+//   ejection. What happens later inside the tunnel is not counted:
 //   the breaker judges whether the service answers, not how long its conversations last.
 // - Timeouts: `timeouts.connectMs` to connect (TLS included), then `timeouts.readMs` for the
 //   answer, both on the service's clock. `overallMs` and the deadline header do not apply: a
@@ -53,8 +54,8 @@ export interface TunnelService {
   readonly tls: TlsMaterial | undefined
   readonly connectMs: number
   readonly readMs: number
-  /** retryStatus[status] = 1 for statuses counted as failures. */
-  readonly retryStatus: Uint8Array
+  /** failureStatus[status] = 1 for answers counted as failures (breakerFailureStatuses). */
+  readonly failureStatus: Uint8Array
   readonly deadlineHeader: string
   readonly closed: boolean
   /** Pending until discovery's first answer. */
@@ -329,7 +330,7 @@ class Handshake {
       return
     }
     const status = res.statusCode ?? 502
-    this.record(this.service.retryStatus[status] === 1)
+    this.record(this.service.failureStatus[status] === 1)
     const chunks: Buffer[] = []
     let size = 0
     this.arm(this.service.readMs)

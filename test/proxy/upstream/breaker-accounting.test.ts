@@ -1,0 +1,135 @@
+// What the circuit breaker and outlier ejection count as a failure of the upstream: not a
+// refusal of the proxy's own connection pool (nothing reached the upstream), and not a 408 or
+// 429 answer (the upstream is shedding load or the client was slow, it is not broken).
+
+import { afterEach, describe, expect, it } from 'vitest'
+import type { ServiceConfig } from '../../../src/proxy/contracts.js'
+import {
+  createServiceRuntime,
+  UpstreamError,
+  type UpstreamService,
+} from '../../../src/proxy/upstream/index.js'
+import { ManualClock } from '../../../src/testing/manual-clock.js'
+import { type FaultyUpstream, startFaultyUpstream } from '../support/faulty-upstream.js'
+import { eventually, forwardRequest, serviceConfig, testDeps } from './helpers.js'
+
+const cleanups: Array<() => Promise<unknown> | unknown> = []
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
+})
+
+async function upstream(...args: Parameters<typeof startFaultyUpstream>): Promise<FaultyUpstream> {
+  const started = await startFaultyUpstream(...args)
+  cleanups.push(() => started.close())
+  return started
+}
+
+function service(config: ServiceConfig): { service: UpstreamService; clock: ManualClock } {
+  const clock = new ManualClock(1_000_000)
+  const created = createServiceRuntime(config, testDeps(clock), { random: () => 0.5 })
+  cleanups.push(() => created.close())
+  return { service: created, clock }
+}
+
+const tripAtOnce = {
+  breaker: { failureThreshold: 1, cooldownMs: 10_000, halfOpenProbes: 1 },
+  outlierEjection: { consecutiveFailures: 1, baseEjectionMs: 30_000, maxEjectedPercent: 100 },
+} as const
+
+describe('a request the pool refuses before writing anything', () => {
+  it('is not an upstream failure: the breaker stays closed, no endpoint is ejected, 503 UPSTREAM_POOL_REFUSED', async () => {
+    const up = await upstream()
+    const { service: orders } = service(
+      serviceConfig([up.url], { retry: undefined, ...tripAtOnce }),
+    )
+    // A header value with a NUL: the pool refuses to build the request, nothing is sent.
+    const refused = await orders
+      .exchange(forwardRequest({ headers: { 'x-bad': 'a\u0000b' } }), 1024)
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      )
+    expect(refused).toBeInstanceOf(UpstreamError)
+    expect(refused).toMatchObject({ code: 'UPSTREAM_POOL_REFUSED', status: 503 })
+    expect(up.requests).toHaveLength(0)
+    const state = orders.state()
+    expect(state.breaker).toBe('closed')
+    expect(state.endpoints.map((e) => [e.ejections, e.consecutiveFailures])).toEqual([[0, 0]])
+    // And the next request goes through.
+    expect((await orders.exchange(forwardRequest(), 1024)).status).toBe(200)
+  })
+
+  it('gives a half-open probe slot back instead of opening the breaker again', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', status: 502 } })
+    const { service: orders, clock } = service(
+      serviceConfig([up.url], { retry: undefined, breaker: tripAtOnce.breaker }),
+    )
+    expect((await orders.exchange(forwardRequest(), 1024)).status).toBe(502)
+    expect(orders.state().breaker).toBe('open')
+    await clock.advance(10_000)
+    expect(orders.state().breaker).toBe('half-open')
+    await expect(
+      orders.exchange(forwardRequest({ headers: { 'x-bad': 'a\u0000b' } }), 1024),
+    ).rejects.toMatchObject({ code: 'UPSTREAM_POOL_REFUSED' })
+    expect(orders.state().breaker).toBe('half-open')
+    up.fallback = { kind: 'respond' }
+    expect((await orders.exchange(forwardRequest(), 1024)).status).toBe(200)
+    expect(orders.state().breaker).toBe('closed')
+  })
+})
+
+describe('408 and 429 answers', () => {
+  for (const status of [408, 429]) {
+    it(`a ${status} without retry configured reaches the client and does not count against the breaker or ejection`, async () => {
+      const up = await upstream({ fallback: { kind: 'respond', status } })
+      const { service: orders } = service(
+        serviceConfig([up.url], { retry: undefined, ...tripAtOnce }),
+      )
+      for (let i = 0; i < 3; i++)
+        expect((await orders.exchange(forwardRequest(), 1024)).status).toBe(status)
+      const state = orders.state()
+      expect(state.breaker).toBe('closed')
+      expect(state.endpoints.map((e) => [e.ejections, e.consecutiveFailures])).toEqual([[0, 0]])
+      expect(up.requests).toHaveLength(3)
+    })
+
+    it(`a ${status} listed in retry.retryOnStatus is retried but does not count against the breaker`, async () => {
+      const up = await upstream({ fallback: { kind: 'respond', status } })
+      const { service: orders, clock } = service(
+        serviceConfig([up.url], {
+          breaker: tripAtOnce.breaker,
+          retry: {
+            attempts: 2,
+            baseDelayMs: 100,
+            maxDelayMs: 100,
+            retryOnStatus: [status, 503],
+            budgetRatio: 1,
+            budgetMinPerSecond: 10,
+            addIdempotencyKey: false,
+          },
+        }),
+      )
+      const answer = orders.exchange(forwardRequest(), 1024)
+      // Settled before the clock moves (a refusal would otherwise be unhandled meanwhile).
+      const settled = answer.then(
+        (response) => response.status,
+        (error: unknown) => error,
+      )
+      await up.waitForRequests(1)
+      await eventually(() => clock.nextTimerAt() !== undefined)
+      await clock.advance(100)
+      expect(await settled).toBe(status)
+      expect(up.requests).toHaveLength(2)
+      expect(orders.state().breaker).toBe('closed')
+    })
+  }
+
+  it('a 503 without retry configured still counts against the breaker', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', status: 503 } })
+    const { service: orders } = service(
+      serviceConfig([up.url], { retry: undefined, ...tripAtOnce }),
+    )
+    await expect(orders.exchange(forwardRequest(), 1024)).resolves.toMatchObject({ status: 503 })
+    expect(orders.state().breaker).toBe('open')
+  })
+})
