@@ -90,6 +90,10 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * waits at most `connectTimeoutMs`, then drops the connection: a server that keeps it open but
  * stops answering cannot hold `subscribe()` or `close()` for good.
  *
+ * An exchange or queue that exists with other settings than this adapter declares (another
+ * type, a classic queue where a quorum one is declared) fails `publish()` and `subscribe()` with
+ * `BROKER_REJECTED` (not retryable) naming it and the mismatch: see docs/rabbitmq.md.
+ *
  * A delivered message's id is its AMQP `messageId` property, which this publisher always sets.
  * A message from another producer without one (or with an empty one) never reaches the handler:
  * RabbitMQ has no stable id of its own to stand in for it, so it is rejected without requeueing
@@ -206,6 +210,42 @@ function answered<T>(
       `${what} got no answer within ${options.connectTimeoutMs} ms (connectTimeoutMs)`,
     )
   })
+}
+
+/**
+ * Declares the exchange or a queue, bounded by {@link answered}. A server that refuses the
+ * declaration with 406 PRECONDITION_FAILED holds an exchange or queue of that name with other
+ * settings (another type, durability or arguments, e.g. a classic queue where a quorum one is
+ * declared): that is a configuration error no retry can clear, so it fails with
+ * `BROKER_REJECTED` (not retryable) naming the exchange or queue and the server's account of
+ * the mismatch, instead of a `BROKER_UNAVAILABLE` a relay would retry for ever.
+ */
+async function declare<T>(
+  options: ResolvedRabbitOptions,
+  model: ChannelModel,
+  kind: 'exchange' | 'queue',
+  name: string,
+  declared: string,
+  work: Promise<T>,
+): Promise<T> {
+  try {
+    return await answered(options, model, `declaring the ${kind} ${name}`, work)
+  } catch (error) {
+    if ((error as { code?: unknown } | null)?.code === 406) {
+      throw new BrokerError(
+        'BROKER_REJECTED',
+        'rabbitmq',
+        `${kind} "${name}" exists with other settings than this adapter declares (${declared}): ${reasonOf(error)}; delete it, or configure the adapter to match it`,
+        { cause: error },
+      )
+    }
+    throw error
+  }
+}
+
+/** What the adapter declares its exchange as, for {@link declare}'s error. */
+function exchangeSettings(options: ResolvedRabbitOptions): string {
+  return `type ${options.exchangeType} (rabbitmq.exchangeType), durable`
 }
 
 /** Closes a connection, bounded by {@link answered} (dropped on timeout); never rejects. */
@@ -424,10 +464,12 @@ class RabbitPublisher implements Publisher {
           if (typeof id !== 'string') return
           for (const watch of watches) if (watch.ids.has(id)) watch.returned.add(id)
         })
-        await answered(
+        await declare(
           options,
           model,
-          'declaring the exchange',
+          'exchange',
+          options.exchange,
+          exchangeSettings(options),
           channel.assertExchange(options.exchange, options.exchangeType, { durable: true }),
         )
         return Object.assign(opened, { model, channel, watches })
@@ -775,16 +817,20 @@ class RabbitSubscriber implements Subscriber {
       channel.on('error', () => {})
       channel.once('close', () => lose(new Error('channel closed')))
       await answered(options, model, 'setting the prefetch', channel.prefetch(options.prefetch))
-      await answered(
+      await declare(
         options,
         model,
-        'declaring the exchange',
+        'exchange',
+        options.exchange,
+        exchangeSettings(options),
         channel.assertExchange(options.exchange, options.exchangeType, { durable: true }),
       )
-      await answered(
+      await declare(
         options,
         model,
-        `declaring the queue ${queue}`,
+        'queue',
+        queue,
+        `${options.queueType} (rabbitmq.queueType), durable`,
         channel.assertQueue(queue, {
           durable: true,
           arguments: options.queueType === 'quorum' ? { 'x-queue-type': 'quorum' } : {},

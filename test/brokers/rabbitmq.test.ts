@@ -482,6 +482,61 @@ describe('rabbitmq specifics', () => {
     expect(received.ids()).toEqual(['y'])
   })
 
+  it('fails publish and subscribe on an exchange (or queue) declared with other settings with a non-retryable BROKER_REJECTED naming it and the mismatch, not a retryable outage', async () => {
+    const url = await brokerUrl('rabbitmq')
+    // Another application's exchange of the same name, of another type.
+    const exchange = unique('fanout-exchange')
+    const amqp = await import('amqplib')
+    const model = await amqp.connect(url)
+    const setup = await model.createChannel()
+    const queueTopic = unique('classic')
+    const group = unique('g')
+    closers.push(async () => {
+      await setup.deleteExchange(exchange)
+      await setup.deleteQueue(`${queueTopic}.${group}`)
+      await model.close()
+    })
+    await setup.assertExchange(exchange, 'fanout', { durable: true })
+    const broker = createRabbitMqBroker({ url, exchange, connectTimeoutMs: 2_000 })
+    closers.push(() => broker.close())
+    const topic = unique('mismatch')
+    const failures = [
+      await broker.publisher.publish(makeBatch(topic, 1, 1)).then(
+        () => undefined,
+        (e: unknown) => e,
+      ),
+      await broker.subscriber
+        .subscribe(topic, unique('g'), async () => {})
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        ),
+    ]
+    for (const error of failures) {
+      expect(BreakwaterError.is(error), String(error)).toBe(true)
+      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+      expect((error as BreakwaterError).retryable).toBe(false)
+      expect((error as Error).message).toContain(`exchange "${exchange}"`)
+      expect((error as Error).message).toMatch(/inequivalent arg 'type'/)
+    }
+
+    // A queue that exists as a classic queue, where the subscriber declares a quorum one.
+    const plain = createRabbitMqBroker({ url, connectTimeoutMs: 2_000 })
+    closers.push(() => plain.close())
+    await setup.assertQueue(`${queueTopic}.${group}`, { durable: true })
+    const error = await plain.subscriber
+      .subscribe(queueTopic, group, async () => {})
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+    expect(BreakwaterError.is(error), String(error)).toBe(true)
+    expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+    expect((error as BreakwaterError).retryable).toBe(false)
+    expect((error as Error).message).toContain(`queue "${queueTopic}.${group}"`)
+    expect((error as Error).message).toMatch(/inequivalent arg 'x-queue-type'/)
+  })
+
   it('refuses an exchange name longer than 255 bytes at construction, instead of failing every publish as a rejected message', () => {
     // An AMQP short string: amqplib would throw a TypeError on each publish, which reads as
     // BROKER_REJECTED (not retryable) and would dead-letter every event over a setting.
