@@ -36,6 +36,28 @@ async function otherSessions(): Promise<number> {
   return Number(rows[0]?.n)
 }
 
+// How many times sessionsAfterSettling asks before it gives up. A poll is one round trip to the
+// server plus a 5 ms pause, so this bounds the wait at a few seconds on a loaded machine; a real
+// leak (a session that never ends) still fails, with the count it left.
+const maxPolls = 1_000
+
+/**
+ * The other sessions once their number stops falling to zero: polls until none is left, or
+ * returns the last count after maxPolls. The shop's databases are closed when startShop
+ * rejects, but a closed session is not yet gone then: PostgresDriver.close() awaits pg-pool's
+ * end(), which sends each idle connection its Terminate and resolves without waiting for the
+ * socket to close, so the server may still list those backends (up to 2 per store) for a
+ * moment. What must hold is that they all go away, with nothing opening new ones.
+ */
+async function sessionsAfterSettling(): Promise<number> {
+  let count = await otherSessions()
+  for (let poll = 1; count !== 0 && poll < maxPolls; poll++) {
+    await new Promise((resolve) => setTimeout(resolve, 5))
+    count = await otherSessions()
+  }
+  return count
+}
+
 describe('startShop failing before its processes start', () => {
   it('closes the databases it opened, removes its folder and names the failed step', async () => {
     await watcher.execute('CREATE SCHEMA shop_notifications')
@@ -57,8 +79,6 @@ describe('startShop failing before its processes start', () => {
     expect((error as Error).message).toMatch(/notifications_emails/)
     expect((error as Error).cause).toBeDefined()
     expect(readdirSync(temp)).toEqual([])
-    // A closed pool has ended its sessions: the server drops a session from pg_stat_activity
-    // before it closes the socket whose closing ends the client's wait.
-    expect(await otherSessions()).toBe(0)
+    expect(await sessionsAfterSettling()).toBe(0)
   })
 })
