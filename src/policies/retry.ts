@@ -102,7 +102,11 @@ export type GiveUpReason =
   | 'notRetryable'
   /** `maxAttempts` attempts failed. */
   | 'maxAttempts'
-  /** The next attempt could not start before the deadline, or the deadline passed. */
+  /**
+   * The next attempt could not start before the deadline, or the deadline passed (also when it
+   * reached the retry as its caller's abort: a timeout outside clamped to the deadline, a signal
+   * aborted with `DeadlineExceededError`).
+   */
   | 'deadline'
   /** The retry budget had no token left. */
   | 'budget'
@@ -121,7 +125,10 @@ export type RetryEvent =
     }
   | {
       readonly type: 'giveUp'
-      /** The attempt that failed last. */
+      /**
+       * The attempt that failed last; 0 when the deadline had passed before the first, which
+       * was then never started (`error` is the `DeadlineExceededError`, `started: false`).
+       */
       readonly attempt: number
       readonly reason: GiveUpReason
       readonly error: unknown
@@ -336,6 +343,16 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
     outerAttempt: number,
   ): Promise<T> {
     if (parent?.aborted) throw new AbortedError(parent.reason)
+    // A deadline that has already passed leaves no time for any attempt: starting one anyway
+    // would send work downstream that nobody waits for. Refused like a timeout refuses it, so
+    // a breaker around the retry does not count the caller's lateness against the downstream;
+    // not a request for the budget, and no attempt.
+    const deadline = currentDeadlineScope()
+    if (deadline !== undefined && this.#clock.now() >= deadline.atMs) {
+      const refused = new DeadlineExceededError(deadline.atMs, { started: false })
+      this.#giveUp(0, 'deadline', refused)
+      throw refused
+    }
     this.#budget?.recordRequest()
     retryCounters().attempts.add(1)
     const execution = new RetryExecution(parent, outerAttempt)
@@ -378,8 +395,12 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
     for (;;) {
       // A caller who left after the deadline had passed is a deadline, checked next.
       if (execution.callerAborted()) {
-        this.#giveUp(attempt, 'aborted', error)
-        throw isCode(error, 'ABORTED') ? error : new AbortedError(parent?.reason)
+        const reason = parent?.reason
+        if (!isCode(reason, 'DEADLINE_EXCEEDED')) {
+          this.#giveUp(attempt, 'aborted', error)
+          throw isCode(error, 'ABORTED') ? error : new AbortedError(reason)
+        }
+        this.#deadlineCutOff(attempt, error, reason)
       }
       const now = clock.now()
       if (deadline !== undefined && now >= deadline.atMs) {
@@ -399,8 +420,12 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       // shouldRetry is user code and may have aborted the caller's side (the sleep below also
       // catches an abort from a retry listener or the budget).
       if (execution.callerAborted()) {
-        this.#giveUp(attempt, 'aborted', error)
-        throw new AbortedError(parent?.reason)
+        const reason = parent?.reason
+        if (!isCode(reason, 'DEADLINE_EXCEEDED')) {
+          this.#giveUp(attempt, 'aborted', error)
+          throw new AbortedError(reason)
+        }
+        this.#deadlineCutOff(attempt, error, reason)
       }
       const backoffMs = this.#backoff.delayMs(attempt - 1, previousDelayMs)
       previousDelayMs = backoffMs
@@ -428,9 +453,11 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       try {
         await backoffSleep(clock, delayMs, parent, deadline)
       } catch (abort) {
-        const aborted = parent?.aborted === true
-        this.#giveUp(attempt, aborted ? 'aborted' : 'deadline', error)
-        throw aborted ? abort : new DeadlineExceededError(deadline?.atMs ?? now, { cause: error })
+        if (parent?.aborted === true && !isCode(parent.reason, 'DEADLINE_EXCEEDED')) {
+          this.#giveUp(attempt, 'aborted', error)
+          throw abort
+        }
+        this.#deadlineCutOff(attempt, error, parent?.aborted === true ? parent.reason : undefined)
       }
       attempt++
       retryCounters().attempts.add(1)
@@ -440,6 +467,20 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
         error = next
       }
     }
+  }
+
+  // The deadline ended the call: it passed, or the caller's side aborted because of it (a
+  // timeout outside clamped to the deadline, a signal that aborted with DeadlineExceededError).
+  // The caller must be able to tell a budget that ran out from a cancellation, so this is a
+  // 'deadline' give-up with DEADLINE_EXCEEDED, never 'aborted' with ABORTED.
+  #deadlineCutOff(attempt: number, error: unknown, reason: unknown): never {
+    this.#giveUp(attempt, 'deadline', error)
+    if (isCode(error, 'DEADLINE_EXCEEDED')) throw error
+    const atMs = (reason as { deadlineAtMs?: unknown } | undefined)?.deadlineAtMs
+    throw new DeadlineExceededError(
+      typeof atMs === 'number' ? atMs : (currentDeadlineScope()?.atMs ?? this.#clock.now()),
+      { cause: error },
+    )
   }
 
   // A shouldRetry that throws ends the call with its own error (a bug to surface, not hide),
@@ -547,7 +588,8 @@ function backoffSleep(
  * honoured (up to `maxRetryAfterMs`) when longer than the backoff. The backoff sleep ends at
  * once when the caller aborts, and retry never outlasts the current deadline (see
  * `withDeadline`): when the next attempt could not start before it, the call fails at once
- * with the last error.
+ * with the last error, and when the deadline has already passed as the retry is called, it
+ * starts no attempt and rejects with `DeadlineExceededError` (`started: false`).
  *
  * @example
  * ```ts

@@ -7,7 +7,12 @@ import { withDeadline } from '../../src/policies/deadline.js'
 import { pipeline } from '../../src/policies/pipeline.js'
 import { type RetryEvent, retry } from '../../src/policies/retry.js'
 import { timeout } from '../../src/policies/timeout.js'
-import type { Policy, PolicyContext } from '../../src/policies/types.js'
+import {
+  neverAbortedSignal,
+  type Policy,
+  type PolicyContext,
+  type PolicyFunction,
+} from '../../src/policies/types.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 
 // A retry under a deadline with a caller's signal runs its attempts in a scope with two
@@ -16,6 +21,13 @@ import { ManualClock } from '../../src/testing/manual-clock.js'
 // would, whenever fn happens to look at it: fn passes the reason on (fetch rejects with it), and
 // the policies around fn treat the two differently (a caller's abort is neutral for a breaker
 // and ends a retry as 'aborted'; a deadline is a failure of the call and ends it as 'deadline').
+
+/** A policy breakwater does not know: in front of a pipeline it keeps the whole chain unfused. */
+class Opaque implements Policy {
+  async execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    return await fn({ signal: signal ?? neverAbortedSignal, attempt: 1 })
+  }
+}
 
 function codeOf(error: unknown): string {
   return BreakwaterError.is(error) ? error.code : String(error)
@@ -27,6 +39,8 @@ interface Scenario {
   // When fn first looks at its signal: at once (linking the scope), or only after both ran out.
   readonly readsEarly: boolean
   readonly shape: 'retry' | 'retry+breaker' | 'timeout+retry+breaker' | 'retry+timeout'
+  // Fused (pipeline's own path) or through the promise-based chain (an unknown policy first).
+  readonly fused?: boolean
 }
 
 async function run(s: Scenario) {
@@ -46,7 +60,7 @@ async function run(s: Scenario) {
         : s.shape === 'timeout+retry+breaker'
           ? [timeout(10_000, { clock }), retrying, breaker]
           : [retrying, timeout(10_000, { clock })]
-  const chain = pipeline(...policies)
+  const chain = s.fused === false ? pipeline(new Opaque(), ...policies) : pipeline(...policies)
   let seen: string | undefined
   const fn = async (context: PolicyContext): Promise<string> => {
     if (s.readsEarly) void context.signal
@@ -96,16 +110,16 @@ describe('abort reason under a deadline and a caller signal', () => {
           const early = await run({ ...s, readsEarly: true })
           const late = await run({ ...s, readsEarly: false })
           expect(late).toEqual(early)
+          expect(await run({ ...s, readsEarly: s.readsEarly, fused: false })).toEqual(early)
           const deadlineFirst = s.deadlineMs < s.abortAtMs
           if (s.shape !== 'retry+timeout') {
             expect(early.seen).toBe(deadlineFirst ? 'DEADLINE_EXCEEDED' : 'ABORTED')
           }
           // With a timeout outside, the retry runs in the timeout's scope, which the deadline
-          // (by the timeout's own clamped timer) or the caller aborts: either way its parent
-          // cut it off.
-          const giveUp =
-            s.shape === 'timeout+retry+breaker' ? 'aborted' : deadlineFirst ? 'deadline' : 'aborted'
-          expect(early.giveUps).toEqual([giveUp])
+          // (by the timeout's own timer, clamped to the deadline) or the caller aborts: a scope
+          // cut off by the deadline is the budget running out, not a cancellation.
+          expect(early.giveUps).toEqual([deadlineFirst ? 'deadline' : 'aborted'])
+          expect(early.outcome).toBe(deadlineFirst ? 'DEADLINE_EXCEEDED' : 'ABORTED')
           expect(early.pendingTimers).toBe(0)
         },
       ),
@@ -127,5 +141,23 @@ describe('abort reason under a deadline and a caller signal', () => {
     expect(late.seen).toBe('DEADLINE_EXCEEDED')
     expect(late.giveUps).toEqual(['deadline'])
     expect(late.outcome).toBe('DEADLINE_EXCEEDED')
+  })
+
+  it('reports the deadline, not an abort, when it ends a retry inside a timeout', async () => {
+    // timeout(10 s) outside, the deadline at 10 ms: the timeout clamps itself to the deadline,
+    // and its scope (the retry's parent) aborts with DeadlineExceededError at 10 ms. The retry
+    // took that for a caller's abort: it gave up as 'aborted' and threw AbortedError, so the
+    // metric and the event said somebody cancelled the call when its budget had run out.
+    for (const fused of [true, false]) {
+      const late = await run({
+        deadlineMs: 10,
+        abortAtMs: 50,
+        readsEarly: false,
+        shape: 'timeout+retry+breaker',
+        fused,
+      })
+      expect(late.giveUps).toEqual(['deadline'])
+      expect(late.outcome).toBe('DEADLINE_EXCEEDED')
+    }
   })
 })
