@@ -259,13 +259,17 @@ export interface SqlQueueErrorEvent {
   readonly error: unknown
   /**
    * `handler`: a handler rejected (the message is redelivered after `retryDelayMs`);
-   * `settle`: an ack, retry or release could not be written; `connection`: leasing failed (the
-   * subscription retries with backoff).
+   * `refused`: a stored message cannot be read back (its headers column is not the JSON record
+   * of strings the publisher writes: edited or corrupted by hand), so the group's delivery of it
+   * was removed without calling the handler; the error (`BROKER_REJECTED`) says why and
+   * `message` holds its id, key and payload (headers empty), while the message row itself stays
+   * in `breakwater_queue` until pruned; `settle`: an ack, retry or release could not be
+   * written; `connection`: leasing failed (the subscription retries with backoff).
    */
-  readonly phase: 'handler' | 'settle' | 'connection'
+  readonly phase: 'handler' | 'refused' | 'settle' | 'connection'
   readonly topic: string
   readonly group: string
-  /** The message being handled or settled. */
+  /** The message being handled, refused or settled. */
   readonly message?: IncomingMessage
 }
 
@@ -317,7 +321,7 @@ export interface SqlQueueOptions {
    */
   readonly listen?: boolean
   /**
-   * Receives handler failures, failed acks and lease errors.
+   * Receives handler failures, refused (unreadable) messages, failed acks and lease errors.
    * @default ignore them
    */
   readonly onError?: (event: SqlQueueErrorEvent) => void
@@ -458,6 +462,31 @@ class Wakeable {
 interface Leased {
   readonly seq: number
   readonly message: IncomingMessage | undefined
+  /** Why the stored message cannot be handed to the handler, when it cannot. */
+  readonly refused?: BreakwaterError
+}
+
+/**
+ * The headers stored for a message: the JSON record of strings the publisher writes, or
+ * undefined (with the parse error, if any) for anything else, which only a hand edit or a
+ * corruption leaves. Parsed per row, so one bad row cannot fail the lease of its whole batch.
+ */
+function storedHeaders(
+  text: string | null,
+): { readonly headers: Record<string, string> } | { readonly error: unknown } {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text ?? '{}')
+  } catch (error) {
+    return { error }
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    return { error: undefined }
+  }
+  for (const value of Object.values(parsed)) {
+    if (typeof value !== 'string') return { error: undefined }
+  }
+  return { headers: parsed as Record<string, string> }
 }
 
 class QueueSubscription implements Subscription {
@@ -588,20 +617,28 @@ class QueueSubscription implements Subscription {
           .sort((a, b) => a.seq - b.seq)
       })
     }
-    return rows.map((row) => ({
-      seq: Number(row.seq),
-      message:
-        row.message_id === null
-          ? undefined
-          : {
-              id: row.message_id,
-              topic: this.topic,
-              key: row.msg_key ?? '',
-              payload: row.payload ?? Buffer.alloc(0),
-              headers: JSON.parse(row.headers ?? '{}') as Record<string, string>,
-              deliveryCount: Number(row.delivery_count),
-            },
-    }))
+    return rows.map((row): Leased => {
+      const seq = Number(row.seq)
+      if (row.message_id === null) return { seq, message: undefined }
+      const stored = storedHeaders(row.headers)
+      const message: IncomingMessage = {
+        id: row.message_id,
+        topic: this.topic,
+        key: row.msg_key ?? '',
+        payload: row.payload ?? Buffer.alloc(0),
+        headers: 'headers' in stored ? stored.headers : {},
+        deliveryCount: Number(row.delivery_count),
+      }
+      if ('headers' in stored) return { seq, message }
+      // Retrying cannot repair the row, and failing the lease would hold every message of the
+      // batch (and, leased again, for ever): the message is refused on its own instead.
+      const refused = new BreakwaterError(
+        'BROKER_REJECTED',
+        `sql-queue: refused message ${JSON.stringify(row.message_id)} (seq ${seq}) of topic ${JSON.stringify(this.topic)}: its stored headers are not the JSON record of strings the publisher writes (edited or corrupted), so group ${JSON.stringify(this.group)} skips it; the message stays in ${queueTable} until pruned`,
+        { cause: stored.error },
+      )
+      return { seq, message, refused }
+    })
   }
 
   async #dispatch(batch: Leased[], token: string): Promise<void> {
@@ -641,6 +678,19 @@ class QueueSubscription implements Subscription {
         if (item.message === undefined) {
           // The message row is gone (cannot normally happen): drop the orphan delivery.
           await this.#settle(this.#sql.ack, [this.topic, this.group, item.seq, token], undefined)
+          continue
+        }
+        if (item.refused !== undefined) {
+          // Reported with the message, so it is never lost without a word, then removed from
+          // the group's deliveries: leased again it would only fail again, and hold its key.
+          this.#options.onError({
+            error: item.refused,
+            phase: 'refused',
+            topic: this.topic,
+            group: this.group,
+            message: item.message,
+          })
+          await this.#settle(this.#sql.ack, [this.topic, this.group, item.seq, token], item.message)
           continue
         }
         const chain = chains.get(item.message.key)

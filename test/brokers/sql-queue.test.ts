@@ -91,6 +91,41 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
     expect(await count(t.db, 'breakwater_queue_deliveries', "WHERE topic = 'basic'")).toBe(0)
   })
 
+  it('refuses a stored message whose headers are not a JSON record of strings (onError phase refused, BROKER_REJECTED, the message kept in the table) and delivers the rest', async () => {
+    const q = queue()
+    const topic = 'corrupt-headers'
+    const bad = ['k1', 'k2', 'k3', 'k4'].map((key) => message(topic, key))
+    const good = [message(topic, 'k1'), message(topic, 'k5')]
+    // Stored before the group exists, so the subscription's first lease sees them all at once.
+    await q.publisher.publish([bad[0]!, good[0]!, bad[1]!, bad[2]!, bad[3]!, good[1]!])
+    const corrupt = ['{"n": "1', '[]', '{"n":1}', 'null']
+    for (const [i, headers] of corrupt.entries()) {
+      await t.db.execute(
+        `UPDATE breakwater_queue SET headers = '${headers}' WHERE topic = '${topic}' AND message_id = '${bad[i]!.id}'`,
+      )
+    }
+    const got: IncomingMessage[] = []
+    const sub = await q.subscriber.subscribe(topic, 'g', async (m) => void got.push(m))
+    const refused = () => errors.filter((e) => e.topic === topic && e.phase === 'refused')
+    await until(() => got.length === 2 && refused().length === 4, 'the good messages')
+    expect(got.map((m) => m.id)).toEqual(good.map((m) => m.id))
+    expect(got.map((m) => m.headers)).toEqual(good.map((m) => m.headers))
+    expect(refused().map((e) => e.message?.id)).toEqual(bad.map((m) => m.id))
+    for (const event of refused()) {
+      expect(BreakwaterError.is(event.error)).toBe(true)
+      expect((event.error as BreakwaterError).code).toBe('BROKER_REJECTED')
+      expect((event.error as BreakwaterError).retryable).toBe(false)
+      expect((event.error as Error).message).toMatch(/headers/)
+      expect(event.message?.payload).toBeDefined()
+    }
+    expect(errors.filter((e) => e.topic === topic && e.phase !== 'refused')).toEqual([])
+    await sub.close()
+    // Nothing is left to deliver to the group, but the refused messages stay stored (until
+    // pruned), for an operator to inspect.
+    expect(await count(t.db, 'breakwater_queue_deliveries', `WHERE topic = '${topic}'`)).toBe(0)
+    expect(await count(t.db, 'breakwater_queue', `WHERE topic = '${topic}'`)).toBe(6)
+  })
+
   it('drops a message id already stored for its topic', async () => {
     const q = queue()
     const got: string[] = []
