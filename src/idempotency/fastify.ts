@@ -157,10 +157,19 @@ export function fastifyIdempotency(
     const state = states.get(request)
     if (state?.kind !== 'executing') return payload
     states.set(request, { kind: 'done' })
+    let body: Buffer
+    try {
+      body = await payloadBytes(payload)
+    } catch (error) {
+      // The handler's payload failed (a stream that errored): there is nothing to record, and
+      // the key and ctx.tx (on SQLite, the process's only writer) must not wait for the lease.
+      await state.execution.abort()
+      throw error
+    }
     const response: IdempotencyResponse = {
       status: reply.statusCode,
       headers: replyHeaders(reply),
-      body: await payloadBytes(payload),
+      body,
     }
     const final = await state.execution.complete(response)
     if (final !== response) setReply(reply, final)

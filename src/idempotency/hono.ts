@@ -165,10 +165,19 @@ export function honoIdempotency(
       throw error
     }
     const produced = c.res
+    let producedBody: Uint8Array
+    try {
+      producedBody = new Uint8Array(await produced.arrayBuffer())
+    } catch (error) {
+      // The handler's body failed (a stream that errored): there is nothing to record, and the
+      // key and ctx.tx (on SQLite, the process's only writer) must not wait for the lease.
+      await execution.abort()
+      throw error
+    }
     const response: IdempotencyResponse = {
       status: produced.status,
       headers: fetchHeaders(produced),
-      body: new Uint8Array(await produced.arrayBuffer()),
+      body: producedBody,
     }
     const final = await execution.complete(response)
     // Assigning c.res merges the old response's headers into the new one; clearing it first
