@@ -100,6 +100,12 @@ export const errorCodes = {
     "A proxy admin API request body is larger than the admin server's limit; answered 413.",
   SHADOW_NOT_CONFIGURED:
     'The proxy admin API was asked for the shadow mismatches of a route without a shadow; answered 404.',
+  PROXY_LISTEN_FAILED:
+    'startProxy could not bind a listener or the admin API (port in use, address not available, permission denied); the error names the setting.',
+  PROXY_TLS_INVALID:
+    "startProxy could not use a listener's or an upstream service's TLS files (unreadable, not PEM, key not the certificate's); the error names the setting.",
+  PROXY_IDEMPOTENCY_STORE_FAILED:
+    'startProxy could not open the idempotency store of idempotency.url (unreachable, refused, not a usable path).',
   PARTIALLY_APPLIED:
     'A proxy admin command reached some workers of a multi-process proxy and not others; answered 502, send it again.',
 } as const

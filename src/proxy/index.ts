@@ -1,10 +1,16 @@
 // breakwater/proxy: ambassador, sidecar and strangler fig in one process, configured in YAML.
 // The runtime (startProxy), config loader and CLI are exported from here as they land.
 
-export type { ConfigProblem, ProxyConfigDocument, ProxyConfigInput } from './config/index.js'
+export type {
+  ConfigProblem,
+  ProxyConfigDocument,
+  ProxyConfigInput,
+  ProxyStartErrorCode,
+} from './config/index.js'
 export {
   ConfigInvalidError,
   loadProxyConfig,
+  ProxyStartError,
   parseProxyConfig,
   proxyConfigJsonSchema,
   proxyConfigSchema,

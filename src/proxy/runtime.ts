@@ -21,7 +21,7 @@ import {
   metricsPerRegistry,
 } from '../observability/metrics.js'
 import { redactUrl } from '../stores/redact.js'
-import { ConfigInvalidError } from './config/errors.js'
+import { ConfigInvalidError, ProxyStartError, type ProxyStartErrorCode } from './config/errors.js'
 import { type ProxyConfigOverrides, parseProxyConfig } from './config/load.js'
 import { keepsServiceRuntime } from './config/reload.js'
 import type {
@@ -364,7 +364,12 @@ class ProxyRuntime implements ProxyInternals {
           deps: this.#deps,
           env: this.#env,
         }).catch((error: unknown) => {
-          throw startFailure(`admin (${admin.host}:${admin.port})`, error)
+          throw startFailure(
+            'PROXY_LISTEN_FAILED',
+            'admin',
+            `admin (${admin.host}:${admin.port})`,
+            error,
+          )
         })
       }
     } catch (error) {
@@ -643,9 +648,14 @@ class ProxyRuntime implements ProxyInternals {
           services.set(name, previous)
           continue
         }
-        const service = createServiceRuntime(serviceConfig, deps, {
-          deadlineHeader: config.deadlineHeader,
-        })
+        let service: ServiceRuntime
+        try {
+          service = createServiceRuntime(serviceConfig, deps, {
+            deadlineHeader: config.deadlineHeader,
+          })
+        } catch (error) {
+          throw tlsFailure(error)
+        }
         created.push(service)
         services.set(name, service)
       }
@@ -664,7 +674,12 @@ class ProxyRuntime implements ProxyInternals {
         try {
           store = await openProxyIdempotency(url, { clock: deps.clock })
         } catch (error) {
-          throw startFailure(`idempotency.url: cannot open ${redactUrl(url)}`, error)
+          throw startFailure(
+            'PROXY_IDEMPOTENCY_STORE_FAILED',
+            'idempotency.url',
+            `idempotency.url: cannot open ${redactUrl(url)}`,
+            error,
+          )
         }
         idempotencyOpened = { url, store }
         sidecar = createSidecarIdempotency({
@@ -726,12 +741,19 @@ class ProxyRuntime implements ProxyInternals {
       }
       if (handedOver.length > 0) await new Promise<void>((done) => setImmediate(done))
       for (const listener of plan) {
-        const server = createListenerServer(listener, this.#dispatcher(listener.name), deps)
+        let server: ListenerServer
+        try {
+          server = createListenerServer(listener, this.#dispatcher(listener.name), deps)
+        } catch (error) {
+          throw tlsFailure(error)
+        }
         newListeners.push({ config: listener, server })
         try {
           await server.listen()
         } catch (error) {
           throw startFailure(
+            'PROXY_LISTEN_FAILED',
+            `listeners.${listener.name}`,
             `listeners.${listener.name}: cannot listen on ${listener.host}:${listener.port}`,
             error,
           )
@@ -1060,8 +1082,27 @@ function localAdminBackend(runtime: ProxyInternals): import('./admin/backend.js'
   }
 }
 
-// A part of the config that could not start (`what` names the setting), as one line with the
-// underlying error's message; the error itself stays as the cause.
-function startFailure(what: string, error: unknown): Error {
-  return new Error(`${what}: ${(error as Error).message}`, { cause: error })
+// A part of the config that could not start (`what` names the setting, with its address or
+// URL), as one line with the underlying error's message; the error itself stays as the cause.
+function startFailure(
+  code: ProxyStartErrorCode,
+  setting: string,
+  what: string,
+  error: unknown,
+): ProxyStartError {
+  const message = error instanceof Error ? error.message : String(error)
+  return new ProxyStartError(code, setting, `${what}: ${message}`, error)
+}
+
+// A listener's or service's TLS files that cannot be used are refused where they are read (an
+// INVALID_OPTION naming `listeners.<name>.tls` or `services.<name>.tls.<file>`): at start that
+// is a fact of the machine, not of the options given, so it becomes PROXY_TLS_INVALID with the
+// same message. Anything else passes unchanged.
+function tlsFailure(error: unknown): unknown {
+  if (
+    !(error instanceof InvalidOptionError) ||
+    !/^(listeners|services)\..+\.tls(\.(caFile|certFile|keyFile))?$/.test(error.option)
+  )
+    return error
+  return new ProxyStartError('PROXY_TLS_INVALID', error.option, error.message, error)
 }

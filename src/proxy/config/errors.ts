@@ -48,3 +48,39 @@ export function formatProblem(problem: ConfigProblem): string {
       : ` (line ${problem.line}, column ${problem.column ?? 1})`
   return `${problem.path}: ${problem.message}${where}`
 }
+
+/** The codes of {@link ProxyStartError}. */
+export type ProxyStartErrorCode =
+  | 'PROXY_LISTEN_FAILED'
+  | 'PROXY_TLS_INVALID'
+  | 'PROXY_IDEMPOTENCY_STORE_FAILED'
+
+/**
+ * A valid config that cannot be brought up on this machine, as `startProxy` rejects with it:
+ * `PROXY_LISTEN_FAILED` (a listener or the admin API could not bind: port in use, address not
+ * available, permission denied; the errno is in `cause.code`), `PROXY_TLS_INVALID` (a
+ * listener's or service's TLS files cannot be read or used), `PROXY_IDEMPOTENCY_STORE_FAILED`
+ * (the `idempotency.url` store does not open). `setting` names the part of the file at fault;
+ * the message is `setting...: <the underlying error's message>`, and `cause` holds that error.
+ * Whatever the proxy had started is closed before it rejects. A reload that fails for these
+ * reasons rejects with {@link ConfigInvalidError} instead, as every refused reload does.
+ *
+ * @example
+ * ```ts
+ * try { await startProxy({ config: { file: 'breakwater.yaml' } }) }
+ * catch (error) {
+ *   if (error instanceof ProxyStartError && error.code === 'PROXY_LISTEN_FAILED')
+ *     console.error(`${error.setting} cannot bind: ${(error.cause as { code?: string }).code}`)
+ * }
+ * ```
+ */
+export class ProxyStartError extends BreakwaterError {
+  /** The part of the config at fault: `listeners.<name>`, `admin`, `idempotency.url`, ... */
+  readonly setting: string
+  declare readonly code: ProxyStartErrorCode
+
+  constructor(code: ProxyStartErrorCode, setting: string, message: string, cause: unknown) {
+    super(code, message, { cause })
+    this.setting = setting
+  }
+}
