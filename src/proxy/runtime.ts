@@ -228,8 +228,9 @@ const runtimeMetrics = metricsPerRegistry(
  * Starts the proxy: validates the config, creates a `ServiceRuntime` per service, binds every
  * listener (ambassador or gateway), opens the idempotency store when a route needs it, starts
  * the admin API (when configured), and watches the config file. Rejects with
- * {@link ConfigInvalidError} for an invalid config and closes whatever it started when a
- * listener cannot bind.
+ * {@link ConfigInvalidError} for an invalid config, and with {@link ProxyStartError}
+ * (`PROXY_LISTEN_FAILED`, `PROXY_TLS_INVALID`, `PROXY_IDEMPOTENCY_STORE_FAILED`, naming the
+ * setting) for one that cannot be brought up, after closing whatever it had started.
  *
  * @example
  * ```ts
