@@ -12,15 +12,22 @@ export class EventSource<T> {
   #listeners: Array<(event: T) => void> = []
 
   /**
-   * Adds a listener; returns a function that removes it. Throws `InvalidOptionError` for a
-   * listener that is not a function: accepted, it would throw at every event, each time as an
-   * uncaught exception.
+   * Adds a listener; returns a function that removes it (that one subscription: a listener
+   * added twice stays subscribed once; calling it again does nothing). Throws
+   * `InvalidOptionError` for a listener that is not a function: accepted, it would throw at
+   * every event, each time as an uncaught exception.
    */
   on(listener: (event: T) => void): Unsubscribe {
     checkFunction('events.on(listener)', listener)
     this.#listeners = [...this.#listeners, listener]
+    let subscribed = true
     return () => {
-      this.#listeners = this.#listeners.filter((l) => l !== listener)
+      // One shared function (a logger) may be subscribed by two parts of an app: one leaving
+      // must not silence the other.
+      if (!subscribed) return
+      subscribed = false
+      const index = this.#listeners.indexOf(listener)
+      if (index >= 0) this.#listeners = this.#listeners.toSpliced(index, 1)
     }
   }
 

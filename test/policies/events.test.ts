@@ -37,4 +37,21 @@ describe('EventSource', () => {
     expect(seen).toEqual([1])
     expect(uncaught).toHaveLength(2)
   })
+
+  it('off() undoes its own on() only, once, when the same listener was added twice', () => {
+    // Two parts of an app may subscribe one shared function (a logger); one of them leaving
+    // used to unsubscribe both, and the other silently stopped hearing events.
+    const source = new EventSource<number>()
+    const seen: number[] = []
+    const listener = (n: number) => seen.push(n)
+    const off = source.on(listener)
+    source.on(listener)
+    source.emit(1)
+    off()
+    source.emit(2)
+    off()
+    source.emit(3)
+    expect(seen).toEqual([1, 1, 2, 3])
+    expect(source.hasListeners).toBe(true)
+  })
 })
