@@ -52,25 +52,38 @@ export function isSecretKey(key: string, extra?: ReadonlySet<string>): boolean {
 // A URL-like run of text: scheme:// and everything up to whitespace, a quote or an angle
 // bracket (none of which a URL holds unencoded). Its userinfo is found by userinfoSpan, as in
 // database and broker URLs, so a password holding an unencoded `@`, `/`, `?` or `#` is masked
-// whole.
+// whole. A password may also hold a space (`postgres://app:my secret@db`): see
+// maskUrlCredentials.
 // Every pattern here must run in time linear in the text: redactSecrets sees every logged
 // string, request paths in access lines included. An unbounded run of name characters after a
 // `\b` is quadratic (each word boundary inside `a.a.a.a...` restarts a scan to the run's end:
 // 0.6 s for a 16 KB path), so the scheme is bounded (none is longer than 32 characters).
 const urlRuns = /\b[a-z][a-z0-9+.-]{0,31}:\/\/[^\s"'<>`]*/gi
+// A run that ends, at a blank, inside a password: `scheme://user:` and something after the
+// colon that is not a port (`host:8080`, `host:8080/path`, `[::1]:80` are hosts, not users).
+const openPassword = /^[a-z][a-z0-9+.-]*:\/\/[^\s:/?#@[\]]*:(?!\d*(?:[/?#]|$))/i
+// What ends the search for the `@` after such a password: the `@`, or the end of the line, a
+// quote or angle bracket, or the next URL (a password holds no `://`).
+const userinfoEnd = /@|[\r\n"'<>`]|:\/\//g
+// The rest of a URL after its userinfo's `@`, as urlRuns reads it.
+const afterAt = /[^\s"'<>`]*/y
 // key=value pairs in query strings, libpq/ODBC connection strings and environment dumps. The
 // key is judged as a field name is: one that ends in a secret name (`DB_PASSWORD`, `PGPASSWORD`,
 // `client_secret`, `x-api-key`), not one that merely contains it (`max_tokens`). The match
 // starts at the secret name (what comes before it in the key is kept as it is anyway), which
 // keeps it linear.
+// Blanks and the word after them continue a value, unless the word starts the next pair
+// (`name=`). Each blank run is tried once, so this stays linear.
 const secretPairs =
-  /(password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id)=(?:"[^"]*"|'[^']*'|[^\s&#;,]*)/gi
+  /(password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id)=(?:"[^"]*"|'[^']*'|[^\s&#;,]*(?:[^\S\n]+(?![\w.-]+=)[^\s&#;,]+)*)/gi
 const authSchemes = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/g
 // After an Authorization header name, any scheme in any case (schemes are case-insensitive,
 // RFC 9110 §11.1: `authorization: bearer ...`, `Token ...`); elsewhere only `Bearer`/`Basic`,
-// since "basic" and "bearer" are also plain words.
+// since "basic" and "bearer" are also plain words. The credentials run to the closing quote of
+// a quoted value, else to the end of the line or the next `name: ` header on it: a credential
+// may hold blanks (`Bearer abc def`, a Digest parameter list).
 const authHeaders =
-  /\b((?:proxy-)?authorization["']?\s*[:=]\s*["']?)([A-Za-z][\w.+-]*)\s+[A-Za-z0-9._~+/=-]{4,}/gi
+  /\b((?:proxy-)?authorization["']?\s*[:=]\s*)(?:"([A-Za-z][\w.+-]*)\s+[A-Za-z0-9._~+/=-](?:[^"\\\n]|\\.)*("?)|'([A-Za-z][\w.+-]*)\s+[A-Za-z0-9._~+/=-][^'\n]*('?)|([A-Za-z][\w.+-]*)\s+[A-Za-z0-9._~+/=-]\S*(?:[^\S\n]+(?![\w-]+:\s)\S+)*)/gi
 // `"name": value` members of JSON held in a string (a request body or config quoted in an error
 // message): a string or number value of a secret-named member is masked, the name judged by
 // isSecretKey as a field name is.
@@ -85,6 +98,14 @@ const mayHoldSecret = /bearer|basic|authorization|"\s*:/i
  * of JSON text (`"password":"..."`), `Bearer`/`Basic` credentials, and the credentials after
  * an `Authorization` header name whatever their scheme and case.
  *
+ * A secret may hold blanks, so a value is not over at the first one: an unquoted `key=value`
+ * value runs to the next `name=` pair, a `&`, `#`, `;` or `,`, or the end of the line
+ * (`password=my secret pass dbname=app` keeps only `dbname=app`); Authorization credentials run
+ * to the closing quote of a quoted value, else to the next `name: ` header or the end of the
+ * line; a URL password runs to the first `@` on its line (`postgres://app:my pass@db`). Text
+ * that follows a secret on its line may therefore be masked with it: hiding too much is the
+ * safe side.
+ *
  * @example
  * ```ts
  * redactSecrets('cannot connect to amqp://guest:guest@127.0.0.1:5672')
@@ -93,20 +114,69 @@ const mayHoldSecret = /bearer|basic|authorization|"\s*:/i
  */
 export function redactSecrets(text: string): string {
   if (!text.includes('@') && !text.includes('=') && !mayHoldSecret.test(text)) return text
-  return text
-    .replace(urlRuns, maskUrlCredentials)
+  return maskUrlCredentials(text)
     .replace(jsonMembers, (match, key: string, colon: string) =>
       isSecretKey(key) ? `"${key}"${colon}"***"` : match,
     )
     .replace(secretPairs, (_match, name: string) => `${name}=***`)
-    .replace(authHeaders, (_match, name: string, scheme: string) => `${name}${scheme} ***`)
+    .replace(
+      authHeaders,
+      (
+        _match,
+        name: string,
+        doubleQuoted?: string,
+        doubleClose?: string,
+        singleQuoted?: string,
+        singleClose?: string,
+        bare?: string,
+      ) => {
+        if (doubleQuoted !== undefined) return `${name}"${doubleQuoted} ***${doubleClose}`
+        if (singleQuoted !== undefined) return `${name}'${singleQuoted} ***${singleClose}`
+        return `${name}${bare} ***`
+      },
+    )
     .replace(authSchemes, (_match, scheme: string) => `${scheme} ***`)
+}
+
+/**
+ * Masks the userinfo of every URL in `text` (see {@link redactSecrets}), including a password
+ * that holds blanks: a run that stops at a blank inside `scheme://user:...` goes on to the
+ * first `@` on the same line, unless a quote, an angle bracket or another `scheme://` comes
+ * first. `onScan` is told how many characters each such search read; tests use it to check
+ * that no character is read twice, whatever the text: a search ends at the latest at the next
+ * URL's `://`, where the next search can begin only after that URL's run.
+ *
+ * @internal Use {@link redactSecrets}.
+ */
+export function maskUrlCredentials(text: string, onScan?: (chars: number) => void): string {
+  let out = ''
+  let copied = 0
+  urlRuns.lastIndex = 0
+  for (let match = urlRuns.exec(text); match !== null; match = urlRuns.exec(text)) {
+    const start = match.index
+    let run = match[0]
+    const blank = text[start + run.length]
+    if ((blank === ' ' || blank === '\t') && !run.includes('@') && openPassword.test(run)) {
+      userinfoEnd.lastIndex = start + run.length
+      const end = userinfoEnd.exec(text)
+      const stop = end === null ? text.length : end.index
+      onScan?.(stop - (start + run.length))
+      if (end !== null && end[0] === '@') {
+        afterAt.lastIndex = stop + 1
+        run = text.slice(start, stop + 1) + (afterAt.exec(text)?.[0] ?? '')
+        urlRuns.lastIndex = start + run.length
+      }
+    }
+    out += text.slice(copied, start) + maskUserinfo(run)
+    copied = start + run.length
+  }
+  return copied === 0 ? text : out + text.slice(copied)
 }
 
 // user:password@ keeps the user; a user name alone (a NATS or Redis token) is masked whole,
 // unless it holds a `/`, `?` or `#`: then the `@` belongs to a path or a query
 // (`https://host/users/@me`, `https://host?mail=a@b`).
-function maskUrlCredentials(run: string): string {
+function maskUserinfo(run: string): string {
   const span = userinfoSpan(run)
   if (span === undefined) return run
   if (span.colon !== -1) return `${run.slice(0, span.colon)}:***${run.slice(span.at)}`

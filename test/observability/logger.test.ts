@@ -266,7 +266,9 @@ describe('redaction helpers', () => {
 
   it('masks key=value pairs whose key ends in a secret name, as field names are judged', () => {
     for (const [text, masked] of [
-      ['DB_PASSWORD=hunter2 next', 'DB_PASSWORD=*** next'],
+      // A value runs over blanks up to the next pair (a password may hold a space).
+      ['DB_PASSWORD=hunter2 next', 'DB_PASSWORD=***'],
+      ['DB_PASSWORD=hunter2 next=1', 'DB_PASSWORD=*** next=1'],
       ['PGPASSWORD=hunter2', 'PGPASSWORD=***'],
       ['export REDIS_PASSWORD="hunter 2"', 'export REDIS_PASSWORD=***'],
       ['NATS_TOKEN=t0ken&x=1', 'NATS_TOKEN=***&x=1'],
@@ -286,7 +288,7 @@ describe('redaction helpers', () => {
       ['authorization: bearer abcdefghijklmnop', 'authorization: bearer ***'],
       ['Authorization: BEARER abcdefghijklmnop', 'Authorization: BEARER ***'],
       ['proxy-authorization: basic dXNlcjpwYXNzd29yZA==', 'proxy-authorization: basic ***'],
-      ['Authorization=Token t0ken-abc x', 'Authorization=Token *** x'],
+      ['Authorization=Token t0ken-abc x', 'Authorization=Token ***'],
       ['Bearer abcdefghijklmnop', 'Bearer ***'],
     ])
       expect(redactSecrets(text!), text).toBe(masked)
