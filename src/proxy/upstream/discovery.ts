@@ -156,6 +156,8 @@ class DnsDiscovery implements Discovery {
   readonly #config: DnsConfig
   readonly #context: DiscoveryContext
   readonly #resolver: DnsResolver
+  /** The resolver this discovery made (not one it was given, which others may share). */
+  readonly #own: Resolver | undefined
   #timer: TimerHandle | undefined
   #closed = false
 
@@ -169,6 +171,7 @@ class DnsDiscovery implements Discovery {
       if (config.servers !== undefined && config.servers.length > 0)
         resolver.setServers([...config.servers])
       this.#resolver = resolver
+      this.#own = resolver
     }
     this.ready = this.#refresh()
   }
@@ -177,6 +180,10 @@ class DnsDiscovery implements Discovery {
     this.#closed = true
     if (this.#timer !== undefined) this.#context.clock.clearTimeout(this.#timer)
     this.#timer = undefined
+    // A lookup under way would hold the process open until the resolver gives up (its timeout
+    // and retries: over a minute against a server that does not answer), long after the
+    // service closed; cancelled, it fails at once (ECANCELLED) and #refresh ends quietly.
+    this.#own?.cancel()
   }
 
   async #refresh(): Promise<void> {

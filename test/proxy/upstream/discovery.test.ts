@@ -106,6 +106,35 @@ describe('DNS discovery', () => {
     expect(await call).toBe('DEADLINE_EXCEEDED')
   })
 
+  it('close() cancels a DNS lookup under way: nothing is left waiting on a silent resolver', async () => {
+    // A lookup the resolver never answers holds the process open for the resolver's whole
+    // timeout and retries (over a minute by default): a proxy closed meanwhile kept its process
+    // alive that long. Its own resolver's lookups are cancelled at close, so ready() settles.
+    const silent = createSocket('udp4')
+    await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve))
+    cleanups.push(() => new Promise<void>((resolve) => silent.close(() => resolve())))
+    const queried = new Promise<void>((resolve) => silent.once('message', () => resolve()))
+    const service = createServiceRuntime(
+      serviceConfig([], {
+        discovery: {
+          kind: 'dns',
+          name: 'orders.test',
+          recordType: 'A',
+          port: 80,
+          scheme: 'http',
+          minRefreshMs: 1_000,
+          maxRefreshMs: 60_000,
+          servers: [`127.0.0.1:${silent.address().port}`],
+        },
+      }),
+      testDeps(new ManualClock(0)),
+    )
+    await queried
+    await service.close()
+    await service.ready()
+    expect(service.state().endpoints).toEqual([])
+  })
+
   it('clamps the TTL to minRefreshMs and keeps the last answer while lookups fail', async () => {
     const server = await dns()
     server.set('orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 0 }])
