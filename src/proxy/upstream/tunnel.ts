@@ -245,8 +245,12 @@ class Handshake {
           })
         : httpRequest(options)
     } catch {
-      // Options node refuses outright (a bad header value); nothing was sent.
-      this.fail('UPSTREAM_CONNECT_FAILED')
+      // Options node refuses outright (a bad header value): nothing was sent, so this says
+      // nothing of the endpoint's health and is counted by neither the breaker nor ejection,
+      // as a request the HTTP path's pool refuses (a failure here opened a healthy circuit).
+      this.record(undefined)
+      this.client.off('close', this.onClientGone)
+      this.refuse('UPSTREAM_POOL_REFUSED')
       return
     }
     this.upstream = upstream

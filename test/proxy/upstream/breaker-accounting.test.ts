@@ -2,6 +2,7 @@
 // refusal of the proxy's own connection pool (nothing reached the upstream), and not a 408 or
 // 429 answer (the upstream is shedding load or the client was slow, it is not broken).
 
+import { Duplex } from 'node:stream'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { ServiceConfig } from '../../../src/proxy/contracts.js'
 import {
@@ -75,6 +76,45 @@ describe('a request the pool refuses before writing anything', () => {
     up.fallback = { kind: 'respond' }
     expect((await orders.exchange(forwardRequest(), 1024)).status).toBe(200)
     expect(orders.state().breaker).toBe('closed')
+  })
+})
+
+describe('a WebSocket handshake node refuses to send', () => {
+  it('is not an upstream failure either: 503 UPSTREAM_POOL_REFUSED, the breaker stays closed', async () => {
+    const up = await upstream()
+    const { service: orders } = service(
+      serviceConfig([up.url], {
+        retry: undefined,
+        websocket: { idleTimeoutMs: 1_000 },
+        ...tripAtOnce,
+      }),
+    )
+    const written: Buffer[] = []
+    const client = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, callback) {
+        written.push(chunk)
+        callback()
+      },
+    })
+    cleanups.push(() => client.destroy())
+    const outcome = await orders.tunnel(
+      {
+        target: '/chat',
+        headers: { 'x-bad': 'a\u0000b' },
+        host: 'front',
+        requestId: 'ws-1',
+        idleTimeoutMs: 1_000,
+      },
+      client,
+      Buffer.alloc(0),
+    )
+    expect(outcome).toMatchObject({ status: 503, error: 'UPSTREAM_POOL_REFUSED' })
+    expect(Buffer.concat(written).toString('latin1')).toMatch(/^HTTP\/1\.1 503 /)
+    expect(up.requests).toHaveLength(0)
+    const state = orders.state()
+    expect(state.breaker).toBe('closed')
+    expect(state.endpoints.map((e) => [e.inFlight, e.consecutiveFailures])).toEqual([[0, 0]])
   })
 })
 
