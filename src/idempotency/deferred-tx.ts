@@ -32,6 +32,11 @@ export class DeferredTransaction implements SqlTransaction {
   #closed = false
   #closedError: Error | undefined
   /**
+   * Why the store's transaction ended before a decision (BEGIN failed): every later statement
+   * fails with it at once. Nothing would ever send a statement queued in `#waiting` after it.
+   */
+  #failure: { readonly error: unknown } | undefined
+  /**
    * Statements made before the store's transaction began, in the order they were made. They
    * are sent the moment it begins, before anything else runs, so they keep their order with
    * each other and come before the result's write (see {@link DeferredTransaction.defer}).
@@ -136,7 +141,7 @@ export class DeferredTransaction implements SqlTransaction {
    * usually finds it) and no decision was made. Otherwise undefined: queue behind `#open()`.
    */
   #current(): SqlTransaction | undefined {
-    if (this.#closed) return undefined
+    if (this.#closed || this.#failure !== undefined) return undefined
     if (!this.#began) this.#open()
     return this.#tx
   }
@@ -159,8 +164,10 @@ export class DeferredTransaction implements SqlTransaction {
       if ('rollback' in decided) throw rollbackSignal
       await this.#commitAfterDeferred(tx, decided.commit)
     })
-    // If BEGIN itself fails, the statements waiting for the transaction fail with its error.
+    // If BEGIN itself fails, the statements waiting for the transaction fail with its error,
+    // and so do the statements made after it.
     this.#done.catch((error: unknown) => {
+      this.#failure ??= { error }
       const waiting = this.#waiting
       this.#waiting = []
       for (const statement of waiting) statement.fail(error)
@@ -170,6 +177,7 @@ export class DeferredTransaction implements SqlTransaction {
   /** Queues a statement until the store's transaction has begun (see `#waiting`). */
   #whenBegun<T>(send: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     if (this.#closed) return Promise.reject(this.refusal())
+    if (this.#failure !== undefined) return Promise.reject(this.#failure.error)
     return new Promise<T>((resolve, reject) => {
       this.#waiting.push({ send: (tx) => send(tx).then(resolve, reject), fail: reject })
       if (!this.#began) this.#open()

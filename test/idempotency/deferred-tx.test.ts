@@ -112,6 +112,22 @@ describe.each(['sqlite', 'postgres'] as const)('DeferredTransaction (%s)', (dial
     expect(fake.sent).toEqual([])
   })
 
+  it('fails a statement made after BEGIN failed with its error, instead of leaving it waiting forever', async () => {
+    const fake = fakeStore(dialect)
+    const tx = new DeferredTransaction(fake.store, dialect)
+    // A deferred write first: its failure (BEGIN's) is silent until the commit.
+    tx.defer('write')
+    fake.failBegin(new Error('no connection'))
+    await expect(tx.query('first read')).rejects.toThrow('no connection')
+    // The handler goes on after the failure: its next statements fail too, and so does a
+    // deferred write, at the latest at the commit.
+    await expect(tx.query('second read')).rejects.toThrow('no connection')
+    await expect(tx.transaction(async () => {})).rejects.toThrow('no connection')
+    tx.defer('late write')
+    await expect(tx.commit(async () => {})).rejects.toThrow('no connection')
+    expect(fake.sent).toEqual([])
+  })
+
   it('refuses a deferred write once the commit was decided', async () => {
     const fake = fakeStore(dialect)
     const tx = new DeferredTransaction(fake.store, dialect)
