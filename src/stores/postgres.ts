@@ -5,6 +5,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './errors.js'
 import { LruCache } from './lru.js'
+import { OpenPoolConnections } from './pg-connections.js'
 import { redactUrl } from './redact.js'
 import { ScopedTransaction } from './scoped-transaction.js'
 import type { SqlDriver, SqlExecutor, SqlNotification, SqlTransaction, Unlisten } from './types.js'
@@ -106,6 +107,7 @@ interface PgPool extends PgQueryable {
   connect(): Promise<PgPoolClient>
   end(): Promise<void>
   on(event: 'error', listener: (error: Error) => void): unknown
+  on(event: 'connect' | 'remove', listener: (client: object) => void): unknown
 }
 interface PgModule {
   Pool: new (config: Record<string, unknown>) => PgPool
@@ -439,13 +441,17 @@ export class PostgresDriver implements SqlDriver {
   readonly #pool: PgPool
   readonly #direct: SqlExecutor
   readonly #listener: PgListener
+  readonly #connections: OpenPoolConnections
+  readonly #clock: Clock
   #closed = false
 
   /** @internal Use {@link createPostgresDriver}. */
-  constructor(pool: PgPool, listener: PgListener) {
+  constructor(pool: PgPool, listener: PgListener, clock: Clock) {
     this.#pool = pool
     this.#direct = executorOf(pool)
     this.#listener = listener
+    this.#connections = new OpenPoolConnections(pool)
+    this.#clock = clock
   }
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
@@ -558,8 +564,15 @@ export class PostgresDriver implements SqlDriver {
     this.#closed = true
     await this.#listener.close()
     await this.#pool.end()
+    // end() does not wait for the sockets to close (see OpenPoolConnections); close() does, so
+    // that the server has let go of every session when it resolves.
+    await this.#connections.allClosed(this.#clock, closeSocketsLimitMs)
   }
 }
+
+// How long close() waits for the pool's sockets to close after their Terminate: the server
+// answers at once, so only a peer that is gone (a dead network) takes this long.
+const closeSocketsLimitMs = 5_000
 
 function asError(value: unknown): Error {
   return value instanceof Error ? value : new Error(String(value))
@@ -632,5 +645,5 @@ export async function createPostgresDriver(
     baseMs,
     maxMs,
   )
-  return new PostgresDriver(pool, listener)
+  return new PostgresDriver(pool, listener, clock)
 }

@@ -211,6 +211,28 @@ describe('PostgreSQL driver', () => {
     await unlistenOther()
   })
 
+  it('close() resolves only after every pooled connection has closed', async () => {
+    // pg-pool's end() sends each connection its Terminate and resolves without waiting for the
+    // sockets to close, so sessions used to outlive close() (1-2 of 2 in most cycles).
+    const leftOver: number[] = []
+    for (let cycle = 0; cycle < 10; cycle++) {
+      const applicationName = `bw-close-test-${cycle}`
+      const own = await createPostgresDriver({
+        connectionString: database.url,
+        applicationName,
+        maxConnections: 2,
+      })
+      await Promise.all([own.query('SELECT pg_sleep(0.01)'), own.query('SELECT pg_sleep(0.01)')])
+      await own.close()
+      const [row] = await db.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1',
+        [applicationName],
+      )
+      leftOver.push(row!.n)
+    }
+    expect(leftOver).toEqual(Array(10).fill(0))
+  })
+
   it('re-establishes LISTEN after its connection is killed and says so', async () => {
     const own = await createPostgresDriver({
       connectionString: database.url,

@@ -1,0 +1,53 @@
+import type { Clock } from '../core/clock.js'
+
+/** The two pg-pool events this module follows. */
+export interface PoolConnectionEvents {
+  on(event: 'connect' | 'remove', listener: (client: object) => void): unknown
+}
+
+/**
+ * The connections of a pg pool that are open, so that the driver's `close()` can wait until
+ * their sockets have closed. pg-pool's `end()` sends every connection its Terminate and resolves
+ * without waiting for the sockets to close: the server may still list those sessions (and count
+ * them against `max_connections`) after `close()` returned. pg-pool emits `remove` once a
+ * connection's socket has closed (`client.end()`'s callback), for every way a connection leaves
+ * the pool: idle timeout, error, release with an error, and `end()`.
+ */
+export class OpenPoolConnections {
+  readonly #open = new Set<object>()
+  #settled: (() => void) | undefined
+
+  constructor(pool: PoolConnectionEvents) {
+    pool.on('connect', (client) => {
+      this.#open.add(client)
+    })
+    pool.on('remove', (client) => {
+      this.#open.delete(client)
+      if (this.#open.size === 0) this.#settled?.()
+    })
+  }
+
+  /** How many connections are open now. */
+  get size(): number {
+    return this.#open.size
+  }
+
+  /**
+   * Resolves once every connection has closed, or after `limitMs` on `clock` (a socket whose
+   * peer never answers the close must not hang shutdown for good): true when all closed.
+   */
+  allClosed(clock: Clock, limitMs: number): Promise<boolean> {
+    if (this.#open.size === 0) return Promise.resolve(true)
+    return new Promise((resolve) => {
+      const timer = clock.setTimeout(() => {
+        this.#settled = undefined
+        resolve(false)
+      }, limitMs)
+      this.#settled = () => {
+        this.#settled = undefined
+        clock.clearTimeout(timer)
+        resolve(true)
+      }
+    })
+  }
+}
