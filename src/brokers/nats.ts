@@ -67,7 +67,9 @@ export interface NatsBrokerOptions extends BrokerCommonOptions {
   readonly stream?: NatsStreamSpec
   /**
    * Create a missing stream (file storage, one replica, limits retention). When false, streams
-   * must exist already (managed elsewhere).
+   * must exist already (managed elsewhere). A stream that cannot be created because another
+   * stream already stores its subjects fails `publish()` and `subscribe()` with
+   * `BROKER_REJECTED` (not retryable): name that stream in `stream` instead.
    * @default true
    */
   readonly createStreams?: boolean
@@ -271,6 +273,7 @@ function isNotFound(error: unknown, errCode: number): boolean {
 
 const STREAM_NOT_FOUND = 10059
 const STREAM_NAME_IN_USE = 10058
+const STREAM_SUBJECT_OVERLAP = 10065
 const CONSUMER_NOT_FOUND = 10014
 
 /** Creates the stream when it is missing (racing creators are fine: the loser finds it). */
@@ -298,6 +301,16 @@ async function ensureStream(
       max_age: nats.nanos(options.maxAgeMs),
     })
   } catch (error) {
+    // Another stream already stores these subjects: a configuration error no retry clears
+    // (read as an outage, a relay would retry it for ever), so it is refused for good.
+    if (isNotFound(error, STREAM_SUBJECT_OVERLAP)) {
+      throw new BrokerError(
+        'BROKER_REJECTED',
+        'nats',
+        `cannot create stream ${spec.name} for ${spec.subjects.join(', ')}: ${reasonOf(error)}; another stream already stores these subjects: name that stream in the nats.stream option (or remove it)`,
+        { cause: error },
+      )
+    }
     if (!isNotFound(error, STREAM_NAME_IN_USE)) throw error
   }
 }

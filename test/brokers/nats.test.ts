@@ -47,6 +47,39 @@ describe('nats specifics', () => {
     expect((error as BreakwaterError).code).toBe('BROKER_UNROUTABLE')
   })
 
+  it('fails publish and subscribe on a topic another stream already covers (subjects overlap) with a non-retryable BROKER_REJECTED naming the stream, not a retryable outage', async () => {
+    const url = await brokerUrl('nats')
+    const prefix = unique('covered')
+    // Another application's stream over every subject under the prefix.
+    const nc = await connect({ servers: new URL(url).host })
+    const jsm = await nc.jetstreamManager()
+    await jsm.streams.add({ name: prefix, subjects: [`${prefix}.>`] })
+    closers.push(async () => {
+      await jsm.streams.delete(prefix)
+      await nc.close()
+    })
+    const broker = testBroker('nats', url)
+    closers.push(() => broker.close())
+    const topic = `${prefix}.orders`
+    const failures = [
+      await broker.publisher.publish(makeBatch(topic, 1, 1)).then(
+        () => undefined,
+        (e: unknown) => e,
+      ),
+      await broker.subscriber.subscribe(topic, unique('g'), async () => {}).then(
+        () => undefined,
+        (e: unknown) => e,
+      ),
+    ]
+    for (const error of failures) {
+      expect(BreakwaterError.is(error), String(error)).toBe(true)
+      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+      expect((error as BreakwaterError).retryable).toBe(false)
+      expect((error as Error).message).toMatch(/overlap/)
+      expect((error as Error).message).toContain('nats.stream')
+    }
+  })
+
   it('refuses a key, id or header value with leading or trailing whitespace (BROKER_REJECTED) instead of delivering it trimmed', async () => {
     const broker = testBroker('nats', await brokerUrl('nats'))
     closers.push(() => broker.close())
