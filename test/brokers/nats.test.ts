@@ -66,10 +66,12 @@ describe('nats specifics', () => {
         () => undefined,
         (e: unknown) => e,
       ),
-      await broker.subscriber.subscribe(topic, unique('g'), async () => {}).then(
-        () => undefined,
-        (e: unknown) => e,
-      ),
+      await broker.subscriber
+        .subscribe(topic, unique('g'), async () => {})
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        ),
     ]
     for (const error of failures) {
       expect(BreakwaterError.is(error), String(error)).toBe(true)
