@@ -308,10 +308,12 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
     // An infinite timeout (and no deadline) needs no timer at all.
     if (limitMs !== Number.POSITIVE_INFINITY) this.queue.add(call)
     // A caller's real signal must reject the call at once when it aborts, whatever fn does;
-    // aborts from breakwater's own scopes (an outer timeout) are handled by their owner.
+    // aborts from breakwater's own scopes (an outer timeout) are handled by their owner, except
+    // in hard mode: a hard timeout inside a cooperative one is what that one waits for, and it
+    // must give up at the outer abort as it does when a caller's signal happens to be around.
     const external = hasExternalSignal(parent)
     if (this.mode === 'cooperative' && !external) return cooperative(call, next, fn)
-    return call.race(next, fn, external)
+    return call.race(next, fn, external || parent !== undefined)
   }
 
   reportTimeout(limitMs: number, byDeadline: boolean): void {

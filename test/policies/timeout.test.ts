@@ -628,3 +628,33 @@ describe('timeout on the system clock', () => {
     }
   })
 })
+
+describe('timeout, hard, inside another timeout', () => {
+  it('gives up when the outer timeout runs out, whether or not the caller passed a signal', async () => {
+    // The inner hard timeout only listened to its parent when a caller's real signal was among
+    // its ancestors: without one it ignored the outer timeout's abort and the caller waited for
+    // the inner timeout (1 s) instead of the outer one (100 ms).
+    const outcomes: string[] = []
+    for (const signal of [undefined, new AbortController().signal]) {
+      for (const outerMode of ['cooperative', 'hard'] as const) {
+        const clock = new ManualClock()
+        const chain = pipeline(
+          timeout(100, { clock, mode: outerMode }),
+          timeout(1_000, { clock, mode: 'hard' }),
+        )
+        const run = track(
+          clock,
+          chain.execute(() => sleep(clock, 5_000), signal),
+        )
+        await clock.advance(100)
+        expect(run.error).toBeInstanceOf(TimeoutError)
+        expect((run.error as TimeoutError).timeoutMs).toBe(100)
+        outcomes.push(`${run.at}`)
+        await clock.advance(5_000)
+        expect(clock.pendingTimers).toBe(0)
+      }
+    }
+    expect(outcomes).toEqual(['100', '100', '100', '100'])
+  })
+})
+
