@@ -657,4 +657,3 @@ describe('timeout, hard, inside another timeout', () => {
     expect(outcomes).toEqual(['100', '100', '100', '100'])
   })
 })
-
