@@ -85,20 +85,28 @@ interface LoggerCore {
   readonly output: LogOutput
   readonly clock: Clock
   readonly extra: ReadonlySet<string>
-  /** isSecretKey per field name seen so far (bounded): log lines repeat the same few names. */
-  readonly secretKeys: Map<string, boolean>
+  /** How each field name seen so far is written (bounded): log lines repeat the same names. */
+  readonly keys: Map<string, FieldName>
+}
+
+/** How a field name is written: whether its value is a secret, and the name itself, masked. */
+interface FieldName {
+  readonly secret: boolean
+  readonly shown: string
 }
 
 const maxCachedKeys = 1_024
 
 // Normalizing a name and matching it against every secret suffix cost about 40% of a line.
-function isSecret(key: string, core: LoggerCore): boolean {
-  let secret = core.secretKeys.get(key)
-  if (secret === undefined) {
-    secret = isSecretKey(key, core.extra)
-    if (core.secretKeys.size < maxCachedKeys) core.secretKeys.set(key, secret)
+// A name is written too, so it is masked as a string value is: a Map of pools keyed by their
+// connection URL would otherwise write each URL's password.
+function fieldName(key: string, core: LoggerCore): FieldName {
+  let name = core.keys.get(key)
+  if (name === undefined) {
+    name = { secret: isSecretKey(key, core.extra), shown: redactSecrets(key) }
+    if (core.keys.size < maxCachedKeys) core.keys.set(key, name)
   }
-  return secret
+  return name
 }
 
 class JsonLogger implements Logger {
@@ -180,8 +188,10 @@ function sanitizeFields(fields: LogFields, core: LoggerCore): Record<string, unk
   const seen = new WeakSet<object>()
   for (const [key, value] of Object.entries(fields)) {
     if (value === undefined) continue
-    const name = reserved.has(key) ? `fields.${key}` : key
-    out[name] = isSecret(key, core) ? REDACTED : sanitize(value, core, 0, seen)
+    const { secret, shown } = fieldName(key, core)
+    out[reserved.has(key) ? `fields.${key}` : shown] = secret
+      ? REDACTED
+      : sanitize(value, core, 0, seen)
   }
   return out
 }
@@ -246,8 +256,8 @@ function sanitizeObject(
     if (object instanceof Map) {
       const out: Record<string, unknown> = {}
       for (const [k, v] of object) {
-        const key = String(k)
-        out[key] = isSecret(key, core) ? REDACTED : sanitize(v, core, depth + 1, seen)
+        const { secret, shown } = fieldName(String(k), core)
+        out[shown] = secret ? REDACTED : sanitize(v, core, depth + 1, seen)
       }
       return out
     }
@@ -259,7 +269,8 @@ function sanitizeObject(
     const out: Record<string, unknown> = {}
     for (const [key, v] of Object.entries(object)) {
       if (v === undefined) continue
-      out[key] = isSecret(key, core) ? REDACTED : sanitize(v, core, depth + 1, seen)
+      const { secret, shown } = fieldName(key, core)
+      out[shown] = secret ? REDACTED : sanitize(v, core, depth + 1, seen)
     }
     return out
   } finally {
@@ -297,7 +308,7 @@ function serializeError(
  * `msg`, then the logger's bound fields and the call's fields. Secrets never reach the output:
  * values of secret-named fields (password, secret, token, API key, authorization, cookie, and
  * `redactKeys`) at any depth become `[redacted]`, and credentials inside any string (URL
- * passwords, `password=` pairs, bearer tokens) are masked. Errors become `{ type, message,
+ * passwords, `password=` pairs, bearer tokens) are masked, field names and Map keys included. Errors become `{ type, message,
  * code, status, stack, cause }` (no stack for breakwater's coded errors). Circular and very
  * deep values are cut short, and a value that throws when read (a getter, `toJSON`, a revoked
  * proxy) is written as `[unserializable]`, so logging never throws.
@@ -325,7 +336,7 @@ export function createJsonLogger(options: JsonLoggerOptions = {}): Logger {
     output,
     clock,
     extra: new Set(redactKeys.map(normalizeKey)),
-    secretKeys: new Map(),
+    keys: new Map(),
   }
   const fields = checkObject('logger.fields', options.fields ?? {})
   return new JsonLogger(core, sanitizeFields(fields, core))

@@ -1,0 +1,45 @@
+// A field's name is written as well as its value: a credential held in a name (a Map of pools
+// keyed by their connection URL, an object of clients keyed by broker URL) must be masked as
+// one held in a value is.
+import { describe, expect, it } from 'vitest'
+import { createJsonLogger } from '../../src/observability/index.js'
+
+function capture(): { raw: () => string; write(t: string): void } {
+  let text = ''
+  return {
+    raw: () => text,
+    write(t: string) {
+      text += t
+    },
+  }
+}
+
+describe('JSON logger: credentials in field names', () => {
+  it('masks them in Map keys, object keys and top-level field names', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    const pools = new Map([['postgres://app:s3cr3t-pw@db:5432/app', { open: 2 }]])
+    log.info('pools', {
+      pools,
+      brokers: { 'amqp://guest:gu3st-pw@rabbit:5672/': 'up' },
+      'redis://:r3dis-pw@cache:6379': 'cache',
+    })
+    const raw = out.raw()
+    for (const secret of ['s3cr3t-pw', 'gu3st-pw', 'r3dis-pw']) expect(raw).not.toContain(secret)
+    const line = JSON.parse(raw) as Record<string, Record<string, unknown>>
+    expect(line.pools).toEqual({ 'postgres://app:***@db:5432/app': { open: 2 } })
+    expect(line.brokers).toEqual({ 'amqp://guest:***@rabbit:5672/': 'up' })
+    expect(line['redis://:***@cache:6379']).toBe('cache')
+  })
+
+  it('masks them in the fields bound by the options and by child()', () => {
+    const out = capture()
+    const log = createJsonLogger({
+      output: out,
+      fields: { 'nats://t0ken-one@nats:4222': 1 },
+    }).child({ 'nats://t0ken-two@nats:4222': 2 })
+    log.info('x')
+    expect(out.raw()).not.toContain('t0ken-one')
+    expect(out.raw()).not.toContain('t0ken-two')
+  })
+})
