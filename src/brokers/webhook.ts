@@ -326,6 +326,27 @@ export function webhookMessageJson(message: OutgoingMessage): string {
   return `{"id":${JSON.stringify(message.id)},"topic":${JSON.stringify(message.topic)},"key":${JSON.stringify(message.key)},"headers":${JSON.stringify(message.headers)},${payloadField(message.payload)}}`
 }
 
+/** What makes `message` not an {@link OutgoingMessage} (a field of the wrong type), if anything. */
+function shapeProblem(message: unknown): string | undefined {
+  if (typeof message !== 'object' || message === null) return ' is not a message object'
+  const fields = message as Record<string, unknown>
+  for (const field of ['id', 'topic', 'key'] as const) {
+    if (typeof fields[field] !== 'string') return `.${field} is not a string`
+  }
+  const headers = fields.headers
+  if (typeof headers !== 'object' || headers === null || Array.isArray(headers)) {
+    return '.headers is not a record of strings'
+  }
+  for (const [name, value] of Object.entries(headers)) {
+    if (typeof value !== 'string') return `.headers.${name} is not a string`
+  }
+  const payload = fields.payload
+  if (typeof payload !== 'string' && !(payload instanceof Uint8Array)) {
+    return '.payload is neither a string nor bytes'
+  }
+  return undefined
+}
+
 function retryAfterMsFrom(value: string | string[] | undefined, nowMs: number): number | undefined {
   const text = Array.isArray(value) ? value[0] : value
   if (text === undefined || text.trim() === '') return undefined
@@ -455,6 +476,11 @@ class WebhookPublisher implements Publisher {
   // would otherwise go out first).
   #checkSendable(messages: readonly OutgoingMessage[]): void {
     messages.forEach((message, i) => {
+      // The body is built by hand: a number id would go out as a JSON number, an undefined key
+      // as invalid JSON (`"key":undefined`), each read differently by the receiver, or refused
+      // by it as a 400 that names no field. Refused here, naming the field, like every broker.
+      const shape = shapeProblem(message)
+      if (shape !== undefined) throw new WebhookError('BROKER_REJECTED', `messages[${i}]${shape}`)
       // The id goes out as a header: one undici would refuse can never be sent, so it is the
       // message's fault (not retried, dead-lettered by a relay), not the endpoint's.
       if (!this.#batch && !headerValuePattern.test(message.id)) {

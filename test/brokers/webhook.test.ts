@@ -291,6 +291,34 @@ describe('webhook publisher', () => {
     expect(hook.seen).toHaveLength(0)
   })
 
+  it('refuses a message with a field of the wrong type (BROKER_REJECTED naming it) instead of sending JSON the receiver reads differently, or invalid JSON', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 200 }))
+    for (const batch of [false, true]) {
+      const publisher = publisherFor({ url: hook.url, secret, clock, batch })
+      const good = message('ok-1', 'a')
+      const bad: Array<[string, unknown]> = [
+        ['id', { ...good, id: 7 }],
+        ['key', { ...good, key: undefined }],
+        ['topic', { ...good, topic: null }],
+        ['headers', { ...good, headers: { h: 1 } }],
+        ['headers', { ...good, headers: 'h' }],
+        ['payload', { ...good, payload: { a: 1 } }],
+        ['message', null],
+      ]
+      for (const [field, message] of bad) {
+        const error = await drive(
+          clock,
+          publisher.publish([good, message as OutgoingMessage]),
+        ).catch((e) => e)
+        expect(error, `${field}: ${String(error)}`).toBeInstanceOf(WebhookError)
+        expect(error).toMatchObject({ code: 'BROKER_REJECTED', retryable: false })
+        expect(error.message).toMatch(/messages\[1\]/)
+      }
+    }
+    expect(hook.seen).toHaveLength(0)
+  })
+
   it('refuses bad options without echoing secrets', () => {
     expect(() => createWebhookPublisher({ url: 'http://127.0.0.1:1/x', secret: 'short' })).toThrow(
       InvalidOptionError,
