@@ -968,8 +968,15 @@ class ForwardCall {
     // A request the pool refused never reached the upstream: it says nothing of its health,
     // so neither the breaker (a half-open probe slot is given back) nor outlier ejection
     // counts it. Counting it let local trouble (a pool being retired, a request that cannot
-    // be sent) open the circuit of a healthy upstream.
-    if (reason === failRefused) this.core.breaker.record(attempt.epoch, undefined)
+    // be sent) open the circuit of a healthy upstream. Nor does a deadline that ended the
+    // attempt before the service's own connectMs or readMs ran out: the deadline is the
+    // client's (its header, on a gateway sent from anywhere), and a client asking for less
+    // than the upstream's usual latency would otherwise open the circuit for every client.
+    if (
+      reason === failRefused ||
+      (reason === failDeadline && this.core.clock.now() < attempt.dueAt)
+    )
+      this.core.breaker.record(attempt.epoch, undefined)
     else this.recordAttempt(attempt, true)
     if (streaming) {
       // Part of the response is out: the client must see a broken connection, never a body

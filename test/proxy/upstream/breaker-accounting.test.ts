@@ -173,3 +173,36 @@ describe('408 and 429 answers', () => {
     expect(orders.state().breaker).toBe('open')
   })
 })
+
+describe("a client's deadline that ends an attempt", () => {
+  it("is not an upstream failure while the service's own timeouts had not run out; readMs running out is", async () => {
+    // The deadline header comes from the client (on a gateway, from the internet): counted,
+    // a client sending a deadline shorter than the upstream's usual latency opened the circuit
+    // (and ejected endpoints) for every client.
+    const up = await upstream({ fallback: { kind: 'hang' } })
+    const { service: orders, clock } = service(
+      serviceConfig([up.url], { retry: undefined, ...tripAtOnce }),
+    )
+    for (let i = 1; i <= 3; i++) {
+      const call = orders
+        .exchange(forwardRequest({ deadlineAt: clock.now() + 50 }), 1024)
+        .catch((error: { code?: string }) => error.code)
+      await up.waitForRequests(i)
+      await clock.advance(50)
+      expect(await call).toBe('DEADLINE_EXCEEDED')
+      expect(orders.state().breaker).toBe('closed')
+    }
+    let state = orders.state()
+    expect(state.breaker).toBe('closed')
+    expect(state.endpoints.map((e) => [e.ejections, e.consecutiveFailures])).toEqual([[0, 0]])
+    // The service's own readMs (2000) running out is the upstream being slow.
+    const slow = orders
+      .exchange(forwardRequest(), 1024)
+      .catch((error: { code?: string }) => error.code)
+    await up.waitForRequests(4)
+    await clock.advance(2_000)
+    expect(await slow).toBe('UPSTREAM_TIMEOUT')
+    state = orders.state()
+    expect(state.breaker).toBe('open')
+  })
+})
