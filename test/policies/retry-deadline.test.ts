@@ -85,7 +85,13 @@ describe('retry under a deadline that has already passed', () => {
   // Fused and promise-based pipelines, with or without a caller's signal, and whatever sits
   // around the retry: fn never runs, the caller gets the deadline refusal, and both agree.
   it('in any pipeline, fused or not (property)', async () => {
-    type Shape = 'retry' | 'breaker+retry' | 'retry+breaker' | 'retry+timeout' | 'timeout+retry'
+    type Shape =
+      | 'retry'
+      | 'breaker+retry'
+      | 'retry+breaker'
+      | 'retry+timeout'
+      | 'timeout+retry'
+      | 'breaker+opaque+retry'
     const observe = async (s: {
       shape: Shape
       lateMs: number
@@ -104,6 +110,8 @@ describe('retry under a deadline that has already passed', () => {
         'retry+breaker': [retrying, breaker],
         'retry+timeout': [retrying, perTry],
         'timeout+retry': [perTry, retrying],
+        // The fused part (the breaker) reads no deadline: it stays fused, the retry is chained.
+        'breaker+opaque+retry': [breaker, new Opaque(), retrying],
       }[s.shape]
       const chain = s.fused ? pipeline(...policies) : pipeline(new Opaque(), ...policies)
       let calls = 0
@@ -143,6 +151,7 @@ describe('retry under a deadline that has already passed', () => {
             'retry+breaker',
             'retry+timeout',
             'timeout+retry',
+            'breaker+opaque+retry',
           ),
           lateMs: fc.integer({ min: 0, max: 20 }),
           signal: fc.boolean(),
