@@ -1,7 +1,6 @@
 import cluster, { type Worker } from 'node:cluster'
-import { type FSWatcher, watch } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { basename, dirname, resolve } from 'node:path'
+import { resolve } from 'node:path'
 import { maxTimerDelayMs } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
 import {
@@ -16,6 +15,7 @@ import {
 } from '../observability/index.js'
 import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { AdminServer } from '../proxy/admin/index.js'
+import type { ProxyConfigOverrides } from '../proxy/config/load.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
 import { StartupError } from './process-support.js'
 import { counted, messageOf, UsageError } from './usage.js'
@@ -180,11 +180,32 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
       ...(isWorker ? { worker: cluster.worker?.id } : {}),
     },
   })
-  if (isWorker) return runWorker(file, logger, deps)
+  if (isWorker) return runWorker(logger, deps)
   // Validates before anything starts; an invalid file is exit 2 through main.ts.
-  const config = await loadProxyConfig(file, overrides)
-  if (config.workers > 1 && cluster.isPrimary) return runPrimary(file, config, logger, deps)
+  const { config, text } = await readProxyConfig(file, overrides)
+  if (config.workers > 1 && cluster.isPrimary) return runPrimary(file, config, text, logger, deps)
   return runSingle(file, config, logger, deps)
+}
+
+/**
+ * Reads and validates the config file: the config and the text it was parsed from (what the
+ * primary hands its workers). Throws ConfigInvalidError as loadProxyConfig does.
+ */
+async function readProxyConfig(
+  file: string,
+  overrides: ProxyConfigOverrides,
+): Promise<{ config: ProxyConfig; text: string }> {
+  const { loadProxyConfig, parseProxyConfig } = await import('../proxy/config/load.js')
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch {
+    // Unreadable: loadProxyConfig says so in its usual words (a file that appeared meanwhile
+    // is read again).
+    await loadProxyConfig(file, overrides)
+    return readProxyConfig(file, overrides)
+  }
+  return { config: parseProxyConfig(text, file, overrides), text }
 }
 
 async function runSingle(
@@ -229,9 +250,9 @@ async function runSingle(
   return outcome.reason === 'signal' && outcome.drain !== 'complete' ? 1 : 0
 }
 
-async function runWorker(file: string, logger: Logger, deps: ProxyCommandDeps): Promise<number> {
+async function runWorker(logger: Logger, deps: ProxyCommandDeps): Promise<number> {
   try {
-    return await serveAsWorker(file, logger, deps)
+    return await serveAsWorker(logger, deps)
   } finally {
     // Let go of the IPC channel so the process can end, also when it could not start (the
     // primary then sees it exit).
@@ -239,18 +260,23 @@ async function runWorker(file: string, logger: Logger, deps: ProxyCommandDeps): 
   }
 }
 
-async function serveAsWorker(
-  file: string,
-  logger: Logger,
-  deps: ProxyCommandDeps,
-): Promise<number> {
+async function serveAsWorker(logger: Logger, deps: ProxyCommandDeps): Promise<number> {
   const { startProxyRuntime } = await import('../proxy/runtime.js')
-  const { serveWorkerCommands } = await import('../proxy/admin/cluster.js')
+  const { receiveWorkerConfig, serveWorkerCommands } = await import('../proxy/admin/cluster.js')
   const outcome = await runUntilSignal(
     async () => {
-      // The primary watches the file, serves the admin API and tells workers to reload.
+      // The primary watches the file, serves the admin API and tells workers to reload. A
+      // worker never reads the file: it runs the text the primary accepted, so one restarted
+      // while the file holds a config the primary refused starts on the config in force.
+      const given = await receiveWorkerConfig(process)
+      if (given === undefined)
+        throw new StartupError(
+          'cannot start: the primary process went away before it sent the config',
+        )
       const proxy = await startProxyRuntime({
-        config: { file },
+        config: given.text,
+        // Validated with the primary's worker count (the file's, or --workers).
+        configOverrides: { workers: given.workers },
         logger,
         watch: false,
         admin: false,
@@ -260,7 +286,7 @@ async function serveAsWorker(
       const done = new Promise<void>((resolvePromise) => {
         drain = resolvePromise
       })
-      const stopServing = serveWorkerCommands(proxy, process, () => drain())
+      const stopServing = serveWorkerCommands(proxy, process, () => drain(), given.generation)
       // The primary coordinates reloads; a SIGHUP sent to a worker must not end it (the
       // default action of SIGHUP is to exit).
       const onHup = (): void => logger.info('SIGHUP ignored in a worker: signal the primary')
@@ -284,13 +310,14 @@ async function serveAsWorker(
 async function runPrimary(
   file: string,
   config: ProxyConfig,
+  configText: string,
   logger: Logger,
   deps: ProxyCommandDeps,
 ): Promise<number> {
   const workers = config.workers
   const { createClusterBackend } = await import('../proxy/admin/cluster.js')
   const { startAdminServer } = await import('../proxy/admin/server.js')
-  const { loadProxyConfig } = await import('../proxy/config/load.js')
+  const { watchFileContent } = await import('../proxy/upstream/file-watch.js')
   const signals = deps.signals ?? process
   const log = logger.child({ role: 'primary' })
   const metrics = createMetricsRegistry()
@@ -300,8 +327,9 @@ async function runPrimary(
   })
   const backend = createClusterBackend({
     config,
+    configText,
     // A reload is checked with the worker count in force (the file's, or --workers).
-    loadConfig: () => loadProxyConfig(file, { workers }),
+    loadConfig: () => readProxyConfig(file, { workers }),
     logger: log,
     metrics,
   })
@@ -379,8 +407,24 @@ async function runPrimary(
           throw new StartupError(`cannot start: admin: ${messageOf(error)}`)
         }
       }
-      // Watched before the workers read the file: a change after they did is not missed.
-      watcher = await watchFile(file, () => reload('config file changed'), log)
+      // Calls reload once the file's text changed, 250 ms after the last event. Watches the
+      // folder, not the file: editors and `mv` replace the file, which ends a watch on the file
+      // itself; a ConfigMap volume's update names only its `..`-prefixed entries, and happens
+      // for an update of any of its keys, so an event that leaves the text as it was reloads
+      // nothing (a reload puts switched routes back on their targets). Read once when armed:
+      // a change since the text above was read is not missed.
+      watcher = watchFileContent(
+        file,
+        Buffer.from(configText, 'utf8'),
+        () => reload('config file changed'),
+        (error) => log.warn('config file watch failed', { error: messageOf(error) }),
+        {
+          debounceMs: 250,
+          readAtStart: true,
+          onUnchanged: () => log.debug('config file unchanged; not reloaded', { file }),
+          onRewatched: () => log.info('config file watched again', { file }),
+        },
+      )
       log.info('starting workers', { workers })
       for (let i = 0; i < workers; i++) fork()
       signals.on('SIGHUP', onHup)
@@ -438,53 +482,4 @@ function startFailure(error: unknown): never {
   )
     throw error
   throw new StartupError(`cannot start: ${messageOf(error)}`)
-}
-
-// Calls `onChange` once the file's text changed, 250 ms after the last event. Watches the
-// folder, not the file: editors and `mv` replace the file, which ends a watch on the file
-// itself; a ConfigMap volume's update names only its `..`-prefixed entries, and happens for
-// an update of any of its keys, so an event that leaves the text as it was reloads nothing (a
-// reload puts switched routes back on their targets).
-async function watchFile(
-  file: string,
-  onChange: () => void,
-  log: Logger,
-): Promise<{ close(): void }> {
-  const { isWatchedFileEvent } = await import('../proxy/upstream/file-watch.js')
-  let last = await readFile(file, 'utf8').catch(() => undefined)
-  let timer: ReturnType<typeof setTimeout> | undefined
-  let closed = false
-  // Serialized, so two reads of one change cannot both report it.
-  let checking = Promise.resolve()
-  const check = (): void => {
-    checking = checking.then(async () => {
-      const text = await readFile(file, 'utf8').catch(() => undefined)
-      // Missing meanwhile (a rename under way): the next event reads it again.
-      if (closed || text === undefined) return
-      if (text === last) {
-        log.debug('config file unchanged; not reloaded', { file })
-        return
-      }
-      last = text
-      onChange()
-    })
-  }
-  let watcher: FSWatcher | undefined
-  try {
-    watcher = watch(dirname(file), (_event, name) => {
-      if (!isWatchedFileEvent(name, basename(file))) return
-      if (timer !== undefined) clearTimeout(timer)
-      timer = setTimeout(check, 250)
-    })
-    watcher.on('error', (error) => log.warn('config file watch failed', { error: error.message }))
-  } catch (error) {
-    log.warn('config file watch failed', { error: (error as Error).message })
-  }
-  return {
-    close() {
-      closed = true
-      watcher?.close()
-      if (timer !== undefined) clearTimeout(timer)
-    },
-  }
 }

@@ -3,6 +3,12 @@
 // them), serves the admin API, and turns each admin command into one IPC request per worker,
 // gathering the answers. It remembers route switches and isolations so that a worker that
 // crashed and was restarted gets them again.
+//
+// Workers never read the config file. The primary validates it and hands each worker the text
+// it accepted, numbered by a generation: a starting worker asks for it, a reload carries it,
+// and a worker that comes up behind (it was starting while a reload was accepted) is sent the
+// text in force before it counts as ready. So every worker runs what the primary accepted,
+// also a worker restarted while the file on disk is one the primary refused.
 
 import type { Worker } from 'node:cluster'
 import type { Clock, TimerHandle } from '../../core/clock.js'
@@ -28,7 +34,7 @@ export type WorkerCommand =
   | { readonly op: 'services' }
   | { readonly op: 'routes' }
   | { readonly op: 'metrics' }
-  | { readonly op: 'reload' }
+  | { readonly op: 'reload'; readonly text: string; readonly generation: number }
   | { readonly op: 'switchRoute'; readonly route: string; readonly targets: RouteTargetConfig[] }
   | { readonly op: 'resetRoute'; readonly route: string }
   | { readonly op: 'isolate'; readonly service: string }
@@ -45,7 +51,18 @@ type Message =
       readonly value?: unknown
       readonly error?: SerializedError
     }
-  | { readonly bw: 'ready' }
+  // A starting worker asks for the config in force (worker -> primary) ...
+  | { readonly bw: 'starting' }
+  // ... and is sent it: the text the primary accepted, its generation, and the worker count
+  // it was validated with (primary -> worker).
+  | {
+      readonly bw: 'config'
+      readonly text: string
+      readonly generation: number
+      readonly workers: number
+    }
+  // Up and serving the config of `generation`.
+  | { readonly bw: 'ready'; readonly generation?: number }
   // The worker's configured listeners that are not listening: sent when it comes up and after
   // each reload (the only times that changes), so the primary's /readyz can see them.
   | { readonly bw: 'listeners'; readonly down: readonly string[] }
@@ -94,15 +111,61 @@ function revive(error: SerializedError | undefined): Error {
   return new Error(error?.message ?? 'worker failed')
 }
 
+/** The config a worker is to run, as the primary hands it over (see receiveWorkerConfig). */
+export interface WorkerConfig {
+  /** The YAML text the primary accepted. */
+  readonly text: string
+  /** Its generation (0 at start, higher for each reload the primary accepted). */
+  readonly generation: number
+  /** The worker count it was validated with (the file's `workers`, or `--workers`). */
+  readonly workers: number
+}
+
+/**
+ * Worker side, first step: asks the primary for the config in force and resolves with it, or
+ * with `undefined` when the channel closes first (the primary is gone: nothing to run).
+ */
+export function receiveWorkerConfig(channel: NodeJS.Process): Promise<WorkerConfig | undefined> {
+  return new Promise((resolve) => {
+    const done = (value: WorkerConfig | undefined): void => {
+      channel.off('message', listener)
+      channel.off('disconnect', gone)
+      resolve(value)
+    }
+    const listener = (message: unknown): void => {
+      const m = message as Message
+      if (typeof m !== 'object' || m === null || m.bw !== 'config') return
+      if (
+        typeof m.text !== 'string' ||
+        !Number.isInteger(m.generation) ||
+        !Number.isInteger(m.workers)
+      )
+        return
+      done({ text: m.text, generation: m.generation, workers: m.workers })
+    }
+    const gone = (): void => done(undefined)
+    channel.on('message', listener)
+    channel.on('disconnect', gone)
+    if (channel.connected === false) {
+      done(undefined)
+      return
+    }
+    // A failed send means the channel is closing: 'disconnect' follows.
+    channel.send?.({ bw: 'starting' } satisfies Message, ignoreSendFailure)
+  })
+}
+
 /**
  * Worker side: answers the primary's commands from the local runtime. `onDrain` is called for
- * the `drain` command (the CLI then stops the worker gracefully). Returns a function that
- * stops listening.
+ * the `drain` command (the CLI then stops the worker gracefully). `generation` is the one of
+ * the config the runtime started on (see receiveWorkerConfig), reported with `ready` so the
+ * primary can send a newer one. Returns a function that stops listening.
  */
 export function serveWorkerCommands(
   runtime: ProxyInternals,
   channel: NodeJS.Process,
   onDrain: () => void,
+  generation = 0,
 ): () => void {
   const listener = (message: unknown): void => {
     const m = message as Message
@@ -140,7 +203,7 @@ export function serveWorkerCommands(
         return runtime.metricsText()
       case 'reload':
         try {
-          await runtime.reload()
+          await runtime.reload(command.text)
         } finally {
           // A failed reload can leave a listener unbound as much as a successful one.
           reportListeners()
@@ -174,7 +237,7 @@ export function serveWorkerCommands(
     const down = runtime.listenersDown()
     channel.send?.({ bw: 'listeners', down } satisfies Message, ignoreSendFailure)
   }
-  channel.send?.({ bw: 'ready' } satisfies Message, ignoreSendFailure)
+  channel.send?.({ bw: 'ready', generation } satisfies Message, ignoreSendFailure)
   reportListeners()
   // A listener bound again between reloads (see ProxyInternals.onListenersChanged).
   runtime.onListenersChanged(reportListeners)
@@ -193,8 +256,13 @@ function pinOf(m: SharedRetryPin): SharedRetryPin {
 export interface ClusterBackendOptions {
   /** The config the primary validated (shown by GET /admin/config). */
   readonly config: ProxyConfig
-  /** Re-reads and validates the config file in the primary (before workers are asked). */
-  readonly loadConfig: () => Promise<ProxyConfig>
+  /** The YAML text `config` was parsed from: what workers are handed to run. */
+  readonly configText: string
+  /**
+   * Re-reads and validates the config file in the primary (before workers are asked): the
+   * config and the text it was parsed from (the text is what the workers get).
+   */
+  readonly loadConfig: () => Promise<{ readonly config: ProxyConfig; readonly text: string }>
   /** Where the primary logs (reloads, refused reloads). */
   readonly logger: Logger
   /** The primary's own registry (reload counters), rendered with the workers' metrics. */
@@ -211,10 +279,15 @@ export interface ClusterBackendOptions {
   readonly clock?: Clock
 }
 
-/** A worker the primary talks to; `ready` once it reported so (false again while replaced). */
+/**
+ * A worker the primary talks to; `ready` once it reported so and runs the config in force
+ * (false again while replaced).
+ */
 interface WorkerEntry {
   readonly worker: Worker
   ready: boolean
+  /** The generation of the config it runs, as far as the primary knows. */
+  generation: number
   /** The listeners it last reported not listening. */
   listenersDown: readonly string[]
 }
@@ -254,11 +327,28 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   const overrides = new Map<string, RouteTargetConfig[]>()
   const isolated = new Set<string>()
   let config = options.config
+  if (typeof options.configText !== 'string')
+    throw new InvalidOptionError('configText', 'the YAML text of config', options.configText)
+  // The text in force and its generation: what a starting worker is handed.
+  let accepted = { text: options.configText, generation: 0 }
   const pins = new PinBook(config)
   let expected = config.workers
   let draining = false
   let startedAll = false
   let nextId = 1
+  // Reloads, and bringing a worker that came up behind onto the config in force, run one at a
+  // time: a worker is then never sent an older text after a newer one, and the text in force
+  // does not change while a worker is being brought up to date.
+  let queue: Promise<unknown> = Promise.resolve()
+  let queued = 0
+  function enqueue<T>(work: () => Promise<T>): Promise<T> {
+    queued++
+    const next = queue.then(work).finally(() => {
+      queued--
+    })
+    queue = next.catch(() => {})
+    return next
+  }
   const reloads = options.metrics.counter({
     name: 'breakwater_proxy_primary_config_reloads_total',
     help: 'Config reloads the primary validated and sent to the workers.',
@@ -330,19 +420,74 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
    */
   async function sendToEach(command: WorkerCommand): Promise<{
     applied: number[]
+    appliedBy: WorkerEntry[]
     failed: { entry: WorkerEntry; pid: number; error: unknown }[]
   }> {
     const live = [...workers.values()].filter((w) => w.ready && w.worker.isConnected())
     const results = await Promise.allSettled(live.map((w) => ask(w.worker, command)))
     const applied: number[] = []
+    const appliedBy: WorkerEntry[] = []
     const failed: { entry: WorkerEntry; pid: number; error: unknown }[] = []
     results.forEach((result, i) => {
       const entry = live[i] as WorkerEntry
       const pid = entry.worker.process.pid ?? 0
-      if (result.status === 'fulfilled') applied.push(pid)
-      else failed.push({ entry, pid, error: result.reason })
+      if (result.status === 'fulfilled') {
+        applied.push(pid)
+        appliedBy.push(entry)
+      } else failed.push({ entry, pid, error: result.reason })
     })
-    return { applied, failed }
+    return { applied, appliedBy, failed }
+  }
+
+  /**
+   * A worker that came up: counted ready, and given what a worker started from the config in
+   * force lacks (the live route switches, isolations and retry pins).
+   */
+  function welcome(entry: WorkerEntry): void {
+    const { worker } = entry
+    // Exited meanwhile: its replacement is welcomed instead.
+    if (workers.get(worker.id) !== entry) return
+    entry.ready = true
+    if ([...workers.values()].filter((w) => w.ready).length >= expected) startedAll = true
+    for (const [route, targets] of overrides)
+      void ask(worker, { op: 'switchRoute', route, targets }).catch(() => {})
+    for (const service of isolated) void ask(worker, { op: 'isolate', service }).catch(() => {})
+    // ... and the retry pins its siblings reported, so that its retries follow them too.
+    for (const batch of pins.batches(clock.now(), pinBatchSize)) {
+      try {
+        worker.send({ bw: 'pins', pins: batch } satisfies Message, ignoreSendFailure)
+      } catch {
+        // Gone again: its replacement gets them.
+      }
+    }
+  }
+
+  /**
+   * In the queue: a worker that came up on an older config (it was starting when a reload was
+   * accepted) reloads the text in force before it is welcomed; one that cannot is replaced.
+   */
+  async function catchUp(entry: WorkerEntry): Promise<void> {
+    const { worker } = entry
+    if (workers.get(worker.id) !== entry || !worker.isConnected()) return
+    if (entry.generation < accepted.generation) {
+      const { text, generation } = accepted
+      try {
+        await ask(worker, { op: 'reload', text, generation })
+      } catch (error) {
+        log.error('a worker could not apply the config in force; replacing it', {
+          workerPid: worker.process.pid,
+          error: error instanceof Error ? error.message : String(error),
+        })
+        replace(entry)
+        return
+      }
+      entry.generation = generation
+      log.info('a worker that started on an older config reloaded the one in force', {
+        workerPid: worker.process.pid,
+        generation,
+      })
+    }
+    welcome(entry)
   }
 
   /** The workers that did not apply a command, as PartiallyAppliedError names them. */
@@ -374,6 +519,71 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     }
   }
 
+  /** Validates the file in the primary, then has every ready worker apply its text. */
+  async function reloadNow(): Promise<ConfigInvalidError | undefined> {
+    let next: ProxyConfig
+    let text: string
+    try {
+      ;({ config: next, text } = await options.loadConfig())
+    } catch (error) {
+      reloadFailures.inc()
+      const invalid =
+        error instanceof ConfigInvalidError
+          ? error
+          : new ConfigInvalidError('reload', [
+              { path: '(file)', message: String(error), line: undefined, column: undefined },
+            ])
+      log.error('config reload refused; the running config stays in force', {
+        code: invalid.code,
+        problems: invalid.problems.map((p) => `${p.path}: ${p.message}`),
+      })
+      return invalid
+    }
+    const generation = accepted.generation + 1
+    const { applied, appliedBy, failed } = await sendToEach({ op: 'reload', text, generation })
+    if (applied.length === 0 && failed.length > 0) {
+      // Nobody runs the new file: the old config stays in force everywhere.
+      const error = failed[0]?.error as Error
+      reloadFailures.inc()
+      log.error('a worker refused the reload', { error: error.message })
+      return error instanceof ConfigInvalidError
+        ? error
+        : new ConfigInvalidError('reload', [
+            {
+              path: '(apply)',
+              message: `expected a config every worker can apply, got ${error.message}`,
+              line: undefined,
+              column: undefined,
+            },
+          ])
+    }
+    // A reload puts routes back on their configured targets (as in one process), and a
+    // service it changed or removed got a new runtime in each worker, not isolated.
+    for (const service of isolated)
+      if (!keepsServiceRuntime(config, next, service)) isolated.delete(service)
+    config = next
+    accepted = { text, generation }
+    for (const entry of appliedBy) entry.generation = generation
+    pins.configure(next)
+    overrides.clear()
+    reloads.inc()
+    if (failed.length === 0) {
+      log.info('config reloaded in every worker', { workers: workers.size })
+      return undefined
+    }
+    // Some workers run the new file and the others the old one. The new one is adopted (it
+    // is valid, at least one worker applied it, and a restarted worker is handed it), and the
+    // workers that did not apply it are replaced: their replacements start from the text in
+    // force, so every worker ends up on the same config without the operator having to notice.
+    for (const { entry } of failed) replace(entry)
+    const notApplied = notAppliedBy(failed)
+    log.error('a reload was applied by only some workers; replacing the others', {
+      applied,
+      failed: notApplied.map((f) => f.pid),
+    })
+    throw new PartiallyAppliedError('reload', applied, notApplied)
+  }
+
   const backend: ClusterBackend = {
     config: async () => config,
     services: async () => (await all({ op: 'services' })) as WorkerServices[],
@@ -383,65 +593,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     resetRoute: (route) => change({ op: 'resetRoute', route }, () => overrides.delete(route)),
     isolate: (service) => change({ op: 'isolate', service }, () => isolated.add(service)),
     reset: (service) => change({ op: 'reset', service }, () => isolated.delete(service)),
-    async reload() {
-      let next: ProxyConfig
-      try {
-        next = await options.loadConfig()
-      } catch (error) {
-        reloadFailures.inc()
-        const invalid =
-          error instanceof ConfigInvalidError
-            ? error
-            : new ConfigInvalidError('reload', [
-                { path: '(file)', message: String(error), line: undefined, column: undefined },
-              ])
-        log.error('config reload refused; the running config stays in force', {
-          code: invalid.code,
-          problems: invalid.problems.map((p) => `${p.path}: ${p.message}`),
-        })
-        return invalid
-      }
-      const { applied, failed } = await sendToEach({ op: 'reload' })
-      if (applied.length === 0 && failed.length > 0) {
-        // Nobody runs the new file: the old config stays in force everywhere.
-        const error = failed[0]?.error as Error
-        reloadFailures.inc()
-        log.error('a worker refused the reload', { error: error.message })
-        return error instanceof ConfigInvalidError
-          ? error
-          : new ConfigInvalidError('reload', [
-              {
-                path: '(apply)',
-                message: `expected a config every worker can apply, got ${error.message}`,
-                line: undefined,
-                column: undefined,
-              },
-            ])
-      }
-      // A reload puts routes back on their configured targets (as in one process), and a
-      // service it changed or removed got a new runtime in each worker, not isolated.
-      for (const service of isolated)
-        if (!keepsServiceRuntime(config, next, service)) isolated.delete(service)
-      config = next
-      pins.configure(next)
-      overrides.clear()
-      reloads.inc()
-      if (failed.length === 0) {
-        log.info('config reloaded in every worker', { workers: workers.size })
-        return undefined
-      }
-      // Some workers run the new file and the others the old one. The new one is adopted (it
-      // is valid, at least one worker applied it, and a restarted worker reads it), and the
-      // workers that did not apply it are replaced: their replacements start from the file,
-      // so every worker ends up on the same config without the operator having to notice.
-      for (const { entry } of failed) replace(entry)
-      const notApplied = notAppliedBy(failed)
-      log.error('a reload was applied by only some workers; replacing the others', {
-        applied,
-        failed: notApplied.map((f) => f.pid),
-      })
-      throw new PartiallyAppliedError('reload', applied, notApplied)
-    },
+    reload: () => enqueue(reloadNow),
     async metricsText() {
       const texts = await Promise.all(
         [...workers.values()]
@@ -472,7 +624,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       )
     },
     attach(worker) {
-      workers.set(worker.id, { worker, ready: false, listenersDown: [] })
+      workers.set(worker.id, { worker, ready: false, generation: 0, listenersDown: [] })
       // Sends pass callbacks (see ignoreSendFailure); this catches anything else the channel
       // reports, which would otherwise end the primary.
       worker.on('error', (error: Error) =>
@@ -481,23 +633,28 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       worker.on('message', (message: unknown) => {
         const m = message as Message
         if (typeof m !== 'object' || m === null) return
-        if (m.bw === 'ready') {
-          const entry = workers.get(worker.id)
-          if (entry !== undefined) entry.ready = true
-          if ([...workers.values()].filter((w) => w.ready).length >= expected) startedAll = true
-          // A restarted worker starts from the file: give it the live switches again.
-          for (const [route, targets] of overrides)
-            void ask(worker, { op: 'switchRoute', route, targets }).catch(() => {})
-          for (const service of isolated)
-            void ask(worker, { op: 'isolate', service }).catch(() => {})
-          // ... and the retry pins its siblings reported, so that its retries follow them too.
-          for (const batch of pins.batches(clock.now(), pinBatchSize)) {
-            try {
-              worker.send({ bw: 'pins', pins: batch } satisfies Message, ignoreSendFailure)
-            } catch {
-              // Gone again: its replacement gets them.
-            }
+        if (m.bw === 'starting') {
+          try {
+            worker.send(
+              {
+                bw: 'config',
+                text: accepted.text,
+                generation: accepted.generation,
+                workers: config.workers,
+              } satisfies Message,
+              ignoreSendFailure,
+            )
+          } catch {
+            // Gone already: its replacement asks again.
           }
+        } else if (m.bw === 'ready') {
+          const entry = workers.get(worker.id)
+          if (entry === undefined) return
+          entry.generation = Number.isInteger(m.generation) ? (m.generation as number) : 0
+          // Up to date with nothing under way: welcomed now. Else once the reload under way
+          // is done, after reloading the text in force if it started on an older one.
+          if (queued === 0 && entry.generation >= accepted.generation) welcome(entry)
+          else void enqueue(() => catchUp(entry))
         } else if (m.bw === 'listeners') {
           const entry = workers.get(worker.id)
           if (entry !== undefined && Array.isArray(m.down))

@@ -28,7 +28,8 @@ function setup() {
   const config = parseProxyConfig(yaml, 'test')
   const backend = createClusterBackend({
     config,
-    loadConfig: async () => config,
+    configText: '(the test config)',
+    loadConfig: async () => ({ config, text: '(the test config)' }),
     logger: createJsonLogger({ output: log, level: 'debug' }),
     metrics: createMetricsRegistry(),
     clock,
@@ -38,8 +39,8 @@ function setup() {
   const b = new FakeWorker(2, { closing: true })
   backend.attach(a as unknown as Worker)
   backend.attach(b as unknown as Worker)
-  a.emit('message', { bw: 'ready' })
-  b.emit('message', { bw: 'ready' })
+  a.start()
+  b.start()
   return { backend, a, b, log }
 }
 

@@ -37,7 +37,8 @@ describe('cluster backend: isolations across a reload', () => {
     )
     const backend = createClusterBackend({
       config: before,
-      loadConfig: async () => after,
+      configText: 'before',
+      loadConfig: async () => ({ config: after, text: 'after' }),
       logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
       metrics: createMetricsRegistry(),
       clock: new ManualClock(0),
@@ -46,7 +47,7 @@ describe('cluster backend: isolations across a reload', () => {
     const up = (id: number): FakeWorker => {
       const worker = new FakeWorker(id, { answering: true })
       backend.attach(worker as unknown as Worker)
-      worker.emit('message', { bw: 'ready' })
+      worker.start()
       return worker
     }
     const first = up(1)

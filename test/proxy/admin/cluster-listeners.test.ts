@@ -31,7 +31,8 @@ workers: 2
 function primary() {
   const backend = createClusterBackend({
     config,
-    loadConfig: async () => config,
+    configText: '(the test config)',
+    loadConfig: async () => ({ config, text: '(the test config)' }),
     logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
     metrics: createMetricsRegistry(),
     clock: new ManualClock(0),
@@ -41,7 +42,7 @@ function primary() {
   const up = (id: number): FakeWorker => {
     const worker = new FakeWorker(id, { answering: true })
     backend.attach(worker as unknown as Worker)
-    worker.emit('message', { bw: 'ready' })
+    worker.start()
     return worker
   }
   return { backend, up }

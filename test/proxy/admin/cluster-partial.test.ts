@@ -36,10 +36,14 @@ const edited = parseProxyConfig(
 
 function newBackend(
   clock = new ManualClock(0),
-  loadConfig: () => Promise<typeof config> = async () => config,
+  loadConfig: () => Promise<{ config: typeof config; text: string }> = async () => ({
+    config,
+    text: yaml,
+  }),
 ): ReturnType<typeof createClusterBackend> {
   return createClusterBackend({
     config,
+    configText: yaml,
     loadConfig,
     logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
     metrics: createMetricsRegistry(),
@@ -53,7 +57,7 @@ describe('cluster backend: a change only some workers apply', () => {
     const backend = newBackend()
     const up = (worker: FakeWorker): FakeWorker => {
       backend.attach(worker as unknown as Worker)
-      worker.emit('message', { bw: 'ready' })
+      worker.start()
       return worker
     }
     up(new FakeWorker(1, { answering: true }))
@@ -86,22 +90,22 @@ describe('cluster backend: a change only some workers apply', () => {
     const backend = newBackend()
     const refusing = new FakeWorker(1, { answering: true, refusing: () => 'no such route' })
     backend.attach(refusing as unknown as Worker)
-    refusing.emit('message', { bw: 'ready' })
+    refusing.start()
     await expect(backend.switchRoute('main', [{ service: 'orders', weight: 1 }])).rejects.toThrow(
       'no such route',
     )
     const next = new FakeWorker(2, { answering: true })
     backend.attach(next as unknown as Worker)
-    next.emit('message', { bw: 'ready' })
+    next.start()
     expect(next.commands()).toEqual([])
   })
 
   it('adopts a reload some workers applied and replaces the workers that did not', async () => {
     const clock = new ManualClock(0)
-    const backend = newBackend(clock, async () => edited)
+    const backend = newBackend(clock, async () => ({ config: edited, text: 'edited' }))
     const up = (worker: FakeWorker): FakeWorker => {
       backend.attach(worker as unknown as Worker)
-      worker.emit('message', { bw: 'ready' })
+      worker.start()
       return worker
     }
     const applying = up(new FakeWorker(1, { answering: true }))
@@ -145,17 +149,17 @@ describe('cluster backend: a change only some workers apply', () => {
 
   it('kills a worker being replaced that has not exited when its drain time is up', async () => {
     const clock = new ManualClock(0)
-    const backend = newBackend(clock, async () => edited)
+    const backend = newBackend(clock, async () => ({ config: edited, text: 'edited' }))
     for (const worker of [
       new FakeWorker(1, { answering: true }),
       new FakeWorker(2, { answering: true, refusing: () => 'stuck' }),
     ]) {
       backend.attach(worker as unknown as Worker)
-      worker.emit('message', { bw: 'ready' })
+      worker.start()
     }
     const hung = new FakeWorker(3, { answering: true, refusing: () => 'stuck' })
     backend.attach(hung as unknown as Worker)
-    hung.emit('message', { bw: 'ready' })
+    hung.start()
     await expect(backend.reload()).rejects.toBeInstanceOf(PartiallyAppliedError)
     expect(hung.signals).toEqual(['SIGTERM'])
     // The new config's drain time (2 s) plus 5 s of grace.
@@ -166,10 +170,10 @@ describe('cluster backend: a change only some workers apply', () => {
   })
 
   it('keeps the old config everywhere when no worker applied the reload', async () => {
-    const backend = newBackend(new ManualClock(0), async () => edited)
+    const backend = newBackend(new ManualClock(0), async () => ({ config: edited, text: 'edited' }))
     const refusing = new FakeWorker(1, { answering: true, refusing: () => 'cannot bind' })
     backend.attach(refusing as unknown as Worker)
-    refusing.emit('message', { bw: 'ready' })
+    refusing.start()
     const refused = await backend.reload()
     expect(refused?.code).toBe('CONFIG_INVALID')
     expect(refused?.message).toContain('cannot bind')

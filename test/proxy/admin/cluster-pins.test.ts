@@ -48,7 +48,8 @@ function setup(maxKeys = 100) {
   const config = parseProxyConfig(yaml(maxKeys), 'test')
   const backend = createClusterBackend({
     config,
-    loadConfig: async () => config,
+    configText: '(the test config)',
+    loadConfig: async () => ({ config, text: '(the test config)' }),
     logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
     metrics: createMetricsRegistry(),
     clock,
@@ -57,7 +58,7 @@ function setup(maxKeys = 100) {
   const up = (id: number) => {
     const worker = new FakeWorker(id)
     backend.attach(worker as unknown as Worker)
-    worker.emit('message', { bw: 'ready' })
+    worker.start()
     return worker
   }
   return { backend, clock, up }

@@ -50,6 +50,19 @@ export class FakeWorker extends EventEmitter {
       .map((m) => m.command)
   }
 
+  /**
+   * Plays a worker process starting as the CLI's does: asks the primary for the config in
+   * force, then reports ready on the generation it was given (undefined: none was sent).
+   */
+  start(): number | undefined {
+    this.emit('message', { bw: 'starting' })
+    const given = this.sent.findLast((m) => (m as { bw?: string }).bw === 'config') as
+      | { generation: number }
+      | undefined
+    this.emit('message', { bw: 'ready', generation: given?.generation })
+    return given?.generation
+  }
+
   /** Whether the process exited (see exit). */
   isDead(): boolean {
     return this.#dead
