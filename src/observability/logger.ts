@@ -286,15 +286,20 @@ function serializeError(
   depth: number,
   seen: WeakSet<object>,
 ): Record<string, unknown> {
+  // name, message and stack are strings unless someone assigned them: anything else goes
+  // through sanitize like any value (a bigint would make JSON.stringify throw and lose the
+  // whole line; an object would be written unmasked).
+  const text = (value: unknown): unknown =>
+    typeof value === 'string' ? clip(value) : sanitize(value, core, depth + 1, seen)
   const out: Record<string, unknown> = {
-    type: error.name,
-    message: clip(error.message),
+    type: text(error.name),
+    message: text(error.message),
   }
   const extra = error as unknown as Record<string, unknown>
   if (extra.code !== undefined) out.code = sanitize(extra.code, core, depth + 1, seen)
   if (typeof extra.status === 'number') out.status = extra.status
   if (!BreakwaterError.is(error) && error.stack !== undefined) {
-    out.stack = clip(error.stack)
+    out.stack = text(error.stack)
   }
   if (error.cause !== undefined) out.cause = sanitize(error.cause, core, depth + 1, seen)
   if (error instanceof AggregateError) {

@@ -43,3 +43,24 @@ describe('JSON logger: credentials in field names', () => {
     expect(out.raw()).not.toContain('t0ken-two')
   })
 })
+
+describe('JSON logger: errors with odd name, message or stack', () => {
+  it('writes the rest of the line, and masks secrets inside those odd values', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    const numbered = Object.assign(new Error('x'), { message: 42 })
+    const big = Object.assign(new Error('y'), { name: 10n })
+    const named = Object.assign(new Error('z'), { name: { password: 'hunter2' } })
+    const stacked = Object.assign(new Error('w'), { stack: ['postgres://a:s3cr3t@db'] })
+    log.error('failed', { numbered, big, named, stacked, order: 'o-1' })
+    const raw = out.raw()
+    expect(raw).not.toContain('hunter2')
+    expect(raw).not.toContain('s3cr3t')
+    const line = JSON.parse(raw) as Record<string, Record<string, unknown>>
+    expect(line.order).toBe('o-1')
+    expect(line.numbered).toMatchObject({ type: 'Error', message: 42 })
+    expect(line.big).toMatchObject({ type: '10', message: 'y' })
+    expect(line.named).toMatchObject({ type: { password: '[redacted]' }, message: 'z' })
+    expect(line.stacked).toMatchObject({ message: 'w', stack: ['postgres://a:***@db'] })
+  })
+})
