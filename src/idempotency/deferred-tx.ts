@@ -36,6 +36,8 @@ export class DeferredTransaction implements SqlTransaction {
    * fails with it at once. Nothing would ever send a statement queued in `#waiting` after it.
    */
   #failure: { readonly error: unknown } | undefined
+  /** Why statements are refused for the time being (an atomic phase runs), see {@link hold}. */
+  #held: Error | undefined
   /**
    * Statements made before the store's transaction began, in the order they were made. They
    * are sent the moment it begins, before anything else runs, so they keep their order with
@@ -129,10 +131,21 @@ export class DeferredTransaction implements SqlTransaction {
     )
   }
 
-  /** Why statements are refused now (the result was recorded or rolled back), else undefined. */
+  /**
+   * Why statements are refused now (the result was recorded or rolled back, or for the time
+   * being, see {@link hold}), else undefined.
+   */
   refusal(): Error | undefined {
-    if (!this.#closed) return undefined
+    if (!this.#closed) return this.#held
     return this.#closedError ?? closedMisuse()
+  }
+
+  /**
+   * Refuses every statement with `reason` until called again with undefined. Statements that
+   * were sent before are not affected.
+   */
+  hold(reason: Error | undefined): void {
+    this.#held = reason
   }
 
   /**
@@ -141,7 +154,7 @@ export class DeferredTransaction implements SqlTransaction {
    * usually finds it) and no decision was made. Otherwise undefined: queue behind `#open()`.
    */
   #current(): SqlTransaction | undefined {
-    if (this.#closed || this.#failure !== undefined) return undefined
+    if (this.#closed || this.#failure !== undefined || this.#held !== undefined) return undefined
     if (!this.#began) this.#open()
     return this.#tx
   }
@@ -176,7 +189,7 @@ export class DeferredTransaction implements SqlTransaction {
 
   /** Queues a statement until the store's transaction has begun (see `#waiting`). */
   #whenBegun<T>(send: (tx: SqlTransaction) => Promise<T>): Promise<T> {
-    if (this.#closed) return Promise.reject(this.refusal())
+    if (this.#closed || this.#held !== undefined) return Promise.reject(this.refusal())
     if (this.#failure !== undefined) return Promise.reject(this.#failure.error)
     return new Promise<T>((resolve, reject) => {
       this.#waiting.push({ send: (tx) => send(tx).then(resolve, reject), fail: reject })

@@ -108,6 +108,8 @@ export class Execution {
   #expired = false
   #leaseLostPublished = false
   #settled = false
+  // Phases running now: ctx.tx is held (refused) while there is one, see #phase.
+  #phasesRunning = 0
 
   constructor(settings: ExecutionSettings, start: ExecutionStart) {
     this.#settings = settings
@@ -200,22 +202,31 @@ export class Execution {
     // Like ctx.tx, the phase's transaction begins with its first statement: a call to another
     // system made before it holds no transaction (on SQLite, no lock on the whole database).
     const phaseTx = new DeferredTransaction(store, store.dialect ?? 'sqlite')
+    // ctx.tx must not begin while a phase runs: its writes would not be the phase's, and on
+    // SQLite the phase's commit would wait for ctx.tx, which waits for the handler, which waits
+    // for the phase, until the lease runs out.
+    if (this.#phasesRunning++ === 0) this.#tx.hold(phaseMisuse())
     let result: T
-    try {
-      result = roundTrip(await fn(phaseTx))
-    } catch (error) {
-      await phaseTx.rollback()
-      throw error
-    }
-    const wrapped: WrappedPhase = result === undefined ? {} : { v: result as JsonValue }
-    const phases: Record<string, JsonValue> = { ...this.#phases, [name]: wrapped }
     let leaseExpiresAtMs = 0
-    await phaseTx.commit(async (tx) => {
-      const nowMs = clock.now()
-      leaseExpiresAtMs = nowMs + leaseMs
-      const held = await store.savePhase(tx, this.#lease, name, phases, nowMs, leaseExpiresAtMs)
-      if (!held || this.#expired) throw this.#leaseLost()
-    })
+    let phases: Record<string, JsonValue>
+    try {
+      try {
+        result = roundTrip(await fn(phaseTx))
+      } catch (error) {
+        await phaseTx.rollback()
+        throw error
+      }
+      const wrapped: WrappedPhase = result === undefined ? {} : { v: result as JsonValue }
+      phases = { ...this.#phases, [name]: wrapped }
+      await phaseTx.commit(async (tx) => {
+        const nowMs = clock.now()
+        leaseExpiresAtMs = nowMs + leaseMs
+        const held = await store.savePhase(tx, this.#lease, name, phases, nowMs, leaseExpiresAtMs)
+        if (!held || this.#expired) throw this.#leaseLost()
+      })
+    } finally {
+      if (--this.#phasesRunning === 0) this.#tx.hold(undefined)
+    }
     this.#phases = phases
     this.#recoveryPoint = name
     if (!this.#settled) this.#armLeaseTimer(leaseExpiresAtMs - clock.now())
@@ -278,4 +289,10 @@ export class Execution {
       this.#claimInTx || (await this.#settings.store.release(this.#lease).catch(() => false))
     if (released) publish('released', { scope: this.#lease.scope, key: this.#lease.key })
   }
+}
+
+function phaseMisuse(): TransactionMisuseError {
+  return new TransactionMisuseError(
+    'ctx.tx (or ctx.deferWrite) was used while ctx.phase() ran: a phase writes through the tx it is given, and ctx.tx begins after the phases',
+  )
 }

@@ -8,6 +8,7 @@ import {
   idempotent,
   sweepExpired,
 } from '../../src/idempotency/index.js'
+import { TransactionMisuseError } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { countRows, dbTargets, type TestDb } from './databases.js'
 import { gate } from './servers.js'
@@ -310,6 +311,46 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     expect(await run()).toBe(1)
     expect(await run()).toBe(1)
     expect(calls).toEqual(['pair'])
+  })
+
+  // ctx.tx begins after the phases. A statement on it inside a phase's fn opened it while the
+  // phase's own transaction had yet to commit: on SQLite that commit then waited for ctx.tx,
+  // which waited for the handler, until the lease ran out; on PostgreSQL the write silently left
+  // the phase. Both are refused, the phase fails, and nothing commits.
+  it('refuses ctx.tx and ctx.deferWrite inside a phase, and commits nothing', async () => {
+    const insert = 'INSERT INTO shipments (id, order_id) VALUES ($1, $2)'
+    for (const use of ['execute', 'deferWrite', 'savepoint'] as const) {
+      const orderId = randomUUID()
+      const key = randomUUID()
+      let phaseWrote = false
+      const run = idempotent(
+        key,
+        (ctx) =>
+          ctx.phase('reserve', async (tx) => {
+            await tx.execute(insert, [randomUUID(), orderId])
+            if (use === 'execute') await ctx.tx.execute(insert, [randomUUID(), orderId])
+            else if (use === 'deferWrite') ctx.deferWrite(insert, [randomUUID(), orderId])
+            else await ctx.tx.transaction((sp) => sp.execute(insert, [randomUUID(), orderId]))
+            phaseWrote = true
+          }),
+        { store: testDb.db },
+      )
+      await expect(run).rejects.toBeInstanceOf(TransactionMisuseError)
+      expect(phaseWrote).toBe(false)
+      expect(await shipments(orderId)).toBe(0)
+      // The key was released, and ctx.tx works again after the phase.
+      const retried = await idempotent(
+        key,
+        async (ctx) => {
+          await ctx.phase('reserve', (tx) => tx.execute(insert, [randomUUID(), orderId]))
+          ctx.deferWrite(insert, [randomUUID(), orderId])
+          return 'done'
+        },
+        { store: testDb.db },
+      )
+      expect(retried).toBe('done')
+      expect(await shipments(orderId)).toBe(2)
+    }
   })
 
   it('persists atomic phases: after a crash, a takeover resumes after the last committed phase', async () => {
