@@ -157,12 +157,11 @@ class JsonLogger implements Logger {
       // A msg whose toString throws: logging, often in an error path, must not.
       text = unserializable
     }
-    const line: Record<string, unknown> = {
-      level,
-      time: new Date(this.#core.clock.now()).toISOString(),
-      msg: text,
-      ...this.#bound,
-    }
+    const line = Object.assign(
+      fieldsObject(),
+      { level, time: new Date(this.#core.clock.now()).toISOString(), msg: text },
+      this.#bound,
+    )
     if (fields !== undefined) {
       try {
         Object.assign(line, sanitizeFields(fields, this.#core))
@@ -181,10 +180,17 @@ class JsonLogger implements Logger {
   }
 }
 
+// An object for written fields without a prototype: on a plain object, setting a field named
+// `__proto__` (an own property of JSON.parse's output, such as a logged request body) would
+// replace its prototype instead, and the field would be left out of the line.
+function fieldsObject(): Record<string, unknown> {
+  return Object.create(null) as Record<string, unknown>
+}
+
 // Fields named like the line's own keys are kept under a `fields.` prefix rather than
 // overwriting level, time or msg, which every consumer relies on.
 function sanitizeFields(fields: LogFields, core: LoggerCore): Record<string, unknown> {
-  const out: Record<string, unknown> = {}
+  const out = fieldsObject()
   const seen = new WeakSet<object>()
   for (const [key, value] of Object.entries(fields)) {
     if (value === undefined) continue
@@ -254,7 +260,7 @@ function sanitizeObject(
       return items
     }
     if (object instanceof Map) {
-      const out: Record<string, unknown> = {}
+      const out = fieldsObject()
       for (const [k, v] of object) {
         const { secret, shown } = fieldName(String(k), core)
         out[shown] = secret ? REDACTED : sanitize(v, core, depth + 1, seen)
@@ -266,7 +272,7 @@ function sanitizeObject(
     if (typeof toJSON === 'function') {
       return sanitize((toJSON as () => unknown).call(object), core, depth + 1, seen)
     }
-    const out: Record<string, unknown> = {}
+    const out = fieldsObject()
     for (const [key, v] of Object.entries(object)) {
       if (v === undefined) continue
       const { secret, shown } = fieldName(key, core)

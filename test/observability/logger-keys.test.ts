@@ -64,3 +64,24 @@ describe('JSON logger: errors with odd name, message or stack', () => {
     expect(line.stacked).toMatchObject({ message: 'w', stack: ['postgres://a:***@db'] })
   })
 })
+
+describe('JSON logger: a field named __proto__', () => {
+  it('is written like any other field, at the top, nested and as a Map key', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out })
+    // JSON.parse makes __proto__ an own property, as in a logged request body.
+    const body = JSON.parse('{"__proto__": {"x": 1}, "y": 2}') as Record<string, unknown>
+    log.info('top', body)
+    log.info('nested', { body })
+    log.info('map', { m: new Map([['__proto__', 1]]) })
+    const [top, nested, map] = out
+      .raw()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+    expect(Object.hasOwn(top!, '__proto__')).toBe(true)
+    expect(top!.y).toBe(2)
+    expect(JSON.stringify(nested!.body)).toBe('{"__proto__":{"x":1},"y":2}')
+    expect(JSON.stringify(map!.m)).toBe('{"__proto__":1}')
+  })
+})
