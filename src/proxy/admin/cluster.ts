@@ -288,6 +288,11 @@ interface WorkerEntry {
   ready: boolean
   /** The generation of the config it runs, as far as the primary knows. */
   generation: number
+  /**
+   * Sent SIGTERM (being replaced, or drained while not up): a second one would force its stop
+   * and cut the requests it is draining.
+   */
+  terminated: boolean
   /** The listeners it last reported not listening. */
   listenersDown: readonly string[]
 }
@@ -306,7 +311,7 @@ export interface ClusterBackend extends AdminBackend {
   expect(workers: number): void
   /** Readiness false from now on (first step of a drain). */
   beginDrain(): void
-  /** Sends `drain` to every worker. */
+  /** Sends `drain` to every ready worker, and SIGTERM to the others (not listening for commands yet). */
   drainAll(): Promise<void>
 }
 
@@ -396,13 +401,17 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       if (!worker.isDead()) worker.process.kill('SIGKILL')
     }, config.drainTimeoutMs + replaceGraceMs)
     worker.once('exit', () => clock.clearTimeout(killer))
+    terminate(entry, 'could not signal a worker to replace it')
+  }
+
+  /** Sends SIGTERM once: a worker drains on it (one still starting stops once it is up). */
+  function terminate(entry: WorkerEntry, failure: string): void {
+    if (entry.terminated) return
+    entry.terminated = true
     try {
-      worker.process.kill('SIGTERM')
+      entry.worker.process.kill('SIGTERM')
     } catch (error) {
-      log.warn('could not signal a worker to replace it', {
-        workerPid: worker.process.pid,
-        error: (error as Error).message,
-      })
+      log.warn(failure, { workerPid: entry.worker.process.pid, error: (error as Error).message })
     }
   }
 
@@ -624,7 +633,13 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       )
     },
     attach(worker) {
-      workers.set(worker.id, { worker, ready: false, generation: 0, listenersDown: [] })
+      workers.set(worker.id, {
+        worker,
+        ready: false,
+        generation: 0,
+        terminated: false,
+        listenersDown: [],
+      })
       // Sends pass callbacks (see ignoreSendFailure); this catches anything else the channel
       // reports, which would otherwise end the primary.
       worker.on('error', (error: Error) =>
@@ -694,10 +709,14 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     },
     async drainAll() {
       draining = true
+      const all = [...workers.values()].filter((w) => w.worker.isConnected())
+      // A worker not up yet does not listen for commands: a drain request would be lost and
+      // waited for until the command timeout. It gets SIGTERM, and one being replaced already
+      // drains on its own.
+      for (const entry of all)
+        if (!entry.ready) terminate(entry, 'could not signal a starting worker to stop')
       await Promise.allSettled(
-        [...workers.values()]
-          .filter((w) => w.worker.isConnected())
-          .map((w) => ask(w.worker, { op: 'drain' })),
+        all.filter((w) => w.ready).map((w) => ask(w.worker, { op: 'drain' })),
       )
     },
   }
