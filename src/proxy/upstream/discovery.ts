@@ -150,7 +150,9 @@ type DnsConfig = Extract<DiscoveryConfig, { kind: 'dns' }>
 // maxRefreshMs]. Node's resolveSrv does not report the SRV record's own TTL, so an SRV answer
 // lives as long as the shortest TTL of the address records of its targets, which are resolved
 // through the same resolver (so the endpoints are addresses and the SRV target stays the TLS
-// name). A failed lookup keeps the last answer and tries again after maxRefreshMs.
+// name). A failed lookup keeps the last answer and tries again after maxRefreshMs; before the
+// first answer (no endpoints to keep), after minRefreshMs (at least 1 s), doubling up to
+// maxRefreshMs.
 class DnsDiscovery implements Discovery {
   readonly ready: Promise<void>
   readonly #config: DnsConfig
@@ -160,8 +162,14 @@ class DnsDiscovery implements Discovery {
   readonly #own: Resolver | undefined
   #timer: TimerHandle | undefined
   #closed = false
+  /** Whether a lookup has succeeded yet (the service has endpoints to keep). */
+  #answered = false
+  /** The wait after the next failed lookup while none has succeeded. */
+  #failureDelayMs: number
 
   constructor(config: DnsConfig, context: DiscoveryContext) {
+    // At least 1 s (minRefreshMs may be 0), so that failures back off instead of looping.
+    this.#failureDelayMs = Math.min(config.maxRefreshMs, Math.max(config.minRefreshMs, 1_000))
     this.#config = config
     this.#context = context
     if (context.resolver !== undefined) {
@@ -194,6 +202,7 @@ class DnsDiscovery implements Discovery {
       const { targets, ttlSeconds } = await this.#resolve()
       if (this.#closed) return
       this.#context.onTargets(targets)
+      this.#answered = true
       nextMs = Math.min(config.maxRefreshMs, Math.max(config.minRefreshMs, ttlSeconds * 1000))
       logger.debug('endpoints resolved', {
         service,
@@ -203,10 +212,19 @@ class DnsDiscovery implements Discovery {
       })
     } catch (error) {
       if (this.#closed) return
+      // Before the first answer the service has no endpoint and refuses every request (503
+      // UPSTREAM_NO_ENDPOINTS): a lookup that failed at start (DNS not ready yet as the pod
+      // comes up) must not leave it so for a whole maxRefreshMs. Tried again after
+      // minRefreshMs (at least 1 s), then twice as long each time up to maxRefreshMs.
+      if (!this.#answered) {
+        nextMs = this.#failureDelayMs
+        this.#failureDelayMs = Math.min(config.maxRefreshMs, this.#failureDelayMs * 2)
+      }
       logger.warn('DNS discovery failed; keeping the endpoints as they were', {
         service,
         name: config.name,
         error: (error as Error).message,
+        retryInMs: nextMs,
       })
     }
     this.#timer = clock.setTimeout(() => {

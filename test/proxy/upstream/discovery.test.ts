@@ -135,6 +135,44 @@ describe('DNS discovery', () => {
     expect(service.state().endpoints).toEqual([])
   })
 
+  it('before its first answer, tries again after minRefreshMs, doubling up to maxRefreshMs, not after maxRefreshMs', async () => {
+    // With no endpoint yet every request is refused 503 UPSTREAM_NO_ENDPOINTS: a lookup that
+    // failed at start (DNS not ready yet as the pod starts) left the service with none for a
+    // whole maxRefreshMs.
+    const server = await dns()
+    server.failing = true
+    const clock = new ManualClock(0)
+    const resolver = new Resolver({ timeout: 200, tries: 1 })
+    resolver.setServers([server.address])
+    const service = createServiceRuntime(
+      serviceConfig([], {
+        discovery: {
+          kind: 'dns',
+          name: 'orders.test',
+          recordType: 'A',
+          port: 8080,
+          scheme: 'http',
+          minRefreshMs: 1_000,
+          maxRefreshMs: 30_000,
+        },
+      }),
+      testDeps(clock),
+      { dnsResolver: resolver },
+    )
+    cleanups.push(() => service.close())
+    await service.ready()
+    expect(endpointsOf(service)).toEqual([])
+    expect(clock.nextTimerAt()).toBe(1_000)
+    const asked = server.queries.length
+    await clock.advance(1_000)
+    await eventually(() => server.queries.length > asked)
+    await eventually(() => clock.nextTimerAt() === 1_000 + 2_000)
+    server.failing = false
+    server.set('orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 60 }])
+    await clock.advance(2_000)
+    await eventually(() => endpointsOf(service)[0] === 'http://127.0.0.1:8080')
+  })
+
   it('clamps the TTL to minRefreshMs and keeps the last answer while lookups fail', async () => {
     const server = await dns()
     server.set('orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 0 }])
