@@ -181,8 +181,9 @@ abstract class Metric<S> implements Renderable {
   readonly help: string
   readonly labelNames: readonly string[]
   abstract readonly kind: Kind
-  // Series by their label values joined with NUL (which cannot be told apart only if a value
-  // itself holds NUL; rendering uses the stored values, not the key).
+  // Series by their label values as a JSON array: joining them with a separator would merge
+  // two series whose values differ only in where that separator falls (`x\0` + `` and `x` +
+  // `\0`), adding one's increments to the other.
   readonly series = new Map<string, { readonly labels: readonly string[]; state: S }>()
 
   constructor(kind: Kind, options: MetricOptions, reservedLabels: readonly string[] = []) {
@@ -227,7 +228,7 @@ abstract class Metric<S> implements Renderable {
     state: S
   } {
     const values = this.#values(labels)
-    const key = values.join('\u0000')
+    const key = JSON.stringify(values)
     let entry = this.series.get(key)
     if (entry === undefined) {
       entry = { labels: values, state: this.initial() }
@@ -237,7 +238,7 @@ abstract class Metric<S> implements Renderable {
   }
 
   protected peek(labels: LabelValues | undefined): S | undefined {
-    return this.series.get(this.#values(labels).join('\u0000'))?.state
+    return this.series.get(JSON.stringify(this.#values(labels)))?.state
   }
 
   #values(labels: LabelValues | undefined): string[] {

@@ -1,0 +1,18 @@
+// Series are told apart by all of their label values, whatever characters those hold.
+import { describe, expect, it } from 'vitest'
+import { createMetricsRegistry } from '../../src/observability/index.js'
+import { parsePrometheusText, sampleValue } from './prometheus-text.js'
+
+describe('metrics registry: series identity', () => {
+  it('keeps two series apart when their label values differ only in where a NUL falls', async () => {
+    const registry = createMetricsRegistry()
+    const hits = registry.counter({ name: 'hits_total', help: 'h', labelNames: ['a', 'b'] })
+    hits.inc({ a: 'x\u0000', b: '' }, 1)
+    hits.inc({ a: 'x', b: '\u0000' }, 2)
+    expect(hits.get({ a: 'x\u0000', b: '' })).toBe(1)
+    expect(hits.get({ a: 'x', b: '\u0000' })).toBe(2)
+    const families = parsePrometheusText(await registry.render())
+    expect(families.get('hits_total')!.samples).toHaveLength(2)
+    expect(sampleValue(families, 'hits_total', { a: 'x', b: '\u0000' })).toBe(2)
+  })
+})
