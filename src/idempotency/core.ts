@@ -654,6 +654,12 @@ class IdempotencyCore implements Idempotency {
   ): Promise<T> {
     checkOperationKey(key)
     checkFunction('fn', fn)
+    checkObject('options', options)
+    // Read only when the call waits for another holder: checked now, or a wrong value would
+    // fail (with a bare TypeError) only in the one call that had to wait.
+    if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
+      throw new InvalidOptionError('signal', 'an AbortSignal', options.signal)
+    }
     const scope = options.scope ?? 'default'
     if (typeof scope !== 'string' || scope === '' || !isStorableText(scope)) {
       throw new InvalidOptionError('scope', 'a non-empty, well-formed string without NUL', scope)

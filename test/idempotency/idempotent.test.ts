@@ -313,6 +313,33 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     expect(calls).toEqual(['pair'])
   })
 
+  // A signal that is not an AbortSignal was used only when the call waited for another holder,
+  // and then failed with a bare TypeError (after arming the poll's timer): accepted silently
+  // until the one call that had to wait. It is refused before anything runs, as are options
+  // that are not an object.
+  it('refuses a signal that is not an AbortSignal, and options that are not an object, before running fn', async () => {
+    let runs = 0
+    const idempotency = createIdempotency({ store: testDb.db })
+    for (const signal of ['abort', {}, { aborted: false }]) {
+      await expect(
+        idempotency.run(randomUUID(), () => ++runs, { signal: signal as unknown as AbortSignal }),
+      ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'signal' })
+      await expect(
+        idempotent(randomUUID(), () => ++runs, {
+          store: testDb.db,
+          signal: signal as unknown as AbortSignal,
+        }),
+      ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'signal' })
+    }
+    await expect(
+      idempotency.run(randomUUID(), () => ++runs, null as unknown as undefined),
+    ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'options' })
+    expect(runs).toBe(0)
+    expect(
+      await idempotency.run(randomUUID(), () => ++runs, { signal: new AbortController().signal }),
+    ).toBe(1)
+  })
+
   // ctx.tx begins after the phases. A statement on it inside a phase's fn opened it while the
   // phase's own transaction had yet to commit: on SQLite that commit then waited for ctx.tx,
   // which waited for the handler, until the lease ran out; on PostgreSQL the write silently left
