@@ -220,12 +220,17 @@ export class EndpointSet {
     this.#options.onEject(endpoint, durationMs)
   }
 
-  /** Ends every ejection and forgets failure counts (the admin `reset`). */
+  /**
+   * Ends every ejection and forgets failure counts and past ejections (the admin `reset`): an
+   * operator resets once the cause is fixed, so the next ejection lasts `baseEjectionMs`
+   * again rather than n + 1 times it.
+   */
   reset(): void {
     for (const endpoint of this.#all) {
       this.#clearTimer(endpoint)
       endpoint.ejectedUntil = undefined
       endpoint.consecutiveFailures = 0
+      endpoint.ejections = 0
     }
     this.#rebuild()
   }

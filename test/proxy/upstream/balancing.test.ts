@@ -246,6 +246,29 @@ describe('outlier ejection through the service', () => {
   })
 })
 
+describe('reset (the admin API)', () => {
+  it('starts the ejection penalty over: the next ejection lasts baseEjectionMs, not n+1 times it', async () => {
+    // An operator resets a service once its bad host is fixed; the host's past ejections
+    // kept lengthening its next one (n x baseEjectionMs), as if the reset had not happened.
+    const clock = new ManualClock(0)
+    const { set } = endpointSet(
+      2,
+      'round-robin',
+      { consecutiveFailures: 1, baseEjectionMs: 1_000, maxEjectedPercent: 50 },
+      clock,
+    )
+    const bad = set.all[0] as Endpoint
+    set.failure(bad)
+    await clock.advance(1_000)
+    set.failure(bad)
+    expect(bad.state()).toMatchObject({ ejections: 2, ejectedUntil: 3_000 })
+    set.reset()
+    expect(bad.state()).toMatchObject({ ejections: 0, ejectedUntil: undefined })
+    set.failure(bad)
+    expect(bad.state()).toMatchObject({ ejections: 1, ejectedUntil: 2_000 })
+  })
+})
+
 describe('retry budget (property)', () => {
   it('retries never exceed ratio x requests + the per-second floor over the window', async () => {
     const up = await startFaultyUpstream({ fallback: { kind: 'respond', status: 503 } })
