@@ -374,6 +374,31 @@ export function within<T>(
   })
 }
 
+/**
+ * Waits for `work` (opening a publisher's connection) until `signal` aborts, then rejects with
+ * {@link AbortedError}; `work` keeps running, and its connection serves the next publish. The
+ * connect is bounded by `connectTimeoutMs`, but a caller that aborts (a relay shutting down)
+ * must not wait that long, or for ever on a server that accepts and never answers.
+ */
+export function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return work
+  if (signal.aborted) return Promise.reject(new AbortedError(signal.reason))
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(new AbortedError(signal.reason))
+    signal.addEventListener('abort', onAbort, { once: true })
+    work.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort)
+        resolve(value)
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(error)
+      },
+    )
+  })
+}
+
 /** Rejects when `signal` already aborted, before any work starts. */
 export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new AbortedError(signal.reason)

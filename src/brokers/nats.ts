@@ -27,6 +27,7 @@ import {
   safeName,
   subscriptionDispatcher,
   throwIfAborted,
+  untilAborted,
   within,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
@@ -376,7 +377,7 @@ class NatsPublisher implements Publisher {
     // Every message's headers are built (and checked) before the first one is sent, so a
     // message NATS cannot carry refuses the batch with nothing of it delivered.
     const headers = messages.map((message, i) => toNatsHeaders(nats.headers(), message, i))
-    const inbox = await this.#connect()
+    const inbox = await untilAborted(this.#connect(), signal)
     const { nc } = inbox
     const options = this.#options
     let topic: string | undefined
@@ -392,7 +393,7 @@ class NatsPublisher implements Publisher {
           `topic ${JSON.stringify(topic)} is not a NATS subject (dot-separated non-empty tokens without whitespace)`,
         )
       }
-      await this.#ensureStream(nc, streamFor(options, topic))
+      await untilAborted(this.#ensureStream(nc, streamFor(options, topic)), signal)
     }
     // Every message goes out before the first ack is awaited (the driver writes them in one
     // flush): one round trip per batch.

@@ -18,6 +18,7 @@ import {
   resolveCommonOptions,
   subscriptionDispatcher,
   throwIfAborted,
+  untilAborted,
   within,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
@@ -320,7 +321,7 @@ class RabbitPublisher implements Publisher {
     checkOutgoing('rabbitmq', messages, shortStrings)
     if (messages.length === 0) return
     const connection = this.#connect()
-    const open = await connection
+    const open = await untilAborted(connection, signal)
     const { channel, watches } = open
     const watch: ReturnWatch = { ids: new Set(messages.map((m) => m.id)), returned: new Set() }
     watches.add(watch)

@@ -19,6 +19,7 @@ import {
   resolveCommonOptions,
   subscriptionDispatcher,
   throwIfAborted,
+  untilAborted,
   within,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
@@ -317,7 +318,7 @@ class RedisPublisher implements Publisher {
     if (messages.length === 0) return
     const options = this.#options
     const connecting = this.#connect()
-    const client = await connecting
+    const client = await untilAborted(connecting, signal)
     const trim = options.maxLength > 0 ? ['MAXLEN', '~', String(options.maxLength)] : []
     const pipeline = client.pipeline()
     for (const message of messages) {

@@ -405,6 +405,28 @@ describe('rabbitmq specifics', () => {
     }
   }, 120_000)
 
+  it('rejects a publish whose signal aborts while it is still connecting to a server that does not answer, instead of waiting for the connection', async () => {
+    const server = await freezableBroker()
+    try {
+      // Every timeout far away (and on a clock that never moves): only the abort can end it.
+      const broker = createRabbitMqBroker({
+        url: server.url,
+        clock: new ManualClock(1_000),
+        connectTimeoutMs: 600_000,
+        publishTimeoutMs: 600_000,
+      })
+      server.freeze()
+      const abort = new AbortController()
+      const publishing = broker.publisher.publish(makeBatch(unique('abort'), 1, 1), abort.signal)
+      abort.abort(new Error('shutting down'))
+      await expect(publishing).rejects.toMatchObject({ code: 'ABORTED' })
+      server.thaw()
+      await broker.close()
+    } finally {
+      await server.stop()
+    }
+  }, 120_000)
+
   it('refuses a header named __proto__ with BROKER_REJECTED, which the driver would drop on receipt', async () => {
     const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
     closers.push(() => broker.close())
