@@ -31,7 +31,8 @@ export type GaugeOptions = MetricOptions
 /** Options of {@link MetricsRegistry.histogram}. */
 export interface HistogramOptions extends MetricOptions {
   /**
-   * Upper bounds of the buckets, strictly increasing and finite (`+Inf` is always added).
+   * Upper bounds of the buckets, strictly increasing and finite (`+Inf` is always added; it
+   * may also be given, as the last bound only).
    * @default [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
    */
   readonly buckets?: readonly number[]
@@ -396,7 +397,11 @@ class HistogramMetric extends Metric<HistogramState> implements Histogram {
     const buckets = options.buckets ?? defaultBuckets
     if (!Array.isArray(buckets))
       throw new InvalidOptionError('histogram.buckets', 'an array of numbers', buckets)
-    const finite = (buckets as readonly unknown[]).filter((b) => b !== Number.POSITIVE_INFINITY)
+    // A trailing +Inf is the bucket every histogram has; anywhere else the list is not increasing.
+    const finite =
+      buckets.at(-1) === Number.POSITIVE_INFINITY
+        ? (buckets as readonly unknown[]).slice(0, -1)
+        : (buckets as readonly unknown[])
     for (let i = 0; i < finite.length; i++) {
       const b = finite[i]
       const previous = finite[i - 1]

@@ -16,3 +16,19 @@ describe('metrics registry: series identity', () => {
     expect(sampleValue(families, 'hits_total', { a: 'x', b: '\u0000' })).toBe(2)
   })
 })
+
+describe('metrics registry: histogram buckets', () => {
+  it('takes +Inf only as the last bound, as a strictly increasing list has it', () => {
+    const registry = createMetricsRegistry()
+    const h = registry.histogram({ name: 'h1', help: 'h', buckets: [0.1, 1, Infinity] })
+    expect(h.get().buckets.map((b) => b.le)).toEqual([0.1, 1, Infinity])
+    for (const buckets of [
+      [Infinity, 1],
+      [1, Infinity, 2],
+      [1, Infinity, Infinity],
+    ])
+      expect(() => registry.histogram({ name: 'h2', help: 'h', buckets }), String(buckets)).toThrow(
+        /buckets/,
+      )
+  })
+})
