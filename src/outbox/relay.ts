@@ -798,6 +798,8 @@ class OutboxRelay implements Relay {
         }
       } catch (error) {
         if (error instanceof Halt || !this.#active()) return
+        // A round cut short by a failure: what was read ahead of it is read again.
+        this.#dropAhead()
         this.#emit({ type: 'error', phase: phaseOf(error), error: causeOf(error) })
         await this.#pause(this.#backoff.delayMs(dbFailures))
         dbFailures++
@@ -1016,11 +1018,13 @@ class OutboxRelay implements Relay {
     } else if (failure !== undefined) {
       this.#suspects.clear()
     }
+    // Before the charges, which may throw: the round read ahead may hold the next event of an
+    // aggregate whose event here was not confirmed, and the loop would publish it next.
+    if (confirmed.length !== rows.length) this.#dropAhead()
     for (const { row, error } of charged) {
       this.#noteFailure(row.aggregate_id)
       await this.#charge(row, error)
     }
-    if (confirmed.length !== rows.length) this.#dropAhead()
     const progress =
       confirmed.length > 0 || charged.length > 0 || this.#suspects.size > suspectsBefore
     if (!attempted || progress) return undefined
