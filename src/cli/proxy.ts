@@ -315,7 +315,7 @@ async function runPrimary(
   deps: ProxyCommandDeps,
 ): Promise<number> {
   const workers = config.workers
-  const { createClusterBackend } = await import('../proxy/admin/cluster.js')
+  const { createClusterBackend, RestartBackoff } = await import('../proxy/admin/cluster.js')
   const { startAdminServer } = await import('../proxy/admin/server.js')
   const { watchFileContent } = await import('../proxy/upstream/file-watch.js')
   const signals = deps.signals ?? process
@@ -334,6 +334,7 @@ async function runPrimary(
     metrics,
   })
   backend.expect(workers)
+  const restartDelay = new RestartBackoff()
   let stopping = false
   let admin: AdminServer | undefined
   let watcher: { close(): void } | undefined
@@ -353,7 +354,7 @@ async function runPrimary(
       worker.id,
       new Promise<void>((resolvePromise) => {
         worker.once('exit', (code, signal) => {
-          backend.detach(worker)
+          const cameUp = backend.detach(worker)
           exited.delete(worker.id)
           resolvePromise()
           if (stopping) return
@@ -368,15 +369,18 @@ async function runPrimary(
             return
           }
           restarts.inc()
+          // A short pause, longer for each worker in a row that died while starting, so a
+          // cause that lasts (a store down) does not have a process forked twice a second.
+          const delayMs = restartDelay.next(cameUp)
           log.error('worker exited unexpectedly; starting a new one', {
             workerPid: worker.process.pid,
             code,
             signal,
+            restartInMs: delayMs,
           })
-          // A short pause so a worker that dies at start does not spin the CPU.
           setTimeout(() => {
             if (!stopping) fork()
-          }, 500).unref()
+          }, delayMs).unref()
         })
       }),
     )

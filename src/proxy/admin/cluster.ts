@@ -288,6 +288,8 @@ interface WorkerEntry {
   ready: boolean
   /** The generation of the config it runs, as far as the primary knows. */
   generation: number
+  /** Whether it ever came up (see RestartBackoff). */
+  cameUp: boolean
   /**
    * Sent SIGTERM (being replaced, or drained while not up): a second one would force its stop
    * and cut the requests it is draining.
@@ -301,8 +303,8 @@ interface WorkerEntry {
 export interface ClusterBackend extends AdminBackend {
   /** Starts talking to a (new or restarted) worker; replays switches and isolations. */
   attach(worker: Worker): void
-  /** Forgets a worker that exited. */
-  detach(worker: Worker): void
+  /** Forgets a worker that exited; true when it had come up (reported ready) before. */
+  detach(worker: Worker): boolean
   /** Workers that reported ready. */
   readyWorkers(): number
   /** Whether the expected number of workers have all reported ready once (see expect). */
@@ -457,6 +459,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     // Exited meanwhile: its replacement is welcomed instead.
     if (workers.get(worker.id) !== entry) return
     entry.ready = true
+    entry.cameUp = true
     if ([...workers.values()].filter((w) => w.ready).length >= expected) startedAll = true
     for (const [route, targets] of overrides)
       void ask(worker, { op: 'switchRoute', route, targets }).catch(() => {})
@@ -637,6 +640,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         worker,
         ready: false,
         generation: 0,
+        cameUp: false,
         terminated: false,
         listenersDown: [],
       })
@@ -697,7 +701,9 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       })
     },
     detach(worker) {
+      const cameUp = workers.get(worker.id)?.cameUp ?? false
       workers.delete(worker.id)
+      return cameUp
     },
     readyWorkers: () => [...workers.values()].filter((w) => w.ready).length,
     hasStartedAll: () => startedAll,
@@ -721,6 +727,56 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     },
   }
   return backend
+}
+
+/** Options of {@link RestartBackoff}. */
+export interface RestartBackoffOptions {
+  /**
+   * Delay before replacing a worker that crashed after it came up, and the first of a series
+   * of workers that exit while starting (ms).
+   * @default 500
+   */
+  readonly firstDelayMs?: number
+  /**
+   * The longest delay, reached by doubling (ms).
+   * @default 30000
+   */
+  readonly maxDelayMs?: number
+}
+
+/**
+ * How long the primary waits before replacing a worker that exited. A worker that crashed
+ * while serving is replaced after `firstDelayMs`. One that exits before it came up would
+ * likely fail the same way again (its store down, a file gone), so the delay doubles for each
+ * such worker in a row, up to `maxDelayMs`, instead of forking a whole Node process every
+ * `firstDelayMs` for as long as the cause lasts; it starts over once a worker came up.
+ */
+export class RestartBackoff {
+  readonly #firstDelayMs: number
+  readonly #maxDelayMs: number
+  #failures = 0
+
+  /** Throws InvalidOptionError (code `INVALID_OPTION`) for a bad delay. */
+  constructor(options: RestartBackoffOptions = {}) {
+    this.#firstDelayMs = checkInteger('firstDelayMs', options.firstDelayMs ?? 500, 1, 600_000)
+    this.#maxDelayMs = checkInteger(
+      'maxDelayMs',
+      options.maxDelayMs ?? Math.max(30_000, this.#firstDelayMs),
+      this.#firstDelayMs,
+      3_600_000,
+    )
+  }
+
+  /** The delay before replacing a worker that exited; `cameUp`: it had reported ready. */
+  next(cameUp: boolean): number {
+    if (cameUp) {
+      this.#failures = 0
+      return this.#firstDelayMs
+    }
+    const delay = Math.min(this.#firstDelayMs * 2 ** Math.min(this.#failures, 30), this.#maxDelayMs)
+    this.#failures++
+    return delay
+  }
 }
 
 /**
