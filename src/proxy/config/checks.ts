@@ -94,6 +94,12 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
         'exactly one of env or file (the key is never written inline)',
         'both or neither',
       )
+    if (typeof apiKey?.header === 'string' && setByProxy(apiKey.header, doc.deadlineHeader))
+      add(
+        [...base, 'auth', 'apiKey', 'header'],
+        'a header the proxy does not set itself (not Host, Content-Length, Expect, X-Request-Id, Idempotency-Key, the deadline header or a hop-by-hop header such as Connection)',
+        apiKey.header,
+      )
   }
 
   const listeners = list(doc.listeners)
@@ -317,6 +323,27 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
   if (typeof store === 'string' && !/^(memory$|sqlite:|postgres(ql)?:\/\/)/.test(store))
     add(['idempotency', 'url'], '"memory", "sqlite:<path>" or "postgres://..."', store)
   return problems
+}
+
+/**
+ * Whether the proxy sets or frames `name` on an upstream request itself, so that an API key
+ * sent under it would clash: a second Host or X-Request-Id, a Content-Length or Connection the
+ * pool refuses or drops, the deadline or Idempotency-Key replaced by the secret. Each broke
+ * every request of the service while the file was accepted.
+ */
+function setByProxy(name: string, deadlineHeader: unknown): boolean {
+  const lower = name.toLowerCase()
+  const deadline =
+    typeof deadlineHeader === 'string' ? deadlineHeader.toLowerCase() : DEADLINE_HEADER
+  return (
+    HOP_BY_HOP_HEADERS.has(lower) ||
+    lower === 'host' ||
+    lower === 'content-length' ||
+    lower === 'expect' ||
+    lower === 'x-request-id' ||
+    lower === 'idempotency-key' ||
+    lower === deadline
+  )
 }
 
 function isPathPrefixOf(prefix: string, path: string): boolean {

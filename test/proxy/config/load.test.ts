@@ -410,6 +410,34 @@ idempotency: { url: "mysql://root:${secret}@db/x" }
     expect(syntax).not.toContain(secret)
   })
 
+  it('refuses an apiKey header the proxy sets or frames itself (Host, Content-Length, hop-by-hop, request id, deadline)', () => {
+    // Accepted, each broke every request of the service: a second Host, a Content-Length or
+    // Connection the pool refuses or drops, the request id or deadline header overwritten.
+    for (const header of [
+      'host',
+      'Content-Length',
+      'transfer-encoding',
+      'connection',
+      'x-request-id',
+      'x-deadline',
+      'idempotency-key',
+      'expect',
+    ]) {
+      const message = problemsOf(
+        `deadlineHeader: x-deadline\nservices: { app: { endpoints: [http://127.0.0.1:3000], auth: { apiKey: { header: ${header}, env: KEY } } } }\nlisteners: [{ name: out, role: ambassador, port: 15001 }]\n`,
+      )
+      expect(message).toContain(
+        'services.app.auth.apiKey.header: expected a header the proxy does not set itself',
+      )
+    }
+    expect(() =>
+      parseProxyConfig(
+        'services: { app: { endpoints: [http://127.0.0.1:3000], auth: { apiKey: { header: x-api-key, env: KEY } } } }\nlisteners: [{ name: out, role: ambassador, port: 15001 }]\n',
+        'ok.yaml',
+      ),
+    ).not.toThrow()
+  })
+
   it('treats an empty document as missing services and listeners', () => {
     const message = problemsOf('')
     expect(message).toContain('services: expected mapping of service name to service, got nothing')
