@@ -355,8 +355,12 @@ function resolveStore(value: unknown): IdempotencyStore {
  * pair is stored as U+FFFD and PostgreSQL refuses NUL, so the request's own retry would be
  * answered 422, or the claim would fail after the key was parsed. It is a programming error of
  * the server, not the client's: the adapters answer it 500 and pass the error to `onError`.
+ *
+ * @internal Also used by the adapters for what their own `scope` option returned: there,
+ * undefined is refused too rather than read as "no scope given" (which would fall back to the
+ * core's scope, where requests without a credential share `anonymous`).
  */
-function computedString(option: 'scope' | 'fingerprint', value: unknown): string {
+export function computedString(option: 'scope' | 'fingerprint', value: unknown): string {
   if (
     typeof value === 'string' &&
     (value !== '' || option === 'fingerprint') &&

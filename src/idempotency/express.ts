@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
-import type { Idempotency } from './core.js'
+import { computedString, type Idempotency } from './core.js'
 import { canonicalBodyBytes } from './fingerprint.js'
 import {
   BodyTooLargeError,
@@ -107,7 +107,7 @@ export function expressIdempotency(
         req,
         req.originalUrl ?? req.url ?? '/',
         canonicalBodyBytes(req.body),
-        scope === undefined ? undefined : await scope(req),
+        scope === undefined ? undefined : computedString('scope', await scope(req)),
         signal,
       ),
     )

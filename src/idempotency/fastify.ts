@@ -2,7 +2,7 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
-import type { Idempotency, IdempotentExecution } from './core.js'
+import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
 import { canonicalBodyBytes } from './fingerprint.js'
 import { disconnectSignal } from './node-response.js'
 import type { IdempotencyResponse } from './types.js'
@@ -129,7 +129,8 @@ export function fastifyIdempotency(
   const preHandler: Hook = async (request, reply) => {
     if (!idempotency.appliesTo(request.method)) return
     const signal = disconnectSignal(reply.raw)
-    const scopeValue = scope === undefined ? undefined : await scope(request)
+    const scopeValue =
+      scope === undefined ? undefined : computedString('scope', await scope(request))
     const begun = await idempotency.begin({
       method: request.method,
       route: request.url,

@@ -1,7 +1,7 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
-import type { Idempotency } from './core.js'
+import { computedString, type Idempotency } from './core.js'
 import { genericProblem } from './problem.js'
 import type { IdempotencyResponse } from './types.js'
 
@@ -139,7 +139,7 @@ export function honoIdempotency(
       return toFetchResponse({ ...tooLarge, headers: { ...tooLarge.headers, connection: 'close' } })
     }
     const url = new URL(c.req.url)
-    const scopeValue = scope === undefined ? undefined : await scope(c)
+    const scopeValue = scope === undefined ? undefined : computedString('scope', await scope(c))
     const begun = await idempotency.begin({
       method: c.req.method,
       route: `${url.pathname}${url.search}`,

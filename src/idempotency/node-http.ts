@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
-import type { Idempotency, IdempotentExecution } from './core.js'
+import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
 import {
   BodyTooLargeError,
   captureNodeResponse,
@@ -207,7 +207,7 @@ export function idempotentHandler(
         req,
         route(req),
         body,
-        scope === undefined ? undefined : await scope(req),
+        scope === undefined ? undefined : computedString('scope', await scope(req)),
         signal,
       ),
     )
