@@ -88,7 +88,8 @@ const authHeaders =
 // message): a string or number value of a secret-named member is masked, the name judged by
 // isSecretKey as a field name is.
 const jsonMembers = /"((?:[^"\\]|\\.){1,200})"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*)/g
-const mayHoldSecret = /bearer|basic|authorization|"\s*:/i
+// An ellipsis may end a URL cut short inside its password (see maskUrlCredentials).
+const mayHoldSecret = /bearer|basic|authorization|"\s*:|…/i
 
 /**
  * Masks secrets embedded in text: URL credentials (`postgres://app:secret@db` becomes
@@ -102,7 +103,8 @@ const mayHoldSecret = /bearer|basic|authorization|"\s*:/i
  * value runs to the next `name=` pair, a `&`, `#`, `;` or `,`, or the end of the line
  * (`password=my secret pass dbname=app` keeps only `dbname=app`); Authorization credentials run
  * to the closing quote of a quoted value, else to the next `name: ` header or the end of the
- * line; a URL password runs to the first `@` on its line (`postgres://app:my pass@db`). Text
+ * line; a URL password runs to the first `@` on its line (`postgres://app:my pass@db`), or
+ * to the ellipsis of a URL cut short before its `@` (`redis://app:p4ss…`). Text
  * that follows a secret on its line may therefore be masked with it: hiding too much is the
  * safe side.
  *
@@ -167,10 +169,18 @@ export function maskUrlCredentials(text: string, onScan?: (chars: number) => voi
         urlRuns.lastIndex = start + run.length
       }
     }
-    out += text.slice(copied, start) + maskUserinfo(run)
+    out += text.slice(copied, start) + (cutInPassword(run) ?? maskUserinfo(run))
     copied = start + run.length
   }
   return copied === 0 ? text : out + text.slice(copied)
+}
+
+// A URL cut short before its `@` (describeValue cuts a string at 60 characters, and marks
+// the cut with an ellipsis) still shows the start of its password: what follows `user:` is
+// masked when the run ends in the ellipsis and that is not a port. Undefined otherwise.
+function cutInPassword(run: string): string | undefined {
+  if (!run.endsWith('…') || run.includes('@') || !openPassword.test(run)) return undefined
+  return `${run.slice(0, run.indexOf(':', run.indexOf('//') + 2) + 1)}***…`
 }
 
 // user:password@ keeps the user; a user name alone (a NATS or Redis token) is masked whole,

@@ -2,6 +2,7 @@
 // reaches a log or an error message; none of the secret's words may survive.
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
 import { maskUrlCredentials, redactSecrets } from '../../src/observability/redact.js'
 
 describe('redactSecrets on secrets that hold a space', () => {
@@ -90,5 +91,20 @@ describe('redaction work', () => {
         expect(scanned(text)).toBeLessThanOrEqual(text.length)
       }),
     )
+  })
+})
+
+describe('redactSecrets on a URL cut short before its @', () => {
+  it('masks what follows user: when the run ends in an ellipsis', () => {
+    // describeValue (every InvalidOptionError message) cuts a string at 60 characters: a long
+    // password loses its @, and with it what marks it as one.
+    const url = `redis://default:${'p4ss'.repeat(20)}@cache:6379`
+    const message = new InvalidOptionError('url', 'exactly one of url and client', url).message
+    expect(redactSecrets(message)).not.toContain('p4ss')
+    expect(redactSecrets(message)).toContain('redis://default:***…')
+    expect(redactSecrets('nats://app:s3cr3t-that-goes-on…')).toBe('nats://app:***…')
+    // Hosts with a port, and paths, are not passwords.
+    for (const text of ['http://host:8080/a/long/path…', 'http://host/a:b…', 'see http://host…'])
+      expect(redactSecrets(text), text).toBe(text)
   })
 })
