@@ -68,7 +68,8 @@ export interface NatsBrokerOptions extends BrokerCommonOptions {
   readonly stream?: NatsStreamSpec
   /**
    * Create a missing stream (file storage, one replica, limits retention). When false, streams
-   * must exist already (managed elsewhere). A stream that cannot be created because another
+   * must exist already (managed elsewhere): `publish()` and `subscribe()` on a topic without
+   * one fail with `BROKER_UNROUTABLE` (retryable). A stream that cannot be created because another
    * stream already stores its subjects fails `publish()` and `subscribe()` with
    * `BROKER_REJECTED` (not retryable): name that stream in `stream` instead.
    * @default true
@@ -778,6 +779,16 @@ class NatsSubscriber implements Subscriber {
       state.current = nc
     } catch (error) {
       await nc.close().catch(() => {})
+      // A missing stream (createStreams off) is the broker up with nothing storing the topic
+      // yet: the same BROKER_UNROUTABLE a publish to it gets, not an outage.
+      if (isNotFound(error, STREAM_NOT_FOUND)) {
+        throw new BrokerError(
+          'BROKER_UNROUTABLE',
+          'nats',
+          `cannot subscribe ${durable} to ${topic}: stream ${spec.name} does not exist (createStreams is off)`,
+          { cause: error },
+        )
+      }
       throw natsError(error, `cannot subscribe ${durable} to ${topic}`)
     }
 

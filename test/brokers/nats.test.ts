@@ -82,6 +82,33 @@ describe('nats specifics', () => {
     }
   })
 
+  it('with createStreams off, fails publish and subscribe on a topic without a stream alike, with a retryable BROKER_UNROUTABLE', async () => {
+    const broker = createNatsBroker({
+      url: await brokerUrl('nats'),
+      createStreams: false,
+      retryDelayMs: 50,
+    })
+    closers.push(() => broker.close())
+    const topic = unique('nostream')
+    const failures = [
+      await broker.publisher.publish(makeBatch(topic, 1, 1)).then(
+        () => undefined,
+        (e: unknown) => e,
+      ),
+      await broker.subscriber
+        .subscribe(topic, unique('g'), async () => {})
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        ),
+    ]
+    for (const error of failures) {
+      expect(BreakwaterError.is(error), String(error)).toBe(true)
+      expect((error as BreakwaterError).code).toBe('BROKER_UNROUTABLE')
+      expect((error as BreakwaterError).retryable).toBe(true)
+    }
+  })
+
   it('refuses a key, id or header value with leading or trailing whitespace (BROKER_REJECTED) instead of delivering it trimmed', async () => {
     const broker = testBroker('nats', await brokerUrl('nats'))
     closers.push(() => broker.close())
