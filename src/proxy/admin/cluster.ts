@@ -329,7 +329,14 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   const workers = new Map<number, WorkerEntry>()
   const pending = new Map<
     number,
-    { resolve: (value: unknown) => void; reject: (error: Error) => void; timer: TimerHandle }
+    {
+      resolve: (value: unknown) => void
+      reject: (error: Error) => void
+      timer: TimerHandle
+      /** The worker asked, and what: failed at once when it exits (see detach). */
+      worker: Worker
+      op: WorkerCommand['op']
+    }
   >()
   const overrides = new Map<string, RouteTargetConfig[]>()
   const isolated = new Set<string>()
@@ -374,7 +381,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
           new Error(`worker ${worker.process.pid} did not answer ${command.op} in ${timeoutMs} ms`),
         )
       }, timeoutMs)
-      pending.set(id, { resolve, reject, timer })
+      pending.set(id, { resolve, reject, timer, worker, op: command.op })
       const failed = (error: Error): void => {
         if (!pending.delete(id)) return
         clock.clearTimeout(timer)
@@ -399,6 +406,8 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     // Out of commands and readiness from now on: it is going away.
     entry.ready = false
     const { worker } = entry
+    // Exited already (it failed the command by exiting): the CLI replaces it anyway.
+    if (workers.get(worker.id) !== entry) return
     const killer = clock.setTimeout(() => {
       if (!worker.isDead()) worker.process.kill('SIGKILL')
     }, config.drainTimeoutMs + replaceGraceMs)
@@ -703,6 +712,15 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     detach(worker) {
       const cameUp = workers.get(worker.id)?.cameUp ?? false
       workers.delete(worker.id)
+      // Its answers will never come: the commands waiting for them fail now, not at the timeout.
+      for (const [id, waiting] of pending)
+        if (waiting.worker === worker) {
+          pending.delete(id)
+          clock.clearTimeout(waiting.timer)
+          waiting.reject(
+            new Error(`worker ${worker.process.pid} exited before it answered ${waiting.op}`),
+          )
+        }
       return cameUp
     },
     readyWorkers: () => [...workers.values()].filter((w) => w.ready).length,
