@@ -81,8 +81,10 @@ export interface IdempotencyContext {
    * write's error (the response the handler produced is not sent, and the key is released as
    * for any other error), and `idempotent()` rejects with it. On PostgreSQL a failed statement
    * also aborts the transaction, so statements sent after it fail with "current transaction is
-   * aborted". Throws at once, sending nothing, once `tx` refuses statements (the result was
-   * recorded, or the lease was lost).
+   * aborted". A write deferred inside a savepoint (`tx.transaction(fn)`) that fails fails the
+   * request too, even when the savepoint rolled back and the handler caught that. Throws at
+   * once, sending nothing, once `tx` refuses statements (the result was recorded, the lease was
+   * lost, or an atomic phase is running).
    *
    * @example
    * ```ts
@@ -106,7 +108,8 @@ export interface IdempotencyContext {
    * a retry resumes after the last committed phase.
    *
    * Phases must run before the first statement on `tx` (a SQLite connection holds one
-   * transaction at a time). A phase that calls another system should pass it a key derived
+   * transaction at a time), and `fn` writes through the transaction it is given: `tx` and
+   * `deferWrite` are refused (`TRANSACTION_MISUSE`) while a phase runs. A phase that calls another system should pass it a key derived
    * from this one (`${ctx.key}:${name}`) so that a re-run of the phase is idempotent there too.
    * `name` is a non-empty string without NUL characters or lone surrogates (it is stored as
    * text), else `INVALID_OPTION` before `fn` runs.
