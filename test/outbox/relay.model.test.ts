@@ -5,9 +5,10 @@
 // stopped gracefully, and crashed at a fault point (a throwing fault hook halts the relay as a
 // dead process would: no mark, no lease release); a relay's database connection stalled and
 // resumed (its renewals wait, so its lease runs out while it lives); clock jumps below and past
-// the lease; and a scripted broker that fails the next calls (refused; unreachable; unreachable
-// after storing some or all of the messages, as when a confirm is lost) or hangs the next call
-// until a release stores or drops it.
+// the lease; a relay's next database statements failing (before they run, or after they ran
+// with the reply lost, as when a connection drops); and a scripted broker that fails the next
+// calls (refused; unreachable; unreachable after storing some or all of the messages, as when a
+// confirm is lost) or hangs the next call until a release stores or drops it.
 //
 // The broker is an in-memory recording publisher (a stand-in for a broker at unit level, not a
 // broker integration test): it logs every message it stores, in order. After every command,
@@ -96,6 +97,34 @@ const coverage = {
   publications: 0,
 }
 
+/**
+ * A relay's connection: the real driver, stallable, whose next statements can be made to fail,
+ * before they run or after they ran (the reply lost).
+ */
+class FaultyDriver extends StallableDriver {
+  /** How the next statements fail, in order. */
+  readonly failures: Array<'before' | 'lost-reply'> = []
+
+  override async query<R = Record<string, unknown>>(
+    sql: string,
+    params?: readonly unknown[],
+  ): Promise<R[]> {
+    return this.#run(() => super.query<R>(sql, params))
+  }
+
+  override async execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
+    return this.#run(() => super.execute(sql, params))
+  }
+
+  async #run<T>(run: () => Promise<T>): Promise<T> {
+    const failure = this.failures.shift()
+    if (failure === 'before') throw new Error('connection terminated unexpectedly')
+    const result = await run()
+    if (failure === 'lost-reply') throw new Error('connection terminated after the statement ran')
+    return result
+  }
+}
+
 /** One relay process: a relay, its crash plan, and its stop in progress. */
 class RelayProcess {
   readonly relay: Relay
@@ -107,7 +136,7 @@ class RelayProcess {
   constructor(
     readonly name: string,
     world: World,
-    db: StallableDriver,
+    db: FaultyDriver,
   ) {
     this.relay = createRelay({
       db,
@@ -179,7 +208,7 @@ class World {
     /** Reads only: the observer's view of the database. */
     readonly db: SqlDriver,
     readonly writer: SqlDriver,
-    readonly relayDbs: Record<SlotName, StallableDriver>,
+    readonly relayDbs: Record<SlotName, FaultyDriver>,
   ) {}
 
   /** A publisher for the relay `by`: every call goes through the scripted broker. */
@@ -357,7 +386,10 @@ class World {
     const process = new RelayProcess(`${slot}${++this.#incarnations}`, this, this.relayDbs[slot])
     this.slots[slot] = process
     this.trace.push(`  ${process.name}: starts`)
-    await process.relay.start()
+    // Its first lease round may meet a failing statement: then it does not start.
+    await process.relay.start().catch((error: unknown) => {
+      this.trace.push(`  ${process.name}: could not start (${String(error)})`)
+    })
   }
 
   /** Ends the hung call (or disarms the hang not yet taken). */
@@ -576,6 +608,24 @@ class Resume implements Command {
   toString = () => `resume relay ${this.slot}'s database connection`
 }
 
+class FailDb implements Command {
+  constructor(
+    readonly slot: SlotName,
+    readonly how: 'before' | 'lost-reply',
+    readonly times: number,
+  ) {}
+  check = (_m: Model) => true
+  async run(_m: Model, w: World): Promise<void> {
+    w.trace.push(this.toString())
+    // A mark that failed (or whose reply was lost) leaves its events to be published again.
+    w.repeatExcuses.push(`${this.slot}: database statements failed`)
+    for (let i = 0; i < this.times; i++) w.relayDbs[this.slot].failures.push(this.how)
+    await flushJobs()
+    await checkInvariants(w)
+  }
+  toString = () => `relay ${this.slot}'s next ${this.times} statements fail (${this.how})`
+}
+
 const slotArb = fc.constantFrom<SlotName>('A', 'B')
 const keysArb = fc.array(fc.constantFrom(...aggregates), { minLength: 1, maxLength: 4 })
 /** One write in four rolls back. */
@@ -609,6 +659,13 @@ const commands = [
   fc.constantFrom<ReleaseOutcome>('stored', 'dropped').map((outcome) => new Release(outcome)),
   slotArb.map((slot) => new Stall(slot)),
   slotArb.map((slot) => new Resume(slot)),
+  fc
+    .tuple(
+      slotArb,
+      fc.constantFrom<'before' | 'lost-reply'>('before', 'lost-reply'),
+      fc.integer({ min: 1, max: 3 }),
+    )
+    .map(([slot, how, times]) => new FailDb(slot, how, times)),
 ]
 
 /**
@@ -618,6 +675,8 @@ const commands = [
 async function drain(w: World): Promise<void> {
   w.trace.push('drain')
   w.failures.length = 0
+  w.relayDbs.A.failures.length = 0
+  w.relayDbs.B.failures.length = 0
   w.release('stored')
   w.relayDbs.A.resume()
   w.relayDbs.B.resume()
@@ -645,6 +704,8 @@ async function drain(w: World): Promise<void> {
 /** Stops whatever still runs, so that nothing of this sequence outlives it. */
 async function shutDown(w: World): Promise<void> {
   w.failures.length = 0
+  w.relayDbs.A.failures.length = 0
+  w.relayDbs.B.failures.length = 0
   w.release('dropped')
   w.relayDbs.A.resume()
   w.relayDbs.B.resume()
@@ -672,15 +733,15 @@ function tally(w: World): void {
 describe('outbox relay interleavings on sqlite', () => {
   let t: OutboxDb
   let writer: SqlDriver
-  let relayDbs: Record<SlotName, StallableDriver>
+  let relayDbs: Record<SlotName, FaultyDriver>
   let run = 0
 
   beforeAll(async () => {
     t = await sqliteTarget.open('relay_model')
     writer = await t.another()
     relayDbs = {
-      A: new StallableDriver(await t.another()),
-      B: new StallableDriver(await t.another()),
+      A: new FaultyDriver(await t.another()),
+      B: new FaultyDriver(await t.another()),
     }
   })
   afterAll(async () => {
