@@ -73,9 +73,12 @@ const afterAt = /[^\s"'<>`]*/y
 // starts at the secret name (what comes before it in the key is kept as it is anyway), which
 // keeps it linear.
 // Blanks and the word after them continue a value, unless the word starts the next pair
-// (`name=`). Each blank run is tried once, so this stays linear.
+// (`name=`). Each blank run is tried once, so this stays linear. A query parameter (its key
+// follows `?` or `&`) ends at a blank: a URL holds none unencoded, so what follows is the rest
+// of the line (an access line's status and duration). The look back covers the key alone, and
+// runs only where a secret name and `=` matched.
 const secretPairs =
-  /(password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id)=(?:"[^"]*"|'[^']*'|[^\s&#;,]*(?:[^\S\n]+(?![\w.-]+=)[^\s&#;,]+)*)/gi
+  /(password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id)=(?:"[^"]*"|'[^']*'|(?<=[?&][\w.-]*=)[^\s&#]*|[^\s&#;,]*(?:[^\S\n]+(?![\w.-]+=)[^\s&#;,]+)*)/gi
 const authSchemes = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/g
 // After an Authorization header name, any scheme in any case (schemes are case-insensitive,
 // RFC 9110 §11.1: `authorization: bearer ...`, `Token ...`); elsewhere only `Bearer`/`Basic`,

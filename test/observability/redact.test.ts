@@ -12,7 +12,13 @@ describe('redactSecrets on secrets that hold a space', () => {
       ['DB_PASSWORD=my secret pass\nDB_HOST=db', 'DB_PASSWORD=***\nDB_HOST=db'],
       ['host=db password=my secret pass dbname=app', 'host=db password=*** dbname=app'],
       ['Server=db;Pwd=my secret pass;Database=app', 'Server=db;Pwd=***;Database=app'],
-      ['?token=abc def&page=2', '?token=***&page=2'],
+      // In a query string a blank ends the URL (a value holds none unencoded): what follows
+      // the URL on the line is kept.
+      ['GET /orders?token=abc 200 12ms', 'GET /orders?token=*** 200 12ms'],
+      [
+        'GET https://h/x?a=1&api_key=k3y&b=2 took 5ms',
+        'GET https://h/x?a=1&api_key=***&b=2 took 5ms',
+      ],
       ['{password=my secret pass, user=ann}', '{password=***, user=ann}'],
       // Two secret pairs in a row are both masked; spaces before the next pair are kept.
       ['password=a b  token=c d', 'password=***  token=***'],
@@ -81,6 +87,16 @@ describe('redaction work', () => {
       expect(scanned(text), `${n} runs`).toBeLessThanOrEqual(text.length)
       expect(redactSecrets(text)).toBe(text)
     }
+  })
+
+  it('masks after long keys and long blank runs (each is read a bounded number of times)', () => {
+    // A look back over the key, or a retry at every blank, would make these take minutes.
+    const key = 'a.'.repeat(200_000)
+    expect(redactSecrets(`?${key}token=x y`)).toBe(`?${key}token=*** y`)
+    expect(redactSecrets(`${key}token=x y`)).toBe(`${key}token=***`)
+    const blanks = ' '.repeat(200_000)
+    expect(redactSecrets(`password=a${blanks}b=1`)).toBe(`password=***${blanks}b=1`)
+    expect(redactSecrets(`authorization: Bearer a${blanks}b`)).toBe('authorization: Bearer ***')
   })
 
   it('scans at most the text, whatever the mix of URLs, blanks, @ and stops', () => {
