@@ -45,6 +45,13 @@ export interface ExpressIdempotencyOptions {
    * @default 1048576 (1 MiB)
    */
   readonly maxBodyBytes?: number
+  /**
+   * Called with an error of the store that kept the handler's response from being recorded
+   * (the client got a 500, the key was released). Express cannot render it: the handler's
+   * response already went through `res.end`. Other errors go to Express's error handling.
+   * @default console.error
+   */
+  readonly onError?: (error: unknown) => void
 }
 
 /**
@@ -78,6 +85,10 @@ export function expressIdempotency(
       ? undefined
       : checkFunction<(req: ExpressLikeRequest) => string | Promise<string>>('scope', options.scope)
   const maxBodyBytes = checkInteger('maxBodyBytes', options.maxBodyBytes ?? 1_048_576, 0)
+  const onError =
+    options.onError === undefined
+      ? (error: unknown) => console.error(error)
+      : checkFunction<(error: unknown) => void>('onError', options.onError)
 
   return async (req, res, next) => {
     if (!idempotency.appliesTo(req.method ?? 'GET')) {
@@ -127,13 +138,14 @@ export function expressIdempotency(
     captureNodeResponse(res, (response) => {
       execution.complete(response).then(
         (final) => writeNodeResponse(res, final),
-        () => {
+        (error: unknown) => {
           // The store failed (the key was released). Express cannot render this error any
           // more: the handler's response already went through res.end.
           writeNodeResponse(
             res,
             genericProblem(500, 'Internal Server Error', 'The result could not be recorded'),
           )
+          onError(error)
         },
       )
     })
