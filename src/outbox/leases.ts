@@ -95,11 +95,14 @@ export class PartitionLeases {
       let released: number[] = []
       if (this.#owned.size > share) {
         released = this.partitions.slice(share)
+        // Forgotten before the statement: if its reply is lost after it ran, the partitions are
+        // free in the database and another relay may claim them at once. If it did not run,
+        // they are still ours there and the next renewal takes them back.
+        this.forget(released)
         await this.#db.execute(this.#sql.release, [
           this.#relayId,
           listParam(this.#db.dialect, released),
         ])
-        this.forget(released)
       } else if (this.#owned.size < share) {
         const start = this.#clock.now()
         const rows = await this.#db.query<{ partition_no: number; token: number }>(
