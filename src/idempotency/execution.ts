@@ -108,8 +108,8 @@ export class Execution {
   #expired = false
   #leaseLostPublished = false
   #settled = false
-  // Phases running now: ctx.tx is held (refused) while there is one, see #phase.
-  #phasesRunning = 0
+  // Whether a phase runs now: ctx.tx is held (refused) meanwhile, and so is another phase.
+  #phaseRunning = false
 
   constructor(settings: ExecutionSettings, start: ExecutionStart) {
     this.#settings = settings
@@ -198,6 +198,14 @@ export class Execution {
         'ctx.phase() must run before the first statement on ctx.tx (phases commit on their own)',
       )
     }
+    if (this.#phaseRunning) {
+      // Each phase saves every phase committed before it: two saved at once would each drop
+      // the other's, and a takeover would run the dropped phase (its call to another system)
+      // again.
+      throw new TransactionMisuseError(
+        'ctx.phase() was called while another phase ran: phases run one at a time (await each before the next)',
+      )
+    }
     const { store, clock, leaseMs } = this.#settings
     // Like ctx.tx, the phase's transaction begins with its first statement: a call to another
     // system made before it holds no transaction (on SQLite, no lock on the whole database).
@@ -205,7 +213,8 @@ export class Execution {
     // ctx.tx must not begin while a phase runs: its writes would not be the phase's, and on
     // SQLite the phase's commit would wait for ctx.tx, which waits for the handler, which waits
     // for the phase, until the lease runs out.
-    if (this.#phasesRunning++ === 0) this.#tx.hold(phaseMisuse())
+    this.#phaseRunning = true
+    this.#tx.hold(phaseMisuse())
     let result: T
     let leaseExpiresAtMs = 0
     let phases: Record<string, JsonValue>
@@ -225,7 +234,8 @@ export class Execution {
         if (!held || this.#expired) throw this.#leaseLost()
       })
     } finally {
-      if (--this.#phasesRunning === 0) this.#tx.hold(undefined)
+      this.#phaseRunning = false
+      this.#tx.hold(undefined)
     }
     this.#phases = phases
     this.#recoveryPoint = name

@@ -109,7 +109,8 @@ export interface IdempotencyContext {
    *
    * Phases must run before the first statement on `tx` (a SQLite connection holds one
    * transaction at a time), and `fn` writes through the transaction it is given: `tx` and
-   * `deferWrite` are refused (`TRANSACTION_MISUSE`) while a phase runs. A phase that calls another system should pass it a key derived
+   * `deferWrite` are refused (`TRANSACTION_MISUSE`) while a phase runs, as is another phase
+   * (phases run one at a time: await each). A phase that calls another system should pass it a key derived
    * from this one (`${ctx.key}:${name}`) so that a re-run of the phase is idempotent there too.
    * `name` is a non-empty string without NUL characters or lone surrogates (it is stored as
    * text), else `INVALID_OPTION` before `fn` runs.

@@ -380,6 +380,32 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     }
   })
 
+  // Two phases run at once (two calls to other systems, Promise.all): each saved the phases it
+  // knew of when its fn ended, so the one saved last dropped the other, and a takeover after a
+  // crash ran that phase (its call to another system) again. Phases run one at a time: a phase
+  // started while another runs is refused before its fn runs.
+  it('refuses a phase started while another runs, and keeps every phase run one after another', async () => {
+    const idempotency = createIdempotency({ store: testDb.db })
+    const calls: string[] = []
+    await expect(
+      idempotency.run(randomUUID(), async (ctx) => {
+        await Promise.all([
+          ctx.phase('charge', () => calls.push('charge')),
+          ctx.phase('reserve', () => calls.push('reserve')),
+        ])
+      }),
+    ).rejects.toBeInstanceOf(TransactionMisuseError)
+    expect(calls).toEqual(['charge'])
+    const key = randomUUID()
+    let seen: Record<string, unknown> | undefined
+    await idempotency.run(key, async (ctx) => {
+      await ctx.phase('charge', () => 'charged')
+      await ctx.phase('reserve', () => 'reserved')
+      seen = (await idempotency.store.get('default', key))?.phases
+    })
+    expect(seen).toEqual({ charge: { v: 'charged' }, reserve: { v: 'reserved' } })
+  })
+
   it('persists atomic phases: after a crash, a takeover resumes after the last committed phase', async () => {
     const clock = new ManualClock(Date.now())
     const idempotency = createIdempotency({ store: testDb.db, clock, leaseMs: 30_000 })
