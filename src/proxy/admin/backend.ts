@@ -2,6 +2,7 @@
 // multi-process mode it is the primary, which forwards each command to every worker over IPC
 // and gathers their answers. The shapes are plain JSON so both fit.
 
+import { BreakwaterError } from '../../core/errors.js'
 import { redactSecrets } from '../../observability/redact.js'
 import type { ConfigInvalidError } from '../config/errors.js'
 import type {
@@ -27,20 +28,23 @@ export interface WorkerRoutes {
 /**
  * A command some workers applied and others did not (they failed or did not answer). The
  * primary recorded the change (a restarted worker is given it); `failed` names the workers
- * that may still run without it.
+ * that may still run without it. Code `PARTIALLY_APPLIED` (the admin API answers 502 with it);
+ * retryable, as the commands are idempotent.
  */
-export class PartiallyAppliedError extends Error {
+export class PartiallyAppliedError extends BreakwaterError {
   constructor(
     readonly op: string,
     readonly applied: readonly number[],
     readonly failed: readonly { readonly pid: number; readonly error: string }[],
   ) {
     super(
+      'PARTIALLY_APPLIED',
       `${op} applied by ${applied.length} worker(s) but not by ${failed
         .map((f) => `worker ${f.pid} (${f.error})`)
         .join(', ')}`,
+      // Sending the command again brings the other workers in line.
+      { retryable: true },
     )
-    this.name = 'PartiallyAppliedError'
   }
 }
 
