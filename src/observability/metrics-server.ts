@@ -24,6 +24,7 @@ export interface MetricsServerOptions {
   readonly health?: () => boolean | Promise<boolean>
   /**
    * Receives errors while rendering metrics or checking health (the request gets a 500 or 503).
+   * What it throws is ignored: the request is answered all the same.
    * @default ignore them
    */
   readonly onError?: (error: unknown) => void
@@ -68,10 +69,17 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     options.health === undefined
       ? () => true
       : checkFunction<() => boolean | Promise<boolean>>('metricsServer.health', options.health)
-  const onError =
+  const onErrorOption =
     options.onError === undefined
       ? () => {}
       : checkFunction<(error: unknown) => void>('metricsServer.onError', options.onError)
+  // onError is the caller's code: one that throws would skip the reply (the scrape hangs until
+  // requestTimeout) and reject the request handler with nothing to catch it.
+  const onError = (error: unknown): void => {
+    try {
+      onErrorOption(error)
+    } catch {}
+  }
 
   const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
     const path = (request.url ?? '/').split('?')[0]

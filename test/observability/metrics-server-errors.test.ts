@@ -1,0 +1,65 @@
+// onError is the caller's code: if it throws, a scrape still gets its answer and the process
+// is not brought down by an unhandled rejection.
+import { request } from 'node:http'
+import { afterEach, describe, expect, it } from 'vitest'
+import {
+  createMetricsRegistry,
+  type MetricsServer,
+  startMetricsServer,
+} from '../../src/observability/index.js'
+
+const servers: MetricsServer[] = []
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => s.close()))
+})
+
+function get(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (c: string) => {
+        body += c
+      })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+describe('metrics server: an onError that throws', () => {
+  it('still answers 503 and 500, and no rejection escapes', async () => {
+    const escaped: unknown[] = []
+    const onRejection = (reason: unknown) => escaped.push(reason)
+    process.on('unhandledRejection', onRejection)
+    try {
+      const registry = createMetricsRegistry()
+      registry.render = () => Promise.reject(new Error('render failed'))
+      const reported: unknown[] = []
+      const server = await startMetricsServer({
+        port: 0,
+        registry,
+        health: () => {
+          throw new Error('health failed')
+        },
+        onError: (error) => {
+          reported.push(error)
+          throw new Error('onError failed')
+        },
+      })
+      servers.push(server)
+      expect(await get(`${server.url}/healthz`)).toEqual({ status: 503, body: 'unhealthy\n' })
+      expect(await get(`${server.url}/metrics`)).toEqual({
+        status: 500,
+        body: 'metrics unavailable\n',
+      })
+      // A turn for a rejection left unhandled to be reported.
+      await new Promise((resolve) => setImmediate(resolve))
+      expect(reported.map((e) => (e as Error).message)).toEqual(['health failed', 'render failed'])
+      expect(escaped).toEqual([])
+    } finally {
+      process.off('unhandledRejection', onRejection)
+    }
+  })
+})
