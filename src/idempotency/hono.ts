@@ -62,11 +62,15 @@ function toFetchResponse(response: IdempotencyResponse): Response {
 // The body through Hono (which caches it, so the handler can read it again), or undefined when
 // it is larger than `maxBytes`. A declared length is trusted (the server enforces it); a chunked
 // body is first counted on a copy, read no further than the limit, so a client cannot make the
-// middleware buffer an unbounded body.
+// middleware buffer an unbounded body. A body an earlier middleware already read (Hono cached
+// it; the raw stream can no longer be copied) is in memory already: only its size is checked.
 async function readBody(c: HonoLikeContext, maxBytes: number): Promise<Uint8Array | undefined> {
   const declared = c.req.header('content-length')
   if (declared !== undefined) {
     if (Number(declared) > maxBytes) return undefined
+  } else if (c.req.raw.bodyUsed) {
+    const body = new Uint8Array(await c.req.arrayBuffer())
+    return body.byteLength > maxBytes ? undefined : body
   } else if (c.req.raw.body !== null) {
     const reader = c.req.raw.clone().body!.getReader()
     let total = 0
