@@ -89,7 +89,7 @@ export interface Histogram {
 export interface MetricsRegistryOptions {
   /**
    * Receives errors thrown by `onCollect` callbacks; rendering goes on with the values as they
-   * are.
+   * are (also when this throws).
    * @default ignore them
    */
   readonly onCollectError?: (error: unknown) => void
@@ -519,7 +519,10 @@ class Registry implements MetricsRegistry {
           try {
             await collect()
           } catch (error) {
-            this.#onCollectError(error)
+            // The reporter is the caller's code too: its throw must not cost the render.
+            try {
+              this.#onCollectError(error)
+            } catch {}
           }
         }),
       )

@@ -32,3 +32,19 @@ describe('metrics registry: histogram buckets', () => {
       )
   })
 })
+
+describe('metrics registry: an onCollectError that throws', () => {
+  it('still renders the values as they are', async () => {
+    const registry = createMetricsRegistry({
+      onCollectError: () => {
+        throw new Error('reporter failed')
+      },
+    })
+    registry.counter({ name: 'kept_total', help: 'k' }).inc(3)
+    registry.onCollect(() => {
+      throw new Error('source down')
+    })
+    const families = parsePrometheusText(await registry.render())
+    expect(sampleValue(families, 'kept_total', {})).toBe(3)
+  })
+})
