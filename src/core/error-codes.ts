@@ -83,6 +83,8 @@ export const errorCodes = {
     'No gateway route matches the request (or the admin API was asked for an unknown route); answered 404.',
   PROXY_DRAINING:
     'The proxy is shutting down and opens no new WebSocket tunnel; answered 503 so the client reconnects elsewhere.',
+  LISTENER_REMOVED:
+    'A request reached a proxy listener that a reload removed while the connection was open; answered 503 with Connection: close, so the client reconnects.',
   IDEMPOTENCY_STORE_UNAVAILABLE:
     "The proxy's idempotency store failed (down, unreachable, or it refused a statement), so a request on a route that enforces Idempotency-Key could not be checked or recorded; answered 503; retryable.",
   INTERNAL_ERROR: 'The proxy failed while handling a request (a bug); answered 500.',

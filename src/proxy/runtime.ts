@@ -848,10 +848,9 @@ class ProxyRuntime implements ProxyInternals {
         handler(req, res)
         return
       }
-      res.writeHead(503, { 'content-type': 'application/problem+json', connection: 'close' })
-      res.end(
-        '{"type":"about:blank","title":"Service Unavailable","status":503,"code":"LISTENER_REMOVED"}',
-      )
+      // A listener a reload removed, still draining: the client reconnects, and finds the
+      // listeners in force.
+      sendRemoved(res, 503, 'LISTENER_REMOVED')
     }
     // Upgrades go to the current generation's handler too; while it has none (an ambassador
     // without, or a listener a reload removed) the listener refuses them itself.
@@ -1019,6 +1018,12 @@ class ProxyRuntime implements ProxyInternals {
 interface AdminServerLike {
   address(): { host: string; port: number }
   close(): Promise<void>
+}
+
+// The status and code are passed as written so the error-code registry test sees them.
+function sendRemoved(res: ServerResponse, status: 503, code: 'LISTENER_REMOVED'): void {
+  res.writeHead(status, { 'content-type': 'application/problem+json', connection: 'close' })
+  res.end(JSON.stringify({ type: 'about:blank', title: 'Service Unavailable', status, code }))
 }
 
 function checkBoolean(option: string, value: unknown): boolean {
