@@ -227,7 +227,10 @@ async function runSingle(
       }).catch(startFailure)
       const onHup = (): void => {
         logger.info('SIGHUP: reloading the config')
-        void proxy.tryReload()
+        // Refused reloads are logged by the runtime; one after the stop began is not applied.
+        proxy.tryReload().catch((error: unknown) =>
+          logger.warn('SIGHUP: reload not applied', { error: messageOf(error) }),
+        )
       }
       signals.on('SIGHUP', onHup)
       return {

@@ -108,6 +108,8 @@ export const errorCodes = {
     "startProxy could not use a listener's or an upstream service's TLS files (unreadable, not PEM, key not the certificate's); the error names the setting.",
   PROXY_IDEMPOTENCY_STORE_FAILED:
     'startProxy could not open the idempotency store of idempotency.url (unreachable, refused, not a usable path).',
+  PROXY_CLOSED:
+    'A proxy reload was asked after close() was called (or close() came while it waited its turn); nothing was applied.',
   PARTIALLY_APPLIED:
     'A proxy admin command reached some workers of a multi-process proxy and not others; answered 502, send it again.',
 } as const

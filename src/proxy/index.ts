@@ -10,6 +10,7 @@ export type {
 export {
   ConfigInvalidError,
   loadProxyConfig,
+  ProxyClosedError,
   ProxyStartError,
   parseProxyConfig,
   proxyConfigJsonSchema,

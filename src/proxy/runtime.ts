@@ -21,7 +21,12 @@ import {
   metricsPerRegistry,
 } from '../observability/metrics.js'
 import { redactUrl } from '../stores/redact.js'
-import { ConfigInvalidError, ProxyStartError, type ProxyStartErrorCode } from './config/errors.js'
+import {
+  ConfigInvalidError,
+  ProxyClosedError,
+  ProxyStartError,
+  type ProxyStartErrorCode,
+} from './config/errors.js'
 import { type ProxyConfigOverrides, parseProxyConfig } from './config/load.js'
 import { keepsServiceRuntime } from './config/reload.js'
 import type {
@@ -117,7 +122,8 @@ export interface Proxy {
   /**
    * Validates and applies a new config: `yamlText`, or else the config file read again.
    * Throws {@link ConfigInvalidError} (code `CONFIG_INVALID`) and keeps the running config
-   * when the new one is invalid or cannot be applied (e.g. a port in use).
+   * when the new one is invalid or cannot be applied (e.g. a port in use), and
+   * `ProxyClosedError` (code `PROXY_CLOSED`) once {@link Proxy.close} was called.
    */
   reload(yamlText?: string): Promise<void>
   /** Sends a route to these targets until {@link Proxy.resetRoute} or a reload. */
@@ -154,7 +160,10 @@ export interface ProxyInternals extends Proxy {
   listenersDown(): string[]
   /** Turns readiness false without closing anything yet (first step of a drain). */
   beginDrain(): void
-  /** Reloads and resolves with nothing, or with the error (for callers that report it). */
+  /**
+   * Reloads and resolves with nothing, or with the error (for callers that report it); rejects
+   * with `ProxyClosedError` (code `PROXY_CLOSED`) once the proxy is closed.
+   */
   tryReload(yamlText?: string): Promise<ConfigInvalidError | undefined>
   /**
    * Sets (or clears) who is told about each retry affinity pin once a request may have reached
@@ -579,7 +588,8 @@ class ProxyRuntime implements ProxyInternals {
   }
 
   async #reloadNow(yamlText: string | undefined): Promise<ConfigInvalidError | undefined> {
-    if (this.#closed !== undefined) return undefined
+    // Resolving would say the config was applied.
+    if (this.#closed !== undefined) throw new ProxyClosedError('reload')
     const log = this.#deps.logger
     let config: ProxyConfig
     let fromFile: true | undefined
@@ -942,7 +952,8 @@ class ProxyRuntime implements ProxyInternals {
       if (this.#closed !== undefined) return undefined
       // A delete or a half-written file would fail the reload anyway; only react to content.
       const text = await readFile(file, 'utf8').catch(() => undefined)
-      if (text === undefined) return undefined
+      // Closed during the read: nothing to reload, and no one to tell.
+      if (text === undefined || this.#closed !== undefined) return undefined
       // The event may be another file's: a ConfigMap update swaps ..data for any of its keys.
       // Reloading the same config is not free (switched routes go back to their targets).
       if (text === this.#fileText) {

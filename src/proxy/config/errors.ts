@@ -84,3 +84,13 @@ export class ProxyStartError extends BreakwaterError {
     this.setting = setting
   }
 }
+
+/**
+ * The proxy was asked to reload after `close()` was called (or `close()` came while the reload
+ * waited for the one before it): nothing was applied. Code `PROXY_CLOSED`.
+ */
+export class ProxyClosedError extends BreakwaterError {
+  constructor(operation: string) {
+    super('PROXY_CLOSED', `${operation}: the proxy is closed; nothing was applied`)
+  }
+}

@@ -2,7 +2,7 @@
 // and the JSON Schema for editors.
 
 export type { ConfigProblem, ProxyStartErrorCode } from './errors.js'
-export { ConfigInvalidError, formatProblem, ProxyStartError } from './errors.js'
+export { ConfigInvalidError, formatProblem, ProxyClosedError, ProxyStartError } from './errors.js'
 export { proxyConfigJsonSchema } from './json-schema.js'
 export type { ProxyConfigOverrides } from './load.js'
 export { loadProxyConfig, parseProxyConfig, validateProxyDocument } from './load.js'
