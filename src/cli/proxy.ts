@@ -228,9 +228,11 @@ async function runSingle(
       const onHup = (): void => {
         logger.info('SIGHUP: reloading the config')
         // Refused reloads are logged by the runtime; one after the stop began is not applied.
-        proxy.tryReload().catch((error: unknown) =>
-          logger.warn('SIGHUP: reload not applied', { error: messageOf(error) }),
-        )
+        proxy
+          .tryReload()
+          .catch((error: unknown) =>
+            logger.warn('SIGHUP: reload not applied', { error: messageOf(error) }),
+          )
       }
       signals.on('SIGHUP', onHup)
       return {
