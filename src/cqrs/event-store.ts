@@ -198,6 +198,37 @@ export function checkExpected(value: unknown): ExpectedVersion {
  */
 export const checkName: (option: string, value: unknown) => string = checkStoredName
 
+/**
+ * The JSON text of event data or metadata: {@link jsonTextOf}, also refusing non-finite numbers.
+ * `JSON.stringify` writes NaN and ±Infinity as `null`, so the log would hold another value than
+ * the one appended (and inline projections and `evolve`, handed the caller's object, would see
+ * another one than every later read). Text without `null` holds none, so the common case pays
+ * one substring search; otherwise a second pass with a replacer, which sees values after
+ * `toJSON` as the text does, looks for them.
+ */
+function eventJsonText(
+  option: string,
+  value: unknown,
+  expected = 'a JSON-serializable value',
+): string {
+  const text = jsonTextOf(option, value, expected)
+  if (!text.includes('null')) return text
+  let found: unknown
+  JSON.stringify(value, (_key, v: unknown) => {
+    const n = v instanceof Number ? v.valueOf() : v
+    if (found === undefined && typeof n === 'number' && !Number.isFinite(n)) found = n
+    return v
+  })
+  if (found !== undefined) {
+    throw new InvalidOptionError(
+      option,
+      `${expected} (${String(found)} has no JSON form: it would be stored as null)`,
+      value,
+    )
+  }
+  return text
+}
+
 function checkStream(stream: unknown): string {
   return checkName('stream', stream)
 }
@@ -544,7 +575,7 @@ export class EventStoreImpl implements EventStore {
       }
       checkName(`events[${i}].type`, event.type)
       const id = checkName(`events[${i}].id`, event.id ?? randomUUID())
-      const data = jsonTextOf(`events[${i}].data`, event.data)
+      const data = eventJsonText(`events[${i}].data`, event.data)
       const metadata = event.metadata
       // An array would be stored and read back as the event's "metadata object".
       if (metadata !== undefined) checkObject(`events[${i}].metadata`, metadata)
@@ -558,7 +589,7 @@ export class EventStoreImpl implements EventStore {
       prepared.data[i] = data
       const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0
       prepared.metadata[i] = hasMetadata
-        ? jsonTextOf(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
+        ? eventJsonText(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
         : null
       prepared.metadataObjects[i] = hasMetadata ? metadata : emptyMetadata
       // An event that names an older schema version is handed on (to inline projections,
@@ -748,7 +779,7 @@ export class EventStoreImpl implements EventStore {
     checkStream(stream)
     checkObject('metadata', metadata)
     const expected = checkExpected(options.expectedVersion ?? 'any')
-    const text = jsonTextOf('metadata', metadata, 'a JSON-serializable object')
+    const text = eventJsonText('metadata', metadata, 'a JSON-serializable object')
     await this.#inTransaction(options.tx, async (tx) => {
       await this.#checkForWrite(tx, stream, expected)
       await tx.execute(this.statements.upsertMetadata, [stream, text, false, this.clock.now()])

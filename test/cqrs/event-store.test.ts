@@ -493,6 +493,44 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
     ])
   })
 
+  it('refuses numbers JSON cannot hold (NaN, Infinity) instead of storing null', async () => {
+    // JSON.stringify writes NaN and ±Infinity as null: the event would be stored as another
+    // value than the one appended (and handed to inline projections and evolve as given).
+    const head = await store.headPosition()
+    const cases: [string, () => Promise<unknown>][] = [
+      ['events[0].data', () => store.append('nan', [{ type: 'x', data: Number.NaN }])],
+      ['events[0].data', () => store.append('nan', [{ type: 'x', data: { a: [1, Infinity] } }])],
+      [
+        'events[1].data',
+        () => store.append('nan', [event(1), { type: 'x', data: { n: -Infinity } }]),
+      ],
+      ['events[0].metadata', () => store.append('nan', [{ ...event(1), metadata: { n: NaN } }])],
+      ['metadata', () => store.setStreamMetadata('nan', { deep: { n: NaN } })],
+    ]
+    for (const [option, run] of cases) {
+      const error = await run().then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).code).toBe('INVALID_OPTION')
+      expect((error as Error).message).toContain(`${option}: expected`)
+    }
+    expect(await store.headPosition()).toBe(head)
+    expect(await store.streamInfo('nan')).toMatchObject({ version: 0, metadata: {} })
+    // null itself, a toJSON that hides a non-finite number, and -0 (JSON 0) stay accepted.
+    const hidden = { n: Number.NaN, toJSON: () => ({ n: null }) }
+    const { events } = await store.append('nan', [
+      { type: 'x', data: { a: null, b: hidden, c: -0 } },
+    ])
+    expect(events).toHaveLength(1)
+    expect((await store.readStream('nan')).events[0]!.data).toEqual({
+      a: null,
+      b: { n: null },
+      c: 0,
+    })
+  })
+
   it('100 concurrent appends at one expected version: exactly one wins per version', async () => {
     const s = fresh()
     for (let version = 0; version < 3; version++) {
