@@ -113,6 +113,12 @@ export interface OutlierEjectionConfig {
   readonly consecutiveFailures: number
   /** First ejection time; the nth ejection of the same endpoint lasts n times this (ms). */
   readonly baseEjectionMs: number
+  /**
+   * Longest one ejection lasts, however many came before (ms; Envoy's `max_ejection_time`).
+   * The config loader always sets it.
+   * @default the longer of 300000 and baseEjectionMs
+   */
+  readonly maxEjectionMs?: number
   /** Never eject more than this percentage of a service's endpoints. */
   readonly maxEjectedPercent: number
 }

@@ -77,6 +77,20 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
         `at least baseDelayMs (${retry.baseDelayMs})`,
         retry.maxDelayMs,
       )
+    const outlier = isObj(service.outlierEjection) ? service.outlierEjection : undefined
+    const baseEjectionMs = outlier?.baseEjectionMs ?? 30_000
+    if (
+      outlier !== undefined &&
+      typeof baseEjectionMs === 'number' &&
+      typeof outlier.maxEjectionMs === 'number' &&
+      outlier.maxEjectionMs >= 1 &&
+      outlier.maxEjectionMs < baseEjectionMs
+    )
+      add(
+        [...base, 'outlierEjection', 'maxEjectionMs'],
+        `at least baseEjectionMs (${baseEjectionMs})`,
+        outlier.maxEjectionMs,
+      )
     const tls = isObj(service.tls) ? service.tls : undefined
     if (tls !== undefined && (tls.certFile === undefined) !== (tls.keyFile === undefined))
       add(

@@ -37,6 +37,20 @@ function ms(min = 0): z.ZodInt {
   return int(min, maxTimerDelayMs)
 }
 
+// Statuses a retry may cure: the upstream's own failures (5xx), a request too slow to arrive
+// (408), one sent too early in TLS early data (425), and load shedding (429). A 1xx-3xx is an
+// answer, and any other 4xx the same request would get again.
+function retryableStatus(): z.ZodInt {
+  const text = 'a status worth retrying (408, 425, 429 or 500-599)'
+  // The bounds also tell an editor (JSON Schema); past them, the refinement is not run, so a
+  // status out of range is reported once.
+  return z
+    .int({ error: text })
+    .min(408, { error: text, abort: true })
+    .max(599, { error: text, abort: true })
+    .refine((s) => s === 408 || s === 425 || s === 429 || s >= 500, { error: text })
+}
+
 function num(min: number, max: number): z.ZodNumber {
   const text = `number in [${min}, ${max}]`
   return z.number({ error: text }).min(min, { error: text }).max(max, { error: text })
@@ -185,7 +199,7 @@ const retrySchema = z.strictObject({
   attempts: int(1).default(3),
   baseDelayMs: ms().default(25),
   maxDelayMs: ms().default(1_000),
-  retryOnStatus: z.array(int(100, 599)).default([502, 503, 504]),
+  retryOnStatus: z.array(retryableStatus()).default([502, 503, 504]),
   budget: z
     .strictObject({
       ratio: num(0, 10).default(0.2),
@@ -207,9 +221,14 @@ const bulkheadSchema = z.strictObject({
   connectionsPerEndpoint: int(1, 10_000).default(32),
 })
 
+/** The cap of one outlier ejection when the file sets none (unless baseEjectionMs is longer). */
+const defaultMaxEjectionMs = 300_000
+
 const outlierSchema = z.strictObject({
   consecutiveFailures: int(1).default(5),
   baseEjectionMs: ms(1).default(30_000),
+  // Default: the longer of 300000 and baseEjectionMs (filled in by toProxyConfig).
+  maxEjectionMs: ms(1).optional(),
   maxEjectedPercent: num(0, 100).default(50),
 })
 
@@ -492,7 +511,16 @@ function toService(name: string, s: ServiceDocument): ServiceConfig {
           },
     breaker: s.circuitBreaker === undefined ? undefined : { ...s.circuitBreaker },
     bulkhead: { ...s.bulkhead },
-    outlierEjection: s.outlierEjection === undefined ? undefined : { ...s.outlierEjection },
+    outlierEjection:
+      s.outlierEjection === undefined
+        ? undefined
+        : {
+            ...s.outlierEjection,
+            // Envoy's max_ejection_time: 300 s, or baseEjectionMs when that is longer.
+            maxEjectionMs:
+              s.outlierEjection.maxEjectionMs ??
+              Math.max(defaultMaxEjectionMs, s.outlierEjection.baseEjectionMs),
+          },
     tls: {
       caFile: s.tls.caFile,
       certFile: s.tls.certFile,

@@ -100,8 +100,8 @@ export interface EndpointSetOptions {
  * power of two choices (two distinct random healthy endpoints, the one with fewer requests in
  * flight wins), which spreads load nearly as well as a full scan at the cost of two reads.
  * Ejection follows Envoy's consecutive-failure detector: an endpoint with `consecutiveFailures`
- * failures in a row is ejected for `baseEjectionMs` times the number of its ejections so far,
- * unless that would put more than `maxEjectedPercent` of the endpoints out.
+ * failures in a row is ejected for `baseEjectionMs` times the number of its ejections so far
+ * (at most `maxEjectionMs`), unless that would put more than `maxEjectedPercent` of the endpoints out.
  */
 export class EndpointSet {
   readonly #options: EndpointSetOptions
@@ -209,7 +209,12 @@ export class EndpointSet {
     )
       return
     const clock = this.#options.clock
-    const durationMs = config.baseEjectionMs * ++endpoint.ejections
+    // Capped as Envoy's max_ejection_time: an endpoint that keeps failing is tried again at
+    // least every maxEjectionMs, not after ever longer ejections.
+    const durationMs = Math.min(
+      config.baseEjectionMs * ++endpoint.ejections,
+      config.maxEjectionMs ?? Math.max(300_000, config.baseEjectionMs),
+    )
     endpoint.ejectedUntil = clock.now() + durationMs
     this.#ejected++
     this.#removeHealthy(endpoint)

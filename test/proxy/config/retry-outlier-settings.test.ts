@@ -1,0 +1,89 @@
+// retry.retryOnStatus takes only statuses worth retrying (408, 425, 429 and 5xx), and outlier
+// ejection has a cap on how long one ejection lasts (maxEjectionMs, Envoy's max_ejection_time).
+import { describe, expect, it } from 'vitest'
+import { ConfigInvalidError, parseProxyConfig } from '../../../src/proxy/config/index.js'
+import { type Endpoint, EndpointSet } from '../../../src/proxy/upstream/endpoints.js'
+import { ManualClock } from '../../../src/testing/manual-clock.js'
+
+const file = (service: string): string =>
+  `services:\n  a: { endpoints: [http://127.0.0.1:3001], ${service} }\nlisteners: [{ name: out, role: ambassador, port: 0 }]\n`
+
+function problems(text: string): string[] {
+  try {
+    parseProxyConfig(text, 'test.yaml')
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigInvalidError)
+    return (error as ConfigInvalidError).problems.map((p) => `${p.path}: ${p.message}`)
+  }
+  return []
+}
+
+describe('retry.retryOnStatus', () => {
+  it.each([100, 200, 204, 301, 304, 400, 404, 409])('refuses %i, naming the setting', (status) => {
+    const found = problems(file(`retry: { retryOnStatus: [503, ${status}] }`))
+    expect(found).toHaveLength(1)
+    expect(found[0]).toMatch(/^services\.a\.retry\.retryOnStatus\[1\]: expected /)
+    expect(found[0]).toContain(`got ${status}`)
+  })
+
+  it('takes 408, 425, 429 and any 5xx', () => {
+    const config = parseProxyConfig(
+      file('retry: { retryOnStatus: [408, 425, 429, 500, 502, 599] }'),
+      'test.yaml',
+    )
+    expect(config.services.get('a')?.retry?.retryOnStatus).toEqual([408, 425, 429, 500, 502, 599])
+  })
+})
+
+describe('outlierEjection.maxEjectionMs', () => {
+  const outlier = (text: string) =>
+    parseProxyConfig(file(`outlierEjection: { ${text} }`), 'test.yaml').services.get('a')
+      ?.outlierEjection
+
+  it('defaults to 300000, or to baseEjectionMs when that is longer', () => {
+    expect(outlier('consecutiveFailures: 2')?.maxEjectionMs).toBe(300_000)
+    expect(outlier('baseEjectionMs: 600000')?.maxEjectionMs).toBe(600_000)
+    expect(outlier('baseEjectionMs: 1000, maxEjectionMs: 5000')?.maxEjectionMs).toBe(5_000)
+  })
+
+  it('refuses a cap below baseEjectionMs, and a bad value, naming the setting', () => {
+    expect(
+      problems(file('outlierEjection: { baseEjectionMs: 10000, maxEjectionMs: 5000 }')),
+    ).toEqual([
+      'services.a.outlierEjection.maxEjectionMs: expected at least baseEjectionMs (10000), got 5000',
+    ])
+    const bad = problems(file('outlierEjection: { maxEjectionMs: 0 }'))
+    expect(bad).toHaveLength(1)
+    expect(bad[0]).toMatch(
+      /^services\.a\.outlierEjection\.maxEjectionMs: expected integer in \[1, /,
+    )
+  })
+
+  it('caps the nth ejection of an endpoint at maxEjectionMs', async () => {
+    const clock = new ManualClock(0)
+    const durations: number[] = []
+    const set = new EndpointSet({
+      loadBalancer: 'round-robin',
+      outlierEjection: {
+        consecutiveFailures: 1,
+        baseEjectionMs: 1_000,
+        maxEjectionMs: 2_500,
+        maxEjectedPercent: 100,
+      },
+      clock,
+      random: Math.random,
+      open: () => {},
+      retire: () => {},
+      onEject: (_endpoint, ms) => durations.push(ms),
+    })
+    set.replace([{ url: 'http://10.0.0.1:80', servername: undefined }])
+    const endpoint = set.all[0] as Endpoint
+    for (let i = 0; i < 4; i++) {
+      set.failure(endpoint)
+      expect(endpoint.ejectedUntil).toBe(clock.now() + (durations.at(-1) as number))
+      await clock.advance(durations.at(-1) as number)
+      expect(endpoint.ejectedUntil).toBeUndefined()
+    }
+    expect(durations).toEqual([1_000, 2_000, 2_500, 2_500])
+  })
+})
