@@ -103,7 +103,9 @@ export interface StepContext<I, C> extends SagaStepInfo<I, C> {
    * Registers work that runs inside the transaction that records this step's outcome, after
    * the fenced state write succeeded: local writes (an outbox row, a business row) commit
    * exactly when the step is recorded as done, and not at all when the lease was lost. Runs
-   * only when the attempt succeeds.
+   * only when the attempt succeeds. Work that throws rolls that transaction back: nothing is
+   * recorded and the attempt fails with its error (the step's `retry`, or `compensationRetry`,
+   * decides what next).
    */
   atCommit(work: (tx: SqlTransaction) => Promise<void>): void
 }

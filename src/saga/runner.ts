@@ -281,6 +281,8 @@ export class InstanceRun {
       )
       return this.#stepFailed(step, state, attempt, invalid, durationMs)
     }
+    const before = this.#snapshot()
+    const local = capturing(work)
     state.status = 'completed'
     delete state.error
     if (result !== undefined) state.result = result
@@ -288,10 +290,23 @@ export class InstanceRun {
     this.#stepIndex = step.index + 1
     this.#attempt = 1
     this.#event('step-completed', step.name, attempt, { durationMs })
-    const last = this.#stepIndex >= this.saga.steps.length
-    if (last)
-      return this.#finish('completed', work, () => this.#afterStepCommit(step, attempt, durationMs))
-    if (!(await this.#write({ release: false }, work))) return 'lost'
+    try {
+      if (this.#stepIndex >= this.saga.steps.length) {
+        return await this.#finish('completed', local.work, () =>
+          this.#afterStepCommit(step, attempt, durationMs),
+        )
+      }
+      if (!(await this.#write({ release: false }, local.work))) return 'lost'
+    } catch (error) {
+      // The step's atCommit work threw: its transaction rolled back and nothing was recorded,
+      // so this attempt failed with that error, as if the action had thrown it. Giving the
+      // instance up instead retried it only after its lease ran out, and reported its
+      // attempts as spent by dead workers, without the error.
+      const failed = local.failure()
+      if (failed === undefined) throw error
+      this.#restore(before)
+      return this.#stepFailed(step, state, attempt, failed.error, durationMs)
+    }
     await this.#afterStepCommit(step, attempt, durationMs)
     return 'continue'
   }
@@ -630,30 +645,53 @@ export class InstanceRun {
     if (this.#lost) return 'lost'
     const durationMs = this.#host.clock.now() - started
     this.#host.recordDuration(durationMs, this.saga.name)
-    if (outcome.ok) {
-      await this.#fault('after-compensation-action', step.name)
-      state.status = 'compensated'
-      delete state.compensationError
-      delete state.sent
-      this.#stepIndex = this.#nextCompensable(index - 1)
-      this.#attempt = 1
-      this.#event('compensation-completed', step.name, attempt, { durationMs })
-      const after = async (): Promise<void> => {
-        this.#host.count('compensations')
-        this.#emit({ type: 'compensation-completed', step: step.name, attempt, durationMs })
-        await this.#fault('after-compensation-commit', step.name)
-      }
-      if (this.#stepIndex < 0) {
-        return this.#finish(this.#cancelRequested ? 'cancelled' : 'compensated', work, after)
-      }
-      if (!(await this.#write({ release: false }, work))) return 'lost'
-      await after()
-      return 'continue'
+    if (!outcome.ok)
+      return this.#compensationFailed(step, state, attempt, outcome.error, durationMs)
+    await this.#fault('after-compensation-action', step.name)
+    const before = this.#snapshot()
+    const local = capturing(work)
+    state.status = 'compensated'
+    delete state.compensationError
+    delete state.sent
+    this.#stepIndex = this.#nextCompensable(index - 1)
+    this.#attempt = 1
+    this.#event('compensation-completed', step.name, attempt, { durationMs })
+    const after = async (): Promise<void> => {
+      this.#host.count('compensations')
+      this.#emit({ type: 'compensation-completed', step: step.name, attempt, durationMs })
+      await this.#fault('after-compensation-commit', step.name)
     }
+    try {
+      if (this.#stepIndex < 0) {
+        return await this.#finish(
+          this.#cancelRequested ? 'cancelled' : 'compensated',
+          local.work,
+          after,
+        )
+      }
+      if (!(await this.#write({ release: false }, local.work))) return 'lost'
+    } catch (error) {
+      // The compensation's atCommit work threw (see #stepSucceeded): this attempt failed.
+      const failed = local.failure()
+      if (failed === undefined) throw error
+      this.#restore(before)
+      return this.#compensationFailed(step, state, attempt, failed.error, durationMs)
+    }
+    await after()
+    return 'continue'
+  }
+
+  async #compensationFailed(
+    step: CompiledStep,
+    state: StepState,
+    attempt: number,
+    error: unknown,
+    durationMs: number,
+  ): Promise<Step> {
     this.#host.count('compensationFailures')
-    const info = errorInfo(outcome.error)
+    const info = errorInfo(error)
     state.compensationError = info
-    const retryAt = this.#retryAt(step.compensationRetry, outcome.error, attempt)
+    const retryAt = this.#retryAt(step.compensationRetry, error, attempt)
     if (retryAt === undefined) return this.#park(step, info, attempt)
     this.#event('compensation-failed', step.name, attempt, { error: info, retryAt, durationMs })
     if (!(await this.#write({ release: true, nextRunAt: retryAt }))) return 'lost'
@@ -711,6 +749,37 @@ export class InstanceRun {
   }
 
   // ---- plumbing --------------------------------------------------------------------------
+
+  // What a transition changes in memory, to put back when its write did not happen because
+  // the step's own atCommit work threw (the transaction rolled back).
+  #snapshot(): Snapshot {
+    return {
+      steps: this.#steps.map((s) => JSON.parse(JSON.stringify(s)) as StepState),
+      status: this.#status,
+      context: this.#context,
+      stepIndex: this.#stepIndex,
+      attempt: this.#attempt,
+      reason: this.#reason,
+      events: this.#events.length,
+      givenBack: this.#givenBack,
+    }
+  }
+
+  #restore(snapshot: Snapshot): void {
+    // In place: callers hold the step states.
+    this.#steps.forEach((state, i) => {
+      const target = state as unknown as Record<string, unknown>
+      for (const key of Object.keys(target)) delete target[key]
+      Object.assign(target, snapshot.steps[i])
+    })
+    this.#status = snapshot.status
+    this.#context = snapshot.context
+    this.#stepIndex = snapshot.stepIndex
+    this.#attempt = snapshot.attempt
+    this.#reason = snapshot.reason
+    this.#events.length = snapshot.events
+    this.#givenBack = snapshot.givenBack
+  }
 
   async #write(
     options: { release: boolean; nextRunAt?: number; finished?: boolean },
@@ -858,6 +927,36 @@ export class InstanceRun {
 
   #emit(event: Omit<SagaEvent, 'at' | 'worker' | 'sagaId' | 'saga' | 'version'>): void {
     this.#host.emit({ sagaId: this.id, saga: this.saga.name, version: this.saga.version, ...event })
+  }
+}
+
+interface Snapshot {
+  readonly steps: readonly StepState[]
+  readonly status: SagaStatus
+  readonly context: Record<string, unknown>
+  readonly stepIndex: number
+  readonly attempt: number
+  readonly reason: string | null
+  readonly events: number
+  readonly givenBack: boolean
+}
+
+/** Wraps a step's atCommit work to tell its own failure from the database's. */
+function capturing(work: readonly CommitWork[]): {
+  readonly work: readonly CommitWork[]
+  failure(): { readonly error: unknown } | undefined
+} {
+  let failed: { readonly error: unknown } | undefined
+  return {
+    work: work.map((fn) => async (tx: SqlTransaction) => {
+      try {
+        await fn(tx)
+      } catch (error) {
+        failed ??= { error }
+        throw error
+      }
+    }),
+    failure: () => failed,
   }
 }
 

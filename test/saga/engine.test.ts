@@ -34,6 +34,12 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
   beforeAll(async () => {
     t = await target.open('saga_engine')
     await log.create(t.db)
+    // A row that breaks the transaction at COMMIT (a deferred foreign key without its parent):
+    // the database refuses the step's write, while the atCommit work itself succeeded.
+    await t.db.execute('CREATE TABLE commit_parent (id INTEGER PRIMARY KEY)')
+    await t.db.execute(
+      'CREATE TABLE commit_breaker (parent INTEGER REFERENCES commit_parent (id) DEFERRABLE INITIALLY DEFERRED)',
+    )
   })
   afterAll(async () => {
     await t?.close()
@@ -511,7 +517,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
             }
             ctx.atCommit(async (tx) => {
               if ((ctx.input as { broken?: boolean }).broken && brokenCommits-- > 0)
-                await tx.execute('INSERT INTO no_such_table VALUES (1)')
+                await tx.execute('INSERT INTO commit_breaker (parent) VALUES (1)')
             })
             return { by: ctx.attempt }
           },
@@ -566,7 +572,8 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
           action: async (ctx) => {
             ctx.atCommit(async (tx) => {
               // The first commit fails in the database: the worker gives the instance up.
-              if (brokenCommits-- > 0) await tx.execute('INSERT INTO no_such_table VALUES (1)')
+              if (brokenCommits-- > 0)
+                await tx.execute('INSERT INTO commit_breaker (parent) VALUES (1)')
             })
           },
         },
