@@ -5,10 +5,9 @@
 // close after their in-flight work (ServiceRuntime.close waits for it). Listener sockets
 // survive a reload unless their host, port or TLS files changed.
 
-import { type FSWatcher, watch } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { basename, dirname, resolve } from 'node:path'
+import { resolve } from 'node:path'
 import type { Clock, TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
@@ -55,7 +54,7 @@ import {
   type ProxyIdempotencyStore,
   type SidecarIdempotency,
 } from './inbound/sidecar-idempotency.js'
-import { isWatchedFileEvent } from './upstream/file-watch.js'
+import { type FileWatch, watchFileContent } from './upstream/file-watch.js'
 import { createServiceRuntime } from './upstream/index.js'
 import { resetUpstreamGauges, upstreamMetrics } from './upstream/metrics.js'
 
@@ -281,13 +280,12 @@ class ProxyRuntime implements ProxyInternals {
   #idempotencyStore: { url: string; store: ProxyIdempotencyStore } | undefined
   #sidecar: SidecarIdempotency | undefined
   #admin: AdminServerLike | undefined
-  #watcher: FSWatcher | undefined
+  #watcher: FileWatch | undefined
   /**
    * The config file's text as last read (undefined: a reload from it failed to apply, or text
    * given to reload() is in force), which a watch event that leaves it as it is does not reload.
    */
   #fileText: string | undefined
-  #watchTimer: TimerHandle | undefined
   #reloading: Promise<unknown> = Promise.resolve()
   #draining = false
   #pinListener: ((pin: SharedRetryPin) => void) | undefined
@@ -389,7 +387,6 @@ class ProxyRuntime implements ProxyInternals {
         // watch stops, and a reload it asked for meanwhile finds the proxy closed.
         this.#closed ??= Promise.resolve()
         this.#watcher?.close()
-        this.#deps.clock.clearTimeout(this.#watchTimer)
         this.#stopCollect()
       }
       throw error
@@ -881,24 +878,29 @@ class ProxyRuntime implements ProxyInternals {
   #watch(): void {
     if (!this.#watchEnabled || this.#source.kind !== 'file') return
     const file = this.#source.file
-    // Watch the folder, not the file: editors and `mv` replace the file, which ends a watch
-    // on the file itself. A ConfigMap volume's update names only its `..`-prefixed entries.
-    try {
-      this.#watcher = watch(dirname(file), (_event, name) => {
-        if (!isWatchedFileEvent(name, basename(file))) return
-        this.#deps.clock.clearTimeout(this.#watchTimer)
-        this.#watchTimer = this.#deps.clock.setTimeout(() => {
-          void this.#reloadFromWatch(file)
-        }, this.#watchDebounceMs)
-      })
-      this.#watcher.on('error', (error) =>
-        this.#deps.logger.warn('config file watch failed', { error: error.message }),
-      )
-    } catch (error) {
-      // A folder that does not exist: start() reads the file next and reports that.
-      if ((error as { code?: unknown }).code === 'ENOENT') return
-      this.#deps.logger.warn('config file watch failed', { error: (error as Error).message })
-    }
+    const log = this.#deps.logger
+    // Watches the folder, not the file: editors and `mv` replace the file, which ends a watch
+    // on the file itself; a ConfigMap volume's update names only its `..`-prefixed entries. A
+    // folder watch that fails (an error, the folder removed and created again, a folder that
+    // does not exist yet) is armed again after a delay and the file read then, instead of the
+    // proxy never seeing a change again. Unchanged content is compared by #reloadFromWatch as
+    // well: after a reload that failed to apply, the same text is tried again.
+    const react = (): void => void this.#reloadFromWatch(file)
+    this.#watcher = watchFileContent(
+      file,
+      undefined,
+      react,
+      (error) =>
+        log.warn('config file watch failed', {
+          error: error instanceof Error ? error.message : String(error),
+        }),
+      {
+        clock: this.#deps.clock,
+        debounceMs: this.#watchDebounceMs,
+        onUnchanged: react,
+        onRewatched: () => log.info('config file watched again', { file }),
+      },
+    )
   }
 
   // A listener a failed reload let go of and could not bind again (its port taken meanwhile,
@@ -968,7 +970,6 @@ class ProxyRuntime implements ProxyInternals {
   async #close(drainMs: number | undefined): Promise<void> {
     this.beginDrain()
     this.#watcher?.close()
-    this.#deps.clock.clearTimeout(this.#watchTimer)
     this.#deps.clock.clearTimeout(this.#rebindTimer)
     this.#rebindTimer = undefined
     await this.#reloading.catch(() => {})
