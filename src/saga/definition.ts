@@ -519,6 +519,8 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
     )
   }
   const named = `${at.slice(0, at.lastIndexOf('.'))}.steps["${name}"]`
+  // A misspelt field was dropped silently: `compensaton` left the step without compensation.
+  refuseUnknown(named, step, stepFields)
   const kinds = (['action', 'sleepMs', 'waitUntil', 'awaitReply'] as const).filter(
     (k) => step[k] !== undefined,
   )
@@ -538,11 +540,19 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
       'timeoutMs',
       'compensationRequired',
       'compensationRetry',
+      'compensationTimeoutMs',
       'send',
     ]) {
       if (step[field] !== undefined)
         throw new InvalidOptionError(`${named}.${field}`, 'nothing on a wait step', step[field])
     }
+  }
+  if (kind === 'reply' && step.timeoutMs !== undefined) {
+    throw new InvalidOptionError(
+      `${named}.timeoutMs`,
+      'nothing on a reply step (the time it waits is awaitReply.timeoutMs)',
+      step.timeoutMs,
+    )
   }
   const compensation =
     step.compensation === undefined
@@ -577,6 +587,7 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
   let send: AnyFunction | undefined
   if (kind === 'reply') {
     const awaitReply = checkObject(`${named}.awaitReply`, step.awaitReply)
+    refuseUnknown(`${named}.awaitReply`, awaitReply, awaitReplyFields)
     replyTimeoutMs = checkInteger(
       `${named}.awaitReply.timeoutMs`,
       awaitReply.timeoutMs,
@@ -616,6 +627,30 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
       step.waitUntil === undefined
         ? undefined
         : checkFunction<AnyFunction>(`${named}.waitUntil`, step.waitUntil),
+  }
+}
+
+const stepFields = new Set([
+  'name',
+  'action',
+  'compensation',
+  'retry',
+  'timeoutMs',
+  'compensationRequired',
+  'compensationRetry',
+  'compensationTimeoutMs',
+  'sleepMs',
+  'waitUntil',
+  'awaitReply',
+  'send',
+])
+
+const awaitReplyFields = new Set(['timeoutMs', 'onReply'])
+
+function refuseUnknown(at: string, value: Record<string, unknown>, known: Set<string>): void {
+  for (const key of Object.keys(value)) {
+    if (!known.has(key) && value[key] !== undefined)
+      throw new InvalidOptionError(`${at}.${key}`, `one of ${[...known].join(', ')}`, value[key])
   }
 }
 

@@ -140,6 +140,41 @@ describe('defineSaga declarations', () => {
       'saga "x".steps["a"].send',
     ],
     [
+      // A misspelt field was dropped: this step would never have been compensated.
+      'an unknown step field (a misspelt compensation)',
+      { name: 'x', version: 1, steps: [{ name: 'a', action: noop, compensaton: noop }] },
+      'saga "x".steps["a"].compensaton',
+    ],
+    [
+      'an unknown step field (retries for retry)',
+      { name: 'x', version: 1, steps: [{ name: 'a', action: noop, retries: { maxAttempts: 9 } }] },
+      'saga "x".steps["a"].retries',
+    ],
+    [
+      // Its time limit is awaitReply.timeoutMs; the step's timeoutMs was ignored.
+      'a reply step with timeoutMs',
+      {
+        name: 'x',
+        version: 1,
+        steps: [{ name: 'a', send: noop, awaitReply: { timeoutMs: 10 }, timeoutMs: 5 }],
+      },
+      'saga "x".steps["a"].timeoutMs',
+    ],
+    [
+      'an unknown awaitReply option (a misspelt onReply)',
+      {
+        name: 'x',
+        version: 1,
+        steps: [{ name: 'a', send: noop, awaitReply: { timeoutMs: 10, onreply: noop } }],
+      },
+      'saga "x".steps["a"].awaitReply.onreply',
+    ],
+    [
+      'a wait step with a compensation timeout',
+      { name: 'x', version: 1, steps: [{ name: 'a', sleepMs: 5, compensationTimeoutMs: 10 }] },
+      'saga "x".steps["a"].compensationTimeoutMs',
+    ],
+    [
       'an input parser that is not a function',
       { name: 'x', version: 1, input: {}, steps: [{ name: 'a', action: noop }] },
       'saga "x".input',
