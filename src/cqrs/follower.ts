@@ -95,6 +95,21 @@ export class LogWaker {
   }
 }
 
+/**
+ * Wraps a follower's `onError` so that a listener that throws cannot break the loop that
+ * reports to it: the subscription or projector would otherwise end, its loop's promise
+ * rejected with nobody awaiting it (an unhandled rejection), and stop tell nothing.
+ */
+export function safeListener(onError: (error: unknown) => void): (error: unknown) => void {
+  return (error) => {
+    try {
+      onError(error)
+    } catch {
+      // The listener's own failure has nowhere better to go; the loop keeps retrying.
+    }
+  }
+}
+
 /** Exponential delay for failure number `failures` (1-based), with equal jitter. */
 export function failureDelayMs(failures: number, baseMs: number, maxMs: number): number {
   const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(30, failures - 1))

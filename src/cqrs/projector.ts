@@ -7,7 +7,7 @@ import type { SqlExecutor } from '../stores/index.js'
 import { RebuildSupersededError } from './errors.js'
 import { type EventRow, type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
 import { publish } from './events.js'
-import { failureDelayMs, LogWaker } from './follower.js'
+import { failureDelayMs, LogWaker, safeListener } from './follower.js'
 import {
   createTables,
   ensureProjections,
@@ -205,7 +205,9 @@ class SqlProjector implements Projector {
       this.#retryBaseMs,
     )
     this.#onError =
-      options.onError === undefined ? () => {} : checkFunction('onError', options.onError)
+      options.onError === undefined
+        ? () => {}
+        : safeListener(checkFunction('onError', options.onError))
     this.#clock = checkClock('clock', options.clock)
     this.#waker = new LogWaker(store, this.#clock, pollIntervalMs)
   }

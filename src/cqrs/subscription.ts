@@ -2,7 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, sleep } from '../core/clock.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { checkName, type EventStoreImpl } from './event-store.js'
-import { failureDelayMs, LogWaker } from './follower.js'
+import { failureDelayMs, LogWaker, safeListener } from './follower.js'
 import type { RecordedEvent } from './types.js'
 
 /** Options of `EventStore.subscribe`. */
@@ -114,7 +114,9 @@ class StoreSubscription implements Subscription {
       this.#retryBaseMs,
     )
     this.#onError =
-      options.onError === undefined ? () => {} : checkFunction('onError', options.onError)
+      options.onError === undefined
+        ? () => {}
+        : safeListener(checkFunction('onError', options.onError))
     this.#clock = checkClock('clock', options.clock)
     this.#waker = new LogWaker(store, this.#clock, pollIntervalMs)
     this.#done = this.#run()

@@ -514,6 +514,62 @@ describe.each(dbTargets)('a projector stopped from its own apply on $dialect', (
   })
 })
 
+describe.each(dbTargets)('a projector whose onError throws on $dialect', (target) => {
+  let t: TestDb
+  beforeAll(async () => {
+    t = await target.open('cqrs_projector_onerror')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('keeps retrying the failed batch, catches up, and stops', async () => {
+    const store = createEventStore(t.db)
+    const { lastPosition } = await store.append(
+      'flaky-projection',
+      [1, 2, 3].map((n) => ({ type: 'n', data: n })),
+    )
+    const clock = new ManualClock(Date.now())
+    let failures = 2
+    let reported = 0
+    const projector = createProjector(
+      store,
+      defineProjection({
+        name: 'flaky-projection',
+        tables: { flaky_projection: (table) => [`CREATE TABLE ${table} (n INTEGER NOT NULL)`] },
+        async apply(event, { tx, table }) {
+          if (event.data === 2 && failures > 0) {
+            failures--
+            throw new Error('apply failed')
+          }
+          await tx.execute(`INSERT INTO ${table('flaky_projection')} (n) VALUES ($1)`, [event.data])
+        },
+      }),
+      {
+        clock,
+        retryBaseDelayMs: 1000,
+        pollIntervalMs: 60_000,
+        onError: () => {
+          reported++
+          // A broken error listener must not end the loop (nor reject it unhandled).
+          throw new Error('listener failed')
+        },
+      },
+    )
+    projector.start()
+    await expect
+      .poll(async () => {
+        await clock.advance(1000)
+        return projector.position()
+      }, poll)
+      .toBe(lastPosition)
+    expect(reported).toBe(2)
+    await projector.stop()
+    const rows = await t.db.query<{ n: number }>('SELECT n FROM flaky_projection ORDER BY n')
+    expect(rows.map((r) => Number(r.n))).toEqual([1, 2, 3])
+  })
+})
+
 describe.each(dbTargets)(
   'an inline projection added to a log with events on $dialect',
   (target) => {

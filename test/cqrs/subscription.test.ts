@@ -143,6 +143,66 @@ describe.each(dbTargets)('subscriptions on $dialect', (target) => {
   })
 })
 
+describe.each(dbTargets)('a subscription whose onError throws on $dialect', (target) => {
+  let t: TestDb
+  let store: EventStore
+  beforeAll(async () => {
+    t = await target.open('cqrs_subscription_onerror')
+    store = createEventStore(t.db)
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('keeps retrying, delivers every event, and stops', async () => {
+    const clock = new ManualClock(Date.now())
+    const base = await store.headPosition()
+    await store.append(
+      'flaky',
+      [1, 2, 3].map((n) => ({ type: 'n', data: n })),
+    )
+    const seen: number[] = []
+    let failures = 2
+    let reported = 0
+    const subscription = store.subscribe(
+      (event) => {
+        if (event.data === 2 && failures > 0) {
+          failures--
+          throw new Error('handler failed')
+        }
+        seen.push(event.data as number)
+      },
+      {
+        name: 'throwing-listener',
+        fromPosition: base + 1,
+        retryBaseDelayMs: 1000,
+        pollIntervalMs: 60_000,
+        clock,
+        onError: () => {
+          reported++
+          // A broken error listener must not end the subscription (nor reject its loop
+          // unhandled): the failed event is still redelivered.
+          throw new Error('listener failed')
+        },
+      },
+    )
+    await expect
+      .poll(async () => {
+        await clock.advance(1000)
+        return seen
+      }, poll)
+      .toEqual([1, 2, 3])
+    expect(reported).toBe(2)
+    await subscription.stop()
+    expect(subscription.position).toBe(base + 3)
+    const rows = await t.db.query<{ position: number }>(
+      'SELECT position FROM breakwater_checkpoints WHERE name = $1',
+      ['throwing-listener'],
+    )
+    expect(Number(rows[0]!.position)).toBe(base + 3)
+  })
+})
+
 describe('subscriptions on PostgreSQL are woken by NOTIFY', () => {
   const target = dbTargets.find((d) => d.dialect === 'postgres')!
   let t: TestDb
