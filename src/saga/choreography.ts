@@ -76,6 +76,19 @@ export interface CommandStepOptions<I, C, Out> {
   readonly compensationTimeoutMs?: number
 }
 
+const commandStepOptions = new Set([
+  'name',
+  'outbox',
+  'command',
+  'timeoutMs',
+  'onReply',
+  'compensation',
+  'retry',
+  'compensationRequired',
+  'compensationRetry',
+  'compensationTimeoutMs',
+])
+
 /**
  * A saga step that sends a command through the outbox and waits for the reply correlated by
  * saga id (command/reply over any broker): the command commits with the saga's state change,
@@ -100,6 +113,16 @@ export function commandStep<I, C, Out>(
   options: CommandStepOptions<I, C, Out>,
 ): ReplyStep<I, C, Out> {
   checkObject('commandStep', options)
+  // The step is built from the known options alone: any other one (a misspelt compensation)
+  // would be dropped without a word.
+  for (const [key, value] of Object.entries(options)) {
+    if (!commandStepOptions.has(key) && value !== undefined)
+      throw new InvalidOptionError(
+        `commandStep.${key}`,
+        `one of ${[...commandStepOptions].join(', ')}`,
+        value,
+      )
+  }
   const outbox = options.outbox
   if (typeof outbox?.enqueue !== 'function')
     throw new InvalidOptionError('commandStep.outbox', 'an Outbox (createOutbox)', outbox)

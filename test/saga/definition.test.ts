@@ -2,8 +2,10 @@
 // the context is typed step by step; the crash-point parser.
 import { describe, expect, expectTypeOf, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
+import { createOutbox } from '../../src/outbox/index.js'
 import {
   type CompensationContext,
+  commandStep,
   defineSaga,
   type SagaDefinition,
   type StepContext,
@@ -182,6 +184,24 @@ describe('defineSaga declarations', () => {
   ])('refuses %s', (_label, declaration, option) => {
     const error = rejection(() => defineSaga(declaration as never))
     expect(error.option).toBe(option)
+  })
+
+  it('refuses a commandStep option it does not know, naming it (it was dropped)', () => {
+    const error = rejection(() =>
+      commandStep({
+        name: 'charge',
+        outbox: createOutbox(),
+        timeoutMs: 1_000,
+        command: () => ({
+          aggregateType: 'payment',
+          aggregateId: 'p',
+          type: 'charge',
+          payload: {},
+        }),
+        compensaton: noop,
+      } as never),
+    )
+    expect(error.option).toBe('commandStep.compensaton')
   })
 
   it('accepts a valid declaration and exposes its name, version, key and step names', () => {
