@@ -25,6 +25,8 @@ export const errorCodes = {
     'An idempotency key is empty, longer than 255 characters, or uses a character outside the allowed set.',
   IDEMPOTENCY_MISMATCH:
     'An idempotency key was reused for a different request (method, route or body).',
+  IDEMPOTENCY_BODY_UNAVAILABLE:
+    'An idempotency adapter was given a request whose body an earlier layer had already read without leaving it in req.body, so the body cannot be fingerprinted.',
   IDEMPOTENCY_IN_PROGRESS:
     'Another request or call holds the idempotency key and has not finished.',
   DRIVER_MISSING:

@@ -91,6 +91,25 @@ export class IdempotencyInProgressError extends BreakwaterError {
   }
 }
 
+/**
+ * The node:http or Express adapter got a request whose body an earlier layer had already read
+ * without leaving it in `req.body` (code `IDEMPOTENCY_BODY_UNAVAILABLE`, HTTP 500): the body
+ * cannot be fingerprinted, and hashing it as empty would replay a stored response to the same
+ * key with another body. A server misconfiguration (the adapter is mounted after a layer that
+ * drains the stream), so it is not among the errors answered as problem+json to the client.
+ */
+export class IdempotencyBodyUnavailableError extends BreakwaterError {
+  /** The HTTP status the adapter answers with. */
+  readonly status = 500
+
+  constructor() {
+    super(
+      'IDEMPOTENCY_BODY_UNAVAILABLE',
+      'The request body was already read by an earlier handler or middleware and is not in req.body, so it cannot be fingerprinted; mount the idempotency adapter before that layer, or after a body parser',
+    )
+  }
+}
+
 /** Any of the errors above: the ones the middleware turns into problem+json responses. */
 export type IdempotencyError =
   | IdempotencyKeyMissingError

@@ -59,7 +59,9 @@ export interface ExpressIdempotencyOptions {
  * before the handlers it guards (`app.post('/charges', express.json(), expressIdempotency(i),
  * handler)`). The fingerprint hashes the canonical JSON of `req.body` (or its bytes for a
  * Buffer or string); when no parser ran, the middleware reads the raw body into `req.body` as a
- * Buffer. Handlers find the context with `idempotencyContextOf(req)` or in
+ * Buffer. A body an earlier layer drained without setting `req.body` cannot be fingerprinted:
+ * such a request goes to `next()` with `IdempotencyBodyUnavailableError` and nothing runs.
+ * Handlers find the context with `idempotencyContextOf(req)` or in
  * `res.locals.idempotency`; their response (`res.json`, `res.send`, errors rendered by Express)
  * is held back until it is recorded, then sent.
  *
@@ -96,7 +98,10 @@ export function expressIdempotency(
       return
     }
     const signal = disconnectSignal(res)
-    if (req.body === undefined && !req.readableEnded) {
+    // No parser ran: read the raw body. If an earlier layer drained it without setting
+    // req.body, readNodeBody refuses (IDEMPOTENCY_BODY_UNAVAILABLE, to next()) rather than
+    // fingerprint what is left as the body.
+    if (req.body === undefined) {
       try {
         req.body = await readNodeBody(req, maxBodyBytes)
       } catch (error) {

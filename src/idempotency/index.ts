@@ -16,6 +16,7 @@ export type {
 export { createIdempotency, defaultReplayHeaders, replayedHeader } from './core.js'
 export type { IdempotencyError, IdempotencyKeyRule, InProgressReason } from './errors.js'
 export {
+  IdempotencyBodyUnavailableError,
   IdempotencyInProgressError,
   IdempotencyKeyInvalidError,
   IdempotencyKeyMissingError,

@@ -1,4 +1,5 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import { IdempotencyBodyUnavailableError } from './errors.js'
 import { genericProblem } from './problem.js'
 import type { IdempotencyRequest, IdempotencyResponse } from './types.js'
 
@@ -75,14 +76,30 @@ function onBodyClose(this: ReadingRequest): void {
   stopReading(this)?.reject(new Error('The request was aborted before its body was read'))
 }
 
-/** Reads a node request body into one Buffer, refusing more than `maxBytes`. */
+/**
+ * True when the request's framing says it carries no body: no `Transfer-Encoding` and no
+ * `Content-Length` other than 0 (RFC 9112 section 6.3).
+ */
+function framedWithoutBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length']
+  return req.headers['transfer-encoding'] === undefined && (length === undefined || length === '0')
+}
+
+/**
+ * Reads a node request body into one Buffer, refusing more than `maxBytes`. Rejects with
+ * {@link IdempotencyBodyUnavailableError} when another layer already read (some of) the body:
+ * what it read is gone, and a fingerprint of what is left would be wrong.
+ */
 export function readNodeBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
-  // Read already (by another middleware): nothing more will come.
-  if (req.readableEnded) return Promise.resolve(emptyBody)
   const reading = req as ReadingRequest
   // A second reader while a read is under way gets the same body.
   const under = reading[bodyRead]
   if (under !== undefined) return under.promise
+  if (req.readableEnded || req.readableDidRead) {
+    return framedWithoutBody(req)
+      ? Promise.resolve(emptyBody)
+      : Promise.reject(new IdempotencyBodyUnavailableError())
+  }
   // Plain 'data'/'end' listeners: an async iterator over the stream costs several promises
   // per chunk, which shows in the per-request overhead of small JSON requests.
   let resolve!: (body: Buffer) => void
