@@ -334,6 +334,10 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
   }
 
   async load(stream: string, options: { readonly tx?: SqlExecutor } = {}): Promise<LoadedState<S>> {
+    // As handle() does: '' would read as a never-written stream, and a name PostgreSQL cannot
+    // store as given would fail there with a bare driver error (or read another stream).
+    checkName('stream', stream)
+    checkObject('options', options)
     const { truncateBefore: _, ...loaded } = await this.#load(stream, options.tx ?? this.#store.db)
     return loaded
   }

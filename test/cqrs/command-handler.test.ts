@@ -436,6 +436,24 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     expect((await store.readStream(id)).version).toBe(1)
   })
 
+  it('load() refuses a stream name the database cannot store, as handle() does', async () => {
+    const accounts = createCommandHandler(store, {
+      decider: account,
+      snapshots: { every: 5, name: 'load-check' },
+    })
+    // '' read back as a never-written stream; NUL was a bare driver error on PostgreSQL (and a
+    // lookup of another name on SQLite); a lone surrogate read the U+FFFD stream on PostgreSQL.
+    for (const stream of ['', 'acc\u0000x', 'acc\ud800', 42]) {
+      await expect(accounts.load(stream as string)).rejects.toThrow(
+        /stream: expected a non-empty string without NUL/,
+      )
+      await expect(accounts.handle(stream as string, { kind: 'open', owner: 'x' })).rejects.toThrow(
+        /stream: expected a non-empty string without NUL/,
+      )
+    }
+    await expect(accounts.load('acc', 'x' as never)).rejects.toThrow(/options: expected an object/)
+  })
+
   it('rejects bad options naming them', () => {
     expect(() => createCommandHandler(store, { decider: {} as never })).toThrow(
       /decider\.initialState/,
