@@ -17,6 +17,7 @@ import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { AdminServer } from '../proxy/admin/index.js'
 import type { ProxyConfigOverrides } from '../proxy/config/load.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
+import type { ProxyInternals } from '../proxy/runtime.js'
 import { StartupError } from './process-support.js'
 import { counted, messageOf, UsageError } from './usage.js'
 
@@ -216,31 +217,49 @@ async function runSingle(
 ): Promise<number> {
   const { startProxyRuntime } = await import('../proxy/runtime.js')
   const signals = deps.signals ?? process
+  // Handled from before the start: the default action of SIGHUP ends the process, and a start
+  // can take a while (binding listeners, opening the idempotency store). One that comes while
+  // the proxy starts is applied once it is up.
+  let proxy: ProxyInternals | undefined
+  let hupWhileStarting = false
+  const reload = (): void => {
+    // Refused reloads are logged by the runtime; one after the stop began is not applied.
+    proxy
+      ?.tryReload()
+      .catch((error: unknown) =>
+        logger.warn('SIGHUP: reload not applied', { error: messageOf(error) }),
+      )
+  }
+  const onHup = (): void => {
+    if (proxy === undefined) {
+      if (!hupWhileStarting) logger.info('SIGHUP while starting: reloading once started')
+      hupWhileStarting = true
+      return
+    }
+    logger.info('SIGHUP: reloading the config')
+    reload()
+  }
+  signals.on('SIGHUP', onHup)
   const outcome = await runUntilSignal(
     async () => {
-      const proxy = await startProxyRuntime({
+      proxy = await startProxyRuntime({
         config: { file },
         // --workers 1 on a file with more: the file is read (and reloaded) as one process.
         configOverrides: { workers: config.workers },
         logger,
         ...(deps.env === undefined ? {} : { env: deps.env }),
       }).catch(startFailure)
-      const onHup = (): void => {
+      if (hupWhileStarting) {
         logger.info('SIGHUP: reloading the config')
-        // Refused reloads are logged by the runtime; one after the stop began is not applied.
-        proxy
-          .tryReload()
-          .catch((error: unknown) =>
-            logger.warn('SIGHUP: reload not applied', { error: messageOf(error) }),
-          )
+        reload()
       }
-      signals.on('SIGHUP', onHup)
+      const running = proxy
       return {
         stop: async () => {
           signals.off('SIGHUP', onHup)
           // Readiness goes false first, so a load balancer stops sending before we stop taking.
-          proxy.beginDrain()
-          await proxy.close()
+          running.beginDrain()
+          await running.close()
         },
       }
     },
@@ -250,7 +269,7 @@ async function runSingle(
       onSignal: (signal, phase) =>
         logger.info(`${signal}: ${phase === 'drain' ? 'draining' : 'forced stop'}`),
     },
-  )
+  ).finally(() => signals.off('SIGHUP', onHup))
   logger.info('proxy exited', { ...outcome })
   return outcome.reason === 'signal' && outcome.drain !== 'complete' ? 1 : 0
 }
@@ -268,6 +287,10 @@ async function runWorker(logger: Logger, deps: ProxyCommandDeps): Promise<number
 async function serveAsWorker(logger: Logger, deps: ProxyCommandDeps): Promise<number> {
   const { startProxyRuntime } = await import('../proxy/runtime.js')
   const { receiveWorkerConfig, serveWorkerCommands } = await import('../proxy/admin/cluster.js')
+  // The primary coordinates reloads; a SIGHUP sent to a worker must not end it (the default
+  // action of SIGHUP is to exit), also while it waits for its config or starts.
+  const onHup = (): void => logger.info('SIGHUP ignored in a worker: signal the primary')
+  process.on('SIGHUP', onHup)
   const outcome = await runUntilSignal(
     async () => {
       // The primary watches the file, serves the admin API and tells workers to reload. A
@@ -292,14 +315,9 @@ async function serveAsWorker(logger: Logger, deps: ProxyCommandDeps): Promise<nu
         drain = resolvePromise
       })
       const stopServing = serveWorkerCommands(proxy, process, () => drain(), given.generation)
-      // The primary coordinates reloads; a SIGHUP sent to a worker must not end it (the
-      // default action of SIGHUP is to exit).
-      const onHup = (): void => logger.info('SIGHUP ignored in a worker: signal the primary')
-      process.on('SIGHUP', onHup)
       return {
         done,
         stop: async () => {
-          process.off('SIGHUP', onHup)
           proxy.beginDrain()
           await proxy.close()
           stopServing()
@@ -307,7 +325,7 @@ async function serveAsWorker(logger: Logger, deps: ProxyCommandDeps): Promise<nu
       }
     },
     { target: deps.signals ?? process, drainTimeoutMs: 600_000 },
-  )
+  ).finally(() => process.off('SIGHUP', onHup))
   logger.info('worker exited', { ...outcome })
   return 0
 }
@@ -398,7 +416,19 @@ async function runPrimary(
       .reload()
       .catch((error: unknown) => log.error('reload failed', { error: String(error) }))
   }
-  const onHup = (): void => reload('SIGHUP')
+  // Handled from before the start (the default action of SIGHUP ends the process); one that
+  // comes before the workers are forked is applied once they are (they may still be starting:
+  // the backend hands the config in force to each as it comes up).
+  let forked = false
+  let hupWhileStarting = false
+  const onHup = (): void => {
+    if (forked) reload('SIGHUP')
+    else {
+      if (!hupWhileStarting) log.info('SIGHUP while starting: reloading once started')
+      hupWhileStarting = true
+    }
+  }
+  signals.on('SIGHUP', onHup)
 
   const outcome = await runUntilSignal(
     async () => {
@@ -436,7 +466,8 @@ async function runPrimary(
       )
       log.info('starting workers', { workers })
       for (let i = 0; i < workers; i++) fork()
-      signals.on('SIGHUP', onHup)
+      forked = true
+      if (hupWhileStarting) reload('SIGHUP')
       return {
         done: startFailed,
         stop: async () => {
@@ -463,7 +494,7 @@ async function runPrimary(
       onSignal: (signal, phase) =>
         log.info(`${signal}: ${phase === 'drain' ? 'draining every worker' : 'forced stop'}`),
     },
-  )
+  ).finally(() => signals.off('SIGHUP', onHup))
   if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
     for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGKILL')
     await admin?.close()
