@@ -184,6 +184,8 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   readonly #metrics: MutableSagaMetrics = emptyMetrics()
   readonly #inHand = new Map<string, InstanceRun>()
   readonly #running = new Set<Promise<RunOutcome>>()
+  /** run() calls still inserting their instance (not yet in `#running`). */
+  readonly #starting = new Set<Promise<void>>()
   #state: SagaWorkerState = 'new'
   #loop: Promise<void> | undefined
   #wake: (() => void) | undefined
@@ -299,7 +301,8 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     if (this.#state === 'new' || this.#state === 'running') this.#state = 'stopping'
     this.#wakeUp()
     await this.#loop
-    while (this.#running.size > 0) await Promise.allSettled([...this.#running])
+    while (this.#running.size > 0 || this.#starting.size > 0)
+      await Promise.allSettled([...this.#running, ...this.#starting])
     this.#stopRenewals()
     const unlisten = this.#unlisten
     this.#unlisten = undefined
@@ -449,24 +452,40 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       updated_at: now,
       finished_at: null,
     }
-    const created = await this.#batcher.insert({
-      id,
-      name: saga.name,
-      version: saga.version,
-      key: saga.key,
-      input: row.input,
-      steps: row.steps,
-      nextRunAt: now,
-      leaseOwner: this.id,
-      leaseExpiresAt: now + this.leaseMs,
-      leaseToken: 1,
-      attempt: 1,
-      now,
+    // Until the run is tracked, stop() waits on this: a stop() that came during the insert
+    // resolved at once, and the run then claimed and wrote after it (the caller may have closed
+    // the database by then), leaving the instance leased to a stopped worker.
+    let started!: () => void
+    const starting = new Promise<void>((resolve) => {
+      started = resolve
     })
-    if (!created) return this.#stored(id, false)
-    const run = new InstanceRun(this, saga, row)
-    this.#inHand.set(id, run)
-    const outcome = await this.#track(run)
+    this.#starting.add(starting)
+    let run: InstanceRun
+    let tracked: Promise<RunOutcome>
+    try {
+      const created = await this.#batcher.insert({
+        id,
+        name: saga.name,
+        version: saga.version,
+        key: saga.key,
+        input: row.input,
+        steps: row.steps,
+        nextRunAt: now,
+        leaseOwner: this.id,
+        leaseExpiresAt: now + this.leaseMs,
+        leaseToken: 1,
+        attempt: 1,
+        now,
+      })
+      if (!created) return this.#stored(id, false)
+      run = new InstanceRun(this, saga, row)
+      this.#inHand.set(id, run)
+      tracked = this.#track(run)
+    } finally {
+      this.#starting.delete(starting)
+      started()
+    }
+    const outcome = await tracked
     // A run that was fenced off or gave up holds a state its last write did not store (the
     // status it was about to write, say 'completed'): what counts is what the database has.
     if (outcome === 'lost' || outcome === 'abandoned') return this.#stored(id, true)

@@ -1079,6 +1079,37 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     })
   })
 
+  it('stop() called while run() is still inserting waits for that run to give its instance back', async () => {
+    const clock = new ManualClock(0)
+    let ran = false
+    const saga = defineSaga({
+      name: `inserting-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'only',
+          action: async () => {
+            ran = true
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const id = `inserting-${randomUUID()}`
+    const running = worker.run(saga, {}, { id })
+    // The insert is in flight: stop() must not resolve before the run it starts has ended
+    // (a CLI closes the database once stop() resolves; the run's writes would then fail).
+    await worker.stop()
+    expect(worker.state).toBe('stopped')
+    expect(await getSaga(t.db, id)).toMatchObject({
+      status: 'running',
+      stepIndex: 0,
+      leaseOwner: undefined,
+    })
+    expect(ran).toBe(false)
+    expect((await running).status).toBe('running')
+  })
+
   it('several workers on one database run each saga’s steps once (claims never overlap)', async () => {
     const clock = new ManualClock(0)
     const calls = new Map<string, number>()
