@@ -111,7 +111,7 @@ export const errorCodes = {
   PROXY_IDEMPOTENCY_STORE_FAILED:
     'startProxy could not open the idempotency store of idempotency.url (unreachable, refused, not a usable path).',
   PROXY_CLOSED:
-    'A proxy reload was asked after close() was called (or close() came while it waited its turn); nothing was applied.',
+    'A proxy reload was asked after close() was called (or close() came while it waited its turn); nothing was applied. The admin API answers it 503 while the proxy drains.',
   PARTIALLY_APPLIED:
     'A proxy admin command reached some workers of a multi-process proxy and not others; answered 502, send it again.',
 } as const

@@ -385,6 +385,10 @@ function decodeSegment(segment: string): string {
 
 function toProblem(error: unknown): never {
   if (error instanceof AdminProblem) throw error
+  // The admin API closes after the listeners' drain: a command meanwhile finds the proxy
+  // closed, which is no failure of the admin API.
+  if (BreakwaterError.is(error) && error.code === 'PROXY_CLOSED')
+    throw new AdminProblem(503, 'PROXY_CLOSED', error.message)
   if (error instanceof PartiallyAppliedError)
     throw new AdminProblem(502, 'PARTIALLY_APPLIED', error.message, {
       appliedBy: error.applied,
