@@ -184,7 +184,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   readonly #metrics: MutableSagaMetrics = emptyMetrics()
   readonly #inHand = new Map<string, InstanceRun>()
   readonly #running = new Set<Promise<RunOutcome>>()
-  /** run() calls still inserting their instance (not yet in `#running`). */
+  /** run() calls inserting their instance and poll() calls claiming (not yet in `#running`). */
   readonly #starting = new Set<Promise<void>>()
   #state: SagaWorkerState = 'new'
   #loop: Promise<void> | undefined
@@ -361,7 +361,20 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     const free = this.#concurrency - this.#inHand.size
     if (free <= 0 || this.stopping) return 0
     const before = new Set(this.#running)
-    const claimed = await this.#claim(free)
+    // stop() waits for the claim too: what it takes must be run (and given back) before stop()
+    // resolves, not after.
+    const claiming = this.#claim(free)
+    const settled = claiming.then(
+      () => {},
+      () => {},
+    )
+    this.#starting.add(settled)
+    let claimed: number
+    try {
+      claimed = await claiming
+    } finally {
+      this.#starting.delete(settled)
+    }
     await Promise.allSettled([...this.#running].filter((p) => !before.has(p)))
     return claimed
   }

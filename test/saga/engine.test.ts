@@ -1095,11 +1095,16 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
       ],
     })
     const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const order: string[] = []
+    worker.events.on((e) => {
+      if (e.type === 'released') order.push('released')
+    })
     const id = `inserting-${randomUUID()}`
     const running = worker.run(saga, {}, { id })
     // The insert is in flight: stop() must not resolve before the run it starts has ended
     // (a CLI closes the database once stop() resolves; the run's writes would then fail).
-    await worker.stop()
+    await worker.stop().then(() => order.push('stopped'))
+    expect(order).toEqual(['released', 'stopped'])
     expect(worker.state).toBe('stopped')
     expect(await getSaga(t.db, id)).toMatchObject({
       status: 'running',
@@ -1108,6 +1113,57 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     })
     expect(ran).toBe(false)
     expect((await running).status).toBe('running')
+  })
+
+  it('stop() called while poll() is still claiming waits for what that claim took', async () => {
+    const clock = new ManualClock(0)
+    let ran = false
+    const saga = defineSaga({
+      name: `claiming-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'only',
+          action: async () => {
+            ran = true
+          },
+        },
+      ],
+    })
+    const { id } = await startSaga(t.db, saga, {}, { clock })
+    // The real database, its claim's answer held back until stop() has been called.
+    const claimed = gate()
+    const answer = gate()
+    const db = new Proxy(t.db, {
+      get(target, prop) {
+        if (prop === 'query') {
+          return async (sql: string, params: readonly unknown[] = []) => {
+            const rows = await target.query(sql, params)
+            if (sql.includes('lease_token = lease_token + 1')) {
+              claimed.open()
+              await answer.promise
+            }
+            return rows
+          }
+        }
+        const value: unknown = Reflect.get(target, prop, target)
+        return typeof value === 'function' ? value.bind(target) : value
+      },
+    })
+    const worker = createSagaWorker({ db, sagas: [saga], clock })
+    const order: string[] = []
+    worker.events.on((e) => {
+      if (e.type === 'released') order.push('released')
+    })
+    const polling = worker.poll()
+    await claimed.promise
+    const stopping = worker.stop().then(() => order.push('stopped'))
+    answer.open()
+    await stopping
+    expect(order).toEqual(['released', 'stopped'])
+    expect(await getSaga(t.db, id)).toMatchObject({ status: 'running', leaseOwner: undefined })
+    expect(ran).toBe(false)
+    expect(await polling).toBe(1)
   })
 
   it('several workers on one database run each saga’s steps once (claims never overlap)', async () => {
