@@ -8,7 +8,7 @@
 import { readFile } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { resolve } from 'node:path'
-import type { Clock, TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { createJsonLogger, type Logger } from '../observability/logger.js'
@@ -142,7 +142,8 @@ export interface Proxy {
   /**
    * Graceful stop: readiness turns false, listeners stop accepting and let requests in flight
    * finish for up to `drainMs` (default: the config's `drainTimeoutMs`), then services, the
-   * admin API and the file watcher close.
+   * admin API and the file watcher close. A `drainMs` that is not an integer >= 0 is refused
+   * (InvalidOptionError, code `INVALID_OPTION`) before anything stops.
    */
   close(drainMs?: number): Promise<void>
 }
@@ -504,6 +505,15 @@ class ProxyRuntime implements ProxyInternals {
   }
 
   close(drainMs?: number): Promise<void> {
+    // Checked before anything stops: a bad value used to fail the listeners' close midway,
+    // leaving a proxy half stopped that no later close() could finish.
+    if (drainMs !== undefined) {
+      try {
+        checkInteger('close.drainMs', drainMs, 0, maxTimerDelayMs)
+      } catch (error) {
+        return Promise.reject(error)
+      }
+    }
     this.#closed ??= this.#close(drainMs)
     return this.#closed
   }
