@@ -13,10 +13,12 @@ import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { WrongExpectedVersionError } from './errors.js'
 import {
   checkExpected,
+  checkKey,
   checkName,
   type EventStore,
   type EventStoreImpl,
   internalsOf,
+  maxSnapshotNameBytes,
 } from './event-store.js'
 import { publish } from './events.js'
 import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './types.js'
@@ -308,8 +310,9 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     if (options.snapshots !== undefined) {
       const s = checkObject('snapshots', options.snapshots)
       const every = checkInteger('snapshots.every', s.every, 1)
-      // checkName: PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD.
-      const name = checkName('snapshots.name', s.name ?? 'default')
+      // PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD; and the name is a
+      // key with the stream id: bounded so that both fit one index entry (see checkKey).
+      const name = checkKey('snapshots.name', s.name ?? 'default', maxSnapshotNameBytes)
       this.#snapshots = {
         every,
         name,
@@ -387,7 +390,8 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     command: C,
     options: HandleOptions = {},
   ): Promise<CommandResult<E, S>> {
-    checkName('stream', stream)
+    // Before anything runs: the append would refuse the stream only after load and decide.
+    checkKey('stream', stream)
     checkObject('options', options)
     const commandId = options.commandId
     if (commandId !== undefined && (typeof commandId !== 'string' || commandId === '')) {

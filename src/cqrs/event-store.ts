@@ -233,6 +233,32 @@ function checkStream(stream: unknown): string {
   return checkName('stream', stream)
 }
 
+/**
+ * @internal The longest stream id or checkpoint name, in UTF-8 bytes. They are index keys
+ * (the stream id of two, one of them with the version), and PostgreSQL refuses an index entry
+ * over about 2,700 bytes with a bare "index row size" error, while SQLite stores any length: the
+ * cap keeps both databases alike and the error clear. Snapshot names share a key with the stream
+ * id, hence their own smaller cap.
+ */
+export const maxKeyBytes = 2048
+
+/** @internal The longest snapshot name, in UTF-8 bytes (see {@link maxKeyBytes}). */
+export const maxSnapshotNameBytes = 256
+
+/**
+ * @internal {@link checkName} for a name stored as an index key: also at most `maxBytes` UTF-8
+ * bytes. Checked where such a key is created (appends, stream metadata, checkpoints); reads
+ * accept any name, since a stream stored before the cap (SQLite) must stay readable.
+ */
+export function checkKey(option: string, value: unknown, maxBytes = maxKeyBytes): string {
+  const name = checkName(option, value)
+  // A UTF-16 unit is at most 3 UTF-8 bytes: short names need no count.
+  if (name.length * 3 > maxBytes && Buffer.byteLength(name, 'utf8') > maxBytes) {
+    throw new InvalidOptionError(option, `a name of at most ${maxBytes} UTF-8 bytes`, name)
+  }
+  return name
+}
+
 /** Whether a stream at `version` (deleted or not) satisfies `expected`. */
 export function expectationHolds(
   expected: ExpectedVersion,
@@ -397,7 +423,7 @@ export class EventStoreImpl implements EventStore {
     notifyInTx: boolean,
     beforeWrite?: (drafts: readonly RecordedEvent<E>[]) => void,
   ): Promise<AppendResult<E>> {
-    checkStream(stream)
+    checkKey('stream', stream)
     if (!Array.isArray(events) || events.length === 0) {
       throw new InvalidOptionError('events', 'a non-empty array of events', events)
     }
@@ -776,7 +802,8 @@ export class EventStoreImpl implements EventStore {
     metadata: Readonly<Record<string, unknown>>,
     options: StreamWriteOptions = {},
   ): Promise<void> {
-    checkStream(stream)
+    // It creates the stream's row when there is none.
+    checkKey('stream', stream)
     checkObject('metadata', metadata)
     const expected = checkExpected(options.expectedVersion ?? 'any')
     const text = eventJsonText('metadata', metadata, 'a JSON-serializable object')

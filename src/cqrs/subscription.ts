@@ -1,7 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, sleep } from '../core/clock.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
-import { checkName, type EventStoreImpl } from './event-store.js'
+import { checkKey, type EventStoreImpl } from './event-store.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
 import type { RecordedEvent } from './types.js'
 
@@ -96,8 +96,9 @@ class StoreSubscription implements Subscription {
     checkObject('options', options)
     this.#store = store
     this.#handler = checkFunction('handler', handler)
-    // checkName: PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD.
-    this.name = options.name === undefined ? undefined : checkName('name', options.name)
+    // PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD; and the name is a key
+    // of breakwater_checkpoints, so it is bounded in length too (see checkKey).
+    this.name = options.name === undefined ? undefined : checkKey('name', options.name)
     this.position = checkInteger('fromPosition', options.fromPosition ?? 0, 0) - 1
     if (this.position < 0) this.position = 0
     this.#saved = this.position

@@ -452,6 +452,10 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
       )
     }
     await expect(accounts.load('acc', 'x' as never)).rejects.toThrow(/options: expected an object/)
+    // Refused before deciding: a stream id too long to be a key.
+    await expect(accounts.handle('é'.repeat(1100), { kind: 'open', owner: 'x' })).rejects.toThrow(
+      /stream: expected a name of at most 2048 UTF-8 bytes/,
+    )
   })
 
   it('rejects bad options naming them', () => {
@@ -467,6 +471,13 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     expect(() =>
       createCommandHandler(store, { decider: account, snapshots: { every: 0 } }),
     ).toThrow(/snapshots\.every/)
+    // A key with the stream id (PostgreSQL indexes at most about 2,700 bytes).
+    expect(() =>
+      createCommandHandler(store, {
+        decider: account,
+        snapshots: { every: 5, name: 'v'.repeat(257) },
+      }),
+    ).toThrow(/snapshots\.name: expected a name of at most 256 UTF-8 bytes/)
     // PostgreSQL text cannot hold NUL (every load would fail there) and stores a lone
     // surrogate as U+FFFD (two names would share snapshots): refused on both databases.
     for (const name of ['cart\u0000v2', 'cart\udc00']) {

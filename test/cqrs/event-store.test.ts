@@ -1,6 +1,7 @@
 // The event store on real SQLite and real PostgreSQL: appends and reads, every expectation,
 // soft delete, metadata, upcasters, and optimistic concurrency under 100 concurrent writers.
 import { spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
@@ -529,6 +530,35 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
       b: { n: null },
       c: 0,
     })
+  })
+
+  it('refuses stream ids PostgreSQL cannot index, alike on both databases', async () => {
+    // The stream id is a key of two indexes: past about 2,700 bytes PostgreSQL failed the
+    // append with a bare "index row size" error, while SQLite stored it.
+    const random = (bytes: number) => randomBytes(bytes / 2).toString('hex')
+    // Bytes, not characters: 2,049 characters of 2,052 bytes; 1,500 characters of 3,000.
+    const tooLong = [random(2050), `${random(2046)}ééé`, 'é'.repeat(1500), random(6000)]
+    for (const stream of tooLong) {
+      await expect(store.append(stream, [event(1)])).rejects.toThrow(
+        /stream: expected a name of at most 2048 UTF-8 bytes/,
+      )
+      await expect(store.setStreamMetadata(stream, { a: 1 })).rejects.toThrow(
+        /stream: expected a name of at most 2048 UTF-8 bytes/,
+      )
+      const error = await store.append(stream, [event(1)]).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      // Reading one is harmless: it is simply not there.
+      expect((await store.readStream(stream)).exists).toBe(false)
+    }
+    const longest = random(2048)
+    expect((await store.append(longest, [event(1)])).version).toBe(1)
+    await store.setStreamMetadata(longest, { a: 1 })
+    await store.deleteStream(longest)
+    expect((await store.streamInfo(longest)).deleted).toBe(true)
+    // Checkpoint names are keys too.
+    expect(() => store.subscribe(() => {}, { name: random(2050) })).toThrow(
+      /name: expected a name of at most 2048 UTF-8 bytes/,
+    )
   })
 
   it('100 concurrent appends at one expected version: exactly one wins per version', async () => {
