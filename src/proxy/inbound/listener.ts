@@ -274,6 +274,28 @@ export function createListenerServer(
   server.on('drop', () => {
     refused++
   })
+  // A failed accept (EMFILE or ENFILE: the process or the machine is out of file descriptors,
+  // as a connection flood can make it) comes as the server's 'error' event, which Node throws
+  // when nobody listens: the proxy would end. The server keeps listening (libuv sheds the
+  // connection it could not take); the failures are logged at most every 10 s, with how many
+  // were not. Errors before listening are listen()'s to report.
+  let acceptFailuresSuppressed = 0
+  let acceptFailureLoggedAt = Number.NEGATIVE_INFINITY
+  server.on('error', (error: NodeJS.ErrnoException) => {
+    if (bound === undefined) return
+    const now = deps.clock.now()
+    if (now - acceptFailureLoggedAt < 10_000) {
+      acceptFailuresSuppressed++
+      return
+    }
+    acceptFailureLoggedAt = now
+    log.error('accepting a connection failed', {
+      code: error.code,
+      error: error.message,
+      ...(acceptFailuresSuppressed > 0 ? { suppressed: acceptFailuresSuppressed } : {}),
+    })
+    acceptFailuresSuppressed = 0
+  })
   server.on('connect', (_req, socket: Socket) => {
     endWithProblem(
       socket,
