@@ -205,7 +205,8 @@ export type DeliverReplyResult =
  * are duplicates) and wakes the saga so that a worker continues it. Pass your transaction to
  * record the reply together with, say, the inbox row of the message that carried it. Throws
  * `SagaNotFoundError` for an unknown saga and `SagaStateConflictError` for a step it does not
- * have. A reply for a step that is not waiting (any more) is kept but changes nothing.
+ * have or one that has sent no command yet. A reply for a step that is not waiting any more
+ * is kept but changes nothing.
  *
  * @example
  * ```ts
@@ -221,15 +222,27 @@ export async function deliverReply(
 ): Promise<DeliverReplyResult> {
   checkObject('options', options)
   const clock = checkClock('clock', options.clock)
+  // The reply itself first: a value JSON cannot hold is the caller's mistake, whatever the saga.
+  const json = storedJson('reply', reply)
   const statements = sagaStatements[executor.dialect]
   const rows = await executor.query<SagaRow>(statements.selectOne, [sagaId])
   const row = rows[0]
   if (row === undefined) throw new SagaNotFoundError(sagaId)
-  const steps = JSON.parse(row.steps) as { name: string }[]
-  if (!steps.some((s) => s.name === step)) {
+  const steps = JSON.parse(row.steps) as { name: string; status: string }[]
+  const state = steps.find((s) => s.name === step)
+  if (state === undefined) {
     throw new SagaStateConflictError(sagaId, row.status, `it has no step named "${step}"`)
   }
-  const json = storedJson('reply', reply)
+  // A step's command commits with the state that leaves `pending`, so a reply to a step still
+  // pending answers nothing it sent (misrouted, or meant for an earlier instance with this id).
+  // Kept, it was taken as the step's answer when the step came, and the command never went.
+  if (state.status === 'pending') {
+    throw new SagaStateConflictError(
+      sagaId,
+      row.status,
+      `step "${step}" has sent no command to reply to`,
+    )
+  }
   const now = clock.now()
   const { rowCount } = await executor.execute(statements.insertReply, [sagaId, step, json, now])
   if (rowCount === 0) {

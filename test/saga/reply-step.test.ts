@@ -12,6 +12,8 @@ import {
   getSaga,
   getSagaTimeline,
   type SagaRetryOptions,
+  SagaStateConflictError,
+  startSaga,
 } from '../../src/saga/index.js'
 import { sagaStatements } from '../../src/saga/sql.js'
 import type { SqlDriver } from '../../src/stores/index.js'
@@ -174,6 +176,35 @@ describe.each(dbTargets)('saga reply steps on $dialect', (target) => {
     expect(instance!.steps[1]).toMatchObject({ status: 'failed' })
     expect(instance!.steps[1]!.sent).toBeUndefined()
     expect(await effects(id)).toEqual(['reserve', 'charge-sent 1', 'release'])
+  })
+
+  it('a reply for a step that has sent no command is refused, and the step still sends it', async () => {
+    const clock = new ManualClock(0)
+    const saga = orderSaga('unsent', { maxAttempts: 3 })
+    const { id } = await startSaga(t.db, saga, {}, { clock })
+    // A stray reply (misrouted, or left from an earlier instance with this id): kept, it was
+    // taken as the charge's answer when the step came, and the charge was never sent.
+    const refused = await deliverReply(
+      t.db,
+      id,
+      'charge',
+      { ok: true, chargeId: 'stray' },
+      {
+        clock,
+      },
+    ).catch((error: unknown) => error)
+    expect(refused).toBeInstanceOf(SagaStateConflictError)
+    expect((refused as SagaStateConflictError).code).toBe('SAGA_STATE_CONFLICT')
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    expect(await worker.poll()).toBe(1)
+    expect(await getSaga(t.db, id)).toMatchObject({ status: 'running', context: {} })
+    expect(await effects(id)).toEqual(['reserve', 'charge-sent 1'])
+    await deliverReply(t.db, id, 'charge', { ok: true, chargeId: 'c-1' }, { clock })
+    expect(await worker.poll()).toBe(1)
+    expect(await getSaga(t.db, id)).toMatchObject({
+      status: 'completed',
+      context: { chargeId: 'c-1' },
+    })
   })
 
   /**
