@@ -343,6 +343,25 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       resolve()
     })
   })
+  // A failed accept (EMFILE or ENFILE: out of file descriptors) comes as an 'error' event,
+  // which Node throws when nobody listens, ending the proxy with it. The server keeps
+  // listening; the failures are logged at most every 10 s, with how many were not.
+  let suppressed = 0
+  let loggedAt = Number.NEGATIVE_INFINITY
+  server.on('error', (error: NodeJS.ErrnoException) => {
+    const now = deps.clock.now()
+    if (now - loggedAt < 10_000) {
+      suppressed++
+      return
+    }
+    loggedAt = now
+    log.error('accepting a connection failed', {
+      code: error.code,
+      error: error.message,
+      ...(suppressed > 0 ? { suppressed } : {}),
+    })
+    suppressed = 0
+  })
   const info = server.address()
   const bound =
     info !== null && typeof info === 'object'
