@@ -28,6 +28,7 @@ import {
   sqliteLastPosition,
   sqliteStreamForAppend,
   sqliteUpsertStream,
+  storedTime,
 } from './sql.js'
 import { createSubscription, type Subscription, type SubscriptionOptions } from './subscription.js'
 import type {
@@ -429,7 +430,7 @@ export class EventStoreImpl implements EventStore {
     }
     const expected = checkExpected(options.expectedVersion ?? 'any')
     const prepared = this.#prepare(events)
-    const createdAt = this.clock.now()
+    const createdAt = storedTime(this.clock)
     if (beforeWrite !== undefined && typeof expected === 'number') {
       beforeWrite(recordedEvents(stream, events, prepared, createdAt, expected + events.length))
     }
@@ -809,7 +810,12 @@ export class EventStoreImpl implements EventStore {
     const text = eventJsonText('metadata', metadata, 'a JSON-serializable object')
     await this.#inTransaction(options.tx, async (tx) => {
       await this.#checkForWrite(tx, stream, expected)
-      await tx.execute(this.statements.upsertMetadata, [stream, text, false, this.clock.now()])
+      await tx.execute(this.statements.upsertMetadata, [
+        stream,
+        text,
+        false,
+        storedTime(this.clock),
+      ])
     })
   }
 
@@ -819,7 +825,7 @@ export class EventStoreImpl implements EventStore {
     await this.#inTransaction(options.tx, async (tx) => {
       const info = await this.#checkForWrite(tx, stream, expected)
       if (info.version === 0 || info.deleted) return
-      await tx.execute(this.statements.markDeleted, [stream, true, this.clock.now()])
+      await tx.execute(this.statements.markDeleted, [stream, true, storedTime(this.clock)])
       await tx.execute(this.statements.deleteSnapshots, [stream])
     })
   }
@@ -869,7 +875,7 @@ export class EventStoreImpl implements EventStore {
       name,
       version,
       state,
-      this.clock.now(),
+      storedTime(this.clock),
     ])
   }
 

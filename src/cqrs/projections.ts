@@ -2,7 +2,7 @@ import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkObject } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
-import { cqrsStatements } from './sql.js'
+import { cqrsStatements, storedTime } from './sql.js'
 import type { EventShape, RecordedEvent } from './types.js'
 
 /** What a projection's `apply` receives besides the event. */
@@ -179,7 +179,7 @@ export async function ensureProjections(
       }
       const inserted = await tx.execute(statements.insertProjection, [
         projection.name,
-        clock.now(),
+        storedTime(clock),
         missingThrough,
       ])
       if (inserted.rowCount > 0) await createTables(tx, projection, 0)

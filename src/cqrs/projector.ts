@@ -17,6 +17,7 @@ import {
   projectionContext,
   validateProjection,
 } from './projections.js'
+import { storedTime } from './sql.js'
 import type { RecordedEvent } from './types.js'
 
 /** Options of {@link createProjector}. */
@@ -296,7 +297,7 @@ class SqlProjector implements Projector {
       await tx.execute(store.statements.saveProjectionPosition, [
         this.name,
         last,
-        this.#clock.now(),
+        storedTime(this.#clock),
       ])
       return { applied: events.length, position: last }
     })
@@ -458,7 +459,11 @@ class SqlProjector implements Projector {
       }
       await this.#dropTables(tx, next)
       await createTables(tx, projection, next)
-      await tx.execute(store.statements.setRebuildGeneration, [this.name, next, this.#clock.now()])
+      await tx.execute(store.statements.setRebuildGeneration, [
+        this.name,
+        next,
+        storedTime(this.#clock),
+      ])
       return next
     })
 
@@ -530,7 +535,7 @@ class SqlProjector implements Projector {
         this.name,
         position,
         generation,
-        this.#clock.now(),
+        storedTime(this.#clock),
       ])
       return position
     })

@@ -3,6 +3,7 @@ import { type Clock, sleep } from '../core/clock.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { checkKey, type EventStoreImpl } from './event-store.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
+import { storedTime } from './sql.js'
 import type { RecordedEvent } from './types.js'
 
 /** Options of `EventStore.subscribe`. */
@@ -178,7 +179,7 @@ class StoreSubscription implements Subscription {
     await this.#store.db.execute(this.#store.statements.saveCheckpoint, [
       this.name,
       position,
-      this.#clock.now(),
+      storedTime(this.#clock),
     ])
     this.#saved = position
   }
