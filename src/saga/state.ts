@@ -208,20 +208,43 @@ export function timelineEntryFromRow(row: SagaEventRow): SagaTimelineEntry {
   }
 }
 
-/** Reduces any thrown value to what is persisted and logged. */
+/**
+ * Reduces any thrown value to what is persisted and logged. Never throws: a value without a
+ * prototype (`String()` throws on it) or with throwing getters made the step's failure path
+ * throw, and the instance was given up as if its worker had died, attempt after attempt.
+ */
 export function errorInfo(error: unknown): ErrorInfo {
   if (typeof error !== 'object' || error === null) {
-    return { name: 'Error', message: String(error) }
+    return { name: 'Error', message: textOf(error) }
   }
   const e = error as { name?: unknown; message?: unknown; code?: unknown; status?: unknown }
-  const info: { name: string; message: string; code?: string; status?: number } = {
-    name: typeof e.name === 'string' ? e.name : 'Error',
-    message: typeof e.message === 'string' ? e.message : String(error),
+  const read = (key: keyof typeof e): unknown => {
+    try {
+      return e[key]
+    } catch {
+      return undefined
+    }
   }
+  const name = read('name')
+  const message = read('message')
+  const info: { name: string; message: string; code?: string; status?: number } = {
+    name: typeof name === 'string' ? name : 'Error',
+    message: typeof message === 'string' ? message : textOf(error),
+  }
+  const code = read('code')
   if (BreakwaterError.is(error)) info.code = error.code
-  else if (typeof e.code === 'string') info.code = e.code
-  if (typeof e.status === 'number') info.status = e.status
+  else if (typeof code === 'string') info.code = code
+  const status = read('status')
+  if (typeof status === 'number') info.status = status
   return info
+}
+
+function textOf(value: unknown): string {
+  try {
+    return String(value)
+  } catch {
+    return Object.prototype.toString.call(value)
+  }
 }
 
 /** A one-line description of a persisted error. */

@@ -3,7 +3,8 @@
 // failed with that error, and the step's retry (or compensationRetry) decides what next, as for
 // an action (or compensation) that throws. Before, the instance was abandoned as if its worker
 // had died: it sat until its lease ran out, then went again, and ended "used up its attempts
-// without recording an outcome (its workers died ...)" without the error.
+// without recording an outcome (its workers died ...)" without the error. The same happened to
+// a thrown value that String() cannot convert (no prototype): its failure path threw.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -75,6 +76,30 @@ describe.each(dbTargets)('atCommit work that throws, on $dialect', (target) => {
     expect(await log.read(t.db, outcome.id)).toEqual(['reserve', 'undo-reserve'])
     expect(events.filter((e) => e.type === 'error')).toEqual([])
     expect(worker.metrics().inFlight).toBe(0)
+  })
+
+  it('fails the step for a thrown value that cannot be made a string (no prototype), instead of giving it up', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: `exotic-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'odd',
+          action: async () => {
+            throw Object.assign(Object.create(null) as object, { code: 'ODD' })
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock, leaseMs: 3_600_000 })
+    const outcome = await worker.run(saga, {})
+    expect(outcome.status).toBe('compensated')
+    expect(outcome.reason).toBe('step "odd" failed: Error: [object Object] [ODD]')
+    expect((await getSaga(t.db, outcome.id))!.steps[0]).toMatchObject({
+      status: 'failed',
+      error: { name: 'Error', message: '[object Object]', code: 'ODD' },
+    })
   })
 
   it('retries a transient failure of the work after the persisted delay', async () => {
