@@ -334,8 +334,23 @@ export function compiledSaga(definition: unknown, option = 'definition'): Compil
     typeof definition === 'object' && definition !== null
       ? compiledSagas.get(definition)
       : undefined
-  if (compiled === undefined)
-    throw new InvalidOptionError(option, 'a saga definition from defineSaga()', definition)
+  if (compiled === undefined) {
+    // Definitions are recognised by identity: one made by a second copy of the package (an
+    // app's own node_modules/breakwater loaded by a globally installed CLI) has every field
+    // and is still refused, which "expected a definition from defineSaga()" did not explain.
+    const looksDefined =
+      typeof definition === 'object' &&
+      definition !== null &&
+      typeof (definition as { key?: unknown }).key === 'string' &&
+      Array.isArray((definition as { stepNames?: unknown }).stepNames)
+    throw new InvalidOptionError(
+      option,
+      looksDefined
+        ? 'a saga definition from this copy of breakwater’s defineSaga() (this one was made by another copy of breakwater: import defineSaga from the breakwater that runs the workers)'
+        : 'a saga definition from defineSaga()',
+      definition,
+    )
+  }
   return compiled
 }
 

@@ -6,6 +6,7 @@ import { createOutbox } from '../../src/outbox/index.js'
 import {
   type CompensationContext,
   commandStep,
+  createSagaWorker,
   defineSaga,
   type SagaDefinition,
   type StepContext,
@@ -202,6 +203,15 @@ describe('defineSaga declarations', () => {
       } as never),
     )
     expect(error.option).toBe('commandStep.compensaton')
+  })
+
+  it('says so when a definition comes from another copy of breakwater (the worker CLI loading an app’s own)', () => {
+    // What a second copy's defineSaga returns: a frozen object with the same fields.
+    const foreign = Object.freeze({ name: 'order', version: 1, key: 'order@1', stepNames: ['a'] })
+    const db = { dialect: 'sqlite', transaction: async () => undefined }
+    const error = rejection(() => createSagaWorker({ db: db as never, sagas: [foreign as never] }))
+    expect(error.option).toBe('sagas[0]')
+    expect(error.message).toContain('another copy of breakwater')
   })
 
   it('accepts a valid declaration and exposes its name, version, key and step names', () => {
