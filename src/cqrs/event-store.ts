@@ -771,6 +771,7 @@ export class EventStoreImpl implements EventStore {
   }
 
   async headPosition(options: { readonly tx?: SqlExecutor } = {}): Promise<number> {
+    checkObject('options', options)
     const rows = await (options.tx ?? this.db).query<{ position: number | string }>(
       this.statements.headPosition,
     )
@@ -792,6 +793,7 @@ export class EventStoreImpl implements EventStore {
     options: { readonly tx?: SqlExecutor } = {},
   ): Promise<StreamInfo> {
     checkStream(stream)
+    checkObject('options', options)
     const rows = await (options.tx ?? this.db).query<StreamRow>(this.statements.streamInfo, [
       stream,
     ])
@@ -806,6 +808,8 @@ export class EventStoreImpl implements EventStore {
     // It creates the stream's row when there is none.
     checkKey('stream', stream)
     checkObject('metadata', metadata)
+    // A bare version (setStreamMetadata(s, m, 3)) would otherwise be ignored: written at 'any'.
+    checkObject('options', options)
     const expected = checkExpected(options.expectedVersion ?? 'any')
     const text = eventJsonText('metadata', metadata, 'a JSON-serializable object')
     await this.#inTransaction(options.tx, async (tx) => {
@@ -821,6 +825,8 @@ export class EventStoreImpl implements EventStore {
 
   async deleteStream(stream: string, options: StreamWriteOptions = {}): Promise<void> {
     checkStream(stream)
+    // A bare version (deleteStream(s, 3)) would otherwise be ignored: deleted at 'any'.
+    checkObject('options', options)
     const expected = checkExpected(options.expectedVersion ?? 'any')
     await this.#inTransaction(options.tx, async (tx) => {
       const info = await this.#checkForWrite(tx, stream, expected)

@@ -532,6 +532,32 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
     })
   })
 
+  it('refuses options that are not an object instead of ignoring the expectation in them', async () => {
+    // deleteStream('s', 3) meant "at version 3": the number was ignored and the stream deleted
+    // under 'any', whatever its version.
+    const stream = `opts-${Date.now()}`
+    await store.append(stream, [event(1), event(2)])
+    for (const options of [3, 'noStream', null, [] as unknown]) {
+      await expect(store.deleteStream(stream, options as never)).rejects.toThrow(
+        /options: expected an object/,
+      )
+      await expect(store.setStreamMetadata(stream, { a: 1 }, options as never)).rejects.toThrow(
+        /options: expected an object/,
+      )
+      await expect(store.streamInfo(stream, options as never)).rejects.toThrow(
+        /options: expected an object/,
+      )
+      await expect(store.headPosition(options as never)).rejects.toThrow(
+        /options: expected an object/,
+      )
+    }
+    expect(await store.streamInfo(stream)).toMatchObject({
+      version: 2,
+      deleted: false,
+      metadata: {},
+    })
+  })
+
   it('refuses stream ids PostgreSQL cannot index, alike on both databases', async () => {
     // The stream id is a key of two indexes: past about 2,700 bytes PostgreSQL failed the
     // append with a bare "index row size" error, while SQLite stored it.
