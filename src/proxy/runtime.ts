@@ -278,8 +278,10 @@ class ProxyRuntime implements ProxyInternals {
   readonly #listeners = new Map<string, { config: ListenerConfig; server: ListenerServer }>()
   /** Servers a reload replaced or removed, still draining. */
   readonly #retiring = new Set<ListenerServer>()
-  #idempotencyStore: { url: string; store: ProxyIdempotencyStore } | undefined
+  #idempotencyStore: OpenIdempotencyStore | undefined
   #sidecar: SidecarIdempotency | undefined
+  /** Stores a reload replaced, closing once their requests are done; close() waits for them. */
+  readonly #storesClosing = new Set<Promise<void>>()
   #admin: AdminServerLike | undefined
   #watcher: FileWatch | undefined
   /**
@@ -653,7 +655,7 @@ class ProxyRuntime implements ProxyInternals {
     const created: ServiceRuntime[] = []
     const newListeners: { config: ListenerConfig; server: ListenerServer }[] = []
     const handedOver: { config: ListenerConfig; server: ListenerServer }[] = []
-    let idempotencyOpened: { url: string; store: ProxyIdempotencyStore } | undefined
+    let idempotencyOpened: OpenIdempotencyStore | undefined
     try {
       for (const [name, serviceConfig] of config.services) {
         // An unchanged service keeps its runtime: pools, breaker state and ejections survive.
@@ -699,12 +701,15 @@ class ProxyRuntime implements ProxyInternals {
             error,
           )
         }
-        idempotencyOpened = { url, store }
-        sidecar = createSidecarIdempotency({
-          idempotency: idempotencyOpened.store.idempotency,
-          clock: deps.clock,
-          logger: deps.logger.child({ component: 'idempotency' }),
-        })
+        const tracked = trackRuns(
+          createSidecarIdempotency({
+            idempotency: store.idempotency,
+            clock: deps.clock,
+            logger: deps.logger.child({ component: 'idempotency' }),
+          }),
+        )
+        idempotencyOpened = { url, store, idle: tracked.idle }
+        sidecar = tracked.sidecar
       }
 
       const ctx: InboundContext = {
@@ -786,7 +791,15 @@ class ProxyRuntime implements ProxyInternals {
         this.#idempotencyStore = idempotencyOpened
         this.#sidecar = sidecar
         idempotencyOpened = undefined
-        if (previousStore !== undefined) void closeLater(previousStore.store, deps.logger)
+        // Requests the previous generation runs on it record their results there first: closed
+        // under them, a result would be lost and its key left in progress.
+        if (previousStore !== undefined) {
+          const closing = previousStore
+            .idle()
+            .then(() => closeLater(previousStore.store, deps.logger))
+          this.#storesClosing.add(closing)
+          void closing.finally(() => this.#storesClosing.delete(closing))
+        }
       }
       const replaced: ListenerServer[] = []
       for (const entry of newListeners) {
@@ -1013,6 +1026,8 @@ class ProxyRuntime implements ProxyInternals {
         [...generation.services.values()].map((s) => closeService(s, this.#deps.logger)),
       )
     await this.#idempotencyStore?.store.close().catch(() => {})
+    // Their requests ended with the services.
+    await Promise.all(this.#storesClosing)
     await this.#admin?.close()
     this.#stopCollect()
     this.#deps.logger.info('proxy stopped')
@@ -1033,6 +1048,40 @@ class ProxyRuntime implements ProxyInternals {
       const delta = affinity.repeatsFollowed - retryPinsFollowed.get(labels)
       if (delta > 0) retryPinsFollowed.inc(labels, delta)
     }
+  }
+}
+
+/** An idempotency store in use, and when the requests running on it are done. */
+interface OpenIdempotencyStore {
+  readonly url: string
+  readonly store: ProxyIdempotencyStore
+  /** Resolves once no request runs on the store (at once when none does). */
+  readonly idle: () => Promise<void>
+}
+
+// Counts the requests running through `inner`, so a store a reload replaced is closed only
+// once the requests of the generation before are done with it.
+function trackRuns(inner: SidecarIdempotency): {
+  sidecar: SidecarIdempotency
+  idle: () => Promise<void>
+} {
+  let running = 0
+  const waiters: (() => void)[] = []
+  return {
+    sidecar: {
+      guards: (config, method) => inner.guards(config, method),
+      run: async (config, inbound, res, forward) => {
+        running++
+        try {
+          return await inner.run(config, inbound, res, forward)
+        } finally {
+          running--
+          if (running === 0) for (const done of waiters.splice(0)) done()
+        }
+      },
+    },
+    idle: () =>
+      running === 0 ? Promise.resolve() : new Promise<void>((done) => void waiters.push(done)),
   }
 }
 
