@@ -207,8 +207,17 @@ export function createQueryHandler<P, R>(options: QueryHandlerOptions<P, R>): Qu
   if (!Array.isArray(projectors)) {
     throw new InvalidOptionError('projectors', 'an array of projectors', projectors)
   }
+  projectors.forEach((projector: unknown, i) => {
+    const p = checkObject(`projectors[${i}]`, projector)
+    if (typeof p.waitFor !== 'function') {
+      throw new InvalidOptionError(`projectors[${i}]`, 'a projector (createProjector)', projector)
+    }
+  })
   const reader = readerOf(db)
   return async (params, callOptions = {}) => {
+    // A bare position (query(params, lastPosition)) would otherwise be ignored: the query would
+    // run at once, without the read-your-writes wait it asked for.
+    checkObject('options', callOptions)
     if (callOptions.atLeastPosition !== undefined) {
       const position = checkInteger('atLeastPosition', callOptions.atLeastPosition, 0)
       const wait = {

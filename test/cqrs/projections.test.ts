@@ -230,6 +230,28 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     )
   })
 
+  it('a query handler refuses call options that are not an object instead of skipping the wait', async () => {
+    // query(params, lastPosition) meant "at least this position": the number was ignored and
+    // the query ran at once, on a read model that may not have the caller's write yet.
+    const projector = createProjector(store, async)
+    let ran = 0
+    const query = createQueryHandler({
+      db: t.db,
+      projectors: [projector],
+      run: async () => ++ran,
+    })
+    for (const options of [42, 'fresh', null, []]) {
+      await expect(query(undefined, options as never)).rejects.toThrow(
+        /options: expected an object/,
+      )
+    }
+    expect(ran).toBe(0)
+    // Each projector is checked at construction, not when the first query waits on it.
+    expect(() => createQueryHandler({ db: t.db, projectors: [{} as never], run: query })).toThrow(
+      /projectors\[0\]: expected a projector/,
+    )
+  })
+
   it('two projector instances never apply an event twice', async () => {
     const accounts = createCommandHandler(store, { decider: account })
     const ids = [fresh('pair'), fresh('pair')]
