@@ -3,7 +3,7 @@
 // drain. Request validation itself lives in request.ts; this module sets up what only the
 // server can do (parser strictness, sizes, timeouts, connection cap) and answers CONNECT.
 
-import { type FSWatcher, readFileSync, watch } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import {
   createServer as createHttpServer,
   type IncomingMessage,
@@ -12,14 +12,14 @@ import {
 } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import type { Socket } from 'node:net'
-import { basename, dirname, resolve } from 'node:path'
+import { resolve } from 'node:path'
 import type { Duplex } from 'node:stream'
 import { createSecureContext, type SecureContextOptions } from 'node:tls'
 import type { TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import type { ListenerConfig, ProxyDeps, RequestHandler } from '../contracts.js'
-import { isWatchedFileEvent } from '../upstream/file-watch.js'
+import { type FileWatch, watchFileContent } from '../upstream/file-watch.js'
 import { FastConnection } from './fast-connection.js'
 import { endWithProblem, rawProblem } from './raw-response.js'
 import { awaitContinue, isConnectionClosing } from './request.js'
@@ -401,7 +401,7 @@ export function createListenerServer(
   })
 
   // Certificate hot reload.
-  const watchers: FSWatcher[] = []
+  const watchers: FileWatch[] = []
   let reloadTimer: TimerHandle | undefined
   const reloadTls = (): boolean => {
     if (tls === undefined) return false
@@ -430,29 +430,30 @@ export function createListenerServer(
       reloadTls()
     }, debounceMs)
   }
+  // Each file's folder is watched (editors, cert managers and Kubernetes secret volumes
+  // replace files rather than write them). A folder watch that fails (an error, the folder
+  // removed and created again) is armed again after 1 s and the file read then, instead of
+  // the certificate never being reloaded again.
   const startWatching = (): void => {
     if (tls === undefined) return
-    const files = [tls.certFile, tls.keyFile, tls.clientCaFile]
-      .filter((file): file is string => file !== undefined)
-      .map((file) => resolve(file))
-    const byDir = new Map<string, Set<string>>()
-    for (const file of files) {
-      const names = byDir.get(dirname(file)) ?? new Set<string>()
-      names.add(basename(file))
-      byDir.set(dirname(file), names)
-    }
-    for (const [dir, names] of byDir) {
-      try {
-        const watcher = watch(dir, { persistent: false }, (_event, filename) => {
-          if (isWatchedFileEvent(filename, names)) scheduleReload()
-        })
-        watcher.on('error', (error) => {
-          log.error('tls file watch failed', { dir, error: error.message })
-        })
-        watchers.push(watcher)
-      } catch (error) {
-        log.error('tls file watch failed', { dir, error: (error as Error).message })
-      }
+    for (const file of [tls.certFile, tls.keyFile, tls.clientCaFile]) {
+      if (file === undefined) continue
+      watchers.push(
+        watchFileContent(
+          resolve(file),
+          undefined,
+          scheduleReload,
+          (error) =>
+            log.error('tls file watch failed', {
+              file,
+              error: error instanceof Error ? error.message : String(error),
+            }),
+          {
+            clock: deps.clock,
+            onRewatched: () => log.info('tls file watched again', { file }),
+          },
+        ),
+      )
     }
   }
 
