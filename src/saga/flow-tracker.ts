@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { jsonTextOf } from '../core/text.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
 import { sagaStatements } from './sql.js'
@@ -273,13 +274,18 @@ class SqlFlowTracker implements FlowTracker {
       if (typeof event[field] !== 'string' || event[field] === '')
         throw new InvalidOptionError(`event.${field}`, 'a non-empty string', event[field])
     }
+    if (event.source !== undefined && typeof event.source !== 'string')
+      throw new InvalidOptionError('event.source', 'a string', event.source)
+    const at = checkInteger('event.at', event.at, 0)
+    // Checked here: a BigInt threw a bare TypeError, and a function was stored as no payload.
+    const payload = event.payload === undefined ? null : jsonTextOf('event.payload', event.payload)
     const { rowCount } = await executor.execute(sagaStatements[executor.dialect].insertFlowEvent, [
       event.correlationId,
       event.id,
       event.type,
       event.source ?? null,
-      checkInteger('event.at', event.at, 0),
-      event.payload === undefined ? null : JSON.stringify(event.payload),
+      at,
+      payload,
     ])
     return rowCount > 0
   }

@@ -2,7 +2,12 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
-import { defineFlow, reconstructFlow, type TrackedEvent } from '../../src/saga/index.js'
+import {
+  createFlowTracker,
+  defineFlow,
+  reconstructFlow,
+  type TrackedEvent,
+} from '../../src/saga/index.js'
 
 const flow = defineFlow({
   name: 'order',
@@ -167,5 +172,31 @@ describe('defineFlow', () => {
       expect(error).toBeInstanceOf(InvalidOptionError)
       expect((error as InvalidOptionError).option).toBe(option)
     }
+  })
+})
+
+describe('tracker.record input', () => {
+  // Refused before anything reaches the database: the executor must not be called.
+  const untouched = {
+    dialect: 'sqlite' as const,
+    query: async () => expect.unreachable('no query for a refused event'),
+    execute: async () => expect.unreachable('no statement for a refused event'),
+  }
+  const tracker = createFlowTracker({
+    db: { ...untouched, transaction: async () => undefined } as never,
+    flows: [flow],
+  })
+  const valid = { id: 'e1', correlationId: 'c1', type: 'order-placed', at: 0 }
+
+  it.each([
+    // JSON.stringify threw a bare TypeError (no code) for a BigInt.
+    ['a payload JSON cannot hold (BigInt)', { ...valid, payload: 10n }, 'event.payload'],
+    // A function has no JSON text: it was stored as no payload at all, silently.
+    ['a payload JSON cannot hold (function)', { ...valid, payload: () => 1 }, 'event.payload'],
+    ['a source that is not a string', { ...valid, source: 42 }, 'event.source'],
+  ])('refuses %s with InvalidOptionError', async (_label, event, option) => {
+    const error = await tracker.record(untouched as never, event as never).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe(option)
   })
 })
