@@ -126,6 +126,7 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
   if (needsId && positional.length !== 1) {
     throw new UsageError(`saga ${cmd} needs exactly one saga id`)
   }
+  if (needsId && positional[0] === '') throw new UsageError('the saga id must not be empty')
   if (!needsId && positional.length > 0) {
     throw new UsageError(`unexpected argument "${positional[0]}"`)
   }

@@ -98,6 +98,7 @@ export async function listSagas(
 
 /** Reads one instance; undefined when there is none with this id. */
 export async function getSaga(db: SqlExecutor, id: string): Promise<SagaInstance | undefined> {
+  checkId('id', id)
   const rows = await db.query<SagaRow>(sagaStatements[db.dialect].selectOne, [id])
   return rows[0] === undefined ? undefined : instanceFromRow(rows[0])
 }
@@ -107,6 +108,7 @@ export async function getSaga(db: SqlExecutor, id: string): Promise<SagaInstance
  * compensations, lease takeovers, operator actions, in order.
  */
 export async function getSagaTimeline(db: SqlExecutor, id: string): Promise<SagaTimelineEntry[]> {
+  checkId('id', id)
   const rows = await db.query<SagaEventRow>(sagaStatements[db.dialect].selectEvents, [id])
   return rows.map(timelineEntryFromRow)
 }
@@ -145,6 +147,7 @@ export async function retrySaga(
   id: string,
   options: SagaAdminOptions = {},
 ): Promise<void> {
+  checkId('id', id)
   const { now, by, reason } = adminOptions(options)
   const statements = sagaStatements[db.dialect]
   await db.transaction(async (tx) => {
@@ -175,6 +178,7 @@ export async function cancelSaga(
   id: string,
   options: SagaAdminOptions = {},
 ): Promise<void> {
+  checkId('id', id)
   const { now, by, reason } = adminOptions(options)
   const statements = sagaStatements[db.dialect]
   await db.transaction(async (tx) => {
@@ -220,6 +224,8 @@ export async function deliverReply(
   reply: unknown,
   options: { readonly clock?: Clock } = {},
 ): Promise<DeliverReplyResult> {
+  checkId('sagaId', sagaId)
+  checkId('step', step)
   checkObject('options', options)
   const clock = checkClock('clock', options.clock)
   // The reply itself first: a value JSON cannot hold is the caller's mistake, whatever the saga.
@@ -263,6 +269,13 @@ export async function deliverReply(
 export async function wakeSaga(executor: SqlExecutor, sagaId: string, now: number): Promise<void> {
   const woken = await executor.execute(sagaStatements[executor.dialect].wake, [sagaId, now])
   if (woken.rowCount > 0) await notify(executor, sagaNotifyChannel)
+}
+
+// A non-string id reached the driver: SQLite threw a bare TypeError for an object, PostgreSQL
+// answered "not found" for it, and undefined read as "No saga instance has the id undefined".
+function checkId(option: string, id: unknown): void {
+  if (typeof id !== 'string' || id === '')
+    throw new InvalidOptionError(option, 'a non-empty string', id)
 }
 
 function adminOptions(options: SagaAdminOptions): { now: number; by: string; reason?: string } {

@@ -29,6 +29,8 @@ describe('saga command arguments', () => {
     [['purge'], 'unknown command "purge"'],
     [['show'], 'needs exactly one saga id'],
     [['show', 'a', 'b'], 'needs exactly one saga id'],
+    [['show', ''], 'the saga id must not be empty'],
+    [['cancel', ''], 'the saga id must not be empty'],
     [['list', 'extra'], 'unexpected argument "extra"'],
     [['list', '--status', 'lost'], '--status must be one of'],
     [['list', '--limit', '0'], '--limit must be an integer'],

@@ -1,0 +1,44 @@
+// The admin functions refuse an id (or step) that is not a string before asking the database:
+// SQLite's driver threw a bare TypeError (no code) for an object, PostgreSQL said "not found"
+// for it, and `undefined` or a number read as "No saga instance has the id undefined".
+import { describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import {
+  cancelSaga,
+  deliverReply,
+  getSaga,
+  getSagaTimeline,
+  retrySaga,
+} from '../../src/saga/index.js'
+
+// Nothing may reach it: the refusal comes first.
+const untouched = {
+  dialect: 'sqlite' as const,
+  query: async () => expect.unreachable('no query for a refused id'),
+  execute: async () => expect.unreachable('no statement for a refused id'),
+  transaction: async () => expect.unreachable('no transaction for a refused id'),
+} as never
+
+const operations = {
+  getSaga: (id: unknown) => getSaga(untouched, id as never),
+  getSagaTimeline: (id: unknown) => getSagaTimeline(untouched, id as never),
+  retrySaga: (id: unknown) => retrySaga(untouched, id as never),
+  cancelSaga: (id: unknown) => cancelSaga(untouched, id as never),
+  deliverReply: (id: unknown) => deliverReply(untouched, id as never, 'charge', {}),
+}
+
+describe('saga admin functions refuse an id that is not a string', () => {
+  for (const [name, operation] of Object.entries(operations)) {
+    it.each([undefined, 42, {}, ['a'], ''])(`${name}(%j)`, async (id) => {
+      const error = await operation(id).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe(name === 'deliverReply' ? 'sagaId' : 'id')
+    })
+  }
+
+  it('deliverReply refuses a step that is not a string', async () => {
+    const error = await deliverReply(untouched, 'order-1', 7 as never, {}).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('step')
+  })
+})
