@@ -258,7 +258,9 @@ export function sagaReplyHandler(
   return async (message) => {
     const sagaId = message.headers[CORRELATION_ID_HEADER]
     const step = message.headers[SAGA_STEP_HEADER]
-    if (sagaId === undefined || step === undefined) {
+    // An empty header names nothing either (deliverReply refuses it, so the message would be
+    // redelivered forever).
+    if (!sagaId || !step) {
       onIgnored(message, `no ${CORRELATION_ID_HEADER} or ${SAGA_STEP_HEADER} header`)
       return
     }

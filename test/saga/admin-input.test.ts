@@ -9,6 +9,7 @@ import {
   getSaga,
   getSagaTimeline,
   retrySaga,
+  sagaReplyHandler,
 } from '../../src/saga/index.js'
 
 // Nothing may reach it: the refusal comes first.
@@ -40,5 +41,25 @@ describe('saga admin functions refuse an id that is not a string', () => {
     const error = await deliverReply(untouched, 'order-1', 7 as never, {}).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(InvalidOptionError)
     expect((error as InvalidOptionError).option).toBe('step')
+  })
+})
+
+describe('sagaReplyHandler', () => {
+  it('ignores a reply whose correlation-id or saga-step header is empty (it would be redelivered forever)', async () => {
+    const ignored: string[] = []
+    const handler = sagaReplyHandler(untouched, { onIgnored: (_m, reason) => ignored.push(reason) })
+    for (const headers of [
+      { 'correlation-id': '', 'saga-step': 'charge' },
+      { 'correlation-id': 'order-1', 'saga-step': '' },
+    ]) {
+      await handler({
+        id: 'm1',
+        topic: 'saga.replies',
+        key: 'k',
+        payload: '{}',
+        headers,
+      } as never)
+    }
+    expect(ignored).toHaveLength(2)
   })
 })
