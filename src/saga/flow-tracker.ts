@@ -261,7 +261,7 @@ class SqlFlowTracker implements FlowTracker {
     if (!Array.isArray(options.flows))
       throw new InvalidOptionError('flows', 'an array of flows from defineFlow()', options.flows)
     options.flows.forEach((flow, i) => {
-      if (typeof flow !== 'object' || flow === null || !Array.isArray(flow.steps))
+      if (!isCompiledFlow(flow))
         throw new InvalidOptionError(`flows[${i}]`, 'a flow from defineFlow()', flow)
     })
     this.#flows = options.flows
@@ -345,6 +345,29 @@ class SqlFlowTracker implements FlowTracker {
       cursor = [Number(last.last_at), last.correlation_id]
     }
   }
+}
+
+// The shape defineFlow returns. A declaration passed as it is (string steps, no withinMs) was
+// accepted, and then matched no event: every flow read as undeclared, silently.
+function isCompiledFlow(flow: unknown): flow is FlowDefinition {
+  if (typeof flow !== 'object' || flow === null) return false
+  const { name, steps, compensation } = flow as Partial<Record<keyof FlowDefinition, unknown>>
+  const compiled = (list: unknown): boolean =>
+    Array.isArray(list) &&
+    list.every(
+      (step: unknown) =>
+        typeof step === 'object' &&
+        step !== null &&
+        typeof (step as CompiledFlowStep).event === 'string' &&
+        typeof (step as CompiledFlowStep).withinMs === 'number' &&
+        Array.isArray((step as CompiledFlowStep).failsOn),
+    )
+  return (
+    typeof name === 'string' &&
+    compiled(steps) &&
+    (steps as unknown[]).length > 0 &&
+    compiled(compensation)
+  )
 }
 
 /**

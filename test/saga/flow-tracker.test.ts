@@ -200,3 +200,22 @@ describe('tracker.record input', () => {
     expect((error as InvalidOptionError).option).toBe(option)
   })
 })
+
+describe('createFlowTracker', () => {
+  it('refuses a flow not made by defineFlow (its string steps matched no event, silently)', () => {
+    const db = { dialect: 'sqlite', transaction: async () => undefined } as never
+    for (const flows of [
+      [{ name: 'order', steps: ['order-placed', 'order-shipped'] }],
+      [{ name: 'order', steps: [{ event: 'order-placed' }] }],
+    ]) {
+      try {
+        createFlowTracker({ db, flows: flows as never })
+        expect.unreachable()
+      } catch (error) {
+        expect(error).toBeInstanceOf(InvalidOptionError)
+        expect((error as InvalidOptionError).option).toBe('flows[0]')
+      }
+    }
+    expect(() => createFlowTracker({ db, flows: [flow] })).not.toThrow()
+  })
+})
