@@ -119,7 +119,8 @@ export interface Projector {
    */
   start(): void
   /**
-   * Stops the background loop after the batch in progress. Called from the projection's own
+   * Stops the background loop after the batch in progress (every call resolves once it has
+   * ended, also a second one). Called from the projection's own
    * `apply` (project until some event, then stop), it resolves at once (waiting would wait for
    * that batch, whose transaction holds the checkpoint lock) and the loop stops once the batch
    * has committed.
@@ -246,7 +247,10 @@ class SqlProjector implements Projector {
     this.#loop = undefined
     if (loop !== undefined) this.#ending = loop
     // From inside a batch, the loop awaits the caller: it ends once the batch has committed.
-    return loop === undefined || applying.getStore() === this ? Promise.resolve() : loop
+    if (applying.getStore() === this) return Promise.resolve()
+    // A second stop() (two parts of a shutdown) waits for the same loop: resolved at once, it
+    // would let the caller close the database under the batch still in progress.
+    return this.#ending ?? Promise.resolve()
   }
 
   async #follow(signal: AbortSignal, previous: Promise<void> | undefined): Promise<void> {

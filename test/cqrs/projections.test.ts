@@ -536,6 +536,58 @@ describe.each(dbTargets)('a projector stopped from its own apply on $dialect', (
   })
 })
 
+describe.each(dbTargets)('a projector stopped twice on $dialect', (target) => {
+  let t: TestDb
+  beforeAll(async () => {
+    t = await target.open('cqrs_projector_stop_twice')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('resolves the second stop() only once the batch in progress has committed', async () => {
+    const store = createEventStore(t.db)
+    const { lastPosition } = await store.append('stop-twice', [{ type: 'n', data: 1 }])
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let applying = false
+    const projector = createProjector(
+      store,
+      defineProjection({
+        name: 'stop-twice',
+        tables: { stop_twice: (table) => [`CREATE TABLE ${table} (n INTEGER NOT NULL)`] },
+        async apply(event, { tx, table }) {
+          applying = true
+          await gate
+          await tx.execute(`INSERT INTO ${table('stop_twice')} (n) VALUES ($1)`, [event.data])
+        },
+      }),
+      { clock: new ManualClock(Date.now()) },
+    )
+    projector.start()
+    await expect.poll(() => applying, poll).toBe(true)
+    // Two parts of a shutdown each stop the projector, then close the database.
+    let first = false
+    let second = false
+    void projector.stop().then(() => {
+      first = true
+    })
+    void projector.stop().then(() => {
+      second = true
+    })
+    try {
+      await new Promise((resolve) => setImmediate(resolve))
+      expect([first, second]).toEqual([false, false])
+    } finally {
+      release()
+    }
+    await expect.poll(() => first && second, poll).toBe(true)
+    expect(await projector.position()).toBe(lastPosition)
+  })
+})
+
 describe.each(dbTargets)('a projector whose onError throws on $dialect', (target) => {
   let t: TestDb
   beforeAll(async () => {
