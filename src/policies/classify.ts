@@ -3,7 +3,9 @@ import { BreakwaterError } from '../core/errors.js'
 /**
  * How a failure should be treated:
  * - `transient`: worth retrying and counts against the downstream's health (timeouts, refused or
- *   reset connections, HTTP 408/429/502/503/504);
+ *   reset connections, HTTP 408/429/502/503/504, a database's deadlock, serialization failure or
+ *   lock held elsewhere: PostgreSQL 40001, 40P01, 55P03, 53300, 57P01, 57P03, SQLite
+ *   `SQLITE_BUSY*`/`SQLITE_LOCKED*`);
  * - `permanent`: the request itself is wrong (other 4xx, validation, caller abort); never retried,
  *   never held against the downstream;
  * - `unknown`: anything else (a plain `Error` from user code). Not retried, because retrying
@@ -31,6 +33,23 @@ const transientCodes = new Set([
   'UND_ERR_BODY_TIMEOUT',
   'UND_ERR_SOCKET',
   'UND_ERR_CLOSED',
+  // Databases: the statement's transaction was rolled back because of other transactions, not
+  // because of anything in it, so running it again can succeed. PostgreSQL SQLSTATEs (pg puts
+  // them in `code`): serialization failure, deadlock, a NOWAIT lock not available, too many
+  // connections, the server starting up or shutting down.
+  '40001',
+  '40P01',
+  '55P03',
+  '53300',
+  '57P01',
+  '57P03',
+  // SQLite (better-sqlite3's `code`): another connection holds the lock the statement needs.
+  'SQLITE_BUSY',
+  'SQLITE_BUSY_SNAPSHOT',
+  'SQLITE_BUSY_RECOVERY',
+  'SQLITE_BUSY_TIMEOUT',
+  'SQLITE_LOCKED',
+  'SQLITE_LOCKED_SHAREDCACHE',
 ])
 
 /** True for the HTTP statuses the seed calls transient: 408, 429, 502, 503, 504. */

@@ -74,7 +74,8 @@ export interface RetryOptions {
    * Decides whether a failure is worth another attempt. `attempt` is the number of the attempt
    * that failed (1 for the first call). If it throws, the call rejects with that error (reported
    * as a `notRetryable` give-up).
-   * @default isTransientFailure (timeouts, refused or reset connections, 408/429/502/503/504)
+   * @default isTransientFailure (timeouts, refused or reset connections, 408/429/502/503/504,
+   * database deadlocks, serialization failures and busy locks)
    */
   readonly shouldRetry?: (error: unknown, attempt: number) => boolean
   /**

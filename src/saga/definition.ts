@@ -51,7 +51,8 @@ export interface SagaRetryOptions {
   /**
    * Whether a failure is worth another attempt; `attempt` is the attempt that failed.
    * @default steps: isTransientFailure (timeouts, refused or reset connections,
-   * 408/429/502/503/504); compensations: always (a compensation must eventually succeed)
+   * 408/429/502/503/504, database deadlocks, serialization failures and busy locks);
+   * compensations: always (a compensation must eventually succeed)
    */
   readonly shouldRetry?: (error: unknown, attempt: number) => boolean
   /**

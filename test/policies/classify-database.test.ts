@@ -1,0 +1,113 @@
+// Database failures that are known to be temporary (the transaction was rolled back and running
+// it again can succeed) are classified transient, so the default retry and the saga's default
+// shouldRetry take them: provoked on real PostgreSQL and SQLite, not built by hand.
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import Database from 'better-sqlite3'
+import pg from 'pg'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { classifyFailure } from '../../src/policies/classify.js'
+import { createTestDatabase, type TestDatabase } from '../support/postgres.js'
+
+describe('classifyFailure on PostgreSQL errors', () => {
+  let database: TestDatabase
+  const clients: pg.Client[] = []
+
+  const connect = async (): Promise<pg.Client> => {
+    const client = new pg.Client({ connectionString: database.url })
+    await client.connect()
+    clients.push(client)
+    return client
+  }
+
+  beforeAll(async () => {
+    database = await createTestDatabase('classify-database')
+    const setup = await connect()
+    await setup.query('CREATE TABLE rows (id INT PRIMARY KEY, n INT NOT NULL)')
+    await setup.query('INSERT INTO rows VALUES (1, 0), (2, 0)')
+  })
+  afterAll(async () => {
+    for (const client of clients) await client.end()
+    await database?.drop()
+  })
+
+  it('a serialization failure (40001) is transient', async () => {
+    const a = await connect()
+    const b = await connect()
+    await a.query('BEGIN ISOLATION LEVEL REPEATABLE READ')
+    await a.query('SELECT n FROM rows WHERE id = 1')
+    await b.query('UPDATE rows SET n = n + 1 WHERE id = 1')
+    const error = await a.query('UPDATE rows SET n = n + 1 WHERE id = 1').catch((e: unknown) => e)
+    await a.query('ROLLBACK')
+    expect(error).toMatchObject({ code: '40001' })
+    expect(classifyFailure(error)).toBe('transient')
+  })
+
+  it('a deadlock (40P01) is transient', async () => {
+    const a = await connect()
+    const b = await connect()
+    for (const client of [a, b]) await client.query("SET deadlock_timeout = '20ms'")
+    await a.query('BEGIN')
+    await b.query('BEGIN')
+    await a.query('UPDATE rows SET n = n + 1 WHERE id = 1')
+    await b.query('UPDATE rows SET n = n + 1 WHERE id = 2')
+    const outcomes = await Promise.allSettled([
+      a.query('UPDATE rows SET n = n + 1 WHERE id = 2'),
+      b.query('UPDATE rows SET n = n + 1 WHERE id = 1'),
+    ])
+    await a.query('ROLLBACK')
+    await b.query('ROLLBACK')
+    const failures = outcomes.filter((o) => o.status === 'rejected').map((o) => o.reason)
+    expect(failures).toHaveLength(1)
+    expect(failures[0]).toMatchObject({ code: '40P01' })
+    expect(classifyFailure(failures[0])).toBe('transient')
+  })
+
+  it('a constraint violation (23505) stays unknown', async () => {
+    const a = await connect()
+    const error = await a.query('INSERT INTO rows VALUES (1, 0)').catch((e: unknown) => e)
+    expect(error).toMatchObject({ code: '23505' })
+    expect(classifyFailure(error)).toBe('unknown')
+  })
+})
+
+describe('classifyFailure on SQLite errors', () => {
+  let dir: string
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'bw-classify-'))
+  })
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('a locked database (SQLITE_BUSY) is transient; a constraint violation is not', () => {
+    const file = join(dir, 'busy.db')
+    const a = new Database(file)
+    const b = new Database(file, { timeout: 0 })
+    try {
+      a.pragma('journal_mode = WAL')
+      a.exec('CREATE TABLE t (id INTEGER PRIMARY KEY)')
+      a.exec('BEGIN IMMEDIATE')
+      let busy: unknown
+      try {
+        b.exec('BEGIN IMMEDIATE')
+      } catch (error) {
+        busy = error
+      }
+      a.exec('INSERT INTO t VALUES (1)')
+      a.exec('COMMIT')
+      expect(busy).toMatchObject({ code: 'SQLITE_BUSY' })
+      expect(classifyFailure(busy)).toBe('transient')
+      let constraint: unknown
+      try {
+        a.exec('INSERT INTO t VALUES (1)')
+      } catch (error) {
+        constraint = error
+      }
+      expect(constraint).toMatchObject({ code: 'SQLITE_CONSTRAINT_PRIMARYKEY' })
+      expect(classifyFailure(constraint)).toBe('unknown')
+    } finally {
+      a.close()
+      b.close()
+    }
+  })
+})
