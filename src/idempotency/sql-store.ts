@@ -79,6 +79,11 @@ function toRecord(row: RecordRow): IdempotencyRecord {
   }
 }
 
+// Times are stored as whole epoch milliseconds (BIGINT on PostgreSQL, which refuses a fraction):
+// a clock may give a fraction (ManualClock after a jittered timer, a clock built on
+// performance.now()). Flooring every time the same way keeps comparisons between them exact.
+const ms = Math.floor
+
 // better-sqlite3 binds Buffers (not every Uint8Array view) as BLOBs; pg accepts both.
 const asBuffer = (bytes: Uint8Array): Buffer =>
   Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
@@ -109,9 +114,9 @@ class ClaimSteps implements IdempotencyClaimSteps {
       input.key,
       input.fingerprint,
       input.leaseToken,
-      input.leaseExpiresAtMs,
-      input.nowMs,
-      input.expiresAtMs,
+      ms(input.leaseExpiresAtMs),
+      ms(input.nowMs),
+      ms(input.expiresAtMs),
     ]
     const counted = this.#sql.claimCounted
     if (counted !== undefined) {
@@ -133,8 +138,8 @@ class ClaimSteps implements IdempotencyClaimSteps {
       input.key,
       input.previousLeaseToken,
       input.leaseToken,
-      input.leaseExpiresAtMs,
-      input.nowMs,
+      ms(input.leaseExpiresAtMs),
+      ms(input.nowMs),
     ])
     return rowCount === 1
   }
@@ -146,9 +151,9 @@ class ClaimSteps implements IdempotencyClaimSteps {
       input.previousLeaseToken,
       input.fingerprint,
       input.leaseToken,
-      input.leaseExpiresAtMs,
-      input.nowMs,
-      input.expiresAtMs,
+      ms(input.leaseExpiresAtMs),
+      ms(input.nowMs),
+      ms(input.expiresAtMs),
     ])
     return rowCount === 1
   }
@@ -214,8 +219,8 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
         result.status ?? null,
         JSON.stringify(result.headers),
         asBuffer(result.body),
-        nowMs,
-        expiresAtMs,
+        ms(nowMs),
+        ms(expiresAtMs),
       ]
       // On PostgreSQL the result write and COMMIT share one round trip when the transaction is
       // breakwater's own; the write raises when the lease is lost, which rolls everything back.
@@ -246,8 +251,8 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
         lease.leaseToken,
         point,
         JSON.stringify(phases),
-        leaseExpiresAtMs,
-        nowMs,
+        ms(leaseExpiresAtMs),
+        ms(nowMs),
       ])
       return rowCount === 1
     },
@@ -258,7 +263,7 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
     },
 
     async sweep(nowMs: number, limit: number): Promise<number> {
-      const { rowCount } = await db.execute(sql.sweep, [nowMs, limit])
+      const { rowCount } = await db.execute(sql.sweep, [ms(nowMs), limit])
       return rowCount
     },
   }

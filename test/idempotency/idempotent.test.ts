@@ -27,6 +27,26 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
   const shipments = (orderId: string) =>
     countRows(testDb.db, 'shipments', `WHERE order_id = '${orderId}'`)
 
+  it('records and replays under a clock with a fraction of a millisecond (ManualClock after a jittered timer)', async () => {
+    const clock = new ManualClock(1_700_000_000_000.5)
+    const options = { store: testDb.db, scope: 'fractional-clock', clock }
+    const key = randomUUID()
+    let runs = 0
+    const step = () =>
+      idempotent(
+        key,
+        async () => {
+          runs++
+          return { ok: true }
+        },
+        options,
+      )
+    expect(await step()).toEqual({ ok: true })
+    await clock.advance(0.25)
+    expect(await step()).toEqual({ ok: true })
+    expect(runs).toBe(1)
+  })
+
   it('runs a saga step once and returns the recorded result to every later call', async () => {
     const orderId = randomUUID()
     let runs = 0
