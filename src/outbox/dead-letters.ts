@@ -3,6 +3,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { notify, type SqlExecutor } from '../stores/index.js'
 import { listParam, OUTBOX_CHANNEL, outboxStatements } from './sql.js'
+import { wholeMsClock } from './time.js'
 
 /** A dead-lettered outbox event, as {@link listDead} returns it. */
 export interface DeadEvent {
@@ -146,7 +147,7 @@ export async function outboxStats(
   options: { readonly clock?: Clock } = {},
 ): Promise<OutboxStats> {
   checkObject('outboxStats', options)
-  const clock = checkClock('outboxStats.clock', options.clock)
+  const clock = wholeMsClock(checkClock('outboxStats.clock', options.clock))
   const sql = outboxStatements[db.dialect]
   const counts = await db.query<{ pending: number | string; dead: number | string }>(sql.counts)
   const oldest = await db.query<{ created_at: number }>(sql.oldestPending)

@@ -5,6 +5,7 @@ import { checkStoredName } from '../core/text.js'
 import { checkClock, checkFunction, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { inboxStatements } from './sql.js'
+import { wholeMsClock } from './time.js'
 
 /** Options of {@link createInbox}. */
 export interface InboxOptions {
@@ -54,7 +55,7 @@ class SqlInbox implements Inbox {
     // Stored as text, as message ids are (a lone surrogate would make two ids one record, and
     // the second message's effect would be skipped as a duplicate).
     this.consumer = checkStoredName('inbox.consumer', options.consumer)
-    const clock = checkClock('inbox.clock', options.clock)
+    const clock = wholeMsClock(checkClock('inbox.clock', options.clock))
     this.#clock = clock
   }
 

@@ -7,6 +7,7 @@ import { checkClock, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { partitionOf } from './partition.js'
 import { OUTBOX_CHANNEL, outboxStatements } from './sql.js'
+import { wholeMsClock } from './time.js'
 
 /** Header that carries the correlation id of an event (the flow it belongs to). */
 export const CORRELATION_ID_HEADER = 'correlation-id'
@@ -195,7 +196,7 @@ class SqlOutbox implements Outbox {
     this.#topic = topic
     this.#trace = checkBoolean('outbox.propagateTraceContext', options.propagateTraceContext, true)
     this.#notify = checkBoolean('outbox.notify', options.notify, true)
-    const clock = checkClock('outbox.clock', options.clock)
+    const clock = wholeMsClock(checkClock('outbox.clock', options.clock))
     this.#clock = clock
   }
 

@@ -66,6 +66,7 @@ import {
   type OutboxStatements,
   outboxStatements,
 } from './sql.js'
+import { wholeMsClock } from './time.js'
 import { Waker } from './waker.js'
 
 /**
@@ -439,7 +440,7 @@ class OutboxRelay implements Relay {
     )
       throw new InvalidOptionError('relay.publisher', 'a Publisher', publisher)
     this.#publisher = publisher
-    const clock = checkClock('relay.clock', options.clock)
+    const clock = wholeMsClock(checkClock('relay.clock', options.clock))
     this.#clock = clock
     this.#batchSize = checkInteger('relay.batchSize', options.batchSize ?? 256, 1, 10_000)
     this.#roundSize = Math.max(1, Math.floor(this.#batchSize / 2))

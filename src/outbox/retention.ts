@@ -4,6 +4,7 @@ import { removeInBatches } from '../stores/batches.js'
 import type { SqlDriver } from '../stores/index.js'
 import { checkBoolean } from './outbox.js'
 import { inboxStatements, listParam, outboxStatements } from './sql.js'
+import { wholeMsClock } from './time.js'
 
 /** Options of {@link pruneOutbox}. */
 export interface PruneOutboxOptions {
@@ -46,7 +47,7 @@ interface PruneSettings {
 /** Validates {@link PruneOutboxOptions} (named `<prefix>.<option>` in errors). */
 export function resolvePruneOptions(prefix: string, options: PruneOutboxOptions): PruneSettings {
   checkObject(prefix, options)
-  const clock = checkClock(`${prefix}.clock`, options.clock)
+  const clock = wholeMsClock(checkClock(`${prefix}.clock`, options.clock))
   return {
     olderThanMs: checkNumber(`${prefix}.olderThanMs`, options.olderThanMs ?? 86_400_000, 0),
     batchSize: checkInteger(`${prefix}.batchSize`, options.batchSize ?? 1000, 1, 100_000),
@@ -70,7 +71,7 @@ export async function prunePublished(
   const sql = outboxStatements[db.dialect]
   // Fixed for the pass: rows published after it started are never due in it, so even a pass
   // without a batch budget ends.
-  const cutoff = settings.clock.now() - settings.olderThanMs
+  const cutoff = Math.floor(settings.clock.now() - settings.olderThanMs)
   let first = true
   return removeInBatches(settings.batchSize, settings.maxBatches, async () => {
     if (!first) await between?.()
@@ -158,12 +159,12 @@ export interface PruneInboxOptions {
  */
 export async function pruneInbox(db: SqlDriver, options: PruneInboxOptions = {}): Promise<number> {
   checkObject('pruneInbox', options)
-  const clock = checkClock('pruneInbox.clock', options.clock)
+  const clock = wholeMsClock(checkClock('pruneInbox.clock', options.clock))
   const olderThanMs = checkNumber('pruneInbox.olderThanMs', options.olderThanMs ?? 604_800_000, 0)
   const batchSize = checkInteger('pruneInbox.batchSize', options.batchSize ?? 1000, 1, 100_000)
   const maxBatches = checkInteger('pruneInbox.maxBatches', options.maxBatches ?? 100, 1)
   const sql = inboxStatements[db.dialect]
-  const cutoff = clock.now() - olderThanMs
+  const cutoff = Math.floor(clock.now() - olderThanMs)
   return removeInBatches(
     batchSize,
     maxBatches,
