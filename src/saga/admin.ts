@@ -13,6 +13,7 @@ import {
   type SagaTimelineEntry,
   sagaStatuses,
   storedJson,
+  storedNow,
   timelineEntryFromRow,
 } from './state.js'
 
@@ -249,7 +250,7 @@ export async function deliverReply(
       `step "${step}" has sent no command to reply to`,
     )
   }
-  const now = clock.now()
+  const now = storedNow(clock)
   const { rowCount } = await executor.execute(statements.insertReply, [sagaId, step, json, now])
   if (rowCount === 0) {
     // Either this step's reply was recorded already, or the instance was removed (pruneSagas)
@@ -285,7 +286,7 @@ function adminOptions(options: SagaAdminOptions): { now: number; by: string; rea
     throw new InvalidOptionError('options.by', 'a non-empty string', by)
   if (options.reason !== undefined && typeof options.reason !== 'string')
     throw new InvalidOptionError('options.reason', 'a string', options.reason)
-  const now = checkClock('clock', options.clock).now()
+  const now = storedNow(checkClock('clock', options.clock))
   return options.reason === undefined ? { now, by } : { now, by, reason: options.reason }
 }
 

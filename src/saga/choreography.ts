@@ -21,6 +21,7 @@ import type {
   StepContext,
 } from './definition.js'
 import type { FlowTracker } from './flow-tracker.js'
+import { storedNow } from './state.js'
 
 // Messaging on top of the outbox and the inbox: a saga step that sends a command and waits for
 // its reply (orchestration), and services that react to events and emit their own
@@ -387,7 +388,7 @@ export function createReactor(
             correlationId: event.correlationId,
             type: event.type,
             source: consumer,
-            at: clock.now(),
+            at: storedNow(clock),
           })
         }
         // Own properties only: an event type such as `valueOf` or `__proto__` is a type
@@ -454,7 +455,7 @@ export async function emitEvent(
       correlationId: event.correlationId ?? id,
       type: event.type,
       ...(options.consumer === undefined ? {} : { source: options.consumer }),
-      at: checkClock('clock', options.clock).now(),
+      at: storedNow(checkClock('clock', options.clock)),
     })
   }
   return id

@@ -20,6 +20,7 @@ import {
   type SagaRow,
   type SagaStatus,
   type StepState,
+  storedNow,
 } from './state.js'
 import {
   type BatchOutcome,
@@ -166,7 +167,7 @@ export class InstanceRun {
   }
 
   #recovered(previousOwner: string): void {
-    const now = this.#host.clock.now()
+    const now = storedNow(this.#host.clock)
     const recoveryMs = this.#previousExpiry === null ? undefined : now - this.#previousExpiry
     this.#host.count('recovered')
     this.#event('lease-expired', this.#currentStepName(), this.#attempt, {
@@ -371,7 +372,7 @@ export class InstanceRun {
       wanted = false
     }
     if (!wanted) return undefined
-    const now = this.#host.clock.now()
+    const now = storedNow(this.#host.clock)
     let delayMs = retry.backoff.delayMs(attempt - 1)
     const asked = retryAfterMsOf(error, now)
     if (asked !== undefined) delayMs = Math.max(delayMs, Math.min(asked, retry.maxRetryAfterMs))
@@ -380,7 +381,7 @@ export class InstanceRun {
 
   async #wait(step: CompiledStep): Promise<Step> {
     const state = this.#steps[step.index]!
-    const now = this.#host.clock.now()
+    const now = storedNow(this.#host.clock)
     if (state.wakeAt === undefined) {
       // Computed once and persisted: a restart must not start the wait over.
       let wakeAt: unknown
@@ -453,7 +454,7 @@ export class InstanceRun {
       const attempt = state.attempts
       const { found, reply } = await read()
       if (found) return this.#replied(step, state, attempt, reply)
-      const now = this.#host.clock.now()
+      const now = storedNow(this.#host.clock)
       if (now >= (state.wakeAt ?? 0)) {
         this.#attempt = attempt
         return this.#stepFailed(
@@ -487,7 +488,7 @@ export class InstanceRun {
       this.#controller.signal,
       work,
     )
-    const until = this.#host.clock.now() + step.replyTimeoutMs
+    const until = storedNow(this.#host.clock) + step.replyTimeoutMs
     const before = {
       status: state.status,
       wakeAt: state.wakeAt,
@@ -541,7 +542,7 @@ export class InstanceRun {
   async #wakeIfReplied(step: CompiledStep): Promise<void> {
     const db = this.#host.db
     const rows = await db.query(sagaStatements[db.dialect].selectReply, [this.id, step.name])
-    if (rows.length > 0) await wakeSaga(db, this.id, this.#host.clock.now())
+    if (rows.length > 0) await wakeSaga(db, this.id, storedNow(this.#host.clock))
   }
 
   async #replied(
@@ -786,7 +787,7 @@ export class InstanceRun {
     work: readonly CommitWork[] = nothing,
   ): Promise<boolean> {
     const host = this.#host
-    const now = host.clock.now()
+    const now = storedNow(host.clock)
     const leaseEnd = options.release ? null : now + host.leaseMs
     if (options.release) this.#givenBack = true
     const result = await host.write(
@@ -822,7 +823,7 @@ export class InstanceRun {
   // database): renew it if the token still holds, else the instance is someone else's.
   async #ensureLease(): Promise<void> {
     const host = this.#host
-    const now = host.clock.now()
+    const now = storedNow(host.clock)
     if (now < this.leaseExpiresAt) return
     const leaseEnd = now + host.leaseMs
     if (await renewLease(host.db, this.id, this.token, leaseEnd)) this.leaseExpiresAt = leaseEnd
@@ -916,7 +917,7 @@ export class InstanceRun {
     detail: Record<string, unknown> | null,
   ): void {
     this.#events.push({
-      at: this.#host.clock.now(),
+      at: storedNow(this.#host.clock),
       kind,
       step,
       attempt,

@@ -15,7 +15,7 @@ import {
   type SagaDefinition,
 } from './definition.js'
 import { sagaMigrations } from './sql.js'
-import { type StepState, storedJson } from './state.js'
+import { type StepState, storedJson, storedNow } from './state.js'
 import { insertInstance } from './store.js'
 
 /** Options of {@link startSaga}. */
@@ -105,7 +105,7 @@ export async function startSaga<I>(
   const saga = compiledSaga(definition)
   const id = options.id === undefined ? randomUUID() : checkSagaId('options.id', options.id)
   const clock = checkClock('clock', options.clock)
-  const now = clock.now()
+  const now = storedNow(clock)
   const created = await insertInstance(
     executor,
     {
