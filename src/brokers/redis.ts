@@ -39,7 +39,9 @@ import type {
  *
  * A topic is a stream key; each entry holds the fields `id`, `key`, `headers` (JSON) and
  * `payload`. An entry another producer wrote without an `id` (or with an empty one) is
- * delivered with the id `<topic>:<entry id>`.
+ * delivered with the id `<topic>:<entry id>`; one without a `headers` field is delivered with
+ * no headers; one whose `headers` field is not a JSON object of string values is refused (see
+ * {@link createRedisBroker}).
  *
  * The URL's query may carry other ioredis options (`family`, `tls`-related ones, ...), but not
  * those the adapter sets or relies on (`protocol`, `enableOfflineQueue`, `maxRetriesPerRequest`,
@@ -139,6 +141,15 @@ const reservedQuery = new Set([
  * Every command waits at most `commandTimeoutMs` for its answer (a blocking read `blockMs`
  * longer), so a server that keeps the connection but stops answering fails a subscription's
  * commands with `BROKER_UNAVAILABLE` and it reconnects, instead of hanging.
+ *
+ * An entry whose `headers` field is not the JSON object of string values the publisher writes
+ * (corrupt JSON, an array, `null`, a number or other non-string value: another producer's
+ * format, or a hand edit) never reaches the handler, as the SQL queue does with such a row:
+ * delivering it without the headers it was sent with could make a handler act wrongly without a
+ * word, and no retry can repair it. It is reported to `onError` with phase `refused`, a
+ * `BROKER_REJECTED` error (not retryable) naming the entry id, and the message (id, key and
+ * payload; headers empty), then acked for the group. The entry itself stays in the stream until
+ * trimmed, to be inspected (`XRANGE <topic> <entry id> <entry id>`) and published again.
  *
  * @example
  * ```ts
@@ -396,11 +407,22 @@ type Entry = [id: Buffer, fields: Fields]
  * producer wrote without one (or with an empty one) gets `<topic>:<entry id>`, stable across
  * redeliveries and unique across streams (two streams' entries of one millisecond share the
  * entry id `<ms>-0`), so an inbox can deduplicate it.
+ *
+ * An entry without a `headers` field has no headers. One whose `headers` field is not the JSON
+ * record of strings the publisher writes comes with `refused` (the message with empty headers
+ * is still built, for the report): see {@link createRedisBroker}.
  */
-function toIncoming(topic: string, entryId: string, fields: Buffer[], deliveryCount: number) {
+function toIncoming(
+  topic: string,
+  group: string,
+  entryId: string,
+  fields: Buffer[],
+  deliveryCount: number,
+): { readonly message: IncomingMessage; readonly refused?: BrokerError } {
   let id = ''
   let key = ''
   let headers: Record<string, string> = {}
+  let bad: { readonly error: unknown } | undefined
   let payload: Uint8Array = new Uint8Array(0)
   for (let i = 0; i + 1 < fields.length; i += 2) {
     const name = fields[i]!.toString('utf8')
@@ -408,28 +430,55 @@ function toIncoming(topic: string, entryId: string, fields: Buffer[], deliveryCo
     if (name === 'id') id = value.toString('utf8')
     else if (name === 'key') key = value.toString('utf8')
     else if (name === 'payload') payload = value
-    else if (name === 'headers') headers = parseHeaders(value.toString('utf8'))
+    else if (name === 'headers') {
+      const parsed = parseHeaders(value.toString('utf8'))
+      if ('headers' in parsed) {
+        headers = parsed.headers
+        bad = undefined
+      } else {
+        headers = {}
+        bad = parsed
+      }
+    }
   }
   if (id === '') id = `${topic}:${entryId}`
   const message: IncomingMessage = { id, topic, key, payload, headers, deliveryCount }
-  return message
+  if (bad === undefined) return { message }
+  // Handing it on without the headers it was sent with (a correlation id, a tenant, a saga
+  // step) could make a handler do the wrong thing without a word; no retry can repair it.
+  const refused = new BrokerError(
+    'BROKER_REJECTED',
+    'redis',
+    `refused entry ${entryId} (message ${JSON.stringify(id)}) of stream ${JSON.stringify(topic)}: its headers field is not the JSON record of strings the publisher writes, so group ${JSON.stringify(group)} acked it without calling the handler; the entry stays in the stream until trimmed (XRANGE ${topic} ${entryId} ${entryId})`,
+    { cause: bad.error },
+  )
+  return { message, refused }
 }
 
-function parseHeaders(json: string): Record<string, string> {
+/**
+ * A `headers` field's record of strings, or the reason it is not one (the parse error, or
+ * undefined for valid JSON of another shape or with a value that is not a string).
+ */
+function parseHeaders(
+  json: string,
+): { readonly headers: Record<string, string> } | { readonly error: unknown } {
+  let parsed: unknown
   try {
-    const parsed: unknown = JSON.parse(json)
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return {}
-    // No prototype: a header named __proto__ (the outbox keeps those) is then an ordinary key
-    // instead of being dropped by the assignment below.
-    const headers: Record<string, string> = Object.create(null)
-    for (const [name, value] of Object.entries(parsed)) {
-      if (typeof value === 'string') headers[name] = value
-    }
-    return headers
-  } catch {
-    // An entry written by another producer: deliver it without headers rather than not at all.
-    return {}
+    parsed = JSON.parse(json)
+  } catch (error) {
+    return { error }
   }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    return { error: undefined }
+  }
+  // No prototype: a header named __proto__ (the outbox keeps those) is then an ordinary key
+  // instead of being dropped by the assignment below.
+  const headers: Record<string, string> = Object.create(null)
+  for (const [name, value] of Object.entries(parsed)) {
+    if (typeof value !== 'string') return { error: undefined }
+    headers[name] = value
+  }
+  return { headers }
 }
 
 interface RedisDelivery extends Delivery {
@@ -614,12 +663,34 @@ class RedisSubscriber implements Subscriber {
     }
     const deliver = (entryId: string, fields: Buffer[], deliveryCount: number): void => {
       if (held.has(entryId)) return
+      const { message, refused } = toIncoming(topic, group, entryId, fields, deliveryCount)
+      if (refused !== undefined) {
+        // Reported with the message, so it is never lost without a word, then acked: claimed
+        // again it would only be refused again. It never enters the dispatcher, so it holds no
+        // key. An ack that fails leaves it pending, to be claimed and refused once more.
+        try {
+          options.onError({ error: refused, phase: 'refused', topic, group, message })
+        } catch {
+          // A throwing onError must not end the session (the read loop calls this).
+        }
+        void command(options, state.commands ?? commands, 'XACK', topic, group, entryId).catch(
+          (error: unknown) =>
+            options.onError({
+              error: redisError(error, `cannot ack refused entry ${entryId} of ${topic}`),
+              phase: 'settle',
+              topic,
+              group,
+              message,
+            }),
+        )
+        return
+      }
       held.add(entryId)
       const order = entryOrder(entryId)
       dispatcher.push({
         entryId,
         session,
-        message: toIncoming(topic, entryId, fields, deliveryCount),
+        message,
         ...(order === undefined ? {} : { order }),
         settle: (outcome) => settle(entryId, outcome),
       })

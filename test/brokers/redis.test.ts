@@ -155,6 +155,77 @@ describe('redis specifics', () => {
     }
   })
 
+  it('refuses an entry whose headers field is not a JSON record of strings (onError phase refused, BROKER_REJECTED, acked, kept in the stream) and delivers the rest', async () => {
+    const url = await brokerUrl('redis')
+    const errors: SubscriberErrorEvent[] = []
+    const broker = createRedisBroker({
+      url,
+      blockMs: 1_000,
+      onError: (event) => errors.push(event),
+    })
+    const { Redis } = await import('ioredis')
+    const other = new Redis(url)
+    try {
+      const topic = unique('bad-headers')
+      const group = unique('g')
+      const corrupt = ['{"n": "1', '[]', '{"n":1,"s":"kept?"}', 'null', '"text"']
+      const bad: string[] = []
+      for (const [i, headers] of corrupt.entries()) {
+        bad.push(
+          String(
+            await other.xadd(
+              topic,
+              '*',
+              'id',
+              `bad-${i}`,
+              'key',
+              'k',
+              'headers',
+              headers,
+              'payload',
+              'p',
+            ),
+          ),
+        )
+      }
+      // Another producer's entry without a headers field is not corrupt: delivered, no headers.
+      await other.xadd(topic, '*', 'id', 'bare', 'key', 'k', 'payload', 'b')
+      await broker.publisher.publish([
+        { id: 'good', topic, key: 'k', payload: 'g', headers: { a: '1' } },
+      ])
+      const received = new Received()
+      await broker.subscriber.subscribe(topic, group, async (m) => received.record(m))
+      const refused = () => errors.filter((e) => e.phase === 'refused')
+      await received.until(
+        () => received.messages.length >= 2 && refused().length >= corrupt.length,
+        'the good entries and the refusals',
+      )
+      expect(received.ids()).toEqual(['bare', 'good'])
+      expect(received.messages.map((m) => m.headers)).toEqual([{}, { a: '1' }])
+      expect(refused().map((e) => e.message?.id)).toEqual(corrupt.map((_, i) => `bad-${i}`))
+      for (const [i, event] of refused().entries()) {
+        expect(BreakwaterError.is(event.error), String(event.error)).toBe(true)
+        expect((event.error as BreakwaterError).code).toBe('BROKER_REJECTED')
+        expect((event.error as BreakwaterError).retryable).toBe(false)
+        expect((event.error as Error).message).toMatch(/headers/)
+        expect((event.error as Error).message).toContain(bad[i]!)
+        expect(event.topic).toBe(topic)
+        expect(event.group).toBe(group)
+        expect(event.message?.headers).toEqual({})
+      }
+      expect(errors.filter((e) => e.phase !== 'refused')).toEqual([])
+      // Acked: nothing left pending for the group, but the entries stay in the stream.
+      await until(
+        async () => ((await other.xpending(topic, group)) as [number])[0] === 0,
+        'the refused entries to be acked',
+      )
+      expect(await other.xlen(topic)).toBe(corrupt.length + 2)
+    } finally {
+      other.disconnect()
+      await broker.close()
+    }
+  })
+
   it('refuses a second live subscription of one group and topic under a fixed consumerName', async () => {
     const broker = createRedisBroker({ url: await brokerUrl('redis'), consumerName: 'fixed' })
     try {
