@@ -1,9 +1,9 @@
 import { type Counter, metrics } from '@opentelemetry/api'
 import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
-import { AbortedError, InvalidOptionError } from '../core/errors.js'
+import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
 import { parentOf } from './cancel-scope.js'
-import { BulkheadRejectedError } from './errors.js'
+import { abortFailure, BulkheadRejectedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, slowPath } from './fused.js'
 import {
@@ -80,7 +80,8 @@ export interface Bulkhead extends Policy {
  *
  * A call that finds every slot taken waits in the queue if there is room, else fails at once
  * with `BulkheadRejectedError` (code `BULKHEAD_FULL`). A queued call leaves the queue as soon as
- * its signal aborts (`AbortedError`) or its `queueTimeoutMs` runs out. A slot is held until the
+ * its signal aborts (`AbortedError`; `DeadlineExceededError` with `started: false` when the
+ * signal's reason is one) or its `queueTimeoutMs` runs out. A slot is held until the
  * function's own promise settles, even if a hard timeout outside has already given up on it,
  * so the limit counts the work really in flight. Queue operations are O(1) (a linked list);
  * a call that finds a free slot allocates nothing beyond its promise.
@@ -183,7 +184,7 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
     // Asking the scope, not `context.signal`: reading the signal of a lazy scope (a timeout's
     // or a retry's context) creates an AbortController, which cost most of a pipeline's call.
     const parent = parentOf(context)
-    if (parent?.aborted) return Promise.reject(new AbortedError(parent.reason))
+    if (parent?.aborted) return Promise.reject(abortFailure(parent.reason, false))
     if (this.#running >= this.#maxConcurrent) return this.#runQueued(next, fn, context)
     // A free slot: no async frame, and the release handlers are shared by every call, so a
     // call in flight costs one derived promise (an async function kept ~400 bytes per call).
@@ -221,7 +222,7 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
       await this.#enqueue(signal)
       if (signal.aborted) {
         this.#release()
-        throw new AbortedError(signal.reason)
+        throw abortFailure(signal.reason, false)
       }
     } else {
       this.#rejected('full')
@@ -275,7 +276,7 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
       if (signal !== neverAbortedSignal) {
         const onAbort = (): void => {
           this.#unlink(waiter)
-          reject(new AbortedError(signal.reason))
+          reject(abortFailure(signal.reason, false))
         }
         waiter.signal = signal
         waiter.onAbort = onAbort

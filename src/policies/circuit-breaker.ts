@@ -1,6 +1,6 @@
 import { type Counter, metrics } from '@opentelemetry/api'
 import type { Clock, TimerHandle } from '../core/clock.js'
-import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import {
   checkClock,
   checkFunction,
@@ -15,7 +15,7 @@ import {
 } from './breaker-windows.js'
 import { parentOf } from './cancel-scope.js'
 import { classifyFailure } from './classify.js'
-import { BrokenCircuitError, IsolatedCircuitError } from './errors.js'
+import { abortFailure, BrokenCircuitError, IsolatedCircuitError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep } from './fused.js'
 import {
@@ -337,7 +337,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
     const parent = parentOf(context)
     if (parent?.aborted) {
       if (probe) this.#probes--
-      return Promise.reject(new AbortedError(parent.reason))
+      return Promise.reject(abortFailure(parent.reason, false))
     }
     const epoch = this.#epoch
     const startMs = this.#slowCallMs === undefined ? 0 : this.#clock.now()

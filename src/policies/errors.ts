@@ -1,4 +1,4 @@
-import { BreakwaterError } from '../core/errors.js'
+import { AbortedError, BreakwaterError } from '../core/errors.js'
 
 // The errors the resilience policies throw. Each has a stable code documented in
 // docs/errors.md; the classifier reads their `retryable` flag.
@@ -103,4 +103,21 @@ export class BulkheadRejectedError extends BreakwaterError {
     this.maxConcurrent = maxConcurrent
     this.maxQueued = maxQueued
   }
+}
+
+/**
+ * What a policy rejects with when the scope it runs under aborted with `reason`: the deadline
+ * error when the reason is one (the caller's budget ran out, which a caller and a breaker must
+ * tell from a cancellation), else `AbortedError`. `started` says whether the call had begun
+ * (false: refused before anything reached the downstream). Internal.
+ */
+export function abortFailure(reason: unknown, started: boolean): BreakwaterError {
+  if (!BreakwaterError.is(reason) || reason.code !== 'DEADLINE_EXCEEDED') {
+    return new AbortedError(reason)
+  }
+  const deadline = reason as BreakwaterError & { deadlineAtMs?: unknown; started?: unknown }
+  // The reason itself when it already says the right thing: it is the caller's own error.
+  if (deadline.started === started) return deadline
+  const atMs = typeof deadline.deadlineAtMs === 'number' ? deadline.deadlineAtMs : Number.NaN
+  return new DeadlineExceededError(atMs, { cause: reason, started })
 }

@@ -1,5 +1,5 @@
-import { AbortedError } from '../core/errors.js'
 import { checkFunction, checkObject } from '../core/validate.js'
+import { abortFailure } from './errors.js'
 import { EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
 import {
@@ -41,7 +41,8 @@ export interface FallbackOptions {
 export interface FallbackPolicy<R> {
   /**
    * Runs `fn`; on a failure `shouldFallback` accepts, resolves to the fallback instead. A signal
-   * that is already aborted rejects with `AbortedError` and `fn` does not run. An abort during
+   * that is already aborted rejects with `AbortedError` (`DeadlineExceededError` with
+   * `started: false` when its reason is one) and `fn` does not run. An abort during
    * the call reaches `fn` through its context's signal; the fallback does not race `fn` (it
    * holds no timer or slot to free), and rethrows `fn`'s error instead of replacing it.
    */
@@ -127,7 +128,7 @@ class FallbackPolicyImpl<R> implements FallbackPolicy<R>, FusablePolicy {
   async #run<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T | R> {
     // A caller who already gave up gets AbortedError and fn never runs, as with every policy
     // (next may call fn directly, which would not look at the signal).
-    if (context.signal.aborted) throw new AbortedError(context.signal.reason)
+    if (context.signal.aborted) throw abortFailure(context.signal.reason, false)
     try {
       return await next(fn, context)
     } catch (error) {

@@ -1,6 +1,6 @@
 import { metrics } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
-import { AbortedError, type BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { type BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkObject, checkOneOf } from '../core/validate.js'
 import {
   type CancelParent,
@@ -11,7 +11,7 @@ import {
   parentOfSignal,
 } from './cancel-scope.js'
 import { currentDeadline } from './deadline.js'
-import { DeadlineExceededError, TimeoutError } from './errors.js'
+import { abortFailure, DeadlineExceededError, TimeoutError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, timeoutEnd } from './fused.js'
 import {
@@ -153,7 +153,7 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
   // through its signal and the call settles when fn does.
   override parentAborted(reason: unknown): void {
     this.abort(reason)
-    if (this.#racing) this.#fail(new AbortedError(reason))
+    if (this.#racing) this.#fail(abortFailure(reason, true))
   }
 
   /** Maps fn's failure to what the caller sees. */
@@ -288,7 +288,7 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
     parent: CancelParent | undefined,
     attempt: number,
   ): Promise<T> {
-    if (parent?.aborted) return Promise.reject(new AbortedError(parent.reason))
+    if (parent?.aborted) return Promise.reject(abortFailure(parent.reason, false))
     const now = this.#clock.now()
     let limitMs = this.timeoutMs
     let byDeadline = false
@@ -333,8 +333,10 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
 /**
  * Limits how long `fn` may run: `timeoutMs`, or less when the end-to-end deadline (see
  * `withDeadline`) is nearer, in which case running out rejects with `DeadlineExceededError`
- * instead of `TimeoutError`. A caller abort rejects at once with `AbortedError`. See
- * {@link TimeoutMode} for what happens to `fn` at the timeout.
+ * instead of `TimeoutError`. A caller abort rejects at once with `AbortedError`, or with
+ * `DeadlineExceededError` when the signal's reason is one (the caller's deadline ran out;
+ * `started: false` when the signal had aborted before the call). See {@link TimeoutMode} for
+ * what happens to `fn` at the timeout.
  *
  * Cheap per call: timers go through one shared deadline queue per clock, and the
  * AbortController behind `ctx.signal` is only created when `fn` reads it.

@@ -2,8 +2,11 @@ import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { sleep } from '../../src/core/clock.js'
 import { BreakwaterError } from '../../src/core/errors.js'
+import { bulkhead } from '../../src/policies/bulkhead.js'
 import { circuitBreaker } from '../../src/policies/circuit-breaker.js'
 import { withDeadline } from '../../src/policies/deadline.js'
+import { DeadlineExceededError } from '../../src/policies/errors.js'
+import { fallback } from '../../src/policies/fallback.js'
 import { pipeline } from '../../src/policies/pipeline.js'
 import { type RetryEvent, retry } from '../../src/policies/retry.js'
 import { timeout } from '../../src/policies/timeout.js'
@@ -158,6 +161,154 @@ describe('abort reason under a deadline and a caller signal', () => {
       })
       expect(late.giveUps).toEqual(['deadline'])
       expect(late.outcome).toBe('DEADLINE_EXCEEDED')
+    }
+  })
+})
+
+// A caller's signal aborted with a DeadlineExceededError (the caller's own deadline ran out,
+// passed on as the reason, as a deadline's signal or a deadline-clamped timeout does) is the
+// budget running out, not a cancellation: every policy must surface it as DEADLINE_EXCEEDED, as
+// retry does, not as ABORTED. Refused before the call started: `started: false`, so a breaker
+// outside does not count it.
+type Kind = 'timeout' | 'timeout-hard' | 'bulkhead' | 'breaker' | 'fallback'
+
+interface CallerAbort {
+  readonly kind: Kind
+  // Policies around the one under test (outermost first), in the same pipeline.
+  readonly around?: readonly Kind[]
+  readonly fused: boolean
+  // 'before': the signal is already aborted at the call; 'during': it aborts at abortAtMs.
+  readonly when: 'before' | 'during'
+  readonly deadlineReason: boolean
+  readonly deadlineAtMs: number
+  readonly abortAtMs: number
+}
+
+async function runCallerAbort(s: CallerAbort) {
+  const clock = new ManualClock()
+  const controller = new AbortController()
+  const reason: unknown = s.deadlineReason
+    ? new DeadlineExceededError(s.deadlineAtMs)
+    : new BreakwaterError('ABORTED', 'caller left')
+  const breaker = circuitBreaker({ window: { kind: 'consecutive', failures: 1 }, clock })
+  const slots = bulkhead({ maxConcurrent: 1, maxQueued: 1, clock })
+  let fallbacks = 0
+  const make = (kind: Kind): Policy =>
+    kind === 'timeout'
+      ? timeout(10_000, { clock })
+      : kind === 'timeout-hard'
+        ? timeout(10_000, { clock, mode: 'hard' })
+        : kind === 'bulkhead'
+          ? slots
+          : kind === 'breaker'
+            ? breaker
+            : // fn returns a string, so the fallback's own string keeps the call's type.
+              (fallback(() => {
+                fallbacks++
+                return 'fallback'
+              }) as unknown as Policy)
+  const policies = [...(s.around ?? []).map(make), make(s.kind)]
+  const chain = s.fused ? pipeline(...policies) : pipeline(new Opaque(), ...policies)
+  let calls = 0
+  // Works for 100 ms, then passes its signal's reason on (as fetch does) if it aborted.
+  const fn = async (context: PolicyContext): Promise<string> => {
+    calls++
+    await sleep(clock, 100)
+    if (context.signal.aborted) throw context.signal.reason
+    return 'ok'
+  }
+  // The bulkhead's only slot is taken, so the call under test waits in its queue.
+  const blocker = s.kind === 'bulkhead' ? slots.execute(() => sleep(clock, 100)) : undefined
+  if (s.when === 'before') controller.abort(reason)
+  else clock.setTimeout(() => controller.abort(reason), s.abortAtMs)
+  let outcome: unknown
+  void chain.execute(fn, controller.signal).then(
+    (value) => {
+      outcome = value
+    },
+    (error: unknown) => {
+      outcome = error
+    },
+  )
+  await clock.advance(1_000)
+  await blocker
+  const state = breaker.state
+  breaker.dispose()
+  return { outcome, calls, fallbacks, state, pendingTimers: clock.pendingTimers }
+}
+
+const callerAbortArb = fc.record({
+  kind: fc.constantFrom<Kind>('timeout', 'timeout-hard', 'bulkhead', 'breaker', 'fallback'),
+  fused: fc.boolean(),
+  when: fc.constantFrom<'before' | 'during'>('before', 'during'),
+  deadlineReason: fc.boolean(),
+  deadlineAtMs: fc.integer({ min: 0, max: 1_000_000 }),
+  abortAtMs: fc.integer({ min: 1, max: 99 }),
+})
+
+describe("a caller's signal aborted with a DeadlineExceededError", () => {
+  it('surfaces as DEADLINE_EXCEEDED from every policy, fused or not', async () => {
+    await fc.assert(
+      fc.asyncProperty(callerAbortArb, async (s) => {
+        const r = await runCallerAbort(s)
+        expect(r.pendingTimers).toBe(0)
+        expect(r.fallbacks).toBe(0)
+        // Neither a refusal nor a call the caller's side cut off counts against the downstream.
+        expect(r.state).toBe('closed')
+        expect(r.calls).toBe(s.when === 'before' || s.kind === 'bulkhead' ? 0 : 1)
+        expect(codeOf(r.outcome)).toBe(s.deadlineReason ? 'DEADLINE_EXCEEDED' : 'ABORTED')
+        if (!s.deadlineReason) return
+        const error = r.outcome as DeadlineExceededError
+        expect(error.deadlineAtMs).toBe(s.deadlineAtMs)
+        // Nothing reached the downstream before the call started, or while it waited for a
+        // bulkhead slot; a timeout that gave up on a running call, or fn passing the reason
+        // on, had started it.
+        expect(error.started).toBe(s.when === 'during' && s.kind !== 'bulkhead')
+      }),
+      { numRuns: 300 },
+    )
+  })
+
+  it('surfaces as DEADLINE_EXCEEDED from a pipeline of several policies, fused or not', async () => {
+    const kinds = fc.constantFrom<Kind>('timeout', 'timeout-hard', 'breaker', 'fallback')
+    await fc.assert(
+      fc.asyncProperty(
+        callerAbortArb,
+        fc.uniqueArray(kinds, { minLength: 1, maxLength: 3 }),
+        async (base, around) => {
+          const s = { ...base, around: around.filter((k) => k !== base.kind) }
+          const r = await runCallerAbort(s)
+          expect(r.pendingTimers).toBe(0)
+          expect(r.fallbacks).toBe(0)
+          expect(r.state).toBe('closed')
+          expect(codeOf(r.outcome)).toBe(s.deadlineReason ? 'DEADLINE_EXCEEDED' : 'ABORTED')
+          if (s.deadlineReason && s.when === 'before') {
+            expect((r.outcome as DeadlineExceededError).started).toBe(false)
+          }
+        },
+      ),
+      { numRuns: 300 },
+    )
+  })
+
+  it('is refused as DEADLINE_EXCEEDED (started: false) by each policy before it runs fn', async () => {
+    for (const kind of ['timeout', 'timeout-hard', 'bulkhead', 'breaker', 'fallback'] as const) {
+      for (const fused of [true, false]) {
+        const r = await runCallerAbort({
+          kind,
+          fused,
+          when: 'before',
+          deadlineReason: true,
+          deadlineAtMs: 5,
+          abortAtMs: 1,
+        })
+        expect({ kind, fused, code: codeOf(r.outcome) }).toEqual({
+          kind,
+          fused,
+          code: 'DEADLINE_EXCEEDED',
+        })
+        expect((r.outcome as DeadlineExceededError).started).toBe(false)
+      }
     }
   })
 })
