@@ -23,7 +23,7 @@ import {
 } from './cancel-scope.js'
 import { isTransientFailure, retryAfterMsOf } from './classify.js'
 import { currentDeadlineScope } from './deadline.js'
-import { DeadlineExceededError, RetryBudgetExhaustedError } from './errors.js'
+import { abortFailure, DeadlineExceededError, RetryBudgetExhaustedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
 import {
@@ -127,8 +127,9 @@ export type RetryEvent =
   | {
       readonly type: 'giveUp'
       /**
-       * The attempt that failed last; 0 when the deadline had passed before the first, which
-       * was then never started (`error` is the `DeadlineExceededError`, `started: false`).
+       * The attempt that failed last; 0 when the deadline had passed before the first (or the
+       * caller's signal had already aborted with a `DeadlineExceededError`), which was then
+       * never started (`error` is the `DeadlineExceededError`, `started: false`).
        */
       readonly attempt: number
       readonly reason: GiveUpReason
@@ -343,7 +344,13 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
     parent: CancelParent | undefined,
     outerAttempt: number,
   ): Promise<T> {
-    if (parent?.aborted) throw new AbortedError(parent.reason)
+    if (parent?.aborted) {
+      // A caller's side that aborted because its deadline ran out is refused as the deadline
+      // passed (below), not as a cancellation.
+      const refused = abortFailure(parent.reason, false)
+      if (isCode(refused, 'DEADLINE_EXCEEDED')) this.#giveUp(0, 'deadline', refused)
+      throw refused
+    }
     // A deadline that has already passed leaves no time for any attempt: starting one anyway
     // would send work downstream that nobody waits for. Refused like a timeout refuses it, so
     // a breaker around the retry does not count the caller's lateness against the downstream;

@@ -170,7 +170,7 @@ describe('abort reason under a deadline and a caller signal', () => {
 // budget running out, not a cancellation: every policy must surface it as DEADLINE_EXCEEDED, as
 // retry does, not as ABORTED. Refused before the call started: `started: false`, so a breaker
 // outside does not count it.
-type Kind = 'timeout' | 'timeout-hard' | 'bulkhead' | 'breaker' | 'fallback'
+type Kind = 'timeout' | 'timeout-hard' | 'bulkhead' | 'breaker' | 'fallback' | 'retry'
 
 interface CallerAbort {
   readonly kind: Kind
@@ -200,13 +200,15 @@ async function runCallerAbort(s: CallerAbort) {
         ? timeout(10_000, { clock, mode: 'hard' })
         : kind === 'bulkhead'
           ? slots
-          : kind === 'breaker'
-            ? breaker
-            : // fn returns a string, so the fallback's own string keeps the call's type.
-              (fallback(() => {
-                fallbacks++
-                return 'fallback'
-              }) as unknown as Policy)
+          : kind === 'retry'
+            ? retry({ clock, maxAttempts: 3, baseDelayMs: 1, jitter: 'none' })
+            : kind === 'breaker'
+              ? breaker
+              : // fn returns a string, so the fallback's own string keeps the call's type.
+                (fallback(() => {
+                  fallbacks++
+                  return 'fallback'
+                }) as unknown as Policy)
   const policies = [...(s.around ?? []).map(make), make(s.kind)]
   const chain = s.fused ? pipeline(...policies) : pipeline(new Opaque(), ...policies)
   let calls = 0
@@ -238,7 +240,14 @@ async function runCallerAbort(s: CallerAbort) {
 }
 
 const callerAbortArb = fc.record({
-  kind: fc.constantFrom<Kind>('timeout', 'timeout-hard', 'bulkhead', 'breaker', 'fallback'),
+  kind: fc.constantFrom<Kind>(
+    'timeout',
+    'timeout-hard',
+    'bulkhead',
+    'breaker',
+    'fallback',
+    'retry',
+  ),
   fused: fc.boolean(),
   when: fc.constantFrom<'before' | 'during'>('before', 'during'),
   deadlineReason: fc.boolean(),
@@ -270,7 +279,7 @@ describe("a caller's signal aborted with a DeadlineExceededError", () => {
   })
 
   it('surfaces as DEADLINE_EXCEEDED from a pipeline of several policies, fused or not', async () => {
-    const kinds = fc.constantFrom<Kind>('timeout', 'timeout-hard', 'breaker', 'fallback')
+    const kinds = fc.constantFrom<Kind>('timeout', 'timeout-hard', 'breaker', 'fallback', 'retry')
     await fc.assert(
       fc.asyncProperty(
         callerAbortArb,
@@ -292,7 +301,8 @@ describe("a caller's signal aborted with a DeadlineExceededError", () => {
   })
 
   it('is refused as DEADLINE_EXCEEDED (started: false) by each policy before it runs fn', async () => {
-    for (const kind of ['timeout', 'timeout-hard', 'bulkhead', 'breaker', 'fallback'] as const) {
+    const kinds = ['timeout', 'timeout-hard', 'bulkhead', 'breaker', 'fallback', 'retry'] as const
+    for (const kind of kinds) {
       for (const fused of [true, false]) {
         const r = await runCallerAbort({
           kind,
