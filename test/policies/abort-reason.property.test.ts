@@ -321,4 +321,29 @@ describe("a caller's signal aborted with a DeadlineExceededError", () => {
       }
     }
   })
+
+  it("keeps a half-open breaker's probe for the next call after refusing one", async () => {
+    for (const fused of [true, false]) {
+      const clock = new ManualClock()
+      const breaker = circuitBreaker({
+        window: { kind: 'consecutive', failures: 1 },
+        cooldownMs: 10,
+        clock,
+      })
+      const chain = fused ? pipeline(breaker) : pipeline(new Opaque(), breaker)
+      await chain.execute(() => Promise.reject(new Error('down'))).catch(() => {})
+      await clock.advance(10)
+      expect(breaker.state).toBe('half-open')
+      const controller = new AbortController()
+      controller.abort(new DeadlineExceededError(clock.now()))
+      const refused = await chain.execute(async () => 'ran', controller.signal).catch((e) => e)
+      expect(codeOf(refused)).toBe('DEADLINE_EXCEEDED')
+      expect((refused as DeadlineExceededError).started).toBe(false)
+      // Not counted: the circuit is still half-open and its one probe slot is free.
+      expect(breaker.state).toBe('half-open')
+      expect(await chain.execute(async () => 'probe')).toBe('probe')
+      expect(breaker.state).toBe('closed')
+      breaker.dispose()
+    }
+  })
 })
