@@ -92,8 +92,9 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * stops answering cannot hold `subscribe()` or `close()` for good.
  *
  * An exchange or queue that exists with other settings than this adapter declares (another
- * type, a classic queue where a quorum one is declared) fails `publish()` and `subscribe()` with
- * `BROKER_REJECTED` (not retryable) naming it and the mismatch: see docs/rabbitmq.md.
+ * type, a classic queue where a quorum one is declared), or that the user may not configure
+ * (403 ACCESS_REFUSED on declare), fails `publish()` and `subscribe()` with `BROKER_REJECTED`
+ * (not retryable) naming it and the server's reason: see docs/rabbitmq.md.
  *
  * A delivered message's id is its AMQP `messageId` property, which this publisher always sets.
  * A message from another producer without one (or with an empty one) never reaches the handler:
@@ -217,9 +218,11 @@ function answered<T>(
  * Declares the exchange or a queue, bounded by {@link answered}. A server that refuses the
  * declaration with 406 PRECONDITION_FAILED holds an exchange or queue of that name with other
  * settings (another type, durability or arguments, e.g. a classic queue where a quorum one is
- * declared): that is a configuration error no retry can clear, so it fails with
- * `BROKER_REJECTED` (not retryable) naming the exchange or queue and the server's account of
- * the mismatch, instead of a `BROKER_UNAVAILABLE` a relay would retry for ever.
+ * declared); one that refuses it with 403 ACCESS_REFUSED does not let the user configure it
+ * (its `configure` permission in the vhost does not match the name). Both are configuration
+ * errors no retry can clear, so they fail with `BROKER_REJECTED` (not retryable) naming the
+ * exchange or queue and the server's reason, instead of a `BROKER_UNAVAILABLE` a relay would
+ * retry for ever.
  */
 async function declare<T>(
   options: ResolvedRabbitOptions,
@@ -232,11 +235,20 @@ async function declare<T>(
   try {
     return await answered(options, model, `declaring the ${kind} ${name}`, work)
   } catch (error) {
-    if ((error as { code?: unknown } | null)?.code === 406) {
+    const code = (error as { code?: unknown } | null)?.code
+    if (code === 406) {
       throw new BrokerError(
         'BROKER_REJECTED',
         'rabbitmq',
         `${kind} "${name}" exists with other settings than this adapter declares (${declared}): ${reasonOf(error)}; delete it, or configure the adapter to match it`,
+        { cause: error },
+      )
+    }
+    if (code === 403) {
+      throw new BrokerError(
+        'BROKER_REJECTED',
+        'rabbitmq',
+        `${kind} "${name}" may not be declared by this user: ${reasonOf(error)}; grant the user configure permission on it in the vhost (rabbitmqctl set_permissions), or use a ${kind} name it may configure`,
         { cause: error },
       )
     }

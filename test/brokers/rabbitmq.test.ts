@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process'
+import { readdirSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import type { Socket } from 'node:net'
 import { dirname, join } from 'node:path'
@@ -557,6 +559,72 @@ describe('rabbitmq specifics', () => {
     expect((error as BreakwaterError).retryable).toBe(false)
     expect((error as Error).message).toContain(`queue "${queueTopic}.${group}"`)
     expect((error as Error).message).toMatch(/inequivalent arg 'x-queue-type'/)
+  })
+
+  it('fails publish and subscribe for a user without configure permission on the exchange (or queue) with a non-retryable BROKER_REJECTED naming it, not a retryable outage', async () => {
+    const server = await startPrivateBroker('rabbitmq')
+    try {
+      // The server's own rabbitmqctl, reaching its private node through its epmd and cookie.
+      const node = readdirSync(join(server.root, 'mnesia')).find((d) => /^[^.]+@[^-]+$/.test(d))
+      const ctl = (...args: string[]): void => {
+        const run = spawnSync('/usr/lib/rabbitmq/bin/rabbitmqctl', ['-n', node!, ...args], {
+          env: {
+            ...process.env,
+            HOME: join(server.root, 'home'),
+            ERL_EPMD_PORT: String(server.epmdPort),
+            ERL_EPMD_ADDRESS: '127.0.0.1',
+          },
+          encoding: 'utf8',
+        })
+        if (run.status !== 0) throw new Error(`rabbitmqctl ${args[0]}: ${run.stderr}`)
+      }
+      const exchange = 'bw-allowed'
+      // May configure (declare) only the exchange `bw-allowed`; may read and write anything.
+      ctl('add_user', 'limited', 'secret')
+      ctl('set_permissions', '-p', '/', 'limited', `^${exchange}$`, '.*', '.*')
+      const url = server.url.replace('guest:guest@', 'limited:secret@')
+      const other = createRabbitMqBroker({ url, exchange: 'bw-other', connectTimeoutMs: 2_000 })
+      const allowed = createRabbitMqBroker({ url, exchange, connectTimeoutMs: 2_000 })
+      try {
+        const failures = [
+          // The exchange itself may not be declared.
+          await other.publisher.publish(makeBatch('t', 1, 1)).then(
+            () => undefined,
+            (e: unknown) => e,
+          ),
+          await other.subscriber
+            .subscribe('t', 'g', async () => {})
+            .then(
+              () => undefined,
+              (e: unknown) => e,
+            ),
+        ]
+        for (const error of failures) {
+          expect(BreakwaterError.is(error), String(error)).toBe(true)
+          expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+          expect((error as BreakwaterError).retryable).toBe(false)
+          expect((error as Error).message).toContain('exchange "bw-other"')
+          expect((error as Error).message).toMatch(/ACCESS_REFUSED/)
+        }
+        // The exchange may be declared, the subscription's queue may not.
+        const error = await allowed.subscriber
+          .subscribe('t', 'g', async () => {})
+          .then(
+            () => undefined,
+            (e: unknown) => e,
+          )
+        expect(BreakwaterError.is(error), String(error)).toBe(true)
+        expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
+        expect((error as BreakwaterError).retryable).toBe(false)
+        expect((error as Error).message).toContain('queue "t.g"')
+        expect((error as Error).message).toMatch(/ACCESS_REFUSED/)
+      } finally {
+        await other.close()
+        await allowed.close()
+      }
+    } finally {
+      await server.stop()
+    }
   })
 
   it('refuses an exchange name longer than 255 bytes at construction, instead of failing every publish as a rejected message', () => {
