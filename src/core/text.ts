@@ -40,9 +40,11 @@ export function checkStoredName(option: string, value: unknown): string {
 
 /**
  * The JSON text of `value`. When JSON cannot hold it (a BigInt or a cycle, which make
- * `JSON.stringify` throw; undefined, a function or a symbol, which have no JSON text), throws
- * `InvalidOptionError` naming `option`, instead of a bare TypeError or a NULL for the database
- * to refuse.
+ * `JSON.stringify` throw; undefined, a function or a symbol, which have no JSON text; NaN or
+ * ±Infinity anywhere in it, which `JSON.stringify` writes as `null`, so another value than the
+ * caller's would be stored), throws `InvalidOptionError` naming `option`, and for a non-finite
+ * number also where in the value it is (`option.items[2].price`), instead of a bare TypeError,
+ * a NULL for the database to refuse, or a silent `null`.
  */
 export function jsonTextOf(
   option: string,
@@ -56,5 +58,45 @@ export function jsonTextOf(
     throw new InvalidOptionError(option, `${expected} (${String(error)})`, value)
   }
   if (text === undefined) throw new InvalidOptionError(option, expected, value)
+  // Text without `null` holds no non-finite number, so the common case pays one substring
+  // search; otherwise a second pass looks for one.
+  if (text.includes('null')) {
+    const found = nonFiniteIn(option, value)
+    if (found !== undefined) {
+      throw new InvalidOptionError(
+        option,
+        `${expected} (${String(found.number)} at ${found.path} has no JSON form: it would be stored as null)`,
+        value,
+      )
+    }
+  }
   return text
+}
+
+/**
+ * The first NaN or ±Infinity that `JSON.stringify(value)` would write as `null`, with its path
+ * from `root`. A replacer sees values after `toJSON`, as the text does, so a `toJSON` that hides
+ * one is no error; `this` in the replacer is the object holding the value, whose path was
+ * recorded when it was itself visited (none for the wrapper JSON.stringify puts around the root).
+ */
+function nonFiniteIn(root: string, value: unknown): { number: number; path: string } | undefined {
+  const paths = new WeakMap<object, string>()
+  let found: { number: number; path: string } | undefined
+  JSON.stringify(value, function (this: object, key: string, v: unknown) {
+    if (found !== undefined) return v
+    const holder = paths.get(this)
+    const path =
+      holder === undefined
+        ? root
+        : Array.isArray(this)
+          ? `${holder}[${key}]`
+          : /^[A-Za-z_$][\w$]*$/.test(key)
+            ? `${holder}.${key}`
+            : `${holder}[${JSON.stringify(key)}]`
+    const n = v instanceof Number ? v.valueOf() : v
+    if (typeof n === 'number' && !Number.isFinite(n)) found = { number: n, path }
+    else if (typeof v === 'object' && v !== null) paths.set(v, path)
+    return v
+  })
+  return found
 }

@@ -1,0 +1,103 @@
+// Values a saga stores as JSON, on real SQLite and PostgreSQL: a number JSON cannot hold (NaN,
+// ±Infinity) is refused with INVALID_OPTION naming where it is, instead of being stored as null
+// (a saga whose input said `amount: NaN` would otherwise run with `amount: null`).
+import { randomUUID } from 'node:crypto'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import {
+  createFlowTracker,
+  createSagaWorker,
+  defineFlow,
+  defineSaga,
+  deliverReply,
+  getSaga,
+  startSaga,
+} from '../../src/saga/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { countRows, dbTargets, type TestDb } from './databases.js'
+
+async function refusal(run: () => Promise<unknown>): Promise<InvalidOptionError> {
+  const error = await run().then(
+    () => undefined,
+    (e: unknown) => e,
+  )
+  expect(error).toBeInstanceOf(InvalidOptionError)
+  return error as InvalidOptionError
+}
+
+describe.each(dbTargets)('saga JSON values on $dialect', (target) => {
+  let t: TestDb
+
+  beforeAll(async () => {
+    t = await target.open('saga_json')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('refuses an input with NaN or Infinity instead of starting the saga with null', async () => {
+    const saga = defineSaga({
+      name: `input-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'a', action: async () => undefined }],
+    })
+    const id = `nan-${randomUUID()}`
+    const error = await refusal(() => startSaga(t.db, saga, { amount: Number.NaN }, { id }))
+    expect(error.code).toBe('INVALID_OPTION')
+    expect(error.option).toBe('input')
+    expect(error.message).toContain('NaN at input.amount')
+    const items = { items: [{ price: 1 }, { price: Number.POSITIVE_INFINITY }] }
+    expect((await refusal(() => startSaga(t.db, saga, items, { id }))).message).toContain(
+      'Infinity at input.items[1].price',
+    )
+    expect(await getSaga(t.db, id)).toBeUndefined()
+  })
+
+  it('refuses a reply with a non-finite number, and the step still takes a good one', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: `reply-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'charge',
+          send: async () => {},
+          awaitReply: { timeoutMs: 60_000, onReply: (reply) => reply as { fee: number } },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await startSaga(t.db, saga, {}, { clock })
+    expect(await worker.poll()).toBe(1)
+    const error = await refusal(() =>
+      deliverReply(t.db, id, 'charge', { fee: Number.NEGATIVE_INFINITY }, { clock }),
+    )
+    expect(error.option).toBe('reply')
+    expect(error.message).toContain('-Infinity at reply.fee')
+    expect(await deliverReply(t.db, id, 'charge', { fee: 2 }, { clock })).toBe('delivered')
+    expect(await worker.poll()).toBe(1)
+    expect(await getSaga(t.db, id)).toMatchObject({ status: 'completed', context: { fee: 2 } })
+    await worker.stop()
+  })
+
+  it('refuses a tracked event whose payload holds a non-finite number', async () => {
+    const tracker = createFlowTracker({
+      db: t.db,
+      flows: [defineFlow({ name: 'order', steps: ['placed'] })],
+    })
+    const correlationId = randomUUID()
+    const error = await refusal(() =>
+      tracker.record(t.db, {
+        id: randomUUID(),
+        correlationId,
+        type: 'placed',
+        at: 1,
+        payload: { total: Number.NaN },
+      }),
+    )
+    expect(error.option).toBe('event.payload')
+    expect(error.message).toContain('NaN at event.payload.total')
+    expect(await tracker.state(correlationId)).toBeUndefined()
+    expect(await countRows(t.db, 'breakwater_flow_events')).toBe(0)
+  })
+})
