@@ -1,5 +1,6 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { jsonTextOf } from '../core/text.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
 import { wakeSaga } from './admin.js'
@@ -273,13 +274,16 @@ export class InstanceRun {
   ): Promise<Step> {
     let result: unknown
     try {
-      result = roundTrip(value)
+      result = roundTrip(`result of step "${step.name}"`, value)
     } catch (error) {
-      const invalid = new InvalidOptionError(
-        `result of step "${step.name}"`,
-        `a JSON-serializable value (${String(error)})`,
-        value,
-      )
+      const invalid =
+        error instanceof InvalidOptionError
+          ? error
+          : new InvalidOptionError(
+              `result of step "${step.name}"`,
+              `a JSON-serializable value (${String(error)})`,
+              value,
+            )
       return this.#stepFailed(step, state, attempt, invalid, durationMs)
     }
     const before = this.#snapshot()
@@ -961,10 +965,17 @@ function capturing(work: readonly CommitWork[]): {
   }
 }
 
-function roundTrip(value: unknown): unknown {
+/**
+ * A step's result as it is stored and read back: undefined (no result) when it has no JSON
+ * text, such as a function. A non-finite number in it is refused ({@link jsonTextOf}): JSON
+ * writes it as null, so the following steps would run on another value than the step returned.
+ */
+function roundTrip(option: string, value: unknown): unknown {
   if (value === undefined) return undefined
   const json = JSON.stringify(value)
-  return json === undefined ? undefined : JSON.parse(json)
+  if (json === undefined) return undefined
+  // Text without null holds no non-finite number: the check is only paid when it may.
+  return JSON.parse(json.includes('null') ? jsonTextOf(option, value) : json)
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

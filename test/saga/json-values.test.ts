@@ -80,6 +80,38 @@ describe.each(dbTargets)('saga JSON values on $dialect', (target) => {
     await worker.stop()
   })
 
+  it('fails a step whose result holds a non-finite number instead of merging null into the context', async () => {
+    const clock = new ManualClock(0)
+    let seen: unknown = 'not run'
+    const saga = defineSaga({
+      name: `result-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'price',
+          retry: { maxAttempts: 1 },
+          action: async () => ({ total: Number.NaN }),
+        },
+        {
+          name: 'charge',
+          action: async (ctx) => {
+            seen = (ctx.context as { total?: unknown }).total
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    const instance = (await getSaga(t.db, id))!
+    expect(seen).toBe('not run')
+    expect(instance.status).toBe('compensated')
+    expect(instance.steps[0]!.error).toMatchObject({
+      code: 'INVALID_OPTION',
+      message: expect.stringContaining('NaN at result of step "price".total'),
+    })
+    await worker.stop()
+  })
+
   it('refuses a tracked event whose payload holds a non-finite number', async () => {
     const tracker = createFlowTracker({
       db: t.db,
