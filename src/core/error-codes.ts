@@ -44,6 +44,10 @@ export const errorCodes = {
   BROKER_UNROUTABLE:
     'The broker is up but nothing takes messages for the topic yet (no queue bound, no stream); retryable.',
   BROKER_REJECTED: 'The broker or its client refused the message itself (too large, invalid name).',
+  RELAY_ID_IN_USE:
+    'An outbox relay was started (or renewed its heartbeat) with a relayId that another live relay instance holds; it publishes nothing. A crashed relay restarted with its id comes up once the old heartbeat expires (within leaseMs).',
+  RELAY_STOPPED:
+    'start() was called on an outbox relay after stop() (or after it crashed); a relay runs once, create a new one.',
   SAGA_LEASE_LOST:
     "A saga worker's write was refused because another worker took the instance over (its lease expired).",
   SAGA_NOT_FOUND: 'No saga instance has the given id.',

@@ -21,6 +21,7 @@ export type { RelayFaultPoint, RelayFaults } from './faults.js'
 export { crashAtFromEnv, relayFaultPoints } from './faults.js'
 export type { Inbox, InboxOptions, InboxResult } from './inbox.js'
 export { createInbox, inboxHandler } from './inbox.js'
+export { RelayIdInUseError } from './leases.js'
 export { migrateInbox, migrateOutbox } from './migrate.js'
 export type { Outbox, OutboxEvent, OutboxOptions } from './outbox.js'
 export {
@@ -40,7 +41,7 @@ export type {
   RelayRetentionOptions,
   RelayState,
 } from './relay.js'
-export { createRelay } from './relay.js'
+export { createRelay, RelayStoppedError } from './relay.js'
 export type { PruneInboxOptions, PruneOutboxOptions } from './retention.js'
 export { pruneInbox, pruneOutbox } from './retention.js'
 export {

@@ -1,7 +1,26 @@
+import { randomUUID } from 'node:crypto'
 import type { Clock } from '../core/clock.js'
+import { BreakwaterError } from '../core/errors.js'
 import type { SqlDriver } from '../stores/index.js'
 import { OUTBOX_PARTITIONS } from './partition.js'
 import { listParam, type OutboxStatements, outboxStatements } from './sql.js'
+
+/**
+ * A relay's id is held by another live relay instance (another process started with the same
+ * `relayId`); this one publishes nothing.
+ */
+export class RelayIdInUseError extends BreakwaterError {
+  /** The relay id in use. */
+  readonly relayId: string
+
+  constructor(relayId: string) {
+    super(
+      'RELAY_ID_IN_USE',
+      `relay id '${relayId}' is held by another live relay; give each relay process its own relayId`,
+    )
+    this.relayId = relayId
+  }
+}
 
 /** What a rebalance changed. */
 export interface LeaseChange {
@@ -18,6 +37,12 @@ export interface LeaseChange {
  * it. Relays register in a heartbeat table; each aims for a fair share, ceil(partitions / live
  * relays): it claims free or expired partitions up to it and releases any above it.
  *
+ * The heartbeat row carries a token per relay instance (per process): the id is taken only if
+ * free, held by this instance, or held by one whose heartbeat expired, so a second live process
+ * with the same relay id gets {@link RelayIdInUseError} instead of renewing (and publishing)
+ * the first one's partitions. Taking an id over bumps the fencing token of every partition
+ * recorded for it, so the previous instance, should it still be alive, writes nothing more.
+ *
  * Every operation runs one at a time (a promise chain), so a renewal never races a claim in
  * the relay's view of what it owns.
  */
@@ -28,6 +53,9 @@ export class PartitionLeases {
   readonly #clock: Clock
   readonly #leaseMs: number
   readonly #startedAt: number
+  readonly #instance = randomUUID()
+  // Whether this instance has taken the id (and fenced off any earlier instance of it).
+  #holdsId = false
   // partition -> fencing token
   #owned = new Map<number, number>()
   #validUntil = 0
@@ -77,6 +105,24 @@ export class PartitionLeases {
     for (const p of partitions) this.#owned.delete(p)
   }
 
+  /**
+   * Takes the relay id for this instance. If another live instance holds it, waits once until
+   * that heartbeat's expiry (a crashed relay restarted with its old id comes up then, at most
+   * leaseMs later) and rejects with {@link RelayIdInUseError} if it was renewed meanwhile.
+   * `wait` sleeps on the relay's clock and rejects when the relay is stopped.
+   */
+  register(wait: (ms: number) => Promise<void>): Promise<void> {
+    return this.#serial(async () => {
+      if (await this.#heartbeat()) return
+      const rows = await this.#db.query<{ expires_at: number | string }>(this.#sql.holder, [
+        this.#relayId,
+      ])
+      const expiresAt = Number(rows[0]?.expires_at ?? 0)
+      await wait(Math.max(0, expiresAt - this.#clock.now()) + 1)
+      if (!(await this.#heartbeat())) throw new RelayIdInUseError(this.#relayId)
+    })
+  }
+
   /** Extends every held lease and the relay's heartbeat; returns partitions found lost. */
   renew(): Promise<number[]> {
     return this.#serial(() => this.#renew())
@@ -102,12 +148,13 @@ export class PartitionLeases {
         await this.#db.execute(this.#sql.release, [
           this.#relayId,
           listParam(this.#db.dialect, released),
+          this.#instance,
         ])
       } else if (this.#owned.size < share) {
         const start = this.#clock.now()
         const rows = await this.#db.query<{ partition_no: number; token: number }>(
           this.#sql.claim,
-          [this.#relayId, start + this.#leaseMs, start, share - this.#owned.size],
+          [this.#relayId, start + this.#leaseMs, start, share - this.#owned.size, this.#instance],
         )
         claimed = rows.map((r) => Number(r.partition_no))
         for (const row of rows) this.#owned.set(Number(row.partition_no), Number(row.token))
@@ -122,18 +169,49 @@ export class PartitionLeases {
     return this.#serial(async () => {
       this.#owned.clear()
       this.#validUntil = 0
-      await this.#db.execute(this.#sql.releaseAll, [this.#relayId])
-      await this.#db.execute(this.#sql.unregister, [this.#relayId])
+      await this.#db.execute(this.#sql.releaseAll, [this.#relayId, this.#instance])
+      await this.#db.execute(this.#sql.unregister, [this.#relayId, this.#instance])
     })
+  }
+
+  // Renews the heartbeat; false if another live instance holds the id. The first time this
+  // instance gets the id, the tokens of partitions recorded for it are bumped: they were held
+  // by an earlier instance (crashed, or stalled past its heartbeat), whose writes must fail.
+  async #heartbeat(): Promise<boolean> {
+    const now = this.#clock.now()
+    const rows = await this.#db.query(this.#sql.heartbeat, [
+      this.#relayId,
+      this.#startedAt,
+      now + this.#leaseMs,
+      this.#instance,
+      now,
+    ])
+    if (rows.length === 0) {
+      this.#holdsId = false
+      return false
+    }
+    if (!this.#holdsId) {
+      await this.#db.execute(this.#sql.fence, [this.#relayId])
+      this.#holdsId = true
+    }
+    return true
   }
 
   async #renew(): Promise<number[]> {
     const start = this.#clock.now()
     const expires = start + this.#leaseMs
-    await this.#db.execute(this.#sql.heartbeat, [this.#relayId, this.#startedAt, expires])
+    if (!(await this.#heartbeat())) {
+      // Another instance took the id over: everything held is lost to it.
+      const lost = this.partitions
+      this.#owned.clear()
+      this.#validUntil = 0
+      if (lost.length > 0) return lost
+      throw new RelayIdInUseError(this.#relayId)
+    }
     const rows = await this.#db.query<{ partition_no: number; token: number }>(this.#sql.renew, [
       this.#relayId,
       expires,
+      this.#instance,
     ])
     const fresh = new Map<number, number>()
     for (const row of rows) fresh.set(Number(row.partition_no), Number(row.token))

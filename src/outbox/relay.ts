@@ -281,6 +281,12 @@ export interface Relay {
   /**
    * Registers, claims a fair share of partitions and starts publishing. Rejects if the first
    * lease round fails (for example, the outbox migrations have not run).
+   *
+   * If another live relay instance (another process) holds this relay's id, waits until that
+   * heartbeat's expiry (at most `leaseMs`): a crashed relay restarted with its id comes up
+   * then; if the holder renewed meanwhile, rejects with `RelayIdInUseError`
+   * (`RELAY_ID_IN_USE`). After {@link Relay.stop} (or a crash) rejects with
+   * `RelayStoppedError` (`RELAY_STOPPED`): a relay runs once, create a new one.
    */
   start(): Promise<void>
   /**
@@ -361,6 +367,20 @@ export function splitIntoWaves<R extends { readonly aggregate_id: string }>(
   return waves
 }
 
+/** `start()` was called on a relay after `stop()` (or after it crashed): a relay runs once. */
+export class RelayStoppedError extends BreakwaterError {
+  /** The relay's id. */
+  readonly relayId: string
+
+  constructor(relayId: string) {
+    super(
+      'RELAY_STOPPED',
+      `relay '${relayId}' was stopped (or crashed) and cannot start again; create a new relay`,
+    )
+    this.relayId = relayId
+  }
+}
+
 class OutboxRelay implements Relay {
   readonly id: string
   readonly events = new EventSource<RelayEvent>()
@@ -386,6 +406,8 @@ class OutboxRelay implements Relay {
   readonly #leases: PartitionLeases
   readonly #waker: Waker
   readonly #stop = new AbortController()
+  // Aborted by stop(): ends start()'s wait for a relay id held by another instance.
+  readonly #startAbort = new AbortController()
   #state: RelayState = 'new'
   #starting: Promise<void> | undefined
   #stopping: Promise<void> | undefined
@@ -540,6 +562,11 @@ class OutboxRelay implements Relay {
   }
 
   start(): Promise<void> {
+    // A relay runs once: its leases are released and its breaker disposed at stop, so a start
+    // after stop (or a crash) would do nothing; say so rather than resolve as if it ran.
+    if (this.#stopping !== undefined || this.#state === 'crashed') {
+      return Promise.reject(new RelayStoppedError(this.id))
+    }
     this.#starting ??= this.#start()
     return this.#starting
   }
@@ -548,6 +575,13 @@ class OutboxRelay implements Relay {
     if (this.#state !== 'new') return
     this.#state = 'running'
     try {
+      await this.#leases.register(async (ms) => {
+        try {
+          await sleep(this.#clock, ms, this.#startAbort.signal)
+        } catch {
+          throw new RelayStoppedError(this.id)
+        }
+      })
       await this.#rebalance()
     } catch (error) {
       this.#state = 'stopped'
@@ -574,6 +608,7 @@ class OutboxRelay implements Relay {
 
   stop(): Promise<void> {
     if (this.#stopping !== undefined) return this.#stopping
+    this.#startAbort.abort()
     this.#stopping = this.#stopGracefully()
     return this.#stopping
   }

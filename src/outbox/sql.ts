@@ -145,6 +145,14 @@ INSERT INTO ${outboxPartitionsTable} (partition_no, token) SELECT i, 0 FROM n`,
 )`,
     ],
   },
+  {
+    // The instance token of the relay process holding each relay id, so two processes started
+    // with the same relayId are told apart (see PartitionLeases).
+    version: 2,
+    name: 'relay-instance',
+    sqlite: [`ALTER TABLE ${outboxRelaysTable} ADD COLUMN instance TEXT NOT NULL DEFAULT ''`],
+    postgres: [`ALTER TABLE ${outboxRelaysTable} ADD COLUMN instance TEXT NOT NULL DEFAULT ''`],
+  },
 ]
 
 /**
@@ -216,21 +224,28 @@ export interface OutboxStatements {
   readonly markPublished: string
   /** $1 id, $2 error text, $3 max attempts, $4 retry at, $5 now, $6 relay id, $7 tokens by partition (list). Returns attempts, dead_at. */
   readonly charge: string
-  /** $1 relay id, $2 started at, $3 expires at. */
+  /**
+   * $1 relay id, $2 started at, $3 expires at, $4 instance token, $5 now. Returns a row only
+   * if this instance holds the id (it was free, its own, or its holder's heartbeat expired).
+   */
   readonly heartbeat: string
+  /** $1 relay id. Returns instance, expires_at of the heartbeat holding it. */
+  readonly holder: string
+  /** $1 relay id. Bumps the fencing token of every partition recorded for the id. */
+  readonly fence: string
   /** $1 now. Returns n. */
   readonly liveRelays: string
   /** $1 now. */
   readonly forgetRelays: string
-  /** $1 relay id. */
+  /** $1 relay id, $2 instance token. */
   readonly unregister: string
-  /** $1 relay id, $2 lease end. Returns partition_no, token. */
+  /** $1 relay id, $2 lease end, $3 instance token. Returns partition_no, token. */
   readonly renew: string
-  /** $1 relay id, $2 lease end, $3 now, $4 how many. Returns partition_no, token. */
+  /** $1 relay id, $2 lease end, $3 now, $4 how many, $5 instance token. Returns partition_no, token. */
   readonly claim: string
-  /** $1 relay id, $2 partitions (list). */
+  /** $1 relay id, $2 partitions (list), $3 instance token. */
   readonly release: string
-  /** $1 relay id. */
+  /** $1 relay id, $2 instance token. */
   readonly releaseAll: string
   /** Returns created_at of the oldest unpublished, live row. */
   readonly oldestPending: string
@@ -273,17 +288,31 @@ const noHeldPredecessor = `NOT EXISTS (
     WHERE h.aggregate_id = o.aggregate_id AND h.id < o.id
       AND h.published_at IS NULL AND (h.dead_at IS NOT NULL OR h.retry_at IS NOT NULL))`
 
-const heartbeat = `INSERT INTO ${outboxRelaysTable} (relay_id, started_at, expires_at) VALUES ($1, $2, $3)
-ON CONFLICT (relay_id) DO UPDATE SET expires_at = excluded.expires_at`
+// Taken over only from the same instance or from one whose heartbeat expired (it crashed, or
+// stalled past its lease): a second live process with the same relay id gets no row back.
+const heartbeat = `INSERT INTO ${outboxRelaysTable} (relay_id, started_at, expires_at, instance)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (relay_id) DO UPDATE
+SET started_at = excluded.started_at, expires_at = excluded.expires_at, instance = excluded.instance
+WHERE ${outboxRelaysTable}.instance = excluded.instance OR ${outboxRelaysTable}.expires_at <= $5
+RETURNING relay_id`
+
+// Only while this instance holds the relay id: a process that lost it (another instance took
+// the expired id over) never learns the new tokens, so its writes stay fenced.
+const holdsId = `EXISTS (SELECT 1 FROM ${outboxRelaysTable} r WHERE r.relay_id = $1 AND r.instance = $INSTANCE)`
 
 const shared = {
   insertOne: `INSERT INTO ${outboxTable} (${insertColumns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
   heartbeat,
   liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable} WHERE expires_at > $1`,
   forgetRelays: `DELETE FROM ${outboxRelaysTable} WHERE expires_at <= $1`,
-  unregister: `DELETE FROM ${outboxRelaysTable} WHERE relay_id = $1`,
-  renew: `UPDATE ${outboxPartitionsTable} SET lease_expires_at = $2 WHERE owner = $1 RETURNING partition_no, token`,
-  releaseAll: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL WHERE owner = $1`,
+  unregister: `DELETE FROM ${outboxRelaysTable} WHERE relay_id = $1 AND instance = $2`,
+  renew: `UPDATE ${outboxPartitionsTable} SET lease_expires_at = $2
+WHERE owner = $1 AND ${holdsId.replace('$INSTANCE', '$3')} RETURNING partition_no, token`,
+  holder: `SELECT instance, expires_at FROM ${outboxRelaysTable} WHERE relay_id = $1`,
+  fence: `UPDATE ${outboxPartitionsTable} SET token = token + 1 WHERE owner = $1`,
+  releaseAll: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL
+WHERE owner = $1 AND ${holdsId.replace('$INSTANCE', '$2')}`,
   oldestPending: `SELECT created_at FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL ORDER BY id LIMIT 1`,
   counts: `SELECT
   (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL) AS pending,
@@ -376,9 +405,10 @@ WHERE p.partition_no IN (
     LIMIT $4
     FOR UPDATE SKIP LOCKED)
   AND (p.owner IS NULL OR p.lease_expires_at IS NULL OR p.lease_expires_at <= $3)
+  AND ${holdsId.replace('$INSTANCE', '$5')}
 RETURNING p.partition_no, p.token`,
     release: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL
-WHERE owner = $1 AND partition_no = ANY($2::int[])`,
+WHERE owner = $1 AND partition_no = ANY($2::int[]) AND ${holdsId.replace('$INSTANCE', '$3')}`,
     redrive: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
 WHERE dead_at IS NOT NULL AND published_at IS NULL AND event_id = ANY($1::text[])`,
     // Bounded batches picked by a sub-select with LIMIT: each DELETE is short and takes row
@@ -442,9 +472,11 @@ WHERE partition_no IN (
     WHERE owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $3
     ORDER BY partition_no
     LIMIT $4)
+  AND ${holdsId.replace('$INSTANCE', '$5')}
 RETURNING partition_no, token`,
     release: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL
-WHERE owner = $1 AND partition_no IN (SELECT value FROM json_each($2))`,
+WHERE owner = $1 AND partition_no IN (SELECT value FROM json_each($2))
+  AND ${holdsId.replace('$INSTANCE', '$3')}`,
     redrive: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
 WHERE dead_at IS NOT NULL AND published_at IS NULL AND event_id IN (SELECT value FROM json_each($1))`,
     // SQLite has a single writer: a bounded batch keeps the write lock short, so enqueuing
