@@ -175,7 +175,9 @@ export interface RelayOptions {
   /** Fault-injection hook called at each step boundary; see {@link RelayFaults}. */
   readonly faults?: RelayFaults
   /**
-   * This relay's identity in the lease tables (unique per running relay).
+   * This relay's identity in the lease tables (unique per running relay). A second live
+   * process started with the same id does not start: see {@link Relay.start}
+   * (`RELAY_ID_IN_USE`). A crashed relay restarted with its id comes up within `leaseMs`.
    * @default a random UUID
    */
   readonly relayId?: string
