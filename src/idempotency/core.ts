@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { isStorableText } from '../core/text.js'
+import { isStorableText, jsonTextOf } from '../core/text.js'
 import {
   checkClock,
   checkFunction,
@@ -688,7 +688,10 @@ class IdempotencyCore implements Idempotency {
     const { execution } = acquired
     let json: string | undefined
     try {
-      json = JSON.stringify((await fn(execution.context)) as JsonValue | undefined)
+      const result = await fn(execution.context)
+      // Refused (INVALID_OPTION) rather than stored as something else: JSON writes NaN as
+      // null and drops functions, so a replay would not get what the first call returned.
+      json = result === undefined ? undefined : jsonTextOf('result', result, 'a JSON value')
     } catch (error) {
       await execution.release()
       throw error

@@ -1,5 +1,5 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
-import { checkStoredName } from '../core/text.js'
+import { checkStoredName, jsonTextOf } from '../core/text.js'
 import { type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
 import { IdempotencyInProgressError } from './errors.js'
@@ -76,10 +76,10 @@ class ExecutionContext implements IdempotencyContext {
 // Phase results are stored wrapped, so that a phase returning undefined replays as undefined.
 type WrappedPhase = { readonly v?: JsonValue }
 
-function roundTrip<T>(value: T): T {
+// What a replay will read back; refused (INVALID_OPTION) when JSON would change the value.
+function roundTrip<T>(value: T, name: string): T {
   if (value === undefined) return value
-  const json = JSON.stringify(value)
-  return (json === undefined ? undefined : JSON.parse(json)) as T
+  return JSON.parse(jsonTextOf(`phase ${JSON.stringify(name)}`, value, 'a JSON value')) as T
 }
 
 /**
@@ -220,7 +220,7 @@ export class Execution {
     let phases: Record<string, JsonValue>
     try {
       try {
-        result = roundTrip(await fn(phaseTx))
+        result = roundTrip(await fn(phaseTx), name)
       } catch (error) {
         await phaseTx.rollback()
         throw error

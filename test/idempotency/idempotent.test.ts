@@ -27,6 +27,23 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
   const shipments = (orderId: string) =>
     countRows(testDb.db, 'shipments', `WHERE order_id = '${orderId}'`)
 
+  it('refuses a result or phase value JSON would change (NaN), releases the key, records nothing', async () => {
+    const key = randomUUID()
+    const options = { store: testDb.db, scope: 'non-finite' }
+    const result = await idempotent(key, async () => ({ price: Number.NaN }), options).catch(
+      (e: unknown) => e,
+    )
+    expect(result).toMatchObject({ code: 'INVALID_OPTION' })
+    expect(String((result as Error).message)).toMatch(/NaN at result\.price/)
+    const phase = await idempotent(
+      key,
+      (ctx) => ctx.phase('quote', async () => ({ total: Number.POSITIVE_INFINITY })),
+      options,
+    ).catch((e: unknown) => e)
+    expect(phase).toMatchObject({ code: 'INVALID_OPTION' })
+    expect(await idempotent(key, async () => ({ price: 1 }), options)).toEqual({ price: 1 })
+  })
+
   it('records and replays under a clock with a fraction of a millisecond (ManualClock after a jittered timer)', async () => {
     const clock = new ManualClock(1_700_000_000_000.5)
     const options = { store: testDb.db, scope: 'fractional-clock', clock }
