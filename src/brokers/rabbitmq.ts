@@ -92,9 +92,10 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * stops answering cannot hold `subscribe()` or `close()` for good.
  *
  * An exchange or queue that exists with other settings than this adapter declares (another
- * type, a classic queue where a quorum one is declared), or that the user may not configure
- * (403 ACCESS_REFUSED on declare), fails `publish()` and `subscribe()` with `BROKER_REJECTED`
- * (not retryable) naming it and the server's reason: see docs/rabbitmq.md.
+ * type, a classic queue where a quorum one is declared), or that the user may not configure,
+ * write to or read from as this adapter needs (403 ACCESS_REFUSED on declare, bind or publish),
+ * fails `publish()` and `subscribe()` with `BROKER_REJECTED` (not retryable) naming it and the
+ * server's reason: see docs/rabbitmq.md.
  *
  * A delivered message's id is its AMQP `messageId` property, which this publisher always sets.
  * A message from another producer without one (or with an empty one) never reaches the handler:
@@ -422,6 +423,15 @@ class RabbitPublisher implements Publisher {
             'BROKER_REJECTED',
             'rabbitmq',
             `publish refused: ${reasonOf(open.failure)}`,
+            { cause: open.failure },
+          )
+        }
+        // 403 ACCESS_REFUSED: the user may not write to the exchange. No retry grants it.
+        if ((open.failure as { code?: unknown } | null)?.code === 403) {
+          throw new BrokerError(
+            'BROKER_REJECTED',
+            'rabbitmq',
+            `publish to exchange "${options.exchange}" refused: ${reasonOf(open.failure)}; grant the user write permission on it in the vhost (rabbitmqctl set_permissions)`,
             { cause: open.failure },
           )
         }
@@ -854,7 +864,17 @@ class RabbitSubscriber implements Subscriber {
         model,
         `binding the queue ${queue}`,
         channel.bindQueue(queue, options.exchange, topic),
-      )
+      ).catch((error: unknown) => {
+        // 403 ACCESS_REFUSED: binding needs write permission on the queue and read permission
+        // on the exchange. Like a refused declare, no retry grants it.
+        if ((error as { code?: unknown } | null)?.code !== 403) throw error
+        throw new BrokerError(
+          'BROKER_REJECTED',
+          'rabbitmq',
+          `queue "${queue}" may not be bound to exchange "${options.exchange}" by this user: ${reasonOf(error)}; grant the user write permission on the queue and read permission on the exchange in the vhost (rabbitmqctl set_permissions)`,
+          { cause: error },
+        )
+      })
       const reply = await answered(
         options,
         model,
@@ -872,7 +892,16 @@ class RabbitSubscriber implements Subscriber {
           },
           { noAck: false },
         ),
-      )
+      ).catch((error: unknown) => {
+        // 403 ACCESS_REFUSED: consuming needs read permission on the queue.
+        if ((error as { code?: unknown } | null)?.code !== 403) throw error
+        throw new BrokerError(
+          'BROKER_REJECTED',
+          'rabbitmq',
+          `queue "${queue}" may not be consumed by this user: ${reasonOf(error)}; grant the user read permission on it in the vhost (rabbitmqctl set_permissions)`,
+          { cause: error },
+        )
+      })
       consumerTag = reply.consumerTag
     } catch (error) {
       stopping = true

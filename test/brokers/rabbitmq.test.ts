@@ -561,7 +561,7 @@ describe('rabbitmq specifics', () => {
     expect((error as Error).message).toMatch(/inequivalent arg 'x-queue-type'/)
   })
 
-  it('fails publish and subscribe for a user without configure permission on the exchange (or queue) with a non-retryable BROKER_REJECTED naming it, not a retryable outage', async () => {
+  it('fails publish and subscribe for a user without configure, write or read permission on the exchange (or queue) with a non-retryable BROKER_REJECTED naming it, not a retryable outage', async () => {
     const server = await startPrivateBroker('rabbitmq')
     try {
       // The server's own rabbitmqctl, reaching its private node through its epmd and cookie.
@@ -621,6 +621,72 @@ describe('rabbitmq specifics', () => {
       } finally {
         await other.close()
         await allowed.close()
+      }
+
+      // Without write permission (publish; binding writes to the queue), or read permission
+      // (binding reads from the exchange): refused the same way, for good.
+      ctl('add_user', 'nowrite', 'secret')
+      ctl('set_permissions', '-p', '/', 'nowrite', '.*', '^$', '.*')
+      ctl('add_user', 'noread', 'secret')
+      ctl('set_permissions', '-p', '/', 'noread', '.*', '.*', '^$')
+      const as = (user: string) =>
+        createRabbitMqBroker({
+          url: server.url.replace('guest:guest@', `${user}:secret@`),
+          connectTimeoutMs: 2_000,
+        })
+      // May read from the exchange (to bind), not from the queue (to consume).
+      ctl('add_user', 'noqueueread', 'secret')
+      ctl('set_permissions', '-p', '/', 'noqueueread', '.*', '.*', '^breakwater$')
+      const nowrite = as('nowrite')
+      const noread = as('noread')
+      const noqueueread = as('noqueueread')
+      try {
+        const refusals: Array<[unknown, RegExp]> = [
+          [
+            await nowrite.publisher.publish(makeBatch('t', 1, 1)).then(
+              () => undefined,
+              (e: unknown) => e,
+            ),
+            /exchange "breakwater".*ACCESS_REFUSED/,
+          ],
+          [
+            await nowrite.subscriber
+              .subscribe('t', 'g', async () => {})
+              .then(
+                () => undefined,
+                (e: unknown) => e,
+              ),
+            /queue "t\.g".*exchange "breakwater".*ACCESS_REFUSED - access to queue 't\.g'/,
+          ],
+          [
+            await noread.subscriber
+              .subscribe('t', 'g', async () => {})
+              .then(
+                () => undefined,
+                (e: unknown) => e,
+              ),
+            /queue "t\.g".*exchange "breakwater".*ACCESS_REFUSED - access to exchange 'breakwater'/,
+          ],
+          [
+            await noqueueread.subscriber
+              .subscribe('t', 'g', async () => {})
+              .then(
+                () => undefined,
+                (e: unknown) => e,
+              ),
+            /queue "t\.g".*ACCESS_REFUSED - access to queue 't\.g'/,
+          ],
+        ]
+        for (const [error, message] of refusals) {
+          expect(BreakwaterError.is(error), String(error)).toBe(true)
+          expect((error as BreakwaterError).code, String(error)).toBe('BROKER_REJECTED')
+          expect((error as BreakwaterError).retryable).toBe(false)
+          expect((error as Error).message).toMatch(message)
+        }
+      } finally {
+        await nowrite.close()
+        await noread.close()
+        await noqueueread.close()
       }
     } finally {
       await server.stop()
