@@ -1,9 +1,10 @@
 import { connect } from 'nats'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createNatsBroker } from '../../src/brokers/index.js'
-import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
+import { type BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
+import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
 import { testBroker } from './targets.js'
 
 // Only stops a server this file started itself (when no global setup provided one).
@@ -39,12 +40,8 @@ describe('nats specifics', () => {
     expect(onA.ids().sort()).toEqual(['a-0', 'a-1', 'a-2'])
     expect(onB.ids().sort()).toEqual(['b-0', 'b-1'])
 
-    const error = await broker.publisher.publish(makeBatch(unique('elsewhere'), 1, 1)).then(
-      () => undefined,
-      (e: unknown) => e,
-    )
-    expect(BreakwaterError.is(error)).toBe(true)
-    expect((error as BreakwaterError).code).toBe('BROKER_UNROUTABLE')
+    const error = await rejectionOf(broker.publisher.publish(makeBatch(unique('elsewhere'), 1, 1)))
+    expectBrokerError(error, 'BROKER_UNROUTABLE')
   })
 
   it('fails publish and subscribe on a topic another stream already covers (subjects overlap) with a non-retryable BROKER_REJECTED naming the stream, not a retryable outage', async () => {
@@ -60,25 +57,10 @@ describe('nats specifics', () => {
     })
     const broker = testBroker('nats', url)
     closers.push(() => broker.close())
-    const topic = `${prefix}.orders`
-    const failures = [
-      await broker.publisher.publish(makeBatch(topic, 1, 1)).then(
-        () => undefined,
-        (e: unknown) => e,
-      ),
-      await broker.subscriber
-        .subscribe(topic, unique('g'), async () => {})
-        .then(
-          () => undefined,
-          (e: unknown) => e,
-        ),
-    ]
-    for (const error of failures) {
-      expect(BreakwaterError.is(error), String(error)).toBe(true)
-      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
-      expect((error as BreakwaterError).retryable).toBe(false)
-      expect((error as Error).message).toMatch(/overlap/)
-      expect((error as Error).message).toContain('nats.stream')
+    for (const error of await publishAndSubscribeFailures(broker, `${prefix}.orders`)) {
+      expectBrokerError(error, 'BROKER_REJECTED', false)
+      expect(error.message).toMatch(/overlap/)
+      expect(error.message).toContain('nats.stream')
     }
   })
 
@@ -89,23 +71,8 @@ describe('nats specifics', () => {
       retryDelayMs: 50,
     })
     closers.push(() => broker.close())
-    const topic = unique('nostream')
-    const failures = [
-      await broker.publisher.publish(makeBatch(topic, 1, 1)).then(
-        () => undefined,
-        (e: unknown) => e,
-      ),
-      await broker.subscriber
-        .subscribe(topic, unique('g'), async () => {})
-        .then(
-          () => undefined,
-          (e: unknown) => e,
-        ),
-    ]
-    for (const error of failures) {
-      expect(BreakwaterError.is(error), String(error)).toBe(true)
-      expect((error as BreakwaterError).code).toBe('BROKER_UNROUTABLE')
-      expect((error as BreakwaterError).retryable).toBe(true)
+    for (const error of await publishAndSubscribeFailures(broker, unique('nostream'))) {
+      expectBrokerError(error, 'BROKER_UNROUTABLE', true)
     }
   })
 
@@ -121,13 +88,8 @@ describe('nats specifics', () => {
       { id: 'by-header', topic, key: 'k', payload: '', headers: { note: '\tpadded' } },
     ]
     for (const message of odd) {
-      const error = await broker.publisher.publish([message]).then(
-        () => undefined,
-        (e: unknown) => e,
-      )
-      expect(BreakwaterError.is(error), message.id).toBe(true)
-      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
-      expect((error as BreakwaterError).retryable).toBe(false)
+      const error = await rejectionOf(broker.publisher.publish([message]))
+      expectBrokerError(error, 'BROKER_REJECTED', false, message.id)
     }
     // Inner spaces and an empty value travel unchanged.
     await broker.publisher.publish([
@@ -152,15 +114,10 @@ describe('nats specifics', () => {
       { 'Nats-Rollup': 'all' },
     ]) {
       const what = JSON.stringify(headers)
-      const error = await broker.publisher
-        .publish([{ id: unique('m'), topic, key: 'k', payload: '', headers }])
-        .then(
-          () => undefined,
-          (e: unknown) => e,
-        )
-      expect(BreakwaterError.is(error), what).toBe(true)
-      expect((error as BreakwaterError).code, what).toBe('BROKER_REJECTED')
-      expect((error as BreakwaterError).retryable, what).toBe(false)
+      const error = await rejectionOf(
+        broker.publisher.publish([{ id: unique('m'), topic, key: 'k', payload: '', headers }]),
+      )
+      expectBrokerError(error, 'BROKER_REJECTED', false, what)
     }
   })
 
@@ -168,14 +125,10 @@ describe('nats specifics', () => {
     const broker = testBroker('nats', await brokerUrl('nats'))
     closers.push(() => broker.close())
     for (const topic of [`${unique('bad')} topic`, `${unique('a')}..b`, `${unique('trail')}.`]) {
-      const error = await broker.publisher
-        .publish([{ id: unique('m'), topic, key: 'k', payload: '', headers: {} }])
-        .then(
-          () => undefined,
-          (e: unknown) => e,
-        )
-      expect(BreakwaterError.is(error), topic).toBe(true)
-      expect((error as BreakwaterError).code, topic).toBe('BROKER_REJECTED')
+      const error = await rejectionOf(
+        broker.publisher.publish([{ id: unique('m'), topic, key: 'k', payload: '', headers: {} }]),
+      )
+      expectBrokerError(error, 'BROKER_REJECTED', undefined, topic)
     }
   })
 

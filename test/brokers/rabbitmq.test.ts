@@ -5,11 +5,16 @@ import type { Socket } from 'node:net'
 import { dirname, join } from 'node:path'
 import type { ChannelModel, ConfirmChannel } from 'amqplib'
 import { afterAll, describe, expect, it } from 'vitest'
-import { createRabbitMqBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
+import {
+  type Broker,
+  createRabbitMqBroker,
+  type SubscriberErrorEvent,
+} from '../../src/brokers/index.js'
 import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { brokerUrl, startPrivateBroker, stopOwnBrokers } from '../support/brokers.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
+import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
 import { testBroker } from './targets.js'
 
 // Only stops a server this file started itself (when no global setup provided one).
@@ -76,13 +81,8 @@ describe('rabbitmq specifics', () => {
     closers.push(() => broker.close())
     const topic = unique('orphan')
     const batch = makeBatch(topic, 3, 1)
-    const error = await broker.publisher.publish(batch).then(
-      () => undefined,
-      (e: unknown) => e,
-    )
-    expect(BreakwaterError.is(error)).toBe(true)
-    expect((error as BreakwaterError).code).toBe('BROKER_UNROUTABLE')
-    expect((error as BreakwaterError).retryable).toBe(true)
+    const error = await rejectionOf(broker.publisher.publish(batch))
+    expectBrokerError(error, 'BROKER_UNROUTABLE', true)
 
     // A subscriber declares and binds its queue; the relay's retry of the same batch now lands.
     const received = new Received()
@@ -109,13 +109,8 @@ describe('rabbitmq specifics', () => {
       },
     ]
     for (const message of odd) {
-      const error = await broker.publisher.publish([message]).then(
-        () => undefined,
-        (e: unknown) => e,
-      )
-      expect(BreakwaterError.is(error)).toBe(true)
-      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
-      expect((error as BreakwaterError).retryable).toBe(false)
+      const error = await rejectionOf(broker.publisher.publish([message]))
+      expectBrokerError(error, 'BROKER_REJECTED', false)
     }
     // The publisher still works.
     await broker.publisher.publish(makeBatch(topic, 1, 1, 'after'))
@@ -250,15 +245,10 @@ describe('rabbitmq specifics', () => {
     await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
     // RabbitMQ 3.10's default max_message_size is 128 MiB; the server closes the channel.
     const payload = Buffer.alloc(128 * 1024 * 1024 + 1)
-    const settle = (promise: Promise<void>): Promise<unknown> =>
-      promise.then(
-        () => undefined,
-        (e: unknown) => e,
-      )
     // A batch sharing the channel loses it too, but only the big message's batch is refused.
     const [error, other] = await Promise.all([
-      settle(broker.publisher.publish([{ id: 'big', topic, key: 'k', payload, headers: {} }])),
-      settle(broker.publisher.publish(makeBatch(topic, 1, 1, 'beside'))),
+      rejectionOf(broker.publisher.publish([{ id: 'big', topic, key: 'k', payload, headers: {} }])),
+      rejectionOf(broker.publisher.publish(makeBatch(topic, 1, 1, 'beside'))),
     ])
     if (other !== undefined) expect((other as BreakwaterError).code).toBe('BROKER_UNAVAILABLE')
     expect(BreakwaterError.is(error), String(error)).toBe(true)
@@ -438,15 +428,11 @@ describe('rabbitmq specifics', () => {
     // An own property named __proto__, as the outbox keeps it. amqplib decodes a headers
     // table into a plain object, where that name sets the prototype: the header would vanish.
     const headers = JSON.parse('{"__proto__":"p","other":"o"}') as Record<string, string>
-    const error = await broker.publisher
-      .publish([{ id: 'x', topic, key: 'k', payload: '', headers }])
-      .then(
-        () => undefined,
-        (e: unknown) => e,
-      )
-    expect(BreakwaterError.is(error), String(error)).toBe(true)
-    expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
-    expect((error as Error).message).toMatch(/messages\[0\]\.headers.*__proto__/)
+    const error = await rejectionOf(
+      broker.publisher.publish([{ id: 'x', topic, key: 'k', payload: '', headers }]),
+    )
+    expectBrokerError(error, 'BROKER_REJECTED')
+    expect(error.message).toMatch(/messages\[0\]\.headers.*__proto__/)
     await broker.publisher.publish([{ id: 'y', topic, key: 'k', payload: '', headers: {} }])
     await received.until(() => received.messages.length >= 1, 'the next message')
     expect(received.ids()).toEqual(['y'])
@@ -464,14 +450,9 @@ describe('rabbitmq specifics', () => {
       { id: 'sent-first', topic, key: 'k', payload: '', headers: {} },
       { id: 'long', topic, key: 'k', payload: '', headers: { ['h'.repeat(256)]: 'v' } },
     ]
-    const error = await broker.publisher.publish(batch).then(
-      () => undefined,
-      (e: unknown) => e,
-    )
-    expect(BreakwaterError.is(error), String(error)).toBe(true)
-    expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
-    expect((error as BreakwaterError).retryable).toBe(false)
-    expect((error as Error).message).toMatch(/messages\[1\]\.headers.*255 bytes/)
+    const error = await rejectionOf(broker.publisher.publish(batch))
+    expectBrokerError(error, 'BROKER_REJECTED', false)
+    expect(error.message).toMatch(/messages\[1\]\.headers.*255 bytes/)
     // One consumer of a queue sees messages in publish order: 'after' comes after anything the
     // refused batch sent.
     await broker.publisher.publish([{ id: 'after', topic, key: 'k', payload: '', headers: {} }])
@@ -491,15 +472,13 @@ describe('rabbitmq specifics', () => {
       'x-first-death-queue',
       'x-last-death-reason',
     ]) {
-      const error = await broker.publisher
-        .publish([{ id: 'x', topic, key: 'k', payload: '', headers: { [name]: 'v' } }])
-        .then(
-          () => undefined,
-          (e: unknown) => e,
-        )
-      expect(BreakwaterError.is(error), `${name}: ${String(error)}`).toBe(true)
-      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
-      expect((error as Error).message).toContain(`messages[0].headers has a header named ${name}`)
+      const error = await rejectionOf(
+        broker.publisher.publish([
+          { id: 'x', topic, key: 'k', payload: '', headers: { [name]: 'v' } },
+        ]),
+      )
+      expectBrokerError(error, 'BROKER_REJECTED', undefined, `${name}: ${String(error)}`)
+      expect(error.message).toContain(`messages[0].headers has a header named ${name}`)
     }
     await broker.publisher.publish([{ id: 'y', topic, key: 'k', payload: '', headers: {} }])
     await received.until(() => received.messages.length >= 1, 'the next message')
@@ -523,42 +502,20 @@ describe('rabbitmq specifics', () => {
     await setup.assertExchange(exchange, 'fanout', { durable: true })
     const broker = createRabbitMqBroker({ url, exchange, connectTimeoutMs: 2_000 })
     closers.push(() => broker.close())
-    const topic = unique('mismatch')
-    const failures = [
-      await broker.publisher.publish(makeBatch(topic, 1, 1)).then(
-        () => undefined,
-        (e: unknown) => e,
-      ),
-      await broker.subscriber
-        .subscribe(topic, unique('g'), async () => {})
-        .then(
-          () => undefined,
-          (e: unknown) => e,
-        ),
-    ]
-    for (const error of failures) {
-      expect(BreakwaterError.is(error), String(error)).toBe(true)
-      expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
-      expect((error as BreakwaterError).retryable).toBe(false)
-      expect((error as Error).message).toContain(`exchange "${exchange}"`)
-      expect((error as Error).message).toMatch(/inequivalent arg 'type'/)
+    for (const error of await publishAndSubscribeFailures(broker, unique('mismatch'))) {
+      expectBrokerError(error, 'BROKER_REJECTED', false)
+      expect(error.message).toContain(`exchange "${exchange}"`)
+      expect(error.message).toMatch(/inequivalent arg 'type'/)
     }
 
     // A queue that exists as a classic queue, where the subscriber declares a quorum one.
     const plain = createRabbitMqBroker({ url, connectTimeoutMs: 2_000 })
     closers.push(() => plain.close())
     await setup.assertQueue(`${queueTopic}.${group}`, { durable: true })
-    const error = await plain.subscriber
-      .subscribe(queueTopic, group, async () => {})
-      .then(
-        () => undefined,
-        (e: unknown) => e,
-      )
-    expect(BreakwaterError.is(error), String(error)).toBe(true)
-    expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
-    expect((error as BreakwaterError).retryable).toBe(false)
-    expect((error as Error).message).toContain(`queue "${queueTopic}.${group}"`)
-    expect((error as Error).message).toMatch(/inequivalent arg 'x-queue-type'/)
+    const error = await rejectionOf(plain.subscriber.subscribe(queueTopic, group, async () => {}))
+    expectBrokerError(error, 'BROKER_REJECTED', false)
+    expect(error.message).toContain(`queue "${queueTopic}.${group}"`)
+    expect(error.message).toMatch(/inequivalent arg 'x-queue-type'/)
   })
 
   it('fails publish and subscribe for a user without configure, write or read permission on the exchange (or queue) with a non-retryable BROKER_REJECTED naming it, not a retryable outage', async () => {
@@ -578,6 +535,8 @@ describe('rabbitmq specifics', () => {
         })
         if (run.status !== 0) throw new Error(`rabbitmqctl ${args[0]}: ${run.stderr}`)
       }
+      // Every subscription here is to topic `t` as group `g`, so its queue is `t.g`.
+      const subscribeTG = (broker: Broker) => broker.subscriber.subscribe('t', 'g', async () => {})
       const exchange = 'bw-allowed'
       // May configure (declare) only the exchange `bw-allowed`; may read and write anything.
       ctl('add_user', 'limited', 'secret')
@@ -586,38 +545,17 @@ describe('rabbitmq specifics', () => {
       const other = createRabbitMqBroker({ url, exchange: 'bw-other', connectTimeoutMs: 2_000 })
       const allowed = createRabbitMqBroker({ url, exchange, connectTimeoutMs: 2_000 })
       try {
-        const failures = [
-          // The exchange itself may not be declared.
-          await other.publisher.publish(makeBatch('t', 1, 1)).then(
-            () => undefined,
-            (e: unknown) => e,
-          ),
-          await other.subscriber
-            .subscribe('t', 'g', async () => {})
-            .then(
-              () => undefined,
-              (e: unknown) => e,
-            ),
-        ]
-        for (const error of failures) {
-          expect(BreakwaterError.is(error), String(error)).toBe(true)
-          expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
-          expect((error as BreakwaterError).retryable).toBe(false)
-          expect((error as Error).message).toContain('exchange "bw-other"')
-          expect((error as Error).message).toMatch(/ACCESS_REFUSED/)
+        // The exchange itself may not be declared.
+        for (const error of await publishAndSubscribeFailures(other, 't', 'g')) {
+          expectBrokerError(error, 'BROKER_REJECTED', false)
+          expect(error.message).toContain('exchange "bw-other"')
+          expect(error.message).toMatch(/ACCESS_REFUSED/)
         }
         // The exchange may be declared, the subscription's queue may not.
-        const error = await allowed.subscriber
-          .subscribe('t', 'g', async () => {})
-          .then(
-            () => undefined,
-            (e: unknown) => e,
-          )
-        expect(BreakwaterError.is(error), String(error)).toBe(true)
-        expect((error as BreakwaterError).code).toBe('BROKER_REJECTED')
-        expect((error as BreakwaterError).retryable).toBe(false)
-        expect((error as Error).message).toContain('queue "t.g"')
-        expect((error as Error).message).toMatch(/ACCESS_REFUSED/)
+        const error = await rejectionOf(subscribeTG(allowed))
+        expectBrokerError(error, 'BROKER_REJECTED', false)
+        expect(error.message).toContain('queue "t.g"')
+        expect(error.message).toMatch(/ACCESS_REFUSED/)
       } finally {
         await other.close()
         await allowed.close()
@@ -643,45 +581,25 @@ describe('rabbitmq specifics', () => {
       try {
         const refusals: Array<[unknown, RegExp]> = [
           [
-            await nowrite.publisher.publish(makeBatch('t', 1, 1)).then(
-              () => undefined,
-              (e: unknown) => e,
-            ),
+            await rejectionOf(nowrite.publisher.publish(makeBatch('t', 1, 1))),
             /exchange "breakwater".*ACCESS_REFUSED/,
           ],
           [
-            await nowrite.subscriber
-              .subscribe('t', 'g', async () => {})
-              .then(
-                () => undefined,
-                (e: unknown) => e,
-              ),
+            await rejectionOf(subscribeTG(nowrite)),
             /queue "t\.g".*exchange "breakwater".*ACCESS_REFUSED - access to queue 't\.g'/,
           ],
           [
-            await noread.subscriber
-              .subscribe('t', 'g', async () => {})
-              .then(
-                () => undefined,
-                (e: unknown) => e,
-              ),
+            await rejectionOf(subscribeTG(noread)),
             /queue "t\.g".*exchange "breakwater".*ACCESS_REFUSED - access to exchange 'breakwater'/,
           ],
           [
-            await noqueueread.subscriber
-              .subscribe('t', 'g', async () => {})
-              .then(
-                () => undefined,
-                (e: unknown) => e,
-              ),
+            await rejectionOf(subscribeTG(noqueueread)),
             /queue "t\.g".*ACCESS_REFUSED - access to queue 't\.g'/,
           ],
         ]
         for (const [error, message] of refusals) {
-          expect(BreakwaterError.is(error), String(error)).toBe(true)
-          expect((error as BreakwaterError).code, String(error)).toBe('BROKER_REJECTED')
-          expect((error as BreakwaterError).retryable).toBe(false)
-          expect((error as Error).message).toMatch(message)
+          expectBrokerError(error, 'BROKER_REJECTED', false)
+          expect(error.message).toMatch(message)
         }
       } finally {
         await nowrite.close()
@@ -708,12 +626,9 @@ describe('rabbitmq specifics', () => {
   it('refuses to subscribe with a queue name longer than 255 bytes with InvalidOptionError, before connecting', async () => {
     const broker = createRabbitMqBroker({ url: 'amqp://127.0.0.1:1' })
     closers.push(() => broker.close())
-    const error = await broker.subscriber
-      .subscribe(`t.${'x'.repeat(250)}`, 'group', async () => {})
-      .then(
-        () => undefined,
-        (e: unknown) => e,
-      )
+    const error = await rejectionOf(
+      broker.subscriber.subscribe(`t.${'x'.repeat(250)}`, 'group', async () => {}),
+    )
     expect(error).toBeInstanceOf(InvalidOptionError)
     expect((error as InvalidOptionError).option).toBe('rabbitmq.queueName()')
   })

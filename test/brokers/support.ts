@@ -1,0 +1,48 @@
+// Small helpers the broker adapters' own test files share (the conformance suite has its own).
+import { expect } from 'vitest'
+import type { Broker } from '../../src/brokers/index.js'
+import type { ErrorCode } from '../../src/core/error-codes.js'
+import { BreakwaterError } from '../../src/core/errors.js'
+import { makeBatch, unique } from './conformance.js'
+
+/**
+ * What a promise rejected with, or `undefined` when it fulfilled: lets a test collect several
+ * failures first and check them together (a fulfilled one then fails the check, not the test
+ * early).
+ */
+export function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  )
+}
+
+/**
+ * Publishes one message to `topic`, then subscribes to it as `group`, and returns what each
+ * rejected with (`undefined` for one that succeeded), in that order.
+ */
+export async function publishAndSubscribeFailures(
+  broker: Broker,
+  topic: string,
+  group: string = unique('g'),
+): Promise<[unknown, unknown]> {
+  return [
+    await rejectionOf(broker.publisher.publish(makeBatch(topic, 1, 1))),
+    await rejectionOf(broker.subscriber.subscribe(topic, group, async () => {})),
+  ]
+}
+
+/**
+ * Checks `error` is a breakwater error with `code` and, when given, `retryable`; `label` (the
+ * error itself by default) names the case in a failure.
+ */
+export function expectBrokerError(
+  error: unknown,
+  code: ErrorCode,
+  retryable?: boolean,
+  label: string = String(error),
+): asserts error is BreakwaterError {
+  expect(BreakwaterError.is(error), label).toBe(true)
+  expect((error as BreakwaterError).code, label).toBe(code)
+  if (retryable !== undefined) expect((error as BreakwaterError).retryable, label).toBe(retryable)
+}
