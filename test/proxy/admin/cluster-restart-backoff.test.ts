@@ -4,22 +4,10 @@
 // process; the delay now doubles for each worker in a row that exited before it came up, up
 // to 30 s, and starts over once one comes up.
 
-import type { Worker } from 'node:cluster'
 import { describe, expect, it } from 'vitest'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import { createMetricsRegistry } from '../../../src/observability/metrics.js'
-import { createClusterBackend, RestartBackoff } from '../../../src/proxy/admin/cluster.js'
-import { parseProxyConfig } from '../../../src/proxy/config/load.js'
-import { ManualClock } from '../../../src/testing/index.js'
-import { captureLog } from '../runtime/helpers.js'
+import { RestartBackoff } from '../../../src/proxy/admin/cluster.js'
+import { asWorker, twoWorkerBackend } from './cluster-support.js'
 import { FakeWorker } from './fake-worker.js'
-
-const yaml = `services:
-  orders: { endpoints: ['http://127.0.0.1:1'] }
-listeners:
-  - { name: out, role: ambassador, host: 127.0.0.1, port: 0 }
-workers: 2
-`
 
 describe('worker restart delay', () => {
   it('doubles for each worker in a row that did not come up, and starts over when one did', () => {
@@ -43,24 +31,15 @@ describe('worker restart delay', () => {
   })
 
   it('the backend says whether a worker it forgets had come up', () => {
-    const config = parseProxyConfig(yaml, 'test')
-    const backend = createClusterBackend({
-      config,
-      configText: yaml,
-      loadConfig: async () => ({ config, text: yaml }),
-      logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
-      metrics: createMetricsRegistry(),
-      clock: new ManualClock(0),
-      commandTimeoutMs: 60_000,
-    })
+    const backend = twoWorkerBackend()
     const served = new FakeWorker(1, { answering: true })
-    backend.attach(served as unknown as Worker)
+    backend.attach(asWorker(served))
     served.start()
     const neverUp = new FakeWorker(2, { answering: true })
-    backend.attach(neverUp as unknown as Worker)
+    backend.attach(asWorker(neverUp))
     neverUp.emit('message', { bw: 'starting' })
-    expect(backend.detach(served as unknown as Worker)).toBe(true)
-    expect(backend.detach(neverUp as unknown as Worker)).toBe(false)
-    expect(backend.detach(neverUp as unknown as Worker)).toBe(false)
+    expect(backend.detach(asWorker(served))).toBe(true)
+    expect(backend.detach(asWorker(neverUp))).toBe(false)
+    expect(backend.detach(asWorker(neverUp))).toBe(false)
   })
 })

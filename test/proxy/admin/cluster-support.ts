@@ -1,0 +1,43 @@
+// What the cluster backend's tests with in-memory fake workers share: a two-worker config, a
+// backend over it on a clock that stands still, and a fake typed as a worker.
+import type { Worker } from 'node:cluster'
+import { createJsonLogger } from '../../../src/observability/logger.js'
+import { createMetricsRegistry } from '../../../src/observability/metrics.js'
+import { type ClusterBackend, createClusterBackend } from '../../../src/proxy/admin/cluster.js'
+import { parseProxyConfig } from '../../../src/proxy/config/load.js'
+import { ManualClock } from '../../../src/testing/index.js'
+import { captureLog } from '../runtime/helpers.js'
+import type { FakeWorker } from './fake-worker.js'
+
+/** A config with one service, one listener and two workers. */
+export const twoWorkersYaml = `services:
+  orders: { endpoints: ['http://127.0.0.1:1'] }
+listeners:
+  - { name: out, role: ambassador, host: 127.0.0.1, port: 0 }
+workers: 2
+`
+
+/** Lets nextTick and promise callbacks run. */
+export const settle = (): Promise<unknown> => new Promise((resolve) => setImmediate(resolve))
+
+/**
+ * A cluster backend over {@link twoWorkersYaml}, on a clock that never moves (so no command
+ * times out on its own), logging to a capture.
+ */
+export function twoWorkerBackend(): ClusterBackend {
+  const config = parseProxyConfig(twoWorkersYaml, 'test')
+  return createClusterBackend({
+    config,
+    configText: twoWorkersYaml,
+    loadConfig: async () => ({ config, text: twoWorkersYaml }),
+    logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
+    metrics: createMetricsRegistry(),
+    clock: new ManualClock(0),
+    commandTimeoutMs: 60_000,
+  })
+}
+
+/** The fake, typed as the Worker it stands in for (for attach and detach). */
+export function asWorker(worker: FakeWorker): Worker {
+  return worker as unknown as Worker
+}
