@@ -26,6 +26,50 @@ async function dns(): Promise<TestDnsServer> {
   return server
 }
 
+/** A DNS server that takes every query and never answers (a blackholed resolver). */
+async function silentDns(): Promise<{ readonly address: string; readonly queried: Promise<void> }> {
+  const silent = createSocket('udp4')
+  await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve))
+  cleanups.push(() => new Promise<void>((resolve) => silent.close(() => resolve())))
+  const queried = new Promise<void>((resolve) => silent.once('message', () => resolve()))
+  return { address: `127.0.0.1:${silent.address().port}`, queried }
+}
+
+type DnsDiscovery = Extract<DiscoveryConfig, { kind: 'dns' }>
+
+/** DNS discovery of A records for orders.test on port 8080, with `overrides`. */
+function dnsDiscovery(overrides: Partial<DnsDiscovery> = {}): DnsDiscovery {
+  return {
+    kind: 'dns',
+    name: 'orders.test',
+    recordType: 'A',
+    port: 8080,
+    scheme: 'http',
+    minRefreshMs: 1_000,
+    maxRefreshMs: 60_000,
+    ...overrides,
+  }
+}
+
+/** A resolver that asks only `server` (the programmatic path: no servers in the config). */
+function resolverOf(
+  server: TestDnsServer,
+  options?: ConstructorParameters<typeof Resolver>[0],
+): Resolver {
+  const resolver = new Resolver(options)
+  resolver.setServers([server.address])
+  return resolver
+}
+
+/** A service discovering through `resolver` on `clock`, closed after the test. */
+function dnsService(discovery: DnsDiscovery, clock: ManualClock, resolver: Resolver) {
+  const service = createServiceRuntime(serviceConfig([], { discovery }), testDeps(clock), {
+    dnsResolver: resolver,
+  })
+  cleanups.push(() => service.close())
+  return service
+}
+
 function endpointsOf(service: { state(): { endpoints: readonly { url: string }[] } }): string[] {
   return service.state().endpoints.map((e) => e.url)
 }
@@ -41,17 +85,8 @@ describe('DNS discovery', () => {
     const server = await dns()
     server.set('orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 5 }])
     const clock = new ManualClock(0)
-    const discovery: DiscoveryConfig = {
-      kind: 'dns',
-      name: 'orders.test',
-      recordType: 'A',
-      port: first.port,
-      scheme: 'http',
-      minRefreshMs: 1_000,
-      maxRefreshMs: 60_000,
-      // The YAML path: servers in the discovery config.
-      servers: [server.address],
-    }
+    // The YAML path: servers in the discovery config.
+    const discovery = dnsDiscovery({ port: first.port, servers: [server.address] })
     const service = createServiceRuntime(serviceConfig([], { discovery }), testDeps(clock))
     cleanups.push(() => service.close())
     await service.ready()
@@ -70,28 +105,15 @@ describe('DNS discovery', () => {
   })
 
   it('answers a request waiting for the first DNS answer at its deadline, not when DNS gives up', async () => {
-    // A DNS server that takes every query and never answers (a blackholed resolver).
-    const silent = createSocket('udp4')
-    await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve))
-    cleanups.push(() => new Promise<void>((resolve) => silent.close(() => resolve())))
-    const queried = new Promise<void>((resolve) => silent.once('message', () => resolve()))
+    const silent = await silentDns()
     const clock = new ManualClock(0)
-    const discovery: DiscoveryConfig = {
-      kind: 'dns',
-      name: 'orders.test',
-      recordType: 'A',
-      port: 80,
-      scheme: 'http',
-      minRefreshMs: 1_000,
-      maxRefreshMs: 60_000,
-      servers: [`127.0.0.1:${silent.address().port}`],
-    }
+    const discovery = dnsDiscovery({ port: 80, servers: [silent.address] })
     const service = createServiceRuntime(
       serviceConfig([], { discovery, timeouts: { connectMs: 100, readMs: 100, overallMs: 500 } }),
       testDeps(clock),
     )
     cleanups.push(() => service.close())
-    await queried
+    await silent.queried
     let outcome: unknown
     const call = service.exchange(forwardRequest(), 100).then(
       () => 'answered',
@@ -110,26 +132,12 @@ describe('DNS discovery', () => {
     // A lookup the resolver never answers holds the process open for the resolver's whole
     // timeout and retries (over a minute by default): a proxy closed meanwhile kept its process
     // alive that long. Its own resolver's lookups are cancelled at close, so ready() settles.
-    const silent = createSocket('udp4')
-    await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve))
-    cleanups.push(() => new Promise<void>((resolve) => silent.close(() => resolve())))
-    const queried = new Promise<void>((resolve) => silent.once('message', () => resolve()))
+    const silent = await silentDns()
     const service = createServiceRuntime(
-      serviceConfig([], {
-        discovery: {
-          kind: 'dns',
-          name: 'orders.test',
-          recordType: 'A',
-          port: 80,
-          scheme: 'http',
-          minRefreshMs: 1_000,
-          maxRefreshMs: 60_000,
-          servers: [`127.0.0.1:${silent.address().port}`],
-        },
-      }),
+      serviceConfig([], { discovery: dnsDiscovery({ port: 80, servers: [silent.address] }) }),
       testDeps(new ManualClock(0)),
     )
-    await queried
+    await silent.queried
     await service.close()
     await service.ready()
     expect(service.state().endpoints).toEqual([])
@@ -142,24 +150,11 @@ describe('DNS discovery', () => {
     const server = await dns()
     server.failing = true
     const clock = new ManualClock(0)
-    const resolver = new Resolver({ timeout: 200, tries: 1 })
-    resolver.setServers([server.address])
-    const service = createServiceRuntime(
-      serviceConfig([], {
-        discovery: {
-          kind: 'dns',
-          name: 'orders.test',
-          recordType: 'A',
-          port: 8080,
-          scheme: 'http',
-          minRefreshMs: 1_000,
-          maxRefreshMs: 30_000,
-        },
-      }),
-      testDeps(clock),
-      { dnsResolver: resolver },
+    const service = dnsService(
+      dnsDiscovery({ maxRefreshMs: 30_000 }),
+      clock,
+      resolverOf(server, { timeout: 200, tries: 1 }),
     )
-    cleanups.push(() => service.close())
     await service.ready()
     expect(endpointsOf(service)).toEqual([])
     expect(clock.nextTimerAt()).toBe(1_000)
@@ -177,24 +172,11 @@ describe('DNS discovery', () => {
     const server = await dns()
     server.set('orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 0 }])
     const clock = new ManualClock(0)
-    const resolver = new Resolver({ timeout: 200, tries: 1 })
-    resolver.setServers([server.address])
-    const service = createServiceRuntime(
-      serviceConfig([], {
-        discovery: {
-          kind: 'dns',
-          name: 'orders.test',
-          recordType: 'A',
-          port: 8080,
-          scheme: 'http',
-          minRefreshMs: 2_000,
-          maxRefreshMs: 30_000,
-        },
-      }),
-      testDeps(clock),
-      { dnsResolver: resolver },
+    const service = dnsService(
+      dnsDiscovery({ minRefreshMs: 2_000, maxRefreshMs: 30_000 }),
+      clock,
+      resolverOf(server, { timeout: 200, tries: 1 }),
     )
-    cleanups.push(() => service.close())
     await service.ready()
     const asked = server.queries.length
     await clock.advance(1_999)
@@ -226,24 +208,11 @@ describe('DNS discovery', () => {
     server.set('a.orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 10 }])
     server.set('b.orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 20 }])
     const clock = new ManualClock(0)
-    const resolver = new Resolver()
-    resolver.setServers([server.address])
-    const service = createServiceRuntime(
-      serviceConfig([], {
-        discovery: {
-          kind: 'dns',
-          name: '_http._tcp.orders.test',
-          recordType: 'SRV',
-          port: undefined,
-          scheme: 'http',
-          minRefreshMs: 1_000,
-          maxRefreshMs: 60_000,
-        },
-      }),
-      testDeps(clock),
-      { dnsResolver: resolver },
+    const service = dnsService(
+      dnsDiscovery({ name: '_http._tcp.orders.test', recordType: 'SRV', port: undefined }),
+      clock,
+      resolverOf(server),
     )
-    cleanups.push(() => service.close())
     await service.ready()
     expect(endpointsOf(service).sort()).toEqual(
       [`http://127.0.0.1:${a.port}`, `http://127.0.0.1:${b.port}`].sort(),
