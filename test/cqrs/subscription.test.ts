@@ -4,38 +4,57 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createEventStore, type EventStore, type Subscription } from '../../src/cqrs/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { type DbTarget, dbTargets, type TestDb } from './databases.js'
 
 const poll = { timeout: 10_000, interval: 2 }
 
-describe.each(dbTargets)('subscriptions on $dialect', (target) => {
-  let t: TestDb
-  let store: EventStore
+/**
+ * For the enclosing describe: opens the database `name` on `target` before its tests, with an
+ * event store over it, and closes it after them.
+ */
+function storeOn(target: DbTarget, name: string): { t: TestDb; store: EventStore } {
+  const db = {} as { t: TestDb; store: EventStore }
   beforeAll(async () => {
-    t = await target.open('cqrs_subscriptions')
-    store = createEventStore(t.db)
+    db.t = await target.open(name)
+    db.store = createEventStore(db.t.db)
   })
   afterAll(async () => {
-    await t?.close()
+    await db.t?.close()
   })
+  return db
+}
+
+/** The position the checkpoint `name` stores. */
+async function checkpointOf(t: TestDb, name: string): Promise<number> {
+  const rows = await t.db.query<{ position: number }>(
+    'SELECT position FROM breakwater_checkpoints WHERE name = $1',
+    [name],
+  )
+  return Number(rows[0]!.position)
+}
+
+/** One event of type `n` for each number, carrying it as its data. */
+function numbers(...values: number[]): { type: string; data: number }[] {
+  return values.map((n) => ({ type: 'n', data: n }))
+}
+
+describe.each(dbTargets)('subscriptions on $dialect', (target) => {
+  const db = storeOn(target, 'cqrs_subscriptions')
 
   it('catches up from a position, goes live, and resumes after its checkpoint', async () => {
     const clock = new ManualClock(Date.now())
-    const base = await store.headPosition()
-    await store.append(
-      's-1',
-      [1, 2, 3].map((n) => ({ type: 'n', data: n })),
-    )
+    const base = await db.store.headPosition()
+    await db.store.append('s-1', numbers(1, 2, 3))
     const seen: number[] = []
     const options = { name: 'counter', fromPosition: base + 2, pollIntervalMs: 50, clock }
-    const first = store.subscribe((event) => {
+    const first = db.store.subscribe((event) => {
       seen.push(event.data as number)
     }, options)
     await expect.poll(() => seen, poll).toEqual([2, 3])
     expect(first.position).toBe(base + 3)
     await expect.poll(() => first.live, poll).toBe(true)
 
-    await store.append('s-2', [{ type: 'n', data: 4 }])
+    await db.store.append('s-2', [{ type: 'n', data: 4 }])
     // SQLite polls on the clock; PostgreSQL is woken by the append's NOTIFY.
     await expect
       .poll(async () => {
@@ -45,29 +64,22 @@ describe.each(dbTargets)('subscriptions on $dialect', (target) => {
       .toEqual([2, 3, 4])
     await first.stop()
 
-    await store.append('s-2', [{ type: 'n', data: 5 }])
+    await db.store.append('s-2', [{ type: 'n', data: 5 }])
     const resumed: number[] = []
-    const second = store.subscribe((event) => {
+    const second = db.store.subscribe((event) => {
       resumed.push(event.data as number)
     }, options)
     await expect.poll(() => resumed, poll).toEqual([5])
     await second.stop()
-    const rows = await t.db.query<{ position: number }>(
-      'SELECT position FROM breakwater_checkpoints WHERE name = $1',
-      ['counter'],
-    )
-    expect(Number(rows[0]!.position)).toBe(base + 5)
+    expect(await checkpointOf(db.t, 'counter')).toBe(base + 5)
   })
 
   it('can be stopped from its own handler, which then stores the checkpoint', async () => {
-    const from = (await store.headPosition()) + 1
-    await store.append(
-      'stop-inside',
-      [1, 2, 3].map((n) => ({ type: 'n', data: n })),
-    )
+    const from = (await db.store.headPosition()) + 1
+    await db.store.append('stop-inside', numbers(1, 2, 3))
     const seen: number[] = []
     let stopped = false
-    const subscription: Subscription = store.subscribe(
+    const subscription: Subscription = db.store.subscribe(
       async (event) => {
         seen.push(event.data as number)
         if (event.data === 2) {
@@ -83,11 +95,7 @@ describe.each(dbTargets)('subscriptions on $dialect', (target) => {
     await subscription.stop()
     expect(seen).toEqual([1, 2])
     expect(subscription.position).toBe(from + 1)
-    const rows = await t.db.query<{ position: number }>(
-      'SELECT position FROM breakwater_checkpoints WHERE name = $1',
-      ['stop-inside'],
-    )
-    expect(Number(rows[0]!.position)).toBe(from + 1)
+    expect(await checkpointOf(db.t, 'stop-inside')).toBe(from + 1)
   })
 
   it('refuses a checkpoint name the database cannot store as given', async () => {
@@ -97,7 +105,7 @@ describe.each(dbTargets)('subscriptions on $dialect', (target) => {
       let subscription: { stop(): Promise<void> } | undefined
       try {
         expect(() => {
-          subscription = store.subscribe(() => {}, { name })
+          subscription = db.store.subscribe(() => {}, { name })
         }).toThrow(/name: expected a non-empty string without NUL/)
       } finally {
         await subscription?.stop()
@@ -107,15 +115,12 @@ describe.each(dbTargets)('subscriptions on $dialect', (target) => {
 
   it('redelivers the event a handler failed on, after the retry delay, without skipping', async () => {
     const clock = new ManualClock(Date.now())
-    const from = (await store.headPosition()) + 1
-    await store.append(
-      'flaky',
-      [1, 2, 3].map((n) => ({ type: 'n', data: n })),
-    )
+    const from = (await db.store.headPosition()) + 1
+    await db.store.append('flaky', numbers(1, 2, 3))
     const seen: number[] = []
     const errors: unknown[] = []
     let failOnce = true
-    const subscription = store.subscribe(
+    const subscription = db.store.subscribe(
       (event) => {
         if (event.data === 2 && failOnce) {
           failOnce = false
@@ -144,27 +149,16 @@ describe.each(dbTargets)('subscriptions on $dialect', (target) => {
 })
 
 describe.each(dbTargets)('a subscription whose onError throws on $dialect', (target) => {
-  let t: TestDb
-  let store: EventStore
-  beforeAll(async () => {
-    t = await target.open('cqrs_subscription_onerror')
-    store = createEventStore(t.db)
-  })
-  afterAll(async () => {
-    await t?.close()
-  })
+  const db = storeOn(target, 'cqrs_subscription_onerror')
 
   it('keeps retrying, delivers every event, and stops', async () => {
     const clock = new ManualClock(Date.now())
-    const base = await store.headPosition()
-    await store.append(
-      'flaky',
-      [1, 2, 3].map((n) => ({ type: 'n', data: n })),
-    )
+    const base = await db.store.headPosition()
+    await db.store.append('flaky', numbers(1, 2, 3))
     const seen: number[] = []
     let failures = 2
     let reported = 0
-    const subscription = store.subscribe(
+    const subscription = db.store.subscribe(
       (event) => {
         if (event.data === 2 && failures > 0) {
           failures--
@@ -195,43 +189,31 @@ describe.each(dbTargets)('a subscription whose onError throws on $dialect', (tar
     expect(reported).toBe(2)
     await subscription.stop()
     expect(subscription.position).toBe(base + 3)
-    const rows = await t.db.query<{ position: number }>(
-      'SELECT position FROM breakwater_checkpoints WHERE name = $1',
-      ['throwing-listener'],
-    )
-    expect(Number(rows[0]!.position)).toBe(base + 3)
+    expect(await checkpointOf(db.t, 'throwing-listener')).toBe(base + 3)
   })
 })
 
 describe('subscriptions on PostgreSQL are woken by NOTIFY', () => {
   const target = dbTargets.find((d) => d.dialect === 'postgres')!
-  let t: TestDb
-  let store: EventStore
-  beforeAll(async () => {
-    t = await target.open('cqrs_notify')
-    store = createEventStore(t.db)
-  })
-  afterAll(async () => {
-    await t?.close()
-  })
+  const db = storeOn(target, 'cqrs_notify')
 
   it('delivers appends at once although its clock never advances', async () => {
     // The poll interval is on a clock that never moves: only notifications can wake it.
     const clock = new ManualClock(Date.now())
     const seen: string[] = []
-    const follower = createEventStore(await t.connect())
+    const follower = createEventStore(await db.t.connect())
     const subscription = follower.subscribe(
       (event) => {
         seen.push(event.stream)
       },
-      { fromPosition: (await store.headPosition()) + 1, clock },
+      { fromPosition: (await db.store.headPosition()) + 1, clock },
     )
     await expect.poll(() => subscription.live, poll).toBe(true)
-    await store.append('standalone', [{ type: 'x', data: 1 }])
+    await db.store.append('standalone', [{ type: 'x', data: 1 }])
     await expect.poll(() => seen, poll).toEqual(['standalone'])
     // In the caller's transaction the NOTIFY goes out at its commit.
-    await t.db.transaction(async (tx) => {
-      await store.append('in-tx', [{ type: 'x', data: 2 }], { tx })
+    await db.t.db.transaction(async (tx) => {
+      await db.store.append('in-tx', [{ type: 'x', data: 2 }], { tx })
     })
     await expect.poll(() => seen, poll).toEqual(['standalone', 'in-tx'])
     await subscription.stop()
