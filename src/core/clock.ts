@@ -120,3 +120,14 @@ export function sleep(clock: Clock, delayMs: number, signal?: AbortSignal): Prom
     signal?.addEventListener('abort', onAbort, { once: true })
   })
 }
+
+/**
+ * The clock's time as a durable store records it: whole epoch milliseconds. Every time column
+ * is an integer (BIGINT on PostgreSQL, which refuses `1700000000000.5`; SQLite would store a
+ * float), and an injected clock may have a fraction (a ManualClock after a jittered timer, a
+ * clock built on `performance.now()`). Every capability that writes times (outbox, sagas, event
+ * store, idempotency) floors them here, alike, so comparisons between stored times stay exact.
+ */
+export function storedTime(clock: Pick<Clock, 'now'>): number {
+  return Math.floor(clock.now())
+}

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import type { Clock } from '../core/clock.js'
+import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredName, jsonTextOf } from '../core/text.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
@@ -28,7 +28,6 @@ import {
   sqliteLastPosition,
   sqliteStreamForAppend,
   sqliteUpsertStream,
-  storedTime,
 } from './sql.js'
 import { createSubscription, type Subscription, type SubscriptionOptions } from './subscription.js'
 import type {

@@ -1,8 +1,8 @@
-import type { Clock } from '../core/clock.js'
+import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkObject } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
-import { cqrsStatements, storedTime } from './sql.js'
+import { cqrsStatements } from './sql.js'
 import type { EventShape, RecordedEvent } from './types.js'
 
 /** What a projection's `apply` receives besides the event. */

@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
-import { type Clock, sleep } from '../core/clock.js'
+import { type Clock, sleep, storedTime } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
@@ -17,7 +17,6 @@ import {
   projectionContext,
   validateProjection,
 } from './projections.js'
-import { storedTime } from './sql.js'
 import type { RecordedEvent } from './types.js'
 
 /** Options of {@link createProjector}. */

@@ -10,15 +10,6 @@ import { runMigrations } from '../stores/index.js'
 // - breakwater_projections: the checkpoint and table generation of each projection.
 // - breakwater_snapshots: optional snapshots of long streams' folded state.
 
-/**
- * The clock's time as the store records it: whole milliseconds. The time columns are BIGINT on
- * PostgreSQL, which refuses a fraction (an injected clock, ManualClock included, reaches one as
- * soon as it fires a jittered timer), and SQLite would store a float.
- */
-export function storedTime(clock: { now(): number }): number {
-  return Math.floor(clock.now())
-}
-
 /** The NOTIFY channel an append signals on PostgreSQL (payload: the last position). */
 export const eventsChannel = 'breakwater_events'
 

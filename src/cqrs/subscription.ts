@@ -1,9 +1,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
-import { type Clock, sleep } from '../core/clock.js'
+import { type Clock, sleep, storedTime } from '../core/clock.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { checkKey, type EventStoreImpl } from './event-store.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
-import { storedTime } from './sql.js'
 import type { RecordedEvent } from './types.js'
 
 /** Options of `EventStore.subscribe`. */

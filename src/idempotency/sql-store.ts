@@ -79,9 +79,9 @@ function toRecord(row: RecordRow): IdempotencyRecord {
   }
 }
 
-// Times are stored as whole epoch milliseconds (BIGINT on PostgreSQL, which refuses a fraction):
-// a clock may give a fraction (ManualClock after a jittered timer, a clock built on
-// performance.now()). Flooring every time the same way keeps comparisons between them exact.
+// Times are stored as whole epoch milliseconds, floored as `storedTime` (src/core/clock.ts) floors
+// a clock's reading for the other capabilities. This store floors the values it is handed rather
+// than reading a clock: the IdempotencyStore interface takes times from any caller.
 const ms = Math.floor
 
 // better-sqlite3 binds Buffers (not every Uint8Array view) as BLOBs; pg accepts both.

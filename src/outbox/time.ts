@@ -1,4 +1,4 @@
-import type { Clock } from '../core/clock.js'
+import { type Clock, storedTime } from '../core/clock.js'
 
 /**
  * The clock as the outbox writes it: `now()` floored to a whole millisecond, timers unchanged.
@@ -10,7 +10,7 @@ import type { Clock } from '../core/clock.js'
  */
 export function wholeMsClock(clock: Clock): Clock {
   return {
-    now: () => Math.floor(clock.now()),
+    now: () => storedTime(clock),
     setTimeout: (callback, delayMs) => clock.setTimeout(callback, delayMs),
     clearTimeout: (handle) => clock.clearTimeout(handle),
   }

@@ -1,4 +1,4 @@
-import type { Clock } from '../core/clock.js'
+import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject, checkOneOf } from '../core/validate.js'
 import { notify, type SqlDriver, type SqlExecutor } from '../stores/index.js'
@@ -13,7 +13,6 @@ import {
   type SagaTimelineEntry,
   sagaStatuses,
   storedJson,
-  storedNow,
   timelineEntryFromRow,
 } from './state.js'
 
@@ -250,7 +249,7 @@ export async function deliverReply(
       `step "${step}" has sent no command to reply to`,
     )
   }
-  const now = storedNow(clock)
+  const now = storedTime(clock)
   const { rowCount } = await executor.execute(statements.insertReply, [sagaId, step, json, now])
   if (rowCount === 0) {
     // Either this step's reply was recorded already, or the instance was removed (pruneSagas)
@@ -286,7 +285,7 @@ function adminOptions(options: SagaAdminOptions): { now: number; by: string; rea
     throw new InvalidOptionError('options.by', 'a non-empty string', by)
   if (options.reason !== undefined && typeof options.reason !== 'string')
     throw new InvalidOptionError('options.reason', 'a string', options.reason)
-  const now = storedNow(checkClock('clock', options.clock))
+  const now = storedTime(checkClock('clock', options.clock))
   return options.reason === undefined ? { now, by } : { now, by, reason: options.reason }
 }
 

@@ -1,5 +1,5 @@
 import type { IncomingMessage } from '../brokers/index.js'
-import type { Clock } from '../core/clock.js'
+import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkObject } from '../core/validate.js'
 import {
@@ -21,7 +21,6 @@ import type {
   StepContext,
 } from './definition.js'
 import type { FlowTracker } from './flow-tracker.js'
-import { storedNow } from './state.js'
 
 // Messaging on top of the outbox and the inbox: a saga step that sends a command and waits for
 // its reply (orchestration), and services that react to events and emit their own
@@ -388,7 +387,7 @@ export function createReactor(
             correlationId: event.correlationId,
             type: event.type,
             source: consumer,
-            at: storedNow(clock),
+            at: storedTime(clock),
           })
         }
         // Own properties only: an event type such as `valueOf` or `__proto__` is a type
@@ -455,7 +454,7 @@ export async function emitEvent(
       correlationId: event.correlationId ?? id,
       type: event.type,
       ...(options.consumer === undefined ? {} : { source: options.consumer }),
-      at: storedNow(checkClock('clock', options.clock)),
+      at: storedTime(checkClock('clock', options.clock)),
     })
   }
   return id

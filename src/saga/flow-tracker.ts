@@ -1,11 +1,10 @@
 import { randomUUID } from 'node:crypto'
-import type { Clock } from '../core/clock.js'
+import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
 import { sagaStatements } from './sql.js'
-import { storedNow } from './state.js'
 
 // A choreographed flow has no orchestrator holding its state: each service reacts to events
 // and emits its own. The tracker makes it traceable anyway: it records every event of a flow
@@ -300,7 +299,7 @@ class SqlFlowTracker implements FlowTracker {
       correlationId,
       type,
       ...(source === undefined ? {} : { source }),
-      at: storedNow(this.#clock),
+      at: storedTime(this.#clock),
     })
   }
 
@@ -318,7 +317,7 @@ class SqlFlowTracker implements FlowTracker {
       ...(row.source === null ? {} : { source: row.source }),
       ...(row.payload === null ? {} : { payload: JSON.parse(row.payload) as unknown }),
     }))
-    return reconstructFlow(this.#flows, correlationId, events, storedNow(this.#clock))
+    return reconstructFlow(this.#flows, correlationId, events, storedTime(this.#clock))
   }
 
   async stalled(options: { withinMs?: number; limit?: number } = {}): Promise<FlowState[]> {
@@ -328,7 +327,7 @@ class SqlFlowTracker implements FlowTracker {
     // The limit bounds what is returned, not the flows looked at: the flows most recently
     // active come first, and a stalled one is typically among the least, so cutting the
     // candidates at `limit` hid every stall behind that many healthy flows.
-    const since = storedNow(this.#clock) - withinMs
+    const since = storedTime(this.#clock) - withinMs
     const states: FlowState[] = []
     let cursor: [number, string] = [Number.MAX_SAFE_INTEGER, '']
     for (;;) {

@@ -1,10 +1,10 @@
-import type { Clock } from '../core/clock.js'
+import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
 import type { SqlDriver } from '../stores/index.js'
 import { flowPruneStatements, sagaPruneStatements } from './sql.js'
-import { type SagaStatus, storedNow } from './state.js'
+import type { SagaStatus } from './state.js'
 
 /** The statuses {@link pruneSagas} may remove: an instance in one of them never runs again by itself. */
 export type PrunableSagaStatus = Extract<
@@ -92,7 +92,7 @@ export async function pruneSagas(db: SqlDriver, options: PruneSagasOptions = {})
   const batchSize = checkInteger('pruneSagas.batchSize', options.batchSize ?? 500, 1, 10_000)
   const maxBatches = checkInteger('pruneSagas.maxBatches', options.maxBatches ?? 100, 1)
   const clock = checkClock('pruneSagas.clock', options.clock)
-  const cutoff = storedNow(clock) - olderThanMs
+  const cutoff = storedTime(clock) - olderThanMs
   const sql = sagaPruneStatements[db.dialect]
   // A short batch means nothing older is left (on PostgreSQL, rows locked by someone else
   // right now were skipped: the next call gets them).
@@ -175,7 +175,7 @@ export async function pruneFlowEvents(
   const batchSize = checkInteger('pruneFlowEvents.batchSize', options.batchSize ?? 1000, 1, 10_000)
   const maxBatches = checkInteger('pruneFlowEvents.maxBatches', options.maxBatches ?? 100, 1)
   const clock = checkClock('pruneFlowEvents.clock', options.clock)
-  const cutoff = storedNow(clock) - olderThanMs
+  const cutoff = storedTime(clock) - olderThanMs
   const sql = flowPruneStatements[db.dialect]
   // The scan moves on past the rows it has seen: a flow that started long ago but is still
   // going keeps its old events first in `at` order, and must not hold the scan up.

@@ -1,4 +1,4 @@
-import type { Clock, TimerHandle } from '../core/clock.js'
+import { type Clock, storedTime, type TimerHandle } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
@@ -21,7 +21,6 @@ import {
   type SagaRow,
   type SagaStatus,
   type StepState,
-  storedNow,
 } from './state.js'
 import {
   type BatchOutcome,
@@ -168,7 +167,7 @@ export class InstanceRun {
   }
 
   #recovered(previousOwner: string): void {
-    const now = storedNow(this.#host.clock)
+    const now = storedTime(this.#host.clock)
     const recoveryMs = this.#previousExpiry === null ? undefined : now - this.#previousExpiry
     this.#host.count('recovered')
     this.#event('lease-expired', this.#currentStepName(), this.#attempt, {
@@ -376,7 +375,7 @@ export class InstanceRun {
       wanted = false
     }
     if (!wanted) return undefined
-    const now = storedNow(this.#host.clock)
+    const now = storedTime(this.#host.clock)
     let delayMs = retry.backoff.delayMs(attempt - 1)
     const asked = retryAfterMsOf(error, now)
     if (asked !== undefined) delayMs = Math.max(delayMs, Math.min(asked, retry.maxRetryAfterMs))
@@ -385,7 +384,7 @@ export class InstanceRun {
 
   async #wait(step: CompiledStep): Promise<Step> {
     const state = this.#steps[step.index]!
-    const now = storedNow(this.#host.clock)
+    const now = storedTime(this.#host.clock)
     if (state.wakeAt === undefined) {
       // Computed once and persisted: a restart must not start the wait over.
       let wakeAt: unknown
@@ -458,7 +457,7 @@ export class InstanceRun {
       const attempt = state.attempts
       const { found, reply } = await read()
       if (found) return this.#replied(step, state, attempt, reply)
-      const now = storedNow(this.#host.clock)
+      const now = storedTime(this.#host.clock)
       if (now >= (state.wakeAt ?? 0)) {
         this.#attempt = attempt
         return this.#stepFailed(
@@ -492,7 +491,7 @@ export class InstanceRun {
       this.#controller.signal,
       work,
     )
-    const until = storedNow(this.#host.clock) + step.replyTimeoutMs
+    const until = storedTime(this.#host.clock) + step.replyTimeoutMs
     const before = {
       status: state.status,
       wakeAt: state.wakeAt,
@@ -546,7 +545,7 @@ export class InstanceRun {
   async #wakeIfReplied(step: CompiledStep): Promise<void> {
     const db = this.#host.db
     const rows = await db.query(sagaStatements[db.dialect].selectReply, [this.id, step.name])
-    if (rows.length > 0) await wakeSaga(db, this.id, storedNow(this.#host.clock))
+    if (rows.length > 0) await wakeSaga(db, this.id, storedTime(this.#host.clock))
   }
 
   async #replied(
@@ -791,7 +790,7 @@ export class InstanceRun {
     work: readonly CommitWork[] = nothing,
   ): Promise<boolean> {
     const host = this.#host
-    const now = storedNow(host.clock)
+    const now = storedTime(host.clock)
     const leaseEnd = options.release ? null : now + host.leaseMs
     if (options.release) this.#givenBack = true
     const result = await host.write(
@@ -827,7 +826,7 @@ export class InstanceRun {
   // database): renew it if the token still holds, else the instance is someone else's.
   async #ensureLease(): Promise<void> {
     const host = this.#host
-    const now = storedNow(host.clock)
+    const now = storedTime(host.clock)
     if (now < this.leaseExpiresAt) return
     const leaseEnd = now + host.leaseMs
     if (await renewLease(host.db, this.id, this.token, leaseEnd)) this.leaseExpiresAt = leaseEnd
@@ -921,7 +920,7 @@ export class InstanceRun {
     detail: Record<string, unknown> | null,
   ): void {
     this.#events.push({
-      at: storedNow(this.#host.clock),
+      at: storedTime(this.#host.clock),
       kind,
       step,
       attempt,

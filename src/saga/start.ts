@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import type { Clock } from '../core/clock.js'
+import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkObject } from '../core/validate.js'
 import {
@@ -15,7 +15,7 @@ import {
   type SagaDefinition,
 } from './definition.js'
 import { sagaMigrations } from './sql.js'
-import { type StepState, storedJson, storedNow } from './state.js'
+import { type StepState, storedJson } from './state.js'
 import { insertInstance } from './store.js'
 
 /** Options of {@link startSaga}. */
@@ -105,7 +105,7 @@ export async function startSaga<I>(
   const saga = compiledSaga(definition)
   const id = options.id === undefined ? randomUUID() : checkSagaId('options.id', options.id)
   const clock = checkClock('clock', options.clock)
-  const now = storedNow(clock)
+  const now = storedTime(clock)
   const created = await insertInstance(
     executor,
     {

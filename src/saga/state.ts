@@ -1,4 +1,3 @@
-import type { Clock } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 
@@ -263,15 +262,4 @@ export function storedJson(option: string, value: unknown): string {
   // A function or a symbol has no JSON text at all: refused here rather than by the database's
   // NOT NULL constraint (a driver error, with the caller's transaction aborted on PostgreSQL).
   return jsonTextOf(option, value ?? null)
-}
-
-/**
- * The clock's time as the saga store records and compares it: whole milliseconds. The time
- * columns are BIGINT on PostgreSQL, which refuses a fraction (an injected clock, ManualClock
- * included, reaches one as soon as it fires a jittered timer, and one built on
- * `performance.now()` always has one), and SQLite would store a float. Every time read for the
- * store goes through here, floored alike, so comparisons between stored times stay exact.
- */
-export function storedNow(clock: Pick<Clock, 'now'>): number {
-  return Math.floor(clock.now())
 }

@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
-import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, storedTime, type TimerHandle } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { EventSource } from '../index.js'
@@ -20,7 +20,7 @@ import type { SagaFaults } from './faults.js'
 import { InstanceRun, type RunnerHost, type RunOutcome } from './runner.js'
 import { sagaNotifyChannel } from './sql.js'
 import { checkSagaId, initialSteps, serializeInput } from './start.js'
-import { errorInfo, type SagaRow, type SagaStatus, storedNow } from './state.js'
+import { errorInfo, type SagaRow, type SagaStatus } from './state.js'
 import {
   type BatchOutcome,
   type CommitWork,
@@ -380,7 +380,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   }
 
   async #claim(limit: number): Promise<number> {
-    const now = storedNow(this.clock)
+    const now = storedTime(this.clock)
     const rows = await claimInstances(this.db, this.id, now + this.leaseMs, now, this.#keys, limit)
     if (rows.length === 0) return 0
     this.#metrics.claimed += rows.length
@@ -441,7 +441,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     if (this.stopping)
       throw new InvalidOptionError('worker', 'a worker that is not stopping', this.#state)
     const id = options.id === undefined ? randomUUID() : checkSagaId('options.id', options.id)
-    const now = storedNow(this.clock)
+    const now = storedTime(this.clock)
     const row: SagaRow = {
       id,
       name: saga.name,
@@ -543,7 +543,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     this.#renewing = true
     const sent = new Map([...this.#inHand].map(([id, run]) => [id, run]))
     const tokens = new Map([...sent].map(([id, run]) => [id, run.token]))
-    const leaseEnd = storedNow(this.clock) + this.leaseMs
+    const leaseEnd = storedTime(this.clock) + this.leaseMs
     try {
       const held = await this.#batcher.exclusive(() =>
         renewLeases(this.db, this.id, leaseEnd, [...sent.keys()]),
