@@ -184,7 +184,13 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
   if (isWorker) return runWorker(logger, deps)
   // Validates before anything starts; an invalid file is exit 2 through main.ts.
   const { config, text } = await readProxyConfig(file, overrides)
-  if (config.workers > 1 && cluster.isPrimary) return runPrimary(file, config, text, logger, deps)
+  if (config.workers > 1 && cluster.isPrimary) {
+    // The primary serves the admin API: a token file without a usable token is refused before
+    // any worker is forked, as one process refuses it in startProxyRuntime (exit 2).
+    const { checkAdminTokenFile } = await import('../proxy/config/files.js')
+    await checkAdminTokenFile(config, file)
+    return runPrimary(file, config, text, logger, deps)
+  }
   return runSingle(file, config, logger, deps)
 }
 

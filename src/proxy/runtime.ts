@@ -26,6 +26,7 @@ import {
   ProxyStartError,
   type ProxyStartErrorCode,
 } from './config/errors.js'
+import { checkAdminTokenFile } from './config/files.js'
 import { type ProxyConfigOverrides, parseProxyConfig } from './config/load.js'
 import { keepsServiceRuntime } from './config/reload.js'
 import type {
@@ -361,6 +362,9 @@ class ProxyRuntime implements ProxyInternals {
     try {
       config = await this.#queued(async () => {
         const read = await this.#readConfig(undefined)
+        // An admin token file without a usable token would have the admin API refuse every
+        // request while the proxy looked healthy: refused before anything is bound.
+        if (this.#adminEnabled) await checkAdminTokenFile(read.config, this.#sourceName())
         loaded = true
         await this.#apply(read.config)
         return read.config
@@ -569,6 +573,11 @@ class ProxyRuntime implements ProxyInternals {
         name,
       )
     return service
+  }
+
+  // The name of the config's source in messages, as #readConfig gives it to the loader.
+  #sourceName(): string {
+    return this.#source.kind === 'file' ? this.#source.file : 'config'
   }
 
   // The config to apply, and the file's text when it was read from the file.

@@ -7,8 +7,10 @@
 
 import { createPrivateKey, X509Certificate } from 'node:crypto'
 import { accessSync, constants, readFileSync, statSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import { createSecureContext } from 'node:tls'
 import type { ProxyConfig, SecretSource } from '../contracts.js'
+import { ConfigInvalidError } from './errors.js'
 
 /** A referenced file that cannot be used: where it is referenced, its path, and why. */
 export interface FileProblem {
@@ -18,7 +20,7 @@ export interface FileProblem {
 }
 
 /** What a referenced file must hold. */
-type Content = 'certificate' | 'private key' | 'secret'
+type Content = 'certificate' | 'private key' | 'secret' | 'admin token'
 
 interface FileRef {
   readonly path: string
@@ -77,7 +79,9 @@ export function unusableFiles(config: ProxyConfig): FileProblem[] {
     if (files === undefined) return
     tls(`listeners[${i}].tls`, files, { option: 'clientCaFile', file: files.clientCaFile })
   })
-  secret('admin.token', config.admin?.token)
+  const adminToken = config.admin?.token
+  if (adminToken !== undefined && 'file' in adminToken)
+    ref('admin.token.file', adminToken.file, 'admin token')
 
   const problems: FileProblem[] = []
   const unusable = new Set<FileRef>()
@@ -121,7 +125,57 @@ function unreadable(file: string): string | undefined {
 
 function wrongContent(file: string, content: Content): string | undefined {
   if (content === 'secret') return undefined
+  if (content === 'admin token') return adminTokenProblem(readFileSync(file, 'utf8'))
   return pemProblem(readFileSync(file), content)
+}
+
+/**
+ * Why the text of an admin token file holds no token a client could present, or undefined
+ * when it holds one. The admin API takes the trimmed text and compares it with the one word
+ * after `Authorization: Bearer`: an empty text (or whitespace only) is no token, and one with
+ * whitespace or a control character inside is one no header can carry, so either way every
+ * /admin/ request would be refused with 401 while the proxy looked healthy.
+ */
+export function adminTokenProblem(text: string): string | undefined {
+  const token = text.trim()
+  const rule =
+    'the admin token must be one word of visible characters, or every /admin/ request would be refused'
+  if (token === '') return `empty (or whitespace only): ${rule}`
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are the point
+  if (/[\s\x00-\x1f\x7f]/.test(token)) return `whitespace or a control character inside: ${rule}`
+  return undefined
+}
+
+/**
+ * Refuses, as {@link ConfigInvalidError} (code `CONFIG_INVALID`) naming `admin.token.file`, a
+ * config whose admin token file cannot be read or holds no usable token (see
+ * {@link adminTokenProblem}): the proxy would start and refuse every /admin/ request. Called
+ * at start, before anything is bound; `--check` reports the same through {@link unusableFiles}.
+ * A token from `{ env }` is not checked here: an unset variable is logged at start.
+ *
+ * @example
+ * ```ts
+ * await checkAdminTokenFile(config, 'breakwater.yaml') // throws ConfigInvalidError
+ * ```
+ */
+export async function checkAdminTokenFile(config: ProxyConfig, source: string): Promise<void> {
+  const token = config.admin?.token
+  if (token === undefined || !('file' in token)) return
+  let reason: string | undefined
+  try {
+    reason = adminTokenProblem(await readFile(token.file, 'utf8'))
+  } catch (error) {
+    reason = unreadable(token.file) ?? String((error as NodeJS.ErrnoException).code ?? error)
+  }
+  if (reason === undefined) return
+  throw new ConfigInvalidError(source, [
+    {
+      path: 'admin.token.file',
+      message: `${token.file}: ${reason}`,
+      line: undefined,
+      column: undefined,
+    },
+  ])
 }
 
 /**
