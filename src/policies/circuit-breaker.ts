@@ -15,6 +15,7 @@ import {
 } from './breaker-windows.js'
 import { parentOf } from './cancel-scope.js'
 import { classifyFailure } from './classify.js'
+import { currentDeadlineScope } from './deadline.js'
 import { abortFailure, BrokenCircuitError, IsolatedCircuitError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep } from './fused.js'
@@ -62,8 +63,9 @@ export type CircuitBreakerEvent =
   | {
       /**
        * The call's outcome says nothing about the downstream and was not recorded: the caller's
-       * own signal aborted it (before `slowCallMs`), or an inner bulkhead refused it. An
-       * ignored probe frees its slot for another probe.
+       * own signal aborted it or the caller's deadline passed before it ended (before
+       * `slowCallMs`), or an inner bulkhead refused it. An ignored probe frees its slot for
+       * another probe.
        */
       readonly type: 'ignored'
       readonly error: unknown
@@ -94,9 +96,12 @@ export interface CircuitBreakerOptions {
    * answered, the request was wrong), except a refusal on this side, which is not recorded at
    * all: an inner bulkhead's, or a `DeadlineExceededError` with `started: false` (too little
    * of the deadline was left to begin the call; nothing reached the downstream). Not asked
-   * when the caller's own signal aborted the call: such a call is not recorded either (the
-   * caller gave up; it proves nothing), unless it ran `slowCallMs` or longer, which counts as
-   * a slow failure.
+   * when the caller cut the call off: its own signal aborted, or its deadline (`withDeadline`,
+   * `adoptDeadline`) had passed when the call failed. Such a call is not recorded either (the
+   * caller gave up; it proves nothing), whatever the composition and whatever fn threw then
+   * (a `DeadlineExceededError` from a timeout clamped to the deadline included), unless it ran
+   * `slowCallMs` or longer, which counts as a slow failure. A pipeline's own timeout running
+   * out before the deadline (`TimeoutError`) is the downstream's slowness and still counts.
    * @default error => classifyFailure(error) !== 'permanent', and not those refusals
    */
   readonly isFailure?: (error: unknown) => boolean
@@ -166,6 +171,12 @@ export interface CircuitBreaker extends Policy {
  * `reset()`) no longer counts: its outcome describes a downstream the breaker has stopped
  * reasoning about.
  *
+ * A call cut off by its caller, not by the downstream, is not recorded: the caller's signal
+ * aborted, or the caller's deadline passed before the call ended (a timeout inside clamped to
+ * that deadline then rejects with `DeadlineExceededError`). This holds in every composition, so
+ * `pipeline(breaker, timeout)` and `pipeline(retry, breaker, timeout)` count the same attempt
+ * alike. An attempt cut off by a timeout policy's own limit, before the deadline, still counts.
+ *
  * Publishes `breakwater:breaker:state-change` on `node:diagnostics_channel` and counts
  * transitions in the OpenTelemetry counter `breakwater.breaker.transitions`.
  *
@@ -211,6 +222,17 @@ function isLocalRefusal(error: unknown): boolean {
   if (!BreakwaterError.is(error)) return false
   if (error.code === 'BULKHEAD_FULL') return true
   return error.code === 'DEADLINE_EXCEEDED' && (error as { started?: unknown }).started === false
+}
+
+/**
+ * True when the caller's deadline (see `withDeadline`) has passed. Read when a call fails, in
+ * the call's own async context: a call that ends in failure after its caller's deadline was cut
+ * off by the caller, not failed by the downstream. Whether the breaker also sees the deadline as
+ * its parent scope depends on the composition (a retry outside hands it down, a bare pipeline
+ * does not), so it is asked directly, and every composition counts the call alike.
+ */
+function deadlinePassed(): boolean {
+  return currentDeadlineScope()?.aborted === true
 }
 
 class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePolicy {
@@ -283,7 +305,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
       },
       exitValue: (call, _layer, epoch) => this.#onValue(epoch, call.startMs),
       exitError: (call, layer, epoch, error) => {
-        this.#onError(error, epoch, call.startMs, call.abortedAt(layer))
+        this.#onError(error, epoch, call.startMs, call.abortedAt(layer) || deadlinePassed())
         throw error
       },
       stateful: true,
@@ -346,7 +368,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
       result = next(fn, context)
     } catch (error) {
       try {
-        this.#onError(error, epoch, startMs, parent?.aborted === true)
+        this.#onError(error, epoch, startMs, parent?.aborted === true || deadlinePassed())
       } catch (bookkeeping) {
         return Promise.reject(bookkeeping)
       }
@@ -358,7 +380,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
         return value
       },
       (error: unknown) => {
-        this.#onError(error, epoch, startMs, parent?.aborted === true)
+        this.#onError(error, epoch, startMs, parent?.aborted === true || deadlinePassed())
         throw error
       },
     )

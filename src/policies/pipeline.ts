@@ -83,7 +83,8 @@ type Link = <T>(fn: PolicyFunction<T>, context: PolicyContext) => Promise<T>
  *   circuit's `BrokenCircuitError` (never retried) ends the retries at once;
  * - `circuitBreaker()` outside the per-try timeout, so a timed-out attempt is counted as the
  *   failure it is (a timeout outside the breaker would only abort, and an aborted call is
- *   neutral for the breaker);
+ *   neutral for the breaker; so is an attempt the caller's deadline cut off, even when the
+ *   per-try timeout clamped to that deadline is what ended it);
  * - `timeout(perTryMs)` outside the bulkhead, so time spent queueing counts against the try;
  *   the bulkhead still holds its slot until the function really settles, even after a hard
  *   timeout gave up on it;

@@ -16,9 +16,12 @@ import {
   type CircuitBreakerEvent,
   type CircuitBreakerOptions,
   circuitBreaker,
+  currentDeadline,
   InvalidOptionError,
   IsolatedCircuitError,
+  type Policy,
   pipeline,
+  retry,
   timeout,
   withDeadline,
 } from '../../src/index.js'
@@ -612,18 +615,51 @@ describe('circuitBreaker: a call refused because its deadline was spent before i
     expect(breaker.state).toBe('closed')
   })
 
-  it('still counts a deadline that ran out while the call was under way', async () => {
+  // Deliberately changed: this used to open the circuit in pipeline(breaker, timeout) although
+  // pipeline(retry, breaker, timeout) ignored the same attempt. The caller's deadline ending an
+  // attempt says nothing about the downstream, whatever the composition.
+  it.each([
+    ['breaker, timeout', (b: Policy, clock: ManualClock) => pipeline(b, timeout(100, { clock }))],
+    [
+      'retry, breaker, timeout',
+      (b: Policy, clock: ManualClock) =>
+        pipeline(retry({ maxAttempts: 1, clock }), b, timeout(100, { clock })),
+    ],
+    ['breaker alone (fused), fn honouring the deadline', (b: Policy) => pipeline(b)],
+    ['breaker alone, unfused', (b: Policy) => b],
+  ])("does not count an attempt cut off by the caller's deadline (%s)", async (_, compose) => {
     const clock = new ManualClock(0)
     const breaker = circuitBreaker({ window: { kind: 'consecutive', failures: 1 }, clock })
-    const policy = pipeline(breaker, timeout(100, { clock }))
+    const events: string[] = []
+    breaker.events.on((e) => events.push(e.type))
+    const policy = compose(breaker, clock)
     const call = withDeadline(
       10,
-      () => policy.execute(({ signal }) => sleep(clock, 5_000, signal)),
+      () =>
+        policy.execute(({ signal }) =>
+          sleep(clock, 5_000, AbortSignal.any([signal, currentDeadline()!.signal])),
+        ),
       { clock },
     )
     const outcome = call.catch((e: unknown) => e)
     await clock.advance(10)
-    expect(await outcome).toMatchObject({ code: 'DEADLINE_EXCEEDED', started: true })
+    expect(await outcome).toBeInstanceOf(BreakwaterError)
+    expect(events).toEqual(['ignored'])
+    expect(breaker.state).toBe('closed')
+  })
+
+  it('still counts an attempt cut off by its own timeout under a longer deadline', async () => {
+    const clock = new ManualClock(0)
+    const breaker = circuitBreaker({ window: { kind: 'consecutive', failures: 1 }, clock })
+    const policy = pipeline(retry({ maxAttempts: 1, clock }), breaker, timeout(100, { clock }))
+    const call = withDeadline(
+      1_000,
+      () => policy.execute(({ signal }) => sleep(clock, 5_000, signal)),
+      { clock },
+    )
+    const outcome = call.catch((e: unknown) => e)
+    await clock.advance(100)
+    expect(await outcome).toMatchObject({ code: 'TIMEOUT' })
     expect(breaker.state).toBe('open')
   })
 })

@@ -4,6 +4,7 @@ import { sleep } from '../../src/core/clock.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { bulkhead } from '../../src/policies/bulkhead.js'
 import { circuitBreaker } from '../../src/policies/circuit-breaker.js'
+import { currentDeadline, withDeadline } from '../../src/policies/deadline.js'
 import { fallback } from '../../src/policies/fallback.js'
 import { pipeline } from '../../src/policies/pipeline.js'
 import { retry } from '../../src/policies/retry.js'
@@ -41,7 +42,15 @@ class Opaque implements Policy {
   }
 }
 
-type Kind = 'ok' | 'transient' | 'permanent' | 'abortable' | 'watchful' | 'throw' | 'hang'
+type Kind =
+  | 'ok'
+  | 'transient'
+  | 'permanent'
+  | 'abortable'
+  | 'watchful'
+  | 'throw'
+  | 'hang'
+  | 'deadline'
 interface Attempt {
   readonly kind: Kind
   readonly ms: number
@@ -49,6 +58,8 @@ interface Attempt {
 interface CallSpec {
   readonly startMs: number
   readonly attempts: readonly Attempt[]
+  /** The caller's deadline (withDeadline), from the call's start; none when undefined. */
+  readonly deadlineMs?: number | undefined
 }
 interface PolicySpec {
   readonly kind: 'overall' | 'retry' | 'breaker' | 'perTry' | 'bulkhead' | 'fallback'
@@ -73,12 +84,14 @@ const attemptArb = fc.record({
     'watchful',
     'throw',
     'hang',
+    'deadline',
   ),
   ms: fc.integer({ min: 1, max: 60 }),
 })
 const callArb = fc.record({
   startMs: fc.integer({ min: 0, max: 120 }),
   attempts: fc.array(attemptArb, { minLength: 3, maxLength: 3 }),
+  deadlineMs: fc.option(fc.integer({ min: 1, max: 100 }), { nil: undefined }),
 })
 const policyArb = (kind: PolicySpec['kind']) =>
   fc.record({
@@ -116,7 +129,7 @@ const scenarioArb: fc.Arbitrary<Scenario> = fc
       ? {
           policies,
           calls: calls.map((call) => ({
-            startMs: call.startMs,
+            ...call,
             attempts: call.attempts.map(
               (a): Attempt => (a.kind === 'throw' ? { kind: 'transient', ms: a.ms } : a),
             ),
@@ -252,6 +265,15 @@ async function observe(scenario: Scenario, fused: boolean): Promise<Observed> {
           // Ignores its signal for long, then answers.
           await sleep(clock, 1_000 + ms)
           return `late ${index}`
+        case 'deadline': {
+          // Honours the caller's deadline itself (as an HTTP client does), then fails.
+          const deadline = currentDeadline()?.signal
+          const signal =
+            deadline === undefined ? context.signal : AbortSignal.any([context.signal, deadline])
+          signals.push([`${index} #${made}`, context.signal])
+          await sleep(clock, ms, signal)
+          throw Object.assign(new Error(`reset ${index}`), { code: 'ECONNRESET' })
+        }
       }
     }
     // The synchronous throw must reach the policies as a throw, not as a rejection.
@@ -265,7 +287,12 @@ async function observe(scenario: Scenario, fused: boolean): Promise<Observed> {
         : fn(context)
     clock.setTimeout(
       () => {
-        chain.execute(run).then(
+        const deadlineMs = call.deadlineMs
+        const execution =
+          deadlineMs === undefined
+            ? chain.execute(run)
+            : withDeadline(deadlineMs, () => chain.execute(run), { clock })
+        execution.then(
           (value) => {
             outcomes[index] = `${clock.now()} ok ${String(value)}`
           },
