@@ -4,7 +4,11 @@ import { BreakwaterError } from '../core/errors.js'
 export type BrokerKind = 'nats' | 'rabbitmq' | 'redis'
 
 /** Why a broker operation failed; the stable code of a {@link BrokerError}. */
-export type BrokerErrorCode = 'BROKER_UNAVAILABLE' | 'BROKER_UNROUTABLE' | 'BROKER_REJECTED'
+export type BrokerErrorCode =
+  | 'BROKER_UNAVAILABLE'
+  | 'BROKER_UNROUTABLE'
+  | 'BROKER_REJECTED'
+  | 'BROKER_MISCONFIGURED'
 
 /** Options of a {@link BrokerError}. */
 export interface BrokerErrorOptions {
@@ -22,6 +26,11 @@ export interface BrokerErrorOptions {
  *   stream exists succeeds.
  * - `BROKER_REJECTED` (not retryable): the message itself is refused (too large, an invalid
  *   subject or header), so publishing it again cannot succeed.
+ * - `BROKER_MISCONFIGURED` (not retryable): the broker refuses the adapter's setup, whatever
+ *   the message: the login (wrong user or password), the vhost, a permission, or an exchange,
+ *   queue or stream that exists with other settings. Only a change of configuration on either
+ *   side clears it. Distinct from `BROKER_REJECTED` because it is not the message's fault: a
+ *   relay must not charge (and dead-letter) every event for it.
  *
  * The shared classifier reads `retryable`, so a relay's retry and circuit breaker treat the
  * first two as transient.
@@ -45,7 +54,7 @@ export class BrokerError extends BreakwaterError {
   ) {
     super(code, `${broker}: ${message}`, {
       cause: options.cause,
-      retryable: code !== 'BROKER_REJECTED',
+      retryable: code === 'BROKER_UNAVAILABLE' || code === 'BROKER_UNROUTABLE',
     })
     this.broker = broker
   }

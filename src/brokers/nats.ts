@@ -71,7 +71,7 @@ export interface NatsBrokerOptions extends BrokerCommonOptions {
    * must exist already (managed elsewhere): `publish()` and `subscribe()` on a topic without
    * one fail with `BROKER_UNROUTABLE` (retryable). A stream that cannot be created because another
    * stream already stores its subjects fails `publish()` and `subscribe()` with
-   * `BROKER_REJECTED` (not retryable): name that stream in `stream` instead.
+   * `BROKER_MISCONFIGURED` (not retryable): name that stream in `stream` instead.
    * @default true
    */
   readonly createStreams?: boolean
@@ -304,10 +304,11 @@ async function ensureStream(
     })
   } catch (error) {
     // Another stream already stores these subjects: a configuration error no retry clears
-    // (read as an outage, a relay would retry it for ever), so it is refused for good.
+    // (read as an outage, a retry policy would hide it), and not the message's fault (a relay
+    // would dead-letter every event for it), so it is refused as misconfigured.
     if (isNotFound(error, STREAM_SUBJECT_OVERLAP)) {
       throw new BrokerError(
-        'BROKER_REJECTED',
+        'BROKER_MISCONFIGURED',
         'nats',
         `cannot create stream ${spec.name} for ${spec.subjects.join(', ')}: ${reasonOf(error)}; another stream already stores these subjects: name that stream in the nats.stream option (or remove it)`,
         { cause: error },

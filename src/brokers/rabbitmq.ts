@@ -94,8 +94,9 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * An exchange or queue that exists with other settings than this adapter declares (another
  * type, a classic queue where a quorum one is declared), or that the user may not configure,
  * write to or read from as this adapter needs (403 ACCESS_REFUSED on declare, bind or publish),
- * fails `publish()` and `subscribe()` with `BROKER_REJECTED` (not retryable) naming it and the
- * server's reason: see docs/rabbitmq.md.
+ * fails `publish()` and `subscribe()` with `BROKER_MISCONFIGURED` (not retryable, and not the
+ * message's fault) naming it and the server's reason; so does a refused login or vhost: see
+ * docs/rabbitmq.md.
  *
  * A delivered message's id is its AMQP `messageId` property, which this publisher always sets.
  * A message from another producer without one (or with an empty one) never reaches the handler:
@@ -176,8 +177,54 @@ async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelMod
     model.on('error', () => {})
     return model
   } catch (error) {
-    throw rabbitError(error, `cannot connect to ${redactUrl(options.url.toString())}`)
+    throw (
+      refusedLogin(options, error) ??
+      rabbitError(error, `cannot connect to ${redactUrl(options.url.toString())}`)
+    )
   }
+}
+
+/**
+ * The user name and vhost the driver logs in with, as the server sees them: amqplib logs in as
+ * guest when the URL has no user name and password, and into vhost `/` when it has no path.
+ */
+function loginOf(url: URL): { readonly user: string; readonly vhost: string } {
+  const user = url.username === '' && url.password === '' ? 'guest' : url.username
+  const vhost = url.pathname.slice(1)
+  return { user: decodeURIComponent(user), vhost: vhost === '' ? '/' : decodeURIComponent(vhost) }
+}
+
+/**
+ * A `BROKER_MISCONFIGURED` error when the server refused the handshake itself, else undefined.
+ * A refused login (403 ACCESS_REFUSED: unknown user, wrong password) or a refused vhost (the
+ * server answers connection.open with connection.close: the vhost does not exist or the user
+ * has no permission on it) fails every attempt alike: read as an outage, a relay would retry
+ * it for ever and a caller's retry policy would hide it. The error names the user and vhost,
+ * never the password. amqplib keeps the server's reason for a refused vhost to itself, so that
+ * message lists the causes RabbitMQ has for it; a connection limit of the user or vhost is one
+ * of them, and clears by itself once other connections close.
+ */
+function refusedLogin(options: ResolvedRabbitOptions, error: unknown): BrokerError | undefined {
+  const reason = reasonOf(error)
+  const where = redactUrl(options.url.toString())
+  const { user, vhost } = loginOf(options.url)
+  if (reason.startsWith('Handshake terminated by server: 403 ')) {
+    return new BrokerError(
+      'BROKER_MISCONFIGURED',
+      'rabbitmq',
+      `login refused for user "${user}" in vhost "${vhost}" at ${where}: ${reason}; check the user name and password in the URL (rabbitmqctl authenticate_user)`,
+      { cause: error },
+    )
+  }
+  if (reason.startsWith('Expected ConnectionOpenOk; got <ConnectionClose')) {
+    return new BrokerError(
+      'BROKER_MISCONFIGURED',
+      'rabbitmq',
+      `vhost "${vhost}" refused for user "${user}" at ${where}: the vhost does not exist, the user has no permission on it, or a connection limit of the user or vhost is reached; check the vhost (the URL's path) and the user's permissions (rabbitmqctl list_permissions -p <vhost>)`,
+      { cause: error },
+    )
+  }
+  return undefined
 }
 
 /**
@@ -221,9 +268,9 @@ function answered<T>(
  * settings (another type, durability or arguments, e.g. a classic queue where a quorum one is
  * declared); one that refuses it with 403 ACCESS_REFUSED does not let the user configure it
  * (its `configure` permission in the vhost does not match the name). Both are configuration
- * errors no retry can clear, so they fail with `BROKER_REJECTED` (not retryable) naming the
- * exchange or queue and the server's reason, instead of a `BROKER_UNAVAILABLE` a relay would
- * retry for ever.
+ * errors no retry can clear, so they fail with `BROKER_MISCONFIGURED` (not retryable) naming the
+ * exchange or queue and the server's reason, instead of a `BROKER_UNAVAILABLE` a retry policy
+ * would hide, or a `BROKER_REJECTED` a relay would charge to (and dead-letter) every event.
  */
 async function declare<T>(
   options: ResolvedRabbitOptions,
@@ -239,7 +286,7 @@ async function declare<T>(
     const code = (error as { code?: unknown } | null)?.code
     if (code === 406) {
       throw new BrokerError(
-        'BROKER_REJECTED',
+        'BROKER_MISCONFIGURED',
         'rabbitmq',
         `${kind} "${name}" exists with other settings than this adapter declares (${declared}): ${reasonOf(error)}; delete it, or configure the adapter to match it`,
         { cause: error },
@@ -247,7 +294,7 @@ async function declare<T>(
     }
     if (code === 403) {
       throw new BrokerError(
-        'BROKER_REJECTED',
+        'BROKER_MISCONFIGURED',
         'rabbitmq',
         `${kind} "${name}" may not be declared by this user: ${reasonOf(error)}; grant the user configure permission on it in the vhost (rabbitmqctl set_permissions), or use a ${kind} name it may configure`,
         { cause: error },
@@ -429,7 +476,7 @@ class RabbitPublisher implements Publisher {
         // 403 ACCESS_REFUSED: the user may not write to the exchange. No retry grants it.
         if ((open.failure as { code?: unknown } | null)?.code === 403) {
           throw new BrokerError(
-            'BROKER_REJECTED',
+            'BROKER_MISCONFIGURED',
             'rabbitmq',
             `publish to exchange "${options.exchange}" refused: ${reasonOf(open.failure)}; grant the user write permission on it in the vhost (rabbitmqctl set_permissions)`,
             { cause: open.failure },
@@ -869,7 +916,7 @@ class RabbitSubscriber implements Subscriber {
         // on the exchange. Like a refused declare, no retry grants it.
         if ((error as { code?: unknown } | null)?.code !== 403) throw error
         throw new BrokerError(
-          'BROKER_REJECTED',
+          'BROKER_MISCONFIGURED',
           'rabbitmq',
           `queue "${queue}" may not be bound to exchange "${options.exchange}" by this user: ${reasonOf(error)}; grant the user write permission on the queue and read permission on the exchange in the vhost (rabbitmqctl set_permissions)`,
           { cause: error },
@@ -896,7 +943,7 @@ class RabbitSubscriber implements Subscriber {
         // 403 ACCESS_REFUSED: consuming needs read permission on the queue.
         if ((error as { code?: unknown } | null)?.code !== 403) throw error
         throw new BrokerError(
-          'BROKER_REJECTED',
+          'BROKER_MISCONFIGURED',
           'rabbitmq',
           `queue "${queue}" may not be consumed by this user: ${reasonOf(error)}; grant the user read permission on it in the vhost (rabbitmqctl set_permissions)`,
           { cause: error },

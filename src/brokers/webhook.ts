@@ -124,7 +124,8 @@ export class WebhookError extends BreakwaterError {
   ) {
     super(code, `webhook: ${message}`, {
       cause: options.cause,
-      retryable: code !== 'BROKER_REJECTED',
+      // As for BrokerError: only an outage or a missing route clears by itself.
+      retryable: code === 'BROKER_UNAVAILABLE' || code === 'BROKER_UNROUTABLE',
     })
     this.status = options.status
     this.retryAfterMs = options.retryAfterMs

@@ -44,7 +44,7 @@ describe('nats specifics', () => {
     expectBrokerError(error, 'BROKER_UNROUTABLE')
   })
 
-  it('fails publish and subscribe on a topic another stream already covers (subjects overlap) with a non-retryable BROKER_REJECTED naming the stream, not a retryable outage', async () => {
+  it('fails publish and subscribe on a topic another stream already covers (subjects overlap) with a non-retryable BROKER_MISCONFIGURED naming the stream, not a retryable outage', async () => {
     const url = await brokerUrl('nats')
     const prefix = unique('covered')
     // Another application's stream over every subject under the prefix.
@@ -58,7 +58,7 @@ describe('nats specifics', () => {
     const broker = testBroker('nats', url)
     closers.push(() => broker.close())
     for (const error of await publishAndSubscribeFailures(broker, `${prefix}.orders`)) {
-      expectBrokerError(error, 'BROKER_REJECTED', false)
+      expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
       expect(error.message).toMatch(/overlap/)
       expect(error.message).toContain('nats.stream')
     }

@@ -92,6 +92,45 @@ describe('rabbitmq specifics', () => {
     expect(received.ids().sort()).toEqual(batch.map((m) => m.id).sort())
   })
 
+  it('fails publish and subscribe at once with a non-retryable BROKER_MISCONFIGURED naming the user and vhost (never the password) when the server refuses the login or the vhost', async () => {
+    const url = new URL(await brokerUrl('rabbitmq'))
+    const refused = (user: string, password: string, vhost: string): string => {
+      const bad = new URL(url)
+      bad.username = user
+      bad.password = password
+      bad.pathname = vhost
+      return bad.toString()
+    }
+    const cases: Array<[string, string, RegExp]> = [
+      // A wrong password, then a user that does not exist: 403 ACCESS_REFUSED at login.
+      [
+        refused('guest', 'not-the-password', ''),
+        'not-the-password',
+        /login refused for user "guest" in vhost "\/"/,
+      ],
+      [
+        refused('nobody-here', 's3cret-pw', ''),
+        's3cret-pw',
+        /login refused for user "nobody-here" in vhost "\/"/,
+      ],
+      // Logged in, but the vhost does not exist: connection.open is refused.
+      [
+        refused('guest', 'guest', '/no-such-vhost'),
+        'guest:guest',
+        /vhost "no-such-vhost" refused for user "guest"/,
+      ],
+    ]
+    for (const [target, secret, message] of cases) {
+      const broker = createRabbitMqBroker({ url: target, connectTimeoutMs: 2_000 })
+      closers.push(() => broker.close())
+      for (const error of await publishAndSubscribeFailures(broker, unique('login'))) {
+        expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+        expect(error.message).toMatch(message)
+        expect(error.message).not.toContain(secret)
+      }
+    }
+  })
+
   it('refuses a message id or topic longer than 255 bytes with BROKER_REJECTED (not retryable)', async () => {
     const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
     closers.push(() => broker.close())
@@ -485,7 +524,7 @@ describe('rabbitmq specifics', () => {
     expect(received.ids()).toEqual(['y'])
   })
 
-  it('fails publish and subscribe on an exchange (or queue) declared with other settings with a non-retryable BROKER_REJECTED naming it and the mismatch, not a retryable outage', async () => {
+  it('fails publish and subscribe on an exchange (or queue) declared with other settings with a non-retryable BROKER_MISCONFIGURED naming it and the mismatch, not a retryable outage', async () => {
     const url = await brokerUrl('rabbitmq')
     // Another application's exchange of the same name, of another type.
     const exchange = unique('fanout-exchange')
@@ -503,7 +542,7 @@ describe('rabbitmq specifics', () => {
     const broker = createRabbitMqBroker({ url, exchange, connectTimeoutMs: 2_000 })
     closers.push(() => broker.close())
     for (const error of await publishAndSubscribeFailures(broker, unique('mismatch'))) {
-      expectBrokerError(error, 'BROKER_REJECTED', false)
+      expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
       expect(error.message).toContain(`exchange "${exchange}"`)
       expect(error.message).toMatch(/inequivalent arg 'type'/)
     }
@@ -513,12 +552,12 @@ describe('rabbitmq specifics', () => {
     closers.push(() => plain.close())
     await setup.assertQueue(`${queueTopic}.${group}`, { durable: true })
     const error = await rejectionOf(plain.subscriber.subscribe(queueTopic, group, async () => {}))
-    expectBrokerError(error, 'BROKER_REJECTED', false)
+    expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
     expect(error.message).toContain(`queue "${queueTopic}.${group}"`)
     expect(error.message).toMatch(/inequivalent arg 'x-queue-type'/)
   })
 
-  it('fails publish and subscribe for a user without configure, write or read permission on the exchange (or queue) with a non-retryable BROKER_REJECTED naming it, not a retryable outage', async () => {
+  it('fails publish and subscribe for a user without configure, write or read permission on the exchange (or queue) with a non-retryable BROKER_MISCONFIGURED naming it, not a retryable outage', async () => {
     const server = await startPrivateBroker('rabbitmq')
     try {
       // The server's own rabbitmqctl, reaching its private node through its epmd and cookie.
@@ -547,13 +586,13 @@ describe('rabbitmq specifics', () => {
       try {
         // The exchange itself may not be declared.
         for (const error of await publishAndSubscribeFailures(other, 't', 'g')) {
-          expectBrokerError(error, 'BROKER_REJECTED', false)
+          expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
           expect(error.message).toContain('exchange "bw-other"')
           expect(error.message).toMatch(/ACCESS_REFUSED/)
         }
         // The exchange may be declared, the subscription's queue may not.
         const error = await rejectionOf(subscribeTG(allowed))
-        expectBrokerError(error, 'BROKER_REJECTED', false)
+        expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
         expect(error.message).toContain('queue "t.g"')
         expect(error.message).toMatch(/ACCESS_REFUSED/)
       } finally {
@@ -598,13 +637,25 @@ describe('rabbitmq specifics', () => {
           ],
         ]
         for (const [error, message] of refusals) {
-          expectBrokerError(error, 'BROKER_REJECTED', false)
+          expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
           expect(error.message).toMatch(message)
         }
       } finally {
         await nowrite.close()
         await noread.close()
         await noqueueread.close()
+      }
+
+      // A user with no permission on the vhost at all: the server refuses to open it.
+      ctl('add_user', 'novhost', 'secret')
+      const novhost = as('novhost')
+      try {
+        for (const error of await publishAndSubscribeFailures(novhost, 't', 'g')) {
+          expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+          expect(error.message).toMatch(/vhost "\/" refused for user "novhost"/)
+        }
+      } finally {
+        await novhost.close()
       }
     } finally {
       await server.stop()
