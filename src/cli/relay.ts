@@ -58,7 +58,8 @@ const defaultSecretEnv = 'BREAKWATER_WEBHOOK_SECRET'
 const usage = `usage: breakwater relay [options]
 
 Publishes the outbox's events to a broker until SIGTERM or SIGINT, then finishes the batch in
-hand and exits 0. Logs JSON lines to stdout. Run \`breakwater migrate --db <url>\` first.
+hand and exits 0. Exits 1 if another process takes its --relay-id over (RELAY_ID_IN_USE).
+Logs JSON lines to stdout. Run \`breakwater migrate --db <url>\` first.
 
 options:
   --db <url>                 the database holding the outbox: sqlite:<file> or
@@ -460,6 +461,12 @@ function logRelayEvents(relay: Relay, log: Logger): void {
       case 'crashed':
         log.error('relay halted at a fault point', { point: event.point, error: event.error })
         break
+      case 'failed':
+        log.error('relay id taken over by another process: stopping', {
+          relayId: relay.id,
+          error: event.error,
+        })
+        break
       default:
         break
     }
@@ -477,7 +484,8 @@ function logRelayEvents(relay: Relay, log: Logger): void {
  * SIGINT, then stops gracefully (the batch in hand is published and marked, nothing half-way).
  * Logs JSON lines to stdout, serves Prometheus metrics when `--metrics-port` is given.
  * Resolves to the exit code: 0 after a graceful stop, 2 for bad arguments, 1 when the database
- * or broker cannot be used or the drain did not finish in time.
+ * or broker cannot be used, the drain did not finish in time, or the relay stopped itself
+ * because another process took its `--relay-id` over (`RELAY_ID_IN_USE`, logged).
  *
  * @example
  * ```ts
@@ -599,6 +607,9 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
       logRelayEvents(relay, log)
       relay.events.on((event) => {
         if (event.type === 'crashed') crashed(new Error(`relay halted at ${event.point}`))
+        // Its id was taken over (RELAY_ID_IN_USE): the process exits 1, for its supervisor to
+        // restart it or alert, rather than run on publishing nothing.
+        else if (event.type === 'failed') crashed(event.error)
       })
       const registry = relayMetrics(relay, db, log, broker.kind)
       try {

@@ -7,18 +7,23 @@ import { listParam, type OutboxStatements, outboxStatements } from './sql.js'
 
 /**
  * A relay's id is held by another live relay instance (another process started with the same
- * `relayId`); this one publishes nothing.
+ * `relayId`); this one publishes nothing. `start()` rejects with it; a running relay that finds
+ * its id taken over (it stalled past its heartbeat and another instance started with the id)
+ * stops itself and reports it in a `failed` event.
  */
 export class RelayIdInUseError extends BreakwaterError {
   /** The relay id in use. */
   readonly relayId: string
+  /** The partitions this instance held when it found its id taken over (empty at start). */
+  readonly lost: readonly number[]
 
-  constructor(relayId: string) {
+  constructor(relayId: string, lost: readonly number[] = []) {
     super(
       'RELAY_ID_IN_USE',
       `relay id '${relayId}' is held by another live relay; give each relay process its own relayId`,
     )
     this.relayId = relayId
+    this.lost = lost
   }
 }
 
@@ -123,7 +128,10 @@ export class PartitionLeases {
     })
   }
 
-  /** Extends every held lease and the relay's heartbeat; returns partitions found lost. */
+  /**
+   * Extends every held lease and the relay's heartbeat; returns partitions found lost. Rejects
+   * with {@link RelayIdInUseError} (its `lost`: what was held) once another instance holds the id.
+   */
   renew(): Promise<number[]> {
     return this.#serial(() => this.#renew())
   }
@@ -201,12 +209,12 @@ export class PartitionLeases {
     const start = this.#clock.now()
     const expires = start + this.#leaseMs
     if (!(await this.#heartbeat())) {
-      // Another instance took the id over: everything held is lost to it.
+      // Another instance took the id over: everything held is lost to it, for good (this
+      // instance can never take the id back while the other one lives), so the relay stops.
       const lost = this.partitions
       this.#owned.clear()
       this.#validUntil = 0
-      if (lost.length > 0) return lost
-      throw new RelayIdInUseError(this.#relayId)
+      throw new RelayIdInUseError(this.#relayId, lost)
     }
     const rows = await this.#db.query<{ partition_no: number; token: number }>(this.#sql.renew, [
       this.#relayId,

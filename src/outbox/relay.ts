@@ -56,7 +56,7 @@ import { BrokenCircuitError, TimeoutError } from '../policies/errors.js'
 import { diagnosticsChannel, EventSource } from '../policies/events.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import type { RelayFaultPoint, RelayFaults } from './faults.js'
-import { type LeaseChange, PartitionLeases } from './leases.js'
+import { type LeaseChange, PartitionLeases, RelayIdInUseError } from './leases.js'
 import { AGGREGATE_TYPE_HEADER, EVENT_TYPE_HEADER } from './outbox.js'
 import { type PruneOutboxOptions, prunePublished, resolvePruneOptions } from './retention.js'
 import {
@@ -177,7 +177,9 @@ export interface RelayOptions {
   /**
    * This relay's identity in the lease tables (unique per running relay). A second live
    * process started with the same id does not start: see {@link Relay.start}
-   * (`RELAY_ID_IN_USE`). A crashed relay restarted with its id comes up within `leaseMs`.
+   * (`RELAY_ID_IN_USE`). A crashed relay restarted with its id comes up within `leaseMs`; a
+   * relay that stalled past its heartbeat and finds its id taken over that way stops itself
+   * (a `failed` event, `RELAY_ID_IN_USE`).
    * @default a random UUID
    */
   readonly relayId?: string
@@ -239,6 +241,17 @@ export type RelayEvent =
     }
   | { readonly type: 'pruned'; readonly count: number }
   | { readonly type: 'stopped' }
+  | {
+      /**
+       * The relay stopped itself for good, and publishes nothing more: its `relayId` was taken
+       * over by another instance (it stalled past its heartbeat, and another process started
+       * with the same id), so `error` is a `RelayIdInUseError` (`RELAY_ID_IN_USE`). The state
+       * is then `'stopped'`; nothing held by the new instance was released. Restart the
+       * process with its own id, or alert: two processes share one id.
+       */
+      readonly type: 'failed'
+      readonly error: unknown
+    }
   | {
       /** The fault hook threw at `point`: the relay halted as a crashed process would. */
       readonly type: 'crashed'
@@ -653,6 +666,33 @@ class OutboxRelay implements Relay {
     throw new Halt()
   }
 
+  /**
+   * Another instance holds this relay's id (this one stalled past its heartbeat): it can never
+   * get the id back while that one lives, so it stops for good instead of running on, publishing
+   * nothing. Its partitions are already lost (their tokens were bumped at the takeover) and its
+   * heartbeat row is the other instance's: nothing is released.
+   */
+  #idTakenOver(error: RelayIdInUseError): void {
+    if (this.#state !== 'running') return
+    this.#state = 'stopping'
+    this.#stop.abort()
+    this.#startAbort.abort()
+    if (error.lost.length > 0) this.#reportChange({ claimed: [], released: [], lost: error.lost })
+    this.#stopping = this.#stopAfterTakeover(error)
+    this.#stopping.catch(() => {})
+  }
+
+  async #stopAfterTakeover(error: RelayIdInUseError): Promise<void> {
+    await this.#loop
+    if (this.#state !== 'stopping') return // crashed while finishing the batch
+    this.#clearTimers()
+    await this.#pruning
+    await this.#unlisten?.().catch(() => {})
+    this.breaker.dispose()
+    this.#state = 'stopped'
+    this.#emit({ type: 'failed', error })
+  }
+
   #clearTimers(): void {
     this.#timersStopped = true
     if (this.#renewTimer !== undefined) this.#clock.clearTimeout(this.#renewTimer)
@@ -691,7 +731,10 @@ class OutboxRelay implements Relay {
           .then((lost) => {
             if (lost.length > 0) this.#reportChange({ claimed: [], released: [], lost })
           })
-          .catch((error: unknown) => this.#emit({ type: 'error', phase: 'lease', error }))
+          .catch((error: unknown) => {
+            if (error instanceof RelayIdInUseError) this.#idTakenOver(error)
+            else this.#emit({ type: 'error', phase: 'lease', error })
+          })
           .finally(() => {
             if (this.#active()) this.#scheduleRenewal()
           })
@@ -836,6 +879,10 @@ class OutboxRelay implements Relay {
         }
       } catch (error) {
         if (error instanceof Halt || !this.#active()) return
+        if (error instanceof RelayIdInUseError) {
+          this.#idTakenOver(error)
+          break
+        }
         // A round cut short by a failure: what was read ahead of it is read again.
         this.#dropAhead()
         this.#emit({ type: 'error', phase: phaseOf(error), error: causeOf(error) })
@@ -1191,7 +1238,10 @@ class OutboxRelay implements Relay {
     this.#published += marked.size
     if (marked.size < ids.length) {
       // Some partition changed hands while the batch was out: learn which.
-      const lost = await this.#leases.renew().catch(() => [] as number[])
+      const lost = await this.#leases.renew().catch((error: unknown) => {
+        if (error instanceof RelayIdInUseError) this.#idTakenOver(error)
+        return [] as number[]
+      })
       if (lost.length > 0) this.#reportChange({ claimed: [], released: [], lost })
     }
     const now = this.#clock.now()

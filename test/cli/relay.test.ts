@@ -5,7 +5,13 @@ import { createServer } from 'node:http'
 import { afterAll, describe, expect, it } from 'vitest'
 import { verifyWebhookSignature, WEBHOOK_SIGNATURE_HEADER } from '../../src/brokers/index.js'
 import { queueTable } from '../../src/brokers/sql-queue.js'
-import { createOutbox, type OutboxEvent, outboxTable } from '../../src/outbox/index.js'
+import {
+  createOutbox,
+  type OutboxEvent,
+  outboxPartitionsTable,
+  outboxRelaysTable,
+  outboxTable,
+} from '../../src/outbox/index.js'
 import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
 import { parsePrometheusText, sampleValue } from '../observability/prometheus-text.js'
 import { count, pendingCount, until } from '../outbox/support.js'
@@ -216,6 +222,42 @@ describe('breakwater relay (SQLite, SQL queue)', () => {
     expect((await relay.exited).code, relay.stderr()).toBe(0)
     expect(relay.stdout()).not.toContain(secret)
     expect(relay.stderr()).not.toContain(secret)
+  })
+})
+
+describe('breakwater relay: its id taken over', () => {
+  it('exits 1 with a RELAY_ID_IN_USE log line when another process takes its --relay-id over', async () => {
+    const file = createTestSqlite('relay-cli-takeover')
+    cleanups.push(() => file.cleanup())
+    const migrated = await runCli(['migrate', '--db', file.url])
+    expect(migrated.code, migrated.stderr).toBe(0)
+    const db = await openDatabase(file.url)
+    cleanups.push(() => db.close())
+    const relay = spawnCli(['relay', '--db', file.url, '--relay-id', 'shared-id'])
+    cleanups.push(() => relay.kill())
+    await relay.waitForLine((l) => l.msg === 'relay started', 'the relay to start')
+    // What another process started with the same id does once this one's heartbeat expired
+    // (it stalled): it writes its own instance token over the heartbeat and fences the leases.
+    await db.execute(
+      `UPDATE ${outboxRelaysTable} SET instance = 'another-process', expires_at = $1 WHERE relay_id = 'shared-id'`,
+      [Date.now() + 3_600_000],
+    )
+    await db.execute(
+      `UPDATE ${outboxPartitionsTable} SET token = token + 1 WHERE owner = 'shared-id'`,
+    )
+    const exit = await relay.exited
+    expect(exit.code, relay.stderr()).toBe(1)
+    const line = relay.lines.find(
+      (l) => l.msg === 'relay id taken over by another process: stopping',
+    )
+    expect(line).toMatchObject({ level: 'error', relayId: 'shared-id' })
+    expect(JSON.stringify(line)).toContain('RELAY_ID_IN_USE')
+    expect(relay.stderr()).toContain('held by another live relay')
+    // Nothing of the other process was released.
+    const holder = await db.query<{ instance: string }>(
+      `SELECT instance FROM ${outboxRelaysTable} WHERE relay_id = 'shared-id'`,
+    )
+    expect(holder).toEqual([{ instance: 'another-process' }])
   })
 })
 

@@ -4,7 +4,12 @@
 // And a relay is started once: start() after stop() says so instead of resolving silently.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { BreakwaterError } from '../../src/core/errors.js'
-import { createRelay, outboxRelaysTable, type Relay } from '../../src/outbox/index.js'
+import {
+  createRelay,
+  outboxRelaysTable,
+  type Relay,
+  type RelayEvent,
+} from '../../src/outbox/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { dbTargets, delay, type OutboxDb, testPublisher, testQueue } from './support.js'
 
@@ -44,7 +49,7 @@ describe.each(dbTargets)('relay identity on $dialect', (target) => {
     })
     open.push(r)
     r.events.on((e) => {
-      if (e.type === 'stopped' || e.type === 'crashed') void queue.close()
+      if (e.type === 'stopped' || e.type === 'crashed' || e.type === 'failed') void queue.close()
     })
     return r
   }
@@ -121,6 +126,55 @@ describe.each(dbTargets)('relay identity on $dialect', (target) => {
     await started
     expect(waited).toBeGreaterThan(0)
     expect(waited).toBeLessThanOrEqual(leaseMs + 1)
+    expect(b.partitions()).toHaveLength(64)
+  })
+
+  it('stops a relay whose id was taken over, with RELAY_ID_IN_USE, leaving the new holder alone', async () => {
+    // A stalls past its heartbeat (its clock stands still while B's runs ahead); B, started
+    // with the same id, takes the id over. A must not run on forever, publishing nothing.
+    const clockA = new ManualClock(T0)
+    const a = relay(clockA)
+    const seen: RelayEvent[] = []
+    a.events.on((e) => seen.push(e))
+    await a.start()
+    expect(a.partitions()).toHaveLength(64)
+    const clockB = new ManualClock(T0 + 5 * leaseMs)
+    const b = relay(clockB)
+    await b.start()
+    expect(b.partitions()).toHaveLength(64)
+    const holderBefore = await t.db.query<{ instance: string }>(
+      `SELECT instance FROM ${outboxRelaysTable} WHERE relay_id = 'same-id'`,
+    )
+
+    const deadline = Date.now() + 20_000
+    while (!seen.some((e) => e.type === 'failed')) {
+      if (Date.now() > deadline) throw new Error(`never failed: ${JSON.stringify(seen)}`)
+      await clockA.advance(leaseMs / 3)
+      await delay(3)
+    }
+    const failed = seen.find((e) => e.type === 'failed')
+    const error = failed?.type === 'failed' ? failed.error : undefined
+    expect(BreakwaterError.is(error) && error.code, String(error)).toBe('RELAY_ID_IN_USE')
+    expect(a.state).toBe('stopped')
+    expect(a.partitions()).toEqual([])
+    expect(seen.filter((e) => e.type === 'failed')).toHaveLength(1)
+    // Its partitions were reported lost, once.
+    const lost = seen.flatMap((e) => (e.type === 'partitionsChanged' ? e.lost : []))
+    expect(lost.sort((x, y) => x - y)).toEqual(Array.from({ length: 64 }, (_, i) => i))
+    // stop() after it resolves; start() says the relay ran.
+    await a.stop()
+    const again = await a.start().catch((e: unknown) => e)
+    expect(BreakwaterError.is(again) && again.code).toBe('RELAY_STOPPED')
+    // Nothing of B's was released: its heartbeat and its 64 leases are intact.
+    const holderAfter = await t.db.query<{ instance: string }>(
+      `SELECT instance FROM ${outboxRelaysTable} WHERE relay_id = 'same-id'`,
+    )
+    expect(holderAfter).toEqual(holderBefore)
+    const held = await t.db.query<{ n: number | string }>(
+      `SELECT COUNT(*) AS n FROM breakwater_outbox_partitions WHERE owner = 'same-id' AND lease_expires_at IS NOT NULL`,
+    )
+    expect(Number(held[0]!.n)).toBe(64)
+    expect(b.state).toBe('running')
     expect(b.partitions()).toHaveLength(64)
   })
 
