@@ -11,6 +11,13 @@ export interface RetryBudget {
   recordRequest(): void
   /** Takes one token for a retry; false (and nothing taken) when fewer than one is left. */
   tryWithdraw(): boolean
+  /**
+   * Gives back the token of a retry that was never made: `tryWithdraw()` took it before the
+   * backoff sleep, and the sleep was aborted, so no attempt reached the downstream. Undoes the
+   * newest withdrawal still counted; nothing when none is. Optional: without it the token of
+   * an aborted retry stays spent until it ages out.
+   */
+  refund?(): void
   /** Tokens available now (whole and fractional), never below 0. */
   available(): number
 }
@@ -54,6 +61,8 @@ class TokenRetryBudget implements RetryBudget {
   readonly #sliceMs: number
   readonly #clock: Clock
   readonly #amounts = new Array<number>(slices).fill(0)
+  // Withdrawals per slice, so that a refund only undoes one that still counts.
+  readonly #withdrawals = new Array<number>(slices).fill(0)
   #sum = 0
   #slice: number
 
@@ -72,7 +81,22 @@ class TokenRetryBudget implements RetryBudget {
   tryWithdraw(): boolean {
     if (this.#balance() < unit) return false
     this.#add(-unit)
+    this.#withdrawals[this.#slice % slices]!++
     return true
+  }
+
+  refund(): void {
+    this.#expire()
+    // The newest slice first: the refunded retry withdrew at most one backoff ago.
+    for (let s = this.#slice; s > this.#slice - slices; s--) {
+      const index = ((s % slices) + slices) % slices
+      if (this.#withdrawals[index]! > 0) {
+        this.#withdrawals[index]!--
+        this.#amounts[index]! += unit
+        this.#sum += unit
+        return
+      }
+    }
   }
 
   available(): number {
@@ -98,12 +122,14 @@ class TokenRetryBudget implements RetryBudget {
     if (passed <= 0) return
     if (passed >= slices) {
       this.#amounts.fill(0)
+      this.#withdrawals.fill(0)
       this.#sum = 0
     } else {
       for (let s = this.#slice + 1; s <= slice; s++) {
         const index = s % slices
         this.#sum -= this.#amounts[index]!
         this.#amounts[index] = 0
+        this.#withdrawals[index] = 0
       }
     }
     this.#slice = slice
@@ -115,7 +141,9 @@ class TokenRetryBudget implements RetryBudget {
  * attempt deposits `ratio` tokens, every retry withdraws one, deposits and withdrawals count
  * for `ttlMs`, and a reserve of `minRetriesPerSecond * ttlMs / 1000` tokens is always added, so
  * retries are limited to `ratio` of the traffic plus that floor. Pass it to `retry({ budget })`;
- * when it is spent, retry fails with `RetryBudgetExhaustedError`.
+ * when it is spent, retry fails with `RetryBudgetExhaustedError`. Retry takes the token before
+ * its backoff sleep and gives it back (`refund()`) when the sleep is aborted: only retries
+ * actually made count.
  *
  * @example
  * ```ts

@@ -86,7 +86,9 @@ export interface RetryOptions {
   readonly maxRetryAfterMs?: number
   /**
    * A retry budget shared with other callers of the same downstream; when it is spent the
-   * call fails with `RetryBudgetExhaustedError` instead of retrying.
+   * call fails with `RetryBudgetExhaustedError` instead of retrying. A token is taken before
+   * the backoff sleep, so a spent budget fails the call at once; when the sleep is aborted (no
+   * retry was made) it is given back through the budget's `refund()`.
    * @default undefined (no budget)
    */
   readonly budget?: RetryBudget
@@ -319,6 +321,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       const budget = checkObject('retry.budget', options.budget)
       checkFunction('retry.budget.recordRequest', budget.recordRequest)
       checkFunction('retry.budget.tryWithdraw', budget.tryWithdraw)
+      if (budget.refund !== undefined) checkFunction('retry.budget.refund', budget.refund)
     }
     this.#budget = options.budget
     this.#clock = checkClock('retry.clock', options.clock)
@@ -461,6 +464,8 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       try {
         await backoffSleep(clock, delayMs, parent, deadline)
       } catch (abort) {
+        // The retry this token paid for never ran: nothing reached the downstream.
+        this.#budget?.refund?.()
         if (parent?.aborted === true && !isCode(parent.reason, 'DEADLINE_EXCEEDED')) {
           this.#giveUp(attempt, 'aborted', error)
           throw abort

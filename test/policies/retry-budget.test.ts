@@ -144,3 +144,47 @@ describe('retry with a budget', () => {
     expect(clock.pendingTimers).toBe(0)
   })
 })
+
+describe('retry with a budget: a retry that never ran', () => {
+  it('gives its token back when the backoff sleep is aborted before the attempt', async () => {
+    const clock = new ManualClock()
+    const budget = createRetryBudget({ clock, minRetriesPerSecond: 0, ratio: 1 })
+    budget.recordRequest() // one token, taken by the retry below unless it is given back
+    const policy = retry({ clock, budget, maxAttempts: 3, baseDelayMs: 100, jitter: 'none' })
+    const controller = new AbortController()
+    let calls = 0
+    const outcome = policy
+      .execute(() => {
+        calls++
+        throw Object.assign(new Error('down'), { status: 503 })
+      }, controller.signal)
+      .catch((e: unknown) => e)
+    await clock.advance(50) // into the backoff: the retry has taken its token
+    expect(budget.available()).toBe(1) // the call's own deposit, minus the token, plus 0
+    controller.abort()
+    expect(await outcome).toMatchObject({ code: 'ABORTED' })
+    expect(calls).toBe(1)
+    // Two deposits (this call's first attempt and the one above), no retry made.
+    expect(budget.available()).toBe(2)
+  })
+
+  it('gives back only a withdrawal still in the window, once', async () => {
+    const clock = new ManualClock()
+    const budget = createRetryBudget({ clock, minRetriesPerSecond: 0, ratio: 1, ttlMs: 1_000 })
+    budget.recordRequest()
+    expect(budget.tryWithdraw()).toBe(true)
+    expect(budget.available()).toBe(0)
+    budget.refund!()
+    expect(budget.available()).toBe(1)
+    // A second refund has no withdrawal left to undo.
+    budget.refund!()
+    expect(budget.available()).toBe(1)
+
+    // A withdrawal that has left the window has already been given back by time.
+    expect(budget.tryWithdraw()).toBe(true)
+    await clock.advance(1_000)
+    expect(budget.available()).toBe(0)
+    budget.refund!()
+    expect(budget.available()).toBe(0)
+  })
+})
