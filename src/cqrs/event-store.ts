@@ -428,7 +428,7 @@ export class EventStoreImpl implements EventStore {
       throw new InvalidOptionError('events', 'a non-empty array of events', events)
     }
     const expected = checkExpected(options.expectedVersion ?? 'any')
-    const prepared = this.#prepare(events)
+    const prepared = this.#prepare(stream, events)
     const createdAt = storedTime(this.clock)
     if (beforeWrite !== undefined && typeof expected === 'number') {
       beforeWrite(recordedEvents(stream, events, prepared, createdAt, expected + events.length))
@@ -583,7 +583,7 @@ export class EventStoreImpl implements EventStore {
     return [version, positions]
   }
 
-  #prepare(events: readonly NewEvent[]): PreparedEvents {
+  #prepare(stream: string, events: readonly NewEvent[]): PreparedEvents {
     const n = events.length
     const prepared: PreparedEvents = {
       ids: new Array(n),
@@ -629,6 +629,7 @@ export class EventStoreImpl implements EventStore {
           version,
           JSON.parse(data),
           prepared.metadataObjects[i]!,
+          { stream, position: 0, eventId: id },
         )
       }
     }
@@ -754,7 +755,11 @@ export class EventStoreImpl implements EventStore {
     let data: unknown = JSON.parse(row.data)
     let schemaVersion = Number(row.schema_version)
     if (!this.upcasters.empty) {
-      ;[data, schemaVersion] = this.upcasters.upcast(row.type, schemaVersion, data, metadata)
+      ;[data, schemaVersion] = this.upcasters.upcast(row.type, schemaVersion, data, metadata, {
+        stream: row.stream_id,
+        position: Number(row.position),
+        eventId: row.event_id,
+      })
     }
     return {
       type: row.type,

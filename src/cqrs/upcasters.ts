@@ -1,5 +1,6 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { UpcastError } from './errors.js'
 
 /**
  * One step of an event type's schema evolution: turns the data of `type` at schema version
@@ -90,21 +91,37 @@ export class UpcasterChain {
     return this.#current.get(type) ?? 1
   }
 
-  /** Upcasts `data` of `type` from `version` to the current version; returns [data, version]. */
+  /**
+   * Upcasts `data` of `type` from `version` to the current version; returns [data, version].
+   * An event below the current version that no chain leads up from (the oldest upcaster of its
+   * type reads a later version), or one an upcaster throws on, fails with {@link UpcastError}
+   * naming it (`at`): handed on as stored, its readers would get data in a shape they do not
+   * expect, silently.
+   */
   upcast(
     type: string,
     version: number,
     data: unknown,
     metadata: Readonly<Record<string, unknown>>,
+    at: { readonly stream: string; readonly position: number; readonly eventId: string },
   ): [unknown, number] {
     const steps = this.#steps.get(type)
     if (steps === undefined) return [data, version]
+    const currentVersion = this.currentVersion(type)
+    // Above the current version (written by a newer release): nothing to do, and the event says
+    // its version. Below it, the chain must be complete.
+    if (version >= currentVersion) return [data, version]
+    const event = { type, schemaVersion: version, currentVersion, ...at }
+    if (!steps.has(version)) throw new UpcastError(event)
     let current = data
-    let v = version
-    for (let step = steps.get(v); step !== undefined; step = steps.get(v)) {
-      current = step.upcast(current, metadata)
-      v++
+    for (let v = version; v < currentVersion; v++) {
+      try {
+        // Registration refused gaps: every step from here to the current version exists.
+        current = steps.get(v)!.upcast(current, metadata)
+      } catch (error) {
+        throw new UpcastError(event, { error, fromVersion: v })
+      }
     }
-    return [current, v]
+    return [current, currentVersion]
   }
 }

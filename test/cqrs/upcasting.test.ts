@@ -1,0 +1,268 @@
+// Upcasting failures on real SQLite and PostgreSQL: an event whose stored schema version the
+// upcasters cannot reach the current version from, and an upcaster that throws, fail the read
+// with an UpcastError naming the event (never handing it on in its old shape), and
+// subscriptions and projectors report it through onError and retry without moving past it.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { BreakwaterError } from '../../src/core/errors.js'
+import {
+  createEventStore,
+  createProjector,
+  defineProjection,
+  type EventStore,
+  UpcastError,
+  type Upcaster,
+} from '../../src/cqrs/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+const poll = { timeout: 10_000, interval: 2 }
+
+/** What `promise` rejected with (failing the test when it resolved). */
+async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => expect.fail('expected a rejection'),
+    (error: unknown) => error,
+  )
+}
+
+/** Checks that `error` is the UpcastError for one event, and returns it. */
+function expectUpcastError(
+  error: unknown,
+  expected: { type: string; schemaVersion: number; stream: string; position: number },
+): UpcastError {
+  expect(error).toBeInstanceOf(UpcastError)
+  const e = error as UpcastError
+  expect(BreakwaterError.is(e)).toBe(true)
+  expect(e.code).toBe('UPCAST_FAILED')
+  expect({
+    type: e.type,
+    schemaVersion: e.schemaVersion,
+    stream: e.stream,
+    position: e.position,
+  }).toEqual(expected)
+  expect(e.message).toContain(`"${expected.type}"`)
+  expect(e.message).toContain(`v${expected.schemaVersion}`)
+  expect(e.message).toContain(`"${expected.stream}"`)
+  expect(e.message).toContain(`position ${expected.position}`)
+  return e
+}
+
+describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
+  let t: TestDb
+  let plain: EventStore
+  let n = 0
+  const fresh = () => `upcast-${++n}-${Date.now()}`
+
+  beforeAll(async () => {
+    t = await target.open('cqrs_upcasting')
+    plain = createEventStore(t.db)
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  // Only v2 -> v3 is registered: v1 events have no path to v3.
+  const fromV2: Upcaster[] = [
+    { type: 'priced', fromVersion: 2, upcast: (d) => ({ ...(d as object), currency: 'EUR' }) },
+  ]
+
+  it('fails a read of an event whose stored version has no path to the current one', async () => {
+    const store = createEventStore(t.db, { upcasters: fromV2 })
+    const s = fresh()
+    const { events } = await plain.append(s, [
+      { type: 'priced', data: { cents: 100 }, schemaVersion: 2 },
+      { type: 'priced', data: { price: '1' }, schemaVersion: 1 },
+    ])
+    const old = events[1]!
+    const expected = { type: 'priced', schemaVersion: 1, stream: s, position: old.position }
+    const error = expectUpcastError(await rejectionOf(store.readStream(s)), expected)
+    expect(error.message).toContain('v3')
+    expectUpcastError(
+      await rejectionOf(store.readAll({ fromPosition: events[0]!.position })),
+      expected,
+    )
+    expectUpcastError(await rejectionOf(store.readStream(s, { direction: 'backwards' })), expected)
+    // The v2 event before it still reads, upcast.
+    const first = await store.readAll({ fromPosition: events[0]!.position, limit: 1 })
+    expect(first.map((e) => [e.schemaVersion, e.data])).toEqual([
+      [3, { cents: 100, currency: 'EUR' }],
+    ])
+  })
+
+  it('refuses, before writing, an append at a version with no path to the current one', async () => {
+    const store = createEventStore(t.db, { upcasters: fromV2 })
+    const s = fresh()
+    const error = await rejectionOf(
+      store.append(s, [{ type: 'priced', data: { price: '1' }, schemaVersion: 1 }]),
+    )
+    expect(error).toBeInstanceOf(UpcastError)
+    expect((error as UpcastError).stream).toBe(s)
+    expect((error as UpcastError).schemaVersion).toBe(1)
+    expect((await plain.readStream(s)).version).toBe(0)
+  })
+
+  it('names the event an upcaster threw on and keeps the cause', async () => {
+    const cause = new Error('price is not a number')
+    const store = createEventStore(t.db, {
+      upcasters: [
+        {
+          type: 'priced',
+          fromVersion: 1,
+          upcast: (d) => {
+            const cents = Number((d as { price: string }).price) * 100
+            if (!Number.isFinite(cents)) throw cause
+            return { cents }
+          },
+        },
+      ],
+    })
+    const s = fresh()
+    const { events } = await plain.append(s, [
+      { type: 'priced', data: { price: '1' }, schemaVersion: 1 },
+      { type: 'priced', data: { price: 'ten' }, schemaVersion: 1 },
+    ])
+    const expected = { type: 'priced', schemaVersion: 1, stream: s, position: events[1]!.position }
+    const error = expectUpcastError(await rejectionOf(store.readStream(s)), expected)
+    expect(error.cause).toBe(cause)
+    expect(error.message).toContain('price is not a number')
+    expectUpcastError(
+      await rejectionOf(store.readAll({ fromPosition: events[0]!.position })),
+      expected,
+    )
+  })
+
+  it('keeps a subscription on the failing event: reported to onError, retried, checkpoint not past it', async () => {
+    const clock = new ManualClock(Date.now())
+    let broken = true
+    const store = createEventStore(t.db, {
+      upcasters: [
+        {
+          type: 'priced',
+          fromVersion: 1,
+          upcast: (d) => {
+            if (broken && (d as { price: string }).price === 'bad') throw new Error('bad price')
+            return { cents: 1 }
+          },
+        },
+      ],
+    })
+    const s = fresh()
+    const { events } = await plain.append(s, [
+      { type: 'priced', data: { price: 'ok' }, schemaVersion: 1 },
+      { type: 'priced', data: { price: 'bad' }, schemaVersion: 1 },
+      { type: 'priced', data: { price: 'ok' }, schemaVersion: 1 },
+    ])
+    const positions = events.map((e) => e.position)
+    const seen: number[] = []
+    const errors: unknown[] = []
+    const name = `sub-${s}`
+    const subscription = store.subscribe(
+      (event) => {
+        seen.push(event.position)
+      },
+      {
+        name,
+        fromPosition: positions[0]!,
+        batchSize: 1,
+        retryBaseDelayMs: 1000,
+        pollIntervalMs: 60_000,
+        clock,
+        onError: (e) => errors.push(e),
+      },
+    )
+    try {
+      await expect.poll(() => errors.length, poll).toBeGreaterThanOrEqual(1)
+      expectUpcastError(errors[0], {
+        type: 'priced',
+        schemaVersion: 1,
+        stream: s,
+        position: positions[1]!,
+      })
+      expect(seen).toEqual([positions[0]])
+      expect(subscription.position).toBe(positions[0])
+      const rows = await t.db.query<{ position: number | string }>(
+        'SELECT position FROM breakwater_checkpoints WHERE name = $1',
+        [name],
+      )
+      expect(Number(rows[0]!.position)).toBe(positions[0])
+      broken = false
+      await expect
+        .poll(async () => {
+          await clock.advance(1000)
+          return seen
+        }, poll)
+        .toEqual(positions)
+    } finally {
+      await subscription.stop()
+    }
+  })
+
+  it('keeps a projector on the failing event: reported to onError, retried, checkpoint not past it', async () => {
+    const clock = new ManualClock(Date.now())
+    let broken = true
+    const store = createEventStore(t.db, {
+      upcasters: [
+        {
+          type: 'priced',
+          fromVersion: 1,
+          upcast: (d) => {
+            if (broken && (d as { price: string }).price === 'bad') throw new Error('bad price')
+            return d
+          },
+        },
+      ],
+    })
+    // Starts after everything the earlier tests left in the log.
+    const s = fresh()
+    const seen: string[] = []
+    const projection = defineProjection({
+      name: `upcast_projection_${target.dialect}`,
+      tables: {},
+      apply(event) {
+        if (event.stream === s) seen.push((event.data as { price: string }).price)
+      },
+    })
+    const projector = createProjector(store, projection, {
+      batchSize: 1,
+      retryBaseDelayMs: 1000,
+      pollIntervalMs: 60_000,
+      clock,
+      onError: (e) => errors.push(e),
+    })
+    const errors: unknown[] = []
+    // Skip what earlier tests left (some of it does not upcast): register, then move the
+    // checkpoint to the head with a store that has no upcasters.
+    await createProjector(plain, projection).catchUp()
+    const before = await projector.position()
+    const { events } = await plain.append(s, [
+      { type: 'priced', data: { price: 'ok' }, schemaVersion: 1 },
+      { type: 'priced', data: { price: 'bad' }, schemaVersion: 1 },
+      { type: 'priced', data: { price: 'ok' }, schemaVersion: 1 },
+    ])
+    const positions = events.map((e) => e.position)
+    expect(before).toBeLessThan(positions[0]!)
+    expectUpcastError(await rejectionOf(projector.catchUp()), {
+      type: 'priced',
+      schemaVersion: 1,
+      stream: s,
+      position: positions[1]!,
+    })
+    expect(await projector.position()).toBe(positions[0])
+    projector.start()
+    try {
+      await expect.poll(() => errors.length, poll).toBeGreaterThanOrEqual(1)
+      expect(errors[0]).toBeInstanceOf(UpcastError)
+      expect(await projector.position()).toBe(positions[0])
+      broken = false
+      await expect
+        .poll(async () => {
+          await clock.advance(1000)
+          return projector.position()
+        }, poll)
+        .toBe(positions[2])
+      expect(seen).toEqual(['ok', 'bad', 'ok'])
+    } finally {
+      await projector.stop()
+    }
+  })
+})
