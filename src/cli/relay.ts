@@ -563,8 +563,10 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
             url: broker.url,
             secret: secret!,
             batch: parsed.webhookBatch,
-            // Inside the relay's own publish timeout (5 s by default): a few quick attempts, then
-            // the relay's backoff and circuit breaker take over.
+            // A few quick attempts, then the relay's backoff and circuit breaker take over. They
+            // fit in the relay's publish timeout (5 s by default, less with a short --lease-ms):
+            // the relay runs each publish under that deadline, which clamps every attempt and
+            // ends the retries before a wait would outlast it.
             attemptTimeoutMs: 2_000,
             retry: { maxAttempts: 3, baseDelayMs: 100, maxDelayMs: 500, maxRetryAfterMs: 1_000 },
           }),

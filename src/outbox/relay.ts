@@ -52,6 +52,7 @@ import {
   circuitBreaker,
 } from '../policies/circuit-breaker.js'
 import { classifyFailure } from '../policies/classify.js'
+import { withDeadline } from '../policies/deadline.js'
 import { BrokenCircuitError, TimeoutError } from '../policies/errors.js'
 import { diagnosticsChannel, EventSource } from '../policies/events.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
@@ -128,7 +129,9 @@ export interface RelayOptions {
   /**
    * How long one `publish()` call may take before it counts as failed (its signal is aborted).
    * At most half of `leaseMs`: a relay starts a publish only with that much lease left, so it
-   * never publishes a partition another relay may already hold.
+   * never publishes a partition another relay may already hold. The call also runs under it as
+   * a deadline (`currentDeadline()`): a publisher built on breakwater's retry and timeout
+   * policies (the webhook publisher) clamps its attempts to it and stops retrying in time.
    * @default min(5_000, leaseMs / 2)
    */
   readonly publishTimeoutMs?: number
@@ -1206,7 +1209,15 @@ class OutboxRelay implements Relay {
       }, this.#publishTimeoutMs)
     })
     try {
-      const publishing = this.#publisher.publish(messages, controller.signal)
+      // The publish timeout is also the publish's deadline: a publisher built on breakwater's
+      // retry and timeout policies (the webhook publisher) sees it (currentDeadline), clamps
+      // its attempts to it and gives up before a retry wait would outlast it, with its own
+      // error (a 503, say) rather than this timeout cutting the wait short.
+      const publishing = withDeadline(
+        this.#publishTimeoutMs,
+        () => this.#publisher.publish(messages, controller.signal),
+        { clock: this.#clock },
+      )
       // A publisher that ignores its signal may settle after the timeout; nobody awaits it then.
       publishing.catch(() => {})
       await Promise.race([publishing, timedOut])

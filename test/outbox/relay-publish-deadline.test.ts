@@ -1,0 +1,97 @@
+// A publisher that retries by itself (the webhook publisher: attempts, backoff, Retry-After)
+// must fit its retries in the relay's publish timeout: the relay runs each publish under a
+// deadline at that timeout, so the publisher's retry gives up before sleeping past it and the
+// relay sees the receiver's own failure (a 503 from the webhook), not a bare TIMEOUT cutting a
+// retry wait short. A counting receiver and a manual clock shared by relay and publisher: no
+// real time passes for any wait.
+import { createServer } from 'node:http'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createWebhookPublisher } from '../../src/brokers/index.js'
+import { BreakwaterError } from '../../src/core/errors.js'
+import { createOutbox, createRelay, type RelayEvent } from '../../src/outbox/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { listenOnLoopback } from '../support/loopback.js'
+import { dbTargets, delay, type OutboxDb, until } from './support.js'
+
+const T0 = 1_700_000_000_000
+
+describe.each(dbTargets)('relay publish deadline on $dialect', (target) => {
+  let t: OutboxDb
+  let requests = 0
+  const server = createServer((req, res) => {
+    req.resume()
+    req.on('end', () => {
+      requests++
+      // Down, and asking for a second before the next try.
+      res.writeHead(503, { 'retry-after': '1' }).end('busy')
+    })
+  })
+  let url = ''
+
+  beforeAll(async () => {
+    t = await target.open('relay_publish_deadline')
+    url = `http://127.0.0.1:${await listenOnLoopback(server)}/hook`
+  })
+  afterAll(async () => {
+    server.close()
+    await t?.close()
+  })
+
+  it("a publisher's retries end within the publish timeout, with the receiver's own error", async () => {
+    const clock = new ManualClock(T0)
+    const webhook = createWebhookPublisher({
+      url,
+      secret: 'a-secret-of-at-least-16-bytes',
+      clock,
+      attemptTimeoutMs: 2_000,
+      retry: { maxAttempts: 5, baseDelayMs: 100, maxDelayMs: 500, maxRetryAfterMs: 1_000 },
+    })
+    const relay = createRelay({
+      db: t.db,
+      publisher: webhook,
+      clock,
+      leaseMs: 4_000,
+      publishTimeoutMs: 1_500,
+      retention: false,
+      listen: false,
+    })
+    const failures: Array<{ at: number; error: unknown }> = []
+    relay.events.on((e: RelayEvent) => {
+      if (e.type === 'publishFailed') failures.push({ at: clock.now(), error: e.error })
+    })
+    try {
+      await t.db.transaction((tx) =>
+        createOutbox().enqueue(tx, {
+          aggregateType: 'order',
+          aggregateId: 'o-1',
+          type: 'placed',
+          topic: 'orders',
+          payload: { n: 1 },
+        }),
+      )
+      await relay.start()
+      relay.wake()
+      await until(async () => requests === 1, 'the first POST')
+      const from = clock.now()
+      // The clock moves in small steps until the relay reports the failed publish.
+      const deadline = Date.now() + 20_000
+      while (failures.length === 0) {
+        if (Date.now() > deadline) throw new Error('the publish never failed')
+        await clock.advance(100)
+        await delay(5)
+      }
+      const [first] = failures
+      // A Retry-After of 1 s fits once in the 1.5 s timeout: two POSTs, then the publisher gave
+      // up before sleeping into the deadline, with the 503 as its error.
+      expect(requests).toBe(2)
+      expect(BreakwaterError.is(first!.error) && first!.error.code, String(first!.error)).toBe(
+        'BROKER_UNAVAILABLE',
+      )
+      expect((first!.error as { status?: number }).status).toBe(503)
+      expect(first!.at - from).toBeLessThan(1_500)
+    } finally {
+      await relay.stop()
+      await webhook.close()
+    }
+  })
+})
