@@ -1,0 +1,131 @@
+// The 503 LISTENER_REMOVED answer: a request that reaches a listener a reload removed. A drain
+// closes idle connections and marks the responses under way `Connection: close` (so a request
+// pipelined behind one is never answered there), but a TLS connection still in its handshake
+// when the reload lands is neither: it is not an HTTP connection yet. Once its handshake ends,
+// its request finds no handler in the generation in force, and must get the 503 (not a hang,
+// not a reset), so that the client reconnects and finds the listeners in force.
+
+import { connect as netConnect, type Socket } from 'node:net'
+import { Duplex } from 'node:stream'
+import { connect as tlsConnect } from 'node:tls'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createJsonLogger } from '../../../src/observability/logger.js'
+import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
+import { createTestCerts, type TestCerts } from '../support/certs.js'
+import { eventually, type NamedUpstream, startNamedUpstream } from './helpers.js'
+
+let upstream: NamedUpstream
+let certs: TestCerts
+beforeAll(async () => {
+  upstream = await startNamedUpstream('app')
+  certs = createTestCerts()
+})
+afterAll(async () => {
+  await upstream.close()
+  certs.cleanup()
+})
+
+function yaml(withTls: boolean): string {
+  return `
+services: { app: { endpoints: [${upstream.url}] } }
+listeners:
+  - { name: out, role: ambassador, port: 0 }
+${
+  withTls
+    ? `  - name: secure
+    role: gateway
+    port: 0
+    tls: { certFile: ${certs.server.certFile}, keyFile: ${certs.server.keyFile} }
+    routes: [{ name: r, match: { prefix: / }, targets: [{ service: app }] }]
+`
+    : ''
+}drainTimeoutMs: 5000
+`
+}
+
+/**
+ * A duplex over `raw` that passes the client's first write (its ClientHello) and holds the
+ * later ones (its Finished, then the request) until `release()`: the server has accepted the
+ * connection and answered, and waits for the end of the handshake.
+ */
+function gatedTransport(raw: Socket): {
+  duplex: Duplex
+  answered: Promise<void>
+  release(): void
+} {
+  let writes = 0
+  const held: [Buffer, () => void][] = []
+  let released = false
+  let answered: () => void = () => {}
+  const answeredPromise = new Promise<void>((resolve) => {
+    answered = resolve
+  })
+  const duplex = new Duplex({
+    read() {},
+    write(chunk: Buffer, _encoding, done) {
+      writes++
+      if (writes === 1 || released) raw.write(chunk, () => done())
+      else held.push([chunk, done])
+    },
+    final(done) {
+      raw.end()
+      done()
+    },
+  })
+  raw.on('data', (chunk: Buffer) => {
+    answered()
+    duplex.push(chunk)
+  })
+  raw.on('end', () => duplex.push(null))
+  raw.on('error', (error) => duplex.destroy(error))
+  return {
+    duplex,
+    answered: answeredPromise,
+    release() {
+      released = true
+      for (const [chunk, done] of held.splice(0)) raw.write(chunk, () => done())
+    },
+  }
+}
+
+describe('a request on a listener a reload removed', () => {
+  it('is answered 503 LISTENER_REMOVED with Connection: close', async () => {
+    const proxy: RunningProxy = await startProxy({
+      config: yaml(true),
+      logger: createJsonLogger({ level: 'silent' }),
+      watch: false,
+    })
+    try {
+      const { port } = proxy.address('secure')
+      const raw = netConnect(port, '127.0.0.1')
+      // The server closing the connection (the TLS client over the gate is not told).
+      const closed = new Promise<void>((resolve) => raw.once('close', () => resolve()))
+      const gate = gatedTransport(raw)
+      const client = tlsConnect({
+        socket: gate.duplex,
+        ca: certs.ca.cert,
+        servername: 'localhost',
+      })
+      client.on('error', () => {})
+      const received: Buffer[] = []
+      client.on('data', (chunk: Buffer) => received.push(chunk))
+      // The server accepted the connection and sent its part of the handshake.
+      await gate.answered
+      await proxy.reload(yaml(false))
+      gate.release()
+      client.write('GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n')
+      // The answer, then the server closes the connection.
+      await eventually(
+        () => Buffer.concat(received).toString('utf8').endsWith('\r\n0\r\n\r\n'),
+        'the whole answer',
+      )
+      await closed
+      const text = Buffer.concat(received).toString('utf8')
+      expect(text).toMatch(/^HTTP\/1\.1 503 /)
+      expect(text.toLowerCase()).toContain('connection: close')
+      expect(text).toContain('"code":"LISTENER_REMOVED"')
+    } finally {
+      await proxy.close(0)
+    }
+  })
+})
