@@ -233,6 +233,13 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
   })
   // Without a listener ioredis logs errors; 'end' is where users of the client react.
   client.on('error', () => {})
+  // A refused login (WRONGPASS, NOAUTH) or database reaches only the 'error' event: connect()
+  // itself then rejects with a bare "Connection is closed.".
+  let refusal: unknown
+  const onRefusal = (error: unknown): void => {
+    refusal ??= error
+  }
+  client.on('error', onRefusal)
   const where = redactUrl(options.url.toString())
   try {
     // ioredis's connectTimeout covers the TCP connect only: a server that accepts but never
@@ -249,11 +256,48 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
           `cannot connect to ${where}: no answer within ${options.connectTimeoutMs} ms`,
         ),
     )
+    client.off('error', onRefusal)
+    // ioredis reports a refused SELECT (a database beyond the server's `databases`) on the
+    // 'error' event only and connects anyway, to database 0: every write would land there.
+    const refused = refusedLogin(options, refusal)
+    if (refused !== undefined) throw refused
     return client
   } catch (error) {
     client.disconnect()
-    throw redisError(error, `cannot connect to ${where}`)
+    throw refusedLogin(options, refusal) ?? redisError(error, `cannot connect to ${where}`)
   }
+}
+
+/**
+ * A `BROKER_MISCONFIGURED` error when the server refused the login (WRONGPASS: unknown user or
+ * wrong password; NOAUTH: a password is required and the URL has none) or the database (an
+ * index beyond its `databases`), else undefined. Every attempt fails alike: read as an outage
+ * it would be retried for ever. Names the user and database, never the password.
+ */
+function refusedLogin(options: ResolvedRedisOptions, error: unknown): BrokerError | undefined {
+  if (error === undefined) return undefined
+  const reason = reasonOf(error)
+  const url = options.url
+  const user = url.username === '' ? 'default' : decodeURIComponent(url.username)
+  const db = url.pathname.slice(1) === '' ? '0' : decodeURIComponent(url.pathname.slice(1))
+  const where = redactUrl(url.toString())
+  if (reason.startsWith('WRONGPASS') || reason.startsWith('NOAUTH')) {
+    return new BrokerError(
+      'BROKER_MISCONFIGURED',
+      'redis',
+      `login refused for user "${user}" at ${where}: ${reason}; check the user name and password in the URL`,
+      { cause: error },
+    )
+  }
+  if (reason.startsWith('ERR DB index is out of range')) {
+    return new BrokerError(
+      'BROKER_MISCONFIGURED',
+      'redis',
+      `database ${db} refused for user "${user}" at ${where}: ${reason}; check the database (the URL's path)`,
+      { cause: error },
+    )
+  }
+  return undefined
 }
 
 /**
@@ -302,6 +346,16 @@ function redisError(error: unknown, context: string): BrokerError {
   // WRONGTYPE: the topic's key holds something that is not a stream.
   if (reasonOf(error).startsWith('WRONGTYPE')) {
     return new BrokerError('BROKER_REJECTED', 'redis', message, { cause: error })
+  }
+  // NOPERM: the user's ACL does not allow the command or key. No retry grants it, and it is
+  // not the message's fault.
+  if (reasonOf(error).startsWith('NOPERM')) {
+    return new BrokerError(
+      'BROKER_MISCONFIGURED',
+      'redis',
+      `${message}; grant the user the command and keys (ACL SETUSER)`,
+      { cause: error },
+    )
   }
   return new BrokerError('BROKER_UNAVAILABLE', 'redis', message, { cause: error })
 }

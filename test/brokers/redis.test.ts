@@ -4,7 +4,8 @@ import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { brokerUrl, startPrivateBroker, stopOwnBrokers } from '../support/brokers.js'
 import { until } from '../support/until.js'
-import { describeBrokerConformance, Received, unique } from './conformance.js'
+import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
+import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
 import { testBroker } from './targets.js'
 
 // Only stops a server this file started itself (when no global setup provided one).
@@ -223,6 +224,59 @@ describe('redis specifics', () => {
     } finally {
       other.disconnect()
       await broker.close()
+    }
+  })
+
+  it('fails publish and subscribe at once with a non-retryable BROKER_MISCONFIGURED naming the user (never the password) when the server refuses the login (WRONGPASS, NOAUTH), the database or a command (NOPERM)', async () => {
+    const server = await startPrivateBroker('redis')
+    const { Redis } = await import('ioredis')
+    const admin = new Redis(server.url)
+    try {
+      const as = (userinfo: string, path = ''): string =>
+        `${server.url.replace('redis://', `redis://${userinfo}`)}${path}`
+      // May do anything but XADD (publish), then XGROUP (subscribe).
+      await admin.call('ACL', 'SETUSER', 'noxadd', 'on', '>pw-noxadd', '~*', '+@all', '-xadd')
+      await admin.call('ACL', 'SETUSER', 'noxgroup', 'on', '>pw-noxgroup', '~*', '+@all', '-xgroup')
+      await admin.call('CONFIG', 'SET', 'requirepass', 'right-pw')
+      const cases: Array<[string, string, RegExp]> = [
+        [as('app:wrong-pw@'), 'wrong-pw', /login refused for user "app".*WRONGPASS/],
+        [as(':wrong-pw@'), 'wrong-pw', /login refused for user "default".*WRONGPASS/],
+        [as(''), 'right-pw', /login refused for user "default".*NOAUTH/],
+        [as(':right-pw@', '/99'), 'right-pw', /database 99 refused for user "default".*DB index/],
+      ]
+      for (const [url, secret, message] of cases) {
+        const broker = createRedisBroker({ url, connectTimeoutMs: 2_000 })
+        try {
+          for (const error of await publishAndSubscribeFailures(broker, unique('login'))) {
+            expectBrokerError(error, 'BROKER_MISCONFIGURED', false, `${message}: ${String(error)}`)
+            expect(error.message).toMatch(message)
+            expect(error.message).not.toContain(secret)
+          }
+        } finally {
+          await broker.close()
+        }
+      }
+      const noxadd = createRedisBroker({ url: as('noxadd:pw-noxadd@'), connectTimeoutMs: 2_000 })
+      const noxgroup = createRedisBroker({
+        url: as('noxgroup:pw-noxgroup@'),
+        connectTimeoutMs: 2_000,
+      })
+      try {
+        const refusals = [
+          await rejectionOf(noxadd.publisher.publish(makeBatch(unique('t'), 1, 1))),
+          await rejectionOf(noxgroup.subscriber.subscribe(unique('t'), 'g', async () => {})),
+        ]
+        for (const error of refusals) {
+          expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+          expect(error.message).toMatch(/NOPERM/)
+        }
+      } finally {
+        await noxadd.close()
+        await noxgroup.close()
+      }
+    } finally {
+      admin.disconnect()
+      await server.stop()
     }
   })
 
