@@ -118,6 +118,8 @@ export function abortFailure(reason: unknown, started: boolean): BreakwaterError
   const deadline = reason as BreakwaterError & { deadlineAtMs?: unknown; started?: unknown }
   // The reason itself when it already says the right thing: it is the caller's own error.
   if (deadline.started === started) return deadline
+  // Else the same deadline, only `started` differs: a copy, not a second error wrapping the
+  // first (a DeadlineExceededError whose cause is a DeadlineExceededError says nothing more).
   const atMs = typeof deadline.deadlineAtMs === 'number' ? deadline.deadlineAtMs : Number.NaN
-  return new DeadlineExceededError(atMs, { cause: reason, started })
+  return new DeadlineExceededError(atMs, { started })
 }

@@ -1,6 +1,6 @@
 import { metrics } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
-import { type BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkObject, checkOneOf } from '../core/validate.js'
 import {
   type CancelParent,
@@ -160,6 +160,9 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
   failure(error: unknown): unknown {
     const expired = this.#expired
     if (expired === undefined || error === expired) return error
+    // A policy inside (another timeout clamped to the same deadline, a retry) already said the
+    // deadline ran out; wrapping that in a second DeadlineExceededError says nothing more.
+    if (this.#byDeadline && isDeadlineExceeded(error)) return error
     return this.#byDeadline
       ? new DeadlineExceededError(this.atMs, { cause: error })
       : new TimeoutError(this.#limitMs, { cause: error })
@@ -206,6 +209,10 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
     this.finish()
     this.#reject!(error)
   }
+}
+
+function isDeadlineExceeded(error: unknown): boolean {
+  return BreakwaterError.is(error) && error.code === 'DEADLINE_EXCEEDED'
 }
 
 // Not an async function: while a call is in flight it keeps a derived promise and two small
