@@ -27,8 +27,9 @@ export interface Upcaster {
   /** The schema version it reads; it returns the data of version `fromVersion + 1`. */
   readonly fromVersion: number
   /**
-   * Returns the new data. Must be pure (it runs on every read) and must not mutate its input.
-   * `metadata` is the event's metadata, for steps that need it.
+   * Returns the new data (not `undefined`: that fails the read with `UpcastError`). Must be
+   * pure (it runs on every read) and must not mutate its input. `metadata` is the event's
+   * metadata, for steps that need it.
    */
   upcast(data: unknown, metadata: Readonly<Record<string, unknown>>): unknown
 }
@@ -118,6 +119,9 @@ export class UpcasterChain {
       try {
         // Registration refused gaps: every step from here to the current version exists.
         current = steps.get(v)!.upcast(current, metadata)
+        // A step that mutates its input and forgets to return it: event data is never
+        // undefined (no append can write it), so readers would get a shape nobody wrote.
+        if (current === undefined) throw new TypeError('it returned undefined')
       } catch (error) {
         throw new UpcastError(event, { error, fromVersion: v })
       }

@@ -131,6 +131,33 @@ describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
     )
   })
 
+  it('fails a read whose upcaster returns undefined instead of handing on undefined data', async () => {
+    // A step that mutates its input and forgets to return it: every reader would get
+    // `data: undefined`, which no append can write.
+    const store = createEventStore(t.db, {
+      upcasters: [
+        {
+          type: 'priced',
+          fromVersion: 1,
+          upcast: (d) => {
+            ;(d as { currency?: string }).currency = 'EUR'
+          },
+        },
+      ],
+    })
+    const s = fresh()
+    const { events } = await plain.append(s, [
+      { type: 'priced', data: { cents: 1 }, schemaVersion: 1 },
+    ])
+    const error = expectUpcastError(await rejectionOf(store.readStream(s)), {
+      type: 'priced',
+      schemaVersion: 1,
+      stream: s,
+      position: events[0]!.position,
+    })
+    expect(error.message).toContain('returned undefined')
+  })
+
   it('keeps a subscription on the failing event: reported to onError, retried, checkpoint not past it', async () => {
     const clock = new ManualClock(Date.now())
     let broken = true
