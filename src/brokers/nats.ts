@@ -226,10 +226,29 @@ async function connectNats(options: ResolvedNatsOptions): Promise<NatsConnection
   } else if (url.username !== '') {
     connectOptions.token = decodeURIComponent(url.username)
   }
+  const where = redactUrl(url.toString())
   try {
     return await nats.connect(connectOptions)
   } catch (error) {
-    throw natsError(error, `cannot connect to ${redactUrl(url.toString())}`)
+    const code = (error as { code?: unknown } | undefined)?.code
+    // The server refused the login (unknown user, wrong password or token, none given where
+    // one is required, expired credentials): every attempt fails alike, so it is not an
+    // outage to retry. Names the user, never the password or token.
+    if (code === 'AUTHORIZATION_VIOLATION' || code === 'AUTHENTICATION_EXPIRED') {
+      const who =
+        connectOptions.user !== undefined
+          ? `for user "${connectOptions.user}"`
+          : connectOptions.token !== undefined
+            ? 'for a token'
+            : 'without credentials'
+      throw new BrokerError(
+        'BROKER_MISCONFIGURED',
+        'nats',
+        `login refused ${who} at ${where}: ${reasonOf(error)}; check the user name and password (or token) in the URL`,
+        { cause: error },
+      )
+    }
+    throw natsError(error, `cannot connect to ${where}`)
   }
 }
 

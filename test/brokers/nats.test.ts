@@ -1,8 +1,10 @@
+import { createServer, type Socket } from 'node:net'
 import { connect } from 'nats'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createNatsBroker } from '../../src/brokers/index.js'
 import { type BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
+import { listenOnLoopback } from '../support/loopback.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
 import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
 import { testBroker } from './targets.js'
@@ -16,6 +18,45 @@ describe('nats specifics', () => {
   const closers: Array<() => Promise<void>> = []
   afterAll(async () => {
     for (const close of closers) await close()
+  })
+
+  it('fails publish and subscribe at once with a non-retryable BROKER_MISCONFIGURED naming the user (never the password or token) when the server refuses the login', async () => {
+    // The test server runs without authorization and cannot turn it on at run time (no config
+    // file to reload), so this is a server speaking NATS's own handshake that refuses every
+    // login as nats-server does: INFO with auth_required, then -ERR 'Authorization Violation'.
+    const sockets = new Set<Socket>()
+    const server = createServer((socket) => {
+      sockets.add(socket)
+      socket.on('error', () => {})
+      socket.write(
+        `INFO ${JSON.stringify({ server_id: 'fake', version: '2.10.0', proto: 1, headers: true, max_payload: 1_048_576, auth_required: true })}\r\n`,
+      )
+      socket.once('data', () => socket.end("-ERR 'Authorization Violation'\r\n"))
+    })
+    const port = await listenOnLoopback(server)
+    try {
+      const cases: Array<[string, string, RegExp]> = [
+        [`nats://app:wrong-pw@127.0.0.1:${port}`, 'wrong-pw', /login refused for user "app"/],
+        [`nats://s3cret-token@127.0.0.1:${port}`, 's3cret-token', /login refused for a token/],
+        [`nats://127.0.0.1:${port}`, 'nothing', /login refused without credentials/],
+      ]
+      for (const [url, secret, message] of cases) {
+        const broker = createNatsBroker({ url, connectTimeoutMs: 2_000 })
+        try {
+          for (const error of await publishAndSubscribeFailures(broker, unique('login'))) {
+            expectBrokerError(error, 'BROKER_MISCONFIGURED', false, String(error))
+            expect(error.message).toMatch(message)
+            expect(error.message).toMatch(/Authorization Violation/i)
+            expect(error.message).not.toContain(secret)
+          }
+        } finally {
+          await broker.close()
+        }
+      }
+    } finally {
+      for (const socket of sockets) socket.destroy()
+      await new Promise((resolve) => server.close(resolve))
+    }
   })
 
   it('keeps topics apart in one shared stream and refuses topics outside it as unroutable', async () => {
