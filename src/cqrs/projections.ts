@@ -55,8 +55,9 @@ export interface ProjectionDefinition<E extends EventShape = EventShape> {
   /** A unique name (`[a-z][a-z0-9_-]*`): the key of its checkpoint. */
   readonly name: string
   /**
-   * Its tables: logical name (an SQL identifier, `[a-z_][a-z0-9_]*`, at most 40 characters)
-   * to definition.
+   * Its tables: logical name (an SQL identifier, `[a-z_][a-z0-9_]*`, at most 40 characters;
+   * not starting with `breakwater_` nor ending with `__old` or `__r<n>`, which the event store
+   * and rebuilds use) to definition.
    */
   readonly tables: Readonly<Record<string, TableDefinition>>
   /**
@@ -70,6 +71,7 @@ export interface ProjectionDefinition<E extends EventShape = EventShape> {
 
 const namePattern = /^[a-z][a-z0-9_-]*$/
 const tablePattern = /^[a-z_][a-z0-9_]{0,39}$/
+const reservedTable = /^breakwater_|__(?:old|r\d+)$/
 
 /** @internal Validates a projection definition; `at` names it in errors. */
 export function validateProjection(at: string, projection: unknown): ProjectionDefinition {
@@ -83,6 +85,17 @@ export function validateProjection(at: string, projection: unknown): ProjectionD
       throw new InvalidOptionError(
         `${at}.tables`,
         'table names matching [a-z_][a-z0-9_]* (at most 40 characters)',
+        table,
+      )
+    }
+    // A rebuild renames the live table to `<table>__old` and drops it, and fills
+    // `<table>__r<n>`: a table named after the event store's own (breakwater_events) would be
+    // dropped with the log in it, and one named like a rebuild's copy of another table would
+    // be dropped or overwritten by that table's rebuild.
+    if (reservedTable.test(table)) {
+      throw new InvalidOptionError(
+        `${at}.tables`,
+        'table names that do not start with breakwater_ nor end with __old or __r<n> (reserved)',
         table,
       )
     }

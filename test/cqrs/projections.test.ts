@@ -441,6 +441,14 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     expect(() => defineProjection({ ...ok, tables: { 'bad-table': () => [] } })).toThrow(
       /projection\.tables/,
     )
+    // A rebuild renames the live table away and drops it: named after the event store's own
+    // tables it would drop the log, and `<table>__r<n>` / `<table>__old` are a rebuild's names
+    // for another table's copies.
+    for (const table of ['breakwater_events', 'breakwater_checkpoints', 'orders__r1', 'x__old']) {
+      expect(() => defineProjection({ ...ok, tables: { [table]: () => [] } })).toThrow(
+        /projection\.tables/,
+      )
+    }
     expect(() => defineProjection({ ...ok, apply: 1 as never })).toThrow(/projection\.apply/)
     expect(() => createEventStore(t.db, { inlineProjections: [{} as never] })).toThrow(
       /inlineProjections\[0\]/,
