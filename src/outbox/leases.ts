@@ -216,10 +216,14 @@ export class PartitionLeases {
       this.#validUntil = 0
       throw new RelayIdInUseError(this.#relayId, lost)
     }
+    // Only the partitions held with the tokens this instance knows: one whose token moved on
+    // was taken over (by another relay, or by a new instance of this id fencing it while this
+    // renewal ran), and the new token is not this instance's to adopt.
     const rows = await this.#db.query<{ partition_no: number; token: number }>(this.#sql.renew, [
       this.#relayId,
       expires,
       this.#instance,
+      this.tokens(),
     ])
     const fresh = new Map<number, number>()
     for (const row of rows) fresh.set(Number(row.partition_no), Number(row.token))
@@ -227,8 +231,6 @@ export class PartitionLeases {
     for (const [partition, token] of this.#owned) {
       if (fresh.get(partition) !== token) lost.push(partition)
     }
-    // A partition recorded as ours with another token was taken over and given back in
-    // between: the old token's writes are refused, so only the new token counts.
     this.#owned = fresh
     this.#validUntil = expires
     return lost

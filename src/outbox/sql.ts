@@ -239,7 +239,10 @@ export interface OutboxStatements {
   readonly forgetRelays: string
   /** $1 relay id, $2 instance token. */
   readonly unregister: string
-  /** $1 relay id, $2 lease end, $3 instance token. Returns partition_no, token. */
+  /**
+   * $1 relay id, $2 lease end, $3 instance token, $4 tokens by partition (list). Renews only the
+   * partitions held with the token this instance knows. Returns partition_no, token.
+   */
   readonly renew: string
   /** $1 relay id, $2 lease end, $3 now, $4 how many, $5 instance token. Returns partition_no, token. */
   readonly claim: string
@@ -307,8 +310,6 @@ const shared = {
   liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable} WHERE expires_at > $1`,
   forgetRelays: `DELETE FROM ${outboxRelaysTable} WHERE expires_at <= $1`,
   unregister: `DELETE FROM ${outboxRelaysTable} WHERE relay_id = $1 AND instance = $2`,
-  renew: `UPDATE ${outboxPartitionsTable} SET lease_expires_at = $2
-WHERE owner = $1 AND ${holdsId.replace('$INSTANCE', '$3')} RETURNING partition_no, token`,
   holder: `SELECT instance, expires_at FROM ${outboxRelaysTable} WHERE relay_id = $1`,
   fence: `UPDATE ${outboxPartitionsTable} SET token = token + 1 WHERE owner = $1`,
   releaseAll: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL
@@ -394,6 +395,14 @@ WHERE o.id = $1 AND o.published_at IS NULL AND o.dead_at IS NULL
   AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
     WHERE p.partition_no = o.partition_no AND p.owner = $6 AND p.token = ($7::bigint[])[o.partition_no + 1])
 RETURNING o.attempts, o.dead_at`,
+    // The token check is what makes a renewal that races a takeover of the relay id safe: the
+    // holdsId subquery is evaluated once, on the statement's snapshot, which may predate the new
+    // instance's heartbeat; but a row the new instance fenced (token + 1) meanwhile is re-checked
+    // on its new version, whose token no longer matches, so it is neither renewed nor returned.
+    renew: `UPDATE ${outboxPartitionsTable} AS p SET lease_expires_at = $2
+WHERE p.owner = $1 AND p.token = ($4::bigint[])[p.partition_no + 1]
+  AND ${holdsId.replace('$INSTANCE', '$3')}
+RETURNING p.partition_no, p.token`,
     // SKIP LOCKED: relays starting together each take different free partitions instead of
     // queueing on the same rows; the outer condition is re-checked on the locked row version.
     claim: `UPDATE ${outboxPartitionsTable} AS p
@@ -465,6 +474,10 @@ WHERE id = $1 AND published_at IS NULL AND dead_at IS NULL
     WHERE p.partition_no = ${outboxTable}.partition_no AND p.owner = $6
       AND p.token = json_extract($7, '$[' || ${outboxTable}.partition_no || ']'))
 RETURNING attempts, dead_at`,
+    renew: `UPDATE ${outboxPartitionsTable} SET lease_expires_at = $2
+WHERE owner = $1 AND token = json_extract($4, '$[' || partition_no || ']')
+  AND ${holdsId.replace('$INSTANCE', '$3')}
+RETURNING partition_no, token`,
     claim: `UPDATE ${outboxPartitionsTable}
 SET owner = $1, lease_expires_at = $2, token = token + 1
 WHERE partition_no IN (

@@ -1,0 +1,111 @@
+// The race between a stalled relay's lease renewal and a takeover of its relay id by another
+// process, on real PostgreSQL with two sessions. The old instance A renews its heartbeat (still
+// its own), then its renew statement takes its snapshot; meanwhile the new instance B takes the
+// id (heartbeat) and fences the partitions (token + 1), committing after A's snapshot but
+// locking the partition rows before A's update reaches them. A's check that it holds the id
+// was read from its snapshot (it still does, there), while its update follows the rows to B's
+// new versions: A must not come out holding B's tokens, with which its marks would be accepted
+// alongside B's. B's two statements are run in one transaction here, which opens that window
+// on purpose (A's renew waits for B's row locks) instead of hoping for a scheduler stall.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { PartitionLeases } from '../../src/outbox/leases.js'
+import { outboxStatements } from '../../src/outbox/sql.js'
+import type { SqlDriver } from '../../src/stores/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { type OutboxDb, postgresTarget, until } from './support.js'
+
+const T0 = 1_700_000_000_000
+const leaseMs = 3_000
+const sql = outboxStatements.postgres
+
+describe('partition leases on PostgreSQL: renewal racing a takeover of the relay id', () => {
+  let t: OutboxDb
+  let sessionB: SqlDriver
+  let watcher: SqlDriver
+
+  beforeAll(async () => {
+    t = await postgresTarget.open('lease_takeover_race')
+    sessionB = await t.another()
+    watcher = await t.another()
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('a renewal that waited for the takeover keeps none of the new tokens', async () => {
+    // A's driver runs `between` right after its heartbeat statement, once.
+    let between: (() => Promise<void>) | undefined
+    const driverA: SqlDriver = {
+      dialect: t.db.dialect,
+      async query(text, params) {
+        const rows = await t.db.query(text, params)
+        if (text === sql.heartbeat && between !== undefined) {
+          const run = between
+          between = undefined
+          await run()
+        }
+        return rows as never
+      },
+      execute: (text, params) => t.db.execute(text, params),
+      transaction: (fn) => t.db.transaction(fn),
+      close: async () => {},
+    }
+    const clockA = new ManualClock(T0)
+    const a = new PartitionLeases(driverA, 'raced-id', clockA, leaseMs)
+    await a.register(async () => {})
+    await a.rebalance()
+    expect(a.size).toBe(64)
+
+    // B, whose clock sees A's heartbeat long expired (A stalled), takes the id over and fences
+    // its partitions, holding its transaction open until A's renew waits on its row locks.
+    const nowB = T0 + 10 * leaseMs
+    let commitB: () => void = () => {}
+    const gate = new Promise<void>((resolve) => {
+      commitB = resolve
+    })
+    let takeover: Promise<void> | undefined
+    let tookOver: () => void = () => {}
+    const tookOverP = new Promise<void>((resolve) => {
+      tookOver = resolve
+    })
+    between = async () => {
+      takeover = sessionB.transaction(async (tx) => {
+        const taken = await tx.query(sql.heartbeat, [
+          'raced-id',
+          nowB,
+          nowB + leaseMs,
+          'instance-b',
+          nowB,
+        ])
+        expect(taken).toHaveLength(1)
+        await tx.execute(sql.fence, ['raced-id'])
+        tookOver()
+        await gate
+      })
+      await tookOverP
+    }
+
+    const renewed = a.renew().then(
+      (lost) => ({ lost }),
+      (error: unknown) => ({ error }),
+    )
+    // A's renew statement is blocked on B's uncommitted row locks: now B commits.
+    await until(async () => {
+      const rows = await watcher.query<{ n: number | string }>(
+        `SELECT COUNT(*) AS n FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+      )
+      return Number(rows[0]!.n) > 0
+    }, "A's renew to wait for B's row locks")
+    commitB()
+    await takeover
+    await renewed
+
+    const current = await watcher.query<{ partition_no: number; token: string | number }>(
+      `SELECT partition_no, token FROM breakwater_outbox_partitions WHERE owner = 'raced-id'`,
+    )
+    expect(current).toHaveLength(64)
+    // A may report its partitions lost, or fail; it must not hold any of B's tokens.
+    expect(a.partitions).toEqual([])
+  })
+})
