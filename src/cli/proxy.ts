@@ -123,7 +123,6 @@ const workerEnv = 'BREAKWATER_PROXY_WORKER'
 export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}): Promise<number> {
   const stdout = deps.stdout ?? process.stdout
   const stderr = deps.stderr ?? process.stderr
-  const env = deps.env ?? process.env
   let parsed: ProxyArgs | 'help'
   try {
     parsed = parseArgs(args)
@@ -138,13 +137,32 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
     stdout.write(usage)
     return 0
   }
+  // First thing, before the config loader (and later the runtime) is imported: SIGHUP's
+  // default action ends the process, and loading the modules and reading the file take a while.
+  const early = parsed.check ? undefined : holdSighup(deps.signals ?? process)
+  try {
+    return await runProxy(parsed, deps, early)
+  } finally {
+    early?.handOver()
+  }
+}
+
+async function runProxy(
+  parsed: ProxyArgs,
+  deps: ProxyCommandDeps,
+  early: EarlySighup | undefined,
+): Promise<number> {
+  const stdout = deps.stdout ?? process.stdout
+  const stderr = deps.stderr ?? process.stderr
+  const env = deps.env ?? process.env
   const file = resolve(parsed.config)
   const { loadProxyConfig } = await import('../proxy/config/load.js')
   // `--workers` is validated as the file's `workers` would be (a memory idempotency store is
   // refused with more than one).
   const overrides = parsed.workers === undefined ? {} : { workers: parsed.workers }
 
-  if (parsed.check) {
+  // `early` is undefined exactly when checking.
+  if (parsed.check || early === undefined) {
     try {
       const config = await loadProxyConfig(file, overrides)
       const { unusableFiles } = await import('../proxy/config/files.js')
@@ -181,7 +199,7 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
       ...(isWorker ? { worker: cluster.worker?.id } : {}),
     },
   })
-  if (isWorker) return runWorker(logger, deps)
+  if (isWorker) return runWorker(logger, deps, early)
   // Validates before anything starts; an invalid file is exit 2 through main.ts.
   const { config, text } = await readProxyConfig(file, overrides)
   if (config.workers > 1 && cluster.isPrimary) {
@@ -189,9 +207,35 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
     // any worker is forked, as one process refuses it in startProxyRuntime (exit 2).
     const { checkAdminTokenFile } = await import('../proxy/config/files.js')
     await checkAdminTokenFile(config, file)
-    return runPrimary(file, config, text, logger, deps)
+    return runPrimary(file, config, text, logger, deps, early)
   }
-  return runSingle(file, config, logger, deps)
+  return runSingle(file, config, logger, deps, early)
+}
+
+/** A SIGHUP held from the command's start until its own handler is installed. */
+interface EarlySighup {
+  /** Removes the holder (call it once the real handler is on): true when a SIGHUP came. */
+  handOver(): boolean
+}
+
+/**
+ * Listens for SIGHUP on `signals` until {@link EarlySighup.handOver}: one that comes while the
+ * command loads its modules and reads the file is noted instead of ending the process, and the
+ * real handler, installed before the holder is removed so that none falls in between, applies
+ * it once the proxy is up.
+ */
+function holdSighup(signals: SignalTarget): EarlySighup {
+  let seen = false
+  const hold = (): void => {
+    seen = true
+  }
+  signals.on('SIGHUP', hold)
+  return {
+    handOver() {
+      signals.off('SIGHUP', hold)
+      return seen
+    },
+  }
 }
 
 /**
@@ -220,6 +264,7 @@ async function runSingle(
   config: ProxyConfig,
   logger: Logger,
   deps: ProxyCommandDeps,
+  early: EarlySighup,
 ): Promise<number> {
   const { startProxyRuntime } = await import('../proxy/runtime.js')
   const signals = deps.signals ?? process
@@ -246,6 +291,7 @@ async function runSingle(
     reload()
   }
   signals.on('SIGHUP', onHup)
+  if (early.handOver()) onHup()
   const outcome = await runUntilSignal(
     async () => {
       proxy = await startProxyRuntime({
@@ -280,9 +326,13 @@ async function runSingle(
   return outcome.reason === 'signal' && outcome.drain !== 'complete' ? 1 : 0
 }
 
-async function runWorker(logger: Logger, deps: ProxyCommandDeps): Promise<number> {
+async function runWorker(
+  logger: Logger,
+  deps: ProxyCommandDeps,
+  early: EarlySighup,
+): Promise<number> {
   try {
-    return await serveAsWorker(logger, deps)
+    return await serveAsWorker(logger, deps, early)
   } finally {
     // Let go of the IPC channel so the process can end, also when it could not start (the
     // primary then sees it exit).
@@ -290,13 +340,18 @@ async function runWorker(logger: Logger, deps: ProxyCommandDeps): Promise<number
   }
 }
 
-async function serveAsWorker(logger: Logger, deps: ProxyCommandDeps): Promise<number> {
+async function serveAsWorker(
+  logger: Logger,
+  deps: ProxyCommandDeps,
+  early: EarlySighup,
+): Promise<number> {
   const { startProxyRuntime } = await import('../proxy/runtime.js')
   const { receiveWorkerConfig, serveWorkerCommands } = await import('../proxy/admin/cluster.js')
   // The primary coordinates reloads; a SIGHUP sent to a worker must not end it (the default
   // action of SIGHUP is to exit), also while it waits for its config or starts.
   const onHup = (): void => logger.info('SIGHUP ignored in a worker: signal the primary')
   process.on('SIGHUP', onHup)
+  if (early.handOver()) onHup()
   const outcome = await runUntilSignal(
     async () => {
       // The primary watches the file, serves the admin API and tells workers to reload. A
@@ -342,6 +397,7 @@ async function runPrimary(
   configText: string,
   logger: Logger,
   deps: ProxyCommandDeps,
+  early: EarlySighup,
 ): Promise<number> {
   const workers = config.workers
   const { createClusterBackend, RestartBackoff } = await import('../proxy/admin/cluster.js')
@@ -435,6 +491,7 @@ async function runPrimary(
     }
   }
   signals.on('SIGHUP', onHup)
+  if (early.handOver()) onHup()
 
   const outcome = await runUntilSignal(
     async () => {
