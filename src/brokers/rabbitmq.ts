@@ -168,9 +168,14 @@ function resolveRabbitOptions(options: RabbitMqBrokerOptions): ResolvedRabbitOpt
 async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelModel> {
   const amqp = await loadAmqp()
   try {
+    const { user, password } = loginOf(options.url)
     const model = await amqp.connect(options.url.toString(), {
       timeout: options.connectTimeoutMs,
       clientProperties: { connection_name: 'breakwater' },
+      // amqplib decodes the URL's user name and password with unescape(), which reads each
+      // %XX as one Latin-1 character: a UTF-8 encoded 'é' (%C3%A9) would log in as 'Ã©' and
+      // be refused. Decoded here as UTF-8, as URLs encode them.
+      credentials: amqp.credentials.plain(user, password),
     })
     // Without a listener an 'error' event would crash the process; 'close' follows it and is
     // where each user of the connection reacts.
@@ -185,13 +190,21 @@ async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelMod
 }
 
 /**
- * The user name and vhost the driver logs in with, as the server sees them: amqplib logs in as
- * guest when the URL has no user name and password, and into vhost `/` when it has no path.
+ * The user name, password and vhost to log in with: guest (password guest) when the URL has no
+ * user name and password, as amqplib does, and vhost `/` when it has no path.
  */
-function loginOf(url: URL): { readonly user: string; readonly vhost: string } {
-  const user = url.username === '' && url.password === '' ? 'guest' : url.username
+function loginOf(url: URL): {
+  readonly user: string
+  readonly password: string
+  readonly vhost: string
+} {
+  const guest = url.username === '' && url.password === ''
   const vhost = url.pathname.slice(1)
-  return { user: decodeURIComponent(user), vhost: vhost === '' ? '/' : decodeURIComponent(vhost) }
+  return {
+    user: guest ? 'guest' : decodeURIComponent(url.username),
+    password: guest ? 'guest' : decodeURIComponent(url.password),
+    vhost: vhost === '' ? '/' : decodeURIComponent(vhost),
+  }
 }
 
 /**

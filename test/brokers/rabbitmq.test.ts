@@ -12,7 +12,12 @@ import {
 } from '../../src/brokers/index.js'
 import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { brokerUrl, startPrivateBroker, stopOwnBrokers } from '../support/brokers.js'
+import {
+  brokerUrl,
+  type StartedBroker,
+  startPrivateBroker,
+  stopOwnBrokers,
+} from '../support/brokers.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
 import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
 import { testBroker } from './targets.js'
@@ -55,6 +60,23 @@ async function stepTimersUntil(clock: ManualClock, done: () => boolean, what: st
     const next = clock.nextTimerAt()
     if (next !== undefined) await clock.advance(next - clock.now())
     await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}
+
+/** Runs the private server's own rabbitmqctl, reaching its node through its epmd and cookie. */
+function rabbitCtl(server: StartedBroker): (...args: string[]) => void {
+  const node = readdirSync(join(server.root, 'mnesia')).find((d) => /^[^.]+@[^-]+$/.test(d))
+  return (...args) => {
+    const run = spawnSync('/usr/lib/rabbitmq/bin/rabbitmqctl', ['-n', node!, ...args], {
+      env: {
+        ...process.env,
+        HOME: join(server.root, 'home'),
+        ERL_EPMD_PORT: String(server.epmdPort),
+        ERL_EPMD_ADDRESS: '127.0.0.1',
+      },
+      encoding: 'utf8',
+    })
+    if (run.status !== 0) throw new Error(`rabbitmqctl ${args[0]}: ${run.stderr}`)
   }
 }
 
@@ -560,20 +582,7 @@ describe('rabbitmq specifics', () => {
   it('fails publish and subscribe for a user without configure, write or read permission on the exchange (or queue) with a non-retryable BROKER_MISCONFIGURED naming it, not a retryable outage', async () => {
     const server = await startPrivateBroker('rabbitmq')
     try {
-      // The server's own rabbitmqctl, reaching its private node through its epmd and cookie.
-      const node = readdirSync(join(server.root, 'mnesia')).find((d) => /^[^.]+@[^-]+$/.test(d))
-      const ctl = (...args: string[]): void => {
-        const run = spawnSync('/usr/lib/rabbitmq/bin/rabbitmqctl', ['-n', node!, ...args], {
-          env: {
-            ...process.env,
-            HOME: join(server.root, 'home'),
-            ERL_EPMD_PORT: String(server.epmdPort),
-            ERL_EPMD_ADDRESS: '127.0.0.1',
-          },
-          encoding: 'utf8',
-        })
-        if (run.status !== 0) throw new Error(`rabbitmqctl ${args[0]}: ${run.stderr}`)
-      }
+      const ctl = rabbitCtl(server)
       // Every subscription here is to topic `t` as group `g`, so its queue is `t.g`.
       const subscribeTG = (broker: Broker) => broker.subscriber.subscribe('t', 'g', async () => {})
       const exchange = 'bw-allowed'
@@ -656,6 +665,32 @@ describe('rabbitmq specifics', () => {
         }
       } finally {
         await novhost.close()
+      }
+    } finally {
+      await server.stop()
+    }
+  })
+
+  it('logs in with a user name and password holding non-ASCII characters, percent-encoded as UTF-8 in the URL', async () => {
+    const server = await startPrivateBroker('rabbitmq')
+    try {
+      const ctl = rabbitCtl(server)
+      ctl('add_user', 'josé', 'pässwörd-€')
+      ctl('set_permissions', '-p', '/', 'josé', '.*', '.*', '.*')
+      const user = encodeURIComponent('josé')
+      const password = encodeURIComponent('pässwörd-€')
+      const broker = createRabbitMqBroker({
+        url: server.url.replace('guest:guest@', `${user}:${password}@`),
+        connectTimeoutMs: 2_000,
+      })
+      try {
+        const topic = unique('utf8-login')
+        const received = new Received()
+        await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+        await broker.publisher.publish(makeBatch(topic, 1, 1))
+        await received.until(() => received.messages.length >= 1, 'the message')
+      } finally {
+        await broker.close()
       }
     } finally {
       await server.stop()
