@@ -10,7 +10,7 @@ import {
   appendAlone,
   type BatchedAppend,
 } from './append-batcher.js'
-import { WrongExpectedVersionError } from './errors.js'
+import { UpcastError, WrongExpectedVersionError } from './errors.js'
 import { publish } from './events.js'
 import { AppendNotifier } from './follower.js'
 import {
@@ -729,6 +729,34 @@ export class EventStoreImpl implements EventStore {
   async readAll<E extends EventShape = EventShape>(
     options: ReadAllOptions = {},
   ): Promise<RecordedEvent<E>[]> {
+    const rows = await this.#readAllRows(options)
+    const events: RecordedEvent<E>[] = new Array(rows.length)
+    for (let i = 0; i < rows.length; i++) events[i] = this.toRecorded<E>(rows[i]!)
+    return events
+  }
+
+  /**
+   * @internal {@link readAll} for followers (subscriptions, projectors): the events before the
+   * first one that cannot be upcast, and that failure. Failing the whole page would hold back
+   * the events before it too, and leave the follower's checkpoint up to a page short of it.
+   */
+  async readAllUntilFailure(
+    options: ReadAllOptions,
+  ): Promise<{ events: RecordedEvent[]; failure: UpcastError | undefined }> {
+    const rows = await this.#readAllRows(options)
+    const events: RecordedEvent[] = []
+    for (const row of rows) {
+      try {
+        events.push(this.toRecorded(row))
+      } catch (error) {
+        if (!(error instanceof UpcastError)) throw error
+        return { events, failure: error }
+      }
+    }
+    return { events, failure: undefined }
+  }
+
+  async #readAllRows(options: ReadAllOptions): Promise<EventRow[]> {
     checkObject('options', options)
     const from = checkInteger('fromPosition', options.fromPosition ?? 0, 0)
     const limit = checkInteger('limit', options.limit ?? 1000, 1)
@@ -740,10 +768,7 @@ export class EventStoreImpl implements EventStore {
       const watermark = await executor.query<{ watermark: number | string }>(watermarkSql)
       params.push(Number(watermark[0]!.watermark))
     }
-    const rows = await executor.query<EventRow>(this.statements.readAll, params)
-    const events: RecordedEvent<E>[] = new Array(rows.length)
-    for (let i = 0; i < rows.length; i++) events[i] = this.toRecorded<E>(rows[i]!)
-    return events
+    return executor.query<EventRow>(this.statements.readAll, params)
   }
 
   /** @internal Turns a row into an event, upcasting its data. */

@@ -289,12 +289,12 @@ class SqlProjector implements Projector {
     const result = await store.db.transaction(async (tx) => {
       const row = await this.#lockRow(tx)
       const position = Number(row.position)
-      const events = await store.readAll({
+      const { events, failure } = await store.readAllUntilFailure({
         fromPosition: position + 1,
         limit: this.#batchSize,
         tx,
       })
-      if (events.length === 0) return { applied: 0, position }
+      if (events.length === 0) return { applied: 0, position, failure }
       await this.#applyAll(tx, events, 0)
       const last = events[events.length - 1]!.position
       await tx.execute(store.statements.saveProjectionPosition, [
@@ -302,7 +302,7 @@ class SqlProjector implements Projector {
         last,
         storedTime(this.#clock),
       ])
-      return { applied: events.length, position: last }
+      return { applied: events.length, position: last, failure }
     })
     if (result.applied > 0) {
       publish('projection-batch', {
@@ -312,7 +312,11 @@ class SqlProjector implements Projector {
       })
     }
     this.#advanced(result.position)
-    return result
+    // An event that cannot be upcast ends the batch: the events before it commit, and it
+    // fails the batch after them (reported and retried like a failing apply), so the
+    // checkpoint stops right before it.
+    if (result.failure !== undefined) throw result.failure
+    return { applied: result.applied, position: result.position }
   }
 
   /** Whether a later rebuild has taken over from the one filling `generation`. */

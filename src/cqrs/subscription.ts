@@ -141,7 +141,7 @@ class StoreSubscription implements Subscription {
           }
           started = true
         }
-        const events = await this.#store.readAll({
+        const { events, failure } = await this.#store.readAllUntilFailure({
           fromPosition: this.position + 1,
           limit: this.#batchSize,
         })
@@ -151,6 +151,9 @@ class StoreSubscription implements Subscription {
           this.position = event.position
         }
         await this.#saveCheckpoint()
+        // An event that cannot be upcast: the ones before it are handled and checkpointed, and
+        // it is reported and read again after the retry delay, like a failing handler.
+        if (failure !== undefined && !signal.aborted) throw failure
         failures = 0
         if (events.length > 0) this.#waker.progressed()
         if (events.length < this.#batchSize && !signal.aborted) {
