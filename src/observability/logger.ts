@@ -319,7 +319,8 @@ function serializeError(
  * `msg`, then the logger's bound fields and the call's fields. Secrets never reach the output:
  * values of secret-named fields (password, secret, token, API key, authorization, cookie, and
  * `redactKeys`) at any depth become `[redacted]`, and credentials inside any string (URL
- * passwords, `password=` pairs, bearer tokens) are masked, field names and Map keys included. Errors become `{ type, message,
+ * passwords, `password=` pairs, `x-api-key: ...` header lines, `{ token: '...' }` object text,
+ * bearer tokens) are masked, field names and Map keys included. Errors become `{ type, message,
  * code, status, stack, cause }` (no stack for breakwater's coded errors). Circular and very
  * deep values are cut short, and a value that throws when read (a getter, `toJSON`, a revoked
  * proxy) is written as `[unserializable]`, so logging never throws.

@@ -2,7 +2,8 @@ import { userinfoSpan } from '../core/userinfo.js'
 
 // Secret hiding for logs and messages. Two nets: field names that hold secrets (their values
 // are replaced whole), and secrets embedded in free text (URL credentials, `password=` pairs,
-// bearer tokens), which are masked wherever a string is logged.
+// `x-api-key: ...` header lines and `{ password: '...' }` object text, bearer tokens), which
+// are masked wherever a string is logged.
 
 /** What a redacted value is replaced with. */
 export const REDACTED = '[redacted]'
@@ -91,22 +92,37 @@ const authHeaders =
 // message): a string or number value of a secret-named member is masked, the name judged by
 // isSecretKey as a field name is.
 const jsonMembers = /"((?:[^"\\]|\\.){1,200})"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*)/g
+// A `name:` as a header line, util.inspect output or a template string writes it, the name
+// optionally quoted (`'x-api-key':`, `"password":`, `\"token\":` in JSON quoted in a string).
+// The look behind lets a match start only where a run of name characters starts, so a long run
+// (`a.a.a...`) is read from its start alone, not once from each of its characters; it also
+// leaves out the last segment of a file path (`/etc/app/token: no such file`). The value is
+// found by maskNamedValues, and only after a secret name: a value of any other name is never
+// read as a whole, so a secret inside it (`message: "login password: x"`) is still found.
+const namedColon = /(?<![\w.$/\\-])(?:\\?["'])?([A-Za-z_$][\w.$-]*)(?:\\?["'])?[^\S\n]*:/g
 // An ellipsis may end a URL cut short inside its password (see maskUrlCredentials).
-const mayHoldSecret = /bearer|basic|authorization|"\s*:|…/i
+const mayHoldSecret = /bearer|basic|authorization|:|…/i
 
 /**
  * Masks secrets embedded in text: URL credentials (`postgres://app:secret@db` becomes
  * `postgres://app:***@db`; a user-only userinfo such as a NATS token becomes `***`),
  * `key=value` pairs whose key ends in a secret name (`password=`, `DB_PASSWORD=`, `token=`,
  * `x-api-key=`, as {@link isSecretKey} judges field names), the values of secret-named members
- * of JSON text (`"password":"..."`), `Bearer`/`Basic` credentials, and the credentials after
- * an `Authorization` header name whatever their scheme and case.
+ * of JSON text (`"password":"..."`), `Bearer`/`Basic` credentials, the credentials after
+ * an `Authorization` header name whatever their scheme and case, and the value after every
+ * secret-named `name:` that starts a header line or an object member (`x-api-key: abc`,
+ * `cookie: a=b; c=d`, `login failed, password: x`, util.inspect's `{ password: 'x' }`; names
+ * judged by {@link isSecretKey}, the names themselves kept). A name that follows a word is
+ * prose (`needs a signing secret: set ...`), and a `name: expected ...` is an option check's
+ * message: both are left alone.
  *
  * A secret may hold blanks, so a value is not over at the first one: an unquoted `key=value`
  * value runs to the next `name=` pair, a `&`, `#`, `;` or `,`, or the end of the line
  * (`password=my secret pass dbname=app` keeps only `dbname=app`); Authorization credentials run
  * to the closing quote of a quoted value, else to the next `name: ` header or the end of the
- * line; a URL password runs to the first `@` on its line (`postgres://app:my pass@db`), or
+ * line; a `name: value` value runs to its closing quote, else to the end of the line or the
+ * next `name: ` on it, less closing punctuation (`{ token: abc, n: 1 }` keeps `, n: 1 }`);
+ * a URL password runs to the first `@` on its line (`postgres://app:my pass@db`), or
  * to the ellipsis of a URL cut short before its `@` (`redis://app:p4ss…`). Text
  * that follows a secret on its line may therefore be masked with it: hiding too much is the
  * safe side.
@@ -119,7 +135,7 @@ const mayHoldSecret = /bearer|basic|authorization|"\s*:|…/i
  */
 export function redactSecrets(text: string): string {
   if (!text.includes('@') && !text.includes('=') && !mayHoldSecret.test(text)) return text
-  return maskUrlCredentials(text)
+  const masked = maskUrlCredentials(text)
     .replace(jsonMembers, (match, key: string, colon: string) =>
       isSecretKey(key) ? `"${key}"${colon}"***"` : match,
     )
@@ -141,6 +157,129 @@ export function redactSecrets(text: string): string {
       },
     )
     .replace(authSchemes, (_match, scheme: string) => `${scheme} ***`)
+  return maskNamedValues(masked)
+}
+
+// A value the passes before maskNamedValues masked already: `***`, or `Bearer ***` (the scheme
+// of Authorization credentials is kept).
+const alreadyMasked = /^(?:[A-Za-z][\w.+-]*[^\S\n]+)?\*\*\*$/
+// What may follow a value in an object or a quotation (`{ token: abc, n: 1 }`,
+// `"token: abc"`): kept after the mask, with the blanks before it.
+const closers = new Set([',', ';', ')', '}', ']', '"', "'"])
+
+/**
+ * Masks the value after every `name:` whose name is a secret's, as {@link isSecretKey} judges a
+ * field name (`x-api-key: abc`, `cookie: a=b; c=d`, `{ password: 'x' }`), keeping the name: a
+ * quoted value to its closing quote (or the end of the line), an unquoted one to the end of the
+ * line or the next `name: ` on it, less the closing punctuation that ends it (`,`, `}`, ...).
+ * Values the other passes of {@link redactSecrets} masked are left as they are. `onScan` is
+ * told how many characters each value search read; tests use it to check the work stays
+ * linear: no search reads past the value it finds, plus the next `name:` that ends it.
+ *
+ * @internal Use {@link redactSecrets}.
+ */
+export function maskNamedValues(text: string, onScan?: (chars: number) => void): string {
+  let out = ''
+  let copied = 0
+  namedColon.lastIndex = 0
+  for (let match = namedColon.exec(text); match !== null; match = namedColon.exec(text)) {
+    if (!isSecretKey(match[1] as string) || !startsField(text, match.index)) continue
+    const value = valueAfter(text, namedColon.lastIndex)
+    onScan?.(value.read)
+    if (value.end === value.start) continue
+    // Go on after the value: a `name:` inside it is masked with it.
+    namedColon.lastIndex = value.end
+    const shown = text.slice(value.start, value.end)
+    if (shown.endsWith('***') && alreadyMasked.test(shown)) continue
+    out += `${text.slice(copied, value.start)}***`
+    copied = value.end
+  }
+  return copied === 0 ? text : out + text.slice(copied)
+}
+
+// Where a header or an object member starts: the start of a line, or after `{`, `[`, `(`, `,`,
+// `;` or a `:` (`error: password: x`), blanks between. A name that follows a word is prose
+// ("needs a signing secret: set BREAKWATER_WEBHOOK_SECRET"), not a field. Reads back over the
+// blanks before one name only, so each blank is read once.
+function startsField(text: string, at: number): boolean {
+  let i = at
+  while (isBlank(text[i - 1])) i--
+  return i === 0 || fieldOpeners.has(text[i - 1] as string)
+}
+
+const fieldOpeners = new Set(['\n', '\r', '{', '[', '(', ',', ';', ':'])
+
+interface ValueSpan {
+  readonly start: number
+  readonly end: number
+  /** How many characters finding it read. */
+  readonly read: number
+}
+
+const optionCheck = 'expected '
+const isBlank = (c: string | undefined): boolean => c === ' ' || c === '\t'
+const isSpace = (c: string | undefined): boolean => c !== undefined && /\s/.test(c)
+const isNameChar = (c: string | undefined): boolean => c !== undefined && /[\w.$-]/.test(c)
+const isQuote = (c: string | undefined): boolean => c === '"' || c === "'"
+
+// The value that starts after the blanks at `from`: the inside of a quoted value (a quote
+// escaped with `\`, as in JSON quoted in a string, delimits too), else the words up to the end
+// of the line or the next `name: `, less closing punctuation.
+function valueAfter(text: string, from: number): ValueSpan {
+  let i = from
+  while (isBlank(text[i])) i++
+  const escaped = text[i] === '\\' && isQuote(text[i + 1]) ? 1 : 0
+  const quote = text[i + escaped]
+  if (isQuote(quote)) {
+    const start = i + escaped + 1
+    let j = start
+    while (j < text.length && text[j] !== '\n') {
+      if (escaped === 1 ? text[j] === '\\' && text[j + 1] === quote : text[j] === quote) break
+      j += escaped === 0 && text[j] === '\\' && text[j + 1] !== '\n' ? 2 : 1
+    }
+    const end = Math.min(j, text.length)
+    return { start, end, read: end - from }
+  }
+  let read = i - from
+  // `admin.token: expected { env: NAME }, got ...`: an option check names the option, then
+  // says what it expected (InvalidOptionError, the CLI's and the proxy's config errors).
+  if (text.startsWith(optionCheck, i)) return { start: i, end: i, read: read + optionCheck.length }
+  let end = i
+  let j = i
+  for (;;) {
+    const wordStart = j
+    while (j < text.length && !isSpace(text[j])) j++
+    read += j - wordStart
+    end = j
+    let k = j
+    while (isBlank(text[k])) k++
+    read += k - j
+    if (k === j || k >= text.length || isSpace(text[k])) break
+    const name = nameAt(text, k)
+    read += name.read
+    if (name.found) break
+    j = k
+  }
+  // `{ token: abc }`: the brace and the blank before it are not the secret's.
+  let trimmed = end
+  while (trimmed > i && closers.has(text[trimmed - 1] as string)) trimmed--
+  if (trimmed < end) while (trimmed > i && isBlank(text[trimmed - 1])) trimmed--
+  read += end - trimmed
+  return { start: i, end: trimmed, read }
+}
+
+// Whether a `name:` followed by a blank, or the end of the text or line, starts at `k`.
+function nameAt(text: string, k: number): { found: boolean; read: number } {
+  let j = k
+  if (text[j] === '\\' && isQuote(text[j + 1])) j += 2
+  else if (isQuote(text[j])) j++
+  const nameStart = j
+  while (isNameChar(text[j])) j++
+  if (j === nameStart) return { found: false, read: j - k + 1 }
+  if (text[j] === '\\' && isQuote(text[j + 1])) j += 2
+  else if (isQuote(text[j])) j++
+  const found = text[j] === ':' && (j + 1 >= text.length || isSpace(text[j + 1]))
+  return { found, read: j - k + 2 }
 }
 
 /**
