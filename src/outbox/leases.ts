@@ -100,8 +100,16 @@ export class PartitionLeases {
 
   /** The fencing tokens as a list indexed by partition (-1 where not held). */
   tokens(): unknown {
+    return this.#tokensOf(this.#owned.keys())
+  }
+
+  // The tokens of `partitions` (held ones) as a list indexed by partition, -1 elsewhere.
+  #tokensOf(partitions: Iterable<number>): unknown {
     const tokens = new Array<number>(OUTBOX_PARTITIONS).fill(-1)
-    for (const [partition, token] of this.#owned) tokens[partition] = token
+    for (const partition of partitions) {
+      const token = this.#owned.get(partition)
+      if (token !== undefined) tokens[partition] = token
+    }
     return listParam(this.#db.dialect, tokens)
   }
 
@@ -149,15 +157,12 @@ export class PartitionLeases {
       let released: number[] = []
       if (this.#owned.size > share) {
         released = this.partitions.slice(share)
+        const tokens = this.#tokensOf(released)
         // Forgotten before the statement: if its reply is lost after it ran, the partitions are
         // free in the database and another relay may claim them at once. If it did not run,
-        // they are still ours there and the next renewal takes them back.
+        // they are still held there, unknown to this relay, until their lease runs out.
         this.forget(released)
-        await this.#db.execute(this.#sql.release, [
-          this.#relayId,
-          listParam(this.#db.dialect, released),
-          this.#instance,
-        ])
+        await this.#db.execute(this.#sql.release, [this.#relayId, tokens, this.#instance])
       } else if (this.#owned.size < share) {
         const start = this.#clock.now()
         const rows = await this.#db.query<{ partition_no: number; token: number }>(
@@ -175,9 +180,10 @@ export class PartitionLeases {
   /** Releases every partition and removes the relay's heartbeat (a graceful stop). */
   releaseAll(): Promise<void> {
     return this.#serial(async () => {
+      const tokens = this.tokens()
       this.#owned.clear()
       this.#validUntil = 0
-      await this.#db.execute(this.#sql.releaseAll, [this.#relayId, this.#instance])
+      await this.#db.execute(this.#sql.release, [this.#relayId, tokens, this.#instance])
       await this.#db.execute(this.#sql.unregister, [this.#relayId, this.#instance])
     })
   }

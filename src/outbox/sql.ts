@@ -246,10 +246,11 @@ export interface OutboxStatements {
   readonly renew: string
   /** $1 relay id, $2 lease end, $3 now, $4 how many, $5 instance token. Returns partition_no, token. */
   readonly claim: string
-  /** $1 relay id, $2 partitions (list), $3 instance token. */
+  /**
+   * $1 relay id, $2 tokens by partition (list; -1 where not released), $3 instance token.
+   * Releases only the partitions still held with those tokens.
+   */
   readonly release: string
-  /** $1 relay id, $2 instance token. */
-  readonly releaseAll: string
   /** Returns created_at of the oldest unpublished, live row. */
   readonly oldestPending: string
   /** Returns pending, dead. */
@@ -312,8 +313,6 @@ const shared = {
   unregister: `DELETE FROM ${outboxRelaysTable} WHERE relay_id = $1 AND instance = $2`,
   holder: `SELECT instance, expires_at FROM ${outboxRelaysTable} WHERE relay_id = $1`,
   fence: `UPDATE ${outboxPartitionsTable} SET token = token + 1 WHERE owner = $1`,
-  releaseAll: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL
-WHERE owner = $1 AND ${holdsId.replace('$INSTANCE', '$2')}`,
   oldestPending: `SELECT created_at FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL ORDER BY id LIMIT 1`,
   counts: `SELECT
   (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL) AS pending,
@@ -416,8 +415,11 @@ WHERE p.partition_no IN (
   AND (p.owner IS NULL OR p.lease_expires_at IS NULL OR p.lease_expires_at <= $3)
   AND ${holdsId.replace('$INSTANCE', '$5')}
 RETURNING p.partition_no, p.token`,
-    release: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL
-WHERE owner = $1 AND partition_no = ANY($2::int[]) AND ${holdsId.replace('$INSTANCE', '$3')}`,
+    // Token-checked like renew: a release racing a takeover of the relay id never frees the
+    // partitions the new instance fenced or claimed meanwhile.
+    release: `UPDATE ${outboxPartitionsTable} AS p SET owner = NULL, lease_expires_at = NULL
+WHERE p.owner = $1 AND p.token = ($2::bigint[])[p.partition_no + 1]
+  AND ${holdsId.replace('$INSTANCE', '$3')}`,
     redrive: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
 WHERE dead_at IS NOT NULL AND published_at IS NULL AND event_id = ANY($1::text[])`,
     // Bounded batches picked by a sub-select with LIMIT: each DELETE is short and takes row
@@ -488,7 +490,7 @@ WHERE partition_no IN (
   AND ${holdsId.replace('$INSTANCE', '$5')}
 RETURNING partition_no, token`,
     release: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL
-WHERE owner = $1 AND partition_no IN (SELECT value FROM json_each($2))
+WHERE owner = $1 AND token = json_extract($2, '$[' || partition_no || ']')
   AND ${holdsId.replace('$INSTANCE', '$3')}`,
     redrive: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
 WHERE dead_at IS NOT NULL AND published_at IS NULL AND event_id IN (SELECT value FROM json_each($1))`,

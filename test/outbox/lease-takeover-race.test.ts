@@ -1,12 +1,13 @@
-// The race between a stalled relay's lease renewal and a takeover of its relay id by another
-// process, on real PostgreSQL with two sessions. The old instance A renews its heartbeat (still
-// its own), then its renew statement takes its snapshot; meanwhile the new instance B takes the
-// id (heartbeat) and fences the partitions (token + 1), committing after A's snapshot but
-// locking the partition rows before A's update reaches them. A's check that it holds the id
-// was read from its snapshot (it still does, there), while its update follows the rows to B's
-// new versions: A must not come out holding B's tokens, with which its marks would be accepted
-// alongside B's. B's two statements are run in one transaction here, which opens that window
-// on purpose (A's renew waits for B's row locks) instead of hoping for a scheduler stall.
+// Races between a stalled relay and a takeover of its relay id by another process, on real
+// PostgreSQL with two sessions. The old instance A renews its heartbeat (still its own), then
+// its renew statement takes its snapshot; meanwhile the new instance B takes the id (heartbeat)
+// and fences the partitions (token + 1), committing after A's snapshot but locking the
+// partition rows before A's update reaches them. A's check that it holds the id was read from
+// its snapshot (it still does, there), while its update follows the rows to B's new versions:
+// A must not come out holding B's tokens, with which its marks would be accepted alongside
+// B's. Likewise A's graceful stop must not free the partitions B claimed meanwhile. B's
+// statements run in one transaction here, which opens that window on purpose (A waits for B's
+// row locks) instead of hoping for a scheduler stall.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PartitionLeases } from '../../src/outbox/leases.js'
 import { outboxStatements } from '../../src/outbox/sql.js'
@@ -107,5 +108,82 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
     expect(current).toHaveLength(64)
     // A may report its partitions lost, or fail; it must not hold any of B's tokens.
     expect(a.partitions).toEqual([])
+  })
+  it("a graceful stop racing the takeover releases none of the new instance's partitions", async () => {
+    await watcher.execute('DELETE FROM breakwater_outbox_relays')
+    await watcher.execute(
+      'UPDATE breakwater_outbox_partitions SET owner = NULL, lease_expires_at = NULL',
+    )
+    const clockA = new ManualClock(T0)
+    const a = new PartitionLeases(t.db, 'stopping-id', clockA, leaseMs)
+    await a.register(async () => {})
+    await a.rebalance()
+    expect(a.size).toBe(64)
+
+    // B takes the id over, fences and claims the partitions (its clock sees A long expired);
+    // A's stop starts meanwhile, on a snapshot from before B's heartbeat, and waits for B's row
+    // locks. B's statements are one transaction here to hold that window open.
+    const nowB = T0 + 10 * leaseMs
+    let commitB: () => void = () => {}
+    const gate = new Promise<void>((resolve) => {
+      commitB = resolve
+    })
+    let ready: () => void = () => {}
+    const readyP = new Promise<void>((resolve) => {
+      ready = resolve
+    })
+    const takeover = sessionB.transaction(async (tx) => {
+      await tx.query('SELECT 1')
+      ready()
+      await gate
+      const taken = await tx.query(sql.heartbeat, [
+        'stopping-id',
+        nowB,
+        nowB + leaseMs,
+        'instance-b',
+        nowB,
+      ])
+      expect(taken).toHaveLength(1)
+      await tx.execute(sql.fence, ['stopping-id'])
+      const claimed = await tx.query(sql.claim, [
+        'stopping-id',
+        nowB + leaseMs,
+        nowB,
+        64,
+        'instance-b',
+      ])
+      expect(claimed).toHaveLength(64)
+      await new Promise<void>((resolve) => {
+        releaseB = resolve
+        lockedB()
+      })
+    })
+    let releaseB: () => void = () => {}
+    let lockedB: () => void = () => {}
+    const lockedP = new Promise<void>((resolve) => {
+      lockedB = resolve
+    })
+    await readyP
+    commitB()
+    await lockedP
+    // B holds its row locks, uncommitted: A's stop reads the id as still its own.
+    const stopping = a.releaseAll()
+    await until(async () => {
+      const rows = await watcher.query<{ n: number | string }>(
+        `SELECT COUNT(*) AS n FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+      )
+      return Number(rows[0]!.n) > 0
+    }, "A's release to wait for B's row locks")
+    releaseB()
+    await takeover
+    await stopping
+
+    const held = await watcher.query<{ n: number | string }>(
+      `SELECT COUNT(*) AS n FROM breakwater_outbox_partitions
+       WHERE owner = 'stopping-id' AND lease_expires_at = $1`,
+      [nowB + leaseMs],
+    )
+    expect(Number(held[0]!.n)).toBe(64)
   })
 })
