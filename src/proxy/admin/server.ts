@@ -12,6 +12,7 @@ import type { ErrorCode } from '../../core/error-codes.js'
 import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import { PROMETHEUS_CONTENT_TYPE } from '../../observability/metrics.js'
+import { adminTokenProblem } from '../config/files.js'
 import type { AdminConfig, ProxyDeps, RouteTargetConfig, SecretSource } from '../contracts.js'
 import { maxRouteWeight } from '../inbound/routes.js'
 import {
@@ -133,10 +134,20 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     log.warn('admin api listens beyond loopback: make sure only operators can reach it', {
       host: config.host,
     })
+  // Not logged as `token`: the logger redacts a field of that name whole, and the warning must
+  // say which variable or file to fix.
+  const tokenSource =
+    'env' in config.token ? { env: config.token.env } : { file: config.token.file }
   if (initial === undefined)
     log.warn('admin token is not set: every /admin/ request will be refused', {
-      token: 'env' in config.token ? { env: config.token.env } : { file: config.token.file },
+      tokenSource,
     })
+  else if (adminTokenProblem(initial) !== undefined)
+    // No header can carry it as written (a file's is refused at start; see checkAdminTokenFile).
+    log.warn(
+      'admin token has a character outside visible ASCII inside: every /admin/ request will be refused',
+      { tokenSource },
+    )
 
   const sockets = new Set<Socket>()
   const server: Server = createServer(

@@ -130,21 +130,23 @@ function wrongContent(file: string, content: Content): string | undefined {
 }
 
 /**
- * Why the text of an admin token file holds no token a client could present, or undefined
- * when it holds one. The admin API takes the trimmed text and compares it with the one word
- * after `Authorization: Bearer`: an empty text (or whitespace only) is no token, and one with
- * whitespace or a control character inside is one no header can carry, so either way every
- * /admin/ request would be refused with 401 while the proxy looked healthy.
+ * Why the text of an admin token holds no token a client could present, or undefined when it
+ * holds one. The admin API takes the trimmed text and compares it with the one word after
+ * `Authorization: Bearer`, which node reads as latin1: an empty text (or whitespace only) is no
+ * token, and one with whitespace, a control character or a non-ASCII character inside is one
+ * no header can carry as written, so either way every /admin/ request would be refused with
+ * 401 while the proxy looked healthy.
  */
 export function adminTokenProblem(text: string): string | undefined {
   const token = text.trim()
-  const rule =
-    'the admin token must be one word of visible characters, or every /admin/ request would be refused'
-  if (token === '') return `empty (or whitespace only): ${rule}`
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are the point
-  if (/[\s\x00-\x1f\x7f]/.test(token)) return `whitespace or a control character inside: ${rule}`
+  if (token === '') return `empty (or whitespace only): ${adminTokenRule}`
+  if (/[^\x21-\x7e]/.test(token))
+    return `a character outside visible ASCII inside: ${adminTokenRule}`
   return undefined
 }
+
+const adminTokenRule =
+  'the admin token must be one word of visible ASCII characters, or every /admin/ request would be refused'
 
 /**
  * Refuses, as {@link ConfigInvalidError} (code `CONFIG_INVALID`) naming `admin.token.file`, a

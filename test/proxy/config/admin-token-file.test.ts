@@ -33,7 +33,9 @@ admin: { port: 0, token: { file: ${tokenFile} } }
 const unusable: [string, string, string][] = [
   ['empty', '', 'empty'],
   ['whitespace only', ' \n\t\n', 'empty'],
-  ['a space inside', 'two words-0123456789\n', 'whitespace or a control character inside'],
+  ['a space inside', 'two words-0123456789\n', 'a character outside visible ASCII inside'],
+  // node reads header values as latin1: a UTF-8 token in the header never equals the file's.
+  ['a non-ASCII character', 'pässwörd-0123456789\n', 'a character outside visible ASCII inside'],
 ]
 
 describe('an admin token file without a usable token', () => {
@@ -82,6 +84,34 @@ describe('an admin token file without a usable token', () => {
       expect(BreakwaterError.is(error) && error.code).toBe('CONFIG_INVALID')
       expect((error as ConfigInvalidError).problems).toMatchObject([{ path: 'admin.token.file' }])
       expect((error as Error).message).toContain(`admin.token.file: ${token}: ${rule}`)
+    },
+  )
+
+  it.each([
+    [
+      'one no header can carry',
+      'two words-0123456789',
+      'admin token has a character outside visible ASCII inside: every /admin/ request will be refused',
+    ],
+    ['none', undefined, 'admin token is not set: every /admin/ request will be refused'],
+  ])(
+    'a token from the environment: %s is logged at start, naming the variable',
+    async (_, token, msg) => {
+      const log = captureLog()
+      const proxy = await startProxy({
+        config: `services: { a: { endpoints: [http://127.0.0.1:1] } }
+listeners: [{ name: out, role: ambassador, port: 0 }]
+admin: { port: 0, token: { env: BW_ADMIN } }
+`,
+        logger: createJsonLogger({ output: log }),
+        watch: false,
+        env: token === undefined ? {} : { BW_ADMIN: token },
+      })
+      await proxy.close()
+      // Not under a field named `token`, which the logger redacts whole.
+      expect(log.lines()).toContainEqual(
+        expect.objectContaining({ level: 'warn', msg, tokenSource: { env: 'BW_ADMIN' } }),
+      )
     },
   )
 
