@@ -348,18 +348,16 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   // `try { value = await next(...) } catch { ... }`, and every failure (an open circuit, an
   // abort, a throwing isFailure) still arrives as a rejection, never as a synchronous throw.
   #run<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    let probe: boolean
-    try {
-      probe = this.#state === 'closed' ? false : this.#admit()
-    } catch (error) {
-      return Promise.reject(error)
-    }
     // Asking the scope, not `context.signal`: reading the signal of a lazy scope (a timeout's
     // or a retry's context) creates an AbortController, which cost most of a pipeline's call.
+    // Asked before admission: a caller who already left is answered as aborted whatever the
+    // state (as by every policy), and is neither a probe nor a rejection of an open circuit.
     const parent = parentOf(context)
-    if (parent?.aborted) {
-      if (probe) this.#probes--
-      return Promise.reject(abortFailure(parent.reason, false))
+    if (parent?.aborted) return Promise.reject(abortFailure(parent.reason, false))
+    try {
+      if (this.#state !== 'closed') this.#admit()
+    } catch (error) {
+      return Promise.reject(error)
     }
     const epoch = this.#epoch
     const startMs = this.#slowCallMs === undefined ? 0 : this.#clock.now()

@@ -233,6 +233,21 @@ describe('circuitBreaker: closed -> open', () => {
     expect(ran).toBe(false)
     expect(breaker.state).toBe('closed')
   })
+  it.each([
+    ['open', (b: ReturnType<typeof setup>) => failTimes(b.breaker, 1)],
+    ['isolated', async (b: ReturnType<typeof setup>) => b.breaker.isolate()],
+  ])('rejects an already aborted call as aborted while %s, not as a refusal', async (_, close) => {
+    const b = setup({ window: { kind: 'consecutive', failures: 1 } })
+    await close(b)
+    const before = b.events.length
+    const error = await b.breaker
+      .execute(() => 'x', AbortSignal.abort('caller left'))
+      .catch((e: unknown) => e)
+    // Every policy answers a caller who already left with AbortedError, whatever its state;
+    // a BROKEN_CIRCUIT here would also be counted as a rejection in events and metrics.
+    expect(error).toBeInstanceOf(AbortedError)
+    expect(b.events.slice(before)).toEqual([])
+  })
 })
 
 describe('circuitBreaker: open', () => {
