@@ -27,7 +27,10 @@ export interface ProxyCommandDeps {
   readonly stdout?: LogOutput
   /** Receives usage and config errors as plain text. @default process.stderr */
   readonly stderr?: { write(text: string): unknown }
-  /** Where secret `{ env }` references are read. @default process.env */
+  /**
+   * Where the admin token's `{ env }` reference is read (services read their outbound
+   * credentials from `process.env`, as startProxy's `env` option says). @default process.env
+   */
   readonly env?: Readonly<Record<string, string | undefined>>
   /** Where SIGTERM, SIGINT and SIGHUP come from. @default process */
   readonly signals?: SignalTarget
