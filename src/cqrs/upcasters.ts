@@ -49,7 +49,9 @@ export class UpcasterChain {
       if (typeof upcaster.type !== 'string' || upcaster.type === '') {
         throw new InvalidOptionError(`${at}.type`, 'a non-empty string', upcaster.type)
       }
-      checkInteger(`${at}.fromVersion`, upcaster.fromVersion, 1)
+      // The current version (one above) must fit the 32-bit schema_version column, as an
+      // append's own schemaVersion must: otherwise every append of the type fails in the driver.
+      checkInteger(`${at}.fromVersion`, upcaster.fromVersion, 1, 2_147_483_646)
       checkFunction(`${at}.upcast`, upcaster.upcast)
       let steps = this.#steps.get(upcaster.type)
       if (steps === undefined) {
