@@ -33,6 +33,7 @@ export {
   escapeHelp,
   escapeLabelValue,
   formatSampleValue,
+  MetricsCollectTimeoutError,
   metricsPerRegistry,
   PROMETHEUS_CONTENT_TYPE,
 } from './metrics.js'

@@ -1,5 +1,6 @@
-import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkObject } from '../core/validate.js'
+import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 
 // A small Prometheus registry: counters, gauges and histograms with labels, rendered in the
 // text exposition format 0.0.4 (what every Prometheus server and agent scrapes). Enough for
@@ -93,6 +94,41 @@ export interface MetricsRegistryOptions {
    * @default ignore them
    */
   readonly onCollectError?: (error: unknown) => void
+  /**
+   * How long a render waits for the `onCollect` callbacks. When it passes, the render goes on
+   * with the values as they are and `onCollectError` gets a {@link MetricsCollectTimeoutError}:
+   * a callback that never settles (a stats query to a database that stopped answering) would
+   * otherwise hold every later scrape. A callback still running is not called again until it
+   * settles; later renders wait for that run (again at most this long) instead.
+   * @default 5000
+   */
+  readonly collectTimeoutMs?: number
+  /**
+   * Times `collectTimeoutMs`.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+/**
+ * `onCollect` callbacks were still running when `collectTimeoutMs` passed (code `TIMEOUT`,
+ * retryable): the render went on with the values as they were. Given to `onCollectError`.
+ */
+export class MetricsCollectTimeoutError extends BreakwaterError {
+  /** The collect timeout that passed, in milliseconds. */
+  readonly timeoutMs: number
+  /** How many callbacks were still running. */
+  readonly pending: number
+
+  constructor(timeoutMs: number, pending: number) {
+    super(
+      'TIMEOUT',
+      `metrics collection: ${pending} onCollect callback${pending === 1 ? '' : 's'} still running after ${timeoutMs} ms; rendered the values as they were`,
+      { retryable: true },
+    )
+    this.timeoutMs = timeoutMs
+    this.pending = pending
+  }
 }
 
 /** A set of metrics rendered together; see {@link createMetricsRegistry}. */
@@ -111,7 +147,7 @@ export interface MetricsRegistry {
   /**
    * Runs the collect callbacks, then renders every metric in the text format. A render that
    * starts while the callbacks of another are still running waits for those instead of running
-   * them again.
+   * them again, and no render waits longer than `collectTimeoutMs` for them.
    */
   render(): Promise<string>
 }
@@ -467,10 +503,22 @@ class Registry implements MetricsRegistry {
   readonly #metrics = new Map<string, Renderable>()
   readonly #collectors = new Set<() => void | Promise<void>>()
   readonly #onCollectError: (error: unknown) => void
+  readonly #collectTimeoutMs: number
+  readonly #clock: Clock
+  // The run of each callback still in flight: a later collection waits for it rather than
+  // calling the callback again, so a stuck source does not get one more call per scrape.
+  readonly #running = new Map<() => void | Promise<void>, Promise<void>>()
   #collecting: Promise<void> | undefined
 
   constructor(options: MetricsRegistryOptions) {
     checkObject('metricsRegistry', options)
+    this.#collectTimeoutMs = checkInteger(
+      'metricsRegistry.collectTimeoutMs',
+      options.collectTimeoutMs ?? 5_000,
+      1,
+      maxTimerDelayMs,
+    )
+    this.#clock = checkClock('metricsRegistry.clock', options.clock)
     this.#onCollectError =
       options.onCollectError === undefined
         ? () => {}
@@ -513,23 +561,53 @@ class Registry implements MetricsRegistry {
   }
 
   async #collect(): Promise<void> {
+    let timer: TimerHandle | undefined
     try {
-      await Promise.all(
-        [...this.#collectors].map(async (collect) => {
-          try {
-            await collect()
-          } catch (error) {
-            // The reporter is the caller's code too: its throw must not cost the render.
-            try {
-              this.#onCollectError(error)
-            } catch {}
-          }
+      if (this.#collectors.size === 0) return
+      let pending = this.#collectors.size
+      const runs = [...this.#collectors].map((collect) =>
+        this.#run(collect).then(() => {
+          pending--
         }),
       )
+      const timedOut = new Promise<true>((resolve) => {
+        timer = this.#clock.setTimeout(() => resolve(true), this.#collectTimeoutMs)
+      })
+      if ((await Promise.race([Promise.all(runs), timedOut])) === true)
+        this.#report(new MetricsCollectTimeoutError(this.#collectTimeoutMs, pending))
     } finally {
+      if (timer !== undefined) this.#clock.clearTimeout(timer)
       // Cleared before any waiting render resumes, so the next scrape collects afresh.
       this.#collecting = undefined
     }
+  }
+
+  // Never rejects: a callback's failure goes to onCollectError.
+  #run(collect: () => void | Promise<void>): Promise<void> {
+    let run = this.#running.get(collect)
+    if (run === undefined) {
+      let settled = false
+      run = (async () => {
+        try {
+          await collect()
+        } catch (error) {
+          this.#report(error)
+        } finally {
+          settled = true
+          this.#running.delete(collect)
+        }
+      })()
+      // One that threw at once has settled already: it must not stay in the map for good.
+      if (!settled) this.#running.set(collect, run)
+    }
+    return run
+  }
+
+  #report(error: unknown): void {
+    // The reporter is the caller's code too: its throw must not cost the render.
+    try {
+      this.#onCollectError(error)
+    } catch {}
   }
 
   #add<M extends Renderable>(metric: M): M {
