@@ -49,6 +49,16 @@ export async function superviseSessions(
   options: SupervisorOptions,
 ): Promise<SupervisedSubscription> {
   const stop = new AbortController()
+  // onError is the application's listener (an adapter's onError option): one that throws must
+  // not end the loop, which would leave the subscription without a connection for good and
+  // its promise rejected with nobody to catch it (a crash under Node's default).
+  const report = (error: unknown): void => {
+    try {
+      options.onError(error)
+    } catch {
+      // Nothing left to tell it with.
+    }
+  }
   let current: Session | undefined = await options.open()
   let closed = false
   let receiving = true
@@ -62,9 +72,9 @@ export async function superviseSessions(
       const reason = await session.ended
       if (closed) return
       // undefined: it ended because we stopped it (stopReceiving), not a failure to report.
-      if (reason !== undefined) options.onError(reason)
+      if (reason !== undefined) report(reason)
       current = undefined
-      await session.close().catch(options.onError)
+      await session.close().catch(report)
       session = undefined
       // Not receiving any more: nothing to reconnect for; close() ends what is left.
       if (!receiving) return
@@ -78,7 +88,7 @@ export async function superviseSessions(
           session = await options.open()
         } catch (error) {
           if (closed) return
-          options.onError(error)
+          report(error)
         }
       }
       if (closed || !receiving) {

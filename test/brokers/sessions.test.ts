@@ -146,4 +146,38 @@ describe('superviseSessions', () => {
     await subscription.close()
     expect(clock.pendingTimers).toBe(0)
   })
+
+  it('keeps reconnecting when the onError listener throws, instead of ending the loop with an unhandled rejection', async () => {
+    const clock = new ManualClock()
+    const sessions: FakeSession[] = []
+    let failuresLeft = 0
+    let reported = 0
+    const subscription = await superviseSessions({
+      open: async () => {
+        if (failuresLeft > 0) {
+          failuresLeft--
+          throw new Error('still down')
+        }
+        const session = new FakeSession()
+        sessions.push(session)
+        return session
+      },
+      clock,
+      reconnectDelayMs: 100,
+      maxReconnectDelayMs: 100,
+      // The application's listener (an adapter's onError option) is not ours to trust.
+      onError: () => {
+        reported++
+        throw new Error('listener failed')
+      },
+    })
+    failuresLeft = 1
+    sessions[0]!.lose(new Error('connection lost'))
+    await clock.advance(1_000)
+    // Both the loss and the failed attempt were reported, and the next attempt connected.
+    expect(reported).toBe(2)
+    expect(sessions).toHaveLength(2)
+    await subscription.close()
+    expect(sessions[1]!.closed).toBe(1)
+  })
 })
