@@ -74,6 +74,12 @@ export interface CommandStepOptions<I, C, Out> {
   readonly compensationRetry?: SagaRetryOptions
   /** Time limit of one compensation attempt, in ms. */
   readonly compensationTimeoutMs?: number
+  /**
+   * Time limit of one call of the command's write (`command` and the outbox enqueue) and of
+   * one call of `onReply`, in ms (the step's `callTimeoutMs`).
+   * @default 30_000
+   */
+  readonly callTimeoutMs?: number
 }
 
 const commandStepOptions = new Set([
@@ -87,6 +93,7 @@ const commandStepOptions = new Set([
   'compensationRequired',
   'compensationRetry',
   'compensationTimeoutMs',
+  'callTimeoutMs',
 ])
 
 /**
@@ -144,6 +151,7 @@ export function commandStep<I, C, Out>(
     ...(options.compensationTimeoutMs === undefined
       ? {}
       : { compensationTimeoutMs: options.compensationTimeoutMs }),
+    ...(options.callTimeoutMs === undefined ? {} : { callTimeoutMs: options.callTimeoutMs }),
     send: async (ctx, tx) => {
       const event = command(ctx)
       await outbox.enqueue(tx, {

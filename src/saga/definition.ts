@@ -176,6 +176,7 @@ export interface ActionStep<I, C, Out> {
    * @default the step's timeoutMs
    */
   readonly compensationTimeoutMs?: number
+  readonly callTimeoutMs?: never
   readonly sleepMs?: never
   readonly waitUntil?: never
   readonly awaitReply?: never
@@ -195,7 +196,14 @@ export interface WaitStep<I, C> {
    */
   readonly sleepMs?: number
   /** When to continue (epoch milliseconds on the worker's clock), computed when reached. */
-  readonly waitUntil?: (ctx: SagaStepInfo<I, C>) => number
+  readonly waitUntil?: (ctx: SagaStepInfo<I, C>) => number | Promise<number>
+  /**
+   * The time limit of one call of `waitUntil`, in milliseconds (only with `waitUntil`). A call
+   * still running then is abandoned and fails the attempt with `TimeoutError` (retryable), so
+   * a hung function cannot hold the saga's lease.
+   * @default 30_000 ({@link defaultCallTimeoutMs})
+   */
+  readonly callTimeoutMs?: number
   readonly action?: never
   readonly compensation?: never
   readonly awaitReply?: never
@@ -245,6 +253,15 @@ export interface ReplyStep<I, C, Out> {
   readonly compensationRetry?: SagaRetryOptions
   /** As for an action step. */
   readonly compensationTimeoutMs?: number
+  /**
+   * The time limit of one call of `send` and of one call of `awaitReply.onReply`, in
+   * milliseconds. A call still running then is abandoned and fails the attempt with
+   * `TimeoutError` (retryable): `send`'s transaction is rolled back, so nothing is sent; a
+   * reply `onReply` did not finish with is used up, as a refused one. Without it a hung
+   * function held the saga's lease (renewed) for ever.
+   * @default 30_000 ({@link defaultCallTimeoutMs})
+   */
+  readonly callTimeoutMs?: number
   readonly action?: never
   readonly sleepMs?: never
   readonly waitUntil?: never
@@ -316,6 +333,8 @@ export interface CompiledStep {
   readonly compensationTimeoutMs: number | undefined
   readonly sleepMs: number | undefined
   readonly waitUntil: AnyFunction | undefined
+  /** The time limit of one call of send, onReply or waitUntil (0 for steps without them). */
+  readonly callTimeoutMs: number
 }
 
 /** A validated definition. */
@@ -365,6 +384,12 @@ export const maxSagaIdLength = 200
  * (also exact as a double, and within PostgreSQL's BIGINT).
  */
 export const maxEpochMs = 8_640_000_000_000_000
+
+/**
+ * The default time limit, in milliseconds, of one call of a reply step's `send` and
+ * `awaitReply.onReply` and of a wait step's `waitUntil` (the step option `callTimeoutMs`).
+ */
+export const defaultCallTimeoutMs = 30_000
 
 type E = unknown
 type M<C, Out> = MergeContext<C, Out>
@@ -563,6 +588,24 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
         throw new InvalidOptionError(`${named}.${field}`, 'nothing on a wait step', step[field])
     }
   }
+  const callsFunction = kind === 'reply' || step.waitUntil !== undefined
+  if (!callsFunction && step.callTimeoutMs !== undefined) {
+    throw new InvalidOptionError(
+      `${named}.callTimeoutMs`,
+      kind === 'action'
+        ? 'nothing on an action step (the time limit of its action is timeoutMs)'
+        : 'nothing on a sleepMs step (it calls no function)',
+      step.callTimeoutMs,
+    )
+  }
+  const callTimeoutMs = callsFunction
+    ? checkInteger(
+        `${named}.callTimeoutMs`,
+        step.callTimeoutMs ?? defaultCallTimeoutMs,
+        1,
+        maxTimerDelayMs,
+      )
+    : 0
   if (kind === 'reply' && step.timeoutMs !== undefined) {
     throw new InvalidOptionError(
       `${named}.timeoutMs`,
@@ -643,6 +686,7 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
       step.waitUntil === undefined
         ? undefined
         : checkFunction<AnyFunction>(`${named}.waitUntil`, step.waitUntil),
+    callTimeoutMs,
   }
 }
 
@@ -659,6 +703,7 @@ const stepFields = new Set([
   'waitUntil',
   'awaitReply',
   'send',
+  'callTimeoutMs',
 ])
 
 const awaitReplyFields = new Set(['timeoutMs', 'onReply'])

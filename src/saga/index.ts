@@ -51,7 +51,7 @@ export type {
   StepContext,
   WaitStep,
 } from './definition.js'
-export { defineSaga } from './definition.js'
+export { defaultCallTimeoutMs, defineSaga } from './definition.js'
 export {
   SagaLeaseLostError,
   SagaNotFoundError,

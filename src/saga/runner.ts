@@ -389,10 +389,17 @@ export class InstanceRun {
       // Computed once and persisted: a restart must not start the wait over.
       let wakeAt: unknown
       try {
-        wakeAt =
-          step.sleepMs !== undefined
-            ? now + step.sleepMs
-            : await step.waitUntil!(this.#info(step.name) as never)
+        if (step.sleepMs !== undefined) wakeAt = now + step.sleepMs
+        else {
+          // Bounded: a waitUntil that never settles held the lease (renewed) for ever.
+          const called = await this.#invoke(
+            () => step.waitUntil!(this.#info(step.name) as never),
+            step.callTimeoutMs,
+          )
+          if (this.#lost) return 'lost'
+          if (!called.ok) throw called.error
+          wakeAt = called.value
+        }
       } catch (error) {
         // The attempt the claim counted, not 1: with a fixed 1, a waitUntil that keeps failing
         // retryably would never use up its attempts and be retried forever.
@@ -484,13 +491,6 @@ export class InstanceRun {
     this.#host.count('stepAttempts')
     this.#emit({ type: 'step-started', step: step.name, attempt })
     const work: CommitWork[] = []
-    const ctx = this.#stepContext(
-      step.name,
-      attempt,
-      `${this.id}:${step.name}`,
-      this.#controller.signal,
-      work,
-    )
     const until = storedTime(this.#host.clock) + step.replyTimeoutMs
     const before = {
       status: state.status,
@@ -506,17 +506,22 @@ export class InstanceRun {
     // commit or neither, and the reply cannot arrive before the state that expects it.
     let refused: { readonly error: unknown } | undefined
     const send: CommitWork = async (tx) => {
-      try {
-        await (step.send as (ctx: unknown, tx: SqlTransaction) => unknown)(ctx, tx)
-      } catch (error) {
-        refused = { error }
-        throw error
+      // Bounded: a send that never settles held the transaction and the lease for ever. Its
+      // TimeoutError rolls the transaction back, so nothing is sent, and fails the attempt.
+      const called = await this.#invoke((signal) => {
+        const ctx = this.#stepContext(step.name, attempt, `${this.id}:${step.name}`, signal, work)
+        return (step.send as (ctx: unknown, tx: SqlTransaction) => unknown)(ctx, tx)
+      }, step.callTimeoutMs)
+      if (!called.ok) {
+        refused = { error: called.error }
+        throw called.error
       }
     }
     let written: boolean
     try {
       written = await this.#write({ release: true, nextRunAt: until }, [send, ...work])
     } catch (error) {
+      if (this.#lost) return 'lost'
       if (refused === undefined) throw error
       // `send` itself threw (the command cannot be built, the outbox refuses it): nothing was
       // sent and nothing written, so this attempt failed with that error, as an action's
@@ -559,7 +564,8 @@ export class InstanceRun {
         step.onReply === undefined
           ? reply
           : step.onReply(reply as never, this.#info(step.name) as never),
-      undefined,
+      // Bounded: an onReply that never settles held the lease (renewed) for ever.
+      step.callTimeoutMs,
     )
     if (this.#lost) return 'lost'
     // The reply tells the outcome: a step it fails needs no compensation.
