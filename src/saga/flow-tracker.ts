@@ -117,7 +117,41 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
       seen.add(event)
     }
   }
-  return Object.freeze({ name: d.name, steps, compensation })
+  // Frozen through: a flow is checked once, here, and must not change behind the tracker.
+  const frozen = (list: CompiledFlowStep[]) =>
+    Object.freeze(
+      list.map((step) => Object.freeze({ ...step, failsOn: Object.freeze(step.failsOn) })),
+    )
+  const flow: FlowDefinition = Object.freeze({
+    name: d.name,
+    steps: frozen(steps),
+    compensation: frozen(compensation),
+  })
+  definedFlows.add(flow)
+  return flow
+}
+
+// The flows defineFlow returned, recognised by identity: only they were validated.
+const definedFlows = new WeakSet<object>()
+
+/**
+ * Checks that `flows` is an array of flows from {@link defineFlow}. Anything else (a
+ * declaration passed as it is, a hand-built look-alike) was taken as it was: string steps
+ * matched no event, so every flow read as undeclared, silently, and a look-alike skipped the
+ * checks of defineFlow (empty steps, repeated events). Throws `InvalidOptionError`
+ * (`INVALID_OPTION`) naming the offending entry.
+ */
+function checkFlows(flows: unknown): asserts flows is readonly FlowDefinition[] {
+  if (!Array.isArray(flows))
+    throw new InvalidOptionError('flows', 'an array of flows from defineFlow()', flows)
+  flows.forEach((flow: unknown, i) => {
+    if (typeof flow !== 'object' || flow === null || !definedFlows.has(flow))
+      throw new InvalidOptionError(
+        `flows[${i}]`,
+        'a flow from defineFlow() (declare it with defineFlow, from the breakwater that runs the tracker)',
+        flow,
+      )
+  })
 }
 
 /** An event as the tracker records it. */
@@ -258,12 +292,7 @@ class SqlFlowTracker implements FlowTracker {
     if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
       throw new InvalidOptionError('db', 'a SqlDriver', db)
     this.#db = db
-    if (!Array.isArray(options.flows))
-      throw new InvalidOptionError('flows', 'an array of flows from defineFlow()', options.flows)
-    options.flows.forEach((flow, i) => {
-      if (!isCompiledFlow(flow))
-        throw new InvalidOptionError(`flows[${i}]`, 'a flow from defineFlow()', flow)
-    })
+    checkFlows(options.flows)
     this.#flows = options.flows
     this.#clock = checkClock('clock', options.clock)
   }
@@ -347,36 +376,14 @@ class SqlFlowTracker implements FlowTracker {
   }
 }
 
-// The shape defineFlow returns. A declaration passed as it is (string steps, no withinMs) was
-// accepted, and then matched no event: every flow read as undeclared, silently.
-function isCompiledFlow(flow: unknown): flow is FlowDefinition {
-  if (typeof flow !== 'object' || flow === null) return false
-  const { name, steps, compensation } = flow as Partial<Record<keyof FlowDefinition, unknown>>
-  const compiled = (list: unknown): boolean =>
-    Array.isArray(list) &&
-    list.every(
-      (step: unknown) =>
-        typeof step === 'object' &&
-        step !== null &&
-        typeof (step as CompiledFlowStep).event === 'string' &&
-        typeof (step as CompiledFlowStep).withinMs === 'number' &&
-        Array.isArray((step as CompiledFlowStep).failsOn),
-    )
-  return (
-    typeof name === 'string' &&
-    compiled(steps) &&
-    (steps as unknown[]).length > 0 &&
-    compiled(compensation)
-  )
-}
-
 /**
  * Rebuilds a flow's state from its events (pure: the tracker's `state()` uses it, and it works
  * on events read from anywhere, such as the outbox table). Steps count as done when their event
  * arrived at any time, so reordered delivery does not hide progress; it is reported in
  * `outOfOrder`. An event id given more than once counts once, as its first occurrence (as the
  * tracker keeps the first recording of an id): events read from an at-least-once source may
- * repeat. Events of the same millisecond keep the order they were given in.
+ * repeat. Events of the same millisecond keep the order they were given in. Throws
+ * `InvalidOptionError` (code `INVALID_OPTION`) for a flow that {@link defineFlow} did not return.
  */
 export function reconstructFlow(
   flows: readonly FlowDefinition[],
@@ -384,6 +391,7 @@ export function reconstructFlow(
   events: readonly TrackedEvent[],
   now: number,
 ): FlowState {
+  checkFlows(flows)
   const unique = new Map<string, TrackedEvent>()
   for (const e of events) if (!unique.has(e.id)) unique.set(e.id, e)
   const sorted = [...unique.values()].sort((a, b) => a.at - b.at)

@@ -219,3 +219,42 @@ describe('createFlowTracker', () => {
     expect(() => createFlowTracker({ db, flows: [flow] })).not.toThrow()
   })
 })
+
+describe('reconstructFlow input', () => {
+  it('refuses a flow not made by defineFlow with InvalidOptionError (INVALID_OPTION)', () => {
+    const events = [ev('order-placed', 0)]
+    for (const flows of [
+      // A declaration as it is: its string steps matched no event, and the flow read as undeclared.
+      [{ name: 'order', steps: ['order-placed', 'order-shipped'] }],
+      // A look-alike of defineFlow's shape, skipping its checks (here: an event used twice).
+      [
+        {
+          name: 'order',
+          steps: [
+            { event: 'order-placed', withinMs: 1, failsOn: [] },
+            { event: 'order-placed', withinMs: 1, failsOn: [] },
+          ],
+          compensation: [],
+        },
+      ],
+      [{ ...flow }],
+      'order',
+    ]) {
+      try {
+        reconstructFlow(flows as never, 'c1', events, 1)
+        expect.unreachable()
+      } catch (error) {
+        expect(error).toBeInstanceOf(InvalidOptionError)
+        expect((error as InvalidOptionError).code).toBe('INVALID_OPTION')
+        expect((error as InvalidOptionError).option).toMatch(/^flows/)
+      }
+    }
+    expect(reconstructFlow([flow], 'c1', events, 1).flow).toBe('order')
+  })
+
+  it('a defined flow cannot be changed afterwards', () => {
+    expect(Object.isFrozen(flow.steps)).toBe(true)
+    expect(Object.isFrozen(flow.steps[0])).toBe(true)
+    expect(Object.isFrozen(flow.steps[0]!.failsOn)).toBe(true)
+  })
+})
