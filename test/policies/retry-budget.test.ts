@@ -1,4 +1,6 @@
+import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
+import { sleep } from '../../src/core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { RetryBudgetExhaustedError } from '../../src/policies/errors.js'
 import { retry } from '../../src/policies/retry.js'
@@ -186,5 +188,60 @@ describe('retry with a budget: a retry that never ran', () => {
     expect(budget.available()).toBe(0)
     budget.refund!()
     expect(budget.available()).toBe(0)
+  })
+})
+
+describe('retry with a budget: only retries made are paid for', () => {
+  it('leaves the budget short of exactly the retries that ran, whoever aborted when', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(
+          fc.record({
+            startMs: fc.integer({ min: 0, max: 50 }),
+            abortAtMs: fc.option(fc.integer({ min: 0, max: 400 }), { nil: undefined }),
+            failures: fc.integer({ min: 0, max: 4 }),
+          }),
+          { minLength: 1, maxLength: 10 },
+        ),
+        async (calls) => {
+          const clock = new ManualClock()
+          // No deposits and a window longer than the test: the balance only moves by retries.
+          const budget = createRetryBudget({
+            clock,
+            ratio: 0,
+            minRetriesPerSecond: 1,
+            ttlMs: 20_000,
+          })
+          const policy = retry({ clock, budget, maxAttempts: 4, baseDelayMs: 40, jitter: 'none' })
+          let retriesMade = 0
+          const runs: Promise<unknown>[] = []
+          for (const [index, call] of calls.entries()) {
+            const controller = new AbortController()
+            if (call.abortAtMs !== undefined)
+              clock.setTimeout(() => controller.abort('left'), call.abortAtMs + index / 64)
+            clock.setTimeout(
+              () => {
+                runs.push(
+                  policy
+                    .execute(async ({ attempt, signal }) => {
+                      if (attempt > 1) retriesMade++
+                      await sleep(clock, 5, signal)
+                      if (attempt <= call.failures)
+                        throw Object.assign(new Error('down'), { code: 'ECONNRESET' })
+                      return 'ok'
+                    }, controller.signal)
+                    .catch(() => undefined),
+                )
+              },
+              call.startMs + index / 128,
+            )
+          }
+          await clock.advance(2_000)
+          await Promise.all(runs)
+          expect(budget.available()).toBe(20 - retriesMade)
+        },
+      ),
+      { numRuns: 200 },
+    )
   })
 })
