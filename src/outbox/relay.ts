@@ -33,6 +33,7 @@
 //   other aggregate, until redrive().
 // - Fault points before-claim, after-claim, after-publish, after-mark (see faults.ts).
 
+import { AsyncResource } from 'node:async_hooks'
 import { randomUUID } from 'node:crypto'
 import type { OutgoingMessage, Publisher } from '../brokers/types.js'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
@@ -331,6 +332,11 @@ const deadLetteredChannel = diagnosticsChannel('outbox', 'dead-lettered')
 // doubles per read that still finds them held, up to maxPollIntervalMs.
 const horizonRecheckMs = 10
 
+// The async context the module was loaded in, free of any caller's: the relay's loop and timers
+// run in it, so they never inherit the context of the code that called start() (a deadline
+// set around an application's startup would otherwise bound every publish forever after).
+const detached = new AsyncResource('breakwater.outbox-relay')
+
 // Thrown through the loop when the fault hook simulated a crash.
 class Halt extends Error {}
 
@@ -614,10 +620,12 @@ class OutboxRelay implements Relay {
         this.#emit({ type: 'error', phase: 'listen', error })
       }
     }
-    this.#scheduleRenewal()
-    this.#scheduleRetention()
+    detached.runInAsyncScope(() => {
+      this.#scheduleRenewal()
+      this.#scheduleRetention()
+    })
     this.#emit({ type: 'started', relayId: this.id })
-    this.#loop = this.#run()
+    this.#loop = detached.runInAsyncScope(() => this.#run())
   }
 
   close(): Promise<void> {

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createWebhookPublisher } from '../../src/brokers/index.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { createOutbox, createRelay, type RelayEvent } from '../../src/outbox/index.js'
+import { remainingMs, withDeadline } from '../../src/policies/deadline.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { listenOnLoopback } from '../support/loopback.js'
 import { dbTargets, delay, type OutboxDb, until } from './support.js'
@@ -92,6 +93,43 @@ describe.each(dbTargets)('relay publish deadline on $dialect', (target) => {
     } finally {
       await relay.stop()
       await webhook.close()
+    }
+  })
+  it("a relay started inside a caller's deadline publishes under its own, not the caller's", async () => {
+    const clock = new ManualClock(T0)
+    const seen: Array<number | undefined> = []
+    const relay = createRelay({
+      db: t.db,
+      publisher: {
+        async publish() {
+          seen.push(remainingMs(clock))
+        },
+        async close() {},
+      },
+      clock,
+      leaseMs: 4_000,
+      publishTimeoutMs: 1_500,
+      retention: false,
+      listen: false,
+    })
+    try {
+      // An application that bounds its startup: the relay's loop outlives that deadline.
+      await withDeadline(100, () => relay.start(), { clock })
+      await clock.advance(200)
+      await t.db.transaction((tx) =>
+        createOutbox().enqueue(tx, {
+          aggregateType: 'order',
+          aggregateId: 'o-2',
+          type: 'placed',
+          topic: 'orders',
+          payload: { n: 2 },
+        }),
+      )
+      relay.wake()
+      await until(async () => seen.length > 0, 'a publish')
+      expect(seen[0]).toBe(1_500)
+    } finally {
+      await relay.stop()
     }
   })
 })
