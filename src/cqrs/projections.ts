@@ -52,7 +52,7 @@ export type TableDefinition = (table: string, dialect: SqlDialect) => readonly s
  * ```
  */
 export interface ProjectionDefinition<E extends EventShape = EventShape> {
-  /** A unique name (`[a-z][a-z0-9_-]*`): the key of its checkpoint. */
+  /** A unique name (`[a-z][a-z0-9_-]*`, at most 2048 characters): the key of its checkpoint. */
   readonly name: string
   /**
    * Its tables: logical name (an SQL identifier, `[a-z_][a-z0-9_]*`, at most 40 characters;
@@ -70,14 +70,23 @@ export interface ProjectionDefinition<E extends EventShape = EventShape> {
 }
 
 const namePattern = /^[a-z][a-z0-9_-]*$/
+// The longest checkpoint name (maxKeyBytes in event-store.ts; not imported from there, which
+// imports this module, to keep the modules free of a cycle).
+const maxKeyBytes = 2048
 const tablePattern = /^[a-z_][a-z0-9_]{0,39}$/
 const reservedTable = /^breakwater_|__(?:old|r\d+)$/
 
 /** @internal Validates a projection definition; `at` names it in errors. */
 export function validateProjection(at: string, projection: unknown): ProjectionDefinition {
   const p = checkObject(at, projection)
-  if (typeof p.name !== 'string' || !namePattern.test(p.name)) {
-    throw new InvalidOptionError(`${at}.name`, 'a name matching [a-z][a-z0-9_-]*', p.name)
+  // The name keys its row in breakwater_projections: capped like checkpoint names (ASCII, so
+  // characters are bytes), or PostgreSQL would refuse the registration with a bare index error.
+  if (typeof p.name !== 'string' || !namePattern.test(p.name) || p.name.length > maxKeyBytes) {
+    throw new InvalidOptionError(
+      `${at}.name`,
+      `a name matching [a-z][a-z0-9_-]* of at most ${maxKeyBytes} characters`,
+      p.name,
+    )
   }
   const tables = checkObject(`${at}.tables`, p.tables)
   for (const [table, definition] of Object.entries(tables)) {

@@ -438,6 +438,9 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
   it('validates projection definitions', () => {
     const ok = { name: 'p', tables: { t: () => [] }, apply: () => {} }
     expect(() => defineProjection({ ...ok, name: 'Bad Name' })).toThrow(/projection\.name/)
+    // The name is an index key, capped as checkpoint names are (PostgreSQL refuses long keys).
+    expect(() => defineProjection({ ...ok, name: 'p'.repeat(2049) })).toThrow(/projection\.name/)
+    expect(defineProjection({ ...ok, name: 'p'.repeat(2048) }).name).toHaveLength(2048)
     expect(() => defineProjection({ ...ok, tables: { 'bad-table': () => [] } })).toThrow(
       /projection\.tables/,
     )
