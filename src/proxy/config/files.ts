@@ -10,6 +10,7 @@ import { accessSync, constants, readFileSync, statSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { createSecureContext } from 'node:tls'
 import type { ProxyConfig, SecretSource } from '../contracts.js'
+import { credentialProblem } from '../upstream/credentials.js'
 import { ConfigInvalidError } from './errors.js'
 
 /** A referenced file that cannot be used: where it is referenced, its path, and why. */
@@ -124,7 +125,15 @@ function unreadable(file: string): string | undefined {
 }
 
 function wrongContent(file: string, content: Content): string | undefined {
-  if (content === 'secret') return undefined
+  if (content === 'secret') {
+    // The proxy would start, warn once, and send every request without the credential.
+    const problem = credentialProblem(readFileSync(file, 'utf8'))
+    const effect = 'requests would go without the credential'
+    if (problem === 'empty') return `empty (or whitespace only): ${effect}`
+    if (problem === 'unheadable')
+      return `a line break or control character inside, which no header can carry: ${effect}`
+    return undefined
+  }
   if (content === 'admin token') return adminTokenProblem(readFileSync(file, 'utf8'))
   return pemProblem(readFileSync(file), content)
 }

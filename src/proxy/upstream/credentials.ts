@@ -18,6 +18,17 @@ function describeSource(source: SecretSource): string {
 // reads as the service failing to connect (retried, counted by the breaker, ejecting endpoints).
 const notInHeaderValue = /[^\t\x20-\x7e\x80-\xff]/
 
+/**
+ * Why a credential's text (as read from its variable or file) cannot be sent, or undefined
+ * when it can: `empty` (or whitespace only) or `unheadable` (a line break or control character
+ * inside, which no header value can carry). Either way requests go without the credential.
+ */
+export function credentialProblem(secret: string): 'empty' | 'unheadable' | undefined {
+  const trimmed = secret.trim()
+  if (trimmed === '') return 'empty'
+  return notInHeaderValue.test(trimmed) ? 'unheadable' : undefined
+}
+
 function readOptional(path: string): Buffer | undefined {
   try {
     return readFileSync(path)
@@ -39,15 +50,16 @@ export class OutboundAuth {
     this.header = config.kind === 'bearer' ? 'authorization' : config.header.toLowerCase()
     // Undefined for an empty secret, null for one no header can carry (warned about here).
     const render = (secret: string): string | undefined | null => {
-      const trimmed = secret.trim()
-      if (trimmed === '') return undefined
-      if (notInHeaderValue.test(trimmed)) {
+      const problem = credentialProblem(secret)
+      if (problem === 'empty') return undefined
+      if (problem === 'unheadable') {
         logger.warn(
           'upstream credential unusable: it holds a line break or control character no header value can carry; requests go without it',
           { service, source: describeSource(source) },
         )
         return null
       }
+      const trimmed = secret.trim()
       return config.kind === 'bearer' ? `Bearer ${trimmed}` : trimmed
     }
     let value: string | undefined | null
