@@ -153,10 +153,29 @@ export function resolveCommonOptions(
     onError:
       options.onError === undefined
         ? () => {}
-        : checkFunction<(event: SubscriberErrorEvent) => void>(
-            `${prefix}.onError`,
-            options.onError,
+        : shielded(
+            checkFunction<(event: SubscriberErrorEvent) => void>(
+              `${prefix}.onError`,
+              options.onError,
+            ),
           ),
+  }
+}
+
+/**
+ * The application's error listener, made unable to throw into the adapter: it is called from
+ * driver callbacks (a RabbitMQ delivery, whose exception drops the connection), promise
+ * handlers (an unhandled rejection) and read loops, none of which may fail because of it.
+ */
+function shielded(
+  listener: (event: SubscriberErrorEvent) => void,
+): (event: SubscriberErrorEvent) => void {
+  return (event) => {
+    try {
+      listener(event)
+    } catch {
+      // Nothing left to report it to.
+    }
   }
 }
 

@@ -360,6 +360,36 @@ describe('rabbitmq specifics', () => {
     expect(messageCount).toBe(0)
   })
 
+  it('keeps its connection when the onError listener throws on a refused message, and delivers the rest', async () => {
+    const url = await brokerUrl('rabbitmq')
+    const errors: SubscriberErrorEvent[] = []
+    const broker = createRabbitMqBroker({
+      url,
+      retryDelayMs: 50,
+      // The application's listener is not ours to trust.
+      onError: (e) => {
+        errors.push(e)
+        throw new Error('listener failed')
+      },
+    })
+    closers.push(() => broker.close())
+    const topic = unique('foreign-throw')
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    const amqp = await import('amqplib')
+    const model = await amqp.connect(url)
+    closers.push(() => model.close())
+    const channel = await model.createConfirmChannel()
+    channel.publish('breakwater', topic, Buffer.from('foreign'), {
+      persistent: true,
+      headers: { 'breakwater-key': 'k' },
+    })
+    await channel.waitForConfirms()
+    await broker.publisher.publish(makeBatch(topic, 1, 1, 'ours'))
+    await received.until(() => received.ids().includes('ours-0'), 'the message with an id')
+    expect(errors.map((e) => e.phase)).toEqual(['refused'])
+  })
+
   it('bounds a publish whose writes the server stops reading by publishTimeoutMs, instead of waiting for the channel to drain for ever', async () => {
     const server = await freezableBroker()
     try {
