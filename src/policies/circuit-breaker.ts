@@ -15,7 +15,7 @@ import {
 } from './breaker-windows.js'
 import { parentOf } from './cancel-scope.js'
 import { classifyFailure } from './classify.js'
-import { currentDeadlineScope } from './deadline.js'
+import { currentDeadline } from './deadline.js'
 import { abortFailure, BrokenCircuitError, IsolatedCircuitError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep } from './fused.js'
@@ -232,7 +232,9 @@ function isLocalRefusal(error: unknown): boolean {
  * does not), so it is asked directly, and every composition counts the call alike.
  */
 function deadlinePassed(): boolean {
-  return currentDeadlineScope()?.aborted === true
+  // remainingMs, not the scope's `aborted`: asking that would abort the deadline's signal from
+  // inside the breaker's bookkeeping, running its listeners there.
+  return currentDeadline()?.remainingMs() === 0
 }
 
 class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePolicy {
