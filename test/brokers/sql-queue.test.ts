@@ -204,6 +204,47 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
     await sub.close()
   })
 
+  it('redelivers a failed message after retryDelayMs even when the onError listener throws, not only once its lease runs out', async () => {
+    const clock = new ManualClock(1_000_000)
+    const reported: string[] = []
+    const q = queue({
+      clock,
+      retryDelayMs: 100,
+      visibilityTimeoutMs: 600_000,
+      pollIntervalMs: 5,
+      maxPollIntervalMs: 5,
+      // The application's listener is not ours to trust.
+      onError: (e) => {
+        reported.push(e.phase)
+        throw new Error('listener failed')
+      },
+    })
+    const handled: Array<{ id: string; deliveryCount: number }> = []
+    const [k1, k2] = [message('retry-throw', 'k'), message('retry-throw', 'k')]
+    let failed = false
+    const sub = await q.subscriber.subscribe('retry-throw', 'g', async (m) => {
+      if (m.id === k1.id && !failed) {
+        failed = true
+        throw new Error('handler failed once')
+      }
+      handled.push({ id: m.id, deliveryCount: m.deliveryCount })
+    })
+    await q.publisher.publish([k1, k2])
+    // Stops short of the lease (600 s): the retry, not the lease's expiry, brings k1 back.
+    await advanceUntil(
+      clock,
+      () => handled.length === 2 || clock.now() > 1_000_000 + 60_000,
+      'both handled',
+      100,
+    )
+    expect(handled).toEqual([
+      { id: k1.id, deliveryCount: 2 },
+      { id: k2.id, deliveryCount: 1 },
+    ])
+    expect(reported).toContain('handler')
+    await sub.close()
+  })
+
   it('redelivers a message whose consumer died once its lease runs out', async () => {
     const clock = new ManualClock(2_000_000)
     const q = queue({ clock, visibilityTimeoutMs: 3_000, pollIntervalMs: 5, maxPollIntervalMs: 5 })
