@@ -356,8 +356,19 @@ export class EventStoreImpl implements EventStore {
     if (!Array.isArray(inline)) {
       throw new InvalidOptionError('inlineProjections', 'an array of projections', inline)
     }
+    const names = new Set<string>()
     inline.forEach((p, i) => {
-      validateProjection(`inlineProjections[${i}]`, p)
+      const { name } = validateProjection(`inlineProjections[${i}]`, p)
+      // A name is one registration row: a second projection of that name would never get its
+      // tables created, and every append would fail on them.
+      if (names.has(name)) {
+        throw new InvalidOptionError(
+          `inlineProjections[${i}].name`,
+          'a name no other inline projection has',
+          name,
+        )
+      }
+      names.add(name)
     })
     this.inlineProjections = inline
     const notify = options.notify ?? true

@@ -456,6 +456,12 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     expect(() => createEventStore(t.db, { inlineProjections: [{} as never] })).toThrow(
       /inlineProjections\[0\]/,
     )
+    // One name is one registration row: the second projection's tables would never be
+    // created, and every append would fail on them.
+    const other = { ...ok, tables: { other_t: () => [] } }
+    expect(() => createEventStore(t.db, { inlineProjections: [ok, other] })).toThrow(
+      /inlineProjections\[1\]\.name/,
+    )
   })
 })
 
