@@ -4,6 +4,7 @@
 // document next to the schema (not after it), so one run reports every problem; each check
 // looks only at the parts that have the right shape and leaves the rest to the schema.
 
+import { isIPv6 } from 'node:net'
 import { DEADLINE_HEADER } from '../../policies/deadline.js'
 import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
 import { limitsDefaults as limitDefaults } from './schema.js'
@@ -123,7 +124,7 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
   const routeNames = new Map<string, string>()
   const claimPort = (path: (string | number)[], host: unknown, port: unknown): void => {
     if (typeof port !== 'number' || port === 0) return
-    const address = typeof host === 'string' ? host : '127.0.0.1'
+    const address = canonicalHost(typeof host === 'string' ? host : '127.0.0.1')
     // A wildcard address takes the port on every address, so it clashes with any other use,
     // whichever of the two is written first.
     const wildcard = address === '0.0.0.0' || address === '::'
@@ -364,6 +365,19 @@ function isPathPrefixOf(prefix: string, path: string): boolean {
   if (prefix === '/') return true
   const p = prefix.endsWith('/') ? prefix.slice(0, -1) : prefix
   return path === p || path.startsWith(`${p}/`)
+}
+
+/**
+ * One spelling per address, so that two spellings of one IPv6 address (`::1` and
+ * `0:0:0:0:0:0:0:1`, `::` and `::0`) are seen to claim the same port. Other hosts as written.
+ */
+function canonicalHost(host: string): string {
+  if (!isIPv6(host)) return host
+  try {
+    return new URL(`http://[${host}]/`).hostname.slice(1, -1)
+  } catch {
+    return host
+  }
 }
 
 /** `services.payments.retry.attempts`, `listeners[1].routes[0].name`. */
