@@ -93,13 +93,16 @@ const authHeaders =
 // isSecretKey as a field name is.
 const jsonMembers = /"((?:[^"\\]|\\.){1,200})"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*)/g
 // A `name:` as a header line, util.inspect output or a template string writes it, the name
-// optionally quoted (`'x-api-key':`, `"password":`, `\"token\":` in JSON quoted in a string).
+// optionally quoted (`'x-api-key':`, `"password":`, `\"token\":` in JSON quoted in a string),
+// or a `name =` / `name =>` of an INI, TOML or .env dump or a Ruby or PHP hash (`==` is a
+// comparison, not a value).
 // The look behind lets a match start only where a run of name characters starts, so a long run
 // (`a.a.a...`) is read from its start alone, not once from each of its characters; it also
 // leaves out the last segment of a file path (`/etc/app/token: no such file`). The value is
 // found by maskNamedValues, and only after a secret name: a value of any other name is never
 // read as a whole, so a secret inside it (`message: "login password: x"`) is still found.
-const namedColon = /(?<![\w.$/\\-])(?:\\?["'])?([A-Za-z_$][\w.$-]*)(?:\\?["'])?[^\S\n]*:/g
+const namedColon =
+  /(?<![\w.$/\\-])(?:\\?["'])?([A-Za-z_$][\w.$-]*)(?:\\?["'])?[^\S\n]*(?::|=>?(?!=))/g
 // An ellipsis may end a URL cut short inside its password (see maskUrlCredentials).
 const mayHoldSecret = /bearer|basic|authorization|:|…/i
 
@@ -110,8 +113,9 @@ const mayHoldSecret = /bearer|basic|authorization|:|…/i
  * `x-api-key=`, as {@link isSecretKey} judges field names), the values of secret-named members
  * of JSON text (`"password":"..."`), `Bearer`/`Basic` credentials, the credentials after
  * an `Authorization` header name whatever their scheme and case, and the value after every
- * secret-named `name:` that starts a header line or an object member (`x-api-key: abc`,
- * `cookie: a=b; c=d`, `login failed, password: x`, util.inspect's `{ password: 'x' }`; names
+ * secret-named `name:` (or `name = `, `name =>`) that starts a header line, a config line or
+ * an object member (`x-api-key: abc`, `cookie: a=b; c=d`, `login failed, password: x`,
+ * util.inspect's `{ password: 'x' }`, `password = "x"` in a TOML dump; names
  * judged by {@link isSecretKey}, the names themselves kept). A name that follows a word is
  * prose (`needs a signing secret: set ...`), and a `name: expected ...` is an option check's
  * message: both are left alone.
@@ -184,7 +188,10 @@ export function maskNamedValues(text: string, onScan?: (chars: number) => void):
   namedColon.lastIndex = 0
   for (let match = namedColon.exec(text); match !== null; match = namedColon.exec(text)) {
     if (!isSecretKey(match[1] as string) || !startsField(text, match.index)) continue
-    const value = valueAfter(text, namedColon.lastIndex)
+    // `password=x` without blanks is secretPairs' (which ends a value at the next `name=`).
+    const at = namedColon.lastIndex
+    if (text[at - 1] === '=' && !isBlank(text[at - 2]) && !isBlank(text[at])) continue
+    const value = valueAfter(text, at)
     onScan?.(value.read)
     if (value.end === value.start) continue
     // Go on after the value: a `name:` inside it is masked with it.

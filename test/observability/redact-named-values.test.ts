@@ -94,6 +94,23 @@ describe('redactSecrets on object text', () => {
   })
 })
 
+describe('redactSecrets on name = value with blanks (INI, TOML, .env dumps)', () => {
+  it('masks the value as after a colon', () => {
+    for (const [text, masked] of [
+      ['password = hunter2', 'password = ***'],
+      ['[db]\npassword = "s3cret"\nhost = "db"', '[db]\npassword = "***"\nhost = "db"'],
+      ['DB_PASSWORD =abc', 'DB_PASSWORD =***'],
+      ["{ api_key => 'k', user => 'ann' }", "{ api_key => '***', user => 'ann' }"],
+    ])
+      expect(redactSecrets(text!), text).toBe(masked)
+  })
+
+  it('leaves comparisons and prose alone', () => {
+    for (const text of ['token == expected', 'if the token = null, retry', 'a == b'])
+      expect(redactSecrets(text), text).toBe(text)
+  })
+})
+
 describe('named-value redaction work', () => {
   function scanned(text: string): number {
     let chars = 0
