@@ -663,6 +663,32 @@ describe('circuitBreaker: a call refused because its deadline was spent before i
     expect(breaker.state).toBe('closed')
   })
 
+  it("neither closes nor opens a half-open circuit with a probe the caller's deadline cut off", async () => {
+    const clock = new ManualClock(0)
+    const breaker = circuitBreaker({
+      window: { kind: 'consecutive', failures: 1 },
+      cooldownMs: 1_000,
+      clock,
+    })
+    const policy = pipeline(breaker)
+    await expect(policy.execute(() => Promise.reject(new Error('down')))).rejects.toThrow('down')
+    await clock.advance(1_000)
+    expect(breaker.state).toBe('half-open')
+    // fn honours the deadline and rejects with AbortedError, which alone would read as an
+    // answer (a permanent failure) and close the circuit.
+    const probe = withDeadline(
+      10,
+      () => policy.execute(() => sleep(clock, 5_000, currentDeadline()!.signal)),
+      { clock },
+    ).catch((e: unknown) => e)
+    await clock.advance(10)
+    expect(await probe).toMatchObject({ code: 'ABORTED' })
+    expect(breaker.state).toBe('half-open')
+    // The probe slot is free again: the next call is the probe that decides.
+    await expect(policy.execute(() => Promise.reject(new Error('still down')))).rejects.toThrow()
+    expect(breaker.state).toBe('open')
+  })
+
   it('still counts an attempt cut off by its own timeout under a longer deadline', async () => {
     const clock = new ManualClock(0)
     const breaker = circuitBreaker({ window: { kind: 'consecutive', failures: 1 }, clock })
