@@ -273,6 +273,16 @@ function natsError(error: unknown, context: string): BrokerError {
   const message = `${context}: ${reasonOf(error)}`
   // 503 "no responders": no stream listens on the subject (or JetStream is off).
   if (code === '503') return new BrokerError('BROKER_UNROUTABLE', 'nats', message, { cause: error })
+  // The user may not publish to the subject or the JetStream API (or subscribe to an inbox):
+  // no retry grants it, and it is not the message's fault.
+  if (code === 'PERMISSIONS_VIOLATION') {
+    return new BrokerError(
+      'BROKER_MISCONFIGURED',
+      'nats',
+      `${message}; grant the user publish permission on the topic's subject and on $JS.API.> and subscribe permission on _INBOX.> (or its inbox prefix)`,
+      { cause: error },
+    )
+  }
   if (
     code === 'BAD_HEADER' ||
     code === 'BAD_SUBJECT' ||

@@ -85,6 +85,49 @@ describe('nats specifics', () => {
     expectBrokerError(error, 'BROKER_UNROUTABLE')
   })
 
+  it('fails publish and subscribe with a non-retryable BROKER_MISCONFIGURED when the server refuses the user permission on the JetStream API (Permissions Violation)', async () => {
+    // As above: the test server runs without users or permissions, so this server speaks the
+    // handshake and answers every JetStream API request as nats-server does for a user without
+    // publish permission on $JS.API.>.
+    const sockets = new Set<Socket>()
+    const server = createServer((socket) => {
+      sockets.add(socket)
+      socket.on('error', () => {})
+      socket.write(
+        `INFO ${JSON.stringify({ server_id: 'fake', version: '2.10.0', proto: 1, headers: true, max_payload: 1_048_576, jetstream: true })}\r\n`,
+      )
+      let pending = ''
+      socket.on('data', (chunk) => {
+        pending += chunk.toString('latin1')
+        for (let end = pending.indexOf('\r\n'); end >= 0; end = pending.indexOf('\r\n')) {
+          const line = pending.slice(0, end)
+          pending = pending.slice(end + 2)
+          if (line === 'PING') socket.write('PONG\r\n')
+          const subject = /^H?PUB (\$JS\.\S+)/.exec(line)?.[1]
+          if (subject !== undefined) {
+            socket.write(`-ERR 'Permissions Violation for Publish to "${subject}"'\r\n`)
+          }
+        }
+      })
+    })
+    const port = await listenOnLoopback(server)
+    const broker = createNatsBroker({
+      url: `nats://app:pw@127.0.0.1:${port}`,
+      connectTimeoutMs: 2_000,
+      publishTimeoutMs: 2_000,
+    })
+    try {
+      for (const error of await publishAndSubscribeFailures(broker, unique('perm'))) {
+        expectBrokerError(error, 'BROKER_MISCONFIGURED', false, String(error))
+        expect(error.message).toMatch(/Permissions Violation/)
+      }
+    } finally {
+      await broker.close()
+      for (const socket of sockets) socket.destroy()
+      await new Promise((resolve) => server.close(resolve))
+    }
+  })
+
   it('fails publish and subscribe on a topic another stream already covers (subjects overlap) with a non-retryable BROKER_MISCONFIGURED naming the stream, not a retryable outage', async () => {
     const url = await brokerUrl('nats')
     const prefix = unique('covered')
