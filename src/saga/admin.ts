@@ -11,6 +11,7 @@ import {
   type SagaRow,
   type SagaStatus,
   type SagaTimelineEntry,
+  type StepState,
   sagaStatuses,
   storedJson,
   timelineEntryFromRow,
@@ -202,6 +203,12 @@ export type DeliverReplyResult =
   | 'delivered'
   /** A reply for this step was already recorded; this one was dropped. */
   | 'duplicate'
+  /**
+   * The step awaits no reply any more: it already ran (completed or compensated), it is not a
+   * step with a command in flight, or the reply answers an attempt whose reply was already read
+   * and refused (a redelivered copy). Dropped; nothing was recorded or woken.
+   */
+  | 'stale'
 
 /**
  * Delivers the reply to a step that sent a command and waits (a step with `awaitReply`),
@@ -209,8 +216,13 @@ export type DeliverReplyResult =
  * are duplicates) and wakes the saga so that a worker continues it. Pass your transaction to
  * record the reply together with, say, the inbox row of the message that carried it. Throws
  * `SagaNotFoundError` for an unknown saga and `SagaStateConflictError` for a step it does not
- * have or one that has sent no command yet. A reply for a step that is not waiting any more
- * is kept but changes nothing.
+ * have or one that has sent no command yet. A reply for a step that awaits none any more (it
+ * already ran, or its reply was read and refused and the step waits to resend) is dropped as
+ * `'stale'` and wakes nothing: a duplicate delivery woke the saga early (a retry ran before its
+ * delay) or was taken as the answer to the resend. Give `attempt` (the `ctx.attempt` of the
+ * send being answered; `sagaReplyHandler` reads it from the reply's `causation-id`) to drop a
+ * copy of a refused reply even while the resend waits. A reply that comes after its attempt
+ * timed out still counts.
  *
  * @example
  * ```ts
@@ -222,19 +234,25 @@ export async function deliverReply(
   sagaId: string,
   step: string,
   reply: unknown,
-  options: { readonly clock?: Clock } = {},
+  options: {
+    readonly clock?: Clock
+    /** The attempt (`ctx.attempt` of `send`) whose command this replies to, when known. */
+    readonly attempt?: number
+  } = {},
 ): Promise<DeliverReplyResult> {
   checkId('sagaId', sagaId)
   checkId('step', step)
   checkObject('options', options)
   const clock = checkClock('clock', options.clock)
+  const attempt =
+    options.attempt === undefined ? undefined : checkInteger('options.attempt', options.attempt, 1)
   // The reply itself first: a value JSON cannot hold is the caller's mistake, whatever the saga.
   const json = storedJson('reply', reply)
   const statements = sagaStatements[executor.dialect]
   const rows = await executor.query<SagaRow>(statements.selectOne, [sagaId])
   const row = rows[0]
   if (row === undefined) throw new SagaNotFoundError(sagaId)
-  const steps = JSON.parse(row.steps) as { name: string; status: string }[]
+  const steps = JSON.parse(row.steps) as StepState[]
   const state = steps.find((s) => s.name === step)
   if (state === undefined) {
     throw new SagaStateConflictError(sagaId, row.status, `it has no step named "${step}"`)
@@ -249,6 +267,7 @@ export async function deliverReply(
       `step "${step}" has sent no command to reply to`,
     )
   }
+  if (isStale(state, attempt)) return 'stale'
   const now = storedTime(clock)
   const { rowCount } = await executor.execute(statements.insertReply, [sagaId, step, json, now])
   if (rowCount === 0) {
@@ -260,6 +279,15 @@ export async function deliverReply(
   }
   await wakeSaga(executor, sagaId, now)
   return 'delivered'
+}
+
+// Whether a step awaits no reply (see deliverReply): only a command in flight (`sent`), or a
+// step `waiting` as stored before that flag existed, has one to come.
+function isStale(state: StepState, attempt: number | undefined): boolean {
+  if (state.status === 'completed' || state.status === 'compensated') return true
+  if (state.sent !== true && !(state.status === 'waiting' && state.sent === undefined)) return true
+  if (attempt === undefined) return false
+  return attempt > state.attempts || attempt <= (state.replyRefusedAt ?? 0)
 }
 
 /**

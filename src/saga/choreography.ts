@@ -228,8 +228,9 @@ export interface SagaReplyHandlerOptions {
    */
   readonly consumer?: string
   /**
-   * Called for a reply that names no saga (or a step it does not have); it is acknowledged
-   * and dropped rather than redelivered forever.
+   * Called for a reply that names no saga (or a step it does not have), or that its step
+   * awaits no more (`deliverReply`'s `'stale'`); it is acknowledged and dropped rather than
+   * redelivered forever.
    * @default ignore
    */
   readonly onIgnored?: (message: IncomingMessage, reason: string) => void
@@ -279,7 +280,14 @@ export function sagaReplyHandler(
         // A savepoint: a reply for an unknown saga is recorded in the inbox and dropped,
         // without failing (and rolling back) the whole message.
         try {
-          await tx.transaction((sp) => deliverReply(sp, sagaId, step, reply, { clock }))
+          const delivered = await tx.transaction((sp) =>
+            deliverReply(sp, sagaId, step, reply, {
+              clock,
+              ...attemptOption(message.headers[CAUSATION_ID_HEADER], sagaId, step),
+            }),
+          )
+          if (delivered === 'stale')
+            ignored = `saga ${sagaId}: step "${step}" awaits no reply to this command any more (it already ran, or this reply was read before)`
         } catch (error) {
           const code = (error as { code?: unknown }).code
           if (code !== 'SAGA_NOT_FOUND' && code !== 'SAGA_STATE_CONFLICT') throw error
@@ -289,6 +297,21 @@ export function sagaReplyHandler(
     })
     if (ignored !== undefined) onIgnored(message, ignored)
   }
+}
+
+// The command a reply answers is its causation id, `${sagaId}:${step}:${attempt}` (commandStep's
+// command id, replyTo's causation id): its attempt lets deliverReply drop a redelivered copy of a
+// reply that was already read. Anything else names no attempt.
+function attemptOption(
+  causationId: string | undefined,
+  sagaId: string,
+  step: string,
+): { attempt?: number } {
+  const prefix = `${sagaId}:${step}:`
+  if (causationId === undefined || !causationId.startsWith(prefix)) return {}
+  const rest = causationId.slice(prefix.length)
+  if (!/^[1-9][0-9]{0,8}$/.test(rest)) return {}
+  return { attempt: Number(rest) }
 }
 
 /** An event as a reacting service sees it. */

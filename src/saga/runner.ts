@@ -580,6 +580,7 @@ export class InstanceRun {
       await tx.execute(sagaStatements[tx.dialect].deleteReply, [this.id, step.name])
     }
     this.#attempt = attempt
+    state.replyRefusedAt = attempt
     return this.#stepFailed(step, state, attempt, outcome.error, 0, [forget])
   }
 

@@ -67,6 +67,11 @@ export interface StepState {
    * unknown (the other service may have acted), so a compensation covers this step too.
    */
   sent?: boolean
+  /**
+   * For a reply step: the attempt at which a reply was read and refused. Replies to it and to
+   * earlier attempts are used up: a redelivered copy is dropped (`deliverReply`'s `attempt`).
+   */
+  replyRefusedAt?: number
   /** Compensation attempts started. */
   compensationAttempts?: number
   /** The last failure of the compensation. */

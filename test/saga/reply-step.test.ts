@@ -4,6 +4,7 @@
 // that arrives while a worker is suspending the step again keeps its wake-up.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { wakeSaga } from '../../src/saga/admin.js'
 import {
   cancelSaga,
   createSagaWorker,
@@ -123,7 +124,7 @@ describe.each(dbTargets)('saga reply steps on $dialect', (target) => {
     expect(await effects(id)).toEqual(refunded(id))
     // The card was charged after all: the late positive reply changes nothing, it was refunded.
     expect(await deliverReply(t.db, id, 'charge', { ok: true, chargeId: 'c-1' }, { clock })).toBe(
-      'delivered',
+      'stale',
     )
     expect(await worker.poll()).toBe(0)
     expect((await getSaga(t.db, id))!.status).toBe('cancelled')
@@ -235,8 +236,8 @@ describe.each(dbTargets)('saga reply steps on $dialect', (target) => {
     })
     const worker = createSagaWorker({ db: worker1.db, sagas: [saga], clock })
     await worker.run(saga, {}, { id })
-    // A stray reply for a step that does not wait wakes the saga: nothing for it to do.
-    await deliverReply(t.db, id, 'reserve', { stray: true }, { clock })
+    // A spurious wake (a stray reply no longer wakes anything): nothing for the saga to do.
+    await wakeSaga(t.db, id, clock.now())
     worker1.arm()
     expect(await worker.poll()).toBe(1)
     expect((await getSaga(t.db, id))!.steps[1]!.status).toBe('waiting')
@@ -305,7 +306,7 @@ describe.each(dbTargets)('saga reply steps on $dialect', (target) => {
       })
       const worker = createSagaWorker({ db, sagas: [saga], clock })
       await worker.run(saga, {}, { id })
-      await deliverReply(t.db, id, 'reserve', { stray: true }, { clock })
+      await wakeSaga(t.db, id, clock.now())
       worker1.arm()
       expect(await worker.poll()).toBe(1)
       commit.open()
