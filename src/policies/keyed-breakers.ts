@@ -103,7 +103,14 @@ class KeyedBreakerSet implements KeyedBreakers {
       entries.set(key, entry)
     } else {
       const breaker = this.#create(key)
-      if (typeof breaker !== 'object' || breaker === null || typeof breaker.execute !== 'function')
+      // The set reads `state` to keep unhealthy keys and calls `dispose()` on the ones it drops.
+      if (
+        typeof breaker !== 'object' ||
+        breaker === null ||
+        typeof breaker.execute !== 'function' ||
+        typeof breaker.dispose !== 'function' ||
+        typeof breaker.state !== 'string'
+      )
         throw new InvalidOptionError(
           'keyedBreakers.create',
           'a function returning a CircuitBreaker',

@@ -136,4 +136,14 @@ describe('createKeyedBreakers', () => {
     const breakers = createKeyedBreakers({ create: () => undefined as unknown as CircuitBreaker })
     expect(() => breakers.get('x')).toThrow(InvalidOptionError)
   })
+
+  it('rejects a create() returning a plain policy, which it could never dispose nor drop', () => {
+    // Accepted, a policy without state and dispose() was never dropped as closed (the set grew
+    // past maxKeys for good) and made delete() and close() throw a TypeError.
+    const breakers = createKeyedBreakers({
+      create: () => ({ execute: async () => 'x' }) as unknown as CircuitBreaker,
+    })
+    expect(() => breakers.get('x')).toThrow(InvalidOptionError)
+    expect(breakers.size).toBe(0)
+  })
 })
