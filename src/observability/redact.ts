@@ -103,8 +103,13 @@ const jsonMembers = /"((?:[^"\\]|\\.){1,200})"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d[\
 // read as a whole, so a secret inside it (`message: "login password: x"`) is still found.
 const namedColon =
   /(?<![\w.$/\\-])(?:\\?["'])?([A-Za-z_$][\w.$-]*)(?:\\?["'])?[^\S\n]*(?::|=>?(?!=))/g
-// An ellipsis may end a URL cut short inside its password (see maskUrlCredentials).
-const mayHoldSecret = /bearer|basic|authorization|:|…/i
+// Text with none of these (nor `@` or `=`) holds nothing the passes mask, and is returned as it
+// is: most logged strings (paths, URLs, times), which the passes would cost 25 times as much.
+// A `name:` value needs a secret's name, and each name isSecretKey knows holds one of the
+// words (`pass` for password, passwd and passphrase, `key` for API and private keys). An
+// ellipsis may end a URL cut short inside its password (see maskUrlCredentials).
+const mayHoldSecret =
+  /bearer|basic|authorization|pass|secret|token|key|credential|cookie|session|"\s*:|…/i
 
 /**
  * Masks secrets embedded in text: URL credentials (`postgres://app:secret@db` becomes

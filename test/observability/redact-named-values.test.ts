@@ -31,6 +31,26 @@ describe('redactSecrets on header lines', () => {
       expect(redactSecrets(text!), text).toBe(masked)
   })
 
+  it('knows every name isSecretKey knows, in any spelling', () => {
+    // redactSecrets skips text without a secret's word: none of these may be skipped.
+    for (const name of [
+      'password',
+      'Passwd',
+      'passphrase',
+      'X-Client-Secret',
+      'access_token',
+      'API-KEY',
+      'private.key',
+      'credential',
+      'credentials',
+      'authorization',
+      'Cookie',
+      'session-id',
+      'PGPASSWORD',
+    ])
+      expect(redactSecrets(`${name}: v4lue`), name).toBe(`${name}: ***`)
+  })
+
   it('leaves ordinary text with colons alone', () => {
     for (const text of [
       'connection refused: timeout after 5 s',
