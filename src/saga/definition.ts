@@ -284,7 +284,8 @@ export interface SagaDeclaration<I> {
    */
   readonly version: number
   /**
-   * Validates (and types) the input given to `startSaga`; throw to refuse it.
+   * Validates (and types) the input given to `startSaga`; throw to refuse it. It must return
+   * the input itself: a promise (an async parser) is refused with `InvalidOptionError`.
    * @default none: the input is taken as it is
    */
   readonly input?: (raw: unknown) => I

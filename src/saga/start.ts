@@ -65,6 +65,16 @@ export function checkSagaId(option: string, id: unknown): string {
 /** Validates and serializes a saga's input. */
 export function serializeInput(saga: CompiledSaga, input: unknown): string {
   const parsed = saga.parseInput === undefined ? input : saga.parseInput(input)
+  // An async parser (zod's parseAsync) returned a promise, stored as the input `{}`, and its
+  // rejection went unhandled: refused, and its outcome observed so that it is not reported.
+  if (typeof (parsed as { then?: unknown } | null)?.then === 'function') {
+    ;(parsed as Promise<unknown>).then(undefined, () => {})
+    throw new InvalidOptionError(
+      `saga "${saga.name}".input`,
+      'a function that returns the input itself (synchronously), not a promise',
+      parsed,
+    )
+  }
   return storedJson('input', parsed)
 }
 
