@@ -96,8 +96,10 @@ export interface StepContext<I, C> extends SagaStepInfo<I, C> {
    */
   readonly idempotencyKey: string
   /**
-   * Aborts when the step's timeout elapses, when the worker learns that its lease was taken
-   * over (`SagaLeaseLostError`), or on a hard stop. Pass it to fetch, undici, pg.
+   * Aborts when the step's timeout elapses, or when the worker learns that its lease was taken
+   * over (`SagaLeaseLostError`). Pass it to fetch, undici, pg. It does not abort on
+   * `worker.stop()`, which waits for the running step to end: give a step that may hang a
+   * `timeoutMs` (there is no hard stop).
    */
   readonly signal: AbortSignal
   /**
