@@ -1,4 +1,5 @@
 import type { Clock } from '../core/clock.js'
+import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
 
 /**
@@ -26,7 +27,8 @@ export interface RetryBudget {
 export interface RetryBudgetOptions {
   /**
    * Tokens deposited per first attempt: retries allowed per request, on top of the floor.
-   * 0.2 lets retries add at most 20% to the load.
+   * 0.2 lets retries add at most 20% to the load. Kept to thousandths of a token: a positive
+   * ratio below 0.0005 (which would round to no deposit) is refused.
    * @default 0.2
    */
   readonly ratio?: number
@@ -164,8 +166,19 @@ export function createRetryBudget(options: RetryBudgetOptions = {}): RetryBudget
   )
   const ttlMs = checkInteger('retryBudget.ttlMs', options.ttlMs ?? 10_000, 10, 3_600_000)
   const reserve = Math.round(perSecond * (ttlMs / 1_000) * unit)
+  const deposit = Math.round(ratio * unit)
+  // Amounts are kept in thousandths of a token: a positive option that rounds to nothing would
+  // silently allow no retries at all.
+  if (ratio > 0 && deposit === 0)
+    throw new InvalidOptionError('retryBudget.ratio', `0 or a number >= ${0.5 / unit}`, ratio)
+  if (perSecond > 0 && reserve === 0)
+    throw new InvalidOptionError(
+      'retryBudget.minRetriesPerSecond',
+      `0 or a number >= ${0.5 / unit / (ttlMs / 1_000)} (with ttlMs ${ttlMs})`,
+      perSecond,
+    )
   return new TokenRetryBudget(
-    Math.round(ratio * unit),
+    deposit,
     reserve,
     ttlMs,
     checkClock('retryBudget.clock', options.clock),

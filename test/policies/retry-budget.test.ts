@@ -76,6 +76,9 @@ describe('createRetryBudget', () => {
   it.each([
     [{ ratio: -0.1 }, 'retryBudget.ratio'],
     [{ ratio: 'lots' }, 'retryBudget.ratio'],
+    // Kept in thousandths of a token: this would silently deposit nothing at all.
+    [{ ratio: 0.0004 }, 'retryBudget.ratio'],
+    [{ minRetriesPerSecond: 0.00001 }, 'retryBudget.minRetriesPerSecond'],
     [{ minRetriesPerSecond: -1 }, 'retryBudget.minRetriesPerSecond'],
     [{ ttlMs: 0 }, 'retryBudget.ttlMs'],
     [{ ttlMs: 1.5 }, 'retryBudget.ttlMs'],
