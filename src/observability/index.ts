@@ -38,5 +38,5 @@ export {
   PROMETHEUS_CONTENT_TYPE,
 } from './metrics.js'
 export type { MetricsServer, MetricsServerOptions } from './metrics-server.js'
-export { startMetricsServer } from './metrics-server.js'
+export { HealthCheckTimeoutError, startMetricsServer } from './metrics-server.js'
 export { isSecretKey, REDACTED, redactSecrets } from './redact.js'

@@ -1,7 +1,8 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import type { MetricsRegistry } from './metrics.js'
 
 /** Options of {@link startMetricsServer}. */
@@ -18,16 +19,47 @@ export interface MetricsServerOptions {
   readonly registry: MetricsRegistry
   /**
    * Decides `GET /healthz`: 200 `ok` when it returns true, 503 `unhealthy` otherwise (or when
-   * it throws).
+   * it throws, or does not answer within `healthTimeoutMs`).
    * @default () => true
    */
   readonly health?: () => boolean | Promise<boolean>
+  /**
+   * How long `GET /healthz` waits for `health`: past it the answer is 503 and `onError` gets
+   * a {@link HealthCheckTimeoutError}, rather than the probe held open until it gives up.
+   * @default 5000
+   */
+  readonly healthTimeoutMs?: number
+  /**
+   * Times `healthTimeoutMs`.
+   * @default systemClock
+   */
+  readonly clock?: Clock
   /**
    * Receives errors while rendering metrics or checking health (the request gets a 500 or 503).
    * What it throws is ignored: the request is answered all the same.
    * @default ignore them
    */
   readonly onError?: (error: unknown) => void
+}
+
+/**
+ * The health check did not settle within `healthTimeoutMs` (code `TIMEOUT`, retryable):
+ * `/healthz` answered 503. Given to `onError`.
+ */
+export class HealthCheckTimeoutError extends BreakwaterError {
+  /** The timeout that passed, in milliseconds. */
+  readonly timeoutMs: number
+
+  constructor(timeoutMs: number) {
+    super(
+      'TIMEOUT',
+      `the health check did not answer within ${timeoutMs} ms; /healthz answered 503`,
+      {
+        retryable: true,
+      },
+    )
+    this.timeoutMs = timeoutMs
+  }
 }
 
 /** A running metrics server; see {@link startMetricsServer}. */
@@ -69,6 +101,13 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     options.health === undefined
       ? () => true
       : checkFunction<() => boolean | Promise<boolean>>('metricsServer.health', options.health)
+  const healthTimeoutMs = checkInteger(
+    'metricsServer.healthTimeoutMs',
+    options.healthTimeoutMs ?? 5_000,
+    1,
+    maxTimerDelayMs,
+  )
+  const clock = checkClock('metricsServer.clock', options.clock)
   const onErrorOption =
     options.onError === undefined
       ? () => {}
@@ -96,10 +135,19 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     const head = method === 'HEAD'
     if (path === '/healthz') {
       let ok = false
+      let timer: TimerHandle | undefined
       try {
-        ok = (await health()) === true
+        const timedOut = new Promise<never>((_resolve, reject) => {
+          timer = clock.setTimeout(
+            () => reject(new HealthCheckTimeoutError(healthTimeoutMs)),
+            healthTimeoutMs,
+          )
+        })
+        ok = (await Promise.race([health(), timedOut])) === true
       } catch (error) {
         onError(error)
+      } finally {
+        if (timer !== undefined) clock.clearTimeout(timer)
       }
       reply(
         response,
