@@ -112,6 +112,9 @@ export async function startSaga<I>(
   checkObject('options', options)
   if (typeof executor !== 'object' || executor === null || typeof executor.query !== 'function')
     throw new InvalidOptionError('executor', 'a SqlExecutor (driver or transaction)', executor)
+  // A string 'false' (from an env var) was truthy and notified.
+  if (options.notify !== undefined && typeof options.notify !== 'boolean')
+    throw new InvalidOptionError('options.notify', 'a boolean', options.notify)
   const saga = compiledSaga(definition)
   const id = options.id === undefined ? randomUUID() : checkSagaId('options.id', options.id)
   const clock = checkClock('clock', options.clock)

@@ -39,3 +39,17 @@ describe.each(dbTargets)('saga input functions on $dialect', (target) => {
     expect(await countRows(t.db, 'breakwater_sagas')).toBe(0)
   })
 })
+
+describe('startSaga options', () => {
+  it('refuses a notify that is not a boolean (the string "false" notified)', async () => {
+    const saga = defineSaga({ name: 'n', version: 1, steps: [{ name: 'a', action: () => {} }] })
+    const untouched = { dialect: 'sqlite', query: async () => expect.unreachable() } as never
+    for (const notify of ['false', 0, null]) {
+      const error = await startSaga(untouched, saga, {}, { notify: notify as never }).catch(
+        (e: unknown) => e,
+      )
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe('options.notify')
+    }
+  })
+})
