@@ -57,8 +57,10 @@ export interface Gauge {
   set(value: number): void
   /** Sets the series of `labels`. */
   set(labels: LabelValues, value: number): void
+  /** Adds `value` (finite, default 1) to a series. */
   inc(value?: number): void
   inc(labels: LabelValues, value?: number): void
+  /** Subtracts `value` (finite, default 1) from a series. */
   dec(value?: number): void
   dec(labels: LabelValues, value?: number): void
   /** The current value of a series (0 when it was never set). */
@@ -390,17 +392,19 @@ class GaugeMetric extends Metric<NumberState> implements Gauge {
     this.entry(labels).state.value = value
   }
 
+  // A step must be finite: NaN or ±Infinity added once would stay in the series for good
+  // (no later step brings it back), while set() replaces the value and may take any.
   inc(a?: LabelValues | number, b?: number): void {
     const [labels, value] = split(a, b, 1)
-    if (typeof value !== 'number')
-      throw new InvalidOptionError(`${this.name}.inc`, 'a number', value)
+    if (typeof value !== 'number' || !Number.isFinite(value))
+      throw new InvalidOptionError(`${this.name}.inc`, 'a finite number', value)
     this.entry(labels).state.value += value
   }
 
   dec(a?: LabelValues | number, b?: number): void {
     const [labels, value] = split(a, b, 1)
-    if (typeof value !== 'number')
-      throw new InvalidOptionError(`${this.name}.dec`, 'a number', value)
+    if (typeof value !== 'number' || !Number.isFinite(value))
+      throw new InvalidOptionError(`${this.name}.dec`, 'a finite number', value)
     this.entry(labels).state.value -= value
   }
 

@@ -48,3 +48,20 @@ describe('metrics registry: an onCollectError that throws', () => {
     expect(sampleValue(families, 'kept_total', {})).toBe(3)
   })
 })
+
+describe('metrics registry: gauge steps that are not finite', () => {
+  it('refuses them, leaving the series as it was (a NaN step would stick for good)', async () => {
+    const registry = createMetricsRegistry()
+    const inFlight = registry.gauge({ name: 'in_flight', help: 'h', labelNames: ['route'] })
+    inFlight.set({ route: 'a' }, 3)
+    for (const step of [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) {
+      expect(() => inFlight.inc({ route: 'a' }, step), `inc ${step}`).toThrow(/finite number/)
+      expect(() => inFlight.dec({ route: 'a' }, step), `dec ${step}`).toThrow(/finite number/)
+    }
+    inFlight.dec({ route: 'a' })
+    expect(inFlight.get({ route: 'a' })).toBe(2)
+    // A value set outright may be anything Prometheus reads, NaN and ±Inf included.
+    inFlight.set({ route: 'b' }, Number.NaN)
+    expect(Number.isNaN(inFlight.get({ route: 'b' }))).toBe(true)
+  })
+})
