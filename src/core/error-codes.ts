@@ -59,6 +59,8 @@ export const errorCodes = {
     'A saga step waited for its reply message longer than its timeout; retryable.',
   WRONG_EXPECTED_VERSION:
     'An event store append found the stream at another version than its expectedVersion; nothing was written.',
+  UPCAST_FAILED:
+    'An event store read (or append) met an event its upcasters cannot bring to the current version: an upcaster threw or returned nothing, or no chain starts at its stored version.',
   REBUILD_SUPERSEDED:
     'A projection rebuild was overtaken by a later rebuild of the same projection; it swapped nothing in.',
   UPSTREAM_CONNECT_FAILED:

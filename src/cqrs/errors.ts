@@ -1,4 +1,3 @@
-import type { ErrorCode } from '../core/error-codes.js'
 import { BreakwaterError } from '../core/errors.js'
 import type { ExpectedVersion } from './types.js'
 
@@ -124,9 +123,7 @@ export class UpcastError extends BreakwaterError {
         : `stream "${event.stream}", not yet written`
     const what = `event "${event.type}" v${event.schemaVersion} (${where}, id "${event.eventId}")`
     super(
-      // TODO(registry): register UPCAST_FAILED in src/core/error-codes.ts and docs/errors.md
-      // (outside src/cqrs), then drop this cast.
-      'UPCAST_FAILED' as ErrorCode,
+      'UPCAST_FAILED',
       cause === undefined
         ? `Cannot upcast ${what} to v${event.currentVersion}: no upcaster reads "${event.type}" v${event.schemaVersion}`
         : `Upcasting ${what} to v${event.currentVersion} failed in the upcaster of v${cause.fromVersion}: ${messageOf(cause.error)}`,
