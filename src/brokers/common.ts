@@ -165,11 +165,11 @@ export function resolveCommonOptions(
 /**
  * The application's error listener, made unable to throw into the adapter: it is called from
  * driver callbacks (a RabbitMQ delivery, whose exception drops the connection), promise
- * handlers (an unhandled rejection) and read loops, none of which may fail because of it.
+ * handlers (an unhandled rejection) and read loops (the SQL queue's, where a throw would leave
+ * a failed message leased until its visibility timeout, its key's later messages behind it),
+ * none of which may fail because of it.
  */
-function shielded(
-  listener: (event: SubscriberErrorEvent) => void,
-): (event: SubscriberErrorEvent) => void {
+export function shielded<E>(listener: (event: E) => void): (event: E) => void {
   return (event) => {
     try {
       listener(event)

@@ -13,6 +13,7 @@ import {
   type SqlExecutor,
   type Unlisten,
 } from '../stores/index.js'
+import { shielded } from './common.js'
 import type {
   Broker,
   IncomingMessage,
@@ -384,24 +385,6 @@ function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOption
         : shielded(
             checkFunction<(event: SqlQueueErrorEvent) => void>('sqlQueue.onError', options.onError),
           ),
-  }
-}
-
-/**
- * The application's error listener, made unable to throw into the queue: it is called where a
- * failed handler's retry is about to be recorded, from the poll loop and from promise handlers,
- * and a throw there would leave the message leased until its visibility timeout (and its key's
- * later messages behind it), or end in an unhandled rejection.
- */
-function shielded(
-  listener: (event: SqlQueueErrorEvent) => void,
-): (event: SqlQueueErrorEvent) => void {
-  return (event) => {
-    try {
-      listener(event)
-    } catch {
-      // Nothing left to report it to.
-    }
   }
 }
 
