@@ -3,17 +3,8 @@
 // that then fails to start (or starts and silently never does what it says).
 
 import { describe, expect, it } from 'vitest'
-import { ConfigInvalidError, parseProxyConfig } from '../../../src/proxy/config/index.js'
-
-function problemsOf(yaml: string): string {
-  try {
-    parseProxyConfig(yaml, 'test.yaml')
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigInvalidError)
-    return (error as Error).message
-  }
-  throw new Error('expected the config to be rejected')
-}
+import { parseProxyConfig } from '../../../src/proxy/config/index.js'
+import { problemsOf } from './problems.js'
 
 const app = 'services: { app: { endpoints: [http://127.0.0.1:3000] } }\n'
 
