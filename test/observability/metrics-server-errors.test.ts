@@ -1,32 +1,10 @@
 // onError is the caller's code: if it throws, a scrape still gets its answer and the process
 // is not brought down by an unhandled rejection.
-import { request } from 'node:http'
-import { afterEach, describe, expect, it } from 'vitest'
-import {
-  createMetricsRegistry,
-  type MetricsServer,
-  startMetricsServer,
-} from '../../src/observability/index.js'
+import { describe, expect, it } from 'vitest'
+import { createMetricsRegistry, startMetricsServer } from '../../src/observability/index.js'
+import { get, serversClosedAfterEach } from './metrics-http.js'
 
-const servers: MetricsServer[] = []
-afterEach(async () => {
-  await Promise.all(servers.splice(0).map((s) => s.close()))
-})
-
-function get(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (c: string) => {
-        body += c
-      })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
-    })
-    req.on('error', reject)
-    req.end()
-  })
-}
+const servers = serversClosedAfterEach()
 
 describe('metrics server: an onError that throws', () => {
   it('still answers 503 and 500, and no rejection escapes', async () => {

@@ -1,35 +1,13 @@
 // A health check that never settles (one that awaits a stuck dependency) must still get the
 // probe an answer: 503 once healthTimeoutMs has passed, rather than a request held open (and
 // its handler kept in memory) until the prober gives up.
-import { request } from 'node:http'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
-import {
-  createMetricsRegistry,
-  type MetricsServer,
-  startMetricsServer,
-} from '../../src/observability/index.js'
+import { createMetricsRegistry, startMetricsServer } from '../../src/observability/index.js'
 import { flushJobs, ManualClock } from '../../src/testing/index.js'
+import { get, serversClosedAfterEach } from './metrics-http.js'
 
-const servers: MetricsServer[] = []
-afterEach(async () => {
-  await Promise.all(servers.splice(0).map((s) => s.close()))
-})
-
-function get(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (c: string) => {
-        body += c
-      })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
-    })
-    req.on('error', reject)
-    req.end()
-  })
-}
+const servers = serversClosedAfterEach()
 
 describe('metrics server: a health check that does not settle', () => {
   it('answers 503 after healthTimeoutMs and reports a TIMEOUT', async () => {

@@ -1,16 +1,9 @@
-import { request } from 'node:http'
-import { afterEach, describe, expect, it } from 'vitest'
-import {
-  createMetricsRegistry,
-  type MetricsServer,
-  startMetricsServer,
-} from '../../src/observability/index.js'
+import { describe, expect, it } from 'vitest'
+import { createMetricsRegistry, startMetricsServer } from '../../src/observability/index.js'
+import { send, serversClosedAfterEach } from './metrics-http.js'
 import { parsePrometheusText, sampleValue } from './prometheus-text.js'
 
-const servers: MetricsServer[] = []
-afterEach(async () => {
-  await Promise.all(servers.splice(0).map((s) => s.close()))
-})
+const servers = serversClosedAfterEach()
 
 async function start(
   options: Omit<Parameters<typeof startMetricsServer>[0], 'port'> & { port?: number },
@@ -18,24 +11,6 @@ async function start(
   const server = await startMetricsServer({ port: 0, ...options })
   servers.push(server)
   return server
-}
-
-function send(
-  url: string,
-  method = 'GET',
-): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method }, (res) => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (c: string) => {
-        body += c
-      })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
-    })
-    req.on('error', reject)
-    req.end()
-  })
 }
 
 describe('startMetricsServer', () => {
