@@ -340,11 +340,20 @@ const detached = new AsyncResource('breakwater.outbox-relay')
 // Thrown through the loop when the fault hook simulated a crash.
 class Halt extends Error {}
 
-/** True for failures that are a message's own fault rather than the broker's health. */
+/**
+ * True for failures that are a message's own fault rather than the broker's health.
+ *
+ * `BROKER_MISCONFIGURED` (a refused login, vhost or permission, a stream or exchange with other
+ * settings) is never the message's fault: with nothing else going through it is an outage
+ * (back off, the breaker opens, no event charged), and only when other events of the same
+ * round were confirmed (a permission that refuses one topic) is it charged like an unclear
+ * failure, so that topic's events end dead-lettered (and redrivable) instead of holding back
+ * every other topic.
+ */
 function isMessageFault(error: unknown): boolean {
   if (BreakwaterError.is(error)) {
     if (error.code === 'BROKER_REJECTED') return true
-    if (error.code === 'ABORTED') return false
+    if (error.code === 'ABORTED' || error.code === 'BROKER_MISCONFIGURED') return false
   }
   return classifyFailure(error) === 'permanent'
 }

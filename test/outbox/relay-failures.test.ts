@@ -2,6 +2,7 @@
 // the breaker opens, lag rises, the relay recovers by itself and lag falls), a poison event
 // (dead-lettered without blocking other aggregates, redriven later), and retention.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { BrokerError } from '../../src/brokers/errors.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import {
   createOutbox,
@@ -496,6 +497,28 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
     } finally {
       await relay.stop()
       await t.db.execute("DELETE FROM breakwater_outbox WHERE event_id = 'lonely-x-0'")
+    }
+  })
+
+  it("treats a misconfigured broker (refused login) as an outage, never as the event's fault", async () => {
+    const clock = new ManualClock(T0 + 3_000_000)
+    const outbox = createOutbox({ clock, topic: 'refused' })
+    const { publisher, relay } = await setup(clock, { maxAttempts: 2 })
+    publisher.before = () => {
+      throw new BrokerError('BROKER_MISCONFIGURED', 'rabbitmq', 'login refused for user "app"')
+    }
+    try {
+      await relay.start()
+      await enqueueAll(t.db, outbox, ['refused-x-0'])
+      await advanceUntil(clock, () => relay.breaker.state === 'open', 'the breaker to open', 500)
+      await advanceUntil(clock, () => publisher.calls >= 6, 'several failed calls', 500)
+      expect(await listDead(t.db)).toEqual([])
+      expect(
+        await count(t.db, 'breakwater_outbox', "WHERE event_id = 'refused-x-0' AND attempts = 0"),
+      ).toBe(1)
+    } finally {
+      await relay.stop()
+      await t.db.execute("DELETE FROM breakwater_outbox WHERE event_id = 'refused-x-0'")
     }
   })
 
