@@ -688,6 +688,8 @@ class ForwardCall {
   listening = false
   finished = false
   waitTimer: TimerHandle | undefined
+  // A retry's backoff is under way: its budget token was taken, its attempt not yet made.
+  inBackoff = false
   dispatchOptions:
     | {
         path: string
@@ -1049,8 +1051,10 @@ class ForwardCall {
       this.recordAttempt(attempt, attempt.statusFailed)
     }
     core.retryCount++
+    this.inBackoff = true
     this.waitTimer = core.clock.setTimeout(() => {
       this.waitTimer = undefined
+      this.inBackoff = false
       if (!this.finished) this.dispatch()
     }, delayMs)
     return true
@@ -1130,6 +1134,12 @@ class ForwardCall {
     if (this.waitTimer !== undefined) {
       core.clock.clearTimeout(this.waitTimer)
       this.waitTimer = undefined
+    }
+    if (this.inBackoff) {
+      // Ended during a retry's backoff (client gone, proxy closing): no retry was made, so the
+      // budget gets its token back, as the retry policy's does.
+      this.inBackoff = false
+      core.budget?.refund?.()
     }
     if (this.listening) this.req.signal.removeEventListener('abort', this)
     // A queued call that ends (its client went away) gives its queue place back at once.

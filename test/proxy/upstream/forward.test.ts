@@ -415,6 +415,21 @@ describe('forward: failures and retries', () => {
     expect(up.requests).toHaveLength(1)
   })
 
+  it('gives the retry budget its token back when the client leaves during the backoff', async () => {
+    const up = await upstream({ fallback: { kind: 'respond', status: 503 } })
+    const { front, clock, service } = await setup(serviceConfig([up.url]))
+    const client = new AbortController()
+    const pending = fetch(`${front.url}/a`, { signal: client.signal }).catch(() => 'aborted')
+    await timerWithin(clock, 1_000) // the first attempt got its 503 and the retry waits
+    const whileWaiting = service.state().retryBudgetLeft as number
+    client.abort()
+    expect(await pending).toBe('aborted')
+    await eventually(() => service.state().bulkhead.running === 0)
+    // No retry was made: the token the wait took is back.
+    expect(service.state().retryBudgetLeft).toBe(whileWaiting + 1)
+    expect(up.requests).toHaveLength(1)
+  })
+
   it('answers 504 DEADLINE_EXCEEDED at once for a spent inbound deadline', async () => {
     const up = await upstream()
     const { front } = await setup(serviceConfig([up.url]))
