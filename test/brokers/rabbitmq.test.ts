@@ -98,6 +98,17 @@ describe('rabbitmq specifics', () => {
     for (const close of closers) await close()
   })
 
+  /**
+   * Another producer, straight through amqplib: a confirm channel on a connection of its own,
+   * closed after the file's tests.
+   */
+  async function foreignProducer(url: string): Promise<ConfirmChannel> {
+    const amqp = await import('amqplib')
+    const model = await amqp.connect(url)
+    closers.push(() => model.close())
+    return model.createConfirmChannel()
+  }
+
   it('fails a publish no queue is bound for with a retryable BROKER_UNROUTABLE, then delivers once one is', async () => {
     const broker = testBroker('rabbitmq', await brokerUrl('rabbitmq'))
     closers.push(() => broker.close())
@@ -204,10 +215,7 @@ describe('rabbitmq specifics', () => {
     await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
     // Another producer, straight through amqplib, with every AMQP field type it can encode
     // ({ '!': type } picks one; a JS number is sent as the smallest integer type or a double).
-    const amqp = await import('amqplib')
-    const model = await amqp.connect(url)
-    closers.push(() => model.close())
-    const channel = await model.createConfirmChannel()
+    const channel = await foreignProducer(url)
     const decimal = (digits: number, places: number) => ({
       '!': 'decimal',
       value: { digits, places },
@@ -331,10 +339,7 @@ describe('rabbitmq specifics', () => {
     await broker.subscriber.subscribe(topic, group, async (m) => received.record(m))
     // Another producer, straight through amqplib: one message without a messageId property,
     // one with an empty one. Each would reach the handler with the id '' (one inbox record).
-    const amqp = await import('amqplib')
-    const model = await amqp.connect(url)
-    closers.push(() => model.close())
-    const channel = await model.createConfirmChannel()
+    const channel = await foreignProducer(url)
     for (const messageId of [undefined, '']) {
       channel.publish('breakwater', topic, Buffer.from('foreign'), {
         persistent: true,
@@ -376,10 +381,7 @@ describe('rabbitmq specifics', () => {
     const topic = unique('foreign-throw')
     const received = new Received()
     await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
-    const amqp = await import('amqplib')
-    const model = await amqp.connect(url)
-    closers.push(() => model.close())
-    const channel = await model.createConfirmChannel()
+    const channel = await foreignProducer(url)
     channel.publish('breakwater', topic, Buffer.from('foreign'), {
       persistent: true,
       headers: { 'breakwater-key': 'k' },

@@ -32,6 +32,29 @@ class FakeSession implements Session {
   }
 }
 
+/**
+ * An open() for superviseSessions that fails with 'still down' while failuresLeft is above zero
+ * (counting it down), and otherwise opens a new FakeSession, kept in sessions in order.
+ * onAttempt runs first on every call.
+ */
+function flakyOpener(onAttempt: () => void = () => {}) {
+  const opener = {
+    sessions: [] as FakeSession[],
+    failuresLeft: 0,
+    open: async (): Promise<FakeSession> => {
+      onAttempt()
+      if (opener.failuresLeft > 0) {
+        opener.failuresLeft--
+        throw new Error('still down')
+      }
+      const session = new FakeSession()
+      opener.sessions.push(session)
+      return session
+    },
+  }
+  return opener
+}
+
 describe('superviseSessions', () => {
   it('fails when the first session cannot be opened', async () => {
     const clock = new ManualClock()
@@ -48,21 +71,12 @@ describe('superviseSessions', () => {
 
   it('reopens a lost session with exponential backoff capped at the maximum', async () => {
     const clock = new ManualClock()
-    const sessions: FakeSession[] = []
     const attempts: number[] = []
+    const opener = flakyOpener(() => attempts.push(clock.now()))
+    const { sessions } = opener
     const errors: unknown[] = []
-    let failuresLeft = 0
     const subscription = await superviseSessions({
-      open: async () => {
-        attempts.push(clock.now())
-        if (failuresLeft > 0) {
-          failuresLeft--
-          throw new Error('still down')
-        }
-        const session = new FakeSession()
-        sessions.push(session)
-        return session
-      },
+      open: opener.open,
       clock,
       reconnectDelayMs: 100,
       maxReconnectDelayMs: 500,
@@ -70,7 +84,7 @@ describe('superviseSessions', () => {
     })
     expect(attempts).toEqual([0])
 
-    failuresLeft = 4
+    opener.failuresLeft = 4
     sessions[0]!.lose(new Error('connection lost'))
     await clock.advance(0)
     expect(sessions[0]!.closed).toBe(1)
@@ -149,19 +163,11 @@ describe('superviseSessions', () => {
 
   it('keeps reconnecting when the onError listener throws, instead of ending the loop with an unhandled rejection', async () => {
     const clock = new ManualClock()
-    const sessions: FakeSession[] = []
-    let failuresLeft = 0
+    const opener = flakyOpener()
+    const { sessions } = opener
     let reported = 0
     const subscription = await superviseSessions({
-      open: async () => {
-        if (failuresLeft > 0) {
-          failuresLeft--
-          throw new Error('still down')
-        }
-        const session = new FakeSession()
-        sessions.push(session)
-        return session
-      },
+      open: opener.open,
       clock,
       reconnectDelayMs: 100,
       maxReconnectDelayMs: 100,
@@ -171,7 +177,7 @@ describe('superviseSessions', () => {
         throw new Error('listener failed')
       },
     })
-    failuresLeft = 1
+    opener.failuresLeft = 1
     sessions[0]!.lose(new Error('connection lost'))
     await clock.advance(1_000)
     // Both the loss and the failed attempt were reported, and the next attempt connected.
