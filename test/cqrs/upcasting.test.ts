@@ -47,6 +47,30 @@ function expectUpcastError(
   return e
 }
 
+/**
+ * A 'priced' v1 upcaster that throws 'bad price' on data with the price 'bad' until repair() is
+ * called, and otherwise returns what `then` makes of the data.
+ */
+function upcasterFailingOnBadPrice(then: (data: unknown) => unknown): {
+  upcaster: Upcaster
+  repair(): void
+} {
+  let broken = true
+  return {
+    upcaster: {
+      type: 'priced',
+      fromVersion: 1,
+      upcast: (d) => {
+        if (broken && (d as { price: string }).price === 'bad') throw new Error('bad price')
+        return then(d)
+      },
+    },
+    repair: () => {
+      broken = false
+    },
+  }
+}
+
 describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
   let t: TestDb
   let plain: EventStore
@@ -160,19 +184,8 @@ describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
 
   it('keeps a subscription on the failing event: reported to onError, retried, checkpoint not past it', async () => {
     const clock = new ManualClock(Date.now())
-    let broken = true
-    const store = createEventStore(t.db, {
-      upcasters: [
-        {
-          type: 'priced',
-          fromVersion: 1,
-          upcast: (d) => {
-            if (broken && (d as { price: string }).price === 'bad') throw new Error('bad price')
-            return { cents: 1 }
-          },
-        },
-      ],
-    })
+    const priced = upcasterFailingOnBadPrice(() => ({ cents: 1 }))
+    const store = createEventStore(t.db, { upcasters: [priced.upcaster] })
     const s = fresh()
     const { events } = await plain.append(s, [
       { type: 'priced', data: { price: 'ok' }, schemaVersion: 1 },
@@ -213,7 +226,7 @@ describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
         [name],
       )
       expect(Number(rows[0]!.position)).toBe(positions[0])
-      broken = false
+      priced.repair()
       await expect
         .poll(async () => {
           await clock.advance(1000)
@@ -227,19 +240,8 @@ describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
 
   it('keeps a projector on the failing event: reported to onError, retried, checkpoint not past it', async () => {
     const clock = new ManualClock(Date.now())
-    let broken = true
-    const store = createEventStore(t.db, {
-      upcasters: [
-        {
-          type: 'priced',
-          fromVersion: 1,
-          upcast: (d) => {
-            if (broken && (d as { price: string }).price === 'bad') throw new Error('bad price')
-            return d
-          },
-        },
-      ],
-    })
+    const priced = upcasterFailingOnBadPrice((d) => d)
+    const store = createEventStore(t.db, { upcasters: [priced.upcaster] })
     // Starts after everything the earlier tests left in the log.
     const s = fresh()
     const seen: string[] = []
@@ -282,7 +284,7 @@ describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
       await expect.poll(() => errors.length, poll).toBeGreaterThanOrEqual(1)
       expect(errors[0]).toBeInstanceOf(UpcastError)
       expect(await projector.position()).toBe(positions[0])
-      broken = false
+      priced.repair()
       await expect
         .poll(async () => {
           await clock.advance(1000)
