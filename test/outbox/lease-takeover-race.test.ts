@@ -19,6 +19,15 @@ const T0 = 1_700_000_000_000
 const leaseMs = 3_000
 const sql = outboxStatements.postgres
 
+/** A promise and its resolve, to hold one side of the race at a chosen point. */
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve: () => void = () => {}
+  const promise = new Promise<void>((r) => {
+    resolve = r
+  })
+  return { promise, resolve }
+}
+
 describe('partition leases on PostgreSQL: renewal racing a takeover of the relay id', () => {
   let t: OutboxDb
   let sessionB: SqlDriver
@@ -32,6 +41,17 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
   afterAll(async () => {
     await t?.close()
   })
+
+  /** Waits until a statement in this database waits on a lock (the other session's rows). */
+  function untilLockWait(what: string): Promise<void> {
+    return until(async () => {
+      const rows = await watcher.query<{ n: number | string }>(
+        `SELECT COUNT(*) AS n FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+      )
+      return Number(rows[0]!.n) > 0
+    }, what)
+  }
 
   it('a renewal that waited for the takeover keeps none of the new tokens', async () => {
     // A's driver runs `between` right after its heartbeat statement, once.
@@ -60,15 +80,9 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
     // B, whose clock sees A's heartbeat long expired (A stalled), takes the id over and fences
     // its partitions, holding its transaction open until A's renew waits on its row locks.
     const nowB = T0 + 10 * leaseMs
-    let commitB: () => void = () => {}
-    const gate = new Promise<void>((resolve) => {
-      commitB = resolve
-    })
+    const commitB = deferred()
     let takeover: Promise<void> | undefined
-    let tookOver: () => void = () => {}
-    const tookOverP = new Promise<void>((resolve) => {
-      tookOver = resolve
-    })
+    const tookOver = deferred()
     between = async () => {
       takeover = sessionB.transaction(async (tx) => {
         const taken = await tx.query(sql.heartbeat, [
@@ -80,10 +94,10 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
         ])
         expect(taken).toHaveLength(1)
         await tx.execute(sql.fence, ['raced-id'])
-        tookOver()
-        await gate
+        tookOver.resolve()
+        await commitB.promise
       })
-      await tookOverP
+      await tookOver.promise
     }
 
     const renewed = a.renew().then(
@@ -91,14 +105,8 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
       (error: unknown) => ({ error }),
     )
     // A's renew statement is blocked on B's uncommitted row locks: now B commits.
-    await until(async () => {
-      const rows = await watcher.query<{ n: number | string }>(
-        `SELECT COUNT(*) AS n FROM pg_stat_activity
-         WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-      )
-      return Number(rows[0]!.n) > 0
-    }, "A's renew to wait for B's row locks")
-    commitB()
+    await untilLockWait("A's renew to wait for B's row locks")
+    commitB.resolve()
     await takeover
     await renewed
 
@@ -124,18 +132,14 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
     // A's stop starts meanwhile, on a snapshot from before B's heartbeat, and waits for B's row
     // locks. B's statements are one transaction here to hold that window open.
     const nowB = T0 + 10 * leaseMs
-    let commitB: () => void = () => {}
-    const gate = new Promise<void>((resolve) => {
-      commitB = resolve
-    })
-    let ready: () => void = () => {}
-    const readyP = new Promise<void>((resolve) => {
-      ready = resolve
-    })
+    const commitB = deferred()
+    const ready = deferred()
+    const lockedB = deferred()
+    const releaseB = deferred()
     const takeover = sessionB.transaction(async (tx) => {
       await tx.query('SELECT 1')
-      ready()
-      await gate
+      ready.resolve()
+      await commitB.promise
       const taken = await tx.query(sql.heartbeat, [
         'stopping-id',
         nowB,
@@ -153,29 +157,16 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
         'instance-b',
       ])
       expect(claimed).toHaveLength(64)
-      await new Promise<void>((resolve) => {
-        releaseB = resolve
-        lockedB()
-      })
+      lockedB.resolve()
+      await releaseB.promise
     })
-    let releaseB: () => void = () => {}
-    let lockedB: () => void = () => {}
-    const lockedP = new Promise<void>((resolve) => {
-      lockedB = resolve
-    })
-    await readyP
-    commitB()
-    await lockedP
+    await ready.promise
+    commitB.resolve()
+    await lockedB.promise
     // B holds its row locks, uncommitted: A's stop reads the id as still its own.
     const stopping = a.releaseAll()
-    await until(async () => {
-      const rows = await watcher.query<{ n: number | string }>(
-        `SELECT COUNT(*) AS n FROM pg_stat_activity
-         WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-      )
-      return Number(rows[0]!.n) > 0
-    }, "A's release to wait for B's row locks")
-    releaseB()
+    await untilLockWait("A's release to wait for B's row locks")
+    releaseB.resolve()
     await takeover
     await stopping
 

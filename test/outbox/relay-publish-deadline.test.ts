@@ -6,7 +6,7 @@
 // real time passes for any wait.
 import { createServer } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createWebhookPublisher } from '../../src/brokers/index.js'
+import { createWebhookPublisher, type Publisher } from '../../src/brokers/index.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { createOutbox, createRelay, type RelayEvent } from '../../src/outbox/index.js'
 import { remainingMs, withDeadline } from '../../src/policies/deadline.js'
@@ -38,6 +38,32 @@ describe.each(dbTargets)('relay publish deadline on $dialect', (target) => {
     await t?.close()
   })
 
+  /** The relay both tests run: a publish timeout of 1.5 s, no retention, no LISTEN. */
+  function relayWith(publisher: Publisher, clock: ManualClock) {
+    return createRelay({
+      db: t.db,
+      publisher,
+      clock,
+      leaseMs: 4_000,
+      publishTimeoutMs: 1_500,
+      retention: false,
+      listen: false,
+    })
+  }
+
+  /** Enqueues one 'placed' event of order `id` on the topic orders, with the payload { n }. */
+  function enqueueOrder(id: string, n: number): Promise<unknown> {
+    return t.db.transaction((tx) =>
+      createOutbox().enqueue(tx, {
+        aggregateType: 'order',
+        aggregateId: id,
+        type: 'placed',
+        topic: 'orders',
+        payload: { n },
+      }),
+    )
+  }
+
   it("a publisher's retries end within the publish timeout, with the receiver's own error", async () => {
     const clock = new ManualClock(T0)
     const webhook = createWebhookPublisher({
@@ -47,29 +73,13 @@ describe.each(dbTargets)('relay publish deadline on $dialect', (target) => {
       attemptTimeoutMs: 2_000,
       retry: { maxAttempts: 5, baseDelayMs: 100, maxDelayMs: 500, maxRetryAfterMs: 1_000 },
     })
-    const relay = createRelay({
-      db: t.db,
-      publisher: webhook,
-      clock,
-      leaseMs: 4_000,
-      publishTimeoutMs: 1_500,
-      retention: false,
-      listen: false,
-    })
+    const relay = relayWith(webhook, clock)
     const failures: Array<{ at: number; error: unknown }> = []
     relay.events.on((e: RelayEvent) => {
       if (e.type === 'publishFailed') failures.push({ at: clock.now(), error: e.error })
     })
     try {
-      await t.db.transaction((tx) =>
-        createOutbox().enqueue(tx, {
-          aggregateType: 'order',
-          aggregateId: 'o-1',
-          type: 'placed',
-          topic: 'orders',
-          payload: { n: 1 },
-        }),
-      )
+      await enqueueOrder('o-1', 1)
       await relay.start()
       relay.wake()
       await until(async () => requests === 1, 'the first POST')
@@ -98,33 +108,20 @@ describe.each(dbTargets)('relay publish deadline on $dialect', (target) => {
   it("a relay started inside a caller's deadline publishes under its own, not the caller's", async () => {
     const clock = new ManualClock(T0)
     const seen: Array<number | undefined> = []
-    const relay = createRelay({
-      db: t.db,
-      publisher: {
+    const relay = relayWith(
+      {
         async publish() {
           seen.push(remainingMs(clock))
         },
         async close() {},
       },
       clock,
-      leaseMs: 4_000,
-      publishTimeoutMs: 1_500,
-      retention: false,
-      listen: false,
-    })
+    )
     try {
       // An application that bounds its startup: the relay's loop outlives that deadline.
       await withDeadline(100, () => relay.start(), { clock })
       await clock.advance(200)
-      await t.db.transaction((tx) =>
-        createOutbox().enqueue(tx, {
-          aggregateType: 'order',
-          aggregateId: 'o-2',
-          type: 'placed',
-          topic: 'orders',
-          payload: { n: 2 },
-        }),
-      )
+      await enqueueOrder('o-2', 2)
       relay.wake()
       await until(async () => seen.length > 0, 'a publish')
       expect(seen[0]).toBe(1_500)
