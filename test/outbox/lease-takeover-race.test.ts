@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PartitionLeases } from '../../src/outbox/leases.js'
 import { outboxStatements } from '../../src/outbox/sql.js'
-import type { SqlDriver } from '../../src/stores/index.js'
+import type { SqlDriver, SqlTransaction } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { type OutboxDb, postgresTarget, until } from './support.js'
 
@@ -26,6 +26,16 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
     resolve = r
   })
   return { promise, resolve }
+}
+
+/**
+ * Instance B's takeover of relay id `id` at `nowB`, inside its transaction `tx`: its heartbeat
+ * wins the id (A's lease long expired on B's clock), then it fences the id's partitions.
+ */
+async function takeOverAndFence(tx: SqlTransaction, id: string, nowB: number): Promise<void> {
+  const taken = await tx.query(sql.heartbeat, [id, nowB, nowB + leaseMs, 'instance-b', nowB])
+  expect(taken).toHaveLength(1)
+  await tx.execute(sql.fence, [id])
 }
 
 describe('partition leases on PostgreSQL: renewal racing a takeover of the relay id', () => {
@@ -85,15 +95,7 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
     const tookOver = deferred()
     between = async () => {
       takeover = sessionB.transaction(async (tx) => {
-        const taken = await tx.query(sql.heartbeat, [
-          'raced-id',
-          nowB,
-          nowB + leaseMs,
-          'instance-b',
-          nowB,
-        ])
-        expect(taken).toHaveLength(1)
-        await tx.execute(sql.fence, ['raced-id'])
+        await takeOverAndFence(tx, 'raced-id', nowB)
         tookOver.resolve()
         await commitB.promise
       })
@@ -140,15 +142,7 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
       await tx.query('SELECT 1')
       ready.resolve()
       await commitB.promise
-      const taken = await tx.query(sql.heartbeat, [
-        'stopping-id',
-        nowB,
-        nowB + leaseMs,
-        'instance-b',
-        nowB,
-      ])
-      expect(taken).toHaveLength(1)
-      await tx.execute(sql.fence, ['stopping-id'])
+      await takeOverAndFence(tx, 'stopping-id', nowB)
       const claimed = await tx.query(sql.claim, [
         'stopping-id',
         nowB + leaseMs,
