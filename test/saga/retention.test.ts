@@ -18,12 +18,28 @@ import {
   type SagaDefinition,
   SagaNotFoundError,
 } from '../../src/saga/index.js'
-import { flowEventsTable, sagaEventsTable, sagaRepliesTable } from '../../src/saga/sql.js'
+import {
+  flowEventsTable,
+  sagaEventsTable,
+  sagaRepliesTable,
+  sagaStatements,
+} from '../../src/saga/sql.js'
+import type { SqlExecutor } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { holdOpenTransaction } from '../support/held-transaction.js'
 import { dbTargets, type TestDb } from './databases.js'
 
 const day = 86_400_000
+
+/**
+ * Records a reply for step `a` of a finished instance with the statement deliverReply uses (which
+ * holds the instance on PostgreSQL): a reply recorded while its step waited stays with the
+ * instance until it is pruned, and deliverReply itself drops one for a step that already ran.
+ */
+async function recordReply(executor: SqlExecutor, sagaId: string, now: number): Promise<number> {
+  const statement = sagaStatements[executor.dialect].insertReply
+  return (await executor.execute(statement, [sagaId, 'a', '{"late":true}', now])).rowCount
+}
 
 describe.each(dbTargets)('pruneSagas on $dialect', (target) => {
   let t: TestDb
@@ -117,7 +133,10 @@ describe.each(dbTargets)('pruneSagas on $dialect', (target) => {
   it('removes finished instances older than the window with their timeline and replies, and nothing else', async () => {
     const clock = new ManualClock(1_000 * day)
     const { ids, worker } = await oneOfEach(clock)
-    await deliverReply(t.db, ids.completed, 'a', { late: true }, { clock })
+    // A late reply for a step that already ran is dropped, and recorded nothing.
+    expect(await deliverReply(t.db, ids.completed, 'a', { late: true }, { clock })).toBe('stale')
+    expect(await rowsOf(sagaRepliesTable, ids.completed)).toBe(0)
+    await recordReply(t.db, ids.completed, clock.now())
     expect(await rowsOf(sagaEventsTable, ids.completed)).toBeGreaterThan(0)
     expect(await rowsOf(sagaRepliesTable, ids.completed)).toBe(1)
 
@@ -176,7 +195,7 @@ describe.each(dbTargets)('pruneSagas on $dialect', (target) => {
       // A reply being recorded holds its instance: the pruner passes over it until the reply's
       // transaction ends, then removes both.
       const held = await holdOpenTransaction(t.db, (tx) =>
-        deliverReply(tx, ids.completed, 'a', { late: true }, { clock }),
+        recordReply(tx, ids.completed, clock.now()),
       )
       expect(await pruneSagas(t.db, { olderThanMs: 30 * day, clock })).toBe(2)
       await held.commit()
