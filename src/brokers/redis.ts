@@ -722,11 +722,8 @@ class RedisSubscriber implements Subscriber {
         // Reported with the message, so it is never lost without a word, then acked: claimed
         // again it would only be refused again. It never enters the dispatcher, so it holds no
         // key. An ack that fails leaves it pending, to be claimed and refused once more.
-        try {
-          options.onError({ error: refused, phase: 'refused', topic, group, message })
-        } catch {
-          // A throwing onError must not end the session (the read loop calls this).
-        }
+        // (options.onError is shielded: a throwing listener cannot end the read loop.)
+        options.onError({ error: refused, phase: 'refused', topic, group, message })
         void command(options, state.commands ?? commands, 'XACK', topic, group, entryId).catch(
           (error: unknown) =>
             options.onError({

@@ -1,4 +1,5 @@
 import { type Clock, sleep } from '../core/clock.js'
+import { shielded } from './common.js'
 import type { Subscription } from './types.js'
 
 /** One connected run of a subscription, from connect to connection loss or close. */
@@ -52,13 +53,7 @@ export async function superviseSessions(
   // onError is the application's listener (an adapter's onError option): one that throws must
   // not end the loop, which would leave the subscription without a connection for good and
   // its promise rejected with nobody to catch it (a crash under Node's default).
-  const report = (error: unknown): void => {
-    try {
-      options.onError(error)
-    } catch {
-      // Nothing left to tell it with.
-    }
-  }
+  const report = shielded(options.onError)
   let current: Session | undefined = await options.open()
   let closed = false
   let receiving = true
