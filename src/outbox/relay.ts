@@ -658,22 +658,35 @@ class OutboxRelay implements Relay {
     if (this.#state !== 'running') return
     this.#state = 'stopping'
     this.#stop.abort()
+    await this.#windDown({ release: true, last: { type: 'stopped' } })
+  }
+
+  /**
+   * The end of a stop, once the loop was told to stop: waits for its batch, clears the timers,
+   * lets a retention run under way end after its current batch (the caller may close the
+   * database as soon as stop() resolves), stops listening, releases the leases when they are
+   * still this relay's (`release`), and emits `last`.
+   */
+  async #windDown(options: {
+    readonly release: boolean
+    readonly last: RelayEvent
+  }): Promise<void> {
     await this.#loop
     if (this.#state !== 'stopping') return // crashed while finishing the batch
     this.#clearTimers()
-    // A retention run under way ends after its current batch: the caller may close the
-    // database as soon as stop() resolves.
     await this.#pruning
     await this.#unlisten?.().catch(() => {})
-    try {
-      await this.#leases.releaseAll()
-    } catch (error) {
-      // The leases simply run out; another relay takes over a little later.
-      this.#emit({ type: 'error', phase: 'lease', error })
+    if (options.release) {
+      try {
+        await this.#leases.releaseAll()
+      } catch (error) {
+        // The leases simply run out; another relay takes over a little later.
+        this.#emit({ type: 'error', phase: 'lease', error })
+      }
     }
     this.breaker.dispose()
     this.#state = 'stopped'
-    this.#emit({ type: 'stopped' })
+    this.#emit(options.last)
   }
 
   #halt(point: RelayFaultPoint, error: unknown): never {
@@ -698,19 +711,8 @@ class OutboxRelay implements Relay {
     this.#stop.abort()
     this.#startAbort.abort()
     if (error.lost.length > 0) this.#reportChange({ claimed: [], released: [], lost: error.lost })
-    this.#stopping = this.#stopAfterTakeover(error)
+    this.#stopping = this.#windDown({ release: false, last: { type: 'failed', error } })
     this.#stopping.catch(() => {})
-  }
-
-  async #stopAfterTakeover(error: RelayIdInUseError): Promise<void> {
-    await this.#loop
-    if (this.#state !== 'stopping') return // crashed while finishing the batch
-    this.#clearTimers()
-    await this.#pruning
-    await this.#unlisten?.().catch(() => {})
-    this.breaker.dispose()
-    this.#state = 'stopped'
-    this.#emit({ type: 'failed', error })
   }
 
   #clearTimers(): void {
