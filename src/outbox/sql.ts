@@ -303,7 +303,8 @@ RETURNING relay_id`
 
 // Only while this instance holds the relay id: a process that lost it (another instance took
 // the expired id over) never learns the new tokens, so its writes stay fenced.
-const holdsId = `EXISTS (SELECT 1 FROM ${outboxRelaysTable} r WHERE r.relay_id = $1 AND r.instance = $INSTANCE)`
+const holdsId = (instanceParam: string): string =>
+  `EXISTS (SELECT 1 FROM ${outboxRelaysTable} r WHERE r.relay_id = $1 AND r.instance = ${instanceParam})`
 
 const shared = {
   insertOne: `INSERT INTO ${outboxTable} (${insertColumns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
@@ -400,7 +401,7 @@ RETURNING o.attempts, o.dead_at`,
     // on its new version, whose token no longer matches, so it is neither renewed nor returned.
     renew: `UPDATE ${outboxPartitionsTable} AS p SET lease_expires_at = $2
 WHERE p.owner = $1 AND p.token = ($4::bigint[])[p.partition_no + 1]
-  AND ${holdsId.replace('$INSTANCE', '$3')}
+  AND ${holdsId('$3')}
 RETURNING p.partition_no, p.token`,
     // SKIP LOCKED: relays starting together each take different free partitions instead of
     // queueing on the same rows; the outer condition is re-checked on the locked row version.
@@ -413,13 +414,13 @@ WHERE p.partition_no IN (
     LIMIT $4
     FOR UPDATE SKIP LOCKED)
   AND (p.owner IS NULL OR p.lease_expires_at IS NULL OR p.lease_expires_at <= $3)
-  AND ${holdsId.replace('$INSTANCE', '$5')}
+  AND ${holdsId('$5')}
 RETURNING p.partition_no, p.token`,
     // Token-checked like renew: a release racing a takeover of the relay id never frees the
     // partitions the new instance fenced or claimed meanwhile.
     release: `UPDATE ${outboxPartitionsTable} AS p SET owner = NULL, lease_expires_at = NULL
 WHERE p.owner = $1 AND p.token = ($2::bigint[])[p.partition_no + 1]
-  AND ${holdsId.replace('$INSTANCE', '$3')}`,
+  AND ${holdsId('$3')}`,
     redrive: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
 WHERE dead_at IS NOT NULL AND published_at IS NULL AND event_id = ANY($1::text[])`,
     // Bounded batches picked by a sub-select with LIMIT: each DELETE is short and takes row
@@ -478,7 +479,7 @@ WHERE id = $1 AND published_at IS NULL AND dead_at IS NULL
 RETURNING attempts, dead_at`,
     renew: `UPDATE ${outboxPartitionsTable} SET lease_expires_at = $2
 WHERE owner = $1 AND token = json_extract($4, '$[' || partition_no || ']')
-  AND ${holdsId.replace('$INSTANCE', '$3')}
+  AND ${holdsId('$3')}
 RETURNING partition_no, token`,
     claim: `UPDATE ${outboxPartitionsTable}
 SET owner = $1, lease_expires_at = $2, token = token + 1
@@ -487,11 +488,11 @@ WHERE partition_no IN (
     WHERE owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $3
     ORDER BY partition_no
     LIMIT $4)
-  AND ${holdsId.replace('$INSTANCE', '$5')}
+  AND ${holdsId('$5')}
 RETURNING partition_no, token`,
     release: `UPDATE ${outboxPartitionsTable} SET owner = NULL, lease_expires_at = NULL
 WHERE owner = $1 AND token = json_extract($2, '$[' || partition_no || ']')
-  AND ${holdsId.replace('$INSTANCE', '$3')}`,
+  AND ${holdsId('$3')}`,
     redrive: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
 WHERE dead_at IS NOT NULL AND published_at IS NULL AND event_id IN (SELECT value FROM json_each($1))`,
     // SQLite has a single writer: a bounded batch keeps the write lock short, so enqueuing
