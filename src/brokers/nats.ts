@@ -9,6 +9,7 @@ import type {
   NatsConnection,
   NatsError,
 } from 'nats'
+import { within } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkObject } from '../core/validate.js'
 import {
@@ -28,7 +29,6 @@ import {
   subscriptionDispatcher,
   throwIfAborted,
   untilAborted,
-  within,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'

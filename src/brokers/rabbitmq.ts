@@ -1,7 +1,7 @@
 // RabbitMQ adapter. The `amqplib` driver is imported lazily, here only.
 import { setMaxListeners } from 'node:events'
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib'
-import { sleep } from '../core/clock.js'
+import { sleep, within } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkOneOf } from '../core/validate.js'
 import {
@@ -19,7 +19,6 @@ import {
   subscriptionDispatcher,
   throwIfAborted,
   untilAborted,
-  within,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'

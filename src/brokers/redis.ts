@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Redis } from 'ioredis'
-import { maxTimerDelayMs, sleep } from '../core/clock.js'
+import { maxTimerDelayMs, sleep, within } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger } from '../core/validate.js'
 import {
@@ -20,7 +20,6 @@ import {
   subscriptionDispatcher,
   throwIfAborted,
   untilAborted,
-  within,
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'

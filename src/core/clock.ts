@@ -131,3 +131,43 @@ export function sleep(clock: Clock, delayMs: number, signal?: AbortSignal): Prom
 export function storedTime(clock: Pick<Clock, 'now'>): number {
   return Math.floor(clock.now())
 }
+
+/**
+ * Waits for `work` but gives up after `timeoutMs` on `clock` (rejecting with what `onTimeout`
+ * returns) or when `signal` aborts (rejecting with {@link AbortedError}). `work` keeps running;
+ * callers treat its outcome as unknown (a broker's reply, a health check).
+ */
+export function within<T>(
+  work: Promise<T>,
+  clock: Clock,
+  timeoutMs: number,
+  onTimeout: () => Error,
+  signal?: AbortSignal,
+): Promise<T> {
+  if (signal?.aborted) return Promise.reject(new AbortedError(signal.reason))
+  return new Promise<T>((resolve, reject) => {
+    const finish = (): void => {
+      clock.clearTimeout(timer)
+      signal?.removeEventListener('abort', onAbort)
+    }
+    const onAbort = (): void => {
+      finish()
+      reject(new AbortedError(signal?.reason))
+    }
+    const timer = clock.setTimeout(() => {
+      finish()
+      reject(onTimeout())
+    }, timeoutMs)
+    signal?.addEventListener('abort', onAbort, { once: true })
+    work.then(
+      (value) => {
+        finish()
+        resolve(value)
+      },
+      (error: unknown) => {
+        finish()
+        reject(error)
+      },
+    )
+  })
+}

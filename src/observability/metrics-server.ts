@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, within } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import type { MetricsRegistry } from './metrics.js'
@@ -135,19 +135,17 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     const head = method === 'HEAD'
     if (path === '/healthz') {
       let ok = false
-      let timer: TimerHandle | undefined
       try {
-        const timedOut = new Promise<never>((_resolve, reject) => {
-          timer = clock.setTimeout(
-            () => reject(new HealthCheckTimeoutError(healthTimeoutMs)),
+        const check = Promise.resolve(health())
+        ok =
+          (await within(
+            check,
+            clock,
             healthTimeoutMs,
-          )
-        })
-        ok = (await Promise.race([health(), timedOut])) === true
+            () => new HealthCheckTimeoutError(healthTimeoutMs),
+          )) === true
       } catch (error) {
         onError(error)
-      } finally {
-        if (timer !== undefined) clock.clearTimeout(timer)
       }
       reply(
         response,
