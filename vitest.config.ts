@@ -7,6 +7,9 @@ export default defineConfig({
     setupFiles: ['test/support/fast-check-setup.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
+    // expect.poll waits on real servers and child processes; on the shared two-core CI machine a
+    // round trip can take seconds, so the one-second default would fail correct code.
+    expect: { poll: { timeout: 10_000 } },
     // Two cores on CI: more workers than that only adds contention to the real servers.
     maxWorkers: 2,
   },

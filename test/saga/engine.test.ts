@@ -27,6 +27,9 @@ function transient(message: string): Error {
 }
 
 const noopAction = async () => undefined
+// A poll that waits on the database: the shared CI machine can take seconds per round trip while
+// every other suite runs, so the default one-second bound would fail a correct worker.
+const DATABASE_WAIT = { timeout: 15_000 }
 
 describe.each(dbTargets)('saga engine on $dialect', (target) => {
   let t: TestDb
@@ -253,7 +256,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
       await vi.waitFor(async () => {
         await clock.advance(60_000)
         expect((await getSaga(t.db, id))!.status).toBe('completed')
-      })
+      }, DATABASE_WAIT)
       expect((await getSaga(t.db, id))!.status).toBe('completed')
       await clock.advance(hour)
     } finally {
@@ -595,10 +598,12 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     // A goes on running (and renewing) the busy instance well past the broken one's lease end.
     while (clock.now() < 1_500) {
       await clock.advance(100)
-      await vi.waitFor(async () =>
-        expect((await getSaga(t.db, busyId))!.leaseExpiresAt).toBeGreaterThanOrEqual(
-          clock.now() + 900,
-        ),
+      await vi.waitFor(
+        async () =>
+          expect((await getSaga(t.db, busyId))!.leaseExpiresAt).toBeGreaterThanOrEqual(
+            clock.now() + 900,
+          ),
+        DATABASE_WAIT,
       )
     }
     expect((await getSaga(t.db, id))!.leaseExpiresAt).toBe(1_000)

@@ -221,10 +221,13 @@ describe.each(dbTargets)('saga messaging on $dialect', (target) => {
         ),
       { timeout: 15_000 },
     )
-    await vi.waitFor(async () => {
-      await worker.poll()
-      expect((await getSaga(t.db, id))!.status).toBe('completed')
-    })
+    await vi.waitFor(
+      async () => {
+        await worker.poll()
+        expect((await getSaga(t.db, id))!.status).toBe('completed')
+      },
+      { timeout: 15_000 },
+    )
     expect((await getSaga(t.db, id))!.steps[1]).toMatchObject({ status: 'completed', attempts: 2 })
     expect(await countRows(t.db, 'charges', 'WHERE order_id = $1', [`${name}-o`])).toBe(1)
     const sent = await countRows(

@@ -151,7 +151,7 @@ describe('slowloris and connection cap', () => {
     try {
       const first = await openSocket(port)
       const second = await openSocket(port)
-      await vi.waitFor(() => expect(server.connections).toBe(2))
+      await vi.waitFor(() => expect(server.connections).toBe(2), { timeout: 5_000 })
       const third = await sendRaw(port, getRequest(port), { timeoutMs: 3_000 })
       expect(third.status).toBeUndefined()
       expect(third.closed).toBe(true)
@@ -159,7 +159,7 @@ describe('slowloris and connection cap', () => {
       expect(orders.forwarded).toHaveLength(0)
 
       first.destroy()
-      await vi.waitFor(() => expect(server.connections).toBe(1))
+      await vi.waitFor(() => expect(server.connections).toBe(1), { timeout: 5_000 })
       const fourth = await sendRaw(port, getRequest(port))
       expect(fourth.status).toBe(200)
       second.destroy()
@@ -377,7 +377,7 @@ describe('graceful drain', () => {
     })
     idle.resume()
     idle.write(getRequest(port))
-    await vi.waitFor(() => expect(orders.forwarded).toHaveLength(1))
+    await vi.waitFor(() => expect(orders.forwarded).toHaveLength(1), { timeout: 5_000 })
 
     const inFlight = sendRaw(port, getRequest(port, '/slow/x'), { untilFirstResponse: false })
     await slow.started
@@ -385,7 +385,7 @@ describe('graceful drain', () => {
     const closing = server.close(10_000).then(() => {
       closed = true
     })
-    await vi.waitFor(() => expect(idleClosed).toBe(true))
+    await vi.waitFor(() => expect(idleClosed).toBe(true), { timeout: 5_000 })
     await expect(openSocket(port)).rejects.toThrow(/ECONNREFUSED/)
     expect(closed).toBe(false)
 

@@ -246,10 +246,10 @@ describe('client disconnect', () => {
     const { port } = await ambassador([waiting])
     const socket = await openSocket(port)
     socket.write(request(port, 'GET /orders/x HTTP/1.1\r\nHost: HOST'))
-    await vi.waitFor(() => expect(signal).toBeDefined())
+    await vi.waitFor(() => expect(signal).toBeDefined(), { timeout: 5_000 })
     expect(signal?.aborted).toBe(false)
     socket.destroy()
-    await vi.waitFor(() => expect(signal?.aborted).toBe(true))
+    await vi.waitFor(() => expect(signal?.aborted).toBe(true), { timeout: 5_000 })
   })
 })
 
