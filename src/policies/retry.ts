@@ -80,7 +80,12 @@ export interface RetryOptions {
   readonly shouldRetry?: (error: unknown, attempt: number) => boolean
   /**
    * The longest server-requested wait (`Retry-After`, or an error's `retryAfterMs`) that is
-   * honoured, in milliseconds; longer requests wait this long.
+   * honoured, in milliseconds; longer requests wait this long. Whatever the `jitter`, the wait
+   * before a retry is the larger of the backoff delay and the request capped at this. With
+   * `'decorrelated'` jitter the next delay is drawn from the previous backoff draw, not from a
+   * longer wait the server asked for: the request describes the server at that moment, and a
+   * later failure that still needs a long wait says so itself, while growing from it would
+   * leave the documented bounds of the sequence and keep later waits long for nothing.
    * @default 30_000
    */
   readonly maxRetryAfterMs?: number
@@ -439,6 +444,8 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
         this.#deadlineCutOff(attempt, error, reason)
       }
       const backoffMs = this.#backoff.delayMs(attempt - 1, previousDelayMs)
+      // Decorrelated jitter grows from its own previous draw, not from a longer Retry-After
+      // wait (see maxRetryAfterMs): the hint raises one wait, not every later one.
       previousDelayMs = backoffMs
       let delayMs = backoffMs
       const retryAfterMs = retryAfterMsOf(error, now)
