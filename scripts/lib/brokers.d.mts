@@ -50,7 +50,17 @@ export interface StartBrokerOptions {
   readonly log?: (line: string) => void
 }
 
-export declare function startNats(options?: StartBrokerOptions): Promise<StartedBroker>
+/** Options for {@link startNats}. */
+export interface StartNatsOptions extends StartBrokerOptions {
+  /**
+   * NATS configuration text (e.g. an `authorization` block with users, passwords, a token or
+   * permissions), written to nats.conf in the server's temporary folder and passed with `-c`.
+   * The port, address, JetStream store and server name flags take precedence over it.
+   */
+  readonly config?: string
+}
+
+export declare function startNats(options?: StartNatsOptions): Promise<StartedBroker>
 export declare function startRedis(options?: StartBrokerOptions): Promise<StartedBroker>
 export declare function startRabbitMq(options?: StartBrokerOptions): Promise<StartedBroker>
 export declare function startBroker(

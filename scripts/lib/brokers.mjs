@@ -393,14 +393,27 @@ function readyOrKill(child, ready, what, logFile, timeoutMs) {
  * - `log`: receives progress lines (installation).
  */
 
-/** Starts `nats-server -js` on a free loopback port with its JetStream store in a temp folder. */
+/**
+ * Starts `nats-server -js` on a free loopback port with its JetStream store in a temp folder.
+ * `options.config` (NATS configuration text, such as an `authorization` block with users,
+ * passwords and permissions) is written to nats.conf in that folder and passed with `-c`; the
+ * command-line flags (port, address, JetStream store, name) take precedence over it.
+ */
 export async function startNats(options = {}) {
+  if (options.config !== undefined && typeof options.config !== 'string') {
+    throw new ServiceError('startNats: options.config must be NATS configuration text')
+  }
   const bin = ensureBinary('nats-server', 'nats-server', options)
   const root = tempRoot('nats', options)
   const port = await freePort()
   const logFile = join(root, 'server.log')
   const args = ['-js', '-a', LOOPBACK, '-p', String(port), '-sd', join(root, 'jetstream')]
   args.push('-n', `breakwater-${port}`)
+  if (options.config !== undefined) {
+    const configFile = join(root, 'nats.conf')
+    writeFileSync(configFile, options.config)
+    args.push('-c', configFile)
+  }
   // The server enables JetStream before it accepts clients, so an INFO line announcing
   // JetStream means ready.
   const ready = () =>

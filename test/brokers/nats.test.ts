@@ -1,10 +1,9 @@
-import { createServer, type Socket } from 'node:net'
 import { connect } from 'nats'
-import { afterAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { type StartedBroker, startNats } from '../../scripts/lib/brokers.mjs'
 import { createNatsBroker } from '../../src/brokers/index.js'
 import { type BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
-import { listenOnLoopback } from '../support/loopback.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
 import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
 import { testBroker } from './targets.js'
@@ -14,49 +13,80 @@ afterAll(stopOwnBrokers)
 
 describeBrokerConformance({ name: 'nats', dedupe: true })
 
+// The shared test server runs without authorization; these tests get their own nats-server
+// with users, passwords and permissions from a config file.
+describe('nats with authorization', () => {
+  const config = `
+authorization {
+  users = [
+    { user: app, password: right-pw }
+    { user: limited, password: limited-pw, permissions: {
+        publish: { allow: [">"], deny: ["$JS.API.>"] }
+        subscribe: { allow: [">"] }
+    } }
+  ]
+}
+`
+  let nats: StartedBroker
+  let hostPort: string
+  beforeAll(async () => {
+    nats = await startNats({ config, stopOnExit: true })
+    hostPort = new URL(nats.url).host
+  })
+  afterAll(async () => {
+    await nats?.stop()
+  })
+
+  it('fails publish and subscribe at once with a non-retryable BROKER_MISCONFIGURED naming the user (never the password or token) when the server refuses the login', async () => {
+    const cases: Array<[string, string, RegExp]> = [
+      [`nats://app:wrong-pw@${hostPort}`, 'wrong-pw', /login refused for user "app"/],
+      [`nats://s3cret-token@${hostPort}`, 's3cret-token', /login refused for a token/],
+      [`nats://${hostPort}`, 'nothing', /login refused without credentials/],
+    ]
+    for (const [url, secret, message] of cases) {
+      const broker = createNatsBroker({ url, connectTimeoutMs: 5_000 })
+      try {
+        for (const error of await publishAndSubscribeFailures(broker, unique('login'))) {
+          expectBrokerError(error, 'BROKER_MISCONFIGURED', false, `${url}: ${String(error)}`)
+          expect(error.message).toMatch(message)
+          expect(error.message).toMatch(/Authorization Violation/i)
+          expect(error.message).not.toContain(secret)
+        }
+      } finally {
+        await broker.close()
+      }
+    }
+    // The same server lets the right password in: the refusals above are the credentials'.
+    const broker = createNatsBroker({ url: `nats://app:right-pw@${hostPort}` })
+    try {
+      await broker.publisher.publish(makeBatch(unique('login-ok'), 1, 1))
+    } finally {
+      await broker.close()
+    }
+  })
+
+  it('fails publish and subscribe with a non-retryable BROKER_MISCONFIGURED when the server refuses the user permission on the JetStream API (Permissions Violation)', async () => {
+    const broker = createNatsBroker({
+      url: `nats://limited:limited-pw@${hostPort}`,
+      connectTimeoutMs: 5_000,
+      publishTimeoutMs: 5_000,
+    })
+    try {
+      for (const error of await publishAndSubscribeFailures(broker, unique('perm'))) {
+        expectBrokerError(error, 'BROKER_MISCONFIGURED', false, String(error))
+        expect(error.message).toMatch(/Permissions Violation/)
+        expect(error.message).not.toContain('limited-pw')
+      }
+    } finally {
+      await broker.close()
+    }
+  })
+})
+
 describe('nats specifics', () => {
   const closers: Array<() => Promise<void>> = []
   afterAll(async () => {
     for (const close of closers) await close()
-  })
-
-  it('fails publish and subscribe at once with a non-retryable BROKER_MISCONFIGURED naming the user (never the password or token) when the server refuses the login', async () => {
-    // The test server runs without authorization and cannot turn it on at run time (no config
-    // file to reload), so this is a server speaking NATS's own handshake that refuses every
-    // login as nats-server does: INFO with auth_required, then -ERR 'Authorization Violation'.
-    const sockets = new Set<Socket>()
-    const server = createServer((socket) => {
-      sockets.add(socket)
-      socket.on('error', () => {})
-      socket.write(
-        `INFO ${JSON.stringify({ server_id: 'fake', version: '2.10.0', proto: 1, headers: true, max_payload: 1_048_576, auth_required: true })}\r\n`,
-      )
-      socket.once('data', () => socket.end("-ERR 'Authorization Violation'\r\n"))
-    })
-    const port = await listenOnLoopback(server)
-    try {
-      const cases: Array<[string, string, RegExp]> = [
-        [`nats://app:wrong-pw@127.0.0.1:${port}`, 'wrong-pw', /login refused for user "app"/],
-        [`nats://s3cret-token@127.0.0.1:${port}`, 's3cret-token', /login refused for a token/],
-        [`nats://127.0.0.1:${port}`, 'nothing', /login refused without credentials/],
-      ]
-      for (const [url, secret, message] of cases) {
-        const broker = createNatsBroker({ url, connectTimeoutMs: 2_000 })
-        try {
-          for (const error of await publishAndSubscribeFailures(broker, unique('login'))) {
-            expectBrokerError(error, 'BROKER_MISCONFIGURED', false, String(error))
-            expect(error.message).toMatch(message)
-            expect(error.message).toMatch(/Authorization Violation/i)
-            expect(error.message).not.toContain(secret)
-          }
-        } finally {
-          await broker.close()
-        }
-      }
-    } finally {
-      for (const socket of sockets) socket.destroy()
-      await new Promise((resolve) => server.close(resolve))
-    }
   })
 
   it('keeps topics apart in one shared stream and refuses topics outside it as unroutable', async () => {
@@ -83,49 +113,6 @@ describe('nats specifics', () => {
 
     const error = await rejectionOf(broker.publisher.publish(makeBatch(unique('elsewhere'), 1, 1)))
     expectBrokerError(error, 'BROKER_UNROUTABLE')
-  })
-
-  it('fails publish and subscribe with a non-retryable BROKER_MISCONFIGURED when the server refuses the user permission on the JetStream API (Permissions Violation)', async () => {
-    // As above: the test server runs without users or permissions, so this server speaks the
-    // handshake and answers every JetStream API request as nats-server does for a user without
-    // publish permission on $JS.API.>.
-    const sockets = new Set<Socket>()
-    const server = createServer((socket) => {
-      sockets.add(socket)
-      socket.on('error', () => {})
-      socket.write(
-        `INFO ${JSON.stringify({ server_id: 'fake', version: '2.10.0', proto: 1, headers: true, max_payload: 1_048_576, jetstream: true })}\r\n`,
-      )
-      let pending = ''
-      socket.on('data', (chunk) => {
-        pending += chunk.toString('latin1')
-        for (let end = pending.indexOf('\r\n'); end >= 0; end = pending.indexOf('\r\n')) {
-          const line = pending.slice(0, end)
-          pending = pending.slice(end + 2)
-          if (line === 'PING') socket.write('PONG\r\n')
-          const subject = /^H?PUB (\$JS\.\S+)/.exec(line)?.[1]
-          if (subject !== undefined) {
-            socket.write(`-ERR 'Permissions Violation for Publish to "${subject}"'\r\n`)
-          }
-        }
-      })
-    })
-    const port = await listenOnLoopback(server)
-    const broker = createNatsBroker({
-      url: `nats://app:pw@127.0.0.1:${port}`,
-      connectTimeoutMs: 2_000,
-      publishTimeoutMs: 2_000,
-    })
-    try {
-      for (const error of await publishAndSubscribeFailures(broker, unique('perm'))) {
-        expectBrokerError(error, 'BROKER_MISCONFIGURED', false, String(error))
-        expect(error.message).toMatch(/Permissions Violation/)
-      }
-    } finally {
-      await broker.close()
-      for (const socket of sockets) socket.destroy()
-      await new Promise((resolve) => server.close(resolve))
-    }
   })
 
   it('fails publish and subscribe on a topic another stream already covers (subjects overlap) with a non-retryable BROKER_MISCONFIGURED naming the stream, not a retryable outage', async () => {
