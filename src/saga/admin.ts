@@ -277,12 +277,13 @@ export async function deliverReply(
       throw new SagaNotFoundError(sagaId)
     return 'duplicate'
   }
-  await wakeSaga(executor, sagaId, now)
+  await wakeSaga(executor, sagaId, steps.indexOf(state), now)
   return 'delivered'
 }
 
 // Whether a step awaits no reply (see deliverReply): only a command in flight (`sent`), or a
-// step `waiting` as stored before that flag existed, has one to come.
+// step `waiting` as stored before that flag existed, has one to come. A wait step stores
+// `sent: false`: a reply naming it woke the saga during its sleep or waitUntil.
 function isStale(state: StepState, attempt: number | undefined): boolean {
   if (state.status === 'completed' || state.status === 'compensated') return true
   if (state.sent !== true && !(state.status === 'waiting' && state.sent === undefined)) return true
@@ -291,12 +292,22 @@ function isStale(state: StepState, attempt: number | undefined): boolean {
 }
 
 /**
- * Makes a running saga due at `now` (a reply for it was recorded). Listening workers claim it
- * at once instead of at their next poll (PostgreSQL NOTIFY, delivered on commit).
+ * Makes a running saga due at `now` (a reply for its step at `stepIndex` was recorded), when
+ * that step is still its current one: a reply for another step must not cut a timer, a retry
+ * delay or a reply timeout of the current step short. Listening workers claim it at once
+ * instead of at their next poll (PostgreSQL NOTIFY, delivered on commit).
  */
-export async function wakeSaga(executor: SqlExecutor, sagaId: string, now: number): Promise<void> {
-  const woken = await executor.execute(sagaStatements[executor.dialect].wake, [sagaId, now])
-  if (woken.rowCount > 0) await notify(executor, sagaNotifyChannel)
+export async function wakeSaga(
+  executor: SqlExecutor,
+  sagaId: string,
+  stepIndex: number,
+  now: number,
+): Promise<void> {
+  const rows = await executor.query<{ woken: number | string }>(
+    sagaStatements[executor.dialect].wake,
+    [sagaId, now, stepIndex],
+  )
+  if (rows.some((r) => Number(r.woken) === 1)) await notify(executor, sagaNotifyChannel)
 }
 
 // A non-string id reached the driver: SQLite threw a bare TypeError for an object, PostgreSQL

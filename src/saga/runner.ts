@@ -426,6 +426,9 @@ export class InstanceRun {
       state.wakeAt = Math.round(wakeAt)
       state.status = 'waiting'
       state.attempts = 1
+      // Awaits no reply: deliverReply drops one naming this step instead of waking the saga
+      // before its time (a waiting step without the flag reads as an older reply step).
+      state.sent = false
     }
     if (now < state.wakeAt) {
       this.#attempt = 0
@@ -550,7 +553,7 @@ export class InstanceRun {
   async #wakeIfReplied(step: CompiledStep): Promise<void> {
     const db = this.#host.db
     const rows = await db.query(sagaStatements[db.dialect].selectReply, [this.id, step.name])
-    if (rows.length > 0) await wakeSaga(db, this.id, storedTime(this.#host.clock))
+    if (rows.length > 0) await wakeSaga(db, this.id, step.index, storedTime(this.#host.clock))
   }
 
   async #replied(

@@ -180,7 +180,10 @@ export interface SagaStatements {
   readonly selectReply: string
   /** $1 saga id, $2 step: forgets a reply that was refused, so a resend waits for a new one. */
   readonly deleteReply: string
-  /** $1 id, $2 now. Wakes a running saga so that a worker reads its reply. */
+  /**
+   * $1 id, $2 now, $3 the replied step's index. Wakes a running saga so that a worker reads its
+   * reply, when that step is the current one; returns `woken` (1 when it did) for a running one.
+   */
   readonly wake: string
   /** $1 correlation id, $2 event id, $3 type, $4 source, $5 at, $6 payload JSON. */
   readonly insertFlowEvent: string
@@ -238,9 +241,12 @@ WHERE saga_id = $1 AND kind = 'cancel-requested' ORDER BY seq DESC LIMIT 1`,
   deleteReply: `DELETE FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,
   // Every running instance matches, due already or not: on PostgreSQL the row lock this takes
   // until the reply's transaction ends makes a worker's concurrent suspend write wait for the
-  // reply to commit, so the worker's re-read after that write sees it (see InstanceRun).
-  wake: `UPDATE ${sagaTable} SET next_run_at = CASE WHEN next_run_at > $2 THEN $2 ELSE next_run_at END
-WHERE id = $1 AND status = 'running'`,
+  // reply to commit, so the worker's re-read after that write sees it (see InstanceRun). Only
+  // a reply for the current step ($3) makes it due: one for another step must not cut the
+  // current step's timer short. Returns a row when it was made due (then NOTIFY).
+  wake: `UPDATE ${sagaTable} SET next_run_at = CASE WHEN step_index = $3 AND next_run_at > $2 THEN $2 ELSE next_run_at END
+WHERE id = $1 AND status = 'running'
+RETURNING CASE WHEN step_index = $3 THEN 1 ELSE 0 END AS woken`,
   insertFlowEvent: `INSERT INTO ${flowEventsTable} (correlation_id, event_id, type, source, at, payload)
 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING`,
   selectFlowEvents: `SELECT seq, event_id, type, source, at, payload FROM ${flowEventsTable}

@@ -65,6 +65,8 @@ export interface StepState {
   /**
    * For a reply step: a command was sent and no reply to it has been read. Its outcome is
    * unknown (the other service may have acted), so a compensation covers this step too.
+   * `false` on a wait step: it sent nothing and awaits no reply (a reply naming it is stale),
+   * which tells it apart from a waiting reply step stored before this flag existed.
    */
   sent?: boolean
   /**

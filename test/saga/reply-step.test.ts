@@ -237,7 +237,7 @@ describe.each(dbTargets)('saga reply steps on $dialect', (target) => {
     const worker = createSagaWorker({ db: worker1.db, sagas: [saga], clock })
     await worker.run(saga, {}, { id })
     // A spurious wake (a stray reply no longer wakes anything): nothing for the saga to do.
-    await wakeSaga(t.db, id, clock.now())
+    await wakeSaga(t.db, id, 1, clock.now())
     worker1.arm()
     expect(await worker.poll()).toBe(1)
     expect((await getSaga(t.db, id))!.steps[1]!.status).toBe('waiting')
@@ -306,7 +306,7 @@ describe.each(dbTargets)('saga reply steps on $dialect', (target) => {
       })
       const worker = createSagaWorker({ db, sagas: [saga], clock })
       await worker.run(saga, {}, { id })
-      await wakeSaga(t.db, id, clock.now())
+      await wakeSaga(t.db, id, 1, clock.now())
       worker1.arm()
       expect(await worker.poll()).toBe(1)
       commit.open()

@@ -46,6 +46,35 @@ describe.each(dbTargets)('stray saga replies on $dialect', (target) => {
     expect(await worker.poll()).toBe(0)
   })
 
+  it('a reply naming a step that waits on a timer (sleepMs, waitUntil) wakes nothing', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: name('timer'),
+      version: 1,
+      steps: [
+        { name: 'nap', sleepMs: 60_000 },
+        { name: 'until', waitUntil: (ctx) => ctx.clock.now() + 60_000 },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    // A misrouted reply naming the sleeping step: it awaits no reply, so nothing is recorded
+    // and the sleep is not cut short.
+    expect(await deliverReply(t.db, id, 'nap', { stray: true }, { clock })).toBe('stale')
+    expect((await getSaga(t.db, id))!.nextRunAt).toBe(60_000)
+    expect(await worker.poll()).toBe(0)
+    await clock.advance(60_000)
+    expect(await worker.poll()).toBe(1)
+    expect((await getSaga(t.db, id))!.nextRunAt).toBe(120_000)
+    expect(await deliverReply(t.db, id, 'until', { stray: true }, { clock })).toBe('stale')
+    expect(await deliverReply(t.db, id, 'nap', { stray: true }, { clock })).toBe('stale')
+    expect((await getSaga(t.db, id))!.nextRunAt).toBe(120_000)
+    expect(await worker.poll()).toBe(0)
+    await clock.advance(60_000)
+    expect(await worker.poll()).toBe(1)
+    expect((await getSaga(t.db, id))!.status).toBe('completed')
+  })
+
   /** One command/reply step, retried a minute after a refused (negative) reply. */
   const chargeSaga = () =>
     defineSaga({
