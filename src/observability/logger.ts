@@ -253,9 +253,10 @@ function sanitizeObject(
   try {
     if (object instanceof Error) return serializeError(object, core, depth, seen)
     if (Array.isArray(object)) {
+      const secrets = secretValueIndexes(object, core)
       const items = object
         .slice(0, maxArrayItems)
-        .map((item) => sanitize(item, core, depth + 1, seen))
+        .map((item, i) => (secrets?.has(i) ? REDACTED : sanitize(item, core, depth + 1, seen)))
       if (object.length > maxArrayItems) items.push(`[${object.length - maxArrayItems} more]`)
       return items
     }
@@ -282,6 +283,34 @@ function sanitizeObject(
   } finally {
     seen.delete(object)
   }
+}
+
+// Longest string read as a header name in a list: names are short, and a long string (a
+// message, an id list's item) is not worth judging.
+const maxListedName = 256
+
+// Headers also reach a log as lists: Node's `req.rawHeaders` (`['Host', 'x', 'Cookie', 'sid']`)
+// and the [name, value] pairs of `Object.entries(headers)`, a spread Map or WHATWG Headers. A
+// secret's value sits beside its name there, not under it: in an array of even length whose
+// even items are all strings, the item after a secret name (as a field name is judged) is
+// masked. Other arrays are given up on at their first odd length or non-string name, so an
+// ordinary array costs a length check or a few typeof tests. An even list of plain names
+// (`['token', 'cookie']`) loses its odd items too: hiding too much is the safe side.
+function secretValueIndexes(array: readonly unknown[], core: LoggerCore): Set<number> | undefined {
+  if (array.length % 2 !== 0 || typeof array[0] !== 'string') return undefined
+  let secrets: Set<number> | undefined
+  // Only the items that are written are judged (maxArrayItems is even, so pairs stay whole).
+  const end = Math.min(array.length, maxArrayItems)
+  for (let i = 0; i < end; i += 2) {
+    const name = array[i]
+    if (typeof name !== 'string') return undefined
+    const known = core.keys.get(name)?.secret
+    if (known ?? (name.length <= maxListedName && isSecretKey(name, core.extra))) {
+      secrets ??= new Set()
+      secrets.add(i + 1)
+    }
+  }
+  return secrets
 }
 
 // Operational failures with a stable code (broker down, timeout, open circuit) are expected
@@ -318,7 +347,8 @@ function serializeError(
  * Creates a logger that writes one JSON object per line: `level`, `time` (ISO 8601, UTC),
  * `msg`, then the logger's bound fields and the call's fields. Secrets never reach the output:
  * values of secret-named fields (password, secret, token, API key, authorization, cookie, and
- * `redactKeys`) at any depth become `[redacted]`, and credentials inside any string (URL
+ * `redactKeys`) at any depth become `[redacted]`, so do the values that follow such a name in a
+ * header list (`req.rawHeaders`, the [name, value] pairs of `Object.entries`), and credentials inside any string (URL
  * passwords, `password=` pairs, `x-api-key: ...` header lines, `{ token: '...' }` object text,
  * bearer tokens) are masked, field names and Map keys included. Errors become `{ type, message,
  * code, status, stack, cause }` (no stack for breakwater's coded errors). Circular and very
