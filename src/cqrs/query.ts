@@ -1,6 +1,6 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
-import type { SqlDialect, SqlExecutor } from '../stores/index.js'
+import type { SqlDialect, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import type { Projector } from './projector.js'
 
 /**
@@ -9,6 +9,13 @@ import type { Projector } from './projector.js'
  * `breakwater_` tables, or that are followed by another statement are refused, which keeps
  * queries on the query side of CQRS. Words inside string literals, quoted identifiers and
  * comments are not taken for statements (`WHERE kind = 'profile-update'`).
+ *
+ * On PostgreSQL, when the handler's `db` can open transactions (a breakwater driver, or a `tx`,
+ * where the query runs in a savepoint), each statement also runs in a `READ ONLY` transaction:
+ * what the text cannot show (`nextval`, `SELECT ... FOR UPDATE`, a function that writes) is
+ * refused by the server, with the same `INVALID_OPTION` error (`cause`: the server's error).
+ * Session-level advisory locks and `set_config`, which a read-only transaction allows but which
+ * would outlive the query on a pooled connection, are refused by name.
  */
 export interface ReadModelReader {
   /** The database dialect. */
@@ -57,6 +64,11 @@ const writes = /\b(insert|into|update|delete|merge|create|drop|alter|truncate|gr
 // LOCK, NOTIFY, CALL, DO.
 const secondStatement = /;\s*\S/
 const storeTables = /\bbreakwater_/i
+// PostgreSQL functions that a READ ONLY transaction allows but whose effect outlives it on the
+// (pooled) session: session-level advisory locks and unlocks, and settings (set_config's
+// is_local argument is not visible to a text check, so all of set_config is refused). The
+// transaction-scoped pg_advisory_xact_lock* end with the query and stay allowed.
+const sessionEffects = /\b(pg_(try_)?advisory_(lock|unlock)(_shared|_all)?|set_config)\b/i
 
 /** What a statement is made of, apart from its literals and comments. */
 interface Scanned {
@@ -159,25 +171,75 @@ function isReadModelQuery(sql: unknown, dialect: SqlDialect): boolean {
     readOnly.test(scanned.code) &&
     !secondStatement.test(scanned.code) &&
     !writes.test(scanned.code) &&
+    !sessionEffects.test(scanned.code) &&
     !storeTables.test(scanned.code) &&
     !scanned.quoted.some((name) => /^breakwater_/i.test(name))
   )
 }
 
+const refused = 'a SELECT over read models (one statement, no writes, no breakwater_ tables)'
+
+// SQLSTATE read_only_sql_transaction: the server refused a write in a READ ONLY transaction.
+const readOnlyViolation = '25006'
+
+/** Carries a savepoint's rows out through the throw that rolls the savepoint back. */
+class RolledBack<R> {
+  constructor(readonly rows: R[]) {}
+}
+
+/**
+ * Runs `sql` in a READ ONLY transaction of `db` (PostgreSQL only). On a breakwater driver the
+ * statement and its COMMIT follow BEGIN and `SET TRANSACTION READ ONLY` in one round trip
+ * (pipelined); on a `tx` it runs in a savepoint that is always rolled back, because a
+ * released savepoint would leave the caller's whole transaction read-only.
+ */
+async function readOnlyQuery<R>(
+  db: SqlExecutor & Pick<SqlTransaction, 'transaction'>,
+  sql: string,
+  params: readonly unknown[] | undefined,
+): Promise<R[]> {
+  try {
+    return await db.transaction(async (tx) => {
+      const readOnly = tx.execute('SET TRANSACTION READ ONLY')
+      if (tx.finish !== undefined) {
+        // Sent before the statement is answered: both go out with BEGIN. Should SET fail, the
+        // statement fails behind it and Promise.all reports SET's error, the first to settle.
+        const [, done] = await Promise.all([readOnly, tx.finish<R>(sql, params)])
+        return done.rows
+      }
+      await readOnly
+      throw new RolledBack(await tx.query<R>(sql, params))
+    })
+  } catch (error) {
+    if (error instanceof RolledBack) return error.rows as R[]
+    if ((error as { code?: unknown } | null)?.code === readOnlyViolation) {
+      const invalid = new InvalidOptionError(
+        'sql',
+        `${refused}; the server refused it in a read-only transaction (${(error as Error).message})`,
+        sql,
+      )
+      Object.defineProperty(invalid, 'cause', { value: error, configurable: true, writable: true })
+      throw invalid
+    }
+    throw error
+  }
+}
+
 function readerOf(db: SqlExecutor): ReadModelReader {
+  // A plain executor (fromPgClient, a Kysely wrapper) cannot open a transaction of its own, and
+  // on SQLite no statement that passes the text check writes the database (see docs/cqrs.md).
+  const transactional =
+    db.dialect === 'postgres' &&
+    typeof (db as Partial<Pick<SqlTransaction, 'transaction'>>).transaction === 'function'
   return {
     dialect: db.dialect,
     query<R>(sql: string, params?: readonly unknown[]): Promise<R[]> {
       if (!isReadModelQuery(sql, db.dialect)) {
-        return Promise.reject(
-          new InvalidOptionError(
-            'sql',
-            'a SELECT over read models (one statement, no writes, no breakwater_ tables)',
-            sql,
-          ),
-        )
+        return Promise.reject(new InvalidOptionError('sql', refused, sql))
       }
-      return db.query<R>(sql, params)
+      return transactional
+        ? readOnlyQuery<R>(db as SqlExecutor & Pick<SqlTransaction, 'transaction'>, sql, params)
+        : db.query<R>(sql, params)
     },
   }
 }

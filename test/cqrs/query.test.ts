@@ -1,0 +1,110 @@
+// The query side's read-only guarantee on real PostgreSQL: the text guard refuses statements
+// that look like writes, and every query also runs in a READ ONLY transaction, so a SELECT whose
+// effects the text cannot show (nextval, FOR SHARE, a function that writes) is refused by the server with the same INVALID_OPTION error, and nothing it
+// would have done outlives the query.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createQueryHandler } from '../../src/cqrs/index.js'
+import { InvalidOptionError } from '../../src/index.js'
+import { postgresDb, type TestDb } from './databases.js'
+
+describe('query handlers on postgres', () => {
+  let t: TestDb
+  beforeAll(async () => {
+    t = await postgresDb.open('cqrs_query')
+    await t.db.execute('CREATE TABLE rm_items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)')
+    await t.db.execute("INSERT INTO rm_items VALUES (1, 'one'), (2, 'two')")
+    await t.db.execute('CREATE SEQUENCE rm_seq')
+    await t.db.execute(
+      `CREATE FUNCTION rm_sneaky() RETURNS integer LANGUAGE sql AS
+       $$ INSERT INTO rm_items VALUES (99, 'sneaked'); SELECT 1 $$`,
+    )
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  const query = () =>
+    createQueryHandler({
+      db: t.db,
+      run: (rm, [sql, params]: [string, unknown[]?]) => rm.query(sql, params),
+    })
+
+  it('the server refuses what a SELECT must not do, with the guard error', async () => {
+    const q = query()
+    for (const sql of [
+      "SELECT nextval('rm_seq')",
+      // FOR UPDATE is refused by the text check already (UPDATE); FOR SHARE is not.
+      'SELECT * FROM rm_items FOR SHARE',
+      'SELECT * FROM rm_items FOR KEY SHARE',
+      'SELECT rm_sneaky()',
+    ]) {
+      const error = await q([sql]).catch((e: unknown) => e)
+      expect(error, sql).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).code).toBe('INVALID_OPTION')
+      expect((error as Error).message).toMatch(/read-only/)
+      expect((error as Error).cause, sql).toMatchObject({ code: '25006' })
+    }
+    // Nothing happened: the row is not there and the sequence never moved.
+    expect(await t.db.query('SELECT id FROM rm_items WHERE id = 99')).toEqual([])
+    expect(await t.db.query<{ is_called: boolean }>('SELECT is_called FROM rm_seq')).toEqual([
+      { is_called: false },
+    ])
+  })
+
+  it('session-level advisory locks and settings are refused by the guard', async () => {
+    // READ ONLY does not refuse these, and they would outlive the query on a pooled connection.
+    const q = query()
+    for (const sql of [
+      'SELECT pg_advisory_lock(42)',
+      'SELECT pg_try_advisory_lock_shared(42)',
+      "SELECT set_config('search_path', 'nowhere', false)",
+    ]) {
+      await expect(q([sql]), sql).rejects.toThrow(InvalidOptionError)
+    }
+    // The transaction-scoped ones end with the query: allowed.
+    await expect(q(['SELECT pg_try_advisory_xact_lock(42) AS locked'])).resolves.toEqual([
+      { locked: true },
+    ])
+  })
+
+  it('reads still work, with parameters and many at once, and leave the pool read-write', async () => {
+    const q = query()
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        q(['SELECT name FROM rm_items WHERE id = $1', [(i % 2) + 1]]),
+      ),
+    )
+    expect(results.map((rows) => (rows as { name: string }[])[0]!.name)).toEqual(
+      Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? 'one' : 'two')),
+    )
+    // Every pooled connection is back to read-write for the store's own writes.
+    await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        t.db.execute('INSERT INTO rm_items VALUES ($1, $2)', [100 + i, 'w']),
+      ),
+    )
+  })
+
+  it('a query through a savepoint leaves the outer transaction read-write', async () => {
+    await t.db.transaction(async (tx) => {
+      const q = createQueryHandler({
+        db: tx,
+        run: (rm) => rm.query('SELECT count(*) FROM rm_items'),
+      })
+      await q(undefined)
+      await expect(q(undefined)).resolves.toHaveLength(1)
+      await tx.execute("INSERT INTO rm_items VALUES (200, 'after')")
+      await expect(
+        createQueryHandler({ db: tx, run: (rm) => rm.query("SELECT nextval('rm_seq')") })(
+          undefined,
+        ),
+      ).rejects.toThrow(/read-only/)
+      // The failed query rolled back only its savepoint.
+      await tx.execute("INSERT INTO rm_items VALUES (201, 'after')")
+    })
+    expect(await t.db.query('SELECT id FROM rm_items WHERE id >= 200 ORDER BY id')).toEqual([
+      { id: 200 },
+      { id: 201 },
+    ])
+  })
+})
