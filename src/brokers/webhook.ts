@@ -91,10 +91,11 @@ export interface WebhookPublisherOptions {
 /**
  * A webhook delivery failed (codes shared with the other brokers, so a relay treats it the
  * same way):
- * - `BROKER_UNAVAILABLE` (retryable): a network error, a timeout, a 5xx, 408 or 429 answer; or
- *   an answer saying the endpoint itself is wrong (3xx, 401, 403, 404, 405, 407): not the
- *   message's fault, so a relay backs off and its breaker opens instead of dead-lettering
- *   every event.
+ * - `BROKER_UNAVAILABLE` (retryable): a network error, a timeout, a 5xx, 408 or 429 answer.
+ * - `BROKER_MISCONFIGURED` (not retryable): an answer saying the endpoint itself is wrong
+ *   (3xx, as redirects are not followed, 401, 403, 404, 405, 407): every message fails alike
+ *   until the URL or its access is fixed. Not retried within a call; not the message's fault,
+ *   so a relay backs off with its breaker open instead of dead-lettering every event.
  * - `BROKER_REJECTED` (not retryable): any other 4xx, such as 400 or 422: the receiver refuses
  *   this message; a relay charges the event and dead-letters it after its `maxAttempts`.
  *
@@ -132,8 +133,8 @@ export class WebhookError extends BreakwaterError {
   }
 }
 
-// Failures the publisher's own retry repeats; an endpoint that is misconfigured (404, 401) is
-// not hammered within a call, though the error stays retryable for the caller.
+// Failures the publisher's own retry repeats (an outage: network, timeout, 5xx, 408, 429); a
+// misconfigured endpoint (3xx, 401, 404...) or a refused message is never repeated in a call.
 const retriedHere = new WeakSet<object>()
 
 const forbiddenHeaders = new Set([
@@ -608,8 +609,12 @@ class WebhookPublisher implements Publisher {
     }
     if (status >= 400 && ![401, 403, 404, 405, 407].includes(status))
       throw new WebhookError('BROKER_REJECTED', detail, { status })
+    // 3xx (redirects are not followed), 401, 403, 404, 405, 407: the URL or its access is
+    // wrong, for every message alike, until someone fixes the setup. Not the message's fault
+    // (a relay must not dead-letter it) and not an outage that clears by itself, so it is not
+    // retried here either.
     throw new WebhookError(
-      'BROKER_UNAVAILABLE',
+      'BROKER_MISCONFIGURED',
       `${detail} (check the webhook URL and its access)`,
       { status },
     )
@@ -660,7 +665,7 @@ function messageOf(error: unknown): string {
  * {@link verifyWebhookSignature} for the receiver's side). `publish()` resolves once the
  * receiver answered 2xx for every message (or the batch). Failed attempts are retried on 5xx,
  * 408, 429 (honouring `Retry-After`), timeouts and network errors, each attempt signed afresh;
- * other 4xx answers are not retried (see {@link WebhookError}). Redirects are not followed.
+ * 3xx and 4xx answers are not retried (see {@link WebhookError}). Redirects are not followed.
  *
  * The receiver may see a message more than once (a lost answer, a relay that re-publishes
  * after a crash): dedupe on the message id (`Breakwater-Message-Id`, also sent as

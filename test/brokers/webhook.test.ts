@@ -171,9 +171,39 @@ describe('webhook publisher', () => {
     expect(hook.seen).toHaveLength(1)
     expect(hook.seen[0]!.verified).toEqual({ ok: false, reason: 'mismatch' })
     expect(error).toBeInstanceOf(WebhookError)
-    // The endpoint refuses access: the broker's problem (back off), not the event's (no dead letter).
-    expect(error).toMatchObject({ code: 'BROKER_UNAVAILABLE', status: 401, retryable: true })
+    // The endpoint refuses the publisher's setup, not the event: a relay backs off with its
+    // breaker open instead of dead-lettering every event.
+    expect(error).toMatchObject({ code: 'BROKER_MISCONFIGURED', status: 401, retryable: false })
     expect(String(error.message)).not.toContain('not-the-shared-secret')
+  })
+
+  it('answers a status that says the endpoint is wrong (3xx, 401, 403, 404, 405, 407) with a non-retryable BROKER_MISCONFIGURED after one attempt', async () => {
+    for (const status of [301, 302, 307, 308, 401, 403, 404, 405, 407]) {
+      const clock = new ManualClock(start)
+      const hook = await receiver(clock, () => ({
+        status,
+        headers: status < 400 ? { location: 'http://127.0.0.1:1/elsewhere' } : {},
+      }))
+      const publisher = publisherFor({
+        url: hook.url,
+        secret,
+        clock,
+        retry: { maxAttempts: 5, baseDelayMs: 10 },
+      })
+      const error = await drive(clock, publisher.publish([message('e1', 'k')])).catch((e) => e)
+      const label = `status ${status}: ${String(error)}`
+      // Within the call too: every attempt would meet the same answer.
+      expect(hook.seen, label).toHaveLength(1)
+      expect(error, label).toBeInstanceOf(WebhookError)
+      expect(error, label).toMatchObject({
+        code: 'BROKER_MISCONFIGURED',
+        status,
+        retryable: false,
+      })
+      expect(error.message, label).toContain(`answered ${status}`)
+      expect(error.message, label).toContain('check the webhook URL and its access')
+      expect(error.message, label).not.toContain('/hooks/orders')
+    }
   })
 
   it('retries a 503 (each attempt signed afresh) until the receiver accepts', async () => {
