@@ -62,13 +62,23 @@ export type CircuitBreakerEvent =
     }
   | {
       /**
-       * The call's outcome says nothing about the downstream and was not recorded: the caller's
-       * own signal aborted it or the caller's deadline passed before it ended (before
-       * `slowCallMs`), or an inner bulkhead refused it. An ignored probe frees its slot for
-       * another probe.
+       * The call's outcome was not recorded: the caller's own signal aborted it or the caller's
+       * deadline passed before it ended (before `slowCallMs`), or an inner bulkhead refused it
+       * (its outcome says nothing about the downstream; such a probe frees its slot for
+       * another probe), or it is `stale`. `error` is what the call threw, undefined when it
+       * returned.
        */
       readonly type: 'ignored'
       readonly error: unknown
+      /**
+       * True when the call was admitted before the breaker's latest state change (or
+       * `reset()`): a call started while closed that ends after the circuit opened, a probe
+       * whose half-open period ended before it did. The breaker no longer reasons about the
+       * downstream it describes, so, whether it returned, failed or was slow, it is reported
+       * here and never as `success` or `failure`: those events count exactly the outcomes the
+       * breaker counted. `isFailure` is not asked about it. Absent otherwise.
+       */
+      readonly stale?: true
     }
   | {
       /** The breaker failed a call fast without running it. */
@@ -169,7 +179,8 @@ export interface CircuitBreaker extends Policy {
  * fresh window, one fails and it opens again with the cooldown restarted (grown by
  * `cooldownMultiplier`). A call that was admitted before the latest state change (including
  * `reset()`) no longer counts: its outcome describes a downstream the breaker has stopped
- * reasoning about.
+ * reasoning about, and its event is `ignored` with `stale: true`, never `success` or
+ * `failure`.
  *
  * A call cut off by its caller, not by the downstream, is not recorded: the caller's signal
  * aborted, or the caller's deadline passed before the call ended (a timeout inside clamped to
@@ -415,6 +426,11 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   }
 
   #onError(error: unknown, epoch: number, startMs: number, aborted: boolean): void {
+    // Not recorded whatever it was (see #onOutcome), so isFailure is not asked to classify it.
+    if (epoch !== this.#epoch) {
+      this.#onOutcome(epoch, 'ignored', error)
+      return
+    }
     const slow = this.#slowCallMs !== undefined && this.#clock.now() - startMs >= this.#slowCallMs
     let outcome: Outcome
     // The caller gave up: whatever fn threw then, it tells only whether the call was slow.
@@ -438,8 +454,13 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   }
 
   #onOutcome(epoch: number, outcome: Outcome, error: unknown): void {
+    if (epoch !== this.#epoch) {
+      // Admitted before the latest state change: not recorded, so not reported as a success or
+      // a failure either, or observers would count outcomes the breaker did not.
+      if (this.events.hasListeners) this.events.emit({ type: 'ignored', error, stale: true })
+      return
+    }
     if (this.events.hasListeners) this.#emitOutcome(outcome, error)
-    if (epoch !== this.#epoch) return
     // Same epoch means same state as at admission: closed, or half-open for a probe.
     const failed = outcome === 'error' || outcome === 'slow'
     if (this.#state === 'closed') {

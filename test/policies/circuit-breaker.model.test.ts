@@ -4,6 +4,7 @@ import {
   type BreakerWindowOptions,
   BreakwaterError,
   type CircuitBreaker,
+  type CircuitBreakerEvent,
   type CircuitState,
   circuitBreaker,
 } from '../../src/index.js'
@@ -11,7 +12,8 @@ import { ManualClock } from '../../src/testing/index.js'
 
 // A model-based test: random command sequences run against the real breaker and against a
 // small reference model of the state machine written independently below; after every command
-// the states must agree, and every rejection must match the model's code and retryAfterMs.
+// the states must agree, every rejection must match the model's code and retryAfterMs, and
+// every finished call must be reported as the model recorded it (a stale one as ignored).
 // Starting and finishing a call are separate commands, so several calls are in flight at once
 // and half-open admission (probe slots, stale outcomes) is really exercised.
 
@@ -100,6 +102,7 @@ interface Real {
   readonly breaker: CircuitBreaker
   readonly clock: ManualClock
   readonly calls: Map<number, { settle: (outcome: Outcome) => void; done: Promise<unknown> }>
+  readonly events: CircuitBreakerEvent[]
 }
 
 // How often the interesting situations came up, to show the property is not vacuous.
@@ -169,7 +172,16 @@ class FinishCall implements fc.AsyncCommand<Model, Real> {
     const [call] = m.pending.splice(this.pick % m.pending.length, 1)
     const slow = m.config.slowCallMs !== undefined && m.now - call!.startMs >= m.config.slowCallMs
     const failed = this.outcome === 'failure' || slow
-    if (call!.epoch !== m.epoch) seen.staleIgnored++
+    const stale = call!.epoch !== m.epoch
+    // The event reports what the breaker recorded: nothing for a stale call.
+    const expected = stale
+      ? { type: 'ignored', stale: true }
+      : this.outcome === 'failure'
+        ? { type: 'failure', reason: 'error' }
+        : slow
+          ? { type: 'failure', reason: 'slow' }
+          : { type: 'success' }
+    if (stale) seen.staleIgnored++
     else if (m.state === 'closed') {
       m.records.push({ atMs: m.now, failure: failed })
       if (m.trips()) m.moveTo('open')
@@ -185,10 +197,15 @@ class FinishCall implements fc.AsyncCommand<Model, Real> {
 
     const real = r.calls.get(call!.id)!
     r.calls.delete(call!.id)
+    const from = r.events.length
     real.settle(this.outcome)
     // The breaker has done its bookkeeping by the time the caller's promise settles.
     await real.done
     expect(r.breaker.state).toBe(m.state)
+    const reported = r.events.slice(from).filter((e) => e.type !== 'stateChange')
+    expect(reported).toHaveLength(1)
+    expect(reported[0]).toMatchObject(expected)
+    if (!stale) expect(reported[0]).not.toHaveProperty('stale')
   }
 
   toString(): string {
@@ -316,7 +333,8 @@ describe('circuitBreaker against a reference model', () => {
           ...(slowCallMs === undefined ? {} : { slowCallMs }),
           clock,
         })
-        const real: Real = { breaker, clock, calls: new Map() }
+        const real: Real = { breaker, clock, calls: new Map(), events: [] }
+        breaker.events.on((e) => real.events.push(e))
         try {
           await fc.asyncModelRun(() => ({ model: new Model(config, clock.now()), real }), commands)
         } finally {
