@@ -7,7 +7,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { Socket } from 'node:net'
+import { BlockList, isIP, type Socket } from 'node:net'
 import type { ErrorCode } from '../../core/error-codes.js'
 import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
@@ -130,7 +130,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
   const initial = await resolveSecret(config.token, env)
   if (initial !== undefined && initial.length < 16)
     log.warn('admin token is shorter than 16 characters; use a long random token')
-  if (!isLoopback(config.host))
+  if (!isLoopbackHost(config.host))
     log.warn('admin api listens beyond loopback: make sure only operators can reach it', {
       host: config.host,
     })
@@ -395,8 +395,32 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
   }
 }
 
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127\./.test(host)
+// Loopback by address, not by spelling: all of 127.0.0.0/8 (BlockList also matches its
+// IPv4-mapped IPv6 form, ::ffff:127.x.y.z) and ::1 in any of its IPv6 spellings.
+const loopbackAddresses = new BlockList()
+loopbackAddresses.addSubnet('127.0.0.0', 8, 'ipv4')
+loopbackAddresses.addAddress('::1', 'ipv6')
+
+/**
+ * True when `host` only reaches this machine: an address in 127.0.0.0/8, `::1` however
+ * written (`[::1]`, `0:0:0:0:0:0:0:1`), IPv4-mapped loopback (`::ffff:127.0.0.1`), or
+ * `localhost` in any case. The wildcards `0.0.0.0` and `::` and every other name are not:
+ * a name such as `127.example.com` may resolve anywhere.
+ *
+ * @internal Exported for tests.
+ */
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host
+  if (/^localhost\.?$/i.test(bare)) return true
+  const family = isIP(bare)
+  if (family === 0) return false
+  try {
+    return loopbackAddresses.check(bare, family === 4 ? 'ipv4' : 'ipv6')
+  } catch {
+    // An address BlockList cannot read (a scope id it refuses): not known to be loopback, so
+    // the warning is given.
+    return false
+  }
 }
 
 function pathOf(req: IncomingMessage): string {
