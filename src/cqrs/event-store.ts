@@ -853,13 +853,18 @@ export class EventStoreImpl implements EventStore {
     const expected = checkExpected(options.expectedVersion ?? 'any')
     const text = eventJsonText('metadata', metadata, 'a JSON-serializable object')
     await this.#inTransaction(options.tx, async (tx) => {
-      await this.#checkForWrite(tx, stream, expected)
-      await tx.execute(this.statements.upsertMetadata, [
-        stream,
-        text,
-        false,
-        storedTime(this.clock),
-      ])
+      const now = storedTime(this.clock)
+      const { found } = await this.#checkForWrite(tx, stream, expected)
+      // With no row to lock (FOR UPDATE), an append (or another metadata write) may create the
+      // stream meanwhile: an upsert would then wait for it and overwrite the metadata of a
+      // stream its expectation no longer holds for. Insert only if still absent; otherwise the
+      // row is committed by now, so check again, under its lock, and update.
+      if (!found) {
+        const { rowCount } = await tx.execute(this.statements.insertMetadata, [stream, text, now])
+        if (rowCount === 1) return
+        await this.#checkForWrite(tx, stream, expected)
+      }
+      await tx.execute(this.statements.upsertMetadata, [stream, text, false, now])
     })
   }
 
@@ -869,25 +874,31 @@ export class EventStoreImpl implements EventStore {
     checkObject('options', options)
     const expected = checkExpected(options.expectedVersion ?? 'any')
     await this.#inTransaction(options.tx, async (tx) => {
-      const info = await this.#checkForWrite(tx, stream, expected)
+      const { info } = await this.#checkForWrite(tx, stream, expected)
       if (info.version === 0 || info.deleted) return
       await tx.execute(this.statements.markDeleted, [stream, true, storedTime(this.clock)])
       await tx.execute(this.statements.deleteSnapshots, [stream])
     })
   }
 
+  /**
+   * Checks `expected` against the stream's row, locking it; `found` is false when there is no
+   * row (and so no lock). A conflict is reported as append reports one: the `conflict`
+   * diagnostic, then `WrongExpectedVersionError`.
+   */
   async #checkForWrite(
     tx: SqlExecutor,
     stream: string,
     expected: ExpectedVersion,
-  ): Promise<StreamInfo> {
+  ): Promise<{ info: StreamInfo; found: boolean }> {
     // FOR UPDATE on PostgreSQL: the check and the write see the same version.
     const rows = await tx.query<StreamRow>(this.statements.streamInfoForUpdate, [stream])
     const info = streamInfoOf(rows[0])
     if (!expectationHolds(expected, info.version, info.deleted)) {
+      publish('conflict', { stream, expected, actual: info.version })
       throw new WrongExpectedVersionError(stream, expected, info.version, info.deleted)
     }
-    return info
+    return { info, found: rows[0] !== undefined }
   }
 
   #inTransaction<T>(tx: SqlExecutor | undefined, fn: (tx: SqlExecutor) => Promise<T>): Promise<T> {

@@ -7,7 +7,7 @@ import { type Channel, channel } from 'node:diagnostics_channel'
 export interface CqrsEvents {
   /** Events were appended (in the caller's transaction when it passed `tx`: not yet committed). */
   readonly appended: { stream: string; count: number; version: number; lastPosition: number }
-  /** An append found the stream at another version than expected. */
+  /** An append, `setStreamMetadata` or `deleteStream` found the stream at another version than expected. */
   readonly conflict: { stream: string; expected: string | number; actual: number }
   /** A command handler decides a command again after a conflict (`attempt`: the next one). */
   readonly 'command-retry': { stream: string; attempt: number; error: unknown }

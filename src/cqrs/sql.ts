@@ -445,6 +445,8 @@ export interface CqrsStatements {
   readonly streamInfoForUpdate: string
   readonly markDeleted: string
   readonly upsertMetadata: string
+  /** `$1` stream, `$2` metadata, `$3` now: creates the stream's row unless one exists (0 rows). */
+  readonly insertMetadata: string
   readonly deleteSnapshots: string
   readonly readSnapshot: string
   readonly writeSnapshot: string
@@ -473,6 +475,9 @@ const common = {
   upsertMetadata: `INSERT INTO breakwater_streams (stream_id, version, truncate_before, deleted, metadata, created_at, updated_at)
 VALUES ($1, 0, 1, $3, $2, $4, $4)
 ON CONFLICT (stream_id) DO UPDATE SET metadata = excluded.metadata, updated_at = excluded.updated_at`,
+  insertMetadata: `INSERT INTO breakwater_streams (stream_id, version, truncate_before, deleted, metadata, created_at, updated_at)
+VALUES ($1, 0, 1, false, $2, $3, $3)
+ON CONFLICT (stream_id) DO NOTHING`,
   deleteSnapshots: 'DELETE FROM breakwater_snapshots WHERE stream_id = $1',
   readSnapshot:
     'SELECT version, state FROM breakwater_snapshots WHERE stream_id = $1 AND name = $2',

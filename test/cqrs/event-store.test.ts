@@ -2,10 +2,12 @@
 // soft delete, metadata, upcasters, and optimistic concurrency under 100 concurrent writers.
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import {
+  cqrsChannelNames,
   createEventStore,
   defineProjection,
   type EventStore,
@@ -669,6 +671,142 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
       await store.append(s, [event(2)], { tx, expectedVersion: 1 })
     })
     expect((await store.readStream(s)).version).toBe(2)
+  })
+})
+
+describe.each(dbTargets)('stream writes report conflicts like appends on $dialect', (target) => {
+  let t: TestDb
+  let store: EventStore
+  beforeAll(async () => {
+    t = await target.open('cqrs_stream_conflicts')
+    store = createEventStore(t.db)
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('setStreamMetadata and deleteStream publish a conflict as append does', async () => {
+    const published: unknown[] = []
+    const onConflict = (message: unknown) => {
+      published.push(message)
+    }
+    subscribe(cqrsChannelNames.conflict, onConflict)
+    try {
+      await store.append('conflicts-a', [event(1), event(2)])
+      const append = await conflict(store.append('conflicts-a', [event(3)], { expectedVersion: 1 }))
+      const metadata = await conflict(
+        store.setStreamMetadata('conflicts-a', { a: 1 }, { expectedVersion: 'noStream' }),
+      )
+      const deletion = await conflict(store.deleteStream('conflicts-a', { expectedVersion: 3 }))
+      for (const error of [append, metadata, deletion]) {
+        expect(error.code).toBe('WRONG_EXPECTED_VERSION')
+        expect(error).toMatchObject({ stream: 'conflicts-a', actual: 2, deleted: false })
+      }
+      expect(metadata.message).toMatch(
+        /"conflicts-a" was expected at "noStream" but is at version 2/,
+      )
+      expect(published).toEqual([
+        { stream: 'conflicts-a', expected: 1, actual: 2 },
+        { stream: 'conflicts-a', expected: 'noStream', actual: 2 },
+        { stream: 'conflicts-a', expected: 3, actual: 2 },
+      ])
+    } finally {
+      unsubscribe(cqrsChannelNames.conflict, onConflict)
+    }
+  })
+})
+
+describe("PostgreSQL stream writes racing the stream's creation", () => {
+  const target = dbTargets.find((d) => d.dialect === 'postgres')!
+  let t: TestDb
+  beforeAll(async () => {
+    t = await target.open('cqrs_stream_race')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  /** Waits until a session of this database waits for a lock. */
+  async function someoneWaitsForALock(): Promise<void> {
+    await expect
+      .poll(
+        async () =>
+          (
+            await t.db.query<{ n: number }>(
+              "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+          )[0]!.n,
+        { timeout: 10_000, interval: 5 },
+      )
+      .toBeGreaterThan(0)
+  }
+
+  it('setStreamMetadata at noStream fails when an append creates the stream meanwhile', async () => {
+    const store = createEventStore(t.db)
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let appended!: () => void
+    const created = new Promise<void>((resolve) => {
+      appended = resolve
+    })
+    const creator = t.db.transaction(async (tx) => {
+      await store.append('race-meta', [event(1)], { expectedVersion: 'noStream', tx })
+      appended()
+      await gate
+    })
+    await created
+    // It does not see the uncommitted stream row, so its check passes; its write then waits
+    // for the creator's row, and must not overwrite the metadata of a stream at version 1.
+    const write = store
+      .setStreamMetadata('race-meta', { owner: 'late' }, { expectedVersion: 'noStream' })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+    await someoneWaitsForALock()
+    release()
+    await creator
+    const error = await write
+    expect(error).toBeInstanceOf(WrongExpectedVersionError)
+    expect(error).toMatchObject({ stream: 'race-meta', expected: 'noStream', actual: 1 })
+    expect((await store.streamInfo('race-meta')).metadata).toEqual({})
+  })
+
+  it('of two setStreamMetadata at noStream on a new stream, exactly one wins', async () => {
+    const store = createEventStore(t.db)
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let wrote!: () => void
+    const written = new Promise<void>((resolve) => {
+      wrote = resolve
+    })
+    const first = t.db.transaction(async (tx) => {
+      await store.setStreamMetadata(
+        'race-two',
+        { owner: 'first' },
+        { expectedVersion: 'noStream', tx },
+      )
+      wrote()
+      await gate
+    })
+    await written
+    const second = store
+      .setStreamMetadata('race-two', { owner: 'second' }, { expectedVersion: 'noStream' })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+    await someoneWaitsForALock()
+    release()
+    await first
+    // The stream row exists now (version 0): noStream still holds, so the second write wins
+    // over the first only in order, never silently in place of a conflict it should report.
+    expect(await second).toBeUndefined()
+    expect((await store.streamInfo('race-two')).metadata).toEqual({ owner: 'second' })
   })
 })
 
