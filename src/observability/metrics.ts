@@ -557,7 +557,16 @@ class Registry implements MetricsRegistry {
     // Scrapes that overlap a collection in flight wait for it rather than start their own: a
     // slow source (a database under stress) would otherwise get one more query per scrape,
     // piling up while it is slowest.
-    this.#collecting ??= this.#collect()
+    // Cleared by the run itself, before any waiting render resumes, so the next scrape collects
+    // afresh. Not inside #collect: with no callbacks it ends before its first await, so a clear
+    // there would come before this assignment, and the settled run would stand for good (no
+    // callback registered later would ever be called).
+    if (this.#collecting === undefined) {
+      const run: Promise<void> = this.#collect().finally(() => {
+        if (this.#collecting === run) this.#collecting = undefined
+      })
+      this.#collecting = run
+    }
     await this.#collecting
     const lines: string[] = []
     for (const metric of this.#metrics.values()) metric.render(lines)
@@ -581,8 +590,6 @@ class Registry implements MetricsRegistry {
         this.#report(new MetricsCollectTimeoutError(this.#collectTimeoutMs, pending))
     } finally {
       if (timer !== undefined) this.#clock.clearTimeout(timer)
-      // Cleared before any waiting render resumes, so the next scrape collects afresh.
-      this.#collecting = undefined
     }
   }
 
