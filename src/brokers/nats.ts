@@ -349,6 +349,8 @@ async function ensureStream(
 
 /** A batch's acks awaited on one connection's reply inbox. */
 interface PendingAck {
+  /** The subject the message was published to. */
+  readonly subject: string
   readonly resolve: () => void
   readonly reject: (error: unknown) => void
 }
@@ -435,7 +437,9 @@ class NatsPublisher implements Publisher {
       const token = `${inbox.prefix}.${(inbox.next++).toString(36)}`
       tokens.push(token)
       acks.push(
-        new Promise<void>((resolve, reject) => inbox.pending.set(token, { resolve, reject })),
+        new Promise<void>((resolve, reject) =>
+          inbox.pending.set(token, { subject: message.topic, resolve, reject }),
+        ),
       )
       try {
         nc.publish(message.topic, payloadBytes(message.payload), {
@@ -519,7 +523,34 @@ class NatsPublisher implements Publisher {
         else ack.reject(failure)
       },
     })
+    void this.#watchPublishRefusals(inbox)
     return inbox
+  }
+
+  /**
+   * The server refuses a publish the user may not make with an -ERR of its own, and never
+   * sends an ack: the driver reports it only as a connection status. The batch's acks on that
+   * subject fail with it now, as misconfigured, instead of timing out as a retryable outage
+   * (every retry would meet the same refusal). The iterator ends when the connection closes.
+   */
+  async #watchPublishRefusals(inbox: AckInbox): Promise<void> {
+    try {
+      for await (const status of inbox.nc.status()) {
+        const context = status.permissionContext
+        if (status.type !== 'error' || context?.operation !== 'publish') continue
+        const refusal = Object.assign(
+          new Error(`'Permissions Violation for Publish to "${context.subject}"'`),
+          { code: 'PERMISSIONS_VIOLATION' },
+        )
+        for (const [token, ack] of inbox.pending) {
+          if (ack.subject !== context.subject) continue
+          inbox.pending.delete(token)
+          ack.reject(refusal)
+        }
+      }
+    } catch {
+      // The status stream only ends with the connection, whose close fails the pending acks.
+    }
   }
 
   async #ensureStream(nc: NatsConnection, spec: NatsStreamSpec): Promise<void> {

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type StartedBroker, startNats } from '../../scripts/lib/brokers.mjs'
 import { createNatsBroker } from '../../src/brokers/index.js'
 import { type BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
+import { ManualClock } from '../../src/testing/manual-clock.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
 import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
@@ -22,6 +23,10 @@ authorization {
     { user: app, password: right-pw }
     { user: limited, password: limited-pw, permissions: {
         publish: { allow: [">"], deny: ["$JS.API.>"] }
+        subscribe: { allow: [">"] }
+    } }
+    { user: apionly, password: apionly-pw, permissions: {
+        publish: { allow: ["$JS.API.>"] }
         subscribe: { allow: [">"] }
     } }
   ]
@@ -77,6 +82,26 @@ authorization {
         expect(error.message).toMatch(/Permissions Violation/)
         expect(error.message).not.toContain('limited-pw')
       }
+    } finally {
+      await broker.close()
+    }
+  })
+
+  it('fails a publish the user may not make to the topic subject at once with a non-retryable BROKER_MISCONFIGURED, not as an ack timeout (a retryable outage)', async () => {
+    // The clock never moves, so publishTimeoutMs never fires: only the server's refusal can
+    // end the publish.
+    const broker = createNatsBroker({
+      url: `nats://apionly:apionly-pw@${hostPort}`,
+      connectTimeoutMs: 5_000,
+      clock: new ManualClock(),
+    })
+    try {
+      const topic = unique('denied')
+      const error = await rejectionOf(broker.publisher.publish(makeBatch(topic, 3, 1)))
+      expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+      expect(error.message).toMatch(/Permissions Violation for Publish to "denied-/)
+      expect(error.message).toContain(topic)
+      expect(error.message).not.toContain('apionly-pw')
     } finally {
       await broker.close()
     }
