@@ -153,7 +153,8 @@ export interface SagaStatements {
   readonly insertEvent: string
   /**
    * $1 lease end, $2 owner, $3 the ids in hand (array / JSON array). Returns id and lease_token
-   * of each of them still held.
+   * of each of them still held; PostgreSQL also returns `renewed` (0 for a held row passed over
+   * because another transaction has it locked).
    */
   readonly renew: string
   /** $1 id, $2 lease token, $3 lease end. */
@@ -373,9 +374,25 @@ FROM jsonb_to_recordset($1::jsonb) AS i(id TEXT, name TEXT, version INTEGER, def
   lease_expires_at BIGINT, lease_token BIGINT, now BIGINT)
 ON CONFLICT (id) DO NOTHING
 RETURNING id`,
-    renew: `UPDATE ${sagaTable} SET lease_expires_at = $1
-WHERE lease_owner = $2 AND status IN ('running', 'compensating') AND id = ANY($3::text[])
-RETURNING id, lease_token`,
+    // SKIP LOCKED: a row held locked (by this worker's own step transaction, a slow `send` or
+    // `atCommit`, or a reply being delivered) is passed over this round instead of making the
+    // whole renewal wait for it while every other lease runs out. It comes back with
+    // renewed = 0: held as of this statement, not renewed (the step's commit writes its lease
+    // anyway: extended, or released).
+    renew: `WITH held AS (
+  SELECT id, lease_token FROM ${sagaTable}
+  WHERE lease_owner = $2 AND status IN ('running', 'compensating') AND id = ANY($3::text[])
+), free AS (
+  SELECT id FROM ${sagaTable}
+  WHERE id IN (SELECT id FROM held) AND lease_owner = $2 AND status IN ('running', 'compensating')
+  FOR UPDATE SKIP LOCKED
+), renewed AS (
+  UPDATE ${sagaTable} AS s SET lease_expires_at = $1 FROM free WHERE s.id = free.id
+  RETURNING s.id, s.lease_token
+)
+SELECT id, lease_token, 1 AS renewed FROM renewed
+UNION ALL
+SELECT id, lease_token, 0 AS renewed FROM held WHERE id NOT IN (SELECT id FROM renewed)`,
     list: `SELECT id, name, version, status, step_index, attempt, next_run_at, lease_owner,
   lease_expires_at, reason, created_at, updated_at, finished_at, steps
 FROM ${sagaTable}

@@ -122,21 +122,40 @@ export function claimInstances(
   return db.query<SagaRow>(sagaStatements[db.dialect].claim, [owner, leaseEnd, now, keys, limit])
 }
 
+/** What {@link renewLeases} found. */
+export interface RenewedLeases {
+  /** The instances whose leases were extended, with their tokens. */
+  readonly renewed: Map<string, number>
+  /**
+   * PostgreSQL: instances still held but row-locked by another transaction (typically the
+   * holder's own step commit), passed over this round rather than waited for. Neither renewed
+   * nor lost.
+   */
+  readonly locked: Set<string>
+}
+
 /**
  * Extends the leases `owner` holds on the instances `ids` (the ones it runs); resolves to those
- * still held and their tokens.
+ * renewed (with their tokens) and, on PostgreSQL, those passed over because their row is locked.
  */
 export async function renewLeases(
   db: SqlDriver,
   owner: string,
   leaseEnd: number,
   ids: readonly string[],
-): Promise<Map<string, number>> {
-  const rows = await db.query<{ id: string; lease_token: number }>(
+): Promise<RenewedLeases> {
+  const rows = await db.query<{ id: string; lease_token: number; renewed?: number | string }>(
     sagaStatements[db.dialect].renew,
     [leaseEnd, owner, stringListParam(db, ids)],
   )
-  return new Map(rows.map((r) => [r.id, Number(r.lease_token)]))
+  const renewed = new Map<string, number>()
+  const locked = new Set<string>()
+  for (const r of rows) {
+    // SQLite's statement has no `renewed` column: it renews every row it returns.
+    if (r.renewed === undefined || Number(r.renewed) === 1) renewed.set(r.id, Number(r.lease_token))
+    else locked.add(r.id)
+  }
+  return { renewed, locked }
 }
 
 /** Extends one lease if the token still holds. */

@@ -51,6 +51,9 @@ export interface SagaWorkerOptions {
   readonly leaseMs?: number
   /**
    * How often the leases of the instances in hand are renewed (one statement for all of them).
+   * On PostgreSQL an instance whose row is locked at that moment (its step's `send` or
+   * `atCommit` transaction is still open) is passed over for that round rather than waited
+   * for, so one slow commit does not hold up the other instances' renewals.
    * @default leaseMs / 3
    */
   readonly renewIntervalMs?: number
@@ -550,7 +553,10 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       )
       for (const [id, run] of sent) {
         if (this.#inHand.get(id) !== run) continue
-        if (held.get(id) === tokens.get(id)) run.leaseExpiresAt = leaseEnd
+        if (held.renewed.get(id) === tokens.get(id)) run.leaseExpiresAt = leaseEnd
+        // Its row is locked, most likely by its own step's transaction, whose commit writes the
+        // lease (extended or released): passed over this round, neither renewed nor lost.
+        else if (held.locked.has(id)) continue
         // Its own write gave the lease up (the run ends once it returns): not a takeover. If
         // another worker did take over, that write is refused and says so.
         else if (run.givenBack) continue
