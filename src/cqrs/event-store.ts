@@ -271,6 +271,18 @@ export function expectationHolds(
   return version === expected
 }
 
+/** @internal A page of the log as a follower of some event types reads it. */
+export interface FollowerPage {
+  /** The wanted events before the first that cannot be upcast, upcast. */
+  readonly events: RecordedEvent[]
+  /** How many rows were consumed, wanted or not (all of the page's, unless `failure`). */
+  readonly read: number
+  /** The position of the last row consumed; undefined when none was. */
+  readonly position: number | undefined
+  /** Why the row after the consumed ones could not be upcast. */
+  readonly failure: UpcastError | undefined
+}
+
 interface PendingAppend<E extends EventShape> {
   readonly stream: string
   readonly events: readonly NewEvent<E>[]
@@ -765,6 +777,39 @@ export class EventStoreImpl implements EventStore {
       }
     }
     return { events, failure: undefined }
+  }
+
+  /**
+   * @internal {@link readAllUntilFailure} for a reader of some event types only (a projector):
+   * rows of other types are neither parsed nor upcast, so an upcaster failing on them does not
+   * stop the reader. `read` counts the rows consumed (before the failure, if any), and
+   * `position` is the last of them: the reader's checkpoint may move there.
+   */
+  async readAllOfTypes(
+    options: ReadAllOptions,
+    wants: (type: string) => boolean,
+  ): Promise<FollowerPage> {
+    return this.pageOfTypes(await this.#readAllRows(options), wants)
+  }
+
+  /** @internal {@link readAllOfTypes} over rows already read. */
+  pageOfTypes(rows: readonly EventRow[], wants: (type: string) => boolean): FollowerPage {
+    const events: RecordedEvent[] = []
+    let position: number | undefined
+    let read = 0
+    for (const row of rows) {
+      if (wants(row.type)) {
+        try {
+          events.push(this.toRecorded(row))
+        } catch (error) {
+          if (!(error instanceof UpcastError)) throw error
+          return { events, read, position, failure: error }
+        }
+      }
+      read++
+      position = Number(row.position)
+    }
+    return { events, read, position, failure: undefined }
   }
 
   async #readAllRows(options: ReadAllOptions): Promise<EventRow[]> {

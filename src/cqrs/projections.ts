@@ -61,7 +61,9 @@ export interface ProjectionDefinition<E extends EventShape = EventShape> {
    */
   readonly tables: Readonly<Record<string, TableDefinition>>
   /**
-   * The event types it reads; others are skipped (but still advance its checkpoint).
+   * The event types it reads; others are skipped (but still advance its checkpoint) and a
+   * projector does not upcast them, so an upcaster failing on them does not stop it. Without
+   * it the projection is a catch-all: every event is upcast and handed to `apply`.
    * @default every type
    */
   readonly eventTypes?: readonly string[]

@@ -170,6 +170,12 @@ class SqlProjector implements Projector {
   readonly inline: boolean
   readonly #store: EventStoreImpl
   readonly #projection: ProjectionDefinition
+  /**
+   * Whether the projection reads events of a type: only those are upcast (the others advance
+   * the checkpoint unparsed), so an upcaster failing on a type it does not read cannot stop it.
+   * A projection without `eventTypes` is a catch-all: every event is upcast for it.
+   */
+  readonly #wants = (type: string): boolean => handles(this.#projection, type)
   readonly #batchSize: number
   readonly #clock: Clock
   readonly #retryBaseMs: number
@@ -289,20 +295,20 @@ class SqlProjector implements Projector {
     const result = await store.db.transaction(async (tx) => {
       const row = await this.#lockRow(tx)
       const position = Number(row.position)
-      const { events, failure } = await store.readAllUntilFailure({
-        fromPosition: position + 1,
-        limit: this.#batchSize,
-        tx,
-      })
-      if (events.length === 0) return { applied: 0, position, failure }
-      await this.#applyAll(tx, events, 0)
-      const last = events[events.length - 1]!.position
+      const page = await store.readAllOfTypes(
+        { fromPosition: position + 1, limit: this.#batchSize, tx },
+        this.#wants,
+      )
+      const { failure } = page
+      if (page.position === undefined) return { applied: 0, position, failure }
+      await this.#applyAll(tx, page.events, 0)
       await tx.execute(store.statements.saveProjectionPosition, [
         this.name,
-        last,
+        page.position,
         storedTime(this.#clock),
       ])
-      return { applied: events.length, position: last, failure }
+      // Events of types the projection does not read count as applied: the checkpoint passed them.
+      return { applied: page.read, position: page.position, failure }
     })
     if (result.applied > 0) {
       publish('projection-batch', {
@@ -482,10 +488,14 @@ class SqlProjector implements Projector {
       let count: number
       try {
         count = await store.db.transaction(async (tx) => {
-          const events = await store.readAll({ fromPosition: position + 1, limit: batchSize, tx })
-          await this.#applyAll(tx, events, generation)
-          if (events.length > 0) position = events[events.length - 1]!.position
-          return events.length
+          const page = await store.readAllOfTypes(
+            { fromPosition: position + 1, limit: batchSize, tx },
+            this.#wants,
+          )
+          if (page.failure !== undefined) throw page.failure
+          await this.#applyAll(tx, page.events, generation)
+          if (page.position !== undefined) position = page.position
+          return page.read
         })
       } catch (error) {
         // A later rebuild dropped these tables under this one: the driver's "no such table"
@@ -503,7 +513,8 @@ class SqlProjector implements Projector {
       if (!ownsRebuild(await this.#lockRow(tx), generation)) {
         throw new RebuildSupersededError(this.name)
       }
-      let read = (from: number) => store.readAll({ fromPosition: from, limit: batchSize, tx })
+      let read = (from: number) =>
+        store.readAllOfTypes({ fromPosition: from, limit: batchSize, tx }, this.#wants)
       // A table added to the projection since it was registered has no live copy yet: the
       // fresh one is only renamed into place.
       const live: string[] = []
@@ -522,15 +533,16 @@ class SqlProjector implements Projector {
             from,
             batchSize,
           ])
-          return rows.map((row) => store.toRecorded(row))
+          return store.pageOfTypes(rows, this.#wants)
         }
       }
       for (;;) {
-        const events = await read(position + 1)
-        if (events.length === 0) break
-        await this.#applyAll(tx, events, generation)
-        position = events[events.length - 1]!.position
-        applied += events.length
+        const page = await read(position + 1)
+        if (page.failure !== undefined) throw page.failure
+        if (page.position === undefined) break
+        await this.#applyAll(tx, page.events, generation)
+        position = page.position
+        applied += page.read
       }
       for (const table of Object.keys(projection.tables)) {
         const old = `${table}__old`

@@ -296,4 +296,58 @@ describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
       await projector.stop()
     }
   })
+
+  it('a projector upcasts only the event types its projection reads', async () => {
+    const priced = upcasterFailingOnBadPrice((d) => d)
+    let upcastNotes = 0
+    const store = createEventStore(t.db, {
+      upcasters: [
+        priced.upcaster,
+        {
+          type: 'noted',
+          fromVersion: 1,
+          upcast: (d) => {
+            upcastNotes++
+            return d
+          },
+        },
+      ],
+    })
+    const s = fresh()
+    const seen: unknown[] = []
+    const projection = defineProjection({
+      name: `upcast_only_read_${target.dialect}`,
+      tables: {},
+      eventTypes: ['noted'],
+      apply(event) {
+        if (event.stream === s) seen.push(event.data)
+      },
+    })
+    // Skip what earlier tests left, with a store that has no upcasters.
+    await createProjector(plain, projection).catchUp()
+    const { lastPosition } = await plain.append(s, [
+      { type: 'noted', data: { n: 1 }, schemaVersion: 1 },
+      { type: 'priced', data: { price: 'bad' }, schemaVersion: 1 },
+      { type: 'noted', data: { n: 2 }, schemaVersion: 1 },
+    ])
+    // Live and rebuilt: the 'priced' event it does not read neither stops it nor is upcast.
+    const projector = createProjector(store, projection, { batchSize: 2 })
+    expect(await projector.catchUp()).toBe(lastPosition)
+    expect(seen).toEqual([{ n: 1 }, { n: 2 }])
+    expect(upcastNotes).toBe(2)
+    const rebuilt = await projector.rebuild()
+    expect(rebuilt.position).toBe(lastPosition)
+    expect(seen.slice(2)).toEqual([{ n: 1 }, { n: 2 }])
+    // A projection without eventTypes reads every event: the failing one stops it.
+    const catchAll = defineProjection({
+      name: `${projection.name}_all`,
+      tables: {},
+      apply: projection.apply,
+    })
+    await createProjector(plain, catchAll).catchUp()
+    await plain.append(s, [{ type: 'priced', data: { price: 'bad' }, schemaVersion: 1 }])
+    expect(await rejectionOf(createProjector(store, catchAll).catchUp())).toBeInstanceOf(
+      UpcastError,
+    )
+  })
 })
