@@ -573,6 +573,34 @@ class NatsPublisher implements Publisher {
   }
 }
 
+/**
+ * The server refuses an ack, nak or progress report the user may not publish (`$JS.ACK.>`)
+ * with an -ERR of its own, which the driver reports only as a connection status. Without this
+ * the message would be redelivered after every ack wait, its handler run again and again, and
+ * nothing would say why. Each refusal goes to `report`; the iterator ends with the connection.
+ */
+async function watchSettleRefusals(
+  nc: NatsConnection,
+  report: (error: BrokerError) => void,
+): Promise<void> {
+  try {
+    for await (const status of nc.status()) {
+      const context = status.permissionContext
+      if (status.type !== 'error' || context?.operation !== 'publish') continue
+      if (!context.subject.startsWith('$JS.ACK.')) continue
+      report(
+        new BrokerError(
+          'BROKER_MISCONFIGURED',
+          'nats',
+          `ack refused: 'Permissions Violation for Publish to "${context.subject}"'; grant the user publish permission on $JS.ACK.> (or $JS.ACK.<stream>.>), or JetStream redelivers every message after ackWaitMs`,
+        ),
+      )
+    }
+  } catch {
+    // The status stream only ends with the connection.
+  }
+}
+
 /** Whether a topic is a subject NATS takes: non-empty dot-separated tokens, no whitespace. */
 function isSubject(topic: string): boolean {
   return topic.split('.').every((token) => token !== '' && !/\s/.test(token))
@@ -837,6 +865,9 @@ class NatsSubscriber implements Subscriber {
       // What the previous connection owed: acks of messages handled while it was down, and
       // naks of messages it held unstarted, which the dispatcher awaits.
       for (const [subject, body] of state.owed.splice(0)) nc.publish(subject, body)
+      void watchSettleRefusals(nc, (error) =>
+        options.onError({ error, phase: 'settle', topic, group }),
+      )
       state.current = nc
     } catch (error) {
       await nc.close().catch(() => {})

@@ -1,7 +1,7 @@
 import { connect } from 'nats'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type StartedBroker, startNats } from '../../scripts/lib/brokers.mjs'
-import { createNatsBroker } from '../../src/brokers/index.js'
+import { createNatsBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
 import { type BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
@@ -23,6 +23,10 @@ authorization {
     { user: app, password: right-pw }
     { user: limited, password: limited-pw, permissions: {
         publish: { allow: [">"], deny: ["$JS.API.>"] }
+        subscribe: { allow: [">"] }
+    } }
+    { user: noack, password: noack-pw, permissions: {
+        publish: { allow: [">"], deny: ["$JS.ACK.>"] }
         subscribe: { allow: [">"] }
     } }
     { user: apionly, password: apionly-pw, permissions: {
@@ -102,6 +106,31 @@ authorization {
       expect(error.message).toMatch(/Permissions Violation for Publish to "denied-/)
       expect(error.message).toContain(topic)
       expect(error.message).not.toContain('apionly-pw')
+    } finally {
+      await broker.close()
+    }
+  })
+
+  it('reports an ack the server refuses (no publish permission on $JS.ACK.>) to onError as a BROKER_MISCONFIGURED settle failure instead of redelivering the message for ever without a word', async () => {
+    const events: SubscriberErrorEvent[] = []
+    const broker = createNatsBroker({
+      url: `nats://noack:noack-pw@${hostPort}`,
+      connectTimeoutMs: 5_000,
+      onError: (event) => events.push(event),
+    })
+    try {
+      const topic = unique('noack')
+      const group = unique('g')
+      const received = new Received()
+      await broker.subscriber.subscribe(topic, group, async (m) => received.record(m))
+      await broker.publisher.publish(makeBatch(topic, 1, 1))
+      await received.until(() => received.messages.length >= 1, 'the message')
+      await received.until(() => events.length >= 1, 'the refused ack reported')
+      const [event] = events
+      expect(event).toMatchObject({ phase: 'settle', topic, group })
+      expectBrokerError(event!.error, 'BROKER_MISCONFIGURED', false)
+      expect(event!.error.message).toMatch(/Permissions Violation for Publish to "\$JS\.ACK\./)
+      expect(event!.error.message).toContain('$JS.ACK.>')
     } finally {
       await broker.close()
     }
