@@ -487,6 +487,9 @@ class NatsPublisher implements Publisher {
   #connect(): Promise<AckInbox> {
     let connection = this.#connection
     if (connection === undefined) {
+      // publish() awaits the driver's import before it gets here: a close() in that gap found
+      // no connection to close, so one opened now would stay open for good.
+      if (this.#closed) return Promise.reject(closedError('nats', 'publisher'))
       connection = this.#open()
       this.#connection = connection
       connection.then(

@@ -143,6 +143,17 @@ describe('nats specifics', () => {
     for (const close of closers) await close()
   })
 
+  it('refuses as closed a publish whose publisher closed before it connected, instead of opening a connection nothing closes', async () => {
+    const broker = createNatsBroker({ url: await brokerUrl('nats') })
+    // publish() loads the driver before it connects; close() runs in that gap.
+    const publishing = rejectionOf(broker.publisher.publish(makeBatch(unique('closed'), 1, 1)))
+    await broker.publisher.close()
+    const error = await publishing
+    expectBrokerError(error, 'BROKER_UNAVAILABLE', true)
+    expect(error.message).toMatch(/the publisher is closed/)
+    await broker.close()
+  })
+
   it('keeps topics apart in one shared stream and refuses topics outside it as unroutable', async () => {
     const prefix = unique('shared')
     const broker = createNatsBroker({
