@@ -98,8 +98,9 @@ export interface StepContext<I, C> extends SagaStepInfo<I, C> {
   /**
    * Aborts when the step's timeout elapses, or when the worker learns that its lease was taken
    * over (`SagaLeaseLostError`). Pass it to fetch, undici, pg. It does not abort on
-   * `worker.stop()`, which waits for the running step to end: give a step that may hang a
-   * `timeoutMs` (there is no hard stop).
+   * `worker.stop()`, which waits for the running step to end, unless `stop({ timeoutMs })`
+   * gives up waiting first (then it aborts with `AbortedError`, and the step's outcome is not
+   * recorded): give a step that may hang a `timeoutMs`.
    */
   readonly signal: AbortSignal
   /**

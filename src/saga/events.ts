@@ -36,6 +36,11 @@ export type SagaEventType =
   | 'lease-lost'
   /** The worker gave an instance back (stopping) for another worker to continue. */
   | 'released'
+  /**
+   * `stop({ timeoutMs })` stopped waiting for the instance's step: nothing more is written for
+   * it, and its lease is left to run out for another worker to resume it.
+   */
+  | 'abandoned'
   /** The database failed a claim, renewal or state write (`error`); the worker carries on. */
   | 'error'
 

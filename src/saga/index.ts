@@ -105,5 +105,6 @@ export type {
   SagaWorker,
   SagaWorkerOptions,
   SagaWorkerState,
+  StopSagaWorkerOptions,
 } from './worker.js'
 export { createSagaWorker } from './worker.js'

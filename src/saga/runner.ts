@@ -82,7 +82,8 @@ export class InstanceRun {
   leaseExpiresAt: number
   readonly #host: RunnerHost
   readonly #controller = new AbortController()
-  #lost = false
+  /** Set once the run must write nothing more: its lease was lost, or the worker abandoned it. */
+  #halted: 'lost' | 'abandoned' | undefined
   #givenBack = false
   readonly #input: unknown
   #status: SagaStatus
@@ -137,20 +138,33 @@ export class InstanceRun {
 
   /** Called when a fenced write or a lease renewal shows that another worker took over. */
   markLost(reason: 'write-refused' | 'renewal-refused'): void {
-    if (this.#lost) return
-    this.#lost = true
+    if (this.#halted !== undefined) return
+    this.#halted = 'lost'
     this.#host.count('leaseLost')
     this.#emit({ type: 'lease-lost', reason })
     this.#controller.abort(new SagaLeaseLostError(this.id))
   }
 
+  /**
+   * Called when the worker stops waiting for this run (`stop({ timeoutMs })`): the step's signal
+   * aborts with `reason`, and the run writes nothing more once its step returns (a write already
+   * under way still completes or fails). Its lease is left to run out.
+   */
+  abandon(reason: Error): void {
+    if (this.#halted !== undefined) return
+    this.#halted = 'abandoned'
+    this.#emit({ type: 'abandoned' })
+    this.#controller.abort(reason)
+  }
+
   /** Runs the instance until it finishes, suspends, is released or lost. */
   async run(): Promise<RunOutcome> {
+    if (this.#halted !== undefined) return this.#halted
     try {
       if (this.#previousOwner !== null) this.#recovered(this.#previousOwner)
       if (!this.#definitionMatches()) return await this.#parkMismatch()
       for (;;) {
-        if (this.#lost) return 'lost'
+        if (this.#halted !== undefined) return this.#halted
         let next: Step
         if (this.#status === 'running') next = await this.#forward()
         else if (this.#status === 'compensating') next = await this.#compensate()
@@ -159,7 +173,7 @@ export class InstanceRun {
       }
     } catch (error) {
       if (error instanceof Abandon) return 'abandoned'
-      if (this.#lost) return 'lost'
+      if (this.#halted !== undefined) return this.#halted
       this.#host.count('errors')
       this.#emit({ type: 'error', error: errorInfo(error) })
       return 'abandoned'
@@ -253,7 +267,7 @@ export class InstanceRun {
         ),
       step.timeoutMs,
     )
-    if (this.#lost) return 'lost'
+    if (this.#halted !== undefined) return this.#halted
     const durationMs = this.#host.clock.now() - started
     this.#host.recordDuration(durationMs, this.saga.name)
     if (outcome.ok) {
@@ -396,7 +410,7 @@ export class InstanceRun {
             () => step.waitUntil!(this.#info(step.name) as never),
             step.callTimeoutMs,
           )
-          if (this.#lost) return 'lost'
+          if (this.#halted !== undefined) return this.#halted
           if (!called.ok) throw called.error
           wakeAt = called.value
         }
@@ -524,7 +538,7 @@ export class InstanceRun {
     try {
       written = await this.#write({ release: true, nextRunAt: until }, [send, ...work])
     } catch (error) {
-      if (this.#lost) return 'lost'
+      if (this.#halted !== undefined) return this.#halted
       if (refused === undefined) throw error
       // `send` itself threw (the command cannot be built, the outbox refuses it): nothing was
       // sent and nothing written, so this attempt failed with that error, as an action's
@@ -570,7 +584,7 @@ export class InstanceRun {
       // Bounded: an onReply that never settles held the lease (renewed) for ever.
       step.callTimeoutMs,
     )
-    if (this.#lost) return 'lost'
+    if (this.#halted !== undefined) return this.#halted
     // The reply tells the outcome: a step it fails needs no compensation.
     delete state.sent
     this.#event('reply-received', step.name, attempt, null)
@@ -656,7 +670,7 @@ export class InstanceRun {
         } as never),
       step.compensationTimeoutMs,
     )
-    if (this.#lost) return 'lost'
+    if (this.#halted !== undefined) return this.#halted
     const durationMs = this.#host.clock.now() - started
     this.#host.recordDuration(durationMs, this.saga.name)
     if (!outcome.ok)

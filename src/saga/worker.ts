@@ -1,9 +1,9 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import { type Clock, maxTimerDelayMs, storedTime, type TimerHandle } from '../core/clock.js'
-import { InvalidOptionError } from '../core/errors.js'
+import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
-import { EventSource } from '../index.js'
+import { EventSource, TimeoutError } from '../index.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import { getSaga } from './admin.js'
 import { WriteBatcher } from './batcher.js'
@@ -126,6 +126,21 @@ export interface SagaOutcome<C = Record<string, unknown>> {
   readonly reason: string | undefined
 }
 
+/** Options of {@link SagaWorker.stop}. */
+export interface StopSagaWorkerOptions {
+  /**
+   * How long to wait (on the worker's clock) for the steps in progress. When it elapses, stop()
+   * resolves without them: each instance still running is abandoned (its step's `ctx.signal`
+   * aborts with an `AbortedError` whose `cause` is a `TimeoutError`, and nothing more is written
+   * for it once its step returns), its lease is no longer renewed nor released, and another
+   * worker resumes it from the persisted state when the lease runs out (at most `leaseMs` after
+   * its last renewal), repeating the step that was in progress with the same idempotency key.
+   * A non-negative integer.
+   * @default no limit: wait for every step in progress to end
+   */
+  readonly timeoutMs?: number
+}
+
 /** Where a worker is in its life. */
 export type SagaWorkerState = 'new' | 'running' | 'stopping' | 'stopped'
 
@@ -145,9 +160,10 @@ export interface SagaWorker {
   /**
    * Stops gracefully: no new claims; each instance in hand finishes the step it is running,
    * records it, and is given back (lease released) for another worker to continue at once.
-   * Resolves when nothing is in hand.
+   * Resolves when nothing is in hand, or once `timeoutMs` has elapsed (see
+   * {@link StopSagaWorkerOptions.timeoutMs} for what happens to the instances still running).
    */
-  stop(): Promise<void>
+  stop(options?: StopSagaWorkerOptions): Promise<void>
   /**
    * Starts an instance already claimed by this worker and runs it here at once (no poll, no
    * claim round trip): resolves when it finishes or suspends. If this process dies meanwhile,
@@ -197,6 +213,8 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   #renewTimer: TimerHandle | undefined
   #renewing = false
   #unlisten: Unlisten | undefined
+  /** Set when stop({ timeoutMs }) gave up waiting: every run in hand, or tracked later, is abandoned. */
+  #abandonedBy: Error | undefined
 
   constructor(options: SagaWorkerOptions) {
     checkObject('options', options)
@@ -297,20 +315,55 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     this.#loop = this.#pollLoop()
   }
 
-  async stop(): Promise<void> {
+  async stop(options: StopSagaWorkerOptions = {}): Promise<void> {
+    checkObject('options', options)
+    const timeoutMs =
+      options.timeoutMs === undefined
+        ? undefined
+        : checkInteger('options.timeoutMs', options.timeoutMs, 0, maxTimerDelayMs)
     if (this.#state === 'stopped') return
     // A worker never started may still have instances in hand (run(), poll()): it waits for
     // them too, as the TSDoc promises, rather than resolving while they still write.
     if (this.#state === 'new' || this.#state === 'running') this.#state = 'stopping'
+    // Set before any await, so that the deadline counts from the call.
+    let timer: TimerHandle | undefined
+    let gaveUp = false
+    const deadline =
+      timeoutMs === undefined
+        ? undefined
+        : new Promise<void>((resolve) => {
+            timer = this.clock.setTimeout(() => {
+              gaveUp = true
+              resolve()
+            }, timeoutMs)
+          })
     this.#wakeUp()
-    await this.#loop
-    while (this.#running.size > 0 || this.#starting.size > 0)
-      await Promise.allSettled([...this.#running, ...this.#starting])
+    try {
+      const drained = this.#drain()
+      await (deadline === undefined ? drained : Promise.race([drained, deadline]))
+    } finally {
+      if (timer !== undefined) this.clock.clearTimeout(timer)
+    }
+    if (gaveUp) this.#abandonAll(timeoutMs!)
     this.#stopRenewals()
     const unlisten = this.#unlisten
     this.#unlisten = undefined
     await unlisten?.().catch(() => {})
     this.#state = 'stopped'
+  }
+
+  async #drain(): Promise<void> {
+    await this.#loop
+    while (this.#running.size > 0 || this.#starting.size > 0)
+      await Promise.allSettled([...this.#running, ...this.#starting])
+  }
+
+  // The leases are left as they are: neither renewed (renewals stop) nor released (a release
+  // would let another worker start the step while this one may still be running it). A claim or
+  // insert still in flight tracks its runs later; they are abandoned at once (see #track).
+  #abandonAll(timeoutMs: number): void {
+    this.#abandonedBy = new AbortedError(new TimeoutError(timeoutMs))
+    for (const run of this.#inHand.values()) run.abandon(this.#abandonedBy)
   }
 
   async #pollLoop(): Promise<void> {
@@ -414,6 +467,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   }
 
   #track(run: InstanceRun): Promise<RunOutcome> {
+    if (this.#abandonedBy !== undefined) run.abandon(this.#abandonedBy)
     this.#ensureRenewals()
     const running = run.run().finally(() => {
       if (this.#inHand.get(run.id) === run) this.#inHand.delete(run.id)
@@ -528,7 +582,8 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   // ---- leases ----------------------------------------------------------------------------
 
   #ensureRenewals(): void {
-    if (this.#renewTimer !== undefined) return
+    // After stop({ timeoutMs }) gave up, the leases left behind run out; nothing renews them.
+    if (this.#renewTimer !== undefined || this.#abandonedBy !== undefined) return
     this.#renewTimer = this.clock.setTimeout(() => {
       this.#renewTimer = undefined
       void this.#renew()
