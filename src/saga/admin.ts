@@ -205,8 +205,9 @@ export type DeliverReplyResult =
   | 'duplicate'
   /**
    * The step awaits no reply any more: it already ran (completed or compensated), it is not a
-   * step with a command in flight, or the reply answers an attempt whose reply was already read
-   * and refused (a redelivered copy). Dropped; nothing was recorded or woken.
+   * step with a command in flight (a wait step never has one), or the reply answers an attempt
+   * whose reply was already read and refused (a redelivered copy). Dropped; nothing was
+   * recorded or woken.
    */
   | 'stale'
 
@@ -216,10 +217,10 @@ export type DeliverReplyResult =
  * are duplicates) and wakes the saga so that a worker continues it. Pass your transaction to
  * record the reply together with, say, the inbox row of the message that carried it. Throws
  * `SagaNotFoundError` for an unknown saga and `SagaStateConflictError` for a step it does not
- * have or one that has sent no command yet. A reply for a step that awaits none any more (it
- * already ran, or its reply was read and refused and the step waits to resend) is dropped as
- * `'stale'` and wakes nothing: a duplicate delivery woke the saga early (a retry ran before its
- * delay) or was taken as the answer to the resend. Give `attempt` (the `ctx.attempt` of the
+ * have or one that has sent no command yet. A reply for a step that awaits none (a wait step,
+ * one that already ran, or one whose reply was read and refused and that waits to resend) is
+ * dropped as `'stale'` and wakes nothing: a duplicate delivery woke the saga early (a retry ran
+ * before its delay, a sleep ended early) or was taken as the answer to the resend. Give `attempt` (the `ctx.attempt` of the
  * send being answered; `sagaReplyHandler` reads it from the reply's `causation-id`) to drop a
  * copy of a refused reply even while the resend waits. A reply that comes after its attempt
  * timed out still counts.
