@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import { migrateInbox } from '../../src/outbox/index.js'
+import { wakeSaga } from '../../src/saga/admin.js'
 import {
   createSagaWorker,
   defineSaga,
@@ -73,6 +74,25 @@ describe.each(dbTargets)('stray saga replies on $dialect', (target) => {
     await clock.advance(60_000)
     expect(await worker.poll()).toBe(1)
     expect((await getSaga(t.db, id))!.status).toBe('completed')
+  })
+
+  it('the wake of a reply makes the saga due only when the replied step is its current one', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: name('current'),
+      version: 1,
+      steps: [
+        { name: 'reserve', action: () => ({ reservationId: 'r-1' }) },
+        { name: 'nap', sleepMs: 60_000 },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    // A reply for the earlier step that got past deliverReply's read (a race): not due.
+    await wakeSaga(t.db, id, 0, clock.now())
+    expect((await getSaga(t.db, id))!.nextRunAt).toBe(60_000)
+    await wakeSaga(t.db, id, 1, clock.now())
+    expect((await getSaga(t.db, id))!.nextRunAt).toBe(0)
   })
 
   /** One command/reply step, retried a minute after a refused (negative) reply. */
