@@ -19,7 +19,8 @@ export interface MetricsServerOptions {
   readonly registry: MetricsRegistry
   /**
    * Decides `GET /healthz`: 200 `ok` when it returns true, 503 `unhealthy` otherwise (or when
-   * it throws, or does not answer within `healthTimeoutMs`).
+   * it throws, or does not answer within `healthTimeoutMs`). Probes that arrive while a check
+   * is unsettled share it rather than starting one each.
    * @default () => true
    */
   readonly health?: () => boolean | Promise<boolean>
@@ -120,6 +121,25 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     } catch {}
   }
 
+  // One check at a time: probes that arrive while it is unsettled (a prober asking every second
+  // while a dependency hangs) wait for that check instead of piling up checks of their own. Its
+  // failure is reported once, here; each probe reports only its own timeout.
+  let checking: Promise<boolean> | undefined
+  const checkHealth = (): Promise<boolean> => {
+    if (checking === undefined) {
+      const run = (async () => (await health()) === true)()
+      checking = run
+      const settled = (): void => {
+        if (checking === run) checking = undefined
+      }
+      run.then(settled, (error: unknown) => {
+        settled()
+        onError(error)
+      })
+    }
+    return checking
+  }
+
   const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
     const path = (request.url ?? '/').split('?')[0]
     const method = request.method ?? 'GET'
@@ -136,16 +156,15 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     if (path === '/healthz') {
       let ok = false
       try {
-        const check = Promise.resolve(health())
-        ok =
-          (await within(
-            check,
-            clock,
-            healthTimeoutMs,
-            () => new HealthCheckTimeoutError(healthTimeoutMs),
-          )) === true
+        ok = await within(
+          checkHealth(),
+          clock,
+          healthTimeoutMs,
+          () => new HealthCheckTimeoutError(healthTimeoutMs),
+        )
       } catch (error) {
-        onError(error)
+        // The check's own failure was reported where it settled.
+        if (error instanceof HealthCheckTimeoutError) onError(error)
       }
       reply(
         response,

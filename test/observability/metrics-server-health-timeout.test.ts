@@ -31,6 +31,37 @@ describe('metrics server: a health check that does not settle', () => {
     expect((errors[0] as { code?: unknown }).code).toBe('TIMEOUT')
   })
 
+  it('shares one unsettled check among the probes that arrive meanwhile, then asks afresh', async () => {
+    const clock = new ManualClock()
+    let calls = 0
+    let answer: (ok: boolean) => void = () => {}
+    const server = await startMetricsServer({
+      port: 0,
+      registry: createMetricsRegistry(),
+      health: () => {
+        calls++
+        return new Promise<boolean>((resolve) => {
+          answer = resolve
+        })
+      },
+      clock,
+    })
+    servers.push(server)
+    // A prober that keeps asking while a dependency hangs must not start a check per probe.
+    const probes = [1, 2, 3].map(() => get(`${server.url}/healthz`))
+    for (let turn = 0; turn < 1_000 && clock.pendingTimers < 3; turn++) await flushJobs()
+    expect(clock.pendingTimers).toBe(3)
+    expect(calls).toBe(1)
+    answer(true)
+    for (const probe of probes) expect(await probe).toEqual({ status: 200, body: 'ok\n' })
+    // Settled: the next probe runs the check again.
+    const next = get(`${server.url}/healthz`)
+    for (let turn = 0; turn < 1_000 && calls < 2; turn++) await flushJobs()
+    expect(calls).toBe(2)
+    answer(false)
+    expect(await next).toEqual({ status: 503, body: 'unhealthy\n' })
+  })
+
   it('leaves no timer behind when the check answers in time', async () => {
     const clock = new ManualClock()
     const server = await startMetricsServer({
