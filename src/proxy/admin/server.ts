@@ -340,9 +340,13 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       allowed: readonly string[],
       run: () => void | Promise<void>,
     ): Promise<void> {
-      if (!allowed.includes(actual)) {
-        res.setHeader('allow', allowed.join(', '))
-        throw new AdminProblem(405, 'METHOD_NOT_ALLOWED', `use ${allowed.join(' or ')}`)
+      // HEAD is answered wherever GET is (RFC 9110 §9.3.2): same status and headers, no body
+      // (node:http drops the body of a HEAD response).
+      const methods =
+        allowed.includes('GET') && !allowed.includes('HEAD') ? [...allowed, 'HEAD'] : allowed
+      if (!methods.includes(actual)) {
+        res.setHeader('allow', methods.join(', '))
+        throw new AdminProblem(405, 'METHOD_NOT_ALLOWED', `use ${methods.join(' or ')}`)
       }
       await run()
     }
@@ -380,10 +384,12 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       ? { host: info.address, port: info.port }
       : { host: config.host, port: config.port }
   log.info('admin api listening', bound)
+  let closing: Promise<void> | undefined
   return {
     address: () => bound,
-    close: () =>
-      new Promise<void>((resolve) => {
+    // Memoised: a second close() (a signal during shutdown) waits for the same close.
+    close: () => {
+      closing ??= new Promise<void>((resolve) => {
         if (!server.listening) {
           resolve()
           return
@@ -391,7 +397,9 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
         server.close(() => resolve())
         server.closeIdleConnections()
         for (const socket of sockets) socket.destroy()
-      }),
+      })
+      return closing
+    },
   }
 }
 
