@@ -33,10 +33,10 @@
 //   other aggregate, until redrive().
 // - Fault points before-claim, after-claim, after-publish, after-mark (see faults.ts).
 
-import { AsyncResource } from 'node:async_hooks'
 import { randomUUID } from 'node:crypto'
 import type { OutgoingMessage, Publisher } from '../brokers/types.js'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import {
   checkClock,
@@ -332,11 +332,6 @@ const deadLetteredChannel = diagnosticsChannel('outbox', 'dead-lettered')
 // doubles per read that still finds them held, up to maxPollIntervalMs.
 const horizonRecheckMs = 10
 
-// The async context the module was loaded in, free of any caller's: the relay's loop and timers
-// run in it, so they never inherit the context of the code that called start() (a deadline
-// set around an application's startup would otherwise bound every publish forever after).
-const detached = new AsyncResource('breakwater.outbox-relay')
-
 // Thrown through the loop when the fault hook simulated a crash.
 class Halt extends Error {}
 
@@ -629,12 +624,14 @@ class OutboxRelay implements Relay {
         this.#emit({ type: 'error', phase: 'listen', error })
       }
     }
-    detached.runInAsyncScope(() => {
+    // The loop and timers run in breakwater's own async context, never the caller's of start()
+    // (a deadline set around an application's startup would otherwise bound every publish).
+    detached(() => {
       this.#scheduleRenewal()
       this.#scheduleRetention()
     })
     this.#emit({ type: 'started', relayId: this.id })
-    this.#loop = detached.runInAsyncScope(() => this.#run())
+    this.#loop = detached(() => this.#run())
   }
 
   close(): Promise<void> {
