@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import { type Clock, maxTimerDelayMs, storedTime, type TimerHandle } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { EventSource, TimeoutError } from '../index.js'
@@ -155,7 +156,12 @@ export interface SagaWorker {
    * `breakwater:saga:<type>` and counted in the OpenTelemetry counter `breakwater.saga.events`.
    */
   readonly events: EventSource<SagaEvent>
-  /** Starts polling for runnable instances (and listening, on PostgreSQL). */
+  /**
+   * Starts polling for runnable instances (and listening, on PostgreSQL). The poll loop and the
+   * lease-renewal timer run in breakwater's own async context, not the caller's: a deadline
+   * (`withDeadline`) or an open transaction around `start()` does not reach the steps the loop
+   * runs later.
+   */
   start(): Promise<void>
   /**
    * Stops gracefully: no new claims; each instance in hand finishes the step it is running,
@@ -167,7 +173,9 @@ export interface SagaWorker {
   /**
    * Starts an instance already claimed by this worker and runs it here at once (no poll, no
    * claim round trip): resolves when it finishes or suspends. If this process dies meanwhile,
-   * another worker resumes it after the lease expires, as for any instance.
+   * another worker resumes it after the lease expires, as for any instance. The run is the
+   * caller's own work: its steps see the caller's async context (a deadline set around the call
+   * bounds them), unlike the instances the poll loop runs.
    */
   run<I, C>(
     definition: SagaDefinition<I, C>,
@@ -177,7 +185,8 @@ export interface SagaWorker {
   /**
    * One claim round without the polling loop: claims what is runnable now (up to the free
    * concurrency) and resolves, with the number claimed, once those runs have finished or
-   * suspended. For tests and scripts.
+   * suspended. For tests and scripts. Like {@link SagaWorker.run}, the runs it claims are the
+   * caller's work and see the caller's async context.
    */
   poll(): Promise<number>
   /** The worker's counters. */
@@ -312,7 +321,10 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         this.#error(error)
       }
     }
-    this.#loop = this.#pollLoop()
+    // The loop runs in breakwater's own async context, never the caller's of start(): a
+    // deadline set around an application's startup would otherwise bound every step it runs
+    // forever after, and an open SQLite transaction would refuse its claims.
+    this.#loop = detached(() => this.#pollLoop())
   }
 
   async stop(options: StopSagaWorkerOptions = {}): Promise<void> {
@@ -584,10 +596,14 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   #ensureRenewals(): void {
     // After stop({ timeoutMs }) gave up, the leases left behind run out; nothing renews them.
     if (this.#renewTimer !== undefined || this.#abandonedBy !== undefined) return
-    this.#renewTimer = this.clock.setTimeout(() => {
-      this.#renewTimer = undefined
-      void this.#renew()
-    }, this.#renewMs)
+    // Set in breakwater's own context: the timer renews every instance in hand, whoever's call
+    // (a run() inside the caller's deadline, the poll loop) happened to set it first.
+    this.#renewTimer = detached(() =>
+      this.clock.setTimeout(() => {
+        this.#renewTimer = undefined
+        void this.#renew()
+      }, this.#renewMs),
+    )
   }
 
   #stopRenewals(): void {
