@@ -1,4 +1,5 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { BrokerError, type BrokerKind } from './errors.js'
 import type { IncomingMessage } from './types.js'
 
@@ -289,7 +290,11 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       this.#queued--
       this.#running++
       state.running = entry
-      void this.#run(entry, key, state)
+      // Pushes come from driver callbacks, which run in the context the connection (or the
+      // subscription) was opened in: a handler must not inherit the deadline or request store
+      // of whoever happened to subscribe (a bounded startup, a request handler), which would
+      // fail every later delivery with a long-expired deadline.
+      void detached(() => this.#run(entry, key, state))
     }
   }
 

@@ -1,4 +1,5 @@
 import { type Clock, sleep } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { shielded } from './common.js'
 import type { Subscription } from './types.js'
 
@@ -46,9 +47,14 @@ export interface SupervisorOptions {
  * is unreachable), then keeps the subscription alive: whenever a session ends by itself it is
  * closed and a new one is opened, with exponential backoff on `clock` between failed attempts.
  */
-export async function superviseSessions(
-  options: SupervisorOptions,
-): Promise<SupervisedSubscription> {
+export function superviseSessions(options: SupervisorOptions): Promise<SupervisedSubscription> {
+  // Every session's connection, its driver callbacks and the reconnect loop outlive the
+  // subscribe() that started them: they run in breakwater's own context, so none of them carries
+  // the caller's deadline, request store or transaction into later deliveries and reconnects.
+  return detached(() => supervise(options))
+}
+
+async function supervise(options: SupervisorOptions): Promise<SupervisedSubscription> {
   const stop = new AbortController()
   // onError is the application's listener (an adapter's onError option): one that throws must
   // not end the loop, which would leave the subscription without a connection for good and

@@ -1,7 +1,9 @@
+import { AsyncLocalStorage } from 'node:async_hooks'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { KeyedDispatcher, type Outcome } from '../../src/brokers/dispatcher.js'
 import type { IncomingMessage } from '../../src/brokers/types.js'
+import { currentDeadline, withDeadline } from '../../src/policies/deadline.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 
 const bounds = {
@@ -175,5 +177,35 @@ describe('KeyedDispatcher', () => {
       'settle:1:nack lost',
       'settle:2:ack lost',
     ])
+  })
+
+  it('runs handlers in its own context, not that of the driver callback that pushed', async () => {
+    // Drivers push from callbacks running in the context their connection was opened in: the
+    // subscriber's caller's, with its request store and (soon expired) deadline.
+    const clock = new ManualClock()
+    const request = new AsyncLocalStorage<string>()
+    const seen: Array<{ deadline: unknown; request: string | undefined }> = []
+    const dispatcher = new KeyedDispatcher({
+      concurrency: 1,
+      capacity: 4,
+      ...bounds,
+      onError: () => {},
+      handler: async () => {
+        seen.push({ deadline: currentDeadline(), request: request.getStore() })
+      },
+    })
+    const settled: Outcome[] = []
+    await request.run('request-1', () =>
+      withDeadline(
+        100,
+        () => {
+          dispatcher.push({ message: message(1, 'k'), settle: (o) => void settled.push(o) })
+        },
+        { clock },
+      ),
+    )
+    await dispatcher.close()
+    expect(settled).toEqual(['ack'])
+    expect(seen).toEqual([{ deadline: undefined, request: undefined }])
   })
 })

@@ -1,8 +1,10 @@
 // The reconnect loop in isolation, on a ManualClock. The sessions here are plain objects that
 // implement our own Session interface; the real connections are covered by the conformance
 // suite against real servers.
+import { AsyncLocalStorage } from 'node:async_hooks'
 import { describe, expect, it } from 'vitest'
 import { type Session, superviseSessions } from '../../src/brokers/sessions.js'
+import { currentDeadline, withDeadline } from '../../src/policies/deadline.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 
 class FakeSession implements Session {
@@ -185,5 +187,41 @@ describe('superviseSessions', () => {
     expect(sessions).toHaveLength(2)
     await subscription.close()
     expect(sessions[1]!.closed).toBe(1)
+  })
+
+  it("opens every session (and reports its losses) in its own context, not the subscriber's caller's", async () => {
+    const clock = new ManualClock()
+    // An application's per-request store, and a deadline around its subscribe() call.
+    const request = new AsyncLocalStorage<string>()
+    const contexts: Array<{ what: string; deadline: unknown; request: string | undefined }> = []
+    const seen = (what: string): void => {
+      contexts.push({ what, deadline: currentDeadline(), request: request.getStore() })
+    }
+    const opener = flakyOpener(() => seen('open'))
+    const subscription = await request.run('request-1', () =>
+      withDeadline(
+        100,
+        () =>
+          superviseSessions({
+            open: opener.open,
+            clock,
+            reconnectDelayMs: 100,
+            maxReconnectDelayMs: 100,
+            onError: () => seen('error'),
+          }),
+        { clock },
+      ),
+    )
+    await clock.advance(1_000)
+    opener.sessions[0]!.lose(new Error('connection lost'))
+    await clock.advance(100)
+    expect(opener.sessions).toHaveLength(2)
+    const none = { deadline: undefined, request: undefined }
+    expect(contexts).toEqual([
+      { what: 'open', ...none },
+      { what: 'error', ...none },
+      { what: 'open', ...none },
+    ])
+    await subscription.close()
   })
 })
