@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkStoredName, isStorableText } from '../core/text.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
@@ -524,7 +525,9 @@ class QueueSubscription implements Subscription {
   }
 
   start(): void {
-    this.#loop = this.#run()
+    // The loop (its leases, timers and handlers) outlives the subscribe() call: it must not
+    // run under the caller's deadline, request store or open transaction for ever after.
+    this.#loop = detached(() => this.#run())
   }
 
   wake(): void {
@@ -917,13 +920,17 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
   }
 
   async #listen(): Promise<void> {
-    this.#unlisten ??= this.#db.listen!(QUEUE_CHANNEL, (notification) => {
-      for (const subscription of this.#subscriptions) {
-        if (notification.reconnected || notification.payload === subscription.topic) {
-          subscription.wake()
+    // The LISTEN connection is shared by later subscriptions and outlives this call: opened in
+    // breakwater's own context, not the first subscriber's.
+    this.#unlisten ??= detached(() =>
+      this.#db.listen!(QUEUE_CHANNEL, (notification) => {
+        for (const subscription of this.#subscriptions) {
+          if (notification.reconnected || notification.payload === subscription.topic) {
+            subscription.wake()
+          }
         }
-      }
-    }).catch((error: unknown) => {
+      }),
+    ).catch((error: unknown) => {
       // Polling still delivers; LISTEN only shortens the wait.
       this.#options.onError({ error, phase: 'connection', topic: '*', group: '*' })
       return undefined
