@@ -143,7 +143,9 @@ export interface EventStore {
   /**
    * Follows the log: catches up from the stored checkpoint (or `fromPosition`), then goes live
    * (LISTEN/NOTIFY on PostgreSQL, polling on SQLite). Delivery is at least once; use a
-   * projector for exactly-once read-model updates.
+   * projector for exactly-once read-model updates. The subscription runs in breakwater's own
+   * async context, not the caller's: a deadline (`withDeadline`) or an open transaction around
+   * `subscribe()` does not reach the handler.
    */
   subscribe<E extends EventShape = EventShape>(
     handler: (event: RecordedEvent<E>) => Promise<void> | void,

@@ -1,5 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, sleep, storedTime } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { checkKey, type EventStoreImpl } from './event-store.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
@@ -120,7 +121,10 @@ class StoreSubscription implements Subscription {
         : safeListener(checkFunction('onError', options.onError))
     this.#clock = checkClock('clock', options.clock)
     this.#waker = new LogWaker(store, this.#clock, pollIntervalMs)
-    this.#done = this.#run()
+    // The loop runs in breakwater's own async context, never the caller's of subscribe(): a
+    // deadline set around an application's startup would otherwise bound every handler call
+    // forever after, and an open transaction's context would follow the loop's statements.
+    this.#done = detached(() => this.#run())
   }
 
   async #run(): Promise<void> {

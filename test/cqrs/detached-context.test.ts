@@ -1,0 +1,58 @@
+// Followers of the log outlive the code that starts them: an application that bounds its
+// startup with withDeadline must not have every handler call and every projection batch run
+// later bound by that (long expired) deadline. Real databases; a ManualClock drives the polling.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createEventStore, type EventStore } from '../../src/cqrs/index.js'
+import { currentDeadline, type Deadline, withDeadline } from '../../src/policies/deadline.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+const T0 = 1_700_000_000_000
+
+describe.each(dbTargets)('log followers started inside a deadline on $dialect', (target) => {
+  let t: TestDb
+  let store: EventStore
+
+  beforeAll(async () => {
+    t = await target.open('cqrs_detached_context')
+    store = createEventStore(t.db)
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  /** Moves the clock a poll interval at a time until `done()` (real I/O runs in between). */
+  async function pollUntil(clock: ManualClock, done: () => boolean, what: string): Promise<void> {
+    const deadline = Date.now() + 20_000
+    while (!done()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+      await clock.advance(50)
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+  }
+
+  it("a subscription's handler runs outside the deadline subscribe() was called under", async () => {
+    const clock = new ManualClock(T0)
+    const seen: Array<Deadline | undefined> = []
+    const from = (await store.headPosition()) + 1
+    const subscription = await withDeadline(
+      1_000,
+      async () =>
+        store.subscribe(
+          () => {
+            seen.push(currentDeadline())
+          },
+          { fromPosition: from, pollIntervalMs: 50, clock },
+        ),
+      { clock },
+    )
+    try {
+      await clock.advance(2_000)
+      await store.append('sub-1', [{ type: 'n', data: 1 }])
+      await pollUntil(clock, () => seen.length > 0, 'the handler')
+      expect(seen).toEqual([undefined])
+    } finally {
+      await subscription.stop()
+    }
+  })
+})
