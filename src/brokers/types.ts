@@ -59,6 +59,10 @@ export interface Subscriber {
    * `BrokerError` when the broker cannot be reached; after that first success the
    * subscription reconnects by itself. Messages with the same key are handled one at a time,
    * in order.
+   *
+   * `handler` runs in breakwater's own async context, not the caller's: a deadline set around
+   * the `subscribe()` call (`withDeadline`, a request's) or an `AsyncLocalStorage` store of the
+   * caller is not seen by any delivery. Set a deadline per message inside the handler.
    */
   subscribe(
     topic: string,
