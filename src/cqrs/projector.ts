@@ -1,5 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, sleep, storedTime } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
@@ -114,7 +115,9 @@ export interface Projector {
   /**
    * Starts following the log in the background (idempotent). Not available for inline
    * projections, which need no projector. Right after a `stop()` it begins once the stopped
-   * loop has finished its batch.
+   * loop has finished its batch. The loop runs in breakwater's own async context, not the
+   * caller's: a deadline (`withDeadline`) or an open transaction around `start()` does not
+   * reach the batches it runs later.
    */
   start(): void
   /**
@@ -125,7 +128,11 @@ export interface Projector {
    * has committed.
    */
   stop(): Promise<void>
-  /** Applies batches until the projection has caught up with the head; returns its position. */
+  /**
+   * Applies batches until the projection has caught up with the head; returns its position.
+   * The caller's own work: its batches run in the caller's async context (a deadline set around
+   * the call bounds them).
+   */
   catchUp(options?: { readonly signal?: AbortSignal }): Promise<number>
   /**
    * The checkpoint (last applied position), read from the database. An inline projection has
@@ -243,7 +250,10 @@ class SqlProjector implements Projector {
     if (this.#loop !== undefined) return
     const stop = new AbortController()
     this.#stop = stop
-    this.#loop = this.#follow(stop.signal, this.#ending)
+    // The loop runs in breakwater's own async context, never the caller's of start(): a
+    // deadline set around an application's startup would otherwise bound every batch (and the
+    // projection's apply) forever after, and an open transaction's context would follow it.
+    this.#loop = detached(() => this.#follow(stop.signal, this.#ending))
   }
 
   stop(): Promise<void> {

@@ -2,7 +2,12 @@
 // startup with withDeadline must not have every handler call and every projection batch run
 // later bound by that (long expired) deadline. Real databases; a ManualClock drives the polling.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createEventStore, type EventStore } from '../../src/cqrs/index.js'
+import {
+  createEventStore,
+  createProjector,
+  defineProjection,
+  type EventStore,
+} from '../../src/cqrs/index.js'
 import { currentDeadline, type Deadline, withDeadline } from '../../src/policies/deadline.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { dbTargets, type TestDb } from './databases.js'
@@ -53,6 +58,30 @@ describe.each(dbTargets)('log followers started inside a deadline on $dialect', 
       expect(seen).toEqual([undefined])
     } finally {
       await subscription.stop()
+    }
+  })
+
+  it("a projector's apply runs outside the deadline start() was called under", async () => {
+    const clock = new ManualClock(T0)
+    const seen: Array<Deadline | undefined> = []
+    const projection = defineProjection({
+      name: 'deadline-look',
+      tables: {},
+      eventTypes: ['looked'],
+      apply() {
+        seen.push(currentDeadline())
+      },
+    })
+    const projector = createProjector(store, projection, { pollIntervalMs: 50, clock })
+    await projector.catchUp()
+    await withDeadline(1_000, async () => projector.start(), { clock })
+    try {
+      await clock.advance(2_000)
+      await store.append('proj-1', [{ type: 'looked', data: 1 }])
+      await pollUntil(clock, () => seen.length > 0, 'the projection')
+      expect(seen).toEqual([undefined])
+    } finally {
+      await projector.stop()
     }
   })
 })
