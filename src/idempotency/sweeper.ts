@@ -1,4 +1,5 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
@@ -87,7 +88,11 @@ export interface SweeperOptions extends SweepOptions {
 
 /** A background sweeper made by {@link createSweeper}. */
 export interface Sweeper {
-  /** Sweeps now (waiting for a sweep in progress first) and returns how many it deleted. */
+  /**
+   * Sweeps now (waiting for a sweep in progress first) and returns how many it deleted. The
+   * caller's own work: it runs in the caller's async context (a deadline set around the call
+   * bounds it), unlike the sweeps of the timer.
+   */
   sweepNow(): Promise<number>
   /** Stops the timer and waits for a sweep in progress. */
   close(): Promise<void>
@@ -95,7 +100,9 @@ export interface Sweeper {
 
 /**
  * Starts a sweeper that calls {@link sweepExpired} every `intervalMs` on the clock. Its timer
- * never keeps the process alive. Close it on shutdown.
+ * never keeps the process alive, and runs in breakwater's own async context, not the caller's:
+ * a deadline (`withDeadline`) or an open transaction around this call does not reach the
+ * sweeps. Close it on shutdown.
  *
  * @example
  * ```ts
@@ -133,18 +140,23 @@ export function createSweeper(options: SweeperOptions): Sweeper {
 
   const schedule = (): void => {
     if (closed) return
-    timer = clock.setTimeout(() => {
-      timer = undefined
-      sweep(true)
-        .catch((error: unknown) => {
-          try {
-            onError(error)
-          } catch {
-            // A failing error listener must not stop the sweeper.
-          }
-        })
-        .finally(schedule)
-    }, intervalMs)
+    // Set in breakwater's own async context, never the caller's of createSweeper(): a deadline
+    // set around an application's startup would otherwise bound every sweep forever after (the
+    // timer fires in the context it was set in, and each sweep sets the next timer).
+    timer = detached(() =>
+      clock.setTimeout(() => {
+        timer = undefined
+        sweep(true)
+          .catch((error: unknown) => {
+            try {
+              onError(error)
+            } catch {
+              // A failing error listener must not stop the sweeper.
+            }
+          })
+          .finally(schedule)
+      }, intervalMs),
+    )
   }
   schedule()
 
