@@ -2,8 +2,10 @@
 // withDeadline, or starts the worker from inside a transaction, must not have every step the
 // poll loop runs later bound by that (long expired) deadline or taken for a statement of that
 // (long closed) transaction. Real databases; a ManualClock drives the poll timer.
+import { AsyncResource } from 'node:async_hooks'
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { TimerHandle } from '../../src/core/clock.js'
 import { currentDeadline, type Deadline, withDeadline } from '../../src/policies/deadline.js'
 import {
   createSagaWorker,
@@ -13,9 +15,20 @@ import {
   startSaga,
 } from '../../src/saga/index.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { gate } from '../support/gate.js'
 import { dbTargets, type TestDb } from './databases.js'
 
 const T0 = 1_700_000_000_000
+
+/**
+ * A ManualClock whose timers fire in the async context they were set in, as Node's own timers
+ * (and so systemClock) do; ManualClock fires them in the context of advance()'s caller.
+ */
+class ContextKeepingClock extends ManualClock {
+  override setTimeout(callback: () => void, delayMs: number): TimerHandle {
+    return super.setTimeout(AsyncResource.bind(callback), delayMs)
+  }
+}
 
 describe.each(dbTargets)('saga worker context on $dialect', (target) => {
   let t: TestDb
@@ -106,4 +119,57 @@ describe.each(dbTargets)('saga worker context on $dialect', (target) => {
       }
     },
   )
+
+  it("renews the poll loop's leases outside the deadline of a run() that set the renewal timer", async () => {
+    const clock = new ContextKeepingClock(T0)
+    const entered = new Set<string>()
+    const release = gate()
+    // What the step of `b` (claimed by the poll loop) sees when its lease is found lost.
+    const lostUnder: Array<Deadline | undefined> = []
+    const saga = defineSaga({
+      name: `hold-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'hold',
+          action: async (ctx) => {
+            const who = (ctx.input as { who: string }).who
+            ctx.signal.addEventListener('abort', () => {
+              if (who === 'b') lostUnder.push(currentDeadline())
+            })
+            entered.add(who)
+            await Promise.race([
+              release.promise,
+              new Promise((resolve) => ctx.signal.addEventListener('abort', resolve)),
+            ])
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({
+      db: t.db,
+      sagas: [saga],
+      clock,
+      listen: false,
+      leaseMs: 3_000,
+      renewIntervalMs: 1_000,
+      pollIntervalMs: 100,
+    })
+    // The caller's own run, under its deadline: it is the first to need the renewal timer.
+    const a = withDeadline(60_000, () => worker.run(saga, { who: 'a' }), { clock })
+    try {
+      await pollUntil(clock, () => entered.has('a'), 'the run of a')
+      await worker.start()
+      const b = await startSaga(t.db, saga, { who: 'b' }, { clock })
+      await pollUntil(clock, () => entered.has('b'), 'the step of b')
+      // Another worker took b over: the next renewal finds it lost and aborts its step.
+      await t.db.execute("UPDATE breakwater_sagas SET lease_owner = 'thief' WHERE id = $1", [b.id])
+      await pollUntil(clock, () => lostUnder.length > 0, 'the lost lease of b')
+      expect(lostUnder).toEqual([undefined])
+    } finally {
+      release.open()
+      await a.catch(() => {})
+      await worker.stop()
+    }
+  })
 })
