@@ -45,7 +45,11 @@ export class LogWaker {
         if (Number.isFinite(position) && position > this.#knownHead) this.#knownHead = position
         else this.#dirty = true
       }
-      this.#wake?.()
+      // Not waiting: the loop is reading, and its read may have begun before this commit (NOTIFY
+      // is sent at commit). Its next wait must read again at once rather than sleep until a
+      // timed re-check (or, on a poll interval alone, until the next poll).
+      if (this.#wake === undefined) this.#dirty = true
+      else this.#wake()
     })
     // Appends that notified before LISTEN was in place: the largest position handed out so far
     // (committed or not) says whether something may still become readable.
