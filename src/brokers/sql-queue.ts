@@ -4,6 +4,7 @@ import { detached } from '../core/detached.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkStoredName, isStorableText } from '../core/text.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { Waker } from '../core/waker.js'
 import { removeInBatches } from '../stores/batches.js'
 import {
   type AppliedMigration,
@@ -428,41 +429,6 @@ function checkMessages(messages: readonly OutgoingMessage[]): void {
   })
 }
 
-/** A wait that a publish in this process, a notification or closing ends early. */
-class Wakeable {
-  readonly #clock: Clock
-  #pending = false
-  #done: (() => void) | undefined
-
-  constructor(clock: Clock) {
-    this.#clock = clock
-  }
-
-  wake(): void {
-    if (this.#done !== undefined) this.#done()
-    else this.#pending = true
-  }
-
-  wait(delayMs: number, signal: AbortSignal): Promise<void> {
-    if (this.#pending || signal.aborted) {
-      this.#pending = false
-      return Promise.resolve()
-    }
-    return new Promise<void>((resolve) => {
-      let timer: TimerHandle | undefined
-      const finish = (): void => {
-        this.#done = undefined
-        this.#clock.clearTimeout(timer)
-        signal.removeEventListener('abort', finish)
-        resolve()
-      }
-      this.#done = finish
-      signal.addEventListener('abort', finish, { once: true })
-      timer = this.#clock.setTimeout(finish, delayMs)
-    })
-  }
-}
-
 interface Leased {
   readonly seq: number
   readonly message: IncomingMessage | undefined
@@ -502,7 +468,8 @@ class QueueSubscription implements Subscription {
   readonly #handler: (message: IncomingMessage) => Promise<void>
   readonly #onClosed: (subscription: QueueSubscription) => void
   readonly #stop = new AbortController()
-  readonly #wakeable: Wakeable
+  // A wait that a publish in this process, a notification or closing ends early.
+  readonly #wakeable: Waker
   #loop: Promise<void> = Promise.resolve()
   #closing: Promise<void> | undefined
 
@@ -521,7 +488,7 @@ class QueueSubscription implements Subscription {
     this.group = group
     this.#handler = handler
     this.#onClosed = onClosed
-    this.#wakeable = new Wakeable(options.clock)
+    this.#wakeable = new Waker(options.clock)
   }
 
   start(): void {

@@ -45,6 +45,7 @@ import {
   checkObject,
   checkOneOf,
 } from '../core/validate.js'
+import { Waker } from '../core/waker.js'
 import { type Backoff, type BackoffOptions, resolveBackoff } from '../policies/backoff.js'
 import {
   type CircuitBreaker,
@@ -69,7 +70,6 @@ import {
   outboxStatements,
 } from './sql.js'
 import { wholeMsClock } from './time.js'
-import { Waker } from './waker.js'
 
 /**
  * How a relay orders the events of one aggregate within a batch:

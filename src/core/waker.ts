@@ -1,4 +1,4 @@
-import type { Clock, TimerHandle } from '../core/clock.js'
+import type { Clock, TimerHandle } from './clock.js'
 
 /**
  * An idle wait that ends early when woken: by a notification, by `wake()` from the same
