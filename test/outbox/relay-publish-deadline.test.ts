@@ -38,13 +38,18 @@ describe.each(dbTargets)('relay publish deadline on $dialect', (target) => {
     await t?.close()
   })
 
-  /** The relay both tests run: a publish timeout of 1.5 s, no retention, no LISTEN. */
+  /**
+   * The relay both tests run: a publish timeout of 1.5 s, no retention, no LISTEN. The lease is
+   * an hour: the tests move the clock ahead of real time, and on a loaded machine a lease of a
+   * few seconds ran out between two renewals' database round trips (the relay then stopped as
+   * taken over and never reported the publish).
+   */
   function relayWith(publisher: Publisher, clock: ManualClock) {
     return createRelay({
       db: t.db,
       publisher,
       clock,
-      leaseMs: 4_000,
+      leaseMs: 3_600_000,
       publishTimeoutMs: 1_500,
       retention: false,
       listen: false,
