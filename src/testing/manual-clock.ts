@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks'
 import type { Clock, TimerHandle } from '../core/clock.js'
 
 interface PendingTimer {
@@ -9,7 +10,9 @@ interface PendingTimer {
 /**
  * A clock that only moves when a test moves it. Timers fire in time order (ties in creation
  * order) during {@link ManualClock.advance}, and the promise jobs they start run before the
- * next timer fires, so async code driven by it behaves as it would in real time.
+ * next timer fires, so async code driven by it behaves as it would in real time. Like Node's
+ * own timers, a callback runs in the async context it was set in (its `AsyncLocalStorage`
+ * stores, such as a deadline), not in the context of the code that calls `advance()`.
  *
  * @example
  * ```ts
@@ -35,7 +38,11 @@ export class ManualClock implements Clock {
   }
 
   setTimeout(callback: () => void, delayMs: number): TimerHandle {
-    const timer = { id: this.#nextId++, at: this.#now + Math.max(0, delayMs), callback }
+    const timer = {
+      id: this.#nextId++,
+      at: this.#now + Math.max(0, delayMs),
+      callback: AsyncResource.bind(callback),
+    }
     this.#timers.push(timer)
     return timer.id
   }

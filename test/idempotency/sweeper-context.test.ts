@@ -1,26 +1,14 @@
 // A sweeper outlives the code that creates it: an application that bounds its startup with
 // withDeadline must not have every sweep of the next hours run under that (long expired)
 // deadline. The store is an in-memory fake that records what its sweep() sees.
-import { AsyncResource } from 'node:async_hooks'
 import { describe, expect, it } from 'vitest'
-import type { TimerHandle } from '../../src/core/clock.js'
 import { createSweeper, type IdempotencyStore } from '../../src/idempotency/index.js'
 import { currentDeadline, type Deadline, withDeadline } from '../../src/policies/deadline.js'
 import { ManualClock } from '../../src/testing/index.js'
 
-/**
- * A ManualClock whose timers fire in the async context they were set in, as Node's own timers
- * (and so systemClock) do; ManualClock fires them in the context of advance()'s caller.
- */
-class ContextKeepingClock extends ManualClock {
-  override setTimeout(callback: () => void, delayMs: number): TimerHandle {
-    return super.setTimeout(AsyncResource.bind(callback), delayMs)
-  }
-}
-
 describe('sweeper context', () => {
   it('sweeps outside the deadline createSweeper was called under', async () => {
-    const clock = new ContextKeepingClock(1_700_000_000_000)
+    const clock = new ManualClock(1_700_000_000_000)
     const seen: Array<Deadline | undefined> = []
     const store = {
       async sweep() {

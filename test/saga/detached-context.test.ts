@@ -2,10 +2,8 @@
 // withDeadline, or starts the worker from inside a transaction, must not have every step the
 // poll loop runs later bound by that (long expired) deadline or taken for a statement of that
 // (long closed) transaction. Real databases; a ManualClock drives the poll timer.
-import { AsyncResource } from 'node:async_hooks'
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { TimerHandle } from '../../src/core/clock.js'
 import { currentDeadline, type Deadline, withDeadline } from '../../src/policies/deadline.js'
 import {
   createSagaWorker,
@@ -19,16 +17,6 @@ import { gate } from '../support/gate.js'
 import { dbTargets, type TestDb } from './databases.js'
 
 const T0 = 1_700_000_000_000
-
-/**
- * A ManualClock whose timers fire in the async context they were set in, as Node's own timers
- * (and so systemClock) do; ManualClock fires them in the context of advance()'s caller.
- */
-class ContextKeepingClock extends ManualClock {
-  override setTimeout(callback: () => void, delayMs: number): TimerHandle {
-    return super.setTimeout(AsyncResource.bind(callback), delayMs)
-  }
-}
 
 describe.each(dbTargets)('saga worker context on $dialect', (target) => {
   let t: TestDb
@@ -121,7 +109,7 @@ describe.each(dbTargets)('saga worker context on $dialect', (target) => {
   )
 
   it("renews the poll loop's leases outside the deadline of a run() that set the renewal timer", async () => {
-    const clock = new ContextKeepingClock(T0)
+    const clock = new ManualClock(T0)
     const entered = new Set<string>()
     const release = gate()
     // What the step of `b` (claimed by the poll loop) sees when its lease is found lost.
