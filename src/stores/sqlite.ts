@@ -143,9 +143,9 @@ class SqliteStatements {
 const emptyParams: readonly unknown[] = []
 
 /**
- * Runs statements straight on the connection; used by the executor that holds the lock. A
- * class rather than closures: a transaction's statements are the hot path of every request
- * that writes, and this allocates nothing but the promise per statement.
+ * Runs statements straight on the connection; what {@link fromBetterSqlite} returns. A class
+ * rather than closures (as {@link TransactionExecutor}): statements are the hot path of every
+ * request that writes, and this allocates nothing but the promise per statement.
  */
 class DirectExecutor implements SqlExecutor {
   readonly dialect = 'sqlite' as const
@@ -179,6 +179,53 @@ function directExecutor(statements: SqliteStatements): SqlExecutor {
   return new DirectExecutor(statements)
 }
 
+/**
+ * The connection as a driver's transaction sees it: statements run straight on it, but only
+ * while the transaction is still open on SQLite's side. Some failures end the whole transaction,
+ * not only their statement (a conflict under `OR ROLLBACK`, `RAISE(ROLLBACK)` in a trigger, a
+ * full disk, an I/O error); a callback that caught that error would otherwise go on in
+ * autocommit mode, each later statement committing on its own (and a savepoint beginning a
+ * transaction of its own).
+ */
+class TransactionExecutor implements SqlExecutor {
+  readonly dialect = 'sqlite' as const
+  readonly #db: BetterSqliteDatabase
+  readonly #statements: SqliteStatements
+
+  constructor(db: BetterSqliteDatabase, statements: SqliteStatements) {
+    this.#db = db
+    this.#statements = statements
+  }
+
+  query<R = Record<string, unknown>>(
+    sql: string,
+    params: readonly unknown[] = emptyParams,
+  ): Promise<R[]> {
+    if (!this.#db.inTransaction) return Promise.reject(rolledBackBySqlite())
+    try {
+      return Promise.resolve(this.#statements.all(sql, params) as R[])
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
+  execute(sql: string, params: readonly unknown[] = emptyParams): Promise<{ rowCount: number }> {
+    if (!this.#db.inTransaction) return Promise.reject(rolledBackBySqlite())
+    try {
+      return Promise.resolve({ rowCount: this.#statements.run(sql, params) })
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+}
+
+// The same code as PostgreSQL's answer to a transaction whose failed statement was swallowed.
+function rolledBackBySqlite(): TransactionMisuseError {
+  return new TransactionMisuseError(
+    'The transaction was rolled back, not committed: one of its statements failed in a way that ends the whole transaction on SQLite (OR ROLLBACK, RAISE(ROLLBACK), a full disk or an I/O error); was its error caught inside the transaction callback?',
+  )
+}
+
 interface BetterSqliteConnection extends BetterSqliteDatabase {
   exec(sql: string): unknown
   pragma(source: string, options?: { simple?: boolean }): unknown
@@ -199,7 +246,8 @@ export class SqliteDriver implements SqlDriver {
   readonly dialect = 'sqlite' as const
   readonly #db: BetterSqliteConnection
   readonly #statements: SqliteStatements
-  readonly #direct: SqlExecutor
+  /** What a transaction's `tx` runs its statements on. */
+  readonly #inTransaction: SqlExecutor
   /** Keeps everything else of this driver out while one of its transactions is open. */
   readonly #mutex = new AsyncMutex()
   /** Shared by the drivers of this process on the same file: held by a write transaction. */
@@ -218,7 +266,7 @@ export class SqliteDriver implements SqlDriver {
     this.#file = file
     this.#busyTimeoutMs = busyTimeoutMs
     this.#statements = new SqliteStatements(db, statementCacheSize)
-    this.#direct = directExecutor(this.#statements)
+    this.#inTransaction = new TransactionExecutor(db, this.#statements)
   }
 
   query<R = Record<string, unknown>>(
@@ -330,8 +378,12 @@ export class SqliteDriver implements SqlDriver {
         // finish(): the last statement and COMMIT run at once (no round trips to save here,
         // but the same semantics as on PostgreSQL: committed before finish() resolves).
         let finished: { error?: unknown } | undefined
-        const tx = new ScopedTransaction(this.#direct, 0, (sql, params) => {
+        const tx = new ScopedTransaction(this.#inTransaction, 0, (sql, params) => {
           finished = {}
+          if (!this.#db.inTransaction) {
+            finished.error = rolledBackBySqlite()
+            return Promise.reject(finished.error)
+          }
           try {
             const outcome = this.#statements.rowsAndCount(sql, params)
             this.#db.exec('COMMIT')
@@ -357,6 +409,9 @@ export class SqliteDriver implements SqlDriver {
           if (finished.error !== undefined) throw finished.error
           return result
         }
+        // Rolled back under the callback by a failure it caught: SQLite's own "cannot commit -
+        // no transaction is active" would not say that nothing was committed.
+        if (!this.#db.inTransaction) throw rolledBackBySqlite()
         try {
           this.#db.exec('COMMIT')
         } catch (error) {

@@ -307,6 +307,29 @@ describe.each(targets)('$dialect driver conformance', (target) => {
     },
   )
 
+  it('runs nothing outside the transaction after a swallowed statement that ended it, and rejects', async () => {
+    const t = await table()
+    await db.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'a')`)
+    // On SQLite, a conflict under OR ROLLBACK (like RAISE(ROLLBACK) in a trigger, or an I/O
+    // error) rolls back the whole transaction, not just the statement; on PostgreSQL every
+    // failed statement aborts the transaction.
+    const ending =
+      target.dialect === 'sqlite'
+        ? `INSERT OR ROLLBACK INTO ${t} (id, v) VALUES (1, 'duplicate')`
+        : `INSERT INTO ${t} (id, v) VALUES (1, 'duplicate')`
+    let late: unknown
+    const outcome = db.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (2, 'b')`)
+      await tx.execute(ending).catch(() => {})
+      late = await tx.execute(`INSERT INTO ${t} (id, v) VALUES (3, 'after')`).catch((e) => e)
+      return 'looks committed'
+    })
+    const error = await outcome.catch((e: unknown) => e)
+    expect(late).toBeInstanceOf(Error)
+    expect(BreakwaterError.is(error) && error.code).toBe('TRANSACTION_MISUSE')
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([{ id: 1 }])
+  })
+
   it('loses no update when many transactions increment one counter concurrently', async () => {
     const t = await table('id INTEGER PRIMARY KEY, n INTEGER NOT NULL')
     await db.execute(`INSERT INTO ${t} (id, n) VALUES (1, 0)`)

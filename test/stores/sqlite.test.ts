@@ -85,6 +85,35 @@ describe('SQLite driver', () => {
     expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
   })
 
+  it('refuses the outer transaction once a savepoint statement rolled back the whole of it', async () => {
+    const t = uniqueTable()
+    await db.execute(`CREATE TABLE ${t} (id INTEGER PRIMARY KEY)`)
+    await db.execute(`INSERT INTO ${t} (id) VALUES (1)`)
+    let late: unknown
+    const outcome = await db
+      .transaction(async (tx) => {
+        await tx.execute(`INSERT INTO ${t} (id) VALUES (2)`)
+        // OR ROLLBACK ends the whole transaction, savepoint and all: the caller's catch cannot
+        // bring the outer transaction back, and its next write must not commit on its own.
+        await tx
+          .transaction((inner) => inner.execute(`INSERT OR ROLLBACK INTO ${t} (id) VALUES (1)`))
+          .catch(() => {})
+        late = await tx.execute(`INSERT INTO ${t} (id) VALUES (3)`).catch((e) => e)
+        // A new savepoint would begin a transaction of its own, outside the driver's lock.
+        late = [late, await tx.transaction(async () => 1).catch((e) => e)]
+      })
+      .catch((e) => e)
+    expect(BreakwaterError.is(outcome) && outcome.code).toBe('TRANSACTION_MISUSE')
+    expect((late as unknown[]).map((e) => BreakwaterError.is(e) && e.code)).toEqual([
+      'TRANSACTION_MISUSE',
+      'TRANSACTION_MISUSE',
+    ])
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([{ id: 1 }])
+    // The driver is fine afterwards.
+    await db.transaction((tx) => tx.execute(`INSERT INTO ${t} (id) VALUES (4)`))
+    expect(await db.query(`SELECT id FROM ${t} ORDER BY id`)).toEqual([{ id: 1 }, { id: 4 }])
+  })
+
   it('still lets work started inside a transaction use the driver once the transaction ended', async () => {
     let later: Promise<unknown> | undefined
     await db.transaction(async () => {
