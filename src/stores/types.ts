@@ -92,6 +92,12 @@ export interface SqlDriver extends SqlExecutor {
    * may or may not have happened (on PostgreSQL the connection can drop after the server
    * committed). Callers that must know re-read what they wrote.
    *
+   * A callback that catches a statement's error and goes on cannot commit what the failure
+   * ended: on PostgreSQL every failed statement aborts the transaction, on SQLite some do
+   * (`OR ROLLBACK`, `RAISE(ROLLBACK)`, a full disk, an I/O error). Later statements fail, and
+   * the transaction rejects with `TRANSACTION_MISUSE`; nothing runs outside it. Use a savepoint
+   * (`tx.transaction`) for a step whose failure the callback means to survive.
+   *
    * Inside `fn`, use `tx`, never the driver itself: on SQLite that would wait for the open
    * transaction forever, so it fails fast with `TRANSACTION_MISUSE`. Use `tx.transaction` for
    * a nested unit (a savepoint).
