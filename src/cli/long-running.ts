@@ -1,3 +1,4 @@
+import type { Clock } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
 import {
   type Logger,
@@ -34,6 +35,8 @@ export interface LongRunningCommandDeps {
    * @default process.exit
    */
   readonly exit?: (code: number) => void
+  /** Times the drain (and the service's own bounds, where it has any); for tests. @default systemClock */
+  readonly clock?: Clock
 }
 
 /** What a starting service holds: closed in reverse order at stop, or when start fails. */
@@ -159,6 +162,13 @@ export interface StartedService {
   stop(): Promise<void>
   /** Called once everything is closed after a stop (for the last log line). */
   stopped?(): void
+  /**
+   * After `stop()`: what the stop gave up on (the saga worker's abandoned instances), as the
+   * fields of the error line, or undefined when it finished everything. When set, the command
+   * exits 1 through `exit()` once everything is closed: the work given up on may still hold the
+   * process open.
+   */
+  unfinished?(): Readonly<Record<string, unknown>> | undefined
   /** Settles when the service ends by itself (rejects: it failed). */
   readonly done?: Promise<void>
 }
@@ -188,7 +198,9 @@ export interface LongRunningCommand {
  * Runs a long-running command until SIGTERM or SIGINT and resolves to its exit code: 0 after a
  * graceful stop; 1 when starting fails (a `StartupError`, its message printed), when the drain
  * outlasts `drainTimeoutMs` or a second signal cuts it short (then `exit(1)` ends the process
- * at once, whatever still holds it open), when the service ends by itself, or when it fails; 2
+ * at once, whatever still holds it open), when the service's stop gave up on some work (its
+ * `unfinished()`; `exit(1)` too, once everything is closed), when the service ends by itself,
+ * or when it fails; 2
  * when starting throws an `INVALID_OPTION` error (a configuration fault) or a `UsageError`.
  */
 export async function runLongRunningCommand(command: LongRunningCommand): Promise<number> {
@@ -202,10 +214,12 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
     return 1
   }
   let startupFailure: number | undefined
+  let started: StartedService | undefined
   const start = async (signal: AbortSignal) => {
     const resources = new ServiceResources(log)
     try {
       const service = await command.start(resources, signal)
+      started = service
       return {
         ...(service.done === undefined ? {} : { done: service.done }),
         async stop() {
@@ -228,6 +242,7 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
     const outcome = await runUntilSignal(start, {
       drainTimeoutMs: command.drainTimeoutMs,
       ...(deps.signals === undefined ? {} : { target: deps.signals }),
+      ...(deps.clock === undefined ? {} : { clock: deps.clock }),
       onSignal: (signal, phase) =>
         phase === 'drain'
           ? log.info(command.drainMessage, { signal })
@@ -236,6 +251,17 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
     if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
       log.error(`the ${name} did not stop in time; exiting now`, {
         drain: outcome.drain,
+        drainTimeoutMs: command.drainTimeoutMs,
+      })
+      exit(1)
+      return 1
+    }
+    const unfinished = outcome.reason === 'signal' ? started?.unfinished?.() : undefined
+    if (unfinished !== undefined) {
+      // Stopped in time by giving up on some work: everything is closed, but what was given up
+      // on (a step that never returns) may still hold the process open.
+      log.error(`the ${name} did not stop in time; exiting now`, {
+        ...unfinished,
         drainTimeoutMs: command.drainTimeoutMs,
       })
       exit(1)

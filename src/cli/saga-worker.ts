@@ -60,7 +60,9 @@ options:
   --lease-ms <n>             how long a claimed instance stays this worker's (default 800)
   --poll-interval-ms <n>     how often an idle worker looks for work (default 100)
   --worker-id <id>           the lease owner's name (default host:pid:random)
-  --drain-timeout-ms <n>     how long a graceful stop may take (default 30000)
+  --drain-timeout-ms <n>     how long a graceful stop may take (default 30000); a step still
+                             running a tenth of it (at most 2 s) before the end is abandoned
+                             to another worker, and the process exits 1
   --log-level <level>        debug, info (default), warn, error or silent
 
 environment:
@@ -200,11 +202,30 @@ function workerMetrics(worker: SagaWorker, db: SqlDriver, log: Logger) {
   return registry
 }
 
-/** Logs what the worker reports, at levels an operator can filter on. */
-function logWorkerEvents(worker: SagaWorker, log: Logger): void {
+/**
+ * How long the worker's own stop waits for the steps in hand, out of `drainTimeoutMs`: a tenth
+ * of it (at most 2 s) is left to close the database and the metrics server and log the last
+ * line, so that a step that never returns is abandoned (another worker resumes it when its
+ * lease runs out) instead of the drain timing out with everything still open.
+ */
+export function workerStopTimeoutMs(drainTimeoutMs: number): number {
+  return drainTimeoutMs - Math.min(2_000, Math.floor(drainTimeoutMs / 10))
+}
+
+/**
+ * Logs what the worker reports, at levels an operator can filter on; `onAbandoned` is called
+ * for each instance the stop gave up on.
+ */
+function logWorkerEvents(worker: SagaWorker, log: Logger, onAbandoned: () => void): void {
   worker.events.on((event) => {
     const { type, at: _at, worker: _worker, ...fields } = event
     switch (type) {
+      case 'abandoned':
+        // Its step may still be running, and another worker will repeat it once the lease
+        // runs out: an operator needs to see it at the default level.
+        onAbandoned()
+        log.warn(`saga ${type}`, fields)
+        return
       case 'step-failed':
       case 'compensation-failed':
       case 'lease-lost':
@@ -294,16 +315,20 @@ export async function sagaWorkerCommand(
         ...(parsed.pollIntervalMs === undefined ? {} : { pollIntervalMs: parsed.pollIntervalMs }),
         ...(parsed.workerId === undefined ? {} : { workerId: parsed.workerId }),
         ...(faults === undefined ? {} : { faults }),
+        ...(deps.clock === undefined ? {} : { clock: deps.clock }),
       })
       await requireMigrations(db, parsed.db, 'saga', sagaMigrations, env)
-      logWorkerEvents(worker, log)
+      let abandoned = 0
+      logWorkerEvents(worker, log, () => abandoned++)
       const registry = workerMetrics(worker, db, log)
       try {
         await worker.start()
       } catch (error) {
         throw new StartupError(`the saga worker could not start: ${messageOf(error)}`)
       }
-      resources.add('worker', () => worker.stop())
+      resources.add('worker', () =>
+        worker.stop({ timeoutMs: workerStopTimeoutMs(parsed.drainTimeoutMs) }),
+      )
       const server = await serveMetrics(resources, {
         port: parsed.metricsPort,
         host: parsed.metricsHost,
@@ -333,6 +358,7 @@ export async function sagaWorkerCommand(
             state: worker.state,
           })
         },
+        unfinished: () => (abandoned === 0 ? undefined : { drain: 'abandoned', abandoned }),
       }
     },
   })

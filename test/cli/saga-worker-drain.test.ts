@@ -1,0 +1,91 @@
+// `breakwater saga worker`'s drain bounds the worker's own stop: an instance whose step never
+// returns is abandoned (logged at warn) a margin before --drain-timeout-ms, so that the process
+// still closes the database and logs its last line before it exits 1. Driven on a test clock.
+import { EventEmitter } from 'node:events'
+import { fileURLToPath } from 'node:url'
+import { describe, expect, it } from 'vitest'
+import { sagaWorkerCommand, workerStopTimeoutMs } from '../../src/cli/saga-worker.js'
+import { getSaga, migrateSagas, startSaga } from '../../src/saga/index.js'
+import { openDatabase } from '../../src/stores/index.js'
+import { flushJobs, ManualClock } from '../../src/testing/index.js'
+import { createTestSqlite } from '../support/sqlite.js'
+import { until } from '../support/until.js'
+import { hanging } from './fixtures/hanging-sagas.js'
+
+const module = fileURLToPath(new URL('./fixtures/hanging-sagas.ts', import.meta.url))
+
+describe('workerStopTimeoutMs', () => {
+  it('leaves a margin to close the database, never more than the drain itself', () => {
+    expect(workerStopTimeoutMs(30_000)).toBe(28_000)
+    expect(workerStopTimeoutMs(10_000)).toBe(9_000)
+    expect(workerStopTimeoutMs(100)).toBe(90)
+    expect(workerStopTimeoutMs(0)).toBe(0)
+  })
+})
+
+describe('breakwater saga worker: a step that never returns during the drain', () => {
+  it('is abandoned (warn) before the drain timeout; the worker stops, logs it and exits 1', async () => {
+    const file = createTestSqlite('saga-worker-drain')
+    const db = await openDatabase(file.url)
+    try {
+      await migrateSagas(db)
+      const { id } = await startSaga(db, hanging, {})
+      const clock = new ManualClock(Date.now())
+      const signals = new EventEmitter()
+      const exits: number[] = []
+      const lines: Record<string, unknown>[] = []
+      let stderr = ''
+      const running = sagaWorkerCommand(
+        [
+          '--module',
+          module,
+          '--db',
+          file.url,
+          '--drain-timeout-ms',
+          '10000',
+          '--log-level',
+          'debug',
+        ],
+        {
+          stdout: {
+            write: (t: string) => {
+              for (const l of t.split('\n')) if (l.startsWith('{')) lines.push(JSON.parse(l))
+            },
+          },
+          stderr: { write: (t: string) => (stderr += t) },
+          env: {},
+          signals,
+          exit: (code) => exits.push(code),
+          clock,
+        },
+      )
+      await until(
+        () => lines.some((l) => l.msg === 'saga step-started' && l.sagaId === id),
+        'the stuck step to start',
+      )
+      signals.emit('SIGTERM', 'SIGTERM')
+      await flushJobs()
+      // Short of the drain timeout (10 s): only the worker's own bound falls due.
+      await clock.advance(workerStopTimeoutMs(10_000))
+      expect(await running, stderr).toBe(1)
+      expect(exits).toEqual([1])
+      const abandoned = lines.find((l) => l.msg === 'saga abandoned')
+      expect(abandoned).toMatchObject({ level: 'warn', sagaId: id })
+      const msgs = lines.map((l) => l.msg)
+      expect(msgs).toContain('saga worker stopped')
+      expect(lines.at(-1)).toMatchObject({
+        level: 'error',
+        msg: 'the saga worker did not stop in time; exiting now',
+        abandoned: 1,
+      })
+      // The instance was not given back: its lease runs out for another worker to resume it.
+      const left = await getSaga(db, id)
+      expect(left?.status).toBe('running')
+      expect(left?.steps[0]).toMatchObject({ name: 'stuck', status: 'pending' })
+      expect(signals.listenerCount('SIGTERM')).toBe(0)
+    } finally {
+      await db.close()
+      file.cleanup()
+    }
+  })
+})
