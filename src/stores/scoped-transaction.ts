@@ -23,6 +23,8 @@ export class ScopedTransaction implements SqlTransaction {
   /** The transaction this one is a savepoint of: it ends with it. */
   readonly #parent: ScopedTransaction | undefined
   #open = true
+  /** Set while a savepoint of this transaction runs: a second one at once is refused. */
+  #savepointRunning = false
   /** {@inheritDoc SqlTransaction.finish} Present when the driver gave a finisher. */
   readonly finish?: <R = Record<string, unknown>>(
     sql: string,
@@ -78,6 +80,19 @@ export class ScopedTransaction implements SqlTransaction {
 
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     if (!this.open) throw ended()
+    // Savepoints nest, they cannot overlap: two at once of one tx would share a name, and the
+    // first's ROLLBACK TO would go back to the second's, keeping the first's writes (or undo
+    // the second's after it reported success).
+    if (this.#savepointRunning) throw overlapping()
+    this.#savepointRunning = true
+    try {
+      return await this.#savepoint(fn)
+    } finally {
+      this.#savepointRunning = false
+    }
+  }
+
+  async #savepoint<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     // Savepoint names only need to be unique among the savepoints open at once, which nest.
     const name = `breakwater_sp_${this.#depth + 1}`
     const child = new ScopedTransaction(this.#connection, this.#depth + 1, undefined, this)
@@ -102,6 +117,12 @@ export class ScopedTransaction implements SqlTransaction {
     await this.execute(`RELEASE SAVEPOINT ${name}`)
     return result
   }
+}
+
+function overlapping(): TransactionMisuseError {
+  return new TransactionMisuseError(
+    'A savepoint (tx.transaction) was started while another savepoint of the same tx was still running; savepoints of one tx must run one after another (await each before starting the next)',
+  )
 }
 
 function ended(): TransactionMisuseError {

@@ -35,7 +35,9 @@ export interface SqlTransaction extends SqlExecutor {
   /**
    * Runs `fn` inside a savepoint of this transaction: the savepoint is released when `fn`
    * resolves and rolled back (leaving the outer transaction open and usable) when it throws.
-   * Savepoints nest. Do not run other statements on the outer `tx` while `fn` is running. The
+   * Savepoints nest; they cannot overlap: a second savepoint of the same `tx` started while one
+   * runs is refused with `TRANSACTION_MISUSE`. Do not run other statements on the outer `tx`
+   * while `fn` is running. The
    * savepoint's `tx` ends with the outer one too: once the outer transaction has ended (its
    * callback settled, or idempotency's lease expiry rolled `ctx.tx` back), its statements fail
    * with `TRANSACTION_MISUSE` instead of running outside any transaction.

@@ -218,6 +218,31 @@ describe.each(targets)('$dialect driver conformance', (target) => {
     ])
   })
 
+  it('refuses a second savepoint of one tx while the first runs, instead of mixing them up', async () => {
+    const t = await table()
+    const firstWrote = gate()
+    const secondBegan = gate()
+    let second: unknown
+    await db.transaction(async (tx) => {
+      const first = tx.transaction(async (inner) => {
+        await inner.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'first')`)
+        firstWrote.open()
+        await secondBegan.promise
+        throw new Error('first fails')
+      })
+      await firstWrote.promise
+      // Both would be savepoints of one name: the first's ROLLBACK TO would go back to the
+      // second's, keeping the first's write.
+      second = await tx
+        .transaction((inner) => inner.execute(`INSERT INTO ${t} (id, v) VALUES (2, 'second')`))
+        .catch((e) => e)
+      secondBegan.open()
+      await expect(first).rejects.toThrow('first fails')
+    })
+    expect(BreakwaterError.is(second) && second.code).toBe('TRANSACTION_MISUSE')
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
+  })
+
   it('rolls back savepoint writes together with the outer transaction', async () => {
     const t = await table()
     await expect(
