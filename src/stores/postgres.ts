@@ -601,6 +601,14 @@ export async function createPostgresDriver(
       typeof connectionString === 'string' ? redactUrl(connectionString) : connectionString,
     )
   }
+  // pg would refuse it only at the first statement, as "Invalid URL" naming no setting.
+  if (!URL.canParse(connectionString)) {
+    throw new InvalidOptionError(
+      'connectionString',
+      'a valid postgres:// URL',
+      redactUrl(connectionString),
+    )
+  }
   const max = checkInteger('maxConnections', options.maxConnections ?? 10, 1)
   // Every timeout is a 32-bit millisecond count: PostgreSQL's settings refuse more (at every
   // connect), and pg's timers would fire after 1 ms instead (node's delay overflows).

@@ -177,6 +177,14 @@ describe('PostgreSQL driver', () => {
     expect(error).toBeInstanceOf(InvalidOptionError)
     expect(String(error.message)).not.toContain('hunter2')
     expect(String(error.message)).toContain('mysql://u:***@h/db')
+    // A URL that does not parse is refused here, by name, not at the first statement as pg's
+    // bare "Invalid URL".
+    const unparsable = await createPostgresDriver({
+      connectionString: 'postgres://u:hunter2@h:notaport/db',
+    }).catch((e) => e)
+    expect(unparsable).toBeInstanceOf(InvalidOptionError)
+    expect(String(unparsable.message)).not.toContain('hunter2')
+    expect(String(unparsable.message)).toContain('connectionString')
   })
 
   it('delivers notifications sent in a transaction on commit only, and stops after unlisten', async () => {
