@@ -443,12 +443,18 @@ export class PostgresDriver implements SqlDriver {
   readonly #listener: PgListener
   readonly #connections: OpenPoolConnections
   readonly #clock: Clock
+  /**
+   * How to refuse each statement or transaction still waiting for a pooled connection: once
+   * `close()` has called `pool.end()`, pg-pool serves no waiter, so they would wait for ever
+   * (or until `connectionTimeoutMs`, with a bare timeout error).
+   */
+  readonly #waiting = new Set<(error: Error) => void>()
   #closed = false
 
   /** @internal Use {@link createPostgresDriver}. */
   constructor(pool: PgPool, listener: PgListener, clock: Clock) {
     this.#pool = pool
-    this.#direct = executorOf(pool)
+    this.#direct = executorOf({ query: (config) => this.#runOnPool(config) })
     this.#listener = listener
     this.#connections = new OpenPoolConnections(pool)
     this.#clock = clock
@@ -464,9 +470,52 @@ export class PostgresDriver implements SqlDriver {
     return this.#direct.execute(sql, params)
   }
 
+  /** A pooled connection, unless `close()` is called first: then `STORE_CLOSED`. */
+  #checkout(): Promise<PgPoolClient> {
+    return new Promise((resolve, reject) => {
+      const refuse = (error: Error): void => reject(error)
+      this.#waiting.add(refuse)
+      this.#pool.connect().then(
+        (client) => {
+          if (this.#waiting.delete(refuse)) resolve(client)
+          // Refused by close() in the meantime: nobody will use it.
+          else client.release()
+        },
+        (error: unknown) => {
+          this.#waiting.delete(refuse)
+          reject(error)
+        },
+      )
+    })
+  }
+
+  /** One statement on a pooled connection, as pg-pool's `pool.query` runs it. */
+  async #runOnPool(config: PgQueryConfig): Promise<PgResult> {
+    const client = await this.#checkout()
+    let released = false
+    // A connection lost while the statement runs emits 'error' (unhandled, it would crash the
+    // process); the statement rejects with it too.
+    const release = (error?: Error): void => {
+      if (released) return
+      released = true
+      client.removeListener('error', release)
+      client.release(error)
+    }
+    client.on('error', release)
+    try {
+      const result = await client.query(config)
+      release()
+      return result
+    } catch (error) {
+      // As pg-pool does: a connection whose statement failed is not reused.
+      release(asError(error))
+      throw error
+    }
+  }
+
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     if (this.#closed) throw new StoreClosedError('postgres')
-    const pooled = await this.#pool.connect()
+    const pooled = await this.#checkout()
     // The pool listens for errors on idle connections only. A connection lost while this
     // transaction holds it but runs no statement (a server restart, pg_terminate_backend) would
     // otherwise be an 'error' event nobody handles, which crashes the process; with this
@@ -562,6 +611,10 @@ export class PostgresDriver implements SqlDriver {
     // from an outside one needs AsyncLocalStorage around every transaction, which turns on
     // Node 20's promise hooks for the whole process (see docs/architecture.md).
     this.#closed = true
+    // Work still waiting for a connection has not begun: it is refused, as work that comes
+    // after close() is. What holds a connection runs to its end; pool.end() waits for it.
+    for (const refuse of this.#waiting) refuse(new StoreClosedError('postgres'))
+    this.#waiting.clear()
     await this.#listener.close()
     await this.#pool.end()
     // end() does not wait for the sockets to close (see OpenPoolConnections); close() does, so

@@ -112,7 +112,8 @@ export interface SqlDriver extends SqlExecutor {
    */
   listen?(channel: string, onNotify: (notification: SqlNotification) => void): Promise<Unlisten>
   /**
-   * Closes the connection or pool. Waits for the transactions in progress to finish, so it
+   * Closes the connection or pool. Waits for the transactions in progress to finish (work that
+   * is still waiting for a pooled connection on PostgreSQL is refused with `STORE_CLOSED`), so it
    * must not be called from inside one of this driver's own transactions: SQLite's driver then
    * fails at once with `TRANSACTION_MISUSE` and stays open; PostgreSQL's waits forever.
    */

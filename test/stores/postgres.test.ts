@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import { createPostgresDriver, notify, type PostgresDriver } from '../../src/stores/postgres.js'
 import type { SqlNotification } from '../../src/stores/types.js'
+import { gate } from '../support/gate.js'
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js'
 import { until } from '../support/until.js'
 import { uniqueTable } from './drivers.js'
@@ -217,6 +218,51 @@ describe('PostgreSQL driver', () => {
     await until(() => other.length >= 2, 'the marker', 10_000)
     expect(received).toHaveLength(2)
     await unlistenOther()
+  })
+
+  it('close() lets the running transaction finish and refuses the work still waiting for a connection', async () => {
+    const t = uniqueTable()
+    await db.execute(`CREATE TABLE ${t} (id INTEGER PRIMARY KEY)`)
+    // No connect timeout: work queued behind the only connection waited for ever once the pool
+    // was ending (pg-pool serves no waiter then).
+    const solo = await createPostgresDriver({
+      connectionString: database.url,
+      maxConnections: 1,
+      connectionTimeoutMs: 0,
+    })
+    const holding = gate()
+    const proceed = gate()
+    const running = solo.transaction(async (tx) => {
+      await tx.execute(`INSERT INTO ${t} (id) VALUES (1)`)
+      holding.open()
+      await proceed.promise
+      await tx.execute(`INSERT INTO ${t} (id) VALUES (2)`)
+      return 'committed'
+    })
+    await holding.promise
+    const outcomes: unknown[] = []
+    const waiting = [
+      solo.transaction((tx) => tx.execute(`INSERT INTO ${t} (id) VALUES (3)`)),
+      solo.execute(`INSERT INTO ${t} (id) VALUES (4)`),
+      solo.query('SELECT 1 AS one'),
+    ].map((work, i) =>
+      work.then(
+        () => {
+          outcomes[i] = 'ran'
+        },
+        (error) => {
+          outcomes[i] = error.code
+        },
+      ),
+    )
+    const closed = solo.close()
+    proceed.open()
+    await expect(running).resolves.toBe('committed')
+    await closed
+    await new Promise<void>((resolve) => setImmediate(resolve))
+    expect(outcomes).toEqual(['STORE_CLOSED', 'STORE_CLOSED', 'STORE_CLOSED'])
+    await Promise.all(waiting)
+    expect(await db.query(`SELECT id FROM ${t} ORDER BY id`)).toEqual([{ id: 1 }, { id: 2 }])
   })
 
   it('close() resolves only after every pooled connection has closed', async () => {
