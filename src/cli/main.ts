@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // The `breakwater` command. This file decides exit codes; every command is a thin layer that
 // parses its arguments and calls the library. One exception: a long-running command (relay,
-// saga worker) whose drain did not finish in time ends the process itself (see
-// src/cli/long-running.ts), since what did not stop may hold the process open. Commands load lazily so that, say,
+// saga worker, a single-process proxy) whose drain did not finish in time ends the process
+// itself (see src/cli/long-running.ts), since what did not stop may hold the process open. Commands load lazily so that, say,
 // `breakwater migrate` never loads the demo's HTTP servers.
 import { BreakwaterError } from '../core/errors.js'
 // The module itself, not observability/index.js: main loads nothing a command does not need.

@@ -34,6 +34,12 @@ export interface ProxyCommandDeps {
   readonly env?: Readonly<Record<string, string | undefined>>
   /** Where SIGTERM, SIGINT and SIGHUP come from. @default process */
   readonly signals?: SignalTarget
+  /**
+   * Ends a single-process proxy whose drain did not finish (timed out, or cut short by a second
+   * signal): the requests still in flight hold their sockets, and with them the process, open.
+   * @default process.exit
+   */
+  readonly exit?: (code: number) => void
 }
 
 const usage = `usage: breakwater proxy --config <file.yaml> [options]
@@ -326,7 +332,13 @@ async function runSingle(
     },
   ).finally(() => signals.off('SIGHUP', onHup))
   logger.info('proxy exited', { ...outcome })
-  return outcome.reason === 'signal' && outcome.drain !== 'complete' ? 1 : 0
+  if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
+    // The drain given up on is still under way: its connections would keep the process alive
+    // (until their timeouts, or for ever). The buffered log output is flushed at exit.
+    ;(deps.exit ?? ((code: number) => process.exit(code)))(1)
+    return 1
+  }
+  return 0
 }
 
 async function runWorker(
