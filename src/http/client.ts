@@ -28,7 +28,9 @@ export interface HttpClient {
   state(): Readonly<Record<string, HttpServiceState>>
   /**
    * Refuses new requests (`HttpClientClosedError`), lets requests in flight finish, then
-   * closes every connection pool and stops the breakers' timers.
+   * closes every connection pool and stops the breakers' timers. A call waiting in a retry
+   * backoff or a bulkhead queue, or whose attempt fails after the close and would be retried,
+   * rejects at once with `HttpClientClosedError`.
    */
   close(): Promise<void>
 }

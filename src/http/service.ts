@@ -13,6 +13,7 @@ import {
   currentDeadline,
   DEADLINE_HEADER,
   DeadlineExceededError,
+  isTransientFailure,
   type Policy,
   type PolicyContext,
   pipeline,
@@ -125,6 +126,17 @@ interface CallPlan extends ExchangePlan {
   readonly startMs: number
 }
 
+// One call's link to close(): a call that waits (retry backoff, bulkhead queue) when the client
+// closes could only ever be refused, so close() aborts it at once instead of letting the wait run
+// out (a Retry-After of up to maxRetryAfterMs, with a timer that holds the process open).
+class CallLink {
+  readonly controller = new AbortController()
+  /** An attempt of the call is running: it finishes, close() leaves it alone. */
+  attempting = false
+  /** An attempt succeeded: the result is on its way out, nothing may abort it now. */
+  answered = false
+}
+
 /** A service as built by the client. Internal: callers see {@link HttpService}. */
 export class ServiceRuntime implements HttpService, ExchangeSettings {
   readonly name: string
@@ -150,6 +162,8 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   readonly #propagateDeadline: boolean
   readonly #deadlineMarginMs: number
   readonly #defaultHeaders: Record<string, string | string[]>
+  readonly #shouldRetry: (error: unknown, attempt: number) => boolean
+  readonly #calls = new Set<CallLink>()
   #closed = false
 
   constructor(name: string, options: HttpServiceOptions, clientClock: Clock) {
@@ -200,6 +214,9 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       options.retry === false
         ? undefined
         : withPrefix(prefix, () => makeBudget(options.retryBudget, clock))
+    const shouldRetry = (options.retry === false ? undefined : options.retry)?.shouldRetry
+    this.#shouldRetry =
+      typeof shouldRetry === 'function' ? shouldRetry : (error) => isTransientFailure(error)
     this.#retry =
       options.retry === false
         ? undefined
@@ -297,10 +314,56 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     // As for request(): nothing runs on the closed pool, neither a new call nor the attempt of
     // one that was in backoff or queued when the client closed (undici's UND_ERR_CLOSED is
     // transient and would spend every attempt).
-    return stack.execute(
-      (ctx) => (this.#closed ? Promise.reject(new HttpClientClosedError()) : fn(ctx)),
-      options.signal,
-    )
+    return this.#run(stack, fn, options.signal)
+  }
+
+  // Runs one call through `stack`, linked to close(): attempts after the close are refused, a
+  // call waiting when it happens is aborted, and one whose attempt fails afterwards (and would be
+  // retried) ends at once rather than after a backoff. Such a call rejects with
+  // HttpClientClosedError. An attempt in flight is left to finish.
+  async #run<T>(
+    stack: Policy,
+    fn: (ctx: PolicyContext) => PromiseLike<T> | T,
+    callerSignal: AbortSignal | undefined,
+  ): Promise<T> {
+    const link = new CallLink()
+    const own = link.controller.signal
+    const signal = callerSignal === undefined ? own : AbortSignal.any([callerSignal, own])
+    this.#calls.add(link)
+    try {
+      return await stack.execute((ctx) => this.#linkedAttempt(link, stack, fn, ctx), signal)
+    } catch (error) {
+      // The policies report the abort as ABORTED (or a timeout); the caller is told why.
+      if (own.aborted && !(callerSignal?.aborted ?? false)) throw own.reason
+      throw error
+    } finally {
+      this.#calls.delete(link)
+    }
+  }
+
+  async #linkedAttempt<T>(
+    link: CallLink,
+    stack: Policy,
+    fn: (ctx: PolicyContext) => PromiseLike<T> | T,
+    ctx: PolicyContext,
+  ): Promise<T> {
+    // A call that waited (bulkhead queue, backoff) while the client closed: nothing runs on the
+    // closed pool (undici's UND_ERR_CLOSED is transient and would spend every attempt).
+    if (this.#closed) throw new HttpClientClosedError()
+    link.attempting = true
+    try {
+      const result = await fn(ctx)
+      link.answered = true
+      return result
+    } catch (error) {
+      // Closed during the attempt: a retry would be refused, so do not sleep for it. An answer
+      // that will not be retried (a 500 resolved as a response, a 4xx) still reaches the caller.
+      if (this.#closed && stack === this.#retrying && this.#shouldRetry(error, ctx.attempt))
+        link.controller.abort(new HttpClientClosedError())
+      throw error
+    } finally {
+      link.attempting = false
+    }
   }
 
   /** Runs one call. */
@@ -322,7 +385,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     if (stack === this.#single && this.#retry !== undefined) this.retryBudget?.recordRequest()
     const events = this.events
     try {
-      const response = await stack.execute((ctx) => this.#attempt(plan, ctx), options.signal)
+      const response = await this.#run(stack, (ctx) => this.#attempt(plan, ctx), options.signal)
       if (events.hasListeners) this.#emitResponse(plan, response)
       return response
     } catch (error) {
@@ -423,8 +486,6 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   }
 
   #attempt(plan: CallPlan, ctx: PolicyContext): Promise<BufferedResponse> {
-    // A call that waited (bulkhead queue, backoff) while the client closed.
-    if (this.#closed) return Promise.reject(new HttpClientClosedError())
     const attempt = ctx.attempt
     if (this.events.hasListeners)
       this.events.emit({
@@ -552,6 +613,8 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
 
   async close(): Promise<void> {
     this.#closed = true
+    for (const link of this.#calls)
+      if (!link.attempting && !link.answered) link.controller.abort(new HttpClientClosedError())
     this.breaker?.dispose()
     await this.dispatcher.close()
   }

@@ -6,7 +6,8 @@ import {
   type HttpServiceOptions,
 } from '../../src/http/index.js'
 import { BreakwaterError, InvalidOptionError } from '../../src/index.js'
-import { startServer, type TestServer, until } from './servers.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { Gate, startServer, type TestServer, until } from './servers.js'
 
 let server: TestServer
 let client: HttpClient | undefined
@@ -403,6 +404,44 @@ describe('state, events and close', () => {
     expect(BreakwaterError.is(error) && error.code).toBe('HTTP_CLIENT_CLOSED')
     expect(server.hits).toHaveLength(1)
     await c.close()
+  })
+
+  it('ends a call waiting in retry backoff or the bulkhead queue at close(), not when the wait is over', async () => {
+    // The clock never moves: before the fix, the backoff (a 20 s Retry-After) and the queued
+    // call only ended when their waits did, holding the process open after close().
+    const clock = new ManualClock(Date.now())
+    const gate = new Gate()
+    await server.close()
+    server = await startServer(async (req, res) => {
+      if (req.url === '/hold') await gate.wait()
+      if (req.url === '/busy') res.writeHead(503, { 'retry-after': '20' })
+      res.end('done')
+    })
+    client = createHttpClient({
+      clock,
+      services: { svc: { baseUrl: server.url, bulkhead: { maxConcurrent: 1, maxQueued: 1 } } },
+    })
+    const c = client
+    const retried = new Promise<void>((resolve) =>
+      c.events.on((e) => {
+        if (e.type === 'retry') resolve()
+      }),
+    )
+    const backoff = c.request('svc', { path: '/busy' }).catch((e: unknown) => e)
+    await retried
+    const held = c.request('svc', { path: '/hold' })
+    await until(() => server.hits.some((h) => h.url === '/hold'))
+    const queued = c.request('svc', { path: '/queued' }).catch((e: unknown) => e)
+    await until(() => c.state().svc?.bulkhead?.queued === 1)
+    const closed = c.close()
+    expect(await backoff).toBeInstanceOf(HttpClientClosedError)
+    expect(await queued).toBeInstanceOf(HttpClientClosedError)
+    // The request in flight still finishes.
+    gate.open()
+    expect((await held).text()).toBe('done')
+    await closed
+    expect(server.hits.map((h) => h.url)).toEqual(['/busy', '/hold'])
+    expect(clock.pendingTimers).toBe(0)
   })
 
   it("refuses a service's execute() after close, also for a retry of a call begun before", async () => {
