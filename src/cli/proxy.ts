@@ -19,7 +19,7 @@ import type { ProxyConfigOverrides } from '../proxy/config/load.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
 import type { ProxyInternals } from '../proxy/runtime.js'
 import { StartupError } from './process-support.js'
-import { counted, messageOf, UsageError } from './usage.js'
+import { counted, messageOf, UsageError, wantsHelp } from './usage.js'
 
 /** What `proxyCommand` needs besides its arguments; everything has a default. */
 export interface ProxyCommandDeps {
@@ -132,6 +132,11 @@ const workerEnv = 'BREAKWATER_PROXY_WORKER'
 export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}): Promise<number> {
   const stdout = deps.stdout ?? process.stdout
   const stderr = deps.stderr ?? process.stderr
+  // As every command: --help or -h anywhere, or help first, before any argument is judged.
+  if (wantsHelp(args)) {
+    stdout.write(usage)
+    return 0
+  }
   let parsed: ProxyArgs | 'help'
   try {
     parsed = parseArgs(args)
