@@ -1,6 +1,10 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { checkObject } from '../core/validate.js'
-import { createPostgresDriver, type PostgresDriverOptions } from './postgres.js'
+import {
+  createPostgresDriver,
+  isParsablePostgresUrl,
+  type PostgresDriverOptions,
+} from './postgres.js'
 import { redactUrl } from './redact.js'
 import { createSqliteDriver, type SqliteDriverOptions } from './sqlite.js'
 import type { SqlDriver } from './types.js'
@@ -36,7 +40,7 @@ export function parseDatabaseUrl(url: string): DatabaseTarget {
   if (typeof url !== 'string') throw new InvalidOptionError('url', expected, url)
   if (/^postgres(ql)?:\/\/./i.test(url)) {
     // pg would refuse it later, as "Invalid URL" with nothing to say which setting held it.
-    if (!URL.canParse(url))
+    if (!isParsablePostgresUrl(url))
       throw new InvalidOptionError('url', 'a valid postgres:// URL', redactUrl(url))
     return { dialect: 'postgres', connectionString: url }
   }

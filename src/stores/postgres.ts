@@ -237,6 +237,16 @@ export async function notify(executor: SqlExecutor, channel: string, payload = '
   await executor.query('SELECT pg_notify($1, $2)', [channel, payload])
 }
 
+/**
+ * Whether pg can parse `url` (as pg-connection-string does): a WHATWG URL, or one with
+ * credentials and no host (`postgres://user:pw@/db?host=/var/run/postgresql`, a Unix socket),
+ * which WHATWG refuses and pg parses with a stand-in host.
+ * @internal
+ */
+export function isParsablePostgresUrl(url: string): boolean {
+  return URL.canParse(url) || URL.canParse(url.replace('@/', '@socket/'))
+}
+
 function quoteIdentifier(name: string): string {
   return `"${name.replaceAll('"', '""')}"`
 }
@@ -655,7 +665,7 @@ export async function createPostgresDriver(
     )
   }
   // pg would refuse it only at the first statement, as "Invalid URL" naming no setting.
-  if (!URL.canParse(connectionString)) {
+  if (!isParsablePostgresUrl(connectionString)) {
     throw new InvalidOptionError(
       'connectionString',
       'a valid postgres:// URL',

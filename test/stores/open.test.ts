@@ -17,6 +17,15 @@ describe('parseDatabaseUrl', () => {
       'postgres://u:p@127.0.0.1:5432/db',
       { dialect: 'postgres', connectionString: 'postgres://u:p@127.0.0.1:5432/db' },
     ],
+    // A Unix socket with credentials: pg reads the host from the query; WHATWG URL refuses
+    // credentials without a host, pg's own parser does not.
+    [
+      'postgres://app:pw@/app?host=/var/run/postgresql',
+      {
+        dialect: 'postgres',
+        connectionString: 'postgres://app:pw@/app?host=/var/run/postgresql',
+      },
+    ],
     [
       'postgresql://db.internal/app?sslmode=require',
       { dialect: 'postgres', connectionString: 'postgresql://db.internal/app?sslmode=require' },

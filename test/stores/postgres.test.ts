@@ -186,6 +186,11 @@ describe('PostgreSQL driver', () => {
     expect(unparsable).toBeInstanceOf(InvalidOptionError)
     expect(String(unparsable.message)).not.toContain('hunter2')
     expect(String(unparsable.message)).toContain('connectionString')
+    // Credentials with a Unix socket host given in the query parse for pg: accepted.
+    const socket = await createPostgresDriver({
+      connectionString: 'postgres://u:pw@/db?host=/var/run/postgresql',
+    })
+    await socket.close()
   })
 
   it('delivers notifications sent in a transaction on commit only, and stops after unlisten', async () => {
