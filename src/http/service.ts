@@ -109,7 +109,8 @@ export interface HttpService {
    * Runs `fn` through the service's policy stack (overall timeout, retry when asked, circuit
    * breaker, attempt timeout, bulkhead), for work that talks to the service's `dispatcher`
    * itself. `fn` must honour `ctx.signal`. Once the client is closing, attempts reject with
-   * `HttpClientClosedError` without calling `fn`.
+   * `HttpClientClosedError` without calling `fn`. A bad `fn` or option rejects with
+   * `InvalidOptionError`.
    */
   execute<T>(
     fn: (ctx: PolicyContext) => PromiseLike<T> | T,
@@ -309,6 +310,18 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     fn: (ctx: PolicyContext) => PromiseLike<T> | T,
     options: HttpExecuteOptions = {},
   ): Promise<T> {
+    // Checked before anything runs: a non-boolean retry would silently mean false, and a bad
+    // signal would fail deep in the policies with a bare TypeError.
+    if (typeof fn !== 'function')
+      return Promise.reject(new InvalidOptionError('execute.fn', 'a function', fn))
+    if (typeof options !== 'object' || options === null)
+      return Promise.reject(new InvalidOptionError('execute.options', 'an object', options))
+    if (options.retry !== undefined && typeof options.retry !== 'boolean')
+      return Promise.reject(new InvalidOptionError('execute.retry', 'a boolean', options.retry))
+    if (options.signal !== undefined && !(options.signal instanceof AbortSignal))
+      return Promise.reject(
+        new InvalidOptionError('execute.signal', 'an AbortSignal', options.signal),
+      )
     const stack = options.retry === true ? this.#retrying : this.#single
     if (stack === this.#single && this.#retry !== undefined) this.retryBudget?.recordRequest()
     // As for request(): nothing runs on the closed pool, neither a new call nor the attempt of

@@ -384,6 +384,24 @@ describe('state, events and close', () => {
     expect((error as Error).message).toBe('busy')
   })
 
+  it('refuses bad execute() options with InvalidOptionError, before anything runs', async () => {
+    const svc = make().service('svc')
+    let calls = 0
+    const work = () => ++calls
+    const bad: unknown[] = [
+      [work, { signal: 'x' }],
+      [work, { retry: 'yes' }],
+      [work, null],
+      [work, 5],
+      ['not a function', {}],
+    ]
+    for (const [fn, options] of bad as Array<[never, never]>) {
+      const error = await svc.execute(fn, options).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+    }
+    expect(calls).toBe(0)
+  })
+
   it('resolves HEAD and 204 answers with an empty body', async () => {
     await server.close()
     server = await startServer((_req, res, hit) => {
