@@ -460,6 +460,7 @@ export class PostgresDriver implements SqlDriver {
    */
   readonly #waiting = new Set<(error: Error) => void>()
   #closed = false
+  #closing: Promise<void> | undefined
 
   /** @internal Use {@link createPostgresDriver}. */
   constructor(pool: PgPool, listener: PgListener, clock: Clock) {
@@ -614,8 +615,14 @@ export class PostgresDriver implements SqlDriver {
     return this.#listener.listen(channel, onNotify)
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return
+  close(): Promise<void> {
+    // A second call while the first is under way gets the same promise: it must not resolve
+    // before the pool's connections have closed.
+    this.#closing ??= this.#close()
+    return this.#closing
+  }
+
+  async #close(): Promise<void> {
     // pool.end() waits for every pooled connection to be returned, so close() called from inside
     // one of this driver's transactions never returns. It is not detected: telling that call
     // from an outside one needs AsyncLocalStorage around every transaction, which turns on

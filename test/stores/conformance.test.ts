@@ -406,6 +406,17 @@ describe.each(targets)('$dialect driver conformance', (target) => {
     await own.cleanup()
   })
 
+  it('a second close() while the first is under way resolves only once the driver has closed', async () => {
+    const own = await target.open('close-twice')
+    await own.db.query('SELECT 1 AS one')
+    const order: string[] = []
+    const first = own.db.close().then(() => order.push('first'))
+    const second = own.db.close().then(() => order.push('second'))
+    await Promise.all([first, second])
+    expect(order).toEqual(['first', 'second'])
+    await own.cleanup()
+  })
+
   // close() waits for the transactions in progress (SQLite: the driver's lock; PostgreSQL:
   // pool.end() waits for every pooled connection to come back). Called from inside one of them,
   // it waited for a transaction that waited for it. SQLite refuses it (its driver already knows
