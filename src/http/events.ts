@@ -1,3 +1,4 @@
+import { checkFunction } from '../core/validate.js'
 import type { CircuitState, GiveUpReason, Unsubscribe } from '../index.js'
 
 /**
@@ -78,7 +79,10 @@ export type HttpClientEvent =
 
 /** A typed source of {@link HttpClientEvent}s. */
 export interface HttpEvents {
-  /** Adds a listener; returns a function that removes it. A throwing listener breaks nothing. */
+  /**
+   * Adds a listener; returns a function that removes it. A throwing listener breaks nothing.
+   * Throws `InvalidOptionError` for a listener that is not a function.
+   */
   on(listener: (event: HttpClientEvent) => void): Unsubscribe
   /** True while at least one listener is attached. */
   readonly hasListeners: boolean
@@ -102,7 +106,8 @@ export class ServiceEvents implements HttpEvents {
   }
 
   on(listener: (event: HttpClientEvent) => void): Unsubscribe {
-    if (typeof listener !== 'function') throw new TypeError('listener must be a function')
+    // A stable code like the policies' events; accepted, it would throw at every event.
+    checkFunction('events.on(listener)', listener)
     this.#listeners = [...this.#listeners, listener]
     if (this.#listeners.length === 1) this.#detach = this.#attach(this)
     let removed = false

@@ -355,6 +355,13 @@ describe('state, events and close', () => {
     expect(seen).toEqual(['attempt:svc', 'response:svc'])
   })
 
+  it('refuses a listener that is not a function with InvalidOptionError', () => {
+    const c = make()
+    expect(() => c.events.on('log' as never)).toThrow(InvalidOptionError)
+    expect(() => c.service('svc').events.on(undefined as never)).toThrow(InvalidOptionError)
+    expect(c.events.hasListeners).toBe(false)
+  })
+
   it("runs the caller's own work through a service's pool and policies (for the proxy)", async () => {
     await server.close()
     server = await startServer((_req, res, hit) => {
