@@ -265,6 +265,8 @@ class PgListener {
   readonly #baseMs: number
   readonly #maxMs: number
   readonly #handlers = new Map<string, Set<NotificationHandler>>()
+  /** The LISTEN of each channel whose first listen() is still waiting for it. */
+  readonly #listening = new Map<string, Promise<void>>()
   #client: PgClient | undefined
   #connecting: Promise<PgClient> | undefined
   #closed = false
@@ -286,12 +288,22 @@ class PgListener {
       this.#handlers.set(channel, handlers)
     }
     handlers.add(handler)
+    // A call for a channel whose first LISTEN is still in flight waits for it too: resolving
+    // earlier, it could miss a notification sent right after.
+    let listening = this.#listening.get(channel)
+    if (first) {
+      listening = this.#connected().then(async (client) => {
+        await client.query(`LISTEN ${quoteIdentifier(channel)}`)
+      })
+      this.#listening.set(channel, listening)
+    }
     try {
-      const client = await this.#connected()
-      if (first) await client.query(`LISTEN ${quoteIdentifier(channel)}`)
+      await (listening ?? this.#connected())
     } catch (error) {
       this.#remove(channel, handler)
       throw error
+    } finally {
+      if (first && this.#listening.get(channel) === listening) this.#listening.delete(channel)
     }
     return async () => {
       if (this.#remove(channel, handler) && this.#client !== undefined) {

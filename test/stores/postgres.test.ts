@@ -292,6 +292,36 @@ describe('PostgreSQL driver', () => {
     expect(leftOver).toEqual(Array(10).fill(0))
   })
 
+  it('listen() resolves only once the channel is listened to, also for the second of two concurrent calls', async () => {
+    const own = await createPostgresDriver({ connectionString: database.url })
+    try {
+      const order: string[] = []
+      const received: string[] = []
+      // The second call found the channel already registered by the first and resolved at
+      // once, before the first one's LISTEN was answered: a notification sent right after it
+      // resolved could be missed.
+      const first = own.listen('concurrent_listen', () => received.push('first'))
+      const second = own.listen('concurrent_listen', () => received.push('second'))
+      const [unlistenFirst, unlistenSecond] = await Promise.all([
+        first.then((u) => {
+          order.push('first')
+          return u
+        }),
+        second.then((u) => {
+          order.push('second')
+          return u
+        }),
+      ])
+      expect(order).toEqual(['first', 'second'])
+      await notify(db, 'concurrent_listen', 'x')
+      await until(() => received.length >= 2, 'both handlers', 10_000)
+      await unlistenFirst()
+      await unlistenSecond()
+    } finally {
+      await own.close()
+    }
+  })
+
   it('re-establishes LISTEN after its connection is killed and says so', async () => {
     const own = await createPostgresDriver({
       connectionString: database.url,
