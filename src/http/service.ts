@@ -500,14 +500,6 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
 
   #attempt(plan: CallPlan, ctx: PolicyContext): Promise<BufferedResponse> {
     const attempt = ctx.attempt
-    if (this.events.hasListeners)
-      this.events.emit({
-        type: 'attempt',
-        service: this.name,
-        method: plan.method,
-        path: plan.path,
-        attempt,
-      })
     let headers = plan.headers
     if (this.#propagateDeadline) {
       const budget = this.#budgetMs(plan, ctx)
@@ -516,6 +508,15 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
         headers = { ...headers, [DEADLINE_HEADER]: String(budget) }
       }
     }
+    // Only now: an attempt the deadline ended before it was sent is no attempt to count.
+    if (this.events.hasListeners)
+      this.events.emit({
+        type: 'attempt',
+        service: this.name,
+        method: plan.method,
+        path: plan.path,
+        attempt,
+      })
     const signal = ctx.signal
     return new Promise<BufferedResponse>((resolve, reject) => {
       new Exchange(this, plan, attempt, signal, resolve, reject).start(headers)

@@ -160,6 +160,8 @@ describe('the deadline header', () => {
       circuitBreaker: { window: { kind: 'consecutive', failures: 1 } },
       retry: false,
     })
+    const events: HttpClientEvent[] = []
+    client.events.on((e) => events.push(e))
     const late = withDeadline(700, () => client.request('svc', { path: '/late' }), {
       clock,
     }).catch((e: unknown) => e)
@@ -170,6 +172,8 @@ describe('the deadline header', () => {
     await held
     expect(await late).toMatchObject({ code: 'DEADLINE_EXCEEDED', started: false })
     expect(server.hits.map((h) => h.url)).toEqual(['/hold'])
+    // Nothing was sent for /late: no 'attempt' event may count it as one.
+    expect(events.filter((e) => e.type === 'attempt' && e.path === '/late')).toEqual([])
     // The caller was late; the service did nothing wrong.
     expect(client.state().svc?.breaker).toBe('closed')
   })
