@@ -371,7 +371,12 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     } catch (error) {
       // Closed during the attempt: a retry would be refused, so do not sleep for it. An answer
       // that will not be retried (a 500 resolved as a response, a 4xx) still reaches the caller.
-      if (this.#closed && stack === this.#retrying && this.#shouldRetry(error, ctx.attempt))
+      if (
+        this.#closed &&
+        this.#retry !== undefined &&
+        stack === this.#retrying &&
+        this.#shouldRetry(error, ctx.attempt)
+      )
         link.controller.abort(new HttpClientClosedError())
       throw error
     } finally {

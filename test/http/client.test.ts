@@ -469,6 +469,24 @@ describe('state, events and close', () => {
     expect(clock.pendingTimers).toBe(0)
   })
 
+  it('gives a call without retry the failure of its attempt, also when the client closed meanwhile', async () => {
+    const c = make({ retry: false })
+    const svc = c.service('svc')
+    const closing: Array<Promise<void>> = []
+    const busy = Object.assign(new Error('busy'), { status: 503 })
+    const error = await svc
+      .execute(
+        () => {
+          closing.push(c.close())
+          throw busy
+        },
+        { retry: true },
+      )
+      .catch((e: unknown) => e)
+    await Promise.all(closing)
+    expect(error).toBe(busy)
+  })
+
   it("refuses a service's execute() after close, also for a retry of a call begun before", async () => {
     const c = make({ retry: { baseDelayMs: 1 } })
     const svc = c.service('svc')
