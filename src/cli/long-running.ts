@@ -1,4 +1,4 @@
-import type { Clock } from '../core/clock.js'
+import { type Clock, systemClock, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
 import {
   type Logger,
@@ -194,11 +194,56 @@ export interface LongRunningCommand {
   start(resources: ServiceResources, signal: AbortSignal): Promise<StartedService>
 }
 
+/** A start that a signal interrupted and that outlasted the drain timeout (exit 1). */
+class StartOutlastedDrain extends Error {}
+
+/**
+ * `starting`, bounded once `signal` aborts: if it has not settled `ms` later (on `clock`), the
+ * result rejects with {@link StartOutlastedDrain}, and a service it still brings up is stopped.
+ * runUntilSignal waits for an interrupted start until a second signal; the drain timeout an
+ * operator gave must bound that wait too (a module import or a connect that never ends).
+ */
+function boundOnceAborted(
+  starting: Promise<StartedService & { stop(): Promise<void> }>,
+  signal: AbortSignal,
+  ms: number,
+  clock: Clock,
+): Promise<StartedService> {
+  return new Promise((resolve, reject) => {
+    let timer: TimerHandle | undefined
+    let gaveUp = false
+    const onAbort = (): void => {
+      timer = clock.setTimeout(() => {
+        gaveUp = true
+        reject(new StartOutlastedDrain())
+      }, ms)
+    }
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
+    starting.then(
+      (service) => {
+        if (gaveUp) service.stop().catch(() => {})
+        else resolve(service)
+      },
+      (error: unknown) => {
+        if (!gaveUp) reject(error)
+      },
+    )
+    void starting
+      .catch(() => {})
+      .finally(() => {
+        signal.removeEventListener('abort', onAbort)
+        if (timer !== undefined) clock.clearTimeout(timer)
+      })
+  })
+}
+
 /**
  * Runs a long-running command until SIGTERM or SIGINT and resolves to its exit code: 0 after a
  * graceful stop; 1 when starting fails (a `StartupError`, its message printed), when the drain
- * outlasts `drainTimeoutMs` or a second signal cuts it short (then `exit(1)` ends the process
- * at once, whatever still holds it open), when the service's stop gave up on some work (its
+ * outlasts `drainTimeoutMs` or a second signal cuts it short, also when the signal came while
+ * the service was still starting (then `exit(1)` ends the process at once, whatever still holds
+ * it open), when the service's stop gave up on some work (its
  * `unfinished()`; `exit(1)` too, once everything is closed), when the service ends by itself,
  * or when it fails; 2
  * when starting throws an `INVALID_OPTION` error (a configuration fault) or a `UsageError`.
@@ -215,7 +260,10 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
   }
   let startupFailure: number | undefined
   let started: StartedService | undefined
-  const start = async (signal: AbortSignal) => {
+  const clock = deps.clock ?? systemClock
+  const start = (signal: AbortSignal) =>
+    boundOnceAborted(startService(signal), signal, command.drainTimeoutMs, clock)
+  const startService = async (signal: AbortSignal) => {
     const resources = new ServiceResources(log)
     try {
       const service = await command.start(resources, signal)
@@ -242,7 +290,7 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
     const outcome = await runUntilSignal(start, {
       drainTimeoutMs: command.drainTimeoutMs,
       ...(deps.signals === undefined ? {} : { target: deps.signals }),
-      ...(deps.clock === undefined ? {} : { clock: deps.clock }),
+      clock,
       onSignal: (signal, phase) =>
         phase === 'drain'
           ? log.info(command.drainMessage, { signal })
@@ -269,6 +317,15 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
     }
     return outcome.reason === 'signal' ? 0 : 1
   } catch (error) {
+    if (error instanceof StartOutlastedDrain) {
+      log.error(`the ${name} did not stop in time; exiting now`, {
+        drain: 'timeout',
+        phase: 'start',
+        drainTimeoutMs: command.drainTimeoutMs,
+      })
+      exit(1)
+      return 1
+    }
     if (startupFailure !== undefined) return startupFailure
     if (error instanceof UsageError) {
       err.write(`breakwater ${name}: ${redactSecrets(error.message)}\n\n${command.usage ?? ''}`)

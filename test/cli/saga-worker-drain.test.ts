@@ -2,6 +2,9 @@
 // returns is abandoned (logged at warn) a margin before --drain-timeout-ms, so that the process
 // still closes the database and logs its last line before it exits 1. Driven on a test clock.
 import { EventEmitter } from 'node:events'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { sagaWorkerCommand, workerStopTimeoutMs } from '../../src/cli/saga-worker.js'
@@ -86,6 +89,48 @@ describe('breakwater saga worker: a step that never returns during the drain', (
     } finally {
       await db.close()
       file.cleanup()
+    }
+  })
+})
+
+describe('breakwater saga worker: a signal while the start hangs', () => {
+  it('bounds the wait by --drain-timeout-ms, then exits 1', async () => {
+    // The module's top level never finishes (an app that connects at import to a server that
+    // does not answer): the first signal must not leave the process waiting for it for ever.
+    const dir = mkdtempSync(join(tmpdir(), 'breakwater-worker-hang-'))
+    const file = join(dir, 'never-sagas.mjs')
+    writeFileSync(
+      file,
+      'globalThis.__breakwaterHangingModule = true\nawait new Promise(() => {})\nexport const sagas = []\n',
+    )
+    const marker = globalThis as { __breakwaterHangingModule?: boolean }
+    const clock = new ManualClock(Date.now())
+    const signals = new EventEmitter()
+    const exits: number[] = []
+    let stdout = ''
+    try {
+      const running = sagaWorkerCommand(
+        ['--module', file, '--db', `sqlite:${join(dir, 'none.db')}`, '--drain-timeout-ms', '5000'],
+        {
+          stdout: { write: (t: string) => (stdout += t) },
+          stderr: { write: () => {} },
+          env: {},
+          signals,
+          exit: (code) => exits.push(code),
+          clock,
+        },
+      )
+      await until(() => marker.__breakwaterHangingModule === true, 'the module to load')
+      signals.emit('SIGTERM', 'SIGTERM')
+      await flushJobs()
+      await clock.advance(5_000)
+      expect(await running).toBe(1)
+      expect(exits).toEqual([1])
+      expect(stdout).toContain('the saga worker did not stop in time; exiting now')
+      expect(signals.listenerCount('SIGTERM')).toBe(0)
+    } finally {
+      delete marker.__breakwaterHangingModule
+      rmSync(dir, { recursive: true, force: true })
     }
   })
 })
