@@ -159,8 +159,9 @@ export interface HttpRequestOptions {
   readonly method?: string
   /**
    * The path under the service's base URL: starts with one `/`, may carry a query string.
-   * Absolute and protocol-relative URLs, `\`, `#`, `.`/`..` segments, spaces and non-ASCII
-   * characters are refused with `InvalidOptionError`. Required.
+   * Absolute and protocol-relative URLs, `\`, `#`, `.`/`..` segments (also percent-encoded,
+   * or between encoded slashes `%2F`/`%5C`), spaces and non-ASCII characters are refused with
+   * `InvalidOptionError`. Required.
    */
   readonly path: string
   /**

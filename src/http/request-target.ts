@@ -46,7 +46,9 @@ export function parseBaseUrl(option: string, value: unknown): BaseTarget {
 // absolute URLs, spaces, control and non-ASCII characters (percent-encode them), is refused.
 const pathPattern = /^\/(?!\/)[\x21\x22\x24-\x5b\x5d-\x7e]*$/
 // `.` and `..` segments, also percent-encoded, which servers normalize away from the base path.
-const dotSegment = /(?:^|\/)(?:\.|%2e){1,2}(?:\/|$)/i
+// An encoded `/` or `\` separates segments too for a server or proxy (nginx) that decodes the
+// path before it resolves dot segments: `/x/..%2f..%2fadmin` would leave the base path there.
+const dotSegment = /(?:^|\/|%2f|%5c)(?:\.|%2e){1,2}(?:\/|%2f|%5c|$)/i
 
 /**
  * Checks a request path and returns the path without its query string (for events and

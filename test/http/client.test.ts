@@ -106,6 +106,12 @@ describe('a path cannot leave its service', () => {
     '/..',
     '/api/%2e%2e/admin',
     '/api/.%2E/admin',
+    // An encoded slash or backslash is a separator to a server (or a proxy such as nginx) that
+    // decodes before it resolves dot segments: these are /api/../admin too.
+    '/x/..%2fadmin',
+    '/x%2F..%2Fadmin',
+    '/x/..%5cadmin',
+    '/x%5C%2e%2e',
     '/./x',
     '/a#fragment',
     '/a b',
