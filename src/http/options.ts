@@ -160,7 +160,7 @@ export interface HttpRequestOptions {
   /**
    * The path under the service's base URL: starts with one `/`, may carry a query string.
    * Absolute and protocol-relative URLs, `\`, `#`, `.`/`..` segments (also percent-encoded,
-   * or between encoded slashes `%2F`/`%5C`), spaces and non-ASCII characters are refused with
+   * between encoded slashes `%2F`/`%5C`, or with path parameters `..;`), spaces and non-ASCII characters are refused with
    * `InvalidOptionError`. Required.
    */
   readonly path: string

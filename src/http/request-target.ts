@@ -48,7 +48,8 @@ const pathPattern = /^\/(?!\/)[\x21\x22\x24-\x5b\x5d-\x7e]*$/
 // `.` and `..` segments, also percent-encoded, which servers normalize away from the base path.
 // An encoded `/` or `\` separates segments too for a server or proxy (nginx) that decodes the
 // path before it resolves dot segments: `/x/..%2f..%2fadmin` would leave the base path there.
-const dotSegment = /(?:^|\/|%2f|%5c)(?:\.|%2e){1,2}(?:\/|%2f|%5c|$)/i
+// Path parameters after the dots (`..;/`) are dropped by Tomcat and Jetty before resolving.
+const dotSegment = /(?:^|\/|%2f|%5c)(?:\.|%2e){1,2}(?:;[^/]*)?(?:\/|%2f|%5c|$)/i
 
 /**
  * Checks a request path and returns the path without its query string (for events and

@@ -112,6 +112,9 @@ describe('a path cannot leave its service', () => {
     '/x%2F..%2Fadmin',
     '/x/..%5cadmin',
     '/x%5C%2e%2e',
+    // Tomcat and Jetty drop path parameters before resolving: `..;/` is `../` to them.
+    '/x/..;/admin',
+    '/x/.%2e;jsessionid=1/admin',
     '/./x',
     '/a#fragment',
     '/a b',
