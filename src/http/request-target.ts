@@ -77,11 +77,19 @@ export type QueryValue = string | number | boolean
 /** Query parameters; arrays repeat the name, undefined values are left out. */
 export type QueryParams = Readonly<Record<string, QueryValue | readonly QueryValue[] | undefined>>
 
+// A Headers, Map or URLSearchParams is an object whose Object.entries() is empty: accepted, every
+// header or parameter in it would be dropped without a word. Only plain objects are read.
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null) return false
+  const proto = Object.getPrototypeOf(value) as unknown
+  return proto === Object.prototype || proto === null
+}
+
 /** Appends `query` to `path` (which may already have a query string). */
 export function appendQuery(path: string, query: unknown): string {
   if (query === undefined) return path
-  if (typeof query !== 'object' || query === null || Array.isArray(query)) {
-    throw new InvalidOptionError('request.query', 'an object', query)
+  if (!isPlainObject(query)) {
+    throw new InvalidOptionError('request.query', 'a plain object', query)
   }
   const params = new URLSearchParams()
   for (const [name, value] of Object.entries(query as Record<string, unknown>)) {
@@ -131,8 +139,8 @@ export function addHeaders(
   headers: unknown,
 ): void {
   if (headers === undefined) return
-  if (typeof headers !== 'object' || headers === null || Array.isArray(headers)) {
-    throw new InvalidOptionError(option, 'an object of header names to values', headers)
+  if (!isPlainObject(headers)) {
+    throw new InvalidOptionError(option, 'a plain object of header names to values', headers)
   }
   for (const [rawName, value] of Object.entries(headers as Record<string, unknown>)) {
     if (value === undefined) continue

@@ -276,6 +276,10 @@ describe('request options are checked before anything is sent', () => {
     ['a key with spaces', { path: '/', idempotencyKey: 'a b' }, 'request.idempotencyKey'],
     ['a query object value', { path: '/', query: { a: { b: 1 } } }, 'request.query.a'],
     ['retry: "yes"', { path: '/', retry: 'yes' }, 'request.retry'],
+    // Object.entries() of these is empty: every header or parameter would be dropped silently.
+    ['a Headers instance', { path: '/', headers: new Headers({ 'x-a': '1' }) }, 'request.headers'],
+    ['a Map of headers', { path: '/', headers: new Map([['x-a', '1']]) }, 'request.headers'],
+    ['URLSearchParams as query', { path: '/', query: new URLSearchParams('a=1') }, 'request.query'],
     // JSON.stringify gives undefined for these: an empty body labelled JSON would be sent.
     ['a function as json', { method: 'POST', path: '/', json: () => 1 }, 'request.json'],
     ['a symbol as json', { method: 'POST', path: '/', json: Symbol('x') }, 'request.json'],
