@@ -136,6 +136,15 @@ class CallLink {
   attempting = false
   /** An attempt succeeded: the result is on its way out, nothing may abort it now. */
   answered = false
+  /** The close (not the caller) aborted the call. */
+  closed = false
+
+  /** Ends the call for the close, unless the caller's abort came first. */
+  close(): void {
+    if (this.controller.signal.aborted) return
+    this.closed = true
+    this.controller.abort(new HttpClientClosedError())
+  }
 }
 
 /** A service as built by the client. Internal: callers see {@link HttpService}. */
@@ -340,17 +349,27 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     callerSignal: AbortSignal | undefined,
   ): Promise<T> {
     const link = new CallLink()
-    const own = link.controller.signal
-    const signal = callerSignal === undefined ? own : AbortSignal.any([callerSignal, own])
+    const own = link.controller
+    // The caller's signal is forwarded by a listener removed at the end, not AbortSignal.any(),
+    // whose composite signals a long-lived caller signal keeps until a garbage collection.
+    let forward: (() => void) | undefined
+    if (callerSignal !== undefined) {
+      if (callerSignal.aborted) own.abort(callerSignal.reason)
+      else {
+        forward = () => own.abort(callerSignal.reason)
+        callerSignal.addEventListener('abort', forward)
+      }
+    }
     this.#calls.add(link)
     try {
-      return await stack.execute((ctx) => this.#linkedAttempt(link, stack, fn, ctx), signal)
+      return await stack.execute((ctx) => this.#linkedAttempt(link, stack, fn, ctx), own.signal)
     } catch (error) {
       // The policies report the abort as ABORTED (or a timeout); the caller is told why.
-      if (own.aborted && !(callerSignal?.aborted ?? false)) throw own.reason
+      if (link.closed) throw own.signal.reason
       throw error
     } finally {
       this.#calls.delete(link)
+      if (forward !== undefined) callerSignal?.removeEventListener('abort', forward)
     }
   }
 
@@ -377,7 +396,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
         stack === this.#retrying &&
         this.#shouldRetry(error, ctx.attempt)
       )
-        link.controller.abort(new HttpClientClosedError())
+        link.close()
       throw error
     } finally {
       link.attempting = false
@@ -632,8 +651,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
 
   async close(): Promise<void> {
     this.#closed = true
-    for (const link of this.#calls)
-      if (!link.attempting && !link.answered) link.controller.abort(new HttpClientClosedError())
+    for (const link of this.#calls) if (!link.attempting && !link.answered) link.close()
     this.breaker?.dispose()
     await this.dispatcher.close()
   }

@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import {
   createHttpClient,
@@ -366,6 +367,14 @@ describe('state, events and close', () => {
     expect(c.events.hasListeners).toBe(false)
     await c.request('svc', { path: '/y' })
     expect(seen).toEqual(['attempt:svc', 'response:svc'])
+  })
+
+  it("leaves no listener on a caller's long-lived signal after its calls", async () => {
+    const c = make({ retry: { baseDelayMs: 1 } })
+    const controller = new AbortController()
+    for (let i = 0; i < 5; i++) await c.request('svc', { path: '/', signal: controller.signal })
+    await c.service('svc').execute(() => 1, { signal: controller.signal })
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0)
   })
 
   it('refuses a listener that is not a function with InvalidOptionError', () => {
