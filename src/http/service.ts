@@ -173,6 +173,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   readonly #deadlineMarginMs: number
   readonly #defaultHeaders: Record<string, string | string[]>
   readonly #shouldRetry: (error: unknown, attempt: number) => boolean
+  readonly #maxAttempts: number
   readonly #calls = new Set<CallLink>()
   #closed = false
 
@@ -224,9 +225,13 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       options.retry === false
         ? undefined
         : withPrefix(prefix, () => makeBudget(options.retryBudget, clock))
-    const shouldRetry = (options.retry === false ? undefined : options.retry)?.shouldRetry
+    // What the retry policy will decide, for a call whose attempt fails after close() (see
+    // #linkedAttempt); the defaults are retry()'s. Validated by retry() below.
+    const retryOptions = options.retry === false ? undefined : options.retry
+    const shouldRetry = retryOptions?.shouldRetry
     this.#shouldRetry =
       typeof shouldRetry === 'function' ? shouldRetry : (error) => isTransientFailure(error)
+    this.#maxAttempts = retryOptions?.maxAttempts ?? 3
     this.#retry =
       options.retry === false
         ? undefined
@@ -388,12 +393,14 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       link.answered = true
       return result
     } catch (error) {
-      // Closed during the attempt: a retry would be refused, so do not sleep for it. An answer
-      // that will not be retried (a 500 resolved as a response, a 4xx) still reaches the caller.
+      // Closed during the attempt: a retry would be refused, so do not sleep for it. A failure
+      // that will not be retried (the last attempt's, a 500 resolved as a response, a 4xx)
+      // still reaches the caller.
       if (
         this.#closed &&
         this.#retry !== undefined &&
         stack === this.#retrying &&
+        ctx.attempt < this.#maxAttempts &&
         this.#shouldRetry(error, ctx.attempt)
       )
         link.close()

@@ -491,23 +491,29 @@ describe('state, events and close', () => {
     expect(clock.pendingTimers).toBe(0)
   })
 
-  it('gives a call without retry the failure of its attempt, also when the client closed meanwhile', async () => {
-    const c = make({ retry: false })
-    const svc = c.service('svc')
-    const closing: Array<Promise<void>> = []
-    const busy = Object.assign(new Error('busy'), { status: 503 })
-    const error = await svc
-      .execute(
-        () => {
-          closing.push(c.close())
-          throw busy
-        },
-        { retry: true },
-      )
-      .catch((e: unknown) => e)
-    await Promise.all(closing)
-    expect(error).toBe(busy)
-  })
+  it.each([
+    ['without retry', { retry: false }],
+    ['on its last attempt', { retry: { maxAttempts: 1 } }],
+  ] as const)(
+    'gives a call %s the failure of its attempt, also when the client closed meanwhile',
+    async (_name, options) => {
+      const c = make(options)
+      const svc = c.service('svc')
+      const closing: Array<Promise<void>> = []
+      const busy = Object.assign(new Error('busy'), { status: 503 })
+      const error = await svc
+        .execute(
+          () => {
+            closing.push(c.close())
+            throw busy
+          },
+          { retry: true },
+        )
+        .catch((e: unknown) => e)
+      await Promise.all(closing)
+      expect(error).toBe(busy)
+    },
+  )
 
   it("refuses a service's execute() after close, also for a retry of a call begun before", async () => {
     const c = make({ retry: { baseDelayMs: 1 } })
