@@ -140,12 +140,18 @@ function plainHeader(headers: Record<string, unknown>, lowerName: string): unkno
   return undefined
 }
 
+const httpDateStart = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun)(day|sday|nesday|rsday|urday)?,? /
+
 /** Parses a `Retry-After` value (seconds or HTTP-date) into milliseconds from `nowMs`. */
 export function parseRetryAfter(value: unknown, nowMs: number): number | undefined {
   if (typeof value !== 'string' || value.trim() === '') return undefined
   const trimmed = value.trim()
   // Seconds; an absurd count (a hostile or broken server) still gives a finite wait.
   if (/^\d+$/.test(trimmed)) return Math.min(Number(trimmed) * 1000, Number.MAX_SAFE_INTEGER)
+  // Otherwise only an HTTP-date, in any of its three forms (IMF-fixdate, RFC 850, asctime), all
+  // of which start with the day's name: Date.parse alone takes '-5', '1.5' or 'abc 7' for dates
+  // in the past, which would read as "retry at once" instead of as an invalid header.
+  if (!httpDateStart.test(trimmed)) return undefined
   const at = Date.parse(trimmed)
   if (Number.isNaN(at)) return undefined
   return Math.max(0, at - nowMs)
