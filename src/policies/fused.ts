@@ -49,6 +49,20 @@ export function timeoutEndOf(context: PolicyContext): number | undefined {
   return typeof end === 'function' ? end.call(context) : undefined
 }
 
+/**
+ * Key of a context's method returning how long is left of the innermost timeout it runs under,
+ * read on that timeout's own clock (Infinity for an infinite one). Internal: a retry inside a
+ * timeout gives up rather than sleep past the timeout's end, whatever clock it reads itself.
+ */
+export const timeoutLeft: unique symbol = Symbol('breakwater.timeoutLeft')
+
+/** How long is left of the innermost timeout `context` runs under, or undefined when none. */
+export function timeoutLeftOf(context: PolicyContext | undefined): number | undefined {
+  if (context === undefined) return undefined
+  const left = (context as { [timeoutLeft]?: () => number | undefined })[timeoutLeft]
+  return typeof left === 'function' ? left.call(context) : undefined
+}
+
 /** Returned by {@link FusedStep.enter}: run this policy and the rest through the chain. */
 export const slowPath: unique symbol = Symbol('breakwater.slowPath')
 
@@ -310,6 +324,12 @@ export class FusedCall implements PolicyContext, TimerNode {
     return layer < 0 ? undefined : this.startMs + plan.timeoutMs[layer]!
   }
 
+  [timeoutLeft](): number | undefined {
+    const end = this[timeoutEnd]()
+    // A plan with a timeout step reads a clock: its steps share one.
+    return end === undefined ? undefined : end - this.plan.clock!.now()
+  }
+
   get timerAtMs(): number {
     const plan = this.plan
     return plan.baseMs + this.#offsetMs + plan.timeoutMs[this.#timerLayer]!
@@ -551,6 +571,10 @@ class TimeoutScope extends CancelScope implements PolicyContext {
 
   [timeoutEnd](): number {
     return this.#call.startMs + this.#call.plan.timeoutMs[this.#layer]!
+  }
+
+  [timeoutLeft](): number {
+    return this[timeoutEnd]() - this.#call.plan.clock!.now()
   }
 
   // Its timeout fired before anybody made the scope: it aborted then, with the reason it

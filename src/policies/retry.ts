@@ -25,7 +25,7 @@ import { isTransientFailure, retryAfterMsOf } from './classify.js'
 import { currentDeadlineScope } from './deadline.js'
 import { abortFailure, DeadlineExceededError, RetryBudgetExhaustedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
+import { type FusablePolicy, type FusedStep, fusedStep, Later, timeoutLeftOf } from './fused.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -120,6 +120,12 @@ export type GiveUpReason =
   | 'budget'
   /** The caller aborted. */
   | 'aborted'
+  /**
+   * The next attempt could not start before the end of a timeout around the retry (a timeout
+   * policy outside it in a pipeline, such as the HTTP client's overall timeout): the wait would
+   * only end in that timeout's `TimeoutError`, hiding the failure.
+   */
+  | 'timeout'
 
 /** Events of a retry policy. */
 export type RetryEvent =
@@ -189,6 +195,7 @@ const giveUpAttributes: Readonly<Record<GiveUpReason, Record<string, string>>> =
   deadline: { reason: 'deadline' },
   budget: { reason: 'budget' },
   aborted: { reason: 'aborted' },
+  timeout: { reason: 'timeout' },
 }
 
 // One per call: the context of the first attempt, and what later attempts share. The scope fn
@@ -197,13 +204,20 @@ const giveUpAttributes: Readonly<Record<GiveUpReason, Record<string, string>>> =
 class RetryExecution implements PolicyContext {
   readonly attempt: number
   readonly parent: CancelParent | undefined
+  /** The context the retry runs in, which knows the end of a timeout around it, if any. */
+  readonly enclosing: PolicyContext | undefined
   #scope: CancelParent | undefined
   #linked: RetryScope | undefined
   #resolved = false
 
-  constructor(parent: CancelParent | undefined, attempt: number) {
+  constructor(
+    parent: CancelParent | undefined,
+    attempt: number,
+    enclosing: PolicyContext | undefined,
+  ) {
     this.parent = parent
     this.attempt = attempt
+    this.enclosing = enclosing
     // Under a deadline, a caller's signal must be followed from the start: an AbortSignal does
     // not say when it aborted, so a scope first asked after both it and the deadline had aborted
     // could not tell which came first (and would answer with the caller's reason, although the
@@ -300,7 +314,11 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
     },
     exitValue: () => {},
     exitError: (call, layer, _state, error) => {
-      const execution = new RetryExecution(call.scopeAt(layer), call.outer.attempt)
+      const execution = new RetryExecution(
+        call.scopeAt(layer),
+        call.outer.attempt,
+        call.contextAt(layer),
+      )
       return new Later(this.#retryAfterFirst(call.next(layer), call.fn, execution, error))
     },
     stateful: false,
@@ -333,17 +351,18 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
-    return this.#run(callDirectly, fn, signal === undefined ? undefined : parentOfSignal(signal), 1)
+    const parent = signal === undefined ? undefined : parentOfSignal(signal)
+    return this.#run(callDirectly, fn, parent, 1, undefined)
   }
 
   // Called by pipeline(): the outer context is used without reading its signal, and the
   // function sees the outer attempt number until this policy itself retries.
   [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    return this.#run(callDirectly, fn, parentOf(context), context.attempt)
+    return this.#run(callDirectly, fn, parentOf(context), context.attempt, context)
   }
 
   [executeThrough]<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    return this.#run(next, fn, parentOf(context), context.attempt)
+    return this.#run(next, fn, parentOf(context), context.attempt, context)
   }
 
   async #run<T>(
@@ -351,6 +370,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
     fn: PolicyFunction<T>,
     parent: CancelParent | undefined,
     outerAttempt: number,
+    enclosing: PolicyContext | undefined,
   ): Promise<T> {
     if (parent?.aborted) {
       // A caller's side that aborted because its deadline ran out is refused as the deadline
@@ -371,7 +391,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
     }
     this.#budget?.recordRequest()
     retryCounters().attempts.add(1)
-    const execution = new RetryExecution(parent, outerAttempt)
+    const execution = new RetryExecution(parent, outerAttempt, enclosing)
     try {
       return await next(fn, execution)
     } catch (error) {
@@ -456,6 +476,12 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       // last real failure says more than a deadline error would.
       if (deadline !== undefined && now + delayMs >= deadline.atMs) {
         this.#giveUp(attempt, 'deadline', error)
+        throw error
+      }
+      // The same for a timeout around the retry, read on that timeout's own clock.
+      const timeoutLeftMs = timeoutLeftOf(execution.enclosing)
+      if (timeoutLeftMs !== undefined && delayMs >= timeoutLeftMs) {
+        this.#giveUp(attempt, 'timeout', error)
         throw error
       }
       if (this.#budget !== undefined && !this.#budget.tryWithdraw()) {

@@ -13,7 +13,7 @@ import {
 import { currentDeadline } from './deadline.js'
 import { abortFailure, DeadlineExceededError, TimeoutError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { type FusablePolicy, type FusedStep, fusedStep, timeoutEnd } from './fused.js'
+import { type FusablePolicy, type FusedStep, fusedStep, timeoutEnd, timeoutLeft } from './fused.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -134,6 +134,10 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
     return this.atMs
   }
 
+  [timeoutLeft](): number {
+    return this.atMs - this.#policy.clock.now()
+  }
+
   /** Timer queue callback: the time is up. */
   fire(): void {
     if (this.#settled) return
@@ -246,6 +250,10 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
   readonly events = new EventSource<TimeoutEvent>()
   readonly queue: TimerQueue
   readonly #clock: Clock
+  /** The clock the timeout runs on (its calls tell a retry inside how long they have left). */
+  get clock(): Clock {
+    return this.#clock
+  }
   // In a fused pipeline a cooperative timeout is a deadline the call keeps in this policy's
   // list (see fused.ts); the exit maps fn's failure once the time has run out. A hard timeout
   // must settle the caller before fn does, which only the promise-based path can.

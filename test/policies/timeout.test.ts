@@ -445,14 +445,15 @@ describe('timeout in a pipeline', () => {
     )
     await clock.advance(2_000)
     // Attempt 1 times out at 400, backoff 100, attempt 2 from 500 to 900, backoff 200 would
-    // end at 1100, past the outer timeout's 1000: the outer timeout cuts the backoff short.
+    // end at 1100, past the outer timeout's 1000: the retry gives up at 900 with attempt 2's
+    // own failure rather than sleep into the outer timeout.
     expect(seen).toEqual([
       [1, false],
       [2, false],
     ])
-    expect(run.at).toBe(1_000)
+    expect(run.at).toBe(900)
     expect(run.error).toBeInstanceOf(TimeoutError)
-    expect((run.error as TimeoutError).timeoutMs).toBe(1_000)
+    expect((run.error as TimeoutError).timeoutMs).toBe(400)
     expect(clock.pendingTimers).toBe(0)
   })
 
