@@ -358,3 +358,24 @@ describe('deadline propagation across three real hops', () => {
     expect(run.dUnits).toHaveLength(0)
   })
 })
+
+describe('the overall timeout around the retries', () => {
+  it('ends the call with the 503 at once when its Retry-After would outlast the time left', async () => {
+    const clock = new ManualClock()
+    const server = await serve((_req, res) => {
+      res.writeHead(503, { 'retry-after': '5' }).end('busy')
+    })
+    const client = track(
+      createHttpClient({
+        clock,
+        services: { svc: { baseUrl: server.url, overallTimeoutMs: 3_000 } },
+      }),
+    )
+    // Waiting 5 s would only end in the overall timeout's TimeoutError at 3 s.
+    const error = await client.request('svc', { path: '/' }).catch((e: unknown) => e)
+    expect(server.hits).toHaveLength(1)
+    expect(error).toMatchObject({ status: 503 })
+    expect(clock.now()).toBe(0)
+    expect(clock.pendingTimers).toBe(0)
+  })
+})
