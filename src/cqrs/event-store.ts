@@ -273,6 +273,8 @@ export function expectationHolds(
   return version === expected
 }
 
+const everyType = (): boolean => true
+
 /** @internal A page of the log as a follower of some event types reads it. */
 export interface FollowerPage {
   /** The wanted events before the first that cannot be upcast, upcast. */
@@ -768,17 +770,8 @@ export class EventStoreImpl implements EventStore {
   async readAllUntilFailure(
     options: ReadAllOptions,
   ): Promise<{ events: RecordedEvent[]; failure: UpcastError | undefined }> {
-    const rows = await this.#readAllRows(options)
-    const events: RecordedEvent[] = []
-    for (const row of rows) {
-      try {
-        events.push(this.toRecorded(row))
-      } catch (error) {
-        if (!(error instanceof UpcastError)) throw error
-        return { events, failure: error }
-      }
-    }
-    return { events, failure: undefined }
+    const { events, failure } = await this.readAllOfTypes(options, everyType)
+    return { events, failure }
   }
 
   /**
