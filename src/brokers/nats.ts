@@ -526,34 +526,27 @@ class NatsPublisher implements Publisher {
         else ack.reject(failure)
       },
     })
-    void this.#watchPublishRefusals(inbox)
+    this.#watchPublishRefusals(inbox)
     return inbox
   }
 
   /**
-   * The server refuses a publish the user may not make with an -ERR of its own, and never
-   * sends an ack: the driver reports it only as a connection status. The batch's acks on that
-   * subject fail with it now, as misconfigured, instead of timing out as a retryable outage
-   * (every retry would meet the same refusal). The iterator ends when the connection closes.
+   * The server refuses a publish the user may not make, and never sends an ack: the batch's
+   * acks on that subject fail with the refusal now, as misconfigured, instead of timing out as
+   * a retryable outage (every retry would meet the same refusal).
    */
-  async #watchPublishRefusals(inbox: AckInbox): Promise<void> {
-    try {
-      for await (const status of inbox.nc.status()) {
-        const context = status.permissionContext
-        if (status.type !== 'error' || context?.operation !== 'publish') continue
-        const refusal = Object.assign(
-          new Error(`'Permissions Violation for Publish to "${context.subject}"'`),
-          { code: 'PERMISSIONS_VIOLATION' },
-        )
-        for (const [token, ack] of inbox.pending) {
-          if (ack.subject !== context.subject) continue
-          inbox.pending.delete(token)
-          ack.reject(refusal)
-        }
+  #watchPublishRefusals(inbox: AckInbox): void {
+    void onPublishRefused(inbox.nc, (subject) => {
+      const refusal = Object.assign(
+        new Error(`'Permissions Violation for Publish to "${subject}"'`),
+        { code: 'PERMISSIONS_VIOLATION' },
+      )
+      for (const [token, ack] of inbox.pending) {
+        if (ack.subject !== subject) continue
+        inbox.pending.delete(token)
+        ack.reject(refusal)
       }
-    } catch {
-      // The status stream only ends with the connection, whose close fails the pending acks.
-    }
+    })
   }
 
   async #ensureStream(nc: NatsConnection, spec: NatsStreamSpec): Promise<void> {
@@ -577,31 +570,40 @@ class NatsPublisher implements Publisher {
 }
 
 /**
- * The server refuses an ack, nak or progress report the user may not publish (`$JS.ACK.>`)
- * with an -ERR of its own, which the driver reports only as a connection status. Without this
- * the message would be redelivered after every ack wait, its handler run again and again, and
- * nothing would say why. Each refusal goes to `report`; the iterator ends with the connection.
+ * Calls `refused` with the subject of each publish the server refuses this connection (its -ERR
+ * 'Permissions Violation for Publish', which the driver reports only as a connection status,
+ * not to the publish). Ends when the connection closes.
  */
-async function watchSettleRefusals(
+async function onPublishRefused(
   nc: NatsConnection,
-  report: (error: BrokerError) => void,
+  refused: (subject: string) => void,
 ): Promise<void> {
   try {
     for await (const status of nc.status()) {
       const context = status.permissionContext
-      if (status.type !== 'error' || context?.operation !== 'publish') continue
-      if (!context.subject.startsWith('$JS.ACK.')) continue
-      report(
-        new BrokerError(
-          'BROKER_MISCONFIGURED',
-          'nats',
-          `ack refused: 'Permissions Violation for Publish to "${context.subject}"'; grant the user publish permission on $JS.ACK.> (or $JS.ACK.<stream>.>), or JetStream redelivers every message after ackWaitMs`,
-        ),
-      )
+      if (status.type === 'error' && context?.operation === 'publish') refused(context.subject)
     }
   } catch {
-    // The status stream only ends with the connection.
+    // The status stream only ends with the connection, whose close fails what is pending.
   }
+}
+
+/**
+ * An ack, nak or progress report the user may not publish (`$JS.ACK.>`) is refused by the
+ * server; without a report the message would be redelivered after every ack wait, its handler
+ * run again and again, and nothing would say why. Each refusal goes to `report`.
+ */
+function watchSettleRefusals(nc: NatsConnection, report: (error: BrokerError) => void): void {
+  void onPublishRefused(nc, (subject) => {
+    if (!subject.startsWith('$JS.ACK.')) return
+    report(
+      new BrokerError(
+        'BROKER_MISCONFIGURED',
+        'nats',
+        `ack refused: 'Permissions Violation for Publish to "${subject}"'; grant the user publish permission on $JS.ACK.> (or $JS.ACK.<stream>.>), or JetStream redelivers every message after ackWaitMs`,
+      ),
+    )
+  })
 }
 
 /** Whether a topic is a subject NATS takes: non-empty dot-separated tokens, no whitespace. */
@@ -868,9 +870,7 @@ class NatsSubscriber implements Subscriber {
       // What the previous connection owed: acks of messages handled while it was down, and
       // naks of messages it held unstarted, which the dispatcher awaits.
       for (const [subject, body] of state.owed.splice(0)) nc.publish(subject, body)
-      void watchSettleRefusals(nc, (error) =>
-        options.onError({ error, phase: 'settle', topic, group }),
-      )
+      watchSettleRefusals(nc, (error) => options.onError({ error, phase: 'settle', topic, group }))
       state.current = nc
     } catch (error) {
       await nc.close().catch(() => {})
