@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
-import { type Clock, maxTimerDelayMs, storedTime, type TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, storedTime, type TimerHandle, within } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
@@ -337,26 +337,19 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     // A worker never started may still have instances in hand (run(), poll()): it waits for
     // them too, as the TSDoc promises, rather than resolving while they still write.
     if (this.#state === 'new' || this.#state === 'running') this.#state = 'stopping'
-    // Set before any await, so that the deadline counts from the call.
-    let timer: TimerHandle | undefined
-    let gaveUp = false
-    const deadline =
-      timeoutMs === undefined
-        ? undefined
-        : new Promise<void>((resolve) => {
-            timer = this.clock.setTimeout(() => {
-              gaveUp = true
-              resolve()
-            }, timeoutMs)
-          })
     this.#wakeUp()
-    try {
-      const drained = this.#drain()
-      await (deadline === undefined ? drained : Promise.race([drained, deadline]))
-    } finally {
-      if (timer !== undefined) this.clock.clearTimeout(timer)
+    const drained = this.#drain()
+    if (timeoutMs === undefined) await drained
+    else {
+      // Timed from the call: nothing above awaits.
+      const gaveUp = new TimeoutError(timeoutMs)
+      try {
+        await within(drained, this.clock, timeoutMs, () => gaveUp)
+      } catch (error) {
+        if (error !== gaveUp) throw error
+        this.#abandonAll(new AbortedError(gaveUp))
+      }
     }
-    if (gaveUp) this.#abandonAll(timeoutMs!)
     this.#stopRenewals()
     const unlisten = this.#unlisten
     this.#unlisten = undefined
@@ -373,9 +366,9 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   // The leases are left as they are: neither renewed (renewals stop) nor released (a release
   // would let another worker start the step while this one may still be running it). A claim or
   // insert still in flight tracks its runs later; they are abandoned at once (see #track).
-  #abandonAll(timeoutMs: number): void {
-    this.#abandonedBy = new AbortedError(new TimeoutError(timeoutMs))
-    for (const run of this.#inHand.values()) run.abandon(this.#abandonedBy)
+  #abandonAll(reason: AbortedError): void {
+    this.#abandonedBy = reason
+    for (const run of this.#inHand.values()) run.abandon(reason)
   }
 
   async #pollLoop(): Promise<void> {
