@@ -116,6 +116,8 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
   readonly #handled = new Set<string>()
   readonly #handledLimit: number
   #closed = false
+  // Open pauses: while any is, deliveries are queued (and held, and counted) but none starts.
+  #pauses = 0
   #roomWaiters: Array<() => void> = []
   #idleWaiters: Array<() => void> = []
 
@@ -149,6 +151,36 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       for (const entry of state.queue) all.push(entry.delivery)
     }
     return all
+  }
+
+  /**
+   * Whether a delivery of message `id` (key `key`) is held (queued or running), awaited, or was
+   * handled lately: a copy of it arriving is not news to this dispatcher.
+   */
+  tracks(key: string, id: string): boolean {
+    if (this.#handled.has(id)) return true
+    const state = this.#keys.get(key)
+    if (state === undefined) return false
+    if (state.running?.delivery.message.id === id || state.awaited.has(id)) return true
+    return state.queue.some((entry) => entry.delivery.message.id === id)
+  }
+
+  /**
+   * Stops starting handlers until the returned function is called (once; later calls do
+   * nothing). Deliveries pushed meanwhile are queued in order as usual, count against the
+   * capacity and are listed by {@link held}; running handlers finish. An adapter pauses while
+   * it cannot yet tell whether an earlier delivery of some key is still on its way (see the NATS
+   * subscriber after a lost connection). Pauses nest: handlers start again when all are over.
+   */
+  pause(): () => void {
+    this.#pauses++
+    let resumed = false
+    return () => {
+      if (resumed) return
+      resumed = true
+      this.#pauses--
+      this.#pump()
+    }
   }
 
   /** Resolves once {@link room} is above 0, or the dispatcher is closed. */
@@ -275,7 +307,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
   }
 
   #pump(): void {
-    while (!this.#closed && this.#running < this.#options.concurrency) {
+    while (!this.#closed && this.#pauses === 0 && this.#running < this.#options.concurrency) {
       const key = this.#ready.shift()
       if (key === undefined) return
       this.#readySet.delete(key)

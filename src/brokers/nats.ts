@@ -32,6 +32,7 @@ import {
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
+import { gateLostDeliveries, type LostDeliveryGate } from './lost-delivery-gate.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
 import type {
   Broker,
@@ -86,6 +87,9 @@ export interface NatsBrokerOptions extends BrokerCommonOptions {
   /**
    * How long a delivered message may stay unacknowledged before JetStream redelivers it (a
    * crashed subscriber's messages come back after this). Extended while its handler runs.
+   * After a lost connection, a subscription whose deliveries went down with it holds its
+   * handlers up to this long (and a second) until JetStream has sent them again, so that a
+   * key's later messages do not overtake them.
    * @default 30000
    */
   readonly ackWaitMs?: number
@@ -118,6 +122,15 @@ const loadNats = lazyDriver('nats', () => import('nats'))
  * themselves: a publisher reconnects on its next `publish()` (so failures surface at once as
  * `BROKER_UNAVAILABLE` and the caller's retry policy decides), a subscription reconnects with
  * backoff.
+ *
+ * Per-key order survives a lost connection: when JetStream counts more deliveries as
+ * unacknowledged than the reconnected subscription knows of (they were in flight when the
+ * connection died, and JetStream resends them only after `ackWaitMs`), no handler starts until
+ * they are back or `ackWaitMs` and a second have passed; what arrives meanwhile is queued in
+ * order. In a group of several subscribers the others' deliveries count too, so a reconnect may
+ * pause that long. A new subscription (a restarted process) does not wait: deliveries its
+ * predecessor left unacknowledged come back after `ackWaitMs`, possibly after later messages of
+ * their key.
  *
  * @example
  * ```ts
@@ -703,6 +716,12 @@ interface NatsSubscriptionState {
   sessions: number
 }
 
+/**
+ * How long past the ack wait a reconnected subscription waits for deliveries lost in flight:
+ * JetStream resends them when their ack wait runs out, and the resend takes a moment to arrive.
+ */
+const LOST_DELIVERY_MARGIN_MS = 1_000
+
 const ACK_BODY = '+ACK'
 const NAK_BODY = '-NAK'
 
@@ -794,6 +813,7 @@ class NatsSubscriber implements Subscriber {
     const session = ++state.sessions
     let stopping = false
     let messages: ConsumerMessages
+    let gate: LostDeliveryGate | undefined
     // The driver buffers a publish on a closed connection without a word: check first.
     const owe = (raw: JsMsg, body: string): boolean => {
       if (!nc.isClosed()) return false
@@ -828,8 +848,11 @@ class NatsSubscriber implements Subscriber {
         // (redeliveries are not limited by it, so a held key's awaited message still comes).
         max_ack_pending: options.prefetch,
       }
+      // What JetStream counted as delivered to the group and unacknowledged, for the gate below.
+      let reported = { pending: 0, deliveredUpTo: 0 }
       try {
         const info = await jsm.consumers.info(spec.name, durable)
+        reported = { pending: info.num_ack_pending, deliveredUpTo: info.delivered.stream_seq }
         if (
           info.config.ack_wait !== config.ack_wait ||
           info.config.max_ack_pending !== config.max_ack_pending
@@ -844,6 +867,18 @@ class NatsSubscriber implements Subscriber {
         await jsm.consumers.add(spec.name, config)
       }
       const consumer = await nc.jetstream().consumers.get(spec.name, durable)
+      // After a lost connection, deliveries JetStream sent into it are pending but unknown
+      // here: hold every handler until they are back (see gateLostDeliveries). Not on the
+      // first session: a new subscription has no order of its own to keep yet.
+      if (session > 1) {
+        const owedAcks = state.owed.filter(([, body]) => body === ACK_BODY).length
+        gate = gateLostDeliveries(
+          dispatcher,
+          { ...reported, known: dispatcher.size + dispatcher.awaited + owedAcks },
+          options.clock,
+          options.ackWaitMs + LOST_DELIVERY_MARGIN_MS,
+        )
+      }
       // A callback, not the iterator: every message the client receives reaches the
       // dispatcher at once. Messages buffered in an iterator when the connection drops would
       // be invisible to the dispatcher, which could then not hold their keys' later ones.
@@ -858,13 +893,17 @@ class NatsSubscriber implements Subscriber {
             if (!owe(raw, NAK_BODY)) raw.nak()
             return
           }
-          dispatcher.push({
-            raw,
-            session,
-            message: toIncoming(raw),
-            order: raw.seq,
-            settle: (o) => settle(raw, o),
-          })
+          const message = toIncoming(raw)
+          const push = (): void =>
+            dispatcher.push({
+              raw,
+              session,
+              message,
+              order: raw.seq,
+              settle: (o) => settle(raw, o),
+            })
+          if (gate === undefined) push()
+          else gate.admit(message.key, message.id, raw.seq, push)
         },
       })
       // What the previous connection owed: acks of messages handled while it was down, and
@@ -873,6 +912,7 @@ class NatsSubscriber implements Subscriber {
       watchSettleRefusals(nc, (error) => options.onError({ error, phase: 'settle', topic, group }))
       state.current = nc
     } catch (error) {
+      gate?.release()
       await nc.close().catch(() => {})
       // A missing stream (createStreams off) is the broker up with nothing storing the topic
       // yet: the same BROKER_UNROUTABLE a publish to it gets, not an outage.
@@ -932,6 +972,7 @@ class NatsSubscriber implements Subscriber {
       close: () => {
         closing ??= (async () => {
           await stopReceiving()
+          gate?.release()
           if (state.current === nc) state.current = undefined
           options.clock.clearTimeout(heartbeat)
           // Deliveries of this connection that never started: JetStream redelivers them (at

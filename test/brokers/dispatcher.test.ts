@@ -150,6 +150,51 @@ describe('KeyedDispatcher', () => {
     expect(settled).toEqual(['ack', 'ack'])
   })
 
+  it('starts no handler while paused, then runs what was queued meanwhile in per-key order once every pause is over', async () => {
+    const started: string[] = []
+    const dispatcher = new KeyedDispatcher({
+      concurrency: 4,
+      capacity: 3,
+      ...bounds,
+      onError: () => {},
+      handler: async (m) => {
+        started.push(m.id)
+      },
+    })
+    const settled: Array<[string, Outcome]> = []
+    const push = (id: number, key: string, order: number): void =>
+      dispatcher.push({
+        message: message(id, key),
+        order,
+        settle: (o) => void settled.push([String(id), o]),
+      })
+    const resumeFirst = dispatcher.pause()
+    const resumeSecond = dispatcher.pause()
+    // A later delivery of key a arrives before an earlier one, as a redelivery would.
+    push(2, 'a', 2)
+    push(3, 'b', 3)
+    push(1, 'a', 1)
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(started).toEqual([])
+    expect(dispatcher.size).toBe(3)
+    expect(dispatcher.held().map((d) => d.message.id)).toEqual(['1', '2', '3'])
+    expect(dispatcher.tracks('a', '2')).toBe(true)
+    expect(dispatcher.tracks('a', '9')).toBe(false)
+    // Paused deliveries count against the capacity: the fourth is handed back.
+    push(4, 'c', 4)
+    expect(settled).toEqual([['4', 'retry']])
+    expect(dispatcher.tracks('c', '4')).toBe(true)
+    resumeFirst()
+    resumeFirst()
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(started).toEqual([])
+    resumeSecond()
+    await expect.poll(() => started.length).toBe(3)
+    await dispatcher.close()
+    expect(started).toEqual(['1', '3', '2'])
+    expect(settled.filter(([, o]) => o === 'ack').map(([id]) => id)).toEqual(['1', '3', '2'])
+  })
+
   it('reports handler and settle failures without breaking the flow', async () => {
     const errors: string[] = []
     const dispatcher = new KeyedDispatcher({

@@ -5,6 +5,7 @@ import { createNatsBroker, type SubscriberErrorEvent } from '../../src/brokers/i
 import { type BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
+import { startTcpFaultProxy } from '../support/tcp-fault-proxy.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
 import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
 import { testBroker } from './targets.js'
@@ -291,6 +292,42 @@ describe('nats specifics', () => {
     const broker = createNatsBroker({ url, maxAgeMs: 60_000 })
     closers.push(() => broker.close())
     await broker.publisher.publish(makeBatch(unique('aged'), 1, 1))
+  })
+
+  it("keeps a key in order when a delivery in flight is lost with the connection: the key's next message waits until JetStream redelivers the lost one", async () => {
+    // JetStream counts a message as delivered once it has written it to the connection. When
+    // the connection dies with it in flight, the server sends it again only after ackWaitMs,
+    // and the subscriber, which never saw it, would meanwhile run the key's next message.
+    const url = await brokerUrl('nats')
+    const server = new URL(url)
+    const proxy = await startTcpFaultProxy(server.hostname, Number(server.port))
+    const subscribing = testBroker('nats', `nats://127.0.0.1:${proxy.port}`)
+    const publishing = testBroker('nats', url)
+    const nc = await connect({ servers: server.host })
+    // The proxy last: the subscription must not be left reconnecting to a closed port.
+    closers.push(async () => {
+      await subscribing.close()
+      await publishing.close()
+      await nc.close()
+      await proxy.close()
+    })
+    const jsm = await nc.jetstreamManager()
+    const topic = unique('lost-in-flight')
+    const group = unique('g')
+    const message = (id: string) => ({ id, topic, key: 'k', payload: id, headers: {} })
+    const received = new Received()
+    await subscribing.subscriber.subscribe(topic, group, async (m) => received.record(m))
+    await publishing.publisher.publish([message('zero')])
+    await received.until(() => received.ids().includes('zero'), 'the first message')
+
+    proxy.dropServerBytes(true)
+    await publishing.publisher.publish([message('first')])
+    await expect.poll(async () => (await jsm.consumers.info(topic, group)).num_ack_pending).toBe(1)
+    proxy.dropServerBytes(false)
+    proxy.severAll()
+    await publishing.publisher.publish([message('second')])
+    await received.until(() => received.ids().includes('second'), 'the next message')
+    expect(received.ids()).toEqual(['zero', 'first', 'second'])
   })
 
   it('recreates its consumer (and stream) when they are deleted under a live subscription', async () => {
