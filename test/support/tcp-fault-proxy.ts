@@ -2,6 +2,7 @@
 // without a network namespace: bytes from the server silently dropped (a blackhole in one
 // direction), and every connection cut at once.
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net'
+import { listenOnLoopback } from './loopback.js'
 
 /** A running fault proxy in front of one TCP server. */
 export interface TcpFaultProxy {
@@ -39,17 +40,12 @@ export async function startTcpFaultProxy(host: string, port: number): Promise<Tc
     client.on('close', () => upstream.destroy())
     upstream.on('close', () => client.destroy())
   })
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => resolve())
-  })
-  const address = server.address()
-  if (address === null || typeof address === 'string') throw new Error('no TCP address')
+  const listening = await listenOnLoopback(server)
   const severAll = (): void => {
     for (const socket of sockets) socket.destroy()
   }
   return {
-    port: address.port,
+    port: listening,
     dropServerBytes: (on) => {
       dropping = on
     },

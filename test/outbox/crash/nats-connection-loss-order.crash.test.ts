@@ -8,11 +8,10 @@
 //
 // Deterministic: the connection is cut by a TCP proxy between subscriber and server (the
 // server keeps its consumer state), while the handler holds the key's first message.
-import { createConnection, createServer, type Server, type Socket } from 'node:net'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createNatsBroker } from '../../../src/brokers/index.js'
 import { brokerUrl } from '../../support/brokers.js'
-import { listenOnLoopback } from '../../support/loopback.js'
+import { startTcpFaultProxy } from '../../support/tcp-fault-proxy.js'
 
 // Real-time waits: a real server and a real connection.
 function delay(ms: number): Promise<void> {
@@ -27,34 +26,6 @@ async function until(check: () => boolean, what: string, timeoutMs = 15_000): Pr
   }
 }
 
-/** A loopback TCP proxy to `port` whose open connections can be cut. */
-async function tcpProxy(port: number): Promise<{ url: string; cut(): void; close(): void }> {
-  const sockets = new Set<Socket>()
-  const server: Server = createServer((client) => {
-    const upstream = createConnection({ host: '127.0.0.1', port })
-    for (const socket of [client, upstream]) {
-      sockets.add(socket)
-      socket.on('close', () => sockets.delete(socket))
-      socket.on('error', () => {})
-    }
-    client.pipe(upstream)
-    upstream.pipe(client)
-    client.on('close', () => upstream.destroy())
-    upstream.on('close', () => client.destroy())
-  })
-  const listening = await listenOnLoopback(server)
-  return {
-    url: `nats://127.0.0.1:${listening}`,
-    cut: () => {
-      for (const socket of sockets) socket.destroy()
-    },
-    close: () => {
-      for (const socket of sockets) socket.destroy()
-      server.close()
-    },
-  }
-}
-
 describe('NATS subscriber per-key order across a lost connection', () => {
   const cleanups: Array<() => Promise<void> | void> = []
   afterAll(async () => {
@@ -63,14 +34,14 @@ describe('NATS subscriber per-key order across a lost connection', () => {
 
   it('hands a key’s queued messages to the handler before later ones after reconnecting', async () => {
     const url = await brokerUrl('nats')
-    const proxy = await tcpProxy(Number(new URL(url).port))
+    const proxy = await startTcpFaultProxy('127.0.0.1', Number(new URL(url).port))
     cleanups.push(() => proxy.close())
     const topic = `order-loss-${Date.now()}`
     const publisher = createNatsBroker({ url })
     cleanups.push(() => publisher.close())
     let connectionLost = false
     const subscriber = createNatsBroker({
-      url: proxy.url,
+      url: `nats://127.0.0.1:${proxy.port}`,
       ackWaitMs: 1_000,
       reconnectDelayMs: 20,
       maxReconnectDelayMs: 100,
@@ -106,7 +77,7 @@ describe('NATS subscriber per-key order across a lost connection', () => {
     // k-1 is in the handler; k-2..k-5 wait behind it (same key).
     await until(() => held, 'the handler to hold k-1')
     await delay(100)
-    proxy.cut()
+    proxy.severAll()
     // The subscription saw its session end (k-2..k-5 were released, never started); k-6 is
     // published while k-1's handler still runs, then the handler finishes.
     await until(() => connectionLost, 'the subscription to notice the lost connection')
