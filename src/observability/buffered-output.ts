@@ -7,6 +7,7 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger, checkObject } from '../core/validate.js'
 import type { LogOutput } from './logger.js'
+import { writeSafely } from './safe-write.js'
 
 /** Options of {@link createBufferedOutput}. */
 export interface BufferedOutputOptions {
@@ -35,6 +36,8 @@ export interface BufferedOutput extends LogOutput {
 /**
  * Wraps `output` so that the lines written during one event-loop turn reach it in one write.
  * Lines keep their order. A crash (not a normal exit) loses the lines of the turn it happens in.
+ * A `write` of `output` that throws never reaches the caller nor the end-of-turn timer: those
+ * lines are dropped, and `output`'s first failure is reported once to `process.stderr`.
  *
  * @example
  * ```ts
@@ -77,7 +80,7 @@ class LineBuffer implements BufferedOutput {
 
   write(text: string): boolean {
     if (this.#closed) {
-      this.#output.write(text)
+      writeSafely(this.#output, text)
       return true
     }
     this.#held.push(text)
@@ -98,7 +101,8 @@ class LineBuffer implements BufferedOutput {
     const text = this.#held.length === 1 ? this.#held[0]! : this.#held.join('')
     this.#held = []
     this.#bytes = 0
-    this.#output.write(text)
+    // Flushed from a timer or the exit listener too, where a throw would crash the process.
+    writeSafely(this.#output, text)
   }
 
   close(): void {

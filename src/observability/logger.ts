@@ -2,6 +2,7 @@ import type { Clock } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkObject, checkOneOf } from '../core/validate.js'
 import { isSecretKey, normalizeKey, REDACTED, redactSecrets } from './redact.js'
+import { writeSafely } from './safe-write.js'
 
 /** The severity of a log line, lowest first. */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error'
@@ -15,7 +16,12 @@ export const logThresholds: readonly LogThreshold[] = ['debug', 'info', 'warn', 
 /** The structured fields of a log line. */
 export type LogFields = Readonly<Record<string, unknown>>
 
-/** Where a logger writes; `process.stdout` and any writable stream fit. */
+/**
+ * Where a logger writes; `process.stdout` and any writable stream fit. A `write` that throws
+ * (a closed pipe, a full disk) never reaches the code that logs: the line is dropped, and the
+ * output's first failure is reported once to `process.stderr` (later ones are dropped silently,
+ * so a broken output cannot flood it).
+ */
 export interface LogOutput {
   write(text: string): unknown
 }
@@ -176,7 +182,7 @@ class JsonLogger implements Logger {
       // sanitize() leaves nothing JSON.stringify can throw on; this is a last resort.
       text = JSON.stringify({ level, time: line.time, msg: line.msg, logError: 'unserializable' })
     }
-    this.#core.output.write(`${text}\n`)
+    writeSafely(this.#core.output, `${text}\n`)
   }
 }
 
@@ -353,7 +359,9 @@ function serializeError(
  * bearer tokens) are masked, field names and Map keys included. Errors become `{ type, message,
  * code, status, stack, cause }` (no stack for breakwater's coded errors). Circular and very
  * deep values are cut short, and a value that throws when read (a getter, `toJSON`, a revoked
- * proxy) is written as `[unserializable]`, so logging never throws.
+ * proxy) is written as `[unserializable]`, so logging never throws. Nor does an output whose
+ * `write` throws: that line is dropped, and the output's first failure is reported once to
+ * `process.stderr` (see {@link LogOutput}).
  *
  * @example
  * ```ts
