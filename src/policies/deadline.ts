@@ -176,16 +176,27 @@ export type HeadersLike =
   | { get(name: string): string | null | undefined }
   | Readonly<Record<string, string | readonly string[] | undefined>>
 
+/**
+ * The cap {@link deadlineFromHeaders} and {@link adoptDeadline} put on a caller's budget when no
+ * `maxMs` is given: five minutes. Without a cap a client could send a budget of days and have
+ * the server, and every outbound call that passes the budget on, hold work and connections that
+ * long. Five minutes is Node's own `http.Server#requestTimeout` default, and above the request
+ * timeouts of the usual load balancers and gateways, so no request those let through is cut.
+ */
+export const DEFAULT_MAX_DEADLINE_MS = 300_000
+
 /** Options of {@link deadlineFromHeaders}. */
 export interface DeadlineFromHeadersOptions {
   /**
    * The largest budget to accept from a caller, in milliseconds: a client cannot make this
-   * server hold work longer than this.
-   * @default no cap
+   * server hold work (and pass the budget on to its own downstream calls) longer than this.
+   * `Number.POSITIVE_INFINITY` turns the cap off and honours whatever the caller sent.
+   * @default {@link DEFAULT_MAX_DEADLINE_MS} (five minutes)
    */
   readonly maxMs?: number
   /**
-   * The budget to use when the request carries no (valid) deadline header.
+   * The budget to use when the request carries no (valid) deadline header. It is this server's
+   * own choice, so the default cap does not shorten it; an explicit `maxMs` below it is refused.
    * @default undefined (no deadline)
    */
   readonly defaultMs?: number
@@ -203,13 +214,15 @@ export interface AdoptDeadlineOptions extends DeadlineFromHeadersOptions {
 /**
  * Reads the caller's remaining budget from request headers: {@link DEADLINE_HEADER} first,
  * then gRPC's `grpc-timeout` (e.g. `100m`, `2S`). Returns milliseconds (0 or less means already
- * expired), capped by `maxMs`, or `defaultMs` (possibly undefined) when neither header is valid.
+ * expired), capped by `maxMs` (by default {@link DEFAULT_MAX_DEADLINE_MS}), or `defaultMs`
+ * (possibly undefined) when neither header is valid.
  *
  * @example
  * ```ts
  * import { deadlineFromHeaders } from 'breakwater'
  * deadlineFromHeaders({ 'grpc-timeout': '2S' }) // 2000
  * deadlineFromHeaders({ 'x-breakwater-deadline-ms': '90000' }, { maxMs: 30_000 }) // 30000
+ * deadlineFromHeaders({ 'x-breakwater-deadline-ms': '86400000' }) // 300000, the default cap
  * ```
  */
 export function deadlineFromHeaders(
@@ -219,17 +232,25 @@ export function deadlineFromHeaders(
   checkObject('deadlineFromHeaders.options', options)
   const maxMs =
     options.maxMs === undefined
-      ? Number.POSITIVE_INFINITY
+      ? DEFAULT_MAX_DEADLINE_MS
       : checkNumber('deadlineFromHeaders.maxMs', options.maxMs, 0)
+  // A defaultMs above an explicit maxMs is a contradiction in the server's own settings: say so
+  // rather than silently use the smaller one.
   const defaultMs =
     options.defaultMs === undefined
       ? undefined
       : checkNumber('deadlineFromHeaders.defaultMs', options.defaultMs, 0)
-  const ms =
+  if (defaultMs !== undefined && options.maxMs !== undefined && defaultMs > maxMs) {
+    throw new InvalidOptionError(
+      'deadlineFromHeaders.defaultMs',
+      `a number <= maxMs (${maxMs})`,
+      defaultMs,
+    )
+  }
+  const sent =
     parseDeadlineMs(headerOf(headers, DEADLINE_HEADER)) ??
-    parseGrpcTimeout(headerOf(headers, GRPC_TIMEOUT_HEADER)) ??
-    defaultMs
-  return ms === undefined ? undefined : Math.min(ms, maxMs)
+    parseGrpcTimeout(headerOf(headers, GRPC_TIMEOUT_HEADER))
+  return sent === undefined ? defaultMs : Math.min(sent, maxMs)
 }
 
 /**

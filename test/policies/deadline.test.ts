@@ -5,6 +5,7 @@ import {
   adoptDeadline,
   currentDeadline,
   DEADLINE_HEADER,
+  DEFAULT_MAX_DEADLINE_MS,
   deadlineFromHeaders,
   deadlineHeaderValue,
   parseGrpcTimeout,
@@ -185,11 +186,51 @@ describe('deadline headers', () => {
     expect(deadlineFromHeaders({ 'grpc-timeout': '100m' })).toBe(100)
     expect(deadlineFromHeaders({ 'grpc-timeout': '2S' })).toBe(2_000)
     expect(deadlineFromHeaders({ 'grpc-timeout': '3M' })).toBe(180_000)
-    expect(deadlineFromHeaders({ 'grpc-timeout': '1H' })).toBe(3_600_000)
+    expect(deadlineFromHeaders({ 'grpc-timeout': '4M' })).toBe(240_000)
     expect(deadlineFromHeaders({ 'grpc-timeout': '2500u' })).toBe(2.5)
     expect(deadlineFromHeaders({ 'grpc-timeout': '3000000n' })).toBe(3)
     expect(deadlineFromHeaders({ 'grpc-timeout': '2S', [DEADLINE_HEADER]: '10' })).toBe(10)
     expect(deadlineFromHeaders({ 'grpc-timeout': '2S', [DEADLINE_HEADER]: 'junk' })).toBe(2_000)
+  })
+
+  it('caps a caller budget at DEFAULT_MAX_DEADLINE_MS (five minutes) unless maxMs says otherwise', () => {
+    const threeDays = String(3 * 24 * 3_600_000)
+    expect(DEFAULT_MAX_DEADLINE_MS).toBe(300_000)
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: threeDays })).toBe(300_000)
+    expect(deadlineFromHeaders({ 'grpc-timeout': '1H' })).toBe(300_000)
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: '299999' })).toBe(299_999)
+    // An explicit maxMs replaces the default, in both directions; Infinity turns the cap off.
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: threeDays }, { maxMs: 600_000 })).toBe(600_000)
+    expect(
+      deadlineFromHeaders({ [DEADLINE_HEADER]: threeDays }, { maxMs: Number.POSITIVE_INFINITY }),
+    ).toBe(3 * 24 * 3_600_000)
+    expect(deadlineFromHeaders({ 'grpc-timeout': '1H' }, { maxMs: Number.POSITIVE_INFINITY })).toBe(
+      3_600_000,
+    )
+  })
+
+  it("never cuts the server's own defaultMs with the default cap, and refuses defaultMs above an explicit maxMs", () => {
+    expect(deadlineFromHeaders({}, { defaultMs: 600_000 })).toBe(600_000)
+    // The caller's header is still capped at the default, even when defaultMs is longer.
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: '900000' }, { defaultMs: 600_000 })).toBe(
+      300_000,
+    )
+    expect(() => deadlineFromHeaders({}, { defaultMs: 60_000, maxMs: 30_000 })).toThrow(
+      InvalidOptionError,
+    )
+    expect(() => deadlineFromHeaders({}, { defaultMs: 60_000, maxMs: 30_000 })).toThrow(
+      /^deadlineFromHeaders\.defaultMs: expected .*<= maxMs/,
+    )
+  })
+
+  it('adoptDeadline holds work for at most the default cap when a caller asks for days', async () => {
+    const clock = new ManualClock(1_000)
+    const left = await adoptDeadline(
+      { [DEADLINE_HEADER]: String(3 * 24 * 3_600_000) },
+      () => remainingMs(),
+      { clock },
+    )
+    expect(left).toBe(300_000)
   })
 
   it.each(['', '100', 'm', '123456789S', '1.5S', '-1S', '10s', '10x'])(
