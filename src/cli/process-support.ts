@@ -5,6 +5,7 @@ import {
   parseDatabaseUrl,
   type SqlDriver,
 } from '../stores/index.js'
+import { hasBadSqliteEscapes, validSqliteEscapes } from '../stores/open.js'
 import { inMemoryRefusal, isInMemoryDatabase } from './existing-database.js'
 import { addSwitch, UsageError } from './usage.js'
 
@@ -86,9 +87,12 @@ export function databaseUrl(
   } catch {
     // A postgres:// URL that does not parse (a bad port, an unencoded `[`) is told as such:
     // the list of forms would not say what is wrong with it.
+    // So is a sqlite: URL whose percent-escapes do not decode (`100%.db`).
     const wanted = /^postgres(ql)?:\/\/./i.test(value)
       ? 'a valid postgres:// URL (postgres://user:pass@host:port/db)'
-      : acceptedDatabaseUrls
+      : hasBadSqliteEscapes(value)
+        ? validSqliteEscapes
+        : acceptedDatabaseUrls
     throw new UsageError(`${source}: expected ${wanted}, got "${redactSecrets(value)}"`)
   }
   if (isInMemoryDatabase(value)) throw new UsageError(`${source}: ${inMemory}`)

@@ -35,6 +35,16 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
  * `sqlite:///abs/path.db` / `sqlite:/abs/path.db` name a file; `sqlite::memory:` an in-memory
  * database; `postgres://` and `postgresql://` a PostgreSQL server. Anything else throws
  * `InvalidOptionError` naming the URL with its password hidden.
+ *
+ * The file part of a `sqlite:` URL is percent-decoded, as in any URL (and as pg decodes the
+ * parts of a `postgres://` one): `sqlite:./my%20db.sqlite` names `./my db.sqlite`, `%3F` a `?`,
+ * `%25` a `%`; `%XX` escapes are read as UTF-8. So a `%` that does not start a valid escape
+ * (`%zz`, `100%.db`, a lone `%C3`), or an escape that decodes to NUL (which would cut the path
+ * short where the C library reads it), is refused with `InvalidOptionError` rather than taken
+ * as a literal name. A raw `?` is refused as before (a SQLite URL takes no query: encode it as
+ * `%3F`); `+` and `#` are taken as they are (`+` is no space outside form data, and a URL to a
+ * file has no use for a fragment). `sqlite:%3Amemory%3A` decodes to `:memory:` and so is the
+ * in-memory database, like `sqlite::memory:`.
  */
 export function parseDatabaseUrl(url: string): DatabaseTarget {
   if (typeof url !== 'string') throw new InvalidOptionError('url', expected, url)
@@ -48,9 +58,40 @@ export function parseDatabaseUrl(url: string): DatabaseTarget {
     let filename = url.slice('sqlite:'.length)
     // sqlite:///abs/path -> /abs/path, sqlite://rel.db -> rel.db
     if (filename.startsWith('//')) filename = filename.slice(2)
-    if (filename !== '' && !filename.includes('?')) return { dialect: 'sqlite', filename }
+    if (filename !== '' && !filename.includes('?'))
+      return { dialect: 'sqlite', filename: decodeSqlitePath(filename, url) }
   }
   throw new InvalidOptionError('url', expected, redactUrl(url))
+}
+
+/**
+ * What a `sqlite:` URL refused for its percent-escapes was expected to be (the CLI words its own
+ * message with it).
+ */
+export const validSqliteEscapes =
+  'a sqlite: URL whose percent-escapes are valid UTF-8 and not %00 (write a % in a file name as %25)'
+
+/** Whether `url` is a `sqlite:` URL whose percent-escapes do not decode (see {@link parseDatabaseUrl}). */
+export function hasBadSqliteEscapes(url: string): boolean {
+  try {
+    parseDatabaseUrl(url)
+    return false
+  } catch (error) {
+    return error instanceof InvalidOptionError && error.message.includes(validSqliteEscapes)
+  }
+}
+
+/** The file part of a `sqlite:` URL, percent-decoded (see {@link parseDatabaseUrl}). */
+function decodeSqlitePath(encoded: string, url: string): string {
+  let decoded: string | undefined
+  try {
+    decoded = decodeURIComponent(encoded)
+  } catch {
+    // URIError: a `%` without two hex digits after it, or escapes that are not UTF-8.
+  }
+  if (decoded === undefined || decoded.includes('\0'))
+    throw new InvalidOptionError('url', validSqliteEscapes, redactUrl(url))
+  return decoded
 }
 
 /**

@@ -149,6 +149,8 @@ describe('a malformed --db', () => {
       ['sqlite:', 'sqlite:<file> or postgres://'],
       // A postgres:// URL that does not parse is told as such.
       ['postgres://app:hunter2-pw@[db/app', 'a valid postgres:// URL'],
+      // So is a sqlite: URL with a bad percent-escape: the list of forms would not say why.
+      ['sqlite:./100%.db', 'a sqlite: URL whose percent-escapes are valid'],
     ]) {
       const result = await runCaptured(command.entry, [...command.args, '--db', bad!])
       expect(result.code).toBe(2)
@@ -165,11 +167,39 @@ describe('a malformed --db', () => {
       const command = pick(commands({}), label)
       const { name } = command
       // `sqlite://:memory:` names the same in-memory database (the `//` is dropped).
-      for (const memory of ['sqlite::memory:', 'SQLITE::memory:', 'sqlite://:memory:']) {
+      for (const memory of [
+        'sqlite::memory:',
+        'SQLITE::memory:',
+        'sqlite://:memory:',
+        'sqlite:%3Amemory%3A',
+      ]) {
         const result = await runCaptured(command.entry, [...command.args, '--db', memory])
         expect(result.code).toBe(2)
         expect(result.stderr).toContain(`breakwater ${name}: --db: an in-memory`)
       }
     },
   )
+})
+
+describe('a percent-encoded sqlite: file name', () => {
+  it.each(labels(oneOff({})))('%s opens the decoded file', async (label) => {
+    const spaced = createTestSqlite('env spaced')
+    try {
+      const named = join(spaced.filename, '..', 'my db.sqlite')
+      const db = await openDatabase(`sqlite:${named}`)
+      try {
+        await migrateOutbox(db)
+        await migrateSagas(db)
+      } finally {
+        await db.close()
+      }
+      const command = pick(oneOff({}), label)
+      const url = `sqlite:${named.replaceAll(' ', '%20')}`
+      const result = await runCaptured(command.entry, [...command.args, '--db', url])
+      expect(result.stderr).toBe('')
+      expect(result.code).toBe(0)
+    } finally {
+      spaced.cleanup()
+    }
+  })
 })

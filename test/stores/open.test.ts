@@ -34,6 +34,43 @@ describe('parseDatabaseUrl', () => {
     expect(parseDatabaseUrl(url)).toEqual(expected)
   })
 
+  // A URL is percent-encoded: `%XX` in the file part stands for that byte (UTF-8), as in any
+  // other URL, so a path with a space, `?` or `%` can be written at all.
+  it.each([
+    ['sqlite:./my%20db.sqlite', './my db.sqlite'],
+    ['sqlite:///srv/data%20files/app.db', '/srv/data files/app.db'],
+    ['sqlite:./what%3F.db', './what?.db'],
+    ['sqlite:./100%25.db', './100%.db'],
+    ['sqlite:./caf%C3%A9.db', './café.db'],
+    ['sqlite:./café.db', './café.db'],
+    ['sqlite:./a+b.db', './a+b.db'],
+    ['sqlite:%3Amemory%3A', ':memory:'],
+  ])('decodes %s', (url, filename) => {
+    expect(parseDatabaseUrl(url)).toEqual({ dialect: 'sqlite', filename })
+  })
+
+  it.each([
+    'sqlite:./100%.db',
+    'sqlite:./bad%zz.db',
+    'sqlite:./cut%2',
+    'sqlite:./nul%00.db',
+    'sqlite:./half%C3.db',
+  ])('rejects %j, a malformed or NUL percent-escape, naming the URL', (url) => {
+    let error: unknown
+    try {
+      parseDatabaseUrl(url)
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    const invalid = error as InvalidOptionError
+    expect(invalid.code).toBe('INVALID_OPTION')
+    expect(invalid.option).toBe('url')
+    expect(invalid.value).toBe(url)
+    expect(invalid.message).toContain(JSON.stringify(url))
+    expect(invalid.message).toMatch(/percent/)
+  })
+
   it.each([
     ['mysql://root:s3cret@db/app', 'mysql://root:***@db/app'],
     ['sqlite:', 'sqlite:'],
