@@ -10,6 +10,7 @@ import type {
   NatsError,
 } from 'nats'
 import { within } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkObject } from '../core/validate.js'
 import {
@@ -503,8 +504,20 @@ class NatsPublisher implements Publisher {
       // publish() awaits the driver's import before it gets here: a close() in that gap found
       // no connection to close, so one opened now would stay open for good.
       if (this.#closed) return Promise.reject(closedError('nats', 'publisher'))
-      connection = this.#open()
+      // Opened in breakwater's own context, not the first publisher's: the connection outlives
+      // that call, and its socket, pings, reconnects and watchers would otherwise run in (and
+      // keep alive) that caller's request store or deadline for every later publish.
+      connection = detached(() => this.#open())
       this.#connection = connection
+      this.#forgetWhenClosed(connection)
+    }
+    return connection
+  }
+
+  #forgetWhenClosed(connection: Promise<AckInbox>): void {
+    // Registered detached too: these callbacks run when the connection ends, long after the
+    // first publish's caller is gone.
+    detached(() =>
       connection.then(
         (inbox) => {
           // Forget a connection once it is gone: the next publish opens a new one. Acks still
@@ -519,9 +532,8 @@ class NatsPublisher implements Publisher {
         () => {
           if (this.#connection === connection) this.#connection = undefined
         },
-      )
-    }
-    return connection
+      ),
+    )
   }
 
   async #open(): Promise<AckInbox> {

@@ -2,6 +2,7 @@
 import { setMaxListeners } from 'node:events'
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib'
 import { sleep, within } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkOneOf } from '../core/validate.js'
 import {
@@ -525,52 +526,59 @@ class RabbitPublisher implements Publisher {
   #connect(): Promise<PublishChannel> {
     let connection = this.#connection
     if (connection !== undefined) return connection
-    const options = this.#options
-    connection = (async (): Promise<PublishChannel> => {
-      const model = await connectRabbit(options)
-      try {
-        const channel = await answered(
-          options,
-          model,
-          'opening a channel',
-          model.createConfirmChannel(),
-        )
-        const opened: { failure: unknown } = { failure: undefined }
-        // Emitted before 'close' fails the unconfirmed messages.
-        channel.on('error', (error: unknown) => {
-          opened.failure = error
-        })
-        const watches = new Set<ReturnWatch>()
-        channel.on('return', (message: ConsumeMessage) => {
-          const id = message.properties.messageId
-          if (typeof id !== 'string') return
-          for (const watch of watches) if (watch.ids.has(id)) watch.returned.add(id)
-        })
-        await declare(
-          options,
-          model,
-          'exchange',
-          options.exchange,
-          exchangeSettings(options),
-          channel.assertExchange(options.exchange, options.exchangeType, { durable: true }),
-        )
-        return Object.assign(opened, { model, channel, watches })
-      } catch (error) {
-        await closeConnection(options, model)
-        throw rabbitError(error, 'cannot open a confirm channel')
-      }
-    })()
+    // Opened in breakwater's own context, not the first publisher's: the connection outlives
+    // that call, and its socket, pings, reconnects and watchers would otherwise run in (and
+    // keep alive) that caller's request store or deadline for every later publish.
+    connection = detached(() => this.#open())
     this.#connection = connection
-    connection.then(
-      ({ model, channel }) => {
-        // Forget a connection once it is gone: the next publish opens a new one.
-        const lost = (): void => this.#forget(connection, false)
-        model.once('close', lost)
-        channel.once('close', lost)
-      },
-      () => this.#forget(connection, false),
+    detached(() =>
+      connection.then(
+        ({ model, channel }) => {
+          // Forget a connection once it is gone: the next publish opens a new one.
+          const lost = (): void => this.#forget(connection, false)
+          model.once('close', lost)
+          channel.once('close', lost)
+        },
+        () => this.#forget(connection, false),
+      ),
     )
     return connection
+  }
+
+  async #open(): Promise<PublishChannel> {
+    const options = this.#options
+    const model = await connectRabbit(options)
+    try {
+      const channel = await answered(
+        options,
+        model,
+        'opening a channel',
+        model.createConfirmChannel(),
+      )
+      const opened: { failure: unknown } = { failure: undefined }
+      // Emitted before 'close' fails the unconfirmed messages.
+      channel.on('error', (error: unknown) => {
+        opened.failure = error
+      })
+      const watches = new Set<ReturnWatch>()
+      channel.on('return', (message: ConsumeMessage) => {
+        const id = message.properties.messageId
+        if (typeof id !== 'string') return
+        for (const watch of watches) if (watch.ids.has(id)) watch.returned.add(id)
+      })
+      await declare(
+        options,
+        model,
+        'exchange',
+        options.exchange,
+        exchangeSettings(options),
+        channel.assertExchange(options.exchange, options.exchangeType, { durable: true }),
+      )
+      return Object.assign(opened, { model, channel, watches })
+    } catch (error) {
+      await closeConnection(options, model)
+      throw rabbitError(error, 'cannot open a confirm channel')
+    }
   }
 
   #forget(connection: Promise<PublishChannel>, closeIt: boolean): void {

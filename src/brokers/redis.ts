@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Redis } from 'ioredis'
 import { maxTimerDelayMs, sleep, within } from '../core/clock.js'
+import { detached } from '../core/detached.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkInteger } from '../core/validate.js'
 import {
@@ -432,11 +433,16 @@ class RedisPublisher implements Publisher {
   #connect(): Promise<Redis> {
     let client = this.#client
     if (client !== undefined) return client
-    client = connectRedis(this.#options, 'publisher')
+    // Opened in breakwater's own context, not the first publisher's: the connection outlives
+    // that call, and its socket, pings, reconnects and watchers would otherwise run in (and
+    // keep alive) that caller's request store or deadline for every later publish.
+    client = detached(() => connectRedis(this.#options, 'publisher'))
     this.#client = client
-    client.then(
-      (open) => void whenEnded(open).then(() => this.#forget(client, false)),
-      () => this.#forget(client, false),
+    detached(() =>
+      client.then(
+        (open) => void whenEnded(open).then(() => this.#forget(client, false)),
+        () => this.#forget(client, false),
+      ),
     )
     return client
   }
