@@ -833,6 +833,8 @@ export class InstanceRun {
         now,
         finishedAt: options.finished === true ? now : null,
         events: this.#events,
+        // Measured again when the write goes out: see TransitionWrite.lease.
+        ...(leaseEnd === null ? {} : { lease: { clock: host.clock, ms: host.leaseMs } }),
       },
       work,
     )
@@ -841,7 +843,7 @@ export class InstanceRun {
       this.markLost('write-refused')
       return false
     }
-    if (leaseEnd !== null) this.leaseExpiresAt = leaseEnd
+    if (result.leaseExpiresAt !== null) this.leaseExpiresAt = result.leaseExpiresAt
     this.#cancelRequested = result.cancelRequested
     return true
   }

@@ -1,3 +1,4 @@
+import { type Clock, storedTime } from '../core/clock.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import type { SagaRow } from './state.js'
@@ -34,23 +35,25 @@ export interface TransitionWrite {
   readonly now: number
   readonly finishedAt: number | null
   readonly events: readonly TimelineRecord[]
+  /**
+   * A held lease (not a release) measured from when the write goes out rather than from when
+   * it was built: `leaseExpiresAt` is recomputed on `clock` once the write's transaction has
+   * begun (after waiting for the SQLite writer or a batch in flight), and again after the
+   * transaction's commit work ran. Built before, a wait or slow `atCommit` work was taken off
+   * the lease the next step starts on.
+   */
+  readonly lease?: { readonly clock: Clock; readonly ms: number }
 }
 
-/** Work run inside the transition's transaction after the fenced write succeeded. */
-export type CommitWork = (tx: SqlTransaction) => Promise<void>
+/** The write with its lease end measured from now (see {@link TransitionWrite.lease}). */
+function stamped(write: TransitionWrite): TransitionWrite {
+  if (write.lease === undefined || write.leaseExpiresAt === null) return write
+  const leaseExpiresAt = storedTime(write.lease.clock) + write.lease.ms
+  return leaseExpiresAt > write.leaseExpiresAt ? { ...write, leaseExpiresAt } : write
+}
 
-/**
- * Writes a transition. Resolves to whether a cancel was requested, or `undefined` when the
- * token no longer holds (the lease was taken over): then nothing was written and `work` did
- * not run.
- */
-export async function writeTransition(
-  db: SqlDriver,
-  write: TransitionWrite,
-  work: readonly CommitWork[],
-): Promise<{ cancelRequested: boolean } | undefined> {
-  const statements = sagaStatements[db.dialect]
-  const params: unknown[] = [
+function transitionParams(write: TransitionWrite): unknown[] {
+  return [
     write.id,
     write.token,
     write.status,
@@ -65,39 +68,68 @@ export async function writeTransition(
     write.now,
     write.finishedAt,
   ]
-  const outcome = (rows: { cancel_requested: number | boolean }[]) =>
-    rows.length === 0 ? undefined : { cancelRequested: Boolean(Number(rows[0]!.cancel_requested)) }
+}
 
-  if (db.dialect === 'postgres') {
-    params.push(JSON.stringify(write.events))
-    if (work.length === 0) {
-      // A single statement commits on its own: one round trip per transition.
-      return outcome(await db.query(statements.transition, params))
-    }
-    return db.transaction(async (tx) => {
-      const result = outcome(await tx.query(statements.transition, params))
-      if (result !== undefined) for (const w of work) await w(tx)
-      return result
-    })
-  }
-  if (write.events.length === 0 && work.length === 0) {
-    return outcome(await db.query(statements.transition, params))
+/** Work run inside the transition's transaction after the fenced write succeeded. */
+export type CommitWork = (tx: SqlTransaction) => Promise<void>
+
+/**
+ * Writes a transition. Resolves to whether a cancel was requested and the lease end written, or
+ * `undefined` when the token no longer holds (the lease was taken over): then nothing was
+ * written and `work` did not run.
+ */
+export async function writeTransition(
+  db: SqlDriver,
+  built: TransitionWrite,
+  work: readonly CommitWork[],
+): Promise<BatchOutcome> {
+  const statements = sagaStatements[db.dialect]
+  const outcome = (
+    write: TransitionWrite,
+    rows: { cancel_requested: number | boolean }[],
+  ): BatchOutcome =>
+    rows.length === 0
+      ? undefined
+      : {
+          cancelRequested: Boolean(Number(rows[0]!.cancel_requested)),
+          leaseExpiresAt: write.leaseExpiresAt,
+        }
+  const params = (write: TransitionWrite): unknown[] =>
+    db.dialect === 'postgres'
+      ? [...transitionParams(write), JSON.stringify(write.events)]
+      : transitionParams(write)
+
+  if (work.length === 0 && (db.dialect === 'postgres' || built.events.length === 0)) {
+    // A single statement commits on its own: one round trip per transition.
+    const write = stamped(built)
+    return outcome(write, await db.query(statements.transition, params(write)))
   }
   return db.transaction(async (tx) => {
-    const result = outcome(await tx.query(statements.transition, params))
+    // Measured once the transaction has begun: the wait for it is not the lease's.
+    const write = stamped(built)
+    const result = outcome(write, await tx.query(statements.transition, params(write)))
     if (result === undefined) return undefined
-    for (const e of write.events) {
-      await tx.execute(statements.insertEvent, [
-        write.id,
-        e.at,
-        e.kind,
-        e.step,
-        e.attempt,
-        e.worker,
-        e.detail,
-      ])
+    if (db.dialect === 'sqlite') {
+      for (const e of write.events) {
+        await tx.execute(statements.insertEvent, [
+          write.id,
+          e.at,
+          e.kind,
+          e.step,
+          e.attempt,
+          e.worker,
+          e.detail,
+        ])
+      }
     }
     for (const w of work) await w(tx)
+    // The work took time (a slow statement, a lock wait): the lease runs from its end. Same
+    // row, same transaction, already locked: fenced by the token like the transition.
+    const after = stamped(write)
+    if (after !== write) {
+      await tx.execute(statements.renewOne, [write.id, write.token, after.leaseExpiresAt])
+      return { ...result, leaseExpiresAt: after.leaseExpiresAt }
+    }
     return result
   })
 }
@@ -218,8 +250,13 @@ export async function insertInstance(
   return rows.length > 0
 }
 
-/** The outcome of one write of a batch. */
-export type BatchOutcome = { cancelRequested: boolean } | undefined
+/**
+ * The outcome of one fenced write: whether a cancel was requested and the lease end written
+ * (null for a release), or `undefined` when the token no longer held.
+ */
+export type BatchOutcome =
+  | { readonly cancelRequested: boolean; readonly leaseExpiresAt: number | null }
+  | undefined
 
 /**
  * Writes many inserts and fenced transitions at once (group commit): on PostgreSQL one
@@ -230,7 +267,7 @@ export type BatchOutcome = { cancelRequested: boolean } | undefined
 export async function writeBatch(
   db: SqlDriver,
   inserts: readonly NewInstance[],
-  writes: readonly TransitionWrite[],
+  built: readonly TransitionWrite[],
 ): Promise<{ inserted: boolean[]; written: BatchOutcome[] }> {
   const statements = sagaStatements[db.dialect]
   if (db.dialect === 'postgres') {
@@ -258,7 +295,9 @@ export async function writeBatch(
       inserted = inserts.map((i) => ids.has(i.id))
     }
     let written: BatchOutcome[] = []
-    if (writes.length > 0) {
+    if (built.length > 0) {
+      // Measured when the batch goes out, not when each write joined the queue.
+      const writes = built.map(stamped)
       let n = 0
       const rows = await db.query<{ id: string; lease_token: number; cancel_requested: number }>(
         statements.transitionBatch,
@@ -290,7 +329,9 @@ export async function writeBatch(
       )
       written = writes.map((w) => {
         const cancelRequested = byKey.get(key(w.id, w.token))
-        return cancelRequested === undefined ? undefined : { cancelRequested }
+        return cancelRequested === undefined
+          ? undefined
+          : { cancelRequested, leaseExpiresAt: w.leaseExpiresAt }
       })
     }
     return { inserted, written }
@@ -299,22 +340,12 @@ export async function writeBatch(
     const inserted: boolean[] = []
     for (const i of inserts) inserted.push(await insertInstance(tx, i, false))
     const written: BatchOutcome[] = []
-    for (const w of writes) {
-      const rows = await tx.query<{ cancel_requested: number }>(statements.transition, [
-        w.id,
-        w.token,
-        w.status,
-        w.context,
-        w.steps,
-        w.stepIndex,
-        w.attempt,
-        w.nextRunAt,
-        w.leaseOwner,
-        w.leaseExpiresAt,
-        w.reason,
-        w.now,
-        w.finishedAt,
-      ])
+    // Measured once the transaction has begun: the wait for the writer is not the leases'.
+    for (const w of built.map(stamped)) {
+      const rows = await tx.query<{ cancel_requested: number }>(
+        statements.transition,
+        transitionParams(w),
+      )
       if (rows.length === 0) {
         written.push(undefined)
         continue
@@ -330,7 +361,10 @@ export async function writeBatch(
           e.detail,
         ])
       }
-      written.push({ cancelRequested: Boolean(Number(rows[0]!.cancel_requested)) })
+      written.push({
+        cancelRequested: Boolean(Number(rows[0]!.cancel_requested)),
+        leaseExpiresAt: w.leaseExpiresAt,
+      })
     }
     return { inserted, written }
   })
