@@ -6,8 +6,7 @@
 import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import type { SqlDriver } from '../stores/index.js'
-import { openExistingDatabase } from './existing-database.js'
-import { migrateCommandFor } from './process-support.js'
+import { migrateCommandFor, openExistingDatabase } from './existing-database.js'
 import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /** Where a command writes (process.stdout / process.stderr by default). */
@@ -87,7 +86,9 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
   const url = redactSecrets(parsed.url)
   let db: SqlDriver
   try {
-    db = await (deps.openDatabase ?? openExistingDatabase)(parsed.url)
+    db = await (deps.openDatabase === undefined
+      ? openExistingDatabase(parsed.url, env)
+      : deps.openDatabase(parsed.url))
   } catch (error) {
     if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
       err.write(`${prefix} --db: ${redactSecrets(error.message)}\n`)

@@ -30,20 +30,41 @@ export function isInMemoryDatabase(url: string): boolean {
 }
 
 /**
+ * The command a hint gives to migrate the database at `url`: `breakwater migrate` alone when
+ * `url` is `BREAKWATER_DB_URL`'s (migrate reads it too; the URL with its password hidden would
+ * be a command that does not work, and putting the password back in argv is what the variable
+ * avoids), else `breakwater migrate --db <url>` with its password hidden.
+ */
+export function migrateCommandFor(
+  url: string,
+  env: Readonly<Record<string, string | undefined>>,
+): string {
+  return url === env.BREAKWATER_DB_URL
+    ? '`breakwater migrate`'
+    : `\`breakwater migrate --db ${redactSecrets(url)}\``
+}
+
+/**
  * Opens the database at `url` for a command that needs breakwater's tables. Throws, naming the
  * file and what to do, when a SQLite file is missing, is not a SQLite database, or has no
  * breakwater migrations; `sqlite::memory:` is refused with INVALID_OPTION, a bad argument (it
- * would be empty, and gone when the command ends). PostgreSQL URLs open as they are (nothing is created by connecting).
+ * would be empty, and gone when the command ends). PostgreSQL URLs open as they are (nothing is
+ * created by connecting). `env` is where the hint to migrate looks for `BREAKWATER_DB_URL` (see
+ * {@link migrateCommandFor}).
  *
  * @example
  * ```ts
  * const db = await openExistingDatabase('sqlite:./.breakwater/app.db')
  * ```
  */
-export async function openExistingDatabase(url: string): Promise<SqlDriver> {
+export async function openExistingDatabase(
+  url: string,
+  env: Readonly<Record<string, string | undefined>> = {},
+): Promise<SqlDriver> {
   const target = parseDatabaseUrl(url)
   if (isInMemoryDatabase(url)) throw new BreakwaterError('INVALID_OPTION', inMemoryRefusal)
-  if (target.dialect === 'sqlite') await checkBreakwaterFile(target.filename, url)
+  if (target.dialect === 'sqlite')
+    await checkBreakwaterFile(target.filename, `run ${migrateCommandFor(url, env)} first`)
   return openAnsweringDatabase(url)
 }
 
@@ -66,8 +87,8 @@ export async function openAnsweringDatabase(url: string): Promise<SqlDriver> {
   return db
 }
 
-async function checkBreakwaterFile(filename: string, url: string): Promise<void> {
-  const migrate = `run \`breakwater migrate --db ${redactSecrets(url)}\` first`
+/** Checks, read-only, that `filename` is a breakwater database; `migrate` is the hint to give. */
+async function checkBreakwaterFile(filename: string, migrate: string): Promise<void> {
   if (!existsSync(filename)) throw new Error(`no such database file (${migrate}, which creates it)`)
   if (!statSync(filename).isFile()) throw new Error('not a file (a folder?)')
   const Database = await loadBetterSqlite<ReadOnlyDatabase>()

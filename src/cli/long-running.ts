@@ -75,15 +75,17 @@ export class ServiceResources {
 
 /**
  * Opens the database at `url` for a service (closed with its other resources); a SQLite file
- * must already exist and be migrated (see existing-database.ts).
+ * must already exist and be migrated (see existing-database.ts). `env` holds the
+ * `BREAKWATER_DB_URL` the hint to migrate may name.
  */
 export async function openServiceDatabase(
   resources: ServiceResources,
   url: string,
+  env: Readonly<Record<string, string | undefined>> = {},
 ): Promise<SqlDriver> {
   let db: SqlDriver
   try {
-    db = await openExistingDatabase(url)
+    db = await openExistingDatabase(url, env)
   } catch (error) {
     throw new StartupError(`cannot open ${redactSecrets(url)}: ${messageOf(error)}`)
   }
@@ -121,7 +123,7 @@ export async function openMigratedDatabase(
   migrations: readonly Migration[],
   env: Readonly<Record<string, string | undefined>> = {},
 ): Promise<SqlDriver> {
-  const db = await openServiceDatabase(resources, url)
+  const db = await openServiceDatabase(resources, url, env)
   await requireMigrations(db, url, capability, migrations, env)
   return db
 }

@@ -6,7 +6,7 @@ import {
   type SqlDriver,
 } from '../stores/index.js'
 import { hasBadSqliteEscapes, validSqliteEscapes } from '../stores/open.js'
-import { inMemoryRefusal, isInMemoryDatabase } from './existing-database.js'
+import { inMemoryRefusal, isInMemoryDatabase, migrateCommandFor } from './existing-database.js'
 import { addSwitch, UsageError } from './usage.js'
 
 // What the long-running commands (`breakwater relay`, `breakwater saga worker`) share: parsing
@@ -97,21 +97,6 @@ export function databaseUrl(
   }
   if (isInMemoryDatabase(value)) throw new UsageError(`${source}: ${inMemory}`)
   return value
-}
-
-/**
- * The command a hint gives to migrate the database at `url`: `breakwater migrate` alone when
- * `url` is `BREAKWATER_DB_URL`'s (migrate reads it too; the URL with its password hidden would
- * be a command that does not work, and putting the password back in argv is what the variable
- * avoids), else `breakwater migrate --db <url>` with its password hidden.
- */
-export function migrateCommandFor(
-  url: string,
-  env: Readonly<Record<string, string | undefined>>,
-): string {
-  return url === env.BREAKWATER_DB_URL
-    ? '`breakwater migrate`'
-    : `\`breakwater migrate --db ${redactSecrets(url)}\``
 }
 
 /**
