@@ -58,6 +58,12 @@ export interface StartNatsOptions extends StartBrokerOptions {
    * The port, address, JetStream store and server name flags take precedence over it.
    */
   readonly config?: string
+  /**
+   * Start the server with JetStream (`-js`). `false` starts core NATS only, as a server
+   * misconfigured without JetStream would run.
+   * @default true
+   */
+  readonly jetstream?: boolean
 }
 
 export declare function startNats(options?: StartNatsOptions): Promise<StartedBroker>

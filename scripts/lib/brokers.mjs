@@ -398,16 +398,23 @@ function readyOrKill(child, ready, what, logFile, timeoutMs) {
  * `options.config` (NATS configuration text, such as an `authorization` block with users,
  * passwords and permissions) is written to nats.conf in that folder and passed with `-c`; the
  * command-line flags (port, address, JetStream store, name) take precedence over it.
+ * `options.jetstream: false` starts it without `-js` (core NATS only, as a misconfigured
+ * server would run), to test how a client meets a server without JetStream.
  */
 export async function startNats(options = {}) {
   if (options.config !== undefined && typeof options.config !== 'string') {
     throw new ServiceError('startNats: options.config must be NATS configuration text')
   }
+  const jetstream = options.jetstream ?? true
+  if (typeof jetstream !== 'boolean') {
+    throw new ServiceError('startNats: options.jetstream must be a boolean')
+  }
   const bin = ensureBinary('nats-server', 'nats-server', options)
   const root = tempRoot('nats', options)
   const port = await freePort()
   const logFile = join(root, 'server.log')
-  const args = ['-js', '-a', LOOPBACK, '-p', String(port), '-sd', join(root, 'jetstream')]
+  const args = jetstream ? ['-js', '-sd', join(root, 'jetstream')] : []
+  args.push('-a', LOOPBACK, '-p', String(port))
   args.push('-n', `breakwater-${port}`)
   if (options.config !== undefined) {
     const configFile = join(root, 'nats.conf')
@@ -415,12 +422,12 @@ export async function startNats(options = {}) {
     args.push('-c', configFile)
   }
   // The server enables JetStream before it accepts clients, so an INFO line announcing
-  // JetStream means ready.
+  // JetStream means ready (without JetStream, any INFO line does).
   const ready = () =>
     probe(port, undefined, (data) => {
       const text = data.toString('latin1')
       if (!text.includes('\r\n')) return undefined
-      return text.startsWith('INFO ') && text.includes('"jetstream":true')
+      return text.startsWith('INFO ') && (!jetstream || text.includes('"jetstream":true'))
     })
   const spawnServer = () => {
     const child = launch(bin, args, { env: process.env, cwd: root, logFile })

@@ -310,6 +310,27 @@ function natsError(error: unknown, context: string): BrokerError {
   return new BrokerError('BROKER_UNAVAILABLE', 'nats', message, { cause: error })
 }
 
+/**
+ * The connection's JetStream API. The driver asks the server for the account's JetStream
+ * info first; a server without JetStream (started without `-js` or a `jetstream` block, or an
+ * account without it) has no responder there, and its 503 "no responders" would read as an
+ * unroutable topic, which a relay retries for good. No retry enables JetStream: it is refused
+ * as BROKER_MISCONFIGURED, saying so.
+ */
+async function jetStreamManager(nc: NatsConnection): Promise<JetStreamManager> {
+  try {
+    return await nc.jetstreamManager()
+  } catch (error) {
+    if ((error as { code?: unknown } | undefined)?.code !== '503') throw error
+    throw new BrokerError(
+      'BROKER_MISCONFIGURED',
+      'nats',
+      'JetStream is not enabled on the server (or for this account): the JetStream API has no responders; start nats-server with -js (or a jetstream block in its config) and give the account JetStream',
+      { cause: error },
+    )
+  }
+}
+
 function isNotFound(error: unknown, errCode: number): boolean {
   return (
     (error as { api_error?: { err_code?: number } } | undefined)?.api_error?.err_code === errCode
@@ -577,8 +598,7 @@ class NatsPublisher implements Publisher {
   async #ensureStream(nc: NatsConnection, spec: NatsStreamSpec): Promise<void> {
     let ensured = this.#streams.get(spec.name)
     if (ensured === undefined) {
-      ensured = nc
-        .jetstreamManager()
+      ensured = jetStreamManager(nc)
         .then((jsm) => ensureStream(jsm, spec, this.#options))
         .catch((error: unknown) => {
           this.#streams.delete(spec.name)
@@ -846,7 +866,7 @@ class NatsSubscriber implements Subscriber {
       else raw.nak()
     }
     try {
-      const jsm = await nc.jetstreamManager()
+      const jsm = await jetStreamManager(nc)
       await ensureStream(jsm, spec, options)
       const config = {
         durable_name: durable,
