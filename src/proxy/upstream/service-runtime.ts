@@ -12,6 +12,7 @@ import {
   createRetryBudget,
   DEADLINE_HEADER,
   exponentialBackoff,
+  GRPC_TIMEOUT_HEADER,
   parseRetryAfter,
   type RandomSource,
   type RetryBudget,
@@ -122,6 +123,14 @@ export function breakerFailureStatuses(retryOnStatus: readonly number[] | undefi
 export interface UpstreamService extends ServiceRuntime {
   /** Settles once discovery has given its first answer (at once for static endpoints). */
   ready(): Promise<void>
+}
+
+/**
+ * `ms` as a `grpc-timeout` value: at most 8 digits, so milliseconds up to 99999999 (about 27
+ * hours) and whole seconds beyond (an overallMs can reach 24.8 days).
+ */
+function grpcTimeoutValue(ms: number): string {
+  return ms <= 99_999_999 ? `${ms}m` : `${Math.floor(ms / 1_000)}S`
 }
 
 /** Request headers the proxy sets itself or must not pass (undici rejects `expect`). */
@@ -673,6 +682,8 @@ class ForwardCall {
   headers: string[] | undefined
   hostIndex = -1
   deadlineIndex = -1
+  // Where the rewritten grpc-timeout goes; -1 when the request came without one.
+  grpcTimeoutIndex = -1
   retryable = false
   unsafeRetry: NonNullable<ForwardOptions['unsafeRetry']> = 'with-key'
   // A non-idempotent request under unsafeRetry 'unsent-only': retried only when the failed
@@ -795,6 +806,7 @@ class ForwardCall {
     const auth = core.auth
     const headers: string[] = []
     let hasKey = false
+    let hadGrpcTimeout = false
     const source = req.headers
     for (const name in source) {
       if (
@@ -803,6 +815,13 @@ class ForwardCall {
         name === core.deadlineHeader
       )
         continue
+      // The caller's grpc-timeout is its whole budget as sent (days, if it likes): passed on as
+      // is, an upstream that reads it would work on long after the proxy gave up. It is counted
+      // in deadlineAt and rewritten per attempt, like the deadline header.
+      if (name === GRPC_TIMEOUT_HEADER) {
+        hadGrpcTimeout = true
+        continue
+      }
       if (auth !== undefined && name === auth.header) continue
       if (name === 'idempotency-key') hasKey = true
       const value = source[name] as string | string[]
@@ -814,6 +833,10 @@ class ForwardCall {
     headers.push('x-request-id', req.requestId)
     this.deadlineIndex = headers.length + 1
     headers.push(core.deadlineHeader, '')
+    if (hadGrpcTimeout) {
+      this.grpcTimeoutIndex = headers.length + 1
+      headers.push(GRPC_TIMEOUT_HEADER, '')
+    }
     if (auth?.value !== undefined) headers.push(auth.header, auth.value)
     const retry = core.config.retry
     if (!hasKey && retry?.addIdempotencyKey === true && !idempotentMethods.has(method)) {
@@ -851,7 +874,9 @@ class ForwardCall {
     }
     const headers = this.headers as string[]
     if (core.config.rewriteHost) headers[this.hostIndex] = endpoint.hostHeader
-    headers[this.deadlineIndex] = String(Math.max(0, Math.floor(this.deadlineAt - now)))
+    const leftMs = Math.max(0, Math.floor(this.deadlineAt - now))
+    headers[this.deadlineIndex] = String(leftMs)
+    if (this.grpcTimeoutIndex >= 0) headers[this.grpcTimeoutIndex] = grpcTimeoutValue(leftMs)
     this.attempts++
     this.lastEndpoint = endpoint
     endpoint.inFlight++

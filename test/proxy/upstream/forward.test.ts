@@ -135,6 +135,30 @@ describe('forward: streaming and headers', () => {
     ).toThrow(/createServiceRuntime\.deadlineHeader/)
   })
 
+  it("rewrites an inbound grpc-timeout to the time left, never passing the caller's on", async () => {
+    const up = await upstream()
+    const { front, clock } = await setup(serviceConfig([up.url]))
+    // A caller asking for 99999999 hours: the overall timeout (10 s) is what the upstream gets.
+    const long = await fetch(`${front.url}/a`, { headers: { 'grpc-timeout': '99999999H' } })
+    expect(long.status).toBe(200)
+    expect(up.requests[0]!.headers['grpc-timeout']).toBe('10000m')
+    // Reduced by the time spent, as the deadline header is.
+    up.script.push({ kind: 'respond', status: 503, headers: { 'retry-after': '1' } })
+    const pending = fetch(`${front.url}/b`, {
+      headers: { [DEADLINE_HEADER]: '5000', 'grpc-timeout': '5S' },
+    })
+    await up.waitForRequests(2)
+    expect(up.requests[1]!.headers['grpc-timeout']).toBe('5000m')
+    await timerWithin(clock, 1_000)
+    await clock.advance(1_000)
+    expect((await pending).status).toBe(200)
+    expect(up.requests[2]!.headers['grpc-timeout']).toBe('4000m')
+    expect(up.requests[2]!.headers[DEADLINE_HEADER]).toBe('4000')
+    // No grpc-timeout in, none out.
+    await fetch(`${front.url}/c`)
+    expect(up.requests[3]!.headers['grpc-timeout']).toBeUndefined()
+  })
+
   it('passes the inbound Host when rewriteHost is off, and forwards the body', async () => {
     const up = await upstream()
     const { front } = await setup(serviceConfig([up.url], { rewriteHost: false }))
