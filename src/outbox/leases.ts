@@ -65,6 +65,11 @@ export class PartitionLeases {
   #owned = new Map<number, number>()
   #validUntil = 0
   #chain: Promise<unknown> = Promise.resolve()
+  // Set once this instance is done with the database: its id was taken over (it can never get
+  // it back while the other instance lives) or its relay crashed. Operations still queued then
+  // send nothing: a heartbeat would at best be a stray write, and once the new holder's own
+  // heartbeat ran out (a short stall) it would take the id back and fence the live relay off.
+  #retired: Error | undefined
 
   constructor(db: SqlDriver, relayId: string, clock: Clock, leaseMs: number) {
     this.#db = db
@@ -177,6 +182,17 @@ export class PartitionLeases {
     })
   }
 
+  /**
+   * Ends this instance's use of the database at once (its relay crashed): operations still
+   * queued, and later ones, reject with `reason` without a statement. Nothing is released; the
+   * leases run out.
+   */
+  retire(reason: Error): void {
+    this.#retired ??= reason
+    this.#owned.clear()
+    this.#validUntil = 0
+  }
+
   /** Releases every partition and removes the relay's heartbeat (a graceful stop). */
   releaseAll(): Promise<void> {
     return this.#serial(async () => {
@@ -220,6 +236,7 @@ export class PartitionLeases {
       const lost = this.partitions
       this.#owned.clear()
       this.#validUntil = 0
+      this.#retired = new RelayIdInUseError(this.#relayId)
       throw new RelayIdInUseError(this.#relayId, lost)
     }
     // Only the partitions held with the tokens this instance knows: one whose token moved on
@@ -243,7 +260,11 @@ export class PartitionLeases {
   }
 
   #serial<T>(run: () => Promise<T>): Promise<T> {
-    const next = this.#chain.then(run, run)
+    const guarded = (): Promise<T> => {
+      // Lost nothing more: what it held was reported by the operation that found out.
+      return this.#retired === undefined ? run() : Promise.reject(this.#retired)
+    }
+    const next = this.#chain.then(guarded, guarded)
     this.#chain = next.catch(() => {})
     return next
   }

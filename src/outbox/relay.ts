@@ -690,6 +690,8 @@ class OutboxRelay implements Relay {
     this.#state = 'crashed'
     this.#stop.abort()
     this.#clearTimers()
+    // As if the process died here: a lease operation already queued sends nothing more.
+    this.#leases.retire(new RelayStoppedError(this.id))
     void this.#unlisten?.().catch(() => {})
     this.breaker.dispose()
     this.#emit({ type: 'crashed', point, error })
@@ -707,6 +709,9 @@ class OutboxRelay implements Relay {
     this.#state = 'stopping'
     this.#stop.abort()
     this.#startAbort.abort()
+    // No renewal can do any good now (the leases refuse every later one anyway): none is
+    // scheduled while the loop finishes its batch.
+    this.#clearTimers()
     if (error.lost.length > 0) this.#reportChange({ claimed: [], released: [], lost: error.lost })
     this.#stopping = this.#windDown({ release: false, last: { type: 'failed', error } })
     this.#stopping.catch(() => {})
@@ -752,7 +757,8 @@ class OutboxRelay implements Relay {
           })
           .catch((error: unknown) => {
             if (error instanceof RelayIdInUseError) this.#idTakenOver(error)
-            else this.#emit({ type: 'error', phase: 'lease', error })
+            // A renewal under way when the relay crashed: nothing to report after 'crashed'.
+            else if (this.#state !== 'crashed') this.#emit({ type: 'error', phase: 'lease', error })
           })
           .finally(() => {
             if (this.#active()) this.#scheduleRenewal()
