@@ -9,7 +9,12 @@ import { redactUrl } from './redact.js'
 import { createSqliteDriver, type SqliteDriverOptions } from './sqlite.js'
 import type { SqlDriver } from './types.js'
 
-/** Options of {@link openDatabase}: per-driver settings, used when the URL selects that driver. */
+/**
+ * Options of {@link openDatabase}: per-driver settings, used when the URL selects that driver.
+ * Any other key (a driver setting given flat, `{ maxConnections: 20 }`), a driver's settings that
+ * are not an object, or a file or connection string besides the URL's, is refused with
+ * `InvalidOptionError`: it would otherwise be ignored, the driver opening with its defaults.
+ */
 export interface OpenDatabaseOptions {
   /**
    * Settings for `sqlite:` URLs (the file comes from the URL).
@@ -94,6 +99,32 @@ function decodeSqlitePath(encoded: string, url: string): string {
   return decoded
 }
 
+/** The URL names the file or server: a driver's settings must not name another one. */
+const fromUrl = { sqlite: 'filename', postgres: 'connectionString' } as const
+
+function checkOpenOptions(options: OpenDatabaseOptions): void {
+  checkObject('options', options)
+  for (const key of Object.keys(options)) {
+    if (key !== 'sqlite' && key !== 'postgres')
+      throw new InvalidOptionError(
+        `options.${key}`,
+        'no such option: per-driver settings go under options.sqlite or options.postgres',
+        options[key as keyof OpenDatabaseOptions],
+      )
+    const settings: unknown = options[key]
+    if (settings === undefined) continue
+    checkObject(`options.${key}`, settings)
+    const named = fromUrl[key]
+    const value = (settings as Record<string, unknown>)[named]
+    if (value !== undefined)
+      throw new InvalidOptionError(
+        `options.${key}.${named}`,
+        `nothing: the URL gives the ${key === 'sqlite' ? 'file' : 'connection'}`,
+        typeof value === 'string' ? redactUrl(value) : value,
+      )
+  }
+}
+
 /**
  * Opens the database a URL names: SQLite through better-sqlite3 (`sqlite:./.breakwater/app.db`,
  * `sqlite::memory:`) or PostgreSQL through pg (`postgres://user:pass@host:5432/db`). The driver
@@ -112,7 +143,7 @@ export async function openDatabase(
   url: string,
   options: OpenDatabaseOptions = {},
 ): Promise<SqlDriver> {
-  checkObject('options', options)
+  checkOpenOptions(options)
   const target = parseDatabaseUrl(url)
   if (target.dialect === 'sqlite') {
     return createSqliteDriver({ ...options.sqlite, filename: target.filename })

@@ -181,6 +181,34 @@ describe('openDatabase', () => {
     }
   })
 
+  // The per-driver settings are nested: a flat one (`{ maxConnections: 20 }`) or a driver's
+  // settings that are no object were ignored without a word, the driver opening with defaults.
+  it.each([
+    [{ maxConnections: 20 }, 'options.maxConnections'],
+    [{ busyTimeoutMs: 100 }, 'options.busyTimeoutMs'],
+    [{ postgress: { maxConnections: 2 } }, 'options.postgress'],
+    [{ sqlite: 5 }, 'options.sqlite'],
+    [{ postgres: 'maxConnections=2' }, 'options.postgres'],
+    [{ sqlite: [] }, 'options.sqlite'],
+    [{ postgres: null }, 'options.postgres'],
+    // What the URL says: a second, different answer would be ignored.
+    [{ sqlite: { filename: './other.db' } }, 'options.sqlite.filename'],
+    [{ postgres: { connectionString: 'postgres://db/x' } }, 'options.postgres.connectionString'],
+  ])('refuses the options %j naming %s', async (options, option) => {
+    const error = await openDatabase('sqlite::memory:', options as never).catch((e) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe(option)
+  })
+
+  it('takes either driver settings, or none', async () => {
+    const db = await openDatabase('sqlite::memory:', {
+      sqlite: { busyTimeoutMs: 10 },
+      postgres: { maxConnections: 2 },
+    })
+    await db.close()
+    await (await openDatabase('sqlite::memory:', { sqlite: undefined } as never)).close()
+  })
+
   it('passes per-driver options through and validates them', async () => {
     await expect(
       openDatabase('sqlite::memory:', { sqlite: { statementCacheSize: 0 } }),
