@@ -45,6 +45,7 @@ export {
   adoptDeadline,
   currentDeadline,
   DEADLINE_HEADER,
+  DEFAULT_MAX_DEADLINE_MS,
   deadlineFromHeaders,
   deadlineHeaderValue,
   GRPC_TIMEOUT_HEADER,
