@@ -164,22 +164,35 @@ export interface RenewedLeases {
    * nor lost.
    */
   readonly locked: Set<string>
+  /** The lease end written. */
+  readonly leaseEnd: number
 }
 
 /**
- * Extends the leases `owner` holds on the instances `ids` (the ones it runs); resolves to those
- * renewed (with their tokens) and, on PostgreSQL, those passed over because their row is locked.
+ * Extends the leases `owner` holds on the instances `ids` (the ones it runs) to `leaseMs` from
+ * when the statement runs; resolves to those renewed (with their tokens) and, on PostgreSQL,
+ * those passed over because their row is locked.
  */
 export async function renewLeases(
   db: SqlDriver,
   owner: string,
-  leaseEnd: number,
+  clock: Clock,
+  leaseMs: number,
   ids: readonly string[],
 ): Promise<RenewedLeases> {
-  const rows = await db.query<{ id: string; lease_token: number; renewed?: number | string }>(
-    sagaStatements[db.dialect].renew,
-    [leaseEnd, owner, stringListParam(db, ids)],
-  )
+  const renew = async (executor: SqlExecutor) => {
+    const leaseEnd = storedTime(clock) + leaseMs
+    const rows = await executor.query<{
+      id: string
+      lease_token: number
+      renewed?: number | string
+    }>(sagaStatements[db.dialect].renew, [leaseEnd, owner, stringListParam(db, ids)])
+    return { rows, leaseEnd }
+  }
+  // On SQLite the statement may wait for the one writer (a step's atCommit transaction, another
+  // process): measured once the transaction has begun, the wait is not taken off the leases.
+  const { rows, leaseEnd } =
+    db.dialect === 'sqlite' ? await db.transaction((tx) => renew(tx)) : await renew(db)
   const renewed = new Map<string, number>()
   const locked = new Set<string>()
   for (const r of rows) {
@@ -187,7 +200,7 @@ export async function renewLeases(
     if (r.renewed === undefined || Number(r.renewed) === 1) renewed.set(r.id, Number(r.lease_token))
     else locked.add(r.id)
   }
-  return { renewed, locked }
+  return { renewed, locked, leaseEnd }
 }
 
 /** Extends one lease if the token still holds. */

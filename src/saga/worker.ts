@@ -610,14 +610,15 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     this.#renewing = true
     const sent = new Map([...this.#inHand].map(([id, run]) => [id, run]))
     const tokens = new Map([...sent].map(([id, run]) => [id, run.token]))
-    const leaseEnd = storedTime(this.clock) + this.leaseMs
     try {
+      // The lease end is measured when the statement runs, not when the timer fired: a flush
+      // in flight or the SQLite writer may hold it up.
       const held = await this.#batcher.exclusive(() =>
-        renewLeases(this.db, this.id, leaseEnd, [...sent.keys()]),
+        renewLeases(this.db, this.id, this.clock, this.leaseMs, [...sent.keys()]),
       )
       for (const [id, run] of sent) {
         if (this.#inHand.get(id) !== run) continue
-        if (held.renewed.get(id) === tokens.get(id)) run.leaseExpiresAt = leaseEnd
+        if (held.renewed.get(id) === tokens.get(id)) run.leaseExpiresAt = held.leaseEnd
         // Its row is locked, most likely by its own step's transaction, whose commit writes the
         // lease (extended or released): passed over this round, neither renewed nor lost.
         else if (held.locked.has(id)) continue

@@ -6,7 +6,7 @@
 // could take the instance over while the step was still running), and a wait longer than the
 // lease wrote one already over.
 import { randomUUID } from 'node:crypto'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { createSagaWorker, defineSaga, getSaga, type SagaEvent } from '../../src/saga/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { gate } from '../support/gate.js'
@@ -145,6 +145,73 @@ describe('the lease written by a step transaction that waited for the SQLite wri
     try {
       // Before: 1000, written at 700 with 300 ms left.
       expect((await getSaga(t.db, id))!.leaseExpiresAt).toBe(700 + leaseMs)
+    } finally {
+      finish.open()
+    }
+    expect((await running).status).toBe('completed')
+    await worker.stop()
+  })
+})
+
+describe('a lease renewal that waited for the SQLite writer', () => {
+  let t: TestDb
+
+  beforeAll(async () => {
+    t = await sqliteDb.open('saga_renewal_wait')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('renews for leaseMs from when its statement runs', async () => {
+    const clock = new ManualClock(0)
+    const holding = gate()
+    const finish = gate()
+    const saga = defineSaga({
+      name: `renew-wait-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'hold',
+          action: async () => {
+            holding.open()
+            await finish.promise
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({
+      db: t.db,
+      sagas: [saga],
+      clock,
+      leaseMs,
+      renewIntervalMs: 100,
+      workerId: 'A',
+    })
+    const id = `renew-wait-${randomUUID()}`
+    const running = worker.run(saga, {}, { id })
+    await holding.promise
+    const began = gate()
+    const release = gate()
+    const blocker = t.db.transaction(async () => {
+      began.open()
+      await release.promise
+    })
+    await began.promise
+    try {
+      // The renewal fires at 100 and queues behind the blocker; 400 ms pass meanwhile (no
+      // other renewal starts while one is under way).
+      await clock.advance(100)
+      await clock.advance(400)
+    } finally {
+      release.open()
+    }
+    await blocker
+    try {
+      // Before: 1100, measured when the renewal fired.
+      await vi.waitFor(async () =>
+        expect((await getSaga(t.db, id))!.leaseExpiresAt).toBe(500 + leaseMs),
+      )
     } finally {
       finish.open()
     }
