@@ -5,7 +5,7 @@ import {
   parseDatabaseUrl,
   type SqlDriver,
 } from '../stores/index.js'
-import { hasBadSqliteEscapes, validSqliteEscapes } from '../stores/open.js'
+import { sqliteUrlDefect } from '../stores/open.js'
 import { inMemoryRefusal, isInMemoryDatabase, migrateCommandFor } from './existing-database.js'
 import { addSwitch, UsageError } from './usage.js'
 
@@ -87,12 +87,10 @@ export function databaseUrl(
   } catch {
     // A postgres:// URL that does not parse (a bad port, an unencoded `[`) is told as such:
     // the list of forms would not say what is wrong with it.
-    // So is a sqlite: URL whose percent-escapes do not decode (`100%.db`).
+    // So is a sqlite: URL whose file part does not decode (`100%.db`, a pasted `\r`).
     const wanted = /^postgres(ql)?:\/\/./i.test(value)
       ? 'a valid postgres:// URL (postgres://user:pass@host:port/db)'
-      : hasBadSqliteEscapes(value)
-        ? validSqliteEscapes
-        : acceptedDatabaseUrls
+      : (sqliteUrlDefect(value) ?? acceptedDatabaseUrls)
     throw new UsageError(`${source}: expected ${wanted}, got "${redactSecrets(value)}"`)
   }
   if (isInMemoryDatabase(value)) throw new UsageError(`${source}: ${inMemory}`)

@@ -46,8 +46,11 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
  * `%25` a `%`; `%XX` escapes are read as UTF-8. So a `%` that does not start a valid escape
  * (`%zz`, `100%.db`, a lone `%C3`), or an escape that decodes to NUL (which would cut the path
  * short where the C library reads it), is refused with `InvalidOptionError` rather than taken
- * as a literal name. A raw `?` is refused as before (a SQLite URL takes no query: encode it as
- * `%3F`); `+` and `#` are taken as they are (`+` is no space outside form data, and a URL to a
+ * as a literal name. So is a raw control character (`\r`, `\n`, tab, DEL): none belongs in a
+ * URL, and one is mostly a line ending read with the URL from a file, which would open a new,
+ * empty database under an odd name (encoded, as `%0A`, it is taken). A raw `?` is refused as
+ * before (a SQLite URL takes no query: encode it as `%3F`); a raw space is taken, as before;
+ * `+` and `#` are taken as they are (`+` is no space outside form data, and a URL to a
  * file has no use for a fragment). `sqlite:%3Amemory%3A` decodes to `:memory:` and so is the
  * in-memory database, like `sqlite::memory:`.
  */
@@ -59,44 +62,52 @@ export function parseDatabaseUrl(url: string): DatabaseTarget {
       throw new InvalidOptionError('url', 'a valid postgres:// URL', redactUrl(url))
     return { dialect: 'postgres', connectionString: url }
   }
-  if (/^sqlite:/i.test(url)) {
-    let filename = url.slice('sqlite:'.length)
-    // sqlite:///abs/path -> /abs/path, sqlite://rel.db -> rel.db
-    if (filename.startsWith('//')) filename = filename.slice(2)
-    if (filename !== '' && !filename.includes('?'))
-      return { dialect: 'sqlite', filename: decodeSqlitePath(filename, url) }
+  const path = sqlitePath(url)
+  if (path !== undefined) {
+    const defect = sqlitePathDefect(path)
+    if (defect !== undefined) throw new InvalidOptionError('url', defect, redactUrl(url))
+    return { dialect: 'sqlite', filename: decodeURIComponent(path) }
   }
   throw new InvalidOptionError('url', expected, redactUrl(url))
 }
 
-/**
- * What a `sqlite:` URL refused for its percent-escapes was expected to be (the CLI words its own
- * message with it).
- */
-export const validSqliteEscapes =
+const validEscapes =
   'a sqlite: URL whose percent-escapes are valid UTF-8 and not %00 (write a % in a file name as %25)'
+const noControlCharacters =
+  'a sqlite: URL without raw control characters (a line ending pasted with it?); percent-encode one that belongs in the file name'
 
-/** Whether `url` is a `sqlite:` URL whose percent-escapes do not decode (see {@link parseDatabaseUrl}). */
-export function hasBadSqliteEscapes(url: string): boolean {
+/**
+ * What is wrong with the file part of a `sqlite:` URL, as what was expected instead; undefined
+ * when it decodes (see {@link parseDatabaseUrl}).
+ */
+function sqlitePathDefect(encoded: string): string | undefined {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+  if (/[\x00-\x1f\x7f]/.test(encoded)) return noControlCharacters
   try {
-    parseDatabaseUrl(url)
-    return false
-  } catch (error) {
-    return error instanceof InvalidOptionError && error.message.includes(validSqliteEscapes)
-  }
-}
-
-/** The file part of a `sqlite:` URL, percent-decoded (see {@link parseDatabaseUrl}). */
-function decodeSqlitePath(encoded: string, url: string): string {
-  let decoded: string | undefined
-  try {
-    decoded = decodeURIComponent(encoded)
+    if (!decodeURIComponent(encoded).includes('\0')) return undefined
   } catch {
     // URIError: a `%` without two hex digits after it, or escapes that are not UTF-8.
   }
-  if (decoded === undefined || decoded.includes('\0'))
-    throw new InvalidOptionError('url', validSqliteEscapes, redactUrl(url))
-  return decoded
+  return validEscapes
+}
+
+/**
+ * What `url`, a `sqlite:` URL refused by {@link parseDatabaseUrl} for its file part, was
+ * expected to be; undefined for any other URL. The CLI words its own message with it.
+ * @internal
+ */
+export function sqliteUrlDefect(url: string): string | undefined {
+  const path = sqlitePath(url)
+  return path === undefined ? undefined : sqlitePathDefect(path)
+}
+
+/** The still-encoded file part of a `sqlite:` URL; undefined when `url` is no such URL. */
+function sqlitePath(url: string): string | undefined {
+  if (!/^sqlite:/i.test(url)) return undefined
+  let path = url.slice('sqlite:'.length)
+  // sqlite:///abs/path -> /abs/path, sqlite://rel.db -> rel.db
+  if (path.startsWith('//')) path = path.slice(2)
+  return path !== '' && !path.includes('?') ? path : undefined
 }
 
 /** The URL names the file or server: a driver's settings must not name another one. */

@@ -151,6 +151,7 @@ describe('a malformed --db', () => {
       ['postgres://app:hunter2-pw@[db/app', 'a valid postgres:// URL'],
       // So is a sqlite: URL with a bad percent-escape: the list of forms would not say why.
       ['sqlite:./100%.db', 'a sqlite: URL whose percent-escapes are valid'],
+      ['sqlite:./app.db\r', 'a sqlite: URL without raw control characters'],
     ]) {
       const result = await runCaptured(command.entry, [...command.args, '--db', bad!])
       expect(result.code).toBe(2)

@@ -71,6 +71,31 @@ describe('parseDatabaseUrl', () => {
     expect(invalid.message).toMatch(/percent/)
   })
 
+  // A URL holds no raw control character: one at the end is a line ending that came with the
+  // URL from a file or an env file (`BREAKWATER_DB_URL=sqlite:./app.db\r`), which would open a
+  // new, empty database under a name with that character in it. Encoded, it is deliberate.
+  it.each(['sqlite:./app.db\r', 'sqlite:./app.db\n', 'sqlite:./app\tdb', 'sqlite:./app.db\x7f'])(
+    'rejects %j, a raw control character, naming the URL',
+    (url) => {
+      let error: unknown
+      try {
+        parseDatabaseUrl(url)
+      } catch (e) {
+        error = e
+      }
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe('url')
+      expect((error as InvalidOptionError).message).toMatch(/control character/)
+    },
+  )
+
+  it('takes a control character that is percent-encoded', () => {
+    expect(parseDatabaseUrl('sqlite:./odd%0Aname.db')).toEqual({
+      dialect: 'sqlite',
+      filename: './odd\nname.db',
+    })
+  })
+
   it.each([
     ['mysql://root:s3cret@db/app', 'mysql://root:***@db/app'],
     ['sqlite:', 'sqlite:'],
