@@ -545,11 +545,20 @@ export class PostgresDriver implements SqlDriver {
     // listener the next statement or COMMIT fails with the connection error instead.
     const ignoreLost = (): void => {}
     pooled.on('error', ignoreLost)
+    // A statement prepared on this connection before a schema change elsewhere (a column added
+    // to a table it reads with `*`) fails with "cached plan must not change result type", and
+    // does so for as long as the connection lives: such a connection is destroyed, not returned
+    // to the pool, so that the next transaction prepares the statement afresh.
+    let outdated: Error | undefined
     const client = {
-      query: pooled.query.bind(pooled),
+      query: (config: PgQueryConfig | string): Promise<PgResult> =>
+        pooled.query(config).catch((error: unknown) => {
+          if (isOutdatedPlan(error)) outdated = asError(error)
+          throw error
+        }),
       release(error?: Error): void {
         pooled.removeListener('error', ignoreLost)
-        pooled.release(error)
+        pooled.release(error ?? outdated)
       },
     }
     // The pool's connections run in pg's pipeline mode, so BEGIN is not awaited: it goes out at
@@ -655,6 +664,19 @@ export class PostgresDriver implements SqlDriver {
 // How long close() waits for the pool's sockets to close after their Terminate: the server
 // answers at once, so only a peer that is gone (a dead network) takes this long.
 const closeSocketsLimitMs = 5_000
+
+/**
+ * Whether `error` is PostgreSQL refusing a prepared statement whose result columns a schema
+ * change altered (SQLSTATE 0A000, which also covers unrelated unsupported features).
+ */
+function isOutdatedPlan(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown }
+  return (
+    code === '0A000' &&
+    typeof message === 'string' &&
+    message.includes('cached plan must not change result type')
+  )
+}
 
 function asError(value: unknown): Error {
   return value instanceof Error ? value : new Error(String(value))

@@ -156,6 +156,39 @@ describe('PostgreSQL driver', () => {
     }
   })
 
+  // Statements are prepared once per connection; a schema change from elsewhere (a `breakwater
+  // migrate` run while workers are up adds a column) makes PostgreSQL refuse a prepared
+  // `SELECT *` or `RETURNING *` with "cached plan must not change result type" (0A000) on that
+  // connection for as long as it lives. Inside a transaction the failed connection went back to
+  // the pool, so every later transaction on it failed the same way.
+  it('a statement whose prepared plan a schema change outdated fails once, not on every later transaction', async () => {
+    const table = uniqueTable('plan')
+    await db.execute(`CREATE TABLE ${table} (id INT PRIMARY KEY)`)
+    await db.execute(`INSERT INTO ${table} (id) VALUES (1)`)
+    const solo = await createPostgresDriver({ connectionString: database.url, maxConnections: 1 })
+    const sql = `SELECT * FROM ${table} WHERE id = $1`
+    const read = () => solo.transaction((tx) => tx.query(sql, [1]))
+    const finished = () =>
+      solo.transaction(async (tx) => (await tx.finish!(sql, [1])).rows as unknown[])
+    try {
+      for (const run of [read, finished]) {
+        expect(await run()).toHaveLength(1)
+        await db.execute(`ALTER TABLE ${table} ADD COLUMN ${run === read ? 'a' : 'b'} INT`)
+        const outdated = await run().catch((e) => e)
+        expect(outdated).toMatchObject({ code: '0A000' })
+        expect(await run()).toHaveLength(1)
+      }
+      // Outside a transaction the connection of a failed statement is dropped already.
+      expect(await solo.query(sql, [1])).toHaveLength(1)
+      await db.execute(`ALTER TABLE ${table} ADD COLUMN c INT`)
+      expect(await solo.query(sql, [1]).catch((e) => e)).toMatchObject({ code: '0A000' })
+      expect(await solo.query(sql, [1])).toHaveLength(1)
+    } finally {
+      await solo.close()
+      await db.execute(`DROP TABLE ${table}`)
+    }
+  })
+
   it('validates its options without printing the password', async () => {
     await expect(
       createPostgresDriver({ connectionString: 'postgres://u:pw@h/db', maxConnections: 0 }),
