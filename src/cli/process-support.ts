@@ -82,6 +82,16 @@ export function databaseUrl(
   inMemory: string = inMemoryRefusal,
 ): string {
   const { value, source } = flagOrEnv(values, '--db', env, 'BREAKWATER_DB_URL', fallback)
+  checkDatabaseUrl(value, source)
+  if (isInMemoryDatabase(value)) throw new UsageError(`${source}: ${inMemory}`)
+  return value
+}
+
+/**
+ * Throws a `UsageError` naming `source` (`--db`, `BREAKWATER_DB_URL`, `--broker`) unless `value`
+ * is a database URL; the message never shows its password.
+ */
+export function checkDatabaseUrl(value: string, source: string): void {
   try {
     parseDatabaseUrl(value)
   } catch {
@@ -93,8 +103,6 @@ export function databaseUrl(
       : (sqliteUrlDefect(value) ?? acceptedDatabaseUrls)
     throw new UsageError(`${source}: expected ${wanted}, got "${redactSecrets(value)}"`)
   }
-  if (isInMemoryDatabase(value)) throw new UsageError(`${source}: ${inMemory}`)
-  return value
 }
 
 /**

@@ -25,7 +25,7 @@ import {
   type RelayOptions,
   sqlQueueMigrations,
 } from '../outbox/index.js'
-import { parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
+import type { SqlDriver } from '../stores/index.js'
 import { inMemoryRefusal, isInMemoryDatabase, openExistingDatabase } from './existing-database.js'
 import {
   type LongRunningCommandDeps,
@@ -35,6 +35,7 @@ import {
   serveMetrics,
 } from './long-running.js'
 import {
+  checkDatabaseUrl,
   databaseUrl,
   flagOrEnv,
   integerFlag,
@@ -161,11 +162,7 @@ function parseBroker({ value: text, source }: Setting, dbUrl: string): BrokerSpe
     case 'sqlite':
     case 'postgres':
     case 'postgresql':
-      try {
-        parseDatabaseUrl(text)
-      } catch {
-        throw new UsageError(`${source}: not a database URL: "${shown}"`)
-      }
+      checkDatabaseUrl(text, source)
       if (isInMemoryDatabase(text)) throw new UsageError(`${source}: ${inMemoryRefusal}`)
       return { kind: 'sql', url: text === dbUrl ? undefined : text }
     case 'nats':

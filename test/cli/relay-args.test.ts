@@ -36,6 +36,13 @@ describe('breakwater relay: argument errors', () => {
     [['--topic-prefix', 'a b'], {}, '--topic-prefix must be visible ASCII characters'],
     [['--lease-ms', '10'], {}, '--lease-ms must be an integer from 30'],
     [['--broker', 'kafka://k:9092'], {}, '--broker: unsupported broker "kafka://k:9092"'],
+    // A database URL as the broker is told what is wrong with it, as --db is.
+    [
+      ['--broker', 'sqlite:./100%.db'],
+      {},
+      '--broker: expected a sqlite: URL whose percent-escapes are valid',
+    ],
+    [['--broker', 'postgres://q@[db/q'], {}, '--broker: expected a valid postgres:// URL'],
     [
       ['--broker', 'sql:', '--webhook-batch'],
       {},
