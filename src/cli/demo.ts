@@ -10,6 +10,8 @@ import {
   runPoliciesDemo,
 } from '../demo/policies/index.js'
 import { redactSecrets } from '../observability/index.js'
+// The parser alone: the drivers load only when a database is opened.
+import { parseDatabaseUrl } from '../stores/open.js'
 
 /** The defaults of a plain `npm start`: 45 s of load at 5 orders/s with the default chaos. */
 const shopDefaults = {
@@ -222,11 +224,15 @@ function parseShop(args: readonly string[]): Parsed | string {
       options.chaos = script
     } else if (flag === '--db') {
       const url = value()
-      if (url === undefined || !/^postgres(ql)?:\/\/./.test(url))
+      if (url === undefined || !/^postgres(ql)?:\/\/./i.test(url))
         return '--db needs a postgres:// URL (SQLite is the default)'
-      // As the library checks it (src/stores/open.ts): one that does not parse is a bad
+      // By the library's own check (src/stores/open.ts): one that does not parse is a bad
       // argument, not a database that "cannot open" once the shop is loaded.
-      if (!URL.canParse(url)) return `--db needs a valid postgres:// URL, got ${shown(url)}`
+      try {
+        parseDatabaseUrl(url)
+      } catch {
+        return `--db needs a valid postgres:// URL, got ${shown(url)}`
+      }
       options.db = url
     } else if (flag === '--broker') {
       const url = value()

@@ -58,3 +58,26 @@ describe('breakwater demo --db: a postgres:// URL that does not parse', () => {
     },
   )
 })
+
+describe('breakwater demo --db: every postgres:// URL the library opens', () => {
+  // The demo checked --db with its own rules: WHATWG URL parsing (which refuses credentials
+  // with a Unix socket host, a URL pg and openDatabase take) and a lower-case scheme only.
+  it.each([
+    ['postgres://app:hunter2-pw@/app?host=/var/run/postgresql'],
+    ['POSTGRES://app@db/app'],
+    ['PostgreSQL://app@db/app'],
+  ])('demo --db %s is taken', async (url) => {
+    let stderr = ''
+    vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      stderr += String(chunk)
+      return true
+    })
+    // Stops the run before anything connects: the arguments were taken by then.
+    const loadShop = vi.fn(async (): Promise<never> => {
+      throw new Error('not built here')
+    })
+    expect(await demoCommand(['--db', url], { loadShop })).toBe(1)
+    expect(loadShop).toHaveBeenCalled()
+    expect(stderr).not.toContain('hunter2')
+  })
+})
