@@ -630,8 +630,22 @@ export class PostgresDriver implements SqlDriver {
     return settled.value
   }
 
-  /** {@inheritDoc SqlDriver.listen} */
+  /**
+   * {@inheritDoc SqlDriver.listen}
+   *
+   * `channel` is 1 to 63 bytes (UTF-8), else `InvalidOptionError`: PostgreSQL cuts a longer
+   * name to 63 bytes without an error, so a NOTIFY of the full name would arrive under another
+   * name and be lost.
+   */
   listen(channel: string, onNotify: (notification: SqlNotification) => void): Promise<Unlisten> {
+    if (
+      typeof channel !== 'string' ||
+      channel === '' ||
+      Buffer.byteLength(channel) > maxIdentifierBytes
+    )
+      return Promise.reject(
+        new InvalidOptionError('channel', 'a channel name of 1 to 63 bytes', channel),
+      )
     if (this.#closed) return Promise.reject(new StoreClosedError('postgres'))
     return this.#listener.listen(channel, onNotify)
   }
@@ -660,6 +674,9 @@ export class PostgresDriver implements SqlDriver {
     await this.#connections.allClosed(this.#clock, closeSocketsLimitMs)
   }
 }
+
+// PostgreSQL's longest identifier (NAMEDATALEN - 1), a channel name's too.
+const maxIdentifierBytes = 63
 
 // How long close() waits for the pool's sockets to close after their Terminate: the server
 // answers at once, so only a peer that is gone (a dead network) takes this long.

@@ -108,7 +108,8 @@ export interface SqlDriver extends SqlExecutor {
   /**
    * Subscribes to notifications on `channel` (PostgreSQL LISTEN on one dedicated connection per
    * driver, re-established with backoff when it drops). Absent on SQLite, where consumers poll.
-   * Send with {@link notify} (inside a transaction, it is delivered on commit).
+   * Send with {@link notify} (inside a transaction, it is delivered on commit). `channel` is 1 to
+   * 63 bytes, PostgreSQL's longest name; a longer one is refused with `INVALID_OPTION`.
    */
   listen?(channel: string, onNotify: (notification: SqlNotification) => void): Promise<Unlisten>
   /**

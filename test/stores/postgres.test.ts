@@ -226,6 +226,28 @@ describe('PostgreSQL driver', () => {
     await socket.close()
   })
 
+  // PostgreSQL cuts a longer channel name to 63 bytes (a NOTICE nobody reads): LISTEN went on
+  // the cut name, a NOTIFY of the full name arrived under the cut one, which no handler was
+  // kept under, and was dropped without a word.
+  it('refuses a channel name PostgreSQL would cut or cannot take, and takes one of 63 bytes', async () => {
+    for (const channel of ['', 'c'.repeat(64), `${'é'.repeat(31)}ab`, 5 as unknown as string]) {
+      const error = await db.listen(channel, () => {}).catch((e) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect(error.option).toBe('channel')
+    }
+    const longest = `${'é'.repeat(31)}a`
+    expect(Buffer.byteLength(longest)).toBe(63)
+    const received: SqlNotification[] = []
+    const unlisten = await db.listen(longest, (n) => received.push(n))
+    try {
+      await db.execute(`NOTIFY "${longest}", 'sql'`)
+      await until(() => received.length >= 1, 'the notification', 10_000)
+      expect(received).toEqual([{ channel: longest, payload: 'sql', reconnected: false }])
+    } finally {
+      await unlisten()
+    }
+  })
+
   it('delivers notifications sent in a transaction on commit only, and stops after unlisten', async () => {
     const received: SqlNotification[] = []
     const unlisten = await db.listen('orders_changed', (n) => received.push(n))
