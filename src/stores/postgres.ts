@@ -35,12 +35,14 @@ export interface PostgresDriverOptions {
    */
   readonly idleInTransactionTimeoutMs?: number
   /**
-   * How long to wait for a new connection (and for a free one when the pool is full).
+   * How long to wait for a new connection (and for a free one when the pool is full); 0 means
+   * no limit (pg's meaning): a server that never answers is waited for forever.
    * @default 10000
    */
   readonly connectionTimeoutMs?: number
   /**
-   * How long an unused pooled connection stays open.
+   * How long an unused pooled connection stays open; 0 keeps unused connections open for good
+   * (pg-pool's meaning), not closing them at once.
    * @default 10000
    */
   readonly idleTimeoutMs?: number
