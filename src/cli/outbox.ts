@@ -11,7 +11,7 @@ import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
-import { addSwitch, counted, UsageError } from './usage.js'
+import { addSwitch, counted, redactedJson, UsageError } from './usage.js'
 
 /** What `outboxCommand` needs besides its arguments; everything has a default. */
 export type OutboxCommandDeps = DatabaseCommandDeps
@@ -155,7 +155,7 @@ async function execute(
       const dead = await listDead(db, { limit: parsed.limit, afterId: parsed.afterId })
       if (parsed.json) {
         // As in the table: a last error (what the broker client threw) may quote a URL.
-        out.write(`${redactSecrets(JSON.stringify(dead.map(toJson), null, 2))}\n`)
+        out.write(`${redactedJson(dead.map(toJson))}\n`)
         return 0
       }
       if (dead.length === 0) {

@@ -17,7 +17,7 @@ import type { SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
-import { addSwitch, counted, UsageError } from './usage.js'
+import { addSwitch, counted, redactedJson, UsageError } from './usage.js'
 
 /** What `sagaCommand` needs besides its arguments; everything has a default. */
 export type SagaCommandDeps = DatabaseCommandDeps
@@ -203,9 +203,7 @@ async function execute(
         ...(parsed.name === undefined ? {} : { name: parsed.name }),
         limit: parsed.limit,
       })
-      out.write(
-        parsed.json ? `${redactSecrets(JSON.stringify(sagas, null, 2))}\n` : formatList(sagas),
-      )
+      out.write(parsed.json ? `${redactedJson(sagas)}\n` : formatList(sagas))
       return 0
     }
     case 'show': {
@@ -216,11 +214,7 @@ async function execute(
         return 1
       }
       const timeline = await getSagaTimeline(db, id)
-      out.write(
-        parsed.json
-          ? `${redactSecrets(JSON.stringify({ saga, timeline }, null, 2))}\n`
-          : formatShow(saga, timeline),
-      )
+      out.write(parsed.json ? `${redactedJson({ saga, timeline })}\n` : formatShow(saga, timeline))
       return 0
     }
     case 'retry':

@@ -1,5 +1,7 @@
 // What every CLI command shares for reporting: the error a parser throws for bad arguments,
-// the text of anything thrown, and counts in sentences.
+// the text of anything thrown, counts in sentences, and JSON output with secrets masked.
+
+import { redactSecrets } from '../observability/redact.js'
 
 /** Thrown by a command's parser for bad arguments: reported with the usage, exit code 2. */
 export class UsageError extends Error {}
@@ -35,4 +37,18 @@ export function addSwitch(flags: Set<string>, flag: string, eq: number): void {
   if (eq >= 0) throw new UsageError(`${flag} takes no value`)
   if (flags.has(flag)) throw new UsageError(`${flag} given twice`)
   flags.add(flag)
+}
+
+/**
+ * `value` as indented JSON, every string in it with its secrets masked. Each string is masked
+ * before it is quoted, not the JSON text after: a mask that runs to the end of a secret
+ * (`password=...`, `Bearer ...`) would take the closing quote with it, and the output would no
+ * longer parse.
+ */
+export function redactedJson(value: unknown): string {
+  return JSON.stringify(
+    value,
+    (_key, item: unknown) => (typeof item === 'string' ? redactSecrets(item) : item),
+    2,
+  )
 }

@@ -9,9 +9,15 @@ import { ManualClock } from '../../src/testing/index.js'
 import { createTestSqlite, type TestSqlite } from '../support/sqlite.js'
 import { runCaptured } from './captured.js'
 
-const leaky = 'cannot reach postgres://app:hunter2-pw@db/app'
-
-describe('breakwater saga list|show: a password in stored errors', () => {
+// The JSON was masked as text, after JSON.stringify: a secret the mask runs to the end of
+// (`password=...`, `Bearer ...`) took the closing quote with it, and --json printed JSON that
+// does not parse.
+describe.each([
+  ['cannot reach postgres://app:hunter2-pw@db/app', 'postgres://app:***@db/app'],
+  ['login refused: password=hunter2-pw', 'password=***'],
+  ['401 for Authorization: Bearer hunter2-tok', 'Bearer ***'],
+  ['GET http://api/x?token=hunter2-tok failed', 'token=***'],
+])('breakwater saga list|show: a secret in stored errors (%s)', (leaky, masked) => {
   let file: TestSqlite
   let db: SqlDriver
   let id: string
@@ -60,8 +66,11 @@ describe('breakwater saga list|show: a password in stored errors', () => {
       expect(result.code).toBe(0)
       expect(result.stdout).toContain(id)
       expect(result.stdout).not.toContain('hunter2')
-      if (command === 'show') expect(result.stdout).toContain('postgres://app:***@db/app')
-      if (flags.includes('--json')) JSON.parse(result.stdout)
+      if (command === 'show') expect(result.stdout).toContain(masked)
+      if (flags.includes('--json')) {
+        const parsed = JSON.parse(result.stdout)
+        if (command === 'show') expect(JSON.stringify(parsed)).toContain(masked)
+      }
     },
   )
 })
