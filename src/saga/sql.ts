@@ -216,6 +216,13 @@ const insertColumns = `(id, name, version, definition, status, input, context, s
 VALUES ($1, $2, $3, $4, 'running', $5, '{}', $6, 0, $11, $7, $8, $9, $10, $12, $12)
 ON CONFLICT (id) DO NOTHING`
 
+// Every column of an instance row (SagaRow), named: a statement prepared on PostgreSQL with
+// `*` fails with "cached plan must not change result type" once a migration adds a column
+// while workers run (a rolling upgrade), and a named list also keeps such a column out of rows.
+const rowColumns = `id, name, version, definition, status, input, context, steps, step_index, attempt,
+  next_run_at, lease_owner, lease_expires_at, lease_token, previous_owner, previous_expires_at,
+  cancel_requested, reason, created_at, updated_at, finished_at`
+
 const claimSet = `lease_owner = $1, lease_expires_at = $2, lease_token = lease_token + 1,
     previous_owner = lease_owner, previous_expires_at = lease_expires_at, attempt = attempt + 1, updated_at = $3`
 
@@ -226,7 +233,7 @@ const common = {
   insertEvent: `INSERT INTO ${sagaEventsTable} (saga_id, at, kind, step, attempt, worker, detail)
 VALUES ($1, $2, $3, $4, $5, $6, $7)`,
   renewOne: `UPDATE ${sagaTable} SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2`,
-  selectOne: `SELECT * FROM ${sagaTable} WHERE id = $1`,
+  selectOne: `SELECT ${rowColumns} FROM ${sagaTable} WHERE id = $1`,
   selectEvents: `SELECT seq, at, kind, step, attempt, worker, detail FROM ${sagaEventsTable}
 WHERE saga_id = $1 ORDER BY seq`,
   retry: `UPDATE ${sagaTable} SET status = 'compensating', attempt = 0, next_run_at = $2,
@@ -279,7 +286,7 @@ WHERE id IN (
   ORDER BY next_run_at
   LIMIT $5
 )
-RETURNING *`,
+RETURNING ${rowColumns}`,
     transition: `UPDATE ${sagaTable} SET ${transitionSet}
 WHERE id = $1 AND lease_token = $2
 RETURNING cancel_requested`,
@@ -325,7 +332,7 @@ WHERE id IN (
   LIMIT $5
   FOR UPDATE SKIP LOCKED
 )
-RETURNING *`,
+RETURNING ${rowColumns}`,
     // One statement writes the fenced state and its timeline rows: one round trip and one
     // commit per step, and the timeline rows exist exactly when the state write happened.
     transition: `WITH updated AS (
@@ -342,7 +349,9 @@ SELECT cancel_requested FROM updated`,
     // Group commit: the transitions of every instance a worker runs, written by one statement
     // and one commit. Each row is still fenced by its own token.
     transitionBatch: `WITH input AS (
-  SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(id TEXT, token BIGINT, status TEXT,
+  SELECT id, token, status, context, steps, step_index, attempt, next_run_at, lease_owner,
+    lease_expires_at, reason, now, finished_at, events
+  FROM jsonb_to_recordset($1::jsonb) AS i(id TEXT, token BIGINT, status TEXT,
     context TEXT, steps TEXT, step_index INTEGER, attempt INTEGER, next_run_at BIGINT,
     lease_owner TEXT, lease_expires_at BIGINT, reason TEXT, now BIGINT, finished_at BIGINT,
     events JSONB)
