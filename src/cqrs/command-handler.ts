@@ -1,5 +1,6 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { jsonTextOf } from '../core/text.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { canonicalJson, sha256Hex } from '../idempotency/fingerprint.js'
 import {
@@ -71,7 +72,10 @@ export interface SnapshotOptions<S> {
    */
   readonly name?: string
   /**
-   * Turns the state into JSON text.
+   * Turns the state into JSON text. The default refuses (with `InvalidOptionError`, failing the
+   * command without writing) a state JSON cannot hold; with the default `deserialize` too, also
+   * one it would not give back as is (a `Date`, `Map`, `Set`, class instance): give both
+   * functions for such states.
    * @default JSON.stringify
    */
   readonly serialize?: (state: S) => string
@@ -313,17 +317,34 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       // PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD; and the name is a
       // key with the stream id: bounded so that both fit one index entry (see checkKey).
       const name = checkKey('snapshots.name', s.name ?? 'default', maxSnapshotNameBytes)
+      const serialize =
+        s.serialize === undefined
+          ? undefined
+          : checkFunction<(state: S) => string>('snapshots.serialize', s.serialize)
+      const deserialize =
+        s.deserialize === undefined
+          ? undefined
+          : checkFunction<(text: string) => S>('snapshots.deserialize', s.deserialize)
       this.#snapshots = {
         every,
         name,
-        serialize:
-          options.snapshots.serialize === undefined
-            ? (state) => JSON.stringify(state)
-            : checkFunction('snapshots.serialize', options.snapshots.serialize),
-        deserialize:
-          options.snapshots.deserialize === undefined
-            ? (text) => JSON.parse(text) as S
-            : checkFunction('snapshots.deserialize', options.snapshots.deserialize),
+        serialize: (state) => {
+          if (serialize !== undefined) {
+            const text = serialize(state)
+            // Anything else would reach the database as a NULL or a number: a bare driver error.
+            if (typeof text !== 'string') {
+              throw new InvalidOptionError('snapshots.serialize', 'to return a string', text)
+            }
+            return text
+          }
+          // Loaded with JSON.parse, the state must be plain JSON data: a Date, Set, Map or class
+          // instance would load as a string or a bare object, so a snapshot load would differ
+          // from the fold (silently, until decide trips on it). A custom deserialize revives
+          // what it knows, so only what JSON cannot write at all is refused then.
+          if (deserialize === undefined) checkPlainState(state)
+          return jsonTextOf('snapshot state', state, snapshotStateExpected)
+        },
+        deserialize: deserialize ?? ((text) => JSON.parse(text) as S),
       }
     }
   }
@@ -599,6 +620,68 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       state,
     }
   }
+}
+
+const snapshotStateExpected =
+  'a state JSON holds as is (plain objects and arrays, strings, finite numbers, booleans, null), or give snapshots.serialize and snapshots.deserialize'
+
+/**
+ * Refuses a snapshot state that `JSON.parse(JSON.stringify(state))` would not give back: an
+ * object that is not a plain object or array (a Date, Map, Set, class instance, boxed value),
+ * a `toJSON`, a function or symbol, a bigint, a non-finite number, an array hole or
+ * `undefined` element (read back as null), a cycle. An `undefined` object field is allowed: JSON
+ * leaves it out, and it reads back as absent, which a fold sees alike.
+ */
+function checkPlainState(state: unknown): void {
+  const inPath = new Set<object>()
+  const refuse = (path: string, what: string): never => {
+    throw new InvalidOptionError(
+      'snapshot state',
+      `${snapshotStateExpected}; ${path} is ${what}`,
+      state,
+    )
+  }
+  const visit = (value: unknown, path: string): void => {
+    switch (typeof value) {
+      case 'string':
+      case 'boolean':
+        return
+      case 'number':
+        if (!Number.isFinite(value)) refuse(path, String(value))
+        return
+      case 'object':
+        break
+      default:
+        refuse(path, `a ${typeof value}`)
+    }
+    if (value === null) return
+    const object = value as object
+    if (inPath.has(object)) refuse(path, 'a cycle')
+    const proto = Object.getPrototypeOf(object) as unknown
+    const isArray = Array.isArray(object)
+    if (!isArray && proto !== Object.prototype && proto !== null) {
+      refuse(
+        path,
+        `a ${(object.constructor as { name?: string } | undefined)?.name || 'non-plain object'}`,
+      )
+    }
+    if (typeof (object as { toJSON?: unknown }).toJSON === 'function')
+      refuse(path, 'an object with toJSON')
+    inPath.add(object)
+    if (isArray) {
+      const array = object as unknown[]
+      for (let i = 0; i < array.length; i++) {
+        if (array[i] === undefined) refuse(`${path}[${i}]`, 'undefined (read back as null)')
+        visit(array[i], `${path}[${i}]`)
+      }
+    } else {
+      for (const [key, field] of Object.entries(object)) {
+        if (field !== undefined) visit(field, `${path}.${key}`)
+      }
+    }
+    inPath.delete(object)
+  }
+  visit(state, 'state')
 }
 
 // Thrown by the claim of a key that was meant only to replay an older record, and found none.
