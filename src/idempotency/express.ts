@@ -5,6 +5,7 @@ import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency } from './core.js'
 import { canonicalBodyBytes } from './fingerprint.js'
 import {
+  answerNodeRequest,
   BodyTooLargeError,
   captureNodeResponse,
   disconnectSignal,
@@ -107,7 +108,7 @@ export function expressIdempotency(
       } catch (error) {
         if (!(error instanceof BodyTooLargeError)) throw error
         res.setHeader('connection', 'close')
-        writeNodeResponse(
+        answerNodeRequest(
           res,
           genericProblem(
             413,
@@ -128,7 +129,7 @@ export function expressIdempotency(
       ),
     )
     if (begun.kind === 'respond') {
-      writeNodeResponse(res, begun.response)
+      answerNodeRequest(res, begun.response)
       return
     }
     if (begun.kind === 'bypass') {

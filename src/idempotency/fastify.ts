@@ -83,8 +83,18 @@ function replyHeaders(reply: FastifyLikeReply): Record<string, string | string[]
   return headers
 }
 
-function setReply(reply: FastifyLikeReply, response: IdempotencyResponse): void {
-  for (const name of Object.keys(reply.getHeaders())) reply.removeHeader(name)
+/**
+ * Puts `response` on the reply. `replace` drops the headers already on it: the handler's, when
+ * its response is replaced (by a 409). A replay or problem answered before the handler keeps
+ * what earlier hooks set (CORS, a request id), as any response does.
+ */
+function setReply(reply: FastifyLikeReply, response: IdempotencyResponse, replace: boolean): void {
+  if (replace) {
+    for (const name of Object.keys(reply.getHeaders())) reply.removeHeader(name)
+  } else {
+    reply.removeHeader('content-length')
+    reply.removeHeader('transfer-encoding')
+  }
   reply.code(response.status)
   for (const [name, value] of Object.entries(response.headers)) {
     if (name !== 'content-length') reply.header(name, value)
@@ -145,7 +155,7 @@ export function fastifyIdempotency(
     if (begun.kind === 'bypass') return
     if (begun.kind === 'respond') {
       states.set(request, { kind: 'done' })
-      setReply(reply, begun.response)
+      setReply(reply, begun.response, false)
       // Returning the reply after send() tells Fastify the hook answered the request.
       reply.send(Buffer.from(begun.response.body))
       return reply
@@ -173,7 +183,7 @@ export function fastifyIdempotency(
       body,
     }
     const final = await state.execution.complete(response)
-    if (final !== response) setReply(reply, final)
+    if (final !== response) setReply(reply, final, true)
     return Buffer.from(final.body.buffer, final.body.byteOffset, final.body.byteLength)
   }
 

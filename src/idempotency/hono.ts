@@ -59,6 +59,26 @@ function toFetchResponse(response: IdempotencyResponse): Response {
   })
 }
 
+// A response given instead of running the handler (a replay, a problem, a 413), over the
+// headers earlier middleware set (`c.header()` before `next()`, or on `c.res`): Hono adds them
+// to what `c.json()` builds, but not to a Response a middleware returns. The response's own
+// headers win, as a handler's do.
+function answer(c: HonoLikeContext, response: IdempotencyResponse): undefined {
+  const answered = toFetchResponse(response)
+  const earlier = c.res.headers
+  earlier.forEach((value, name) => {
+    if (name === 'set-cookie' || name === 'content-length' || answered.headers.has(name)) return
+    answered.headers.set(name, value)
+  })
+  if (!answered.headers.has('set-cookie')) {
+    for (const cookie of earlier.getSetCookie()) answered.headers.append('set-cookie', cookie)
+  }
+  // Cleared first: assigning c.res over another merges that one's headers over these.
+  c.res = undefined
+  c.res = answered
+  return undefined
+}
+
 // The body through Hono (which caches it, so the handler can read it again), or undefined when
 // it is larger than `maxBytes`. A declared length is trusted (the server enforces it); a chunked
 // body is first counted on a copy, read no further than the limit, so a client cannot make the
@@ -140,7 +160,7 @@ export function honoIdempotency(
         `The request body exceeds ${maxBodyBytes} bytes`,
       )
       // The rest of the body is never read: the connection cannot carry another request.
-      return toFetchResponse({ ...tooLarge, headers: { ...tooLarge.headers, connection: 'close' } })
+      return answer(c, { ...tooLarge, headers: { ...tooLarge.headers, connection: 'close' } })
     }
     const url = new URL(c.req.url)
     const scopeValue = scope === undefined ? undefined : computedString('scope', await scope(c))
@@ -153,7 +173,7 @@ export function honoIdempotency(
       native: c,
       ...(scopeValue === undefined ? {} : { scope: scopeValue }),
     })
-    if (begun.kind === 'respond') return toFetchResponse(begun.response)
+    if (begun.kind === 'respond') return answer(c, begun.response)
     if (begun.kind === 'bypass') {
       await next()
       return undefined

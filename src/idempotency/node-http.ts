@@ -4,6 +4,7 @@ import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
 import {
+  answerNodeRequest,
   BodyTooLargeError,
   captureNodeResponse,
   disconnectSignal,
@@ -192,7 +193,7 @@ export function idempotentHandler(
     } catch (error) {
       if (!(error instanceof BodyTooLargeError)) throw error
       res.setHeader('connection', 'close')
-      writeNodeResponse(
+      answerNodeRequest(
         res,
         genericProblem(413, 'Content Too Large', `The request body exceeds ${maxBodyBytes} bytes`),
       )
@@ -212,7 +213,7 @@ export function idempotentHandler(
       ),
     )
     if (begun.kind === 'respond') {
-      writeNodeResponse(res, begun.response)
+      answerNodeRequest(res, begun.response)
       return
     }
     if (begun.kind === 'bypass') {

@@ -186,13 +186,35 @@ export function disconnectSignal(res: ServerResponse): () => AbortSignal {
   }
 }
 
-/** Writes a whole response, replacing any header the handler had set. */
+/**
+ * Writes a whole response, replacing any header the handler had set: for what is sent after
+ * the handler ran (its recorded response, or the problem or 500 that replaces it).
+ */
 export function writeNodeResponse(res: ServerResponse, response: IdempotencyResponse): void {
+  writeWhole(res, response, true)
+}
+
+/**
+ * Writes a whole response that is sent instead of running the handler (a replay, a problem, a
+ * 413) over the headers earlier layers set on `res` (CORS, a request id): they go out with it,
+ * as with any response, unless the response names the same header.
+ */
+export function answerNodeRequest(res: ServerResponse, response: IdempotencyResponse): void {
+  writeWhole(res, response, false)
+}
+
+function writeWhole(res: ServerResponse, response: IdempotencyResponse, replace: boolean): void {
   // A capture whose handler has ended stays in place until now (see capturedEnd).
   const capture = (res as CapturedResponse)[captureState]
   if (capture?.ended) restoreCaptured(res as CapturedResponse, capture)
   if (res.headersSent || res.writableEnded) return
-  for (const name of res.getHeaderNames()) res.removeHeader(name)
+  if (replace) {
+    for (const name of res.getHeaderNames()) res.removeHeader(name)
+  } else {
+    // The body's own framing replaces any an earlier layer declared.
+    res.removeHeader('content-length')
+    res.removeHeader('transfer-encoding')
+  }
   const headers: OutgoingHttpHeaders = {}
   for (const [name, value] of Object.entries(response.headers)) {
     if (name === 'content-length' || name === 'transfer-encoding') continue
