@@ -50,22 +50,27 @@ export function isSecretKey(key: string, extra?: ReadonlySet<string>): boolean {
   return false
 }
 
-// A URL-like run of text: scheme:// and everything up to whitespace, a quote or an angle
-// bracket (none of which a URL holds unencoded). Its userinfo is found by userinfoSpan, as in
-// database and broker URLs, so a password holding an unencoded `@`, `/`, `?` or `#` is masked
-// whole. A password may also hold a space (`postgres://app:my secret@db`): see
-// maskUrlCredentials.
+// A URL-like run of text: scheme:// and everything up to whitespace, a quote, an angle bracket
+// or a backtick (none of which a URL holds unencoded). Its userinfo is found by userinfoSpan, as
+// in database and broker URLs, so a password holding an unencoded `@`, `/`, `?` or `#` is masked
+// whole. A password that was not percent-encoded may also hold a character that ends the run
+// (`postgres://app:my secret@db`, `postgres://app:pa"ss@db`): see maskUrlCredentials.
 // Every pattern here must run in time linear in the text: redactSecrets sees every logged
 // string, request paths in access lines included. An unbounded run of name characters after a
 // `\b` is quadratic (each word boundary inside `a.a.a.a...` restarts a scan to the run's end:
 // 0.6 s for a 16 KB path), so the scheme is bounded (none is longer than 32 characters).
 const urlRuns = /\b[a-z][a-z0-9+.-]{0,31}:\/\/[^\s"'<>`]*/gi
-// A run that ends, at a blank, inside a password: `scheme://user:` and something after the
-// colon that is not a port (`host:8080`, `host:8080/path`, `[::1]:80` are hosts, not users).
+// A run that ends inside a password: `scheme://user:` and something after the colon that is
+// not a port (`host:8080`, `host:8080/path`, `[::1]:80` are hosts, not users).
 const openPassword = /^[a-z][a-z0-9+.-]*:\/\/[^\s:/?#@[\]]*:(?!\d*(?:[/?#]|$))/i
-// What ends the search for the `@` after such a password: the `@`, or the end of the line, a
-// quote or angle bracket, or the next URL (a password holds no `://`).
-const userinfoEnd = /@|[\r\n"'<>`]|:\/\//g
+// A run that ends in what reads as a port (and maybe a path), `scheme://name:8080`: the start
+// of a password only when a quote, an angle bracket or a backtick stops it and an `@` follows
+// with no blank between (`postgres://app:12"34@db`); `"http://host:8080"` stays a host.
+const portOrPassword = /^[a-z][a-z0-9+.-]*:\/\/[^\s:/?#@[\]]*:\d*(?:[/?#][^@]*)?$/i
+// What ends the search for the `@` after an open password: the `@`, or the end of the line, or
+// the next URL (a password holds no `://`). After a port-like run, a blank ends it too.
+const userinfoEnd = /@|[\r\n]|:\/\//g
+const userinfoEndNoBlank = /@|\s|:\/\//g
 // The rest of a URL after its userinfo's `@`, as urlRuns reads it.
 const afterAt = /[^\s"'<>`]*/y
 // key=value pairs in query strings, libpq/ODBC connection strings and environment dumps. The
@@ -131,8 +136,11 @@ const mayHoldSecret =
  * to the closing quote of a quoted value, else to the next `name: ` header or the end of the
  * line; a `name: value` value runs to its closing quote, else to the end of the line or the
  * next `name: ` on it, less closing punctuation (`{ token: abc, n: 1 }` keeps `, n: 1 }`);
- * a URL password runs to the first `@` on its line (`postgres://app:my pass@db`), or
- * to the ellipsis of a URL cut short before its `@` (`redis://app:p4ss…`). Text
+ * a URL password runs to the first `@` on its line, whatever it holds before it (blanks,
+ * quotes, angle brackets, backticks: `postgres://app:my pass@db`, `postgres://app:pa"ss@db`),
+ * or to the ellipsis of a URL cut short before its `@` (`redis://app:p4ss…`); one that starts
+ * like a port (`postgres://app:12"34@db`) runs to an `@` only with no blank on the way, as
+ * `"http://host:8080" by ann@example.com` is a host and port. Text
  * that follows a secret on its line may therefore be masked with it: hiding too much is the
  * safe side.
  *
@@ -296,9 +304,12 @@ function nameAt(text: string, k: number): { found: boolean; read: number } {
 
 /**
  * Masks the userinfo of every URL in `text` (see {@link redactSecrets}), including a password
- * that holds blanks: a run that stops at a blank inside `scheme://user:...` goes on to the
- * first `@` on the same line, unless a quote, an angle bracket or another `scheme://` comes
- * first. `onScan` is told how many characters each such search read; tests use it to check
+ * that holds a character that ends a URL-like run (a blank, a quote, an angle bracket, a
+ * backtick): a run that stops inside `scheme://user:...` goes on to the first `@` on the same
+ * line, unless another `scheme://` comes first; with no such `@`, to an ellipsis on the way (a
+ * URL cut short). A run that ends in what reads as a port (`scheme://host:8080`) goes on only
+ * when a quote, angle bracket or backtick stopped it and an `@` follows with no blank between
+ * (`postgres://app:12"34@db`). `onScan` is told how many characters each such search read; tests use it to check
  * that no character is read twice, whatever the text: a search ends at the latest at the next
  * URL's `://`, where the next search can begin only after that URL's run.
  *
@@ -311,22 +322,38 @@ export function maskUrlCredentials(text: string, onScan?: (chars: number) => voi
   for (let match = urlRuns.exec(text); match !== null; match = urlRuns.exec(text)) {
     const start = match.index
     let run = match[0]
-    const blank = text[start + run.length]
-    if ((blank === ' ' || blank === '\t') && !run.includes('@') && openPassword.test(run)) {
-      userinfoEnd.lastIndex = start + run.length
-      const end = userinfoEnd.exec(text)
+    const runEnd = start + run.length
+    const search = passwordSearch(run, text[runEnd])
+    if (search !== undefined) {
+      search.lastIndex = runEnd
+      const end = search.exec(text)
       const stop = end === null ? text.length : end.index
-      onScan?.(stop - (start + run.length))
+      onScan?.(stop - runEnd)
       if (end !== null && end[0] === '@') {
         afterAt.lastIndex = stop + 1
         run = text.slice(start, stop + 1) + (afterAt.exec(text)?.[0] ?? '')
-        urlRuns.lastIndex = start + run.length
+      } else {
+        // A URL cut short before its `@` (describeValue quotes it, so a `"` in the password
+        // arrives as `\"` and ends the run): the password runs to the ellipsis.
+        const cut = text.slice(runEnd, stop).lastIndexOf('…')
+        if (cut !== -1) run = text.slice(start, runEnd + cut + 1)
       }
+      urlRuns.lastIndex = start + run.length
     }
     out += text.slice(copied, start) + (cutInPassword(run) ?? maskUserinfo(run))
     copied = start + run.length
   }
   return copied === 0 ? text : out + text.slice(copied)
+}
+
+// How to look for the `@` that ends a password the run stopped inside, at `stop` (the
+// character after the run): undefined when the run holds no password cut short by it.
+function passwordSearch(run: string, stop: string | undefined): RegExp | undefined {
+  if (stop === undefined || stop === '\n' || stop === '\r' || run.includes('@')) return undefined
+  if (openPassword.test(run)) return userinfoEnd
+  if (/\s/.test(stop) || !portOrPassword.test(run)) return undefined
+  // `scheme://user:"...`: an empty port is no host's, so the password may hold blanks too.
+  return run.endsWith(':') ? userinfoEnd : userinfoEndNoBlank
 }
 
 // A URL cut short before its `@` (describeValue cuts a string at 60 characters, and marks
