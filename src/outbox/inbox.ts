@@ -35,7 +35,10 @@ export interface Inbox {
    * Records `(consumer, message.id)` in `tx` and runs `fn` in the same transaction. A message
    * already recorded is a redelivery: `fn` does not run and the result says `duplicate`, so
    * the caller acknowledges it. If `fn` throws, the transaction rolls back, the record with
-   * it, and the redelivered message runs `fn` again. A message id that is empty or holds a NUL
+   * it, and the redelivered message runs `fn` again (so let the error reach the transaction:
+   * one that catches it and commits keeps the record without the effect). `tx` must be a
+   * transaction (the driver itself is refused with `InvalidOptionError`: the record would
+   * commit on its own). A message id that is empty or holds a NUL
    * character or a lone surrogate (text the database cannot store as it is), or an `fn` that
    * is not a function, is refused with `InvalidOptionError` before anything is written.
    */
@@ -64,6 +67,7 @@ class SqlInbox implements Inbox {
     message: M,
     fn: (tx: SqlExecutor, message: M) => Promise<T>,
   ): Promise<InboxResult<T>> {
+    checkInboxTransaction(tx)
     checkStoredName('message.id', message?.id)
     // Before the record is written: a record without its effect would make the redelivery
     // of this message a duplicate that never runs.
@@ -75,6 +79,28 @@ class SqlInbox implements Inbox {
     ])
     if (rowCount === 0) return { duplicate: true }
     return { duplicate: false, value: await fn(tx, message) }
+  }
+}
+
+/**
+ * Refuses an executor that is not a transaction's. The driver itself (it has `close`) runs each
+ * statement on its own: the record would commit at once, and an `fn` that then failed would
+ * leave it without its effect, so the redelivery would be taken for a duplicate and the effect
+ * lost for good.
+ */
+function checkInboxTransaction(tx: unknown): void {
+  const executor = tx as Partial<SqlDriver> | null | undefined
+  if (
+    typeof executor !== 'object' ||
+    executor === null ||
+    typeof executor.execute !== 'function' ||
+    typeof executor.close === 'function'
+  ) {
+    throw new InvalidOptionError(
+      'tx',
+      "the transaction of the handler's writes (db.transaction's tx), not the driver: the inbox record must commit with them",
+      tx,
+    )
   }
 }
 

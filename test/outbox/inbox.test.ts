@@ -66,6 +66,26 @@ describe.each(dbTargets)('inbox on $dialect', (target) => {
     expect(await count(t.db, 'effects', "WHERE message_id = 'msg-fail'")).toBe(1)
   })
 
+  it('refuses the driver itself: the record would commit on its own, without the effect', async () => {
+    const inbox = createInbox({ consumer: 'no-tx' })
+    let ran = 0
+    const error = await inbox
+      .handle(t.db, { id: 'msg-no-tx' }, async () => {
+        ran++
+        throw new Error('downstream failed')
+      })
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('tx')
+    expect(ran).toBe(0)
+    // Nothing was recorded: the redelivery, in a transaction, runs the handler.
+    expect(await count(t.db, 'breakwater_inbox', "WHERE consumer = 'no-tx'")).toBe(0)
+    const retry = await t.db.transaction((tx) =>
+      inbox.handle(tx, { id: 'msg-no-tx' }, async () => 'done'),
+    )
+    expect(retry).toEqual({ duplicate: false, value: 'done' })
+  })
+
   it('lets exactly one of two concurrent deliveries of a message run the handler', async () => {
     const inbox = createInbox({ consumer: 'concurrent' })
     const message = { id: 'msg-race' }
