@@ -65,12 +65,14 @@ const urlRuns = /\b[a-z][a-z0-9+.-]{0,31}:\/\/[^\s"'<>`]*/gi
 const openPassword = /^[a-z][a-z0-9+.-]*:\/\/[^\s:/?#@[\]]*:(?!\d*(?:[/?#]|$))/i
 // A run that ends in what reads as a port (and maybe a path), `scheme://name:8080`: the start
 // of a password only when a quote, an angle bracket or a backtick stops it and an `@` follows
-// with no blank between (`postgres://app:12"34@db`); `"http://host:8080"` stays a host.
+// with no blank nor another such character between (`postgres://app:12"34@db`);
+// `"http://host:8080" by ann@example.com` and the JSON `{"u":"http://h:80","by":"a@b"}` stay a
+// host and port.
 const portOrPassword = /^[a-z][a-z0-9+.-]*:\/\/[^\s:/?#@[\]]*:\d*(?:[/?#][^@]*)?$/i
 // What ends the search for the `@` after an open password: the `@`, or the end of the line, or
 // the next URL (a password holds no `://`). After a port-like run, a blank ends it too.
 const userinfoEnd = /@|[\r\n]|:\/\//g
-const userinfoEndNoBlank = /@|\s|:\/\//g
+const userinfoEndNoBlank = /@|[\s"'<>`]|:\/\//g
 // The rest of a URL after its userinfo's `@`, as urlRuns reads it.
 const afterAt = /[^\s"'<>`]*/y
 // key=value pairs in query strings, libpq/ODBC connection strings and environment dumps. The
@@ -139,8 +141,8 @@ const mayHoldSecret =
  * a URL password runs to the first `@` on its line, whatever it holds before it (blanks,
  * quotes, angle brackets, backticks: `postgres://app:my pass@db`, `postgres://app:pa"ss@db`),
  * or to the ellipsis of a URL cut short before its `@` (`redis://app:p4ss…`); one that starts
- * like a port (`postgres://app:12"34@db`) runs to an `@` only with no blank on the way, as
- * `"http://host:8080" by ann@example.com` is a host and port. Text
+ * like a port (`postgres://app:12"34@db`) runs to an `@` only with no blank nor second quote on
+ * the way, as `"http://host:8080" by ann@example.com` is a host and port. Text
  * that follows a secret on its line may therefore be masked with it: hiding too much is the
  * safe side.
  *
@@ -308,8 +310,8 @@ function nameAt(text: string, k: number): { found: boolean; read: number } {
  * backtick): a run that stops inside `scheme://user:...` goes on to the first `@` on the same
  * line, unless another `scheme://` comes first; with no such `@`, to an ellipsis on the way (a
  * URL cut short). A run that ends in what reads as a port (`scheme://host:8080`) goes on only
- * when a quote, angle bracket or backtick stopped it and an `@` follows with no blank between
- * (`postgres://app:12"34@db`). `onScan` is told how many characters each such search read; tests use it to check
+ * when a quote, angle bracket or backtick stopped it and an `@` follows with no blank nor
+ * another of those between (`postgres://app:12"34@db`). `onScan` is told how many characters each such search read; tests use it to check
  * that no character is read twice, whatever the text: a search ends at the latest at the next
  * URL's `://`, where the next search can begin only after that URL's run.
  *
@@ -325,10 +327,11 @@ export function maskUrlCredentials(text: string, onScan?: (chars: number) => voi
     const runEnd = start + run.length
     const search = passwordSearch(run, text[runEnd])
     if (search !== undefined) {
-      search.lastIndex = runEnd
+      // Past the character that stopped the run (the search after a port may stop at it).
+      search.lastIndex = runEnd + 1
       const end = search.exec(text)
       const stop = end === null ? text.length : end.index
-      onScan?.(stop - runEnd)
+      onScan?.(stop - runEnd - 1)
       if (end !== null && end[0] === '@') {
         afterAt.lastIndex = stop + 1
         run = text.slice(start, stop + 1) + (afterAt.exec(text)?.[0] ?? '')

@@ -9,13 +9,14 @@ import { redactSecrets } from '../../src/observability/redact.js'
 const masked = 'postgres://app:***@db/app'
 
 // Whether `postgres://app:${password}@db` cannot be told from a host and port followed by
-// prose (`http://localhost:8080 is down, mail ops@example.com`, `"http://h:8080" by a@b`): the
-// password starts with what reads as a port (digits, then maybe a path), and holds a blank.
-// Such a password is left to the parsers that know the URL is one (stores/redact.ts).
+// prose or JSON (`http://localhost:8080 is down, mail ops@example.com`, `"http://h:8080" by
+// a@b`, `{"u":"http://h:80","by":"a@b"}`): the password starts with what reads as a port
+// (digits, then maybe a path), and a blank ends it, or it holds a blank or a second quote.
 function readsAsPort(password: string): boolean {
   const port = /^\d*(?:[/?#][^\s"'<>`]*)?(?=[\s"'<>`])/.exec(password)?.[0]
   if (port === undefined) return false
-  return /\s/.test(password[port.length] as string) || (port !== '' && /\s/.test(password))
+  if (/\s/.test(password[port.length] as string)) return true
+  return port !== '' && /[\s"'<>`]/.test(password.slice(port.length + 1))
 }
 
 describe('redactSecrets on URL passwords with characters that end a URL run', () => {
@@ -43,7 +44,12 @@ describe('redactSecrets on URL passwords with characters that end a URL run', ()
       expect(redactSecrets(url), url).toBe(masked)
     }
     // A quoted host and port is no password.
-    for (const text of ['"http://host:8080" and "http://h:1/x"', '<http://host:80/a>'])
+    for (const text of [
+      '"http://host:8080" and "http://h:1/x"',
+      '<http://host:80/a>',
+      '"http://host:8080" by ann@example.com',
+      '{"url":"http://host:8080","by":"ann@example.com"}',
+    ])
       expect(redactSecrets(text), text).toBe(text)
   })
 
