@@ -231,6 +231,31 @@ function eventJsonText(
   return text
 }
 
+/**
+ * Whether `JSON.parse(JSON.stringify(value))` gives `value` back as is, for a value that
+ * stringified without error (so no cycle, bigint or non-finite number): only plain objects and
+ * arrays of strings, numbers, booleans and null. An `undefined` object field counts as plain
+ * (left out by JSON, it reads back as absent); a Date, Map, Set, class instance, `toJSON`,
+ * function or `undefined` array element does not.
+ */
+function isPlainJson(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null) {
+    return typeof value !== 'function' && typeof value !== 'symbol'
+  }
+  if (Array.isArray(value)) {
+    for (const item of value) if (item === undefined || !isPlainJson(item)) return false
+    return true
+  }
+  const proto = Object.getPrototypeOf(value) as unknown
+  if (proto !== Object.prototype && proto !== null) return false
+  if (typeof (value as { toJSON?: unknown }).toJSON === 'function') return false
+  for (const key in value) {
+    const field = (value as Record<string, unknown>)[key]
+    if (field !== undefined && !isPlainJson(field)) return false
+  }
+  return true
+}
+
 function checkStream(stream: unknown): string {
   return checkName('stream', stream)
 }
@@ -303,6 +328,8 @@ interface PreparedEvents {
   readonly data: string[]
   readonly metadata: (string | null)[]
   readonly metadataObjects: Readonly<Record<string, unknown>>[]
+  /** The events' data as reads return it (the caller's own object when JSON keeps it as is). */
+  readonly values: unknown[]
   /** For an event that names an older schema version: its data and version as reads see them. */
   readonly upcast: ([unknown, number] | undefined)[]
 }
@@ -323,7 +350,7 @@ function recordedEvents<E extends EventShape>(
   const recorded: RecordedEvent<E>[] = new Array(count)
   for (let i = 0; i < count; i++) {
     const event = events[i]!
-    const [data, schemaVersion] = prepared.upcast[i] ?? [event.data, prepared.versions[i]!]
+    const [data, schemaVersion] = prepared.upcast[i] ?? [prepared.values[i], prepared.versions[i]!]
     recorded[i] = {
       type: event.type,
       data,
@@ -619,6 +646,7 @@ export class EventStoreImpl implements EventStore {
       data: new Array(n),
       metadata: new Array(n),
       metadataObjects: new Array(n),
+      values: new Array(n),
       upcast: new Array(n),
     }
     for (let i = 0; i < n; i++) {
@@ -640,11 +668,21 @@ export class EventStoreImpl implements EventStore {
       prepared.types[i] = event.type
       prepared.versions[i] = version
       prepared.data[i] = data
+      // Handed on (the append's result, inline projections, a command's evolve) as every read
+      // returns it: a Date, Map or toJSON would otherwise reach them as the caller's object
+      // while the log holds its JSON. Plain data is the same either way and is not copied.
+      prepared.values[i] = isPlainJson(event.data) ? event.data : JSON.parse(data)
       const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0
-      prepared.metadata[i] = hasMetadata
+      const metadataText = hasMetadata
         ? eventJsonText(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
         : null
-      prepared.metadataObjects[i] = hasMetadata ? metadata : emptyMetadata
+      prepared.metadata[i] = metadataText
+      prepared.metadataObjects[i] =
+        metadataText === null || metadata === undefined
+          ? emptyMetadata
+          : isPlainJson(metadata)
+            ? metadata
+            : (JSON.parse(metadataText) as Readonly<Record<string, unknown>>)
       // An event that names an older schema version is handed on (to inline projections,
       // command handlers' evolve and the caller) as every read returns it: upcast, from the
       // stored text as a read would, so an upcaster never sees the caller's own object. Done

@@ -541,6 +541,45 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
     })
   })
 
+  it('hands appended data that JSON changes on as every read returns it, not as given', async () => {
+    // A Date (or a toJSON, a Map) in event data or metadata is stored as its JSON: the append's
+    // result and inline projections got the caller's objects while every read got the JSON,
+    // so an inline projection binding a Date failed on SQLite, and a command's returned state
+    // differed from the one its stream loads to.
+    const seen: unknown[] = []
+    const capture = defineProjection({
+      name: 'json-capture',
+      tables: {
+        json_capture: (t) => [`CREATE TABLE ${t} (id TEXT PRIMARY KEY, at TEXT NOT NULL)`],
+      },
+      async apply(e, { tx, table }) {
+        seen.push({ data: e.data, metadata: e.metadata })
+        const at = (e.data as { at: unknown }).at
+        await tx.execute(`INSERT INTO ${table('json_capture')} VALUES ($1, $2)`, [e.id, at])
+      },
+    })
+    const inline = createEventStore(t.db, { inlineProjections: [capture] })
+    const id = fresh()
+    const at = new Date(Date.UTC(2026, 0, 2))
+    const appended = await inline.append(id, [
+      {
+        type: 'stamped',
+        data: { at, tags: new Set(['a']), hidden: { n: 1, toJSON: () => 'shown' } },
+        metadata: { occurredAt: at },
+      },
+    ])
+    const read = (await inline.readStream(id)).events[0]!
+    expect(read.data).toEqual({ at: at.toISOString(), tags: {}, hidden: 'shown' })
+    expect(read.metadata).toEqual({ occurredAt: at.toISOString() })
+    expect(appended.events[0]!.data).toEqual(read.data)
+    expect(appended.events[0]!.metadata).toEqual(read.metadata)
+    expect(seen).toEqual([{ data: read.data, metadata: read.metadata }])
+    // Plain data is handed on as given (no copy).
+    const data = { at: 'x', n: [1, { m: null }] }
+    const plain = await inline.append(id, [{ type: 'stamped', data }])
+    expect(plain.events[0]!.data).toBe(data)
+  })
+
   it('refuses options that are not an object instead of ignoring the expectation in them', async () => {
     // deleteStream('s', 3) meant "at version 3": the number was ignored and the stream deleted
     // under 'any', whatever its version.
