@@ -66,9 +66,18 @@ local function fresh(key, a)
 end
 `
 
+// Every script comes out the same when it runs twice: ioredis sends a command again on a new
+// connection when the old one was lost before its reply came (autoResendUnfulfilledCommands),
+// and the caller's lease token, new for every claim, tells its own earlier run apart from
+// anyone else's. Else a claim sent twice would find its own record and answer 409 (holding the
+// key for a lease), and a result recorded twice would report the lease lost.
+
 // ARGV: scope, key, fingerprint, token, leaseEnd, now, expires, ttl.
 const claimScript = `${writeFresh}
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'lt') == ARGV[4] then return 1 end
+  return redis.call('HGETALL', KEYS[1])
+end
 fresh(KEYS[1], 1)
 return 1
 `
@@ -87,6 +96,7 @@ end
 // ARGV: previous token, now, new token, new lease end.
 const takeOverScript = `${keepLease}
 local r = redis.call('HMGET', KEYS[1], 'st', 'lt', 'le')
+if r[2] == ARGV[3] then return 1 end
 if r[1] ~= 'in_progress' or r[2] ~= ARGV[1] then return 0 end
 if (tonumber(r[3]) or 0) > tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'lt', ARGV[3], 'le', ARGV[4], 'ua', ARGV[2])
@@ -98,6 +108,7 @@ return 1
 // ARGV: previous token, then the claim arguments.
 const recycleScript = `${writeFresh}
 local r = redis.call('HMGET', KEYS[1], 'lt', 'ea')
+if r[1] == ARGV[5] then return 1 end
 if r[1] ~= ARGV[1] or tonumber(r[2]) > tonumber(ARGV[7]) then return 0 end
 fresh(KEYS[1], 2)
 return 1
@@ -114,10 +125,14 @@ return 1
 // One write per key, 8 arguments each: kind, token, then the kind's values. Every lease is
 // checked before anything is written, so a transaction applies all of its writes or none.
 // complete: now, expires, ttl, status, headers JSON, body; phase: now, lease end, point, phases.
+// The script is atomic: a result already completed under this very lease means this is the
+// script's second run, and every write of the first one was applied.
 const commitScript = `${keepLease}
 for i = 1, #KEYS do
   local r = redis.call('HMGET', KEYS[i], 'st', 'lt')
-  if r[1] ~= 'in_progress' or r[2] ~= ARGV[(i - 1) * 8 + 2] then return i end
+  local b = (i - 1) * 8
+  if r[1] == 'completed' and r[2] == ARGV[b + 2] and ARGV[b + 1] == 'complete' then return 0 end
+  if r[1] ~= 'in_progress' or r[2] ~= ARGV[b + 2] then return i end
 end
 for i = 1, #KEYS do
   local b = (i - 1) * 8
