@@ -165,7 +165,7 @@ class JsonLogger implements Logger {
     }
     const line = Object.assign(
       fieldsObject(),
-      { level, time: new Date(this.#core.clock.now()).toISOString(), msg: text },
+      { level, time: timeOf(this.#core.clock), msg: text },
       this.#bound,
     )
     if (fields !== undefined) {
@@ -183,6 +183,18 @@ class JsonLogger implements Logger {
       text = JSON.stringify({ level, time: line.time, msg: line.msg, logError: 'unserializable' })
     }
     writeSafely(this.#core.output, `${text}\n`)
+  }
+}
+
+// A line's time. A clock whose time no Date holds (NaN, past ±8.64e15 ms: a ManualClock moved
+// that far) makes toISOString throw, and so may the clock itself: the line is written all the
+// same, with the time Date itself shows for such a value.
+function timeOf(clock: Clock): string {
+  try {
+    const date = new Date(clock.now())
+    return Number.isNaN(date.getTime()) ? 'Invalid Date' : date.toISOString()
+  } catch {
+    return 'Invalid Date'
   }
 }
 
