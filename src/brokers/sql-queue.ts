@@ -718,7 +718,30 @@ class QueueSubscription implements Subscription {
         await this.#release(chain.slice(i + 1), token)
         return
       }
-      await this.#settle(this.#sql.ack, [this.topic, this.group, item.seq, token], message)
+      const acked = await this.#settle(
+        this.#sql.ack,
+        [this.topic, this.group, item.seq, token],
+        message,
+      )
+      if (acked === 0) {
+        // The lease ran out while the handler ran (a stalled process, extensions the database
+        // did not take) and another consumer took it: that one runs this message again, and
+        // holds the key's later ones, leased under the same token. Running them here too would
+        // run them beside (and before) its run of this one. Whatever is still ours goes back.
+        this.#options.onError({
+          error: new BreakwaterError(
+            'BROKER_UNAVAILABLE',
+            `sql-queue: the lease of message ${JSON.stringify(message.id)} (seq ${item.seq}) of topic ${JSON.stringify(this.topic)} ran out while its handler ran, and another consumer of group ${JSON.stringify(this.group)} took it: it will be handled again (dedupe by id), and this consumer left the later messages of its key to the lease's holder`,
+            { retryable: true },
+          ),
+          phase: 'settle',
+          topic: this.topic,
+          group: this.group,
+          message,
+        })
+        await this.#release(chain.slice(i + 1), token)
+        return
+      }
     }
   }
 
@@ -738,13 +761,15 @@ class QueueSubscription implements Subscription {
   }
 
   // A failed settle is reported, not thrown: the lease runs out and the message comes back.
+  // Resolves to the rows it changed (0: the lease is no longer this token's), or undefined
+  // when it failed.
   async #settle(
     sql: string,
     params: unknown[],
     message: IncomingMessage | undefined,
-  ): Promise<void> {
+  ): Promise<number | undefined> {
     try {
-      await this.#db.execute(sql, params)
+      return (await this.#db.execute(sql, params)).rowCount
     } catch (error) {
       this.#options.onError({
         error,
@@ -753,6 +778,7 @@ class QueueSubscription implements Subscription {
         group: this.group,
         ...(message === undefined ? {} : { message }),
       })
+      return undefined
     }
   }
 }

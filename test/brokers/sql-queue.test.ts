@@ -272,6 +272,47 @@ describe.each(dbTargets)('SQL queue on $dialect', (target) => {
     await again.close()
   })
 
+  it("stops a key's chain when the lease ran out under a running handler and another consumer took it, instead of running the key's next message beside the earlier one", async () => {
+    const q = queue()
+    const topic = 'lost-lease'
+    const first = message(topic, 'k')
+    const second = message(topic, 'k')
+    // Stored before the group exists: the first lease takes both, under one token.
+    await q.publisher.publish([first, second])
+    const got: string[] = []
+    let finish = (): void => {}
+    const sub = await q.subscriber.subscribe(topic, 'g', async (m) => {
+      got.push(m.id)
+      if (m.id === first.id) await new Promise<void>((resolve) => (finish = resolve))
+    })
+    await until(() => got.length === 1, 'the first message')
+    // The lease ran out (a stalled process, a database that did not take the extensions) and
+    // another consumer of the group leased both messages: it runs the first one again now.
+    const taken = await t.db.execute(
+      `UPDATE breakwater_queue_deliveries SET lease_token = 'rival', held_until = $1
+       WHERE topic = '${topic}'`,
+      [Date.now() + 600_000],
+    )
+    expect(taken.rowCount).toBe(2)
+    finish()
+    const lost = () => errors.filter((e) => e.topic === topic && e.phase === 'settle')
+    await until(() => got.length === 2 || lost().length === 1, 'the lease loss to be seen')
+    // The second message is the rival's now, to run after its own run of the first.
+    expect(got).toEqual([first.id])
+    expect(lost()).toHaveLength(1)
+    expect(lost()[0]!.message?.id).toBe(first.id)
+    expect((lost()[0]!.error as BreakwaterError).code).toBe('BROKER_UNAVAILABLE')
+    expect((lost()[0]!.error as Error).message).toMatch(/lease/)
+    await sub.close()
+    expect(
+      await count(
+        t.db,
+        'breakwater_queue_deliveries',
+        `WHERE topic = '${topic}' AND lease_token = 'rival'`,
+      ),
+    ).toBe(2)
+  })
+
   it('keeps per-key order with concurrent handlers for a single consumer', async () => {
     const q = queue({ concurrency: 4, prefetch: 32 })
     const seen = new Map<string, number[]>()
