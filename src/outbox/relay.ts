@@ -362,7 +362,11 @@ function isCircuitRejection(error: unknown): boolean {
 
 function errorText(error: unknown): string {
   const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error)
-  return text.length > 2000 ? `${text.slice(0, 2000)}…` : text
+  const cut = text.length > 2000 ? `${text.slice(0, 2000)}…` : text
+  // Stored in last_error: PostgreSQL text cannot hold NUL, and the charge that failed on it
+  // left the event uncharged, so it was never dead-lettered and held back its aggregate for
+  // good. (A lone surrogate, such as one the cut leaves, is stored as U+FFFD: harmless here.)
+  return cut.replaceAll('\u0000', '\\0')
 }
 
 interface WaveResult {

@@ -378,6 +378,32 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
     }
   })
 
+  it('dead-letters an event whose error text holds a NUL (which PostgreSQL text cannot store)', async () => {
+    const clock = new ManualClock(T0 + 1_000_000)
+    const prefix = 'nul-error'
+    const outbox = createOutbox({ clock, topic: prefix })
+    const { publisher, relay, events } = await setup(clock, { maxAttempts: 1 })
+    publisher.before = (messages) => {
+      if (messages.some((m) => m.id === `${prefix}-0`))
+        throw new BreakwaterError('BROKER_REJECTED', 'bad byte \u0000 in subject')
+    }
+    try {
+      await relay.start()
+      await enqueueAll(t.db, outbox, [`${prefix}-0`])
+      await advanceUntil(
+        clock,
+        async () => (await listDead(t.db)).some((d) => d.eventId === `${prefix}-0`),
+        'the event to be dead-lettered',
+      )
+      const dead = (await listDead(t.db)).find((d) => d.eventId === `${prefix}-0`)
+      expect(dead?.lastError).toContain('bad byte \\0 in subject')
+      expect(events.filter((e) => e.type === 'error')).toEqual([])
+    } finally {
+      await relay.stop()
+      await t.db.execute('DELETE FROM breakwater_outbox WHERE event_id = $1', [`${prefix}-0`])
+    }
+  })
+
   it.each(['rejected', 'unclear'] as const)(
     'dead-letters a poison event (%s error) without blocking other aggregates; redrive publishes it',
     async (kind) => {
