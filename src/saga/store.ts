@@ -52,6 +52,17 @@ function stamped(write: TransitionWrite): TransitionWrite {
   return leaseExpiresAt > write.leaseExpiresAt ? { ...write, leaseExpiresAt } : write
 }
 
+/**
+ * The reason as the `reason` column stores it. It is built from error messages and an
+ * operator's cancel reason, which may hold NUL: PostgreSQL text cannot, so the write of the
+ * failure was refused every time and the saga never left its failing step (and in a group
+ * commit, the writes of every other instance of the batch were refused with it). The NUL is
+ * written as `\0`; the timeline keeps the error as it was (JSON escapes it).
+ */
+function storedReason(reason: string | null): string | null {
+  return reason === null ? null : reason.replaceAll('\u0000', '\\0')
+}
+
 function transitionParams(write: TransitionWrite): unknown[] {
   return [
     write.id,
@@ -64,7 +75,7 @@ function transitionParams(write: TransitionWrite): unknown[] {
     write.nextRunAt,
     write.leaseOwner,
     write.leaseExpiresAt,
-    write.reason,
+    storedReason(write.reason),
     write.now,
     write.finishedAt,
   ]
@@ -327,7 +338,7 @@ export async function writeBatch(
               next_run_at: w.nextRunAt,
               lease_owner: w.leaseOwner,
               lease_expires_at: w.leaseExpiresAt,
-              reason: w.reason,
+              reason: storedReason(w.reason),
               now: w.now,
               finished_at: w.finishedAt,
               events: w.events.map((e) => ({ ...e, n: n++ })),
