@@ -225,6 +225,15 @@ export async function runUntilSignal(
     }
     if (typeof service !== 'object' || service === null || typeof service.stop !== 'function')
       throw new InvalidOptionError('start()', 'a RunningService with stop()', service)
+    const done: unknown = service.done
+    if (done !== undefined && typeof (done as { then?: unknown } | null)?.then !== 'function') {
+      // The service is up: it is stopped (in the background, nobody waits for a failure) rather
+      // than left running under a run that rejects.
+      Promise.resolve()
+        .then(() => service.stop())
+        .catch(() => {})
+      throw new InvalidOptionError('start().done', 'a promise, or undefined', done)
+    }
 
     // Wait for a signal or for the service to end by itself.
     let ended: { ok: true } | { ok: false; error: unknown } | undefined
@@ -248,7 +257,8 @@ export async function runUntilSignal(
     const stopWithin = async (): Promise<'complete' | 'timeout' | 'forced'> => {
       let timer: TimerHandle | undefined
       let over = false
-      const stopping = service.stop()
+      // A stop() that returns no promise (`() => server.close()`) is a stop that has finished.
+      const stopping = Promise.resolve(service.stop())
       // Once the wait is over (timeout, forced), a late failure of stop() has nobody to tell.
       stopping.catch(() => {})
       try {

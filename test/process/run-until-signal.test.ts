@@ -333,6 +333,54 @@ describe('runUntilSignal', () => {
     expect(target.listenerCount('SIGTERM')).toBe(0)
   })
 
+  it('takes a stop() that returns no promise as done at once', async () => {
+    // `stop: () => server.close()` returns the server, not a promise: that is a finished stop,
+    // not a TypeError after the drain has begun.
+    const target = new EventEmitter()
+    const calls: string[] = []
+    for (const result of [undefined, { closed: true }]) {
+      const run = track(
+        runUntilSignal(
+          () => ({
+            stop: () => {
+              calls.push('stop')
+              return result as unknown as Promise<void>
+            },
+          }),
+          { target, clock: new ManualClock() },
+        ),
+      )
+      await flushJobs()
+      target.emit('SIGTERM', 'SIGTERM')
+      await flushJobs()
+      expect(run.error).toBeUndefined()
+      expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'complete' })
+    }
+    expect(calls).toEqual(['stop', 'stop'])
+    expect(target.listenerCount('SIGTERM')).toBe(0)
+  })
+
+  it('refuses a done that is not a promise, naming it, and stops the service it got', async () => {
+    const target = new EventEmitter()
+    const calls: string[] = []
+    const run = track(
+      runUntilSignal(
+        () => ({
+          done: true as unknown as Promise<void>,
+          stop: async () => {
+            calls.push('stop')
+          },
+        }),
+        { target, clock: new ManualClock() },
+      ),
+    )
+    await flushJobs()
+    expect(run.error).toBeInstanceOf(InvalidOptionError)
+    expect((run.error as InvalidOptionError).option).toBe('start().done')
+    expect(calls).toEqual(['stop'])
+    expect(target.listenerCount('SIGTERM')).toBe(0)
+  })
+
   it('refuses bad options, naming them', async () => {
     await expect(runUntilSignal(() => service().handle, { drainTimeoutMs: -1 })).rejects.toThrow(
       /drainTimeoutMs/,
