@@ -75,7 +75,8 @@ export interface WebhookPublisherOptions {
    */
   readonly retry?: WebhookRetryOptions | false
   /**
-   * Extra request headers (e.g. an API key the receiver wants). May not set `content-type`,
+   * Extra request headers (e.g. an API key the receiver wants; a `user-agent` here replaces
+   * the default `breakwater-webhook`), each name once whatever its case. May not set `content-type`,
    * `content-length`, `host`, `connection`, `transfer-encoding`, the signature or message-id
    * headers, or `idempotency-key`.
    * @default {}
@@ -427,6 +428,14 @@ class WebhookPublisher implements Publisher {
           'a single-line string of Latin-1 characters without control characters',
           '[hidden]',
         )
+      // Two spellings of one name (X-Api-Key, x-api-key) are one HTTP header: only one of the
+      // values could be sent, and which one would depend on the object's key order.
+      if (Object.hasOwn(extra, lower))
+        throw new InvalidOptionError(
+          `webhook.headers.${name}`,
+          'a header named once (names are case-insensitive)',
+          name,
+        )
       extra[lower] = value
     }
     this.#headers = extra
@@ -560,9 +569,10 @@ class WebhookPublisher implements Publisher {
   async #attempt(body: string, messageId: string | undefined, signal: AbortSignal): Promise<void> {
     const t = String(Math.floor(this.#clock.now() / 1000))
     const headers: Record<string, string> = {
+      // The default only: a User-Agent given in the headers option is the caller's to set.
+      'user-agent': 'breakwater-webhook',
       ...this.#headers,
       'content-type': 'application/json',
-      'user-agent': 'breakwater-webhook',
       [WEBHOOK_SIGNATURE_HEADER]: `t=${t},v1=${hmacHex(this.#secret, t, body)}`,
     }
     if (messageId !== undefined) {

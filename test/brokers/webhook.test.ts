@@ -387,6 +387,32 @@ describe('webhook publisher', () => {
   })
 })
 
+describe('webhook publisher headers option', () => {
+  it('sends a User-Agent given in headers instead of replacing it with its own', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 204 }))
+    const publisher = publisherFor({
+      url: hook.url,
+      secret,
+      clock,
+      headers: { 'User-Agent': 'billing-relay/2.1', 'x-api-key': 'k' },
+    })
+    await drive(clock, publisher.publish([message('e1', 'order-1')]))
+    expect(hook.seen[0]!.headers['user-agent']).toBe('billing-relay/2.1')
+    expect(hook.seen[0]!.headers['x-api-key']).toBe('k')
+  })
+
+  it('refuses two headers whose names differ only in case, instead of sending one of them', () => {
+    expect(() =>
+      createWebhookPublisher({
+        url: 'http://example.com/x',
+        secret,
+        headers: { 'X-Api-Key': 'a', 'x-api-key': 'b' },
+      }),
+    ).toThrow(InvalidOptionError)
+  })
+})
+
 describe('verifyWebhookSignature', () => {
   const body = '{"id":"e1","payload":{"total":12}}'
 
