@@ -1,4 +1,5 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import { AbortedError } from '../core/errors.js'
 import { IdempotencyBodyUnavailableError } from './errors.js'
 import { genericProblem } from './problem.js'
 import type { IdempotencyRequest, IdempotencyResponse } from './types.js'
@@ -67,13 +68,18 @@ function onBodyEnd(this: ReadingRequest): void {
   )
 }
 
+// A request stream fails only when its connection does (node's 'aborted', ECONNRESET): the
+// client went away, as for onBodyClose. An AbortedError (ABORTED), as when a client leaves a
+// wait, so that onError can tell a client's disconnect from a failure of the server.
 function onBodyError(this: ReadingRequest, error: Error): void {
-  stopReading(this)?.reject(error)
+  stopReading(this)?.reject(new AbortedError(error))
 }
 
 // The client went away before the body ended.
 function onBodyClose(this: ReadingRequest): void {
-  stopReading(this)?.reject(new Error('The request was aborted before its body was read'))
+  stopReading(this)?.reject(
+    new AbortedError(new Error('client disconnected before its request body was read')),
+  )
 }
 
 /**
