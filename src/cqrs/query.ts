@@ -126,6 +126,10 @@ function scan(sql: string, dialect: SqlDialect): Scanned | undefined {
         else if (sql[j] === "'") break
         else j++
       }
+      // SQLite takes a string literal where only a table name can stand (FROM 'events') as that
+      // name: there it is a name, and judged as one.
+      if (!postgres && tableNameBefore.test(code))
+        quoted.push(sql.slice(i + 1, j).replace(/''/g, "'"))
       code += ' '
       i = j + 1
     } else if (c === '"' || (!postgres && (c === '`' || c === '['))) {
@@ -140,7 +144,9 @@ function scan(sql: string, dialect: SqlDialect): Scanned | undefined {
         } else if (sql[j] === close) break
         else name += sql[j++]
       }
-      quoted.push(name)
+      // PostgreSQL's U&"..." spells the name with escapes (\XXXX, \+XXXXXX, or another
+      // escape character given by a UESCAPE clause after it): judge the name it stands for.
+      quoted.push(postgres && /u&$/i.test(code) ? unicodeName(name, sql.slice(j + 1)) : name)
       code += ' q '
       i = j + 1
     } else if (postgres && c === '$' && !identifierChar.test(sql[i - 1] ?? '')) {
@@ -160,6 +166,42 @@ function scan(sql: string, dialect: SqlDialect): Scanned | undefined {
     }
   }
   return { code, quoted }
+}
+
+// The code before a SQLite string literal that can only be a table name: FROM, JOIN, a comma of
+// a FROM list (also one of a select list: such a literal naming a breakwater_ table is refused
+// too, which costs nothing real) or a schema's dot.
+const tableNameBefore = /(?:\bfrom|\bjoin|,|\.)\s*$/i
+
+/**
+ * The name a PostgreSQL `U&"..."` identifier stands for: its escapes (`\XXXX`, `\+XXXXXX`,
+ * the escape character doubled) decoded, with the escape character of a `UESCAPE 'c'` clause
+ * in `rest` (the text after the identifier) when there is one.
+ */
+function unicodeName(name: string, rest: string): string {
+  const marker = /^\s*uescape\s*'(.)'/i.exec(rest)?.[1] ?? '\\'
+  let decoded = ''
+  for (let k = 0; k < name.length; k++) {
+    const c = name[k]!
+    if (c !== marker) {
+      decoded += c
+      continue
+    }
+    if (name[k + 1] === marker) {
+      decoded += marker
+      k++
+      continue
+    }
+    const long = name[k + 1] === '+'
+    const hex = long ? name.slice(k + 2, k + 8) : name.slice(k + 1, k + 5)
+    if (!/^[0-9A-Fa-f]+$/.test(hex) || hex.length !== (long ? 6 : 4)) {
+      decoded += c
+      continue
+    }
+    decoded += String.fromCodePoint(Math.min(Number.parseInt(hex, 16), 0x10ffff))
+    k += long ? 7 : 4
+  }
+  return decoded
 }
 
 /** Whether `sql` is one read-only statement over read models. */

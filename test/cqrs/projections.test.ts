@@ -230,6 +230,33 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     )
   })
 
+  it('a query handler refuses the store tables also where the text names them indirectly', async () => {
+    const query = createQueryHandler({ db: t.db, run: (rm, sql: string) => rm.query(sql) })
+    // SQLite takes a string literal where only a table name can stand as that name, and
+    // PostgreSQL's U&"..." identifiers spell a name with escapes: both read the event log.
+    const indirect =
+      target.dialect === 'sqlite'
+        ? [
+            "SELECT * FROM 'breakwater_events'",
+            "SELECT b.* FROM inline_balances a JOIN 'BREAKWATER_EVENTS' b ON 1 = 1",
+            "SELECT * FROM inline_balances, 'breakwater_streams'",
+            "SELECT * FROM main.'breakwater_events'",
+          ]
+        : [
+            'SELECT * FROM U&"\\0062reakwater_events"',
+            'SELECT * FROM u&"\\+000062reakwater_events"',
+            'SELECT * FROM U&"!0062reakwater_events" UESCAPE \'!\'',
+          ]
+    for (const sql of indirect) {
+      await expect(query(sql), sql).rejects.toThrow(/no breakwater_ tables/)
+    }
+    // A value that happens to start with breakwater_ is still data.
+    await expect(
+      query("SELECT count(*) AS n FROM inline_balances WHERE owner = 'breakwater_x'"),
+    ).resolves.toHaveLength(1)
+    await expect(query('SELECT 1 AS "U&x" FROM inline_balances LIMIT 1')).resolves.toBeDefined()
+  })
+
   it('a query handler refuses call options that are not an object instead of skipping the wait', async () => {
     // query(params, lastPosition) meant "at least this position": the number was ignored and
     // the query ran at once, on a read model that may not have the caller's write yet.
