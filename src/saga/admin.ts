@@ -1,5 +1,6 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { checkStoredName } from '../core/text.js'
 import { checkClock, checkInteger, checkObject, checkOneOf } from '../core/validate.js'
 import { notify, type SqlDriver, type SqlExecutor } from '../stores/index.js'
 import { SagaNotFoundError, SagaStateConflictError } from './errors.js'
@@ -313,9 +314,10 @@ export async function wakeSaga(
 
 // A non-string id reached the driver: SQLite threw a bare TypeError for an object, PostgreSQL
 // answered "not found" for it, and undefined read as "No saga instance has the id undefined".
+// Also text the database stores as it is: a NUL made PostgreSQL fail the lookup with a bare
+// driver error (no code, the caller's transaction aborted), where no saga can have the id.
 function checkId(option: string, id: unknown): void {
-  if (typeof id !== 'string' || id === '')
-    throw new InvalidOptionError(option, 'a non-empty string', id)
+  checkStoredName(option, id)
 }
 
 function adminOptions(options: SagaAdminOptions): { now: number; by: string; reason?: string } {

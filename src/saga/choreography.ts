@@ -1,6 +1,7 @@
 import type { IncomingMessage } from '../brokers/index.js'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { isStorableText } from '../core/text.js'
 import { checkClock, checkFunction, checkObject } from '../core/validate.js'
 import {
   CAUSATION_ID_HEADER,
@@ -267,10 +268,17 @@ export function sagaReplyHandler(
   return async (message) => {
     const sagaId = message.headers[CORRELATION_ID_HEADER]
     const step = message.headers[SAGA_STEP_HEADER]
-    // An empty header names nothing either (deliverReply refuses it, so the message would be
-    // redelivered forever).
+    // An empty header names nothing either, nor one with text no saga id or step can hold (a
+    // NUL): deliverReply refuses them, so the message would be redelivered forever.
     if (!sagaId || !step) {
       onIgnored(message, `no ${CORRELATION_ID_HEADER} or ${SAGA_STEP_HEADER} header`)
+      return
+    }
+    if (!isStorableText(sagaId) || !isStorableText(step)) {
+      onIgnored(
+        message,
+        `the ${CORRELATION_ID_HEADER} or ${SAGA_STEP_HEADER} header holds a NUL or a lone surrogate`,
+      )
       return
     }
     const reply = parsePayload(message.payload)

@@ -203,4 +203,23 @@ describe.each(dbTargets)('stray saga replies on $dialect', (target) => {
       ).rejects.toBeInstanceOf(InvalidOptionError)
     }
   })
+
+  it('sagaReplyHandler ignores a reply whose headers hold text no saga id or step can have (a NUL)', async () => {
+    const ignored: string[] = []
+    const handle = sagaReplyHandler(t.db, { onIgnored: (m) => ignored.push(m.id) })
+    const reply = (id: string, headers: Record<string, string>) =>
+      handle({ id, topic: 'saga.replies', key: 'k', payload: '{}', headers } as never)
+    // Refused by the database on PostgreSQL (a bare driver error): the message was rejected
+    // and redelivered for ever.
+    await reply('nul-1', { 'correlation-id': 'order\u0000-1', 'saga-step': 'charge' })
+    await reply('nul-2', { 'correlation-id': 'order-1', 'saga-step': 'char\u0000ge' })
+    expect(ignored).toEqual(['nul-1', 'nul-2'])
+    // deliverReply itself refuses them with InvalidOptionError rather than a driver error.
+    await expect(deliverReply(t.db, 'order\u0000-1', 'charge', {})).rejects.toBeInstanceOf(
+      InvalidOptionError,
+    )
+    await expect(deliverReply(t.db, 'order-1', 'char\u0000ge', {})).rejects.toBeInstanceOf(
+      InvalidOptionError,
+    )
+  })
 })
