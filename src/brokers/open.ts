@@ -7,7 +7,18 @@ import { createRabbitMqBroker, type RabbitMqBrokerOptions } from './rabbitmq.js'
 import { createRedisBroker, type RedisBrokerOptions } from './redis.js'
 import type { Broker } from './types.js'
 
-/** Options of {@link openBroker}: shared settings plus per-adapter ones for the URL's scheme. */
+const openBrokerKeys: ReadonlySet<string> = new Set([
+  'clock',
+  'onError',
+  'nats',
+  'rabbitmq',
+  'redis',
+])
+
+/**
+ * Options of {@link openBroker}: shared settings plus per-adapter ones for the URL's scheme.
+ * Any other key is refused with {@link InvalidOptionError}.
+ */
 export interface OpenBrokerOptions {
   /** Source of time for every adapter. @default systemClock */
   readonly clock?: Clock
@@ -37,6 +48,17 @@ export interface OpenBrokerOptions {
  */
 export function openBroker(url: string, options: OpenBrokerOptions = {}): Broker {
   checkObject('openBroker', options)
+  // A misspelt section (rabbitMq, Redis) or a setting meant for an adapter given flat
+  // (connectTimeoutMs) would otherwise open the broker with defaults without a word.
+  for (const name of Object.keys(options)) {
+    if (!openBrokerKeys.has(name)) {
+      throw new InvalidOptionError(
+        `openBroker.${name}`,
+        'one of clock, onError, nats, rabbitmq, redis (adapter settings go in their section, e.g. { rabbitmq: { connectTimeoutMs } })',
+        (options as Record<string, unknown>)[name],
+      )
+    }
+  }
   // Every adapter's settings are checked, not only the one the URL picks: a string or array
   // there would otherwise be spread into the options and silently ignored.
   for (const name of ['nats', 'rabbitmq', 'redis'] as const) {

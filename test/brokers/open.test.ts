@@ -40,6 +40,19 @@ describe('openBroker', () => {
     }
   })
 
+  it('refuses a misspelt or unknown option (an adapter section under another name), which would be ignored without a word', () => {
+    for (const options of [
+      { rabbitMq: { queueType: 'classic' } },
+      { Redis: { maxLength: 10 } },
+      { natsOptions: {} },
+      { connectTimeoutMs: 100 },
+    ]) {
+      const error = thrown(() => openBroker('amqp://127.0.0.1:1', options as never))
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe(`openBroker.${Object.keys(options)[0]}`)
+    }
+  })
+
   it('rejects an unknown scheme with InvalidOptionError naming the URL without its credentials', () => {
     const error = thrown(() => openBroker('kafka://admin:s3cret@broker:9092/topic'))
     expect(error).toBeInstanceOf(InvalidOptionError)
