@@ -58,7 +58,12 @@ export interface Subscriber {
    * still holds for the topic, where it keeps history (NATS, Redis). Rejects with a
    * `BrokerError` when the broker cannot be reached; after that first success the
    * subscription reconnects by itself. Messages with the same key are handled one at a time,
-   * in order.
+   * in order, by this subscription. Across competing subscribers of one group (several
+   * processes), only the SQL queue keeps that order: it leases no message of a key while an
+   * earlier one is held. NATS, RabbitMQ and Redis hand out a group's messages one by one to
+   * whichever subscriber asks, so two subscribers may run messages of one key at once; for
+   * order per key across processes there, run one subscriber per group (RabbitMQ's limits
+   * over half-open connections are in docs/rabbitmq.md).
    *
    * `handler` runs in breakwater's own async context, not the caller's: a deadline set around
    * the `subscribe()` call (`withDeadline`, a request's) or an `AsyncLocalStorage` store of the
