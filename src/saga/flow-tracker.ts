@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { jsonTextOf } from '../core/text.js'
+import { checkStoredName, isStorableText, jsonTextOf } from '../core/text.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
 import { sagaStatements } from './sql.js'
@@ -255,12 +255,13 @@ export interface TrackableMessage {
 export interface FlowTracker {
   /**
    * Records an event (in `executor`, e.g. the transaction that emits or consumes it). Resolves
-   * to false when its id was already recorded.
+   * to false when its id was already recorded. An empty id, correlation id or type, or any of
+   * them (or the source) holding a NUL or a lone surrogate, is refused with `InvalidOptionError`.
    */
   record(executor: SqlExecutor, event: TrackedEvent): Promise<boolean>
   /**
    * Records a broker message by its `correlation-id` and `event-type` headers (ignored, resolving
-   * false, when it has neither). Use as a subscription handler on a consumer group of its own.
+   * false, when it lacks one, or when one of them or its id holds a NUL or a lone surrogate). Use as a subscription handler on a consumer group of its own.
    */
   observe(message: TrackableMessage, source?: string): Promise<boolean>
   /** Rebuilds a flow's state; undefined when no event has this correlation id. */
@@ -299,12 +300,20 @@ class SqlFlowTracker implements FlowTracker {
 
   async record(executor: SqlExecutor, event: TrackedEvent): Promise<boolean> {
     checkObject('event', event)
-    for (const field of ['id', 'correlationId', 'type'] as const) {
-      if (typeof event[field] !== 'string' || event[field] === '')
-        throw new InvalidOptionError(`event.${field}`, 'a non-empty string', event[field])
-    }
-    if (event.source !== undefined && typeof event.source !== 'string')
-      throw new InvalidOptionError('event.source', 'a string', event.source)
+    // Text both databases store as it is: PostgreSQL refused a NUL with a bare driver error
+    // that aborted the caller's transaction (a reactor's message was then redelivered for
+    // ever), and stored a lone surrogate as U+FFFD (two correlation ids became one flow).
+    for (const field of ['id', 'correlationId', 'type'] as const)
+      checkStoredName(`event.${field}`, event[field])
+    if (
+      event.source !== undefined &&
+      (typeof event.source !== 'string' || !isStorableText(event.source))
+    )
+      throw new InvalidOptionError(
+        'event.source',
+        'a string without NUL characters or lone surrogates',
+        event.source,
+      )
     const at = checkInteger('event.at', event.at, 0)
     // Checked here: a BigInt threw a bare TypeError, and a function was stored as no payload.
     const payload = event.payload === undefined ? null : jsonTextOf('event.payload', event.payload)
@@ -323,6 +332,10 @@ class SqlFlowTracker implements FlowTracker {
     const correlationId = message.headers[trackedHeaders.correlationId]
     const type = message.headers[trackedHeaders.eventType]
     if (correlationId === undefined || type === undefined) return Promise.resolve(false)
+    // Headers the tracker cannot store are ignored as missing ones are: refused, the message
+    // would be rejected and redelivered for ever.
+    if (!isStorableText(correlationId) || !isStorableText(type) || !isStorableText(message.id))
+      return Promise.resolve(false)
     return this.record(this.#db, {
       id: message.id || randomUUID(),
       correlationId,

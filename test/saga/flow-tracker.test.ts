@@ -194,10 +194,40 @@ describe('tracker.record input', () => {
     // A function has no JSON text: it was stored as no payload at all, silently.
     ['a payload JSON cannot hold (function)', { ...valid, payload: () => 1 }, 'event.payload'],
     ['a source that is not a string', { ...valid, source: 42 }, 'event.source'],
+    // PostgreSQL text cannot hold NUL: a bare driver error (no code) that aborted the caller's
+    // transaction, so a reactor with a tracker had the message redelivered for ever.
+    ['an id with a NUL', { ...valid, id: 'e\u00001' }, 'event.id'],
+    ['a correlation id with a NUL', { ...valid, correlationId: 'c\u00001' }, 'event.correlationId'],
+    ['a type with a NUL', { ...valid, type: 'order\u0000placed' }, 'event.type'],
+    ['a source with a NUL', { ...valid, source: 'bil\u0000ling' }, 'event.source'],
+    // A lone surrogate is stored as U+FFFD: two different correlation ids would be one flow.
+    [
+      'a correlation id with a lone surrogate',
+      { ...valid, correlationId: 'c\ud800' },
+      'event.correlationId',
+    ],
   ])('refuses %s with InvalidOptionError', async (_label, event, option) => {
     const error = await tracker.record(untouched as never, event as never).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(InvalidOptionError)
     expect((error as InvalidOptionError).option).toBe(option)
+  })
+})
+
+describe('tracker.observe input', () => {
+  it('ignores a message whose headers hold text the tracker cannot store, as one without them', async () => {
+    const untouched = {
+      dialect: 'sqlite' as const,
+      query: async () => expect.unreachable('no query for an ignored message'),
+      execute: async () => expect.unreachable('no statement for an ignored message'),
+      transaction: async () => undefined,
+    }
+    const tracker = createFlowTracker({ db: untouched as never, flows: [flow] })
+    for (const headers of [
+      { 'correlation-id': 'c\u00001', 'event-type': 'order-placed' },
+      { 'correlation-id': 'c1', 'event-type': 'order\u0000placed' },
+    ]) {
+      expect(await tracker.observe({ id: 'm1', payload: '{}', headers })).toBe(false)
+    }
   })
 })
 
