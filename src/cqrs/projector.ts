@@ -206,6 +206,15 @@ class SqlProjector implements Projector {
     this.#projection = projection
     this.name = projection.name
     this.inline = store.inlineProjections.includes(projection)
+    // A copy of an inline projection (a spread, the definition declared twice) would run as an
+    // async one: started, it would apply every event again to the tables the appends write.
+    if (!this.inline && store.inlineProjections.some((p) => p.name === projection.name)) {
+      throw new InvalidOptionError(
+        'projection',
+        `the projection the store runs inline under the name "${projection.name}" (the same object), or another name`,
+        projection.name,
+      )
+    }
     this.#batchSize = checkInteger('batchSize', options.batchSize ?? 500, 1, 100_000)
     const pollIntervalMs = checkInteger(
       'pollIntervalMs',

@@ -489,6 +489,11 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     expect(() => createEventStore(t.db, { inlineProjections: [ok, other] })).toThrow(
       /inlineProjections\[1\]\.name/,
     )
+    // A copy of a projection the store runs inline (a spread, or the definition declared
+    // twice) made an async projector of it: started, it applied every event a second time to
+    // the tables the appends already write.
+    expect(() => createProjector(store, { ...inline })).toThrow(/projection: expected/)
+    expect(createProjector(store, inline).inline).toBe(true)
   })
 })
 
