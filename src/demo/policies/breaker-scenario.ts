@@ -1,5 +1,5 @@
-import { type Clock, sleep, systemClock } from '../../core/clock.js'
-import { checkInteger, checkNumber, checkObject } from '../../core/validate.js'
+import { type Clock, sleep } from '../../core/clock.js'
+import { checkClock, checkInteger, checkNumber, checkObject } from '../../core/validate.js'
 import { type CircuitState, circuitBreaker } from '../../policies/circuit-breaker.js'
 import { pipeline } from '../../policies/pipeline.js'
 import { seededRandom } from '../../policies/random.js'
@@ -101,7 +101,7 @@ export async function runBreakerScenario(
   const calls = checkInteger('breakerScenario.calls', options.calls ?? 240, 2, 100_000)
   const timeScale = checkNumber('breakerScenario.timeScale', options.timeScale ?? 0.1, 0.01, 10)
   const seed = checkInteger('breakerScenario.seed', options.seed ?? 1, 0)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('breakerScenario.clock', options.clock)
   const intervalMs = scaled(intervalSeedMs, timeScale)
   const answerMs = scaled(answerSeedMs, timeScale)
   const cooldownMs = scaled(cooldownSeedMs, timeScale)

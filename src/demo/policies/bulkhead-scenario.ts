@@ -1,5 +1,5 @@
-import { type Clock, sleep, systemClock } from '../../core/clock.js'
-import { checkInteger, checkNumber, checkObject } from '../../core/validate.js'
+import { type Clock, sleep } from '../../core/clock.js'
+import { checkClock, checkInteger, checkNumber, checkObject } from '../../core/validate.js'
 import { type Bulkhead, bulkhead } from '../../policies/bulkhead.js'
 import { createBulkheads } from '../../policies/bulkhead-registry.js'
 import { createDemoClient } from './client.js'
@@ -90,7 +90,7 @@ export async function runBulkheadScenario(
     10_000,
   )
   const timeScale = checkNumber('bulkheadScenario.timeScale', options.timeScale ?? 0.1, 0.01, 10)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('bulkheadScenario.clock', options.clock)
   const fastMs = scaled(fastAnswerSeedMs, timeScale)
   const slowMs = scaled(slowAnswerSeedMs, timeScale)
   const intervalMs = scaled(intervalSeedMs, timeScale)

@@ -1,5 +1,5 @@
-import { type Clock, systemClock } from '../../core/clock.js'
-import { checkInteger, checkNumber, checkObject } from '../../core/validate.js'
+import type { Clock } from '../../core/clock.js'
+import { checkClock, checkInteger, checkNumber, checkObject } from '../../core/validate.js'
 import type { Jitter } from '../../policies/backoff.js'
 import { seededRandom } from '../../policies/random.js'
 import { retry } from '../../policies/retry.js'
@@ -102,7 +102,7 @@ export async function runJitterScenario(
   const maxAttempts = checkInteger('jitterScenario.maxAttempts', options.maxAttempts ?? 10, 2, 20)
   const timeScale = checkNumber('jitterScenario.timeScale', options.timeScale ?? 0.25, 0.01, 10)
   const seed = checkInteger('jitterScenario.seed', options.seed ?? 1, 0)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('jitterScenario.clock', options.clock)
   const outageMs = scaled(outageSeedMs, timeScale)
   const workMs = scaled(workSeedMs, timeScale)
   const baseDelayMs = scaled(baseDelaySeedMs, timeScale)

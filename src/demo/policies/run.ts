@@ -1,7 +1,7 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { type Clock, systemClock } from '../../core/clock.js'
+import type { Clock } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
-import { checkFunction, checkNumber, checkObject } from '../../core/validate.js'
+import { checkClock, checkFunction, checkNumber, checkObject } from '../../core/validate.js'
 import { type BreakerScenarioOptions, runBreakerScenario } from './breaker-scenario.js'
 import { type BulkheadScenarioOptions, runBulkheadScenario } from './bulkhead-scenario.js'
 import { type JitterScenarioOptions, runJitterScenario } from './jitter-scenario.js'
@@ -109,7 +109,7 @@ export async function runPoliciesDemo(
     options.timeScale === undefined
       ? undefined
       : checkNumber('policiesDemo.timeScale', options.timeScale, 0.01, 10)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('policiesDemo.clock', options.clock)
   const withDefaults = <T extends { readonly timeScale?: number; readonly clock?: Clock }>(
     own: T | undefined,
   ): T => ({ ...(timeScale === undefined ? {} : { timeScale }), clock, ...own }) as T

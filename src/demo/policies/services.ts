@@ -1,8 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { type Clock, sleep, systemClock, type TimerHandle } from '../../core/clock.js'
+import { type Clock, sleep, type TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
-import { checkFunction, checkObject } from '../../core/validate.js'
+import { checkClock, checkFunction, checkObject } from '../../core/validate.js'
 
 /** What a {@link FaultyService} does with one request. */
 export type Reaction =
@@ -301,7 +301,7 @@ export async function createFaultyService(
     options.behaviour === undefined
       ? healthy
       : checkFunction<Behaviour>('faultyService.behaviour', options.behaviour)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('faultyService.clock', options.clock)
   const transport = options.transport ?? 'http'
   if (transport !== 'http' && transport !== 'memory') {
     throw new InvalidOptionError('faultyService.transport', "'http' or 'memory'", transport)

@@ -1,5 +1,5 @@
-import { type Clock, systemClock } from '../../core/clock.js'
-import { checkInteger, checkNumber, checkObject } from '../../core/validate.js'
+import type { Clock } from '../../core/clock.js'
+import { checkClock, checkInteger, checkNumber, checkObject } from '../../core/validate.js'
 import { pipeline } from '../../policies/pipeline.js'
 import { seededRandom } from '../../policies/random.js'
 import { retry } from '../../policies/retry.js'
@@ -103,7 +103,7 @@ export async function runTimeoutScenario(
   const hangRate = checkNumber('timeoutScenario.hangRate', options.hangRate ?? 0.05, 0, 0.5)
   const timeScale = checkNumber('timeoutScenario.timeScale', options.timeScale ?? 0.1, 0.01, 10)
   const seed = checkInteger('timeoutScenario.seed', options.seed ?? 1, 0)
-  const clock = options.clock ?? systemClock
+  const clock = checkClock('timeoutScenario.clock', options.clock)
   const fastestMs = scaled(fastestSeedMs, timeScale)
   const slowestMs = scaled(slowestSeedMs, timeScale)
   const longMs = scaled(longTimeoutSeedMs, timeScale)
