@@ -4,7 +4,11 @@ import { InvalidOptionError } from './errors.js'
 // Small validators for constructor options. They run once per factory call, never per
 // operation, so clarity beats speed here.
 
-/** Returns `value` if it is a finite number within [min, max], else throws naming `option`. */
+/**
+ * Returns `value` if it is a number (not NaN) within [min, max], else throws naming `option`.
+ * `Infinity` is in range when `max` is (the default): callers such as `withDeadline(Infinity)`
+ * read it as no limit; pass a finite `max` where it has no meaning.
+ */
 export function checkNumber(
   option: string,
   value: unknown,
