@@ -128,7 +128,7 @@ function scan(sql: string, dialect: SqlDialect): Scanned | undefined {
       }
       // SQLite takes a string literal where only a table name can stand (FROM 'events') as that
       // name: there it is a name, and judged as one.
-      if (!postgres && tableNameBefore.test(code))
+      if (!postgres && isTableNamePosition(code))
         quoted.push(sql.slice(i + 1, j).replace(/''/g, "'"))
       code += ' '
       i = j + 1
@@ -168,10 +168,16 @@ function scan(sql: string, dialect: SqlDialect): Scanned | undefined {
   return { code, quoted }
 }
 
-// The code before a SQLite string literal that can only be a table name: FROM, JOIN, a comma of
-// a FROM list (also one of a select list: such a literal naming a breakwater_ table is refused
-// too, which costs nothing real) or a schema's dot.
-const tableNameBefore = /(?:\bfrom|\bjoin|,|\.)\s*$/i
+// The code before a SQLite string literal that can only be a table name: FROM, JOIN, a schema's
+// dot, or a comma of a FROM list (the code since the last FROM holds no parenthesis and no
+// keyword of a later clause, so `IN ('a', 'b')` and select lists stay data).
+const tableNameBefore = /(?:\bfrom|\bjoin|\.)\s*$/i
+const fromListComma =
+  /\bfrom\b(?![\s\S]*\b(?:from|where|on|using|group|order|having|limit|window|select|union|intersect|except|values)\b)[^()]*,\s*$/i
+
+function isTableNamePosition(code: string): boolean {
+  return tableNameBefore.test(code) || fromListComma.test(code)
+}
 
 /**
  * The name a PostgreSQL `U&"..."` identifier stands for: its escapes (`\XXXX`, `\+XXXXXX`,
