@@ -410,6 +410,7 @@ export function createReactor(
     throw new InvalidOptionError('consumer', 'a non-empty string', options.consumer)
   if (typeof options.outbox?.enqueue !== 'function')
     throw new InvalidOptionError('outbox', 'an Outbox (createOutbox)', options.outbox)
+  checkTracker('tracker', options.tracker)
   const reactions = checkObject('reactions', options.reactions)
   for (const [type, reaction] of Object.entries(reactions))
     checkFunction(`reactions.${type}`, reaction)
@@ -486,6 +487,10 @@ export async function emitEvent(
   event: OutboxEvent,
 ): Promise<string> {
   checkObject('options', options)
+  // Both before the write: a TypeError (no code) otherwise, the tracker's after the enqueue.
+  if (typeof options.outbox?.enqueue !== 'function')
+    throw new InvalidOptionError('options.outbox', 'an Outbox (createOutbox)', options.outbox)
+  checkTracker('options.tracker', options.tracker)
   const id = await options.outbox.enqueue(tx, event)
   if (options.tracker !== undefined) {
     await options.tracker.record(tx, {
@@ -497,6 +502,16 @@ export async function emitEvent(
     })
   }
   return id
+}
+
+/**
+ * Refuses a tracker that is not a FlowTracker: its `record` failed with a TypeError (no code)
+ * inside each message's transaction, so every message was rolled back and redelivered for ever.
+ */
+function checkTracker(option: string, tracker: unknown): void {
+  if (tracker === undefined) return
+  if (typeof (tracker as { record?: unknown } | null)?.record !== 'function')
+    throw new InvalidOptionError(option, 'a FlowTracker (createFlowTracker)', tracker)
 }
 
 const decoder = new TextDecoder()
