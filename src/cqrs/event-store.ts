@@ -81,7 +81,9 @@ export interface EventStoreOptions {
    * an earlier one is still being written go out together, as one statement and one
    * transaction, so concurrent appends share one round trip and one WAL flush. Each append's
    * expectation is still checked on its own: a conflict fails that append only. A lone append
-   * is sent at once, as without this option.
+   * is sent at once, as without this option. One statement is in flight at a time: an append
+   * waiting for a stream row that an open transaction holds (an append in a caller's `tx`)
+   * holds back every later standalone append of the store until that transaction ends.
    * @default true
    */
   readonly groupCommit?: boolean
