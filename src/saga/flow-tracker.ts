@@ -23,7 +23,7 @@ export interface FlowStepDeclaration {
   readonly withinMs?: number
   /**
    * Event types that mean this step failed (e.g. `payment-declined`): the flow then turns to
-   * its compensation.
+   * its compensation. For the flow's steps only: refused on a compensation step.
    * @default []
    */
   readonly failsOn?: readonly string[]
@@ -70,7 +70,8 @@ export interface FlowDefinition {
 /**
  * Declares a choreographed flow: the events expected per correlation id, in order, with how
  * long each may take, which events mean failure, and the compensation expected after one.
- * Throws `InvalidOptionError` for an empty or repeated event list.
+ * Throws `InvalidOptionError` for an empty or repeated event list, an unknown option, or
+ * `failsOn` on a compensation step (only the steps' failure events count).
  *
  * @example
  * ```ts
@@ -87,6 +88,7 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
   if (typeof d.name !== 'string' || d.name === '')
     throw new InvalidOptionError('flow.name', 'a non-empty string', d.name)
   const where = `flow "${d.name}"`
+  checkKnownKeys(where, d, declarationKeys)
   const withinMs = checkInteger(`${where}.withinMs`, d.withinMs ?? 60_000, 1)
   const compile = (field: string, raw: unknown, required: boolean): CompiledFlowStep[] => {
     if (raw === undefined && !required) return []
@@ -95,8 +97,17 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
     return raw.map((entry: unknown, i) => {
       const at = `${where}.${field}[${i}]`
       const step = typeof entry === 'string' ? { event: entry } : checkObject(at, entry)
+      checkKnownKeys(at, step, stepKeys)
       if (typeof step.event !== 'string' || step.event === '')
         throw new InvalidOptionError(`${at}.event`, 'a non-empty event type', step.event)
+      // Only the steps' failure events turn a flow to its compensation: one declared on a
+      // compensation step was accepted and never looked at.
+      if (field === 'compensation' && step.failsOn !== undefined)
+        throw new InvalidOptionError(
+          `${at}.failsOn`,
+          'nothing: failure events belong to the steps, not the compensation',
+          step.failsOn,
+        )
       const failsOn = step.failsOn ?? []
       if (!Array.isArray(failsOn) || failsOn.some((f) => typeof f !== 'string' || f === ''))
         throw new InvalidOptionError(`${at}.failsOn`, 'an array of event types', failsOn)
@@ -129,6 +140,17 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
   })
   definedFlows.add(flow)
   return flow
+}
+
+const declarationKeys = new Set(['name', 'steps', 'compensation', 'withinMs'])
+const stepKeys = new Set(['event', 'withinMs', 'failsOn'])
+
+// A misspelt option (`within`, `compensations`) was dropped without a word.
+function checkKnownKeys(at: string, value: object, known: ReadonlySet<string>): void {
+  for (const [key, v] of Object.entries(value)) {
+    if (!known.has(key) && v !== undefined)
+      throw new InvalidOptionError(`${at}.${key}`, `one of ${[...known].join(', ')}`, v)
+  }
 }
 
 // The flows defineFlow returned, recognised by identity: only they were validated.

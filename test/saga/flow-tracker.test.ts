@@ -164,6 +164,14 @@ describe('defineFlow', () => {
     [{ name: 'f', steps: ['a', { event: 'b', failsOn: ['a'] }] }, 'flow "f" event #2'],
     [{ name: 'f', steps: ['a'], withinMs: 0 }, 'flow "f".withinMs'],
     [{ name: 'f', steps: ['a', { event: 'b', withinMs: -1 }] }, 'flow "f".steps[1].withinMs'],
+    // Accepted and ignored: only the steps' failure events turn a flow to its compensation.
+    [
+      { name: 'f', steps: ['a'], compensation: [{ event: 'c', failsOn: ['d'] }] },
+      'flow "f".compensation[0].failsOn',
+    ],
+    // A misspelt option was dropped without a word (the step got the flow's withinMs).
+    [{ name: 'f', steps: ['a', { event: 'b', within: 5 }] }, 'flow "f".steps[1].within'],
+    [{ name: 'f', steps: ['a'], compensations: ['c'] }, 'flow "f".compensations'],
   ])('refuses %j', (declaration, option) => {
     try {
       defineFlow(declaration as never)
