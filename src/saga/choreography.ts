@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from '../brokers/index.js'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
@@ -470,7 +471,7 @@ export interface EmitEventOptions {
 /**
  * Emits an event through the outbox in `tx` (and records it with the tracker): how a service
  * starts a choreographed flow alongside its business write. The correlation id defaults to the
- * event's id, which then names the flow.
+ * event's id, which then names the flow (and is sent as its `correlation-id` header).
  *
  * @example
  * ```ts
@@ -491,11 +492,21 @@ export async function emitEvent(
   if (typeof options.outbox?.enqueue !== 'function')
     throw new InvalidOptionError('options.outbox', 'an Outbox (createOutbox)', options.outbox)
   checkTracker('options.tracker', options.tracker)
-  const id = await options.outbox.enqueue(tx, event)
+  // The correlation id that names the flow goes out as the `correlation-id` header too: left
+  // out, a tracker that only observes (`tracker.observe` needs the header) dropped the flow's
+  // first event, and the flow, known by its later events alone, was never reported stalled.
+  const started =
+    event.correlationId === undefined
+      ? (() => {
+          const id = event.id ?? randomUUID()
+          return { ...event, id, correlationId: id }
+        })()
+      : event
+  const id = await options.outbox.enqueue(tx, started)
   if (options.tracker !== undefined) {
     await options.tracker.record(tx, {
       id,
-      correlationId: event.correlationId ?? id,
+      correlationId: started.correlationId ?? id,
       type: event.type,
       ...(options.consumer === undefined ? {} : { source: options.consumer }),
       at: storedTime(checkClock('clock', options.clock)),
