@@ -223,7 +223,9 @@ export interface IdempotentExecution {
    * Records the handler's response (in `context.tx`, which then commits) and returns the
    * response to send: the same one, or a 409 problem if the lease was lost meanwhile (then the
    * handler's writes were rolled back). A response that `storeResponse` rejects releases the
-   * key instead and is returned as is. Rejects only on a database error (the key is released).
+   * key instead and is returned as is. Rejects on a database error, and with `INVALID_OPTION`
+   * (`option: 'status'`) for a status outside 100-599, which no response can be sent with;
+   * either way the key is released.
    */
   complete(response: IdempotencyResponse): Promise<IdempotencyResponse>
   /**
@@ -425,6 +427,13 @@ class HttpExecution implements IdempotentExecution {
   }
 
   async complete(response: IdempotencyResponse): Promise<IdempotencyResponse> {
+    const { status } = response
+    if (!Number.isInteger(status) || status < 100 || status > 599) {
+      // No response can be sent with it (node's writeHead throws, a fetch Response refuses it),
+      // so a recorded one would fail every replay until its retention ends: a handler failure.
+      await this.#execution.release()
+      throw new InvalidOptionError('status', 'an HTTP status code from 100 to 599', status)
+    }
     let store: boolean
     try {
       store = this.#storeResponse(response.status)

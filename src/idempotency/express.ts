@@ -142,18 +142,25 @@ export function expressIdempotency(
     // Express renders a handler's error through res.end too (status 500 by default), so the
     // captured response covers failures: a 5xx releases the key.
     captureNodeResponse(res, (response) => {
-      execution.complete(response).then(
-        (final) => writeNodeResponse(res, final),
-        (error: unknown) => {
-          // The store failed (the key was released). Express cannot render this error any
-          // more: the handler's response already went through res.end.
-          writeNodeResponse(
-            res,
-            genericProblem(500, 'Internal Server Error', 'The result could not be recorded'),
-          )
-          onError(error)
-        },
-      )
+      const failed = (error: unknown): void => {
+        // The store failed (the key was released), or the response could not be written.
+        // Express cannot render this error any more: the handler's response already went
+        // through res.end.
+        writeNodeResponse(
+          res,
+          genericProblem(500, 'Internal Server Error', 'The result could not be recorded'),
+        )
+        onError(error)
+      }
+      execution.complete(response).then((final) => {
+        // Guarded as the rejection is: a throw here would be an unhandled rejection (the
+        // process ends) and leave the client without an answer.
+        try {
+          writeNodeResponse(res, final)
+        } catch (error) {
+          failed(error)
+        }
+      }, failed)
     })
     next()
   }
