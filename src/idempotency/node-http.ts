@@ -33,7 +33,8 @@ export interface IdempotentHandlerOptions {
   readonly route?: (req: IncomingMessage) => string
   /**
    * The largest request body read (the wrapper reads the body to fingerprint it); larger
-   * bodies are answered 413.
+   * bodies are answered 413. It applies to every request, guarded or not: the wrapper reads
+   * each body for the handler's `body`.
    * @default 1048576 (1 MiB)
    */
   readonly maxBodyBytes?: number
