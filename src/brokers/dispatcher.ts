@@ -245,6 +245,45 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
   }
 
   /**
+   * Gives up the deliveries `lost` selects (queued or running), which the broker has handed to
+   * another consumer (it runs them): queued ones are removed without settling and are not
+   * awaited; a running one runs on (its settle is the adapter's to refuse). The queued
+   * deliveries of their keys that come after the earliest lost one are handed back
+   * (`release`) and awaited, so they do not run here beside and before the other consumer's
+   * run of it. Returns the removed queued deliveries.
+   */
+  forsake(lost: (delivery: D) => boolean): D[] {
+    const dropped: D[] = []
+    for (const [key, state] of this.#keys) {
+      let earliest: DeliveryOrder | undefined
+      if (state.running !== undefined && lost(state.running.delivery)) {
+        earliest = state.running.order
+      }
+      const keep: Array<Entry<D>> = []
+      for (const entry of state.queue) {
+        if (lost(entry.delivery)) {
+          dropped.push(entry.delivery)
+          if (earliest === undefined || entry.order < earliest) earliest = entry.order
+        } else {
+          keep.push(entry)
+        }
+      }
+      if (earliest === undefined) continue
+      const stay: Array<Entry<D>> = []
+      for (const entry of keep) {
+        if (entry.order > earliest) this.#handBack(state, entry, 'release')
+        else stay.push(entry)
+      }
+      this.#queued -= state.queue.length - stay.length
+      state.queue.splice(0, state.queue.length, ...stay)
+      this.#refresh(key, state)
+    }
+    this.#wakeRoom()
+    this.#pump()
+    return dropped
+  }
+
+  /**
    * Stops starting handlers, releases every queued delivery, and resolves once the running
    * handlers have finished and every settle has completed.
    */

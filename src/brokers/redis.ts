@@ -1,5 +1,5 @@
 // Redis Streams adapter. The `ioredis` driver is imported lazily, here only.
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Redis } from 'ioredis'
 import { maxTimerDelayMs, sleep, within } from '../core/clock.js'
@@ -60,7 +60,10 @@ export interface RedisBrokerOptions extends BrokerCommonOptions {
   /**
    * How long a delivered message may stay unacknowledged before another consumer of the group
    * claims it (XAUTOCLAIM): a crashed subscriber's messages come back after this. Extended
-   * while the handler runs.
+   * while the handler runs. A subscription that stalls longer (a GC pause, SIGSTOP) may find
+   * its messages taken by another consumer: it gives them up (a queued one is not run, a
+   * running one is not acked) and reports each to `onError` (phase `settle`,
+   * `BROKER_UNAVAILABLE`); the other consumer runs them again.
    * @default 30000
    */
   readonly visibilityTimeoutMs?: number
@@ -136,7 +139,8 @@ const reservedQuery = new Set([
  * handler resolves, and claims messages pending longer than `visibilityTimeoutMs` (XAUTOCLAIM)
  * for redelivery: those of crashed consumers and those whose handler failed (a failed message
  * is marked claimable after `retryDelayMs`). The delivery count comes from Redis's pending
- * entries list.
+ * entries list. Held messages are kept fresh, and acked, only while the group's pending
+ * entries list still names this consumer (a Lua script, so the user needs EVAL and EVALSHA).
  *
  * Every command waits at most `commandTimeoutMs` for its answer (a blocking read `blockMs`
  * longer), so a server that keeps the connection but stops answering fails a subscription's
@@ -332,6 +336,101 @@ function command(
   ...args: Array<string | Buffer>
 ): Promise<unknown> {
   return answered(options, client, name, client.call(name, ...args))
+}
+
+/**
+ * Settles or refreshes entries only where the group's pending entries list still names this
+ * consumer as their owner, atomically per call. XCLAIM with min-idle 0 and XACK would act on
+ * an entry whatever consumer holds it: after a stall longer than `visibilityTimeoutMs`
+ * another consumer may have claimed it (XAUTOCLAIM) and be running it, and taking it back or
+ * acking it under that consumer breaks the key's order and loses its run's failure.
+ *
+ * KEYS[1] the stream; ARGV: group, consumer, action (`ack`, `claim`), idle ms for `claim`
+ * (empty: none), then entry ids. Acks or claims (JUSTID) those still owned; returns the others
+ * as `[id, owner]` pairs (owner empty when the entry is no longer pending at all).
+ */
+const ownedScript = `
+local stream, group, consumer, action, idle = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local mine, lost = {}, {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local row = redis.call('XPENDING', stream, group, id, id, 1)[1]
+  if row ~= nil and row[2] == consumer then
+    mine[#mine + 1] = id
+  else
+    lost[#lost + 1] = id
+    lost[#lost + 1] = row ~= nil and row[2] or ''
+  end
+end
+if #mine > 0 then
+  if action == 'ack' then
+    redis.call('XACK', stream, group, unpack(mine))
+  else
+    local args = {stream, group, consumer, '0'}
+    for _, id in ipairs(mine) do args[#args + 1] = id end
+    if idle ~= '' then
+      args[#args + 1] = 'IDLE'
+      args[#args + 1] = idle
+    end
+    args[#args + 1] = 'JUSTID'
+    redis.call('XCLAIM', unpack(args))
+  end
+end
+return lost
+`
+const ownedScriptSha = createHash('sha1').update(ownedScript).digest('hex')
+/** Ids per script call: Lua's unpack() is limited by its C stack (about 8000 values). */
+const ownedChunk = 1_000
+
+/** An entry this consumer held that the group now gives to another consumer, or to none. */
+interface LostEntry {
+  readonly entryId: string
+  /** The consumer that now holds it; empty when it is no longer pending at all. */
+  readonly owner: string
+}
+
+/**
+ * Acks or claims (`IDLE idle` when given) the entries `ids` that `consumer` still owns in
+ * `group`, through {@link ownedScript}; returns those it no longer owns.
+ */
+async function settleOwned(
+  options: ResolvedRedisOptions,
+  client: Redis,
+  topic: string,
+  group: string,
+  consumer: string,
+  action: 'ack' | 'claim',
+  ids: readonly string[],
+  idle?: number,
+): Promise<LostEntry[]> {
+  const lost: LostEntry[] = []
+  for (let start = 0; start < ids.length; start += ownedChunk) {
+    const args = [
+      '1',
+      topic,
+      group,
+      consumer,
+      action,
+      idle === undefined ? '' : String(idle),
+      ...ids.slice(start, start + ownedChunk),
+    ]
+    // Named by what it does, as a plain XACK or XCLAIM would be in a timeout's message.
+    const what = action === 'ack' ? 'XACK' : 'XCLAIM'
+    const reply = (await answered(
+      options,
+      client,
+      what,
+      client.call('EVALSHA', ownedScriptSha, ...args),
+    ).catch((error: unknown) => {
+      // Not cached yet (a new or restarted server): send it once in full.
+      if (!reasonOf(error).startsWith('NOSCRIPT')) throw error
+      return answered(options, client, what, client.call('EVAL', ownedScript, ...args))
+    })) as string[]
+    for (let i = 0; i + 1 < reply.length; i += 2) {
+      lost.push({ entryId: String(reply[i]), owner: String(reply[i + 1]) })
+    }
+  }
+  return lost
 }
 
 /** Closes `client` with QUIT, bounded by {@link answered}, or drops it. */
@@ -551,6 +650,11 @@ interface RedisSubscriptionState {
   readonly dispatcher: KeyedDispatcher<RedisDelivery>
   /** Entry ids in the dispatcher (queued or running): claimed for us, never delivered twice. */
   readonly held: Set<string>
+  /**
+   * Held entries found claimed by another consumer while their handler runs (reported once):
+   * no longer refreshed; their settle acks or returns them only if they are ours again.
+   */
+  readonly lost: Set<string>
   /** The current session's command connection: acks go out on it, whichever session read. */
   commands: Redis | undefined
   sessions: number
@@ -613,6 +717,7 @@ class RedisSubscriber implements Subscriber {
     const state: RedisSubscriptionState = {
       dispatcher: subscriptionDispatcher<RedisDelivery>('redis', options, topic, group, handler),
       held: new Set(),
+      lost: new Set(),
       commands: undefined,
       sessions: 0,
     }
@@ -667,6 +772,46 @@ class RedisSubscriber implements Subscriber {
   ): Promise<Session> {
     const options = this.#options
     const { dispatcher, held } = state
+    const reportLost = (entry: LostEntry, message: IncomingMessage, running: boolean): void => {
+      const where = `entry ${entry.entryId} (message ${JSON.stringify(message.id)}) of stream ${JSON.stringify(topic)}`
+      const fate =
+        entry.owner === ''
+          ? `is no longer pending in group ${JSON.stringify(group)} (another consumer took and settled it)`
+          : `was claimed by consumer ${JSON.stringify(entry.owner)} of group ${JSON.stringify(group)}, which runs it again (dedupe by id)`
+      const here = running
+        ? 'its handler here ran without the claim, and its outcome is not settled for the group'
+        : 'this consumer dropped it without running it'
+      options.onError({
+        error: new BrokerError(
+          'BROKER_UNAVAILABLE',
+          'redis',
+          `${where} ${fate}: consumer ${JSON.stringify(consumer)} held it past visibilityTimeoutMs (a stalled process?); ${here}, and left the later entries of its key to be claimed again`,
+        ),
+        phase: 'settle',
+        topic,
+        group,
+        message,
+      })
+    }
+    // Keeps the held entries from being claimed by others, only where they are still ours: an
+    // entry another consumer claimed while this one stalled is dropped here (not run, not
+    // awaited, its key's later entries handed back), never taken back (see ownedScript).
+    const refresh = async (client: Redis): Promise<void> => {
+      const ids = [...held].filter((id) => !state.lost.has(id))
+      if (ids.length === 0) return
+      const lost = await settleOwned(options, client, topic, group, consumer, 'claim', ids)
+      if (lost.length === 0) return
+      const owners = new Map(lost.map((entry) => [entry.entryId, entry]))
+      // Only those still in the dispatcher: one settled meanwhile reports itself (settle).
+      const gone = dispatcher.held().filter((d) => owners.has(d.entryId))
+      const dropped = new Set(dispatcher.forsake((d) => owners.has(d.entryId)))
+      for (const delivery of gone) {
+        const running = !dropped.has(delivery)
+        if (running) state.lost.add(delivery.entryId)
+        else held.delete(delivery.entryId)
+        reportLost(owners.get(delivery.entryId)!, delivery.message, running)
+      }
+    }
     const session = ++state.sessions
     // Two connections: XREADGROUP BLOCK occupies the reader; acks, claims and heartbeats must
     // not wait behind it.
@@ -694,31 +839,32 @@ class RedisSubscriber implements Subscriber {
     // fresh (XCLAIM) and acked while their handlers finish.
     let receiving = true
     const abort = new AbortController()
-    const settle = async (entryId: string, outcome: Outcome): Promise<void> => {
+    const settle = async (
+      entryId: string,
+      message: IncomingMessage,
+      outcome: Outcome,
+    ): Promise<void> => {
       held.delete(entryId)
+      const reported = state.lost.delete(entryId)
       // Entry ids are the group's, not the connection's: settle on the live connection.
       const live = state.commands ?? commands
+      // Only while still ours: acking or returning an entry another consumer claimed would end
+      // or disturb that consumer's run of it.
+      let lost: LostEntry[]
       if (outcome === 'ack') {
-        await command(options, live, 'XACK', topic, group, entryId)
-        return
+        lost = await settleOwned(options, live, topic, group, consumer, 'ack', [entryId])
+      } else {
+        // Leave it pending but make it look idle for long enough that the claim loop (ours or
+        // another consumer's) takes it: after retryDelayMs, or at once on release.
+        const delay = outcome === 'retry' ? options.retryDelayMs : 0
+        const idle = Math.max(0, options.visibilityTimeoutMs - delay)
+        lost = await settleOwned(options, live, topic, group, consumer, 'claim', [entryId], idle)
       }
-      // Leave it pending but make it look idle for long enough that the claim loop (ours or
-      // another consumer's) takes it: after retryDelayMs, or at once on release.
-      const delay = outcome === 'retry' ? options.retryDelayMs : 0
-      const idle = Math.max(0, options.visibilityTimeoutMs - delay)
-      await command(
-        options,
-        live,
-        'XCLAIM',
-        topic,
-        group,
-        consumer,
-        '0',
-        entryId,
-        'IDLE',
-        String(idle),
-        'JUSTID',
-      )
+      if (lost.length === 0 || reported) return
+      reportLost(lost[0]!, message, true)
+      // The others held may be lost too (a stall outlives every claim): drop them before they
+      // run beside the other consumer's runs.
+      await refresh(live).catch(() => {})
     }
     const deliver = (entryId: string, fields: Buffer[], deliveryCount: number): void => {
       if (held.has(entryId)) return
@@ -748,7 +894,7 @@ class RedisSubscriber implements Subscriber {
         session,
         message,
         ...(order === undefined ? {} : { order }),
-        settle: (outcome) => settle(entryId, outcome),
+        settle: (outcome) => settle(entryId, message, outcome),
       })
     }
 
@@ -829,9 +975,7 @@ class RedisSubscriber implements Subscriber {
           return
         }
         // Keep what we hold from being claimed by others while it waits or runs.
-        if (held.size > 0) {
-          await command(options, commands, 'XCLAIM', topic, group, consumer, '0', ...held, 'JUSTID')
-        }
+        await refresh(commands)
         // Claim even when full while a key awaits a handed-back entry, or that key could wait
         // for good; an entry claimed beyond the capacity is handed back again.
         const room = Math.max(dispatcher.room, Math.min(dispatcher.awaited, options.prefetch))
