@@ -260,6 +260,8 @@ export function sagaReplyHandler(
   if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
     throw new InvalidOptionError('db', 'a SqlDriver', db)
   checkObject('options', options)
+  checkKnownOptions(options, replyHandlerOptions)
+  if (options.onIgnored !== undefined) checkFunction('options.onIgnored', options.onIgnored)
   const inbox = createInbox({
     consumer: options.consumer ?? 'saga-replies',
     ...(options.clock === undefined ? {} : { clock: options.clock }),
@@ -404,6 +406,7 @@ export function createReactor(
   options: ReactorOptions,
 ): (message: IncomingMessage) => Promise<void> {
   checkObject('options', options)
+  checkKnownOptions(options, reactorOptions)
   const db = options.db
   if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
     throw new InvalidOptionError('db', 'a SqlDriver', db)
@@ -513,6 +516,18 @@ export async function emitEvent(
     })
   }
   return id
+}
+
+const replyHandlerOptions = new Set(['consumer', 'onIgnored', 'clock'])
+const reactorOptions = new Set(['db', 'consumer', 'outbox', 'reactions', 'tracker', 'clock'])
+
+// A misspelt option (`onIgnore`, `traker`) was dropped without a word: ignored replies went
+// unreported, a flow untracked.
+function checkKnownOptions(options: object, known: ReadonlySet<string>): void {
+  for (const [key, value] of Object.entries(options)) {
+    if (!known.has(key) && value !== undefined)
+      throw new InvalidOptionError(`options.${key}`, `one of ${[...known].join(', ')}`, value)
+  }
 }
 
 /**

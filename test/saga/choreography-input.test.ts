@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import { createOutbox } from '../../src/outbox/index.js'
-import { createReactor, emitEvent } from '../../src/saga/index.js'
+import { createReactor, emitEvent, sagaReplyHandler } from '../../src/saga/index.js'
 
 // Nothing may reach it: the refusal comes first.
 const untouched = {
@@ -34,6 +34,25 @@ describe('createReactor options', () => {
       tracker: tracker as never,
     }
     expect(await optionOf(() => createReactor(options))).toBe('tracker')
+  })
+})
+
+describe('misspelt options', () => {
+  // Dropped without a word: ignored replies vanished unreported, flows went untracked.
+  it('sagaReplyHandler refuses an unknown option', async () => {
+    const options = { onIgnore: () => {} } as never
+    expect(await optionOf(() => sagaReplyHandler(untouched, options))).toBe('options.onIgnore')
+  })
+
+  it('createReactor refuses an unknown option', async () => {
+    const options = {
+      db: untouched,
+      consumer: 'payments',
+      outbox: createOutbox(),
+      reactions: {},
+      traker: {},
+    } as never
+    expect(await optionOf(() => createReactor(options))).toBe('options.traker')
   })
 })
 
