@@ -58,6 +58,25 @@ function headerOf(headers: IncomingHttpHeaders, name: string): string | undefine
   return Array.isArray(value) ? value.join(', ') : value
 }
 
+/** True for a fetch `Response` (tested as Fastify tests it: by its tag, across realms). */
+function isFetchResponse(payload: unknown): payload is Response {
+  return (
+    typeof payload === 'object' &&
+    payload !== null &&
+    Object.prototype.toString.call(payload) === '[object Response]'
+  )
+}
+
+/**
+ * Puts a fetch `Response` payload's status and headers on the reply, as Fastify does when it
+ * sends one (after the onSend hooks, which see the Response itself), and returns its body.
+ */
+async function unwrapResponse(reply: FastifyLikeReply, payload: Response): Promise<Buffer> {
+  reply.code(payload.status)
+  for (const [name, value] of payload.headers) reply.header(name, value)
+  return payload.body === null ? Buffer.alloc(0) : Buffer.from(await payload.arrayBuffer())
+}
+
 async function payloadBytes(payload: unknown): Promise<Buffer> {
   if (payload === undefined || payload === null) return Buffer.alloc(0)
   if (typeof payload === 'string') return Buffer.from(payload)
@@ -170,7 +189,11 @@ export function fastifyIdempotency(
     states.set(request, { kind: 'done' })
     let body: Buffer
     try {
-      body = await payloadBytes(payload)
+      // Read here, or its status and headers would be recorded from the reply's defaults and
+      // its body as the text "[object Response]".
+      body = isFetchResponse(payload)
+        ? await unwrapResponse(reply, payload)
+        : await payloadBytes(payload)
     } catch (error) {
       // The handler's payload failed (a stream that errored): there is nothing to record, and
       // the key and ctx.tx (on SQLite, the process's only writer) must not wait for the lease.
