@@ -227,12 +227,19 @@ export class Execution {
       }
       const wrapped: WrappedPhase = result === undefined ? {} : { v: result as JsonValue }
       phases = { ...this.#phases, [name]: wrapped }
-      await phaseTx.commit(async (tx) => {
-        const nowMs = clock.now()
-        leaseExpiresAtMs = nowMs + leaseMs
-        const held = await store.savePhase(tx, this.#lease, name, phases, nowMs, leaseExpiresAtMs)
-        if (!held || this.#expired) throw this.#leaseLost()
-      })
+      try {
+        await phaseTx.commit(async (tx) => {
+          const nowMs = clock.now()
+          leaseExpiresAtMs = nowMs + leaseMs
+          const held = await store.savePhase(tx, this.#lease, name, phases, nowMs, leaseExpiresAtMs)
+          if (!held || this.#expired) throw this.#leaseLost()
+        })
+      } catch (error) {
+        // A store whose commit checks the lease again (memory, Redis) refuses with its own
+        // error: answered as any lost lease, with the configured retryAfterMs and the event.
+        if (error instanceof IdempotencyInProgressError) throw this.#leaseLost()
+        throw error
+      }
     } finally {
       this.#phaseRunning = false
       this.#tx.hold(undefined)
