@@ -655,6 +655,12 @@ interface RedisSubscriptionState {
    * no longer refreshed; their settle acks or returns them only if they are ours again.
    */
   readonly lost: Set<string>
+  /**
+   * When (on the adapter's clock) the last refresh that answered was sent: the held entries
+   * have been idle at most since then, so none could be claimed by another consumer before
+   * `freshAt + visibilityTimeoutMs`.
+   */
+  freshAt: number
   /** The current session's command connection: acks go out on it, whichever session read. */
   commands: Redis | undefined
   sessions: number
@@ -718,6 +724,7 @@ class RedisSubscriber implements Subscriber {
       dispatcher: subscriptionDispatcher<RedisDelivery>('redis', options, topic, group, handler),
       held: new Set(),
       lost: new Set(),
+      freshAt: options.clock.now(),
       commands: undefined,
       sessions: 0,
     }
@@ -797,15 +804,21 @@ class RedisSubscriber implements Subscriber {
     // entry another consumer claimed while this one stalled is dropped here (not run, not
     // awaited, its key's later entries handed back), never taken back (see ownedScript).
     const refresh = async (client: Redis): Promise<void> => {
+      const sentAt = options.clock.now()
       const ids = [...held].filter((id) => !state.lost.has(id))
-      if (ids.length === 0) return
-      const lost = await settleOwned(options, client, topic, group, consumer, 'claim', ids)
+      const lost =
+        ids.length === 0
+          ? []
+          : await settleOwned(options, client, topic, group, consumer, 'claim', ids)
+      state.freshAt = Math.max(state.freshAt, sentAt)
       if (lost.length === 0) return
       const owners = new Map(lost.map((entry) => [entry.entryId, entry]))
       // Only those still in the dispatcher: one settled meanwhile reports itself (settle).
       const gone = dispatcher.held().filter((d) => owners.has(d.entryId))
       const dropped = new Set(dispatcher.forsake((d) => owners.has(d.entryId)))
       for (const delivery of gone) {
+        // Another refresh (the claim loop's, a settle's) found it first.
+        if (state.lost.has(delivery.entryId)) continue
         const running = !dropped.has(delivery)
         if (running) state.lost.add(delivery.entryId)
         else held.delete(delivery.entryId)
@@ -848,6 +861,24 @@ class RedisSubscriber implements Subscriber {
       const reported = state.lost.delete(entryId)
       // Entry ids are the group's, not the connection's: settle on the live connection.
       const live = state.commands ?? commands
+      // The dispatcher starts the next handler (of this key, or another) as soon as this
+      // returns. After a stall (no refresh answered for about visibilityTimeoutMs: the process
+      // just resumed, and its claim loop has not run yet) what it would start may be another
+      // consumer's by now: check what is held first. (Synchronous up to here, so the pause is
+      // in place before the dispatcher goes on.)
+      if (
+        options.clock.now() - state.freshAt >=
+        options.visibilityTimeoutMs - options.claimIntervalMs
+      ) {
+        const resume = dispatcher.pause()
+        try {
+          await refresh(live)
+        } catch {
+          // The claim loop meets the same failure and the session reconnects.
+        } finally {
+          resume()
+        }
+      }
       // Only while still ours: acking or returning an entry another consumer claimed would end
       // or disturb that consumer's run of it.
       let lost: LostEntry[]

@@ -8,6 +8,7 @@ import type { Redis } from 'ioredis'
 import { afterAll, describe, expect, it } from 'vitest'
 import { KeyedDispatcher, type Outcome } from '../../src/brokers/dispatcher.js'
 import { createRedisBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
+import type { Clock } from '../../src/core/clock.js'
 import { BreakwaterError } from '../../src/core/errors.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
@@ -151,6 +152,71 @@ describe('redis: entries another consumer claimed while this one stalled', () =>
       expect(errors).toHaveLength(1)
     } finally {
       running.open()
+      other.disconnect()
+      await broker.close()
+    }
+  })
+})
+
+describe('redis: a stalled subscription resuming with a handler that just finished', () => {
+  it('checks what it holds before the key goes on: the next entry, claimed by another consumer, is not started here', async () => {
+    const url = await brokerUrl('redis')
+    const manual = new ManualClock(1_000)
+    // A resuming process: its clock has jumped past the stall, and its timers (the claim loop's
+    // among them) have not fired yet; whatever runs first must not start a lost entry.
+    let stalledMs = 0
+    const clock: Clock = {
+      now: () => manual.now() + stalledMs,
+      setTimeout: (callback, delayMs) => manual.setTimeout(callback, delayMs),
+      clearTimeout: (handle) => manual.clearTimeout(handle),
+    }
+    const errors: SubscriberErrorEvent[] = []
+    const broker = createRedisBroker({
+      url,
+      clock,
+      visibilityTimeoutMs: 30_000,
+      claimIntervalMs: 1_000,
+      blockMs: 50,
+      onError: (event) => errors.push(event),
+    })
+    const { Redis } = await import('ioredis')
+    const other = new Redis(url)
+    const first = gate()
+    try {
+      const topic = unique('lease-loss-resume')
+      const group = unique('g')
+      const runs: string[] = []
+      let firstDone = false
+      await broker.subscriber.subscribe(topic, group, async (m) => {
+        runs.push(m.id)
+        if (m.id === 'a') {
+          await first.promise
+          firstDone = true
+        }
+      })
+      await broker.publisher.publish([
+        { id: 'a', topic, key: 'k', payload: '1', headers: {} },
+        { id: 'b', topic, key: 'k', payload: '2', headers: {} },
+      ])
+      await until(async () => (await owners(other, topic, group)).size === 2, 'both delivered')
+      const ids = [...(await owners(other, topic, group)).keys()]
+      // The process stalls past visibilityTimeoutMs: another consumer claims both...
+      await other.call('XCLAIM', topic, group, 'thief', '0', ...ids, 'JUSTID')
+      // ...and on resuming, the handler finishes first.
+      stalledMs = 31_000
+      first.open()
+      await until(() => firstDone, 'the first handler to finish')
+      await until(() => errors.length >= 2, 'both losses to be reported')
+      await broker.close()
+      expect(runs).toEqual(['a'])
+      expect(Object.fromEntries(await owners(other, topic, group))).toEqual({
+        [ids[0]!]: 'thief',
+        [ids[1]!]: 'thief',
+      })
+      for (const id of ids) expect(errors.filter((e) => isLoss(e, id))).toHaveLength(1)
+      expect(errors).toHaveLength(2)
+    } finally {
+      first.open()
       other.disconnect()
       await broker.close()
     }
