@@ -154,6 +154,14 @@ ON CONFLICT (scope, idem_key) DO NOTHING`
 const claim = `${claimCounted}
 RETURNING lease_token AS claimed_token`
 
+// The record's columns named, not `existing.*`: a prepared statement reading `*` fails on
+// PostgreSQL ("cached plan must not change result type") once a migration adds a column while
+// the application runs.
+const existingColumns = columns
+  .split(',')
+  .map((column) => `existing.${column.trim()}`)
+  .join(', ')
+
 // PostgreSQL: the same INSERT, and in the same round trip the existing record, so that a replay
 // costs one statement. The record is read with the statement's snapshot: a winner that
 // committed before it is seen; one that committed while ON CONFLICT waited for it is not (the
@@ -164,7 +172,7 @@ const claimOrRead = `WITH claimed AS (
   ON CONFLICT (scope, idem_key) DO NOTHING
   RETURNING lease_token
 )
-SELECT (SELECT lease_token FROM claimed) AS claimed_token, existing.*
+SELECT (SELECT lease_token FROM claimed) AS claimed_token, ${existingColumns}
 FROM (SELECT 1) AS one
 LEFT JOIN ${idempotencyTable} AS existing ON existing.scope = $1 AND existing.idem_key = $2`
 
