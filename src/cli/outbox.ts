@@ -7,7 +7,7 @@ import {
   pruneOutbox,
   redrive,
 } from '../outbox/index.js'
-import type { SqlDriver } from '../stores/index.js'
+import { listAppliedMigrations, type SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
@@ -205,6 +205,15 @@ async function execute(
       out.write(
         `${parsed.archive ? 'Archived' : 'Removed'} ${counted(events, 'published event')}.\n`,
       )
+      // A producer-only service migrates the outbox alone (migrateOutbox): its database has no
+      // inbox table, which is nothing to prune, not a failure after the outbox part's work.
+      const applied = await listAppliedMigrations(db)
+      if (!applied.some((migration) => migration.capability === 'inbox')) {
+        out.write(
+          'No inbox records to remove: the inbox capability is not migrated in this database.\n',
+        )
+        return 0
+      }
       const records = await pruneInbox(db, {
         olderThanMs: parsed.inboxOlderThanMs,
         maxBatches: Number.MAX_SAFE_INTEGER,
