@@ -161,8 +161,15 @@ export interface IdempotencyOptions {
    */
   readonly storeResponse?: (status: number) => boolean
   /**
-   * Response headers stored and replayed with status and body (case-insensitive).
+   * Response headers stored and replayed with status and body. Names are matched
+   * case-insensitively (names differing only in case count once) and must be HTTP tokens.
    * `set-cookie` is left out by default on purpose.
+   *
+   * The hop-by-hop and framing headers `connection`, `keep-alive`, `proxy-connection`, `te`,
+   * `trailer`, `transfer-encoding`, `upgrade` and `content-length` are refused with
+   * `InvalidOptionError`: they describe one response's connection or framing, not its content
+   * (a replayed `connection: close` would close the client's connection on every replay), and
+   * each adapter sets `content-length` from the recorded body itself.
    * @default defaultReplayHeaders (content-type, content-language, content-encoding,
    * content-disposition, location, etag, last-modified, link, cache-control)
    */
@@ -379,6 +386,54 @@ export function computedString(option: 'scope' | 'fingerprint', value: unknown):
   )
 }
 
+// An HTTP field name is a token (RFC 9110 section 5.1): a name outside it can never match a
+// response header, so listing one is a mistake to report, not a no-op to keep.
+const headerToken = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
+// Headers that describe the connection or the framing of one response rather than its content
+// (RFC 9110 section 7.6.1, RFC 9112 sections 6 and 9.6): replayed, `connection: close` would
+// close the client's keep-alive connection on every replay, `transfer-encoding` would frame the
+// recorded fixed-length body, and HTTP/2 refuses them outright. Content-Length is recomputed from
+// the recorded body by every adapter, so listing it would do nothing.
+const unreplayableHeaders: ReadonlySet<string> = new Set([
+  'connection',
+  'content-length',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+])
+
+function checkReplayHeaders(value: unknown): ReadonlySet<string> {
+  if (!Array.isArray(value) || value.some((h) => typeof h !== 'string')) {
+    throw new InvalidOptionError('replayHeaders', 'an array of header names', value)
+  }
+  const names = new Set<string>()
+  for (const name of value as string[]) {
+    if (!headerToken.test(name)) {
+      throw new InvalidOptionError(
+        'replayHeaders',
+        'header names made of HTTP token characters (RFC 9110 section 5.6.2)',
+        name,
+      )
+    }
+    const lower = name.toLowerCase()
+    if (unreplayableHeaders.has(lower)) {
+      throw new InvalidOptionError(
+        'replayHeaders',
+        `header names other than the hop-by-hop and framing headers (${[...unreplayableHeaders].join(', ')}), which each response sets for itself`,
+        name,
+      )
+    }
+    // Names differing only in case are one header: they collapse rather than fail, so that
+    // [...defaultReplayHeaders, 'Content-Type'] is accepted.
+    names.add(lower)
+  }
+  return names
+}
+
 function toStored(response: IdempotencyResponse, replayHeaders: ReadonlySet<string>): StoredResult {
   const headers: Record<string, string | readonly string[]> = {}
   for (const [name, value] of Object.entries(response.headers)) {
@@ -542,11 +597,7 @@ class IdempotencyCore implements Idempotency {
       options.storeResponse === undefined
         ? (status) => status < 500
         : checkFunction<(status: number) => boolean>('storeResponse', options.storeResponse)
-    const replayHeaders = options.replayHeaders ?? defaultReplayHeaders
-    if (!Array.isArray(replayHeaders) || replayHeaders.some((h) => typeof h !== 'string')) {
-      throw new InvalidOptionError('replayHeaders', 'an array of header names', replayHeaders)
-    }
-    this.#replayHeaders = new Set(replayHeaders.map((h) => h.toLowerCase()))
+    this.#replayHeaders = checkReplayHeaders(options.replayHeaders ?? defaultReplayHeaders)
     const base = options.problemTypeBase ?? defaultProblemTypeBase
     if (typeof base !== 'string') {
       throw new InvalidOptionError('problemTypeBase', 'a URI prefix', base)

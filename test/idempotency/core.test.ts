@@ -622,3 +622,66 @@ describe('diagnostics channels', () => {
     }
   })
 })
+
+describe('replayHeaders', () => {
+  const refusal = (replayHeaders: readonly string[]): InvalidOptionError => {
+    try {
+      createIdempotency({ store: createMemoryIdempotencyStore(), replayHeaders })
+    } catch (error) {
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      return error as InvalidOptionError
+    }
+    throw new Error(`replayHeaders ${JSON.stringify(replayHeaders)} was accepted`)
+  }
+
+  it('refuses hop-by-hop and framing headers, naming the option and the header', () => {
+    // Replayed, these would describe the replay's connection or framing, not its content:
+    // `connection: close` would close the client's keep-alive connection on every replay,
+    // `transfer-encoding: chunked` would frame a fixed-length body, and HTTP/2 refuses them.
+    for (const name of [
+      'Transfer-Encoding',
+      'connection',
+      'keep-alive',
+      'upgrade',
+      'te',
+      'trailer',
+      'proxy-connection',
+      'content-length',
+    ]) {
+      const error = refusal(['content-type', name])
+      expect(error.option, name).toBe('replayHeaders')
+      expect(error.message, name).toContain(JSON.stringify(name))
+    }
+  })
+
+  it('refuses names that are not HTTP header tokens', () => {
+    for (const name of [
+      '',
+      'x request id',
+      'x-id:',
+      'x-id\r\nx-evil',
+      ' etag',
+      'é-tag',
+      ':status',
+    ]) {
+      const error = refusal(['etag', name])
+      expect(error.option, JSON.stringify(name)).toBe('replayHeaders')
+      expect(error.message, JSON.stringify(name)).toContain(JSON.stringify(name))
+    }
+  })
+
+  it('accepts token characters, and matches names case-insensitively (duplicates by case collapse)', async () => {
+    const { idempotency } = setup({
+      replayHeaders: ['X-Request-Id', 'x-request-id', "x!#$%&'*+.^_`|~9"],
+    })
+    const respond = async () =>
+      json(201, {}, { 'x-REQUEST-id': 'r1', "X!#$%&'*+.^_`|~9": 'odd', 'x-other': 'no' })
+    await idempotency.handle(request({ key: 'k' }), respond)
+    const replay = await idempotency.handle(request({ key: 'k' }), respond)
+    expect(replay.headers).toEqual({
+      'x-request-id': 'r1',
+      "x!#$%&'*+.^_`|~9": 'odd',
+      'idempotent-replayed': 'true',
+    })
+  })
+})
