@@ -24,6 +24,25 @@ export interface Clock {
 /** The longest delay Node's timers honour (2^31 - 1 ms); a longer one fires after 1 ms instead. */
 export const maxTimerDelayMs = 2_147_483_647
 
+/**
+ * A timer's delay as both clocks read it. Coerced to a number as Node's timers do (`'25'` is
+ * 25, `null` is 0); NaN (`undefined`, an object) and a negative delay become 0. Node fires all
+ * of those, and 0 itself, after its 1 ms minimum, so alike and in creation order: reading them
+ * as 0 keeps that order on every clock, and keeps NaN out of a clock's arithmetic (a NaN
+ * deadline never compares as due or not due, and a ManualClock's `now()` would become NaN).
+ * Long and infinite delays are kept (see {@link systemClock}).
+ */
+export function timerDelayMs(delayMs: unknown): number {
+  const ms =
+    typeof delayMs === 'number'
+      ? delayMs
+      : typeof delayMs === 'string' || typeof delayMs === 'boolean' || delayMs === null
+        ? Number(delayMs)
+        : Number.NaN
+  // biome-ignore lint/complexity/useMathMinMax: Math.max(NaN, 0) is NaN; this comparison is 0.
+  return ms > 0 ? ms : 0
+}
+
 // A timer longer than Node allows, armed in slices of at most maxTimerDelayMs until its time.
 class LongTimer {
   handle: ReturnType<typeof globalThis.setTimeout> | undefined
@@ -62,11 +81,15 @@ class LongTimer {
  * The real clock. It looks the globals up at call time (not at import), so
  * `vi.useFakeTimers()` and `@sinonjs/fake-timers` also drive code that uses it. Unlike Node's
  * own timers it honours any delay: longer than about 24.8 days (2^31 - 1 ms, where Node would
- * fire after 1 ms), and `Infinity` (never).
+ * fire after 1 ms), and `Infinity` (never). A NaN, negative or non-numeric delay is read as Node
+ * reads it (see {@link timerDelayMs}).
  */
 export const systemClock: Clock = {
   now: () => Date.now(),
-  setTimeout(callback, delayMs) {
+  setTimeout(callback, delay) {
+    // Read once, as a number: a numeric string above the limit used to be added to Date.now()
+    // as a string, and the timer never fired.
+    const delayMs = timerDelayMs(delay)
     if (delayMs > maxTimerDelayMs) return new LongTimer(callback, Date.now() + delayMs)
     const handle = globalThis.setTimeout(callback, delayMs)
     // Pending policy timers (breaker cooldowns, backoff) must never hold a process open.

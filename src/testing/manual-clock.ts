@@ -1,5 +1,6 @@
 import { AsyncResource } from 'node:async_hooks'
-import type { Clock, TimerHandle } from '../core/clock.js'
+import { type Clock, type TimerHandle, timerDelayMs } from '../core/clock.js'
+import { checkNumber } from '../core/validate.js'
 
 interface PendingTimer {
   readonly id: number
@@ -28,19 +29,29 @@ export class ManualClock implements Clock {
   #nextId = 1
   #timers: PendingTimer[] = []
 
-  /** @param startMs The initial value of `now()`. @default 0 */
+  /**
+   * @param startMs The initial value of `now()`; a finite number. @default 0
+   * @throws InvalidOptionError when `startMs` is not a finite number.
+   */
   constructor(startMs = 0) {
-    this.#now = startMs
+    this.#now = checkNumber('ManualClock.startMs', startMs, -Number.MAX_VALUE, Number.MAX_VALUE)
   }
 
   now(): number {
     return this.#now
   }
 
+  /**
+   * Sets a timer due `delayMs` from now. The delay is read as the system clock reads it (see
+   * `timerDelayMs`): a NaN, negative or non-numeric one is due at once, as 0 is (Node fires them
+   * all after its 1 ms minimum, in creation order; here the minimum is 0, so `advance(0)` runs
+   * them), a numeric string counts as its number, and a delay longer than Node's 2^31 - 1 ms
+   * is honoured, `Infinity` never falls due.
+   */
   setTimeout(callback: () => void, delayMs: number): TimerHandle {
     const timer = {
       id: this.#nextId++,
-      at: this.#now + Math.max(0, delayMs),
+      at: this.#now + timerDelayMs(delayMs),
       callback: AsyncResource.bind(callback),
     }
     this.#timers.push(timer)
@@ -65,8 +76,12 @@ export class ManualClock implements Clock {
   /**
    * Moves time forward by `ms`, firing every timer that falls due on the way (including ones
    * scheduled by the callbacks themselves) and letting promise jobs settle after each.
+   *
+   * @throws InvalidOptionError (rejects) when `ms` is not a finite number >= 0: time never goes
+   * back, and a NaN or infinite step would leave `now()` unusable for good.
    */
   async advance(ms: number): Promise<void> {
+    checkNumber('ManualClock.advance ms', ms, 0, Number.MAX_VALUE)
     const target = this.#now + ms
     await flushJobs()
     for (;;) {

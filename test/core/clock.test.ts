@@ -57,6 +57,28 @@ describe('systemClock timers', () => {
     await expect(slept).rejects.toMatchObject({ code: 'ABORTED' })
   })
 
+  it('reads a numeric string as Node does, even one longer than Node allows', () => {
+    const fired: number[] = []
+    const delayMs = 2 * maxNodeTimerMs
+    systemClock.setTimeout(() => fired.push(Date.now()), String(delayMs) as unknown as number)
+    vi.advanceTimersByTime(delayMs - 1)
+    expect(fired).toEqual([])
+    vi.advanceTimersByTime(1)
+    expect(fired).toEqual([1_000_000 + delayMs])
+  })
+
+  it('runs a NaN, negative or missing delay as a 0 one, in creation order', () => {
+    const fired: string[] = []
+    systemClock.setTimeout(() => fired.push('nan'), Number.NaN)
+    systemClock.setTimeout(() => fired.push('zero'), 0)
+    systemClock.setTimeout(() => fired.push('negative'), -5)
+    systemClock.setTimeout(() => fired.push('missing'), undefined as unknown as number)
+    systemClock.setTimeout(() => fired.push('later'), 2)
+    vi.advanceTimersByTime(1)
+    expect(fired).toEqual(['nan', 'zero', 'negative', 'missing'])
+    expect(Number.isFinite(Date.now())).toBe(true)
+  })
+
   it('keeps ordinary delays on one Node timer', () => {
     let fired = 0
     systemClock.setTimeout(() => fired++, 250)
@@ -67,6 +89,52 @@ describe('systemClock timers', () => {
 })
 
 describe('ManualClock timers', () => {
+  // Node fires every delay below its 1 ms minimum (0, negative, NaN, a non-number) after 1 ms,
+  // so all alike and in creation order; the ManualClock's minimum is 0 (due on the next
+  // advance, even advance(0)), and it reads them all as that minimum. A NaN used to be stored
+  // as the timer's time: it fired on the next advance and left now() NaN for good.
+  it('reads a NaN, negative or non-number delay as Node does, never corrupting now()', async () => {
+    const clock = new ManualClock(100)
+    const fired: string[] = []
+    clock.setTimeout(() => fired.push('nan'), Number.NaN)
+    clock.setTimeout(() => fired.push('zero'), 0)
+    clock.setTimeout(() => fired.push('negative'), -5)
+    clock.setTimeout(() => fired.push('missing'), undefined as unknown as number)
+    clock.setTimeout(() => fired.push('object'), {} as unknown as number)
+    clock.setTimeout(() => fired.push('string'), '25' as unknown as number)
+    expect(clock.nextTimerAt()).toBe(100)
+    await clock.advance(0)
+    expect(fired).toEqual(['nan', 'zero', 'negative', 'missing', 'object'])
+    expect(clock.now()).toBe(100)
+    await clock.advance(25)
+    expect(fired.at(-1)).toBe('string')
+    expect(clock.now()).toBe(125)
+    expect(clock.pendingTimers).toBe(0)
+  })
+
+  it('honours a delay longer than Node allows, like the system clock', async () => {
+    const clock = new ManualClock(0)
+    const fired: number[] = []
+    clock.setTimeout(() => fired.push(clock.now()), 2 * maxNodeTimerMs)
+    await clock.advance(1)
+    expect(fired).toEqual([])
+    await clock.runAll()
+    expect(fired).toEqual([2 * maxNodeTimerMs])
+  })
+
+  it('refuses to move time by NaN, Infinity or backwards, or to start at NaN', async () => {
+    const clock = new ManualClock(10)
+    await expect(clock.advance(Number.NaN)).rejects.toMatchObject({ code: 'INVALID_OPTION' })
+    await expect(clock.advance(-1)).rejects.toMatchObject({ code: 'INVALID_OPTION' })
+    await expect(clock.advance(Number.POSITIVE_INFINITY)).rejects.toMatchObject({
+      code: 'INVALID_OPTION',
+    })
+    expect(clock.now()).toBe(10)
+    expect(() => new ManualClock(Number.NaN)).toThrow(
+      expect.objectContaining({ code: 'INVALID_OPTION' }),
+    )
+  })
+
   it('never fires an infinite delay, not even in runAll, like the system clock', async () => {
     const clock = new ManualClock(0)
     const fired: string[] = []
