@@ -546,7 +546,7 @@ class SqlProjector implements Projector {
         // appends still in flight will write the swapped-in tables (their statements resolve
         // the table name again after the lock), so the catch-up takes every committed event,
         // not only the prefix below the watermark: the in-flight appends apply their own.
-        await tx.execute(`LOCK TABLE ${live.join(', ')} IN EXCLUSIVE MODE`)
+        await lockAll(tx, live)
         read = async (from: number) => {
           const rows = await tx.query<EventRow>(store.statements.readAllCommitted, [
             from,
@@ -586,6 +586,44 @@ class SqlProjector implements Projector {
     for (const table of Object.keys(this.#projection.tables)) {
       await tx.execute(`DROP TABLE IF EXISTS ${physicalTable(table, generation)}`)
     }
+  }
+}
+
+/**
+ * Locks every table of `tables` IN EXCLUSIVE MODE (PostgreSQL) without ever waiting for one
+ * while holding another. An append's inline `apply` writes the same tables, in whatever order
+ * it likes: a plain `LOCK TABLE a, b` holding `a` and waiting for `b` while such an append
+ * holds `b` and waits for `a` is a deadlock, which PostgreSQL breaks by aborting one side
+ * (40P01, usually the rebuild, after all its work). Instead, each round waits for one table
+ * only (the one found busy last) and takes the others with NOWAIT; if one is busy, the round's
+ * locks are given back (rolled back to a savepoint) and the next round waits for that one. A
+ * waiting round holds none of the tables, so no cycle can form through them, and every round
+ * after the first waits for a transaction that held a table to end: rounds follow the
+ * appends' commits, they do not spin.
+ */
+async function lockAll(tx: SqlExecutor, tables: readonly string[]): Promise<void> {
+  const order = [...tables].sort()
+  let first = 0
+  for (;;) {
+    await tx.execute('SAVEPOINT breakwater_swap_locks')
+    await tx.execute(`LOCK TABLE ${order[first]} IN EXCLUSIVE MODE`)
+    let busy: number | undefined
+    for (let i = 0; i < order.length && busy === undefined; i++) {
+      if (i === first) continue
+      try {
+        await tx.execute(`LOCK TABLE ${order[i]} IN EXCLUSIVE MODE NOWAIT`)
+      } catch (error) {
+        // 55P03 lock_not_available: someone holds it. Anything else is a real failure.
+        if ((error as { code?: unknown } | null)?.code !== '55P03') throw error
+        busy = i
+      }
+    }
+    if (busy === undefined) {
+      await tx.execute('RELEASE SAVEPOINT breakwater_swap_locks')
+      return
+    }
+    await tx.execute('ROLLBACK TO SAVEPOINT breakwater_swap_locks')
+    first = busy
   }
 }
 
