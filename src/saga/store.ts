@@ -63,6 +63,17 @@ function storedReason(reason: string | null): string | null {
   return reason === null ? null : reason.replaceAll('\u0000', '\\0')
 }
 
+/** Writes a transition's timeline events with `insertEvent` (SQLite: one row per event). */
+async function insertTimeline(
+  tx: SqlExecutor,
+  insertEvent: string,
+  write: TransitionWrite,
+): Promise<void> {
+  for (const e of write.events) {
+    await tx.execute(insertEvent, [write.id, e.at, e.kind, e.step, e.attempt, e.worker, e.detail])
+  }
+}
+
 function transitionParams(write: TransitionWrite): unknown[] {
   return [
     write.id,
@@ -121,17 +132,7 @@ export async function writeTransition(
     const result = outcome(write, await tx.query(statements.transition, params(write)))
     if (result === undefined) return undefined
     if (db.dialect === 'sqlite') {
-      for (const e of write.events) {
-        await tx.execute(statements.insertEvent, [
-          write.id,
-          e.at,
-          e.kind,
-          e.step,
-          e.attempt,
-          e.worker,
-          e.detail,
-        ])
-      }
+      await insertTimeline(tx, statements.insertEvent, write)
     }
     for (const w of work) await w(tx)
     // The work took time (a slow statement, a lock wait): the lease runs from its end. Same
@@ -374,17 +375,7 @@ export async function writeBatch(
         written.push(undefined)
         continue
       }
-      for (const e of w.events) {
-        await tx.execute(statements.insertEvent, [
-          w.id,
-          e.at,
-          e.kind,
-          e.step,
-          e.attempt,
-          e.worker,
-          e.detail,
-        ])
-      }
+      await insertTimeline(tx, statements.insertEvent, w)
       written.push({
         cancelRequested: Boolean(Number(rows[0]!.cancel_requested)),
         leaseExpiresAt: w.leaseExpiresAt,
