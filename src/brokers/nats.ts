@@ -926,16 +926,16 @@ class NatsSubscriber implements Subscriber {
             return
           }
           const message = toIncoming(raw)
-          const push = (): void =>
-            dispatcher.push({
-              raw,
-              session,
-              message,
-              order: raw.seq,
-              settle: (o) => settle(raw, o),
-            })
-          if (gate === undefined) push()
-          else gate.admit(message.key, message.id, raw.seq, push)
+          const delivery = {
+            raw,
+            session,
+            message,
+            order: raw.seq,
+            settle: (o: Outcome) => settle(raw, o),
+          }
+          // The usual case pushes at once; only a gated session (after a lost connection) wraps it.
+          if (gate === undefined) dispatcher.push(delivery)
+          else gate.admit(message.key, message.id, raw.seq, () => dispatcher.push(delivery))
         },
       })
       // What the previous connection owed: acks of messages handled while it was down, and

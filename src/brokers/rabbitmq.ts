@@ -318,8 +318,24 @@ async function declare<T>(
 }
 
 /** What the adapter declares its exchange as, for {@link declare}'s error. */
-function exchangeSettings(options: ResolvedRabbitOptions): string {
-  return `type ${options.exchangeType} (rabbitmq.exchangeType), durable`
+/**
+ * Declares the adapter's exchange (durable, `rabbitmq.exchangeType`) on `channel`, as both the
+ * publisher and the subscriber need it; a clash with an existing one is refused by
+ * {@link declare}, naming these settings.
+ */
+async function declareExchange(
+  options: ResolvedRabbitOptions,
+  model: ChannelModel,
+  channel: Channel,
+): Promise<void> {
+  await declare(
+    options,
+    model,
+    'exchange',
+    options.exchange,
+    `type ${options.exchangeType} (rabbitmq.exchangeType), durable`,
+    channel.assertExchange(options.exchange, options.exchangeType, { durable: true }),
+  )
 }
 
 /** Closes a connection, bounded by {@link answered} (dropped on timeout); never rejects. */
@@ -566,14 +582,7 @@ class RabbitPublisher implements Publisher {
         if (typeof id !== 'string') return
         for (const watch of watches) if (watch.ids.has(id)) watch.returned.add(id)
       })
-      await declare(
-        options,
-        model,
-        'exchange',
-        options.exchange,
-        exchangeSettings(options),
-        channel.assertExchange(options.exchange, options.exchangeType, { durable: true }),
-      )
+      await declareExchange(options, model, channel)
       return Object.assign(opened, { model, channel, watches })
     } catch (error) {
       await closeConnection(options, model)
@@ -907,14 +916,7 @@ class RabbitSubscriber implements Subscriber {
       channel.on('error', () => {})
       channel.once('close', () => lose(new Error('channel closed')))
       await answered(options, model, 'setting the prefetch', channel.prefetch(options.prefetch))
-      await declare(
-        options,
-        model,
-        'exchange',
-        options.exchange,
-        exchangeSettings(options),
-        channel.assertExchange(options.exchange, options.exchangeType, { durable: true }),
-      )
+      await declareExchange(options, model, channel)
       await declare(
         options,
         model,
