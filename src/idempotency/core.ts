@@ -22,6 +22,7 @@ import {
 import { publish } from './events.js'
 import { Execution, type ExecutionSettings } from './execution.js'
 import { defaultFingerprint, type FingerprintFunction } from './fingerprint.js'
+import { isHeaderName, unreplayableHeaders } from './header-name.js'
 import { checkOperationKey, parseIdempotencyKey } from './key.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
 import { credentialScope, type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
@@ -95,7 +96,8 @@ export interface IdempotencyOptions {
   readonly claim?: IdempotencyClaimMode
   /**
    * The scope keys live in: `'credential'` (hash of `Authorization`, else `X-API-Key`, else
-   * `anonymous`), `{ tenantHeader }`, or a function of the request. Never global across
+   * `anonymous`), `{ tenantHeader }` (an HTTP token, matched case-insensitively; else
+   * `INVALID_OPTION` here), or a function of the request. Never global across
    * clients that send a credential. A function must return a non-empty string without NUL
    * characters or lone surrogates; else the request fails (500) with `INVALID_OPTION`.
    * @default 'credential'
@@ -386,33 +388,13 @@ export function computedString(option: 'scope' | 'fingerprint', value: unknown):
   )
 }
 
-// An HTTP field name is a token (RFC 9110 section 5.1): a name outside it can never match a
-// response header, so listing one is a mistake to report, not a no-op to keep.
-const headerToken = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
-
-// Headers that describe the connection or the framing of one response rather than its content
-// (RFC 9110 section 7.6.1, RFC 9112 sections 6 and 9.6): replayed, `connection: close` would
-// close the client's keep-alive connection on every replay, `transfer-encoding` would frame the
-// recorded fixed-length body, and HTTP/2 refuses them outright. Content-Length is recomputed from
-// the recorded body by every adapter, so listing it would do nothing.
-const unreplayableHeaders: ReadonlySet<string> = new Set([
-  'connection',
-  'content-length',
-  'keep-alive',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-])
-
 function checkReplayHeaders(value: unknown): ReadonlySet<string> {
   if (!Array.isArray(value) || value.some((h) => typeof h !== 'string')) {
     throw new InvalidOptionError('replayHeaders', 'an array of header names', value)
   }
   const names = new Set<string>()
   for (const name of value as string[]) {
-    if (!headerToken.test(name)) {
+    if (!isHeaderName(name)) {
       throw new InvalidOptionError(
         'replayHeaders',
         'header names made of HTTP token characters (RFC 9110 section 5.6.2)',

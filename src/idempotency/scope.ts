@@ -1,5 +1,6 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { sha256Hex } from './fingerprint.js'
+import { headerNameExpected, isHeaderName } from './header-name.js'
 import type { IdempotencyRequest } from './types.js'
 
 /** Computes the scope a request's key lives in. */
@@ -13,6 +14,8 @@ export type ScopeFunction = (request: IdempotencyRequest) => string | Promise<st
  *   neither share the scope `anonymous`.
  * - `{ tenantHeader: 'x-tenant-id' }`: per tenant, named by a header that a trusted layer (your
  *   auth middleware or gateway) sets; requests without it fall back to the credential scope.
+ *   The name is matched case-insensitively and must be an HTTP token (RFC 9110 section 5.6.2),
+ *   else `createIdempotency` throws `InvalidOptionError` (`option: 'scope.tenantHeader'`).
  * - a function of the request (use `request.native` for the framework's request object, e.g. an
  *   authenticated user id).
  */
@@ -47,8 +50,10 @@ export function scopeResolver(option: unknown): ScopeFunction {
   if (typeof option === 'function') return option as ScopeFunction
   if (typeof option === 'object' && option !== null) {
     const header = (option as { tenantHeader?: unknown }).tenantHeader
-    if (typeof header !== 'string' || header === '') {
-      throw new InvalidOptionError('scope.tenantHeader', 'a header name', header)
+    // Checked here, once: a name that is not a token never matches a request's header, so
+    // every request would fall back to the credential scope without a word.
+    if (typeof header !== 'string' || !isHeaderName(header)) {
+      throw new InvalidOptionError('scope.tenantHeader', headerNameExpected, header)
     }
     const name = header.toLowerCase()
     return (request) => {

@@ -1,0 +1,34 @@
+// Which header names the idempotency capability accepts: in its options (`replayHeaders`,
+// `scope.tenantHeader`) and in what it replays from storage.
+
+// An HTTP field name is a token (RFC 9110 section 5.1). A name outside it can never match a
+// request's or a response's header, so an option naming one is a mistake to report, not a no-op
+// to keep; and a stored one cannot be sent (node's writeHead and fetch's Headers throw).
+const headerToken = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
+/** True when `name` is an HTTP token, as every header name must be (RFC 9110 section 5.6.2). */
+export function isHeaderName(name: string): boolean {
+  return headerToken.test(name)
+}
+
+/** What an option that names a header expects, for `InvalidOptionError`. */
+export const headerNameExpected =
+  'a header name made of HTTP token characters (RFC 9110 section 5.6.2)'
+
+/**
+ * Headers (lower case) that describe the connection or the framing of one response rather than
+ * its content (RFC 9110 section 7.6.1, RFC 9112 sections 6 and 9.6): replayed, `connection:
+ * close` would close the client's keep-alive connection on every replay, `transfer-encoding`
+ * would frame the recorded fixed-length body, and HTTP/2 refuses them outright. Content-Length is
+ * recomputed from the recorded body by every adapter, so recording it would do nothing.
+ */
+export const unreplayableHeaders: ReadonlySet<string> = new Set([
+  'connection',
+  'content-length',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+])
