@@ -51,6 +51,11 @@ export class DeferredTransaction implements SqlTransaction {
   #deferred: Promise<void>[] = []
   /** The failure of the first deferred write (in the order made) that failed, once answered. */
   #deferredFailure: { readonly error: unknown; readonly order: number } | undefined
+  /**
+   * The savepoints whose callbacks are running, innermost last. A deferred write made meanwhile
+   * goes to the innermost: ctx.tx itself refuses statements while a savepoint of it runs.
+   */
+  readonly #savepoints: SqlTransaction[] = []
 
   constructor(store: IdempotencyStore, dialect: SqlDialect) {
     this.#store = store
@@ -89,7 +94,7 @@ export class DeferredTransaction implements SqlTransaction {
   defer(sql: string, params?: readonly unknown[]): void {
     const refused = this.refusal()
     if (refused !== undefined) throw refused
-    const tx = this.#current()
+    const tx = this.#savepoints.at(-1) ?? this.#current()
     const written =
       tx !== undefined ? tx.execute(sql, params) : this.#whenBegun((tx) => tx.execute(sql, params))
     const order = this.#deferred.length
@@ -110,7 +115,7 @@ export class DeferredTransaction implements SqlTransaction {
   transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     // The savepoint's statements are refused as ctx.tx's own are, with the same reason (a lost
     // lease), once the result was recorded or the transaction rolled back.
-    const guarded = (savepoint: SqlTransaction) => fn(new GuardedSavepoint(savepoint, this))
+    const guarded = (savepoint: SqlTransaction) => this.inSavepoint(savepoint, fn)
     const tx = this.#current()
     const done =
       tx !== undefined ? tx.transaction(guarded) : this.#whenBegun((tx) => tx.transaction(guarded))
@@ -229,6 +234,19 @@ export class DeferredTransaction implements SqlTransaction {
     await written
   }
 
+  /** Runs a savepoint's callback, guarded, with deferred writes sent into that savepoint. */
+  async inSavepoint<T>(
+    savepoint: SqlTransaction,
+    fn: (tx: SqlTransaction) => Promise<T>,
+  ): Promise<T> {
+    this.#savepoints.push(savepoint)
+    try {
+      return await fn(new GuardedSavepoint(savepoint, this))
+    } finally {
+      this.#savepoints.splice(this.#savepoints.lastIndexOf(savepoint), 1)
+    }
+  }
+
   /**
    * Runs `write` as the last step of the transaction and commits; if the handler never opened
    * the transaction, `write` runs in a transaction of its own. Rejects (after rolling back)
@@ -285,6 +303,6 @@ class GuardedSavepoint implements SqlTransaction {
   transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     const refused = this.#owner.refusal()
     if (refused !== undefined) return Promise.reject(refused)
-    return this.#savepoint.transaction((deeper) => fn(new GuardedSavepoint(deeper, this.#owner)))
+    return this.#savepoint.transaction((deeper) => this.#owner.inSavepoint(deeper, fn))
   }
 }

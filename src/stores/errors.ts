@@ -40,8 +40,9 @@ export class StoreBusyError extends BreakwaterError {
 }
 
 /**
- * A transaction executor was used after its transaction ended, or a SQLite driver was called
- * from inside its own open transaction (which would otherwise wait forever).
+ * A transaction executor was used after its transaction ended, or while one of its savepoints
+ * runs (the statement would be undone with the savepoint), or a SQLite driver was called from
+ * inside its own open transaction (which would otherwise wait forever).
  */
 export class TransactionMisuseError extends BreakwaterError {
   constructor(message: string) {

@@ -15,6 +15,12 @@ export type TransactionFinisher = (
  * the transaction while the callback runs, refuses them afterwards (a statement that was not
  * awaited would otherwise run outside the transaction, or on a connection already returned to
  * the pool), and implements nested transactions as savepoints, the same on both dialects.
+ *
+ * While one of its savepoints runs, it refuses its own statements (and `finish`, and a second
+ * savepoint) with `TRANSACTION_MISUSE`: they would travel on the same connection into the
+ * savepoint and be undone by its `ROLLBACK TO` after having reported success. It refuses
+ * rather than waits for the savepoint to end: a savepoint callback that awaits something which
+ * awaits the outer `tx` would then wait for itself forever.
  */
 export class ScopedTransaction implements SqlTransaction {
   readonly dialect: SqlDialect
@@ -23,7 +29,10 @@ export class ScopedTransaction implements SqlTransaction {
   /** The transaction this one is a savepoint of: it ends with it. */
   readonly #parent: ScopedTransaction | undefined
   #open = true
-  /** Set while a savepoint of this transaction runs: a second one at once is refused. */
+  /**
+   * Set while a savepoint of this transaction runs (from its `SAVEPOINT` until its `RELEASE`):
+   * this transaction's own statements and a second savepoint are refused meanwhile.
+   */
   #savepointRunning = false
   /** {@inheritDoc SqlTransaction.finish} Present when the driver gave a finisher. */
   readonly finish?: <R = Record<string, unknown>>(
@@ -48,6 +57,7 @@ export class ScopedTransaction implements SqlTransaction {
     if (finisher !== undefined) {
       this.finish = <R>(sql: string, params: readonly unknown[] = []) => {
         if (!this.open) return Promise.reject(ended())
+        if (this.#savepointRunning) return Promise.reject(insideSavepoint())
         this.#open = false
         return finisher(sql, params) as Promise<{ rows: R[]; rowCount: number }>
       }
@@ -70,12 +80,20 @@ export class ScopedTransaction implements SqlTransaction {
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
     if (!this.open) return Promise.reject(ended())
+    if (this.#savepointRunning) return Promise.reject(insideSavepoint())
     return this.#connection.query<R>(sql, params)
   }
 
   execute(sql: string, params?: readonly unknown[]): Promise<{ rowCount: number }> {
     if (!this.open) return Promise.reject(ended())
+    if (this.#savepointRunning) return Promise.reject(insideSavepoint())
     return this.#connection.execute(sql, params)
+  }
+
+  /** A savepoint's own SAVEPOINT, ROLLBACK TO or RELEASE: sent while that savepoint runs. */
+  #control(sql: string): Promise<{ rowCount: number }> {
+    if (!this.open) return Promise.reject(ended())
+    return this.#connection.execute(sql)
   }
 
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
@@ -96,17 +114,17 @@ export class ScopedTransaction implements SqlTransaction {
     // Savepoint names only need to be unique among the savepoints open at once, which nest.
     const name = `breakwater_sp_${this.#depth + 1}`
     const child = new ScopedTransaction(this.#connection, this.#depth + 1, undefined, this)
-    // Through this executor, not the connection: the savepoint's own statements are refused
-    // too once the transaction ended.
-    await this.execute(`SAVEPOINT ${name}`)
+    // Through #control, not the connection: the savepoint's own statements are refused too
+    // once the transaction ended.
+    await this.#control(`SAVEPOINT ${name}`)
     let result: T
     try {
       result = await fn(child)
     } catch (error) {
       child.end()
       try {
-        await this.execute(`ROLLBACK TO SAVEPOINT ${name}`)
-        await this.execute(`RELEASE SAVEPOINT ${name}`)
+        await this.#control(`ROLLBACK TO SAVEPOINT ${name}`)
+        await this.#control(`RELEASE SAVEPOINT ${name}`)
       } catch {
         // The connection is broken (or the transaction ended); the outer transaction will fail
         // on its next statement or on COMMIT, and the caller's error is the one worth seeing.
@@ -114,7 +132,7 @@ export class ScopedTransaction implements SqlTransaction {
       throw error
     }
     child.end()
-    await this.execute(`RELEASE SAVEPOINT ${name}`)
+    await this.#control(`RELEASE SAVEPOINT ${name}`)
     return result
   }
 }
@@ -122,6 +140,12 @@ export class ScopedTransaction implements SqlTransaction {
 function overlapping(): TransactionMisuseError {
   return new TransactionMisuseError(
     'A savepoint (tx.transaction) was started while another savepoint of the same tx was still running; savepoints of one tx must run one after another (await each before starting the next)',
+  )
+}
+
+function insideSavepoint(): TransactionMisuseError {
+  return new TransactionMisuseError(
+    "A statement was sent through a tx while a savepoint of it (tx.transaction) was still running; it would run inside the savepoint and be undone if the savepoint rolls back. Use the savepoint's own tx inside its callback, or await tx.transaction(...) before using the outer tx again",
   )
 }
 

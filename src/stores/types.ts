@@ -36,8 +36,12 @@ export interface SqlTransaction extends SqlExecutor {
    * Runs `fn` inside a savepoint of this transaction: the savepoint is released when `fn`
    * resolves and rolled back (leaving the outer transaction open and usable) when it throws.
    * Savepoints nest; they cannot overlap: a second savepoint of the same `tx` started while one
-   * runs is refused with `TRANSACTION_MISUSE`. Do not run other statements on the outer `tx`
-   * while `fn` is running. The
+   * runs is refused with `TRANSACTION_MISUSE`. While `fn` runs (from `SAVEPOINT` to `RELEASE`),
+   * the outer `tx` refuses its own statements and `finish` with `TRANSACTION_MISUSE` too: sent
+   * on the same connection, they would run inside the savepoint and be undone by its rollback
+   * after having succeeded. They are refused, not queued until the savepoint ends, because a
+   * savepoint that awaits work which awaits the outer `tx` would then wait for itself forever;
+   * inside `fn`, use the savepoint's `tx`. The
    * savepoint's `tx` ends with the outer one too: once the outer transaction has ended (its
    * callback settled, or idempotency's lease expiry rolled `ctx.tx` back), its statements fail
    * with `TRANSACTION_MISUSE` instead of running outside any transaction.

@@ -243,6 +243,58 @@ describe.each(targets)('$dialect driver conformance', (target) => {
     expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
   })
 
+  it("refuses the outer tx's statements while one of its savepoints runs, instead of losing them in its rollback", async () => {
+    const t = await table()
+    const innerWrote = gate()
+    const outerTried = gate()
+    let outerWrite: unknown
+    let outerFinish: unknown
+    let outerRead: unknown
+    await db.transaction(async (tx) => {
+      const savepoint = tx.transaction(async (inner) => {
+        await inner.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'inner')`)
+        innerWrote.open()
+        await outerTried.promise
+        throw new Error('inner fails')
+      })
+      await innerWrote.promise
+      // Sent on the same connection, this write would run inside the savepoint and vanish with
+      // its ROLLBACK TO, though it was reported done.
+      outerWrite = await tx
+        .execute(`INSERT INTO ${t} (id, v) VALUES (2, 'outer')`)
+        .catch((e: unknown) => e)
+      outerRead = await tx.query(`SELECT id FROM ${t}`).catch((e: unknown) => e)
+      outerFinish = await tx
+        .finish?.(`INSERT INTO ${t} (id, v) VALUES (3, 'finish')`)
+        .catch((e: unknown) => e)
+      outerTried.open()
+      await expect(savepoint).rejects.toThrow('inner fails')
+      // Once the savepoint has ended, the outer tx works again.
+      await tx.execute(`INSERT INTO ${t} (id, v) VALUES (4, 'after')`)
+    })
+    for (const error of [outerWrite, outerRead, outerFinish]) {
+      expect(BreakwaterError.is(error) && error.code).toBe('TRANSACTION_MISUSE')
+      expect((error as Error).message).toMatch(/savepoint/)
+    }
+    expect(await db.query(`SELECT id FROM ${t} ORDER BY id`)).toEqual([{ id: 4 }])
+  })
+
+  it("refuses the outer tx's statements already while a savepoint is being opened", async () => {
+    const t = await table()
+    await db.transaction(async (tx) => {
+      // Started in this order, the outer write would reach the connection after SAVEPOINT.
+      const [savepoint, outer] = await Promise.allSettled([
+        tx.transaction(() => Promise.reject(new Error('inner fails'))),
+        tx.execute(`INSERT INTO ${t} (id, v) VALUES (1, 'outer')`),
+      ])
+      expect(savepoint.status).toBe('rejected')
+      expect(
+        outer.status === 'rejected' && BreakwaterError.is(outer.reason) && outer.reason.code,
+      ).toBe('TRANSACTION_MISUSE')
+    })
+    expect(await db.query(`SELECT id FROM ${t}`)).toEqual([])
+  })
+
   it('rolls back savepoint writes together with the outer transaction', async () => {
     const t = await table()
     await expect(
