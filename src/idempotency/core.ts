@@ -22,7 +22,7 @@ import {
 import { publish } from './events.js'
 import { Execution, type ExecutionSettings } from './execution.js'
 import { defaultFingerprint, type FingerprintFunction } from './fingerprint.js'
-import { isHeaderName, unreplayableHeaders } from './header-name.js'
+import { isHeaderName, replayableHeaders, unreplayableHeaders } from './header-name.js'
 import { checkOperationKey, parseIdempotencyKey } from './key.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
 import { credentialScope, type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
@@ -427,11 +427,9 @@ function toStored(response: IdempotencyResponse, replayHeaders: ReadonlySet<stri
 
 function replayOf(record: IdempotencyRecord): IdempotencyResponse {
   const result = record.result!
-  return {
-    status: result.status ?? 200,
-    headers: { ...result.headers, [replayedHeader]: 'true' },
-    body: result.body,
-  }
+  const headers = replayableHeaders(result.headers)
+  headers[replayedHeader] = 'true'
+  return { status: result.status ?? 200, headers, body: result.body }
 }
 
 function decodeResult<T>(record: IdempotencyRecord): T {

@@ -32,3 +32,38 @@ export const unreplayableHeaders: ReadonlySet<string> = new Set([
   'transfer-encoding',
   'upgrade',
 ])
+
+// A field value as node's writeHead and fetch's Headers accept it: no control characters but
+// tab, nothing above U+00FF (a header value travels as Latin-1 bytes). CR or LF in a stored
+// value would also split the response.
+const invalidValueChar = /[^\t\x20-\x7e\x80-\xff]/
+
+function isSendableValue(value: string): boolean {
+  return !invalidValueChar.test(value)
+}
+
+/**
+ * The headers of a stored result that a replay may send, each as stored. Records written before
+ * `replayHeaders` was checked (or by another tool) may hold a hop-by-hop or framing header,
+ * which would describe the original response's connection rather than the replay's (a stored
+ * `connection: close` would close the client's connection on every replay), or a name or value
+ * that no response can carry (node's writeHead throws, so every replay of the key would fail
+ * with a 500 until its retention ends). Those are left out, and only those: for a repeated
+ * header, only the values that cannot be sent.
+ */
+export function replayableHeaders(
+  stored: Readonly<Record<string, string | readonly string[]>>,
+): Record<string, string | readonly string[]> {
+  const headers: Record<string, string | readonly string[]> = {}
+  for (const name of Object.keys(stored)) {
+    if (!isHeaderName(name) || unreplayableHeaders.has(name.toLowerCase())) continue
+    const value = stored[name]
+    if (typeof value === 'string') {
+      if (isSendableValue(value)) headers[name] = value
+    } else if (Array.isArray(value)) {
+      const sendable = value.filter((item) => typeof item === 'string' && isSendableValue(item))
+      if (sendable.length > 0) headers[name] = sendable.length === value.length ? value : sendable
+    }
+  }
+  return headers
+}
