@@ -63,6 +63,8 @@ export const errorCodes = {
     'An event store read (or append) met an event its upcasters cannot bring to the current version: an upcaster threw or returned nothing, or no chain starts at its stored version.',
   REBUILD_SUPERSEDED:
     'A projection rebuild was overtaken by a later rebuild of the same projection; it swapped nothing in.',
+  REBUILD_CONTENDED:
+    "A projection rebuild's swap did not get its tables (or kept failing with deadlocks or serialization failures) within maxSwapRounds rounds; nothing was swapped in; retryable.",
   UPSTREAM_CONNECT_FAILED:
     'The proxy could not connect to any endpoint of an upstream service (refused, unreachable, TLS handshake or verification failed); answered 502.',
   UPSTREAM_RESET:

@@ -71,6 +71,44 @@ export class RebuildSupersededError extends BreakwaterError {
 }
 
 /**
+ * A projection rebuild's swap did not get through within `maxSwapRounds` rounds (code
+ * `REBUILD_CONTENDED`): on PostgreSQL an inline projection's swap kept finding one of its live
+ * tables held by appends, or the swap kept failing with a deadlock (40P01) or serialization
+ * failure (40001), whichever used up the rounds (`cause` holds the last such failure). Nothing
+ * was swapped in: queries keep reading the old tables, and the fresh ones stay until the next
+ * rebuild drops them. Retryable: rebuild again when appends are calmer, or allow more rounds.
+ *
+ * @example
+ * ```ts
+ * try { await projector.rebuild() }
+ * catch (error) {
+ *   if (error instanceof RebuildContendedError) console.log(`gave up after ${error.rounds} rounds`)
+ * }
+ * ```
+ */
+export class RebuildContendedError extends BreakwaterError {
+  /** The projection. */
+  readonly projection: string
+  /** The rounds the swap took (its `maxSwapRounds`). */
+  readonly rounds: number
+
+  /** @param cause The deadlock or serialization failure that ended the last round, if one did. */
+  constructor(projection: string, rounds: number, cause?: unknown) {
+    super(
+      'REBUILD_CONTENDED',
+      `projection "${projection}": the rebuild's swap did not get through in ${rounds} rounds (maxSwapRounds)${
+        cause === undefined
+          ? ': a live table was held by another transaction every time'
+          : `: ${messageOf(cause)}`
+      }; nothing was swapped in`,
+      cause === undefined ? { retryable: true } : { cause, retryable: true },
+    )
+    this.projection = projection
+    this.rounds = rounds
+  }
+}
+
+/**
  * An event could not be brought to the current schema version of its type (code
  * `UPCAST_FAILED`): an upcaster threw on it (`cause` holds what it threw), or no chain of
  * upcasters leads from its stored version to the current one (the oldest registered upcaster

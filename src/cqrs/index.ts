@@ -15,7 +15,12 @@ export type {
   SnapshotOptions,
 } from './command-handler.js'
 export { createCommandHandler } from './command-handler.js'
-export { RebuildSupersededError, UpcastError, WrongExpectedVersionError } from './errors.js'
+export {
+  RebuildContendedError,
+  RebuildSupersededError,
+  UpcastError,
+  WrongExpectedVersionError,
+} from './errors.js'
 export type { EventStore, EventStoreOptions } from './event-store.js'
 export { createEventStore } from './event-store.js'
 export type { CqrsEvents } from './events.js'

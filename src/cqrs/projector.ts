@@ -4,8 +4,8 @@ import { detached } from '../core/detached.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
-import type { SqlExecutor } from '../stores/index.js'
-import { RebuildSupersededError } from './errors.js'
+import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
+import { RebuildContendedError, RebuildSupersededError } from './errors.js'
 import { type EventRow, type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
 import { publish } from './events.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
@@ -51,6 +51,17 @@ export interface ProjectorOptions {
    * @default ignores failures
    */
   readonly onError?: (error: unknown) => void
+  /**
+   * How many rounds a rebuild's swap may take before it fails with `RebuildContendedError`
+   * (nothing swapped in). Each try of the swap transaction is a round, and so is each further
+   * lock round of an inline projection's swap on PostgreSQL (it waits for one live table, takes
+   * the others `NOWAIT` and gives them back when one is busy; each such round follows an
+   * append's commit). A try that fails with a deadlock (40P01) or serialization failure (40001)
+   * is tried again while rounds are left. Without a bound, a stream of appends that always
+   * holds one of the tables would keep the rebuild going round for ever.
+   * @default 100
+   */
+  readonly maxSwapRounds?: number
   /**
    * Time source for polling, retries, lag and `waitFor`.
    * @default systemClock
@@ -187,6 +198,7 @@ class SqlProjector implements Projector {
   readonly #clock: Clock
   readonly #retryBaseMs: number
   readonly #retryMaxMs: number
+  readonly #maxSwapRounds: number
   readonly #onError: (error: unknown) => void
   readonly #waker: LogWaker
   #ready: Promise<void> | undefined
@@ -227,6 +239,7 @@ class SqlProjector implements Projector {
       options.retryMaxDelayMs ?? 30_000,
       this.#retryBaseMs,
     )
+    this.#maxSwapRounds = checkInteger('maxSwapRounds', options.maxSwapRounds ?? 100, 1)
     this.#onError =
       options.onError === undefined
         ? () => {}
@@ -527,8 +540,43 @@ class SqlProjector implements Projector {
       if (count < batchSize) break
     }
 
-    // 3. Swap: stop the live side, apply what was appended meanwhile, rename, commit.
-    const final = await store.db.transaction(async (tx) => {
+    // 3. Swap: stop the live side, apply what was appended meanwhile, rename, commit. A try
+    // that fails with a deadlock or serialization failure (whatever else the application runs
+    // beside it) rolled back as a whole: it is tried again from the fill's end, within the
+    // rounds the lock rounds also count against.
+    const rounds: SwapRounds = { used: 0, max: this.#maxSwapRounds, projection: this.name }
+    let swapped: { readonly position: number; readonly events: number }
+    for (;;) {
+      rounds.used++
+      try {
+        swapped = await this.#swap(generation, batchSize, rounds, position)
+        break
+      } catch (error) {
+        if (sqlErrorKind(error) !== 'serialization-failure') throw error
+        if (rounds.used >= rounds.max) throw new RebuildContendedError(this.name, rounds.max, error)
+      }
+    }
+    const final = swapped.position
+    applied += swapped.events
+    this.#advanced(final)
+    publish('projection-rebuilt', { projection: this.name, position: final, events: applied })
+    return { position: final, events: applied }
+  }
+
+  /**
+   * One try of a rebuild's swap, in one transaction: stop the live side, apply what was
+   * appended after `from`, rename the fresh tables of `generation` into place, store the
+   * checkpoint. Resolves with the position swapped in and the events it applied.
+   */
+  #swap(
+    generation: number,
+    batchSize: number,
+    rounds: SwapRounds,
+    from: number,
+  ): Promise<{ readonly position: number; readonly events: number }> {
+    const store = this.#store
+    const projection = this.#projection
+    return store.db.transaction(async (tx) => {
       if (!ownsRebuild(await this.#lockRow(tx), generation)) {
         throw new RebuildSupersededError(this.name)
       }
@@ -546,7 +594,7 @@ class SqlProjector implements Projector {
         // appends still in flight will write the swapped-in tables (their statements resolve
         // the table name again after the lock), so the catch-up takes every committed event,
         // not only the prefix below the watermark: the in-flight appends apply their own.
-        await lockAll(tx, live)
+        await lockAll(tx, live, rounds)
         read = async (from: number) => {
           const rows = await tx.query<EventRow>(store.statements.readAllCommitted, [
             from,
@@ -555,13 +603,15 @@ class SqlProjector implements Projector {
           return store.pageOfTypes(rows, this.#wants)
         }
       }
+      let position = from
+      let events = 0
       for (;;) {
         const page = await read(position + 1)
         if (page.failure !== undefined) throw page.failure
         if (page.position === undefined) break
         await this.#applyAll(tx, page.events, generation)
         position = page.position
-        applied += page.read
+        events += page.read
       }
       for (const table of Object.keys(projection.tables)) {
         const old = `${table}__old`
@@ -575,11 +625,8 @@ class SqlProjector implements Projector {
         generation,
         storedTime(this.#clock),
       ])
-      return position
+      return { position, events }
     })
-    this.#advanced(final)
-    publish('projection-rebuilt', { projection: this.name, position: final, events: applied })
-    return { position: final, events: applied }
   }
 
   async #dropTables(tx: SqlExecutor, generation: number): Promise<void> {
@@ -587,6 +634,13 @@ class SqlProjector implements Projector {
       await tx.execute(`DROP TABLE IF EXISTS ${physicalTable(table, generation)}`)
     }
   }
+}
+
+/** The rounds a rebuild's swap has used (tries of its transaction and lock rounds) and may use. */
+interface SwapRounds {
+  used: number
+  readonly max: number
+  readonly projection: string
 }
 
 /**
@@ -599,9 +653,15 @@ class SqlProjector implements Projector {
  * locks are given back (rolled back to a savepoint) and the next round waits for that one. A
  * waiting round holds none of the tables, so no cycle can form through them, and every round
  * after the first waits for a transaction that held a table to end: rounds follow the
- * appends' commits, they do not spin.
+ * appends' commits, they do not spin. Appends that always hold one of the tables could still
+ * keep it going round for ever: each round after the first counts against `rounds`, and a
+ * busy table found with none left fails the swap with {@link RebuildContendedError}.
  */
-async function lockAll(tx: SqlExecutor, tables: readonly string[]): Promise<void> {
+async function lockAll(
+  tx: SqlExecutor,
+  tables: readonly string[],
+  rounds: SwapRounds,
+): Promise<void> {
   const order = [...tables].sort()
   let first = 0
   for (;;) {
@@ -622,6 +682,8 @@ async function lockAll(tx: SqlExecutor, tables: readonly string[]): Promise<void
       await tx.execute('RELEASE SAVEPOINT breakwater_swap_locks')
       return
     }
+    if (rounds.used >= rounds.max) throw new RebuildContendedError(rounds.projection, rounds.max)
+    rounds.used++
     await tx.execute('ROLLBACK TO SAVEPOINT breakwater_swap_locks')
     first = busy
   }

@@ -1,0 +1,261 @@
+// An inline projection's rebuild swap on real PostgreSQL: its lock rounds (one table waited
+// for, the others taken NOWAIT and given back when one is busy) are bounded by maxSwapRounds,
+// after which the rebuild fails with REBUILD_CONTENDED instead of going round for ever; and a
+// deadlock (40P01) or serialization failure (40001) from another cause during the swap makes
+// it try the swap again, within the same bound. Interleavings are forced with gates and by
+// watching pg_locks, never with sleeps.
+import pg from 'pg'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  createEventStore,
+  createProjector,
+  defineProjection,
+  type EventStore,
+} from '../../src/cqrs/index.js'
+import type { SqlDriver } from '../../src/stores/index.js'
+import { type Gate, gate } from '../support/gate.js'
+import { holdOpenTransaction } from '../support/held-transaction.js'
+import { until } from '../support/until.js'
+import { dbTargets, type TestDb } from './databases.js'
+
+const postgres = dbTargets.find((target) => target.dialect === 'postgres')!
+
+type Event = { type: string; data: { fail?: boolean } }
+
+// Two tables: the swap's lock rounds alternate between them.
+const rounds = defineProjection<Event>({
+  name: 'swap-rounds',
+  eventTypes: ['r-hit'],
+  tables: {
+    sr_a: (name) => [`CREATE TABLE ${name} (id TEXT PRIMARY KEY)`],
+    sr_b: (name) => [`CREATE TABLE ${name} (id TEXT PRIMARY KEY)`],
+  },
+  async apply(event, { tx, table }) {
+    await tx.execute(`INSERT INTO ${table('sr_a')} VALUES ($1)`, [event.id])
+    await tx.execute(`INSERT INTO ${table('sr_b')} VALUES ($1)`, [event.id])
+  },
+})
+
+// Holds a rebuild's fill at its first event (reporting the fresh table's name) while set.
+let fillGate: { reached: (fresh: string) => void; go: Promise<void> } | undefined
+
+async function holdFill(fresh: string): Promise<void> {
+  const held = fillGate
+  if (held === undefined) return
+  fillGate = undefined
+  held.reached(fresh)
+  await held.go
+}
+
+const deadlocking = defineProjection<Event>({
+  name: 'swap-deadlock',
+  eventTypes: ['d-hit'],
+  tables: { sd_a: (name) => [`CREATE TABLE ${name} (id TEXT PRIMARY KEY)`] },
+  async apply(event, { tx, table }) {
+    await tx.execute(`INSERT INTO ${table('sd_a')} VALUES ($1)`, [event.id])
+    if (table('sd_a') !== 'sd_a') await holdFill(table('sd_a'))
+  },
+})
+
+/**
+ * A projection whose rebuild fails with a serialization failure (40001) when its swap applies
+ * an event marked `fail`, `state.failures` times; `state.swapApplies` counts the swap's applies
+ * of `<prefix>-late` events.
+ */
+function serializing(prefix: string) {
+  const state = { failures: 0, swapApplies: 0 }
+  const projection = defineProjection<Event>({
+    name: `swap-serialization-${prefix}`,
+    eventTypes: [`${prefix}-hit`, `${prefix}-late`],
+    tables: { [`${prefix}_a`]: (name) => [`CREATE TABLE ${name} (id TEXT PRIMARY KEY)`] },
+    async apply(event, { tx, table }) {
+      const name = table(`${prefix}_a`)
+      const rebuilding = name !== `${prefix}_a`
+      if (rebuilding && event.type === `${prefix}-late`) {
+        state.swapApplies++
+        if (event.data.fail === true && state.failures > 0) {
+          state.failures--
+          throw Object.assign(new Error('could not serialize access (test)'), { code: '40001' })
+        }
+      }
+      await tx.execute(`INSERT INTO ${name} VALUES ($1)`, [event.id])
+      if (rebuilding && event.type === `${prefix}-hit`) await holdFill(name)
+    },
+  })
+  return { projection, state }
+}
+const retried = serializing('sx')
+const bounded = serializing('sb')
+
+let t: TestDb
+let store: EventStore
+let watcher: SqlDriver
+
+beforeAll(async () => {
+  t = await postgres.open('cqrs_rebuild_swap_bound')
+  store = createEventStore(t.db, {
+    inlineProjections: [rounds, deadlocking, retried.projection, bounded.projection],
+  })
+  watcher = await t.connect({ postgres: { maxConnections: 1 } })
+})
+afterAll(async () => {
+  await t?.close()
+})
+
+/** Whether some session waits for a lock on the relation now named `table`. */
+async function waitingOn(table: string): Promise<boolean> {
+  const rows = await watcher.query<{ n: string }>(
+    `SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+     WHERE NOT l.granted AND c.relname = $1`,
+    [table],
+  )
+  return Number(rows[0]!.n) > 0
+}
+
+async function count(table: string): Promise<number> {
+  return Number((await t.db.query<{ n: string }>(`SELECT count(*) AS n FROM ${table}`))[0]!.n)
+}
+
+function fill(): { gate: Gate; fresh: Promise<string> } {
+  const go = gate()
+  let reached!: (fresh: string) => void
+  const fresh = new Promise<string>((resolve) => {
+    reached = resolve
+  })
+  fillGate = { reached, go: go.promise }
+  return { gate: go, fresh }
+}
+
+describe('maxSwapRounds', () => {
+  it('is validated at construction', () => {
+    for (const bad of [0, -1, 1.5, Number.NaN, '3']) {
+      expect(() => createProjector(store, rounds, { maxSwapRounds: bad as number })).toThrow(
+        expect.objectContaining({ code: 'INVALID_OPTION', option: 'maxSwapRounds' }),
+      )
+    }
+    expect(createProjector(store, rounds, { maxSwapRounds: 1 }).name).toBe('swap-rounds')
+  })
+
+  it('ends lock rounds that keep finding a table busy with REBUILD_CONTENDED', async () => {
+    await store.append('r', [{ type: 'r-hit', data: {} }])
+    const projector = createProjector(store, rounds, { maxSwapRounds: 2 })
+    // Round 1 takes sr_a, finds sr_b busy and gives sr_a back; round 2 waits for sr_b.
+    const holdB = await holdOpenTransaction(t.db, (tx) =>
+      tx.execute('LOCK TABLE sr_b IN ROW EXCLUSIVE MODE'),
+    )
+    const rebuild = projector.rebuild().then(
+      () => undefined,
+      (error: unknown) => error,
+    )
+    await until(() => waitingOn('sr_b'), 'the swap to wait for sr_b')
+    // sr_a is busy when round 2 gets sr_b: the bound is reached, no third round waits for sr_a.
+    const holdA = await holdOpenTransaction(t.db, (tx) =>
+      tx.execute('LOCK TABLE sr_a IN ROW EXCLUSIVE MODE'),
+    )
+    let thirdRound = false
+    try {
+      await holdB.commit()
+      const outcome = await Promise.race([
+        rebuild,
+        until(() => waitingOn('sr_a'), 'a third round').then(() => {
+          thirdRound = true
+        }),
+      ])
+      expect(thirdRound).toBe(false)
+      expect(outcome).toMatchObject({
+        code: 'REBUILD_CONTENDED',
+        retryable: true,
+        projection: 'swap-rounds',
+        rounds: 2,
+      })
+      expect((outcome as Error).message).toContain('maxSwapRounds')
+    } finally {
+      await holdA.commit()
+    }
+    if (thirdRound) await rebuild
+    // Nothing was swapped in; once the tables are free, a rebuild goes through.
+    expect(await count('sr_a')).toBe(1)
+    await expect(projector.rebuild()).resolves.toMatchObject({ events: 1 })
+    expect(await count('sr_a')).toBe(1)
+  })
+
+  it('tries the swap again after a deadlock (40P01) from another cause', async () => {
+    await store.append('d', [{ type: 'd-hit', data: {} }])
+    // Two events in the log: this one and the lock rounds test's.
+    const projector = createProjector(store, deadlocking)
+    const { gate: go, fresh: freshName } = fill()
+    const rebuild = projector.rebuild().then(
+      (result) => result,
+      (error: unknown) => error,
+    )
+    const fresh = await freshName
+    // Another session reads the fresh table (its lock outlasts the fill), so the swap's rename
+    // of it waits; that session then wants the live table the swap holds: a deadlock.
+    const other = new pg.Client({ connectionString: t.url })
+    await other.connect()
+    try {
+      await other.query('BEGIN')
+      // The swap, waiting first, is the side PostgreSQL's deadlock check aborts: this session
+      // would check much later.
+      await other.query("SET LOCAL deadlock_timeout = '30s'")
+      await other.query(`LOCK TABLE ${fresh} IN ACCESS SHARE MODE`)
+      go.open()
+      await until(() => waitingOn(fresh), 'the swap to wait for the fresh table')
+      await other.query('LOCK TABLE sd_a IN ROW EXCLUSIVE MODE')
+      await other.query('COMMIT')
+      expect(await rebuild).toEqual({ position: await count('breakwater_events'), events: 2 })
+    } finally {
+      await other.end()
+    }
+    expect(await count('sd_a')).toBe(1)
+  })
+
+  /** Starts a rebuild held in its fill, appends three late events (the last marked), lets it go. */
+  async function rebuildWithLateEvents(
+    target: ReturnType<typeof serializing>,
+    failures: number,
+    options: { maxSwapRounds?: number } = {},
+  ): Promise<unknown> {
+    const prefix = target.projection.name.slice('swap-serialization-'.length)
+    await store.append(prefix, [{ type: `${prefix}-hit`, data: {} }])
+    const projector = createProjector(store, target.projection, options)
+    const { gate: go, fresh } = fill()
+    // Pages of two: the fill reads the one event there is; the swap's catch-up reads the late
+    // events in two pages, and the marked one fails after the first page was applied.
+    const rebuild = projector.rebuild({ batchSize: 2 }).then(
+      (result) => result,
+      (error: unknown) => error,
+    )
+    await fresh
+    await store.append(prefix, [
+      { type: `${prefix}-late`, data: {} },
+      { type: `${prefix}-late`, data: {} },
+      { type: `${prefix}-late`, data: { fail: true } },
+    ])
+    target.state.failures = failures
+    go.open()
+    const outcome = await rebuild
+    target.state.failures = 0
+    return outcome
+  }
+
+  it('tries the swap again after a serialization failure (40001), from the start of its catch-up', async () => {
+    const outcome = await rebuildWithLateEvents(retried, 1)
+    // Every event of the log read once (the other projections' too): the failed try's pages
+    // are not counted again.
+    const logged = await count('breakwater_events')
+    expect(outcome).toEqual({ position: logged, events: logged })
+    // The first try applied all three before failing, the second all three again.
+    expect(retried.state.swapApplies).toBe(6)
+    expect(await count('sx_a')).toBe(4)
+  })
+
+  it('counts each try of the swap against maxSwapRounds', async () => {
+    const outcome = await rebuildWithLateEvents(bounded, 100, { maxSwapRounds: 3 })
+    expect(outcome).toMatchObject({ code: 'REBUILD_CONTENDED', rounds: 3 })
+    expect((outcome as Error).cause).toMatchObject({ code: '40001' })
+    expect(bounded.state.swapApplies).toBe(9)
+    // The live table, written by the appends, is untouched.
+    expect(await count('sb_a')).toBe(4)
+  })
+})
