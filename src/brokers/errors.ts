@@ -28,7 +28,9 @@ export interface BrokerErrorOptions {
  *   subject or header), so publishing it again cannot succeed.
  * - `BROKER_MISCONFIGURED` (not retryable): the broker refuses the adapter's setup, whatever
  *   the message: the login (wrong user or password), the vhost, a permission, or an exchange,
- *   queue or stream that exists with other settings. Only a change of configuration on either
+ *   queue or stream that exists with other settings, or TLS (a server certificate the client does
+ *   not trust, one that has expired or names another host, a server without TLS on the port, a
+ *   failed handshake: see `tlsFailure` in tls.ts). Only a change of configuration on either
  *   side clears it. Distinct from `BROKER_REJECTED` because it is not the message's fault: a
  *   relay must not charge (and dead-letter) every event for it.
  *

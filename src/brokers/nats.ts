@@ -35,6 +35,7 @@ import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
 import { gateLostDeliveries, type LostDeliveryGate } from './lost-delivery-gate.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
+import { tlsFailure } from './tls.js'
 import type {
   Broker,
   IncomingMessage,
@@ -282,6 +283,8 @@ const messageRefusals = new Set([
 /** Maps a driver error to a {@link BrokerError}. */
 function natsError(error: unknown, context: string): BrokerError {
   if (error instanceof BrokerError) return error
+  const tls = tlsFailure('nats', error, context)
+  if (tls !== undefined) return tls
   const code = (error as { code?: unknown } | undefined)?.code
   const apiCode = (error as { api_error?: { err_code?: number } } | undefined)?.api_error?.err_code
   const message = `${context}: ${reasonOf(error)}`

@@ -24,6 +24,7 @@ import {
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
+import { tlsFailure } from './tls.js'
 import type {
   Broker,
   IncomingMessage,
@@ -365,6 +366,8 @@ function oversizedBody(failure: unknown): number | undefined {
 /** Maps a driver error to a {@link BrokerError}. */
 function rabbitError(error: unknown, context: string): BrokerError {
   if (error instanceof BrokerError) return error
+  const tls = tlsFailure('rabbitmq', error, context)
+  if (tls !== undefined) return tls
   const message = `${context}: ${reasonOf(error)}`
   // amqplib throws RangeError when a message's headers do not fit a frame, and TypeError when
   // a short-string field is longer than 255 bytes (message id, topic as routing key, queue):

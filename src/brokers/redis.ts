@@ -25,6 +25,7 @@ import {
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
+import { tlsFailure } from './tls.js'
 import type {
   Broker,
   IncomingMessage,
@@ -268,7 +269,12 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
     return client
   } catch (error) {
     client.disconnect()
-    throw refusedLogin(options, refusal) ?? redisError(error, `cannot connect to ${where}`)
+    // A failed TLS handshake, like a refused login, reaches only the 'error' event.
+    throw (
+      refusedLogin(options, refusal) ??
+      tlsFailure('redis', refusal, `cannot connect to ${where}`) ??
+      redisError(error, `cannot connect to ${where}`)
+    )
   }
 }
 
@@ -441,6 +447,8 @@ async function quit(options: ResolvedRedisOptions, client: Redis): Promise<void>
 /** Maps a driver error to a {@link BrokerError}. */
 function redisError(error: unknown, context: string): BrokerError {
   if (error instanceof BrokerError) return error
+  const tls = tlsFailure('redis', error, context)
+  if (tls !== undefined) return tls
   const message = `${context}: ${reasonOf(error)}`
   // WRONGTYPE: the topic's key holds something that is not a stream.
   if (reasonOf(error).startsWith('WRONGTYPE')) {
