@@ -50,6 +50,8 @@ export const errorCodes = {
     'An outbox relay was started (or renewed its heartbeat) with a relayId that another live relay instance holds; it publishes nothing. A crashed relay restarted with its id comes up once the old heartbeat expires (within leaseMs).',
   RELAY_STOPPED:
     'start() was called on an outbox relay after stop() (or after it crashed); a relay runs once, create a new one.',
+  POISON_MESSAGE:
+    'The inbox refused a consumed message for good: its id is empty or holds a NUL or a lone surrogate, so it cannot be recorded and deduplicated; acknowledged without running the handler, not redelivered.',
   SAGA_LEASE_LOST:
     "A saga worker's write was refused because another worker took the instance over (its lease expired).",
   SAGA_NOT_FOUND: 'No saga instance has the given id.',

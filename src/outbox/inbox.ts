@@ -1,9 +1,11 @@
 import type { IncomingMessage } from '../brokers/types.js'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkStoredName } from '../core/text.js'
+import { checkStoredName, isStorableText } from '../core/text.js'
 import { checkClock, checkFunction, checkObject } from '../core/validate.js'
+import { diagnosticsChannel } from '../policies/events.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
+import { PoisonMessageError } from './errors.js'
 import { inboxStatements } from './sql.js'
 import { wholeMsClock } from './time.js'
 
@@ -19,13 +21,26 @@ export interface InboxOptions {
    * @default systemClock
    */
   readonly clock?: Clock
+  /**
+   * Called with each message refused for good as poison (see {@link PoisonMessageError}):
+   * nothing was written, `fn` did not run, and the message is acknowledged. Log or keep it
+   * here; it is also published on the diagnostics channel `breakwater:outbox:message-refused`.
+   * A listener that throws does not change the outcome.
+   * @default ignore (the channel still reports it)
+   */
+  readonly onRefused?: (message: { readonly id: string }, error: PoisonMessageError) => void
 }
 
 /** The outcome of {@link Inbox.handle}. */
 export type InboxResult<T> =
-  | { readonly duplicate: false; readonly value: T }
+  | { readonly duplicate: false; readonly refused?: undefined; readonly value: T }
   /** The message was handled before: `fn` did not run. */
-  | { readonly duplicate: true }
+  | { readonly duplicate: true; readonly refused?: undefined }
+  /**
+   * The message can never be handled (its id cannot be stored, see
+   * {@link PoisonMessageError}): nothing was written and `fn` did not run. Acknowledge it.
+   */
+  | { readonly duplicate: false; readonly refused: PoisonMessageError }
 
 /** Consumer-side deduplication; see {@link createInbox}. */
 export interface Inbox {
@@ -38,9 +53,13 @@ export interface Inbox {
    * it, and the redelivered message runs `fn` again (so let the error reach the transaction:
    * one that catches it and commits keeps the record without the effect). `tx` must be a
    * transaction (the driver itself is refused with `InvalidOptionError`: the record would
-   * commit on its own). A message id that is empty or holds a NUL
-   * character or a lone surrogate (text the database cannot store as it is), or an `fn` that
-   * is not a function, is refused with `InvalidOptionError` before anything is written.
+   * commit on its own), as is a message without a string id or an `fn` that is not a
+   * function, before anything is written. A message whose id is empty or holds a NUL
+   * character or a lone surrogate (text the database cannot store as it is) is poison: no
+   * delivery of it can ever be recorded, so rather than throw (and be redelivered forever) the
+   * inbox refuses it for good: nothing is written, `fn` does not run, the result holds the
+   * `PoisonMessageError` (`POISON_MESSAGE`) in `refused`, and `onRefused` and the channel
+   * `breakwater:outbox:message-refused` report it. The caller resolves, so the broker acks it.
    */
   handle<M extends { readonly id: string }, T>(
     tx: SqlExecutor,
@@ -52,6 +71,7 @@ export interface Inbox {
 class SqlInbox implements Inbox {
   readonly consumer: string
   readonly #clock: Clock
+  readonly #onRefused: InboxOptions['onRefused']
 
   constructor(options: InboxOptions) {
     checkObject('inbox', options)
@@ -60,6 +80,13 @@ class SqlInbox implements Inbox {
     this.consumer = checkStoredName('inbox.consumer', options.consumer)
     const clock = wholeMsClock(checkClock('inbox.clock', options.clock))
     this.#clock = clock
+    this.#onRefused =
+      options.onRefused === undefined
+        ? undefined
+        : checkFunction<NonNullable<InboxOptions['onRefused']>>(
+            'inbox.onRefused',
+            options.onRefused,
+          )
   }
 
   async handle<M extends { readonly id: string }, T>(
@@ -68,10 +95,14 @@ class SqlInbox implements Inbox {
     fn: (tx: SqlExecutor, message: M) => Promise<T>,
   ): Promise<InboxResult<T>> {
     checkInboxTransaction(tx)
-    checkStoredName('message.id', message?.id)
+    const id = message?.id
+    // A caller's mistake (no message, an id that is no string): no broker delivers that.
+    if (typeof id !== 'string') throw new InvalidOptionError('message.id', 'a string', id)
     // Before the record is written: a record without its effect would make the redelivery
     // of this message a duplicate that never runs.
     checkFunction('fn', fn)
+    if (id === '' || !isStorableText(id))
+      return { duplicate: false, refused: this.#refuse(message) }
     const { rowCount } = await tx.execute(inboxStatements[tx.dialect].record, [
       this.consumer,
       message.id,
@@ -80,7 +111,24 @@ class SqlInbox implements Inbox {
     if (rowCount === 0) return { duplicate: true }
     return { duplicate: false, value: await fn(tx, message) }
   }
+
+  // The wire's data, not the caller's mistake, and the same on every delivery: as the broker
+  // adapters do with a message they cannot identify, it is reported and let go rather than
+  // thrown, which only had the broker redeliver it forever (holding back its key meanwhile).
+  #refuse(message: { readonly id: string }): PoisonMessageError {
+    const error = new PoisonMessageError(this.consumer, message.id)
+    if (refusedChannel.hasSubscribers)
+      refusedChannel.publish({ consumer: this.consumer, messageId: message.id, error })
+    try {
+      this.#onRefused?.(message, error)
+    } catch {
+      // A throwing listener must not turn the refusal back into a redelivery.
+    }
+    return error
+  }
 }
+
+const refusedChannel = diagnosticsChannel('outbox', 'message-refused')
 
 /**
  * Refuses an executor that is not a transaction's. The driver itself (it has `close`) runs each
@@ -131,7 +179,9 @@ export function createInbox(options: InboxOptions): Inbox {
 /**
  * A ready-made handler for `Subscriber.subscribe`: each message runs `fn` inside a new
  * transaction on `db` through an inbox for `consumer`. Duplicates resolve without running
- * `fn`; a failing `fn` rolls back and rejects, so the broker redelivers the message.
+ * `fn`; a failing `fn` rolls back and rejects, so the broker redelivers the message. A poison
+ * message (see {@link PoisonMessageError}) resolves without running `fn` (acknowledged, not
+ * redelivered) and is reported to `options.onRefused`.
  *
  * @example
  * ```ts

@@ -17,6 +17,7 @@ export {
 } from '../brokers/sql-queue.js'
 export type { DeadEvent, ListDeadOptions, OutboxStats } from './dead-letters.js'
 export { listDead, outboxStats, redrive } from './dead-letters.js'
+export { PoisonMessageError } from './errors.js'
 export type { RelayFaultPoint, RelayFaults } from './faults.js'
 export { crashAtFromEnv, relayFaultPoints } from './faults.js'
 export type { Inbox, InboxOptions, InboxResult } from './inbox.js'

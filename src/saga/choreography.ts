@@ -230,9 +230,10 @@ export interface SagaReplyHandlerOptions {
    */
   readonly consumer?: string
   /**
-   * Called for a reply that names no saga (or a step it does not have), or that its step
-   * awaits no more (`deliverReply`'s `'stale'`); it is acknowledged and dropped rather than
-   * redelivered forever.
+   * Called for a reply that names no saga (or a step it does not have), that its step awaits
+   * no more (`deliverReply`'s `'stale'`), or whose message id no inbox record can hold (empty,
+   * a NUL, a lone surrogate: the reason is the `POISON_MESSAGE` error's message); it is
+   * acknowledged and dropped rather than redelivered forever.
    * @default ignore
    */
   readonly onIgnored?: (message: IncomingMessage, reason: string) => void
@@ -287,7 +288,7 @@ export function sagaReplyHandler(
     const reply = parsePayload(message.payload)
     let ignored: string | undefined
     await db.transaction(async (tx) => {
-      await inbox.handle(tx, message, async () => {
+      const handled = await inbox.handle(tx, message, async () => {
         // A savepoint: a reply for an unknown saga is recorded in the inbox and dropped,
         // without failing (and rolling back) the whole message.
         try {
@@ -305,6 +306,9 @@ export function sagaReplyHandler(
           ignored = (error as Error).message
         }
       })
+      // An id no inbox record can hold (POISON_MESSAGE): refused for good, like a reply that
+      // names no saga, rather than thrown and redelivered forever.
+      if (handled.refused !== undefined) ignored = handled.refused.message
     })
     if (ignored !== undefined) onIgnored(message, ignored)
   }
@@ -389,7 +393,9 @@ export interface ReactorOptions {
  * A choreography participant: a subscription handler that runs the reaction for each event's
  * type inside one transaction with the inbox record (a redelivered event does nothing) and
  * emits the service's own events through the outbox in that same transaction, correlated to
- * the flow and caused by the event.
+ * the flow and caused by the event. An event whose message id no inbox record can hold is
+ * acknowledged without its reaction and reported on the channel
+ * `breakwater:outbox:message-refused` (`POISON_MESSAGE`) rather than redelivered forever.
  *
  * @example
  * ```ts

@@ -1,0 +1,36 @@
+import { BreakwaterError, describeValue } from '../core/errors.js'
+
+/**
+ * A consumed message the inbox can never handle, however often it is delivered (code
+ * `POISON_MESSAGE`, not retryable): its id is empty, or holds text the database cannot store
+ * as it is (a NUL, half of a surrogate pair), so it cannot be recorded and deduplicated. Only
+ * another producer's message can be like that (breakwater's publishers and the outbox refuse
+ * such ids). The inbox refuses it for good rather than throw, which would have the broker
+ * redeliver it forever: nothing is written, the handler does not run, the message is
+ * acknowledged, and this error reports it (`InboxResult.refused`, `InboxOptions.onRefused`,
+ * the diagnostics channel `breakwater:outbox:message-refused`).
+ *
+ * @example
+ * ```ts
+ * import { createInbox } from 'breakwater/outbox'
+ * const inbox = createInbox({
+ *   consumer: 'billing',
+ *   onRefused: (message, error) => console.warn(error.code, error.message),
+ * })
+ * ```
+ */
+export class PoisonMessageError extends BreakwaterError {
+  /** The refused message's id, as received. */
+  readonly messageId: string
+  /** The inbox consumer that refused it. */
+  readonly consumer: string
+
+  constructor(consumer: string, messageId: string) {
+    super(
+      'POISON_MESSAGE',
+      `inbox ${JSON.stringify(consumer)}: refused message ${describeValue(messageId)} for good (acknowledged, handler not run): its message id is ${messageId === '' ? 'empty' : 'text the database cannot store (a NUL or a lone surrogate)'}, so it cannot be deduplicated`,
+    )
+    this.messageId = messageId
+    this.consumer = consumer
+  }
+}
