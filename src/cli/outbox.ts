@@ -1,3 +1,4 @@
+import { isStorableText } from '../core/text.js'
 import { redactSecrets } from '../observability/index.js'
 import {
   type DeadEvent,
@@ -96,6 +97,12 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
     if (value === undefined || value === '' || (eq < 0 && value.startsWith('--')))
       throw new UsageError(`${flag} needs a value`)
     if (flag === '--id') {
+      // No event id holds one (the outbox refuses them); PostgreSQL answered a NUL with a bare
+      // driver error. Only a caller of outboxCommand can pass one: argv has no NUL.
+      if (!isStorableText(value))
+        throw new UsageError(
+          `--id must be an event id without NUL characters or lone surrogates, got ${JSON.stringify(value)}`,
+        )
       ids.push(value)
       continue
     }

@@ -1,5 +1,6 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import { checkStoredName } from '../core/text.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { notify, type SqlExecutor } from '../stores/index.js'
 import { listParam, OUTBOX_CHANNEL, outboxStatements } from './sql.js'
@@ -94,8 +95,10 @@ export async function listDead(
  * Sends dead-lettered events again: clears their dead state and attempt count, so the relay
  * that owns their partition publishes them (first in their aggregate, as before) and the
  * events queued behind them follow. `'all'` redrives every dead event. Returns how many were
- * redriven; ids that are not dead (unknown, published, or still live) are ignored. On
- * PostgreSQL relays are notified.
+ * redriven; ids that are not dead (unknown, published, or still live) are ignored. An id no
+ * event can have (empty, or holding a NUL or a lone surrogate) is refused with
+ * `InvalidOptionError` naming it (`eventIds[2]`) before anything is sent. On PostgreSQL relays
+ * are notified.
  *
  * @example
  * ```ts
@@ -114,6 +117,9 @@ export async function redrive(
   } else {
     if (!Array.isArray(eventIds) || eventIds.some((id) => typeof id !== 'string'))
       throw new InvalidOptionError('eventIds', 'an array of event ids or "all"', eventIds)
+    // An id no event can have (the outbox refuses them): PostgreSQL answered one with a NUL
+    // with a bare driver error naming neither the argument nor the id.
+    for (const [i, id] of eventIds.entries()) checkStoredName(`eventIds[${i}]`, id)
     if (eventIds.length === 0) return 0
     count = (await db.execute(sql.redrive, [listParam(db.dialect, eventIds)])).rowCount
   }
