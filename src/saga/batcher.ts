@@ -1,5 +1,11 @@
 import type { SqlDriver } from '../stores/index.js'
-import { type BatchOutcome, type NewInstance, type TransitionWrite, writeBatch } from './store.js'
+import {
+  type BatchOutcome,
+  type InsertOutcome,
+  type NewInstance,
+  type TransitionWrite,
+  writeBatch,
+} from './store.js'
 
 interface Pending<T> {
   readonly resolve: (value: T) => void
@@ -17,7 +23,7 @@ interface Pending<T> {
 export class WriteBatcher {
   readonly #db: SqlDriver
   readonly #maxBatch: number
-  #inserts: { instance: NewInstance; pending: Pending<boolean> }[] = []
+  #inserts: { instance: NewInstance; pending: Pending<InsertOutcome> }[] = []
   #writes: { write: TransitionWrite; pending: Pending<BatchOutcome> }[] = []
   #exclusive: { run: () => Promise<unknown>; pending: Pending<unknown> }[] = []
   #flushing = false
@@ -27,7 +33,7 @@ export class WriteBatcher {
     this.#maxBatch = maxBatch
   }
 
-  insert(instance: NewInstance): Promise<boolean> {
+  insert(instance: NewInstance): Promise<InsertOutcome> {
     return new Promise((resolve, reject) => {
       this.#inserts.push({ instance, pending: { resolve, reject } })
       this.#kick()
@@ -87,7 +93,7 @@ export class WriteBatcher {
               part.inserts.map((i) => i.instance),
               part.writes.map((w) => w.write),
             )
-            for (const [n, i] of part.inserts.entries()) i.pending.resolve(inserted[n]!)
+            for (const [n, i] of part.inserts.entries()) i.pending.resolve(inserted[n])
             for (const [n, w] of part.writes.entries()) w.pending.resolve(written[n])
           } catch (error) {
             // The database failed (not a token): every writer gives its instance up; the

@@ -852,10 +852,10 @@ export class InstanceRun {
   // database): renew it if the token still holds, else the instance is someone else's.
   async #ensureLease(): Promise<void> {
     const host = this.#host
-    const now = storedTime(host.clock)
-    if (now < this.leaseExpiresAt) return
-    const leaseEnd = now + host.leaseMs
-    if (await renewLease(host.db, this.id, this.token, leaseEnd)) this.leaseExpiresAt = leaseEnd
+    if (storedTime(host.clock) < this.leaseExpiresAt) return
+    // The new end is measured when the statement runs, not now: see renewLease.
+    const leaseEnd = await renewLease(host.db, this.id, this.token, host.clock, host.leaseMs)
+    if (leaseEnd !== undefined) this.leaseExpiresAt = leaseEnd
     else {
       this.markLost('renewal-refused')
       throw new Abandon()

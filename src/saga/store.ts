@@ -42,11 +42,22 @@ export interface TransitionWrite {
    * transaction's commit work ran. Built before, a wait or slow `atCommit` work was taken off
    * the lease the next step starts on.
    */
-  readonly lease?: { readonly clock: Clock; readonly ms: number }
+  readonly lease?: MeasuredLease
 }
 
-/** The write with its lease end measured from now (see {@link TransitionWrite.lease}). */
-function stamped(write: TransitionWrite): TransitionWrite {
+/** A lease to measure from when its write goes out: see {@link TransitionWrite.lease}. */
+interface MeasuredLease {
+  readonly clock: Clock
+  readonly ms: number
+}
+
+/**
+ * The write (a transition or a new instance) with its lease end measured from now (see
+ * {@link TransitionWrite.lease}); the same object when that changes nothing.
+ */
+function stamped<
+  W extends { readonly lease?: MeasuredLease; readonly leaseExpiresAt: number | null },
+>(write: W): W {
   if (write.lease === undefined || write.leaseExpiresAt === null) return write
   const leaseExpiresAt = storedTime(write.lease.clock) + write.lease.ms
   return leaseExpiresAt > write.leaseExpiresAt ? { ...write, leaseExpiresAt } : write
@@ -215,15 +226,29 @@ export async function renewLeases(
   return { renewed, locked, leaseEnd }
 }
 
-/** Extends one lease if the token still holds. */
-export async function renewLease(
+/**
+ * Extends one lease to `leaseMs` from when the statement runs, if the token still holds;
+ * resolves to the lease end written, or `undefined` when the instance is someone else's.
+ */
+export function renewLease(
   db: SqlDriver,
   id: string,
   token: number,
-  leaseEnd: number,
-): Promise<boolean> {
-  const { rowCount } = await db.execute(sagaStatements[db.dialect].renewOne, [id, token, leaseEnd])
-  return rowCount > 0
+  clock: Clock,
+  leaseMs: number,
+): Promise<number | undefined> {
+  // In a transaction on both dialects, measured once it has begun: the wait for SQLite's one
+  // writer or for a pool connection comes before, not out of the lease. Only a lease found
+  // already run out is renewed here (after a pause), so BEGIN and COMMIT cost next to nothing.
+  return db.transaction(async (tx) => {
+    const leaseEnd = storedTime(clock) + leaseMs
+    const { rowCount } = await tx.execute(sagaStatements[db.dialect].renewOne, [
+      id,
+      token,
+      leaseEnd,
+    ])
+    return rowCount > 0 ? leaseEnd : undefined
+  })
 }
 
 /** The values of a new instance. */
@@ -240,6 +265,12 @@ export interface NewInstance {
   readonly leaseToken: number
   readonly attempt: number
   readonly now: number
+  /**
+   * A held lease measured from when the insert goes out (see {@link TransitionWrite.lease}):
+   * `leaseExpiresAt` is recomputed on `clock` when the batch is sent (on SQLite, once its
+   * transaction has begun), so the wait for a flush in flight or the writer is not taken off it.
+   */
+  readonly lease?: MeasuredLease
 }
 
 /**
@@ -284,20 +315,30 @@ export type BatchOutcome =
   | undefined
 
 /**
+ * The outcome of one insert: the lease end written (null for an instance inserted without a
+ * lease), or `undefined` when the id already existed and nothing was inserted.
+ */
+export type InsertOutcome = { readonly leaseExpiresAt: number | null } | undefined
+
+/**
  * Writes many inserts and fenced transitions at once (group commit): on PostgreSQL one
  * statement for the inserts and one for the transitions, each committing on its own; on SQLite
- * one transaction. Resolves to which inserts happened and each transition's outcome
- * (`undefined` where the token no longer held), in input order.
+ * one transaction. Resolves to each insert's and each transition's outcome (`undefined` where
+ * the id existed or the token no longer held), in input order.
  */
 export async function writeBatch(
   db: SqlDriver,
-  inserts: readonly NewInstance[],
-  built: readonly TransitionWrite[],
-): Promise<{ inserted: boolean[]; written: BatchOutcome[] }> {
+  built: readonly NewInstance[],
+  builtWrites: readonly TransitionWrite[],
+): Promise<{ inserted: InsertOutcome[]; written: BatchOutcome[] }> {
   const statements = sagaStatements[db.dialect]
+  const insertOutcome = (i: NewInstance, created: boolean): InsertOutcome =>
+    created ? { leaseExpiresAt: i.leaseExpiresAt } : undefined
   if (db.dialect === 'postgres') {
-    let inserted: boolean[] = []
-    if (inserts.length > 0) {
+    let inserted: InsertOutcome[] = []
+    if (built.length > 0) {
+      // Measured when the batch goes out, not when each insert joined the queue.
+      const inserts = built.map(stamped)
       const rows = await db.query<{ id: string }>(statements.insertBatch, [
         JSON.stringify(
           inserts.map((i) => ({
@@ -317,12 +358,12 @@ export async function writeBatch(
         ),
       ])
       const ids = new Set(rows.map((r) => r.id))
-      inserted = inserts.map((i) => ids.has(i.id))
+      inserted = inserts.map((i) => insertOutcome(i, ids.has(i.id)))
     }
     let written: BatchOutcome[] = []
-    if (built.length > 0) {
+    if (builtWrites.length > 0) {
       // Measured when the batch goes out, not when each write joined the queue.
-      const writes = built.map(stamped)
+      const writes = builtWrites.map(stamped)
       let n = 0
       const rows = await db.query<{ id: string; lease_token: number; cancel_requested: number }>(
         statements.transitionBatch,
@@ -362,11 +403,12 @@ export async function writeBatch(
     return { inserted, written }
   }
   return db.transaction(async (tx) => {
-    const inserted: boolean[] = []
-    for (const i of inserts) inserted.push(await insertInstance(tx, i, false))
-    const written: BatchOutcome[] = []
     // Measured once the transaction has begun: the wait for the writer is not the leases'.
-    for (const w of built.map(stamped)) {
+    const inserted: InsertOutcome[] = []
+    for (const i of built.map(stamped))
+      inserted.push(insertOutcome(i, await insertInstance(tx, i, false)))
+    const written: BatchOutcome[] = []
+    for (const w of builtWrites.map(stamped)) {
       const rows = await tx.query<{ cancel_requested: number }>(
         statements.transition,
         transitionParams(w),

@@ -504,29 +504,8 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       throw new InvalidOptionError('worker', 'a worker that is not stopping', this.#state)
     const id = options.id === undefined ? randomUUID() : checkSagaId('options.id', options.id)
     const now = storedTime(this.clock)
-    const row: SagaRow = {
-      id,
-      name: saga.name,
-      version: saga.version,
-      definition: saga.key,
-      status: 'running',
-      input: serializeInput(saga, input),
-      context: '{}',
-      steps: initialSteps(saga),
-      step_index: 0,
-      attempt: 1,
-      next_run_at: now,
-      lease_owner: this.id,
-      lease_expires_at: now + this.leaseMs,
-      lease_token: 1,
-      previous_owner: null,
-      previous_expires_at: null,
-      cancel_requested: 0,
-      reason: null,
-      created_at: now,
-      updated_at: now,
-      finished_at: null,
-    }
+    const serialized = serializeInput(saga, input)
+    const steps = initialSteps(saga)
     // Until the run is tracked, stop() waits on this: a stop() that came during the insert
     // resolved at once, and the run then claimed and wrote after it (the caller may have closed
     // the database by then), leaving the instance leased to a stopped worker.
@@ -543,16 +522,42 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         name: saga.name,
         version: saga.version,
         key: saga.key,
-        input: row.input,
-        steps: row.steps,
+        input: serialized,
+        steps,
         nextRunAt: now,
         leaseOwner: this.id,
         leaseExpiresAt: now + this.leaseMs,
         leaseToken: 1,
         attempt: 1,
         now,
+        // Measured again when the insert goes out (after a flush in flight, the SQLite
+        // writer), as transition writes are: see NewInstance.lease.
+        lease: { clock: this.clock, ms: this.leaseMs },
       })
-      if (!created) return this.#stored(id, false)
+      if (created === undefined) return this.#stored(id, false)
+      const row: SagaRow = {
+        id,
+        name: saga.name,
+        version: saga.version,
+        definition: saga.key,
+        status: 'running',
+        input: serialized,
+        context: '{}',
+        steps,
+        step_index: 0,
+        attempt: 1,
+        next_run_at: now,
+        lease_owner: this.id,
+        lease_expires_at: created.leaseExpiresAt,
+        lease_token: 1,
+        previous_owner: null,
+        previous_expires_at: null,
+        cancel_requested: 0,
+        reason: null,
+        created_at: now,
+        updated_at: now,
+        finished_at: null,
+      }
       run = new InstanceRun(this, saga, row)
       this.#inHand.set(id, run)
       tracked = this.#track(run)
