@@ -45,7 +45,7 @@ export const errorCodes = {
     'The broker is up but nothing takes messages for the topic yet (no queue bound, no stream); retryable.',
   BROKER_REJECTED: 'The broker or its client refused the message itself (too large, invalid name).',
   BROKER_MISCONFIGURED:
-    "The broker refused the adapter's setup rather than a message: a login (user or password), a vhost, a permission, or an exchange, queue or stream that exists with other settings; not retryable, and not charged to any event.",
+    "The broker refused the adapter's setup rather than a message: a login (user or password), a vhost, a permission, an exchange, queue or stream that exists with other settings, or a TLS connection that failed its certificate check or handshake; not retryable, and not charged to any event.",
   RELAY_ID_IN_USE:
     'An outbox relay was started (or renewed its heartbeat) with a relayId that another live relay instance holds; it publishes nothing. A crashed relay restarted with its id comes up once the old heartbeat expires (within leaseMs).',
   RELAY_STOPPED:
