@@ -242,6 +242,14 @@ export interface IdempotentExecution {
    * false`, leaves it held until its lease expires). Never rejects.
    */
   abort(options?: IdempotentAbortOptions): Promise<void>
+  /**
+   * Calls `listener` if the lease runs out before `complete` or `abort` was called: `context.tx`
+   * has then been rolled back, `complete` can only answer the lease-lost 409, and a retry may
+   * take the key over. An adapter whose handler may never finish uses it to answer its client
+   * at the lease's end instead of leaving it waiting (node:http's `idempotentHandler` does).
+   * Called at once if the lease has already run out; a later call replaces the listener.
+   */
+  onLeaseLost(listener: (error: IdempotencyInProgressError) => void): void
 }
 
 /** What {@link Idempotency.begin} decided. */
@@ -495,6 +503,10 @@ class HttpExecution implements IdempotentExecution {
 
   abort(options?: IdempotentAbortOptions): Promise<void> {
     return options?.release === false ? this.#execution.abandon() : this.#execution.release()
+  }
+
+  onLeaseLost(listener: (error: IdempotencyInProgressError) => void): void {
+    this.#execution.onLeaseLost(listener)
   }
 }
 

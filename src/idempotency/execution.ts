@@ -110,6 +110,7 @@ export class Execution {
   #settled = false
   // Whether a phase runs now: ctx.tx is held (refused) meanwhile, and so is another phase.
   #phaseRunning = false
+  #onLeaseLost: ((error: IdempotencyInProgressError) => void) | undefined
 
   constructor(settings: ExecutionSettings, start: ExecutionStart) {
     this.#settings = settings
@@ -138,6 +139,17 @@ export class Execution {
     return this.#lease
   }
 
+  /**
+   * Calls `listener` when the lease runs out before this execution is settled (recorded,
+   * released or abandoned), right after `ctx.tx` was rolled back, so that an adapter can answer
+   * a client whose handler has not finished. At once if it has already run out. One listener:
+   * a later call replaces it.
+   */
+  onLeaseLost(listener: (error: IdempotencyInProgressError) => void): void {
+    this.#onLeaseLost = listener
+    if (this.#expired && !this.#settled) listener(this.#leaseLost())
+  }
+
   #armLeaseTimer(delayMs: number): void {
     const { clock } = this.#settings
     if (this.#timer !== undefined) clock.clearTimeout(this.#timer)
@@ -146,8 +158,10 @@ export class Execution {
         this.#timer = undefined
         if (this.#settled) return
         this.#expired = true
+        const lost = this.#leaseLost()
         // The handler's later statements fail with this, so it learns why.
-        void this.#tx.rollback(this.#leaseLost())
+        void this.#tx.rollback(lost)
+        this.#onLeaseLost?.(lost)
       },
       Math.max(0, delayMs),
     )

@@ -3,7 +3,9 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
+import { IdempotencyInProgressError } from './errors.js'
 import {
+  abandonCapturedResponse,
   answerNodeRequest,
   BodyTooLargeError,
   captureNodeResponse,
@@ -73,6 +75,8 @@ class CapturedRun {
   readonly #onError: (error: unknown) => void
   #capture: { restore(): void } | undefined
   #ended = false
+  // Whether the client was answered because the lease ran out (see #leaseLost).
+  #leaseLostAnswered = false
 
   constructor(
     idempotency: Idempotency,
@@ -88,6 +92,9 @@ class CapturedRun {
 
   start(handler: IdempotentRequestHandler, req: IncomingMessage, body: Buffer): void {
     this.#capture = captureNodeResponse(this.#res, (response) => this.#captured(response))
+    this.#execution.onLeaseLost((error) => this.#leaseLost(error))
+    // The lease ran out before the handler could even start: answered already.
+    if (this.#ended) return
     let handled: void | Promise<void>
     try {
       handled = handler(req, this.#res, { body, idempotency: this.#execution.context })
@@ -110,11 +117,28 @@ class CapturedRun {
     )
   }
 
+  // The lease ran out before the handler ended its response: ctx.tx was rolled back, and the
+  // response can no longer be recorded (a retry may take the key over now). The client is
+  // answered now, as a handler that ends late would have it answered (409, lease-lost), rather
+  // than left waiting for a handler that may never end. The record stays in progress (with its
+  // committed phases) for the retry that takes it over. Not passed to onError: the
+  // 'lease-lost' diagnostics event reports it, as for a handler that ends late.
+  #leaseLost(error: IdempotencyInProgressError): void {
+    if (this.#ended) return
+    this.#ended = true
+    this.#leaseLostAnswered = true
+    this.#execution.abort({ release: false }).then(
+      () => abandonCapturedResponse(this.#res, this.#idempotency.problem(error)),
+      (abortError: unknown) => this.#internalError(abortError),
+    )
+  }
+
   // A handler may resolve before it ends the response (a stream still piping): only a
-  // rejection (or a throw) before the end counts as failure; a later one is reported.
+  // rejection (or a throw) before the end counts as failure; a later one is reported, unless
+  // it is the lost lease the client was already answered with (ctx.tx refusing statements).
   #failed(error: unknown): void {
     if (this.#ended) {
-      this.#onError(error)
+      if (!this.#leaseLostAnswered || !isLostLease(error)) this.#onError(error)
       return
     }
     this.#ended = true
@@ -143,6 +167,10 @@ class CapturedRun {
   }
 }
 
+function isLostLease(error: unknown): boolean {
+  return error instanceof IdempotencyInProgressError && error.reason === 'lease-lost'
+}
+
 /**
  * Wraps a node:http handler for `http.createServer`: reads the body, validates the key, replays
  * recorded responses (with `Idempotent-Replayed: true`) or answers problems (400, 409, 422)
@@ -150,6 +178,14 @@ class CapturedRun {
  * The handler writes its response to `res` as usual; it is held back until it has been
  * recorded in `ctx.tx` and committed, then sent. A handler that throws before ending the
  * response gets its transaction rolled back, the key released, and a 500 problem sent.
+ *
+ * A handler must end its response within the lease (`leaseMs`). If the lease runs out first,
+ * `ctx.tx` is rolled back and the client is answered at once with the 409 problem
+ * (`IDEMPOTENCY_IN_PROGRESS`, `reason: 'lease-lost'`, with `Retry-After`), or, if the handler
+ * had already sent its headers past the wrapper, its connection is destroyed; the key stays in
+ * progress, expired, so the client's retry takes it over and runs again. Whatever the handler
+ * writes to `res` afterwards is dropped, and its statements on `ctx.tx` fail with that 409's
+ * error (not passed to `onError`; the `lease-lost` diagnostics event reports the overrun).
  *
  * @example
  * ```ts

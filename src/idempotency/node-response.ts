@@ -380,12 +380,33 @@ export function captureNodeResponse(
     chunks: [],
     ended: false,
   }
-  target[captureState] = capture
+  installCapture(target, capture)
+  return new CaptureHandle(target, capture)
+}
+
+function installCapture(res: CapturedResponse, capture: Capture): void {
+  res[captureState] = capture
   // The replacements are assigned to the instance; their types are the overloaded originals'.
   res.writeHead = capturedWriteHead as typeof res.writeHead
   res.write = capturedWrite as typeof res.write
   res.end = capturedEnd as typeof res.end
-  return new CaptureHandle(target, capture)
+}
+
+/**
+ * Gives up on a captured response whose handler has not ended it (its lease ran out): writes
+ * `response` in its place, or, when something already went out past the capture (its headers
+ * were sent), destroys the connection, so that the client learns no answer will come instead of
+ * waiting for one. Either way the capture then stays in place, ended: what the handler still
+ * writes goes nowhere (neither to the client nor as an error).
+ */
+export function abandonCapturedResponse(res: ServerResponse, response: IdempotencyResponse): void {
+  const target = res as CapturedResponse
+  const capture = target[captureState]
+  if (capture !== undefined) capture.ended = true
+  if (!res.headersSent) writeWhole(res, response, true)
+  else if (!res.writableEnded) res.destroy()
+  // writeWhole took the ended capture off to write: it goes back on.
+  if (capture !== undefined && target[captureState] !== capture) installCapture(target, capture)
 }
 
 // What captureNodeResponse returns (a class: no closure per response).
