@@ -6,7 +6,11 @@ import { checkClock, checkFunction, checkInteger, checkObject } from '../core/va
 // text exposition format 0.0.4 (what every Prometheus server and agent scrapes). Enough for
 // breakwater's processes without pulling in a metrics library.
 
-/** Label values of one series, by label name. Numbers and booleans are rendered as text. */
+/**
+ * Label values of one series, by label name. Numbers and booleans are rendered as text. Any
+ * string is taken; lone UTF-16 surrogates, which UTF-8 cannot hold, are rendered in a form that
+ * keeps every series apart (see {@link escapeLabelValue}).
+ */
 export type LabelValues = Readonly<Record<string, string | number | boolean>>
 
 /** Options shared by every metric. */
@@ -77,12 +81,20 @@ export interface HistogramSnapshot {
   readonly buckets: ReadonlyArray<{ readonly le: number; readonly count: number }>
 }
 
-/** Counts observations into buckets (latencies, sizes). */
+/**
+ * Counts observations into buckets (latencies, sizes).
+ *
+ * `observe` takes any number but NaN (refused with `INVALID_OPTION`, the series unchanged).
+ * `+Inf` is counted in the `+Inf` bucket and makes `_sum` `+Inf` from then on, which is what
+ * was observed and what Prometheus accepts (`-Inf` likewise, in the first bucket). `_sum` is
+ * never NaN: an observation that would make it NaN (`-Inf` once it is `+Inf`, or the reverse) is
+ * refused like NaN, the series unchanged.
+ */
 export interface Histogram {
   readonly name: string
-  /** Records one observation in the unlabelled series. */
+  /** Records one observation in the unlabelled series; NaN is refused (see {@link Histogram}). */
   observe(value: number): void
-  /** Records one observation in the series of `labels`. */
+  /** Records one observation in the series of `labels`; NaN is refused (see {@link Histogram}). */
   observe(labels: LabelValues, value: number): void
   /** The state of a series. */
   get(labels?: LabelValues): HistogramSnapshot
@@ -188,9 +200,36 @@ const defaultBuckets: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 /** The text exposition format's content type. */
 export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 
-/** Escapes a label value: backslash, double quote and line feed. */
+// A lone surrogate (a high one with no low one after it, a low one with no high one before
+// it), or a U+FFFD that the text after it would make read as one of their marks below.
+const unencodable =
+  /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]|\uFFFD(?=D[89A-F][0-9A-F]{2}|FFFD)/g
+
+/**
+ * Escapes a label value: backslash, double quote and line feed as the format says, and lone
+ * UTF-16 surrogates, which UTF-8 cannot hold. Encoding would turn every one of those into
+ * U+FFFD, so values that differ only in them (`'\uD800'`, `'\uD801'`) would render as one
+ * series, twice (Prometheus refuses such a scrape) or merged. Instead a lone surrogate is
+ * written as U+FFFD followed by its code in four upper-case hex digits (`'a\uD800'` renders as
+ * `a�D800`), and a U+FFFD that is itself followed by upper-case `D800` to `DFFF` or by `FFFD`
+ * is written as `�FFFD` (`'�D800'` renders as `�FFFDD800`). Everything else renders as it is,
+ * other U+FFFD included. So the rendering is valid UTF-8 and can be read back (no two distinct
+ * values share one); label values are never refused for what they hold, so a value taken from a
+ * request cannot make the caller's `inc()` or `observe()` throw.
+ *
+ * @example
+ * ```ts
+ * escapeLabelValue('say "hi"\n') // 'say \\"hi\\"\\n'
+ * escapeLabelValue('/a\uD800') // '/a\uFFFDD800'
+ * ```
+ */
 export function escapeLabelValue(value: string): string {
-  return value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
+  const encodable = /[\uD800-\uDFFF\uFFFD]/.test(value)
+    ? value.replace(unencodable, (c) =>
+        c === '\uFFFD' ? '\uFFFDFFFD' : `\uFFFD${c.charCodeAt(0).toString(16).toUpperCase()}`,
+      )
+    : value
+  return encodable.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
 }
 
 /** Escapes `# HELP` text: backslash and line feed. */
@@ -468,8 +507,18 @@ class HistogramMetric extends Metric<HistogramState> implements Histogram {
     if (typeof value !== 'number' || Number.isNaN(value))
       throw new InvalidOptionError(`${this.name}.observe`, 'a number', value)
     const state = this.entry(labels).state
+    // NaN in _sum would stay for good (no later observation brings it back), so the one
+    // infinity that makes it (the opposite of a sum that already is infinite) is refused too,
+    // before anything is counted.
+    const sum = state.sum + value
+    if (Number.isNaN(sum))
+      throw new InvalidOptionError(
+        `${this.name}.observe`,
+        `a number that leaves the sum (${formatSampleValue(state.sum)}) a number`,
+        value,
+      )
     state.count++
-    state.sum += value
+    state.sum = sum
     for (let i = 0; i < this.buckets.length; i++) {
       if (value <= this.buckets[i]!) {
         state.counts[i]!++
