@@ -36,7 +36,13 @@ export interface Logger {
   info(msg: string, fields?: LogFields): void
   warn(msg: string, fields?: LogFields): void
   error(msg: string, fields?: LogFields): void
-  /** A logger that adds `fields` to every line (its own fields win over the parent's). */
+  /**
+   * A logger that adds `fields` to every line (its own fields win over the parent's). Fields
+   * are read once, here; one whose getter or proxy trap throws is bound as `[unserializable]`
+   * (the others are kept), and an object whose keys cannot be listed (a revoked proxy) binds
+   * `logError: 'unserializable'`, so making a child never throws on what `fields` holds. Only a
+   * `fields` that is not an object is refused (`INVALID_OPTION`).
+   */
   child(fields: LogFields): Logger
 }
 
@@ -150,7 +156,13 @@ class JsonLogger implements Logger {
   }
 
   child(fields: LogFields): Logger {
-    checkObject('fields', fields)
+    try {
+      checkObject('fields', fields)
+    } catch (error) {
+      // Not an object is the caller's mistake; an object that throws when looked at (a revoked
+      // proxy throws even in Array.isArray) is a value to log as unserializable, like any other.
+      if (error instanceof InvalidOptionError) throw error
+    }
     return new JsonLogger(this.#core, { ...this.#bound, ...sanitizeFields(fields, this.#core) })
   }
 
@@ -168,14 +180,7 @@ class JsonLogger implements Logger {
       { level, time: timeOf(this.#core.clock), msg: text },
       this.#bound,
     )
-    if (fields !== undefined) {
-      try {
-        Object.assign(line, sanitizeFields(fields, this.#core))
-      } catch {
-        // Only reading the fields object itself can throw here (a getter on it).
-        line.logError = 'unserializable'
-      }
-    }
+    if (fields !== undefined) Object.assign(line, sanitizeFields(fields, this.#core))
     try {
       text = JSON.stringify(line)
     } catch {
@@ -206,16 +211,31 @@ function fieldsObject(): Record<string, unknown> {
 }
 
 // Fields named like the line's own keys are kept under a `fields.` prefix rather than
-// overwriting level, time or msg, which every consumer relies on.
+// overwriting level, time or msg, which every consumer relies on. Never throws (a log call and
+// child() must not): a field whose getter or proxy trap throws is written as unserializable,
+// as a nested value is, and the other fields are kept; a fields object whose keys cannot even
+// be listed (a revoked proxy, an ownKeys trap that throws) becomes `logError`.
 function sanitizeFields(fields: LogFields, core: LoggerCore): Record<string, unknown> {
   const out = fieldsObject()
+  let keys: string[]
+  try {
+    keys = Object.keys(fields)
+  } catch {
+    out.logError = 'unserializable'
+    return out
+  }
   const seen = new WeakSet<object>()
-  for (const [key, value] of Object.entries(fields)) {
-    if (value === undefined) continue
+  for (const key of keys) {
     const { secret, shown } = fieldName(key, core)
-    out[reserved.has(key) ? `fields.${key}` : shown] = secret
-      ? REDACTED
-      : sanitize(value, core, 0, seen)
+    const name = reserved.has(key) ? `fields.${key}` : shown
+    let value: unknown
+    try {
+      value = fields[key]
+    } catch {
+      out[name] = secret ? REDACTED : unserializable
+      continue
+    }
+    if (value !== undefined) out[name] = secret ? REDACTED : sanitize(value, core, 0, seen)
   }
   return out
 }

@@ -230,20 +230,76 @@ describe('createJsonLogger', () => {
     expect(line.error).toBe('[unserializable]')
     expect(line.fine).toBe(1)
 
+    // A field whose getter throws loses only its value; an object whose keys cannot even be
+    // listed (a revoked proxy) is one logError.
     const fields = {
       get x(): string {
         throw new Error('top-level getter')
       },
+      y: 2,
     }
-    log.warn('fields', fields)
+    log.warn('field', fields)
+    log.warn('fields', revocable.proxy)
     log.error({
       toString() {
         throw new Error('msg')
       },
     } as unknown as string)
-    const [, second, third] = out.lines()
-    expect(second).toMatchObject({ level: 'warn', msg: 'fields', logError: 'unserializable' })
-    expect(third).toMatchObject({ level: 'error', msg: '[unserializable]' })
+    const [, second, third, fourth] = out.lines()
+    expect(second).toMatchObject({ level: 'warn', msg: 'field', x: '[unserializable]', y: 2 })
+    expect(third).toMatchObject({ level: 'warn', msg: 'fields', logError: 'unserializable' })
+    expect(fourth).toMatchObject({ level: 'error', msg: '[unserializable]' })
+  })
+
+  it('makes a child of fields that throw when read, each such field written as [unserializable]', () => {
+    const out = capture()
+    const log = createJsonLogger({ output: out, fields: { service: 'relay' } })
+    const getter = {
+      ok: 1,
+      get bad(): string {
+        throw new Error('getter')
+      },
+      after: 'x',
+    }
+    const trapped = new Proxy(
+      { a: 1, b: 2 },
+      {
+        get(target, key) {
+          if (key === 'b') throw new Error('get trap')
+          return Reflect.get(target, key)
+        },
+      },
+    )
+    const unlisted = new Proxy(
+      {},
+      {
+        ownKeys() {
+          throw new Error('ownKeys trap')
+        },
+      },
+    )
+    const revocable = Proxy.revocable({}, {})
+    revocable.revoke()
+    // A secret-named field stays a secret whatever its getter does.
+    const secret = {
+      get password(): string {
+        throw new Error('secret getter')
+      },
+    }
+    log.child(getter).info('getter', { more: true })
+    log.child(trapped).child({ c: 3 }).info('trap')
+    log.child(unlisted).info('unlisted')
+    log.child(revocable.proxy).info('revoked')
+    log.child(secret).info('secret')
+    expect(out.lines()).toMatchObject([
+      { msg: 'getter', service: 'relay', ok: 1, bad: '[unserializable]', after: 'x', more: true },
+      { msg: 'trap', a: 1, b: '[unserializable]', c: 3 },
+      { msg: 'unlisted', service: 'relay', logError: 'unserializable' },
+      { msg: 'revoked', service: 'relay', logError: 'unserializable' },
+      { msg: 'secret', password: '[redacted]' },
+    ])
+    // Not an object at all is still the caller's mistake.
+    expect(() => log.child(null as unknown as Record<string, unknown>)).toThrow(/fields/)
   })
 })
 
