@@ -46,7 +46,7 @@ export interface TransitionWrite {
 }
 
 /** A lease to measure from when its write goes out: see {@link TransitionWrite.lease}. */
-interface MeasuredLease {
+export interface MeasuredLease {
   readonly clock: Clock
   readonly ms: number
 }
@@ -165,16 +165,35 @@ export function stringListParam(db: SqlExecutor, keys: readonly string[]): unkno
   return db.dialect === 'postgres' ? [...keys] : JSON.stringify(keys)
 }
 
-/** Claims up to `limit` runnable instances of the given definitions. */
+/**
+ * Runs `fn` in a transaction, given the time read once it has begun: on both dialects the wait
+ * for SQLite's one writer or for a PostgreSQL pool connection comes before that time, so a lease
+ * measured from it runs from when its statement runs and the wait is not taken off it. (On
+ * PostgreSQL BEGIN is pipelined with the first statement: it costs the COMMIT's round trip.)
+ */
+function measuredOnceBegun<T>(
+  db: SqlDriver,
+  clock: Clock,
+  fn: (tx: SqlExecutor, now: number) => Promise<T>,
+): Promise<T> {
+  return db.transaction((tx) => fn(tx, storedTime(clock)))
+}
+
+/**
+ * Claims up to `lease.ms`-long leases on up to `limit` runnable instances of the given
+ * definitions. "Runnable" and the lease are both measured from when the claim runs (after the
+ * wait for the writer or a connection): measured before, a long wait wrote leases already over.
+ */
 export function claimInstances(
   db: SqlDriver,
   owner: string,
-  leaseEnd: number,
-  now: number,
+  lease: MeasuredLease,
   keys: unknown,
   limit: number,
 ): Promise<SagaRow[]> {
-  return db.query<SagaRow>(sagaStatements[db.dialect].claim, [owner, leaseEnd, now, keys, limit])
+  return measuredOnceBegun(db, lease.clock, (tx, now) =>
+    tx.query<SagaRow>(sagaStatements[db.dialect].claim, [owner, now + lease.ms, now, keys, limit]),
+  )
 }
 
 /** What {@link renewLeases} found. */
@@ -203,19 +222,17 @@ export async function renewLeases(
   leaseMs: number,
   ids: readonly string[],
 ): Promise<RenewedLeases> {
-  const renew = async (executor: SqlExecutor) => {
-    const leaseEnd = storedTime(clock) + leaseMs
-    const rows = await executor.query<{
+  // Measured once the transaction has begun: the wait for SQLite's writer (a step's atCommit
+  // transaction, another process) or for a pool connection is not taken off the leases.
+  const { rows, leaseEnd } = await measuredOnceBegun(db, clock, async (tx, now) => {
+    const leaseEnd = now + leaseMs
+    const rows = await tx.query<{
       id: string
       lease_token: number
       renewed?: number | string
     }>(sagaStatements[db.dialect].renew, [leaseEnd, owner, stringListParam(db, ids)])
     return { rows, leaseEnd }
-  }
-  // On SQLite the statement may wait for the one writer (a step's atCommit transaction, another
-  // process): measured once the transaction has begun, the wait is not taken off the leases.
-  const { rows, leaseEnd } =
-    db.dialect === 'sqlite' ? await db.transaction((tx) => renew(tx)) : await renew(db)
+  })
   const renewed = new Map<string, number>()
   const locked = new Set<string>()
   for (const r of rows) {
@@ -237,11 +254,10 @@ export function renewLease(
   clock: Clock,
   leaseMs: number,
 ): Promise<number | undefined> {
-  // In a transaction on both dialects, measured once it has begun: the wait for SQLite's one
-  // writer or for a pool connection comes before, not out of the lease. Only a lease found
-  // already run out is renewed here (after a pause), so BEGIN and COMMIT cost next to nothing.
-  return db.transaction(async (tx) => {
-    const leaseEnd = storedTime(clock) + leaseMs
+  // Measured once its transaction has begun (see measuredOnceBegun). Only a lease found already
+  // run out is renewed here (after a pause), so BEGIN and COMMIT cost next to nothing.
+  return measuredOnceBegun(db, clock, async (tx, now) => {
+    const leaseEnd = now + leaseMs
     const { rowCount } = await tx.execute(sagaStatements[db.dialect].renewOne, [
       id,
       token,

@@ -441,8 +441,9 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   }
 
   async #claim(limit: number): Promise<number> {
-    const now = storedTime(this.clock)
-    const rows = await claimInstances(this.db, this.id, now + this.leaseMs, now, this.#keys, limit)
+    // Measured when the claim runs (after the writer or a pool connection), not now.
+    const lease = { clock: this.clock, ms: this.leaseMs }
+    const rows = await claimInstances(this.db, this.id, lease, this.#keys, limit)
     if (rows.length === 0) return 0
     this.#metrics.claimed += rows.length
     this.emit({ type: 'claimed', count: rows.length })

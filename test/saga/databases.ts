@@ -1,7 +1,9 @@
 // The real databases the saga tests run against: a SQLite file and a PostgreSQL database on
 // the test server started by the global setup. Never a mock.
 import { migrateSagas } from '../../src/saga/index.js'
+import type { MeasuredLease } from '../../src/saga/store.js'
 import { openDatabase, type SqlDriver, type SqlExecutor } from '../../src/stores/index.js'
+import { ManualClock } from '../../src/testing/index.js'
 import { createTestDatabase } from '../support/postgres.js'
 import { createTestSqlite } from '../support/sqlite.js'
 
@@ -74,6 +76,11 @@ export const postgresDb: DbTarget = {
 }
 
 export const dbTargets: readonly DbTarget[] = [sqliteDb, postgresDb]
+
+/** A lease of `ms` for claimInstances, measured on a clock standing at `now`. */
+export function leaseFrom(now: number, ms: number): MeasuredLease {
+  return { clock: new ManualClock(now), ms }
+}
 
 /** Number of rows in a table. */
 export async function countRows(

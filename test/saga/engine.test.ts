@@ -17,9 +17,10 @@ import {
   startSaga,
 } from '../../src/saga/index.js'
 import { claimInstances, stringListParam, writeBatch } from '../../src/saga/store.js'
+import type { SqlTransaction } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { gate } from '../support/gate.js'
-import { countRows, dbTargets, effectLog, type TestDb } from './databases.js'
+import { countRows, dbTargets, effectLog, leaseFrom, type TestDb } from './databases.js'
 
 /** A retryable failure, as a 503 would be. */
 function transient(message: string): Error {
@@ -678,13 +679,13 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     const keys = stringListParam(t.db, [saga.key])
     const one = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
     const two = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
-    const claimed = await claimInstances(t.db, 'A', 1_000, 0, keys, 10)
+    const claimed = await claimInstances(t.db, 'A', leaseFrom(0, 1_000), keys, 10)
     expect(claimed.map((r) => r.id).sort()).toEqual([one.id, two.id].sort())
     // B takes `two` over after A's lease ran out.
     await t.db.execute('UPDATE breakwater_sagas SET lease_expires_at = 0 WHERE id = $1', [two.id])
-    expect((await claimInstances(t.db, 'B', 5_000, 500, keys, 10)).map((r) => r.id)).toEqual([
-      two.id,
-    ])
+    expect(
+      (await claimInstances(t.db, 'B', leaseFrom(500, 4_500), keys, 10)).map((r) => r.id),
+    ).toEqual([two.id])
     const write = (row: (typeof claimed)[number]) => ({
       id: row.id,
       token: Number(row.lease_token),
@@ -730,8 +731,8 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     })
     const keys = stringListParam(t.db, [saga.key])
     const { id } = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
-    const [stale] = await claimInstances(t.db, 'A', 1_000, 0, keys, 10)
-    const [fresh] = await claimInstances(t.db, 'A', 3_000, 2_000, keys, 10)
+    const [stale] = await claimInstances(t.db, 'A', leaseFrom(0, 1_000), keys, 10)
+    const [fresh] = await claimInstances(t.db, 'A', leaseFrom(2_000, 1_000), keys, 10)
     expect([Number(stale!.lease_token), Number(fresh!.lease_token)]).toEqual([1, 2])
     const write = (row: typeof stale, by: string) => ({
       id,
@@ -1136,19 +1137,35 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
       ],
     })
     const { id } = await startSaga(t.db, saga, {}, { clock })
-    // The real database, its claim's answer held back until stop() has been called.
+    // The real database, its claim's answer held back (once committed) until stop() has been
+    // called. The claim runs in a transaction, so its lease is measured once that has begun.
     const claimed = gate()
     const answer = gate()
     const db = new Proxy(t.db, {
       get(target, prop) {
-        if (prop === 'query') {
-          return async (sql: string, params: readonly unknown[] = []) => {
-            const rows = await target.query(sql, params)
-            if (sql.includes('lease_token = lease_token + 1')) {
+        if (prop === 'transaction') {
+          return async <T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> => {
+            let claim = false
+            const result = await target.transaction((tx) =>
+              fn(
+                new Proxy(tx, {
+                  get(txTarget, txProp) {
+                    const value: unknown = Reflect.get(txTarget, txProp, txTarget)
+                    if (txProp === 'query')
+                      return (sql: string, params?: readonly unknown[]) => {
+                        if (sql.includes('lease_token = lease_token + 1')) claim = true
+                        return txTarget.query(sql, params)
+                      }
+                    return typeof value === 'function' ? value.bind(txTarget) : value
+                  },
+                }),
+              ),
+            )
+            if (claim) {
               claimed.open()
               await answer.promise
             }
-            return rows
+            return result
           }
         }
         const value: unknown = Reflect.get(target, prop, target)

@@ -12,7 +12,7 @@ import {
 } from '../../src/saga/index.js'
 import { claimInstances, stringListParam, writeBatch } from '../../src/saga/store.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, leaseFrom, type TestDb } from './databases.js'
 
 describe.each(dbTargets)('saga error text on $dialect', (target) => {
   let t: TestDb
@@ -61,7 +61,7 @@ describe.each(dbTargets)('saga error text on $dialect', (target) => {
       (await startSaga(t.db, saga, {}, { clock })).id,
     ]
     const keys = stringListParam(t.db, [saga.key])
-    const claimed = await claimInstances(t.db, 'A', 1_000, 0, keys, 10)
+    const claimed = await claimInstances(t.db, 'A', leaseFrom(0, 1_000), keys, 10)
     const writes = claimed.map((row, i) => ({
       id: row.id,
       token: Number(row.lease_token),

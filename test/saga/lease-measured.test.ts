@@ -1,18 +1,26 @@
 // The leases a worker writes outside a step's transition, on real SQLite and PostgreSQL, driven
 // by a ManualClock: the renewal a step makes when it finds its lease already run out (after a
-// pause), and the first lease of worker.run(). Each must run `leaseMs` from when its statement
-// runs, as every other lease write does (renewLeases, the transition writes). Both were computed
-// from a time taken before the statement waited (for SQLite's one writer, for the one pool
-// connection, for a group-commit flush in flight), so the wait was taken off the lease: the step
-// then ran on a lease shorter than leaseMs, or on one already over, and another worker could
+// pause), the first lease of worker.run(), the leases a claim takes and the periodic renewal.
+// Each must run `leaseMs` from when its statement runs, as the transition writes do. They were
+// computed from a time taken before the statement waited (for SQLite's one writer, for the one
+// pool connection, for a group-commit flush in flight), so the wait was taken off the lease: the
+// step then ran on a lease shorter than leaseMs, or on one already over, and another worker could
 // take the instance over while it was still running.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Clock } from '../../src/core/clock.js'
-import { createSagaWorker, defineSaga, getSaga, type SagaFaults } from '../../src/saga/index.js'
+import {
+  createSagaWorker,
+  defineSaga,
+  getSaga,
+  type SagaFaults,
+  type SagaWorkerOptions,
+  startSaga,
+} from '../../src/saga/index.js'
 import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { gate } from '../support/gate.js'
+import { until } from '../support/until.js'
 import { dbTargets, type TestDb } from './databases.js'
 
 const leaseMs = 1_000
@@ -33,10 +41,10 @@ function pausableClock(manual: ManualClock): Clock & { pause(ms: number): void }
 }
 
 /**
- * Holds every write of `db` until released: SQLite's one writer, or the one connection of a
- * PostgreSQL pool of size 1.
+ * Runs `fn` while every write of `db` is held (SQLite's one writer, or the one connection of a
+ * PostgreSQL pool of size 1), then lets the writes through.
  */
-async function holdWrites(db: SqlDriver): Promise<{ release(): Promise<void> }> {
+async function whileWritesHeld(db: SqlDriver, fn: () => Promise<void>): Promise<void> {
   const began = gate()
   const release = gate()
   const blocker = db.transaction(async () => {
@@ -44,11 +52,11 @@ async function holdWrites(db: SqlDriver): Promise<{ release(): Promise<void> }> 
     await release.promise
   })
   await began.promise
-  return {
-    async release() {
-      release.open()
-      await blocker
-    },
+  try {
+    await fn()
+  } finally {
+    release.open()
+    await blocker
   }
 }
 
@@ -69,6 +77,17 @@ function heldStep(name: string) {
   }
 }
 
+/** A saga of one held step (see heldStep), named after `prefix`. */
+function heldSaga(prefix: string) {
+  const hold = heldStep('hold')
+  const saga = defineSaga({
+    name: `${prefix}-${randomUUID().slice(0, 8)}`,
+    version: 1,
+    steps: [hold.step],
+  })
+  return { saga, hold }
+}
+
 // Lets queued promise jobs and I/O callbacks run: a statement reaches its wait.
 const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
 
@@ -85,6 +104,23 @@ describe.each(dbTargets)('leases measured when their statement runs, on $dialect
     await db?.close()
     await t?.close()
   })
+
+  /** A worker on the one-connection `db`, with this file's lease settings. */
+  const leaseWorker = (
+    clock: Clock,
+    sagas: SagaWorkerOptions['sagas'],
+    workerId: string,
+    faults?: SagaFaults,
+  ) =>
+    createSagaWorker({
+      db,
+      sagas,
+      clock,
+      leaseMs,
+      renewIntervalMs,
+      workerId,
+      ...(faults === undefined ? {} : { faults }),
+    })
 
   it("renews a lease that ran out before a step from when the renewal's statement runs", async () => {
     const manual = new ManualClock(0)
@@ -115,17 +151,14 @@ describe.each(dbTargets)('leases measured when their statement runs, on $dialect
     const running = worker.run(saga, {}, { id })
     await committed.promise
     expect((await getSaga(t.db, id))!.leaseExpiresAt).toBe(leaseMs)
-    const held = await holdWrites(db)
-    try {
+    await whileWritesHeld(db, async () => {
       // The process was paused past its lease (no timer has fired yet on resuming): the next
       // step finds the lease over and renews it, and the renewal waits 700 ms for the database.
       clock.pause(1_500)
       resume.open()
       await turn()
       await manual.advance(700)
-    } finally {
-      await held.release()
-    }
+    })
     await hold.reached
     try {
       // Before: 2500 (1500 + leaseMs), measured before the wait: 300 ms left when the step began.
@@ -162,10 +195,9 @@ describe.each(dbTargets)('leases measured when their statement runs, on $dialect
     })
     const before = worker.run(ahead, {})
     await act.reached
-    const held = await holdWrites(db)
     let running: ReturnType<typeof worker.run> | undefined
     const id = `first-lease-${randomUUID()}`
-    try {
+    await whileWritesHeld(db, async () => {
       // The other instance's write goes out and waits for the database; the new instance's
       // insert queues behind that flush, and 700 ms pass.
       act.release()
@@ -173,9 +205,7 @@ describe.each(dbTargets)('leases measured when their statement runs, on $dialect
       running = worker.run(saga, {}, { id })
       await turn()
       await clock.advance(700)
-    } finally {
-      await held.release()
-    }
+    })
     await hold.reached
     try {
       // Before: 1000 (0 + leaseMs), taken before the wait: 300 ms left when the step began.
@@ -185,6 +215,66 @@ describe.each(dbTargets)('leases measured when their statement runs, on $dialect
     }
     expect((await running!).status).toBe('completed')
     expect((await before).status).toBe('completed')
+    expect(worker.metrics()).toMatchObject({ leaseLost: 0, errors: 0 })
+    await worker.stop()
+  })
+
+  it('claims an instance with a lease measured when the claim runs, not before its wait', async () => {
+    const clock = new ManualClock(0)
+    const { saga, hold } = heldSaga('claim')
+    const { id } = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
+    let claimedLease: number | null | undefined
+    const faults: SagaFaults = async (point, site) => {
+      if (point === 'after-claim' && site.sagaId === id)
+        claimedLease = (await getSaga(t.db, id))!.leaseExpiresAt
+    }
+    const worker = leaseWorker(clock, [saga], 'C', faults)
+    let polled: Promise<number> | undefined
+    await whileWritesHeld(db, async () => {
+      // The claim waits for the database longer than a whole lease.
+      polled = worker.poll()
+      await turn()
+      await clock.advance(1_500)
+    })
+    await hold.reached
+    try {
+      // Before: 1000 (0 + leaseMs), taken before the wait: written already expired at 1500.
+      expect(claimedLease).toBe(1_500 + leaseMs)
+      expect((await getSaga(t.db, id))!.leaseExpiresAt).toBe(1_500 + leaseMs)
+    } finally {
+      hold.release()
+    }
+    expect(await polled!).toBe(1)
+    expect((await getSaga(t.db, id))!.status).toBe('completed')
+    expect(worker.metrics()).toMatchObject({ leaseLost: 0, errors: 0 })
+    await worker.stop()
+  })
+
+  it('renews the leases in hand from when the renewal runs, not when its timer fired', async () => {
+    const clock = new ManualClock(0)
+    const { saga, hold } = heldSaga('renew')
+    const worker = leaseWorker(clock, [saga], 'D')
+    const id = `renew-${randomUUID()}`
+    const running = worker.run(saga, {}, { id })
+    await hold.reached
+    expect((await getSaga(t.db, id))!.leaseExpiresAt).toBe(leaseMs)
+    await whileWritesHeld(db, async () => {
+      // The renewal timer fires at 999; its statement then waits 700 ms for the database.
+      await clock.advance(renewIntervalMs)
+      await turn()
+      await clock.advance(700)
+    })
+    try {
+      await until(
+        async () => (await getSaga(t.db, id))!.leaseExpiresAt !== leaseMs,
+        'the renewal to be written',
+      )
+      // Before (PostgreSQL): 1999 (999 + leaseMs), measured before the wait for a connection.
+      expect((await getSaga(t.db, id))!.leaseExpiresAt).toBe(renewIntervalMs + 700 + leaseMs)
+    } finally {
+      hold.release()
+    }
+    expect((await running).status).toBe('completed')
     expect(worker.metrics()).toMatchObject({ leaseLost: 0, errors: 0 })
     await worker.stop()
   })

@@ -7,7 +7,7 @@ import { getSaga } from '../../src/saga/index.js'
 import { sagaStatements, sagaTable } from '../../src/saga/sql.js'
 import { claimInstances, stringListParam } from '../../src/saga/store.js'
 import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, leaseFrom, type TestDb } from './databases.js'
 
 describe.each(dbTargets)('saga statements across a schema change on $dialect', (target) => {
   let t: TestDb
@@ -29,15 +29,15 @@ describe.each(dbTargets)('saga statements across a schema change on $dialect', (
     await worker.execute(insert, row('before'))
     expect((await getSaga(worker, 'before'))?.status).toBe('running')
     const keys = stringListParam(worker, ['order@1'])
-    expect((await claimInstances(worker, 'w1', 10, 0, keys, 1)).map((r) => r.id)).toEqual([
-      'before',
-    ])
+    expect(
+      (await claimInstances(worker, 'w1', leaseFrom(0, 10), keys, 1)).map((r) => r.id),
+    ).toEqual(['before'])
 
     await t.db.execute(`ALTER TABLE ${sagaTable} ADD COLUMN added_later TEXT`)
 
     await worker.execute(insert, row('after'))
     expect((await getSaga(worker, 'after'))?.status).toBe('running')
-    const claimed = await claimInstances(worker, 'w1', 10, 0, keys, 1)
+    const claimed = await claimInstances(worker, 'w1', leaseFrom(0, 10), keys, 1)
     expect(claimed.map((r) => r.id)).toEqual(['after'])
     expect(Object.keys(claimed[0] ?? {})).not.toContain('added_later')
   })
