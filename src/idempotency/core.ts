@@ -246,7 +246,7 @@ export interface IdempotentExecution {
    * Calls `listener` if the lease runs out before `complete` or `abort` was called: `context.tx`
    * has then been rolled back, `complete` can only answer the lease-lost 409, and a retry may
    * take the key over. An adapter whose handler may never finish uses it to answer its client
-   * at the lease's end instead of leaving it waiting (node:http's `idempotentHandler` does).
+   * at the lease's end instead of leaving it waiting (every HTTP adapter of this module does).
    * Called at once if the lease has already run out; a later call replaces the listener.
    */
   onLeaseLost(listener: (error: IdempotencyInProgressError) => void): void

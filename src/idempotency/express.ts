@@ -1,17 +1,16 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { CapturedRun } from './captured-run.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency } from './core.js'
 import { canonicalBodyBytes } from './fingerprint.js'
 import {
   answerNodeRequest,
   BodyTooLargeError,
-  captureNodeResponse,
   disconnectSignal,
   nodeRequest,
   readNodeBody,
-  writeNodeResponse,
 } from './node-response.js'
 import { genericProblem } from './problem.js'
 
@@ -65,6 +64,13 @@ export interface ExpressIdempotencyOptions {
  * Handlers find the context with `idempotencyContextOf(req)` or in
  * `res.locals.idempotency`; their response (`res.json`, `res.send`, errors rendered by Express)
  * is held back until it is recorded, then sent.
+ *
+ * A handler must end its response within the lease (`leaseMs`). If the lease runs out first,
+ * `ctx.tx` is rolled back and the client is answered at once with the 409 problem
+ * (`reason: 'lease-lost'`, `Retry-After`, `Connection: close`), or its connection is destroyed
+ * if headers already went out past the middleware; the key stays in progress, expired, for the
+ * client's retry to take over. What the stale handler writes afterwards is dropped; its errors
+ * reach Express's error handling as any error after a response was sent.
  *
  * @example
  * ```ts
@@ -140,28 +146,9 @@ export function expressIdempotency(
     attachContext(req, execution.context)
     if (res.locals !== undefined) res.locals.idempotency = execution.context
     // Express renders a handler's error through res.end too (status 500 by default), so the
-    // captured response covers failures: a 5xx releases the key.
-    captureNodeResponse(res, (response) => {
-      const failed = (error: unknown): void => {
-        // The store failed (the key was released), or the response could not be written.
-        // Express cannot render this error any more: the handler's response already went
-        // through res.end.
-        writeNodeResponse(
-          res,
-          genericProblem(500, 'Internal Server Error', 'The result could not be recorded'),
-        )
-        onError(error)
-      }
-      execution.complete(response).then((final) => {
-        // Guarded as the rejection is: a throw here would be an unhandled rejection (the
-        // process ends) and leave the client without an answer.
-        try {
-          writeNodeResponse(res, final)
-        } catch (error) {
-          failed(error)
-        }
-      }, failed)
-    })
-    next()
+    // captured response covers failures: a 5xx releases the key. The run sends what was
+    // recorded, or a 500 (and onError) when the store fails: Express cannot render that error
+    // any more, the handler's response already went through res.end.
+    new CapturedRun(idempotency, execution, res, { onError, closeOnLeaseLost: true }).start(next)
   }
 }

@@ -3,7 +3,9 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
+import { IdempotencyInProgressError } from './errors.js'
 import { canonicalBodyBytes } from './fingerprint.js'
+import { answerOrDestroy, leaseLostAnswer, readBodyWithinLease } from './lease-lost.js'
 import { disconnectSignal } from './node-response.js'
 import type { IdempotencyResponse } from './types.js'
 
@@ -20,6 +22,8 @@ export interface FastifyLikeRequest {
 export interface FastifyLikeReply {
   readonly statusCode: number
   readonly raw: ServerResponse
+  /** Whether the response was sent or the reply hijacked. */
+  readonly sent: boolean
   code(statusCode: number): unknown
   header(name: string, value: unknown): unknown
   getHeaders(): Record<string, unknown>
@@ -46,8 +50,10 @@ export interface FastifyIdempotencyOptions {
   readonly scope?: (request: FastifyLikeRequest) => string | Promise<string>
 }
 
+// 'executing': the handler runs (its lease running out answers the client from the listener);
+// 'recording': onSend has the handler's response (its lease running out stops reading it).
 type RequestState =
-  | { readonly kind: 'executing'; readonly execution: IdempotentExecution }
+  | { readonly kind: 'executing' | 'recording'; readonly execution: IdempotentExecution }
   | { readonly kind: 'done' }
 
 type Hook = (request: FastifyLikeRequest, reply: FastifyLikeReply, payload?: unknown) => unknown
@@ -69,12 +75,43 @@ function isFetchResponse(payload: unknown): payload is Response {
 
 /**
  * Puts a fetch `Response` payload's status and headers on the reply, as Fastify does when it
- * sends one (after the onSend hooks, which see the Response itself), and returns its body.
+ * sends one (after the onSend hooks, which see the Response itself), and returns its body (or
+ * the lease-lost error, if the lease ran out first).
  */
-async function unwrapResponse(reply: FastifyLikeReply, payload: Response): Promise<Buffer> {
+async function unwrapResponse(
+  reply: FastifyLikeReply,
+  payload: Response,
+  execution: IdempotentExecution,
+): Promise<Buffer | IdempotencyInProgressError> {
   reply.code(payload.status)
   for (const [name, value] of payload.headers) reply.header(name, value)
-  return payload.body === null ? Buffer.alloc(0) : Buffer.from(await payload.arrayBuffer())
+  const body = await readBodyWithinLease(execution, payload.body)
+  return body instanceof Uint8Array
+    ? Buffer.from(body.buffer, body.byteOffset, body.byteLength)
+    : body
+}
+
+/**
+ * The payload's bytes, or the lease-lost error if the lease runs out first: a stream that has
+ * not ended by then is destroyed (its producer stops) rather than keep its client waiting.
+ */
+async function payloadWithinLease(
+  payload: unknown,
+  execution: IdempotentExecution,
+): Promise<Buffer | IdempotencyInProgressError> {
+  let lost: IdempotencyInProgressError | undefined
+  execution.onLeaseLost((error) => {
+    lost = error
+    const stream = payload as { destroy?: unknown } | null | undefined
+    if (typeof stream?.destroy === 'function') (stream.destroy as () => void)()
+  })
+  try {
+    const bytes = await payloadBytes(payload)
+    return lost ?? bytes
+  } catch (error) {
+    if (lost !== undefined) return lost
+    throw error
+  }
 }
 
 async function payloadBytes(payload: unknown): Promise<Buffer> {
@@ -128,6 +165,13 @@ function setReply(reply: FastifyLikeReply, response: IdempotencyResponse, replac
  * included, so a 5xx releases the key) before it is sent. The fingerprint hashes the canonical
  * JSON of the parsed body. Handlers find the context with `idempotencyContextOf(request)`.
  *
+ * A handler must send its reply within the lease (`leaseMs`). If the lease runs out first (or
+ * while a streamed payload is still being read), `ctx.tx` is rolled back and the client is
+ * answered at once with the 409 problem (`reason: 'lease-lost'`, with `Retry-After`), or its
+ * connection is destroyed if the handler wrote its head to `reply.raw` or hijacked the reply;
+ * the key stays in progress, expired, for the client's retry to take over. What the stale
+ * handler sends later, Fastify drops (and logs).
+ *
  * @example
  * ```ts
  * await app.register(fastifyIdempotency(idempotency))
@@ -155,6 +199,30 @@ export function fastifyIdempotency(
         )
   const states = new WeakMap<FastifyLikeRequest, RequestState>()
 
+  // The lease ran out while the handler ran (before its response reached onSend): ctx.tx was
+  // rolled back and the response can no longer be recorded, so the client is answered now (as
+  // Fastify's own handlerTimeout does) rather than left waiting for a handler that may never
+  // finish. What the stale handler sends later, Fastify drops (and logs: the reply was sent).
+  const handlerOverran = async (
+    request: FastifyLikeRequest,
+    reply: FastifyLikeReply,
+    execution: IdempotentExecution,
+    error: IdempotencyInProgressError,
+  ): Promise<void> => {
+    if (states.get(request)?.kind !== 'executing') return
+    states.set(request, { kind: 'done' })
+    const problem = await leaseLostAnswer(idempotency, execution, error)
+    if (reply.sent) {
+      // The handler hijacked the reply (reply.raw is its own): no answer can be slipped in.
+      if (!reply.raw.writableEnded) reply.raw.destroy()
+      return
+    }
+    answerOrDestroy(reply.raw, () => {
+      setReply(reply, problem, true)
+      reply.send(Buffer.from(problem.body))
+    })
+  }
+
   const preHandler: Hook = async (request, reply) => {
     if (!idempotency.appliesTo(request.method)) return
     const signal = disconnectSignal(reply.raw)
@@ -179,33 +247,55 @@ export function fastifyIdempotency(
       reply.send(Buffer.from(begun.response.body))
       return reply
     }
-    states.set(request, { kind: 'executing', execution: begun.execution })
-    attachContext(request, begun.execution.context)
+    const { execution } = begun
+    states.set(request, { kind: 'executing', execution })
+    attachContext(request, execution.context)
+    let answered: Promise<void> | undefined
+    execution.onLeaseLost((error) => {
+      // Sending failed (nothing left to answer with): the client learns it from the connection.
+      answered = handlerOverran(request, reply, execution, error).catch(() => {
+        reply.raw.destroy()
+      })
+    })
+    // The lease ran out before the handler could even start: the hook answered the request.
+    if (answered !== undefined) {
+      await answered
+      return reply
+    }
   }
 
   const onSend: Hook = async (request, reply, payload) => {
     const state = states.get(request)
     if (state?.kind !== 'executing') return payload
-    states.set(request, { kind: 'done' })
-    let body: Buffer
+    const { execution } = state
+    states.set(request, { kind: 'recording', execution })
+    let body: Buffer | IdempotencyInProgressError
     try {
       // Read here, or its status and headers would be recorded from the reply's defaults and
       // its body as the text "[object Response]".
       body = isFetchResponse(payload)
-        ? await unwrapResponse(reply, payload)
-        : await payloadBytes(payload)
+        ? await unwrapResponse(reply, payload, execution)
+        : await payloadWithinLease(payload, execution)
     } catch (error) {
       // The handler's payload failed (a stream that errored): there is nothing to record, and
       // the key and ctx.tx (on SQLite, the process's only writer) must not wait for the lease.
-      await state.execution.abort()
+      states.set(request, { kind: 'done' })
+      await execution.abort()
       throw error
+    }
+    states.set(request, { kind: 'done' })
+    if (body instanceof IdempotencyInProgressError) {
+      // Its body had not ended when the lease ran out: answered as a handler overrunning it.
+      const problem = await leaseLostAnswer(idempotency, execution, body)
+      setReply(reply, problem, true)
+      return Buffer.from(problem.body)
     }
     const response: IdempotencyResponse = {
       status: reply.statusCode,
       headers: replyHeaders(reply),
       body,
     }
-    const final = await state.execution.complete(response)
+    const final = await execution.complete(response)
     if (final !== response) setReply(reply, final, true)
     return Buffer.from(final.body.buffer, final.body.byteOffset, final.body.byteLength)
   }
@@ -215,7 +305,7 @@ export function fastifyIdempotency(
   // not: its handler keeps running and records the result for the client's retry.
   const onResponse: Hook = async (request) => {
     const state = states.get(request)
-    if (state?.kind !== 'executing') return
+    if (state === undefined || state.kind === 'done') return
     states.set(request, { kind: 'done' })
     await state.execution.abort()
   }

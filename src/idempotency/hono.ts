@@ -2,6 +2,8 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency } from './core.js'
+import type { IdempotencyInProgressError } from './errors.js'
+import { leaseLostAnswer, readBodyWithinLease } from './lease-lost.js'
 import { genericProblem } from './problem.js'
 import type { IdempotencyResponse } from './types.js'
 
@@ -124,6 +126,12 @@ function fetchHeaders(response: Response): Record<string, string | string[]> {
  * `idempotencyContextOf(c)` or `c.get('idempotency')`. The handler's response (errors rendered
  * by `app.onError` included, so a 5xx releases the key) is recorded before it is returned.
  *
+ * A handler must return its response, and its body end, within the lease (`leaseMs`). If the
+ * lease runs out first, `ctx.tx` is rolled back, the body (if any) is cancelled, and the
+ * middleware returns the 409 problem (`reason: 'lease-lost'`, with `Retry-After`) at once; the
+ * key stays in progress, expired, for the client's retry to take over. What the stale handler
+ * returns later is dropped.
+ *
  * @example
  * ```ts
  * app.post('/charges', honoIdempotency(idempotency), async (c) => {
@@ -181,22 +189,37 @@ export function honoIdempotency(
     const { execution } = begun
     attachContext(c, execution.context)
     c.set('idempotency', execution.context)
+    const handled = next()
+    let lost: IdempotencyInProgressError | undefined
     try {
-      await next()
+      // The handler is raced against its lease: past it, ctx.tx was rolled back and the
+      // response can no longer be recorded, so the client is answered now rather than left
+      // waiting for a handler that may never finish (Hono drops what it returns later).
+      lost = await new Promise<IdempotencyInProgressError | undefined>((resolve, reject) => {
+        execution.onLeaseLost(resolve)
+        handled.then(() => resolve(undefined), reject)
+      })
     } catch (error) {
       // Only without an onError handler does Hono let a handler's error through.
       await execution.abort()
       throw error
     }
     const produced = c.res
-    let producedBody: Uint8Array
+    let producedBody: Uint8Array | IdempotencyInProgressError
     try {
-      producedBody = new Uint8Array(await produced.arrayBuffer())
+      // A body that has not ended when the lease runs out is cancelled (lease lost, below).
+      producedBody = lost ?? (await readBodyWithinLease(execution, produced.body))
     } catch (error) {
       // The handler's body failed (a stream that errored): there is nothing to record, and the
       // key and ctx.tx (on SQLite, the process's only writer) must not wait for the lease.
       await execution.abort()
       throw error
+    }
+    if (!(producedBody instanceof Uint8Array)) {
+      const problem = await leaseLostAnswer(idempotency, execution, producedBody)
+      c.res = undefined
+      c.res = toFetchResponse(problem)
+      return undefined
     }
     const response: IdempotencyResponse = {
       status: produced.status,

@@ -1,22 +1,19 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { CapturedRun } from './captured-run.js'
 import { attachContext } from './context-registry.js'
-import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
-import { IdempotencyInProgressError } from './errors.js'
+import { computedString, type Idempotency } from './core.js'
 import {
-  abandonCapturedResponse,
   answerNodeRequest,
   BodyTooLargeError,
-  captureNodeResponse,
   disconnectSignal,
   nodeRequest,
   readNodeBody,
   writeInternalError,
-  writeNodeResponse,
 } from './node-response.js'
-import { genericProblem, isIdempotencyError } from './problem.js'
-import type { IdempotencyContext, IdempotencyResponse } from './types.js'
+import { genericProblem } from './problem.js'
+import type { IdempotencyContext } from './types.js'
 
 /** Options of {@link idempotentHandler}. */
 export interface IdempotentHandlerOptions {
@@ -61,115 +58,6 @@ export type IdempotentRequestHandler = (
   res: ServerResponse,
   extras: IdempotentHandlerExtras,
 ) => void | Promise<void>
-
-/**
- * One keyed request's handler, run with its response captured, then recorded and sent (or, if
- * the handler fails before ending the response, rolled back and answered with a problem).
- * Callbacks rather than a race of promises, and a class rather than closures: this is the path
- * of every new key, and each promise (with its async hooks) and closure shows in its cost.
- */
-class CapturedRun {
-  readonly #idempotency: Idempotency
-  readonly #execution: IdempotentExecution
-  readonly #res: ServerResponse
-  readonly #onError: (error: unknown) => void
-  #capture: { restore(): void } | undefined
-  #ended = false
-  // Whether the client was answered because the lease ran out (see #leaseLost).
-  #leaseLostAnswered = false
-
-  constructor(
-    idempotency: Idempotency,
-    execution: IdempotentExecution,
-    res: ServerResponse,
-    onError: (error: unknown) => void,
-  ) {
-    this.#idempotency = idempotency
-    this.#execution = execution
-    this.#res = res
-    this.#onError = onError
-  }
-
-  start(handler: IdempotentRequestHandler, req: IncomingMessage, body: Buffer): void {
-    this.#capture = captureNodeResponse(this.#res, (response) => this.#captured(response))
-    this.#execution.onLeaseLost((error) => this.#leaseLost(error))
-    // The lease ran out before the handler could even start: answered already.
-    if (this.#ended) return
-    let handled: void | Promise<void>
-    try {
-      handled = handler(req, this.#res, { body, idempotency: this.#execution.context })
-    } catch (error) {
-      this.#failed(error)
-      return
-    }
-    if (handled !== undefined && typeof handled.then === 'function') {
-      handled.then(undefined, (error: unknown) => this.#failed(error))
-    }
-  }
-
-  // The handler ended its response: record it, then send what complete() returns. The store
-  // failing (the key is then released) rejects: nothing was sent yet.
-  #captured(response: IdempotencyResponse): void {
-    this.#ended = true
-    this.#execution.complete(response).then(
-      (final) => this.#send(final),
-      (error: unknown) => this.#internalError(error),
-    )
-  }
-
-  // The lease ran out before the handler ended its response: ctx.tx was rolled back, and the
-  // response can no longer be recorded (a retry may take the key over now). The client is
-  // answered now, as a handler that ends late would have it answered (409, lease-lost), rather
-  // than left waiting for a handler that may never end. The record stays in progress (with its
-  // committed phases) for the retry that takes it over. Not passed to onError: the
-  // 'lease-lost' diagnostics event reports it, as for a handler that ends late.
-  #leaseLost(error: IdempotencyInProgressError): void {
-    if (this.#ended) return
-    this.#ended = true
-    this.#leaseLostAnswered = true
-    this.#execution.abort({ release: false }).then(
-      () => abandonCapturedResponse(this.#res, this.#idempotency.problem(error)),
-      (abortError: unknown) => this.#internalError(abortError),
-    )
-  }
-
-  // A handler may resolve before it ends the response (a stream still piping): only a
-  // rejection (or a throw) before the end counts as failure; a later one is reported, unless
-  // it is the lost lease the client was already answered with (ctx.tx refusing statements).
-  #failed(error: unknown): void {
-    if (this.#ended) {
-      if (!this.#leaseLostAnswered || !isLostLease(error)) this.#onError(error)
-      return
-    }
-    this.#ended = true
-    this.#capture?.restore()
-    this.#execution.abort().then(
-      () => {
-        if (isIdempotencyError(error)) this.#send(this.#idempotency.problem(error))
-        else this.#internalError(error)
-      },
-      (abortError: unknown) => this.#internalError(abortError),
-    )
-  }
-
-  #send(response: IdempotencyResponse): void {
-    try {
-      writeNodeResponse(this.#res, response)
-    } catch (error) {
-      this.#internalError(error)
-    }
-  }
-
-  // As for any other failure of the request: a 500 unless something was sent, and onError.
-  #internalError(error: unknown): void {
-    writeInternalError(this.#res)
-    this.#onError(error)
-  }
-}
-
-function isLostLease(error: unknown): boolean {
-  return error instanceof IdempotencyInProgressError && error.reason === 'lease-lost'
-}
 
 /**
  * Wraps a node:http handler for `http.createServer`: reads the body, validates the key, replays
@@ -259,7 +147,9 @@ export function idempotentHandler(
     }
     const { execution } = begun
     attachContext(req, execution.context)
-    new CapturedRun(idempotency, execution, res, onError).start(handler, req, body)
+    new CapturedRun(idempotency, execution, res, { onError, closeOnLeaseLost: false }).start(() =>
+      handler(req, res, { body, idempotency: execution.context }),
+    )
   }
 
   return (req, res) => {

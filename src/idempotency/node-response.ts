@@ -1,6 +1,7 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import { AbortedError } from '../core/errors.js'
 import { IdempotencyBodyUnavailableError } from './errors.js'
+import { answerOrDestroy } from './lease-lost.js'
 import { genericProblem } from './problem.js'
 import type { IdempotencyRequest, IdempotencyResponse } from './types.js'
 
@@ -396,17 +397,25 @@ function installCapture(res: CapturedResponse, capture: Capture): void {
  * Gives up on a captured response whose handler has not ended it (its lease ran out): writes
  * `response` in its place, or, when something already went out past the capture (its headers
  * were sent), destroys the connection, so that the client learns no answer will come instead of
- * waiting for one. Either way the capture then stays in place, ended: what the handler still
- * writes goes nowhere (neither to the client nor as an error).
+ * waiting for one. Either way the capture then stays in place, ended, and headers are no longer
+ * set: what the handler still writes goes nowhere (neither to the client nor as an error).
  */
 export function abandonCapturedResponse(res: ServerResponse, response: IdempotencyResponse): void {
   const target = res as CapturedResponse
   const capture = target[captureState]
   if (capture !== undefined) capture.ended = true
-  if (!res.headersSent) writeWhole(res, response, true)
-  else if (!res.writableEnded) res.destroy()
+  answerOrDestroy(res, () => writeWhole(res, response, true))
   // writeWhole took the ended capture off to write: it goes back on.
   if (capture !== undefined && target[captureState] !== capture) installCapture(target, capture)
+  // Setting a header once the answer went out throws ERR_HTTP_HEADERS_SENT, at a handler that
+  // may only be finishing late (Express's res.send always sets some): dropped like its writes.
+  res.setHeader = droppedHeader as typeof res.setHeader
+  res.appendHeader = droppedHeader as typeof res.appendHeader
+  res.removeHeader = droppedHeader as typeof res.removeHeader
+}
+
+function droppedHeader(this: ServerResponse): ServerResponse {
+  return this
 }
 
 // What captureNodeResponse returns (a class: no closure per response).
