@@ -109,7 +109,9 @@ export interface StepContext<I, C> extends SagaStepInfo<I, C> {
    * exactly when the step is recorded as done, and not at all when the lease was lost. Runs
    * only when the attempt succeeds. Work that throws rolls that transaction back: nothing is
    * recorded and the attempt fails with its error (the step's `retry`, or `compensationRetry`,
-   * decides what next).
+   * decides what next). Keep it to local statements: on SQLite the transaction holds the one
+   * writer while it runs, so every other write (lease renewals included) waits for it; see
+   * `SagaWorkerOptions.renewIntervalMs` for the bound.
    */
   atCommit(work: (tx: SqlTransaction) => Promise<void>): void
 }

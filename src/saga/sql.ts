@@ -226,8 +226,10 @@ const rowColumns = `id, name, version, definition, status, input, context, steps
 const claimSet = `lease_owner = $1, lease_expires_at = $2, lease_token = lease_token + 1,
     previous_owner = lease_owner, previous_expires_at = lease_expires_at, attempt = attempt + 1, updated_at = $3`
 
+// Due as of when the claim runs ($3), but a lease counts as run out only as of when the claim
+// was asked for ($6), before it waited for the writer or a connection: see claimInstances.
 const runnable = `status IN ('running', 'compensating') AND next_run_at <= $3
-      AND (lease_expires_at IS NULL OR lease_expires_at <= $3)`
+      AND (lease_expires_at IS NULL OR lease_expires_at <= $6)`
 
 const common = {
   insertEvent: `INSERT INTO ${sagaEventsTable} (saga_id, at, kind, step, attempt, worker, detail)

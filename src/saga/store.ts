@@ -181,8 +181,12 @@ function measuredOnceBegun<T>(
 
 /**
  * Claims up to `lease.ms`-long leases on up to `limit` runnable instances of the given
- * definitions. "Runnable" and the lease are both measured from when the claim runs (after the
+ * definitions. The new leases and what is due are measured from when the claim runs (after the
  * wait for the writer or a connection): measured before, a long wait wrote leases already over.
+ * Whether another worker's lease has run out is judged as of when the claim was asked for, before
+ * that wait: a lease that ran out during it may only have gone unrenewed because its owner's
+ * renewal was queued behind the same writer (SQLite) or pool, and taking it then ran its step on
+ * two workers at once. A worker that did die loses the instance at the next claim instead.
  */
 export function claimInstances(
   db: SqlDriver,
@@ -191,8 +195,16 @@ export function claimInstances(
   keys: unknown,
   limit: number,
 ): Promise<SagaRow[]> {
+  const asked = storedTime(lease.clock)
   return measuredOnceBegun(db, lease.clock, (tx, now) =>
-    tx.query<SagaRow>(sagaStatements[db.dialect].claim, [owner, now + lease.ms, now, keys, limit]),
+    tx.query<SagaRow>(sagaStatements[db.dialect].claim, [
+      owner,
+      now + lease.ms,
+      now,
+      keys,
+      limit,
+      Math.min(asked, now),
+    ]),
   )
 }
 

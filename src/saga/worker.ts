@@ -54,7 +54,12 @@ export interface SagaWorkerOptions {
    * How often the leases of the instances in hand are renewed (one statement for all of them).
    * On PostgreSQL an instance whose row is locked at that moment (its step's `send` or
    * `atCommit` transaction is still open) is passed over for that round rather than waited
-   * for, so one slow commit does not hold up the other instances' renewals.
+   * for, so one slow commit does not hold up the other instances' renewals. On SQLite such a
+   * transaction holds the one writer, and the renewal waits for it: a claim asked for while the
+   * leases were live does not take them (it judges leases as of when it asked), but one asked
+   * for after a lease ran out may take that instance over before its renewal runs. Keep every
+   * step transaction shorter than `leaseMs - renewIntervalMs` (local statements only in
+   * `atCommit` and `send`), or raise `leaseMs`.
    * @default leaseMs / 3
    */
   readonly renewIntervalMs?: number
