@@ -1,10 +1,11 @@
-import type { ServerResponse } from 'node:http'
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { Idempotency, IdempotentExecution } from './core.js'
 import type { IdempotencyInProgressError } from './errors.js'
 import { isLostLease, leaseLostAnswer } from './lease-lost.js'
 import {
   abandonCapturedResponse,
   captureNodeResponse,
+  earlierHeaders,
   writeInternalError,
   writeNodeResponse,
 } from './node-response.js'
@@ -37,6 +38,9 @@ export class CapturedRun {
   readonly #res: ServerResponse
   readonly #options: CapturedRunOptions
   #capture: { restore(): void } | undefined
+  // What earlier layers had set on the response when the handler was about to run: sent again
+  // with an answer that replaces the handler's response (its own headers are dropped).
+  #earlier: OutgoingHttpHeaders | undefined
   #ended = false
   // Whether the client was answered because the lease ran out (see #leaseLost).
   #leaseLostAnswered = false
@@ -58,6 +62,7 @@ export class CapturedRun {
    * A throw or a rejection before the response ends counts as the handler's failure.
    */
   start(run: () => void | Promise<void>): void {
+    this.#earlier = earlierHeaders(this.#res)
     this.#capture = captureNodeResponse(this.#res, (response) => this.#captured(response))
     this.#execution.onLeaseLost((error) => this.#leaseLost(error))
     // The lease ran out before the handler could even start: answered already.
@@ -74,12 +79,13 @@ export class CapturedRun {
     }
   }
 
-  // The handler ended its response: record it, then send what complete() returns. The store
-  // failing (the key is then released) rejects: nothing was sent yet.
+  // The handler ended its response: record it, then send what complete() returns (the response
+  // itself, which holds the earlier layers' headers, or the lease-lost 409 in its place). The
+  // store failing (the key is then released) rejects: nothing was sent yet.
   #captured(response: IdempotencyResponse): void {
     this.#ended = true
     this.#execution.complete(response).then(
-      (final) => this.#send(final),
+      (final) => this.#send(final, final === response ? undefined : this.#earlier),
       (error: unknown) => this.#internalError(error),
     )
   }
@@ -99,6 +105,7 @@ export class CapturedRun {
           this.#options.closeOnLeaseLost
             ? { ...problem, headers: { ...problem.headers, connection: 'close' } }
             : problem,
+          this.#earlier,
         ),
       (abortError: unknown) => this.#internalError(abortError),
     )
@@ -116,16 +123,17 @@ export class CapturedRun {
     this.#capture?.restore()
     this.#execution.abort().then(
       () => {
-        if (isIdempotencyError(error)) this.#send(this.#idempotency.problem(error))
-        else this.#internalError(error)
+        if (isIdempotencyError(error)) {
+          this.#send(this.#idempotency.problem(error), this.#earlier)
+        } else this.#internalError(error)
       },
       (abortError: unknown) => this.#internalError(abortError),
     )
   }
 
-  #send(response: IdempotencyResponse): void {
+  #send(response: IdempotencyResponse, earlier: OutgoingHttpHeaders | undefined): void {
     try {
-      writeNodeResponse(this.#res, response)
+      writeNodeResponse(this.#res, response, earlier)
     } catch (error) {
       this.#internalError(error)
     }
@@ -133,7 +141,7 @@ export class CapturedRun {
 
   // As for any other failure of the request: a 500 unless something was sent, and onError.
   #internalError(error: unknown): void {
-    writeInternalError(this.#res)
+    writeInternalError(this.#res, this.#earlier)
     this.#options.onError(error)
   }
 }

@@ -52,9 +52,16 @@ export interface FastifyIdempotencyOptions {
 
 // 'executing': the handler runs (its lease running out answers the client from the listener);
 // 'recording': onSend has the handler's response (its lease running out stops reading it).
+// `earlier`: the headers earlier hooks had set when the handler was about to run (see setReply).
 type RequestState =
-  | { readonly kind: 'executing' | 'recording'; readonly execution: IdempotentExecution }
+  | {
+      readonly kind: 'executing' | 'recording'
+      readonly execution: IdempotentExecution
+      readonly earlier: EarlierHeaders | undefined
+    }
   | { readonly kind: 'done' }
+
+type EarlierHeaders = Record<string, unknown>
 
 type Hook = (request: FastifyLikeRequest, reply: FastifyLikeReply, payload?: unknown) => unknown
 type AddHook = (name: string, hook: Hook) => unknown
@@ -140,13 +147,49 @@ function replyHeaders(reply: FastifyLikeReply): Record<string, string | string[]
 }
 
 /**
- * Puts `response` on the reply. `replace` drops the headers already on it: the handler's, when
- * its response is replaced (by a 409). A replay or problem answered before the handler keeps
- * what earlier hooks set (CORS, a request id), as any response does.
+ * The headers on the reply (and its raw response) when a keyed request's handler is about to
+ * run: those of earlier hooks (CORS, a request id), or undefined when there are none. A copy,
+ * since the handler may still change them.
  */
-function setReply(reply: FastifyLikeReply, response: IdempotencyResponse, replace: boolean): void {
+function earlierHeaders(reply: FastifyLikeReply): EarlierHeaders | undefined {
+  const headers = reply.getHeaders() // a fresh object
+  let any = false
+  for (const name in headers) {
+    any = true
+    const value = headers[name]
+    if (Array.isArray(value)) headers[name] = [...value]
+  }
+  return any ? headers : undefined
+}
+
+/**
+ * Drops every header on the reply (the handler's) and puts back those earlier hooks had set
+ * when the handler was about to run, as they were then: for an answer that replaces the
+ * handler's response, which a browser reads only with its CORS headers.
+ */
+function resetToEarlier(reply: FastifyLikeReply, earlier: EarlierHeaders | undefined): void {
+  for (const name of Object.keys(reply.getHeaders())) reply.removeHeader(name)
+  if (earlier === undefined) return
+  for (const name in earlier) {
+    // The body's own framing replaces any an earlier hook declared.
+    if (name !== 'content-length' && name !== 'transfer-encoding') reply.header(name, earlier[name])
+  }
+}
+
+/**
+ * Puts `response` on the reply. When it replaces the handler's response (a 409), the handler's
+ * headers are dropped and `earlier` ({@link earlierHeaders}) put back; a replay or problem
+ * answered before the handler keeps what earlier hooks set (CORS, a request id), as any
+ * response does. The response's own headers win either way.
+ */
+function setReply(
+  reply: FastifyLikeReply,
+  response: IdempotencyResponse,
+  replace: boolean,
+  earlier?: EarlierHeaders,
+): void {
   if (replace) {
-    for (const name of Object.keys(reply.getHeaders())) reply.removeHeader(name)
+    resetToEarlier(reply, earlier)
   } else {
     reply.removeHeader('content-length')
     reply.removeHeader('transfer-encoding')
@@ -209,7 +252,8 @@ export function fastifyIdempotency(
     execution: IdempotentExecution,
     error: IdempotencyInProgressError,
   ): Promise<void> => {
-    if (states.get(request)?.kind !== 'executing') return
+    const state = states.get(request)
+    if (state?.kind !== 'executing') return
     states.set(request, { kind: 'done' })
     const problem = await leaseLostAnswer(idempotency, execution, error)
     if (reply.sent) {
@@ -218,7 +262,7 @@ export function fastifyIdempotency(
       return
     }
     answerOrDestroy(reply.raw, () => {
-      setReply(reply, problem, true)
+      setReply(reply, problem, true, state.earlier)
       reply.send(Buffer.from(problem.body))
     })
   }
@@ -248,7 +292,7 @@ export function fastifyIdempotency(
       return reply
     }
     const { execution } = begun
-    states.set(request, { kind: 'executing', execution })
+    states.set(request, { kind: 'executing', execution, earlier: earlierHeaders(reply) })
     attachContext(request, execution.context)
     let answered: Promise<void> | undefined
     execution.onLeaseLost((error) => {
@@ -267,8 +311,8 @@ export function fastifyIdempotency(
   const onSend: Hook = async (request, reply, payload) => {
     const state = states.get(request)
     if (state?.kind !== 'executing') return payload
-    const { execution } = state
-    states.set(request, { kind: 'recording', execution })
+    const { execution, earlier } = state
+    states.set(request, { kind: 'recording', execution, earlier })
     let body: Buffer | IdempotencyInProgressError
     try {
       // Read here, or its status and headers would be recorded from the reply's defaults and
@@ -287,7 +331,7 @@ export function fastifyIdempotency(
     if (body instanceof IdempotencyInProgressError) {
       // Its body had not ended when the lease ran out: answered as a handler overrunning it.
       const problem = await leaseLostAnswer(idempotency, execution, body)
-      setReply(reply, problem, true)
+      setReply(reply, problem, true, earlier)
       return Buffer.from(problem.body)
     }
     const response: IdempotencyResponse = {
@@ -295,8 +339,17 @@ export function fastifyIdempotency(
       headers: replyHeaders(reply),
       body,
     }
-    const final = await execution.complete(response)
-    if (final !== response) setReply(reply, final, true)
+    let final: IdempotencyResponse
+    try {
+      final = await execution.complete(response)
+    } catch (error) {
+      // Not recorded (the key was released): Fastify's error handling answers 500 with the
+      // headers on the reply, which must not be the handler's (they describe a response that
+      // was not sent), but must be the earlier hooks' (CORS).
+      resetToEarlier(reply, earlier)
+      throw error
+    }
+    if (final !== response) setReply(reply, final, true, earlier)
     return Buffer.from(final.body.buffer, final.body.byteOffset, final.body.byteLength)
   }
 

@@ -19,6 +19,8 @@ export interface HonoLikeContext {
   get res(): Response
   set res(response: Response | undefined)
   set(key: 'idempotency', value: unknown): void
+  /** A response with the headers set so far (`c.header()`), without setting `c.res`. */
+  body(data: null, status: 200): Response
 }
 
 /** A Hono middleware (structurally typed, so breakwater does not depend on Hono). */
@@ -61,24 +63,43 @@ function toFetchResponse(response: IdempotencyResponse): Response {
   })
 }
 
-// A response given instead of running the handler (a replay, a problem, a 413), over the
-// headers earlier middleware set (`c.header()` before `next()`, or on `c.res`): Hono adds them
-// to what `c.json()` builds, but not to a Response a middleware returns. The response's own
-// headers win, as a handler's do.
-function answer(c: HonoLikeContext, response: IdempotencyResponse): undefined {
+// Makes `response` the whole answer, over the headers earlier middleware set (`c.header()`
+// before `next()`, or on `c.res`): Hono adds them to what `c.json()` builds, but not to a
+// Response a middleware returns. The response's own headers win, as a handler's do.
+function answerWith(
+  c: HonoLikeContext,
+  response: IdempotencyResponse,
+  earlier: Headers | undefined,
+): undefined {
   const answered = toFetchResponse(response)
-  const earlier = c.res.headers
-  earlier.forEach((value, name) => {
-    if (name === 'set-cookie' || name === 'content-length' || answered.headers.has(name)) return
-    answered.headers.set(name, value)
-  })
-  if (!answered.headers.has('set-cookie')) {
-    for (const cookie of earlier.getSetCookie()) answered.headers.append('set-cookie', cookie)
+  if (earlier !== undefined) {
+    earlier.forEach((value, name) => {
+      if (name === 'set-cookie' || name === 'content-length' || answered.headers.has(name)) return
+      answered.headers.set(name, value)
+    })
+    if (!answered.headers.has('set-cookie')) {
+      for (const cookie of earlier.getSetCookie()) answered.headers.append('set-cookie', cookie)
+    }
   }
   // Cleared first: assigning c.res over another merges that one's headers over these.
   c.res = undefined
   c.res = answered
   return undefined
+}
+
+// A response given instead of running the handler (a replay, a problem, a 413).
+function answer(c: HonoLikeContext, response: IdempotencyResponse): undefined {
+  return answerWith(c, response, c.res.headers)
+}
+
+// The headers earlier middleware had set when the handler is about to run, or undefined when
+// there are none. Through c.body(null), not c.res: reading c.res would make Hono create it, and
+// then merge its headers over any Response the handler returns. Copied: @hono/node-server's
+// Response keeps the Headers it is given, which the handler's c.header() still writes to.
+function earlierHeaders(c: HonoLikeContext): Headers | undefined {
+  // Status 200: one an earlier layer set with c.status() might not make a Response (a 1xx).
+  const { headers } = c.body(null, 200)
+  return headers.keys().next().done === true ? undefined : new Headers(headers)
 }
 
 // The body through Hono (which caches it, so the handler can read it again), or undefined when
@@ -189,6 +210,8 @@ export function honoIdempotency(
     const { execution } = begun
     attachContext(c, execution.context)
     c.set('idempotency', execution.context)
+    // Sent again with an answer that replaces the handler's response (its headers dropped).
+    const earlier = earlierHeaders(c)
     const handled = next()
     let lost: IdempotencyInProgressError | undefined
     try {
@@ -216,21 +239,27 @@ export function honoIdempotency(
       throw error
     }
     if (!(producedBody instanceof Uint8Array)) {
-      const problem = await leaseLostAnswer(idempotency, execution, producedBody)
-      c.res = undefined
-      c.res = toFetchResponse(problem)
-      return undefined
+      return answerWith(c, await leaseLostAnswer(idempotency, execution, producedBody), earlier)
     }
     const response: IdempotencyResponse = {
       status: produced.status,
       headers: fetchHeaders(produced),
       body: producedBody,
     }
-    const final = await execution.complete(response)
-    // Assigning c.res merges the old response's headers into the new one; clearing it first
-    // makes the recorded (or problem) response the whole answer.
-    c.res = undefined
-    c.res = toFetchResponse(final)
-    return undefined
+    let final: IdempotencyResponse
+    try {
+      final = await execution.complete(response)
+    } catch (error) {
+      // Not recorded (the key was released): Hono's onError answers, and merges c.res's headers
+      // into its answer. They must not be the handler's (they describe a response that was not
+      // sent), but must be the earlier middleware's (CORS).
+      c.res = undefined
+      if (earlier !== undefined) c.res = new Response(null, { headers: earlier })
+      throw error
+    }
+    // The recorded response holds the earlier middleware's headers; a 409 in its place gets
+    // them back. Assigning c.res merges the old response's headers into the new one: clearing
+    // it first (answerWith) makes this the whole answer.
+    return answerWith(c, final, final === response ? undefined : earlier)
   }
 }

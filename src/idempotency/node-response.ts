@@ -194,11 +194,37 @@ export function disconnectSignal(res: ServerResponse): () => AbortSignal {
 }
 
 /**
- * Writes a whole response, replacing any header the handler had set: for what is sent after
- * the handler ran (its recorded response, or the problem or 500 that replaces it).
+ * The headers layers before the adapter (CORS, a request id, security headers) had set on `res`
+ * when a keyed request's handler was about to run, or undefined when there were none: what an
+ * answer replacing the handler's response sends again (see {@link writeNodeResponse}). A copy,
+ * since the handler may still change them.
  */
-export function writeNodeResponse(res: ServerResponse, response: IdempotencyResponse): void {
-  writeWhole(res, response, true)
+export function earlierHeaders(res: ServerResponse): OutgoingHttpHeaders | undefined {
+  // Without any header, node returns an empty list without building the header map: no other
+  // work on the path of every new key when no earlier layer set one.
+  if (res.getHeaderNames().length === 0) return undefined
+  const headers = res.getHeaders()
+  for (const name in headers) {
+    const value = headers[name]
+    // node keeps a list by reference, and appendHeader grows it in place.
+    if (Array.isArray(value)) headers[name] = [...value]
+  }
+  return headers
+}
+
+/**
+ * Writes a whole response, replacing any header the handler had set: for what is sent after
+ * the handler ran (its recorded response, or the problem or 500 that replaces it). `earlier`
+ * ({@link earlierHeaders}) goes out with an answer that replaces the handler's response, as
+ * those layers had set it: a browser reads a 409 or 500 only with its CORS headers, and a value
+ * the handler set, even over an earlier layer's, belongs to the response that was not sent.
+ */
+export function writeNodeResponse(
+  res: ServerResponse,
+  response: IdempotencyResponse,
+  earlier?: OutgoingHttpHeaders,
+): void {
+  writeWhole(res, response, true, earlier)
 }
 
 /**
@@ -210,13 +236,27 @@ export function answerNodeRequest(res: ServerResponse, response: IdempotencyResp
   writeWhole(res, response, false)
 }
 
-function writeWhole(res: ServerResponse, response: IdempotencyResponse, replace: boolean): void {
+function writeWhole(
+  res: ServerResponse,
+  response: IdempotencyResponse,
+  replace: boolean,
+  earlier?: OutgoingHttpHeaders,
+): void {
   // A capture whose handler has ended stays in place until now (see capturedEnd).
   const capture = (res as CapturedResponse)[captureState]
   if (capture?.ended) restoreCaptured(res as CapturedResponse, capture)
   if (res.headersSent || res.writableEnded) return
   if (replace) {
     for (const name of res.getHeaderNames()) res.removeHeader(name)
+    if (earlier !== undefined) {
+      for (const name in earlier) {
+        const value = earlier[name]
+        // The body's own framing replaces any an earlier layer declared.
+        if (value === undefined || name === 'content-length' || name === 'transfer-encoding')
+          continue
+        res.setHeader(name, value)
+      }
+    }
   } else {
     // The body's own framing replaces any an earlier layer declared.
     res.removeHeader('content-length')
@@ -238,11 +278,15 @@ function hasBody(status: number): boolean {
   return status >= 200 && status !== 204 && status !== 304
 }
 
-/** Writes a 500 problem unless something was already sent. */
-export function writeInternalError(res: ServerResponse): void {
+/**
+ * Writes a 500 problem unless something was already sent, with `earlier` as for
+ * {@link writeNodeResponse}.
+ */
+export function writeInternalError(res: ServerResponse, earlier?: OutgoingHttpHeaders): void {
   writeNodeResponse(
     res,
     genericProblem(500, 'Internal Server Error', 'The request failed on the server'),
+    earlier,
   )
 }
 
@@ -399,12 +443,17 @@ function installCapture(res: CapturedResponse, capture: Capture): void {
  * were sent), destroys the connection, so that the client learns no answer will come instead of
  * waiting for one. Either way the capture then stays in place, ended, and headers are no longer
  * set: what the handler still writes goes nowhere (neither to the client nor as an error).
+ * `earlier` goes out with `response` as for {@link writeNodeResponse}.
  */
-export function abandonCapturedResponse(res: ServerResponse, response: IdempotencyResponse): void {
+export function abandonCapturedResponse(
+  res: ServerResponse,
+  response: IdempotencyResponse,
+  earlier?: OutgoingHttpHeaders,
+): void {
   const target = res as CapturedResponse
   const capture = target[captureState]
   if (capture !== undefined) capture.ended = true
-  answerOrDestroy(res, () => writeWhole(res, response, true))
+  answerOrDestroy(res, () => writeWhole(res, response, true, earlier))
   // writeWhole took the ended capture off to write: it goes back on.
   if (capture !== undefined && target[captureState] !== capture) installCapture(target, capture)
   // Setting a header once the answer went out throws ERR_HTTP_HEADERS_SENT, at a handler that
