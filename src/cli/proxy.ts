@@ -335,7 +335,10 @@ async function runSingle(
       onSignal: (signal, phase) =>
         logger.info(`${signal}: ${phase === 'drain' ? 'draining' : 'forced stop'}`),
     },
-  ).finally(() => signals.off('SIGHUP', onHup))
+  )
+    .finally(() => signals.off('SIGHUP', onHup))
+    .catch((error: unknown) => endTimedOutStart(error, deps))
+  if (typeof outcome === 'number') return outcome
   logger.info('proxy exited', { ...outcome })
   if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
     // The drain given up on is still under way: its connections would keep the process alive
@@ -406,7 +409,11 @@ async function serveAsWorker(
       }
     },
     { target: deps.signals ?? process, drainTimeoutMs: 600_000 },
-  ).finally(() => process.off('SIGHUP', onHup))
+  )
+    .finally(() => process.off('SIGHUP', onHup))
+    // Ended at once: the primary notices a worker that failed to start only once it exits.
+    .catch((error: unknown) => endTimedOutStart(error, deps))
+  if (typeof outcome === 'number') return outcome
   logger.info('worker exited', { ...outcome })
   return 0
 }
@@ -597,12 +604,27 @@ function drainWait(drainTimeoutMs: number, margin: number): number {
 }
 
 // Why the proxy could not start, for main.ts: config and option errors stay what they are
-// (exit 2); anything else (a port in use, a store that does not open) becomes one line, exit 1.
+// (exit 2); anything else (a port in use, a store that does not open) becomes one line, exit 1,
+// with the runtime's error as its cause.
 function startFailure(error: unknown): never {
   if (
     BreakwaterError.is(error) &&
     (error.code === 'CONFIG_INVALID' || error.code === 'INVALID_OPTION')
   )
     throw error
-  throw new StartupError(`cannot start: ${messageOf(error)}`)
+  throw new StartupError(`cannot start: ${messageOf(error)}`, { cause: error })
+}
+
+/**
+ * A start that failed past `startTimeoutMs` is said (as main.ts would say it) and ends the
+ * process with exit 1 at once: the step it gave up on (a database that never answers, a lock
+ * wait) holds its socket, and with it the process, open for as long as that step lasts. Any
+ * other error is thrown on.
+ */
+function endTimedOutStart(error: unknown, deps: ProxyCommandDeps): number {
+  const cause = error instanceof StartupError ? error.cause : undefined
+  if (!BreakwaterError.is(cause) || cause.code !== 'PROXY_START_TIMEOUT') throw error
+  ;(deps.stderr ?? process.stderr).write(`breakwater: ${(error as Error).message}\n`)
+  ;(deps.exit ?? ((code: number) => process.exit(code)))(1)
+  return 1
 }

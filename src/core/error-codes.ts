@@ -122,6 +122,8 @@ export const errorCodes = {
     "startProxy could not use a listener's or an upstream service's TLS files (unreadable, not PEM, key not the certificate's); the error names the setting.",
   PROXY_IDEMPOTENCY_STORE_FAILED:
     'startProxy could not open the idempotency store of idempotency.url (unreachable, refused, not a usable path).',
+  PROXY_START_TIMEOUT:
+    'startProxy did not start within startTimeoutMs (a database that does not answer, a migration lock held elsewhere, a bind address whose name does not resolve); the error names the step it was waiting for, and whatever had started is closed.',
   PROXY_CLOSED:
     'A proxy reload was asked after close() was called (or close() came while it waited its turn); nothing was applied. The admin API answers it 503 while the proxy drains.',
   PARTIALLY_APPLIED:

@@ -343,6 +343,11 @@ export interface ProxyConfig {
   readonly deadlineHeader: string
   /** Drain time on SIGTERM before open connections are cut (ms). */
   readonly drainTimeoutMs: number
+  /**
+   * How long a start may take (ms): reading the file, opening the idempotency store, binding
+   * the listeners and the admin API. Past it the start fails with `PROXY_START_TIMEOUT`.
+   */
+  readonly startTimeoutMs: number
   /** Worker processes (1 = single process). */
   readonly workers: number
 }

@@ -8,7 +8,7 @@
 import { readFile } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { resolve } from 'node:path'
-import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
+import { type Clock, keepProcessAlive, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { createJsonLogger, type Logger } from '../observability/logger.js'
@@ -240,7 +240,9 @@ const runtimeMetrics = metricsPerRegistry(
  * the admin API (when configured), and watches the config file. Rejects with
  * {@link ConfigInvalidError} for an invalid config, and with {@link ProxyStartError}
  * (`PROXY_LISTEN_FAILED`, `PROXY_TLS_INVALID`, `PROXY_IDEMPOTENCY_STORE_FAILED`, naming the
- * setting) for one that cannot be brought up, after closing whatever it had started.
+ * setting) for one that cannot be brought up, after closing whatever it had started. A start
+ * that takes longer than the config's `startTimeoutMs` (a database that does not answer)
+ * rejects with `PROXY_START_TIMEOUT` naming the step it was waiting for.
  *
  * @example
  * ```ts
@@ -357,35 +359,58 @@ class ProxyRuntime implements ProxyInternals {
     // missed until the next one. The read and apply run in the reload queue, so that reload
     // waits for them.
     this.#watch()
+    const bound = startBound(
+      this.#deps.clock,
+      this.#source.kind === 'object' ? this.#source.config.startTimeoutMs : defaultStartTimeoutMs,
+    )
     let config: ProxyConfig
     let loaded = false
     try {
       config = await this.#queued(async () => {
-        const read = await this.#readConfig(undefined)
+        const read = await bound.wait(
+          'config',
+          `reading ${this.#sourceName()}`,
+          this.#readConfig(undefined),
+        )
+        // The file's own bound, counted from the start.
+        bound.limit(read.config.startTimeoutMs)
         // An admin token file without a usable token would have the admin API refuse every
         // request while the proxy looked healthy: refused before anything is bound.
-        if (this.#adminEnabled) await checkAdminTokenFile(read.config, this.#sourceName())
+        if (this.#adminEnabled)
+          await bound.wait(
+            'admin.token',
+            'reading the admin token file',
+            checkAdminTokenFile(read.config, this.#sourceName()),
+          )
         loaded = true
-        await this.#apply(read.config)
+        await this.#apply(read.config, bound)
         return read.config
       })
       if (this.#adminEnabled && config.admin !== undefined) {
         const { startAdminServer } = await import('./admin/server.js')
         const admin = config.admin
         // Named, as a listener's failure is, so a port in use says which port of the file it is.
-        this.#admin = await startAdminServer({
-          config: admin,
-          backend: localAdminBackend(this),
-          deps: this.#deps,
-          env: this.#env,
-        }).catch((error: unknown) => {
-          throw startFailure(
-            'PROXY_LISTEN_FAILED',
+        this.#admin = await bound
+          .wait(
             'admin',
-            `admin (${admin.host}:${admin.port})`,
-            error,
+            `binding ${admin.host}:${admin.port}`,
+            startAdminServer({
+              config: admin,
+              backend: localAdminBackend(this),
+              deps: this.#deps,
+              env: this.#env,
+            }),
+            (late) => late.close(),
           )
-        })
+          .catch((error: unknown) => {
+            if (bound.timedOut(error)) throw error
+            throw startFailure(
+              'PROXY_LISTEN_FAILED',
+              'admin',
+              `admin (${admin.host}:${admin.port})`,
+              error,
+            )
+          })
       }
     } catch (error) {
       if (loaded) await this.close(0)
@@ -397,6 +422,8 @@ class ProxyRuntime implements ProxyInternals {
         this.#stopCollect()
       }
       throw error
+    } finally {
+      bound.end()
     }
     const log = this.#deps.logger
     log.info('proxy started', {
@@ -657,7 +684,7 @@ class ProxyRuntime implements ProxyInternals {
 
   // Builds the generation for `config` and swaps it in. On any failure, everything built for
   // it is closed and the running generation is untouched.
-  async #apply(config: ProxyConfig): Promise<void> {
+  async #apply(config: ProxyConfig, bound: StartBound = unbounded): Promise<void> {
     const old = this.#generation
     const deps = this.#deps
     const services = new Map<string, ServiceRuntime>()
@@ -701,8 +728,16 @@ class ProxyRuntime implements ProxyInternals {
       if (needsIdempotency && this.#idempotencyStore?.url !== url) {
         let store: Awaited<ReturnType<typeof openProxyIdempotency>>
         try {
-          store = await openProxyIdempotency(url, { clock: deps.clock })
+          store = await bound.wait(
+            'idempotency.url',
+            `opening ${redactUrl(url)} and running its migrations`,
+            openProxyIdempotency(url, { clock: deps.clock }),
+            // Given up on: the store it opens after all is closed (its migration may wait on a
+            // lock for as long as another session holds it).
+            (late) => closeLater(late, deps.logger),
+          )
         } catch (error) {
+          if (bound.timedOut(error)) throw error
           throw startFailure(
             'PROXY_IDEMPOTENCY_STORE_FAILED',
             'idempotency.url',
@@ -781,8 +816,15 @@ class ProxyRuntime implements ProxyInternals {
         }
         newListeners.push({ config: listener, server })
         try {
-          await server.listen()
+          // A host name is resolved first, which may take as long as the resolver does. Given
+          // up on, the server is closed below, and a bind that completes after is undone.
+          await bound.wait(
+            `listeners.${listener.name}`,
+            `binding ${listener.host}:${listener.port}`,
+            server.listen(),
+          )
         } catch (error) {
+          if (bound.timedOut(error)) throw error
           throw startFailure(
             'PROXY_LISTEN_FAILED',
             `listeners.${listener.name}`,
@@ -1191,4 +1233,108 @@ function tlsFailure(error: unknown): unknown {
   )
     return error
   return new ProxyStartError('PROXY_TLS_INVALID', error.option, error.message, error)
+}
+
+// Used until the file is read, and when the config given has none of its own.
+const defaultStartTimeoutMs = 60_000
+
+/**
+ * The bound on a start (`startTimeoutMs`): each step the start awaits goes through
+ * {@link StartBound.wait}, so that once the time is up the step is given up on and the start
+ * fails with PROXY_START_TIMEOUT naming it, instead of waiting for ever on a database that does
+ * not answer.
+ */
+interface StartBound {
+  /**
+   * Waits for `work`, the step `setting` (`what` says what it does), unless the time is up
+   * first: it then rejects with PROXY_START_TIMEOUT, and a value `work` yields later is handed
+   * to `release` (a store or server nobody will use).
+   */
+  wait<T>(
+    setting: string,
+    what: string,
+    work: Promise<T>,
+    release?: (late: T) => unknown,
+  ): Promise<T>
+  /** Sets the bound to `limitMs` from the start (the file's own, once it is read). */
+  limit(limitMs: number | undefined): void
+  /** Whether `error` is this bound's timeout (passed on as it is, not wrapped as the step's). */
+  timedOut(error: unknown): boolean
+  /** Stops the timer (the start is over). */
+  end(): void
+}
+
+const unbounded: StartBound = {
+  wait: (_setting, _what, work) => work,
+  limit: () => {},
+  timedOut: () => false,
+  end: () => {},
+}
+
+function startBound(clock: Clock, initialLimitMs: number | undefined): StartBound {
+  const startedAt = clock.now()
+  // A ProxyConfig built by hand before the setting existed has none: the default then.
+  let limitMs = initialLimitMs ?? defaultStartTimeoutMs
+  let step = { setting: 'config', what: 'starting' }
+  let expired: ProxyStartError | undefined
+  const waiters = new Set<(error: ProxyStartError) => void>()
+  let timer: TimerHandle | undefined
+  const arm = (): void => {
+    clock.clearTimeout(timer)
+    timer = clock.setTimeout(
+      () => {
+        expired = new ProxyStartError(
+          'PROXY_START_TIMEOUT',
+          step.setting,
+          `startTimeoutMs (${limitMs} ms) passed while waiting for ${step.setting}: ${step.what}`,
+          undefined,
+        )
+        for (const fail of waiters) fail(expired)
+        waiters.clear()
+      },
+      Math.max(0, startedAt + limitMs - clock.now()),
+    )
+    // A start hung on a promise that holds nothing open must still end with this error, not
+    // with the process exiting on an unsettled await.
+    keepProcessAlive(timer)
+  }
+  arm()
+  return {
+    wait(setting, what, work, release) {
+      if (expired !== undefined) {
+        void work.then((late) => release?.(late)).catch(() => {})
+        return Promise.reject(expired)
+      }
+      step = { setting, what }
+      return new Promise((resolvePromise, reject) => {
+        let given = false
+        const fail = (error: ProxyStartError): void => {
+          given = true
+          reject(error)
+        }
+        waiters.add(fail)
+        work.then(
+          (value) => {
+            waiters.delete(fail)
+            if (given) void Promise.resolve(release?.(value)).catch(() => {})
+            else resolvePromise(value)
+          },
+          (error: unknown) => {
+            waiters.delete(fail)
+            if (!given) reject(error)
+          },
+        )
+      })
+    },
+    limit(next) {
+      if (expired !== undefined || next === undefined || next === limitMs) return
+      limitMs = next
+      arm()
+    },
+    timedOut: (error) => error !== undefined && error === expired,
+    end() {
+      clock.clearTimeout(timer)
+      timer = undefined
+    },
+  }
 }

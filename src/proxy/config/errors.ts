@@ -54,13 +54,16 @@ export type ProxyStartErrorCode =
   | 'PROXY_LISTEN_FAILED'
   | 'PROXY_TLS_INVALID'
   | 'PROXY_IDEMPOTENCY_STORE_FAILED'
+  | 'PROXY_START_TIMEOUT'
 
 /**
  * A valid config that cannot be brought up on this machine, as `startProxy` rejects with it:
  * `PROXY_LISTEN_FAILED` (a listener or the admin API could not bind: port in use, address not
  * available, permission denied; the errno is in `cause.code`), `PROXY_TLS_INVALID` (a
  * listener's or service's TLS files cannot be read or used), `PROXY_IDEMPOTENCY_STORE_FAILED`
- * (the `idempotency.url` store does not open). `setting` names the part of the file at fault;
+ * (the `idempotency.url` store does not open), `PROXY_START_TIMEOUT` (the start took longer
+ * than `startTimeoutMs`; `setting` names the step it was still waiting for, such as
+ * `idempotency.url` on a database that does not answer). `setting` names the part of the file at fault;
  * the message is `setting...: <the underlying error's message>`, and `cause` holds that error.
  * Whatever the proxy had started is closed before it rejects. A reload that fails for these
  * reasons rejects with {@link ConfigInvalidError} instead, as every refused reload does.

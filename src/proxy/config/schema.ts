@@ -416,6 +416,8 @@ export const proxyConfigSchema = z
     accessLog: z.boolean({ error: 'true or false' }).default(true),
     deadlineHeader: headerName.default(DEADLINE_HEADER),
     drainTimeoutMs: ms().default(30_000),
+    // At least 1: a start given no time at all would always fail.
+    startTimeoutMs: ms(1).default(60_000),
     workers: int(1, 256).default(1),
   })
   .describe('breakwater proxy configuration (breakwater proxy --config file.yaml)')
@@ -454,6 +456,7 @@ export function toProxyConfig(doc: ProxyConfigDocument): ProxyConfig {
     accessLog: doc.accessLog,
     deadlineHeader: doc.deadlineHeader.toLowerCase(),
     drainTimeoutMs: doc.drainTimeoutMs,
+    startTimeoutMs: doc.startTimeoutMs,
     workers: doc.workers,
   }
 }

@@ -485,6 +485,13 @@ export function createListenerServer(
         server.once('error', onError)
         server.listen(listener.port, listener.host, () => {
           server.off('error', onError)
+          // Closed while the host name was being resolved (a start that gave up on a slow
+          // resolver): close() found nothing listening, so the late bind is undone here.
+          if (closing !== undefined) {
+            server.close()
+            reject(new Error(`listener ${listener.name} was closed before it was bound`))
+            return
+          }
           const info = server.address()
           if (info === null || typeof info === 'string') {
             reject(new Error('listener bound to a pipe, not a TCP port'))

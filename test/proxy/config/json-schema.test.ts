@@ -24,6 +24,7 @@ describe('docs/proxy-config.schema.json', () => {
       'idempotency',
       'listeners',
       'services',
+      'startTimeoutMs',
       'workers',
     ])
     expect(schema.required.sort()).toEqual(['listeners', 'services'])

@@ -325,6 +325,21 @@ describe('TLS termination', () => {
 })
 
 describe('graceful drain', () => {
+  it('a close while listen() still resolves the host name: the late bind is undone, listen() rejects', async () => {
+    // A start that gave up on a slow resolver closes the server; the bind that completes after
+    // must not leave a port open that nobody serves (nor report an address).
+    const { ctx } = contextWith(() => registryOf([]))
+    const server = createListenerServer(listenerConfig({ host: 'localhost' }), () => {}, ctx)
+    const listening = server.listen().then(
+      () => 'bound',
+      (error: unknown) => error,
+    )
+    await server.close(0)
+    const result = await listening
+    expect(result).toBeInstanceOf(Error)
+    expect((result as Error).message).toMatch(/closed before it was bound/)
+    expect(server.address()).toBeUndefined()
+  })
   // A service whose responses wait until the test releases them.
   function heldService(): ServiceRuntime & { release(): void; started: Promise<void> } {
     const base = recordingService('slow')
