@@ -15,6 +15,7 @@ import {
   type SqlExecutor,
   type Unlisten,
 } from '../stores/index.js'
+import { measuredExecute, measuredOnceBegun, queryLast } from '../stores/measured.js'
 import { shielded } from './common.js'
 import type {
   Broker,
@@ -545,14 +546,6 @@ class QueueSubscription implements Subscription {
 
   async #lease(token: string): Promise<Leased[]> {
     const { clock, visibilityTimeoutMs, prefetch } = this.#options
-    // The lease starts when its statement runs, not when it was asked for: on SQLite the
-    // transaction may first wait for the write lock (up to the busy timeout), and a lease
-    // dated before that wait could run out before the handler's first extension, handing a
-    // live consumer's message to another one.
-    const params = (): unknown[] => {
-      const now = clock.now()
-      return [this.topic, this.group, now, now + visibilityTimeoutMs, token, prefetch]
-    }
     type Row = {
       seq: number
       delivery_count: number
@@ -561,14 +554,23 @@ class QueueSubscription implements Subscription {
       payload: Buffer | null
       headers: string | null
     }
-    let rows: Row[]
-    if (this.#db.dialect === 'postgres') {
-      rows = await this.#db.query<Row>(this.#sql.lease, params())
-    } else {
-      rows = await this.#db.transaction(async (tx) => {
+    // The lease starts when its statement runs, not when it was asked for: its transaction may
+    // first wait for SQLite's write lock (up to the busy timeout) or a pool connection, and a
+    // lease dated before that wait could run out before the handler's first extension, handing
+    // a live consumer's message to another one. What is held (another consumer's lease, a
+    // retry delay, an earlier message of the key) is judged as of when it was asked for: a
+    // lease that ran out during the wait may only have gone unextended because its extension
+    // was queued behind the same writer or pool. On PostgreSQL the statement commits with its
+    // transaction (BEGIN, statement and COMMIT in one round trip, as the statement alone).
+    const rows = await measuredOnceBegun(
+      this.#db,
+      clock,
+      async (tx, now, asked): Promise<Row[]> => {
+        const params = [this.topic, this.group, asked, now + visibilityTimeoutMs, token, prefetch]
+        if (tx.dialect === 'postgres') return queryLast<Row>(tx, this.#sql.lease, params)
         const leased = await tx.query<{ seq: number; delivery_count: number }>(
           this.#sql.lease,
-          params(),
+          params,
         )
         if (leased.length === 0) return []
         const messages = await tx.query<Row>(this.#sql.readMessages, [
@@ -588,8 +590,8 @@ class QueueSubscription implements Subscription {
             }
           })
           .sort((a, b) => a.seq - b.seq)
-      })
-    }
+      },
+    )
     return rows.map((row): Leased => {
       const seq = Number(row.seq)
       if (row.message_id === null) return { seq, message: undefined }
@@ -622,13 +624,12 @@ class QueueSubscription implements Subscription {
     const extend = (): void => {
       extender = clock.setTimeout(
         () => {
-          this.#db
-            .execute(this.#sql.extend, [
-              this.topic,
-              this.group,
-              token,
-              clock.now() + visibilityTimeoutMs,
-            ])
+          // Measured once its transaction has begun: a wait for the writer or a connection is
+          // not taken off the extension. (BEGIN and COMMIT travel with it on PostgreSQL.)
+          measuredExecute(this.#db, clock, (now) => ({
+            sql: this.#sql.extend,
+            params: [this.topic, this.group, token, now + visibilityTimeoutMs],
+          }))
             .catch((error: unknown) =>
               this.#options.onError({
                 error,
@@ -704,15 +705,10 @@ class QueueSubscription implements Subscription {
           group: this.group,
           message,
         })
+        // The delay runs from when the statement runs, not from before its wait.
         await this.#settle(
           this.#sql.retry,
-          [
-            this.topic,
-            this.group,
-            item.seq,
-            token,
-            this.#options.clock.now() + this.#options.retryDelayMs,
-          ],
+          (now) => [this.topic, this.group, item.seq, token, now + this.#options.retryDelayMs],
           message,
         )
         await this.#release(chain.slice(i + 1), token)
@@ -762,14 +758,19 @@ class QueueSubscription implements Subscription {
 
   // A failed settle is reported, not thrown: the lease runs out and the message comes back.
   // Resolves to the rows it changed (0: the lease is no longer this token's), or undefined
-  // when it failed.
+  // when it failed. Params given as a function of the time are measured once the statement's
+  // transaction has begun (see measuredOnceBegun).
   async #settle(
     sql: string,
-    params: unknown[],
+    params: unknown[] | ((now: number) => unknown[]),
     message: IncomingMessage | undefined,
   ): Promise<number | undefined> {
     try {
-      return (await this.#db.execute(sql, params)).rowCount
+      if (typeof params !== 'function') return (await this.#db.execute(sql, params)).rowCount
+      return await measuredExecute(this.#db, this.#options.clock, (now) => ({
+        sql,
+        params: params(now),
+      }))
     } catch (error) {
       this.#options.onError({
         error,

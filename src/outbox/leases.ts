@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto'
 import type { Clock } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
-import type { SqlDriver } from '../stores/index.js'
+import type { SqlDriver, SqlTransaction } from '../stores/index.js'
+import { measuredOnceBegun, measuredQuery, queryLast } from '../stores/measured.js'
 import { OUTBOX_PARTITIONS } from './partition.js'
 import { listParam, type OutboxStatements, outboxStatements } from './sql.js'
 
@@ -50,6 +51,12 @@ export interface LeaseChange {
  *
  * Every operation runs one at a time (a promise chain), so a renewal never races a claim in
  * the relay's view of what it owns.
+ *
+ * Leases and the heartbeat are written to run `leaseMs` from when their statements run, once
+ * their transaction has begun (after the wait for SQLite's writer or a pool connection), while
+ * another relay's lease or heartbeat counts as run out only if it had when the operation was
+ * asked for: see `measuredOnceBegun`. The relay's own view ({@link validUntil}) is measured from
+ * before that wait, so it never runs later than what the database holds.
  */
 export class PartitionLeases {
   readonly #db: SqlDriver
@@ -97,7 +104,8 @@ export class PartitionLeases {
 
   /**
    * The end of the leases as this relay knows them: the start of the last successful renewal
-   * or claim plus the lease length (measured before the statement ran, so never optimistic).
+   * plus the lease length. Measured from before the renewal waited for the database, while the
+   * database measures from after, so it is never later than the leases the database holds.
    */
   get validUntil(): number {
     return this.#validUntil
@@ -131,13 +139,13 @@ export class PartitionLeases {
    */
   register(wait: (ms: number) => Promise<void>): Promise<void> {
     return this.#serial(async () => {
-      if (await this.#heartbeat()) return
+      if (await this.#beat()) return
       const rows = await this.#db.query<{ expires_at: number | string }>(this.#sql.holder, [
         this.#relayId,
       ])
       const expiresAt = Number(rows[0]?.expires_at ?? 0)
       await wait(Math.max(0, expiresAt - this.#clock.now()) + 1)
-      if (!(await this.#heartbeat())) throw new RelayIdInUseError(this.#relayId)
+      if (!(await this.#beat())) throw new RelayIdInUseError(this.#relayId)
     })
   }
 
@@ -169,10 +177,16 @@ export class PartitionLeases {
         this.forget(released)
         await this.#db.execute(this.#sql.release, [this.#relayId, tokens, this.#instance])
       } else if (this.#owned.size < share) {
-        const start = this.#clock.now()
-        const rows = await this.#db.query<{ partition_no: number; token: number }>(
-          this.#sql.claim,
-          [this.#relayId, start + this.#leaseMs, start, share - this.#owned.size, this.#instance],
+        // The new leases run from when the claim runs; another relay's lease counts as run out
+        // only if it had when the claim was asked for (its renewal may be queued behind ours).
+        const wanted = share - this.#owned.size
+        const rows = await measuredQuery<{ partition_no: number; token: number }>(
+          this.#db,
+          this.#clock,
+          (now, asked) => ({
+            sql: this.#sql.claim,
+            params: [this.#relayId, now + this.#leaseMs, asked, wanted, this.#instance],
+          }),
         )
         claimed = rows.map((r) => Number(r.partition_no))
         for (const row of rows) this.#owned.set(Number(row.partition_no), Number(row.token))
@@ -204,33 +218,61 @@ export class PartitionLeases {
     })
   }
 
-  // Renews the heartbeat; false if another live instance holds the id. The first time this
-  // instance gets the id, the tokens of partitions recorded for it are bumped: they were held
-  // by an earlier instance (crashed, or stalled past its heartbeat), whose writes must fail.
-  async #heartbeat(): Promise<boolean> {
-    const now = this.#clock.now()
-    const rows = await this.#db.query(this.#sql.heartbeat, [
+  // Renews the heartbeat in its own transaction; false if another live instance holds the id.
+  async #beat(): Promise<boolean> {
+    const held = await measuredOnceBegun(this.#db, this.#clock, (tx, now, asked) =>
+      this.#heartbeat(tx, now, asked, true),
+    )
+    this.#holdsId = held
+    return held
+  }
+
+  // Renews the heartbeat in `tx` to leaseMs from `now`, taking the id over from an instance
+  // whose heartbeat had run out by `asked`; false if another live instance holds the id. The
+  // first time this instance gets the id, the tokens of partitions recorded for it are bumped
+  // (with `last`, as the transaction's last statement): they were held by an earlier instance
+  // (crashed, or stalled past its heartbeat), whose writes must fail. The caller records that
+  // the id is held once the transaction has committed.
+  async #heartbeat(
+    tx: SqlTransaction,
+    now: number,
+    asked: number,
+    last: boolean,
+  ): Promise<boolean> {
+    const rows = await tx.query(this.#sql.heartbeat, [
       this.#relayId,
       this.#startedAt,
       now + this.#leaseMs,
       this.#instance,
-      now,
+      asked,
     ])
-    if (rows.length === 0) {
-      this.#holdsId = false
-      return false
-    }
+    if (rows.length === 0) return false
     if (!this.#holdsId) {
-      await this.#db.execute(this.#sql.fence, [this.#relayId])
-      this.#holdsId = true
+      const params = [this.#relayId]
+      await (last ? queryLast(tx, this.#sql.fence, params) : tx.execute(this.#sql.fence, params))
     }
     return true
   }
 
   async #renew(): Promise<number[]> {
-    const start = this.#clock.now()
-    const expires = start + this.#leaseMs
-    if (!(await this.#heartbeat())) {
+    // Heartbeat and leases in one transaction, so both run from when it has begun. On
+    // PostgreSQL it costs what the two statements did: BEGIN goes with the heartbeat and
+    // COMMIT with the renewal.
+    const renewal = await measuredOnceBegun(this.#db, this.#clock, async (tx, now, asked) => {
+      if (!(await this.#heartbeat(tx, now, asked, false))) return undefined
+      // Only the partitions held with the tokens this instance knows: one whose token moved on
+      // was taken over (by another relay, or by a new instance of this id fencing it while
+      // this renewal ran), and the new token is not this instance's to adopt.
+      const rows = await queryLast<{ partition_no: number; token: number }>(tx, this.#sql.renew, [
+        this.#relayId,
+        now + this.#leaseMs,
+        this.#instance,
+        this.tokens(),
+      ])
+      return { rows, asked }
+    })
+    this.#holdsId = renewal !== undefined
+    if (renewal === undefined) {
       // Another instance took the id over: everything held is lost to it, for good (this
       // instance can never take the id back while the other one lives), so the relay stops.
       const lost = this.partitions
@@ -239,23 +281,15 @@ export class PartitionLeases {
       this.#retired = new RelayIdInUseError(this.#relayId)
       throw new RelayIdInUseError(this.#relayId, lost)
     }
-    // Only the partitions held with the tokens this instance knows: one whose token moved on
-    // was taken over (by another relay, or by a new instance of this id fencing it while this
-    // renewal ran), and the new token is not this instance's to adopt.
-    const rows = await this.#db.query<{ partition_no: number; token: number }>(this.#sql.renew, [
-      this.#relayId,
-      expires,
-      this.#instance,
-      this.tokens(),
-    ])
     const fresh = new Map<number, number>()
-    for (const row of rows) fresh.set(Number(row.partition_no), Number(row.token))
+    for (const row of renewal.rows) fresh.set(Number(row.partition_no), Number(row.token))
     const lost: number[] = []
     for (const [partition, token] of this.#owned) {
       if (fresh.get(partition) !== token) lost.push(partition)
     }
     this.#owned = fresh
-    this.#validUntil = expires
+    // From before the wait: never later than the leases just written.
+    this.#validUntil = renewal.asked + this.#leaseMs
     return lost
   }
 

@@ -1,5 +1,6 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
+import { measuredOnceBegun } from '../stores/measured.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import type { SagaRow } from './state.js'
 
@@ -166,20 +167,6 @@ export function stringListParam(db: SqlExecutor, keys: readonly string[]): unkno
 }
 
 /**
- * Runs `fn` in a transaction, given the time read once it has begun: on both dialects the wait
- * for SQLite's one writer or for a PostgreSQL pool connection comes before that time, so a lease
- * measured from it runs from when its statement runs and the wait is not taken off it. (On
- * PostgreSQL BEGIN is pipelined with the first statement: it costs the COMMIT's round trip.)
- */
-function measuredOnceBegun<T>(
-  db: SqlDriver,
-  clock: Clock,
-  fn: (tx: SqlExecutor, now: number) => Promise<T>,
-): Promise<T> {
-  return db.transaction((tx) => fn(tx, storedTime(clock)))
-}
-
-/**
  * Claims up to `lease.ms`-long leases on up to `limit` runnable instances of the given
  * definitions. The new leases and what is due are measured from when the claim runs (after the
  * wait for the writer or a connection): measured before, a long wait wrote leases already over.
@@ -195,15 +182,14 @@ export function claimInstances(
   keys: unknown,
   limit: number,
 ): Promise<SagaRow[]> {
-  const asked = storedTime(lease.clock)
-  return measuredOnceBegun(db, lease.clock, (tx, now) =>
+  return measuredOnceBegun(db, lease.clock, (tx, now, asked) =>
     tx.query<SagaRow>(sagaStatements[db.dialect].claim, [
       owner,
       now + lease.ms,
       now,
       keys,
       limit,
-      Math.min(asked, now),
+      asked,
     ]),
   )
 }

@@ -1,13 +1,14 @@
 // Races between a stalled relay and a takeover of its relay id by another process, on real
-// PostgreSQL with two sessions. The old instance A renews its heartbeat (still its own), then
-// its renew statement takes its snapshot; meanwhile the new instance B takes the id (heartbeat)
-// and fences the partitions (token + 1), committing after A's snapshot but locking the
-// partition rows before A's update reaches them. A's check that it holds the id was read from
-// its snapshot (it still does, there), while its update follows the rows to B's new versions:
-// A must not come out holding B's tokens, with which its marks would be accepted alongside
-// B's. Likewise A's graceful stop must not free the partitions B claimed meanwhile. B's
-// statements run in one transaction here, which opens that window on purpose (A waits for B's
-// row locks) instead of hoping for a scheduler stall.
+// PostgreSQL with two sessions. The old instance A renews its heartbeat (still its own) and
+// then its partitions, in one transaction; meanwhile the new instance B takes the id
+// (heartbeat) and fences the partitions (token + 1). B's heartbeat waits for A's transaction
+// (A's heartbeat holds the id's row), so A's renewal completes with its own tokens first, and
+// A finds the id lost at its next renewal: A must never come out holding B's tokens, with which
+// its marks would be accepted alongside B's. Likewise A's graceful stop, whose check that it
+// holds the id reads a snapshot from before B's heartbeat while its update follows the rows to
+// B's new versions, must not free the partitions B claimed meanwhile. B's statements run in one
+// transaction here, which opens that window on purpose (A waits for B's row locks) instead of
+// hoping for a scheduler stall.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PartitionLeases } from '../../src/outbox/leases.js'
 import { outboxStatements } from '../../src/outbox/sql.js'
@@ -63,22 +64,33 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
     }, what)
   }
 
-  it('a renewal that waited for the takeover keeps none of the new tokens', async () => {
-    // A's driver runs `between` right after its heartbeat statement, once.
+  it('a takeover racing a renewal waits for it, and the renewal keeps none of the new tokens', async () => {
+    // A's driver runs `between` right after its heartbeat statement (inside the renewal's
+    // transaction), once.
     let between: (() => Promise<void>) | undefined
+    const afterHeartbeat = (tx: SqlTransaction): SqlTransaction =>
+      new Proxy(tx, {
+        get(target, prop) {
+          if (prop === 'query') {
+            return async (text: string, params?: readonly unknown[]) => {
+              const rows = await target.query(text, params)
+              if (text === sql.heartbeat && between !== undefined) {
+                const run = between
+                between = undefined
+                await run()
+              }
+              return rows
+            }
+          }
+          const value: unknown = Reflect.get(target, prop, target)
+          return typeof value === 'function' ? value.bind(target) : value
+        },
+      })
     const driverA: SqlDriver = {
       dialect: t.db.dialect,
-      async query(text, params) {
-        const rows = await t.db.query(text, params)
-        if (text === sql.heartbeat && between !== undefined) {
-          const run = between
-          between = undefined
-          await run()
-        }
-        return rows as never
-      },
+      query: (text, params) => t.db.query(text, params),
       execute: (text, params) => t.db.execute(text, params),
-      transaction: (fn) => t.db.transaction(fn),
+      transaction: (fn) => t.db.transaction((tx) => fn(afterHeartbeat(tx))),
       close: async () => {},
     }
     const clockA = new ManualClock(T0)
@@ -87,36 +99,31 @@ describe('partition leases on PostgreSQL: renewal racing a takeover of the relay
     await a.rebalance()
     expect(a.size).toBe(64)
 
-    // B, whose clock sees A's heartbeat long expired (A stalled), takes the id over and fences
-    // its partitions, holding its transaction open until A's renew waits on its row locks.
+    // B, whose clock sees A's heartbeat long expired (A stalled), sets out to take the id over
+    // and fence its partitions right after A's heartbeat: it waits for A's transaction.
     const nowB = T0 + 10 * leaseMs
-    const commitB = deferred()
     let takeover: Promise<void> | undefined
-    const tookOver = deferred()
     between = async () => {
-      takeover = sessionB.transaction(async (tx) => {
-        await takeOverAndFence(tx, 'raced-id', nowB)
-        tookOver.resolve()
-        await commitB.promise
-      })
-      await tookOver.promise
+      takeover = sessionB.transaction((tx) => takeOverAndFence(tx, 'raced-id', nowB))
+      await untilLockWait("B's takeover to wait for A's renewal")
     }
 
-    const renewed = a.renew().then(
-      (lost) => ({ lost }),
-      (error: unknown) => ({ error }),
-    )
-    // A's renew statement is blocked on B's uncommitted row locks: now B commits.
-    await untilLockWait("A's renew to wait for B's row locks")
-    commitB.resolve()
+    // A's renewal completes first, with the tokens A held.
+    const tokensOf = async (): Promise<Map<number, number>> => {
+      const rows = await watcher.query<{ partition_no: number; token: string | number }>(
+        `SELECT partition_no, token FROM breakwater_outbox_partitions WHERE owner = 'raced-id'`,
+      )
+      return new Map(rows.map((r) => [Number(r.partition_no), Number(r.token)]))
+    }
+    const tokensA = await tokensOf()
+    expect(await a.renew()).toEqual([])
+    expect(a.size).toBe(64)
     await takeover
-    await renewed
-
-    const current = await watcher.query<{ partition_no: number; token: string | number }>(
-      `SELECT partition_no, token FROM breakwater_outbox_partitions WHERE owner = 'raced-id'`,
-    )
-    expect(current).toHaveLength(64)
-    // A may report its partitions lost, or fail; it must not hold any of B's tokens.
+    // B's fence moved every token on: A's next renewal finds the id lost and keeps nothing.
+    const current = await tokensOf()
+    expect(current.size).toBe(64)
+    for (const [partition, token] of current) expect(token).toBe(tokensA.get(partition)! + 1)
+    await expect(a.renew()).rejects.toMatchObject({ code: 'RELAY_ID_IN_USE' })
     expect(a.partitions).toEqual([])
   })
   it("a graceful stop racing the takeover releases none of the new instance's partitions", async () => {

@@ -38,3 +38,16 @@ export async function holdOpenTransaction(
     },
   }
 }
+
+/**
+ * Runs `fn` while an empty transaction of `db` is held open, then commits it: statements sent
+ * meanwhile wait for SQLite's one writer, or for the connection of a PostgreSQL pool of size 1.
+ */
+export async function whileTransactionHeld(db: SqlDriver, fn: () => Promise<void>): Promise<void> {
+  const held = await holdOpenTransaction(db, async () => {})
+  try {
+    await fn()
+  } finally {
+    await held.commit()
+  }
+}
