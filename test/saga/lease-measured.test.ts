@@ -20,6 +20,7 @@ import {
 import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { gate } from '../support/gate.js'
+import { whileTransactionHeld } from '../support/held-transaction.js'
 import { until } from '../support/until.js'
 import { dbTargets, type TestDb } from './databases.js'
 
@@ -37,26 +38,6 @@ function pausableClock(manual: ManualClock): Clock & { pause(ms: number): void }
     pause: (ms) => {
       paused += ms
     },
-  }
-}
-
-/**
- * Runs `fn` while every write of `db` is held (SQLite's one writer, or the one connection of a
- * PostgreSQL pool of size 1), then lets the writes through.
- */
-async function whileWritesHeld(db: SqlDriver, fn: () => Promise<void>): Promise<void> {
-  const began = gate()
-  const release = gate()
-  const blocker = db.transaction(async () => {
-    began.open()
-    await release.promise
-  })
-  await began.promise
-  try {
-    await fn()
-  } finally {
-    release.open()
-    await blocker
   }
 }
 
@@ -151,7 +132,7 @@ describe.each(dbTargets)('leases measured when their statement runs, on $dialect
     const running = worker.run(saga, {}, { id })
     await committed.promise
     expect((await getSaga(t.db, id))!.leaseExpiresAt).toBe(leaseMs)
-    await whileWritesHeld(db, async () => {
+    await whileTransactionHeld(db, async () => {
       // The process was paused past its lease (no timer has fired yet on resuming): the next
       // step finds the lease over and renews it, and the renewal waits 700 ms for the database.
       clock.pause(1_500)
@@ -197,7 +178,7 @@ describe.each(dbTargets)('leases measured when their statement runs, on $dialect
     await act.reached
     let running: ReturnType<typeof worker.run> | undefined
     const id = `first-lease-${randomUUID()}`
-    await whileWritesHeld(db, async () => {
+    await whileTransactionHeld(db, async () => {
       // The other instance's write goes out and waits for the database; the new instance's
       // insert queues behind that flush, and 700 ms pass.
       act.release()
@@ -230,7 +211,7 @@ describe.each(dbTargets)('leases measured when their statement runs, on $dialect
     }
     const worker = leaseWorker(clock, [saga], 'C', faults)
     let polled: Promise<number> | undefined
-    await whileWritesHeld(db, async () => {
+    await whileTransactionHeld(db, async () => {
       // The claim waits for the database longer than a whole lease.
       polled = worker.poll()
       await turn()
@@ -258,7 +239,7 @@ describe.each(dbTargets)('leases measured when their statement runs, on $dialect
     const running = worker.run(saga, {}, { id })
     await hold.reached
     expect((await getSaga(t.db, id))!.leaseExpiresAt).toBe(leaseMs)
-    await whileWritesHeld(db, async () => {
+    await whileTransactionHeld(db, async () => {
       // The renewal timer fires at 999; its statement then waits 700 ms for the database.
       await clock.advance(renewIntervalMs)
       await turn()
