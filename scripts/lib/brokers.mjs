@@ -487,6 +487,26 @@ const rabbitLibBin = '/usr/lib/rabbitmq/bin'
  * handshake, because the listener opens only once the broker has booted.
  */
 export async function startRabbitMq(options = {}) {
+  // A boot can fail for a reason that a fresh try does not meet: the Erlang distribution of
+  // the boot's prelaunch node could not start ('nodistribution', seen under CI load), most
+  // likely a port freePort() found free but another process took before the node bound it.
+  // Each try gets new ports, a new node name and a new folder (the failed one is removed); a
+  // server that exits on every try is a real failure and its last error is thrown.
+  const attempts = 3
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startRabbitMqOnce(options)
+    } catch (error) {
+      const exited = error instanceof ServiceError && /exited during startup/.test(error.message)
+      if (!exited || attempt === attempts) throw error
+      process.stderr.write(
+        `rabbitmq-server exited during startup (try ${attempt} of ${attempts}); trying again on new ports\n`,
+      )
+    }
+  }
+}
+
+async function startRabbitMqOnce(options) {
   // /usr/sbin/rabbitmq-server would `su rabbitmq` and use /var/lib/rabbitmq; the script it
   // wraps runs as any user with the environment below.
   const preferredDirs = [rabbitLibBin]
