@@ -70,12 +70,5 @@ export async function readBodyWithinLease(
     chunks.push(value)
     size += value.byteLength
   }
-  if (chunks.length === 1) return chunks[0]!
-  const whole = new Uint8Array(size)
-  let offset = 0
-  for (const chunk of chunks) {
-    whole.set(chunk, offset)
-    offset += chunk.byteLength
-  }
-  return whole
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)
 }
