@@ -1,6 +1,6 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
-import { measuredOnceBegun } from '../stores/measured.js'
+import { measuredOnceBegun, measuredQuery, queryLast } from '../stores/measured.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import type { SagaRow } from './state.js'
 
@@ -182,16 +182,11 @@ export function claimInstances(
   keys: unknown,
   limit: number,
 ): Promise<SagaRow[]> {
-  return measuredOnceBegun(db, lease.clock, (tx, now, asked) =>
-    tx.query<SagaRow>(sagaStatements[db.dialect].claim, [
-      owner,
-      now + lease.ms,
-      now,
-      keys,
-      limit,
-      asked,
-    ]),
-  )
+  // One statement: on PostgreSQL it travels with BEGIN and COMMIT, one round trip.
+  return measuredQuery<SagaRow>(db, lease.clock, (now, asked) => ({
+    sql: sagaStatements[db.dialect].claim,
+    params: [owner, now + lease.ms, now, keys, limit, asked],
+  }))
 }
 
 /** What {@link renewLeases} found. */
@@ -224,11 +219,12 @@ export async function renewLeases(
   // transaction, another process) or for a pool connection is not taken off the leases.
   const { rows, leaseEnd } = await measuredOnceBegun(db, clock, async (tx, now) => {
     const leaseEnd = now + leaseMs
-    const rows = await tx.query<{
+    // The only statement: it commits with the transaction (one round trip on PostgreSQL).
+    const rows = await queryLast<{
       id: string
       lease_token: number
       renewed?: number | string
-    }>(sagaStatements[db.dialect].renew, [leaseEnd, owner, stringListParam(db, ids)])
+    }>(tx, sagaStatements[db.dialect].renew, [leaseEnd, owner, stringListParam(db, ids)])
     return { rows, leaseEnd }
   })
   const renewed = new Map<string, number>()

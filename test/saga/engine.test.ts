@@ -1151,10 +1151,16 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
                 new Proxy(tx, {
                   get(txTarget, txProp) {
                     const value: unknown = Reflect.get(txTarget, txProp, txTarget)
-                    if (txProp === 'query')
+                    // The claim is the transaction's one statement: sent with COMMIT
+                    // (finish) where the driver can.
+                    if ((txProp === 'query' || txProp === 'finish') && typeof value === 'function')
                       return (sql: string, params?: readonly unknown[]) => {
                         if (sql.includes('lease_token = lease_token + 1')) claim = true
-                        return txTarget.query(sql, params)
+                        return (value as (s: string, p?: readonly unknown[]) => unknown).call(
+                          txTarget,
+                          sql,
+                          params,
+                        )
                       }
                     return typeof value === 'function' ? value.bind(txTarget) : value
                   },
