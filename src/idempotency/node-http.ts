@@ -3,8 +3,9 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { CapturedRun } from './captured-run.js'
 import { attachContext } from './context-registry.js'
-import { computedString, type Idempotency } from './core.js'
+import { computedString, type Idempotency, type IdempotencyBegin } from './core.js'
 import {
+  answerInternalError,
   answerNodeRequest,
   BodyTooLargeError,
   disconnectSignal,
@@ -110,13 +111,24 @@ export function idempotentHandler(
       ? (error: unknown) => console.error(error)
       : checkFunction<(error: unknown) => void>('onError', options.onError)
 
+  // A failure before the handler ran (the body unreadable, the scope or the store failing):
+  // answered without running the handler, so over the earlier layers' headers, as a replay or a
+  // problem is. Once a handler ran, its headers describe a response that was not sent (below).
+  const failedBeforeHandler = (res: ServerResponse, error: unknown): void => {
+    answerInternalError(res)
+    onError(error)
+  }
+
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const signal = disconnectSignal(res)
     let body: Buffer
     try {
       body = await readNodeBody(req, maxBodyBytes)
     } catch (error) {
-      if (!(error instanceof BodyTooLargeError)) throw error
+      if (!(error instanceof BodyTooLargeError)) {
+        failedBeforeHandler(res, error)
+        return
+      }
       res.setHeader('connection', 'close')
       answerNodeRequest(
         res,
@@ -128,15 +140,21 @@ export function idempotentHandler(
       await handler(req, res, { body, idempotency: undefined })
       return
     }
-    const begun = await idempotency.begin(
-      nodeRequest(
-        req,
-        route(req),
-        body,
-        scope === undefined ? undefined : computedString('scope', await scope(req)),
-        signal,
-      ),
-    )
+    let begun: IdempotencyBegin
+    try {
+      begun = await idempotency.begin(
+        nodeRequest(
+          req,
+          route(req),
+          body,
+          scope === undefined ? undefined : computedString('scope', await scope(req)),
+          signal,
+        ),
+      )
+    } catch (error) {
+      failedBeforeHandler(res, error)
+      return
+    }
     if (begun.kind === 'respond') {
       answerNodeRequest(res, begun.response)
       return
@@ -153,6 +171,7 @@ export function idempotentHandler(
   }
 
   return (req, res) => {
+    // Left: a handler the wrapper passed a request to (not guarded, or bypassed) failing.
     serve(req, res).catch((error: unknown) => {
       writeInternalError(res)
       onError(error)

@@ -278,16 +278,26 @@ function hasBody(status: number): boolean {
   return status >= 200 && status !== 204 && status !== 304
 }
 
+function internalErrorProblem(): IdempotencyResponse {
+  return genericProblem(500, 'Internal Server Error', 'The request failed on the server')
+}
+
 /**
  * Writes a 500 problem unless something was already sent, with `earlier` as for
- * {@link writeNodeResponse}.
+ * {@link writeNodeResponse}: for a failure once the handler ran.
  */
 export function writeInternalError(res: ServerResponse, earlier?: OutgoingHttpHeaders): void {
-  writeNodeResponse(
-    res,
-    genericProblem(500, 'Internal Server Error', 'The request failed on the server'),
-    earlier,
-  )
+  writeNodeResponse(res, internalErrorProblem(), earlier)
+}
+
+/**
+ * Answers a 500 problem unless something was already sent, as {@link answerNodeRequest} does:
+ * for a failure before the handler ran (the store failing on the claim, a scope that throws).
+ * No handler set a header yet, so those on `res` are the earlier layers' (CORS, a request id)
+ * and go out with it, as with a replay or a 409.
+ */
+export function answerInternalError(res: ServerResponse): void {
+  answerNodeRequest(res, internalErrorProblem())
 }
 
 type WriteCallback = (error?: Error | null) => void

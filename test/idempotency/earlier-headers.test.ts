@@ -143,3 +143,22 @@ describe.each(targets.filter((t) => t.name !== 'fastify'))('$name adapter, 413',
     }
   })
 })
+
+describe.each(targets)('$name adapter, a store failing before the handler runs', (target) => {
+  it('keeps the headers of earlier layers on its 500', async () => {
+    const store = createMemoryIdempotencyStore()
+    // The claim fails (a database down): begin() rejects before the handler could run.
+    const failing = Object.assign(Object.create(store) as typeof store, {
+      claim: () => Promise.reject(new Error('store down')),
+    })
+    const idempotency = createIdempotency({ store: failing })
+    const listening = await listenServer(await target.start(idempotency))
+    try {
+      const reply = await send(`${listening.url}/charges`, { key: randomUUID(), body: '{"a":1}' })
+      expect(reply.status).toBe(500)
+      expect(reply.headers['access-control-allow-origin']).toBe(origin)
+    } finally {
+      await listening.close()
+    }
+  })
+})
