@@ -73,16 +73,19 @@ export class RebuildSupersededError extends BreakwaterError {
 /**
  * A projection rebuild's swap did not get through within `maxSwapRounds` rounds (code
  * `REBUILD_CONTENDED`): on PostgreSQL an inline projection's swap kept finding one of its live
- * tables held by appends, or the swap kept failing with a deadlock (40P01) or serialization
- * failure (40001), whichever used up the rounds (`cause` holds the last such failure). Nothing
- * was swapped in: queries keep reading the old tables, and the fresh ones stay until the next
- * rebuild drops them. Retryable: rebuild again when appends are calmer, or allow more rounds.
+ * tables held by appends, or a lock the swap waited for was not granted within
+ * `swapLockTimeoutMs` (a lock timeout, 55P03: another session held it; `waitedFor` says which
+ * lock), or the swap kept failing with a deadlock (40P01) or serialization failure (40001),
+ * whichever used up the rounds (`cause` holds the last such failure). Nothing was swapped in:
+ * queries keep reading the old tables, and the fresh ones stay until the next rebuild drops
+ * them. Retryable: rebuild again when appends are calmer (or the long transaction has ended),
+ * or allow more rounds or a longer `swapLockTimeoutMs`.
  *
  * @example
  * ```ts
  * try { await projector.rebuild() }
  * catch (error) {
- *   if (error instanceof RebuildContendedError) console.log(`gave up after ${error.rounds} rounds`)
+ *   if (error instanceof RebuildContendedError) console.log(`gave up after ${error.rounds} rounds`, error.waitedFor)
  * }
  * ```
  */
@@ -91,20 +94,37 @@ export class RebuildContendedError extends BreakwaterError {
   readonly projection: string
   /** The rounds the swap took (its `maxSwapRounds`). */
   readonly rounds: number
+  /**
+   * The lock whose wait ran out in the last round (`swapLockTimeoutMs`), as in `table "orders"
+   * (to rename it)`; undefined when the last round ended otherwise.
+   */
+  readonly waitedFor: string | undefined
 
-  /** @param cause The deadlock or serialization failure that ended the last round, if one did. */
-  constructor(projection: string, rounds: number, cause?: unknown) {
+  /**
+   * @param cause The deadlock, serialization failure or lock timeout that ended the last round,
+   *   if one did.
+   * @param lockWait What the last round waited for when its lock timeout ran out, and that timeout.
+   */
+  constructor(
+    projection: string,
+    rounds: number,
+    cause?: unknown,
+    lockWait?: { readonly waitedFor: string; readonly timeoutMs: number },
+  ) {
     super(
       'REBUILD_CONTENDED',
       `projection "${projection}": the rebuild's swap did not get through in ${rounds} rounds (maxSwapRounds)${
-        cause === undefined
-          ? ': a live table was held by another transaction every time'
-          : `: ${messageOf(cause)}`
+        lockWait !== undefined
+          ? `: the last waited swapLockTimeoutMs (${lockWait.timeoutMs} ms) for a lock on ${lockWait.waitedFor} and did not get it (another session held a conflicting lock: a long transaction on that table)`
+          : cause === undefined
+            ? ': a live table was held by another transaction every time'
+            : `: ${messageOf(cause)}`
       }; nothing was swapped in`,
       cause === undefined ? { retryable: true } : { cause, retryable: true },
     )
     this.projection = projection
     this.rounds = rounds
+    this.waitedFor = lockWait?.waitedFor
   }
 }
 

@@ -56,12 +56,26 @@ export interface ProjectorOptions {
    * (nothing swapped in). Each try of the swap transaction is a round, and so is each further
    * lock round of an inline projection's swap on PostgreSQL (it waits for one live table, takes
    * the others `NOWAIT` and gives them back when one is busy; each such round follows an
-   * append's commit). A try that fails with a deadlock (40P01) or serialization failure (40001)
-   * is tried again while rounds are left. Without a bound, a stream of appends that always
-   * holds one of the tables would keep the rebuild going round for ever.
+   * append's commit, or a lock wait that ran out: see `swapLockTimeoutMs`). A try that fails
+   * with a deadlock (40P01), serialization failure (40001) or lock timeout (55P03) is tried
+   * again while rounds are left. Without a bound, a stream of appends that always holds one of
+   * the tables would keep the rebuild going round for ever.
    * @default 100
    */
   readonly maxSwapRounds?: number
+  /**
+   * On PostgreSQL, the longest a rebuild's swap waits for any one lock (its `lock_timeout`):
+   * the checkpoint row, an inline projection's live table, the rename of a table (which waits
+   * for every transaction that has read it). A wait that runs out ends its round (a lock round
+   * of an inline swap, or the whole try of the swap, rolled back) and the swap goes round again
+   * within `maxSwapRounds`; when none are left it fails with `RebuildContendedError` naming
+   * the lock. Without it, one long transaction on a live table would hold the rebuild for ever,
+   * and with it every query queued behind the swap's rename. Above PostgreSQL's default
+   * `deadlock_timeout` (1 s), so a deadlock is still reported as one. Not used on SQLite, whose
+   * swap only waits for the write lock (bounded by the driver's `busyTimeoutMs`).
+   * @default 2000
+   */
+  readonly swapLockTimeoutMs?: number
   /**
    * Time source for polling, retries, lag and `waitFor`.
    * @default systemClock
@@ -199,6 +213,7 @@ class SqlProjector implements Projector {
   readonly #retryBaseMs: number
   readonly #retryMaxMs: number
   readonly #maxSwapRounds: number
+  readonly #swapLockTimeoutMs: number
   readonly #onError: (error: unknown) => void
   readonly #waker: LogWaker
   #ready: Promise<void> | undefined
@@ -240,6 +255,13 @@ class SqlProjector implements Projector {
       this.#retryBaseMs,
     )
     this.#maxSwapRounds = checkInteger('maxSwapRounds', options.maxSwapRounds ?? 100, 1)
+    // PostgreSQL's lock_timeout is a 32-bit int of ms.
+    this.#swapLockTimeoutMs = checkInteger(
+      'swapLockTimeoutMs',
+      options.swapLockTimeoutMs ?? 2000,
+      1,
+      2_147_483_647,
+    )
     this.#onError =
       options.onError === undefined
         ? () => {}
@@ -542,18 +564,26 @@ class SqlProjector implements Projector {
 
     // 3. Swap: stop the live side, apply what was appended meanwhile, rename, commit. A try
     // that fails with a deadlock or serialization failure (whatever else the application runs
-    // beside it) rolled back as a whole: it is tried again from the fill's end, within the
-    // rounds the lock rounds also count against.
-    const rounds: SwapRounds = { used: 0, max: this.#maxSwapRounds, projection: this.name }
+    // beside it), or whose wait for a lock ran out (swapLockTimeoutMs), rolled back as a whole:
+    // it is tried again from the fill's end, within the rounds the lock rounds also count
+    // against.
+    const rounds: SwapRounds = {
+      used: 0,
+      max: this.#maxSwapRounds,
+      projection: this.name,
+      lockTimeoutMs: this.#swapLockTimeoutMs,
+      waiting: undefined,
+    }
     let swapped: { readonly position: number; readonly events: number }
     for (;;) {
       rounds.used++
+      rounds.waiting = undefined
       try {
         swapped = await this.#swap(generation, batchSize, rounds, position)
         break
       } catch (error) {
-        if (sqlErrorKind(error) !== 'serialization-failure') throw error
-        if (rounds.used >= rounds.max) throw new RebuildContendedError(this.name, rounds.max, error)
+        if (sqlErrorKind(error) !== 'serialization-failure' && !isLockTimeout(error)) throw error
+        if (rounds.used >= rounds.max) throw contended(rounds, error)
       }
     }
     const final = swapped.position
@@ -577,9 +607,16 @@ class SqlProjector implements Projector {
     const store = this.#store
     const projection = this.#projection
     return store.db.transaction(async (tx) => {
-      if (!ownsRebuild(await this.#lockRow(tx), generation)) {
-        throw new RebuildSupersededError(this.name)
-      }
+      const postgres = tx.dialect === 'postgres'
+      // Every lock this transaction waits for is bounded (PostgreSQL), the rename's above all:
+      // queued for ACCESS EXCLUSIVE behind a long reader, it would hold the rebuild for ever
+      // and every query of the table queued behind it. A wait that runs out (55P03) ends the
+      // round; SQLite's swap waits only for the write lock, which the driver bounds already.
+      if (postgres) await tx.execute(`SET LOCAL lock_timeout = ${rounds.lockTimeoutMs}`)
+      rounds.waiting = `the checkpoint row of projection "${this.name}"`
+      const row = await this.#lockRow(tx)
+      rounds.waiting = undefined
+      if (!ownsRebuild(row, generation)) throw new RebuildSupersededError(this.name)
       let read = (from: number) =>
         store.readAllOfTypes({ fromPosition: from, limit: batchSize, tx }, this.#wants)
       // A table added to the projection since it was registered has no live copy yet: the
@@ -588,7 +625,7 @@ class SqlProjector implements Projector {
       for (const table of Object.keys(projection.tables)) {
         if (await tableExists(tx, table)) live.push(table)
       }
-      if (this.inline && tx.dialect === 'postgres' && live.length > 0) {
+      if (this.inline && postgres && live.length > 0) {
         // Appends write an inline projection's live tables in their own transactions. Once
         // this lock is granted, every transaction that wrote them has committed, and the
         // appends still in flight will write the swapped-in tables (their statements resolve
@@ -615,8 +652,15 @@ class SqlProjector implements Projector {
       }
       for (const table of Object.keys(projection.tables)) {
         const old = `${table}__old`
-        if (live.includes(table)) await tx.execute(`ALTER TABLE ${table} RENAME TO ${old}`)
-        await tx.execute(`ALTER TABLE ${physicalTable(table, generation)} RENAME TO ${table}`)
+        const fresh = physicalTable(table, generation)
+        // A rename waits for every transaction that has used the table, readers included.
+        if (live.includes(table)) {
+          rounds.waiting = `table "${table}" (to rename it away)`
+          await tx.execute(`ALTER TABLE ${table} RENAME TO ${old}`)
+        }
+        rounds.waiting = `table "${fresh}" (to rename it into place)`
+        await tx.execute(`ALTER TABLE ${fresh} RENAME TO ${table}`)
+        rounds.waiting = undefined
         if (live.includes(table)) await tx.execute(`DROP TABLE ${old}`)
       }
       await tx.execute(store.statements.finishRebuild, [
@@ -641,6 +685,24 @@ interface SwapRounds {
   used: number
   readonly max: number
   readonly projection: string
+  /** The swap's lock_timeout (swapLockTimeoutMs). */
+  readonly lockTimeoutMs: number
+  /** The lock the swap is waiting for (or failed to get) now, for the error that names it. */
+  waiting: string | undefined
+}
+
+/** Whether a statement failed because its lock wait ran out (lock_timeout, 55P03). */
+function isLockTimeout(error: unknown): boolean {
+  return (error as { code?: unknown } | null)?.code === '55P03'
+}
+
+/** The error for a swap out of rounds; `cause` ended the last one (if a failure did). */
+function contended(rounds: SwapRounds, cause?: unknown): RebuildContendedError {
+  const lockWait =
+    isLockTimeout(cause) && rounds.waiting !== undefined
+      ? { waitedFor: rounds.waiting, timeoutMs: rounds.lockTimeoutMs }
+      : undefined
+  return new RebuildContendedError(rounds.projection, rounds.max, cause, lockWait)
 }
 
 /**
@@ -655,7 +717,9 @@ interface SwapRounds {
  * after the first waits for a transaction that held a table to end: rounds follow the
  * appends' commits, they do not spin. Appends that always hold one of the tables could still
  * keep it going round for ever: each round after the first counts against `rounds`, and a
- * busy table found with none left fails the swap with {@link RebuildContendedError}.
+ * busy table found with none left fails the swap with {@link RebuildContendedError}. The
+ * waiting lock is bounded by the transaction's lock_timeout: a wait that runs out (a long
+ * transaction holds the table, not an append) is a round too, given back and waited for again.
  */
 async function lockAll(
   tx: SqlExecutor,
@@ -666,7 +730,17 @@ async function lockAll(
   let first = 0
   for (;;) {
     await tx.execute('SAVEPOINT breakwater_swap_locks')
-    await tx.execute(`LOCK TABLE ${order[first]} IN EXCLUSIVE MODE`)
+    rounds.waiting = `table "${order[first]}" (to lock it IN EXCLUSIVE MODE)`
+    try {
+      await tx.execute(`LOCK TABLE ${order[first]} IN EXCLUSIVE MODE`)
+    } catch (error) {
+      if (!isLockTimeout(error)) throw error
+      if (rounds.used >= rounds.max) throw contended(rounds, error)
+      rounds.used++
+      await tx.execute('ROLLBACK TO SAVEPOINT breakwater_swap_locks')
+      continue
+    }
+    rounds.waiting = undefined
     let busy: number | undefined
     for (let i = 0; i < order.length && busy === undefined; i++) {
       if (i === first) continue
@@ -682,7 +756,7 @@ async function lockAll(
       await tx.execute('RELEASE SAVEPOINT breakwater_swap_locks')
       return
     }
-    if (rounds.used >= rounds.max) throw new RebuildContendedError(rounds.projection, rounds.max)
+    if (rounds.used >= rounds.max) throw contended(rounds)
     rounds.used++
     await tx.execute('ROLLBACK TO SAVEPOINT breakwater_swap_locks')
     first = busy

@@ -2,8 +2,11 @@
 // for, the others taken NOWAIT and given back when one is busy) are bounded by maxSwapRounds,
 // after which the rebuild fails with REBUILD_CONTENDED instead of going round for ever; and a
 // deadlock (40P01) or serialization failure (40001) from another cause during the swap makes
-// it try the swap again, within the same bound. Interleavings are forced with gates and by
-// watching pg_locks, never with sleeps.
+// it try the swap again, within the same bound; and every lock the swap waits for is bounded by
+// swapLockTimeoutMs, a lock timeout (55P03) being a round like the others, so a session that
+// holds a live table open (a writer, or a reader the rename must wait for) cannot hold the
+// rebuild for ever. Interleavings are forced with gates and by watching pg_locks and
+// pg_stat_activity; the only time that passes is the (tiny) lock timeout itself.
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -11,10 +14,11 @@ import {
   createProjector,
   defineProjection,
   type EventStore,
+  type Projector,
 } from '../../src/cqrs/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
 import { type Gate, gate } from '../support/gate.js'
-import { holdOpenTransaction } from '../support/held-transaction.js'
+import { type HeldTransaction, holdOpenTransaction } from '../support/held-transaction.js'
 import { until } from '../support/until.js'
 import { dbTargets, type TestDb } from './databases.js'
 
@@ -22,19 +26,24 @@ const postgres = dbTargets.find((target) => target.dialect === 'postgres')!
 
 type Event = { type: string; data: { fail?: boolean } }
 
+/** A projection of two tables, `a` and `b`, that writes both per event of type `type`. */
+function twoTables(name: string, type: string, a: string, b: string) {
+  return defineProjection<Event>({
+    name,
+    eventTypes: [type],
+    tables: {
+      [a]: (table) => [`CREATE TABLE ${table} (id TEXT PRIMARY KEY)`],
+      [b]: (table) => [`CREATE TABLE ${table} (id TEXT PRIMARY KEY)`],
+    },
+    async apply(event, { tx, table }) {
+      await tx.execute(`INSERT INTO ${table(a)} VALUES ($1)`, [event.id])
+      await tx.execute(`INSERT INTO ${table(b)} VALUES ($1)`, [event.id])
+    },
+  })
+}
+
 // Two tables: the swap's lock rounds alternate between them.
-const rounds = defineProjection<Event>({
-  name: 'swap-rounds',
-  eventTypes: ['r-hit'],
-  tables: {
-    sr_a: (name) => [`CREATE TABLE ${name} (id TEXT PRIMARY KEY)`],
-    sr_b: (name) => [`CREATE TABLE ${name} (id TEXT PRIMARY KEY)`],
-  },
-  async apply(event, { tx, table }) {
-    await tx.execute(`INSERT INTO ${table('sr_a')} VALUES ($1)`, [event.id])
-    await tx.execute(`INSERT INTO ${table('sr_b')} VALUES ($1)`, [event.id])
-  },
-})
+const rounds = twoTables('swap-rounds', 'r-hit', 'sr_a', 'sr_b')
 
 // Holds a rebuild's fill at its first event (reporting the fresh table's name) while set.
 let fillGate: { reached: (fresh: string) => void; go: Promise<void> } | undefined
@@ -87,6 +96,21 @@ function serializing(prefix: string) {
 const retried = serializing('sx')
 const bounded = serializing('sb')
 
+// An inline projection whose swap waits for st_a (the first of its sorted tables) and takes
+// st_b NOWAIT.
+const timed = twoTables('swap-timeout', 't-hit', 'st_a', 'st_b')
+
+// An async projection: its swap takes no table lock before renaming, and the rename waits for
+// every reader of the live table.
+const timedAsync = defineProjection<Event>({
+  name: 'swap-timeout-async',
+  eventTypes: ['ta-hit'],
+  tables: { sta_a: (name) => [`CREATE TABLE ${name} (id TEXT PRIMARY KEY)`] },
+  async apply(event, { tx, table }) {
+    await tx.execute(`INSERT INTO ${table('sta_a')} VALUES ($1)`, [event.id])
+  },
+})
+
 let t: TestDb
 let store: EventStore
 let watcher: SqlDriver
@@ -94,7 +118,7 @@ let watcher: SqlDriver
 beforeAll(async () => {
   t = await postgres.open('cqrs_rebuild_swap_bound')
   store = createEventStore(t.db, {
-    inlineProjections: [rounds, deadlocking, retried.projection, bounded.projection],
+    inlineProjections: [rounds, deadlocking, retried.projection, bounded.projection, timed],
   })
   watcher = await t.connect({ postgres: { maxConnections: 1 } })
 })
@@ -257,5 +281,160 @@ describe('maxSwapRounds', () => {
     expect(bounded.state.swapApplies).toBe(9)
     // The live table, written by the appends, is untouched.
     expect(await count('sb_a')).toBe(4)
+  })
+})
+
+/** The ids in a table, sorted. */
+async function ids(table: string): Promise<string[]> {
+  const rows = await t.db.query<{ id: string }>(`SELECT id FROM ${table} ORDER BY id`)
+  return rows.map((row) => row.id)
+}
+
+/** When the statement that waits for a lock on `table` began (undefined: none waits). */
+async function waitSince(table: string): Promise<string | undefined> {
+  const rows = await watcher.query<{ since: string }>(
+    `SELECT a.query_start::text AS since FROM pg_locks l
+     JOIN pg_class c ON c.oid = l.relation JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE NOT l.granted AND c.relname = $1`,
+    [table],
+  )
+  return rows[0]?.since
+}
+
+/**
+ * Rebuilds while `held` holds a lock, then ends `held`; settles with what the rebuild settles
+ * with, or with 'hung' when it has not within 5 s (a guard that only runs out when the swap
+ * waits without a bound: the broken case).
+ */
+async function rebuildWhileHeld(projector: Projector, held: HeldTransaction): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined
+  const hung = new Promise<string>((resolve) => {
+    timer = setTimeout(() => resolve('hung'), 5000)
+  })
+  try {
+    return await Promise.race([
+      projector.rebuild().then(
+        (result) => result,
+        (error: unknown) => error,
+      ),
+      hung,
+    ])
+  } finally {
+    clearTimeout(timer)
+    await held.commit()
+  }
+}
+
+describe('swapLockTimeoutMs', () => {
+  it('is validated at construction', () => {
+    for (const bad of [0, -1, 1.5, Number.NaN, '50', 2 ** 31]) {
+      expect(() => createProjector(store, timed, { swapLockTimeoutMs: bad as number })).toThrow(
+        expect.objectContaining({ code: 'INVALID_OPTION', option: 'swapLockTimeoutMs' }),
+      )
+    }
+    expect(createProjector(store, timed, { swapLockTimeoutMs: 1 }).name).toBe('swap-timeout')
+    expect(createProjector(store, timed, { swapLockTimeoutMs: 2 ** 31 - 1 }).name).toBe(
+      'swap-timeout',
+    )
+  })
+
+  it('bounds the waiting lock round of an inline swap: REBUILD_CONTENDED once the rounds are used, the old tables kept', async () => {
+    await store.append('t', [{ type: 't-hit', data: {} }])
+    // Rows no rebuild writes: the old read model, to be found whole after the failed swap.
+    await t.db.execute("INSERT INTO st_a VALUES ('old')")
+    await t.db.execute("INSERT INTO st_b VALUES ('old')")
+    const before = { a: await ids('st_a'), b: await ids('st_b') }
+    const projector = createProjector(store, timed, { swapLockTimeoutMs: 50, maxSwapRounds: 3 })
+    // A long transaction that wrote st_a (an append that never ends, or a batch job).
+    const holder = await holdOpenTransaction(t.db, (tx) =>
+      tx.execute('LOCK TABLE st_a IN ROW EXCLUSIVE MODE'),
+    )
+    const outcome = await rebuildWhileHeld(projector, holder)
+    expect(outcome).toMatchObject({
+      code: 'REBUILD_CONTENDED',
+      retryable: true,
+      projection: 'swap-timeout',
+      rounds: 3,
+      cause: expect.objectContaining({ code: '55P03' }),
+      waitedFor: 'table "st_a" (to lock it IN EXCLUSIVE MODE)',
+    })
+    const message = (outcome as Error).message
+    expect(message).toContain('swapLockTimeoutMs')
+    expect(message).toContain('st_a')
+    // Nothing swapped in, nothing half-swapped: both live tables serve the old model.
+    expect({ a: await ids('st_a'), b: await ids('st_b') }).toEqual(before)
+    expect(await ids('st_a')).toContain('old')
+    for (const table of ['st_a__old', 'st_b__old']) {
+      const rows = await t.db.query('SELECT 1 WHERE to_regclass($1) IS NOT NULL', [table])
+      expect(rows).toEqual([])
+    }
+    // Once the table is free, a rebuild goes through (and drops the stale rows).
+    await expect(projector.rebuild()).resolves.toMatchObject({ events: expect.any(Number) })
+    expect(await ids('st_a')).not.toContain('old')
+    expect(await ids('st_b')).toEqual(await ids('st_a'))
+  })
+
+  it('bounds the rename a long reader holds off (async projection): REBUILD_CONTENDED naming the table, the old table kept', async () => {
+    await store.append('ta', [{ type: 'ta-hit', data: {} }])
+    const projector = createProjector(store, timedAsync, {
+      swapLockTimeoutMs: 50,
+      maxSwapRounds: 2,
+    })
+    await projector.catchUp()
+    await t.db.execute("INSERT INTO sta_a VALUES ('old')")
+    const before = await ids('sta_a')
+    // A long read-only transaction on the live table (a report, a pg_dump).
+    const reader = await holdOpenTransaction(t.db, (tx) => tx.query('SELECT * FROM sta_a'))
+    const outcome = await rebuildWhileHeld(projector, reader)
+    expect(outcome).toMatchObject({
+      code: 'REBUILD_CONTENDED',
+      projection: 'swap-timeout-async',
+      rounds: 2,
+      cause: expect.objectContaining({ code: '55P03' }),
+      waitedFor: 'table "sta_a" (to rename it away)',
+    })
+    expect((outcome as Error).message).toContain('sta_a')
+    expect(await ids('sta_a')).toEqual(before)
+    await expect(projector.rebuild()).resolves.toMatchObject({ events: expect.any(Number) })
+    expect(await ids('sta_a')).not.toContain('old')
+  })
+
+  it('tries a timed-out round again within maxSwapRounds, and swaps once the lock is free', async () => {
+    await t.db.execute("INSERT INTO st_a VALUES ('stale')")
+    const projector = createProjector(store, timed, { swapLockTimeoutMs: 50, maxSwapRounds: 1000 })
+    const holder = await holdOpenTransaction(t.db, (tx) =>
+      tx.execute('LOCK TABLE st_a IN ROW EXCLUSIVE MODE'),
+    )
+    const rebuild = projector.rebuild().then(
+      (result) => result,
+      (error: unknown) => error,
+    )
+    try {
+      // One wait for st_a, then another (a later statement): the first timed out and the swap
+      // went round again instead of failing or hanging.
+      let first: string | undefined
+      await until(
+        async () => {
+          first = await waitSince('st_a')
+          return first !== undefined
+        },
+        'the swap to wait for st_a',
+        5000,
+      )
+      await until(
+        async () => {
+          const since = await waitSince('st_a')
+          return since !== undefined && since !== first
+        },
+        'a second round waiting for st_a',
+        5000,
+      )
+    } finally {
+      await holder.commit()
+    }
+    const logged = await count('breakwater_events')
+    expect(await rebuild).toEqual({ position: logged, events: logged })
+    expect(await ids('st_a')).not.toContain('stale')
+    expect(await ids('st_b')).toEqual(await ids('st_a'))
   })
 })
