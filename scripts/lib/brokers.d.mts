@@ -21,6 +21,8 @@ export interface BrokerState {
   /** RabbitMQ only: its private epmd's process id and port. */
   readonly epmdPid?: number
   readonly epmdPort?: number
+  /** Redis started with `tls` only: the rediss:// URL of its TLS port. */
+  readonly tlsUrl?: string
 }
 
 /** A running broker server. */
@@ -67,7 +69,16 @@ export interface StartNatsOptions extends StartBrokerOptions {
 }
 
 export declare function startNats(options?: StartNatsOptions): Promise<StartedBroker>
-export declare function startRedis(options?: StartBrokerOptions): Promise<StartedBroker>
+/** Options for {@link startRedis}. */
+export interface StartRedisOptions extends StartBrokerOptions {
+  /**
+   * Also listen with TLS on a second port, presenting this certificate and key (PEM files); no
+   * client certificate is asked. Its URL is `tlsUrl`.
+   */
+  readonly tls?: { readonly certFile: string; readonly keyFile: string }
+}
+
+export declare function startRedis(options?: StartRedisOptions): Promise<StartedBroker>
 export declare function startRabbitMq(options?: StartBrokerOptions): Promise<StartedBroker>
 export declare function startBroker(
   name: BrokerName,

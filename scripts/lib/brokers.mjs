@@ -444,11 +444,22 @@ export async function startNats(options = {}) {
  * Starts `redis-server` on a free loopback port: AOF on with `appendfsync always` (a reply means
  * the write reached the disk), no RDB snapshots, no config file (so Debian's
  * /etc/redis/redis.conf is never read), every file inside a temp folder.
+ * `options.tls` (`{ certFile, keyFile }`, PEM files) adds a TLS port presenting that
+ * certificate (no client certificate asked), whose URL is `tlsUrl`; the plain port stays (it
+ * is how readiness is probed).
  */
 export async function startRedis(options = {}) {
+  const tls = options.tls
+  if (
+    tls !== undefined &&
+    (typeof tls?.certFile !== 'string' || typeof tls?.keyFile !== 'string')
+  ) {
+    throw new ServiceError('startRedis: options.tls must be { certFile, keyFile }')
+  }
   const bin = ensureBinary('redis-server', 'redis-server', options)
   const root = tempRoot('redis', options)
   const port = await freePort()
+  const tlsPort = tls === undefined ? undefined : await freePort()
   const logFile = join(root, 'server.log')
   const args = [
     ['--port', String(port)],
@@ -459,6 +470,14 @@ export async function startRedis(options = {}) {
     ['--save', ''],
     ['--daemonize', 'no'],
     ['--logfile', ''],
+    tls === undefined
+      ? []
+      : [
+          ['--tls-port', String(tlsPort)],
+          ['--tls-cert-file', tls.certFile],
+          ['--tls-key-file', tls.keyFile],
+          ['--tls-auth-clients', 'no'],
+        ].flat(),
   ].flat()
   // PING answers -LOADING while the AOF is replayed after a restart: wait for +PONG.
   const ready = () =>
@@ -471,7 +490,9 @@ export async function startRedis(options = {}) {
     return readyOrKill(child, ready, 'redis-server', logFile, options.timeoutMs ?? 20_000)
   }
   const url = `redis://${LOOPBACK}:${port}`
-  return supervise({ service: 'redis', url, port, root, bin }, spawnServer, options)
+  const fields = { service: 'redis', url, port, root, bin }
+  if (tls !== undefined) fields.tlsUrl = `rediss://${LOOPBACK}:${tlsPort}`
+  return supervise(fields, spawnServer, options)
 }
 
 // ---------------------------------------------------------------------------------------------

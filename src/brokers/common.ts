@@ -6,6 +6,7 @@ import { userinfoSpan } from '../core/userinfo.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { type Delivery, KeyedDispatcher } from './dispatcher.js'
 import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
+import { type BrokerTlsOptions, type ResolvedTlsOptions, resolveTlsOptions } from './tls.js'
 import type { Broker, IncomingMessage, OutgoingMessage, Publisher, Subscriber } from './types.js'
 
 /**
@@ -92,6 +93,11 @@ export interface BrokerCommonOptions {
    * lost connections. @default ignore them
    */
   readonly onError?: (event: SubscriberErrorEvent) => void
+  /**
+   * TLS settings (the CA to trust) for a URL that uses TLS (`rediss://`, `amqps://`, NATS
+   * `tls://` or `nats://`); refused with a URL that does not. @default Node's TLS defaults
+   */
+  readonly tls?: BrokerTlsOptions
 }
 
 /** {@link BrokerCommonOptions} with defaults applied and values checked. */
@@ -108,13 +114,18 @@ export interface ResolvedCommonOptions {
   readonly reconnectDelayMs: number
   readonly maxReconnectDelayMs: number
   readonly onError: (event: SubscriberErrorEvent) => void
+  readonly tls: ResolvedTlsOptions | undefined
 }
 
-/** Checks the shared options once, at construction; `schemes` are the accepted URL protocols. */
+/**
+ * Checks the shared options once, at construction; `schemes` are the accepted URL protocols,
+ * `tlsSchemes` those of them `tls` settings apply to.
+ */
 export function resolveCommonOptions(
   prefix: string,
   options: BrokerCommonOptions,
   schemes: readonly string[],
+  tlsSchemes: readonly string[],
 ): ResolvedCommonOptions {
   checkObject(prefix, options)
   const url = parseBrokerUrl(`${prefix}.url`, options.url, schemes)
@@ -159,6 +170,7 @@ export function resolveCommonOptions(
               options.onError,
             ),
           ),
+    tls: resolveTlsOptions(prefix, options.tls, url, tlsSchemes),
   }
 }
 

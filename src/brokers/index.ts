@@ -14,6 +14,7 @@ export type { RabbitMqBrokerOptions } from './rabbitmq.js'
 export { createRabbitMqBroker } from './rabbitmq.js'
 export type { RedisBrokerOptions } from './redis.js'
 export { createRedisBroker } from './redis.js'
+export type { BrokerTlsOptions, Pem } from './tls.js'
 export type {
   Broker,
   IncomingMessage,

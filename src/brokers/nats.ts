@@ -61,6 +61,10 @@ export interface NatsStreamSpec {
  * Topics are NATS subjects. By default each topic gets its own file-backed stream (named after
  * the topic, see `safeName`), created on first use; `stream` puts every topic in one stream.
  * Each consumer group is a durable pull consumer on that stream.
+ *
+ * TLS: a `nats://` URL uses TLS when the server requires it; a `tls://` URL, or any `tls`
+ * option (such as the CA to trust), requires it, so a server without TLS fails with
+ * `BROKER_MISCONFIGURED` instead of carrying the connection in plain text.
  */
 export interface NatsBrokerOptions extends BrokerCommonOptions {
   /**
@@ -149,13 +153,13 @@ export function createNatsBroker(options: NatsBrokerOptions): Broker {
 }
 
 function resolveNatsOptions(options: NatsBrokerOptions): ResolvedNatsOptions {
-  const common = resolveCommonOptions('nats', options, ['nats:'])
+  const common = resolveCommonOptions('nats', options, ['nats:', 'tls:'], ['nats:', 'tls:'])
   // connectNats sends user:password, or a lone user name as a token; a password without a
   // user name fits neither and would be dropped, failing later as an authorization error.
   if (common.url.password !== '' && common.url.username === '') {
     throw new InvalidOptionError(
       'nats.url',
-      'a nats:// URL with user:password@ or token@ credentials (a password needs a user name)',
+      'a nats:// or tls:// URL with user:password@ or token@ credentials (a password needs a user name)',
       redactUrl(options.url),
     )
   }
@@ -234,6 +238,13 @@ async function connectNats(options: ResolvedNatsOptions): Promise<NatsConnection
     reconnect: false,
     timeout: options.connectTimeoutMs,
     noAsyncTraces: true,
+  }
+  // Any tls setting makes the driver require TLS (SERVER_OPT_NA "tls" from a server without
+  // it); without one it still upgrades when the server requires TLS, as on nats://.
+  if (url.protocol === 'tls:' || options.tls !== undefined) {
+    // The driver's type takes one PEM string; a bundle of several certificates is one.
+    const ca = options.tls?.ca
+    connectOptions.tls = ca === undefined ? {} : { ca: ca.map(String).join('\n') }
   }
   if (url.username !== '' && url.password !== '') {
     connectOptions.user = decodeURIComponent(url.username)

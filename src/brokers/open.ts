@@ -24,7 +24,7 @@ export interface OpenBrokerOptions {
   readonly clock?: Clock
   /** Receives subscriber errors of whichever adapter the URL selects. @default ignore them */
   readonly onError?: (event: SubscriberErrorEvent) => void
-  /** Settings used when the URL is `nats://`. @default {} */
+  /** Settings used when the URL is `nats://` or `tls://`. @default {} */
   readonly nats?: Omit<NatsBrokerOptions, 'url'>
   /** Settings used when the URL is `amqp://` or `amqps://`. @default {} */
   readonly rabbitmq?: Omit<RabbitMqBrokerOptions, 'url'>
@@ -33,7 +33,7 @@ export interface OpenBrokerOptions {
 }
 
 /**
- * Opens the broker a URL names: `nats://` (NATS JetStream), `amqp://` or `amqps://`
+ * Opens the broker a URL names: `nats://` or `tls://` (NATS JetStream), `amqp://` or `amqps://`
  * (RabbitMQ), `redis://` or `rediss://` (Redis Streams). Nothing connects until the first
  * publish or subscribe. An unknown scheme throws {@link InvalidOptionError} naming the URL
  * with its credentials hidden.
@@ -71,6 +71,7 @@ export function openBroker(url: string, options: OpenBrokerOptions = {}): Broker
   }
   switch (scheme?.toLowerCase()) {
     case 'nats':
+    case 'tls':
       return createNatsBroker({ ...shared, ...options.nats, url })
     case 'amqp':
     case 'amqps':
@@ -81,7 +82,7 @@ export function openBroker(url: string, options: OpenBrokerOptions = {}): Broker
     default:
       throw new InvalidOptionError(
         'url',
-        'a nats://, amqp://, amqps://, redis:// or rediss:// URL',
+        'a nats://, tls://, amqp://, amqps://, redis:// or rediss:// URL',
         typeof url === 'string' ? redactUrl(url) : url,
       )
   }

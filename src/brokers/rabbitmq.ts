@@ -126,7 +126,7 @@ export function createRabbitMqBroker(options: RabbitMqBrokerOptions): Broker {
 }
 
 function resolveRabbitOptions(options: RabbitMqBrokerOptions): ResolvedRabbitOptions {
-  const common = resolveCommonOptions('rabbitmq', options, ['amqp:', 'amqps:'])
+  const common = resolveCommonOptions('rabbitmq', options, ['amqp:', 'amqps:'], ['amqps:'])
   const exchange = options.exchange ?? 'breakwater'
   // At most 255 bytes (an AMQP short string): a longer one would fail every publish with
   // amqplib's TypeError, which reads as a rejected message rather than a bad setting.
@@ -177,6 +177,8 @@ async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelMod
       // %XX as one Latin-1 character: a UTF-8 encoded 'é' (%C3%A9) would log in as 'Ã©' and
       // be refused. Decoded here as UTF-8, as URLs encode them.
       credentials: amqp.credentials.plain(user, password),
+      // amqplib hands its socket options to tls.connect for amqps://.
+      ...(options.tls?.ca === undefined ? {} : { ca: [...options.tls.ca] }),
     })
     // Without a listener an 'error' event would crash the process; 'close' follows it and is
     // where each user of the connection reacts.

@@ -25,7 +25,7 @@ import {
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
-import { tlsFailure } from './tls.js'
+import { plainAnswer, tlsFailure } from './tls.js'
 import type {
   Broker,
   IncomingMessage,
@@ -143,6 +143,13 @@ const reservedQuery = new Set([
  * entries list. Held messages are kept fresh, and acked, only while the group's pending
  * entries list still names this consumer (a Lua script, so the user needs EVAL and EVALSHA).
  *
+ * A `rediss://` URL whose port is a plain Redis fails `publish()` and `subscribe()` with a
+ * non-retryable `BROKER_MISCONFIGURED` suggesting `redis://`, after half of `connectTimeoutMs`:
+ * Redis never answers a TLS handshake, so a handshake not done by then makes the adapter ask the
+ * port a plain-text PING on a second connection, and a Redis answer settles it. A port that
+ * answers neither (a frozen server) stays a retryable `BROKER_UNAVAILABLE` after
+ * `connectTimeoutMs`.
+ *
  * Every command waits at most `commandTimeoutMs` for its answer (a blocking read `blockMs`
  * longer), so a server that keeps the connection but stops answering fails a subscription's
  * commands with `BROKER_UNAVAILABLE` and it reconnects, instead of hanging.
@@ -171,7 +178,7 @@ export function createRedisBroker(options: RedisBrokerOptions): Broker {
 }
 
 function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions {
-  const common = resolveCommonOptions('redis', options, ['redis:', 'rediss:'])
+  const common = resolveCommonOptions('redis', options, ['redis:', 'rediss:'], ['rediss:'])
   // ioredis reads the path as the database number with parseInt and ignores the rest, so
   // '/3x' would silently mean database 3 and '/abc' database 0.
   if (!/^\/?(\d+)?$/.test(common.url.pathname)) {
@@ -185,7 +192,8 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
   // what it relies on: RESP2 reply shapes, failing fast instead of queueing or retrying through
   // an outage, its own connect sequence and timeouts.
   for (const name of common.url.searchParams.keys()) {
-    if (reservedQuery.has(name)) {
+    // ioredis would take the query's tls (a TLS profile name) over the tls option.
+    if (reservedQuery.has(name) || (name === 'tls' && common.tls !== undefined)) {
       throw new InvalidOptionError(
         'redis.url',
         `a redis:// or rediss:// URL whose query does not set ${name} (the adapter sets it; see RedisBrokerOptions)`,
@@ -235,6 +243,8 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
     retryStrategy: () => null,
     // Not enableAutoPipelining: in ioredis 6.0.0 it breaks call()/callBuffer(). Commands are
     // still pipelined on the socket; they just are not coalesced into one write.
+    // ioredis hands tls to tls.connect (rediss:// alone means tls: true, Node's defaults).
+    ...(options.tls?.ca === undefined ? {} : { tls: { ca: [...options.tls.ca] } }),
   })
   // Without a listener ioredis logs errors; 'end' is where users of the client react.
   client.on('error', () => {})
@@ -246,12 +256,13 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
   }
   client.on('error', onRefusal)
   const where = redactUrl(options.url.toString())
+  const watch = new AbortController()
   try {
     // ioredis's connectTimeout covers the TCP connect only: a server that accepts but never
     // answers (frozen, overloaded) would hold connect(), and the publish or subscribe waiting
     // on it, for good.
     await within(
-      client.connect(),
+      Promise.race([client.connect(), plainRedisOnTlsUrl(options, where, watch.signal)]),
       options.clock,
       options.connectTimeoutMs,
       () =>
@@ -269,13 +280,62 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
     return client
   } catch (error) {
     client.disconnect()
+    if (error instanceof BrokerError && error.code === 'BROKER_MISCONFIGURED') throw error
     // A failed TLS handshake, like a refused login, reaches only the 'error' event.
     throw (
       refusedLogin(options, refusal) ??
       tlsFailure('redis', refusal, `cannot connect to ${where}`) ??
       redisError(error, `cannot connect to ${where}`)
     )
+  } finally {
+    watch.abort()
   }
+}
+
+/**
+ * For a rediss:// URL, rejects with `BROKER_MISCONFIGURED` when the port turns out to be a
+ * plain Redis; otherwise never settles (it only ever loses the race with connecting).
+ *
+ * A plain Redis never answers a TLS ClientHello (it reads it as the start of an inline
+ * command and waits for its end), so the handshake would just time out and read as an outage,
+ * retried for ever. A handshake not done by half of `connectTimeoutMs` is suspect, but a frozen
+ * or overloaded TLS server looks the same; so the port is asked a plain-text PING on a
+ * connection of its own, and only a RESP answer (`+PONG`, `-NOAUTH ...`) makes it a
+ * misconfiguration. A TLS server takes the PING for a bad record and closes; a frozen one says
+ * nothing: both stay what the connect makes of them. The check costs nothing on a connect that
+ * succeeds in time, and ends (with its connection) when `signal` aborts.
+ */
+async function plainRedisOnTlsUrl(
+  options: ResolvedRedisOptions,
+  where: string,
+  signal: AbortSignal,
+): Promise<never> {
+  const never = new Promise<never>(() => {})
+  if (options.url.protocol !== 'rediss:') return never
+  const half = Math.floor(options.connectTimeoutMs / 2)
+  try {
+    await sleep(options.clock, half, signal)
+    const answer = await plainAnswer(
+      options.url.hostname,
+      options.url.port === '' ? 6379 : Number(options.url.port),
+      'PING\r\n',
+      /^[+-][^\r\n]*\r\n/,
+      options.clock,
+      options.connectTimeoutMs - half,
+      signal,
+    )
+    if (answer === undefined) return never
+  } catch {
+    // Aborted: connecting settled first.
+    return never
+  }
+  const plain = new URL(options.url.toString())
+  plain.protocol = 'redis:'
+  throw new BrokerError(
+    'BROKER_MISCONFIGURED',
+    'redis',
+    `cannot connect to ${where}: TLS failed: the server did not answer the TLS handshake but answers plain Redis on this port, which is probably not a TLS port; use ${redactUrl(plain.toString())} (redis://), or the server's TLS port`,
+  )
 }
 
 /**

@@ -28,6 +28,7 @@ describe('openBroker', () => {
   it('picks the adapter from the scheme and connects nothing before first use', async () => {
     for (const url of [
       'nats://127.0.0.1:1',
+      'tls://127.0.0.1:1',
       'amqp://guest:guest@127.0.0.1:1',
       'amqps://127.0.0.1:1',
       'redis://127.0.0.1:1',

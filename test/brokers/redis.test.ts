@@ -116,6 +116,28 @@ describe('redis specifics', () => {
     }
   })
 
+  it('keeps a rediss:// connect to a port that answers neither TLS nor plain Redis (a frozen server) a retryable BROKER_UNAVAILABLE', async () => {
+    // A plain Redis port fails fast as misconfigured (tls.test.ts) because it answers the
+    // adapter's plain-text PING; a frozen one answers nothing and is an outage.
+    const server = await startPrivateBroker('redis')
+    process.kill(server.pid, 'SIGSTOP')
+    try {
+      const url = new URL(server.url)
+      url.protocol = 'rediss:'
+      const clock = new ManualClock(1_000)
+      const broker = createRedisBroker({ url: url.toString(), clock, connectTimeoutMs: 2_000 })
+      const error = await drive(clock, broker.publisher.publish(makeBatch('t', 1, 1))).catch(
+        (e: unknown) => e,
+      )
+      expectBrokerError(error, 'BROKER_UNAVAILABLE', true)
+      expect(error.message).toMatch(/2000 ms/)
+      await broker.close()
+    } finally {
+      process.kill(server.pid, 'SIGCONT')
+      await server.stop()
+    }
+  })
+
   it('delivers a header named __proto__ like any other (the outbox keeps such headers)', async () => {
     const broker = testBroker('redis', await brokerUrl('redis'))
     try {

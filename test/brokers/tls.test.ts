@@ -3,9 +3,10 @@
 // outage, a relay would retry it for ever. Each adapter must report it as a non-retryable
 // BROKER_MISCONFIGURED naming the broker and the TLS problem. The endpoints are real: a
 // nats-server with a TLS block, node:tls servers presenting a self-signed certificate made for
-// this file, and the real RabbitMQ server's plain port reached with amqps://. (Redis does not
-// answer a TLS greeting on its plain port at all: that handshake times out, which stays an
-// outage like any server that does not answer.)
+// this file, and the real servers' plain ports reached with amqps://, rediss:// and tls://.
+// Redis does not answer a TLS greeting at all (it waits for the end of an inline command), so
+// the adapter asks the port in plain text whether it is a Redis; a port that answers neither
+// (a frozen server, redis.test.ts) stays an outage.
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -21,8 +22,8 @@ import {
 } from '../../src/brokers/index.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
 import { listenOnLoopback } from '../support/loopback.js'
-import { unique } from './conformance.js'
-import { expectBrokerError, publishAndSubscribeFailures } from './support.js'
+import { makeBatch, unique } from './conformance.js'
+import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
 
 interface SelfSigned {
   readonly certFile: string
@@ -130,5 +131,42 @@ describe('rabbitmq over TLS', () => {
       createRabbitMqBroker({ url: plain.toString(), connectTimeoutMs: 5_000 }),
       notTls,
     )
+  })
+})
+
+describe('nats tls:// on a server without TLS', () => {
+  it('fails with a non-retryable BROKER_MISCONFIGURED', async () => {
+    const plain = new URL(await brokerUrl('nats'))
+    plain.protocol = 'tls:'
+    await expectTlsMisconfigured(
+      createNatsBroker({ url: plain.toString(), connectTimeoutMs: 5_000 }),
+      /does not speak TLS/,
+    )
+  })
+})
+
+describe('redis rediss:// on a server without TLS', () => {
+  it('fails before connectTimeoutMs with a non-retryable BROKER_MISCONFIGURED suggesting redis://', async () => {
+    const plain = new URL(await brokerUrl('redis'))
+    plain.protocol = 'rediss:'
+    const connectTimeoutMs = 4_000
+    const broker = createRedisBroker({ url: plain.toString(), connectTimeoutMs })
+    try {
+      for (const attempt of [
+        (): Promise<unknown> => broker.publisher.publish(makeBatch(unique('tls'), 1, 1)),
+        () => broker.subscriber.subscribe(unique('tls'), unique('g'), async () => {}),
+      ]) {
+        const started = Date.now()
+        const error = await rejectionOf(attempt())
+        // Without the plain-text check the handshake waits the whole connectTimeoutMs.
+        expect(Date.now() - started).toBeLessThan(connectTimeoutMs)
+        expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+        expect(error.message).toMatch(/did not answer the TLS handshake/)
+        expect(error.message).toMatch(/probably not a TLS port.*redis:\/\//)
+        expect(error.message).not.toMatch(/PONG|NOAUTH/)
+      }
+    } finally {
+      await broker.close()
+    }
   })
 })
