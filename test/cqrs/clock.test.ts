@@ -2,7 +2,7 @@
 // fraction of a millisecond. breakwater's ManualClock gets there as soon as it fires a jittered
 // retry timer; PostgreSQL's BIGINT columns refused such a time (a bare "invalid input syntax"
 // error on every append), while SQLite stored it as a float.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import {
   createCommandHandler,
   createEventStore,
@@ -11,18 +11,14 @@ import {
 } from '../../src/cqrs/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { account, balancesProjection } from './accounts.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, useTestDb } from './databases.js'
 
 describe.each(dbTargets)('a clock with fractions of a millisecond on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_fractional_clock')
   let store: EventStore
   const clock = new ManualClock(1_700_000_000_000.75)
   beforeAll(async () => {
-    t = await target.open('cqrs_fractional_clock')
     store = createEventStore(t.db, { clock })
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   it('stores whole milliseconds everywhere it records a time', async () => {

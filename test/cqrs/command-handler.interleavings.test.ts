@@ -36,7 +36,7 @@
 // result with `replayed: false`, as if it had appended those events itself.
 import { AsyncLocalStorage } from 'node:async_hooks'
 import fc from 'fast-check'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import type { Clock } from '../../src/core/clock.js'
 import {
   type CommandHandlerOptions,
@@ -58,7 +58,7 @@ import {
   account,
   InsufficientFunds,
 } from './accounts.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, useTestDb } from './databases.js'
 
 /** A command as the handler sees it: which send it came from rides along for the checks. */
 type SentCommand = AccountCommand & { readonly send: number }
@@ -449,7 +449,7 @@ interface Coverage {
 const content = (e: { type: string; data: unknown }) => ({ type: e.type, data: e.data })
 
 describe.each(dbTargets)('command handler interleavings on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_command_interleavings', { idempotency: true, outbox: true })
   /** A second driver on the same database: the other process. */
   let other: SqlDriver
   let run = 0
@@ -464,11 +464,7 @@ describe.each(dbTargets)('command handler interleavings on $dialect', (target) =
   }
 
   beforeAll(async () => {
-    t = await target.open('cqrs_command_interleavings', { idempotency: true, outbox: true })
     other = await t.connect()
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   it('concurrent commands, any interleaving: the stream reads as the successful commands run one at a time', async () => {

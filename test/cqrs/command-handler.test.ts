@@ -4,7 +4,7 @@
 // transaction, and snapshots.
 
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import {
   cqrsChannelNames,
   createCommandHandler,
@@ -22,19 +22,15 @@ import {
   account,
   InsufficientFunds,
 } from './accounts.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, useTestDb } from './databases.js'
 
 describe.each(dbTargets)('command handlers on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_commands', { idempotency: true, outbox: true })
   let store: EventStore
   let n = 0
   const fresh = () => `account-${++n}`
   beforeAll(async () => {
-    t = await target.open('cqrs_commands', { idempotency: true, outbox: true })
     store = createEventStore(t.db)
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   it('folds the stream, decides, appends at the loaded version', async () => {

@@ -1,6 +1,7 @@
 // The real databases the cqrs tests run against: a SQLite file and a PostgreSQL database on the
 // test server started by the global setup, each migrated for the event store (and, where a test
 // needs them, idempotency and the outbox). Never a mock.
+import { afterAll, beforeAll } from 'vitest'
 import { migrateCqrs } from '../../src/cqrs/index.js'
 import { migrateIdempotency } from '../../src/idempotency/index.js'
 import { migrateOutbox } from '../../src/outbox/index.js'
@@ -82,6 +83,51 @@ export const postgresDb: DbTarget = {
 }
 
 export const dbTargets: readonly DbTarget[] = [sqliteDb, postgresDb]
+
+/**
+ * For the enclosing describe (or file): opens the database `name` on `target` before its tests
+ * and closes it after them. The handle stands for that database from the first hook on; a hook
+ * registered after this call (creating a store over `t.db`) runs once it is open.
+ */
+export function useTestDb(target: DbTarget, name: string, migrate: MigrateOptions = {}): TestDb {
+  let opened: TestDb | undefined
+  const current = (): TestDb => {
+    if (opened === undefined) throw new Error(`test database ${name} is not open here`)
+    return opened
+  }
+  const handle: TestDb = {
+    get db() {
+      return current().db
+    },
+    get url() {
+      return current().url
+    },
+    connect: (options) => current().connect(options),
+    async close() {
+      const open = opened
+      opened = undefined
+      await open?.close()
+    },
+  }
+  beforeAll(async () => {
+    opened = await target.open(name, migrate)
+  })
+  afterAll(() => handle.close())
+  return handle
+}
+
+/** How many rows `table` holds. */
+export async function rowCount(db: SqlDriver, table: string): Promise<number> {
+  return Number((await db.query<{ n: unknown }>(`SELECT count(*) AS n FROM ${table}`))[0]!.n)
+}
+
+/** What `promise` settles with: its value, or the error it rejects with (never rejects). */
+export function outcomeOf<T>(promise: Promise<T>): Promise<T | unknown> {
+  return promise.then(
+    (value) => value,
+    (error: unknown) => error,
+  )
+}
 
 /** Rows of a table as plain objects sorted by the given key, numbers normalized. */
 export async function tableRows(

@@ -1,7 +1,7 @@
 // Followers of the log outlive the code that starts them: an application that bounds its
 // startup with withDeadline must not have every handler call and every projection batch run
 // later bound by that (long expired) deadline. Real databases; a ManualClock drives the polling.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import {
   createEventStore,
   createProjector,
@@ -10,20 +10,16 @@ import {
 } from '../../src/cqrs/index.js'
 import { currentDeadline, type Deadline, withDeadline } from '../../src/policies/deadline.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, useTestDb } from './databases.js'
 
 const T0 = 1_700_000_000_000
 
 describe.each(dbTargets)('log followers started inside a deadline on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_detached_context')
   let store: EventStore
 
   beforeAll(async () => {
-    t = await target.open('cqrs_detached_context')
     store = createEventStore(t.db)
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   /** Moves the clock a poll interval at a time until `done()` (real I/O runs in between). */

@@ -3,14 +3,14 @@
 // batched appends racing each other, and reads (forwards, backwards, from a version, limited),
 // against a plain in-memory model of streams. Every run works on streams of its own prefix.
 import fc from 'fast-check'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import {
   createEventStore,
   type EventStore,
   type ExpectedVersion,
   WrongExpectedVersionError,
 } from '../../src/cqrs/index.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, useTestDb } from './databases.js'
 
 interface ModelStream {
   version: number
@@ -291,15 +291,11 @@ const commands = [
 ]
 
 describe.each(dbTargets)('event store against a model on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_event_store_model')
   let store: EventStore
   let run = 0
   beforeAll(async () => {
-    t = await target.open('cqrs_event_store_model')
     store = createEventStore(t.db)
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   it('property: appends, deletes, metadata and reads behave as the model says', async () => {

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { fileURLToPath } from 'node:url'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import {
   cqrsChannelNames,
@@ -14,7 +14,7 @@ import {
   type ExpectedVersion,
   WrongExpectedVersionError,
 } from '../../src/cqrs/index.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, postgresDb, useTestDb } from './databases.js'
 
 const event = (n: number) => ({ type: 'counted', data: { n } })
 
@@ -60,17 +60,13 @@ async function conflict(promise: Promise<unknown>): Promise<WrongExpectedVersion
 }
 
 describe.each(dbTargets)('event store on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_store')
   let store: EventStore
   let n = 0
   const fresh = () => `stream-${++n}`
 
   beforeAll(async () => {
-    t = await target.open('cqrs_store')
     store = createEventStore(t.db)
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   it('appends atomically and reads streams forwards, backwards, from a version, limited', async () => {
@@ -714,14 +710,10 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
 })
 
 describe.each(dbTargets)('stream writes report conflicts like appends on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_stream_conflicts')
   let store: EventStore
   beforeAll(async () => {
-    t = await target.open('cqrs_stream_conflicts')
     store = createEventStore(t.db)
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   it('setStreamMetadata and deleteStream publish a conflict as append does', async () => {
@@ -756,14 +748,7 @@ describe.each(dbTargets)('stream writes report conflicts like appends on $dialec
 })
 
 describe("PostgreSQL stream writes racing the stream's creation", () => {
-  const target = dbTargets.find((d) => d.dialect === 'postgres')!
-  let t: TestDb
-  beforeAll(async () => {
-    t = await target.open('cqrs_stream_race')
-  })
-  afterAll(async () => {
-    await t?.close()
-  })
+  const t = useTestDb(postgresDb, 'cqrs_stream_race')
 
   /** Waits until a session of this database waits for a lock. */
   async function someoneWaitsForALock(): Promise<void> {
@@ -850,14 +835,7 @@ describe("PostgreSQL stream writes racing the stream's creation", () => {
 })
 
 describe('PostgreSQL appends inside longer transactions', () => {
-  const target = dbTargets.find((d) => d.dialect === 'postgres')!
-  let t: TestDb
-  beforeAll(async () => {
-    t = await target.open('cqrs_long_tx')
-  })
-  afterAll(async () => {
-    await t?.close()
-  })
+  const t = useTestDb(postgresDb, 'cqrs_long_tx')
 
   it('an append after other writes, and several appends, in one transaction', async () => {
     const store = createEventStore(t.db)

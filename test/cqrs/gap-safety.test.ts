@@ -5,12 +5,12 @@
 // PostgreSQL a plain position-order read is shown to see the later positions first, which is
 // the trap the watermark exists for.
 import fc from 'fast-check'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import { createEventStore, type EventStore, type RecordedEvent } from '../../src/cqrs/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
 import { holdOpenTransaction } from '../support/held-transaction.js'
 import { scaled } from '../support/scale.js'
-import { dbTargets, postgresDb, type TestDb } from './databases.js'
+import { dbTargets, postgresDb, useTestDb } from './databases.js'
 
 interface Gate {
   readonly opened: Promise<void>
@@ -74,18 +74,14 @@ class Follower {
 }
 
 describe.each(dbTargets)('readAll with delayed commits on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_gaps')
   let store: EventStore
   let reader: EventStore
   beforeAll(async () => {
-    t = await target.open('cqrs_gaps')
     store = createEventStore(t.db)
     // The follower reads through its own connection, as another process would (on SQLite the
     // writer's connection is busy with its open transaction).
     reader = createEventStore(await t.connect())
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   it('does not move past an open transaction and sees its event once it commits', async () => {
@@ -145,14 +141,10 @@ describe.each(dbTargets)('readAll with delayed commits on $dialect', (target) =>
 })
 
 describe('the PostgreSQL watermark only waits for appends', () => {
-  let t: TestDb
+  const t = useTestDb(postgresDb, 'cqrs_watermark')
   let store: EventStore
   beforeAll(async () => {
-    t = await postgresDb.open('cqrs_watermark')
     store = createEventStore(t.db)
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   it('is not held back by an open transaction that does not append', async () => {
@@ -171,14 +163,10 @@ describe('the PostgreSQL watermark only waits for appends', () => {
 })
 
 describe('readAll under concurrent writers with delayed commits (PostgreSQL)', () => {
-  let t: TestDb
+  const t = useTestDb(postgresDb, 'cqrs_gaps_random')
   let store: EventStore
   beforeAll(async () => {
-    t = await postgresDb.open('cqrs_gaps_random')
     store = createEventStore(t.db)
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   const transactions = scaled(150, 40)

@@ -4,7 +4,7 @@
 // database): contenders at one expected version give exactly one winner per stream, every
 // loser learns the exact actual version, and no event is lost or written by a loser.
 import fc from 'fast-check'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import {
   createEventStore,
   type EventStore,
@@ -13,7 +13,7 @@ import {
 } from '../../src/cqrs/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
 import { holdOpenTransaction } from '../support/held-transaction.js'
-import { postgresDb, type TestDb } from './databases.js'
+import { postgresDb, useTestDb } from './databases.js'
 
 /** The transaction ids that wrote the given events (one per transaction). */
 async function writers(db: SqlDriver, ids: readonly string[]): Promise<Set<string>> {
@@ -26,16 +26,12 @@ async function writers(db: SqlDriver, ids: readonly string[]): Promise<Set<strin
 }
 
 describe('group commit on PostgreSQL', () => {
-  let t: TestDb
+  const t = useTestDb(postgresDb, 'cqrs_group_commit')
   let other: SqlDriver
   let run = 0
 
   beforeAll(async () => {
-    t = await postgresDb.open('cqrs_group_commit')
     other = await t.connect()
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   it('appends made while one is in flight share one transaction; without it each has its own', async () => {

@@ -5,12 +5,12 @@
 // in a separate transaction, crashed at the point between the two.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import { createEventStore, type EventStore, type NewEvent } from '../../src/cqrs/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
 import { scaled } from '../support/scale.js'
 import { type AccountEvent, type BalanceRow, balancesProjection, foldBalances } from './accounts.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, useTestDb } from './databases.js'
 
 const eventCount = scaled(20_000, 2_000)
 const accounts = scaled(200, 40)
@@ -140,13 +140,12 @@ function violations(actual: BalanceRow[], expected: BalanceRow[]): string[] {
 }
 
 describe.each(dbTargets)('projection process SIGKILLed while catching up on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_crash')
   let store: EventStore
   let expected: BalanceRow[]
   const rng = random(crashSeed + (target.dialect === 'sqlite' ? 0 : 1))
 
   beforeAll(async () => {
-    t = await target.open('cqrs_crash')
     store = createEventStore(t.db)
     await seedLog(store, rng)
     expected = foldBalances(await readAllEvents(store))
@@ -159,9 +158,6 @@ describe.each(dbTargets)('projection process SIGKILLed while catching up on $dia
       await t.db.execute(statement)
     }
   }, 120_000)
-  afterAll(async () => {
-    await t?.close()
-  })
 
   it(`the read model is exact after ${kills} random kills (seed ${crashSeed})`, async () => {
     let landed = 0

@@ -4,7 +4,7 @@
 // a fast-check property: over random command sequences, a projection rebuilt from position 0
 // equals the incrementally maintained one, and both equal the fold of the events.
 import fc from 'fast-check'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import {
   createCommandHandler,
   createEventStore,
@@ -25,7 +25,7 @@ import {
   balancesProjection,
   foldBalances,
 } from './accounts.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, postgresDb, type TestDb, useTestDb } from './databases.js'
 
 const poll = { timeout: 10_000, interval: 2 }
 
@@ -78,18 +78,14 @@ async function allEvents(store: EventStore) {
 }
 
 describe.each(dbTargets)('projections on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_projections')
   const inline = balancesProjection('inline-balances', 'inline_balances')
   const async = balancesProjection('async-balances', 'async_balances')
   let store: EventStore
   let n = 0
   const fresh = (prefix = 'acc') => `${prefix}-${++n}`
   beforeAll(async () => {
-    t = await target.open('cqrs_projections')
     store = createEventStore(t.db, { inlineProjections: [inline] })
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   it('an inline projection commits with the append, or not at all', async () => {
@@ -503,14 +499,7 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
 })
 
 describe('projectors on PostgreSQL are woken by NOTIFY', () => {
-  const target = dbTargets.find((d) => d.dialect === 'postgres')!
-  let t: TestDb
-  beforeAll(async () => {
-    t = await target.open('cqrs_projector_notify')
-  })
-  afterAll(async () => {
-    await t?.close()
-  })
+  const t = useTestDb(postgresDb, 'cqrs_projector_notify')
 
   it('also after a restart that did not wait for stop()', async () => {
     // The poll interval is on a clock that never moves: only notifications can wake it.
@@ -541,13 +530,7 @@ describe('projectors on PostgreSQL are woken by NOTIFY', () => {
 })
 
 describe.each(dbTargets)('a projector stopped from its own apply on $dialect', (target) => {
-  let t: TestDb
-  beforeAll(async () => {
-    t = await target.open('cqrs_projector_stop_inside')
-  })
-  afterAll(async () => {
-    await t?.close()
-  })
+  const t = useTestDb(target, 'cqrs_projector_stop_inside')
 
   it('returns at once, commits the batch, and stops the loop after it', async () => {
     const store = createEventStore(t.db)
@@ -591,13 +574,7 @@ describe.each(dbTargets)('a projector stopped from its own apply on $dialect', (
 })
 
 describe.each(dbTargets)('a projector stopped twice on $dialect', (target) => {
-  let t: TestDb
-  beforeAll(async () => {
-    t = await target.open('cqrs_projector_stop_twice')
-  })
-  afterAll(async () => {
-    await t?.close()
-  })
+  const t = useTestDb(target, 'cqrs_projector_stop_twice')
 
   it('resolves the second stop() only once the batch in progress has committed', async () => {
     const store = createEventStore(t.db)
@@ -643,13 +620,7 @@ describe.each(dbTargets)('a projector stopped twice on $dialect', (target) => {
 })
 
 describe.each(dbTargets)('a projector whose onError throws on $dialect', (target) => {
-  let t: TestDb
-  beforeAll(async () => {
-    t = await target.open('cqrs_projector_onerror')
-  })
-  afterAll(async () => {
-    await t?.close()
-  })
+  const t = useTestDb(target, 'cqrs_projector_onerror')
 
   it('keeps retrying the failed batch, catches up, and stops', async () => {
     const store = createEventStore(t.db)
@@ -701,13 +672,7 @@ describe.each(dbTargets)('a projector whose onError throws on $dialect', (target
 describe.each(dbTargets)(
   'an inline projection added to a log with events on $dialect',
   (target) => {
-    let t: TestDb
-    beforeAll(async () => {
-      t = await target.open('cqrs_inline_added_late')
-    })
-    afterAll(async () => {
-      await t?.close()
-    })
+    const t = useTestDb(target, 'cqrs_inline_added_late')
 
     it('reports the events before its registration as not applied until it is rebuilt', async () => {
       const clock = new ManualClock(1_000_000)

@@ -2,15 +2,14 @@
 // that look like writes, and every query also runs in a READ ONLY transaction, so a SELECT whose
 // effects the text cannot show (nextval, FOR SHARE, a function that writes) is refused by the server with the same INVALID_OPTION error, and nothing it
 // would have done outlives the query.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import { createQueryHandler } from '../../src/cqrs/index.js'
 import { InvalidOptionError } from '../../src/index.js'
-import { postgresDb, type TestDb } from './databases.js'
+import { postgresDb, useTestDb } from './databases.js'
 
 describe('query handlers on postgres', () => {
-  let t: TestDb
+  const t = useTestDb(postgresDb, 'cqrs_query')
   beforeAll(async () => {
-    t = await postgresDb.open('cqrs_query')
     await t.db.execute('CREATE TABLE rm_items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)')
     await t.db.execute("INSERT INTO rm_items VALUES (1, 'one'), (2, 'two')")
     await t.db.execute('CREATE SEQUENCE rm_seq')
@@ -18,9 +17,6 @@ describe('query handlers on postgres', () => {
       `CREATE FUNCTION rm_sneaky() RETURNS integer LANGUAGE sql AS
        $$ INSERT INTO rm_items VALUES (99, 'sneaked'); SELECT 1 $$`,
     )
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   const query = () =>

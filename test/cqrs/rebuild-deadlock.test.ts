@@ -4,20 +4,21 @@
 // the rebuild). The interleaving is forced with a gate in `apply`, no sleeps: the append has
 // written table b and waits; the rebuild's swap starts and waits for a table lock; then the
 // append goes on to write table a.
-import { afterAll, beforeAll, expect, it } from 'vitest'
+import { beforeAll, expect, it } from 'vitest'
 import {
   createEventStore,
   createProjector,
   defineProjection,
   type EventStore,
 } from '../../src/cqrs/index.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { type Gate, gate } from '../support/gate.js'
+import { postgresDb, rowCount, useTestDb } from './databases.js'
 
-const postgres = dbTargets.find((target) => target.dialect === 'postgres')!
-
-let t: TestDb
+const t = useTestDb(postgresDb, 'cqrs_rebuild_deadlock')
 let store: EventStore
-let gate: { wrote: () => void; go: Promise<void> } | undefined
+// Set while an append is to be held between its two writes: `wrote` opens once it has written
+// table b, and it goes on once `go` is opened.
+let held: { wrote: Gate; go: Gate } | undefined
 
 const twoTables = defineProjection<{ type: 'hit'; data: { gated: boolean } }>({
   name: 'deadlock-two-tables',
@@ -28,39 +29,28 @@ const twoTables = defineProjection<{ type: 'hit'; data: { gated: boolean } }>({
   async apply(event, { tx, table }) {
     // b first, then a: the other order than the swap's lock list (a, b).
     await tx.execute(`INSERT INTO ${table('dl_b')} VALUES ($1)`, [event.id])
-    const current = event.data.gated ? gate : undefined
+    const current = event.data.gated ? held : undefined
     if (current !== undefined) {
-      current.wrote()
-      await current.go
+      current.wrote.open()
+      await current.go.promise
     }
     await tx.execute(`INSERT INTO ${table('dl_a')} VALUES ($1)`, [event.id])
   },
 })
 
-beforeAll(async () => {
-  t = await postgres.open('cqrs_rebuild_deadlock')
+beforeAll(() => {
   store = createEventStore(t.db, { inlineProjections: [twoTables] })
-})
-afterAll(async () => {
-  await t?.close()
 })
 
 it('an inline rebuild does not deadlock with an append writing its tables in another order', async () => {
   await store.append('s', [{ type: 'hit', data: { gated: false } }])
   const projector = createProjector(store, twoTables)
 
-  let wrote!: () => void
-  const written = new Promise<void>((resolve) => {
-    wrote = resolve
-  })
-  let open!: () => void
-  const go = new Promise<void>((resolve) => {
-    open = resolve
-  })
-  gate = { wrote, go }
+  const hold = { wrote: gate(), go: gate() }
+  held = hold
   const append = store.append('s', [{ type: 'hit', data: { gated: true } }])
-  await written
-  gate = undefined
+  await hold.wrote.promise
+  held = undefined
 
   const rebuild = projector.rebuild()
   // Wait (on the database's state, not on time) until the swap waits for a table lock.
@@ -77,15 +67,11 @@ it('an inline rebuild does not deadlock with an append writing its tables in ano
       { timeout: 10_000, interval: 5 },
     )
     .toBe('1')
-  open()
+  hold.go.open()
 
   const [appended, rebuilt] = await Promise.allSettled([append, rebuild])
   expect(appended.status === 'rejected' ? appended.reason : undefined).toBeUndefined()
   expect(rebuilt.status === 'rejected' ? rebuilt.reason : undefined).toBeUndefined()
   // Both events are in both tables once, whichever side went first.
-  for (const table of ['dl_a', 'dl_b']) {
-    expect(
-      Number((await t.db.query<{ n: string }>(`SELECT count(*) AS n FROM ${table}`))[0]!.n),
-    ).toBe(2)
-  }
+  for (const table of ['dl_a', 'dl_b']) expect(await rowCount(t.db, table)).toBe(2)
 })

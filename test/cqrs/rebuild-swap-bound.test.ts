@@ -8,7 +8,7 @@
 // rebuild for ever. Interleavings are forced with gates and by watching pg_locks and
 // pg_stat_activity; the only time that passes is the (tiny) lock timeout itself.
 import pg from 'pg'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import {
   createEventStore,
   createProjector,
@@ -20,9 +20,7 @@ import type { SqlDriver } from '../../src/stores/index.js'
 import { type Gate, gate } from '../support/gate.js'
 import { type HeldTransaction, holdOpenTransaction } from '../support/held-transaction.js'
 import { until } from '../support/until.js'
-import { dbTargets, type TestDb } from './databases.js'
-
-const postgres = dbTargets.find((target) => target.dialect === 'postgres')!
+import { outcomeOf, postgresDb, rowCount, useTestDb } from './databases.js'
 
 type Event = { type: string; data: { fail?: boolean } }
 
@@ -111,19 +109,15 @@ const timedAsync = defineProjection<Event>({
   },
 })
 
-let t: TestDb
+const t = useTestDb(postgresDb, 'cqrs_rebuild_swap_bound')
 let store: EventStore
 let watcher: SqlDriver
 
 beforeAll(async () => {
-  t = await postgres.open('cqrs_rebuild_swap_bound')
   store = createEventStore(t.db, {
     inlineProjections: [rounds, deadlocking, retried.projection, bounded.projection, timed],
   })
   watcher = await t.connect({ postgres: { maxConnections: 1 } })
-})
-afterAll(async () => {
-  await t?.close()
 })
 
 /** Whether some session waits for a lock on the relation now named `table`. */
@@ -136,8 +130,8 @@ async function waitingOn(table: string): Promise<boolean> {
   return Number(rows[0]!.n) > 0
 }
 
-async function count(table: string): Promise<number> {
-  return Number((await t.db.query<{ n: string }>(`SELECT count(*) AS n FROM ${table}`))[0]!.n)
+function count(table: string): Promise<number> {
+  return rowCount(t.db, table)
 }
 
 function fill(): { gate: Gate; fresh: Promise<string> } {
@@ -167,10 +161,7 @@ describe('maxSwapRounds', () => {
     const holdB = await holdOpenTransaction(t.db, (tx) =>
       tx.execute('LOCK TABLE sr_b IN ROW EXCLUSIVE MODE'),
     )
-    const rebuild = projector.rebuild().then(
-      () => undefined,
-      (error: unknown) => error,
-    )
+    const rebuild = outcomeOf(projector.rebuild())
     await until(() => waitingOn('sr_b'), 'the swap to wait for sr_b')
     // sr_a is busy when round 2 gets sr_b: the bound is reached, no third round waits for sr_a.
     const holdA = await holdOpenTransaction(t.db, (tx) =>
@@ -208,10 +199,7 @@ describe('maxSwapRounds', () => {
     // Two events in the log: this one and the lock rounds test's.
     const projector = createProjector(store, deadlocking)
     const { gate: go, fresh: freshName } = fill()
-    const rebuild = projector.rebuild().then(
-      (result) => result,
-      (error: unknown) => error,
-    )
+    const rebuild = outcomeOf(projector.rebuild())
     const fresh = await freshName
     // Another session reads the fresh table (its lock outlasts the fill), so the swap's rename
     // of it waits; that session then wants the live table the swap holds: a deadlock.
@@ -246,10 +234,7 @@ describe('maxSwapRounds', () => {
     const { gate: go, fresh } = fill()
     // Pages of two: the fill reads the one event there is; the swap's catch-up reads the late
     // events in two pages, and the marked one fails after the first page was applied.
-    const rebuild = projector.rebuild({ batchSize: 2 }).then(
-      (result) => result,
-      (error: unknown) => error,
-    )
+    const rebuild = outcomeOf(projector.rebuild({ batchSize: 2 }))
     await fresh
     await store.append(prefix, [
       { type: `${prefix}-late`, data: {} },
@@ -312,13 +297,7 @@ async function rebuildWhileHeld(projector: Projector, held: HeldTransaction): Pr
     timer = setTimeout(() => resolve('hung'), 5000)
   })
   try {
-    return await Promise.race([
-      projector.rebuild().then(
-        (result) => result,
-        (error: unknown) => error,
-      ),
-      hung,
-    ])
+    return await Promise.race([outcomeOf(projector.rebuild()), hung])
   } finally {
     clearTimeout(timer)
     await held.commit()
@@ -405,10 +384,7 @@ describe('swapLockTimeoutMs', () => {
     const holder = await holdOpenTransaction(t.db, (tx) =>
       tx.execute('LOCK TABLE st_a IN ROW EXCLUSIVE MODE'),
     )
-    const rebuild = projector.rebuild().then(
-      (result) => result,
-      (error: unknown) => error,
-    )
+    const rebuild = outcomeOf(projector.rebuild())
     try {
       // One wait for st_a, then another (a later statement): the first timed out and the swap
       // went round again instead of failing or hanging.

@@ -1,10 +1,10 @@
 // Subscriptions on real SQLite and PostgreSQL: catch-up from a position, then live (LISTEN on
 // PostgreSQL, polling on SQLite, driven by a ManualClock), named checkpoints, stop(), and a
 // failing handler retried without skipping.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import { createEventStore, type EventStore, type Subscription } from '../../src/cqrs/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { type DbTarget, dbTargets, type TestDb } from './databases.js'
+import { type DbTarget, dbTargets, postgresDb, type TestDb, useTestDb } from './databases.js'
 
 const poll = { timeout: 10_000, interval: 2 }
 
@@ -13,13 +13,9 @@ const poll = { timeout: 10_000, interval: 2 }
  * event store over it, and closes it after them.
  */
 function storeOn(target: DbTarget, name: string): { t: TestDb; store: EventStore } {
-  const db = {} as { t: TestDb; store: EventStore }
-  beforeAll(async () => {
-    db.t = await target.open(name)
+  const db = { t: useTestDb(target, name) } as { t: TestDb; store: EventStore }
+  beforeAll(() => {
     db.store = createEventStore(db.t.db)
-  })
-  afterAll(async () => {
-    await db.t?.close()
   })
   return db
 }
@@ -194,8 +190,7 @@ describe.each(dbTargets)('a subscription whose onError throws on $dialect', (tar
 })
 
 describe('subscriptions on PostgreSQL are woken by NOTIFY', () => {
-  const target = dbTargets.find((d) => d.dialect === 'postgres')!
-  const db = storeOn(target, 'cqrs_notify')
+  const db = storeOn(postgresDb, 'cqrs_notify')
 
   it('delivers appends at once although its clock never advances', async () => {
     // The poll interval is on a clock that never moves: only notifications can wake it.

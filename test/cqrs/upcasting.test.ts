@@ -2,7 +2,7 @@
 // upcasters cannot reach the current version from, and an upcaster that throws, fail the read
 // with an UpcastError naming the event (never handing it on in its old shape), and
 // subscriptions and projectors report it through onError and retry without moving past it.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import { BreakwaterError } from '../../src/core/errors.js'
 import {
   createEventStore,
@@ -13,7 +13,7 @@ import {
   type Upcaster,
 } from '../../src/cqrs/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, useTestDb } from './databases.js'
 
 const poll = { timeout: 10_000, interval: 2 }
 
@@ -72,17 +72,13 @@ function upcasterFailingOnBadPrice(then: (data: unknown) => unknown): {
 }
 
 describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
-  let t: TestDb
+  const t = useTestDb(target, 'cqrs_upcasting')
   let plain: EventStore
   let n = 0
   const fresh = () => `upcast-${++n}-${Date.now()}`
 
   beforeAll(async () => {
-    t = await target.open('cqrs_upcasting')
     plain = createEventStore(t.db)
-  })
-  afterAll(async () => {
-    await t?.close()
   })
 
   // Only v2 -> v3 is registered: v1 events have no path to v3.
