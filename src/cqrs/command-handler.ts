@@ -93,7 +93,8 @@ export interface CommandOutboxOptions<E extends EventShape, S> {
   /**
    * Maps the appended domain events (and the state after them) to the integration events to
    * publish; they are enqueued in the append's transaction, after it, so they are published
-   * if and only if the events were appended.
+   * if and only if the events were appended. Return an array (`[]` for none): anything else
+   * fails the command with `InvalidOptionError` and writes nothing.
    */
   readonly map: (
     events: readonly RecordedEvent<E>[],
@@ -610,7 +611,16 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     }
     // Last, once the events are in: integration events commit with them or not at all.
     if (this.#outbox !== undefined && tx !== undefined) {
-      const integration = this.#outbox.map(appended.events, state, stream)
+      const integration: unknown = this.#outbox.map(appended.events, state, stream)
+      // A lone event (which outbox.enqueue itself takes) has no length: it would be skipped,
+      // the domain events committing without it. Refused, it rolls the whole command back.
+      if (!Array.isArray(integration)) {
+        throw new InvalidOptionError(
+          'outbox.map',
+          'to return an array of outbox events (empty for none)',
+          integration,
+        )
+      }
       if (integration.length > 0) await this.#outbox.outbox.enqueue(tx, integration)
     }
     return {

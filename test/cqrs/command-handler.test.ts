@@ -305,6 +305,32 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     ])
   })
 
+  it('refuses an outbox map that does not return an array, writing nothing', async () => {
+    const outbox = createOutbox({ topic: 'accounts' })
+    const credited = (stream: string) => ({
+      aggregateType: 'account',
+      aggregateId: stream,
+      type: 'account-credited',
+      payload: {},
+    })
+    // One event, as outbox.enqueue also takes it, or nothing at all: neither is an array.
+    for (const returned of [(stream: string) => credited(stream), () => undefined]) {
+      const accounts = createCommandHandler(store, {
+        decider: account,
+        outbox: { outbox, map: (_events, _state, stream) => returned(stream) as never },
+      })
+      const id = fresh()
+      await expect(accounts.handle(id, { kind: 'open', owner: 'hal' })).rejects.toMatchObject({
+        code: 'INVALID_OPTION',
+        option: 'outbox.map',
+      })
+      // The command failed as a whole: no events without their integration events.
+      expect((await store.readStream(id)).version).toBe(0)
+      const rows = await t.db.query('SELECT 1 FROM breakwater_outbox WHERE aggregate_id = $1', [id])
+      expect(rows).toEqual([])
+    }
+  })
+
   it('loads from a snapshot plus the tail, and drops snapshots with the stream', async () => {
     const plain = createCommandHandler(store, { decider: account })
     const snapshotting = createCommandHandler(store, {
