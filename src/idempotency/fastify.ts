@@ -51,20 +51,61 @@ export interface FastifyIdempotencyOptions {
 }
 
 // 'executing': the handler runs (its lease running out answers the client from the listener);
+// `sending` once it called reply.send, whose payload has not reached this plugin's onSend yet
+// (preSerialization hooks, or onSend hooks registered before the plugin, still run).
 // 'recording': onSend has the handler's response (its lease running out stops reading it).
+// 'lost': the lease ran out while the handler's send was under way: that send carries `answer`.
+// 'answered': the lease ran out while the handler ran, and the plugin sent `answer` itself.
 // `earlier`: the headers earlier hooks had set when the handler was about to run (see setReply).
 type RequestState =
   | {
-      readonly kind: 'executing' | 'recording'
+      readonly kind: 'executing'
+      readonly execution: IdempotentExecution
+      readonly earlier: EarlierHeaders | undefined
+      sending: boolean
+    }
+  | {
+      readonly kind: 'recording'
       readonly execution: IdempotentExecution
       readonly earlier: EarlierHeaders | undefined
     }
+  | LeaseLostState
   | { readonly kind: 'done' }
+
+interface LeaseLostState {
+  readonly kind: 'lost' | 'answered'
+  readonly answer: Promise<IdempotencyResponse>
+  readonly earlier: EarlierHeaders | undefined
+}
 
 type EarlierHeaders = Record<string, unknown>
 
 type Hook = (request: FastifyLikeRequest, reply: FastifyLikeReply, payload?: unknown) => unknown
 type AddHook = (name: string, hook: Hook) => unknown
+
+// A keyed request's reply, whose send() the plugin tracks (see trackedSend): Fastify's reply
+// has `request`; the send it replaced is kept under a symbol, for the plugin's own answer.
+const untrackedSend = Symbol('breakwater.idempotency.send')
+type TrackedReply = FastifyLikeReply & {
+  readonly request: FastifyLikeRequest
+  [untrackedSend]?: FastifyLikeReply['send']
+}
+
+/** Sends on a reply with the send() it had before the plugin tracked it. */
+function sendUntracked(reply: FastifyLikeReply, payload: unknown): void {
+  const tracked = reply as TrackedReply
+  ;(tracked[untrackedSend] ?? reply.send).call(reply, payload)
+}
+
+/** Stops a payload that will not be sent from producing more (a stream, a Response's body). */
+function discardPayload(payload: unknown): void {
+  if (isFetchResponse(payload)) {
+    payload.body?.cancel().catch(() => {})
+    return
+  }
+  const stream = payload as { destroy?: unknown } | null | undefined
+  if (typeof stream?.destroy === 'function') (stream.destroy as () => void)()
+}
 
 function headerOf(headers: IncomingHttpHeaders, name: string): string | undefined {
   const value = headers[name.toLowerCase()]
@@ -245,7 +286,8 @@ export function fastifyIdempotency(
   // The lease ran out while the handler ran (before its response reached onSend): ctx.tx was
   // rolled back and the response can no longer be recorded, so the client is answered now (as
   // Fastify's own handlerTimeout does) rather than left waiting for a handler that may never
-  // finish. What the stale handler sends later, Fastify drops (and logs: the reply was sent).
+  // finish. What the stale handler sends later is dropped (trackedSend). A handler whose send
+  // is already under way is answered by that send instead (lostOnTheWay).
   const handlerOverran = async (
     request: FastifyLikeRequest,
     reply: FastifyLikeReply,
@@ -254,8 +296,18 @@ export function fastifyIdempotency(
   ): Promise<void> => {
     const state = states.get(request)
     if (state?.kind !== 'executing') return
-    states.set(request, { kind: 'done' })
-    const problem = await leaseLostAnswer(idempotency, execution, error)
+    const answer = leaseLostAnswer(idempotency, execution, error)
+    if (state.sending) {
+      // The handler's send is under way through slower hooks before this plugin's onSend: a
+      // second send would be a second response on the same reply (the first still reaching
+      // writeHead later), and Fastify cannot call the first back. It carries the 409 (onSend).
+      states.set(request, { kind: 'lost', answer, earlier: state.earlier })
+      // Rethrown where onSend awaits it; a send that never gets there has no one to tell.
+      answer.catch(() => {})
+      return
+    }
+    states.set(request, { kind: 'answered', answer, earlier: state.earlier })
+    const problem = await answer
     if (reply.sent) {
       // The handler hijacked the reply (reply.raw is its own): no answer can be slipped in.
       if (!reply.raw.writableEnded) reply.raw.destroy()
@@ -263,8 +315,25 @@ export function fastifyIdempotency(
     }
     answerOrDestroy(reply.raw, () => {
       setReply(reply, problem, true, state.earlier)
-      reply.send(Buffer.from(problem.body))
+      sendUntracked(reply, Buffer.from(problem.body))
     })
+  }
+
+  // Replaces send() on a keyed request's reply (one function for all of them): it notes that
+  // the handler's response is under way before any hook sees it, so that its lease running out
+  // meanwhile is answered by that send (handlerOverran). Once the plugin answered the 409
+  // itself, a stale handler's send is dropped until the 409 has been written: while the 409 is
+  // still in its onSend hooks, Fastify would start that send too, and write whichever reaches
+  // the socket first. Afterwards Fastify drops it (and logs it) itself.
+  function trackedSend(this: TrackedReply, payload?: unknown): FastifyLikeReply {
+    const state = states.get(this.request)
+    if (state?.kind === 'executing') state.sending = true
+    else if (state?.kind === 'answered' && !this.sent) {
+      discardPayload(payload)
+      return this
+    }
+    ;(this[untrackedSend] as FastifyLikeReply['send']).call(this, payload)
+    return this
   }
 
   const preHandler: Hook = async (request, reply) => {
@@ -292,7 +361,15 @@ export function fastifyIdempotency(
       return reply
     }
     const { execution } = begun
-    states.set(request, { kind: 'executing', execution, earlier: earlierHeaders(reply) })
+    states.set(request, {
+      kind: 'executing',
+      execution,
+      earlier: earlierHeaders(reply),
+      sending: false,
+    })
+    const tracked = reply as TrackedReply
+    tracked[untrackedSend] = reply.send
+    tracked.send = trackedSend
     attachContext(request, execution.context)
     let answered: Promise<void> | undefined
     execution.onLeaseLost((error) => {
@@ -310,6 +387,8 @@ export function fastifyIdempotency(
 
   const onSend: Hook = async (request, reply, payload) => {
     const state = states.get(request)
+    if (state?.kind === 'lost') return lostOnTheWay(request, reply, payload, state)
+    if (state?.kind === 'answered') return answeredOnTheWay(reply, payload, state)
     if (state?.kind !== 'executing') return payload
     const { execution, earlier } = state
     states.set(request, { kind: 'recording', execution, earlier })
@@ -353,12 +432,53 @@ export function fastifyIdempotency(
     return Buffer.from(final.body.buffer, final.body.byteOffset, final.body.byteLength)
   }
 
+  // The lease ran out while this payload was on its way here: the 409 goes out in its place,
+  // over the earlier hooks' headers, as when the handler overruns its lease (one response).
+  const lostOnTheWay = async (
+    request: FastifyLikeRequest,
+    reply: FastifyLikeReply,
+    payload: unknown,
+    state: LeaseLostState,
+  ): Promise<Buffer> => {
+    states.set(request, { kind: 'done' })
+    discardPayload(payload)
+    let problem: IdempotencyResponse
+    try {
+      problem = await state.answer
+    } catch (error) {
+      // Giving the key up failed: Fastify's error handling answers, without the handler's
+      // headers (a response that is not sent), with the earlier hooks'.
+      resetToEarlier(reply, state.earlier)
+      throw error
+    }
+    setReply(reply, problem, true, state.earlier)
+    return Buffer.from(problem.body)
+  }
+
+  // The plugin's own 409 (handlerOverran) reaching onSend. Hooks before this one may have held
+  // it while the stale handler changed the reply (reply.code(201) before its send, which is
+  // dropped): the 409's status and headers are put back.
+  const answeredOnTheWay = async (
+    reply: FastifyLikeReply,
+    payload: unknown,
+    state: LeaseLostState,
+  ): Promise<unknown> => {
+    setReply(reply, await state.answer, true, state.earlier)
+    return payload
+  }
+
+  // A hook failed on the plugin's own 409 (a stale handler's failure never gets here: its send
+  // is dropped): Fastify's error handling answers instead, and its send must go through.
+  const onError: Hook = async (request) => {
+    if (states.get(request)?.kind === 'answered') states.set(request, { kind: 'done' })
+  }
+
   // A request that ended without its response passing onSend (a failure inside Fastify) gives
   // its key back instead of holding it until the lease expires. A client that disconnects does
   // not: its handler keeps running and records the result for the client's retry.
   const onResponse: Hook = async (request) => {
     const state = states.get(request)
-    if (state === undefined || state.kind === 'done') return
+    if (state?.kind !== 'executing' && state?.kind !== 'recording') return
     states.set(request, { kind: 'done' })
     await state.execution.abort()
   }
@@ -367,6 +487,7 @@ export function fastifyIdempotency(
     const addHook = instance.addHook.bind(instance) as unknown as AddHook
     addHook('preHandler', preHandler)
     addHook('onSend', onSend)
+    addHook('onError', onError)
     addHook('onResponse', onResponse)
   }
   // What fastify-plugin sets: the hooks apply to the context the plugin is registered in,
