@@ -413,6 +413,7 @@ class SqlProjector implements Projector {
   }
 
   async catchUp(options: { readonly signal?: AbortSignal } = {}): Promise<number> {
+    checkObject('options', options)
     if (this.inline) return this.position()
     for (;;) {
       if (options.signal?.aborted) throw new AbortedError(options.signal.reason)

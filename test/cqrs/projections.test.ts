@@ -280,6 +280,18 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     )
   })
 
+  it('catchUp refuses options that are not an object, inline or async', async () => {
+    // catchUp(null) failed with a bare TypeError, and an inline projector's ignored anything.
+    for (const projector of [createProjector(store, async), createProjector(store, inline)]) {
+      for (const options of [null, 42, 'now', []]) {
+        await expect(projector.catchUp(options as never)).rejects.toMatchObject({
+          code: 'INVALID_OPTION',
+          option: 'options',
+        })
+      }
+    }
+  })
+
   it('two projector instances never apply an event twice', async () => {
     const accounts = createCommandHandler(store, { decider: account })
     const ids = [fresh('pair'), fresh('pair')]
