@@ -345,7 +345,9 @@ export interface ProxyConfig {
   readonly drainTimeoutMs: number
   /**
    * How long a start may take (ms): reading the file, opening the idempotency store, binding
-   * the listeners and the admin API. Past it the start fails with `PROXY_START_TIMEOUT`.
+   * the listeners and the admin API. Past it the start fails with `PROXY_START_TIMEOUT`. A
+   * reload's start is bounded by the new config's value; past it the reload is refused
+   * (`CONFIG_INVALID`) and the running config stays.
    */
   readonly startTimeoutMs: number
   /** Worker processes (1 = single process). */

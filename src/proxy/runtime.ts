@@ -8,7 +8,7 @@
 import { readFile } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { resolve } from 'node:path'
-import { type Clock, keepProcessAlive, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { createJsonLogger, type Logger } from '../observability/logger.js'
@@ -55,6 +55,7 @@ import {
   type ProxyIdempotencyStore,
   type SidecarIdempotency,
 } from './inbound/sidecar-idempotency.js'
+import { defaultStartTimeoutMs, type StartBound, startBound, unbounded } from './start-bound.js'
 import { type FileWatch, watchFileContent } from './upstream/file-watch.js'
 import { createServiceRuntime } from './upstream/index.js'
 import { resetUpstreamGauges, upstreamMetrics } from './upstream/metrics.js'
@@ -122,7 +123,8 @@ export interface Proxy {
   /**
    * Validates and applies a new config: `yamlText`, or else the config file read again.
    * Throws {@link ConfigInvalidError} (code `CONFIG_INVALID`) and keeps the running config
-   * when the new one is invalid or cannot be applied (e.g. a port in use), and
+   * when the new one is invalid or cannot be applied (e.g. a port in use, or its start took
+   * longer than its `startTimeoutMs`: a new idempotency store that does not answer), and
    * `ProxyClosedError` (code `PROXY_CLOSED`) once {@link Proxy.close} was called.
    */
   reload(yamlText?: string): Promise<void>
@@ -370,7 +372,7 @@ class ProxyRuntime implements ProxyInternals {
         const read = await bound.wait(
           'config',
           `reading ${this.#sourceName()}`,
-          this.#readConfig(undefined),
+          this.#readConfig(undefined, bound),
         )
         // The file's own bound, counted from the start.
         bound.limit(read.config.startTimeoutMs)
@@ -607,9 +609,12 @@ class ProxyRuntime implements ProxyInternals {
     return this.#source.kind === 'file' ? this.#source.file : 'config'
   }
 
-  // The config to apply, and the file's text when it was read from the file.
+  // The config to apply, read from the file unless `yamlText` is given. The file's text is
+  // noted as the one read last, unless `bound` gave up on the read meanwhile: that reload
+  // failed, and the text it never applied must not count as in force.
   async #readConfig(
     yamlText: string | undefined,
+    bound: StartBound,
   ): Promise<{ config: ProxyConfig; fromFile?: true }> {
     const overrides = this.#configOverrides
     if (yamlText !== undefined) return { config: parseProxyConfig(yamlText, 'reload', overrides) }
@@ -617,7 +622,7 @@ class ProxyRuntime implements ProxyInternals {
     switch (source.kind) {
       case 'file': {
         const text = await readFile(source.file, 'utf8').catch(() => undefined)
-        this.#fileText = text
+        if (!bound.expired()) this.#fileText = text
         if (text === undefined) {
           // Unreadable: loadProxyConfig reports it as it always has.
           const { loadProxyConfig } = await import('./config/load.js')
@@ -635,29 +640,53 @@ class ProxyRuntime implements ProxyInternals {
   async #reloadNow(yamlText: string | undefined): Promise<ConfigInvalidError | undefined> {
     // Resolving would say the config was applied.
     if (this.#closed !== undefined) throw new ProxyClosedError('reload')
-    const log = this.#deps.logger
-    let config: ProxyConfig
-    let fromFile: true | undefined
-    try {
-      ;({ config, fromFile } = await this.#readConfig(yamlText))
-    } catch (error) {
-      return this.#reloadFailed(error)
-    }
     const previous = this.#generation?.config
+    // Bounded as a start is, so a reload that waits on something that never answers (a new
+    // idempotency.url whose database accepts and stays silent) is refused instead of holding
+    // every reload queued behind it, and close(), for ever. Reading the file is bounded by the
+    // config in force, the rest by the new config's own startTimeoutMs, both counted from here.
+    const bound = startBound(this.#deps.clock, previous?.startTimeoutMs)
     try {
-      await this.#apply(config)
-    } catch (error) {
-      // Not in force (a port in use): the next event tries the same text again.
-      if (fromFile) this.#fileText = undefined
-      return this.#reloadFailed(error)
+      let config: ProxyConfig
+      let fromFile: true | undefined
+      try {
+        ;({ config, fromFile } = await bound.wait(
+          'config',
+          `reading ${this.#sourceName()}`,
+          this.#readConfig(yamlText, bound),
+        ))
+      } catch (error) {
+        return this.#reloadFailed(error)
+      }
+      bound.limit(config.startTimeoutMs)
+      try {
+        await this.#apply(config, bound)
+      } catch (error) {
+        // Not in force (a port in use): the next event tries the same text again.
+        if (fromFile) this.#fileText = undefined
+        return this.#reloadFailed(error)
+      }
+      this.#reloaded(config, previous, yamlText, fromFile)
+      return undefined
+    } finally {
+      bound.end()
     }
+  }
+
+  // A reload applied: notes where its config came from, and counts and logs it.
+  #reloaded(
+    config: ProxyConfig,
+    previous: ProxyConfig | undefined,
+    yamlText: string | undefined,
+    fromFile: true | undefined,
+  ): void {
+    const log = this.#deps.logger
     // Text given to reload() puts the file out of force: its next event applies it again.
     if (!fromFile) this.#fileText = undefined
     if (yamlText !== undefined && this.#source.kind === 'text') this.#source.text = yamlText
     if (previous !== undefined) warnStartOnly(previous, config, log)
     this.#metrics.reloads.inc()
     log.info('config reloaded', { services: [...config.services.keys()] })
-    return undefined
   }
 
   #reloadFailed(error: unknown): ConfigInvalidError {
@@ -1233,108 +1262,4 @@ function tlsFailure(error: unknown): unknown {
   )
     return error
   return new ProxyStartError('PROXY_TLS_INVALID', error.option, error.message, error)
-}
-
-// Used until the file is read, and when the config given has none of its own.
-const defaultStartTimeoutMs = 60_000
-
-/**
- * The bound on a start (`startTimeoutMs`): each step the start awaits goes through
- * {@link StartBound.wait}, so that once the time is up the step is given up on and the start
- * fails with PROXY_START_TIMEOUT naming it, instead of waiting for ever on a database that does
- * not answer.
- */
-interface StartBound {
-  /**
-   * Waits for `work`, the step `setting` (`what` says what it does), unless the time is up
-   * first: it then rejects with PROXY_START_TIMEOUT, and a value `work` yields later is handed
-   * to `release` (a store or server nobody will use).
-   */
-  wait<T>(
-    setting: string,
-    what: string,
-    work: Promise<T>,
-    release?: (late: T) => unknown,
-  ): Promise<T>
-  /** Sets the bound to `limitMs` from the start (the file's own, once it is read). */
-  limit(limitMs: number | undefined): void
-  /** Whether `error` is this bound's timeout (passed on as it is, not wrapped as the step's). */
-  timedOut(error: unknown): boolean
-  /** Stops the timer (the start is over). */
-  end(): void
-}
-
-const unbounded: StartBound = {
-  wait: (_setting, _what, work) => work,
-  limit: () => {},
-  timedOut: () => false,
-  end: () => {},
-}
-
-function startBound(clock: Clock, initialLimitMs: number | undefined): StartBound {
-  const startedAt = clock.now()
-  // A ProxyConfig built by hand before the setting existed has none: the default then.
-  let limitMs = initialLimitMs ?? defaultStartTimeoutMs
-  let step = { setting: 'config', what: 'starting' }
-  let expired: ProxyStartError | undefined
-  const waiters = new Set<(error: ProxyStartError) => void>()
-  let timer: TimerHandle | undefined
-  const arm = (): void => {
-    clock.clearTimeout(timer)
-    timer = clock.setTimeout(
-      () => {
-        expired = new ProxyStartError(
-          'PROXY_START_TIMEOUT',
-          step.setting,
-          `startTimeoutMs (${limitMs} ms) passed while waiting for ${step.setting}: ${step.what}`,
-          undefined,
-        )
-        for (const fail of waiters) fail(expired)
-        waiters.clear()
-      },
-      Math.max(0, startedAt + limitMs - clock.now()),
-    )
-    // A start hung on a promise that holds nothing open must still end with this error, not
-    // with the process exiting on an unsettled await.
-    keepProcessAlive(timer)
-  }
-  arm()
-  return {
-    wait(setting, what, work, release) {
-      if (expired !== undefined) {
-        void work.then((late) => release?.(late)).catch(() => {})
-        return Promise.reject(expired)
-      }
-      step = { setting, what }
-      return new Promise((resolvePromise, reject) => {
-        let given = false
-        const fail = (error: ProxyStartError): void => {
-          given = true
-          reject(error)
-        }
-        waiters.add(fail)
-        work.then(
-          (value) => {
-            waiters.delete(fail)
-            if (given) void Promise.resolve(release?.(value)).catch(() => {})
-            else resolvePromise(value)
-          },
-          (error: unknown) => {
-            waiters.delete(fail)
-            if (!given) reject(error)
-          },
-        )
-      })
-    },
-    limit(next) {
-      if (expired !== undefined || next === undefined || next === limitMs) return
-      limitMs = next
-      arm()
-    },
-    timedOut: (error) => error !== undefined && error === expired,
-    end() {
-      clock.clearTimeout(timer)
-      timer = undefined
-    },
-  }
 }

@@ -131,3 +131,15 @@ export function captureLog(): {
         .map((line) => JSON.parse(line) as Record<string, unknown>),
   }
 }
+
+/** Settles to the promise's outcome, so a test can look at it without awaiting it yet. */
+export function outcome<T>(
+  promise: Promise<T>,
+): () => { done: boolean; value?: T; error?: unknown } {
+  const state: { done: boolean; value?: T; error?: unknown } = { done: false }
+  promise.then(
+    (value) => Object.assign(state, { done: true, value }),
+    (error: unknown) => Object.assign(state, { done: true, error }),
+  )
+  return () => state
+}

@@ -7,13 +7,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ProxyStartError, parseProxyConfig, startProxy } from '../../../src/proxy/index.js'
-import { createPostgresDriver } from '../../../src/stores/postgres.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
-import { holdOpenTransaction } from '../../support/held-transaction.js'
-import { createTestDatabase, type TestDatabase } from '../../support/postgres.js'
 import { until } from '../../support/until.js'
+import { createStoreDatabase, type StoreDatabase } from '../support/migration-lock.js'
 import { type SilentServer, startSilentServer } from '../support/silent-server.js'
-import { type NamedUpstream, startNamedUpstream } from './helpers.js'
+import { type NamedUpstream, outcome, startNamedUpstream } from './helpers.js'
 
 const quiet = createJsonLogger({ level: 'silent' })
 let upstream: NamedUpstream
@@ -34,16 +32,6 @@ listeners:
     routes: [{ name: r, match: { prefix: / }, targets: [{ service: a }], idempotency: {} }]
 idempotency: { url: "${url}" }
 ${extra}`
-
-/** Settles to the promise's outcome, so a test can look at it without awaiting it yet. */
-function outcome<T>(promise: Promise<T>): () => { done: boolean; value?: T; error?: unknown } {
-  const state: { done: boolean; value?: T; error?: unknown } = { done: false }
-  promise.then(
-    (value) => Object.assign(state, { done: true, value }),
-    (error: unknown) => Object.assign(state, { done: true, error }),
-  )
-  return () => state
-}
 
 describe('startTimeoutMs in the config', () => {
   it('defaults to 60000 and refuses 0 and non-integers, naming the key', () => {
@@ -97,57 +85,31 @@ describe('a start that hangs on its idempotency store', () => {
 })
 
 describe('a start that waits on the migration lock another session holds (PostgreSQL)', () => {
-  let db: TestDatabase
-  /** The URL as the file holds it: its password, as secrets are, goes through PGPASSWORD. */
-  let fileUrl: string
-  const pgPassword = process.env.PGPASSWORD
+  let db: StoreDatabase
 
   beforeAll(async () => {
-    db = await createTestDatabase('start_timeout')
-    const url = new URL(db.url)
-    if (url.password !== '') process.env.PGPASSWORD = decodeURIComponent(url.password)
-    url.password = ''
-    fileUrl = url.toString()
+    db = await createStoreDatabase('start_timeout')
   })
   afterAll(async () => {
-    if (pgPassword === undefined) delete process.env.PGPASSWORD
-    else process.env.PGPASSWORD = pgPassword
     await db.drop()
   })
 
   it('fails with PROXY_START_TIMEOUT, and its store lets go of the database once it can', async () => {
-    const other = await createPostgresDriver({
-      connectionString: db.url,
-      applicationName: 'holder',
-    })
-    // The lock every migration run takes first (runMigrations), held as a hung
-    // `breakwater migrate` would hold it.
-    const held = await holdOpenTransaction(other, (tx) =>
-      tx.query('SELECT pg_advisory_xact_lock(7121410496880042356)'),
-    )
-    const sessions = async (): Promise<number> => {
-      const rows = await other.query<{ n: string }>(
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'breakwater'",
-      )
-      return Number(rows[0]?.n)
-    }
+    const lock = await db.holdMigrationLock()
     try {
       const clock = new ManualClock(0)
       const state = outcome(
         startProxy({
-          config: gatewayWithStore(fileUrl, 'startTimeoutMs: 5000\n'),
+          config: gatewayWithStore(db.fileUrl, 'startTimeoutMs: 5000\n'),
           clock,
           logger: quiet,
           watch: false,
         }),
       )
-      await until(async () => {
-        if (state().done) return true
-        const rows = await other.query(
-          "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'breakwater' AND wait_event_type = 'Lock'",
-        )
-        return rows.length > 0
-      }, 'the proxy to wait for the migration lock')
+      await until(
+        async () => state().done || (await lock.proxyWaits()),
+        'the proxy to wait for the migration lock',
+      )
       expect(state()).toEqual({ done: false })
       await clock.advance(5_000)
       await until(() => state().done, 'the start to fail')
@@ -158,11 +120,14 @@ describe('a start that waits on the migration lock another session holds (Postgr
       // The migration it gave up on is still queued on the lock; once that goes, the store it
       // opened is closed rather than left connected (sooner than the pool's 10 s idle timeout
       // would drop its connection).
-      await held.commit()
-      await until(async () => (await sessions()) === 0, "the proxy's sessions to end", 5_000)
+      await lock.release()
+      await until(
+        async () => (await lock.proxySessions()) === 0,
+        "the proxy's sessions to end",
+        5_000,
+      )
     } finally {
-      await held.commit().catch(() => {})
-      await other.close()
+      await lock.close()
     }
   }, 30_000)
 })

@@ -1,0 +1,134 @@
+// The bound on bringing a config up (`startTimeoutMs`): the first start, each reload, and the
+// multi-process primary's admin API. Every step such a start awaits goes through one bound, so
+// a step that waits on something that never answers (a database port that accepts and stays
+// silent, a migration lock held elsewhere, a name the resolver does not resolve) fails with
+// PROXY_START_TIMEOUT naming it instead of holding the process, or the reload queue, for ever.
+
+import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
+import { ProxyStartError } from './config/errors.js'
+
+/** The bound used until the config is read, and for a config built without one (ms). */
+export const defaultStartTimeoutMs = 60_000
+
+/**
+ * The bound on a start (`startTimeoutMs`): each step the start awaits goes through
+ * {@link StartBound.wait}, so that once the time is up the step is given up on and the start
+ * fails with PROXY_START_TIMEOUT naming it, instead of waiting for ever on a database that does
+ * not answer.
+ */
+export interface StartBound {
+  /**
+   * Waits for `work`, the step `setting` (`what` says what it does), unless the time is up
+   * first: it then rejects with PROXY_START_TIMEOUT, and a value `work` yields later is handed
+   * to `release` (a store or server nobody will use).
+   */
+  wait<T>(
+    setting: string,
+    what: string,
+    work: Promise<T>,
+    release?: (late: T) => unknown,
+  ): Promise<T>
+  /** Sets the bound to `limitMs` from the start (the file's own, once it is read). */
+  limit(limitMs: number | undefined): void
+  /** Whether `error` is this bound's timeout (passed on as it is, not wrapped as the step's). */
+  timedOut(error: unknown): boolean
+  /**
+   * Whether the time is up: a step given up on that finishes later checks it before it leaves
+   * a trace (the config file's text noted as the one in force).
+   */
+  expired(): boolean
+  /** Stops the timer (the start is over). */
+  end(): void
+}
+
+/** A {@link StartBound} that never runs out (steps outside any start). */
+export const unbounded: StartBound = {
+  wait: (_setting, _what, work) => work,
+  limit: () => {},
+  timedOut: () => false,
+  expired: () => false,
+  end: () => {},
+}
+
+/**
+ * Starts the clock of a bound of `initialLimitMs` (the default when undefined), counted from
+ * now; {@link StartBound.end} stops it.
+ *
+ * @example
+ * ```ts
+ * const bound = startBound(systemClock, config.startTimeoutMs)
+ * try {
+ *   await bound.wait('admin', 'binding 127.0.0.1:9901', startAdminServer(options), (late) => late.close())
+ * } finally {
+ *   bound.end()
+ * }
+ * ```
+ */
+export function startBound(clock: Clock, initialLimitMs: number | undefined): StartBound {
+  const startedAt = clock.now()
+  // A ProxyConfig built by hand before the setting existed has none: the default then.
+  let limitMs = initialLimitMs ?? defaultStartTimeoutMs
+  let step = { setting: 'config', what: 'starting' }
+  let expired: ProxyStartError | undefined
+  const waiters = new Set<(error: ProxyStartError) => void>()
+  let timer: TimerHandle | undefined
+  const arm = (): void => {
+    clock.clearTimeout(timer)
+    timer = clock.setTimeout(
+      () => {
+        expired = new ProxyStartError(
+          'PROXY_START_TIMEOUT',
+          step.setting,
+          `startTimeoutMs (${limitMs} ms) passed while waiting for ${step.setting}: ${step.what}`,
+          undefined,
+        )
+        for (const fail of waiters) fail(expired)
+        waiters.clear()
+      },
+      Math.max(0, startedAt + limitMs - clock.now()),
+    )
+    // A start hung on a promise that holds nothing open must still end with this error, not
+    // with the process exiting on an unsettled await.
+    keepProcessAlive(timer)
+  }
+  arm()
+  return {
+    wait(setting, what, work, release) {
+      if (expired !== undefined) {
+        void work.then((late) => release?.(late)).catch(() => {})
+        return Promise.reject(expired)
+      }
+      step = { setting, what }
+      return new Promise((resolvePromise, reject) => {
+        let given = false
+        const fail = (error: ProxyStartError): void => {
+          given = true
+          reject(error)
+        }
+        waiters.add(fail)
+        work.then(
+          (value) => {
+            waiters.delete(fail)
+            if (given) void Promise.resolve(release?.(value)).catch(() => {})
+            else resolvePromise(value)
+          },
+          (error: unknown) => {
+            waiters.delete(fail)
+            if (!given) reject(error)
+          },
+        )
+      })
+    },
+    limit(next) {
+      if (expired !== undefined || next === undefined || next === limitMs) return
+      limitMs = next
+      arm()
+    },
+    timedOut: (error) => error !== undefined && error === expired,
+    expired: () => expired !== undefined,
+    end() {
+      clock.clearTimeout(timer)
+      timer = undefined
+    },
+  }
+}
