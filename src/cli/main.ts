@@ -35,7 +35,8 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
     load: async () => (await import('./relay.js')).relayCommand,
   },
   proxy: {
-    summary: 'run the resilience proxy: proxy --config <file.yaml> [--workers N] [--check]',
+    summary:
+      'run the resilience proxy: proxy --config <file.yaml> [--workers N] [--start-timeout MS] [--check]',
     load: async () => (await import('./proxy.js')).proxyCommand,
   },
 }

@@ -11,10 +11,11 @@ import {
   type LogOutput,
   type LogThreshold,
   logThresholds,
+  type MetricsRegistry,
   redactSecrets,
 } from '../observability/index.js'
 import { runUntilSignal, type SignalTarget } from '../process/index.js'
-import type { AdminServer } from '../proxy/admin/index.js'
+import type { AdminBackend, AdminServer } from '../proxy/admin/index.js'
 import type { ProxyConfigOverrides } from '../proxy/config/load.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
 import type { ProxyInternals } from '../proxy/runtime.js'
@@ -54,6 +55,9 @@ options:
   --config <file>        the YAML config (required)
   --workers <n>          worker processes sharing the listener ports (default: the config's
                          workers, 1 = a single process)
+  --start-timeout <ms>   how long a start, and each reload's start, may take, in ms
+                         (default: the config's startTimeoutMs, 60000); past it the start
+                         fails naming what it waited for, a reload is refused
   --check                validate the file (and that the files it names can be read),
                          print every problem, exit 0 (valid) or 1
   --log-level <level>    debug, info (default), warn, error or silent
@@ -62,6 +66,7 @@ options:
 interface ProxyArgs {
   readonly config: string
   readonly workers: number | undefined
+  readonly startTimeoutMs: number | undefined
   readonly check: boolean
   readonly logLevel: LogThreshold
 }
@@ -69,6 +74,7 @@ interface ProxyArgs {
 function parseArgs(args: readonly string[]): ProxyArgs | 'help' {
   let config: string | undefined
   let workers: number | undefined
+  let startTimeoutMs: number | undefined
   let check = false
   let logLevel: LogThreshold = 'info'
   const seen = new Set<string>()
@@ -105,6 +111,17 @@ function parseArgs(args: readonly string[]): ProxyArgs | 'help' {
         workers = n
         break
       }
+      case '--start-timeout': {
+        // Milliseconds, as the file's startTimeoutMs, and within what a timer can wait.
+        const text = value()
+        const ms = Number(text)
+        if (!/^\d+$/.test(text) || ms < 1 || ms > maxTimerDelayMs)
+          throw new UsageError(
+            `--start-timeout: expected a positive integer of milliseconds (1 to ${maxTimerDelayMs}), got ${JSON.stringify(text)}`,
+          )
+        startTimeoutMs = ms
+        break
+      }
       case '--check':
         check = true
         break
@@ -122,7 +139,15 @@ function parseArgs(args: readonly string[]): ProxyArgs | 'help' {
     }
   }
   if (config === undefined) throw new UsageError('--config <file.yaml> is required')
-  return { config, workers, check, logLevel }
+  return { config, workers, startTimeoutMs, check, logLevel }
+}
+
+/** The settings given on the command line in place of the file's. */
+function configOverrides(parsed: ProxyArgs): ProxyConfigOverrides {
+  return {
+    ...(parsed.workers === undefined ? {} : { workers: parsed.workers }),
+    ...(parsed.startTimeoutMs === undefined ? {} : { startTimeoutMs: parsed.startTimeoutMs }),
+  }
 }
 
 /** Marks a forked worker, so the same command line runs the worker side. */
@@ -172,8 +197,8 @@ async function runProxy(
   const file = resolve(parsed.config)
   const { loadProxyConfig } = await import('../proxy/config/load.js')
   // `--workers` is validated as the file's `workers` would be (a memory idempotency store is
-  // refused with more than one).
-  const overrides = parsed.workers === undefined ? {} : { workers: parsed.workers }
+  // refused with more than one), and `--start-timeout` stands for the file's startTimeoutMs.
+  const overrides = configOverrides(parsed)
 
   // `early` is undefined exactly when checking.
   if (parsed.check || early === undefined) {
@@ -213,17 +238,12 @@ async function runProxy(
       ...(isWorker ? { worker: cluster.worker?.id } : {}),
     },
   })
-  if (isWorker) return runWorker(logger, deps, early)
+  if (isWorker) return runWorker(logger, overrides, deps, early)
   // Validates before anything starts; an invalid file is exit 2 through main.ts.
   const { config, text } = await readProxyConfig(file, overrides)
-  if (config.workers > 1 && cluster.isPrimary) {
-    // The primary serves the admin API: a token file without a usable token is refused before
-    // any worker is forked, as one process refuses it in startProxyRuntime (exit 2).
-    const { checkAdminTokenFile } = await import('../proxy/config/files.js')
-    await checkAdminTokenFile(config, file)
-    return runPrimary(file, config, text, logger, deps, early)
-  }
-  return runSingle(file, config, logger, deps, early)
+  if (config.workers > 1 && cluster.isPrimary)
+    return runPrimary(file, config, text, overrides, logger, deps, early)
+  return runSingle(file, config, overrides, logger, deps, early)
 }
 
 /** A SIGHUP held from the command's start until its own handler is installed. */
@@ -276,6 +296,7 @@ async function readProxyConfig(
 async function runSingle(
   file: string,
   config: ProxyConfig,
+  overrides: ProxyConfigOverrides,
   logger: Logger,
   deps: ProxyCommandDeps,
   early: EarlySighup,
@@ -311,7 +332,7 @@ async function runSingle(
       proxy = await startProxyRuntime({
         config: { file },
         // --workers 1 on a file with more: the file is read (and reloaded) as one process.
-        configOverrides: { workers: config.workers },
+        configOverrides: { ...overrides, workers: config.workers },
         logger,
         ...(deps.env === undefined ? {} : { env: deps.env }),
       }).catch(startFailure)
@@ -351,11 +372,12 @@ async function runSingle(
 
 async function runWorker(
   logger: Logger,
+  overrides: ProxyConfigOverrides,
   deps: ProxyCommandDeps,
   early: EarlySighup,
 ): Promise<number> {
   try {
-    return await serveAsWorker(logger, deps, early)
+    return await serveAsWorker(logger, overrides, deps, early)
   } finally {
     // Let go of the IPC channel so the process can end, also when it could not start (the
     // primary then sees it exit).
@@ -365,6 +387,7 @@ async function runWorker(
 
 async function serveAsWorker(
   logger: Logger,
+  overrides: ProxyConfigOverrides,
   deps: ProxyCommandDeps,
   early: EarlySighup,
 ): Promise<number> {
@@ -387,8 +410,10 @@ async function serveAsWorker(
         )
       const proxy = await startProxyRuntime({
         config: given.text,
-        // Validated with the primary's worker count (the file's, or --workers).
-        configOverrides: { workers: given.workers },
+        // Validated with the primary's worker count (the file's, or --workers). The others
+        // (--start-timeout) are the primary's too: node:cluster forks a worker with the
+        // primary's command line.
+        configOverrides: { ...overrides, workers: given.workers },
         logger,
         watch: false,
         admin: false,
@@ -422,13 +447,13 @@ async function runPrimary(
   file: string,
   config: ProxyConfig,
   configText: string,
+  overrides: ProxyConfigOverrides,
   logger: Logger,
   deps: ProxyCommandDeps,
   early: EarlySighup,
 ): Promise<number> {
   const workers = config.workers
   const { createClusterBackend, RestartBackoff } = await import('../proxy/admin/cluster.js')
-  const { startAdminServer } = await import('../proxy/admin/server.js')
   const { watchFileContent } = await import('../proxy/upstream/file-watch.js')
   const signals = deps.signals ?? process
   const log = logger.child({ role: 'primary' })
@@ -441,7 +466,7 @@ async function runPrimary(
     config,
     configText,
     // A reload is checked with the worker count in force (the file's, or --workers).
-    loadConfig: () => readProxyConfig(file, { workers }),
+    loadConfig: () => readProxyConfig(file, { ...overrides, workers }),
     logger: log,
     metrics,
   })
@@ -524,18 +549,7 @@ async function runPrimary(
     async () => {
       // The admin API first: a port in use then fails the start before any worker is forked
       // (a worker left running would keep this process, and the listener ports, alive).
-      if (config.admin !== undefined) {
-        try {
-          admin = await startAdminServer({
-            config: config.admin,
-            backend,
-            deps: { clock: (await import('../core/clock.js')).systemClock, logger: log, metrics },
-            ...(deps.env === undefined ? {} : { env: deps.env }),
-          })
-        } catch (error) {
-          throw new StartupError(`cannot start: admin: ${messageOf(error)}`)
-        }
-      }
+      admin = await startPrimaryAdmin(config, file, backend, log, metrics, deps.env)
       // Calls reload once the file's text changed, 250 ms after the last event. Watches the
       // folder, not the file: editors and `mv` replace the file, which ends a watch on the file
       // itself; a ConfigMap volume's update names only its `..`-prefixed entries, and happens
@@ -584,7 +598,11 @@ async function runPrimary(
       onSignal: (signal, phase) =>
         log.info(`${signal}: ${phase === 'drain' ? 'draining every worker' : 'forced stop'}`),
     },
-  ).finally(() => signals.off('SIGHUP', onHup))
+  )
+    .finally(() => signals.off('SIGHUP', onHup))
+    // No worker was forked yet: nothing to stop but this process.
+    .catch((error: unknown) => endTimedOutStart(error, deps))
+  if (typeof outcome === 'number') return outcome
   if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
     for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGKILL')
     await admin?.close()
@@ -592,6 +610,54 @@ async function runPrimary(
   log.info('proxy exited', { ...outcome })
   if (startError !== undefined) throw new StartupError(`cannot start: ${startError}`)
   return outcome.reason === 'signal' && outcome.drain !== 'complete' ? 1 : 0
+}
+
+/**
+ * Starts the multi-process primary's admin API, bounded by the config's `startTimeoutMs` as one
+ * process's start is (its admin token file, or the bind, may wait on something that never
+ * answers: a hung network mount, a resolver that does not reply): past it the start fails
+ * with PROXY_START_TIMEOUT naming `admin.token` or `admin`, and an admin server that comes up
+ * after all is closed. A token file without a usable token is refused (CONFIG_INVALID, exit 2)
+ * as one process refuses it; an admin API that cannot bind is one line naming `admin`.
+ */
+async function startPrimaryAdmin(
+  config: ProxyConfig,
+  file: string,
+  backend: AdminBackend,
+  log: Logger,
+  metrics: MetricsRegistry,
+  env: Readonly<Record<string, string | undefined>> | undefined,
+): Promise<AdminServer | undefined> {
+  const { systemClock } = await import('../core/clock.js')
+  const { checkAdminTokenFile } = await import('../proxy/config/files.js')
+  const { startAdminServer } = await import('../proxy/admin/server.js')
+  const { startBound } = await import('../proxy/start-bound.js')
+  const bound = startBound(systemClock, config.startTimeoutMs)
+  try {
+    await bound
+      .wait('admin.token', 'reading the admin token file', checkAdminTokenFile(config, file))
+      .catch(startFailure)
+    const settings = config.admin
+    if (settings === undefined) return undefined
+    return await bound
+      .wait(
+        'admin',
+        `starting the admin API on ${settings.host}:${settings.port}`,
+        startAdminServer({
+          config: settings,
+          backend,
+          deps: { clock: systemClock, logger: log, metrics },
+          ...(env === undefined ? {} : { env }),
+        }),
+        (late) => late.close(),
+      )
+      .catch((error: unknown) => {
+        if (bound.timedOut(error)) startFailure(error)
+        throw new StartupError(`cannot start: admin: ${messageOf(error)}`)
+      })
+  } finally {
+    bound.end()
+  }
 }
 
 /**

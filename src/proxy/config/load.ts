@@ -33,10 +33,15 @@ export function parseProxyConfig(
   return toProxyConfig(validateProxyDocument(yamlText, sourceName, overrides))
 }
 
-/** Settings given besides the file (the CLI's `--workers`), validated as if the file held them. */
+/**
+ * Settings given besides the file (the CLI's `--workers` and `--start-timeout`), validated as
+ * if the file held them.
+ */
 export interface ProxyConfigOverrides {
   /** Replaces the file's `workers`: rules that depend on it (a shared idempotency store) apply. */
   readonly workers?: number
+  /** Replaces the file's `startTimeoutMs` (the CLI's `--start-timeout`). */
+  readonly startTimeoutMs?: number
 }
 
 /** Reads a YAML file and {@link parseProxyConfig}s it (the file path names the source). */
@@ -105,8 +110,14 @@ export function validateProxyDocument(
     ])
   }
   if (raw === null || raw === undefined) raw = {}
-  if (overrides.workers !== undefined && typeof raw === 'object' && !Array.isArray(raw))
-    raw = { ...raw, workers: overrides.workers }
+  if (typeof raw === 'object' && !Array.isArray(raw)) {
+    const { workers, startTimeoutMs } = overrides
+    raw = {
+      ...(raw as Record<string, unknown>),
+      ...(workers === undefined ? {} : { workers }),
+      ...(startTimeoutMs === undefined ? {} : { startTimeoutMs }),
+    }
+  }
   const locate = (path: readonly (string | number)[]): { line?: number; col?: number } => {
     for (let n = path.length; n >= 0; n--) {
       const node = doc.getIn(path.slice(0, n), true) as Node | undefined

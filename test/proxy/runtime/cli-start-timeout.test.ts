@@ -1,0 +1,134 @@
+// `breakwater proxy --start-timeout <ms>` overrides the file's startTimeoutMs (refused, naming
+// the flag, unless a positive integer of milliseconds), and the multi-process primary bounds its
+// own admin API start by it: a primary whose admin token source never answers used to hang
+// before forking anything, neither up nor failed.
+
+import { closeSync, constants, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { proxyCommand } from '../../../src/cli/proxy.js'
+import { spawnCli } from '../../process/cli-process.js'
+import { until } from '../../support/until.js'
+import { type SilentServer, startSilentServer } from '../support/silent-server.js'
+import { captureLog } from './helpers.js'
+
+const dir = mkdtempSync(join(tmpdir(), 'bw-proxy-cli-start-timeout-'))
+let silent: SilentServer
+
+beforeAll(async () => {
+  silent = await startSilentServer()
+})
+afterAll(async () => {
+  await silent.close()
+  rmSync(dir, { recursive: true, force: true })
+})
+
+function write(name: string, text: string): string {
+  const file = join(dir, name)
+  writeFileSync(file, text)
+  return file
+}
+
+describe('--start-timeout', () => {
+  it.each([
+    ['0', '"0"'],
+    ['-5', 'needs a value'],
+    ['1.5', '"1.5"'],
+    ['10s', '"10s"'],
+    ['abc', '"abc"'],
+    ['2147483648', '"2147483648"'],
+  ])('refuses %s, naming the flag, exit 2', async (value, said) => {
+    const err = captureLog()
+    expect(
+      await proxyCommand(['--config', 'x.yaml', '--start-timeout', value], { stderr: err }),
+    ).toBe(2)
+    expect(err.text()).toContain('--start-timeout')
+    expect(err.text()).toContain(said)
+    if (said.startsWith('"'))
+      expect(err.text()).toContain(
+        `--start-timeout: expected a positive integer of milliseconds (1 to 2147483647), got ${said}`,
+      )
+  })
+
+  it('is listed in the help', async () => {
+    const out = captureLog()
+    expect(await proxyCommand(['--help'], { stdout: out })).toBe(0)
+    expect(out.text()).toMatch(/--start-timeout <ms>\s+/)
+  })
+
+  it("overrides the file's startTimeoutMs: a store that never answers fails the start after it", async () => {
+    const file = write(
+      'store.yaml',
+      `services: { a: { endpoints: [http://127.0.0.1:9] } }
+listeners: [{ name: in, role: gateway, port: 0, routes: [{ name: r, match: { prefix: / }, targets: [{ service: a }], idempotency: {} }] }]
+idempotency: { url: "postgres://app@127.0.0.1:${silent.port}/app" }
+startTimeoutMs: 600000
+`,
+    )
+    const cli = spawnCli(['proxy', '--config', file, '--start-timeout=400'])
+    try {
+      const { code } = await cli.exited
+      expect(code).toBe(1)
+      expect(cli.stderr()).toContain(
+        'cannot start: startTimeoutMs (400 ms) passed while waiting for idempotency.url',
+      )
+    } finally {
+      cli.kill()
+    }
+  }, 30_000)
+})
+
+describe('the multi-process primary', () => {
+  it('fails with PROXY_START_TIMEOUT naming admin when its admin API does not start in time, forking no worker', async () => {
+    // A token file that is a pipe: the start's check reads the token the test writes once; the
+    // admin API's own read then waits for a writer that never comes (as a read from a hung
+    // network mount would).
+    const fifo = join(dir, 'admin-token')
+    const { execFileSync } = await import('node:child_process')
+    execFileSync('mkfifo', [fifo])
+    const file = write(
+      'primary.yaml',
+      `services: { a: { endpoints: [http://127.0.0.1:9] } }
+listeners: [{ name: out, role: ambassador, port: 0 }]
+admin: { port: 0, token: { file: ${fifo} } }
+workers: 2
+`,
+    )
+    // Opens the pipe for writing only while someone reads it (never blocks this process).
+    const writeIfRead = (text: string): boolean => {
+      try {
+        const fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
+        if (text !== '') writeFileSync(fd, text)
+        closeSync(fd)
+        return true
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'ENXIO') return false
+        throw error
+      }
+    }
+    const cli = spawnCli(['proxy', '--config', file, '--start-timeout', '500'])
+    try {
+      await until(
+        () => cli.child.exitCode !== null || writeIfRead('a-long-enough-admin-token\n'),
+        'the token check to read',
+      )
+      await until(
+        () => cli.stderr().includes('startTimeoutMs') || cli.child.exitCode !== null,
+        `the start to fail${cli.stdout()}${cli.stderr()}`,
+        20_000,
+      )
+      expect(cli.stderr()).toContain(
+        'cannot start: startTimeoutMs (500 ms) passed while waiting for admin: starting the admin API on 127.0.0.1:0',
+      )
+      // The read given up on holds a thread of the process: let it end, so the process can.
+      await until(() => writeIfRead(''), 'the admin read to be released')
+      const { code } = await cli.exited
+      expect(code).toBe(1)
+      expect(cli.stdout()).not.toContain('"worker":')
+      expect(cli.stdout()).not.toContain('starting workers')
+    } finally {
+      cli.kill()
+    }
+  }, 30_000)
+})
