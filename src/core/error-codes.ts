@@ -67,6 +67,8 @@ export const errorCodes = {
     'A projection rebuild was overtaken by a later rebuild of the same projection; it swapped nothing in.',
   REBUILD_CONTENDED:
     "A projection rebuild's swap did not get its tables (or kept failing with deadlocks or serialization failures) within maxSwapRounds rounds; nothing was swapped in; retryable.",
+  REBUILD_BLOCKED:
+    "A projection rebuild on PostgreSQL was refused because views depend on one of the projection's tables (its swap would have to drop them); nothing was swapped in.",
   UPSTREAM_CONNECT_FAILED:
     'The proxy could not connect to any endpoint of an upstream service (refused, unreachable, TLS handshake or verification failed); answered 502.',
   UPSTREAM_RESET:

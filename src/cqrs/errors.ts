@@ -129,6 +129,44 @@ export class RebuildContendedError extends BreakwaterError {
 }
 
 /**
+ * A projection rebuild on PostgreSQL found views (or materialized views) that depend on one of
+ * the projection's tables (code `REBUILD_BLOCKED`). The swap drops the old table, which
+ * PostgreSQL refuses while a view depends on it, and a view cannot be moved to the fresh table
+ * soundly (it is bound to the table itself, not its name, and may carry grants, owners and
+ * views of its own). Found before the fill, the rebuild did no work; found at the swap (a view
+ * created during the fill), the swap rolled back: either way nothing was swapped in and the
+ * live tables and views are as they were. Not retryable as is: drop the views before the
+ * rebuild and create them again after it (or query the tables directly). On SQLite, whose
+ * views name their tables, the swap keeps such views reading the table.
+ *
+ * @example
+ * ```ts
+ * try { await projector.rebuild() }
+ * catch (error) {
+ *   if (error instanceof RebuildBlockedError) console.log(error.table, error.views)
+ * }
+ * ```
+ */
+export class RebuildBlockedError extends BreakwaterError {
+  /** The projection. */
+  readonly projection: string
+  /** The projection's table the views depend on. */
+  readonly table: string
+  /** The dependent views, as PostgreSQL names them (schema-qualified outside the search path). */
+  readonly views: readonly string[]
+
+  constructor(projection: string, table: string, views: readonly string[]) {
+    super(
+      'REBUILD_BLOCKED',
+      `projection "${projection}": cannot rebuild: table "${table}" has dependent view(s) ${views.join(', ')}, which the swap would have to drop with the old table; drop them before the rebuild and create them again after it. Nothing was swapped in`,
+    )
+    this.projection = projection
+    this.table = table
+    this.views = views
+  }
+}
+
+/**
  * An event could not be brought to the current schema version of its type (code
  * `UPCAST_FAILED`): an upcaster threw on it (`cause` holds what it threw), or no chain of
  * upcasters leads from its stored version to the current one (the oldest registered upcaster

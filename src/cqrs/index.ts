@@ -16,6 +16,7 @@ export type {
 } from './command-handler.js'
 export { createCommandHandler } from './command-handler.js'
 export {
+  RebuildBlockedError,
   RebuildContendedError,
   RebuildSupersededError,
   UpcastError,

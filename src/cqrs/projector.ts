@@ -5,7 +5,7 @@ import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
-import { RebuildContendedError, RebuildSupersededError } from './errors.js'
+import { RebuildBlockedError, RebuildContendedError, RebuildSupersededError } from './errors.js'
 import { type EventRow, type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
 import { publish } from './events.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
@@ -115,6 +115,13 @@ export interface RebuildOptions {
    * @default the projector's batchSize
    */
   readonly batchSize?: number
+  /**
+   * Cancels the rebuild: looked at before it starts, between the fill's batches and before
+   * each try of the swap (a batch or swap in progress runs to its end). An aborted rebuild
+   * drops its fresh tables, swaps nothing in and rejects with `AbortedError` (`cause` the
+   * signal's reason).
+   */
+  readonly signal?: AbortSignal
 }
 
 /** What a rebuild did. */
@@ -178,7 +185,11 @@ export interface Projector {
   /**
    * Rebuilds the read model from position 0 into fresh tables, then swaps them in atomically
    * (with the checkpoint); queries keep reading the old tables until the swap. Works for
-   * async and inline projections.
+   * async and inline projections. A rebuild that fails rejects with its own failure; should
+   * the check that follows it (for a newer rebuild) fail too, that error is attached to it as
+   * `suppressed` (an array), not put in its place.
+   * @throws AbortedError when `signal` aborts it (nothing swapped in, fresh tables dropped)
+   * @throws RebuildBlockedError on PostgreSQL when views depend on the projection's tables
    */
   rebuild(options?: RebuildOptions): Promise<RebuildResult>
 }
@@ -510,6 +521,11 @@ class SqlProjector implements Projector {
   async rebuild(options: RebuildOptions = {}): Promise<RebuildResult> {
     checkObject('options', options)
     const batchSize = checkInteger('batchSize', options.batchSize ?? this.#batchSize, 1, 100_000)
+    const signal = options.signal
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new InvalidOptionError('signal', 'an AbortSignal', signal)
+    }
+    if (signal?.aborted) throw new AbortedError(signal.reason)
     await this.#ensure()
     const store = this.#store
     const projection = this.#projection
@@ -520,6 +536,11 @@ class SqlProjector implements Projector {
     // would apply every event to them. Its tables gone, the other rebuild fails instead.
     const generation = await store.db.transaction(async (tx) => {
       const row = await this.#lockRow(tx)
+      // A view on a live table would fail the swap's DROP after all the fill's work (PostgreSQL):
+      // refused here, before any. The swap looks again for views created during the fill.
+      if (tx.dialect === 'postgres') {
+        for (const table of Object.keys(projection.tables)) await this.#refuseViews(tx, table)
+      }
       const pending = row.rebuild_generation === null ? 0 : Number(row.rebuild_generation)
       const next = Math.max(Number(row.generation), pending) + 1
       if (row.rebuild_generation !== null) {
@@ -540,6 +561,7 @@ class SqlProjector implements Projector {
     let position = 0
     let applied = 0
     for (;;) {
+      if (signal?.aborted) await this.#abandon(generation, signal.reason)
       let count: number
       try {
         count = await store.db.transaction(async (tx) => {
@@ -554,9 +576,15 @@ class SqlProjector implements Projector {
         })
       } catch (error) {
         // A later rebuild dropped these tables under this one: the driver's "no such table"
-        // is that, and the caller is told so (the check costs a query on failure only).
-        if (await this.#rebuildSuperseded(generation))
-          throw new RebuildSupersededError(this.name, error)
+        // is that, and the caller is told so (the check costs a query on failure only). On a
+        // failing database the check may fail too: the caller still gets the fill's failure.
+        let superseded: boolean
+        try {
+          superseded = await this.#rebuildSuperseded(generation)
+        } catch (checkError) {
+          throw withSuppressed(error, checkError)
+        }
+        if (superseded) throw new RebuildSupersededError(this.name, error)
         throw error
       }
       applied += count
@@ -577,6 +605,7 @@ class SqlProjector implements Projector {
     }
     let swapped: { readonly position: number; readonly events: number }
     for (;;) {
+      if (signal?.aborted) await this.#abandon(generation, signal.reason)
       rounds.used++
       rounds.waiting = undefined
       try {
@@ -651,18 +680,33 @@ class SqlProjector implements Projector {
         position = page.position
         events += page.read
       }
-      for (const table of Object.keys(projection.tables)) {
-        const old = `${table}__old`
-        const fresh = physicalTable(table, generation)
-        // A rename waits for every transaction that has used the table, readers included.
-        if (live.includes(table)) {
-          rounds.waiting = `table "${table}" (to rename it away)`
-          await tx.execute(`ALTER TABLE ${table} RENAME TO ${old}`)
+      // SQLite's views name their tables, and a rename rewrites the views that read the table
+      // to read it under its new name: a view of the live table would read `__old`, then
+      // nothing once that is dropped. In legacy mode the rename leaves views alone, so they go
+      // on reading the table by its name, which is the fresh table's from the swap on. The
+      // mode belongs to the connection: it is put back whatever happens.
+      if (!postgres) await tx.execute('PRAGMA legacy_alter_table = ON')
+      try {
+        for (const table of Object.keys(projection.tables)) {
+          const old = `${table}__old`
+          const fresh = physicalTable(table, generation)
+          // A rename waits for every transaction that has used the table, readers included.
+          if (live.includes(table)) {
+            rounds.waiting = `table "${table}" (to rename it away)`
+            await tx.execute(`ALTER TABLE ${table} RENAME TO ${old}`)
+            rounds.waiting = undefined
+            // A view created during the fill (PostgreSQL) follows the table to `__old` and
+            // would fail the DROP with a driver error; the rename's ACCESS EXCLUSIVE lock
+            // keeps any new one out from here on.
+            if (postgres) await this.#refuseViews(tx, old, table)
+          }
+          rounds.waiting = `table "${fresh}" (to rename it into place)`
+          await tx.execute(`ALTER TABLE ${fresh} RENAME TO ${table}`)
+          rounds.waiting = undefined
+          if (live.includes(table)) await tx.execute(`DROP TABLE ${old}`)
         }
-        rounds.waiting = `table "${fresh}" (to rename it into place)`
-        await tx.execute(`ALTER TABLE ${fresh} RENAME TO ${table}`)
-        rounds.waiting = undefined
-        if (live.includes(table)) await tx.execute(`DROP TABLE ${old}`)
+      } finally {
+        if (!postgres) await tx.execute('PRAGMA legacy_alter_table = OFF').catch(() => {})
       }
       await tx.execute(store.statements.finishRebuild, [
         this.name,
@@ -674,11 +718,77 @@ class SqlProjector implements Projector {
     })
   }
 
+  /**
+   * Throws `RebuildBlockedError` when views depend on `table` (PostgreSQL), reported under the
+   * projection's name for it, `name`.
+   */
+  async #refuseViews(tx: SqlExecutor, table: string, name = table): Promise<void> {
+    // A view depends on a table through its rewrite rule (pg_rewrite), materialized ones too.
+    const rows = await tx.query<{ view: string }>(
+      `SELECT DISTINCT v.oid::regclass::text AS view
+       FROM pg_depend d
+       JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+       JOIN pg_class v ON v.oid = r.ev_class
+       WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass($1)
+         AND v.oid <> d.refobjid
+       ORDER BY 1`,
+      [table],
+    )
+    if (rows.length > 0) {
+      throw new RebuildBlockedError(
+        this.name,
+        name,
+        rows.map((row) => row.view),
+      )
+    }
+  }
+
+  /**
+   * Ends a rebuild aborted by its signal: drops the fresh tables of `generation` and clears the
+   * rebuild from the checkpoint row (unless a later rebuild has taken over, which dropped them
+   * already), then rejects with `AbortedError`. Should that fail, the `AbortedError` still
+   * goes to the caller, the failure attached as `suppressed`.
+   */
+  async #abandon(generation: number, reason: unknown): Promise<never> {
+    const aborted = new AbortedError(reason)
+    try {
+      await this.#store.db.transaction(async (tx) => {
+        if (!ownsRebuild(await this.#lockRow(tx), generation)) return
+        await this.#dropTables(tx, generation)
+        await tx.execute(this.#store.statements.setRebuildGeneration, [
+          this.name,
+          null,
+          storedTime(this.#clock),
+        ])
+      })
+    } catch (error) {
+      throw withSuppressed(aborted, error)
+    }
+    throw aborted
+  }
+
   async #dropTables(tx: SqlExecutor, generation: number): Promise<void> {
     for (const table of Object.keys(this.#projection.tables)) {
       await tx.execute(`DROP TABLE IF EXISTS ${physicalTable(table, generation)}`)
     }
   }
+}
+
+/**
+ * Attaches `secondary` to `error`, the failure the caller gets, as `error.suppressed` (an array
+ * of the errors that came after it), so that neither is lost. A value that cannot take a
+ * property (a thrown string, a frozen object) is left as it is.
+ */
+function withSuppressed<E>(error: E, secondary: unknown): E {
+  if (typeof error !== 'object' || error === null || !Object.isExtensible(error)) return error
+  const target = error as { suppressed?: unknown }
+  try {
+    if (Array.isArray(target.suppressed)) target.suppressed.push(secondary)
+    else if (target.suppressed === undefined) target.suppressed = [secondary]
+  } catch {
+    // A read-only `suppressed`: the caller still gets its error.
+  }
+  return error
 }
 
 /** The rounds a rebuild's swap has used (tries of its transaction and lock rounds) and may use. */
