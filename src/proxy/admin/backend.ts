@@ -36,6 +36,8 @@ export class PartiallyAppliedError extends BreakwaterError {
     readonly op: string,
     readonly applied: readonly number[],
     readonly failed: readonly { readonly pid: number; readonly error: string }[],
+    /** For a reload: what it did in each worker asked (see {@link ReloadReport}). */
+    readonly workers?: readonly WorkerReload[],
   ) {
     super(
       'PARTIALLY_APPLIED',
@@ -46,6 +48,37 @@ export class PartiallyAppliedError extends BreakwaterError {
       { retryable: true },
     )
   }
+}
+
+/** What a reload did in one worker of the multi-process mode. */
+export interface WorkerReload {
+  readonly pid: number
+  /**
+   * `applied`: it runs the new config. `refused`: it answered that it could not apply it (a
+   * port in use, its own `startTimeoutMs` passing while a store opened), and runs the old one.
+   * `no-answer`: no answer within the new config's `startTimeoutMs` plus the primary's margin,
+   * or it exited first; what it runs is unknown.
+   */
+  readonly outcome: 'applied' | 'refused' | 'no-answer'
+  /** Why it did not apply it: the worker's own reason, or what the primary saw. */
+  readonly reason?: string
+  /** Whether the primary is replacing it (a replacement starts on the config in force). */
+  readonly replaced: boolean
+}
+
+/**
+ * What a reload did, per worker (multi-process mode). When only some workers applied it,
+ * {@link AdminBackend.reloadByWorker} rejects with PartiallyAppliedError carrying the same
+ * `workers` instead.
+ */
+export interface ReloadReport {
+  /**
+   * Why the new config was refused (by the primary's validation, then no worker was asked; or
+   * by every worker asked); undefined when it is in force.
+   */
+  readonly refused: ConfigInvalidError | undefined
+  /** Each worker asked, in the order asked. */
+  readonly workers: readonly WorkerReload[]
 }
 
 /** The operations behind the admin API. */
@@ -67,6 +100,11 @@ export interface AdminBackend {
    * not apply it are being replaced (their replacements start from the file).
    */
   reload(): Promise<ConfigInvalidError | undefined>
+  /**
+   * As {@link AdminBackend.reload}, saying what the reload did in each worker (the
+   * multi-process primary has it; `POST /admin/reload` then answers with `workers`).
+   */
+  reloadByWorker?(): Promise<ReloadReport>
   /** Isolates a service's breaker in every process. */
   isolate(service: string): Promise<void>
   /** Resets a service's breaker and ejections in every process. */

@@ -11,12 +11,12 @@
 // also a worker restarted while the file on disk is one the primary refused.
 
 import type { Worker } from 'node:cluster'
-import type { Clock, TimerHandle } from '../../core/clock.js'
+import { type Clock, maxTimerDelayMs, type TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkClock, checkInteger } from '../../core/validate.js'
 import type { Logger } from '../../observability/logger.js'
 import type { MetricsRegistry } from '../../observability/metrics.js'
-import { ConfigInvalidError, type ConfigProblem } from '../config/errors.js'
+import { ConfigInvalidError, type ConfigProblem, formatProblem } from '../config/errors.js'
 import { keepsServiceRuntime } from '../config/reload.js'
 import type { ProxyConfig, RouteTargetConfig } from '../contracts.js'
 import type { SharedRetryPin } from '../inbound/routes.js'
@@ -24,6 +24,8 @@ import type { ProxyInternals } from '../runtime.js'
 import {
   type AdminBackend,
   PartiallyAppliedError,
+  type ReloadReport,
+  type WorkerReload,
   type WorkerRoutes,
   type WorkerServices,
 } from './backend.js'
@@ -92,6 +94,26 @@ const pinBatchSize = 1_000
 // How long past its drain time a worker being replaced has to exit before it is killed.
 const replaceGraceMs = 5_000
 
+/**
+ * How much longer than the config's `startTimeoutMs` the primary waits for a worker's answer to
+ * a reload (ms). The worker bounds its reload by that same value and then answers with its
+ * refusal (PROXY_START_TIMEOUT's message); the margin is for that answer to be sent and to cross
+ * the IPC channel, and for the worker's clock starting a little after the primary's, so a
+ * worker that is still within its own bound is never counted as not answering.
+ */
+export const reloadAnswerMarginMs = 5_000
+
+/** How long the primary waits for a worker to answer a reload to `config` (ms). */
+function reloadWaitMs(config: ProxyConfig): number {
+  return Math.min(config.startTimeoutMs + reloadAnswerMarginMs, maxTimerDelayMs)
+}
+
+/**
+ * A command the worker did not answer: it did not in time, it exited first, or the command
+ * could not be sent. Unlike a refusal, what the worker does with the command is unknown.
+ */
+class NoAnswerError extends Error {}
+
 function serialize(error: unknown): SerializedError {
   if (error instanceof ConfigInvalidError)
     return { code: error.code, message: error.message, problems: error.problems }
@@ -109,6 +131,16 @@ function revive(error: SerializedError | undefined): Error {
     return revived
   }
   return new Error(error?.message ?? 'worker failed')
+}
+
+/**
+ * Why a worker did not apply a command, in one line: a config refusal's problems (such as its
+ * own `startTimeoutMs` passing: `(apply): expected a config that can be applied, got
+ * startTimeoutMs (N ms) passed while waiting for ...`), or the error's message.
+ */
+function reasonOf(error: unknown): string {
+  if (error instanceof ConfigInvalidError) return error.problems.map(formatProblem).join('; ')
+  return error instanceof Error ? error.message : String(error)
 }
 
 /** The config a worker is to run, as the primary hands it over (see receiveWorkerConfig). */
@@ -268,7 +300,9 @@ export interface ClusterBackendOptions {
   /** The primary's own registry (reload counters), rendered with the workers' metrics. */
   readonly metrics: MetricsRegistry
   /**
-   * Time a worker has to answer a command (ms).
+   * Time a worker has to answer a command that starts nothing (ms). A reload is waited for
+   * longer: the new config's `startTimeoutMs` plus {@link reloadAnswerMarginMs}, as the worker
+   * bounds its reload by that `startTimeoutMs`.
    * @default 10000
    */
   readonly commandTimeoutMs?: number
@@ -301,6 +335,8 @@ interface WorkerEntry {
 
 /** The primary's admin backend plus worker bookkeeping. */
 export interface ClusterBackend extends AdminBackend {
+  /** What a reload did in each worker (see {@link AdminBackend.reloadByWorker}). */
+  reloadByWorker(): Promise<ReloadReport>
   /** Starts talking to a (new or restarted) worker; replays switches and isolations. */
   attach(worker: Worker): void
   /** Forgets a worker that exited; true when it had come up (reported ready) before. */
@@ -372,20 +408,23 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     help: 'Config reloads refused (invalid file, or could not be applied); the old config stays.',
   })
 
-  function ask(worker: Worker, command: WorkerCommand): Promise<unknown> {
+  /** Sends `command` to `worker` and waits `waitMs` for its answer. */
+  function ask(worker: Worker, command: WorkerCommand, waitMs = timeoutMs): Promise<unknown> {
     const id = nextId++
     return new Promise((resolve, reject) => {
       const timer = clock.setTimeout(() => {
         pending.delete(id)
         reject(
-          new Error(`worker ${worker.process.pid} did not answer ${command.op} in ${timeoutMs} ms`),
+          new NoAnswerError(
+            `worker ${worker.process.pid} did not answer ${command.op} in ${waitMs} ms`,
+          ),
         )
-      }, timeoutMs)
+      }, waitMs)
       pending.set(id, { resolve, reject, timer, worker, op: command.op })
       const failed = (error: Error): void => {
         if (!pending.delete(id)) return
         clock.clearTimeout(timer)
-        reject(error)
+        reject(new NoAnswerError(error.message, { cause: error }))
       }
       try {
         worker.send({ bw: 'request', id, command } satisfies Message, (error: Error | null) => {
@@ -435,16 +474,21 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   }
 
   /**
-   * Sends `command` to every ready worker and sorts the answers: the pids that applied it, and
-   * the workers that did not, each with its error (in the order the workers were asked).
+   * Sends `command` to every ready worker, waiting `waitMs` for each answer, and sorts the
+   * answers: the pids that applied it, and the workers that did not, each with its error (in
+   * the order the workers were asked).
    */
-  async function sendToEach(command: WorkerCommand): Promise<{
+  async function sendToEach(
+    command: WorkerCommand,
+    waitMs = timeoutMs,
+  ): Promise<{
+    asked: WorkerEntry[]
     applied: number[]
     appliedBy: WorkerEntry[]
     failed: { entry: WorkerEntry; pid: number; error: unknown }[]
   }> {
     const live = [...workers.values()].filter((w) => w.ready && w.worker.isConnected())
-    const results = await Promise.allSettled(live.map((w) => ask(w.worker, command)))
+    const results = await Promise.allSettled(live.map((w) => ask(w.worker, command, waitMs)))
     const applied: number[] = []
     const appliedBy: WorkerEntry[] = []
     const failed: { entry: WorkerEntry; pid: number; error: unknown }[] = []
@@ -456,7 +500,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         appliedBy.push(entry)
       } else failed.push({ entry, pid, error: result.reason })
     })
-    return { applied, appliedBy, failed }
+    return { asked: live, applied, appliedBy, failed }
   }
 
   /**
@@ -493,7 +537,8 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     if (entry.generation < accepted.generation) {
       const { text, generation } = accepted
       try {
-        await ask(worker, { op: 'reload', text, generation })
+        // Its reload is bounded by the config in force's startTimeoutMs, as any reload to it.
+        await ask(worker, { op: 'reload', text, generation }, reloadWaitMs(config))
       } catch (error) {
         log.error('a worker could not apply the config in force; replacing it', {
           workerPid: worker.process.pid,
@@ -513,10 +558,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
 
   /** The workers that did not apply a command, as PartiallyAppliedError names them. */
   function notAppliedBy(failed: readonly { pid: number; error: unknown }[]) {
-    return failed.map(({ pid, error }) => ({
-      pid,
-      error: error instanceof Error ? error.message : String(error),
-    }))
+    return failed.map(({ pid, error }) => ({ pid, error: reasonOf(error) }))
   }
 
   /**
@@ -540,8 +582,12 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     }
   }
 
-  /** Validates the file in the primary, then has every ready worker apply its text. */
-  async function reloadNow(): Promise<ConfigInvalidError | undefined> {
+  /**
+   * Validates the file in the primary, then has every ready worker apply its text, waiting for
+   * each as long as the new config lets its reload take. Resolves with what the reload did in
+   * each worker; rejects with PartiallyAppliedError (carrying the same) when only some applied it.
+   */
+  async function reloadNow(): Promise<ReloadReport> {
     let next: ProxyConfig
     let text: string
     try {
@@ -558,25 +604,53 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         code: invalid.code,
         problems: invalid.problems.map((p) => `${p.path}: ${p.message}`),
       })
-      return invalid
+      return { refused: invalid, workers: [] }
     }
     const generation = accepted.generation + 1
-    const { applied, appliedBy, failed } = await sendToEach({ op: 'reload', text, generation })
-    if (applied.length === 0 && failed.length > 0) {
+    // Each worker bounds its reload by the new config's startTimeoutMs (with --start-timeout
+    // standing for it, in the primary's loadConfig as in the worker) and answers with its
+    // refusal once that passes: the primary waits that long, plus the margin for the answer.
+    const { asked, applied, appliedBy, failed } = await sendToEach(
+      { op: 'reload', text, generation },
+      reloadWaitMs(next),
+    )
+    const adopted = applied.length > 0 || failed.length === 0
+    // A worker that did not answer may still apply the new text (or be hung): replaced, so its
+    // replacement runs the config in force, whichever that ends up being. One that refused
+    // runs the old config: replaced only when the new one is adopted.
+    const replaced = failed.filter((f) => adopted || f.error instanceof NoAnswerError)
+    const report = (): WorkerReload[] =>
+      asked.map((entry) => {
+        const pid = entry.worker.process.pid ?? 0
+        const failure = failed.find((f) => f.entry === entry)
+        if (failure === undefined) return { pid, outcome: 'applied', replaced: false }
+        return {
+          pid,
+          outcome: failure.error instanceof NoAnswerError ? 'no-answer' : 'refused',
+          reason: reasonOf(failure.error),
+          replaced: replaced.includes(failure),
+        }
+      })
+    if (!adopted) {
+      for (const { entry } of replaced) replace(entry)
       // Nobody runs the new file: the old config stays in force everywhere.
       const error = failed[0]?.error as Error
       reloadFailures.inc()
-      log.error('a worker refused the reload', { error: error.message })
-      return error instanceof ConfigInvalidError
-        ? error
-        : new ConfigInvalidError('reload', [
-            {
-              path: '(apply)',
-              message: `expected a config every worker can apply, got ${error.message}`,
-              line: undefined,
-              column: undefined,
-            },
-          ])
+      log.error('no worker applied the reload; the running config stays in force', {
+        workers: report(),
+      })
+      const refused =
+        error instanceof ConfigInvalidError
+          ? error
+          : new ConfigInvalidError('reload', [
+              {
+                path: '(apply)',
+                message: `expected a config every worker can apply, got ${error.message}`,
+                line: undefined,
+                column: undefined,
+              },
+            ])
+      return { refused, workers: report() }
     }
     // A reload puts routes back on their configured targets (as in one process), and a
     // service it changed or removed got a new runtime in each worker, not isolated.
@@ -588,21 +662,21 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     pins.configure(next)
     overrides.clear()
     reloads.inc()
+    // (After the new config is in force: a worker being replaced gets its drainTimeoutMs.)
+    for (const { entry } of replaced) replace(entry)
     if (failed.length === 0) {
       log.info('config reloaded in every worker', { workers: workers.size })
-      return undefined
+      return { refused: undefined, workers: report() }
     }
     // Some workers run the new file and the others the old one. The new one is adopted (it
     // is valid, at least one worker applied it, and a restarted worker is handed it), and the
-    // workers that did not apply it are replaced: their replacements start from the text in
-    // force, so every worker ends up on the same config without the operator having to notice.
-    for (const { entry } of failed) replace(entry)
-    const notApplied = notAppliedBy(failed)
+    // workers that did not apply it are replaced (above): their replacements start from the
+    // text in force, so every worker ends up on the same config without the operator having
+    // to notice.
     log.error('a reload was applied by only some workers; replacing the others', {
-      applied,
-      failed: notApplied.map((f) => f.pid),
+      workers: report(),
     })
-    throw new PartiallyAppliedError('reload', applied, notApplied)
+    throw new PartiallyAppliedError('reload', applied, notAppliedBy(failed), report())
   }
 
   const backend: ClusterBackend = {
@@ -614,7 +688,8 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     resetRoute: (route) => change({ op: 'resetRoute', route }, () => overrides.delete(route)),
     isolate: (service) => change({ op: 'isolate', service }, () => isolated.add(service)),
     reset: (service) => change({ op: 'reset', service }, () => isolated.delete(service)),
-    reload: () => enqueue(reloadNow),
+    reload: () => enqueue(reloadNow).then((report) => report.refused),
+    reloadByWorker: () => enqueue(reloadNow),
     async metricsText() {
       const texts = await Promise.all(
         [...workers.values()]
@@ -718,7 +793,9 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
           pending.delete(id)
           clock.clearTimeout(waiting.timer)
           waiting.reject(
-            new Error(`worker ${worker.process.pid} exited before it answered ${waiting.op}`),
+            new NoAnswerError(
+              `worker ${worker.process.pid} exited before it answered ${waiting.op}`,
+            ),
           )
         }
       return cameUp

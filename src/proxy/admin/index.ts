@@ -1,7 +1,13 @@
 // The proxy's admin API: config, service and route state, route switch and rollback, reload,
 // breaker isolate/reset, behind a bearer token; /metrics, /healthz and /readyz beside it.
 
-export type { AdminBackend, WorkerRoutes, WorkerServices } from './backend.js'
+export type {
+  AdminBackend,
+  ReloadReport,
+  WorkerReload,
+  WorkerRoutes,
+  WorkerServices,
+} from './backend.js'
 export { configForDisplay, mergeRoutes } from './backend.js'
 export type { AdminServer, AdminServerOptions } from './server.js'
 export { parseTargets, resolveSecret, startAdminServer, tokenMatches } from './server.js'

@@ -245,10 +245,15 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     }
     if (parts.length === 1 && parts[0] === 'reload') {
       return only(method, ['POST'], async () => {
-        const error = await backend.reload().catch(toProblem)
+        // The multi-process primary says what the reload did in each worker.
+        const { refused: error, workers } = await (backend.reloadByWorker === undefined
+          ? backend.reload().then((refused) => ({ refused, workers: undefined }))
+          : backend.reloadByWorker()
+        ).catch(toProblem)
+        const perWorker = workers === undefined ? {} : { workers }
         if (error === undefined) {
           log.info('config reloaded through the admin API')
-          sendJson(res, 200, { reloaded: true })
+          sendJson(res, 200, { reloaded: true, ...perWorker })
         } else {
           throw new AdminProblem(
             422,
@@ -261,6 +266,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
                 line: p.line,
                 column: p.column,
               })),
+              ...perWorker,
             },
           )
         }
@@ -456,6 +462,7 @@ function toProblem(error: unknown): never {
     throw new AdminProblem(502, 'PARTIALLY_APPLIED', error.message, {
       appliedBy: error.applied,
       notAppliedBy: error.failed,
+      ...(error.workers === undefined ? {} : { workers: error.workers }),
     })
   if (
     error instanceof InvalidOptionError ||

@@ -1,7 +1,8 @@
 // `breakwater proxy --start-timeout <ms>` overrides the file's startTimeoutMs (refused, naming
 // the flag, unless a positive integer of milliseconds), and the multi-process primary bounds its
 // own admin API start by it: a primary whose admin token source never answers used to hang
-// before forking anything, neither up nor failed.
+// before forking anything, neither up nor failed. With workers, a reload each worker gives up on
+// at its own bound is answered by POST /admin/reload with each worker's refusal.
 
 import { closeSync, constants, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -11,7 +12,7 @@ import { proxyCommand } from '../../../src/cli/proxy.js'
 import { spawnCli } from '../../process/cli-process.js'
 import { until } from '../../support/until.js'
 import { type SilentServer, startSilentServer } from '../support/silent-server.js'
-import { captureLog } from './helpers.js'
+import { captureLog, http } from './helpers.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'bw-proxy-cli-start-timeout-'))
 let silent: SilentServer
@@ -127,6 +128,57 @@ workers: 2
       expect(code).toBe(1)
       expect(cli.stdout()).not.toContain('"worker":')
       expect(cli.stdout()).not.toContain('starting workers')
+    } finally {
+      cli.kill()
+    }
+  }, 30_000)
+})
+
+// The new idempotency store is a TCP port that never answers: each worker refuses the reload at
+// its own bound (--start-timeout), and the old config stays everywhere, no worker replaced.
+const workersYaml = (url: string): string =>
+  `services: { a: { endpoints: [http://127.0.0.1:9] } }
+listeners: [{ name: in, role: gateway, port: 0, routes: [{ name: r, match: { prefix: / }, targets: [{ service: a }], idempotency: {} }] }]
+idempotency: { url: "${url}" }
+admin: { host: 127.0.0.1, port: 0, token: { env: BW_TEST_ADMIN_TOKEN } }
+workers: 2
+drainTimeoutMs: 1000
+`
+
+const token = 'admin-token-0123456789abcdef'
+
+describe('breakwater proxy with workers, POST /admin/reload', () => {
+  it("names each worker's refusal at its own start bound", async () => {
+    const file = join(dir, 'proxy.yaml')
+    writeFileSync(file, workersYaml(`sqlite:${join(dir, 'idempotency.db')}`))
+    const cli = spawnCli(['proxy', '--config', file, '--start-timeout', '1500'], {
+      BW_TEST_ADMIN_TOKEN: token,
+    })
+    const started = () => cli.lines.filter((l) => l.msg === 'proxy started')
+    try {
+      await cli.waitForLine(() => started().length === 2, 'both workers')
+      const adminPort = cli.lines.find((l) => l.msg === 'admin api listening')?.port as number
+      const pids = started().map((l) => l.pid)
+      // The file watch reloads it too; the admin call is queued behind that reload.
+      writeFileSync(file, workersYaml(`postgres://app@127.0.0.1:${silent.port}/app`))
+      const res = await http(adminPort, '/admin/reload', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}` },
+      })
+      expect(res.status).toBe(422)
+      const body = res.json() as { workers: { pid: number; outcome: string; reason: string }[] }
+      expect(body.workers.map((w) => w.pid).sort()).toEqual([...pids].sort())
+      for (const worker of body.workers) {
+        expect(worker).toMatchObject({ outcome: 'refused', replaced: false })
+        expect(worker.reason).toContain(
+          '(apply): expected a config that can be applied, got startTimeoutMs (1500 ms) passed while waiting for idempotency.url',
+        )
+      }
+      expect(
+        cli.lines.filter((l) => l.msg === 'worker exited unexpectedly; starting a new one'),
+      ).toEqual([])
+      cli.child.kill('SIGTERM')
+      expect(await cli.exited).toEqual({ code: 0, signal: null })
     } finally {
       cli.kill()
     }
