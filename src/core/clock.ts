@@ -1,4 +1,5 @@
 import { AbortedError } from './errors.js'
+import { signalRefusal } from './validate.js'
 
 /** An opaque timer handle returned by {@link Clock.setTimeout}. */
 export type TimerHandle = unknown
@@ -116,7 +117,8 @@ export function keepProcessAlive(handle: TimerHandle): void {
 /**
  * Waits `delayMs` on `clock`. The wait holds the process open (see {@link keepProcessAlive}):
  * whoever awaits it expects to be resumed. Rejects with {@link AbortedError} (carrying the signal's reason)
- * as soon as `signal` aborts, and clears the timer, so no sleep outlives its caller.
+ * as soon as `signal` aborts, and clears the timer, so no sleep outlives its caller. Rejects with
+ * `InvalidOptionError` (`sleep.signal`) for a `signal` that is not an AbortSignal.
  *
  * @example
  * ```ts
@@ -125,6 +127,8 @@ export function keepProcessAlive(handle: TimerHandle): void {
  * ```
  */
 export function sleep(clock: Clock, delayMs: number, signal?: AbortSignal): Promise<void> {
+  const refused = signalRefusal('sleep.signal', signal)
+  if (refused !== undefined) return refused
   if (signal?.aborted) return Promise.reject(new AbortedError(signal.reason))
   if (delayMs <= 0 && signal === undefined) return Promise.resolve()
   return new Promise<void>((resolve, reject) => {

@@ -2,7 +2,7 @@ import { type Clock, systemClock } from './clock.js'
 import { InvalidOptionError } from './errors.js'
 
 // Small validators for constructor options. They run once per factory call, never per
-// operation, so clarity beats speed here.
+// operation, so clarity beats speed here; the signal checks below are the exception (see them).
 
 /**
  * Returns `value` if it is a number (not NaN) within [min, max], else throws naming `option`.
@@ -84,4 +84,47 @@ export function checkClock(option: string, value: unknown): Clock {
     throw new InvalidOptionError(option, 'a Clock (now, setTimeout and clearTimeout)', value)
   }
   return value as Clock
+}
+
+/**
+ * The refusal of a `signal` option that is neither undefined nor an AbortSignal. Such a value
+ * would otherwise be ignored (a policy that never listens) or fail deep inside with a bare
+ * TypeError (`addEventListener is not a function`), only in the call that happened to wait.
+ */
+function signalProblem(option: string, value: unknown): InvalidOptionError | undefined {
+  return value === undefined || value instanceof AbortSignal
+    ? undefined
+    : new InvalidOptionError(option, 'an AbortSignal', value)
+}
+
+/**
+ * Returns `value` if it is an AbortSignal (or undefined: no signal), else throws naming
+ * `option`. Unlike the validators above it runs per call (a signal comes with each call): one
+ * `instanceof`, nothing allocated for a good value.
+ *
+ * @example
+ * ```ts
+ * const signal = checkSignal('request.signal', options.signal)
+ * ```
+ */
+export function checkSignal(option: string, value: unknown): AbortSignal | undefined {
+  const problem = signalProblem(option, value)
+  if (problem !== undefined) throw problem
+  return value as AbortSignal | undefined
+}
+
+/**
+ * {@link checkSignal} for a function that answers with a promise and must reject, not throw:
+ * the rejection to return when `value` is not an AbortSignal (nor undefined), else undefined.
+ * Cheap enough for the policies' `execute`: one `instanceof`, nothing allocated for a good value.
+ *
+ * @example
+ * ```ts
+ * const refused = signalRefusal('retry.execute(signal)', signal)
+ * if (refused !== undefined) return refused
+ * ```
+ */
+export function signalRefusal(option: string, value: unknown): Promise<never> | undefined {
+  const problem = signalProblem(option, value)
+  return problem === undefined ? undefined : Promise.reject(problem)
 }

@@ -1,7 +1,13 @@
 import { type Counter, metrics } from '@opentelemetry/api'
 import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkInteger,
+  checkNumber,
+  checkObject,
+  signalRefusal,
+} from '../core/validate.js'
 import { parentOf } from './cancel-scope.js'
 import { abortFailure, BulkheadRejectedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
@@ -169,6 +175,8 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    const refused = signalRefusal('bulkhead.execute(signal)', signal)
+    if (refused !== undefined) return refused
     return this.#run(callDirectly, fn, contextFor(signal))
   }
 

@@ -7,6 +7,7 @@ import {
   checkInteger,
   checkNumber,
   checkObject,
+  signalRefusal,
 } from '../core/validate.js'
 import {
   type BreakerWindow,
@@ -333,6 +334,8 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    const refused = signalRefusal('circuitBreaker.execute(signal)', signal)
+    if (refused !== undefined) return refused
     return this.#run(callDirectly, fn, contextFor(signal))
   }
 

@@ -1,4 +1,4 @@
-import { checkFunction, checkObject } from '../core/validate.js'
+import { checkFunction, checkObject, signalRefusal } from '../core/validate.js'
 import { abortFailure } from './errors.js'
 import { EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
@@ -114,6 +114,8 @@ class FallbackPolicyImpl<R> implements FallbackPolicy<R>, FusablePolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T | R> {
+    const refused = signalRefusal('fallback.execute(signal)', signal)
+    if (refused !== undefined) return refused
     return this.#run(callDirectly, fn, contextFor(signal))
   }
 

@@ -1,4 +1,5 @@
 import { InvalidOptionError } from '../core/errors.js'
+import { signalRefusal } from '../core/validate.js'
 import type { FallbackPolicy } from './fallback.js'
 import { FusedPlan } from './fused.js'
 import {
@@ -155,6 +156,8 @@ class Pipeline implements ContextAwarePolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    const refused = signalRefusal('pipeline.execute(signal)', signal)
+    if (refused !== undefined) return refused
     const plan = this.#plan
     if (plan !== undefined) return plan.run(fn, contextFor(signal))
     return this.#head(fn, contextFor(signal))

@@ -7,6 +7,7 @@ import {
   checkInteger,
   checkNumber,
   checkObject,
+  signalRefusal,
 } from '../core/validate.js'
 import { type Backoff, type Jitter, resolveBackoff } from './backoff.js'
 import {
@@ -351,6 +352,8 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    const refused = signalRefusal('retry.execute(signal)', signal)
+    if (refused !== undefined) return refused
     const parent = signal === undefined ? undefined : parentOfSignal(signal)
     return this.#run(callDirectly, fn, parent, 1, undefined)
   }

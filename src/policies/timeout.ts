@@ -1,7 +1,7 @@
 import { metrics } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkObject, checkOneOf } from '../core/validate.js'
+import { checkClock, checkObject, checkOneOf, signalRefusal } from '../core/validate.js'
 import {
   type CancelParent,
   CancelScope,
@@ -285,6 +285,8 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    const refused = signalRefusal('timeout.execute(signal)', signal)
+    if (refused !== undefined) return refused
     return this.#run(callDirectly, fn, signal === undefined ? undefined : parentOfSignal(signal), 1)
   }
 

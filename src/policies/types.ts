@@ -27,6 +27,8 @@ export interface Policy {
    *   and `fn` does not run. Aborted later, `fn`'s signal aborts; a call waiting in a policy (a
    *   backoff sleep, a bulkhead queue) or timed by a `timeout()` rejects with `AbortedError` at
    *   once, while other policies settle when `fn` does (so `fn` should honour its signal).
+   *   Anything but an AbortSignal (or undefined) rejects with `InvalidOptionError`, option
+   *   `<policy>.execute(signal)` (e.g. `retry.execute(signal)`), and `fn` does not run.
    */
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T>
 }

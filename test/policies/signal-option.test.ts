@@ -1,0 +1,55 @@
+// A signal that is not an AbortSignal was silently ignored by most policies (the call ran as if
+// none was given, so the caller believed it could cancel) and failed with a bare TypeError
+// (`parent.addEventListener is not a function`) in timeout() and some pipelines. Every
+// policy's execute now rejects it with INVALID_OPTION naming the parameter, before fn runs.
+import { describe, expect, it } from 'vitest'
+import {
+  bulkhead,
+  circuitBreaker,
+  createKeyedBreakers,
+  fallback,
+  pipeline,
+  retry,
+  timeout,
+} from '../../src/index.js'
+
+/** What every policy, fallbacks included, offers. */
+interface Executes {
+  execute(fn: () => unknown, signal?: AbortSignal): Promise<unknown>
+}
+
+// [test name, the option the error names, the policy]
+const policies: ReadonlyArray<readonly [string, string, () => Executes]> = [
+  ['retry', 'retry', () => retry()],
+  ['timeout', 'timeout', () => timeout(1000)],
+  ['circuitBreaker', 'circuitBreaker', () => circuitBreaker()],
+  [
+    'a keyed breaker',
+    'circuitBreaker',
+    () => createKeyedBreakers({ create: () => circuitBreaker() }).get('inventory'),
+  ],
+  ['bulkhead', 'bulkhead', () => bulkhead({ maxConcurrent: 1 })],
+  ['fallback', 'fallback', () => fallback('fallback value')],
+  ['a fused pipeline', 'pipeline', () => pipeline(retry(), timeout(1000))],
+  ['a linked pipeline', 'pipeline', () => pipeline(fallback(0), bulkhead({ maxConcurrent: 1 }))],
+]
+
+describe('policies refuse a signal that is not an AbortSignal', () => {
+  for (const [test, name, make] of policies) {
+    it(`${test}: execute(fn, signal)`, async () => {
+      const policy = make()
+      let runs = 0
+      for (const signal of ['abort', {}, { aborted: false }, null]) {
+        const call = policy.execute(() => ++runs, signal as unknown as AbortSignal)
+        await expect(call).rejects.toMatchObject({
+          code: 'INVALID_OPTION',
+          option: `${name}.execute(signal)`,
+        })
+      }
+      expect(runs).toBe(0)
+      // Undefined and a real signal are still fine.
+      await expect(policy.execute(() => 'ok')).resolves.toBe('ok')
+      await expect(policy.execute(() => 'ok', new AbortController().signal)).resolves.toBe('ok')
+    })
+  }
+})
