@@ -3,7 +3,13 @@ import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { hasLoneSurrogate } from '../core/text.js'
 import { userinfoSpan } from '../core/userinfo.js'
-import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkObject,
+  checkSignal,
+} from '../core/validate.js'
 import { type Delivery, KeyedDispatcher } from './dispatcher.js'
 import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
 import { type BrokerTlsOptions, type ResolvedTlsOptions, resolveTlsOptions } from './tls.js'
@@ -390,9 +396,14 @@ export function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefine
   })
 }
 
-/** Rejects when `signal` already aborted, before any work starts. */
+/**
+ * Rejects when `signal` already aborted, before any work starts, and when it is not an
+ * AbortSignal at all (`publish(messages, signal)`'s `signal`): such a value would be read only
+ * in a publish that has to wait for its connection, and fail there with a bare TypeError.
+ */
 export function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new AbortedError(signal.reason)
+  const checked = checkSignal('signal', signal)
+  if (checked?.aborted) throw new AbortedError(checked.reason)
 }
 
 /** The error for a call on a publisher or subscriber after its `close()`. */

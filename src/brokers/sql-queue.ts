@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { detached } from '../core/detached.js'
-import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkStoredName, isStorableText } from '../core/text.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { Waker } from '../core/waker.js'
@@ -16,7 +16,7 @@ import {
   type Unlisten,
 } from '../stores/index.js'
 import { measuredExecute, measuredOnceBegun, queryLast } from '../stores/measured.js'
-import { shielded } from './common.js'
+import { shielded, throwIfAborted } from './common.js'
 import type {
   Broker,
   IncomingMessage,
@@ -829,7 +829,7 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
   }
 
   async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
-    if (signal?.aborted) throw new AbortedError(signal.reason)
+    throwIfAborted(signal)
     // Refused like the other brokers' closed publishers: a publish after close() would still
     // store the batch, and a caller shutting down would not learn that its queue is closed.
     if (this.#closed) throw new SqlQueueClosedError('publisher')

@@ -5,7 +5,7 @@ import { Pool } from 'undici'
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { hasLoneSurrogate } from '../core/text.js'
-import { checkClock, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkObject, checkSignal } from '../core/validate.js'
 import { httpTokenPattern } from '../http/token.js'
 import { pipeline } from '../policies/pipeline.js'
 import { type RetryOptions, retry } from '../policies/retry.js'
@@ -469,6 +469,7 @@ class WebhookPublisher implements Publisher {
   }
 
   async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
+    checkSignal('signal', signal)
     if (this.#closed) throw new WebhookError('BROKER_UNAVAILABLE', 'the publisher is closed')
     if (!Array.isArray(messages))
       throw new InvalidOptionError('messages', 'an array of messages', messages)

@@ -2,7 +2,14 @@ import { randomUUID } from 'node:crypto'
 import { Pool } from 'undici'
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkInteger,
+  checkNumber,
+  checkObject,
+  checkSignal,
+  signalRefusal,
+} from '../core/validate.js'
 import {
   type Bulkhead,
   bulkhead,
@@ -332,10 +339,8 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       return Promise.reject(new InvalidOptionError('execute.options', 'an object', options))
     if (options.retry !== undefined && typeof options.retry !== 'boolean')
       return Promise.reject(new InvalidOptionError('execute.retry', 'a boolean', options.retry))
-    if (options.signal !== undefined && !(options.signal instanceof AbortSignal))
-      return Promise.reject(
-        new InvalidOptionError('execute.signal', 'an AbortSignal', options.signal),
-      )
+    const refused = signalRefusal('execute.signal', options.signal)
+    if (refused !== undefined) return refused
     const stack = options.retry === true ? this.#retrying : this.#single
     if (stack === this.#single && this.#retry !== undefined) this.retryBudget?.recordRequest()
     // As for request(): nothing runs on the closed pool, neither a new call nor the attempt of
@@ -514,8 +519,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       throw new InvalidOptionError('request.throwOnErrorStatus', 'a boolean', throwOnErrorStatus)
     if (options.retry !== undefined && typeof options.retry !== 'boolean')
       throw new InvalidOptionError('request.retry', 'a boolean', options.retry)
-    if (options.signal !== undefined && !(options.signal instanceof AbortSignal))
-      throw new InvalidOptionError('request.signal', 'an AbortSignal', options.signal)
+    checkSignal('request.signal', options.signal)
     return {
       service: this.name,
       method,

@@ -8,6 +8,7 @@ import {
   checkInteger,
   checkObject,
   checkOneOf,
+  checkSignal,
 } from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
@@ -713,9 +714,7 @@ class IdempotencyCore implements Idempotency {
     checkObject('options', options)
     // Read only when the call waits for another holder: checked now, or a wrong value would
     // fail (with a bare TypeError) only in the one call that had to wait.
-    if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
-      throw new InvalidOptionError('signal', 'an AbortSignal', options.signal)
-    }
+    checkSignal('signal', options.signal)
     const scope = options.scope ?? 'default'
     if (typeof scope !== 'string' || scope === '' || !isStorableText(scope)) {
       throw new InvalidOptionError('scope', 'a non-empty, well-formed string without NUL', scope)
@@ -820,10 +819,14 @@ class IdempotencyCore implements Idempotency {
           if (this.#onConcurrent === 'reject') return this.#busy(scope, key, 'in-flight')
           const waitedMs = nowMs - startedAt
           if (waitedMs >= this.#waitTimeoutMs) return this.#busy(scope, key, 'wait-timeout')
+          // Checked here, where it is first read: an adapter may create it only on access, and
+          // run() has checked its own (as `signal`). A custom adapter's bad value would
+          // otherwise fail inside sleep() as `sleep.signal`, a name the caller never wrote.
+          const signal = checkSignal('request.signal', abortable.signal)
           await sleep(
             clock,
             Math.max(1, Math.min(pollMs, this.#waitTimeoutMs - waitedMs, step.untilLeaseEndsMs)),
-            abortable.signal,
+            signal,
           )
           pollMs = Math.min(pollMs * 2, maxPollMs)
           continue
