@@ -129,41 +129,104 @@ export class RebuildContendedError extends BreakwaterError {
 }
 
 /**
- * A projection rebuild on PostgreSQL found views (or materialized views) that depend on one of
- * the projection's tables (code `REBUILD_BLOCKED`). The swap drops the old table, which
- * PostgreSQL refuses while a view depends on it, and a view cannot be moved to the fresh table
- * soundly (it is bound to the table itself, not its name, and may carry grants, owners and
- * views of its own). Found before the fill, the rebuild did no work; found at the swap (a view
- * created during the fill), the swap rolled back: either way nothing was swapped in and the
- * live tables and views are as they were. Not retryable as is: drop the views before the
- * rebuild and create them again after it (or query the tables directly). On SQLite, whose
- * views name their tables, the swap keeps such views reading the table.
+ * A foreign key that keeps a projection from being rebuilt (see {@link RebuildBlockedError}).
+ */
+export interface RebuildBlockingForeignKey {
+  /**
+   * The table the key is on: a table outside the projection, or (`ownTable`) one of the
+   * projection's own, by its logical name.
+   */
+  readonly table: string
+  /**
+   * The constraint: its name on PostgreSQL; on SQLite, which does not report constraint names,
+   * `FOREIGN KEY (<columns>)`.
+   */
+  readonly constraint: string
+  /** Whether `table` is one of the projection's own tables (its definition names the other). */
+  readonly ownTable: boolean
+}
+
+/**
+ * A projection rebuild found that its swap could not soundly replace one of the projection's
+ * tables (code `REBUILD_BLOCKED`). The swap renames the live table away, renames the rebuilt one
+ * into its place and drops the old one. Two things depend on the old table itself rather than its
+ * name. Views (PostgreSQL; `views`): PostgreSQL refuses the DROP while a view depends on the
+ * table, and a view cannot be moved soundly (it may carry grants, owners and views of its own).
+ * Foreign keys (`foreignKeys`) that reference it: PostgreSQL binds a key to the table, and SQLite
+ * with `foreign_keys` on rewrites it on the rename, so the key would stay with the old table:
+ * PostgreSQL refuses the DROP, and SQLite's DROP would delete the referencing rows (ON DELETE
+ * CASCADE) or fail, and leave the key naming a dropped table. A key from a table outside the
+ * projection has to be dropped before the rebuild and added again after it; a key of one of
+ * the projection's tables to another has to be written with the table definition's `tables`
+ * argument, so that the rebuilt copy references the rebuilt table. Found before the fill, the
+ * rebuild did no work; found at the swap (created during the fill), the swap rolled back:
+ * either way nothing was swapped in, and the live tables, views and keys are as they were.
+ * Not retryable as is.
  *
  * @example
  * ```ts
  * try { await projector.rebuild() }
  * catch (error) {
- *   if (error instanceof RebuildBlockedError) console.log(error.table, error.views)
+ *   if (error instanceof RebuildBlockedError) console.log(error.table, error.views, error.foreignKeys)
  * }
  * ```
  */
 export class RebuildBlockedError extends BreakwaterError {
   /** The projection. */
   readonly projection: string
-  /** The projection's table the views depend on. */
+  /** The projection's table the views or foreign keys depend on. */
   readonly table: string
   /** The dependent views, as PostgreSQL names them (schema-qualified outside the search path). */
   readonly views: readonly string[]
+  /** The foreign keys that reference the table and could not follow it to the rebuilt one. */
+  readonly foreignKeys: readonly RebuildBlockingForeignKey[]
 
-  constructor(projection: string, table: string, views: readonly string[]) {
+  constructor(
+    projection: string,
+    table: string,
+    views: readonly string[],
+    foreignKeys: readonly RebuildBlockingForeignKey[] = [],
+  ) {
     super(
       'REBUILD_BLOCKED',
-      `projection "${projection}": cannot rebuild: table "${table}" has dependent view(s) ${views.join(', ')}, which the swap would have to drop with the old table; drop them before the rebuild and create them again after it. Nothing was swapped in`,
+      `projection "${projection}": cannot rebuild: ${blockage(table, views, foreignKeys)}. Nothing was swapped in`,
     )
     this.projection = projection
     this.table = table
     this.views = views
+    this.foreignKeys = foreignKeys
   }
+}
+
+/** What keeps `table` from being swapped, and what to do about it, for the error's message. */
+function blockage(
+  table: string,
+  views: readonly string[],
+  foreignKeys: readonly RebuildBlockingForeignKey[],
+): string {
+  const reasons: string[] = []
+  if (views.length > 0) {
+    reasons.push(
+      `table "${table}" has dependent view(s) ${views.join(', ')}, which the swap would have to drop with the old table; drop them before the rebuild and create them again after it`,
+    )
+  }
+  const keys = (ownTable: boolean): string[] =>
+    foreignKeys
+      .filter((key) => key.ownTable === ownTable)
+      .map((key) => `${key.constraint} of table "${key.table}"`)
+  const outside = keys(false)
+  if (outside.length > 0) {
+    reasons.push(
+      `table "${table}" is referenced by foreign key(s) ${outside.join(', ')}, which would stay with the old table the swap drops; drop them before the rebuild and add them again after it`,
+    )
+  }
+  const own = keys(true)
+  if (own.length > 0) {
+    reasons.push(
+      `the projection's foreign key(s) ${own.join(', ')} would reference the old table "${table}", which the swap drops, instead of its rebuilt copy; write the REFERENCES clause with the table definition's third argument, \${tables('${table}')}`,
+    )
+  }
+  return reasons.join('; ')
 }
 
 /**

@@ -15,6 +15,7 @@ export type {
   SnapshotOptions,
 } from './command-handler.js'
 export { createCommandHandler } from './command-handler.js'
+export type { RebuildBlockingForeignKey } from './errors.js'
 export {
   RebuildBlockedError,
   RebuildContendedError,

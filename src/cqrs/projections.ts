@@ -20,10 +20,25 @@ export interface ProjectionContext {
 
 /**
  * Creates one read-model table. Receives the physical table name (use it for index names too,
- * e.g. `${table}_by_customer`, so a rebuild's fresh copy does not collide with the live one)
- * and the dialect; returns the statements to run, in order.
+ * e.g. `${table}_by_customer`, so a rebuild's fresh copy does not collide with the live one),
+ * the dialect, and `tables`: the name to write in a `REFERENCES` clause for another of the
+ * projection's tables (defined before this one), so that a rebuild's fresh copy references
+ * the other's fresh copy, which the swap puts in place together with it. A `REFERENCES` that
+ * writes a logical name out would bind the fresh copy to the live table the swap drops, and
+ * the rebuild refuses it (`REBUILD_BLOCKED`). Returns the statements to run, in order.
+ *
+ * @example
+ * ```ts
+ * const lines: TableDefinition = (t, _dialect, tables) => [
+ *   `CREATE TABLE ${t} (id TEXT PRIMARY KEY, order_id TEXT NOT NULL REFERENCES ${tables('orders')} (id))`,
+ * ]
+ * ```
  */
-export type TableDefinition = (table: string, dialect: SqlDialect) => readonly string[]
+export type TableDefinition = (
+  table: string,
+  dialect: SqlDialect,
+  tables: (name: string) => string,
+) => readonly string[]
 
 /**
  * A projection: folds events into SQL read-model tables. The same definition runs inline (in
@@ -138,6 +153,18 @@ export function physicalTable(table: string, generation: number): string {
   return generation === 0 ? table : `${table}__r${generation}`
 }
 
+/** The physical name of the projection's table `name` in `generation`, refusing other names. */
+function tableOf(projection: ProjectionDefinition, name: string, generation: number): string {
+  if (!Object.hasOwn(projection.tables, name)) {
+    throw new InvalidOptionError(
+      `${projection.name}: table`,
+      `one of ${Object.keys(projection.tables).join(', ')}`,
+      name,
+    )
+  }
+  return physicalTable(name, generation)
+}
+
 /** @internal A context whose tables resolve to `generation`'s names. */
 export function projectionContext(
   tx: SqlExecutor,
@@ -147,17 +174,21 @@ export function projectionContext(
   return {
     tx,
     dialect: tx.dialect,
-    table(name: string): string {
-      if (!Object.hasOwn(projection.tables, name)) {
-        throw new InvalidOptionError(
-          `${projection.name}: table`,
-          `one of ${Object.keys(projection.tables).join(', ')}`,
-          name,
-        )
-      }
-      return physicalTable(name, generation)
-    },
+    table: (name: string): string => tableOf(projection, name, generation),
   }
+}
+
+/**
+ * @internal Whether a foreign key stays with the table it references when that table is
+ * renamed. PostgreSQL binds it to the table; SQLite names the table, and its rename rewrites the
+ * names in other tables' keys only while `foreign_keys` is on (legacy_alter_table, which the
+ * swap uses for views, leaves them alone otherwise). With keys that do not follow, a key written
+ * with a table's logical name is the one that names the rebuilt table after the swap.
+ */
+export async function foreignKeysFollowRenames(tx: SqlExecutor): Promise<boolean> {
+  if (tx.dialect === 'postgres') return true
+  const rows = await tx.query<{ foreign_keys: number | bigint }>('PRAGMA foreign_keys')
+  return Number(rows[0]?.foreign_keys ?? 0) === 1
 }
 
 /** @internal Runs the table definitions of `generation`. */
@@ -166,8 +197,13 @@ export async function createTables(
   projection: ProjectionDefinition,
   generation: number,
 ): Promise<void> {
+  // The name a REFERENCES clause gives another of the projection's tables: its copy in this
+  // generation, unless keys do not follow renames (SQLite with foreign_keys off), where only the
+  // logical name still names the right table once the swap has renamed the copies into place.
+  const referenced = generation > 0 && (await foreignKeysFollowRenames(tx)) ? generation : 0
+  const tables = (name: string): string => tableOf(projection, name, referenced)
   for (const [table, definition] of Object.entries(projection.tables)) {
-    for (const statement of definition(physicalTable(table, generation), tx.dialect)) {
+    for (const statement of definition(physicalTable(table, generation), tx.dialect, tables)) {
       await tx.execute(statement)
     }
   }

@@ -5,13 +5,19 @@ import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
-import { RebuildBlockedError, RebuildContendedError, RebuildSupersededError } from './errors.js'
+import {
+  RebuildBlockedError,
+  type RebuildBlockingForeignKey,
+  RebuildContendedError,
+  RebuildSupersededError,
+} from './errors.js'
 import { type EventRow, type EventStore, type EventStoreImpl, internalsOf } from './event-store.js'
 import { publish } from './events.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
 import {
   createTables,
   ensureProjections,
+  foreignKeysFollowRenames,
   handles,
   type ProjectionDefinition,
   physicalTable,
@@ -548,6 +554,10 @@ class SqlProjector implements Projector {
       }
       await this.#dropTables(tx, next)
       await createTables(tx, projection, next)
+      // A foreign key that would stay with a table the swap drops would fail (or, on SQLite,
+      // empty) that DROP after all the fill's work: refused here, the fresh tables rolled back.
+      // The swap looks again for keys added during the fill.
+      await this.#refuseForeignKeys(tx, next, false)
       await tx.execute(store.statements.setRebuildGeneration, [
         this.name,
         next,
@@ -687,24 +697,33 @@ class SqlProjector implements Projector {
       // mode belongs to the connection: it is put back whatever happens.
       if (!postgres) await tx.execute('PRAGMA legacy_alter_table = ON')
       try {
-        for (const table of Object.keys(projection.tables)) {
+        // Every live table is renamed away before any fresh one comes in, and the old ones are
+        // dropped together at the end: a foreign key between two of the projection's tables
+        // then goes with them, the live one's to the old table, the fresh one's to the fresh.
+        const tables = Object.keys(projection.tables)
+        for (const table of live) {
           const old = `${table}__old`
-          const fresh = physicalTable(table, generation)
           // A rename waits for every transaction that has used the table, readers included.
-          if (live.includes(table)) {
-            rounds.waiting = `table "${table}" (to rename it away)`
-            await tx.execute(`ALTER TABLE ${table} RENAME TO ${old}`)
-            rounds.waiting = undefined
-            // A view created during the fill (PostgreSQL) follows the table to `__old` and
-            // would fail the DROP with a driver error; the rename's ACCESS EXCLUSIVE lock
-            // keeps any new one out from here on.
-            if (postgres) await this.#refuseViews(tx, old, table)
-          }
+          rounds.waiting = `table "${table}" (to rename it away)`
+          await tx.execute(`ALTER TABLE ${table} RENAME TO ${old}`)
+          rounds.waiting = undefined
+          // A view created during the fill (PostgreSQL) follows the table to `__old` and would
+          // fail the DROP with a driver error; the rename's ACCESS EXCLUSIVE lock keeps any new
+          // one out from here on.
+          if (postgres) await this.#refuseViews(tx, old, table)
+        }
+        for (const table of tables) {
+          const fresh = physicalTable(table, generation)
           rounds.waiting = `table "${fresh}" (to rename it into place)`
           await tx.execute(`ALTER TABLE ${fresh} RENAME TO ${table}`)
           rounds.waiting = undefined
-          if (live.includes(table)) await tx.execute(`DROP TABLE ${old}`)
         }
+        // A key added during the fill; on PostgreSQL the renames' locks keep any new one out.
+        await this.#refuseForeignKeys(tx, generation, true)
+        await dropAll(
+          tx,
+          live.map((table) => `${table}__old`),
+        )
       } finally {
         if (!postgres) await tx.execute('PRAGMA legacy_alter_table = OFF').catch(() => {})
       }
@@ -768,9 +787,59 @@ class SqlProjector implements Projector {
   }
 
   async #dropTables(tx: SqlExecutor, generation: number): Promise<void> {
-    for (const table of Object.keys(this.#projection.tables)) {
-      await tx.execute(`DROP TABLE IF EXISTS ${physicalTable(table, generation)}`)
+    await dropAll(
+      tx,
+      Object.keys(this.#projection.tables).map((table) => physicalTable(table, generation)),
+      'IF EXISTS ',
+    )
+  }
+
+  /**
+   * Throws `RebuildBlockedError` for a foreign key that would not reference the projection's
+   * rebuilt table once the swap of `generation` is done: one bound to a table the swap drops
+   * from a table it keeps (a table outside the projection, or a fresh copy whose definition
+   * wrote the logical name), or, where keys name their table (SQLite with foreign_keys off),
+   * one naming a fresh copy, which the swap renames. `renamed`: the swap's renames have run
+   * (the live tables are `<table>__old`, the fresh ones under the logical names).
+   */
+  async #refuseForeignKeys(tx: SqlExecutor, generation: number, renamed: boolean): Promise<void> {
+    const tables = Object.keys(this.#projection.tables)
+    // Every name a table of the projection has now, to its logical name.
+    const own = new Map<string, string>()
+    for (const table of tables) {
+      for (const name of [table, `${table}__old`, physicalTable(table, generation)]) {
+        own.set(name, table)
+      }
     }
+    // The tables a key must not reference (by their names now), unless the key's own table is
+    // dropped with them.
+    let referenced: string[]
+    let dropped: string[]
+    if (renamed) {
+      dropped = tables.map((table) => `${table}__old`)
+      referenced = [...dropped, ...tables.map((table) => physicalTable(table, generation))]
+    } else {
+      dropped = []
+      for (const table of tables) if (await tableExists(tx, table)) dropped.push(table)
+      referenced = (await foreignKeysFollowRenames(tx))
+        ? dropped
+        : tables.map((table) => physicalTable(table, generation))
+    }
+    if (referenced.length === 0) return
+    const blocking = (await foreignKeysTo(tx, referenced)).filter(
+      (key) => !dropped.includes(key.referencing),
+    )
+    const first = blocking[0]
+    if (first === undefined) return
+    const table = own.get(first.referenced) ?? first.referenced
+    const keys: RebuildBlockingForeignKey[] = blocking
+      .filter((key) => (own.get(key.referenced) ?? key.referenced) === table)
+      .map((key) => ({
+        table: own.get(key.referencing) ?? key.referencing,
+        constraint: key.constraint,
+        ownTable: own.has(key.referencing),
+      }))
+    throw new RebuildBlockedError(this.name, table, [], keys)
   }
 }
 
@@ -872,6 +941,61 @@ async function lockAll(
     await tx.execute('ROLLBACK TO SAVEPOINT breakwater_swap_locks')
     first = busy
   }
+}
+
+/**
+ * Drops `tables` (`ifExists`: `'IF EXISTS '` or nothing), foreign keys among them included. On
+ * PostgreSQL in one statement: dropped one by one, a table another of them references would be
+ * refused. On SQLite, which drops one table per statement and, with foreign_keys on, deletes a
+ * referenced table's rows first, the keys are deferred to the commit (PRAGMA
+ * defer_foreign_keys, reset by it): the rows of a table referenced by another of them are then
+ * no violation once that one is dropped too.
+ */
+async function dropAll(tx: SqlExecutor, tables: readonly string[], ifExists = ''): Promise<void> {
+  if (tables.length === 0) return
+  if (tx.dialect === 'postgres') {
+    await tx.execute(`DROP TABLE ${ifExists}${tables.join(', ')}`)
+    return
+  }
+  await tx.execute('PRAGMA defer_foreign_keys = ON')
+  for (const table of tables) await tx.execute(`DROP TABLE ${ifExists}${table}`)
+}
+
+/** A foreign key found by {@link foreignKeysTo}. */
+interface ForeignKeyRow {
+  /** The table the key is on, as the database names it. */
+  readonly referencing: string
+  /** The table it references, one of those asked about. */
+  readonly referenced: string
+  /** Its name (PostgreSQL), or `FOREIGN KEY (<columns>)` (SQLite, which keeps no names). */
+  readonly constraint: string
+}
+
+/** The foreign keys that reference any of `tables`, ordered by table and constraint. */
+function foreignKeysTo(tx: SqlExecutor, tables: readonly string[]): Promise<ForeignKeyRow[]> {
+  if (tx.dialect === 'postgres') {
+    // Bound to the table (its oid), whatever name the key was written with.
+    return tx.query<ForeignKeyRow>(
+      `SELECT conrelid::regclass::text AS referencing, confrelid::regclass::text AS referenced,
+         conname AS "constraint"
+       FROM pg_constraint
+       WHERE contype = 'f' AND confrelid IN (SELECT to_regclass(t) FROM unnest($1::text[]) AS t)
+       ORDER BY 1, 3`,
+      [tables],
+    )
+  }
+  // SQLite keeps the name as written (in any case) and, with foreign_keys off, even of a table
+  // that does not exist; a key of several columns has a row per column.
+  const names = tables.map((_, i) => `$${i + 1}`).join(', ')
+  return tx.query<ForeignKeyRow>(
+    `SELECT m.name AS referencing, lower(f."table") AS referenced,
+       'FOREIGN KEY (' || group_concat(f."from", ', ') || ')' AS "constraint"
+     FROM sqlite_master m JOIN pragma_foreign_key_list(m.name) f
+     WHERE m.type = 'table' AND lower(f."table") IN (${names})
+     GROUP BY m.name, f.id
+     ORDER BY 1, 3`,
+    tables,
+  )
 }
 
 /** Whether a table of this name exists (a projection's live table). */

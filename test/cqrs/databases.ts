@@ -142,3 +142,14 @@ export async function tableRows(
     ),
   )
 }
+
+/** The tables whose names start with `prefix`, sorted. */
+export async function tablesLike(db: SqlDriver, prefix: string): Promise<string[]> {
+  const rows = await db.query<{ name: string }>(
+    db.dialect === 'postgres'
+      ? "SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE $1 ESCAPE '\\' ORDER BY 1"
+      : "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE $1 ESCAPE '\\' ORDER BY 1",
+    [`${prefix.replaceAll('_', '\\_')}%`],
+  )
+  return rows.map((row) => row.name)
+}

@@ -154,6 +154,7 @@ describe.each(dbTargets)('projection process SIGKILLed while catching up on $dia
     for (const statement of balancesProjection('x', 'broken_balances').tables.broken_balances!(
       'broken_balances',
       t.db.dialect,
+      (name) => name,
     )) {
       await t.db.execute(statement)
     }

@@ -19,7 +19,15 @@ import {
 } from '../../src/cqrs/index.js'
 import { type SqlDriver, type SqlExecutor, StoreClosedError } from '../../src/stores/index.js'
 import { postgresAdminUrl } from '../support/postgres.js'
-import { dbTargets, outcomeOf, postgresDb, sqliteDb, tableRows, useTestDb } from './databases.js'
+import {
+  dbTargets,
+  outcomeOf,
+  postgresDb,
+  sqliteDb,
+  tableRows,
+  tablesLike,
+  useTestDb,
+} from './databases.js'
 
 // Each projection reads its own event type (its table's name): the tests of a file share one log.
 type Event = { type: string; data: { n: number } }
@@ -48,15 +56,8 @@ function ticks(table: string) {
 }
 
 /** The tables a rebuild of `table` filled and left behind (`<table>__r<n>`). */
-async function freshTables(db: SqlDriver, table: string): Promise<string[]> {
-  const pattern = `${table}\\_\\_r%`
-  const rows = await db.query<{ name: string }>(
-    db.dialect === 'postgres'
-      ? "SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE $1 ESCAPE '\\'"
-      : "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE $1 ESCAPE '\\'",
-    [pattern],
-  )
-  return rows.map((row) => row.name)
+function freshTables(db: SqlDriver, table: string): Promise<string[]> {
+  return tablesLike(db, `${table}__r`)
 }
 
 /**
