@@ -2,7 +2,13 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, sleep, storedTime } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkObject,
+  checkSignal,
+} from '../core/validate.js'
 import { TimeoutError } from '../index.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import {
@@ -431,9 +437,10 @@ class SqlProjector implements Projector {
 
   async catchUp(options: { readonly signal?: AbortSignal } = {}): Promise<number> {
     checkObject('options', options)
+    const signal = checkSignal('signal', options.signal)
     if (this.inline) return this.position()
     for (;;) {
-      if (options.signal?.aborted) throw new AbortedError(options.signal.reason)
+      if (signal?.aborted) throw new AbortedError(signal.reason)
       const { applied, position } = await this.#batch()
       if (applied < this.#batchSize) return position
     }
@@ -488,6 +495,7 @@ class SqlProjector implements Projector {
     checkInteger('position', position, 0)
     checkObject('options', options)
     const timeoutMs = checkInteger('timeoutMs', options.timeoutMs ?? 5000, 0)
+    const signal = checkSignal('signal', options.signal)
     if (position <= this.#lastKnown) return
     // A complete inline projection has every committed event; one that lacks the events from
     // before its registration reflects no position above them until it is rebuilt.
@@ -495,7 +503,6 @@ class SqlProjector implements Projector {
       if (!this.#complete) await this.position()
       if (this.#complete) return
     }
-    const signal = options.signal
     const deadline = this.#clock.now() + timeoutMs
     let delayMs = 2
     for (;;) {
@@ -527,10 +534,7 @@ class SqlProjector implements Projector {
   async rebuild(options: RebuildOptions = {}): Promise<RebuildResult> {
     checkObject('options', options)
     const batchSize = checkInteger('batchSize', options.batchSize ?? this.#batchSize, 1, 100_000)
-    const signal = options.signal
-    if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      throw new InvalidOptionError('signal', 'an AbortSignal', signal)
-    }
+    const signal = checkSignal('signal', options.signal)
     if (signal?.aborted) throw new AbortedError(signal.reason)
     await this.#ensure()
     const store = this.#store

@@ -292,6 +292,21 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
     }
   })
 
+  it('catchUp and waitFor refuse a signal that is not an AbortSignal, inline or async', async () => {
+    // Both read signal.aborted only: a string or a plain object was silently taken as no signal.
+    for (const projector of [createProjector(store, async), createProjector(store, inline)]) {
+      for (const signal of ['stop', { aborted: true }, 1]) {
+        await expect(projector.catchUp({ signal } as never)).rejects.toMatchObject({
+          code: 'INVALID_OPTION',
+          option: 'signal',
+        })
+        await expect(
+          projector.waitFor(Number.MAX_SAFE_INTEGER, { signal, timeoutMs: 0 } as never),
+        ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'signal' })
+      }
+    }
+  })
+
   it('two projector instances never apply an event twice', async () => {
     const accounts = createCommandHandler(store, { decider: account })
     const ids = [fresh('pair'), fresh('pair')]
