@@ -67,7 +67,7 @@ export function resolveTlsOptions(
       throw new InvalidOptionError(
         `${option}.${key}`,
         'no such option (tls takes ca or caFile)',
-        tls[key],
+        unquoted(tls[key]),
       )
     }
   }
@@ -114,9 +114,20 @@ export function resolveTlsOptions(
       throw new InvalidOptionError(where, expected, pem)
     }
     const problem = certificatesProblem(pem)
-    if (problem !== undefined) throw new InvalidOptionError(where, `${expected} (${problem})`, pem)
+    if (problem !== undefined)
+      throw new InvalidOptionError(where, `${expected} (${problem})`, unquoted(pem))
   })
   return { ca: list as Pem[] }
+}
+
+/**
+ * A refused TLS value as an error may show it: text and bytes are hidden. What a `tls` check
+ * refuses is often another client's TLS setting (`key`, `passphrase`, `pfx`) or a private key
+ * given as the CA, and an error message quotes the first 60 characters of a string, which for
+ * a PEM key reach its secret bytes.
+ */
+function unquoted(value: unknown): unknown {
+  return typeof value === 'string' || value instanceof Uint8Array ? '[hidden]' : value
 }
 
 const pemCertificate = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g

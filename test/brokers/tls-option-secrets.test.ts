@@ -1,0 +1,77 @@
+// The `tls` option's checks refuse what they do not take, but must not echo it: a user who
+// hands the adapter the TLS settings another client takes (`key`, `passphrase`, `pfx`) or a
+// private key in place of the CA (`ca: readFileSync('client.key')`) would otherwise find the
+// passphrase, or the start of the key's secret bytes, in the INVALID_OPTION message (and its
+// `value`), which ends up in logs. Nothing connects: the checks run at construction.
+import { generateKeyPairSync } from 'node:crypto'
+import { describe, expect, it } from 'vitest'
+import {
+  createNatsBroker,
+  createRabbitMqBroker,
+  createRedisBroker,
+} from '../../src/brokers/index.js'
+import { InvalidOptionError } from '../../src/core/errors.js'
+
+const create = {
+  nats: (tls: unknown) =>
+    createNatsBroker({ url: 'tls://127.0.0.1:4222', tls } as Parameters<
+      typeof createNatsBroker
+    >[0]),
+  redis: (tls: unknown) =>
+    createRedisBroker({ url: 'rediss://127.0.0.1:6380', tls } as Parameters<
+      typeof createRedisBroker
+    >[0]),
+  rabbitmq: (tls: unknown) =>
+    createRabbitMqBroker({ url: 'amqps://127.0.0.1:5671', tls } as Parameters<
+      typeof createRabbitMqBroker
+    >[0]),
+}
+
+function refusal(make: () => unknown): InvalidOptionError {
+  try {
+    make()
+  } catch (error) {
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    return error as InvalidOptionError
+  }
+  throw new Error('expected INVALID_OPTION')
+}
+
+// An EC key in SEC1 PEM: its secret scalar starts 7 bytes into the DER, within the 60
+// characters an error message quotes of a string.
+const ecKey = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  .privateKey.export({ type: 'sec1', format: 'pem' })
+  .toString()
+const keyBody = ecKey.split('\n')[1] ?? ''
+const passphrase = 'correct-horse-battery'
+
+describe.each(Object.entries(create))('%s: tls option refusals', (name, make) => {
+  it('name an unknown setting without quoting its value (a passphrase, a key)', () => {
+    for (const [key, value] of [
+      ['passphrase', passphrase],
+      ['key', ecKey],
+      ['pfx', Buffer.from(ecKey)],
+    ] as const) {
+      const error = refusal(() => make({ [key]: value }))
+      expect(error.option).toBe(`${name}.tls.${key}`)
+      expect(error.message).toMatch(/no such option/)
+      expect(error.message).not.toContain(passphrase)
+      expect(error.message).not.toContain(keyBody.slice(0, 12))
+      expect(JSON.stringify(error.value)).not.toContain(passphrase)
+      expect(JSON.stringify(error.value)).not.toContain(keyBody.slice(0, 12))
+    }
+  })
+
+  it('refuse a private key given as the CA without quoting it', () => {
+    for (const [ca, option] of [
+      [ecKey, `${name}.tls.ca`],
+      [[ecKey], `${name}.tls.ca[0]`],
+    ] as const) {
+      const error = refusal(() => make({ ca }))
+      expect(error.option).toBe(option)
+      expect(error.message).toMatch(/no PEM certificate/)
+      expect(error.message).not.toContain(keyBody.slice(0, 12))
+      expect(JSON.stringify(error.value)).not.toContain(keyBody.slice(0, 12))
+    }
+  })
+})
