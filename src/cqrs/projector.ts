@@ -650,7 +650,9 @@ class SqlProjector implements Projector {
   ): Promise<{ readonly position: number; readonly events: number }> {
     const store = this.#store
     const projection = this.#projection
-    return store.db.transaction(async (tx) => {
+    // Set while this swap has legacy_alter_table on and has not put it back (see below).
+    let legacyOn = false
+    const swapped = store.db.transaction(async (tx) => {
       const postgres = tx.dialect === 'postgres'
       // Every lock this transaction waits for is bounded (PostgreSQL), the rename's above all:
       // queued for ACCESS EXCLUSIVE behind a long reader, it would hold the rebuild for ever
@@ -698,8 +700,12 @@ class SqlProjector implements Projector {
       // to read it under its new name: a view of the live table would read `__old`, then
       // nothing once that is dropped. In legacy mode the rename leaves views alone, so they go
       // on reading the table by its name, which is the fresh table's from the swap on. The
-      // mode belongs to the connection: it is put back whatever happens.
-      if (!postgres) await tx.execute('PRAGMA legacy_alter_table = ON')
+      // mode belongs to the connection: it is put back whatever happens (left on where the
+      // connection's owner had it on).
+      if (!postgres && !(await legacyAlterTable(tx))) {
+        legacyOn = true
+        await tx.execute('PRAGMA legacy_alter_table = ON')
+      }
       try {
         // Every live table is renamed away before any fresh one comes in, and the old ones are
         // dropped together at the end: a foreign key between two of the projection's tables
@@ -729,7 +735,14 @@ class SqlProjector implements Projector {
           live.map((table) => `${table}__old`),
         )
       } finally {
-        if (!postgres) await tx.execute('PRAGMA legacy_alter_table = OFF').catch(() => {})
+        if (legacyOn) {
+          await tx.execute('PRAGMA legacy_alter_table = OFF').then(
+            () => {
+              legacyOn = false
+            },
+            () => {},
+          )
+        }
       }
       await tx.execute(store.statements.finishRebuild, [
         this.name,
@@ -738,6 +751,13 @@ class SqlProjector implements Projector {
         storedTime(this.#clock),
       ])
       return { position, events }
+    })
+    return swapped.finally(async () => {
+      // A failure that SQLite answers by rolling the whole transaction back (a trigger's
+      // RAISE(ROLLBACK), a full disk) leaves a tx that refuses every statement, the reset
+      // above included: the driver puts the mode back once the transaction has ended, or the
+      // application's own renames on this connection would leave its views unrewritten.
+      if (legacyOn) await store.db.execute('PRAGMA legacy_alter_table = OFF').catch(() => {})
     })
   }
 
@@ -1000,6 +1020,12 @@ function foreignKeysTo(tx: SqlExecutor, tables: readonly string[]): Promise<Fore
      ORDER BY 1, 3`,
     tables,
   )
+}
+
+/** Whether SQLite's legacy_alter_table mode is on for the connection. */
+async function legacyAlterTable(tx: SqlExecutor): Promise<boolean> {
+  const rows = await tx.query<{ legacy_alter_table: number | bigint }>('PRAGMA legacy_alter_table')
+  return Number(rows[0]?.legacy_alter_table ?? 0) === 1
 }
 
 /** Whether a table of this name exists (a projection's live table). */
