@@ -68,7 +68,7 @@ export const errorCodes = {
   REBUILD_CONTENDED:
     "A projection rebuild's swap did not get its tables (or kept failing with deadlocks or serialization failures) within maxSwapRounds rounds; nothing was swapped in; retryable.",
   REBUILD_BLOCKED:
-    "A projection rebuild on PostgreSQL was refused because views depend on one of the projection's tables (its swap would have to drop them); nothing was swapped in.",
+    "A projection rebuild was refused because something depends on one of the projection's tables itself, which its swap drops: views (PostgreSQL) or foreign keys that would not follow the rebuilt table; nothing was swapped in.",
   UPSTREAM_CONNECT_FAILED:
     'The proxy could not connect to any endpoint of an upstream service (refused, unreachable, TLS handshake or verification failed); answered 502.',
   UPSTREAM_RESET:

@@ -201,7 +201,8 @@ export interface Projector {
    * the check that follows it (for a newer rebuild) fail too, that error is attached to it as
    * `suppressed` (an array), not put in its place.
    * @throws AbortedError when `signal` aborts it (nothing swapped in, fresh tables dropped)
-   * @throws RebuildBlockedError on PostgreSQL when views depend on the projection's tables
+   * @throws RebuildBlockedError when views (PostgreSQL) or foreign keys that would stay with
+   * the old tables depend on the projection's tables
    */
   rebuild(options?: RebuildOptions): Promise<RebuildResult>
 }
