@@ -21,6 +21,7 @@ import { keepsServiceRuntime } from '../config/reload.js'
 import type { ProxyConfig, RouteTargetConfig } from '../contracts.js'
 import type { SharedRetryPin } from '../inbound/routes.js'
 import type { ProxyInternals } from '../runtime.js'
+import { startBound } from '../start-bound.js'
 import {
   type AdminBackend,
   PartiallyAppliedError,
@@ -590,21 +591,36 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   async function reloadNow(): Promise<ReloadReport> {
     let next: ProxyConfig
     let text: string
+    // Bounded by the startTimeoutMs in force, as one process bounds reading the file for a
+    // reload: a file that never yields its text (a FIFO, a hung network mount) would hold this
+    // queue, every reload behind it and the catching up of workers that came up, for ever.
+    const bound = startBound(clock, config.startTimeoutMs)
     try {
-      ;({ config: next, text } = await options.loadConfig())
+      ;({ config: next, text } = await bound.wait(
+        'config',
+        'reading the config file',
+        options.loadConfig(),
+      ))
     } catch (error) {
       reloadFailures.inc()
       const invalid =
         error instanceof ConfigInvalidError
           ? error
           : new ConfigInvalidError('reload', [
-              { path: '(file)', message: String(error), line: undefined, column: undefined },
+              {
+                path: '(file)',
+                message: bound.timedOut(error) ? (error as Error).message : String(error),
+                line: undefined,
+                column: undefined,
+              },
             ])
       log.error('config reload refused; the running config stays in force', {
         code: invalid.code,
         problems: invalid.problems.map((p) => `${p.path}: ${p.message}`),
       })
       return { refused: invalid, workers: [] }
+    } finally {
+      bound.end()
     }
     const generation = accepted.generation + 1
     // Each worker bounds its reload by the new config's startTimeoutMs (with --start-timeout
