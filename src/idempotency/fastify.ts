@@ -84,17 +84,17 @@ type Hook = (request: FastifyLikeRequest, reply: FastifyLikeReply, payload?: unk
 type AddHook = (name: string, hook: Hook) => unknown
 
 // A keyed request's reply, whose send() the plugin tracks (see trackedSend): Fastify's reply
-// has `request`; the send it replaced is kept under a symbol, for the plugin's own answer.
-const untrackedSend = Symbol('breakwater.idempotency.send')
+// has `request`. The send it replaced is kept under the plugin instance's own symbol (made by
+// fastifyIdempotency): with two plugins on one route, each tracks the send the other left, and
+// hands it on to that one, not back to the outermost (which called itself for ever).
 type TrackedReply = FastifyLikeReply & {
   readonly request: FastifyLikeRequest
-  [untrackedSend]?: FastifyLikeReply['send']
+  [untracked: symbol]: FastifyLikeReply['send'] | undefined
 }
 
-/** Sends on a reply with the send() it had before the plugin tracked it. */
-function sendUntracked(reply: FastifyLikeReply, payload: unknown): void {
-  const tracked = reply as TrackedReply
-  ;(tracked[untrackedSend] ?? reply.send).call(reply, payload)
+/** Sends on a reply with the send() it had before the plugin (`untracked`) tracked it. */
+function sendUntracked(reply: FastifyLikeReply, untracked: symbol, payload: unknown): void {
+  ;((reply as TrackedReply)[untracked] ?? reply.send).call(reply, payload)
 }
 
 /** Stops a payload that will not be sent from producing more (a stream, a Response's body). */
@@ -282,6 +282,8 @@ export function fastifyIdempotency(
           options.scope,
         )
   const states = new WeakMap<FastifyLikeRequest, RequestState>()
+  // Where a keyed reply keeps the send() this plugin replaced (see TrackedReply).
+  const untrackedSend = Symbol('breakwater.idempotency.send')
 
   // The lease ran out while the handler ran (before its response reached onSend): ctx.tx was
   // rolled back and the response can no longer be recorded, so the client is answered now (as
@@ -315,7 +317,7 @@ export function fastifyIdempotency(
     }
     answerOrDestroy(reply.raw, () => {
       setReply(reply, problem, true, state.earlier)
-      sendUntracked(reply, Buffer.from(problem.body))
+      sendUntracked(reply, untrackedSend, Buffer.from(problem.body))
     })
   }
 
