@@ -262,7 +262,16 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
     // answers (frozen, overloaded) would hold connect(), and the publish or subscribe waiting
     // on it, for good.
     await within(
-      Promise.race([client.connect(), plainRedisOnTlsUrl(options, where, watch.signal)]),
+      Promise.race([
+        client.connect(),
+        // Where ioredis connects: a URL query sets the port (`?port=`) when the URL names none.
+        plainRedisOnTlsUrl(
+          options,
+          { host: client.options.host ?? options.url.hostname, port: client.options.port ?? 6379 },
+          where,
+          watch.signal,
+        ),
+      ]),
       options.clock,
       options.connectTimeoutMs,
       () =>
@@ -294,7 +303,8 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
 
 /**
  * For a rediss:// URL, rejects with `BROKER_MISCONFIGURED` when the port turns out to be a
- * plain Redis; otherwise never settles (it only ever loses the race with connecting).
+ * plain Redis; otherwise never settles (it only ever loses the race with connecting). `target`
+ * is where ioredis connects (the URL's host and port, or its query's `port`).
  *
  * A plain Redis never answers a TLS ClientHello (it reads it as the start of an inline
  * command and waits for its end), so the handshake would just time out and read as an outage,
@@ -307,6 +317,7 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
  */
 async function plainRedisOnTlsUrl(
   options: ResolvedRedisOptions,
+  target: { readonly host: string; readonly port: number },
   where: string,
   signal: AbortSignal,
 ): Promise<never> {
@@ -316,8 +327,8 @@ async function plainRedisOnTlsUrl(
   try {
     await sleep(options.clock, half, signal)
     const answer = await plainAnswer(
-      options.url.hostname,
-      options.url.port === '' ? 6379 : Number(options.url.port),
+      target.host,
+      Number(target.port),
       'PING\r\n',
       /^[+-][^\r\n]*\r\n/,
       options.clock,
