@@ -92,9 +92,25 @@ export function checkClock(option: string, value: unknown): Clock {
  * TypeError (`addEventListener is not a function`), only in the call that happened to wait.
  */
 function signalProblem(option: string, value: unknown): InvalidOptionError | undefined {
-  return value === undefined || value instanceof AbortSignal
+  return value === undefined || value instanceof AbortSignal || isSignalLike(value)
     ? undefined
     : new InvalidOptionError(option, 'an AbortSignal', value)
+}
+
+/**
+ * An AbortSignal that fails `instanceof` (another realm's, such as a jsdom window's, or a
+ * polyfill's): what is used of a signal is `aborted`, `reason` and its abort event, which such
+ * a signal has. Node's own APIs take one on the same terms. Looked at only after `instanceof`
+ * failed, so a native signal costs nothing more.
+ */
+function isSignalLike(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null) return false
+  const signal = value as Partial<Record<keyof AbortSignal, unknown>>
+  return (
+    typeof signal.aborted === 'boolean' &&
+    typeof signal.addEventListener === 'function' &&
+    typeof signal.removeEventListener === 'function'
+  )
 }
 
 /**

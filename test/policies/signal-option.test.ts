@@ -12,6 +12,7 @@ import {
   retry,
   timeout,
 } from '../../src/index.js'
+import { ManualClock } from '../../src/testing/manual-clock.js'
 
 /** What every policy, fallbacks included, offers. */
 interface Executes {
@@ -52,4 +53,46 @@ describe('policies refuse a signal that is not an AbortSignal', () => {
       await expect(policy.execute(() => 'ok', new AbortController().signal)).resolves.toBe('ok')
     })
   }
+})
+
+// A signal that is an AbortSignal in all but its class: another realm's (a jsdom window's) or a
+// polyfill's (abort-controller), which policies honoured through addEventListener before they
+// checked signals; refusing it broke callers that were cancelling correctly.
+class ForeignSignal extends EventTarget {
+  aborted = false
+  reason: unknown = undefined
+  onabort: ((event: Event) => void) | null = null
+  throwIfAborted(): void {
+    if (this.aborted) throw this.reason
+  }
+  abort(reason: unknown): void {
+    this.aborted = true
+    this.reason = reason
+    this.dispatchEvent(new Event('abort'))
+  }
+}
+
+describe('policies take a signal of another realm or a polyfill', () => {
+  for (const [test, , make] of policies) {
+    it(`${test}: execute(fn, signal) runs fn`, async () => {
+      const signal = new ForeignSignal() as unknown as AbortSignal
+      await expect(make().execute(() => 'ok', signal)).resolves.toBe('ok')
+    })
+  }
+
+  it('retry: aborting it ends the backoff sleep', async () => {
+    const clock = new ManualClock()
+    const signal = new ForeignSignal()
+    const policy = retry({ maxAttempts: 3, baseDelayMs: 10_000, shouldRetry: () => true, clock })
+    const call = policy.execute(
+      () => {
+        throw new Error('transient')
+      },
+      signal as unknown as AbortSignal,
+    )
+    const outcome = call.catch((error: unknown) => error)
+    await clock.advance(0)
+    signal.abort('stop')
+    expect(await outcome).toMatchObject({ code: 'ABORTED' })
+  })
 })
