@@ -255,7 +255,10 @@ export function parseBrokerUrl(option: string, value: unknown, schemes: readonly
   return url
 }
 
-/** The URL with any user name and password replaced by `***`, for messages and logs. */
+/**
+ * The URL with any user name and password replaced by `***`, for messages and logs; so is a
+ * `password` in its query (ioredis reads it).
+ */
 export function redactUrl(value: string): string {
   try {
     const url = new URL(value)
@@ -263,13 +266,24 @@ export function redactUrl(value: string): string {
       url.username = '***'
       url.password = ''
     }
+    // ioredis takes `?password=` as the password when the URL has no userinfo.
+    if (url.searchParams.has('password')) {
+      const query = [...url.searchParams].map(([name, v]) => [
+        name,
+        name === 'password' ? '***' : v,
+      ])
+      url.search = new URLSearchParams(query).toString()
+    }
     return url.toString()
   } catch {
     // Not a URL (an unencoded / ? # or @ in the password is one way to get here): still hide
     // the whole userinfo, found as the database URLs' is, or anything between "//" and "@".
     const span = userinfoSpan(value)
-    if (span !== undefined) return `${value.slice(0, span.start)}***${value.slice(span.at)}`
-    return value.replace(/\/\/[^/@]*@/, '//***@')
+    const shown =
+      span !== undefined
+        ? `${value.slice(0, span.start)}***${value.slice(span.at)}`
+        : value.replace(/\/\/[^/@]*@/, '//***@')
+    return shown.replace(/([?&]password=)[^&#]*/g, '$1***')
   }
 }
 

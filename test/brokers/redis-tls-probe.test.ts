@@ -37,8 +37,9 @@ describe('redis rediss:// with the port in the URL query', () => {
       await clock.advance(2_000)
       // Not past connectTimeoutMs: only the plain-text answer can settle it now.
       await until(() => outcome !== undefined, 'the plain-text check to answer', 5_000)
-      expectBrokerError(outcome?.error, 'BROKER_MISCONFIGURED', false)
-      expect((outcome?.error as Error).message).toMatch(/answers plain Redis on this port/)
+      const error = outcome?.error
+      expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+      expect(error.message).toMatch(/answers plain Redis on this port/)
     } finally {
       await broker.close()
     }
