@@ -268,7 +268,7 @@ export function redactUrl(value: string): string {
     }
     // ioredis takes `?password=` as the password when the URL has no userinfo.
     if (url.searchParams.has('password')) {
-      const query = [...url.searchParams].map(([name, v]) => [
+      const query = [...url.searchParams].map(([name, v]): [string, string] => [
         name,
         name === 'password' ? '***' : v,
       ])
