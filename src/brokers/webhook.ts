@@ -469,7 +469,8 @@ class WebhookPublisher implements Publisher {
   }
 
   async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
-    checkSignal('signal', signal)
+    // Aborted first, before any other check, as the other adapters' publish (an empty batch too).
+    if (checkSignal('signal', signal)?.aborted) throw new AbortedError(signal?.reason)
     if (this.#closed) throw new WebhookError('BROKER_UNAVAILABLE', 'the publisher is closed')
     if (!Array.isArray(messages))
       throw new InvalidOptionError('messages', 'an array of messages', messages)

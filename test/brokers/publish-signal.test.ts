@@ -65,4 +65,14 @@ describe.each(Object.keys(publishers))('%s: publish(messages, signal)', (name) =
       })
     }
   })
+
+  it('rejects with ABORTED when the signal already aborted, an empty batch too', async () => {
+    // The webhook publisher resolved an empty batch under an aborted signal, where every other
+    // adapter rejected it as aborted before any work.
+    const publisher = await publishers[name]!()
+    const signal = AbortSignal.abort(new Error('gone'))
+    for (const batch of [[message], []]) {
+      await expect(publisher.publish(batch, signal)).rejects.toMatchObject({ code: 'ABORTED' })
+    }
+  })
 })
