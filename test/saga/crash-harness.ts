@@ -21,6 +21,8 @@ export interface WorkerProcess {
   readonly lines: Record<string, unknown>[]
   /** Set when the test killed it. */
   killedByTest: boolean
+  /** How many `step-completed` lines it printed: the progress it made. */
+  stepsCompleted(): number
   /** Resolves with how it ended. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   /** Whether it printed `ready`. */
@@ -37,6 +39,7 @@ export function spawnWorker(env: Record<string, string>): WorkerProcess {
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   const lines: Record<string, unknown>[] = []
+  let completed = 0
   let buffer = ''
   let err = ''
   child.stdout!.setEncoding('utf8')
@@ -46,7 +49,11 @@ export function spawnWorker(env: Record<string, string>): WorkerProcess {
     while (nl >= 0) {
       const line = buffer.slice(0, nl)
       buffer = buffer.slice(nl + 1)
-      if (line.startsWith('{')) lines.push(JSON.parse(line) as Record<string, unknown>)
+      if (line.startsWith('{')) {
+        const parsed = JSON.parse(line) as Record<string, unknown>
+        lines.push(parsed)
+        if (parsed.type === 'step-completed') completed++
+      }
       nl = buffer.indexOf('\n')
     }
   })
@@ -63,6 +70,7 @@ export function spawnWorker(env: Record<string, string>): WorkerProcess {
     crashAt: env.CRASH_POINT,
     lines,
     killedByTest: false,
+    stepsCompleted: () => completed,
     exited,
     ready: () => lines.some((l) => l.type === 'ready'),
     stderr: () => err,
@@ -239,7 +247,16 @@ export async function runWithCrashes(options: CrashRunOptions): Promise<CrashRun
         all.push(w)
       }
       if (Date.now() >= nextKillAt && randomKills < options.randomKills) {
-        const candidates = [...alive].filter((w) => w.crashAt === undefined && w.ready())
+        // Only a worker that has completed a step, and not one already killed whose exit has
+        // not been seen yet (that kill would count twice). Any ready worker was fair game before:
+        // on an overloaded machine a worker took seconds to start, longer than the time between
+        // kills, so each was killed as soon as it was ready, inside the first steps of the
+        // instances its first claim took. Those were the same few every time (a claim takes the
+        // longest-due first, and a dead worker's instances stay that): no step completed while
+        // kills remained, and those instances spent their 50 attempts on kills alone.
+        const candidates = [...alive].filter(
+          (w) => w.crashAt === undefined && w.ready() && !w.killedByTest && w.stepsCompleted() > 0,
+        )
         const inside = candidates.filter((w) => w.lines.at(-1)?.type === 'step-started')
         const pool = inside.length > 0 && randomKills % 2 === 0 ? inside : candidates
         const victim = pool[Math.floor(Math.random() * pool.length)]
