@@ -69,7 +69,9 @@ export function crashTests(target: DbTarget): void {
           points: orderCrashPoints,
           randomKills: scaled(60, 8),
           workers: 4,
-          deadlineMs: scaled(600_000, 80_000),
+          // A cap, not a target: most of a run is worker start-up (tsx), which a loaded machine
+          // stretches (80 s was reached under load 12-17 at the default scale).
+          deadlineMs: scaled(600_000, 180_000),
         })
         expect([...report.covered].sort()).toEqual([...orderCrashPoints].sort())
         expect(report.randomKills).toBeGreaterThanOrEqual(scaled(60, 8))
@@ -85,7 +87,7 @@ export function crashTests(target: DbTarget): void {
         )
         expect(Number(takeovers[0]!.n)).toBeGreaterThanOrEqual(orderCrashPoints.length)
       },
-      scaled(900_000, 120_000),
+      scaled(900_000, 240_000),
     )
 
     it('the checker catches a worker that sends a fresh idempotency key per attempt', async () => {
