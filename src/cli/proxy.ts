@@ -632,7 +632,7 @@ async function startPrimaryAdmin(
   const { checkAdminTokenFile } = await import('../proxy/config/files.js')
   const { startAdminServer } = await import('../proxy/admin/server.js')
   const { startBound } = await import('../proxy/start-bound.js')
-  const bound = startBound(systemClock, config.startTimeoutMs)
+  const bound = startBound(systemClock, config.startTimeoutMs, log)
   try {
     await bound
       .wait('admin.token', 'reading the admin token file', checkAdminTokenFile(config, file))

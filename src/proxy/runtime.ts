@@ -364,6 +364,7 @@ class ProxyRuntime implements ProxyInternals {
     const bound = startBound(
       this.#deps.clock,
       this.#source.kind === 'object' ? this.#source.config.startTimeoutMs : defaultStartTimeoutMs,
+      this.#deps.logger,
     )
     let config: ProxyConfig
     let loaded = false
@@ -645,7 +646,7 @@ class ProxyRuntime implements ProxyInternals {
     // idempotency.url whose database accepts and stays silent) is refused instead of holding
     // every reload queued behind it, and close(), for ever. Reading the file is bounded by the
     // config in force, the rest by the new config's own startTimeoutMs, both counted from here.
-    const bound = startBound(this.#deps.clock, previous?.startTimeoutMs)
+    const bound = startBound(this.#deps.clock, previous?.startTimeoutMs, this.#deps.logger)
     try {
       let config: ProxyConfig
       let fromFile: true | undefined

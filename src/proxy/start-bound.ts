@@ -5,6 +5,7 @@
 // PROXY_START_TIMEOUT naming it instead of holding the process, or the reload queue, for ever.
 
 import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
+import type { Logger } from '../observability/logger.js'
 import { ProxyStartError } from './config/errors.js'
 
 /** The bound used until the config is read, and for a config built without one (ms). */
@@ -20,7 +21,8 @@ export interface StartBound {
   /**
    * Waits for `work`, the step `setting` (`what` says what it does), unless the time is up
    * first: it then rejects with PROXY_START_TIMEOUT, and a value `work` yields later is handed
-   * to `release` (a store or server nobody will use).
+   * to `release` (a store or server nobody will use). A `release` that throws or rejects is
+   * logged (warn), never left as an unhandled rejection.
    */
   wait<T>(
     setting: string,
@@ -52,11 +54,11 @@ export const unbounded: StartBound = {
 
 /**
  * Starts the clock of a bound of `initialLimitMs` (the default when undefined), counted from
- * now; {@link StartBound.end} stops it.
+ * now; {@link StartBound.end} stops it. `logger` is told of a `release` that fails.
  *
  * @example
  * ```ts
- * const bound = startBound(systemClock, config.startTimeoutMs)
+ * const bound = startBound(systemClock, config.startTimeoutMs, logger)
  * try {
  *   await bound.wait('admin', 'binding 127.0.0.1:9901', startAdminServer(options), (late) => late.close())
  * } finally {
@@ -64,7 +66,11 @@ export const unbounded: StartBound = {
  * }
  * ```
  */
-export function startBound(clock: Clock, initialLimitMs: number | undefined): StartBound {
+export function startBound(
+  clock: Clock,
+  initialLimitMs: number | undefined,
+  logger: Logger,
+): StartBound {
   const startedAt = clock.now()
   // A ProxyConfig built by hand before the setting existed has none: the default then.
   let limitMs = initialLimitMs ?? defaultStartTimeoutMs
@@ -95,7 +101,7 @@ export function startBound(clock: Clock, initialLimitMs: number | undefined): St
   return {
     wait(setting, what, work, release) {
       if (expired !== undefined) {
-        void work.then((late) => release?.(late)).catch(() => {})
+        void work.then((late) => releaseLate(setting, release, late, logger), noop)
         return Promise.reject(expired)
       }
       step = { setting, what }
@@ -109,7 +115,7 @@ export function startBound(clock: Clock, initialLimitMs: number | undefined): St
         work.then(
           (value) => {
             waiters.delete(fail)
-            if (given) void Promise.resolve(release?.(value)).catch(() => {})
+            if (given) releaseLate(setting, release, value, logger)
             else resolvePromise(value)
           },
           (error: unknown) => {
@@ -130,5 +136,28 @@ export function startBound(clock: Clock, initialLimitMs: number | undefined): St
       clock.clearTimeout(timer)
       timer = undefined
     },
+  }
+}
+
+const noop = (): void => {}
+
+// Hands what a step given up on yielded to its release. A release that throws at once would
+// otherwise reject inside the bound's own handler, which nobody awaits: an unhandled
+// rejection, which ends the process. What the step opened may then stay open, so it is said.
+function releaseLate<T>(
+  setting: string,
+  release: ((late: T) => unknown) | undefined,
+  late: T,
+  logger: Logger,
+): void {
+  const failed = (error: unknown): void =>
+    logger.warn('closing what a start step opened after its startTimeoutMs failed', {
+      setting,
+      error: error instanceof Error ? error.message : String(error),
+    })
+  try {
+    Promise.resolve(release?.(late)).catch(failed)
+  } catch (error) {
+    failed(error)
   }
 }

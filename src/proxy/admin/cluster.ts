@@ -594,7 +594,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     // Bounded by the startTimeoutMs in force, as one process bounds reading the file for a
     // reload: a file that never yields its text (a FIFO, a hung network mount) would hold this
     // queue, every reload behind it and the catching up of workers that came up, for ever.
-    const bound = startBound(clock, config.startTimeoutMs)
+    const bound = startBound(clock, config.startTimeoutMs, log)
     try {
       ;({ config: next, text } = await bound.wait(
         'config',
