@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { resolve } from 'node:path'
 import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
-import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { createJsonLogger, type Logger } from '../observability/logger.js'
 import {
@@ -287,6 +287,8 @@ class ProxyRuntime implements ProxyInternals {
   #sidecar: SidecarIdempotency | undefined
   /** Stores a reload replaced, closing once their requests are done; close() waits for them. */
   readonly #storesClosing = new Set<Promise<void>>()
+  /** Stores being opened for a start or reload, how to cancel each, and when it has ended. */
+  readonly #storesOpening = new Set<{ cancel: () => void; settled: Promise<void> }>()
   #admin: AdminServerLike | undefined
   #watcher: FileWatch | undefined
   /**
@@ -756,15 +758,12 @@ class ProxyRuntime implements ProxyInternals {
       const url = config.idempotency?.url ?? 'memory'
       let sidecar = this.#sidecar
       if (needsIdempotency && this.#idempotencyStore?.url !== url) {
-        let store: Awaited<ReturnType<typeof openProxyIdempotency>>
+        let store: ProxyIdempotencyStore
         try {
           store = await bound.wait(
             'idempotency.url',
             `opening ${redactUrl(url)} and running its migrations`,
-            openProxyIdempotency(url, { clock: deps.clock }),
-            // Given up on: the store it opens after all is closed (its migration may wait on a
-            // lock for as long as another session holds it).
-            (late) => closeLater(late, deps.logger),
+            this.#openStore(url, bound),
           )
         } catch (error) {
           if (bound.timedOut(error)) throw error
@@ -943,6 +942,41 @@ class ProxyRuntime implements ProxyInternals {
     }
   }
 
+  // Opens the idempotency store at `url` for a start or reload. The open is cancelled when
+  // `bound` gives up on it or the proxy closes, rather than left running unwatched: a migration
+  // waiting on a lock another session holds would otherwise keep its connection, and with it
+  // the process, for as long as that lock is held. A store it opens all the same (its
+  // migration ended as it was cancelled) is closed. close() waits for it, within its drain.
+  #openStore(url: string, bound: StartBound): Promise<ProxyIdempotencyStore> {
+    const logger = this.#deps.logger
+    const controller = new AbortController()
+    const cancel = (): void => controller.abort()
+    // Closing since this start or reload began: nothing new is opened.
+    if (this.#closed !== undefined) cancel()
+    bound.signal.addEventListener('abort', cancel, { once: true })
+    const opening = openProxyIdempotency(url, {
+      clock: this.#deps.clock,
+      signal: controller.signal,
+    }).then(async (store) => {
+      if (!controller.signal.aborted) return store
+      await closeLater(store, logger)
+      throw new AbortedError(controller.signal.reason)
+    })
+    const entry = {
+      cancel,
+      settled: opening.then(
+        () => {},
+        () => {},
+      ),
+    }
+    this.#storesOpening.add(entry)
+    void entry.settled.finally(() => {
+      this.#storesOpening.delete(entry)
+      bound.signal.removeEventListener('abort', cancel)
+    })
+    return opening
+  }
+
   // The listener server keeps one handler for its life; it looks up the current
   // generation's handler on each request.
   #dispatcher(listener: string): RequestHandler {
@@ -1076,6 +1110,9 @@ class ProxyRuntime implements ProxyInternals {
     this.#watcher?.close()
     this.#deps.clock.clearTimeout(this.#rebindTimer)
     this.#rebindTimer = undefined
+    // A reload waiting on its new store (a migration lock held elsewhere) ends now rather than
+    // at its startTimeoutMs; so does an open a start or reload gave up on.
+    for (const { cancel } of this.#storesOpening) cancel()
     await this.#reloading.catch(() => {})
     const wait = drainMs ?? this.#generation?.config.drainTimeoutMs ?? 30_000
     const clock = this.#deps.clock
@@ -1088,17 +1125,7 @@ class ProxyRuntime implements ProxyInternals {
     this.#listeners.clear()
     // Shadow comparisons run after their client's answer: they get what is left of the drain
     // time, and are cut then (a slow shadow service must not hold the stop for its overallMs).
-    const left = cutAt - clock.now()
-    if (left > 0 && this.#shadow.inFlight > 0) {
-      let timer: TimerHandle | undefined
-      await Promise.race([
-        this.#shadow.idle(),
-        new Promise<void>((done) => {
-          timer = clock.setTimeout(done, left)
-        }),
-      ])
-      clock.clearTimeout(timer)
-    }
+    if (this.#shadow.inFlight > 0) await settleBy(clock, cutAt, this.#shadow.idle())
     this.#shadow.cancel()
     await this.#shadow.idle()
     const generation = this.#generation
@@ -1109,6 +1136,10 @@ class ProxyRuntime implements ProxyInternals {
     await this.#idempotencyStore?.store.close().catch(() => {})
     // Their requests ended with the services.
     await Promise.all(this.#storesClosing)
+    // Stores being opened were cancelled above: they let go of their connections within moments
+    // (a connect to a server that does not answer, within pg's connect timeout). Waited for
+    // within the drain, so that the process can end once close() resolves.
+    await settleBy(clock, cutAt, Promise.all([...this.#storesOpening].map((o) => o.settled)))
     await this.#admin?.close()
     this.#stopCollect()
     this.#deps.logger.info('proxy stopped')
@@ -1213,6 +1244,20 @@ async function closeService(service: ServiceRuntime, logger: Logger): Promise<vo
   } catch (error) {
     logger.warn('closing a service failed', { service: service.name, error: String(error) })
   }
+}
+
+// Waits for `work` until `cutAt` on `clock` at the latest.
+async function settleBy(clock: Clock, cutAt: number, work: Promise<unknown>): Promise<void> {
+  const left = cutAt - clock.now()
+  if (left <= 0) return
+  let timer: TimerHandle | undefined
+  await Promise.race([
+    work,
+    new Promise<void>((done) => {
+      timer = clock.setTimeout(done, left)
+    }),
+  ])
+  clock.clearTimeout(timer)
 }
 
 async function closeLater(store: ProxyIdempotencyStore, logger: Logger): Promise<void> {

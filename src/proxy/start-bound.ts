@@ -39,6 +39,11 @@ export interface StartBound {
    * a trace (the config file's text noted as the one in force).
    */
   expired(): boolean
+  /**
+   * Aborted once the time is up: a step that can be cancelled (an idempotency store's open
+   * waiting on a migration lock) takes it, so that it ends rather than running on unwatched.
+   */
+  readonly signal: AbortSignal
   /** Stops the timer (the start is over). */
   end(): void
 }
@@ -49,6 +54,7 @@ export const unbounded: StartBound = {
   limit: () => {},
   timedOut: () => false,
   expired: () => false,
+  signal: new AbortController().signal,
   end: () => {},
 }
 
@@ -77,6 +83,7 @@ export function startBound(
   let step = { setting: 'config', what: 'starting' }
   let expired: ProxyStartError | undefined
   const waiters = new Set<(error: ProxyStartError) => void>()
+  const giveUp = new AbortController()
   let timer: TimerHandle | undefined
   const arm = (): void => {
     clock.clearTimeout(timer)
@@ -90,6 +97,7 @@ export function startBound(
         )
         for (const fail of waiters) fail(expired)
         waiters.clear()
+        giveUp.abort(expired)
       },
       Math.max(0, startedAt + limitMs - clock.now()),
     )
@@ -132,6 +140,7 @@ export function startBound(
     },
     timedOut: (error) => error !== undefined && error === expired,
     expired: () => expired !== undefined,
+    signal: giveUp.signal,
     end() {
       clock.clearTimeout(timer)
       timer = undefined

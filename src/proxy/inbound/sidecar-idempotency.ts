@@ -20,8 +20,8 @@
 
 import { ServerResponse } from 'node:http'
 import type { Clock } from '../../core/clock.js'
-import { InvalidOptionError } from '../../core/errors.js'
-import { checkClock, checkInteger, checkObject } from '../../core/validate.js'
+import { AbortedError, InvalidOptionError } from '../../core/errors.js'
+import { checkClock, checkInteger, checkObject, checkSignal } from '../../core/validate.js'
 import {
   createIdempotency,
   createMemoryIdempotencyStore,
@@ -30,7 +30,7 @@ import {
   migrateIdempotency,
 } from '../../idempotency/index.js'
 import type { Logger } from '../../observability/logger.js'
-import { openDatabase } from '../../stores/index.js'
+import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../../stores/index.js'
 import type { ForwardOptions, ForwardOutcome, RouteIdempotencyConfig } from '../contracts.js'
 import { headerValueOf } from './header-value.js'
 import type { InboundRequest } from './request.js'
@@ -406,6 +406,22 @@ export interface ProxyIdempotencyStore {
   close(): Promise<void>
 }
 
+/** Options of {@link openProxyIdempotency}. */
+export interface OpenProxyIdempotencyOptions {
+  /**
+   * Clock of leases and retention.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+  /**
+   * Cancels the open: it then rejects with `AbortedError` (code `ABORTED`) once every
+   * connection it made has closed. On PostgreSQL a migration waiting on the migration lock
+   * (another session migrating, a hung `breakwater migrate`) is ended at once; a connect to a
+   * server that does not answer ends at the driver's connect timeout (10 s).
+   */
+  readonly signal?: AbortSignal
+}
+
 /**
  * Opens the store named by `ProxyConfig.idempotency.url`: `memory` (one process only: worker
  * processes would not see each other's keys), `sqlite:<path>` or `postgres://...`, with the
@@ -420,21 +436,83 @@ export interface ProxyIdempotencyStore {
  */
 export async function openProxyIdempotency(
   url: string,
-  options: { readonly clock?: Clock } = {},
+  options: OpenProxyIdempotencyOptions = {},
 ): Promise<ProxyIdempotencyStore> {
   const clock = checkClock('clock', options.clock)
+  const signal = checkSignal('signal', options.signal)
+  if (signal?.aborted) throw new AbortedError(signal.reason)
   if (url === 'memory') {
     return {
       idempotency: createIdempotency({ store: createMemoryIdempotencyStore(), clock }),
       close: async () => {},
     }
   }
-  const db = await openDatabase(url)
-  try {
-    await migrateIdempotency(db)
-  } catch (error) {
+  let db: SqlDriver
+  if (parseDatabaseUrl(url).dialect === 'postgres') {
+    await migratePostgres(url, signal)
+    // Connects on first use: nothing here waits on the server.
+    db = await openDatabase(url)
+  } else {
+    // better-sqlite3 waits for a lock on this thread: nothing can interrupt it.
+    db = await openDatabase(url)
+    try {
+      await migrateIdempotency(db)
+    } catch (error) {
+      await db.close()
+      throw error
+    }
+  }
+  if (signal?.aborted) {
     await db.close()
-    throw error
+    throw new AbortedError(signal.reason)
   }
   return { idempotency: createIdempotency({ store: db, clock }), close: () => db.close() }
+}
+
+// Runs the idempotency migrations on a pool of one connection whose server process is known.
+// A migration waiting on the migration lock holds its statement for as long as another session
+// holds that lock, and closing a pool waits for the statements it runs: on abort, the pool is
+// closed (refusing what has not begun) and that session is ended from another connection
+// (pg_terminate_backend ends it whatever it is doing, where a cancel would miss a statement
+// still on its way). The connection stays open between the two (no idle timeout), so the
+// migration runs on the session whose process is known.
+async function migratePostgres(url: string, signal: AbortSignal | undefined): Promise<void> {
+  const migrator = await openDatabase(url, { postgres: { maxConnections: 1, idleTimeoutMs: 0 } })
+  let pid: number | undefined
+  let ending: Promise<void> | undefined
+  const onAbort = (): void => {
+    const closing = migrator.close()
+    ending = (pid === undefined ? Promise.resolve() : endSession(url, pid))
+      .catch(() => {})
+      .then(() => closing)
+      .catch(() => {})
+  }
+  signal?.addEventListener('abort', onAbort, { once: true })
+  let failure: { error: unknown } | undefined
+  try {
+    const [row] = await migrator.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')
+    pid = row?.pid
+    await migrateIdempotency(migrator)
+  } catch (error) {
+    failure = { error }
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
+  }
+  if (ending !== undefined) {
+    await ending
+    throw new AbortedError(signal?.reason)
+  }
+  await migrator.close()
+  if (failure !== undefined) throw failure.error
+}
+
+// Ends the PostgreSQL session `pid` from a connection of its own (the same role may end its
+// own sessions).
+async function endSession(url: string, pid: number): Promise<void> {
+  const db = await openDatabase(url, { postgres: { maxConnections: 1 } })
+  try {
+    await db.query('SELECT pg_terminate_backend($1)', [pid])
+  } finally {
+    await db.close()
+  }
 }

@@ -3,8 +3,9 @@
 // queue for ever: every reload asked for after it (SIGHUP, admin, file change) waited behind
 // it, and so did close(). The new config's `startTimeoutMs` now bounds a reload's start as it
 // bounds the first one: past it the reload is refused naming what it waited for, the running
-// config stays, what the reload had opened is closed (the store too, once its open ends), and
-// the reloads behind it go on.
+// config stays, what the reload had opened is closed, the store it was opening is cancelled
+// (its session waiting on the lock ends at once; so does one close() finds), and the reloads
+// behind it go on.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
@@ -96,7 +97,8 @@ describe('a reload whose new store waits on the migration lock (PostgreSQL)', ()
     await db.drop()
   })
 
-  it('is refused after startTimeoutMs, and the store it opened lets go of the database once it can', async () => {
+  /** A proxy on the memory store, reloading onto `db` with the migration lock held elsewhere. */
+  async function reloadOntoLockedStore(startTimeoutMs: number) {
     const lock = await db.holdMigrationLock()
     const clock = new ManualClock(0)
     const proxy = await startProxy({
@@ -105,13 +107,18 @@ describe('a reload whose new store waits on the migration lock (PostgreSQL)', ()
       logger: quiet,
       watch: false,
     })
+    const state = outcome(proxy.reload(gateway(db.fileUrl, `startTimeoutMs: ${startTimeoutMs}\n`)))
+    await until(
+      async () => state().done || (await lock.proxyWaits()),
+      'the reload to wait for the migration lock',
+    )
+    expect(state()).toEqual({ done: false })
+    return { lock, clock, proxy, state }
+  }
+
+  it('is refused after startTimeoutMs, and the open it gave up on lets go of the database at once', async () => {
+    const { lock, clock, proxy, state } = await reloadOntoLockedStore(5_000)
     try {
-      const state = outcome(proxy.reload(gateway(db.fileUrl, 'startTimeoutMs: 5000\n')))
-      await until(
-        async () => state().done || (await lock.proxyWaits()),
-        'the reload to wait for the migration lock',
-      )
-      expect(state()).toEqual({ done: false })
       await clock.advance(5_000)
       await until(() => state().done, 'the reload to be refused')
       expect(state().error).toBeInstanceOf(ConfigInvalidError)
@@ -125,15 +132,32 @@ describe('a reload whose new store waits on the migration lock (PostgreSQL)', ()
         body: '{}',
       })
       expect(res.status).toBe(200)
-      // The store given up on is closed once its migration gets the lock and ends.
-      await lock.release()
+      // The open given up on is cancelled: its session, queued on the lock, ends while the
+      // lock is still held (it used to stay until the lock was let go, and with it the
+      // process after close()).
       await until(
         async () => (await lock.proxySessions()) === 0,
-        "the reload's sessions to end",
+        "the reload's sessions to end with the lock still held",
         5_000,
       )
       // A reload after it goes through.
       await proxy.reload(gateway(undefined, 'drainTimeoutMs: 4321\n'))
+    } finally {
+      await lock.close()
+      await proxy.close(0)
+    }
+  }, 30_000)
+
+  it('is cancelled by close(), which resolves once its session has ended, without waiting for startTimeoutMs', async () => {
+    const { lock, proxy, state } = await reloadOntoLockedStore(60_000)
+    try {
+      // No time passes on the clock: close() used to wait for the reload, and so for its bound.
+      const closed = outcome(proxy.close())
+      await until(() => closed().done, 'close() to end the open', 5_000)
+      expect(closed()).toEqual({ done: true, value: undefined })
+      expect(await lock.proxySessions()).toBe(0)
+      await until(() => state().done, 'the reload to be refused')
+      expect(state().error).toBeInstanceOf(ConfigInvalidError)
     } finally {
       await lock.close()
       await proxy.close(0)
