@@ -59,6 +59,8 @@ export const errorCodes = {
     'A saga operation (retry, cancel, deliver a reply) does not apply to the instance in its current status.',
   SAGA_REPLY_TIMEOUT:
     'A saga step waited for its reply message longer than its timeout; retryable.',
+  SAGA_AT_COMMIT_TIMEOUT:
+    "A saga step's atCommit work did not finish within the worker's atCommitTimeoutMs; its transaction was rolled back and the attempt failed; retryable.",
   WRONG_EXPECTED_VERSION:
     'An event store append found the stream at another version than its expectedVersion; nothing was written.',
   UPCAST_FAILED:

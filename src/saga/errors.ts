@@ -69,3 +69,30 @@ export class SagaReplyTimeoutError extends BreakwaterError {
     this.timeoutMs = timeoutMs
   }
 }
+
+/**
+ * A step's (or compensation's) `atCommit` work did not finish within the worker's
+ * `atCommitTimeoutMs` (code `SAGA_AT_COMMIT_TIMEOUT`, retryable: the work may have waited on
+ * something that answers next time). The transaction that was to record the step was rolled
+ * back, so nothing of it was recorded, and the attempt failed with this error, as if the work
+ * had thrown it: the step's `retry` (or `compensationRetry`) decides what comes next.
+ */
+export class SagaAtCommitTimeoutError extends BreakwaterError {
+  /** The step whose atCommit work was cut off. */
+  readonly step: string
+  /** The bound that elapsed (`atCommitTimeoutMs`), in milliseconds. */
+  readonly timeoutMs: number
+  /** Whether the work was the step's compensation's rather than its action's. */
+  readonly compensation: boolean
+
+  constructor(step: string, timeoutMs: number, compensation = false) {
+    super(
+      'SAGA_AT_COMMIT_TIMEOUT',
+      `${compensation ? 'Compensation of step' : 'Step'} "${step}": its atCommit work did not finish within atCommitTimeoutMs (${timeoutMs} ms); its transaction was rolled back`,
+      { retryable: true },
+    )
+    this.step = step
+    this.timeoutMs = timeoutMs
+    this.compensation = compensation
+  }
+}

@@ -53,6 +53,7 @@ export type {
 } from './definition.js'
 export { defaultCallTimeoutMs, defineSaga } from './definition.js'
 export {
+  SagaAtCommitTimeoutError,
   SagaLeaseLostError,
   SagaNotFoundError,
   SagaReplyTimeoutError,
@@ -107,4 +108,4 @@ export type {
   SagaWorkerState,
   StopSagaWorkerOptions,
 } from './worker.js'
-export { createSagaWorker } from './worker.js'
+export { createSagaWorker, defaultAtCommitTimeoutMs } from './worker.js'

@@ -10,7 +10,7 @@ import {
   type CompiledStep,
   maxEpochMs,
 } from './definition.js'
-import { SagaLeaseLostError, SagaReplyTimeoutError } from './errors.js'
+import { SagaAtCommitTimeoutError, SagaLeaseLostError, SagaReplyTimeoutError } from './errors.js'
 import type { MutableSagaMetrics, SagaEvent } from './events.js'
 import type { SagaFaultPoint, SagaFaults } from './faults.js'
 import { sagaStatements } from './sql.js'
@@ -38,6 +38,8 @@ export interface RunnerHost {
   readonly clock: Clock
   readonly workerId: string
   readonly leaseMs: number
+  /** The bound of a step's atCommit work (see `SagaWorkerOptions.atCommitTimeoutMs`). */
+  readonly atCommitTimeoutMs: number
   readonly faults: SagaFaults | undefined
   /** True once the worker is stopping: runs give their instances back at the next boundary. */
   readonly stopping: boolean
@@ -300,7 +302,7 @@ export class InstanceRun {
       return this.#stepFailed(step, state, attempt, invalid, durationMs)
     }
     const before = this.#snapshot()
-    const local = capturing(work)
+    const local = this.#capturing(work, step.name, false)
     state.status = 'completed'
     delete state.error
     if (result !== undefined) state.result = result
@@ -677,7 +679,7 @@ export class InstanceRun {
       return this.#compensationFailed(step, state, attempt, outcome.error, durationMs)
     await this.#fault('after-compensation-action', step.name)
     const before = this.#snapshot()
-    const local = capturing(work)
+    const local = this.#capturing(work, step.name, true)
     state.status = 'compensated'
     delete state.compensationError
     delete state.sent
@@ -777,6 +779,16 @@ export class InstanceRun {
   }
 
   // ---- plumbing --------------------------------------------------------------------------
+
+  #capturing(work: readonly CommitWork[], step: string, compensation: boolean) {
+    const ms = this.#host.atCommitTimeoutMs
+    return capturing(
+      work,
+      this.#host.clock,
+      ms,
+      () => new SagaAtCommitTimeoutError(step, ms, compensation),
+    )
+  }
 
   // What a transition changes in memory, to put back when its write did not happen because
   // the step's own atCommit work threw (the transaction rolled back).
@@ -971,23 +983,44 @@ interface Snapshot {
   readonly givenBack: boolean
 }
 
-/** Wraps a step's atCommit work to tell its own failure from the database's. */
-function capturing(work: readonly CommitWork[]): {
+/**
+ * Wraps a step's atCommit work into one piece of commit work that tells its own failure from
+ * the database's, and bounds it: work that never settles held the transaction (on SQLite the
+ * one writer) for ever. Once `timeoutMs` has passed on `clock` it fails with `expired()`, which
+ * rolls the transaction back; the work is left to settle on its own (its later statements on
+ * the ended transaction are refused, and its outcome is ignored).
+ */
+function capturing(
+  work: readonly CommitWork[],
+  clock: Clock,
+  timeoutMs: number,
+  expired: () => Error,
+): {
   readonly work: readonly CommitWork[]
   failure(): { readonly error: unknown } | undefined
 } {
   let failed: { readonly error: unknown } | undefined
-  return {
-    work: work.map((fn) => async (tx: SqlTransaction) => {
-      try {
-        await fn(tx)
-      } catch (error) {
-        failed ??= { error }
-        throw error
-      }
-    }),
-    failure: () => failed,
+  if (work.length === 0) return { work: nothing, failure: () => failed }
+  const all: CommitWork = async (tx) => {
+    let timer: TimerHandle | undefined
+    const cut = new Promise<never>((_, reject) => {
+      timer = clock.setTimeout(() => reject(expired()), timeoutMs)
+    })
+    try {
+      await Promise.race([
+        (async () => {
+          for (const fn of work) await fn(tx)
+        })(),
+        cut,
+      ])
+    } catch (error) {
+      failed ??= { error }
+      throw error
+    } finally {
+      if (timer !== undefined) clock.clearTimeout(timer)
+    }
   }
+  return { work: [all], failure: () => failed }
 }
 
 /**

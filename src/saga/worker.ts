@@ -32,6 +32,9 @@ import {
   writeTransition,
 } from './store.js'
 
+/** The default of {@link SagaWorkerOptions.atCommitTimeoutMs}, in milliseconds. */
+export const defaultAtCommitTimeoutMs = 30_000
+
 /** Options of {@link createSagaWorker}. */
 export interface SagaWorkerOptions {
   /** The database holding the sagas (run `migrateSagas(db)` first). The worker does not close it. */
@@ -63,6 +66,21 @@ export interface SagaWorkerOptions {
    * @default leaseMs / 3
    */
   readonly renewIntervalMs?: number
+  /**
+   * The most time a step's (or compensation's) `atCommit` work may take, all of it together,
+   * measured on `clock` from when it starts inside the transaction that records the step. That
+   * transaction holds the instance's row (PostgreSQL) or the database's one writer (SQLite:
+   * every other saga, and everything else writing to the file, waits for it), so work that
+   * never settles, such as an awaited network call that never answers, would hold it for ever.
+   * When the bound elapses the transaction is rolled back (nothing of the step is recorded) and
+   * the attempt fails with `SagaAtCommitTimeoutError` (retryable), as if the work had thrown it:
+   * the step's `retry` (or `compensationRetry`) decides what next. The work itself cannot be
+   * stopped (it is not given a signal); a statement it sends later on the ended transaction is
+   * refused. On PostgreSQL a statement still running holds the connection, so the rollback
+   * waits for it: bound statements with PostgreSQL's `statement_timeout`. A positive integer.
+   * @default 30000 ({@link defaultAtCommitTimeoutMs})
+   */
+  readonly atCommitTimeoutMs?: number
   /**
    * How often an idle worker looks for runnable instances (new ones, due timers and retry
    * delays, expired leases). On PostgreSQL new sagas also wake it through NOTIFY.
@@ -205,6 +223,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   readonly db: SqlDriver
   readonly clock: Clock
   readonly leaseMs: number
+  readonly atCommitTimeoutMs: number
   readonly faults: SagaFaults | undefined
   readonly #renewMs: number
   readonly #pollMs: number
@@ -251,6 +270,12 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       options.renewIntervalMs ?? Math.max(1, Math.floor(this.leaseMs / 3)),
       1,
       this.leaseMs - 1,
+    )
+    this.atCommitTimeoutMs = checkInteger(
+      'atCommitTimeoutMs',
+      options.atCommitTimeoutMs ?? defaultAtCommitTimeoutMs,
+      1,
+      maxTimerDelayMs,
     )
     this.#pollMs = checkInteger('pollIntervalMs', options.pollIntervalMs ?? 100, 1, maxTimerDelayMs)
     this.#concurrency = checkInteger('concurrency', options.concurrency ?? 16, 1, 10_000)
