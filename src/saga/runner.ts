@@ -536,13 +536,25 @@ export class InstanceRun {
         throw called.error
       }
     }
+    // What `send` registers through ctx.atCommit exists only once it has run, so the work is
+    // taken from `work` then (bounded as every step's), not spread into the list before it.
+    const registered: CommitWork = async (tx) => {
+      const local = this.#capturing(work, step.name, false)
+      try {
+        for (const fn of local.work) await fn(tx)
+      } catch (error) {
+        refused ??= local.failure()
+        throw error
+      }
+    }
     let written: boolean
     try {
-      written = await this.#write({ release: true, nextRunAt: until }, [send, ...work])
+      written = await this.#write({ release: true, nextRunAt: until }, [send, registered])
     } catch (error) {
       if (this.#halted !== undefined) return this.#halted
       if (refused === undefined) throw error
-      // `send` itself threw (the command cannot be built, the outbox refuses it): nothing was
+      // `send` itself threw (the command cannot be built, the outbox refuses it), or the
+      // atCommit work it registered did (or ran out of its time): nothing was
       // sent and nothing written, so this attempt failed with that error, as an action's
       // would. Giving the instance up instead retried it after every lease, then reported the
       // attempts as spent by dead workers.

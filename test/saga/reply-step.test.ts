@@ -315,4 +315,44 @@ describe.each(dbTargets)('saga reply steps on $dialect', (target) => {
       expect(await getSaga(t.db, id)).toMatchObject({ status: 'completed' })
     },
   )
+
+  it("ctx.atCommit work a reply step's send registers commits with its command, or fails the attempt", async () => {
+    // The commit work was read before send ran ([send, ...work]): what send registered through
+    // ctx.atCommit was dropped without a word, and the step went on as if it had run.
+    const clock = new ManualClock(0)
+    let failAtCommit = true
+    const saga = defineSaga({
+      name: `reply-at-commit-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'charge',
+          retry: { maxAttempts: 3, baseDelayMs: 1_000, jitter: 'none' },
+          send: async (ctx) => {
+            const attempt = ctx.attempt
+            ctx.atCommit(async (tx) => {
+              // 503: transient, so the step is retried.
+              if (failAtCommit) throw Object.assign(new Error('ledger refused'), { status: 503 })
+              await effect(tx, ctx.sagaId, `ledger ${attempt}`)
+            })
+          },
+          awaitReply: { timeoutMs: 60_000, onReply: () => ({}) },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    // The work threw: the attempt failed with its error, nothing was sent.
+    expect((await getSaga(t.db, id))!.steps[0]).toMatchObject({
+      status: 'failed',
+      error: expect.objectContaining({ message: 'ledger refused' }),
+    })
+    expect((await getSaga(t.db, id))!.steps[0]!.sent).toBeUndefined()
+    expect(await effects(id)).toEqual([])
+    failAtCommit = false
+    await clock.advance(1_000)
+    expect(await worker.poll()).toBe(1)
+    expect((await getSaga(t.db, id))!.steps[0]).toMatchObject({ status: 'waiting', sent: true })
+    expect(await effects(id)).toEqual(['ledger 2'])
+  })
 })
