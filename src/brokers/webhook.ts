@@ -5,12 +5,13 @@ import { Pool } from 'undici'
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { hasLoneSurrogate } from '../core/text.js'
-import { checkClock, checkInteger, checkObject, checkSignal } from '../core/validate.js'
+import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import { httpTokenPattern } from '../http/token.js'
 import { pipeline } from '../policies/pipeline.js'
 import { type RetryOptions, retry } from '../policies/retry.js'
 import { timeout } from '../policies/timeout.js'
 import type { Policy } from '../policies/types.js'
+import { throwIfAborted } from './common.js'
 import type { BrokerErrorCode } from './errors.js'
 import type { OutgoingMessage, Publisher } from './types.js'
 
@@ -470,7 +471,7 @@ class WebhookPublisher implements Publisher {
 
   async publish(messages: readonly OutgoingMessage[], signal?: AbortSignal): Promise<void> {
     // Aborted first, before any other check, as the other adapters' publish (an empty batch too).
-    if (checkSignal('signal', signal)?.aborted) throw new AbortedError(signal?.reason)
+    throwIfAborted(signal)
     if (this.#closed) throw new WebhookError('BROKER_UNAVAILABLE', 'the publisher is closed')
     if (!Array.isArray(messages))
       throw new InvalidOptionError('messages', 'an array of messages', messages)
