@@ -150,8 +150,8 @@ async function payloadWithinLease(
   let lost: IdempotencyInProgressError | undefined
   execution.onLeaseLost((error) => {
     lost = error
-    const stream = payload as { destroy?: unknown } | null | undefined
-    if (typeof stream?.destroy === 'function') (stream.destroy as () => void)()
+    // Never a fetch Response here (onSend unwraps those): a stream is destroyed.
+    discardPayload(payload)
   })
   try {
     const bytes = await payloadBytes(payload)
