@@ -1,4 +1,4 @@
-import { type Clock, storedTime, type TimerHandle } from '../core/clock.js'
+import { type Clock, storedTime, type TimerHandle, within } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
@@ -1014,22 +1014,18 @@ function capturing(
   let failed: { readonly error: unknown } | undefined
   if (work.length === 0) return { work: nothing, failure: () => failed }
   const all: CommitWork = async (tx) => {
-    let timer: TimerHandle | undefined
-    const cut = new Promise<never>((_, reject) => {
-      timer = clock.setTimeout(() => reject(expired()), timeoutMs)
-    })
     try {
-      await Promise.race([
+      await within(
         (async () => {
           for (const fn of work) await fn(tx)
         })(),
-        cut,
-      ])
+        clock,
+        timeoutMs,
+        expired,
+      )
     } catch (error) {
       failed ??= { error }
       throw error
-    } finally {
-      if (timer !== undefined) clock.clearTimeout(timer)
     }
   }
   return { work: [all], failure: () => failed }
