@@ -627,7 +627,8 @@ class SqlProjector implements Projector {
         swapped = await this.#swap(generation, batchSize, rounds, position)
         break
       } catch (error) {
-        if (sqlErrorKind(error) !== 'serialization-failure' && !isLockTimeout(error)) throw error
+        if (sqlErrorKind(error) !== 'serialization-failure' && !isLockNotAvailable(error))
+          throw error
         if (rounds.used >= rounds.max) throw contended(rounds, error)
       }
     }
@@ -896,15 +897,18 @@ interface SwapRounds {
   waiting: string | undefined
 }
 
-/** Whether a statement failed because its lock wait ran out (lock_timeout, 55P03). */
-function isLockTimeout(error: unknown): boolean {
+/**
+ * Whether a statement failed because a lock was not available (55P03 lock_not_available): its
+ * wait ran out (lock_timeout) or, with NOWAIT, another session held it.
+ */
+function isLockNotAvailable(error: unknown): boolean {
   return (error as { code?: unknown } | null)?.code === '55P03'
 }
 
 /** The error for a swap out of rounds; `cause` ended the last one (if a failure did). */
 function contended(rounds: SwapRounds, cause?: unknown): RebuildContendedError {
   const lockWait =
-    isLockTimeout(cause) && rounds.waiting !== undefined
+    isLockNotAvailable(cause) && rounds.waiting !== undefined
       ? { waitedFor: rounds.waiting, timeoutMs: rounds.lockTimeoutMs }
       : undefined
   return new RebuildContendedError(rounds.projection, rounds.max, cause, lockWait)
@@ -939,7 +943,7 @@ async function lockAll(
     try {
       await tx.execute(`LOCK TABLE ${order[first]} IN EXCLUSIVE MODE`)
     } catch (error) {
-      if (!isLockTimeout(error)) throw error
+      if (!isLockNotAvailable(error)) throw error
       if (rounds.used >= rounds.max) throw contended(rounds, error)
       rounds.used++
       await tx.execute('ROLLBACK TO SAVEPOINT breakwater_swap_locks')
@@ -952,8 +956,8 @@ async function lockAll(
       try {
         await tx.execute(`LOCK TABLE ${order[i]} IN EXCLUSIVE MODE NOWAIT`)
       } catch (error) {
-        // 55P03 lock_not_available: someone holds it. Anything else is a real failure.
-        if ((error as { code?: unknown } | null)?.code !== '55P03') throw error
+        // Someone holds it. Anything else is a real failure.
+        if (!isLockNotAvailable(error)) throw error
         busy = i
       }
     }
