@@ -39,6 +39,41 @@ export function checkStoredName(option: string, value: unknown): string {
 }
 
 /**
+ * The most UTF-8 bytes of an id stored as an index key (an outbox event or aggregate id, an
+ * inbox message id). PostgreSQL refuses an index entry over about 2,700 bytes with a bare
+ * "index row size" error (54000), depending on how well the value compresses, while SQLite
+ * stores any length: the cap keeps both databases alike, and an id one accepts storable by
+ * the other.
+ */
+export const maxStoredIdBytes = 2048
+
+/** Whether `value` is longer than `maxBytes` in UTF-8. */
+export function exceedsBytes(value: string, maxBytes: number): boolean {
+  // A UTF-16 unit is at most 3 UTF-8 bytes: short text needs no count.
+  return value.length * 3 > maxBytes && Buffer.byteLength(value, 'utf8') > maxBytes
+}
+
+/**
+ * {@link checkStoredName} for text stored as an index key: also at most `maxBytes` UTF-8
+ * bytes (see {@link maxStoredIdBytes}), or `InvalidOptionError` naming `option`.
+ */
+export function checkStoredKey(
+  option: string,
+  value: unknown,
+  maxBytes = maxStoredIdBytes,
+): string {
+  const text = checkStoredName(option, value)
+  if (exceedsBytes(text, maxBytes)) {
+    throw new InvalidOptionError(
+      option,
+      `a non-empty string of at most ${maxBytes} UTF-8 bytes without NUL characters or lone surrogates`,
+      text,
+    )
+  }
+  return text
+}
+
+/**
  * The JSON text of `value`. When JSON cannot hold it (a BigInt or a cycle, which make
  * `JSON.stringify` throw; undefined, a function or a symbol, which have no JSON text; NaN or
  * ±Infinity anywhere in it, which `JSON.stringify` writes as `null`, so another value than the

@@ -1,9 +1,11 @@
 import { BreakwaterError, describeValue } from '../core/errors.js'
+import { isStorableText, maxStoredIdBytes } from '../core/text.js'
 
 /**
  * A consumed message the inbox can never handle, however often it is delivered (code
- * `POISON_MESSAGE`, not retryable): its id is empty, or holds text the database cannot store
- * as it is (a NUL, half of a surrogate pair), so it cannot be recorded and deduplicated. Only
+ * `POISON_MESSAGE`, not retryable): its id is empty, holds text the database cannot store
+ * as it is (a NUL, half of a surrogate pair), or is longer than 2048 UTF-8 bytes (more than
+ * PostgreSQL can index), so it cannot be recorded and deduplicated. Only
  * another producer's message can be like that (breakwater's publishers and the outbox refuse
  * such ids). The inbox refuses it for good rather than throw, which would have the broker
  * redeliver it forever: nothing is written, the handler does not run, the message is
@@ -28,9 +30,16 @@ export class PoisonMessageError extends BreakwaterError {
   constructor(consumer: string, messageId: string) {
     super(
       'POISON_MESSAGE',
-      `inbox ${JSON.stringify(consumer)}: refused message ${describeValue(messageId)} for good (acknowledged, handler not run): its message id is ${messageId === '' ? 'empty' : 'text the database cannot store (a NUL or a lone surrogate)'}, so it cannot be deduplicated`,
+      `inbox ${JSON.stringify(consumer)}: refused message ${describeValue(messageId)} for good (acknowledged, handler not run): its message id is ${whyUnstorable(messageId)}, so it cannot be deduplicated`,
     )
     this.messageId = messageId
     this.consumer = consumer
   }
+}
+
+function whyUnstorable(messageId: string): string {
+  if (messageId === '') return 'empty'
+  if (!isStorableText(messageId))
+    return 'text the database cannot store (a NUL or a lone surrogate)'
+  return `longer than ${maxStoredIdBytes} UTF-8 bytes (more than the database can index)`
 }

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from '../brokers/types.js'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkStoredName, isStorableText } from '../core/text.js'
+import { checkStoredKey, exceedsBytes, isStorableText, maxStoredIdBytes } from '../core/text.js'
 import { checkClock, checkFunction, checkObject } from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
@@ -13,7 +13,8 @@ import { wholeMsClock } from './time.js'
 export interface InboxOptions {
   /**
    * The consumer's name: message ids are deduplicated per consumer, so two services (or two
-   * handlers) sharing a database each handle every message once.
+   * handlers) sharing a database each handle every message once. A non-empty string of at most
+   * 256 UTF-8 bytes without NUL characters or lone surrogates (it is part of an index key).
    */
   readonly consumer: string
   /**
@@ -54,8 +55,9 @@ export interface Inbox {
    * one that catches it and commits keeps the record without the effect). `tx` must be a
    * transaction (the driver itself is refused with `InvalidOptionError`: the record would
    * commit on its own), as is a message without a string id or an `fn` that is not a
-   * function, before anything is written. A message whose id is empty or holds a NUL
-   * character or a lone surrogate (text the database cannot store as it is) is poison: no
+   * function, before anything is written. A message whose id is empty, holds a NUL
+   * character or a lone surrogate (text the database cannot store as it is), or is longer than
+   * 2048 UTF-8 bytes (more than PostgreSQL can index, alike on SQLite) is poison: no
    * delivery of it can ever be recorded, so rather than throw (and be redelivered forever) the
    * inbox refuses it for good: nothing is written, `fn` does not run, the result holds the
    * `PoisonMessageError` (`POISON_MESSAGE`) in `refused`, and `onRefused` and the channel
@@ -76,8 +78,9 @@ class SqlInbox implements Inbox {
   constructor(options: InboxOptions) {
     checkObject('inbox', options)
     // Stored as text, as message ids are (a lone surrogate would make two ids one record, and
-    // the second message's effect would be skipped as a duplicate).
-    this.consumer = checkStoredName('inbox.consumer', options.consumer)
+    // the second message's effect would be skipped as a duplicate). It shares the record's
+    // index key with the message id: capped so that any id within maxStoredIdBytes fits.
+    this.consumer = checkStoredKey('inbox.consumer', options.consumer, maxConsumerBytes)
     const clock = wholeMsClock(checkClock('inbox.clock', options.clock))
     this.#clock = clock
     this.#onRefused =
@@ -101,7 +104,7 @@ class SqlInbox implements Inbox {
     // Before the record is written: a record without its effect would make the redelivery
     // of this message a duplicate that never runs.
     checkFunction('fn', fn)
-    if (id === '' || !isStorableText(id))
+    if (id === '' || !isStorableText(id) || exceedsBytes(id, maxStoredIdBytes))
       return { duplicate: false, refused: this.#refuse(message) }
     const { rowCount } = await tx.execute(inboxStatements[tx.dialect].record, [
       this.consumer,
@@ -129,6 +132,10 @@ class SqlInbox implements Inbox {
 }
 
 const refusedChannel = diagnosticsChannel('outbox', 'message-refused')
+
+// The longest consumer name, in UTF-8 bytes: with a message id of maxStoredIdBytes it makes an
+// index entry PostgreSQL takes (it refuses one over about 2,700 bytes).
+const maxConsumerBytes = 256
 
 /**
  * Refuses an executor that is not a transaction's. The driver itself (it has `close`) runs each

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { context, propagation } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkStoredName, jsonTextOf } from '../core/text.js'
+import { checkStoredKey, checkStoredName, jsonTextOf } from '../core/text.js'
 import { checkClock, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { partitionOf } from './partition.js'
@@ -21,7 +21,9 @@ export const AGGREGATE_TYPE_HEADER = 'aggregate-type'
 /**
  * An event handed to {@link Outbox.enqueue}. Its text fields (id, aggregateType, aggregateId,
  * type, topic, correlationId, causationId) are non-empty strings without NUL characters or lone
- * surrogates (neither can be stored as they are); anything else is refused before writing.
+ * surrogates (neither can be stored as they are), and the id and aggregateId, which are index
+ * keys, are at most 2048 UTF-8 bytes (PostgreSQL cannot index much more); anything else is
+ * refused with `InvalidOptionError` naming the field (`events[1].id`) before writing.
  */
 export interface OutboxEvent {
   /**
@@ -317,9 +319,13 @@ class SqlOutbox implements Outbox {
     if (typeof event !== 'object' || event === null)
       throw new InvalidOptionError(at, 'an outbox event object', event)
     const id = event.id ?? randomUUID()
-    checkText(`${at}.id`, id)
+    // Index keys (the id's own, and the held-rows index a retry or dead letter puts the
+    // aggregate id in): capped, or PostgreSQL fails the caller's transaction (or, for the
+    // aggregate id, every charge of a failed publish) with a bare "index row size" error, and
+    // an id SQLite took could be recorded by no PostgreSQL inbox.
+    checkStoredKey(`${at}.id`, id)
     checkText(`${at}.aggregateType`, event.aggregateType)
-    checkText(`${at}.aggregateId`, event.aggregateId)
+    checkStoredKey(`${at}.aggregateId`, event.aggregateId)
     checkText(`${at}.type`, event.type)
     const topic =
       event.topic ??
