@@ -7,6 +7,7 @@
 import { isIPv6 } from 'node:net'
 import { DEADLINE_HEADER } from '../../policies/deadline.js'
 import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
+import { matchesPrefix } from '../inbound/routes.js'
 import { limitsDefaults as limitDefaults } from './schema.js'
 
 /** A problem found by a cross-field check: where, what was expected, and what was there. */
@@ -207,9 +208,24 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
         )
       if (routes.length === 0) add([...base, 'routes'], 'at least one route', listener.routes)
     }
+    // Routes are tried in the order written (first match wins): one whose every request an
+    // earlier route of the listener takes (a catch-all `/` written first, all methods before
+    // POST only) is never reached, and its traffic goes to the earlier route's targets.
+    const earlier: { match: RouteMatch; path: string; name: unknown }[] = []
     routes.forEach((route, j) => {
       if (!isObj(route)) return
       const at: (string | number)[] = [...base, 'routes', j]
+      const shape = routeMatchOf(route.match)
+      if (shape !== undefined) {
+        const first = earlier.find((e) => covers(e.match, shape))
+        if (first !== undefined)
+          add(
+            [...at, 'match'],
+            `a match that ${first.path}${typeof first.name === 'string' ? ` (${first.name})` : ''} does not always take first (routes are tried in order; write the narrower route first)`,
+            'a route no request reaches',
+          )
+        earlier.push({ match: shape, path: formatPath(at), name: route.name })
+      }
       if (typeof route.name === 'string') {
         const first = routeNames.get(route.name)
         if (first !== undefined)
@@ -359,6 +375,43 @@ function setByProxy(name: string, deadlineHeader: unknown): boolean {
     lower === 'idempotency-key' ||
     lower === deadline
   )
+}
+
+/** What a route matches on, in the form the route table compares (routes.ts). */
+interface RouteMatch {
+  readonly prefix: string
+  readonly methods: ReadonlySet<string> | undefined
+  readonly headers: ReadonlyMap<string, unknown>
+}
+
+/** A route's `match` as a {@link RouteMatch}, or undefined when it is not well formed. */
+function routeMatchOf(match: unknown): RouteMatch | undefined {
+  if (match !== undefined && !isObj(match)) return undefined
+  const prefix = match?.prefix ?? '/'
+  if (typeof prefix !== 'string' || !prefix.startsWith('/')) return undefined
+  const methods = match?.methods
+  if (methods !== undefined && (!Array.isArray(methods) || methods.length === 0)) return undefined
+  if (match?.headers !== undefined && !isObj(match.headers)) return undefined
+  const headers = new Map<string, unknown>()
+  for (const [name, value] of Object.entries(match?.headers ?? {}))
+    headers.set(name.toLowerCase(), value)
+  return {
+    prefix: prefix.length > 1 ? prefix.replace(/\/+$/, '') || '/' : prefix,
+    methods: methods === undefined ? undefined : new Set(methods.map(String)),
+    headers,
+  }
+}
+
+/** Whether every request `later` matches is matched by `first` too. */
+function covers(first: RouteMatch, later: RouteMatch): boolean {
+  if (!matchesPrefix(later.prefix, first.prefix)) return false
+  if (first.methods !== undefined) {
+    if (later.methods === undefined) return false
+    for (const m of later.methods) if (!first.methods.has(m)) return false
+  }
+  for (const [name, value] of first.headers)
+    if (!later.headers.has(name) || later.headers.get(name) !== value) return false
+  return true
 }
 
 function isPathPrefixOf(prefix: string, path: string): boolean {

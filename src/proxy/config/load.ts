@@ -202,7 +202,9 @@ export function validateProxyDocument(
   function addRaw(problem: RawProblem): void {
     const got =
       typeof problem.value === 'string' &&
-      /^(none|both or neither|\d+ of them|routes|services|all weights 0)$/.test(problem.value)
+      /^(none|both or neither|\d+ of them|routes|services|all weights 0|a route no request reaches)$/.test(
+        problem.value,
+      )
         ? problem.value
         : describe(problem.path, problem.value)
     push(problem.path, `expected ${problem.expected}, got ${got}`, locate(problem.path))

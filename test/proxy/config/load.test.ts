@@ -278,6 +278,58 @@ listeners:
     )
   })
 
+  it('refuses a route an earlier route of its listener always takes first (first match wins)', () => {
+    // Routes are tried in the order written: a catch-all `/` written before `/orders`, or a
+    // route for all methods before one for POST on the same prefix, leaves the later route
+    // dead, and its traffic goes to the earlier route's targets without a word.
+    const withRoutes = (...routes: string[]): string =>
+      `services: { a: { endpoints: [http://127.0.0.1:1] }, b: { endpoints: [http://127.0.0.1:2] } }
+listeners:
+  - { name: g, role: gateway, port: 9001, routes: [${routes.join(', ')}] }
+  - { name: h, role: gateway, port: 9002, routes: [{ name: other, match: { prefix: /orders }, targets: [{ service: b }] }] }
+`
+    const message = problemsOf(
+      withRoutes(
+        '{ name: all, match: { prefix: /api/ }, targets: [{ service: a }] }',
+        '{ name: orders, match: { prefix: /api/orders, methods: [POST] }, targets: [{ service: b }] }',
+        '{ name: get, match: { prefix: /x, methods: [GET, POST] }, targets: [{ service: a }] }',
+        '{ name: get2, match: { prefix: /x/y, methods: [GET], headers: { X-Canary: "1" } }, targets: [{ service: b }] }',
+        '{ name: root, targets: [{ service: a }] }',
+        '{ name: late, match: { prefix: /late }, targets: [{ service: b }] }',
+      ),
+    )
+    for (const expected of [
+      'listeners[0].routes[1].match: expected a match that listeners[0].routes[0] (all) does not always take first (routes are tried in order; write the narrower route first), got a route no request reaches',
+      'listeners[0].routes[3].match: expected a match that listeners[0].routes[2] (get) does not always take first',
+      'listeners[0].routes[5].match: expected a match that listeners[0].routes[4] (root) does not always take first',
+    ])
+      expect(message).toContain(expected)
+    // Only those three: a route on another listener is not compared.
+    expect(message.match(/does not always take first/g)).toHaveLength(3)
+
+    // Overlaps that leave the later route some requests load as before: the narrower route
+    // written first, methods or headers the earlier route does not take, a sibling prefix.
+    const config = parseProxyConfig(
+      withRoutes(
+        '{ name: post, match: { prefix: /api/orders, methods: [POST] }, targets: [{ service: b }] }',
+        '{ name: canary, match: { prefix: /api, headers: { X-Canary: "1" } }, targets: [{ service: b }] }',
+        '{ name: gets, match: { prefix: /api, methods: [GET] }, targets: [{ service: a }] }',
+        '{ name: api, match: { prefix: /api, methods: [GET, PUT] }, targets: [{ service: a }] }',
+        '{ name: apis, match: { prefix: /apis }, targets: [{ service: a }] }',
+        '{ name: root, targets: [{ service: a }] }',
+      ),
+      'test.yaml',
+    )
+    expect(config.listeners[0]?.routes.map((r) => r.name)).toEqual([
+      'post',
+      'canary',
+      'gets',
+      'api',
+      'apis',
+      'root',
+    ])
+  })
+
   it('refuses a route prefix that path normalization would change, since it could never match', () => {
     // Routes match the normalized path (docs/proxy.md): `/files/%c3%a9/x` arrives as
     // `/files/%C3%A9/x`, `/docs/%7euser` as `/docs/~user`; a prefix written the other way would
