@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkStoredName, isStorableText } from '../core/text.js'
+import { checkStoredKey, exceedsBytes, isStorableText, maxStoredIdBytes } from '../core/text.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { Waker } from '../core/waker.js'
 import { removeInBatches } from '../stores/batches.js'
@@ -398,6 +398,11 @@ function toBuffer(payload: Uint8Array | string): Buffer {
     : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)
 }
 
+// The longest topic or group name, in UTF-8 bytes: with a key of maxStoredIdBytes they make an
+// entry of the held index (topic, group, key, seq) that PostgreSQL takes (it refuses one over
+// about 2,700 bytes).
+const maxNameBytes = 256
+
 function checkMessages(messages: readonly OutgoingMessage[]): void {
   if (!Array.isArray(messages)) throw new InvalidOptionError('messages', 'an array', messages)
   messages.forEach((m: OutgoingMessage, i) => {
@@ -405,13 +410,19 @@ function checkMessages(messages: readonly OutgoingMessage[]): void {
       throw new InvalidOptionError(`messages[${i}]`, 'a message', m)
     // Stored as text: a NUL fails on PostgreSQL with a bare driver error, and a lone surrogate
     // is stored as U+FFFD there, so two different ids would be one and the second dropped as a
-    // duplicate. Refused on both databases alike.
-    checkStoredName(`messages[${i}].id`, m.id)
-    checkStoredName(`messages[${i}].topic`, m.topic)
-    if (typeof m.key !== 'string' || !isStorableText(m.key))
+    // duplicate. Refused on both databases alike. They are index keys too (topic with id; topic,
+    // group and key in the held index every lease writes), capped so that PostgreSQL can index
+    // them: a long key was taken here and then failed every lease of its batch for good.
+    checkStoredKey(`messages[${i}].id`, m.id)
+    checkStoredKey(`messages[${i}].topic`, m.topic, maxNameBytes)
+    if (
+      typeof m.key !== 'string' ||
+      !isStorableText(m.key) ||
+      exceedsBytes(m.key, maxStoredIdBytes)
+    )
       throw new InvalidOptionError(
         `messages[${i}].key`,
-        'a string without NUL characters or lone surrogates',
+        `a string of at most ${maxStoredIdBytes} UTF-8 bytes without NUL characters or lone surrogates`,
         m.key,
       )
     if (typeof m.payload !== 'string' && !(m.payload instanceof Uint8Array))
@@ -878,8 +889,8 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
     handler: (message: IncomingMessage) => Promise<void>,
   ): Promise<Subscription> {
     if (this.#closed) throw new SqlQueueClosedError('subscriber')
-    checkStoredName('topic', topic)
-    checkStoredName('group', group)
+    checkStoredKey('topic', topic, maxNameBytes)
+    checkStoredKey('group', group, maxNameBytes)
     checkFunction('handler', handler)
     await this.#registerGroup(topic, group)
     // close() may have run during either wait and could not see this subscription: starting
@@ -957,6 +968,11 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
  *
  * Stored messages are kept for late-joining groups and for dedupe until `pruneSqlQueue`
  * removes the acknowledged ones.
+ *
+ * Ids, keys, topics and groups are stored as index keys: a message id or key is at most 2048
+ * UTF-8 bytes and a topic or group name at most 256 (PostgreSQL cannot index much more; SQLite
+ * is held to the same caps), or `publish()` / `subscribe()` fails with `INVALID_OPTION` naming
+ * it (`messages[1].key`) before anything is written.
  *
  * @example
  * ```ts
