@@ -111,10 +111,26 @@ export interface StepContext<I, C> extends SagaStepInfo<I, C> {
    * recorded and the attempt fails with its error (the step's `retry`, or `compensationRetry`,
    * decides what next). Keep it to local statements: on SQLite the transaction holds the one
    * writer while it runs, so every other write (lease renewals included) waits for it; see
-   * `SagaWorkerOptions.renewIntervalMs` for the bound.
+   * `SagaWorkerOptions.renewIntervalMs` for the bound. All of a step's work together is
+   * bounded by `SagaWorkerOptions.atCommitTimeoutMs`; the work's second argument is a signal
+   * that aborts when that bound elapses (with the `SagaAtCommitTimeoutError`) or when the
+   * worker gives up on the run (`stop({ timeoutMs })`, with `AbortedError`; a lost lease, with
+   * `SagaLeaseLostError`): pass it on to what the work waits for, since its transaction is
+   * being rolled back and nothing it does after is kept.
    */
-  atCommit(work: (tx: SqlTransaction) => Promise<void>): void
+  atCommit(work: AtCommitWork): void
 }
+
+/**
+ * Work given to {@link StepContext.atCommit}: runs in the transaction `tx` that records the step;
+ * `signal` aborts when the work is cut off (see `atCommit`).
+ * @example
+ * const work: AtCommitWork = async (tx, signal) => {
+ *   signal.throwIfAborted()
+ *   await tx.query('INSERT INTO audit (id) VALUES ($1)', ['a1'])
+ * }
+ */
+export type AtCommitWork = (tx: SqlTransaction, signal: AbortSignal) => Promise<void>
 
 /** What a compensation receives: a step context plus why the saga is compensating. */
 export interface CompensationContext<I, C> extends StepContext<I, C> {

@@ -39,6 +39,7 @@ export {
 } from './choreography.js'
 export type {
   ActionStep,
+  AtCommitWork,
   AwaitReplyOptions,
   CompensationContext,
   MergeContext,

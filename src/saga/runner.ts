@@ -5,6 +5,7 @@ import { retryAfterMsOf, TimeoutError } from '../index.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
 import { wakeSaga } from './admin.js'
 import {
+  type AtCommitWork,
   type CompiledRetry,
   type CompiledSaga,
   type CompiledStep,
@@ -260,7 +261,7 @@ export class InstanceRun {
     await this.#fault('before-step', step.name)
     this.#host.count('stepAttempts')
     this.#emit({ type: 'step-started', step: step.name, attempt })
-    const work: CommitWork[] = []
+    const work: AtCommitWork[] = []
     const started = this.#host.clock.now()
     const outcome = await this.#invoke(
       (signal) =>
@@ -285,7 +286,7 @@ export class InstanceRun {
     attempt: number,
     value: unknown,
     durationMs: number,
-    work: readonly CommitWork[],
+    work: readonly AtCommitWork[],
   ): Promise<Step> {
     let result: unknown
     try {
@@ -318,6 +319,8 @@ export class InstanceRun {
       }
       if (!(await this.#write({ release: false }, local.work))) return 'lost'
     } catch (error) {
+      // Given up meanwhile (stop({ timeoutMs }), a lost lease): nothing more is written for it.
+      if (this.#halted !== undefined) return this.#halted
       // The step's atCommit work threw: its transaction rolled back and nothing was recorded,
       // so this attempt failed with that error, as if the action had thrown it. Giving the
       // instance up instead retried it only after its lease ran out, and reported its
@@ -509,7 +512,7 @@ export class InstanceRun {
     await this.#fault('before-step', step.name)
     this.#host.count('stepAttempts')
     this.#emit({ type: 'step-started', step: step.name, attempt })
-    const work: CommitWork[] = []
+    const work: AtCommitWork[] = []
     const until = storedTime(this.#host.clock) + step.replyTimeoutMs
     const before = {
       status: state.status,
@@ -668,7 +671,7 @@ export class InstanceRun {
     state.compensationAttempts = attempt
     await this.#fault('before-compensation', step.name)
     this.#emit({ type: 'compensation-started', step: step.name, attempt })
-    const work: CommitWork[] = []
+    const work: AtCommitWork[] = []
     const started = this.#host.clock.now()
     const outcome = await this.#invoke(
       (signal) =>
@@ -713,6 +716,7 @@ export class InstanceRun {
       }
       if (!(await this.#write({ release: false }, local.work))) return 'lost'
     } catch (error) {
+      if (this.#halted !== undefined) return this.#halted
       // The compensation's atCommit work threw (see #stepSucceeded): this attempt failed.
       const failed = local.failure()
       if (failed === undefined) throw error
@@ -792,13 +796,14 @@ export class InstanceRun {
 
   // ---- plumbing --------------------------------------------------------------------------
 
-  #capturing(work: readonly CommitWork[], step: string, compensation: boolean) {
+  #capturing(work: readonly AtCommitWork[], step: string, compensation: boolean) {
     const ms = this.#host.atCommitTimeoutMs
     return capturing(
       work,
       this.#host.clock,
       ms,
       () => new SagaAtCommitTimeoutError(step, ms, compensation),
+      this.#controller.signal,
     )
   }
 
@@ -949,14 +954,14 @@ export class InstanceRun {
     attempt: number,
     idempotencyKey: string,
     signal: AbortSignal,
-    work: CommitWork[],
+    work: AtCommitWork[],
   ): Record<string, unknown> {
     return {
       ...this.#info(step),
       attempt,
       idempotencyKey,
       signal,
-      atCommit(fn: (tx: SqlTransaction) => Promise<void>): void {
+      atCommit(fn: AtCommitWork): void {
         if (typeof fn !== 'function') throw new InvalidOptionError('atCommit', 'a function', fn)
         work.push(fn)
       },
@@ -999,14 +1004,17 @@ interface Snapshot {
  * Wraps a step's atCommit work into one piece of commit work that tells its own failure from
  * the database's, and bounds it: work that never settles held the transaction (on SQLite the
  * one writer) for ever. Once `timeoutMs` has passed on `clock` it fails with `expired()`, which
- * rolls the transaction back; the work is left to settle on its own (its later statements on
- * the ended transaction are refused, and its outcome is ignored).
+ * rolls the transaction back. The work cannot be forced to stop, so it is told: the signal it
+ * is given aborts with that error, or with `run`'s reason when the run is given up (stop with a
+ * timeout, a lost lease), so that it stops waiting on what it awaits; its later statements on
+ * the ended transaction are refused, and its outcome is ignored.
  */
 function capturing(
-  work: readonly CommitWork[],
+  work: readonly AtCommitWork[],
   clock: Clock,
   timeoutMs: number,
   expired: () => Error,
+  run: AbortSignal,
 ): {
   readonly work: readonly CommitWork[]
   failure(): { readonly error: unknown } | undefined
@@ -1014,18 +1022,29 @@ function capturing(
   let failed: { readonly error: unknown } | undefined
   if (work.length === 0) return { work: nothing, failure: () => failed }
   const all: CommitWork = async (tx) => {
+    // One controller per transaction: a signal aborted for an earlier one must not reach this.
+    const controller = new AbortController()
+    const onAbort = (): void => controller.abort(run.reason)
+    if (run.aborted) onAbort()
+    else run.addEventListener('abort', onAbort, { once: true })
     try {
       await within(
         (async () => {
-          for (const fn of work) await fn(tx)
+          for (const fn of work) await fn(tx, controller.signal)
         })(),
         clock,
         timeoutMs,
-        expired,
+        () => {
+          const error = expired()
+          controller.abort(error)
+          return error
+        },
       )
     } catch (error) {
       failed ??= { error }
       throw error
+    } finally {
+      run.removeEventListener('abort', onAbort)
     }
   }
   return { work: [all], failure: () => failed }

@@ -74,8 +74,9 @@ export interface SagaWorkerOptions {
    * never settles, such as an awaited network call that never answers, would hold it for ever.
    * When the bound elapses the transaction is rolled back (nothing of the step is recorded) and
    * the attempt fails with `SagaAtCommitTimeoutError` (retryable), as if the work had thrown it:
-   * the step's `retry` (or `compensationRetry`) decides what next. The work itself cannot be
-   * stopped (it is not given a signal); a statement it sends later on the ended transaction is
+   * the step's `retry` (or `compensationRetry`) decides what next. The work cannot be forced to
+   * stop; it is told instead: the signal it gets as its second argument aborts with that error
+   * (pass it on to what it awaits). A statement it sends later on the ended transaction is
    * refused. On PostgreSQL a statement still running holds the connection, so the rollback
    * waits for it: bound statements with PostgreSQL's `statement_timeout`. A positive integer.
    * @default 30000 ({@link defaultAtCommitTimeoutMs})

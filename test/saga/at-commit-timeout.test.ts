@@ -6,7 +6,7 @@
 // for atCommit work that throws (see at-commit-failure.test.ts).
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { InvalidOptionError } from '../../src/core/errors.js'
+import { AbortedError, InvalidOptionError } from '../../src/core/errors.js'
 import {
   createSagaWorker,
   defaultAtCommitTimeoutMs,
@@ -222,6 +222,113 @@ describe.each(dbTargets)('atCommit work that never settles, on $dialect', (targe
       'compensation of step "charge" failed after 1 attempt: SagaAtCommitTimeoutError: Compensation of step "charge": its atCommit work did not finish within atCommitTimeoutMs (20 ms); its transaction was rolled back [SAGA_AT_COMMIT_TIMEOUT] (while compensating because step "ship" failed: Error: no stock)',
     )
     await worker.stop()
+  })
+
+  /**
+   * One step whose atCommit work writes a row, waits until its signal aborts, keeps the signal
+   * and its reason, and then throws that reason, as work that passes its signal on would; and a
+   * worker on a ManualClock for it.
+   */
+  const listening = (prefix: string, atCommitTimeoutMs: number) => {
+    const clock = new ManualClock(0)
+    const hung = gate()
+    const seen: { signal?: AbortSignal; reason?: unknown } = {}
+    const saga = defineSaga({
+      name: sagaName(prefix),
+      version: 1,
+      steps: [
+        {
+          name: 'reserve',
+          retry: { maxAttempts: 3 },
+          action: async (ctx) => {
+            ctx.atCommit(async (tx, signal) => {
+              seen.signal = signal
+              await log.record(tx, ctx.sagaId, 'reserve (rolled back)')
+              hung.open()
+              await new Promise<void>((resolve) =>
+                signal.addEventListener('abort', () => resolve(), { once: true }),
+              )
+              seen.reason = signal.reason
+              throw signal.reason
+            })
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock, leaseMs, atCommitTimeoutMs })
+    return { clock, saga, worker, hung, seen }
+  }
+
+  it("aborts the work's signal when the bound fires, so the work can stop", async () => {
+    const { clock, saga, worker, hung, seen } = listening('told', 40)
+    const running = worker.run(saga, {})
+    await hung.promise
+    expect(seen.signal!.aborted).toBe(false)
+    await clock.advance(39)
+    expect(seen.signal!.aborted).toBe(false)
+    await clock.advance(1)
+    const { id, status } = await running
+    expect(status).toBe('running') // retryable: the next attempt is due after the delay
+    expect(seen.signal!.aborted).toBe(true)
+    expect(seen.reason).toBeInstanceOf(SagaAtCommitTimeoutError)
+    expect(seen.reason).toMatchObject({ step: 'reserve', timeoutMs: 40 })
+    expect((await getSaga(t.db, id))!.steps[0]).toMatchObject({
+      error: { code: 'SAGA_AT_COMMIT_TIMEOUT' },
+    })
+    expect(await log.read(t.db, id)).toEqual([])
+    await worker.stop()
+  })
+
+  it('leaves the signal alone when the work ends in time', async () => {
+    const clock = new ManualClock(0)
+    let seen: AbortSignal | undefined
+    const saga = defineSaga({
+      name: sagaName('in-time'),
+      version: 1,
+      steps: [
+        {
+          name: 'write',
+          action: async (ctx) => {
+            ctx.atCommit(async (tx, signal) => {
+              seen = signal
+              await log.record(tx, ctx.sagaId, 'write')
+            })
+          },
+        },
+      ],
+    })
+    const worker = createSagaWorker({
+      db: t.db,
+      sagas: [saga],
+      clock,
+      leaseMs,
+      atCommitTimeoutMs: 40,
+    })
+    const outcome = await worker.run(saga, {})
+    expect(outcome.status).toBe('completed')
+    await clock.advance(1_000)
+    expect(seen!.aborted).toBe(false)
+    expect(await log.read(t.db, outcome.id)).toEqual(['write'])
+    await worker.stop()
+  })
+
+  it('aborts the signal when stop({ timeoutMs }) gives up on the step, and writes nothing more for it', async () => {
+    const { clock, saga, worker, hung, seen } = listening('stopped', 60_000)
+    const events: string[] = []
+    worker.events.on((e) => events.push(e.type))
+    const running = worker.run(saga, {})
+    await hung.promise
+    const stopping = worker.stop({ timeoutMs: 100 })
+    await clock.advance(100)
+    await stopping
+    expect(seen.reason).toBeInstanceOf(AbortedError)
+    const { id } = await running
+    // The abandoned attempt is not recorded as failed: the lease is left to run out.
+    const stored = await getSaga(t.db, id)
+    expect(stored).toMatchObject({ status: 'running', stepIndex: 0 })
+    expect(stored!.steps[0]).not.toHaveProperty('error')
+    expect(await log.read(t.db, id)).toEqual([])
+    expect(events).not.toContain('step-failed')
   })
 
   it('defaults to 30 s', async () => {
