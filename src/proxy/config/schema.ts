@@ -85,6 +85,22 @@ const headerName = z
   .string({ error: 'HTTP header name' })
   .regex(httpTokenPattern, { error: 'HTTP header name' })
 
+// Node hands the proxy a header value with the spaces and tabs around it removed, and reads its
+// bytes as Latin-1, so a value written with whitespace around it, a control character, or a
+// character outside ASCII (a client sends UTF-8) could never be equal to one a request carries:
+// the route would never be taken, without a word.
+const headerValueText = 'a header value of printable ASCII, without leading or trailing whitespace'
+const headerValue = z
+  .string({ error: 'string' })
+  .regex(/^(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?$/, { error: headerValueText })
+
+// A cookie name is a token (RFC 6265 §4.1.1): one with `=`, `;` or a space is never read out of
+// a Cookie header, so the route would never stick.
+const cookieNameText = "cookie name (letters, digits and !#$%&'*+-.^_`|~)"
+const cookieName = z
+  .string({ error: cookieNameText })
+  .regex(httpTokenPattern, { error: cookieNameText })
+
 const pathPrefix = z
   .string({ error: 'path starting with "/"' })
   .startsWith('/', { error: 'path starting with "/"' })
@@ -317,7 +333,7 @@ const routeSchema = z.strictObject({
     .strictObject({
       prefix: routePrefix.default('/'),
       methods: z.array(method).min(1, { error: 'non-empty list of methods' }).optional(),
-      headers: z.record(headerName, z.string({ error: 'string' })).default({}),
+      headers: z.record(headerName, headerValue).default({}),
     })
     .default({ prefix: '/', headers: {} }),
   targets: z
@@ -332,7 +348,7 @@ const routeSchema = z.strictObject({
   sticky: z
     .strictObject({
       header: headerName.optional(),
-      cookie: text('cookie name').optional(),
+      cookie: cookieName.optional(),
     })
     .optional(),
   stripPrefix: routePrefix.optional(),

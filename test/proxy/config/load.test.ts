@@ -330,6 +330,45 @@ listeners:
     ])
   })
 
+  it('refuses a match.headers value or sticky.cookie name no request can carry', () => {
+    // Node hands a route header values with surrounding whitespace removed, and a cookie name
+    // is a token (RFC 6265): ` yes` or `uid=` would never match, and the route would never be
+    // taken or never stick, without a word.
+    const message = problemsOf(`services: { a: { endpoints: [http://127.0.0.1:1] } }
+listeners:
+  - name: g
+    role: gateway
+    port: 9001
+    routes:
+      - { name: r1, match: { prefix: /a, headers: { X-Canary: " yes" } }, targets: [{ service: a }] }
+      - { name: r2, match: { prefix: /b, headers: { X-Canary: "a\\nb" } }, targets: [{ service: a }] }
+      - { name: r3, match: { prefix: /c }, sticky: { cookie: "uid=" }, targets: [{ service: a }] }
+      - { name: r4, match: { prefix: /d }, sticky: { cookie: "my session" }, targets: [{ service: a }] }
+`)
+    for (const expected of [
+      'listeners[0].routes[0].match.headers.X-Canary: expected a header value of printable ASCII, without leading or trailing whitespace',
+      'listeners[0].routes[1].match.headers.X-Canary: expected a header value of printable ASCII, without leading or trailing whitespace',
+      "listeners[0].routes[2].sticky.cookie: expected cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+      'listeners[0].routes[3].sticky.cookie: expected cookie name',
+    ])
+      expect(message).toContain(expected)
+    const config = parseProxyConfig(
+      `services: { a: { endpoints: [http://127.0.0.1:1] } }
+listeners:
+  - name: g
+    role: gateway
+    port: 9001
+    routes:
+      - { name: r1, match: { prefix: /a, headers: { X-Canary: "yes, no", X-Empty: "" } }, sticky: { cookie: __Host-uid }, targets: [{ service: a }] }
+`,
+      'test.yaml',
+    )
+    expect(config.listeners[0]?.routes[0]?.match.headers).toEqual({
+      'x-canary': 'yes, no',
+      'x-empty': '',
+    })
+  })
+
   it('refuses a route prefix that path normalization would change, since it could never match', () => {
     // Routes match the normalized path (docs/proxy.md): `/files/%c3%a9/x` arrives as
     // `/files/%C3%A9/x`, `/docs/%7euser` as `/docs/~user`; a prefix written the other way would
