@@ -44,12 +44,20 @@ interface PruneSettings {
   readonly clock: Clock
 }
 
+/**
+ * An age in ms: finite, so the cutoff is a time the database can compare (Infinity made one of
+ * -Infinity, which PostgreSQL refused on every run with a bare bigint syntax error).
+ */
+function checkAge(option: string, value: unknown): number {
+  return checkNumber(option, value, 0, Number.MAX_SAFE_INTEGER)
+}
+
 /** Validates {@link PruneOutboxOptions} (named `<prefix>.<option>` in errors). */
 export function resolvePruneOptions(prefix: string, options: PruneOutboxOptions): PruneSettings {
   checkObject(prefix, options)
   const clock = wholeMsClock(checkClock(`${prefix}.clock`, options.clock))
   return {
-    olderThanMs: checkNumber(`${prefix}.olderThanMs`, options.olderThanMs ?? 86_400_000, 0),
+    olderThanMs: checkAge(`${prefix}.olderThanMs`, options.olderThanMs ?? 86_400_000),
     batchSize: checkInteger(`${prefix}.batchSize`, options.batchSize ?? 1000, 1, 100_000),
     maxBatches: checkInteger(`${prefix}.maxBatches`, options.maxBatches ?? 100, 1),
     archive: checkBoolean(`${prefix}.archive`, options.archive, false),
@@ -160,7 +168,7 @@ export interface PruneInboxOptions {
 export async function pruneInbox(db: SqlDriver, options: PruneInboxOptions = {}): Promise<number> {
   checkObject('pruneInbox', options)
   const clock = wholeMsClock(checkClock('pruneInbox.clock', options.clock))
-  const olderThanMs = checkNumber('pruneInbox.olderThanMs', options.olderThanMs ?? 604_800_000, 0)
+  const olderThanMs = checkAge('pruneInbox.olderThanMs', options.olderThanMs ?? 604_800_000)
   const batchSize = checkInteger('pruneInbox.batchSize', options.batchSize ?? 1000, 1, 100_000)
   const maxBatches = checkInteger('pruneInbox.maxBatches', options.maxBatches ?? 100, 1)
   const sql = inboxStatements[db.dialect]
