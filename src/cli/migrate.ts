@@ -22,8 +22,9 @@ const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
 const usage = `usage: breakwater migrate [--db <url>]
 
 Applies the pending migrations of every capability.
-  --db <url>  ${acceptedDatabaseUrls} (a sqlite: file is created with its
-              folder when missing; default ${defaultUrl})
+  --db <url>  ${acceptedDatabaseUrls}
+              (a sqlite: file is created with its folder when missing;
+              default ${defaultUrl})
 
 ${databaseUrlEnvironmentHelp}`
 

@@ -38,7 +38,8 @@ commands:
                          dead-lettered events are never removed.
 
 options:
-  --db <url>  ${acceptedDatabaseUrls} (default ${defaultUrl})
+  --db <url>  ${acceptedDatabaseUrls}
+              (default ${defaultUrl})
 
 ${databaseUrlEnvironmentHelp}`
 

@@ -61,7 +61,10 @@ export function flagOrEnv(
  * The database URLs every CLI command accepts, for its messages. Not the library's list
  * (src/stores/open.ts), which offers `sqlite::memory:`: every command refuses that one.
  */
-export const acceptedDatabaseUrls = 'sqlite:<file> or postgres://user:pass@host/db'
+// Placeholders in angle brackets, as `<file>`: commands mask secrets in a whole message once
+// more before printing it, and `user:pass@` would come out as `user:***@`, a form that reads
+// as if a password had been hidden in it.
+export const acceptedDatabaseUrls = 'sqlite:<file> or postgres://<user>:<password>@<host>/<db>'
 
 /** The help section of the admin commands (migrate, outbox, saga) on `BREAKWATER_DB_URL`. */
 export const databaseUrlEnvironmentHelp = `environment:
@@ -99,7 +102,7 @@ export function checkDatabaseUrl(value: string, source: string): void {
     // the list of forms would not say what is wrong with it.
     // So is a sqlite: URL whose file part does not decode (`100%.db`, a pasted `\r`).
     const wanted = /^postgres(ql)?:\/\/./i.test(value)
-      ? 'a valid postgres:// URL (postgres://user:pass@host:port/db)'
+      ? 'a valid postgres:// URL (postgres://<user>:<password>@<host>:<port>/<db>)'
       : (sqliteUrlDefect(value) ?? acceptedDatabaseUrls)
     throw new UsageError(`${source}: expected ${wanted}, got "${redactSecrets(value)}"`)
   }

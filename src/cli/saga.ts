@@ -46,7 +46,8 @@ commands:
                        untouched that long too
 
 options:
-  --db <url>  ${acceptedDatabaseUrls} (default ${defaultUrl})
+  --db <url>  ${acceptedDatabaseUrls}
+              (default ${defaultUrl})
 
 ${databaseUrlEnvironmentHelp}
 statuses: ${sagaStatuses.join(', ')}

@@ -162,6 +162,20 @@ describe('a malformed --db', () => {
     }
   })
 
+  // The admin and long-running commands mask secrets in the whole message once more: the form
+  // of a postgres:// URL that the message shows must not come out as `user:***@host`, which
+  // reads as a URL whose password was hidden, or as `***` being part of the form.
+  it.each(labels(commands({})))('%s shows the URL forms it expects unmasked', async (label) => {
+    const command = pick(commands({}), label)
+    for (const bad of ['mysql://db/app', 'postgres://app@[db/app']) {
+      const result = await runCaptured(command.entry, [...command.args, '--db', bad])
+      expect(result.code).toBe(2)
+      const expected = /expected (.*), got /.exec(result.stderr)?.[1]
+      expect(expected).toContain('postgres://<user>:<password>@<host>')
+      expect(expected).not.toContain('***')
+    }
+  })
+
   it.each(labels(commands({})))(
     '%s refuses every spelling of an in-memory database',
     async (label) => {
