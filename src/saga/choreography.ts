@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { context, propagation } from '@opentelemetry/api'
 import type { IncomingMessage } from '../brokers/index.js'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
@@ -447,10 +448,15 @@ export function createReactor(
           ? options.reactions[event.type]
           : undefined
         if (reaction === undefined) return
-        await reaction({
+        // In the trace of the event (its traceparent, tracestate, baggage): the outbox copies
+        // the active context into what the reaction emits, and in the subscriber's context
+        // every hop of the flow started a trace of its own. A no-op without an OpenTelemetry
+        // propagator, as the outbox's injection is.
+        const traced = propagation.extract(context.active(), message.headers)
+        await context.with(traced, reaction, undefined, {
           tx,
           event,
-          emit: (emitted) =>
+          emit: (emitted: EmittedEvent) =>
             emitEvent(
               tx,
               { outbox, consumer, clock, ...(tracker ? { tracker } : {}) },
