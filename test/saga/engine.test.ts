@@ -248,6 +248,10 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
       clock,
       workerId: 'after-restart',
       pollIntervalMs: 60_000,
+      // Each advance below moves the clock 60 s, past any short lease: with the default
+      // (800 ms) an advance made while 'ship' ran expired its lease, and the next poll ran the
+      // step a second time. The lease is not what this test is about.
+      leaseMs: 10 * hour,
     })
     await second.start()
     try {
