@@ -443,8 +443,12 @@ describe('forward: failures and retries', () => {
     const up = await upstream({ fallback: { kind: 'respond', status: 503 } })
     const { front, clock, service } = await setup(serviceConfig([up.url]))
     const client = new AbortController()
+    const before = service.state().retryBudgetLeft as number
     const pending = fetch(`${front.url}/a`, { signal: client.signal }).catch(() => 'aborted')
-    await timerWithin(clock, 1_000) // the first attempt got its 503 and the retry waits
+    // The first attempt got its 503 and the retry waits, its token taken (a timer alone is not
+    // enough: the connect timeout, 1 s away, is one too, before the 503 is in).
+    await eventually(() => (service.state().retryBudgetLeft as number) < before)
+    await timerWithin(clock, 1_000)
     const whileWaiting = service.state().retryBudgetLeft as number
     client.abort()
     expect(await pending).toBe('aborted')
