@@ -808,6 +808,7 @@ class ForwardCall {
     let hasKey = false
     let hadGrpcTimeout = false
     const source = req.headers
+    const retry = core.config.retry
     for (const name in source) {
       if (
         replacedRequestHeaders.has(name) ||
@@ -823,8 +824,14 @@ class ForwardCall {
         continue
       }
       if (auth !== undefined && name === auth.header) continue
-      if (name === 'idempotency-key') hasKey = true
       const value = source[name] as string | string[]
+      if (name === 'idempotency-key') {
+        // An empty key names no operation: an upstream that skips deduplication without a
+        // usable key would run a retried POST twice. It does not make the request retryable,
+        // and one the proxy adds replaces it (two keys would be joined into one odd value).
+        if (!blankKey(value)) hasKey = true
+        else if (retry?.addIdempotencyKey === true && !idempotentMethods.has(method)) continue
+      }
       if (typeof value === 'string') headers.push(name, value)
       else for (const item of value) headers.push(name, item)
     }
@@ -838,7 +845,6 @@ class ForwardCall {
       headers.push(GRPC_TIMEOUT_HEADER, '')
     }
     if (auth?.value !== undefined) headers.push(auth.header, auth.value)
-    const retry = core.config.retry
     if (!hasKey && retry?.addIdempotencyKey === true && !idempotentMethods.has(method)) {
       headers.push('idempotency-key', randomUUID())
       hasKey = true
@@ -1250,4 +1256,9 @@ function retryAfterOf(raw: Buffer[], clock: Clock): number | undefined {
       return parseRetryAfter((raw[i + 1] as Buffer).toString('latin1'), clock.now())
   }
   return undefined
+}
+
+/** Whether a request's Idempotency-Key (once or repeated) holds nothing but whitespace. */
+function blankKey(value: string | readonly string[]): boolean {
+  return typeof value === 'string' ? value.trim() === '' : value.every((v) => v.trim() === '')
 }

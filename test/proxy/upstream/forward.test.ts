@@ -65,6 +65,28 @@ async function timerWithin(clock: ManualClock, ms: number): Promise<void> {
 }
 
 /**
+ * A POST with `headers` through a service with addIdempotencyKey, whose first attempt gets a
+ * 502: both attempts carry one generated key (Node would join a second one with ", ").
+ */
+async function expectOneAddedKey(headers: Record<string, string>): Promise<void> {
+  const added = await upstream()
+  added.script.push({ kind: 'respond', status: 502 })
+  const base = serviceConfig([added.url])
+  const { front, clock } = await setup({
+    ...base,
+    retry: { ...base.retry!, addIdempotencyKey: true },
+  })
+  const pending = fetch(`${front.url}/pay`, { method: 'POST', body: 'x', headers })
+  await timerWithin(clock, 50)
+  await clock.advance(50)
+  expect((await pending).status).toBe(200)
+  const keys = added.requests.map((r) => r.headers['idempotency-key'])
+  expect(keys).toHaveLength(2)
+  expect(keys[0]).toMatch(/^[0-9a-f-]{36}$/)
+  expect(keys[1]).toBe(keys[0])
+}
+
+/**
  * A GET whose response the client does not read until `finish()`, which reads it to the end
  * and resolves with its length (rejects if it was cut short).
  */
@@ -413,18 +435,25 @@ describe('forward: failures and retries', () => {
     expect((await pending).status).toBe(200)
     expect(keyed.requests.map((r) => r.headers['idempotency-key'])).toEqual(['k-1', 'k-1'])
 
-    const added = await upstream()
-    added.script.push({ kind: 'respond', status: 502 })
-    const base = serviceConfig([added.url])
-    const two = await setup({ ...base, retry: { ...base.retry!, addIdempotencyKey: true } })
-    const pending2 = fetch(`${two.front.url}/pay`, { method: 'POST', body: 'x' })
-    await timerWithin(two.clock, 50)
-    await two.clock.advance(50)
-    expect((await pending2).status).toBe(200)
-    const keys = added.requests.map((r) => r.headers['idempotency-key'])
-    expect(keys).toHaveLength(2)
-    expect(keys[0]).toMatch(/^[0-9a-f-]{36}$/)
-    expect(keys[1]).toBe(keys[0])
+    await expectOneAddedKey({})
+  })
+
+  it('does not count an empty Idempotency-Key as a key: no retry, and addIdempotencyKey replaces it', async () => {
+    // An empty key names no operation: an upstream that skips deduplication without a usable
+    // key would run a retried POST twice.
+    const plain = await upstream({ fallback: { kind: 'respond', status: 503 } })
+    const { front } = await setup(serviceConfig([plain.url]))
+    for (const key of ['', '   ']) {
+      const response = await fetch(`${front.url}/pay`, {
+        method: 'POST',
+        body: 'x',
+        headers: { 'idempotency-key': key },
+      })
+      expect(response.status).toBe(503)
+    }
+    expect(plain.requests).toHaveLength(2)
+
+    await expectOneAddedKey({ 'idempotency-key': '' })
   })
 
   it('stops retrying when the retry budget is spent', async () => {
