@@ -27,9 +27,9 @@ export interface Upcaster {
   /** The schema version it reads; it returns the data of version `fromVersion + 1`. */
   readonly fromVersion: number
   /**
-   * Returns the new data (not `undefined`: that fails the read with `UpcastError`). Must be
-   * pure (it runs on every read) and must not mutate its input. `metadata` is the event's
-   * metadata, for steps that need it.
+   * Returns the new data, synchronously (not `undefined` nor a promise: either fails the read
+   * with `UpcastError`). Must be pure (it runs on every read) and must not mutate its input.
+   * `metadata` is the event's metadata, for steps that need it.
    */
   upcast(data: unknown, metadata: Readonly<Record<string, unknown>>): unknown
 }
@@ -124,10 +124,24 @@ export class UpcasterChain {
         // A step that mutates its input and forgets to return it: event data is never
         // undefined (no append can write it), so readers would get a shape nobody wrote.
         if (current === undefined) throw new TypeError('it returned undefined')
+        // An async step: readers would get a Promise as the data, and one that rejects would be
+        // an unhandled rejection (Node exits). Reads are synchronous; its outcome is dropped.
+        if (isThenable(current)) {
+          Promise.resolve(current).catch(() => {})
+          throw new TypeError('it returned a promise (upcasters must be synchronous)')
+        }
       } catch (error) {
         throw new UpcastError(event, { error, fromVersion: v })
       }
     }
     return [current, currentVersion]
   }
+}
+
+function isThenable(value: unknown): boolean {
+  return (
+    (typeof value === 'object' || typeof value === 'function') &&
+    value !== null &&
+    typeof (value as { then?: unknown }).then === 'function'
+  )
 }

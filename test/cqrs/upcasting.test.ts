@@ -178,6 +178,54 @@ describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
     expect(error.message).toContain('returned undefined')
   })
 
+  it('fails a read whose upcaster is async instead of handing on a promise as the data', async () => {
+    // Upcasting is synchronous (every read runs it): an async step would hand every reader a
+    // Promise as `data`, and one that rejects would be an unhandled rejection (Node exits).
+    const rejections: unknown[] = []
+    const onRejection = (reason: unknown): void => {
+      rejections.push(reason)
+    }
+    process.on('unhandledRejection', onRejection)
+    try {
+      const store = createEventStore(t.db, {
+        upcasters: [
+          {
+            type: 'priced',
+            fromVersion: 1,
+            upcast: async (d) => {
+              if ((d as { cents: number }).cents < 0) throw new Error('negative')
+              return { ...(d as object), currency: 'EUR' }
+            },
+          },
+        ],
+      })
+      const s = fresh()
+      const { events } = await plain.append(s, [
+        { type: 'priced', data: { cents: 1 }, schemaVersion: 1 },
+        { type: 'priced', data: { cents: -1 }, schemaVersion: 1 },
+      ])
+      const error = expectUpcastError(await rejectionOf(store.readStream(s)), {
+        type: 'priced',
+        schemaVersion: 1,
+        stream: s,
+        position: events[0]!.position,
+      })
+      expect(error.message).toContain('returned a promise')
+      // An append at the old version upcasts before writing: refused, nothing written.
+      const other = fresh()
+      expect(
+        await rejectionOf(
+          store.append(other, [{ type: 'priced', data: { cents: -1 }, schemaVersion: 1 }]),
+        ),
+      ).toBeInstanceOf(UpcastError)
+      expect((await plain.readStream(other)).version).toBe(0)
+      // Let a rejection left unhandled surface before looking.
+      await new Promise((resolve) => setImmediate(resolve))
+      expect(rejections).toEqual([])
+    } finally {
+      process.off('unhandledRejection', onRejection)
+    }
+  })
   it('keeps a subscription on the failing event: reported to onError, retried, checkpoint not past it', async () => {
     const clock = new ManualClock(Date.now())
     const priced = upcasterFailingOnBadPrice(() => ({ cents: 1 }))
