@@ -23,12 +23,15 @@ import {
 } from './event-store.js'
 import { publish } from './events.js'
 import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './types.js'
+import { isDroppedPromise } from './upcasters.js'
 
 /**
  * The decide/evolve description of an aggregate (Jérémie Chassaing's "decider"): the state is
  * the fold of the stream's events with `evolve`, starting from `initialState()`, and `decide`
  * turns a command and that state into new events (or throws a domain error). Both functions
  * must be pure: a command is decided again from fresh state after a version conflict.
+ * `initialState` and `evolve` are synchronous (a promise they return fails the command with
+ * `InvalidOptionError`); `decide` may be async.
  *
  * @example
  * ```ts
@@ -80,7 +83,7 @@ export interface SnapshotOptions<S> {
    */
   readonly serialize?: (state: S) => string
   /**
-   * Turns the JSON text back into a state.
+   * Turns the JSON text back into a state, synchronously.
    * @default JSON.parse
    */
   readonly deserialize?: (text: string) => S
@@ -369,8 +372,31 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
 
   #fold(state: S, events: readonly RecordedEvent[]): S {
     let folded = state
-    for (const event of events) folded = this.#decider.evolve(folded, event as RecordedEvent<E>)
+    for (const event of events) {
+      folded = this.#decider.evolve(folded, event as RecordedEvent<E>)
+      // An async evolve: decide would see a promise as the state (and be handed every later
+      // event's fold of it), and the command would return one.
+      if (isDroppedPromise(folded)) {
+        throw new InvalidOptionError(
+          'decider.evolve',
+          'to return the new state, not a promise',
+          folded,
+        )
+      }
+    }
     return folded
+  }
+
+  #initialState(): S {
+    const state = this.#decider.initialState()
+    if (isDroppedPromise(state)) {
+      throw new InvalidOptionError(
+        'decider.initialState',
+        'to return the initial state, not a promise',
+        state,
+      )
+    }
+    return state
   }
 
   /** {@link load}, also returning the first version the fold could see (moved by a delete). */
@@ -379,7 +405,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     executor: SqlExecutor,
   ): Promise<LoadedState<S> & { truncateBefore: number }> {
     const store = this.#store
-    let state = this.#decider.initialState()
+    let state = this.#initialState()
     const snapshots = this.#snapshots
     if (snapshots !== undefined) {
       const snapshot = await store.readSnapshotText(executor, stream, snapshots.name)
@@ -387,7 +413,15 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
         const read = await store.readStreamFrom(stream, snapshot.version + 1, executor)
         // A delete (and recreate) between the two reads hides what the snapshot folded.
         if (read.truncateBefore <= snapshot.version) {
-          state = this.#fold(snapshots.deserialize(snapshot.state), read.events)
+          const restored = snapshots.deserialize(snapshot.state)
+          if (isDroppedPromise(restored)) {
+            throw new InvalidOptionError(
+              'snapshots.deserialize',
+              'to return the state, not a promise',
+              restored,
+            )
+          }
+          state = this.#fold(restored, read.events)
           return {
             state,
             version: read.version,

@@ -126,8 +126,7 @@ export class UpcasterChain {
         if (current === undefined) throw new TypeError('it returned undefined')
         // An async step: readers would get a Promise as the data, and one that rejects would be
         // an unhandled rejection (Node exits). Reads are synchronous; its outcome is dropped.
-        if (isThenable(current)) {
-          Promise.resolve(current).catch(() => {})
+        if (isDroppedPromise(current)) {
           throw new TypeError('it returned a promise (upcasters must be synchronous)')
         }
       } catch (error) {
@@ -138,10 +137,14 @@ export class UpcasterChain {
   }
 }
 
-function isThenable(value: unknown): boolean {
-  return (
-    (typeof value === 'object' || typeof value === 'function') &&
-    value !== null &&
-    typeof (value as { then?: unknown }).then === 'function'
-  )
+/**
+ * @internal Whether `value` is a promise (any thenable), returned by an async callback where a
+ * synchronous one is required (an upcaster, a decider's evolve); if so, its outcome is dropped,
+ * since the caller refuses it: a rejection would otherwise be unhandled, which ends a Node process.
+ */
+export function isDroppedPromise(value: unknown): boolean {
+  if ((typeof value !== 'object' && typeof value !== 'function') || value === null) return false
+  if (typeof (value as { then?: unknown }).then !== 'function') return false
+  Promise.resolve(value).catch(() => {})
+  return true
 }

@@ -22,7 +22,7 @@ import {
   account,
   InsufficientFunds,
 } from './accounts.js'
-import { dbTargets, useTestDb } from './databases.js'
+import { dbTargets, unhandledRejectionsDuring, useTestDb } from './databases.js'
 
 describe.each(dbTargets)('command handlers on $dialect', (target) => {
   const t = useTestDb(target, 'cqrs_commands', { idempotency: true, outbox: true })
@@ -504,6 +504,69 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
       const deposited = await accounts.handle(id, { kind: 'deposit', amount: 2 })
       expect(deposited.state, setup).toEqual((await accounts.load(id)).state)
     }
+  })
+
+  it('refuses an async evolve, initialState or snapshot deserialize instead of deciding on a promise', async () => {
+    // The fold is synchronous: a promise became the state decide saw (every field undefined)
+    // and the command returned, and one that rejected was an unhandled rejection.
+    const rejections = await unhandledRejectionsDuring(async () => {
+      const asyncEvolve = {
+        ...account,
+        evolve: async (state: Account, event: Parameters<typeof account.evolve>[1]) => {
+          if (event.type === 'withdrawn') throw new Error('evolve refuses withdrawals')
+          return account.evolve(state, event)
+        },
+      } as unknown as Decider<AccountCommand, AccountEvent, Account>
+      const asyncInitial = {
+        ...account,
+        initialState: async () => account.initialState(),
+      } as unknown as Decider<AccountCommand, AccountEvent, Account>
+      const setups = {
+        evolve: [asyncEvolve, /decider\.evolve: expected to return the new state, not a promise/],
+        initialState: [
+          asyncInitial,
+          /decider\.initialState: expected to return the initial state, not a promise/,
+        ],
+      } as const
+      for (const [setup, [decider, message]] of Object.entries(setups)) {
+        const accounts = createCommandHandler(store, { decider })
+        const id = fresh()
+        await expect(accounts.handle(id, { kind: 'open', owner: 'pat' }), setup).rejects.toThrow(
+          message,
+        )
+        expect((await store.readStream(id)).version, setup).toBe(0)
+        await store.append(id, [
+          { type: 'opened', data: { owner: 'pat' } },
+          { type: 'withdrawn', data: { amount: 1 } },
+        ])
+        await expect(accounts.load(id), setup).rejects.toThrow(message)
+        await expect(accounts.handle(id, { kind: 'deposit', amount: 1 }), setup).rejects.toThrow(
+          message,
+        )
+        expect((await store.readStream(id)).version, setup).toBe(2)
+      }
+      // A custom snapshot deserialize that is async: the fold of the tail went on from a
+      // promise (a spread of it: an empty state).
+      const restoring = createCommandHandler(store, {
+        decider: account,
+        snapshots: {
+          every: 1,
+          name: 'async-deserialize',
+          serialize: JSON.stringify,
+          deserialize: (async (text: string) => JSON.parse(text)) as never,
+        },
+      })
+      const id = fresh()
+      await restoring.handle(id, { kind: 'open', owner: 'pat' })
+      await store.append(id, [{ type: 'deposited', data: { amount: 5 } }])
+      const restoreMessage = /snapshots\.deserialize: expected to return the state, not a promise/
+      await expect(restoring.load(id)).rejects.toThrow(restoreMessage)
+      await expect(restoring.handle(id, { kind: 'deposit', amount: 1 })).rejects.toThrow(
+        restoreMessage,
+      )
+      expect((await store.readStream(id)).version).toBe(2)
+    })
+    expect(rejections).toEqual([])
   })
 
   it('refuses metadata that is not an object before deciding', async () => {

@@ -153,3 +153,22 @@ export async function tablesLike(db: SqlDriver, prefix: string): Promise<string[
   )
   return rows.map((row) => row.name)
 }
+
+/**
+ * Runs `fn` and returns the unhandled rejections seen meanwhile (after a macrotask turn, so one
+ * left unhandled by its end has surfaced).
+ */
+export async function unhandledRejectionsDuring(fn: () => Promise<void>): Promise<unknown[]> {
+  const rejections: unknown[] = []
+  const onRejection = (reason: unknown): void => {
+    rejections.push(reason)
+  }
+  process.on('unhandledRejection', onRejection)
+  try {
+    await fn()
+    await new Promise((resolve) => setImmediate(resolve))
+  } finally {
+    process.off('unhandledRejection', onRejection)
+  }
+  return rejections
+}

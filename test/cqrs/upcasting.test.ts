@@ -13,7 +13,7 @@ import {
   type Upcaster,
 } from '../../src/cqrs/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { dbTargets, useTestDb } from './databases.js'
+import { dbTargets, unhandledRejectionsDuring, useTestDb } from './databases.js'
 
 const poll = { timeout: 10_000, interval: 2 }
 
@@ -181,12 +181,7 @@ describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
   it('fails a read whose upcaster is async instead of handing on a promise as the data', async () => {
     // Upcasting is synchronous (every read runs it): an async step would hand every reader a
     // Promise as `data`, and one that rejects would be an unhandled rejection (Node exits).
-    const rejections: unknown[] = []
-    const onRejection = (reason: unknown): void => {
-      rejections.push(reason)
-    }
-    process.on('unhandledRejection', onRejection)
-    try {
+    const rejections = await unhandledRejectionsDuring(async () => {
       const store = createEventStore(t.db, {
         upcasters: [
           {
@@ -219,12 +214,8 @@ describe.each(dbTargets)('upcasting failures on $dialect', (target) => {
         ),
       ).toBeInstanceOf(UpcastError)
       expect((await plain.readStream(other)).version).toBe(0)
-      // Let a rejection left unhandled surface before looking.
-      await new Promise((resolve) => setImmediate(resolve))
-      expect(rejections).toEqual([])
-    } finally {
-      process.off('unhandledRejection', onRejection)
-    }
+    })
+    expect(rejections).toEqual([])
   })
   it('keeps a subscription on the failing event: reported to onError, retried, checkpoint not past it', async () => {
     const clock = new ManualClock(Date.now())
