@@ -30,7 +30,10 @@ export interface HttpClient {
    * Refuses new requests (`HttpClientClosedError`), lets requests in flight finish, then
    * closes every connection pool and stops the breakers' timers. A call waiting in a retry
    * backoff or a bulkhead queue, or whose attempt fails after the close and would be retried,
-   * rejects at once with `HttpClientClosedError`.
+   * rejects at once with `HttpClientClosedError`. A request whose attempt ended while it still
+   * waited for a connection (a deadline or timeout during a connect that hangs) is not waited
+   * for: once the calls are over, a pool that holds nothing else is destroyed rather than left
+   * to wait for the connect to give up.
    */
   close(): Promise<void>
 }

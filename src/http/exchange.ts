@@ -25,6 +25,12 @@ export interface ExchangeSettings {
   readonly clock: Clock
   readonly headersTimeoutMs: number
   readonly bodyTimeoutMs: number
+  /**
+   * Attempts that ended while their request still waited for a connection: undici keeps such a
+   * request until it gets one (see {@link Exchange.onRequestStart}), so close() must know that
+   * nobody waits for it.
+   */
+  readonly unsent: Set<Exchange>
 }
 
 const headersPhase = 1
@@ -48,6 +54,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
   readonly #resolve: (response: BufferedResponse) => void
   readonly #reject: (error: unknown) => void
   #controller: Dispatcher.DispatchController | undefined
+  #dispatched = false
   #done = false
   #reason: Error | undefined
   #status = 0
@@ -82,6 +89,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
     }
     if (signal !== neverAbortedSignal) signal.addEventListener('abort', this)
     const plan = this.#plan
+    this.#dispatched = true
     this.#settings.dispatcher.dispatch(
       {
         path: plan.target,
@@ -100,12 +108,14 @@ export class Exchange implements Dispatcher.DispatchHandler {
     this.#reason = reason
     // Without a controller the request is still waiting for a connection; onRequestStart
     // drops it when it gets one. Either way the attempt ends now.
-    this.#controller?.abort(reason)
+    if (this.#controller !== undefined) this.#controller.abort(reason)
+    else if (this.#dispatched && !this.#done) this.#settings.unsent.add(this)
     this.#fail(reason)
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     if (this.#done) {
+      this.#settings.unsent.delete(this)
       // The attempt ended while its request waited for a connection, and nothing of it was
       // written yet. Throwing makes undici drop the request and keep the connection;
       // controller.abort() would destroy the socket, a healthy keep-alive one or one that took
@@ -172,6 +182,8 @@ export class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    // Also how undici gives up a request that never got a connection (refused, timed out).
+    this.#settings.unsent.delete(this)
     this.#fail(error)
   }
 

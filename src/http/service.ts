@@ -145,6 +145,22 @@ class CallLink {
   answered = false
   /** The close (not the caller) aborted the call. */
   closed = false
+  /** Settles when the call has (for close(), which waits for the calls in flight). */
+  readonly settled: Promise<void>
+  readonly #settle: () => void
+
+  constructor() {
+    let settle: () => void = () => {}
+    this.settled = new Promise<void>((resolve) => {
+      settle = resolve
+    })
+    this.#settle = settle
+  }
+
+  /** The call has settled. */
+  end(): void {
+    this.#settle()
+  }
 
   /** Ends the call for the close, unless the caller's abort came first. */
   close(): void {
@@ -166,6 +182,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   readonly clock: Clock
   readonly headersTimeoutMs: number
   readonly bodyTimeoutMs: number
+  readonly unsent = new Set<Exchange>()
   readonly #base: BaseTarget
   readonly #retry: RetryPolicy | undefined
   // Two stacks sharing one breaker and one bulkhead: calls that may be repeated go through
@@ -379,6 +396,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       throw error
     } finally {
       this.#calls.delete(link)
+      link.end()
       if (forward !== undefined) callerSignal?.removeEventListener('abort', forward)
     }
   }
@@ -664,7 +682,16 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     this.#closed = true
     for (const link of this.#calls) if (!link.attempting && !link.answered) link.close()
     this.breaker?.dispose()
-    await this.dispatcher.close()
+    const closing = this.dispatcher.close()
+    await Promise.all([...this.#calls].map((link) => link.settled))
+    // The calls are over. If all the pool still holds are requests whose attempts ended while
+    // they waited for a connection (a connect that hangs: a blackholed host), nobody waits for
+    // them, and undici drops a request only once it has a connection: closing would wait for the
+    // connect to give up, for good without a connect timeout. Such a pool is destroyed instead.
+    // Anything else in it (a response body still streaming to an execute() caller) is waited for.
+    const unsent = this.unsent.size
+    if (unsent > 0 && this.dispatcher.stats.size <= unsent) await this.dispatcher.destroy()
+    await closing
   }
 }
 
