@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkStoredName, jsonTextOf } from '../core/text.js'
+import { checkStoredName, exceedsBytes, jsonTextOf } from '../core/text.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import {
@@ -203,37 +203,6 @@ export function checkExpected(value: unknown): ExpectedVersion {
 export const checkName: (option: string, value: unknown) => string = checkStoredName
 
 /**
- * The JSON text of event data or metadata: {@link jsonTextOf}, also refusing non-finite numbers.
- * `JSON.stringify` writes NaN and ±Infinity as `null`, so the log would hold another value than
- * the one appended (and inline projections and `evolve`, handed the caller's object, would see
- * another one than every later read). Text without `null` holds none, so the common case pays
- * one substring search; otherwise a second pass with a replacer, which sees values after
- * `toJSON` as the text does, looks for them.
- */
-function eventJsonText(
-  option: string,
-  value: unknown,
-  expected = 'a JSON-serializable value',
-): string {
-  const text = jsonTextOf(option, value, expected)
-  if (!text.includes('null')) return text
-  let found: unknown
-  JSON.stringify(value, (_key, v: unknown) => {
-    const n = v instanceof Number ? v.valueOf() : v
-    if (found === undefined && typeof n === 'number' && !Number.isFinite(n)) found = n
-    return v
-  })
-  if (found !== undefined) {
-    throw new InvalidOptionError(
-      option,
-      `${expected} (${String(found)} has no JSON form: it would be stored as null)`,
-      value,
-    )
-  }
-  return text
-}
-
-/**
  * Whether `JSON.parse(JSON.stringify(value))` gives `value` back as is, for a value that
  * stringified without error (so no cycle, bigint or non-finite number): only plain objects and
  * arrays of strings, numbers, booleans and null. An `undefined` object field counts as plain
@@ -281,8 +250,7 @@ export const maxSnapshotNameBytes = 256
  */
 export function checkKey(option: string, value: unknown, maxBytes = maxKeyBytes): string {
   const name = checkName(option, value)
-  // A UTF-16 unit is at most 3 UTF-8 bytes: short names need no count.
-  if (name.length * 3 > maxBytes && Buffer.byteLength(name, 'utf8') > maxBytes) {
+  if (exceedsBytes(name, maxBytes)) {
     throw new InvalidOptionError(option, `a name of at most ${maxBytes} UTF-8 bytes`, name)
   }
   return name
@@ -658,7 +626,7 @@ export class EventStoreImpl implements EventStore {
       }
       checkName(`events[${i}].type`, event.type)
       const id = checkName(`events[${i}].id`, event.id ?? randomUUID())
-      const data = eventJsonText(`events[${i}].data`, event.data)
+      const data = jsonTextOf(`events[${i}].data`, event.data)
       const metadata = event.metadata
       // An array would be stored and read back as the event's "metadata object".
       if (metadata !== undefined) checkObject(`events[${i}].metadata`, metadata)
@@ -676,7 +644,7 @@ export class EventStoreImpl implements EventStore {
       prepared.values[i] = isPlainJson(event.data) ? event.data : JSON.parse(data)
       const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0
       const metadataText = hasMetadata
-        ? eventJsonText(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
+        ? jsonTextOf(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
         : null
       prepared.metadata[i] = metadataText
       prepared.metadataObjects[i] =
@@ -931,7 +899,7 @@ export class EventStoreImpl implements EventStore {
     // A bare version (setStreamMetadata(s, m, 3)) would otherwise be ignored: written at 'any'.
     checkObject('options', options)
     const expected = checkExpected(options.expectedVersion ?? 'any')
-    const text = eventJsonText('metadata', metadata, 'a JSON-serializable object')
+    const text = jsonTextOf('metadata', metadata, 'a JSON-serializable object')
     await this.#inTransaction(options.tx, async (tx) => {
       const now = storedTime(this.clock)
       const { found } = await this.#checkForWrite(tx, stream, expected)
