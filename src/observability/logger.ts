@@ -88,8 +88,21 @@ const reserved = new Set(['level', 'time', 'msg'])
 const maxDepth = 8
 const maxStringLength = 8_192
 const maxArrayItems = 100
+// About how much text one call's fields may write (strings counted as their clipped length,
+// other values and names by a rough size). Depth, array and string cuts alone leave a line
+// unbounded: a Map or object with a million entries, or a graph of shared (not circular)
+// references, which is width^depth values written out. Past it, values are written as
+// `[truncated]` and a Map or object stops at its first entry over the budget.
+const maxLineBudget = 1_048_576
+const truncated = '[truncated]'
 // What a value that throws when read is logged as.
 const unserializable = '[unserializable]'
+
+/** One call's walk over its fields: the objects on the current path, and the budget left. */
+interface Walk {
+  readonly seen: WeakSet<object>
+  left: number
+}
 
 interface LoggerCore {
   readonly threshold: number
@@ -224,7 +237,7 @@ function sanitizeFields(fields: LogFields, core: LoggerCore): Record<string, unk
     out.logError = 'unserializable'
     return out
   }
-  const seen = new WeakSet<object>()
+  const walk: Walk = { seen: new WeakSet<object>(), left: maxLineBudget }
   for (const key of keys) {
     const { secret, shown } = fieldName(key, core)
     const name = reserved.has(key) ? `fields.${key}` : shown
@@ -235,7 +248,7 @@ function sanitizeFields(fields: LogFields, core: LoggerCore): Record<string, unk
       out[name] = secret ? REDACTED : unserializable
       continue
     }
-    if (value !== undefined) out[name] = secret ? REDACTED : sanitize(value, core, 0, seen)
+    if (value !== undefined) out[name] = secret ? REDACTED : sanitize(value, core, 0, walk)
   }
   return out
 }
@@ -248,10 +261,15 @@ function clip(text: string): string {
 }
 
 /** Turns any value into plain JSON data with secrets hidden. */
-function sanitize(value: unknown, core: LoggerCore, depth: number, seen: WeakSet<object>): unknown {
+function sanitize(value: unknown, core: LoggerCore, depth: number, walk: Walk): unknown {
+  if (walk.left <= 0) return truncated
+  walk.left -= 8
   switch (typeof value) {
-    case 'string':
-      return clip(value)
+    case 'string': {
+      const text = clip(value)
+      walk.left -= text.length
+      return text
+    }
     case 'number':
       return Number.isFinite(value) ? value : String(value)
     case 'boolean':
@@ -267,7 +285,7 @@ function sanitize(value: unknown, core: LoggerCore, depth: number, seen: WeakSet
   }
   if (value === null) return null
   try {
-    return sanitizeObject(value as object, core, depth, seen)
+    return sanitizeObject(value as object, core, depth, walk)
   } catch {
     // A getter, toJSON or proxy trap that throws (a revoked proxy, an object read in the wrong
     // state): the value is left out rather than the log call throwing.
@@ -275,12 +293,8 @@ function sanitize(value: unknown, core: LoggerCore, depth: number, seen: WeakSet
   }
 }
 
-function sanitizeObject(
-  object: object,
-  core: LoggerCore,
-  depth: number,
-  seen: WeakSet<object>,
-): unknown {
+function sanitizeObject(object: object, core: LoggerCore, depth: number, walk: Walk): unknown {
+  const { seen } = walk
   if (seen.has(object)) return '[circular]'
   if (depth >= maxDepth) return '[too deep]'
   if (object instanceof Date)
@@ -289,38 +303,50 @@ function sanitizeObject(
   if (ArrayBuffer.isView(object)) return `[${object.byteLength} bytes]`
   seen.add(object)
   try {
-    if (object instanceof Error) return serializeError(object, core, depth, seen)
+    if (object instanceof Error) return serializeError(object, core, depth, walk)
     if (Array.isArray(object)) {
       const secrets = secretValueIndexes(object, core)
       const items = object
         .slice(0, maxArrayItems)
-        .map((item, i) => (secrets?.has(i) ? REDACTED : sanitize(item, core, depth + 1, seen)))
+        .map((item, i) => (secrets?.has(i) ? REDACTED : sanitize(item, core, depth + 1, walk)))
       if (object.length > maxArrayItems) items.push(`[${object.length - maxArrayItems} more]`)
       return items
     }
     if (object instanceof Map) {
       const out = fieldsObject()
       for (const [k, v] of object) {
+        if (overBudget(out, walk)) break
         const { secret, shown } = fieldName(String(k), core)
-        out[shown] = secret ? REDACTED : sanitize(v, core, depth + 1, seen)
+        walk.left -= shown.length + 4
+        out[shown] = secret ? REDACTED : sanitize(v, core, depth + 1, walk)
       }
       return out
     }
-    if (object instanceof Set) return sanitize([...object], core, depth, seen)
+    if (object instanceof Set) return sanitize([...object], core, depth, walk)
     const toJSON = (object as { toJSON?: unknown }).toJSON
     if (typeof toJSON === 'function') {
-      return sanitize((toJSON as () => unknown).call(object), core, depth + 1, seen)
+      return sanitize((toJSON as () => unknown).call(object), core, depth + 1, walk)
     }
     const out = fieldsObject()
     for (const [key, v] of Object.entries(object)) {
       if (v === undefined) continue
+      if (overBudget(out, walk)) break
       const { secret, shown } = fieldName(key, core)
-      out[shown] = secret ? REDACTED : sanitize(v, core, depth + 1, seen)
+      walk.left -= shown.length + 4
+      out[shown] = secret ? REDACTED : sanitize(v, core, depth + 1, walk)
     }
     return out
   } finally {
     seen.delete(object)
   }
+}
+
+// Marks a Map or object whose entries ran past the line's budget (under the key `…`, which no
+// budget-cut entry can have been written as) and tells its loop to stop.
+function overBudget(out: Record<string, unknown>, walk: Walk): boolean {
+  if (walk.left > 0) return false
+  out['…'] = truncated
+  return true
 }
 
 // Longest string read as a header name in a list: names are short, and a long string (a
@@ -357,26 +383,25 @@ function serializeError(
   error: Error,
   core: LoggerCore,
   depth: number,
-  seen: WeakSet<object>,
+  walk: Walk,
 ): Record<string, unknown> {
   // name, message and stack are strings unless someone assigned them: anything else goes
   // through sanitize like any value (a bigint would make JSON.stringify throw and lose the
   // whole line; an object would be written unmasked).
-  const text = (value: unknown): unknown =>
-    typeof value === 'string' ? clip(value) : sanitize(value, core, depth + 1, seen)
+  const text = (value: unknown): unknown => sanitize(value, core, depth + 1, walk)
   const out: Record<string, unknown> = {
     type: text(error.name),
     message: text(error.message),
   }
   const extra = error as unknown as Record<string, unknown>
-  if (extra.code !== undefined) out.code = sanitize(extra.code, core, depth + 1, seen)
+  if (extra.code !== undefined) out.code = sanitize(extra.code, core, depth + 1, walk)
   if (typeof extra.status === 'number') out.status = extra.status
   if (!BreakwaterError.is(error) && error.stack !== undefined) {
     out.stack = text(error.stack)
   }
-  if (error.cause !== undefined) out.cause = sanitize(error.cause, core, depth + 1, seen)
+  if (error.cause !== undefined) out.cause = sanitize(error.cause, core, depth + 1, walk)
   if (error instanceof AggregateError) {
-    out.errors = sanitize(error.errors, core, depth + 1, seen)
+    out.errors = sanitize(error.errors, core, depth + 1, walk)
   }
   return out
 }
@@ -390,7 +415,9 @@ function serializeError(
  * passwords, `password=` pairs, `x-api-key: ...` header lines, `{ token: '...' }` object text,
  * bearer tokens) are masked, field names and Map keys included. Errors become `{ type, message,
  * code, status, stack, cause }` (no stack for breakwater's coded errors). Circular and very
- * deep values are cut short, and a value that throws when read (a getter, `toJSON`, a revoked
+ * deep values are cut short, so are strings past 8,192 characters and arrays past 100 items,
+ * and one call's fields write about 1 MiB of text at most (a huge Map or a graph of shared
+ * references is written `[truncated]` past it), and a value that throws when read (a getter, `toJSON`, a revoked
  * proxy) is written as `[unserializable]`, so logging never throws. Nor does an output whose
  * `write` throws: that line is dropped, and the output's first failure is reported once to
  * `process.stderr` (see {@link LogOutput}).
