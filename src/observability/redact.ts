@@ -142,7 +142,10 @@ const mayHoldSecret =
  * quotes, angle brackets, backticks: `postgres://app:my pass@db`, `postgres://app:pa"ss@db`),
  * or to the ellipsis of a URL cut short before its `@` (`redis://app:p4ss…`); one that starts
  * like a port (`postgres://app:12"34@db`) runs to an `@` only with no blank nor second quote on
- * the way, as `"http://host:8080" by ann@example.com` is a host and port. Text
+ * the way, as `"http://host:8080" by ann@example.com` is a host and port. The search for that
+ * `@` ends at the next `://`, where the next URL's own search begins (which keeps the scan
+ * linear), so a password holding an unencoded `://` is not found: no valid URL has one, as
+ * `/` must be percent-encoded in userinfo (RFC 3986). Text
  * that follows a secret on its line may therefore be masked with it: hiding too much is the
  * safe side.
  *

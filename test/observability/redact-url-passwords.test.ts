@@ -70,7 +70,7 @@ describe('redactSecrets on URL passwords with characters that end a URL run', ()
     }
   })
 
-  it('masks any password without an @ or a line break, wherever the URL stands', () => {
+  it('masks any password without an @, a line break or a ://, wherever the URL stands', () => {
     const char = fc.oneof(
       fc.constantFrom(' ', '\t', '"', "'", '<', '>', '`', '\\', ':', '/', '?', '#', '%', '…'),
       fc.constantFrom('\u00a0', '\u2028', '\u3000'),
@@ -80,6 +80,9 @@ describe('redactSecrets on URL passwords with characters that end a URL run', ()
       .array(char, { minLength: 1, maxLength: 12 })
       .map((cs) => cs.join(''))
       .filter((p) => !readsAsPort(p))
+      // A `://` ends the search for the `@` (redactSecrets' TSDoc): no valid URL's password
+      // holds one unencoded. Generated once in a few runs, it made this property flaky.
+      .filter((p) => !p.includes('://'))
     fc.assert(
       fc.property(password, (pw) => {
         const url = `postgres://app:${pw}@db/app`
