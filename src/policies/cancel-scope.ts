@@ -50,6 +50,12 @@ export function hasExternalSignal(parent: CancelParent | undefined): boolean {
   return parent instanceof CancelScope ? parent.hasExternalSignal() : true
 }
 
+/** True when a caller's real signal among `parent` and its ancestors has aborted. */
+export function externalSignalAborted(parent: CancelParent | undefined): boolean {
+  if (parent === undefined) return false
+  return parent instanceof CancelScope ? parent.externalSignalAborted() : parent.aborted
+}
+
 /** The AbortSignal to hand to a function running under `parent`. */
 export function signalOf(parent: CancelParent | undefined): AbortSignal {
   if (parent === undefined) return neverAbortedSignal
@@ -153,12 +159,17 @@ export class CancelScope implements AbortListener {
     if (listeners.length === 0 && this.#controller === undefined && !this.#pinned) this.#unlink()
   }
 
-  /** Aborts the scope, its signal (if created) and everything listening, once. */
+  /**
+   * Aborts the scope, its signal (if created) and everything listening, once. A scope its owner
+   * linked (see {@link CancelScope.link}) stays subscribed to its parents until closed: the
+   * owner may still have to hear of an abort that comes later (a timeout that ran out and
+   * waits for fn must still answer its caller's abort at once).
+   */
   abort(reason: unknown): void {
     if (this.#aborted) return
     this.#aborted = true
     this.#reason = reason
-    this.#unlink()
+    if (!this.#pinned) this.#unlink()
     this.#controller?.abort(reason)
     const listeners = this.#listeners
     if (listeners === undefined) return
@@ -206,6 +217,11 @@ export class CancelScope implements AbortListener {
   /** True when a caller's real signal is among the ancestors. */
   hasExternalSignal(): boolean {
     return hasExternalSignal(this.#parent) || hasExternalSignal(this.#parent2)
+  }
+
+  /** True when a caller's real signal among the ancestors has aborted. */
+  externalSignalAborted(): boolean {
+    return externalSignalAborted(this.#parent) || externalSignalAborted(this.#parent2)
   }
 
   /** Subclass hook: the abort reason once the scope has expired by itself, else undefined. */

@@ -154,10 +154,16 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
   }
 
   // The caller's side aborted. Only a racing call answers at once; otherwise fn hears of it
-  // through its signal and the call settles when fn does.
+  // through its signal and the call settles when fn does. A cooperative call answers at once
+  // only when the caller's own signal aborted: an outer timeout running out is for fn to
+  // honour, and the call waits for fn as it does without a caller's signal (racing it would
+  // make the outer timeout hard and leave fn running behind the caller's back). A racing call
+  // hears its parents until it settles, so a caller who aborts after the timeout ran out (fn
+  // ignoring its signal) is still answered at once, with the timeout's error: it came first.
   override parentAborted(reason: unknown): void {
     this.abort(reason)
-    if (this.#racing) this.#fail(abortFailure(reason, true))
+    if (this.#racing && (this.#policy.mode === 'hard' || this.externalSignalAborted()))
+      this.#fail(this.#expired ?? abortFailure(reason, true))
   }
 
   /** Maps fn's failure to what the caller sees. */
@@ -352,8 +358,10 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
  * `withDeadline`) is nearer, in which case running out rejects with `DeadlineExceededError`
  * instead of `TimeoutError`. A caller abort rejects at once with `AbortedError`, or with
  * `DeadlineExceededError` when the signal's reason is one (the caller's deadline ran out;
- * `started: false` when the signal had aborted before the call). See {@link TimeoutMode} for
- * what happens to `fn` at the timeout.
+ * `started: false` when the signal had aborted before the call); after the timeout ran out
+ * (a cooperative call waiting for `fn`), at once with the timeout's own error, which came
+ * first. See {@link TimeoutMode} for what happens to `fn` at the timeout; an outer timeout
+ * running out is handled by that one's mode, whether or not the caller passed a signal.
  *
  * Cheap per call: timers go through one shared deadline queue per clock, and the
  * AbortController behind `ctx.signal` is only created when `fn` reads it.

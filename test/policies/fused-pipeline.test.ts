@@ -27,8 +27,9 @@ import { ManualClock } from '../../src/testing/manual-clock.js'
 // Fused calls need fewer promise ticks, so two things happening at the same instant could be
 // ordered differently without either being wrong. The generated times avoid such ties: call i
 // starts at a fraction i/256 of a millisecond, each fn takes a whole number of milliseconds
-// plus 1/8, and every policy's duration is whole (breaker cooldowns and queue timeouts: plus
-// 1/2). All are binary fractions, so the clock's arithmetic stays exact. One tie is inherent: a
+// plus 1/8, every policy's duration is whole (breaker cooldowns and queue timeouts: plus 1/2),
+// and a caller's signal, when a call has one, aborts a whole number of milliseconds plus 1/4
+// after the call starts. All are binary fractions, so the clock's arithmetic stays exact. One tie is inherent: a
 // bulkhead hands its slot to a queued call at the instant another call finishes, so whatever
 // the queued call does without waiting (a synchronous throw, a refusal by a policy inside the
 // bulkhead) happens in that same instant; two such calls record their outcomes in an order
@@ -60,6 +61,8 @@ interface CallSpec {
   readonly attempts: readonly Attempt[]
   /** The caller's deadline (withDeadline), from the call's start; none when undefined. */
   readonly deadlineMs?: number | undefined
+  /** When the caller's signal aborts, from the call's start (plus 1/4); no signal when undefined. */
+  readonly abortMs?: number | undefined
 }
 interface PolicySpec {
   readonly kind: 'overall' | 'retry' | 'breaker' | 'perTry' | 'bulkhead' | 'fallback'
@@ -92,6 +95,7 @@ const callArb = fc.record({
   startMs: fc.integer({ min: 0, max: 120 }),
   attempts: fc.array(attemptArb, { minLength: 3, maxLength: 3 }),
   deadlineMs: fc.option(fc.integer({ min: 1, max: 100 }), { nil: undefined }),
+  abortMs: fc.option(fc.integer({ min: 0, max: 100 }), { nil: undefined }),
 })
 const policyArb = (kind: PolicySpec['kind']) =>
   fc.record({
@@ -288,10 +292,19 @@ async function observe(scenario: Scenario, fused: boolean): Promise<Observed> {
     clock.setTimeout(
       () => {
         const deadlineMs = call.deadlineMs
+        let signal: AbortSignal | undefined
+        if (call.abortMs !== undefined) {
+          const controller = new AbortController()
+          signal = controller.signal
+          clock.setTimeout(
+            () => controller.abort(new Error(`caller ${index} left`)),
+            call.abortMs + 0.25,
+          )
+        }
         const execution =
           deadlineMs === undefined
-            ? chain.execute(run)
-            : withDeadline(deadlineMs, () => chain.execute(run), { clock })
+            ? chain.execute(run, signal)
+            : withDeadline(deadlineMs, () => chain.execute(run, signal), { clock })
         execution.then(
           (value) => {
             outcomes[index] = `${clock.now()} ok ${String(value)}`

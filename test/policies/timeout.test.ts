@@ -658,3 +658,61 @@ describe('timeout, hard, inside another timeout', () => {
     expect(outcomes).toEqual(['100', '100', '100', '100'])
   })
 })
+
+describe("timeout, cooperative, and the caller's signal", () => {
+  it('an outer timeout running out leaves the inner one waiting for fn, signal or not', async () => {
+    // With a caller's signal the inner timeout raced its parent scope and rejected at the
+    // outer timeout's abort, as if the outer one were hard, while fn went on behind the
+    // caller's back; without a signal it waited for fn, as a cooperative timeout promises.
+    const outcomes: string[] = []
+    for (const withRetry of [false, true]) {
+      for (const signal of [undefined, new AbortController().signal]) {
+        const clock = new ManualClock()
+        const chain = withRetry
+          ? pipeline(timeout(50, { clock }), retry({ clock }), timeout(100, { clock }))
+          : pipeline(timeout(50, { clock }), timeout(100, { clock }))
+        let inner: AbortSignal | undefined
+        const run = track(
+          clock,
+          chain.execute(async (ctx) => {
+            inner = ctx.signal
+            await sleep(clock, 70) // ignores its signal, then answers
+            return 'value'
+          }, signal),
+        )
+        await clock.advance(200)
+        expect(inner?.reason).toBeInstanceOf(TimeoutError)
+        outcomes.push(`${run.at} ${String(run.value ?? run.error)}`)
+        expect(clock.pendingTimers).toBe(0)
+      }
+    }
+    expect(outcomes).toEqual(['70 value', '70 value', '70 value', '70 value'])
+  })
+
+  it('a caller abort after the timeout ran out still rejects at once, with the timeout', async () => {
+    // Once its own timeout had fired the call stopped listening to the caller's signal, so a
+    // caller whose fn ignores signals could no longer leave: it waited for fn (here, forever).
+    // The timeout came first, so its error is the answer, as fn passing its signal on gives.
+    for (const make of [
+      (clock: ManualClock) => timeout(50, { clock }),
+      (clock: ManualClock) => pipeline(timeout(50, { clock }), retry({ clock })),
+      (clock: ManualClock) => pipeline(timeout(50, { clock }), timeout(100, { clock })),
+    ]) {
+      const clock = new ManualClock()
+      const controller = new AbortController()
+      const run = track(
+        clock,
+        make(clock).execute(() => new Promise(() => {}), controller.signal),
+      )
+      await clock.advance(150)
+      expect(run.settled).toBe(false)
+      controller.abort('caller gone')
+      await clock.advance(0)
+      expect(run.at).toBe(150)
+      expect(run.error).toBeInstanceOf(TimeoutError)
+      expect((run.error as TimeoutError).timeoutMs).toBe(50)
+      expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0)
+      expect(clock.pendingTimers).toBe(0)
+    }
+  })
+})
