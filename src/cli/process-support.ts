@@ -6,6 +6,7 @@ import {
   type SqlDriver,
 } from '../stores/index.js'
 import { sqliteUrlDefect } from '../stores/open.js'
+import { postgresUrlDefect, unparsablePostgresUrl } from '../stores/postgres.js'
 import { inMemoryRefusal, isInMemoryDatabase, migrateCommandFor } from './existing-database.js'
 import { addSwitch, UsageError } from './usage.js'
 
@@ -99,13 +100,21 @@ export function checkDatabaseUrl(value: string, source: string): void {
     parseDatabaseUrl(value)
   } catch {
     // A postgres:// URL that does not parse (a bad port, an unencoded `[`) is told as such:
-    // the list of forms would not say what is wrong with it.
-    // So is a sqlite: URL whose file part does not decode (`100%.db`, a pasted `\r`).
+    // the list of forms would not say what is wrong with it; so is one with a query parameter
+    // pg would ignore. So is a sqlite: URL whose file part does not decode (`100%.db`, a
+    // pasted `\r`).
     const wanted = /^postgres(ql)?:\/\/./i.test(value)
-      ? 'a valid postgres:// URL (postgres://<user>:<password>@<host>:<port>/<db>)'
+      ? postgresWanted(value)
       : (sqliteUrlDefect(value) ?? acceptedDatabaseUrls)
     throw new UsageError(`${source}: expected ${wanted}, got "${redactSecrets(value)}"`)
   }
+}
+
+function postgresWanted(url: string): string {
+  const defect = postgresUrlDefect(url)
+  return defect === undefined || defect === unparsablePostgresUrl
+    ? `${unparsablePostgresUrl} (postgres://<user>:<password>@<host>:<port>/<db>)`
+    : defect
 }
 
 /**

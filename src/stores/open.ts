@@ -1,10 +1,6 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { checkObject } from '../core/validate.js'
-import {
-  createPostgresDriver,
-  isParsablePostgresUrl,
-  type PostgresDriverOptions,
-} from './postgres.js'
+import { createPostgresDriver, type PostgresDriverOptions, postgresUrlDefect } from './postgres.js'
 import { redactUrl } from './redact.js'
 import { createSqliteDriver, type SqliteDriverOptions } from './sqlite.js'
 import type { SqlDriver } from './types.js'
@@ -41,6 +37,12 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
  * database; `postgres://` and `postgresql://` a PostgreSQL server. Anything else throws
  * `InvalidOptionError` naming the URL with its password hidden.
  *
+ * A `postgres://` URL's query parameters must be ones pg reads (`sslmode`, `host`,
+ * `application_name`, `options`, ...; the message lists them), with an `sslmode` or `ssl` value
+ * pg knows: pg ignores any other parameter without a word (`ssl_mode=require` would connect
+ * without TLS, libpq's `dbname` or `connect_timeout` would change nothing), and turns TLS on for
+ * an `sslmode` or `ssl` value it does not know (`ssl=false` too). libpq refuses them as well.
+ *
  * The file part of a `sqlite:` URL is percent-decoded, as in any URL (and as pg decodes the
  * parts of a `postgres://` one): `sqlite:./my%20db.sqlite` names `./my db.sqlite`, `%3F` a `?`,
  * `%25` a `%`; `%XX` escapes are read as UTF-8. So a `%` that does not start a valid escape
@@ -57,9 +59,10 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
 export function parseDatabaseUrl(url: string): DatabaseTarget {
   if (typeof url !== 'string') throw new InvalidOptionError('url', expected, url)
   if (/^postgres(ql)?:\/\/./i.test(url)) {
-    // pg would refuse it later, as "Invalid URL" with nothing to say which setting held it.
-    if (!isParsablePostgresUrl(url))
-      throw new InvalidOptionError('url', 'a valid postgres:// URL', redactUrl(url))
+    // pg would refuse it later, as "Invalid URL" with nothing to say which setting held it, or
+    // ignore a query parameter it does not know.
+    const defect = postgresUrlDefect(url)
+    if (defect !== undefined) throw new InvalidOptionError('url', defect, redactUrl(url))
     return { dialect: 'postgres', connectionString: url }
   }
   const path = sqlitePath(url)

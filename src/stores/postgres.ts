@@ -15,7 +15,10 @@ import type { SqlDriver, SqlExecutor, SqlNotification, SqlTransaction, Unlisten 
  * and node's timer limit).
  */
 export interface PostgresDriverOptions {
-  /** A `postgres://user:password@host:port/database` URL. */
+  /**
+   * A `postgres://user:password@host:port/database` URL. Its query parameters must be ones pg
+   * reads (`sslmode=require`, `application_name=...`); any other is refused, as pg would ignore it.
+   */
   readonly connectionString: string
   /**
    * The most connections the pool opens.
@@ -240,13 +243,76 @@ export async function notify(executor: SqlExecutor, channel: string, payload = '
 }
 
 /**
- * Whether pg can parse `url` (as pg-connection-string does): a WHATWG URL, or one with
- * credentials and no host (`postgres://user:pw@/db?host=/var/run/postgresql`, a Unix socket),
- * which WHATWG refuses and pg parses with a stand-in host.
+ * The query parameters of a `postgres://` URL that pg reads (pg-connection-string and pg's
+ * ConnectionParameters). pg hands it every other one too and ignores it without a word, so a
+ * misspelt or libpq-only parameter would change nothing: `ssl_mode=require` would connect
+ * without TLS, `dbname=orders` to the default database. `binary` is left out: breakwater reads
+ * results as text.
+ */
+const pgUrlParameters = new Set([
+  'host',
+  'port',
+  'user',
+  'password',
+  'ssl',
+  'sslmode',
+  'sslcert',
+  'sslkey',
+  'sslrootcert',
+  'sslnegotiation',
+  'uselibpqcompat',
+  'options',
+  'application_name',
+  'fallback_application_name',
+  'client_encoding',
+  'replication',
+  'statement_timeout',
+  'lock_timeout',
+  'idle_in_transaction_session_timeout',
+  'query_timeout',
+])
+
+/** Where the setting that a refused libpq parameter stands for goes instead. */
+const pgUrlParameterHints: Readonly<Record<string, string>> = {
+  dbname: 'the database goes in the path: postgres://host/<db>',
+  database: 'the database goes in the path: postgres://host/<db>',
+  connect_timeout: 'use the driver option connectionTimeoutMs',
+}
+
+// pg turns TLS on for any sslmode value but `disable`, and for any ssl value but `0` (`false`
+// too, a truthy string): a misspelt value would not fail, it would ask for something else.
+const pgUrlValues: Readonly<Record<string, readonly string[]>> = {
+  sslmode: ['disable', 'prefer', 'require', 'verify-ca', 'verify-full', 'no-verify'],
+  ssl: ['true', '1', '0', 'no-verify'],
+}
+
+/** What {@link postgresUrlDefect} says of a URL that does not parse. @internal */
+export const unparsablePostgresUrl = 'a valid postgres:// URL'
+
+/**
+ * What is wrong with a `postgres://` URL, as what was expected instead; undefined when pg can
+ * parse it (as pg-connection-string does: a WHATWG URL, or one with credentials and no host,
+ * `postgres://user:pw@/db?host=/var/run/postgresql`, a Unix socket, which WHATWG refuses and pg
+ * parses with a stand-in host) and reads every query parameter it has, each sslmode or ssl
+ * value being one pg knows.
  * @internal
  */
-export function isParsablePostgresUrl(url: string): boolean {
-  return URL.canParse(url) || URL.canParse(url.replace('@/', '@socket/'))
+export function postgresUrlDefect(url: string): string | undefined {
+  const socketForm = url.replace('@/', '@socket/')
+  const parsable = URL.canParse(url) ? url : URL.canParse(socketForm) ? socketForm : undefined
+  if (parsable === undefined) return unparsablePostgresUrl
+  const parsed = new URL(parsable)
+  for (const [name, value] of parsed.searchParams) {
+    if (!pgUrlParameters.has(name)) {
+      const hint = pgUrlParameterHints[name]
+      return `a postgres:// URL whose query parameters pg reads; it would ignore "${name}"${hint === undefined ? '' : ` (${hint})`}, and takes only ${[...pgUrlParameters].join(', ')}`
+    }
+    const values = pgUrlValues[name]
+    if (values !== undefined && !values.includes(value)) {
+      return `a postgres:// URL whose ${name} is one of ${values.join(', ')}, not ${JSON.stringify(value)}`
+    }
+  }
+  return undefined
 }
 
 function quoteIdentifier(name: string): string {
@@ -724,13 +790,11 @@ export async function createPostgresDriver(
       typeof connectionString === 'string' ? redactUrl(connectionString) : connectionString,
     )
   }
-  // pg would refuse it only at the first statement, as "Invalid URL" naming no setting.
-  if (!isParsablePostgresUrl(connectionString)) {
-    throw new InvalidOptionError(
-      'connectionString',
-      'a valid postgres:// URL',
-      redactUrl(connectionString),
-    )
+  // pg would refuse a URL that does not parse only at the first statement, as "Invalid URL"
+  // naming no setting, and ignores a query parameter it does not know.
+  const defect = postgresUrlDefect(connectionString)
+  if (defect !== undefined) {
+    throw new InvalidOptionError('connectionString', defect, redactUrl(connectionString))
   }
   const max = checkInteger('maxConnections', options.maxConnections ?? 10, 1)
   // Every timeout is a 32-bit millisecond count: PostgreSQL's settings refuse more (at every

@@ -152,6 +152,8 @@ describe('a malformed --db', () => {
       // So is a sqlite: URL with a bad percent-escape: the list of forms would not say why.
       ['sqlite:./100%.db', 'a sqlite: URL whose percent-escapes are valid'],
       ['sqlite:./app.db\r', 'a sqlite: URL without raw control characters'],
+      // And a query parameter pg would ignore (no TLS at all for this one).
+      ['postgres://app:hunter2-pw@db/app?ssl_mode=require', 'a postgres:// URL whose query'],
     ]) {
       const result = await runCaptured(command.entry, [...command.args, '--db', bad!])
       expect(result.code).toBe(2)

@@ -2,6 +2,7 @@ import { isAbsolute } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { openDatabase, parseDatabaseUrl } from '../../src/stores/open.js'
+import { createPostgresDriver } from '../../src/stores/postgres.js'
 import { redactUrl } from '../../src/stores/redact.js'
 import { createTestDatabase } from '../support/postgres.js'
 import { createTestSqlite } from '../support/sqlite.js'
@@ -96,6 +97,42 @@ describe('parseDatabaseUrl', () => {
     })
   })
 
+  // pg passes every query parameter of the URL through and reads only those it knows, so a
+  // misspelt or libpq-only one (`ssl_mode=require`: no TLS at all; `dbname=orders`: the default
+  // database) was ignored without a word, and an sslmode or ssl value it does not know turned
+  // TLS on (`ssl=false` too). libpq refuses all of them; so does breakwater now.
+  it.each([
+    ['postgres://app:s3cret@db/app?ssl_mode=require', /"ssl_mode"/],
+    ['postgres://app:s3cret@db/app?sslMode=require', /"sslMode"/],
+    ['postgres://app:s3cret@db?dbname=orders', /"dbname".*the path/],
+    ['postgres://app:s3cret@db/app?connect_timeout=5', /"connect_timeout".*connectionTimeoutMs/],
+    ['postgres://app:s3cret@db/app?target_session_attrs=read-write', /"target_session_attrs"/],
+    ['postgres://app:s3cret@db/app?sslmode=requre', /sslmode.*"requre"/],
+    ['postgres://app:s3cret@db/app?ssl=false', /ssl.*"false"/],
+    ['postgres://app@db/app?sslpassword=s3cret', /"sslpassword"/],
+  ])('rejects %j, a query parameter pg would ignore or misread, naming it', async (url, says) => {
+    for (const parse of [
+      async () => parseDatabaseUrl(url),
+      () => createPostgresDriver({ connectionString: url }),
+    ]) {
+      const error: unknown = await parse().catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      const invalid = error as InvalidOptionError
+      expect(['url', 'connectionString']).toContain(invalid.option)
+      expect(invalid.message).toMatch(says)
+      expect(invalid.message).not.toContain('s3cret')
+    }
+  })
+
+  it.each([
+    'postgres://app:pw@[::1]:5432/app?sslmode=verify-full&application_name=a',
+    'postgres://app@db/app?sslmode=disable&options=-c%20search_path%3Dx&statement_timeout=5000',
+    'postgres://db/app?user=a&password=b&port=5433&host=db2&ssl=no-verify&client_encoding=UTF8',
+    'postgres://db/app?uselibpqcompat=true&sslmode=prefer&lock_timeout=10&sslnegotiation=direct',
+  ])('takes %j, whose query parameters pg reads', (url) => {
+    expect(parseDatabaseUrl(url)).toEqual({ dialect: 'postgres', connectionString: url })
+  })
+
   it.each([
     ['mysql://root:s3cret@db/app', 'mysql://root:***@db/app'],
     ['sqlite:', 'sqlite:'],
@@ -132,6 +169,8 @@ describe('redactUrl', () => {
     ['postgres://app:p#ss@db/app', 'postgres://app:***@db/app'],
     ['postgres://app:p@s/s@db/app', 'postgres://app:***@db/app'],
     ['postgres://app@db/app?application_name=a@b', 'postgres://app@db/app?application_name=a@b'],
+    // A libpq key passphrase: pg does not read it, so the URL is refused, shown in the message.
+    ['postgresql://db/x?sslpassword=secret&x=1', 'postgresql://db/x?sslpassword=***&x=1'],
   ])('%s', (url, expected) => {
     expect(redactUrl(url)).toBe(expected)
   })
