@@ -10,7 +10,10 @@ import type { SqlDriver, SqlExecutor } from './types.js'
  * a time). Never edit a migration once released: add the next version.
  */
 export interface Migration {
-  /** Position in the capability's history: a positive integer, unique and increasing. */
+  /**
+   * Position in the capability's history: an integer from 1 to 2147483647 (PostgreSQL's
+   * INTEGER, so no timestamp), unique and increasing.
+   */
   readonly version: number
   /** A short kebab-case name, recorded with the version and checked on every run. */
   readonly name: string
@@ -165,6 +168,9 @@ export async function listAppliedMigrations(db: SqlExecutor): Promise<AppliedMig
   }))
 }
 
+/** The largest `breakwater_migrations.version` PostgreSQL's INTEGER holds. */
+const maxVersion = 2147483647
+
 function checkMigrations(capability: string, migrations: readonly Migration[]): Migration[] {
   if (!Array.isArray(migrations)) {
     throw new InvalidOptionError(`migrations.${capability}`, 'an array of migrations', migrations)
@@ -175,8 +181,18 @@ function checkMigrations(capability: string, migrations: readonly Migration[]): 
     if (typeof migration !== 'object' || migration === null) {
       throw new InvalidOptionError(at, 'a migration object', migration)
     }
-    if (!Number.isInteger(migration.version) || migration.version < 1) {
-      throw new InvalidOptionError(`${at}.version`, 'an integer >= 1', migration.version)
+    // breakwater_migrations.version is an INTEGER (32-bit on PostgreSQL): a timestamp as version
+    // would fail there only once the migration had run, and SQLite would take it.
+    if (
+      !Number.isInteger(migration.version) ||
+      migration.version < 1 ||
+      migration.version > maxVersion
+    ) {
+      throw new InvalidOptionError(
+        `${at}.version`,
+        `an integer from 1 to ${maxVersion} (not a timestamp: number migrations 1, 2, 3...)`,
+        migration.version,
+      )
     }
     if (seen.has(migration.version)) {
       throw new InvalidOptionError(`${at}.version`, 'a version used once', migration.version)
