@@ -214,7 +214,10 @@ function executorOf(target: PgQueryable, types?: PgTypes): SqlExecutor {
  * breakwater's rows commit (or roll back) with the business write. Works with a `PoolClient`
  * from `pool.connect()` or a `Client`; never pass a `Pool` for transactional work (each query
  * may run on another connection). BIGINT columns read through it arrive as numbers, whatever
- * the client's own type parsers do.
+ * the client's own type parsers do. A statement sent while the client is outside a transaction
+ * (before its BEGIN was answered, so await it; after COMMIT or ROLLBACK), or once the
+ * `PoolClient` was released and checked out again, is refused with `TransactionMisuseError`: it
+ * would commit apart from the business write, or inside another caller's transaction.
  *
  * @example
  * ```ts
@@ -228,7 +231,44 @@ function executorOf(target: PgQueryable, types?: PgTypes): SqlExecutor {
  * ```
  */
 export function fromPgClient(client: PgQueryable): SqlExecutor {
-  return executorOf(client, typesForWrappedClients())
+  const inner = executorOf(client, typesForWrappedClients())
+  const wrapped = client as WrappedPgClient
+  // pg-pool gives a PoolClient a new release function at each checkout: a different one means
+  // the client went back to the pool and another caller holds it now.
+  const checkout = wrapped.release
+  const check = (): void => {
+    if (checkout !== undefined && wrapped.release !== checkout) {
+      throw new TransactionMisuseError(
+        'fromPgClient: the client was released to the pool and is now held by another caller; wrap the client of the transaction in progress',
+      )
+    }
+    // 'I': idle, outside any transaction. The statement would commit on its own, apart from the
+    // application's write (before its BEGIN, or after its COMMIT, ROLLBACK or release).
+    if (wrapped.getTransactionStatus?.() === 'I') {
+      throw new TransactionMisuseError(
+        "fromPgClient: the client is not inside a transaction (its COMMIT or ROLLBACK was already sent, or its BEGIN not yet answered), so the statement would commit on its own; call it after `await client.query('BEGIN')` and before COMMIT",
+      )
+    }
+  }
+  return {
+    dialect: 'postgres',
+    query: async (sql, params) => {
+      check()
+      return inner.query(sql, params)
+    },
+    execute: async (sql, params) => {
+      check()
+      return inner.execute(sql, params)
+    },
+  }
+}
+
+/** What {@link fromPgClient} reads of a pg `Client` or `PoolClient`, when it has it. */
+interface WrappedPgClient extends PgQueryable {
+  /** A `PoolClient`'s release, replaced at each checkout (pg-pool). */
+  readonly release?: unknown
+  /** pg 8.x: `'I'` idle, `'T'` in a transaction, `'E'` in a failed one, null before connecting. */
+  getTransactionStatus?(): string | null
 }
 
 /**

@@ -4,6 +4,7 @@ import Database from 'better-sqlite3'
 import { Kysely, PostgresDialect, SqliteDialect } from 'kysely'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { TransactionMisuseError } from '../../src/stores/errors.js'
 import { fromKysely } from '../../src/stores/kysely.js'
 import { fromPgClient } from '../../src/stores/postgres.js'
 import { fromBetterSqlite } from '../../src/stores/sqlite.js'
@@ -85,10 +86,61 @@ describe('PostgreSQL: fromPgClient and fromKysely', () => {
   it('fromPgClient returns BIGINT as a number even though the client returns strings', async () => {
     const client = await pool.connect()
     try {
+      await client.query('BEGIN')
       expect((await client.query('SELECT 7::bigint AS n')).rows).toEqual([{ n: '7' }])
       expect(await fromPgClient(client).query('SELECT 7::bigint AS n')).toEqual([{ n: 7 }])
+      await client.query('COMMIT')
     } finally {
       client.release()
+    }
+  })
+
+  // Once the application's transaction had ended (its COMMIT or ROLLBACK already sent, or the
+  // client released to the pool), breakwater's row was written in autocommit, on its own: an
+  // outbox event committed although the business write it belongs to rolled back.
+  it('fromPgClient refuses statements once the user’s transaction has ended', async () => {
+    for (const end of ['COMMIT', 'ROLLBACK']) {
+      const client = await pool.connect()
+      try {
+        await client.query('BEGIN')
+        await client.query('INSERT INTO business (id) VALUES ($1)', [`pg-late-${end}`])
+        const executor = fromPgClient(client)
+        await client.query(end)
+        const error = await writeBreakwaterRow(executor, `pg-late-${end}`).catch((e) => e)
+        expect(error).toBeInstanceOf(TransactionMisuseError)
+      } finally {
+        client.release()
+      }
+      expect(await present(`pg-late-${end}`)).toEqual([end === 'COMMIT' ? 1 : 0, 0])
+    }
+  })
+
+  it('fromPgClient refuses statements on a client outside any transaction, and once released', async () => {
+    const client = await pool.connect()
+    const executor = fromPgClient(client)
+    try {
+      await expect(writeBreakwaterRow(executor, 'pg-no-tx')).rejects.toThrow(TransactionMisuseError)
+    } finally {
+      client.release()
+    }
+    await expect(writeBreakwaterRow(executor, 'pg-released')).rejects.toThrow(
+      TransactionMisuseError,
+    )
+    // Checked out again (the pool hands out its last idle client first) by another request,
+    // inside that request's transaction: the row would go into the other one's.
+    const other = await pool.connect()
+    try {
+      expect(other).toBe(client)
+      await other.query('BEGIN')
+      await expect(writeBreakwaterRow(executor, 'pg-reused')).rejects.toThrow(
+        TransactionMisuseError,
+      )
+      await other.query('COMMIT')
+    } finally {
+      other.release()
+    }
+    for (const id of ['pg-no-tx', 'pg-released', 'pg-reused']) {
+      expect(await present(id)).toEqual([0, 0])
     }
   })
 
