@@ -373,30 +373,15 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
   #fold(state: S, events: readonly RecordedEvent[]): S {
     let folded = state
     for (const event of events) {
-      folded = this.#decider.evolve(folded, event as RecordedEvent<E>)
       // An async evolve: decide would see a promise as the state (and be handed every later
       // event's fold of it), and the command would return one.
-      if (isDroppedPromise(folded)) {
-        throw new InvalidOptionError(
-          'decider.evolve',
-          'to return the new state, not a promise',
-          folded,
-        )
-      }
-    }
-    return folded
-  }
-
-  #initialState(): S {
-    const state = this.#decider.initialState()
-    if (isDroppedPromise(state)) {
-      throw new InvalidOptionError(
-        'decider.initialState',
-        'to return the initial state, not a promise',
-        state,
+      folded = synchronous(
+        'decider.evolve',
+        'the new state',
+        this.#decider.evolve(folded, event as RecordedEvent<E>),
       )
     }
-    return state
+    return folded
   }
 
   /** {@link load}, also returning the first version the fold could see (moved by a delete). */
@@ -405,7 +390,11 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     executor: SqlExecutor,
   ): Promise<LoadedState<S> & { truncateBefore: number }> {
     const store = this.#store
-    let state = this.#initialState()
+    let state = synchronous(
+      'decider.initialState',
+      'the initial state',
+      this.#decider.initialState(),
+    )
     const snapshots = this.#snapshots
     if (snapshots !== undefined) {
       const snapshot = await store.readSnapshotText(executor, stream, snapshots.name)
@@ -413,14 +402,11 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
         const read = await store.readStreamFrom(stream, snapshot.version + 1, executor)
         // A delete (and recreate) between the two reads hides what the snapshot folded.
         if (read.truncateBefore <= snapshot.version) {
-          const restored = snapshots.deserialize(snapshot.state)
-          if (isDroppedPromise(restored)) {
-            throw new InvalidOptionError(
-              'snapshots.deserialize',
-              'to return the state, not a promise',
-              restored,
-            )
-          }
+          const restored = synchronous(
+            'snapshots.deserialize',
+            'the state',
+            snapshots.deserialize(snapshot.state),
+          )
           state = this.#fold(restored, read.events)
           return {
             state,
@@ -664,6 +650,17 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       state,
     }
   }
+}
+
+/**
+ * `value`, returned by a callback that must be synchronous (`option`); a promise is refused with
+ * `InvalidOptionError` ("to return `what`, not a promise"), its outcome dropped.
+ */
+function synchronous<T>(option: string, what: string, value: T): T {
+  if (isDroppedPromise(value)) {
+    throw new InvalidOptionError(option, `to return ${what}, not a promise`, value)
+  }
+  return value
 }
 
 const snapshotStateExpected =
