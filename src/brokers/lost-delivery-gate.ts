@@ -27,8 +27,9 @@ export interface LostDeliveryGate {
 }
 
 /**
- * Opens a gate on `dispatcher` when a reconnected subscription's broker counts more deliveries
- * as pending than the subscription knows of, or returns `undefined`.
+ * Opens a gate on `dispatcher` when a reconnected subscription's broker (or a new one's, whose
+ * predecessor crashed) counts more deliveries as pending than the subscription knows of, or
+ * returns `undefined`.
  *
  * Why: a broker such as JetStream counts a message as delivered once it has written it to the
  * connection. When the connection dies with deliveries in flight, the subscriber never saw them,

@@ -95,7 +95,8 @@ export interface NatsBrokerOptions extends BrokerCommonOptions {
    * crashed subscriber's messages come back after this). Extended while its handler runs.
    * After a lost connection, a subscription whose deliveries went down with it holds its
    * handlers up to this long (and a second) until JetStream has sent them again, so that a
-   * key's later messages do not overtake them.
+   * key's later messages do not overtake them; so does a new subscription whose crashed
+   * predecessor left deliveries unacknowledged (see {@link createNatsBroker}).
    * @default 30000
    */
   readonly ackWaitMs?: number
@@ -134,9 +135,12 @@ const loadNats = lazyDriver('nats', () => import('nats'))
  * connection died, and JetStream resends them only after `ackWaitMs`), no handler starts until
  * they are back or `ackWaitMs` and a second have passed; what arrives meanwhile is queued in
  * order. In a group of several subscribers the others' deliveries count too, so a reconnect may
- * pause that long. A new subscription (a restarted process) does not wait: deliveries its
- * predecessor left unacknowledged come back after `ackWaitMs`, possibly after later messages of
- * their key.
+ * pause that long. A new subscription (a restarted process) waits alike when its group has
+ * unacknowledged deliveries and no other subscriber is pulling: they were left by a predecessor
+ * that crashed, and JetStream sends them again only after `ackWaitMs`, behind which the key's
+ * later messages would otherwise run first. It does not wait when it joins live subscribers of
+ * its group (their deliveries never come back to it), nor while the server still counts a dead
+ * predecessor (whose host vanished without closing its connection) as pulling.
  *
  * @example
  * ```ts
@@ -895,10 +899,17 @@ class NatsSubscriber implements Subscriber {
         max_ack_pending: options.prefetch,
       }
       // What JetStream counted as delivered to the group and unacknowledged, for the gate below.
-      let reported = { pending: 0, deliveredUpTo: 0 }
+      let reported: { pending: number; deliveredUpTo: number } | undefined
       try {
         const info = await jsm.consumers.info(spec.name, durable)
-        reported = { pending: info.num_ack_pending, deliveredUpTo: info.delivered.stream_seq }
+        // A new subscription waits only when no other subscriber of the group is pulling (no
+        // waiting pull request): then what is pending was left by a predecessor that is gone
+        // (a crashed or killed process). A live one's deliveries never come back here, so
+        // waiting for them would idle a subscriber joining a busy group for the whole ack wait,
+        // and a group of several keeps no order across its subscribers anyway.
+        if (session > 1 || info.num_waiting === 0) {
+          reported = { pending: info.num_ack_pending, deliveredUpTo: info.delivered.stream_seq }
+        }
         if (
           info.config.ack_wait !== config.ack_wait ||
           info.config.max_ack_pending !== config.max_ack_pending
@@ -913,10 +924,11 @@ class NatsSubscriber implements Subscriber {
         await jsm.consumers.add(spec.name, config)
       }
       const consumer = await nc.jetstream().consumers.get(spec.name, durable)
-      // After a lost connection, deliveries JetStream sent into it are pending but unknown
-      // here: hold every handler until they are back (see gateLostDeliveries). Not on the
-      // first session: a new subscription has no order of its own to keep yet.
-      if (session > 1) {
+      // Deliveries JetStream counts as pending but unknown here (sent into a lost connection,
+      // or held by a predecessor that crashed: a restarted process) come back only after their
+      // ack wait, after the key's later messages: hold every handler until they are back (see
+      // gateLostDeliveries). A consumer created just now has nothing pending.
+      if (reported !== undefined) {
         const owedAcks = state.owed.filter(([, body]) => body === ACK_BODY).length
         gate = gateLostDeliveries(
           dispatcher,

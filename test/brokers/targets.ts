@@ -16,7 +16,8 @@ export interface TestOverrides {
   readonly prefetch?: number
 }
 
-const common = {
+/** The reconnect, retry and timeout tuning every test adapter uses. */
+export const testTuning = {
   retryDelayMs: 50,
   reconnectDelayMs: 50,
   maxReconnectDelayMs: 500,
@@ -26,10 +27,11 @@ const common = {
 
 /** Makes the `name` adapter for `url` with test tuning. */
 export function testBroker(name: BrokerName, url: string, overrides: TestOverrides = {}): Broker {
-  if (name === 'nats') return createNatsBroker({ ...common, ...overrides, url, ackWaitMs: 1_000 })
-  if (name === 'rabbitmq') return createRabbitMqBroker({ ...common, ...overrides, url })
+  if (name === 'nats')
+    return createNatsBroker({ ...testTuning, ...overrides, url, ackWaitMs: 1_000 })
+  if (name === 'rabbitmq') return createRabbitMqBroker({ ...testTuning, ...overrides, url })
   return createRedisBroker({
-    ...common,
+    ...testTuning,
     ...overrides,
     url,
     visibilityTimeoutMs: 1_000,
