@@ -7,7 +7,7 @@
 import { isIPv6 } from 'node:net'
 import { DEADLINE_HEADER } from '../../policies/deadline.js'
 import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
-import { matchesPrefix } from '../inbound/routes.js'
+import { matchesPrefix, trimPrefix } from '../inbound/routes.js'
 import { limitsDefaults as limitDefaults } from './schema.js'
 
 /** A problem found by a cross-field check: where, what was expected, and what was there. */
@@ -396,7 +396,7 @@ function routeMatchOf(match: unknown): RouteMatch | undefined {
   for (const [name, value] of Object.entries(match?.headers ?? {}))
     headers.set(name.toLowerCase(), value)
   return {
-    prefix: prefix.length > 1 ? prefix.replace(/\/+$/, '') || '/' : prefix,
+    prefix: trimPrefix(prefix),
     methods: methods === undefined ? undefined : new Set(methods.map(String)),
     headers,
   }

@@ -182,6 +182,11 @@ function normalizePrefix(option: string, prefix: unknown): string {
   if (typeof prefix !== 'string' || !prefix.startsWith('/')) {
     throw new InvalidOptionError(option, 'a path starting with "/"', prefix)
   }
+  return trimPrefix(prefix)
+}
+
+/** `prefix` without its trailing slashes (`/api/` → `/api`); `/` stays `/`. */
+export function trimPrefix(prefix: string): string {
   let p = prefix
   while (p.length > 1 && p.endsWith('/')) p = p.slice(0, -1)
   return p
@@ -203,8 +208,7 @@ export function matchesPrefix(path: string, prefix: string): boolean {
  */
 export function stripPathPrefix(path: string, prefix: string | undefined): string {
   if (prefix === undefined || prefix === '' || prefix === '/') return path
-  let p = prefix
-  while (p.length > 1 && p.endsWith('/')) p = p.slice(0, -1)
+  const p = trimPrefix(prefix)
   if (!matchesPrefix(path, p)) return path
   const rest = path.slice(p.length)
   return rest === '' ? '/' : rest

@@ -808,7 +808,8 @@ class ForwardCall {
     let hasKey = false
     let hadGrpcTimeout = false
     const source = req.headers
-    const retry = core.config.retry
+    const safe = idempotentMethods.has(method)
+    const addKey = core.config.retry?.addIdempotencyKey === true && !safe
     for (const name in source) {
       if (
         replacedRequestHeaders.has(name) ||
@@ -830,7 +831,7 @@ class ForwardCall {
         // usable key would run a retried POST twice. It does not make the request retryable,
         // and one the proxy adds replaces it (two keys would be joined into one odd value).
         if (!blankKey(value)) hasKey = true
-        else if (retry?.addIdempotencyKey === true && !idempotentMethods.has(method)) continue
+        else if (addKey) continue
       }
       if (typeof value === 'string') headers.push(name, value)
       else for (const item of value) headers.push(name, item)
@@ -845,11 +846,10 @@ class ForwardCall {
       headers.push(GRPC_TIMEOUT_HEADER, '')
     }
     if (auth?.value !== undefined) headers.push(auth.header, auth.value)
-    if (!hasKey && retry?.addIdempotencyKey === true && !idempotentMethods.has(method)) {
+    if (!hasKey && addKey) {
       headers.push('idempotency-key', randomUUID())
       hasKey = true
     }
-    const safe = idempotentMethods.has(method)
     const unsafeRetry = this.unsafeRetry
     this.retryable =
       core.backoff !== undefined &&
