@@ -24,6 +24,7 @@ import {
 } from './common.js'
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
+import { gateLostDeliveries, type LostDeliveryGate } from './lost-delivery-gate.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
 import { plainAnswer, tlsFailure } from './tls.js'
 import type {
@@ -60,7 +61,9 @@ export interface RedisBrokerOptions extends BrokerCommonOptions {
   readonly maxLength?: number
   /**
    * How long a delivered message may stay unacknowledged before another consumer of the group
-   * claims it (XAUTOCLAIM): a crashed subscriber's messages come back after this. Extended
+   * claims it (XAUTOCLAIM): a crashed subscriber's messages come back after this (a new
+   * subscription of a group with no live subscriber holds its handlers until then; see
+   * {@link createRedisBroker}). Extended
    * while the handler runs. A subscription that stalls longer (a GC pause, SIGSTOP) may find
    * its messages taken by another consumer: it gives them up (a queued one is not run, a
    * running one is not acked) and reports each to `onError` (phase `settle`,
@@ -142,6 +145,17 @@ const reservedQuery = new Set([
  * is marked claimable after `retryDelayMs`). The delivery count comes from Redis's pending
  * entries list. Held messages are kept fresh, and acked, only while the group's pending
  * entries list still names this consumer (a Lua script, so the user needs EVAL and EVALSHA).
+ *
+ * A new subscription (a restarted process, whose default consumer name is new) whose group has
+ * entries pending for other consumers while no other subscription of the group is connected
+ * starts no handler until it has claimed them, or `visibilityTimeoutMs`, `claimIntervalMs` and a
+ * second have passed; what it reads meanwhile is queued in order. They were left by a
+ * predecessor that crashed (its handler held them), and XAUTOCLAIM takes them only after
+ * `visibilityTimeoutMs`, behind which the key's later messages would otherwise run first. It
+ * does not wait when it joins live subscribers of its group (their entries never come back to
+ * it), nor when the user may not run `CLIENT LIST` (which tells a live subscription by its
+ * reader connection's name, `breakwater-reader-<tag of topic and group>`), nor while the server
+ * still holds a dead predecessor's connection (its host vanished without closing it).
  *
  * A `rediss://` URL whose port is a plain Redis fails `publish()` and `subscribe()` with a
  * non-retryable `BROKER_MISCONFIGURED` suggesting `redis://`, after half of `connectTimeoutMs`:
@@ -756,6 +770,55 @@ function entryOrder(entryId: string): bigint | undefined {
   }
 }
 
+/** A short tag of (topic, group) for connection names, which allow no spaces. */
+function groupTag(topic: string, group: string): string {
+  return createHash('sha1').update(`${topic}\u0000${group}`).digest('hex').slice(0, 16)
+}
+
+/**
+ * How many entries of `group` other consumers hold when none of them is live, for a new
+ * subscription to wait for; 0 when a live subscription of the group is connected.
+ *
+ * Why: a subscriber process killed while its handler held an entry leaves it pending under its
+ * consumer name, which a restarted process (a new default name) does not own; XAUTOCLAIM gives
+ * it back only after `visibilityTimeoutMs`, and meanwhile the key's next entry would run first.
+ * Live peers' entries never come back to this one (they refresh them), so waiting for them
+ * would idle a subscriber joining a busy group for the whole timeout; a group of several keeps
+ * no order across its subscribers anyway. A peer is live while its reader connection (named
+ * after the group) is open: CLIENT LIST tells, and a SIGKILLed process's sockets close at once.
+ * A user refused CLIENT LIST does not wait (as before); nor does one whose dead predecessor's
+ * connection the server still holds (a host that vanished without closing it).
+ */
+async function orphanedEntries(
+  options: ResolvedRedisOptions,
+  client: Redis,
+  topic: string,
+  group: string,
+  consumer: string,
+  readerId: string,
+): Promise<number> {
+  const summary = (await command(options, client, 'XPENDING', topic, group)) as [
+    unknown,
+    unknown,
+    unknown,
+    Array<[string, string]> | null,
+  ]
+  let others = 0
+  for (const [name, count] of summary[3] ?? []) if (name !== consumer) others += Number(count)
+  if (others === 0) return 0
+  let clients: string
+  try {
+    clients = String(await command(options, client, 'CLIENT', 'LIST', 'TYPE', 'normal'))
+  } catch {
+    return 0
+  }
+  const name = `name=breakwater-reader-${groupTag(topic, group)}`
+  const live = clients
+    .split('\n')
+    .some((line) => line.split(' ').includes(name) && !line.startsWith(`id=${readerId} `))
+  return live ? 0 : others
+}
+
 class RedisSubscriber implements Subscriber {
   readonly #options: ResolvedRedisOptions
   readonly #subscriptions = new Set<Subscription>()
@@ -910,15 +973,38 @@ class RedisSubscriber implements Subscriber {
     const commands = await connectRedis(options, 'commands')
     let reader: Redis | undefined
     let readerId: string
+    // Entries of the group held by consumers that are gone (see orphanedEntries), claimed only
+    // after visibilityTimeoutMs: no handler starts until they are back, or a key's later
+    // entries, read meanwhile, would run first.
+    let gate: LostDeliveryGate | undefined
+    let owed = 0
+    let gateUntil = 0
     try {
       await command(options, commands, 'XGROUP', 'CREATE', topic, group, '0', 'MKSTREAM').catch(
         (error) => {
           if (!reasonOf(error).startsWith('BUSYGROUP')) throw error
         },
       )
-      reader = await connectRedis(options, 'reader')
+      // Named after its group, so that a new subscription can tell live peers from gone ones.
+      reader = await connectRedis(options, `reader-${groupTag(topic, group)}`)
       readerId = String(await command(options, reader, 'CLIENT', 'ID'))
+      // Not after a reconnect: this consumer's own entries come back first (readOwnPending),
+      // and the dispatcher awaits those it knew of.
+      if (session === 1) {
+        owed = await orphanedEntries(options, commands, topic, group, consumer, readerId)
+        if (owed > 0) {
+          const timeoutMs = options.visibilityTimeoutMs + options.claimIntervalMs + 1_000
+          gateUntil = options.clock.now() + timeoutMs
+          gate = gateLostDeliveries(
+            dispatcher,
+            { pending: owed, deliveredUpTo: 0, known: 0 },
+            options.clock,
+            timeoutMs,
+          )
+        }
+      }
     } catch (error) {
+      gate?.release()
       commands.disconnect()
       reader?.disconnect()
       throw redisError(error, `cannot subscribe ${group} to ${topic}`)
@@ -976,7 +1062,12 @@ class RedisSubscriber implements Subscriber {
       // run beside the other consumer's runs.
       await refresh(live).catch(() => {})
     }
-    const deliver = (entryId: string, fields: Buffer[], deliveryCount: number): void => {
+    const deliver = (
+      entryId: string,
+      fields: Buffer[],
+      deliveryCount: number,
+      claimed = false,
+    ): void => {
       if (held.has(entryId)) return
       const { message, refused } = toIncoming(topic, group, entryId, fields, deliveryCount)
       if (refused !== undefined) {
@@ -999,13 +1090,20 @@ class RedisSubscriber implements Subscriber {
       }
       held.add(entryId)
       const order = entryOrder(entryId)
-      dispatcher.push({
+      const delivery: RedisDelivery = {
         entryId,
         session,
         message,
         ...(order === undefined ? {} : { order }),
         settle: (outcome) => settle(entryId, message, outcome),
-      })
+      }
+      // Only claimed entries can be the orphaned ones the gate waits for (position 0: each
+      // one it does not track counts).
+      if (gate === undefined || !claimed) dispatcher.push(delivery)
+      else {
+        owed--
+        gate.admit(message.key, message.id, 0, () => dispatcher.push(delivery))
+      }
     }
 
     // What this consumer still has pending from before (a lost connection's unstarted and
@@ -1088,7 +1186,14 @@ class RedisSubscriber implements Subscriber {
         await refresh(commands)
         // Claim even when full while a key awaits a handed-back entry, or that key could wait
         // for good; an entry claimed beyond the capacity is handed back again.
-        const room = Math.max(dispatcher.room, Math.min(dispatcher.awaited, options.prefetch))
+        // And while the gate waits for orphaned entries: read entries may have filled the paused
+        // dispatcher, which must not keep those out.
+        const orphans = owed > 0 && options.clock.now() < gateUntil ? options.prefetch : 0
+        const room = Math.max(
+          dispatcher.room,
+          Math.min(dispatcher.awaited, options.prefetch),
+          orphans,
+        )
         if (room === 0 || stopping || !receiving) continue
         const reply = (await answered(
           options,
@@ -1117,7 +1222,7 @@ class RedisSubscriber implements Subscriber {
         if (deleted.length > 0) await command(options, commands, 'XACK', topic, group, ...deleted)
         if (claimed.length === 0 || stopping) continue
         const counts = await deliveryCounts(claimed.map(([id]) => id))
-        for (const [id, fields] of claimed) deliver(id, fields, counts.get(id) ?? 2)
+        for (const [id, fields] of claimed) deliver(id, fields, counts.get(id) ?? 2, true)
       }
     }
 
@@ -1178,6 +1283,7 @@ class RedisSubscriber implements Subscriber {
           abort.abort()
           await stopReceiving()
           await claiming.catch(() => {})
+          gate?.release()
           // Entries of this session that never started stay pending for this consumer; the
           // next session reads them back first, and the dispatcher holds their keys until then.
           for (const delivery of dispatcher.abandon((d) => d.session === session)) {
