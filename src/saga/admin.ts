@@ -7,6 +7,7 @@ import { SagaNotFoundError, SagaStateConflictError } from './errors.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import {
   instanceFromRow,
+  reasonInDetail,
   type SagaEventRow,
   type SagaInstance,
   type SagaRow,
@@ -17,6 +18,7 @@ import {
   storedJson,
   timelineEntryFromRow,
 } from './state.js'
+import { storedReason } from './store.js'
 
 /** Options of {@link listSagas}. */
 export interface ListSagasOptions {
@@ -136,7 +138,8 @@ export interface SagaAdminOptions {
 
 /**
  * Re-queues a parked (`failed`) saga: its compensation resumes where it stopped, with fresh
- * attempts, on the next worker that polls. Throws `SagaNotFoundError`, or
+ * attempts, on the next worker that polls, for the reason it compensated for before it was
+ * parked (the failed step, or the cancel; recorded in its timeline). Throws `SagaNotFoundError`, or
  * `SagaStateConflictError` when the saga is not parked.
  *
  * @example
@@ -153,7 +156,11 @@ export async function retrySaga(
   const { now, by, reason } = adminOptions(options)
   const statements = sagaStatements[db.dialect]
   await db.transaction(async (tx) => {
-    const { rowCount } = await tx.execute(statements.retry, [id, now])
+    const { rowCount } = await tx.execute(statements.retry, [
+      id,
+      now,
+      await compensationReason(tx, id),
+    ])
     if (rowCount === 0) await refuse(tx, id, 'only a parked (failed) saga can be retried')
     await tx.execute(statements.insertEvent, [
       id,
@@ -165,6 +172,20 @@ export async function retrySaga(
       JSON.stringify(reason === undefined ? {} : { reason }),
     ])
   })
+}
+
+// The reason the parked saga was compensating for (the failed step, or the cancel), as its
+// timeline recorded it when compensation began. Parking replaced the stored reason with the
+// compensation's failure; kept, the resumed compensations got that as `ctx.reason`, the saga
+// ended `compensated` or `cancelled` with it, and a second park nested it once more. Null for
+// one parked before it compensated (a changed definition): its park reason stays.
+async function compensationReason(tx: SqlExecutor, id: string): Promise<string | null> {
+  const rows = await tx.query<{ detail: string | null }>(
+    sagaStatements[tx.dialect].compensationReason,
+    [id],
+  )
+  const reason = reasonInDetail(rows[0]?.detail)
+  return reason === undefined ? null : storedReason(reason)
 }
 
 /**

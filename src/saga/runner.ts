@@ -19,6 +19,7 @@ import {
   describeError,
   type ErrorInfo,
   errorInfo,
+  reasonInDetail,
   type SagaRow,
   type SagaStatus,
   type StepState,
@@ -245,11 +246,8 @@ export class InstanceRun {
       sagaStatements[db.dialect].cancelRequest,
       [this.id],
     )
-    const detail = rows[0]?.detail
-    const reason = detail ? (JSON.parse(detail) as { reason?: unknown }).reason : undefined
-    return typeof reason === 'string' && reason !== ''
-      ? `cancel requested: ${reason}`
-      : 'cancel requested'
+    const reason = reasonInDetail(rows[0]?.detail)
+    return reason === undefined ? 'cancel requested' : `cancel requested: ${reason}`
   }
 
   async #action(step: CompiledStep): Promise<Step> {

@@ -165,8 +165,13 @@ export interface SagaStatements {
   readonly selectEvents: string
   /** $1 status or null, $2 name or null, $3 limit. */
   readonly list: string
-  /** $1 id, $2 now. Re-queues a parked (failed) saga. */
+  /**
+   * $1 id, $2 now, $3 the reason to compensate for (null: keep the stored one). Re-queues a
+   * parked (failed) saga.
+   */
   readonly retry: string
+  /** $1 saga id: the detail (JSON, with its `reason`) of its latest `compensating` event. */
+  readonly compensationReason: string
   /** $1 id, $2 now. Flags a running saga for cancellation and wakes it. */
   readonly cancel: string
   /** $1 saga id: the detail (JSON, with the operator's `reason`) of its latest cancel request. */
@@ -239,8 +244,11 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)`,
   selectEvents: `SELECT seq, at, kind, step, attempt, worker, detail FROM ${sagaEventsTable}
 WHERE saga_id = $1 ORDER BY seq`,
   retry: `UPDATE ${sagaTable} SET status = 'compensating', attempt = 0, next_run_at = $2,
-    lease_owner = NULL, lease_expires_at = NULL, lease_token = lease_token + 1, updated_at = $2
+    lease_owner = NULL, lease_expires_at = NULL, lease_token = lease_token + 1, updated_at = $2,
+    reason = COALESCE($3, reason)
 WHERE id = $1 AND status = 'failed'`,
+  compensationReason: `SELECT detail FROM ${sagaEventsTable}
+WHERE saga_id = $1 AND kind = 'compensating' ORDER BY seq DESC LIMIT 1`,
   cancel: `UPDATE ${sagaTable} SET cancel_requested = 1, updated_at = $2,
     next_run_at = CASE WHEN next_run_at > $2 THEN $2 ELSE next_run_at END
 WHERE id = $1 AND status = 'running'`,

@@ -202,6 +202,12 @@ export interface SagaEventRow {
   detail: string | null
 }
 
+/** The `reason` in a timeline row's detail (JSON text), when it holds a non-empty one. */
+export function reasonInDetail(detail: string | null | undefined): string | undefined {
+  const reason = detail ? (JSON.parse(detail) as { reason?: unknown }).reason : undefined
+  return typeof reason === 'string' && reason !== '' ? reason : undefined
+}
+
 /** Turns a timeline row into an entry. */
 export function timelineEntryFromRow(row: SagaEventRow): SagaTimelineEntry {
   return {

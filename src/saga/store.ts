@@ -71,7 +71,7 @@ function stamped<
  * commit, the writes of every other instance of the batch were refused with it). The NUL is
  * written as `\0`; the timeline keeps the error as it was (JSON escapes it).
  */
-function storedReason(reason: string | null): string | null {
+export function storedReason(reason: string | null): string | null {
   return reason === null ? null : reason.replaceAll('\u0000', '\\0')
 }
 
