@@ -48,8 +48,10 @@ export interface ProjectorOptions {
   readonly pollIntervalMs?: number
   /**
    * First delay after a failed batch (rolled back as a whole); doubles up to
-   * `retryMaxDelayMs`. The batch is retried: an event that always fails stops the projection
-   * there (see `lag()` and `onError`) rather than being skipped.
+   * `retryMaxDelayMs`. When `apply` failed on an event, the events before it are applied and
+   * checkpointed first (in a transaction of their own), and the retry starts at that event: an
+   * event that always fails stops the projection right before it (see `lag()` and `onError`)
+   * rather than being skipped, and holds back no event before it.
    * @default 100
    */
   readonly retryBaseDelayMs?: number
@@ -366,8 +368,33 @@ class SqlProjector implements Projector {
     await this.#waker.close()
   }
 
-  /** One transaction: lock checkpoint, read, apply, store checkpoint. */
+  /**
+   * One batch (see {@link #batchBefore}). When `apply` fails on an event, the batch rolls back as
+   * a whole; the events before that one are then applied and checkpointed in a batch of their
+   * own, so that one failing event holds back neither them (read-your-writes, lag) nor the
+   * checkpoint, which stops right before it, as for an event that cannot be upcast. The
+   * failure is then thrown (reported and retried from that event).
+   */
   async #batch(): Promise<{ applied: number; position: number }> {
+    try {
+      return await this.#batchBefore(undefined)
+    } catch (error) {
+      if (!(error instanceof ApplyFailure)) throw error
+      if (error.first) throw error.cause
+      try {
+        await this.#batchBefore(error.position)
+      } catch (prefixError) {
+        throw withSuppressed(error.cause, unwrapApply(prefixError))
+      }
+      throw error.cause
+    }
+  }
+
+  /**
+   * One transaction: lock checkpoint, read, apply, store checkpoint. With `before`, only the
+   * events below that position are applied (it is the event `apply` failed on).
+   */
+  async #batchBefore(before: number | undefined): Promise<{ applied: number; position: number }> {
     await this.#ensure()
     const store = this.#store
     const result = await store.db.transaction(async (tx) => {
@@ -377,16 +404,36 @@ class SqlProjector implements Projector {
         { fromPosition: position + 1, limit: this.#batchSize, tx },
         this.#wants,
       )
-      const { failure } = page
+      let { failure } = page
       if (page.position === undefined) return { applied: 0, position, failure }
-      await this.#applyAll(tx, page.events, 0)
-      await tx.execute(store.statements.saveProjectionPosition, [
-        this.name,
-        page.position,
-        storedTime(this.#clock),
-      ])
+      let events = page.events
+      let through = page.position
+      let read = page.read
+      if (before !== undefined && through >= before) {
+        // The page holds that event, so every row below it is in the page (a page is the
+        // log's prefix after the checkpoint): the checkpoint may move up to just before it.
+        events = events.filter((event) => event.position < before)
+        through = before - 1
+        read = events.length
+        // An event that cannot be upcast after it is not this batch's concern.
+        failure = undefined
+      }
+      if (through > position) {
+        await this.#applyAll(tx, events, 0, true).catch((error: unknown) => {
+          // Nothing before it in the log since the checkpoint: no batch of its own to apply.
+          if (error instanceof ApplyFailure && error.position === position + 1) {
+            error.first = true
+          }
+          throw error
+        })
+        await tx.execute(store.statements.saveProjectionPosition, [
+          this.name,
+          through,
+          storedTime(this.#clock),
+        ])
+      }
       // Events of types the projection does not read count as applied: the checkpoint passed them.
-      return { applied: page.read, position: page.position, failure }
+      return { applied: read, position: Math.max(through, position), failure }
     })
     if (result.applied > 0) {
       publish('projection-batch', {
@@ -422,11 +469,29 @@ class SqlProjector implements Projector {
     return row
   }
 
-  async #applyAll(tx: SqlExecutor, events: readonly RecordedEvent[], generation: number) {
+  /**
+   * Applies `events` to the tables of `generation`. `locate`: a failure of `apply` is thrown as
+   * an {@link ApplyFailure} naming the event's position (the live batch's, see `#batch`).
+   */
+  async #applyAll(
+    tx: SqlExecutor,
+    events: readonly RecordedEvent[],
+    generation: number,
+    locate = false,
+  ) {
     const context = projectionContext(tx, this.#projection, generation)
     await applying.run(this, async () => {
       for (const event of events) {
-        if (handles(this.#projection, event.type)) await this.#projection.apply(event, context)
+        if (!handles(this.#projection, event.type)) continue
+        if (!locate) {
+          await this.#projection.apply(event, context)
+          continue
+        }
+        try {
+          await this.#projection.apply(event, context)
+        } catch (error) {
+          throw new ApplyFailure(event.position, error)
+        }
       }
     })
   }
@@ -867,6 +932,25 @@ class SqlProjector implements Projector {
       }))
     throw new RebuildBlockedError(this.name, table, [], keys)
   }
+}
+
+/**
+ * A projection's `apply` failed on the event at `position` in a live batch (internal: the
+ * projector reports `cause`, the application's own error).
+ */
+class ApplyFailure extends Error {
+  readonly position: number
+  /** It is the first position after the batch's checkpoint: no event comes before it. */
+  first = false
+  constructor(position: number, cause: unknown) {
+    super(`apply failed on the event at position ${position}`, { cause })
+    this.position = position
+  }
+}
+
+/** The application's error for an {@link ApplyFailure}; any other error as it is. */
+function unwrapApply(error: unknown): unknown {
+  return error instanceof ApplyFailure ? error.cause : error
 }
 
 /**

@@ -765,3 +765,58 @@ describe.each(dbTargets)(
     })
   },
 )
+
+describe.each(dbTargets)('a projection whose apply fails on one event on $dialect', (target) => {
+  const t = useTestDb(target, 'cqrs_projector_poison')
+
+  it('applies and checkpoints the events before it, and stops right before it', async () => {
+    const store = createEventStore(t.db)
+    // One batch holds good events, events of a type the projection does not read, the event
+    // apply fails on, and one after it.
+    const { events } = await store.append('poison', [
+      { type: 'n', data: 1 },
+      { type: 'n', data: 2 },
+      { type: 'other', data: 0 },
+      { type: 'n', data: 3 },
+      { type: 'n', data: 4 },
+    ])
+    const clock = new ManualClock(Date.now())
+    let poisoned = true
+    const errors: unknown[] = []
+    const projector = createProjector(
+      store,
+      defineProjection({
+        name: 'poison',
+        eventTypes: ['n'],
+        tables: { poison: (table) => [`CREATE TABLE ${table} (n INTEGER NOT NULL)`] },
+        async apply(event, { tx, table }) {
+          await tx.execute(`INSERT INTO ${table('poison')} (n) VALUES ($1)`, [event.data])
+          if (event.data === 3 && poisoned) throw new Error('apply failed on 3')
+        },
+      }),
+      { batchSize: 10, clock, retryBaseDelayMs: 1000, onError: (error) => errors.push(error) },
+    )
+    const numbers = async () =>
+      (await t.db.query<{ n: number }>('SELECT n FROM poison ORDER BY n')).map((r) => Number(r.n))
+    await expect(projector.catchUp()).rejects.toThrow('apply failed on 3')
+    // The good events before it are not held back by it: applied, checkpointed (past the
+    // event of another type too), visible to read-your-writes; nothing of the failed event.
+    expect(await numbers()).toEqual([1, 2])
+    expect(await projector.position()).toBe(events[2]!.position)
+    await projector.waitFor(events[1]!.position, { timeoutMs: 0 })
+    expect((await projector.lag()).positions).toBe(events[4]!.position - events[2]!.position)
+    // The loop retries it on the clock, reports each failure, and goes on once it applies.
+    projector.start()
+    await expect.poll(() => errors.length, poll).toBeGreaterThan(0)
+    expect(await projector.position()).toBe(events[2]!.position)
+    poisoned = false
+    await expect
+      .poll(async () => {
+        await clock.advance(1000)
+        return projector.position()
+      }, poll)
+      .toBe(events[4]!.position)
+    await projector.stop()
+    expect(await numbers()).toEqual([1, 2, 3, 4])
+  })
+})
