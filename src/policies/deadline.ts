@@ -79,7 +79,7 @@ const storage = new AsyncLocalStorage<ScopedDeadline>()
  * import { currentDeadline, withDeadline } from 'breakwater'
  * await withDeadline(500, async () => {
  *   const deadline = currentDeadline()
- *   await fetch('https://example.com', { signal: deadline?.signal })
+ *   await fetch('https://example.com', { signal: deadline?.signal ?? null })
  * })
  * ```
  */
