@@ -62,11 +62,10 @@ export class RetryPins {
   /** Called when a pin becomes one a request may have got through (to share it). */
   onReached: ((key: string, service: string, expiresAt: number) => void) | undefined
 
-  constructor(
-    /** Replaced on a config reload; the pins stay. */
-    public config: RetryAffinityConfig,
-    readonly clock: Clock,
-  ) {}
+  // No settings of its own: a reload's route shares the pins of the route it replaces, and each
+  // passes its own ttlMs and maxKeys, so a reload refused after its routes were built changes
+  // nothing for the running route's.
+  constructor(readonly clock: Clock) {}
 
   /**
    * The service `key` is pinned to, or undefined (never pinned, or its pin expired). A request
@@ -91,15 +90,15 @@ export class RetryPins {
   }
 
   /**
-   * Pins `key` to `service` for `ttlMs`, for a request about to go there, dropping expired pins
-   * and, when full, the oldest.
+   * Pins `key` to `service` for `config.ttlMs`, for a request about to go there, dropping
+   * expired pins and, when `config.maxKeys` are pinned, the oldest.
    */
-  pin(key: string, service: string): void {
+  pin(key: string, service: string, config: RetryAffinityConfig): void {
     const now = this.clock.now()
-    this.#makeRoom(now)
+    makeRoomForPin(this.#pins, now, config.maxKeys)
     this.#pins.set(key, {
       service,
-      expiresAt: now + this.config.ttlMs,
+      expiresAt: now + config.ttlMs,
       reached: false,
       inFlight: 1,
     })
@@ -124,18 +123,15 @@ export class RetryPins {
   /**
    * Takes a pin another process reported (its request may have reached `service`). A pin of
    * this process that a request may have got through already stays; an expired one is ignored.
+   * At most `maxKeys` are kept, the oldest dropped first.
    */
-  adopt(key: string, service: string, expiresAt: number): void {
+  adopt(key: string, service: string, expiresAt: number, maxKeys: number): void {
     const now = this.clock.now()
     if (expiresAt <= now) return
     if (this.#pins.get(key)?.reached === true) return
     this.#pins.delete(key)
-    this.#makeRoom(now)
+    makeRoomForPin(this.#pins, now, maxKeys)
     this.#pins.set(key, { service, expiresAt, reached: true, inFlight: 0 })
-  }
-
-  #makeRoom(now: number): void {
-    makeRoomForPin(this.#pins, now, this.config.maxKeys)
   }
 
   /** Forgets `key` (its pinned service is gone from the route). */

@@ -247,25 +247,14 @@ class RouteEntry implements Route {
     // Shared with the route of the table this one replaces, not copied: a request that started
     // before a reload still counts when it finishes on the old table.
     this.requests = previous?.requests ?? new Map()
-    // Pins survive a reload (a retry in flight during it still follows its first attempt).
-    const affinity = config.retryAffinity
-    if (affinity === undefined) {
-      this.pins = undefined
-    } else if (previous?.pins !== undefined) {
-      this.pins = previous.pins
-      this.pins.config = affinity
-    } else {
-      this.pins = new RetryPins(affinity, clock)
-    }
+    // Pins and shadow statistics survive a reload (a retry in flight during it still follows
+    // its first attempt). Shared, they are not reconfigured here: this table may belong to a
+    // reload that is refused after it was built. Each route passes its own settings instead.
+    this.pins =
+      config.retryAffinity === undefined ? undefined : (previous?.pins ?? new RetryPins(clock))
     const shadow = config.shadow
-    if (shadow === undefined) {
-      this.shadow = undefined
-    } else if (previous?.shadow !== undefined) {
-      this.shadow = previous.shadow
-      this.shadow.keepExamples = shadow.keepExamples
-    } else {
-      this.shadow = new ShadowStats(shadow.keepExamples)
-    }
+    this.shadow =
+      shadow === undefined ? undefined : (previous?.shadow ?? new ShadowStats(shadow.keepExamples))
   }
 
   matches(method: string, path: string, headers: Readonly<Record<string, string | string[]>>) {
@@ -336,7 +325,8 @@ class Table implements RouteTable {
   ): string {
     const entry = route as RouteEntry
     const pins = entry.pins
-    if (retryKey === undefined || pins === undefined)
+    const affinity = entry.config.retryAffinity
+    if (retryKey === undefined || pins === undefined || affinity === undefined)
       return this.#weighted(entry, stickyValue, random)
     const pinned = pins.pinned(retryKey)
     if (pinned !== undefined) {
@@ -347,7 +337,7 @@ class Table implements RouteTable {
       pins.forget(retryKey)
     }
     const chosen = this.#weighted(entry, stickyValue, random)
-    pins.pin(retryKey, chosen)
+    pins.pin(retryKey, chosen, affinity)
     return chosen
   }
 
@@ -356,7 +346,9 @@ class Table implements RouteTable {
   }
 
   adoptPin(pin: SharedRetryPin): void {
-    this.#byName.get(pin.route)?.pins?.adopt(pin.key, pin.service, pin.expiresAt)
+    const route = this.#byName.get(pin.route)
+    const maxKeys = route?.config.retryAffinity?.maxKeys
+    if (maxKeys !== undefined) route?.pins?.adopt(pin.key, pin.service, pin.expiresAt, maxKeys)
   }
 
   #weighted(route: RouteEntry, stickyValue: string | undefined, random: () => number): string {
@@ -390,7 +382,7 @@ class Table implements RouteTable {
       targets: route.plan.targets.map((t) => ({ ...t })),
       overridden: route.plan.overridden,
       requestsByService: Object.fromEntries(route.requests),
-      shadow: route.shadow?.snapshot(),
+      shadow: route.shadow?.snapshot(route.config.shadow?.keepExamples),
       retryAffinity:
         route.pins === undefined
           ? undefined

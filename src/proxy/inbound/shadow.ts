@@ -49,31 +49,24 @@ export interface ShadowSnapshot {
   readonly noise: readonly string[]
 }
 
-/** The shadow counters, examples and learned noise of one route. */
+/**
+ * The shadow counters, examples and learned noise of one route. A reload's route shares them
+ * with the route it replaces; how many examples are kept is each route's own setting, passed to
+ * {@link ShadowStats.record} and {@link ShadowStats.snapshot}, so a reload that is refused after
+ * its routes were built changes nothing of the running route's.
+ */
 export class ShadowStats {
   compared = 0
   mismatches = 0
   skipped = 0
   errors = 0
-  #keep: number
+  readonly #keep: number
   readonly #examples: ShadowMismatch[] = []
   readonly #noise = new Set<string>()
 
-  /** @param keepExamples How many of the latest mismatches to keep. */
+  /** @param keepExamples How many of the latest mismatches to keep when not told otherwise. */
   constructor(keepExamples: number) {
     this.#keep = checkInteger('shadow.keepExamples', keepExamples, 0)
-  }
-
-  /** How many of the latest mismatches are kept (a reload may change it). */
-  get keepExamples(): number {
-    return this.#keep
-  }
-
-  set keepExamples(value: number) {
-    this.#keep = checkInteger('shadow.keepExamples', value, 0)
-    if (this.#examples.length > this.#keep) {
-      this.#examples.splice(0, this.#examples.length - this.#keep)
-    }
   }
 
   /** Paths learned as noise so far. */
@@ -89,22 +82,25 @@ export class ShadowStats {
     }
   }
 
-  /** Records one comparison and, when it found differences, keeps it as an example. */
-  record(example: ShadowMismatch | undefined): void {
+  /**
+   * Records one comparison and, when it found differences, keeps it as an example, keeping the
+   * latest `keepExamples`.
+   */
+  record(example: ShadowMismatch | undefined, keepExamples = this.#keep): void {
     this.compared++
     if (example === undefined) return
     this.mismatches++
-    if (this.#keep === 0) return
     this.#examples.push(example)
-    if (this.#examples.length > this.#keep) this.#examples.shift()
+    if (this.#examples.length > keepExamples)
+      this.#examples.splice(0, this.#examples.length - keepExamples)
   }
 
-  /** A copy of the counters for the admin API. */
-  snapshot(): ShadowSnapshot {
+  /** A copy of the counters for the admin API, with the latest `keepExamples` examples. */
+  snapshot(keepExamples = this.#keep): ShadowSnapshot {
     return {
       compared: this.compared,
       mismatches: this.mismatches,
-      examples: [...this.#examples],
+      examples: keepExamples === 0 ? [] : this.#examples.slice(-keepExamples),
       skipped: this.skipped,
       errors: this.errors,
       noise: [...this.#noise],
@@ -348,7 +344,7 @@ class Runner implements ShadowRunner {
       return
     }
     this.#count(job, example === undefined ? 'match' : 'mismatch')
-    stats.record(example)
+    stats.record(example, config.keepExamples)
   }
 }
 
