@@ -37,3 +37,6 @@ export {
 } from './hop-by-hop.js'
 export type { Proxy, StartProxyOptions } from './runtime.js'
 export { startProxy } from './runtime.js'
+// What a service's exchange() rejects with (docs/errors.md): exported so that callers can test
+// `instanceof` and read its `status` and `service`, not only its `code`.
+export { UpstreamError } from './upstream/service-runtime.js'
