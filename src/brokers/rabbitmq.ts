@@ -365,6 +365,23 @@ function oversizedBody(failure: unknown): number | undefined {
   return found === null ? undefined : Number(found[1])
 }
 
+/**
+ * Why a consuming channel ended, from the server's error when it closed it (none when the
+ * connection went first). A handler that held a message longer than the server's
+ * `consumer_timeout` makes it close the channel with 406 PRECONDITION_FAILED and requeue what
+ * the channel held: the error says so and what to change, since the reconnect alone runs the
+ * message again and, with a handler that slow, meets the same timeout.
+ */
+function channelLoss(failure: unknown): unknown {
+  if (failure === undefined) return new Error('channel closed')
+  const reason = reasonOf(failure)
+  if (!/delivery acknowledgement on channel \d+ timed out/.test(reason)) return failure
+  return new Error(
+    `${reason}; a handler ran longer than the server's consumer_timeout: the server closed the channel and requeued its unacknowledged messages, which run again after the reconnect. Raise consumer_timeout (rabbitmq.conf) above the slowest handler, or bound the handler below it`,
+    { cause: failure },
+  )
+}
+
 /** Maps a driver error to a {@link BrokerError}. */
 function rabbitError(error: unknown, context: string): BrokerError {
   if (error instanceof BrokerError) return error
@@ -918,8 +935,13 @@ class RabbitSubscriber implements Subscriber {
     let consumerTag: string
     try {
       channel = await answered(options, model, 'opening a channel', model.createChannel())
-      channel.on('error', () => {})
-      channel.once('close', () => lose(new Error('channel closed')))
+      // The server's reason comes with 'error', just before 'close': without it a channel the
+      // server closed (consumer_timeout, a redeclare elsewhere) reads as a network fault.
+      let failure: unknown
+      channel.on('error', (error: unknown) => {
+        failure = error
+      })
+      channel.once('close', () => lose(channelLoss(failure)))
       await answered(options, model, 'setting the prefetch', channel.prefetch(options.prefetch))
       await declareExchange(options, model, channel)
       await declare(

@@ -20,7 +20,7 @@ import {
 } from '../support/brokers.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
 import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
-import { testBroker } from './targets.js'
+import { testBroker, testTuning } from './targets.js'
 
 // Only stops a server this file started itself (when no global setup provided one).
 afterAll(stopOwnBrokers)
@@ -770,4 +770,73 @@ describe('rabbitmq specifics', () => {
       await server.stop()
     }
   }, 120_000)
+})
+
+// A handler slower than RabbitMQ's consumer_timeout: the server closes the channel (406
+// PRECONDITION_FAILED) and requeues what it held unacknowledged. The subscription must say why
+// in onError (not a bare "channel closed" that reads as a network fault), reconnect, and run
+// the key's messages in order, acking none on the dead channel.
+/**
+ * Waits (real time: the server's consumer timeout is the server's) until `done()`, moving
+ * `clock` on in small steps so reconnect backoffs pass, but never near holdTimeoutMs.
+ */
+async function until(clock: ManualClock, done: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 20_000
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`still waiting for ${what}`)
+    await clock.advance(50)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+describe('rabbitmq: a handler slower than the server’s consumer_timeout', () => {
+  it('reports the server’s reason, reconnects, and runs the key’s messages in order', async () => {
+    const server = await startPrivateBroker('rabbitmq')
+    // Read when a channel opens: a 1 s timeout, checked every 200 ms.
+    rabbitCtl(server)(
+      'eval',
+      'application:set_env(rabbit, consumer_timeout, 1000), application:set_env(rabbit, channel_tick_interval, 200).',
+    )
+    const clock = new ManualClock()
+    const errors: SubscriberErrorEvent[] = []
+    const broker = createRabbitMqBroker({
+      ...testTuning,
+      url: server.url,
+      clock,
+      onError: (e) => errors.push(e),
+    })
+    let release!: () => void
+    const stuck = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    try {
+      const topic = unique('slow')
+      const seen: string[] = []
+      await broker.subscriber.subscribe(topic, 'g', async (m) => {
+        seen.push(m.id)
+        if (seen.length === 1) await stuck
+      })
+      const batch = makeBatch(topic, 3, 1)
+      await broker.publisher.publish(batch)
+      const lost = () => errors.filter((e) => e.phase === 'connection')
+      await until(clock, () => lost().length > 0, 'the consumer timeout')
+      const reason = String(lost()[0]!.error)
+      expect(reason).toMatch(
+        /PRECONDITION_FAILED - delivery acknowledgement on channel \d+ timed out/,
+      )
+      expect(reason).toMatch(/consumer_timeout/)
+
+      release()
+      const ids = batch.map((m) => m.id)
+      await until(clock, () => ids.every((id) => seen.includes(id)), 'every message')
+      // Each first run in key order. The held one runs again (its ack had no channel left): a
+      // duplicate, which may come after the later ones when it came back after it finished.
+      expect([...new Set(seen)]).toEqual(ids)
+      expect(errors.filter((e) => e.phase !== 'connection')).toEqual([])
+    } finally {
+      release()
+      await broker.close()
+      await server.stop()
+    }
+  }, 90_000)
 })
