@@ -229,6 +229,7 @@ function logWorkerEvents(worker: SagaWorker, log: Logger, onAbandoned: () => voi
       case 'step-failed':
       case 'compensation-failed':
       case 'lease-lost':
+      case 'definition-missing':
         log.warn(`saga ${type}`, fields)
         return
       case 'parked':

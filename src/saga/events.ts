@@ -41,6 +41,13 @@ export type SagaEventType =
    * it, and its lease is left to run out for another worker to resume it.
    */
   | 'abandoned'
+  /**
+   * Instances of a definition (`saga`, `version`) this worker does not have have been due for
+   * at least `missingDefinitionCheckIntervalMs` with no worker running them: `count` of them.
+   * They are left alone (a worker that has the definition runs them); until one does, they stay
+   * `running` for ever. Reported at most once per interval per definition.
+   */
+  | 'definition-missing'
   /** The database failed a claim, renewal or state write (`error`); the worker carries on. */
   | 'error'
 
@@ -76,7 +83,7 @@ export interface SagaEvent {
    * `write-refused` (a fenced state write matched no row) or `renewal-refused`.
    */
   readonly reason?: string
-  /** How many instances a claim took. */
+  /** How many instances a claim took; for `definition-missing`, how many are waiting. */
   readonly count?: number
   /** For `recovered`: the worker whose lease expired. */
   readonly previousOwner?: string
@@ -142,6 +149,9 @@ export function emptyMetrics(): MutableSagaMetrics {
 interface Counter {
   add(value: number, attributes?: Record<string, string>): void
 }
+interface Gauge {
+  record(value: number, attributes?: Record<string, string>): void
+}
 interface Histogram {
   record(value: number, attributes?: Record<string, string>): void
 }
@@ -152,6 +162,11 @@ export interface SagaInstruments {
   readonly events: Counter
   /** `breakwater.saga.step.duration`: action and compensation run time in ms. */
   readonly stepDuration: Histogram
+  /**
+   * `breakwater.saga.definition_missing.instances`: per `saga` and `version` a worker lacks, the
+   * instances due with no worker running them, as of its last check (0 once none are left).
+   */
+  readonly missingDefinition: Gauge
 }
 
 let instruments: SagaInstruments | undefined
@@ -166,6 +181,10 @@ export function sagaInstruments(): SagaInstruments {
       stepDuration: meter.createHistogram('breakwater.saga.step.duration', {
         description: 'Run time of saga actions and compensations',
         unit: 'ms',
+      }),
+      missingDefinition: meter.createGauge('breakwater.saga.definition_missing.instances', {
+        description: 'Due saga instances of a definition (saga, version) the worker does not have',
+        unit: '{instance}',
       }),
     }
   }

@@ -134,6 +134,11 @@ export interface SagaStatements {
   /** $1 owner, $2 lease end, $3 now, $4 definition keys (array / JSON array), $5 limit. */
   readonly claim: string
   /**
+   * $1 cutoff, $2 definition keys (array / JSON array). Per (name, version) not among the keys,
+   * how many instances (`n`) have been due and unleased since the cutoff: ones no worker runs.
+   */
+  readonly missingDefinitions: string
+  /**
    * $1 id, $2 lease token, $3 status, $4 context, $5 steps, $6 step index, $7 attempt, $8 next
    * run, $9 lease owner, $10 lease end, $11 reason, $12 now, $13 finished at; PostgreSQL also
    * $14 the timeline rows (JSON array). Returns `cancel_requested` when the token still held.
@@ -236,6 +241,16 @@ const claimSet = `lease_owner = $1, lease_expires_at = $2, lease_token = lease_t
 const runnable = `status IN ('running', 'compensating') AND next_run_at <= $3
       AND (lease_expires_at IS NULL OR lease_expires_at <= $6)`
 
+// A plain read, no lock: it only counts, and an instance claimed meanwhile by a worker that has
+// its definition is simply not counted next time. Due since the cutoff (not just now) and not
+// leased since then, so an instance another worker is about to poll for is not reported.
+function missingDefinitions(notRegistered: string): string {
+  return `SELECT name, version, COUNT(*) AS n FROM ${sagaTable}
+WHERE status IN ('running', 'compensating') AND next_run_at <= $1
+  AND (lease_expires_at IS NULL OR lease_expires_at <= $1) AND ${notRegistered}
+GROUP BY name, version ORDER BY name, version`
+}
+
 const common = {
   insertEvent: `INSERT INTO ${sagaEventsTable} (saga_id, at, kind, step, attempt, worker, detail)
 VALUES ($1, $2, $3, $4, $5, $6, $7)`,
@@ -297,6 +312,7 @@ WHERE id IN (
   LIMIT $5
 )
 RETURNING ${rowColumns}`,
+    missingDefinitions: missingDefinitions('definition NOT IN (SELECT value FROM json_each($2))'),
     transition: `UPDATE ${sagaTable} SET ${transitionSet}
 WHERE id = $1 AND lease_token = $2
 RETURNING cancel_requested`,
@@ -343,6 +359,7 @@ WHERE id IN (
   FOR UPDATE SKIP LOCKED
 )
 RETURNING ${rowColumns}`,
+    missingDefinitions: missingDefinitions('definition <> ALL($2::text[])'),
     // One statement writes the fenced state and its timeline rows: one round trip and one
     // commit per step, and the timeline rows exist exactly when the state write happened.
     transition: `WITH updated AS (

@@ -189,6 +189,33 @@ export function claimInstances(
   }))
 }
 
+/** Instances of one definition no worker at hand has: see {@link findMissingDefinitions}. */
+export interface MissingDefinition {
+  /** The definition's name. */
+  readonly name: string
+  /** The definition's version. */
+  readonly version: number
+  /** How many instances. */
+  readonly count: number
+}
+
+/**
+ * Per definition (name and version) not among `keys`, how many instances have been due, and
+ * without a live lease, since `cutoff` (epoch ms): instances only a worker with that definition
+ * could run. Reads only; nothing is claimed or changed.
+ */
+export async function findMissingDefinitions(
+  db: SqlDriver,
+  cutoff: number,
+  keys: unknown,
+): Promise<MissingDefinition[]> {
+  const rows = await db.query<{ name: string; version: number | string; n: number | string }>(
+    sagaStatements[db.dialect].missingDefinitions,
+    [cutoff, keys],
+  )
+  return rows.map((r) => ({ name: r.name, version: Number(r.version), count: Number(r.n) }))
+}
+
 /** What {@link renewLeases} found. */
 export interface RenewedLeases {
   /** The instances whose leases were extended, with their tokens. */

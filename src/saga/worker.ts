@@ -26,6 +26,7 @@ import {
   type BatchOutcome,
   type CommitWork,
   claimInstances,
+  findMissingDefinitions,
   renewLeases,
   stringListParam,
   type TransitionWrite,
@@ -88,6 +89,16 @@ export interface SagaWorkerOptions {
    * @default 100
    */
   readonly pollIntervalMs?: number
+  /**
+   * How often the worker looks for instances it cannot run: due, unleased for this long, and of
+   * a definition (name and version) it does not have, such as a version retired while instances
+   * of it were still running. They are reported (a `definition-missing` event per definition,
+   * with the count, and the gauge `breakwater.saga.definition_missing.instances`) and left
+   * alone: another worker that has the definition runs them. One grouped read of the due
+   * instances, at most once per interval on `clock`. A positive integer.
+   * @default 60000
+   */
+  readonly missingDefinitionCheckIntervalMs?: number
   /**
    * The most instances this worker runs at once.
    * @default 16
@@ -228,6 +239,12 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   readonly faults: SagaFaults | undefined
   readonly #renewMs: number
   readonly #pollMs: number
+  readonly #missingCheckMs: number
+  /** When the next look for instances of missing definitions is due, on `clock`. */
+  #missingCheckAt = Number.NEGATIVE_INFINITY
+  #missingChecking = false
+  /** The gauge attributes last reported, so a definition no longer missing is set back to 0. */
+  #missingReported: Record<string, string>[] = []
   readonly #concurrency: number
   readonly #listen: boolean
   readonly #keepAlive: boolean
@@ -279,6 +296,12 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       maxTimerDelayMs,
     )
     this.#pollMs = checkInteger('pollIntervalMs', options.pollIntervalMs ?? 100, 1, maxTimerDelayMs)
+    this.#missingCheckMs = checkInteger(
+      'missingDefinitionCheckIntervalMs',
+      options.missingDefinitionCheckIntervalMs ?? 60_000,
+      1,
+      maxTimerDelayMs,
+    )
     this.#concurrency = checkInteger('concurrency', options.concurrency ?? 16, 1, 10_000)
     this.#batcher = new WriteBatcher(db, 500)
     const workerId =
@@ -404,6 +427,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
 
   async #pollLoop(): Promise<void> {
     while (this.#state === 'running') {
+      await this.#checkMissingDefinitions()
       const free = this.#concurrency - this.#inHand.size
       if (free > 0) {
         try {
@@ -452,6 +476,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   async poll(): Promise<number> {
     const free = this.#concurrency - this.#inHand.size
     if (free <= 0 || this.stopping) return 0
+    await this.#checkMissingDefinitions()
     const before = new Set(this.#running)
     // stop() waits for the claim too: what it takes must be run (and given back) before stop()
     // resolves, not after.
@@ -469,6 +494,34 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     }
     await Promise.allSettled([...this.#running].filter((p) => !before.has(p)))
     return claimed
+  }
+
+  // The claim passes over instances of definitions this worker lacks, and so would every other
+  // worker's if none has them: nothing would ever say so. The grouped read scans every due
+  // instance, hence at most once per interval.
+  async #checkMissingDefinitions(): Promise<void> {
+    const now = storedTime(this.clock)
+    if (this.#missingChecking || now < this.#missingCheckAt) return
+    this.#missingChecking = true
+    this.#missingCheckAt = now + this.#missingCheckMs
+    try {
+      const missing = await findMissingDefinitions(this.db, now - this.#missingCheckMs, this.#keys)
+      const gauge = sagaInstruments().missingDefinition
+      const reported = missing.map((m) => ({ saga: m.name, version: String(m.version) }))
+      for (const gone of this.#missingReported) {
+        if (!reported.some((r) => r.saga === gone.saga && r.version === gone.version))
+          gauge.record(0, gone)
+      }
+      this.#missingReported = reported
+      missing.forEach((m, i) => {
+        gauge.record(m.count, reported[i])
+        this.emit({ type: 'definition-missing', saga: m.name, version: m.version, count: m.count })
+      })
+    } catch (error) {
+      this.#error(error)
+    } finally {
+      this.#missingChecking = false
+    }
   }
 
   async #claim(limit: number): Promise<number> {
