@@ -483,14 +483,10 @@ class SqlProjector implements Projector {
     await applying.run(this, async () => {
       for (const event of events) {
         if (!handles(this.#projection, event.type)) continue
-        if (!locate) {
-          await this.#projection.apply(event, context)
-          continue
-        }
         try {
           await this.#projection.apply(event, context)
         } catch (error) {
-          throw new ApplyFailure(event.position, error)
+          throw locate ? new ApplyFailure(event.position, error) : error
         }
       }
     })
