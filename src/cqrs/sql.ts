@@ -451,6 +451,12 @@ export interface CqrsStatements {
   readonly readSnapshot: string
   readonly writeSnapshot: string
   readonly loadCheckpoint: string
+  /**
+   * `$1` name, `$2` position, `$3` now: stores a subscription's checkpoint, only ever forward.
+   * Two instances of one named subscription (or a stale one still running) would otherwise move
+   * it back, and every event after the older position would be delivered again. Nothing is
+   * meant to move it back: `fromPosition` applies only while no checkpoint is stored.
+   */
   readonly saveCheckpoint: string
   /** `$1` name, `$2` now, `$3` the last position an inline projection has not seen (or NULL). */
   readonly insertProjection: string
@@ -488,7 +494,8 @@ ON CONFLICT (stream_id, name) DO UPDATE
   WHERE breakwater_snapshots.version < excluded.version`,
   loadCheckpoint: 'SELECT position FROM breakwater_checkpoints WHERE name = $1',
   saveCheckpoint: `INSERT INTO breakwater_checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
-ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at`,
+ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
+  WHERE breakwater_checkpoints.position < excluded.position`,
   insertProjection: `INSERT INTO breakwater_projections (name, position, generation, rebuild_generation, updated_at, missing_through)
 VALUES ($1, 0, 0, NULL, $2, $3) ON CONFLICT (name) DO NOTHING`,
   inlineProjection: `SELECT missing_through, (SELECT MIN(position) FROM breakwater_events) AS first_position

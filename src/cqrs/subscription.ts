@@ -11,7 +11,8 @@ export interface SubscriptionOptions {
   /**
    * The checkpoint name. With a name, the last handled position is stored in
    * `breakwater_checkpoints` after every batch and a restarted subscription resumes after it;
-   * without one nothing is stored.
+   * without one nothing is stored. The stored checkpoint only moves forward: a second instance
+   * of the same name saving an older position leaves the newer one in place.
    * @default undefined (no checkpoint)
    */
   readonly name?: string

@@ -94,6 +94,45 @@ describe.each(dbTargets)('subscriptions on $dialect', (target) => {
     expect(await checkpointOf(db.t, 'stop-inside')).toBe(from + 1)
   })
 
+  it('never moves a stored checkpoint back when a slower instance of the same name saves', async () => {
+    // Two instances of one named subscription (two processes, or a stale one still running):
+    // the slower one stores an older position after the faster one stored a newer one.
+    const clock = new ManualClock(Date.now())
+    const from = (await db.store.headPosition()) + 1
+    await db.store.append('two-instances', numbers(1, 2, 3))
+    const options = { name: 'shared', fromPosition: from, pollIntervalMs: 60_000, clock }
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let slowAt = 0
+    const other = createEventStore(await db.t.connect())
+    const slow = other.subscribe(async (event) => {
+      slowAt = event.data as number
+      await gate
+    }, options)
+    await expect.poll(() => slowAt, poll).toBe(1)
+
+    const fast = db.store.subscribe(() => {}, options)
+    await expect.poll(() => fast.live, poll).toBe(true)
+    await fast.stop()
+    expect(await checkpointOf(db.t, 'shared')).toBe(from + 2)
+
+    const stopping = slow.stop()
+    release()
+    await stopping
+    expect(slow.position).toBe(from)
+    expect(await checkpointOf(db.t, 'shared')).toBe(from + 2)
+
+    const resumed: number[] = []
+    const restarted = db.store.subscribe((event) => {
+      resumed.push(event.data as number)
+    }, options)
+    await expect.poll(() => restarted.live, poll).toBe(true)
+    await restarted.stop()
+    expect(resumed).toEqual([])
+  })
+
   it('refuses a checkpoint name the database cannot store as given', async () => {
     // PostgreSQL text cannot hold NUL (every checkpoint read would fail, retried forever) and
     // stores a lone surrogate as U+FFFD (two names would share one checkpoint).
