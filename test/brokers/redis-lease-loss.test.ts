@@ -271,3 +271,49 @@ describe('KeyedDispatcher.forsake', () => {
     expect(outcomes.filter(([id]) => id === 'k1')).toEqual([['k1', 'ack']])
   })
 })
+
+// The live case, without a stall: a handler that runs several times visibilityTimeoutMs keeps
+// its entry, because the claim loop refreshes it meanwhile; another consumer of the group never
+// claims it, and it is acked once, here. (Redis measures idle time on its own clock, so real
+// time must pass here: the wait is for the server, not for a backoff.)
+describe('redis: a handler slower than visibilityTimeoutMs on a live subscription', () => {
+  it('keeps its entry: the other consumer of the group does not run it, and it is acked once', async () => {
+    const url = await brokerUrl('redis')
+    const errors: SubscriberErrorEvent[] = []
+    const tuning = { url, visibilityTimeoutMs: 300, claimIntervalMs: 50, blockMs: 50 }
+    const slow = createRedisBroker({ ...tuning, onError: (event) => errors.push(event) })
+    const peer = createRedisBroker({ ...tuning, onError: (event) => errors.push(event) })
+    const { Redis } = await import('ioredis')
+    const other = new Redis(url)
+    const held = gate()
+    try {
+      const topic = unique('slow-handler')
+      const group = unique('g')
+      const runs: string[] = []
+      await slow.subscriber.subscribe(topic, group, async (m) => {
+        runs.push(`slow:${m.id}`)
+        if (m.id === 'a') await held.promise
+      })
+      await slow.publisher.publish([{ id: 'a', topic, key: 'k', payload: '1', headers: {} }])
+      await until(() => runs.length === 1, 'the slow handler to start')
+      await peer.subscriber.subscribe(topic, group, async (m) => {
+        runs.push(`peer:${m.id}`)
+      })
+      const started = Date.now()
+      await until(() => Date.now() - started > 5 * 300, 'five visibility timeouts', 10_000, 50)
+      expect(runs).toEqual(['slow:a'])
+      held.open()
+      await until(async () => (await owners(other, topic, group)).size === 0, 'the ack')
+      // Once more past the timeout: nothing pending is left to claim, nothing runs again.
+      const acked = Date.now()
+      await until(() => Date.now() - acked > 2 * 300, 'two visibility timeouts', 10_000, 50)
+      expect(runs).toEqual(['slow:a'])
+      expect(errors).toEqual([])
+    } finally {
+      held.open()
+      other.disconnect()
+      await slow.close()
+      await peer.close()
+    }
+  })
+})

@@ -31,9 +31,17 @@ async function holdThenKill(
   topic: string,
   group: string,
   publish: () => Promise<void>,
+  env: Readonly<Record<string, string>> = {},
 ): Promise<void> {
   const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', holdSubscriber], {
-    env: { ...process.env, HOLD_BROKER: name, HOLD_URL: url, HOLD_TOPIC: topic, HOLD_GROUP: group },
+    env: {
+      ...process.env,
+      ...env,
+      HOLD_BROKER: name,
+      HOLD_URL: url,
+      HOLD_TOPIC: topic,
+      HOLD_GROUP: group,
+    },
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   try {
@@ -87,6 +95,51 @@ describe.each<BrokerName>(['nats', 'rabbitmq', 'redis'])('%s: a restarted subscr
     await subscribing.subscriber.subscribe(topic, group, async (m) => received.record(m))
     await received.until(() => received.messages.length >= 2, 'both messages')
     expect(received.ids()).toEqual(['first', 'second'])
+  })
+})
+
+// Redis with a fixed consumerName: the restarted process is the same consumer, so it reads its
+// own pending entries back first (XREADGROUP from 0), at once, without waiting for
+// visibilityTimeoutMs or a claim. Its clock never moves, so no claim loop runs: only that read
+// can bring them back.
+describe('redis: a restarted subscriber with a fixed consumerName', () => {
+  it('gets its own pending entries back first, at once, and keeps per-key order', async () => {
+    const url = await brokerUrl('redis')
+    const topic = unique('restarted-named')
+    const group = unique('g')
+    const consumerName = unique('worker')
+    const publishing = testBroker('redis', url)
+    const subscribing = createRedisBroker({
+      ...testTuning,
+      url,
+      consumerName,
+      visibilityTimeoutMs: 600_000,
+      clock: new ManualClock(),
+    })
+    closers.push(async () => {
+      await subscribing.close()
+      await publishing.close()
+    })
+    const message = (id: string, key: string) => ({ id, topic, key, payload: id, headers: {} })
+    await (await publishing.subscriber.subscribe(topic, group, async () => {})).close()
+    // The child runs 'first' (held) and has read 'other' (another key, queued behind it at
+    // concurrency 1, never started) when it is killed: both stay pending under its name.
+    await holdThenKill(
+      'redis',
+      url,
+      topic,
+      group,
+      () => publishing.publisher.publish([message('first', 'k'), message('other', 'j')]),
+      { HOLD_CONSUMER: consumerName },
+    )
+    await publishing.publisher.publish([message('second', 'k')])
+
+    const received = new Received()
+    await subscribing.subscriber.subscribe(topic, group, async (m) => received.record(m))
+    await received.until(() => received.messages.length >= 3, 'all three messages')
+    expect(received.ids()).toEqual(['first', 'other', 'second'])
+    expect(received.messages[0]!.deliveryCount).toBe(2)
+    expect(received.messages[2]!.deliveryCount).toBe(1)
   })
 })
 
