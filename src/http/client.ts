@@ -32,8 +32,9 @@ export interface HttpClient {
    * backoff or a bulkhead queue, or whose attempt fails after the close and would be retried,
    * rejects at once with `HttpClientClosedError`. A request whose attempt ended while it still
    * waited for a connection (a deadline or timeout during a connect that hangs) is not waited
-   * for: once the calls are over, a pool that holds nothing else is destroyed rather than left
-   * to wait for the connect to give up.
+   * for: once the calls are over and whatever else the pool holds has finished (a response
+   * body an `execute()` caller still reads is let finish), the pool is destroyed rather than
+   * left to wait for the connect to give up.
    */
   close(): Promise<void>
 }

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { Pool } from 'undici'
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
@@ -124,6 +125,9 @@ export interface HttpService {
     options?: HttpExecuteOptions,
   ): Promise<T>
 }
+
+// undici's channels for a request answered in full and one that failed.
+const requestEndChannels = ['undici:request:trailers', 'undici:request:error'] as const
 
 const keyedMethods = new Set(['POST', 'PATCH', 'PUT', 'DELETE'])
 const defaultBulkhead = { maxConcurrent: 32, maxQueued: 64 }
@@ -684,14 +688,44 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     this.breaker?.dispose()
     const closing = this.dispatcher.close()
     await Promise.all([...this.#calls].map((link) => link.settled))
-    // The calls are over. If all the pool still holds are requests whose attempts ended while
-    // they waited for a connection (a connect that hangs: a blackholed host), nobody waits for
-    // them, and undici drops a request only once it has a connection: closing would wait for the
-    // connect to give up, for good without a connect timeout. Such a pool is destroyed instead.
-    // Anything else in it (a response body still streaming to an execute() caller) is waited for.
-    const unsent = this.unsent.size
-    if (unsent > 0 && this.dispatcher.stats.size <= unsent) await this.dispatcher.destroy()
+    await this.#destroyWhenOnlyUnsent(closing)
     await closing
+  }
+
+  // The calls are over. Requests whose attempts ended while they waited for a connection (a
+  // connect that hangs: a blackholed host) are waited for by nobody, but undici drops such a
+  // request only once it has a connection: closing would wait for the connect to give up, for
+  // good without a connect timeout. Anything else in the pool (a response body still streaming
+  // to an execute() caller) is let finish; once only those requests are left, the pool is
+  // destroyed. Every request ending in undici (answered or failed) is a moment to look again.
+  async #destroyWhenOnlyUnsent(closing: Promise<void>): Promise<void> {
+    // No new attempt starts once closed, so the set only shrinks: empty, the close needs no help.
+    const onlyUnsent = () => this.unsent.size > 0 && this.dispatcher.stats.size <= this.unsent.size
+    if (!onlyUnsent()) {
+      let wake: (alone: boolean) => void = () => {}
+      const woken = new Promise<boolean>((resolve) => {
+        wake = resolve
+      })
+      // undici counts the request as done only after it publishes, so look once it has.
+      const look = () => {
+        setImmediate(() => {
+          if (onlyUnsent()) wake(true)
+        })
+      }
+      subscribe(requestEndChannels[0], look)
+      subscribe(requestEndChannels[1], look)
+      try {
+        const closed = closing.then(
+          () => false,
+          () => false,
+        )
+        if (!(await Promise.race([woken, closed]))) return
+      } finally {
+        unsubscribe(requestEndChannels[0], look)
+        unsubscribe(requestEndChannels[1], look)
+      }
+    }
+    await this.dispatcher.destroy()
   }
 }
 
