@@ -700,6 +700,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   // destroyed. Every request ending in undici (answered or failed) is a moment to look again.
   async #destroyWhenOnlyUnsent(closing: Promise<void>): Promise<void> {
     // No new attempt starts once closed, so the set only shrinks: empty, the close needs no help.
+    if (this.unsent.size === 0) return
     const onlyUnsent = () => this.unsent.size > 0 && this.dispatcher.stats.size <= this.unsent.size
     if (!onlyUnsent()) {
       let wake: (alone: boolean) => void = () => {}
