@@ -144,3 +144,16 @@ export function signalRefusal(option: string, value: unknown): Promise<never> | 
   const problem = signalProblem(option, value)
   return problem === undefined ? undefined : Promise.reject(problem)
 }
+
+/**
+ * Whether `value` is a promise (any thenable), returned by an async callback where a
+ * synchronous one is required (an upcaster, a decider's evolve, a saga's input parser); if so,
+ * its outcome is dropped, since the caller refuses it: a rejection would otherwise be
+ * unhandled, which ends a Node process.
+ */
+export function isDroppedPromise(value: unknown): boolean {
+  if ((typeof value !== 'object' && typeof value !== 'function') || value === null) return false
+  if (typeof (value as { then?: unknown }).then !== 'function') return false
+  Promise.resolve(value).catch(() => {})
+  return true
+}

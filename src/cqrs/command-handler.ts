@@ -1,7 +1,13 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
-import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkObject,
+  isDroppedPromise,
+} from '../core/validate.js'
 import { canonicalJson, sha256Hex } from '../idempotency/fingerprint.js'
 import {
   createIdempotency,
@@ -23,7 +29,6 @@ import {
 } from './event-store.js'
 import { publish } from './events.js'
 import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './types.js'
-import { isDroppedPromise } from './upcasters.js'
 
 /**
  * The decide/evolve description of an aggregate (Jérémie Chassaing's "decider"): the state is

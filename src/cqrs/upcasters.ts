@@ -1,5 +1,5 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import { checkFunction, checkInteger, checkObject, isDroppedPromise } from '../core/validate.js'
 import { UpcastError } from './errors.js'
 
 /**
@@ -135,16 +135,4 @@ export class UpcasterChain {
     }
     return [current, currentVersion]
   }
-}
-
-/**
- * @internal Whether `value` is a promise (any thenable), returned by an async callback where a
- * synchronous one is required (an upcaster, a decider's evolve); if so, its outcome is dropped,
- * since the caller refuses it: a rejection would otherwise be unhandled, which ends a Node process.
- */
-export function isDroppedPromise(value: unknown): boolean {
-  if ((typeof value !== 'object' && typeof value !== 'function') || value === null) return false
-  if (typeof (value as { then?: unknown }).then !== 'function') return false
-  Promise.resolve(value).catch(() => {})
-  return true
 }

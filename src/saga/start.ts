@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkObject } from '../core/validate.js'
+import { checkClock, checkObject, isDroppedPromise } from '../core/validate.js'
 import {
   type AppliedMigration,
   runMigrations,
@@ -67,8 +67,7 @@ export function serializeInput(saga: CompiledSaga, input: unknown): string {
   const parsed = saga.parseInput === undefined ? input : saga.parseInput(input)
   // An async parser (zod's parseAsync) returned a promise, stored as the input `{}`, and its
   // rejection went unhandled: refused, and its outcome observed so that it is not reported.
-  if (typeof (parsed as { then?: unknown } | null)?.then === 'function') {
-    ;(parsed as Promise<unknown>).then(undefined, () => {})
+  if (isDroppedPromise(parsed)) {
     throw new InvalidOptionError(
       `saga "${saga.name}".input`,
       'a function that returns the input itself (synchronously), not a promise',
