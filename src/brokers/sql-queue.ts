@@ -2,7 +2,13 @@ import { randomUUID } from 'node:crypto'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkStoredKey, exceedsBytes, isStorableText, maxStoredIdBytes } from '../core/text.js'
+import {
+  checkStoredKey,
+  exceedsBytes,
+  isStorableText,
+  maxStoredIdBytes,
+  maxStoredNameBytes,
+} from '../core/text.js'
 import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { Waker } from '../core/waker.js'
 import { removeInBatches } from '../stores/batches.js'
@@ -398,11 +404,6 @@ function toBuffer(payload: Uint8Array | string): Buffer {
     : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)
 }
 
-// The longest topic or group name, in UTF-8 bytes: with a key of maxStoredIdBytes they make an
-// entry of the held index (topic, group, key, seq) that PostgreSQL takes (it refuses one over
-// about 2,700 bytes).
-const maxNameBytes = 256
-
 function checkMessages(messages: readonly OutgoingMessage[]): void {
   if (!Array.isArray(messages)) throw new InvalidOptionError('messages', 'an array', messages)
   messages.forEach((m: OutgoingMessage, i) => {
@@ -414,7 +415,7 @@ function checkMessages(messages: readonly OutgoingMessage[]): void {
     // group and key in the held index every lease writes), capped so that PostgreSQL can index
     // them: a long key was taken here and then failed every lease of its batch for good.
     checkStoredKey(`messages[${i}].id`, m.id)
-    checkStoredKey(`messages[${i}].topic`, m.topic, maxNameBytes)
+    checkStoredKey(`messages[${i}].topic`, m.topic, maxStoredNameBytes)
     if (
       typeof m.key !== 'string' ||
       !isStorableText(m.key) ||
@@ -889,8 +890,8 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
     handler: (message: IncomingMessage) => Promise<void>,
   ): Promise<Subscription> {
     if (this.#closed) throw new SqlQueueClosedError('subscriber')
-    checkStoredKey('topic', topic, maxNameBytes)
-    checkStoredKey('group', group, maxNameBytes)
+    checkStoredKey('topic', topic, maxStoredNameBytes)
+    checkStoredKey('group', group, maxStoredNameBytes)
     checkFunction('handler', handler)
     await this.#registerGroup(topic, group)
     // close() may have run during either wait and could not see this subscription: starting

@@ -47,6 +47,13 @@ export function checkStoredName(option: string, value: unknown): string {
  */
 export const maxStoredIdBytes = 2048
 
+/**
+ * The most UTF-8 bytes of a name stored beside an id in the same index key (an inbox's
+ * consumer, a SQL queue's topic and group): with an id of {@link maxStoredIdBytes} the entry
+ * still fits what PostgreSQL takes.
+ */
+export const maxStoredNameBytes = 256
+
 /** Whether `value` is longer than `maxBytes` in UTF-8. */
 export function exceedsBytes(value: string, maxBytes: number): boolean {
   // A UTF-16 unit is at most 3 UTF-8 bytes: short text needs no count.

@@ -1,5 +1,5 @@
 import { BreakwaterError, describeValue } from '../core/errors.js'
-import { isStorableText, maxStoredIdBytes } from '../core/text.js'
+import { exceedsBytes, isStorableText, maxStoredIdBytes } from '../core/text.js'
 
 /**
  * A consumed message the inbox can never handle, however often it is delivered (code
@@ -30,16 +30,22 @@ export class PoisonMessageError extends BreakwaterError {
   constructor(consumer: string, messageId: string) {
     super(
       'POISON_MESSAGE',
-      `inbox ${JSON.stringify(consumer)}: refused message ${describeValue(messageId)} for good (acknowledged, handler not run): its message id is ${whyUnstorable(messageId)}, so it cannot be deduplicated`,
+      `inbox ${JSON.stringify(consumer)}: refused message ${describeValue(messageId)} for good (acknowledged, handler not run): its message id is ${unstorableIdReason(messageId) ?? 'unstorable'}, so it cannot be deduplicated`,
     )
     this.messageId = messageId
     this.consumer = consumer
   }
 }
 
-function whyUnstorable(messageId: string): string {
+/**
+ * @internal Why the inbox cannot record a message with this id (what {@link PoisonMessageError}
+ * says), or undefined when it can.
+ */
+export function unstorableIdReason(messageId: string): string | undefined {
   if (messageId === '') return 'empty'
   if (!isStorableText(messageId))
     return 'text the database cannot store (a NUL or a lone surrogate)'
-  return `longer than ${maxStoredIdBytes} UTF-8 bytes (more than the database can index)`
+  if (exceedsBytes(messageId, maxStoredIdBytes))
+    return `longer than ${maxStoredIdBytes} UTF-8 bytes (more than the database can index)`
+  return undefined
 }

@@ -1,11 +1,11 @@
 import type { IncomingMessage } from '../brokers/types.js'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkStoredKey, exceedsBytes, isStorableText, maxStoredIdBytes } from '../core/text.js'
+import { checkStoredKey, maxStoredNameBytes } from '../core/text.js'
 import { checkClock, checkFunction, checkObject } from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
-import { PoisonMessageError } from './errors.js'
+import { PoisonMessageError, unstorableIdReason } from './errors.js'
 import { inboxStatements } from './sql.js'
 import { wholeMsClock } from './time.js'
 
@@ -80,7 +80,7 @@ class SqlInbox implements Inbox {
     // Stored as text, as message ids are (a lone surrogate would make two ids one record, and
     // the second message's effect would be skipped as a duplicate). It shares the record's
     // index key with the message id: capped so that any id within maxStoredIdBytes fits.
-    this.consumer = checkStoredKey('inbox.consumer', options.consumer, maxConsumerBytes)
+    this.consumer = checkStoredKey('inbox.consumer', options.consumer, maxStoredNameBytes)
     const clock = wholeMsClock(checkClock('inbox.clock', options.clock))
     this.#clock = clock
     this.#onRefused =
@@ -104,7 +104,7 @@ class SqlInbox implements Inbox {
     // Before the record is written: a record without its effect would make the redelivery
     // of this message a duplicate that never runs.
     checkFunction('fn', fn)
-    if (id === '' || !isStorableText(id) || exceedsBytes(id, maxStoredIdBytes))
+    if (unstorableIdReason(id) !== undefined)
       return { duplicate: false, refused: this.#refuse(message) }
     const { rowCount } = await tx.execute(inboxStatements[tx.dialect].record, [
       this.consumer,
@@ -132,10 +132,6 @@ class SqlInbox implements Inbox {
 }
 
 const refusedChannel = diagnosticsChannel('outbox', 'message-refused')
-
-// The longest consumer name, in UTF-8 bytes: with a message id of maxStoredIdBytes it makes an
-// index entry PostgreSQL takes (it refuses one over about 2,700 bytes).
-const maxConsumerBytes = 256
 
 /**
  * Refuses an executor that is not a transaction's. The driver itself (it has `close`) runs each
