@@ -463,7 +463,12 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
       if (this.events.hasListeners) this.events.emit({ type: 'ignored', error, stale: true })
       return
     }
-    if (this.events.hasListeners) this.#emitOutcome(outcome, error)
+    if (this.events.hasListeners) {
+      this.#emitOutcome(outcome, error)
+      // A listener that called reset() or isolate() has made this call stale: recorded now, it
+      // would count in the new state (and could undo the reset at once).
+      if (epoch !== this.#epoch) return
+    }
     // Same epoch means same state as at admission: closed, or half-open for a probe.
     const failed = outcome === 'error' || outcome === 'slow'
     if (this.#state === 'closed') {

@@ -479,6 +479,30 @@ describe('circuitBreaker: isolate and reset', () => {
     expect(transitions()).toEqual(['closed->open', 'open->isolated', 'isolated->closed'])
   })
 
+  it('reset() from an outcome listener is not undone by the call that was reported', async () => {
+    // The call was admitted before the listener's state change: it must not count afterwards.
+    const { breaker, transitions } = setup({ window: { kind: 'consecutive', failures: 1 } })
+    const off = breaker.events.on((e) => {
+      if (e.type === 'failure') breaker.reset()
+    })
+    await failTimes(breaker, 1)
+    off()
+    expect(breaker.state).toBe('closed')
+    expect(transitions()).toEqual([])
+
+    // A failed half-open probe whose listener resets the circuit: the reset stands.
+    const probe = setup({ window: { kind: 'consecutive', failures: 1 } })
+    await failTimes(probe.breaker, 1)
+    await probe.clock.advance(10_000)
+    expect(probe.breaker.state).toBe('half-open')
+    probe.breaker.events.on((e) => {
+      if (e.type === 'failure') probe.breaker.reset()
+    })
+    await failTimes(probe.breaker, 1)
+    expect(probe.breaker.state).toBe('closed')
+    expect(probe.transitions()).toEqual(['closed->open', 'open->half-open', 'half-open->closed'])
+  })
+
   it('reset() while closed forgets the window', async () => {
     const { breaker } = setup({ window: { kind: 'consecutive', failures: 2 } })
     await failTimes(breaker, 1)
