@@ -85,10 +85,12 @@ class ExponentialBackoff implements Backoff {
     if (typeof retry !== 'number' || Number.isNaN(retry))
       throw new InvalidOptionError('backoff.delayMs(retry)', 'a retry number >= 0', retry)
     // factor^retry overflows to Infinity for large retry counts; min() then yields the cap,
-    // except for a zero base, where 0 * Infinity would be NaN.
+    // except for a zero base, where 0 * Infinity would be NaN. And 1 ** Infinity is NaN: a
+    // factor of 1 never grows the ceiling, whatever the retry number.
     const baseMs = this.#baseMs
     if (baseMs === 0) return 0
-    return Math.min(this.#capMs, baseMs * this.#factor ** Math.max(0, retry))
+    const growth = this.#factor === 1 ? 1 : this.#factor ** Math.max(0, retry)
+    return Math.min(this.#capMs, baseMs * growth)
   }
 
   delayMs(retry: number, previousDelayMs?: number): number {

@@ -25,6 +25,17 @@ describe('exponentialBackoff', () => {
     }
   })
 
+  it('an infinite retry number gives the cap, also with factor 1 (1 ** Infinity is NaN)', () => {
+    for (const jitter of ['full', 'equal', 'none', 'decorrelated'] as const) {
+      for (const factor of [1, 2]) {
+        const backoff = exponentialBackoff({ jitter, factor, maxDelayMs: 500, random: () => 0.5 })
+        const cap = factor === 1 ? 100 : 500
+        expect(backoff.ceilingMs(Number.POSITIVE_INFINITY)).toBe(cap)
+        expect(backoff.delayMs(Number.POSITIVE_INFINITY)).not.toBeNaN()
+      }
+    }
+  })
+
   it('refuses a retry number or previous delay that is not a number', () => {
     const backoff = exponentialBackoff({ jitter: 'decorrelated' })
     for (const bad of [Number.NaN, '1', undefined]) {
