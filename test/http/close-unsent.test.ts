@@ -1,46 +1,10 @@
 import { type ChildProcess, spawn } from 'node:child_process'
-import { connect, type Socket } from 'node:net'
+import type { Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { createHttpClient, type HttpClient } from '../../src/http/index.js'
 import { withDeadline } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-
-// A listener that never accepts: a child process listens with a backlog of 1, then blocks its
-// event loop. Once its accept queue is full the kernel drops further SYNs, so a connect to it
-// hangs (as to a blackholed host) until the connect timeout or the kernel's SYN retries give up.
-async function unacceptingListener(): Promise<{ port: number; stop(): void }> {
-  const child: ChildProcess = spawn(process.execPath, [
-    '-e',
-    `const s = require('node:net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => {
-       process.stdout.write(String(s.address().port) + '\\n', () => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0))
-     })`,
-  ])
-  const port = await new Promise<number>((resolve) =>
-    child.stdout?.once('data', (d: Buffer) => resolve(Number(String(d).trim()))),
-  )
-  const fillers = await fillAcceptQueue(port)
-  return {
-    port,
-    stop() {
-      for (const socket of fillers) socket.destroy()
-      child.kill('SIGKILL')
-    },
-  }
-}
-
-// Fills the accept queue of a listener that accepts no more: the first connections complete,
-// the others hang. Destroy the sockets returned once done.
-async function fillAcceptQueue(port: number): Promise<Socket[]> {
-  const fillers: Socket[] = []
-  await new Promise<void>((resolve) => {
-    for (let i = 0; i < 4; i++) {
-      const socket = connect(port, '127.0.0.1', resolve)
-      socket.on('error', () => {})
-      fillers.push(socket)
-    }
-  })
-  return fillers
-}
+import { fillAcceptQueue, unacceptingListener } from '../support/unaccepting-listener.js'
 
 // A listener that accepts one connection, answers its request with the head of a chunked body,
 // then blocks its event loop: it accepts nothing more (a connect to it hangs once the accept

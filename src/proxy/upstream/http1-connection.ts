@@ -17,6 +17,11 @@ export class PendingRequest {
   readonly handler: Http1Handler
   readonly isHead: boolean
   next: PendingRequest | undefined
+  prev: PendingRequest | undefined
+  /** In the pool's queue (linked by `next` and `prev`). */
+  queued = false
+  /** The pool, for an abort while queued. */
+  core: Core | undefined
   /** The socket serving it, from assignment until it ends. */
   conn: Connection | undefined
 
@@ -30,6 +35,11 @@ export class PendingRequest {
   // Per request, not per socket: a handler may call a stale abort or resume after its request
   // ended, and that must not touch the next request on the same socket.
   readonly abort = (reason?: Error): void => {
+    if (this.queued) {
+      // Still waiting for a socket: nothing of it was written.
+      this.core?.cancel(this, reason ?? new Http1PoolError('UND_ERR_ABORTED', 'Request aborted'))
+      return
+    }
     const conn = this.conn
     if (conn === undefined || conn.req !== this) return
     // From its own onConnect (a request given up on while it waited in the queue) nothing of

@@ -82,10 +82,16 @@ export class Core {
     }
     this.enqueue(req)
     this.fill()
+    if (handler.onQueued !== undefined && req.queued) {
+      req.core = this
+      handler.onQueued(req.abort)
+    }
   }
 
   enqueue(req: PendingRequest): void {
     this.pending++
+    req.queued = true
+    req.prev = this.queueTail
     if (this.queueTail === undefined) this.queueHead = req
     else this.queueTail.next = req
     this.queueTail = req
@@ -94,11 +100,35 @@ export class Core {
   shift(): PendingRequest | undefined {
     const req = this.queueHead
     if (req === undefined) return undefined
-    this.pending--
-    this.queueHead = req.next
-    if (this.queueHead === undefined) this.queueTail = undefined
-    req.next = undefined
+    this.unlink(req)
     return req
+  }
+
+  unlink(req: PendingRequest): void {
+    this.pending--
+    req.queued = false
+    if (req.prev === undefined) this.queueHead = req.next
+    else req.prev.next = req.next
+    if (req.next === undefined) this.queueTail = req.prev
+    else req.next.prev = req.prev
+    req.next = undefined
+    req.prev = undefined
+  }
+
+  /**
+   * A queued request was aborted: it leaves the queue and ends with `error`. A socket opening
+   * that no waiting request needs any more is destroyed now, so a connect that hangs (a
+   * blackholed upstream) does not hold its slot until the connect timeout.
+   */
+  cancel(req: PendingRequest, error: Error): void {
+    this.unlink(req)
+    if (this.connecting > this.pending) {
+      let newest: Connection | undefined
+      // The most recently opened is the one furthest from connecting; the set keeps that order.
+      for (const conn of this.conns) if (!conn.connected && !conn.dead) newest = conn
+      newest?.kill()
+    } else if (this.state !== stateOpen) this.checkClosed()
+    req.handler.onError(error)
   }
 
   /** Opens sockets for waiting requests, one per request not already waiting on a connect. */

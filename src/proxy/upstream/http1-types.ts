@@ -20,8 +20,8 @@ export interface Http1PoolOptions {
   /**
    * A socket that has not connected after this long is destroyed and fails the request at the
    * head of the queue with code `UND_ERR_CONNECT_TIMEOUT`. Without it a black-holed upstream
-   * would hold its slots for the operating system's connect timeout (minutes), since a handler
-   * cannot abort a request before `onConnect`.
+   * would hold its slots for the operating system's connect timeout (minutes) when no handler
+   * gives up on its request (see `onQueued`, which lets one).
    * @default 10000
    */
   readonly connectTimeoutMs?: number
@@ -57,6 +57,14 @@ export interface Http1Handler {
    * and ends the request with `onError(reason)`.
    */
   onConnect(abort: (reason?: Error) => void): void
+  /**
+   * No socket was free: the request waits in the pool's queue (and a socket may be opening for
+   * it). `abort(reason)` takes it out of the queue, drops a connect no other waiting request
+   * needs, and ends it with `onError(reason)`; nothing of it was written. Without this, a
+   * request given up on while a connect hangs (a blackholed upstream) could only be dropped in
+   * its `onConnect`, so the connect ran on to `connectTimeoutMs`. Called during `dispatch`.
+   */
+  onQueued?(abort: (reason?: Error) => void): void
   /**
    * A response head: interim 1xx ones (their return value is ignored) and then the final one.
    * `rawHeaders` is flat `[name, value, ...]`, names in their original case. Returning false

@@ -582,6 +582,12 @@ class Attempt {
     this.setDue(this.call.core.clock.now() + this.call.core.readMs)
   }
 
+  // Http1Pool only: the request waits for a socket. An attempt given up on now (the client went
+  // away, a retry) takes it out of the queue, and the connect opened for it goes too.
+  onQueued(abort: (reason?: Error) => void): void {
+    this.abort = abort
+  }
+
   onHeaders(status: number, raw: Buffer[], resume: () => void, statusText: string): boolean {
     if (this.phase === phaseDone) return false
     // 1xx interim responses: the final one follows.
@@ -653,7 +659,8 @@ class Attempt {
     }
     if (reason !== undefined) {
       this.abandonReason = reason
-      // Before onConnect there is nothing to abort yet; onConnect aborts it when it comes.
+      // Before onConnect (or, on an Http1Pool, onQueued) there is nothing to abort yet;
+      // onConnect aborts it when it comes.
       this.abort?.(reason)
     }
   }

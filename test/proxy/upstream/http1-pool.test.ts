@@ -22,6 +22,7 @@ import {
 } from '../../../src/proxy/upstream/http1-pool.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { listenOnLoopback } from '../../support/loopback.js'
+import { unacceptingListener } from '../../support/unaccepting-listener.js'
 import { refusedUrl } from '../support/faulty-upstream.js'
 import { eventually } from './helpers.js'
 
@@ -57,6 +58,8 @@ interface Recorder {
   readonly outcome: Promise<Outcome>
   /** The abort function onConnect received. */
   abort: ((reason?: Error) => void) | undefined
+  /** The abort function onQueued received (the request waited for a socket). */
+  queuedAbort: ((reason?: Error) => void) | undefined
   /** The resume function of the final head. */
   resume: (() => void) | undefined
   /** Callbacks that came after the end (must stay empty). */
@@ -100,6 +103,7 @@ function recorder(options: RecorderOptions = {}): Recorder {
   }
   const rec: Recorder = {
     abort: undefined,
+    queuedAbort: undefined,
     resume: undefined,
     late,
     chunks,
@@ -110,6 +114,10 @@ function recorder(options: RecorderOptions = {}): Recorder {
         connected = true
         rec.abort = abort
         options.onConnect?.(abort)
+      },
+      onQueued(abort) {
+        if (ended) late.push('onQueued')
+        rec.queuedAbort = abort
       },
       onHeaders(status, raw, resume, text) {
         if (ended) late.push('onHeaders')
@@ -523,6 +531,50 @@ describe('Http1Pool requests', () => {
     // A connect that succeeds clears its timer.
     await send(pool)
     expect([...clock.timers.values()].map((t) => t.delayMs)).toEqual([4_000])
+  })
+})
+
+describe('Http1Pool requests aborted while they wait for a socket', () => {
+  it('leave the queue at once, and the connect opened for them goes once no request needs it', async () => {
+    const listener = await unacceptingListener()
+    cleanups.push(() => listener.stop())
+    const clock = new HandClock()
+    const pool = newPool(`http://127.0.0.1:${listener.port}`, { clock, connections: 1 })
+    const first = recorder()
+    const second = recorder()
+    pool.dispatch(get('/first'), first.handler)
+    pool.dispatch(get('/second'), second.handler)
+    expect(pool.pending).toBe(2)
+    // One socket opening (the limit), its connect hanging: only its 10 s timer could end it.
+    expect([...clock.timers.values()].map((t) => t.delayMs)).toEqual([10_000])
+
+    const reason = new Error('client went away')
+    first.queuedAbort?.(reason)
+    const outcome = await first.outcome
+    expect(outcome).toMatchObject({ kind: 'error', error: reason, connected: false })
+    // The second request still waits on that connect: it stays.
+    expect(pool.pending).toBe(1)
+    expect(clock.timers.size).toBe(1)
+
+    const closed = pool.close()
+    second.queuedAbort?.()
+    expect((await second.outcome).error?.code).toBe('UND_ERR_ABORTED')
+    // Nobody waits any more: the connect is dropped and close() ends without the timer.
+    await closed
+    expect(clock.timers.size).toBe(0)
+    // A stale abort changes nothing.
+    first.queuedAbort?.()
+    expect(first.late.concat(second.late)).toEqual([])
+  })
+
+  it('hears no onQueued when an idle socket takes the request at once', async () => {
+    const up = await httpUpstream()
+    const pool = newPool(up.url)
+    await send(pool)
+    const rec = recorder()
+    pool.dispatch(get(), rec.handler)
+    expect((await rec.outcome).kind).toBe('complete')
+    expect(rec.queuedAbort).toBeUndefined()
   })
 })
 
