@@ -256,6 +256,23 @@ export function checkKey(option: string, value: unknown, maxBytes = maxKeyBytes)
   return name
 }
 
+/**
+ * Refuses the driver itself (it has `close`) as the `tx` of a write. Each of its statements
+ * commits on its own: on SQLite an append's read of the stream row, its bump and its insert,
+ * and on PostgreSQL a delete's or metadata write's `FOR UPDATE` and the write after it, would
+ * no longer be one step, so two writers would both pass the expectation and the stream row
+ * could end up ahead of the events. Leave `tx` out to write on its own.
+ */
+function checkWriteTx(tx: SqlExecutor | undefined): void {
+  if (tx !== undefined && typeof (tx as Partial<SqlDriver>).close === 'function') {
+    throw new InvalidOptionError(
+      'tx',
+      "a transaction (db.transaction's tx, or the application's own), not the driver (leave tx out to write on its own)",
+      tx,
+    )
+  }
+}
+
 /** Whether a stream at `version` (deleted or not) satisfies `expected`. */
 export function expectationHolds(
   expected: ExpectedVersion,
@@ -452,6 +469,7 @@ export class EventStoreImpl implements EventStore {
       throw new InvalidOptionError('events', 'a non-empty array of events', events)
     }
     const expected = checkExpected(options.expectedVersion ?? 'any')
+    checkWriteTx(options.tx)
     const prepared = this.#prepare(stream, events)
     const createdAt = storedTime(this.clock)
     if (beforeWrite !== undefined && typeof expected === 'number') {
@@ -900,6 +918,7 @@ export class EventStoreImpl implements EventStore {
     checkObject('options', options)
     const expected = checkExpected(options.expectedVersion ?? 'any')
     const text = jsonTextOf('metadata', metadata, 'a JSON-serializable object')
+    checkWriteTx(options.tx)
     await this.#inTransaction(options.tx, async (tx) => {
       const now = storedTime(this.clock)
       const { found } = await this.#checkForWrite(tx, stream, expected)
@@ -921,6 +940,7 @@ export class EventStoreImpl implements EventStore {
     // A bare version (deleteStream(s, 3)) would otherwise be ignored: deleted at 'any'.
     checkObject('options', options)
     const expected = checkExpected(options.expectedVersion ?? 'any')
+    checkWriteTx(options.tx)
     await this.#inTransaction(options.tx, async (tx) => {
       const { info } = await this.#checkForWrite(tx, stream, expected)
       if (info.version === 0 || info.deleted) return

@@ -78,7 +78,9 @@ export interface AppendOptions {
   /**
    * Append inside this transaction (a breakwater `tx`, or the application's own through
    * `fromPgClient`/`fromBetterSqlite`/`fromKysely`): the events commit with the caller's other
-   * writes. Without it the append commits on its own.
+   * writes. Without it the append commits on its own. The driver itself is refused
+   * (`InvalidOptionError`): each of its statements would commit alone, the expectation check
+   * apart from the write.
    *
    * Keep such transactions short: until it ends, followers of `readAll` cannot read past its
    * events (see `docs/cqrs.md`, "global positions").
@@ -172,6 +174,6 @@ export interface StreamWriteOptions {
    * @default 'any'
    */
   readonly expectedVersion?: ExpectedVersion
-  /** Run inside this transaction. */
+  /** Run inside this transaction (not the driver itself: refused, see `AppendOptions.tx`). */
   readonly tx?: SqlExecutor
 }

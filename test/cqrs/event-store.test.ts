@@ -602,6 +602,31 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
     })
   })
 
+  it('refuses the driver itself as the tx of a write: its statements would each commit alone', async () => {
+    // On SQLite, two appends at 'noStream' through `tx: db` both passed the check (each
+    // statement autocommitted), the second bumped the stream row and then failed with a bare
+    // UNIQUE error, its stream-row write kept. On PostgreSQL, deleteStream's FOR UPDATE held
+    // nothing by the time of its UPDATE.
+    const stream = fresh()
+    const writes = [
+      () => store.append(stream, [event(1)], { expectedVersion: 'noStream', tx: t.db }),
+      () => store.setStreamMetadata(stream, { a: 1 }, { tx: t.db }),
+      () => store.deleteStream(stream, { tx: t.db }),
+    ]
+    for (const write of writes) {
+      const error = await write().then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as Error).message).toMatch(/^tx: expected a transaction/)
+    }
+    expect(await store.streamInfo(stream)).toMatchObject({ version: 0, exists: false })
+    // Reads through the driver are fine: each is one statement.
+    expect((await store.readStream(stream, { tx: t.db })).version).toBe(0)
+    expect(await store.streamInfo(stream, { tx: t.db })).toMatchObject({ version: 0 })
+  })
+
   it('refuses stream ids PostgreSQL cannot index, alike on both databases', async () => {
     // The stream id is a key of two indexes: past about 2,700 bytes PostgreSQL failed the
     // append with a bare "index row size" error, while SQLite stored it.
