@@ -56,6 +56,8 @@ export interface FastifyIdempotencyOptions {
 // 'recording': onSend has the handler's response (its lease running out stops reading it).
 // 'lost': the lease ran out while the handler's send was under way: that send carries `answer`.
 // 'answered': the lease ran out while the handler ran, and the plugin sent `answer` itself.
+// 'sent': onSend let the response of the handler's send through (recorded, or a 409 in its
+// place): it is on its way through the hooks after this plugin's, then to the socket.
 // `earlier`: the headers earlier hooks had set when the handler was about to run (see setReply).
 type RequestState =
   | {
@@ -70,6 +72,7 @@ type RequestState =
       readonly earlier: EarlierHeaders | undefined
     }
   | LeaseLostState
+  | { readonly kind: 'sent' }
   | { readonly kind: 'done' }
 
 interface LeaseLostState {
@@ -83,18 +86,21 @@ type EarlierHeaders = Record<string, unknown>
 type Hook = (request: FastifyLikeRequest, reply: FastifyLikeReply, payload?: unknown) => unknown
 type AddHook = (name: string, hook: Hook) => unknown
 
-// A keyed request's reply, whose send() the plugin tracks (see trackedSend): Fastify's reply
-// has `request`. The send it replaced is kept under the plugin instance's own symbol (made by
-// fastifyIdempotency): with two plugins on one route, each tracks the send the other left, and
-// hands it on to that one, not back to the outermost (which called itself for ever).
+// A keyed request's reply, whose send() and code() the plugin tracks (see trackedSend,
+// trackedCode): Fastify's reply has `request`, and `status` as another name of code(). The
+// methods it replaced are kept under the plugin instance's own symbols (made by
+// fastifyIdempotency): with two plugins on one route, each tracks the methods the other left,
+// and hands calls on to that one, not back to the outermost (which called itself for ever).
 type TrackedReply = FastifyLikeReply & {
   readonly request: FastifyLikeRequest
-  [untracked: symbol]: FastifyLikeReply['send'] | undefined
+  status?: FastifyLikeReply['code']
+  [untracked: symbol]: FastifyLikeReply['send'] | FastifyLikeReply['code'] | undefined
 }
 
 /** Sends on a reply with the send() it had before the plugin (`untracked`) tracked it. */
 function sendUntracked(reply: FastifyLikeReply, untracked: symbol, payload: unknown): void {
-  ;((reply as TrackedReply)[untracked] ?? reply.send).call(reply, payload)
+  const send = (reply as TrackedReply)[untracked] as FastifyLikeReply['send'] | undefined
+  ;(send ?? reply.send).call(reply, payload)
 }
 
 /** Stops a payload that will not be sent from producing more (a stream, a Response's body). */
@@ -221,10 +227,13 @@ function resetToEarlier(reply: FastifyLikeReply, earlier: EarlierHeaders | undef
  * Puts `response` on the reply. When it replaces the handler's response (a 409), the handler's
  * headers are dropped and `earlier` ({@link earlierHeaders}) put back; a replay or problem
  * answered before the handler keeps what earlier hooks set (CORS, a request id), as any
- * response does. The response's own headers win either way.
+ * response does. The response's own headers win either way. The status is set with the code()
+ * the reply had before the plugin (`untrackedCode`) tracked it: the tracked one drops a stale
+ * handler's status while the plugin's own 409 is on its way.
  */
 function setReply(
   reply: FastifyLikeReply,
+  untrackedCode: symbol,
   response: IdempotencyResponse,
   replace: boolean,
   earlier?: EarlierHeaders,
@@ -235,7 +244,8 @@ function setReply(
     reply.removeHeader('content-length')
     reply.removeHeader('transfer-encoding')
   }
-  reply.code(response.status)
+  const code = (reply as TrackedReply)[untrackedCode] as FastifyLikeReply['code'] | undefined
+  ;(code ?? reply.code).call(reply, response.status)
   for (const [name, value] of Object.entries(response.headers)) {
     if (name !== 'content-length') reply.header(name, value)
   }
@@ -284,6 +294,8 @@ export function fastifyIdempotency(
   const states = new WeakMap<FastifyLikeRequest, RequestState>()
   // Where a keyed reply keeps the send() this plugin replaced (see TrackedReply).
   const untrackedSend = Symbol('breakwater.idempotency.send')
+  // Where a keyed reply keeps the code() this plugin replaced (see trackedCode).
+  const untrackedCode = Symbol('breakwater.idempotency.code')
 
   // The lease ran out while the handler ran (before its response reached onSend): ctx.tx was
   // rolled back and the response can no longer be recorded, so the client is answered now (as
@@ -316,7 +328,7 @@ export function fastifyIdempotency(
       return
     }
     answerOrDestroy(reply.raw, () => {
-      setReply(reply, problem, true, state.earlier)
+      setReply(reply, untrackedCode, problem, true, state.earlier)
       sendUntracked(reply, untrackedSend, Buffer.from(problem.body))
     })
   }
@@ -326,15 +338,33 @@ export function fastifyIdempotency(
   // meanwhile is answered by that send (handlerOverran). Once the plugin answered the 409
   // itself, a stale handler's send is dropped until the 409 has been written: while the 409 is
   // still in its onSend hooks, Fastify would start that send too, and write whichever reaches
-  // the socket first. Afterwards Fastify drops it (and logs it) itself.
+  // the socket first. Afterwards Fastify drops it (and logs it) itself. So is a second send
+  // once the handler's reached this plugin's onSend: an async handler that called reply.send()
+  // without returning the reply resolves with undefined, and as this plugin's onSend is async,
+  // the reply is not sent yet then, so Fastify sends that undefined too; it would reach the
+  // socket first (an empty body) while the real response was recorded. Fastify's error
+  // handling still sends (onError leaves these states first).
   function trackedSend(this: TrackedReply, payload?: unknown): FastifyLikeReply {
     const state = states.get(this.request)
     if (state?.kind === 'executing') state.sending = true
-    else if (state?.kind === 'answered' && !this.sent) {
+    else if (
+      !this.sent &&
+      (state?.kind === 'answered' || state?.kind === 'recording' || state?.kind === 'sent')
+    ) {
       discardPayload(payload)
       return this
     }
     ;(this[untrackedSend] as FastifyLikeReply['send']).call(this, payload)
+    return this
+  }
+
+  // Replaces code() (and its other name, status()) on a keyed request's reply: once the plugin
+  // answered the 409 itself, a stale handler's reply.code(201) before its (dropped) send would
+  // set the status the 409 goes out with, when onSend hooks after this plugin's are still
+  // running on it. Fastify's error handling still sets its status (onError leaves 'answered').
+  function trackedCode(this: TrackedReply, statusCode: number): FastifyLikeReply {
+    if (states.get(this.request)?.kind === 'answered') return this
+    ;(this[untrackedCode] as FastifyLikeReply['code']).call(this, statusCode)
     return this
   }
 
@@ -357,7 +387,7 @@ export function fastifyIdempotency(
     if (begun.kind === 'bypass') return
     if (begun.kind === 'respond') {
       states.set(request, { kind: 'done' })
-      setReply(reply, begun.response, false)
+      setReply(reply, untrackedCode, begun.response, false)
       // Returning the reply after send() tells Fastify the hook answered the request.
       reply.send(Buffer.from(begun.response.body))
       return reply
@@ -372,6 +402,9 @@ export function fastifyIdempotency(
     const tracked = reply as TrackedReply
     tracked[untrackedSend] = reply.send
     tracked.send = trackedSend
+    tracked[untrackedCode] = reply.code
+    tracked.code = trackedCode
+    tracked.status = trackedCode
     attachContext(request, execution.context)
     let answered: Promise<void> | undefined
     execution.onLeaseLost((error) => {
@@ -408,11 +441,11 @@ export function fastifyIdempotency(
       await execution.abort()
       throw error
     }
-    states.set(request, { kind: 'done' })
+    states.set(request, { kind: 'sent' })
     if (body instanceof IdempotencyInProgressError) {
       // Its body had not ended when the lease ran out: answered as a handler overrunning it.
       const problem = await leaseLostAnswer(idempotency, execution, body)
-      setReply(reply, problem, true, earlier)
+      setReply(reply, untrackedCode, problem, true, earlier)
       return Buffer.from(problem.body)
     }
     const response: IdempotencyResponse = {
@@ -430,7 +463,7 @@ export function fastifyIdempotency(
       resetToEarlier(reply, earlier)
       throw error
     }
-    if (final !== response) setReply(reply, final, true, earlier)
+    if (final !== response) setReply(reply, untrackedCode, final, true, earlier)
     return Buffer.from(final.body.buffer, final.body.byteOffset, final.body.byteLength)
   }
 
@@ -442,7 +475,7 @@ export function fastifyIdempotency(
     payload: unknown,
     state: LeaseLostState,
   ): Promise<Buffer> => {
-    states.set(request, { kind: 'done' })
+    states.set(request, { kind: 'sent' })
     discardPayload(payload)
     let problem: IdempotencyResponse
     try {
@@ -453,7 +486,7 @@ export function fastifyIdempotency(
       resetToEarlier(reply, state.earlier)
       throw error
     }
-    setReply(reply, problem, true, state.earlier)
+    setReply(reply, untrackedCode, problem, true, state.earlier)
     return Buffer.from(problem.body)
   }
 
@@ -465,14 +498,16 @@ export function fastifyIdempotency(
     payload: unknown,
     state: LeaseLostState,
   ): Promise<unknown> => {
-    setReply(reply, await state.answer, true, state.earlier)
+    setReply(reply, untrackedCode, await state.answer, true, state.earlier)
     return payload
   }
 
   // A hook failed on the plugin's own 409 (a stale handler's failure never gets here: its send
-  // is dropped): Fastify's error handling answers instead, and its send must go through.
+  // is dropped), or on the response onSend let through (or recording it failed): Fastify's
+  // error handling answers instead, and its send (and status) must go through.
   const onError: Hook = async (request) => {
-    if (states.get(request)?.kind === 'answered') states.set(request, { kind: 'done' })
+    const kind = states.get(request)?.kind
+    if (kind === 'answered' || kind === 'sent') states.set(request, { kind: 'done' })
   }
 
   // A request that ended without its response passing onSend (a failure inside Fastify) gives
