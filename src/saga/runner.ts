@@ -404,6 +404,9 @@ export class InstanceRun {
     const now = storedTime(this.#host.clock)
     if (state.wakeAt === undefined) {
       // Computed once and persisted: a restart must not start the wait over.
+      // The attempt the claim counted, as an action's: a waitUntil retried after a failure
+      // was reported as 1 attempt when it completed, and as 0 when its attempts were spent.
+      state.attempts = this.#attempt
       let wakeAt: unknown
       try {
         if (step.sleepMs !== undefined) wakeAt = now + step.sleepMs
@@ -442,7 +445,8 @@ export class InstanceRun {
       }
       state.wakeAt = Math.round(wakeAt)
       state.status = 'waiting'
-      state.attempts = 1
+      // The error of an earlier attempt of waitUntil no longer describes this step.
+      delete state.error
       // Awaits no reply: deliverReply drops one naming this step instead of waking the saga
       // before its time (a waiting step without the flag reads as an older reply step).
       state.sent = false

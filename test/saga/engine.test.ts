@@ -331,6 +331,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     const instance = await getSaga(t.db, id)
     expect(instance).toMatchObject({ status: 'compensated' })
     expect(instance!.reason).toContain('step "wait" failed after 3 attempts')
+    expect(instance!.steps[1]).toMatchObject({ status: 'failed', attempts: 3 })
     expect(await effects(id)).toEqual(['undo-a'])
   })
 
