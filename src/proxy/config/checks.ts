@@ -250,8 +250,10 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
             )
           else listed.set(target.service, k)
         }
-        if (target.weight === undefined || (typeof target.weight === 'number' && target.weight > 0))
-          positive = true
+        // Only a weight of 0 counts against the route here: any other value that is not a
+        // positive number is reported at its own key, and reading it as 0 added a second,
+        // wrong problem ("all weights 0" for a weight of -5 or "50").
+        if (target.weight !== 0) positive = true
       })
       if (targets.length > 0 && !positive)
         add([...at, 'targets'], 'at least one target with weight > 0', 'all weights 0')

@@ -151,8 +151,12 @@ export function validateProxyDocument(
     message: string,
     at: { line?: number; col?: number },
   ): void => {
+    const formatted = formatPath(path)
+    // Two checks of one value can fail with one message (z.int and its max, for 1e30): the
+    // reader is told once.
+    if (problems.some((p) => p.path === formatted && p.message === message)) return
     problems.push({
-      path: formatPath(path),
+      path: formatted,
       message,
       line: at.line,
       column: at.col,
