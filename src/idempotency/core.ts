@@ -112,7 +112,10 @@ export interface IdempotencyOptions {
    */
   readonly fingerprint?: FingerprintFunction
   /**
-   * The HTTP methods the middleware guards; other methods pass through untouched.
+   * The HTTP methods the middleware guards; other methods pass through untouched. `HEAD` is
+   * refused: it is safe by definition (RFC 9110 section 9.2.1) and its response has no body to
+   * record, so a replay could not restore the Content-Length of the body it stands for. A HEAD
+   * to a guarded GET route passes through unguarded.
    * @default ['POST', 'PATCH']
    */
   readonly methods?: readonly string[]
@@ -555,6 +558,13 @@ class IdempotencyCore implements Idempotency {
     const methods = options.methods ?? ['POST', 'PATCH']
     if (!Array.isArray(methods) || methods.some((m) => typeof m !== 'string' || m === '')) {
       throw new InvalidOptionError('methods', 'an array of HTTP method names', methods)
+    }
+    if (methods.some((m) => m.toUpperCase() === 'HEAD')) {
+      throw new InvalidOptionError(
+        'methods',
+        'HTTP method names other than HEAD (a HEAD response has no body to record; it is safe, so leave it unguarded)',
+        methods,
+      )
     }
     this.#methods = new Set(methods.map((m) => m.toUpperCase()))
     const required = options.required ?? true

@@ -1,4 +1,3 @@
-import { constants as bufferConstants } from 'node:buffer'
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import { AbortedError } from '../core/errors.js'
 import { IdempotencyBodyUnavailableError } from './errors.js'
@@ -400,33 +399,8 @@ function capturedEnd(
   // headers sent) writes after end() must neither reach the client before nor instead of the
   // response that was recorded.
   // A copy: a chunk may be a view of the handler's own buffer, which it is free to reuse.
-  const body = Buffer.concat(capture.chunks)
-  capture.onEnd({
-    status: this.statusCode,
-    headers,
-    body: body.byteLength === 0 ? (headBody(this, headers) ?? body) : body,
-  })
+  capture.onEnd({ status: this.statusCode, headers, body: Buffer.concat(capture.chunks) })
   return this
-}
-
-/**
- * The body a guarded HEAD's response stands for when its handler declared the length and wrote
- * nothing (node's idiom, and Express's res.send on a HEAD), or undefined. Its Content-Length is
- * the GET body's (RFC 9110 section 9.3.2), but the core stores no Content-Length: every writer
- * sets it from the recorded body. So the recorded body keeps the declared length, as zeros that
- * are never sent: node writes no body on a HEAD's response, and the fingerprint's method keeps
- * a HEAD's record from being replayed to a GET.
- */
-function headBody(
-  res: ServerResponse,
-  headers: Record<string, string | string[]>,
-): Buffer | undefined {
-  const declared = headers['content-length']
-  if (res.req?.method !== 'HEAD' || typeof declared !== 'string' || !hasBody(res.statusCode)) {
-    return undefined
-  }
-  const length = /^\d{1,15}$/.test(declared) ? Number(declared) : -1
-  return length > 0 && length <= bufferConstants.MAX_LENGTH ? Buffer.alloc(length) : undefined
 }
 
 // Puts back what `capture` replaced, once, if it is still the response's current capture.

@@ -370,7 +370,15 @@ const routeSchema = z.strictObject({
     .optional(),
   idempotency: z
     .strictObject({
-      methods: z.array(method).min(1, { error: 'non-empty list of methods' }).default(['POST']),
+      // HEAD is refused as breakwater/idempotency's `methods` refuses it: no body to record.
+      methods: z
+        .array(
+          method.refine((m) => m !== 'HEAD', {
+            error: 'a method other than HEAD (safe, no body to record)',
+          }),
+        )
+        .min(1, { error: 'non-empty list of methods' })
+        .default(['POST']),
       ttlMs: ms(1).default(86_400_000),
     })
     .optional(),
