@@ -143,65 +143,34 @@ class SqliteStatements {
 const emptyParams: readonly unknown[] = []
 
 /**
- * Runs statements straight on the connection; what {@link fromBetterSqlite} returns. A class
- * rather than closures (as {@link TransactionExecutor}): statements are the hot path of every
- * request that writes, and this allocates nothing but the promise per statement.
- */
-class DirectExecutor implements SqlExecutor {
-  readonly dialect = 'sqlite' as const
-  readonly #statements: SqliteStatements
-
-  constructor(statements: SqliteStatements) {
-    this.#statements = statements
-  }
-
-  query<R = Record<string, unknown>>(
-    sql: string,
-    params: readonly unknown[] = emptyParams,
-  ): Promise<R[]> {
-    try {
-      return Promise.resolve(this.#statements.all(sql, params) as R[])
-    } catch (error) {
-      return Promise.reject(error)
-    }
-  }
-
-  execute(sql: string, params: readonly unknown[] = emptyParams): Promise<{ rowCount: number }> {
-    try {
-      return Promise.resolve({ rowCount: this.#statements.run(sql, params) })
-    } catch (error) {
-      return Promise.reject(error)
-    }
-  }
-}
-
-function directExecutor(statements: SqliteStatements): SqlExecutor {
-  return new DirectExecutor(statements)
-}
-
-/**
- * The connection as a driver's transaction sees it: statements run straight on it, but only
- * while the transaction is still open on SQLite's side. Some failures end the whole transaction,
- * not only their statement (a conflict under `OR ROLLBACK`, `RAISE(ROLLBACK)` in a trigger, a
- * full disk, an I/O error); a callback that caught that error would otherwise go on in
- * autocommit mode, each later statement committing on its own (and a savepoint beginning a
- * transaction of its own).
+ * Runs statements straight on the connection, but only while a transaction is open on it: what
+ * {@link fromBetterSqlite} returns, and what a driver's transaction sees. Outside a transaction
+ * every statement would commit on its own, apart from the writes it belongs with; `misuse` says
+ * why there is none (never opened or already ended, or ended by SQLite after a failure). A
+ * class rather than closures: statements are the hot path of every request that writes, and
+ * this allocates nothing but the promise per statement.
  */
 class TransactionExecutor implements SqlExecutor {
   readonly dialect = 'sqlite' as const
   readonly #db: BetterSqliteDatabase
   readonly #statements: SqliteStatements
+  readonly #misuse: () => TransactionMisuseError
 
-  constructor(db: BetterSqliteDatabase, statements: SqliteStatements) {
+  constructor(
+    db: BetterSqliteDatabase,
+    statements: SqliteStatements,
+    misuse: () => TransactionMisuseError,
+  ) {
     this.#db = db
     this.#statements = statements
+    this.#misuse = misuse
   }
 
   query<R = Record<string, unknown>>(
     sql: string,
     params: readonly unknown[] = emptyParams,
   ): Promise<R[]> {
-    if (!this.#db.inTransaction) return Promise.reject(rolledBackBySqlite())
+    if (!this.#db.inTransaction) return Promise.reject(this.#misuse())
     try {
       return Promise.resolve(this.#statements.all(sql, params) as R[])
     } catch (error) {
@@ -210,7 +179,7 @@ class TransactionExecutor implements SqlExecutor {
   }
 
   execute(sql: string, params: readonly unknown[] = emptyParams): Promise<{ rowCount: number }> {
-    if (!this.#db.inTransaction) return Promise.reject(rolledBackBySqlite())
+    if (!this.#db.inTransaction) return Promise.reject(this.#misuse())
     try {
       return Promise.resolve({ rowCount: this.#statements.run(sql, params) })
     } catch (error) {
@@ -219,7 +188,12 @@ class TransactionExecutor implements SqlExecutor {
   }
 }
 
-// The same code as PostgreSQL's answer to a transaction whose failed statement was swallowed.
+// A driver's transaction is open until its callback ends, so one that is gone was ended by SQLite
+// itself: some failures end the whole transaction, not only their statement (a conflict under
+// `OR ROLLBACK`, `RAISE(ROLLBACK)` in a trigger, a full disk, an I/O error), and a callback that
+// caught that error would otherwise go on in autocommit mode, each later statement committing on
+// its own (and a savepoint beginning a transaction of its own). The same code as PostgreSQL's
+// answer to a transaction whose failed statement was swallowed.
 function rolledBackBySqlite(): TransactionMisuseError {
   return new TransactionMisuseError(
     'The transaction was rolled back, not committed: one of its statements failed in a way that ends the whole transaction on SQLite (OR ROLLBACK, RAISE(ROLLBACK), a full disk or an I/O error); was its error caught inside the transaction callback?',
@@ -266,7 +240,7 @@ export class SqliteDriver implements SqlDriver {
     this.#file = file
     this.#busyTimeoutMs = busyTimeoutMs
     this.#statements = new SqliteStatements(db, statementCacheSize)
-    this.#inTransaction = new TransactionExecutor(db, this.#statements)
+    this.#inTransaction = new TransactionExecutor(db, this.#statements, rolledBackBySqlite)
   }
 
   query<R = Record<string, unknown>>(
@@ -540,6 +514,9 @@ const wrappedStatements = new WeakMap<object, SqliteStatements>()
  * `COMMIT`/`ROLLBACK` instead, and keep other users of the connection out meanwhile.
  * Prepared statements are cached per `Database`, so wrapping per request is cheap. Integers
  * read through it are numbers even when the `Database` has `defaultSafeIntegers(true)`.
+ * A statement sent while the `Database` is outside a transaction (`db.transaction` forgotten,
+ * or its function already returned; before `BEGIN` or after `COMMIT`/`ROLLBACK`) is refused
+ * with `TransactionMisuseError`: it would commit on its own, apart from the business write.
  *
  * @example
  * ```ts
@@ -557,5 +534,14 @@ export function fromBetterSqlite(db: BetterSqliteDatabase): SqlExecutor {
     statements = new SqliteStatements(db, 200)
     wrappedStatements.set(db, statements)
   }
-  return directExecutor(statements)
+  return new TransactionExecutor(db, statements, outsideTransaction)
+}
+
+// The application's transaction was never opened (db.transaction forgotten, BEGIN not run) or has
+// ended (its function returned, COMMIT or ROLLBACK ran): breakwater's row would commit on its own,
+// apart from the business write, and a check and the write after it would not be one step.
+function outsideTransaction(): TransactionMisuseError {
+  return new TransactionMisuseError(
+    "fromBetterSqlite: the Database is not inside a transaction (never begun, or already committed or rolled back), so the statement would commit on its own; call it inside db.transaction(() => ...) (synchronously, before the function returns) or between db.exec('BEGIN IMMEDIATE') and COMMIT",
+  )
 }

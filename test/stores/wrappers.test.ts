@@ -1,7 +1,7 @@
 // A user's own transaction, wrapped as a SqlExecutor: breakwater's row and the business row
 // commit together or not at all, on real databases.
 import Database from 'better-sqlite3'
-import { Kysely, PostgresDialect, SqliteDialect } from 'kysely'
+import { Kysely, PostgresDialect, SqliteDialect, type Transaction } from 'kysely'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { TransactionMisuseError } from '../../src/stores/errors.js'
@@ -240,11 +240,74 @@ describe('SQLite: fromBetterSqlite and fromKysely', () => {
     await Promise.all(pending)
   })
 
+  // Without an open transaction (db.transaction forgotten, or the wrapper used once the
+  // transaction function had returned) each statement committed on its own: the row stayed
+  // although the business write rolled back, and a check and the write after it were no
+  // longer one step.
+  it('fromBetterSqlite refuses statements outside a transaction, and once it has ended', async () => {
+    const executor = fromBetterSqlite(db)
+    await expect(writeBreakwaterRow(executor, 'bs-no-tx')).rejects.toThrow(TransactionMisuseError)
+    await expect(executor.query('SELECT 1 AS one')).rejects.toMatchObject({
+      code: 'TRANSACTION_MISUSE',
+      message: expect.stringMatching(/not inside a transaction.*db\.transaction/),
+    })
+    expect(present('bs-no-tx')).toEqual([0, 0])
+
+    // Wrapped inside the transaction function, used after it returned (after an await).
+    let late: Promise<unknown> = Promise.resolve()
+    db.transaction(() => {
+      db.prepare('INSERT INTO business (id) VALUES (?)').run('bs-late-sync')
+      const inside = fromBetterSqlite(db)
+      late = Promise.resolve().then(() => writeBreakwaterRow(inside, 'bs-late-sync'))
+    })()
+    await expect(late).rejects.toThrow(TransactionMisuseError)
+    expect(present('bs-late-sync')).toEqual([1, 0])
+
+    // After the application's own COMMIT or ROLLBACK.
+    for (const end of ['COMMIT', 'ROLLBACK']) {
+      const id = `bs-late-${end}`
+      db.exec('BEGIN IMMEDIATE')
+      db.prepare('INSERT INTO business (id) VALUES (?)').run(id)
+      const inside = fromBetterSqlite(db)
+      db.exec(end)
+      await expect(writeBreakwaterRow(inside, id)).rejects.toThrow(TransactionMisuseError)
+      expect(present(id)).toEqual([end === 'COMMIT' ? 1 : 0, 0])
+    }
+  })
+
+  it('fromBetterSqlite works inside nested db.transaction calls (savepoints)', async () => {
+    const executor = fromBetterSqlite(db)
+    const pending: Promise<unknown>[] = []
+    const insert = (id: string) =>
+      executor.execute('INSERT INTO breakwater_rows (id, created_at, done) VALUES ($1, $2, $3)', [
+        id,
+        1,
+        false,
+      ])
+    db.transaction(() => {
+      pending.push(insert('bs-outer'))
+      db.transaction(() => pending.push(insert('bs-inner-kept')))()
+      expect(() =>
+        db.transaction(() => {
+          pending.push(insert('bs-inner-dropped'))
+          throw new Error('inner rolled back')
+        })(),
+      ).toThrow('inner rolled back')
+      pending.push(insert('bs-after-inner'))
+    })()
+    await Promise.all(pending)
+    expect(present('bs-outer')[1]).toBe(1)
+    expect(present('bs-inner-kept')[1]).toBe(1)
+    expect(present('bs-inner-dropped')[1]).toBe(0)
+    expect(present('bs-after-inner')[1]).toBe(1)
+  })
+
   it('fromBetterSqlite returns integers as numbers even when the Database defaults to BigInt', async () => {
     // The application's own connection, set to return every integer as a BigInt.
     const safe = new Database(file.filename)
     try {
       safe.defaultSafeIntegers(true)
+      safe.exec('BEGIN IMMEDIATE')
       const executor = fromBetterSqlite(safe)
       await executor.execute(
         'INSERT INTO breakwater_rows (id, created_at, done) VALUES ($1, $2, $3)',
@@ -258,6 +321,7 @@ describe('SQLite: fromBetterSqlite and fromKysely', () => {
       expect(
         await executor.execute('DELETE FROM breakwater_rows WHERE id = $1', ['bs-safe']),
       ).toEqual({ rowCount: 1 })
+      safe.exec('COMMIT')
     } finally {
       safe.close()
     }
@@ -278,6 +342,16 @@ describe('SQLite: fromBetterSqlite and fromKysely', () => {
       }),
     ).rejects.toThrow('business rule failed')
     expect(present('ksq-rollback')).toEqual([0, 0])
+    // A trx kept past its transaction: Kysely (0.28) refuses it itself, nothing autocommits.
+    let kept: Transaction<Tables> | undefined
+    await kysely.transaction().execute(async (trx) => {
+      kept = trx
+      await trx.insertInto('business').values({ id: 'ksq-late' }).execute()
+    })
+    await expect(writeBreakwaterRow(fromKysely(kept!, 'sqlite'), 'ksq-late')).rejects.toThrow(
+      /already committed/,
+    )
+    expect(present('ksq-late')).toEqual([1, 0])
     // execute() counts the rows a statement changed, also when it returns them (Kysely's SQLite
     // driver reports no count for a statement that returns rows).
     const executor = fromKysely(kysely, 'sqlite')
