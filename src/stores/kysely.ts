@@ -23,8 +23,10 @@ export interface KyselyCompiledQuery {
   readonly queryId: { readonly queryId: string }
 }
 
-/** The part of a Kysely `Transaction` (or `Kysely` instance) breakwater uses. */
+/** The part of a Kysely `Transaction` breakwater uses. */
 export interface KyselyExecutor {
+  /** Kysely's `isTransaction`: false on the `Kysely` instance itself, which is refused. */
+  readonly isTransaction?: boolean
   /** Kysely's `executeQuery(compiledQuery)`. */
   executeQuery(query: KyselyCompiledQuery): Promise<{
     readonly rows: readonly unknown[]
@@ -38,6 +40,10 @@ const translations = new LruCache<string, ReturnType<typeof toPositional>>(500)
  * Wraps a Kysely transaction as a {@link SqlExecutor}, so breakwater's rows commit (or roll
  * back) with the business writes made through Kysely. `dialect` must match the Kysely dialect:
  * `'sqlite'` for `SqliteDialect` (better-sqlite3), `'postgres'` for `PostgresDialect` (pg).
+ *
+ * The `Kysely` instance itself is refused (`INVALID_OPTION` naming `trx`): through it each
+ * statement commits on its own, apart from the business write, as `fromPgClient` and
+ * `fromBetterSqlite` refuse a connection outside a transaction.
  *
  * On PostgreSQL, values are parsed by the application's pg pool: BIGINT columns arrive as
  * strings unless that pool parses int8 (breakwater's own executors always return numbers).
@@ -60,6 +66,13 @@ const translations = new LruCache<string, ReturnType<typeof toPositional>>(500)
 export function fromKysely(trx: KyselyExecutor, dialect: SqlDialect): SqlExecutor {
   if (dialect !== 'sqlite' && dialect !== 'postgres') {
     throw new InvalidOptionError('dialect', 'one of "sqlite", "postgres"', dialect)
+  }
+  if (trx.isTransaction === false) {
+    throw new InvalidOptionError(
+      'trx',
+      'a Kysely Transaction (the trx of kysely.transaction().execute(...)), not the Kysely instance, whose statements each commit alone',
+      trx,
+    )
   }
   const run = (sql: string, params: readonly unknown[]) => {
     let text = sql

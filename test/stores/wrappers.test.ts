@@ -4,6 +4,7 @@ import Database from 'better-sqlite3'
 import { Kysely, PostgresDialect, SqliteDialect, type Transaction } from 'kysely'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
 import { TransactionMisuseError } from '../../src/stores/errors.js'
 import { fromKysely } from '../../src/stores/kysely.js'
 import { fromPgClient } from '../../src/stores/postgres.js'
@@ -159,11 +160,19 @@ describe('PostgreSQL: fromPgClient and fromKysely', () => {
       }),
     ).rejects.toThrow('business rule failed')
     expect(await present('ky-rollback')).toEqual([0, 0])
-    const result = await fromKysely(kysely, 'postgres').execute(
-      'UPDATE breakwater_rows SET done = $1 WHERE id = $2',
-      [false, 'ky-commit'],
-    )
+    const result = await kysely
+      .transaction()
+      .execute((trx) =>
+        fromKysely(trx, 'postgres').execute('UPDATE breakwater_rows SET done = $1 WHERE id = $2', [
+          false,
+          'ky-commit',
+        ]),
+      )
     expect(result).toEqual({ rowCount: 1 })
+    // The Kysely instance itself: each statement would commit alone, apart from the business write.
+    expect(() => fromKysely(kysely, 'postgres')).toThrow(
+      /^trx: expected a Kysely Transaction .*not the Kysely instance/,
+    )
   })
 })
 
@@ -354,24 +363,27 @@ describe('SQLite: fromBetterSqlite and fromKysely', () => {
     expect(present('ksq-late')).toEqual([1, 0])
     // execute() counts the rows a statement changed, also when it returns them (Kysely's SQLite
     // driver reports no count for a statement that returns rows).
-    const executor = fromKysely(kysely, 'sqlite')
-    expect(
-      await executor.execute(
-        'INSERT INTO breakwater_rows (id, created_at, done) VALUES ($1, $2, $3), ($4, $2, $3) RETURNING id',
-        ['ksq-ret-1', 1, 0, 'ksq-ret-2'],
-      ),
-    ).toEqual({ rowCount: 2 })
-    expect(
-      await executor.execute('DELETE FROM breakwater_rows WHERE id LIKE $1 RETURNING id', [
-        'ksq-ret-%',
-      ]),
-    ).toEqual({ rowCount: 2 })
-    // A placeholder used twice goes through the same translation as the driver's.
-    const rows = await fromKysely(kysely, 'sqlite').query(
-      'SELECT id FROM business WHERE id = $1 OR id = $1 || $2',
-      ['ksq-commit', 'x'],
-    )
-    expect(rows).toEqual([{ id: 'ksq-commit' }])
+    await kysely.transaction().execute(async (trx) => {
+      const executor = fromKysely(trx, 'sqlite')
+      expect(
+        await executor.execute(
+          'INSERT INTO breakwater_rows (id, created_at, done) VALUES ($1, $2, $3), ($4, $2, $3) RETURNING id',
+          ['ksq-ret-1', 1, 0, 'ksq-ret-2'],
+        ),
+      ).toEqual({ rowCount: 2 })
+      expect(
+        await executor.execute('DELETE FROM breakwater_rows WHERE id LIKE $1 RETURNING id', [
+          'ksq-ret-%',
+        ]),
+      ).toEqual({ rowCount: 2 })
+      // A placeholder used twice goes through the same translation as the driver's.
+      const rows = await executor.query('SELECT id FROM business WHERE id = $1 OR id = $1 || $2', [
+        'ksq-commit',
+        'x',
+      ])
+      expect(rows).toEqual([{ id: 'ksq-commit' }])
+    })
+    expect(() => fromKysely(kysely, 'sqlite')).toThrow(InvalidOptionError)
   })
 
   it('rejects an unknown dialect', () => {
