@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { isStorableText, jsonTextOf } from '../core/text.js'
+import { exceedsBytes, isStorableText, jsonTextOf } from '../core/text.js'
 import {
   checkClock,
   checkFunction,
@@ -26,7 +26,13 @@ import { defaultFingerprint, type FingerprintFunction } from './fingerprint.js'
 import { isHeaderName, replayableHeaders, unreplayableHeaders } from './header-name.js'
 import { checkOperationKey, parseIdempotencyKey } from './key.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
-import { credentialScope, type ScopeFunction, type ScopeOption, scopeResolver } from './scope.js'
+import {
+  credentialScope,
+  maxScopeBytes,
+  type ScopeFunction,
+  type ScopeOption,
+  scopeResolver,
+} from './scope.js'
 import { createSqlIdempotencyStore } from './sql-store.js'
 import type {
   ClaimInput,
@@ -100,7 +106,8 @@ export interface IdempotencyOptions {
    * `anonymous`), `{ tenantHeader }` (an HTTP token, matched case-insensitively; else
    * `INVALID_OPTION` here), or a function of the request. Never global across
    * clients that send a credential. A function must return a non-empty string without NUL
-   * characters or lone surrogates; else the request fails (500) with `INVALID_OPTION`.
+   * characters or lone surrogates, of at most `maxScopeBytes` (1,024) UTF-8 bytes, as must a
+   * tenant header's value; else the request fails (500) with `INVALID_OPTION`.
    * @default 'credential'
    */
   readonly scope?: ScopeOption
@@ -195,7 +202,8 @@ export interface IdempotencyOptions {
 /** Options of {@link Idempotency.run} (and `idempotent()`). */
 export interface RunOptions {
   /**
-   * The scope the key lives in (e.g. the consumer or saga name).
+   * The scope the key lives in (e.g. the consumer or saga name): a non-empty, well-formed
+   * string without NUL, of at most `maxScopeBytes` (1,024) UTF-8 bytes (else `INVALID_OPTION`).
    * @default 'default'
    */
   readonly scope?: string
@@ -376,7 +384,8 @@ function resolveStore(value: unknown): IdempotencyStore {
  * digest as a value that never equals the next request's, answering every retry 422. So is a
  * string that the database cannot store as given ({@link isStorableText}): half of a surrogate
  * pair is stored as U+FFFD and PostgreSQL refuses NUL, so the request's own retry would be
- * answered 422, or the claim would fail after the key was parsed. It is a programming error of
+ * answered 422, or the claim would fail after the key was parsed; and a scope over
+ * {@link maxScopeBytes}, which PostgreSQL cannot index beside the key. It is a programming error of
  * the server, not the client's: the adapters answer it 500 and pass the error to `onError`.
  *
  * @internal Also used by the adapters for what their own `scope` option returned: there,
@@ -386,7 +395,7 @@ function resolveStore(value: unknown): IdempotencyStore {
 export function computedString(option: 'scope' | 'fingerprint', value: unknown): string {
   if (
     typeof value === 'string' &&
-    (value !== '' || option === 'fingerprint') &&
+    (option === 'fingerprint' || (value !== '' && !exceedsBytes(value, maxScopeBytes))) &&
     isStorableText(value)
   ) {
     return value
@@ -394,7 +403,7 @@ export function computedString(option: 'scope' | 'fingerprint', value: unknown):
   throw new InvalidOptionError(
     option,
     option === 'scope'
-      ? 'a non-empty string without NUL characters or lone surrogates from the scope function'
+      ? `a non-empty string of at most ${maxScopeBytes} UTF-8 bytes without NUL characters or lone surrogates from the scope function`
       : 'a string without NUL characters or lone surrogates from the fingerprint function',
     value,
   )
@@ -654,7 +663,8 @@ class IdempotencyCore implements Idempotency {
     if (
       typeof scope !== 'string' ||
       scope === '' ||
-      ((given !== undefined || !this.#scopeIsDefault) && !isStorableText(scope))
+      ((given !== undefined || !this.#scopeIsDefault) &&
+        (!isStorableText(scope) || exceedsBytes(scope, maxScopeBytes)))
     ) {
       scope = computedString('scope', await scope)
     }
@@ -726,8 +736,17 @@ class IdempotencyCore implements Idempotency {
     // fail (with a bare TypeError) only in the one call that had to wait.
     checkSignal('signal', options.signal)
     const scope = options.scope ?? 'default'
-    if (typeof scope !== 'string' || scope === '' || !isStorableText(scope)) {
-      throw new InvalidOptionError('scope', 'a non-empty, well-formed string without NUL', scope)
+    if (
+      typeof scope !== 'string' ||
+      scope === '' ||
+      !isStorableText(scope) ||
+      exceedsBytes(scope, maxScopeBytes)
+    ) {
+      throw new InvalidOptionError(
+        'scope',
+        `a non-empty, well-formed string without NUL, of at most ${maxScopeBytes} UTF-8 bytes`,
+        scope,
+      )
     }
     const fingerprint = options.fingerprint ?? ''
     if (typeof fingerprint !== 'string' || !isStorableText(fingerprint)) {

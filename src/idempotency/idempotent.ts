@@ -18,7 +18,8 @@ export interface IdempotentOptions {
    */
   readonly claim?: IdempotencyClaimMode
   /**
-   * The scope the key lives in, e.g. the consumer or saga name.
+   * The scope the key lives in, e.g. the consumer or saga name: a non-empty, well-formed string
+   * without NUL, of at most `maxScopeBytes` (1,024) UTF-8 bytes (else `INVALID_OPTION`).
    * @default 'default'
    */
   readonly scope?: string

@@ -62,7 +62,7 @@ export { defaultProblemTypeBase, problemDetailsOf, problemResponse } from './pro
 export type { RedisIdempotencyStore, RedisIdempotencyStoreOptions } from './redis-store.js'
 export { createRedisIdempotencyStore } from './redis-store.js'
 export type { ScopeFunction, ScopeOption } from './scope.js'
-export { credentialHeaders, credentialScope } from './scope.js'
+export { credentialHeaders, credentialScope, maxScopeBytes } from './scope.js'
 export type { IdempotencyStatements } from './sql.js'
 export { idempotencyMigrations, idempotencyStatements, idempotencyTable } from './sql.js'
 export { createSqlIdempotencyStore, migrateIdempotency } from './sql-store.js'

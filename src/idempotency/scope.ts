@@ -3,6 +3,14 @@ import { sha256Hex } from './fingerprint.js'
 import { headerNameExpected, isHeaderName } from './header-name.js'
 import type { IdempotencyRequest } from './types.js'
 
+/**
+ * The most UTF-8 bytes of a scope. Scope and key are one primary-key entry of the record, and
+ * PostgreSQL refuses an index entry over 2,704 bytes (a bare "index row size" error, 54000)
+ * where SQLite stores any length: with a key at its longest (255 characters, up to 765 bytes)
+ * a scope of this size still fits, and a scope one database accepts the other stores too.
+ */
+export const maxScopeBytes = 1024
+
 /** Computes the scope a request's key lives in. */
 export type ScopeFunction = (request: IdempotencyRequest) => string | Promise<string>
 

@@ -1,11 +1,12 @@
 // idempotent() for non-HTTP work (message consumers, saga steps) on real SQLite and PostgreSQL.
-import { randomUUID } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   createIdempotency,
   IdempotencyInProgressError,
   IdempotencyMismatchError,
   idempotent,
+  maxScopeBytes,
   sweepExpired,
 } from '../../src/idempotency/index.js'
 import { TransactionMisuseError } from '../../src/stores/index.js'
@@ -200,6 +201,41 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     const fingerprint = 'input-\u{1F600}'
     expect(await idempotent(key, () => ++runs, { store: testDb.db, fingerprint })).toBe(1)
     expect(await idempotent(key, () => ++runs, { store: testDb.db, fingerprint })).toBe(1)
+  })
+
+  // Scope and key are one primary-key entry. PostgreSQL refuses an index entry over 2,704 bytes
+  // (a bare 54000 "index row size" error, after the key was parsed) where SQLite stores any
+  // length, so a long scope worked on one database and failed on the other. Refused on both,
+  // by the same rule, before anything is claimed; a key at its longest still fits beside it.
+  it('refuses a scope longer than maxScopeBytes before claiming, on both databases', async () => {
+    let runs = 0
+    // 2,800 characters that do not compress: PostgreSQL answered 54000, SQLite ran fn.
+    const long = randomBytes(2100).toString('base64')
+    const error = await idempotent(randomUUID(), () => ++runs, {
+      store: testDb.db,
+      scope: long,
+    }).catch((e: unknown) => e)
+    expect(error).toMatchObject({ code: 'INVALID_OPTION', option: 'scope' })
+    expect((error as Error).message).toMatch(new RegExp(`at most ${maxScopeBytes} UTF-8 bytes`))
+    // At one byte over, and counted in bytes: three-byte characters are refused at a third.
+    await expect(
+      idempotent(randomUUID(), () => ++runs, {
+        store: testDb.db,
+        scope: 'a'.repeat(maxScopeBytes + 1),
+      }),
+    ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'scope' })
+    await expect(
+      idempotent(randomUUID(), () => ++runs, {
+        store: testDb.db,
+        scope: '\u20ac'.repeat(Math.floor(maxScopeBytes / 3) + 1),
+      }),
+    ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'scope' })
+    expect(runs).toBe(0)
+    // The longest scope and the longest key (three bytes a character) are stored, and replayed.
+    const scope = randomBytes(maxScopeBytes).toString('base64').slice(0, maxScopeBytes)
+    const key = `${randomUUID()}${'\u20ac'.repeat(255 - 36)}`
+    expect(await idempotent(key, () => ++runs, { store: testDb.db, scope })).toBe(1)
+    expect(await idempotent(key, () => ++runs, { store: testDb.db, scope })).toBe(1)
   })
 
   it('refuses a key reused with another fingerprint', async () => {

@@ -9,6 +9,7 @@ import {
   createMemoryIdempotencyStore,
   type IdempotencyRequest,
   type IdempotencyResponse,
+  maxScopeBytes,
 } from '../../src/idempotency/index.js'
 
 function refusal(tenantHeader: unknown): unknown {
@@ -66,5 +67,33 @@ describe('scope.tenantHeader', () => {
     await idempotency.handle(request('acme'), handler)
     await idempotency.handle(request('globex'), handler)
     expect(scopes).toEqual(['tenant:acme', 'tenant:globex'])
+  })
+
+  // The scope is stored in the record's primary key with the key: PostgreSQL refuses an entry
+  // over 2,704 bytes with a bare error, SQLite stores it, so a long tenant value (or a long
+  // string from a scope function) failed on one database only. Refused on every store alike,
+  // as any unstorable scope is: 500 with INVALID_OPTION, the handler never runs.
+  it('refuses a scope longer than maxScopeBytes before claiming', async () => {
+    const store = createMemoryIdempotencyStore()
+    const request = (tenant: string): IdempotencyRequest => ({
+      method: 'POST',
+      route: '/charges',
+      body: new Uint8Array(0),
+      header: (name) =>
+        name === 'x-tenant' ? tenant : name === 'idempotency-key' ? 'k' : undefined,
+    })
+    let runs = 0
+    const handler = async (): Promise<IdempotencyResponse> => {
+      runs++
+      return { status: 201, headers: {}, body: new Uint8Array(0) }
+    }
+    for (const scope of [{ tenantHeader: 'x-tenant' }, () => 'u'.repeat(maxScopeBytes + 1)]) {
+      const idempotency = createIdempotency({ store, scope })
+      await expect(
+        idempotency.handle(request('t'.repeat(maxScopeBytes)), handler),
+      ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'scope' })
+    }
+    expect(runs).toBe(0)
+    expect(store.size).toBe(0)
   })
 })
