@@ -789,7 +789,8 @@ class ProxyRuntime implements ProxyInternals {
         clock: deps.clock,
         logger: deps.logger,
         metrics: deps.metrics,
-        // Read per request: the generation in force when the request started serves it.
+        // Read per request: the generation in force when a request asks (once its body is
+        // read) serves it, as its route table does.
         services: () => this.#generation?.registry ?? registry,
         deadlineHeader: config.deadlineHeader,
         accessLog: config.accessLog,
@@ -807,9 +808,14 @@ class ProxyRuntime implements ProxyInternals {
             ...(previousTable === undefined ? {} : { previous: previousTable }),
           })
           tables.set(listener.name, table)
+          // Read per request, as `ctx.services()` is: a request whose body was still arriving
+          // at a reload is routed once read, and the old table could name a service the reload
+          // removed (a 502 for a request the new config serves). A listener the reload removed
+          // keeps its last table.
+          const name = listener.name
           handlers.set(
-            listener.name,
-            createGatewayHandler(listener, ctx, table, {
+            name,
+            createGatewayHandler(listener, ctx, () => this.#generation?.tables.get(name) ?? table, {
               shadow: this.#shadow,
               ...(needsIdempotency && sidecar !== undefined ? { idempotency: sidecar } : {}),
             }),
