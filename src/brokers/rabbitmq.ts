@@ -941,7 +941,15 @@ class RabbitSubscriber implements Subscriber {
       channel.on('error', (error: unknown) => {
         failure = error
       })
-      channel.once('close', () => lose(channelLoss(failure)))
+      channel.once('close', () => {
+        if (failure !== undefined) return lose(channelLoss(failure))
+        // No reason of its own: the connection is closing, and amqplib closes its channels
+        // before it emits the connection's 'close' with the server's reason (an operator's
+        // CONNECTION_FORCED comes with no 'error' event at all). That 'close' follows in the
+        // same tick, so the reason is awaited for one microtask; acks stop at once.
+        lost = true
+        queueMicrotask(() => lose(channelLoss(undefined)))
+      })
       await answered(options, model, 'setting the prefetch', channel.prefetch(options.prefetch))
       await declareExchange(options, model, channel)
       await declare(
@@ -978,9 +986,15 @@ class RabbitSubscriber implements Subscriber {
         channel.consume(
           queue,
           (raw) => {
-            // null: the broker cancelled the consumer (queue deleted): start over.
-            if (raw === null) lose(new Error(`consumer of ${queue} cancelled by the broker`))
-            else {
+            // null: the broker cancelled the consumer, which RabbitMQ does when the queue is
+            // deleted (with what it held): start over, which declares the queue again.
+            if (raw === null) {
+              lose(
+                new Error(
+                  `the server cancelled the consumer of queue ${queue}: the queue was deleted (by an operator or another application; the messages it held went with it) or became unavailable; declaring it again`,
+                ),
+              )
+            } else {
               const message = toIncoming(raw)
               if (message.id === '') refuse(raw, message)
               else dispatcher.push({ raw, session, message, settle: (o) => settle(raw, o) })

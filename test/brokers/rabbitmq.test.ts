@@ -840,3 +840,172 @@ describe('rabbitmq: a handler slower than the server’s consumer_timeout', () =
     }
   }, 90_000)
 })
+
+// The server ends a subscription's consumer, channel or connection for reasons of its own: an
+// operator deletes the queue (basic.cancel), another application takes the queue's name with
+// other settings (the redeclare fails with 406 PRECONDITION_FAILED), or an operator closes every
+// connection (320 CONNECTION_FORCED). The subscription must name the cause in onError and
+// resume, never stop consuming in silence, lose a message the server still holds, or reorder a
+// key's messages.
+describe('rabbitmq: the server ends a subscription', () => {
+  let server: StartedBroker
+  const setup = async () => {
+    server ??= await startPrivateBroker('rabbitmq')
+    return server
+  }
+  afterAll(async () => {
+    await server?.stop()
+  })
+
+  /** A subscription of `topic` (group g) recording each run, with a manual clock. */
+  async function subscribed(url: string, topic: string, hold?: Promise<void>) {
+    const clock = new ManualClock()
+    const errors: SubscriberErrorEvent[] = []
+    const broker = createRabbitMqBroker({
+      ...testTuning,
+      url,
+      clock,
+      onError: (e) => errors.push(e),
+    })
+    const seen: string[] = []
+    await broker.subscriber.subscribe(topic, 'g', async (m) => {
+      seen.push(m.id)
+      if (seen.length === 1 && hold !== undefined) await hold
+    })
+    const lost = () => errors.filter((e) => e.phase === 'connection').map((e) => String(e.error))
+    /**
+     * Publishes `batch`, again while it fails retryably (no queue bound until the subscription
+     * is back), as a relay does. A retry may send again what a partly routed attempt delivered.
+     */
+    const publish = async (batch: ReturnType<typeof makeBatch>) => {
+      const deadline = Date.now() + 20_000
+      for (;;) {
+        const error = await rejectionOf(broker.publisher.publish(batch))
+        if (error === undefined) return
+        // Retried as a relay does: whatever is retryable (unroutable, the new queue not ready).
+        if (!(error instanceof BreakwaterError && error.retryable) || Date.now() > deadline) {
+          throw error
+        }
+        await clock.advance(50)
+        await new Promise((resolve) => setTimeout(resolve, 20))
+      }
+    }
+    /** Waits until every message of `batch` ran; the first runs then show the order. */
+    const ran = (batch: ReturnType<typeof makeBatch>, what: string) =>
+      until(clock, () => batch.every((m) => seen.includes(m.id)), what)
+    const firstRuns = () => [...new Set(seen)]
+    return { broker, clock, errors, seen, lost, publish, ran, firstRuns }
+  }
+
+  /** An operator's own amqplib connection. */
+  async function operator(url: string) {
+    const amqp = await import('amqplib')
+    const model = await amqp.connect(url)
+    model.on('error', () => {})
+    return { model, channel: await model.createChannel() }
+  }
+
+  /** Runs `body` with a subscription of a fresh topic and an operator, closing both after. */
+  async function withOperator(
+    prefix: string,
+    body: (
+      sub: Awaited<ReturnType<typeof subscribed>>,
+      op: Awaited<ReturnType<typeof operator>>,
+      topic: string,
+    ) => Promise<void>,
+  ) {
+    const { url } = await setup()
+    const topic = unique(prefix)
+    const sub = await subscribed(url, topic)
+    const op = await operator(url)
+    try {
+      await body(sub, op, topic)
+    } finally {
+      await op.model.close()
+      await sub.broker.close()
+    }
+  }
+
+  it(
+    'reports a queue deleted under it as deleted, redeclares it and consumes on, in order',
+    () =>
+      withOperator('gone', async (sub, op, topic) => {
+        const first = makeBatch(topic, 3, 1, 'first')
+        await sub.broker.publisher.publish(first)
+        await until(sub.clock, () => sub.seen.length === 3, 'the first batch')
+        await op.channel.deleteQueue(`${topic}.g`)
+        await until(sub.clock, () => sub.lost().length > 0, 'the cancel to be reported')
+        expect(sub.lost()[0]).toMatch(
+          new RegExp(`consumer of queue ${topic}\\.g: the queue was deleted`),
+        )
+
+        const second = makeBatch(topic, 5, 1, 'second')
+        await sub.publish(second)
+        await sub.ran(second, 'the second batch')
+        expect(sub.firstRuns()).toEqual([...first, ...second].map((m) => m.id))
+        expect(sub.errors.filter((e) => e.phase !== 'connection')).toEqual([])
+      }),
+    90_000,
+  )
+
+  it(
+    'reports a queue retaken with other settings as BROKER_MISCONFIGURED naming it, and resumes once it is fixed',
+    () =>
+      withOperator('retaken', async (sub, op, topic) => {
+        const queue = `${topic}.g`
+        await op.channel.deleteQueue(queue)
+        // Another application declares the name first, as a classic queue.
+        await op.channel.assertQueue(queue, { durable: true })
+        const refusal = () =>
+          sub.errors.find((e) => (e.error as { code?: unknown }).code === 'BROKER_MISCONFIGURED')
+        await until(
+          sub.clock,
+          () => refusal() !== undefined,
+          'the refused redeclare to be reported',
+        )
+        const refused = refusal()!
+        expect(refused.phase).toBe('connection')
+        expect(String(refused.error)).toContain(`queue "${queue}"`)
+        expect(String(refused.error)).toMatch(/inequivalent arg 'x-queue-type'/)
+
+        // Fixed: the subscription redeclares its quorum queue and consumes on.
+        await op.channel.deleteQueue(queue)
+        const batch = makeBatch(topic, 4, 1)
+        await sub.publish(batch)
+        await sub.ran(batch, 'the batch')
+        expect(sub.firstRuns()).toEqual(batch.map((m) => m.id))
+      }),
+    90_000,
+  )
+
+  it('reports connections closed by an operator with the server’s reason, reconnects, and runs every message in key order', async () => {
+    const { url } = await setup()
+    const topic = unique('forced')
+    let release!: () => void
+    const stuck = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const sub = await subscribed(url, topic, stuck)
+    try {
+      const batch = makeBatch(topic, 4, 1)
+      await sub.broker.publisher.publish(batch)
+      await until(sub.clock, () => sub.seen.length === 1, 'the first message')
+      rabbitCtl(server)('close_all_connections', 'maintenance window')
+      await until(sub.clock, () => sub.lost().length > 0, 'the closed connection to be reported')
+      expect(sub.lost()[0]).toMatch(/CONNECTION_FORCED.*maintenance window/)
+      release()
+      await sub.ran(batch, 'every message')
+      // The held message runs again (its ack had no connection left); first runs in key order.
+      expect(sub.firstRuns()).toEqual(batch.map((m) => m.id))
+      // The publisher's connection was closed too: its next publish opens another.
+      const more = makeBatch(topic, 2, 1, 'more')
+      await sub.publish(more)
+      await sub.ran(more, 'the later batch')
+      expect(sub.firstRuns()).toEqual([...batch, ...more].map((m) => m.id))
+      expect(sub.errors.filter((e) => e.phase !== 'connection')).toEqual([])
+    } finally {
+      release()
+      await sub.broker.close()
+    }
+  }, 90_000)
+})
