@@ -233,9 +233,15 @@ class SqlOutbox implements Outbox {
     try {
       if (typeof tx !== 'object' || tx === null || typeof tx.execute !== 'function')
         throw new InvalidOptionError('tx', 'a SqlExecutor', tx)
-      rows = Array.isArray(input)
-        ? (input as readonly OutboxEvent[]).map((event, i) => this.#prepare(event, `events[${i}]`))
-        : [this.#prepare(input as OutboxEvent, 'event')]
+      if (Array.isArray(input)) {
+        // By index, not map: map skips the holes of a sparse list, which then went to the
+        // database unchecked (a bare NOT NULL error) and left holes in the ids resolved.
+        const events = input as readonly OutboxEvent[]
+        rows = []
+        for (let i = 0; i < events.length; i++) rows.push(this.#prepare(events[i]!, `events[${i}]`))
+      } else {
+        rows = [this.#prepare(input as OutboxEvent, 'event')]
+      }
     } catch (error) {
       return Promise.reject(error)
     }

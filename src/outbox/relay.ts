@@ -38,6 +38,7 @@ import type { OutgoingMessage, Publisher } from '../brokers/types.js'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { checkStoredKey } from '../core/text.js'
 import {
   checkClock,
   checkFunction,
@@ -179,7 +180,9 @@ export interface RelayOptions {
   /** Fault-injection hook called at each step boundary; see {@link RelayFaults}. */
   readonly faults?: RelayFaults
   /**
-   * This relay's identity in the lease tables (unique per running relay). A second live
+   * This relay's identity in the lease tables (unique per running relay): a non-empty string
+   * of at most 2048 UTF-8 bytes without NUL characters or lone surrogates, else
+   * `InvalidOptionError` at construction. A second live
    * process started with the same id does not start: see {@link Relay.start}
    * (`RELAY_ID_IN_USE`). A crashed relay restarted with its id comes up within `leaseMs`; a
    * relay that stalled past its heartbeat and finds its id taken over that way stops itself
@@ -560,11 +563,11 @@ class OutboxRelay implements Relay {
       options.faults === undefined
         ? undefined
         : checkFunction<RelayFaults>('relay.faults', options.faults)
-    const id = options.relayId ?? randomUUID()
-    if (typeof id !== 'string' || id === '')
-      throw new InvalidOptionError('relay.relayId', 'a non-empty string', id)
-    this.id = id
-    this.#leases = new PartitionLeases(db, id, clock, this.#leaseMs)
+    // The key of the relay's heartbeat row and the owner of its partitions: text PostgreSQL
+    // cannot store (NUL) or index (too long) failed start() with a bare driver error, and a
+    // lone surrogate, stored as U+FFFD, made two relay ids one.
+    this.id = checkStoredKey('relay.relayId', options.relayId ?? randomUUID())
+    this.#leases = new PartitionLeases(db, this.id, clock, this.#leaseMs)
     this.#waker = new Waker(clock)
   }
 
