@@ -266,6 +266,8 @@ function parseShop(args: readonly string[]): Parsed | string {
 }
 
 function parse(args: readonly string[]): Parsed | string {
+  // `help` as the first word asks for the usage, as with every other command (wantsHelp).
+  if (args[0] === 'help') return { help: true }
   return args[0] === 'policies' ? parsePolicies(args.slice(1)) : parseShop(args)
 }
 

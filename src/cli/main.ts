@@ -56,7 +56,8 @@ async function main(argv: string[]): Promise<number> {
   if (name === '--help' || name === '-h' || name === 'help') {
     // `help relay` is the relay's usage, and `help saga worker` the worker's: ignoring the
     // words would answer another question.
-    if (name === 'help' && rest.length > 0)
+    // `help help` is this usage: `help` is no command of its own.
+    if (name === 'help' && rest.length > 0 && rest[0] !== 'help')
       return runCommand(rest[0]!, [...rest.slice(1), '--help'])
     process.stdout.write(usage())
     return 0

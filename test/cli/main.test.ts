@@ -76,3 +76,18 @@ describe('breakwater | a reader that goes away', () => {
     expect(code).toBe(141)
   })
 })
+
+describe('help as the first word, as wantsHelp reads it for every command', () => {
+  // `breakwater relay help` is the relay's usage; `demo help` was an unknown demo (exit 2) and
+  // `help help` an unknown command (exit 2).
+  it.each([
+    [['demo', 'help'], 'usage: breakwater demo'],
+    [['help', 'demo'], 'usage: breakwater demo'],
+    [['help', 'help'], 'usage: breakwater <command>'],
+  ])('%j prints the usage on stdout, exit 0', async (args, usage) => {
+    const result = await runCli(args)
+    expect(result.code).toBe(0)
+    expect(result.stdout).toContain(usage)
+    expect(result.stderr).toBe('')
+  })
+})
