@@ -161,13 +161,18 @@ export interface ActionStep<I, C, Out> {
    */
   readonly action: (ctx: StepContext<I, C>) => Promise<Out> | Out
   /**
-   * Undoes the action after a later step failed for good (or the saga was cancelled). Runs
-   * only when the action completed; retried with `compensationRetry` until it succeeds or
-   * parks the saga as `failed`. Must be safe to repeat (use `ctx.idempotencyKey`).
+   * Undoes the action after a later step failed for good (or the saga was cancelled), retried
+   * with `compensationRetry` until it succeeds or parks the saga as `failed`. Must be safe to
+   * repeat (use `ctx.idempotencyKey`). It runs when the action completed, and also, first,
+   * when an attempt of the action ended without a recorded outcome (its worker died or lost its
+   * lease during it, maybe after the effect) and the saga compensates: then the step's result
+   * is not in the context (hence `Partial`): find the effect by the action's idempotency key
+   * (`${ctx.sagaId}:${ctx.step}`), and do nothing when there is none. An action that only ever
+   * failed by throwing is not compensated: throw only once nothing is left to undo.
    * @default none: the step is skipped when compensating
    */
   readonly compensation?: (
-    ctx: CompensationContext<I, MergeContext<C, Out>>,
+    ctx: CompensationContext<I, MergeContext<C, Partial<Out>>>,
   ) => Promise<void> | void
   /**
    * Retry of failed attempts; delays are persisted, not slept through.
@@ -430,9 +435,9 @@ type M<C, Out> = MergeContext<C, Out>
  *   input: (raw) => raw as { orderId: string; amount: number },
  *   steps: [
  *     { name: 'reserve', action: async (ctx) => ({ reservationId: await reserve(ctx.input, ctx.idempotencyKey) }),
- *       compensation: async (ctx) => release(ctx.context.reservationId, ctx.idempotencyKey) },
+ *       compensation: async (ctx) => release(ctx.input.orderId, ctx.idempotencyKey) },
  *     { name: 'charge', action: async (ctx) => ({ chargeId: await charge(ctx.input.amount, ctx.idempotencyKey) }),
- *       compensation: async (ctx) => refund(ctx.context.chargeId, ctx.idempotencyKey), compensationRequired: true },
+ *       compensation: async (ctx) => refund(ctx.input.orderId, ctx.idempotencyKey), compensationRequired: true },
  *     { name: 'ship', action: async (ctx) => ({ shipmentId: await ship(ctx.input.orderId, ctx.idempotencyKey) }) },
  *   ],
  * })

@@ -226,16 +226,32 @@ export class InstanceRun {
   // ---- forward ---------------------------------------------------------------------------
 
   async #forward(): Promise<Step> {
+    const step = this.saga.steps[this.#stepIndex]
+    // Before a cancel too: an action that crashed, then waits for its retry, is compensated.
+    if (step?.kind === 'action') this.#noteUnrecorded(step)
     if (this.#cancelRequested) {
-      // From the current step: a reply step whose command was sent is compensated too.
+      // From the current step: a reply step whose command was sent, and an action an attempt
+      // of which recorded no outcome, are compensated too.
       return this.#enterCompensation(await this.#cancelReason(), this.#stepIndex)
     }
-    const step = this.saga.steps[this.#stepIndex]
     if (step === undefined) return this.#finish('completed')
     if (this.#host.stopping) return this.#release()
     if (step.kind === 'wait') return this.#wait(step)
     if (step.kind === 'reply') return this.#reply(step)
     return this.#action(step)
+  }
+
+  // An action attempt that began (the claim, or the write before it, counted it) and recorded
+  // nothing: its worker died or lost its lease during it, maybe after the action's effect. A
+  // recorded attempt (a failure) persists its number as the step's attempts, so one that
+  // recorded nothing shows as a gap before the attempt this claim counts. It cannot be told
+  // from a death just before the action was called, so the step's outcome is unknown and its
+  // compensation runs if the saga compensates (see #nextCompensable).
+  #noteUnrecorded(step: CompiledStep): void {
+    const state = this.#steps[step.index]!
+    if (state.status !== 'completed' && this.#attempt > state.attempts + 1) {
+      state.outcomeUnknown = true
+    }
   }
 
   // The operator's reason (cancelSaga's `reason`, recorded with the request in the same
@@ -304,6 +320,8 @@ export class InstanceRun {
     const local = this.#capturing(work, step.name, false)
     state.status = 'completed'
     delete state.error
+    // A completed step is compensated anyway, now with its result.
+    delete state.outcomeUnknown
     if (result !== undefined) state.result = result
     if (isPlainObject(result)) this.#context = Object.freeze({ ...this.#context, ...result })
     this.#stepIndex = step.index + 1
@@ -402,6 +420,16 @@ export class InstanceRun {
   async #wait(step: CompiledStep): Promise<Step> {
     const state = this.#steps[step.index]!
     const now = storedTime(this.#host.clock)
+    // The bound of an action's attempts: a waitUntil that kills its worker every time (each
+    // claim counting an attempt) was called again on every claim, for ever. A sleepMs step
+    // calls nothing that could, so deaths not of its making do not fail it.
+    if (
+      state.wakeAt === undefined &&
+      step.waitUntil !== undefined &&
+      this.#attempt > step.retry.maxAttempts
+    ) {
+      return this.#attemptsSpent(step, state)
+    }
     if (state.wakeAt === undefined) {
       // Computed once and persisted: a restart must not start the wait over.
       // The attempt the claim counted, as an action's: a waitUntil retried after a failure
@@ -622,16 +650,18 @@ export class InstanceRun {
 
   // ---- compensation ----------------------------------------------------------------------
 
-  // The completed steps, and a reply step whose command was sent and whose reply was not read
+  // The completed steps, a reply step whose command was sent and whose reply was not read
   // (its outcome is unknown: the other service may have acted, and a late reply would find
-  // nothing left to undo it). A step still `waiting` without the flag was stored by an earlier
+  // nothing left to undo it), and an action an attempt of which recorded no outcome (its
+  // worker died during it, maybe after the effect; see #noteUnrecorded). A step still `waiting` without the flag was stored by an earlier
   // version, whose waiting always meant a command sent.
   #nextCompensable(from: number): number {
     for (let i = from; i >= 0; i--) {
       const state = this.#steps[i]
       if (state === undefined || this.saga.steps[i]?.compensation === undefined) continue
       if (state.status === 'completed') return i
-      if (state.status !== 'compensated' && (state.sent === true || state.status === 'waiting'))
+      if (state.status === 'compensated') continue
+      if (state.sent === true || state.outcomeUnknown === true || state.status === 'waiting')
         return i
     }
     return -1

@@ -70,6 +70,12 @@ export interface StepState {
    */
   sent?: boolean
   /**
+   * For an action step: an attempt of it ended without a recorded outcome (its worker died or
+   * lost its lease during it), so it may have had its effect. A compensation covers the step
+   * too, first, unless a later attempt completed it (then the flag is dropped).
+   */
+  outcomeUnknown?: boolean
+  /**
    * For a reply step: the attempt at which a reply was read and refused. Replies to it and to
    * earlier attempts are used up: a redelivered copy is dropped (`deliverReply`'s `attempt`).
    */

@@ -243,7 +243,8 @@ describe('defineSaga declarations', () => {
             return { reservationId: `r-${ctx.input.orderId}` }
           },
           compensation: async (ctx) => {
-            expectTypeOf(ctx.context.reservationId).toEqualTypeOf<string>()
+            // Optional: a compensation also runs for an attempt that recorded no outcome.
+            expectTypeOf(ctx.context.reservationId).toEqualTypeOf<string | undefined>()
             expectTypeOf(ctx.reason).toEqualTypeOf<string>()
           },
         },

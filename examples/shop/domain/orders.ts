@@ -162,10 +162,10 @@ export function defineOrderSaga(deps: OrderSagaDeps | undefined) {
         name: 'accept',
         action: () => ({}),
         compensationRequired: true,
-        // Runs last when the saga compensates. A step whose outcome is unknown (its reply was
-        // lost on every attempt) counts as not completed and is not compensated, so this sweep
-        // releases and refunds whatever the order may hold: both calls are no-ops when there
-        // is nothing to undo. Then the cancellation is recorded with its outbox event.
+        // Runs last when the saga compensates. An action whose attempt recorded no outcome is
+        // compensated itself, but one whose calls failed (a lost reply on every attempt) is
+        // not, so this sweep releases and refunds whatever the order may hold: both calls are
+        // no-ops when there is nothing to undo. Then the cancellation is recorded with its outbox event.
         compensation: async (ctx) => {
           const { client, store, outbox } = need()
           const id = encodeURIComponent(ctx.input.orderId)
