@@ -55,7 +55,11 @@ export interface Inbox {
    * one that catches it and commits keeps the record without the effect). `tx` must be a
    * transaction (the driver itself is refused with `InvalidOptionError`: the record would
    * commit on its own), as is a message without a string id or an `fn` that is not a
-   * function, before anything is written. A message whose id is empty, holds a NUL
+   * function, before anything is written. No statement is sent synchronously within the call
+   * (`fn` runs after an await, so the record must be in the same transaction as its writes):
+   * inside a synchronous better-sqlite3 `db.transaction(() => ...)` body, which has committed
+   * by then, the record is refused (`TRANSACTION_MISUSE`) and nothing is written; wrap it in
+   * `BEGIN IMMEDIATE` ... `COMMIT` instead. A message whose id is empty, holds a NUL
    * character or a lone surrogate (text the database cannot store as it is), or is longer than
    * 2048 UTF-8 bytes (more than PostgreSQL can index, alike on SQLite) is poison: no
    * delivery of it can ever be recorded, so rather than throw (and be redelivered forever) the
@@ -106,6 +110,11 @@ class SqlInbox implements Inbox {
     checkFunction('fn', fn)
     if (unstorableIdReason(id) !== undefined)
       return { duplicate: false, refused: this.#refuse(message) }
+    // fn runs after an await (the record's), so the record must not be sent synchronously
+    // either: in a synchronous better-sqlite3 transaction body (db.transaction(() => ...)) it
+    // committed with that body, alone, and fn's writes, sent after the commit, were refused
+    // (the effect lost, the redelivery a duplicate). Sent after an await, it is refused too.
+    await Promise.resolve()
     const { rowCount } = await tx.execute(inboxStatements[tx.dialect].record, [
       this.consumer,
       message.id,
