@@ -52,7 +52,9 @@ const nullBodyStatuses = new Set([101, 103, 204, 205, 304])
 function toFetchResponse(response: IdempotencyResponse): Response {
   const headers = new Headers()
   for (const [name, value] of Object.entries(response.headers)) {
-    if (name === 'content-length') continue
+    // The body is whole: its server sets its framing. A handler's Transfer-Encoding (Hono's
+    // streamText and streamSSE set `chunked`) would go out beside that Content-Length.
+    if (name === 'content-length' || name === 'transfer-encoding') continue
     if (typeof value === 'string') headers.set(name, value)
     else for (const item of value) headers.append(name, item)
   }

@@ -336,14 +336,11 @@ function capturedWriteHead(this: CapturedResponse, status: number, ...rest: unkn
     headers = rest[1]
   }
   if (Array.isArray(headers)) {
-    // Either [[name, value], ...] or a flat [name, value, name, value] list.
-    if (Array.isArray(headers[0])) {
-      for (const [name, value] of headers as [string, string][]) this.appendHeader(name, value)
-    } else {
-      for (let i = 0; i + 1 < headers.length; i += 2) {
-        this.appendHeader(String(headers[i]), String(headers[i + 1]))
-      }
-    }
+    // Either [[name, value], ...] or a flat [name, value, name, value] list. As node does, its
+    // names replace what setHeader set before, and repeated ones in the list are all kept.
+    const pairs = Array.isArray(headers[0]) ? (headers as [unknown, unknown][]) : pairsOf(headers)
+    for (const [name] of pairs) this.removeHeader(String(name))
+    for (const [name, value] of pairs) this.appendHeader(String(name), String(value))
   } else if (typeof headers === 'object' && headers !== null) {
     for (const name of Object.keys(headers)) {
       const value = (headers as Record<string, unknown>)[name]
@@ -351,6 +348,13 @@ function capturedWriteHead(this: CapturedResponse, status: number, ...rest: unkn
     }
   }
   return this
+}
+
+// A flat [name, value, name, value] list as pairs (a trailing name without a value is dropped).
+function pairsOf(list: unknown[]): [unknown, unknown][] {
+  const pairs: [unknown, unknown][] = []
+  for (let i = 0; i + 1 < list.length; i += 2) pairs.push([list[i], list[i + 1]])
+  return pairs
 }
 
 function capturedWrite(
