@@ -157,3 +157,28 @@ export function isDroppedPromise(value: unknown): boolean {
   Promise.resolve(value).catch(() => {})
   return true
 }
+
+/**
+ * Runs `build` (a factory that names its options from its own root, as `retry.maxAttempts`) and
+ * renames an `InvalidOptionError` it throws to start at `prefix`, so a policy built inside
+ * another capability's options is reported by the path the caller wrote
+ * (`services.payments.retry.maxAttempts`, `relay.circuitBreaker.cooldownMs`). Other errors,
+ * and errors already under `prefix`, pass through unchanged.
+ */
+export function withOptionPrefix<T>(prefix: string, build: () => T): T {
+  try {
+    return build()
+  } catch (error) {
+    if (error instanceof InvalidOptionError && !error.option.startsWith(`${prefix}.`)) {
+      // The message is `<option>: expected <what>, got <value>`; keep <what>.
+      const lead = `${error.option}: expected `
+      const tail = error.message.lastIndexOf(', got ')
+      const expected =
+        error.message.startsWith(lead) && tail > lead.length
+          ? error.message.slice(lead.length, tail)
+          : 'a valid value'
+      throw new InvalidOptionError(`${prefix}.${error.option}`, expected, error.value)
+    }
+    throw error
+  }
+}

@@ -10,6 +10,7 @@ import {
   checkObject,
   checkSignal,
   signalRefusal,
+  withOptionPrefix,
 } from '../core/validate.js'
 import {
   type Bulkhead,
@@ -252,7 +253,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     this.retryBudget =
       options.retry === false
         ? undefined
-        : withPrefix(prefix, () => makeBudget(options.retryBudget, clock))
+        : withOptionPrefix(prefix, () => makeBudget(options.retryBudget, clock))
     // What the retry policy will decide, for a call whose attempt fails after close() (see
     // #linkedAttempt); the defaults are retry()'s. Validated by retry() below.
     const retryOptions = options.retry === false ? undefined : options.retry
@@ -263,7 +264,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     this.#retry =
       options.retry === false
         ? undefined
-        : withPrefix(prefix, () =>
+        : withOptionPrefix(prefix, () =>
             retry({
               ...(checkObject(`${prefix}.retry`, options.retry ?? {}) as object),
               ...(this.retryBudget === undefined ? {} : { budget: this.retryBudget }),
@@ -273,7 +274,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     this.breaker =
       options.circuitBreaker === false
         ? undefined
-        : withPrefix(prefix, () =>
+        : withOptionPrefix(prefix, () =>
             circuitBreaker({
               name,
               ...(checkObject(`${prefix}.circuitBreaker`, options.circuitBreaker ?? {}) as object),
@@ -283,7 +284,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     this.bulkhead =
       options.bulkhead === false
         ? undefined
-        : withPrefix(prefix, () =>
+        : withOptionPrefix(prefix, () =>
             bulkhead({
               ...defaultBulkhead,
               name,
@@ -782,23 +783,4 @@ function makeBudget(
   if (typeof (option as Partial<RetryBudget> | null | undefined)?.tryWithdraw === 'function')
     return option as RetryBudget
   return createRetryBudget({ ...(checkObject('retryBudget', option ?? {}) as object), clock })
-}
-
-// The policy factories name their options from their own root (`retry.maxAttempts`); inside a
-// client the path starts at the service (`services.payments.retry.maxAttempts`).
-function withPrefix<T>(prefix: string, build: () => T): T {
-  try {
-    return build()
-  } catch (error) {
-    if (error instanceof InvalidOptionError && !error.option.startsWith(`${prefix}.`)) {
-      const lead = `${error.option}: expected `
-      const tail = error.message.lastIndexOf(', got ')
-      const expected =
-        error.message.startsWith(lead) && tail > lead.length
-          ? error.message.slice(lead.length, tail)
-          : 'a valid value'
-      throw new InvalidOptionError(`${prefix}.${error.option}`, expected, error.value)
-    }
-    throw error
-  }
 }

@@ -45,6 +45,7 @@ import {
   checkInteger,
   checkObject,
   checkOneOf,
+  withOptionPrefix,
 } from '../core/validate.js'
 import { Waker } from '../core/waker.js'
 import { type Backoff, type BackoffOptions, resolveBackoff } from '../policies/backoff.js'
@@ -87,7 +88,13 @@ export type RelayOrdering = 'confirmed' | 'batch'
 /** The lifecycle of a relay. */
 export type RelayState = 'new' | 'running' | 'stopping' | 'stopped' | 'crashed'
 
-/** Options of the relay's periodic retention (see `pruneOutbox`). */
+/**
+ * Options of the relay's periodic retention (see `pruneOutbox`). `clock` and `maxBatches` of
+ * `pruneOutbox` are not among them: retention runs on the relay's own `clock` (one source of
+ * time for leases, timers and the age cutoff) and a run has no batch budget (see `everyMs`).
+ * Given anyway, they are refused with `INVALID_OPTION` naming `relay.retention.clock` or
+ * `relay.retention.maxBatches`, not silently dropped.
+ */
 export interface RelayRetentionOptions extends Omit<PruneOutboxOptions, 'clock' | 'maxBatches'> {
   /**
    * How often the relay starts a retention run. A run removes due rows in batches of
@@ -168,7 +175,9 @@ export interface RelayOptions {
   readonly retryBackoff?: BackoffOptions
   /**
    * The circuit breaker around the publisher (the relay's clock is used). Failures that are a
-   * message's own fault (`BROKER_REJECTED`, permanent errors) never count against it.
+   * message's own fault (`BROKER_REJECTED`, permanent errors) never count against it. A bad
+   * field is reported as `relay.circuitBreaker.<field>`; `clock` and `isFailure`, which the
+   * relay sets itself, are refused (`INVALID_OPTION`) rather than dropped.
    * @default { window: { kind: 'consecutive', failures: 5 }, cooldownMs: 5_000 }
    */
   readonly circuitBreaker?: Omit<CircuitBreakerOptions, 'clock' | 'isFailure'>
@@ -337,6 +346,16 @@ const horizonRecheckMs = 10
 
 // Thrown through the loop when the fault hook simulated a crash.
 class Halt extends Error {}
+
+const sameClock = 'the relay uses its own clock for everything: set relay.clock'
+
+/**
+ * Refuses a field the relay sets itself. Accepted, it would be dropped without a word (a test's
+ * ManualClock given to `retention` alone, say, would drive nothing); `undefined` is absent.
+ */
+function refuseOwnField(option: string, value: unknown, why: string): void {
+  if (value !== undefined) throw new InvalidOptionError(option, `undefined (${why})`, value)
+}
 
 /**
  * True for failures that are a message's own fault rather than the broker's health.
@@ -533,14 +552,22 @@ class OutboxRelay implements Relay {
       ...(checkObject('relay.retryBackoff', options.retryBackoff ?? {}) as BackoffOptions),
     })
     const breakerOptions = checkObject('relay.circuitBreaker', options.circuitBreaker ?? {})
-    this.breaker = circuitBreaker({
-      window: { kind: 'consecutive', failures: 5 },
-      cooldownMs: 5_000,
-      name: 'outbox-relay',
-      ...breakerOptions,
-      clock,
-      isFailure: (error) => !isMessageFault(error),
-    })
+    refuseOwnField('relay.circuitBreaker.clock', breakerOptions.clock, sameClock)
+    refuseOwnField(
+      'relay.circuitBreaker.isFailure',
+      breakerOptions.isFailure,
+      "the relay decides: a message's own fault never counts",
+    )
+    this.breaker = withOptionPrefix('relay', () =>
+      circuitBreaker({
+        window: { kind: 'consecutive', failures: 5 },
+        cooldownMs: 5_000,
+        name: 'outbox-relay',
+        ...breakerOptions,
+        clock,
+        isFailure: (error) => !isMessageFault(error),
+      }),
+    )
     if (options.retention === false) {
       this.#retention = undefined
       this.#retentionEveryMs = 0
@@ -551,6 +578,12 @@ class OutboxRelay implements Relay {
         retention.everyMs ?? 60_000,
         1,
         maxTimerDelayMs,
+      )
+      refuseOwnField('relay.retention.clock', retention.clock, sameClock)
+      refuseOwnField(
+        'relay.retention.maxBatches',
+        retention.maxBatches,
+        'a relay run has no batch budget: see everyMs',
       )
       const { everyMs: _ignored, ...prune } = retention as RelayRetentionOptions
       // No batch budget: a run goes on while batches come back full (see RelayRetentionOptions).
