@@ -12,6 +12,7 @@ import {
 import { redactSecrets } from '../observability/index.js'
 // The parser alone: the drivers load only when a database is opened.
 import { parseDatabaseUrl } from '../stores/open.js'
+import { wantsHelp } from './usage.js'
 
 /** The defaults of a plain `npm start`: 45 s of load at 5 orders/s with the default chaos. */
 const shopDefaults = {
@@ -266,8 +267,10 @@ function parseShop(args: readonly string[]): Parsed | string {
 }
 
 function parse(args: readonly string[]): Parsed | string {
-  // `help` as the first word asks for the usage, as with every other command (wantsHelp).
-  if (args[0] === 'help') return { help: true }
+  // As every other command (wantsHelp): --help or -h anywhere, or help first, before any
+  // argument is judged. A flag is never a separate value, and the help flag in a value's place
+  // (`--json -h`) is a request for the usage, not a file named -h; `--json=-h` is a value.
+  if (wantsHelp(args)) return { help: true }
   return args[0] === 'policies' ? parsePolicies(args.slice(1)) : parseShop(args)
 }
 

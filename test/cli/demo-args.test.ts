@@ -81,3 +81,36 @@ describe('breakwater demo --db: every postgres:// URL the library opens', () => 
     expect(stderr).not.toContain('hunter2')
   })
 })
+
+describe('breakwater demo: --help or -h where a value would go', () => {
+  // As every other command (wantsHelp): a flag is never a separate value, and the help flag is
+  // a request for the usage wherever it stands. `--json -h` ran the shop and wrote its summary
+  // to a file named -h; `--only -h` was an unknown scenario. `--flag=-h` is still a value.
+  it.each([
+    [['--json', '-h']],
+    [['--json', '--help']],
+    [['--db', '--help']],
+    [['policies', '--only', '-h']],
+    [['policies', '--only', '--help']],
+  ])('demo %j prints the usage, exit 0, runs nothing', async (args) => {
+    let stdout = ''
+    vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      stdout += String(chunk)
+      return true
+    })
+    const loadShop = vi.fn(async () => async () => ({ ok: true }))
+    expect(await demoCommand(args, { loadShop })).toBe(0)
+    expect(stdout).toContain('usage: breakwater demo')
+    expect(loadShop).not.toHaveBeenCalled()
+  })
+
+  it('takes -h as the value of --flag=-h', async () => {
+    let stderr = ''
+    vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      stderr += String(chunk)
+      return true
+    })
+    expect(await demoCommand(['policies', '--only=-h'])).toBe(2)
+    expect(stderr).toContain('unknown scenario "-h"')
+  })
+})

@@ -112,6 +112,24 @@ describe('breakwater relay: argument errors', () => {
     expect(fromEnv.stderr).toContain('unsupported broker "gopher://u:***@h"')
   })
 
+  // A flag is never a separate value (`--db --broker` is a missing value), and the help flag
+  // asks for the usage wherever it stands, as in every command (wantsHelp): `--topic-prefix -h`
+  // prints the usage. A prefix that is literally -h is given as `--topic-prefix=-h`.
+  it.each([[['--topic-prefix', '-h']], [['--topic-prefix', '--help']], [['--db', '-h']]])(
+    '%j prints the usage, exit 0',
+    async (args) => {
+      const result = await run(args)
+      expect(result.code).toBe(0)
+      expect(result.stdout).toContain('usage: breakwater relay')
+    },
+  )
+
+  it('takes -h as the value of --topic-prefix=-h', async () => {
+    const result = await run(['--topic-prefix=-h', '--batch-size', '0'])
+    expect(result.code).toBe(2)
+    expect(result.stderr).toContain('--batch-size must be an integer')
+  })
+
   it('prints its usage for --help and exits 0', async () => {
     const result = await run(['--help'])
     expect(result.code).toBe(0)
