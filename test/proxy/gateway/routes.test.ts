@@ -144,6 +144,24 @@ describe('target choice', () => {
     )
   })
 
+  it('with three targets, raising one weight also moves users between the two others (documented limit)', () => {
+    // docs/proxy.md, `sticky`: bands lie in service-name order, so only two targets are monotone.
+    const three = (a: number) => [
+      { service: 'a', weight: a },
+      { service: 'b', weight: 1 },
+      { service: 'c', weight: 1 },
+    ]
+    const table = createRouteTable([route('r', '/', three(1))])
+    const r = table.get('r')!
+    const users = Array.from({ length: 300 }, (_, i) => `u-${i}`)
+    const before = users.map((u) => table.choose(r, u, Math.random))
+    table.override('r', three(2))
+    const moves = new Set(users.map((u, i) => `${before[i]}->${table.choose(r, u, Math.random)}`))
+    expect(moves).toContain('b->a')
+    expect(moves).toContain('c->b')
+    expect(moves).not.toContain('a->b')
+  })
+
   it('respects the weights statistically, with a seeded random and with sticky users', () => {
     fc.assert(
       fc.property(
