@@ -237,12 +237,41 @@ export async function ensureProjections(
         const last = Number(rows[0]?.position ?? 0)
         if (last > 0) missingThrough = last
       }
+      const mode = inline ? 1 : 0
       const inserted = await tx.execute(statements.insertProjection, [
         projection.name,
         storedTime(clock),
         missingThrough,
+        mode,
       ])
-      if (inserted.rowCount > 0) await createTables(tx, projection, 0)
+      if (inserted.rowCount > 0) {
+        await createTables(tx, projection, 0)
+        continue
+      }
+      // Registered before: by this mode, the other one, or before modes were recorded (NULL).
+      // Locked (PostgreSQL) so that a projector's batch in progress commits its checkpoint first.
+      const rows = await tx.query<{
+        position: number | string
+        inline: number | string | null
+        missing_through: number | string | null
+      }>(statements.projectionForUpdate, [projection.name])
+      const row = rows[0]
+      if (row === undefined || (row.inline !== null && Number(row.inline) === mode)) continue
+      // Async only refuses to run a projection last registered inline (see the projector) until
+      // a rebuild: an inline one's stored position is where its last rebuild ended, not what
+      // its tables hold. Inline after async: the tables hold what the projector applied, up to
+      // its checkpoint; events taken after it are missing until a rebuild.
+      if (!inline && row.inline !== null) continue
+      let missing = row.missing_through === null ? null : Number(row.missing_through)
+      if (inline && row.inline !== null && (missingThrough ?? 0) > Number(row.position)) {
+        missing = missingThrough
+      }
+      await tx.execute(statements.setProjectionMode, [
+        projection.name,
+        mode,
+        missing,
+        storedTime(clock),
+      ])
     }
   }
   if ('transaction' in target && typeof target.transaction === 'function') {

@@ -221,6 +221,8 @@ interface ProjectionRow {
   position: number | string
   generation: number | string
   rebuild_generation: number | string | null
+  /** 1 last registered (or rebuilt) inline, 0 async, null before modes were recorded. */
+  inline: number | string | null
 }
 
 class SqlProjector implements Projector {
@@ -399,6 +401,7 @@ class SqlProjector implements Projector {
     const store = this.#store
     const result = await store.db.transaction(async (tx) => {
       const row = await this.#lockRow(tx)
+      if (row.inline !== null && Number(row.inline) === 1) throw this.#registeredInline()
       const position = Number(row.position)
       const page = await store.readAllOfTypes(
         { fromPosition: position + 1, limit: this.#batchSize, tx },
@@ -448,6 +451,20 @@ class SqlProjector implements Projector {
     // checkpoint stops right before it.
     if (result.failure !== undefined) throw result.failure
     return { applied: result.applied, position: result.position }
+  }
+
+  /**
+   * The refusal of an async batch on a projection that stores last registered inline: its
+   * stored position is where its last rebuild ended (appends do not move it), so following
+   * the log from there would apply every later event a second time to the tables the appends
+   * wrote.
+   */
+  #registeredInline(): InvalidOptionError {
+    return new InvalidOptionError(
+      'projection',
+      `a projection not run inline: "${this.name}" was last registered inline by an event store (inlineProjections), so its checkpoint does not say what its tables hold; rebuild() it to run it async`,
+      this.name,
+    )
   }
 
   /** Whether a later rebuild has taken over from the one filling `generation`. */
@@ -812,6 +829,9 @@ class SqlProjector implements Projector {
         position,
         generation,
         storedTime(this.#clock),
+        // Rebuilt from the log, the tables hold every event up to `position`: whichever mode
+        // the projection ran in before, it runs in this projector's from now on.
+        this.inline ? 1 : 0,
       ])
       return { position, events }
     })

@@ -399,6 +399,16 @@ export const cqrsMigrations: readonly Migration[] = [
     sqlite: ['ALTER TABLE breakwater_projections ADD COLUMN missing_through INTEGER'],
     postgres: ['ALTER TABLE breakwater_projections ADD COLUMN missing_through BIGINT'],
   },
+  {
+    // How the projection was last registered or rebuilt: 1 inline (in appends), 0 async (a
+    // projector), NULL registered before this column. Moved between the two, neither side's
+    // state means what the other needs: an inline projection's position is only where its last
+    // rebuild ended, an async one's tables lack what its projector had not reached.
+    version: 4,
+    name: 'projection-mode',
+    sqlite: ['ALTER TABLE breakwater_projections ADD COLUMN inline INTEGER'],
+    postgres: ['ALTER TABLE breakwater_projections ADD COLUMN inline INTEGER'],
+  },
 ]
 
 /**
@@ -460,6 +470,8 @@ export interface CqrsStatements {
   readonly saveCheckpoint: string
   /** `$1` name, `$2` now, `$3` the last position an inline projection has not seen (or NULL). */
   readonly insertProjection: string
+  /** `$2` inline (1) or async (0), `$3` missing_through, `$4` updated_at. */
+  readonly setProjectionMode: string
   /** The largest position taken so far (committed or not). */
   readonly lastTaken: string
   /** An inline projection's `missing_through` and the log's first position. */
@@ -496,18 +508,20 @@ ON CONFLICT (stream_id, name) DO UPDATE
   saveCheckpoint: `INSERT INTO breakwater_checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
   WHERE breakwater_checkpoints.position < excluded.position`,
-  insertProjection: `INSERT INTO breakwater_projections (name, position, generation, rebuild_generation, updated_at, missing_through)
-VALUES ($1, 0, 0, NULL, $2, $3) ON CONFLICT (name) DO NOTHING`,
+  insertProjection: `INSERT INTO breakwater_projections (name, position, generation, rebuild_generation, updated_at, missing_through, inline)
+VALUES ($1, 0, 0, NULL, $2, $3, $4) ON CONFLICT (name) DO NOTHING`,
+  setProjectionMode:
+    'UPDATE breakwater_projections SET inline = $2, missing_through = $3, updated_at = $4 WHERE name = $1',
   inlineProjection: `SELECT missing_through, (SELECT MIN(position) FROM breakwater_events) AS first_position
 FROM breakwater_projections WHERE name = $1`,
   projection:
-    'SELECT position, generation, rebuild_generation FROM breakwater_projections WHERE name = $1',
+    'SELECT position, generation, rebuild_generation, missing_through, inline FROM breakwater_projections WHERE name = $1',
   saveProjectionPosition:
     'UPDATE breakwater_projections SET position = $2, updated_at = $3 WHERE name = $1',
   setRebuildGeneration:
     'UPDATE breakwater_projections SET rebuild_generation = $2, updated_at = $3 WHERE name = $1',
   finishRebuild:
-    'UPDATE breakwater_projections SET position = $2, generation = $3, rebuild_generation = NULL, missing_through = NULL, updated_at = $4 WHERE name = $1',
+    'UPDATE breakwater_projections SET position = $2, generation = $3, rebuild_generation = NULL, missing_through = NULL, updated_at = $4, inline = $5 WHERE name = $1',
 } as const
 
 function readStreamSql(dialect: 'sqlite' | 'postgres', direction: 'forwards' | 'backwards') {
