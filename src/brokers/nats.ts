@@ -158,6 +158,7 @@ export function createNatsBroker(options: NatsBrokerOptions): Broker {
 
 function resolveNatsOptions(options: NatsBrokerOptions): ResolvedNatsOptions {
   const common = resolveCommonOptions('nats', options, ['nats:', 'tls:'], ['nats:', 'tls:'])
+  checkNatsUrlRest(common.url)
   // connectNats sends user:password, or a lone user name as a token; a password without a
   // user name fits neither and would be dropped, failing later as an authorization error.
   if (common.url.password !== '' && common.url.username === '') {
@@ -219,6 +220,32 @@ function resolveNatsOptions(options: NatsBrokerOptions): ResolvedNatsOptions {
     ackWaitMs: ms('nats.ackWaitMs', options.ackWaitMs, 30_000, 1_000),
     name,
   }
+}
+
+/**
+ * Refuses what a NATS URL may hold but connectNats never reads: a query (`?tls=true` would
+ * still connect in plain text, `?token=` would log in without it), a path or a fragment. Each
+ * would be dropped without a word. The error names the first query parameter, never its value.
+ */
+function checkNatsUrlRest(url: URL): void {
+  const [parameter] = url.searchParams.keys()
+  const problem =
+    parameter !== undefined || url.search !== ''
+      ? `no query (NATS URLs take no parameters: use tls:// or the tls option for TLS, user:password@ or token@ for credentials), not "${parameter ?? ''}"`
+      : url.pathname !== '' && url.pathname !== '/'
+        ? 'no path (NATS has no databases or virtual hosts)'
+        : url.hash !== ''
+          ? 'no fragment'
+          : undefined
+  if (problem === undefined) return
+  const shown = new URL(url.toString())
+  shown.search = ''
+  shown.hash = ''
+  throw new InvalidOptionError(
+    'nats.url',
+    `a nats:// or tls:// URL with ${problem}`,
+    redactUrl(shown.toString()),
+  )
 }
 
 /** The stream a topic is stored in. */

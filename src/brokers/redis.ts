@@ -45,10 +45,12 @@ import type {
  * no headers; one whose `headers` field is not a JSON object of string values is refused (see
  * {@link createRedisBroker}).
  *
- * The URL's query may carry other ioredis options (`family`, `tls`-related ones, ...), but not
- * those the adapter sets or relies on (`protocol`, `enableOfflineQueue`, `maxRetriesPerRequest`,
- * `lazyConnect`, the timeouts, `keyPrefix`, ...): ioredis would let them override its settings,
- * so they are refused at construction. A consumer group is a Redis consumer group on that stream, created at the start
+ * The URL's query may set `db` (when the path does not), `port` (when the host part does not),
+ * `family` (0, 4 or 6), `username`, `password` and `tls` (an ioredis TLS profile name, not
+ * beside the `tls` option). Any other parameter is refused at construction with
+ * `INVALID_OPTION` naming it: ioredis would take it as an option, ignoring a typo without a word
+ * and letting those the adapter sets or relies on (`protocol`, `enableOfflineQueue`,
+ * `maxRetriesPerRequest`, the timeouts, `keyPrefix`, ...) override its settings. A consumer group is a Redis consumer group on that stream, created at the start
  * of the stream (`0`) when missing, so a new group also receives what is already stored.
  */
 export interface RedisBrokerOptions extends BrokerCommonOptions {
@@ -131,6 +133,26 @@ const reservedQuery = new Set([
 ])
 
 /**
+ * The URL query parameters the adapter lets through to ioredis, with the values it reads
+ * right: ioredis parses `db` and `port` with parseInt (`3x` would mean 3) and keeps a `family`
+ * it cannot parse as a string that no socket takes.
+ */
+const queryFormats = new Map<string, RegExp>([
+  ['db', /^\d+$/],
+  ['port', /^\d+$/],
+  ['family', /^[046]$/],
+  ['username', /^/],
+  ['password', /^/],
+  // A TLS profile name (ioredis's RedisCloudFixed, RedisCloudFlexible).
+  ['tls', /^/],
+])
+const queryFormatNames: Readonly<Record<string, string>> = {
+  db: 'a database number',
+  port: 'a port number',
+  family: '0, 4 or 6',
+}
+
+/**
  * A Redis Streams publisher (XADD, pipelined) and subscriber (consumer groups).
  *
  * `publish()` sends one XADD per message in a single pipeline (one round trip) and resolves
@@ -205,7 +227,7 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
   // ioredis lets the URL's query override the options the adapter gives it, which would undo
   // what it relies on: RESP2 reply shapes, failing fast instead of queueing or retrying through
   // an outage, its own connect sequence and timeouts.
-  for (const name of common.url.searchParams.keys()) {
+  for (const [name, value] of common.url.searchParams) {
     // ioredis would take the query's tls (a TLS profile name) over the tls option.
     if (reservedQuery.has(name) || (name === 'tls' && common.tls !== undefined)) {
       throw new InvalidOptionError(
@@ -214,6 +236,42 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
         redactUrl(options.url),
       )
     }
+    // Any other name becomes an ioredis option: a typo is ignored without a word, and some act
+    // behind the adapter's back (monitor, readOnly, path: a Unix socket instead of the host).
+    const format = queryFormats.get(name)
+    if (format === undefined || !format.test(value)) {
+      throw new InvalidOptionError(
+        'redis.url',
+        format === undefined
+          ? `a redis:// or rediss:// URL whose query sets only ${[...queryFormats.keys()].join(', ')}, not "${name}"`
+          : `a redis:// or rediss:// URL whose query parameter "${name}" is ${queryFormatNames[name]}`,
+        redactUrl(options.url),
+      )
+    }
+  }
+  // ioredis takes what the URL itself names and ignores the query's: one would be dropped.
+  const url = common.url
+  for (const [name, named, where] of [
+    ['db', url.pathname.length > 1, 'path'],
+    ['port', url.port !== '', 'host part'],
+    ['username', url.username !== '' || url.password !== '', 'user:password@'],
+    ['password', url.username !== '' || url.password !== '', 'user:password@'],
+  ] as const) {
+    if (named && url.searchParams.has(name)) {
+      throw new InvalidOptionError(
+        'redis.url',
+        `a redis:// or rediss:// URL that sets "${name}" once, in its ${where} or in its query`,
+        redactUrl(options.url),
+      )
+    }
+  }
+  // ioredis reads no fragment: whatever it holds would be dropped.
+  if (common.url.hash !== '') {
+    throw new InvalidOptionError(
+      'redis.url',
+      'a redis:// or rediss:// URL without a fragment (#...)',
+      redactUrl(options.url),
+    )
   }
   const consumerName = options.consumerName
   if (consumerName !== undefined && (typeof consumerName !== 'string' || consumerName === '')) {

@@ -2,7 +2,7 @@
 import { expect } from 'vitest'
 import type { Broker } from '../../src/brokers/index.js'
 import type { ErrorCode } from '../../src/core/error-codes.js'
-import { BreakwaterError } from '../../src/core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
 import { makeBatch, unique } from './conformance.js'
 
 /**
@@ -45,4 +45,15 @@ export function expectBrokerError(
   expect(BreakwaterError.is(error), label).toBe(true)
   expect((error as BreakwaterError).code, label).toBe(code)
   if (retryable !== undefined) expect((error as BreakwaterError).retryable, label).toBe(retryable)
+}
+
+/** What `make` threw, checked to be an {@link InvalidOptionError}; fails when it returns. */
+export function refusal(make: () => unknown): InvalidOptionError {
+  try {
+    make()
+  } catch (error) {
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    return error as InvalidOptionError
+  }
+  throw new Error('expected INVALID_OPTION')
 }

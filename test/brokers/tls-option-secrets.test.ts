@@ -10,7 +10,7 @@ import {
   createRabbitMqBroker,
   createRedisBroker,
 } from '../../src/brokers/index.js'
-import { InvalidOptionError } from '../../src/core/errors.js'
+import { refusal } from './support.js'
 
 const create = {
   nats: (tls: unknown) =>
@@ -25,16 +25,6 @@ const create = {
     createRabbitMqBroker({ url: 'amqps://127.0.0.1:5671', tls } as Parameters<
       typeof createRabbitMqBroker
     >[0]),
-}
-
-function refusal(make: () => unknown): InvalidOptionError {
-  try {
-    make()
-  } catch (error) {
-    expect(error).toBeInstanceOf(InvalidOptionError)
-    return error as InvalidOptionError
-  }
-  throw new Error('expected INVALID_OPTION')
 }
 
 // An EC key in SEC1 PEM: its secret scalar starts 7 bytes into the DER, within the 60

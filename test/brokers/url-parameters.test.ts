@@ -1,0 +1,87 @@
+// Broker URL parameters an adapter would ignore without a word (or hand to its driver, which
+// acts on them behind the adapter's back) are refused at construction, naming the parameter.
+import { describe, expect, it } from 'vitest'
+import { createNatsBroker, createRedisBroker } from '../../src/brokers/index.js'
+import { refusal } from './support.js'
+
+describe('NATS URL', () => {
+  it('refuses a query, naming the parameter (the driver takes none: ?tls=true would still connect in plain text)', () => {
+    for (const [query, name] of [
+      ['tls=true', 'tls'],
+      ['foo=bar', 'foo'],
+      ['token=s3cret', 'token'],
+    ]) {
+      const error = refusal(() => createNatsBroker({ url: `nats://127.0.0.1:4222?${query}` }))
+      expect(error.option).toBe('nats.url')
+      expect(error.message).toContain(`"${name}"`)
+      expect(error.message).not.toContain('s3cret')
+    }
+  })
+
+  it('refuses a path or fragment, which NATS has no use for', () => {
+    for (const url of [
+      'nats://127.0.0.1:4222/js',
+      'tls://127.0.0.1:4222/a/b',
+      'nats://127.0.0.1#x',
+    ]) {
+      expect(refusal(() => createNatsBroker({ url })).option, url).toBe('nats.url')
+    }
+  })
+
+  it('still takes plain URLs', () => {
+    for (const url of ['nats://127.0.0.1:4222', 'nats://127.0.0.1:4222/', 'tls://u:p@127.0.0.1']) {
+      createNatsBroker({ url })
+    }
+  })
+})
+
+describe('Redis URL', () => {
+  it('refuses a query parameter the adapter does not know, naming it (ioredis would ignore a typo, or act on monitor, readOnly, path ...)', () => {
+    for (const name of ['famly', 'foo', 'monitor', 'readOnly', 'path', 'host', 'name']) {
+      const error = refusal(() => createRedisBroker({ url: `redis://127.0.0.1:6379?${name}=1` }))
+      expect(error.option, name).toBe('redis.url')
+      expect(error.message, name).toContain(`"${name}"`)
+    }
+  })
+
+  it('refuses a known parameter with a value the driver would misread', () => {
+    for (const query of ['db=abc', 'db=3x', 'port=63x', 'family=ipv6']) {
+      const error = refusal(() => createRedisBroker({ url: `redis://127.0.0.1?${query}` }))
+      expect(error.option, query).toBe('redis.url')
+      expect(error.message, query).toContain(`"${query.split('=')[0]}"`)
+    }
+  })
+
+  it('refuses a database, port or credentials given both in the URL and in its query (ioredis drops the query one)', () => {
+    for (const url of [
+      'redis://127.0.0.1/2?db=3',
+      'redis://127.0.0.1:6379?port=6380',
+      'redis://u:pw@127.0.0.1?username=v',
+      'redis://:pw@127.0.0.1?password=other',
+    ]) {
+      const error = refusal(() => createRedisBroker({ url }))
+      expect(error.option, url).toBe('redis.url')
+      expect(error.message, url).toMatch(/sets "\w+" once/)
+      expect(error.message, url).not.toMatch(/pw|other/)
+    }
+  })
+
+  it('still takes the documented parameters', () => {
+    for (const query of [
+      'family=6',
+      'db=3',
+      'password=pw',
+      'username=u&password=pw',
+      'port=6380',
+      'tls=RedisCloudFixed',
+    ]) {
+      createRedisBroker({ url: `redis://127.0.0.1/?${query}` })
+    }
+  })
+
+  it('refuses a fragment', () => {
+    expect(refusal(() => createRedisBroker({ url: 'redis://127.0.0.1#x' })).option).toBe(
+      'redis.url',
+    )
+  })
+})
