@@ -91,7 +91,10 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
   let closeTerminal: () => void = () => {}
   // The first signal ends the load and lets the system settle before it is judged; a second
   // one (Ctrl-C twice) stops waiting for the settle, and the demo still stops every process
-  // and removes its files; a third ends the process where it stands.
+  // and removes its files; a third ends the process where it stands, killing its processes
+  // and removing its files first. The handlers stay until the clean-up is over: without
+  // them, a signal during it would end the process with both left behind.
+  let abandon: () => void = () => {}
   const stopSignal = new AbortController()
   const hurry = new AbortController()
   let signals = 0
@@ -103,7 +106,11 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
     } else if (signals === 2) {
       hurry.abort()
       write('stopping without waiting for the system to settle...')
-    } else process.exit(130)
+    } else {
+      abandon()
+      write('stopped at once: every process killed, temporary files removed')
+      process.exit(130)
+    }
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
@@ -121,6 +128,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       noProxy: options.noProxy,
       log: (line) => write(`  ! ${line}`),
     })
+    abandon = shop.abandon
     const running = shop
     const setNewShare = (percent: number): void => {
       newShare = percent
@@ -239,13 +247,16 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
     if (options.json !== undefined) writeFileSync(options.json, JSON.stringify(result, null, 2))
     return result
   } finally {
-    closeTerminal()
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
-    await load?.stop().catch(() => {})
-    await dashboard?.close()
-    await monitor?.stop()
-    await shop?.close()
+    try {
+      closeTerminal()
+      await load?.stop().catch(() => {})
+      await dashboard?.close()
+      await monitor?.stop()
+      await shop?.close()
+    } finally {
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+    }
   }
 }
 

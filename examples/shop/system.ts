@@ -80,6 +80,11 @@ export interface Shop {
   chaos(name: ProcessName, settings: Partial<ChaosSettings>): Promise<void>
   /** Stops everything and deletes the temporary files. */
   close(): Promise<void>
+  /**
+   * Synchronously kills every process (SIGKILL) and deletes the temporary files: for a demo
+   * process about to exit where it stands, which cannot wait for {@link Shop.close}.
+   */
+  abandon(): void
 }
 
 // Ports for the services, below Linux's ephemeral range (32768-60999): the ports the kernel hands
@@ -305,6 +310,11 @@ async function startPrepared(
       )
       await proxy?.close()
       for (const db of Object.values(dbs)) await db.close()
+      rmSync(dir, { recursive: true, force: true })
+    },
+    abandon: () => {
+      closing = true
+      for (const p of processes.values()) p.child?.kill('SIGKILL')
       rmSync(dir, { recursive: true, force: true })
     },
   }

@@ -1,9 +1,10 @@
 // Stopping the demo: the first signal stops the load and lets the system settle before judging
 // it; an impatient second one (Ctrl-C twice) must still end it cleanly, with every service
 // stopped and the temporary folder of SQLite files removed, not kill it where it stands.
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { applyChaosVia, dashboardOf, ensureShopBuilt, startDemo } from './support.js'
 
@@ -13,6 +14,21 @@ beforeAll(() => {
   ensureShopBuilt()
   temp = mkdtempSync(join(tmpdir(), 'breakwater-shop-shutdown-'))
 })
+
+// The processes whose environment names `folder` (the shop's services get their database URLs
+// in it): what a run left behind.
+function processesUsing(folder: string): number[] {
+  return readdirSync('/proc')
+    .filter((name) => /^\d+$/.test(name))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/environ`, 'utf8').includes(folder)
+      } catch {
+        return false
+      }
+    })
+    .map(Number)
+}
 
 afterAll(() => {
   if (temp !== undefined) rmSync(temp, { recursive: true, force: true })
@@ -37,5 +53,26 @@ describe('stopping the shop demo', () => {
     expect(summary, stdout).toBeDefined()
     expect(stdout).toMatch(/stopping without waiting/)
     expect(readdirSync(temp).filter((name) => name.startsWith('breakwater-shop-'))).toEqual([])
+  }, 120_000)
+
+  it('a third signal ends it where it stands, still killing its processes and removing its files', async () => {
+    const own = mkdtempSync(join(temp, 'third-'))
+    const run = startDemo(['--duration', '0', '--chaos', 'none', '--rate', '5'], { TMPDIR: own })
+    await dashboardOf(run)
+    expect(processesUsing(own).length).toBeGreaterThan(0)
+    // One at a time (signals sent together may arrive as one); the third lands while the demo
+    // judges or cleans up, as an impatient user's would.
+    run.stop()
+    await run.line(/^stopping:/)
+    run.stop()
+    await run.line(/stopping without waiting/)
+    run.stop()
+    const { code, stdout, stderr } = await run.done
+    expect(code, `${stdout}\n${stderr}`).toBe(130)
+    expect(readdirSync(own).filter((name) => name.startsWith('breakwater-shop-'))).toEqual([])
+    expect(stdout).toMatch(/stopped at once/)
+    // Polled briefly: a killed process is reaped by the kernel, not at once.
+    for (let i = 0; i < 50 && processesUsing(own).length > 0; i++) await delay(100)
+    expect(processesUsing(own)).toEqual([])
   }, 120_000)
 })
