@@ -164,11 +164,12 @@ export interface ActionStep<I, C, Out> {
    * Undoes the action after a later step failed for good (or the saga was cancelled), retried
    * with `compensationRetry` until it succeeds or parks the saga as `failed`. Must be safe to
    * repeat (use `ctx.idempotencyKey`). It runs when the action completed, and also, first,
-   * when an attempt of the action ended without a recorded outcome (its worker died or lost its
-   * lease during it, maybe after the effect) and the saga compensates: then the step's result
-   * is not in the context (hence `Partial`): find the effect by the action's idempotency key
-   * (`${ctx.sagaId}:${ctx.step}`), and do nothing when there is none. An action that only ever
-   * failed by throwing is not compensated: throw only once nothing is left to undo.
+   * when an attempt of the action ended without a known outcome (its worker died or lost its
+   * lease during it, or the runner cut it off at `timeoutMs`, maybe after the effect) and the
+   * saga compensates: then the step's result is not in the context (hence `Partial`): find the
+   * effect by the action's idempotency key (`${ctx.sagaId}:${ctx.step}`), and do nothing when
+   * there is none. An action that only ever failed by throwing (its own timeouts and aborted
+   * calls included) is not compensated: throw only once nothing is left to undo.
    * @default none: the step is skipped when compensating
    */
   readonly compensation?: (
@@ -181,7 +182,8 @@ export interface ActionStep<I, C, Out> {
   readonly retry?: SagaRetryOptions
   /**
    * The time limit of one attempt, in milliseconds: `ctx.signal` aborts and the attempt fails
-   * with `TimeoutError` (retryable).
+   * with `TimeoutError` (retryable). The attempt is abandoned, not known to have failed, so the
+   * step is marked `outcomeUnknown` and its `compensation` runs if the saga compensates from it.
    * @default none
    */
   readonly timeoutMs?: number

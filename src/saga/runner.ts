@@ -68,7 +68,7 @@ class Abandon extends Error {}
 
 type Attempt<T> =
   | { readonly ok: true; readonly value: T }
-  | { readonly ok: false; readonly error: unknown }
+  | { readonly ok: false; readonly error: unknown; readonly cutOff?: true }
 
 type Step = 'continue' | RunOutcome
 
@@ -291,6 +291,11 @@ export class InstanceRun {
       await this.#fault('after-step-action', step.name)
       return this.#stepSucceeded(step, state, attempt, outcome.value, durationMs, work)
     }
+    // Cut off at timeoutMs by the runner, the action was abandoned mid-call: its remote call
+    // may have landed (or land later), as with a worker that died during it. An error the
+    // action threw itself, its own timeout or aborted request included, is its word that it
+    // did not complete, and stays a known failure.
+    if (outcome.cutOff === true) state.outcomeUnknown = true
     return this.#stepFailed(step, state, attempt, outcome.error, durationMs)
   }
 
@@ -653,7 +658,8 @@ export class InstanceRun {
   // The completed steps, a reply step whose command was sent and whose reply was not read
   // (its outcome is unknown: the other service may have acted, and a late reply would find
   // nothing left to undo it), and an action an attempt of which recorded no outcome (its
-  // worker died during it, maybe after the effect; see #noteUnrecorded). A step still `waiting` without the flag was stored by an earlier
+  // worker died during it, maybe after the effect; see #noteUnrecorded) or was cut off at its
+  // timeoutMs (see #action). A step still `waiting` without the flag was stored by an earlier
   // version, whose waiting always meant a command sent.
   #nextCompensable(from: number): number {
     for (let i = from; i >= 0; i--) {
@@ -953,7 +959,8 @@ export class InstanceRun {
         timer = clock.setTimeout(() => {
           const error = new TimeoutError(timeoutMs)
           controller.abort(error)
-          resolve({ ok: false, error })
+          // Abandoned, not ended: what the call did is unknown (see #action).
+          resolve({ ok: false, error, cutOff: true })
         }, timeoutMs)
       }
     })

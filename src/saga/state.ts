@@ -70,9 +70,10 @@ export interface StepState {
    */
   sent?: boolean
   /**
-   * For an action step: an attempt of it ended without a recorded outcome (its worker died or
-   * lost its lease during it), so it may have had its effect. A compensation covers the step
-   * too, first, unless a later attempt completed it (then the flag is dropped).
+   * For an action step: an attempt of it ended without a known outcome (its worker died or
+   * lost its lease during it, or the runner cut it off at the step's `timeoutMs`), so it may
+   * have had its effect. A compensation covers the step too, first, unless a later attempt
+   * completed it (then the flag is dropped).
    */
   outcomeUnknown?: boolean
   /**

@@ -1,17 +1,18 @@
 // A model-based hunt for races in the saga engine, on real SQLite and PostgreSQL. fast-check
 // generates command sequences over a few instances of one three-step saga and two workers,
 // each with its own clock (a paused or skewed process): polls, polls whose action hangs
-// mid-step while the other worker runs on, clock jumps past leases and retry delays, scripted
-// transient and permanent failures of actions and compensations, operator cancels and retries.
+// mid-step while the other worker runs on, clock jumps past timeouts, leases and retry delays,
+// scripted transient and permanent failures of actions and compensations, operator cancels and
+// retries.
 //
 // Every action and compensation records its effect with ctx.atCommit, so the effect commits in
 // the transaction that records the step. After every command, and again once both workers
 // have drained everything, each instance's committed effects must read as one run of the saga:
 // each step done at most once and in order, compensations at most once, only of done steps (and
-// first of the step after them when an attempt of it recorded no outcome), in reverse order,
-// nothing done after compensating began; and the stored step states must agree with those
-// effects (they are written in the same transaction). At the end every instance must be
-// finished or parked, and its status must match its effects.
+// first of the step after them when an attempt of it recorded no outcome or was cut off at its
+// timeoutMs), in reverse order, nothing done after compensating began; and the stored step
+// states must agree with those effects (they are written in the same transaction). At the end
+// every instance must be finished or parked, and its status must match its effects.
 import { randomUUID } from 'node:crypto'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -97,6 +98,9 @@ class World {
         ...(compensable.includes(name) ? { compensation: invoke(`undo:${name}`) } : {}),
         retry: quick,
         compensationRetry: quick,
+        // Shorter than a lease: a hang and a clock jump cut the attempt off at it (an unknown
+        // outcome, compensated as a lost attempt is) while the worker still holds the lease.
+        timeoutMs: 300,
       })),
     }) as unknown as SagaDefinition<Record<string, never>, unknown>
     this.clocks = { A: new ManualClock(1_000_000), B: new ManualClock(1_000_000) }
@@ -176,8 +180,9 @@ function checkRun(
 ): { done: StepName[]; toUndo: StepName[] } {
   const done: StepName[] = []
   const undone: StepName[] = []
-  // A step an attempt of which recorded no outcome (a hang that lost its lease) is compensated
-  // too, first, though its effect (committed only with its outcome) is not there.
+  // A step an attempt of which recorded no outcome (a hang that lost its lease) or was cut off
+  // at its timeoutMs is compensated too, first, though its effect (committed only with its
+  // outcome) is not there.
   const unknown = (name: StepName | undefined): boolean =>
     name !== undefined &&
     compensable.includes(name) &&

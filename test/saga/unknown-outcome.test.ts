@@ -2,11 +2,14 @@
 // the step runs. (1) A wait step's waitUntil obeys the attempt bound of an action: one that
 // kills its worker every time must not be called for ever. (2) An action step an attempt of
 // which ended so may have had its effect: its own compensation runs, first, before the earlier
-// steps' in reverse order. An action that only ever failed with a recorded error is not
-// compensated (it did not complete). Crashes are lease losses (workers whose clocks stand
-// still) and fault hooks that abandon the run as a killed process would.
+// steps' in reverse order. So may (3) an action the runner cut off at its timeoutMs: its call may
+// have reached the remote side. An action that only ever failed with an error it threw itself
+// (its own timeout or aborted request included) is not compensated (it did not complete).
+// Crashes are lease losses (workers whose clocks stand still) and fault hooks that abandon the
+// run as a killed process would.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { AbortedError, TimeoutError } from '../../src/index.js'
 import {
   cancelSaga,
   createSagaWorker,
@@ -106,9 +109,17 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
     expect(await getSaga(t.db, id)).toEqual(instance)
   })
 
-  /** reserve, then charge (its action crashes as scripted), with compensations that log. */
-  function chargeSaga(charge: (attempt: number) => Promise<void>) {
+  /**
+   * reserve, then charge (its action crashes, hangs or throws as scripted, given the step's
+   * signal), with compensations that log. `timeoutMs` is charge's; `inCharge` resolves once
+   * charge's action is entered (its timer set), or `run` settled first.
+   */
+  function chargeSaga(
+    charge: (attempt: number, signal: AbortSignal) => Promise<void>,
+    timeoutMs?: number,
+  ) {
     const log: string[] = []
+    let entered = gate()
     const saga = defineSaga({
       name: `unknown-${randomUUID().slice(0, 8)}`,
       version: 1,
@@ -122,9 +133,11 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
         },
         {
           name: 'charge',
+          ...(timeoutMs === undefined ? {} : { timeoutMs }),
           retry: { maxAttempts: 2, baseDelayMs: 10, jitter: 'none' },
           action: async (ctx) => {
-            await charge(ctx.attempt)
+            entered.open()
+            await charge(ctx.attempt, ctx.signal)
             log.push(`charge ${ctx.attempt}`)
             return { chargeId: 'c-1' }
           },
@@ -136,7 +149,11 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
         { name: 'ship', action: async () => ({ shipped: true }) },
       ],
     })
-    return { saga, log }
+    const inCharge = async (run: Promise<unknown>) => {
+      await Promise.race([entered.promise, run])
+      entered = gate()
+    }
+    return { saga, log, inCharge }
   }
 
   /** A worker on `clock` whose process "dies" right after charge's action on these attempts. */
@@ -218,5 +235,104 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
     expect(instance!.steps[1]).toMatchObject({ status: 'failed', attempts: 2 })
     expect(instance!.steps[1]).not.toHaveProperty('outcomeUnknown')
     expect(log).toEqual(['undo-reserve r-1'])
+  })
+
+  /** Never settles, as a remote call that hangs and ignores its signal. */
+  const hang = () => new Promise<void>(() => {})
+
+  /**
+   * Runs the saga to its end on a ManualClock: once charge's action is entered, the clock
+   * passes its timeoutMs; between polls, past the retry delay.
+   */
+  async function runTimed({ saga, inCharge }: ReturnType<typeof chargeSaga>, cancel = false) {
+    const clock = new ManualClock(0)
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock, leaseMs: 10 * leaseMs })
+    const running = worker.run(saga, {})
+    await inCharge(running)
+    await clock.advance(500)
+    const { id } = await running
+    if (cancel) await cancelSaga(t.db, id, { reason: 'customer left' })
+    for (let round = 0; round < 4; round++) {
+      await clock.advance(500)
+      const polled = worker.poll()
+      await inCharge(polled)
+      await clock.advance(500)
+      await polled
+    }
+    return id
+  }
+
+  it('an action cut off by its timeoutMs, then refused, is compensated itself, first', async () => {
+    const timed = chargeSaga(async (attempt) => {
+      if (attempt === 1) return hang()
+      throw new Error('card declined')
+    }, 500)
+    const id = await runTimed(timed)
+    const instance = await getSaga(t.db, id)
+    expect(instance).toMatchObject({ status: 'compensated' })
+    expect(instance!.reason).toContain('card declined')
+    expect(instance!.steps[1]).toMatchObject({
+      status: 'compensated',
+      attempts: 2,
+      outcomeUnknown: true,
+    })
+    expect(timed.log).toEqual([`refund by key ${id}:charge:compensate`, 'undo-reserve r-1'])
+  })
+
+  it('an action cut off by its timeoutMs on every attempt is compensated itself', async () => {
+    const timed = chargeSaga(hang, 500)
+    const id = await runTimed(timed)
+    const instance = await getSaga(t.db, id)
+    expect(instance).toMatchObject({ status: 'compensated' })
+    expect(instance!.steps[1]).toMatchObject({
+      status: 'compensated',
+      attempts: 2,
+      outcomeUnknown: true,
+      error: { code: 'TIMEOUT' },
+    })
+    expect(timed.log).toEqual([`refund by key ${id}:charge:compensate`, 'undo-reserve r-1'])
+  })
+
+  it('an action cut off by its timeoutMs, then cancelled in its retry delay, is compensated itself', async () => {
+    const timed = chargeSaga(hang, 500)
+    const id = await runTimed(timed, true)
+    const instance = await getSaga(t.db, id)
+    expect(instance).toMatchObject({ status: 'cancelled' })
+    expect(instance!.steps[1]).toMatchObject({ attempts: 1 })
+    expect(timed.log).toEqual([`refund by key ${id}:charge:compensate`, 'undo-reserve r-1'])
+  })
+
+  it('an action cut off by its timeoutMs, then completed, is no longer of unknown outcome', async () => {
+    const timed = chargeSaga(async (attempt) => {
+      if (attempt === 1) return hang()
+    }, 500)
+    const id = await runTimed(timed)
+    const instance = await getSaga(t.db, id)
+    expect(instance).toMatchObject({ status: 'completed' })
+    expect(instance!.steps[1]).toMatchObject({ status: 'completed', result: { chargeId: 'c-1' } })
+    expect(instance!.steps[1]).not.toHaveProperty('outcomeUnknown')
+    expect(instance!.steps[1]).toMatchObject({ attempts: 2 })
+    expect(timed.log).toEqual(['charge 2'])
+  })
+
+  it('an action that throws its own timeout or abort (the runner cut nothing) is not compensated', async () => {
+    const own = [
+      () => new TimeoutError(100),
+      () => new AbortedError('request aborted'),
+      () => Object.assign(new Error('This operation was aborted'), { name: 'AbortError' }),
+    ]
+    for (const error of own) {
+      const timed = chargeSaga(async (_attempt, signal) => {
+        // Its own bound, shorter than the step's: what it throws is its word on the outcome.
+        expect(signal.aborted).toBe(false)
+        throw error()
+      }, 500)
+      const id = await runTimed(timed)
+      const instance = await getSaga(t.db, id)
+      expect(instance).toMatchObject({ status: 'compensated' })
+      expect(instance!.steps[1]).toMatchObject({ status: 'failed' })
+      expect(instance!.steps[1]).not.toHaveProperty('outcomeUnknown')
+      expect(timed.log).toEqual(['undo-reserve r-1'])
+    }
   })
 })
