@@ -5,7 +5,7 @@ import { connect } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
-import { type NamedUpstream, startNamedUpstream } from './helpers.js'
+import { eventually, type NamedUpstream, startNamedUpstream } from './helpers.js'
 
 let proxy: RunningProxy | undefined
 const upstreams: NamedUpstream[] = []
@@ -52,26 +52,15 @@ describe('a reload while a request body is arriving', () => {
     socket.write(
       'POST /orders/1 HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n',
     )
-    await new Promise<void>((resolve) => {
-      const check = (): void => {
-        if (received.includes('100 Continue')) resolve()
-        else socket.once('data', check)
-      }
-      check()
-    })
+    await eventually(() => received.includes('100 Continue'), 'the 100 Continue')
     // The strangler fig is done: the route moves to modern and legacy goes.
     await proxy.reload(yaml({ modern: modern.url }, 'modern'))
     socket.write('body')
-    const final = await new Promise<string>((resolve) => {
-      const check = (): void => {
-        const rest = received.slice(received.indexOf('\r\n\r\n') + 4)
-        if (rest.includes('}')) resolve(rest)
-        else socket.once('data', check)
-      }
-      socket.once('data', check)
-    })
+    // What follows the 100 Continue: the final response.
+    const final = (): string => received.slice(received.indexOf('\r\n\r\n') + 4)
+    await eventually(() => final().includes('}'), 'the final response')
     socket.destroy()
-    expect(final).toMatch(/^HTTP\/1\.1 200 /)
-    expect(final).toContain('"service":"modern"')
+    expect(final()).toMatch(/^HTTP\/1\.1 200 /)
+    expect(final()).toContain('"service":"modern"')
   })
 })
