@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { exceedsBytes, isStorableText, jsonTextOf } from '../core/text.js'
+import { isStorableText, jsonTextOf } from '../core/text.js'
 import {
   checkClock,
   checkFunction,
@@ -28,6 +28,7 @@ import { checkOperationKey, parseIdempotencyKey } from './key.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
 import {
   credentialScope,
+  isStorableScope,
   maxScopeBytes,
   type ScopeFunction,
   type ScopeOption,
@@ -395,8 +396,7 @@ function resolveStore(value: unknown): IdempotencyStore {
 export function computedString(option: 'scope' | 'fingerprint', value: unknown): string {
   if (
     typeof value === 'string' &&
-    (option === 'fingerprint' || (value !== '' && !exceedsBytes(value, maxScopeBytes))) &&
-    isStorableText(value)
+    (option === 'fingerprint' ? isStorableText(value) : isStorableScope(value))
   ) {
     return value
   }
@@ -663,8 +663,7 @@ class IdempotencyCore implements Idempotency {
     if (
       typeof scope !== 'string' ||
       scope === '' ||
-      ((given !== undefined || !this.#scopeIsDefault) &&
-        (!isStorableText(scope) || exceedsBytes(scope, maxScopeBytes)))
+      ((given !== undefined || !this.#scopeIsDefault) && !isStorableScope(scope))
     ) {
       scope = computedString('scope', await scope)
     }
@@ -736,12 +735,7 @@ class IdempotencyCore implements Idempotency {
     // fail (with a bare TypeError) only in the one call that had to wait.
     checkSignal('signal', options.signal)
     const scope = options.scope ?? 'default'
-    if (
-      typeof scope !== 'string' ||
-      scope === '' ||
-      !isStorableText(scope) ||
-      exceedsBytes(scope, maxScopeBytes)
-    ) {
+    if (typeof scope !== 'string' || !isStorableScope(scope)) {
       throw new InvalidOptionError(
         'scope',
         `a non-empty, well-formed string without NUL, of at most ${maxScopeBytes} UTF-8 bytes`,

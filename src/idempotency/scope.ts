@@ -1,4 +1,5 @@
 import { InvalidOptionError } from '../core/errors.js'
+import { exceedsBytes, isStorableText } from '../core/text.js'
 import { sha256Hex } from './fingerprint.js'
 import { headerNameExpected, isHeaderName } from './header-name.js'
 import type { IdempotencyRequest } from './types.js'
@@ -10,6 +11,11 @@ import type { IdempotencyRequest } from './types.js'
  * a scope of this size still fits, and a scope one database accepts the other stores too.
  */
 export const maxScopeBytes = 1024
+
+/** Whether `scope` can be stored: non-empty, {@link isStorableText}, at most {@link maxScopeBytes}. */
+export function isStorableScope(scope: string): boolean {
+  return scope !== '' && isStorableText(scope) && !exceedsBytes(scope, maxScopeBytes)
+}
 
 /** Computes the scope a request's key lives in. */
 export type ScopeFunction = (request: IdempotencyRequest) => string | Promise<string>
