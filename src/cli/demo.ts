@@ -88,7 +88,6 @@ function parsePolicies(args: readonly string[]): Parsed | string {
   let onlyGiven = false
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!
-    if (arg === '--help' || arg === '-h') return { help: true }
     if (arg.startsWith('--help=')) return '--help takes no value'
     if (arg === '--only' || arg.startsWith('--only=')) {
       if (onlyGiven) return '--only given twice'
@@ -217,7 +216,6 @@ function parseShop(args: readonly string[]): Parsed | string {
       options[numeric.key] = n
       continue
     }
-    if (flag === '--help' || flag === '-h') return { help: true }
     if (flag === '--chaos') {
       const script = value()
       if (script === undefined || !(chaosScripts as readonly string[]).includes(script))
