@@ -109,7 +109,9 @@ export interface StepContext<I, C> extends SagaStepInfo<I, C> {
    * exactly when the step is recorded as done, and not at all when the lease was lost. Runs
    * only when the attempt succeeds. Work that throws rolls that transaction back: nothing is
    * recorded and the attempt fails with its error (the step's `retry`, or `compensationRetry`,
-   * decides what next). Keep it to local statements: on SQLite the transaction holds the one
+   * decides what next). The action had returned, so its effect stands: the step is marked
+   * `outcomeUnknown` (its compensation runs if the saga compensates from it), and a retry
+   * calls the action again, with the same idempotency key. Keep it to local statements: on SQLite the transaction holds the one
    * writer while it runs, so every other write (lease renewals included) waits for it; see
    * `SagaWorkerOptions.renewIntervalMs` for the bound. All of a step's work together is
    * bounded by `SagaWorkerOptions.atCommitTimeoutMs`; the work's second argument is a signal
@@ -165,10 +167,11 @@ export interface ActionStep<I, C, Out> {
    * with `compensationRetry` until it succeeds or parks the saga as `failed`. Must be safe to
    * repeat (use `ctx.idempotencyKey`). It runs when the action completed, and also, first,
    * when an attempt of the action ended without a known outcome (its worker died or lost its
-   * lease during it, or the runner cut it off at `timeoutMs`, maybe after the effect) and the
-   * saga compensates: then the step's result is not in the context (hence `Partial`): find the
-   * effect by the action's idempotency key (`${ctx.sagaId}:${ctx.step}`), and do nothing when
-   * there is none. An action that only ever failed by throwing (its own timeouts and aborted
+   * lease during it, or the runner cut it off at `timeoutMs`, maybe after the effect), or
+   * returned but could not be recorded (its `atCommit` work failed or timed out, or its result
+   * is not JSON), and the saga compensates: then the step's result is not in the context
+   * (never committed; hence `Partial`): find the effect by the action's idempotency key
+   * (`${ctx.sagaId}:${ctx.step}`), and do nothing when there is none. An action that only ever failed by throwing (its own timeouts and aborted
    * calls included) is not compensated: throw only once nothing is left to undo.
    * @default none: the step is skipped when compensating
    */

@@ -319,6 +319,8 @@ export class InstanceRun {
               `a JSON-serializable value (${String(error)})`,
               value,
             )
+      // The action returned: its effect happened, only its result cannot be kept (see below).
+      state.outcomeUnknown = true
       return this.#stepFailed(step, state, attempt, invalid, durationMs)
     }
     const before = this.#snapshot()
@@ -342,13 +344,19 @@ export class InstanceRun {
     } catch (error) {
       // Given up meanwhile (stop({ timeoutMs }), a lost lease): nothing more is written for it.
       if (this.#halted !== undefined) return this.#halted
-      // The step's atCommit work threw: its transaction rolled back and nothing was recorded,
-      // so this attempt failed with that error, as if the action had thrown it. Giving the
-      // instance up instead retried it only after its lease ran out, and reported its
-      // attempts as spent by dead workers, without the error.
+      // The step's atCommit work threw (or ran past atCommitTimeoutMs): its transaction rolled
+      // back and nothing was recorded, so this attempt failed with that error, which the
+      // step's retry handles. Giving the instance up instead retried it only after its lease
+      // ran out, and reported its attempts as spent by dead workers, without the error.
       const failed = local.failure()
       if (failed === undefined) throw error
       this.#restore(before)
+      // But the action itself returned, so its effect happened; taken as a known failure, it
+      // was never compensated. Now it is, first, if the saga compensates from here, as an
+      // attempt that recorded nothing is: without its result, rolled back with the step (and
+      // a retry's may differ). A retry runs the action again (it is what registers the
+      // atCommit work) with the same idempotency key; a completion drops the flag.
+      state.outcomeUnknown = true
       return this.#stepFailed(step, state, attempt, failed.error, durationMs)
     }
     await this.#afterStepCommit(step, attempt, durationMs)
@@ -658,8 +666,9 @@ export class InstanceRun {
   // The completed steps, a reply step whose command was sent and whose reply was not read
   // (its outcome is unknown: the other service may have acted, and a late reply would find
   // nothing left to undo it), and an action an attempt of which recorded no outcome (its
-  // worker died during it, maybe after the effect; see #noteUnrecorded) or was cut off at its
-  // timeoutMs (see #action). A step still `waiting` without the flag was stored by an earlier
+  // worker died during it, maybe after the effect; see #noteUnrecorded), was cut off at its
+  // timeoutMs (see #action), or returned but could not be recorded (its atCommit work failed
+  // or its result is not JSON; see #stepSucceeded). A step still `waiting` without the flag was stored by an earlier
   // version, whose waiting always meant a command sent.
   #nextCompensable(from: number): number {
     for (let i = from; i >= 0; i--) {

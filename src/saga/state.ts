@@ -72,8 +72,10 @@ export interface StepState {
   /**
    * For an action step: an attempt of it ended without a known outcome (its worker died or
    * lost its lease during it, or the runner cut it off at the step's `timeoutMs`), so it may
-   * have had its effect. A compensation covers the step too, first, unless a later attempt
-   * completed it (then the flag is dropped).
+   * have had its effect, or its action returned (so had its effect) but the step could not be
+   * recorded (its atCommit work threw or ran past `atCommitTimeoutMs`, or its result is not a
+   * JSON value). A compensation covers the step too, first, unless a later attempt completed
+   * it (then the flag is dropped).
    */
   outcomeUnknown?: boolean
   /**

@@ -3,14 +3,18 @@
 // kills its worker every time must not be called for ever. (2) An action step an attempt of
 // which ended so may have had its effect: its own compensation runs, first, before the earlier
 // steps' in reverse order. So may (3) an action the runner cut off at its timeoutMs: its call may
-// have reached the remote side. An action that only ever failed with an error it threw itself
-// (its own timeout or aborted request included) is not compensated (it did not complete).
+// have reached the remote side. (4) An action that returned (its effect happened) but whose step
+// could not be recorded (its atCommit work threw or ran past atCommitTimeoutMs, or its result is
+// not JSON) is compensated the same way, without the result (rolled back); a retry runs it
+// again with the same key. An action that only ever failed with an error it threw itself (its
+// own timeout or aborted request included) is not compensated (it did not complete).
 // Crashes are lease losses (workers whose clocks stand still) and fault hooks that abandon the
 // run as a killed process would.
 import { randomUUID } from 'node:crypto'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { AbortedError, TimeoutError } from '../../src/index.js'
 import {
+  type AtCommitWork,
   cancelSaga,
   createSagaWorker,
   defineSaga,
@@ -19,7 +23,7 @@ import {
   startSaga,
 } from '../../src/saga/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { dbTargets, type TestDb } from './databases.js'
+import { dbTargets, effectLog, type TestDb } from './databases.js'
 
 /** A promise with its resolver, opened once. */
 function gate(): { promise: Promise<void>; open: () => void } {
@@ -35,8 +39,11 @@ const leaseMs = 1_000
 describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) => {
   let t: TestDb
 
+  const rows = effectLog('unknown_outcome_rows')
+
   beforeAll(async () => {
     t = await target.open('saga_unknown_outcome')
+    await rows.create(t.db)
   })
   afterAll(async () => {
     await t?.close()
@@ -111,11 +118,16 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
 
   /**
    * reserve, then charge (its action crashes, hangs or throws as scripted, given the step's
-   * signal), with compensations that log. `timeoutMs` is charge's; `inCharge` resolves once
-   * charge's action is entered (its timer set), or `run` settled first.
+   * signal and atCommit; it may return its own result), with compensations that log.
+   * `timeoutMs` is charge's; `inCharge` resolves once charge's action is entered (its timer
+   * set), or `run` settled first.
    */
   function chargeSaga(
-    charge: (attempt: number, signal: AbortSignal) => Promise<void>,
+    charge: (
+      attempt: number,
+      signal: AbortSignal,
+      atCommit: (work: AtCommitWork) => void,
+    ) => Promise<unknown>,
     timeoutMs?: number,
   ) {
     const log: string[] = []
@@ -137,9 +149,11 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
           retry: { maxAttempts: 2, baseDelayMs: 10, jitter: 'none' },
           action: async (ctx) => {
             entered.open()
-            await charge(ctx.attempt, ctx.signal)
+            const own = (await charge(ctx.attempt, ctx.signal, (work) => ctx.atCommit(work))) as
+              | { chargeId: string | number }
+              | undefined
             log.push(`charge ${ctx.attempt}`)
-            return { chargeId: 'c-1' }
+            return own ?? { chargeId: 'c-1' }
           },
           compensation: async (ctx) => {
             // The charge's result was never recorded: its fields are absent.
@@ -334,5 +348,168 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
       expect(instance!.steps[1]).not.toHaveProperty('outcomeUnknown')
       expect(timed.log).toEqual(['undo-reserve r-1'])
     }
+  })
+
+  // ---- (4) the action returned, its step could not be recorded ----------------------------
+
+  /** What charge's atCommit work does on an attempt, or what the action returns instead. */
+  type Commit = 'ok' | 'throw' | 'transient' | 'hang' | 'nan'
+
+  /**
+   * A charge that records a row with atCommit (under `tag`), behaving per attempt as
+   * scripted; `hanging` is called when a hanging atCommit is entered.
+   */
+  const committing =
+    (script: (attempt: number) => Commit, hanging = () => {}, tag = '') =>
+    async (attempt: number, _signal: AbortSignal, atCommit: (work: AtCommitWork) => void) => {
+      const commit = script(attempt)
+      atCommit(async (tx) => {
+        await rows.record(tx, tag, `charge ${attempt}`)
+        if (commit === 'throw') throw new Error('duplicate charge row')
+        if (commit === 'transient') throw Object.assign(new Error('busy'), { status: 503 })
+        if (commit === 'hang') {
+          hanging()
+          await new Promise<never>(() => {})
+        }
+      })
+      return commit === 'nan' ? { chargeId: Number.NaN } : { chargeId: `c-${attempt}` }
+    }
+
+  // A failed expectation must not leave a worker (or a hung transaction) behind for the next.
+  const workers: ReturnType<typeof createSagaWorker>[] = []
+  afterEach(async () => {
+    await Promise.all(workers.splice(0).map((w) => w.stop({ timeoutMs: 1 })))
+  })
+
+  /** Only the atCommit bound (500 ms) and the retry delays move these sagas on. */
+  function committingWorker(saga: ReturnType<typeof chargeSaga>['saga'], clock: ManualClock) {
+    const w = createSagaWorker({
+      db: t.db,
+      sagas: [saga],
+      clock,
+      leaseMs: 3_600_000,
+      atCommitTimeoutMs: 500,
+    })
+    workers.push(w)
+    return w
+  }
+
+  async function driveCommitting(w: ReturnType<typeof createSagaWorker>, clock: ManualClock) {
+    for (let round = 0; round < 4; round++) {
+      await clock.advance(100)
+      await w.poll()
+    }
+  }
+
+  it('an action whose atCommit work failed for good is compensated itself, first', async () => {
+    const { saga, log } = chargeSaga(committing(() => 'throw'))
+    const w = committingWorker(saga, new ManualClock(0))
+    const outcome = await w.run(saga, {})
+    expect(outcome.status).toBe('compensated')
+    expect(outcome.reason).toContain('duplicate charge row')
+    const instance = await getSaga(t.db, outcome.id)
+    expect(instance!.steps[1]).toMatchObject({
+      status: 'compensated',
+      attempts: 1,
+      outcomeUnknown: true,
+    })
+    expect(instance!.steps[1]).not.toHaveProperty('result')
+    expect(log).toEqual([
+      'charge 1',
+      `refund by key ${outcome.id}:charge:compensate`,
+      'undo-reserve r-1',
+    ])
+  })
+
+  it('an action whose atCommit work ran past atCommitTimeoutMs on every attempt is compensated itself', async () => {
+    let hung = gate()
+    const { saga, log } = chargeSaga(
+      committing(
+        () => 'hang',
+        () => hung.open(),
+      ),
+    )
+    const clock = new ManualClock(0)
+    const w = committingWorker(saga, clock)
+    const running = w.run(saga, {})
+    await hung.promise
+    hung = gate()
+    await clock.advance(500)
+    const { id } = await running
+    // Past the retry delay: the second attempt hangs the same way.
+    await clock.advance(100)
+    const second = w.poll()
+    await hung.promise
+    await clock.advance(500)
+    expect(await second).toBe(1)
+    await driveCommitting(w, clock)
+    const instance = await getSaga(t.db, id)
+    expect(instance).toMatchObject({ status: 'compensated' })
+    expect(instance!.reason).toContain('SAGA_AT_COMMIT_TIMEOUT')
+    expect(instance!.steps[1]).toMatchObject({
+      status: 'compensated',
+      attempts: 2,
+      outcomeUnknown: true,
+      error: { code: 'SAGA_AT_COMMIT_TIMEOUT' },
+    })
+    // The retry ran the action again (with the same key: the service's dedup makes one charge).
+    expect(log).toEqual([
+      'charge 1',
+      'charge 2',
+      `refund by key ${id}:charge:compensate`,
+      'undo-reserve r-1',
+    ])
+  })
+
+  it('an action whose atCommit work failed, then cancelled in its retry delay, is compensated itself', async () => {
+    const { saga, log } = chargeSaga(committing(() => 'transient'))
+    const clock = new ManualClock(0)
+    const w = committingWorker(saga, clock)
+    const outcome = await w.run(saga, {})
+    expect(outcome.status).toBe('running')
+    await cancelSaga(t.db, outcome.id, { reason: 'customer left' })
+    await driveCommitting(w, clock)
+    expect(await getSaga(t.db, outcome.id)).toMatchObject({ status: 'cancelled' })
+    expect(log).toEqual([
+      'charge 1',
+      `refund by key ${outcome.id}:charge:compensate`,
+      'undo-reserve r-1',
+    ])
+  })
+
+  it('an action whose atCommit work failed, then completed on retry, is no longer of unknown outcome', async () => {
+    const tag = randomUUID()
+    const script = (attempt: number): Commit => (attempt === 1 ? 'transient' : 'ok')
+    const { saga, log } = chargeSaga(committing(script, undefined, tag))
+    const clock = new ManualClock(0)
+    const w = committingWorker(saga, clock)
+    const { id } = await w.run(saga, {})
+    await driveCommitting(w, clock)
+    const instance = await getSaga(t.db, id)
+    expect(instance).toMatchObject({ status: 'completed' })
+    expect(instance!.steps[1]).toMatchObject({
+      status: 'completed',
+      attempts: 2,
+      result: { chargeId: 'c-2' },
+    })
+    expect(instance!.steps[1]).not.toHaveProperty('outcomeUnknown')
+    expect(log).toEqual(['charge 1', 'charge 2'])
+    // Only the completing attempt's atCommit row committed.
+    expect(await rows.read(t.db, tag)).toEqual(['charge 2'])
+  })
+
+  it('an action that returned a result that is not a JSON value is compensated itself', async () => {
+    const { saga, log } = chargeSaga(committing(() => 'nan'))
+    const w = committingWorker(saga, new ManualClock(0))
+    const outcome = await w.run(saga, {})
+    expect(outcome.status).toBe('compensated')
+    expect(outcome.reason).toContain('INVALID_OPTION')
+    const instance = await getSaga(t.db, outcome.id)
+    expect(instance!.steps[1]).toMatchObject({ status: 'compensated', outcomeUnknown: true })
+    expect(log).toEqual([
+      'charge 1',
+      `refund by key ${outcome.id}:charge:compensate`,
+      'undo-reserve r-1',
+    ])
   })
 })
