@@ -23,16 +23,8 @@ import {
   startSaga,
 } from '../../src/saga/index.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { gate } from '../support/gate.js'
 import { dbTargets, effectLog, type TestDb } from './databases.js'
-
-/** A promise with its resolver, opened once. */
-function gate(): { promise: Promise<void>; open: () => void } {
-  let open!: () => void
-  const promise = new Promise<void>((resolve) => {
-    open = resolve
-  })
-  return { promise, open }
-}
 
 const leaseMs = 1_000
 
