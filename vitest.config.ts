@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config'
+import SlowestFirstSequencer from './test/support/slowest-first-sequencer.js'
 
 export default defineConfig({
   test: {
@@ -12,5 +13,7 @@ export default defineConfig({
     expect: { poll: { timeout: 10_000 } },
     // Two cores on CI: more workers than that only adds contention to the real servers.
     maxWorkers: 2,
+    // Long files first, so the short ones fill the gaps at the end (see the sequencer's docs).
+    sequence: { sequencer: SlowestFirstSequencer },
   },
 })
