@@ -22,7 +22,11 @@ import {
 } from './errors.js'
 import { publish } from './events.js'
 import { Execution, type ExecutionSettings } from './execution.js'
-import { defaultFingerprint, type FingerprintFunction } from './fingerprint.js'
+import {
+  defaultFingerprint,
+  type FingerprintFunction,
+  matchesEarlierFingerprint,
+} from './fingerprint.js'
 import { isHeaderName, replayableHeaders, unreplayableHeaders } from './header-name.js'
 import { checkOperationKey, parseIdempotencyKey } from './key.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
@@ -379,6 +383,20 @@ function resolveStore(value: unknown): IdempotencyStore {
 }
 
 /**
+ * Whether a stored fingerprint is the request's: the same string, or (`earlier` given) the `v1:`
+ * fingerprint an earlier release stored for the same parsed body.
+ */
+function sameFingerprint(
+  stored: string,
+  fingerprint: string,
+  earlier: IdempotencyRequest | undefined,
+): boolean {
+  return (
+    stored === fingerprint || (earlier !== undefined && matchesEarlierFingerprint(stored, earlier))
+  )
+}
+
+/**
  * What a scope or fingerprint function resolved to, when that was not at once a string known to
  * be storable. Anything but a string (a non-empty one for a scope) is refused: the database would
  * store a number as text (`42.0` on SQLite), a missing tenant as a NOT NULL error, or a Buffer
@@ -674,7 +692,11 @@ class IdempotencyCore implements Idempotency {
     ) {
       fingerprint = computedString('fingerprint', await fingerprint)
     }
-    const acquired = await this.#acquire(scope, key, fingerprint, request)
+    // A parsed body's request may match a record stored before fingerprint v2 (see
+    // matchesEarlierFingerprint); only the default fingerprint knows that encoding.
+    const earlier =
+      this.#fingerprintIsDefault && request.earlierBody !== undefined ? request : undefined
+    const acquired = await this.#acquire(scope, key, fingerprint, request, earlier)
     switch (acquired.kind) {
       case 'completed':
         return {
@@ -748,7 +770,7 @@ class IdempotencyCore implements Idempotency {
       // call with IdempotencyMismatchError.
       throw new InvalidOptionError('fingerprint', 'a well-formed string without NUL', fingerprint)
     }
-    const acquired = await this.#acquire(scope, key, fingerprint, options)
+    const acquired = await this.#acquire(scope, key, fingerprint, options, undefined)
     switch (acquired.kind) {
       case 'completed':
         return decodeResult<T>(acquired.record)
@@ -781,13 +803,15 @@ class IdempotencyCore implements Idempotency {
     fingerprint: string,
     // Read only when waiting: an adapter may create the signal on first access.
     abortable: { readonly signal?: AbortSignal | undefined },
+    // The request, when a stored v1 fingerprint may match it through its earlierBody.
+    earlier: IdempotencyRequest | undefined,
   ): Promise<Acquired> {
     const { store, clock, leaseMs } = this.#settings
     const claimRetentionMs = this.#claimRetentionMs
     const startedAt = clock.now()
     if (store.dialect === 'sqlite') {
       const record = await store.get(scope, key)
-      const settled = this.#settledAlready(record, scope, key, fingerprint, startedAt)
+      const settled = this.#settledAlready(record, scope, key, fingerprint, earlier, startedAt)
       if (settled !== undefined) return settled
     }
     let pollMs = firstPollMs
@@ -813,7 +837,7 @@ class IdempotencyCore implements Idempotency {
         const steps = tx === undefined ? store : store.inTransaction!(tx)
         const outcome = await steps.claim(claim)
         // The common case (the key was free) without one more async call.
-        step = outcome.claimed ? claimedStep : await this.#claimStep(steps, claim, outcome)
+        step = outcome.claimed ? claimedStep : await this.#claimStep(steps, claim, outcome, earlier)
       } catch (error) {
         await tx?.rollback()
         throw error
@@ -875,10 +899,11 @@ class IdempotencyCore implements Idempotency {
     scope: string,
     key: string,
     fingerprint: string,
+    earlier: IdempotencyRequest | undefined,
     nowMs: number,
   ): Acquired | undefined {
     if (record === undefined || record.expiresAtMs <= nowMs) return undefined
-    if (record.fingerprint !== fingerprint) {
+    if (!sameFingerprint(record.fingerprint, fingerprint, earlier)) {
       publish('mismatch', { scope, key })
       return { kind: 'mismatch' }
     }
@@ -892,6 +917,7 @@ class IdempotencyCore implements Idempotency {
     steps: IdempotencyClaimSteps,
     claim: ClaimInput,
     outcome: ClaimOutcome,
+    earlier: IdempotencyRequest | undefined,
   ): Promise<ClaimStep> {
     if (outcome.claimed) return claimedStep
     const record = outcome.existing
@@ -902,7 +928,7 @@ class IdempotencyCore implements Idempotency {
       const recycled = await steps.recycle({ ...claim, previousLeaseToken: record.leaseToken })
       return recycled ? { kind: 'execute', attempt: 1, from: undefined } : { kind: 'retry' }
     }
-    if (record.fingerprint !== fingerprint) return { kind: 'mismatch' }
+    if (!sameFingerprint(record.fingerprint, fingerprint, earlier)) return { kind: 'mismatch' }
     if (record.state === 'completed') return { kind: 'completed', record }
     if ((record.leaseExpiresAtMs ?? 0) <= nowMs) {
       // The holder crashed or hung past its lease: take over, resuming after its phases.

@@ -4,11 +4,12 @@ import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
 import { CapturedRun } from './captured-run.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency } from './core.js'
-import { canonicalBodyBytes } from './fingerprint.js'
+import { parsedBodyBytes } from './fingerprint.js'
 import {
   answerNodeRequest,
   BodyTooLargeError,
   disconnectSignal,
+  nodeHeader,
   nodeRequest,
   readNodeBody,
 } from './node-response.js'
@@ -58,7 +59,7 @@ export interface ExpressIdempotencyOptions {
  * Express 5 middleware for the Idempotency-Key protocol. Mount it after your body parser and
  * before the handlers it guards (`app.post('/charges', express.json(), expressIdempotency(i),
  * handler)`). The fingerprint hashes the canonical JSON of `req.body` (or its bytes for a
- * Buffer or string); when no parser ran, the middleware reads the raw body into `req.body` as a
+ * Buffer, or a string from a text parser; see `parsedBodyBytes`); when no parser ran, the middleware reads the raw body into `req.body` as a
  * Buffer. A body an earlier layer drained without setting `req.body` cannot be fingerprinted:
  * such a request goes to `next()` with `IdempotencyBodyUnavailableError` and nothing runs.
  * Handlers find the context with `idempotencyContextOf(req)` or in
@@ -129,7 +130,7 @@ export function expressIdempotency(
       nodeRequest(
         req,
         req.originalUrl ?? req.url ?? '/',
-        canonicalBodyBytes(req.body),
+        parsedBodyBytes(req.body, nodeHeader(req, 'content-type')),
         scope === undefined ? undefined : computedString('scope', await scope(req)),
         signal,
       ),

@@ -4,7 +4,7 @@ import { checkFunction, checkObject } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
 import { IdempotencyInProgressError } from './errors.js'
-import { canonicalBodyBytes } from './fingerprint.js'
+import { parsedBodyBytes } from './fingerprint.js'
 import { answerOrDestroy, leaseLostAnswer, readBodyWithinLease } from './lease-lost.js'
 import { disconnectSignal } from './node-response.js'
 import type { IdempotencyResponse } from './types.js'
@@ -257,7 +257,8 @@ function setReply(
  * some routes). A `preHandler` hook claims the key (replays or answers problems without running
  * the handler); an `onSend` hook records the serialized response (errors rendered by Fastify
  * included, so a 5xx releases the key) before it is sent. The fingerprint hashes the canonical
- * JSON of the parsed body. Handlers find the context with `idempotencyContextOf(request)`.
+ * JSON of the parsed body (a string from a text parser as its text; see `parsedBodyBytes`).
+ * Handlers find the context with `idempotencyContextOf(request)`.
  *
  * A handler must send its reply within the lease (`leaseMs`). If the lease runs out first (or
  * while a streamed payload is still being read), `ctx.tx` is rolled back and the client is
@@ -373,11 +374,13 @@ export function fastifyIdempotency(
     const signal = disconnectSignal(reply.raw)
     const scopeValue =
       scope === undefined ? undefined : computedString('scope', await scope(request))
+    const { body, earlierBody } = parsedBodyBytes(request.body, request.headers['content-type'])
     const begun = await idempotency.begin({
       method: request.method,
       route: request.url,
       header: (name) => headerOf(request.headers, name),
-      body: canonicalBodyBytes(request.body),
+      body,
+      earlierBody,
       get signal() {
         return signal()
       },

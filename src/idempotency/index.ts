@@ -40,7 +40,7 @@ export type {
 } from './fastify.js'
 export { fastifyIdempotency } from './fastify.js'
 export type { FingerprintFunction } from './fingerprint.js'
-export { canonicalBodyBytes, defaultFingerprint } from './fingerprint.js'
+export { canonicalBodyBytes, defaultFingerprint, parsedBodyBytes } from './fingerprint.js'
 export type {
   HonoIdempotencyMiddleware,
   HonoIdempotencyOptions,

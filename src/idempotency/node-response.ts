@@ -129,6 +129,7 @@ class NodeRequestView implements IdempotencyRequest {
   readonly method: string
   readonly route: string
   readonly body: Uint8Array
+  readonly earlierBody?: Uint8Array
   readonly native: IncomingMessage
   readonly scope?: string
   readonly #signal: () => AbortSignal
@@ -136,13 +137,18 @@ class NodeRequestView implements IdempotencyRequest {
   constructor(
     req: IncomingMessage,
     route: string,
-    body: Uint8Array,
+    body: Uint8Array | ParsedBody,
     scope: string | undefined,
     signal: () => AbortSignal,
   ) {
     this.method = req.method ?? 'GET'
     this.route = route
-    this.body = body
+    if (body instanceof Uint8Array) {
+      this.body = body
+    } else {
+      this.body = body.body
+      this.earlierBody = body.earlierBody
+    }
     this.native = req
     if (scope !== undefined) this.scope = scope
     this.#signal = signal
@@ -157,11 +163,17 @@ class NodeRequestView implements IdempotencyRequest {
   }
 }
 
-/** Builds the core's request view of a node request. */
+/** A framework's parsed body as the fingerprint sees it (`parsedBodyBytes`). */
+type ParsedBody = { readonly body: Uint8Array; readonly earlierBody: Uint8Array }
+
+/**
+ * Builds the core's request view of a node request: `body` is the raw bytes (node:http) or a
+ * parsed body's `parsedBodyBytes` (Express).
+ */
 export function nodeRequest(
   req: IncomingMessage,
   route: string,
-  body: Uint8Array,
+  body: Uint8Array | ParsedBody,
   scope: string | undefined,
   signal: () => AbortSignal,
 ): IdempotencyRequest {

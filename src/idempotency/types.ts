@@ -25,9 +25,15 @@ export interface IdempotencyRequest {
   header(name: string): string | undefined
   /**
    * The request body bytes, for the fingerprint. Adapters whose framework has already parsed
-   * the body pass its canonical JSON (see `canonicalBodyBytes`).
+   * the body pass its canonical JSON (see `parsedBodyBytes`).
    */
   readonly body: Uint8Array
+  /**
+   * Set by adapters that pass a framework's parsed body (Express, Fastify): the bytes releases
+   * before fingerprint v2 hashed for it. It makes the default fingerprint `v2:`, and lets a
+   * `v1:` record those releases stored match its own retry (see `defaultFingerprint`).
+   */
+  readonly earlierBody?: Uint8Array
   /** A scope computed by the adapter (overrides the core's `scope` option when set). */
   readonly scope?: string
   /** Aborts a wait in `onConcurrent: 'wait'` mode (e.g. when the client disconnects). */

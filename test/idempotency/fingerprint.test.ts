@@ -2,7 +2,11 @@
 // change between releases (a change would answer 422 to honest retries of stored keys).
 import { createHash } from 'node:crypto'
 import { describe, expect, it } from 'vitest'
-import { canonicalBodyBytes, defaultFingerprint } from '../../src/idempotency/index.js'
+import {
+  canonicalBodyBytes,
+  defaultFingerprint,
+  parsedBodyBytes,
+} from '../../src/idempotency/index.js'
 import type { IdempotencyRequest } from '../../src/idempotency/types.js'
 
 function request(method: string, route: string, body: Uint8Array): IdempotencyRequest {
@@ -34,6 +38,22 @@ describe('defaultFingerprint', () => {
   it('sees parsed bodies that differ only in key order or whitespace as the same', () => {
     expect(canonicalBodyBytes({ b: 1, a: [2, { d: 3, c: 4 }] })).toEqual(
       canonicalBodyBytes(JSON.parse('{ "a": [2, {"c": 4, "d": 3}], "b": 1 }')),
+    )
+  })
+
+  it('keeps the v2 format for parsed bodies: v1 over the JSON text of a JSON string or null', () => {
+    const json = 'application/json; charset=utf-8'
+    const str = parsedBodyBytes('abc', json)
+    expect(Buffer.from(str.body).toString()).toBe('"abc"')
+    expect(Buffer.from(str.earlierBody).toString()).toBe('abc')
+    expect(Buffer.from(parsedBodyBytes(null, 'application/problem+json').body).toString()).toBe(
+      'null',
+    )
+    // A text parser's string, and every other parsed value, is hashed as before.
+    expect(Buffer.from(parsedBodyBytes('abc', 'text/plain').body).toString()).toBe('abc')
+    expect(Buffer.from(parsedBodyBytes({ b: 1, a: 2 }, json).body).toString()).toBe('{"a":2,"b":1}')
+    expect(defaultFingerprint({ ...request('POST', '/a', str.body), ...str })).toBe(
+      `v2:${sha256(`POST\n/a\n${sha256('"abc"')}`)}`,
     )
   })
 })
