@@ -192,7 +192,10 @@ export interface Projector {
   /**
    * Resolves once the read model reflects every event up to `position` (read-your-writes:
    * pass `AppendResult.lastPosition`). Inline projections resolve at once, except one that
-   * lacks the events from before its registration: it waits for its rebuild.
+   * lacks the events from before its registration: it waits for its rebuild. A rebuild does
+   * not take that back: its swap applies at least every event up to the checkpoint it
+   * replaces, so the checkpoint never goes back and the swapped-in tables reflect whatever
+   * position a `waitFor` resolved for before.
    * @throws TimeoutError when it does not happen within `timeoutMs`
    */
   waitFor(position: number, options?: WaitForOptions): Promise<void>
@@ -768,6 +771,30 @@ class SqlProjector implements Projector {
       }
       let position = from
       let events = 0
+      // The checkpoint this swap replaces may be above what `read` returns now: on PostgreSQL
+      // the watermark is not monotonic (an appender that read the sequence before a reader and
+      // took its lock after holds it lower from then on; see src/cqrs/sql.ts), so a live batch
+      // may have read further than this swap can. Stored below it, the checkpoint would go
+      // back, and `waitFor` (already past it) would report positions the swapped-in tables
+      // lack. Every position up to that checkpoint was read below a watermark by the batch or
+      // swap that stored it, so no transaction can still write there: read without one.
+      const checkpoint = Number(row.position)
+      while (position < checkpoint) {
+        const rows = await tx.query<EventRow>(store.statements.readAllCommitted, [
+          position + 1,
+          batchSize,
+        ])
+        const within = rows.filter((r) => Number(r.position) <= checkpoint)
+        const page = store.pageOfTypes(within, this.#wants)
+        if (page.failure !== undefined) throw page.failure
+        await this.#applyAll(tx, page.events, generation)
+        events += page.read
+        // Rows beyond the checkpoint, or the log's end, end the prefix: it is all applied.
+        position =
+          page.position === undefined || within.length < rows.length || rows.length < batchSize
+            ? checkpoint
+            : page.position
+      }
       for (;;) {
         const page = await read(position + 1)
         if (page.failure !== undefined) throw page.failure
