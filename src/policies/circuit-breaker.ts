@@ -82,7 +82,12 @@ export type CircuitBreakerEvent =
       readonly stale?: true
     }
   | {
-      /** The breaker failed a call fast without running it. */
+      /**
+       * The breaker failed a call fast without running it. The refusal is decided before
+       * listeners run: a listener that calls `reset()` (or `isolate()`) here changes the
+       * state for the next call, while the refused call still fails with this refusal's error
+       * (`retryAfterMs` as reported) and is never run.
+       */
       readonly type: 'rejected'
       readonly state: CircuitState
       readonly retryAfterMs: number
@@ -160,7 +165,11 @@ export interface CircuitBreaker extends Policy {
   readonly events: EventSource<CircuitBreakerEvent>
   /** Opens the circuit by hand until {@link CircuitBreaker.reset}: every call fails fast. */
   isolate(): void
-  /** Closes the circuit, forgets the window and restores the base cooldown. */
+  /**
+   * Closes the circuit, forgets the window and restores the base cooldown. Calls admitted
+   * before it are stale (not recorded). Called from a `rejected` listener, it does not admit
+   * the call being refused; the next call runs.
+   */
   reset(): void
   /**
    * Clears the cooldown timer. The breaker keeps working; an open circuit then moves to

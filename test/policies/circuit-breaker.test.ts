@@ -503,6 +503,41 @@ describe('circuitBreaker: isolate and reset', () => {
     expect(probe.transitions()).toEqual(['closed->open', 'open->half-open', 'half-open->closed'])
   })
 
+  it('reset() from a rejected listener frees the next call, not the one already refused', async () => {
+    // The refusal was decided before the listener ran (its event says so): the call that
+    // triggered it still fails, with the refusal's own retryAfterMs, and never runs.
+    const { breaker, events, transitions } = setup({ window: { kind: 'consecutive', failures: 1 } })
+    await failTimes(breaker, 1)
+    const off = breaker.events.on((e) => {
+      if (e.type === 'rejected') breaker.reset()
+    })
+    let ran = 0
+    const refused = await breaker.execute(async () => ran++).catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(BrokenCircuitError)
+    expect((refused as BrokenCircuitError).retryAfterMs).toBe(10_000)
+    expect(ran).toBe(0)
+    expect(events.find((e) => e.type === 'rejected')).toEqual({
+      type: 'rejected',
+      state: 'open',
+      retryAfterMs: 10_000,
+    })
+    expect(breaker.state).toBe('closed')
+    off()
+    await breaker.execute(async () => ran++)
+    expect(ran).toBe(1)
+    expect(transitions()).toEqual(['closed->open', 'open->closed'])
+
+    // Isolated: the same, with the isolated refusal.
+    const isolated = setup()
+    isolated.breaker.isolate()
+    isolated.breaker.events.on((e) => {
+      if (e.type === 'rejected') isolated.breaker.reset()
+    })
+    await expect(isolated.breaker.execute(ok)).rejects.toBeInstanceOf(IsolatedCircuitError)
+    expect(isolated.breaker.state).toBe('closed')
+    await isolated.breaker.execute(ok)
+  })
+
   it('reset() while closed forgets the window', async () => {
     const { breaker } = setup({ window: { kind: 'consecutive', failures: 2 } })
     await failTimes(breaker, 1)
