@@ -9,8 +9,12 @@ import type { SqlDriver } from '../../src/stores/index.js'
 import type { OrderInput } from '../fixtures/saga/order-saga.js'
 import { orderInput } from '../fixtures/saga/order-saga.js'
 import { type EffectKind, effectCounts } from '../fixtures/saga/order-services.js'
+import { compiledFixture } from '../support/compiled-fixture.js'
 
-const workerFile = fileURLToPath(new URL('../fixtures/saga/worker.ts', import.meta.url))
+// Bundled once (compiledFixture), not run through tsx: dozens of workers start per run.
+const workerFile = await compiledFixture(
+  fileURLToPath(new URL('../fixtures/saga/worker.ts', import.meta.url)),
+)
 
 /** A worker process. */
 export interface WorkerProcess {
@@ -34,7 +38,7 @@ export interface WorkerProcess {
 /** Starts a worker process. */
 export function spawnWorker(env: Record<string, string>): WorkerProcess {
   const id = env.SAGA_WORKER_ID ?? `w-${randomUUID().slice(0, 6)}`
-  const child = spawn(process.execPath, ['--import', 'tsx', workerFile], {
+  const child = spawn(process.execPath, [workerFile], {
     env: { ...process.env, ...env, SAGA_WORKER_ID: id },
     stdio: ['ignore', 'pipe', 'pipe'],
   })

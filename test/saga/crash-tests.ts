@@ -69,7 +69,7 @@ export function crashTests(target: DbTarget): void {
           points: orderCrashPoints,
           randomKills: scaled(60, 8),
           workers: 4,
-          // A cap, not a target: most of a run is worker start-up (tsx), which a loaded machine
+          // A cap, not a target: much of a run is worker start-up, which a loaded machine
           // stretches (80 s was reached under load 12-17 at the default scale).
           deadlineMs: scaled(600_000, 180_000),
         })
