@@ -294,3 +294,31 @@ export function judge(f: ShopFigures, final: boolean): Invariant[] {
   }
   return list
 }
+
+/** The demo's verdict when it stops: the invariants judged, whether they held, and its last line. */
+export interface StopVerdict {
+  readonly invariants: Invariant[]
+  readonly ok: boolean
+  readonly line: string
+}
+
+/**
+ * Judges the shop when the demo stops. Settled, or out of time for the settle, everything is
+ * judged (work still in flight at the settle deadline is a failure). Stopped by the user
+ * before it settled (Ctrl-C twice: `hurried`), work in flight is not a broken invariant, so only
+ * what must hold at any time is judged, and the last line says so.
+ */
+export function judgeAtStop(
+  f: ShopFigures,
+  state: { readonly settled: boolean; readonly hurried: boolean },
+): StopVerdict {
+  const hurried = state.hurried && !state.settled
+  const invariants = judge(f, !hurried)
+  const ok = invariants.every((i) => i.ok)
+  const line = !ok
+    ? 'INVARIANTS BROKEN: see the table above.'
+    : hurried
+      ? 'Stopped before the system settled: work in flight was not judged; every invariant that must hold at any time held.'
+      : 'All invariants held.'
+  return { invariants, ok, line }
+}

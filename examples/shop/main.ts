@@ -15,7 +15,7 @@ import {
   watchFor,
 } from './chaos.js'
 import { type Dashboard, startDashboard } from './dashboard.js'
-import { type Invariant, judge, quiescent, type ShopFigures } from './invariants.js'
+import { type Invariant, judgeAtStop, quiescent, type ShopFigures } from './invariants.js'
 import { type Load, startLoad } from './load.js'
 import { type Monitor, type PatternCounters, startMonitor } from './monitor.js'
 import { type Shop, startShop } from './system.js'
@@ -220,13 +220,13 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       snapshot = await monitor.refresh()
     }
     const settled = settledNow()
-    const invariants = judge(figures, true)
+    const verdict = judgeAtStop(figures, { settled, hurried: hurry.signal.aborted })
     const shadow = snapshot.strangler.routes.find((r) => r.shadow !== undefined)?.shadow
     const result: ShopDemoResult = {
-      ok: invariants.every((i) => i.ok),
+      ok: verdict.ok,
       quiescent: settled,
       figures,
-      invariants,
+      invariants: verdict.invariants,
       load: {
         sent: load.stats.sent,
         accepted: load.stats.accepted,
@@ -243,7 +243,7 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       restarts: snapshot.processes.reduce((sum, p) => sum + p.restarts, 0),
       patterns: snapshot.patterns,
     }
-    printSummary(result, (Date.now() - startedAt) / 1000, write)
+    printSummary(result, (Date.now() - startedAt) / 1000, verdict.line, write)
     if (options.json !== undefined) writeFileSync(options.json, JSON.stringify(result, null, 2))
     return result
   } finally {
@@ -260,7 +260,12 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
   }
 }
 
-function printSummary(r: ShopDemoResult, seconds: number, write: (line: string) => void): void {
+function printSummary(
+  r: ShopDemoResult,
+  seconds: number,
+  verdict: string,
+  write: (line: string) => void,
+): void {
   const f = r.figures
   write('')
   write(
@@ -313,5 +318,5 @@ function printSummary(r: ShopDemoResult, seconds: number, write: (line: string) 
   ]))
     write(line)
   write('')
-  write(r.ok ? 'All invariants held.' : 'INVARIANTS BROKEN: see the table above.')
+  write(verdict)
 }

@@ -4,7 +4,12 @@
 import { parseProxyConfig } from 'breakwater/proxy'
 import { describe, expect, it } from 'vitest'
 import { chaosActionOf, parseChaosCommand } from '../../../examples/shop/chaos.js'
-import { judge, quiescent, type ShopFigures } from '../../../examples/shop/invariants.js'
+import {
+  judge,
+  judgeAtStop,
+  quiescent,
+  type ShopFigures,
+} from '../../../examples/shop/invariants.js'
 import { proxyConfigYaml } from '../../../examples/shop/proxy.js'
 
 const settled: ShopFigures = {
@@ -38,6 +43,33 @@ describe('judge', () => {
     expect(broken({ ...settled, duplicateCharges: 1 }, false)).toEqual(['duplicate charges'])
     const twice = { ...settled, emails: { sent: 6, duplicated: 2, missing: 0 } }
     expect(broken(twice, false)).toEqual(['emails per finished order'])
+  })
+
+  it('when stopped before it settled, judges only what must hold at any time, and says so', () => {
+    const inFlight: ShopFigures = {
+      ...settled,
+      emails: { sent: 5, duplicated: 0, missing: 1 },
+      events: { ...settled.events, delivered: 11, lost: 1, unpublished: 1 },
+      sagas: { completed: 5, running: 1 },
+    }
+    const hurried = judgeAtStop(inFlight, { settled: false, hurried: true })
+    expect(hurried.ok).toBe(true)
+    expect(hurried.line).toMatch(/^Stopped before the system settled/)
+    // Out of time for the settle without being hurried: work still in flight is a failure.
+    const late = judgeAtStop(inFlight, { settled: false, hurried: false })
+    expect(late.ok).toBe(false)
+    expect(late.line).toMatch(/^INVARIANTS BROKEN/)
+    // What must hold at any time still breaks a hurried stop.
+    const charged = judgeAtStop(
+      { ...inFlight, duplicateCharges: 1 },
+      { settled: false, hurried: true },
+    )
+    expect(charged.invariants.filter((i) => !i.ok).map((i) => i.name)).toEqual([
+      'duplicate charges',
+    ])
+    expect(charged.line).toMatch(/^INVARIANTS BROKEN/)
+    // Settled before the hurry arrived: judged in full.
+    expect(judgeAtStop(settled, { settled: true, hurried: true }).line).toBe('All invariants held.')
   })
 
   it('lets work in flight pass while running, and judges it once settled', () => {
