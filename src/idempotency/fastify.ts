@@ -209,18 +209,71 @@ function earlierHeaders(reply: FastifyLikeReply): EarlierHeaders | undefined {
   return any ? headers : undefined
 }
 
+// Replies carrying an answer of the plugin that replaced the handler's response (the
+// lease-lost 409): what the stale handler still does to their status, headers and trailers is
+// dropped (holdReply), until Fastify's error handling takes over (onError).
+const held = new WeakSet<FastifyLikeReply>()
+const holdInstalled = Symbol('breakwater.idempotency.hold')
+// Every method of Fastify's reply that changes the status, headers or trailers it writes
+// (headers() and redirect() call header() and code()).
+const heldMethods = ['header', 'removeHeader', 'type', 'trailer', 'code', 'status'] as const
+type HoldableReply = FastifyLikeReply & {
+  [holdInstalled]?: true
+  [name: string]: unknown
+}
+
+/**
+ * Holds the reply as the plugin put it: its status, headers and trailers change only through
+ * the plugin ({@link setReply}, {@link resetToEarlier}) until {@link releaseReply}. The
+ * methods are replaced only on a reply that needs it (a lease running out), not per request.
+ * Applies to the onSend hooks registered after the plugin too, which the plugin cannot tell
+ * from the stale handler: they see the 409 as the plugin built it. `reply.raw` is not held.
+ */
+function holdReply(reply: FastifyLikeReply): void {
+  held.add(reply)
+  const holdable = reply as HoldableReply
+  if (holdable[holdInstalled]) return
+  holdable[holdInstalled] = true
+  for (const name of heldMethods) {
+    const method = holdable[name]
+    if (typeof method !== 'function') continue
+    holdable[name] = function (this: FastifyLikeReply, ...args: unknown[]) {
+      return held.has(this) ? this : (method as (...a: unknown[]) => unknown).apply(this, args)
+    }
+  }
+}
+
+/** Ends {@link holdReply}: Fastify's error handling renders its own response. */
+function releaseReply(reply: FastifyLikeReply): void {
+  held.delete(reply)
+}
+
+/** Runs the plugin's own change to a reply, which a hold does not stop. */
+function unheld(reply: FastifyLikeReply, change: () => void): void {
+  const wasHeld = held.delete(reply)
+  try {
+    change()
+  } finally {
+    if (wasHeld) held.add(reply)
+  }
+}
+
 /**
  * Drops every header on the reply (the handler's) and puts back those earlier hooks had set
  * when the handler was about to run, as they were then: for an answer that replaces the
  * handler's response, which a browser reads only with its CORS headers.
  */
 function resetToEarlier(reply: FastifyLikeReply, earlier: EarlierHeaders | undefined): void {
-  for (const name of Object.keys(reply.getHeaders())) reply.removeHeader(name)
-  if (earlier === undefined) return
-  for (const name in earlier) {
-    // The body's own framing replaces any an earlier hook declared.
-    if (name !== 'content-length' && name !== 'transfer-encoding') reply.header(name, earlier[name])
-  }
+  unheld(reply, () => {
+    for (const name of Object.keys(reply.getHeaders())) reply.removeHeader(name)
+    if (earlier === undefined) return
+    for (const name in earlier) {
+      // The body's own framing replaces any an earlier hook declared.
+      if (name !== 'content-length' && name !== 'transfer-encoding') {
+        reply.header(name, earlier[name])
+      }
+    }
+  })
 }
 
 /**
@@ -229,7 +282,8 @@ function resetToEarlier(reply: FastifyLikeReply, earlier: EarlierHeaders | undef
  * answered before the handler keeps what earlier hooks set (CORS, a request id), as any
  * response does. The response's own headers win either way. The status is set with the code()
  * the reply had before the plugin (`untrackedCode`) tracked it: the tracked one drops a stale
- * handler's status while the plugin's own 409 is on its way.
+ * handler's status while the plugin's own 409 is on its way. A replacing answer is then held
+ * ({@link holdReply}): the stale handler can no longer change it.
  */
 function setReply(
   reply: FastifyLikeReply,
@@ -244,11 +298,14 @@ function setReply(
     reply.removeHeader('content-length')
     reply.removeHeader('transfer-encoding')
   }
-  const code = (reply as TrackedReply)[untrackedCode] as FastifyLikeReply['code'] | undefined
-  ;(code ?? reply.code).call(reply, response.status)
-  for (const [name, value] of Object.entries(response.headers)) {
-    if (name !== 'content-length') reply.header(name, value)
-  }
+  unheld(reply, () => {
+    const code = (reply as TrackedReply)[untrackedCode] as FastifyLikeReply['code'] | undefined
+    ;(code ?? reply.code).call(reply, response.status)
+    for (const [name, value] of Object.entries(response.headers)) {
+      if (name !== 'content-length') reply.header(name, value)
+    }
+  })
+  if (replace) holdReply(reply)
 }
 
 /**
@@ -265,7 +322,8 @@ function setReply(
  * answered at once with the 409 problem (`reason: 'lease-lost'`, with `Retry-After`), or its
  * connection is destroyed if the handler wrote its head to `reply.raw` or hijacked the reply;
  * the key stays in progress, expired, for the client's retry to take over. What the stale
- * handler sends later, Fastify drops (and logs).
+ * handler sends later, Fastify drops (and logs); its changes to the reply's status, headers and
+ * trailers are dropped, so the 409 goes out as the plugin built it.
  *
  * @example
  * ```ts
@@ -312,6 +370,9 @@ export function fastifyIdempotency(
     const state = states.get(request)
     if (state?.kind !== 'executing') return
     const answer = leaseLostAnswer(idempotency, execution, error)
+    // From now on the handler is stale: what it does to the reply is not the answer's (a
+    // header it sets now is dropped by setReply; a trailer would not be).
+    holdReply(reply)
     if (state.sending) {
       // The handler's send is under way through slower hooks before this plugin's onSend: a
       // second send would be a second response on the same reply (the first still reaching
@@ -508,7 +569,8 @@ export function fastifyIdempotency(
   // A hook failed on the plugin's own 409 (a stale handler's failure never gets here: its send
   // is dropped), or on the response onSend let through (or recording it failed): Fastify's
   // error handling answers instead, and its send (and status) must go through.
-  const onError: Hook = async (request) => {
+  const onError: Hook = async (request, reply) => {
+    releaseReply(reply)
     const kind = states.get(request)?.kind
     if (kind === 'answered' || kind === 'sent') states.set(request, { kind: 'done' })
   }

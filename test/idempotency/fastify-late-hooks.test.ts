@@ -69,6 +69,56 @@ describe('fastify adapter, onSend hooks after the plugin', () => {
     expect(JSON.parse(answer.text)).toMatchObject({ code: 'IDEMPOTENCY_IN_PROGRESS' })
   })
 
+  it("keeps the lease-lost 409's headers when the stale handler changes them meanwhile", async () => {
+    const clock = new ManualClock(Date.now())
+    const idempotency = createIdempotency({
+      store: createMemoryIdempotencyStore(),
+      clock,
+      leaseMs: 10_000,
+    })
+    const app = Fastify()
+    await app.register(fastifyIdempotency(idempotency))
+    const held = gate()
+    const entered = gate()
+    app.addHook('onSend', async (_request, _reply, payload) => {
+      entered.open()
+      await held.promise
+      return payload
+    })
+    const started = gate()
+    const stall: Gate = gate()
+    const woke = gate()
+    app.post('/charges', async (_request, reply) => {
+      started.open()
+      await stall.promise
+      reply.header('x-stale', '1')
+      reply.headers({ 'x-stale-too': '2' })
+      reply.type('text/html')
+      reply.removeHeader('retry-after')
+      reply.trailer('x-trailer', () => 'late')
+      woke.open()
+      return reply.send('<p>stale</p>')
+    })
+    await app.ready()
+    listening = await listenServer(app.server)
+    const first = send(`${listening.url}/charges`, { key: randomUUID(), body: '{"a":1}' })
+    await started.promise
+    await clock.advance(10_000)
+    await entered.promise
+    stall.open()
+    await woke.promise
+    held.open()
+    const answer = await first
+    expect(answer.status).toBe(409)
+    expect(answer.headers['content-type']).toBe('application/problem+json')
+    expect(answer.headers['retry-after']).toBeDefined()
+    expect(answer.headers['content-length']).toBe(String(answer.body.length))
+    for (const name of ['x-stale', 'x-stale-too', 'trailer', 'transfer-encoding']) {
+      expect(answer.headers[name]).toBeUndefined()
+    }
+    expect(JSON.parse(answer.text)).toMatchObject({ code: 'IDEMPOTENCY_IN_PROGRESS' })
+  })
+
   it('sends the body of a handler that calls reply.send() without returning the reply', async () => {
     const idempotency = createIdempotency({ store: createMemoryIdempotencyStore() })
     const app = Fastify()
