@@ -4,7 +4,7 @@ import { createRequire } from 'node:module'
 import type { Socket } from 'node:net'
 import { dirname, join } from 'node:path'
 import type { ChannelModel, ConfirmChannel } from 'amqplib'
-import { afterAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   type Broker,
   createRabbitMqBroker,
@@ -27,9 +27,31 @@ afterAll(stopOwnBrokers)
 
 describeBrokerConformance({ name: 'rabbitmq', dedupe: false })
 
-/** A private RabbitMQ that a test can freeze (SIGSTOP of its whole process group) and thaw. */
+// The file's own RabbitMQ, for the tests that freeze it, add users to it, change its settings or
+// close every connection on it: one boot (seconds of CPU on CI) serves them all instead of one
+// per test, and it boots while the tests on the shared server run. Tests run one at a time and
+// each leaves it as it found it (thawed, settings restored); the users, exchanges and queues a
+// test adds have names no other test uses.
+let ownServer: Promise<StartedBroker> | undefined
+beforeAll(() => {
+  ownServer = startPrivateBroker('rabbitmq')
+  ownServer.catch(() => {})
+})
+afterAll(async () => {
+  await ownServer?.then(
+    (server) => server.stop(),
+    () => {},
+  )
+})
+
+/** The file's own server (see above); fails the test with the reason it could not start. */
+function privateServer(): Promise<StartedBroker> {
+  return ownServer!
+}
+
+/** The file's own RabbitMQ, which a test can freeze (SIGSTOP of its whole process group). */
 async function freezableBroker() {
-  const server = await startPrivateBroker('rabbitmq')
+  const server = await privateServer()
   let frozen = false
   return {
     url: server.url,
@@ -42,9 +64,9 @@ async function freezableBroker() {
       if (frozen) process.kill(-server.pid, 'SIGCONT')
       frozen = false
     },
-    async stop(): Promise<void> {
+    /** Thaws the server for the next test (the file stops it at the end). */
+    release(): void {
       this.thaw()
-      await server.stop()
     },
   }
 }
@@ -63,8 +85,11 @@ async function stepTimersUntil(clock: ManualClock, done: () => boolean, what: st
   }
 }
 
-/** Runs the private server's own rabbitmqctl, reaching its node through its epmd and cookie. */
-function rabbitCtl(server: StartedBroker): (...args: string[]) => void {
+/**
+ * Runs the private server's own rabbitmqctl, reaching its node through its epmd and cookie, and
+ * returns what it printed. Each run boots an Erlang VM (seconds on CI): batch work in one `eval`.
+ */
+function rabbitCtl(server: StartedBroker): (...args: string[]) => string {
   const node = readdirSync(join(server.root, 'mnesia')).find((d) => /^[^.]+@[^-]+$/.test(d))
   return (...args) => {
     const run = spawnSync('/usr/lib/rabbitmq/bin/rabbitmqctl', ['-n', node!, ...args], {
@@ -77,7 +102,38 @@ function rabbitCtl(server: StartedBroker): (...args: string[]) => void {
       encoding: 'utf8',
     })
     if (run.status !== 0) throw new Error(`rabbitmqctl ${args[0]}: ${run.stderr}`)
+    return run.stdout
   }
+}
+
+/** `text` as an Erlang binary of its UTF-8 bytes (any characters, nothing to escape). */
+function erlangBinary(text: string): string {
+  return `<<${[...Buffer.from(text, 'utf8')].join(',')}>>`
+}
+
+/**
+ * Adds users to the server's vhost `/` in one rabbitmqctl run (what `add_user` and
+ * `set_permissions` do, one Erlang VM instead of two per user). `permissions` are the
+ * configure, write and read patterns; without them the user may not open the vhost.
+ */
+function addUsers(
+  server: StartedBroker,
+  users: ReadonlyArray<{
+    name: string
+    password: string
+    permissions?: readonly [string, string, string]
+  }>,
+): void {
+  const by = erlangBinary('breakwater-test')
+  const steps = users.flatMap(({ name, password, permissions }) => [
+    `ok = rabbit_auth_backend_internal:add_user(${erlangBinary(name)}, ${erlangBinary(password)}, ${by})`,
+    ...(permissions === undefined
+      ? []
+      : [
+          `ok = rabbit_auth_backend_internal:set_permissions(${erlangBinary(name)}, <<"/">>, ${permissions.map(erlangBinary).join(', ')}, ${by})`,
+        ]),
+  ])
+  rabbitCtl(server)('eval', `${steps.join(', ')}.`)
 }
 
 /** Enough to fill the socket and the channel's buffer: publishing it waits for 'drain'. */
@@ -423,7 +479,7 @@ describe('rabbitmq specifics', () => {
       server.thaw()
       await broker.close()
     } finally {
-      await server.stop()
+      server.release()
     }
   }, 120_000)
 
@@ -486,7 +542,7 @@ describe('rabbitmq specifics', () => {
       await broker.close()
     } finally {
       ChannelModel.prototype.createConfirmChannel = original
-      await server.stop()
+      server.release()
     }
   }, 120_000)
 
@@ -508,7 +564,7 @@ describe('rabbitmq specifics', () => {
       server.thaw()
       await broker.close()
     } finally {
-      await server.stop()
+      server.release()
     }
   }, 120_000)
 
@@ -612,120 +668,111 @@ describe('rabbitmq specifics', () => {
   })
 
   it('fails publish and subscribe for a user without configure, write or read permission on the exchange (or queue) with a non-retryable BROKER_MISCONFIGURED naming it, not a retryable outage', async () => {
-    const server = await startPrivateBroker('rabbitmq')
-    try {
-      const ctl = rabbitCtl(server)
-      // Every subscription here is to topic `t` as group `g`, so its queue is `t.g`.
-      const subscribeTG = (broker: Broker) => broker.subscriber.subscribe('t', 'g', async () => {})
-      const exchange = 'bw-allowed'
+    const server = await privateServer()
+    // Every subscription here is to topic `t` as group `g`, so its queue is `t.g`.
+    const subscribeTG = (broker: Broker) => broker.subscriber.subscribe('t', 'g', async () => {})
+    const exchange = 'bw-allowed'
+    addUsers(server, [
       // May configure (declare) only the exchange `bw-allowed`; may read and write anything.
-      ctl('add_user', 'limited', 'secret')
-      ctl('set_permissions', '-p', '/', 'limited', `^${exchange}$`, '.*', '.*')
-      const url = server.url.replace('guest:guest@', 'limited:secret@')
-      const other = createRabbitMqBroker({ url, exchange: 'bw-other', connectTimeoutMs: 2_000 })
-      const allowed = createRabbitMqBroker({ url, exchange, connectTimeoutMs: 2_000 })
-      try {
-        // The exchange itself may not be declared.
-        for (const error of await publishAndSubscribeFailures(other, 't', 'g')) {
-          expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
-          expect(error.message).toContain('exchange "bw-other"')
-          expect(error.message).toMatch(/ACCESS_REFUSED/)
-        }
-        // The exchange may be declared, the subscription's queue may not.
-        const error = await rejectionOf(subscribeTG(allowed))
-        expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
-        expect(error.message).toContain('queue "t.g"')
-        expect(error.message).toMatch(/ACCESS_REFUSED/)
-      } finally {
-        await other.close()
-        await allowed.close()
-      }
-
+      { name: 'limited', password: 'secret', permissions: [`^${exchange}$`, '.*', '.*'] },
       // Without write permission (publish; binding writes to the queue), or read permission
-      // (binding reads from the exchange): refused the same way, for good.
-      ctl('add_user', 'nowrite', 'secret')
-      ctl('set_permissions', '-p', '/', 'nowrite', '.*', '^$', '.*')
-      ctl('add_user', 'noread', 'secret')
-      ctl('set_permissions', '-p', '/', 'noread', '.*', '.*', '^$')
-      const as = (user: string) =>
-        createRabbitMqBroker({
-          url: server.url.replace('guest:guest@', `${user}:secret@`),
-          connectTimeoutMs: 2_000,
-        })
+      // (binding reads from the exchange).
+      { name: 'nowrite', password: 'secret', permissions: ['.*', '^$', '.*'] },
+      { name: 'noread', password: 'secret', permissions: ['.*', '.*', '^$'] },
       // May read from the exchange (to bind), not from the queue (to consume).
-      ctl('add_user', 'noqueueread', 'secret')
-      ctl('set_permissions', '-p', '/', 'noqueueread', '.*', '.*', '^breakwater$')
-      const nowrite = as('nowrite')
-      const noread = as('noread')
-      const noqueueread = as('noqueueread')
-      try {
-        const refusals: Array<[unknown, RegExp]> = [
-          [
-            await rejectionOf(nowrite.publisher.publish(makeBatch('t', 1, 1))),
-            /exchange "breakwater".*ACCESS_REFUSED/,
-          ],
-          [
-            await rejectionOf(subscribeTG(nowrite)),
-            /queue "t\.g".*exchange "breakwater".*ACCESS_REFUSED - access to queue 't\.g'/,
-          ],
-          [
-            await rejectionOf(subscribeTG(noread)),
-            /queue "t\.g".*exchange "breakwater".*ACCESS_REFUSED - access to exchange 'breakwater'/,
-          ],
-          [
-            await rejectionOf(subscribeTG(noqueueread)),
-            /queue "t\.g".*ACCESS_REFUSED - access to queue 't\.g'/,
-          ],
-        ]
-        for (const [error, message] of refusals) {
-          expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
-          expect(error.message).toMatch(message)
-        }
-      } finally {
-        await nowrite.close()
-        await noread.close()
-        await noqueueread.close()
+      { name: 'noqueueread', password: 'secret', permissions: ['.*', '.*', '^breakwater$'] },
+      // No permission on the vhost at all.
+      { name: 'novhost', password: 'secret' },
+    ])
+    const url = server.url.replace('guest:guest@', 'limited:secret@')
+    const other = createRabbitMqBroker({ url, exchange: 'bw-other', connectTimeoutMs: 2_000 })
+    const allowed = createRabbitMqBroker({ url, exchange, connectTimeoutMs: 2_000 })
+    try {
+      // The exchange itself may not be declared.
+      for (const error of await publishAndSubscribeFailures(other, 't', 'g')) {
+        expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+        expect(error.message).toContain('exchange "bw-other"')
+        expect(error.message).toMatch(/ACCESS_REFUSED/)
       }
+      // The exchange may be declared, the subscription's queue may not.
+      const error = await rejectionOf(subscribeTG(allowed))
+      expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+      expect(error.message).toContain('queue "t.g"')
+      expect(error.message).toMatch(/ACCESS_REFUSED/)
+    } finally {
+      await other.close()
+      await allowed.close()
+    }
 
-      // A user with no permission on the vhost at all: the server refuses to open it.
-      ctl('add_user', 'novhost', 'secret')
-      const novhost = as('novhost')
-      try {
-        for (const error of await publishAndSubscribeFailures(novhost, 't', 'g')) {
-          expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
-          expect(error.message).toMatch(/vhost "\/" refused for user "novhost"/)
-        }
-      } finally {
-        await novhost.close()
+    // Without write permission (publish; binding writes to the queue), or read permission
+    // (binding reads from the exchange): refused the same way, for good.
+    const as = (user: string) =>
+      createRabbitMqBroker({
+        url: server.url.replace('guest:guest@', `${user}:secret@`),
+        connectTimeoutMs: 2_000,
+      })
+    // noqueueread may read from the exchange (to bind), not from the queue (to consume).
+    const nowrite = as('nowrite')
+    const noread = as('noread')
+    const noqueueread = as('noqueueread')
+    try {
+      const refusals: Array<[unknown, RegExp]> = [
+        [
+          await rejectionOf(nowrite.publisher.publish(makeBatch('t', 1, 1))),
+          /exchange "breakwater".*ACCESS_REFUSED/,
+        ],
+        [
+          await rejectionOf(subscribeTG(nowrite)),
+          /queue "t\.g".*exchange "breakwater".*ACCESS_REFUSED - access to queue 't\.g'/,
+        ],
+        [
+          await rejectionOf(subscribeTG(noread)),
+          /queue "t\.g".*exchange "breakwater".*ACCESS_REFUSED - access to exchange 'breakwater'/,
+        ],
+        [
+          await rejectionOf(subscribeTG(noqueueread)),
+          /queue "t\.g".*ACCESS_REFUSED - access to queue 't\.g'/,
+        ],
+      ]
+      for (const [error, message] of refusals) {
+        expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+        expect(error.message).toMatch(message)
       }
     } finally {
-      await server.stop()
+      await nowrite.close()
+      await noread.close()
+      await noqueueread.close()
+    }
+
+    // A user with no permission on the vhost at all: the server refuses to open it.
+    const novhost = as('novhost')
+    try {
+      for (const error of await publishAndSubscribeFailures(novhost, 't', 'g')) {
+        expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+        expect(error.message).toMatch(/vhost "\/" refused for user "novhost"/)
+      }
+    } finally {
+      await novhost.close()
     }
   })
 
   it('logs in with a user name and password holding non-ASCII characters, percent-encoded as UTF-8 in the URL', async () => {
-    const server = await startPrivateBroker('rabbitmq')
+    const server = await privateServer()
+    addUsers(server, [{ name: 'josé', password: 'pässwörd-€', permissions: ['.*', '.*', '.*'] }])
+    const user = encodeURIComponent('josé')
+    const password = encodeURIComponent('pässwörd-€')
+    const broker = createRabbitMqBroker({
+      url: server.url.replace('guest:guest@', `${user}:${password}@`),
+      connectTimeoutMs: 2_000,
+    })
     try {
-      const ctl = rabbitCtl(server)
-      ctl('add_user', 'josé', 'pässwörd-€')
-      ctl('set_permissions', '-p', '/', 'josé', '.*', '.*', '.*')
-      const user = encodeURIComponent('josé')
-      const password = encodeURIComponent('pässwörd-€')
-      const broker = createRabbitMqBroker({
-        url: server.url.replace('guest:guest@', `${user}:${password}@`),
-        connectTimeoutMs: 2_000,
-      })
-      try {
-        const topic = unique('utf8-login')
-        const received = new Received()
-        await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
-        await broker.publisher.publish(makeBatch(topic, 1, 1))
-        await received.until(() => received.messages.length >= 1, 'the message')
-      } finally {
-        await broker.close()
-      }
+      const topic = unique('utf8-login')
+      const received = new Received()
+      await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+      await broker.publisher.publish(makeBatch(topic, 1, 1))
+      await received.until(() => received.messages.length >= 1, 'the message')
     } finally {
-      await server.stop()
+      await broker.close()
     }
   })
 
@@ -767,7 +814,7 @@ describe('rabbitmq specifics', () => {
       })
       await stepTimersUntil(clock, () => closed, 'close()')
     } finally {
-      await server.stop()
+      server.release()
     }
   }, 120_000)
 })
@@ -791,12 +838,15 @@ async function until(clock: ManualClock, done: () => boolean, what: string): Pro
 
 describe('rabbitmq: a handler slower than the server’s consumer_timeout', () => {
   it('reports the server’s reason, reconnects, and runs the key’s messages in order', async () => {
-    const server = await startPrivateBroker('rabbitmq')
-    // Read when a channel opens: a 1 s timeout, checked every 200 ms.
-    rabbitCtl(server)(
+    const server = await privateServer()
+    const ctl = rabbitCtl(server)
+    // Read when a channel opens: a 1 s timeout, checked every 200 ms. The settings it had are
+    // put back after the test (the file's later tests hold messages for seconds).
+    const settings = ['consumer_timeout', 'channel_tick_interval']
+    const saved = ctl(
       'eval',
-      'application:set_env(rabbit, consumer_timeout, 1000), application:set_env(rabbit, channel_tick_interval, 200).',
-    )
+      `Saved = {${settings.map((key) => `application:get_env(rabbit, ${key})`).join(', ')}}, application:set_env(rabbit, consumer_timeout, 1000), application:set_env(rabbit, channel_tick_interval, 200), Saved.`,
+    ).trim()
     const clock = new ManualClock()
     const errors: SubscriberErrorEvent[] = []
     const broker = createRabbitMqBroker({
@@ -836,7 +886,10 @@ describe('rabbitmq: a handler slower than the server’s consumer_timeout', () =
     } finally {
       release()
       await broker.close()
-      await server.stop()
+      ctl(
+        'eval',
+        `Put = fun(Key, {ok, Value}) -> application:set_env(rabbit, Key, Value); (Key, undefined) -> application:unset_env(rabbit, Key) end, {${settings.map((_, i) => `V${i}`).join(', ')}} = ${saved}, ${settings.map((key, i) => `Put(${key}, V${i})`).join(', ')}.`,
+      )
     }
   }, 90_000)
 })
@@ -850,12 +903,9 @@ describe('rabbitmq: a handler slower than the server’s consumer_timeout', () =
 describe('rabbitmq: the server ends a subscription', () => {
   let server: StartedBroker
   const setup = async () => {
-    server ??= await startPrivateBroker('rabbitmq')
+    server ??= await privateServer()
     return server
   }
-  afterAll(async () => {
-    await server?.stop()
-  })
 
   /** A subscription of `topic` (group g) recording each run, with a manual clock. */
   async function subscribed(url: string, topic: string, hold?: Promise<void>) {
