@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { createEventStore, type EventStore, type NewEvent } from '../../src/cqrs/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
+import { compiledFixture } from '../support/compiled-fixture.js'
 import { scaled } from '../support/scale.js'
 import { type AccountEvent, type BalanceRow, balancesProjection, foldBalances } from './accounts.js'
 import { dbTargets, useTestDb } from './databases.js'
@@ -17,7 +18,10 @@ const accounts = scaled(200, 40)
 const kills = scaled(25, 5)
 const batchSize = 20
 const crashSeed = Number(process.env.BREAKWATER_CRASH_SEED ?? Date.now() % 2 ** 31)
-const fixture = fileURLToPath(new URL('../fixtures/cqrs/projector-process.ts', import.meta.url))
+// Bundled once (compiledFixture), not run through tsx: the test starts a process per life.
+const fixture = await compiledFixture(
+  fileURLToPath(new URL('../fixtures/cqrs/projector-process.ts', import.meta.url)),
+)
 
 // mulberry32: a failing run can be repeated with BREAKWATER_CRASH_SEED.
 function random(initial: number): () => number {
@@ -44,11 +48,10 @@ function live(
   env: Record<string, string> = {},
 ): Promise<Life> {
   return new Promise((resolve, reject) => {
-    const child: ChildProcess = spawn(
-      process.execPath,
-      ['--import', 'tsx', fixture, url, mode, String(batchSize)],
-      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
-    )
+    const child: ChildProcess = spawn(process.execPath, [fixture, url, mode, String(batchSize)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+    })
     let out = ''
     let err = ''
     let killed = false

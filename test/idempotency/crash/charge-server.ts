@@ -3,7 +3,8 @@
 // random moments, and it kills itself at named crash points so that every step boundary of the
 // protocol is hit on purpose.
 //
-// Run: node --import tsx charge-server.ts [port]   (prints "listening <port>" when ready)
+// Run: node <bundle> [port], bundled by test/support/compiled-fixture.ts
+// (prints "listening <port>" when ready)
 // Environment:
 //   CRASH_DB_URL             the database (sqlite:<file> or postgres://...), already migrated
 //   CRASH_LEASE_MS           the idempotency lease (default 500, so takeovers come quickly)

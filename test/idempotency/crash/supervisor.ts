@@ -5,8 +5,12 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { compiledFixture } from '../../support/compiled-fixture.js'
 
-const chargeServer = fileURLToPath(new URL('./charge-server.ts', import.meta.url))
+// Bundled once (compiledFixture), not run through tsx: a run starts a server per life.
+const chargeServer = await compiledFixture(
+  fileURLToPath(new URL('./charge-server.ts', import.meta.url)),
+)
 
 /** How one life of the server ends. */
 export interface LifePlan {
@@ -119,7 +123,7 @@ export class CrashingServer {
         env.BREAKWATER_CRASH_AT = plan.crashAt
         env.BREAKWATER_CRASH_AFTER = String(plan.crashAfter ?? 1)
       }
-      const child = spawn(process.execPath, ['--import', 'tsx', chargeServer, '0'], {
+      const child = spawn(process.execPath, [chargeServer, '0'], {
         env: { ...process.env, ...env },
         stdio: ['ignore', 'pipe', 'pipe'],
       })

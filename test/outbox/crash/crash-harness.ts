@@ -38,6 +38,7 @@ import {
 } from '../../../src/outbox/index.js'
 import { fromPgClient, openDatabase, type SqlDriver } from '../../../src/stores/index.js'
 import { type StartedBroker, startPrivateBroker } from '../../support/brokers.js'
+import { compiledFixture } from '../../support/compiled-fixture.js'
 import { createTestDatabase } from '../../support/postgres.js'
 import {
   type EnqueueOutcome,
@@ -46,7 +47,10 @@ import {
 } from '../../support/queue-checker.js'
 import { createTestSqlite } from '../../support/sqlite.js'
 
-const fixture = fileURLToPath(new URL('../../fixtures/outbox/relay-process.ts', import.meta.url))
+// Bundled once (compiledFixture), not run through tsx: a run starts a relay per life.
+const fixture = await compiledFixture(
+  fileURLToPath(new URL('../../fixtures/outbox/relay-process.ts', import.meta.url)),
+)
 const topic = 'outbox-crash'
 const consumerName = 'crash-consumer'
 
@@ -191,7 +195,7 @@ class RelayLife {
   #ended = false
 
   constructor(args: readonly string[], env: Record<string, string>) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', fixture, ...args], {
+    this.child = spawn(process.execPath, [fixture, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...env },
     })
