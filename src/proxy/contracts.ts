@@ -341,6 +341,11 @@ export interface ProxyConfig {
   readonly accessLog: boolean
   /** Inbound deadline header honoured and passed on (default `x-breakwater-deadline-ms`). */
   readonly deadlineHeader: string
+  /**
+   * The pseudonym the proxy adds to `Via` on the requests it forwards and the responses it
+   * passes back (`via` in the YAML, default `breakwater`); undefined: no Via is added.
+   */
+  readonly via?: string | undefined
   /** Drain time on SIGTERM before open connections are cut (ms). */
   readonly drainTimeoutMs: number
   /**
@@ -612,6 +617,8 @@ export interface ShadowMismatch {
 export interface InboundContext extends ProxyDeps {
   readonly services: () => ServiceRegistry
   readonly deadlineHeader: string
+  /** The proxy's Via pseudonym (see {@link ProxyConfig.via}); undefined: no Via is added. */
+  readonly via?: string | undefined
   readonly accessLog: boolean
 }
 

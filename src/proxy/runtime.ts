@@ -740,6 +740,7 @@ class ProxyRuntime implements ProxyInternals {
         try {
           service = createServiceRuntime(serviceConfig, deps, {
             deadlineHeader: config.deadlineHeader,
+            ...(config.via === undefined ? {} : { via: config.via }),
           })
         } catch (error) {
           throw tlsFailure(error)
@@ -793,6 +794,7 @@ class ProxyRuntime implements ProxyInternals {
         // read) serves it, as its route table does.
         services: () => this.#generation?.registry ?? registry,
         deadlineHeader: config.deadlineHeader,
+        via: config.via,
         accessLog: config.accessLog,
       }
       const tables = new Map<string, RouteTable>()

@@ -6,7 +6,7 @@ import type { ProxyConfig } from '../contracts.js'
 
 /**
  * True when a reload from `before` to `after` keeps service `name`'s runtime: the service is in
- * both with the same settings, and the deadline header its calls send is the same. Otherwise
+ * both with the same settings, and the deadline header its calls send and the Via pseudonym its answers get are the same. Otherwise
  * the service gets a new runtime (breaker closed, not isolated), or is gone.
  */
 export function keepsServiceRuntime(
@@ -20,6 +20,7 @@ export function keepsServiceRuntime(
     previous !== undefined &&
     next !== undefined &&
     before.deadlineHeader === after.deadlineHeader &&
+    before.via === after.via &&
     JSON.stringify(previous) === JSON.stringify(next)
   )
 }

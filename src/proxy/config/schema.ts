@@ -22,6 +22,7 @@ import type {
 import { normalizePath } from '../inbound/normalize-path.js'
 import { retryAffinityDefaults } from '../inbound/retry-affinity.js'
 import { maxRouteWeight } from '../inbound/routes.js'
+import { DEFAULT_VIA_PSEUDONYM, viaPseudonymPattern } from '../via.js'
 
 // Schema-level messages are the "expected ..." half of a problem line; load.ts adds the path
 // and the value that was found.
@@ -93,6 +94,10 @@ const headerValueText = 'a header value of printable ASCII, without leading or t
 const headerValue = z
   .string({ error: 'string' })
   .regex(/^(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?$/, { error: headerValueText })
+
+// The proxy's name in Via (RFC 9110 §7.6.3): a token, or false for no Via at all.
+const viaText =
+  "false or a pseudonym (1 to 64 letters, digits and !#$%&'*+-.^_`|~) to name the proxy in Via"
 
 // A cookie name is a token (RFC 6265 §4.1.1): one with `=`, `;` or a space is never read out of
 // a Cookie header, so the route would never stick.
@@ -439,6 +444,15 @@ export const proxyConfigSchema = z
       .optional(),
     accessLog: z.boolean({ error: 'true or false' }).default(true),
     deadlineHeader: headerName.default(DEADLINE_HEADER),
+    via: z
+      .union(
+        [
+          z.literal(false),
+          z.string({ error: viaText }).regex(viaPseudonymPattern, { error: viaText }),
+        ],
+        { error: viaText },
+      )
+      .default(DEFAULT_VIA_PSEUDONYM),
     drainTimeoutMs: ms().default(30_000),
     // At least 1: a start given no time at all would always fail.
     startTimeoutMs: ms(1).default(60_000),
@@ -479,6 +493,7 @@ export function toProxyConfig(doc: ProxyConfigDocument): ProxyConfig {
     idempotency: doc.idempotency === undefined ? undefined : { url: doc.idempotency.url },
     accessLog: doc.accessLog,
     deadlineHeader: doc.deadlineHeader.toLowerCase(),
+    via: doc.via === false ? undefined : doc.via,
     drainTimeoutMs: doc.drainTimeoutMs,
     startTimeoutMs: doc.startTimeoutMs,
     workers: doc.workers,

@@ -44,6 +44,7 @@ import type {
   TunnelEnd,
 } from '../contracts.js'
 import { forwardableHeaders, isPlainChunked } from '../hop-by-hop.js'
+import { appendVia } from '../via.js'
 import type { FastRequest } from './fast-request.js'
 import { normalizePath } from './normalize-path.js'
 
@@ -455,6 +456,10 @@ function validateHead(
   const requestId = sentId !== undefined && requestIdPattern.test(sentId) ? sentId : randomUUID()
   const headers = forwardableHeaders(raw, dropSetFor(ctx.deadlineHeader))
   headers['x-request-id'] = requestId
+  // The proxy's own Via entry, after the client's (RFC 9110 §7.6.3), with the version the
+  // client spoke: every forward (gateway, ambassador, WebSocket handshake) starts from here.
+  if (ctx.via !== undefined)
+    headers.via = appendVia(headers.via, `1.${req.httpVersionMinor}`, ctx.via)
 
   return {
     method: req.method ?? 'GET',

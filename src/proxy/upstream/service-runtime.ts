@@ -32,6 +32,7 @@ import type {
   TunnelRequest,
 } from '../contracts.js'
 import { emptyHeaderRecord, HOP_BY_HOP_HEADERS, isPlainChunked } from '../hop-by-hop.js'
+import { appendVia, viaPseudonymPattern } from '../via.js'
 import { ServiceBreaker } from './breaker.js'
 import { OutboundAuth, TlsMaterial } from './credentials.js'
 import { type Discovery, type DnsResolver, startDiscovery } from './discovery.js'
@@ -62,6 +63,13 @@ export interface ServiceRuntimeOptions {
    * @default 'x-breakwater-deadline-ms'
    */
   readonly deadlineHeader?: string
+  /**
+   * The pseudonym appended to the `Via` of the responses passed back (`1.1 <via>`, after the
+   * upstream's own entries; RFC 9110 §7.6.3): the proxy's configured `via`. The request's
+   * entry is the inbound side's (it knows the client's protocol version).
+   * @default undefined: no Via is added
+   */
+  readonly via?: string
 }
 
 /**
@@ -174,16 +182,15 @@ export function createServiceRuntime(
 ): UpstreamService {
   checkObject('createServiceRuntime.options', options)
   if (options.random !== undefined) checkFunction('createServiceRuntime.random', options.random)
-  if (
-    options.deadlineHeader !== undefined &&
-    (typeof options.deadlineHeader !== 'string' || !httpTokenPattern.test(options.deadlineHeader))
-  )
-    throw new InvalidOptionError(
-      'createServiceRuntime.deadlineHeader',
-      'a header name',
-      options.deadlineHeader,
-    )
+  checkTextOption('deadlineHeader', options.deadlineHeader, httpTokenPattern, 'a header name')
+  checkTextOption('via', options.via, viaPseudonymPattern, 'a Via pseudonym (a token)')
   return new UpstreamServiceRuntime(config, deps, options)
+}
+
+/** Refuses an option that is given but is not a string matching `pattern`. */
+function checkTextOption(name: string, value: unknown, pattern: RegExp, expected: string): void {
+  if (value !== undefined && (typeof value !== 'string' || !pattern.test(value)))
+    throw new InvalidOptionError(`createServiceRuntime.${name}`, expected, value)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,6 +224,8 @@ class Core {
   readonly maxQueue: number
   /** Lower-case name of the deadline header sent upstream. */
   readonly deadlineHeader: string
+  /** The proxy's Via pseudonym for responses; undefined: none added. */
+  readonly via: string | undefined
   running = 0
   queued = 0
   queueHead: ForwardCall | undefined
@@ -246,6 +255,7 @@ class Core {
     this.maxConcurrent = config.bulkhead.maxConcurrent
     this.maxQueue = config.bulkhead.maxQueue
     this.deadlineHeader = (options.deadlineHeader ?? DEADLINE_HEADER).toLowerCase()
+    this.via = options.via
     const random = options.random ?? Math.random
     this.breaker = new ServiceBreaker(config.breaker, deps.clock)
     const retry = config.retry
@@ -925,7 +935,7 @@ class ForwardCall {
       this.capturedHeaders = record
       this.chunks = []
     }
-    const flat = responseHeaders(raw, record)
+    const flat = responseHeaders(raw, record, core.via)
     if (flat === undefined) {
       // A transfer coding besides chunked (`gzip, chunked`): the pool de-chunks but decodes
       // nothing else, and Transfer-Encoding is hop-by-hop, so the client would take the coded
@@ -1215,12 +1225,14 @@ function isConnectionName(name: Buffer): boolean {
  * The response headers to send on: undici's raw list (Buffers) without hop-by-hop headers and
  * without the headers the upstream named in `Connection`, as the flat name/value list
  * `writeHead` takes (no header object, no per-header `setHeader`); also fills `record` (lower-case
- * names) when the response is captured. Undefined when a `Transfer-Encoding` names a coding
- * other than chunked, which cannot be passed on.
+ * names) when the response is captured. With a `via` pseudonym, the upstream's Via lines become
+ * one, with `1.1 <via>` appended (the proxy speaks HTTP/1.1 upstream). Undefined when a
+ * `Transfer-Encoding` names a coding other than chunked, which cannot be passed on.
  */
 function responseHeaders(
   raw: Buffer[],
   record: Record<string, string | string[]> | undefined,
+  via: string | undefined,
 ): string[] | undefined {
   let named: Set<string> | undefined
   for (let i = 0; i < raw.length; i += 2) {
@@ -1233,6 +1245,7 @@ function responseHeaders(
     }
   }
   const flat: string[] = []
+  let upstreamVia: string[] | undefined
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] as Buffer).toString('latin1')
     const lower = name.toLowerCase()
@@ -1245,15 +1258,31 @@ function responseHeaders(
       continue
     }
     const value = (raw[i + 1] as Buffer).toString('latin1')
-    flat.push(name, value)
-    if (record !== undefined) {
-      const existing = record[lower]
-      if (existing === undefined) record[lower] = value
-      else if (typeof existing === 'string') record[lower] = [existing, value]
-      else existing.push(value)
+    if (via !== undefined && lower === 'via') {
+      upstreamVia ??= []
+      upstreamVia.push(value)
+      continue
     }
+    pushHeader(flat, record, name, lower, value)
   }
+  if (via !== undefined) pushHeader(flat, record, 'via', 'via', appendVia(upstreamVia, '1.1', via))
   return flat
+}
+
+/** Adds one header to the flat list and, when the response is captured, to `record`. */
+function pushHeader(
+  flat: string[],
+  record: Record<string, string | string[]> | undefined,
+  name: string,
+  lower: string,
+  value: string,
+): void {
+  flat.push(name, value)
+  if (record === undefined) return
+  const existing = record[lower]
+  if (existing === undefined) record[lower] = value
+  else if (typeof existing === 'string') record[lower] = [existing, value]
+  else existing.push(value)
 }
 
 function retryAfterOf(raw: Buffer[], clock: Clock): number | undefined {

@@ -38,6 +38,7 @@ import type { ErrorCode } from '../../core/error-codes.js'
 import type { ServiceConfig, TunnelEnd, TunnelOutcome, TunnelRequest } from '../contracts.js'
 import { connectionNamedHeaders, HOP_BY_HOP_HEADERS, isHopByHop } from '../hop-by-hop.js'
 import { endGracefully, endWithProblem } from '../inbound/raw-response.js'
+import { appendVia } from '../via.js'
 import type { ServiceBreaker } from './breaker.js'
 import type { OutboundAuth, TlsMaterial } from './credentials.js'
 import type { Endpoint, EndpointSet } from './endpoints.js'
@@ -57,6 +58,8 @@ export interface TunnelService {
   /** failureStatus[status] = 1 for answers counted as failures (breakerFailureStatuses). */
   readonly failureStatus: Uint8Array
   readonly deadlineHeader: string
+  /** The proxy's Via pseudonym, appended to the answers passed back; undefined: none. */
+  readonly via: string | undefined
   readonly closed: boolean
   /** Pending until discovery's first answer. */
   readonly discovering: Promise<void> | undefined
@@ -311,10 +314,14 @@ class Handshake {
     // The endpoint's own connection headers stay on its side, except the two that say what
     // the connection switched to.
     const named = connectionNamedHeaders(res.headers.connection)
+    const via = this.service.via
     const text = headText(
       `HTTP/1.1 101 ${res.statusMessage || 'Switching Protocols'}`,
       res.rawHeaders,
-      (name) => name !== 'connection' && name !== 'upgrade' && isHopByHop(name, named),
+      (name) =>
+        (name !== 'connection' && name !== 'upgrade' && isHopByHop(name, named)) ||
+        (via !== undefined && name === 'via'),
+      via,
     )
     client.write(`${text}\r\n`)
     if (upstreamHead.length > 0) client.write(upstreamHead)
@@ -354,10 +361,15 @@ class Handshake {
     res.on('end', () => {
       if (this.decided) return
       const named = connectionNamedHeaders(res.headers.connection)
+      const via = this.service.via
       let text = headText(
         `HTTP/1.1 ${status} ${res.statusMessage ?? ''}`,
         res.rawHeaders,
-        (name) => isHopByHop(name, named) || name === 'content-length',
+        (name) =>
+          isHopByHop(name, named) ||
+          name === 'content-length' ||
+          (via !== undefined && name === 'via'),
+        via,
       )
       text += `content-length: ${size}\r\nconnection: close\r\n\r\n`
       this.client.off('close', this.onClientGone)
@@ -440,13 +452,23 @@ function headText(
   statusLine: string,
   raw: readonly string[],
   skip: (name: string) => boolean,
+  via: string | undefined,
 ): string {
   let text = `${statusLine}\r\n`
   for (let i = 0; i < raw.length; i += 2) {
     if (skip((raw[i] as string).toLowerCase())) continue
     text += `${raw[i]}: ${raw[i + 1]}\r\n`
   }
+  // The upstream's Via lines (skipped above) as one, with the proxy's entry after them.
+  if (via !== undefined) text += `via: ${appendVia(viaValues(raw), '1.1', via)}\r\n`
   return text
+}
+
+function viaValues(raw: readonly string[]): string[] {
+  const values: string[] = []
+  for (let i = 0; i < raw.length; i += 2)
+    if ((raw[i] as string).toLowerCase() === 'via') values.push(raw[i + 1] as string)
+  return values
 }
 
 function bytesRead(socket: Duplex): number {

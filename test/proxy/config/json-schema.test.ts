@@ -25,6 +25,7 @@ describe('docs/proxy-config.schema.json', () => {
       'listeners',
       'services',
       'startTimeoutMs',
+      'via',
       'workers',
     ])
     expect(schema.required.sort()).toEqual(['listeners', 'services'])
