@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { isStorableText, jsonTextOf } from '../core/text.js'
+import { isStorableText } from '../core/text.js'
 import {
   checkClock,
   checkFunction,
@@ -28,6 +28,7 @@ import {
   matchesEarlierFingerprint,
 } from './fingerprint.js'
 import { isHeaderName, replayableHeaders, unreplayableHeaders } from './header-name.js'
+import { recordableJson } from './json-result.js'
 import { checkOperationKey, parseIdempotencyKey } from './key.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
 import {
@@ -322,6 +323,8 @@ export interface Idempotency {
    *
    * @throws IdempotencyInProgressError while another call holds the key (or waits, by option)
    * @throws IdempotencyMismatchError when the key was used with another fingerprint
+   * @throws InvalidOptionError (`result`) when JSON would not give the result back (a Map, a
+   *   class instance without `toJSON`, a function, a BigInt, NaN): `fn`'s writes roll back
    */
   run<T>(
     key: string,
@@ -786,8 +789,9 @@ class IdempotencyCore implements Idempotency {
     try {
       const result = await fn(execution.context)
       // Refused (INVALID_OPTION) rather than stored as something else: JSON writes NaN as
-      // null and drops functions, so a replay would not get what the first call returned.
-      json = result === undefined ? undefined : jsonTextOf('result', result, 'a JSON value')
+      // null, a Map as {} and drops functions, so no later call would get what the first
+      // returned. Thrown here, so the key is released and ctx.tx rolled back.
+      json = result === undefined ? undefined : recordableJson('result', result)
     } catch (error) {
       await execution.release()
       throw error

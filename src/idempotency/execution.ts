@@ -1,9 +1,10 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
-import { checkStoredName, jsonTextOf } from '../core/text.js'
+import { checkStoredName } from '../core/text.js'
 import { type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
 import { IdempotencyInProgressError } from './errors.js'
 import { publish } from './events.js'
+import { recordableJson } from './json-result.js'
 import type { IdempotencyStore, LeaseRef, StoredResult } from './store.js'
 import type { IdempotencyContext, JsonValue } from './types.js'
 
@@ -79,7 +80,7 @@ type WrappedPhase = { readonly v?: JsonValue }
 // What a replay will read back; refused (INVALID_OPTION) when JSON would change the value.
 function roundTrip<T>(value: T, name: string): T {
   if (value === undefined) return value
-  return JSON.parse(jsonTextOf(`phase ${JSON.stringify(name)}`, value, 'a JSON value')) as T
+  return JSON.parse(recordableJson(`phase ${JSON.stringify(name)}`, value)) as T
 }
 
 /**

@@ -74,7 +74,9 @@ export interface IdempotentOptions {
  * so both commit or neither does. A later call with the same key returns the recorded result
  * (as a JSON round trip, also on the first call, so both calls see equal values) without
  * running `fn`. If `fn` throws, its writes roll back, the key is released, and the error is
- * rethrown, so a retry runs `fn` again.
+ * rethrown, so a retry runs `fn` again. A result JSON would not give back (a Map, a Set, a
+ * class instance without `toJSON`, a function, a BigInt, NaN) is refused the same way, with
+ * `INVALID_OPTION` naming `result` and the path of the bad part.
  *
  * Creating an {@link Idempotency} once and calling its `run` avoids validating options on
  * every call.
