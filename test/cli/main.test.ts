@@ -1,11 +1,8 @@
 // The `breakwater` entry point itself: which stream the usage goes to, and the exit code.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
-import { runCli } from '../process/cli-process.js'
-
-const mainFile = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+import { cliNodeArgs, runCli } from '../process/cli-process.js'
 
 describe('breakwater without a command', () => {
   it('prints the usage on stderr with exit 2 (asked for with --help: stdout, exit 0)', async () => {
@@ -62,7 +59,7 @@ describe('breakwater <unknown command>', () => {
 describe('breakwater | a reader that goes away', () => {
   it('ends as a command killed by SIGPIPE (exit 141), without a stack', async () => {
     // `breakwater saga list | head -1`: Node ignores SIGPIPE, so the write fails with EPIPE.
-    const child = spawn(process.execPath, ['--import', 'tsx', mainFile, 'saga', '--help'], {
+    const child = spawn(process.execPath, [...cliNodeArgs(), 'saga', '--help'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     // Closed before the process writes anything (it has not even loaded yet).

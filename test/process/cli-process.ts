@@ -1,9 +1,18 @@
-// Runs `breakwater <command>` as a real process from the TypeScript sources (node --import tsx
-// src/cli/main.ts), so tests need no prior build, and collects its JSON log lines.
+// Runs `breakwater <command>` as a real process from the TypeScript sources, so tests need no
+// prior build, and collects its JSON log lines. The process runs an esbuild bundle of
+// src/cli/main.ts made once per test file (the transform tsx applies, so the same code runs):
+// started through tsx, each process compiled the CLI's modules again, about a second of CPU
+// per process on CI, and a CLI test file starts dozens.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { compiledFixtureSync } from '../support/compiled-fixture.js'
 
 const mainFile = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+
+/** The `node` arguments that start `breakwater` (before its own arguments). */
+export function cliNodeArgs(): string[] {
+  return [compiledFixtureSync(mainFile)]
+}
 
 /** A running (or finished) CLI process. */
 export interface CliProcess {
@@ -32,6 +41,18 @@ process.once('exit', () => {
 
 /** Starts `breakwater ...args` with `env` added to this process's environment. */
 export function spawnCli(args: readonly string[], env: Record<string, string> = {}): CliProcess {
+  return spawnNode([...cliNodeArgs(), ...args], env)
+}
+
+/**
+ * {@link spawnCli} through tsx on the sources themselves, for a process that loads a TypeScript
+ * module importing src/ (`saga worker --module`): it must share the CLI's module instances
+ * (a saga definition is known by identity), which a bundle of its own would not.
+ */
+export function spawnCliFromSources(
+  args: readonly string[],
+  env: Record<string, string> = {},
+): CliProcess {
   return spawnNode(['--import', 'tsx', mainFile, ...args], env)
 }
 

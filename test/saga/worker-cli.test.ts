@@ -11,7 +11,7 @@ import { migrateIdempotency } from '../../src/idempotency/index.js'
 import { createSagaWorker, getSaga, migrateSagas, startSaga } from '../../src/saga/index.js'
 import { openDatabase } from '../../src/stores/index.js'
 import { greeting, slow } from '../fixtures/saga/cli-sagas.js'
-import { runCli, spawnCli } from '../process/cli-process.js'
+import { runCli, spawnCliFromSources } from '../process/cli-process.js'
 import { createTestSqlite } from '../support/sqlite.js'
 import { until } from '../support/until.js'
 import { dbTargets, type TestDb } from './databases.js'
@@ -122,7 +122,7 @@ describe.each(dbTargets)('saga worker process on $dialect', (target) => {
 
   /** `breakwater saga worker` on the test database, polling fast, logging every step. */
   const spawnWorker = (args: string[], env: Record<string, string>) =>
-    spawnCli(
+    spawnCliFromSources(
       [
         ...['saga', 'worker', '--module', sagasModule, '--db', t.url],
         ...['--poll-interval-ms', '20', '--log-level', 'debug', ...args],
@@ -229,7 +229,7 @@ describe.each(dbTargets)('saga worker process on $dialect', (target) => {
   it('runs with the database from BREAKWATER_DB_URL when --db is not given', async () => {
     const migrated = await runCli(['migrate', '--db', t.url])
     expect(migrated.code, migrated.stderr).toBe(0)
-    const worker = spawnCli(['saga', 'worker', '--module', sagasModule], {
+    const worker = spawnCliFromSources(['saga', 'worker', '--module', sagasModule], {
       BREAKWATER_DB_URL: t.url,
     })
     try {

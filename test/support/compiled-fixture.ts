@@ -6,10 +6,10 @@
 // JavaScript that `node` starts directly. Packages stay external, so drivers (pg, better-sqlite3)
 // load from node_modules exactly as before.
 import { createHash } from 'node:crypto'
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs'
-import { basename, join } from 'node:path'
+import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { basename, dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { build } from 'esbuild'
+import { type BuildOptions, build, buildSync } from 'esbuild'
 
 // Inside the repository, so that the bundle's bare imports resolve to its node_modules.
 const cacheDir = fileURLToPath(
@@ -17,6 +17,7 @@ const cacheDir = fileURLToPath(
 )
 
 const built = new Map<string, Promise<string>>()
+const builtSync = new Map<string, string>()
 
 /**
  * The path of a plain-JavaScript (ESM) bundle of the TypeScript file `entry` and the src modules
@@ -25,14 +26,58 @@ const built = new Map<string, Promise<string>>()
 export function compiledFixture(entry: string): Promise<string> {
   let path = built.get(entry)
   if (path === undefined) {
-    path = bundle(entry)
+    path = build(bundleOptions(entry)).then((result) => save(entry, result.outputFiles[0]!))
     built.set(entry, path)
   }
   return path
 }
 
-async function bundle(entry: string): Promise<string> {
-  const result = await build({
+/**
+ * {@link compiledFixture}, built synchronously (for helpers that start a process synchronously,
+ * such as the CLI's spawnCli), and split: each module `entry` imports dynamically stays a chunk
+ * of its own, loaded only when it runs, as in the built package (one eager bundle of the whole
+ * CLI takes as long to load as tsx). A folder of files named by their content.
+ */
+export function compiledFixtureSync(entry: string): string {
+  let path = builtSync.get(entry)
+  if (path === undefined) {
+    const outdir = join(cacheDir, 'split')
+    // .mjs: the folder is under node_modules, where no package.json says "module".
+    const outExtension = { '.js': '.mjs' }
+    const outputs = buildSync({
+      ...bundleOptions(entry),
+      splitting: true,
+      outdir,
+      outExtension,
+    }).outputFiles
+    const hash = createHash('sha256')
+    for (const output of outputs) hash.update(output.path).update(output.contents)
+    const name = basename(entry, '.ts')
+    const folder = join(cacheDir, `${name}-${hash.digest('hex').slice(0, 16)}`)
+    if (!existsSync(folder)) {
+      // Written aside, then renamed: a test file starting a child meanwhile never sees half.
+      const tmp = `${folder}.${process.pid}.tmp`
+      for (const output of outputs) {
+        const file = join(tmp, relative(outdir, output.path))
+        mkdirSync(dirname(file), { recursive: true })
+        writeFileSync(file, output.contents)
+      }
+      try {
+        renameSync(tmp, folder)
+      } catch (error) {
+        // Another test file wrote the same folder first.
+        rmSync(tmp, { recursive: true, force: true })
+        if (!existsSync(folder)) throw error
+      }
+    }
+    path = join(folder, `${name}.mjs`)
+    builtSync.set(entry, path)
+  }
+  return path
+}
+
+function bundleOptions(entry: string) {
+  return {
     entryPoints: [entry],
     bundle: true,
     platform: 'node',
@@ -41,8 +86,11 @@ async function bundle(entry: string): Promise<string> {
     packages: 'external',
     write: false,
     logLevel: 'silent',
-  })
-  const code = result.outputFiles[0]!.contents
+  } as const satisfies BuildOptions
+}
+
+function save(entry: string, output: { contents: Uint8Array }): string {
+  const code = output.contents
   // Named by content: test files running at once share a bundle, and none overwrites
   // another's while a child is loading it (each writes a file of its own, then renames).
   const hash = createHash('sha256').update(code).digest('hex').slice(0, 16)
