@@ -13,23 +13,23 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node'
  */
 export const slowestTestFiles: readonly string[] = [
   'test/brokers/rabbitmq.test.ts',
-  'test/saga/crash-postgres.test.ts',
-  'test/saga/crash-sqlite.test.ts',
   'test/idempotency/crash/idempotency.crash.test.ts',
   'test/outbox/crash/relay-process-postgres.crash.test.ts',
+  'test/saga/crash-postgres.test.ts',
   'test/outbox/crash/relay-process-sqlite.crash.test.ts',
-  'test/examples/shop/checker.test.ts',
-  'test/examples/shop/chaos-sqlite.test.ts',
   'test/outbox/crash.test.ts',
   'test/examples/shop/chaos-postgres-nats.test.ts',
-  'test/cqrs/projection.crash.test.ts',
-  'test/examples/shop/dashboard.test.ts',
   'test/saga/choreography.interleavings.test.ts',
-  'test/proxy/runtime/cli.test.ts',
-  'test/cli/relay.test.ts',
-  'test/brokers/sql-queue.model.test.ts',
-  'test/examples/shop/shutdown.test.ts',
+  'test/examples/shop/dashboard.test.ts',
+  'test/examples/shop/chaos-sqlite.test.ts',
   'test/saga/worker-cli.test.ts',
+  'test/examples/shop/checker.test.ts',
+  'test/cqrs/command-handler.interleavings.test.ts',
+  'test/proxy/e2e/proxy.e2e.test.ts',
+  'test/examples/shop/shutdown.test.ts',
+  'test/outbox/relay.model.test.ts',
+  'test/cqrs/projection.crash.test.ts',
+  'test/saga/crash-sqlite.test.ts',
 ]
 
 /**
