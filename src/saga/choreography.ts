@@ -334,13 +334,13 @@ function attemptOption(
 export interface ChoreographyEvent {
   /** The message (event) id. */
   readonly id: string
-  /** The event type (`event-type` header). */
+  /** The event type (`event-type` header; the topic when it is absent or empty). */
   readonly type: string
   /** The topic it arrived on. */
   readonly topic: string
   /** Its ordering key (aggregate id). */
   readonly key: string
-  /** The flow it belongs to (`correlation-id` header; the event's own id when absent). */
+  /** The flow it belongs to (`correlation-id` header; the event's own id when absent or empty). */
   readonly correlationId: string
   /** The event that caused it (`causation-id` header), if any. */
   readonly causationId: string | undefined
@@ -568,10 +568,12 @@ export function choreographyEvent(message: IncomingMessage): ChoreographyEvent {
   const headers = message.headers
   return {
     id: message.id,
-    type: headers[EVENT_TYPE_HEADER] ?? message.topic,
+    // An empty header names nothing, as a missing one: taken as it was, the tracker and the
+    // outbox refused it inside the reaction's transaction, so the event was redelivered for ever.
+    type: headers[EVENT_TYPE_HEADER] || message.topic,
     topic: message.topic,
     key: message.key,
-    correlationId: headers[CORRELATION_ID_HEADER] ?? message.id,
+    correlationId: headers[CORRELATION_ID_HEADER] || message.id,
     causationId: headers[CAUSATION_ID_HEADER],
     payload: parsePayload(message.payload),
     headers,

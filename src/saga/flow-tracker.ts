@@ -1,7 +1,14 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkStoredName, isStorableText, jsonTextOf } from '../core/text.js'
+import {
+  checkStoredKey,
+  checkStoredName,
+  exceedsBytes,
+  isStorableText,
+  jsonTextOf,
+  maxStoredIdBytes,
+} from '../core/text.js'
 import { checkClock, checkInteger, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
 import { sagaStatements } from './sql.js'
@@ -277,13 +284,16 @@ export interface TrackableMessage {
 export interface FlowTracker {
   /**
    * Records an event (in `executor`, e.g. the transaction that emits or consumes it). Resolves
-   * to false when its id was already recorded. An empty id, correlation id or type, or any of
-   * them (or the source) holding a NUL or a lone surrogate, is refused with `InvalidOptionError`.
+   * to false when its id was already recorded. An empty id, correlation id or type, any of
+   * them (or the source) holding a NUL or a lone surrogate, or an id or correlation id longer
+   * than 2048 UTF-8 bytes (index keys), is refused with `InvalidOptionError`.
    */
   record(executor: SqlExecutor, event: TrackedEvent): Promise<boolean>
   /**
    * Records a broker message by its `correlation-id` and `event-type` headers (ignored, resolving
-   * false, when it lacks one, or when one of them or its id holds a NUL or a lone surrogate). Use as a subscription handler on a consumer group of its own.
+   * false, when it lacks one, when one of them or its id holds a NUL or a lone surrogate, or when
+   * its id or correlation id is longer than 2048 UTF-8 bytes: refused, it would be redelivered
+   * for ever). Use as a subscription handler on a consumer group of its own.
    */
   observe(message: TrackableMessage, source?: string): Promise<boolean>
   /** Rebuilds a flow's state; undefined when no event has this correlation id. */
@@ -325,8 +335,12 @@ class SqlFlowTracker implements FlowTracker {
     // Text both databases store as it is: PostgreSQL refused a NUL with a bare driver error
     // that aborted the caller's transaction (a reactor's message was then redelivered for
     // ever), and stored a lone surrogate as U+FFFD (two correlation ids became one flow).
-    for (const field of ['id', 'correlationId', 'type'] as const)
-      checkStoredName(`event.${field}`, event[field])
+    // The id and the correlation id are index keys too: over about 2,700 bytes PostgreSQL
+    // refused them with a bare "index row size" driver error (SQLite stored them), so they
+    // are capped alike on both databases, as the outbox's and the inbox's ids are.
+    for (const field of ['id', 'correlationId'] as const)
+      checkStoredKey(`event.${field}`, event[field])
+    checkStoredName('event.type', event.type)
     if (
       event.source !== undefined &&
       (typeof event.source !== 'string' || !isStorableText(event.source))
@@ -357,6 +371,8 @@ class SqlFlowTracker implements FlowTracker {
     // Headers the tracker cannot store are ignored as missing ones are: refused, the message
     // would be rejected and redelivered for ever.
     if (!isStorableText(correlationId) || !isStorableText(type) || !isStorableText(message.id))
+      return Promise.resolve(false)
+    if (exceedsBytes(correlationId, maxStoredIdBytes) || exceedsBytes(message.id, maxStoredIdBytes))
       return Promise.resolve(false)
     return this.record(this.#db, {
       id: message.id || randomUUID(),

@@ -1,0 +1,126 @@
+// What the flow tracker and a reacting service store from the wire, on real SQLite and
+// PostgreSQL. The tracker's event id and correlation id are index keys: PostgreSQL refuses an
+// entry over about 2,700 bytes with a bare "index row size" driver error (54000) while SQLite
+// stores any length, so tracker.record failed the caller's transaction naming no field, and a
+// tracker that observes (or a reactor with a tracker) rejected such a message on every delivery,
+// so the broker redelivered it for ever. A reactor also rejected for ever an event whose
+// correlation-id or event-type header was empty (the tracker and the outbox refuse an empty
+// name) instead of reading it as absent, as its TSDoc says.
+import { randomBytes, randomUUID } from 'node:crypto'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { IncomingMessage } from '../../src/brokers/index.js'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import { createOutbox, migrateInbox, migrateOutbox } from '../../src/outbox/index.js'
+import { createFlowTracker, createReactor, defineFlow } from '../../src/saga/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { countRows, dbTargets, type TestDb } from './databases.js'
+
+// Incompressible text (PostgreSQL compresses index entries that compress well).
+function noise(bytes: number): string {
+  return randomBytes(Math.ceil(bytes / 2))
+    .toString('hex')
+    .slice(0, bytes)
+}
+
+const flow = defineFlow({ name: 'order', steps: ['order-placed', 'payment-charged'] })
+
+function message(headers: Record<string, string>, id = `m-${randomUUID()}`): IncomingMessage {
+  return {
+    id,
+    topic: 'orders',
+    key: 'o1',
+    payload: new TextEncoder().encode('{}'),
+    headers,
+    deliveryCount: 1,
+  }
+}
+
+describe.each(dbTargets)('flow tracker storage on $dialect', (target) => {
+  let t: TestDb
+  const clock = new ManualClock(1_000)
+
+  beforeAll(async () => {
+    t = await target.open('flow_storage')
+    await migrateOutbox(t.db)
+    await migrateInbox(t.db)
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  it('record takes an id and a correlation id of 2048 bytes', async () => {
+    const tracker = createFlowTracker({ db: t.db, flows: [flow], clock })
+    const correlationId = noise(2048)
+    const recorded = await t.db.transaction((tx) =>
+      tracker.record(tx, { id: noise(2048), correlationId, type: 'order-placed', at: 1 }),
+    )
+    expect(recorded).toBe(true)
+    expect((await tracker.state(correlationId))?.flow).toBe('order')
+  })
+
+  it.each([
+    ['id', 'event.id'],
+    ['correlationId', 'event.correlationId'],
+  ] as const)(
+    'record refuses a longer %s with InvalidOptionError naming it',
+    async (field, option) => {
+      const tracker = createFlowTracker({ db: t.db, flows: [flow], clock })
+      const event = {
+        id: `e-${randomUUID()}`,
+        correlationId: 'c-long',
+        type: 'order-placed',
+        at: 1,
+      }
+      const error = await t.db
+        .transaction((tx) => tracker.record(tx, { ...event, [field]: noise(3000) }))
+        .catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe(option)
+    },
+  )
+
+  it('observe ignores a message whose id or correlation id is too long to record', async () => {
+    const tracker = createFlowTracker({ db: t.db, flows: [flow], clock })
+    const before = await countRows(t.db, 'breakwater_flow_events')
+    const long = noise(3000)
+    expect(
+      await tracker.observe(
+        message({ 'correlation-id': long, 'event-type': 'order-placed' }),
+        'observer',
+      ),
+    ).toBe(false)
+    expect(
+      await tracker.observe(
+        message({ 'correlation-id': 'c1', 'event-type': 'order-placed' }, long),
+      ),
+    ).toBe(false)
+    expect(await countRows(t.db, 'breakwater_flow_events')).toBe(before)
+  })
+
+  it('a reactor reads an empty correlation-id or event-type header as absent', async () => {
+    const tracker = createFlowTracker({ db: t.db, flows: [flow], clock })
+    const seen: { type: string; correlationId: string }[] = []
+    const reactor = createReactor({
+      db: t.db,
+      consumer: `empty-${randomUUID().slice(0, 6)}`,
+      outbox: createOutbox({ clock }),
+      tracker,
+      clock,
+      reactions: {
+        orders: async ({ event, emit }) => {
+          seen.push({ type: event.type, correlationId: event.correlationId })
+          await emit({
+            aggregateType: 'order',
+            aggregateId: event.key,
+            type: 'noticed',
+            payload: {},
+          })
+        },
+      },
+    })
+    const m = message({ 'correlation-id': '', 'event-type': '' })
+    await reactor(m)
+    expect(seen).toEqual([{ type: 'orders', correlationId: m.id }])
+    expect((await tracker.state(m.id))?.events.map((e) => e.type)).toEqual(['orders', 'noticed'])
+  })
+})
