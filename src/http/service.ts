@@ -266,7 +266,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
         ? undefined
         : withOptionPrefix(prefix, () =>
             retry({
-              ...(checkObject(`${prefix}.retry`, options.retry ?? {}) as object),
+              ...serviceManaged(`${prefix}.retry`, options.retry, ['budget', 'clock']),
               ...(this.retryBudget === undefined ? {} : { budget: this.retryBudget }),
               clock,
             }),
@@ -277,7 +277,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
         : withOptionPrefix(prefix, () =>
             circuitBreaker({
               name,
-              ...(checkObject(`${prefix}.circuitBreaker`, options.circuitBreaker ?? {}) as object),
+              ...serviceManaged(`${prefix}.circuitBreaker`, options.circuitBreaker, ['clock']),
               clock,
             }),
           )
@@ -288,7 +288,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
             bulkhead({
               ...defaultBulkhead,
               name,
-              ...(checkObject(`${prefix}.bulkhead`, options.bulkhead ?? {}) as object),
+              ...serviceManaged(`${prefix}.bulkhead`, options.bulkhead, ['clock']),
               clock,
             }),
           )
@@ -775,6 +775,24 @@ function booleanOption(
   return value
 }
 
+// The policies' options minus what the service sets itself. Given anyway (a variable typed as
+// the policy's own options passes the Omit<> types), the service's value silently replaced
+// them, or, for a retry budget next to `retryBudget: false`, was used although turned off.
+function serviceManaged(option: string, value: unknown, managed: readonly string[]): object {
+  const options = checkObject(option, value ?? {}) as Record<string, unknown>
+  for (const name of managed) {
+    if (options[name] !== undefined)
+      throw new InvalidOptionError(
+        `${option}.${name}`,
+        name === 'budget'
+          ? 'undefined (the service sets the budget: give it as retryBudget)'
+          : 'undefined (the service sets the clock: give it as the service or client clock)',
+        options[name],
+      )
+  }
+  return options
+}
+
 function makeBudget(
   option: HttpServiceOptions['retryBudget'],
   clock: Clock,
@@ -782,5 +800,5 @@ function makeBudget(
   if (option === false) return undefined
   if (typeof (option as Partial<RetryBudget> | null | undefined)?.tryWithdraw === 'function')
     return option as RetryBudget
-  return createRetryBudget({ ...(checkObject('retryBudget', option ?? {}) as object), clock })
+  return createRetryBudget({ ...serviceManaged('retryBudget', option, ['clock']), clock })
 }

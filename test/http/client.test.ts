@@ -224,6 +224,33 @@ describe('options are checked at construction', () => {
       { services: { a: { baseUrl: 'http://x', maxResponseBytes: -1 } } },
       'services.a.maxResponseBytes',
     ],
+    // The service sets these itself; accepted, they were silently replaced (a retry clock, a
+    // breaker clock), or used although the budget was turned off (retryBudget: false).
+    [
+      'a clock in the retry options',
+      { services: { a: { baseUrl: 'http://x', retry: { clock: new ManualClock() } } } },
+      'services.a.retry.clock',
+    ],
+    [
+      'a budget in the retry options',
+      { services: { a: { baseUrl: 'http://x', retryBudget: false, retry: { budget: {} } } } },
+      'services.a.retry.budget',
+    ],
+    [
+      'a clock in the breaker options',
+      { services: { a: { baseUrl: 'http://x', circuitBreaker: { clock: new ManualClock() } } } },
+      'services.a.circuitBreaker.clock',
+    ],
+    [
+      'a clock in the bulkhead options',
+      { services: { a: { baseUrl: 'http://x', bulkhead: { clock: new ManualClock() } } } },
+      'services.a.bulkhead.clock',
+    ],
+    [
+      'a clock in the retry budget options',
+      { services: { a: { baseUrl: 'http://x', retryBudget: { clock: new ManualClock() } } } },
+      'services.a.retryBudget.clock',
+    ],
   ]
 
   it.each(cases)('%s', (_name, options, option) => {
