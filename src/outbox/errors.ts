@@ -27,10 +27,14 @@ export class PoisonMessageError extends BreakwaterError {
   /** The inbox consumer that refused it. */
   readonly consumer: string
 
-  constructor(consumer: string, messageId: string) {
+  /**
+   * @param reason why the message can never be handled, when it is not its id (a reacting
+   * service's `createReactor` refuses an event whose `correlation-id` no flow can carry).
+   */
+  constructor(consumer: string, messageId: string, reason?: string) {
     super(
       'POISON_MESSAGE',
-      `inbox ${JSON.stringify(consumer)}: refused message ${describeValue(messageId)} for good (acknowledged, handler not run): its message id is ${unstorableIdReason(messageId) ?? 'unstorable'}, so it cannot be deduplicated`,
+      `inbox ${JSON.stringify(consumer)}: refused message ${describeValue(messageId)} for good (acknowledged, handler not run): ${reason ?? `its message id is ${unstorableIdReason(messageId) ?? 'unstorable'}, so it cannot be deduplicated`}`,
     )
     this.messageId = messageId
     this.consumer = consumer

@@ -3,7 +3,7 @@ import { context, propagation } from '@opentelemetry/api'
 import type { IncomingMessage } from '../brokers/index.js'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { isStorableText } from '../core/text.js'
+import { exceedsBytes, isStorableText, maxStoredIdBytes } from '../core/text.js'
 import { checkClock, checkFunction, checkObject } from '../core/validate.js'
 import {
   CAUSATION_ID_HEADER,
@@ -12,7 +12,9 @@ import {
   EVENT_TYPE_HEADER,
   type Outbox,
   type OutboxEvent,
+  PoisonMessageError,
 } from '../outbox/index.js'
+import { diagnosticsChannel } from '../policies/events.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { deliverReply } from './admin.js'
 import type {
@@ -394,9 +396,11 @@ export interface ReactorOptions {
  * A choreography participant: a subscription handler that runs the reaction for each event's
  * type inside one transaction with the inbox record (a redelivered event does nothing) and
  * emits the service's own events through the outbox in that same transaction, correlated to
- * the flow and caused by the event. An event whose message id no inbox record can hold is
- * acknowledged without its reaction and reported on the channel
- * `breakwater:outbox:message-refused` (`POISON_MESSAGE`) rather than redelivered forever.
+ * the flow and caused by the event. An event whose message id no inbox record can hold, or
+ * whose `correlation-id` header holds a NUL or a lone surrogate (with a tracker: is longer than
+ * 2048 UTF-8 bytes, or whose `event-type` holds one), is acknowledged without its reaction and
+ * reported on the channel `breakwater:outbox:message-refused` (`POISON_MESSAGE`) rather than
+ * redelivered forever.
  *
  * @example
  * ```ts
@@ -428,8 +432,13 @@ export function createReactor(
   const clock = checkClock('clock', options.clock)
   const inbox = createInbox({ consumer: options.consumer, clock })
   const { outbox, tracker, consumer } = options
-  return (message) =>
-    db.transaction(async (tx) => {
+  return async (message) => {
+    const unfollowable = unfollowableReason(message, tracker !== undefined)
+    if (unfollowable !== undefined) {
+      refuse(consumer, message, unfollowable)
+      return
+    }
+    await db.transaction(async (tx) => {
       await inbox.handle(tx, message, async () => {
         const event = choreographyEvent(message)
         if (tracker !== undefined) {
@@ -469,6 +478,38 @@ export function createReactor(
         })
       })
     })
+  }
+}
+
+const refusedChannel = diagnosticsChannel('outbox', 'message-refused')
+
+/**
+ * Why a reactor can never carry this event's flow on, or undefined. Its correlation id goes
+ * onto everything the reaction emits (the outbox refuses a NUL or a lone surrogate) and, with a
+ * tracker, into an index key (at most 2048 bytes), as its type goes into the tracker: thrown
+ * inside the reaction's transaction, the event was redelivered for ever, holding back its key.
+ */
+function unfollowableReason(message: IncomingMessage, tracked: boolean): string | undefined {
+  const headers = message?.headers ?? {}
+  const checks: [string, string | undefined][] = [
+    [CORRELATION_ID_HEADER, headers[CORRELATION_ID_HEADER]],
+    ...(tracked ? [[EVENT_TYPE_HEADER, headers[EVENT_TYPE_HEADER]] as [string, string]] : []),
+  ]
+  for (const [header, value] of checks) {
+    if (typeof value !== 'string') continue
+    if (!isStorableText(value))
+      return `its ${header} header holds a NUL or a lone surrogate (text the database cannot store), so its flow cannot be followed`
+    if (tracked && header === CORRELATION_ID_HEADER && exceedsBytes(value, maxStoredIdBytes))
+      return `its ${header} header is longer than ${maxStoredIdBytes} UTF-8 bytes (more than the flow tracker can index), so its flow cannot be followed`
+  }
+  return undefined
+}
+
+// As the inbox reports a message whose id it cannot record: on the same channel, and let go.
+function refuse(consumer: string, message: IncomingMessage, reason: string): void {
+  const error = new PoisonMessageError(consumer, message.id, reason)
+  if (refusedChannel.hasSubscribers)
+    refusedChannel.publish({ consumer, messageId: message.id, error })
 }
 
 /** Options of {@link emitEvent}. */

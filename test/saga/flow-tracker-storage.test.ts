@@ -7,10 +7,16 @@
 // correlation-id or event-type header was empty (the tracker and the outbox refuse an empty
 // name) instead of reading it as absent, as its TSDoc says.
 import { randomBytes, randomUUID } from 'node:crypto'
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IncomingMessage } from '../../src/brokers/index.js'
 import { InvalidOptionError } from '../../src/core/errors.js'
-import { createOutbox, migrateInbox, migrateOutbox } from '../../src/outbox/index.js'
+import {
+  createOutbox,
+  migrateInbox,
+  migrateOutbox,
+  PoisonMessageError,
+} from '../../src/outbox/index.js'
 import { createFlowTracker, createReactor, defineFlow } from '../../src/saga/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { countRows, dbTargets, type TestDb } from './databases.js'
@@ -122,5 +128,85 @@ describe.each(dbTargets)('flow tracker storage on $dialect', (target) => {
     await reactor(m)
     expect(seen).toEqual([{ type: 'orders', correlationId: m.id }])
     expect((await tracker.state(m.id))?.events.map((e) => e.type)).toEqual(['orders', 'noticed'])
+  })
+
+  // The correlation id of the flow goes into the tracker and onto every event the reaction
+  // emits: one no database can store as it is (a NUL, a lone surrogate) or index (over 2048
+  // bytes) made the reaction's transaction fail on every delivery (the tracker, or the outbox
+  // at emit, refused it), so the broker redelivered the event for ever, holding back its key.
+  // Over 2048 bytes only the tracker cannot hold it: an untracked reactor carries it on (the
+  // outbox stores it in the headers), and reacts.
+  it.each([
+    ['a NUL', 'flow\u00001', [true, false]],
+    ['a lone surrogate', 'flow\ud800', [true, false]],
+    ['over 2048 bytes (tracked)', noise(3000), [true]],
+  ] as const)(
+    'a reactor refuses for good an event whose correlation id holds %s',
+    async (_label, correlationId, trackings) => {
+      for (const tracked of trackings) {
+        const consumer = `bad-corr-${randomUUID().slice(0, 6)}`
+        let runs = 0
+        const reactor = createReactor({
+          db: t.db,
+          consumer,
+          outbox: createOutbox({ clock }),
+          ...(tracked ? { tracker: createFlowTracker({ db: t.db, flows: [flow], clock }) } : {}),
+          clock,
+          reactions: {
+            'order-placed': async ({ event, emit }) => {
+              runs++
+              await emit({
+                aggregateType: 'order',
+                aggregateId: event.key,
+                type: 'noticed',
+                payload: {},
+              })
+            },
+          },
+        })
+        const refused: unknown[] = []
+        const listen = (report: unknown) => refused.push(report)
+        subscribe('breakwater:outbox:message-refused', listen)
+        try {
+          const m = message({ 'correlation-id': correlationId, 'event-type': 'order-placed' })
+          await expect(reactor(m)).resolves.toBeUndefined()
+          expect(runs).toBe(0)
+          expect(await countRows(t.db, 'breakwater_inbox', 'WHERE consumer = $1', [consumer])).toBe(
+            0,
+          )
+          expect(refused).toHaveLength(1)
+          const { error } = refused[0] as { error: PoisonMessageError }
+          expect(error).toBeInstanceOf(PoisonMessageError)
+          expect(error.code).toBe('POISON_MESSAGE')
+          expect(error.message).toContain('correlation-id')
+        } finally {
+          unsubscribe('breakwater:outbox:message-refused', listen)
+        }
+      }
+    },
+  )
+
+  it('an untracked reactor reacts to an event whose correlation id is over 2048 bytes', async () => {
+    const correlationId = noise(3000)
+    const seen: string[] = []
+    const reactor = createReactor({
+      db: t.db,
+      consumer: `long-corr-${randomUUID().slice(0, 6)}`,
+      outbox: createOutbox({ clock }),
+      clock,
+      reactions: {
+        'order-placed': async ({ event, emit }) => {
+          seen.push(event.correlationId)
+          await emit({
+            aggregateType: 'order',
+            aggregateId: event.key,
+            type: 'noticed',
+            payload: {},
+          })
+        },
+      },
+    })
+    await reactor(message({ 'correlation-id': correlationId, 'event-type': 'order-placed' }))
+    expect(seen).toEqual([correlationId])
   })
 })
