@@ -81,12 +81,26 @@ export function checkStoredKey(
 }
 
 /**
- * The JSON text of `value`. When JSON cannot hold it (a BigInt or a cycle, which make
- * `JSON.stringify` throw; undefined, a function or a symbol, which have no JSON text; NaN or
- * ±Infinity anywhere in it, which `JSON.stringify` writes as `null`, so another value than the
- * caller's would be stored), throws `InvalidOptionError` naming `option`, and for a non-finite
- * number also where in the value it is (`option.items[2].price`), instead of a bare TypeError,
- * a NULL for the database to refuse, or a silent `null`.
+ * The JSON text of `value`, stored by every capability that keeps JSON (outbox payloads, event
+ * data and metadata, saga inputs, states, results and replies, idempotent results). Refused
+ * with `InvalidOptionError` naming `option`, and in the message `expected`, what is wrong and
+ * its path (`a Map at input.byId has no JSON form: it would be stored as {}`), is a value whose
+ * JSON loses data, rather than stored as something other than the caller's value:
+ * - a Map or Set (written as `{}`);
+ * - a function or symbol (left out of an object, `null` in an array, no text at all alone);
+ * - a BigInt (JSON has no such number) or a cycle;
+ * - NaN or ±Infinity (written as `null`);
+ * - an object that is not plain, has no `toJSON` and no own enumerable fields (an instance
+ *   holding only `#private` fields or getters, an Error, a RegExp, a Promise): written as `{}`.
+ *   An empty marker instance looks the same and is refused too.
+ * Kept: plain objects (with or without a prototype), arrays, strings, finite numbers,
+ * booleans, null, what `toJSON` returns (checked the same way; a `Date` as its ISO string),
+ * boxed primitives, and class instances with own enumerable fields, which come back as a
+ * plain object of those fields. `undefined` is left out of objects and `null` in arrays, as
+ * JSON does.
+ *
+ * One native `JSON.stringify` (no replacer, which costs several times more) and one walk that
+ * allocates nothing unless it finds a problem.
  */
 export function jsonTextOf(
   option: string,
@@ -97,48 +111,126 @@ export function jsonTextOf(
   try {
     text = JSON.stringify(value)
   } catch (error) {
-    throw new InvalidOptionError(option, `${expected} (${String(error)})`, value)
+    // A BigInt or a cycle: the walk says where; the engine's message is the fallback.
+    const found = jsonLossIn(value)
+    throw new InvalidOptionError(
+      option,
+      `${expected} (${found === undefined ? String(error) : describeLoss(option, found)})`,
+      value,
+    )
   }
-  if (text === undefined) throw new InvalidOptionError(option, expected, value)
-  // Text without `null` holds no non-finite number, so the common case pays one substring
-  // search; otherwise a second pass looks for one.
-  if (text.includes('null')) {
-    const found = nonFiniteIn(option, value)
-    if (found !== undefined) {
-      throw new InvalidOptionError(
-        option,
-        `${expected} (${String(found.number)} at ${found.path} has no JSON form: it would be stored as null)`,
-        value,
-      )
-    }
+  if (text === undefined) {
+    const what = value === undefined ? undefined : `a ${typeof value} has no JSON text`
+    throw new InvalidOptionError(
+      option,
+      what === undefined ? expected : `${expected} (${what})`,
+      value,
+    )
+  }
+  const found = jsonLossIn(value)
+  if (found !== undefined) {
+    throw new InvalidOptionError(option, `${expected} (${describeLoss(option, found)})`, value)
   }
   return text
 }
 
+/** What JSON would lose, and where: `path` holds the steps from the root, innermost first. */
+interface JsonLoss {
+  readonly what: string
+  readonly outcome: string
+  readonly path: string[]
+}
+
+function describeLoss(root: string, loss: JsonLoss): string {
+  let path = root
+  for (let i = loss.path.length - 1; i >= 0; i--) path += loss.path[i]
+  return `${loss.what} at ${path} has no JSON form: ${loss.outcome}`
+}
+
+const dateToJSON = Date.prototype.toJSON
+
 /**
- * The first NaN or ±Infinity that `JSON.stringify(value)` would write as `null`, with its path
- * from `root`. A replacer sees values after `toJSON`, as the text does, so a `toJSON` that hides
- * one is no error; `this` in the replacer is the object holding the value, whose path was
- * recorded when it was itself visited (none for the wrapper JSON.stringify puts around the root).
+ * The first part of `value` that `JSON.stringify` would lose (see {@link jsonTextOf}), or
+ * undefined. It follows JSON's own rules: `toJSON` first, then own enumerable string keys;
+ * `ancestors` are the objects on the way down, so a cycle is found rather than recursed into.
  */
-function nonFiniteIn(root: string, value: unknown): { number: number; path: string } | undefined {
-  const paths = new WeakMap<object, string>()
-  let found: { number: number; path: string } | undefined
-  JSON.stringify(value, function (this: object, key: string, v: unknown) {
-    if (found !== undefined) return v
-    const holder = paths.get(this)
-    const path =
-      holder === undefined
-        ? root
-        : Array.isArray(this)
-          ? `${holder}[${key}]`
-          : /^[A-Za-z_$][\w$]*$/.test(key)
-            ? `${holder}.${key}`
-            : `${holder}[${JSON.stringify(key)}]`
-    const n = v instanceof Number ? v.valueOf() : v
-    if (typeof n === 'number' && !Number.isFinite(n)) found = { number: n, path }
-    else if (typeof v === 'object' && v !== null) paths.set(v, path)
-    return v
-  })
+function jsonLossIn(
+  value: unknown,
+  key: string | number = '',
+  inArray = false,
+  ancestors: object[] = [],
+): JsonLoss | undefined {
+  let v = value
+  if ((typeof v === 'object' && v !== null) || typeof v === 'bigint') {
+    const toJSON = (v as { toJSON?: unknown }).toJSON
+    // A Date's gives its ISO string (or null when invalid): nothing to check, nor call twice.
+    if (typeof toJSON === 'function' && toJSON !== dateToJSON) v = toJSON.call(v, String(key))
+    else if (toJSON === dateToJSON && v instanceof Date) return undefined
+  }
+  switch (typeof v) {
+    case 'string':
+    case 'boolean':
+    case 'undefined':
+      return undefined
+    case 'number':
+      return Number.isFinite(v) ? undefined : loss(String(v), 'it would be stored as null')
+    case 'bigint':
+      return loss('a BigInt', 'JSON has no such number')
+    case 'function':
+    case 'symbol':
+      return loss(`a ${typeof v}`, inArray ? 'it would be stored as null' : 'it would be left out')
+  }
+  if (v === null) return undefined
+  const object = v as object
+  if (ancestors.includes(object))
+    return loss('a reference back to an enclosing object', 'JSON cannot hold a cycle')
+  ancestors.push(object)
+  const found = Array.isArray(object)
+    ? lossInArray(object, ancestors)
+    : lossInObject(object, inArray, ancestors)
+  ancestors.pop()
   return found
+}
+
+function lossInArray(array: readonly unknown[], ancestors: object[]): JsonLoss | undefined {
+  for (let i = 0; i < array.length; i++) {
+    const found = jsonLossIn(array[i], i, true, ancestors)
+    if (found !== undefined) {
+      found.path.push(`[${i}]`)
+      return found
+    }
+  }
+  return undefined
+}
+
+function lossInObject(object: object, inArray: boolean, ancestors: object[]): JsonLoss | undefined {
+  const proto: unknown = Object.getPrototypeOf(object)
+  // A plain object, of this realm or another (its prototype's prototype is null).
+  if (proto !== Object.prototype && proto !== null && Object.getPrototypeOf(proto) !== null) {
+    // JSON writes boxed primitives as the primitive.
+    if (object instanceof Number) return jsonLossIn(object.valueOf(), '', inArray, ancestors)
+    if (object instanceof String || object instanceof Boolean) return undefined
+    if (object instanceof Map) return loss('a Map', 'it would be stored as {}')
+    if (object instanceof Set) return loss('a Set', 'it would be stored as {}')
+    if (Object.keys(object).length === 0) {
+      const name = (object as { constructor?: { name?: unknown } }).constructor?.name
+      return loss(
+        `an instance of ${typeof name === 'string' && name !== '' ? name : 'a class'} without own enumerable fields or toJSON`,
+        'it would be stored as {}',
+      )
+    }
+  }
+  const record = object as Record<string, unknown>
+  for (const key of Object.keys(record)) {
+    const found = jsonLossIn(record[key], key, false, ancestors)
+    if (found !== undefined) {
+      found.path.push(/^[A-Za-z_$][\w$]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`)
+      return found
+    }
+  }
+  return undefined
+}
+
+function loss(what: string, outcome: string): JsonLoss {
+  return { what, outcome, path: [] }
 }

@@ -657,7 +657,7 @@ export class EventStoreImpl implements EventStore {
       prepared.versions[i] = version
       prepared.data[i] = data
       // Handed on (the append's result, inline projections, a command's evolve) as every read
-      // returns it: a Date, Map or toJSON would otherwise reach them as the caller's object
+      // returns it: a Date, class instance or toJSON would otherwise reach them as the caller's object
       // while the log holds its JSON. Plain data is the same either way and is not copied.
       prepared.values[i] = isPlainJson(event.data) ? event.data : JSON.parse(data)
       const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0

@@ -324,7 +324,7 @@ export interface Idempotency {
    * @throws IdempotencyInProgressError while another call holds the key (or waits, by option)
    * @throws IdempotencyMismatchError when the key was used with another fingerprint
    * @throws InvalidOptionError (`result`) when JSON would not give the result back (a Map, a
-   *   class instance without `toJSON`, a function, a BigInt, NaN): `fn`'s writes roll back
+   *   function, a BigInt, NaN, an object with only `#private` fields): `fn`'s writes roll back
    */
   run<T>(
     key: string,

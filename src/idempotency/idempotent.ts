@@ -75,8 +75,9 @@ export interface IdempotentOptions {
  * (as a JSON round trip, also on the first call, so both calls see equal values) without
  * running `fn`. If `fn` throws, its writes roll back, the key is released, and the error is
  * rethrown, so a retry runs `fn` again. A result JSON would not give back (a Map, a Set, a
- * class instance without `toJSON`, a function, a BigInt, NaN) is refused the same way, with
- * `INVALID_OPTION` naming `result` and the path of the bad part.
+ * function, a BigInt, NaN, an object with only `#private` fields) is refused the same way,
+ * with `INVALID_OPTION` naming `result` and the path of the bad part; a class instance with
+ * own fields comes back as a plain object of them.
  *
  * Creating an {@link Idempotency} once and calling its `run` avoids validating options on
  * every call.

@@ -1099,16 +1099,16 @@ function capturing(
 }
 
 /**
- * A step's result as it is stored and read back: undefined (no result) when it has no JSON
- * text, such as a function. A non-finite number in it is refused ({@link jsonTextOf}): JSON
- * writes it as null, so the following steps would run on another value than the step returned.
+ * A step's result as it is stored and read back: undefined (no result) when it is itself a
+ * function or symbol. A result whose JSON would lose part of it (a Map, a function field, NaN:
+ * {@link jsonTextOf}) is refused, so the following steps never run on another value than the
+ * step returned.
  */
 function roundTrip(option: string, value: unknown): unknown {
-  if (value === undefined) return undefined
-  const json = JSON.stringify(value)
-  if (json === undefined) return undefined
-  // Text without null holds no non-finite number: the check is only paid when it may.
-  return JSON.parse(json.includes('null') ? jsonTextOf(option, value) : json)
+  if (value === undefined || typeof value === 'function' || typeof value === 'symbol') {
+    return undefined
+  }
+  return JSON.parse(jsonTextOf(option, value))
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

@@ -45,4 +45,64 @@ describe('jsonTextOf', () => {
     expect(refusal('v', () => 1).option).toBe('v')
     expect(refusal('v', { n: 1n }).message).toContain('BigInt')
   })
+
+  it('refuses what JSON would lose, naming the path: Map, Set, function, symbol, BigInt, cycle', () => {
+    class Hidden {
+      #secret = 1
+      get secret(): number {
+        return this.#secret
+      }
+    }
+    const cyclic: { self?: unknown } = {}
+    cyclic.self = { back: cyclic }
+    const cases: [unknown, string][] = [
+      [{ byId: new Map([['a', 1]]) }, 'a Map at v.byId has no JSON form: it would be stored as {}'],
+      [[new Set([1])], 'a Set at v[0] has no JSON form: it would be stored as {}'],
+      [{ f: () => 1 }, 'a function at v.f has no JSON form: it would be left out'],
+      [[1, Symbol('s')], 'a symbol at v[1] has no JSON form: it would be stored as null'],
+      [{ deep: { n: 10n } }, 'a BigInt at v.deep.n has no JSON form'],
+      [cyclic, 'at v.self.back has no JSON form: JSON cannot hold a cycle'],
+      [{ h: new Hidden() }, 'an instance of Hidden without own enumerable fields or toJSON at v.h'],
+      [{ e: new Error('boom') }, 'an instance of Error without own enumerable fields'],
+      [{ m: { toJSON: () => new Map() } }, 'a Map at v.m has no JSON form'],
+      [new Map(), 'a Map at v has no JSON form'],
+      [() => 1, 'a function has no JSON text'],
+    ]
+    for (const [value, where] of cases) {
+      const error = refusal('v', value)
+      expect(error.code).toBe('INVALID_OPTION')
+      expect(error.option).toBe('v')
+      expect(error.message).toContain(where)
+    }
+  })
+
+  it('keeps class instances as their own enumerable fields, Dates, toJSON and shared objects', () => {
+    class Money {
+      constructor(
+        readonly amount: number,
+        readonly currency: string,
+      ) {}
+      double(): Money {
+        return new Money(this.amount * 2, this.currency)
+      }
+    }
+    const shared = { x: 1 }
+    const value = {
+      price: new Money(5, 'EUR'),
+      at: new Date(Date.UTC(2026, 0, 1)),
+      skipped: undefined,
+      list: [shared, shared, undefined],
+      bare: Object.assign(Object.create(null), { y: 2 }),
+      boxed: [Object(3), Object('s'), Object(true)],
+    }
+    expect(JSON.parse(jsonTextOf('v', value))).toEqual({
+      price: { amount: 5, currency: 'EUR' },
+      at: '2026-01-01T00:00:00.000Z',
+      list: [{ x: 1 }, { x: 1 }, null],
+      bare: { y: 2 },
+      boxed: [3, 's', true],
+    })
+    expect(jsonTextOf('v', {})).toBe('{}')
+    expect(jsonTextOf('v', Object.create(null))).toBe('{}')
+  })
 })

@@ -1,7 +1,9 @@
-// idempotent(): a result JSON would not give back (a Map, a Set, a class instance without
-// toJSON, a function, a BigInt) used to be stored as something else ({} for a Map), so every
-// later call got another value than the first. It is refused: INVALID_OPTION naming the path,
-// the business write rolled back, nothing stored. Real SQLite and PostgreSQL.
+// idempotent(): a result JSON would not give back (a Map, a Set, a function, a BigInt, an
+// object with only #private fields) used to be stored as something else ({} for a Map), so
+// every later call got another value than the first. It is refused: INVALID_OPTION naming the
+// path, the business write rolled back, nothing stored. A class instance with own fields is
+// kept, as a plain object of them (the same rule as every other stored JSON value). Real
+// SQLite and PostgreSQL.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { idempotencyTable, idempotent } from '../../src/idempotency/index.js'
@@ -11,13 +13,20 @@ class Money {
   constructor(readonly amount: number) {}
 }
 
+class Receipt {
+  #id = 'r1'
+  get id(): string {
+    return this.#id
+  }
+}
+
 const refused: ReadonlyArray<readonly [string, unknown, RegExp]> = [
   ['a Map', { byId: new Map([['a', 1]]) }, /a Map at result\.byId has no JSON form/],
   ['a Set', [new Set([1])], /a Set at result\[0\] has no JSON form/],
   [
-    'a class instance',
-    { price: new Money(5) },
-    /an instance of Money without toJSON at result\.price/,
+    'an instance with only #private fields',
+    { receipt: new Receipt() },
+    /an instance of Receipt without own enumerable fields or toJSON at result\.receipt/,
   ],
   ['a BigInt', { n: 10n }, /a BigInt at result\.n/],
   ['a function', { f: () => 1 }, /a function at result\.f/],
@@ -66,7 +75,7 @@ describe.each(dbTargets)('idempotent() with a result JSON would change, on $dial
     },
   )
 
-  it('keeps plain JSON results (and toJSON, and undefined fields) as before', async () => {
+  it('keeps plain JSON results (and toJSON, undefined fields, class instances with fields)', async () => {
     const options = { store: testDb.db, scope: 'result-json-plain' }
     const when = new Date('2026-12-01T00:00:00.000Z')
     const value = {
@@ -78,6 +87,7 @@ describe.each(dbTargets)('idempotent() with a result JSON would change, on $dial
       when,
       boxed: Object(3),
       bare: Object.assign(Object.create(null), { x: 1 }),
+      price: new Money(5),
     }
     const expected = JSON.parse(JSON.stringify(value))
     const key = randomUUID()

@@ -1,6 +1,8 @@
 // Values a saga stores as JSON, on real SQLite and PostgreSQL: a number JSON cannot hold (NaN,
 // ±Infinity) is refused with INVALID_OPTION naming where it is, instead of being stored as null
-// (a saga whose input said `amount: NaN` would otherwise run with `amount: null`).
+// (a saga whose input said `amount: NaN` would otherwise run with `amount: null`); so is a Map
+// or Set (stored as {}), a function field (left out) and an object with only #private fields
+// (stored as {}). A class instance with own fields is kept, as a plain object of them.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
@@ -131,5 +133,50 @@ describe.each(dbTargets)('saga JSON values on $dialect', (target) => {
     expect(error.message).toContain('NaN at event.payload.total')
     expect(await tracker.state(correlationId)).toBeUndefined()
     expect(await countRows(t.db, 'breakwater_flow_events')).toBe(0)
+  })
+
+  it('refuses an input holding a Map, a Set or a function instead of storing {} or dropping it', async () => {
+    const saga = defineSaga({
+      name: `lossy-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'a', action: async () => undefined }],
+    })
+    const id = `lossy-${randomUUID()}`
+    const cases: [unknown, string][] = [
+      [{ lines: new Map([['a', 1]]) }, 'a Map at input.lines has no JSON form'],
+      [{ tags: [new Set(['x'])] }, 'a Set at input.tags[0] has no JSON form'],
+      [{ n: 1, notify: () => 1 }, 'a function at input.notify has no JSON form'],
+    ]
+    for (const [input, where] of cases) {
+      const error = await refusal(() => startSaga(t.db, saga, input, { id }))
+      expect(error).toMatchObject({ code: 'INVALID_OPTION', option: 'input' })
+      expect(error.message).toContain(where)
+    }
+    expect(await getSaga(t.db, id)).toBeUndefined()
+  })
+
+  it('fails a step whose result holds a Set instead of merging {} into the context, and keeps a class instance', async () => {
+    class Quote {
+      constructor(readonly fee: number) {}
+    }
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: `result-set-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        { name: 'quote', action: async () => ({ quote: new Quote(3) }) },
+        { name: 'tags', retry: { maxAttempts: 1 }, action: async () => ({ tags: new Set(['a']) }) },
+      ],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    const instance = (await getSaga(t.db, id))!
+    expect(instance.status).toBe('compensated')
+    expect(instance.steps[0]!.result).toEqual({ quote: { fee: 3 } })
+    expect(instance.steps[1]!.error).toMatchObject({
+      code: 'INVALID_OPTION',
+      message: expect.stringContaining('a Set at result of step "tags".tags'),
+    })
+    await worker.stop()
   })
 })
