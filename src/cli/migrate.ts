@@ -1,7 +1,8 @@
 import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
+import { SchemaTooNewError } from '../stores/errors.js'
 import type { Migration } from '../stores/migrations.js'
-import { runMigrations } from '../stores/migrations.js'
+import { checkSchemaVersion, runMigrations } from '../stores/migrations.js'
 import { redactUrl } from '../stores/redact.js'
 import { openAnsweringDatabase } from './existing-database.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
@@ -21,7 +22,8 @@ const defaultUrl = 'sqlite:./.breakwater/breakwater.db'
 
 const usage = `usage: breakwater migrate [--db <url>]
 
-Applies the pending migrations of every capability.
+Applies the pending migrations of every capability. Exits 1, applying nothing,
+when a newer breakwater already migrated one (SCHEMA_TOO_NEW): upgrade first.
   --db <url>  ${acceptedDatabaseUrls}
               (a sqlite: file is created with its folder when missing;
               default ${defaultUrl})
@@ -32,7 +34,8 @@ ${databaseUrlEnvironmentHelp}`
  * `breakwater migrate --db <url>`: applies every capability's pending migrations and prints
  * what it applied; without `--db`, `BREAKWATER_DB_URL` names the database. Resolves to the exit
  * code: 0 on success, 2 for bad arguments (a malformed or in-memory URL too), 1 when the
- * database fails.
+ * database fails, or when a newer breakwater migrated one of the capabilities (`SCHEMA_TOO_NEW`,
+ * one line per such capability; then nothing is applied).
  *
  * @example
  * ```ts
@@ -111,6 +114,20 @@ export async function migrateCommand(
   try {
     const names = Object.keys(deps.capabilities).sort()
     if (names.length === 0) out.write('No capability has migrations.\n')
+    // A database a newer breakwater migrated is refused as a whole, before any capability is
+    // migrated: one that is behind is left too, as this release is not the one to run there.
+    // (Each run checks again inside its lock, for a newer `migrate` committing meanwhile.)
+    const tooNew: SchemaTooNewError[] = []
+    for (const capability of names) {
+      try {
+        await checkSchemaVersion(db, capability, deps.capabilities[capability]!)
+      } catch (error) {
+        if (!(error instanceof SchemaTooNewError)) throw error
+        tooNew.push(error)
+      }
+    }
+    for (const error of tooNew) err.write(`breakwater migrate: ${tooNewLine(error)}\n`)
+    if (tooNew.length > 0) return 1
     for (const capability of names) {
       const applied = await runMigrations(db, capability, deps.capabilities[capability]!)
       if (applied.length === 0) {
@@ -122,9 +139,16 @@ export async function migrateCommand(
     }
     return 0
   } catch (error) {
-    err.write(`breakwater migrate: ${redactSecrets(messageOf(error))}\n`)
+    const message =
+      error instanceof SchemaTooNewError ? tooNewLine(error) : redactSecrets(messageOf(error))
+    err.write(`breakwater migrate: ${message}\n`)
     return 1
   } finally {
     await db.close().catch(() => {})
   }
+}
+
+// The code too, so that a deploy script can look for it in the output.
+function tooNewLine(error: SchemaTooNewError): string {
+  return `${error.message} (${error.code})`
 }

@@ -1,8 +1,10 @@
 import { type LogThreshold, logThresholds, redactSecrets } from '../observability/index.js'
 import {
+  checkSchemaVersion,
   listAppliedMigrations,
   type Migration,
   parseDatabaseUrl,
+  SchemaTooNewError,
   type SqlDriver,
 } from '../stores/index.js'
 import { sqliteUrlDefect } from '../stores/open.js'
@@ -118,8 +120,9 @@ function postgresWanted(url: string): string {
 }
 
 /**
- * Throws a StartupError naming the migrations of `capability` that `db` lacks; `env` is where
- * the hint looks for `BREAKWATER_DB_URL` (see {@link migrateCommandFor}).
+ * Throws a StartupError naming the migrations of `capability` that `db` lacks, or saying that a
+ * newer breakwater migrated it (`SCHEMA_TOO_NEW`: this code must not run on that schema); `env`
+ * is where the hint looks for `BREAKWATER_DB_URL` (see {@link migrateCommandFor}).
  */
 export async function checkMigrated(
   db: SqlDriver,
@@ -128,6 +131,14 @@ export async function checkMigrated(
   url: string,
   env: Readonly<Record<string, string | undefined>> = {},
 ): Promise<void> {
+  try {
+    await checkSchemaVersion(db, capability, migrations)
+  } catch (error) {
+    if (!(error instanceof SchemaTooNewError)) throw error
+    throw new StartupError(`${redactSecrets(url)}: ${error.message} (${error.code})`, {
+      cause: error,
+    })
+  }
   const applied = new Set(
     (await listAppliedMigrations(db))
       .filter((m) => m.capability === capability)

@@ -39,6 +39,8 @@ export const errorCodes = {
     'A transaction executor was used after its transaction ended, or a SQLite driver was called from inside its own transaction (or asked to write from inside the transaction of another driver on the same file).',
   MIGRATION_CONFLICT:
     'An applied migration has a different name than the migration with the same capability and version in code.',
+  SCHEMA_TOO_NEW:
+    'The database records a migration of a capability newer than any this breakwater knows (a newer release migrated it); the capability refuses to migrate or start, changing nothing.',
   BROKER_UNAVAILABLE:
     'A message broker could not be reached or did not confirm a publish; retryable.',
   BROKER_UNROUTABLE:

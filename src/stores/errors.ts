@@ -73,6 +73,35 @@ export class MigrationConflictError extends BreakwaterError {
   }
 }
 
+/**
+ * The database records a migration of a capability newer than any this code knows: a newer
+ * breakwater migrated it. The older code refuses to migrate or run that capability (it could
+ * write rows the newer code misreads, or miss a column added `NOT NULL`); nothing in the
+ * database is changed. Upgrade breakwater to the release that migrated it, or a later one.
+ */
+export class SchemaTooNewError extends BreakwaterError {
+  /** The capability whose schema is newer, e.g. `outbox`. */
+  readonly capability: string
+  /** The highest version of the capability recorded in `breakwater_migrations`. */
+  readonly databaseVersion: number
+  /** The highest version of the capability's migrations in this code (0: it knows none). */
+  readonly knownVersion: number
+
+  constructor(capability: string, databaseVersion: number, knownVersion: number) {
+    const known =
+      knownVersion === 0
+        ? `knows no ${capability} migration`
+        : `knows ${capability} migrations only up to version ${knownVersion}`
+    super(
+      'SCHEMA_TOO_NEW',
+      `The database's ${capability} schema is at version ${databaseVersion}, but this breakwater ${known}: a newer breakwater migrated it. Upgrade breakwater to that release or later; nothing was changed in the database`,
+    )
+    this.capability = capability
+    this.databaseVersion = databaseVersion
+    this.knownVersion = knownVersion
+  }
+}
+
 /** What kind of database failure an error is, across both dialects. */
 export type SqlErrorKind =
   /** A UNIQUE or PRIMARY KEY constraint rejected the row. */

@@ -5,6 +5,7 @@ export type { SqlErrorKind } from './errors.js'
 export {
   DriverMissingError,
   MigrationConflictError,
+  SchemaTooNewError,
   StoreBusyError,
   StoreClosedError,
   sqlErrorKind,
@@ -13,7 +14,7 @@ export {
 export type { KyselyCompiledQuery, KyselyExecutor } from './kysely.js'
 export { fromKysely } from './kysely.js'
 export type { AppliedMigration, Migration, RunMigrationsOptions } from './migrations.js'
-export { listAppliedMigrations, runMigrations } from './migrations.js'
+export { checkSchemaVersion, listAppliedMigrations, runMigrations } from './migrations.js'
 export type { DatabaseTarget, OpenDatabaseOptions } from './open.js'
 export { openDatabase, parseDatabaseUrl } from './open.js'
 export type { PgQueryable, PostgresDriverOptions } from './postgres.js'

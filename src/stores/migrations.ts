@@ -1,7 +1,7 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock } from '../core/validate.js'
-import { MigrationConflictError } from './errors.js'
+import { MigrationConflictError, SchemaTooNewError } from './errors.js'
 import type { SqlDriver, SqlExecutor } from './types.js'
 
 /**
@@ -79,8 +79,11 @@ const advisoryLockKey = '7121410496880042356'
  *   write lock from the start; other processes wait up to their busy timeout.
  *
  * A recorded migration whose name differs from the code's throws `MigrationConflictError`.
- * Versions recorded in the database but unknown to the code (a newer release already ran) are
- * left alone.
+ * A recorded version above the highest in `migrations` (a newer breakwater migrated the
+ * capability) throws `SchemaTooNewError`, before anything is applied: the older code must not
+ * run against a schema it was not written for. The check reads the versions inside the same
+ * locked transaction that applies, so a newer process committing meanwhile is seen, and the
+ * versions this run applies itself are never taken for newer ones.
  *
  * @example
  * ```ts
@@ -108,6 +111,9 @@ export async function runMigrations(
     }
     await tx.execute(createTable[tx.dialect])
     const applied = await appliedVersions(tx, capability)
+    // Checked before the first statement runs: a refused run changes nothing (the table
+    // creation above is a no-op, as a newer release made it).
+    refuseNewer(capability, applied.keys(), ordered)
     const done: AppliedMigration[] = []
     for (const migration of ordered) {
       const recorded = applied.get(migration.version)
@@ -135,6 +141,42 @@ async function appliedVersions(tx: SqlExecutor, capability: string): Promise<Map
     [capability],
   )
   return new Map(rows.map((row) => [Number(row.version), row.name]))
+}
+
+/**
+ * Throws `SchemaTooNewError` when the database records a version of `capability` above the
+ * highest in `migrations` (a newer breakwater migrated it); resolves otherwise, also when
+ * migrations are pending or never ran. Read-only: for a process that uses a capability someone
+ * else migrates (`breakwater migrate`), to refuse to start on a schema newer than its code.
+ * {@link runMigrations} makes the same check itself.
+ *
+ * @example
+ * ```ts
+ * await checkSchemaVersion(db, 'outbox', outboxMigrations)
+ * ```
+ */
+export async function checkSchemaVersion(
+  db: SqlExecutor,
+  capability: string,
+  migrations: readonly Migration[],
+): Promise<void> {
+  const ordered = checkMigrations(capability, migrations)
+  const recorded = (await listAppliedMigrations(db))
+    .filter((m) => m.capability === capability)
+    .map((m) => m.version)
+  refuseNewer(capability, recorded, ordered)
+}
+
+// Only a version above the code's highest is "newer". An unknown version below it cannot come
+// from a release (a release only appends migrations), so it is left alone as before.
+function refuseNewer(
+  capability: string,
+  recorded: Iterable<number>,
+  ordered: readonly Migration[],
+): void {
+  const known = ordered.at(-1)?.version ?? 0
+  const highest = Math.max(0, ...recorded)
+  if (highest > known) throw new SchemaTooNewError(capability, highest, known)
 }
 
 /**

@@ -5,8 +5,9 @@ import { existsSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
 import { relayCommand } from '../../src/cli/relay.js'
 import { migrateIdempotency } from '../../src/idempotency/index.js'
-import { migrateOutbox } from '../../src/outbox/index.js'
-import { openDatabase } from '../../src/stores/index.js'
+import { migrateOutbox, migrateSqlQueue, outboxMigrations } from '../../src/outbox/index.js'
+import { listAppliedMigrations, openDatabase } from '../../src/stores/index.js'
+import { createTestDatabase } from '../support/postgres.js'
 import { createTestSqlite } from '../support/sqlite.js'
 
 async function run(args: string[], env: Record<string, string> = {}) {
@@ -172,6 +173,42 @@ describe('breakwater relay: startup failures exit 1', () => {
       file.cleanup()
     }
   })
+
+  // A relay of an older breakwater started on a database a newer one migrated: it would write
+  // and read outbox rows by a schema it was not written for. It refuses to start, naming the
+  // versions, and leaves the database as it was.
+  it.each(['sqlite', 'postgres'] as const)(
+    'on %s, a database a newer breakwater migrated: refused with SCHEMA_TOO_NEW, untouched',
+    async (dialect) => {
+      const sqlite = dialect === 'sqlite' ? createTestSqlite('relay-newer') : undefined
+      const database = dialect === 'postgres' ? await createTestDatabase('relay_newer') : undefined
+      const url = sqlite?.url ?? database!.url
+      try {
+        const db = await openDatabase(url)
+        await migrateOutbox(db)
+        await migrateSqlQueue(db)
+        const known = Math.max(...outboxMigrations.map((m) => m.version))
+        await db.execute(
+          'INSERT INTO breakwater_migrations (capability, version, name, applied_at) VALUES ($1, $2, $3, $4)',
+          ['outbox', known + 1, 'from-a-newer-release', 0],
+        )
+        const before = await listAppliedMigrations(db)
+        const result = await run(['--db', url, '--broker', 'sql:'])
+        expect(result.code).toBe(1)
+        expect(result.stderr).toContain(
+          `The database's outbox schema is at version ${known + 1}, but this breakwater knows outbox migrations only up to version ${known}`,
+        )
+        expect(result.stderr).toContain('Upgrade breakwater')
+        expect(result.stderr).toContain('SCHEMA_TOO_NEW')
+        expect(result.stdout).not.toContain('relay started')
+        expect(await listAppliedMigrations(db)).toEqual(before)
+        await db.close()
+      } finally {
+        sqlite?.cleanup()
+        await database?.drop()
+      }
+    },
+  )
 
   it('a SQL queue broker that does not answer is named as the --broker', async () => {
     const file = createTestSqlite('relay-broker')

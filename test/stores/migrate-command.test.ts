@@ -121,6 +121,46 @@ describe('breakwater migrate', () => {
     }
   })
 
+  // An older breakwater's `migrate` run against a database a newer one migrated (a rollback of
+  // the deploy, an old CI job): it says so for each such capability, exits 1 and changes
+  // nothing, not even the capabilities that are still behind.
+  it.each(['sqlite', 'postgres'] as const)(
+    'on %s, exits 1 naming each capability a newer breakwater migrated, applying nothing',
+    async (dialect) => {
+      const sqlite = dialect === 'sqlite' ? createTestSqlite('cli-newer') : undefined
+      const database = dialect === 'postgres' ? await createTestDatabase('cli_newer') : undefined
+      const url = sqlite?.url ?? database!.url
+      try {
+        const newer: Record<string, Migration[]> = {
+          outbox: [
+            ...capabilities.outbox!,
+            {
+              version: 3,
+              name: 'add-key',
+              sqlite: ['ALTER TABLE cli_events ADD COLUMN k TEXT NOT NULL DEFAULT 1'],
+              postgres: ['ALTER TABLE cli_events ADD COLUMN k TEXT NOT NULL DEFAULT 1'],
+            },
+          ],
+        }
+        expect((await run(['--db', url], newer)).code).toBe(0)
+        const db = await openDatabase(url)
+        const before = await listAppliedMigrations(db)
+        const result = await run(['--db', url])
+        expect(result.code).toBe(1)
+        expect(result.out).toBe('')
+        expect(result.err).toBe(
+          "breakwater migrate: The database's outbox schema is at version 3, but this breakwater knows outbox migrations only up to version 2: a newer breakwater migrated it. Upgrade breakwater to that release or later; nothing was changed in the database (SCHEMA_TOO_NEW)\n",
+        )
+        // idempotency was pending for this release, and is still not applied.
+        expect(await listAppliedMigrations(db)).toEqual(before)
+        await db.close()
+      } finally {
+        sqlite?.cleanup()
+        await database?.drop()
+      }
+    },
+  )
+
   it('refuses --db given twice, and an in-memory database, touching nothing', async () => {
     const twice = await run(['--db', file.url, '--db=sqlite:./elsewhere.db'])
     expect(twice.code).toBe(2)

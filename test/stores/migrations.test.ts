@@ -2,13 +2,15 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
-import { MigrationConflictError } from '../../src/stores/errors.js'
+import { MigrationConflictError, SchemaTooNewError } from '../../src/stores/errors.js'
 import {
+  checkSchemaVersion,
   listAppliedMigrations,
   type Migration,
   runMigrations,
 } from '../../src/stores/migrations.js'
 import { openDatabase } from '../../src/stores/open.js'
+import type { SqlDriver } from '../../src/stores/types.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 import { type OpenedTarget, targets } from './drivers.js'
 import { concurrencyMigrations } from './fixtures/concurrency-migrations.js'
@@ -25,8 +27,9 @@ interface Runner {
   readonly result: Promise<{ code: number | null; stdout: string; stderr: string }>
 }
 
-function startRunner(url: string): Runner {
-  const child = spawn(process.execPath, ['--import', 'tsx', runner, url], {
+function startRunner(url: string, known?: number): Runner {
+  const args = known === undefined ? [runner, url] : [runner, url, String(known)]
+  const child = spawn(process.execPath, ['--import', 'tsx', ...args], {
     stdio: ['pipe', 'pipe', 'pipe'],
   })
   let stdout = ''
@@ -49,6 +52,16 @@ function startRunner(url: string): Runner {
     })
   })
   return { child, ready, result }
+}
+
+/** Every concurrency migration's statements ran exactly once, for both capabilities. */
+async function expectEachAppliedOnce(db: SqlDriver): Promise<void> {
+  for (const capability of ['alpha', 'beta']) {
+    const effects = await db.query<{ version: number }>(
+      `SELECT version FROM ${capability}_effects ORDER BY version`,
+    )
+    expect(effects.map((e) => e.version)).toEqual([1, 2, 3])
+  }
 }
 
 describe.each(targets)('$dialect migrations', (target) => {
@@ -137,7 +150,10 @@ describe.each(targets)('$dialect migrations', (target) => {
     await expect(db.query('SELECT * FROM broken_good')).rejects.toThrow(/broken_good/)
   })
 
-  it('leaves versions it does not know (applied by a newer release) alone', async () => {
+  // A database a newer breakwater migrated records versions this code does not know. Running
+  // against it would write rows the newer code misreads, or miss a column it added NOT NULL:
+  // the older code refuses, naming both versions, and changes nothing.
+  it('refuses a database migrated by a newer breakwater (SCHEMA_TOO_NEW), touching nothing', async () => {
     const { db } = opened
     const v1: Migration = {
       version: 1,
@@ -149,8 +165,77 @@ describe.each(targets)('$dialect migrations', (target) => {
       name: 'two',
       ...sameSql(['CREATE TABLE newer_two (id INTEGER)']),
     }
-    await runMigrations(db, 'newer', [v1, v2])
-    expect(await runMigrations(db, 'newer', [v1])).toEqual([])
+    const v3: Migration = {
+      version: 3,
+      name: 'three',
+      ...sameSql(['CREATE TABLE newer_three (id INTEGER)']),
+    }
+    await runMigrations(db, 'newer', [v1, v3])
+    const before = await listAppliedMigrations(db)
+    // The older code knows 1 and 2: 2 is pending for it, but 3 is beyond what it knows.
+    const error = await runMigrations(db, 'newer', [v1, v2]).catch((e) => e)
+    expect(error).toBeInstanceOf(SchemaTooNewError)
+    expect(error).toMatchObject({
+      code: 'SCHEMA_TOO_NEW',
+      retryable: false,
+      capability: 'newer',
+      databaseVersion: 3,
+      knownVersion: 2,
+    })
+    expect(error.message).toContain('newer')
+    expect(error.message).toMatch(/version 3/)
+    expect(error.message).toMatch(/up to version 2/)
+    expect(error.message).toMatch(/upgrade breakwater/i)
+    expect(await listAppliedMigrations(db)).toEqual(before)
+    await expect(db.query('SELECT * FROM newer_two')).rejects.toThrow(/newer_two/)
+    // The read-only check says the same, and so does a capability that knows no migration.
+    await expect(checkSchemaVersion(db, 'newer', [v1, v2])).rejects.toMatchObject({
+      code: 'SCHEMA_TOO_NEW',
+      databaseVersion: 3,
+      knownVersion: 2,
+    })
+    await expect(runMigrations(db, 'newer', [])).rejects.toMatchObject({
+      code: 'SCHEMA_TOO_NEW',
+      knownVersion: 0,
+    })
+    // Another capability of the same database is not concerned.
+    expect(
+      (await runMigrations(db, 'unrelated', [v2])).map((m) => `${m.capability}:${m.version}`),
+    ).toEqual(['unrelated:2'])
+    await expect(checkSchemaVersion(db, 'unrelated', [v2])).resolves.toBeUndefined()
+  })
+
+  it('does not take its own migrations, applied or just applied, for newer ones', async () => {
+    const { db } = opened
+    const own: Migration[] = [
+      { version: 1, name: 'one', ...sameSql(['CREATE TABLE own_one (id INTEGER)']) },
+      { version: 2, name: 'two', ...sameSql(['CREATE TABLE own_two (id INTEGER)']) },
+    ]
+    await expect(checkSchemaVersion(db, 'own', own)).resolves.toBeUndefined()
+    expect((await runMigrations(db, 'own', own)).map((m) => m.version)).toEqual([1, 2])
+    await expect(checkSchemaVersion(db, 'own', own)).resolves.toBeUndefined()
+    expect(await runMigrations(db, 'own', own)).toEqual([])
+    // A newer release of the same code (one more migration) goes on from there.
+    const next = [
+      ...own,
+      { version: 3, name: 'three', ...sameSql(['CREATE TABLE own_three (id INTEGER)']) },
+    ]
+    expect((await runMigrations(db, 'own', next)).map((m) => m.version)).toEqual([3])
+  })
+
+  it('checks a database without breakwater_migrations read-only, creating nothing', async () => {
+    const fresh = await target.open('migrations-empty')
+    try {
+      await expect(checkSchemaVersion(fresh.db, 'any', [])).resolves.toBeUndefined()
+      expect(await listAppliedMigrations(fresh.db)).toEqual([])
+      const tables =
+        fresh.db.dialect === 'postgres'
+          ? await fresh.db.query("SELECT 1 WHERE to_regclass('breakwater_migrations') IS NOT NULL")
+          : await fresh.db.query("SELECT 1 FROM sqlite_master WHERE name = 'breakwater_migrations'")
+      expect(tables).toEqual([])
+    } finally {
+      await fresh.cleanup()
+    }
   })
 
   it('validates the migration list and capability name', async () => {
@@ -248,18 +333,52 @@ describe.each(targets)('$dialect migrations', (target) => {
       }
       const db = await openDatabase(fresh.url)
       try {
-        for (const capability of ['alpha', 'beta']) {
-          const effects = await db.query<{ version: number }>(
-            `SELECT version FROM ${capability}_effects ORDER BY version`,
-          )
-          expect(effects.map((e) => e.version)).toEqual([1, 2, 3])
-        }
+        await expectEachAppliedOnce(db)
         const recorded = await listAppliedMigrations(db)
         expect(recorded.map((m) => `${m.capability}:${m.version}:${m.name}`)).toEqual(
           ['alpha', 'beta'].flatMap((c) =>
             concurrencyMigrations(c).map((m) => `${c}:${m.version}:${m.name}`),
           ),
         )
+      } finally {
+        await db.close()
+      }
+    } finally {
+      await fresh.cleanup()
+    }
+  })
+
+  // Older and newer processes migrating one database at once (a rolling upgrade): the check
+  // runs inside the migration transaction, after the advisory lock (PostgreSQL) or BEGIN
+  // IMMEDIATE (SQLite), so the older runner either went first (and applied 1 and 2 of both
+  // capabilities itself: nobody else applies those before the newer runner's 3), or sees the
+  // newer versions and refuses. It never succeeds after them (applying nothing and going on).
+  it('an older runner racing a newer one either goes first or refuses with SCHEMA_TOO_NEW', async () => {
+    const fresh = await target.create('migrations-mixed')
+    try {
+      const newer = startRunner(fresh.url)
+      const older = startRunner(fresh.url, 2)
+      await Promise.all([newer.ready, older.ready])
+      older.child.stdin!.write('go\n')
+      newer.child.stdin!.write('go\n')
+      const [fromNewer, fromOlder] = await Promise.all([newer.result, older.result])
+      expect(fromNewer.stderr).toBe('')
+      expect(fromNewer.code).toBe(0)
+      if (fromOlder.code === 0) {
+        expect(fromOlder.stderr).toBe('')
+        expect(JSON.parse(fromOlder.stdout.split('\n')[1]!)).toEqual({
+          alpha: [1, 2],
+          beta: [1, 2],
+        })
+      } else {
+        expect(fromOlder.stderr).toMatch(
+          /^SCHEMA_TOO_NEW: .*(alpha|beta).*version 3.*up to version 2/,
+        )
+        expect(fromOlder.code).toBe(3)
+      }
+      const db = await openDatabase(fresh.url)
+      try {
+        await expectEachAppliedOnce(db)
       } finally {
         await db.close()
       }
