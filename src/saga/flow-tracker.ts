@@ -42,7 +42,9 @@ export interface FlowDeclaration {
   readonly name: string
   /**
    * The events expected, in order (a string is `{ event }`). The first one starts the flow:
-   * a correlation id belongs to the flow whose first event it has.
+   * a correlation id belongs to the flow whose first event it has (no two flows of a tracker
+   * may start with the same event; when it has the first events of several, to the one that
+   * declares the others' first events, else to the one whose first event came first).
    */
   readonly steps: readonly (string | FlowStepDeclaration)[]
   /**
@@ -173,6 +175,7 @@ const definedFlows = new WeakSet<object>()
 function checkFlows(flows: unknown): asserts flows is readonly FlowDefinition[] {
   if (!Array.isArray(flows))
     throw new InvalidOptionError('flows', 'an array of flows from defineFlow()', flows)
+  const starts = new Map<string, string>()
   flows.forEach((flow: unknown, i) => {
     if (typeof flow !== 'object' || flow === null || !definedFlows.has(flow))
       throw new InvalidOptionError(
@@ -180,6 +183,18 @@ function checkFlows(flows: unknown): asserts flows is readonly FlowDefinition[] 
         'a flow from defineFlow() (declare it with defineFlow, from the breakwater that runs the tracker)',
         flow,
       )
+    // A correlation id belongs to the flow it has the first event of: two flows starting with
+    // the same event cannot be told apart (the first listed took every instance of both).
+    const { name, steps } = flow as FlowDefinition
+    const start = steps[0]!.event
+    const other = starts.get(start)
+    if (other !== undefined)
+      throw new InvalidOptionError(
+        `flows[${i}]`,
+        `a flow that starts with an event no other flow starts with ("${other}" starts with "${start}" too)`,
+        name,
+      )
+    starts.set(start, name)
   })
 }
 
@@ -446,10 +461,12 @@ export function reconstructFlow(
   const unique = new Map<string, TrackedEvent>()
   for (const e of events) if (!unique.has(e.id)) unique.set(e.id, e)
   const sorted = [...unique.values()].sort((a, b) => a.at - b.at)
-  const types = new Set(sorted.map((e) => e.type))
-  const flow = flows.find((f) => types.has(f.steps[0]!.event))
+  // The position of each type's first event.
+  const firstAt = new Map<string, number>()
+  for (const [i, e] of sorted.entries()) if (!firstAt.has(e.type)) firstAt.set(e.type, i)
   const first = new Map<string, TrackedEvent>()
-  for (const e of sorted) if (!first.has(e.type)) first.set(e.type, e)
+  for (const [type, i] of firstAt) first.set(type, sorted[i]!)
+  const flow = pickFlow(flows, firstAt)
   if (flow === undefined) {
     return {
       correlationId,
@@ -524,6 +541,30 @@ export function reconstructFlow(
     unexpected,
     events: sorted,
   }
+}
+
+/**
+ * The flow a correlation id follows: one whose first event it has. A flow may start with an
+ * event another flow expects later (a payment flow begun by the order flow's
+ * `payment-charged`): the first such flow in the list took every order that reached its
+ * payment, so the list's order decided. A flow whose start another candidate declares is part
+ * of that one, so the outer flow is taken, and among the rest the one whose first event came
+ * first (by position in `firstAt`).
+ */
+function pickFlow(
+  flows: readonly FlowDefinition[],
+  firstAt: ReadonlyMap<string, number>,
+): FlowDefinition | undefined {
+  const candidates = flows.filter((f) => firstAt.has(f.steps[0]!.event))
+  if (candidates.length <= 1) return candidates[0]
+  const declares = (f: FlowDefinition, event: string) =>
+    [...f.steps, ...f.compensation].some((s) => s.event === event || s.failsOn.includes(event))
+  const outer = candidates.filter(
+    (inner) => !candidates.some((o) => o !== inner && declares(o, inner.steps[0]!.event)),
+  )
+  const pool = outer.length > 0 ? outer : candidates
+  const startOf = (f: FlowDefinition) => firstAt.get(f.steps[0]!.event)!
+  return pool.reduce((best, f) => (startOf(f) < startOf(best) ? f : best))
 }
 
 /**

@@ -127,6 +127,54 @@ describe('reconstructFlow', () => {
     expect(unknown.unexpected).toHaveLength(1)
   })
 
+  // A flow may start with an event another flow expects later (a payment flow begun by
+  // 'payment-charged', which the order flow also waits for). The flow was the first in the
+  // list whose first event the correlation id had, so the order of the list decided: listed
+  // first, the payment flow took every order flow that reached its payment, and reported
+  // 'order-placed' as unexpected and the flow as waiting for a payment event.
+  it('picks the flow whose first event came first, whatever the order of the flows', () => {
+    const payment = defineFlow({ name: 'payment', steps: ['payment-charged', 'payment-settled'] })
+    const events = [ev('order-placed', 0), ev('payment-charged', 400), ev('order-shipped', 3_000)]
+    for (const flows of [
+      [flow, payment],
+      [payment, flow],
+    ]) {
+      expect(reconstructFlow(flows, 'c1', events, 4_000)).toMatchObject({
+        flow: 'order',
+        status: 'completed',
+        unexpected: [],
+      })
+      expect(reconstructFlow(flows, 'c2', [ev('payment-charged', 0)], 1).flow).toBe('payment')
+      // Reordered: the payment came before the order was placed, still an order flow.
+      const reordered = [ev('payment-charged', 0), ev('order-placed', 10)]
+      expect(reconstructFlow(flows, 'c3', reordered, 20)).toMatchObject({
+        flow: 'order',
+        outOfOrder: ['payment-charged'],
+      })
+    }
+  })
+
+  // Two flows that start with the same event cannot be told apart: the first listed took every
+  // instance of both, silently.
+  it('refuses two flows that start with the same event', () => {
+    const a = defineFlow({ name: 'a', steps: ['order-placed', 'x'] })
+    const error = (() => {
+      try {
+        reconstructFlow([flow, a], 'c1', [], 0)
+      } catch (e) {
+        return e
+      }
+    })()
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('flows[1]')
+    expect(() =>
+      createFlowTracker({
+        db: { dialect: 'sqlite', transaction: async () => undefined } as never,
+        flows: [flow, a],
+      }),
+    ).toThrow(InvalidOptionError)
+  })
+
   it('property: a step is done exactly when its event is among the events, whatever their order', () => {
     const types = ['order-placed', 'payment-charged', 'order-shipped', 'noise']
     fc.assert(
