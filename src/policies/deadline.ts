@@ -212,8 +212,8 @@ export interface AdoptDeadlineOptions extends DeadlineFromHeadersOptions {
 }
 
 /**
- * Reads the caller's remaining budget from request headers: {@link DEADLINE_HEADER} first,
- * then gRPC's `grpc-timeout` (e.g. `100m`, `2S`). Returns milliseconds (0 or less means already
+ * Reads the caller's remaining budget from request headers: {@link DEADLINE_HEADER} and gRPC's
+ * `grpc-timeout` (e.g. `100m`, `2S`), the smaller when both are valid. Returns milliseconds (0 or less means already
  * expired), capped by `maxMs` (by default {@link DEFAULT_MAX_DEADLINE_MS}), or `defaultMs`
  * (possibly undefined) when neither header is valid.
  *
@@ -247,9 +247,11 @@ export function deadlineFromHeaders(
       defaultMs,
     )
   }
-  const sent =
-    parseDeadlineMs(headerOf(headers, DEADLINE_HEADER)) ??
-    parseGrpcTimeout(headerOf(headers, GRPC_TIMEOUT_HEADER))
+  // Both sent (a hop that speaks gRPC and breakwater): two bounds on one budget, so the tighter
+  // holds, as the proxy reads them; otherwise one could give a hop more time than the other.
+  const own = parseDeadlineMs(headerOf(headers, DEADLINE_HEADER))
+  const grpc = parseGrpcTimeout(headerOf(headers, GRPC_TIMEOUT_HEADER))
+  const sent = own === undefined ? grpc : grpc === undefined ? own : Math.min(own, grpc)
   return sent === undefined ? defaultMs : Math.min(sent, maxMs)
 }
 

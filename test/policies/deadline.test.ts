@@ -182,7 +182,7 @@ describe('deadline headers', () => {
     )
   })
 
-  it('accepts gRPC grpc-timeout values, preferring the breakwater header', () => {
+  it('accepts gRPC grpc-timeout values; with both headers, the smaller budget', () => {
     expect(deadlineFromHeaders({ 'grpc-timeout': '100m' })).toBe(100)
     expect(deadlineFromHeaders({ 'grpc-timeout': '2S' })).toBe(2_000)
     expect(deadlineFromHeaders({ 'grpc-timeout': '3M' })).toBe(180_000)
@@ -190,6 +190,9 @@ describe('deadline headers', () => {
     expect(deadlineFromHeaders({ 'grpc-timeout': '2500u' })).toBe(2.5)
     expect(deadlineFromHeaders({ 'grpc-timeout': '3000000n' })).toBe(3)
     expect(deadlineFromHeaders({ 'grpc-timeout': '2S', [DEADLINE_HEADER]: '10' })).toBe(10)
+    // Two bounds on one budget: the tighter holds (as the proxy reads them), so a hop that
+    // speaks gRPC cannot be given more time than the caller's own header allows, or the reverse.
+    expect(deadlineFromHeaders({ 'grpc-timeout': '10m', [DEADLINE_HEADER]: '2000' })).toBe(10)
     expect(deadlineFromHeaders({ 'grpc-timeout': '2S', [DEADLINE_HEADER]: 'junk' })).toBe(2_000)
   })
 
