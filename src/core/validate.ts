@@ -68,6 +68,22 @@ export function checkObject(option: string, value: unknown): Record<string, unkn
 }
 
 /**
+ * Throws `InvalidOptionError` naming `${prefix}.${key}` for the first own key of `options` not in
+ * `known` whose value is not undefined: a misspelt option (`olderThan`, `onRefuse`) was dropped
+ * without a word, and its default silently used instead.
+ */
+export function checkKnownOptions(
+  prefix: string,
+  options: object,
+  known: ReadonlySet<string>,
+): void {
+  for (const [key, value] of Object.entries(options)) {
+    if (!known.has(key) && value !== undefined)
+      throw new InvalidOptionError(`${prefix}.${key}`, `one of ${[...known].join(', ')}`, value)
+  }
+}
+
+/**
  * Returns `value` if it is a {@link Clock} (`now`, `setTimeout` and `clearTimeout` functions),
  * `systemClock` when it is undefined, else throws naming `option`.
  */

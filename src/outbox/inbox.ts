@@ -2,7 +2,7 @@ import type { IncomingMessage } from '../brokers/types.js'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredKey, maxStoredNameBytes } from '../core/text.js'
-import { checkClock, checkFunction, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkKnownOptions, checkObject } from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { PoisonMessageError, unstorableIdReason } from './errors.js'
@@ -74,6 +74,8 @@ export interface Inbox {
   ): Promise<InboxResult<T>>
 }
 
+const inboxOptions = new Set(['consumer', 'clock', 'onRefused'])
+
 class SqlInbox implements Inbox {
   readonly consumer: string
   readonly #clock: Clock
@@ -81,6 +83,8 @@ class SqlInbox implements Inbox {
 
   constructor(options: InboxOptions) {
     checkObject('inbox', options)
+    // A misspelt onRefused was dropped without a word: poison messages went unreported.
+    checkKnownOptions('inbox', options, inboxOptions)
     // Stored as text, as message ids are (a lone surrogate would make two ids one record, and
     // the second message's effect would be skipped as a duplicate). It shares the record's
     // index key with the message id: capped so that any id within maxStoredIdBytes fits.
@@ -166,6 +170,7 @@ function checkInboxTransaction(tx: unknown): void {
 
 /**
  * Creates an inbox: consumer-side deduplication that makes a handler's effect exactly-once.
+ * An unknown (misspelt) option is refused with `InvalidOptionError`.
  * `inbox.handle(tx, message, fn)` records the message id in the consumer's own database in
  * the same transaction as `fn`'s writes, so either both commit or neither does, and a
  * redelivered message (at-least-once brokers, relays publishing a batch again after a crash)
@@ -212,6 +217,7 @@ export function inboxHandler(
   if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
     throw new InvalidOptionError('db', 'a SqlDriver', db)
   checkFunction('fn', fn)
+  checkObject('options', options)
   const inbox = createInbox({ ...options, consumer })
   return (message) =>
     db.transaction(async (tx) => {

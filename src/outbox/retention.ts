@@ -1,5 +1,11 @@
 import type { Clock } from '../core/clock.js'
-import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkInteger,
+  checkKnownOptions,
+  checkNumber,
+  checkObject,
+} from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
 import type { SqlDriver } from '../stores/index.js'
 import { checkBoolean } from './outbox.js'
@@ -154,10 +160,13 @@ export interface PruneInboxOptions {
   readonly clock?: Clock
 }
 
+const pruneInboxOptions = new Set(['olderThanMs', 'batchSize', 'maxBatches', 'clock'])
+
 /**
  * Removes inbox records older than `olderThanMs`, in bounded batches, and returns how many. A
  * message redelivered after its record was removed is handled again, so the window must
- * outlast the brokers' redelivery.
+ * outlast the brokers' redelivery. An unknown (misspelt) option is refused with
+ * `InvalidOptionError` before anything is removed.
  *
  * @example
  * ```ts
@@ -167,6 +176,8 @@ export interface PruneInboxOptions {
  */
 export async function pruneInbox(db: SqlDriver, options: PruneInboxOptions = {}): Promise<number> {
   checkObject('pruneInbox', options)
+  // A misspelt olderThanMs pruned with the default window: records still needed were removed.
+  checkKnownOptions('pruneInbox', options, pruneInboxOptions)
   const clock = wholeMsClock(checkClock('pruneInbox.clock', options.clock))
   const olderThanMs = checkAge('pruneInbox.olderThanMs', options.olderThanMs ?? 604_800_000)
   const batchSize = checkInteger('pruneInbox.batchSize', options.batchSize ?? 1000, 1, 100_000)

@@ -4,7 +4,7 @@ import type { IncomingMessage } from '../brokers/index.js'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { exceedsBytes, isStorableText, maxStoredIdBytes } from '../core/text.js'
-import { checkClock, checkFunction, checkObject } from '../core/validate.js'
+import { checkClock, checkFunction, checkKnownOptions, checkObject } from '../core/validate.js'
 import {
   CAUSATION_ID_HEADER,
   CORRELATION_ID_HEADER,
@@ -264,7 +264,8 @@ export function sagaReplyHandler(
   if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
     throw new InvalidOptionError('db', 'a SqlDriver', db)
   checkObject('options', options)
-  checkKnownOptions(options, replyHandlerOptions)
+  // A misspelt option (`onIgnore`) was dropped without a word: ignored replies went unreported.
+  checkKnownOptions('options', options, replyHandlerOptions)
   if (options.onIgnored !== undefined) checkFunction('options.onIgnored', options.onIgnored)
   const inbox = createInbox({
     consumer: options.consumer ?? 'saga-replies',
@@ -417,7 +418,8 @@ export function createReactor(
   options: ReactorOptions,
 ): (message: IncomingMessage) => Promise<void> {
   checkObject('options', options)
-  checkKnownOptions(options, reactorOptions)
+  // A misspelt option (`traker`) was dropped without a word: the flow went untracked.
+  checkKnownOptions('options', options, reactorOptions)
   const db = options.db
   if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
     throw new InvalidOptionError('db', 'a SqlDriver', db)
@@ -573,15 +575,6 @@ export async function emitEvent(
 
 const replyHandlerOptions = new Set(['consumer', 'onIgnored', 'clock'])
 const reactorOptions = new Set(['db', 'consumer', 'outbox', 'reactions', 'tracker', 'clock'])
-
-// A misspelt option (`onIgnore`, `traker`) was dropped without a word: ignored replies went
-// unreported, a flow untracked.
-function checkKnownOptions(options: object, known: ReadonlySet<string>): void {
-  for (const [key, value] of Object.entries(options)) {
-    if (!known.has(key) && value !== undefined)
-      throw new InvalidOptionError(`options.${key}`, `one of ${[...known].join(', ')}`, value)
-  }
-}
 
 /**
  * Refuses a tracker that is not a FlowTracker: its `record` failed with a TypeError (no code)

@@ -9,7 +9,7 @@ import {
   jsonTextOf,
   maxStoredIdBytes,
 } from '../core/text.js'
-import { checkClock, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkKnownOptions, checkObject } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
 import { sagaStatements } from './sql.js'
 
@@ -97,7 +97,8 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
   if (typeof d.name !== 'string' || d.name === '')
     throw new InvalidOptionError('flow.name', 'a non-empty string', d.name)
   const where = `flow "${d.name}"`
-  checkKnownKeys(where, d, declarationKeys)
+  // A misspelt option (`within`, `compensations`) was dropped without a word.
+  checkKnownOptions(where, d, declarationKeys)
   const withinMs = checkInteger(`${where}.withinMs`, d.withinMs ?? 60_000, 1)
   const compile = (field: string, raw: unknown, required: boolean): CompiledFlowStep[] => {
     if (raw === undefined && !required) return []
@@ -106,7 +107,7 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
     return raw.map((entry: unknown, i) => {
       const at = `${where}.${field}[${i}]`
       const step = typeof entry === 'string' ? { event: entry } : checkObject(at, entry)
-      checkKnownKeys(at, step, stepKeys)
+      checkKnownOptions(at, step, stepKeys)
       if (typeof step.event !== 'string' || step.event === '')
         throw new InvalidOptionError(`${at}.event`, 'a non-empty event type', step.event)
       // Only the steps' failure events turn a flow to its compensation: one declared on a
@@ -153,14 +154,6 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
 
 const declarationKeys = new Set(['name', 'steps', 'compensation', 'withinMs'])
 const stepKeys = new Set(['event', 'withinMs', 'failsOn'])
-
-// A misspelt option (`within`, `compensations`) was dropped without a word.
-function checkKnownKeys(at: string, value: object, known: ReadonlySet<string>): void {
-  for (const [key, v] of Object.entries(value)) {
-    if (!known.has(key) && v !== undefined)
-      throw new InvalidOptionError(`${at}.${key}`, `one of ${[...known].join(', ')}`, v)
-  }
-}
 
 // The flows defineFlow returned, recognised by identity: only they were validated.
 const definedFlows = new WeakSet<object>()
