@@ -529,7 +529,8 @@ export interface EmitEventOptions {
 /**
  * Emits an event through the outbox in `tx` (and records it with the tracker): how a service
  * starts a choreographed flow alongside its business write. The correlation id defaults to the
- * event's id, which then names the flow (and is sent as its `correlation-id` header).
+ * event's id, which then names the flow (and is sent as its `correlation-id` header). An
+ * unknown (misspelt) option is refused with `InvalidOptionError` before anything is written.
  *
  * @example
  * ```ts
@@ -546,6 +547,8 @@ export async function emitEvent(
   event: OutboxEvent,
 ): Promise<string> {
   checkObject('options', options)
+  // A misspelt tracker (`traker`) left the flow's first event unrecorded: never reported stalled.
+  checkKnownOptions('options', options, emitEventOptions)
   // Both before the write: a TypeError (no code) otherwise, the tracker's after the enqueue.
   if (typeof options.outbox?.enqueue !== 'function')
     throw new InvalidOptionError('options.outbox', 'an Outbox (createOutbox)', options.outbox)
@@ -575,6 +578,7 @@ export async function emitEvent(
 
 const replyHandlerOptions = new Set(['consumer', 'onIgnored', 'clock'])
 const reactorOptions = new Set(['db', 'consumer', 'outbox', 'reactions', 'tracker', 'clock'])
+const emitEventOptions = new Set(['outbox', 'tracker', 'consumer', 'clock'])
 
 /**
  * Refuses a tracker that is not a FlowTracker: its `record` failed with a TypeError (no code)

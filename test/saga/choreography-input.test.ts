@@ -63,6 +63,13 @@ describe('emitEvent options', () => {
     )
   })
 
+  // A misspelt tracker left the flow's first event unrecorded: the flow, known by no first
+  // event, was never reported stalled.
+  it('refuses an unknown option before the event is enqueued', async () => {
+    const options = { outbox: createOutbox(), traker: {} } as never
+    expect(await optionOf(() => emitEvent(untouched, options, event))).toBe('options.traker')
+  })
+
   it('refuses a tracker without record before the event is enqueued', async () => {
     const options = { outbox: createOutbox(), tracker: {} as never }
     expect(await optionOf(() => emitEvent(untouched, options, event))).toBe('options.tracker')
