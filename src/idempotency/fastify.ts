@@ -370,8 +370,8 @@ export function fastifyIdempotency(
     const state = states.get(request)
     if (state?.kind !== 'executing') return
     const answer = leaseLostAnswer(idempotency, execution, error)
-    // From now on the handler is stale: what it does to the reply is not the answer's (a
-    // header it sets now is dropped by setReply; a trailer would not be).
+    // From now on the handler is stale: what it does to the reply's status, headers and
+    // trailers is not the answer's, and is dropped (holdReply).
     holdReply(reply)
     if (state.sending) {
       // The handler's send is under way through slower hooks before this plugin's onSend: a
