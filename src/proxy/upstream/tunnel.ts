@@ -314,14 +314,11 @@ class Handshake {
     // The endpoint's own connection headers stay on its side, except the two that say what
     // the connection switched to.
     const named = connectionNamedHeaders(res.headers.connection)
-    const via = this.service.via
     const text = headText(
       `HTTP/1.1 101 ${res.statusMessage || 'Switching Protocols'}`,
       res.rawHeaders,
-      (name) =>
-        (name !== 'connection' && name !== 'upgrade' && isHopByHop(name, named)) ||
-        (via !== undefined && name === 'via'),
-      via,
+      (name) => name !== 'connection' && name !== 'upgrade' && isHopByHop(name, named),
+      this.service.via,
     )
     client.write(`${text}\r\n`)
     if (upstreamHead.length > 0) client.write(upstreamHead)
@@ -361,15 +358,11 @@ class Handshake {
     res.on('end', () => {
       if (this.decided) return
       const named = connectionNamedHeaders(res.headers.connection)
-      const via = this.service.via
       let text = headText(
         `HTTP/1.1 ${status} ${res.statusMessage ?? ''}`,
         res.rawHeaders,
-        (name) =>
-          isHopByHop(name, named) ||
-          name === 'content-length' ||
-          (via !== undefined && name === 'via'),
-        via,
+        (name) => isHopByHop(name, named) || name === 'content-length',
+        this.service.via,
       )
       text += `content-length: ${size}\r\nconnection: close\r\n\r\n`
       this.client.off('close', this.onClientGone)
@@ -446,7 +439,8 @@ class Handshake {
 
 /**
  * A response head as text: `statusLine`, then each of the endpoint's raw headers as it sent
- * them, except those `skip` (given the lower-case name) leaves out. No closing blank line.
+ * them, except those `skip` (given the lower-case name) leaves out. With a `via` pseudonym, the
+ * endpoint's Via lines become one, with the proxy's entry after them. No closing blank line.
  */
 function headText(
   statusLine: string,
@@ -455,20 +449,19 @@ function headText(
   via: string | undefined,
 ): string {
   let text = `${statusLine}\r\n`
+  let upstreamVia: string[] | undefined
   for (let i = 0; i < raw.length; i += 2) {
-    if (skip((raw[i] as string).toLowerCase())) continue
+    const name = (raw[i] as string).toLowerCase()
+    if (via !== undefined && name === 'via') {
+      upstreamVia ??= []
+      upstreamVia.push(raw[i + 1] as string)
+      continue
+    }
+    if (skip(name)) continue
     text += `${raw[i]}: ${raw[i + 1]}\r\n`
   }
-  // The upstream's Via lines (skipped above) as one, with the proxy's entry after them.
-  if (via !== undefined) text += `via: ${appendVia(viaValues(raw), '1.1', via)}\r\n`
+  if (via !== undefined) text += `via: ${appendVia(upstreamVia, '1.1', via)}\r\n`
   return text
-}
-
-function viaValues(raw: readonly string[]): string[] {
-  const values: string[] = []
-  for (let i = 0; i < raw.length; i += 2)
-    if ((raw[i] as string).toLowerCase() === 'via') values.push(raw[i + 1] as string)
-  return values
 }
 
 function bytesRead(socket: Duplex): number {
