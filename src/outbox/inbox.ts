@@ -132,9 +132,7 @@ class SqlInbox implements Inbox {
   // adapters do with a message they cannot identify, it is reported and let go rather than
   // thrown, which only had the broker redeliver it forever (holding back its key meanwhile).
   #refuse(message: { readonly id: string }): PoisonMessageError {
-    const error = new PoisonMessageError(this.consumer, message.id)
-    if (refusedChannel.hasSubscribers)
-      refusedChannel.publish({ consumer: this.consumer, messageId: message.id, error })
+    const error = reportRefused(this.consumer, message.id)
     try {
       this.#onRefused?.(message, error)
     } catch {
@@ -145,6 +143,20 @@ class SqlInbox implements Inbox {
 }
 
 const refusedChannel = diagnosticsChannel('outbox', 'message-refused')
+
+/**
+ * Publishes a message refused for good on `breakwater:outbox:message-refused` and returns its
+ * `PoisonMessageError` (`reason`: see its constructor). Also a reactor's (src/saga/choreography.ts).
+ */
+export function reportRefused(
+  consumer: string,
+  messageId: string,
+  reason?: string,
+): PoisonMessageError {
+  const error = new PoisonMessageError(consumer, messageId, reason)
+  if (refusedChannel.hasSubscribers) refusedChannel.publish({ consumer, messageId, error })
+  return error
+}
 
 /**
  * Refuses an executor that is not a transaction's. The driver itself (it has `close`) runs each

@@ -5,6 +5,7 @@ import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { exceedsBytes, isStorableText, maxStoredIdBytes } from '../core/text.js'
 import { checkClock, checkFunction, checkKnownOptions, checkObject } from '../core/validate.js'
+import { reportRefused } from '../outbox/inbox.js'
 import {
   CAUSATION_ID_HEADER,
   CORRELATION_ID_HEADER,
@@ -12,9 +13,7 @@ import {
   EVENT_TYPE_HEADER,
   type Outbox,
   type OutboxEvent,
-  PoisonMessageError,
 } from '../outbox/index.js'
-import { diagnosticsChannel } from '../policies/events.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { deliverReply } from './admin.js'
 import type {
@@ -437,7 +436,8 @@ export function createReactor(
   return async (message) => {
     const unfollowable = unfollowableReason(message, tracker !== undefined)
     if (unfollowable !== undefined) {
-      refuse(consumer, message, unfollowable)
+      // As the inbox reports a message whose id it cannot record: on the same channel, let go.
+      reportRefused(consumer, message.id, unfollowable)
       return
     }
     await db.transaction(async (tx) => {
@@ -483,8 +483,6 @@ export function createReactor(
   }
 }
 
-const refusedChannel = diagnosticsChannel('outbox', 'message-refused')
-
 /**
  * Why a reactor can never carry this event's flow on, or undefined. Its correlation id goes
  * onto everything the reaction emits (the outbox refuses a NUL or a lone surrogate) and, with a
@@ -505,13 +503,6 @@ function unfollowableReason(message: IncomingMessage, tracked: boolean): string 
       return `its ${header} header is longer than ${maxStoredIdBytes} UTF-8 bytes (more than the flow tracker can index), so its flow cannot be followed`
   }
   return undefined
-}
-
-// As the inbox reports a message whose id it cannot record: on the same channel, and let go.
-function refuse(consumer: string, message: IncomingMessage, reason: string): void {
-  const error = new PoisonMessageError(consumer, message.id, reason)
-  if (refusedChannel.hasSubscribers)
-    refusedChannel.publish({ consumer, messageId: message.id, error })
 }
 
 /** Options of {@link emitEvent}. */
