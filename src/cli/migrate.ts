@@ -5,7 +5,12 @@ import type { Migration } from '../stores/migrations.js'
 import { checkSchemaVersion, runMigrations } from '../stores/migrations.js'
 import { redactUrl } from '../stores/redact.js'
 import { openAnsweringDatabase } from './existing-database.js'
-import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
+import {
+  acceptedDatabaseUrls,
+  databaseUrl,
+  databaseUrlEnvironmentHelp,
+  tooNewLine,
+} from './process-support.js'
 import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /** Where `migrateCommand` writes; defaults to the process's stdout and stderr. */
@@ -146,9 +151,4 @@ export async function migrateCommand(
   } finally {
     await db.close().catch(() => {})
   }
-}
-
-// The code too, so that a deploy script can look for it in the output.
-function tooNewLine(error: SchemaTooNewError): string {
-  return `${error.message} (${error.code})`
 }

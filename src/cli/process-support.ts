@@ -135,9 +135,7 @@ export async function checkMigrated(
     await checkSchemaVersion(db, capability, migrations)
   } catch (error) {
     if (!(error instanceof SchemaTooNewError)) throw error
-    throw new StartupError(`${redactSecrets(url)}: ${error.message} (${error.code})`, {
-      cause: error,
-    })
+    throw new StartupError(`${redactSecrets(url)}: ${tooNewLine(error)}`, { cause: error })
   }
   const applied = new Set(
     (await listAppliedMigrations(db))
@@ -149,6 +147,11 @@ export async function checkMigrated(
     throw new StartupError(
       `${redactSecrets(url)} lacks the ${capability} migrations (${missing.map((m) => m.version).join(', ')}): run ${migrateCommandFor(url, env)} first`,
     )
+}
+
+// The code too, so that a deploy script can look for it in the output.
+export function tooNewLine(error: SchemaTooNewError): string {
+  return `${error.message} (${error.code})`
 }
 
 /** A long-running command's flags: values by flag, and the boolean flags given. */
