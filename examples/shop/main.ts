@@ -127,6 +127,10 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       newOrdersShare: newShare,
       noProxy: options.noProxy,
       log: (line) => write(`  ! ${line}`),
+      // A third signal during the start must still kill what started and remove the folder.
+      onAbandonable: (early) => {
+        abandon = early
+      },
     })
     abandon = shop.abandon
     const running = shop

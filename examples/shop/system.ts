@@ -50,6 +50,12 @@ export interface ShopOptions {
   readonly noProxy?: boolean
   /** Receives progress lines. */
   readonly log: (line: string) => void
+  /**
+   * Receives, before anything is created, a function that abandons the start where it stands:
+   * kills the processes started so far and removes the temporary folder, synchronously (for a
+   * signal handler about to exit; the shop's own `abandon` does it once it is up).
+   */
+  readonly onAbandonable?: (abandon: () => void) => void
 }
 
 /** One running (or downed) process. */
@@ -117,11 +123,17 @@ const servicesDir = fileURLToPath(new URL('./services/', import.meta.url))
  */
 export async function startShop(options: ShopOptions): Promise<Shop> {
   const dir = mkdtempSync(join(tmpdir(), 'breakwater-shop-'))
+  // The processes started and not yet exited, for an abandon during the start.
+  const spawned = new Set<ChildProcess>()
+  options.onAbandonable?.(() => {
+    for (const child of spawned) child.kill('SIGKILL')
+    rmSync(dir, { recursive: true, force: true })
+  })
   // What the preparation opened, closed in reverse if a later step fails.
   const opened: { close(): Promise<void> }[] = []
   let step = 'preparing the stores'
   try {
-    return await startPrepared(options, dir, opened, (what) => {
+    return await startPrepared(options, dir, opened, spawned, (what) => {
       step = what
     })
   } catch (error) {
@@ -139,6 +151,7 @@ async function startPrepared(
   options: ShopOptions,
   dir: string,
   opened: { close(): Promise<void> }[],
+  spawned: Set<ChildProcess>,
   at: (step: string) => void,
 ): Promise<Shop> {
   // Opens a database that is closed again if the start fails before the shop is up.
@@ -241,6 +254,8 @@ async function startPrepared(
       detached: true,
     })
     entry.child = child
+    spawned.add(child)
+    child.once('exit', () => spawned.delete(child))
     let stderr = ''
     child.stderr?.on('data', (chunk: Buffer) => {
       stderr = (stderr + chunk.toString()).slice(-4_000)

@@ -75,4 +75,24 @@ describe('stopping the shop demo', () => {
     for (let i = 0; i < 50 && processesUsing(own).length > 0; i++) await delay(100)
     expect(processesUsing(own)).toEqual([])
   }, 120_000)
+
+  it('a third signal during the start-up still kills what started and removes its files', async () => {
+    const own = mkdtempSync(join(temp, 'start-'))
+    const run = startDemo(['--duration', '0', '--chaos', 'none', '--rate', '5'], { TMPDIR: own })
+    await run.line(/starting 9 processes/)
+    // One at a time (signals sent together may arrive as one), each within milliseconds of
+    // the last, while the start (stores, proxy, nine processes) takes seconds.
+    run.stop()
+    await run.line(/^stopping:/)
+    run.stop()
+    await run.line(/stopping without waiting/)
+    run.stop()
+    const { code, stdout, stderr } = await run.done
+    expect(code, `${stdout}\n${stderr}`).toBe(130)
+    // The signals did land during the start: the dashboard, printed once it is over, never was.
+    expect(stdout).not.toMatch(/^dashboard:/m)
+    expect(readdirSync(own).filter((name) => name.startsWith('breakwater-shop-'))).toEqual([])
+    for (let i = 0; i < 50 && processesUsing(own).length > 0; i++) await delay(100)
+    expect(processesUsing(own)).toEqual([])
+  }, 120_000)
 })
