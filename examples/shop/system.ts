@@ -123,17 +123,18 @@ const servicesDir = fileURLToPath(new URL('./services/', import.meta.url))
  */
 export async function startShop(options: ShopOptions): Promise<Shop> {
   const dir = mkdtempSync(join(tmpdir(), 'breakwater-shop-'))
-  // The processes started and not yet exited, for an abandon during the start.
+  // The processes started and not yet exited: what an abandon kills, during the start or after.
   const spawned = new Set<ChildProcess>()
-  options.onAbandonable?.(() => {
+  const abandon = (): void => {
     for (const child of spawned) child.kill('SIGKILL')
     rmSync(dir, { recursive: true, force: true })
-  })
+  }
+  options.onAbandonable?.(abandon)
   // What the preparation opened, closed in reverse if a later step fails.
   const opened: { close(): Promise<void> }[] = []
   let step = 'preparing the stores'
   try {
-    return await startPrepared(options, dir, opened, spawned, (what) => {
+    return await startPrepared(options, dir, opened, { spawned, abandon }, (what) => {
       step = what
     })
   } catch (error) {
@@ -151,7 +152,7 @@ async function startPrepared(
   options: ShopOptions,
   dir: string,
   opened: { close(): Promise<void> }[],
-  spawned: Set<ChildProcess>,
+  started: { readonly spawned: Set<ChildProcess>; readonly abandon: () => void },
   at: (step: string) => void,
 ): Promise<Shop> {
   // Opens a database that is closed again if the start fails before the shop is up.
@@ -254,8 +255,8 @@ async function startPrepared(
       detached: true,
     })
     entry.child = child
-    spawned.add(child)
-    child.once('exit', () => spawned.delete(child))
+    started.spawned.add(child)
+    child.once('exit', () => started.spawned.delete(child))
     let stderr = ''
     child.stderr?.on('data', (chunk: Buffer) => {
       stderr = (stderr + chunk.toString()).slice(-4_000)
@@ -329,8 +330,7 @@ async function startPrepared(
     },
     abandon: () => {
       closing = true
-      for (const p of processes.values()) p.child?.kill('SIGKILL')
-      rmSync(dir, { recursive: true, force: true })
+      started.abandon()
     },
   }
   at('starting the processes')

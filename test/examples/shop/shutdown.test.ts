@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { applyChaosVia, dashboardOf, ensureShopBuilt, startDemo } from './support.js'
+import { applyChaosVia, type DemoRun, dashboardOf, ensureShopBuilt, startDemo } from './support.js'
 
 let temp: string
 
@@ -28,6 +28,24 @@ function processesUsing(folder: string): number[] {
       }
     })
     .map(Number)
+}
+
+// Three signals one at a time (signals sent together may arrive as one), each sent once the
+// demo answered the one before, within milliseconds of it.
+async function stopThreeTimes(run: DemoRun): Promise<void> {
+  run.stop()
+  await run.line(/^stopping:/)
+  run.stop()
+  await run.line(/stopping without waiting/)
+  run.stop()
+}
+
+// No temporary folder of the demo in `folder`, and no process left using it (polled briefly:
+// a killed process is reaped by the kernel, not at once).
+async function expectNothingLeftIn(folder: string): Promise<void> {
+  expect(readdirSync(folder).filter((name) => name.startsWith('breakwater-shop-'))).toEqual([])
+  for (let i = 0; i < 50 && processesUsing(folder).length > 0; i++) await delay(100)
+  expect(processesUsing(folder)).toEqual([])
 }
 
 afterAll(() => {
@@ -60,39 +78,25 @@ describe('stopping the shop demo', () => {
     const run = startDemo(['--duration', '0', '--chaos', 'none', '--rate', '5'], { TMPDIR: own })
     await dashboardOf(run)
     expect(processesUsing(own).length).toBeGreaterThan(0)
-    // One at a time (signals sent together may arrive as one); the third lands while the demo
-    // judges or cleans up, as an impatient user's would.
-    run.stop()
-    await run.line(/^stopping:/)
-    run.stop()
-    await run.line(/stopping without waiting/)
-    run.stop()
+    // The third lands while the demo judges or cleans up, as an impatient user's would.
+    await stopThreeTimes(run)
     const { code, stdout, stderr } = await run.done
     expect(code, `${stdout}\n${stderr}`).toBe(130)
-    expect(readdirSync(own).filter((name) => name.startsWith('breakwater-shop-'))).toEqual([])
     expect(stdout).toMatch(/stopped at once/)
-    // Polled briefly: a killed process is reaped by the kernel, not at once.
-    for (let i = 0; i < 50 && processesUsing(own).length > 0; i++) await delay(100)
-    expect(processesUsing(own)).toEqual([])
+    await expectNothingLeftIn(own)
   }, 120_000)
 
   it('a third signal during the start-up still kills what started and removes its files', async () => {
     const own = mkdtempSync(join(temp, 'start-'))
     const run = startDemo(['--duration', '0', '--chaos', 'none', '--rate', '5'], { TMPDIR: own })
     await run.line(/starting 9 processes/)
-    // One at a time (signals sent together may arrive as one), each within milliseconds of
-    // the last, while the start (stores, proxy, nine processes) takes seconds.
-    run.stop()
-    await run.line(/^stopping:/)
-    run.stop()
-    await run.line(/stopping without waiting/)
-    run.stop()
+    // All three within milliseconds, while the start (stores, proxy, nine processes) takes
+    // seconds.
+    await stopThreeTimes(run)
     const { code, stdout, stderr } = await run.done
     expect(code, `${stdout}\n${stderr}`).toBe(130)
     // The signals did land during the start: the dashboard, printed once it is over, never was.
     expect(stdout).not.toMatch(/^dashboard:/m)
-    expect(readdirSync(own).filter((name) => name.startsWith('breakwater-shop-'))).toEqual([])
-    for (let i = 0; i < 50 && processesUsing(own).length > 0; i++) await delay(100)
-    expect(processesUsing(own)).toEqual([])
+    await expectNothingLeftIn(own)
   }, 120_000)
 })
