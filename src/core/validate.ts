@@ -68,6 +68,18 @@ export function checkObject(option: string, value: unknown): Record<string, unkn
 }
 
 /**
+ * The keys of an options type as a set for {@link checkKnownOptions}. Written as a record with
+ * every key of `T` (`optionKeys<RetryOptions>({ maxAttempts: true, ... })`) so that TypeScript
+ * refuses the call when an option is added to the type but not here: a hand-written list
+ * drifts, and a new option would then be refused as unknown.
+ */
+export function optionKeys<T extends object>(
+  keys: { readonly [K in keyof Required<T>]: true },
+): ReadonlySet<string> {
+  return new Set(Object.keys(keys))
+}
+
+/**
  * Throws `InvalidOptionError` naming `${prefix}.${key}` for the first own key of `options` not in
  * `known` whose value is not undefined: a misspelt option (`olderThan`, `onRefuse`) was dropped
  * without a word, and its default silently used instead.
