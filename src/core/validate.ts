@@ -67,14 +67,20 @@ export function checkObject(option: string, value: unknown): Record<string, unkn
   return value as Record<string, unknown>
 }
 
+/** Every key of every member of a union (`keyof` of a union is only the keys they share). */
+type KeysOfEveryMember<T> = T extends unknown ? keyof T : never
+
 /**
  * The keys of an options type as a set for {@link checkKnownOptions}. Written as a record with
  * every key of `T` (`optionKeys<RetryOptions>({ maxAttempts: true, ... })`) so that TypeScript
  * refuses the call when an option is added to the type but not here: a hand-written list
- * drifts, and a new option would then be refused as unknown.
+ * drifts, and a new option would then be refused as unknown. For a union of option shapes the
+ * keys of every member are listed (plain `keyof` of a union keeps only the shared ones).
  */
 export function optionKeys<T extends object>(
-  keys: { readonly [K in keyof Required<T>]: true },
+  keys: {
+    readonly [K in KeysOfEveryMember<T>]-?: true
+  },
 ): ReadonlySet<string> {
   return new Set(Object.keys(keys))
 }

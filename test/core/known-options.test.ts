@@ -26,6 +26,14 @@ describe('optionKeys and checkKnownOptions', () => {
     expect(attempt).toThrow(/sample\.optinal.*required, optional/)
   })
 
+  it('lists the keys of every member of a union of option shapes', () => {
+    type Either = { readonly url: string } | { readonly db: object; readonly schema?: string }
+    const either = optionKeys<Either>({ url: true, db: true, schema: true })
+    expect([...either].sort()).toEqual(['db', 'schema', 'url'])
+    // @ts-expect-error: 'schema' belongs to one member only, and is still required here.
+    optionKeys<Either>({ url: true, db: true })
+  })
+
   it('is refused by TypeScript when a key of the type is missing', () => {
     // @ts-expect-error: 'optional' is missing, so the set would refuse a real option.
     optionKeys<Sample>({ required: true })
