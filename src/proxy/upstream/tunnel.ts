@@ -440,7 +440,8 @@ class Handshake {
 /**
  * A response head as text: `statusLine`, then each of the endpoint's raw headers as it sent
  * them, except those `skip` (given the lower-case name) leaves out. With a `via` pseudonym, the
- * endpoint's Via lines become one, with the proxy's entry after them. No closing blank line.
+ * endpoint's Via lines `skip` keeps become one, with the proxy's entry after them. No closing
+ * blank line.
  */
 function headText(
   statusLine: string,
@@ -452,12 +453,14 @@ function headText(
   let upstreamVia: string[] | undefined
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] as string).toLowerCase()
+    // Skipped first: Via lines the endpoint named in Connection are hop-by-hop like any other
+    // named header, and are dropped before the proxy adds its entry (as on plain responses).
+    if (skip(name)) continue
     if (via !== undefined && name === 'via') {
       upstreamVia ??= []
       upstreamVia.push(raw[i + 1] as string)
       continue
     }
-    if (skip(name)) continue
     text += `${raw[i]}: ${raw[i + 1]}\r\n`
   }
   if (via !== undefined) text += `via: ${appendVia(upstreamVia, '1.1', via)}\r\n`

@@ -2,11 +2,13 @@
 // every response it passes back, after the Via entries already there, through the whole
 // runtime started from YAML, against real upstream servers on loopback.
 import { randomBytes } from 'node:crypto'
-import { type IncomingMessage, request } from 'node:http'
+import { createServer, type IncomingMessage, request } from 'node:http'
+import type { Socket } from 'node:net'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ConfigInvalidError } from '../../../src/proxy/config/index.js'
 import { type Proxy as RunningProxy, startProxy } from '../../../src/proxy/runtime.js'
+import { listenOnLoopback } from '../../support/loopback.js'
 import { startUpstream, type Upstream } from '../gateway/harness.js'
 import { http } from './helpers.js'
 import { rawHandshake, startWsUpstream } from './websocket-helpers.js'
@@ -112,6 +114,53 @@ listeners:
       proxy = undefined
       await ws.close()
       await refusing.close()
+    }
+  })
+
+  it('drops Via lines the upstream names in Connection, on plain answers and handshakes alike', async () => {
+    // RFC 9110 §7.6.1: a header named in Connection is hop-by-hop, Via included; the proxy
+    // then adds its own entry, which starts a new chain.
+    const named = createServer((_req, res) => {
+      res.writeHead(200, { connection: 'via', via: '1.1 app-cache', 'content-length': 2 })
+      res.end('ok')
+    })
+    const sockets = new Set<Socket>()
+    named.on('connection', (socket) => {
+      sockets.add(socket)
+      socket.on('close', () => sockets.delete(socket))
+    })
+    named.on('upgrade', (req: IncomingMessage, socket: Socket) => {
+      socket.end(
+        req.url === '/refuse'
+          ? 'HTTP/1.1 403 Forbidden\r\nConnection: close, via\r\nVia: 1.1 app-cache\r\nContent-Length: 0\r\n\r\n'
+          : 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, Via\r\nVia: 1.1 app-cache\r\n\r\n',
+      )
+    })
+    const port = await listenOnLoopback(named)
+    try {
+      proxy = await startProxy({
+        config: `
+services:
+  app: { endpoints: ['http://127.0.0.1:${port}'], websocket: {} }
+listeners:
+  - { name: out, role: ambassador, port: 0 }
+`,
+        logger: quiet,
+      })
+      const out = proxy.address('out').port
+      const plain = await http(out, '/app/x')
+      expect(plain.status).toBe(200)
+      expect(plain.headers.via).toBe('1.1 breakwater')
+      const switched = await upgrade(out, '/app/switch', clientVia)
+      expect(switched.headers.via).toBe('1.1 breakwater')
+      const refused = await rawHandshake(out, '/app/refuse')
+      expect(refused.status).toBe(403)
+      expect(refused.headers.via).toBe('1.1 breakwater')
+    } finally {
+      await proxy?.close(0)
+      proxy = undefined
+      for (const socket of sockets) socket.destroy()
+      await new Promise((resolve) => named.close(resolve))
     }
   })
 })
