@@ -1,6 +1,13 @@
 import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkNumber, checkObject, checkOneOf } from '../core/validate.js'
+import {
+  checkFunction,
+  checkKnownOptions,
+  checkNumber,
+  checkObject,
+  checkOneOf,
+  optionKeys,
+} from '../core/validate.js'
 import type { RandomSource } from './random.js'
 
 /**
@@ -130,8 +137,21 @@ class ExponentialBackoff implements Backoff {
 }
 
 /**
+ * The keys of {@link BackoffOptions}, for a capability that takes a backoff option bag of its
+ * own and hands it to {@link resolveBackoff} (which does not look at unknown keys).
+ */
+export const backoffOptions: ReadonlySet<string> = optionKeys<BackoffOptions>({
+  baseDelayMs: true,
+  factor: true,
+  maxDelayMs: true,
+  jitter: true,
+  random: true,
+})
+
+/**
  * Exponential backoff with jitter: delay ceilings of `baseDelayMs * factor^n` capped at
- * `maxDelayMs`, randomised as {@link Jitter} describes (full jitter by default).
+ * `maxDelayMs`, randomised as {@link Jitter} describes (full jitter by default). An unknown
+ * (misspelt) option is refused with `InvalidOptionError` (code `INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
@@ -143,10 +163,15 @@ class ExponentialBackoff implements Backoff {
  * ```
  */
 export function exponentialBackoff(options: BackoffOptions = {}): Backoff {
-  return resolveBackoff('backoff', checkObject('backoff', options))
+  checkKnownOptions('backoff', checkObject('backoff', options), backoffOptions)
+  return resolveBackoff('backoff', options)
 }
 
-/** Validates backoff options (named `<prefix>.<option>` in errors) and builds the backoff. */
+/**
+ * Validates backoff options (named `<prefix>.<option>` in errors) and builds the backoff.
+ * Other keys are not looked at: `retry()` hands its whole options here. A caller that takes a
+ * backoff option bag of its own refuses unknown keys itself.
+ */
 export function resolveBackoff(prefix: string, options: BackoffOptions): Backoff {
   const baseMs = checkNumber(
     `${prefix}.baseDelayMs`,

@@ -1,5 +1,12 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkNumber, checkObject, checkOneOf } from '../core/validate.js'
+import {
+  checkInteger,
+  checkKnownOptions,
+  checkNumber,
+  checkObject,
+  checkOneOf,
+  optionKeys,
+} from '../core/validate.js'
 
 /**
  * Opens the circuit after `failures` failures in a row; any success starts the count again.
@@ -84,7 +91,29 @@ export interface BreakerWindow {
   reset(nowMs: number): void
 }
 
-/** Validates `options` (naming each bad field under `prefix`) and builds the window. */
+// Per kind, not the union's keys: a count window's `durationMs` would otherwise pass unused.
+const windowOptions: Readonly<Record<BreakerWindowOptions['kind'], ReadonlySet<string>>> = {
+  consecutive: optionKeys<ConsecutiveWindowOptions>({ kind: true, failures: true }),
+  count: optionKeys<CountWindowOptions>({
+    kind: true,
+    size: true,
+    failureRateThreshold: true,
+    minimumCalls: true,
+  }),
+  time: optionKeys<TimeWindowOptions>({
+    kind: true,
+    durationMs: true,
+    buckets: true,
+    failureRateThreshold: true,
+    minimumCalls: true,
+  }),
+}
+
+/**
+ * Validates `options` (naming each bad field under `prefix`) and builds the window. A key the
+ * window's `kind` does not take (misspelt, or another kind's) is refused with
+ * `InvalidOptionError`.
+ */
 export function createBreakerWindow(
   options: BreakerWindowOptions,
   prefix: string,
@@ -92,6 +121,7 @@ export function createBreakerWindow(
 ): BreakerWindow {
   checkObject(prefix, options)
   const kind = checkOneOf(`${prefix}.kind`, options.kind, ['consecutive', 'count', 'time'])
+  checkKnownOptions(prefix, options, windowOptions[kind])
   if (kind === 'consecutive') {
     const o = options as ConsecutiveWindowOptions
     return new ConsecutiveWindow(checkInteger(`${prefix}.failures`, o.failures ?? 5, 1))

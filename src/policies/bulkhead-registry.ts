@@ -1,6 +1,6 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkObject } from '../core/validate.js'
+import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import { type Bulkhead, type BulkheadOptions, BulkheadPolicy } from './bulkhead.js'
 
 /** Options shared by every bulkhead of a {@link createBulkheads} registry. */
@@ -22,10 +22,13 @@ export interface BulkheadRegistry<K extends string = string> {
   readonly names: readonly K[]
 }
 
+const registryOptions = optionKeys<BulkheadRegistryOptions>({ clock: true })
+
 /**
  * Creates one bulkhead per entry, so each downstream gets its own compartment and a slow one
  * cannot starve the others. Each bulkhead's `name` defaults to its key (for diagnostics and
- * metrics). Definitions are validated at once, naming the bad entry (`bulkheads.C.maxQueued`).
+ * metrics). Definitions are validated at once, naming the bad entry (`bulkheads.C.maxQueued`);
+ * an unknown (misspelt) option is refused with `InvalidOptionError` (code `INVALID_OPTION`).
  *
  * @example
  * ```ts
@@ -43,6 +46,7 @@ export function createBulkheads<const K extends string>(
 ): BulkheadRegistry<K> {
   checkObject('bulkheads', definitions)
   checkObject('bulkheads.options', options)
+  checkKnownOptions('bulkheads.options', options, registryOptions)
   const byName = new Map<string, Bulkhead>()
   for (const name of Object.keys(definitions) as K[]) {
     checkObject(`bulkheads.${name}`, definitions[name])

@@ -4,8 +4,10 @@ import { InvalidOptionError } from '../core/errors.js'
 import {
   checkClock,
   checkInteger,
+  checkKnownOptions,
   checkNumber,
   checkObject,
+  optionKeys,
   signalRefusal,
 } from '../core/validate.js'
 import { parentOf } from './cancel-scope.js'
@@ -93,7 +95,8 @@ export interface Bulkhead extends Policy {
  * a call that finds a free slot allocates nothing beyond its promise.
  *
  * Publishes `breakwater:bulkhead:rejected` on `node:diagnostics_channel` and counts rejections
- * in the OpenTelemetry counter `breakwater.bulkhead.rejections`.
+ * in the OpenTelemetry counter `breakwater.bulkhead.rejections`. An unknown (misspelt) option
+ * is refused with `InvalidOptionError` (code `INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
@@ -120,6 +123,15 @@ interface Waiter {
   prev: Waiter | undefined
   next: Waiter | undefined
 }
+
+// Checked once in the constructor, never per call.
+const bulkheadOptions = optionKeys<BulkheadOptions>({
+  maxConcurrent: true,
+  maxQueued: true,
+  queueTimeoutMs: true,
+  name: true,
+  clock: true,
+})
 
 /** The bulkhead implementation; `prefix` names options in errors (registry entries differ). */
 export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy {
@@ -154,6 +166,7 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
 
   constructor(options: BulkheadOptions, prefix: string) {
     checkObject(prefix, options)
+    checkKnownOptions(prefix, options, bulkheadOptions)
     this.#maxConcurrent = checkInteger(`${prefix}.maxConcurrent`, options.maxConcurrent, 1)
     this.#maxQueued = checkInteger(`${prefix}.maxQueued`, options.maxQueued ?? 0, 0)
     this.#queueTimeoutMs =

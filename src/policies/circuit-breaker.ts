@@ -5,8 +5,10 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
+  checkKnownOptions,
   checkNumber,
   checkObject,
+  optionKeys,
   signalRefusal,
 } from '../core/validate.js'
 import {
@@ -201,6 +203,9 @@ export interface CircuitBreaker extends Policy {
  * Publishes `breakwater:breaker:state-change` on `node:diagnostics_channel` and counts
  * transitions in the OpenTelemetry counter `breakwater.breaker.transitions`.
  *
+ * Options are checked once, here: a bad value or an unknown (misspelt) option, the window's
+ * included, is refused with `InvalidOptionError` (code `INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * import { BreakwaterError, circuitBreaker } from 'breakwater'
@@ -219,6 +224,19 @@ export interface CircuitBreaker extends Policy {
 export function circuitBreaker(options: CircuitBreakerOptions = {}): CircuitBreaker {
   return new CircuitBreakerPolicy(options)
 }
+
+// Checked once in the constructor, never per call.
+const circuitBreakerOptions = optionKeys<CircuitBreakerOptions>({
+  window: true,
+  slowCallMs: true,
+  isFailure: true,
+  cooldownMs: true,
+  cooldownMultiplier: true,
+  maxCooldownMs: true,
+  halfOpenProbes: true,
+  name: true,
+  clock: true,
+})
 
 const stateChangeChannel = diagnosticsChannel('breaker', 'state-change')
 let transitionCounter: Counter | undefined
@@ -285,6 +303,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
 
   constructor(options: CircuitBreakerOptions) {
     checkObject('circuitBreaker', options)
+    checkKnownOptions('circuitBreaker', options, circuitBreakerOptions)
     const clock = checkClock('circuitBreaker.clock', options.clock)
     this.#clock = clock
     this.#window = createBreakerWindow(

@@ -1,4 +1,10 @@
-import { checkFunction, checkObject, signalRefusal } from '../core/validate.js'
+import {
+  checkFunction,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+  signalRefusal,
+} from '../core/validate.js'
 import { abortFailure } from './errors.js'
 import { EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
@@ -51,11 +57,14 @@ export interface FallbackPolicy<R> {
   readonly events: EventSource<FallbackEvent>
 }
 
+const fallbackOptions = optionKeys<FallbackOptions>({ shouldFallback: true })
+
 /**
  * Creates a fallback policy: when the call fails, answer with `valueOrFn` (a value, or a
  * function of the error and context returning one) instead. Put it outermost, around the
  * other policies, so it answers for an open circuit or a full bulkhead as well. A function
- * value is always called; to fall back to a function itself, return it from a function.
+ * value is always called; to fall back to a function itself, return it from a function. An
+ * unknown (misspelt) option is refused with `InvalidOptionError` (code `INVALID_OPTION`).
  *
  * @example
  * ```ts
@@ -68,7 +77,7 @@ export function fallback<R>(
   valueOrFn: R | FallbackFunction<R>,
   options: FallbackOptions = {},
 ): FallbackPolicy<R> {
-  checkObject('fallback', options)
+  checkKnownOptions('fallback', checkObject('fallback', options), fallbackOptions)
   const shouldFallback =
     options.shouldFallback === undefined
       ? undefined

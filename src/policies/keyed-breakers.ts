@@ -4,8 +4,10 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
+  checkKnownOptions,
   checkNumber,
   checkObject,
+  optionKeys,
 } from '../core/validate.js'
 import type { CircuitBreaker } from './circuit-breaker.js'
 
@@ -56,7 +58,8 @@ interface Entry {
  * the circuit for the healthy ones, with memory bounded by `maxKeys` (least recently used
  * closed breakers go first) and idle closed breakers dropped after `idleMs`. Work is done in
  * `get()`: O(1) amortised, no timer. A dropped breaker is disposed; a caller still holding it
- * keeps a working but detached breaker.
+ * keeps a working but detached breaker. An unknown (misspelt) option is refused with
+ * `InvalidOptionError` (code `INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
@@ -70,6 +73,13 @@ export function createKeyedBreakers(options: KeyedBreakersOptions): KeyedBreaker
   return new KeyedBreakerSet(options)
 }
 
+const keyedBreakersOptions = optionKeys<KeyedBreakersOptions>({
+  create: true,
+  maxKeys: true,
+  idleMs: true,
+  clock: true,
+})
+
 class KeyedBreakerSet implements KeyedBreakers {
   readonly #create: (key: string) => CircuitBreaker
   readonly #maxKeys: number
@@ -82,6 +92,7 @@ class KeyedBreakerSet implements KeyedBreakers {
 
   constructor(options: KeyedBreakersOptions) {
     checkObject('keyedBreakers', options)
+    checkKnownOptions('keyedBreakers', options, keyedBreakersOptions)
     this.#create = checkFunction('keyedBreakers.create', options.create)
     this.#maxKeys = checkInteger('keyedBreakers.maxKeys', options.maxKeys ?? 1000, 1)
     this.#idleMs = checkNumber('keyedBreakers.idleMs', options.idleMs ?? 600_000, 1)

@@ -1,6 +1,13 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkInteger,
+  checkKnownOptions,
+  checkNumber,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 
 /**
  * Limits retries to a share of the traffic, so that a struggling downstream is not hit by a
@@ -138,6 +145,13 @@ class TokenRetryBudget implements RetryBudget {
   }
 }
 
+const retryBudgetOptions = optionKeys<RetryBudgetOptions>({
+  ratio: true,
+  minRetriesPerSecond: true,
+  ttlMs: true,
+  clock: true,
+})
+
 /**
  * A retry budget as in Finagle's `RetryBudget` (and Envoy's retry budgets): every first
  * attempt deposits `ratio` tokens, every retry withdraws one, deposits and withdrawals count
@@ -145,7 +159,8 @@ class TokenRetryBudget implements RetryBudget {
  * retries are limited to `ratio` of the traffic plus that floor. Pass it to `retry({ budget })`;
  * when it is spent, retry fails with `RetryBudgetExhaustedError`. Retry takes the token before
  * its backoff sleep and gives it back (`refund()`) when the sleep is aborted: only retries
- * actually made count.
+ * actually made count. An unknown (misspelt) option is refused with `InvalidOptionError`
+ * (code `INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
@@ -156,7 +171,7 @@ class TokenRetryBudget implements RetryBudget {
  * ```
  */
 export function createRetryBudget(options: RetryBudgetOptions = {}): RetryBudget {
-  checkObject('retryBudget', options)
+  checkKnownOptions('retryBudget', checkObject('retryBudget', options), retryBudgetOptions)
   const ratio = checkNumber('retryBudget.ratio', options.ratio ?? 0.2, 0, 1_000)
   const perSecond = checkNumber(
     'retryBudget.minRetriesPerSecond',

@@ -5,8 +5,10 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
+  checkKnownOptions,
   checkNumber,
   checkObject,
+  optionKeys,
   signalRefusal,
 } from '../core/validate.js'
 import { type Backoff, type Jitter, resolveBackoff } from './backoff.js'
@@ -104,6 +106,20 @@ export interface RetryOptions {
    */
   readonly clock?: Clock
 }
+
+// Checked once in the constructor, never per call.
+const retryOptions = optionKeys<RetryOptions>({
+  maxAttempts: true,
+  baseDelayMs: true,
+  factor: true,
+  maxDelayMs: true,
+  jitter: true,
+  random: true,
+  shouldRetry: true,
+  maxRetryAfterMs: true,
+  budget: true,
+  clock: true,
+})
 
 /** Why a retry policy stopped retrying. */
 export type GiveUpReason =
@@ -329,6 +345,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   }
 
   constructor(options: RetryOptions) {
+    checkKnownOptions('retry', options, retryOptions)
     this.#maxAttempts = checkInteger('retry.maxAttempts', options.maxAttempts ?? 3, 1)
     this.#backoff = resolveBackoff('retry', options)
     this.#shouldRetry =
@@ -639,6 +656,9 @@ function backoffSleep(
  * `withDeadline`): when the next attempt could not start before it, the call fails at once
  * with the last error, and when the deadline has already passed as the retry is called, it
  * starts no attempt and rejects with `DeadlineExceededError` (`started: false`).
+ *
+ * Options are checked once, here: a bad value or an unknown (misspelt) option is refused
+ * with `InvalidOptionError` (code `INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts

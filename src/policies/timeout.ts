@@ -1,7 +1,14 @@
 import { metrics } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkObject, checkOneOf, signalRefusal } from '../core/validate.js'
+import {
+  checkClock,
+  checkKnownOptions,
+  checkObject,
+  checkOneOf,
+  optionKeys,
+  signalRefusal,
+} from '../core/validate.js'
 import {
   type CancelParent,
   CancelScope,
@@ -353,6 +360,8 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
   }
 }
 
+const timeoutOptions = optionKeys<TimeoutOptions>({ mode: true, clock: true })
+
 /**
  * Limits how long `fn` may run: `timeoutMs`, or less when the end-to-end deadline (see
  * `withDeadline`) is nearer, in which case running out rejects with `DeadlineExceededError`
@@ -364,7 +373,9 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
  * running out is handled by that one's mode, whether or not the caller passed a signal.
  *
  * Cheap per call: timers go through one shared deadline queue per clock, and the
- * AbortController behind `ctx.signal` is only created when `fn` reads it.
+ * AbortController behind `ctx.signal` is only created when `fn` reads it. Options are checked
+ * once, here: an unknown (misspelt) option is refused with `InvalidOptionError` (code
+ * `INVALID_OPTION`) naming it.
  *
  * @param timeoutMs The time limit in milliseconds (> 0; `Infinity` to enforce only the deadline).
  * @example
@@ -378,7 +389,7 @@ export function timeout(timeoutMs: number, options: TimeoutOptions = {}): Timeou
   if (typeof timeoutMs !== 'number' || !(timeoutMs > 0)) {
     throw new InvalidOptionError('timeout.timeoutMs', 'a number > 0', timeoutMs)
   }
-  checkObject('timeout', options)
+  checkKnownOptions('timeout', checkObject('timeout', options), timeoutOptions)
   const mode = checkOneOf('timeout.mode', options.mode ?? 'cooperative', modes)
   return new TimeoutPolicyImpl(timeoutMs, mode, checkClock('timeout.clock', options.clock))
 }
