@@ -9,7 +9,7 @@ import type { RouteConfig, RouteState, RouteTargetConfig } from '../contracts.js
 import { headerValueOf } from './header-value.js'
 import { RetryPins } from './retry-affinity.js'
 import { ShadowStats } from './shadow.js'
-import { stickyPoint } from './sticky.js'
+import { stickyChooser } from './sticky.js'
 
 /** One route of a {@link RouteTable}: its configuration and live counters. */
 export interface Route {
@@ -72,10 +72,12 @@ export interface RouteTable {
     headers: Readonly<Record<string, string | string[]>>,
   ): Route | undefined
   /**
-   * The target service for one request. With a sticky value, its hash point picks the target
-   * from the cumulative weights (the same user always lands on the same target while the
-   * weights stay); without one, `random()` (in [0, 1)) does. Reads the route's current targets
-   * once: an override swapped in meanwhile applies from the next request on.
+   * The target service for one request. With a sticky value, weighted rendezvous hashing of
+   * (value, service) picks the target (see sticky.ts): the same user always lands on the same
+   * target while the weights stay, and a weight change moves users only to a target whose
+   * weight rose or from one whose weight fell. Without one, `random()` (in [0, 1)) picks from
+   * the cumulative weights. Reads the route's current targets once: an override swapped in
+   * meanwhile applies from the next request on.
    *
    * With a `retryKey` (the request's Idempotency-Key, on a route with retry affinity), a key
    * seen before goes to the service its first request went to, whatever the weights say now,
@@ -114,14 +116,16 @@ export interface RouteTable {
   state(): RouteState[]
 }
 
-// A route's targets as bands on [0, total): target i owns [upTo(i-1), upTo(i)). Built once per
-// configuration or override and swapped whole, so a reader never sees half an update.
+// A route's targets: for requests without a sticky value, bands on [0, total) (target i owns
+// [upTo(i-1), upTo(i))) that `random()` falls in; for sticky ones, the rendezvous chooser. Built
+// once per configuration or override and swapped whole, so a reader never sees half an update.
 interface Plan {
   readonly targets: readonly RouteTargetConfig[]
   readonly overridden: boolean
   readonly services: readonly string[]
   readonly upTo: readonly number[]
   readonly total: number
+  readonly sticky: (value: string) => string
 }
 
 function checkTargets(option: string, targets: unknown): readonly RouteTargetConfig[] {
@@ -161,10 +165,10 @@ function checkTargets(option: string, targets: unknown): readonly RouteTargetCon
   return targets.map((t: RouteTargetConfig) => ({ service: t.service, weight: t.weight }))
 }
 
-// Bands are laid out in service-name order, not in the order written, so that an override
-// listing the same services in another order does not reshuffle users. With two targets (the
-// strangler case: legacy and new) moving weight from one to the other moves exactly the users
-// whose points lie in the band that changed hands, and nobody else: the assignment is monotone.
+// Bands are laid out in service-name order, not in the order written (random requests have no
+// identity to keep, but one layout is easier to reason about). Sticky users do not use the
+// bands: with three or more targets, bands in name order move users between two targets when
+// a third one's weight changes; rendezvous hashing moves none.
 function planOf(targets: readonly RouteTargetConfig[], overridden: boolean): Plan {
   const sorted = [...targets]
     .filter((t) => t.weight > 0)
@@ -175,7 +179,9 @@ function planOf(targets: readonly RouteTargetConfig[], overridden: boolean): Pla
     total += t.weight
     upTo.push(total)
   }
-  return { targets, overridden, services: sorted.map((t) => t.service), upTo, total }
+  // checkTargets made sure some weight is above 0, so there is a chooser.
+  const sticky = stickyChooser(sorted) as (value: string) => string
+  return { targets, overridden, services: sorted.map((t) => t.service), upTo, total, sticky }
 }
 
 function normalizePrefix(option: string, prefix: unknown): string {
@@ -353,8 +359,8 @@ class Table implements RouteTable {
 
   #weighted(route: RouteEntry, stickyValue: string | undefined, random: () => number): string {
     const plan = route.plan
-    const point = stickyValue === undefined ? random() : stickyPoint(stickyValue)
-    const x = point * plan.total
+    if (stickyValue !== undefined) return plan.sticky(stickyValue)
+    const x = random() * plan.total
     const { upTo, services } = plan
     for (let i = 0; i < upTo.length; i++) if (x < (upTo[i] as number)) return services[i] as string
     // Only reachable through floating-point rounding at the very top of the range.
@@ -403,8 +409,8 @@ class Table implements RouteTable {
  * Builds the route table of a gateway listener. Routes are tried in the order given; the
  * first whose prefix, methods and headers match takes the request. Each route splits its
  * traffic over weighted targets; with `sticky` the split hashes a header or cookie so a user
- * stays on one side, and moving weight between two targets moves only the users in the band
- * that changed hands (see {@link RouteTable.choose}).
+ * stays on one target, and a weight change moves users only to the target whose weight rose or
+ * from the one whose weight fell (see {@link RouteTable.choose}).
  *
  * @example
  * ```ts

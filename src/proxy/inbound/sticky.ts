@@ -1,43 +1,102 @@
-// Sticky assignment for weighted route splits: a user's header or cookie value is hashed to a
-// point in [0, 1), and the route's cumulative weights map that point to a target. The hash is
-// fixed (FNV-1a 32-bit with a murmur3 finalizer) so every worker process, and every restart,
-// puts one user at the same point.
+// Sticky assignment for weighted route splits: weighted rendezvous hashing (highest random
+// weight). Each target draws a fixed pseudo-random u in (0, 1) from the hash of (sticky value,
+// service name) and scores weight / -ln(u); the highest score wins. Each target's score depends
+// on its own weight and name only, so raising one weight can only move users to that target,
+// lowering it only moves users away from it, and adding or removing a target moves only that
+// target's users; and P(target wins) = weight / total weights. The hash is fixed (FNV-1a 32-bit
+// with a murmur3 finalizer, no seed) so every worker process, and every restart, puts one user
+// on the same target.
 
-import type { RouteConfig } from '../contracts.js'
+import type { RouteConfig, RouteTargetConfig } from '../contracts.js'
 import { headerValueOf } from './header-value.js'
 
 const fnvOffset = 0x811c9dc5
 const fnvPrime = 0x01000193
 const twoPow32 = 4_294_967_296
+// Between the value's bytes and the service's: 0xff never occurs in UTF-8, so the pair
+// (value, service) is read back unambiguously from the hashed bytes.
+const separator = 0xff
+
+function fnv1a(hash: number, bytes: Uint8Array): number {
+  let h = hash
+  for (let i = 0; i < bytes.length; i++) {
+    h ^= bytes[i] as number
+    h = Math.imul(h, fnvPrime)
+  }
+  return h
+}
+
+// murmur3's fmix32: spreads FNV's weak low bits over the whole word (user ids such as `u-1`,
+// `u-2` differ only in their last byte).
+function fmix32(hash: number): number {
+  let h = hash
+  h ^= h >>> 16
+  h = Math.imul(h, 0x85ebca6b)
+  h ^= h >>> 13
+  h = Math.imul(h, 0xc2b2ae35)
+  h ^= h >>> 16
+  return h >>> 0
+}
+
+// The 32-bit hash of the bytes value ‖ 0xff ‖ service, continuing from the value's FNV state
+// (so the value is hashed once per request, not once per target).
+function pairUnit(valueState: number, serviceBytes: Uint8Array): number {
+  const h = fmix32(fnv1a(Math.imul(valueState ^ separator, fnvPrime), serviceBytes))
+  // The middle of one of 2^32 equal cells: never 0 (-ln would be infinite) nor 1 (zero).
+  return (h + 0.5) / twoPow32
+}
 
 /**
- * The 32-bit hash of a string's UTF-8 bytes: FNV-1a, then murmur3's `fmix32` finalizer, which
- * spreads FNV's weak low bits over the whole word (user ids such as `u-1`, `u-2` differ only in
- * their last byte). Stable across processes, platforms and restarts.
+ * The fixed pseudo-random number in (0, 1) that rendezvous hashing draws for a (sticky value,
+ * service) pair: the FNV-1a + `fmix32` hash of the UTF-8 bytes of `value`, a 0xff byte and
+ * `service`, as the middle of one of 2^32 equal cells.
  *
  * @example
  * ```ts
- * stickyHash('user-42') === stickyHash('user-42') // always, in every process
+ * stickyUnit('user-42', 'legacy') // the same number in every process
  * ```
  */
-export function stickyHash(value: string): number {
-  let hash = fnvOffset
-  const bytes = Buffer.from(value, 'utf8')
-  for (let i = 0; i < bytes.length; i++) {
-    hash ^= bytes[i] as number
-    hash = Math.imul(hash, fnvPrime)
-  }
-  hash ^= hash >>> 16
-  hash = Math.imul(hash, 0x85ebca6b)
-  hash ^= hash >>> 13
-  hash = Math.imul(hash, 0xc2b2ae35)
-  hash ^= hash >>> 16
-  return hash >>> 0
+export function stickyUnit(value: string, service: string): number {
+  return pairUnit(fnv1a(fnvOffset, Buffer.from(value, 'utf8')), Buffer.from(service, 'utf8'))
 }
 
-/** The point in [0, 1) a sticky value is assigned to. */
-export function stickyPoint(value: string): number {
-  return stickyHash(value) / twoPow32
+/**
+ * Builds the sticky choice for one set of targets: weighted rendezvous hashing, where target
+ * `t` scores `t.weight / -ln(stickyUnit(value, t.service))` and the highest score wins.
+ * Targets of weight 0 are never chosen; a tie (one in billions) goes to the service name that
+ * sorts first, so the list's order never matters. Undefined when no weight is above 0.
+ *
+ * @example
+ * ```ts
+ * const choose = stickyChooser([{ service: 'legacy', weight: 90 }, { service: 'new', weight: 10 }])
+ * choose?.('user-42') // 'legacy' for about 90% of values, always the same for one value
+ * ```
+ */
+export function stickyChooser(
+  targets: readonly RouteTargetConfig[],
+): ((value: string) => string) | undefined {
+  const candidates = targets
+    .filter((t) => t.weight > 0)
+    .map((t) => ({ service: t.service, weight: t.weight, bytes: Buffer.from(t.service, 'utf8') }))
+    .sort((a, b) => (a.service < b.service ? -1 : a.service > b.service ? 1 : 0))
+  if (candidates.length === 0) return undefined
+  const only = candidates.length === 1 ? (candidates[0] as { service: string }).service : undefined
+  if (only !== undefined) return () => only
+  return (value) => {
+    const state = fnv1a(fnvOffset, Buffer.from(value, 'utf8'))
+    let best = ''
+    let bestScore = -1
+    for (const c of candidates) {
+      // Math.log is V8's port of fdlibm's log: the same bits on every platform, so every
+      // worker scores alike. Strictly greater: on a tie the name sorted first stays.
+      const score = c.weight / -Math.log(pairUnit(state, c.bytes))
+      if (score > bestScore) {
+        bestScore = score
+        best = c.service
+      }
+    }
+    return best
+  }
 }
 
 /**

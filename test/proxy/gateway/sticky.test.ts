@@ -3,27 +3,36 @@ import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import {
   readCookie,
-  stickyHash,
-  stickyPoint,
+  stickyChooser,
+  stickyUnit,
   stickyValueOf,
 } from '../../../src/proxy/inbound/sticky.js'
 
 describe('sticky hash', () => {
-  it('is FNV-1a 32 with the murmur3 finalizer (values from an independent Python implementation)', () => {
-    // python3: x = 0x811c9dc5; for b in s.encode(): x ^= b; x = x * 0x01000193 & 0xffffffff
-    // then fmix32 (>>16, *0x85ebca6b, >>13, *0xc2b2ae35, >>16). Pinned so that a change of the
-    // hash (which would move every sticky user at the next deploy) fails here.
-    expect(stickyHash('')).toBe(2872998923)
-    expect(stickyHash('user-42')).toBe(2083131798)
-    expect(stickyHash('u-1')).toBe(196499737)
-    expect(stickyHash('u-2')).toBe(2814064991)
-    expect(stickyHash('é')).toBe(2387039943)
+  it('draws (value, service) units from the hash of value, 0xff, service (independent Python values)', () => {
+    // python3: x = 0x811c9dc5; for b in v.encode() + b'\xff' + service.encode(): x ^= b;
+    // x = x * 0x01000193 & 0xffffffff; then fmix32 (>>16, *0x85ebca6b, >>13, *0xc2b2ae35, >>16);
+    // then (x + 0.5) / 2**32.
+    // Pinned: a change would reassign sticky users at the next deploy.
+    expect(stickyUnit('user-42', 'legacy')).toBe(0.370312882703729)
+    expect(stickyUnit('user-42', 'new')).toBe(0.6269933796720579)
+    expect(stickyUnit('', 'a')).toBe(0.5181324350414798)
+    expect(stickyUnit('é', 'svc')).toBe(0.7214438373921439)
   })
 
-  it('gives the same point in another process', () => {
+  it('gives the same units and choices in another process', () => {
     const values = ['user-42', 'alice@example.com', '🙂', 'x'.repeat(500)]
-    const script = `import { stickyPoint } from './src/proxy/inbound/sticky.ts'
-      console.log(JSON.stringify(${JSON.stringify(values)}.map(stickyPoint)))`
+    const targets = [
+      { service: 'a', weight: 1 },
+      { service: 'b', weight: 2 },
+      { service: 'c', weight: 3 },
+    ]
+    const choose = stickyChooser(targets)
+    const expected = values.map((v) => [stickyUnit(v, 'a'), stickyUnit(v, 'b'), choose?.(v)])
+    const script = `import { stickyChooser, stickyUnit } from './src/proxy/inbound/sticky.ts'
+      const targets = ${JSON.stringify(targets)}
+      const choose = stickyChooser(targets)
+      console.log(JSON.stringify(${JSON.stringify(values)}.map((v) => [stickyUnit(v, 'a'), stickyUnit(v, 'b'), choose(v)])))`
     const out = execFileSync(
       process.execPath,
       ['--import', 'tsx', '--input-type=module', '-e', script],
@@ -32,24 +41,40 @@ describe('sticky hash', () => {
         encoding: 'utf8',
       },
     )
-    expect(JSON.parse(out)).toEqual(values.map(stickyPoint))
+    expect(JSON.parse(out)).toEqual(expected)
   })
 
-  it('maps every value into [0, 1)', () => {
+  it('maps every (value, service) into (0, 1), where -ln is finite and above 0', () => {
     fc.assert(
-      fc.property(fc.string({ unit: 'binary' }), (value) => {
-        const p = stickyPoint(value)
-        expect(p).toBeGreaterThanOrEqual(0)
-        expect(p).toBeLessThan(1)
-        expect(stickyPoint(value)).toBe(p)
-      }),
+      fc.property(
+        fc.string({ unit: 'binary' }),
+        fc.string({ unit: 'binary' }),
+        (value, service) => {
+          const u = stickyUnit(value, service)
+          expect(u).toBeGreaterThan(0)
+          expect(u).toBeLessThan(1)
+          expect(-Math.log(u)).toBeGreaterThan(0)
+          expect(stickyUnit(value, service)).toBe(u)
+        },
+      ),
     )
   })
 
-  it('spreads sequential ids evenly over ten bands', () => {
-    const bands = new Array<number>(10).fill(0)
-    for (let i = 0; i < 10_000; i++) bands[Math.floor(stickyPoint(`u-${i}`) * 10)]! += 1
-    for (const n of bands) expect(Math.abs(n - 1000)).toBeLessThan(150)
+  it('spreads sequential ids evenly over ten bands, for each of two similar services', () => {
+    for (const service of ['s1', 's2']) {
+      const bands = new Array<number>(10).fill(0)
+      for (let i = 0; i < 10_000; i++) bands[Math.floor(stickyUnit(`u-${i}`, service) * 10)]! += 1
+      for (const n of bands) expect(Math.abs(n - 1000)).toBeLessThan(150)
+    }
+  })
+
+  it('never chooses a zero-weight target, and has no choice without a weight above 0', () => {
+    const choose = stickyChooser([
+      { service: 'off', weight: 0 },
+      { service: 'on', weight: 1 },
+    ])
+    for (let i = 0; i < 1000; i++) expect(choose?.(`u-${i}`)).toBe('on')
+    expect(stickyChooser([{ service: 'off', weight: 0 }])).toBeUndefined()
   })
 })
 
