@@ -101,8 +101,8 @@ class HttpClientImpl implements HttpClient {
  *   sent with every attempt, unless the caller supplies one or turns it off; only idempotent
  *   methods and keyed requests are retried;
  * - sends the remaining time budget (the current deadline of `withDeadline`/`adoptDeadline`,
- *   clipped by the timeouts, less `deadlineMarginMs` for the transit) as
- *   `x-breakwater-deadline-ms`, and sends nothing when the deadline has passed or leaves less
+ *   clipped by the timeouts, less `deadlineMarginMs` for the transit, as of when the request is
+ *   written on its connection) as `x-breakwater-deadline-ms`, and sends nothing when the deadline has passed or leaves less
  *   than the margin (`DeadlineExceededError`);
  * - reads the response body to the end, failed attempts included, so connections are reused;
  * - turns transient statuses (408, 429, 502, 503, 504) into `HttpStatusError` inside the policies,

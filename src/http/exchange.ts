@@ -4,6 +4,7 @@ import type { Clock, TimerHandle } from '../core/clock.js'
 import { isTransientStatus, neverAbortedSignal, parseRetryAfter } from '../index.js'
 import { HttpStatusError } from './errors.js'
 import { BufferedResponse, type HttpResponseHeaders } from './response.js'
+import { claimingHeaders, rewriteHeader, type UndiciRequest } from './write-time-header.js'
 
 /** What one attempt sends, fixed for the whole call. */
 export interface ExchangePlan {
@@ -33,6 +34,16 @@ export interface ExchangeSettings {
   readonly unsent: Set<Exchange>
 }
 
+/**
+ * A header whose value is computed again when the request is written (see
+ * write-time-header.ts): `value()` gives the value, or an error that ends the attempt unsent.
+ */
+export interface WriteTimeHeader {
+  /** The header's name, lower case; `start()`'s headers carry its value as of the dispatch. */
+  readonly name: string
+  value(): string | Error
+}
+
 const headersPhase = 1
 const bodyPhase = 2
 
@@ -54,6 +65,8 @@ export class Exchange implements Dispatcher.DispatchHandler {
   readonly #resolve: (response: BufferedResponse) => void
   readonly #reject: (error: unknown) => void
   #controller: Dispatcher.DispatchController | undefined
+  #late: WriteTimeHeader | undefined
+  #request: UndiciRequest | undefined
   #dispatched = false
   #done = false
   #reason: Error | undefined
@@ -81,7 +94,11 @@ export class Exchange implements Dispatcher.DispatchHandler {
     this.#reject = reject
   }
 
-  start(headers: Record<string, string | string[]>): void {
+  /**
+   * Dispatches the request. `late` names a header of `headers` whose value is replaced, when
+   * the request is written on its connection, by what `late.value()` says then.
+   */
+  start(headers: Record<string, string | string[]>, late?: WriteTimeHeader): void {
     const signal = this.#signal
     if (signal.aborted) {
       this.#fail(signal.reason)
@@ -90,16 +107,22 @@ export class Exchange implements Dispatcher.DispatchHandler {
     if (signal !== neverAbortedSignal) signal.addEventListener('abort', this)
     const plan = this.#plan
     this.#dispatched = true
+    this.#late = late
     this.#settings.dispatcher.dispatch(
       {
         path: plan.target,
         method: plan.method,
-        headers,
+        headers: late === undefined ? headers : claimingHeaders(headers, this.#claim),
         body: plan.body ?? null,
         idempotent: plan.idempotent,
       },
       this,
     )
+  }
+
+  // undici built its request from this exchange's headers (see claimingHeaders).
+  readonly #claim = (request: UndiciRequest): void => {
+    if (!this.#done) this.#request = request
   }
 
   /** The attempt's signal aborted (a timeout, the deadline, or the caller). */
@@ -121,6 +144,15 @@ export class Exchange implements Dispatcher.DispatchHandler {
       // controller.abort() would destroy the socket, a healthy keep-alive one or one that took
       // longer to open than the attempt had (so no later attempt could use it either).
       throw this.#reason ?? new errors.RequestAbortedError()
+    }
+    // The last moment before undici writes the header lines: what is spent waiting for a
+    // pooled connection or connecting is not the downstream's to spend.
+    if (this.#late !== undefined && this.#request !== undefined) {
+      const value = this.#late.value()
+      // Like a deadline passing while queued: undici drops the request, keeps the connection,
+      // and the attempt ends (onResponseError) with this error, nothing sent.
+      if (value instanceof Error) throw value
+      rewriteHeader(this.#request, this.#late.name, value)
     }
     this.#controller = controller
     // undici calls this again when it re-sends a request whose connection failed first.
@@ -195,6 +227,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
 
   #finish(): void {
     this.#done = true
+    this.#request = undefined
     if (this.#timer !== undefined) {
       this.#settings.clock.clearTimeout(this.#timer)
       this.#timer = undefined

@@ -108,13 +108,15 @@ export interface HttpServiceOptions {
   /**
    * Whether to send the remaining time budget downstream in the `x-breakwater-deadline-ms`
    * header: the least of the current deadline, the overall timeout left and the attempt
-   * timeout left (a wait in the bulkhead queue uses part of it), less `deadlineMarginMs`.
+   * timeout left, less `deadlineMarginMs`, as of the moment undici writes the request on its
+   * connection (a wait in the bulkhead queue, for a pooled connection or for a connect uses
+   * part of it).
    * @default true
    */
   readonly propagateDeadline?: boolean
   /**
    * Subtracted from the budget sent downstream, to cover the time the request takes to arrive
-   * (connection setup included): the downstream starts its own clock on arrival, so without a
+   * once written (the wait for a connection is already taken off): the downstream starts its own clock on arrival, so without a
    * margin each hop would stretch the chain's deadline by its transit time. A call whose
    * deadline leaves less than this plus 1 ms is not sent (`DeadlineExceededError`).
    * @default 5

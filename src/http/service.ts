@@ -35,7 +35,12 @@ import {
 import { timeoutEndOf } from '../policies/fused.js'
 import { HttpClientClosedError, HttpStatusError } from './errors.js'
 import { type HttpEvents, ServiceEvents } from './events.js'
-import { Exchange, type ExchangePlan, type ExchangeSettings } from './exchange.js'
+import {
+  Exchange,
+  type ExchangePlan,
+  type ExchangeSettings,
+  type WriteTimeHeader,
+} from './exchange.js'
 import { idempotentMethods } from './methods.js'
 import type { HttpRequestOptions, HttpServiceOptions } from './options.js'
 import {
@@ -559,11 +564,22 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   #attempt(plan: CallPlan, ctx: PolicyContext): Promise<BufferedResponse> {
     const attempt = ctx.attempt
     let headers = plan.headers
+    let late: WriteTimeHeader | undefined
     if (this.#propagateDeadline) {
-      const budget = this.#budgetMs(plan, ctx)
-      if (budget !== undefined) {
-        if (budget instanceof DeadlineExceededError) return Promise.reject(budget)
+      const budgetMs = this.#budget(plan, ctx)
+      const budget = budgetMs()
+      if (budget instanceof DeadlineExceededError) return Promise.reject(budget)
+      if (budget !== Number.POSITIVE_INFINITY) {
         headers = { ...headers, [DEADLINE_HEADER]: String(budget) }
+        // Told again when the request is written: a wait for a pooled connection or a slow
+        // connect comes off the budget too.
+        late = {
+          name: DEADLINE_HEADER,
+          value: () => {
+            const left = budgetMs()
+            return left instanceof DeadlineExceededError ? left : String(left)
+          },
+        }
       }
     }
     // Only now: an attempt the deadline ended before it was sent is no attempt to count.
@@ -577,36 +593,41 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       })
     const signal = ctx.signal
     return new Promise<BufferedResponse>((resolve, reject) => {
-      new Exchange(this, plan, attempt, signal, resolve, reject).start(headers)
+      new Exchange(this, plan, attempt, signal, resolve, reject).start(headers, late)
     })
   }
 
-  // The budget to announce downstream, in whole milliseconds: the least of the deadline left,
-  // the overall timeout left and the attempt timeout left, less the margin. The downstream starts
-  // counting when the request arrives, so without the margin every hop would add its transit
-  // time to the chain's deadline. When the deadline leaves nothing to announce, the attempt
-  // ends before it is sent (only after a retry's backoff or a bulkhead wait: request() checks
-  // first).
-  #budgetMs(plan: CallPlan, ctx: PolicyContext): number | DeadlineExceededError | undefined {
+  // The budget to announce downstream, in whole milliseconds, as of the moment it is asked
+  // (first when the attempt starts, again when undici writes the request): the least of the
+  // deadline left, the overall timeout left and the attempt timeout left, less the margin. The
+  // downstream starts counting when the request arrives, so without the margin every hop would
+  // add its transit time to the chain's deadline. Infinity: no budget is known. When the
+  // deadline leaves nothing to announce, the attempt ends before it is sent (only after a
+  // retry's backoff, a bulkhead wait or a wait for a connection: request() checks first). What
+  // the budget depends on is read here, in the call's async context (the deadline), because
+  // undici writes the request from its own.
+  #budget(plan: CallPlan, ctx: PolicyContext): () => number | DeadlineExceededError {
     const margin = this.#deadlineMarginMs
-    let budget = Number.POSITIVE_INFINITY
+    const clock = this.clock
     const deadline = currentDeadline()
-    if (deadline !== undefined) {
-      budget = Math.floor(deadline.remainingMs() - margin)
-      // Not sent: the circuit breaker, around this attempt, does not count it (see started).
-      if (budget < 1) return new DeadlineExceededError(deadline.atMs, { started: false })
-    }
-    if (this.#overallTimeoutMs !== Number.POSITIVE_INFINITY) {
-      const left = this.#overallTimeoutMs - (this.clock.now() - plan.startMs) - margin
-      budget = Math.min(budget, Math.max(1, Math.floor(left)))
-    }
+    const overallEndMs = plan.startMs + this.#overallTimeoutMs
     // The attempt timeout started before the bulkhead: a wait in its queue used part of it, so
     // announce what is left (ctx is the attempt timeout's context), not the whole timeout.
-    const attemptEndMs = timeoutEndOf(ctx)
-    const attemptLeftMs =
-      attemptEndMs === undefined ? this.#attemptTimeoutMs : attemptEndMs - this.clock.now()
-    budget = Math.min(budget, Math.max(1, Math.floor(attemptLeftMs - margin)))
-    return budget === Number.POSITIVE_INFINITY ? undefined : budget
+    const attemptEndMs = timeoutEndOf(ctx) ?? clock.now() + this.#attemptTimeoutMs
+    return () => {
+      let budget = Number.POSITIVE_INFINITY
+      if (deadline !== undefined) {
+        budget = Math.floor(deadline.remainingMs() - margin)
+        // Not sent: the circuit breaker, around this attempt, does not count it (see started).
+        if (budget < 1) return new DeadlineExceededError(deadline.atMs, { started: false })
+      }
+      const now = clock.now()
+      for (const endMs of [overallEndMs, attemptEndMs]) {
+        if (endMs !== Number.POSITIVE_INFINITY)
+          budget = Math.min(budget, Math.max(1, Math.floor(endMs - now - margin)))
+      }
+      return budget
+    }
   }
 
   #emitFailure(plan: CallPlan, error: unknown): void {

@@ -1,3 +1,4 @@
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
   createHttpClient,
@@ -151,6 +152,72 @@ describe('the deadline header', () => {
     await Promise.all([held, queued, signalled])
     const sent = Object.fromEntries(server.hits.map((h) => [h.url, h.headers[DEADLINE_HEADER]]))
     expect(sent).toEqual({ '/hold': '995', '/fused': '395', '/chained': '395' })
+  })
+
+  it('sends what is left when the request is written, after a wait for a pooled connection', async () => {
+    // Without a bulkhead the pool's one connection is the only limit: /late waits in undici's
+    // queue, not in a policy, until /hold's answer frees the connection.
+    const { gate, server, clock, client, held } = await slotHeld({
+      attemptTimeoutMs: 2_000,
+      bulkhead: false,
+      connections: 1,
+    })
+    const late = withDeadline(1_500, () => client.request('svc', { path: '/late' }), { clock })
+    await until(() => client.state().svc?.pool.pending === 1)
+    await clock.advance(600)
+    gate.open()
+    await Promise.all([held, late])
+    const sent = Object.fromEntries(server.hits.map((h) => [h.url, h.headers[DEADLINE_HEADER]]))
+    // 1_500 - 600 - 5: the 600 ms spent waiting for the connection are no longer the callee's.
+    expect(sent).toEqual({ '/hold': '1995', '/late': '895' })
+  })
+
+  it('sends nothing when the wait for a pooled connection leaves less than the margin', async () => {
+    const { gate, server, clock, client, held } = await slotHeld({
+      attemptTimeoutMs: 2_000,
+      bulkhead: false,
+      connections: 1,
+      retry: false,
+    })
+    const late = withDeadline(1_500, () => client.request('svc', { path: '/late' }), {
+      clock,
+    }).catch((e: unknown) => e)
+    await until(() => client.state().svc?.pool.pending === 1)
+    // 3 ms are left when the connection frees: less than the 5 ms margin.
+    await clock.advance(1_497)
+    gate.open()
+    await held
+    expect(await late).toMatchObject({ code: 'DEADLINE_EXCEEDED', started: false })
+    expect(server.hits.map((h) => h.url)).toEqual(['/hold'])
+    // undici dropped the request, not the connection.
+    await client.request('svc', { path: '/next' })
+    expect(server.connections()).toBe(1)
+    expect(client.state().svc?.breaker).toBe('closed')
+  })
+
+  it('sends what is left once connected, after a slow connect', async () => {
+    const server = await serve(ok)
+    // A clock that jumps forward the moment undici has connected to this server: the connect
+    // took 300 ms as far as the budget is concerned, with no real time and no race involved.
+    const base = new ManualClock(1_000_000)
+    let connectMs = 0
+    const clock = {
+      now: () => base.now() + connectMs,
+      setTimeout: (fn: () => void, ms: number) => base.setTimeout(fn, ms),
+      clearTimeout: (handle: ReturnType<ManualClock['setTimeout']>) => base.clearTimeout(handle),
+    }
+    const onConnected = (message: unknown) => {
+      const { connectParams } = message as { connectParams: { port: string | number } }
+      if (Number(connectParams.port) === server.port) connectMs += 300
+    }
+    subscribe('undici:client:connected', onConnected)
+    cleanup.push(async () => {
+      unsubscribe('undici:client:connected', onConnected)
+    })
+    const client = track(createHttpClient({ clock, services: { svc: { baseUrl: server.url } } }))
+    await withDeadline(1_500, () => client.request('svc', { path: '/' }), { clock })
+    expect(connectMs).toBe(300)
+    expect(server.hits[0]?.headers[DEADLINE_HEADER]).toBe('1195')
   })
 
   it('does not hold a call its deadline left too late to send (after a bulkhead wait) against the service', async () => {
