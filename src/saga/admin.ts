@@ -1,7 +1,14 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredName } from '../core/text.js'
-import { checkClock, checkInteger, checkObject, checkOneOf } from '../core/validate.js'
+import {
+  checkClock,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  checkOneOf,
+  optionKeys,
+} from '../core/validate.js'
 import { notify, type SqlDriver, type SqlExecutor } from '../stores/index.js'
 import { SagaNotFoundError, SagaStateConflictError } from './errors.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
@@ -39,6 +46,8 @@ export interface ListSagasOptions {
   readonly limit?: number
 }
 
+const listOptions = optionKeys<ListSagasOptions>({ status: true, name: true, limit: true })
+
 /** A line of {@link listSagas}: an instance without its input and context. */
 export interface SagaSummary {
   readonly id: string
@@ -58,7 +67,8 @@ export interface SagaSummary {
 }
 
 /**
- * Lists saga instances, newest first, optionally by status and name.
+ * Lists saga instances, newest first, optionally by status and name. An unknown (misspelt)
+ * option is refused with `InvalidOptionError` (`INVALID_OPTION`).
  *
  * @example
  * ```ts
@@ -70,6 +80,8 @@ export async function listSagas(
   options: ListSagasOptions = {},
 ): Promise<SagaSummary[]> {
   checkObject('options', options)
+  // A misspelt filter (`state`) was dropped: every instance was listed as if it matched.
+  checkKnownOptions('options', options, listOptions)
   const status =
     options.status === undefined ? null : checkOneOf('options.status', options.status, sagaStatuses)
   if (options.name !== undefined && typeof options.name !== 'string')
@@ -136,11 +148,14 @@ export interface SagaAdminOptions {
   readonly clock?: Clock
 }
 
+const adminOptionKeys = optionKeys<SagaAdminOptions>({ by: true, reason: true, clock: true })
+
 /**
  * Re-queues a parked (`failed`) saga: its compensation resumes where it stopped, with fresh
  * attempts, on the next worker that polls, for the reason it compensated for before it was
  * parked (the failed step, or the cancel; recorded in its timeline). Throws `SagaNotFoundError`, or
- * `SagaStateConflictError` when the saga is not parked.
+ * `SagaStateConflictError` when the saga is not parked; an unknown (misspelt) option is refused
+ * with `InvalidOptionError` (`INVALID_OPTION`).
  *
  * @example
  * ```ts
@@ -194,7 +209,8 @@ async function compensationReason(tx: SqlExecutor, id: string): Promise<string |
  * for a timer, a retry delay or a reply is woken at once. A command/reply step whose command
  * was sent and whose reply was not read is compensated too, first (its outcome is unknown). Throws `SagaNotFoundError`, or
  * `SagaStateConflictError` when the saga is not running (already compensating or finished).
- * A saga that was finishing its last step as the cancel arrived still ends `completed`.
+ * A saga that was finishing its last step as the cancel arrived still ends `completed`. An
+ * unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`).
  */
 export async function cancelSaga(
   db: SqlDriver,
@@ -233,6 +249,22 @@ export type DeliverReplyResult =
    */
   | 'stale'
 
+/** Options of {@link deliverReply}. */
+export interface DeliverReplyOptions {
+  /**
+   * Source of the reply's receive time.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+  /**
+   * The attempt (`ctx.attempt` of `send`) whose command this replies to, when known.
+   * @default undefined (any attempt)
+   */
+  readonly attempt?: number
+}
+
+const deliverReplyOptions = optionKeys<DeliverReplyOptions>({ clock: true, attempt: true })
+
 /**
  * Delivers the reply to a step that sent a command and waits (a step with `awaitReply`),
  * correlated by saga id and step name: records it (the first reply per step wins; later ones
@@ -245,7 +277,8 @@ export type DeliverReplyResult =
  * before its delay, a sleep ended early) or was taken as the answer to the resend. Give `attempt` (the `ctx.attempt` of the
  * send being answered; `sagaReplyHandler` reads it from the reply's `causation-id`) to drop a
  * copy of a refused reply even while the resend waits. A reply that comes after its attempt
- * timed out still counts.
+ * timed out still counts. An unknown (misspelt) option is refused with `InvalidOptionError`
+ * (`INVALID_OPTION`).
  *
  * @example
  * ```ts
@@ -257,15 +290,13 @@ export async function deliverReply(
   sagaId: string,
   step: string,
   reply: unknown,
-  options: {
-    readonly clock?: Clock
-    /** The attempt (`ctx.attempt` of `send`) whose command this replies to, when known. */
-    readonly attempt?: number
-  } = {},
+  options: DeliverReplyOptions = {},
 ): Promise<DeliverReplyResult> {
   checkId('sagaId', sagaId)
   checkId('step', step)
   checkObject('options', options)
+  // A misspelt attempt (`attempts`) let a redelivered copy of a refused reply through.
+  checkKnownOptions('options', options, deliverReplyOptions)
   const clock = checkClock('clock', options.clock)
   const attempt =
     options.attempt === undefined ? undefined : checkInteger('options.attempt', options.attempt, 1)
@@ -343,6 +374,8 @@ function checkId(option: string, id: unknown): void {
 
 function adminOptions(options: SagaAdminOptions): { now: number; by: string; reason?: string } {
   checkObject('options', options)
+  // A misspelt reason (`because`) left the timeline without it.
+  checkKnownOptions('options', options, adminOptionKeys)
   const by = options.by ?? 'operator'
   if (typeof by !== 'string' || by === '')
     throw new InvalidOptionError('options.by', 'a non-empty string', by)

@@ -4,7 +4,13 @@ import type { IncomingMessage } from '../brokers/index.js'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { exceedsBytes, isStorableText, maxStoredIdBytes } from '../core/text.js'
-import { checkClock, checkFunction, checkKnownOptions, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { reportRefused } from '../outbox/inbox.js'
 import {
   CAUSATION_ID_HEADER,
@@ -86,19 +92,19 @@ export interface CommandStepOptions<I, C, Out> {
   readonly callTimeoutMs?: number
 }
 
-const commandStepOptions = new Set([
-  'name',
-  'outbox',
-  'command',
-  'timeoutMs',
-  'onReply',
-  'compensation',
-  'retry',
-  'compensationRequired',
-  'compensationRetry',
-  'compensationTimeoutMs',
-  'callTimeoutMs',
-])
+const commandStepOptions = optionKeys<CommandStepOptions<unknown, unknown, unknown>>({
+  name: true,
+  outbox: true,
+  command: true,
+  timeoutMs: true,
+  onReply: true,
+  compensation: true,
+  retry: true,
+  compensationRequired: true,
+  compensationRetry: true,
+  compensationTimeoutMs: true,
+  callTimeoutMs: true,
+})
 
 /**
  * A saga step that sends a command through the outbox and waits for the reply correlated by
@@ -126,14 +132,7 @@ export function commandStep<I, C, Out>(
   checkObject('commandStep', options)
   // The step is built from the known options alone: any other one (a misspelt compensation)
   // would be dropped without a word.
-  for (const [key, value] of Object.entries(options)) {
-    if (!commandStepOptions.has(key) && value !== undefined)
-      throw new InvalidOptionError(
-        `commandStep.${key}`,
-        `one of ${[...commandStepOptions].join(', ')}`,
-        value,
-      )
-  }
+  checkKnownOptions('commandStep', options, commandStepOptions)
   const outbox = options.outbox
   if (typeof outbox?.enqueue !== 'function')
     throw new InvalidOptionError('commandStep.outbox', 'an Outbox (createOutbox)', outbox)
@@ -567,9 +566,25 @@ export async function emitEvent(
   return id
 }
 
-const replyHandlerOptions = new Set(['consumer', 'onIgnored', 'clock'])
-const reactorOptions = new Set(['db', 'consumer', 'outbox', 'reactions', 'tracker', 'clock'])
-const emitEventOptions = new Set(['outbox', 'tracker', 'consumer', 'clock'])
+const replyHandlerOptions = optionKeys<SagaReplyHandlerOptions>({
+  consumer: true,
+  onIgnored: true,
+  clock: true,
+})
+const reactorOptions = optionKeys<ReactorOptions>({
+  db: true,
+  consumer: true,
+  outbox: true,
+  reactions: true,
+  tracker: true,
+  clock: true,
+})
+const emitEventOptions = optionKeys<EmitEventOptions>({
+  outbox: true,
+  tracker: true,
+  consumer: true,
+  clock: true,
+})
 
 /**
  * Refuses a tracker that is not a FlowTracker: its `record` failed with a TypeError (no code)

@@ -1,6 +1,13 @@
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkNumber, checkObject } from '../core/validate.js'
+import {
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkNumber,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import {
   type Backoff,
   exponentialBackoff,
@@ -431,7 +438,8 @@ type M<C, Out> = MergeContext<C, Out>
  * policy and timeout. Each action's plain-object result is merged into the context that later
  * steps (and compensations) see; with up to 8 steps the context is typed step by step. Bad
  * declarations (empty steps, duplicate step names, a missing compensation where
- * `compensationRequired` is set, a bad name or version) throw `InvalidOptionError` here.
+ * `compensationRequired` is set, a bad name or version) throw `InvalidOptionError` here, and
+ * so does an unknown (misspelt) field of the declaration, a step, its `awaitReply` or a `retry`.
  *
  * @example
  * ```ts
@@ -556,6 +564,8 @@ function compile(raw: unknown): CompiledSaga {
     )
   }
   const where = `saga "${name}"`
+  // A misspelt field (`inputs`) was dropped without a word: the input went unvalidated.
+  checkKnownOptions(where, definition, declarationFields)
   const version = checkInteger(`${where}.version`, definition.version, 1, 1_000_000)
   const parseInput =
     definition.input === undefined
@@ -593,7 +603,7 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
   }
   const named = `${at.slice(0, at.lastIndexOf('.'))}.steps["${name}"]`
   // A misspelt field was dropped silently: `compensaton` left the step without compensation.
-  refuseUnknown(named, step, stepFields)
+  checkKnownOptions(named, step, stepFields)
   const kinds = (['action', 'sleepMs', 'waitUntil', 'awaitReply'] as const).filter(
     (k) => step[k] !== undefined,
   )
@@ -678,7 +688,7 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
   let send: AnyFunction | undefined
   if (kind === 'reply') {
     const awaitReply = checkObject(`${named}.awaitReply`, step.awaitReply)
-    refuseUnknown(`${named}.awaitReply`, awaitReply, awaitReplyFields)
+    checkKnownOptions(`${named}.awaitReply`, awaitReply, awaitReplyFields)
     replyTimeoutMs = checkInteger(
       `${named}.awaitReply.timeoutMs`,
       awaitReply.timeoutMs,
@@ -722,30 +732,35 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
   }
 }
 
-const stepFields = new Set([
-  'name',
-  'action',
-  'compensation',
-  'retry',
-  'timeoutMs',
-  'compensationRequired',
-  'compensationRetry',
-  'compensationTimeoutMs',
-  'sleepMs',
-  'waitUntil',
-  'awaitReply',
-  'send',
-  'callTimeoutMs',
-])
+// Every field of every step kind: a field of another kind is refused by compileStep with a
+// message of its own (`nothing on a wait step`), an unknown one here.
+const stepFields = optionKeys<SagaStep<unknown, unknown, unknown>>({
+  name: true,
+  action: true,
+  compensation: true,
+  retry: true,
+  timeoutMs: true,
+  compensationRequired: true,
+  compensationRetry: true,
+  compensationTimeoutMs: true,
+  sleepMs: true,
+  waitUntil: true,
+  awaitReply: true,
+  send: true,
+  callTimeoutMs: true,
+})
 
-const awaitReplyFields = new Set(['timeoutMs', 'onReply'])
+const awaitReplyFields = optionKeys<AwaitReplyOptions<unknown, unknown, unknown>>({
+  timeoutMs: true,
+  onReply: true,
+})
 
-function refuseUnknown(at: string, value: Record<string, unknown>, known: Set<string>): void {
-  for (const key of Object.keys(value)) {
-    if (!known.has(key) && value[key] !== undefined)
-      throw new InvalidOptionError(`${at}.${key}`, `one of ${[...known].join(', ')}`, value[key])
-  }
-}
+const declarationFields = optionKeys<SagaDeclaration<unknown> & { readonly steps: unknown }>({
+  name: true,
+  version: true,
+  input: true,
+  steps: true,
+})
 
 interface RetryDefaults {
   readonly maxAttempts: number
@@ -768,23 +783,21 @@ const compensationRetryDefaults: RetryDefaults = {
   shouldRetry: () => true,
 }
 
-const retryFields = new Set([
-  'maxAttempts',
-  'baseDelayMs',
-  'factor',
-  'maxDelayMs',
-  'jitter',
-  'random',
-  'shouldRetry',
-  'maxRetryAfterMs',
-])
+const retryFields = optionKeys<SagaRetryOptions>({
+  maxAttempts: true,
+  baseDelayMs: true,
+  factor: true,
+  maxDelayMs: true,
+  jitter: true,
+  random: true,
+  shouldRetry: true,
+  maxRetryAfterMs: true,
+})
 
 function compileRetry(at: string, raw: unknown, defaults: RetryDefaults): CompiledRetry {
   const options = raw === undefined ? {} : checkObject(at, raw)
-  for (const key of Object.keys(options)) {
-    if (!retryFields.has(key))
-      throw new InvalidOptionError(`${at}.${key}`, 'a known retry option', options[key])
-  }
+  // A misspelt option (`maxAttemps`) was dropped: the step retried with the default.
+  checkKnownOptions(at, options, retryFields)
   const maxAttempts = checkInteger(
     `${at}.maxAttempts`,
     options.maxAttempts ?? defaults.maxAttempts,

@@ -9,7 +9,13 @@ import {
   jsonTextOf,
   maxStoredIdBytes,
 } from '../core/text.js'
-import { checkClock, checkInteger, checkKnownOptions, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
 import { sagaStatements } from './sql.js'
 
@@ -152,8 +158,22 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
   return flow
 }
 
-const declarationKeys = new Set(['name', 'steps', 'compensation', 'withinMs'])
-const stepKeys = new Set(['event', 'withinMs', 'failsOn'])
+const declarationKeys = optionKeys<FlowDeclaration>({
+  name: true,
+  steps: true,
+  compensation: true,
+  withinMs: true,
+})
+const stepKeys = optionKeys<FlowStepDeclaration>({
+  event: true,
+  withinMs: true,
+  failsOn: true,
+})
+const trackerOptions = optionKeys<FlowTrackerOptions>({ db: true, flows: true, clock: true })
+const stalledOptions = optionKeys<NonNullable<Parameters<FlowTracker['stalled']>[0]>>({
+  withinMs: true,
+  limit: true,
+})
 
 // The flows defineFlow returned, recognised by identity: only they were validated.
 const definedFlows = new WeakSet<object>()
@@ -329,6 +349,8 @@ class SqlFlowTracker implements FlowTracker {
 
   constructor(options: FlowTrackerOptions) {
     checkObject('options', options)
+    // A misspelt option (`clok`) was dropped without a word: its default was used instead.
+    checkKnownOptions('options', options, trackerOptions)
     const db = options.db
     if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
       throw new InvalidOptionError('db', 'a SqlDriver', db)
@@ -410,6 +432,7 @@ class SqlFlowTracker implements FlowTracker {
 
   async stalled(options: { withinMs?: number; limit?: number } = {}): Promise<FlowState[]> {
     checkObject('options', options)
+    checkKnownOptions('options', options, stalledOptions)
     const withinMs = checkInteger('options.withinMs', options.withinMs ?? 86_400_000, 1)
     const limit = checkInteger('options.limit', options.limit ?? 1000, 1)
     // The limit bounds what is returned, not the flows looked at: the flows most recently
@@ -564,7 +587,8 @@ function pickFlow(
  * Creates a flow tracker: records the events of choreographed flows (from the services that
  * emit and consume them, or from a subscription that only listens) and rebuilds each flow's
  * state from its declaration, including flows that stalled because the next event did not
- * come in time.
+ * come in time. An unknown (misspelt) option is refused with `InvalidOptionError`
+ * (`INVALID_OPTION`).
  *
  * @example
  * ```ts

@@ -1,6 +1,12 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
 import type { SqlDriver } from '../stores/index.js'
 import { flowPruneStatements, sagaPruneStatements } from './sql.js'
@@ -48,6 +54,14 @@ export interface PruneSagasOptions {
   readonly clock?: Clock
 }
 
+const pruneSagasOptions = optionKeys<PruneSagasOptions>({
+  olderThanMs: true,
+  statuses: true,
+  batchSize: true,
+  maxBatches: true,
+  clock: true,
+})
+
 function checkStatuses(value: unknown): readonly PrunableSagaStatus[] {
   if (value === undefined) return finished
   if (
@@ -73,7 +87,8 @@ function checkStatuses(value: unknown): readonly PrunableSagaStatus[] {
  *
  * Once an instance is removed its id is free: starting a saga with that id again starts a new
  * instance. Keep the window longer than any duplicate start can arrive (a redelivered
- * message that starts sagas by a derived id).
+ * message that starts sagas by a derived id). An unknown (misspelt) option is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`) before anything is removed.
  *
  * @example
  * ```ts
@@ -83,6 +98,8 @@ function checkStatuses(value: unknown): readonly PrunableSagaStatus[] {
  */
 export async function pruneSagas(db: SqlDriver, options: PruneSagasOptions = {}): Promise<number> {
   checkObject('pruneSagas', options)
+  // A misspelt option (`olderThan`) was dropped: the 30-day default pruned instead.
+  checkKnownOptions('pruneSagas', options, pruneSagasOptions)
   const olderThanMs = checkInteger(
     'pruneSagas.olderThanMs',
     options.olderThanMs ?? 2_592_000_000,
@@ -146,6 +163,13 @@ export interface PruneFlowEventsOptions {
   readonly clock?: Clock
 }
 
+const pruneFlowEventsOptions = optionKeys<PruneFlowEventsOptions>({
+  olderThanMs: true,
+  batchSize: true,
+  maxBatches: true,
+  clock: true,
+})
+
 /**
  * Removes the flow tracker's record of flows whose last event is at least `olderThanMs` old:
  * every event of such a correlation id at once, so that no flow is left without its start.
@@ -154,7 +178,8 @@ export interface PruneFlowEventsOptions {
  * A flow is gone from `tracker.state()` and `stalled()` once removed; an old event of it
  * delivered again later is recorded as a new, partial flow. On PostgreSQL, an event recorded
  * for a flow at the very moment its old events are removed (after the flow was quiet for the
- * whole window) is kept alone.
+ * whole window) is kept alone. An unknown (misspelt) option is refused with `InvalidOptionError`
+ * (`INVALID_OPTION`) before anything is removed.
  *
  * @example
  * ```ts
@@ -167,6 +192,7 @@ export async function pruneFlowEvents(
   options: PruneFlowEventsOptions = {},
 ): Promise<number> {
   checkObject('pruneFlowEvents', options)
+  checkKnownOptions('pruneFlowEvents', options, pruneFlowEventsOptions)
   const olderThanMs = checkInteger(
     'pruneFlowEvents.olderThanMs',
     options.olderThanMs ?? 2_592_000_000,

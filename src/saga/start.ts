@@ -1,7 +1,13 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkObject, isDroppedPromise } from '../core/validate.js'
+import {
+  checkClock,
+  checkKnownOptions,
+  checkObject,
+  isDroppedPromise,
+  optionKeys,
+} from '../core/validate.js'
 import {
   type AppliedMigration,
   runMigrations,
@@ -39,6 +45,8 @@ export interface StartSagaOptions {
    */
   readonly clock?: Clock
 }
+
+const startOptions = optionKeys<StartSagaOptions>({ id: true, notify: true, clock: true })
 
 /** What {@link startSaga} did. */
 export interface StartedSaga {
@@ -92,7 +100,8 @@ export function initialSteps(saga: CompiledSaga): string {
  * with this definition will claim and run. Pass the transaction of your business write as
  * `executor` (a breakwater `tx`, or `fromPgClient` / `fromBetterSqlite` / `fromKysely`) and
  * the saga starts exactly when that write commits, and not at all if it rolls back. The input
- * is validated by the definition's `input` function and stored as JSON.
+ * is validated by the definition's `input` function and stored as JSON. An unknown (misspelt)
+ * option is refused with `InvalidOptionError` (`INVALID_OPTION`) before anything is written.
  *
  * @example
  * ```ts
@@ -109,6 +118,8 @@ export async function startSaga<I>(
   options: StartSagaOptions = {},
 ): Promise<StartedSaga> {
   checkObject('options', options)
+  // A misspelt id (`Id`) was dropped: a random id made a repeated start a second saga.
+  checkKnownOptions('options', options, startOptions)
   if (typeof executor !== 'object' || executor === null || typeof executor.query !== 'function')
     throw new InvalidOptionError('executor', 'a SqlExecutor (driver or transaction)', executor)
   // A string 'false' (from an env var) was truthy and notified.

@@ -3,7 +3,14 @@ import { hostname } from 'node:os'
 import { type Clock, maxTimerDelayMs, storedTime, type TimerHandle, within } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { EventSource, TimeoutError } from '../index.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import { getSaga } from './admin.js'
@@ -177,6 +184,24 @@ export interface StopSagaWorkerOptions {
   readonly timeoutMs?: number
 }
 
+const workerOptions = optionKeys<SagaWorkerOptions>({
+  db: true,
+  sagas: true,
+  leaseMs: true,
+  renewIntervalMs: true,
+  atCommitTimeoutMs: true,
+  pollIntervalMs: true,
+  missingDefinitionCheckIntervalMs: true,
+  concurrency: true,
+  workerId: true,
+  listen: true,
+  keepAlive: true,
+  faults: true,
+  clock: true,
+})
+const runOptions = optionKeys<RunSagaOptions>({ id: true })
+const stopOptions = optionKeys<StopSagaWorkerOptions>({ timeoutMs: true })
+
 /** Where a worker is in its life. */
 export type SagaWorkerState = 'new' | 'running' | 'stopping' | 'stopped'
 
@@ -269,6 +294,8 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
 
   constructor(options: SagaWorkerOptions) {
     checkObject('options', options)
+    // A misspelt option (`leaseMS`) was dropped without a word: its default was used instead.
+    checkKnownOptions('options', options, workerOptions)
     const db = options.db
     if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
       throw new InvalidOptionError('db', 'a SqlDriver (openDatabase)', db)
@@ -383,6 +410,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
 
   async stop(options: StopSagaWorkerOptions = {}): Promise<void> {
     checkObject('options', options)
+    checkKnownOptions('options', options, stopOptions)
     const timeoutMs =
       options.timeoutMs === undefined
         ? undefined
@@ -576,6 +604,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     options: RunSagaOptions = {},
   ): Promise<SagaOutcome<C>> {
     checkObject('options', options)
+    checkKnownOptions('options', options, runOptions)
     const given = compiledSaga(definition)
     const saga = this.#sagas.get(given.key)
     if (saga === undefined) {
@@ -744,7 +773,8 @@ function yieldToEventLoop(): Promise<void> {
  * every state write with the lease token, so a worker that lost an instance can no longer
  * change it. A worker that dies loses its leases after `leaseMs` and another resumes its
  * instances from the persisted state. Timers, retry delays and reply timeouts are persisted as
- * the instance's `next_run_at`, so they survive restarts.
+ * the instance's `next_run_at`, so they survive restarts. An unknown (misspelt) option, here or
+ * in `run` and `stop`, is refused with `InvalidOptionError` (`INVALID_OPTION`).
  *
  * @example
  * ```ts

@@ -1,0 +1,184 @@
+// A misspelt option key was dropped without a word: `pruneSagas(db, { olderThan })` pruned with
+// the 30-day default, `createSagaWorker({ leaseMS })` ran with the default lease. Every factory and
+// function of breakwater/saga that takes an options object refuses a key it does not know with
+// InvalidOptionError (INVALID_OPTION) naming it, before it touches the database; the same
+// options spelt right still work. On a real SQLite database.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import { createOutbox } from '../../src/outbox/index.js'
+import {
+  cancelSaga,
+  commandStep,
+  createFlowTracker,
+  createSagaWorker,
+  defineFlow,
+  defineSaga,
+  deliverReply,
+  listSagas,
+  pruneFlowEvents,
+  pruneSagas,
+  retrySaga,
+  type SagaWorker,
+  startSaga,
+} from '../../src/saga/index.js'
+import type { SqlDriver } from '../../src/stores/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { sqliteDb, type TestDb } from './databases.js'
+
+const saga = defineSaga({ name: 'opts', version: 1, steps: [{ name: 'a', action: () => {} }] })
+const flow = defineFlow({ name: 'opts-flow', steps: ['placed', 'paid'] })
+
+let test: TestDb
+let db: SqlDriver
+let worker: SagaWorker
+const clock = new ManualClock()
+
+beforeAll(async () => {
+  test = await sqliteDb.open('saga-unknown-options')
+  db = test.db
+  worker = createSagaWorker({ db, sagas: [saga], listen: false, clock })
+})
+
+afterAll(async () => {
+  await worker?.stop()
+  await test?.close()
+})
+
+async function refusal(run: () => unknown): Promise<InvalidOptionError> {
+  const error = await Promise.resolve()
+    .then(run)
+    .catch((e: unknown) => e)
+  expect(error).toBeInstanceOf(InvalidOptionError)
+  expect((error as InvalidOptionError).code).toBe('INVALID_OPTION')
+  return error as InvalidOptionError
+}
+
+const noop = () => {}
+
+// [what, call with a misspelt key, the option named, the same call spelt right]
+const cases: Array<[string, (o: object) => unknown, string, object]> = [
+  [
+    'createSagaWorker',
+    (o) => createSagaWorker({ db, sagas: [saga], listen: false, clock, ...o }),
+    'options.leaseMS',
+    { leaseMs: 500 },
+  ],
+  ['SagaWorker.run', (o) => worker.run(saga, {}, o), 'options.ID', { id: 'run-1' }],
+  ['startSaga', (o) => startSaga(db, saga, {}, o), 'options.Id', { id: 'start-1' }],
+  ['listSagas', (o) => listSagas(db, o), 'options.state', { status: 'running' }],
+  [
+    'retrySaga',
+    (o) => retrySaga(db, 'missing', o),
+    'options.because',
+    { reason: 'fixed' }, // correct options reach the database: no such saga
+  ],
+  ['cancelSaga', (o) => cancelSaga(db, 'missing', o), 'options.who', { by: 'alice' }],
+  [
+    'deliverReply',
+    (o) => deliverReply(db, 'missing', 'a', {}, o),
+    'options.attempts',
+    { attempt: 1 },
+  ],
+  ['pruneSagas', (o) => pruneSagas(db, o), 'pruneSagas.olderThan', { olderThanMs: 1 }],
+  [
+    'pruneFlowEvents',
+    (o) => pruneFlowEvents(db, o),
+    'pruneFlowEvents.olderThan',
+    { olderThanMs: 1 },
+  ],
+  [
+    'createFlowTracker',
+    (o) => createFlowTracker({ db, flows: [flow], ...o }),
+    'options.clok',
+    { clock },
+  ],
+  [
+    'FlowTracker.stalled',
+    (o) => createFlowTracker({ db, flows: [flow] }).stalled(o),
+    'options.within',
+    { withinMs: 5 },
+  ],
+  [
+    'defineSaga',
+    (o) => defineSaga({ name: 'x', version: 1, steps: [{ name: 'a', action: noop }], ...o }),
+    'saga "x".inputs',
+    { input: (raw: unknown) => raw },
+  ],
+  [
+    'defineSaga step retry',
+    (o) =>
+      defineSaga({ name: 'x', version: 1, steps: [{ name: 'a', action: noop, retry: { ...o } }] }),
+    'saga "x".steps["a"].retry.maxAttemps',
+    { maxAttempts: 2 },
+  ],
+  [
+    'commandStep',
+    (o) =>
+      commandStep({
+        name: 'c',
+        outbox: createOutbox(),
+        command: noop as never,
+        timeoutMs: 1,
+        ...o,
+      }),
+    'commandStep.timeout',
+    { callTimeoutMs: 5 },
+  ],
+  [
+    'defineFlow',
+    (o) => defineFlow({ name: 'f', steps: ['a'], ...o }),
+    'flow "f".within',
+    { withinMs: 5 },
+  ],
+]
+
+// Each misspelling is the correct key of the same call, changed.
+const misspelt: Record<string, object> = {
+  createSagaWorker: { leaseMS: 500 },
+  'SagaWorker.run': { ID: 'run-2' },
+  startSaga: { Id: 'start-2' },
+  listSagas: { state: 'running' },
+  retrySaga: { because: 'fixed' },
+  cancelSaga: { who: 'alice' },
+  deliverReply: { attempts: 1 },
+  pruneSagas: { olderThan: 1 },
+  pruneFlowEvents: { olderThan: 1 },
+  createFlowTracker: { clok: clock },
+  'FlowTracker.stalled': { within: 5 },
+  defineSaga: { inputs: noop },
+  'defineSaga step retry': { maxAttemps: 2 },
+  commandStep: { timeout: 5 },
+  defineFlow: { within: 5 },
+}
+
+describe('an unknown (misspelt) option is refused', () => {
+  it.each(cases)('%s', async (name, call, option, correct) => {
+    const error = await refusal(() => call(misspelt[name]!))
+    expect(error.option).toBe(option)
+    // The message lists the keys the call knows, so the right spelling is at hand.
+    const known = Object.keys(correct)[0]!
+    expect(error.message).toContain(known)
+    // Spelt right, the same call goes through validation (a saga that does not exist is the
+    // database's answer, not a refused option).
+    const outcome = await Promise.resolve()
+      .then(() => call(correct))
+      .then(
+        (value) => value,
+        (e: unknown) => e,
+      )
+    expect(outcome).not.toBeInstanceOf(InvalidOptionError)
+    if (name === 'createSagaWorker') await (outcome as SagaWorker).stop()
+  })
+
+  it('an undefined value under an unknown key is not refused (spread defaults)', async () => {
+    const options = { limit: 1, ...({ stray: undefined } as object) }
+    expect(await listSagas(db, options)).toBeInstanceOf(Array)
+  })
+
+  it('SagaWorker.stop refuses an unknown option', async () => {
+    const other = createSagaWorker({ db, sagas: [saga], listen: false, clock })
+    const error = await refusal(() => other.stop({ timeout: 5 } as never))
+    expect(error.option).toBe('options.timeout')
+    await other.stop({ timeoutMs: 5 })
+  })
+})
