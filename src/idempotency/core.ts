@@ -6,9 +6,11 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
+  checkKnownOptions,
   checkObject,
   checkOneOf,
   checkSignal,
+  optionKeys,
 } from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
@@ -368,6 +370,24 @@ const maxPollMs = 500
 
 const storeCache = new WeakMap<SqlDriver, IdempotencyStore>()
 
+const idempotencyOptions = optionKeys<IdempotencyOptions>({
+  store: true,
+  claim: true,
+  scope: true,
+  fingerprint: true,
+  methods: true,
+  required: true,
+  leaseMs: true,
+  retentionMs: true,
+  onConcurrent: true,
+  waitTimeoutMs: true,
+  retryAfterMs: true,
+  storeResponse: true,
+  replayHeaders: true,
+  problemTypeBase: true,
+  clock: true,
+})
+
 function resolveStore(value: unknown): IdempotencyStore {
   const candidate = checkObject('store', value)
   if (typeof candidate.claim === 'function' && typeof candidate.complete === 'function') {
@@ -568,6 +588,8 @@ class IdempotencyCore implements Idempotency {
 
   constructor(options: IdempotencyOptions) {
     checkObject('options', options)
+    // A misspelt option (`leaseMS`) was dropped without a word and its default used instead.
+    checkKnownOptions('options', options, idempotencyOptions)
     this.store = resolveStore(options.store)
     const clock = checkClock('clock', options.clock)
     this.#settings = {
@@ -973,7 +995,8 @@ class IdempotencyCore implements Idempotency {
 /**
  * Creates the Idempotency-Key protocol over a store. Hand the result to an adapter
  * (`idempotentHandler`, `expressIdempotency`, `fastifyIdempotency`, `honoIdempotency`) or use
- * `begin`/`handle`/`run` directly.
+ * `begin`/`handle`/`run` directly. Options are checked here, once: a bad value, or an unknown
+ * (misspelt) option, is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts

@@ -1,6 +1,12 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { CapturedRun } from './captured-run.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency } from './core.js'
@@ -55,6 +61,12 @@ export interface ExpressIdempotencyOptions {
   readonly onError?: (error: unknown) => void
 }
 
+const expressOptions = optionKeys<ExpressIdempotencyOptions>({
+  scope: true,
+  maxBodyBytes: true,
+  onError: true,
+})
+
 /**
  * Express 5 middleware for the Idempotency-Key protocol. Mount it after your body parser and
  * before the handlers it guards (`app.post('/charges', express.json(), expressIdempotency(i),
@@ -73,6 +85,8 @@ export interface ExpressIdempotencyOptions {
  * client's retry to take over. What the stale handler writes afterwards is dropped; its errors
  * reach Express's error handling as any error after a response was sent.
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * app.post('/charges', express.json(), expressIdempotency(idempotency), async (req, res) => {
@@ -90,6 +104,8 @@ export function expressIdempotency(
     throw new InvalidOptionError('idempotency', 'an Idempotency (createIdempotency)', idempotency)
   }
   checkObject('options', options)
+  // A misspelt option was dropped without a word and its default used instead.
+  checkKnownOptions('options', options, expressOptions)
   const scope =
     options.scope === undefined
       ? undefined

@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkObject } from '../core/validate.js'
+import { checkFunction, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
 import { IdempotencyInProgressError } from './errors.js'
@@ -49,6 +49,8 @@ export interface FastifyIdempotencyOptions {
    */
   readonly scope?: (request: FastifyLikeRequest) => string | Promise<string>
 }
+
+const fastifyOptions = optionKeys<FastifyIdempotencyOptions>({ scope: true })
 
 // 'executing': the handler runs (its lease running out answers the client from the listener);
 // `sending` once it called reply.send, whose payload has not reached this plugin's onSend yet
@@ -325,6 +327,8 @@ function setReply(
  * handler sends later, Fastify drops (and logs); its changes to the reply's status, headers and
  * trailers are dropped, so the 409 goes out as the plugin built it.
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * await app.register(fastifyIdempotency(idempotency))
@@ -343,6 +347,8 @@ export function fastifyIdempotency(
     throw new InvalidOptionError('idempotency', 'an Idempotency (createIdempotency)', idempotency)
   }
   checkObject('options', options)
+  // A misspelt option was dropped without a word and its default used instead.
+  checkKnownOptions('options', options, fastifyOptions)
   const scope =
     options.scope === undefined
       ? undefined

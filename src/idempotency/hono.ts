@@ -1,5 +1,11 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency } from './core.js'
 import type { IdempotencyInProgressError } from './errors.js'
@@ -45,6 +51,8 @@ export interface HonoIdempotencyOptions {
    */
   readonly maxBodyBytes?: number
 }
+
+const honoOptions = optionKeys<HonoIdempotencyOptions>({ scope: true, maxBodyBytes: true })
 
 // Statuses whose responses must not have a body in the Fetch API.
 const nullBodyStatuses = new Set([101, 103, 204, 205, 304])
@@ -155,6 +163,8 @@ function fetchHeaders(response: Response): Record<string, string | string[]> {
  * key stays in progress, expired, for the client's retry to take over. What the stale handler
  * returns later is dropped.
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * app.post('/charges', honoIdempotency(idempotency), async (c) => {
@@ -172,6 +182,8 @@ export function honoIdempotency(
     throw new InvalidOptionError('idempotency', 'an Idempotency (createIdempotency)', idempotency)
   }
   checkObject('options', options)
+  // A misspelt option was dropped without a word and its default used instead.
+  checkKnownOptions('options', options, honoOptions)
   const scope =
     options.scope === undefined
       ? undefined

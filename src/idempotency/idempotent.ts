@@ -1,5 +1,5 @@
 import type { Clock } from '../core/clock.js'
-import { checkObject } from '../core/validate.js'
+import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
 import { createIdempotency, type IdempotencyClaimMode } from './core.js'
 import type { IdempotencyStore } from './store.js'
@@ -67,6 +67,20 @@ export interface IdempotentOptions {
   readonly clock?: Clock
 }
 
+const idempotentOptions = optionKeys<IdempotentOptions>({
+  store: true,
+  claim: true,
+  scope: true,
+  fingerprint: true,
+  onConcurrent: true,
+  waitTimeoutMs: true,
+  leaseMs: true,
+  retentionMs: true,
+  retryAfterMs: true,
+  signal: true,
+  clock: true,
+})
+
 /**
  * Runs `fn` at most once per key, for work that is not an HTTP request: message consumers,
  * saga steps (key = saga id + step). `fn` gets `ctx.tx`, a transaction on the store's database
@@ -80,7 +94,8 @@ export interface IdempotentOptions {
  * own fields comes back as a plain object of them.
  *
  * Creating an {@link Idempotency} once and calling its `run` avoids validating options on
- * every call.
+ * every call. An unknown (misspelt) option, or one of `createIdempotency` that only HTTP uses
+ * (`methods`), is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @throws IdempotencyInProgressError while another call holds the key (retryable)
  * @throws IdempotencyMismatchError when the key was used with another fingerprint
@@ -98,6 +113,8 @@ export async function idempotent<T>(
   options: IdempotentOptions,
 ): Promise<T> {
   checkObject('options', options)
+  // The rest goes to createIdempotency, which would take its HTTP-only options without a word.
+  checkKnownOptions('options', options, idempotentOptions)
   const { scope, fingerprint, signal, ...rest } = options
   const core = createIdempotency(rest)
   return core.run(key, fn, {

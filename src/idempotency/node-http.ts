@@ -1,6 +1,12 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { CapturedRun } from './captured-run.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency, type IdempotencyBegin } from './core.js'
@@ -45,6 +51,14 @@ export interface IdempotentHandlerOptions {
   readonly onError?: (error: unknown) => void
 }
 
+const handlerOptions = optionKeys<IdempotentHandlerOptions>({
+  idempotency: true,
+  scope: true,
+  route: true,
+  maxBodyBytes: true,
+  onError: true,
+})
+
 /** What {@link idempotentHandler} passes to the handler besides `req` and `res`. */
 export interface IdempotentHandlerExtras {
   /** The request body, already read (the request stream is consumed). */
@@ -76,6 +90,8 @@ export type IdempotentRequestHandler = (
  * writes to `res` afterwards is dropped, and its statements on `ctx.tx` fail with that 409's
  * error (not passed to `onError`; the `lease-lost` diagnostics event reports the overrun).
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * const server = http.createServer(
@@ -92,6 +108,8 @@ export function idempotentHandler(
   handler: IdempotentRequestHandler,
 ): (req: IncomingMessage, res: ServerResponse) => void {
   checkObject('options', options)
+  // A misspelt option was dropped without a word and its default used instead.
+  checkKnownOptions('options', options, handlerOptions)
   const idempotency = options.idempotency
   if (typeof idempotency?.begin !== 'function') {
     throw new InvalidOptionError('idempotency', 'an Idempotency (createIdempotency)', idempotency)

@@ -3,7 +3,7 @@
 // a SQL database, which is why this store has no `inTransaction` and its ctx.tx runs no SQL.
 import type { Redis } from 'ioredis'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkObject } from '../core/validate.js'
+import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import {
   DriverMissingError,
   redactUrl,
@@ -42,6 +42,12 @@ export interface RedisIdempotencyStoreOptions {
    */
   readonly keyPrefix?: string
 }
+
+const redisStoreOptions = optionKeys<RedisIdempotencyStoreOptions>({
+  url: true,
+  client: true,
+  keyPrefix: true,
+})
 
 /** The store returned by {@link createRedisIdempotencyStore}. */
 export interface RedisIdempotencyStore extends IdempotencyStore {
@@ -234,6 +240,8 @@ function toRecord(reply: readonly Buffer[]): IdempotencyRecord {
  * writes to its own database and crashes before the result is recorded will run again on
  * retry, so make those writes idempotent themselves, or use `createSqlIdempotencyStore`.
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * const store = createRedisIdempotencyStore({ url: 'redis://localhost:6379' })
@@ -246,6 +254,8 @@ export function createRedisIdempotencyStore(
   options: RedisIdempotencyStoreOptions,
 ): RedisIdempotencyStore {
   checkObject('options', options)
+  // A misspelt keyPrefix would share the default prefix with every other store.
+  checkKnownOptions('options', options, redisStoreOptions)
   const { url, client: given } = options
   if ((url === undefined) === (given === undefined)) {
     throw new InvalidOptionError('url', 'exactly one of url and client', url)

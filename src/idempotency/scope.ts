@@ -1,5 +1,6 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { exceedsBytes, isStorableText } from '../core/text.js'
+import { checkKnownOptions, optionKeys } from '../core/validate.js'
 import { sha256Hex } from './fingerprint.js'
 import { headerNameExpected, isHeaderName } from './header-name.js'
 import type { IdempotencyRequest } from './types.js'
@@ -29,11 +30,14 @@ export type ScopeFunction = (request: IdempotencyRequest) => string | Promise<st
  * - `{ tenantHeader: 'x-tenant-id' }`: per tenant, named by a header that a trusted layer (your
  *   auth middleware or gateway) sets; requests without it fall back to the credential scope.
  *   The name is matched case-insensitively and must be an HTTP token (RFC 9110 section 5.6.2),
- *   else `createIdempotency` throws `InvalidOptionError` (`option: 'scope.tenantHeader'`).
+ *   else `createIdempotency` throws `InvalidOptionError` (`option: 'scope.tenantHeader'`), as
+ *   it does for any other key of the object.
  * - a function of the request (use `request.native` for the framework's request object, e.g. an
  *   authenticated user id).
  */
 export type ScopeOption = 'credential' | { readonly tenantHeader: string } | ScopeFunction
+
+const tenantScopeOptions = optionKeys<{ readonly tenantHeader: string }>({ tenantHeader: true })
 
 /** The headers the `'credential'` scope reads, in order. */
 export const credentialHeaders: readonly string[] = ['authorization', 'x-api-key']
@@ -63,6 +67,8 @@ export function scopeResolver(option: unknown): ScopeFunction {
   if (option === undefined || option === 'credential') return credentialScope
   if (typeof option === 'function') return option as ScopeFunction
   if (typeof option === 'object' && option !== null) {
+    // A misspelt key beside the header name would be dropped without a word.
+    checkKnownOptions('scope', option, tenantScopeOptions)
     const header = (option as { tenantHeader?: unknown }).tenantHeader
     // Checked here, once: a name that is not a token never matches a request's header, so
     // every request would fall back to the credential scope without a word.

@@ -1,7 +1,14 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
 import type { SqlDriver } from '../stores/index.js'
 import { createSqlIdempotencyStore } from './sql-store.js'
@@ -26,6 +33,8 @@ export interface SweepOptions {
    */
   readonly clock?: Clock
 }
+
+const sweepOptions = optionKeys<SweepOptions>({ batchSize: true, maxBatches: true, clock: true })
 
 function storeOf(target: unknown): IdempotencyStore {
   const candidate = checkObject('store', target)
@@ -56,6 +65,8 @@ async function sweepBatches(
  * Deletes idempotency records whose retention has ended, in bounded batches (each batch one
  * short statement in its own transaction), and returns how many it deleted.
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * const deleted = await sweepExpired(db, { batchSize: 500 })
@@ -66,6 +77,8 @@ export function sweepExpired(
   options: SweepOptions = {},
 ): Promise<number> {
   checkObject('options', options)
+  // A misspelt option was dropped without a word and its default used instead.
+  checkKnownOptions('options', options, sweepOptions)
   const { batchSize, maxBatches } = batchSettings(options)
   return sweepBatches(storeOf(store), checkClock('clock', options.clock), batchSize, maxBatches)
 }
@@ -86,6 +99,15 @@ export interface SweeperOptions extends SweepOptions {
   readonly onError?: (error: unknown) => void
 }
 
+const sweeperOptions = optionKeys<SweeperOptions>({
+  store: true,
+  intervalMs: true,
+  onError: true,
+  batchSize: true,
+  maxBatches: true,
+  clock: true,
+})
+
 /** A background sweeper made by {@link createSweeper}. */
 export interface Sweeper {
   /**
@@ -104,6 +126,8 @@ export interface Sweeper {
  * a deadline (`withDeadline`) or an open transaction around this call does not reach the
  * sweeps. Close it on shutdown.
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * const sweeper = createSweeper({ store: db, intervalMs: 60_000 })
@@ -112,6 +136,8 @@ export interface Sweeper {
  */
 export function createSweeper(options: SweeperOptions): Sweeper {
   checkObject('options', options)
+  // A misspelt option was dropped without a word and its default used instead.
+  checkKnownOptions('options', options, sweeperOptions)
   const store = storeOf(options.store)
   const clock = checkClock('clock', options.clock)
   const intervalMs = checkInteger('intervalMs', options.intervalMs ?? 60_000, 1)

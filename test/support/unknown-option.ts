@@ -1,0 +1,27 @@
+// The shared check of the "unknown options are refused" tests: a factory made with correct
+// options, and with a misspelt one added, as it is called in each area's table.
+import { expect } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+
+/**
+ * Calls `make` with no extra option, with an undefined stray one (a spread of defaults, which
+ * must be accepted), and with `misspelt` added: that call must throw or reject with
+ * `InvalidOptionError` (`INVALID_OPTION`) naming `${prefix}.<the misspelt key>`.
+ */
+export async function expectUnknownOptionRefused(
+  make: (extra: object) => unknown,
+  prefix: string,
+  misspelt: Record<string, unknown>,
+): Promise<void> {
+  await make({})
+  await make({ stray: undefined })
+  const refused = await Promise.resolve()
+    .then(() => make(misspelt))
+    .then(
+      () => undefined,
+      (error: unknown) => error,
+    )
+  expect(refused).toBeInstanceOf(InvalidOptionError)
+  const [key] = Object.keys(misspelt)
+  expect(refused).toMatchObject({ code: 'INVALID_OPTION', option: `${prefix}.${key}` })
+}
