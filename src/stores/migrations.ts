@@ -1,6 +1,6 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock } from '../core/validate.js'
+import { checkClock, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import { MigrationConflictError, SchemaTooNewError } from './errors.js'
 import type { SqlDriver, SqlExecutor } from './types.js'
 
@@ -44,6 +44,8 @@ export interface RunMigrationsOptions {
   readonly clock?: Clock
 }
 
+const runMigrationsOptions = optionKeys<RunMigrationsOptions>({ clock: true })
+
 const createTable = {
   sqlite: `CREATE TABLE IF NOT EXISTS breakwater_migrations (
   capability TEXT NOT NULL,
@@ -83,7 +85,8 @@ const advisoryLockKey = '7121410496880042356'
  * capability) throws `SchemaTooNewError`, before anything is applied: the older code must not
  * run against a schema it was not written for. The check reads the versions inside the same
  * locked transaction that applies, so a newer process committing meanwhile is seen, and the
- * versions this run applies itself are never taken for newer ones.
+ * versions this run applies itself are never taken for newer ones. An unknown (misspelt) option
+ * is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
@@ -104,6 +107,9 @@ export async function runMigrations(
     throw new InvalidOptionError('capability', 'a kebab-case name', capability)
   }
   const ordered = checkMigrations(capability, migrations)
+  checkObject('options', options)
+  // A misspelt clock was dropped without a word: applied_at came from the system clock.
+  checkKnownOptions('options', options, runMigrationsOptions)
   const clock = checkClock('clock', options.clock)
   return db.transaction(async (tx) => {
     if (tx.dialect === 'postgres') {

@@ -1,15 +1,21 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { checkObject } from '../core/validate.js'
-import { createPostgresDriver, type PostgresDriverOptions, postgresUrlDefect } from './postgres.js'
+import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import {
+  createPostgresDriver,
+  type PostgresDriverOptions,
+  postgresDriverOptions,
+  postgresUrlDefect,
+} from './postgres.js'
 import { redactUrl } from './redact.js'
-import { createSqliteDriver, type SqliteDriverOptions } from './sqlite.js'
+import { createSqliteDriver, type SqliteDriverOptions, sqliteDriverOptions } from './sqlite.js'
 import type { SqlDriver } from './types.js'
 
 /**
  * Options of {@link openDatabase}: per-driver settings, used when the URL selects that driver.
  * Any other key (a driver setting given flat, `{ maxConnections: 20 }`), a driver's settings that
- * are not an object, or a file or connection string besides the URL's, is refused with
- * `InvalidOptionError`: it would otherwise be ignored, the driver opening with its defaults.
+ * are not an object, an unknown (misspelt) key in them (whichever driver the URL selects), or a
+ * file or connection string besides the URL's, is refused with `InvalidOptionError`: it would
+ * otherwise be ignored, the driver opening with its defaults.
  */
 export interface OpenDatabaseOptions {
   /**
@@ -116,20 +122,28 @@ function sqlitePath(url: string): string | undefined {
 /** The URL names the file or server: a driver's settings must not name another one. */
 const fromUrl = { sqlite: 'filename', postgres: 'connectionString' } as const
 
+const openOptions = optionKeys<OpenDatabaseOptions>({ sqlite: true, postgres: true })
+
+/** Each driver's own option keys: its settings are checked whichever driver the URL selects. */
+const driverOptions = { sqlite: sqliteDriverOptions, postgres: postgresDriverOptions } as const
+
 function checkOpenOptions(options: OpenDatabaseOptions): void {
   checkObject('options', options)
-  for (const key of Object.keys(options)) {
-    if (key !== 'sqlite' && key !== 'postgres')
+  for (const name of Object.keys(options)) {
+    const key = name as keyof OpenDatabaseOptions
+    // Not checkKnownOptions: this message says where a flat driver setting goes instead.
+    if (!openOptions.has(key))
       throw new InvalidOptionError(
         `options.${key}`,
         'no such option: per-driver settings go under options.sqlite or options.postgres',
-        options[key as keyof OpenDatabaseOptions],
+        options[key],
       )
     const settings: unknown = options[key]
     if (settings === undefined) continue
-    checkObject(`options.${key}`, settings)
+    const given = checkObject(`options.${key}`, settings)
+    checkKnownOptions(`options.${key}`, given, driverOptions[key])
     const named = fromUrl[key]
-    const value = (settings as Record<string, unknown>)[named]
+    const value = given[named]
     if (value !== undefined)
       throw new InvalidOptionError(
         `options.${key}.${named}`,

@@ -2,7 +2,13 @@ import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { type Clock, maxTimerDelayMs, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './errors.js'
 import { LruCache } from './lru.js'
 import { OpenPoolConnections } from './pg-connections.js'
@@ -71,6 +77,20 @@ export interface PostgresDriverOptions {
    */
   readonly clock?: Clock
 }
+
+/** The keys of {@link PostgresDriverOptions}. @internal Also checked by `openDatabase`. */
+export const postgresDriverOptions = optionKeys<PostgresDriverOptions>({
+  connectionString: true,
+  maxConnections: true,
+  statementTimeoutMs: true,
+  idleInTransactionTimeoutMs: true,
+  connectionTimeoutMs: true,
+  idleTimeoutMs: true,
+  applicationName: true,
+  listenRetryBaseMs: true,
+  listenRetryMaxMs: true,
+  clock: true,
+})
 
 // Minimal structural views of pg, so this module's public types never require @types/pg.
 interface PgQueryConfig {
@@ -809,7 +829,8 @@ function asError(value: unknown): Error {
 
 /**
  * Connects to PostgreSQL with a pg pool. The pool connects lazily; the first statement (or
- * transaction) reports connection problems.
+ * transaction) reports connection problems. An unknown (misspelt) option is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
@@ -822,6 +843,8 @@ export async function createPostgresDriver(
   options: PostgresDriverOptions,
 ): Promise<PostgresDriver> {
   checkObject('options', options)
+  // A misspelt option was dropped without a word and the default used instead.
+  checkKnownOptions('options', options, postgresDriverOptions)
   const { connectionString } = options
   if (typeof connectionString !== 'string' || !/^postgres(ql)?:\/\//i.test(connectionString)) {
     throw new InvalidOptionError(

@@ -2,7 +2,13 @@ import { mkdirSync, realpathSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkObject, checkOneOf } from '../core/validate.js'
+import {
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  checkOneOf,
+  optionKeys,
+} from '../core/validate.js'
 import {
   DriverMissingError,
   StoreBusyError,
@@ -50,6 +56,14 @@ export interface SqliteDriverOptions {
    */
   readonly statementCacheSize?: number
 }
+
+/** The keys of {@link SqliteDriverOptions}. @internal Also checked by `openDatabase`. */
+export const sqliteDriverOptions = optionKeys<SqliteDriverOptions>({
+  filename: true,
+  busyTimeoutMs: true,
+  synchronous: true,
+  statementCacheSize: true,
+})
 
 /** The parts of a better-sqlite3 statement breakwater uses. */
 export interface BetterSqliteStatement {
@@ -453,7 +467,8 @@ export async function loadBetterSqlite<C>(): Promise<
 
 /**
  * Opens (creating if needed) a SQLite database with better-sqlite3, in WAL mode with a busy
- * timeout, foreign keys on and `synchronous` as chosen.
+ * timeout, foreign keys on and `synchronous` as chosen. An unknown (misspelt) option is refused
+ * with `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
@@ -466,6 +481,8 @@ export async function loadBetterSqlite<C>(): Promise<
  */
 export async function createSqliteDriver(options: SqliteDriverOptions = {}): Promise<SqliteDriver> {
   checkObject('options', options)
+  // A misspelt option was dropped without a word and the default used instead.
+  checkKnownOptions('options', options, sqliteDriverOptions)
   const filename = options.filename ?? defaultSqliteFilename
   if (typeof filename !== 'string' || filename === '') {
     throw new InvalidOptionError('filename', 'a file path or ":memory:"', filename)
