@@ -5,7 +5,7 @@
 // end of the turn it was logged in (setImmediate), or less when `maxBytes` fill first.
 
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkObject } from '../core/validate.js'
+import { checkInteger, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import type { LogOutput } from './logger.js'
 import { writeSafely } from './safe-write.js'
 
@@ -25,6 +25,11 @@ export interface BufferedOutputOptions {
   readonly flushOnExit?: boolean
 }
 
+const bufferedOutputOptions = optionKeys<BufferedOutputOptions>({
+  maxBytes: true,
+  flushOnExit: true,
+})
+
 /** A {@link LogOutput} that gathers lines; see {@link createBufferedOutput}. */
 export interface BufferedOutput extends LogOutput {
   /** Writes every held line now. */
@@ -39,6 +44,8 @@ export interface BufferedOutput extends LogOutput {
  * A `write` of `output` that throws never reaches the caller nor the end-of-turn timer: those
  * lines are dropped, and `output`'s first failure is reported once to `process.stderr`.
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * const logger = createJsonLogger({ output: createBufferedOutput(process.stdout) })
@@ -49,6 +56,8 @@ export function createBufferedOutput(
   options: BufferedOutputOptions = {},
 ): BufferedOutput {
   checkObject('options', options)
+  // A misspelt option was dropped without a word and its default used instead.
+  checkKnownOptions('options', options, bufferedOutputOptions)
   if (typeof output !== 'object' || output === null || typeof output.write !== 'function') {
     throw new InvalidOptionError('output', 'an object with write()', output)
   }

@@ -1,6 +1,12 @@
 import type { Clock } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkObject, checkOneOf } from '../core/validate.js'
+import {
+  checkClock,
+  checkKnownOptions,
+  checkObject,
+  checkOneOf,
+  optionKeys,
+} from '../core/validate.js'
 import { isSecretKey, normalizeKey, REDACTED, redactSecrets } from './redact.js'
 import { writeSafely } from './safe-write.js'
 
@@ -76,6 +82,14 @@ export interface JsonLoggerOptions {
    */
   readonly clock?: Clock
 }
+
+const loggerOptions = optionKeys<JsonLoggerOptions>({
+  level: true,
+  output: true,
+  fields: true,
+  redactKeys: true,
+  clock: true,
+})
 
 const rank: Readonly<Record<LogThreshold, number>> = {
   debug: 10,
@@ -422,6 +436,8 @@ function serializeError(
  * `write` throws: that line is dropped, and the output's first failure is reported once to
  * `process.stderr` (see {@link LogOutput}).
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * const log = createJsonLogger({ fields: { service: 'relay' } })
@@ -431,6 +447,8 @@ function serializeError(
  */
 export function createJsonLogger(options: JsonLoggerOptions = {}): Logger {
   checkObject('logger', options)
+  // A misspelt redactKeys left the fields it named unredacted, without a word.
+  checkKnownOptions('logger', options, loggerOptions)
   const level = checkOneOf('logger.level', options.level ?? 'info', logThresholds)
   const output = options.output ?? process.stdout
   if (typeof output !== 'object' || output === null || typeof output.write !== 'function')

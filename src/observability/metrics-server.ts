@@ -2,7 +2,14 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 import { type Clock, maxTimerDelayMs, within } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import type { MetricsRegistry } from './metrics.js'
 
 /** Options of {@link startMetricsServer}. */
@@ -43,6 +50,16 @@ export interface MetricsServerOptions {
   readonly onError?: (error: unknown) => void
 }
 
+const metricsServerOptions = optionKeys<MetricsServerOptions>({
+  port: true,
+  host: true,
+  registry: true,
+  health: true,
+  healthTimeoutMs: true,
+  clock: true,
+  onError: true,
+})
+
 /**
  * The health check did not settle within `healthTimeoutMs` (code `TIMEOUT`, retryable):
  * `/healthz` answered 503. Given to `onError`.
@@ -81,6 +98,8 @@ export interface MetricsServer {
  * methods 405. Listens on loopback unless `host` says otherwise. Resolves once listening;
  * rejects when the port cannot be bound (`EADDRINUSE`, `EACCES`).
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ *
  * @example
  * ```ts
  * const registry = createMetricsRegistry()
@@ -91,6 +110,8 @@ export interface MetricsServer {
  */
 export async function startMetricsServer(options: MetricsServerOptions): Promise<MetricsServer> {
   checkObject('metricsServer', options)
+  // A misspelt option was dropped without a word and its default used instead.
+  checkKnownOptions('metricsServer', options, metricsServerOptions)
   const port = checkInteger('metricsServer.port', options.port, 0, 65_535)
   const host = options.host ?? '127.0.0.1'
   if (typeof host !== 'string' || host === '')

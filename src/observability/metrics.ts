@@ -1,6 +1,13 @@
 import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 
 // A small Prometheus registry: counters, gauges and histograms with labels, rendered in the
 // text exposition format 0.0.4 (what every Prometheus server and agent scrapes). Enough for
@@ -247,6 +254,19 @@ export function formatSampleValue(value: number): string {
 
 type Kind = 'counter' | 'gauge' | 'histogram'
 
+const metricOptions = optionKeys<MetricOptions>({ name: true, help: true, labelNames: true })
+const histogramOptions = optionKeys<HistogramOptions>({
+  name: true,
+  help: true,
+  labelNames: true,
+  buckets: true,
+})
+const registryOptions = optionKeys<MetricsRegistryOptions>({
+  onCollectError: true,
+  collectTimeoutMs: true,
+  clock: true,
+})
+
 /** What the registry needs of a metric. */
 interface Renderable {
   readonly name: string
@@ -264,8 +284,15 @@ abstract class Metric<S> implements Renderable {
   // `\0`), adding one's increments to the other.
   readonly series = new Map<string, { readonly labels: readonly string[]; state: S }>()
 
-  constructor(kind: Kind, options: MetricOptions, reservedLabels: readonly string[] = []) {
+  constructor(
+    kind: Kind,
+    options: MetricOptions,
+    known: ReadonlySet<string>,
+    reservedLabels: readonly string[] = [],
+  ) {
     checkObject(kind, options)
+    // A misspelt labelNames gave a metric without labels, and every labelled call then failed.
+    checkKnownOptions(kind, options, known)
     if (typeof options.name !== 'string' || !metricName.test(options.name))
       throw new InvalidOptionError(
         `${kind}.name`,
@@ -390,7 +417,7 @@ class CounterMetric extends Metric<NumberState> implements Counter {
   readonly kind = 'counter'
 
   constructor(options: CounterOptions) {
-    super('counter', options)
+    super('counter', options, metricOptions)
   }
 
   protected initial(): NumberState {
@@ -417,7 +444,7 @@ class GaugeMetric extends Metric<NumberState> implements Gauge {
   readonly kind = 'gauge'
 
   constructor(options: GaugeOptions) {
-    super('gauge', options)
+    super('gauge', options, metricOptions)
   }
 
   protected initial(): NumberState {
@@ -472,7 +499,7 @@ class HistogramMetric extends Metric<HistogramState> implements Histogram {
   readonly buckets: readonly number[]
 
   constructor(options: HistogramOptions) {
-    super('histogram', options, ['le'])
+    super('histogram', options, histogramOptions, ['le'])
     const buckets = options.buckets ?? defaultBuckets
     if (!Array.isArray(buckets))
       throw new InvalidOptionError('histogram.buckets', 'an array of numbers', buckets)
@@ -565,6 +592,8 @@ class Registry implements MetricsRegistry {
 
   constructor(options: MetricsRegistryOptions) {
     checkObject('metricsRegistry', options)
+    // A misspelt option was dropped without a word and its default used instead.
+    checkKnownOptions('metricsRegistry', options, registryOptions)
     this.#collectTimeoutMs = checkInteger(
       'metricsRegistry.collectTimeoutMs',
       options.collectTimeoutMs ?? 5_000,
@@ -694,7 +723,9 @@ class Registry implements MetricsRegistry {
  * Creates a metrics registry rendered in the Prometheus text format (version 0.0.4): counters,
  * gauges and histograms with labels, `# HELP` and `# TYPE` lines, label values and help text
  * escaped, `+Inf`/`-Inf`/`NaN` spelled as Prometheus reads them. Serve it with
- * `startMetricsServer`.
+ * `startMetricsServer`. An unknown (misspelt) option, of the registry or of a metric
+ * (`counter`, `gauge`, `histogram`), is refused with `InvalidOptionError` (`INVALID_OPTION`)
+ * naming it.
  *
  * @example
  * ```ts
