@@ -35,8 +35,6 @@ function track(client: HttpClient): HttpClient {
   return client
 }
 
-const realSleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
 describe('the deadline header', () => {
   const ok: Handler = (_req, res) => {
     res.end('ok')
@@ -309,42 +307,54 @@ describe('the deadline header', () => {
 })
 
 describe('deadline propagation across three real hops', () => {
-  // A calls B calls C calls D, each through the client, each server adopting the deadline it
-  // receives. Every hop spends `hopMs` before calling the next; D works in 10 ms units for up
-  // to a second, checking its deadline before each unit. Connections are opened beforehand and
-  // each hop keeps a 25 ms margin for the request's transit (a warm loopback hop takes a few
-  // milliseconds, but a two-core machine running other suites can stall any of them), so the
-  // deadline each server adopts ends no later than the caller's.
+  // A calls B calls C calls D over real HTTP, each through the client, each server adopting the
+  // deadline it receives. Every hop spends `hopMs` before calling the next; D works in 10 ms
+  // units for up to a second, checking its deadline before each unit. All of it, the 200 ms
+  // deadline included, runs on one ManualClock that moves only while every hop is asleep: a
+  // request in transit takes no time on it, however busy the machine, so the budgets each hop
+  // is told are exact and the outcome is the same on every run. Each hop keeps a 25 ms margin.
   const margin = 25
 
   async function chain(hopMs: number) {
+    const clock = new ManualClock()
     const received: Record<string, number[]> = { a: [], b: [], c: [], d: [] }
     const dUnits: number[] = []
     const finished = new Set<string>()
     let client: HttpClient | undefined
+    // Sleeps on the clock; the test moves the clock only while one of these is pending, when
+    // nothing else of the chain is under way (each hop waits for the one it called).
+    let asleep = 0
+    const sleep = (ms: number) =>
+      new Promise<void>((resolve) => {
+        asleep++
+        clock.setTimeout(() => {
+          asleep--
+          resolve()
+        }, ms)
+      })
 
     const hop =
       (name: string, next: string | undefined): Handler =>
       async (req, res) => {
-        if (req.url === '/warm') {
-          res.end('warm')
-          return
-        }
         received[name]!.push(Number(req.headers[DEADLINE_HEADER]))
         try {
-          const body = await adoptDeadline(req.headers, async () => {
-            if (next === undefined) {
-              for (let unit = 0; unit < 100; unit++) {
-                if ((remainingMs() ?? 0) <= 0)
-                  throw new DeadlineExceededError(currentDeadline()!.atMs)
-                dUnits.push(Date.now())
-                await realSleep(10)
+          const body = await adoptDeadline(
+            req.headers,
+            async () => {
+              if (next === undefined) {
+                for (let unit = 0; unit < 100; unit++) {
+                  if ((remainingMs() ?? 0) <= 0)
+                    throw new DeadlineExceededError(currentDeadline()!.atMs)
+                  dUnits.push(clock.now())
+                  await sleep(10)
+                }
+                return 'done'
               }
-              return 'done'
-            }
-            await realSleep(hopMs)
-            return (await client!.request(next, { path: '/' })).text()
-          })
+              await sleep(hopMs)
+              return (await client!.request(next, { path: '/' })).text()
+            },
+            { clock },
+          )
           res.end(body)
         } catch (error) {
           res.writeHead(504).end(BreakwaterError.is(error) ? error.code : String(error))
@@ -365,64 +375,58 @@ describe('deadline propagation across three real hops', () => {
     })
     client = track(
       createHttpClient({
+        clock,
         services: { a: service(a), b: service(b), c: service(c), d: service(d) },
       }),
     )
-    for (const name of client.services) await client.request(name, { path: '/warm' })
-    let deadlineAt = 0
-    const error = await withDeadline(200, () => {
-      deadlineAt = currentDeadline()!.atMs
-      return client!.request('a', { path: '/' })
-    }).catch((e: unknown) => e)
-    return { error, deadlineAt, received, dUnits, finished, d }
-  }
-
-  // The caller sees its own deadline pass, or, usually a little earlier, A's 504: A's deadline
-  // ends the margin before the caller's.
-  function expectStopped(error: unknown): void {
-    if (error instanceof HttpStatusError) expect(error.status).toBe(504)
-    else expect(error).toBeInstanceOf(DeadlineExceededError)
-  }
-
-  it("stops the whole chain when A's 200 ms are up; D works only inside the deadline", async () => {
-    // On a machine busy with other suites a stalled event loop can use up the budget before
-    // the request gets to D. Every run must keep the invariants; at least one must reach D.
-    let reachedD = false
-    for (let attempt = 0; attempt < 5 && !reachedD; attempt++) {
-      const run = await chain(5)
-      expectStopped(run.error)
-      const headers = ['a', 'b', 'c', 'd'].flatMap((hop) => run.received[hop]!)
-      expect(headers.length).toBeGreaterThanOrEqual(1)
-      expect(headers[0]).toBeLessThanOrEqual(200 - margin)
-      // Each hop was told less than the one before it, by at least the time that hop spent
-      // and the margin. One millisecond of slack: Node's timers run on a millisecond loop
-      // clock and can fire up to 1 ms early as Date.now() sees it, so a 5 ms sleep may measure 4.
-      for (let i = 1; i < headers.length; i++) {
-        expect(headers[i]).toBeLessThanOrEqual(headers[i - 1]! - 5 - margin + 1)
-      }
-      if (run.received.d!.length === 0) continue
-      reachedD = true
-      // D stops by itself at the deadline it was handed, long before its second of work, and
-      // never starts a unit after A's deadline.
-      await until(() => run.finished.has('d'))
-      expect(run.dUnits.length).toBeGreaterThan(0)
-      expect(run.dUnits.length).toBeLessThan(20)
-      expect(Math.max(...run.dUnits)).toBeLessThan(run.deadlineAt)
+    let settled = false
+    const outcome = withDeadline(200, () => client!.request('a', { path: '/' }), { clock })
+      .catch((e: unknown) => e)
+      .finally(() => {
+        settled = true
+      })
+    for (;;) {
+      await until(() => settled || asleep > 0)
+      if (settled) break
+      await clock.advance(clock.nextTimerAt()! - clock.now())
     }
-    expect(reachedD).toBe(true)
+    const error = await outcome
+    // What the caller is waiting for is over; so must be every hop's work.
+    await until(() =>
+      ['a', 'b', 'c', 'd'].every((h) => received[h]!.length === 0 || finished.has(h)),
+    )
+    return { error, endedAtMs: clock.now(), received, dUnits, d }
+  }
+
+  it("stops the whole chain within A's 200 ms; D works only inside the deadline", async () => {
+    const run = await chain(5)
+    // Each hop is told what its caller was told, less the 5 ms it spent and the margin: the
+    // deadline D adopts ends 4 margins and 3 hops before the caller's, at 100.
+    expect([run.received.a, run.received.b, run.received.c, run.received.d]).toEqual([
+      [175],
+      [145],
+      [115],
+      [85],
+    ])
+    // D starts a unit only while its deadline lasts (15 to 95), stops by itself at 105, long
+    // before its second of work, and the 504 travels back up to the caller well within its 200.
+    expect(run.dUnits).toEqual([15, 25, 35, 45, 55, 65, 75, 85, 95])
+    expect(run.error).toBeInstanceOf(HttpStatusError)
+    expect((run.error as HttpStatusError).status).toBe(504)
+    expect(run.endedAtMs).toBe(105)
   })
 
   it('never calls D when the budget is spent before C gets to it', async () => {
     const run = await chain(50)
-    expectStopped(run.error)
-    // A passes the deadline on to B, B (usually) to C; after the hops' 50 ms each nothing is
-    // left for D, so nothing is sent to it.
-    expect(run.received.b).toHaveLength(1)
-    await until(
-      () => run.finished.has('b') && (run.received.c!.length === 0 || run.finished.has('c')),
-    )
-    expect(run.d.hits.filter((h) => h.url !== '/warm')).toHaveLength(0)
+    // A tells B 175 - 50 - 25 = 100, B tells C 100 - 50 - 25 = 25, and C, after its 50 ms,
+    // has nothing left for D: nothing is sent to it.
+    expect([run.received.a, run.received.b, run.received.c]).toEqual([[175], [100], [25]])
+    expect(run.d.hits).toHaveLength(0)
     expect(run.dUnits).toHaveLength(0)
+    // B's deadline (150) ends its call to C; B answers A with 504, A the caller.
+    expect(run.error).toBeInstanceOf(HttpStatusError)
+    expect((run.error as HttpStatusError).status).toBe(504)
+    expect(run.endedAtMs).toBe(150)
   })
 })
 
