@@ -12,6 +12,7 @@ import {
 } from '../core/validate.js'
 import { type Delivery, KeyedDispatcher } from './dispatcher.js'
 import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
+import { checkKnownBrokerOptions } from './option-keys.js'
 import { type BrokerTlsOptions, type ResolvedTlsOptions, resolveTlsOptions } from './tls.js'
 import type { Broker, IncomingMessage, OutgoingMessage, Publisher, Subscriber } from './types.js'
 
@@ -106,6 +107,27 @@ export interface BrokerCommonOptions {
   readonly tls?: BrokerTlsOptions
 }
 
+/**
+ * The keys of {@link BrokerCommonOptions}, for each adapter's known-option set
+ * (`optionKeys<NatsBrokerOptions>({ ...commonOptionKeys, stream: true, ... })`): typed so that
+ * an option added to the shared interface must be added here too.
+ */
+export const commonOptionKeys: { readonly [K in keyof BrokerCommonOptions]-?: true } = {
+  url: true,
+  clock: true,
+  connectTimeoutMs: true,
+  publishTimeoutMs: true,
+  concurrency: true,
+  prefetch: true,
+  maxHeldPerKey: true,
+  holdTimeoutMs: true,
+  retryDelayMs: true,
+  reconnectDelayMs: true,
+  maxReconnectDelayMs: true,
+  onError: true,
+  tls: true,
+}
+
 /** {@link BrokerCommonOptions} with defaults applied and values checked. */
 export interface ResolvedCommonOptions {
   readonly url: URL
@@ -125,15 +147,20 @@ export interface ResolvedCommonOptions {
 
 /**
  * Checks the shared options once, at construction; `schemes` are the accepted URL protocols,
- * `tlsSchemes` those of them `tls` settings apply to.
+ * `tlsSchemes` those of them `tls` settings apply to, `known` every option of the adapter
+ * (shared and its own): any other is refused, its value hidden.
  */
 export function resolveCommonOptions(
   prefix: string,
   options: BrokerCommonOptions,
   schemes: readonly string[],
   tlsSchemes: readonly string[],
+  known: ReadonlySet<string>,
 ): ResolvedCommonOptions {
   checkObject(prefix, options)
+  // A misspelt ackWaitMs or visibilityTimeoutMs was dropped without a word and its default
+  // used; a credential given as an option (`password`) must not be quoted in the refusal.
+  checkKnownBrokerOptions(prefix, options, known)
   const url = parseBrokerUrl(`${prefix}.url`, options.url, schemes)
   const concurrency = checkInteger(`${prefix}.concurrency`, options.concurrency ?? 1, 1, 10_000)
   const prefetch = checkInteger(`${prefix}.prefetch`, options.prefetch ?? 64, 1, 65_535)

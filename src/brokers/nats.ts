@@ -12,12 +12,13 @@ import type {
 import { within } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkObject } from '../core/validate.js'
+import { checkObject, optionKeys } from '../core/validate.js'
 import {
   type BrokerCommonOptions,
   checkOutgoing,
   checkSubscribeArgs,
   closedError,
+  commonOptionKeys,
   KEY_HEADER,
   lazyDriver,
   ms,
@@ -34,6 +35,7 @@ import {
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
 import { gateLostDeliveries, type LostDeliveryGate } from './lost-delivery-gate.js'
+import { checkKnownBrokerOptions } from './option-keys.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
 import { tlsFailure } from './tls.js'
 import type {
@@ -113,6 +115,18 @@ interface ResolvedNatsOptions extends ResolvedCommonOptions {
   readonly name: string
 }
 
+const natsOptions = optionKeys<NatsBrokerOptions>({
+  ...commonOptionKeys,
+  stream: true,
+  createStreams: true,
+  duplicateWindowMs: true,
+  maxAgeMs: true,
+  ackWaitMs: true,
+  name: true,
+})
+
+const streamSpecKeys = optionKeys<NatsStreamSpec>({ name: true, subjects: true })
+
 const loadNats = lazyDriver('nats', () => import('nats'))
 
 /**
@@ -142,6 +156,10 @@ const loadNats = lazyDriver('nats', () => import('nats'))
  * its group (their deliveries never come back to it), nor while the server still counts a dead
  * predecessor (whose host vanished without closing its connection) as pulling.
  *
+ * An unknown (misspelt) option, top-level or in `stream` or `tls`, is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`) naming it (`nats.ackWait`), its value hidden when it
+ * is text or bytes.
+ *
  * @example
  * ```ts
  * import { createNatsBroker } from 'breakwater/brokers'
@@ -157,7 +175,13 @@ export function createNatsBroker(options: NatsBrokerOptions): Broker {
 }
 
 function resolveNatsOptions(options: NatsBrokerOptions): ResolvedNatsOptions {
-  const common = resolveCommonOptions('nats', options, ['nats:', 'tls:'], ['nats:', 'tls:'])
+  const common = resolveCommonOptions(
+    'nats',
+    options,
+    ['nats:', 'tls:'],
+    ['nats:', 'tls:'],
+    natsOptions,
+  )
   checkNatsUrlRest(common.url)
   // connectNats sends user:password, or a lone user name as a token; a password without a
   // user name fits neither and would be dropped, failing later as an authorization error.
@@ -171,6 +195,7 @@ function resolveNatsOptions(options: NatsBrokerOptions): ResolvedNatsOptions {
   let stream: NatsStreamSpec | undefined
   if (options.stream !== undefined) {
     const spec = checkObject('nats.stream', options.stream)
+    checkKnownBrokerOptions('nats.stream', spec, streamSpecKeys)
     const name = spec.name
     if (typeof name !== 'string' || safeName(name) !== name || name === '') {
       throw new InvalidOptionError('nats.stream.name', 'a name of [A-Za-z0-9_-]', name)

@@ -1,19 +1,12 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkObject } from '../core/validate.js'
+import { checkObject, optionKeys } from '../core/validate.js'
 import { redactUrl, type SubscriberErrorEvent } from './common.js'
 import { createNatsBroker, type NatsBrokerOptions } from './nats.js'
+import { hideText } from './option-keys.js'
 import { createRabbitMqBroker, type RabbitMqBrokerOptions } from './rabbitmq.js'
 import { createRedisBroker, type RedisBrokerOptions } from './redis.js'
 import type { Broker } from './types.js'
-
-const openBrokerKeys: ReadonlySet<string> = new Set([
-  'clock',
-  'onError',
-  'nats',
-  'rabbitmq',
-  'redis',
-])
 
 /**
  * Options of {@link openBroker}: shared settings plus per-adapter ones for the URL's scheme.
@@ -32,11 +25,21 @@ export interface OpenBrokerOptions {
   readonly redis?: Omit<RedisBrokerOptions, 'url'>
 }
 
+const openBrokerKeys = optionKeys<OpenBrokerOptions>({
+  clock: true,
+  onError: true,
+  nats: true,
+  rabbitmq: true,
+  redis: true,
+})
+
 /**
  * Opens the broker a URL names: `nats://` or `tls://` (NATS JetStream), `amqp://` or `amqps://`
  * (RabbitMQ), `redis://` or `rediss://` (Redis Streams). Nothing connects until the first
  * publish or subscribe. An unknown scheme throws {@link InvalidOptionError} naming the URL
- * with its credentials hidden.
+ * with its credentials hidden. An unknown (misspelt) option, at the top or in an adapter's
+ * section, is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it (`openBroker.rabbitMq`,
+ * `redis.visibilityTimeout`).
  *
  * @example
  * ```ts
@@ -50,12 +53,14 @@ export function openBroker(url: string, options: OpenBrokerOptions = {}): Broker
   checkObject('openBroker', options)
   // A misspelt section (rabbitMq, Redis) or a setting meant for an adapter given flat
   // (connectTimeoutMs) would otherwise open the broker with defaults without a word.
-  for (const name of Object.keys(options)) {
-    if (!openBrokerKeys.has(name)) {
+  // Undefined is absent, as for every other factory; a value is hidden when it is text (a
+  // credential given flat, `password`, must not be quoted into logs).
+  for (const [name, value] of Object.entries(options)) {
+    if (!openBrokerKeys.has(name) && value !== undefined) {
       throw new InvalidOptionError(
         `openBroker.${name}`,
         'one of clock, onError, nats, rabbitmq, redis (adapter settings go in their section, e.g. { rabbitmq: { connectTimeoutMs } })',
-        (options as Record<string, unknown>)[name],
+        hideText(value),
       )
     }
   }

@@ -4,12 +4,13 @@ import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqp
 import { sleep, within } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkOneOf } from '../core/validate.js'
+import { checkOneOf, optionKeys } from '../core/validate.js'
 import {
   type BrokerCommonOptions,
   checkOutgoing,
   checkSubscribeArgs,
   closedError,
+  commonOptionKeys,
   KEY_HEADER,
   lazyDriver,
   pairBroker,
@@ -78,6 +79,15 @@ interface ResolvedRabbitOptions extends ResolvedCommonOptions {
   readonly mandatory: boolean
 }
 
+const rabbitOptions = optionKeys<RabbitMqBrokerOptions>({
+  ...commonOptionKeys,
+  exchange: true,
+  exchangeType: true,
+  queueName: true,
+  queueType: true,
+  mandatory: true,
+})
+
 const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
 
 /**
@@ -111,6 +121,9 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * deterministic text (tables and arrays as canonical JSON, decimals exact, timestamps ISO 8601,
  * byte arrays base64): see docs/rabbitmq.md.
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming
+ * it (`rabbitmq.exchangeTyp`), its value hidden when it is text or bytes.
+ *
  * @example
  * ```ts
  * import { createRabbitMqBroker } from 'breakwater/brokers'
@@ -126,7 +139,13 @@ export function createRabbitMqBroker(options: RabbitMqBrokerOptions): Broker {
 }
 
 function resolveRabbitOptions(options: RabbitMqBrokerOptions): ResolvedRabbitOptions {
-  const common = resolveCommonOptions('rabbitmq', options, ['amqp:', 'amqps:'], ['amqps:'])
+  const common = resolveCommonOptions(
+    'rabbitmq',
+    options,
+    ['amqp:', 'amqps:'],
+    ['amqps:'],
+    rabbitOptions,
+  )
   const exchange = options.exchange ?? 'breakwater'
   // At most 255 bytes (an AMQP short string): a longer one would fail every publish with
   // amqplib's TypeError, which reads as a rejected message rather than a bad setting.

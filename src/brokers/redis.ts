@@ -5,12 +5,13 @@ import type { Redis } from 'ioredis'
 import { maxTimerDelayMs, sleep, within } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger } from '../core/validate.js'
+import { checkInteger, optionKeys } from '../core/validate.js'
 import {
   type BrokerCommonOptions,
   checkOutgoing,
   checkSubscribeArgs,
   closedError,
+  commonOptionKeys,
   lazyDriver,
   ms,
   pairBroker,
@@ -112,6 +113,16 @@ interface ResolvedRedisOptions extends ResolvedCommonOptions {
   readonly consumerName: string | undefined
 }
 
+const redisOptions = optionKeys<RedisBrokerOptions>({
+  ...commonOptionKeys,
+  maxLength: true,
+  visibilityTimeoutMs: true,
+  claimIntervalMs: true,
+  blockMs: true,
+  commandTimeoutMs: true,
+  consumerName: true,
+})
+
 const loadRedis = lazyDriver('ioredis', () => import('ioredis'))
 
 /** ioredis options a URL query could set that connectRedis sets or relies on being unset. */
@@ -199,6 +210,9 @@ const queryFormatNames: Readonly<Record<string, string>> = {
  * payload; headers empty), then acked for the group. The entry itself stays in the stream until
  * trimmed, to be inspected (`XRANGE <topic> <entry id> <entry id>`) and published again.
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming
+ * it (`redis.visibilityTimeout`), its value hidden when it is text or bytes.
+ *
  * @example
  * ```ts
  * import { createRedisBroker } from 'breakwater/brokers'
@@ -214,7 +228,13 @@ export function createRedisBroker(options: RedisBrokerOptions): Broker {
 }
 
 function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions {
-  const common = resolveCommonOptions('redis', options, ['redis:', 'rediss:'], ['rediss:'])
+  const common = resolveCommonOptions(
+    'redis',
+    options,
+    ['redis:', 'rediss:'],
+    ['rediss:'],
+    redisOptions,
+  )
   // ioredis reads the path as the database number with parseInt and ignores the rest, so
   // '/3x' would silently mean database 3 and '/abc' database 0.
   if (!/^\/?(\d+)?$/.test(common.url.pathname)) {

@@ -8,8 +8,9 @@ import { readFileSync } from 'node:fs'
 import { createConnection } from 'node:net'
 import type { Clock } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
-import { checkObject } from '../core/validate.js'
+import { checkObject, optionKeys } from '../core/validate.js'
 import { BrokerError, type BrokerKind, reasonOf } from './errors.js'
+import { hideText } from './option-keys.js'
 
 /** PEM text, as a string or its bytes. */
 export type Pem = string | Buffer
@@ -40,6 +41,8 @@ export interface BrokerTlsOptions {
   readonly caFile?: string
 }
 
+const tlsOptions = optionKeys<BrokerTlsOptions>({ ca: true, caFile: true })
+
 /** {@link BrokerTlsOptions} checked and loaded: what the drivers' TLS options take. */
 export interface ResolvedTlsOptions {
   /** The CAs to trust instead of Node's roots, or undefined for Node's roots. */
@@ -63,11 +66,11 @@ export function resolveTlsOptions(
   const option = `${prefix}.tls`
   const tls = checkObject(option, value)
   for (const key of Object.keys(tls)) {
-    if (key !== 'ca' && key !== 'caFile') {
+    if (!tlsOptions.has(key)) {
       throw new InvalidOptionError(
         `${option}.${key}`,
         'no such option (tls takes ca or caFile)',
-        unquoted(tls[key]),
+        hideText(tls[key]),
       )
     }
   }
@@ -115,19 +118,9 @@ export function resolveTlsOptions(
     }
     const problem = certificatesProblem(pem)
     if (problem !== undefined)
-      throw new InvalidOptionError(where, `${expected} (${problem})`, unquoted(pem))
+      throw new InvalidOptionError(where, `${expected} (${problem})`, hideText(pem))
   })
   return { ca: list as Pem[] }
-}
-
-/**
- * A refused TLS value as an error may show it: text and bytes are hidden. What a `tls` check
- * refuses is often another client's TLS setting (`key`, `passphrase`, `pfx`) or a private key
- * given as the CA, and an error message quotes the first 60 characters of a string, which for
- * a PEM key reach its secret bytes.
- */
-function unquoted(value: unknown): unknown {
-  return typeof value === 'string' || value instanceof Uint8Array ? '[hidden]' : value
 }
 
 const pemCertificate = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g

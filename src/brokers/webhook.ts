@@ -5,7 +5,7 @@ import { Pool } from 'undici'
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { hasLoneSurrogate } from '../core/text.js'
-import { checkClock, checkInteger, checkObject } from '../core/validate.js'
+import { checkClock, checkInteger, checkObject, optionKeys } from '../core/validate.js'
 import { httpTokenPattern } from '../http/token.js'
 import { pipeline } from '../policies/pipeline.js'
 import { type RetryOptions, retry } from '../policies/retry.js'
@@ -13,6 +13,7 @@ import { timeout } from '../policies/timeout.js'
 import type { Policy } from '../policies/types.js'
 import { throwIfAborted } from './common.js'
 import type { BrokerErrorCode } from './errors.js'
+import { checkKnownBrokerOptions } from './option-keys.js'
 import type { OutgoingMessage, Publisher } from './types.js'
 
 /**
@@ -236,11 +237,14 @@ export type WebhookVerification =
       readonly reason: 'missing' | 'malformed' | 'mismatch' | 'stale'
     }
 
+const verifyOptions = optionKeys<VerifyWebhookSignatureOptions>({ toleranceMs: true, clock: true })
+
 /**
  * Checks a `Breakwater-Signature` header (see {@link WEBHOOK_SIGNATURE_HEADER}) against the raw
  * request body, for receivers: recomputes the HMAC under each secret (pass the old and the new
  * one while rotating), compares in constant time, then checks the timestamp is within
- * `toleranceMs` of now. Verify the bytes as received, before parsing the JSON.
+ * `toleranceMs` of now. Verify the bytes as received, before parsing the JSON. An unknown
+ * (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
@@ -256,6 +260,7 @@ export function verifyWebhookSignature(
   options: VerifyWebhookSignatureOptions = {},
 ): WebhookVerification {
   checkObject('options', options)
+  checkKnownBrokerOptions('options', options, verifyOptions)
   const toleranceMs = checkInteger('toleranceMs', options.toleranceMs ?? 300_000, 0)
   const clock = checkClock('clock', options.clock)
   const secrets = (Array.isArray(secret) ? secret : [secret]).map((s, i) =>
@@ -364,6 +369,29 @@ function isAbortLike(error: unknown): boolean {
   return error instanceof Error && error.name === 'AbortError'
 }
 
+const webhookOptions = optionKeys<WebhookPublisherOptions>({
+  url: true,
+  secret: true,
+  batch: true,
+  concurrency: true,
+  attemptTimeoutMs: true,
+  retry: true,
+  headers: true,
+  clock: true,
+})
+
+// The publisher sets clock and shouldRetry itself: given here, they are refused as unknown
+// rather than silently replaced.
+const webhookRetryOptions = optionKeys<WebhookRetryOptions>({
+  maxAttempts: true,
+  baseDelayMs: true,
+  maxDelayMs: true,
+  factor: true,
+  jitter: true,
+  random: true,
+  maxRetryAfterMs: true,
+})
+
 class WebhookPublisher implements Publisher {
   readonly #url: URL
   readonly #origin: string
@@ -379,6 +407,9 @@ class WebhookPublisher implements Publisher {
 
   constructor(options: WebhookPublisherOptions) {
     checkObject('webhook', options)
+    // A misspelt option was dropped without a word and its default used; a misspelt secret
+    // must not be quoted in the refusal.
+    checkKnownBrokerOptions('webhook', options, webhookOptions)
     let url: URL
     try {
       url = new URL(options.url)
@@ -446,6 +477,7 @@ class WebhookPublisher implements Publisher {
       this.#policy = attempt
     } else {
       const retryOptions = checkObject('webhook.retry', options.retry ?? {}) as WebhookRetryOptions
+      checkKnownBrokerOptions('webhook.retry', retryOptions, webhookRetryOptions)
       this.#policy = pipeline(
         retry({
           maxAttempts: 3,
@@ -683,6 +715,10 @@ function messageOf(error: unknown): string {
  * The receiver may see a message more than once (a lost answer, a relay that re-publishes
  * after a crash): dedupe on the message id (`Breakwater-Message-Id`, also sent as
  * `Idempotency-Key`), e.g. with breakwater's inbox or idempotency middleware.
+ *
+ * An unknown (misspelt) option, top-level or in `retry`, is refused with `InvalidOptionError`
+ * (`INVALID_OPTION`) naming it (`webhook.retry.maxAttemps`), its value hidden when it is text
+ * or bytes.
  *
  * @example
  * ```ts

@@ -1,0 +1,27 @@
+// The refusal of unknown broker options, with their values hidden. Shared by the adapters, the
+// webhook publisher and the `tls` check.
+import { checkKnownOptions } from '../core/validate.js'
+
+/**
+ * A refused value as an error may show it: text and bytes are hidden. What a broker's option
+ * check refuses is often a credential given where it does not go (`password`, `token`, another
+ * client's TLS `passphrase` or `key`, a webhook's misspelt `secret`, a private key given as the
+ * CA), and an error message quotes the first 60 characters of a string, which end up in logs.
+ */
+export function hideText(value: unknown): unknown {
+  return typeof value === 'string' || value instanceof Uint8Array ? '[hidden]' : value
+}
+
+/**
+ * `checkKnownOptions` for a broker option bag: throws `InvalidOptionError` naming
+ * `${prefix}.${key}` for an unknown key, its value hidden by {@link hideText}.
+ */
+export function checkKnownBrokerOptions(
+  prefix: string,
+  options: object,
+  known: ReadonlySet<string>,
+): void {
+  // Built only at construction, never per message.
+  const shown = Object.fromEntries(Object.entries(options).map(([k, v]) => [k, hideText(v)]))
+  checkKnownOptions(prefix, shown, known)
+}
