@@ -1,5 +1,5 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkObject } from '../core/validate.js'
+import { checkClock, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import { HttpClientClosedError } from './errors.js'
 import { ClientEvents, type HttpEvents } from './events.js'
 import type { HttpClientOptions, HttpRequestOptions } from './options.js'
@@ -40,6 +40,8 @@ export interface HttpClient {
 }
 
 const serviceName = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
+
+const httpClientOptions = optionKeys<HttpClientOptions>({ services: true, clock: true })
 
 class HttpClientImpl implements HttpClient {
   readonly services: readonly string[]
@@ -109,6 +111,11 @@ class HttpClientImpl implements HttpClient {
  *   so retry (honouring `Retry-After`) and the breaker see them; other 5xx count as breaker
  *   failures but still resolve as responses, as do 4xx, unless `throwOnErrorStatus` is set.
  *
+ * Options are checked here, once: a bad or unknown (misspelt) option, of the client, of a
+ * service or of a service's `retry`, `circuitBreaker`, `bulkhead` or `retryBudget`, is refused
+ * with `InvalidOptionError` (code `INVALID_OPTION`) naming it (`services.payments.retry.maxAttemps`).
+ * A request's and an `execute()`'s options are checked the same way when they are made.
+ *
  * @example
  * ```ts
  * import { createHttpClient } from 'breakwater/http'
@@ -127,6 +134,7 @@ class HttpClientImpl implements HttpClient {
  */
 export function createHttpClient(options: HttpClientOptions): HttpClient {
   checkObject('httpClient', options)
+  checkKnownOptions('httpClient', options, httpClientOptions)
   const services = options.services
   if (typeof services !== 'object' || services === null || Array.isArray(services))
     throw new InvalidOptionError('services', 'an object of service names to options', services)

@@ -6,9 +6,11 @@ import { InvalidOptionError } from '../core/errors.js'
 import {
   checkClock,
   checkInteger,
+  checkKnownOptions,
   checkNumber,
   checkObject,
   checkSignal,
+  optionKeys,
   signalRefusal,
   withOptionPrefix,
 } from '../core/validate.js'
@@ -135,6 +137,40 @@ export interface HttpService {
 // undici's channels for a request answered in full and one that failed.
 const requestEndChannels = ['undici:request:trailers', 'undici:request:error'] as const
 
+const serviceOptions = optionKeys<HttpServiceOptions>({
+  baseUrl: true,
+  connectTimeoutMs: true,
+  headersTimeoutMs: true,
+  bodyTimeoutMs: true,
+  attemptTimeoutMs: true,
+  overallTimeoutMs: true,
+  retry: true,
+  circuitBreaker: true,
+  bulkhead: true,
+  connections: true,
+  retryBudget: true,
+  idempotencyKeys: true,
+  throwOnErrorStatus: true,
+  propagateDeadline: true,
+  deadlineMarginMs: true,
+  headers: true,
+  maxResponseBytes: true,
+  clock: true,
+})
+const requestOptions = optionKeys<HttpRequestOptions>({
+  method: true,
+  path: true,
+  query: true,
+  headers: true,
+  body: true,
+  json: true,
+  idempotencyKey: true,
+  retry: true,
+  throwOnErrorStatus: true,
+  signal: true,
+})
+const executeOptions = optionKeys<HttpExecuteOptions>({ retry: true, signal: true })
+
 const keyedMethods = new Set(['POST', 'PATCH', 'PUT', 'DELETE'])
 const defaultBulkhead = { maxConcurrent: 32, maxQueued: 64 }
 
@@ -214,6 +250,8 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   constructor(name: string, options: HttpServiceOptions, clientClock: Clock) {
     const prefix = `services.${name}`
     checkObject(prefix, options)
+    // The policies' own bags (retry, circuitBreaker, ...) are checked by the policies.
+    checkKnownOptions(prefix, options, serviceOptions)
     this.name = name
     this.#base = parseBaseUrl(`${prefix}.baseUrl`, options.baseUrl)
     this.baseUrl = this.#base.href
@@ -364,6 +402,11 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       return Promise.reject(new InvalidOptionError('execute.fn', 'a function', fn))
     if (typeof options !== 'object' || options === null)
       return Promise.reject(new InvalidOptionError('execute.options', 'an object', options))
+    try {
+      checkKnownOptions('execute', options, executeOptions)
+    } catch (error) {
+      return Promise.reject(error)
+    }
     if (options.retry !== undefined && typeof options.retry !== 'boolean')
       return Promise.reject(new InvalidOptionError('execute.retry', 'a boolean', options.retry))
     const refused = signalRefusal('execute.signal', options.signal)
@@ -490,6 +533,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   #plan(options: HttpRequestOptions): CallPlan {
     if (typeof options !== 'object' || options === null)
       throw new InvalidOptionError('request', 'an object', options)
+    checkKnownOptions('request', options, requestOptions)
     const rawMethod = options.method ?? 'GET'
     if (
       typeof rawMethod !== 'string' ||

@@ -277,6 +277,60 @@ describe('options are checked at construction', () => {
   })
 })
 
+describe('an unknown (misspelt) option is refused, naming it', () => {
+  const svc = (extra: Record<string, unknown>) => ({
+    services: { svc: { baseUrl: 'http://127.0.0.1:1', ...extra } },
+  })
+  const atConstruction: ReadonlyArray<[string, unknown, string]> = [
+    ['the client', { ...svc({}), clok: new ManualClock() }, 'httpClient.clok'],
+    ['a service', svc({ attemptTimeoutMS: 500 }), 'services.svc.attemptTimeoutMS'],
+    ['a service', svc({ retries: false }), 'services.svc.retries'],
+    // The policies' own bags are refused by the policies, under the service's name.
+    ['its retry', svc({ retry: { maxAttemps: 3 } }), 'services.svc.retry.maxAttemps'],
+    [
+      'its breaker',
+      svc({ circuitBreaker: { cooldown: 5 } }),
+      'services.svc.circuitBreaker.cooldown',
+    ],
+    ['its bulkhead', svc({ bulkhead: { maxConcurent: 2 } }), 'services.svc.bulkhead.maxConcurent'],
+    ['its retry budget', svc({ retryBudget: { ration: 0.1 } }), 'services.svc.retryBudget.ration'],
+  ]
+
+  it.each(atConstruction)('%s: %s', (_name, options, option) => {
+    let error: unknown
+    try {
+      createHttpClient(options as never)
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect(error).toMatchObject({ code: 'INVALID_OPTION', option })
+  })
+
+  it('in a request or an execute(), before anything is sent', async () => {
+    const c = make()
+    for (const [options, option] of [
+      [{ path: '/', idempotencyKy: 'k' }, 'request.idempotencyKy'],
+      [{ path: '/', header: { 'x-a': '1' } }, 'request.header'],
+    ] as const) {
+      const error = await c.request('svc', options as never).catch((e: unknown) => e)
+      expect(error).toMatchObject({ code: 'INVALID_OPTION', option })
+    }
+    let calls = 0
+    const error = await c
+      .service('svc')
+      .execute(() => ++calls, { retries: true } as never)
+      .catch((e: unknown) => e)
+    expect(error).toMatchObject({ code: 'INVALID_OPTION', option: 'execute.retries' })
+    expect(calls).toBe(0)
+    expect(server.hits).toHaveLength(0)
+    // Correct options, and undefined values (spread defaults), still work.
+    await c.request('svc', { path: '/', query: undefined, retry: undefined } as never)
+    expect(await c.service('svc').execute(() => ++calls, { retry: undefined } as never)).toBe(1)
+    expect(server.hits).toHaveLength(1)
+  })
+})
+
 function circular(): Record<string, unknown> {
   const value: Record<string, unknown> = {}
   value.self = value
