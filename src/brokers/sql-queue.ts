@@ -9,7 +9,14 @@ import {
   maxStoredIdBytes,
   maxStoredNameBytes,
 } from '../core/text.js'
-import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { Waker } from '../core/waker.js'
 import { removeInBatches } from '../stores/batches.js'
 import {
@@ -352,8 +359,22 @@ interface ResolvedOptions {
   readonly onError: (event: SqlQueueErrorEvent) => void
 }
 
+const sqlQueueOptions = optionKeys<SqlQueueOptions>({
+  clock: true,
+  visibilityTimeoutMs: true,
+  retryDelayMs: true,
+  prefetch: true,
+  concurrency: true,
+  pollIntervalMs: true,
+  maxPollIntervalMs: true,
+  listen: true,
+  onError: true,
+})
+
 function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOptions {
   checkObject('sqlQueue', options)
+  // A misspelt visibilityTimeoutMs or onError was dropped without a word and its default used.
+  checkKnownOptions('sqlQueue', options, sqlQueueOptions)
   const clock = checkClock('sqlQueue.clock', options.clock)
   if (options.listen !== undefined && typeof options.listen !== 'boolean')
     throw new InvalidOptionError('sqlQueue.listen', 'a boolean', options.listen)
@@ -975,6 +996,9 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
  * is held to the same caps), or `publish()` / `subscribe()` fails with `INVALID_OPTION` naming
  * it (`messages[1].key`) before anything is written.
  *
+ * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming
+ * it (`sqlQueue.visibilityTimeout`).
+ *
  * @example
  * ```ts
  * import { createSqlQueue, migrateSqlQueue } from 'breakwater/outbox'
@@ -1026,9 +1050,17 @@ function checkQueueDb(db: SqlDriver): void {
   }
 }
 
+const pruneSqlQueueOptions = optionKeys<PruneSqlQueueOptions>({
+  olderThanMs: true,
+  batchSize: true,
+  maxBatches: true,
+  clock: true,
+})
+
 /**
  * Removes stored queue messages older than `olderThanMs` that no group still has to handle, in
- * bounded batches; returns how many.
+ * bounded batches; returns how many. An unknown (misspelt) option is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`) before anything is removed.
  *
  * @example
  * ```ts
@@ -1042,6 +1074,8 @@ export async function pruneSqlQueue(
 ): Promise<number> {
   checkQueueDb(db)
   checkObject('pruneSqlQueue', options)
+  // A misspelt olderThanMs pruned with the one-day default: messages still wanted were removed.
+  checkKnownOptions('pruneSqlQueue', options, pruneSqlQueueOptions)
   const clock = checkClock('pruneSqlQueue.clock', options.clock)
   const olderThanMs = checkInteger(
     'pruneSqlQueue.olderThanMs',

@@ -1,7 +1,13 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredName } from '../core/text.js'
-import { checkClock, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { notify, type SqlExecutor } from '../stores/index.js'
 import { listParam, OUTBOX_CHANNEL, outboxStatements } from './sql.js'
 import { wholeMsClock } from './time.js'
@@ -43,9 +49,12 @@ export interface ListDeadOptions {
   readonly afterId?: number
 }
 
+const listDeadOptions = optionKeys<ListDeadOptions>({ limit: true, afterId: true })
+
 /**
  * Lists dead-lettered events, oldest first. Each one holds back the later events of its
- * aggregate until it is redriven.
+ * aggregate until it is redriven. An unknown (misspelt) option is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
@@ -59,6 +68,8 @@ export async function listDead(
   options: ListDeadOptions = {},
 ): Promise<DeadEvent[]> {
   checkObject('listDead', options)
+  // A misspelt afterId listed the first page again, without a word.
+  checkKnownOptions('listDead', options, listDeadOptions)
   const limit = checkInteger('listDead.limit', options.limit ?? 100, 1, 100_000)
   const afterId = checkInteger('listDead.afterId', options.afterId ?? 0, 0)
   const rows = await db.query<{
@@ -137,10 +148,22 @@ export interface OutboxStats {
   readonly lagMs: number
 }
 
+/** Options of {@link outboxStats}. */
+export interface OutboxStatsOptions {
+  /**
+   * The clock the lag is measured against.
+   * @default systemClock
+   */
+  readonly clock?: Clock
+}
+
+const outboxStatsOptions = optionKeys<OutboxStatsOptions>({ clock: true })
+
 /**
  * Counts pending and dead events and measures the lag (age of the oldest unpublished event)
  * across the whole outbox, whichever relay owns them. The counts scan the pending rows; call
- * it for dashboards and /metrics, not per event.
+ * it for dashboards and /metrics, not per event. An unknown (misspelt) option is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
@@ -150,9 +173,10 @@ export interface OutboxStats {
  */
 export async function outboxStats(
   db: SqlExecutor,
-  options: { readonly clock?: Clock } = {},
+  options: OutboxStatsOptions = {},
 ): Promise<OutboxStats> {
   checkObject('outboxStats', options)
+  checkKnownOptions('outboxStats', options, outboxStatsOptions)
   const clock = wholeMsClock(checkClock('outboxStats.clock', options.clock))
   const sql = outboxStatements[db.dialect]
   const counts = await db.query<{ pending: number | string; dead: number | string }>(sql.counts)

@@ -2,7 +2,13 @@ import type { IncomingMessage } from '../brokers/types.js'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredKey, maxStoredNameBytes } from '../core/text.js'
-import { checkClock, checkFunction, checkKnownOptions, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { PoisonMessageError, unstorableIdReason } from './errors.js'
@@ -74,7 +80,7 @@ export interface Inbox {
   ): Promise<InboxResult<T>>
 }
 
-const inboxOptions = new Set(['consumer', 'clock', 'onRefused'])
+const inboxOptions = optionKeys<InboxOptions>({ consumer: true, clock: true, onRefused: true })
 
 class SqlInbox implements Inbox {
   readonly consumer: string

@@ -15,7 +15,12 @@ export {
   SqlQueueClosedError,
   sqlQueueMigrations,
 } from '../brokers/sql-queue.js'
-export type { DeadEvent, ListDeadOptions, OutboxStats } from './dead-letters.js'
+export type {
+  DeadEvent,
+  ListDeadOptions,
+  OutboxStats,
+  OutboxStatsOptions,
+} from './dead-letters.js'
 export { listDead, outboxStats, redrive } from './dead-letters.js'
 export { PoisonMessageError } from './errors.js'
 export type { RelayFaultPoint, RelayFaults } from './faults.js'

@@ -3,7 +3,7 @@ import { context, propagation } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredKey, checkStoredName, jsonTextOf } from '../core/text.js'
-import { checkClock, checkObject } from '../core/validate.js'
+import { checkClock, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { partitionOf } from './partition.js'
 import { OUTBOX_CHANNEL, outboxStatements } from './sql.js'
@@ -120,6 +120,13 @@ export interface Outbox {
   transaction<T>(db: SqlDriver, fn: (tx: SqlTransaction) => Promise<T>): Promise<T>
 }
 
+const outboxOptions = optionKeys<OutboxOptions>({
+  topic: true,
+  propagateTraceContext: true,
+  notify: true,
+  clock: true,
+})
+
 /**
  * Sends `NOTIFY breakwater_outbox` after commits on one database, coalesced: one statement in
  * flight at a time; commits announced meanwhile share the next one.
@@ -187,6 +194,8 @@ class SqlOutbox implements Outbox {
 
   constructor(options: OutboxOptions) {
     checkObject('outbox', options)
+    // A misspelt notify or topic was dropped without a word and its default used.
+    checkKnownOptions('outbox', options, outboxOptions)
     const topic = options.topic
     if (
       topic !== undefined &&
@@ -392,7 +401,8 @@ export function checkBoolean(option: string, value: unknown, fallback: boolean):
  * Creates the producer side of the transactional outbox: `enqueue(tx, event)` writes events
  * into the outbox table in the caller's own transaction, so the business change and the events
  * it causes commit together or not at all. A relay (`createRelay`) publishes them afterwards.
- * Run `migrateOutbox(db)` once first.
+ * Run `migrateOutbox(db)` once first. An unknown (misspelt) option is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts

@@ -43,12 +43,19 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
+  checkKnownOptions,
   checkObject,
   checkOneOf,
+  optionKeys,
   withOptionPrefix,
 } from '../core/validate.js'
 import { Waker } from '../core/waker.js'
-import { type Backoff, type BackoffOptions, resolveBackoff } from '../policies/backoff.js'
+import {
+  type Backoff,
+  type BackoffOptions,
+  backoffOptions,
+  resolveBackoff,
+} from '../policies/backoff.js'
 import {
   type CircuitBreaker,
   type CircuitBreakerOptions,
@@ -357,6 +364,32 @@ function refuseOwnField(option: string, value: unknown, why: string): void {
   if (value !== undefined) throw new InvalidOptionError(option, `undefined (${why})`, value)
 }
 
+const relayOptions = optionKeys<RelayOptions>({
+  db: true,
+  publisher: true,
+  batchSize: true,
+  ordering: true,
+  leaseMs: true,
+  publishTimeoutMs: true,
+  pollIntervalMs: true,
+  maxPollIntervalMs: true,
+  listen: true,
+  maxAttempts: true,
+  retryBackoff: true,
+  circuitBreaker: true,
+  retention: true,
+  faults: true,
+  relayId: true,
+  clock: true,
+})
+
+const retentionOptions = optionKeys<RelayRetentionOptions>({
+  olderThanMs: true,
+  batchSize: true,
+  archive: true,
+  everyMs: true,
+})
+
 /**
  * True for failures that are a message's own fault rather than the broker's health.
  *
@@ -497,6 +530,8 @@ class OutboxRelay implements Relay {
 
   constructor(options: RelayOptions) {
     checkObject('relay', options)
+    // A misspelt maxAttempts or leaseMs was dropped without a word and its default used.
+    checkKnownOptions('relay', options, relayOptions)
     const db = options.db
     if (
       typeof db !== 'object' ||
@@ -547,9 +582,12 @@ class OutboxRelay implements Relay {
       maxTimerDelayMs,
     )
     this.#maxAttempts = checkInteger('relay.maxAttempts', options.maxAttempts ?? 10, 1)
+    const backoff = checkObject('relay.retryBackoff', options.retryBackoff ?? {})
+    // resolveBackoff does not look at unknown keys (retry() hands it all of its options).
+    checkKnownOptions('relay.retryBackoff', backoff, backoffOptions)
     this.#backoff = resolveBackoff('relay.retryBackoff', {
       baseDelayMs: 100,
-      ...(checkObject('relay.retryBackoff', options.retryBackoff ?? {}) as BackoffOptions),
+      ...(backoff as BackoffOptions),
     })
     const breakerOptions = checkObject('relay.circuitBreaker', options.circuitBreaker ?? {})
     refuseOwnField('relay.circuitBreaker.clock', breakerOptions.clock, sameClock)
@@ -585,6 +623,8 @@ class OutboxRelay implements Relay {
         retention.maxBatches,
         'a relay run has no batch budget: see everyMs',
       )
+      // After the two above, which say why those are not the relay's to take.
+      checkKnownOptions('relay.retention', retention, retentionOptions)
       const { everyMs: _ignored, ...prune } = retention as RelayRetentionOptions
       // No batch budget: a run goes on while batches come back full (see RelayRetentionOptions).
       this.#retention = {
@@ -1435,6 +1475,10 @@ function toMessage(row: OutboxRow): OutgoingMessage {
  * on SQLite). Broker failures back off (`retryBackoff`) behind a circuit breaker; an event that
  * fails `maxAttempts` times by its own fault is dead-lettered (`listDead`, `redrive`) without
  * blocking other aggregates, while its own aggregate's later events wait behind it.
+ *
+ * An unknown (misspelt) option, top-level or in `retention`, is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`) naming it (`relay.maxAttemps`); so is one in
+ * `retryBackoff` or `circuitBreaker`.
  *
  * @example
  * ```ts

@@ -5,6 +5,7 @@ import {
   checkKnownOptions,
   checkNumber,
   checkObject,
+  optionKeys,
 } from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
 import type { SqlDriver } from '../stores/index.js'
@@ -58,9 +59,22 @@ function checkAge(option: string, value: unknown): number {
   return checkNumber(option, value, 0, Number.MAX_SAFE_INTEGER)
 }
 
-/** Validates {@link PruneOutboxOptions} (named `<prefix>.<option>` in errors). */
+const pruneOutboxOptions = optionKeys<PruneOutboxOptions>({
+  olderThanMs: true,
+  batchSize: true,
+  maxBatches: true,
+  archive: true,
+  clock: true,
+})
+
+/**
+ * Validates {@link PruneOutboxOptions} (named `<prefix>.<option>` in errors); an unknown one is
+ * refused.
+ */
 export function resolvePruneOptions(prefix: string, options: PruneOutboxOptions): PruneSettings {
   checkObject(prefix, options)
+  // A misspelt olderThanMs pruned with the default window: rows still wanted were removed.
+  checkKnownOptions(prefix, options, pruneOutboxOptions)
   const clock = wholeMsClock(checkClock(`${prefix}.clock`, options.clock))
   return {
     olderThanMs: checkAge(`${prefix}.olderThanMs`, options.olderThanMs ?? 86_400_000),
@@ -120,7 +134,8 @@ export async function prunePublished(
  * own short statement or transaction), or moves them to `breakwater_outbox_archive` with
  * `archive: true`. Unpublished and dead-lettered rows are never touched. Relays run this
  * periodically by themselves (their `retention` option); call it directly from a scheduled job
- * or the CLI. Returns the number of rows removed.
+ * or the CLI. Returns the number of rows removed. An unknown (misspelt) option is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`) before anything is removed.
  *
  * @example
  * ```ts
@@ -160,7 +175,12 @@ export interface PruneInboxOptions {
   readonly clock?: Clock
 }
 
-const pruneInboxOptions = new Set(['olderThanMs', 'batchSize', 'maxBatches', 'clock'])
+const pruneInboxOptions = optionKeys<PruneInboxOptions>({
+  olderThanMs: true,
+  batchSize: true,
+  maxBatches: true,
+  clock: true,
+})
 
 /**
  * Removes inbox records older than `olderThanMs`, in bounded batches, and returns how many. A

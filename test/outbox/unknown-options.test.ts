@@ -1,0 +1,77 @@
+// A misspelt option of an outbox factory was dropped without a word and its default used:
+// createRelay({ maxAttemps: 3 }) dead-lettered after ten attempts, pruneOutbox({ olderThan })
+// pruned with the one-day window, createSqlQueue({ visibilityTimeout }) leased for 30 s. Each
+// is now refused with INVALID_OPTION naming it (`relay.maxAttemps`), and correct options still
+// work. On a real SQLite database; each call is refused before any statement runs.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
+import {
+  createOutbox,
+  createRelay,
+  createSqlQueue,
+  listDead,
+  outboxStats,
+  pruneOutbox,
+  pruneSqlQueue,
+} from '../../src/outbox/index.js'
+import type { SqlDriver } from '../../src/stores/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { type OutboxDb, sqliteTarget } from './support.js'
+
+const publisher = { publish: async () => {}, close: async () => {} }
+
+describe('outbox factories refuse an unknown option', () => {
+  let t: OutboxDb
+  let db: SqlDriver
+
+  beforeAll(async () => {
+    t = await sqliteTarget.open('unknown_options')
+    db = t.db
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  // [the option the error names, a call with that misspelt option, the same call spelt right]
+  const cases: Array<[string, (o: Record<string, unknown>) => unknown, Record<string, unknown>]> = [
+    ['outbox.notfiy', (o) => createOutbox(o), { notify: false, topic: 'orders' }],
+    ['relay.maxAttemps', (o) => createRelay({ db, publisher, ...o }), { maxAttempts: 3 }],
+    // Nested option bags: the relay's own, and those it hands to the backoff and the breaker.
+    [
+      'relay.retryBackoff.maxDelay',
+      (o) => createRelay({ db, publisher, retryBackoff: o }),
+      { maxDelayMs: 1_000, baseDelayMs: 10 },
+    ],
+    [
+      'relay.circuitBreaker.cooldown',
+      (o) => createRelay({ db, publisher, circuitBreaker: o }),
+      { cooldownMs: 1_000 },
+    ],
+    [
+      'relay.retention.olderThan',
+      (o) => createRelay({ db, publisher, retention: o }),
+      { olderThanMs: 1_000, everyMs: 500, batchSize: 10, archive: true },
+    ],
+    ['pruneOutbox.olderThan', (o) => pruneOutbox(db, o), { olderThanMs: 1_000, archive: true }],
+    ['listDead.after', (o) => listDead(db, o), { afterId: 0, limit: 10 }],
+    ['outboxStats.clok', (o) => outboxStats(db, o), { clock: new ManualClock(0) }],
+    [
+      'sqlQueue.visibilityTimeout',
+      (o) => createSqlQueue(db, o),
+      { visibilityTimeoutMs: 3_000, retryDelayMs: 200 },
+    ],
+    ['pruneSqlQueue.olderThan', (o) => pruneSqlQueue(db, o), { olderThanMs: 1_000 }],
+  ]
+
+  it.each(cases)('refuses %s', async (option, call, good) => {
+    const key = option.slice(option.lastIndexOf('.') + 1)
+    const error = await (async () => call({ ...good, [key]: 1 }))().catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect(error).toMatchObject({ code: 'INVALID_OPTION', option })
+    // The message lists what it takes, so the right spelling is at hand.
+    expect((error as Error).message).toContain(Object.keys(good)[0])
+    // Spelt right (and an unknown key left undefined, as a spread of defaults leaves it) it works.
+    const made = await call({ ...good, [key]: undefined })
+    await (made as { close?: () => Promise<void> } | undefined)?.close?.()
+  })
+})
