@@ -5,8 +5,10 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
+  checkKnownOptions,
   checkObject,
   isDroppedPromise,
+  optionKeys,
 } from '../core/validate.js'
 import { canonicalJson, sha256Hex } from '../idempotency/fingerprint.js'
 import {
@@ -26,6 +28,7 @@ import {
   type EventStoreImpl,
   internalsOf,
   maxSnapshotNameBytes,
+  txOptions,
 } from './event-store.js'
 import { publish } from './events.js'
 import type { EventShape, ExpectedVersion, NewEvent, RecordedEvent } from './types.js'
@@ -225,6 +228,40 @@ export interface LoadedState<S> {
   readonly fromSnapshot: boolean
 }
 
+type AnyHandlerOptions = CommandHandlerOptions<unknown, EventShape, unknown>
+const handlerOptions = optionKeys<AnyHandlerOptions>({
+  decider: true,
+  maxAttempts: true,
+  baseDelayMs: true,
+  maxDelayMs: true,
+  idempotency: true,
+  outbox: true,
+  snapshots: true,
+  clock: true,
+})
+const idempotencyOptions = optionKeys<NonNullable<AnyHandlerOptions['idempotency']>>({
+  scope: true,
+  leaseMs: true,
+  retentionMs: true,
+  fingerprint: true,
+})
+const outboxOptions = optionKeys<CommandOutboxOptions<EventShape, unknown>>({
+  outbox: true,
+  map: true,
+})
+const snapshotOptions = optionKeys<SnapshotOptions<unknown>>({
+  every: true,
+  name: true,
+  serialize: true,
+  deserialize: true,
+})
+const handleOptions = optionKeys<HandleOptions>({
+  commandId: true,
+  expectedVersion: true,
+  metadata: true,
+  signal: true,
+})
+
 /** Handles commands for one kind of aggregate. */
 export interface CommandHandler<C, E extends EventShape, S> {
   /**
@@ -269,6 +306,8 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
   constructor(store: EventStore, options: CommandHandlerOptions<C, E, S>) {
     this.#store = internalsOf(store)
     checkObject('options', options)
+    // A misspelt option (`maxAttempt`, `snapshot`) was dropped without a word.
+    checkKnownOptions('options', options, handlerOptions)
     const decider = checkObject('decider', options.decider)
     checkFunction('decider.initialState', decider.initialState)
     checkFunction('decider.evolve', decider.evolve)
@@ -288,6 +327,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     })
     if (options.idempotency !== undefined) {
       const settings = checkObject('idempotency', options.idempotency)
+      checkKnownOptions('idempotency', settings, idempotencyOptions)
       const scope = settings.scope ?? 'commands'
       if (typeof scope !== 'string' || scope === '') {
         throw new InvalidOptionError('idempotency.scope', 'a non-empty string', scope)
@@ -315,6 +355,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     }
     if (options.outbox !== undefined) {
       const outbox = checkObject('outbox', options.outbox)
+      checkKnownOptions('outbox', outbox, outboxOptions)
       checkObject('outbox.outbox', outbox.outbox)
       checkFunction('outbox.outbox.enqueue', (outbox.outbox as Outbox).enqueue)
       checkFunction('outbox.map', outbox.map)
@@ -322,6 +363,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     }
     if (options.snapshots !== undefined) {
       const s = checkObject('snapshots', options.snapshots)
+      checkKnownOptions('snapshots', s, snapshotOptions)
       const every = checkInteger('snapshots.every', s.every, 1)
       // PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD; and the name is a
       // key with the stream id: bounded so that both fit one index entry (see checkKey).
@@ -371,6 +413,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     // store as given would fail there with a bare driver error (or read another stream).
     checkName('stream', stream)
     checkObject('options', options)
+    checkKnownOptions('options', options, txOptions)
     const { truncateBefore: _, ...loaded } = await this.#load(stream, options.tx ?? this.#store.db)
     return loaded
   }
@@ -440,6 +483,8 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     // Before anything runs: the append would refuse the stream only after load and decide.
     checkKey('stream', stream)
     checkObject('options', options)
+    // A misspelt expectedVersion or commandId dropped the precondition or the deduplication.
+    checkKnownOptions('options', options, handleOptions)
     const commandId = options.commandId
     if (commandId !== undefined && (typeof commandId !== 'string' || commandId === '')) {
       throw new InvalidOptionError('commandId', 'a non-empty string', commandId)
@@ -740,7 +785,9 @@ function commandMismatch(commandId: string): IdempotencyMismatchError {
 }
 
 /**
- * Creates a command handler for one decider over an event store.
+ * Creates a command handler for one decider over an event store. An unknown (misspelt) option,
+ * here (also in `idempotency`, `outbox` and `snapshots`) or in `handle` and `load`, is refused
+ * with `InvalidOptionError` (`INVALID_OPTION`).
  *
  * @example
  * ```ts

@@ -2,7 +2,13 @@ import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredName, exceedsBytes, jsonTextOf } from '../core/text.js'
-import { checkClock, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import {
   AppendBatcher,
@@ -93,6 +99,26 @@ export interface EventStoreOptions {
    */
   readonly clock?: Clock
 }
+
+const storeOptions = optionKeys<EventStoreOptions>({
+  upcasters: true,
+  inlineProjections: true,
+  notify: true,
+  notifyDelayMs: true,
+  groupCommit: true,
+  clock: true,
+})
+const appendOptions = optionKeys<AppendOptions>({ expectedVersion: true, tx: true })
+const readStreamOptions = optionKeys<ReadStreamOptions>({
+  from: true,
+  direction: true,
+  limit: true,
+  tx: true,
+})
+const readAllOptions = optionKeys<ReadAllOptions>({ fromPosition: true, limit: true, tx: true })
+const streamWriteOptions = optionKeys<StreamWriteOptions>({ expectedVersion: true, tx: true })
+/** The known keys of the options of reads that take only a transaction (`{ tx }`). */
+export const txOptions = optionKeys<{ readonly tx?: SqlExecutor }>({ tx: true })
 
 /**
  * An event-sourced log over a breakwater SQL driver (SQLite or PostgreSQL): streams with
@@ -377,6 +403,8 @@ export class EventStoreImpl implements EventStore {
       throw new InvalidOptionError('db', 'a breakwater SqlDriver (SQLite or PostgreSQL)', db)
     }
     checkObject('options', options)
+    // A misspelt option (`notfy`) was dropped without a word: its default was used instead.
+    checkKnownOptions('options', options, storeOptions)
     this.db = db
     this.dialect = db.dialect
     this.statements = cqrsStatements[db.dialect]
@@ -443,6 +471,8 @@ export class EventStoreImpl implements EventStore {
     options: AppendOptions = {},
   ): Promise<AppendResult<E>> {
     checkObject('options', options)
+    // A misspelt expectedVersion appended at any version: no concurrency check at all.
+    checkKnownOptions('options', options, appendOptions)
     // In the caller's transaction the only way to wake followers at its commit is NOTIFY in
     // that transaction; on its own the append announces itself after committing.
     const result = await this.appendQuietly(stream, events, options, options.tx !== undefined)
@@ -695,6 +725,7 @@ export class EventStoreImpl implements EventStore {
   ): Promise<ReadStreamResult<E>> {
     checkStream(stream)
     checkObject('options', options)
+    checkKnownOptions('options', options, readStreamOptions)
     const direction = options.direction ?? 'forwards'
     if (direction !== 'forwards' && direction !== 'backwards') {
       throw new InvalidOptionError('direction', '"forwards" or "backwards"', direction)
@@ -782,6 +813,9 @@ export class EventStoreImpl implements EventStore {
   async readAll<E extends EventShape = EventShape>(
     options: ReadAllOptions = {},
   ): Promise<RecordedEvent<E>[]> {
+    // Here, not in #readAllRows: the followers' own reads are built by breakwater.
+    checkObject('options', options)
+    checkKnownOptions('options', options, readAllOptions)
     const rows = await this.#readAllRows(options)
     const events: RecordedEvent<E>[] = new Array(rows.length)
     for (let i = 0; i < rows.length; i++) events[i] = this.toRecorded<E>(rows[i]!)
@@ -878,6 +912,7 @@ export class EventStoreImpl implements EventStore {
 
   async headPosition(options: { readonly tx?: SqlExecutor } = {}): Promise<number> {
     checkObject('options', options)
+    checkKnownOptions('options', options, txOptions)
     const rows = await (options.tx ?? this.db).query<{ position: number | string }>(
       this.statements.headPosition,
     )
@@ -900,6 +935,7 @@ export class EventStoreImpl implements EventStore {
   ): Promise<StreamInfo> {
     checkStream(stream)
     checkObject('options', options)
+    checkKnownOptions('options', options, txOptions)
     const rows = await (options.tx ?? this.db).query<StreamRow>(this.statements.streamInfo, [
       stream,
     ])
@@ -916,6 +952,7 @@ export class EventStoreImpl implements EventStore {
     checkObject('metadata', metadata)
     // A bare version (setStreamMetadata(s, m, 3)) would otherwise be ignored: written at 'any'.
     checkObject('options', options)
+    checkKnownOptions('options', options, streamWriteOptions)
     const expected = checkExpected(options.expectedVersion ?? 'any')
     const text = jsonTextOf('metadata', metadata, 'a JSON-serializable object')
     checkWriteTx(options.tx)
@@ -939,6 +976,7 @@ export class EventStoreImpl implements EventStore {
     checkStream(stream)
     // A bare version (deleteStream(s, 3)) would otherwise be ignored: deleted at 'any'.
     checkObject('options', options)
+    checkKnownOptions('options', options, streamWriteOptions)
     const expected = checkExpected(options.expectedVersion ?? 'any')
     checkWriteTx(options.tx)
     await this.#inTransaction(options.tx, async (tx) => {
@@ -1034,7 +1072,9 @@ function streamInfoOf(row: StreamRow | undefined): StreamInfo {
 
 /**
  * Creates an event store over a breakwater driver. Construction does no I/O; run
- * {@link migrateCqrs} once before the first use.
+ * {@link migrateCqrs} once before the first use. An unknown (misspelt) option, here or in the
+ * options of any of the store's methods (`append`, `readStream`, `subscribe`, ...), is refused
+ * with `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts

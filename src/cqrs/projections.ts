@@ -1,6 +1,6 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkObject } from '../core/validate.js'
+import { checkFunction, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import { cqrsStatements } from './sql.js'
 import type { EventShape, RecordedEvent } from './types.js'
@@ -93,9 +93,18 @@ const maxKeyBytes = 2048
 const tablePattern = /^[a-z_][a-z0-9_]{0,39}$/
 const reservedTable = /^breakwater_|__(?:old|r\d+)$/
 
+const projectionFields = optionKeys<ProjectionDefinition>({
+  name: true,
+  tables: true,
+  eventTypes: true,
+  apply: true,
+})
+
 /** @internal Validates a projection definition; `at` names it in errors. */
 export function validateProjection(at: string, projection: unknown): ProjectionDefinition {
   const p = checkObject(at, projection)
+  // A misspelt field (`eventType`) was dropped: the projection was handed every event type.
+  checkKnownOptions(at, p, projectionFields)
   // The name keys its row in breakwater_projections: capped like checkpoint names (ASCII, so
   // characters are bytes), or PostgreSQL would refuse the registration with a bare index error.
   if (typeof p.name !== 'string' || !namePattern.test(p.name) || p.name.length > maxKeyBytes) {
@@ -138,8 +147,8 @@ export function validateProjection(at: string, projection: unknown): ProjectionD
 }
 
 /**
- * Declares a projection (validated now, so a mistake fails at startup). See
- * {@link ProjectionDefinition}.
+ * Declares a projection (validated now, so a mistake fails at startup, an unknown (misspelt)
+ * field with `InvalidOptionError` (`INVALID_OPTION`) too). See {@link ProjectionDefinition}.
  */
 export function defineProjection<E extends EventShape = EventShape>(
   definition: ProjectionDefinition<E>,

@@ -6,8 +6,10 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
+  checkKnownOptions,
   checkObject,
   checkSignal,
+  optionKeys,
 } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
@@ -111,6 +113,17 @@ export interface ProjectionLag {
   readonly ms: number
 }
 
+const projectorOptions = optionKeys<ProjectorOptions>({
+  batchSize: true,
+  pollIntervalMs: true,
+  retryBaseDelayMs: true,
+  retryMaxDelayMs: true,
+  onError: true,
+  maxSwapRounds: true,
+  swapLockTimeoutMs: true,
+  clock: true,
+})
+
 /** Options of {@link Projector.waitFor}. */
 export interface WaitForOptions {
   /**
@@ -137,6 +150,12 @@ export interface RebuildOptions {
    */
   readonly signal?: AbortSignal
 }
+
+const waitForOptions = optionKeys<WaitForOptions>({ timeoutMs: true, signal: true })
+const rebuildOptions = optionKeys<RebuildOptions>({ batchSize: true, signal: true })
+const catchUpOptions = optionKeys<NonNullable<Parameters<Projector['catchUp']>[0]>>({
+  signal: true,
+})
 
 /** What a rebuild did. */
 export interface RebuildResult {
@@ -259,6 +278,8 @@ class SqlProjector implements Projector {
 
   constructor(store: EventStoreImpl, projection: ProjectionDefinition, options: ProjectorOptions) {
     checkObject('options', options)
+    // A misspelt option (`pollIntervalMS`) was dropped without a word: its default was used.
+    checkKnownOptions('options', options, projectorOptions)
     validateProjection('projection', projection)
     this.#store = store
     this.#projection = projection
@@ -519,6 +540,7 @@ class SqlProjector implements Projector {
 
   async catchUp(options: { readonly signal?: AbortSignal } = {}): Promise<number> {
     checkObject('options', options)
+    checkKnownOptions('options', options, catchUpOptions)
     const signal = checkSignal('signal', options.signal)
     if (this.inline) return this.position()
     for (;;) {
@@ -576,6 +598,8 @@ class SqlProjector implements Projector {
   async waitFor(position: number, options: WaitForOptions = {}): Promise<void> {
     checkInteger('position', position, 0)
     checkObject('options', options)
+    // A misspelt timeout (`timeout`) waited the default 5 s instead.
+    checkKnownOptions('options', options, waitForOptions)
     const timeoutMs = checkInteger('timeoutMs', options.timeoutMs ?? 5000, 0)
     const signal = checkSignal('signal', options.signal)
     if (position <= this.#lastKnown) return
@@ -615,6 +639,7 @@ class SqlProjector implements Projector {
 
   async rebuild(options: RebuildOptions = {}): Promise<RebuildResult> {
     checkObject('options', options)
+    checkKnownOptions('options', options, rebuildOptions)
     const batchSize = checkInteger('batchSize', options.batchSize ?? this.#batchSize, 1, 100_000)
     const signal = checkSignal('signal', options.signal)
     if (signal?.aborted) throw new AbortedError(signal.reason)
@@ -1174,7 +1199,9 @@ async function tableExists(tx: SqlExecutor, table: string): Promise<boolean> {
 /**
  * Creates the projector of a projection: an async projection's driver (start it, or call
  * `catchUp`), or, for a projection the store runs inline, the handle for its `rebuild`, `lag`
- * and `waitFor`. Registers the projection and creates its tables on first use.
+ * and `waitFor`. Registers the projection and creates its tables on first use. An unknown
+ * (misspelt) option, here or in `catchUp`, `waitFor` and `rebuild`, is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`).
  *
  * @example
  * ```ts

@@ -1,5 +1,11 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import type { SqlDialect, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import type { Projector } from './projector.js'
 
@@ -56,6 +62,17 @@ export interface QueryOptions {
 
 /** A query: params in, result out, read models only. */
 export type QueryHandler<P, R> = (params: P, options?: QueryOptions) => Promise<R>
+
+const handlerOptions = optionKeys<QueryHandlerOptions<unknown, unknown>>({
+  db: true,
+  projectors: true,
+  run: true,
+})
+const queryOptions = optionKeys<QueryOptions>({
+  atLeastPosition: true,
+  timeoutMs: true,
+  signal: true,
+})
 
 const readOnly = /^\s*(select|with)\b/i
 // INTO: PostgreSQL's SELECT ... INTO creates a table.
@@ -294,7 +311,8 @@ function readerOf(db: SqlExecutor): ReadModelReader {
 
 /**
  * Creates a query handler over read models. With `atLeastPosition` it first waits for the
- * given projectors (read-your-writes after a command).
+ * given projectors (read-your-writes after a command). An unknown (misspelt) option, here or
+ * in a query's options, is refused with `InvalidOptionError` (`INVALID_OPTION`).
  *
  * @example
  * ```ts
@@ -310,6 +328,8 @@ function readerOf(db: SqlExecutor): ReadModelReader {
  */
 export function createQueryHandler<P, R>(options: QueryHandlerOptions<P, R>): QueryHandler<P, R> {
   checkObject('options', options)
+  // A misspelt option (`projector`) was dropped: a read-your-writes query waited for nothing.
+  checkKnownOptions('options', options, handlerOptions)
   const db = checkObject('db', options.db) as unknown as SqlExecutor
   checkFunction('db.query', db.query)
   const run = checkFunction<(reader: ReadModelReader, params: P) => Promise<R>>('run', options.run)
@@ -328,6 +348,7 @@ export function createQueryHandler<P, R>(options: QueryHandlerOptions<P, R>): Qu
     // A bare position (query(params, lastPosition)) would otherwise be ignored: the query would
     // run at once, without the read-your-writes wait it asked for.
     checkObject('options', callOptions)
+    checkKnownOptions('options', callOptions, queryOptions)
     if (callOptions.atLeastPosition !== undefined) {
       const position = checkInteger('atLeastPosition', callOptions.atLeastPosition, 0)
       const wait = {

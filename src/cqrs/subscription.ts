@@ -1,7 +1,14 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, sleep, storedTime } from '../core/clock.js'
 import { detached } from '../core/detached.js'
-import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { checkKey, type EventStoreImpl } from './event-store.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
 import type { RecordedEvent } from './types.js'
@@ -55,6 +62,17 @@ export interface SubscriptionOptions {
   readonly clock?: Clock
 }
 
+const subscriptionOptions = optionKeys<SubscriptionOptions>({
+  name: true,
+  fromPosition: true,
+  batchSize: true,
+  pollIntervalMs: true,
+  retryBaseDelayMs: true,
+  retryMaxDelayMs: true,
+  onError: true,
+  clock: true,
+})
+
 // The subscription whose handler the current async context runs in.
 const handling = new AsyncLocalStorage<StoreSubscription>()
 
@@ -96,6 +114,9 @@ class StoreSubscription implements Subscription {
     options: SubscriptionOptions,
   ) {
     checkObject('options', options)
+    // A misspelt name (`nme`) left the subscription without a checkpoint: every restart began
+    // again from the start of the log.
+    checkKnownOptions('options', options, subscriptionOptions)
     this.#store = store
     this.#handler = checkFunction('handler', handler)
     // PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD; and the name is a key

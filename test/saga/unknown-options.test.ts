@@ -23,6 +23,7 @@ import {
 } from '../../src/saga/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { optionRefusal } from '../support/unknown-option.js'
 import { sqliteDb, type TestDb } from './databases.js'
 
 const saga = defineSaga({ name: 'opts', version: 1, steps: [{ name: 'a', action: () => {} }] })
@@ -43,15 +44,6 @@ afterAll(async () => {
   await worker?.stop()
   await test?.close()
 })
-
-async function refusal(run: () => unknown): Promise<InvalidOptionError> {
-  const error = await Promise.resolve()
-    .then(run)
-    .catch((e: unknown) => e)
-  expect(error).toBeInstanceOf(InvalidOptionError)
-  expect((error as InvalidOptionError).code).toBe('INVALID_OPTION')
-  return error as InvalidOptionError
-}
 
 const noop = () => {}
 
@@ -153,7 +145,7 @@ const misspelt: Record<string, object> = {
 
 describe('an unknown (misspelt) option is refused', () => {
   it.each(cases)('%s', async (name, call, option, correct) => {
-    const error = await refusal(() => call(misspelt[name]!))
+    const error = await optionRefusal(() => call(misspelt[name]!))
     expect(error.option).toBe(option)
     // The message lists the keys the call knows, so the right spelling is at hand.
     const known = Object.keys(correct)[0]!
@@ -177,7 +169,7 @@ describe('an unknown (misspelt) option is refused', () => {
 
   it('SagaWorker.stop refuses an unknown option', async () => {
     const other = createSagaWorker({ db, sagas: [saga], listen: false, clock })
-    const error = await refusal(() => other.stop({ timeout: 5 } as never))
+    const error = await optionRefusal(() => other.stop({ timeout: 5 } as never))
     expect(error.option).toBe('options.timeout')
     await other.stop({ timeoutMs: 5 })
   })

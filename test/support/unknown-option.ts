@@ -25,3 +25,16 @@ export async function expectUnknownOptionRefused(
   const [key] = Object.keys(misspelt)
   expect(refused).toMatchObject({ code: 'INVALID_OPTION', option: `${prefix}.${key}` })
 }
+
+/**
+ * The `InvalidOptionError` (`INVALID_OPTION`) that `run` throws or rejects with; fails the test
+ * when it settles otherwise. For tables that check more of the refusal (its message).
+ */
+export async function optionRefusal(run: () => unknown): Promise<InvalidOptionError> {
+  const error = await Promise.resolve()
+    .then(run)
+    .catch((e: unknown) => e)
+  expect(error).toBeInstanceOf(InvalidOptionError)
+  expect(error).toMatchObject({ code: 'INVALID_OPTION' })
+  return error as InvalidOptionError
+}
