@@ -13,7 +13,7 @@ import { timeout } from '../policies/timeout.js'
 import type { Policy } from '../policies/types.js'
 import { throwIfAborted } from './common.js'
 import type { BrokerErrorCode } from './errors.js'
-import { checkKnownBrokerOptions } from './option-keys.js'
+import { checkKnownBrokerOptions, hideText } from './option-keys.js'
 import type { OutgoingMessage, Publisher } from './types.js'
 
 /**
@@ -172,7 +172,7 @@ function secretBytes(option: string, secret: unknown): Buffer {
   throw new InvalidOptionError(
     option,
     `a secret of at least ${minSecretBytes} bytes (string or Uint8Array)`,
-    typeof secret === 'string' || secret instanceof Uint8Array ? '[hidden]' : secret,
+    hideText(secret),
   )
 }
 
