@@ -47,52 +47,90 @@ afterAll(async () => {
 
 const noop = () => {}
 
-// [what, call with a misspelt key, the option named, the same call spelt right]
-const cases: Array<[string, (o: object) => unknown, string, object]> = [
+// [what, call, a misspelt key's options (the correct key of the same call, changed), the option
+// named, the same options spelt right]
+const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
   [
     'createSagaWorker',
     (o) => createSagaWorker({ db, sagas: [saga], listen: false, clock, ...o }),
+    { leaseMS: 500 },
     'options.leaseMS',
     { leaseMs: 500 },
   ],
-  ['SagaWorker.run', (o) => worker.run(saga, {}, o), 'options.ID', { id: 'run-1' }],
-  ['startSaga', (o) => startSaga(db, saga, {}, o), 'options.Id', { id: 'start-1' }],
-  ['listSagas', (o) => listSagas(db, o), 'options.state', { status: 'running' }],
+  [
+    'SagaWorker.run',
+    (o) => worker.run(saga, {}, o),
+    { ID: 'run-2' },
+    'options.ID',
+    { id: 'run-1' },
+  ],
+  [
+    'startSaga',
+    (o) => startSaga(db, saga, {}, o),
+    { Id: 'start-2' },
+    'options.Id',
+    { id: 'start-1' },
+  ],
+  [
+    'listSagas',
+    (o) => listSagas(db, o),
+    { state: 'running' },
+    'options.state',
+    { status: 'running' },
+  ],
   [
     'retrySaga',
     (o) => retrySaga(db, 'missing', o),
+    { because: 'fixed' },
     'options.because',
     { reason: 'fixed' }, // correct options reach the database: no such saga
   ],
-  ['cancelSaga', (o) => cancelSaga(db, 'missing', o), 'options.who', { by: 'alice' }],
+  [
+    'cancelSaga',
+    (o) => cancelSaga(db, 'missing', o),
+    { who: 'alice' },
+    'options.who',
+    { by: 'alice' },
+  ],
   [
     'deliverReply',
     (o) => deliverReply(db, 'missing', 'a', {}, o),
+    { attempts: 1 },
     'options.attempts',
     { attempt: 1 },
   ],
-  ['pruneSagas', (o) => pruneSagas(db, o), 'pruneSagas.olderThan', { olderThanMs: 1 }],
+  [
+    'pruneSagas',
+    (o) => pruneSagas(db, o),
+    { olderThan: 1 },
+    'pruneSagas.olderThan',
+    { olderThanMs: 1 },
+  ],
   [
     'pruneFlowEvents',
     (o) => pruneFlowEvents(db, o),
+    { olderThan: 1 },
     'pruneFlowEvents.olderThan',
     { olderThanMs: 1 },
   ],
   [
     'createFlowTracker',
     (o) => createFlowTracker({ db, flows: [flow], ...o }),
+    { clok: clock },
     'options.clok',
     { clock },
   ],
   [
     'FlowTracker.stalled',
     (o) => createFlowTracker({ db, flows: [flow] }).stalled(o),
+    { within: 5 },
     'options.within',
     { withinMs: 5 },
   ],
   [
     'defineSaga',
     (o) => defineSaga({ name: 'x', version: 1, steps: [{ name: 'a', action: noop }], ...o }),
+    { inputs: noop },
     'saga "x".inputs',
     { input: (raw: unknown) => raw },
   ],
@@ -100,6 +138,7 @@ const cases: Array<[string, (o: object) => unknown, string, object]> = [
     'defineSaga step retry',
     (o) =>
       defineSaga({ name: 'x', version: 1, steps: [{ name: 'a', action: noop, retry: { ...o } }] }),
+    { maxAttemps: 2 },
     'saga "x".steps["a"].retry.maxAttemps',
     { maxAttempts: 2 },
   ],
@@ -113,39 +152,22 @@ const cases: Array<[string, (o: object) => unknown, string, object]> = [
         timeoutMs: 1,
         ...o,
       }),
+    { timeout: 5 },
     'commandStep.timeout',
     { callTimeoutMs: 5 },
   ],
   [
     'defineFlow',
     (o) => defineFlow({ name: 'f', steps: ['a'], ...o }),
+    { within: 5 },
     'flow "f".within',
     { withinMs: 5 },
   ],
 ]
 
-// Each misspelling is the correct key of the same call, changed.
-const misspelt: Record<string, object> = {
-  createSagaWorker: { leaseMS: 500 },
-  'SagaWorker.run': { ID: 'run-2' },
-  startSaga: { Id: 'start-2' },
-  listSagas: { state: 'running' },
-  retrySaga: { because: 'fixed' },
-  cancelSaga: { who: 'alice' },
-  deliverReply: { attempts: 1 },
-  pruneSagas: { olderThan: 1 },
-  pruneFlowEvents: { olderThan: 1 },
-  createFlowTracker: { clok: clock },
-  'FlowTracker.stalled': { within: 5 },
-  defineSaga: { inputs: noop },
-  'defineSaga step retry': { maxAttemps: 2 },
-  commandStep: { timeout: 5 },
-  defineFlow: { within: 5 },
-}
-
 describe('an unknown (misspelt) option is refused', () => {
-  it.each(cases)('%s', async (name, call, option, correct) => {
-    const error = await optionRefusal(() => call(misspelt[name]!))
+  it.each(cases)('%s', async (name, call, misspelt, option, correct) => {
+    const error = await optionRefusal(() => call(misspelt))
     expect(error.option).toBe(option)
     // The message lists the keys the call knows, so the right spelling is at hand.
     const known = Object.keys(correct)[0]!
