@@ -56,17 +56,16 @@ export function claimingHeaders(
 
 /**
  * Replaces the value of header `name` (lower case, as the client sends its own headers) in a
- * request claimed by {@link claimingHeaders}. Returns false when the request does not carry
+ * request claimed by {@link claimingHeaders}. Does nothing when the request does not carry
  * the header in the expected form (an undici that stores headers differently).
  */
-export function rewriteHeader(request: UndiciRequest, name: string, value: string): boolean {
+export function rewriteHeader(request: UndiciRequest, name: string, value: string): void {
   const headers = request.headers
-  if (!Array.isArray(headers)) return false
+  if (!Array.isArray(headers)) return
   for (let i = 0; i + 1 < headers.length; i += 2) {
     if (headers[i] === name && typeof headers[i + 1] === 'string') {
       headers[i + 1] = value
-      return true
+      return
     }
   }
-  return false
 }
