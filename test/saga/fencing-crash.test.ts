@@ -1,8 +1,14 @@
 // Two worker processes on one saga, on real SQLite and PostgreSQL: worker A is paused with
-// SIGSTOP inside a step (after its remote call) until its lease has long expired, worker B
-// takes the saga over and finishes it, then A is resumed with SIGCONT. A's writes are refused
+// SIGSTOP inside a step (after its remote call), worker B takes the saga over past A's lease
+// and finishes it, then A is resumed with SIGCONT and its step goes on. A's writes are refused
 // by the lease token (fencing): it reports the loss, the saga keeps B's outcome, and the
 // remote effect exists once (B repeated the call with the same idempotency key).
+//
+// Nothing here races real time. A's hold in the step ends on SIGUSR2, not after a duration (a
+// 1.5 s hold ended before the SIGSTOP under load). A's lease is far longer than the test may
+// run (a 400 ms lease ran out under load before the SIGSTOP, and A took its own saga over), and
+// B's clock runs further ahead than that lease: B sees A's lease run out as soon as it starts,
+// as a worker on a skewed host would.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { HttpClient } from '../../src/http/index.js'
@@ -14,16 +20,21 @@ import {
   type OrderServices,
   startOrderServices,
 } from '../fixtures/saga/order-services.js'
+import { until } from '../support/until.js'
 import { spawnWorker, stopWorkers, type WorkerProcess } from './crash-harness.js'
 import { dbTargets, type TestDb } from './databases.js'
 
-const until = async (what: string, check: () => Promise<boolean> | boolean, ms = 20_000) => {
-  const deadline = Date.now() + ms
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
+/** A's lease: longer than the test's timeout, so it cannot run out while A is meant to hold it. */
+const leaseMsA = 600_000
+/** How far B's clock runs ahead: past all of A's lease. */
+const aheadMsB = 2 * leaseMsA
+
+/**
+ * Polls until `check` holds. No deadline of its own: the test's timeout bounds the wait, so a
+ * loaded machine is slower, never wrong.
+ */
+const whenever = (what: string, check: () => Promise<boolean> | boolean) =>
+  until(check, what, Number.POSITIVE_INFINITY, 20)
 
 describe.each(dbTargets)('fencing of a paused worker on $dialect', (target) => {
   let sagaDb: TestDb
@@ -55,22 +66,23 @@ describe.each(dbTargets)('fencing of a paused worker on $dialect', (target) => {
     const env = {
       SAGA_DB_URL: sagaDb.url,
       SAGA_SERVICES: JSON.stringify(services.urls),
-      SAGA_LEASE_MS: '400',
+      SAGA_LEASE_MS: String(leaseMsA),
       SAGA_POLL_MS: '20',
     }
-    const a = spawnWorker({ ...env, SAGA_WORKER_ID: 'A', SAGA_HOLD: 'charge:1500' })
+    const a = spawnWorker({ ...env, SAGA_WORKER_ID: 'A', SAGA_HOLD: 'charge' })
     workers.push(a)
-    // A is inside "charge": the payment went through, its result is not recorded yet.
-    await until('A to charge', async () =>
+    // A is inside "charge": the payment went through, its result is not recorded yet (A holds
+    // there until SIGUSR2).
+    await whenever('A to charge', async () =>
       (await effectsOf(servicesDb.db, orderId)).includes('charge'),
     )
     a.child.kill('SIGSTOP')
     const held = await getSaga(sagaDb.db, id)
     expect(held).toMatchObject({ leaseOwner: 'A', stepIndex: 1 })
 
-    const b = spawnWorker({ ...env, SAGA_WORKER_ID: 'B' })
+    const b = spawnWorker({ ...env, SAGA_WORKER_ID: 'B', SAGA_CLOCK_AHEAD_MS: String(aheadMsB) })
     workers.push(b)
-    await until(
+    await whenever(
       'B to finish the saga',
       async () => (await getSaga(sagaDb.db, id))?.status === 'completed',
     )
@@ -78,12 +90,16 @@ describe.each(dbTargets)('fencing of a paused worker on $dialect', (target) => {
     expect(finished!.leaseToken).toBeGreaterThan(held!.leaseToken)
 
     a.child.kill('SIGCONT')
-    await until('A to notice', () => a.lines.some((l) => l.type === 'lease-lost'), 10_000)
+    a.child.kill('SIGUSR2') // A's charge call returns; A goes on to record it
+    await whenever('A to notice', () => a.lines.some((l) => l.type === 'lease-lost'))
     const lost = a.lines.find((l) => l.type === 'lease-lost')!
     expect(lost).toMatchObject({ sagaId: id, worker: 'A' })
     expect(['write-refused', 'renewal-refused']).toContain(lost.reason)
-    // Give A every chance to write something after all.
-    await new Promise((resolve) => setTimeout(resolve, 500))
+    expect(a.child.exitCode).toBeNull() // A is alive and well, just no longer in charge
+    // Give A every chance to write something after all: a graceful stop waits for its runs.
+    a.child.kill('SIGTERM')
+    expect(await a.exited).toEqual({ code: 0, signal: null })
+    expect(a.lines.at(-1)).toEqual({ type: 'stopped' })
 
     expect(await getSaga(sagaDb.db, id)).toEqual(finished)
     const timeline = await getSagaTimeline(sagaDb.db, id)
@@ -100,6 +116,6 @@ describe.each(dbTargets)('fencing of a paused worker on $dialect', (target) => {
     )
     expect(services.requests.get('payments /charges')).toBe(1)
     expect(await effectsOf(servicesDb.db, orderId)).toEqual(['reserve', 'charge', 'ship'])
-    expect(a.child.exitCode).toBeNull() // A is alive and well, just no longer in charge
+    // Two worker processes start and one saga runs: 1.5 s alone, 8-12 s at load 14 (measured).
   }, 60_000)
 })
