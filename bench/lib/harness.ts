@@ -19,14 +19,18 @@ export function writeResults(benchmark: string, rows: ResultRow[]): string {
   writeFileSync(file, `${JSON.stringify({ benchmark, rows }, null, 2)}\n`)
   for (const row of rows) {
     console.log(
-      `${benchmark}  ${row.subject.padEnd(14)} ${row.case.padEnd(28)} ${row.metric.padEnd(16)} ${formatValue(row.value)}`,
+      `${benchmark}  ${row.subject.padEnd(14)} ${row.case.padEnd(28)} ${row.metric.padEnd(16)} ${formatValue(row)}`,
     )
   }
   console.log(`wrote ${file}`)
   return file
 }
 
-function formatValue(value: number): string {
+// A goal row (subject 'goal', metric 'met') holds 1 or 0 in the file; printed as a number it
+// read "... met 0.00" for a goal missed.
+function formatValue(row: ResultRow): string {
+  if (row.subject === 'goal' && row.metric === 'met') return row.value === 1 ? 'yes' : 'NO (missed)'
+  const value = row.value
   return value >= 100 ? value.toFixed(0) : value.toPrecision(3)
 }
 
