@@ -23,7 +23,9 @@ export const AGGREGATE_TYPE_HEADER = 'aggregate-type'
  * type, topic, correlationId, causationId) are non-empty strings without NUL characters or lone
  * surrogates (neither can be stored as they are), and the id and aggregateId, which are index
  * keys, are at most 2048 UTF-8 bytes (PostgreSQL cannot index much more); anything else is
- * refused with `InvalidOptionError` naming the field (`events[1].id`) before writing.
+ * refused with `InvalidOptionError` naming the field (`events[1].id`) before writing, and so is
+ * a field not listed here (`event.correlationID`): it would be dropped, and data belongs in the
+ * payload or headers. A field whose value is `undefined` is ignored.
  */
 export interface OutboxEvent {
   /**
@@ -119,6 +121,19 @@ export interface Outbox {
    */
   transaction<T>(db: SqlDriver, fn: (tx: SqlTransaction) => Promise<T>): Promise<T>
 }
+
+/** The fields an {@link OutboxEvent} may have; any other is refused, naming it. */
+const outboxEventFields = optionKeys<OutboxEvent>({
+  id: true,
+  aggregateType: true,
+  aggregateId: true,
+  type: true,
+  payload: true,
+  topic: true,
+  headers: true,
+  correlationId: true,
+  causationId: true,
+})
 
 const outboxOptions = optionKeys<OutboxOptions>({
   topic: true,
@@ -333,6 +348,8 @@ class SqlOutbox implements Outbox {
   #prepare(event: OutboxEvent, at: string): PreparedRow {
     if (typeof event !== 'object' || event === null)
       throw new InvalidOptionError(at, 'an outbox event object', event)
+    // A misspelt field (`correlationID`) was dropped without a word; data belongs in the payload.
+    checkKnownOptions(at, event, outboxEventFields)
     const id = event.id ?? randomUUID()
     // Index keys (the id's own, and the held-rows index a retry or dead letter puts the
     // aggregate id in): capped, or PostgreSQL fails the caller's transaction (or, for the

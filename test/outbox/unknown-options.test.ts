@@ -16,7 +16,7 @@ import {
 import type { SqlDriver } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { optionRefusal } from '../support/unknown-option.js'
-import { type OutboxDb, sqliteTarget } from './support.js'
+import { count, type OutboxDb, sqliteTarget } from './support.js'
 
 const publisher = { publish: async () => {}, close: async () => {} }
 
@@ -62,6 +62,30 @@ describe('outbox factories refuse an unknown option', () => {
     ],
     ['pruneSqlQueue.olderThan', (o) => pruneSqlQueue(db, o), { olderThanMs: 1_000 }],
   ]
+
+  // An event's fields are checked as options are: `correlationID` was dropped, so the event went
+  // out with no correlation-id header. Data belongs in the payload and headers, which are not.
+  it('refuses an event field it does not know, naming the event, and writes nothing', async () => {
+    const outbox = createOutbox({ topic: 'orders' })
+    const event = { aggregateType: 'order', aggregateId: 'o1', type: 'placed', payload: { x: 1 } }
+    const single = await optionRefusal(() =>
+      db.transaction((tx) => outbox.enqueue(tx, { ...event, correlationID: 'c1' } as never)),
+    )
+    expect(single.option).toBe('event.correlationID')
+    expect(single.message).toContain('correlationId')
+    const listed = await optionRefusal(() =>
+      db.transaction((tx) =>
+        outbox.enqueue(tx, [event, { ...event, aggregateId: 'o2', occuredAt: 1 }] as never),
+      ),
+    )
+    expect(listed.option).toBe('events[1].occuredAt')
+    expect(await count(db, 'breakwater_outbox')).toBe(0)
+    // Spelt right, and with an undefined stray field (a spread of optional fields), it writes.
+    await db.transaction((tx) =>
+      outbox.enqueue(tx, { ...event, correlationId: 'c1', stray: undefined } as never),
+    )
+    expect(await count(db, 'breakwater_outbox')).toBe(1)
+  })
 
   it.each(cases)('refuses %s', async (option, call, good) => {
     const key = option.slice(option.lastIndexOf('.') + 1)
