@@ -109,6 +109,14 @@ const storeOptions = optionKeys<EventStoreOptions>({
   clock: true,
 })
 const appendOptions = optionKeys<AppendOptions>({ expectedVersion: true, tx: true })
+/** The fields of an appended event; any other (`metdata`) is refused instead of dropped. */
+const newEventFields = optionKeys<NewEvent>({
+  type: true,
+  data: true,
+  id: true,
+  metadata: true,
+  schemaVersion: true,
+})
 const readStreamOptions = optionKeys<ReadStreamOptions>({
   from: true,
   direction: true,
@@ -672,6 +680,7 @@ export class EventStoreImpl implements EventStore {
       if (typeof event !== 'object' || event === null) {
         throw new InvalidOptionError(`events[${i}]`, 'an event object', event)
       }
+      checkKnownOptions(`events[${i}]`, event, newEventFields)
       checkName(`events[${i}].type`, event.type)
       const id = checkName(`events[${i}].id`, event.id ?? randomUUID())
       const data = jsonTextOf(`events[${i}].data`, event.data)
@@ -1074,7 +1083,9 @@ function streamInfoOf(row: StreamRow | undefined): StreamInfo {
  * Creates an event store over a breakwater driver. Construction does no I/O; run
  * {@link migrateCqrs} once before the first use. An unknown (misspelt) option, here or in the
  * options of any of the store's methods (`append`, `readStream`, `subscribe`, ...), is refused
- * with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ * with `InvalidOptionError` (`INVALID_OPTION`) naming it; so is an appended event's field other
+ * than `type`, `data`, `id`, `metadata` and `schemaVersion` (`events[1].metdata`), which would
+ * otherwise be dropped.
  *
  * @example
  * ```ts

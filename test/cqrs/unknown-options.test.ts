@@ -223,3 +223,31 @@ describe('an unknown (misspelt) option is refused', () => {
     expect(error.option).toBe('inlineProjections[0].eventType')
   })
 })
+
+// An appended event's misspelt field (`metdata`, `schemaVerison`) was dropped: the event was
+// recorded without its metadata, or at the type's current schema version.
+describe('an appended event field the store does not know is refused', () => {
+  it.each([
+    ['metdata', { metdata: { user: 'u' } }],
+    ['schemaVerison', { schemaVersion: undefined, schemaVerison: 1 }],
+  ])('%s, naming the event, and nothing is appended', async (field, extra) => {
+    const before = await store.streamInfo('s-5')
+    const error = await optionRefusal(() =>
+      store.append('s-5', [
+        { type: 'opened', data: { owner: 'c' } },
+        { type: 'deposited', data: { amount: 1 }, ...extra } as never,
+      ]),
+    )
+    expect(error.option).toBe(`events[1].${field}`)
+    expect(error.message).toContain('metadata')
+    expect(await store.streamInfo('s-5')).toEqual(before)
+  })
+
+  it('spelt right, and with an undefined stray field, the event is appended', async () => {
+    const stray = { stray: undefined } as object
+    const result = await store.append('s-6', [
+      { type: 'opened', data: { owner: 'd' }, metadata: { user: 'u' }, ...stray },
+    ])
+    expect(result.version).toBe(1)
+  })
+})
