@@ -187,10 +187,19 @@ export interface SagaReply {
   readonly aggregateType?: string
 }
 
+/** The fields of a {@link SagaReply}. */
+const sagaReplyFields = optionKeys<SagaReply>({
+  type: true,
+  topic: true,
+  payload: true,
+  aggregateType: true,
+})
+
 /**
  * Builds the outbox event that answers a saga command: correlated to the saga, naming the
  * step, caused by the command, with a deterministic id (`${command.id}:reply`). Enqueue it in
- * the transaction that does the command's work (inside the inbox, or `idempotent()`).
+ * the transaction that does the command's work (inside the inbox, or `idempotent()`). A reply
+ * field it does not know (`aggregatetype`) is refused with `InvalidOptionError` naming it.
  *
  * @example
  * ```ts
@@ -201,6 +210,9 @@ export function replyTo(
   command: Pick<IncomingMessage, 'id' | 'headers'>,
   reply: SagaReply,
 ): OutboxEvent {
+  checkObject('reply', reply)
+  // A misspelt field (`aggregatetype`) would be dropped; its default used without a word.
+  checkKnownOptions('reply', reply, sagaReplyFields)
   const sagaId = command.headers[CORRELATION_ID_HEADER]
   const step = command.headers[SAGA_STEP_HEADER]
   if (sagaId === undefined || step === undefined) {

@@ -17,6 +17,7 @@ import {
   listSagas,
   pruneFlowEvents,
   pruneSagas,
+  replyTo,
   retrySaga,
   type SagaWorker,
   startSaga,
@@ -155,6 +156,18 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { timeout: 5 },
     'commandStep.timeout',
     { callTimeoutMs: 5 },
+  ],
+  [
+    // A reply's misspelt field was dropped: the reply went out as a 'saga-reply' aggregate.
+    'replyTo',
+    (o) =>
+      replyTo(
+        { id: 'cmd-1', headers: { 'correlation-id': 's-1', 'saga-step': 'charge' } },
+        { type: 'charged', topic: 'saga.replies', payload: {}, ...o },
+      ),
+    { aggregatetype: 'payment' },
+    'reply.aggregatetype',
+    { aggregateType: 'payment' },
   ],
   [
     'defineFlow',
