@@ -21,7 +21,7 @@ export interface BrokerState {
   /** RabbitMQ only: its private epmd's process id and port. */
   readonly epmdPid?: number
   readonly epmdPort?: number
-  /** Redis started with `tls` only: the rediss:// URL of its TLS port. */
+  /** Redis or RabbitMQ started with `tls` only: the rediss:// or amqps:// URL of its TLS port. */
   readonly tlsUrl?: string
 }
 
@@ -69,17 +69,34 @@ export interface StartNatsOptions extends StartBrokerOptions {
 }
 
 export declare function startNats(options?: StartNatsOptions): Promise<StartedBroker>
+/** A TLS listener's files (PEM): the server's certificate and key, and a client CA. */
+export interface ServerTlsFiles {
+  readonly certFile: string
+  readonly keyFile: string
+  /**
+   * The CA a client certificate must be signed by: given, the server requires a client
+   * certificate (mutual TLS). @default no client certificate is asked
+   */
+  readonly caFile?: string
+}
+
 /** Options for {@link startRedis}. */
 export interface StartRedisOptions extends StartBrokerOptions {
   /**
-   * Also listen with TLS on a second port, presenting this certificate and key (PEM files); no
-   * client certificate is asked. Its URL is `tlsUrl`.
+   * Also listen with TLS on a second port, presenting this certificate and key. Its URL is
+   * `tlsUrl`.
    */
-  readonly tls?: { readonly certFile: string; readonly keyFile: string }
+  readonly tls?: ServerTlsFiles
+}
+
+/** Options for {@link startRabbitMq}. */
+export interface StartRabbitMqOptions extends StartBrokerOptions {
+  /** Also listen for AMQPS on a second port, presenting this certificate. Its URL is `tlsUrl`. */
+  readonly tls?: ServerTlsFiles
 }
 
 export declare function startRedis(options?: StartRedisOptions): Promise<StartedBroker>
-export declare function startRabbitMq(options?: StartBrokerOptions): Promise<StartedBroker>
+export declare function startRabbitMq(options?: StartRabbitMqOptions): Promise<StartedBroker>
 export declare function startBroker(
   name: BrokerName,
   options?: StartBrokerOptions,

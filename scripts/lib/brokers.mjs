@@ -441,21 +441,33 @@ export async function startNats(options = {}) {
 // Redis
 
 /**
+ * Checks a start function's `options.tls`: undefined, or `{ certFile, keyFile }` (the server's
+ * certificate and key, PEM files) with an optional `caFile` (the CA a client certificate must
+ * be signed by: given, the server requires one).
+ */
+function checkServerTls(start, tls) {
+  if (tls === undefined) return undefined
+  if (
+    typeof tls?.certFile !== 'string' ||
+    typeof tls?.keyFile !== 'string' ||
+    (tls.caFile !== undefined && typeof tls.caFile !== 'string')
+  ) {
+    throw new ServiceError(`${start}: options.tls must be { certFile, keyFile, caFile? }`)
+  }
+  return tls
+}
+
+/**
  * Starts `redis-server` on a free loopback port: AOF on with `appendfsync always` (a reply means
  * the write reached the disk), no RDB snapshots, no config file (so Debian's
  * /etc/redis/redis.conf is never read), every file inside a temp folder.
- * `options.tls` (`{ certFile, keyFile }`, PEM files) adds a TLS port presenting that
- * certificate (no client certificate asked), whose URL is `tlsUrl`; the plain port stays (it
- * is how readiness is probed).
+ * `options.tls` (`{ certFile, keyFile, caFile? }`, PEM files) adds a TLS port presenting that
+ * certificate, whose URL is `tlsUrl`; the plain port stays (it is how readiness is probed).
+ * With `caFile` the TLS port requires a client certificate signed by that CA
+ * (`tls-auth-clients yes`); without it no client certificate is asked.
  */
 export async function startRedis(options = {}) {
-  const tls = options.tls
-  if (
-    tls !== undefined &&
-    (typeof tls?.certFile !== 'string' || typeof tls?.keyFile !== 'string')
-  ) {
-    throw new ServiceError('startRedis: options.tls must be { certFile, keyFile }')
-  }
+  const tls = checkServerTls('startRedis', options.tls)
   const bin = ensureBinary('redis-server', 'redis-server', options)
   const root = tempRoot('redis', options)
   const port = await freePort()
@@ -476,7 +488,9 @@ export async function startRedis(options = {}) {
           ['--tls-port', String(tlsPort)],
           ['--tls-cert-file', tls.certFile],
           ['--tls-key-file', tls.keyFile],
-          ['--tls-auth-clients', 'no'],
+          tls.caFile === undefined
+            ? ['--tls-auth-clients', 'no']
+            : ['--tls-ca-cert-file', tls.caFile, '--tls-auth-clients', 'yes'],
         ].flat(),
   ].flat()
   // PING answers -LOADING while the AOF is replayed after a restart: wait for +PONG.
@@ -506,6 +520,9 @@ const rabbitLibBin = '/usr/lib/rabbitmq/bin'
  * folder; and its own `epmd` on a private port, so it meets no system RabbitMQ, no other Erlang
  * node and no epmd daemon left on 4369. Boot takes a few seconds; readiness is an AMQP
  * handshake, because the listener opens only once the broker has booted.
+ * `options.tls` (`{ certFile, keyFile, caFile? }`, PEM files) adds an AMQPS listener presenting
+ * that certificate, whose URL is `tlsUrl`; with `caFile` it requires a client certificate
+ * signed by that CA (`verify_peer`, `fail_if_no_peer_cert`). The plain port stays (readiness).
  */
 export async function startRabbitMq(options = {}) {
   // A boot can fail for a reason that a fresh try does not meet: the Erlang distribution of
@@ -528,6 +545,7 @@ export async function startRabbitMq(options = {}) {
 }
 
 async function startRabbitMqOnce(options) {
+  const tls = checkServerTls('startRabbitMq', options.tls)
   // /usr/sbin/rabbitmq-server would `su rabbitmq` and use /var/lib/rabbitmq; the script it
   // wraps runs as any user with the environment below.
   const preferredDirs = [rabbitLibBin]
@@ -541,8 +559,24 @@ async function startRabbitMqOnce(options) {
   for (const sub of ['home', 'mnesia', 'log']) mkdirSync(join(root, sub), { recursive: true })
   writeFileSync(join(root, 'enabled_plugins'), '[].\n')
   writeFileSync(join(root, 'rabbitmq-env.conf'), '')
+  const tlsPort = tls === undefined ? undefined : await freePort()
   // A nearly full /tmp must not trip the default 50 MB free-disk alarm in tests.
-  writeFileSync(join(root, 'rabbitmq.conf'), 'disk_free_limit.absolute = 10MB\n')
+  const config = ['disk_free_limit.absolute = 10MB']
+  if (tls !== undefined) {
+    config.push(
+      `listeners.ssl.1 = ${LOOPBACK}:${tlsPort}`,
+      `ssl_options.certfile = ${tls.certFile}`,
+      `ssl_options.keyfile = ${tls.keyFile}`,
+    )
+    if (tls.caFile !== undefined) {
+      config.push(
+        `ssl_options.cacertfile = ${tls.caFile}`,
+        'ssl_options.verify = verify_peer',
+        'ssl_options.fail_if_no_peer_cert = true',
+      )
+    }
+  }
+  writeFileSync(join(root, 'rabbitmq.conf'), `${config.join('\n')}\n`)
   const env = {
     ...process.env,
     HOME: join(root, 'home'),
@@ -569,6 +603,7 @@ async function startRabbitMqOnce(options) {
   const epmd = launch(epmdBin, epmdArgs, { env, cwd: root, logFile: epmdLog })
   const fields = { service: 'rabbitmq', url: '', port, root, bin, epmdPid: epmd.pid, epmdPort }
   fields.url = `amqp://guest:guest@${LOOPBACK}:${port}`
+  if (tls !== undefined) fields.tlsUrl = `amqps://guest:guest@${LOOPBACK}:${tlsPort}`
   try {
     await readyOrKill(epmd, () => probe(epmdPort), 'epmd', epmdLog, 10_000)
   } catch (error) {

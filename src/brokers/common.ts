@@ -101,8 +101,9 @@ export interface BrokerCommonOptions {
    */
   readonly onError?: (event: SubscriberErrorEvent) => void
   /**
-   * TLS settings (the CA to trust) for a URL that uses TLS (`rediss://`, `amqps://`, NATS
-   * `tls://` or `nats://`); refused with a URL that does not. @default Node's TLS defaults
+   * TLS settings (the CA to trust, a client certificate and its key) for a URL that uses TLS
+   * (`rediss://`, `amqps://`, NATS `tls://` or `nats://`); refused with a URL that does not.
+   * @default Node's TLS defaults
    */
   readonly tls?: BrokerTlsOptions
 }

@@ -8,6 +8,7 @@ import type {
   MsgHdrs,
   NatsConnection,
   NatsError,
+  TlsOptions,
 } from 'nats'
 import { within } from '../core/clock.js'
 import { detached } from '../core/detached.js'
@@ -298,9 +299,18 @@ async function connectNats(options: ResolvedNatsOptions): Promise<NatsConnection
   // Any tls setting makes the driver require TLS (SERVER_OPT_NA "tls" from a server without
   // it); without one it still upgrades when the server requires TLS, as on nats://.
   if (url.protocol === 'tls:' || options.tls !== undefined) {
-    // The driver's type takes one PEM string; a bundle of several certificates is one.
+    // The driver's type takes PEM strings; a bundle of several certificates is one. It hands
+    // every field to tls.connect, passphrase included, though its type does not list it.
     const ca = options.tls?.ca
-    connectOptions.tls = ca === undefined ? {} : { ca: ca.map(String).join('\n') }
+    const client = options.tls?.client
+    const tls: TlsOptions & { passphrase?: string } = {}
+    if (ca !== undefined) tls.ca = ca.map(String).join('\n')
+    if (client !== undefined) {
+      tls.cert = String(client.cert)
+      tls.key = String(client.key)
+      if (client.passphrase !== undefined) tls.passphrase = client.passphrase
+    }
+    connectOptions.tls = tls
   }
   if (url.username !== '' && url.password !== '') {
     connectOptions.user = decodeURIComponent(url.username)

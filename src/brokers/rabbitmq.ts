@@ -25,7 +25,7 @@ import {
 import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
-import { tlsFailure } from './tls.js'
+import { connectTlsOptions, tlsFailure } from './tls.js'
 import type {
   Broker,
   IncomingMessage,
@@ -197,7 +197,7 @@ async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelMod
       // be refused. Decoded here as UTF-8, as URLs encode them.
       credentials: amqp.credentials.plain(user, password),
       // amqplib hands its socket options to tls.connect for amqps://.
-      ...(options.tls?.ca === undefined ? {} : { ca: [...options.tls.ca] }),
+      ...connectTlsOptions(options.tls),
     })
     // Without a listener an 'error' event would crash the process; 'close' follows it and is
     // where each user of the connection reacts.

@@ -27,7 +27,7 @@ import type { Delivery, KeyedDispatcher, Outcome } from './dispatcher.js'
 import { BrokerError, reasonOf } from './errors.js'
 import { gateLostDeliveries, type LostDeliveryGate } from './lost-delivery-gate.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
-import { plainAnswer, tlsFailure } from './tls.js'
+import { connectTlsOptions, plainAnswer, tlsFailure, tlsRefusal } from './tls.js'
 import type {
   Broker,
   IncomingMessage,
@@ -336,7 +336,7 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
     // Not enableAutoPipelining: in ioredis 6.0.0 it breaks call()/callBuffer(). Commands are
     // still pipelined on the socket; they just are not coalesced into one write.
     // ioredis hands tls to tls.connect (rediss:// alone means tls: true, Node's defaults).
-    ...(options.tls?.ca === undefined ? {} : { tls: { ca: [...options.tls.ca] } }),
+    ...(options.tls === undefined ? {} : { tls: connectTlsOptions(options.tls) }),
   })
   // Without a listener ioredis logs errors; 'end' is where users of the client react.
   client.on('error', () => {})
@@ -348,22 +348,18 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
   }
   client.on('error', onRefusal)
   const where = redactUrl(options.url.toString())
+  // Where ioredis connects: a URL query sets the port (`?port=`) when the URL names none.
+  const target = {
+    host: client.options.host ?? options.url.hostname,
+    port: Number(client.options.port ?? 6379),
+  }
   const watch = new AbortController()
   try {
     // ioredis's connectTimeout covers the TCP connect only: a server that accepts but never
     // answers (frozen, overloaded) would hold connect(), and the publish or subscribe waiting
     // on it, for good.
     await within(
-      Promise.race([
-        client.connect(),
-        // Where ioredis connects: a URL query sets the port (`?port=`) when the URL names none.
-        plainRedisOnTlsUrl(
-          options,
-          { host: client.options.host ?? options.url.hostname, port: client.options.port ?? 6379 },
-          where,
-          watch.signal,
-        ),
-      ]),
+      Promise.race([client.connect(), plainRedisOnTlsUrl(options, target, where, watch.signal)]),
       options.clock,
       options.connectTimeoutMs,
       () =>
@@ -386,11 +382,37 @@ async function connectRedis(options: ResolvedRedisOptions, role: string): Promis
     throw (
       refusedLogin(options, refusal) ??
       tlsFailure('redis', refusal, `cannot connect to ${where}`) ??
+      (await refusedClient(options, refusal, target, where, watch.signal)) ??
       redisError(error, `cannot connect to ${where}`)
     )
   } finally {
     watch.abort()
   }
+}
+
+/**
+ * For a rediss:// connection reset as it opened, a `BROKER_MISCONFIGURED` when the server
+ * refused the client's certificate or its absence (`tls-auth-clients yes`), else undefined.
+ * Redis checks a TLS 1.3 client's certificate after the client's side of the handshake is
+ * done, when ioredis has already written its first command: the server's close then reaches
+ * ioredis as a reset of that write, and its alert is lost, so the connection would read as an
+ * outage retried for ever. The port is asked again on a TLS connection that writes nothing
+ * (bounded by `connectTimeoutMs`), which reads the alert; a reset for another reason costs
+ * that one connection.
+ */
+async function refusedClient(
+  options: ResolvedRedisOptions,
+  refusal: unknown,
+  target: { readonly host: string; readonly port: number },
+  where: string,
+  signal: AbortSignal,
+): Promise<BrokerError | undefined> {
+  const code = (refusal as { code?: unknown } | undefined)?.code
+  if (options.url.protocol !== 'rediss:' || (code !== 'ECONNRESET' && code !== 'EPIPE')) {
+    return undefined
+  }
+  const why = await tlsRefusal(target, options.tls, options.clock, options.connectTimeoutMs, signal)
+  return tlsFailure('redis', why, `cannot connect to ${where}`)
 }
 
 /**

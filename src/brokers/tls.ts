@@ -3,9 +3,10 @@
 // another host, a server that does not speak TLS on the port, a handshake the two sides cannot
 // agree on: every attempt fails alike, so read as an outage (BROKER_UNAVAILABLE) a relay would
 // retry it for ever and a caller's retry policy would hide it.
-import { X509Certificate } from 'node:crypto'
+import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { createConnection } from 'node:net'
+import { createConnection, isIP } from 'node:net'
+import { connect as connectTls } from 'node:tls'
 import type { Clock } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import { checkObject, optionKeys } from '../core/validate.js'
@@ -18,12 +19,17 @@ export type Pem = string | Buffer
 /**
  * TLS settings of a broker adapter's connections (`tls` in its options). Whether TLS is used
  * at all is the URL's: `rediss://`, `amqps://`, NATS `tls://` (or a NATS server that requires
- * TLS). Give `ca` or `caFile`, not both.
+ * TLS). Give `ca` or `caFile`, not both; likewise `cert` or `certFile`, `key` or `keyFile`. A
+ * client certificate (for a server that requires one: NATS `verify: true`, RabbitMQ
+ * `fail_if_no_peer_cert`, Redis `tls-auth-clients yes`) takes both a certificate and its key.
  *
  * @example
  * ```ts
  * import { createRedisBroker } from 'breakwater/brokers'
- * const broker = createRedisBroker({ url: 'rediss://redis.internal:6380', tls: { caFile: '/etc/ssl/private-ca.pem' } })
+ * const broker = createRedisBroker({
+ *   url: 'rediss://redis.internal:6380',
+ *   tls: { caFile: '/etc/ssl/private-ca.pem', certFile: '/etc/ssl/app.pem', keyFile: '/etc/ssl/app-key.pem' },
+ * })
  * ```
  */
 export interface BrokerTlsOptions {
@@ -39,22 +45,78 @@ export interface BrokerTlsOptions {
    * `INVALID_OPTION` naming the option and the path.
    */
   readonly caFile?: string
+  /**
+   * The client certificate (PEM: the certificate first, then any intermediates) presented to a
+   * server that asks for one. Needs `key` or `keyFile`; checked at construction to be a PEM
+   * certificate whose public key matches the key. @default no client certificate
+   */
+  readonly cert?: Pem
+  /**
+   * Path of a PEM file holding the client certificate, used as `cert`; read once, when the
+   * adapter is created (a missing or unreadable file, or one without a certificate, fails
+   * there with `INVALID_OPTION` naming the option and the path).
+   */
+  readonly certFile?: string
+  /**
+   * The private key of the client certificate (PEM; encrypted keys need `passphrase`). Needs
+   * `cert` or `certFile`. Never shown in an error. @default no client certificate
+   */
+  readonly key?: Pem
+  /** Path of a PEM file holding the private key, used as `key`; read once, at construction. */
+  readonly keyFile?: string
+  /** The passphrase of an encrypted `key` or `keyFile`. Never shown in an error. */
+  readonly passphrase?: string
 }
 
-const tlsOptions = optionKeys<BrokerTlsOptions>({ ca: true, caFile: true })
+const tlsOptions = optionKeys<BrokerTlsOptions>({
+  ca: true,
+  caFile: true,
+  cert: true,
+  certFile: true,
+  key: true,
+  keyFile: true,
+  passphrase: true,
+})
 
 /** {@link BrokerTlsOptions} checked and loaded: what the drivers' TLS options take. */
 export interface ResolvedTlsOptions {
   /** The CAs to trust instead of Node's roots, or undefined for Node's roots. */
   readonly ca: readonly Pem[] | undefined
+  /** The client certificate and its key (with its passphrase), or undefined for none. */
+  readonly client?: ClientCertificate
+}
+
+/** A client certificate checked against its key: what tls.connect's cert, key, passphrase take. */
+export interface ClientCertificate {
+  readonly cert: Pem
+  readonly key: Pem
+  readonly passphrase?: string
 }
 
 /**
- * Checks `options.tls` of the adapter `prefix` once, at construction, and reads its CA file.
+ * The `tls.connect` options of resolved settings (`ca`, `cert`, `key`, `passphrase`; none for
+ * Node's defaults), as amqplib's socket options and ioredis's `tls` take them.
+ */
+export function connectTlsOptions(tls: ResolvedTlsOptions | undefined): {
+  ca?: Pem[]
+  cert?: Pem
+  key?: Pem
+  passphrase?: string
+} {
+  return {
+    ...(tls?.ca === undefined ? {} : { ca: [...tls.ca] }),
+    ...tls?.client,
+  }
+}
+
+/**
+ * Checks `options.tls` of the adapter `prefix` once, at construction, and reads its files.
  * `tlsSchemes` are the URL protocols the settings apply to: given with another URL (redis://,
  * amqp://) they would be ignored or switch TLS on behind the URL's back, so that is refused.
  * A CA that holds no PEM certificate is refused too: Node skips what it cannot parse in `ca`,
- * so it would only show as every connection failing verification.
+ * so it would only show as every connection failing verification. A client certificate is
+ * refused without its key (and the other way round), and when the key does not match it or
+ * cannot be decrypted: each would otherwise surface only as every handshake failing.
  */
 export function resolveTlsOptions(
   prefix: string,
@@ -69,7 +131,7 @@ export function resolveTlsOptions(
     if (!tlsOptions.has(key)) {
       throw new InvalidOptionError(
         `${option}.${key}`,
-        'no such option (tls takes ca or caFile)',
+        'no such option (tls takes ca, caFile, cert, certFile, key, keyFile, passphrase)',
         hideText(tls[key]),
       )
     }
@@ -79,35 +141,39 @@ export function resolveTlsOptions(
     throw new InvalidOptionError(
       option,
       `TLS settings only with a ${schemes} URL (${prefix}.url is ${url.protocol}//, which does not use TLS)`,
-      value,
+      hideSecrets(tls),
     )
   }
-  if (tls.ca !== undefined && tls.caFile !== undefined) {
-    throw new InvalidOptionError(option, 'ca or caFile, not both', value)
+  for (const name of ['ca', 'cert', 'key'] as const) {
+    if (tls[name] !== undefined && tls[`${name}File`] !== undefined) {
+      throw new InvalidOptionError(option, `${name} or ${name}File, not both`, hideSecrets(tls))
+    }
   }
+  const ca = resolveCa(option, tls)
+  const client = resolveClientCertificate(option, tls)
+  return client === undefined ? { ca } : { ca, client }
+}
+
+/** The TLS settings as an error may show them: text and bytes (keys, passphrases) hidden. */
+function hideSecrets(tls: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(tls).map(([k, v]) => [k, hideText(v)]))
+}
+
+/** The checked `ca` or `caFile` of `tls`, read; undefined for Node's roots. */
+function resolveCa(option: string, tls: Record<string, unknown>): Pem[] | undefined {
   if (tls.caFile !== undefined) {
-    const file = tls.caFile
-    const fileOption = `${option}.caFile`
-    if (typeof file !== 'string' || file === '') {
-      throw new InvalidOptionError(fileOption, 'the path of a PEM file of CA certificates', file)
-    }
-    let pem: Buffer
-    try {
-      pem = readFileSync(file)
-    } catch (error) {
-      throw new InvalidOptionError(
-        fileOption,
-        `a readable PEM file of CA certificates (${reasonOf(error)})`,
-        file,
-      )
-    }
+    const pem = readPemFile(`${option}.caFile`, tls.caFile, 'CA certificates')
     const problem = certificatesProblem(pem)
     if (problem !== undefined) {
-      throw new InvalidOptionError(fileOption, `a PEM file of CA certificates (${problem})`, file)
+      throw new InvalidOptionError(
+        `${option}.caFile`,
+        `a PEM file of CA certificates (${problem})`,
+        tls.caFile,
+      )
     }
-    return { ca: [pem] }
+    return [pem]
   }
-  if (tls.ca === undefined) return { ca: undefined }
+  if (tls.ca === undefined) return undefined
   const list: unknown[] = Array.isArray(tls.ca) ? tls.ca : [tls.ca]
   const expected = 'PEM CA certificates: a string or Buffer, or a non-empty array of them'
   if (list.length === 0) throw new InvalidOptionError(`${option}.ca`, expected, tls.ca)
@@ -120,8 +186,156 @@ export function resolveTlsOptions(
     if (problem !== undefined)
       throw new InvalidOptionError(where, `${expected} (${problem})`, hideText(pem))
   })
-  return { ca: list as Pem[] }
+  return list as Pem[]
 }
+
+/**
+ * The checked client certificate and key of `tls`, read, or undefined when neither is given.
+ * Errors name the option given (`cert` or `certFile`, `key` or `keyFile`) and show a file's
+ * path, never the key or passphrase.
+ */
+function resolveClientCertificate(
+  option: string,
+  tls: Record<string, unknown>,
+): ClientCertificate | undefined {
+  const certName = tls.certFile !== undefined ? 'certFile' : 'cert'
+  const keyName = tls.keyFile !== undefined ? 'keyFile' : 'key'
+  const hasCert = tls[certName] !== undefined
+  const hasKey = tls[keyName] !== undefined
+  if (hasCert && !hasKey) {
+    throw new InvalidOptionError(
+      `${option}.${certName}`,
+      'a client certificate with its key: it needs its key (tls.key or tls.keyFile) too',
+      hideText(tls[certName]),
+    )
+  }
+  if (hasKey && !hasCert) {
+    throw new InvalidOptionError(
+      `${option}.${keyName}`,
+      'a private key with its client certificate: it needs its certificate (tls.cert or tls.certFile) too',
+      keyName === 'keyFile' ? tls.keyFile : hideText(tls.key),
+    )
+  }
+  const passphrase = tls.passphrase
+  if (passphrase !== undefined) {
+    if (!hasKey) {
+      throw new InvalidOptionError(
+        `${option}.passphrase`,
+        'a passphrase only with a key (tls.key or tls.keyFile) it decrypts',
+        hideText(passphrase),
+      )
+    }
+    if (typeof passphrase !== 'string') {
+      throw new InvalidOptionError(`${option}.passphrase`, 'a string', hideText(passphrase))
+    }
+  }
+  if (!hasCert) return undefined
+  const cert = readPem(option, tls, certName, 'client certificate')
+  const certProblem = certificatesProblem(cert)
+  if (certProblem !== undefined) {
+    throw new InvalidOptionError(
+      `${option}.${certName}`,
+      `a PEM client certificate (${certProblem})`,
+      certName === 'certFile' ? tls.certFile : hideText(cert),
+    )
+  }
+  const key = readPem(option, tls, keyName, 'private key')
+  const keyOption = `${option}.${keyName}`
+  const shownKey = keyName === 'keyFile' ? tls.keyFile : hideText(key)
+  if (!pemPrivateKey.test(String(key))) {
+    throw new InvalidOptionError(
+      keyOption,
+      'a PEM private key (it holds no PEM private key)',
+      shownKey,
+    )
+  }
+  checkKeyPair(option, cert, key, keyOption, shownKey, passphrase)
+  return passphrase === undefined ? { cert, key } : { cert, key, passphrase }
+}
+
+/**
+ * The PEM of `tls[name]`, read from its file for a `...File` option; a value that is neither
+ * a string nor a Buffer is refused (hidden: it may be a key given in another form).
+ */
+function readPem(option: string, tls: Record<string, unknown>, name: string, what: string): Pem {
+  const value = tls[name]
+  if (name.endsWith('File')) return readPemFile(`${option}.${name}`, value, what)
+  if (typeof value !== 'string' && !Buffer.isBuffer(value)) {
+    throw new InvalidOptionError(
+      `${option}.${name}`,
+      `a PEM ${what}: a string or Buffer`,
+      hideText(value),
+    )
+  }
+  return value
+}
+
+/** Reads the PEM file `file` of the option `fileOption` (holding `what`), or refuses it. */
+function readPemFile(fileOption: string, file: unknown, what: string): Buffer {
+  if (typeof file !== 'string' || file === '') {
+    throw new InvalidOptionError(fileOption, `the path of a PEM file of ${what}`, hideText(file))
+  }
+  try {
+    return readFileSync(file)
+  } catch (error) {
+    throw new InvalidOptionError(
+      fileOption,
+      `a readable PEM file of ${what} (${reasonOf(error)})`,
+      file,
+    )
+  }
+}
+
+/**
+ * Refuses a key that cannot be decrypted (no passphrase, a wrong one) or read, or whose public
+ * half is not the certificate's (the first certificate in `cert`, the one presented).
+ * `tls.createSecureContext` would catch a mismatch only between keys of one type (an RSA key
+ * beside an EC certificate passes), so the certificate checks the key itself.
+ */
+function checkKeyPair(
+  option: string,
+  cert: Pem,
+  key: Pem,
+  keyOption: string,
+  shownKey: unknown,
+  passphrase: string | undefined,
+): void {
+  let privateKey: KeyObject
+  try {
+    privateKey = createPrivateKey(passphrase === undefined ? { key } : { key, passphrase })
+  } catch (error) {
+    // OpenSSL's reasons (bad decrypt, unsupported) name no key material.
+    if (passphrase === undefined && /ENCRYPTED/.test(String(key))) {
+      throw new InvalidOptionError(
+        `${option}.passphrase`,
+        `the passphrase of the encrypted key (${keyOption.slice(option.length + 1)})`,
+        undefined,
+      )
+    }
+    if (passphrase !== undefined && (error as { code?: unknown }).code === 'ERR_OSSL_BAD_DECRYPT') {
+      throw new InvalidOptionError(
+        `${option}.passphrase`,
+        `a passphrase that decrypts the key: this one does not decrypt it (${reasonOf(error)})`,
+        hideText(passphrase),
+      )
+    }
+    throw new InvalidOptionError(
+      keyOption,
+      `a PEM private key that can be read (${reasonOf(error)})`,
+      shownKey,
+    )
+  }
+  const leaf = String(cert).match(pemCertificate)?.[0] ?? ''
+  if (!new X509Certificate(leaf).checkPrivateKey(privateKey)) {
+    throw new InvalidOptionError(
+      keyOption,
+      "the client certificate's private key: this key does not match the certificate",
+      shownKey,
+    )
+  }
+}
+
+const pemPrivateKey = /-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----/
 
 const pemCertificate = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g
 
@@ -140,7 +354,15 @@ function certificatesProblem(pem: Pem): string | undefined {
 }
 
 /** What went wrong with TLS, for the message and its hint. */
-export type TlsProblem = 'untrusted' | 'expired' | 'hostname' | 'not-tls' | 'handshake' | 'setup'
+export type TlsProblem =
+  | 'untrusted'
+  | 'expired'
+  | 'hostname'
+  | 'not-tls'
+  | 'certificate-required'
+  | 'client-certificate'
+  | 'handshake'
+  | 'setup'
 
 /**
  * Node's certificate verification codes (OpenSSL's X509_V_ERR_* names without the prefix) that
@@ -180,6 +402,22 @@ const hostnameCodes = new Set(['ERR_TLS_CERT_ALTNAME_INVALID', 'HOSTNAME_MISMATC
  */
 const notTlsReason = /wrong version number|packet length too long|http request|unknown protocol/i
 
+/**
+ * The alert a TLS 1.3 server sends when it requires a client certificate and got none (alert
+ * 116; Node's ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED): RabbitMQ's `fail_if_no_peer_cert`.
+ */
+const certificateRequiredReason = /alert certificate required/i
+
+/**
+ * Alerts a server sends about the client's certificate: none where one is required (TLS 1.2
+ * servers say bad certificate, as nats-server does with `verify: true`), or one it does not
+ * accept (signed by a CA it does not trust, expired, revoked, not for client authentication).
+ * A client that distrusts the server's certificate fails with a verification code instead, so
+ * an alert received is always about the client's side.
+ */
+const clientCertificateReason =
+  /alert (bad certificate|unsupported certificate|certificate revoked|certificate expired|certificate unknown|unknown ca)/i
+
 const hints: Readonly<Record<TlsProblem, string>> = {
   untrusted:
     "the server's certificate is not trusted; give the adapter the CA that signed it (its tls.caFile or tls.ca option; or NODE_EXTRA_CA_CERTS=<ca.pem> for the whole process), or check the CA it was given",
@@ -189,6 +427,10 @@ const hints: Readonly<Record<TlsProblem, string>> = {
     "the server's certificate does not name the host in the URL; connect with a host name the certificate lists, or reissue it for this one",
   'not-tls':
     "the server does not speak TLS on this port; use the server's TLS port, or a URL without TLS where the server has none",
+  'certificate-required':
+    'the server requires a client certificate and none was sent; give the adapter one signed by a CA the server trusts, with its key (its tls.certFile and tls.keyFile options, or tls.cert and tls.key)',
+  'client-certificate':
+    "the server requires a client certificate signed by a CA it trusts (valid, made for client authentication) and refused this connection's, or its absence; give the adapter one with its key (its tls.certFile and tls.keyFile options, or tls.cert and tls.key), or check the one it was given",
   handshake:
     'the TLS handshake failed; check the TLS versions, ciphers and client certificate the server requires',
   setup:
@@ -216,7 +458,10 @@ function problemOf(error: CodedError): TlsProblem | undefined {
   // ERR_SSL_<REASON>, older ones and some paths as EPROTO with the reason in the message).
   if (code === 'EPROTO' || code.startsWith('ERR_SSL_')) {
     const reason = `${String(error.reason ?? '')} ${String(error.message ?? '')}`
-    return notTlsReason.test(reason) ? 'not-tls' : 'handshake'
+    if (notTlsReason.test(reason)) return 'not-tls'
+    if (certificateRequiredReason.test(reason)) return 'certificate-required'
+    if (clientCertificateReason.test(reason)) return 'client-certificate'
+    return 'handshake'
   }
   // A CA, certificate or key OpenSSL could not read (not PEM, wrong key).
   if (code.startsWith('ERR_OSSL_')) return 'setup'
@@ -257,7 +502,9 @@ export function findTlsProblem(
  * failure of connecting to `broker`: a certificate the client does not trust
  * (DEPTH_ZERO_SELF_SIGNED_CERT, SELF_SIGNED_CERT_IN_CHAIN, UNABLE_TO_VERIFY_LEAF_SIGNATURE, ...),
  * one that has expired (CERT_HAS_EXPIRED) or names another host (ERR_TLS_CERT_ALTNAME_INVALID),
- * a server that does not speak TLS on the port, a failed handshake (EPROTO, ERR_SSL_*), TLS
+ * a server that does not speak TLS on the port, a server that requires a client certificate and
+ * got none or refused it (its certificate-required, bad-certificate or unknown-CA alert), a
+ * failed handshake (EPROTO, ERR_SSL_*), TLS
  * settings that could not be loaded (ERR_OSSL_*, the nats driver's TLS error); else undefined.
  * `context` says what was being done (`cannot connect to <redacted URL>`); the message adds
  * the problem, Node's code and reason, and what to check. A handshake that times out is not
@@ -340,6 +587,60 @@ export function plainAnswer(
       else if (text.includes('\n') || received.length > 4096) finish(undefined)
     })
     socket.on('error', () => finish(undefined))
+    socket.on('close', () => finish(undefined))
+  })
+}
+
+/**
+ * Why a TLS server refused this client, asked on a TLS connection of its own that sends
+ * nothing: resolves to the error the server's alert raised (a certificate-required or
+ * bad-certificate alert, anything {@link findTlsProblem} names), or undefined when the handshake
+ * is followed by data, a close without an alert, or nothing within `timeoutMs` on `clock`, or
+ * when `signal` aborts. The connection is closed in every case.
+ *
+ * A TLS 1.3 server checks the client's certificate after the client has finished its side of
+ * the handshake, so a client that writes at once (ioredis sends its first commands) meets the
+ * server's close as a reset on that write, and the alert saying why is lost; a connection that
+ * writes nothing reads the alert.
+ *
+ * @example
+ * ```ts
+ * import { systemClock } from '../core/clock.js'
+ * import { tlsRefusal } from './tls.js'
+ * const why = await tlsRefusal({ host: '127.0.0.1', port: 6380 }, { ca: undefined }, systemClock, 1_000, new AbortController().signal)
+ * ```
+ */
+export function tlsRefusal(
+  target: { readonly host: string; readonly port: number },
+  tls: ResolvedTlsOptions | undefined,
+  clock: Clock,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<unknown> {
+  if (signal.aborted) return Promise.resolve(undefined)
+  return new Promise((resolve) => {
+    let done = false
+    // A URL's IPv6 host keeps its brackets; tls wants the bare address, and no SNI for an IP.
+    const host = target.host.replace(/^\[|\]$/g, '')
+    const socket = connectTls({
+      host,
+      port: target.port,
+      ...(isIP(host) === 0 ? { servername: host } : {}),
+      ...connectTlsOptions(tls),
+    })
+    const finish = (result: unknown): void => {
+      if (done) return
+      done = true
+      clock.clearTimeout(timer)
+      signal.removeEventListener('abort', onAbort)
+      socket.destroy()
+      resolve(result)
+    }
+    const onAbort = (): void => finish(undefined)
+    const timer = clock.setTimeout(() => finish(undefined), timeoutMs)
+    signal.addEventListener('abort', onAbort, { once: true })
+    socket.on('error', (error) => finish(findTlsProblem(error) === undefined ? undefined : error))
+    socket.on('data', () => finish(undefined))
     socket.on('close', () => finish(undefined))
   })
 }

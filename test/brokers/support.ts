@@ -1,9 +1,14 @@
 // Small helpers the broker adapters' own test files share (the conformance suite has its own).
 import { expect } from 'vitest'
-import type { Broker } from '../../src/brokers/index.js'
+import {
+  type Broker,
+  createNatsBroker,
+  createRabbitMqBroker,
+  createRedisBroker,
+} from '../../src/brokers/index.js'
 import type { ErrorCode } from '../../src/core/error-codes.js'
 import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
-import { makeBatch, unique } from './conformance.js'
+import { makeBatch, Received, unique } from './conformance.js'
 
 /**
  * What a promise rejected with, or `undefined` when it fulfilled: lets a test collect several
@@ -56,4 +61,41 @@ export function refusal(make: () => unknown): InvalidOptionError {
     return error as InvalidOptionError
   }
   throw new Error('expected INVALID_OPTION')
+}
+
+/**
+ * Subscribes, publishes one message and waits for it, then closes `broker`: the connection
+ * works end to end (`label` names the topic, e.g. the TLS setting under test).
+ */
+export async function roundTrip(broker: Broker, label = 'round-trip'): Promise<void> {
+  try {
+    const topic = unique(label)
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    const batch = makeBatch(topic, 1, 1)
+    await broker.publisher.publish(batch)
+    await received.until(() => received.messages.length >= 1, `the message (${label})`)
+    expect(received.messages[0]?.id).toBe(batch[0]?.id)
+  } finally {
+    await broker.close()
+  }
+}
+
+/**
+ * Each TLS adapter made with `tls` as given (unchecked: refusal tests pass what the types do
+ * not allow) on a URL that uses TLS; nothing connects until a publish or subscribe.
+ */
+export const createWithTls = {
+  nats: (tls: unknown) =>
+    createNatsBroker({ url: 'tls://127.0.0.1:4222', tls } as Parameters<
+      typeof createNatsBroker
+    >[0]),
+  redis: (tls: unknown) =>
+    createRedisBroker({ url: 'rediss://127.0.0.1:6380', tls } as Parameters<
+      typeof createRedisBroker
+    >[0]),
+  rabbitmq: (tls: unknown) =>
+    createRabbitMqBroker({ url: 'amqps://127.0.0.1:5671', tls } as Parameters<
+      typeof createRabbitMqBroker
+    >[0]),
 }

@@ -10,7 +10,6 @@ import { createServer, type Server } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type StartedBroker, startNats, startRedis } from '../../scripts/lib/brokers.mjs'
 import {
-  type Broker,
   createNatsBroker,
   createRabbitMqBroker,
   createRedisBroker,
@@ -19,8 +18,8 @@ import { InvalidOptionError } from '../../src/core/errors.js'
 import { createTestCerts, type TestCerts } from '../proxy/support/certs.js'
 import { brokerUrl, stopOwnBrokers } from '../support/brokers.js'
 import { listenOnLoopback } from '../support/loopback.js'
-import { makeBatch, Received, unique } from './conformance.js'
-import { expectBrokerError, publishAndSubscribeFailures } from './support.js'
+import { unique } from './conformance.js'
+import { expectBrokerError, publishAndSubscribeFailures, roundTrip } from './support.js'
 
 let certs: TestCerts
 let nats: StartedBroker
@@ -59,21 +58,6 @@ afterAll(async () => {
   await Promise.all([nats?.stop(), redis?.stop(), stopOwnBrokers()])
   certs?.cleanup()
 })
-
-/** Subscribes, publishes one message and waits for it: the connection works end to end. */
-async function roundTrip(broker: Broker): Promise<void> {
-  try {
-    const topic = unique('tls.ca')
-    const received = new Received()
-    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
-    const batch = makeBatch(topic, 1, 1)
-    await broker.publisher.publish(batch)
-    await received.until(() => received.messages.length >= 1, 'the message over TLS')
-    expect(received.messages[0]?.id).toBe(batch[0]?.id)
-  } finally {
-    await broker.close()
-  }
-}
 
 const targets = [
   ['nats', (tls?: object) => createNatsBroker({ url: nats.url, connectTimeoutMs: 5_000, ...tls })],
@@ -181,8 +165,8 @@ describe('tls option checks at construction', () => {
         /ca or caFile, not both/,
       )
       expectRefused(
-        () => make({ certFile: certs.client.certFile }),
-        `${name}.tls.certFile`,
+        () => make({ pfxFile: certs.client.certFile }),
+        `${name}.tls.pfxFile`,
         /no such option/,
       )
       expectRefused(() => make('yes'), `${name}.tls`, /object/)

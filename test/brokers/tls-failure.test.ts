@@ -68,6 +68,34 @@ const cases: readonly [string, unknown, TlsProblem][] = [
   ],
   ['EPROTO handshake', nodeError('EPROTO', 'tlsv1 alert protocol version'), 'handshake'],
   [
+    'client certificate required (TLS 1.3, RabbitMQ)',
+    nodeError(
+      'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
+      'ssl3_read_bytes:tlsv13 alert certificate required:SSL alert number 116',
+      'tlsv13 alert certificate required',
+    ),
+    'certificate-required',
+  ],
+  [
+    'client certificate missing or refused (TLS 1.2, NATS)',
+    nodeError(
+      'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE',
+      'ssl3_read_bytes:sslv3 alert bad certificate:SSL alert number 42',
+      'sslv3 alert bad certificate',
+    ),
+    'client-certificate',
+  ],
+  [
+    'client certificate of a CA the server does not trust',
+    nodeError('ERR_SSL_TLSV1_ALERT_UNKNOWN_CA', 'tlsv1 alert unknown ca', 'tlsv1 alert unknown ca'),
+    'client-certificate',
+  ],
+  [
+    'EPROTO certificate required',
+    nodeError('EPROTO', 'tlsv13 alert certificate required'),
+    'certificate-required',
+  ],
+  [
     'unreadable CA',
     nodeError('ERR_OSSL_PEM_NO_START_LINE', 'PEM routines::no start line'),
     'setup',

@@ -1,31 +1,11 @@
 // The `tls` option's checks refuse what they do not take, but must not echo it: a user who
-// hands the adapter the TLS settings another client takes (`key`, `passphrase`, `pfx`) or a
-// private key in place of the CA (`ca: readFileSync('client.key')`) would otherwise find the
-// passphrase, or the start of the key's secret bytes, in the INVALID_OPTION message (and its
+// hands the adapter the TLS settings another client takes (`pfx`, `privateKey`), a key or
+// passphrase without its certificate, or a private key in place of the CA
+// (`ca: readFileSync('client.key')`) would otherwise find the passphrase, or the start of the key's secret bytes, in the INVALID_OPTION message (and its
 // `value`), which ends up in logs. Nothing connects: the checks run at construction.
 import { generateKeyPairSync } from 'node:crypto'
 import { describe, expect, it } from 'vitest'
-import {
-  createNatsBroker,
-  createRabbitMqBroker,
-  createRedisBroker,
-} from '../../src/brokers/index.js'
-import { refusal } from './support.js'
-
-const create = {
-  nats: (tls: unknown) =>
-    createNatsBroker({ url: 'tls://127.0.0.1:4222', tls } as Parameters<
-      typeof createNatsBroker
-    >[0]),
-  redis: (tls: unknown) =>
-    createRedisBroker({ url: 'rediss://127.0.0.1:6380', tls } as Parameters<
-      typeof createRedisBroker
-    >[0]),
-  rabbitmq: (tls: unknown) =>
-    createRabbitMqBroker({ url: 'amqps://127.0.0.1:5671', tls } as Parameters<
-      typeof createRabbitMqBroker
-    >[0]),
-}
+import { createWithTls, refusal } from './support.js'
 
 // An EC key in SEC1 PEM: its secret scalar starts 7 bytes into the DER, within the 60
 // characters an error message quotes of a string.
@@ -35,11 +15,11 @@ const ecKey = generateKeyPairSync('ec', { namedCurve: 'P-256' })
 const keyBody = ecKey.split('\n')[1] ?? ''
 const passphrase = 'correct-horse-battery'
 
-describe.each(Object.entries(create))('%s: tls option refusals', (name, make) => {
+describe.each(Object.entries(createWithTls))('%s: tls option refusals', (name, make) => {
   it('name an unknown setting without quoting its value (a passphrase, a key)', () => {
     for (const [key, value] of [
-      ['passphrase', passphrase],
-      ['key', ecKey],
+      ['password', passphrase],
+      ['privateKey', ecKey],
       ['pfx', Buffer.from(ecKey)],
     ] as const) {
       const error = refusal(() => make({ [key]: value }))
@@ -49,6 +29,22 @@ describe.each(Object.entries(create))('%s: tls option refusals', (name, make) =>
       expect(error.message).not.toContain(keyBody.slice(0, 12))
       expect(JSON.stringify(error.value)).not.toContain(passphrase)
       expect(JSON.stringify(error.value)).not.toContain(keyBody.slice(0, 12))
+    }
+  })
+
+  it('refuse a key or passphrase without its certificate without quoting it', () => {
+    for (const [tls, option, text] of [
+      [{ key: ecKey }, `${name}.tls.key`, /needs its certificate/],
+      [{ key: Buffer.from(ecKey), passphrase }, `${name}.tls.key`, /needs its certificate/],
+      [{ passphrase }, `${name}.tls.passphrase`, /only with a key/],
+    ] as const) {
+      const error = refusal(() => make(tls))
+      expect(error.option).toBe(option)
+      expect(error.message).toMatch(text)
+      for (const shown of [error.message, JSON.stringify(error.value)]) {
+        expect(shown).not.toContain(passphrase)
+        expect(shown).not.toContain(keyBody.slice(0, 12))
+      }
     }
   })
 
