@@ -132,7 +132,7 @@ export function resolveTlsOptions(
       throw new InvalidOptionError(
         `${option}.${key}`,
         'no such option (tls takes ca, caFile, cert, certFile, key, keyFile, passphrase)',
-        hideText(tls[key]),
+        hideKey(tls[key]),
       )
     }
   }
@@ -154,33 +154,97 @@ export function resolveTlsOptions(
   return client === undefined ? { ca } : { ca, client }
 }
 
-/** The TLS settings as an error may show them: text and bytes (keys, passphrases) hidden. */
+/**
+ * A refused TLS value as an error may show it. Wider than {@link hideText}: Node's TLS options
+ * take a key or passphrase inside arrays and objects too (`key: [{ pem, passphrase }]`,
+ * `pfx: [{ buf, passphrase }]`), so arrays and objects are hidden as well.
+ */
+function hideKey(value: unknown): unknown {
+  return typeof value === 'object' && value !== null ? '[hidden]' : hideText(value)
+}
+
+/** The TLS settings as an error may show them: text, bytes, arrays and objects hidden. */
 function hideSecrets(tls: Record<string, unknown>): Record<string, unknown> {
-  return Object.fromEntries(Object.entries(tls).map(([k, v]) => [k, hideText(v)]))
+  return Object.fromEntries(Object.entries(tls).map(([k, v]) => [k, hideKey(v)]))
+}
+
+/** A PEM setting as given: as text (`ca`, `cert`, `key`) or as a file (`caFile`, ...). */
+interface GivenPem {
+  /** Its name in `tls` (`certFile`). */
+  readonly name: string
+  /** The option's full name (`redis.tls.certFile`). */
+  readonly option: string
+  readonly value: unknown
+  readonly isFile: boolean
+  /** The value as an error may show it: a file's path; text, bytes and anything else hidden. */
+  readonly shown: unknown
+}
+
+/**
+ * The setting `name` of `tls` as given, as `${name}File` or as `name` (both together are
+ * refused before); undefined when neither is.
+ */
+function givenPem(
+  option: string,
+  tls: Record<string, unknown>,
+  name: string,
+): GivenPem | undefined {
+  const isFile = tls[`${name}File`] !== undefined
+  const given = isFile ? `${name}File` : name
+  const value = tls[given]
+  if (value === undefined) return undefined
+  const shown = isFile && typeof value === 'string' ? value : hideKey(value)
+  return { name: given, option: `${option}.${given}`, value, isFile, shown }
+}
+
+/**
+ * The PEM of `given` (holding `what`): its text, or its file read. Refuses text that is
+ * neither a string nor a Buffer, and a file path that is not a non-empty string or cannot be
+ * read (the path is shown, never what is not a path: it may be a key given in another form).
+ */
+function readPem(given: GivenPem, what: string): Pem {
+  const { option, value } = given
+  if (!given.isFile) {
+    if (typeof value === 'string' || Buffer.isBuffer(value)) return value
+    throw new InvalidOptionError(option, `a PEM ${what}: a string or Buffer`, given.shown)
+  }
+  if (typeof value !== 'string' || value === '') {
+    throw new InvalidOptionError(option, `the path of a PEM file of ${what}`, hideKey(value))
+  }
+  try {
+    return readFileSync(value)
+  } catch (error) {
+    throw new InvalidOptionError(
+      option,
+      `a readable PEM file of ${what} (${reasonOf(error)})`,
+      value,
+    )
+  }
 }
 
 /** The checked `ca` or `caFile` of `tls`, read; undefined for Node's roots. */
 function resolveCa(option: string, tls: Record<string, unknown>): Pem[] | undefined {
-  if (tls.caFile !== undefined) {
-    const pem = readPemFile(`${option}.caFile`, tls.caFile, 'CA certificates')
+  const given = givenPem(option, tls, 'ca')
+  if (given === undefined) return undefined
+  if (given.isFile) {
+    const pem = readPem(given, 'CA certificates')
     const problem = certificatesProblem(pem)
     if (problem !== undefined) {
       throw new InvalidOptionError(
-        `${option}.caFile`,
+        given.option,
         `a PEM file of CA certificates (${problem})`,
-        tls.caFile,
+        given.shown,
       )
     }
     return [pem]
   }
-  if (tls.ca === undefined) return undefined
   const list: unknown[] = Array.isArray(tls.ca) ? tls.ca : [tls.ca]
   const expected = 'PEM CA certificates: a string or Buffer, or a non-empty array of them'
   if (list.length === 0) throw new InvalidOptionError(`${option}.ca`, expected, tls.ca)
   list.forEach((pem, i) => {
     const where = Array.isArray(tls.ca) ? `${option}.ca[${i}]` : `${option}.ca`
     if (typeof pem !== 'string' && !Buffer.isBuffer(pem)) {
-      throw new InvalidOptionError(where, expected, pem)
+      throw new InvalidOptionError(where, expected, hideKey(pem))
     }
     const problem = certificatesProblem(pem)
     if (problem !== undefined)
@@ -198,92 +262,55 @@ function resolveClientCertificate(
   option: string,
   tls: Record<string, unknown>,
 ): ClientCertificate | undefined {
-  const certName = tls.certFile !== undefined ? 'certFile' : 'cert'
-  const keyName = tls.keyFile !== undefined ? 'keyFile' : 'key'
-  const hasCert = tls[certName] !== undefined
-  const hasKey = tls[keyName] !== undefined
-  if (hasCert && !hasKey) {
+  const givenCert = givenPem(option, tls, 'cert')
+  const givenKey = givenPem(option, tls, 'key')
+  if (givenCert !== undefined && givenKey === undefined) {
     throw new InvalidOptionError(
-      `${option}.${certName}`,
+      givenCert.option,
       'a client certificate with its key: it needs its key (tls.key or tls.keyFile) too',
-      hideText(tls[certName]),
+      hideKey(givenCert.value),
     )
   }
-  if (hasKey && !hasCert) {
+  if (givenKey !== undefined && givenCert === undefined) {
     throw new InvalidOptionError(
-      `${option}.${keyName}`,
+      givenKey.option,
       'a private key with its client certificate: it needs its certificate (tls.cert or tls.certFile) too',
-      keyName === 'keyFile' ? tls.keyFile : hideText(tls.key),
+      givenKey.shown,
     )
   }
   const passphrase = tls.passphrase
   if (passphrase !== undefined) {
-    if (!hasKey) {
+    if (givenKey === undefined) {
       throw new InvalidOptionError(
         `${option}.passphrase`,
         'a passphrase only with a key (tls.key or tls.keyFile) it decrypts',
-        hideText(passphrase),
+        hideKey(passphrase),
       )
     }
     if (typeof passphrase !== 'string') {
-      throw new InvalidOptionError(`${option}.passphrase`, 'a string', hideText(passphrase))
+      throw new InvalidOptionError(`${option}.passphrase`, 'a string', hideKey(passphrase))
     }
   }
-  if (!hasCert) return undefined
-  const cert = readPem(option, tls, certName, 'client certificate')
+  if (givenCert === undefined || givenKey === undefined) return undefined
+  const cert = readPem(givenCert, 'client certificate')
   const certProblem = certificatesProblem(cert)
   if (certProblem !== undefined) {
     throw new InvalidOptionError(
-      `${option}.${certName}`,
+      givenCert.option,
       `a PEM client certificate (${certProblem})`,
-      certName === 'certFile' ? tls.certFile : hideText(cert),
+      givenCert.shown,
     )
   }
-  const key = readPem(option, tls, keyName, 'private key')
-  const keyOption = `${option}.${keyName}`
-  const shownKey = keyName === 'keyFile' ? tls.keyFile : hideText(key)
+  const key = readPem(givenKey, 'private key')
   if (!pemPrivateKey.test(String(key))) {
     throw new InvalidOptionError(
-      keyOption,
+      givenKey.option,
       'a PEM private key (it holds no PEM private key)',
-      shownKey,
+      givenKey.shown,
     )
   }
-  checkKeyPair(option, cert, key, keyOption, shownKey, passphrase)
+  checkKeyPair(option, cert, key, givenKey, passphrase)
   return passphrase === undefined ? { cert, key } : { cert, key, passphrase }
-}
-
-/**
- * The PEM of `tls[name]`, read from its file for a `...File` option; a value that is neither
- * a string nor a Buffer is refused (hidden: it may be a key given in another form).
- */
-function readPem(option: string, tls: Record<string, unknown>, name: string, what: string): Pem {
-  const value = tls[name]
-  if (name.endsWith('File')) return readPemFile(`${option}.${name}`, value, what)
-  if (typeof value !== 'string' && !Buffer.isBuffer(value)) {
-    throw new InvalidOptionError(
-      `${option}.${name}`,
-      `a PEM ${what}: a string or Buffer`,
-      hideText(value),
-    )
-  }
-  return value
-}
-
-/** Reads the PEM file `file` of the option `fileOption` (holding `what`), or refuses it. */
-function readPemFile(fileOption: string, file: unknown, what: string): Buffer {
-  if (typeof file !== 'string' || file === '') {
-    throw new InvalidOptionError(fileOption, `the path of a PEM file of ${what}`, hideText(file))
-  }
-  try {
-    return readFileSync(file)
-  } catch (error) {
-    throw new InvalidOptionError(
-      fileOption,
-      `a readable PEM file of ${what} (${reasonOf(error)})`,
-      file,
-    )
-  }
 }
 
 /**
@@ -296,19 +323,19 @@ function checkKeyPair(
   option: string,
   cert: Pem,
   key: Pem,
-  keyOption: string,
-  shownKey: unknown,
+  givenKey: GivenPem,
   passphrase: string | undefined,
 ): void {
   let privateKey: KeyObject
   try {
     privateKey = createPrivateKey(passphrase === undefined ? { key } : { key, passphrase })
   } catch (error) {
-    // OpenSSL's reasons (bad decrypt, unsupported) name no key material.
+    // OpenSSL's reasons (bad decrypt, unsupported) name no key material. Node 20 reports a
+    // missing passphrase only as an interrupted read, so the key's PEM header says encrypted.
     if (passphrase === undefined && /ENCRYPTED/.test(String(key))) {
       throw new InvalidOptionError(
         `${option}.passphrase`,
-        `the passphrase of the encrypted key (${keyOption.slice(option.length + 1)})`,
+        `the passphrase of the encrypted key (${givenKey.name})`,
         undefined,
       )
     }
@@ -320,17 +347,17 @@ function checkKeyPair(
       )
     }
     throw new InvalidOptionError(
-      keyOption,
+      givenKey.option,
       `a PEM private key that can be read (${reasonOf(error)})`,
-      shownKey,
+      givenKey.shown,
     )
   }
   const leaf = String(cert).match(pemCertificate)?.[0] ?? ''
   if (!new X509Certificate(leaf).checkPrivateKey(privateKey)) {
     throw new InvalidOptionError(
-      keyOption,
+      givenKey.option,
       "the client certificate's private key: this key does not match the certificate",
-      shownKey,
+      givenKey.shown,
     )
   }
 }

@@ -48,6 +48,23 @@ describe.each(Object.entries(createWithTls))('%s: tls option refusals', (name, m
     }
   })
 
+  it('keep a key or passphrase inside an array or object (as tls.connect takes them) out of the error', () => {
+    for (const [tls, option] of [
+      [{ pfx: [{ buf: Buffer.from(ecKey), passphrase }] }, `${name}.tls.pfx`],
+      [{ key: [ecKey] }, `${name}.tls.key`],
+      [{ key: [{ pem: ecKey, passphrase }], keyFile: '/k.pem' }, `${name}.tls`],
+      [{ passphrase: [passphrase] }, `${name}.tls.passphrase`],
+      [{ ca: [{ pem: ecKey }] }, `${name}.tls.ca[0]`],
+    ] as const) {
+      const error = refusal(() => make(tls))
+      expect(error.option).toBe(option)
+      for (const shown of [error.message, JSON.stringify(error.value)]) {
+        expect(shown).not.toContain(passphrase)
+        expect(shown).not.toContain(keyBody.slice(0, 12))
+      }
+    }
+  })
+
   it('refuse a private key given as the CA without quoting it', () => {
     for (const [ca, option] of [
       [ecKey, `${name}.tls.ca`],
