@@ -3,13 +3,17 @@
 import { checkKnownOptions } from '../core/validate.js'
 
 /**
- * A refused value as an error may show it: text and bytes are hidden. What a broker's option
- * check refuses is often a credential given where it does not go (`password`, `token`, another
- * client's TLS `passphrase` or `key`, a webhook's misspelt `secret`, a private key given as the
- * CA), and an error message quotes the first 60 characters of a string, which end up in logs.
+ * A refused value as an error may show it: text, bytes, arrays and objects are hidden. What a
+ * broker's option check refuses is often a credential given where it does not go (`password`,
+ * `token`, another client's TLS `passphrase` or `key`, a webhook's misspelt `secret`, a private
+ * key given as the CA), or a section holding them (a misspelt `tsl: { key, passphrase }`,
+ * Node's `key: [{ pem, passphrase }]`), and an error message quotes the first 60 characters of a
+ * string and keeps the value itself, which end up in logs.
  */
 export function hideText(value: unknown): unknown {
-  return typeof value === 'string' || value instanceof Uint8Array ? '[hidden]' : value
+  return typeof value === 'string' || (typeof value === 'object' && value !== null)
+    ? '[hidden]'
+    : value
 }
 
 /**

@@ -132,7 +132,7 @@ export function resolveTlsOptions(
       throw new InvalidOptionError(
         `${option}.${key}`,
         'no such option (tls takes ca, caFile, cert, certFile, key, keyFile, passphrase)',
-        hideKey(tls[key]),
+        hideText(tls[key]),
       )
     }
   }
@@ -154,18 +154,9 @@ export function resolveTlsOptions(
   return client === undefined ? { ca } : { ca, client }
 }
 
-/**
- * A refused TLS value as an error may show it. Wider than {@link hideText}: Node's TLS options
- * take a key or passphrase inside arrays and objects too (`key: [{ pem, passphrase }]`,
- * `pfx: [{ buf, passphrase }]`), so arrays and objects are hidden as well.
- */
-function hideKey(value: unknown): unknown {
-  return typeof value === 'object' && value !== null ? '[hidden]' : hideText(value)
-}
-
 /** The TLS settings as an error may show them: text, bytes, arrays and objects hidden. */
 function hideSecrets(tls: Record<string, unknown>): Record<string, unknown> {
-  return Object.fromEntries(Object.entries(tls).map(([k, v]) => [k, hideKey(v)]))
+  return Object.fromEntries(Object.entries(tls).map(([k, v]) => [k, hideText(v)]))
 }
 
 /** A PEM setting as given: as text (`ca`, `cert`, `key`) or as a file (`caFile`, ...). */
@@ -193,7 +184,7 @@ function givenPem(
   const given = isFile ? `${name}File` : name
   const value = tls[given]
   if (value === undefined) return undefined
-  const shown = isFile && typeof value === 'string' ? value : hideKey(value)
+  const shown = isFile && typeof value === 'string' ? value : hideText(value)
   return { name: given, option: `${option}.${given}`, value, isFile, shown }
 }
 
@@ -209,7 +200,7 @@ function readPem(given: GivenPem, what: string): Pem {
     throw new InvalidOptionError(option, `a PEM ${what}: a string or Buffer`, given.shown)
   }
   if (typeof value !== 'string' || value === '') {
-    throw new InvalidOptionError(option, `the path of a PEM file of ${what}`, hideKey(value))
+    throw new InvalidOptionError(option, `the path of a PEM file of ${what}`, hideText(value))
   }
   try {
     return readFileSync(value)
@@ -244,7 +235,7 @@ function resolveCa(option: string, tls: Record<string, unknown>): Pem[] | undefi
   list.forEach((pem, i) => {
     const where = Array.isArray(tls.ca) ? `${option}.ca[${i}]` : `${option}.ca`
     if (typeof pem !== 'string' && !Buffer.isBuffer(pem)) {
-      throw new InvalidOptionError(where, expected, hideKey(pem))
+      throw new InvalidOptionError(where, expected, hideText(pem))
     }
     const problem = certificatesProblem(pem)
     if (problem !== undefined)
@@ -268,7 +259,7 @@ function resolveClientCertificate(
     throw new InvalidOptionError(
       givenCert.option,
       'a client certificate with its key: it needs its key (tls.key or tls.keyFile) too',
-      hideKey(givenCert.value),
+      hideText(givenCert.value),
     )
   }
   if (givenKey !== undefined && givenCert === undefined) {
@@ -284,11 +275,11 @@ function resolveClientCertificate(
       throw new InvalidOptionError(
         `${option}.passphrase`,
         'a passphrase only with a key (tls.key or tls.keyFile) it decrypts',
-        hideKey(passphrase),
+        hideText(passphrase),
       )
     }
     if (typeof passphrase !== 'string') {
-      throw new InvalidOptionError(`${option}.passphrase`, 'a string', hideKey(passphrase))
+      throw new InvalidOptionError(`${option}.passphrase`, 'a string', hideText(passphrase))
     }
   }
   if (givenCert === undefined || givenKey === undefined) return undefined

@@ -86,16 +86,16 @@ export async function roundTrip(broker: Broker, label = 'round-trip'): Promise<v
  * not allow) on a URL that uses TLS; nothing connects until a publish or subscribe.
  */
 export const createWithTls = {
-  nats: (tls: unknown) =>
-    createNatsBroker({ url: 'tls://127.0.0.1:4222', tls } as Parameters<
+  nats: (tls: unknown, extra: object = {}) =>
+    createNatsBroker({ url: 'tls://127.0.0.1:4222', tls, ...extra } as Parameters<
       typeof createNatsBroker
     >[0]),
-  redis: (tls: unknown) =>
-    createRedisBroker({ url: 'rediss://127.0.0.1:6380', tls } as Parameters<
+  redis: (tls: unknown, extra: object = {}) =>
+    createRedisBroker({ url: 'rediss://127.0.0.1:6380', tls, ...extra } as Parameters<
       typeof createRedisBroker
     >[0]),
-  rabbitmq: (tls: unknown) =>
-    createRabbitMqBroker({ url: 'amqps://127.0.0.1:5671', tls } as Parameters<
+  rabbitmq: (tls: unknown, extra: object = {}) =>
+    createRabbitMqBroker({ url: 'amqps://127.0.0.1:5671', tls, ...extra } as Parameters<
       typeof createRabbitMqBroker
     >[0]),
 }

@@ -78,3 +78,18 @@ describe.each(Object.entries(createWithTls))('%s: tls option refusals', (name, m
     }
   })
 })
+
+// The whole `tls` section misspelt (`tsl`) is an unknown adapter option: its value, an object
+// holding the key and passphrase, was kept as the error's `value`.
+describe.each(Object.entries(createWithTls))('%s: a misspelt tls section', (name, make) => {
+  it('is refused by name without keeping its key or passphrase in the error', () => {
+    const error = refusal(() =>
+      make(undefined, { tsl: { key: ecKey, passphrase }, ssl: [passphrase] }),
+    )
+    expect(error.option).toBe(`${name}.tsl`)
+    for (const shown of [error.message, JSON.stringify(error.value)]) {
+      expect(shown).not.toContain(passphrase)
+      expect(shown).not.toContain(keyBody.slice(0, 12))
+    }
+  })
+})
