@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs'
 import {
+  type BrokerTlsOptions,
   createWebhookPublisher,
   type OutgoingMessage,
   openBroker,
@@ -32,6 +33,7 @@ import {
   openMigratedDatabase,
   requireMigrations,
   runLongRunningCommand,
+  type ServiceResources,
   serveMetrics,
 } from './long-running.js'
 import {
@@ -45,11 +47,22 @@ import {
   type Setting,
   StartupError,
 } from './process-support.js'
+import {
+  type BrokerTlsArgs,
+  brokerTlsEnvironmentHelp,
+  brokerTlsOption,
+  brokerTlsOptionsHelp,
+  brokerTlsRefusal,
+  brokerTlsValueFlags,
+  parseBrokerTls,
+  passphraseArgumentFlags,
+  passphraseFlagsHint,
+} from './relay-broker-tls.js'
 import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /**
- * What `relayCommand` needs besides its arguments; the webhook secret and `BREAKWATER_CRASH_AT`
- * come from `env`.
+ * What `relayCommand` needs besides its arguments; the webhook secret, the broker key's
+ * passphrase and `BREAKWATER_CRASH_AT` come from `env`.
  */
 export type RelayCommandDeps = LongRunningCommandDeps
 
@@ -69,6 +82,7 @@ options:
                                sql:                       the SQL queue in the --db database
                                sqlite:<file>, postgres://  the SQL queue in that database
                                nats://host:port           NATS JetStream
+                               tls://host:port            NATS JetStream over TLS
                                amqp://, amqps://          RabbitMQ
                                redis://, rediss://        Redis Streams
                                http://, https://          a webhook (signed POSTs)
@@ -92,15 +106,16 @@ options:
                              (default ${defaultSecretEnv})
   --webhook-secret-file <f>  file holding the webhook signing secret
   --webhook-batch            one POST per batch instead of one per event
-
+${brokerTlsOptionsHelp}
 environment:
   BREAKWATER_DB_URL, BREAKWATER_BROKER_URL
                              used when --db or --broker is not given: arguments show in ps
                              and shell history, so URLs with passwords belong here (or use
                              PGPASSWORD with PostgreSQL)
-  BREAKWATER_CRASH_AT        relay:<fault point>[:<n>]: SIGKILL itself there (crash tests)
+${brokerTlsEnvironmentHelp}  BREAKWATER_CRASH_AT        relay:<fault point>[:<n>]: SIGKILL itself there (crash tests)
 
-The webhook secret is never taken from arguments. Passwords are never logged.
+The webhook secret and the key's passphrase are never taken from arguments. Passwords are
+never logged.
 `
 
 /** The broker a `--broker` URL names. */
@@ -130,6 +145,8 @@ interface RelayArgs {
   readonly secretEnv: string
   readonly secretFile: string | undefined
   readonly webhookBatch: boolean
+  /** The broker's TLS files and passphrase source; undefined when none is given. */
+  readonly brokerTls: BrokerTlsArgs | undefined
 }
 
 const valueFlags = new Set([
@@ -149,9 +166,16 @@ const valueFlags = new Set([
   '--log-level',
   '--webhook-secret-env',
   '--webhook-secret-file',
+  ...brokerTlsValueFlags,
 ])
 const booleanFlags = new Set(['--webhook-batch'])
-const secretFlags = new Set(['--webhook-secret', '--secret', '--password', '--token'])
+/** Flags that would carry a secret, refused with how to give it instead. */
+const secretFlags = new Map([
+  ...['--webhook-secret', '--secret', '--password', '--token'].map(
+    (flag) => [flag, 'use --webhook-secret-env or --webhook-secret-file'] as const,
+  ),
+  ...passphraseArgumentFlags.map((flag) => [flag, passphraseFlagsHint] as const),
+])
 
 /** Parses `--broker` (or `BREAKWATER_BROKER_URL`); the error never shows a password. */
 function parseBroker({ value: text, source }: Setting, dbUrl: string): BrokerSpec {
@@ -166,6 +190,7 @@ function parseBroker({ value: text, source }: Setting, dbUrl: string): BrokerSpe
       if (isInMemoryDatabase(text)) throw new UsageError(`${source}: ${inMemoryRefusal}`)
       return { kind: 'sql', url: text === dbUrl ? undefined : text }
     case 'nats':
+    case 'tls':
     case 'amqp':
     case 'amqps':
     case 'redis':
@@ -180,12 +205,17 @@ function parseBroker({ value: text, source }: Setting, dbUrl: string): BrokerSpe
       }
       if (url.hostname === '') throw new UsageError(`${source}: the URL names no host: "${shown}"`)
       if (scheme === 'http' || scheme === 'https') return { kind: 'webhook', url: text }
-      const kind = scheme === 'nats' ? 'nats' : scheme.startsWith('amqp') ? 'rabbitmq' : 'redis'
+      const kind =
+        scheme === 'nats' || scheme === 'tls'
+          ? 'nats'
+          : scheme.startsWith('amqp')
+            ? 'rabbitmq'
+            : 'redis'
       return { kind, url: text }
     }
     default:
       throw new UsageError(
-        `${source}: unsupported broker "${shown}"; expected sql:, sqlite:<file>, postgres://, nats://, amqp://, amqps://, redis://, rediss://, http:// or https://`,
+        `${source}: unsupported broker "${shown}"; expected sql:, sqlite:<file>, postgres://, nats://, tls://, amqp://, amqps://, redis://, rediss://, http:// or https://`,
       )
   }
 }
@@ -195,9 +225,10 @@ function parse(
   env: Readonly<Record<string, string | undefined>>,
 ): RelayArgs {
   const { values, flags } = readFlags(args, valueFlags, booleanFlags, (flag) => {
-    if (secretFlags.has(flag))
+    const hint = secretFlags.get(flag)
+    if (hint !== undefined)
       throw new UsageError(
-        `${flag}: secrets are not accepted as arguments (they show in ps and shell history); use --webhook-secret-env or --webhook-secret-file`,
+        `${flag}: secrets are not accepted as arguments (they show in ps and shell history); ${hint}`,
       )
   })
 
@@ -205,6 +236,12 @@ function parse(
   const brokerSetting = flagOrEnv(values, '--broker', env, 'BREAKWATER_BROKER_URL', 'sql:')
   const brokerText = brokerSetting.value
   const broker = parseBroker(brokerSetting, db)
+  const brokerTls = parseBrokerTls(values, env, {
+    // Only `sql` has no colon.
+    scheme: /^[a-z][a-z0-9+.-]*:(\/\/)?/i.exec(brokerText)?.[0].toLowerCase() ?? 'sql:',
+    webhook: broker.kind === 'webhook',
+    source: brokerSetting.source,
+  })
   const ordering = values.get('--ordering')
   if (ordering !== undefined && ordering !== 'confirmed' && ordering !== 'batch')
     throw new UsageError(
@@ -262,6 +299,7 @@ function parse(
     secretEnv,
     secretFile,
     webhookBatch,
+    brokerTls,
   }
 }
 
@@ -294,18 +332,97 @@ function webhookSecret(args: RelayArgs, env: Readonly<Record<string, string | un
 
 /**
  * Builds the broker's publisher. The adapter checks the rest of the URL (a Redis path that is
- * no database number, a webhook URL with credentials or a fragment): its INVALID_OPTION is the
- * user's to fix like a bad argument (exit 2), and the message says where the URL came from
- * (`source`: --broker or BREAKWATER_BROKER_URL) rather than only the adapter's option name.
+ * no database number, a webhook URL with credentials or a fragment) and reads the TLS files
+ * (`tls`, from `parsed.brokerTls`): its INVALID_OPTION is the user's to fix like a bad argument
+ * (exit 2), and the message says where the setting came from (`--broker` or
+ * BREAKWATER_BROKER_URL, `--broker-key-file` and its path) rather than only the adapter's
+ * option name.
  */
-function brokerOption<T>(source: string, build: () => T): T {
+function brokerOption<T>(parsed: RelayArgs, tls: BrokerTlsOptions | undefined, build: () => T): T {
   try {
     return build()
   } catch (error) {
-    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION')
-      throw new BreakwaterError('INVALID_OPTION', `${source}: ${error.message}`, { cause: error })
+    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
+      const message =
+        (parsed.brokerTls === undefined || tls === undefined
+          ? undefined
+          : brokerTlsRefusal(error, parsed.brokerTls, tls)) ??
+        `${parsed.brokerSource}: ${error.message}`
+      throw new BreakwaterError('INVALID_OPTION', message, { cause: error })
+    }
     throw error
   }
+}
+
+/**
+ * Builds the publisher of a broker outside the database (a webhook, NATS, RabbitMQ, Redis) and
+ * registers it in `resources`; undefined for the SQL queue. `secret` is the webhook's, `tls`
+ * the adapter's TLS settings (their files are read here).
+ */
+function externalPublisher(
+  resources: ServiceResources,
+  parsed: RelayArgs,
+  tls: BrokerTlsOptions | undefined,
+  secret: string | undefined,
+  log: Logger,
+): Publisher | undefined {
+  const broker = parsed.broker
+  if (broker.kind === 'sql') return undefined
+  if (broker.kind === 'webhook') {
+    const webhook = brokerOption(parsed, tls, () =>
+      createWebhookPublisher({
+        url: broker.url,
+        secret: secret!,
+        batch: parsed.webhookBatch,
+        // A few quick attempts, then the relay's backoff and circuit breaker take over. They
+        // fit in the relay's publish timeout (5 s by default, less with a short --lease-ms):
+        // the relay runs each publish under that deadline, which clamps every attempt and
+        // ends the retries before a wait would outlast it.
+        attemptTimeoutMs: 2_000,
+        retry: { maxAttempts: 3, baseDelayMs: 100, maxDelayMs: 500, maxRetryAfterMs: 1_000 },
+      }),
+    )
+    resources.add('webhook publisher', () => webhook.close())
+    return webhook
+  }
+  const opened = brokerOption(parsed, tls, () =>
+    openBroker(broker.url, {
+      onError: (event) => log.warn('broker error', { phase: event.phase, error: event.error }),
+      // The adapter's section (nats, rabbitmq, redis) is named as the broker's kind.
+      ...(tls === undefined ? {} : { [broker.kind]: { tls } }),
+    }),
+  )
+  resources.add('broker', () => opened.close())
+  return opened.publisher
+}
+
+/**
+ * The SQL queue's publisher, in the outbox's database `db` (at `dbUrl`) or, given `url`, in
+ * that database; registered in `resources`. A queue database that cannot be opened or lacks
+ * the queue's migrations is a StartupError.
+ */
+async function sqlQueuePublisher(
+  resources: ServiceResources,
+  db: SqlDriver,
+  url: string | undefined,
+  dbUrl: string,
+  env: Readonly<Record<string, string | undefined>>,
+): Promise<Publisher> {
+  let queueDb = db
+  if (url !== undefined) {
+    try {
+      queueDb = await openExistingDatabase(url)
+    } catch (error) {
+      throw new StartupError(`cannot open --broker ${redactSecrets(url)}: ${messageOf(error)}`)
+    }
+    const opened = queueDb
+    resources.add('queue database', () => opened.close())
+  }
+  // Both databases answered when opened (openExistingDatabase runs a statement).
+  await requireMigrations(queueDb, url ?? dbUrl, 'queue', sqlQueueMigrations, env)
+  const queue = createSqlQueue(queueDb)
+  resources.add('SQL queue', () => queue.close())
+  return queue.publisher
 }
 
 /** Publishes every message under `prefix + topic`. */
@@ -499,10 +616,12 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
   }
   let parsed: RelayArgs
   let secret: string | undefined
+  let tls: BrokerTlsOptions | undefined
   let faults: RelayOptions['faults']
   try {
     parsed = parse(args, env)
     if (parsed.broker.kind === 'webhook') secret = webhookSecret(parsed, env)
+    if (parsed.brokerTls !== undefined) tls = brokerTlsOption(parsed.brokerTls, env)
     try {
       faults = crashAtFromEnv(env.BREAKWATER_CRASH_AT)
     } catch (error) {
@@ -532,54 +651,21 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
     drainTimeoutMs: parsed.drainTimeoutMs,
     drainMessage: 'stopping: finishing the batch in hand',
     async start(resources) {
+      // A broker adapter checks its settings (the rest of the URL, the TLS files) when it is
+      // built and connects only on the first publish: built before the database is opened, a
+      // bad setting is reported whatever the state of the database.
+      const external = externalPublisher(resources, parsed, tls, secret, log)
       const db = await openMigratedDatabase(resources, parsed.db, 'outbox', outboxMigrations, env)
-      let publisher: Publisher
       const broker = parsed.broker
-      if (broker.kind === 'sql') {
-        let queueDb = db
-        if (broker.url !== undefined) {
-          const url = broker.url
-          try {
-            queueDb = await openExistingDatabase(url)
-          } catch (error) {
-            throw new StartupError(
-              `cannot open --broker ${redactSecrets(url)}: ${messageOf(error)}`,
-            )
-          }
-          const opened = queueDb
-          resources.add('queue database', () => opened.close())
-        }
-        // Both databases answered when opened (openExistingDatabase runs a statement).
-        await requireMigrations(queueDb, broker.url ?? parsed.db, 'queue', sqlQueueMigrations, env)
-        const queue = createSqlQueue(queueDb)
-        resources.add('SQL queue', () => queue.close())
-        publisher = queue.publisher
-      } else if (broker.kind === 'webhook') {
-        const webhook = brokerOption(parsed.brokerSource, () =>
-          createWebhookPublisher({
-            url: broker.url,
-            secret: secret!,
-            batch: parsed.webhookBatch,
-            // A few quick attempts, then the relay's backoff and circuit breaker take over. They
-            // fit in the relay's publish timeout (5 s by default, less with a short --lease-ms):
-            // the relay runs each publish under that deadline, which clamps every attempt and
-            // ends the retries before a wait would outlast it.
-            attemptTimeoutMs: 2_000,
-            retry: { maxAttempts: 3, baseDelayMs: 100, maxDelayMs: 500, maxRetryAfterMs: 1_000 },
-          }),
-        )
-        resources.add('webhook publisher', () => webhook.close())
-        publisher = webhook
-      } else {
-        const opened = brokerOption(parsed.brokerSource, () =>
-          openBroker(broker.url, {
-            onError: (event) =>
-              log.warn('broker error', { phase: event.phase, error: event.error }),
-          }),
-        )
-        resources.add('broker', () => opened.close())
-        publisher = opened.publisher
-      }
+      let publisher =
+        external ??
+        (await sqlQueuePublisher(
+          resources,
+          db,
+          broker.kind === 'sql' ? broker.url : undefined,
+          parsed.db,
+          env,
+        ))
       if (parsed.topicPrefix !== undefined) publisher = prefixTopics(publisher, parsed.topicPrefix)
 
       const relay = createRelay({

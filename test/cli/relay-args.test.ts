@@ -1,26 +1,13 @@
 // relayCommand in-process: argument errors exit 2 with a message naming the problem, startup
 // failures exit 1, and no password ever reaches the output.
-import { EventEmitter } from 'node:events'
 import { existsSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
-import { relayCommand } from '../../src/cli/relay.js'
 import { migrateIdempotency } from '../../src/idempotency/index.js'
 import { migrateOutbox, migrateSqlQueue, outboxMigrations } from '../../src/outbox/index.js'
 import { listAppliedMigrations, openDatabase } from '../../src/stores/index.js'
 import { createTestDatabase } from '../support/postgres.js'
 import { createTestSqlite } from '../support/sqlite.js'
-
-async function run(args: string[], env: Record<string, string> = {}) {
-  let stdout = ''
-  let stderr = ''
-  const code = await relayCommand(args, {
-    stdout: { write: (t: string) => (stdout += t) },
-    stderr: { write: (t: string) => (stderr += t) },
-    env,
-    signals: new EventEmitter(),
-  })
-  return { code, stdout, stderr, all: stdout + stderr }
-}
+import { runRelay as run } from './relay-support.js'
 
 describe('breakwater relay: argument errors', () => {
   const cases: Array<[string[], Record<string, string>, string]> = [
