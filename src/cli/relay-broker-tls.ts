@@ -83,7 +83,11 @@ export interface BrokerUrlArgs {
 /** URL schemes whose adapters take TLS settings; a `nats://` connection then requires TLS. */
 const tlsSchemes = new Set(['rediss://', 'amqps://', 'tls://', 'nats://'])
 
-/** A file setting from its flag or else its environment variable; undefined when neither is set. */
+/**
+ * A file setting from its flag or else its environment variable; undefined when neither is set.
+ * PEM text where the path belongs (a key mounted as a variable) is refused without showing it:
+ * the adapter would refuse it as a missing file, and its message, like ours, shows the path.
+ */
 function fileSetting(
   values: ReadonlyMap<string, string>,
   env: Readonly<Record<string, string | undefined>>,
@@ -91,6 +95,8 @@ function fileSetting(
   variable: string,
 ): Setting | undefined {
   const setting = flagOrEnv(values, flag, env, variable, '')
+  if (/-----BEGIN|[\r\n]/.test(setting.value))
+    throw new UsageError(`${setting.source} takes the path of a PEM file, not the PEM text itself`)
   return setting.value === '' ? undefined : setting
 }
 
@@ -142,9 +148,10 @@ export function parseBrokerTls(
     throw new UsageError(
       `${passphraseEnv === undefined ? '--broker-key-passphrase-file' : '--broker-key-passphrase-env'} applies only with a key (--broker-key-file or BREAKWATER_BROKER_KEY_FILE)`,
     )
+  // Not shown: what is no variable name may be the passphrase itself.
   if (passphraseEnv !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(passphraseEnv))
     throw new UsageError(
-      `--broker-key-passphrase-env must name an environment variable, got "${passphraseEnv}"`,
+      '--broker-key-passphrase-env must name an environment variable (letters, digits and _), not hold the passphrase',
     )
   let passphrase: PassphraseSource | undefined
   if (keyFile !== undefined)

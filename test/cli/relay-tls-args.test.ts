@@ -114,7 +114,7 @@ describe('breakwater relay: broker TLS flags refused while the arguments are rea
         'key pw',
       ],
       {},
-      '--broker-key-passphrase-env must name an environment variable, got "key pw"',
+      '--broker-key-passphrase-env must name an environment variable (letters, digits and _), not hold the passphrase',
     ],
     [
       'both passphrase sources',
@@ -154,6 +154,43 @@ describe('breakwater relay: broker TLS flags refused while the arguments are rea
     expect(result.stdout).toBe('')
     expect(result.all).not.toContain('hunter2')
     expect(result.all).not.toContain(passphrase)
+  })
+
+  // The key's PEM text where its path belongs (a secret mounted as a variable, `$(cat key.pem)`):
+  // the adapter's refusal of it as a missing file would print the key whole.
+  it.each([
+    ['BREAKWATER_BROKER_KEY_FILE', [], { BREAKWATER_BROKER_KEY_FILE: certs.client.key }],
+    ['--broker-key-file', [`--broker-key-file=${certs.client.key}`], {}],
+  ] as const)('refuses the key itself in %s, never showing it', async (source, args, env) => {
+    const result = await run(
+      [
+        '--db',
+        missingDb.url,
+        '--broker',
+        'rediss://127.0.0.1:1',
+        '--broker-cert-file',
+        certs.client.certFile,
+        ...args,
+      ],
+      env,
+    )
+    expect(result.stderr).toContain(
+      `breakwater relay: ${source} takes the path of a PEM file, not the PEM text itself`,
+    )
+    expect(result.code).toBe(2)
+    expect(result.all).not.toContain(certs.client.key.split('\n')[1]!.slice(0, 16))
+  })
+
+  it('refuses a passphrase given to --broker-key-passphrase-env, never showing it', async () => {
+    const result = await run([
+      '--db',
+      missingDb.url,
+      ...withClientCert('rediss://127.0.0.1:1', encryptedKeyFile),
+      '--broker-key-passphrase-env',
+      'hunter2 pw',
+    ])
+    expect(result.code).toBe(2)
+    expect(result.all).not.toContain('hunter2')
   })
 
   it('takes tls:// (NATS over TLS) as a --broker, as openBroker does', async () => {
