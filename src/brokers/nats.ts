@@ -38,7 +38,7 @@ import { BrokerError, reasonOf } from './errors.js'
 import { gateLostDeliveries, type LostDeliveryGate } from './lost-delivery-gate.js'
 import { checkKnownBrokerOptions } from './option-keys.js'
 import { type Session, type SupervisedSubscription, superviseSessions } from './sessions.js'
-import { tlsFailure } from './tls.js'
+import { tlsFailure, tlsRefusal } from './tls.js'
 import type {
   Broker,
   IncomingMessage,
@@ -67,7 +67,13 @@ export interface NatsStreamSpec {
  *
  * TLS: a `nats://` URL uses TLS when the server requires it; a `tls://` URL, or any `tls`
  * option (such as the CA to trust), requires it, so a server without TLS fails with
- * `BROKER_MISCONFIGURED` instead of carrying the connection in plain text.
+ * `BROKER_MISCONFIGURED` instead of carrying the connection in plain text. A server that
+ * requires a client certificate (`tls { verify: true }`) and got none, or one it does not
+ * trust, fails with `BROKER_MISCONFIGURED` too, saying so. nats-server checks the certificate
+ * after the client has written CONNECT, so its refusal mostly arrives as a reset connection: a
+ * connection reset as it opens is asked again on one that reads the INFO line, completes the
+ * TLS handshake and writes nothing (bounded by `connectTimeoutMs`), which reads the server's
+ * alert; a reset no alert explains stays `BROKER_UNAVAILABLE`.
  */
 export interface NatsBrokerOptions extends BrokerCommonOptions {
   /**
@@ -340,7 +346,62 @@ async function connectNats(options: ResolvedNatsOptions): Promise<NatsConnection
         { cause: error },
       )
     }
-    throw natsError(error, `cannot connect to ${where}`)
+    throw (
+      (await refusedClient(options, error, `cannot connect to ${where}`)) ??
+      natsError(error, `cannot connect to ${where}`)
+    )
+  }
+}
+
+/**
+ * For a connection reset as it opened (ECONNRESET, EPIPE), a `BROKER_MISCONFIGURED` when the
+ * server refused the client's certificate or its absence (`tls { verify: true }`), else
+ * undefined. nats-server checks a TLS 1.3 client's certificate after the client's side of the
+ * handshake is done, when nats.js has already written CONNECT: the server's close then reaches
+ * nats.js as a reset, and its alert is lost, so the connection would read as an outage retried
+ * for ever. The port is asked again (bounded by `connectTimeoutMs`): its INFO line is read and,
+ * when it has the client turn to TLS, the handshake is made with the adapter's TLS settings and
+ * nothing written, which reads the alert. A reset for another reason costs that one connection.
+ */
+async function refusedClient(
+  options: ResolvedNatsOptions,
+  error: unknown,
+  context: string,
+): Promise<BrokerError | undefined> {
+  const code = (error as { code?: unknown } | undefined)?.code
+  if (code !== 'ECONNRESET' && code !== 'EPIPE') return undefined
+  const { hostname, port } = options.url
+  const why = await tlsRefusal(
+    { host: hostname, port: port === '' ? 4222 : Number(port), startTls: natsInfoStartsTls },
+    options.tls,
+    options.clock,
+    options.connectTimeoutMs,
+    new AbortController().signal,
+  )
+  return tlsFailure('nats', why, context)
+}
+
+const natsInfo = /^INFO\s+(\{.*\})\s*$/i
+
+/**
+ * Whether a NATS server's greeting (its first line, `INFO {...}`) has nats.js turn the
+ * connection to TLS, as the driver decides it: when the server requires TLS (`tls_required`)
+ * or offers it (`tls_available`). False for a line that is not an INFO line.
+ *
+ * @example
+ * ```ts
+ * import { natsInfoStartsTls } from './nats.js'
+ * natsInfoStartsTls('INFO {"tls_required":true}\r\n') // true
+ * ```
+ */
+export function natsInfoStartsTls(greeting: string): boolean {
+  const json = natsInfo.exec(greeting)?.[1]
+  if (json === undefined) return false
+  try {
+    const info = JSON.parse(json) as { tls_required?: unknown; tls_available?: unknown }
+    return info.tls_required === true || info.tls_available === true
+  } catch {
+    return false
   }
 }
 

@@ -5,7 +5,7 @@
 // retry it for ever and a caller's retry policy would hide it.
 import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { createConnection, isIP } from 'node:net'
+import { createConnection, isIP, type Socket } from 'node:net'
 import { connect as connectTls } from 'node:tls'
 import type { Clock } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
@@ -609,17 +609,37 @@ export function plainAnswer(
   })
 }
 
+/** Where {@link tlsRefusal} connects, and how its connection turns to TLS. */
+export interface TlsProbeTarget {
+  readonly host: string
+  readonly port: number
+  /**
+   * For a server that greets in plain text and has the client upgrade the same connection to
+   * TLS (NATS: an `INFO {...}` line, then TLS when it says `tls_required`): given the
+   * greeting's first line, whether the client upgrades. Without it, TLS starts at once.
+   */
+  readonly startTls?: (greeting: string) => boolean
+}
+
+/**
+ * How much of a plain-text greeting {@link tlsRefusal} reads for its first line. A NATS INFO
+ * line lists the cluster's URLs, a few KiB for a large cluster.
+ */
+const MAX_GREETING_BYTES = 64 * 1024
+
 /**
  * Why a TLS server refused this client, asked on a TLS connection of its own that sends
  * nothing: resolves to the error the server's alert raised (a certificate-required or
  * bad-certificate alert, anything {@link findTlsProblem} names), or undefined when the handshake
  * is followed by data, a close without an alert, or nothing within `timeoutMs` on `clock`, or
- * when `signal` aborts. The connection is closed in every case.
+ * when `signal` aborts. With `target.startTls` the connection first reads the server's
+ * plain-text greeting line and turns to TLS only when `startTls` accepts it (undefined
+ * otherwise, nothing written). The connection is closed in every case.
  *
  * A TLS 1.3 server checks the client's certificate after the client has finished its side of
- * the handshake, so a client that writes at once (ioredis sends its first commands) meets the
- * server's close as a reset on that write, and the alert saying why is lost; a connection that
- * writes nothing reads the alert.
+ * the handshake, so a client that writes at once (ioredis sends its first commands, nats.js its
+ * CONNECT) meets the server's close as a reset on that write, and the alert saying why is
+ * lost; a connection that writes nothing reads the alert.
  *
  * @example
  * ```ts
@@ -629,7 +649,7 @@ export function plainAnswer(
  * ```
  */
 export function tlsRefusal(
-  target: { readonly host: string; readonly port: number },
+  target: TlsProbeTarget,
   tls: ResolvedTlsOptions | undefined,
   clock: Clock,
   timeoutMs: number,
@@ -638,27 +658,63 @@ export function tlsRefusal(
   if (signal.aborted) return Promise.resolve(undefined)
   return new Promise((resolve) => {
     let done = false
-    // A URL's IPv6 host keeps its brackets; tls wants the bare address, and no SNI for an IP.
-    const host = target.host.replace(/^\[|\]$/g, '')
-    const socket = connectTls({
-      host,
-      port: target.port,
-      ...(isIP(host) === 0 ? { servername: host } : {}),
-      ...connectTlsOptions(tls),
-    })
+    let socket: Socket | undefined
     const finish = (result: unknown): void => {
       if (done) return
       done = true
       clock.clearTimeout(timer)
       signal.removeEventListener('abort', onAbort)
-      socket.destroy()
+      socket?.destroy()
       resolve(result)
     }
     const onAbort = (): void => finish(undefined)
     const timer = clock.setTimeout(() => finish(undefined), timeoutMs)
     signal.addEventListener('abort', onAbort, { once: true })
-    socket.on('error', (error) => finish(findTlsProblem(error) === undefined ? undefined : error))
-    socket.on('data', () => finish(undefined))
-    socket.on('close', () => finish(undefined))
+    // A URL's IPv6 host keeps its brackets; net and tls want the bare address, and no SNI for
+    // an IP (nats.js and ioredis send none either).
+    const host = target.host.replace(/^\[|\]$/g, '')
+    const secureOptions = {
+      ...(isIP(host) === 0 ? { servername: host } : {}),
+      ...connectTlsOptions(tls),
+    }
+    const secure = (tcp?: Socket): void => {
+      const secured = connectTls(
+        tcp === undefined
+          ? { host, port: target.port, ...secureOptions }
+          : { socket: tcp, ...secureOptions },
+      )
+      socket = secured
+      secured.on('error', (error) =>
+        finish(findTlsProblem(error) === undefined ? undefined : error),
+      )
+      secured.on('data', () => finish(undefined))
+      secured.on('close', () => finish(undefined))
+    }
+    const startTls = target.startTls
+    if (startTls === undefined) {
+      secure()
+      return
+    }
+    const tcp = createConnection({ host, port: target.port })
+    socket = tcp
+    let greeting = Buffer.alloc(0)
+    const onClose = (): void => finish(undefined)
+    const onData = (chunk: Buffer): void => {
+      greeting = Buffer.concat([greeting, chunk])
+      const end = greeting.indexOf(0x0a)
+      if (end === -1) {
+        if (greeting.length > MAX_GREETING_BYTES) finish(undefined)
+        return
+      }
+      tcp.off('data', onData)
+      tcp.off('error', onClose)
+      tcp.off('close', onClose)
+      // Bytes after the line are the server speaking out of turn: not a greeting to answer.
+      if (end + 1 === greeting.length && startTls(greeting.toString('utf8'))) secure(tcp)
+      else finish(undefined)
+    }
+    tcp.on('data', onData)
+    tcp.on('error', onClose)
+    tcp.on('close', onClose)
   })
 }

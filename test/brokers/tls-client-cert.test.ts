@@ -7,7 +7,9 @@
 // `fail_if_no_peer_cert`, started together so their boots overlap.
 import { createPrivateKey } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
+import { createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
+import { createSecureContext, TLSSocket } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   type StartedBroker,
@@ -23,6 +25,9 @@ import {
   createRedisBroker,
   openBroker,
 } from '../../src/brokers/index.js'
+import { natsInfoStartsTls } from '../../src/brokers/nats.js'
+import { type ResolvedTlsOptions, tlsFailure, tlsRefusal } from '../../src/brokers/tls.js'
+import { ManualClock } from '../../src/testing/index.js'
 import {
   type CertFiles,
   createCa,
@@ -30,6 +35,7 @@ import {
   issueCert,
   type TestCerts,
 } from '../proxy/support/certs.js'
+import { until } from '../support/until.js'
 import { unique } from './conformance.js'
 import {
   createWithTls,
@@ -258,9 +264,10 @@ describe('servers that require a client certificate', () => {
     },
   )
 
-  // nats-server resets this handshake before its alert is read (nats.js reports ECONNRESET),
-  // which stays an outage: only its missing-certificate alert is classified.
-  it.each(targets.filter(([name]) => name !== 'nats'))(
+  // nats-server (like Redis) checks a TLS 1.3 client's certificate after the client has
+  // written CONNECT, so nats.js mostly meets a reset here: the adapter asks again on a TLS
+  // connection that writes nothing, which reads the alert.
+  it.each(targets)(
     '%s: with a client certificate of a CA the server does not trust, a BROKER_MISCONFIGURED',
     async (_, make) => {
       await expectRefused(
@@ -280,5 +287,111 @@ describe('servers that require a client certificate', () => {
       }),
       'mtls',
     )
+  })
+})
+
+// The probe a NATS connection reset as it opens gets: TCP, the server's plain-text INFO line,
+// then TLS on that socket, writing nothing, to read the alert the reset lost. The server is a
+// small one that greets like nats-server and then requires a client certificate (Node's TLS 1.3
+// server alerts certificate required for none; it refuses another CA's without an alert, so
+// that case is the real nats-server's, above).
+describe('tlsRefusal after a NATS INFO line', () => {
+  const ca = (): ResolvedTlsOptions => ({ ca: [certs.ca.cert] })
+  const info = (fields: Record<string, unknown>) =>
+    `INFO ${JSON.stringify({ server_id: 'test', ...fields })}\r\n`
+
+  /**
+   * A server that writes `greeting` to each connection, then (when `upgrade`) speaks TLS on it,
+   * requiring a client certificate (one is enough: a TLSSocket made directly does not refuse
+   * another CA's). `plain` is what reached it in plain text without an upgrade; `secured`
+   * counts accepted handshakes.
+   */
+  async function greetingServer(greeting: string, upgrade: boolean) {
+    const sockets = new Set<Socket>()
+    const state = { plain: '', secured: 0 }
+    const server = createServer((socket) => {
+      sockets.add(socket)
+      socket.on('close', () => sockets.delete(socket))
+      socket.on('error', () => {})
+      socket.write(greeting)
+      if (!upgrade) {
+        socket.on('data', (chunk: Buffer) => {
+          state.plain += chunk.toString('latin1')
+        })
+        return
+      }
+      const tls = new TLSSocket(socket, {
+        isServer: true,
+        secureContext: createSecureContext({
+          cert: certs.server.cert,
+          key: certs.server.key,
+          ca: certs.ca.cert,
+        }),
+        requestCert: true,
+        rejectUnauthorized: true,
+      })
+      tls.on('error', () => {})
+      tls.on('secure', () => {
+        state.secured++
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const address = server.address()
+    if (address === null || typeof address === 'string') throw new Error('no port')
+    const target = { host: '127.0.0.1', port: address.port, startTls: natsInfoStartsTls }
+    return {
+      state,
+      /** The probe a reset NATS connection gets, with `tls` (the test CA) and 5 s on `clock`. */
+      probe: (tls: ResolvedTlsOptions = ca(), clock = new ManualClock(0)) =>
+        tlsRefusal(target, tls, clock, 5_000, new AbortController().signal),
+      close: () => {
+        for (const socket of sockets) socket.destroy()
+        return new Promise<void>((resolve) => server.close(() => resolve()))
+      },
+    }
+  }
+
+  it('reads the alert of a server that requires a client certificate and got none: BROKER_MISCONFIGURED', async () => {
+    const server = await greetingServer(info({ tls_required: true }), true)
+    try {
+      const error = tlsFailure('nats', await server.probe(), 'cannot connect to nats://127.0.0.1')
+      expectBrokerError(error, 'BROKER_MISCONFIGURED', false)
+      expect(error.message).toMatch(/server requires a client certificate/)
+    } finally {
+      await server.close()
+    }
+  })
+
+  it('starts no TLS after an INFO line without TLS, or a greeting that is not INFO', async () => {
+    for (const greeting of [info({ tls_required: false }), '-ERR not nats\r\n', 'INFO {\r\n']) {
+      const server = await greetingServer(greeting, false)
+      try {
+        expect(await server.probe(), greeting).toBeUndefined()
+        // No ClientHello was sent in plain text.
+        expect(server.state.plain, greeting).toBe('')
+      } finally {
+        await server.close()
+      }
+    }
+  })
+
+  it('resolves to undefined when the server accepts the certificate and says nothing, once timeoutMs has passed', async () => {
+    const server = await greetingServer(info({ tls_available: true }), true)
+    const clock = new ManualClock(0)
+    try {
+      let settled: { why: unknown } | undefined
+      void server
+        .probe({ ...ca(), client: { cert: certs.client.cert, key: certs.client.key } }, clock)
+        .then((why) => {
+          settled = { why }
+        })
+      await until(() => server.state.secured === 1, 'the handshake to be accepted')
+      expect(settled).toBeUndefined()
+      await clock.advance(5_000)
+      await until(() => settled !== undefined, 'the probe to give up')
+      expect(settled?.why).toBeUndefined()
+    } finally {
+      await server.close()
+    }
   })
 })
