@@ -184,6 +184,19 @@ function givenPem(
   const given = isFile ? `${name}File` : name
   const value = tls[given]
   if (value === undefined) return undefined
+  // PEM text where a path goes (a secret mounted as an environment variable): read as a path,
+  // Node's ENOENT message would quote it, the whole key, and so would `shown`.
+  if (
+    isFile &&
+    typeof value === 'string' &&
+    (value.includes('-----BEGIN') || /[\r\n]/.test(value))
+  ) {
+    throw new InvalidOptionError(
+      `${option}.${given}`,
+      `the path of a PEM file, not PEM text (give the text as ${option}.${name})`,
+      '[hidden]',
+    )
+  }
   const shown = isFile && typeof value === 'string' ? value : hideText(value)
   return { name: given, option: `${option}.${given}`, value, isFile, shown }
 }

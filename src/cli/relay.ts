@@ -254,8 +254,9 @@ function parse(
     throw new UsageError('--topic-prefix must be visible ASCII characters (no spaces)')
   const secretEnv = values.get('--webhook-secret-env') ?? defaultSecretEnv
   if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(secretEnv))
+    // Not shown: what is no variable name may be the secret itself.
     throw new UsageError(
-      `--webhook-secret-env must name an environment variable, got "${secretEnv}"`,
+      '--webhook-secret-env must name an environment variable (letters, digits and _), not hold the secret',
     )
   const secretFile = values.get('--webhook-secret-file')
   const webhookBatch = flags.has('--webhook-batch')

@@ -93,3 +93,18 @@ describe.each(Object.entries(createWithTls))('%s: a misspelt tls section', (name
     }
   })
 })
+
+// A key's PEM text given as keyFile (easy with a secret mounted as an environment variable):
+// reading it as a path failed with Node's ENOENT, whose message quotes the path: the whole key.
+describe.each(Object.entries(createWithTls))('%s: PEM text given as a file', (name, make) => {
+  it('is refused as not a path, without quoting it', () => {
+    for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
+      const error = refusal(() => make({ [key]: ecKey }))
+      expect(error.option).toBe(`${name}.tls.${key}`)
+      expect(error.message).toMatch(/the path of a PEM file, not PEM text/)
+      for (const shown of [error.message, JSON.stringify(error.value)]) {
+        expect(shown).not.toContain(keyBody.slice(0, 12))
+      }
+    }
+  })
+})

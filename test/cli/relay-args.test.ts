@@ -95,6 +95,15 @@ describe('breakwater relay: argument errors', () => {
       expect(result.code).toBe(2)
       expect(result.all).not.toContain('hunter2')
     }
+    // What is no variable name may be the secret itself, given to the wrong flag.
+    const misplaced = await run([
+      '--broker',
+      'https://hooks.example.com/x',
+      '--webhook-secret-env=hunter2-pw secret',
+    ])
+    expect(misplaced.code).toBe(2)
+    expect(misplaced.stderr).toContain('--webhook-secret-env must name an environment variable')
+    expect(misplaced.all).not.toContain('hunter2')
     const fromEnv = await run([], { BREAKWATER_BROKER_URL: 'gopher://u:hunter2-pw@h' })
     expect(fromEnv.code).toBe(2)
     expect(fromEnv.stderr).toContain('unsupported broker "gopher://u:***@h"')
