@@ -30,9 +30,19 @@ ${url === undefined ? '' : `idempotency: { url: "${url}" }\n`}startTimeoutMs: ${
 drainTimeoutMs: 60000
 `
 
+const refused = 'config reload refused; the running config stays in force'
+
+// The startTimeoutMs of the reload that is to be refused. Counted from the reload's start, it
+// must pass only once the open waits on the lock: before that, the reload loads the PostgreSQL
+// driver, connects (the server forks a backend) and asks for its session's pid, all in wall
+// time, in a process the test cannot give a clock. On a loaded 2-core machine that took up to
+// about 700 ms, and 500 ms had the reload refused while it connected, before the lock. 5 s
+// leaves a wide margin; the test waits that long once.
+const refusedAfterMs = 5_000
+
 describe('breakwater proxy: SIGTERM while a reloaded store waits on the migration lock', () => {
   for (const [when, startTimeoutMs] of [
-    ['after the reload was refused', 500],
+    ['after the reload was refused', refusedAfterMs],
     ['while the reload waits', 600_000],
   ] as const)
     it(`exits 0 at once ${when}, its session ended`, async () => {
@@ -43,12 +53,25 @@ describe('breakwater proxy: SIGTERM while a reloaded store waits on the migratio
       try {
         await cli.waitForLine((l) => l.msg === 'proxy started', 'the start')
         writeFileSync(file, config(db.fileUrl, startTimeoutMs))
-        await until(() => lock.proxyWaits(), 'the reload to wait for the migration lock', 30_000)
-        if (startTimeoutMs === 500)
-          await cli.waitForLine(
-            (l) => l.msg === 'config reload refused; the running config stays in force',
-            'the reload to be refused',
-          )
+        await until(
+          async () => {
+            // Read before the query: a refusal seen here came before what the query sees.
+            const refusedBefore = cli.lines.some((l) => l.msg === refused)
+            if (await lock.proxyWaits()) return true
+            // Refused without being seen waiting (it gave up before it reached the lock): this
+            // run would not test what it says. Said at once, with the refusal's reason, instead
+            // of after the 30 s below.
+            if (refusedBefore)
+              throw new Error(
+                `the reload was refused before it was seen waiting on the migration lock:\n${cli.stdout()}`,
+              )
+            return false
+          },
+          'the reload to wait for the migration lock',
+          30_000,
+        )
+        if (startTimeoutMs === refusedAfterMs)
+          await cli.waitForLine((l) => l.msg === refused, 'the reload to be refused')
         const signalledAt = Date.now()
         cli.child.kill('SIGTERM')
         const exited = await Promise.race([
