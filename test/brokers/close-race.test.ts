@@ -1,5 +1,6 @@
 // close() racing an operation still connecting, on every adapter against its real server: the
 // operation must fail as closed and leave nothing consuming behind.
+import { connect } from 'nats'
 import { afterAll, describe, expect, it } from 'vitest'
 import type { Broker } from '../../src/brokers/index.js'
 import { BreakwaterError } from '../../src/core/errors.js'
@@ -86,6 +87,11 @@ describe.each(names)('%s: close() while a handler runs', (name) => {
     release()
     await closing
     expect(started.ids()).toEqual(['slow'])
+    if (name === 'nats') {
+      // JetStream's own count of what it sent the group: 'slow' and 'queued' once each, and
+      // nothing while the handler finished. Exact whatever the timing (see maxDeliveryCount).
+      expect(await natsDeliveriesSent(url, topic, group)).toBe(2)
+    }
 
     const next = testBroker(name, url)
     open.push(next)
@@ -93,7 +99,37 @@ describe.each(names)('%s: close() while a handler runs', (name) => {
     await next.subscriber.subscribe(topic, group, async (m) => received.record(m))
     await received.until(() => received.ids().includes('queued'), 'the released message')
     // Delivered once to the closing subscription and released once (or not yet delivered
-    // there when close() began), then delivered here.
-    expect(received.messages.find((m) => m.id === 'queued')!.deliveryCount).toBeLessThanOrEqual(2)
+    // there when close() began), then delivered here: the broker's counts, never a loop's.
+    const counts = received.messages.filter((m) => m.id === 'queued').map((m) => m.deliveryCount)
+    expect(Math.max(...counts)).toBeLessThanOrEqual(maxDeliveryCount[name])
   })
 })
+
+/**
+ * The highest deliveryCount the next subscriber may see for the released message. NATS: 3,
+ * because nats-server 2.9 (Debian 12's 2.9.10) counts an attempt that sent nothing, fixed
+ * upstream in April 2024 (nats-server PRs #5305, #5338). The release (a nak) finds the closing
+ * subscription's pull request still queued on the server, though nobody listens to it any more:
+ * the server drops that request but keeps the attempt (count 2) and rolls its stream position
+ * back. When the next subscriber pulls more than ackWaitMs later (on a loaded machine the fifty
+ * publishes above take seconds), that attempt's ack wait has expired, and the message comes with
+ * count 3, then once more with count 1 from the rolled-back position. A bound, not a timing:
+ * natsDeliveriesSent is the exact check that nothing was handed back (the loop this test guards
+ * against sent 377 deliveries here before it was fixed).
+ */
+const maxDeliveryCount: Readonly<Record<BrokerName, number>> = { nats: 3, rabbitmq: 2, redis: 2 }
+
+/**
+ * How many deliveries JetStream has sent `group` of `topic`: the durable consumer's delivery
+ * sequence, which every delivery and redelivery advances and an attempt sending nothing does
+ * not. The adapter names the stream after the topic and the durable after the group.
+ */
+async function natsDeliveriesSent(url: string, topic: string, group: string): Promise<number> {
+  const nc = await connect({ servers: new URL(url).host })
+  try {
+    const jsm = await nc.jetstreamManager()
+    return (await jsm.consumers.info(topic, group)).delivered.consumer_seq
+  } finally {
+    await nc.close()
+  }
+}
