@@ -75,9 +75,17 @@ describe.each(dbTargets)('saga messaging on $dialect', (target) => {
     await t?.close()
   })
 
+  // Each saga's replies go to a topic of its own. On a shared topic every test's reply handler
+  // (one consumer group each, all subscribed until afterAll) got every reply, and the first one
+  // to take it in the shared 'saga-replies' inbox delivered it: the first test's handler, on the
+  // system clock, woke the late-reply saga at the real time. Once more real time had passed
+  // than that test's ManualClock had been advanced (5.1 s: only under load), that wake-up
+  // lay in the ManualClock's future, which no poll reached: the saga stayed running.
+  const repliesTopic = (saga: string) => `${saga}.replies`
+
   // The payments service: charges once per idempotency key (a resent command has no second
-  // effect) and replies through its outbox in the same transaction.
-  const paymentsHandler = async (m: IncomingMessage) => {
+  // effect) and replies through its outbox in the same transaction, to the saga's reply topic.
+  const paymentsHandler = (replies: string) => async (m: IncomingMessage) => {
     const body = JSON.parse(Buffer.from(m.payload).toString('utf8')) as PaidOrder
     const key = m.headers[IDEMPOTENCY_KEY_HEADER]!
     await t.db.transaction(async (tx) => {
@@ -92,7 +100,7 @@ describe.each(dbTargets)('saga messaging on $dialect', (target) => {
         tx,
         replyTo(m, {
           type: ok ? 'card-charged' : 'card-declined',
-          topic: 'saga.replies',
+          topic: replies,
           payload: ok ? { ok, chargeId: `ch-${body.orderId}` } : { ok },
         }),
       )
@@ -142,10 +150,14 @@ describe.each(dbTargets)('saga messaging on $dialect', (target) => {
     const name = `paid-${randomUUID().slice(0, 6)}`
     const saga = paidOrderSaga(name, 60_000)
     subscriptions.push(
-      await queue.subscriber.subscribe(`${name}.payments`, 'payments', paymentsHandler),
+      await queue.subscriber.subscribe(
+        `${name}.payments`,
+        'payments',
+        paymentsHandler(repliesTopic(name)),
+      ),
     )
     subscriptions.push(
-      await queue.subscriber.subscribe('saga.replies', name, sagaReplyHandler(t.db)),
+      await queue.subscriber.subscribe(repliesTopic(name), name, sagaReplyHandler(t.db)),
     )
     const worker = createSagaWorker({ db: t.db, sagas: [saga], pollIntervalMs: 10 })
     await worker.start()
@@ -198,7 +210,7 @@ describe.each(dbTargets)('saga messaging on $dialect', (target) => {
     const clock = new ManualClock(Date.now())
     const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
     subscriptions.push(
-      await queue.subscriber.subscribe('saga.replies', name, sagaReplyHandler(t.db, { clock })),
+      await queue.subscriber.subscribe(repliesTopic(name), name, sagaReplyHandler(t.db, { clock })),
     )
     const { id } = await worker.run(saga, { orderId: `${name}-o`, amount: 20 })
     await clock.advance(5_000)
@@ -212,22 +224,32 @@ describe.each(dbTargets)('saga messaging on $dialect', (target) => {
     expect(await worker.poll()).toBe(1) // attempt 2: the command is sent again
     // Payments comes back and handles both commands; the second reply is a duplicate.
     subscriptions.push(
-      await queue.subscriber.subscribe(`${name}.payments`, 'payments', paymentsHandler),
+      await queue.subscriber.subscribe(
+        `${name}.payments`,
+        'payments',
+        paymentsHandler(repliesTopic(name)),
+      ),
     )
+    // Both replies handled, each in its inbox transaction: the first recorded, the other a
+    // duplicate. Polling while the duplicate's transaction was still open found the instance
+    // locked by it (deliverReply's FOR KEY SHARE) and passed over it (SKIP LOCKED) that round.
+    const replies = [`${id}:charge:1:reply`, `${id}:charge:2:reply`]
     await vi.waitFor(
       async () =>
-        expect(await countRows(t.db, 'breakwater_saga_replies', 'WHERE saga_id = $1', [id])).toBe(
-          1,
-        ),
+        expect(
+          await countRows(
+            t.db,
+            'breakwater_inbox',
+            "WHERE consumer = 'saga-replies' AND message_id IN ($1, $2)",
+            replies,
+          ),
+        ).toBe(2),
       { timeout: 15_000 },
     )
-    await vi.waitFor(
-      async () => {
-        await worker.poll()
-        expect((await getSaga(t.db, id))!.status).toBe('completed')
-      },
-      { timeout: 15_000 },
-    )
+    expect(await countRows(t.db, 'breakwater_saga_replies', 'WHERE saga_id = $1', [id])).toBe(1)
+    // The recorded reply made the saga due at the ManualClock's now: one poll finishes it.
+    expect(await worker.poll()).toBe(1)
+    expect((await getSaga(t.db, id))!.status).toBe('completed')
     expect((await getSaga(t.db, id))!.steps[1]).toMatchObject({ status: 'completed', attempts: 2 })
     expect(await countRows(t.db, 'charges', 'WHERE order_id = $1', [`${name}-o`])).toBe(1)
     const sent = await countRows(
