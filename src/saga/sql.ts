@@ -344,11 +344,15 @@ ON CONFLICT (saga_id, step) DO NOTHING`,
   INSERT INTO ${sagaTable} ${insertColumns} RETURNING id
 )
 SELECT id, pg_notify($13, '') FROM inserted`,
-    // FOR UPDATE SKIP LOCKED: concurrent workers each lock different rows instead of queueing
-    // on the same ones; a row another worker is claiming right now is simply not ours this
-    // round. A row changed and committed by someone else before we lock it is re-evaluated
+    // FOR NO KEY UPDATE SKIP LOCKED: concurrent workers each lock different rows instead of
+    // queueing on the same ones; a row another worker is claiming right now is simply not ours
+    // this round. A row changed and committed by someone else before we lock it is re-evaluated
     // against the subquery's WHERE (READ COMMITTED re-check), so an instance claimed or
-    // finished meanwhile drops out instead of being claimed twice.
+    // finished meanwhile drops out instead of being claimed twice. NO KEY (the claim changes no
+    // key, and it is the lock the UPDATE takes anyway): FOR UPDATE also conflicts with the FOR
+    // KEY SHARE a reply insert holds (insertReply), so a duplicate reply's open transaction kept
+    // the saga its first reply woke from being claimed until the next poll. pruneSagas's FOR
+    // UPDATE still excludes a claim, and a claim it.
     claim: `UPDATE ${sagaTable} SET ${claimSet}
 WHERE id IN (
   SELECT id FROM ${sagaTable}
@@ -356,7 +360,7 @@ WHERE id IN (
     AND definition = ANY($4::text[])
   ORDER BY next_run_at
   LIMIT $5
-  FOR UPDATE SKIP LOCKED
+  FOR NO KEY UPDATE SKIP LOCKED
 )
 RETURNING ${rowColumns}`,
     missingDefinitions: missingDefinitions('definition <> ALL($2::text[])'),
@@ -411,17 +415,19 @@ FROM jsonb_to_recordset($1::jsonb) AS i(id TEXT, name TEXT, version INTEGER, def
 ON CONFLICT (id) DO NOTHING
 RETURNING id`,
     // SKIP LOCKED: a row held locked (by this worker's own step transaction, a slow `send` or
-    // `atCommit`, or a reply being delivered) is passed over this round instead of making the
+    // `atCommit`, or a reply waking it) is passed over this round instead of making the
     // whole renewal wait for it while every other lease runs out. It comes back with
     // renewed = 0: held as of this statement, not renewed (the step's commit writes its lease
-    // anyway: extended, or released).
+    // anyway: extended, or released). NO KEY UPDATE, as the claim: a reply insert's FOR KEY
+    // SHARE (a duplicate's open transaction) does not conflict with it, so it does not cost a
+    // renewal.
     renew: `WITH held AS (
   SELECT id, lease_token FROM ${sagaTable}
   WHERE lease_owner = $2 AND status IN ('running', 'compensating') AND id = ANY($3::text[])
 ), free AS (
   SELECT id FROM ${sagaTable}
   WHERE id IN (SELECT id FROM held) AND lease_owner = $2 AND status IN ('running', 'compensating')
-  FOR UPDATE SKIP LOCKED
+  FOR NO KEY UPDATE SKIP LOCKED
 ), renewed AS (
   UPDATE ${sagaTable} AS s SET lease_expires_at = $1 FROM free WHERE s.id = free.id
   RETURNING s.id, s.lease_token

@@ -165,6 +165,38 @@ describe.each(dbTargets)('saga reply steps on $dialect', (target) => {
     expect(await effects(id)).toEqual(refunded(id))
   })
 
+  // PostgreSQL only: SQLite has one writer, so an open transaction holds every claim anyway.
+  // A duplicate reply's transaction (an inbox's, still open while its handler finishes) holds
+  // deliverReply's FOR KEY SHARE on the instance; the claim locked FOR UPDATE SKIP LOCKED,
+  // which that share lock blocks, so the woken saga was passed over until the next poll.
+  it.skipIf(target.dialect !== 'postgres')(
+    "a duplicate reply's open transaction does not keep the woken saga from the next claim",
+    async () => {
+      const clock = new ManualClock(0)
+      const saga = orderSaga('dup-open', { maxAttempts: 3 })
+      const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+      const { id } = await worker.run(saga, {})
+      const reply = { ok: true, chargeId: 'c-1' }
+      expect(await deliverReply(t.db, id, 'charge', reply, { clock })).toBe('delivered')
+      const finish = gate()
+      let duplicate: unknown
+      const open = t.db.transaction(async (tx) => {
+        duplicate = await deliverReply(tx, id, 'charge', reply, { clock })
+        await finish.promise
+      })
+      try {
+        while (duplicate === undefined) await new Promise((resolve) => setImmediate(resolve))
+        expect(duplicate).toBe('duplicate')
+        expect(await worker.poll()).toBe(1)
+      } finally {
+        finish.open()
+        await open
+      }
+      expect((await getSaga(t.db, id))!.status).toBe('completed')
+      expect(await effects(id)).toEqual(['reserve', 'charge-sent 1', 'ship'])
+    },
+  )
+
   it('a negative reply tells the outcome: the declined step is not refunded, the earlier one is released', async () => {
     const clock = new ManualClock(0)
     const saga = orderSaga('declined', { maxAttempts: 3 })
