@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { createSagaWorker, defineSaga, getSaga, type SagaEvent } from '../../src/saga/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { gate } from '../support/gate.js'
-import { dbTargets, sqliteDb, type TestDb } from './databases.js'
+import { dbTargets, holdingSaga, sqliteDb, type TestDb } from './databases.js'
 
 const leaseMs = 1_000
 
@@ -167,19 +167,7 @@ describe('a lease renewal that waited for the SQLite writer', () => {
     const clock = new ManualClock(0)
     const holding = gate()
     const finish = gate()
-    const saga = defineSaga({
-      name: `renew-wait-${randomUUID().slice(0, 8)}`,
-      version: 1,
-      steps: [
-        {
-          name: 'hold',
-          action: async () => {
-            holding.open()
-            await finish.promise
-          },
-        },
-      ],
-    })
+    const saga = holdingSaga('renew-wait', holding, finish)
     const worker = createSagaWorker({
       db: t.db,
       sagas: [saga],

@@ -1,9 +1,11 @@
 // The real databases the saga tests run against: a SQLite file and a PostgreSQL database on
 // the test server started by the global setup. Never a mock.
-import { migrateSagas } from '../../src/saga/index.js'
+import { randomUUID } from 'node:crypto'
+import { defineSaga, migrateSagas } from '../../src/saga/index.js'
 import type { MeasuredLease } from '../../src/saga/store.js'
 import { openDatabase, type SqlDriver, type SqlExecutor } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
+import type { Gate } from '../support/gate.js'
 import { createTestDatabase } from '../support/postgres.js'
 import { createTestSqlite } from '../support/sqlite.js'
 
@@ -128,4 +130,24 @@ export function effectLog(table: string): EffectLog {
         )
       ).map((r) => r.what),
   }
+}
+
+/**
+ * A one-step saga (named `${prefix}-<random>`) whose step `hold` opens `inside`, then runs until
+ * `finish` opens: an instance held in a worker's hands for as long as a test needs.
+ */
+export function holdingSaga(prefix: string, inside: Gate, finish: Gate) {
+  return defineSaga({
+    name: `${prefix}-${randomUUID().slice(0, 8)}`,
+    version: 1,
+    steps: [
+      {
+        name: 'hold',
+        action: async () => {
+          inside.open()
+          await finish.promise
+        },
+      },
+    ],
+  })
 }

@@ -20,7 +20,14 @@ import { claimInstances, stringListParam, writeBatch } from '../../src/saga/stor
 import type { SqlTransaction } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { gate } from '../support/gate.js'
-import { countRows, dbTargets, effectLog, leaseFrom, type TestDb } from './databases.js'
+import {
+  countRows,
+  dbTargets,
+  effectLog,
+  holdingSaga,
+  leaseFrom,
+  type TestDb,
+} from './databases.js'
 
 /** A retryable failure, as a 503 would be. */
 function transient(message: string): Error {
@@ -559,19 +566,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
     const inside = gate()
     const finish = gate()
     let brokenCommits = 1
-    const busy = defineSaga({
-      name: `busy-${randomUUID().slice(0, 8)}`,
-      version: 1,
-      steps: [
-        {
-          name: 'hold',
-          action: async () => {
-            inside.open()
-            await finish.promise
-          },
-        },
-      ],
-    })
+    const busy = holdingSaga('busy', inside, finish)
     const broken = defineSaga({
       name: `broken-${randomUUID().slice(0, 8)}`,
       version: 1,

@@ -6,28 +6,11 @@ import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { createSagaWorker, defineSaga, getSaga, type SagaEvent } from '../../src/saga/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { type Gate, gate } from '../support/gate.js'
-import { postgresDb, type TestDb } from './databases.js'
+import { gate } from '../support/gate.js'
+import { holdingSaga, postgresDb, type TestDb } from './databases.js'
 
 // A poll that waits on the database (the shared CI machine is slow while every suite runs).
 const DATABASE_WAIT = { timeout: 15_000 }
-
-/** A one-step saga whose step opens `inside`, then runs until `finish` opens. */
-function holdingSaga(prefix: string, inside: Gate, finish: Gate) {
-  return defineSaga({
-    name: `${prefix}-${randomUUID().slice(0, 8)}`,
-    version: 1,
-    steps: [
-      {
-        name: 'hold',
-        action: async () => {
-          inside.open()
-          await finish.promise
-        },
-      },
-    ],
-  })
-}
 
 describe('saga lease renewal on postgres', () => {
   let t: TestDb
