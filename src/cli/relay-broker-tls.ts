@@ -6,7 +6,7 @@
 // refusals in terms of the flag or variable and the path the user gave.
 import { readFileSync } from 'node:fs'
 import type { BrokerTlsOptions } from '../brokers/index.js'
-import { describeValue, InvalidOptionError } from '../core/errors.js'
+import { InvalidOptionError } from '../core/errors.js'
 import { flagOrEnv, type Setting } from './process-support.js'
 import { UsageError } from './usage.js'
 
@@ -229,14 +229,7 @@ export function brokerTlsRefusal(
           ? args.keyFile
           : undefined
   if (setting === undefined) return undefined
-  // `<option>: expected <what>, got <value>`: the option and the value, which the adapter
-  // cuts short past 60 characters, are replaced by the setting's name and whole path.
-  const prefix = `${error.option}: `
-  const suffix = `, got ${describeValue(error.value)}`
-  const { message } = error
-  const expected =
-    message.startsWith(prefix) && message.endsWith(suffix)
-      ? message.slice(prefix.length, message.length - suffix.length)
-      : message
-  return `${setting.source}: ${expected}, got "${setting.value}"`
+  // The option and the value, which the adapter's message cuts short past 60 characters, are
+  // replaced by the setting's name and whole path.
+  return `${setting.source}: expected ${error.expected}, got "${setting.value}"`
 }

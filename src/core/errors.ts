@@ -56,11 +56,17 @@ export class InvalidOptionError extends BreakwaterError {
   readonly option: string
   /** The value that was rejected. */
   readonly value: unknown
+  /**
+   * What the option takes, as the message words it (`a positive integer`): for a caller that
+   * words the refusal its own way (a CLI naming its flag) without taking the message apart.
+   */
+  readonly expected: string
 
   constructor(option: string, expected: string, value: unknown) {
     super('INVALID_OPTION', `${option}: expected ${expected}, got ${describeValue(value)}`)
     this.option = option
     this.value = value
+    this.expected = expected
   }
 }
 
