@@ -259,7 +259,10 @@ export interface IdempotentExecution {
   complete(response: IdempotencyResponse): Promise<IdempotencyResponse>
   /**
    * The handler failed: rolls `context.tx` back and releases the key (or, with `release:
-   * false`, leaves it held until its lease expires). Never rejects.
+   * false`, leaves it held until its lease expires). Rejects only with `INVALID_OPTION` for
+   * options it cannot take (an unknown key, a non-boolean `release`), after rolling back and
+   * leaving the key held until its lease expires: of the two outcomes, the one that cannot run
+   * the work twice.
    */
   abort(options?: IdempotentAbortOptions): Promise<void>
   /**
@@ -387,6 +390,24 @@ const idempotencyOptions = optionKeys<IdempotencyOptions>({
   problemTypeBase: true,
   clock: true,
 })
+
+const runOptions = optionKeys<RunOptions>({ scope: true, fingerprint: true, signal: true })
+
+const abortOptions = optionKeys<IdempotentAbortOptions>({ release: true })
+
+/** Why `abort(options)` cannot be taken as written, or undefined when it can. */
+function abortOptionsRefusal(options: unknown): InvalidOptionError | undefined {
+  try {
+    const given = checkObject('options', options)
+    checkKnownOptions('options', given, abortOptions)
+    if (given.release !== undefined && typeof given.release !== 'boolean') {
+      return new InvalidOptionError('release', 'a boolean', given.release)
+    }
+    return undefined
+  } catch (error) {
+    return error as InvalidOptionError
+  }
+}
 
 function resolveStore(value: unknown): IdempotencyStore {
   const candidate = checkObject('store', value)
@@ -556,7 +577,14 @@ class HttpExecution implements IdempotentExecution {
   }
 
   abort(options?: IdempotentAbortOptions): Promise<void> {
-    return options?.release === false ? this.#execution.abandon() : this.#execution.release()
+    if (options === undefined) return this.#execution.release()
+    const refusal = abortOptionsRefusal(options)
+    if (refusal === undefined) {
+      return options.release === false ? this.#execution.abandon() : this.#execution.release()
+    }
+    // Not understood: the key stays held until its lease expires, the outcome that can never
+    // run the work twice (a release given by mistake could), and the caller learns why.
+    return this.#execution.abandon().then(() => Promise.reject(refusal))
   }
 
   onLeaseLost(listener: (error: IdempotencyInProgressError) => void): void {
@@ -778,6 +806,8 @@ class IdempotencyCore implements Idempotency {
     checkOperationKey(key)
     checkFunction('fn', fn)
     checkObject('options', options)
+    // A misspelt `scope` would put the key in the default scope, shared with other callers.
+    checkKnownOptions('options', options, runOptions)
     // Read only when the call waits for another holder: checked now, or a wrong value would
     // fail (with a bare TypeError) only in the one call that had to wait.
     checkSignal('signal', options.signal)

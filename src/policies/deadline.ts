@@ -1,7 +1,13 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, systemClock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkNumber, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkKnownOptions,
+  checkNumber,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 import { CancelScope } from './cancel-scope.js'
 import { DeadlineExceededError } from './errors.js'
 import { type TimerEntry, timerQueueFor } from './timer-queue.js'
@@ -33,6 +39,8 @@ export interface DeadlineOptions {
    */
   readonly clock?: Clock
 }
+
+const deadlineOptions = optionKeys<DeadlineOptions>({ clock: true })
 
 // A deadline is a cancellation scope without parents that expires by itself at `atMs`. Its
 // timer is only queued while somebody listens (a read `signal`, a retry's sleep or an attempt's
@@ -128,6 +136,8 @@ export async function withDeadline<T>(
   if (typeof fn !== 'function') throw new InvalidOptionError('withDeadline.fn', 'a function', fn)
   const parent = storage.getStore()
   checkObject('withDeadline.options', options)
+  // A misspelt option (`clok`) would run on the default clock without a word.
+  checkKnownOptions('withDeadline', options, deadlineOptions)
   const clock =
     options.clock === undefined
       ? (parent?.clock ?? systemClock)
@@ -211,6 +221,9 @@ export interface AdoptDeadlineOptions extends DeadlineFromHeadersOptions {
   readonly clock?: Clock
 }
 
+const fromHeadersOptions = optionKeys<DeadlineFromHeadersOptions>({ maxMs: true, defaultMs: true })
+const adoptOptions = optionKeys<AdoptDeadlineOptions>({ maxMs: true, defaultMs: true, clock: true })
+
 /**
  * Reads the caller's remaining budget from request headers: {@link DEADLINE_HEADER} and gRPC's
  * `grpc-timeout` (e.g. `100m`, `2S`), the smaller when both are valid. Returns milliseconds (0 or less means already
@@ -230,6 +243,16 @@ export function deadlineFromHeaders(
   options: DeadlineFromHeadersOptions = {},
 ): number | undefined {
   checkObject('deadlineFromHeaders.options', options)
+  // A misspelt cap (`maxMS`) would let a caller's budget of days through without a word.
+  checkKnownOptions('deadlineFromHeaders', options, fromHeadersOptions)
+  return budgetFromHeaders(headers, options)
+}
+
+// deadlineFromHeaders once its options are known to be its own (adoptDeadline's carry a clock).
+function budgetFromHeaders(
+  headers: HeadersLike,
+  options: DeadlineFromHeadersOptions,
+): number | undefined {
   const maxMs =
     options.maxMs === undefined
       ? DEFAULT_MAX_DEADLINE_MS
@@ -282,7 +305,9 @@ export function adoptDeadline<T>(
   let clock: Clock
   // Every bad option is a rejection (the function returns a promise), the clock's included.
   try {
-    ms = deadlineFromHeaders(headers, options)
+    checkObject('adoptDeadline.options', options)
+    checkKnownOptions('adoptDeadline', options, adoptOptions)
+    ms = budgetFromHeaders(headers, options)
     clock = checkClock('adoptDeadline.clock', options.clock)
   } catch (error) {
     return Promise.reject(error)

@@ -1,7 +1,14 @@
 import { constants as osConstants } from 'node:os'
 import { type Clock, keepProcessAlive, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkFunction, checkInteger, checkObject } from '../core/validate.js'
+import {
+  checkClock,
+  checkFunction,
+  checkInteger,
+  checkKnownOptions,
+  checkObject,
+  optionKeys,
+} from '../core/validate.js'
 
 /** A started long-running service, as the `start` function of {@link runUntilSignal} returns it. */
 export interface RunningService {
@@ -85,6 +92,15 @@ const defaultSignals: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT']
 // No process can listen for these.
 const uncatchableSignals: ReadonlySet<string> = new Set(['SIGKILL', 'SIGSTOP'])
 
+const runUntilSignalOptions = optionKeys<RunUntilSignalOptions>({
+  signals: true,
+  drainTimeoutMs: true,
+  onSignal: true,
+  keepAlive: true,
+  target: true,
+  clock: true,
+})
+
 /**
  * Runs a long-running service until SIGTERM or SIGINT, then shuts it down gracefully: calls
  * `start`, waits for a signal, calls the service's `stop()` and waits up to `drainTimeoutMs`
@@ -120,6 +136,8 @@ export async function runUntilSignal(
 ): Promise<RunOutcome> {
   checkFunction('start', start)
   checkObject('runUntilSignal', options)
+  // A misspelt option (`drainTimeoutMS`) would drain with the 30 s default without a word.
+  checkKnownOptions('runUntilSignal', options, runUntilSignalOptions)
   const signals = options.signals ?? defaultSignals
   // Checked before any listener is installed: an unknown name ('SIGTRM') listens for nothing
   // and leaves SIGTERM to its default action; process.on('SIGKILL') throws EINVAL after the

@@ -75,6 +75,26 @@ describe('abort({ release: false }) on the memory store', () => {
     expect(executing(await idempotency.begin(request('b'))).context.attempt).toBe(1)
   })
 
+  it('refuses options it cannot take, and keeps the key held rather than guess', async () => {
+    const { clock, idempotency } = protocol(createMemoryIdempotencyStore())
+    for (const [key, options, option] of [
+      ['misspelt', { relase: false }, 'options.relase'],
+      ['text', { release: 'false' }, 'release'],
+      ['null', null, 'options'],
+    ] as const) {
+      const first = executing(await idempotency.begin(request(key)))
+      await expect(first.abort(options as never)).rejects.toMatchObject({
+        code: 'INVALID_OPTION',
+        option,
+      })
+      // Held, as with release: false: a duplicate is told to come back, it does not run.
+      const duplicate = await idempotency.begin(request(key))
+      expect(duplicate.kind === 'respond' && duplicate.response.status).toBe(409)
+    }
+    await clock.advance(30_000)
+    expect(executing(await idempotency.begin(request('text'))).context.attempt).toBe(2)
+  })
+
   it('stops the abandoned holder’s lease timer (nothing left pending on the clock)', async () => {
     const { clock, idempotency } = protocol(createMemoryIdempotencyStore())
     const first = executing(await idempotency.begin(request('t')))

@@ -53,6 +53,11 @@ const factories: Array<[string, (extra: object) => unknown, string]> = [
     (x) => createRedisIdempotencyStore({ url: 'redis://127.0.0.1:1', keyPrefix: 'p:', ...x }),
     'options',
   ],
+  [
+    'Idempotency.run',
+    (x) => idempotency.run('run-key', () => 1, { scope: 'consumer', ...x }),
+    'options',
+  ],
   ['sweepExpired', (x) => sweepExpired(store, { batchSize: 10, ...x }), 'options'],
   [
     'createSweeper',
@@ -70,5 +75,16 @@ describe('idempotency factories refuse unknown options', () => {
     await expect(
       idempotent('k', () => 1, { store, methods: ['POST'] } as never),
     ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'options.methods' })
+  })
+
+  it('Idempotency.run refuses a misspelt scope before claiming anything', async () => {
+    const own = createMemoryIdempotencyStore()
+    const guarded = createIdempotency({ store: own })
+    let ran = 0
+    await expect(
+      guarded.run('k', () => ++ran, { scopes: 'billing' } as never),
+    ).rejects.toMatchObject({ code: 'INVALID_OPTION', option: 'options.scopes' })
+    // Nothing was claimed in the default scope: the call with the right spelling runs.
+    expect(await guarded.run('k', () => ++ran, { scope: 'default' })).toBe(1)
   })
 })

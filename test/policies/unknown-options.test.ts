@@ -3,15 +3,18 @@
 // does not know, naming it, once at construction; the correct spelling still works.
 import { describe, expect, it } from 'vitest'
 import {
+  adoptDeadline,
   bulkhead,
   circuitBreaker,
   createBulkheads,
   createKeyedBreakers,
   createRetryBudget,
+  deadlineFromHeaders,
   exponentialBackoff,
   fallback,
   retry,
   timeout,
+  withDeadline,
 } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { optionRefusal } from '../support/unknown-option.js'
@@ -93,6 +96,21 @@ const cases: ReadonlyArray<
     { shouldFallback: () => true },
     'shouldFalback',
     'fallback.shouldFalback',
+  ],
+  ['withDeadline', (o) => withDeadline(100, () => 1, o), { clock }, 'clok', 'withDeadline.clok'],
+  [
+    'deadlineFromHeaders',
+    (o) => deadlineFromHeaders({}, o),
+    { maxMs: 1_000, defaultMs: 500 },
+    'maxMS',
+    'deadlineFromHeaders.maxMS',
+  ],
+  [
+    'adoptDeadline',
+    (o) => adoptDeadline({}, () => 1, o),
+    { maxMs: 1_000, defaultMs: 500, clock },
+    'maxMS',
+    'adoptDeadline.maxMS',
   ],
   [
     'createRetryBudget',

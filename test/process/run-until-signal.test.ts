@@ -388,6 +388,24 @@ describe('runUntilSignal', () => {
     await expect(runUntilSignal(() => service().handle, { signals: [] })).rejects.toThrow(/signals/)
   })
 
+  it('refuses a misspelt option before starting, instead of draining with the default', async () => {
+    const target = new EventEmitter()
+    let started = 0
+    const run = runUntilSignal(
+      () => {
+        started++
+        return service().handle
+      },
+      { target, drainTimeoutMS: 1_000 } as never,
+    )
+    await expect(run).rejects.toMatchObject({
+      code: 'INVALID_OPTION',
+      option: 'runUntilSignal.drainTimeoutMS',
+    })
+    expect(started).toBe(0)
+    expect(target.listenerCount('SIGTERM')).toBe(0)
+  })
+
   it('refuses unknown, uncatchable and repeated signals before listening for any', async () => {
     const target = new EventEmitter()
     const started: string[] = []
