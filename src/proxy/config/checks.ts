@@ -5,7 +5,9 @@
 // looks only at the parts that have the right shape and leaves the rest to the schema.
 
 import { isIPv6 } from 'node:net'
+import { InvalidOptionError } from '../../core/errors.js'
 import { DEADLINE_HEADER } from '../../policies/deadline.js'
+import { type DatabaseTarget, parseDatabaseUrl } from '../../stores/open.js'
 import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
 import { matchesPrefix, trimPrefix } from '../inbound/routes.js'
 import { limitsDefaults as limitDefaults } from './schema.js'
@@ -336,7 +338,15 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
 
   const workers = typeof doc.workers === 'number' ? doc.workers : 1
   const store = isObj(doc.idempotency) ? doc.idempotency.url : undefined
-  if (routeIdempotency && workers > 1 && (store === undefined || store === 'memory'))
+  // The store opens the URL only at start (openProxyIdempotency): one it refuses is refused
+  // here, so that `--check` finds it, and what it names decides whether workers share it.
+  // An empty URL is the schema's to report.
+  const url = typeof store === 'string' && store !== '' ? storeUrl(store) : undefined
+  const perProcess =
+    store === undefined ||
+    url?.target === 'memory' ||
+    (url?.target?.dialect === 'sqlite' && url.target.filename === ':memory:')
+  if (routeIdempotency && workers > 1 && perProcess)
     add(
       ['idempotency', 'url'],
       'a shared store (sqlite:<path> or postgres://...) when workers > 1 and a route enforces Idempotency-Key',
@@ -345,17 +355,33 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
   // node-postgres also takes `password` (and the key's `sslpassword`) from the query string.
   if (
     typeof store === 'string' &&
-    (/^postgres(ql)?:\/\/[^/@]*:[^/@]*@/.test(store) ||
-      (/^postgres(ql)?:\/\//.test(store) && /[?&](ssl)?password=/i.test(store)))
+    (/^postgres(ql)?:\/\/[^/@]*:[^/@]*@/i.test(store) ||
+      (/^postgres(ql)?:\/\//i.test(store) && /[?&](ssl)?password=/i.test(store)))
   )
     add(
       ['idempotency', 'url'],
       'a URL without a password (secrets are never written inline: set PGPASSWORD or use ~/.pgpass)',
       store,
     )
-  if (typeof store === 'string' && !/^(memory$|sqlite:|postgres(ql)?:\/\/)/.test(store))
-    add(['idempotency', 'url'], '"memory", "sqlite:<path>" or "postgres://..."', store)
+  if (url?.refused !== undefined) add(['idempotency', 'url'], url.refused, store)
   return problems
+}
+
+/** What the idempotency store makes of `url`: what it opens, or why it refuses it. */
+function storeUrl(url: string): { target?: DatabaseTarget | 'memory'; refused?: string } {
+  if (url === 'memory') return { target: 'memory' }
+  try {
+    return { target: parseDatabaseUrl(url) }
+  } catch (error) {
+    if (!(error instanceof InvalidOptionError)) throw error
+    // A URL of neither scheme is told the three forms the proxy takes (the store's own
+    // wording leaves out `memory`); one of them, what is wrong with it.
+    return {
+      refused: /^(sqlite:.|postgres(ql)?:\/\/.)/i.test(url)
+        ? error.expected
+        : '"memory", "sqlite:<path>" or "postgres://..."',
+    }
+  }
 }
 
 /**
