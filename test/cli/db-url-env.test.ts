@@ -220,3 +220,47 @@ describe('a percent-encoded sqlite: file name', () => {
     }
   })
 })
+
+// No shell expands a `~` after `sqlite:` (bash only does after `=` or at a word's start), and
+// none reads an environment file: `sqlite:~/app.db` named ./~/app.db, which `migrate` created
+// (a folder named `~` in the working directory, one `rm -rf ~` away from the home folder), and
+// which the hint of every other command told the operator to create.
+describe('a sqlite: path starting with ~', () => {
+  it.each(labels(commands({})))('%s refuses it as --db, creating nothing', async (label) => {
+    const command = pick(commands({}), label)
+    const { name } = command
+    for (const bad of ['sqlite:~/app.db', 'sqlite://~/app.db', 'sqlite:~']) {
+      const result = await runCaptured(command.entry, [...command.args, '--db', bad])
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain(`breakwater ${name}: --db: expected a sqlite: path`)
+      expect(result.stderr).toContain('~ is not expanded')
+      expect(existsSync(join(folder, '~'))).toBe(false)
+    }
+  })
+
+  it.each(labels(commands({})))('%s refuses it in BREAKWATER_DB_URL', async (label) => {
+    const command = pick(commands({ BREAKWATER_DB_URL: 'sqlite:~/app.db' }), label)
+    const result = await runCaptured(command.entry, command.args)
+    expect(result.code).toBe(2)
+    expect(result.stderr).toContain(
+      `breakwater ${command.name}: BREAKWATER_DB_URL: expected a sqlite: path`,
+    )
+    expect(existsSync(join(folder, '~'))).toBe(false)
+  })
+
+  it('the relay refuses it as --broker', async () => {
+    const command = pick(commands({}), 'relay')
+    const result = await runCaptured(command.entry, ['--broker', 'sqlite:~/queue.db'])
+    expect(result.code).toBe(2)
+    expect(result.stderr).toContain('breakwater relay: --broker: expected a sqlite: path')
+    expect(existsSync(join(folder, '~'))).toBe(false)
+  })
+
+  it.each(labels(oneOff({})))('%s takes a file in a folder named ~ written ./~', async (label) => {
+    const command = pick(oneOff({}), label)
+    const result = await runCaptured(command.entry, [...command.args, '--db', 'sqlite:./~/app.db'])
+    // Not refused as a URL: the file is not there (migrate, which creates it, is not run here
+    // with that URL, so nothing named ~ is left behind).
+    expect(result.stderr).not.toContain('~ is not expanded')
+  })
+})
