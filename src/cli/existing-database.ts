@@ -6,6 +6,7 @@
 // another program's database is left byte for byte as it was.
 
 import { existsSync, statSync } from 'node:fs'
+import { basename, dirname, resolve } from 'node:path'
 import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
@@ -103,6 +104,13 @@ async function checkBreakwaterFile(filename: string, migrate: string): Promise<v
       db.close()
     }
   } catch (error) {
+    // SQLite creates <file>-shm beside a WAL database even to read it: a folder this user may
+    // not write refuses a database that is fine, with SQLite's "attempt to write a readonly
+    // database", which must not read as a damaged file.
+    if ((error as { code?: unknown }).code === 'SQLITE_READONLY_DIRECTORY')
+      throw new Error(
+        `its folder ${dirname(resolve(filename))} is not writable by this user, and SQLite creates ${basename(filename)}-shm and ${basename(filename)}-wal there even to read a WAL database`,
+      )
     throw new Error(`not a readable SQLite database (${(error as Error).message})`)
   }
   if (found === undefined)
