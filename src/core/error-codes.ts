@@ -41,6 +41,8 @@ export const errorCodes = {
     'An applied migration has a different name than the migration with the same capability and version in code.',
   SCHEMA_TOO_NEW:
     'The database records a migration of a capability newer than any this breakwater knows (a newer release migrated it); the capability refuses to migrate or start, changing nothing.',
+  STORED_DATA_INVALID:
+    "A row read back from breakwater's tables does not hold what breakwater writes there (text that is not JSON, JSON of the wrong shape): a manual edit, another writer's bug or a restored backup. The error names the table, the row and the column; the row is left as it is.",
   BROKER_UNAVAILABLE:
     'A message broker could not be reached or did not confirm a publish; retryable.',
   BROKER_UNROUTABLE:

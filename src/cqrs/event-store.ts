@@ -9,6 +9,7 @@ import {
   checkObject,
   optionKeys,
 } from '../core/validate.js'
+import { parseStoredJson, StoredDataError } from '../stores/errors.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import {
   AppendBatcher,
@@ -329,8 +330,8 @@ export interface FollowerPage {
   readonly read: number
   /** The position of the last row consumed; undefined when none was. */
   readonly position: number | undefined
-  /** Why the row after the consumed ones could not be upcast. */
-  readonly failure: UpcastError | undefined
+  /** Why the row after the consumed ones could not be upcast (or read at all). */
+  readonly failure: UpcastError | StoredDataError | undefined
 }
 
 interface PendingAppend<E extends EventShape> {
@@ -838,7 +839,7 @@ export class EventStoreImpl implements EventStore {
    */
   async readAllUntilFailure(
     options: ReadAllOptions,
-  ): Promise<{ events: RecordedEvent[]; failure: UpcastError | undefined }> {
+  ): Promise<{ events: RecordedEvent[]; failure: UpcastError | StoredDataError | undefined }> {
     const { events, failure } = await this.readAllOfTypes(options, everyType)
     return { events, failure }
   }
@@ -866,7 +867,7 @@ export class EventStoreImpl implements EventStore {
         try {
           events.push(this.toRecorded(row))
         } catch (error) {
-          if (!(error instanceof UpcastError)) throw error
+          if (!(error instanceof UpcastError || error instanceof StoredDataError)) throw error
           return { events, read, position, failure: error }
         }
       }
@@ -896,8 +897,8 @@ export class EventStoreImpl implements EventStore {
     const metadata =
       row.metadata === null
         ? emptyMetadata
-        : (JSON.parse(row.metadata) as Readonly<Record<string, unknown>>)
-    let data: unknown = JSON.parse(row.data)
+        : (eventJson(row, 'metadata') as Readonly<Record<string, unknown>>)
+    let data: unknown = eventJson(row, 'data')
     let schemaVersion = Number(row.schema_version)
     if (!this.upcasters.empty) {
       ;[data, schemaVersion] = this.upcasters.upcast(row.type, schemaVersion, data, metadata, {
@@ -1060,6 +1061,24 @@ export class EventStoreImpl implements EventStore {
       handler as (event: RecordedEvent) => Promise<void> | void,
       options,
     )
+  }
+}
+
+/**
+ * An event's JSON column, parsed. Text that is not JSON (a row changed outside breakwater)
+ * fails with StoredDataError naming the event, which followers stop right before, as for an
+ * UpcastError; a bare SyntaxError named nothing and failed the follower's whole page.
+ */
+function eventJson(row: EventRow, column: 'data' | 'metadata'): unknown {
+  try {
+    return JSON.parse(row[column] as string) as unknown
+  } catch {
+    // Parsed again only to word the error: the common path allocates nothing more.
+    return parseStoredJson(row[column], {
+      table: 'breakwater_events',
+      row: `event ${JSON.stringify(row.event_id)} (stream ${JSON.stringify(row.stream_id)}, position ${Number(row.position)})`,
+      column,
+    })
   }
 }
 

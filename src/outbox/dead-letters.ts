@@ -24,6 +24,11 @@ export interface DeadEvent {
   readonly topic: string
   /** The payload as stored (JSON text). */
   readonly payload: string
+  /**
+   * The headers as stored; `{}` when the stored text is not a JSON object (a row changed
+   * outside breakwater, which is how it came to be dead: `lastError` names what is wrong),
+   * so that one such row does not fail the whole listing. The row itself is left as it is.
+   */
   readonly headers: Readonly<Record<string, string>>
   /** Failed attempts charged to it. */
   readonly attempts: number
@@ -94,12 +99,23 @@ export async function listDead(
     type: row.event_type,
     topic: row.topic,
     payload: row.payload,
-    headers: JSON.parse(row.headers) as Record<string, string>,
+    headers: listedHeaders(row.headers),
     attempts: Number(row.attempts),
     lastError: row.last_error,
     createdAt: Number(row.created_at),
     deadAt: Number(row.dead_at),
   }))
+}
+
+function listedHeaders(text: string): Record<string, string> {
+  try {
+    const headers = JSON.parse(text) as unknown
+    if (typeof headers === 'object' && headers !== null && !Array.isArray(headers))
+      return headers as Record<string, string>
+  } catch {
+    // Not JSON: the relay dead-lettered the row for it, and its lastError says so.
+  }
+  return {}
 }
 
 /**

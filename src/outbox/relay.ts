@@ -37,7 +37,7 @@ import { randomUUID } from 'node:crypto'
 import type { OutgoingMessage, Publisher } from '../brokers/types.js'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { detached } from '../core/detached.js'
-import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { BreakwaterError, describeValue, InvalidOptionError } from '../core/errors.js'
 import { checkStoredKey } from '../core/text.js'
 import {
   checkClock,
@@ -66,6 +66,7 @@ import { classifyFailure } from '../policies/classify.js'
 import { withDeadline } from '../policies/deadline.js'
 import { BrokenCircuitError, TimeoutError } from '../policies/errors.js'
 import { diagnosticsChannel, EventSource } from '../policies/events.js'
+import { parseStoredJson, StoredDataError } from '../stores/errors.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import type { RelayFaultPoint, RelayFaults } from './faults.js'
 import { type LeaseChange, PartitionLeases, RelayIdInUseError } from './leases.js'
@@ -402,7 +403,7 @@ const retentionOptions = optionKeys<RelayRetentionOptions>({
  */
 function isMessageFault(error: unknown): boolean {
   if (BreakwaterError.is(error)) {
-    if (error.code === 'BROKER_REJECTED') return true
+    if (error.code === 'BROKER_REJECTED' || error.code === 'STORED_DATA_INVALID') return true
     if (error.code === 'ABORTED' || error.code === 'BROKER_MISCONFIGURED') return false
   }
   return classifyFailure(error) === 'permanent'
@@ -1445,7 +1446,7 @@ function oldest(rows: readonly OutboxRow[]): number {
 }
 
 function toMessage(row: OutboxRow): OutgoingMessage {
-  const headers = JSON.parse(row.headers) as Record<string, string>
+  const headers = storedHeaders(row)
   headers[EVENT_TYPE_HEADER] = row.event_type
   headers[AGGREGATE_TYPE_HEADER] = row.aggregate_type
   return {
@@ -1455,6 +1456,31 @@ function toMessage(row: OutboxRow): OutgoingMessage {
     payload: row.payload,
     headers,
   }
+}
+
+/**
+ * The row's headers, as `enqueue` stores them (a JSON object of strings). A row changed behind
+ * breakwater's back fails with {@link StoredDataError} naming it: a message fault, so the event
+ * is charged and dead-lettered like any other poison event. A bare SyntaxError or TypeError
+ * was an unclear failure, retried for ever without naming the row.
+ */
+function storedHeaders(row: OutboxRow): Record<string, string> {
+  const where = {
+    table: 'breakwater_outbox',
+    row: `row ${Number(row.id)} (event ${JSON.stringify(row.event_id)})`,
+    column: 'headers',
+  }
+  const headers = parseStoredJson(row.headers, where)
+  if (typeof headers !== 'object' || headers === null || Array.isArray(headers))
+    throw new StoredDataError(where, `is not a JSON object: ${describeValue(headers)}`)
+  for (const [name, value] of Object.entries(headers)) {
+    if (typeof value !== 'string')
+      throw new StoredDataError(
+        where,
+        `holds ${JSON.stringify(name)}: ${describeValue(value)}, not a string`,
+      )
+  }
+  return headers as Record<string, string>
 }
 
 /**

@@ -48,7 +48,10 @@ export type SagaEventType =
    * `running` for ever. Reported at most once per interval per definition.
    */
   | 'definition-missing'
-  /** The database failed a claim, renewal or state write (`error`); the worker carries on. */
+  /**
+   * The database failed a claim, renewal or state write, or a claimed instance's stored state
+   * cannot be read (`sagaId`, `STORED_DATA_INVALID`: it is left as it is); the worker carries on.
+   */
   | 'error'
 
 /**

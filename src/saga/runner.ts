@@ -23,6 +23,7 @@ import {
   type SagaRow,
   type SagaStatus,
   type StepState,
+  storedState,
 } from './state.js'
 import {
   type BatchOutcome,
@@ -107,10 +108,11 @@ export class InstanceRun {
     this.id = row.id
     this.token = Number(row.lease_token)
     this.leaseExpiresAt = Number(row.lease_expires_at)
-    this.#input = JSON.parse(row.input)
+    const { input, context, steps } = storedState(row)
+    this.#input = input
     this.#status = row.status as SagaStatus
-    this.#context = Object.freeze(JSON.parse(row.context) as Record<string, unknown>)
-    this.#steps = JSON.parse(row.steps) as StepState[]
+    this.#context = Object.freeze(context)
+    this.#steps = steps
     this.#stepIndex = Number(row.step_index)
     this.#attempt = Number(row.attempt)
     this.#reason = row.reason

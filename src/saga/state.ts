@@ -1,5 +1,6 @@
-import { BreakwaterError } from '../core/errors.js'
+import { BreakwaterError, describeValue } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
+import { parseStoredJson, StoredDataError } from '../stores/errors.js'
 
 /**
  * Where a saga instance is:
@@ -176,16 +177,42 @@ export interface SagaRow {
   finished_at: number | null
 }
 
+/**
+ * The JSON columns of an instance row, parsed. A row changed outside breakwater (text that is
+ * not JSON, steps that are not a list, a context that is not an object) fails with
+ * StoredDataError naming the saga and the column; a bare SyntaxError named neither.
+ */
+export function storedState(row: SagaRow): {
+  input: unknown
+  context: Record<string, unknown>
+  steps: StepState[]
+} {
+  const where = (column: string) => ({
+    table: 'breakwater_sagas',
+    row: `saga ${JSON.stringify(row.id)}`,
+    column,
+  })
+  const input = parseStoredJson(row.input, where('input'))
+  const context = parseStoredJson(row.context, where('context'))
+  if (typeof context !== 'object' || context === null || Array.isArray(context))
+    throw new StoredDataError(where('context'), `is not a JSON object: ${describeValue(context)}`)
+  const steps = parseStoredJson(row.steps, where('steps'))
+  if (!Array.isArray(steps))
+    throw new StoredDataError(where('steps'), `is not a JSON list: ${describeValue(steps)}`)
+  return { input, context: context as Record<string, unknown>, steps: steps as StepState[] }
+}
+
 /** Turns a row into an instance. */
 export function instanceFromRow(row: SagaRow): SagaInstance {
+  const { input, context, steps } = storedState(row)
   return {
     id: row.id,
     name: row.name,
     version: Number(row.version),
     status: row.status as SagaStatus,
-    input: JSON.parse(row.input) as unknown,
-    context: JSON.parse(row.context) as Record<string, unknown>,
-    steps: JSON.parse(row.steps) as StepState[],
+    input,
+    context,
+    steps,
     stepIndex: Number(row.step_index),
     attempt: Number(row.attempt),
     nextRunAt: Number(row.next_run_at),

@@ -564,7 +564,16 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       const saga = this.#sagas.get(row.definition)
       // The claim selects only registered definitions; this guards a hand-edited row.
       if (saga === undefined) continue
-      const run = new InstanceRun(this, saga, row)
+      let run: InstanceRun
+      try {
+        run = new InstanceRun(this, saga, row)
+      } catch (error) {
+        // Its stored state cannot be read (StoredDataError, naming it): reported, and the
+        // others claimed with it still run; thrown, it failed the whole claim, and every claim
+        // after it took it again. It is left as it is and tried again when its lease expires.
+        this.#error(error, row.id)
+        continue
+      }
       this.#inHand.set(run.id, run)
       runs.push(run)
     }
@@ -755,9 +764,13 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     }
   }
 
-  #error(error: unknown): void {
+  #error(error: unknown, sagaId?: string): void {
     this.#metrics.errors++
-    this.emit({ type: 'error', error: errorInfo(error) })
+    this.emit({
+      type: 'error',
+      ...(sagaId === undefined ? {} : { sagaId }),
+      error: errorInfo(error),
+    })
   }
 }
 

@@ -102,6 +102,60 @@ export class SchemaTooNewError extends BreakwaterError {
   }
 }
 
+/**
+ * A row read back from one of breakwater's tables does not hold what breakwater writes there:
+ * a JSON column whose text is not JSON, or JSON of the wrong shape (headers that are not an
+ * object of strings, saga steps that are not a list). Only a change made behind breakwater's
+ * back does that (a manual edit, another writer's bug, a restored backup). The reader reports
+ * it naming the table, the row and the column, and changes nothing in the row; each reader
+ * says what it does with it (the relay dead-letters the event, a projector stops right before
+ * it, a saga worker leaves the instance and runs the others).
+ */
+export class StoredDataError extends BreakwaterError {
+  /** The table, e.g. `breakwater_outbox`. */
+  readonly table: string
+  /** The row, as the message names it (`row 12 (event "e-1")`, `saga "s-1"`). */
+  readonly row: string
+  /** The column that holds what cannot be read, e.g. `headers`. */
+  readonly column: string
+
+  /**
+   * @param where Which table, row and column.
+   * @param problem What is wrong with the value (`is not JSON: ...`).
+   */
+  constructor(
+    where: { readonly table: string; readonly row: string; readonly column: string },
+    problem: string,
+    cause?: unknown,
+  ) {
+    super(
+      'STORED_DATA_INVALID',
+      `${where.table} ${where.row}: ${where.column} ${problem}; the row was changed outside breakwater and is left as it is`,
+      cause === undefined ? {} : { cause },
+    )
+    this.table = where.table
+    this.row = where.row
+    this.column = where.column
+  }
+}
+
+/**
+ * Parses a JSON column of a stored row, throwing {@link StoredDataError} naming the row when
+ * its text is not JSON (a bare `SyntaxError` names nothing).
+ */
+export function parseStoredJson(
+  text: unknown,
+  where: { readonly table: string; readonly row: string; readonly column: string },
+): unknown {
+  if (typeof text !== 'string') throw new StoredDataError(where, `is not text (${typeof text})`)
+  try {
+    return JSON.parse(text) as unknown
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error)
+    throw new StoredDataError(where, `is not JSON (${reason})`, error)
+  }
+}
+
 /** What kind of database failure an error is, across both dialects. */
 export type SqlErrorKind =
   /** A UNIQUE or PRIMARY KEY constraint rejected the row. */

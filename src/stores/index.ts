@@ -8,6 +8,7 @@ export {
   SchemaTooNewError,
   StoreBusyError,
   StoreClosedError,
+  StoredDataError,
   sqlErrorKind,
   TransactionMisuseError,
 } from './errors.js'
