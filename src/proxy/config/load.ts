@@ -1,5 +1,15 @@
 import { readFile } from 'node:fs/promises'
-import { isMap, isScalar, LineCounter, type Node, parseDocument } from 'yaml'
+import {
+  type Document,
+  isMap,
+  isPair,
+  isScalar,
+  isSeq,
+  LineCounter,
+  type Node,
+  parseDocument,
+  visit,
+} from 'yaml'
 import type { z } from 'zod'
 import { isSecretKey, redactSecrets } from '../../observability/redact.js'
 import type { ProxyConfig } from '../contracts.js'
@@ -95,6 +105,8 @@ export function validateProxyDocument(
       }),
     )
   }
+  const unread = unreadValues(doc, yamlText, lineCounter)
+  if (unread.length > 0) throw new ConfigInvalidError(sourceName, unread)
   let raw: unknown
   try {
     // A low alias budget stops "billion laughs" documents.
@@ -221,6 +233,72 @@ export function validateProxyDocument(
     )
   }
   return (result as { data: ProxyConfigDocument }).data
+}
+
+/**
+ * Values the document does not hold as written, which the loader would otherwise take without
+ * a word: one under a tag that did not resolve (yaml drops the tag and keeps the text, so
+ * `!env ORDERS_HOST`, as other tools substitute variables, became the literal name), and text
+ * that was not UTF-8 (read as U+FFFD, so a Latin-1 `données.db` named another file). Comments
+ * are not values: bytes there change nothing.
+ */
+function unreadValues(doc: Document, yamlText: string, lineCounter: LineCounter): ConfigProblem[] {
+  const problems: ConfigProblem[] = []
+  const at = (
+    ancestors: readonly unknown[],
+    node: Node,
+    message: string,
+    offset = node.range?.[0] ?? 0,
+  ): void => {
+    const pos = lineCounter.linePos(offset)
+    problems.push({
+      path: formatPath(pathOf(ancestors, node)),
+      message,
+      line: pos.line,
+      column: pos.col,
+    })
+  }
+  const unresolved = doc.warnings.filter((warning) => warning.code === 'TAG_RESOLVE_FAILED')
+  visit(doc, {
+    Node(_, node, ancestors) {
+      const start = node.range?.[0]
+      // The tag is written just before the value it stands on (blanks between).
+      const tag = unresolved.find(
+        (warning) =>
+          start !== undefined &&
+          start >= warning.pos[1] &&
+          yamlText.slice(warning.pos[1], start).trim() === '',
+      )
+      if (tag !== undefined)
+        at(
+          ancestors,
+          node,
+          `expected a value without a YAML tag (the config resolves none: a secret is read with { env: NAME } or { file: path }), got the tag ${yamlText.slice(tag.pos[0], tag.pos[1])}`,
+          tag.pos[0],
+        )
+      else if (isScalar(node) && typeof node.source === 'string' && node.source.includes('\uFFFD'))
+        at(
+          ancestors,
+          node,
+          'expected UTF-8 text, got bytes that are not UTF-8 (save the file as UTF-8)',
+        )
+    },
+  })
+  return problems
+}
+
+/** The config path of `node`, from the ancestors `visit` gives (a tagged key names its map). */
+function pathOf(ancestors: readonly unknown[], node: unknown): (string | number)[] {
+  const chain = [...ancestors, node]
+  const path: (string | number)[] = []
+  for (let i = 0; i + 1 < chain.length; i++) {
+    const parent = chain[i]
+    const child = chain[i + 1]
+    if (isSeq(parent)) path.push(parent.items.indexOf(child as never))
+    else if (isPair(parent) && child === parent.value)
+      path.push(isScalar(parent.key) ? String(parent.key.value) : String(parent.key))
+  }
+  return path
 }
 
 function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {

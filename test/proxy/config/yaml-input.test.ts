@@ -1,0 +1,106 @@
+// What the YAML layer did not read as written was taken without a word: a tag the loader does
+// not know (`!env ORDERS_HOST`, as other tools substitute environment variables) was dropped and
+// the text after it used as the value, so the service resolved the literal name ORDERS_HOST;
+// and bytes that are not UTF-8 (a file saved as Latin-1) were read as U+FFFD, so
+// `sqlite:./données.db` opened a new database under another name.
+
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { loadProxyConfig, parseProxyConfig } from '../../../src/proxy/config/index.js'
+import { problemsOf } from './problems.js'
+
+const listeners = 'listeners: [{ name: out, role: ambassador, port: 15001 }]\n'
+
+describe('YAML tags', () => {
+  it('refuses a tag the loader does not resolve, naming the setting and the tag', () => {
+    const message = problemsOf(`services:
+  orders:
+    discovery: { dns: { name: !env ORDERS_HOST, port: 8080 } }
+${listeners}`)
+    expect(message).toContain('(1 problem)')
+    expect(message).toContain(
+      'services.orders.discovery.dns.name: expected a value without a YAML tag',
+    )
+    expect(message).toContain('got the tag !env (line 3, column 31)')
+  })
+
+  it.each([
+    ['a tag on a mapping', '    retry: !!str { attempts: 3 }\n', 'services.app.retry', '!!str'],
+    [
+      'a list item',
+      '    endpoints: [!url http://127.0.0.1:3000]\n',
+      'services.app.endpoints[0]',
+      '!url',
+    ],
+    [
+      'a core tag that does not fit',
+      '    rewriteHost: !!bool "no"\n',
+      'services.app.rewriteHost',
+      '!!bool',
+    ],
+  ])('refuses %s', (_, line, path, tag) => {
+    const yaml = `services:\n  app:\n${line.includes('endpoints') ? '' : '    endpoints: [http://127.0.0.1:3000]\n'}${line}${listeners}`
+    const message = problemsOf(yaml)
+    expect(message).toContain('(1 problem)')
+    expect(message).toContain(`${path}: expected a value without a YAML tag`)
+    expect(message).toContain(`got the tag ${tag}`)
+  })
+
+  it('takes a tag the loader resolves', () => {
+    const config = parseProxyConfig(
+      `services:\n  app: { endpoints: [!!str http://127.0.0.1:3000] }\n${listeners}drainTimeoutMs: !!int 5\n`,
+      'test.yaml',
+    )
+    expect(config.drainTimeoutMs).toBe(5)
+  })
+})
+
+describe('a file that is not UTF-8', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'bw-config-utf8-'))
+  const write = (name: string, ...parts: (string | number[])[]): string => {
+    const file = join(dir, name)
+    writeFileSync(
+      file,
+      Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p) : Buffer.from(p)))),
+    )
+    return file
+  }
+
+  it('is refused naming the setting whose text is not UTF-8', async () => {
+    // "données" in Latin-1: é is the single byte 0xe9.
+    const file = write(
+      'latin1.yaml',
+      `services:\n  app: { endpoints: [http://127.0.0.1:3000] }\n${listeners}idempotency: { url: "sqlite:./donn`,
+      [0xe9],
+      'es.db" }\n',
+    )
+    const error = loadProxyConfig(file)
+    await expect(error).rejects.toThrow('(1 problem)')
+    await expect(error).rejects.toThrow(
+      'idempotency.url: expected UTF-8 text, got bytes that are not UTF-8 (save the file as UTF-8) (line 4, column 21)',
+    )
+  })
+
+  it('is refused when it is UTF-16', async () => {
+    const file = write(
+      'utf16.yaml',
+      [0xff, 0xfe],
+      [...Buffer.from(`services: {}\n${listeners}`, 'utf16le')],
+    )
+    await expect(loadProxyConfig(file)).rejects.toThrow(
+      '(root): expected UTF-8 text, got bytes that are not UTF-8 (save the file as UTF-8)',
+    )
+  })
+
+  it('is read when only a comment is not UTF-8', async () => {
+    const file = write(
+      'comment.yaml',
+      `# caf`,
+      [0xe9],
+      `\nservices:\n  app: { endpoints: [http://127.0.0.1:3000] }\n${listeners}`,
+    )
+    expect((await loadProxyConfig(file)).listeners[0]?.name).toBe('out')
+  })
+})
