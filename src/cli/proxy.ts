@@ -83,7 +83,13 @@ function parseArgs(args: readonly string[]): ProxyArgs | 'help' {
     const [flag, inline] = arg.startsWith('--') && arg.includes('=') ? arg.split(/=(.*)/s) : [arg]
     const value = (): string => {
       const v = inline ?? args[++i]
-      if (v === undefined || v === '' || (inline === undefined && v.startsWith('-')))
+      // A flag where the value should be (`--config --check`, `--config -c`), not any word
+      // starting with `-`: `--workers -1` is a value out of range, and is told as such.
+      if (
+        v === undefined ||
+        v === '' ||
+        (inline === undefined && (v.startsWith('--') || v === '-c'))
+      )
         throw new UsageError(`${flag} needs a value`)
       return v
     }
