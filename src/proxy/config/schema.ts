@@ -190,8 +190,20 @@ function isPort(text: string | undefined): boolean {
   return text === undefined || (Number(text) >= 1 && Number(text) <= 65_535)
 }
 
+// The name the resolver looks up: labels of letters, digits, "-" and "_" (SRV names start with
+// `_service._proto`), at most 63 characters each and 253 in all. Anything else (a URL, a port,
+// a space, `${HOST}` from a file written for a tool that substitutes variables) passed
+// `--check`, and then every lookup failed and every request to the service was refused.
+const dnsNameText =
+  'a host name to resolve (labels of letters, digits, "-" or "_", up to 63 characters each; no scheme or port)'
+const dnsName = z
+  .string({ error: dnsNameText })
+  .regex(/^(?=.{1,253}\.?$)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?$/, {
+    error: dnsNameText,
+  })
+
 const dnsDiscoverySchema = z.strictObject({
-  name: text('host name'),
+  name: dnsName,
   recordType: z.enum(['A', 'AAAA', 'SRV']).default('A'),
   port: int(1, 65_535).optional(),
   scheme: z.enum(['http', 'https']).default('http'),
