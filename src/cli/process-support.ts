@@ -98,9 +98,8 @@ export function databaseUrl(
  * is a database URL; the message never shows its password.
  */
 export function checkDatabaseUrl(value: string, source: string): void {
-  let target: ReturnType<typeof parseDatabaseUrl>
   try {
-    target = parseDatabaseUrl(value)
+    parseDatabaseUrl(value)
   } catch {
     // A postgres:// URL that does not parse (a bad port, an unencoded `[`) is told as such:
     // the list of forms would not say what is wrong with it; so is one with a query parameter
@@ -111,12 +110,6 @@ export function checkDatabaseUrl(value: string, source: string): void {
       : (sqliteUrlDefect(value) ?? acceptedDatabaseUrls)
     throw new UsageError(`${source}: expected ${wanted}, got "${redactSecrets(value)}"`)
   }
-  // No shell expands a `~` after `sqlite:`, and none reads an environment file: the file would
-  // be ./~/..., and `migrate` would create a folder named `~` where the command runs.
-  if (target.dialect === 'sqlite' && /^~([/\\]|$)/.test(target.filename))
-    throw new UsageError(
-      `${source}: expected a sqlite: path that does not start with ~ (~ is not expanded here: write the whole path, or ./~ for a folder named ~), got "${redactSecrets(value)}"`,
-    )
 }
 
 function postgresWanted(url: string): string {

@@ -60,7 +60,9 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
  * before (a SQLite URL takes no query: encode it as `%3F`); a raw space is taken, as before;
  * `+` and `#` are taken as they are (`+` is no space outside form data, and a URL to a
  * file has no use for a fragment). `sqlite:%3Amemory%3A` decodes to `:memory:` and so is the
- * in-memory database, like `sqlite::memory:`.
+ * in-memory database, like `sqlite::memory:`. A path that starts with `~` (`sqlite:~/app.db`) is
+ * refused: nothing expands it here, so it would name a folder called `~` in the working
+ * directory; write the whole path, or `./~` for a folder really named `~`.
  */
 export function parseDatabaseUrl(url: string): DatabaseTarget {
   if (typeof url !== 'string') throw new InvalidOptionError('url', expected, url)
@@ -82,6 +84,8 @@ export function parseDatabaseUrl(url: string): DatabaseTarget {
 
 const validEscapes =
   'a sqlite: URL whose percent-escapes are valid UTF-8 and not %00 (write a % in a file name as %25)'
+const noHomeFolder =
+  'a sqlite: path that does not start with ~ (~ is not expanded here: write the whole path, or ./~ for a folder named ~)'
 const noControlCharacters =
   'a sqlite: URL without raw control characters (a line ending pasted with it?); percent-encode one that belongs in the file name'
 
@@ -92,12 +96,19 @@ const noControlCharacters =
 function sqlitePathDefect(encoded: string): string | undefined {
   // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
   if (/[\x00-\x1f\x7f]/.test(encoded)) return noControlCharacters
+  let decoded: string
   try {
-    if (!decodeURIComponent(encoded).includes('\0')) return undefined
+    decoded = decodeURIComponent(encoded)
   } catch {
     // URIError: a `%` without two hex digits after it, or escapes that are not UTF-8.
+    return validEscapes
   }
-  return validEscapes
+  if (decoded.includes('\0')) return validEscapes
+  // Nothing expands a `~` after `sqlite:` (no shell does there, no environment file does, nor
+  // does SQLite): the file would be ./~/..., and a migration would create a folder named `~`
+  // where the process runs, one `rm -rf ~` away from the home folder.
+  if (/^~([/\\]|$)/.test(decoded)) return noHomeFolder
+  return undefined
 }
 
 /**

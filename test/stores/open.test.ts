@@ -7,6 +7,18 @@ import { redactUrl } from '../../src/stores/redact.js'
 import { createTestDatabase } from '../support/postgres.js'
 import { createTestSqlite } from '../support/sqlite.js'
 
+/** The `InvalidOptionError` parseDatabaseUrl throws for `url`; fails the test if it throws none. */
+function urlRefusal(url: string): InvalidOptionError {
+  let error: unknown
+  try {
+    parseDatabaseUrl(url)
+  } catch (e) {
+    error = e
+  }
+  expect(error).toBeInstanceOf(InvalidOptionError)
+  return error as InvalidOptionError
+}
+
 describe('parseDatabaseUrl', () => {
   it.each([
     ['sqlite:./data/app.db', { dialect: 'sqlite', filename: './data/app.db' }],
@@ -57,14 +69,7 @@ describe('parseDatabaseUrl', () => {
     'sqlite:./nul%00.db',
     'sqlite:./half%C3.db',
   ])('rejects %j, a malformed or NUL percent-escape, naming the URL', (url) => {
-    let error: unknown
-    try {
-      parseDatabaseUrl(url)
-    } catch (e) {
-      error = e
-    }
-    expect(error).toBeInstanceOf(InvalidOptionError)
-    const invalid = error as InvalidOptionError
+    const invalid = urlRefusal(url)
     expect(invalid.code).toBe('INVALID_OPTION')
     expect(invalid.option).toBe('url')
     expect(invalid.value).toBe(url)
@@ -78,17 +83,32 @@ describe('parseDatabaseUrl', () => {
   it.each(['sqlite:./app.db\r', 'sqlite:./app.db\n', 'sqlite:./app\tdb', 'sqlite:./app.db\x7f'])(
     'rejects %j, a raw control character, naming the URL',
     (url) => {
-      let error: unknown
-      try {
-        parseDatabaseUrl(url)
-      } catch (e) {
-        error = e
-      }
-      expect(error).toBeInstanceOf(InvalidOptionError)
-      expect((error as InvalidOptionError).option).toBe('url')
-      expect((error as InvalidOptionError).message).toMatch(/control character/)
+      const error = urlRefusal(url)
+      expect(error.option).toBe('url')
+      expect(error.message).toMatch(/control character/)
     },
   )
+
+  // Nothing expands a `~` after `sqlite:` (no shell, no environment file, not SQLite): it named
+  // ./~/app.db, and a migration created a folder called `~` in the working directory.
+  it.each([
+    'sqlite:~/app.db',
+    'sqlite://~/app.db',
+    'sqlite:~',
+    'sqlite:%7E/app.db',
+    'sqlite:~\\app.db',
+  ])('rejects %j, a path starting with ~, naming the URL', (url) => {
+    const error = urlRefusal(url)
+    expect(error.option).toBe('url')
+    expect(error.message).toMatch(/~ is not expanded/)
+  })
+
+  it.each([
+    ['sqlite:./~/app.db', './~/app.db'],
+    ['sqlite:~app.db', '~app.db'],
+  ])('takes %j: a folder or file that merely starts with ~', (url, filename) => {
+    expect(parseDatabaseUrl(url)).toEqual({ dialect: 'sqlite', filename })
+  })
 
   it('takes a control character that is percent-encoded', () => {
     expect(parseDatabaseUrl('sqlite:./odd%0Aname.db')).toEqual({
@@ -140,14 +160,7 @@ describe('parseDatabaseUrl', () => {
     ['./app.db', './app.db'],
     ['', ''],
   ])('rejects %j naming the URL without its password', (url, shown) => {
-    let error: unknown
-    try {
-      parseDatabaseUrl(url)
-    } catch (e) {
-      error = e
-    }
-    expect(error).toBeInstanceOf(InvalidOptionError)
-    const invalid = error as InvalidOptionError
+    const invalid = urlRefusal(url)
     expect(invalid.option).toBe('url')
     expect(invalid.value).toBe(shown)
     expect(invalid.message).toContain(JSON.stringify(shown))
@@ -261,7 +274,7 @@ describe('openDatabase', () => {
   ])('refuses the options %j naming %s', async (options, option) => {
     const error = await openDatabase('sqlite::memory:', options as never).catch((e) => e)
     expect(error).toBeInstanceOf(InvalidOptionError)
-    expect((error as InvalidOptionError).option).toBe(option)
+    expect(error.option).toBe(option)
   })
 
   it('takes either driver settings, or none', async () => {

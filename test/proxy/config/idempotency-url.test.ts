@@ -23,6 +23,7 @@ describe('idempotency.url', () => {
     ['sqlite:', '"memory", "sqlite:<path>" or "postgres://..."'],
     ['sqlite:x.db?mode=ro', 'a database URL: sqlite:<file>, sqlite::memory: or postgres://...'],
     ['sqlite:100%.db', 'percent-escapes are valid UTF-8'],
+    ['sqlite:~/proxy.db', '~ is not expanded here'],
     ['postgres://', '"memory", "sqlite:<path>" or "postgres://..."'],
     ['postgres://db.internal/proxy?ssl_mode=require', 'it would ignore "ssl_mode"'],
     ['postgresql://db.internal:99999/proxy', 'a valid postgres:// URL'],
