@@ -1,4 +1,5 @@
 import { InvalidOptionError } from '../core/errors.js'
+import { parseStoredJson } from '../stores/errors.js'
 import {
   type AppliedMigration,
   runMigrations,
@@ -10,6 +11,7 @@ import {
   type IdempotencyStatements,
   idempotencyMigrations,
   idempotencyStatements,
+  idempotencyTable,
   leaseLostSqlState,
 } from './sql.js'
 import type {
@@ -62,14 +64,14 @@ function toRecord(row: RecordRow): IdempotencyRecord {
     phases:
       row.recovery_data === null
         ? {}
-        : (JSON.parse(row.recovery_data) as Record<string, JsonValue>),
+        : (storedJson(row, 'recovery_data') as Record<string, JsonValue>),
     result: completed
       ? {
           status: row.response_status ?? undefined,
           headers:
             row.response_headers === null
               ? {}
-              : (JSON.parse(row.response_headers) as Record<string, string | string[]>),
+              : (storedJson(row, 'response_headers') as Record<string, string | string[]>),
           body: row.response_body ?? new Uint8Array(0),
         }
       : undefined,
@@ -77,6 +79,19 @@ function toRecord(row: RecordRow): IdempotencyRecord {
     updatedAtMs: Number(row.updated_at),
     expiresAtMs: Number(row.expires_at),
   }
+}
+
+/**
+ * A JSON column of the record, parsed. Text that is not JSON (a row changed outside breakwater)
+ * fails with StoredDataError naming the key and the column, not a bare SyntaxError. The key
+ * only, not the scope: a scope may be derived from a caller's credential.
+ */
+function storedJson(row: RecordRow, column: 'recovery_data' | 'response_headers'): unknown {
+  return parseStoredJson(row[column], {
+    table: idempotencyTable,
+    row: `record of key ${JSON.stringify(row.idem_key)}`,
+    column,
+  })
 }
 
 // Times are stored as whole epoch milliseconds, floored as `storedTime` (src/core/clock.ts) floors
