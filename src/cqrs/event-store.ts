@@ -793,7 +793,7 @@ export class EventStoreImpl implements EventStore {
       // LIMIT 0 would also drop the row the JOIN form adds for the stream itself, reporting an
       // existing stream as never written: read the stream row alone (no events to agree with).
       const info = await executor.query<StreamRow>(this.statements.streamInfo, [stream])
-      const { version, exists, deleted } = streamInfoOf(info[0])
+      const { version, exists, deleted } = streamInfoOf(stream, info[0])
       const truncateBefore = info[0] === undefined ? 1 : Number(info[0].truncate_before)
       return { events: [], version, exists, deleted, truncateBefore }
     }
@@ -949,7 +949,7 @@ export class EventStoreImpl implements EventStore {
     const rows = await (options.tx ?? this.db).query<StreamRow>(this.statements.streamInfo, [
       stream,
     ])
-    return streamInfoOf(rows[0])
+    return streamInfoOf(stream, rows[0])
   }
 
   async setStreamMetadata(
@@ -1009,7 +1009,7 @@ export class EventStoreImpl implements EventStore {
   ): Promise<{ info: StreamInfo; found: boolean }> {
     // FOR UPDATE on PostgreSQL: the check and the write see the same version.
     const rows = await tx.query<StreamRow>(this.statements.streamInfoForUpdate, [stream])
-    const info = streamInfoOf(rows[0])
+    const info = streamInfoOf(stream, rows[0])
     if (!expectationHolds(expected, info.version, info.deleted)) {
       publish('conflict', { stream, expected, actual: info.version })
       throw new WrongExpectedVersionError(stream, expected, info.version, info.deleted)
@@ -1082,7 +1082,7 @@ function eventJson(row: EventRow, column: 'data' | 'metadata'): unknown {
   }
 }
 
-function streamInfoOf(row: StreamRow | undefined): StreamInfo {
+function streamInfoOf(stream: string, row: StreamRow | undefined): StreamInfo {
   if (row === undefined)
     return { version: 0, exists: false, deleted: false, metadata: emptyMetadata }
   const version = Number(row.version)
@@ -1094,7 +1094,12 @@ function streamInfoOf(row: StreamRow | undefined): StreamInfo {
     metadata:
       row.metadata === null
         ? emptyMetadata
-        : (JSON.parse(row.metadata) as Readonly<Record<string, unknown>>),
+        : // Not JSON (a row changed outside breakwater): StoredDataError naming the stream.
+          (parseStoredJson(row.metadata, {
+            table: 'breakwater_streams',
+            row: `stream ${JSON.stringify(stream)}`,
+            column: 'metadata',
+          }) as Readonly<Record<string, unknown>>),
   }
 }
 

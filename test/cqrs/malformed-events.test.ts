@@ -84,4 +84,26 @@ describe('events with malformed stored JSON, on SQLite', () => {
     expect(await projector.catchUp()).toBeGreaterThanOrEqual(events[2]!.position)
     expect(seen).toEqual([{ n: 1 }, { n: 2 }, { n: 3 }])
   })
+
+  it('stream metadata that is not JSON: streamInfo names the stream; its events still read', async () => {
+    const store = createEventStore(t.db)
+    const stream = 'order-stream-metadata'
+    await store.append(stream, [{ type: 'placed', data: { n: 1 } }])
+    await store.setStreamMetadata(stream, { owner: 'billing' })
+    await t.db.execute('UPDATE breakwater_streams SET metadata = $1 WHERE stream_id = $2', [
+      '{bad',
+      stream,
+    ])
+    const error = await store.streamInfo(stream).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(StoredDataError)
+    expect(error).toMatchObject({ table: 'breakwater_streams', column: 'metadata' })
+    expect((error as Error).message).toContain(`stream "${stream}"`)
+    // The events do not depend on it: they read, and the row is left as it was.
+    expect((await store.readStream(stream)).events.map((e) => e.data)).toEqual([{ n: 1 }])
+    const [row] = await t.db.query<{ metadata: string }>(
+      'SELECT metadata FROM breakwater_streams WHERE stream_id = $1',
+      [stream],
+    )
+    expect(row!.metadata).toBe('{bad')
+  })
 })
