@@ -1,4 +1,4 @@
-import { mkdirSync, realpathSync } from 'node:fs'
+import { mkdirSync, realpathSync, type Stats, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
@@ -499,7 +499,7 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
   const cacheSize = checkInteger('statementCacheSize', options.statementCacheSize ?? 500, 1)
 
   const Database = await loadBetterSqlite<BetterSqliteConnection>()
-  if (filename !== ':memory:') mkdirSync(dirname(filename), { recursive: true })
+  if (filename !== ':memory:') prepareFolder(filename)
   const db = new Database(filename)
   let fileKey: string | undefined
   try {
@@ -515,6 +515,42 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
     throw error
   }
   return new SqliteDriver(db, cacheSize, fileLock(fileKey), busyTimeoutMs)
+}
+
+/**
+ * Creates the file's folders, refusing with `INVALID_OPTION` what cannot hold a database file:
+ * a folder given as the file (SQLite says only "unable to open database file") and a file where
+ * a folder goes (mkdir says "EEXIST: file already exists").
+ */
+function prepareFolder(filename: string): void {
+  if (statOf(filename)?.isDirectory()) {
+    throw new InvalidOptionError('filename', 'a file, not a folder', filename)
+  }
+  try {
+    mkdirSync(dirname(filename), { recursive: true })
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code !== 'EEXIST' && code !== 'ENOTDIR') throw error
+    // The nearest existing part of the path is what is not a folder.
+    let part = dirname(filename)
+    while (statOf(part) === undefined && dirname(part) !== part) part = dirname(part)
+    throw new InvalidOptionError(
+      'filename',
+      `a path whose folders are folders (${part} is a file)`,
+      filename,
+    )
+  }
+}
+
+/** What `path` is, or undefined when nothing is there (or a file stands where a folder goes). */
+function statOf(path: string): Stats | undefined {
+  try {
+    return statSync(path)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined
+    throw error
+  }
 }
 
 const wrappedStatements = new WeakMap<object, SqliteStatements>()

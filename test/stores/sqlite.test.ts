@@ -1,4 +1,4 @@
-import { existsSync, symlinkSync } from 'node:fs'
+import { existsSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
@@ -63,6 +63,33 @@ describe('SQLite driver', () => {
       createSqliteDriver({ synchronous: 'off' as 'full', filename: ':memory:' }),
     ).rejects.toThrow(/synchronous: expected one of "normal", "full", got "off"/)
     await expect(createSqliteDriver({ filename: '' })).rejects.toThrow(/filename/)
+  })
+
+  // A path whose folder part is a file said "EEXIST: file already exists, mkdir", and a folder
+  // given as the database said "unable to open database file": neither named what was wrong.
+  it('refuses a folder as the file, and a file as a folder, naming the path', async () => {
+    const own = createTestSqlite('paths')
+    try {
+      const folder = join(own.filename, '..')
+      await expect(createSqliteDriver({ filename: folder })).rejects.toThrow(
+        new InvalidOptionError('filename', 'a file, not a folder', folder),
+      )
+      writeFileSync(own.filename, '')
+      const under = join(own.filename, 'x.db')
+      await expect(createSqliteDriver({ filename: under })).rejects.toThrow(
+        new InvalidOptionError(
+          'filename',
+          `a path whose folders are folders (${own.filename} is a file)`,
+          under,
+        ),
+      )
+      const deeper = join(own.filename, 'a', 'b', 'x.db')
+      await expect(createSqliteDriver({ filename: deeper })).rejects.toThrow(
+        `(${own.filename} is a file)`,
+      )
+    } finally {
+      own.cleanup()
+    }
   })
 
   it('rejects ? placeholders: statements are written with $n', async () => {
