@@ -58,6 +58,14 @@ describe('saga instances with malformed stored state, on SQLite', () => {
       const read = await getSaga(t.db, broken).catch((e: unknown) => e)
       expect(read).toBeInstanceOf(StoredDataError)
       expect(read).toMatchObject({ table: 'breakwater_sagas', column })
+
+      // Held for a minute, not claimed and reported again at every lease (800 ms) until fixed.
+      await clock.advance(59_999)
+      await worker.poll()
+      expect(events.filter((e) => e.type === 'error')).toHaveLength(1)
+      await clock.advance(1)
+      await worker.poll()
+      expect(events.filter((e) => e.type === 'error')).toHaveLength(2)
     } finally {
       await worker.stop()
     }
