@@ -59,12 +59,15 @@ export function checkFunction<T extends (...args: never[]) => unknown>(
   return value as T
 }
 
+/** Whether `value` is an object that is neither null nor an array (as JSON's `{...}` parses). */
+export function isObjectRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
 /** Throws unless `value` is a plain object (or undefined when optional). */
 export function checkObject(option: string, value: unknown): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new InvalidOptionError(option, 'an object', value)
-  }
-  return value as Record<string, unknown>
+  if (!isObjectRecord(value)) throw new InvalidOptionError(option, 'an object', value)
+  return value
 }
 
 /** Every key of every member of a union (`keyof` of a union is only the keys they share). */

@@ -1070,16 +1070,11 @@ export class EventStoreImpl implements EventStore {
  * UpcastError; a bare SyntaxError named nothing and failed the follower's whole page.
  */
 function eventJson(row: EventRow, column: 'data' | 'metadata'): unknown {
-  try {
-    return JSON.parse(row[column] as string) as unknown
-  } catch {
-    // Parsed again only to word the error: the common path allocates nothing more.
-    return parseStoredJson(row[column], {
-      table: 'breakwater_events',
-      row: `event ${JSON.stringify(row.event_id)} (stream ${JSON.stringify(row.stream_id)}, position ${Number(row.position)})`,
-      column,
-    })
-  }
+  return parseStoredJson(row[column], () => ({
+    table: 'breakwater_events',
+    row: `event ${JSON.stringify(row.event_id)} (stream ${JSON.stringify(row.stream_id)}, position ${Number(row.position)})`,
+    column,
+  }))
 }
 
 function streamInfoOf(stream: string, row: StreamRow | undefined): StreamInfo {
@@ -1095,11 +1090,11 @@ function streamInfoOf(stream: string, row: StreamRow | undefined): StreamInfo {
       row.metadata === null
         ? emptyMetadata
         : // Not JSON (a row changed outside breakwater): StoredDataError naming the stream.
-          (parseStoredJson(row.metadata, {
+          (parseStoredJson(row.metadata, () => ({
             table: 'breakwater_streams',
             row: `stream ${JSON.stringify(stream)}`,
             column: 'metadata',
-          }) as Readonly<Record<string, unknown>>),
+          })) as Readonly<Record<string, unknown>>),
   }
 }
 

@@ -87,11 +87,11 @@ function toRecord(row: RecordRow): IdempotencyRecord {
  * only, not the scope: a scope may be derived from a caller's credential.
  */
 function storedJson(row: RecordRow, column: 'recovery_data' | 'response_headers'): unknown {
-  return parseStoredJson(row[column], {
+  return parseStoredJson(row[column], () => ({
     table: idempotencyTable,
     row: `record of key ${JSON.stringify(row.idem_key)}`,
     column,
-  })
+  }))
 }
 
 // Times are stored as whole epoch milliseconds, floored as `storedTime` (src/core/clock.ts) floors

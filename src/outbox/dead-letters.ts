@@ -6,6 +6,7 @@ import {
   checkInteger,
   checkKnownOptions,
   checkObject,
+  isObjectRecord,
   optionKeys,
 } from '../core/validate.js'
 import { notify, type SqlExecutor } from '../stores/index.js'
@@ -110,8 +111,7 @@ export async function listDead(
 function listedHeaders(text: string): Record<string, string> {
   try {
     const headers = JSON.parse(text) as unknown
-    if (typeof headers === 'object' && headers !== null && !Array.isArray(headers))
-      return headers as Record<string, string>
+    if (isObjectRecord(headers)) return headers as Record<string, string>
   } catch {
     // Not JSON: the relay dead-lettered the row for it, and its lastError says so.
   }

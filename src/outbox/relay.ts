@@ -66,7 +66,7 @@ import { classifyFailure } from '../policies/classify.js'
 import { withDeadline } from '../policies/deadline.js'
 import { BrokenCircuitError, TimeoutError } from '../policies/errors.js'
 import { diagnosticsChannel, EventSource } from '../policies/events.js'
-import { parseStoredJson, StoredDataError } from '../stores/errors.js'
+import { parseStoredObject, StoredDataError } from '../stores/errors.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import type { RelayFaultPoint, RelayFaults } from './faults.js'
 import { type LeaseChange, PartitionLeases, RelayIdInUseError } from './leases.js'
@@ -78,6 +78,7 @@ import {
   type OutboxRow,
   type OutboxStatements,
   outboxStatements,
+  outboxTable,
 } from './sql.js'
 import { wholeMsClock } from './time.js'
 
@@ -1465,18 +1466,17 @@ function toMessage(row: OutboxRow): OutgoingMessage {
  * was an unclear failure, retried for ever without naming the row.
  */
 function storedHeaders(row: OutboxRow): Record<string, string> {
-  const where = {
-    table: 'breakwater_outbox',
+  const where = () => ({
+    table: outboxTable,
     row: `row ${Number(row.id)} (event ${JSON.stringify(row.event_id)})`,
     column: 'headers',
-  }
-  const headers = parseStoredJson(row.headers, where)
-  if (typeof headers !== 'object' || headers === null || Array.isArray(headers))
-    throw new StoredDataError(where, `is not a JSON object: ${describeValue(headers)}`)
-  for (const [name, value] of Object.entries(headers)) {
+  })
+  const headers = parseStoredObject(row.headers, where)
+  for (const name of Object.keys(headers)) {
+    const value = headers[name]
     if (typeof value !== 'string')
       throw new StoredDataError(
-        where,
+        where(),
         `holds ${JSON.stringify(name)}: ${describeValue(value)}, not a string`,
       )
   }

@@ -1,6 +1,7 @@
 import { type Clock, storedTime, type TimerHandle, within } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
+import { isObjectRecord } from '../core/validate.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
 import { wakeSaga } from './admin.js'
@@ -332,7 +333,7 @@ export class InstanceRun {
     // A completed step is compensated anyway, now with its result.
     delete state.outcomeUnknown
     if (result !== undefined) state.result = result
-    if (isPlainObject(result)) this.#context = Object.freeze({ ...this.#context, ...result })
+    if (isObjectRecord(result)) this.#context = Object.freeze({ ...this.#context, ...result })
     this.#stepIndex = step.index + 1
     this.#attempt = 1
     this.#event('step-completed', step.name, attempt, { durationMs })
@@ -651,7 +652,7 @@ export class InstanceRun {
     delete state.sent
     this.#event('reply-received', step.name, attempt, null)
     if (outcome.ok) {
-      const value = step.onReply === undefined && !isPlainObject(reply) ? undefined : outcome.value
+      const value = step.onReply === undefined && !isObjectRecord(reply) ? undefined : outcome.value
       return this.#stepSucceeded(step, state, attempt, value, 0, nothing)
     }
     // A refused reply is used up: a resend waits for a fresh one.
@@ -1111,8 +1112,4 @@ function roundTrip(option: string, value: unknown): unknown {
     return undefined
   }
   return JSON.parse(jsonTextOf(option, value))
-}
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
 }

@@ -1,6 +1,7 @@
 import { BreakwaterError, describeValue } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
-import { parseStoredJson, StoredDataError } from '../stores/errors.js'
+import { parseStoredJson, parseStoredObject, StoredDataError } from '../stores/errors.js'
+import { sagaTable } from './sql.js'
 
 /**
  * Where a saga instance is:
@@ -187,19 +188,17 @@ export function storedState(row: SagaRow): {
   context: Record<string, unknown>
   steps: StepState[]
 } {
-  const where = (column: string) => ({
-    table: 'breakwater_sagas',
+  const where = (column: string) => () => ({
+    table: sagaTable,
     row: `saga ${JSON.stringify(row.id)}`,
     column,
   })
   const input = parseStoredJson(row.input, where('input'))
-  const context = parseStoredJson(row.context, where('context'))
-  if (typeof context !== 'object' || context === null || Array.isArray(context))
-    throw new StoredDataError(where('context'), `is not a JSON object: ${describeValue(context)}`)
+  const context = parseStoredObject(row.context, where('context'))
   const steps = parseStoredJson(row.steps, where('steps'))
   if (!Array.isArray(steps))
-    throw new StoredDataError(where('steps'), `is not a JSON list: ${describeValue(steps)}`)
-  return { input, context: context as Record<string, unknown>, steps: steps as StepState[] }
+    throw new StoredDataError(where('steps')(), `is not a JSON list: ${describeValue(steps)}`)
+  return { input, context, steps: steps as StepState[] }
 }
 
 /** Turns a row into an instance. */

@@ -582,9 +582,13 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         // unreadableHoldMs, so that it is tried (and reported) again once a minute, not at
         // every lease (800 ms by default), until someone fixes the row.
         this.#error(error, row.id)
-        await renewLease(this.db, row.id, Number(row.lease_token), this.clock, unreadableHoldMs)
-          .then(() => {})
-          .catch((renewal: unknown) => this.#error(renewal))
+        await renewLease(
+          this.db,
+          row.id,
+          Number(row.lease_token),
+          this.clock,
+          unreadableHoldMs,
+        ).catch((renewal: unknown) => this.#error(renewal))
         continue
       }
       this.#inHand.set(run.id, run)
