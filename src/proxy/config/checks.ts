@@ -6,6 +6,7 @@
 
 import { isIPv6 } from 'node:net'
 import { InvalidOptionError } from '../../core/errors.js'
+import { isObjectRecord as isObj } from '../../core/validate.js'
 import { DEADLINE_HEADER } from '../../policies/deadline.js'
 import { type DatabaseTarget, parseDatabaseUrl } from '../../stores/open.js'
 import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
@@ -21,10 +22,6 @@ export interface RawProblem {
 }
 
 type Obj = Record<string, unknown>
-
-function isObj(value: unknown): value is Obj {
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
-}
 
 function list(value: unknown): unknown[] {
   return Array.isArray(value) ? value : []
