@@ -55,6 +55,13 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
     const dns = isObj(discovery?.dns) ? discovery.dns : undefined
     if (dns !== undefined && dns.recordType !== 'SRV' && dns.port === undefined)
       add([...base, 'discovery', 'dns', 'port'], 'a port for A/AAAA records', undefined)
+    // Each SRV record gives its target's port (discovery.ts): one written here was never used.
+    if (dns !== undefined && dns.recordType === 'SRV' && dns.port !== undefined)
+      add(
+        [...base, 'discovery', 'dns', 'port'],
+        "no port with recordType SRV (each SRV record gives its target's port)",
+        dns.port,
+      )
     if (
       dns !== undefined &&
       typeof dns.minRefreshMs === 'number' &&

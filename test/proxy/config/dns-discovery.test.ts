@@ -6,9 +6,13 @@ import { describe, expect, it } from 'vitest'
 import { parseProxyConfig } from '../../../src/proxy/config/index.js'
 import { problemsOf } from './problems.js'
 
-const config = (name: string, recordType = 'A'): string => `
+const config = (
+  name: string,
+  recordType = 'A',
+  port = recordType === 'SRV' ? '' : ', port: 8080',
+): string => `
 services:
-  orders: { discovery: { dns: { name: ${JSON.stringify(name)}, recordType: ${recordType}, port: 8080 } } }
+  orders: { discovery: { dns: { name: ${JSON.stringify(name)}, recordType: ${recordType}${port} } } }
 listeners: [{ name: out, role: ambassador, port: 15001 }]
 `
 
@@ -36,5 +40,17 @@ describe('discovery.dns.name', () => {
   ])('takes %s', (name, recordType) => {
     const service = parseProxyConfig(config(name, recordType), 'test.yaml').services.get('orders')
     expect(service?.discovery).toMatchObject({ kind: 'dns', name })
+  })
+})
+
+// An SRV record gives each target's port, so a `port` written beside recordType: SRV was never
+// used: the file said 8080 and the proxy dialled whatever the records said, without a word.
+describe('discovery.dns.port with recordType SRV', () => {
+  it('is refused, naming the port and saying SRV records give it', () => {
+    const message = problemsOf(config('_http._tcp.orders.internal', 'SRV', ', port: 8080'))
+    expect(message).toContain('(1 problem)')
+    expect(message).toContain(
+      "services.orders.discovery.dns.port: expected no port with recordType SRV (each SRV record gives its target's port), got 8080",
+    )
   })
 })
