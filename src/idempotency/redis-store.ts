@@ -4,6 +4,7 @@
 import type { Redis } from 'ioredis'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { parseStoredObject, StoredDataError, type StoredPlace } from '../stores/errors.js'
 import {
   DriverMissingError,
   redactUrl,
@@ -196,32 +197,72 @@ function noSql(): TypeError {
 const ttlMs = (expiresAtMs: number, nowMs: number): string =>
   String(Math.max(1, Math.ceil(expiresAtMs - nowMs)))
 
-function toRecord(reply: readonly Buffer[]): IdempotencyRecord {
+/**
+ * The record in an HGETALL reply. Every field is checked as it is read: a hash changed outside
+ * breakwater (an HSET by hand) fails with StoredDataError naming the key prefix, the key and the
+ * field, rather than a bare SyntaxError, a NaN status or lease end, or a missing fingerprint
+ * read as '' (which would answer the client with a mismatch). `key` is the key asked for, not
+ * the stored `k`, and the scope is left out of the message, as the SQL store leaves it out: it
+ * may be derived from a caller's credential.
+ */
+function toRecord(reply: readonly Buffer[], keyPrefix: string, key: string): IdempotencyRecord {
   const fields = new Map<string, Buffer>()
   for (let i = 0; i + 1 < reply.length; i += 2) fields.set(reply[i]!.toString(), reply[i + 1]!)
-  const text = (name: string): string | undefined => fields.get(name)?.toString()
-  const num = (name: string): number => Number(text(name))
-  const leaseEnd = text('le')
-  const status = text('rs')
-  const body = fields.get('rb')
-  const result: StoredResult | undefined =
-    text('rr') === '1'
-      ? {
-          status: status === undefined || status === '' ? undefined : Number(status),
-          headers: JSON.parse(text('rh') ?? '{}') as StoredResult['headers'],
-          body: body === undefined ? new Uint8Array() : new Uint8Array(body),
-        }
-      : undefined
+  const where = (column: string) => (): StoredPlace => ({
+    table: keyPrefix,
+    row: `record of key ${JSON.stringify(key)}`,
+    column,
+  })
+  const invalid = (name: string, problem: string): StoredDataError =>
+    new StoredDataError(where(name)(), problem)
+  const bytes = (name: string): Buffer => {
+    const value = fields.get(name)
+    if (value === undefined) throw invalid(name, 'is missing')
+    return value
+  }
+  const text = (name: string): string => bytes(name).toString()
+  const num = (name: string): number => {
+    const value = text(name)
+    // Number('') and Number(' ') are 0: blank is refused as well as NaN.
+    const parsed = value.trim() === '' ? Number.NaN : Number(value)
+    if (!Number.isFinite(parsed)) throw invalid(name, `is not a number: ${JSON.stringify(value)}`)
+    return parsed
+  }
+  const state = text('st')
+  if (state !== 'in_progress' && state !== 'completed') {
+    throw invalid('st', `is not in_progress or completed: ${JSON.stringify(state)}`)
+  }
+  const attempt = num('at')
+  if (!Number.isInteger(attempt) || attempt < 1) {
+    throw invalid('at', `is not a positive whole number: ${attempt}`)
+  }
+  let result: StoredResult | undefined
+  if (state === 'completed') {
+    // The commit script writes rr, rs, rh and rb with st = 'completed', in one step.
+    const present = text('rr')
+    if (present !== '1') throw invalid('rr', `is not 1: ${JSON.stringify(present)}`)
+    const status = text('rs')
+    const code = Number(status)
+    if (status !== '' && !(/^\d+$/.test(status) && code >= 100 && code <= 599)) {
+      throw invalid('rs', `is not an HTTP status from 100 to 599: ${JSON.stringify(status)}`)
+    }
+    result = {
+      status: status === '' ? undefined : code,
+      headers: parseStoredObject(text('rh'), where('rh')) as StoredResult['headers'],
+      body: new Uint8Array(bytes('rb')),
+    }
+  }
   return {
-    scope: text('s') ?? '',
-    key: text('k') ?? '',
-    fingerprint: text('fp') ?? '',
-    state: text('st') === 'completed' ? 'completed' : 'in_progress',
-    leaseToken: text('lt') ?? '',
-    leaseExpiresAtMs: leaseEnd === undefined || leaseEnd === '' ? undefined : Number(leaseEnd),
-    attempt: num('at'),
-    recoveryPoint: text('rp'),
-    phases: JSON.parse(text('ph') ?? '{}') as Record<string, JsonValue>,
+    scope: text('s'),
+    key: text('k'),
+    fingerprint: text('fp'),
+    state,
+    leaseToken: text('lt'),
+    // Absent once completed; the scripts also take an absent one as ended.
+    leaseExpiresAtMs: fields.has('le') ? num('le') : undefined,
+    attempt,
+    recoveryPoint: fields.get('rp')?.toString(),
+    phases: parseStoredObject(text('ph'), where('ph')) as Record<string, JsonValue>,
     result,
     createdAtMs: num('ca'),
     updatedAtMs: num('ua'),
@@ -347,7 +388,8 @@ export function createRedisIdempotencyStore(
   return {
     async claim(input: ClaimInput): Promise<ClaimOutcome> {
       const reply = await run(claimScript, [redisKey(input.scope, input.key)], claimArgs(input))
-      if (Array.isArray(reply)) return { claimed: false, existing: toRecord(reply as Buffer[]) }
+      if (Array.isArray(reply))
+        return { claimed: false, existing: toRecord(reply as Buffer[], keyPrefix, input.key) }
       return { claimed: true }
     },
 
@@ -356,7 +398,7 @@ export function createRedisIdempotencyStore(
       const reply = await client.hgetallBuffer(redisKey(scope, key))
       const flat: Buffer[] = []
       for (const [name, value] of Object.entries(reply)) flat.push(Buffer.from(name), value)
-      return flat.length === 0 ? undefined : toRecord(flat)
+      return flat.length === 0 ? undefined : toRecord(flat, keyPrefix, key)
     },
 
     async takeOver(input: TakeoverInput): Promise<boolean> {

@@ -1,6 +1,7 @@
 // The Redis idempotency store against the real redis-server of the test run (never a mock):
 // the store contracts of store-conformance.test.ts (minus what needs SQL), Redis-specific
-// behaviour (TTL = retention, no-op sweep, no SQL in ctx.tx) and a 200-claim race.
+// behaviour (TTL = retention, no-op sweep, no SQL in ctx.tx), a 200-claim race, and records
+// changed outside breakwater.
 import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { type AddressInfo, createServer } from 'node:net'
@@ -17,7 +18,7 @@ import {
   type RedisIdempotencyStore,
   type StoredResult,
 } from '../../src/idempotency/index.js'
-import { StoreClosedError } from '../../src/stores/index.js'
+import { StoreClosedError, StoredDataError } from '../../src/stores/index.js'
 import { brokerUrl } from '../support/brokers.js'
 
 const unreachable = fileURLToPath(new URL('./fixtures/redis-unreachable.ts', import.meta.url))
@@ -500,4 +501,98 @@ describe('Redis idempotency store: what differs from SQL', () => {
       await client.quit()
     }
   })
+})
+
+// A record hash changed outside breakwater (an HSET by hand, another tool's bug): its JSON fields
+// failed every request with that key with a bare SyntaxError naming nothing, JSON of the wrong
+// shape was taken as it came (`null` headers failed the replay with a TypeError), a number field
+// that is not a number became NaN (a NaN status failed every replay, a NaN lease end kept callers
+// polling NaN ms), a missing fingerprint read as '' (a mismatch blamed on the client). Each is now
+// STORED_DATA_INVALID naming the key prefix, the key and the field, as the SQL store names table,
+// key and column; the hash is left as it is.
+describe('Redis idempotency store: a record changed outside breakwater', () => {
+  const scope = 'tenant:a'
+  // The hash of a key, as the store names it (scope length first).
+  const hashOf = (key: string) => `${prefix}${scope.length}:${scope}:${key}`
+
+  /** Calls `idempotent` for `key` again: what it threw, and how often its work ran. */
+  async function callAgain(key: string): Promise<{ error: unknown; ran: number }> {
+    let ran = 0
+    const error = await idempotent(key, () => ++ran, { store, scope }).catch((e: unknown) => e)
+    return { error, ran }
+  }
+
+  function expectNamed(error: unknown, key: string, field: string, problem: string): void {
+    expect(error).toBeInstanceOf(StoredDataError)
+    expect(error).toMatchObject({ code: 'STORED_DATA_INVALID', table: prefix, column: field })
+    const { message } = error as StoredDataError
+    expect(message).toContain(`key "${key}"`)
+    expect(message).toContain(problem)
+    // The key only, as the SQL store: a scope may be derived from a caller's credential.
+    expect(message).not.toContain(scope)
+  }
+
+  it.each([
+    ['rh', '{not json', 'is not JSON'],
+    ['rh', 'null', 'is not a JSON object'],
+    ['rh', '["content-type"]', 'is not a JSON object'],
+    ['rs', 'abc', 'is not an HTTP status'],
+    ['rs', '42', 'is not an HTTP status'],
+    ['at', 'two', 'is not a number'],
+    ['at', '0', 'is not a positive whole number'],
+    ['ea', 'tomorrow', 'is not a number'],
+    ['ca', '', 'is not a number'],
+    ['ua', ' ', 'is not a number'],
+    ['st', 'done', 'is not in_progress or completed'],
+  ])(
+    'completed: names the key and the field %s set to %j, leaving it as it is',
+    async (field, value, problem) => {
+      const key = nextKey()
+      expect(await idempotent(key, () => ({ charged: 1 }), { store, scope })).toEqual({
+        charged: 1,
+      })
+      await raw.hset(hashOf(key), field, value)
+
+      const { error, ran } = await callAgain(key)
+      expectNamed(error, key, field, problem)
+      expect(ran).toBe(0)
+      expect(await raw.hget(hashOf(key), field)).toBe(value)
+    },
+  )
+
+  it.each(['fp', 'lt', 'rr', 'rb'])(
+    'completed: names the field %s when it is missing',
+    async (field) => {
+      const key = nextKey()
+      await idempotent(key, () => 1, { store, scope })
+      await raw.hdel(hashOf(key), field)
+
+      const { error, ran } = await callAgain(key)
+      expectNamed(error, key, field, 'is missing')
+      expect(ran).toBe(0)
+    },
+  )
+
+  it.each([
+    ['ph', '{not json', 'is not JSON'],
+    ['ph', '[1,2]', 'is not a JSON object'],
+    ['le', 'soon', 'is not a number'],
+  ])(
+    'in progress: names the key and the field %s set to %j, on claim and get',
+    async (field, value, problem) => {
+      const key = nextKey()
+      const now = Date.now()
+      const input = { fingerprint: '', nowMs: now, leaseExpiresAtMs: now + 60_000 }
+      expect(
+        await store.claim(claimInput(key, { ...input, expiresAtMs: now + 3_600_000 })),
+      ).toEqual({ claimed: true })
+      await raw.hset(hashOf(key), field, value)
+
+      const { error, ran } = await callAgain(key)
+      expectNamed(error, key, field, problem)
+      expect(ran).toBe(0)
+      expectNamed(await store.get(scope, key).catch((e: unknown) => e), key, field, problem)
+      expect(await raw.hget(hashOf(key), field)).toBe(value)
+    },
+  )
 })
