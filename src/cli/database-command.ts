@@ -6,7 +6,12 @@
 import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import type { SqlDriver } from '../stores/index.js'
-import { migrateCommandFor, openExistingDatabase } from './existing-database.js'
+import {
+  badDatabaseArgument,
+  databaseUrlSource,
+  migrateCommandFor,
+  openExistingDatabase,
+} from './existing-database.js'
 import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /** Where a command writes (process.stdout / process.stderr by default). */
@@ -51,7 +56,8 @@ export interface DatabaseCommand<P extends { readonly url: string }> {
 
 /**
  * Runs `command` with `args`. Resolves to the exit code: 0 on success, 2 for bad arguments or a
- * malformed or in-memory `--db` (or `BREAKWATER_DB_URL`), 1 when the database cannot be opened
+ * malformed or in-memory `--db` (or `BREAKWATER_DB_URL`), or one whose path cannot be a database
+ * file (a folder: any INVALID_OPTION from opening it), 1 when the database cannot be opened
  * or the command fails (with a hint to run `breakwater migrate` when its tables are missing).
  * Messages never show a URL's password.
  *
@@ -90,8 +96,9 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
       ? openExistingDatabase(parsed.url, env)
       : deps.openDatabase(parsed.url))
   } catch (error) {
-    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
-      err.write(`${prefix} --db: ${redactSecrets(error.message)}\n`)
+    const bad = badDatabaseArgument(error, databaseUrlSource(parsed.url, env))
+    if (bad !== undefined) {
+      err.write(`${prefix} ${bad}\n`)
       return 2
     }
     err.write(`${prefix} cannot open ${url}: ${redactSecrets(messageOf(error))}\n`)

@@ -7,7 +7,7 @@
 
 import { existsSync, statSync } from 'node:fs'
 import { basename, dirname, resolve } from 'node:path'
-import { BreakwaterError } from '../core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
 import { loadBetterSqlite } from '../stores/sqlite.js'
@@ -46,10 +46,35 @@ export function migrateCommandFor(
 }
 
 /**
+ * Where the database URL `url` came from, for a message about it: `BREAKWATER_DB_URL` when `url`
+ * is that variable's value (as {@link migrateCommandFor} tells), else `--db`.
+ */
+export function databaseUrlSource(
+  url: string,
+  env: Readonly<Record<string, string | undefined>>,
+): string {
+  return url === env.BREAKWATER_DB_URL ? 'BREAKWATER_DB_URL' : '--db'
+}
+
+/**
+ * The line to print, after the command's name, for an error thrown while opening the database
+ * that `source` (`--db`, `--broker`) names, when that error is `INVALID_OPTION`: the URL is a
+ * bad argument (a folder given as the SQLite file), exit 2 as for any other. Undefined for any
+ * other error, a failure to report as such (exit 1). The message never shows a password.
+ */
+export function badDatabaseArgument(error: unknown, source: string): string | undefined {
+  return BreakwaterError.is(error) && error.code === 'INVALID_OPTION'
+    ? `${source}: ${redactSecrets(error.message)}`
+    : undefined
+}
+
+/**
  * Opens the database at `url` for a command that needs breakwater's tables. Throws, naming the
  * file and what to do, when a SQLite file is missing, is not a SQLite database, or has no
- * breakwater migrations; `sqlite::memory:` is refused with INVALID_OPTION, a bad argument (it
- * would be empty, and gone when the command ends). PostgreSQL URLs open as they are (nothing is
+ * breakwater migrations. Refused with INVALID_OPTION, a bad argument: `sqlite::memory:` (it
+ * would be empty, and gone when the command ends), and a path that cannot be a database file (a
+ * folder, or a file where a folder of the path goes), as the SQLite driver refuses it for
+ * `breakwater migrate`. PostgreSQL URLs open as they are (nothing is
  * created by connecting). `env` is where the hint to migrate looks for `BREAKWATER_DB_URL` (see
  * {@link migrateCommandFor}).
  *
@@ -90,8 +115,15 @@ export async function openAnsweringDatabase(url: string): Promise<SqlDriver> {
 
 /** Checks, read-only, that `filename` is a breakwater database; `migrate` is the hint to give. */
 async function checkBreakwaterFile(filename: string, migrate: string): Promise<void> {
-  if (!existsSync(filename)) throw new Error(`no such database file (${migrate}, which creates it)`)
-  if (!statSync(filename).isFile()) throw new Error('not a file (a folder?)')
+  if (!existsSync(filename)) {
+    refuseFileAsFolder(filename)
+    throw new Error(`no such database file (${migrate}, which creates it)`)
+  }
+  const stats = statSync(filename)
+  // Worded as the driver words it (src/stores/sqlite.ts), which `migrate` runs into.
+  if (stats.isDirectory())
+    throw new InvalidOptionError('filename', 'a file, not a folder', filename)
+  if (!stats.isFile()) throw new Error('not a file')
   const Database = await loadBetterSqlite<ReadOnlyDatabase>()
   let found: unknown
   try {
@@ -115,4 +147,19 @@ async function checkBreakwaterFile(filename: string, migrate: string): Promise<v
   }
   if (found === undefined)
     throw new Error(`not a breakwater database: it has no ${migrationsTable} table (${migrate})`)
+}
+
+/**
+ * Throws INVALID_OPTION when a file stands where a folder of `filename` (which does not exist)
+ * goes: `migrate` refuses that path too, so a hint to run it would lead nowhere.
+ */
+function refuseFileAsFolder(filename: string): void {
+  let part = dirname(filename)
+  while (!existsSync(part) && dirname(part) !== part) part = dirname(part)
+  if (existsSync(part) && !statSync(part).isDirectory())
+    throw new InvalidOptionError(
+      'filename',
+      `a path whose folders are folders (${part} is a file)`,
+      filename,
+    )
 }

@@ -10,7 +10,11 @@ import {
 } from '../observability/index.js'
 import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { Migration, SqlDriver } from '../stores/index.js'
-import { openExistingDatabase } from './existing-database.js'
+import {
+  badDatabaseArgument,
+  databaseUrlSource,
+  openExistingDatabase,
+} from './existing-database.js'
 import { checkMigrated, StartupError } from './process-support.js'
 import { messageOf, UsageError } from './usage.js'
 
@@ -75,7 +79,8 @@ export class ServiceResources {
 
 /**
  * Opens the database at `url` for a service (closed with its other resources); a SQLite file
- * must already exist and be migrated (see existing-database.ts). `env` holds the
+ * must already exist and be migrated (see existing-database.ts). A URL whose path cannot be a
+ * database file (a folder) is a {@link UsageError} (exit 2), any other failure a StartupError. `env` holds the
  * `BREAKWATER_DB_URL` the hint to migrate may name.
  */
 export async function openServiceDatabase(
@@ -87,6 +92,8 @@ export async function openServiceDatabase(
   try {
     db = await openExistingDatabase(url, env)
   } catch (error) {
+    const bad = badDatabaseArgument(error, databaseUrlSource(url, env))
+    if (bad !== undefined) throw new UsageError(bad, { cause: error })
     throw new StartupError(`cannot open ${redactSecrets(url)}: ${messageOf(error)}`)
   }
   resources.add('database', () => db.close())

@@ -41,9 +41,21 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
   },
 }
 
+// What the exit codes mean, the same for every command: a script tells a mistake in its own
+// arguments (fix the call, retrying is useless) from a failure it may retry.
+const exitCodes = `exit codes:
+  0    success
+  1    a failure at run time: a database or broker that cannot be used or fails, a
+       process that could not start or did not stop in time, an id that is not there
+  2    a bad argument: an unknown command or option, a bad value, a malformed URL, a
+       sqlite: path that cannot be a database file (a folder), a proxy config that is
+       not valid (at start: \`proxy --check\` exits 1 listing its faults)
+  141  the reader of the output went away (\`breakwater saga list | head -1\`)
+`
+
 function usage(): string {
   const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
-  return `usage: breakwater <command> [options]\n\ncommands:\n${lines.join('\n')}\n`
+  return `usage: breakwater <command> [options]\n\ncommands:\n${lines.join('\n')}\n\n${exitCodes}`
 }
 
 async function main(argv: string[]): Promise<number> {

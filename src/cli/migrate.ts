@@ -1,10 +1,13 @@
-import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import { SchemaTooNewError } from '../stores/errors.js'
 import type { Migration } from '../stores/migrations.js'
 import { checkSchemaVersion, runMigrations } from '../stores/migrations.js'
 import { redactUrl } from '../stores/redact.js'
-import { openAnsweringDatabase } from './existing-database.js'
+import {
+  badDatabaseArgument,
+  databaseUrlSource,
+  openAnsweringDatabase,
+} from './existing-database.js'
 import {
   acceptedDatabaseUrls,
   databaseUrl,
@@ -38,7 +41,8 @@ ${databaseUrlEnvironmentHelp}`
 /**
  * `breakwater migrate --db <url>`: applies every capability's pending migrations and prints
  * what it applied; without `--db`, `BREAKWATER_DB_URL` names the database. Resolves to the exit
- * code: 0 on success, 2 for bad arguments (a malformed or in-memory URL too), 1 when the
+ * code: 0 on success, 2 for bad arguments (a malformed or in-memory URL too, or one whose path
+ * cannot be a database file: a folder), 1 when the
  * database fails, or when a newer breakwater migrated one of the capabilities (`SCHEMA_TOO_NEW`,
  * one line per such capability; then nothing is applied).
  *
@@ -89,12 +93,13 @@ export async function migrateCommand(
     }
   }
 
+  const env = deps.env ?? process.env
   let url: string
   try {
     // An in-memory database is refused in every spelling (`sqlite://:memory:` too).
     url = databaseUrl(
       values,
-      deps.env ?? process.env,
+      env,
       defaultUrl,
       'an in-memory database lasts one command, so migrating it keeps nothing: use a sqlite: file',
     )
@@ -107,8 +112,9 @@ export async function migrateCommand(
   try {
     db = await openAnsweringDatabase(url)
   } catch (error) {
-    if (BreakwaterError.is(error) && error.code === 'INVALID_OPTION') {
-      err.write(`breakwater migrate: --db: ${error.message}\n`)
+    const bad = badDatabaseArgument(error, databaseUrlSource(url, env))
+    if (bad !== undefined) {
+      err.write(`breakwater migrate: ${bad}\n`)
       return 2
     }
     err.write(

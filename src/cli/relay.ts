@@ -27,7 +27,12 @@ import {
   sqlQueueMigrations,
 } from '../outbox/index.js'
 import type { SqlDriver } from '../stores/index.js'
-import { inMemoryRefusal, isInMemoryDatabase, openExistingDatabase } from './existing-database.js'
+import {
+  badDatabaseArgument,
+  inMemoryRefusal,
+  isInMemoryDatabase,
+  openExistingDatabase,
+} from './existing-database.js'
 import {
   type LongRunningCommandDeps,
   openMigratedDatabase,
@@ -400,20 +405,25 @@ function externalPublisher(
 /**
  * The SQL queue's publisher, in the outbox's database `db` (at `dbUrl`) or, given `url`, in
  * that database; registered in `resources`. A queue database that cannot be opened or lacks
- * the queue's migrations is a StartupError.
+ * the queue's migrations is a StartupError; one whose path cannot be a database file (a
+ * folder) a UsageError naming where the URL came from.
  */
 async function sqlQueuePublisher(
   resources: ServiceResources,
   db: SqlDriver,
   url: string | undefined,
-  dbUrl: string,
+  parsed: RelayArgs,
   env: Readonly<Record<string, string | undefined>>,
 ): Promise<Publisher> {
+  const dbUrl = parsed.db
   let queueDb = db
   if (url !== undefined) {
     try {
       queueDb = await openExistingDatabase(url)
     } catch (error) {
+      // A path that cannot be a database file (a folder) is a bad argument, as for --db.
+      const bad = badDatabaseArgument(error, parsed.brokerSource)
+      if (bad !== undefined) throw new UsageError(bad, { cause: error })
       throw new StartupError(`cannot open --broker ${redactSecrets(url)}: ${messageOf(error)}`)
     }
     const opened = queueDb
@@ -664,7 +674,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
           resources,
           db,
           broker.kind === 'sql' ? broker.url : undefined,
-          parsed.db,
+          parsed,
           env,
         ))
       if (parsed.topicPrefix !== undefined) publisher = prefixTopics(publisher, parsed.topicPrefix)

@@ -54,12 +54,14 @@ describe('a PostgreSQL database that cannot be opened', () => {
 })
 
 describe('a sqlite: URL that names a folder', () => {
-  it('is refused as not a file, with nothing created in it', async () => {
+  it('is refused as not a file, a bad argument (exit 2), with nothing created in it', async () => {
     const folder = mkdtempSync(join(tmpdir(), 'breakwater-cli-folder-'))
     try {
       const result = await runCaptured(outboxCommand, ['stats', '--db', `sqlite:${folder}`])
-      expect(result.code).toBe(1)
-      expect(result.stderr).toContain(`cannot open sqlite:${folder}: not a file (a folder?)`)
+      expect(result.code).toBe(2)
+      expect(result.stderr).toContain(
+        `breakwater outbox: --db: filename: expected a file, not a folder, got ${JSON.stringify(folder)}`,
+      )
       expect(readdirSync(folder)).toEqual([])
     } finally {
       rmSync(folder, { recursive: true, force: true })

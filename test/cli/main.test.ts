@@ -17,6 +17,17 @@ describe('breakwater without a command', () => {
   })
 })
 
+describe('breakwater --help', () => {
+  it('says what the exit codes mean', async () => {
+    const asked = await runCli(['--help'])
+    expect(asked.stdout).toContain('exit codes:')
+    expect(asked.stdout).toMatch(/^ {2}0 +success$/m)
+    expect(asked.stdout).toMatch(/^ {2}1 +a failure at run time/m)
+    expect(asked.stdout).toMatch(/^ {2}2 +a bad argument/m)
+    expect(asked.stdout).toMatch(/^ {2}141 +the reader of the output went away/m)
+  })
+})
+
 describe('breakwater help <command>', () => {
   it("prints that command's usage, and refuses a command that does not exist", async () => {
     const relay = await runCli(['help', 'relay'])
