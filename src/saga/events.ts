@@ -50,8 +50,9 @@ export type SagaEventType =
   | 'definition-missing'
   /**
    * The database failed a claim, renewal or state write, or a claimed instance's stored state
-   * cannot be read (`sagaId`, `STORED_DATA_INVALID`: its state is left as it is, and it is
-   * held for a minute before it is tried again); the worker carries on.
+   * cannot be read or its step index names none of its steps (`sagaId`, `STORED_DATA_INVALID`:
+   * its state is left as it is, and it is held for a minute before it is tried again); the
+   * worker carries on.
    */
   | 'error'
 

@@ -1,8 +1,9 @@
 import { type Clock, storedTime, type TimerHandle, within } from '../core/clock.js'
-import { InvalidOptionError } from '../core/errors.js'
+import { describeValue, InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import { isObjectRecord } from '../core/validate.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
+import { StoredDataError } from '../stores/errors.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
 import { wakeSaga } from './admin.js'
 import {
@@ -15,7 +16,7 @@ import {
 import { SagaAtCommitTimeoutError, SagaLeaseLostError, SagaReplyTimeoutError } from './errors.js'
 import type { MutableSagaMetrics, SagaEvent } from './events.js'
 import type { SagaFaultPoint, SagaFaults } from './faults.js'
-import { sagaStatements } from './sql.js'
+import { sagaStatements, sagaTable } from './sql.js'
 import {
   describeError,
   type ErrorInfo,
@@ -33,6 +34,23 @@ import {
   type TimelineRecord,
   type TransitionWrite,
 } from './store.js'
+
+/**
+ * The stored step index of an instance the worker is to run: a running or compensating
+ * instance is always at one of its steps (a finished one is at -1 or past the last). One at
+ * none of them (a row edited outside breakwater) ran nothing and was finished `completed` (or
+ * compensated from its last step) without a word: StoredDataError naming the saga and the
+ * index, and the row is left as it is. Checked against the stored steps, which match the
+ * definition's unless it was changed without a version bump (then the instance is parked).
+ */
+function storedStepIndex(row: SagaRow, stepCount: number, definition: string): number {
+  const index = Number(row.step_index)
+  if (Number.isInteger(index) && index >= 0 && index < stepCount) return index
+  throw new StoredDataError(
+    { table: sagaTable, row: `saga ${JSON.stringify(row.id)}`, column: 'step_index' },
+    `is ${describeValue(row.step_index)}, not the index of one of its ${stepCount} steps (0 to ${stepCount - 1}) of ${definition}`,
+  )
+}
 
 /** What the runner needs from its worker. */
 export interface RunnerHost {
@@ -114,7 +132,7 @@ export class InstanceRun {
     this.#status = row.status as SagaStatus
     this.#context = Object.freeze(context)
     this.#steps = steps
-    this.#stepIndex = Number(row.step_index)
+    this.#stepIndex = storedStepIndex(row, steps.length, saga.key)
     this.#attempt = Number(row.attempt)
     this.#reason = row.reason
     this.#cancelRequested = Boolean(Number(row.cancel_requested))

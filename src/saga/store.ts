@@ -288,6 +288,27 @@ export function renewLease(
   })
 }
 
+/**
+ * How long a claimed instance with a stored row it cannot read (`STORED_DATA_INVALID`: its
+ * state, its step index, a reply or a timeline detail it needs) is held before it is claimed,
+ * and reported, again: nothing but a fix of the row can make it readable, so it is not retried
+ * at every lease. A minute: an operator's fix is picked up within it.
+ */
+export const unreadableHoldMs = 60_000
+
+/**
+ * Holds such an instance for {@link unreadableHoldMs}: extends its lease (the lease columns
+ * only; its state is left as it is), if the token still holds.
+ */
+export function holdUnreadable(
+  db: SqlDriver,
+  id: string,
+  token: number,
+  clock: Clock,
+): Promise<number | undefined> {
+  return renewLease(db, id, token, clock, unreadableHoldMs)
+}
+
 /** The values of a new instance. */
 export interface NewInstance {
   readonly id: string

@@ -34,7 +34,7 @@ import {
   type CommitWork,
   claimInstances,
   findMissingDefinitions,
-  renewLease,
+  holdUnreadable,
   renewLeases,
   stringListParam,
   type TransitionWrite,
@@ -200,13 +200,6 @@ const workerOptions = optionKeys<SagaWorkerOptions>({
   faults: true,
   clock: true,
 })
-/**
- * How long a claimed instance whose stored state cannot be read (`STORED_DATA_INVALID`) is
- * held before it is claimed, and reported, again: its lease is extended to this, since nothing
- * but a fix of the row can make it readable. A minute: an operator's fix is picked up within it.
- */
-const unreadableHoldMs = 60_000
-
 const runOptions = optionKeys<RunSagaOptions>({ id: true })
 const stopOptions = optionKeys<StopSagaWorkerOptions>({ timeoutMs: true })
 
@@ -576,19 +569,15 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       try {
         run = new InstanceRun(this, saga, row)
       } catch (error) {
-        // Its stored state cannot be read (StoredDataError, naming it): reported, and the
-        // others claimed with it still run; thrown, it failed the whole claim, and every claim
-        // after it took it again. Its state is left as it is; its lease is extended to
-        // unreadableHoldMs, so that it is tried (and reported) again once a minute, not at
-        // every lease (800 ms by default), until someone fixes the row.
+        // Its stored state cannot be read, or its step index names none of its steps
+        // (StoredDataError, naming it): reported, and the others claimed with it still run;
+        // thrown, it failed the whole claim, and every claim after it took it again. Its state
+        // is left as it is; it is held for unreadableHoldMs, so that it is tried (and reported)
+        // again once a minute, not at every lease (800 ms by default), until someone fixes it.
         this.#error(error, row.id)
-        await renewLease(
-          this.db,
-          row.id,
-          Number(row.lease_token),
-          this.clock,
-          unreadableHoldMs,
-        ).catch((renewal: unknown) => this.#error(renewal))
+        await holdUnreadable(this.db, row.id, Number(row.lease_token), this.clock).catch(
+          (renewal: unknown) => this.#error(renewal),
+        )
         continue
       }
       this.#inHand.set(run.id, run)
