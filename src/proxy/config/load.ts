@@ -328,6 +328,9 @@ function describe(path: readonly (string | number)[], value: unknown): string {
   if (value === null) return 'null'
   if (typeof value === 'string') {
     if (isSecretPath(path)) return 'a string (not shown: it looks like an inline secret)'
+    // A value refused where a variable's name belongs is as often the secret pasted there.
+    if (path[path.length - 1] === 'env' && value !== '')
+      return 'a string (not shown: it may be the secret itself)'
     const shown = redactSecrets(value)
     return JSON.stringify(shown.length > 80 ? `${shown.slice(0, 80)}…` : shown)
   }

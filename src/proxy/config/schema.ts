@@ -64,15 +64,19 @@ function text(what = 'non-empty string'): z.ZodString {
 const secretText =
   '{ env: NAME } or { file: path } (secrets are never written inline in the config)'
 
+// Any other text (`ORDERS-TOKEN`, `$ORDERS_TOKEN`, the token itself) names no variable a shell
+// sets, so the secret would be missing at run time: requests without credentials, or an admin
+// API that refuses every call.
+const envNameText = 'environment variable name (letters, digits and "_", not starting with a digit)'
+const envName = z
+  .string({ error: envNameText })
+  .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, { error: envNameText })
+
 /** `{ env: NAME }` or `{ file: path }`: where a secret is read from. */
 export const secretSourceSchema = z
-  .union(
-    [
-      z.strictObject({ env: text('environment variable name') }),
-      z.strictObject({ file: text('file path') }),
-    ],
-    { error: secretText },
-  )
+  .union([z.strictObject({ env: envName }), z.strictObject({ file: text('file path') })], {
+    error: secretText,
+  })
   .describe(secretText)
 
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
@@ -278,7 +282,7 @@ const authSchema = z.strictObject({
   apiKey: z
     .strictObject({
       header: headerName.default('x-api-key'),
-      env: text('environment variable name').optional(),
+      env: envName.optional(),
       file: text('file path').optional(),
     })
     .optional(),
