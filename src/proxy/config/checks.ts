@@ -11,7 +11,7 @@ import { DEADLINE_HEADER } from '../../policies/deadline.js'
 import { type DatabaseTarget, parseDatabaseUrl } from '../../stores/open.js'
 import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
 import { matchesPrefix, trimPrefix } from '../inbound/routes.js'
-import { limitsDefaults as limitDefaults } from './schema.js'
+import { limitsDefaults as limitDefaults, nameText } from './schema.js'
 
 /** A problem found by a cross-field check: where, what was expected, and what was there. */
 export interface RawProblem {
@@ -37,6 +37,10 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
   const services = isObj(doc.services) ? doc.services : {}
   const serviceNames = Object.keys(services)
   const known = `a service defined under services (${serviceNames.join(', ') || 'none defined'})`
+  // zod's records skip a `__proto__` key without a word (assigning it would replace the
+  // prototype of the object they build): the service would vanish from the config.
+  if (Object.hasOwn(services, '__proto__'))
+    add(['services', '__proto__'], `a key that is a ${nameText}`, '__proto__')
 
   for (const [name, service] of Object.entries(services)) {
     if (!isObj(service)) continue
@@ -283,6 +287,9 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
         // required values, and the loader would keep only one of them without a word.
         const spelled = new Map<string, string>()
         for (const name of Object.keys(match.headers)) {
+          // Skipped by zod's record as a service `__proto__` is: the route would match without it.
+          if (name === '__proto__')
+            add([...at, 'match', 'headers', name], 'a header name other than __proto__', name)
           if (unseen(name)) add([...at, 'match', 'headers', name], unseenText, name)
           const first = spelled.get(name.toLowerCase())
           if (first !== undefined)

@@ -80,7 +80,8 @@ export const secretSourceSchema = z
   .describe(secretText)
 
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
-const nameText = 'name of letters, digits, ".", "_" or "-" (starting with a letter or digit)'
+/** What a service, listener or route name may be (the "expected ..." text). */
+export const nameText = 'name of letters, digits, ".", "_" or "-" (starting with a letter or digit)'
 const serviceName = z
   .string({ error: nameText })
   .regex(namePattern, { error: nameText })
