@@ -18,6 +18,7 @@ import {
 } from '../idempotency/index.js'
 import { retry } from '../index.js'
 import type { Outbox, OutboxEvent } from '../outbox/index.js'
+import { parseStoredJson } from '../stores/errors.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { WrongExpectedVersionError } from './errors.js'
 import {
@@ -297,7 +298,8 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
         every: number
         name: string
         serialize: (state: S) => string
-        deserialize: (text: string) => S
+        /** `stream` names the snapshot when the default's stored text is not JSON. */
+        deserialize: (text: string, stream: string) => S
       }
     | undefined
   // Conflicts with the caller's own precondition: never retried.
@@ -395,7 +397,17 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
           if (deserialize === undefined) checkPlainState(state)
           return jsonTextOf('snapshot state', state, snapshotStateExpected)
         },
-        deserialize: deserialize ?? ((text) => JSON.parse(text) as S),
+        // Not JSON (a row changed outside breakwater): StoredDataError naming the stream and the
+        // snapshot, not a bare SyntaxError. A custom deserialize reports its own errors.
+        deserialize:
+          deserialize === undefined
+            ? (text, stream) =>
+                parseStoredJson(text, () => ({
+                  table: 'breakwater_snapshots',
+                  row: `snapshot ${JSON.stringify(name)} of stream ${JSON.stringify(stream)}`,
+                  column: 'state',
+                })) as S
+            : (text) => deserialize(text),
       }
     }
   }
@@ -453,7 +465,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
           const restored = synchronous(
             'snapshots.deserialize',
             'the state',
-            snapshots.deserialize(snapshot.state),
+            snapshots.deserialize(snapshot.state, stream),
           )
           state = this.#fold(restored, read.events)
           return {

@@ -15,6 +15,7 @@ import {
 } from '../../src/cqrs/index.js'
 import { createIdempotency, IdempotencyMismatchError } from '../../src/idempotency/index.js'
 import { createOutbox } from '../../src/outbox/index.js'
+import { StoredDataError } from '../../src/stores/index.js'
 import {
   type Account,
   type AccountCommand,
@@ -372,6 +373,41 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
       version: 10,
       fromSnapshot: false,
     })
+  })
+
+  // A snapshot row changed outside breakwater so that its state is not JSON: load and handle failed
+  // with a bare SyntaxError naming neither the stream nor the snapshot.
+  it('names the stream and snapshot whose stored state is not JSON, and appends nothing', async () => {
+    const snapshotting = createCommandHandler(store, {
+      decider: account,
+      snapshots: { every: 1, name: 'account-broken' },
+    })
+    const id = fresh()
+    await snapshotting.handle(id, { kind: 'open', owner: 'ivy' })
+    await t.db.execute('UPDATE breakwater_snapshots SET state = $1 WHERE stream_id = $2', [
+      '{"open": tru',
+      id,
+    ])
+
+    for (const attempt of [
+      () => snapshotting.load(id),
+      () => snapshotting.handle(id, { kind: 'deposit', amount: 5 }),
+    ]) {
+      const error = await attempt().catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(StoredDataError)
+      expect(error).toMatchObject({
+        code: 'STORED_DATA_INVALID',
+        table: 'breakwater_snapshots',
+        column: 'state',
+      })
+      expect((error as Error).message).toContain(`snapshot "account-broken" of stream "${id}"`)
+    }
+    expect((await store.readStream(id)).version).toBe(1)
+    const rows = await t.db.query<{ state: string }>(
+      'SELECT state FROM breakwater_snapshots WHERE stream_id = $1',
+      [id],
+    )
+    expect(rows).toEqual([{ state: '{"open": tru' }])
   })
 
   // On SQLite the handler's transaction holds the write lock from its start, so no delete can
