@@ -11,6 +11,7 @@ import { DEADLINE_HEADER } from '../../policies/deadline.js'
 import { type DatabaseTarget, parseDatabaseUrl } from '../../stores/open.js'
 import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
 import { matchesPrefix, trimPrefix } from '../inbound/routes.js'
+import { echo } from './errors.js'
 import { limitsDefaults as limitDefaults, nameText } from './schema.js'
 
 /** A problem found by a cross-field check: where, what was expected, and what was there. */
@@ -36,7 +37,7 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
   }
   const services = isObj(doc.services) ? doc.services : {}
   const serviceNames = Object.keys(services)
-  const known = `a service defined under services (${serviceNames.join(', ') || 'none defined'})`
+  const known = `a service defined under services (${serviceNames.map((n) => echo(n)).join(', ') || 'none defined'})`
   // zod's records skip a `__proto__` key without a word (assigning it would replace the
   // prototype of the object they build): the service would vanish from the config.
   if (Object.hasOwn(services, '__proto__'))
@@ -231,7 +232,7 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
         if (first !== undefined)
           add(
             [...at, 'match'],
-            `a match that ${first.path}${typeof first.name === 'string' ? ` (${first.name})` : ''} does not always take first (routes are tried in order; write the narrower route first)`,
+            `a match that ${first.path}${typeof first.name === 'string' ? ` (${echo(first.name)})` : ''} does not always take first (routes are tried in order; write the narrower route first)`,
             'a route no request reaches',
           )
         earlier.push({ match: shape, path: formatPath(at), name: route.name })
@@ -295,7 +296,7 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
           if (first !== undefined)
             add(
               [...at, 'match', 'headers', name],
-              `a header not already listed (as ${first}; names are case-insensitive)`,
+              `a header not already listed (as ${echo(first)}; names are case-insensitive)`,
               name,
             )
           else spelled.set(name.toLowerCase(), name)
@@ -308,7 +309,7 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
       )
         add(
           [...at, 'stripPrefix'],
-          `a prefix of match.prefix (${match.prefix}) at a segment boundary`,
+          `a prefix of match.prefix (${echo(match.prefix)}) at a segment boundary`,
           route.stripPrefix,
         )
       if (
@@ -478,8 +479,9 @@ export function formatPath(path: readonly (string | number)[]): string {
   let out = ''
   for (const part of path) {
     if (typeof part === 'number') out += `[${part}]`
-    else if (/^[A-Za-z_][A-Za-z0-9_-]*$/.test(part)) out += out === '' ? part : `.${part}`
-    else out += `[${JSON.stringify(part)}]`
+    // A key from the file may be any length: a long one is cut as values are (echo).
+    else if (/^[A-Za-z_][A-Za-z0-9_-]{0,99}$/.test(part)) out += out === '' ? part : `.${part}`
+    else out += `[${echo(part, true)}]`
   }
   return out
 }

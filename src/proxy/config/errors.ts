@@ -40,6 +40,23 @@ export class ConfigInvalidError extends BreakwaterError {
   }
 }
 
+/** At most this many characters of a value from the file are repeated in a problem. */
+const maxEchoChars = 100
+
+/**
+ * `text` (a value, key or name from the file) as a problem repeats it: whole up to 100
+ * characters, else its first 100, an ellipsis and its full length, so that a megabyte pasted
+ * into one field does not make a megabyte message (printed by `--check`, logged by a refused
+ * reload, returned by the admin API). `quote` writes it as a JSON string.
+ */
+export function echo(text: string, quote = false): string {
+  if (text.length <= maxEchoChars) return quote ? JSON.stringify(text) : text
+  let cut = text.slice(0, maxEchoChars)
+  // Not half of a surrogate pair, which JSON.stringify would write as \ud83d.
+  if (/[\uD800-\uDBFF]$/.test(cut)) cut = cut.slice(0, -1)
+  return `${quote ? JSON.stringify(`${cut}…`) : `${cut}…`} (${text.length} characters)`
+}
+
 /** `path: message (line L, column C)`. */
 export function formatProblem(problem: ConfigProblem): string {
   const where =

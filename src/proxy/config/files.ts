@@ -11,7 +11,7 @@ import { readFile } from 'node:fs/promises'
 import { createSecureContext } from 'node:tls'
 import type { ProxyConfig, SecretSource } from '../contracts.js'
 import { credentialProblem } from '../upstream/credentials.js'
-import { ConfigInvalidError } from './errors.js'
+import { ConfigInvalidError, echo } from './errors.js'
 
 /** A referenced file that cannot be used: where it is referenced, its path, and why. */
 export interface FileProblem {
@@ -102,7 +102,7 @@ export function unusableFiles(config: ProxyConfig): FileProblem[] {
       problems.push({
         path: key.path,
         file: key.file,
-        reason: `not the key of the certificate ${cert.file} (${(error as Error).message})`,
+        reason: `not the key of the certificate ${echo(cert.file)} (${(error as Error).message})`,
       })
     }
   }
@@ -182,7 +182,7 @@ export async function checkAdminTokenFile(config: ProxyConfig, source: string): 
   throw new ConfigInvalidError(source, [
     {
       path: 'admin.token.file',
-      message: `${token.file}: ${reason}`,
+      message: `${echo(token.file)}: ${reason}`,
       line: undefined,
       column: undefined,
     },

@@ -14,7 +14,7 @@ import type { z } from 'zod'
 import { isSecretKey, redactSecrets } from '../../observability/redact.js'
 import type { ProxyConfig } from '../contracts.js'
 import { crossFieldProblems, formatPath, type RawProblem } from './checks.js'
-import { ConfigInvalidError, type ConfigProblem } from './errors.js'
+import { ConfigInvalidError, type ConfigProblem, echo } from './errors.js'
 import { type ProxyConfigDocument, proxyConfigSchema, toProxyConfig } from './schema.js'
 
 /**
@@ -98,7 +98,7 @@ export function validateProxyDocument(
         const what = error.message.split(' at line ')[0]?.split('\n')[0] ?? error.code
         return {
           path: pos === undefined ? '(yaml)' : `${pos.line}:${pos.col}`,
-          message: `YAML syntax error: ${what}`,
+          message: `YAML syntax error: ${echo(what)}`,
           line: pos?.line,
           column: pos?.col,
         }
@@ -115,7 +115,8 @@ export function validateProxyDocument(
     throw new ConfigInvalidError(sourceName, [
       {
         path: '(yaml)',
-        message: `expected a plain YAML document, got ${(error as Error).message}`,
+        // yaml's message names the alias or anchor as written.
+        message: `expected a plain YAML document, got ${echo((error as Error).message)}`,
         line: undefined,
         column: undefined,
       },
@@ -189,7 +190,7 @@ export function validateProxyDocument(
       const inner = issue.issues[0]?.message ?? 'a valid name'
       push(
         path,
-        `expected a key that is a ${inner}, got ${JSON.stringify(key)}`,
+        `expected a key that is a ${inner}, got ${echo(String(key), true)}`,
         locateKey(path.slice(0, -1), String(key)),
       )
       return
@@ -273,7 +274,7 @@ function unreadValues(doc: Document, yamlText: string, lineCounter: LineCounter)
         at(
           ancestors,
           node,
-          `expected a value without a YAML tag (the config resolves none: a secret is read with { env: NAME } or { file: path }), got the tag ${yamlText.slice(tag.pos[0], tag.pos[1])}`,
+          `expected a value without a YAML tag (the config resolves none: a secret is read with { env: NAME } or { file: path }), got the tag ${echo(yamlText.slice(tag.pos[0], tag.pos[1]))}`,
           tag.pos[0],
         )
       else if (isScalar(node) && typeof node.source === 'string' && node.source.includes('\uFFFD'))
@@ -331,8 +332,7 @@ function describe(path: readonly (string | number)[], value: unknown): string {
     // A value refused where a variable's name belongs is as often the secret pasted there.
     if (path[path.length - 1] === 'env' && value !== '')
       return 'a string (not shown: it may be the secret itself)'
-    const shown = redactSecrets(value)
-    return JSON.stringify(shown.length > 80 ? `${shown.slice(0, 80)}…` : shown)
+    return echo(redactSecrets(value), true)
   }
   if (typeof value === 'number' || typeof value === 'boolean') return String(value)
   if (Array.isArray(value)) return `a list of ${value.length}`

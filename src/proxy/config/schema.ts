@@ -23,6 +23,7 @@ import { normalizePath } from '../inbound/normalize-path.js'
 import { retryAffinityDefaults } from '../inbound/retry-affinity.js'
 import { maxRouteWeight } from '../inbound/routes.js'
 import { DEFAULT_VIA_PSEUDONYM, viaPseudonymPattern } from '../via.js'
+import { echo } from './errors.js'
 
 // Schema-level messages are the "expected ..." half of a problem line; load.ts adds the path
 // and the value that was found.
@@ -130,7 +131,7 @@ const routePrefix = pathPrefix.refine(
     error: (issue) => {
       const normalized = normalizePath(String(issue.input))
       return normalized.ok
-        ? `a normalized path (${normalized.path})`
+        ? `a normalized path (${echo(normalized.path)})`
         : `a normalized path (${normalized.reason})`
     },
   },
