@@ -9,6 +9,7 @@ import {
   checkOneOf,
   optionKeys,
 } from '../core/validate.js'
+import { StoredDataError } from '../stores/errors.js'
 import { notify, type SqlDriver, type SqlExecutor } from '../stores/index.js'
 import { SagaNotFoundError, SagaStateConflictError } from './errors.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
@@ -23,6 +24,7 @@ import {
   type StepState,
   sagaStatuses,
   storedJson,
+  storedSteps,
   timelineEntryFromRow,
 } from './state.js'
 import { storedReason } from './store.js'
@@ -54,7 +56,11 @@ export interface SagaSummary {
   readonly name: string
   readonly version: number
   readonly status: SagaStatus
-  /** The current step's name (or the next one to compensate), if any. */
+  /**
+   * The current step's name (or the next one to compensate), if any. Undefined too when the
+   * stored steps cannot be read (a row changed outside breakwater): the instance is listed
+   * with the others, and `getSaga` names what is wrong with it.
+   */
   readonly step: string | undefined
   readonly attempt: number
   readonly nextRunAt: number
@@ -92,27 +98,43 @@ export async function listSagas(
     options.name ?? null,
     limit,
   ])
-  return rows.map((row) => {
-    const steps = JSON.parse(row.steps) as { name: string }[]
-    return {
-      id: row.id,
-      name: row.name,
-      version: Number(row.version),
-      status: row.status as SagaStatus,
-      step: steps[Number(row.step_index)]?.name,
-      attempt: Number(row.attempt),
-      nextRunAt: Number(row.next_run_at),
-      leaseOwner: row.lease_owner ?? undefined,
-      leaseExpiresAt: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
-      reason: row.reason ?? undefined,
-      createdAt: Number(row.created_at),
-      updatedAt: Number(row.updated_at),
-      finishedAt: row.finished_at === null ? undefined : Number(row.finished_at),
-    }
-  })
+  return rows.map((row) => ({
+    id: row.id,
+    name: row.name,
+    version: Number(row.version),
+    status: row.status as SagaStatus,
+    step: listedStep(row),
+    attempt: Number(row.attempt),
+    nextRunAt: Number(row.next_run_at),
+    leaseOwner: row.lease_owner ?? undefined,
+    leaseExpiresAt: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
+    reason: row.reason ?? undefined,
+    createdAt: Number(row.created_at),
+    updatedAt: Number(row.updated_at),
+    finishedAt: row.finished_at === null ? undefined : Number(row.finished_at),
+  }))
 }
 
-/** Reads one instance; undefined when there is none with this id. */
+// The current step's name, or undefined when the stored steps cannot be read (a row changed
+// outside breakwater): one such row failed the whole listing, hiding every other instance.
+// getSaga (`saga show`) names what is wrong with it, and a worker reports it.
+function listedStep(row: SagaRow): string | undefined {
+  let steps: StepState[]
+  try {
+    steps = storedSteps(row)
+  } catch (error) {
+    if (error instanceof StoredDataError) return undefined
+    throw error
+  }
+  const name: unknown = steps[Number(row.step_index)]?.name
+  return typeof name === 'string' ? name : undefined
+}
+
+/**
+ * Reads one instance; undefined when there is none with this id. A row changed outside
+ * breakwater (a JSON column that cannot be read) fails with `StoredDataError`
+ * (`STORED_DATA_INVALID`) naming the saga and the column.
+ */
 export async function getSaga(db: SqlExecutor, id: string): Promise<SagaInstance | undefined> {
   checkId('id', id)
   const rows = await db.query<SagaRow>(sagaStatements[db.dialect].selectOne, [id])
@@ -121,12 +143,14 @@ export async function getSaga(db: SqlExecutor, id: string): Promise<SagaInstance
 
 /**
  * Reads an instance's timeline: each step attempt and its outcome, failures with their errors,
- * compensations, lease takeovers, operator actions, in order.
+ * compensations, lease takeovers, operator actions, in order. An entry whose stored detail is
+ * not a JSON object (a row changed outside breakwater) fails it with `StoredDataError`
+ * (`STORED_DATA_INVALID`) naming the saga and the entry's `seq`.
  */
 export async function getSagaTimeline(db: SqlExecutor, id: string): Promise<SagaTimelineEntry[]> {
   checkId('id', id)
   const rows = await db.query<SagaEventRow>(sagaStatements[db.dialect].selectEvents, [id])
-  return rows.map(timelineEntryFromRow)
+  return rows.map((row) => timelineEntryFromRow(id, row))
 }
 
 /** Options of {@link retrySaga} and {@link cancelSaga}. */
@@ -155,7 +179,9 @@ const adminOptionKeys = optionKeys<SagaAdminOptions>({ by: true, reason: true, c
  * attempts, on the next worker that polls, for the reason it compensated for before it was
  * parked (the failed step, or the cancel; recorded in its timeline). Throws `SagaNotFoundError`, or
  * `SagaStateConflictError` when the saga is not parked; an unknown (misspelt) option is refused
- * with `InvalidOptionError` (`INVALID_OPTION`).
+ * with `InvalidOptionError` (`INVALID_OPTION`). A timeline entry it reads the reason from that
+ * was changed outside breakwater fails it with `StoredDataError` naming the entry; nothing is
+ * re-queued.
  *
  * @example
  * ```ts
@@ -195,11 +221,11 @@ export async function retrySaga(
 // ended `compensated` or `cancelled` with it, and a second park nested it once more. Null for
 // one parked before it compensated (a changed definition): its park reason stays.
 async function compensationReason(tx: SqlExecutor, id: string): Promise<string | null> {
-  const rows = await tx.query<{ detail: string | null }>(
+  const rows = await tx.query<{ seq: number; detail: string | null }>(
     sagaStatements[tx.dialect].compensationReason,
     [id],
   )
-  const reason = reasonInDetail(rows[0]?.detail)
+  const reason = reasonInDetail(id, rows[0])
   return reason === undefined ? null : storedReason(reason)
 }
 
@@ -271,7 +297,8 @@ const deliverReplyOptions = optionKeys<DeliverReplyOptions>({ clock: true, attem
  * are duplicates) and wakes the saga so that a worker continues it. Pass your transaction to
  * record the reply together with, say, the inbox row of the message that carried it. Throws
  * `SagaNotFoundError` for an unknown saga and `SagaStateConflictError` for a step it does not
- * have or one that has sent no command yet. A reply for a step that awaits none (a wait step,
+ * have or one that has sent no command yet, and `StoredDataError` when the instance's stored
+ * steps cannot be read (a row changed outside breakwater; nothing is recorded). A reply for a step that awaits none (a wait step,
  * one that already ran, or one whose reply was read and refused and that waits to resend) is
  * dropped as `'stale'` and wakes nothing: a duplicate delivery woke the saga early (a retry ran
  * before its delay, a sleep ended early) or was taken as the answer to the resend. Give `attempt` (the `ctx.attempt` of the
@@ -306,7 +333,10 @@ export async function deliverReply(
   const rows = await executor.query<SagaRow>(statements.selectOne, [sagaId])
   const row = rows[0]
   if (row === undefined) throw new SagaNotFoundError(sagaId)
-  const steps = JSON.parse(row.steps) as StepState[]
+  // Unreadable (a row changed outside breakwater): StoredDataError naming the saga. Nothing is
+  // recorded, and sagaReplyHandler rethrows it, so the message carrying the reply is not
+  // acknowledged: the reply is not lost while the row is fixed.
+  const steps = storedSteps(row)
   const state = steps.find((s) => s.name === step)
   if (state === undefined) {
     throw new SagaStateConflictError(sagaId, row.status, `it has no step named "${step}"`)

@@ -3,7 +3,7 @@ import { describeValue, InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import { isObjectRecord } from '../core/validate.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
-import { StoredDataError } from '../stores/errors.js'
+import { parseStoredJson, StoredDataError } from '../stores/errors.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
 import { wakeSaga } from './admin.js'
 import {
@@ -16,7 +16,7 @@ import {
 import { SagaAtCommitTimeoutError, SagaLeaseLostError, SagaReplyTimeoutError } from './errors.js'
 import type { MutableSagaMetrics, SagaEvent } from './events.js'
 import type { SagaFaultPoint, SagaFaults } from './faults.js'
-import { sagaStatements, sagaTable } from './sql.js'
+import { sagaRepliesTable, sagaStatements, sagaTable } from './sql.js'
 import {
   describeError,
   type ErrorInfo,
@@ -30,6 +30,7 @@ import {
 import {
   type BatchOutcome,
   type CommitWork,
+  holdUnreadable,
   renewLease,
   type TimelineRecord,
   type TransitionWrite,
@@ -201,6 +202,14 @@ export class InstanceRun {
       if (this.#halted !== undefined) return this.#halted
       this.#host.count('errors')
       this.#emit({ type: 'error', error: errorInfo(error) })
+      // A row it needs cannot be read (a reply, a timeline detail: see StoredDataError): held
+      // as an instance whose state cannot be read is, not retried at every lease until fixed.
+      // What this run wrote before stays; the step that needs the row runs once it is fixed.
+      if (error instanceof StoredDataError) {
+        await holdUnreadable(this.#host.db, this.id, this.token, this.#host.clock).catch(
+          (held: unknown) => this.#emit({ type: 'error', error: errorInfo(held) }),
+        )
+      }
       return 'abandoned'
     }
   }
@@ -279,11 +288,12 @@ export class InstanceRun {
   // transaction as the flag) becomes the compensation's reason.
   async #cancelReason(): Promise<string> {
     const db = this.#host.db
-    const rows = await db.query<{ detail: string | null }>(
+    const rows = await db.query<{ seq: number; detail: string | null }>(
       sagaStatements[db.dialect].cancelRequest,
       [this.id],
     )
-    const reason = reasonInDetail(rows[0]?.detail)
+    // Unreadable (a row changed outside breakwater): StoredDataError, and the instance is held.
+    const reason = reasonInDetail(this.id, rows[0])
     return reason === undefined ? 'cancel requested' : `cancel requested: ${reason}`
   }
 
@@ -543,7 +553,16 @@ export class InstanceRun {
       const rows = await db.query<{ reply: string }>(statements.selectReply, [this.id, step.name])
       return rows.length === 0
         ? { found: false, reply: undefined }
-        : { found: true, reply: JSON.parse(rows[0]!.reply) }
+        : {
+            found: true,
+            // Not JSON (a row changed outside breakwater): StoredDataError, and the instance is
+            // held (see run); taken as no reply or a refused one, the command was sent again.
+            reply: parseStoredJson(rows[0]!.reply, () => ({
+              table: sagaRepliesTable,
+              row: `saga ${JSON.stringify(this.id)} step ${JSON.stringify(step.name)}`,
+              column: 'reply',
+            })),
+          }
     }
     if (state.status === 'waiting') {
       // Woken by a reply, by the reply timeout, or spuriously: the attempt is the last send.

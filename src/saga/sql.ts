@@ -175,11 +175,11 @@ export interface SagaStatements {
    * parked (failed) saga.
    */
   readonly retry: string
-  /** $1 saga id: the detail (JSON, with its `reason`) of its latest `compensating` event. */
+  /** $1 saga id: the seq and detail (JSON, with its `reason`) of its latest `compensating` event. */
   readonly compensationReason: string
   /** $1 id, $2 now. Flags a running saga for cancellation and wakes it. */
   readonly cancel: string
-  /** $1 saga id: the detail (JSON, with the operator's `reason`) of its latest cancel request. */
+  /** $1 saga id: the seq and detail (JSON, with the operator's `reason`) of its latest cancel request. */
   readonly cancelRequest: string
   /**
    * $1 saga id, $2 step, $3 reply JSON, $4 now. Inserts nothing when the instance is gone (or
@@ -262,12 +262,12 @@ WHERE saga_id = $1 ORDER BY seq`,
     lease_owner = NULL, lease_expires_at = NULL, lease_token = lease_token + 1, updated_at = $2,
     reason = COALESCE($3, reason)
 WHERE id = $1 AND status = 'failed'`,
-  compensationReason: `SELECT detail FROM ${sagaEventsTable}
+  compensationReason: `SELECT seq, detail FROM ${sagaEventsTable}
 WHERE saga_id = $1 AND kind = 'compensating' ORDER BY seq DESC LIMIT 1`,
   cancel: `UPDATE ${sagaTable} SET cancel_requested = 1, updated_at = $2,
     next_run_at = CASE WHEN next_run_at > $2 THEN $2 ELSE next_run_at END
 WHERE id = $1 AND status = 'running'`,
-  cancelRequest: `SELECT detail FROM ${sagaEventsTable}
+  cancelRequest: `SELECT seq, detail FROM ${sagaEventsTable}
 WHERE saga_id = $1 AND kind = 'cancel-requested' ORDER BY seq DESC LIMIT 1`,
 
   selectReply: `SELECT reply FROM ${sagaRepliesTable} WHERE saga_id = $1 AND step = $2`,

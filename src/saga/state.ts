@@ -1,7 +1,12 @@
 import { BreakwaterError, describeValue } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
-import { parseStoredJson, parseStoredObject, StoredDataError } from '../stores/errors.js'
-import { sagaTable } from './sql.js'
+import {
+  parseStoredJson,
+  parseStoredObject,
+  StoredDataError,
+  type StoredPlace,
+} from '../stores/errors.js'
+import { sagaEventsTable, sagaTable } from './sql.js'
 
 /**
  * Where a saga instance is:
@@ -188,17 +193,22 @@ export function storedState(row: SagaRow): {
   context: Record<string, unknown>
   steps: StepState[]
 } {
-  const where = (column: string) => () => ({
-    table: sagaTable,
-    row: `saga ${JSON.stringify(row.id)}`,
-    column,
-  })
-  const input = parseStoredJson(row.input, where('input'))
-  const context = parseStoredObject(row.context, where('context'))
-  const steps = parseStoredJson(row.steps, where('steps'))
+  const input = parseStoredJson(row.input, instancePlace(row, 'input'))
+  const context = parseStoredObject(row.context, instancePlace(row, 'context'))
+  return { input, context, steps: storedSteps(row) }
+}
+
+/** The steps of an instance row, parsed; StoredDataError naming the saga as for {@link storedState}. */
+export function storedSteps(row: Pick<SagaRow, 'id' | 'steps'>): StepState[] {
+  const where = instancePlace(row, 'steps')
+  const steps = parseStoredJson(row.steps, where)
   if (!Array.isArray(steps))
-    throw new StoredDataError(where('steps')(), `is not a JSON list: ${describeValue(steps)}`)
-  return { input, context, steps: steps as StepState[] }
+    throw new StoredDataError(where(), `is not a JSON list: ${describeValue(steps)}`)
+  return steps as StepState[]
+}
+
+function instancePlace(row: Pick<SagaRow, 'id'>, column: string): () => StoredPlace {
+  return () => ({ table: sagaTable, row: `saga ${JSON.stringify(row.id)}`, column })
 }
 
 /** Turns a row into an instance. */
@@ -237,14 +247,36 @@ export interface SagaEventRow {
   detail: string | null
 }
 
-/** The `reason` in a timeline row's detail (JSON text), when it holds a non-empty one. */
-export function reasonInDetail(detail: string | null | undefined): string | undefined {
-  const reason = detail ? (JSON.parse(detail) as { reason?: unknown }).reason : undefined
+/**
+ * A timeline row's detail (JSON text of an object, or null). One changed outside breakwater
+ * (not JSON, not an object) fails with StoredDataError naming the saga and the row's seq.
+ */
+function storedDetail(
+  sagaId: string,
+  row: Pick<SagaEventRow, 'seq' | 'detail'>,
+): Record<string, unknown> | undefined {
+  if (row.detail === null) return undefined
+  return parseStoredObject(row.detail, () => ({
+    table: sagaEventsTable,
+    row: `saga ${JSON.stringify(sagaId)} event ${Number(row.seq)}`,
+    column: 'detail',
+  }))
+}
+
+/**
+ * The `reason` in a timeline row's detail, when it holds a non-empty one; StoredDataError
+ * when the detail cannot be read (see {@link storedDetail}).
+ */
+export function reasonInDetail(
+  sagaId: string,
+  row: Pick<SagaEventRow, 'seq' | 'detail'> | undefined,
+): string | undefined {
+  const reason = row === undefined ? undefined : storedDetail(sagaId, row)?.reason
   return typeof reason === 'string' && reason !== '' ? reason : undefined
 }
 
-/** Turns a timeline row into an entry. */
-export function timelineEntryFromRow(row: SagaEventRow): SagaTimelineEntry {
+/** Turns a timeline row of saga `sagaId` into an entry; StoredDataError for an unreadable detail. */
+export function timelineEntryFromRow(sagaId: string, row: SagaEventRow): SagaTimelineEntry {
   return {
     seq: Number(row.seq),
     at: Number(row.at),
@@ -252,7 +284,7 @@ export function timelineEntryFromRow(row: SagaEventRow): SagaTimelineEntry {
     step: row.step ?? undefined,
     attempt: row.attempt === null ? undefined : Number(row.attempt),
     worker: row.worker ?? undefined,
-    detail: row.detail === null ? undefined : (JSON.parse(row.detail) as Record<string, unknown>),
+    detail: storedDetail(sagaId, row),
   }
 }
 

@@ -3,20 +3,42 @@
 // The worker's claim threw a bare SyntaxError out of poll(): the other instances claimed with it
 // never ran (their leases expired, and the next claim took the bad one again), and nothing named
 // the instance. It is now reported as an `error` event with a StoredDataError naming the saga
-// and the column, left as it is, and the others run. Real SQLite, time on a ManualClock.
+// and the column, left as it is, and the others run. The same for the other rows a worker
+// reads (a step index, a reply, a cancel request's detail). Real SQLite, time on a ManualClock.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
+  cancelSaga,
   createSagaWorker,
   defineSaga,
+  deliverReply,
   getSaga,
+  type SagaDefinition,
   type SagaEvent,
   type SagaWorker,
   startSaga,
 } from '../../src/saga/index.js'
-import { StoredDataError } from '../../src/stores/index.js'
+import { type SqlDriver, StoredDataError } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { sqliteDb, type TestDb } from './databases.js'
+
+/** A worker for `saga` and the events it emits. */
+function watched(db: SqlDriver, saga: SagaDefinition<unknown, unknown>, clock: ManualClock) {
+  const worker = createSagaWorker({ db, sagas: [saga], clock })
+  const events: SagaEvent[] = []
+  worker.events.on((e) => events.push(e))
+  return { worker, events }
+}
+
+/** Checks that the worker reported one error so far: STORED_DATA_INVALID for `sagaId`, saying `said`. */
+function expectReportedOnce(events: readonly SagaEvent[], sagaId: string, said: string): void {
+  const errors = events.filter((e) => e.type === 'error')
+  expect(errors).toHaveLength(1)
+  expect(errors[0]).toMatchObject({
+    sagaId,
+    error: { code: 'STORED_DATA_INVALID', message: expect.stringContaining(said) },
+  })
+}
 
 /**
  * Checks that the instance the worker reported is held for a minute: not claimed and reported
@@ -119,22 +141,14 @@ describe('saga instances with malformed stored rows, on SQLite', () => {
       index,
       broken,
     ])
-    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
-    const events: SagaEvent[] = []
-    worker.events.on((e) => events.push(e))
+    const { worker, events } = watched(t.db, saga, clock)
     try {
       await worker.poll()
-      const errors = events.filter((e) => e.type === 'error')
-      expect(errors).toHaveLength(1)
-      expect(errors[0]).toMatchObject({
-        sagaId: broken,
-        error: {
-          code: 'STORED_DATA_INVALID',
-          message: expect.stringContaining(
-            `breakwater_sagas saga "${broken}": step_index is ${index}, not the index of one of its 2 steps (0 to 1) of ${name}@1`,
-          ),
-        },
-      })
+      expectReportedOnce(
+        events,
+        broken,
+        `breakwater_sagas saga "${broken}": step_index is ${index}, not the index of one of its 2 steps (0 to 1) of ${name}@1`,
+      )
       expect(ran).toEqual([])
       await expectHeldForAMinute(worker, clock, events)
     } finally {
@@ -143,4 +157,78 @@ describe('saga instances with malformed stored rows, on SQLite', () => {
     const read = await getSaga(t.db, broken)
     expect(read).toMatchObject({ status, stepIndex: index, finishedAt: undefined })
   })
+
+  // Rows the worker reads while it runs an instance: a recorded reply, and the detail of a
+  // cancel request (its reason). Not JSON, they threw a bare SyntaxError (a detail `null`, a
+  // TypeError) out of the run, naming nothing, and the instance was claimed again, and the
+  // error reported again, at every lease (800 ms) until someone found the row.
+  it('a recorded reply that is not JSON: reported by name, the reply left, no resend, held', async () => {
+    const bad = '{bad'
+    const clock = new ManualClock(1_700_000_000_000)
+    let sent = 0
+    const saga = defineSaga({
+      name: `reply-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'charge',
+          send: async () => void sent++,
+          awaitReply: { timeoutMs: 600_000 },
+        },
+      ],
+    })
+    const { worker, events } = watched(t.db, saga, clock)
+    try {
+      const { id } = await worker.run(saga, {})
+      expect(await deliverReply(t.db, id, 'charge', { ok: true }, { clock })).toBe('delivered')
+      await t.db.execute('UPDATE breakwater_saga_replies SET reply = $1 WHERE saga_id = $2', [
+        bad,
+        id,
+      ])
+      await worker.poll()
+      expectReportedOnce(events, id, `breakwater_saga_replies saga "${id}" step "charge": reply is`)
+      await expectHeldForAMinute(worker, clock, events)
+      expect(sent).toBe(1)
+      expect((await getSaga(t.db, id))?.steps[0]).toMatchObject({ status: 'waiting' })
+      const replies = await t.db.query(
+        'SELECT reply FROM breakwater_saga_replies WHERE saga_id = $1',
+        [id],
+      )
+      expect(replies).toEqual([{ reply: bad }])
+    } finally {
+      await worker.stop()
+    }
+  })
+
+  it.each(['{bad', 'null'])(
+    'the detail of a cancel request %s: reported by name, left, held',
+    async (bad) => {
+      const clock = new ManualClock(1_700_000_000_000)
+      const saga = defineSaga({
+        name: `cancel-${randomUUID().slice(0, 8)}`,
+        version: 1,
+        steps: [{ name: 'nap', sleepMs: 600_000 }],
+      })
+      const { worker, events } = watched(t.db, saga, clock)
+      try {
+        const { id } = await worker.run(saga, {})
+        await cancelSaga(t.db, id, { reason: 'customer left', clock })
+        const edited = await t.db.query<{ seq: number }>(
+          `UPDATE breakwater_saga_events SET detail = $1 WHERE saga_id = $2 AND kind = 'cancel-requested' RETURNING seq`,
+          [bad, id],
+        )
+        const seq = edited[0]!.seq
+        await worker.poll()
+        expectReportedOnce(
+          events,
+          id,
+          `breakwater_saga_events saga "${id}" event ${seq}: detail is`,
+        )
+        await expectHeldForAMinute(worker, clock, events)
+        expect(await getSaga(t.db, id)).toMatchObject({ status: 'running', cancelRequested: true })
+      } finally {
+        await worker.stop()
+      }
+    },
+  )
 })
