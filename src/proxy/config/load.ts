@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import {
   type Document,
+  isAlias,
   isMap,
   isPair,
   isScalar,
@@ -86,8 +87,15 @@ export function validateProxyDocument(
   overrides: ProxyConfigOverrides = {},
 ): ProxyConfigDocument {
   const lineCounter = new LineCounter()
-  // uniqueKeys (the default) makes a repeated key an error rather than last-one-wins.
-  const doc = parseDocument(yamlText, { lineCounter, prettyErrors: true, uniqueKeys: true })
+  // uniqueKeys (the default) makes a repeated key an error rather than last-one-wins. merge
+  // takes YAML 1.1 merge keys (`<<: *defaults`), which operators share settings with; the
+  // merged document is validated as if written out in full.
+  const doc = parseDocument(yamlText, {
+    lineCounter,
+    prettyErrors: true,
+    uniqueKeys: true,
+    merge: true,
+  })
   if (doc.errors.length > 0) {
     throw new ConfigInvalidError(
       sourceName,
@@ -241,51 +249,63 @@ export function validateProxyDocument(
  * a word: one under a tag that did not resolve (yaml drops the tag and keeps the text, so
  * `!env ORDERS_HOST`, as other tools substitute variables, became the literal name), and text
  * that was not UTF-8 (read as U+FFFD, so a Latin-1 `données.db` named another file). Comments
- * are not values: bytes there change nothing.
+ * are not values: bytes there change nothing. And a merge key (`<<`) whose value is not a
+ * mapping (or a list of them), which yaml refuses only later with no place named.
  */
 function unreadValues(doc: Document, yamlText: string, lineCounter: LineCounter): ConfigProblem[] {
   const problems: ConfigProblem[] = []
-  const at = (
-    ancestors: readonly unknown[],
-    node: Node,
-    message: string,
-    offset = node.range?.[0] ?? 0,
-  ): void => {
+  const at = (path: (string | number)[], offset: number, message: string): void => {
     const pos = lineCounter.linePos(offset)
-    problems.push({
-      path: formatPath(pathOf(ancestors, node)),
-      message,
-      line: pos.line,
-      column: pos.col,
-    })
+    problems.push({ path: formatPath(path), message, line: pos.line, column: pos.col })
   }
   const unresolved = doc.warnings.filter((warning) => warning.code === 'TAG_RESOLVE_FAILED')
   visit(doc, {
+    Pair(_, pair, ancestors) {
+      // A merge key is a plain `<<`, which yaml reads as a symbol (a quoted one is a key).
+      if (!isScalar(pair.key) || typeof pair.key.value !== 'symbol') return
+      const merged = isAlias(pair.value) ? pair.value.resolve(doc) : pair.value
+      const bad = (isSeq(merged) ? merged.items : [merged])
+        .map((item) => (isAlias(item) ? item.resolve(doc) : item))
+        .find((item) => !isMap(item))
+      if (bad === undefined && merged !== undefined) return
+      at(
+        pathOf([...ancestors, pair], pair.value),
+        pair.key.range?.[0] ?? 0,
+        `expected a mapping, or a list of mappings, to merge, got ${isSeq(merged) ? `a list holding ${nodeKind(bad)}` : nodeKind(merged)}`,
+      )
+    },
     Node(_, node, ancestors) {
-      const start = node.range?.[0]
+      const start = node.range?.[0] ?? 0
       // The tag is written just before the value it stands on (blanks between).
       const tag = unresolved.find(
         (warning) =>
-          start !== undefined &&
+          node.range?.[0] !== undefined &&
           start >= warning.pos[1] &&
           yamlText.slice(warning.pos[1], start).trim() === '',
       )
       if (tag !== undefined)
         at(
-          ancestors,
-          node,
-          `expected a value without a YAML tag (the config resolves none: a secret is read with { env: NAME } or { file: path }), got the tag ${echo(yamlText.slice(tag.pos[0], tag.pos[1]))}`,
+          pathOf(ancestors, node),
           tag.pos[0],
+          `expected a value without a YAML tag (the config resolves none: a secret is read with { env: NAME } or { file: path }), got the tag ${echo(yamlText.slice(tag.pos[0], tag.pos[1]))}`,
         )
       else if (isScalar(node) && typeof node.source === 'string' && node.source.includes('\uFFFD'))
         at(
-          ancestors,
-          node,
+          pathOf(ancestors, node),
+          start,
           'expected UTF-8 text, got bytes that are not UTF-8 (save the file as UTF-8)',
         )
     },
   })
   return problems
+}
+
+/** What a YAML node is, for a problem that must not repeat its value. */
+function nodeKind(node: unknown): string {
+  if (isMap(node)) return 'a mapping'
+  if (isSeq(node)) return 'a list'
+  if (!isScalar(node) || node.value === null) return 'nothing'
+  return typeof node.value === 'boolean' ? 'true or false' : `a ${typeof node.value}`
 }
 
 /** The config path of `node`, from the ancestors `visit` gives (a tagged key names its map). */
@@ -297,9 +317,14 @@ function pathOf(ancestors: readonly unknown[], node: unknown): (string | number)
     const child = chain[i + 1]
     if (isSeq(parent)) path.push(parent.items.indexOf(child as never))
     else if (isPair(parent) && child === parent.value)
-      path.push(isScalar(parent.key) ? String(parent.key.value) : String(parent.key))
+      path.push(isScalar(parent.key) ? keyName(parent.key.value) : String(parent.key))
   }
   return path
+}
+
+/** A key as the config names it (yaml reads a merge key `<<` as a symbol). */
+function keyName(value: unknown): string {
+  return typeof value === 'symbol' ? (value.description ?? '') : String(value)
 }
 
 function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
