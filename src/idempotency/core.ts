@@ -12,6 +12,7 @@ import {
   checkSignal,
   optionKeys,
 } from '../core/validate.js'
+import { parseStoredJson, type StoredPlace } from '../stores/errors.js'
 import type { SqlDriver } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
 import {
@@ -515,12 +516,29 @@ function replayOf(record: IdempotencyRecord): IdempotencyResponse {
   return { status: result.status ?? 200, headers, body: result.body }
 }
 
+/**
+ * The result `idempotent()` recorded, from its JSON text. A body that is no longer JSON (a record
+ * changed outside breakwater) fails with StoredDataError naming the key, not a bare SyntaxError;
+ * the place is built only then, so a replay words nothing.
+ */
 function decodeResult<T>(record: IdempotencyRecord): T {
-  const body = record.result?.body
+  const result = record.result
+  const body = result?.body
   if (body === undefined || body.byteLength === 0) return undefined as T
-  return JSON.parse(
-    Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8'),
-  ) as T
+  const text = Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8')
+  return parseStoredJson(text, result!.bodyPlace ?? (() => unnamedBodyPlace(record))) as T
+}
+
+/**
+ * The body's place for a store that does not say where it keeps it. The key, not the scope: a
+ * scope may be derived from a caller's credential.
+ */
+function unnamedBodyPlace(record: IdempotencyRecord): StoredPlace {
+  return {
+    table: 'idempotency store',
+    row: `record of key ${JSON.stringify(record.key)}`,
+    column: 'result body',
+  }
 }
 
 /** {@link IdempotentExecution} over an {@link Execution}: one object per request, no closures. */

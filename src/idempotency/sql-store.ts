@@ -1,5 +1,5 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { parseStoredJson } from '../stores/errors.js'
+import { parseStoredObject, StoredDataError, type StoredPlace } from '../stores/errors.js'
 import {
   type AppliedMigration,
   runMigrations,
@@ -72,7 +72,8 @@ function toRecord(row: RecordRow): IdempotencyRecord {
             row.response_headers === null
               ? {}
               : (storedJson(row, 'response_headers') as Record<string, string | string[]>),
-          body: row.response_body ?? new Uint8Array(0),
+          body: storedBody(row),
+          bodyPlace: placeOf(row, 'response_body'),
         }
       : undefined,
     createdAtMs: Number(row.created_at),
@@ -82,17 +83,37 @@ function toRecord(row: RecordRow): IdempotencyRecord {
 }
 
 /**
- * A JSON column of the record, parsed. Text that is not JSON (a row changed outside breakwater)
- * fails with StoredDataError naming the key and the column, not a bare SyntaxError. The key
- * only, not the scope: a scope may be derived from a caller's credential.
+ * A JSON object column of the record, parsed. Text that is not JSON, or JSON that is not an
+ * object (`null` headers, a row changed outside breakwater), fails with StoredDataError naming
+ * the key and the column, not a bare SyntaxError or a TypeError in the replay.
  */
-function storedJson(row: RecordRow, column: 'recovery_data' | 'response_headers'): unknown {
-  return parseStoredJson(row[column], () => ({
-    table: idempotencyTable,
-    row: `record of key ${JSON.stringify(row.idem_key)}`,
-    column,
-  }))
+function storedJson(
+  row: RecordRow,
+  column: 'recovery_data' | 'response_headers',
+): Record<string, unknown> {
+  return parseStoredObject(row[column], placeOf(row, column))
 }
+
+/**
+ * The recorded body. On SQLite a text set into the BLOB column by hand stays text: refused here,
+ * naming the key, rather than handed on as a string that no replay can send or decode.
+ */
+function storedBody(row: RecordRow): Uint8Array {
+  const body: unknown = row.response_body
+  if (body === null) return new Uint8Array(0)
+  if (body instanceof Uint8Array) return body
+  throw new StoredDataError(placeOf(row, 'response_body')(), `is not bytes (${typeof body})`)
+}
+
+/**
+ * Where a column of the record is, built only when it is reported. The key only, not the scope:
+ * a scope may be derived from a caller's credential.
+ */
+const placeOf = (row: RecordRow, column: string) => (): StoredPlace => ({
+  table: idempotencyTable,
+  row: `record of key ${JSON.stringify(row.idem_key)}`,
+  column,
+})
 
 // Times are stored as whole epoch milliseconds, floored as `storedTime` (src/core/clock.ts) floors
 // a clock's reading for the other capabilities. This store floors the values it is handed rather

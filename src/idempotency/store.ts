@@ -1,3 +1,4 @@
+import type { StoredPlace } from '../stores/errors.js'
 import type { SqlDialect, SqlTransaction } from '../stores/index.js'
 import type { JsonValue } from './types.js'
 
@@ -12,6 +13,12 @@ export interface StoredResult {
   readonly headers: Readonly<Record<string, string | readonly string[]>>
   /** The body bytes (for `idempotent()`: the UTF-8 JSON of the result, empty for undefined). */
   readonly body: Uint8Array
+  /**
+   * Where a store read the body from, for the error a replay of `idempotent()` reports when it
+   * is no longer JSON (a record changed outside breakwater). Called only then. Optional: without
+   * it the error names the key and `result body` in `idempotency store`.
+   */
+  readonly bodyPlace?: () => StoredPlace
 }
 
 /** One key's record. */

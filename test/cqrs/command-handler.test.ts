@@ -410,6 +410,35 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     expect(rows).toEqual([{ state: '{"open": tru' }])
   })
 
+  // The recorded result of a command id is replayed from its JSON; an edited one failed each
+  // repeat with a bare SyntaxError naming nothing.
+  it('names the command id whose recorded result is not JSON, and appends nothing', async () => {
+    const accounts = createCommandHandler(store, {
+      decider: account,
+      idempotency: { scope: 'edited' },
+    })
+    const id = fresh()
+    const commandId = `${id}-open`
+    await accounts.handle(id, { kind: 'open', owner: 'ola' }, { commandId })
+    await t.db.execute('UPDATE breakwater_idempotency SET response_body = $1 WHERE idem_key = $2', [
+      Buffer.from('{"events": ['),
+      commandId,
+    ])
+
+    const error = await accounts
+      .handle(id, { kind: 'open', owner: 'ola' }, { commandId })
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(StoredDataError)
+    expect(error).toMatchObject({
+      code: 'STORED_DATA_INVALID',
+      table: 'breakwater_idempotency',
+      column: 'response_body',
+    })
+    expect((error as Error).message).toContain(`record of key "${commandId}"`)
+    expect((error as Error).message).not.toContain('edited')
+    expect((await store.readStream(id)).version).toBe(1)
+  })
+
   // On SQLite the handler's transaction holds the write lock from its start, so no delete can
   // come between its load and its append.
   it.runIf(target.dialect === 'postgres')(
