@@ -16,8 +16,9 @@ import {
   checkObject,
   optionKeys,
 } from '../core/validate.js'
+import { parseStoredJson, StoredDataError } from '../stores/errors.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
-import { sagaStatements } from './sql.js'
+import { flowEventsTable, sagaStatements } from './sql.js'
 
 // A choreographed flow has no orchestrator holding its state: each service reacts to events
 // and emits its own. The tracker makes it traceable anyway: it records every event of a flow
@@ -324,11 +325,17 @@ export interface FlowTracker {
    * for ever). Use as a subscription handler on a consumer group of its own.
    */
   observe(message: TrackableMessage, source?: string): Promise<boolean>
-  /** Rebuilds a flow's state; undefined when no event has this correlation id. */
+  /**
+   * Rebuilds a flow's state; undefined when no event has this correlation id. An event whose
+   * stored payload is not JSON (a row changed outside breakwater) fails it with
+   * `StoredDataError` (`STORED_DATA_INVALID`) naming the event and the correlation id.
+   */
   state(correlationId: string): Promise<FlowState | undefined>
   /**
    * Flows with events in the last `withinMs` (default one day) whose next event is overdue, most
-   * recently active first, at most `limit` of them (default 1000).
+   * recently active first, at most `limit` of them (default 1000). An event whose stored
+   * payload is not JSON is listed without it (the payload plays no part in where a flow is),
+   * so that one such row does not hide every stalled flow; `state()` names it.
    */
   stalled(options?: { readonly withinMs?: number; readonly limit?: number }): Promise<FlowState[]>
 }
@@ -413,20 +420,36 @@ class SqlFlowTracker implements FlowTracker {
     })
   }
 
-  async state(correlationId: string): Promise<FlowState | undefined> {
+  state(correlationId: string): Promise<FlowState | undefined> {
+    return this.#state(correlationId, true)
+  }
+
+  // `strict`: a payload that is not JSON (a row changed outside breakwater) fails with
+  // StoredDataError naming the event. Otherwise, for stalled(), the event is kept without its
+  // payload, which plays no part in where the flow is: one such row failed the whole listing,
+  // hiding every stalled flow.
+  async #state(correlationId: string, strict: boolean): Promise<FlowState | undefined> {
     const rows = await this.#db.query<FlowEventRow>(
       sagaStatements[this.#db.dialect].selectFlowEvents,
       [correlationId],
     )
     if (rows.length === 0) return undefined
-    const events = rows.map((row) => ({
-      id: row.event_id,
-      correlationId,
-      type: row.type,
-      at: Number(row.at),
-      ...(row.source === null ? {} : { source: row.source }),
-      ...(row.payload === null ? {} : { payload: JSON.parse(row.payload) as unknown }),
-    }))
+    const events = rows.map((row) => {
+      const event = {
+        id: row.event_id,
+        correlationId,
+        type: row.type,
+        at: Number(row.at),
+        ...(row.source === null ? {} : { source: row.source }),
+      }
+      if (row.payload === null) return event
+      try {
+        return { ...event, payload: storedPayload(row, correlationId) }
+      } catch (error) {
+        if (strict || !(error instanceof StoredDataError)) throw error
+        return event
+      }
+    })
     return reconstructFlow(this.#flows, correlationId, events, storedTime(this.#clock))
   }
 
@@ -447,7 +470,7 @@ class SqlFlowTracker implements FlowTracker {
         [since, limit, ...cursor],
       )
       for (const row of rows) {
-        const state = await this.state(row.correlation_id)
+        const state = await this.#state(row.correlation_id, false)
         if (state?.status === 'stalled') states.push(state)
         if (states.length === limit) return states
       }
@@ -456,6 +479,14 @@ class SqlFlowTracker implements FlowTracker {
       cursor = [Number(last.last_at), last.correlation_id]
     }
   }
+}
+
+function storedPayload(row: FlowEventRow, correlationId: string): unknown {
+  return parseStoredJson(row.payload, () => ({
+    table: flowEventsTable,
+    row: `event ${JSON.stringify(row.event_id)} (correlation id ${JSON.stringify(correlationId)})`,
+    column: 'payload',
+  }))
 }
 
 /**

@@ -18,6 +18,7 @@ import {
   PoisonMessageError,
 } from '../../src/outbox/index.js'
 import { createFlowTracker, createReactor, defineFlow } from '../../src/saga/index.js'
+import { StoredDataError } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { countRows, dbTargets, type TestDb } from './databases.js'
 
@@ -208,5 +209,37 @@ describe.each(dbTargets)('flow tracker storage on $dialect', (target) => {
     })
     await reactor(message({ 'correlation-id': correlationId, 'event-type': 'order-placed' }))
     expect(seen).toEqual([correlationId])
+  })
+
+  // A payload changed outside breakwater so that it is not JSON: state() threw a bare
+  // SyntaxError naming nothing, and stalled() failed as a whole, so one such row hid every
+  // stalled flow. state() now names the event; stalled() still lists its flow (the payload
+  // plays no part in where a flow is), that event without its payload, and the others.
+  it('a payload that is not JSON: state() names the event, stalled() lists every stalled flow', async () => {
+    const payFlow = defineFlow({ name: 'pay', steps: ['pay-asked', 'pay-settled'], withinMs: 1 })
+    const tracker = createFlowTracker({ db: t.db, flows: [payFlow], clock: new ManualClock(9) })
+    const spoilt = `pay-${randomUUID()}`
+    const fine = `pay-${randomUUID()}`
+    for (const correlationId of [spoilt, fine]) {
+      const event = { id: `${correlationId}-1`, correlationId, type: 'pay-asked', at: 5 }
+      await tracker.record(t.db, { ...event, payload: { amount: 5 } })
+    }
+    await t.db.execute('UPDATE breakwater_flow_events SET payload = $1 WHERE correlation_id = $2', [
+      '{bad',
+      spoilt,
+    ])
+    const error = await tracker.state(spoilt).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(StoredDataError)
+    expect(error).toMatchObject({
+      table: 'breakwater_flow_events',
+      row: `event "${spoilt}-1" (correlation id "${spoilt}")`,
+      column: 'payload',
+    })
+    const stalled = await tracker.stalled()
+    expect(new Set(stalled.map((s) => s.correlationId))).toEqual(new Set([spoilt, fine]))
+    expect(stalled.find((s) => s.correlationId === spoilt)?.events).toEqual([
+      { id: `${spoilt}-1`, correlationId: spoilt, type: 'pay-asked', at: 5 },
+    ])
+    expect(stalled.find((s) => s.correlationId === fine)?.events[0]?.payload).toEqual({ amount: 5 })
   })
 })
