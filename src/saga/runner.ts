@@ -81,7 +81,10 @@ export type RunOutcome =
   | 'released'
   /** A fenced write was refused: another worker owns it now. */
   | 'lost'
-  /** A fault hook or a database error stopped the run; the lease will expire. */
+  /**
+   * A fault hook or a database error stopped the run; the lease will expire. (A stored row it
+   * cannot read, StoredDataError, also stops it: the instance is then held for a minute.)
+   */
   | 'abandoned'
 
 /** Thrown by a fault hook's wrapper: stop at once, write nothing more. */

@@ -1,5 +1,6 @@
 import { BreakwaterError, describeValue } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
+import { isObjectRecord } from '../core/validate.js'
 import {
   parseStoredJson,
   parseStoredObject,
@@ -204,6 +205,13 @@ export function storedSteps(row: Pick<SagaRow, 'id' | 'steps'>): StepState[] {
   const steps = parseStoredJson(row.steps, where)
   if (!Array.isArray(steps))
     throw new StoredDataError(where(), `is not a JSON list: ${describeValue(steps)}`)
+  // Every reader takes an entry's name: `null` there threw a bare TypeError out of a worker's
+  // run (reported at every lease), and a nameless step read as a changed definition.
+  steps.forEach((step: unknown, i) => {
+    if (isObjectRecord(step) && typeof step.name === 'string') return
+    const what = isObjectRecord(step) ? 'an object without a name' : describeValue(step)
+    throw new StoredDataError(where(), `holds ${what} at [${i}], not a step`)
+  })
   return steps as StepState[]
 }
 

@@ -73,6 +73,8 @@ describe('saga instances with malformed stored rows, on SQLite', () => {
     ['context', '{bad', 'is not JSON'],
     ['input', 'x', 'is not JSON'],
     ['steps', 'null', 'is not a JSON list'],
+    ['steps', '[null]', 'holds null at [0], not a step'],
+    ['steps', '[{"status":"pending"}]', 'holds an object without a name at [0], not a step'],
   ])('%s %s: reported by name, the others run', async (column, bad, said) => {
     const clock = new ManualClock(1_700_000_000_000)
     const name = `order-${randomUUID().slice(0, 8)}`
