@@ -3,6 +3,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import { cqrsStatements } from './sql.js'
+import { readStoredPosition } from './stored-position.js'
 import type { EventShape, RecordedEvent } from './types.js'
 
 /** What a projection's `apply` receives besides the event. */
@@ -272,7 +273,11 @@ export async function ensureProjections(
       // its checkpoint; events taken after it are missing until a rebuild.
       if (!inline && row.inline !== null) continue
       let missing = row.missing_through === null ? null : Number(row.missing_through)
-      if (inline && row.inline !== null && (missingThrough ?? 0) > Number(row.position)) {
+      // A position that cannot be read (a row changed outside breakwater) is taken as nothing
+      // applied: the inline projection then reports what it may lack until a rebuild, which
+      // stores a position in its place. Refusing it would stop every append of the store.
+      const applied = readStoredPosition(row.position) ?? -1
+      if (inline && row.inline !== null && (missingThrough ?? 0) > applied) {
         missing = missingThrough
       }
       await tx.execute(statements.setProjectionMode, [

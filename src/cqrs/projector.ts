@@ -32,6 +32,7 @@ import {
   projectionContext,
   validateProjection,
 } from './projections.js'
+import { projectionPlace, readStoredPosition, storedPosition } from './stored-position.js'
 import type { RecordedEvent } from './types.js'
 
 /** Options of {@link createProjector}. */
@@ -426,7 +427,7 @@ class SqlProjector implements Projector {
     const result = await store.db.transaction(async (tx) => {
       const row = await this.#lockRow(tx)
       if (row.inline !== null && Number(row.inline) === 1) throw this.#registeredInline()
-      const position = Number(row.position)
+      const position = storedPosition(row.position, projectionPlace(this.name, 'position'))
       const page = await store.readAllOfTypes(
         { fromPosition: position + 1, limit: this.#batchSize, tx },
         this.#wants,
@@ -556,7 +557,10 @@ class SqlProjector implements Projector {
     const rows = await this.#store.db.query<ProjectionRow>(this.#store.statements.projection, [
       this.name,
     ])
-    return Number(rows[0]?.position ?? 0)
+    const row = rows[0]
+    return row === undefined
+      ? 0
+      : storedPosition(row.position, projectionPlace(this.name, 'position'))
   }
 
   /**
@@ -803,7 +807,9 @@ class SqlProjector implements Projector {
       // back, and `waitFor` (already past it) would report positions the swapped-in tables
       // lack. Every position up to that checkpoint was read below a watermark by the batch or
       // swap that stored it, so no transaction can still write there: read without one.
-      const checkpoint = Number(row.position)
+      // One that cannot be read (a row changed outside breakwater) guards nothing: the swap
+      // stores the position it reached in its place, so a rebuild repairs the row.
+      const checkpoint = readStoredPosition(row.position) ?? 0
       while (position < checkpoint) {
         const rows = await tx.query<EventRow>(store.statements.readAllCommitted, [
           position + 1,

@@ -11,6 +11,7 @@ import {
 } from '../core/validate.js'
 import { checkKey, type EventStoreImpl } from './event-store.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
+import { storedPosition } from './stored-position.js'
 import type { RecordedEvent } from './types.js'
 
 /** Options of `EventStore.subscribe`. */
@@ -162,7 +163,15 @@ class StoreSubscription implements Subscription {
               this.#store.statements.loadCheckpoint,
               [this.name],
             )
-            if (rows[0] !== undefined) this.position = Number(rows[0].position)
+            if (rows[0] !== undefined) {
+              // Read before it replaces the position: one that cannot be read is reported (and
+              // read again at the retry), and leaves nothing for the last save to store.
+              this.position = storedPosition(rows[0].position, () => ({
+                table: 'breakwater_checkpoints',
+                row: `checkpoint ${JSON.stringify(this.name)}`,
+                column: 'position',
+              }))
+            }
             this.#saved = this.position
           }
           started = true
