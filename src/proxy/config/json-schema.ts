@@ -18,5 +18,8 @@ export function proxyConfigJsonSchema(): Record<string, unknown> {
     $id: 'https://breakwater.dev/schemas/proxy-config.schema.json',
     title: 'breakwater proxy config',
     ...schema,
+    // Top-level extension fields (`x-defaults: &defaults`), which the loader ignores; zod has
+    // no pattern for keys, so they are added here. Any other unknown key stays refused.
+    patternProperties: { '^x-': {} },
   }
 }

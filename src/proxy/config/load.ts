@@ -134,7 +134,7 @@ export function validateProxyDocument(
   if (typeof raw === 'object' && !Array.isArray(raw)) {
     const { workers, startTimeoutMs } = overrides
     raw = {
-      ...(raw as Record<string, unknown>),
+      ...withoutExtensionFields(raw as Record<string, unknown>),
       ...(workers === undefined ? {} : { workers }),
       ...(startTimeoutMs === undefined ? {} : { startTimeoutMs }),
     }
@@ -298,6 +298,17 @@ function unreadValues(doc: Document, yamlText: string, lineCounter: LineCounter)
     },
   })
   return problems
+}
+
+/**
+ * The top level of a document without its extension fields: keys that start with `x-`, which
+ * breakwater ignores as docker-compose does, so a block of shared settings can stand on its own
+ * (`x-defaults: &defaults`, then `<<: *defaults` in each service). Only the top level: a
+ * service, listener or setting is checked key by key, so a typo there is never taken for one.
+ * Their content was read as YAML all the same (tags, bytes, merges), since a merge may take it.
+ */
+function withoutExtensionFields(document: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(document).filter(([key]) => !key.startsWith('x-')))
 }
 
 /** What a YAML node is, for a problem that must not repeat its value. */

@@ -437,7 +437,8 @@ const listenerSchema = z.strictObject({
 
 /**
  * The proxy config as written in YAML (with defaults). Unknown keys are errors. Secrets are only
- * ever `{ env }` / `{ file }` references. See docs/proxy.md for every field.
+ * ever `{ env }` / `{ file }` references. See docs/proxy.md for every field. Top-level
+ * extension fields (`x-...`) are removed by the loader before this schema sees the document.
  */
 export const proxyConfigSchema = z
   .strictObject({
