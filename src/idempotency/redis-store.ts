@@ -250,6 +250,8 @@ function toRecord(reply: readonly Buffer[], keyPrefix: string, key: string): Ide
       status: status === '' ? undefined : code,
       headers: parseStoredObject(text('rh'), where('rh')) as StoredResult['headers'],
       body: new Uint8Array(bytes('rb')),
+      // A body idempotent() cannot decode is named as this field, as the other fields are.
+      bodyPlace: where('rb'),
     }
   }
   return {

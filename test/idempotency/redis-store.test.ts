@@ -544,6 +544,9 @@ describe('Redis idempotency store: a record changed outside breakwater', () => {
     ['ca', '', 'is not a number'],
     ['ua', ' ', 'is not a number'],
     ['st', 'done', 'is not in_progress or completed'],
+    // The result idempotent() recorded, read back by the replay: named as the field, not as a
+    // store that does not say where it keeps the body.
+    ['rb', '{not json', 'is not JSON'],
   ])(
     'completed: names the key and the field %s set to %j, leaving it as it is',
     async (field, value, problem) => {
