@@ -59,7 +59,7 @@ options:
                          (default: the config's startTimeoutMs, 60000); past it the start
                          fails naming what it waited for, a reload is refused
   --check                validate the file (and that the files it names can be read),
-                         print every problem, exit 0 (valid) or 1
+                         print its problems (the first 50), exit 0 (valid) or 1
   --log-level <level>    debug, info (default), warn, error or silent
 `
 
@@ -211,10 +211,15 @@ async function runProxy(
     try {
       const config = await loadProxyConfig(file, overrides)
       const { unusableFiles } = await import('../proxy/config/files.js')
+      const { capped, echo, moreProblems } = await import('../proxy/config/errors.js')
       const missing = unusableFiles(config)
       if (missing.length > 0) {
+        // Listed as the loader lists problems: the first 50, and each path cut as a value is.
+        const { listed, more } = capped(missing)
+        const lines = listed.map((p) => `  ${p.path}: ${echo(p.file)}: ${p.reason}\n`)
+        if (more > 0) lines.push(`  ${moreProblems(more)}\n`)
         stderr.write(
-          `${file}: the config is valid, but ${missing.length === 1 ? 'a file it refers to' : `${missing.length} files it refers to`} cannot be used:\n${missing.map((p) => `  ${p.path}: ${p.file}: ${p.reason}\n`).join('')}`,
+          `${file}: the config is valid, but ${missing.length === 1 ? 'a file it refers to' : `${missing.length} files it refers to`} cannot be used:\n${lines.join('')}`,
         )
         return 1
       }

@@ -16,8 +16,11 @@ export interface ConfigProblem {
 }
 
 /**
- * A proxy config failed validation. The message lists every problem, one per line, as
- * `path: expected ..., got <value>`; `problems` holds them as data. Code `CONFIG_INVALID`.
+ * A proxy config failed validation. The message lists the problems, one per line, as
+ * `path: expected ..., got <value>`: the first 50, then `... and N more problems` when there
+ * are more, so a file with thousands of them does not make a message of hundreds of KB
+ * (printed by `--check`, logged by a refused reload, returned by the admin API). `problems`
+ * holds the same list as data; `problemCount` is how many were found. Code `CONFIG_INVALID`.
  *
  * @example
  * ```ts
@@ -28,16 +31,68 @@ export interface ConfigProblem {
 export class ConfigInvalidError extends BreakwaterError {
   /** Name of the source (file path, or a label for inline text). */
   readonly source: string
-  /** Every problem found, in document order. */
+  /**
+   * The first 50 problems found, in document order; when there were more, a last one with
+   * path `(more)` and message `... and N more problems` stands for the rest (so the admin API
+   * and the logs, which list these, say so too).
+   */
   readonly problems: readonly ConfigProblem[]
+  /** How many problems were found in all (those listed and those left out). */
+  readonly problemCount: number
 
+  /**
+   * @param problems every problem found; a list this class made (ending with its `(more)`
+   *   problem, as a worker sends it to the primary) is taken as it is, count and all.
+   */
   constructor(source: string, problems: readonly ConfigProblem[]) {
-    const count = problems.length === 1 ? '1 problem' : `${problems.length} problems`
-    const lines = problems.map((p) => `  ${formatProblem(p)}`)
-    super('CONFIG_INVALID', `invalid proxy config ${source} (${count}):\n${lines.join('\n')}`)
+    const { listed, more } = capped(problems)
+    const count = listed.length + more
+    const lines = listed.map((p) => `  ${formatProblem(p)}`)
+    if (more > 0) lines.push(`  ${moreProblems(more)}`)
+    super(
+      'CONFIG_INVALID',
+      `invalid proxy config ${source} (${plural(count, 'problem')}):\n${lines.join('\n')}`,
+    )
     this.source = source
-    this.problems = problems
+    this.problemCount = count
+    this.problems =
+      more > 0
+        ? [
+            ...listed,
+            { path: morePath, message: moreProblems(more), line: undefined, column: undefined },
+          ]
+        : listed
   }
+}
+
+/** At most this many problems are listed (in a message, or by `--check`). */
+const maxListedProblems = 50
+
+// The path of the problem that stands for those left out: no key is formatted so (formatPath
+// writes a key "(more)" as ["(more)"]).
+const morePath = '(more)'
+
+/**
+ * The first 50 of `items` and how many more there are: the one cap on a list of problems, so
+ * each place that prints one (the loader's message, `--check`'s unusable files) stays short.
+ * A trailing `(more)` problem (a list {@link ConfigInvalidError} made) counts as what it says.
+ */
+export function capped<T>(items: readonly T[]): { listed: T[]; more: number } {
+  const last = items[items.length - 1] as Partial<ConfigProblem> | undefined
+  const folded =
+    last?.path === morePath ? /^\.\.\. and (\d+) more problems?$/.exec(last.message ?? '') : null
+  const all = folded === null ? items : items.slice(0, -1)
+  const listed = all.slice(0, maxListedProblems)
+  return { listed, more: all.length - listed.length + Number(folded?.[1] ?? 0) }
+}
+
+/** The line that stands for `count` problems left out of a list. */
+export function moreProblems(count: number): string {
+  return `... and ${plural(count, 'more problem')}`
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`
 }
 
 /** At most this many characters of a value from the file are repeated in a problem. */
