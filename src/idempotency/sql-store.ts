@@ -1,4 +1,4 @@
-import { InvalidOptionError } from '../core/errors.js'
+import { describeValue, InvalidOptionError } from '../core/errors.js'
 import { parseStoredObject, StoredDataError, type StoredPlace } from '../stores/errors.js'
 import {
   type AppliedMigration,
@@ -52,14 +52,22 @@ type ClaimRow = { claimed_token: string | null } & {
 
 function toRecord(row: RecordRow): IdempotencyRecord {
   const completed = row.state === 'completed'
+  const attempt = storedNumber(row, 'attempt')
+  if (!Number.isInteger(attempt) || attempt < 1) {
+    throw new StoredDataError(
+      placeOf(row, 'attempt')(),
+      `is not a positive whole number: ${attempt}`,
+    )
+  }
   return {
     scope: row.scope,
     key: row.idem_key,
     fingerprint: row.fingerprint,
     state: completed ? 'completed' : 'in_progress',
     leaseToken: row.lease_token,
-    leaseExpiresAtMs: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
-    attempt: Number(row.attempt),
+    leaseExpiresAtMs:
+      row.lease_expires_at === null ? undefined : storedNumber(row, 'lease_expires_at'),
+    attempt,
     recoveryPoint: row.recovery_point ?? undefined,
     phases:
       row.recovery_data === null
@@ -67,7 +75,7 @@ function toRecord(row: RecordRow): IdempotencyRecord {
         : (storedJson(row, 'recovery_data') as Record<string, JsonValue>),
     result: completed
       ? {
-          status: row.response_status ?? undefined,
+          status: storedStatus(row),
           headers:
             row.response_headers === null
               ? {}
@@ -76,10 +84,59 @@ function toRecord(row: RecordRow): IdempotencyRecord {
           bodyPlace: placeOf(row, 'response_body'),
         }
       : undefined,
-    createdAtMs: Number(row.created_at),
-    updatedAtMs: Number(row.updated_at),
-    expiresAtMs: Number(row.expires_at),
+    createdAtMs: storedNumber(row, 'created_at'),
+    updatedAtMs: storedNumber(row, 'updated_at'),
+    expiresAtMs: storedNumber(row, 'expires_at'),
   }
+}
+
+/**
+ * A number column of the record. Read with `Number()`, SQLite's text set by hand into an INTEGER
+ * column (`'soon'`) became NaN: a NaN lease end made callers poll NaN ms, a NaN retention end kept
+ * the record for ever. Refused naming the key and the column, as the Redis store refuses a field.
+ * Digit text is a number: PostgreSQL's BIGINT arrives as text through an executor whose pool does
+ * not parse int8 (`fromKysely`), a BigInt from a better-sqlite3 with safe integers. Checked with
+ * typeof, so a replay words nothing.
+ */
+function storedNumber(row: RecordRow, column: NumberColumn): number {
+  const number = readNumber(row[column])
+  if (number !== undefined) return number
+  throw new StoredDataError(
+    placeOf(row, column)(),
+    `is not a number: ${describeValue(row[column])}`,
+  )
+}
+
+/** {@link storedNumber} without the error: undefined for what is not a number. */
+function readNumber(value: unknown): number | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) ? value : undefined
+  if (typeof value === 'bigint' || (typeof value === 'string' && /^-?\d+$/.test(value))) {
+    return Number(value)
+  }
+  return undefined
+}
+
+type NumberColumn =
+  | 'lease_expires_at'
+  | 'attempt'
+  | 'response_status'
+  | 'created_at'
+  | 'updated_at'
+  | 'expires_at'
+
+/**
+ * The recorded status: none for an `idempotent()` result, else one a response can be sent with.
+ * Anything else (text or a fraction on SQLite, `42` on either database) failed every replay.
+ */
+function storedStatus(row: RecordRow): number | undefined {
+  const stored: unknown = row.response_status
+  if (stored === null) return undefined
+  const status = readNumber(stored) ?? Number.NaN
+  if (Number.isInteger(status) && status >= 100 && status <= 599) return status
+  throw new StoredDataError(
+    placeOf(row, 'response_status')(),
+    `is not an HTTP status from 100 to 599: ${describeValue(stored)}`,
+  )
 }
 
 /**

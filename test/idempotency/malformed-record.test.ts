@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   createIdempotency,
+  createSqlIdempotencyStore,
   defaultFingerprint,
   type IdempotencyRequest,
   idempotencyTable,
@@ -12,6 +13,22 @@ import {
 } from '../../src/idempotency/index.js'
 import { StoredDataError } from '../../src/stores/index.js'
 import { dbTargets, type TestDb } from './databases.js'
+
+/** A request with the idempotency key `key`, as the records the tests insert were claimed. */
+const requestFor = (key: string): IdempotencyRequest => ({
+  method: 'POST',
+  route: '/charges',
+  body: Buffer.from('{}'),
+  header: (name) => (name === 'idempotency-key' ? key : undefined),
+})
+
+/** Checks that `error` is STORED_DATA_INVALID naming the table, the key and the column. */
+function expectNamed(error: unknown, key: string, column: string, problem = ''): void {
+  expect(error).toBeInstanceOf(StoredDataError)
+  expect(error).toMatchObject({ code: 'STORED_DATA_INVALID', table: idempotencyTable, column })
+  expect((error as StoredDataError).message).toContain(`key "${key}"`)
+  expect((error as StoredDataError).message).toContain(problem)
+}
 
 describe.each(dbTargets)('a record changed outside breakwater on $dialect', (target) => {
   let test: TestDb
@@ -33,13 +50,7 @@ describe.each(dbTargets)('a record changed outside breakwater on $dialect', (tar
 
       let ran = 0
       const error = await idempotent(key, () => ++ran, options).catch((e: unknown) => e)
-      expect(error).toBeInstanceOf(StoredDataError)
-      expect(error).toMatchObject({
-        code: 'STORED_DATA_INVALID',
-        table: idempotencyTable,
-        column,
-      })
-      expect((error as StoredDataError).message).toContain(`key "${key}"`)
+      expectNamed(error, key, column)
       expect(ran).toBe(0)
       const rows = await test.db.query<{ value: string }>(
         `SELECT ${column} AS value FROM ${idempotencyTable} WHERE idem_key = $1`,
@@ -56,13 +67,6 @@ describe.each(dbTargets)('a record whose JSON has the wrong shape on $dialect', 
     test = await target.open('malformed-record-shape')
   })
   afterAll(() => test.close())
-
-  const requestFor = (key: string): IdempotencyRequest => ({
-    method: 'POST',
-    route: '/charges',
-    body: Buffer.from('{}'),
-    header: (name) => (name === 'idempotency-key' ? key : undefined),
-  })
 
   // JSON, but not the object breakwater writes: null headers failed the replay with a bare
   // TypeError (Object.keys of null); null phases were handed on as the record's phases.
@@ -158,3 +162,81 @@ describe.each(dbTargets)(
     )
   },
 )
+
+describe.each(dbTargets)('a record number changed outside breakwater on $dialect', (target) => {
+  let test: TestDb
+  beforeAll(async () => {
+    test = await target.open('malformed-record-number')
+  })
+  afterAll(() => test.close())
+
+  // Inserts a record of `key` as breakwater writes it, `column` set to `stored`: completed (201,
+  // body 'ok'), or in progress under a lease that ends in a minute.
+  async function insertWith(key: string, completed: boolean, column: string, stored: unknown) {
+    const now = Date.now()
+    const values: Record<string, unknown> = {
+      lease_expires_at: completed ? null : now + 60_000,
+      attempt: 1,
+      response_status: completed ? 201 : null,
+      created_at: now,
+      updated_at: now,
+      expires_at: now + 3_600_000,
+    }
+    values[column] = stored
+    await test.db.execute(
+      `INSERT INTO ${idempotencyTable} (scope, idem_key, fingerprint, state, lease_token,
+         lease_expires_at, attempt, recovery_data, response_status, response_headers,
+         response_body, created_at, updated_at, expires_at)
+       VALUES ($1, $2, $3, $4, 'old-token', $5, $6, '{}', $7, $8, $9, $10, $11, $12)`,
+      [
+        'anonymous',
+        key,
+        defaultFingerprint(requestFor(key)),
+        completed ? 'completed' : 'in_progress',
+        values.lease_expires_at,
+        values.attempt,
+        values.response_status,
+        completed ? '{}' : null,
+        completed ? Buffer.from('ok') : null,
+        values.created_at,
+        values.updated_at,
+        values.expires_at,
+      ],
+    )
+  }
+
+  // SQLite keeps text set into an INTEGER column as text, and a fraction as a real; Number() made
+  // the text NaN: a NaN status failed every replay, a NaN lease end made callers poll NaN ms, a NaN
+  // retention end kept the record forever. PostgreSQL's INTEGER takes a status no response can be
+  // sent with, or an attempt below 1. Each is refused as the Redis store refuses it.
+  const cases: [string, boolean, unknown, string, readonly string[]][] = [
+    ['response_status', true, 'created', 'is not an HTTP status from 100 to 599', ['sqlite']],
+    ['response_status', true, 42, 'is not an HTTP status from 100 to 599', ['sqlite', 'postgres']],
+    ['response_status', true, 201.5, 'is not an HTTP status from 100 to 599', ['sqlite']],
+    ['attempt', true, 'two', 'is not a number', ['sqlite']],
+    ['attempt', false, 0, 'is not a positive whole number', ['sqlite', 'postgres']],
+    ['attempt', false, 1.5, 'is not a positive whole number', ['sqlite']],
+    ['lease_expires_at', false, 'soon', 'is not a number', ['sqlite']],
+    ['created_at', true, 'yesterday', 'is not a number', ['sqlite']],
+    ['updated_at', false, '', 'is not a number', ['sqlite']],
+    ['expires_at', true, 'tomorrow', 'is not a number', ['sqlite']],
+  ]
+  it.each(cases.filter(([, , , , dialects]) => dialects.includes(target.dialect)))(
+    'names the key and the column %s (completed: %s) when it holds %j, on begin and get',
+    async (column, completed, stored, problem) => {
+      const key = `number-${column}-${completed}-${String(stored)}`
+      await insertWith(key, completed, column, stored)
+
+      const idempotency = createIdempotency({ store: test.db })
+      const begun = await idempotency.begin(requestFor(key)).catch((e: unknown) => e)
+      expectNamed(begun, key, column, problem)
+      const store = createSqlIdempotencyStore(test.db)
+      expectNamed(await store.get('anonymous', key).catch((e: unknown) => e), key, column, problem)
+      const rows = await test.db.query<{ value: unknown }>(
+        `SELECT ${column} AS value FROM ${idempotencyTable} WHERE idem_key = $1`,
+        [key],
+      )
+      expect(rows).toEqual([{ value: stored }])
+    },
+  )
+})
