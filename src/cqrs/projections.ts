@@ -240,13 +240,14 @@ export async function ensureProjections(
 ): Promise<void> {
   const run = async (tx: SqlExecutor): Promise<void> => {
     const statements = cqrsStatements[tx.dialect]
+    // The last position taken, as the events up to it may be missing; null when there is none.
+    const lastTaken = async (): Promise<number | null> => {
+      const rows = await tx.query<{ position: number | string }>(statements.lastTaken)
+      const last = Number(rows[0]?.position ?? 0)
+      return last > 0 ? last : null
+    }
     for (const projection of projections) {
-      let missingThrough: number | null = null
-      if (inline) {
-        const rows = await tx.query<{ position: number | string }>(statements.lastTaken)
-        const last = Number(rows[0]?.position ?? 0)
-        if (last > 0) missingThrough = last
-      }
+      const missingThrough = inline ? await lastTaken() : null
       const mode = inline ? 1 : 0
       const inserted = await tx.execute(statements.insertProjection, [
         projection.name,
@@ -272,10 +273,13 @@ export async function ensureProjections(
       // its tables hold. Inline after async: the tables hold what the projector applied, up to
       // its checkpoint; events taken after it are missing until a rebuild.
       if (!inline && row.inline !== null) continue
-      let missing = row.missing_through === null ? null : Number(row.missing_through)
       // A position that cannot be read (a row changed outside breakwater) is taken as nothing
       // applied: the inline projection then reports what it may lack until a rebuild, which
-      // stores a position in its place. Refusing it would stop every append of the store.
+      // stores a position in its place. Refusing it would stop every append of the store. An
+      // unreadable missing_through likewise as lacking every event taken so far (Number() wrote
+      // text back as NULL, and kept a negative number: either reported complete).
+      const stored = row.missing_through === null ? null : readStoredPosition(row.missing_through)
+      let missing = stored === undefined ? await lastTaken() : stored
       const applied = readStoredPosition(row.position) ?? -1
       if (inline && row.inline !== null && (missingThrough ?? 0) > applied) {
         missing = missingThrough

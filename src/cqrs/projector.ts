@@ -575,14 +575,17 @@ class SqlProjector implements Projector {
       missing_through: number | string | null
       first_position: number | string | null
     }>(this.#store.statements.inlineProjection, [this.name])
-    const missing = rows[0]?.missing_through ?? null
-    if (missing === null) {
+    const stored = rows[0]?.missing_through ?? null
+    if (stored === null) {
       this.#complete = true
       return head
     }
+    // Read as the position is: Number() made text NaN (reported as lacking whatever it was) and
+    // a negative number complete.
+    const missing = storedPosition(stored, projectionPlace(this.name, 'missing_through'))
     const first = rows[0]?.first_position ?? null
     // Positions up to `missing` may all have been rolled back (PostgreSQL): nothing is lacking.
-    if (first === null || Number(first) > Number(missing)) return head
+    if (first === null || Number(first) > missing) return head
     return Math.min(head, Number(first) - 1)
   }
 
@@ -662,8 +665,16 @@ class SqlProjector implements Projector {
       if (tx.dialect === 'postgres') {
         for (const table of Object.keys(projection.tables)) await this.#refuseViews(tx, table)
       }
-      const pending = row.rebuild_generation === null ? 0 : Number(row.rebuild_generation)
-      const next = Math.max(Number(row.generation), pending) + 1
+      // A generation that cannot be read (a row changed outside breakwater) leaves no number
+      // known to be above every rebuild that may still fill its tables: refused, before anything
+      // is created or dropped (Number() named tables after NaN or a negative number).
+      const generationOf = (column: 'generation' | 'rebuild_generation', value: unknown) =>
+        storedPosition(value, projectionPlace(this.name, column), 'a generation')
+      const pending =
+        row.rebuild_generation === null
+          ? 0
+          : generationOf('rebuild_generation', row.rebuild_generation)
+      const next = Math.max(generationOf('generation', row.generation), pending) + 1
       if (row.rebuild_generation !== null) {
         await this.#dropTables(tx, pending)
       }

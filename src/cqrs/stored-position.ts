@@ -20,14 +20,19 @@ export function readStoredPosition(value: unknown): number | undefined {
 
 /**
  * {@link readStoredPosition} for a reader that cannot go on without it: anything else is
- * StoredDataError naming the row (`where` is called only then).
+ * StoredDataError naming the row (`where` is called only then). `what` the column holds, for
+ * the message: a projection's table `generation` is read alike.
  */
-export function storedPosition(value: unknown, where: () => StoredPlace): number {
+export function storedPosition(
+  value: unknown,
+  where: () => StoredPlace,
+  what = 'a position',
+): number {
   const position = readStoredPosition(value)
   if (position === undefined) {
     throw new StoredDataError(
       where(),
-      `is not a position (a whole number from 0): ${describeValue(value)}`,
+      `is not ${what} (a whole number from 0): ${describeValue(value)}`,
     )
   }
   return position

@@ -32,10 +32,17 @@ async function storedValue(t: TestDb, table: string, column: string, name: strin
   return rows[0]?.v
 }
 
-function expectNamed(error: unknown, table: string, row: string, column: string, shown: string) {
+function expectNamed(
+  error: unknown,
+  table: string,
+  row: string,
+  column: string,
+  shown: string,
+  what = 'a position',
+) {
   expect(error).toBeInstanceOf(StoredDataError)
   expect(error).toMatchObject({ code: 'STORED_DATA_INVALID', table, row, column })
-  expect((error as Error).message).toContain(`${column} is not a position`)
+  expect((error as Error).message).toContain(`${column} is not ${what}`)
   expect((error as Error).message).toContain(shown)
 }
 
@@ -108,17 +115,26 @@ describe.each(dbTargets)('stored positions changed outside breakwater on $dialec
     },
   )
 
-  // Refusing it there would stop every append of the store; it is read as nothing applied.
-  it.each(badPositions(target.dialect))(
-    'a projection moved to inline over a position holding %s reports what it may lack',
-    async (_, bad) => {
-      const name = `inl-${String(bad)}`.replace(/\W/g, '_')
+  // Moving to inline rewrites the row. Refusing an unreadable position there would stop every
+  // append of the store; it is read as nothing applied. Number() wrote a missing_through of text
+  // back as NULL (and kept a negative one), so the projection was reported complete; it is read
+  // as lacking every event taken so far. Either until a rebuild.
+  it.each(
+    badPositions(target.dialect).flatMap(([label, bad]) =>
+      ['position', 'missing_through'].map((column) => [column, label, bad] as const),
+    ),
+  )(
+    'a projection moved to inline over a %s holding %s reports what it may lack',
+    async (column, _, bad) => {
+      const name = `inl-${column}-${String(bad)}`.replace(/\W/g, '_')
       const projection = defineProjection({ name, tables: {}, eventTypes: [], apply() {} })
       const store = createEventStore(t.db)
-      await createProjector(store, projection).catchUp()
-      // Appended after the projector's last batch: never applied to its tables.
       await store.append(`s-${name}`, [{ type: 'placed', data: {} }])
-      await t.db.execute('UPDATE breakwater_projections SET position = $1 WHERE name = $2', [
+      await createProjector(store, projection).catchUp()
+      // Appended after the projector's last batch: never applied to its tables. Only with a bad
+      // position: it would itself mark the projection as lacking events.
+      if (column === 'position') await store.append(`s-${name}`, [{ type: 'placed', data: {} }])
+      await t.db.execute(`UPDATE breakwater_projections SET ${column} = $1 WHERE name = $2`, [
         bad,
         name,
       ])
@@ -131,4 +147,58 @@ describe.each(dbTargets)('stored positions changed outside breakwater on $dialec
       expect(await projector.position()).toBe(lastPosition)
     },
   )
+
+  // An inline projection registered on a log that had events lacks those up to missing_through
+  // until a rebuild. Read with Number(), text made position() report the log's first position
+  // minus one whatever was stored, and a negative number (either database) reported it complete.
+  it.each(badPositions(target.dialect))(
+    'an inline projection whose missing_through holds %s is named by position(); a rebuild clears it',
+    async (_, bad, shown) => {
+      const name = `mis-${String(bad)}`.replace(/\W/g, '_')
+      const projection = defineProjection({ name, tables: {}, eventTypes: [], apply() {} })
+      await createEventStore(t.db).append(`s-${name}`, [{ type: 'placed', data: {} }])
+      const store = createEventStore(t.db, { inlineProjections: [projection] })
+      const { lastPosition } = await store.append(`s-${name}`, [{ type: 'placed', data: {} }])
+      await t.db.execute('UPDATE breakwater_projections SET missing_through = $1 WHERE name = $2', [
+        bad,
+        name,
+      ])
+
+      const projector = createProjector(store, projection)
+      const position = await projector.position().catch((e: unknown) => e)
+      const row = `projection "${name}"`
+      expectNamed(position, 'breakwater_projections', row, 'missing_through', shown)
+      expect(await storedValue(t, 'breakwater_projections', 'missing_through', name)).toBe(bad)
+      await projector.rebuild()
+      expect(await projector.position()).toBe(lastPosition)
+    },
+  )
+
+  // A rebuild numbers its tables above the generation swapped in last and above a rebuild in
+  // progress, so that one still filling its tables cannot share them. An unreadable number
+  // leaves no safe choice: the rebuild refuses before it creates or drops anything.
+  it.each(
+    badPositions(target.dialect).flatMap(([label, bad, shown]) =>
+      ['generation', 'rebuild_generation'].map((column) => [column, label, bad, shown] as const),
+    ),
+  )('a rebuild over a %s holding %s is refused, naming it', async (column, _, bad, shown) => {
+    const name = `gen-${column}-${String(bad)}`.replace(/\W/g, '_')
+    const projection = defineProjection({
+      name,
+      tables: { [`${name}_t`]: (t) => [`CREATE TABLE ${t} (id INTEGER PRIMARY KEY)`] },
+      eventTypes: [],
+      apply() {},
+    })
+    const projector = createProjector(createEventStore(t.db), projection)
+    await projector.catchUp()
+    await t.db.execute(`UPDATE breakwater_projections SET ${column} = $1 WHERE name = $2`, [
+      bad,
+      name,
+    ])
+
+    const error = await projector.rebuild().catch((e: unknown) => e)
+    const row = `projection "${name}"`
+    expectNamed(error, 'breakwater_projections', row, column, shown, 'a generation')
+    expect(await storedValue(t, 'breakwater_projections', column, name)).toBe(bad)
+  })
 })
