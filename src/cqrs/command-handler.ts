@@ -1,5 +1,5 @@
 import type { Clock } from '../core/clock.js'
-import { InvalidOptionError } from '../core/errors.js'
+import { describeValue, InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import {
   checkClock,
@@ -8,6 +8,7 @@ import {
   checkKnownOptions,
   checkObject,
   isDroppedPromise,
+  isObjectRecord,
   optionKeys,
 } from '../core/validate.js'
 import { canonicalJson, sha256Hex } from '../idempotency/fingerprint.js'
@@ -16,9 +17,10 @@ import {
   type Idempotency,
   IdempotencyMismatchError,
 } from '../idempotency/index.js'
+import { recordPlace } from '../idempotency/sql-store.js'
 import { retry } from '../index.js'
 import type { Outbox, OutboxEvent } from '../outbox/index.js'
-import { parseStoredJson } from '../stores/errors.js'
+import { parseStoredJson, StoredDataError } from '../stores/errors.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { WrongExpectedVersionError } from './errors.js'
 import {
@@ -562,6 +564,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       }
     })
     if (ran) this.#store.announce(result.lastPosition)
+    else checkReplayed(result, commandId)
     return { stream, ...result, replayed: !ran } as CommandResult<E, S>
   }
 
@@ -785,6 +788,26 @@ function checkPlainState(state: unknown): void {
     inPath.delete(object)
   }
   visit(state, 'state')
+}
+
+/**
+ * Refuses a replayed result that is JSON but not what the handler records (`null`, `{}`: a record
+ * changed outside breakwater), which was returned as a result without events, version or
+ * position. StoredDataError naming the command id, as for a result that is not JSON.
+ */
+function checkReplayed(result: unknown, commandId: string): void {
+  const count = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) >= 0
+  if (
+    isObjectRecord(result) &&
+    Array.isArray(result.events) &&
+    count(result.version) &&
+    count(result.lastPosition)
+  )
+    return
+  throw new StoredDataError(
+    recordPlace(commandId, 'response_body')(),
+    `is not a command result (events, version, lastPosition): ${describeValue(result)}`,
+  )
 }
 
 // Thrown by the claim of a key that was meant only to replay an older record, and found none.

@@ -163,14 +163,17 @@ function storedBody(row: RecordRow): Uint8Array {
 }
 
 /**
- * Where a column of the record is, built only when it is reported. The key only, not the scope:
- * a scope may be derived from a caller's credential.
+ * @internal Where `column` of the record of `key` is, built only when it is reported (a command
+ * handler names a replayed result of the wrong shape alike). The key only, not the scope: a
+ * scope may be derived from a caller's credential.
  */
-const placeOf = (row: RecordRow, column: string) => (): StoredPlace => ({
+export const recordPlace = (key: string, column: string) => (): StoredPlace => ({
   table: idempotencyTable,
-  row: `record of key ${JSON.stringify(row.idem_key)}`,
+  row: `record of key ${JSON.stringify(key)}`,
   column,
 })
+
+const placeOf = (row: RecordRow, column: string) => recordPlace(row.idem_key, column)
 
 // Times are stored as whole epoch milliseconds, floored as `storedTime` (src/core/clock.ts) floors
 // a clock's reading for the other capabilities. This store floors the values it is handed rather

@@ -411,33 +411,45 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
   })
 
   // The recorded result of a command id is replayed from its JSON; an edited one failed each
-  // repeat with a bare SyntaxError naming nothing.
-  it('names the command id whose recorded result is not JSON, and appends nothing', async () => {
-    const accounts = createCommandHandler(store, {
-      decider: account,
-      idempotency: { scope: 'edited' },
-    })
-    const id = fresh()
-    const commandId = `${id}-open`
-    await accounts.handle(id, { kind: 'open', owner: 'ola' }, { commandId })
-    await t.db.execute('UPDATE breakwater_idempotency SET response_body = $1 WHERE idem_key = $2', [
-      Buffer.from('{"events": ['),
-      commandId,
-    ])
+  // repeat with a bare SyntaxError naming nothing, and JSON that is not a command result (null,
+  // {}) was returned as an incomplete result without events, version or position.
+  it.each([
+    ['{"events": [', 'is not JSON'],
+    ['null', 'is not a command result (events, version, lastPosition): null'],
+    ['{}', 'is not a command result (events, version, lastPosition): an object'],
+    ['{"events":{},"version":1,"lastPosition":1}', 'is not a command result'],
+    ['{"events":[],"version":"1","lastPosition":1}', 'is not a command result'],
+    ['{"events":[],"version":1,"lastPosition":-1}', 'is not a command result'],
+  ])(
+    'names the command id whose recorded result holds %s, and appends nothing',
+    async (body, problem) => {
+      const accounts = createCommandHandler(store, {
+        decider: account,
+        idempotency: { scope: 'edited' },
+      })
+      const id = fresh()
+      const commandId = `${id}-open`
+      await accounts.handle(id, { kind: 'open', owner: 'ola' }, { commandId })
+      await t.db.execute(
+        'UPDATE breakwater_idempotency SET response_body = $1 WHERE idem_key = $2',
+        [Buffer.from(body), commandId],
+      )
 
-    const error = await accounts
-      .handle(id, { kind: 'open', owner: 'ola' }, { commandId })
-      .catch((e: unknown) => e)
-    expect(error).toBeInstanceOf(StoredDataError)
-    expect(error).toMatchObject({
-      code: 'STORED_DATA_INVALID',
-      table: 'breakwater_idempotency',
-      column: 'response_body',
-    })
-    expect((error as Error).message).toContain(`record of key "${commandId}"`)
-    expect((error as Error).message).not.toContain('edited')
-    expect((await store.readStream(id)).version).toBe(1)
-  })
+      const error = await accounts
+        .handle(id, { kind: 'open', owner: 'ola' }, { commandId })
+        .catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(StoredDataError)
+      expect(error).toMatchObject({
+        code: 'STORED_DATA_INVALID',
+        table: 'breakwater_idempotency',
+        column: 'response_body',
+      })
+      expect((error as Error).message).toContain(`record of key "${commandId}"`)
+      expect((error as Error).message).toContain(`response_body ${problem}`)
+      expect((error as Error).message).not.toContain('edited')
+      expect((await store.readStream(id)).version).toBe(1)
+    },
+  )
 
   // On SQLite the handler's transaction holds the write lock from its start, so no delete can
   // come between its load and its append.
