@@ -53,6 +53,36 @@ function storedStepIndex(row: SagaRow, stepCount: number, definition: string): n
   )
 }
 
+/**
+ * A claimed row's `attempt` (the claim added one) and `cancel_requested`, as the run acts on
+ * them; StoredDataError naming the saga and the column otherwise, the row left as it is (see
+ * storedStepIndex). On SQLite text in these INTEGER columns survives: the claim's `attempt + 1`
+ * turns text into 1 (a count started over, nothing worse), but a fraction or a number below 1
+ * reached the step (ctx.attempt -4, a step retried past its maxAttempts, or 2.5 taken as an
+ * attempt after one that recorded nothing, so compensated), and a `cancel_requested` of 'true'
+ * read as no request (Number('true') is NaN). Only 0 and 1 are written; the SQL tests `= 1`.
+ */
+function storedCounters(row: SagaRow): { attempt: number; cancelRequested: boolean } {
+  const place = (column: string) => ({
+    table: sagaTable,
+    row: `saga ${JSON.stringify(row.id)}`,
+    column,
+  })
+  const attempt = Number(row.attempt)
+  if (!Number.isSafeInteger(attempt) || attempt < 1)
+    throw new StoredDataError(
+      place('attempt'),
+      `is ${describeValue(row.attempt)}, not an attempt (a whole number from 1 once claimed)`,
+    )
+  const flag = Number(row.cancel_requested)
+  if (flag !== 0 && flag !== 1)
+    throw new StoredDataError(
+      place('cancel_requested'),
+      `is ${describeValue(row.cancel_requested)}, not 0 or 1`,
+    )
+  return { attempt, cancelRequested: flag === 1 }
+}
+
 /** What the runner needs from its worker. */
 export interface RunnerHost {
   readonly db: SqlDriver
@@ -137,9 +167,10 @@ export class InstanceRun {
     this.#context = Object.freeze(context)
     this.#steps = steps
     this.#stepIndex = storedStepIndex(row, steps.length, saga.key)
-    this.#attempt = Number(row.attempt)
+    const { attempt, cancelRequested } = storedCounters(row)
+    this.#attempt = attempt
     this.#reason = row.reason
-    this.#cancelRequested = Boolean(Number(row.cancel_requested))
+    this.#cancelRequested = cancelRequested
     this.#previousOwner = row.previous_owner
     this.#previousExpiry =
       row.previous_expires_at === null || row.previous_expires_at === undefined

@@ -208,11 +208,54 @@ export function storedSteps(row: Pick<SagaRow, 'id' | 'steps'>): StepState[] {
   // Every reader takes an entry's name: `null` there threw a bare TypeError out of a worker's
   // run (reported at every lease), and a nameless step read as a changed definition.
   steps.forEach((step: unknown, i) => {
-    if (isObjectRecord(step) && typeof step.name === 'string') return
-    const what = isObjectRecord(step) ? 'an object without a name' : describeValue(step)
-    throw new StoredDataError(where(), `holds ${what} at [${i}], not a step`)
+    if (!isObjectRecord(step) || typeof step.name !== 'string') {
+      const what = isObjectRecord(step) ? 'an object without a name' : describeValue(step)
+      throw new StoredDataError(where(), `holds ${what} at [${i}], not a step`)
+    }
+    const bad = badStepField(step)
+    if (bad === undefined) return
+    const [field, expected] = bad
+    throw new StoredDataError(
+      where(),
+      `holds step ${JSON.stringify(step.name)} at [${i}] with ${field} ${describeValue(step[field])}, not ${expected}`,
+    )
   })
   return steps as StepState[]
+}
+
+const stepStatuses: readonly unknown[] = [
+  'pending',
+  'waiting',
+  'completed',
+  'failed',
+  'compensated',
+] satisfies StepStatus[]
+
+const isCount = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) >= 0
+
+/**
+ * The first field of a stored step entry the worker or deliverReply would act on wrongly, with
+ * what it should be. Each did harm unreported: a completed step with another status, or an
+ * `outcomeUnknown` / `sent` that is not `true`, was not compensated; a wait's `wakeAt` of null
+ * or text ended the wait at once; `attempts` that are not a count kept an attempt that recorded
+ * nothing from being flagged (a reply step's retry count became NaN); a null `error` threw a
+ * TypeError at every lease; a `replyRefusedAt` that is text let a refused reply's copy through.
+ * `result` and `compensationAttempts` are only shown, never acted on: not checked.
+ */
+function badStepField(step: Record<string, unknown>): [string, string] | undefined {
+  if (!stepStatuses.includes(step.status)) return ['status', `one of ${stepStatuses.join(', ')}`]
+  if (!isCount(step.attempts)) return ['attempts', 'a whole number from 0']
+  if (step.wakeAt !== undefined && !Number.isSafeInteger(step.wakeAt))
+    return ['wakeAt', 'a time (whole epoch ms)']
+  if (step.replyRefusedAt !== undefined && !isCount(step.replyRefusedAt))
+    return ['replyRefusedAt', 'a whole number from 0']
+  for (const flag of ['sent', 'outcomeUnknown']) {
+    if (step[flag] !== undefined && typeof step[flag] !== 'boolean') return [flag, 'true or false']
+  }
+  for (const error of ['error', 'compensationError']) {
+    if (step[error] !== undefined && !isObjectRecord(step[error])) return [error, 'an error object']
+  }
+  return undefined
 }
 
 function instancePlace(row: Pick<SagaRow, 'id'>, column: string): () => StoredPlace {

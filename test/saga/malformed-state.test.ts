@@ -20,7 +20,7 @@ import {
 } from '../../src/saga/index.js'
 import { type SqlDriver, StoredDataError } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { sqliteDb, type TestDb } from './databases.js'
+import { dbTargets, sqliteDb, type TestDb } from './databases.js'
 
 /** A worker for `saga` and the events it emits. */
 function watched(db: SqlDriver, saga: SagaDefinition<unknown, unknown>, clock: ManualClock) {
@@ -234,3 +234,110 @@ describe('saga instances with malformed stored rows, on SQLite', () => {
     },
   )
 })
+
+// A step entry whose fields breakwater never writes (a row edited outside breakwater). Each of
+// these did harm without a word: a completed step with another status, or a step flagged
+// outcomeUnknown with 'true', was not compensated; a wait step whose wakeAt is null or text
+// completed at once; attempts that are text kept an attempt that recorded nothing from being
+// flagged; a null error made the run throw a bare TypeError at every lease; a replyRefusedAt
+// that is text let a refused reply's redelivered copy through. Now STORED_DATA_INVALID naming
+// the step and the field, the row left as it is, the instance held. (result and
+// compensationAttempts are only shown, never acted on: not checked.)
+describe.each(dbTargets)(
+  'saga step entries and counters with malformed values, on $dialect',
+  (target) => {
+    let t: TestDb
+    beforeAll(async () => {
+      t = await target.open('saga_malformed_step_fields')
+    })
+    afterAll(async () => {
+      await t?.close()
+    })
+
+    it.each([
+      [{ status: 'done' }, 'status "done"'],
+      [{ status: null }, 'status null'],
+      [{ attempts: 'x' }, 'attempts "x"'],
+      [{ attempts: -1 }, 'attempts -1'],
+      [{ attempts: 1.5 }, 'attempts 1.5'],
+      [{ wakeAt: null }, 'wakeAt null'],
+      [{ wakeAt: 'abc' }, 'wakeAt "abc"'],
+      [{ sent: 'true' }, 'sent "true"'],
+      [{ outcomeUnknown: 'true' }, 'outcomeUnknown "true"'],
+      [{ replyRefusedAt: 'abc' }, 'replyRefusedAt "abc"'],
+      [{ error: null }, 'error null'],
+      [{ compensationError: 'x' }, 'compensationError "x"'],
+    ])('%o: reported by step and field, nothing run, left and held', async (fields, said) => {
+      const clock = new ManualClock(1_700_000_000_000)
+      const ran: string[] = []
+      const saga = defineSaga({
+        name: `fields-${randomUUID().slice(0, 8)}`,
+        version: 1,
+        steps: [
+          { name: 'a', action: async () => void ran.push('a'), compensation: async () => {} },
+          { name: 'b', action: async () => void ran.push('b') },
+        ],
+      })
+      const broken = (await startSaga(t.db, saga, {}, { clock })).id
+      const steps = JSON.stringify([
+        { name: 'a', status: 'pending', attempts: 0, ...fields },
+        { name: 'b', status: 'pending', attempts: 0 },
+      ])
+      await t.db.execute('UPDATE breakwater_sagas SET steps = $1 WHERE id = $2', [steps, broken])
+      const { worker, events } = watched(t.db, saga, clock)
+      try {
+        await worker.poll()
+        expectReportedOnce(
+          events,
+          broken,
+          `breakwater_sagas saga "${broken}": steps holds step "a" at [0] with ${said}`,
+        )
+        expect(ran).toEqual([])
+        await expectHeldForAMinute(worker, clock, events)
+      } finally {
+        await worker.stop()
+      }
+      await expect(getSaga(t.db, broken)).rejects.toBeInstanceOf(StoredDataError)
+      const [row] = await t.db.query('SELECT steps FROM breakwater_sagas WHERE id = $1', [broken])
+      expect(row).toEqual({ steps })
+    })
+
+    // The row's own counters. attempt: the claim adds one (on SQLite text becomes 1 there, which
+    // only restarts the count), but a fraction or a number below 0 reached the step: ctx.attempt
+    // -4, a step retried past its maxAttempts, or (1.5) an attempt taken as one that recorded
+    // nothing, and compensated. cancel_requested: text ('true') was read as no cancel request.
+    // PostgreSQL's INTEGER and SMALLINT columns hold neither text nor a fraction.
+    it.each([
+      ['attempt', -5, 'attempt is -4'],
+      ['cancel_requested', 2, 'cancel_requested is 2'],
+      ...(target.dialect === 'sqlite'
+        ? [
+            ['attempt', 1.5, 'attempt is 2.5'],
+            ['cancel_requested', 'true', 'cancel_requested is "true"'],
+          ]
+        : []),
+    ])('%s %s: reported by name, nothing run, held', async (column, bad, said) => {
+      const clock = new ManualClock(1_700_000_000_000)
+      const ran: string[] = []
+      const saga = defineSaga({
+        name: `columns-${randomUUID().slice(0, 8)}`,
+        version: 1,
+        steps: [
+          { name: 'a', action: async () => void ran.push('a'), compensation: async () => {} },
+        ],
+      })
+      const broken = (await startSaga(t.db, saga, {}, { clock })).id
+      await t.db.execute(`UPDATE breakwater_sagas SET ${column} = $1 WHERE id = $2`, [bad, broken])
+      const { worker, events } = watched(t.db, saga, clock)
+      try {
+        await worker.poll()
+        expectReportedOnce(events, broken, `breakwater_sagas saga "${broken}": ${said}`)
+        expect(ran).toEqual([])
+        await expectHeldForAMinute(worker, clock, events)
+      } finally {
+        await worker.stop()
+      }
+      expect(await getSaga(t.db, broken)).toMatchObject({ status: 'running' })
+    })
+  },
+)
