@@ -66,7 +66,12 @@ import { classifyFailure } from '../policies/classify.js'
 import { withDeadline } from '../policies/deadline.js'
 import { BrokenCircuitError, TimeoutError } from '../policies/errors.js'
 import { diagnosticsChannel, EventSource } from '../policies/events.js'
-import { parseStoredObject, StoredDataError } from '../stores/errors.js'
+import {
+  parseStoredObject,
+  readStoredWholeNumber,
+  StoredDataError,
+  type StoredPlace,
+} from '../stores/errors.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import type { RelayFaultPoint, RelayFaults } from './faults.js'
 import { type LeaseChange, PartitionLeases, RelayIdInUseError } from './leases.js'
@@ -1370,9 +1375,22 @@ class OutboxRelay implements Relay {
     }
   }
 
-  async #charge(row: OutboxRow, error: unknown): Promise<void> {
+  async #charge(row: OutboxRow, failure: unknown): Promise<void> {
     const now = this.#clock.now()
-    const attempts = Number(row.attempts) + 1
+    const charged = readStoredWholeNumber(row.attempts)
+    // A count changed outside breakwater: text made the backoff throw, so the event was never
+    // charged and was published again at every round; a negative one retried it for as many
+    // rounds. With no count to go by, the event is dead-lettered now, naming the column;
+    // attempts is left as it is (redrive sets it to 0).
+    const error =
+      charged === undefined
+        ? new StoredDataError(
+            outboxPlace(row, 'attempts'),
+            `is not a count of attempts (a whole number from 0): ${describeValue(row.attempts)}; failed with ${errorText(failure)}`,
+            failure,
+          )
+        : failure
+    const attempts = (charged ?? 0) + 1
     const retryAt = now + Math.ceil(this.#backoff.delayMs(attempts - 1))
     let result: Array<{ attempts: number; dead_at: number | null }>
     try {
@@ -1384,6 +1402,7 @@ class OutboxRelay implements Relay {
         now,
         this.id,
         this.#leases.tokens(),
+        charged === undefined ? 1 : 0,
       ])
     } catch (cause) {
       throw new PhaseError('charge', cause)
@@ -1459,6 +1478,15 @@ function toMessage(row: OutboxRow): OutgoingMessage {
   }
 }
 
+/** Where `column` of an outbox row is stored, for {@link StoredDataError}. */
+function outboxPlace(row: OutboxRow, column: string): StoredPlace {
+  return {
+    table: outboxTable,
+    row: `row ${Number(row.id)} (event ${JSON.stringify(row.event_id)})`,
+    column,
+  }
+}
+
 /**
  * The row's headers, as `enqueue` stores them (a JSON object of strings). A row changed behind
  * breakwater's back fails with {@link StoredDataError} naming it: a message fault, so the event
@@ -1466,11 +1494,7 @@ function toMessage(row: OutboxRow): OutgoingMessage {
  * was an unclear failure, retried for ever without naming the row.
  */
 function storedHeaders(row: OutboxRow): Record<string, string> {
-  const where = () => ({
-    table: outboxTable,
-    row: `row ${Number(row.id)} (event ${JSON.stringify(row.event_id)})`,
-    column: 'headers',
-  })
+  const where = () => outboxPlace(row, 'headers')
   const headers = parseStoredObject(row.headers, where)
   for (const name of Object.keys(headers)) {
     const value = headers[name]

@@ -222,7 +222,11 @@ export interface OutboxStatements {
   readonly heldBack: string | undefined
   /** $1 now, $2 ids (list), $3 relay id, $4 tokens by partition (list). Returns the ids marked. */
   readonly markPublished: string
-  /** $1 id, $2 error text, $3 max attempts, $4 retry at, $5 now, $6 relay id, $7 tokens by partition (list). Returns attempts, dead_at. */
+  /**
+   * $1 id, $2 error text, $3 max attempts, $4 retry at, $5 now, $6 relay id, $7 tokens by
+   * partition (list), $8 1 to dead-letter now leaving attempts as it is (the relay cannot read
+   * it), else 0. Returns attempts, dead_at.
+   */
   readonly charge: string
   /**
    * $1 relay id, $2 started at, $3 expires at, $4 instance token, $5 now. Returns a row only
@@ -388,9 +392,9 @@ WHERE o.id = ANY($2::bigint[]) AND o.published_at IS NULL
     WHERE p.partition_no = o.partition_no AND p.owner = $3 AND p.token = ($4::bigint[])[o.partition_no + 1])
 RETURNING o.id`,
     charge: `UPDATE ${outboxTable} AS o
-SET attempts = o.attempts + 1, last_error = $2,
-  retry_at = CASE WHEN o.attempts + 1 >= $3::int THEN NULL ELSE $4::bigint END,
-  dead_at = CASE WHEN o.attempts + 1 >= $3::int THEN $5::bigint ELSE NULL END
+SET attempts = CASE WHEN $8::int = 1 THEN o.attempts ELSE o.attempts + 1 END, last_error = $2,
+  retry_at = CASE WHEN $8::int = 1 OR o.attempts + 1 >= $3::int THEN NULL ELSE $4::bigint END,
+  dead_at = CASE WHEN $8::int = 1 OR o.attempts + 1 >= $3::int THEN $5::bigint ELSE NULL END
 WHERE o.id = $1 AND o.published_at IS NULL AND o.dead_at IS NULL
   AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
     WHERE p.partition_no = o.partition_no AND p.owner = $6 AND p.token = ($7::bigint[])[o.partition_no + 1])
@@ -469,9 +473,9 @@ WHERE id IN (SELECT value FROM json_each($2)) AND published_at IS NULL
       AND p.token = json_extract($4, '$[' || ${outboxTable}.partition_no || ']'))
 RETURNING id`,
     charge: `UPDATE ${outboxTable}
-SET attempts = attempts + 1, last_error = $2,
-  retry_at = CASE WHEN attempts + 1 >= $3 THEN NULL ELSE $4 END,
-  dead_at = CASE WHEN attempts + 1 >= $3 THEN $5 ELSE NULL END
+SET attempts = CASE WHEN $8 = 1 THEN attempts ELSE attempts + 1 END, last_error = $2,
+  retry_at = CASE WHEN $8 = 1 OR attempts + 1 >= $3 THEN NULL ELSE $4 END,
+  dead_at = CASE WHEN $8 = 1 OR attempts + 1 >= $3 THEN $5 ELSE NULL END
 WHERE id = $1 AND published_at IS NULL AND dead_at IS NULL
   AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
     WHERE p.partition_no = ${outboxTable}.partition_no AND p.owner = $6

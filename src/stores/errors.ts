@@ -169,6 +169,24 @@ export function parseStoredObject(
   return value
 }
 
+/**
+ * A whole number from 0 read back from a stored row (a position, a count), or undefined when
+ * it is anything else. PostgreSQL's integer columns come back as numbers (int8 is parsed as
+ * one), but only a row changed outside breakwater holds a negative one; SQLite's columns take
+ * any value, so a text set by hand (`'abc'`) stays text and a fraction a real: read with
+ * `Number()`, these became NaN or a fraction. Digit text is still read (an int8 column of an
+ * executor that does not parse it).
+ */
+export function readStoredWholeNumber(value: unknown): number | undefined {
+  const number =
+    typeof value === 'number'
+      ? value
+      : typeof value === 'string' && /^\d+$/.test(value)
+        ? +value
+        : -1
+  return Number.isSafeInteger(number) && number >= 0 ? number : undefined
+}
+
 /** What kind of database failure an error is, across both dialects. */
 export type SqlErrorKind =
   /** A UNIQUE or PRIMARY KEY constraint rejected the row. */

@@ -1,0 +1,106 @@
+// An outbox row whose attempts column was changed behind breakwater's back: on SQLite text set
+// by hand into the INTEGER column stays text and 1.5 stays a real; either database keeps a
+// negative number. When publishing it failed, text made the backoff throw (the event was never
+// charged and was published again every round), a negative count retried it a million times.
+// The relay now dead-letters it at its first failure, naming the column; the other aggregate
+// flows, and redrive (which sets attempts to 0) repairs it. Real SQLite and PostgreSQL; time on
+// a ManualClock.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { BreakwaterError } from '../../src/core/errors.js'
+import {
+  createOutbox,
+  createRelay,
+  listDead,
+  type RelayEvent,
+  redrive,
+} from '../../src/outbox/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { dbTargets, type OutboxDb, testPublisher, testQueue, until } from './support.js'
+
+const T0 = 1_700_000_000_000
+
+describe.each(dbTargets)('outbox attempts changed outside breakwater, on $dialect', (target) => {
+  let t: OutboxDb
+  beforeAll(async () => {
+    t = await target.open('outbox_malformed_attempts')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  const cases: Array<[string, string, unknown]> = [['a negative number', '-1000000', -1000000]]
+  if (target.dialect === 'sqlite') cases.push(['text', `'abc'`, 'abc'], ['a fraction', '1.5', 1.5])
+  it.each(cases)(
+    'attempts %s: dead-lettered at its first failure, by name',
+    async (_, bad, shown) => {
+      await t.db.execute('DELETE FROM breakwater_outbox')
+      const clock = new ManualClock(T0)
+      const outbox = createOutbox({ clock, topic: 'attempts' })
+      for (const aggregateId of ['a', 'b'])
+        await t.db.transaction((tx) =>
+          outbox.enqueue(tx, {
+            id: `${aggregateId}-1`,
+            aggregateType: 'thing',
+            aggregateId,
+            type: 'changed',
+            payload: { aggregateId },
+          }),
+        )
+      await t.db.execute(`UPDATE breakwater_outbox SET attempts = ${bad} WHERE event_id = 'b-1'`)
+      const publisher = testPublisher(testQueue(t.db).publisher)
+      publisher.before = (messages) => {
+        if (messages.some((m) => m.id === 'b-1'))
+          throw new BreakwaterError('BROKER_REJECTED', 'message too large')
+      }
+      const relay = createRelay({
+        db: t.db,
+        publisher,
+        clock,
+        pollIntervalMs: 10,
+        maxPollIntervalMs: 100,
+        maxAttempts: 3,
+        retryBackoff: { baseDelayMs: 100, maxDelayMs: 1_000, jitter: 'none' },
+        retention: false,
+      })
+      const events: RelayEvent[] = []
+      relay.events.on((e) => events.push(e))
+      await relay.start()
+      try {
+        // The clock moves on between checks, so retries fall due (until waits on real I/O).
+        const advancedUntil = (check: () => boolean | Promise<boolean>, what: string) =>
+          until(async () => {
+            if (await check()) return true
+            await clock.advance(50)
+            return false
+          }, what)
+        await advancedUntil(async () => (await listDead(t.db)).length > 0, 'b-1 dead-lettered')
+        expect(publisher.confirmed).toEqual(['a-1'])
+        const [row] = await t.db.query<{ id: number; attempts: unknown }>(
+          `SELECT id, attempts FROM breakwater_outbox WHERE event_id = 'b-1'`,
+        )
+        // Dead-lettered at its first failure, the count left as it was.
+        expect(events.filter((e) => e.type === 'retryScheduled')).toEqual([])
+        expect(String(row!.attempts)).toBe(String(shown))
+        const [dead] = await listDead(t.db)
+        expect(dead!.lastError).toContain(
+          `breakwater_outbox row ${Number(row!.id)} (event "b-1"): attempts is not a count of attempts`,
+        )
+        expect(dead!.lastError).toContain('message too large')
+        expect(events.find((e) => e.type === 'deadLettered')).toMatchObject({
+          eventId: 'b-1',
+          error: { code: 'STORED_DATA_INVALID', column: 'attempts' },
+        })
+        expect(events.filter((e) => e.type === 'error')).toEqual([])
+
+        publisher.before = undefined
+        expect(await redrive(t.db, ['b-1'])).toBe(1)
+        await advancedUntil(
+          () => publisher.confirmed.includes('b-1'),
+          'b-1 published after redrive',
+        )
+      } finally {
+        await relay.stop()
+      }
+    },
+  )
+})
