@@ -157,7 +157,8 @@ export interface SagaStatements {
   /** $1 saga id, $2 at, $3 kind, $4 step, $5 attempt, $6 worker, $7 detail JSON. */
   readonly insertEvent: string
   /**
-   * $1 lease end, $2 owner, $3 the ids in hand (array / JSON array). Returns id and lease_token
+   * $1 lease end (a later one stored is kept: a hold), $2 owner, $3 the ids in hand (array /
+   * JSON array). Returns id and lease_token
    * of each of them still held; PostgreSQL also returns `renewed` (0 for a held row passed over
    * because another transaction has it locked).
    */
@@ -251,6 +252,12 @@ WHERE status IN ('running', 'compensating') AND next_run_at <= $1
 GROUP BY name, version ORDER BY name, version`
 }
 
+// A renewal ($1, the new lease end) never shortens a lease: a run that found a row it cannot
+// read holds its instance a minute (holdUnreadable), and a renewal that took the instance in
+// hand before that, then waited for the SQLite writer or a connection, ran after the hold and
+// set it back to leaseMs, so the instance was claimed and reported again within a second.
+const neverShorter = 'CASE WHEN lease_expires_at > $1 THEN lease_expires_at ELSE $1 END'
+
 const common = {
   insertEvent: `INSERT INTO ${sagaEventsTable} (saga_id, at, kind, step, attempt, worker, detail)
 VALUES ($1, $2, $3, $4, $5, $6, $7)`,
@@ -321,7 +328,7 @@ RETURNING cancel_requested`,
     insertBatch: '',
     // Only the instances the worker runs: one it gave up (a failed write) keeps its owner
     // until its lease ends, and renewing it too would keep it from every other worker.
-    renew: `UPDATE ${sagaTable} SET lease_expires_at = $1
+    renew: `UPDATE ${sagaTable} SET lease_expires_at = ${neverShorter}
 WHERE lease_owner = $2 AND status IN ('running', 'compensating')
   AND id IN (SELECT value FROM json_each($3))
 RETURNING id, lease_token`,
@@ -429,7 +436,7 @@ RETURNING id`,
   WHERE id IN (SELECT id FROM held) AND lease_owner = $2 AND status IN ('running', 'compensating')
   FOR NO KEY UPDATE SKIP LOCKED
 ), renewed AS (
-  UPDATE ${sagaTable} AS s SET lease_expires_at = $1 FROM free WHERE s.id = free.id
+  UPDATE ${sagaTable} AS s SET lease_expires_at = ${neverShorter} FROM free WHERE s.id = free.id
   RETURNING s.id, s.lease_token
 )
 SELECT id, lease_token, 1 AS renewed FROM renewed
