@@ -47,6 +47,11 @@ import { createAmbassadorHandler } from './inbound/ambassador.js'
 import type { FastRequestHandler } from './inbound/fast-connection.js'
 import { createGatewayHandler } from './inbound/gateway.js'
 import { createListenerServer, type ListenerServer } from './inbound/listener.js'
+import {
+  type NamedRouteOverride,
+  type OverridesAfterReload,
+  overridesAfterReload,
+} from './inbound/route-overrides.js'
 import { createRouteTable, type RouteTable, type SharedRetryPin } from './inbound/routes.js'
 import { createShadowRunner, type ShadowRunner } from './inbound/shadow.js'
 import {
@@ -871,8 +876,10 @@ class ProxyRuntime implements ProxyInternals {
         }
       }
 
-      // Swap.
+      // Swap. The route switches in force now (one made while this reload was binding too)
+      // go onto the new tables, when the reload keeps them, first.
       const generation: Generation = { config, services, registry, tables, handlers }
+      const switches = old === undefined ? undefined : carrySwitches(old, generation)
       this.#generation = generation
       if (idempotencyOpened !== undefined) {
         const previousStore = this.#idempotencyStore
@@ -913,12 +920,13 @@ class ProxyRuntime implements ProxyInternals {
           if (services.get(name) !== service) void closeService(service, deps.logger)
       }
       this.#metrics.configLoaded.set(Math.floor(deps.clock.now() / 1000))
-      // Every route is back on its configured targets, and a route the file no longer has
-      // has no series left (a stale 1 would say it is still switched).
+      // A route the file no longer has has no series left (a stale 1 would say it is still
+      // switched); the others say whether the reload kept their switch.
       this.#metrics.routeOverridden.reset()
       for (const listener of config.listeners)
         for (const route of listener.routes)
           this.#metrics.routeOverridden.set({ route: route.name }, 0)
+      if (switches !== undefined) this.#reportSwitches(switches)
     } catch (error) {
       for (const entry of newListeners) await entry.server.close(0).catch(() => {})
       // Give the ports back to the listeners that let go of them for this reload.
@@ -948,6 +956,21 @@ class ProxyRuntime implements ProxyInternals {
       if (idempotencyOpened !== undefined) await idempotencyOpened.store.close().catch(() => {})
       throw error
     }
+  }
+
+  // Counts and logs, one line per route, the switches a reload kept and those it dropped.
+  #reportSwitches({ kept, dropped }: OverridesAfterReload): void {
+    const log = this.#deps.logger
+    for (const { route, targets } of kept) {
+      this.#metrics.routeOverridden.set({ route }, 1)
+      log.info('route override kept by reload', { route, targets })
+    }
+    for (const { route, reason, services } of dropped)
+      log.warn('route override dropped by reload', {
+        route,
+        reason,
+        ...(services === undefined ? {} : { services }),
+      })
   }
 
   // Opens the idempotency store at `url` for a start or reload. The open is cancelled when
@@ -1103,7 +1126,7 @@ class ProxyRuntime implements ProxyInternals {
       // Closed during the read: nothing to reload, and no one to tell.
       if (text === undefined || this.#closed !== undefined) return undefined
       // The event may be another file's: a ConfigMap update swaps ..data for any of its keys.
-      // Reloading the same config is not free (switched routes go back to their targets).
+      // Reloading the same config is not free (every route table and handler is rebuilt).
       if (text === this.#fileText) {
         this.#deps.logger.debug('config file unchanged; not reloaded', { file })
         return undefined
@@ -1228,6 +1251,18 @@ function warnStartOnly(before: ProxyConfig, after: ProxyConfig, log: Logger): vo
     log.warn('admin settings changed in the file; they apply at the next restart')
   if (before.workers !== after.workers)
     log.warn('workers changed in the file; the worker count applies at the next restart')
+}
+
+// Puts the route switches in force in `old` that a reload to `next` keeps onto its tables (not
+// in force yet), by the rule the multi-process primary follows for the switches it replays.
+function carrySwitches(old: Generation, next: Generation): OverridesAfterReload {
+  const live: NamedRouteOverride[] = []
+  for (const table of old.tables.values())
+    for (const route of table.state())
+      if (route.overridden) live.push({ route: route.name, targets: route.targets })
+  const decided = overridesAfterReload(old.config, next.config, live)
+  for (const { route, targets } of decided.kept) tableOf(next, route).override(route, targets)
+  return decided
 }
 
 function tableOf(generation: Generation, route: string): RouteTable {

@@ -19,6 +19,7 @@ import type { MetricsRegistry } from '../../observability/metrics.js'
 import { ConfigInvalidError, type ConfigProblem, formatProblem } from '../config/errors.js'
 import { keepsServiceRuntime } from '../config/reload.js'
 import type { ProxyConfig, RouteTargetConfig } from '../contracts.js'
+import { overridesAfterReload } from '../inbound/route-overrides.js'
 import type { SharedRetryPin } from '../inbound/routes.js'
 import type { ProxyInternals } from '../runtime.js'
 import { startBound } from '../start-bound.js'
@@ -668,15 +669,18 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
             ])
       return { refused, workers: report() }
     }
-    // A reload puts routes back on their configured targets (as in one process), and a
-    // service it changed or removed got a new runtime in each worker, not isolated.
+    // The workers kept the route switches the reload left alone and dropped the others, and a
+    // service it changed or removed got a new runtime in each worker, not isolated: the same
+    // rules as in one process, so a restarted worker is given what its siblings kept.
+    const switches = [...overrides].map(([route, targets]) => ({ route, targets }))
+    for (const { route } of overridesAfterReload(config, next, switches).dropped)
+      overrides.delete(route)
     for (const service of isolated)
       if (!keepsServiceRuntime(config, next, service)) isolated.delete(service)
     config = next
     accepted = { text, generation }
     for (const entry of appliedBy) entry.generation = generation
     pins.configure(next)
-    overrides.clear()
     reloads.inc()
     // (After the new config is in force: a worker being replaced gets its drainTimeoutMs.)
     for (const { entry } of replaced) replace(entry)

@@ -27,7 +27,8 @@ export interface RouteTableOptions {
    * The table this one replaces (on a config reload): routes with the same name keep their
    * request counters and shadow statistics (shared, so requests still in flight on the old
    * table count too), and migration progress survives a reload.
-   * Overrides do not carry over: a reload puts every route back on its configured targets.
+   * Overrides do not carry over here: the runtime puts back those the reload keeps (see
+   * route-overrides.ts).
    * @default undefined
    */
   readonly previous?: RouteTable
@@ -99,7 +100,8 @@ export interface RouteTable {
   /** Takes a pin another process reported; ignored for an unknown route or one without pins. */
   adoptPin(pin: SharedRetryPin): void
   /**
-   * Replaces a route's targets until {@link RouteTable.clearOverride} (or a reload). The caller
+   * Replaces a route's targets until {@link RouteTable.clearOverride}, in this table (a
+   * reload builds a new one, given the overrides it keeps: see route-overrides.ts). The caller
    * checks that the services exist. Requests that already chose a target finish there.
    * @throws InvalidOptionError for an unknown route, an empty list, a negative or non-finite
    * weight, a repeated service, or no weight above 0

@@ -108,7 +108,8 @@ describe('cluster backend: the config a worker runs', () => {
     b.emit('message', { bw: 'ready', generation: 0 })
     await settle()
     await settle()
-    // The reload first, then the switch made on the new config (a reload ends switches).
+    // The reload first, then the switch made on the new config (the reload edited main's
+    // targets, which dropped the switch made before it).
     expect(b.commands()).toEqual([
       { op: 'reload', text: second, generation: 1 },
       { op: 'switchRoute', route: 'main', targets: switched },

@@ -4,15 +4,9 @@
 // one process does. The workers are in-memory fakes of cluster's Worker that accept every
 // command.
 
-import type { Worker } from 'node:cluster'
 import { describe, expect, it } from 'vitest'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import { createMetricsRegistry } from '../../../src/observability/metrics.js'
-import { createClusterBackend } from '../../../src/proxy/admin/cluster.js'
 import { parseProxyConfig } from '../../../src/proxy/config/load.js'
-import { ManualClock } from '../../../src/testing/index.js'
-import { captureLog } from '../runtime/helpers.js'
-import { FakeWorker } from './fake-worker.js'
+import { asWorker, reloadingBackend } from './cluster-support.js'
 
 const yaml = (services: string) => `services:
 ${services}
@@ -35,27 +29,16 @@ describe('cluster backend: isolations across a reload', () => {
   payments: { endpoints: ['http://127.0.0.1:4'] }`),
       'after',
     )
-    const backend = createClusterBackend({
-      config: before,
-      configText: 'before',
-      loadConfig: async () => ({ config: after, text: 'after' }),
-      logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
-      metrics: createMetricsRegistry(),
-      clock: new ManualClock(0),
-      commandTimeoutMs: 60_000,
-    })
-    const up = (id: number): FakeWorker => {
-      const worker = new FakeWorker(id, { answering: true })
-      backend.attach(worker as unknown as Worker)
-      worker.start()
-      return worker
-    }
+    const { backend, up } = reloadingBackend(
+      { config: before, text: 'before' },
+      { config: after, text: 'after' },
+    )
     const first = up(1)
     await backend.isolate('orders')
     await backend.isolate('payments')
     await backend.isolate('stock')
     expect(await backend.reload()).toBeUndefined()
-    backend.detach(first as unknown as Worker)
+    backend.detach(asWorker(first))
     // The replacement of a crashed worker.
     const next = up(2)
     expect(next.commands()).toEqual([{ op: 'isolate', service: 'orders' }])

@@ -115,7 +115,8 @@ describe('cluster backend: a change only some workers apply', () => {
         refusing: (command) => (command.op === 'reload' ? 'cannot read tls file' : undefined),
       }),
     )
-    // A switch made before the reload: the reload ends it, in the primary too.
+    // A switch made before the reload: the reload edits main's targets, which ends it, in the
+    // primary too.
     await backend.switchRoute('main', [{ service: 'legacy', weight: 1 }])
 
     const error = await backend.reload().then(
@@ -137,7 +138,7 @@ describe('cluster backend: a change only some workers apply', () => {
     await backend.isolate('orders')
     expect(failing.commands().filter((c) => (c as { op: string }).op === 'isolate')).toEqual([])
 
-    // Its replacement is given no route switch (the reload ended it), only the isolation.
+    // Its replacement is given no route switch (the reload dropped it), only the isolation.
     failing.exit(0, null)
     backend.detach(failing as unknown as Worker)
     const next = up(new FakeWorker(3, { answering: true }))

@@ -5,9 +5,10 @@ import { createJsonLogger } from '../../../src/observability/logger.js'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
 import { type ClusterBackend, createClusterBackend } from '../../../src/proxy/admin/cluster.js'
 import { parseProxyConfig } from '../../../src/proxy/config/load.js'
+import type { ProxyConfig } from '../../../src/proxy/contracts.js'
 import { ManualClock } from '../../../src/testing/index.js'
 import { captureLog } from '../runtime/helpers.js'
-import type { FakeWorker } from './fake-worker.js'
+import { FakeWorker } from './fake-worker.js'
 
 /** A config with one service, one listener and two workers. */
 export const twoWorkersYaml = `services:
@@ -40,4 +41,30 @@ export function twoWorkerBackend(): ClusterBackend {
 /** The fake, typed as the Worker it stands in for (for attach and detach). */
 export function asWorker(worker: FakeWorker): Worker {
   return worker as unknown as Worker
+}
+
+/**
+ * A cluster backend on `before` whose reloads read `after`, on a clock that never moves, and
+ * `up`: attaches an answering fake worker with that id and plays its start.
+ */
+export function reloadingBackend(
+  before: { config: ProxyConfig; text: string },
+  after: { config: ProxyConfig; text: string },
+): { backend: ClusterBackend; up(id: number): FakeWorker } {
+  const backend = createClusterBackend({
+    config: before.config,
+    configText: before.text,
+    loadConfig: async () => after,
+    logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
+    metrics: createMetricsRegistry(),
+    clock: new ManualClock(0),
+    commandTimeoutMs: 60_000,
+  })
+  const up = (id: number): FakeWorker => {
+    const worker = new FakeWorker(id, { answering: true })
+    backend.attach(asWorker(worker))
+    worker.start()
+    return worker
+  }
+  return { backend, up }
 }

@@ -283,7 +283,8 @@ describe('breakwater proxy --workers 2', () => {
     )
     for (let i = 0; i < 20; i++) expect(await serviceOf(p.gateway, `/orders/${i}`)).toBe('modern')
 
-    // Reload by file change reaches every worker (and resets the switch to the file's targets).
+    // Reload by file change reaches every worker. It edits only the rest route, so the orders
+    // switch stays, in every worker and in what the primary gives a restarted one.
     writeFileSync(
       file,
       config(p, { split: '[{ service: legacy, weight: 1 }]' }).replace(
@@ -296,6 +297,23 @@ describe('breakwater proxy --workers 2', () => {
       'the cluster reload',
     )
     for (let i = 0; i < 10; i++) expect(await serviceOf(p.gateway, `/other/${i}`)).toBe('modern')
+    for (let i = 0; i < 10; i++) expect(await serviceOf(p.gateway, `/orders/${i}`)).toBe('modern')
+    const second = (await http(p.admin, '/admin/services', { headers: auth })).json<{
+      workers: { pid: number }[]
+    }>().workers[0]?.pid as number
+    process.kill(second, 'SIGKILL')
+    await eventually(
+      async () => {
+        const res = await http(p.admin, '/admin/services', { headers: auth })
+        // A command that reached the worker as it died is answered with an error.
+        if (res.status !== 200) return false
+        const pids = res.json<{ workers: { pid: number }[] }>().workers.map((w) => w.pid)
+        return pids.length === 2 && !pids.includes(second)
+      },
+      'the replacement of a worker killed after the reload',
+      30_000,
+    )
+    for (let i = 0; i < 20; i++) expect(await serviceOf(p.gateway, `/orders/${i}`)).toBe('modern')
 
     proxy.child.kill('SIGTERM')
     expect(await proxy.exited).toEqual({ code: 0, signal: null })

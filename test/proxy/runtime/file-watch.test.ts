@@ -119,7 +119,7 @@ describe('config file watch', () => {
 
   it('does not reload when a ConfigMap update leaves the config file as it was', async () => {
     // A ConfigMap with two keys: an update of the other one swaps ..data too. Reloading the
-    // same config is not free: it puts switched routes back on their configured targets.
+    // same config is not free: it rebuilds every route table and handler.
     const version = (name: string, text: string, other: string): void => {
       mkdirSync(join(dir, name))
       writeFileSync(join(dir, name, 'proxy.yaml'), text)

@@ -1,6 +1,8 @@
 // Model-based test of route switches, rollbacks and reloads: whatever the order, a route's
 // effective targets are its live override if one is set, else the targets of the config in
-// force; a valid reload clears the overrides, an invalid one changes nothing.
+// force; a valid reload keeps a route's override when the route's configured targets stayed
+// the same (every service stays configured here) and drops it otherwise, an invalid one
+// changes nothing.
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
@@ -66,24 +68,40 @@ class Reload implements fc.AsyncCommand<Model, ProxyInternals> {
   constructor(
     readonly r1: Targets,
     readonly r2: Targets,
+    /** Per route: write its configured targets again (reversed) instead of r1 / r2. */
+    readonly same: readonly [boolean, boolean],
     readonly valid: boolean,
   ) {}
   check = () => true
   async run(model: Model, proxy: ProxyInternals) {
-    const next = { r1: this.r1, r2: this.r2 }
+    const again = (route: string, targets: Targets): Targets =>
+      this.same[route === 'r1' ? 0 : 1]
+        ? [...(model.configured[route] as Targets)].reverse()
+        : targets
+    const next = { r1: again('r1', this.r1), r2: again('r2', this.r2) }
     const text = this.valid ? yaml(next) : yaml(next).replace('service":"', 'service":"ghost-')
     const error = await proxy.tryReload(text)
     if (this.valid) {
       expect(error).toBeUndefined()
+      for (const route of routes)
+        if (!sameTargets(model.configured[route] as Targets, next[route]))
+          model.overrides[route] = undefined
       model.configured = next
-      model.overrides = {}
     } else {
       expect(error?.code).toBe('CONFIG_INVALID')
     }
     assertMatches(model, proxy)
   }
   toString = () =>
-    `reload(${this.valid ? 'valid' : 'invalid'}, ${JSON.stringify([this.r1, this.r2])})`
+    `reload(${this.valid ? 'valid' : 'invalid'}, ${JSON.stringify([this.r1, this.r2, this.same])})`
+}
+
+// The same services with the same weights, in any order.
+function sameTargets(a: Targets, b: Targets): boolean {
+  return (
+    a.length === b.length &&
+    a.every((t) => b.some((u) => u.service === t.service && u.weight === t.weight))
+  )
 }
 
 function assertMatches(model: Model, proxy: ProxyInternals): void {
@@ -103,7 +121,9 @@ describe('route overrides and reloads (model-based)', () => {
           [
             fc.tuple(fc.constantFrom(...routes), targetsArb).map(([r, t]) => new Switch(r, t)),
             fc.constantFrom(...routes).map((r) => new Reset(r)),
-            fc.tuple(targetsArb, targetsArb, fc.boolean()).map(([a, b, v]) => new Reload(a, b, v)),
+            fc
+              .tuple(targetsArb, targetsArb, fc.boolean(), fc.boolean(), fc.boolean())
+              .map(([a, b, same1, same2, v]) => new Reload(a, b, [same1, same2], v)),
           ],
           { size: 'max', maxCommands: 12 },
         ),

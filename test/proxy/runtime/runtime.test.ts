@@ -107,7 +107,8 @@ describe('startProxy', () => {
     proxy.switchRoute('orders', [{ service: 'modern', weight: 1 }])
     expect(await post('k1')).toBe('legacy')
     expect(await post('k2')).toBe('modern')
-    // A reload puts the route on the file's targets (here: modern) and keeps the pins.
+    // A reload that edits the route's targets drops the switch (the file wins: here modern)
+    // and keeps the pins.
     await proxy.reload(
       yaml({ split: '[{ service: modern, weight: 1 }, { service: legacy, weight: 0 }]' }),
     )
