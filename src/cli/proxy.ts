@@ -565,7 +565,8 @@ async function runPrimary(
       // folder, not the file: editors and `mv` replace the file, which ends a watch on the file
       // itself; a ConfigMap volume's update names only its `..`-prefixed entries, and happens
       // for an update of any of its keys, so an event that leaves the text as it was reloads
-      // nothing (a reload puts switched routes back on their targets). Read once when armed:
+      // nothing (a reload rebuilds the generation and drops any route switch whose route
+      // changed, see route-overrides.ts). Read once when armed:
       // a change since the text above was read is not missed.
       watcher = watchFileContent(
         file,
