@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
-import { InvalidOptionError } from '../core/errors.js'
+import { describeValue, InvalidOptionError } from '../core/errors.js'
 import { checkStoredName, exceedsBytes, jsonTextOf } from '../core/text.js'
 import {
   checkClock,
@@ -9,7 +9,7 @@ import {
   checkObject,
   optionKeys,
 } from '../core/validate.js'
-import { parseStoredJson, StoredDataError } from '../stores/errors.js'
+import { parseStoredJson, StoredDataError, type StoredPlace } from '../stores/errors.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
 import {
   AppendBatcher,
@@ -36,6 +36,7 @@ import {
   sqliteStreamForAppend,
   sqliteUpsertStream,
 } from './sql.js'
+import { storedPosition } from './stored-position.js'
 import { createSubscription, type Subscription, type SubscriptionOptions } from './subscription.js'
 import type {
   AppendOptions,
@@ -566,8 +567,7 @@ export class EventStoreImpl implements EventStore {
           ? await appendAlone(this.db, batched)
           : await this.#batcher.append(batched)
       if (!outcome.ok || outcome.positions === null) {
-        publish('conflict', { stream, expected, actual: outcome.version })
-        throw new WrongExpectedVersionError(stream, expected, outcome.version, outcome.deleted)
+        refuse(stream, expected, outcome.version, outcome.deleted)
       }
       version = outcome.version
       positions = outcome.positions
@@ -593,13 +593,7 @@ export class EventStoreImpl implements EventStore {
       const row = rows[0]
       if (row === undefined) throw new Error('breakwater_append returned no row')
       if (!row.r_ok || row.r_positions === null) {
-        publish('conflict', { stream, expected, actual: Number(row.r_version) })
-        throw new WrongExpectedVersionError(
-          stream,
-          expected,
-          Number(row.r_version),
-          row.r_deleted === true,
-        )
+        refuse(stream, expected, Number(row.r_version), row.r_deleted === true)
       }
       version = Number(row.r_version)
       positions = row.r_positions.map(Number)
@@ -630,8 +624,8 @@ export class EventStoreImpl implements EventStore {
       stream,
     ])
     const current = rows[0]
-    const currentVersion = current === undefined ? 0 : Number(current.version)
-    const deleted = current !== undefined && Boolean(current.deleted)
+    const currentVersion = current === undefined ? 0 : streamVersion(stream, current.version)
+    const deleted = current !== undefined && streamDeleted(stream, current.deleted)
     if (!expectationHolds(expected, currentVersion, deleted)) {
       publish('conflict', { stream, expected, actual: currentVersion })
       throw new WrongExpectedVersionError(stream, expected, currentVersion, deleted)
@@ -794,7 +788,10 @@ export class EventStoreImpl implements EventStore {
       // existing stream as never written: read the stream row alone (no events to agree with).
       const info = await executor.query<StreamRow>(this.statements.streamInfo, [stream])
       const { version, exists, deleted } = streamInfoOf(stream, info[0])
-      const truncateBefore = info[0] === undefined ? 1 : Number(info[0].truncate_before)
+      const truncateBefore =
+        info[0] === undefined
+          ? 1
+          : streamVersion(stream, info[0].truncate_before, 'truncate_before')
       return { events: [], version, exists, deleted, truncateBefore }
     }
     let rows: Row[] = []
@@ -805,8 +802,10 @@ export class EventStoreImpl implements EventStore {
     if (first === undefined) {
       return { events: [], version: 0, exists: false, deleted: false, truncateBefore: 1 }
     }
-    const version = Number(first.current_version)
-    const deleted = Boolean(first.stream_deleted)
+    const version = streamVersion(stream, first.current_version)
+    const deleted = streamDeleted(stream, first.stream_deleted)
+    // SQLite compares text above every number: a text truncate_before hid every event.
+    const truncateBefore = streamVersion(stream, first.truncate_before, 'truncate_before')
     const events: RecordedEvent<E>[] = []
     for (const row of rows) {
       if (row.position !== null) events.push(this.toRecorded<E>(row as EventRow))
@@ -816,7 +815,7 @@ export class EventStoreImpl implements EventStore {
       version,
       exists: version > 0 && !deleted,
       deleted,
-      truncateBefore: Number(first.truncate_before),
+      truncateBefore,
     }
   }
 
@@ -1032,7 +1031,18 @@ export class EventStoreImpl implements EventStore {
       [stream, name],
     )
     const row = rows[0]
-    return row === undefined ? undefined : { version: Number(row.version), state: row.state }
+    if (row === undefined) return undefined
+    // A fraction (SQLite) made the load fold events the state already holds (from 2.5 + 1).
+    const version = storedPosition(
+      row.version,
+      () => ({
+        table: 'breakwater_snapshots',
+        row: `snapshot ${JSON.stringify(name)} of stream ${JSON.stringify(stream)}`,
+        column: 'version',
+      }),
+      'a version',
+    )
+    return { version, state: row.state }
   }
 
   /** @internal Writes (or advances) a snapshot in `tx`. */
@@ -1077,11 +1087,57 @@ function eventJson(row: EventRow, column: 'data' | 'metadata'): unknown {
   }))
 }
 
+/** Where a stream's `column` is stored: its row in breakwater_streams. */
+const streamPlace = (stream: string, column: string) => (): StoredPlace => ({
+  table: 'breakwater_streams',
+  row: `stream ${JSON.stringify(stream)}`,
+  column,
+})
+
+/**
+ * A stream row's `version` (or `truncate_before`), which every append's concurrency check
+ * compares. Changed outside breakwater and read with Number(), text (SQLite) failed every
+ * append with a bare NOT NULL error, and a fraction or a negative number let an append at "any"
+ * write events at versions 2.5, or -2, -1, 0 (after which "noStream" and expectedVersion 0
+ * held on a stream with events). StoredDataError naming the stream instead; nothing written.
+ */
+function streamVersion(stream: string, value: unknown, column = 'version'): number {
+  return storedPosition(value, streamPlace(stream, column), 'a version')
+}
+
+/**
+ * A stream row's `deleted` flag: a BOOLEAN (PostgreSQL) or 0 or 1 (SQLite, which would keep
+ * 'false' as text: read as true, "noStream" held on a stream with events).
+ */
+function streamDeleted(stream: string, value: unknown): boolean {
+  if (value === false || value === 0) return false
+  if (value === true || value === 1) return true
+  throw new StoredDataError(
+    streamPlace(stream, 'deleted')(),
+    `is not a flag (0 or 1): ${describeValue(value)}`,
+  )
+}
+
+/**
+ * A PostgreSQL append that was refused: a version conflict, or a negative stream version (a row
+ * changed outside breakwater), which the append SQL never bumps.
+ */
+function refuse(
+  stream: string,
+  expected: ExpectedVersion,
+  actual: number,
+  deleted: boolean,
+): never {
+  streamVersion(stream, actual)
+  publish('conflict', { stream, expected, actual })
+  throw new WrongExpectedVersionError(stream, expected, actual, deleted)
+}
+
 function streamInfoOf(stream: string, row: StreamRow | undefined): StreamInfo {
   if (row === undefined)
     return { version: 0, exists: false, deleted: false, metadata: emptyMetadata }
-  const version = Number(row.version)
-  const deleted = Boolean(row.deleted)
+  const version = streamVersion(stream, row.version)
+  const deleted = streamDeleted(stream, row.deleted)
   return {
     version,
     exists: version > 0 && !deleted,

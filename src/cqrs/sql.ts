@@ -101,7 +101,23 @@ const sqliteMigration: string[] = [
 // (nothing is serialized: no global lock, commits stay concurrent); a follower waits for any
 // append left open, but not for transactions that do not append. The sequence must not cache
 // values (CACHE 1, the default), so that its last value is the largest position handed out.
-function appendFunctionSql(create: string, multiEventInsert: string): string {
+// When an existing stream row may be bumped by the upsert (any, noStream, or expected version 0).
+const upsertConditionV1 = `p_expected_kind = 0
+        OR (p_expected_kind = 1 AND (s.version = 0 OR s.deleted))
+        OR (p_expected_kind = 3 AND s.version = 0)`
+
+// Migration 5: never bump a negative version (a row changed outside breakwater): "any" (or
+// "noStream" on a deleted stream) would write events at versions -2, -1, 0, after which
+// "noStream" held on a stream with events. The append then fails, reporting the version, which
+// the store turns into STORED_DATA_INVALID. The UPDATE branch (streamExists, a version above 0)
+// already matches no negative version.
+const upsertConditionV5 = `s.version >= 0 AND (${upsertConditionV1})`
+
+function appendFunctionSql(
+  create: string,
+  multiEventInsert: string,
+  upsertCondition = upsertConditionV1,
+): string {
   return `${create} breakwater_append(
   p_stream TEXT,
   p_expected_kind INTEGER,
@@ -133,9 +149,7 @@ BEGIN
     VALUES (p_stream, v_count, 1, FALSE, NULL, p_created_at, p_created_at)
     ON CONFLICT (stream_id) DO UPDATE
       SET version = s.version + v_count, deleted = FALSE, updated_at = p_created_at
-      WHERE p_expected_kind = 0
-        OR (p_expected_kind = 1 AND (s.version = 0 OR s.deleted))
-        OR (p_expected_kind = 3 AND s.version = 0)
+      WHERE ${upsertCondition}
     RETURNING s.version INTO v_version;
   ELSE
     UPDATE breakwater_streams AS s
@@ -409,6 +423,15 @@ export const cqrsMigrations: readonly Migration[] = [
     sqlite: ['ALTER TABLE breakwater_projections ADD COLUMN inline INTEGER'],
     postgres: ['ALTER TABLE breakwater_projections ADD COLUMN inline INTEGER'],
   },
+  {
+    // See upsertConditionV5. SQLite's append checks the version it reads in the store.
+    version: 5,
+    name: 'append-negative-version',
+    sqlite: [],
+    postgres: [
+      appendFunctionSql('CREATE OR REPLACE FUNCTION', multiEventInsertV2, upsertConditionV5),
+    ],
+  },
 ]
 
 /**
@@ -652,9 +675,11 @@ function appendAloneSql(expectation: AloneExpectation, many: boolean): string {
   const update = (condition: string): string =>
     `UPDATE breakwater_streams AS s SET ${bump}
   WHERE s.stream_id = $1::text AND ${condition}`
+  // A negative version (a row changed outside breakwater) is never bumped, as in
+  // breakwater_append since migration 5: the caller then asks it, which reports the version.
   const stream = {
-    any: upsert(''),
-    noStream: upsert('\n    WHERE s.version = 0 OR s.deleted'),
+    any: upsert('\n    WHERE s.version >= 0'),
+    noStream: upsert('\n    WHERE s.version >= 0 AND (s.version = 0 OR s.deleted)'),
     version0: upsert('\n    WHERE s.version = 0'),
     streamExists: update('s.version > 0 AND NOT s.deleted'),
     version: update(`s.version = ${expected}`),
