@@ -456,11 +456,14 @@ FROM json_each($1) ORDER BY key`,
     // become visible in commit order; a reader that sees id n already sees every smaller id
     // that will ever commit.
     heldBack: undefined,
+    // A retry_at that is not a number (text set by hand: SQLite keeps it as text, which sorts
+    // above every number) is due: it was never due before, so the event was never retried and
+    // held back the rest of its aggregate for ever. Its attempts still decide the dead letter.
     readBatch: `SELECT ${readColumns}
 FROM ${outboxTable} o
 WHERE o.published_at IS NULL AND o.dead_at IS NULL
   AND o.partition_no IN (SELECT value FROM json_each($1))
-  AND (o.retry_at IS NULL OR o.retry_at <= $2)
+  AND (o.retry_at IS NULL OR o.retry_at <= $2 OR typeof(o.retry_at) NOT IN ('integer', 'real'))
   AND o.aggregate_id NOT IN (SELECT value FROM json_each($4))
   AND o.id NOT IN (SELECT value FROM json_each($5))
   AND ${noHeldPredecessor}
