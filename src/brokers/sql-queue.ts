@@ -147,7 +147,15 @@ export function migrateSqlQueue(db: SqlDriver): Promise<AppliedMigration[]> {
 // A delivery may be leased when it is not held (never leased, lease ended, retry delay over)
 // and no earlier delivery of the same key in the group is held: a failed message waiting for
 // its retry keeps the later messages of its key behind it.
-const leasable = `(w.held_until IS NULL OR w.held_until <= $3)
+// On SQLite, a held_until that is not a number (text set by hand: SQLite keeps it as text,
+// which sorts above every number) has run out: it never did before, so the message was never
+// delivered again and held the rest of its key for ever. Until it is leased again (which writes
+// a number there) it still holds the later messages of its key, so they keep their order.
+const leasable = (
+  dialect: 'sqlite' | 'postgres',
+): string => `(w.held_until IS NULL OR w.held_until <= $3${
+  dialect === 'sqlite' ? " OR typeof(w.held_until) NOT IN ('integer', 'real')" : ''
+})
     AND NOT EXISTS (
       SELECT 1 FROM ${queueDeliveriesTable} h
       WHERE h.topic = w.topic AND h.group_name = w.group_name AND h.msg_key = w.msg_key
@@ -222,7 +230,7 @@ SELECT pg_notify($7, topics.topic) FROM (SELECT DISTINCT topic FROM ins) AS topi
     // in between is re-checked against the conditions before it is taken.
     lease: `WITH picked AS (
   SELECT w.seq FROM ${queueDeliveriesTable} w
-  WHERE w.topic = $1 AND w.group_name = $2 AND ${leasable}
+  WHERE w.topic = $1 AND w.group_name = $2 AND ${leasable('postgres')}
   ORDER BY w.seq
   LIMIT $6
   FOR UPDATE SKIP LOCKED
@@ -253,7 +261,7 @@ WHERE topic = $1 AND group_name = $2 AND seq = ANY($3::bigint[]) AND lease_token
 SET held_until = $4, lease_token = $5, delivery_count = delivery_count + 1
 WHERE topic = $1 AND group_name = $2 AND seq IN (
   SELECT w.seq FROM ${queueDeliveriesTable} w
-  WHERE w.topic = $1 AND w.group_name = $2 AND ${leasable}
+  WHERE w.topic = $1 AND w.group_name = $2 AND ${leasable('sqlite')}
   ORDER BY w.seq
   LIMIT $6)
 RETURNING seq, delivery_count`,
