@@ -56,6 +56,21 @@ describe.each(dbTargets)('relay publish deadline on $dialect', (target) => {
     })
   }
 
+  /**
+   * Waits for `check`, moving the clock 10 ms between looks. The relay's first read can find
+   * its row held back by the PostgreSQL horizon, which is server-wide: a transaction of another
+   * test file, in another database, still running. The relay then reads again after 10 ms (then
+   * 20, 40, ...) of the relay's clock, which only the test moves: waiting in real time alone
+   * never published under a loaded `npm test`.
+   */
+  async function untilTicking(clock: ManualClock, check: () => boolean, what: string) {
+    await until(async () => {
+      if (check()) return true
+      await clock.advance(10)
+      return check()
+    }, what)
+  }
+
   /** Enqueues one 'placed' event of order `id` on the topic orders, with the payload { n }. */
   function enqueueOrder(id: string, n: number): Promise<unknown> {
     return t.db.transaction((tx) =>
@@ -87,7 +102,7 @@ describe.each(dbTargets)('relay publish deadline on $dialect', (target) => {
       await enqueueOrder('o-1', 1)
       await relay.start()
       relay.wake()
-      await until(async () => requests === 1, 'the first POST')
+      await untilTicking(clock, () => requests === 1, 'the first POST')
       const from = clock.now()
       // The clock moves in small steps until the relay reports the failed publish.
       const deadline = Date.now() + 20_000
@@ -128,7 +143,7 @@ describe.each(dbTargets)('relay publish deadline on $dialect', (target) => {
       await clock.advance(200)
       await enqueueOrder('o-2', 2)
       relay.wake()
-      await until(async () => seen.length > 0, 'a publish')
+      await untilTicking(clock, () => seen.length > 0, 'a publish')
       expect(seen[0]).toBe(1_500)
     } finally {
       await relay.stop()
