@@ -163,6 +163,11 @@ const loadNats = lazyDriver('nats', () => import('nats'))
  * its group (their deliveries never come back to it), nor while the server still counts a dead
  * predecessor (whose host vanished without closing its connection) as pulling.
  *
+ * A delivered message's id is its `Nats-Msg-Id` header. A message another producer sent without
+ * one, with an empty one, or with one that is not UTF-8 (the client decodes such bytes as
+ * U+FFFD, so two of them would look alike) gets `<stream>:<sequence>`, stable across
+ * redeliveries; an id holding U+FFFD is read the same way.
+ *
  * An unknown (misspelt) option, top-level or in `stream` or `tls`, is refused with
  * `InvalidOptionError` (`INVALID_OPTION`) naming it (`nats.ackWait`), its value hidden when it
  * is text or bytes.
@@ -860,7 +865,13 @@ function toIncoming(message: JsMsg): IncomingMessage {
     }
   }
   return {
-    id: id === '' ? `${message.info.stream}:${message.seq}` : id,
+    // Another producer's message without an id (or with an empty one) gets one of its stream
+    // place, stable across redeliveries. So does one whose id was not UTF-8: the client decodes
+    // every byte sequence that is not UTF-8 as U+FFFD and keeps no bytes, so two such ids would
+    // arrive as one and an inbox would drop the second as a duplicate. An id holding U+FFFD
+    // itself is read alike: a redelivery still gets the same id, only a republish of it outside
+    // JetStream's duplicate window runs again (the outcome of the two that loses nothing).
+    id: id === '' || id.includes('\uFFFD') ? `${message.info.stream}:${message.seq}` : id,
     topic: message.subject,
     key,
     payload: message.data,

@@ -1,4 +1,5 @@
 // Redis Streams adapter. The `ioredis` driver is imported lazily, here only.
+import { isUtf8 } from 'node:buffer'
 import { createHash, randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Redis } from 'ioredis'
@@ -41,8 +42,8 @@ import type {
  * Options of {@link createRedisBroker}.
  *
  * A topic is a stream key; each entry holds the fields `id`, `key`, `headers` (JSON) and
- * `payload`. An entry another producer wrote without an `id` (or with an empty one) is
- * delivered with the id `<topic>:<entry id>`; one without a `headers` field is delivered with
+ * `payload`. An entry another producer wrote without an `id` (or with an empty one, or one
+ * that is not UTF-8) is delivered with the id `<topic>:<entry id>`; one without a `headers` field is delivered with
  * no headers; one whose `headers` field is not a JSON object of string values is refused (see
  * {@link createRedisBroker}).
  *
@@ -755,7 +756,8 @@ type Entry = [id: Buffer, fields: Fields]
 
 /**
  * An entry's message. Its id is the `id` field breakwater's publisher writes; an entry another
- * producer wrote without one (or with an empty one) gets `<topic>:<entry id>`, stable across
+ * producer wrote without one (or with an empty one, or one that is not UTF-8, which no string
+ * can hold as it is) gets `<topic>:<entry id>`, stable across
  * redeliveries and unique across streams (two streams' entries of one millisecond share the
  * entry id `<ms>-0`), so an inbox can deduplicate it.
  *
@@ -778,7 +780,10 @@ function toIncoming(
   for (let i = 0; i + 1 < fields.length; i += 2) {
     const name = fields[i]!.toString('utf8')
     const value = fields[i + 1]!
-    if (name === 'id') id = value.toString('utf8')
+    // An id that is not UTF-8 (another producer's binary id) is read as absent: decoded, every
+    // byte sequence that is not UTF-8 becomes U+FFFD, so two such ids would arrive as one, and
+    // an inbox would drop the second as a duplicate of the first.
+    if (name === 'id') id = isUtf8(value) ? value.toString('utf8') : ''
     else if (name === 'key') key = value.toString('utf8')
     else if (name === 'payload') payload = value
     else if (name === 'headers') {

@@ -238,6 +238,51 @@ describe('nats specifics', () => {
     expect(received.messages[0]!.headers).toEqual({ note: 'a b', empty: '' })
   })
 
+  it('gives a message whose Nats-Msg-Id is not UTF-8 its <stream>:<sequence>, as one without an id: two such ids must not decode to one (the inbox would drop the second as a duplicate)', async () => {
+    const url = await brokerUrl('nats')
+    const broker = testBroker('nats', url)
+    closers.push(() => broker.close())
+    const topic = unique('binary-ids')
+    // Creates the stream (sequence 1).
+    await broker.publisher.publish([{ id: 'first', topic, key: 'k', payload: '', headers: {} }])
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    // Another producer's binary ids, which the nats client cannot send: each byte alone is not
+    // UTF-8, so both decode to U+FFFD. Raw protocol, then PING: its PONG means both are in.
+    const { port, hostname } = new URL(url)
+    const socket = (await import('node:net')).connect(Number(port), hostname)
+    try {
+      const frames = [Buffer.from('CONNECT {"headers":true,"verbose":false}\r\n')]
+      for (const id of [0x80, 0x81]) {
+        const header = Buffer.concat([
+          Buffer.from('NATS/1.0\r\nNats-Msg-Id: '),
+          Buffer.from([id]),
+          Buffer.from('\r\nbreakwater-key: k\r\n\r\n'),
+        ])
+        frames.push(Buffer.from(`HPUB ${topic} ${header.length} ${header.length + 1}\r\n`))
+        frames.push(header, Buffer.from('p\r\n'))
+      }
+      frames.push(Buffer.from('PING\r\n'))
+      const pong = new Promise<void>((resolve) => {
+        let seen = ''
+        socket.on('data', (chunk: Buffer) => {
+          seen += chunk.toString('latin1')
+          if (seen.includes('PONG')) resolve()
+        })
+      })
+      socket.write(Buffer.concat(frames))
+      await pong
+    } finally {
+      socket.destroy()
+    }
+    await received.until(() => received.messages.length >= 3, 'the three messages')
+    const [first, one, two] = received.ids()
+    expect(first).toBe('first')
+    expect(one).toMatch(/:2$/)
+    expect(two).toMatch(/:3$/)
+    expect(one!.replace(/:2$/, '')).toBe(two!.replace(/:3$/, ''))
+  })
+
   it('reports a message JetStream refuses for its own Nats-* headers as BROKER_REJECTED, not as an outage', async () => {
     const broker = testBroker('nats', await brokerUrl('nats'))
     closers.push(() => broker.close())

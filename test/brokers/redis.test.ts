@@ -178,6 +178,32 @@ describe('redis specifics', () => {
     }
   })
 
+  it('gives an entry whose id field is not UTF-8 its <topic>:<entry id>, as one without an id: two such ids must not decode to one (the inbox would drop the second as a duplicate)', async () => {
+    const broker = testBroker('redis', await brokerUrl('redis'))
+    const other = new (await import('ioredis')).Redis(await brokerUrl('redis'))
+    try {
+      const topic = unique('binary-ids')
+      const entries: string[] = []
+      // Another producer's binary ids: each byte alone is not UTF-8, so both decode to U+FFFD.
+      for (const id of [Buffer.from([0x80]), Buffer.from([0x81])]) {
+        entries.push(String(await other.xadd(topic, '*', 'id', id, 'key', 'k', 'payload', 'p')))
+      }
+      // An id that is UTF-8 and holds U+FFFD itself is the producer's id, kept as it is.
+      await other.xadd(topic, '*', 'id', 'x\uFFFDy', 'key', 'k', 'payload', 'p')
+      const received = new Received()
+      await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+      await received.until(() => received.messages.length >= 3, 'the three entries')
+      expect(received.ids()).toEqual([
+        `${topic}:${entries[0]}`,
+        `${topic}:${entries[1]}`,
+        'x\uFFFDy',
+      ])
+    } finally {
+      other.disconnect()
+      await broker.close()
+    }
+  })
+
   it('refuses an entry whose headers field is not a JSON record of strings (onError phase refused, BROKER_REJECTED, acked, kept in the stream) and delivers the rest', async () => {
     const url = await brokerUrl('redis')
     const errors: SubscriberErrorEvent[] = []
