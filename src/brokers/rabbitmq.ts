@@ -790,9 +790,15 @@ function toIncoming(message: ConsumeMessage): IncomingMessage {
     else if (!brokerHeaders.test(name)) headers[name] = text
   }
   // Quorum queues count returned deliveries in x-delivery-count; classic queues only flag a
-  // redelivery, which then counts as the second.
+  // redelivery, which then counts as the second. The header is read only on a redelivery, and
+  // only as a whole number from 1: another producer may send one of its own, which the server
+  // passes on as it is to a first delivery (-5 made that delivery's count -4, 1.5 made it 2.5).
   const count = raw['x-delivery-count']
-  const deliveryCount = typeof count === 'number' ? count + 1 : message.fields.redelivered ? 2 : 1
+  const deliveryCount = !message.fields.redelivered
+    ? 1
+    : Number.isSafeInteger(count) && (count as number) >= 1
+      ? (count as number) + 1
+      : 2
   const id = message.properties.messageId
   return {
     id: typeof id === 'string' ? id : '',

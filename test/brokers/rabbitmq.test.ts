@@ -421,6 +421,35 @@ describe('rabbitmq specifics', () => {
     expect(messageCount).toBe(0)
   })
 
+  it('counts a first delivery as 1 whatever x-delivery-count another producer sent (negative, a fraction, huge), and a redelivery as more', async () => {
+    const url = await brokerUrl('rabbitmq')
+    const broker = testBroker('rabbitmq', url)
+    closers.push(() => broker.close())
+    const topic = unique('foreign-count')
+    const counts = new Map<string, number[]>()
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => {
+      counts.set(m.id, [...(counts.get(m.id) ?? []), m.deliveryCount])
+      // The first delivery of 'again' fails, so it comes back as a redelivery.
+      if (m.id === 'again' && counts.get(m.id)!.length === 1) throw new Error('once more')
+      received.record(m)
+    })
+    const channel = await foreignProducer(url)
+    const sent = { minus: -5, fraction: 1.5, huge: 2 ** 60, again: 40 }
+    for (const [messageId, count] of Object.entries(sent)) {
+      channel.publish('breakwater', topic, Buffer.from('foreign'), {
+        messageId,
+        headers: { 'breakwater-key': messageId, 'x-delivery-count': count },
+      })
+    }
+    await channel.waitForConfirms()
+    await received.until(() => received.messages.length === 4, 'the deliveries')
+    expect(Object.fromEntries(counts)).toMatchObject({ minus: [1], fraction: [1], huge: [1] })
+    const [first, second] = counts.get('again')!
+    expect(first).toBe(1)
+    expect(second).toBeGreaterThan(1)
+  })
+
   it('keeps its connection when the onError listener throws on a refused message, and delivers the rest', async () => {
     const url = await brokerUrl('rabbitmq')
     const errors: SubscriberErrorEvent[] = []
