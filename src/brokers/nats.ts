@@ -166,7 +166,9 @@ const loadNats = lazyDriver('nats', () => import('nats'))
  * A delivered message's id is its `Nats-Msg-Id` header. A message another producer sent without
  * one, with an empty one, or with one that is not UTF-8 (the client decodes such bytes as
  * U+FFFD, so two of them would look alike) gets `<stream>:<sequence>`, stable across
- * redeliveries; an id holding U+FFFD is read the same way.
+ * redeliveries; an id holding U+FFFD is read the same way. A header another producer repeated
+ * is delivered as its values joined with `", "`, as HTTP combines a repeated field; a repeated
+ * id or key header gives its first value.
  *
  * An unknown (misspelt) option, top-level or in `stream` or `tls`, is refused with
  * `InvalidOptionError` (`INVALID_OPTION`) naming it (`nats.ackWait`), its value hidden when it
@@ -858,10 +860,12 @@ function toIncoming(message: JsMsg): IncomingMessage {
   let key = ''
   if (message.headers !== undefined) {
     for (const [name, values] of message.headers) {
-      const value = values[0] ?? ''
-      if (name === MSG_ID_HEADER) id = value
-      else if (name === KEY_HEADER) key = value
-      else headers[name] = value
+      // Another producer may repeat a header (NATS headers are HTTP-style): the values are
+      // joined with ", " as HTTP combines a repeated field, rather than all but the first
+      // dropped without a word. The id and the key are single values: the first is taken.
+      if (name === MSG_ID_HEADER) id = values[0] ?? ''
+      else if (name === KEY_HEADER) key = values[0] ?? ''
+      else headers[name] = values.length === 1 ? values[0]! : values.join(', ')
     }
   }
   return {

@@ -1,4 +1,4 @@
-import { connect } from 'nats'
+import { connect, headers as natsHeaders } from 'nats'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type StartedBroker, startNats } from '../../scripts/lib/brokers.mjs'
 import { createNatsBroker, type SubscriberErrorEvent } from '../../src/brokers/index.js'
@@ -281,6 +281,32 @@ describe('nats specifics', () => {
     expect(one).toMatch(/:2$/)
     expect(two).toMatch(/:3$/)
     expect(one!.replace(/:2$/, '')).toBe(two!.replace(/:3$/, ''))
+  })
+
+  it("joins another producer's repeated header into one value, as HTTP combines a repeated field, instead of keeping the first only", async () => {
+    const url = await brokerUrl('nats')
+    const broker = testBroker('nats', url)
+    closers.push(() => broker.close())
+    const topic = unique('repeated')
+    // Creates the stream.
+    await broker.publisher.publish([{ id: 'first', topic, key: 'k', payload: '', headers: {} }])
+    const received = new Received()
+    await broker.subscriber.subscribe(topic, unique('g'), async (m) => received.record(m))
+    const nc = await connect({ servers: url })
+    try {
+      const h = natsHeaders()
+      h.append('traceparent', 'a')
+      h.append('traceparent', 'b')
+      h.append('Nats-Msg-Id', 'foreign-1')
+      h.append('breakwater-key', 'k')
+      await nc.jetstream().publish(topic, new Uint8Array(), { headers: h })
+    } finally {
+      await nc.close()
+    }
+    await received.until(() => received.ids().includes('foreign-1'), 'the foreign message')
+    const foreign = received.messages.find((m) => m.id === 'foreign-1')!
+    expect(foreign.headers).toEqual({ traceparent: 'a, b' })
+    expect(foreign.key).toBe('k')
   })
 
   it('reports a message JetStream refuses for its own Nats-* headers as BROKER_REJECTED, not as an outage', async () => {
