@@ -44,8 +44,8 @@ import type {
  * A topic is a stream key; each entry holds the fields `id`, `key`, `headers` (JSON) and
  * `payload`. An entry another producer wrote without an `id` (or with an empty one, or one
  * that is not UTF-8) is delivered with the id `<topic>:<entry id>`; one without a `headers` field is delivered with
- * no headers; one whose `headers` field is not a JSON object of string values is refused (see
- * {@link createRedisBroker}).
+ * no headers; one whose `headers` field is not a JSON object of string values, or that holds
+ * one of these four fields twice, is refused (see {@link createRedisBroker}).
  *
  * The URL's query may set `db` (when the path does not), `port` (when the host part does not),
  * `family` (0, 4 or 6), `username`, `password` and `tls` (an ioredis TLS profile name, not
@@ -776,10 +776,19 @@ function toIncoming(
   let key = ''
   let headers: Record<string, string> = {}
   let bad: { readonly error: unknown } | undefined
+  // A field another producer wrote twice (XADD takes repeated names): which value it meant
+  // cannot be told, so the entry is refused rather than read with the last one.
+  let repeated: string | undefined
+  let seen = 0
   let payload: Uint8Array = new Uint8Array(0)
   for (let i = 0; i + 1 < fields.length; i += 2) {
     const name = fields[i]!.toString('utf8')
     const value = fields[i + 1]!
+    const bit = knownFieldBits[name as KnownField]
+    if (bit !== undefined) {
+      if ((seen & bit) !== 0) repeated ??= name
+      seen |= bit
+    }
     // An id that is not UTF-8 (another producer's binary id) is read as absent: decoded, every
     // byte sequence that is not UTF-8 becomes U+FFFD, so two such ids would arrive as one, and
     // an inbox would drop the second as a duplicate of the first.
@@ -799,17 +808,30 @@ function toIncoming(
   }
   if (id === '') id = `${topic}:${entryId}`
   const message: IncomingMessage = { id, topic, key, payload, headers, deliveryCount }
-  if (bad === undefined) return { message }
+  if (bad === undefined && repeated === undefined) return { message }
   // Handing it on without the headers it was sent with (a correlation id, a tenant, a saga
-  // step) could make a handler do the wrong thing without a word; no retry can repair it.
+  // step), or with one of two values of a field, could make a handler do the wrong thing
+  // without a word; no retry can repair it.
+  const problem =
+    repeated !== undefined
+      ? `its ${repeated} field appears more than once (which value was meant cannot be told)`
+      : 'its headers field is not the JSON record of strings the publisher writes'
   const refused = new BrokerError(
     'BROKER_REJECTED',
     'redis',
-    `refused entry ${entryId} (message ${JSON.stringify(id)}) of stream ${JSON.stringify(topic)}: its headers field is not the JSON record of strings the publisher writes, so group ${JSON.stringify(group)} acked it without calling the handler; the entry stays in the stream until trimmed (XRANGE ${topic} ${entryId} ${entryId})`,
-    { cause: bad.error },
+    `refused entry ${entryId} (message ${JSON.stringify(id)}) of stream ${JSON.stringify(topic)}: ${problem}, so group ${JSON.stringify(group)} acked it without calling the handler; the entry stays in the stream until trimmed (XRANGE ${topic} ${entryId} ${entryId})`,
+    repeated === undefined ? { cause: bad!.error } : {},
   )
   return { message, refused }
 }
+
+type KnownField = 'id' | 'key' | 'payload' | 'headers'
+const knownFieldBits: Readonly<Record<KnownField, number>> = Object.assign(Object.create(null), {
+  id: 1,
+  key: 2,
+  payload: 4,
+  headers: 8,
+})
 
 /**
  * A `headers` field's record of strings, or the reason it is not one (the parse error, or

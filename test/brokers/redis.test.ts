@@ -275,6 +275,56 @@ describe('redis specifics', () => {
     }
   })
 
+  it("refuses another producer's entry that holds one of its fields twice (XADD takes repeated names; which value was meant cannot be told) instead of delivering the last one", async () => {
+    const url = await brokerUrl('redis')
+    const errors: SubscriberErrorEvent[] = []
+    const broker = createRedisBroker({
+      url,
+      blockMs: 1_000,
+      onError: (event) => errors.push(event),
+    })
+    const { Redis } = await import('ioredis')
+    const other = new Redis(url)
+    try {
+      const topic = unique('repeated-fields')
+      const group = unique('g')
+      const twice = String(
+        await other.xadd(topic, '*', 'id', 'twice', 'key', 'k', 'payload', 'a', 'payload', 'b'),
+      )
+      // A field breakwater does not read may repeat: it is not delivered anyway.
+      await other.xadd(
+        topic,
+        '*',
+        'id',
+        'extra',
+        'key',
+        'k',
+        'note',
+        '1',
+        'note',
+        '2',
+        'payload',
+        'p',
+      )
+      const received = new Received()
+      await broker.subscriber.subscribe(topic, group, async (m) => received.record(m))
+      const refused = () => errors.filter((e) => e.phase === 'refused')
+      await received.until(
+        () => received.messages.length >= 1 && refused().length >= 1,
+        'the fine entry and the refusal',
+      )
+      expect(received.ids()).toEqual(['extra'])
+      const [event] = refused()
+      expect((event!.error as BreakwaterError).code).toBe('BROKER_REJECTED')
+      expect((event!.error as Error).message).toMatch(/payload field appears more than once/)
+      expect((event!.error as Error).message).toContain(twice)
+      expect(event!.message?.id).toBe('twice')
+    } finally {
+      other.disconnect()
+      await broker.close()
+    }
+  })
+
   it('fails publish and subscribe at once with a non-retryable BROKER_MISCONFIGURED naming the user (never the password) when the server refuses the login (WRONGPASS, NOAUTH), the database or a command (NOPERM)', async () => {
     const server = await startPrivateBroker('redis')
     const { Redis } = await import('ioredis')
