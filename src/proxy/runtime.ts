@@ -715,6 +715,7 @@ class ProxyRuntime implements ProxyInternals {
     this.#deps.logger.error('config reload refused; the running config stays in force', {
       code: invalid.code,
       problems: invalid.problems.map((p) => `${p.path}: ${p.message}`),
+      problemCount: invalid.problemCount,
     })
     return invalid
   }

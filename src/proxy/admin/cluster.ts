@@ -618,6 +618,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       log.error('config reload refused; the running config stays in force', {
         code: invalid.code,
         problems: invalid.problems.map((p) => `${p.path}: ${p.message}`),
+        problemCount: invalid.problemCount,
       })
       return { refused: invalid, workers: [] }
     } finally {

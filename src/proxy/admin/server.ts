@@ -266,6 +266,8 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
                 line: p.line,
                 column: p.column,
               })),
+              // The full count: past 50, `problems` ends with a `(more)` entry for the rest.
+              problemCount: error.problemCount,
               ...perWorker,
             },
           )

@@ -13,12 +13,12 @@ import { createJsonLogger } from '../../../src/observability/logger.js'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
 import { PartiallyAppliedError } from '../../../src/proxy/admin/backend.js'
 import { createClusterBackend, reloadAnswerMarginMs } from '../../../src/proxy/admin/cluster.js'
-import { type AdminServer, startAdminServer } from '../../../src/proxy/admin/server.js'
+import type { AdminServer } from '../../../src/proxy/admin/server.js'
 import { ConfigInvalidError } from '../../../src/proxy/config/errors.js'
 import { parseProxyConfig } from '../../../src/proxy/config/load.js'
 import { ManualClock } from '../../../src/testing/index.js'
 import { captureLog, http } from '../runtime/helpers.js'
-import { settle, twoWorkersYaml } from './cluster-support.js'
+import { adminApiOver, settle, twoWorkersYaml } from './cluster-support.js'
 import { FakeWorker } from './fake-worker.js'
 
 // The file in force: the default startTimeoutMs (60 s), an admin API.
@@ -187,16 +187,7 @@ describe("cluster backend: the wait for a reload's answer", () => {
 
 describe('POST /admin/reload in the multi-process mode', () => {
   async function adminOver(backend: ReturnType<typeof primary>['backend']): Promise<number> {
-    admin = await startAdminServer({
-      config: { host: '127.0.0.1', port: 0, token: { env: 'T' } },
-      backend,
-      deps: {
-        clock: new ManualClock(0),
-        logger: createJsonLogger({ output: captureLog() }),
-        metrics: createMetricsRegistry(),
-      },
-      env: { T: token },
-    })
+    admin = await adminApiOver(backend, token)
     return admin.address().port
   }
   const post = (port: number) =>

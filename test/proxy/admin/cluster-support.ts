@@ -4,6 +4,7 @@ import type { Worker } from 'node:cluster'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
 import { type ClusterBackend, createClusterBackend } from '../../../src/proxy/admin/cluster.js'
+import { type AdminServer, startAdminServer } from '../../../src/proxy/admin/server.js'
 import { parseProxyConfig } from '../../../src/proxy/config/load.js'
 import type { ProxyConfig } from '../../../src/proxy/contracts.js'
 import { ManualClock } from '../../../src/testing/index.js'
@@ -67,4 +68,18 @@ export function reloadingBackend(
     return worker
   }
   return { backend, up }
+}
+
+/** The primary's admin API over `backend` on loopback, its token `token` (close it after). */
+export function adminApiOver(backend: ClusterBackend, token: string): Promise<AdminServer> {
+  return startAdminServer({
+    config: { host: '127.0.0.1', port: 0, token: { env: 'T' } },
+    backend,
+    deps: {
+      clock: new ManualClock(0),
+      logger: createJsonLogger({ output: captureLog() }),
+      metrics: createMetricsRegistry(),
+    },
+    env: { T: token },
+  })
 }
