@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Clock } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
+import { readStoredWholeNumber } from '../stores/errors.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
 import { measuredOnceBegun, measuredQuery, queryLast } from '../stores/measured.js'
 import { OUTBOX_PARTITIONS } from './partition.js'
@@ -143,7 +144,9 @@ export class PartitionLeases {
       const rows = await this.#db.query<{ expires_at: number | string }>(this.#sql.holder, [
         this.#relayId,
       ])
-      const expiresAt = Number(rows[0]?.expires_at ?? 0)
+      // Not a whole number (changed outside breakwater): the heartbeat statement takes such an
+      // end as run out, so it is no reason to wait; Number() made it NaN, and a wait of NaN.
+      const expiresAt = readStoredWholeNumber(rows[0]?.expires_at) ?? 0
       await wait(Math.max(0, expiresAt - this.#clock.now()) + 1)
       if (!(await this.#beat())) throw new RelayIdInUseError(this.#relayId)
     })

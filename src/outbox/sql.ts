@@ -296,14 +296,28 @@ const noHeldPredecessor = `NOT EXISTS (
     WHERE h.aggregate_id = o.aggregate_id AND h.id < o.id
       AND h.published_at IS NULL AND (h.dead_at IS NOT NULL OR h.retry_at IS NOT NULL))`
 
+// On SQLite, a lease or heartbeat end that is not a number (text or a blob set by hand: SQLite
+// keeps it as it is in its INTEGER column, and it sorts above every number) counts as run out.
+// Otherwise it never ran out: a partition whose owner is gone was never claimed again, a relay
+// that is gone was counted live for ever (the fair share left its part of the partitions
+// unowned) and its relay id could never be started again. A live holder rewrites it as a number
+// at its next renewal; if another relay or instance took over first, the fencing token (bumped
+// by a claim or a takeover) keeps the old holder's writes out, as after any expiry.
+const notNumber = (column: string): string => `typeof(${column}) NOT IN ('integer', 'real')`
+
 // Taken over only from the same instance or from one whose heartbeat expired (it crashed, or
 // stalled past its lease): a second live process with the same relay id gets no row back.
-const heartbeat = `INSERT INTO ${outboxRelaysTable} (relay_id, started_at, expires_at, instance)
+const heartbeat = (dialect: SqlDialect): string => {
+  const expires = `${outboxRelaysTable}.expires_at`
+  const ranOut =
+    dialect === 'sqlite' ? `(${expires} <= $5 OR ${notNumber(expires)})` : `${expires} <= $5`
+  return `INSERT INTO ${outboxRelaysTable} (relay_id, started_at, expires_at, instance)
 VALUES ($1, $2, $3, $4)
 ON CONFLICT (relay_id) DO UPDATE
 SET started_at = excluded.started_at, expires_at = excluded.expires_at, instance = excluded.instance
-WHERE ${outboxRelaysTable}.instance = excluded.instance OR ${outboxRelaysTable}.expires_at <= $5
+WHERE ${outboxRelaysTable}.instance = excluded.instance OR ${ranOut}
 RETURNING relay_id`
+}
 
 // Only while this instance holds the relay id: a process that lost it (another instance took
 // the expired id over) never learns the new tokens, so its writes stay fenced.
@@ -312,9 +326,6 @@ const holdsId = (instanceParam: string): string =>
 
 const shared = {
   insertOne: `INSERT INTO ${outboxTable} (${insertColumns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-  heartbeat,
-  liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable} WHERE expires_at > $1`,
-  forgetRelays: `DELETE FROM ${outboxRelaysTable} WHERE expires_at <= $1`,
   unregister: `DELETE FROM ${outboxRelaysTable} WHERE relay_id = $1 AND instance = $2`,
   holder: `SELECT instance, expires_at FROM ${outboxRelaysTable} WHERE relay_id = $1`,
   fence: `UPDATE ${outboxPartitionsTable} SET token = token + 1 WHERE owner = $1`,
@@ -333,6 +344,9 @@ WHERE dead_at IS NOT NULL AND published_at IS NULL`,
 export const outboxStatements: Readonly<Record<SqlDialect, OutboxStatements>> = {
   postgres: {
     ...shared,
+    heartbeat: heartbeat('postgres'),
+    liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable} WHERE expires_at > $1`,
+    forgetRelays: `DELETE FROM ${outboxRelaysTable} WHERE expires_at <= $1`,
     // One round trip: a data-modifying CTE always runs to completion, and the notification
     // is queued in the same transaction, so PostgreSQL delivers it at COMMIT (never on
     // ROLLBACK). Identical notifications of one transaction are folded into one.
@@ -444,6 +458,10 @@ SELECT ${archivedColumns}, $3::bigint FROM moved`,
   },
   sqlite: {
     ...shared,
+    heartbeat: heartbeat('sqlite'),
+    liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable}
+WHERE expires_at > $1 AND NOT ${notNumber('expires_at')}`,
+    forgetRelays: `DELETE FROM ${outboxRelaysTable} WHERE expires_at <= $1 OR ${notNumber('expires_at')}`,
     insertOneNotify: `INSERT INTO ${outboxTable} (${insertColumns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
     insertMany: `INSERT INTO ${outboxTable} (${insertColumns})
 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, $2
@@ -493,6 +511,7 @@ SET owner = $1, lease_expires_at = $2, token = token + 1
 WHERE partition_no IN (
     SELECT partition_no FROM ${outboxPartitionsTable}
     WHERE owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $3
+      OR ${notNumber('lease_expires_at')}
     ORDER BY partition_no
     LIMIT $4)
   AND ${holdsId('$5')}
