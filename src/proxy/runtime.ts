@@ -48,6 +48,7 @@ import type { FastRequestHandler } from './inbound/fast-connection.js'
 import { createGatewayHandler } from './inbound/gateway.js'
 import { createListenerServer, type ListenerServer } from './inbound/listener.js'
 import {
+  logOverridesAfterReload,
   type NamedRouteOverride,
   type OverridesAfterReload,
   overridesAfterReload,
@@ -186,6 +187,11 @@ export interface ProxyInternals extends Proxy {
    * primary.
    */
   onListenersChanged(listener: (() => void) | undefined): void
+  /**
+   * Logs the route switches a reload kept or dropped at debug (true) instead of info and warn:
+   * a worker of the multi-process mode, whose primary logs that decision once for all workers.
+   */
+  logSwitchesAtDebug(atDebug: boolean): void
 }
 
 interface Generation {
@@ -305,6 +311,7 @@ class ProxyRuntime implements ProxyInternals {
   #draining = false
   #pinListener: ((pin: SharedRetryPin) => void) | undefined
   #listenersChanged: (() => void) | undefined
+  #switchesLoggedAtDebug = false
   /** The next try to bind listeners a failed reload could not bind again. */
   #rebindTimer: TimerHandle | undefined
   #rebindDelayMs = firstRebindDelayMs
@@ -507,6 +514,10 @@ class ProxyRuntime implements ProxyInternals {
 
   onListenersChanged(listener: (() => void) | undefined): void {
     this.#listenersChanged = listener
+  }
+
+  logSwitchesAtDebug(atDebug: boolean): void {
+    this.#switchesLoggedAtDebug = atDebug
   }
 
   adoptRetryPin(pin: SharedRetryPin): void {
@@ -960,18 +971,9 @@ class ProxyRuntime implements ProxyInternals {
   }
 
   // Counts and logs, one line per route, the switches a reload kept and those it dropped.
-  #reportSwitches({ kept, dropped }: OverridesAfterReload): void {
-    const log = this.#deps.logger
-    for (const { route, targets } of kept) {
-      this.#metrics.routeOverridden.set({ route }, 1)
-      log.info('route override kept by reload', { route, targets })
-    }
-    for (const { route, reason, services } of dropped)
-      log.warn('route override dropped by reload', {
-        route,
-        reason,
-        ...(services === undefined ? {} : { services }),
-      })
+  #reportSwitches(decided: OverridesAfterReload): void {
+    for (const { route } of decided.kept) this.#metrics.routeOverridden.set({ route }, 1)
+    logOverridesAfterReload(this.#deps.logger, decided, this.#switchesLoggedAtDebug)
   }
 
   // Opens the idempotency store at `url` for a start or reload. The open is cancelled when

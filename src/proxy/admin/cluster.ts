@@ -19,7 +19,7 @@ import type { MetricsRegistry } from '../../observability/metrics.js'
 import { ConfigInvalidError, type ConfigProblem, formatProblem } from '../config/errors.js'
 import { keepsServiceRuntime } from '../config/reload.js'
 import type { ProxyConfig, RouteTargetConfig } from '../contracts.js'
-import { overridesAfterReload } from '../inbound/route-overrides.js'
+import { logOverridesAfterReload, overridesAfterReload } from '../inbound/route-overrides.js'
 import type { SharedRetryPin } from '../inbound/routes.js'
 import type { ProxyInternals } from '../runtime.js'
 import { startBound } from '../start-bound.js'
@@ -275,9 +275,13 @@ export function serveWorkerCommands(
   reportListeners()
   // A listener bound again between reloads (see ProxyInternals.onListenersChanged).
   runtime.onListenersChanged(reportListeners)
+  // The primary logs what a reload did to the route switches once; each worker's lines would
+  // only repeat it, once per worker.
+  runtime.logSwitchesAtDebug(true)
   return () => {
     runtime.onRetryPinReached(undefined)
     runtime.onListenersChanged(undefined)
+    runtime.logSwitchesAtDebug(false)
     channel.off('message', listener)
   }
 }
@@ -672,10 +676,12 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     }
     // The workers kept the route switches the reload left alone and dropped the others, and a
     // service it changed or removed got a new runtime in each worker, not isolated: the same
-    // rules as in one process, so a restarted worker is given what its siblings kept.
+    // rules as in one process, so a restarted worker is given what its siblings kept. Logged
+    // here, once, as one process logs it (the workers log it at debug).
     const switches = [...overrides].map(([route, targets]) => ({ route, targets }))
-    for (const { route } of overridesAfterReload(config, next, switches).dropped)
-      overrides.delete(route)
+    const decided = overridesAfterReload(config, next, switches)
+    for (const { route } of decided.dropped) overrides.delete(route)
+    logOverridesAfterReload(log, decided)
     for (const service of isolated)
       if (!keepsServiceRuntime(config, next, service)) isolated.delete(service)
     config = next

@@ -9,6 +9,7 @@
 // it overrides (the route's targets: the file was edited for that route, so the file wins) or
 // it can no longer stand as sent (its route or one of its services is gone).
 
+import type { Logger } from '../../observability/logger.js'
 import type { ProxyConfig, RouteConfig, RouteOverride, RouteTargetConfig } from '../contracts.js'
 
 /** A route switch: the route's name and the targets the admin API gave it. */
@@ -75,6 +76,27 @@ export function overridesAfterReload(
     kept.push(override)
   }
   return { kept, dropped }
+}
+
+/**
+ * Logs what {@link overridesAfterReload} decided, one line per switch: `route override kept by
+ * reload` (info: `route`, `targets`) or `route override dropped by reload` (warn: `route`,
+ * `reason`, and `services` for a service removed). With `repeated`, every line is at debug: a
+ * worker of the multi-process mode, whose primary logs the same decision once for all of them.
+ */
+export function logOverridesAfterReload(
+  log: Logger,
+  { kept, dropped }: OverridesAfterReload,
+  repeated = false,
+): void {
+  for (const { route, targets } of kept)
+    log[repeated ? 'debug' : 'info']('route override kept by reload', { route, targets })
+  for (const { route, reason, services } of dropped)
+    log[repeated ? 'debug' : 'warn']('route override dropped by reload', {
+      route,
+      reason,
+      ...(services === undefined ? {} : { services }),
+    })
 }
 
 function routesByName(config: ProxyConfig): Map<string, RouteConfig> {

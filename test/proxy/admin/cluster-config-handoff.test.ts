@@ -200,6 +200,7 @@ describe('worker side: the config comes from the primary', () => {
     const runtime = {
       onRetryPinReached: () => {},
       listenersDown: () => [],
+      logSwitchesAtDebug: () => {},
       onListenersChanged: () => {},
       reload: async (text?: string) => {
         applied.push(text)

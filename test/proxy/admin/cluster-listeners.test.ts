@@ -95,6 +95,7 @@ describe('cluster backend: listeners a worker is not listening on', () => {
     const runtime = {
       onRetryPinReached: () => {},
       listenersDown: () => down,
+      logSwitchesAtDebug: () => {},
       onListenersChanged: (listener: (() => void) | undefined) => {
         changed = listener
       },

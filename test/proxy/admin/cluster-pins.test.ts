@@ -118,6 +118,7 @@ describe('cluster backend: retry pins for a worker that comes up later', () => {
       adoptRetryPin: (p: SharedRetryPin) => adopted.push(p),
       onRetryPinReached: () => {},
       listenersDown: () => [],
+      logSwitchesAtDebug: () => {},
       onListenersChanged: () => {},
     } as unknown as ProxyInternals
     const events = new EventEmitter()

@@ -45,18 +45,20 @@ export function asWorker(worker: FakeWorker): Worker {
 }
 
 /**
- * A cluster backend on `before` whose reloads read `after`, on a clock that never moves, and
- * `up`: attaches an answering fake worker with that id and plays its start.
+ * A cluster backend on `before` whose reloads read `after`, on a clock that never moves,
+ * `up`: attaches an answering fake worker with that id and plays its start, and the primary's
+ * `log`.
  */
 export function reloadingBackend(
   before: { config: ProxyConfig; text: string },
   after: { config: ProxyConfig; text: string },
-): { backend: ClusterBackend; up(id: number): FakeWorker } {
+): { backend: ClusterBackend; up(id: number): FakeWorker; log: ReturnType<typeof captureLog> } {
+  const log = captureLog()
   const backend = createClusterBackend({
     config: before.config,
     configText: before.text,
     loadConfig: async () => after,
-    logger: createJsonLogger({ output: captureLog(), level: 'debug' }),
+    logger: createJsonLogger({ output: log, level: 'debug' }),
     metrics: createMetricsRegistry(),
     clock: new ManualClock(0),
     commandTimeoutMs: 60_000,
@@ -67,7 +69,7 @@ export function reloadingBackend(
     worker.start()
     return worker
   }
-  return { backend, up }
+  return { backend, up, log }
 }
 
 /** The primary's admin API over `backend` on loopback, its token `token` (close it after). */
