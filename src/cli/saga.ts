@@ -291,21 +291,34 @@ function truncate(text: string, max: number): string {
   return shown.length > max ? `${shown.slice(0, max - 1)}…` : shown
 }
 
+// A row changed outside breakwater is listed with the others: its cells that cannot be read
+// say so (a step shown as '-' read as a finished saga's), and a line under the table names
+// the columns and where to see why (`saga show` fails naming the problem).
+const unreadableCell = '(unreadable)'
+
 function formatList(sagas: readonly SagaSummary[]): string {
   if (sagas.length === 0) return 'No saga instances.\n'
+  const bad = (s: SagaSummary, ...columns: string[]) =>
+    columns.some((c) => s.unreadable?.includes(c) === true)
   const rows = [
     ['ID', 'SAGA', 'STATUS', 'STEP', 'ATTEMPT', 'UPDATED', 'REASON'],
     ...sagas.map((s) => [
       s.id,
       `${s.name}@${s.version}`,
       s.status,
-      s.step ?? '-',
-      String(s.attempt),
+      bad(s, 'steps', 'step_index') ? unreadableCell : (s.step ?? '-'),
+      s.attempt === undefined ? unreadableCell : String(s.attempt),
       time(s.updatedAt),
       truncate(s.reason ?? '', 60),
     ]),
   ]
-  return `${table(rows)}\n`
+  const notes = sagas
+    .filter((s) => s.unreadable !== undefined)
+    .map(
+      (s) =>
+        `saga ${s.id}: ${s.unreadable!.join(', ')} cannot be read (changed outside breakwater); breakwater saga show ${s.id} says why\n`,
+    )
+  return `${table(rows)}\n${notes.length === 0 ? '' : `\n${notes.join('')}`}`
 }
 
 function formatShow(saga: SagaInstance, timeline: readonly SagaTimelineEntry[]): string {

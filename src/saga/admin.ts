@@ -9,7 +9,6 @@ import {
   checkOneOf,
   optionKeys,
 } from '../core/validate.js'
-import { StoredDataError } from '../stores/errors.js'
 import { notify, type SqlDriver, type SqlExecutor } from '../stores/index.js'
 import { SagaNotFoundError, SagaStateConflictError } from './errors.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
@@ -26,6 +25,7 @@ import {
   storedJson,
   storedSteps,
   timelineEntryFromRow,
+  unreadableColumns,
 } from './state.js'
 import { storedReason } from './store.js'
 
@@ -58,11 +58,13 @@ export interface SagaSummary {
   readonly status: SagaStatus
   /**
    * The current step's name (or the next one to compensate), if any. Undefined too when the
-   * stored steps cannot be read (a row changed outside breakwater): the instance is listed
-   * with the others, and `getSaga` names what is wrong with it.
+   * stored steps or step index cannot be read (a row changed outside breakwater): the
+   * instance is listed with the others, marked (`unreadable`), and `getSaga` names what is
+   * wrong with it.
    */
   readonly step: string | undefined
-  readonly attempt: number
+  /** Attempts started of the current step; undefined when it cannot be read (see `unreadable`). */
+  readonly attempt: number | undefined
   readonly nextRunAt: number
   readonly leaseOwner: string | undefined
   readonly leaseExpiresAt: number | undefined
@@ -70,6 +72,12 @@ export interface SagaSummary {
   readonly createdAt: number
   readonly updatedAt: number
   readonly finishedAt: number | undefined
+  /**
+   * The columns of the row that cannot be read (`steps`, `step_index`, `attempt`: a row
+   * changed outside breakwater, which a worker reports and `getSaga` fails on naming the
+   * problem), undefined when every one can. The fields they give are undefined then.
+   */
+  readonly unreadable: readonly string[] | undefined
 }
 
 /**
@@ -98,42 +106,36 @@ export async function listSagas(
     options.name ?? null,
     limit,
   ])
-  return rows.map((row) => ({
-    id: row.id,
-    name: row.name,
-    version: Number(row.version),
-    status: row.status as SagaStatus,
-    step: listedStep(row),
-    attempt: Number(row.attempt),
-    nextRunAt: Number(row.next_run_at),
-    leaseOwner: row.lease_owner ?? undefined,
-    leaseExpiresAt: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
-    reason: row.reason ?? undefined,
-    createdAt: Number(row.created_at),
-    updatedAt: Number(row.updated_at),
-    finishedAt: row.finished_at === null ? undefined : Number(row.finished_at),
-  }))
-}
-
-// The current step's name, or undefined when the stored steps cannot be read (a row changed
-// outside breakwater): one such row failed the whole listing, hiding every other instance.
-// getSaga (`saga show`) names what is wrong with it, and a worker reports it.
-function listedStep(row: SagaRow): string | undefined {
-  let steps: StepState[]
-  try {
-    steps = storedSteps(row)
-  } catch (error) {
-    if (error instanceof StoredDataError) return undefined
-    throw error
-  }
-  const name: unknown = steps[Number(row.step_index)]?.name
-  return typeof name === 'string' ? name : undefined
+  return rows.map((row) => {
+    // One row that cannot be read failed the whole listing, hiding every other instance: it is
+    // listed, marked with the columns it cannot read.
+    const { unreadable, steps } = unreadableColumns(row)
+    const bad = (column: string) => unreadable?.includes(column) === true
+    return {
+      id: row.id,
+      name: row.name,
+      version: Number(row.version),
+      status: row.status as SagaStatus,
+      step:
+        steps === undefined || bad('step_index') ? undefined : steps[Number(row.step_index)]?.name,
+      attempt: bad('attempt') ? undefined : Number(row.attempt),
+      nextRunAt: Number(row.next_run_at),
+      leaseOwner: row.lease_owner ?? undefined,
+      leaseExpiresAt: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
+      reason: row.reason ?? undefined,
+      createdAt: Number(row.created_at),
+      updatedAt: Number(row.updated_at),
+      finishedAt: row.finished_at === null ? undefined : Number(row.finished_at),
+      unreadable,
+    }
+  })
 }
 
 /**
  * Reads one instance; undefined when there is none with this id. A row changed outside
- * breakwater (a JSON column that cannot be read) fails with `StoredDataError`
- * (`STORED_DATA_INVALID`) naming the saga and the column.
+ * breakwater (a JSON column that cannot be read, an `attempt`, `step_index` or
+ * `cancel_requested` a worker would refuse) fails with `StoredDataError`
+ * (`STORED_DATA_INVALID`) naming the saga and the column, never shown as NaN or a wrong flag.
  */
 export async function getSaga(db: SqlExecutor, id: string): Promise<SagaInstance | undefined> {
   checkId('id', id)

@@ -25,6 +25,7 @@ import {
   type SagaRow,
   type SagaStatus,
   type StepState,
+  storedCancelRequested,
   storedState,
 } from './state.js'
 import {
@@ -74,13 +75,7 @@ function storedCounters(row: SagaRow): { attempt: number; cancelRequested: boole
       place('attempt'),
       `is ${describeValue(row.attempt)}, not an attempt (a whole number from 1 once claimed)`,
     )
-  const flag = Number(row.cancel_requested)
-  if (flag !== 0 && flag !== 1)
-    throw new StoredDataError(
-      place('cancel_requested'),
-      `is ${describeValue(row.cancel_requested)}, not 0 or 1`,
-    )
-  return { attempt, cancelRequested: flag === 1 }
+  return { attempt, cancelRequested: storedCancelRequested(row) }
 }
 
 /** What the runner needs from its worker. */
@@ -150,7 +145,8 @@ export class InstanceRun {
   #stepIndex: number
   #attempt: number
   #reason: string | null
-  #cancelRequested: boolean
+  // cancel_requested as stored: by the claim (checked then), then as each write read it back.
+  #cancelFlag: number | boolean
   #events: TimelineRecord[] = []
   readonly #previousOwner: string | null
   readonly #previousExpiry: number | null
@@ -167,15 +163,24 @@ export class InstanceRun {
     this.#context = Object.freeze(context)
     this.#steps = steps
     this.#stepIndex = storedStepIndex(row, steps.length, saga.key)
-    const { attempt, cancelRequested } = storedCounters(row)
-    this.#attempt = attempt
+    this.#attempt = storedCounters(row).attempt
     this.#reason = row.reason
-    this.#cancelRequested = cancelRequested
+    this.#cancelFlag = row.cancel_requested
     this.#previousOwner = row.previous_owner
     this.#previousExpiry =
       row.previous_expires_at === null || row.previous_expires_at === undefined
         ? null
         : Number(row.previous_expires_at)
+  }
+
+  // Whether a cancel was requested, checked where the run acts on it, as the claim checks it.
+  // A write reads the flag back, so one edited outside breakwater while a step ran reaches the
+  // run there: `Boolean(Number())` read 'true' (SQLite) as no request, letting the next steps
+  // run (the saga could end completed, never reported), and 2 as one, compensating. Now
+  // StoredDataError: run() reports it and holds the instance; what the write recorded stays,
+  // and the step's completion is still counted (a check at the write skipped that).
+  get #cancelRequested(): boolean {
+    return storedCancelRequested({ id: this.id, cancel_requested: this.#cancelFlag })
   }
 
   /** The state as this run last saw it. */
@@ -994,7 +999,8 @@ export class InstanceRun {
       return false
     }
     if (result.leaseExpiresAt !== null) this.leaseExpiresAt = result.leaseExpiresAt
-    this.#cancelRequested = result.cancelRequested
+    // As stored: checked where the run acts on it (see #cancelRequested).
+    this.#cancelFlag = result.cancelRequested
     return true
   }
 

@@ -262,7 +262,87 @@ function instancePlace(row: Pick<SagaRow, 'id'>, column: string): () => StoredPl
   return () => ({ table: sagaTable, row: `saga ${JSON.stringify(row.id)}`, column })
 }
 
-/** Turns a row into an instance. */
+/**
+ * A row's `cancel_requested` as the worker acts on it: only 0 and 1 are written (the SQL tests
+ * `= 1`). Anything else (a row changed outside breakwater: 'true' on SQLite read as no request
+ * by `Number()`, 2 as one) fails with StoredDataError naming the saga and the column.
+ */
+export function storedCancelRequested(row: Pick<SagaRow, 'id' | 'cancel_requested'>): boolean {
+  const flag = Number(row.cancel_requested)
+  if (flag !== 0 && flag !== 1)
+    throw new StoredDataError(
+      instancePlace(row, 'cancel_requested')(),
+      `is ${describeValue(row.cancel_requested)}, not 0 or 1`,
+    )
+  return flag === 1
+}
+
+/**
+ * A row's `attempt` as the admin readers show it: a whole number from 0 (0 before the first
+ * claim or after a step). Text or a fraction was shown as NaN or 1.5: StoredDataError naming
+ * the saga and the column. (The worker checks its claimed attempt, from 1, itself.)
+ */
+function storedAttempt(row: Pick<SagaRow, 'id' | 'attempt'>): number {
+  const attempt = Number(row.attempt)
+  if (!Number.isSafeInteger(attempt) || attempt < 0)
+    throw new StoredDataError(
+      instancePlace(row, 'attempt')(),
+      `is ${describeValue(row.attempt)}, not a whole number from 0`,
+    )
+  return attempt
+}
+
+/**
+ * A row's `step_index` as the admin readers show it: the index of one of its steps while it
+ * runs or compensates (as the worker checks it), -1 to the step count once it has ended
+ * (-1 when compensated or cancelled, the count when completed). Otherwise StoredDataError
+ * naming the saga and the column: `saga list` showed such a row as a finished one, step `-`.
+ */
+function storedIndex(
+  row: Pick<SagaRow, 'id' | 'status' | 'step_index'>,
+  stepCount: number,
+): number {
+  const index = Number(row.step_index)
+  const active = row.status === 'running' || row.status === 'compensating'
+  const [low, high] = active ? [0, stepCount - 1] : [-1, stepCount]
+  if (Number.isSafeInteger(index) && index >= low && index <= high) return index
+  throw new StoredDataError(
+    instancePlace(row, 'step_index')(),
+    `is ${describeValue(row.step_index)}, not ${active ? `the index of one of its ${stepCount} steps (0 to ${high})` : `-1 to its step count ${stepCount}`}`,
+  )
+}
+
+/**
+ * The columns of a listed row that cannot be read (see {@link storedSteps}, `attempt` and
+ * `step_index` as {@link instanceFromRow} reads them), in that order, or undefined when all
+ * can; with the steps when they can be read.
+ */
+export function unreadableColumns(
+  row: Pick<SagaRow, 'id' | 'status' | 'steps' | 'step_index' | 'attempt'>,
+): { unreadable: string[] | undefined; steps: StepState[] | undefined } {
+  const unreadable: string[] = []
+  const readable = (read: () => unknown, column: string): boolean => {
+    try {
+      read()
+      return true
+    } catch (error) {
+      if (!(error instanceof StoredDataError)) throw error
+      unreadable.push(column)
+      return false
+    }
+  }
+  let steps: StepState[] | undefined
+  if (readable(() => (steps = storedSteps(row)), 'steps'))
+    readable(() => storedIndex(row, steps!.length), 'step_index')
+  readable(() => storedAttempt(row), 'attempt')
+  return { unreadable: unreadable.length === 0 ? undefined : unreadable, steps }
+}
+
+/**
+ * Turns a row into an instance. A row changed outside breakwater (a JSON column, or an
+ * `attempt`, `step_index` or `cancel_requested` the worker would refuse) fails with
+ * StoredDataError naming the saga and the column, rather than showing NaN or a wrong flag.
+ */
 export function instanceFromRow(row: SagaRow): SagaInstance {
   const { input, context, steps } = storedState(row)
   return {
@@ -273,13 +353,13 @@ export function instanceFromRow(row: SagaRow): SagaInstance {
     input,
     context,
     steps,
-    stepIndex: Number(row.step_index),
-    attempt: Number(row.attempt),
+    stepIndex: storedIndex(row, steps.length),
+    attempt: storedAttempt(row),
     nextRunAt: Number(row.next_run_at),
     leaseOwner: row.lease_owner ?? undefined,
     leaseExpiresAt: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
     leaseToken: Number(row.lease_token),
-    cancelRequested: Boolean(Number(row.cancel_requested)),
+    cancelRequested: storedCancelRequested(row),
     reason: row.reason ?? undefined,
     createdAt: Number(row.created_at),
     updatedAt: Number(row.updated_at),

@@ -125,7 +125,7 @@ export async function writeTransition(
     rows.length === 0
       ? undefined
       : {
-          cancelRequested: Boolean(Number(rows[0]!.cancel_requested)),
+          cancelRequested: rows[0]!.cancel_requested,
           leaseExpiresAt: write.leaseExpiresAt,
         }
   const params = (write: TransitionWrite): unknown[] =>
@@ -365,11 +365,14 @@ export async function insertInstance(
 }
 
 /**
- * The outcome of one fenced write: whether a cancel was requested and the lease end written
- * (null for a release), or `undefined` when the token no longer held.
+ * The outcome of one fenced write: the row's `cancel_requested` as stored and the lease end
+ * written (null for a release), or `undefined` when the token no longer held. The flag is
+ * given as read, not as a boolean: only 0 and 1 are written, and the run checks it
+ * (storedCancelRequested) as the claim does, so a value edited in while a step ran is
+ * reported, not read by `Boolean(Number())` ('true' as no request, 2 as one).
  */
 export type BatchOutcome =
-  | { readonly cancelRequested: boolean; readonly leaseExpiresAt: number | null }
+  | { readonly cancelRequested: number | boolean; readonly leaseExpiresAt: number | null }
   | undefined
 
 /**
@@ -448,9 +451,7 @@ export async function writeBatch(
       )
       // By id and token: a stale run's write of an instance must not read as the fresh one's.
       const key = (id: string, token: number) => `${Number(token)}:${id}`
-      const byKey = new Map(
-        rows.map((r) => [key(r.id, r.lease_token), Boolean(Number(r.cancel_requested))]),
-      )
+      const byKey = new Map(rows.map((r) => [key(r.id, r.lease_token), r.cancel_requested]))
       written = writes.map((w) => {
         const cancelRequested = byKey.get(key(w.id, w.token))
         return cancelRequested === undefined
@@ -477,7 +478,7 @@ export async function writeBatch(
       }
       await insertTimeline(tx, statements.insertEvent, w)
       written.push({
-        cancelRequested: Boolean(Number(rows[0]!.cancel_requested)),
+        cancelRequested: rows[0]!.cancel_requested,
         leaseExpiresAt: w.leaseExpiresAt,
       })
     }

@@ -13,7 +13,6 @@ import {
 } from '../core/validate.js'
 import { EventSource, TimeoutError } from '../index.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
-import { getSaga } from './admin.js'
 import { WriteBatcher } from './batcher.js'
 import { type CompiledSaga, compiledSaga, type SagaDefinition } from './definition.js'
 import {
@@ -26,9 +25,9 @@ import {
 } from './events.js'
 import type { SagaFaults } from './faults.js'
 import { InstanceRun, type RunnerHost, type RunOutcome } from './runner.js'
-import { sagaNotifyChannel } from './sql.js'
+import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import { checkSagaId, initialSteps, serializeInput } from './start.js'
-import { errorInfo, type SagaRow, type SagaStatus } from './state.js'
+import { errorInfo, type SagaRow, type SagaStatus, storedState } from './state.js'
 import {
   type BatchOutcome,
   type CommitWork,
@@ -708,13 +707,16 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   }
 
   async #stored<C>(id: string, created: boolean): Promise<SagaOutcome<C>> {
-    const stored = await getSaga(this.db, id)
+    // The row, not getSaga: a run given up on a cancel_requested, attempt or step_index it
+    // cannot read (reported, the instance held) still resolves with what is stored; getSaga
+    // refuses such a row. Its JSON columns are still read as getSaga reads them.
+    const [row] = await this.db.query<SagaRow>(sagaStatements[this.db.dialect].selectOne, [id])
     return {
       id,
       created,
-      status: stored?.status ?? 'running',
-      context: (stored?.context ?? {}) as Partial<C>,
-      reason: stored?.reason,
+      status: (row?.status ?? 'running') as SagaStatus,
+      context: (row === undefined ? {} : storedState(row).context) as Partial<C>,
+      reason: row?.reason ?? undefined,
     }
   }
 

@@ -711,7 +711,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
       [],
       [write(byId.get(one.id)!), write(byId.get(two.id)!)],
     )
-    expect(written).toEqual([{ cancelRequested: false, leaseExpiresAt: null }, undefined])
+    expect(written).toEqual([{ cancelRequested: 0, leaseExpiresAt: null }, undefined])
     expect((await getSaga(t.db, one.id))!.status).toBe('completed')
     expect(await getSaga(t.db, two.id)).toMatchObject({ status: 'running', leaseOwner: 'B' })
     expect((await getSagaTimeline(t.db, one.id)).map((e) => e.kind)).toEqual([
@@ -751,7 +751,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
       events: [{ at: 2_500, kind: 'released', step: 'x', attempt: 1, worker: by, detail: null }],
     })
     const { written } = await writeBatch(t.db, [], [write(stale, 'stale'), write(fresh, 'fresh')])
-    expect(written).toEqual([undefined, { cancelRequested: false, leaseExpiresAt: 3_500 }])
+    expect(written).toEqual([undefined, { cancelRequested: 0, leaseExpiresAt: 3_500 }])
     expect((await getSaga(t.db, id))!.context).toEqual({ by: 'fresh' })
     expect((await getSagaTimeline(t.db, id)).map((e) => e.worker)).toEqual(['fresh'])
   })

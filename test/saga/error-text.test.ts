@@ -80,8 +80,8 @@ describe.each(dbTargets)('saga error text on $dialect', (target) => {
     }))
     const { written } = await writeBatch(t.db, [], writes)
     expect(written).toEqual([
-      { cancelRequested: false, leaseExpiresAt: null },
-      { cancelRequested: false, leaseExpiresAt: null },
+      { cancelRequested: 0, leaseExpiresAt: null },
+      { cancelRequested: 0, leaseExpiresAt: null },
     ])
     const first = await getSaga(t.db, claimed[0]!.id)
     expect(first).toMatchObject({ status: 'compensated', reason: 'step "x" failed: Error: a\\0b' })

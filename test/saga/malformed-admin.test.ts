@@ -19,7 +19,7 @@ import {
 } from '../../src/saga/index.js'
 import { StoredDataError } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { sqliteDb, type TestDb } from './databases.js'
+import { dbTargets, sqliteDb, type TestDb } from './databases.js'
 
 describe('saga admin readers on malformed stored rows, on SQLite', () => {
   let t: TestDb
@@ -145,5 +145,138 @@ describe('saga admin readers on malformed stored rows, on SQLite', () => {
     expect(err).toContain(`breakwater_saga_events saga "${id}" event `)
     expect(err).toContain(': detail is not JSON')
     expect((await getSaga(t.db, id))?.status).toBe('failed')
+  })
+})
+
+// The row's counters, shown as stored: `saga show` printed an attempt of text as NaN (null in
+// --json) and a cancel_requested of 'true' (SQLite) or 2 as no request / a request, where the
+// worker reports the same row as STORED_DATA_INVALID; `saga list` showed a step_index naming
+// no step as step '-', as a finished saga, with no other marker. getSaga (`saga show`) now fails
+// naming the column; the listing still lists the row, says which column it cannot read
+// (`unreadable`), and the table marks it. PostgreSQL's INTEGER and SMALLINT columns hold
+// neither text nor a fraction.
+describe.each(dbTargets)('saga admin readers on malformed row counters, on $dialect', (target) => {
+  let t: TestDb
+  const clock = new ManualClock(1_700_000_000_000)
+  beforeAll(async () => {
+    t = await target.open('saga_malformed_admin_counters')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  const run = async (args: string[]) => {
+    let out = ''
+    let err = ''
+    const code = await sagaCommand([...args, '--db', t.url], {
+      stdout: { write: (text: string) => (out += text) },
+      stderr: { write: (text: string) => (err += text) },
+    })
+    return { code, out, err }
+  }
+
+  it.each([
+    ['attempt', -5, 'attempt is -5, not a whole number from 0'],
+    ['cancel_requested', 2, 'cancel_requested is 2, not 0 or 1'],
+    ['step_index', 2, 'step_index is 2, not the index of one of its 2 steps (0 to 1)'],
+    ['step_index', -1, 'step_index is -1, not the index of one of its 2 steps (0 to 1)'],
+    ...(target.dialect === 'sqlite'
+      ? [
+          ['attempt', 'abc', 'attempt is "abc", not a whole number from 0'],
+          ['attempt', 1.5, 'attempt is 1.5, not a whole number from 0'],
+          ['cancel_requested', 'true', 'cancel_requested is "true", not 0 or 1'],
+          ['step_index', 'x', 'step_index is "x", not the index of one of its 2 steps (0 to 1)'],
+        ]
+      : []),
+  ])('%s %s: getSaga and `saga show` name it, `saga list` marks it', async (column, bad, said) => {
+    const saga = defineSaga({
+      name: `counters-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        { name: 'reserve', action: async () => ({}) },
+        { name: 'charge', action: async () => ({}) },
+      ],
+    })
+    const good = (await startSaga(t.db, saga, {}, { clock })).id
+    const broken = (await startSaga(t.db, saga, {}, { clock })).id
+    await t.db.execute(`UPDATE breakwater_sagas SET ${column} = $1 WHERE id = $2`, [bad, broken])
+
+    const error = await getSaga(t.db, broken).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(StoredDataError)
+    expect(error).toMatchObject({ table: 'breakwater_sagas', row: `saga "${broken}"`, column })
+    expect((error as Error).message).toContain(said)
+    for (const json of [[], ['--json']]) {
+      const shown = await run(['show', broken, ...json])
+      expect(shown).toMatchObject({ code: 1, out: '' })
+      expect(shown.err).toContain(`breakwater_sagas saga "${broken}": ${said}`)
+    }
+    expect(await getSaga(t.db, good)).toMatchObject({ attempt: 0, cancelRequested: false })
+
+    // The listing has no cancel_requested to show: nothing unreadable in it then.
+    const unreadable = column === 'cancel_requested' ? undefined : [column]
+    const listed = await listSagas(t.db, { name: saga.name })
+    expect(listed.find((s) => s.id === good)).toMatchObject({ step: 'reserve', attempt: 0 })
+    expect(listed.find((s) => s.id === good)?.unreadable).toBeUndefined()
+    const row = listed.find((s) => s.id === broken)!
+    expect(row.unreadable).toEqual(unreadable)
+    if (column === 'attempt') expect(row.attempt).toBeUndefined()
+    if (column === 'step_index') expect(row.step).toBeUndefined()
+
+    const json = await run(['list', '--name', saga.name, '--json'])
+    expect(json.code).toBe(0)
+    const parsed = JSON.parse(json.out) as { id: string; attempt?: number; unreadable?: string[] }[]
+    expect(parsed.find((s) => s.id === broken)?.unreadable).toEqual(unreadable)
+    expect(parsed.find((s) => s.id === good)).not.toHaveProperty('unreadable')
+    expect(json.out).not.toContain('NaN')
+
+    const table = await run(['list', '--name', saga.name])
+    expect(table.code).toBe(0)
+    expect(table.out).not.toContain('NaN')
+    const line = (id: string) => table.out.split('\n').find((l) => l.startsWith(id))!
+    expect(line(good)).not.toContain('unreadable')
+    if (unreadable === undefined) {
+      expect(table.out).not.toContain('unreadable')
+    } else {
+      expect(line(broken)).toContain('(unreadable)')
+      expect(table.out).toContain(
+        `saga ${broken}: ${column} cannot be read (changed outside breakwater); breakwater saga show ${broken} says why`,
+      )
+    }
+  })
+
+  it('`saga list` marks a row whose steps cannot be read, naming the column', async () => {
+    const saga = defineSaga({
+      name: `steps-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'reserve', action: async () => ({}) }],
+    })
+    const broken = (await startSaga(t.db, saga, {}, { clock })).id
+    await t.db.execute('UPDATE breakwater_sagas SET steps = $1 WHERE id = $2', ['{bad', broken])
+    expect((await listSagas(t.db, { name: saga.name }))[0]).toMatchObject({
+      step: undefined,
+      attempt: 0,
+      unreadable: ['steps'],
+    })
+    const table = await run(['list', '--name', saga.name])
+    expect(table.out).toContain(`saga ${broken}: steps cannot be read`)
+  })
+
+  it('a finished saga at -1 or past its last step is read as it is', async () => {
+    const saga = defineSaga({
+      name: `done-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'reserve', action: async () => ({}) }],
+    })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    expect(await getSaga(t.db, id)).toMatchObject({ status: 'completed', stepIndex: 1 })
+    await t.db.execute(
+      `UPDATE breakwater_sagas SET status = 'cancelled', step_index = -1 WHERE id = $1`,
+      [id],
+    )
+    expect(await getSaga(t.db, id)).toMatchObject({ status: 'cancelled', stepIndex: -1 })
+    await t.db.execute('UPDATE breakwater_sagas SET step_index = 2 WHERE id = $1', [id])
+    await expect(getSaga(t.db, id)).rejects.toMatchObject({ column: 'step_index' })
+    expect((await listSagas(t.db, { name: saga.name }))[0]?.unreadable).toEqual(['step_index'])
   })
 })

@@ -156,8 +156,13 @@ describe('saga instances with malformed stored rows, on SQLite', () => {
     } finally {
       await worker.stop()
     }
-    const read = await getSaga(t.db, broken)
-    expect(read).toMatchObject({ status, stepIndex: index, finishedAt: undefined })
+    // Left as it is; getSaga (`saga show`) names it as the worker does.
+    const [row] = await t.db.query(
+      'SELECT status, step_index, finished_at FROM breakwater_sagas WHERE id = $1',
+      [broken],
+    )
+    expect(row).toEqual({ status, step_index: index, finished_at: null })
+    await expect(getSaga(t.db, broken)).rejects.toMatchObject({ column: 'step_index' })
   })
 
   // Rows the worker reads while it runs an instance: a recorded reply, and the detail of a
@@ -337,7 +342,58 @@ describe.each(dbTargets)(
       } finally {
         await worker.stop()
       }
-      expect(await getSaga(t.db, broken)).toMatchObject({ status: 'running' })
+      await expect(getSaga(t.db, broken)).rejects.toMatchObject({ column })
     })
+
+    // The same column edited while a step runs: the run read it back from its write after the
+    // step (not at a claim) with Boolean(Number()), so 'true' (SQLite) let the next step run as
+    // if no cancel was asked (the saga could end completed, never reported) and 2 cancelled it,
+    // compensating the step, where the claim reports both. Now the run reports it as the claim
+    // does, after its write (what the step did is kept), and the instance is held.
+    it.each([2, ...(target.dialect === 'sqlite' ? ['true'] : [])])(
+      'cancel_requested %s written while a step runs: reported after its write, nothing more run',
+      async (bad) => {
+        const clock = new ManualClock(1_700_000_000_000)
+        const ran: string[] = []
+        const saga = defineSaga({
+          name: `edited-${randomUUID().slice(0, 8)}`,
+          version: 1,
+          steps: [
+            {
+              name: 'a',
+              action: async (ctx) => {
+                ran.push('a')
+                await t.db.execute(
+                  'UPDATE breakwater_sagas SET cancel_requested = $1 WHERE id = $2',
+                  [bad, ctx.sagaId],
+                )
+              },
+              compensation: async () => void ran.push('undo a'),
+            },
+            { name: 'b', action: async () => void ran.push('b') },
+          ],
+        })
+        const { worker, events } = watched(t.db, saga, clock)
+        try {
+          const { id } = await worker.run(saga, {})
+          expectReportedOnce(
+            events,
+            id,
+            `breakwater_sagas saga "${id}": cancel_requested is ${JSON.stringify(bad)}, not 0 or 1`,
+          )
+          expect(ran).toEqual(['a'])
+          const [row] = await t.db.query<{ status: string; steps: string }>(
+            'SELECT status, steps FROM breakwater_sagas WHERE id = $1',
+            [id],
+          )
+          expect(row?.status).toBe('running')
+          expect(JSON.parse(row!.steps)[0]).toMatchObject({ name: 'a', status: 'completed' })
+          await expectHeldForAMinute(worker, clock, events)
+          expect(ran).toEqual(['a'])
+        } finally {
+          await worker.stop()
+        }
+      },
+    )
   },
 )

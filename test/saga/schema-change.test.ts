@@ -25,7 +25,9 @@ describe.each(dbTargets)('saga statements across a schema change on $dialect', (
 
   it('reads and claims instances after a column was added by another connection', async () => {
     const insert = sagaStatements[worker.dialect].insert
-    const row = (id: string) => [id, 'order', 1, 'order@1', '{}', '[]', 0, null, null, 0, 0, 0]
+    // One step: a running instance is at one of its steps (getSaga refuses one at none).
+    const steps = JSON.stringify([{ name: 'a', status: 'pending', attempts: 0 }])
+    const row = (id: string) => [id, 'order', 1, 'order@1', '{}', steps, 0, null, null, 0, 0, 0]
     await worker.execute(insert, row('before'))
     expect((await getSaga(worker, 'before'))?.status).toBe('running')
     const keys = stringListParam(worker, ['order@1'])
