@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { detached } from '../core/detached.js'
-import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
+import { BreakwaterError, describeValue, InvalidOptionError } from '../core/errors.js'
 import {
   checkStoredKey,
   exceedsBytes,
@@ -161,6 +161,18 @@ const leasable = (
       WHERE h.topic = w.topic AND h.group_name = w.group_name AND h.msg_key = w.msg_key
         AND h.seq < w.seq AND h.held_until IS NOT NULL AND h.held_until > $3)`
 
+// The delivery count a lease writes. A stored count that is not a whole number from 0 (changed
+// outside breakwater: SQLite keeps text, a blob or a fraction as it is, either database a
+// negative number) reached the handler as deliveryCount -4 or 2.5, and stayed off by as much;
+// such a count is taken as delivered before (2): it cannot tell, and a handler that reads 1 as
+// a first delivery must not skip its checks on a message that may have been handled.
+const nextDeliveryCount = (dialect: SqlDialect, alias: string): string => {
+  const count = `${alias}delivery_count`
+  const whole =
+    dialect === 'sqlite' ? `typeof(${count}) = 'integer' AND ${count} >= 0` : `${count} >= 0`
+  return `CASE WHEN ${whole} THEN ${count} + 1 ELSE 2 END`
+}
+
 interface QueueStatements {
   /** PostgreSQL: $1..$5 arrays (topic, id, key, payload, headers), $6 now, $7 channel. */
   readonly publishMany: string
@@ -236,7 +248,7 @@ SELECT pg_notify($7, topics.topic) FROM (SELECT DISTINCT topic FROM ins) AS topi
   FOR UPDATE SKIP LOCKED
 ), leased AS (
   UPDATE ${queueDeliveriesTable} d
-  SET held_until = $4, lease_token = $5, delivery_count = d.delivery_count + 1
+  SET held_until = $4, lease_token = $5, delivery_count = ${nextDeliveryCount('postgres', 'd.')}
   FROM picked WHERE d.topic = $1 AND d.group_name = $2 AND d.seq = picked.seq
   RETURNING d.seq, d.delivery_count
 )
@@ -258,7 +270,7 @@ WHERE topic = $1 AND group_name = $2 AND seq = ANY($3::bigint[]) AND lease_token
     ...shared,
     publishMany: '',
     lease: `UPDATE ${queueDeliveriesTable}
-SET held_until = $4, lease_token = $5, delivery_count = delivery_count + 1
+SET held_until = $4, lease_token = $5, delivery_count = ${nextDeliveryCount('sqlite', '')}
 WHERE topic = $1 AND group_name = $2 AND seq IN (
   SELECT w.seq FROM ${queueDeliveriesTable} w
   WHERE w.topic = $1 AND w.group_name = $2 AND ${leasable('sqlite')}
@@ -288,7 +300,8 @@ export interface SqlQueueErrorEvent {
    * of strings the publisher writes: edited or corrupted by hand), so the group's delivery of it
    * was removed without calling the handler; the error (`BROKER_REJECTED`) says why and
    * `message` holds its id, key and payload (headers empty), while the message row itself stays
-   * in `breakwater_queue` until pruned; `settle`: an ack, retry or release could not be
+   * in `breakwater_queue` until pruned; also a delivery whose seq points at no message (changed
+   * outside breakwater), removed without `message`, the error naming the seq; `settle`: an ack, retry or release could not be
    * written; `connection`: leasing failed (the subscription retries with backoff).
    */
   readonly phase: 'handler' | 'refused' | 'settle' | 'connection'
@@ -472,7 +485,12 @@ function checkMessages(messages: readonly OutgoingMessage[]): void {
 }
 
 interface Leased {
-  readonly seq: number
+  /**
+   * The delivery's seq as the row holds it, so the statements that settle it find that row: a
+   * seq changed outside breakwater (text, a blob, on SQLite) became NaN through Number(), and an
+   * ack of NaN matched nothing, so the delivery was leased again every visibility timeout.
+   */
+  readonly seq: unknown
   readonly message: IncomingMessage | undefined
   /** Why the stored message cannot be handed to the handler, when it cannot. */
   readonly refused?: BreakwaterError
@@ -499,6 +517,16 @@ function storedHeaders(
     if (typeof value !== 'string') return { error: undefined }
   }
   return { headers: parsed as Record<string, string> }
+}
+
+// Where a leased seq sorts: a seq that is not a number (it points at no message) goes first.
+function orderOf(seq: unknown): number {
+  return typeof seq === 'number' ? seq : Number.NEGATIVE_INFINITY
+}
+
+// A seq for a message: a blob (SQLite) as its size, anything else as describeValue words it.
+function describeSeq(seq: unknown): string {
+  return seq instanceof Uint8Array ? `a blob of ${seq.length} bytes` : describeValue(seq)
 }
 
 class QueueSubscription implements Subscription {
@@ -588,7 +616,7 @@ class QueueSubscription implements Subscription {
   async #lease(token: string): Promise<Leased[]> {
     const { clock, visibilityTimeoutMs, prefetch } = this.#options
     type Row = {
-      seq: number
+      seq: unknown
       delivery_count: number
       message_id: string | null
       msg_key: string | null
@@ -609,7 +637,7 @@ class QueueSubscription implements Subscription {
       async (tx, now, asked): Promise<Row[]> => {
         const params = [this.topic, this.group, asked, now + visibilityTimeoutMs, token, prefetch]
         if (tx.dialect === 'postgres') return queryLast<Row>(tx, this.#sql.lease, params)
-        const leased = await tx.query<{ seq: number; delivery_count: number }>(
+        const leased = await tx.query<{ seq: unknown; delivery_count: number }>(
           this.#sql.lease,
           params,
         )
@@ -617,12 +645,13 @@ class QueueSubscription implements Subscription {
         const messages = await tx.query<Row>(this.#sql.readMessages, [
           JSON.stringify(leased.map((r) => r.seq)),
         ])
-        const bySeq = new Map(messages.map((m) => [Number(m.seq), m]))
+        // A message's seq is its rowid, an integer; a delivery's seq that is not one finds none.
+        const bySeq = new Map(messages.map((m) => [m.seq, m]))
         return leased
           .map((l) => {
-            const m = bySeq.get(Number(l.seq))
+            const m = bySeq.get(l.seq)
             return {
-              seq: Number(l.seq),
+              seq: l.seq,
               delivery_count: l.delivery_count,
               message_id: m?.message_id ?? null,
               msg_key: m?.msg_key ?? null,
@@ -630,11 +659,11 @@ class QueueSubscription implements Subscription {
               headers: m?.headers ?? null,
             }
           })
-          .sort((a, b) => a.seq - b.seq)
+          .sort((a, b) => orderOf(a.seq) - orderOf(b.seq))
       },
     )
     return rows.map((row): Leased => {
-      const seq = Number(row.seq)
+      const seq = row.seq
       if (row.message_id === null) return { seq, message: undefined }
       const stored = storedHeaders(row.headers)
       const message: IncomingMessage = {
@@ -691,7 +720,18 @@ class QueueSubscription implements Subscription {
       const chains = new Map<string, Leased[]>()
       for (const item of batch) {
         if (item.message === undefined) {
-          // The message row is gone (cannot normally happen): drop the orphan delivery.
+          // The delivery points at no message: its seq was changed outside breakwater (a
+          // message is pruned only once no delivery names it). Leased again it would find none
+          // again, so it is removed, and reported: which message it stood for cannot be told.
+          this.#options.onError({
+            error: new BreakwaterError(
+              'BROKER_REJECTED',
+              `sql-queue: the delivery of seq ${describeSeq(item.seq)} to group ${JSON.stringify(this.group)} of topic ${JSON.stringify(this.topic)} points at no message in ${queueTable} (the row was changed outside breakwater), so it was removed from ${queueDeliveriesTable}`,
+            ),
+            phase: 'refused',
+            topic: this.topic,
+            group: this.group,
+          })
           await this.#settle(this.#sql.ack, [this.topic, this.group, item.seq, token], undefined)
           continue
         }

@@ -163,7 +163,7 @@ class ProcessDriver extends StallableDriver {
 }
 
 function isLease(sql: string): boolean {
-  return sql.includes('delivery_count = delivery_count + 1')
+  return sql.includes('SET held_until = $4, lease_token = $5')
 }
 function isAck(sql: string): boolean {
   return sql.startsWith(`DELETE FROM ${queueDeliveriesTable}`)
