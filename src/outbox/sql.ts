@@ -305,6 +305,21 @@ const noHeldPredecessor = `NOT EXISTS (
 // by a claim or a takeover) keeps the old holder's writes out, as after any expiry.
 const notNumber = (column: string): string => `typeof(${column}) NOT IN ('integer', 'real')`
 
+// On SQLite, the ids of at most $2 published rows due for pruning: published by $1, or with a
+// published_at that is not a number (text or a blob set by hand stays as it is in the INTEGER
+// column and sorts above every number, so `<= $1` never held and the row, skipped by the relay
+// as published, was kept for ever). Two ranges of the _published index, not one OR, which
+// walked every published row in order (the upper bound lost) each time a batch came back short.
+// Text and blobs sort above '' and numbers below it, so the ranges never meet; NULL, an
+// unpublished row, is in neither.
+const sqliteDueForPrune = `SELECT id FROM (
+    SELECT id FROM ${outboxTable} WHERE published_at IS NOT NULL AND published_at <= $1
+    ORDER BY published_at LIMIT $2)
+  UNION ALL SELECT id FROM (
+    SELECT id FROM ${outboxTable} WHERE published_at IS NOT NULL AND published_at >= ''
+    ORDER BY published_at LIMIT $2)
+  LIMIT $2`
+
 // Taken over only from the same instance or from one whose heartbeat expired (it crashed, or
 // stalled past its lease): a second live process with the same relay id gets no row back.
 const heartbeat = (dialect: SqlDialect): string => {
@@ -523,13 +538,9 @@ WHERE owner = $1 AND token = json_extract($2, '$[' || partition_no || ']')
 WHERE dead_at IS NOT NULL AND published_at IS NULL AND event_id IN (SELECT value FROM json_each($1))`,
     // SQLite has a single writer: a bounded batch keeps the write lock short, so enqueuing
     // transactions wait for the pruner for milliseconds, not for a whole table scan.
-    prune: `DELETE FROM ${outboxTable} WHERE id IN (
-  SELECT id FROM ${outboxTable} WHERE published_at IS NOT NULL AND published_at <= $1
-  ORDER BY published_at LIMIT $2)`,
+    prune: `DELETE FROM ${outboxTable} WHERE id IN (${sqliteDueForPrune})`,
     archive: `INSERT INTO ${outboxArchiveTable} (${archivedColumns}, archived_at)
-SELECT ${archivedColumns}, $3 FROM ${outboxTable} WHERE id IN (
-  SELECT id FROM ${outboxTable} WHERE published_at IS NOT NULL AND published_at <= $1
-  ORDER BY published_at LIMIT $2)
+SELECT ${archivedColumns}, $3 FROM ${outboxTable} WHERE id IN (${sqliteDueForPrune})
 RETURNING id`,
     archiveDelete: `DELETE FROM ${outboxTable} WHERE id IN (SELECT value FROM json_each($1))`,
   },
