@@ -237,18 +237,38 @@ const rowColumns = `id, name, version, definition, status, input, context, steps
 const claimSet = `lease_owner = $1, lease_expires_at = $2, lease_token = lease_token + 1,
     previous_owner = lease_owner, previous_expires_at = lease_expires_at, attempt = attempt + 1, updated_at = $3`
 
+// On SQLite, a time that is not a number (text or a blob set by hand: SQLite keeps it as it is
+// in its INTEGER column, and it sorts above every number) counts as due, or as run out for a
+// lease end. Otherwise such an instance was never claimed again, and nothing said so (the
+// missing-definition check skipped it too). Its next write, fenced by the token the claim bumps,
+// stores a number. PostgreSQL's BIGINT holds only numbers (a negative one is due or run out).
+// `>= ''` holds for text and blobs only, and is a range of the runnable index (an OR with the
+// due range, or typeof(), made the claim scan every waiting instance at each poll).
+const notNumberRange = `>= ''`
+const leaseRanOut = (dialect: SqlDialect, now: string): string =>
+  dialect === 'sqlite'
+    ? `(lease_expires_at IS NULL OR lease_expires_at <= ${now} OR lease_expires_at ${notNumberRange})`
+    : `(lease_expires_at IS NULL OR lease_expires_at <= ${now})`
+
 // Due as of when the claim runs ($3), but a lease counts as run out only as of when the claim
 // was asked for ($6), before it waited for the writer or a connection: see claimInstances.
-const runnable = `status IN ('running', 'compensating') AND next_run_at <= $3
-      AND (lease_expires_at IS NULL OR lease_expires_at <= $6)`
+// (`due` is the condition on next_run_at: SQLite picks its rows due now and not a number apart.)
+const runnable = (dialect: SqlDialect, due = 'next_run_at <= $3') =>
+  `status IN ('running', 'compensating') AND ${due} AND ${leaseRanOut(dialect, '$6')}`
 
 // A plain read, no lock: it only counts, and an instance claimed meanwhile by a worker that has
 // its definition is simply not counted next time. Due since the cutoff (not just now) and not
 // leased since then, so an instance another worker is about to poll for is not reported.
-function missingDefinitions(notRegistered: string): string {
-  return `SELECT name, version, COUNT(*) AS n FROM ${sagaTable}
-WHERE status IN ('running', 'compensating') AND next_run_at <= $1
-  AND (lease_expires_at IS NULL OR lease_expires_at <= $1) AND ${notRegistered}
+function missingDefinitions(dialect: SqlDialect, notRegistered: string): string {
+  const where = (due: string) => `status IN ('running', 'compensating') AND ${due}
+  AND ${leaseRanOut(dialect, '$1')} AND ${notRegistered}`
+  const from =
+    dialect === 'sqlite'
+      ? `(SELECT name, version FROM ${sagaTable} WHERE ${where('next_run_at <= $1')}
+  UNION ALL
+  SELECT name, version FROM ${sagaTable} WHERE ${where(`next_run_at ${notNumberRange}`)})`
+      : `${sagaTable} WHERE ${where('next_run_at <= $1')}`
+  return `SELECT name, version, COUNT(*) AS n FROM ${from}
 GROUP BY name, version ORDER BY name, version`
 }
 
@@ -256,7 +276,13 @@ GROUP BY name, version ORDER BY name, version`
 // read holds its instance a minute (holdUnreadable), and a renewal that took the instance in
 // hand before that, then waited for the SQLite writer or a connection, ran after the hold and
 // set it back to leaseMs, so the instance was claimed and reported again within a second.
-const neverShorter = 'CASE WHEN lease_expires_at > $1 THEN lease_expires_at ELSE $1 END'
+// On SQLite a lease end that is not a number is replaced, not kept as longer: the claim takes
+// it as run out (see leaseRanOut), so kept, the instance was taken from a live holder.
+const neverShorter = (dialect: SqlDialect) =>
+  dialect === 'sqlite'
+    ? `CASE WHEN lease_expires_at > $1 AND NOT lease_expires_at ${notNumberRange}
+    THEN lease_expires_at ELSE $1 END`
+    : 'CASE WHEN lease_expires_at > $1 THEN lease_expires_at ELSE $1 END'
 
 const common = {
   insertEvent: `INSERT INTO ${sagaEventsTable} (saga_id, at, kind, step, attempt, worker, detail)
@@ -310,16 +336,27 @@ ON CONFLICT (saga_id, step) DO NOTHING`,
     insertNotify: `INSERT INTO ${sagaTable} ${insertColumns} RETURNING id`,
     // SQLite has one writer at a time, so a single UPDATE ... RETURNING both picks and takes
     // the rows: no other claim can interleave between the subquery and the update.
+    // The due rows, then those whose next_run_at is not a number, each by a range of the
+    // runnable index (see leaseRanOut): at most twice the limit is sorted.
     claim: `UPDATE ${sagaTable} SET ${claimSet}
 WHERE id IN (
-  SELECT id FROM ${sagaTable}
-  WHERE ${runnable}
-    AND definition IN (SELECT value FROM json_each($4))
+  SELECT id FROM (
+    SELECT * FROM (SELECT id, next_run_at FROM ${sagaTable}
+      WHERE ${runnable('sqlite')} AND definition IN (SELECT value FROM json_each($4))
+      ORDER BY next_run_at LIMIT $5)
+    UNION ALL
+    SELECT * FROM (SELECT id, next_run_at FROM ${sagaTable}
+      WHERE ${runnable('sqlite', `next_run_at ${notNumberRange}`)}
+        AND definition IN (SELECT value FROM json_each($4))
+      LIMIT $5))
   ORDER BY next_run_at
   LIMIT $5
 )
 RETURNING ${rowColumns}`,
-    missingDefinitions: missingDefinitions('definition NOT IN (SELECT value FROM json_each($2))'),
+    missingDefinitions: missingDefinitions(
+      'sqlite',
+      'definition NOT IN (SELECT value FROM json_each($2))',
+    ),
     transition: `UPDATE ${sagaTable} SET ${transitionSet}
 WHERE id = $1 AND lease_token = $2
 RETURNING cancel_requested`,
@@ -328,7 +365,7 @@ RETURNING cancel_requested`,
     insertBatch: '',
     // Only the instances the worker runs: one it gave up (a failed write) keeps its owner
     // until its lease ends, and renewing it too would keep it from every other worker.
-    renew: `UPDATE ${sagaTable} SET lease_expires_at = ${neverShorter}
+    renew: `UPDATE ${sagaTable} SET lease_expires_at = ${neverShorter('sqlite')}
 WHERE lease_owner = $2 AND status IN ('running', 'compensating')
   AND id IN (SELECT value FROM json_each($3))
 RETURNING id, lease_token`,
@@ -363,14 +400,14 @@ SELECT id, pg_notify($13, '') FROM inserted`,
     claim: `UPDATE ${sagaTable} SET ${claimSet}
 WHERE id IN (
   SELECT id FROM ${sagaTable}
-  WHERE ${runnable}
+  WHERE ${runnable('postgres')}
     AND definition = ANY($4::text[])
   ORDER BY next_run_at
   LIMIT $5
   FOR NO KEY UPDATE SKIP LOCKED
 )
 RETURNING ${rowColumns}`,
-    missingDefinitions: missingDefinitions('definition <> ALL($2::text[])'),
+    missingDefinitions: missingDefinitions('postgres', 'definition <> ALL($2::text[])'),
     // One statement writes the fenced state and its timeline rows: one round trip and one
     // commit per step, and the timeline rows exist exactly when the state write happened.
     transition: `WITH updated AS (
@@ -436,7 +473,7 @@ RETURNING id`,
   WHERE id IN (SELECT id FROM held) AND lease_owner = $2 AND status IN ('running', 'compensating')
   FOR NO KEY UPDATE SKIP LOCKED
 ), renewed AS (
-  UPDATE ${sagaTable} AS s SET lease_expires_at = ${neverShorter} FROM free WHERE s.id = free.id
+  UPDATE ${sagaTable} AS s SET lease_expires_at = ${neverShorter('postgres')} FROM free WHERE s.id = free.id
   RETURNING s.id, s.lease_token
 )
 SELECT id, lease_token, 1 AS renewed FROM renewed
