@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer'
 import { randomUUID } from 'node:crypto'
 import { type Clock, maxTimerDelayMs, sleep, type TimerHandle } from '../core/clock.js'
 import { detached } from '../core/detached.js'
@@ -277,8 +278,12 @@ WHERE topic = $1 AND group_name = $2 AND seq IN (
   ORDER BY w.seq
   LIMIT $6)
 RETURNING seq, delivery_count`,
-    readMessages: `SELECT seq, message_id, msg_key, payload, headers FROM ${queueTable}
-WHERE seq IN (SELECT value FROM json_each($1))`,
+    // SQLite keeps what another writer gave it: a blob in a TEXT column, text in the BLOB one,
+    // bytes that are not UTF-8 in either. The id comes as its bytes (checked in #lease), the key
+    // as text and a text payload as its bytes (what publishing that string stores).
+    readMessages: `SELECT seq, CAST(message_id AS BLOB) AS message_id, CAST(msg_key AS TEXT) AS msg_key,
+  CASE WHEN typeof(payload) = 'text' THEN CAST(payload AS BLOB) ELSE payload END AS payload, headers
+FROM ${queueTable} WHERE seq IN (SELECT value FROM json_each($1))`,
     release: `UPDATE ${queueDeliveriesTable}
 SET held_until = NULL, lease_token = NULL, delivery_count = delivery_count - 1
 WHERE topic = $1 AND group_name = $2 AND seq IN (SELECT value FROM json_each($3)) AND lease_token = $4`,
@@ -297,9 +302,11 @@ export interface SqlQueueErrorEvent {
   /**
    * `handler`: a handler rejected (the message is redelivered after `retryDelayMs`);
    * `refused`: a stored message cannot be read back (its headers column is not the JSON record
-   * of strings the publisher writes: edited or corrupted by hand), so the group's delivery of it
+   * of strings the publisher writes, or its payload is a number, not bytes, which SQLite keeps:
+   * edited, corrupted or written by another writer), so the group's delivery of it
    * was removed without calling the handler; the error (`BROKER_REJECTED`) says why and
-   * `message` holds its id, key and payload (headers empty), while the message row itself stays
+   * `message` holds its id, key and payload (headers empty; payload empty when it is the
+   * problem), while the message row itself stays
    * in `breakwater_queue` until pruned; also a delivery whose seq points at no message (changed
    * outside breakwater), removed without `message`, the error naming the seq; `settle`: an ack, retry or release could not be
    * written; `connection`: leasing failed (the subscription retries with backoff).
@@ -519,6 +526,19 @@ function storedHeaders(
   return { headers: parsed as Record<string, string> }
 }
 
+/**
+ * A stored message id as the handler is given it; empty when the row holds none a string can
+ * carry. SQLite hands it over as its bytes: another writer may have left a blob or bytes that
+ * are not UTF-8 there, and decoded, every such byte sequence became U+FFFD, so two different
+ * ids arrived as one and an inbox dropped the second as a duplicate without a word. Such an id
+ * is read as absent, as an empty one, and the message is then delivered as `<topic>:<seq>`
+ * (stable across redeliveries), as the Redis adapter gives `<topic>:<entry id>`.
+ */
+function storedMessageId(id: string | Buffer): string {
+  if (typeof id === 'string') return id
+  return isUtf8(id) ? id.toString('utf8') : ''
+}
+
 // Where a leased seq sorts: a seq that is not a number (it points at no message) goes first.
 function orderOf(seq: unknown): number {
   return typeof seq === 'number' ? seq : Number.NEGATIVE_INFINITY
@@ -618,9 +638,11 @@ class QueueSubscription implements Subscription {
     type Row = {
       seq: unknown
       delivery_count: number
-      message_id: string | null
+      /** Text (PostgreSQL), its bytes (SQLite), or null when the seq names no message. */
+      message_id: string | Buffer | null
       msg_key: string | null
-      payload: Buffer | null
+      /** Bytes, or (SQLite, written by another writer) a number. */
+      payload: unknown
       headers: string | null
     }
     // The lease starts when its statement runs, not when it was asked for: its transaction may
@@ -666,21 +688,26 @@ class QueueSubscription implements Subscription {
       const seq = row.seq
       if (row.message_id === null) return { seq, message: undefined }
       const stored = storedHeaders(row.headers)
+      const payload = row.payload instanceof Uint8Array ? row.payload : undefined
       const message: IncomingMessage = {
-        id: row.message_id,
+        id: storedMessageId(row.message_id) || `${this.topic}:${seq}`,
         topic: this.topic,
         key: row.msg_key ?? '',
-        payload: row.payload ?? Buffer.alloc(0),
+        payload: payload ?? Buffer.alloc(0),
         headers: 'headers' in stored ? stored.headers : {},
         deliveryCount: Number(row.delivery_count),
       }
-      if ('headers' in stored) return { seq, message }
+      if ('headers' in stored && payload !== undefined) return { seq, message }
       // Retrying cannot repair the row, and failing the lease would hold every message of the
       // batch (and, leased again, for ever): the message is refused on its own instead.
+      const problem =
+        payload === undefined
+          ? `its stored payload is ${describeValue(row.payload)}, not bytes (written outside breakwater)`
+          : 'its stored headers are not the JSON record of strings the publisher writes (edited or corrupted)'
       const refused = new BreakwaterError(
         'BROKER_REJECTED',
-        `sql-queue: refused message ${JSON.stringify(row.message_id)} (seq ${seq}) of topic ${JSON.stringify(this.topic)}: its stored headers are not the JSON record of strings the publisher writes (edited or corrupted), so group ${JSON.stringify(this.group)} skips it; the message stays in ${queueTable} until pruned`,
-        { cause: stored.error },
+        `sql-queue: refused message ${JSON.stringify(message.id)} (seq ${seq}) of topic ${JSON.stringify(this.topic)}: ${problem}, so group ${JSON.stringify(this.group)} skips it; the message stays in ${queueTable} until pruned`,
+        'error' in stored ? { cause: stored.error } : {},
       )
       return { seq, message, refused }
     })
@@ -1043,6 +1070,14 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
  * UTF-8 bytes and a topic or group name at most 256 (PostgreSQL cannot index much more; SQLite
  * is held to the same caps), or `publish()` / `subscribe()` fails with `INVALID_OPTION` naming
  * it (`messages[1].key`) before anything is written.
+ *
+ * A message row another writer put in `breakwater_queue` is delivered as it can be read: an
+ * empty id, or (SQLite) a blob or bytes that are not UTF-8 where the id belongs, gives the id
+ * `<topic>:<seq>`, as the Redis adapter gives `<topic>:<entry id>`; a key held as a blob is its
+ * text (bytes that are not UTF-8 as U+FFFD), a payload held as text its bytes. One whose headers
+ * are not the JSON record of strings the publisher writes, or whose payload is a number, is
+ * refused: see {@link SqlQueueErrorEvent.phase}. Such a row reaches a group only if a delivery
+ * row names it (the publisher writes one per group), or when the group is created after it.
  *
  * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming
  * it (`sqlQueue.visibilityTimeout`).
