@@ -235,9 +235,16 @@ async function execute(
 function toJson(event: DeadEvent): Record<string, unknown> {
   return {
     ...event,
-    createdAt: new Date(event.createdAt).toISOString(),
-    deadAt: new Date(event.deadAt).toISOString(),
+    // Kept as null: JSON would drop an undefined key, hiding what the row lacks.
+    attempts: event.attempts ?? null,
+    createdAt: event.createdAt === undefined ? null : new Date(event.createdAt).toISOString(),
+    deadAt: event.deadAt === undefined ? null : new Date(event.deadAt).toISOString(),
   }
+}
+
+// A value listDead could not read (a row changed outside breakwater: see its `unreadable`).
+function cell(value: number | undefined, show: (value: number) => string): string {
+  return value === undefined ? '(unreadable)' : show(value)
 }
 
 function table(events: readonly DeadEvent[]): string {
@@ -247,8 +254,8 @@ function table(events: readonly DeadEvent[]): string {
     `${e.aggregateType}/${e.aggregateId}`,
     e.type,
     e.topic,
-    String(e.attempts),
-    new Date(e.deadAt).toISOString(),
+    cell(e.attempts, String),
+    cell(e.deadAt, (ms) => new Date(ms).toISOString()),
     oneLine(e.lastError ?? ''),
   ])
   const header = [

@@ -9,6 +9,7 @@ import {
   isObjectRecord,
   optionKeys,
 } from '../core/validate.js'
+import { readStoredWholeNumber } from '../stores/errors.js'
 import { notify, type SqlExecutor } from '../stores/index.js'
 import { listParam, OUTBOX_CHANNEL, outboxStatements } from './sql.js'
 import { wholeMsClock } from './time.js'
@@ -31,14 +32,21 @@ export interface DeadEvent {
    * so that one such row does not fail the whole listing. The row itself is left as it is.
    */
   readonly headers: Readonly<Record<string, string>>
-  /** Failed attempts charged to it. */
-  readonly attempts: number
+  /** Failed attempts charged to it; undefined when it cannot be read (see `unreadable`). */
+  readonly attempts: number | undefined
   /** The last failure, as text. */
   readonly lastError: string | null
-  /** When it was enqueued (epoch ms). */
-  readonly createdAt: number
-  /** When it was dead-lettered (epoch ms). */
-  readonly deadAt: number
+  /** When it was enqueued (epoch ms); undefined when it cannot be read (see `unreadable`). */
+  readonly createdAt: number | undefined
+  /** When it was dead-lettered (epoch ms); undefined when it cannot be read (see `unreadable`). */
+  readonly deadAt: number | undefined
+  /**
+   * The columns (`attempts`, `created_at`, `dead_at`) holding a value that is not a whole number
+   * from 0 (changed outside breakwater: text, a blob or a negative number), or undefined when all
+   * can be read. The row is listed all the same, as one with unreadable headers is, so that it
+   * does not fail the whole listing; the row itself is left as it is.
+   */
+  readonly unreadable: readonly string[] | undefined
 }
 
 /** Options of {@link listDead}. */
@@ -87,25 +95,35 @@ export async function listDead(
     topic: string
     payload: string
     headers: string
-    attempts: number
+    attempts: unknown
     last_error: string | null
-    created_at: number
-    dead_at: number
+    created_at: unknown
+    dead_at: unknown
   }>(outboxStatements[db.dialect].listDead, [afterId, limit])
-  return rows.map((row) => ({
-    id: Number(row.id),
-    eventId: row.event_id,
-    aggregateType: row.aggregate_type,
-    aggregateId: row.aggregate_id,
-    type: row.event_type,
-    topic: row.topic,
-    payload: row.payload,
-    headers: listedHeaders(row.headers),
-    attempts: Number(row.attempts),
-    lastError: row.last_error,
-    createdAt: Number(row.created_at),
-    deadAt: Number(row.dead_at),
-  }))
+  return rows.map((row) => {
+    const unreadable: string[] = []
+    // Number() made text NaN and kept a negative: a count and times no event can have.
+    const read = (column: 'attempts' | 'created_at' | 'dead_at'): number | undefined => {
+      const value = readStoredWholeNumber(row[column])
+      if (value === undefined) unreadable.push(column)
+      return value
+    }
+    return {
+      id: Number(row.id),
+      eventId: row.event_id,
+      aggregateType: row.aggregate_type,
+      aggregateId: row.aggregate_id,
+      type: row.event_type,
+      topic: row.topic,
+      payload: row.payload,
+      headers: listedHeaders(row.headers),
+      attempts: read('attempts'),
+      lastError: row.last_error,
+      createdAt: read('created_at'),
+      deadAt: read('dead_at'),
+      unreadable: unreadable.length > 0 ? unreadable : undefined,
+    }
+  })
 }
 
 function listedHeaders(text: string): Record<string, string> {
@@ -160,7 +178,10 @@ export interface OutboxStats {
   readonly pending: number
   /** Dead-lettered events. */
   readonly dead: number
-  /** Age of the oldest pending event in ms (the relay lag), 0 when none is pending. */
+  /**
+   * Age of the oldest pending event in ms (the relay lag), 0 when none is pending. An event
+   * whose created_at cannot be read (changed outside breakwater) is left out.
+   */
   readonly lagMs: number
 }
 
@@ -196,11 +217,12 @@ export async function outboxStats(
   const clock = wholeMsClock(checkClock('outboxStats.clock', options.clock))
   const sql = outboxStatements[db.dialect]
   const counts = await db.query<{ pending: number | string; dead: number | string }>(sql.counts)
-  const oldest = await db.query<{ created_at: number }>(sql.oldestPending)
-  const createdAt = oldest[0]?.created_at
+  // Of the oldest pending row whose created_at can be read (the statement leaves others out).
+  const oldest = await db.query<{ created_at: unknown }>(sql.oldestPending)
+  const createdAt = readStoredWholeNumber(oldest[0]?.created_at)
   return {
     pending: Number(counts[0]?.pending ?? 0),
     dead: Number(counts[0]?.dead ?? 0),
-    lagMs: createdAt === undefined ? 0 : Math.max(0, clock.now() - Number(createdAt)),
+    lagMs: createdAt === undefined ? 0 : Math.max(0, clock.now() - createdAt),
   }
 }

@@ -947,8 +947,11 @@ class OutboxRelay implements Relay {
         }
         await this.#fault('after-claim')
         dbFailures = 0
-        if (rows.length > 0) this.#lagMs = Math.max(0, this.#clock.now() - oldest(rows))
-        else if (this.#suspects.size === 0) this.#lagMs = 0
+        if (rows.length > 0) {
+          const since = oldest(rows)
+          // None can be read: no age to tell, the last one measured is kept.
+          if (since !== undefined) this.#lagMs = Math.max(0, this.#clock.now() - since)
+        } else if (this.#suspects.size === 0) this.#lagMs = 0
         if (rows.length === 0 && this.#suspects.size > 0) {
           // Nothing else to try: with no other event going through, the suspects' failures
           // may well be the broker's. Nobody is charged; they are retried after a backoff.
@@ -1459,9 +1462,17 @@ function outage(error: unknown): WaveResult {
   return { ok: [], charged: [], outage: true, retryAfterMs }
 }
 
-function oldest(rows: readonly OutboxRow[]): number {
-  let min = Number(rows[0]!.created_at)
-  for (const row of rows) min = Math.min(min, Number(row.created_at))
+/**
+ * The oldest created_at of `rows`, leaving out one that is not a whole number from 0 (changed
+ * outside breakwater: text made the lag metric NaN, a negative one a lag of decades); undefined
+ * when none can be read.
+ */
+function oldest(rows: readonly OutboxRow[]): number | undefined {
+  let min: number | undefined
+  for (const row of rows) {
+    const createdAt = readStoredWholeNumber(row.created_at)
+    if (createdAt !== undefined && (min === undefined || createdAt < min)) min = createdAt
+  }
   return min
 }
 

@@ -255,7 +255,10 @@ export interface OutboxStatements {
    * Releases only the partitions still held with those tokens.
    */
   readonly release: string
-  /** Returns created_at of the oldest unpublished, live row. */
+  /**
+   * Returns created_at of the oldest unpublished, live row whose created_at is a whole number
+   * from 0 (one changed outside breakwater has no age to measure the lag by).
+   */
   readonly oldestPending: string
   /** Returns pending, dead. */
   readonly counts: string
@@ -339,12 +342,15 @@ RETURNING relay_id`
 const holdsId = (instanceParam: string): string =>
   `EXISTS (SELECT 1 FROM ${outboxRelaysTable} r WHERE r.relay_id = $1 AND r.instance = ${instanceParam})`
 
+// An unreadable created_at (changed outside breakwater) is left out: it made the lag NaN.
+const oldestPending = (readable: string): string =>
+  `SELECT created_at FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL AND ${readable} ORDER BY id LIMIT 1`
+
 const shared = {
   insertOne: `INSERT INTO ${outboxTable} (${insertColumns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
   unregister: `DELETE FROM ${outboxRelaysTable} WHERE relay_id = $1 AND instance = $2`,
   holder: `SELECT instance, expires_at FROM ${outboxRelaysTable} WHERE relay_id = $1`,
   fence: `UPDATE ${outboxPartitionsTable} SET token = token + 1 WHERE owner = $1`,
-  oldestPending: `SELECT created_at FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL ORDER BY id LIMIT 1`,
   counts: `SELECT
   (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL) AS pending,
   (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NOT NULL) AS dead`,
@@ -359,6 +365,7 @@ WHERE dead_at IS NOT NULL AND published_at IS NULL`,
 export const outboxStatements: Readonly<Record<SqlDialect, OutboxStatements>> = {
   postgres: {
     ...shared,
+    oldestPending: oldestPending('created_at >= 0'),
     heartbeat: heartbeat('postgres'),
     liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable} WHERE expires_at > $1`,
     forgetRelays: `DELETE FROM ${outboxRelaysTable} WHERE expires_at <= $1`,
@@ -473,6 +480,8 @@ SELECT ${archivedColumns}, $3::bigint FROM moved`,
   },
   sqlite: {
     ...shared,
+    // Text sorts above every number: only an integer is a time.
+    oldestPending: oldestPending(`typeof(created_at) = 'integer' AND created_at >= 0`),
     heartbeat: heartbeat('sqlite'),
     liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable}
 WHERE expires_at > $1 AND NOT ${notNumber('expires_at')}`,
