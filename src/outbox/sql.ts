@@ -323,6 +323,13 @@ const sqliteDueForPrune = `SELECT id FROM (
     ORDER BY published_at LIMIT $2)
   LIMIT $2`
 
+// Only the partitions the migration made (0..OUTBOX_PARTITIONS-1): a claim takes the free ones
+// in partition order up to the fair share, so a row added by hand below 0 took a place in it
+// and left partition 63 (whose events no other row maps to) unclaimed; one above 63 could take
+// the place of a partition whose lease runs out later. No outbox row maps to such a row, and
+// the token lists of renew and release have no place for it.
+const knownPartition = (column: string): string => `${column} BETWEEN 0 AND ${last}`
+
 // Taken over only from the same instance or from one whose heartbeat expired (it crashed, or
 // stalled past its lease): a second live process with the same relay id gets no row back.
 const heartbeat = (dialect: SqlDialect): string => {
@@ -449,7 +456,8 @@ RETURNING p.partition_no, p.token`,
 SET owner = $1, lease_expires_at = $2, token = p.token + 1
 WHERE p.partition_no IN (
     SELECT f.partition_no FROM ${outboxPartitionsTable} f
-    WHERE f.owner IS NULL OR f.lease_expires_at IS NULL OR f.lease_expires_at <= $3
+    WHERE (f.owner IS NULL OR f.lease_expires_at IS NULL OR f.lease_expires_at <= $3)
+      AND ${knownPartition('f.partition_no')}
     ORDER BY f.partition_no
     LIMIT $4
     FOR UPDATE SKIP LOCKED)
@@ -534,8 +542,9 @@ RETURNING partition_no, token`,
 SET owner = $1, lease_expires_at = $2, token = token + 1
 WHERE partition_no IN (
     SELECT partition_no FROM ${outboxPartitionsTable}
-    WHERE owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $3
-      OR ${notNumber('lease_expires_at')}
+    WHERE (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $3
+      OR ${notNumber('lease_expires_at')})
+      AND ${knownPartition('partition_no')}
     ORDER BY partition_no
     LIMIT $4)
   AND ${holdsId('$5')}
