@@ -3,7 +3,7 @@ import { describeValue, InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import { isObjectRecord } from '../core/validate.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
-import { parseStoredJson, StoredDataError } from '../stores/errors.js'
+import { parseStoredJson, readStoredWholeNumber, StoredDataError } from '../stores/errors.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
 import { wakeSaga } from './admin.js'
 import {
@@ -167,10 +167,10 @@ export class InstanceRun {
     this.#reason = row.reason
     this.#cancelFlag = row.cancel_requested
     this.#previousOwner = row.previous_owner
-    this.#previousExpiry =
-      row.previous_expires_at === null || row.previous_expires_at === undefined
-        ? null
-        : Number(row.previous_expires_at)
+    // The lease end the claim took over. One changed outside breakwater (text, a blob, a
+    // negative number: the claim now takes it as run out, 343d3dc) gives no recovery time,
+    // rather than NaN or the whole epoch.
+    this.#previousExpiry = readStoredWholeNumber(row.previous_expires_at) ?? null
   }
 
   // Whether a cancel was requested, checked where the run acts on it, as the claim checks it.

@@ -5,7 +5,13 @@
 // than the new one). PostgreSQL's BIGINT holds only numbers; a negative one is due or run out.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createSagaWorker, defineSaga, getSaga, startSaga } from '../../src/saga/index.js'
+import {
+  createSagaWorker,
+  defineSaga,
+  getSaga,
+  type SagaEvent,
+  startSaga,
+} from '../../src/saga/index.js'
 import { renewLeases } from '../../src/saga/store.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { dbTargets, type TestDb } from './databases.js'
@@ -41,12 +47,19 @@ describe.each(dbTargets)('saga rows with malformed times, on $dialect', (target)
     const { id } = await startSaga(t.db, saga, {}, { clock })
     await t.db.execute(`UPDATE breakwater_sagas SET ${set} WHERE id = $1`, [id])
     const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const recovered: SagaEvent[] = []
+    worker.events.on((e) => {
+      if (e.type === 'recovered') recovered.push(e)
+    })
     try {
       expect(await worker.poll()).toBe(1)
     } finally {
       await worker.stop()
     }
     expect(await getSaga(t.db, id)).toMatchObject({ status: 'completed' })
+    // A lease end that is not a time gives no recovery time, not NaN (null in the timeline).
+    for (const event of recovered) expect(event).not.toHaveProperty('recoveryMs')
+    if (_column === 'lease_expires_at') expect(recovered).toHaveLength(1)
   })
 
   it.each(values)('a renewal replaces a lease end of %s with its own', async (bad) => {
