@@ -1110,8 +1110,9 @@ function streamVersion(stream: string, value: unknown, column = 'version'): numb
  * 'false' as text: read as true, "noStream" held on a stream with events).
  */
 function streamDeleted(stream: string, value: unknown): boolean {
-  if (value === false || value === 0) return false
-  if (value === true || value === 1) return true
+  // 0n / 1n: a better-sqlite3 Database with safe integers, through fromKysely.
+  if (value === false || value === 0 || value === 0n) return false
+  if (value === true || value === 1 || value === 1n) return true
   throw new StoredDataError(
     streamPlace(stream, 'deleted')(),
     `is not a flag (0 or 1): ${describeValue(value)}`,

@@ -175,7 +175,8 @@ export function parseStoredObject(
  * one), but only a row changed outside breakwater holds a negative one; SQLite's columns take
  * any value, so a text set by hand (`'abc'`) stays text and a fraction a real: read with
  * `Number()`, these became NaN or a fraction. Digit text is still read (an int8 column of an
- * executor that does not parse it).
+ * executor that does not parse it), and so is a BigInt (a better-sqlite3 Database with safe
+ * integers, through `fromKysely`): Number() read both, and a valid row must not be reported.
  */
 export function readStoredWholeNumber(value: unknown): number | undefined {
   const number =
@@ -183,7 +184,9 @@ export function readStoredWholeNumber(value: unknown): number | undefined {
       ? value
       : typeof value === 'string' && /^\d+$/.test(value)
         ? +value
-        : -1
+        : typeof value === 'bigint'
+          ? Number(value)
+          : -1
   return Number.isSafeInteger(number) && number >= 0 ? number : undefined
 }
 
