@@ -304,11 +304,11 @@ function formatList(sagas: readonly SagaSummary[]): string {
     ['ID', 'SAGA', 'STATUS', 'STEP', 'ATTEMPT', 'UPDATED', 'REASON'],
     ...sagas.map((s) => [
       s.id,
-      `${s.name}@${s.version}`,
+      `${s.name}@${s.version ?? unreadableCell}`,
       s.status,
       bad(s, 'steps', 'step_index') ? unreadableCell : (s.step ?? '-'),
       s.attempt === undefined ? unreadableCell : String(s.attempt),
-      time(s.updatedAt),
+      s.updatedAt === undefined ? unreadableCell : time(s.updatedAt),
       truncate(s.reason ?? '', 60),
     ]),
   ]

@@ -17,12 +17,15 @@ import {
   reasonInDetail,
   type SagaEventRow,
   type SagaInstance,
+  type SagaNumberColumn,
+  type SagaOptionalTimeColumn,
   type SagaRow,
   type SagaStatus,
   type SagaTimelineEntry,
   type StepState,
   sagaStatuses,
   storedJson,
+  storedNumber,
   storedSteps,
   timelineEntryFromRow,
   unreadableColumns,
@@ -54,7 +57,8 @@ const listOptions = optionKeys<ListSagasOptions>({ status: true, name: true, lim
 export interface SagaSummary {
   readonly id: string
   readonly name: string
-  readonly version: number
+  /** The definition's version; undefined when it cannot be read (see `unreadable`). */
+  readonly version: number | undefined
   readonly status: SagaStatus
   /**
    * The current step's name (or the next one to compensate), if any. Undefined too when the
@@ -65,17 +69,23 @@ export interface SagaSummary {
   readonly step: string | undefined
   /** Attempts started of the current step; undefined when it cannot be read (see `unreadable`). */
   readonly attempt: number | undefined
-  readonly nextRunAt: number
+  /** When a worker may pick it up next (epoch ms); undefined when it cannot be read. */
+  readonly nextRunAt: number | undefined
   readonly leaseOwner: string | undefined
+  /** When the lease ends (epoch ms); undefined when none is held or it cannot be read. */
   readonly leaseExpiresAt: number | undefined
   readonly reason: string | undefined
-  readonly createdAt: number
-  readonly updatedAt: number
+  /** When it was started (epoch ms); undefined when it cannot be read (see `unreadable`). */
+  readonly createdAt: number | undefined
+  /** When its state last changed (epoch ms); undefined when it cannot be read. */
+  readonly updatedAt: number | undefined
+  /** When it finished (epoch ms); undefined when it has not or it cannot be read. */
   readonly finishedAt: number | undefined
   /**
-   * The columns of the row that cannot be read (`steps`, `step_index`, `attempt`: a row
-   * changed outside breakwater, which a worker reports and `getSaga` fails on naming the
-   * problem), undefined when every one can. The fields they give are undefined then.
+   * The columns of the row that cannot be read (`steps`, `step_index`, `attempt`, `version`,
+   * `next_run_at`, `lease_expires_at`, `created_at`, `updated_at`, `finished_at`: a row
+   * changed outside breakwater, which `getSaga` fails on naming the problem), undefined when
+   * every one can. The fields they give are undefined then.
    */
   readonly unreadable: readonly string[] | undefined
 }
@@ -111,21 +121,24 @@ export async function listSagas(
     // listed, marked with the columns it cannot read.
     const { unreadable, steps } = unreadableColumns(row)
     const bad = (column: string) => unreadable?.includes(column) === true
+    // Read only when readable: storedNumber throws on the others.
+    const read = (column: SagaNumberColumn | SagaOptionalTimeColumn) =>
+      bad(column) ? undefined : storedNumber(row, column as SagaOptionalTimeColumn)
     return {
       id: row.id,
       name: row.name,
-      version: Number(row.version),
+      version: read('version'),
       status: row.status as SagaStatus,
       step:
         steps === undefined || bad('step_index') ? undefined : steps[Number(row.step_index)]?.name,
       attempt: bad('attempt') ? undefined : Number(row.attempt),
-      nextRunAt: Number(row.next_run_at),
+      nextRunAt: read('next_run_at'),
       leaseOwner: row.lease_owner ?? undefined,
-      leaseExpiresAt: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
+      leaseExpiresAt: read('lease_expires_at'),
       reason: row.reason ?? undefined,
-      createdAt: Number(row.created_at),
-      updatedAt: Number(row.updated_at),
-      finishedAt: row.finished_at === null ? undefined : Number(row.finished_at),
+      createdAt: read('created_at'),
+      updatedAt: read('updated_at'),
+      finishedAt: read('finished_at'),
       unreadable,
     }
   })
@@ -134,8 +147,9 @@ export async function listSagas(
 /**
  * Reads one instance; undefined when there is none with this id. A row changed outside
  * breakwater (a JSON column that cannot be read, an `attempt`, `step_index` or
- * `cancel_requested` a worker would refuse) fails with `StoredDataError`
- * (`STORED_DATA_INVALID`) naming the saga and the column, never shown as NaN or a wrong flag.
+ * `cancel_requested` a worker would refuse, a version or time that is not a whole number from
+ * 1 or 0) fails with `StoredDataError` (`STORED_DATA_INVALID`) naming the saga and the column,
+ * never shown as NaN, an Invalid Date or a wrong flag.
  */
 export async function getSaga(db: SqlExecutor, id: string): Promise<SagaInstance | undefined> {
   checkId('id', id)

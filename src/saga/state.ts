@@ -4,6 +4,7 @@ import { isObjectRecord } from '../core/validate.js'
 import {
   parseStoredJson,
   parseStoredObject,
+  readStoredWholeNumber,
   StoredDataError,
   type StoredPlace,
 } from '../stores/errors.js'
@@ -312,13 +313,61 @@ function storedIndex(
   )
 }
 
+/** The columns of a row that hold a version or a time, always set. */
+export type SagaNumberColumn = 'version' | 'next_run_at' | 'created_at' | 'updated_at'
+/** The columns of a row that hold a time, or NULL when there is none. */
+export type SagaOptionalTimeColumn = 'lease_expires_at' | 'finished_at'
+const numberColumns = [
+  'version',
+  'next_run_at',
+  'lease_expires_at',
+  'created_at',
+  'updated_at',
+  'finished_at',
+] as const satisfies readonly (SagaNumberColumn | SagaOptionalTimeColumn)[]
+
 /**
- * The columns of a listed row that cannot be read (see {@link storedSteps}, `attempt` and
- * `step_index` as {@link instanceFromRow} reads them), in that order, or undefined when all
- * can; with the steps when they can be read.
+ * A row's version (a whole number from 1, as `defineSaga` takes it) or time (whole epoch ms
+ * from 0), as the admin readers show it; undefined for a NULL optional time. Read with
+ * `Number()`, text (SQLite keeps it in an INTEGER column) showed as NaN or an Invalid Date and
+ * a negative number as a time before 1970: StoredDataError naming the saga and the column.
+ */
+export function storedNumber(
+  row: Pick<SagaRow, 'id' | SagaNumberColumn>,
+  column: SagaNumberColumn,
+): number
+export function storedNumber(
+  row: Pick<SagaRow, 'id' | SagaOptionalTimeColumn>,
+  column: SagaOptionalTimeColumn,
+): number | undefined
+export function storedNumber(
+  row: Partial<Pick<SagaRow, SagaNumberColumn | SagaOptionalTimeColumn>> & Pick<SagaRow, 'id'>,
+  column: SagaNumberColumn | SagaOptionalTimeColumn,
+): number | undefined {
+  const value: unknown = row[column]
+  if (value === null && (column === 'lease_expires_at' || column === 'finished_at'))
+    return undefined
+  const number = readStoredWholeNumber(value)
+  const low = column === 'version' ? 1 : 0
+  if (number !== undefined && number >= low) return number
+  const expected =
+    column === 'version' ? 'a version (a whole number from 1)' : 'a time (whole epoch ms from 0)'
+  throw new StoredDataError(
+    instancePlace(row, column)(),
+    `is ${describeValue(value)}, not ${expected}`,
+  )
+}
+
+/**
+ * The columns of a listed row that cannot be read (see {@link storedSteps}, `attempt`,
+ * `step_index` and the version and times as {@link instanceFromRow} reads them), in that
+ * order, or undefined when all can; with the steps when they can be read.
  */
 export function unreadableColumns(
-  row: Pick<SagaRow, 'id' | 'status' | 'steps' | 'step_index' | 'attempt'>,
+  row: Pick<
+    SagaRow,
+    'id' | 'status' | 'steps' | 'step_index' | 'attempt' | SagaNumberColumn | SagaOptionalTimeColumn
+  >,
 ): { unreadable: string[] | undefined; steps: StepState[] | undefined } {
   const unreadable: string[] = []
   const readable = (read: () => unknown, column: string): boolean => {
@@ -335,12 +384,14 @@ export function unreadableColumns(
   if (readable(() => (steps = storedSteps(row)), 'steps'))
     readable(() => storedIndex(row, steps!.length), 'step_index')
   readable(() => storedAttempt(row), 'attempt')
+  for (const column of numberColumns) readable(() => storedNumber(row, column as never), column)
   return { unreadable: unreadable.length === 0 ? undefined : unreadable, steps }
 }
 
 /**
- * Turns a row into an instance. A row changed outside breakwater (a JSON column, or an
- * `attempt`, `step_index` or `cancel_requested` the worker would refuse) fails with
+ * Turns a row into an instance. A row changed outside breakwater (a JSON column, an
+ * `attempt`, `step_index` or `cancel_requested` the worker would refuse, or a version or time
+ * that is not a whole number: see {@link storedNumber}) fails with
  * StoredDataError naming the saga and the column, rather than showing NaN or a wrong flag.
  */
 export function instanceFromRow(row: SagaRow): SagaInstance {
@@ -348,22 +399,22 @@ export function instanceFromRow(row: SagaRow): SagaInstance {
   return {
     id: row.id,
     name: row.name,
-    version: Number(row.version),
+    version: storedNumber(row, 'version'),
     status: row.status as SagaStatus,
     input,
     context,
     steps,
     stepIndex: storedIndex(row, steps.length),
     attempt: storedAttempt(row),
-    nextRunAt: Number(row.next_run_at),
+    nextRunAt: storedNumber(row, 'next_run_at'),
     leaseOwner: row.lease_owner ?? undefined,
-    leaseExpiresAt: row.lease_expires_at === null ? undefined : Number(row.lease_expires_at),
+    leaseExpiresAt: storedNumber(row, 'lease_expires_at'),
     leaseToken: Number(row.lease_token),
     cancelRequested: storedCancelRequested(row),
     reason: row.reason ?? undefined,
-    createdAt: Number(row.created_at),
-    updatedAt: Number(row.updated_at),
-    finishedAt: row.finished_at === null ? undefined : Number(row.finished_at),
+    createdAt: storedNumber(row, 'created_at'),
+    updatedAt: storedNumber(row, 'updated_at'),
+    finishedAt: storedNumber(row, 'finished_at'),
   }
 }
 

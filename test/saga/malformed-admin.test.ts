@@ -15,11 +15,48 @@ import {
   getSagaTimeline,
   listSagas,
   retrySaga,
+  type SagaDefinition,
   startSaga,
 } from '../../src/saga/index.js'
 import { StoredDataError } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { dbTargets, sqliteDb, type TestDb } from './databases.js'
+
+// `breakwater saga <args> --db <t>`, with what it printed.
+async function runSagaCommand(t: TestDb, args: string[]) {
+  let out = ''
+  let err = ''
+  const code = await sagaCommand([...args, '--db', t.url], {
+    stdout: { write: (text: string) => (out += text) },
+    stderr: { write: (text: string) => (err += text) },
+  })
+  return { code, out, err }
+}
+
+// Starts two instances of `saga` and sets `column` of the second to `bad`: getSaga and
+// `saga show` (table and --json) fail naming the column with `said`.
+async function spoilOne(
+  t: TestDb,
+  saga: SagaDefinition,
+  clock: ManualClock,
+  column: string,
+  bad: unknown,
+  said: string,
+): Promise<{ good: string; broken: string }> {
+  const good = (await startSaga(t.db, saga, {}, { clock })).id
+  const broken = (await startSaga(t.db, saga, {}, { clock })).id
+  await t.db.execute(`UPDATE breakwater_sagas SET ${column} = $1 WHERE id = $2`, [bad, broken])
+  const error = await getSaga(t.db, broken).catch((e: unknown) => e)
+  expect(error).toBeInstanceOf(StoredDataError)
+  expect(error).toMatchObject({ table: 'breakwater_sagas', row: `saga "${broken}"`, column })
+  expect((error as Error).message).toContain(said)
+  for (const json of [[], ['--json']]) {
+    const shown = await runSagaCommand(t, ['show', broken, ...json])
+    expect(shown).toMatchObject({ code: 1, out: '' })
+    expect(shown.err).toContain(`breakwater_sagas saga "${broken}": ${said}`)
+  }
+  return { good, broken }
+}
 
 describe('saga admin readers on malformed stored rows, on SQLite', () => {
   let t: TestDb
@@ -165,15 +202,7 @@ describe.each(dbTargets)('saga admin readers on malformed row counters, on $dial
     await t?.close()
   })
 
-  const run = async (args: string[]) => {
-    let out = ''
-    let err = ''
-    const code = await sagaCommand([...args, '--db', t.url], {
-      stdout: { write: (text: string) => (out += text) },
-      stderr: { write: (text: string) => (err += text) },
-    })
-    return { code, out, err }
-  }
+  const run = (args: string[]) => runSagaCommand(t, args)
 
   it.each([
     ['attempt', -5, 'attempt is -5, not a whole number from 0'],
@@ -197,19 +226,7 @@ describe.each(dbTargets)('saga admin readers on malformed row counters, on $dial
         { name: 'charge', action: async () => ({}) },
       ],
     })
-    const good = (await startSaga(t.db, saga, {}, { clock })).id
-    const broken = (await startSaga(t.db, saga, {}, { clock })).id
-    await t.db.execute(`UPDATE breakwater_sagas SET ${column} = $1 WHERE id = $2`, [bad, broken])
-
-    const error = await getSaga(t.db, broken).catch((e: unknown) => e)
-    expect(error).toBeInstanceOf(StoredDataError)
-    expect(error).toMatchObject({ table: 'breakwater_sagas', row: `saga "${broken}"`, column })
-    expect((error as Error).message).toContain(said)
-    for (const json of [[], ['--json']]) {
-      const shown = await run(['show', broken, ...json])
-      expect(shown).toMatchObject({ code: 1, out: '' })
-      expect(shown.err).toContain(`breakwater_sagas saga "${broken}": ${said}`)
-    }
+    const { good, broken } = await spoilOne(t, saga, clock, `${column}`, bad, `${said}`)
     expect(await getSaga(t.db, good)).toMatchObject({ attempt: 0, cancelRequested: false })
 
     // The listing has no cancel_requested to show: nothing unreadable in it then.
@@ -279,4 +296,90 @@ describe.each(dbTargets)('saga admin readers on malformed row counters, on $dial
     await expect(getSaga(t.db, id)).rejects.toMatchObject({ column: 'step_index' })
     expect((await listSagas(t.db, { name: saga.name }))[0]?.unreadable).toEqual(['step_index'])
   })
+})
+
+// The row's version and times, read with Number(): text (SQLite keeps it in an INTEGER column)
+// showed as NaN, an Invalid Date in `saga show` and `saga list`, and a negative number (either
+// database) as a time before 1970 or a version no definition has. getSaga (`saga show`) now
+// fails naming the column; the listing still lists the row, marks the column `unreadable` and
+// leaves its field undefined.
+describe.each(dbTargets)('saga admin readers on malformed row times, on $dialect', (target) => {
+  let t: TestDb
+  const clock = new ManualClock(1_700_000_000_000)
+  beforeAll(async () => {
+    t = await target.open('saga_malformed_admin_times')
+  })
+  afterAll(async () => {
+    await t?.close()
+  })
+
+  const run = (args: string[]) => runSagaCommand(t, args)
+
+  const time = 'a time (whole epoch ms from 0)'
+  // [column, stored value, field of SagaSummary, what getSaga says]
+  const cases: [string, unknown, string, string][] = [
+    ['version', 0, 'version', 'version is 0, not a version (a whole number from 1)'],
+    ['version', -1, 'version', 'version is -1, not a version (a whole number from 1)'],
+    ['next_run_at', -5, 'nextRunAt', `next_run_at is -5, not ${time}`],
+    ['created_at', -5, 'createdAt', `created_at is -5, not ${time}`],
+    ['updated_at', -5, 'updatedAt', `updated_at is -5, not ${time}`],
+    ['finished_at', -5, 'finishedAt', `finished_at is -5, not ${time}`],
+    ['lease_expires_at', -5, 'leaseExpiresAt', `lease_expires_at is -5, not ${time}`],
+    ...(target.dialect === 'sqlite'
+      ? ([
+          ['version', 'x', 'version', 'version is "x", not a version (a whole number from 1)'],
+          ['next_run_at', 'abc', 'nextRunAt', `next_run_at is "abc", not ${time}`],
+          ['created_at', 'abc', 'createdAt', `created_at is "abc", not ${time}`],
+          ['updated_at', 'abc', 'updatedAt', `updated_at is "abc", not ${time}`],
+          ['updated_at', 1.5, 'updatedAt', `updated_at is 1.5, not ${time}`],
+          ['finished_at', 'abc', 'finishedAt', `finished_at is "abc", not ${time}`],
+          ['lease_expires_at', 'abc', 'leaseExpiresAt', `lease_expires_at is "abc", not ${time}`],
+        ] as [string, unknown, string, string][])
+      : []),
+  ]
+
+  it.each(cases)(
+    '%s %s: getSaga and `saga show` name it, `saga list` marks it',
+    async (column, bad, field, said) => {
+      const saga = defineSaga({
+        name: `times-${randomUUID().slice(0, 8)}`,
+        version: 1,
+        steps: [{ name: 'reserve', action: async () => ({}) }],
+      })
+      const { good, broken } = await spoilOne(t, saga, clock, column, bad, said)
+      expect(await getSaga(t.db, good)).toMatchObject({
+        version: 1,
+        createdAt: clock.now(),
+        updatedAt: clock.now(),
+        nextRunAt: clock.now(),
+      })
+
+      const listed = await listSagas(t.db, { name: saga.name })
+      const goodRow = listed.find((s) => s.id === good)!
+      expect(goodRow).toMatchObject({ version: 1, createdAt: clock.now(), updatedAt: clock.now() })
+      expect(goodRow.unreadable).toBeUndefined()
+      const row = listed.find((s) => s.id === broken)!
+      expect(row.unreadable).toEqual([column])
+      expect(row).toMatchObject({ step: 'reserve', attempt: 0 })
+      expect((row as unknown as Record<string, unknown>)[field]).toBeUndefined()
+
+      const json = await run(['list', '--name', saga.name, '--json'])
+      expect(json.code).toBe(0)
+      const parsed = JSON.parse(json.out) as { id: string; unreadable?: string[] }[]
+      expect(parsed.find((s) => s.id === broken)?.unreadable).toEqual([column])
+      expect(json.out).not.toContain('NaN')
+
+      const table = await run(['list', '--name', saga.name])
+      expect(table.code).toBe(0)
+      expect(table.out).not.toContain('NaN')
+      expect(table.out).not.toContain('Invalid')
+      const line = (id: string) => table.out.split('\n').find((l) => l.startsWith(id))!
+      expect(line(good)).not.toContain('unreadable')
+      if (column === 'version') expect(line(broken)).toContain(`${saga.name}@(unreadable)`)
+      if (column === 'updated_at') expect(line(broken)).toContain('(unreadable)')
+      expect(table.out).toContain(
+        `saga ${broken}: ${column} cannot be read (changed outside breakwater); breakwater saga show ${broken} says why`,
+      )
+    },
+  )
 })
