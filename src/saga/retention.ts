@@ -84,6 +84,8 @@ function checkStatuses(value: unknown): readonly PrunableSagaStatus[] {
  * replies, in bounded batches: one short transaction per batch. Running and compensating
  * instances are never touched; parked ones only when `statuses` names `'failed'`. Call it from
  * a scheduled job, or run `breakwater saga prune`. Returns the number of instances removed.
+ * One whose end (or creation) time was changed outside breakwater to something that is not a
+ * number counts as ended long enough ago (its age cannot be told).
  *
  * Once an instance is removed its id is free: starting a saga with that id again starts a new
  * instance. Keep the window longer than any duplicate start can arrive (a redelivered

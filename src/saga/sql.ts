@@ -491,7 +491,8 @@ ORDER BY created_at DESC, id LIMIT $3`,
  * Retention of finished instances (`pruneSagas`). An instance's age counts from its end
  * (`finished_at`), or for a parked one from its last change (`updated_at`, since parking does not
  * finish it). Candidates come from the `(status, created_at)` index: an instance ended after
- * it was created, so every one old enough has `created_at <= cutoff` too.
+ * it was created, so every one old enough has `created_at <= cutoff` too. On SQLite, an end or
+ * a `created_at` that is not a number (a row changed outside breakwater) counts as old enough.
  */
 export interface SagaPruneStatements {
   /**
@@ -509,19 +510,31 @@ export interface SagaPruneStatements {
 
 const endedBefore = 'COALESCE(finished_at, updated_at) <= $2'
 
+// SQLite keeps text or a blob set by hand as it is in an INTEGER column, and it sorts above
+// every number, so `<= cutoff` never held and such a finished instance was kept for ever. An
+// end that is not a number counts as old enough (its age cannot be told, and the instance never
+// runs again); one whose creation is not a number is found by a second range of the
+// (status, created_at) index, as text and blobs sort above '' and numbers below it. Two ranges
+// joined by UNION ALL, not one OR, which would lose the time range's upper bound.
+const sqliteEnded = (cutoff: string): string =>
+  `(COALESCE(finished_at, updated_at) <= ${cutoff} OR COALESCE(finished_at, updated_at) >= '')`
+const sqlitePruneRange = (created: string): string => `SELECT id FROM (SELECT id FROM ${sagaTable}
+    WHERE status IN (SELECT value FROM json_each($1)) AND ${created} AND ${sqliteEnded('$2')}
+    ORDER BY created_at LIMIT $3)`
+
 /** The retention statements, per dialect. */
 export const sagaPruneStatements: Readonly<Record<SqlDialect, SagaPruneStatements>> = {
   // SQLite: run in one transaction, which holds the only write lock from the pick to the last
   // delete, so nothing changes an instance between its pick and its removal.
   sqlite: {
-    pick: `SELECT id FROM ${sagaTable}
-WHERE status IN (SELECT value FROM json_each($1)) AND created_at <= $2 AND ${endedBefore}
-ORDER BY created_at LIMIT $3`,
+    pick: `${sqlitePruneRange('created_at <= $2')}
+  UNION ALL ${sqlitePruneRange(`created_at >= ''`)}
+  LIMIT $3`,
     deleteEvents: `DELETE FROM ${sagaEventsTable} WHERE saga_id IN (SELECT value FROM json_each($1))`,
     deleteReplies: `DELETE FROM ${sagaRepliesTable} WHERE saga_id IN (SELECT value FROM json_each($1))`,
     deleteInstances: `DELETE FROM ${sagaTable}
 WHERE id IN (SELECT value FROM json_each($1))
-  AND status IN (SELECT value FROM json_each($2)) AND COALESCE(finished_at, updated_at) <= $3`,
+  AND status IN (SELECT value FROM json_each($2)) AND ${sqliteEnded('$3')}`,
   },
   // PostgreSQL: SKIP LOCKED passes over an instance an operator is changing right now (a retry
   // of a parked saga), and the outer condition is checked again on the row as it is when
