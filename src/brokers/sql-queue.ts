@@ -219,6 +219,13 @@ WHERE topic = $1 AND group_name = $2 AND seq = $3 AND lease_token = $4`,
 WHERE topic = $1 AND group_name = $2 AND lease_token = $3`,
 }
 
+// SQLite: at most $2 messages in one range of the created_at index that no group still has to
+// handle, oldest first.
+const sqlitePrunable = (range: string): string => `SELECT m.seq FROM ${queueTable} m
+  WHERE ${range}
+    AND NOT EXISTS (SELECT 1 FROM ${queueDeliveriesTable} d WHERE d.seq = m.seq)
+  ORDER BY m.created_at LIMIT $2`
+
 const statements: Readonly<Record<SqlDialect, QueueStatements>> = {
   postgres: {
     ...shared,
@@ -287,13 +294,20 @@ FROM ${queueTable} WHERE seq IN (SELECT value FROM json_each($1))`,
     release: `UPDATE ${queueDeliveriesTable}
 SET held_until = NULL, lease_token = NULL, delivery_count = delivery_count - 1
 WHERE topic = $1 AND group_name = $2 AND seq IN (SELECT value FROM json_each($3)) AND lease_token = $4`,
+    // A created_at that is not a number (text or a blob set by hand: SQLite keeps it as it is
+    // in the INTEGER column, and it sorts above every number) made `<= $1` never true, and such
+    // a message, handled by every group, was kept for ever. Its age cannot be told: it counts
+    // as old enough, through a second range of the created_at index (text and blobs sort
+    // above '', numbers below), joined by UNION ALL: one OR would lose the range's bound.
     prune: `DELETE FROM ${queueTable} WHERE seq IN (
-  SELECT m.seq FROM ${queueTable} m
-  WHERE m.created_at <= $1
-    AND NOT EXISTS (SELECT 1 FROM ${queueDeliveriesTable} d WHERE d.seq = m.seq)
-  ORDER BY m.created_at LIMIT $2)`,
+  SELECT seq FROM (${sqlitePrunable('m.created_at <= $1')})
+  UNION ALL SELECT seq FROM (${sqlitePrunable(`m.created_at >= ''`)})
+  LIMIT $2)`,
   },
 }
+
+/** The queue's statements per dialect: internal, exported for tests that check their plans. */
+export { statements as queueStatements }
 
 /** Handed to the `onError` option of {@link createSqlQueue}. */
 export interface SqlQueueErrorEvent {
@@ -1142,7 +1156,8 @@ const pruneSqlQueueOptions = optionKeys<PruneSqlQueueOptions>({
 
 /**
  * Removes stored queue messages older than `olderThanMs` that no group still has to handle, in
- * bounded batches; returns how many. An unknown (misspelt) option is refused with
+ * bounded batches; returns how many. A message whose `created_at` was changed outside
+ * breakwater to text or a blob (SQLite) counts as old enough: its age cannot be told. An unknown (misspelt) option is refused with
  * `InvalidOptionError` (`INVALID_OPTION`) before anything is removed.
  *
  * @example

@@ -111,12 +111,12 @@ describe.each(dbTargets)('pruneSagas on malformed instance times, on $dialect', 
       const details = plan.map((row) => row.detail)
       expect(details).toContainEqual(
         expect.stringMatching(
-          /SEARCH breakwater_sagas USING INDEX breakwater_sagas_status \(status=\? AND created_at<\?\)/,
+          /SEARCH breakwater_sagas USING (COVERING )?INDEX breakwater_sagas_status \(status=\? AND created_at<\?\)/,
         ),
       )
       expect(details).toContainEqual(
         expect.stringMatching(
-          /SEARCH breakwater_sagas USING INDEX breakwater_sagas_status \(status=\? AND created_at>\?\)/,
+          /SEARCH breakwater_sagas USING (COVERING )?INDEX breakwater_sagas_status \(status=\? AND created_at>\?\)/,
         ),
       )
       expect(details.filter((d) => /^SCAN breakwater_sagas\b/.test(d))).toEqual([])
