@@ -16,11 +16,12 @@ import {
 import { SagaAtCommitTimeoutError, SagaLeaseLostError, SagaReplyTimeoutError } from './errors.js'
 import type { MutableSagaMetrics, SagaEvent } from './events.js'
 import type { SagaFaultPoint, SagaFaults } from './faults.js'
-import { sagaRepliesTable, sagaStatements, sagaTable } from './sql.js'
+import { sagaRepliesTable, sagaStatements } from './sql.js'
 import {
   describeError,
   type ErrorInfo,
   errorInfo,
+  instancePlace,
   reasonInDetail,
   type SagaRow,
   type SagaStatus,
@@ -49,7 +50,7 @@ function storedStepIndex(row: SagaRow, stepCount: number, definition: string): n
   const index = Number(row.step_index)
   if (Number.isInteger(index) && index >= 0 && index < stepCount) return index
   throw new StoredDataError(
-    { table: sagaTable, row: `saga ${JSON.stringify(row.id)}`, column: 'step_index' },
+    instancePlace(row, 'step_index')(),
     `is ${describeValue(row.step_index)}, not the index of one of its ${stepCount} steps (0 to ${stepCount - 1}) of ${definition}`,
   )
 }
@@ -64,15 +65,10 @@ function storedStepIndex(row: SagaRow, stepCount: number, definition: string): n
  * read as no request (Number('true') is NaN). Only 0 and 1 are written; the SQL tests `= 1`.
  */
 function storedCounters(row: SagaRow): { attempt: number; cancelRequested: boolean } {
-  const place = (column: string) => ({
-    table: sagaTable,
-    row: `saga ${JSON.stringify(row.id)}`,
-    column,
-  })
   const attempt = Number(row.attempt)
   if (!Number.isSafeInteger(attempt) || attempt < 1)
     throw new StoredDataError(
-      place('attempt'),
+      instancePlace(row, 'attempt')(),
       `is ${describeValue(row.attempt)}, not an attempt (a whole number from 1 once claimed)`,
     )
   return { attempt, cancelRequested: storedCancelRequested(row) }

@@ -259,7 +259,8 @@ function badStepField(step: Record<string, unknown>): [string, string] | undefin
   return undefined
 }
 
-function instancePlace(row: Pick<SagaRow, 'id'>, column: string): () => StoredPlace {
+/** Where `column` of a saga instance's row is stored, for StoredDataError (built when called). */
+export function instancePlace(row: Pick<SagaRow, 'id'>, column: string): () => StoredPlace {
   return () => ({ table: sagaTable, row: `saga ${JSON.stringify(row.id)}`, column })
 }
 
