@@ -12,7 +12,6 @@ import { createOutbox, createRelay, type RelayEvent } from '../../src/outbox/ind
 import { remainingMs, withDeadline } from '../../src/policies/deadline.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { listenOnLoopback } from '../support/loopback.js'
-import { settleOnClock } from '../support/settle.js'
 import { dbTargets, delay, type OutboxDb, until } from './support.js'
 
 const T0 = 1_700_000_000_000
@@ -127,7 +126,13 @@ describe.each(dbTargets)('relay publish deadline on $dialect', (target) => {
     } finally {
       // A retry of the event may be under way, its publisher sleeping on the test's clock: the
       // stop waits for it, so the clock moves until it has stopped.
-      await settleOnClock(clock, relay.stop(), 'relay.stop()', () => `${requests} POSTs`)
+      // Real waits between the steps: on PostgreSQL the stop's own statements need real time,
+      // which moving the clock alone (settleOnClock) does not give them.
+      const stopped = relay.stop()
+      let done = false
+      void stopped.finally(() => (done = true))
+      await untilTicking(clock, () => done, 'relay.stop()')
+      await stopped
       await webhook.close()
     }
   })
