@@ -260,7 +260,14 @@ export type RelayEvent =
       readonly type: 'deadLettered'
       readonly eventId: string
       readonly aggregateId: string
-      readonly attempts: number
+      /**
+       * Failed attempts charged to it. `undefined` when the stored count cannot be read: it was
+       * changed outside breakwater (text or a fraction on SQLite, a negative number on either
+       * database). Such an event is dead-lettered at its first failure with its count left as
+       * it is, and `error` is then a `StoredDataError` (`STORED_DATA_INVALID`) naming the
+       * `attempts` column; `listDead` lists it with `attempts` undefined too.
+       */
+      readonly attempts: number | undefined
       readonly error: unknown
     }
   | {
@@ -1418,7 +1425,10 @@ class OutboxRelay implements Relay {
         type: 'deadLettered' as const,
         eventId: row.event_id,
         aggregateId: row.aggregate_id,
-        attempts: Number(updated.attempts),
+        // Read as the charge read it: a count changed outside breakwater (text, a fraction or
+        // a negative number, left as it is by the dead-lettering) is no count, and Number()
+        // of it gave NaN or the stray value; the event is still emitted and counted.
+        attempts: readStoredWholeNumber(updated.attempts),
         error,
       }
       this.#emit(event)

@@ -3,8 +3,10 @@
 // negative number. When publishing it failed, text made the backoff throw (the event was never
 // charged and was published again every round), a negative count retried it a million times.
 // The relay now dead-letters it at its first failure, naming the column; the other aggregate
-// flows, and redrive (which sets attempts to 0) repairs it. Real SQLite and PostgreSQL; time on
-// a ManualClock.
+// flows, and redrive (which sets attempts to 0) repairs it. Its deadLettered event (and the
+// diagnostics channel's message) carried Number(attempts): NaN for text, 1.5 or -1000000, never
+// a count; it now carries undefined. Real SQLite and PostgreSQL; time on a ManualClock.
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BreakwaterError } from '../../src/core/errors.js'
 import {
@@ -64,6 +66,9 @@ describe.each(dbTargets)('outbox attempts changed outside breakwater, on $dialec
       })
       const events: RelayEvent[] = []
       relay.events.on((e) => events.push(e))
+      const published: unknown[] = []
+      const listener = (message: unknown) => published.push(message)
+      subscribe('breakwater:outbox:dead-lettered', listener)
       await relay.start()
       try {
         // The clock moves on between checks, so retries fall due (until waits on real I/O).
@@ -86,10 +91,18 @@ describe.each(dbTargets)('outbox attempts changed outside breakwater, on $dialec
           `breakwater_outbox row ${Number(row!.id)} (event "b-1"): attempts is not a count of attempts`,
         )
         expect(dead!.lastError).toContain('message too large')
-        expect(events.find((e) => e.type === 'deadLettered')).toMatchObject({
+        const deadLettered = events.filter((e) => e.type === 'deadLettered')
+        expect(deadLettered).toHaveLength(1)
+        expect(deadLettered[0]).toMatchObject({
           eventId: 'b-1',
           error: { code: 'STORED_DATA_INVALID', column: 'attempts' },
         })
+        // No count can be read: undefined, not NaN or the stored value; still counted.
+        expect(deadLettered[0]).toHaveProperty('attempts', undefined)
+        expect(relay.metrics().deadLettered).toBe(1)
+        expect(published).toHaveLength(1)
+        expect(published[0]).toMatchObject({ relayId: relay.id, eventId: 'b-1' })
+        expect(published[0]).toHaveProperty('attempts', undefined)
         expect(events.filter((e) => e.type === 'error')).toEqual([])
 
         publisher.before = undefined
@@ -99,6 +112,7 @@ describe.each(dbTargets)('outbox attempts changed outside breakwater, on $dialec
           'b-1 published after redrive',
         )
       } finally {
+        unsubscribe('breakwater:outbox:dead-lettered', listener)
         await relay.stop()
       }
     },
