@@ -148,7 +148,8 @@ export async function listSagas(
  * Reads one instance; undefined when there is none with this id. A row changed outside
  * breakwater (a JSON column that cannot be read, an `attempt`, `step_index` or
  * `cancel_requested` a worker would refuse, a version or time that is not a whole number from
- * 1 or 0) fails with `StoredDataError` (`STORED_DATA_INVALID`) naming the saga and the column,
+ * 1 or 0, a `lease_token` that is not one from 0) fails with `StoredDataError`
+ * (`STORED_DATA_INVALID`) naming the saga and the column,
  * never shown as NaN, an Invalid Date or a wrong flag.
  */
 export async function getSaga(db: SqlExecutor, id: string): Promise<SagaInstance | undefined> {
@@ -160,8 +161,9 @@ export async function getSaga(db: SqlExecutor, id: string): Promise<SagaInstance
 /**
  * Reads an instance's timeline: each step attempt and its outcome, failures with their errors,
  * compensations, lease takeovers, operator actions, in order. An entry whose stored detail is
- * not a JSON object (a row changed outside breakwater) fails it with `StoredDataError`
- * (`STORED_DATA_INVALID`) naming the saga and the entry's `seq`.
+ * not a JSON object, or whose `at` or `attempt` is not a whole number from 0 (a row changed
+ * outside breakwater), fails it with `StoredDataError` (`STORED_DATA_INVALID`) naming the saga,
+ * the entry's `seq` and the column.
  */
 export async function getSagaTimeline(db: SqlExecutor, id: string): Promise<SagaTimelineEntry[]> {
   checkId('id', id)

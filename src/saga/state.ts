@@ -348,14 +348,40 @@ export function storedNumber(
   const value: unknown = row[column]
   if (value === null && (column === 'lease_expires_at' || column === 'finished_at'))
     return undefined
+  return column === 'version'
+    ? storedWhole(value, 1, instancePlace(row, column), 'a version (a whole number from 1)')
+    : storedWhole(value, 0, instancePlace(row, column), storedTimeText)
+}
+
+const storedTimeText = 'a time (whole epoch ms from 0)'
+
+/**
+ * A whole number from `low` read back from a stored row (see readStoredWholeNumber), or
+ * StoredDataError at `where` saying it is not `expected`.
+ */
+function storedWhole(
+  value: unknown,
+  low: number,
+  where: () => StoredPlace,
+  expected: string,
+): number {
   const number = readStoredWholeNumber(value)
-  const low = column === 'version' ? 1 : 0
   if (number !== undefined && number >= low) return number
-  const expected =
-    column === 'version' ? 'a version (a whole number from 1)' : 'a time (whole epoch ms from 0)'
-  throw new StoredDataError(
-    instancePlace(row, column)(),
-    `is ${describeValue(value)}, not ${expected}`,
+  throw new StoredDataError(where(), `is ${describeValue(value)}, not ${expected}`)
+}
+
+/**
+ * A row's `lease_token` as `saga show` prints it: every claim and release adds one to the 0 it
+ * starts at. Read with `Number()`, text (SQLite) showed as token NaN and a negative number as a
+ * token no claim gives: StoredDataError naming the saga and the column. (A claim's
+ * `lease_token + 1` turns SQLite text into 1, so the worker never holds such a token.)
+ */
+function storedLeaseToken(row: Pick<SagaRow, 'id' | 'lease_token'>): number {
+  return storedWhole(
+    row.lease_token,
+    0,
+    instancePlace(row, 'lease_token'),
+    'a fencing token (a whole number from 0)',
   )
 }
 
@@ -391,8 +417,8 @@ export function unreadableColumns(
 
 /**
  * Turns a row into an instance. A row changed outside breakwater (a JSON column, an
- * `attempt`, `step_index` or `cancel_requested` the worker would refuse, or a version or time
- * that is not a whole number: see {@link storedNumber}) fails with
+ * `attempt`, `step_index` or `cancel_requested` the worker would refuse, or a version, time or
+ * `lease_token` that is not a whole number: see {@link storedNumber}) fails with
  * StoredDataError naming the saga and the column, rather than showing NaN or a wrong flag.
  */
 export function instanceFromRow(row: SagaRow): SagaInstance {
@@ -410,7 +436,7 @@ export function instanceFromRow(row: SagaRow): SagaInstance {
     nextRunAt: storedNumber(row, 'next_run_at'),
     leaseOwner: row.lease_owner ?? undefined,
     leaseExpiresAt: storedNumber(row, 'lease_expires_at'),
-    leaseToken: Number(row.lease_token),
+    leaseToken: storedLeaseToken(row),
     cancelRequested: storedCancelRequested(row),
     reason: row.reason ?? undefined,
     createdAt: storedNumber(row, 'created_at'),
@@ -439,11 +465,20 @@ function storedDetail(
   row: Pick<SagaEventRow, 'seq' | 'detail'>,
 ): Record<string, unknown> | undefined {
   if (row.detail === null) return undefined
-  return parseStoredObject(row.detail, () => ({
+  return parseStoredObject(row.detail, eventPlace(sagaId, row, 'detail'))
+}
+
+/** Where `column` of a timeline row is stored, for StoredDataError (built when called). */
+function eventPlace(
+  sagaId: string,
+  row: Pick<SagaEventRow, 'seq'>,
+  column: string,
+): () => StoredPlace {
+  return () => ({
     table: sagaEventsTable,
     row: `saga ${JSON.stringify(sagaId)} event ${Number(row.seq)}`,
-    column: 'detail',
-  }))
+    column,
+  })
 }
 
 /**
@@ -458,14 +493,22 @@ export function reasonInDetail(
   return typeof reason === 'string' && reason !== '' ? reason : undefined
 }
 
-/** Turns a timeline row of saga `sagaId` into an entry; StoredDataError for an unreadable detail. */
+/**
+ * Turns a timeline row of saga `sagaId` into an entry. StoredDataError naming the saga, the
+ * entry's seq and the column for an unreadable detail, or an `at` or `attempt` that is not a
+ * whole number from 0: read with `Number()`, text (SQLite) showed in `saga show` as an Invalid
+ * Date or `attempt NaN`, and a negative number as a time before 1970.
+ */
 export function timelineEntryFromRow(sagaId: string, row: SagaEventRow): SagaTimelineEntry {
   return {
     seq: Number(row.seq),
-    at: Number(row.at),
+    at: storedWhole(row.at, 0, eventPlace(sagaId, row, 'at'), storedTimeText),
     kind: row.kind,
     step: row.step ?? undefined,
-    attempt: row.attempt === null ? undefined : Number(row.attempt),
+    attempt:
+      row.attempt === null
+        ? undefined
+        : storedWhole(row.attempt, 0, eventPlace(sagaId, row, 'attempt'), 'a whole number from 0'),
     worker: row.worker ?? undefined,
     detail: storedDetail(sagaId, row),
   }

@@ -383,3 +383,101 @@ describe.each(dbTargets)('saga admin readers on malformed row times, on $dialect
     },
   )
 })
+
+// The lease token and the timeline's times and attempts were still read with Number(): text
+// (SQLite keeps it in an INTEGER column) showed in `saga show` as token NaN, an Invalid Date or
+// `attempt NaN`, and a negative number (either database) as a token no claim gives or a time
+// before 1970. getSaga and getSagaTimeline (`saga show`) now fail naming the saga (and the
+// timeline entry) and the column; `saga list` shows neither, so it lists the row as before.
+describe.each(dbTargets)(
+  'saga show on a malformed lease token and timeline, on $dialect',
+  (target) => {
+    let t: TestDb
+    const clock = new ManualClock(1_700_000_000_000)
+    beforeAll(async () => {
+      t = await target.open('saga_malformed_admin_timeline')
+    })
+    afterAll(async () => {
+      await t?.close()
+    })
+
+    const twoSteps = () =>
+      defineSaga({
+        name: `timeline-${randomUUID().slice(0, 8)}`,
+        version: 1,
+        steps: [
+          { name: 'reserve', action: async () => ({}) },
+          { name: 'charge', action: async () => ({}) },
+        ],
+      })
+
+    const token = 'a fencing token (a whole number from 0)'
+    it.each([
+      [-1, `lease_token is -1, not ${token}`],
+      ...(target.dialect === 'sqlite'
+        ? ([
+            ['abc', `lease_token is "abc", not ${token}`],
+            [1.5, `lease_token is 1.5, not ${token}`],
+          ] as [unknown, string][])
+        : []),
+    ])(
+      'lease_token %s: getSaga and `saga show` name it, `saga list` lists the row',
+      async (bad, said) => {
+        const saga = twoSteps()
+        const { good, broken } = await spoilOne(t, saga, clock, 'lease_token', bad, said)
+        expect(await getSaga(t.db, good)).toMatchObject({ leaseToken: 0 })
+        const listed = await listSagas(t.db, { name: saga.name })
+        expect(listed.find((s) => s.id === broken)).toMatchObject({ step: 'reserve', attempt: 0 })
+        expect(listed.find((s) => s.id === broken)?.unreadable).toBeUndefined()
+      },
+    )
+
+    const time = 'a time (whole epoch ms from 0)'
+    const count = 'a whole number from 0'
+    it.each([
+      ['at', -5, `at is -5, not ${time}`],
+      ['attempt', -1, `attempt is -1, not ${count}`],
+      ...(target.dialect === 'sqlite'
+        ? ([
+            ['at', 'abc', `at is "abc", not ${time}`],
+            ['at', 1.5, `at is 1.5, not ${time}`],
+            ['attempt', 'x', `attempt is "x", not ${count}`],
+            ['attempt', 2.5, `attempt is 2.5, not ${count}`],
+          ] as [string, unknown, string][])
+        : []),
+    ])(
+      'timeline %s %s: getSagaTimeline and `saga show` name the entry',
+      async (column, bad, said) => {
+        const saga = twoSteps()
+        const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+        const { id } = await worker.run(saga, {})
+        const before = await getSagaTimeline(t.db, id)
+        expect(before.length).toBeGreaterThan(0)
+        const attempted = before.find((e) => e.attempt !== undefined)!
+        expect(attempted).toMatchObject({ attempt: 1, at: clock.now() })
+        await t.db.execute(`UPDATE breakwater_saga_events SET ${column} = $1 WHERE seq = $2`, [
+          bad,
+          attempted.seq,
+        ])
+        const error = await getSagaTimeline(t.db, id).catch((e: unknown) => e)
+        expect(error).toBeInstanceOf(StoredDataError)
+        expect(error).toMatchObject({
+          table: 'breakwater_saga_events',
+          row: `saga "${id}" event ${attempted.seq}`,
+          column,
+        })
+        expect((error as Error).message).toContain(said)
+        for (const json of [[], ['--json']]) {
+          const shown = await runSagaCommand(t, ['show', id, ...json])
+          expect(shown).toMatchObject({ code: 1, out: '' })
+          expect(shown.err).toContain(
+            `breakwater_saga_events saga "${id}" event ${attempted.seq}: ${said}`,
+          )
+        }
+        // A step without an attempt (null) is read as none, as written.
+        expect(before.some((e) => e.attempt === undefined)).toBe(true)
+        await worker.stop()
+      },
+    )
+  },
+)
