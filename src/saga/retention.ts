@@ -175,7 +175,9 @@ const pruneFlowEventsOptions = optionKeys<PruneFlowEventsOptions>({
 /**
  * Removes the flow tracker's record of flows whose last event is at least `olderThanMs` old:
  * every event of such a correlation id at once, so that no flow is left without its start.
- * Flows with a newer event are kept whole. Returns the number of flows removed.
+ * Flows with a newer event are kept whole. Returns the number of flows removed. An event whose
+ * time was changed outside breakwater to something that is not a number (text or a blob on
+ * SQLite, which sort above every number) counts as old enough: its age cannot be told.
  *
  * A flow is gone from `tracker.state()` and `stalled()` once removed; an old event of it
  * delivered again later is recorded as a new, partial flow. On PostgreSQL, an event recorded
@@ -207,11 +209,11 @@ export async function pruneFlowEvents(
   const sql = flowPruneStatements[db.dialect]
   // The scan moves on past the rows it has seen: a flow that started long ago but is still
   // going keeps its old events first in `at` order, and must not hold the scan up.
-  let cursorAt = Number.MIN_SAFE_INTEGER
+  let cursorAt: unknown = Number.MIN_SAFE_INTEGER
   let cursorSeq = 0
   let flows = 0
   for (let batch = 0; batch < maxBatches; batch++) {
-    const rows = await db.query<{ seq: number; at: number; correlation_id: string }>(sql.scan, [
+    const rows = await db.query<{ seq: number; at: unknown; correlation_id: string }>(sql.scan, [
       cutoff,
       cursorAt,
       cursorSeq,
@@ -219,7 +221,13 @@ export async function pruneFlowEvents(
     ])
     if (rows.length === 0) break
     const last = rows[rows.length - 1]!
-    cursorAt = Number(last.at)
+    // On SQLite an `at` changed outside breakwater to text or a blob is scanned last, after
+    // every number; the cursor keeps it as it is (Number() would make it NaN, which SQLite
+    // binds as NULL: the next batch would find nothing and the scan stop there).
+    cursorAt =
+      db.dialect === 'sqlite' && (typeof last.at === 'string' || last.at instanceof Uint8Array)
+        ? last.at
+        : Number(last.at)
     cursorSeq = Number(last.seq)
     const ids = [...new Set(rows.map((row) => row.correlation_id))]
     const deleted = await db.query<{ correlation_id: string }>(sql.delete, [

@@ -566,12 +566,14 @@ SELECT count(*)::integer AS removed FROM doomed`,
 export interface FlowPruneStatements {
   /**
    * $1 cutoff, $2 and $3 the cursor (at, seq) of the last row scanned, $4 limit: old events in
-   * (at, seq) order after the cursor, through the `at` index.
+   * (at, seq) order after the cursor, through the `at` index. On SQLite, events whose `at` is
+   * not a number (text or a blob) count as old, after every number.
    */
   readonly scan: string
   /**
    * $1 correlation ids (PostgreSQL array, SQLite JSON), $2 cutoff: deletes every event of those
-   * flows that have no event after the cutoff; returns each deleted row's `correlation_id`.
+   * flows that have no event after the cutoff (on SQLite, an `at` that is not a number is not
+   * after it); returns each deleted row's `correlation_id`.
    */
   readonly delete: string
 }
@@ -580,19 +582,36 @@ export interface FlowPruneStatements {
 // that one-column index); the row comparison then skips the rows of the cursor's millisecond
 // already seen. Without the bound, each batch re-read every old event the scans before it had
 // passed over, and the cost grew with the square of the backlog.
-const flowScan = `SELECT seq, at, correlation_id FROM ${flowEventsTable}
-WHERE at <= $1 AND at >= $2 AND (at, seq) > ($2, $3)
+const flowRange = (
+  bounds: string,
+): string => `SELECT seq, at, correlation_id FROM ${flowEventsTable}
+WHERE ${bounds} AND (at, seq) > ($2, $3)
+ORDER BY at, seq LIMIT $4`
+const flowScan = flowRange('at <= $1 AND at >= $2')
+
+// SQLite keeps text or a blob set by hand as it is in the INTEGER `at`, and it sorts above every
+// number: `at <= cutoff` never found such an event, and `at > cutoff` took it as newer than the
+// window, so its flow (and every flow holding one) was kept for ever. Such an event counts as
+// old enough (its age cannot be told): a second range of the `at` index finds it, text and
+// blobs sorting from '' up, after the numbers. Its lower bound is the larger of '' and the
+// cursor (which is text or a blob once the scan has reached them: MAX orders mixed types as
+// comparisons do). Two ranges joined by UNION ALL, not one OR, which would lose the time
+// range's upper bound; each range reads at most the limit through the index, so the merge
+// sorts at most twice the limit. The delete's "newer event" is a number above the cutoff
+// (`< ''`).
+const sqliteFlowScan = `SELECT seq, at, correlation_id FROM (${flowScan})
+UNION ALL SELECT seq, at, correlation_id FROM (${flowRange(`at >= MAX($2, '')`)})
 ORDER BY at, seq LIMIT $4`
 
 /** The flow retention statements, per dialect. */
 export const flowPruneStatements: Readonly<Record<SqlDialect, FlowPruneStatements>> = {
   sqlite: {
-    scan: flowScan,
+    scan: sqliteFlowScan,
     delete: `DELETE FROM ${flowEventsTable}
 WHERE correlation_id IN (SELECT value FROM json_each($1))
   AND correlation_id NOT IN (
     SELECT correlation_id FROM ${flowEventsTable}
-    WHERE correlation_id IN (SELECT value FROM json_each($1)) AND at > $2
+    WHERE correlation_id IN (SELECT value FROM json_each($1)) AND at > $2 AND at < ''
   )
 RETURNING correlation_id`,
   },

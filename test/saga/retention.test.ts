@@ -20,6 +20,7 @@ import {
 } from '../../src/saga/index.js'
 import {
   flowEventsTable,
+  flowPruneStatements,
   sagaEventsTable,
   sagaRepliesTable,
   sagaStatements,
@@ -321,4 +322,74 @@ describe.each(dbTargets)('pruneFlowEvents on $dialect', (target) => {
     )
     await expect(pruneFlowEvents(t.db, 'all' as never)).rejects.toThrow(/pruneFlowEvents/)
   })
+
+  // An event whose `at` was changed outside breakwater. On SQLite text or a blob in the INTEGER
+  // column sorts above every number: the scan's `at <= cutoff` never found such an event, and
+  // the delete's "has a newer event" (`at > cutoff`) held for it, so neither its flow nor any
+  // flow holding one was ever removed. Such an event now counts as old enough (its age cannot
+  // be told), found by a second range of the `at` index. PostgreSQL's BIGINT holds only
+  // numbers: a negative one was already old enough.
+  it.each([1, 1000])(
+    'removes a flow whose events hold a time that is not a number, unless it has a newer event (batchSize %i)',
+    async (batchSize) => {
+      const clock = new ManualClock(100 * day)
+      const tracker = createFlowTracker({ db: t.db, flows: [flow], clock })
+      const run = randomUUID().slice(0, 8)
+      const record = async (name: string, type: string, at: number, stored?: unknown) => {
+        const id = `${run}-${name}`
+        await tracker.record(t.db, { id: `${id}:${type}`, correlationId: id, type, at })
+        if (stored !== undefined)
+          await t.db.execute(`UPDATE ${flowEventsTable} SET at = $1 WHERE event_id = $2`, [
+            stored,
+            `${id}:${type}`,
+          ])
+        return id
+      }
+      const bad: unknown[] =
+        target.dialect === 'sqlite' ? ['abc', '', Buffer.from([0, 1]), -5] : [-5]
+      const gone: string[] = []
+      const kept: string[] = []
+      for (const [i, value] of bad.entries()) {
+        // Every event unreadable; an old event and an unreadable one.
+        gone.push(await record(`only-${i}`, 'order-placed', 99 * day, value))
+        const mixed = await record(`mixed-${i}`, 'order-placed', 50 * day)
+        await record(`mixed-${i}`, 'order-paid', 99 * day, value)
+        gone.push(mixed)
+        // An unreadable event and a recent one: kept whole.
+        const going = await record(`going-${i}`, 'order-placed', 99 * day, value)
+        await record(`going-${i}`, 'order-paid', 95 * day)
+        kept.push(going)
+      }
+      gone.push(await record('old', 'order-placed', 50 * day))
+      kept.push(await record('new', 'order-placed', 99 * day))
+
+      expect(await pruneFlowEvents(t.db, { olderThanMs: 30 * day, batchSize, clock })).toBe(
+        gone.length,
+      )
+      for (const id of gone) expect(await eventsOf(id), id).toBe(0)
+      for (const id of kept) expect(await eventsOf(id), id).toBeGreaterThan(0)
+      expect(await eventsOf(kept[0]!)).toBe(2)
+      expect(await pruneFlowEvents(t.db, { olderThanMs: 30 * day, batchSize, clock })).toBe(0)
+    },
+  )
+
+  it.runIf(target.dialect === 'sqlite')(
+    'finds them by two bounded ranges of the `at` index, never scanning the events',
+    async () => {
+      const plan = await t.db.query<{ detail: string }>(
+        `EXPLAIN QUERY PLAN ${flowPruneStatements.sqlite.scan
+          .replaceAll('$1', '0')
+          .replaceAll('$2', '0')
+          .replaceAll('$3', '0')
+          .replaceAll('$4', '10')}`,
+      )
+      const details = plan.map((row) => row.detail)
+      const at = 'SEARCH breakwater_flow_events USING (COVERING )?INDEX breakwater_flow_events_at'
+      expect(details).toContainEqual(
+        expect.stringMatching(new RegExp(`${at} \\(at>\\? AND at<\\?\\)`)),
+      )
+      expect(details).toContainEqual(expect.stringMatching(new RegExp(`${at} \\(at>\\?\\)`)))
+      expect(details.filter((d) => /^SCAN breakwater_flow_events\b/.test(d))).toEqual([])
+    },
+  )
 })
