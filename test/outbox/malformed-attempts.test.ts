@@ -9,17 +9,9 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BreakwaterError } from '../../src/core/errors.js'
-import {
-  createOutbox,
-  createRelay,
-  listDead,
-  type RelayEvent,
-  redrive,
-} from '../../src/outbox/index.js'
-import { ManualClock } from '../../src/testing/index.js'
-import { dbTargets, type OutboxDb, testPublisher, testQueue, until } from './support.js'
-
-const T0 = 1_700_000_000_000
+import { listDead, redrive } from '../../src/outbox/index.js'
+import { malformedRig } from './malformed.js'
+import { dbTargets, type OutboxDb } from './support.js'
 
 describe.each(dbTargets)('outbox attempts changed outside breakwater, on $dialect', (target) => {
   let t: OutboxDb
@@ -35,50 +27,26 @@ describe.each(dbTargets)('outbox attempts changed outside breakwater, on $dialec
   it.each(cases)(
     'attempts %s: dead-lettered at its first failure, by name',
     async (_, bad, shown) => {
-      await t.db.execute('DELETE FROM breakwater_outbox')
-      const clock = new ManualClock(T0)
-      const outbox = createOutbox({ clock, topic: 'attempts' })
-      for (const aggregateId of ['a', 'b'])
-        await t.db.transaction((tx) =>
-          outbox.enqueue(tx, {
-            id: `${aggregateId}-1`,
-            aggregateType: 'thing',
-            aggregateId,
-            type: 'changed',
-            payload: { aggregateId },
-          }),
-        )
+      const { publisher, relay, events, advanceUntil, stop } = await malformedRig(
+        t.db,
+        'attempts',
+        ['a-1', 'b-1'],
+        {
+          maxAttempts: 3,
+          retryBackoff: { baseDelayMs: 100, maxDelayMs: 1_000, jitter: 'none' },
+        },
+      )
       await t.db.execute(`UPDATE breakwater_outbox SET attempts = ${bad} WHERE event_id = 'b-1'`)
-      const publisher = testPublisher(testQueue(t.db).publisher)
       publisher.before = (messages) => {
         if (messages.some((m) => m.id === 'b-1'))
           throw new BreakwaterError('BROKER_REJECTED', 'message too large')
       }
-      const relay = createRelay({
-        db: t.db,
-        publisher,
-        clock,
-        pollIntervalMs: 10,
-        maxPollIntervalMs: 100,
-        maxAttempts: 3,
-        retryBackoff: { baseDelayMs: 100, maxDelayMs: 1_000, jitter: 'none' },
-        retention: false,
-      })
-      const events: RelayEvent[] = []
-      relay.events.on((e) => events.push(e))
       const published: unknown[] = []
       const listener = (message: unknown) => published.push(message)
       subscribe('breakwater:outbox:dead-lettered', listener)
       await relay.start()
       try {
-        // The clock moves on between checks, so retries fall due (until waits on real I/O).
-        const advancedUntil = (check: () => boolean | Promise<boolean>, what: string) =>
-          until(async () => {
-            if (await check()) return true
-            await clock.advance(50)
-            return false
-          }, what)
-        await advancedUntil(async () => (await listDead(t.db)).length > 0, 'b-1 dead-lettered')
+        await advanceUntil(async () => (await listDead(t.db)).length > 0, 'b-1 dead-lettered')
         expect(publisher.confirmed).toEqual(['a-1'])
         const [row] = await t.db.query<{ id: number; attempts: unknown }>(
           `SELECT id, attempts FROM breakwater_outbox WHERE event_id = 'b-1'`,
@@ -107,13 +75,10 @@ describe.each(dbTargets)('outbox attempts changed outside breakwater, on $dialec
 
         publisher.before = undefined
         expect(await redrive(t.db, ['b-1'])).toBe(1)
-        await advancedUntil(
-          () => publisher.confirmed.includes('b-1'),
-          'b-1 published after redrive',
-        )
+        await advanceUntil(() => publisher.confirmed.includes('b-1'), 'b-1 published after redrive')
       } finally {
         unsubscribe('breakwater:outbox:dead-lettered', listener)
-        await relay.stop()
+        await stop()
       }
     },
   )

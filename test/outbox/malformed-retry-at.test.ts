@@ -5,11 +5,8 @@
 // (the attempts count still decides when it is dead-lettered). A negative number or a fraction
 // was already due: checked here too. Real SQLite and PostgreSQL; time on a ManualClock.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createOutbox, createRelay } from '../../src/outbox/index.js'
-import { ManualClock } from '../../src/testing/index.js'
-import { dbTargets, type OutboxDb, testPublisher, testQueue, until } from './support.js'
-
-const T0 = 1_700_000_000_000
+import { malformedRig } from './malformed.js'
+import { dbTargets, type OutboxDb } from './support.js'
 
 describe.each(dbTargets)('outbox retry_at changed outside breakwater, on $dialect', (target) => {
   let t: OutboxDb
@@ -27,39 +24,18 @@ describe.each(dbTargets)('outbox retry_at changed outside breakwater, on $dialec
   it.each(cases)(
     'retry_at %s: the event is retried and its aggregate flows in order',
     async (_, bad) => {
-      await t.db.execute('DELETE FROM breakwater_outbox')
-      const clock = new ManualClock(T0)
-      const outbox = createOutbox({ clock, topic: 'retry-at' })
-      for (const id of ['a-1', 'a-2', 'b-1'])
-        await t.db.transaction((tx) =>
-          outbox.enqueue(tx, {
-            id,
-            aggregateType: 'thing',
-            aggregateId: id.slice(0, 1),
-            type: 'changed',
-            payload: {},
-          }),
-        )
+      const { publisher, relay, advanceUntil, stop } = await malformedRig(t.db, 'retry-at', [
+        'a-1',
+        'a-2',
+        'b-1',
+      ])
       // As a failed publish leaves it (one attempt charged), with the retry time edited.
       await t.db.execute(
         `UPDATE breakwater_outbox SET attempts = 1, last_error = 'x', retry_at = ${bad} WHERE event_id = 'a-1'`,
       )
-      const publisher = testPublisher(testQueue(t.db).publisher)
-      const relay = createRelay({
-        db: t.db,
-        publisher,
-        clock,
-        pollIntervalMs: 10,
-        maxPollIntervalMs: 100,
-        retention: false,
-      })
       await relay.start()
       try {
-        await until(async () => {
-          if (publisher.confirmed.length === 3) return true
-          await clock.advance(50)
-          return false
-        }, 'every event published')
+        await advanceUntil(() => publisher.confirmed.length === 3, 'every event published')
         expect(publisher.confirmed.filter((id) => id.startsWith('a-'))).toEqual(['a-1', 'a-2'])
         const [row] = await t.db.query<{ retry_at: unknown; published_at: unknown }>(
           `SELECT retry_at, published_at FROM breakwater_outbox WHERE event_id = 'a-1'`,
@@ -67,7 +43,7 @@ describe.each(dbTargets)('outbox retry_at changed outside breakwater, on $dialec
         expect(row).toMatchObject({ retry_at: null })
         expect(row!.published_at).not.toBeNull()
       } finally {
-        await relay.stop()
+        await stop()
       }
     },
   )

@@ -6,17 +6,9 @@
 // other aggregates flow, listed by listDead, and published once the row is fixed and redriven.
 // Real SQLite; time on a ManualClock.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import {
-  createOutbox,
-  createRelay,
-  listDead,
-  type RelayEvent,
-  redrive,
-} from '../../src/outbox/index.js'
-import { ManualClock } from '../../src/testing/index.js'
-import { delay, type OutboxDb, sqliteTarget, testPublisher, testQueue } from './support.js'
-
-const T0 = 1_700_000_000_000
+import { listDead, redrive } from '../../src/outbox/index.js'
+import { malformedRig } from './malformed.js'
+import { type OutboxDb, sqliteTarget } from './support.js'
 
 describe('outbox rows with malformed headers, on SQLite', () => {
   let t: OutboxDb
@@ -35,45 +27,23 @@ describe('outbox rows with malformed headers, on SQLite', () => {
   ])(
     'headers %s: dead-lettered by name, the others published, redrive after a fix',
     async (_, bad, said) => {
-      await t.db.execute('DELETE FROM breakwater_outbox')
-      const clock = new ManualClock(T0)
-      const outbox = createOutbox({ clock, topic: 'malformed' })
-      for (const aggregateId of ['a', 'b', 'c'])
-        await t.db.transaction((tx) =>
-          outbox.enqueue(tx, {
-            id: `${aggregateId}-1`,
-            aggregateType: 'thing',
-            aggregateId,
-            type: 'changed',
-            payload: { aggregateId },
-          }),
-        )
+      const { publisher, relay, events, advanceUntil, stop } = await malformedRig(
+        t.db,
+        'malformed',
+        ['a-1', 'b-1', 'c-1'],
+        {
+          maxAttempts: 3,
+          retryBackoff: { baseDelayMs: 100, maxDelayMs: 1_000, jitter: 'none' },
+        },
+      )
       await t.db.execute(`UPDATE breakwater_outbox SET headers = $1 WHERE event_id = 'b-1'`, [bad])
       const [row] = await t.db.query<{ id: number }>(
         `SELECT id FROM breakwater_outbox WHERE event_id = 'b-1'`,
       )
       const rowId = Number(row!.id)
-      const publisher = testPublisher(testQueue(t.db).publisher)
-      const relay = createRelay({
-        db: t.db,
-        publisher,
-        clock,
-        pollIntervalMs: 10,
-        maxPollIntervalMs: 100,
-        maxAttempts: 3,
-        retryBackoff: { baseDelayMs: 100, maxDelayMs: 1_000, jitter: 'none' },
-        retention: false,
-      })
-      const events: RelayEvent[] = []
-      relay.events.on((e) => events.push(e))
       await relay.start()
       try {
-        const deadline = Date.now() + 20_000
-        while ((await listDead(t.db)).length === 0) {
-          if (Date.now() > deadline) throw new Error('b-1 was never dead-lettered')
-          await clock.advance(50)
-          await delay(2)
-        }
+        await advanceUntil(async () => (await listDead(t.db)).length > 0, 'b-1 dead-lettered')
         expect(publisher.confirmed.sort()).toEqual(['a-1', 'c-1'])
         const [dead] = await listDead(t.db)
         expect(dead).toMatchObject({ eventId: 'b-1', attempts: 3 })
@@ -90,14 +60,9 @@ describe('outbox rows with malformed headers, on SQLite', () => {
 
         await t.db.execute(`UPDATE breakwater_outbox SET headers = '{}' WHERE event_id = 'b-1'`)
         expect(await redrive(t.db, ['b-1'])).toBe(1)
-        const until = Date.now() + 20_000
-        while (!publisher.confirmed.includes('b-1')) {
-          if (Date.now() > until) throw new Error('b-1 was not published after the fix')
-          await clock.advance(50)
-          await delay(2)
-        }
+        await advanceUntil(() => publisher.confirmed.includes('b-1'), 'b-1 published after the fix')
       } finally {
-        await relay.stop()
+        await stop()
       }
     },
   )
