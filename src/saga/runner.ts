@@ -1,5 +1,5 @@
 import { type Clock, storedTime, type TimerHandle, within } from '../core/clock.js'
-import { describeValue, InvalidOptionError } from '../core/errors.js'
+import { InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import { isObjectRecord } from '../core/validate.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
@@ -21,12 +21,13 @@ import {
   describeError,
   type ErrorInfo,
   errorInfo,
-  instancePlace,
   reasonInDetail,
   type SagaRow,
   type SagaStatus,
   type StepState,
+  storedAttempt,
   storedCancelRequested,
+  storedIndex,
   storedState,
 } from './state.js'
 import {
@@ -39,39 +40,13 @@ import {
 } from './store.js'
 
 /**
- * The stored step index of an instance the worker is to run: a running or compensating
- * instance is always at one of its steps (a finished one is at -1 or past the last). One at
- * none of them (a row edited outside breakwater) ran nothing and was finished `completed` (or
- * compensated from its last step) without a word: StoredDataError naming the saga and the
- * index, and the row is left as it is. Checked against the stored steps, which match the
- * definition's unless it was changed without a version bump (then the instance is parked).
- */
-function storedStepIndex(row: SagaRow, stepCount: number, definition: string): number {
-  const index = Number(row.step_index)
-  if (Number.isInteger(index) && index >= 0 && index < stepCount) return index
-  throw new StoredDataError(
-    instancePlace(row, 'step_index')(),
-    `is ${describeValue(row.step_index)}, not the index of one of its ${stepCount} steps (0 to ${stepCount - 1}) of ${definition}`,
-  )
-}
-
-/**
- * A claimed row's `attempt` (the claim added one) and `cancel_requested`, as the run acts on
- * them; StoredDataError naming the saga and the column otherwise, the row left as it is (see
- * storedStepIndex). On SQLite text in these INTEGER columns survives: the claim's `attempt + 1`
- * turns text into 1 (a count started over, nothing worse), but a fraction or a number below 1
- * reached the step (ctx.attempt -4, a step retried past its maxAttempts, or 2.5 taken as an
- * attempt after one that recorded nothing, so compensated), and a `cancel_requested` of 'true'
- * read as no request (Number('true') is NaN). Only 0 and 1 are written; the SQL tests `= 1`.
+ * A claimed row's `attempt` (the claim added one: see storedAttempt) and `cancel_requested`, as
+ * the run acts on them; StoredDataError naming the saga and the column otherwise, the row left
+ * as it is. A `cancel_requested` of 'true' (SQLite) read as no request (Number('true') is
+ * NaN). Only 0 and 1 are written; the SQL tests `= 1`.
  */
 function storedCounters(row: SagaRow): { attempt: number; cancelRequested: boolean } {
-  const attempt = Number(row.attempt)
-  if (!Number.isSafeInteger(attempt) || attempt < 1)
-    throw new StoredDataError(
-      instancePlace(row, 'attempt')(),
-      `is ${describeValue(row.attempt)}, not an attempt (a whole number from 1 once claimed)`,
-    )
-  return { attempt, cancelRequested: storedCancelRequested(row) }
+  return { attempt: storedAttempt(row, true), cancelRequested: storedCancelRequested(row) }
 }
 
 /** What the runner needs from its worker. */
@@ -158,7 +133,7 @@ export class InstanceRun {
     this.#status = row.status as SagaStatus
     this.#context = Object.freeze(context)
     this.#steps = steps
-    this.#stepIndex = storedStepIndex(row, steps.length, saga.key)
+    this.#stepIndex = storedIndex(row, steps.length, saga.key)
     this.#attempt = storedCounters(row).attempt
     this.#reason = row.reason
     this.#cancelFlag = row.cancel_requested

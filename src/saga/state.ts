@@ -280,37 +280,48 @@ export function storedCancelRequested(row: Pick<SagaRow, 'id' | 'cancel_requeste
 }
 
 /**
- * A row's `attempt` as the admin readers show it: a whole number from 0 (0 before the first
- * claim or after a step). Text or a fraction was shown as NaN or 1.5: StoredDataError naming
- * the saga and the column. (The worker checks its claimed attempt, from 1, itself.)
+ * A row's `attempt`: as the admin readers show it, a whole number from 0 (0 before the first
+ * claim or after a step); `claimed`, as a worker runs it, from 1 (the claim added one).
+ * Otherwise StoredDataError naming the saga and the column, the row left as it is: text or a
+ * fraction was shown as NaN or 1.5, and in a worker a fraction or a number below 1 reached the
+ * step (ctx.attempt -4, a step retried past its maxAttempts, or 2.5 taken as an attempt after
+ * one that recorded nothing, so compensated). On SQLite text in this INTEGER column survives;
+ * the claim's `attempt + 1` turns it into 1 (a count started over, nothing worse).
  */
-function storedAttempt(row: Pick<SagaRow, 'id' | 'attempt'>): number {
+export function storedAttempt(row: Pick<SagaRow, 'id' | 'attempt'>, claimed = false): number {
   const attempt = Number(row.attempt)
-  if (!Number.isSafeInteger(attempt) || attempt < 0)
-    throw new StoredDataError(
-      instancePlace(row, 'attempt')(),
-      `is ${describeValue(row.attempt)}, not a whole number from 0`,
-    )
-  return attempt
+  if (Number.isSafeInteger(attempt) && attempt >= (claimed ? 1 : 0)) return attempt
+  throw new StoredDataError(
+    instancePlace(row, 'attempt')(),
+    `is ${describeValue(row.attempt)}, not ${claimed ? 'an attempt (a whole number from 1 once claimed)' : 'a whole number from 0'}`,
+  )
 }
 
 /**
- * A row's `step_index` as the admin readers show it: the index of one of its steps while it
- * runs or compensates (as the worker checks it), -1 to the step count once it has ended
- * (-1 when compensated or cancelled, the count when completed). Otherwise StoredDataError
- * naming the saga and the column: `saga list` showed such a row as a finished one, step `-`.
+ * A row's `step_index`: the index of one of its steps while it runs or compensates, -1 to the
+ * step count once it has ended (-1 when compensated or cancelled, the count when completed),
+ * as the admin readers show it. Given `definition` (the key a worker runs it by), the instance
+ * is one a worker claimed, always at one of its steps, and the message names the definition.
+ * Otherwise StoredDataError naming the saga and the column, the row left as it is: `saga list`
+ * showed such a row as a finished one, step `-`, and a worker ran nothing and finished it
+ * `completed` (or compensated from its last step) without a word. Checked against the stored
+ * steps, which match the definition's unless it was changed without a version bump (then the
+ * instance is parked).
  */
-function storedIndex(
+export function storedIndex(
   row: Pick<SagaRow, 'id' | 'status' | 'step_index'>,
   stepCount: number,
+  definition?: string,
 ): number {
   const index = Number(row.step_index)
-  const active = row.status === 'running' || row.status === 'compensating'
+  const active =
+    definition !== undefined || row.status === 'running' || row.status === 'compensating'
   const [low, high] = active ? [0, stepCount - 1] : [-1, stepCount]
   if (Number.isSafeInteger(index) && index >= low && index <= high) return index
+  const of = definition === undefined ? '' : ` of ${definition}`
   throw new StoredDataError(
     instancePlace(row, 'step_index')(),
-    `is ${describeValue(row.step_index)}, not ${active ? `the index of one of its ${stepCount} steps (0 to ${high})` : `-1 to its step count ${stepCount}`}`,
+    `is ${describeValue(row.step_index)}, not ${active ? `the index of one of its ${stepCount} steps (0 to ${high})${of}` : `-1 to its step count ${stepCount}`}`,
   )
 }
 

@@ -312,12 +312,13 @@ describe.each(dbTargets)(
     // -4, a step retried past its maxAttempts, or (1.5) an attempt taken as one that recorded
     // nothing, and compensated. cancel_requested: text ('true') was read as no cancel request.
     // PostgreSQL's INTEGER and SMALLINT columns hold neither text nor a fraction.
+    const claimed = 'not an attempt (a whole number from 1 once claimed)'
     it.each([
-      ['attempt', -5, 'attempt is -4'],
+      ['attempt', -5, `attempt is -4, ${claimed}`],
       ['cancel_requested', 2, 'cancel_requested is 2'],
       ...(target.dialect === 'sqlite'
         ? [
-            ['attempt', 1.5, 'attempt is 2.5'],
+            ['attempt', 1.5, `attempt is 2.5, ${claimed}`],
             ['cancel_requested', 'true', 'cancel_requested is "true"'],
           ]
         : []),
