@@ -59,7 +59,11 @@ export type {
 export { idempotentHandler } from './node-http.js'
 export type { ProblemDetails } from './problem.js'
 export { defaultProblemTypeBase, problemDetailsOf, problemResponse } from './problem.js'
-export type { RedisIdempotencyStore, RedisIdempotencyStoreOptions } from './redis-store.js'
+export type {
+  RedisIdempotencyClient,
+  RedisIdempotencyStore,
+  RedisIdempotencyStoreOptions,
+} from './redis-store.js'
 export { createRedisIdempotencyStore } from './redis-store.js'
 export type { ScopeFunction, ScopeOption } from './scope.js'
 export { credentialHeaders, credentialScope, maxScopeBytes } from './scope.js'

@@ -23,6 +23,19 @@ import type {
 } from './store.js'
 import type { JsonValue } from './types.js'
 
+/**
+ * The commands the store sends through a given client: an ioredis `Redis` is one. Typed
+ * structurally, as the framework adapters are, because a declaration that imported ioredis's
+ * `Redis` type would fail the compile of every TypeScript application without ioredis (an
+ * optional peer) that imports breakwater/idempotency, or make this option `any` under
+ * `skipLibCheck`.
+ */
+export interface RedisIdempotencyClient {
+  callBuffer(...args: [command: string, ...args: (string | Buffer | number)[]]): Promise<unknown>
+  hmget(key: string, ...fields: string[]): Promise<(string | null)[]>
+  hgetallBuffer(key: string): Promise<Record<string, Buffer>>
+}
+
 /** Options of {@link createRedisIdempotencyStore}. Exactly one of `url` and `client` is given. */
 export interface RedisIdempotencyStoreOptions {
   /**
@@ -36,7 +49,7 @@ export interface RedisIdempotencyStoreOptions {
    * `enableAutoPipelining` (ioredis 6 breaks `call()` with it).
    * @default undefined (then `url` is required)
    */
-  readonly client?: Redis
+  readonly client?: RedisIdempotencyClient
   /**
    * Prefix of every key the store writes; one hash per idempotency key.
    * @default 'breakwater:idempotency:'
@@ -319,9 +332,10 @@ export function createRedisIdempotencyStore(
     throw new InvalidOptionError('keyPrefix', 'a string', keyPrefix)
   }
 
+  // The client the store opened from `url`: the one close() quits.
   let connecting: Promise<Redis> | undefined
   let closed = false
-  const connect = (): Promise<Redis> => {
+  const connect = (): Promise<RedisIdempotencyClient> => {
     if (closed) {
       // As the SQL drivers answer after close(): a coded error, not a programming error.
       return Promise.reject(new StoreClosedError('redis', 'The Redis idempotency store is closed'))
