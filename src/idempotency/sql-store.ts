@@ -1,5 +1,10 @@
 import { describeValue, InvalidOptionError } from '../core/errors.js'
-import { parseStoredObject, StoredDataError, type StoredPlace } from '../stores/errors.js'
+import {
+  parseStoredObject,
+  readStoredNumber,
+  StoredDataError,
+  type StoredPlace,
+} from '../stores/errors.js'
 import {
   type AppliedMigration,
   runMigrations,
@@ -99,21 +104,12 @@ function toRecord(row: RecordRow): IdempotencyRecord {
  * typeof, so a replay words nothing.
  */
 function storedNumber(row: RecordRow, column: NumberColumn): number {
-  const number = readNumber(row[column])
+  const number = readStoredNumber(row[column])
   if (number !== undefined) return number
   throw new StoredDataError(
     placeOf(row, column)(),
     `is not a number: ${describeValue(row[column])}`,
   )
-}
-
-/** {@link storedNumber} without the error: undefined for what is not a number. */
-function readNumber(value: unknown): number | undefined {
-  if (typeof value === 'number') return Number.isFinite(value) ? value : undefined
-  if (typeof value === 'bigint' || (typeof value === 'string' && /^-?\d+$/.test(value))) {
-    return Number(value)
-  }
-  return undefined
 }
 
 type NumberColumn =
@@ -131,7 +127,7 @@ type NumberColumn =
 function storedStatus(row: RecordRow): number | undefined {
   const stored: unknown = row.response_status
   if (stored === null) return undefined
-  const status = readNumber(stored) ?? Number.NaN
+  const status = readStoredNumber(stored) ?? Number.NaN
   if (Number.isInteger(status) && status >= 100 && status <= 599) return status
   throw new StoredDataError(
     placeOf(row, 'response_status')(),

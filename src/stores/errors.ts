@@ -179,15 +179,24 @@ export function parseStoredObject(
  * integers, through `fromKysely`): Number() read both, and a valid row must not be reported.
  */
 export function readStoredWholeNumber(value: unknown): number | undefined {
-  const number =
-    typeof value === 'number'
-      ? value
-      : typeof value === 'string' && /^\d+$/.test(value)
-        ? +value
-        : typeof value === 'bigint'
-          ? Number(value)
-          : -1
-  return Number.isSafeInteger(number) && number >= 0 ? number : undefined
+  // Signed text is never a whole number from 0 here, not even `-0`.
+  if (typeof value === 'string' && value.startsWith('-')) return undefined
+  const number = readStoredNumber(value)
+  return number !== undefined && Number.isSafeInteger(number) && number >= 0 ? number : undefined
+}
+
+/**
+ * A number read back from a stored row, or undefined when it is none: a finite number, digit
+ * text with an optional sign, or a BigInt, read as `Number()` reads them (so text that is not
+ * digits, which `Number()` made NaN or 0, is none). {@link readStoredWholeNumber} narrows it to
+ * whole numbers from 0; a caller whose column may hold others (a time, a count it checks
+ * itself) takes this and says what is wrong with the number.
+ */
+export function readStoredNumber(value: unknown): number | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) ? value : undefined
+  if (typeof value === 'bigint' || (typeof value === 'string' && /^-?\d+$/.test(value)))
+    return Number(value)
+  return undefined
 }
 
 /** What kind of database failure an error is, across both dialects. */

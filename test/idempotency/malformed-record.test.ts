@@ -216,6 +216,9 @@ describe.each(dbTargets)('a record number changed outside breakwater on $dialect
     ['attempt', true, 'two', 'is not a number', ['sqlite']],
     ['attempt', false, 0, 'is not a positive whole number', ['sqlite', 'postgres']],
     ['attempt', false, 1.5, 'is not a positive whole number', ['sqlite']],
+    // A negative attempt is a number, just not a positive whole one (pinned when the store
+    // began reading columns with the shared readStoredNumber, which takes a sign).
+    ['attempt', false, -1, 'is not a positive whole number', ['sqlite', 'postgres']],
     ['lease_expires_at', false, 'soon', 'is not a number', ['sqlite']],
     ['created_at', true, 'yesterday', 'is not a number', ['sqlite']],
     ['updated_at', false, '', 'is not a number', ['sqlite']],
