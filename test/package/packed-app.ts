@@ -1,13 +1,21 @@
-// What a user gets from `npm pack`: the tarball of the built package (the suite runs after
-// `npm run build`), extracted into the node_modules of a throwaway application next to the
+// What a user gets from `npm pack`: the tarball of the package built from the current sources,
+// extracted into the node_modules of a throwaway application next to the
 // package's runtime dependencies and nothing else. Those are symlinked from the repository's
 // node_modules (offline, and the same versions the suite tests), so no optional peer (pg,
 // better-sqlite3, nats, amqplib, ioredis, express, fastify, hono) can be found from it: the
 // repository's node_modules is not an ancestor of the temporary folder.
 import { spawnSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import {
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { dirname, join, relative, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 /** The repository's root folder (where package.json is). */
@@ -16,8 +24,10 @@ export const repoRoot = fileURLToPath(new URL('../../', import.meta.url))
 /** The fields of package.json these tests read. */
 export interface PackageJson {
   readonly name: string
+  readonly license: string
   readonly exports: Record<string, unknown>
   readonly bin: Record<string, string>
+  readonly scripts: Record<string, string>
   readonly dependencies: Record<string, string>
   readonly peerDependencies: Record<string, string>
 }
@@ -55,16 +65,18 @@ export interface PackedApp {
 }
 
 /**
- * Packs the repository with `npm pack` (scripts ignored: dist/ is built already) and installs
- * the tarball, with its runtime dependencies only, into a new temporary application. Also links
- * `@types/node`, which any TypeScript application on Node has, for the consumer typecheck.
+ * Builds the package into a private copy of the repository and packs that with `npm pack`
+ * (scripts ignored), then installs the tarball, with its runtime dependencies only, into a new
+ * temporary application. Also links `@types/node`, which any TypeScript application on Node has,
+ * for the consumer typecheck.
  */
 export function installPacked(): PackedApp {
   const root = mkdtempSync(join(tmpdir(), 'breakwater-packed-'))
   const remove = (): void => rmSync(root, { recursive: true, force: true })
   try {
+    const source = buildCopy(join(root, 'package'))
     const packed = run('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', root], {
-      cwd: repoRoot,
+      cwd: source,
     })
     const [tarball] = JSON.parse(packed) as [{ filename: string; files: { path: string }[] }]
     const dir = join(root, 'app')
@@ -107,10 +119,39 @@ export function installPacked(): PackedApp {
   }
 }
 
+/** What the copy leaves out: the build's output, dependencies, history and run-time leftovers. */
+const notCopied = new Set(['dist', 'node_modules', '.git', '.breakwater', 'coverage', '.tmp'])
+
+/**
+ * Copies the repository into `dir` and runs its build script there. Packing the repository's
+ * own dist/ raced any build running at the same time (another test run, an editor's watcher):
+ * npm pack read files tsc was rewriting and the tarball held half a module. The copy also packs
+ * what the sources are now, not what the last build left. Type errors are `npm run typecheck`'s
+ * job, so each tsc runs with --noCheck (same output, checked identical with dist/, in half the
+ * time).
+ */
+function buildCopy(dir: string): string {
+  cpSync(repoRoot, dir, {
+    recursive: true,
+    filter: (path) => !notCopied.has(relative(repoRoot, path).split(sep)[0] ?? ''),
+  })
+  symlinkSync(join(repoRoot, 'node_modules'), join(dir, 'node_modules'), 'dir')
+  const tsc = join(repoRoot, 'node_modules/typescript/bin/tsc')
+  for (const step of (packageJson.scripts.build ?? '').split(' && ')) {
+    const [command, ...args] = step.trim().split(/\s+/)
+    // A build that is not tsc alone needs this copy to learn how to run it.
+    if (command !== 'tsc') throw new Error(`the build script has a step other than tsc: ${step}`)
+    run(process.execPath, [tsc, ...args, '--noCheck'], { cwd: dir })
+  }
+  return dir
+}
+
 function run(command: string, args: readonly string[], options: { cwd?: string } = {}): string {
   const child = spawnSync(command, args, { ...options, encoding: 'utf8' })
   if (child.status !== 0) {
-    throw new Error(`${command} ${args.join(' ')} exited with ${child.status}:\n${child.stderr}`)
+    // tsc reports on stdout, npm and tar on stderr.
+    const output = `${child.stdout}${child.stderr}`
+    throw new Error(`${command} ${args.join(' ')} exited with ${child.status}:\n${output}`)
   }
   return child.stdout
 }

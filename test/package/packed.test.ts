@@ -5,7 +5,7 @@
 // where every driver is installed; these run in an application that has only what npm installs.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { builtinModules, createRequire } from 'node:module'
-import { join } from 'node:path'
+import { dirname, join, posix } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { installPacked, type PackedApp, packageJson, repoRoot } from './packed-app.js'
 
@@ -49,12 +49,45 @@ describe('the packed package', () => {
         !/^docs\/[^/]+\.(md|json)$/.test(path) &&
         !/^examples\/shop\/(README\.md|dashboard\/.+)$/.test(path) &&
         path !== 'README.md' &&
+        path !== 'LICENSE' &&
         path !== 'package.json',
     )
     expect(unexpected).toEqual([])
     expect(app.files.filter((path) => /^(src|test|bench|scripts)\//.test(path))).toEqual([])
     // What the list says is what was extracted.
     expect(app.files.filter((path) => !existsSync(join(app.packageDir, path)))).toEqual([])
+  })
+
+  it('holds the license its package.json names', () => {
+    expect(packageJson.license).toBe('MIT')
+    expect(app.files).toContain('LICENSE')
+    const license = readFileSync(join(app.packageDir, 'LICENSE'), 'utf8')
+    expect(license).toMatch(/^MIT License\n\nCopyright \(c\) \d{4} breakwater contributors\n/)
+    expect(license).toContain('THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND')
+  })
+
+  it('has source maps whose sources a debugger can show', () => {
+    // A map naming ../src/x.ts that is not in the tarball gives stack-trace mappers and
+    // debuggers line numbers in a file the user does not have: each source must be embedded
+    // (sourcesContent) or shipped next to the map.
+    const files = new Set(app.files)
+    const maps = app.files.filter((path) => path.endsWith('.js.map'))
+    expect(maps.length).toBeGreaterThan(subpaths.length)
+    const unreadable: string[] = []
+    for (const path of maps) {
+      const map = JSON.parse(readFileSync(join(app.packageDir, path), 'utf8')) as {
+        sourceRoot?: string
+        sources: string[]
+        sourcesContent?: (string | null)[]
+      }
+      expect(map.sources.length, path).toBeGreaterThan(0)
+      map.sources.forEach((source, i) => {
+        if (typeof map.sourcesContent?.[i] === 'string') return
+        const shipped = posix.normalize(posix.join(dirname(path), map.sourceRoot ?? '', source))
+        if (!files.has(shipped)) unreadable.push(`${path}: ${source}`)
+      })
+    }
+    expect(unreadable).toEqual([])
   })
 
   it('holds every file its exports (types included) and bin name', () => {
