@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
-import { InvalidOptionError } from '../core/errors.js'
+import { describeValue, InvalidOptionError } from '../core/errors.js'
 import {
   checkStoredKey,
   checkStoredName,
@@ -16,7 +16,13 @@ import {
   checkObject,
   optionKeys,
 } from '../core/validate.js'
-import { parseStoredJson, StoredDataError } from '../stores/errors.js'
+import {
+  parseStoredJson,
+  readStoredNumber,
+  readStoredWholeNumber,
+  StoredDataError,
+  type StoredPlace,
+} from '../stores/errors.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
 import { flowEventsTable, sagaStatements } from './sql.js'
 
@@ -327,15 +333,19 @@ export interface FlowTracker {
   observe(message: TrackableMessage, source?: string): Promise<boolean>
   /**
    * Rebuilds a flow's state; undefined when no event has this correlation id. An event whose
-   * stored payload is not JSON (a row changed outside breakwater) fails it with
-   * `StoredDataError` (`STORED_DATA_INVALID`) naming the event and the correlation id.
+   * stored payload is not JSON, or whose `at` is not a whole number of epoch ms from 0 (a row
+   * changed outside breakwater: text or a blob on SQLite, a negative or fractional time), fails
+   * it with `StoredDataError` (`STORED_DATA_INVALID`) naming the event, the correlation id and
+   * the column.
    */
   state(correlationId: string): Promise<FlowState | undefined>
   /**
    * Flows with events in the last `withinMs` (default one day) whose next event is overdue, most
    * recently active first, at most `limit` of them (default 1000). An event whose stored
    * payload is not JSON is listed without it (the payload plays no part in where a flow is),
-   * so that one such row does not hide every stalled flow; `state()` names it.
+   * so that one such row does not hide every stalled flow; `state()` names it. An event whose
+   * `at` cannot be read fails it as it fails `state()`: its time decides where the flow is, so
+   * the flow could be neither placed nor left out without a word.
    */
   stalled(options?: { readonly withinMs?: number; readonly limit?: number }): Promise<FlowState[]>
 }
@@ -345,7 +355,7 @@ interface FlowEventRow {
   event_id: string
   type: string
   source: string | null
-  at: number
+  at: unknown
   payload: string | null
 }
 
@@ -427,7 +437,7 @@ class SqlFlowTracker implements FlowTracker {
   // `strict`: a payload that is not JSON (a row changed outside breakwater) fails with
   // StoredDataError naming the event. Otherwise, for stalled(), the event is kept without its
   // payload, which plays no part in where the flow is: one such row failed the whole listing,
-  // hiding every stalled flow.
+  // hiding every stalled flow. An `at` that cannot be read fails either way (see storedAt).
   async #state(correlationId: string, strict: boolean): Promise<FlowState | undefined> {
     const rows = await this.#db.query<FlowEventRow>(
       sagaStatements[this.#db.dialect].selectFlowEvents,
@@ -439,7 +449,7 @@ class SqlFlowTracker implements FlowTracker {
         id: row.event_id,
         correlationId,
         type: row.type,
-        at: Number(row.at),
+        at: storedAt(row, correlationId),
         ...(row.source === null ? {} : { source: row.source }),
       }
       if (row.payload === null) return event
@@ -463,9 +473,9 @@ class SqlFlowTracker implements FlowTracker {
     // candidates at `limit` hid every stall behind that many healthy flows.
     const since = storedTime(this.#clock) - withinMs
     const states: FlowState[] = []
-    let cursor: [number, string] = [Number.MAX_SAFE_INTEGER, '']
+    let cursor: [number | null, string] = [null, '']
     for (;;) {
-      const rows = await this.#db.query<{ correlation_id: string; last_at: number }>(
+      const rows = await this.#db.query<{ correlation_id: string; last_at: unknown }>(
         sagaStatements[this.#db.dialect].recentCorrelations,
         [since, limit, ...cursor],
       )
@@ -475,18 +485,58 @@ class SqlFlowTracker implements FlowTracker {
         if (states.length === limit) return states
       }
       if (rows.length < limit) return states
+      // The last flow's state was read above, which fails on an `at` that is not a whole
+      // number (on SQLite MAX(at) picks text or a blob over every number): checked again here,
+      // as a NaN cursor matched nothing and every flow after this page was left out silently.
       const last = rows[rows.length - 1]!
-      cursor = [Number(last.last_at), last.correlation_id]
+      const lastAt = readStoredNumber(last.last_at)
+      if (lastAt === undefined)
+        throw new StoredDataError(
+          {
+            table: flowEventsTable,
+            row: `latest event (correlation id ${JSON.stringify(last.correlation_id)})`,
+            column: 'at',
+          },
+          `is ${describeValue(last.last_at)}, ${storedTimeText}`,
+        )
+      cursor = [lastAt, last.correlation_id]
     }
   }
 }
 
 function storedPayload(row: FlowEventRow, correlationId: string): unknown {
-  return parseStoredJson(row.payload, () => ({
+  return parseStoredJson(row.payload, eventPlace(row, correlationId, 'payload'))
+}
+
+const storedTimeText = 'not a time (whole epoch ms from 0)'
+
+/**
+ * An event's `at`: `record` stores only whole epoch ms from 0. Read with `Number()`, text or a
+ * blob (SQLite keeps either in its INTEGER column) became NaN, an Invalid Date, and a negative
+ * or fractional time was taken as it was, so the flow was placed by a time no event has. Unlike
+ * the payload, the time decides where the flow is: StoredDataError naming the event, the
+ * correlation id and the column, in `state()` and `stalled()` alike.
+ */
+function storedAt(row: FlowEventRow, correlationId: string): number {
+  const at = readStoredWholeNumber(row.at)
+  if (at !== undefined) return at
+  throw new StoredDataError(
+    eventPlace(row, correlationId, 'at')(),
+    `is ${describeValue(row.at)}, ${storedTimeText}`,
+  )
+}
+
+/** Where `column` of a flow event is stored, for StoredDataError (built when called). */
+function eventPlace(
+  row: Pick<FlowEventRow, 'event_id'>,
+  correlationId: string,
+  column: string,
+): () => StoredPlace {
+  return () => ({
     table: flowEventsTable,
     row: `event ${JSON.stringify(row.event_id)} (correlation id ${JSON.stringify(correlationId)})`,
-    column: 'payload',
-  }))
+    column,
+  })
 }
 
 /**

@@ -202,8 +202,9 @@ export interface SagaStatements {
   /** $1 correlation id. */
   readonly selectFlowEvents: string
   /**
-   * $1 since (at), $2 limit, $3 and $4 the (last at, correlation id) of the page before:
-   * correlation ids with events since then, most recent first, after that cursor.
+   * $1 since (at), $2 limit, $3 and $4 the (last at, correlation id) of the page before, or
+   * null for the first page: correlation ids with events since then, most recent first, after
+   * that cursor.
    */
   readonly recentCorrelations: string
 }
@@ -317,9 +318,14 @@ RETURNING CASE WHEN step_index = $3 THEN 1 ELSE 0 END AS woken`,
 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING`,
   selectFlowEvents: `SELECT seq, event_id, type, source, at, payload FROM ${flowEventsTable}
 WHERE correlation_id = $1 ORDER BY at, seq`,
+  // The first page has no cursor ($3 null), not one of the largest number: on SQLite an `at`
+  // set by hand to text or a blob sorts above every number, so `MAX(at) < $3` left its flow out
+  // of every page, without a word. Now MAX(at) is that value and its flow comes first, and
+  // stalled() fails naming the event at once (later pages' cursors are numbers: it never gets
+  // past such a flow). The cast gives PostgreSQL the parameter's type.
   recentCorrelations: `SELECT correlation_id, MAX(at) AS last_at FROM ${flowEventsTable}
 WHERE at >= $1 GROUP BY correlation_id
-HAVING MAX(at) < $3 OR (MAX(at) = $3 AND correlation_id > $4)
+HAVING CAST($3 AS BIGINT) IS NULL OR MAX(at) < $3 OR (MAX(at) = $3 AND correlation_id > $4)
 ORDER BY MAX(at) DESC, correlation_id LIMIT $2`,
 }
 
