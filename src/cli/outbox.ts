@@ -3,7 +3,9 @@ import { redactSecrets } from '../observability/index.js'
 import {
   type DeadEvent,
   listDead,
+  OUTBOX_PARTITIONS,
   outboxStats,
+  outboxTable,
   pruneInbox,
   pruneOutbox,
   redrive,
@@ -28,7 +30,8 @@ commands:
   redrive (--all | --id <event id> [--id <event id> ...])
                          send dead-lettered events again: the relay owning their partition
                          publishes them first in their aggregate, then the events behind them
-  stats [--json]         pending and dead counts, and the lag (age of the oldest pending event)
+  stats [--json]         pending, dead and stranded counts (stranded: pending in a partition
+                         no relay claims), and the lag (age of the oldest pending event)
   prune [--older-than <duration>] [--archive] [--inbox-older-than <duration>]
                          remove published events older than the duration (default 1d;
                          30d, 12h, 90m, 45s, 500ms), or move them to
@@ -138,6 +141,18 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
   }
 }
 
+// Stranded events are only found by looking: say what they are and how to fix one. The rows
+// are not changed for the operator, who alone knows whether the number or the row is wrong.
+function strandedHint(stranded: number): string {
+  const last = OUTBOX_PARTITIONS - 1
+  return `
+${counted(stranded, 'pending event')} ${stranded === 1 ? 'has' : 'have'} a partition_no outside 0..${last}: no relay will ever publish ${stranded === 1 ? 'it' : 'them'}.
+The outbox stores partitionOf(aggregate_id) (breakwater/outbox: FNV-1a of the id mod ${OUTBOX_PARTITIONS}); find them with
+  SELECT id, aggregate_id, partition_no FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL AND partition_no NOT BETWEEN 0 AND ${last};
+and set partition_no back to partitionOf(aggregate_id) of each; a relay then publishes them.
+`
+}
+
 /**
  * `breakwater outbox dead|redrive|stats|prune --db <url>`: inspects dead-lettered outbox events
  * and sends them again, and removes old published events and inbox records. Resolves to the exit code: 0 on success, 2 for bad arguments, 1 when the
@@ -198,8 +213,9 @@ async function execute(
         return 0
       }
       out.write(
-        `pending: ${stats.pending}\ndead:    ${stats.dead}\nlag:     ${(stats.lagMs / 1000).toFixed(3)} s\n`,
+        `pending:  ${stats.pending}\ndead:     ${stats.dead}\nstranded: ${stats.stranded}\nlag:      ${(stats.lagMs / 1000).toFixed(3)} s\n`,
       )
+      if (stats.stranded > 0) out.write(strandedHint(stats.stranded))
       return 0
     }
     case 'prune': {

@@ -179,6 +179,14 @@ export interface OutboxStats {
   /** Dead-lettered events. */
   readonly dead: number
   /**
+   * Of the pending events, those no relay will ever publish: their `partition_no` is outside
+   * 0..63 (`OUTBOX_PARTITIONS - 1`), changed outside breakwater (on SQLite also text or a
+   * fraction), and relays claim only partitions 0..63. They wait for ever, and the later events
+   * of their aggregate are published without them. Nothing changes the rows: set `partition_no`
+   * back to `partitionOf(aggregate_id)` (what the outbox stored) and a relay publishes them.
+   */
+  readonly stranded: number
+  /**
    * Age of the oldest pending event in ms (the relay lag), 0 when none is pending. An event
    * whose created_at cannot be read (changed outside breakwater) is left out.
    */
@@ -197,15 +205,16 @@ export interface OutboxStatsOptions {
 const outboxStatsOptions = optionKeys<OutboxStatsOptions>({ clock: true })
 
 /**
- * Counts pending and dead events and measures the lag (age of the oldest unpublished event)
- * across the whole outbox, whichever relay owns them. The counts scan the pending rows; call
+ * Counts pending, dead and stranded events (pending in a partition no relay claims) and measures
+ * the lag (age of the oldest unpublished event) across the whole outbox, whichever relay owns
+ * them. The counts scan the pending rows; call
  * it for dashboards and /metrics, not per event. An unknown (misspelt) option is refused with
  * `InvalidOptionError` (`INVALID_OPTION`) naming it.
  *
  * @example
  * ```ts
  * import { outboxStats } from 'breakwater/outbox'
- * const { pending, dead, lagMs } = await outboxStats(db)
+ * const { pending, dead, stranded, lagMs } = await outboxStats(db)
  * ```
  */
 export async function outboxStats(
@@ -216,13 +225,18 @@ export async function outboxStats(
   checkKnownOptions('outboxStats', options, outboxStatsOptions)
   const clock = wholeMsClock(checkClock('outboxStats.clock', options.clock))
   const sql = outboxStatements[db.dialect]
-  const counts = await db.query<{ pending: number | string; dead: number | string }>(sql.counts)
+  const counts = await db.query<{
+    pending: number | string
+    dead: number | string
+    stranded: number | string
+  }>(sql.counts)
   // Of the oldest pending row whose created_at can be read (the statement leaves others out).
   const oldest = await db.query<{ created_at: unknown }>(sql.oldestPending)
   const createdAt = readStoredWholeNumber(oldest[0]?.created_at)
   return {
     pending: Number(counts[0]?.pending ?? 0),
     dead: Number(counts[0]?.dead ?? 0),
+    stranded: Number(counts[0]?.stranded ?? 0),
     lagMs: createdAt === undefined ? 0 : Math.max(0, clock.now() - createdAt),
   }
 }

@@ -183,20 +183,42 @@ export class PartitionLeases {
         // The new leases run from when the claim runs; another relay's lease counts as run out
         // only if it had when the claim was asked for (its renewal may be queued behind ours).
         const wanted = share - this.#owned.size
-        const rows = await measuredQuery<{ partition_no: number; token: number }>(
-          this.#db,
-          this.#clock,
-          (now, asked) => ({
-            sql: this.#sql.claim,
-            params: [this.#relayId, now + this.#leaseMs, asked, wanted, this.#instance],
-          }),
-        )
-        claimed = rows.map((r) => Number(r.partition_no))
-        for (const row of rows) this.#owned.set(Number(row.partition_no), Number(row.token))
+        claimed = await this.#claim(wanted)
+        // Short: other relays hold the rest, or rows of the partitions table were deleted by
+        // hand (a relay claims only rows that exist, so their events were never published).
+        if (claimed.length < wanted && (await this.#restoreMissing())) {
+          claimed = [...claimed, ...(await this.#claim(wanted - claimed.length))]
+        }
         // The renewal and the claim both set leases; the earlier one bounds them all.
       }
       return { claimed, released, lost }
     })
+  }
+
+  // Claims up to `wanted` free or expired partitions; returns them.
+  async #claim(wanted: number): Promise<number[]> {
+    const rows = await measuredQuery<{ partition_no: number; token: number }>(
+      this.#db,
+      this.#clock,
+      (now, asked) => ({
+        sql: this.#sql.claim,
+        params: [this.#relayId, now + this.#leaseMs, asked, wanted, this.#instance],
+      }),
+    )
+    for (const row of rows) this.#owned.set(Number(row.partition_no), Number(row.token))
+    return rows.map((r) => Number(r.partition_no))
+  }
+
+  // Recreates missing rows of partitions 0..63; true if some were missing. Looked for only when
+  // a claim came up short, which is at start (a relay alone is short of all 64 until it claimed)
+  // and while other relays hold the rest: one read of a 64-row table per rebalance then, no
+  // write (on SQLite a write would take the writer lock every round). Any relay may do it, at
+  // once with others: restorePartitions creates each row once, with a token no relay can hold.
+  async #restoreMissing(): Promise<boolean> {
+    const rows = await this.#db.query<{ n: number | string }>(this.#sql.partitionRows)
+    if (Number(rows[0]?.n ?? 0) >= OUTBOX_PARTITIONS) return false
+    await this.#db.execute(this.#sql.restorePartitions, [this.#clock.now()])
+    return true
   }
 
   /**

@@ -250,6 +250,13 @@ export interface OutboxStatements {
   readonly renew: string
   /** $1 relay id, $2 lease end, $3 now, $4 how many, $5 instance token. Returns partition_no, token. */
   readonly claim: string
+  /** Returns n: how many of the rows 0..OUTBOX_PARTITIONS-1 of the partitions table exist. */
+  readonly partitionRows: string
+  /**
+   * $1 now. Recreates the missing rows 0..OUTBOX_PARTITIONS-1 of the partitions table, free,
+   * with a token no relay can hold (see restorePartitions); leaves existing rows as they are.
+   */
+  readonly restorePartitions: string
   /**
    * $1 relay id, $2 tokens by partition (list; -1 where not released), $3 instance token.
    * Releases only the partitions still held with those tokens.
@@ -260,7 +267,7 @@ export interface OutboxStatements {
    * from 0 (one changed outside breakwater has no age to measure the lag by).
    */
   readonly oldestPending: string
-  /** Returns pending, dead. */
+  /** Returns pending, dead, stranded (pending with a partition_no outside 0..OUTBOX_PARTITIONS-1). */
   readonly counts: string
   /** $1 after id, $2 limit. */
   readonly listDead: string
@@ -330,6 +337,50 @@ const sqliteDueForPrune = `SELECT id FROM (
 // the token lists of renew and release have no place for it.
 const knownPartition = (column: string): string => `${column} BETWEEN 0 AND ${last}`
 
+// Pending and dead counts, and the pending events no relay will ever publish: a partition_no
+// outside 0..63 (changed by hand; `known` says which are inside) is in no relay's claim, so the
+// event waits for ever, unreported but for pending and lag. The rows are left as they are: only
+// the operator knows whether the row or the number is wrong.
+const counts = (known: string): string => `SELECT
+  (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL) AS pending,
+  (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NOT NULL) AS dead,
+  (SELECT COUNT(*) FROM ${outboxTable}
+    WHERE published_at IS NULL AND dead_at IS NULL AND NOT (${known})) AS stranded`
+
+const partitionRows = `SELECT COUNT(*) AS n FROM ${outboxPartitionsTable} WHERE ${knownPartition('partition_no')}`
+
+// The missing rows of 0..63 (deleted by hand), free. A relay claims only rows that exist, so
+// the events of a deleted partition were never published. Several relays may run this at
+// once: ON CONFLICT DO NOTHING creates each row once (on PostgreSQL a concurrent insert of the
+// same key waits for the other transaction, then does nothing) and never touches a live row.
+//
+// The token. Marks and attempt counters are fenced by owner and token, and a relay that held
+// the deleted row still believes it holds it with its token N. A relay of another id is kept
+// out by the owner; but a new instance of the same relay id (the holder stalled past its
+// heartbeat) that claims the recreated row owns it under the same name, so the row's token must
+// never come back to N. Had the row come back with 0 (the migration's start), its first claim
+// would have made it 1, the token of the row's first holder. N was lost with the row, so the
+// new token is the larger of the relay's clock reading in ms and one above every token in the
+// table: a token only grows by one per takeover (a claim, or a relay id taken over), each a
+// transaction of its own, so no partition reaches the clock's reading in ms since 1970 from 0
+// (a row the migration made), nor from a recreated row's start in the ms until it is deleted and
+// recreated again, up to the relays' clock skew (which leases must already be far longer than).
+// A whole number in ms stays far below 2^53 (tokens are read as JavaScript numbers).
+const restorePartitions = (dialect: SqlDialect): string =>
+  dialect === 'postgres'
+    ? `INSERT INTO ${outboxPartitionsTable} (partition_no, token)
+SELECT g, GREATEST($1::bigint, COALESCE((SELECT MAX(token) FROM ${outboxPartitionsTable}), -1) + 1)
+FROM generate_series(0, ${last}) AS g
+ON CONFLICT (partition_no) DO NOTHING`
+    : // WHERE true: without it SQLite reads ON CONFLICT as the join's ON. A token set to text
+      // or a blob by hand sorts above every number: left out of the maximum.
+      `WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ${last})
+INSERT INTO ${outboxPartitionsTable} (partition_no, token)
+SELECT i, MAX($1, COALESCE((SELECT MAX(token) FROM ${outboxPartitionsTable}
+  WHERE typeof(token) = 'integer'), -1) + 1)
+FROM n WHERE true
+ON CONFLICT (partition_no) DO NOTHING`
+
 // Taken over only from the same instance or from one whose heartbeat expired (it crashed, or
 // stalled past its lease): a second live process with the same relay id gets no row back.
 const heartbeat = (dialect: SqlDialect): string => {
@@ -358,9 +409,7 @@ const shared = {
   unregister: `DELETE FROM ${outboxRelaysTable} WHERE relay_id = $1 AND instance = $2`,
   holder: `SELECT instance, expires_at FROM ${outboxRelaysTable} WHERE relay_id = $1`,
   fence: `UPDATE ${outboxPartitionsTable} SET token = token + 1 WHERE owner = $1`,
-  counts: `SELECT
-  (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL) AS pending,
-  (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NOT NULL) AS dead`,
+  partitionRows,
   listDead: `SELECT id, event_id, aggregate_type, aggregate_id, event_type, topic, payload, headers, attempts,
   last_error, created_at, dead_at
 FROM ${outboxTable} WHERE dead_at IS NOT NULL AND published_at IS NULL AND id > $1 ORDER BY id LIMIT $2`,
@@ -373,6 +422,8 @@ export const outboxStatements: Readonly<Record<SqlDialect, OutboxStatements>> = 
   postgres: {
     ...shared,
     oldestPending: oldestPending('created_at >= 0'),
+    counts: counts(knownPartition('partition_no')),
+    restorePartitions: restorePartitions('postgres'),
     heartbeat: heartbeat('postgres'),
     liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable} WHERE expires_at > $1`,
     forgetRelays: `DELETE FROM ${outboxRelaysTable} WHERE expires_at <= $1`,
@@ -490,6 +541,9 @@ SELECT ${archivedColumns}, $3::bigint FROM moved`,
     ...shared,
     // Text sorts above every number: only an integer is a time.
     oldestPending: oldestPending(`typeof(created_at) = 'integer' AND created_at >= 0`),
+    // Text or a real set by hand stays as it is in the INTEGER column: in no partition list.
+    counts: counts(`typeof(partition_no) = 'integer' AND ${knownPartition('partition_no')}`),
+    restorePartitions: restorePartitions('sqlite'),
     heartbeat: heartbeat('sqlite'),
     liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable}
 WHERE expires_at > $1 AND NOT ${notNumber('expires_at')}`,

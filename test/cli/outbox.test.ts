@@ -196,6 +196,7 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
     expect(JSON.parse((await run(['stats', '--db', url, '--json'])).stdout)).toEqual({
       pending: 0,
       dead: 0,
+      stranded: 0,
       lagMs: 0,
     })
 

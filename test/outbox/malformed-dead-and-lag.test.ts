@@ -80,7 +80,12 @@ describe.each(dbTargets)('outbox numbers changed outside breakwater, on $dialect
     await enqueue(clock, ['bad', 'good'])
     await t.db.execute(`UPDATE breakwater_outbox SET created_at = ${bad} WHERE event_id = 'bad'`)
     await clock.advance(5000)
-    expect(await outboxStats(t.db, { clock })).toEqual({ pending: 2, dead: 0, lagMs: 5000 })
+    expect(await outboxStats(t.db, { clock })).toEqual({
+      pending: 2,
+      dead: 0,
+      stranded: 0,
+      lagMs: 5000,
+    })
     const publisher = testPublisher(testQueue(t.db).publisher)
     const lags: number[] = []
     publisher.before = () => void lags.push(relay.metrics().lagMs)
