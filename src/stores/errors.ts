@@ -103,15 +103,6 @@ export class SchemaTooNewError extends BreakwaterError {
   }
 }
 
-/**
- * A row read back from one of breakwater's tables does not hold what breakwater writes there:
- * a JSON column whose text is not JSON, or JSON of the wrong shape (headers that are not an
- * object of strings, saga steps that are not a list). Only a change made behind breakwater's
- * back does that (a manual edit, another writer's bug, a restored backup). The reader reports
- * it naming the table, the row and the column, and changes nothing in the row; each reader
- * says what it does with it (the relay dead-letters the event, a projector stops right before
- * it, a saga worker leaves the instance and runs the others).
- */
 /** Which stored value: the table, the row (as a message names it) and the column. */
 export interface StoredPlace {
   readonly table: string
@@ -119,6 +110,16 @@ export interface StoredPlace {
   readonly column: string
 }
 
+/**
+ * A row read back from one of breakwater's tables does not hold what breakwater writes there:
+ * a JSON column whose text is not JSON, or JSON of the wrong shape (headers that are not an
+ * object of strings, saga steps that are not a list), or a number column holding text, a
+ * fraction or a negative where breakwater writes whole numbers. Only a change made behind
+ * breakwater's back does that (a manual edit, another writer's bug, a restored backup). The
+ * reader reports it naming the table, the row and the column, and changes nothing in the row;
+ * each reader says what it does with it (the relay dead-letters the event, a projector stops
+ * right before it, a saga worker leaves the instance and runs the others).
+ */
 export class StoredDataError extends BreakwaterError {
   /** The table, e.g. `breakwater_outbox`. */
   readonly table: string
