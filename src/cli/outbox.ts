@@ -10,7 +10,7 @@ import {
   pruneOutbox,
   redrive,
 } from '../outbox/index.js'
-import { listAppliedMigrations, type SqlDriver } from '../stores/index.js'
+import { listAppliedMigrations, type SqlDialect, type SqlDriver } from '../stores/index.js'
 import { type DatabaseCommandDeps, runDatabaseCommand, type TextSink } from './database-command.js'
 import { parseDuration } from './duration.js'
 import { acceptedDatabaseUrls, databaseUrl, databaseUrlEnvironmentHelp } from './process-support.js'
@@ -143,12 +143,18 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
 
 // Stranded events are only found by looking: say what they are and how to fix one. The rows
 // are not changed for the operator, who alone knows whether the number or the row is wrong.
-function strandedHint(stranded: number): string {
+function strandedHint(stranded: number, dialect: SqlDialect): string {
   const last = OUTBOX_PARTITIONS - 1
+  // SQLite keeps a fraction or text set into the INTEGER column as it is, and 5.5 lies between
+  // 0 and 63: the listing must count what outboxStats counts as stranded.
+  const outside =
+    dialect === 'sqlite'
+      ? `NOT (typeof(partition_no) = 'integer' AND partition_no BETWEEN 0 AND ${last})`
+      : `partition_no NOT BETWEEN 0 AND ${last}`
   return `
 ${counted(stranded, 'pending event')} ${stranded === 1 ? 'has' : 'have'} a partition_no outside 0..${last}: no relay will ever publish ${stranded === 1 ? 'it' : 'them'}.
 The outbox stores partitionOf(aggregate_id) (breakwater/outbox: FNV-1a of the id mod ${OUTBOX_PARTITIONS}); find them with
-  SELECT id, aggregate_id, partition_no FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL AND partition_no NOT BETWEEN 0 AND ${last};
+  SELECT id, aggregate_id, partition_no FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL AND ${outside};
 and set partition_no back to partitionOf(aggregate_id) of each; a relay then publishes them.
 `
 }
@@ -215,7 +221,7 @@ async function execute(
       out.write(
         `pending:  ${stats.pending}\ndead:     ${stats.dead}\nstranded: ${stats.stranded}\nlag:      ${(stats.lagMs / 1000).toFixed(3)} s\n`,
       )
-      if (stats.stranded > 0) out.write(strandedHint(stats.stranded))
+      if (stats.stranded > 0) out.write(strandedHint(stats.stranded, db.dialect))
       return 0
     }
     case 'prune': {
