@@ -1,9 +1,14 @@
 import { type Clock, storedTime, type TimerHandle, within } from '../core/clock.js'
-import { InvalidOptionError } from '../core/errors.js'
+import { describeValue, InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
 import { isObjectRecord } from '../core/validate.js'
 import { retryAfterMsOf, TimeoutError } from '../index.js'
-import { parseStoredJson, readStoredWholeNumber, StoredDataError } from '../stores/errors.js'
+import {
+  parseStoredJson,
+  readStoredNumber,
+  readStoredWholeNumber,
+  StoredDataError,
+} from '../stores/errors.js'
 import type { SqlDriver, SqlTransaction } from '../stores/index.js'
 import { wakeSaga } from './admin.js'
 import {
@@ -21,6 +26,7 @@ import {
   describeError,
   type ErrorInfo,
   errorInfo,
+  instancePlace,
   reasonInDetail,
   type SagaRow,
   type SagaStatus,
@@ -47,6 +53,28 @@ import {
  */
 function storedCounters(row: SagaRow): { attempt: number; cancelRequested: boolean } {
   return { attempt: storedAttempt(row, true), cancelRequested: storedCancelRequested(row) }
+}
+
+// What a claimed `lease_token` that cannot fence a run is not (see claimedLeaseToken).
+const fencingTokenText = 'not a fencing token (a whole number from 0)'
+
+/**
+ * A claimed row's `lease_token`, which fences every write of the run. Read with `Number()`, one
+ * past 2^53 (both drivers read it rounded) fenced the run's writes with a token the row does not
+ * hold: the step ran, its write was refused (reported only as a lost lease), and it ran again at
+ * every lease. A negative one or a fraction (SQLite), which no claim gives, ran as if breakwater
+ * had written it, though `getSaga` refuses it. Either is StoredDataError naming the saga and the
+ * column, before any step runs; the worker reports it and holds the instance if the token read
+ * can fence the hold (see the worker's claimedToken). The row is left as it is, but for what
+ * each claim does: a negative token reaches 0 a claim at a time, and then runs.
+ */
+export function claimedLeaseToken(row: Pick<SagaRow, 'id' | 'lease_token'>): number {
+  const token = readStoredNumber(row.lease_token)
+  if (token !== undefined && Number.isSafeInteger(token) && token >= 0) return token
+  throw new StoredDataError(
+    instancePlace(row, 'lease_token')(),
+    `is ${describeValue(row.lease_token)}, ${fencingTokenText}`,
+  )
 }
 
 /** What the runner needs from its worker. */
@@ -126,7 +154,6 @@ export class InstanceRun {
     this.#host = host
     this.saga = saga
     this.id = row.id
-    this.token = Number(row.lease_token)
     this.leaseExpiresAt = Number(row.lease_expires_at)
     const { input, context, steps } = storedState(row)
     this.#input = input
@@ -135,6 +162,9 @@ export class InstanceRun {
     this.#steps = steps
     this.#stepIndex = storedIndex(row, steps.length, saga.key)
     this.#attempt = storedCounters(row).attempt
+    // Last: the worker reports a token it cannot fence by after any other column (see
+    // claimedLeaseToken), so a row with both is reported for both, once each.
+    this.token = claimedLeaseToken(row)
     this.#reason = row.reason
     this.#cancelFlag = row.cancel_requested
     this.#previousOwner = row.previous_owner

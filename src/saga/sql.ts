@@ -235,8 +235,25 @@ const rowColumns = `id, name, version, definition, status, input, context, steps
   next_run_at, lease_owner, lease_expires_at, lease_token, previous_owner, previous_expires_at,
   cancel_requested, reason, created_at, updated_at, finished_at`
 
-const claimSet = `lease_owner = $1, lease_expires_at = $2, lease_token = lease_token + 1,
-    previous_owner = lease_owner, previous_expires_at = lease_expires_at, attempt = attempt + 1, updated_at = $3`
+// The claim adds one to `lease_token` and `attempt`, but not to one at its column's maximum
+// (changed outside breakwater: no claim gets there). On PostgreSQL `+ 1` failed there with
+// "bigint out of range" ("integer out of range" for attempt), which failed the whole claim, so
+// one such row stopped every other instance from being claimed, at every poll, without naming
+// it. On SQLite it turned the row's integer into a real (9.223372036854776e18). Claimed as it is,
+// such a row is reported by the worker, naming the saga and the column, and the instances
+// claimed with it run: a token there (past 2^53, read rounded) is not run (see
+// claimedLeaseToken), nor is an attempt past 2^53 (SQLite); PostgreSQL's INTEGER maximum is a
+// count like any other (the step's attempts are spent). A token left at the maximum fences
+// nothing: no run holds a token past 2^53, so nothing writes with it. We chose this over leaving
+// such rows out of the claim, which would have hidden them. `=`, not `<`: SQLite text is above
+// every number, and `+ 1` still turns it into 1, as before.
+const bumped = (column: string, max: string) =>
+  `CASE WHEN ${column} = ${max} THEN ${column} ELSE ${column} + 1 END`
+const maxBigint = '9223372036854775807'
+const claimSet = (dialect: SqlDialect) => `lease_owner = $1, lease_expires_at = $2,
+    lease_token = ${bumped('lease_token', maxBigint)}, previous_owner = lease_owner,
+    previous_expires_at = lease_expires_at,
+    attempt = ${bumped('attempt', dialect === 'postgres' ? '2147483647' : maxBigint)}, updated_at = $3`
 
 // On SQLite, a time that is not a number (text or a blob set by hand: SQLite keeps it as it is
 // in its INTEGER column, and it sorts above every number) counts as due, or as run out for a
@@ -344,7 +361,7 @@ ON CONFLICT (saga_id, step) DO NOTHING`,
     // the rows: no other claim can interleave between the subquery and the update.
     // The due rows, then those whose next_run_at is not a number, each by a range of the
     // runnable index (see leaseRanOut): at most twice the limit is sorted.
-    claim: `UPDATE ${sagaTable} SET ${claimSet}
+    claim: `UPDATE ${sagaTable} SET ${claimSet('sqlite')}
 WHERE id IN (
   SELECT id FROM (
     SELECT * FROM (SELECT id, next_run_at FROM ${sagaTable}
@@ -403,7 +420,7 @@ SELECT id, pg_notify($13, '') FROM inserted`,
     // KEY SHARE a reply insert holds (insertReply), so a duplicate reply's open transaction kept
     // the saga its first reply woke from being claimed until the next poll. pruneSagas's FOR
     // UPDATE still excludes a claim, and a claim it.
-    claim: `UPDATE ${sagaTable} SET ${claimSet}
+    claim: `UPDATE ${sagaTable} SET ${claimSet('postgres')}
 WHERE id IN (
   SELECT id FROM ${sagaTable}
   WHERE ${runnable('postgres')}

@@ -2,7 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import { type Clock, maxTimerDelayMs, storedTime, type TimerHandle, within } from '../core/clock.js'
 import { detached } from '../core/detached.js'
-import { AbortedError, describeValue, InvalidOptionError } from '../core/errors.js'
+import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import {
   checkClock,
   checkFunction,
@@ -25,10 +25,10 @@ import {
   sagaInstruments,
 } from './events.js'
 import type { SagaFaults } from './faults.js'
-import { InstanceRun, type RunnerHost, type RunOutcome } from './runner.js'
+import { claimedLeaseToken, InstanceRun, type RunnerHost, type RunOutcome } from './runner.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import { checkSagaId, initialSteps, serializeInput } from './start.js'
-import { errorInfo, instancePlace, type SagaRow, type SagaStatus, storedState } from './state.js'
+import { errorInfo, type SagaRow, type SagaStatus, storedState } from './state.js'
 import {
   type BatchOutcome,
   type CommitWork,
@@ -575,7 +575,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         // is left as it is; it is held for unreadableHoldMs, so that it is tried (and reported)
         // again once a minute, not at every lease (800 ms by default), until someone fixes it.
         this.#error(error, row.id)
-        const token = this.#claimedToken(row)
+        const token = this.#claimedToken(row, error)
         if (token !== undefined)
           await holdUnreadable(this.db, row.id, token, this.clock).catch((renewal: unknown) =>
             this.#error(renewal),
@@ -604,25 +604,26 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   /**
    * The lease token a claim returned for a row it cannot run, to fence its hold. The claim wrote
    * it (`lease_token + 1`, which on SQLite turns text into 1), so the hold matches the row when
-   * the number read is the one stored. One that is not a whole number from 0 (changed outside
-   * breakwater: a negative one, a fraction on SQLite, or one past 2^53, which the drivers read
-   * rounded) is reported too, naming the saga and the column, as `getSaga` refuses it: read
-   * with `Number()`, it went unreported, and a rounded one matched nothing, so the instance was
-   * claimed and reported again at every lease with no word on why. The hold is still sent with
-   * the number read (it matches unless rounded); with none (not a number at all) it is not, so
-   * the instance is claimed again at the next lease and reported again. Its row is left as it is.
+   * the number read is the one stored. One that is not a whole number from 0 below 2^53
+   * (changed outside breakwater: a negative one, a fraction on SQLite, or one past 2^53, which
+   * the drivers read rounded) is reported too, naming the saga and the column, as `getSaga`
+   * refuses it, unless `error`, the run's refusal, was already that report (InstanceRun reads
+   * the token last). Read with `Number()`, it went unreported, and a rounded one matched nothing,
+   * so the instance was claimed and reported again at every lease with no word on why. The hold
+   * is sent with a negative token or a fraction, which it matches; not with a rounded one, which
+   * matches nothing (and at 2^63, where the claim leaves it, PostgreSQL refuses the parameter as
+   * out of range), nor with none (not a number at all): that instance is claimed again at the
+   * next lease and reported again. Its row is left as it is.
    */
-  #claimedToken(row: Pick<SagaRow, 'id' | 'lease_token'>): number | undefined {
+  #claimedToken(row: Pick<SagaRow, 'id' | 'lease_token'>, error: unknown): number | undefined {
+    try {
+      return claimedLeaseToken(row)
+    } catch (refused) {
+      const reported = error instanceof StoredDataError && error.column === 'lease_token'
+      if (!reported) this.#error(refused, row.id)
+    }
     const token = readStoredNumber(row.lease_token)
-    if (token === undefined || !Number.isSafeInteger(token) || token < 0)
-      this.#error(
-        new StoredDataError(
-          instancePlace(row, 'lease_token')(),
-          `is ${describeValue(row.lease_token)}, not a fencing token (a whole number from 0)`,
-        ),
-        row.id,
-      )
-    return token
+    return token !== undefined && Math.abs(token) < 2 ** 53 ? token : undefined
   }
 
   #track(run: InstanceRun): Promise<RunOutcome> {

@@ -16,6 +16,7 @@ import {
   SagaStateConflictError,
   startSaga,
 } from '../../src/saga/index.js'
+import { sagaStatements } from '../../src/saga/sql.js'
 import { claimInstances, stringListParam, writeBatch } from '../../src/saga/store.js'
 import type { SqlTransaction } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
@@ -1155,7 +1156,7 @@ describe.each(dbTargets)('saga engine on $dialect', (target) => {
                     // (finish) where the driver can.
                     if ((txProp === 'query' || txProp === 'finish') && typeof value === 'function')
                       return (sql: string, params?: readonly unknown[]) => {
-                        if (sql.includes('lease_token = lease_token + 1')) claim = true
+                        if (sql === sagaStatements[t.db.dialect].claim) claim = true
                         return (value as (s: string, p?: readonly unknown[]) => unknown).call(
                           txTarget,
                           sql,
