@@ -21,6 +21,7 @@ import {
   createRelay,
   createSqlQueue,
   outboxMigrations,
+  outboxPartitionsTable,
   outboxStats,
   type Relay,
   type RelayOptions,
@@ -575,6 +576,13 @@ function logRelayEvents(relay: Relay, log: Logger): void {
           claimed: event.claimed.length,
           released: event.released.length,
           lost: event.lost.length,
+        })
+        break
+      case 'partitionsRecreated':
+        // Rows deleted by hand (breakwater never deletes them): their events waited, unpublished.
+        log.warn('missing partition rows recreated', {
+          count: event.count,
+          table: outboxPartitionsTable,
         })
         break
       case 'error':

@@ -36,6 +36,16 @@ export interface LeaseChange {
   readonly lost: readonly number[]
 }
 
+/** What a rebalance did: the lease changes, and the rows of the partitions table it recreated. */
+export interface Rebalanced extends LeaseChange {
+  /**
+   * Rows of the partitions table (0..63) this relay's statement recreated because they were
+   * missing (deleted by hand); 0 nearly always. When relays recreate rows at once, each row is
+   * counted by the one whose statement created it, so the counts add up to the rows restored.
+   */
+  readonly recreated: number
+}
+
 /**
  * A relay's partition leases. Each partition row names its owner, when the lease ends and a
  * fencing token that grows by one at every takeover; the relay publishes only rows of
@@ -160,8 +170,11 @@ export class PartitionLeases {
     return this.#serial(() => this.#renew())
   }
 
-  /** Renews, then claims or releases partitions towards the fair share. */
-  rebalance(): Promise<LeaseChange> {
+  /**
+   * Renews, then claims or releases partitions towards the fair share, recreating missing rows
+   * of the partitions table when the claim comes up short.
+   */
+  rebalance(): Promise<Rebalanced> {
     return this.#serial(async () => {
       const lost = await this.#renew()
       const now = this.#clock.now()
@@ -171,6 +184,7 @@ export class PartitionLeases {
       const share = Math.ceil(OUTBOX_PARTITIONS / relays)
       let claimed: number[] = []
       let released: number[] = []
+      let recreated = 0
       if (this.#owned.size > share) {
         released = this.partitions.slice(share)
         const tokens = this.#tokensOf(released)
@@ -186,12 +200,14 @@ export class PartitionLeases {
         claimed = await this.#claim(wanted)
         // Short: other relays hold the rest, or rows of the partitions table were deleted by
         // hand (a relay claims only rows that exist, so their events were never published).
-        if (claimed.length < wanted && (await this.#restoreMissing())) {
+        const restored = claimed.length < wanted ? await this.#restoreMissing() : undefined
+        if (restored !== undefined) {
+          recreated = restored
           claimed = [...claimed, ...(await this.#claim(wanted - claimed.length))]
         }
         // The renewal and the claim both set leases; the earlier one bounds them all.
       }
-      return { claimed, released, lost }
+      return { claimed, released, lost, recreated }
     })
   }
 
@@ -209,16 +225,18 @@ export class PartitionLeases {
     return rows.map((r) => Number(r.partition_no))
   }
 
-  // Recreates missing rows of partitions 0..63; true if some were missing. Looked for only when
+  // Recreates missing rows of partitions 0..63: undefined if none was missing, else how many this
+  // statement created (0 when another relay's got there first; the claim is tried again all the
+  // same, as those rows are new and free). Looked for only when
   // a claim came up short, which is at start (a relay alone is short of all 64 until it claimed)
   // and while other relays hold the rest: one read of a 64-row table per rebalance then, no
   // write (on SQLite a write would take the writer lock every round). Any relay may do it, at
   // once with others: restorePartitions creates each row once, with a token no relay can hold.
-  async #restoreMissing(): Promise<boolean> {
+  async #restoreMissing(): Promise<number | undefined> {
     const rows = await this.#db.query<{ n: number | string }>(this.#sql.partitionRows)
-    if (Number(rows[0]?.n ?? 0) >= OUTBOX_PARTITIONS) return false
-    await this.#db.execute(this.#sql.restorePartitions, [this.#clock.now()])
-    return true
+    if (Number(rows[0]?.n ?? 0) >= OUTBOX_PARTITIONS) return undefined
+    const { rowCount } = await this.#db.execute(this.#sql.restorePartitions, [this.#clock.now()])
+    return rowCount
   }
 
   /**

@@ -233,6 +233,20 @@ export type RelayEvent =
     }
   | {
       /**
+       * Rows of the partitions table (`breakwater_outbox_partitions`, one per partition 0..63)
+       * were missing, deleted by hand, and this relay recreated `count` of them, free, before
+       * claiming them (emitted before that claim's `partitionsChanged`). Until then no relay
+       * could claim those partitions, so their events stayed unpublished. Looked for whenever a relay's claim
+       * comes up short of its fair share (at start, and at a rebalance after a renewal lost a
+       * deleted row); relays recreating rows at once each count only the rows their own
+       * statement created. An operator's mistake worth a warning: rows are never deleted by
+       * breakwater.
+       */
+      readonly type: 'partitionsRecreated'
+      readonly count: number
+    }
+  | {
+      /**
        * Events of one round (batch) were confirmed by the broker and marked published: one
        * such event per round with at least one event marked, even when one mark statement
        * covered several rounds. `durationMs` runs from reading the round to its mark.
@@ -892,7 +906,8 @@ class OutboxRelay implements Relay {
 
   async #rebalance(): Promise<void> {
     this.#nextRebalanceAt = this.#clock.now() + Math.max(1, Math.floor(this.#leaseMs / 3))
-    const change = await this.#leases.rebalance()
+    const { recreated, ...change } = await this.#leases.rebalance()
+    if (recreated > 0) this.#emit({ type: 'partitionsRecreated', count: recreated })
     if (change.claimed.length + change.released.length + change.lost.length > 0) {
       this.#reportChange(change)
     }

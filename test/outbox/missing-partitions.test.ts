@@ -3,8 +3,9 @@
 // the events of a deleted partition were never published, and nothing said so (pending and lag
 // grew). A relay now recreates missing rows when its claim comes up short, with a token no relay
 // can hold, so a stale holder of the deleted row stays fenced. An event outside 0..63 is left
-// as it is and counted as `stranded` by outboxStats. Real SQLite and PostgreSQL; time on a
-// ManualClock.
+// as it is and counted as `stranded` by outboxStats. A relay that recreates rows says how many
+// (a `partitionsRecreated` event: a row deleted by hand is an operator's mistake worth seeing);
+// it said nothing. Real SQLite and PostgreSQL; time on a ManualClock.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import {
   createOutbox,
@@ -25,14 +26,24 @@ const T0 = 1_700_000_000_000
 const leaseMs = 3_000
 const every = Array.from({ length: OUTBOX_PARTITIONS }, (_, i) => i)
 
-/** Partition leases of `relayId`, registered and given their first share. */
-async function leasesOf(
+/** Partition leases of `relayId`, registered. */
+async function registered(
   db: SqlDriver,
   relayId: string,
   clock: ManualClock,
 ): Promise<PartitionLeases> {
   const leases = new PartitionLeases(db, relayId, clock, leaseMs)
   await leases.register(async () => {})
+  return leases
+}
+
+/** Partition leases of `relayId`, registered and given their first share. */
+async function leasesOf(
+  db: SqlDriver,
+  relayId: string,
+  clock: ManualClock,
+): Promise<PartitionLeases> {
+  const leases = await registered(db, relayId, clock)
   await leases.rebalance()
   return leases
 }
@@ -84,6 +95,12 @@ describe.each(dbTargets)('missing and unclaimable outbox partitions, on $dialect
       // Recreated with a token above any a relay could hold: at least the clock's reading.
       expect(await tokenOf(5)).toBeGreaterThan(T0)
       expect(await tokenOf(63)).toBeGreaterThan(T0)
+      // Reported once, before the claim that took them.
+      const types = rig.events.map((e) => e.type)
+      expect(rig.events.filter((e) => e.type === 'partitionsRecreated')).toEqual([
+        { type: 'partitionsRecreated', count: 2 },
+      ])
+      expect(types.indexOf('partitionsRecreated')).toBeLessThan(types.indexOf('partitionsChanged'))
     } finally {
       await rig.stop()
     }
@@ -119,6 +136,9 @@ describe.each(dbTargets)('missing and unclaimable outbox partitions, on $dialect
       expect(changes.some((e) => e.lost.includes(5))).toBe(true)
       expect(changes.some((e) => e.claimed.includes(5))).toBe(true)
       expect(await tokenOf(5)).toBeGreaterThan(before ?? 0)
+      expect(rig.events.filter((e) => e.type === 'partitionsRecreated')).toEqual([
+        { type: 'partitionsRecreated', count: 1 },
+      ])
     } finally {
       await rig.stop()
     }
@@ -176,12 +196,16 @@ describe.each(dbTargets)('missing and unclaimable outbox partitions, on $dialect
     const clock = new ManualClock(T0)
     // The second on its own connection, so that the two relays' statements interleave.
     const [one, other] = await Promise.all([
-      leasesOf(t.db, 'one', clock),
-      leasesOf(await t.another(), 'two', clock),
+      registered(t.db, 'one', clock),
+      registered(await t.another(), 'two', clock),
     ])
+    const rounds = [await Promise.all([one.rebalance(), other.rebalance()])]
     // Whoever came first took more than the fair share of what existed; a second round evens out.
-    await Promise.all([one.rebalance(), other.rebalance()])
-    await Promise.all([one.rebalance(), other.rebalance()])
+    rounds.push(await Promise.all([one.rebalance(), other.rebalance()]))
+    rounds.push(await Promise.all([one.rebalance(), other.rebalance()]))
+    // Each relay counts the rows its own statement created: 6 in all, never one twice.
+    const recreated = rounds.flat().map((change) => change.recreated)
+    expect(recreated.reduce((sum, n) => sum + n, 0)).toBe(6)
     expect([...one.partitions, ...other.partitions].sort((x, y) => x - y)).toEqual(every)
     const rows = await t.db.query<{ n: number | string }>(
       `SELECT COUNT(*) AS n FROM ${outboxPartitionsTable}`,
@@ -212,6 +236,8 @@ describe.each(dbTargets)('missing and unclaimable outbox partitions, on $dialect
         stranded,
       })
       await rig.relay.start()
+      // No row of the partitions table is missing: nothing recreated, nothing reported.
+      expect(rig.events.filter((e) => e.type === 'partitionsRecreated')).toEqual([])
       // The others are published and marked; the stranded ones stay.
       await rig.advanceUntil(
         async () => (await pendingCount(t.db)) === stranded,
