@@ -489,6 +489,10 @@ function relayMetrics(relay: Relay, db: SqlDriver, log: Logger, broker: string) 
     name: 'breakwater_outbox_dead_events',
     help: 'Dead-lettered events waiting for `breakwater outbox redrive`.',
   })
+  const stranded = registry.gauge({
+    name: 'breakwater_outbox_stranded_events',
+    help: 'Pending events whose partition_no is outside 0..63 (changed by hand): no relay will publish them; see `breakwater outbox stats`.',
+  })
   const statsUp = registry.gauge({
     name: 'breakwater_outbox_stats_up',
     help: '1 when the last read of the outbox figures succeeded, 0 when it failed (figures are stale).',
@@ -534,6 +538,7 @@ function relayMetrics(relay: Relay, db: SqlDriver, log: Logger, broker: string) 
       outboxLag.set(stats.lagMs / 1000)
       pending.set(stats.pending)
       dead.set(stats.dead)
+      stranded.set(stats.stranded)
       statsUp.set(1)
     } catch (error) {
       statsUp.set(0)

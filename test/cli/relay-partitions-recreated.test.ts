@@ -2,8 +2,10 @@
 // deleted by hand: the relay recreates them (see test/outbox/missing-partitions.test.ts) and now
 // logs a warning saying how many; it logged nothing, so an operator's mistake went unseen.
 import { afterAll, describe, expect, it } from 'vitest'
-import { outboxPartitionsTable } from '../../src/outbox/index.js'
+import { createOutbox, outboxPartitionsTable, outboxTable } from '../../src/outbox/index.js'
 import { openDatabase } from '../../src/stores/index.js'
+import { parsePrometheusText, sampleValue } from '../observability/prometheus-text.js'
+import { until } from '../outbox/support.js'
 import { runCli, spawnCli } from '../process/cli-process.js'
 import { createTestSqlite } from '../support/sqlite.js'
 
@@ -29,6 +31,44 @@ describe('breakwater relay: partition rows deleted by hand', () => {
     const warnings = relay.lines.filter((l) => l.msg === 'missing partition rows recreated')
     expect(warnings).toHaveLength(1)
     expect(warnings[0]).toMatchObject({ level: 'warn', count: 2, table: outboxPartitionsTable })
+    relay.child.kill('SIGTERM')
+    expect((await relay.exited).code, relay.stderr()).toBe(0)
+  })
+
+  // outboxStats counts the stranded events at every scrape anyway; the gauge shows them where an
+  // alert can see them, since pending and lag alone do not say that no relay will publish them.
+  it('exports events with a partition_no outside 0..63 as breakwater_outbox_stranded_events', async () => {
+    const file = createTestSqlite('relay-cli-stranded')
+    cleanups.push(() => file.cleanup())
+    const migrated = await runCli(['migrate', '--db', file.url])
+    expect(migrated.code, migrated.stderr).toBe(0)
+    const db = await openDatabase(file.url)
+    cleanups.push(() => db.close())
+    await db.transaction((tx) =>
+      createOutbox().enqueue(
+        tx,
+        ['a', 'b'].map((aggregateId) => ({
+          id: `${aggregateId}-1`,
+          aggregateType: 'thing',
+          aggregateId,
+          type: 'changed',
+          payload: {},
+        })),
+      ),
+    )
+    await db.execute(`UPDATE ${outboxTable} SET partition_no = 99 WHERE event_id = 'a-1'`)
+
+    const relay = spawnCli(['relay', '--db', file.url, '--metrics-port', '0'])
+    cleanups.push(() => relay.kill())
+    const started = await relay.waitForLine((l) => l.msg === 'relay started', 'the relay to start')
+    const metricsUrl = started.metrics as string
+    const scrape = async () => parsePrometheusText(await (await fetch(metricsUrl)).text())
+    await until(
+      async () => sampleValue(await scrape(), 'breakwater_outbox_pending_events') === 1,
+      'b-1 to be published',
+    )
+    const metrics = await scrape()
+    expect(sampleValue(metrics, 'breakwater_outbox_stranded_events')).toBe(1)
     relay.child.kill('SIGTERM')
     expect((await relay.exited).code, relay.stderr()).toBe(0)
   })
