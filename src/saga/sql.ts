@@ -309,8 +309,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)`,
   selectOne: `SELECT ${rowColumns} FROM ${sagaTable} WHERE id = $1`,
   selectEvents: `SELECT seq, at, kind, step, attempt, worker, detail FROM ${sagaEventsTable}
 WHERE saga_id = $1 ORDER BY seq`,
+  // The token as the claim bumps it (see `bumped`): `+ 1` at the BIGINT maximum failed the
+  // retry on PostgreSQL naming neither saga nor column, and made a real of it on SQLite.
   retry: `UPDATE ${sagaTable} SET status = 'compensating', attempt = 0, next_run_at = $2,
-    lease_owner = NULL, lease_expires_at = NULL, lease_token = lease_token + 1, updated_at = $2,
+    lease_owner = NULL, lease_expires_at = NULL, lease_token = ${bumped('lease_token', maxBigint)}, updated_at = $2,
     reason = COALESCE($3, reason)
 WHERE id = $1 AND status = 'failed'`,
   compensationReason: `SELECT seq, detail FROM ${sagaEventsTable}

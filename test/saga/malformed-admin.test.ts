@@ -479,5 +479,24 @@ describe.each(dbTargets)(
         await worker.stop()
       },
     )
+
+    // retrySaga adds one to the token, as a claim does; at the BIGINT maximum PostgreSQL failed
+    // the retry with a bare 'bigint out of range' naming neither saga nor column. It now leaves
+    // the token as it is, as the claim does (a worker then reports the row, naming lease_token).
+    it('retrySaga re-queues a parked saga whose lease_token is at the BIGINT maximum', async () => {
+      const saga = twoSteps()
+      const { id } = await startSaga(t.db, saga, {}, { clock })
+      const max = '9223372036854775807'
+      await t.db.execute(
+        `UPDATE breakwater_sagas SET status = 'failed', lease_token = ${max} WHERE id = $1`,
+        [id],
+      )
+      await retrySaga(t.db, id, { clock })
+      const rows = await t.db.query<{ status: string; token: string }>(
+        'SELECT status, CAST(lease_token AS TEXT) AS token FROM breakwater_sagas WHERE id = $1',
+        [id],
+      )
+      expect(rows).toEqual([{ status: 'compensating', token: max }])
+    })
   },
 )
