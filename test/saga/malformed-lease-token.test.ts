@@ -34,11 +34,7 @@ describe.each(dbTargets)('an instance with a malformed lease_token, on $dialect'
   })
 
   // A worker running `saga`, the events it emits and the messages of its errors for `sagaId`.
-  const watch = (
-    saga: SagaDefinition<unknown, unknown>,
-    clock: ManualClock,
-    sagaId: string,
-  ) => {
+  const watch = (saga: SagaDefinition<unknown, unknown>, clock: ManualClock, sagaId: string) => {
     const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
     const events: SagaEvent[] = []
     worker.events.on((e) => events.push(e))
