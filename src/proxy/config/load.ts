@@ -104,7 +104,12 @@ export function validateProxyDocument(
         const pos = error.linePos?.[0]
         // The first sentence only: yaml's full message quotes the offending source line,
         // which may hold a secret.
-        const what = error.message.split(' at line ')[0]?.split('\n')[0] ?? error.code
+        // yaml's message for a second document is advice to the library's programmer
+        // ("please use YAML.parseAllDocuments()"), not to someone writing a config file.
+        const what =
+          error.code === 'MULTIPLE_DOCS'
+            ? 'expected one YAML document, found a second one here (a line `---` or `...` ends the first)'
+            : (error.message.split(' at line ')[0]?.split('\n')[0] ?? error.code)
         return {
           path: pos === undefined ? '(yaml)' : `${pos.line}:${pos.col}`,
           message: `YAML syntax error: ${echo(what)}`,

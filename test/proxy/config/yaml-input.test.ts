@@ -104,3 +104,15 @@ describe('a file that is not UTF-8', () => {
     expect((await loadProxyConfig(file)).listeners[0]?.name).toBe('out')
   })
 })
+
+// yaml's own message for a second document ('--- ' and more) told the operator to call
+// YAML.parseAllDocuments(), advice for a programmer using the library, not for a config file.
+describe('a file with more than one YAML document', () => {
+  it('says the file must hold one document, naming where the second begins', () => {
+    const message = problemsOf(`${listeners}---\nservices: {}\n`)
+    expect(message).toContain(
+      '2:1: YAML syntax error: expected one YAML document, found a second one here (a line `---` or `...` ends the first)',
+    )
+    expect(message).not.toContain('parseAllDocuments')
+  })
+})
