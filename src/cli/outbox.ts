@@ -126,7 +126,7 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
   const afterText = values.get('--after-id')
   const afterId = afterText === undefined ? 0 : Number(afterText)
   if (afterText !== undefined && (!/^\d+$/.test(afterText) || !Number.isSafeInteger(afterId)))
-    throw new UsageError(`--after-id must be a row id (an integer >= 0), got "${afterText}"`)
+    throw new UsageError(`--after-id must be a row id (an integer from 0 to ${Number.MAX_SAFE_INTEGER}), got "${afterText}"`)
   return {
     command: cmd,
     url: databaseUrl(values, env, defaultUrl),
@@ -205,8 +205,9 @@ async function execute(
       }
       out.write(`Redrove ${count} of ${counted(parsed.ids.length, 'event')}.\n`)
       if (count < parsed.ids.length) {
+        const missed = parsed.ids.length - count
         err.write(
-          `breakwater outbox: ${parsed.ids.length - count} of the given ids were not dead-lettered events (unknown, already published, or still being retried); see \`breakwater outbox dead\`\n`,
+          `breakwater outbox: ${missed} of the given ids ${missed === 1 ? 'was not a dead-lettered event' : 'were not dead-lettered events'} (unknown, already published, or still being retried); see \`breakwater outbox dead\`\n`,
         )
         return 1
       }

@@ -227,9 +227,9 @@ export class PartitionLeases {
 
   // Recreates missing rows of partitions 0..63: undefined if none was missing, else how many this
   // statement created (0 when another relay's got there first; the claim is tried again all the
-  // same, as those rows are new and free). Looked for only when
-  // a claim came up short, which is at start (a relay alone is short of all 64 until it claimed)
-  // and while other relays hold the rest: one read of a 64-row table per rebalance then, no
+  // same, as those rows are new and free). Looked for only when a claim came up short: on a
+  // relay's first rebalances (a relay is short of all 64 until it has claimed its share) and
+  // while other relays hold the rest: one read of a 64-row table per rebalance then, no
   // write (on SQLite a write would take the writer lock every round). Any relay may do it, at
   // once with others: restorePartitions creates each row once, with a token no relay can hold.
   async #restoreMissing(): Promise<number | undefined> {

@@ -162,6 +162,10 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
       [['redrive', '--db', url, '--all', '--id', poisonId], 'give either --all or --id, not both'],
       [['dead', '--db', url, '--limit', '0'], '--limit must be an integer from 1 to 100000'],
       [['dead', '--db', url, '--all'], 'unknown option "--all" for "outbox dead"'],
+      [
+        ['dead', '--db', url, '--after-id', '9007199254740992'],
+        '--after-id must be a row id (an integer from 0 to 9007199254740991)',
+      ],
       [['purge', '--db', url], 'unknown command "purge"'],
       [[], 'a command is needed'],
     ] as Array<[string[], string]>) {
@@ -171,7 +175,10 @@ describe.each(dbTargets)('breakwater outbox on $dialect', (target) => {
     }
     const unknown = await run(['redrive', '--db', url, '--id', 'no-such-event'])
     expect(unknown.code).toBe(1)
-    expect(unknown.stderr).toContain('1 of the given ids were not dead-lettered')
+    expect(unknown.stderr).toContain('1 of the given ids was not a dead-lettered event')
+    const unknowns = await run(['redrive', '--db', url, '--id', 'no-such', '--id', 'nor-this'])
+    expect(unknowns.code).toBe(1)
+    expect(unknowns.stderr).toContain('2 of the given ids were not dead-lettered events')
     expect(await listDead(db)).toHaveLength(1)
 
     // The receiver is fixed; redrive: the poison goes out, then the event held behind it.
