@@ -126,7 +126,9 @@ function parse(args: readonly string[], env: Readonly<Record<string, string | un
   const afterText = values.get('--after-id')
   const afterId = afterText === undefined ? 0 : Number(afterText)
   if (afterText !== undefined && (!/^\d+$/.test(afterText) || !Number.isSafeInteger(afterId)))
-    throw new UsageError(`--after-id must be a row id (an integer from 0 to ${Number.MAX_SAFE_INTEGER}), got "${afterText}"`)
+    throw new UsageError(
+      `--after-id must be a row id (an integer from 0 to ${Number.MAX_SAFE_INTEGER}), got "${afterText}"`,
+    )
   return {
     command: cmd,
     url: databaseUrl(values, env, defaultUrl),
