@@ -3,11 +3,10 @@
 // logs a warning saying how many; it logged nothing, so an operator's mistake went unseen.
 import { afterAll, describe, expect, it } from 'vitest'
 import { createOutbox, outboxPartitionsTable, outboxTable } from '../../src/outbox/index.js'
-import { openDatabase } from '../../src/stores/index.js'
 import { parsePrometheusText, sampleValue } from '../observability/prometheus-text.js'
 import { until } from '../outbox/support.js'
-import { runCli, spawnCli } from '../process/cli-process.js'
-import { createTestSqlite } from '../support/sqlite.js'
+import { spawnCli } from '../process/cli-process.js'
+import { migratedSqlite } from './relay-support.js'
 
 const cleanups: Array<() => Promise<void> | void> = []
 afterAll(async () => {
@@ -16,15 +15,10 @@ afterAll(async () => {
 
 describe('breakwater relay: partition rows deleted by hand', () => {
   it('warns once with the count of rows it recreated, then holds all 64', async () => {
-    const file = createTestSqlite('relay-cli-partitions-recreated')
-    cleanups.push(() => file.cleanup())
-    const migrated = await runCli(['migrate', '--db', file.url])
-    expect(migrated.code, migrated.stderr).toBe(0)
-    const db = await openDatabase(file.url)
-    cleanups.push(() => db.close())
+    const { url: dbUrl, db } = await migratedSqlite('relay-cli-partitions-recreated', cleanups)
     await db.execute(`DELETE FROM ${outboxPartitionsTable} WHERE partition_no IN (3, 40)`)
 
-    const relay = spawnCli(['relay', '--db', file.url])
+    const relay = spawnCli(['relay', '--db', dbUrl])
     cleanups.push(() => relay.kill())
     const started = await relay.waitForLine((l) => l.msg === 'relay started', 'the relay to start')
     expect(started).toMatchObject({ partitions: 64 })
@@ -38,12 +32,7 @@ describe('breakwater relay: partition rows deleted by hand', () => {
   // outboxStats counts the stranded events at every scrape anyway; the gauge shows them where an
   // alert can see them, since pending and lag alone do not say that no relay will publish them.
   it('exports events with a partition_no outside 0..63 as breakwater_outbox_stranded_events', async () => {
-    const file = createTestSqlite('relay-cli-stranded')
-    cleanups.push(() => file.cleanup())
-    const migrated = await runCli(['migrate', '--db', file.url])
-    expect(migrated.code, migrated.stderr).toBe(0)
-    const db = await openDatabase(file.url)
-    cleanups.push(() => db.close())
+    const { url: dbUrl, db } = await migratedSqlite('relay-cli-stranded', cleanups)
     await db.transaction((tx) =>
       createOutbox().enqueue(
         tx,
@@ -58,7 +47,7 @@ describe('breakwater relay: partition rows deleted by hand', () => {
     )
     await db.execute(`UPDATE ${outboxTable} SET partition_no = 99 WHERE event_id = 'a-1'`)
 
-    const relay = spawnCli(['relay', '--db', file.url, '--metrics-port', '0'])
+    const relay = spawnCli(['relay', '--db', dbUrl, '--metrics-port', '0'])
     cleanups.push(() => relay.kill())
     const started = await relay.waitForLine((l) => l.msg === 'relay started', 'the relay to start')
     const metricsUrl = started.metrics as string

@@ -9,12 +9,10 @@ import type { Redis } from 'ioredis'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { type StartedBroker, startRedis } from '../../scripts/lib/brokers.mjs'
 import { createOutbox } from '../../src/outbox/index.js'
-import { openDatabase } from '../../src/stores/index.js'
 import { until } from '../outbox/support.js'
-import { runCli, spawnCli } from '../process/cli-process.js'
+import { spawnCli } from '../process/cli-process.js'
 import { createTestCerts, type TestCerts } from '../proxy/support/certs.js'
-import { createTestSqlite } from '../support/sqlite.js'
-import { writeEncryptedClientKey } from './relay-support.js'
+import { migratedSqlite, writeEncryptedClientKey } from './relay-support.js'
 
 let certs: TestCerts
 let redis: StartedBroker
@@ -46,19 +44,14 @@ afterAll(async () => {
 })
 
 it('publishes an enqueued event to a rediss:// broker that requires a client certificate', async () => {
-  const file = createTestSqlite('relay-tls')
-  cleanups.push(() => file.cleanup())
-  const migrated = await runCli(['migrate', '--db', file.url])
-  expect(migrated.code, migrated.stderr).toBe(0)
-  const db = await openDatabase(file.url)
-  cleanups.push(() => db.close())
+  const { url: dbUrl, db } = await migratedSqlite('relay-tls', cleanups)
   const topic = `mtls-${randomUUID().slice(0, 8)}.orders`
 
   const relay = spawnCli(
     [
       'relay',
       '--db',
-      file.url,
+      dbUrl,
       '--broker',
       redis.tlsUrl!,
       '--broker-cert-file',

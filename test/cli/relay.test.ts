@@ -12,12 +12,12 @@ import {
   outboxRelaysTable,
   outboxTable,
 } from '../../src/outbox/index.js'
-import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
+import type { SqlDriver } from '../../src/stores/index.js'
 import { parsePrometheusText, sampleValue } from '../observability/prometheus-text.js'
 import { count, pendingCount, until } from '../outbox/support.js'
 import { runCli, spawnCli } from '../process/cli-process.js'
 import { listenOnLoopback } from '../support/loopback.js'
-import { createTestSqlite } from '../support/sqlite.js'
+import { migratedSqlite } from './relay-support.js'
 
 const outbox = createOutbox()
 const cleanups: Array<() => Promise<void> | void> = []
@@ -64,20 +64,15 @@ async function scrape(url: string) {
 
 describe('breakwater relay (SQLite, SQL queue)', () => {
   it('publishes enqueued events, serves /metrics, and on SIGTERM mid-stream finishes its batch and exits 0', async () => {
-    const file = createTestSqlite('relay-cli')
-    cleanups.push(() => file.cleanup())
-    const migrated = await runCli(['migrate', '--db', file.url])
-    expect(migrated.code, migrated.stderr).toBe(0)
+    const { url: dbUrl, db, migrateStdout } = await migratedSqlite('relay-cli', cleanups)
     for (const capability of ['outbox', 'queue', 'inbox'])
-      expect(migrated.stdout).toContain(`${capability}: applied 1`)
-    const db = await openDatabase(file.url)
-    cleanups.push(() => db.close())
+      expect(migrateStdout).toContain(`${capability}: applied 1`)
     const run = `r${randomUUID().slice(0, 8)}`
 
     const relay = spawnCli([
       'relay',
       '--db',
-      file.url,
+      dbUrl,
       '--broker',
       'sql:',
       '--metrics-port',
@@ -162,11 +157,7 @@ describe('breakwater relay (SQLite, SQL queue)', () => {
   })
 
   it('delivers to a webhook whose receiver verifies every signature; the secret comes from the environment and is never logged', async () => {
-    const file = createTestSqlite('relay-webhook')
-    cleanups.push(() => file.cleanup())
-    expect((await runCli(['migrate', '--db', file.url])).code).toBe(0)
-    const db = await openDatabase(file.url)
-    cleanups.push(() => db.close())
+    const { url: dbUrl, db } = await migratedSqlite('relay-webhook', cleanups)
     const secret = `whsec-${randomUUID()}`
     const received: Array<{ id: string; key: string; seq: number }> = []
     let requests = 0
@@ -203,7 +194,7 @@ describe('breakwater relay (SQLite, SQL queue)', () => {
 
     const run = `w${randomUUID().slice(0, 8)}`
     await enqueue(db, run, 0, 30, 3)
-    const relay = spawnCli(['relay', '--db', file.url, '--broker', url, '--log-level', 'debug'], {
+    const relay = spawnCli(['relay', '--db', dbUrl, '--broker', url, '--log-level', 'debug'], {
       BREAKWATER_WEBHOOK_SECRET: secret,
     })
     cleanups.push(() => relay.kill())
@@ -227,13 +218,8 @@ describe('breakwater relay (SQLite, SQL queue)', () => {
 
 describe('breakwater relay: its id taken over', () => {
   it('exits 1 with a RELAY_ID_IN_USE log line when another process takes its --relay-id over', async () => {
-    const file = createTestSqlite('relay-cli-takeover')
-    cleanups.push(() => file.cleanup())
-    const migrated = await runCli(['migrate', '--db', file.url])
-    expect(migrated.code, migrated.stderr).toBe(0)
-    const db = await openDatabase(file.url)
-    cleanups.push(() => db.close())
-    const relay = spawnCli(['relay', '--db', file.url, '--relay-id', 'shared-id'])
+    const { url: dbUrl, db } = await migratedSqlite('relay-cli-takeover', cleanups)
+    const relay = spawnCli(['relay', '--db', dbUrl, '--relay-id', 'shared-id'])
     cleanups.push(() => relay.kill())
     await relay.waitForLine((l) => l.msg === 'relay started', 'the relay to start')
     // What another process started with the same id does once this one's heartbeat expired
