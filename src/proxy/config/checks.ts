@@ -352,7 +352,8 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
   const store = isObj(doc.idempotency) ? doc.idempotency.url : undefined
   // The store opens the URL only at start (openProxyIdempotency): one it refuses is refused
   // here, so that `--check` finds it, and what it names decides whether workers share it.
-  // An empty URL is the schema's to report.
+  // An empty URL is the schema's to report. Whether a sqlite: path can hold the file is a fact
+  // of the machine, which `--check` looks at (files.ts, unusableFiles).
   const url = typeof store === 'string' && store !== '' ? storeUrl(store) : undefined
   const perProcess =
     store === undefined ||

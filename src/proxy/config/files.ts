@@ -3,12 +3,17 @@
 // The loader checks the document's shape; whether these files can be read, and whether the
 // TLS ones hold what they should, is a fact of the machine it runs on, which `breakwater proxy
 // --check` looks at too, so a file that says "valid" does not then fail at start for a missing
-// certificate, or fail every request for a CA file that holds no certificate.
+// certificate, or fail every request for a CA file that holds no certificate. The file of a
+// sqlite: idempotency store is looked at too, without creating anything: it need not exist
+// yet (the start creates it and its missing folders), but a folder in its place, or a file
+// where one of its folders goes, stops the start.
 
 import { createPrivateKey, X509Certificate } from 'node:crypto'
-import { accessSync, constants, readFileSync, statSync } from 'node:fs'
+import { accessSync, constants, readFileSync, type Stats, statSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
+import { dirname } from 'node:path'
 import { createSecureContext } from 'node:tls'
+import { parseDatabaseUrl } from '../../stores/open.js'
 import type { ProxyConfig, SecretSource } from '../contracts.js'
 import { credentialProblem } from '../upstream/credentials.js'
 import { ConfigInvalidError, echo } from './errors.js'
@@ -38,8 +43,9 @@ interface Pair {
 /**
  * Every file `config` refers to that is missing, not a regular file, not readable by this
  * process, or (for TLS) does not hold a PEM certificate or private key, and every key that
- * does not match its certificate. Paths are taken as the proxy takes them (relative ones from
- * the working folder).
+ * does not match its certificate; and a sqlite: idempotency store whose path is a folder or
+ * lies under a file (see {@link storePathProblem}). Paths are taken as the proxy takes them
+ * (relative ones from the working folder).
  *
  * @example
  * ```ts
@@ -106,7 +112,58 @@ export function unusableFiles(config: ProxyConfig): FileProblem[] {
       })
     }
   }
+  const store = config.idempotency?.url
+  const filename = store === undefined ? undefined : sqliteFile(store)
+  const reason = filename === undefined ? undefined : storePathProblem(filename)
+  if (filename !== undefined && reason !== undefined)
+    problems.push({ path: 'idempotency.url', file: filename, reason })
   return problems
+}
+
+/** The database file a sqlite: store URL names, or undefined for any other store. */
+function sqliteFile(url: string): string | undefined {
+  if (url === 'memory') return undefined
+  try {
+    const target = parseDatabaseUrl(url)
+    return target.dialect === 'sqlite' && target.filename !== ':memory:'
+      ? target.filename
+      : undefined
+  } catch {
+    // The loader refused it already (checks.ts); nothing names a path here.
+    return undefined
+  }
+}
+
+/**
+ * Why the start could not open a SQLite database at `filename`, judged as the driver's
+ * prepareFolder judges it but without creating anything: a folder in the file's place, or an
+ * existing part of the path that is not a folder. A missing file and missing folders are no
+ * problem (the start creates them).
+ */
+function storePathProblem(filename: string): string | undefined {
+  if (pathStat(filename)?.isDirectory()) return 'a folder, not a file (SQLite needs a file here)'
+  // The nearest existing part of the folder path is the one that must be a folder.
+  let part = dirname(filename)
+  let stat = pathStat(part)
+  while (stat === undefined && dirname(part) !== part) {
+    part = dirname(part)
+    stat = pathStat(part)
+  }
+  if (stat !== undefined && !stat.isDirectory())
+    return `${echo(part)} is a file, not a folder (the database's folders cannot be made)`
+  return undefined
+}
+
+/**
+ * What is at `path`, or undefined when nothing is, a file stands where a folder goes, or it
+ * cannot be looked at (permission denied): the start reports that one itself.
+ */
+function pathStat(path: string): Stats | undefined {
+  try {
+    return statSync(path)
+  } catch {
+    return undefined
+  }
 }
 
 function unreadable(file: string): string | undefined {

@@ -6,8 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { proxyCommand } from '../../../src/cli/proxy.js'
-import { captureLog } from '../runtime/helpers.js'
+import { checkFile } from './problems.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'bw-proxy-check-secrets-'))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -18,17 +17,11 @@ function write(name: string, text: string): string {
   return file
 }
 
-async function check(auth: string): Promise<{ code: number; text: string }> {
-  const config = write(
-    'config.yaml',
+function check(auth: string): Promise<{ code: number; text: string }> {
+  return checkFile(
+    join(dir, 'config.yaml'),
     `services: { a: { endpoints: [http://127.0.0.1:1], auth: ${auth} } }\nlisteners: [{ name: out, role: ambassador, port: 0 }]\n`,
   )
-  const err = captureLog()
-  const code = await proxyCommand(['--config', config, '--check'], {
-    stdout: captureLog(),
-    stderr: err,
-  })
-  return { code, text: err.text() }
 }
 
 describe('--check and service credential files', () => {

@@ -1,6 +1,10 @@
-// Shared by the config tests that only need the loader's refusal text.
+// Shared by the config tests that only need the loader's refusal text, or what
+// `breakwater proxy --check` says of a file.
+import { writeFileSync } from 'node:fs'
 import { expect } from 'vitest'
+import { proxyCommand } from '../../../src/cli/proxy.js'
 import { ConfigInvalidError, parseProxyConfig } from '../../../src/proxy/config/index.js'
+import { captureLog } from '../runtime/helpers.js'
 
 /**
  * Parses `yaml` and returns the message of the ConfigInvalidError it must be refused with; fails
@@ -14,4 +18,18 @@ export function problemsOf(yaml: string): string {
     return (error as Error).message
   }
   throw new Error('expected the config to be rejected')
+}
+
+/** Writes `yaml` to `file`, runs `breakwater proxy --check` on it, and returns its exit code and stderr. */
+export async function checkFile(
+  file: string,
+  yaml: string,
+): Promise<{ code: number; text: string }> {
+  writeFileSync(file, yaml)
+  const err = captureLog()
+  const code = await proxyCommand(['--config', file, '--check'], {
+    stdout: captureLog(),
+    stderr: err,
+  })
+  return { code, text: err.text() }
 }
