@@ -16,12 +16,16 @@ export class IdempotencyKeyMissingError extends BreakwaterError {
   }
 }
 
-/** Which rule an invalid key broke. */
-export type IdempotencyKeyRule = 'empty' | 'too-long' | 'characters' | 'syntax'
+/**
+ * Which rule an invalid key broke: `repeated` is an `Idempotency-Key` header sent on more than
+ * one line, which names no single key.
+ */
+export type IdempotencyKeyRule = 'empty' | 'too-long' | 'characters' | 'syntax' | 'repeated'
 
 /**
  * An idempotency key is empty, longer than 255 characters, uses a character outside the
- * allowed set, or is a malformed quoted string (code `IDEMPOTENCY_KEY_INVALID`, HTTP 400).
+ * allowed set, is a malformed quoted string, or came in a header sent more than once (code
+ * `IDEMPOTENCY_KEY_INVALID`, HTTP 400).
  */
 export class IdempotencyKeyInvalidError extends BreakwaterError {
   /** The HTTP status the middleware answers with. */

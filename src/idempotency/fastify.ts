@@ -6,7 +6,7 @@ import { computedString, type Idempotency, type IdempotentExecution } from './co
 import { IdempotencyInProgressError } from './errors.js'
 import { parsedBodyBytes } from './fingerprint.js'
 import { answerOrDestroy, leaseLostAnswer, readBodyWithinLease } from './lease-lost.js'
-import { disconnectSignal } from './node-response.js'
+import { disconnectSignal, nodeHeaderRepeated } from './node-response.js'
 import type { IdempotencyResponse } from './types.js'
 
 /** The parts of a Fastify request the plugin reads (any Fastify 5 `FastifyRequest`). */
@@ -446,6 +446,7 @@ export function fastifyIdempotency(
       method: request.method,
       route: request.url,
       header: (name) => headerOf(request.headers, name),
+      headerRepeated: (name) => nodeHeaderRepeated(request.raw, name),
       body,
       earlierBody,
       get signal() {

@@ -14,16 +14,29 @@ const allowedKey = /^[A-Za-z0-9\-_.:~+/=]+$/
  * draft defines the field, an RFC 8941 sf-string (`"abc-123"`). Surrounding spaces and tabs are
  * ignored.
  *
- * The key must have 1 to 255 characters from `A-Z a-z 0-9 - _ . : ~ + / =`. A value repeated in
- * two header lines arrives folded with `, ` and is therefore rejected.
+ * The key must have 1 to 255 characters from `A-Z a-z 0-9 - _ . : ~ + / =`. A header sent on
+ * more than one line is refused with the `repeated` rule: pass `repeated` when the framework
+ * counted the lines (Node's `req.headersDistinct`); without it, a value containing `, ` (how
+ * Node and Fetch's `Headers` join the lines) counts as repeated.
  *
+ * @param headerValue - The header's value, its lines joined with `, ` if it had several.
+ * @param repeated - Whether the header came on more than one line, when the caller knows.
  * @throws {@link IdempotencyKeyInvalidError} naming the rule broken.
  * @example
  * ```ts
  * parseIdempotencyKey('"8e03978e-40d5-43e8-bc93-6894a57f9324"') // '8e03978e-40d5-...'
+ * parseIdempotencyKey('a, b') // throws, rule 'repeated'
  * ```
  */
-export function parseIdempotencyKey(headerValue: string): string {
+export function parseIdempotencyKey(headerValue: string, repeated?: boolean): string {
+  // Checked first: two keys make no key, and "characters" would blame a comma the client never
+  // sent. A comma is outside the allowed set, so guessing from ", " refuses no valid key.
+  if (repeated ?? headerValue.includes(', ')) {
+    throw new IdempotencyKeyInvalidError(
+      'repeated',
+      'The Idempotency-Key header was sent more than once; send one key per request',
+    )
+  }
   let key = hasOuterWhitespace(headerValue)
     ? headerValue.replace(/^[ \t]+|[ \t]+$/g, '')
     : headerValue

@@ -14,6 +14,16 @@ export function nodeHeader(req: IncomingMessage, name: string): string | undefin
   return Array.isArray(value) ? value.join(', ') : value
 }
 
+/**
+ * Whether a request header (lower-case name) came on more than one line, from Node's
+ * `headersDistinct`; undefined when the request cannot tell (a stand-in request object without
+ * `rawHeaders`, or one whose `headers` were set by hand).
+ */
+export function nodeHeaderRepeated(req: IncomingMessage, name: string): boolean | undefined {
+  const lines = (req as Partial<IncomingMessage>).headersDistinct?.[name]
+  return lines === undefined ? undefined : lines.length > 1
+}
+
 /** Thrown by {@link readNodeBody} when the body is larger than allowed. */
 export class BodyTooLargeError extends Error {}
 
@@ -156,6 +166,10 @@ class NodeRequestView implements IdempotencyRequest {
 
   header(name: string): string | undefined {
     return nodeHeader(this.native, name)
+  }
+
+  headerRepeated(name: string): boolean | undefined {
+    return nodeHeaderRepeated(this.native, name)
   }
 
   get signal(): AbortSignal {

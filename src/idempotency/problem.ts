@@ -42,9 +42,13 @@ function shapeOf(error: IdempotencyError): ProblemShape {
     return { name: 'idempotency-key-missing', title: 'Idempotency-Key header missing' }
   }
   if (error instanceof IdempotencyKeyInvalidError) {
-    return error.rule === 'too-long'
-      ? { name: 'idempotency-key-too-long', title: 'Idempotency-Key too long' }
-      : { name: 'idempotency-key-malformed', title: 'Idempotency-Key malformed' }
+    if (error.rule === 'too-long') {
+      return { name: 'idempotency-key-too-long', title: 'Idempotency-Key too long' }
+    }
+    if (error.rule === 'repeated') {
+      return { name: 'idempotency-key-repeated', title: 'Idempotency-Key sent more than once' }
+    }
+    return { name: 'idempotency-key-malformed', title: 'Idempotency-Key malformed' }
   }
   if (error instanceof IdempotencyMismatchError) {
     return {

@@ -24,6 +24,13 @@ export interface IdempotencyRequest {
   /** Reads a request header (case-insensitive name); undefined when absent. */
   header(name: string): string | undefined
   /**
+   * Whether a header (lower-case name) came on more than one line, for adapters whose framework
+   * counts them (Node's `req.headersDistinct`); undefined when it cannot tell. Asked only about
+   * an `Idempotency-Key` value containing a comma. Without an answer, a value containing `, `
+   * (how repeated lines are joined) counts as repeated.
+   */
+  headerRepeated?(name: string): boolean | undefined
+  /**
    * The request body bytes, for the fingerprint. Adapters whose framework has already parsed
    * the body pass its canonical JSON (see `parsedBodyBytes`).
    */

@@ -281,6 +281,36 @@ describe.each(cases)('$adapter.name adapter on $db.dialect', ({ db, adapter }) =
     expect(behaviour.runs).toBe(1)
   })
 
+  it('answers 400 idempotency-key-repeated to a key sent on two header lines', async () => {
+    const { url } = await start()
+    const body = '{"amount":1}'
+    for (const keys of [
+      [randomUUID(), randomUUID()],
+      ['same', 'same'],
+      ['"a"', 'b'],
+    ]) {
+      const reply = await send(url, { headers: { 'idempotency-key': keys }, body })
+      expect(isProblem(reply, 400, 'idempotency-key-repeated'), keys.join(' / ')).toBe(true)
+      expect(JSON.parse(reply.text)).toMatchObject({
+        title: 'Idempotency-Key sent more than once',
+        status: 400,
+        code: 'IDEMPOTENCY_KEY_INVALID',
+        rule: 'repeated',
+        detail: expect.stringMatching(/sent more than once/),
+      })
+    }
+    // One line with a comma in it is a bad character, not a repeat.
+    const comma = await send(url, { key: 'a,b', body })
+    expect(isProblem(comma, 400, 'idempotency-key-malformed')).toBe(true)
+    // One line with ", " in it: the node frameworks count the lines; Fetch's Headers (Hono) has
+    // only the joined value, which reads as two lines.
+    const spaced = await send(url, { key: 'a, b', body })
+    const expected =
+      adapter.name === 'hono' ? 'idempotency-key-repeated' : 'idempotency-key-malformed'
+    expect(isProblem(spaced, 400, expected)).toBe(true)
+    expect(behaviour.runs).toBe(0)
+  })
+
   it('rolls back the write and releases the key when the handler fails or answers 5xx', async () => {
     const { url } = await start()
     const key = randomUUID()

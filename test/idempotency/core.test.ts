@@ -130,6 +130,41 @@ describe('the protocol (memory store)', () => {
     expect(runs()).toBe(0)
   })
 
+  it('answers 400 idempotency-key-repeated to a key on two header lines, as the request tells', async () => {
+    const { idempotency, handler, runs } = setup()
+    const rule = async (key: string, repeated?: boolean) => {
+      const view = request({ key })
+      const asked: string[] = []
+      const told =
+        repeated === undefined
+          ? view
+          : {
+              ...view,
+              headerRepeated: (name: string) => {
+                asked.push(name)
+                return repeated
+              },
+            }
+      const response = await idempotency.handle(told, handler)
+      expect(response.status).toBe(400)
+      return { rule: JSON.parse(text(response)).rule, type: problemType(response), asked }
+    }
+    // A request view that cannot count lines: ", " is how the lines were joined.
+    expect(await rule('a, b')).toMatchObject({
+      rule: 'repeated',
+      type: 'https://breakwater.dev/problems/idempotency-key-repeated',
+    })
+    // One that can is believed, and asked only about a value with a comma in it.
+    expect(await rule('a, b', false)).toMatchObject({ rule: 'characters' })
+    expect(await rule('a,b', true)).toEqual({
+      rule: 'repeated',
+      type: 'https://breakwater.dev/problems/idempotency-key-repeated',
+      asked: ['idempotency-key'],
+    })
+    expect(await rule('a b', true)).toMatchObject({ rule: 'characters', asked: [] })
+    expect(runs()).toBe(0)
+  })
+
   it('lets unguarded methods through untouched', async () => {
     const { idempotency, handler, runs } = setup()
     const got = await idempotency.handle(request({ method: 'GET', key: undefined }), handler)

@@ -11,9 +11,9 @@ import {
   problemResponse,
 } from '../../src/idempotency/index.js'
 
-function ruleOf(value: string): string | undefined {
+function ruleOf(value: string, repeated?: boolean): string | undefined {
   try {
-    parseIdempotencyKey(value)
+    parseIdempotencyKey(value, repeated)
     return undefined
   } catch (error) {
     expect(error).toBeInstanceOf(IdempotencyKeyInvalidError)
@@ -45,14 +45,24 @@ describe('parseIdempotencyKey', () => {
     expect(ruleOf('""')).toBe('empty')
     expect(ruleOf('a b')).toBe('characters')
     expect(ruleOf('a,b')).toBe('characters')
-    // Two Idempotency-Key header lines arrive folded by Node into one value.
-    expect(ruleOf('abc, abd')).toBe('characters')
     expect(ruleOf('caf\u00e9')).toBe('characters')
     expect(ruleOf('"a\\"b"')).toBe('characters')
     expect(ruleOf('"abc')).toBe('syntax')
     expect(ruleOf('"')).toBe('syntax')
     expect(ruleOf('"a"b"')).toBe('syntax')
     expect(ruleOf('"caf\u00e9"')).toBe('syntax')
+  })
+
+  it('refuses a key sent on two header lines with the repeated rule, exactly when told', () => {
+    // Folded by Node and by Fetch Headers into one value joined with ", ".
+    expect(ruleOf('abc, abd')).toBe('repeated')
+    expect(ruleOf('"abc", "abd"')).toBe('repeated')
+    expect(() => parseIdempotencyKey('abc, abd')).toThrow(/sent more than once/)
+    // The caller that counted the header lines decides: two lines, whatever they hold...
+    expect(ruleOf('abc', true)).toBe('repeated')
+    // ...or one line whose value has a comma, which is then only a bad character.
+    expect(ruleOf('abc, abd', false)).toBe('characters')
+    expect(ruleOf('abc,abd', undefined)).toBe('characters')
   })
 
   it('accepts every key of 1..255 allowed characters and returns it unchanged, bare or quoted', () => {
@@ -110,6 +120,14 @@ describe('problem+json', () => {
     expect(long.rule).toBe('too-long')
     const bad = problemDetailsOf(new IdempotencyKeyInvalidError('characters', 'bad'), 'urn:x:')
     expect(bad.type).toBe('urn:x:idempotency-key-malformed')
+    const twice = problemDetailsOf(new IdempotencyKeyInvalidError('repeated', 'twice'))
+    expect(twice).toMatchObject({
+      type: 'https://breakwater.dev/problems/idempotency-key-repeated',
+      title: 'Idempotency-Key sent more than once',
+      status: 400,
+      code: 'IDEMPOTENCY_KEY_INVALID',
+      rule: 'repeated',
+    })
     expect(problemDetailsOf(new IdempotencyMismatchError('k')).status).toBe(422)
   })
 

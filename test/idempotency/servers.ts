@@ -53,10 +53,14 @@ export async function send(
     readonly method?: string
     readonly key?: string
     readonly body?: string
-    readonly headers?: Record<string, string>
+    /** An array value is sent as one header line per element. */
+    readonly headers?: Record<string, string | string[]>
   } = {},
 ): Promise<Reply> {
-  const headers: Record<string, string> = { 'content-type': 'application/json', ...options.headers }
+  const headers: Record<string, string | string[]> = {
+    'content-type': 'application/json',
+    ...options.headers,
+  }
   if (options.key !== undefined) headers['idempotency-key'] = options.key
   const response = await request(url, {
     method: (options.method ?? 'POST') as 'POST',
