@@ -43,6 +43,13 @@ const expected = 'a database URL: sqlite:<file>, sqlite::memory: or postgres://.
  * database; `postgres://` and `postgresql://` a PostgreSQL server. Anything else throws
  * `InvalidOptionError` naming the URL with its password hidden.
  *
+ * `sqlite://rel.db` names the relative file `rel.db` (the `//` is dropped), but a `sqlite://`
+ * URL with a further `/` after a non-empty part (`sqlite://host/var/app.db`) is refused: as a
+ * URL it names the host `host` and the path `/var/app.db`, and SQLite reaches no file on another
+ * machine, while taking it as the relative file `host/var/app.db` quietly created a new, empty
+ * database there. Write `sqlite:///var/app.db` for the absolute path, `sqlite:./host/app.db` for
+ * the relative one.
+ *
  * A `postgres://` URL's query parameters must be ones pg reads (`sslmode`, `host`,
  * `application_name`, `options`, ...; the message lists them), with an `sslmode` or `ssl` value
  * pg knows: pg ignores any other parameter without a word (`ssl_mode=require` would connect
@@ -75,7 +82,7 @@ export function parseDatabaseUrl(url: string): DatabaseTarget {
   }
   const path = sqlitePath(url)
   if (path !== undefined) {
-    const defect = sqlitePathDefect(path)
+    const defect = sqliteUrlDefectOf(url, path)
     if (defect !== undefined) throw new InvalidOptionError('url', defect, redactUrl(url))
     return { dialect: 'sqlite', filename: decodeURIComponent(path) }
   }
@@ -118,7 +125,24 @@ function sqlitePathDefect(encoded: string): string | undefined {
  */
 export function sqliteUrlDefect(url: string): string | undefined {
   const path = sqlitePath(url)
-  return path === undefined ? undefined : sqlitePathDefect(path)
+  return path === undefined ? undefined : sqliteUrlDefectOf(url, path)
+}
+
+const noHost =
+  'a sqlite: URL without a host (SQLite opens no file on another machine): write sqlite:///abs/path for an absolute path, sqlite:./rel/path for a relative one'
+
+/**
+ * What is wrong with `url`, whose still-encoded file part is `path`: first its file part (see
+ * {@link sqlitePathDefect}), then a host. `sqlite://X/Y` reads, as any URL, as the host X and
+ * the path /Y; it was taken as the relative file X/Y, so `sqlite://db-server/var/app.db` quietly
+ * made ./db-server/var/app.db. `sqlite://rel.db` (no further `/`) stays a relative file, as
+ * documented, and `sqlite:///abs` (an empty host) an absolute one.
+ */
+function sqliteUrlDefectOf(url: string, path: string): string | undefined {
+  const defect = sqlitePathDefect(path)
+  if (defect !== undefined) return defect
+  if (/^sqlite:\/\/[^/]+\//i.test(url)) return noHost
+  return undefined
 }
 
 /** The still-encoded file part of a `sqlite:` URL; undefined when `url` is no such URL. */

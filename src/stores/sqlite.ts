@@ -519,28 +519,53 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
 
 /**
  * Creates the file's folders, refusing with `INVALID_OPTION` what cannot hold a database file:
- * a folder given as the file (SQLite says only "unable to open database file") and a file where
- * a folder goes (mkdir says "EEXIST: file already exists").
+ * a folder given as the file (SQLite says only "unable to open database file"), a file where
+ * a folder goes (mkdir says "EEXIST: file already exists"), and a folder that cannot be created
+ * (`/proc/nope/x.db`, a read-only or forbidden place), each naming the path.
  */
 function prepareFolder(filename: string): void {
   if (statOf(filename)?.isDirectory()) {
     throw new InvalidOptionError('filename', 'a file, not a folder', filename)
   }
-  try {
-    mkdirSync(dirname(filename), { recursive: true })
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    if (code !== 'EEXIST' && code !== 'ENOTDIR') throw error
-    // The nearest existing part of the path is what is not a folder.
-    let part = dirname(filename)
-    while (statOf(part) === undefined && dirname(part) !== part) part = dirname(part)
+  // Not mkdirSync({ recursive: true }): on Node 20 it loops forever under /proc, where mkdir
+  // answers ENOENT for a parent that stat finds. Walking up to the nearest existing part and
+  // creating each missing level on its own gets a plain error there instead.
+  const missing: string[] = []
+  let part = dirname(filename)
+  let found = statOf(part)
+  while (found === undefined && dirname(part) !== part) {
+    missing.push(part)
+    part = dirname(part)
+    found = statOf(part)
+  }
+  if (found !== undefined && !found.isDirectory()) {
     throw new InvalidOptionError(
       'filename',
-      `a path whose folders are folders (${part} is a file)`,
+      `a path whose folders are folders (${part} ${found.isFile() ? 'is a file' : 'is not a folder'})`,
       filename,
     )
   }
+  for (const folder of missing.reverse()) {
+    try {
+      mkdirSync(folder)
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code
+      // Another process preparing the same path (two migrations at once) made it first.
+      if (code === 'EEXIST' && statOf(folder)?.isDirectory()) continue
+      if (code === undefined || !uncreatableFolder.has(code)) throw error
+      throw new InvalidOptionError(
+        'filename',
+        `a path whose folders can be created (creating ${folder} failed: ${code})`,
+        filename,
+      )
+    }
+  }
 }
+
+// What mkdir answers for a folder that cannot be made there whatever is retried: a place that
+// takes no new folders (/proc, /sys), no permission, a read-only file system, or a dangling link
+// or other non-folder in the way. Anything else (ENOSPC, EIO) is a failure of the moment.
+const uncreatableFolder = new Set(['ENOENT', 'EACCES', 'EPERM', 'EROFS', 'EEXIST', 'ENOTDIR'])
 
 /** What `path` is, or undefined when nothing is there (or a file stands where a folder goes). */
 function statOf(path: string): Stats | undefined {
