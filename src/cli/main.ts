@@ -8,6 +8,7 @@ import { BreakwaterError } from '../core/errors.js'
 // The module itself, not observability/index.js: main loads nothing a command does not need.
 import { redactSecrets } from '../observability/redact.js'
 import { StartupError } from './process-support.js'
+import { packageVersion, wantsHelp } from './usage.js'
 
 /** A command's entry point: gets its own arguments, resolves to the exit code. */
 type Command = (args: string[]) => Promise<number>
@@ -39,6 +40,28 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
       'run the resilience proxy: proxy --config <file.yaml> [--workers N] [--start-timeout MS] [--check]',
     load: async () => (await import('./proxy.js')).proxyCommand,
   },
+  version: {
+    summary: 'print the version of breakwater (also --version or -V)',
+    load: async () => versionCommand,
+  },
+}
+
+/** `breakwater version` (and `--version`, `-V`): the package version alone, for scripts. */
+async function versionCommand(args: string[]): Promise<number> {
+  if (wantsHelp(args)) {
+    process.stdout.write(
+      'usage: breakwater version\n\nprints the version of breakwater (also: breakwater --version, -V)\n',
+    )
+    return 0
+  }
+  if (args.length > 0) {
+    process.stderr.write(
+      `breakwater version: takes no arguments, got "${redactSecrets(args[0]!)}"\n\n${usage()}`,
+    )
+    return 2
+  }
+  process.stdout.write(`${packageVersion()}\n`)
+  return 0
 }
 
 // What the exit codes mean, the same for every command: a script tells a mistake in its own
@@ -48,14 +71,15 @@ const exitCodes = `exit codes:
   1    a failure at run time: a database or broker that cannot be used or fails, a
        process that could not start or did not stop in time, an id that is not there
   2    a bad argument: an unknown command or option, a bad value, a malformed URL, a
-       sqlite: path that cannot be a database file (a folder), a proxy config that is
-       not valid (at start: \`proxy --check\` exits 1 listing its faults)
+       sqlite: path that cannot be a database file (a folder, a folder that cannot be
+       created), a sqlite://host/path URL, a proxy config that is not valid (at
+       start: \`proxy --check\` exits 1 listing its faults)
   141  the reader of the output went away (\`breakwater saga list | head -1\`)
 `
 
 function usage(): string {
   const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
-  return `usage: breakwater <command> [options]\n\ncommands:\n${lines.join('\n')}\n\n${exitCodes}`
+  return `usage: breakwater <command> [options]\n       breakwater --version | --help\n\ncommands:\n${lines.join('\n')}\n\n${exitCodes}`
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -74,6 +98,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(usage())
     return 0
   }
+  if (name === '--version' || name === '-V') return runCommand('version', rest)
   return runCommand(name, rest)
 }
 

@@ -1,6 +1,9 @@
 // What every CLI command shares for reporting: the error a parser throws for bad arguments,
 // the text of anything thrown, counts in sentences, and JSON output with secrets masked.
 
+import { readFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { redactSecrets } from '../observability/redact.js'
 
 /** Thrown by a command's parser for bad arguments: reported with the usage, exit code 2. */
@@ -51,4 +54,33 @@ export function redactedJson(value: unknown): string {
     (_key, item: unknown) => (typeof item === 'string' ? redactSecrets(item) : item),
     2,
   )
+}
+
+/**
+ * The version of the breakwater that runs: the `version` of the nearest package.json named
+ * `breakwater` in a folder above `from` (this module), read at run time.
+ */
+export function packageVersion(from: string = import.meta.url): string {
+  // Walked up rather than a fixed `../../package.json`: the module sits at dist/cli/ in the
+  // package, but a bundle of the CLI (the tests run one) lives elsewhere in the project.
+  let folder = dirname(fileURLToPath(from))
+  for (;;) {
+    const found = packageAt(folder)
+    if (found?.name === 'breakwater' && typeof found.version === 'string') return found.version
+    const parent = dirname(folder)
+    if (parent === folder) throw new Error(`no package.json of breakwater above ${from}`)
+    folder = parent
+  }
+}
+
+/** The package.json in `folder`, or undefined when there is none (or it does not parse). */
+function packageAt(folder: string): { name?: unknown; version?: unknown } | undefined {
+  try {
+    return JSON.parse(readFileSync(join(folder, 'package.json'), 'utf8')) as {
+      name?: unknown
+      version?: unknown
+    }
+  } catch {
+    return undefined
+  }
 }
