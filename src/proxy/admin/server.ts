@@ -63,6 +63,13 @@ class AdminProblem extends Error {
   }
 }
 
+/** The client closed its connection before its request had arrived whole. */
+class ClientGone extends Error {
+  constructor(cause: unknown) {
+    super('the client closed the connection', { cause })
+  }
+}
+
 const titles: Record<number, string> = {
   400: 'Bad Request',
   401: 'Unauthorized',
@@ -154,6 +161,18 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     { insecureHTTPParser: false, headersTimeout: 10_000, requestTimeout: 30_000 },
     (req, res) => {
       handle(req, res).catch((error: unknown) => {
+        if (error instanceof ClientGone) {
+          // The client's doing, not a fault of the proxy: warn, as the gateway logs a request
+          // whose body never arrived (request.ts). Nobody is left to answer.
+          log.warn('admin request abandoned', {
+            method: req.method,
+            path: pathOf(req),
+            remote: req.socket.remoteAddress,
+            detail: 'the client closed the connection before the request body arrived',
+          })
+          res.destroy()
+          return
+        }
         if (!(error instanceof AdminProblem))
           log.error('admin request failed', {
             error: error instanceof Error ? error.message : String(error),
@@ -487,11 +506,17 @@ async function readJson(req: IncomingMessage, maxBytes: number): Promise<unknown
     throw new AdminProblem(415, 'UNSUPPORTED_MEDIA_TYPE', 'send application/json')
   const chunks: Buffer[] = []
   let size = 0
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length
-    if (size > maxBytes)
-      throw new AdminProblem(413, 'BODY_TOO_LARGE', `the body is over ${maxBytes} bytes`)
-    chunks.push(chunk as Buffer)
+  try {
+    for await (const chunk of req) {
+      size += (chunk as Buffer).length
+      if (size > maxBytes)
+        throw new AdminProblem(413, 'BODY_TOO_LARGE', `the body is over ${maxBytes} bytes`)
+      chunks.push(chunk as Buffer)
+    }
+  } catch (error) {
+    // node:http ends the body of a connection closed mid-way with an error ('aborted').
+    if (error instanceof AdminProblem || req.complete) throw error
+    throw new ClientGone(error)
   }
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8'))
