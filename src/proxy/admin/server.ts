@@ -13,7 +13,9 @@ import { BreakwaterError, InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import { PROMETHEUS_CONTENT_TYPE } from '../../observability/metrics.js'
 import { adminTokenProblem } from '../config/files.js'
+import { limitsDefaults } from '../config/schema.js'
 import type { AdminConfig, ProxyDeps, RouteTargetConfig, SecretSource } from '../contracts.js'
+import { connectionsCheckingIntervalMs } from '../inbound/listener.js'
 import { maxRouteWeight } from '../inbound/routes.js'
 import {
   type AdminBackend,
@@ -40,6 +42,18 @@ export interface AdminServerOptions {
    * @default 65536
    */
   readonly maxBodyBytes?: number
+  /**
+   * How long a request head may take to arrive (ms) before it is answered 408; at most
+   * `requestTimeoutMs`. The listeners' default (`limits.headersTimeoutMs`).
+   * @default 10000
+   */
+  readonly headersTimeoutMs?: number
+  /**
+   * How long a whole request may take to arrive (ms) before it is answered 408. The listeners'
+   * default (`limits.requestTimeoutMs`).
+   * @default 30000
+   */
+  readonly requestTimeoutMs?: number
 }
 
 /** A running admin API. */
@@ -133,6 +147,22 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       : checkInteger('config.maxConnections', config.maxConnections, 1, 100_000)
   const env = options.env ?? process.env
   const maxBodyBytes = checkInteger('maxBodyBytes', options.maxBodyBytes ?? 65_536, 2, 16_777_216)
+  const headersTimeoutMs = checkInteger(
+    'headersTimeoutMs',
+    options.headersTimeoutMs ?? limitsDefaults.headersTimeoutMs,
+    1,
+  )
+  const requestTimeoutMs = checkInteger(
+    'requestTimeoutMs',
+    options.requestTimeoutMs ?? limitsDefaults.requestTimeoutMs,
+    1,
+  )
+  if (headersTimeoutMs > requestTimeoutMs)
+    throw new InvalidOptionError(
+      'headersTimeoutMs',
+      `at most requestTimeoutMs (${requestTimeoutMs})`,
+      headersTimeoutMs,
+    )
   const log = deps.logger.child({ component: 'admin' })
   const initial = await resolveSecret(config.token, env)
   if (initial !== undefined && initial.length < 16)
@@ -158,7 +188,17 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
 
   const sockets = new Set<Socket>()
   const server: Server = createServer(
-    { insecureHTTPParser: false, headersTimeout: 10_000, requestTimeout: 30_000 },
+    {
+      insecureHTTPParser: false,
+      // The gateway's limits, checked as often as a listener checks them (listener.ts): with
+      // node's default interval (30 s) a half-sent head was answered 408 after up to 40 s.
+      headersTimeout: headersTimeoutMs,
+      requestTimeout: requestTimeoutMs,
+      connectionsCheckingInterval: connectionsCheckingIntervalMs(
+        headersTimeoutMs,
+        requestTimeoutMs,
+      ),
+    },
     (req, res) => {
       handle(req, res).catch((error: unknown) => {
         if (error instanceof ClientGone) {
