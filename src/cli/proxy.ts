@@ -187,6 +187,14 @@ export async function proxyCommand(args: string[], deps: ProxyCommandDeps = {}):
   const early = parsed.check ? undefined : holdSighup(deps.signals ?? process)
   try {
     return await runProxy(parsed, deps, early)
+  } catch (error) {
+    // Said here, under the command's own prefix as its usage errors are, rather than by
+    // main.ts (`breakwater: ...`); the exit codes are main's: 2 for the file or an option, 1
+    // for a start that failed. Anything else is a bug, which main prints with its stack.
+    const code = startExitCode(error)
+    if (code === undefined) throw error
+    stderr.write(`breakwater proxy: ${(error as Error).message}\n`)
+    return code
   } finally {
     early?.handOver()
   }
@@ -681,7 +689,7 @@ function drainWait(drainTimeoutMs: number, margin: number): number {
   return Math.min(drainTimeoutMs + margin, maxTimerDelayMs)
 }
 
-// Why the proxy could not start, for main.ts: config and option errors stay what they are
+// Why the proxy could not start, for proxyCommand: config and option errors stay what they are
 // (exit 2); anything else (a port in use, a store that does not open) becomes one line, exit 1,
 // with the runtime's error as its cause.
 function startFailure(error: unknown): never {
@@ -693,8 +701,18 @@ function startFailure(error: unknown): never {
   throw new StartupError(`cannot start: ${messageOf(error)}`, { cause: error })
 }
 
+/** The exit code main.ts gives `error` when it is no bug: 2 for the file or an option, 1 for a failed start. */
+function startExitCode(error: unknown): number | undefined {
+  if (
+    BreakwaterError.is(error) &&
+    (error.code === 'CONFIG_INVALID' || error.code === 'INVALID_OPTION')
+  )
+    return 2
+  return error instanceof StartupError ? 1 : undefined
+}
+
 /**
- * A start that failed past `startTimeoutMs` is said (as main.ts would say it) and ends the
+ * A start that failed past `startTimeoutMs` is said (as proxyCommand says a failed start) and ends the
  * process with exit 1 at once: the step it gave up on (a database that never answers, a lock
  * wait) holds its socket, and with it the process, open for as long as that step lasts. Any
  * other error is thrown on.
@@ -702,7 +720,7 @@ function startFailure(error: unknown): never {
 function endTimedOutStart(error: unknown, deps: ProxyCommandDeps): number {
   const cause = error instanceof StartupError ? error.cause : undefined
   if (!BreakwaterError.is(cause) || cause.code !== 'PROXY_START_TIMEOUT') throw error
-  ;(deps.stderr ?? process.stderr).write(`breakwater: ${(error as Error).message}\n`)
+  ;(deps.stderr ?? process.stderr).write(`breakwater proxy: ${(error as Error).message}\n`)
   ;(deps.exit ?? ((code: number) => process.exit(code)))(1)
   return 1
 }

@@ -44,7 +44,7 @@ startTimeoutMs: 500
       // Well before pg's 10 s connect timeout would have let go of the socket.
       expect(Date.now() - failedAt).toBeLessThan(5_000)
       expect(cli.stderr()).toContain(
-        `breakwater: cannot start: startTimeoutMs (500 ms) passed while waiting for idempotency.url: opening postgres://app@127.0.0.1:${port}/app`,
+        `breakwater proxy: cannot start: startTimeoutMs (500 ms) passed while waiting for idempotency.url: opening postgres://app@127.0.0.1:${port}/app`,
       )
     } finally {
       cli.kill()

@@ -220,6 +220,8 @@ describe('proxyCommand', () => {
       for (const workers of ['1', '2']) {
         const result = await runCli(['proxy', '--config', busy, '--workers', workers])
         expect(result.code).toBe(1)
+        // As the proxy's other messages begin (usage errors), not with main's `breakwater:`.
+        expect(result.stderr).toMatch(/^breakwater proxy: cannot start: /)
         expect(result.stderr).toContain(`listeners.out: cannot listen on 127.0.0.1:${port}`)
         expect(result.stderr).toContain('EADDRINUSE')
         expect(result.stderr).not.toMatch(/\n\s+at /)
@@ -232,9 +234,18 @@ describe('proxyCommand', () => {
       )
       const result = await runCli(['proxy', '--config', store])
       expect(result.code).toBe(1)
-      expect(result.stderr).toContain(`cannot start: idempotency.url: cannot open sqlite:${dir}`)
+      expect(result.stderr).toContain(
+        `breakwater proxy: cannot start: idempotency.url: cannot open sqlite:${dir}`,
+      )
       expect(result.stderr).not.toMatch(/\n\s+at /)
     })
+  })
+
+  it('a file refused at start is said under the prefix of the command, exit 2', async () => {
+    const file = write('invalid-at-start.yaml', 'services: {}\nlisteners: []\n')
+    const result = await runCli(['proxy', '--config', file])
+    expect(result.code).toBe(2)
+    expect(result.stderr).toMatch(/^breakwater proxy: invalid proxy config /)
   })
 
   it('in one process, an admin port in use is one line naming admin and its address, exit 1', async () => {
