@@ -280,6 +280,9 @@ class Sidecar implements SidecarIdempotency {
       // request.
       route: `${inbound.path}${inbound.query}`,
       header: (name) => headerValueOf(inbound.headers, name.toLowerCase()),
+      // forwardableHeaders keeps a repeated header's lines as a list: exact, where the joined
+      // value alone would read one line holding ", " as two.
+      headerRepeated: (name) => Array.isArray(inbound.headers[name]),
       body: inbound.body ?? emptyBody,
       signal: inbound.signal,
       native: inbound,

@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto'
 import { createServer as createHttpServer, IncomingMessage, ServerResponse } from 'node:http'
 import { createServer as createNetServer, type Server as NetServer, Socket } from 'node:net'
+import { request as undiciRequest } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
@@ -131,6 +132,31 @@ describe.each(engines)('sidecar idempotency on $name', (engine) => {
     expect(response.status).toBe(400)
     expect(response.headers.get('content-type')).toBe('application/problem+json')
     expect(await response.json()).toMatchObject({ code: 'IDEMPOTENCY_KEY_MISSING', status: 400 })
+    expect(app.seen.length).toBe(seen)
+  })
+
+  // The gateway keeps a repeated header's lines apart, so it can tell two lines from one line
+  // holding ", " (which Node's parser would have joined into the same text).
+  it('answers 400 idempotency-key-repeated to a key on two header lines, malformed to one line with ", "', async () => {
+    const seen = app.seen.length
+    const send = (key: string | string[]) =>
+      undiciRequest(`${gateways[0]!.url}/payments`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': key },
+        body: '{"amount":1}',
+      })
+    const repeated = await send([randomUUID(), randomUUID()])
+    expect(repeated.statusCode).toBe(400)
+    expect(await repeated.body.json()).toMatchObject({
+      code: 'IDEMPOTENCY_KEY_INVALID',
+      rule: 'repeated',
+    })
+    const spaced = await send('a, b')
+    expect(spaced.statusCode).toBe(400)
+    expect(await spaced.body.json()).toMatchObject({
+      code: 'IDEMPOTENCY_KEY_INVALID',
+      rule: 'characters',
+    })
     expect(app.seen.length).toBe(seen)
   })
 
