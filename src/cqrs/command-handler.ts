@@ -5,7 +5,6 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
   isDroppedPromise,
   isObjectRecord,
@@ -22,6 +21,7 @@ import { retry } from '../index.js'
 import type { Outbox, OutboxEvent } from '../outbox/index.js'
 import { parseStoredJson, StoredDataError } from '../stores/errors.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
+import { checkOptionKeys } from './checks.js'
 import { WrongExpectedVersionError } from './errors.js'
 import {
   checkExpected,
@@ -311,7 +311,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     this.#store = internalsOf(store)
     checkObject('options', options)
     // A misspelt option (`maxAttempt`, `snapshot`) was dropped without a word.
-    checkKnownOptions('options', options, handlerOptions)
+    checkOptionKeys('options', options, handlerOptions)
     const decider = checkObject('decider', options.decider)
     checkFunction('decider.initialState', decider.initialState)
     checkFunction('decider.evolve', decider.evolve)
@@ -331,7 +331,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     })
     if (options.idempotency !== undefined) {
       const settings = checkObject('idempotency', options.idempotency)
-      checkKnownOptions('idempotency', settings, idempotencyOptions)
+      checkOptionKeys('idempotency', settings, idempotencyOptions)
       const scope = settings.scope ?? 'commands'
       if (typeof scope !== 'string' || scope === '') {
         throw new InvalidOptionError('idempotency.scope', 'a non-empty string', scope)
@@ -359,7 +359,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     }
     if (options.outbox !== undefined) {
       const outbox = checkObject('outbox', options.outbox)
-      checkKnownOptions('outbox', outbox, outboxOptions)
+      checkOptionKeys('outbox', outbox, outboxOptions)
       checkObject('outbox.outbox', outbox.outbox)
       checkFunction('outbox.outbox.enqueue', (outbox.outbox as Outbox).enqueue)
       checkFunction('outbox.map', outbox.map)
@@ -367,7 +367,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     }
     if (options.snapshots !== undefined) {
       const s = checkObject('snapshots', options.snapshots)
-      checkKnownOptions('snapshots', s, snapshotOptions)
+      checkOptionKeys('snapshots', s, snapshotOptions)
       const every = checkInteger('snapshots.every', s.every, 1)
       // PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD; and the name is a
       // key with the stream id: bounded so that both fit one index entry (see checkKey).
@@ -427,7 +427,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     // store as given would fail there with a bare driver error (or read another stream).
     checkName('stream', stream)
     checkObject('options', options)
-    checkKnownOptions('options', options, txOptions)
+    checkOptionKeys('options', options, txOptions)
     const { truncateBefore: _, ...loaded } = await this.#load(stream, options.tx ?? this.#store.db)
     return loaded
   }
@@ -498,7 +498,7 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     checkKey('stream', stream)
     checkObject('options', options)
     // A misspelt expectedVersion or commandId dropped the precondition or the deduplication.
-    checkKnownOptions('options', options, handleOptions)
+    checkOptionKeys('options', options, handleOptions)
     const commandId = options.commandId
     if (commandId !== undefined && (typeof commandId !== 'string' || commandId === '')) {
       throw new InvalidOptionError('commandId', 'a non-empty string', commandId)

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
 import { describeValue, InvalidOptionError } from '../core/errors.js'
-import { checkStoredName, exceedsBytes, jsonTextOf } from '../core/text.js'
+import { checkStoredName, exceedsBytes } from '../core/text.js'
 import {
   checkClock,
   checkInteger,
@@ -17,6 +17,7 @@ import {
   appendAlone,
   type BatchedAppend,
 } from './append-batcher.js'
+import { checkOptionKeys, eventJsonText } from './checks.js'
 import { UpcastError, WrongExpectedVersionError } from './errors.js'
 import { publish } from './events.js'
 import { AppendNotifier } from './follower.js'
@@ -232,6 +233,15 @@ export function checkExpected(value: unknown): ExpectedVersion {
 }
 
 /**
+ * The expectation of a store write: `'any'` only when the option is left out (undefined). Null
+ * is refused by {@link checkExpected}: `expectedVersion: loaded?.version ?? null` would
+ * otherwise write with no concurrency check at all.
+ */
+function expectedOf(value: unknown): ExpectedVersion {
+  return value === undefined ? 'any' : checkExpected(value)
+}
+
+/**
  * @internal Checks a stream, event type or id, checkpoint or snapshot name:
  * {@link checkStoredName}. A lone surrogate would otherwise be sent as U+FFFD, so on PostgreSQL
  * `'s\ud800'` and `'s\udc00'` would silently name one stream.
@@ -414,7 +424,7 @@ export class EventStoreImpl implements EventStore {
     }
     checkObject('options', options)
     // A misspelt option (`notfy`) was dropped without a word: its default was used instead.
-    checkKnownOptions('options', options, storeOptions)
+    checkOptionKeys('options', options, storeOptions)
     this.db = db
     this.dialect = db.dialect
     this.statements = cqrsStatements[db.dialect]
@@ -482,7 +492,7 @@ export class EventStoreImpl implements EventStore {
   ): Promise<AppendResult<E>> {
     checkObject('options', options)
     // A misspelt expectedVersion appended at any version: no concurrency check at all.
-    checkKnownOptions('options', options, appendOptions)
+    checkOptionKeys('options', options, appendOptions)
     // In the caller's transaction the only way to wake followers at its commit is NOTIFY in
     // that transaction; on its own the append announces itself after committing.
     const result = await this.appendQuietly(stream, events, options, options.tx !== undefined)
@@ -508,7 +518,7 @@ export class EventStoreImpl implements EventStore {
     if (!Array.isArray(events) || events.length === 0) {
       throw new InvalidOptionError('events', 'a non-empty array of events', events)
     }
-    const expected = checkExpected(options.expectedVersion ?? 'any')
+    const expected = expectedOf(options.expectedVersion)
     checkWriteTx(options.tx)
     const prepared = this.#prepare(stream, events)
     const createdAt = storedTime(this.clock)
@@ -675,10 +685,12 @@ export class EventStoreImpl implements EventStore {
       if (typeof event !== 'object' || event === null) {
         throw new InvalidOptionError(`events[${i}]`, 'an event object', event)
       }
+      // checkKnownOptions, not checkOptionKeys: `data: null` is JSON null, a value.
       checkKnownOptions(`events[${i}]`, event, newEventFields)
       checkName(`events[${i}].type`, event.type)
-      const id = checkName(`events[${i}].id`, event.id ?? randomUUID())
-      const data = jsonTextOf(`events[${i}].data`, event.data)
+      // Only a missing id is generated: null is refused, as for every option.
+      const id = checkName(`events[${i}].id`, event.id === undefined ? randomUUID() : event.id)
+      const data = eventJsonText(`events[${i}].data`, event.data)
       const metadata = event.metadata
       // An array would be stored and read back as the event's "metadata object".
       if (metadata !== undefined) checkObject(`events[${i}].metadata`, metadata)
@@ -696,7 +708,7 @@ export class EventStoreImpl implements EventStore {
       prepared.values[i] = isPlainJson(event.data) ? event.data : JSON.parse(data)
       const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0
       const metadataText = hasMetadata
-        ? jsonTextOf(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
+        ? eventJsonText(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
         : null
       prepared.metadata[i] = metadataText
       prepared.metadataObjects[i] =
@@ -729,7 +741,7 @@ export class EventStoreImpl implements EventStore {
   ): Promise<ReadStreamResult<E>> {
     checkStream(stream)
     checkObject('options', options)
-    checkKnownOptions('options', options, readStreamOptions)
+    checkOptionKeys('options', options, readStreamOptions)
     const direction = options.direction ?? 'forwards'
     if (direction !== 'forwards' && direction !== 'backwards') {
       throw new InvalidOptionError('direction', '"forwards" or "backwards"', direction)
@@ -824,7 +836,7 @@ export class EventStoreImpl implements EventStore {
   ): Promise<RecordedEvent<E>[]> {
     // Here, not in #readAllRows: the followers' own reads are built by breakwater.
     checkObject('options', options)
-    checkKnownOptions('options', options, readAllOptions)
+    checkOptionKeys('options', options, readAllOptions)
     const rows = await this.#readAllRows(options)
     const events: RecordedEvent<E>[] = new Array(rows.length)
     for (let i = 0; i < rows.length; i++) events[i] = this.toRecorded<E>(rows[i]!)
@@ -879,7 +891,8 @@ export class EventStoreImpl implements EventStore {
   async #readAllRows(options: ReadAllOptions): Promise<EventRow[]> {
     checkObject('options', options)
     const from = checkInteger('fromPosition', options.fromPosition ?? 0, 0)
-    const limit = checkInteger('limit', options.limit ?? 1000, 1)
+    // 0 reads no events, as readStream's 0 reads none (followers never ask for 0).
+    const limit = checkInteger('limit', options.limit ?? 1000, 0)
     const executor = options.tx ?? this.db
     const params: unknown[] = [from, limit]
     const watermarkSql = this.statements.readAllWatermark
@@ -921,7 +934,7 @@ export class EventStoreImpl implements EventStore {
 
   async headPosition(options: { readonly tx?: SqlExecutor } = {}): Promise<number> {
     checkObject('options', options)
-    checkKnownOptions('options', options, txOptions)
+    checkOptionKeys('options', options, txOptions)
     const rows = await (options.tx ?? this.db).query<{ position: number | string }>(
       this.statements.headPosition,
     )
@@ -944,7 +957,7 @@ export class EventStoreImpl implements EventStore {
   ): Promise<StreamInfo> {
     checkStream(stream)
     checkObject('options', options)
-    checkKnownOptions('options', options, txOptions)
+    checkOptionKeys('options', options, txOptions)
     const rows = await (options.tx ?? this.db).query<StreamRow>(this.statements.streamInfo, [
       stream,
     ])
@@ -961,9 +974,9 @@ export class EventStoreImpl implements EventStore {
     checkObject('metadata', metadata)
     // A bare version (setStreamMetadata(s, m, 3)) would otherwise be ignored: written at 'any'.
     checkObject('options', options)
-    checkKnownOptions('options', options, streamWriteOptions)
-    const expected = checkExpected(options.expectedVersion ?? 'any')
-    const text = jsonTextOf('metadata', metadata, 'a JSON-serializable object')
+    checkOptionKeys('options', options, streamWriteOptions)
+    const expected = expectedOf(options.expectedVersion)
+    const text = eventJsonText('metadata', metadata, 'a JSON-serializable object')
     checkWriteTx(options.tx)
     await this.#inTransaction(options.tx, async (tx) => {
       const now = storedTime(this.clock)
@@ -985,8 +998,8 @@ export class EventStoreImpl implements EventStore {
     checkStream(stream)
     // A bare version (deleteStream(s, 3)) would otherwise be ignored: deleted at 'any'.
     checkObject('options', options)
-    checkKnownOptions('options', options, streamWriteOptions)
-    const expected = checkExpected(options.expectedVersion ?? 'any')
+    checkOptionKeys('options', options, streamWriteOptions)
+    const expected = expectedOf(options.expectedVersion)
     checkWriteTx(options.tx)
     await this.#inTransaction(options.tx, async (tx) => {
       const { info } = await this.#checkForWrite(tx, stream, expected)

@@ -1,7 +1,8 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { checkFunction, checkObject, optionKeys } from '../core/validate.js'
 import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
+import { checkOptionKeys } from './checks.js'
 import { cqrsStatements } from './sql.js'
 import { readStoredPosition } from './stored-position.js'
 import type { EventShape, RecordedEvent } from './types.js'
@@ -105,7 +106,7 @@ const projectionFields = optionKeys<ProjectionDefinition>({
 export function validateProjection(at: string, projection: unknown): ProjectionDefinition {
   const p = checkObject(at, projection)
   // A misspelt field (`eventType`) was dropped: the projection was handed every event type.
-  checkKnownOptions(at, p, projectionFields)
+  checkOptionKeys(at, p, projectionFields)
   // The name keys its row in breakwater_projections: capped like checkpoint names (ASCII, so
   // characters are bytes), or PostgreSQL would refuse the registration with a bare index error.
   if (typeof p.name !== 'string' || !namePattern.test(p.name) || p.name.length > maxKeyBytes) {

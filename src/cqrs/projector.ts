@@ -6,13 +6,13 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
   checkSignal,
   optionKeys,
 } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
+import { checkOptionKeys } from './checks.js'
 import {
   RebuildBlockedError,
   type RebuildBlockingForeignKey,
@@ -280,7 +280,7 @@ class SqlProjector implements Projector {
   constructor(store: EventStoreImpl, projection: ProjectionDefinition, options: ProjectorOptions) {
     checkObject('options', options)
     // A misspelt option (`pollIntervalMS`) was dropped without a word: its default was used.
-    checkKnownOptions('options', options, projectorOptions)
+    checkOptionKeys('options', options, projectorOptions)
     validateProjection('projection', projection)
     this.#store = store
     this.#projection = projection
@@ -541,7 +541,7 @@ class SqlProjector implements Projector {
 
   async catchUp(options: { readonly signal?: AbortSignal } = {}): Promise<number> {
     checkObject('options', options)
-    checkKnownOptions('options', options, catchUpOptions)
+    checkOptionKeys('options', options, catchUpOptions)
     const signal = checkSignal('signal', options.signal)
     if (this.inline) return this.position()
     for (;;) {
@@ -606,7 +606,7 @@ class SqlProjector implements Projector {
     checkInteger('position', position, 0)
     checkObject('options', options)
     // A misspelt timeout (`timeout`) waited the default 5 s instead.
-    checkKnownOptions('options', options, waitForOptions)
+    checkOptionKeys('options', options, waitForOptions)
     const timeoutMs = checkInteger('timeoutMs', options.timeoutMs ?? 5000, 0)
     const signal = checkSignal('signal', options.signal)
     if (position <= this.#lastKnown) return
@@ -646,7 +646,7 @@ class SqlProjector implements Projector {
 
   async rebuild(options: RebuildOptions = {}): Promise<RebuildResult> {
     checkObject('options', options)
-    checkKnownOptions('options', options, rebuildOptions)
+    checkOptionKeys('options', options, rebuildOptions)
     const batchSize = checkInteger('batchSize', options.batchSize ?? this.#batchSize, 1, 100_000)
     const signal = checkSignal('signal', options.signal)
     if (signal?.aborted) throw new AbortedError(signal.reason)

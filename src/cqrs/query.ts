@@ -1,12 +1,7 @@
 import { InvalidOptionError } from '../core/errors.js'
-import {
-  checkFunction,
-  checkInteger,
-  checkKnownOptions,
-  checkObject,
-  optionKeys,
-} from '../core/validate.js'
+import { checkFunction, checkInteger, checkObject, optionKeys } from '../core/validate.js'
 import type { SqlDialect, SqlExecutor, SqlTransaction } from '../stores/index.js'
+import { checkOptionKeys } from './checks.js'
 import type { Projector } from './projector.js'
 
 /**
@@ -329,7 +324,7 @@ function readerOf(db: SqlExecutor): ReadModelReader {
 export function createQueryHandler<P, R>(options: QueryHandlerOptions<P, R>): QueryHandler<P, R> {
   checkObject('options', options)
   // A misspelt option (`projector`) was dropped: a read-your-writes query waited for nothing.
-  checkKnownOptions('options', options, handlerOptions)
+  checkOptionKeys('options', options, handlerOptions)
   const db = checkObject('db', options.db) as unknown as SqlExecutor
   checkFunction('db.query', db.query)
   const run = checkFunction<(reader: ReadModelReader, params: P) => Promise<R>>('run', options.run)
@@ -348,7 +343,7 @@ export function createQueryHandler<P, R>(options: QueryHandlerOptions<P, R>): Qu
     // A bare position (query(params, lastPosition)) would otherwise be ignored: the query would
     // run at once, without the read-your-writes wait it asked for.
     checkObject('options', callOptions)
-    checkKnownOptions('options', callOptions, queryOptions)
+    checkOptionKeys('options', callOptions, queryOptions)
     if (callOptions.atLeastPosition !== undefined) {
       const position = checkInteger('atLeastPosition', callOptions.atLeastPosition, 0)
       const wait = {

@@ -5,10 +5,10 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
   optionKeys,
 } from '../core/validate.js'
+import { checkOptionKeys } from './checks.js'
 import { checkKey, type EventStoreImpl } from './event-store.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
 import { storedPosition } from './stored-position.js'
@@ -117,7 +117,7 @@ class StoreSubscription implements Subscription {
     checkObject('options', options)
     // A misspelt name (`nme`) left the subscription without a checkpoint: every restart began
     // again from the start of the log.
-    checkKnownOptions('options', options, subscriptionOptions)
+    checkOptionKeys('options', options, subscriptionOptions)
     this.#store = store
     this.#handler = checkFunction('handler', handler)
     // PostgreSQL cannot store NUL, and stores a lone surrogate as U+FFFD; and the name is a key

@@ -72,6 +72,7 @@ export type ExpectedVersion = 'any' | 'noStream' | 'streamExists' | number
 export interface AppendOptions {
   /**
    * The concurrency check; a mismatch throws `WrongExpectedVersionError` and appends nothing.
+   * `null` is refused (`INVALID_OPTION`), not read as `'any'`.
    * @default 'any'
    */
   readonly expectedVersion?: ExpectedVersion
@@ -116,7 +117,7 @@ export interface ReadStreamOptions {
    */
   readonly direction?: 'forwards' | 'backwards'
   /**
-   * The most events to return.
+   * The most events to return; 0 returns none, only the stream's version and flags.
    * @default unlimited
    */
   readonly limit?: number
@@ -147,7 +148,7 @@ export interface ReadAllOptions {
    */
   readonly fromPosition?: number
   /**
-   * The most events to return.
+   * The most events to return; 0 returns none (as `readStream`'s does).
    * @default 1000
    */
   readonly limit?: number
@@ -170,7 +171,7 @@ export interface StreamInfo {
 /** Options of `EventStore.deleteStream` and `EventStore.setStreamMetadata`. */
 export interface StreamWriteOptions {
   /**
-   * The concurrency check against the stream's version.
+   * The concurrency check against the stream's version. `null` is refused, not read as `'any'`.
    * @default 'any'
    */
   readonly expectedVersion?: ExpectedVersion

@@ -34,6 +34,27 @@ describe.each(dbTargets)('event store JSON values on $dialect', (target) => {
     store = createEventStore(t.db)
   })
 
+  // Each case's call is refused with INVALID_OPTION naming `option`, its message holding
+  // `where`, and nothing is appended (the stream 'bad' is never written).
+  async function expectRefused(
+    cases: readonly [option: string, where: string, run: () => Promise<unknown>][],
+    check: (error: Error) => void = () => {},
+  ): Promise<void> {
+    const head = await store.headPosition()
+    for (const [option, where, run] of cases) {
+      const error = await run().then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect(error).toMatchObject({ code: 'INVALID_OPTION', option })
+      expect((error as Error).message).toContain(where)
+      check(error as Error)
+    }
+    expect(await store.headPosition()).toBe(head)
+    expect(await store.streamInfo('bad')).toMatchObject({ version: 0, metadata: {} })
+  }
+
   it('refuses data and metadata JSON would change, naming the path, appending nothing', async () => {
     const cases: [string, string, () => Promise<unknown>][] = [
       [
@@ -71,18 +92,137 @@ describe.each(dbTargets)('event store JSON values on $dialect', (target) => {
         () => store.setStreamMetadata('bad', { acl: new Map() }),
       ],
     ]
-    const head = await store.headPosition()
-    for (const [option, where, run] of cases) {
-      const error = await run().then(
-        () => undefined,
-        (e: unknown) => e,
-      )
-      expect(error).toBeInstanceOf(InvalidOptionError)
-      expect(error).toMatchObject({ code: 'INVALID_OPTION', option })
-      expect((error as Error).message).toContain(where)
+    await expectRefused(cases)
+  })
+
+  // An invalid Date (its toJSON gives null) was stored as null, and an undefined array element
+  // (or a hole) as null, while a function in an array and NaN were refused for the same loss.
+  it('refuses an invalid Date and undefined in an array, naming the path', async () => {
+    const cases: [string, string, () => Promise<unknown>][] = [
+      [
+        'events[0].data',
+        'an invalid Date at events[0].data.d',
+        () => store.append('bad', [{ type: 'x', data: { d: new Date('nope') } }]),
+      ],
+      [
+        'events[0].data',
+        'an invalid Date at events[0].data',
+        () => store.append('bad', [{ type: 'x', data: new Date(Number.NaN) }]),
+      ],
+      [
+        'events[1].data',
+        'undefined at events[1].data[0]',
+        () =>
+          store.append('bad', [
+            { type: 'x', data: 1 },
+            { type: 'x', data: [undefined] },
+          ]),
+      ],
+      [
+        'events[0].data',
+        'undefined at events[0].data.list[1]',
+        // A hole reads as undefined: JSON writes null there too.
+        () => store.append('bad', [{ type: 'x', data: { list: new Array(3).fill(1, 0, 1) } }]),
+      ],
+      [
+        'events[0].metadata',
+        'an invalid Date at events[0].metadata.at',
+        () => store.append('bad', [{ type: 'x', data: 1, metadata: { at: new Date('') } }]),
+      ],
+      [
+        'metadata',
+        'undefined at metadata.tags[0]',
+        () => store.setStreamMetadata('bad', { tags: [undefined] }),
+      ],
+    ]
+    await expectRefused(cases, (error) => {
+      expect(error.message).toContain('it would be stored as null')
+    })
+  })
+
+  it('keeps a valid Date as its ISO string, and null where the caller wrote null', async () => {
+    const at = new Date('2026-01-02T03:04:05.678Z')
+    const appended = await store.append('dates', [
+      { type: 'x', data: { at, list: [null, at], text: 'null' }, metadata: { at } },
+    ])
+    const read = (await store.readStream('dates')).events[0]!
+    const iso = '2026-01-02T03:04:05.678Z'
+    expect(read.data).toEqual({ at: iso, list: [null, iso], text: 'null' })
+    expect(read.metadata).toEqual({ at: iso })
+    expect(appended.events[0]!.data).toEqual(read.data)
+  })
+
+  // A throwing toJSON or getter escaped as the caller's own Error, with no code and no path.
+  it('wraps a throwing toJSON or getter as INVALID_OPTION with the cause, appending nothing', async () => {
+    const boom = new Error('boom')
+    const throwingGetter = {
+      get total(): number {
+        throw boom
+      },
     }
-    expect(await store.headPosition()).toBe(head)
-    expect(await store.streamInfo('bad')).toMatchObject({ version: 0, metadata: {} })
+    const cases: [string, string, () => Promise<unknown>][] = [
+      [
+        'events[0].data',
+        'events[0].data.amount',
+        () =>
+          store.append('bad', [
+            {
+              type: 'x',
+              data: {
+                amount: {
+                  toJSON() {
+                    throw boom
+                  },
+                },
+              },
+            },
+          ]),
+      ],
+      [
+        'events[1].data',
+        'events[1].data[0].total',
+        () =>
+          store.append('bad', [
+            { type: 'x', data: 1 },
+            // An object literal's getter is an own enumerable field: JSON reads it.
+            { type: 'x', data: [throwingGetter] },
+          ]),
+      ],
+      [
+        'events[0].metadata',
+        'events[0].metadata.user',
+        () =>
+          store.append('bad', [
+            {
+              type: 'x',
+              data: 1,
+              metadata: {
+                user: {
+                  toJSON() {
+                    throw boom
+                  },
+                },
+              },
+            },
+          ]),
+      ],
+      [
+        'metadata',
+        'metadata.acl',
+        () =>
+          store.setStreamMetadata('bad', {
+            acl: {
+              toJSON() {
+                throw boom
+              },
+            },
+          }),
+      ],
+    ]
+    await expectRefused(cases, (error) => {
+      expect(error.message).toContain('boom')
+      expect(error.cause).toBe(boom)
+    })
   })
 
   it('keeps a class instance as a plain object of its own fields', async () => {

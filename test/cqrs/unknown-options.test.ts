@@ -48,14 +48,16 @@ afterAll(async () => {
 const noop = () => {}
 const map = () => []
 
-// [what, call, a misspelt key's options, the option named, the same options spelt right]
-const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
+// [what, call, a misspelt key's options, the option named, the same options spelt right,
+//  every key it takes (each refused as null)]
+const cases: Array<[string, (o: object) => unknown, object, string, object, string[]]> = [
   [
     'createEventStore',
     (o) => createEventStore(test.db, o),
     { notfy: false },
     'options.notfy',
     { notify: false },
+    ['upcasters', 'inlineProjections', 'notify', 'notifyDelayMs', 'groupCommit', 'clock'],
   ],
   [
     'EventStore.append',
@@ -63,6 +65,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { expectedVerison: 'noStream' },
     'options.expectedVerison',
     { expectedVersion: 'noStream' },
+    ['expectedVersion', 'tx'],
   ],
   [
     'EventStore.readStream',
@@ -70,14 +73,23 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { direcion: 'backwards' },
     'options.direcion',
     { direction: 'backwards' },
+    ['from', 'direction', 'limit', 'tx'],
   ],
-  ['EventStore.readAll', (o) => store.readAll(o), { from: 1 }, 'options.from', { fromPosition: 1 }],
+  [
+    'EventStore.readAll',
+    (o) => store.readAll(o),
+    { from: 1 },
+    'options.from',
+    { fromPosition: 1 },
+    ['fromPosition', 'limit', 'tx'],
+  ],
   [
     'EventStore.headPosition',
     (o) => store.headPosition(o),
     { txn: 1 },
     'options.txn',
     { tx: undefined },
+    ['tx'],
   ],
   [
     'EventStore.streamInfo',
@@ -85,6 +97,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { txn: 1 },
     'options.txn',
     { tx: undefined },
+    ['tx'],
   ],
   [
     'EventStore.setStreamMetadata',
@@ -92,6 +105,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { expected: 'any' },
     'options.expected',
     { expectedVersion: 'any' },
+    ['expectedVersion', 'tx'],
   ],
   [
     'EventStore.deleteStream',
@@ -99,6 +113,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { expected: 'any' },
     'options.expected',
     { expectedVersion: 'any' },
+    ['expectedVersion', 'tx'],
   ],
   [
     'EventStore.subscribe',
@@ -106,6 +121,16 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { fromPositon: 1 },
     'options.fromPositon',
     { fromPosition: 1 },
+    [
+      'name',
+      'fromPosition',
+      'batchSize',
+      'pollIntervalMs',
+      'retryBaseDelayMs',
+      'retryMaxDelayMs',
+      'onError',
+      'clock',
+    ],
   ],
   [
     'createCommandHandler',
@@ -113,6 +138,16 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { maxAttempt: 2 },
     'options.maxAttempt',
     { maxAttempts: 2 },
+    [
+      'decider',
+      'maxAttempts',
+      'baseDelayMs',
+      'maxDelayMs',
+      'idempotency',
+      'outbox',
+      'snapshots',
+      'clock',
+    ],
   ],
   [
     'createCommandHandler idempotency',
@@ -120,6 +155,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { scop: 'x' },
     'idempotency.scop',
     { scope: 'x' },
+    ['scope', 'leaseMs', 'retentionMs', 'fingerprint'],
   ],
   [
     'createCommandHandler outbox',
@@ -131,6 +167,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { mapper: map },
     'outbox.mapper',
     {},
+    ['outbox', 'map'],
   ],
   [
     'createCommandHandler snapshots',
@@ -138,6 +175,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { nme: 'x' },
     'snapshots.nme',
     { name: 'x' },
+    ['every', 'name', 'serialize', 'deserialize'],
   ],
   [
     'CommandHandler.handle',
@@ -145,6 +183,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { expectedVerison: 'noStream' },
     'options.expectedVerison',
     { expectedVersion: 'noStream' },
+    ['commandId', 'expectedVersion', 'metadata', 'signal'],
   ],
   [
     'CommandHandler.load',
@@ -152,6 +191,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { txn: 1 },
     'options.txn',
     { tx: undefined },
+    ['tx'],
   ],
   [
     'createProjector',
@@ -159,14 +199,25 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { pollIntervalMS: 5 },
     'options.pollIntervalMS',
     { pollIntervalMs: 5 },
+    [
+      'batchSize',
+      'pollIntervalMs',
+      'retryBaseDelayMs',
+      'retryMaxDelayMs',
+      'onError',
+      'maxSwapRounds',
+      'swapLockTimeoutMs',
+      'clock',
+    ],
   ],
-  ['Projector.catchUp', (o) => projector.catchUp(o), { signl: 1 }, 'options.signl', {}],
+  ['Projector.catchUp', (o) => projector.catchUp(o), { signl: 1 }, 'options.signl', {}, ['signal']],
   [
     'Projector.waitFor',
     (o) => projector.waitFor(0, o),
     { timeout: 5 },
     'options.timeout',
     { timeoutMs: 5 },
+    ['timeoutMs', 'signal'],
   ],
   [
     'Projector.rebuild',
@@ -174,6 +225,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { batch: 5 },
     'options.batch',
     { batchSize: 5 },
+    ['batchSize', 'signal'],
   ],
   [
     'createQueryHandler',
@@ -181,6 +233,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { projector: [] },
     'options.projector',
     { projectors: [] },
+    ['db', 'projectors', 'run'],
   ],
   [
     'a query',
@@ -188,6 +241,7 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { atLeast: 0 },
     'options.atLeast',
     { atLeastPosition: 0 },
+    ['atLeastPosition', 'timeoutMs', 'signal'],
   ],
   [
     'defineProjection',
@@ -195,11 +249,12 @@ const cases: Array<[string, (o: object) => unknown, object, string, object]> = [
     { eventType: ['opened'] },
     'projection.eventType',
     { eventTypes: ['opened'] },
+    ['name', 'tables', 'eventTypes', 'apply'],
   ],
 ]
 
 describe('an unknown (misspelt) option is refused', () => {
-  it.each(cases)('%s', async (_name, call, wrong, option, right) => {
+  it.each(cases)('%s', async (_name, call, wrong, option, right, _keys) => {
     const error = await optionRefusal(() => call(wrong))
     expect(error.option).toBe(option)
     // The message lists the known keys, so the right spelling is at hand.
@@ -249,5 +304,56 @@ describe('an appended event field the store does not know is refused', () => {
       { type: 'opened', data: { owner: 'd' }, metadata: { user: 'u' }, ...stray },
     ])
     expect(result.version).toBe(1)
+  })
+})
+
+// null was taken as the default by most options (see null-options.test.ts): it is refused,
+// naming the option, for every key of every call above.
+// Options each call above passes itself (a spread of undefined would remove them).
+const required = new Set([
+  'decider',
+  'db',
+  'run',
+  'name',
+  'tables',
+  'apply',
+  'outbox',
+  'map',
+  'every',
+])
+
+describe('null for an option is refused, naming it', () => {
+  it.each(cases)('%s', async (_name, call, _wrong, option, _right, keys) => {
+    // The misspelt key's name says where the call's options sit: 'options.x', 'snapshots.x'.
+    const prefix = option.startsWith('options.') ? '' : option.slice(0, option.lastIndexOf('.') + 1)
+    for (const key of keys) {
+      const error = await optionRefusal(() => call({ [key]: null }))
+      expect(error.option).toBe(`${prefix}${key}`)
+      expect(error.value).toBeNull()
+    }
+    // Undefined is the default, as before (a required option keeps its value from the call).
+    const optional = keys.filter((key) => !required.has(key))
+    const outcome = await Promise.resolve()
+      .then(() => call(Object.fromEntries(optional.map((key) => [key, undefined]))))
+      .catch((e: unknown) => e)
+    expect(outcome).not.toBeInstanceOf(Error)
+    const started = outcome as { stop?: unknown } | undefined
+    if (typeof started?.stop === 'function') await (started.stop as () => Promise<void>)()
+  })
+
+  it('an inline projection passed to createEventStore, and an event id', async () => {
+    const inline = { name: 'p', tables: {}, apply: noop, eventTypes: null }
+    const error = await optionRefusal(() =>
+      createEventStore(test.db, { inlineProjections: [inline as never] }),
+    )
+    expect(error.option).toBe('inlineProjections[0].eventTypes')
+    const before = await store.streamInfo('s-7')
+    const id = await optionRefusal(() =>
+      store.append('s-7', [{ type: 'opened', data: null, id: null as never }]),
+    )
+    expect(id.option).toBe('events[0].id')
+    expect(await store.streamInfo('s-7')).toEqual(before)
+    // null data is JSON null, a value, not a missing option.
+    expect((await store.append('s-7', [{ type: 'opened', data: null }])).events[0]!.data).toBe(null)
   })
 })
