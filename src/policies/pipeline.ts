@@ -1,5 +1,7 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { signalRefusal } from '../core/validate.js'
+import { parentOf } from './cancel-scope.js'
+import { abortFailure } from './errors.js'
 import type { FallbackPolicy } from './fallback.js'
 import { FusedPlan } from './fused.js'
 import {
@@ -94,6 +96,8 @@ type Link = <T>(fn: PolicyFunction<T>, context: PolicyContext) => Promise<T>
  *   retried.
  *
  * A `fallback()` goes first of all, around the whole chain (it is then the pipeline's type).
+ * With no policies, `pipeline()` runs `fn` as is, but refuses a signal that already aborted
+ * without running it, as every policy does.
  *
  * The function sees the `attempt` of the innermost policy that reports one above 1 (a retry
  * that has retried), else the outer one: a timeout inside a retry does not reset it to 1.
@@ -135,7 +139,8 @@ export function pipeline(
   // links[i] runs policy i and everything inside it; nexts[i] is what policy i hands work to.
   const links: Link[] = []
   const nexts: Next[] = []
-  let head: Link = runDirectly
+  // Only an empty pipeline keeps this head; a non-empty one leaves the abort check to its policies.
+  let head: Link = runUnlessAborted
   for (let i = flat.length - 1; i >= 0; i--) {
     nexts[i] = i === flat.length - 1 ? callDirectly : head
     head = link(flat[i]!, i === flat.length - 1 ? undefined : head)
@@ -170,7 +175,12 @@ class Pipeline implements ContextAwarePolicy {
   }
 }
 
-async function runDirectly<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+// An empty pipeline: fn under the caller's context, refused as every policy refuses a call whose
+// caller already aborted (AbortedError, or the deadline's error), so that removing the last
+// policy from a pipeline does not start running calls nobody waits for.
+async function runUnlessAborted<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
+  const parent = parentOf(context)
+  if (parent?.aborted) throw abortFailure(parent.reason, false)
   return fn(context)
 }
 

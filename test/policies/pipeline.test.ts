@@ -4,6 +4,7 @@ import {
   BrokenCircuitError,
   bulkhead,
   circuitBreaker,
+  DeadlineExceededError,
   InvalidOptionError,
   neverAbortedSignal,
   type Policy,
@@ -173,6 +174,37 @@ describe('pipeline', () => {
       throw new Error('sync')
     })
     await expect(call).rejects.toThrow('sync')
+  })
+
+  // An empty pipeline ran fn under an already-aborted signal, while every policy and every
+  // non-empty pipeline refuses the call without running fn.
+  it('with no policies refuses an already-aborted signal without running fn, as a policy does', async () => {
+    const controller = new AbortController()
+    controller.abort(new Error('caller left'))
+    let calls = 0
+    const fn = () => {
+      calls++
+      return 7
+    }
+    for (const empty of [pipeline(), pipeline(pipeline())]) {
+      const refused = await empty.execute(fn, controller.signal).catch((e: unknown) => e)
+      const byPolicy = await pipeline(bulkhead({ maxConcurrent: 1 }))
+        .execute(fn, controller.signal)
+        .catch((e: unknown) => e)
+      expect(refused).toMatchObject({ code: 'ABORTED', cause: controller.signal.reason })
+      expect((refused as Error).constructor).toBe((byPolicy as Error).constructor)
+    }
+    // A deadline that ran out is refused as the deadline, as the policies do.
+    const deadline = new AbortController()
+    deadline.abort(new DeadlineExceededError(0))
+    await expect(pipeline().execute(fn, deadline.signal)).rejects.toMatchObject({
+      code: 'DEADLINE_EXCEEDED',
+      started: false,
+    })
+    expect(calls).toBe(0)
+    // A signal that has not aborted still runs fn.
+    await expect(pipeline().execute(fn, new AbortController().signal)).resolves.toBe(7)
+    expect(calls).toBe(1)
   })
 
   it('rejects something that is not a policy, naming its position', () => {
