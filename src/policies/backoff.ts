@@ -1,13 +1,7 @@
 import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import {
-  checkFunction,
-  checkKnownOptions,
-  checkNumber,
-  checkObject,
-  checkOneOf,
-  optionKeys,
-} from '../core/validate.js'
+import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { optionalFunction, optionalNumber, optionalOneOf } from './options.js'
 import type { RandomSource } from './random.js'
 
 /**
@@ -173,16 +167,18 @@ export function exponentialBackoff(options: BackoffOptions = {}): Backoff {
  * backoff option bag of its own refuses unknown keys itself.
  */
 export function resolveBackoff(prefix: string, options: BackoffOptions): Backoff {
-  const baseMs = checkNumber(
+  const baseMs = optionalNumber(
     `${prefix}.baseDelayMs`,
-    options.baseDelayMs ?? 100,
+    options.baseDelayMs,
+    100,
     0,
     maxTimerDelayMs,
   )
-  const factor = checkNumber(`${prefix}.factor`, options.factor ?? 2, 1, 1_000)
-  const capMs = checkNumber(
+  const factor = optionalNumber(`${prefix}.factor`, options.factor, 2, 1, 1_000)
+  const capMs = optionalNumber(
     `${prefix}.maxDelayMs`,
-    options.maxDelayMs ?? Math.max(30_000, baseMs),
+    options.maxDelayMs,
+    Math.max(30_000, baseMs),
     0,
     maxTimerDelayMs,
   )
@@ -193,10 +189,7 @@ export function resolveBackoff(prefix: string, options: BackoffOptions): Backoff
       capMs,
     )
   }
-  const jitter = checkOneOf(`${prefix}.jitter`, options.jitter ?? 'full', jitterKinds)
-  const random =
-    options.random === undefined
-      ? Math.random
-      : checkFunction<RandomSource>(`${prefix}.random`, options.random)
+  const jitter = optionalOneOf(`${prefix}.jitter`, options.jitter, 'full', jitterKinds)
+  const random = optionalFunction<RandomSource>(`${prefix}.random`, options.random, Math.random)
   return new ExponentialBackoff(baseMs, factor, capMs, jitter, random)
 }

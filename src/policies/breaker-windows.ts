@@ -1,12 +1,6 @@
 import { InvalidOptionError } from '../core/errors.js'
-import {
-  checkInteger,
-  checkKnownOptions,
-  checkNumber,
-  checkObject,
-  checkOneOf,
-  optionKeys,
-} from '../core/validate.js'
+import { checkKnownOptions, checkObject, checkOneOf, optionKeys } from '../core/validate.js'
+import { optionalInteger, optionalNumber } from './options.js'
 
 /**
  * Opens the circuit after `failures` failures in a row; any success starts the count again.
@@ -92,7 +86,8 @@ export interface BreakerWindow {
 }
 
 // Per kind, not the union's keys: a count window's `durationMs` would otherwise pass unused.
-const windowOptions: Readonly<Record<BreakerWindowOptions['kind'], ReadonlySet<string>>> = {
+/** The option keys a breaker window takes, by kind (internal: not exported from the root). */
+export const windowOptions: Readonly<Record<BreakerWindowOptions['kind'], ReadonlySet<string>>> = {
   consecutive: optionKeys<ConsecutiveWindowOptions>({ kind: true, failures: true }),
   count: optionKeys<CountWindowOptions>({
     kind: true,
@@ -124,11 +119,12 @@ export function createBreakerWindow(
   checkKnownOptions(prefix, options, windowOptions[kind])
   if (kind === 'consecutive') {
     const o = options as ConsecutiveWindowOptions
-    return new ConsecutiveWindow(checkInteger(`${prefix}.failures`, o.failures ?? 5, 1))
+    return new ConsecutiveWindow(optionalInteger(`${prefix}.failures`, o.failures, 5, 1))
   }
-  const threshold = checkNumber(
+  const threshold = optionalNumber(
     `${prefix}.failureRateThreshold`,
-    (options as CountWindowOptions | TimeWindowOptions).failureRateThreshold ?? 0.5,
+    (options as CountWindowOptions | TimeWindowOptions).failureRateThreshold,
+    0.5,
     0,
     1,
   )
@@ -137,19 +133,20 @@ export function createBreakerWindow(
     throw new InvalidOptionError(`${prefix}.failureRateThreshold`, 'a number in (0, 1]', threshold)
   if (kind === 'count') {
     const o = options as CountWindowOptions
-    const size = checkInteger(`${prefix}.size`, o.size ?? 100, 1, 1_000_000)
-    const minimumCalls = checkInteger(`${prefix}.minimumCalls`, o.minimumCalls ?? size, 1, size)
+    const size = optionalInteger(`${prefix}.size`, o.size, 100, 1, 1_000_000)
+    const minimumCalls = optionalInteger(`${prefix}.minimumCalls`, o.minimumCalls, size, 1, size)
     return new CountWindow(size, threshold, minimumCalls)
   }
   const o = options as TimeWindowOptions
-  const durationMs = checkInteger(`${prefix}.durationMs`, o.durationMs ?? 60_000, 1)
-  const buckets = checkInteger(
+  const durationMs = optionalInteger(`${prefix}.durationMs`, o.durationMs, 60_000, 1)
+  const buckets = optionalInteger(
     `${prefix}.buckets`,
-    o.buckets ?? 10,
+    o.buckets,
+    10,
     1,
     Math.min(durationMs, 10_000),
   )
-  const minimumCalls = checkInteger(`${prefix}.minimumCalls`, o.minimumCalls ?? 20, 1)
+  const minimumCalls = optionalInteger(`${prefix}.minimumCalls`, o.minimumCalls, 20, 1)
   return new TimeWindow(durationMs / buckets, buckets, threshold, minimumCalls, nowMs)
 }
 

@@ -1,7 +1,8 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { checkClock, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import { type Bulkhead, type BulkheadOptions, BulkheadPolicy } from './bulkhead.js'
+import { optional } from './options.js'
 
 /** Options shared by every bulkhead of a {@link createBulkheads} registry. */
 export interface BulkheadRegistryOptions {
@@ -22,7 +23,11 @@ export interface BulkheadRegistry<K extends string = string> {
   readonly names: readonly K[]
 }
 
-const registryOptions = optionKeys<BulkheadRegistryOptions>({ clock: true })
+/**
+ * The option keys `createBulkheads` takes as its second argument (internal: not exported from
+ * the package root).
+ */
+export const registryOptions = optionKeys<BulkheadRegistryOptions>({ clock: true })
 
 /**
  * Creates one bulkhead per entry, so each downstream gets its own compartment and a slow one
@@ -47,16 +52,17 @@ export function createBulkheads<const K extends string>(
   checkObject('bulkheads', definitions)
   checkObject('bulkheads.options', options)
   checkKnownOptions('bulkheads.options', options, registryOptions)
+  // Checked here, not only through each definition, so that a bad one is named as written.
+  const clock = optional('bulkheads.options.clock', options.clock, undefined, checkClock)
   const byName = new Map<string, Bulkhead>()
   for (const name of Object.keys(definitions) as K[]) {
     checkObject(`bulkheads.${name}`, definitions[name])
     const definition: BulkheadOptions = definitions[name]
     const withDefaults: BulkheadOptions = {
       ...definition,
-      name: definition.name ?? name,
-      ...(definition.clock === undefined && options.clock !== undefined
-        ? { clock: options.clock }
-        : {}),
+      // Only a name left out becomes the key: null is refused by the bulkhead like any option.
+      name: definition.name === undefined ? name : definition.name,
+      ...(definition.clock === undefined && clock !== undefined ? { clock } : {}),
     }
     byName.set(name, new BulkheadPolicy(withDefaults, `bulkheads.${name}`))
   }

@@ -1,11 +1,8 @@
 import { type Counter, metrics } from '@opentelemetry/api'
 import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
-import { InvalidOptionError } from '../core/errors.js'
 import {
-  checkClock,
   checkInteger,
   checkKnownOptions,
-  checkNumber,
   checkObject,
   optionKeys,
   signalRefusal,
@@ -14,6 +11,7 @@ import { parentOf } from './cancel-scope.js'
 import { abortFailure, BulkheadRejectedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, slowPath } from './fused.js'
+import { optionalClock, optionalInteger, optionalNumber, optionalString } from './options.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -125,7 +123,8 @@ interface Waiter {
 }
 
 // Checked once in the constructor, never per call.
-const bulkheadOptions = optionKeys<BulkheadOptions>({
+/** The option keys `bulkhead()` takes (internal: not exported from the package root). */
+export const bulkheadOptions = optionKeys<BulkheadOptions>({
   maxConcurrent: true,
   maxQueued: true,
   queueTimeoutMs: true,
@@ -168,15 +167,15 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
     checkObject(prefix, options)
     checkKnownOptions(prefix, options, bulkheadOptions)
     this.#maxConcurrent = checkInteger(`${prefix}.maxConcurrent`, options.maxConcurrent, 1)
-    this.#maxQueued = checkInteger(`${prefix}.maxQueued`, options.maxQueued ?? 0, 0)
-    this.#queueTimeoutMs =
-      options.queueTimeoutMs === undefined
-        ? undefined
-        : checkNumber(`${prefix}.queueTimeoutMs`, options.queueTimeoutMs, 0)
-    this.#clock = checkClock(`${prefix}.clock`, options.clock)
-    if (options.name !== undefined && typeof options.name !== 'string')
-      throw new InvalidOptionError(`${prefix}.name`, 'a string', options.name)
-    this.name = options.name
+    this.#maxQueued = optionalInteger(`${prefix}.maxQueued`, options.maxQueued, 0, 0)
+    this.#queueTimeoutMs = optionalNumber(
+      `${prefix}.queueTimeoutMs`,
+      options.queueTimeoutMs,
+      undefined,
+      0,
+    )
+    this.#clock = optionalClock(`${prefix}.clock`, options.clock)
+    this.name = optionalString(`${prefix}.name`, options.name)
   }
 
   get running(): number {

@@ -1,16 +1,7 @@
 import { type Counter, metrics } from '@opentelemetry/api'
 import type { Clock, TimerHandle } from '../core/clock.js'
-import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import {
-  checkClock,
-  checkFunction,
-  checkInteger,
-  checkKnownOptions,
-  checkNumber,
-  checkObject,
-  optionKeys,
-  signalRefusal,
-} from '../core/validate.js'
+import { BreakwaterError } from '../core/errors.js'
+import { checkKnownOptions, checkObject, optionKeys, signalRefusal } from '../core/validate.js'
 import {
   type BreakerWindow,
   type BreakerWindowOptions,
@@ -22,6 +13,14 @@ import { currentDeadline } from './deadline.js'
 import { abortFailure, BrokenCircuitError, IsolatedCircuitError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep } from './fused.js'
+import {
+  optional,
+  optionalClock,
+  optionalFunction,
+  optionalInteger,
+  optionalNumber,
+  optionalString,
+} from './options.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -226,7 +225,8 @@ export function circuitBreaker(options: CircuitBreakerOptions = {}): CircuitBrea
 }
 
 // Checked once in the constructor, never per call.
-const circuitBreakerOptions = optionKeys<CircuitBreakerOptions>({
+/** The option keys `circuitBreaker()` takes (internal: not exported from the package root). */
+export const circuitBreakerOptions = optionKeys<CircuitBreakerOptions>({
   window: true,
   slowCallMs: true,
   isFailure: true,
@@ -237,6 +237,9 @@ const circuitBreakerOptions = optionKeys<CircuitBreakerOptions>({
   name: true,
   clock: true,
 })
+
+// The window used when `window` is left out.
+const defaultWindow: BreakerWindowOptions = Object.freeze({ kind: 'consecutive', failures: 5 })
 
 const stateChangeChannel = diagnosticsChannel('breaker', 'state-change')
 let transitionCounter: Counter | undefined
@@ -304,41 +307,48 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   constructor(options: CircuitBreakerOptions) {
     checkObject('circuitBreaker', options)
     checkKnownOptions('circuitBreaker', options, circuitBreakerOptions)
-    const clock = checkClock('circuitBreaker.clock', options.clock)
+    const clock = optionalClock('circuitBreaker.clock', options.clock)
     this.#clock = clock
-    this.#window = createBreakerWindow(
-      options.window ?? { kind: 'consecutive', failures: 5 },
+    const window = optional(
       'circuitBreaker.window',
-      clock.now(),
+      options.window,
+      defaultWindow,
+      (option: string, value: unknown) =>
+        checkObject(option, value) as unknown as BreakerWindowOptions,
     )
-    this.#windowTimed = (options.window?.kind ?? 'consecutive') === 'time'
-    this.#isFailure =
-      options.isFailure === undefined
-        ? countsAsFailure
-        : checkFunction('circuitBreaker.isFailure', options.isFailure)
-    this.#slowCallMs =
-      options.slowCallMs === undefined
-        ? undefined
-        : checkNumber('circuitBreaker.slowCallMs', options.slowCallMs, 1)
-    this.#baseCooldownMs = checkNumber('circuitBreaker.cooldownMs', options.cooldownMs ?? 30_000, 0)
-    this.#cooldownMultiplier = checkNumber(
+    this.#window = createBreakerWindow(window, 'circuitBreaker.window', clock.now())
+    this.#windowTimed = window.kind === 'time'
+    this.#isFailure = optionalFunction<(error: unknown) => boolean>(
+      'circuitBreaker.isFailure',
+      options.isFailure,
+      countsAsFailure,
+    )
+    this.#slowCallMs = optionalNumber('circuitBreaker.slowCallMs', options.slowCallMs, undefined, 1)
+    this.#baseCooldownMs = optionalNumber(
+      'circuitBreaker.cooldownMs',
+      options.cooldownMs,
+      30_000,
+      0,
+    )
+    this.#cooldownMultiplier = optionalNumber(
       'circuitBreaker.cooldownMultiplier',
-      options.cooldownMultiplier ?? 1,
+      options.cooldownMultiplier,
+      1,
       1,
     )
-    this.#maxCooldownMs = checkNumber(
+    this.#maxCooldownMs = optionalNumber(
       'circuitBreaker.maxCooldownMs',
-      options.maxCooldownMs ?? Math.max(this.#baseCooldownMs, 300_000),
+      options.maxCooldownMs,
+      Math.max(this.#baseCooldownMs, 300_000),
       this.#baseCooldownMs,
     )
-    this.#halfOpenProbes = checkInteger(
+    this.#halfOpenProbes = optionalInteger(
       'circuitBreaker.halfOpenProbes',
-      options.halfOpenProbes ?? 1,
+      options.halfOpenProbes,
+      1,
       1,
     )
-    if (options.name !== undefined && typeof options.name !== 'string')
-      throw new InvalidOptionError('circuitBreaker.name', 'a string', options.name)
-    this.name = options.name
+    this.name = optionalString('circuitBreaker.name', options.name)
     this.#cooldownMs = this.#baseCooldownMs
     this[fusedStep] = {
       enter: () => {

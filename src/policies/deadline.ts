@@ -1,15 +1,10 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { type Clock, systemClock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import {
-  checkClock,
-  checkKnownOptions,
-  checkNumber,
-  checkObject,
-  optionKeys,
-} from '../core/validate.js'
+import { checkKnownOptions, checkNumber, checkObject, optionKeys } from '../core/validate.js'
 import { CancelScope } from './cancel-scope.js'
 import { DeadlineExceededError } from './errors.js'
+import { optionalClock, optionalNumber } from './options.js'
 import { type TimerEntry, timerQueueFor } from './timer-queue.js'
 
 /**
@@ -40,7 +35,8 @@ export interface DeadlineOptions {
   readonly clock?: Clock
 }
 
-const deadlineOptions = optionKeys<DeadlineOptions>({ clock: true })
+/** The option keys `withDeadline` takes (internal: not exported from the package root). */
+export const deadlineOptions = optionKeys<DeadlineOptions>({ clock: true })
 
 // A deadline is a cancellation scope without parents that expires by itself at `atMs`. Its
 // timer is only queued while somebody listens (a read `signal`, a retry's sleep or an attempt's
@@ -138,10 +134,7 @@ export async function withDeadline<T>(
   checkObject('withDeadline.options', options)
   // A misspelt option (`clok`) would run on the default clock without a word.
   checkKnownOptions('withDeadline', options, deadlineOptions)
-  const clock =
-    options.clock === undefined
-      ? (parent?.clock ?? systemClock)
-      : checkClock('withDeadline.clock', options.clock)
+  const clock = optionalClock('withDeadline.clock', options.clock, parent?.clock ?? systemClock)
   const atMs = clock.now() + ms
   if (parent !== undefined && parent.atMs <= atMs) return await fn()
   const deadline = new ScopedDeadline(atMs, clock)
@@ -221,8 +214,17 @@ export interface AdoptDeadlineOptions extends DeadlineFromHeadersOptions {
   readonly clock?: Clock
 }
 
-const fromHeadersOptions = optionKeys<DeadlineFromHeadersOptions>({ maxMs: true, defaultMs: true })
-const adoptOptions = optionKeys<AdoptDeadlineOptions>({ maxMs: true, defaultMs: true, clock: true })
+/** The option keys `deadlineFromHeaders` takes (internal: not exported from the package root). */
+export const fromHeadersOptions = optionKeys<DeadlineFromHeadersOptions>({
+  maxMs: true,
+  defaultMs: true,
+})
+/** The option keys `adoptDeadline` takes (internal: not exported from the package root). */
+export const adoptOptions = optionKeys<AdoptDeadlineOptions>({
+  maxMs: true,
+  defaultMs: true,
+  clock: true,
+})
 
 /**
  * Reads the caller's remaining budget from request headers: {@link DEADLINE_HEADER} and gRPC's
@@ -253,16 +255,15 @@ function budgetFromHeaders(
   headers: HeadersLike,
   options: DeadlineFromHeadersOptions,
 ): number | undefined {
-  const maxMs =
-    options.maxMs === undefined
-      ? DEFAULT_MAX_DEADLINE_MS
-      : checkNumber('deadlineFromHeaders.maxMs', options.maxMs, 0)
+  const maxMs = optionalNumber(
+    'deadlineFromHeaders.maxMs',
+    options.maxMs,
+    DEFAULT_MAX_DEADLINE_MS,
+    0,
+  )
   // A defaultMs above an explicit maxMs is a contradiction in the server's own settings: say so
   // rather than silently use the smaller one.
-  const defaultMs =
-    options.defaultMs === undefined
-      ? undefined
-      : checkNumber('deadlineFromHeaders.defaultMs', options.defaultMs, 0)
+  const defaultMs = optionalNumber('deadlineFromHeaders.defaultMs', options.defaultMs, undefined, 0)
   if (defaultMs !== undefined && options.maxMs !== undefined && defaultMs > maxMs) {
     throw new InvalidOptionError(
       'deadlineFromHeaders.defaultMs',
@@ -308,7 +309,7 @@ export function adoptDeadline<T>(
     checkObject('adoptDeadline.options', options)
     checkKnownOptions('adoptDeadline', options, adoptOptions)
     ms = budgetFromHeaders(headers, options)
-    clock = checkClock('adoptDeadline.clock', options.clock)
+    clock = optionalClock('adoptDeadline.clock', options.clock)
   } catch (error) {
     return Promise.reject(error)
   }

@@ -1,13 +1,8 @@
-import {
-  checkFunction,
-  checkKnownOptions,
-  checkObject,
-  optionKeys,
-  signalRefusal,
-} from '../core/validate.js'
+import { checkKnownOptions, checkObject, optionKeys, signalRefusal } from '../core/validate.js'
 import { abortFailure } from './errors.js'
 import { EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
+import { optionalFunction } from './options.js'
 import {
   callDirectly,
   contextFor,
@@ -57,7 +52,8 @@ export interface FallbackPolicy<R> {
   readonly events: EventSource<FallbackEvent>
 }
 
-const fallbackOptions = optionKeys<FallbackOptions>({ shouldFallback: true })
+/** The option keys `fallback()` takes (internal: not exported from the package root). */
+export const fallbackOptions = optionKeys<FallbackOptions>({ shouldFallback: true })
 
 /**
  * Creates a fallback policy: when the call fails, answer with `valueOrFn` (a value, or a
@@ -78,13 +74,11 @@ export function fallback<R>(
   options: FallbackOptions = {},
 ): FallbackPolicy<R> {
   checkKnownOptions('fallback', checkObject('fallback', options), fallbackOptions)
-  const shouldFallback =
-    options.shouldFallback === undefined
-      ? undefined
-      : checkFunction<(error: unknown) => boolean>(
-          'fallback.shouldFallback',
-          options.shouldFallback,
-        )
+  const shouldFallback = optionalFunction<(error: unknown) => boolean, undefined>(
+    'fallback.shouldFallback',
+    options.shouldFallback,
+    undefined,
+  )
   return new FallbackPolicyImpl(valueOrFn, shouldFallback)
 }
 

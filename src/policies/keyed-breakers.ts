@@ -1,15 +1,8 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import {
-  checkClock,
-  checkFunction,
-  checkInteger,
-  checkKnownOptions,
-  checkNumber,
-  checkObject,
-  optionKeys,
-} from '../core/validate.js'
+import { checkFunction, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
 import type { CircuitBreaker } from './circuit-breaker.js'
+import { optionalClock, optionalInteger, optionalNumber } from './options.js'
 
 /** Options of {@link createKeyedBreakers}. */
 export interface KeyedBreakersOptions {
@@ -73,7 +66,8 @@ export function createKeyedBreakers(options: KeyedBreakersOptions): KeyedBreaker
   return new KeyedBreakerSet(options)
 }
 
-const keyedBreakersOptions = optionKeys<KeyedBreakersOptions>({
+/** The option keys `createKeyedBreakers` takes (internal: not exported from the package root). */
+export const keyedBreakersOptions = optionKeys<KeyedBreakersOptions>({
   create: true,
   maxKeys: true,
   idleMs: true,
@@ -94,9 +88,9 @@ class KeyedBreakerSet implements KeyedBreakers {
     checkObject('keyedBreakers', options)
     checkKnownOptions('keyedBreakers', options, keyedBreakersOptions)
     this.#create = checkFunction('keyedBreakers.create', options.create)
-    this.#maxKeys = checkInteger('keyedBreakers.maxKeys', options.maxKeys ?? 1000, 1)
-    this.#idleMs = checkNumber('keyedBreakers.idleMs', options.idleMs ?? 600_000, 1)
-    const clock = checkClock('keyedBreakers.clock', options.clock)
+    this.#maxKeys = optionalInteger('keyedBreakers.maxKeys', options.maxKeys, 1000, 1)
+    this.#idleMs = optionalNumber('keyedBreakers.idleMs', options.idleMs, 600_000, 1)
+    const clock = optionalClock('keyedBreakers.clock', options.clock)
     this.#clock = clock
   }
 

@@ -1,13 +1,7 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import {
-  checkClock,
-  checkInteger,
-  checkKnownOptions,
-  checkNumber,
-  checkObject,
-  optionKeys,
-} from '../core/validate.js'
+import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { optionalClock, optionalInteger, optionalNumber } from './options.js'
 
 /**
  * Limits retries to a share of the traffic, so that a struggling downstream is not hit by a
@@ -145,7 +139,8 @@ class TokenRetryBudget implements RetryBudget {
   }
 }
 
-const retryBudgetOptions = optionKeys<RetryBudgetOptions>({
+/** The option keys `createRetryBudget` takes (internal: not exported from the package root). */
+export const retryBudgetOptions = optionKeys<RetryBudgetOptions>({
   ratio: true,
   minRetriesPerSecond: true,
   ttlMs: true,
@@ -172,14 +167,15 @@ const retryBudgetOptions = optionKeys<RetryBudgetOptions>({
  */
 export function createRetryBudget(options: RetryBudgetOptions = {}): RetryBudget {
   checkKnownOptions('retryBudget', checkObject('retryBudget', options), retryBudgetOptions)
-  const ratio = checkNumber('retryBudget.ratio', options.ratio ?? 0.2, 0, 1_000)
-  const perSecond = checkNumber(
+  const ratio = optionalNumber('retryBudget.ratio', options.ratio, 0.2, 0, 1_000)
+  const perSecond = optionalNumber(
     'retryBudget.minRetriesPerSecond',
-    options.minRetriesPerSecond ?? 10,
+    options.minRetriesPerSecond,
+    10,
     0,
     1_000_000,
   )
-  const ttlMs = checkInteger('retryBudget.ttlMs', options.ttlMs ?? 10_000, 10, 3_600_000)
+  const ttlMs = optionalInteger('retryBudget.ttlMs', options.ttlMs, 10_000, 10, 3_600_000)
   const reserve = Math.round(perSecond * (ttlMs / 1_000) * unit)
   const deposit = Math.round(ratio * unit)
   // Amounts are kept in thousandths of a token: a positive option that rounds to nothing would
@@ -196,6 +192,6 @@ export function createRetryBudget(options: RetryBudgetOptions = {}): RetryBudget
     deposit,
     reserve,
     ttlMs,
-    checkClock('retryBudget.clock', options.clock),
+    optionalClock('retryBudget.clock', options.clock),
   )
 }

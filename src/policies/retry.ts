@@ -2,11 +2,8 @@ import { metrics } from '@opentelemetry/api'
 import { type Clock, keepProcessAlive, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { AbortedError, BreakwaterError } from '../core/errors.js'
 import {
-  checkClock,
   checkFunction,
-  checkInteger,
   checkKnownOptions,
-  checkNumber,
   checkObject,
   optionKeys,
   signalRefusal,
@@ -29,6 +26,13 @@ import { currentDeadlineScope } from './deadline.js'
 import { abortFailure, DeadlineExceededError, RetryBudgetExhaustedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, Later, timeoutLeftOf } from './fused.js'
+import {
+  optional,
+  optionalClock,
+  optionalFunction,
+  optionalInteger,
+  optionalNumber,
+} from './options.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -108,7 +112,8 @@ export interface RetryOptions {
 }
 
 // Checked once in the constructor, never per call.
-const retryOptions = optionKeys<RetryOptions>({
+/** The option keys `retry()` takes (internal: not exported from the package root). */
+export const retryOptions = optionKeys<RetryOptions>({
   maxAttempts: true,
   baseDelayMs: true,
   factor: true,
@@ -346,26 +351,28 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
 
   constructor(options: RetryOptions) {
     checkKnownOptions('retry', options, retryOptions)
-    this.#maxAttempts = checkInteger('retry.maxAttempts', options.maxAttempts ?? 3, 1)
+    this.#maxAttempts = optionalInteger('retry.maxAttempts', options.maxAttempts, 3, 1)
     this.#backoff = resolveBackoff('retry', options)
-    this.#shouldRetry =
-      options.shouldRetry === undefined
-        ? isTransientFailure
-        : checkFunction('retry.shouldRetry', options.shouldRetry)
-    this.#maxRetryAfterMs = checkNumber(
+    this.#shouldRetry = optionalFunction<(error: unknown, attempt: number) => boolean>(
+      'retry.shouldRetry',
+      options.shouldRetry,
+      isTransientFailure,
+    )
+    this.#maxRetryAfterMs = optionalNumber(
       'retry.maxRetryAfterMs',
-      options.maxRetryAfterMs ?? 30_000,
+      options.maxRetryAfterMs,
+      30_000,
       0,
       maxTimerDelayMs,
     )
-    if (options.budget !== undefined) {
-      const budget = checkObject('retry.budget', options.budget)
+    const budget = optional('retry.budget', options.budget, undefined, checkObject)
+    if (budget !== undefined) {
       checkFunction('retry.budget.recordRequest', budget.recordRequest)
       checkFunction('retry.budget.tryWithdraw', budget.tryWithdraw)
       if (budget.refund !== undefined) checkFunction('retry.budget.refund', budget.refund)
     }
     this.#budget = options.budget
-    this.#clock = checkClock('retry.clock', options.clock)
+    this.#clock = optionalClock('retry.clock', options.clock)
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {

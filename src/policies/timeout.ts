@@ -1,14 +1,7 @@
 import { metrics } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
-import {
-  checkClock,
-  checkKnownOptions,
-  checkObject,
-  checkOneOf,
-  optionKeys,
-  signalRefusal,
-} from '../core/validate.js'
+import { checkKnownOptions, checkObject, optionKeys, signalRefusal } from '../core/validate.js'
 import {
   type CancelParent,
   CancelScope,
@@ -21,6 +14,7 @@ import { currentDeadline } from './deadline.js'
 import { abortFailure, DeadlineExceededError, TimeoutError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, timeoutEnd, timeoutLeft } from './fused.js'
+import { optionalClock, optionalOneOf } from './options.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -360,7 +354,8 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
   }
 }
 
-const timeoutOptions = optionKeys<TimeoutOptions>({ mode: true, clock: true })
+/** The option keys `timeout()` takes (internal: not exported from the package root). */
+export const timeoutOptions = optionKeys<TimeoutOptions>({ mode: true, clock: true })
 
 /**
  * Limits how long `fn` may run: `timeoutMs`, or less when the end-to-end deadline (see
@@ -390,6 +385,6 @@ export function timeout(timeoutMs: number, options: TimeoutOptions = {}): Timeou
     throw new InvalidOptionError('timeout.timeoutMs', 'a number > 0', timeoutMs)
   }
   checkKnownOptions('timeout', checkObject('timeout', options), timeoutOptions)
-  const mode = checkOneOf('timeout.mode', options.mode ?? 'cooperative', modes)
-  return new TimeoutPolicyImpl(timeoutMs, mode, checkClock('timeout.clock', options.clock))
+  const mode = optionalOneOf('timeout.mode', options.mode, 'cooperative', modes)
+  return new TimeoutPolicyImpl(timeoutMs, mode, optionalClock('timeout.clock', options.clock))
 }
