@@ -1,16 +1,10 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredName } from '../core/text.js'
-import {
-  checkClock,
-  checkInteger,
-  checkKnownOptions,
-  checkObject,
-  checkOneOf,
-  optionKeys,
-} from '../core/validate.js'
+import { checkClock, checkInteger, checkObject, checkOneOf, optionKeys } from '../core/validate.js'
 import { notify, type SqlDriver, type SqlExecutor } from '../stores/index.js'
 import { SagaNotFoundError, SagaStateConflictError } from './errors.js'
+import { checkSagaOptions } from './options.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import {
   instanceFromRow,
@@ -105,7 +99,7 @@ export async function listSagas(
 ): Promise<SagaSummary[]> {
   checkObject('options', options)
   // A misspelt filter (`state`) was dropped: every instance was listed as if it matched.
-  checkKnownOptions('options', options, listOptions)
+  checkSagaOptions('options', options, listOptions)
   const status =
     options.status === undefined ? null : checkOneOf('options.status', options.status, sagaStatuses)
   if (options.name !== undefined && typeof options.name !== 'string')
@@ -341,7 +335,7 @@ export async function deliverReply(
   checkId('step', step)
   checkObject('options', options)
   // A misspelt attempt (`attempts`) let a redelivered copy of a refused reply through.
-  checkKnownOptions('options', options, deliverReplyOptions)
+  checkSagaOptions('options', options, deliverReplyOptions)
   const clock = checkClock('clock', options.clock)
   const attempt =
     options.attempt === undefined ? undefined : checkInteger('options.attempt', options.attempt, 1)
@@ -423,7 +417,7 @@ function checkId(option: string, id: unknown): void {
 function adminOptions(options: SagaAdminOptions): { now: number; by: string; reason?: string } {
   checkObject('options', options)
   // A misspelt reason (`because`) left the timeline without it.
-  checkKnownOptions('options', options, adminOptionKeys)
+  checkSagaOptions('options', options, adminOptionKeys)
   const by = options.by ?? 'operator'
   if (typeof by !== 'string' || by === '')
     throw new InvalidOptionError('options.by', 'a non-empty string', by)

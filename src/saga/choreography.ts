@@ -4,13 +4,7 @@ import type { IncomingMessage } from '../brokers/index.js'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { exceedsBytes, isStorableText, maxStoredIdBytes } from '../core/text.js'
-import {
-  checkClock,
-  checkFunction,
-  checkKnownOptions,
-  checkObject,
-  optionKeys,
-} from '../core/validate.js'
+import { checkClock, checkFunction, checkObject, optionKeys } from '../core/validate.js'
 import { reportRefused } from '../outbox/inbox.js'
 import {
   CAUSATION_ID_HEADER,
@@ -31,6 +25,7 @@ import type {
   StepContext,
 } from './definition.js'
 import type { FlowTracker } from './flow-tracker.js'
+import { checkSagaOptions } from './options.js'
 
 // Messaging on top of the outbox and the inbox: a saga step that sends a command and waits for
 // its reply (orchestration), and services that react to events and emit their own
@@ -132,7 +127,7 @@ export function commandStep<I, C, Out>(
   checkObject('commandStep', options)
   // The step is built from the known options alone: any other one (a misspelt compensation)
   // would be dropped without a word.
-  checkKnownOptions('commandStep', options, commandStepOptions)
+  checkSagaOptions('commandStep', options, commandStepOptions)
   const outbox = options.outbox
   if (typeof outbox?.enqueue !== 'function')
     throw new InvalidOptionError('commandStep.outbox', 'an Outbox (createOutbox)', outbox)
@@ -194,6 +189,8 @@ const sagaReplyFields = optionKeys<SagaReply>({
   payload: true,
   aggregateType: true,
 })
+// The reply's payload is the caller's JSON, where null is a value (not an option left out).
+const replyData: ReadonlySet<string> = new Set(['payload'])
 
 /**
  * Builds the outbox event that answers a saga command: correlated to the saga, naming the
@@ -212,7 +209,7 @@ export function replyTo(
 ): OutboxEvent {
   checkObject('reply', reply)
   // A misspelt field (`aggregatetype`) would be dropped; its default used without a word.
-  checkKnownOptions('reply', reply, sagaReplyFields)
+  checkSagaOptions('reply', reply, sagaReplyFields, replyData)
   const sagaId = command.headers[CORRELATION_ID_HEADER]
   const step = command.headers[SAGA_STEP_HEADER]
   if (sagaId === undefined || step === undefined) {
@@ -275,7 +272,7 @@ export function sagaReplyHandler(
     throw new InvalidOptionError('db', 'a SqlDriver', db)
   checkObject('options', options)
   // A misspelt option (`onIgnore`) was dropped without a word: ignored replies went unreported.
-  checkKnownOptions('options', options, replyHandlerOptions)
+  checkSagaOptions('options', options, replyHandlerOptions)
   if (options.onIgnored !== undefined) checkFunction('options.onIgnored', options.onIgnored)
   const inbox = createInbox({
     consumer: options.consumer ?? 'saga-replies',
@@ -429,7 +426,7 @@ export function createReactor(
 ): (message: IncomingMessage) => Promise<void> {
   checkObject('options', options)
   // A misspelt option (`traker`) was dropped without a word: the flow went untracked.
-  checkKnownOptions('options', options, reactorOptions)
+  checkSagaOptions('options', options, reactorOptions)
   const db = options.db
   if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
     throw new InvalidOptionError('db', 'a SqlDriver', db)
@@ -550,7 +547,7 @@ export async function emitEvent(
 ): Promise<string> {
   checkObject('options', options)
   // A misspelt tracker (`traker`) left the flow's first event unrecorded: never reported stalled.
-  checkKnownOptions('options', options, emitEventOptions)
+  checkSagaOptions('options', options, emitEventOptions)
   // Both before the write: a TypeError (no code) otherwise, the tracker's after the enqueue.
   if (typeof options.outbox?.enqueue !== 'function')
     throw new InvalidOptionError('options.outbox', 'an Outbox (createOutbox)', options.outbox)

@@ -3,7 +3,6 @@ import { InvalidOptionError } from '../core/errors.js'
 import {
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkNumber,
   checkObject,
   optionKeys,
@@ -16,6 +15,7 @@ import {
   type RandomSource,
 } from '../index.js'
 import type { SqlTransaction } from '../stores/index.js'
+import { checkSagaOptions } from './options.js'
 
 /**
  * Retry settings of a step or a compensation: the options of breakwater's `retry()` that make
@@ -205,12 +205,14 @@ export interface ActionStep<I, C, Out> {
   readonly compensationRequired?: boolean
   /**
    * Retry of the compensation. When its attempts are spent the saga is parked as `failed`
-   * with the reason, for a person to look at (`breakwater saga retry` resumes it).
+   * with the reason, for a person to look at (`breakwater saga retry` resumes it). Only with a
+   * `compensation`: refused on a step without one (it would set nothing).
    * @default { maxAttempts: 10, baseDelayMs: 500, maxDelayMs: 60_000, shouldRetry: always }
    */
   readonly compensationRetry?: SagaRetryOptions
   /**
-   * The time limit of one compensation attempt, in milliseconds.
+   * The time limit of one compensation attempt, in milliseconds. Only with a `compensation`:
+   * refused on a step without one.
    * @default the step's timeoutMs
    */
   readonly compensationTimeoutMs?: number
@@ -438,8 +440,10 @@ type M<C, Out> = MergeContext<C, Out>
  * policy and timeout. Each action's plain-object result is merged into the context that later
  * steps (and compensations) see; with up to 8 steps the context is typed step by step. Bad
  * declarations (empty steps, duplicate step names, a missing compensation where
- * `compensationRequired` is set, a bad name or version) throw `InvalidOptionError` here, and
- * so does an unknown (misspelt) field of the declaration, a step, its `awaitReply` or a `retry`.
+ * `compensationRequired` is set, `compensationRetry` or `compensationTimeoutMs` without a
+ * compensation, a bad name or version) throw `InvalidOptionError` here, and so does an unknown
+ * (misspelt) field of the declaration, a step, its `awaitReply` or a `retry`, and any of them
+ * given as `null` (only undefined means the default).
  *
  * @example
  * ```ts
@@ -565,7 +569,7 @@ function compile(raw: unknown): CompiledSaga {
   }
   const where = `saga "${name}"`
   // A misspelt field (`inputs`) was dropped without a word: the input went unvalidated.
-  checkKnownOptions(where, definition, declarationFields)
+  checkSagaOptions(where, definition, declarationFields)
   const version = checkInteger(`${where}.version`, definition.version, 1, 1_000_000)
   const parseInput =
     definition.input === undefined
@@ -603,7 +607,7 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
   }
   const named = `${at.slice(0, at.lastIndexOf('.'))}.steps["${name}"]`
   // A misspelt field was dropped silently: `compensaton` left the step without compensation.
-  checkKnownOptions(named, step, stepFields)
+  checkSagaOptions(named, step, stepFields)
   const kinds = (['action', 'sleepMs', 'waitUntil', 'awaitReply'] as const).filter(
     (k) => step[k] !== undefined,
   )
@@ -659,6 +663,17 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
     step.compensation === undefined
       ? undefined
       : checkFunction<AnyFunction>(`${named}.compensation`, step.compensation)
+  // Dead settings without a compensation to retry or time: most likely it was forgotten.
+  if (compensation === undefined) {
+    for (const field of ['compensationRetry', 'compensationTimeoutMs']) {
+      if (step[field] !== undefined)
+        throw new InvalidOptionError(
+          `${named}.${field}`,
+          'nothing on a step without a compensation (give the step its compensation, or drop the field)',
+          step[field],
+        )
+    }
+  }
   const required = step.compensationRequired
   if (required !== undefined && typeof required !== 'boolean') {
     throw new InvalidOptionError(`${named}.compensationRequired`, 'a boolean', required)
@@ -688,7 +703,7 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
   let send: AnyFunction | undefined
   if (kind === 'reply') {
     const awaitReply = checkObject(`${named}.awaitReply`, step.awaitReply)
-    checkKnownOptions(`${named}.awaitReply`, awaitReply, awaitReplyFields)
+    checkSagaOptions(`${named}.awaitReply`, awaitReply, awaitReplyFields)
     replyTimeoutMs = checkInteger(
       `${named}.awaitReply.timeoutMs`,
       awaitReply.timeoutMs,
@@ -797,7 +812,7 @@ const retryFields = optionKeys<SagaRetryOptions>({
 function compileRetry(at: string, raw: unknown, defaults: RetryDefaults): CompiledRetry {
   const options = raw === undefined ? {} : checkObject(at, raw)
   // A misspelt option (`maxAttemps`) was dropped: the step retried with the default.
-  checkKnownOptions(at, options, retryFields)
+  checkSagaOptions(at, options, retryFields)
   const maxAttempts = checkInteger(
     `${at}.maxAttempts`,
     options.maxAttempts ?? defaults.maxAttempts,

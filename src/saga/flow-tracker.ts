@@ -9,13 +9,7 @@ import {
   jsonTextOf,
   maxStoredIdBytes,
 } from '../core/text.js'
-import {
-  checkClock,
-  checkInteger,
-  checkKnownOptions,
-  checkObject,
-  optionKeys,
-} from '../core/validate.js'
+import { checkClock, checkInteger, checkObject, optionKeys } from '../core/validate.js'
 import {
   parseStoredJson,
   readStoredNumber,
@@ -24,6 +18,7 @@ import {
   type StoredPlace,
 } from '../stores/errors.js'
 import type { SqlDriver, SqlExecutor } from '../stores/index.js'
+import { checkSagaOptions } from './options.js'
 import { flowEventsTable, sagaStatements } from './sql.js'
 
 // A choreographed flow has no orchestrator holding its state: each service reacts to events
@@ -111,7 +106,7 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
     throw new InvalidOptionError('flow.name', 'a non-empty string', d.name)
   const where = `flow "${d.name}"`
   // A misspelt option (`within`, `compensations`) was dropped without a word.
-  checkKnownOptions(where, d, declarationKeys)
+  checkSagaOptions(where, d, declarationKeys)
   const withinMs = checkInteger(`${where}.withinMs`, d.withinMs ?? 60_000, 1)
   const compile = (field: string, raw: unknown, required: boolean): CompiledFlowStep[] => {
     if (raw === undefined && !required) return []
@@ -120,7 +115,7 @@ export function defineFlow(declaration: FlowDeclaration): FlowDefinition {
     return raw.map((entry: unknown, i) => {
       const at = `${where}.${field}[${i}]`
       const step = typeof entry === 'string' ? { event: entry } : checkObject(at, entry)
-      checkKnownOptions(at, step, stepKeys)
+      checkSagaOptions(at, step, stepKeys)
       if (typeof step.event !== 'string' || step.event === '')
         throw new InvalidOptionError(`${at}.event`, 'a non-empty event type', step.event)
       // Only the steps' failure events turn a flow to its compensation: one declared on a
@@ -367,7 +362,7 @@ class SqlFlowTracker implements FlowTracker {
   constructor(options: FlowTrackerOptions) {
     checkObject('options', options)
     // A misspelt option (`clok`) was dropped without a word: its default was used instead.
-    checkKnownOptions('options', options, trackerOptions)
+    checkSagaOptions('options', options, trackerOptions)
     const db = options.db
     if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
       throw new InvalidOptionError('db', 'a SqlDriver', db)
@@ -465,7 +460,7 @@ class SqlFlowTracker implements FlowTracker {
 
   async stalled(options: { withinMs?: number; limit?: number } = {}): Promise<FlowState[]> {
     checkObject('options', options)
-    checkKnownOptions('options', options, stalledOptions)
+    checkSagaOptions('options', options, stalledOptions)
     const withinMs = checkInteger('options.withinMs', options.withinMs ?? 86_400_000, 1)
     const limit = checkInteger('options.limit', options.limit ?? 1000, 1)
     // The limit bounds what is returned, not the flows looked at: the flows most recently

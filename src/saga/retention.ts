@@ -1,14 +1,9 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import {
-  checkClock,
-  checkInteger,
-  checkKnownOptions,
-  checkObject,
-  optionKeys,
-} from '../core/validate.js'
+import { checkClock, checkInteger, checkObject, optionKeys } from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
 import type { SqlDriver } from '../stores/index.js'
+import { checkSagaOptions } from './options.js'
 import { flowPruneStatements, sagaPruneStatements } from './sql.js'
 import type { SagaStatus } from './state.js'
 
@@ -101,7 +96,7 @@ function checkStatuses(value: unknown): readonly PrunableSagaStatus[] {
 export async function pruneSagas(db: SqlDriver, options: PruneSagasOptions = {}): Promise<number> {
   checkObject('pruneSagas', options)
   // A misspelt option (`olderThan`) was dropped: the 30-day default pruned instead.
-  checkKnownOptions('pruneSagas', options, pruneSagasOptions)
+  checkSagaOptions('pruneSagas', options, pruneSagasOptions)
   const olderThanMs = checkInteger(
     'pruneSagas.olderThanMs',
     options.olderThanMs ?? 2_592_000_000,
@@ -196,7 +191,7 @@ export async function pruneFlowEvents(
   options: PruneFlowEventsOptions = {},
 ): Promise<number> {
   checkObject('pruneFlowEvents', options)
-  checkKnownOptions('pruneFlowEvents', options, pruneFlowEventsOptions)
+  checkSagaOptions('pruneFlowEvents', options, pruneFlowEventsOptions)
   const olderThanMs = checkInteger(
     'pruneFlowEvents.olderThanMs',
     options.olderThanMs ?? 2_592_000_000,

@@ -1,13 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import {
-  checkClock,
-  checkKnownOptions,
-  checkObject,
-  isDroppedPromise,
-  optionKeys,
-} from '../core/validate.js'
+import { checkClock, checkObject, isDroppedPromise, optionKeys } from '../core/validate.js'
 import {
   type AppliedMigration,
   runMigrations,
@@ -20,6 +14,7 @@ import {
   maxSagaIdLength,
   type SagaDefinition,
 } from './definition.js'
+import { checkSagaOptions } from './options.js'
 import { sagaMigrations } from './sql.js'
 import { type StepState, storedJson } from './state.js'
 import { insertInstance } from './store.js'
@@ -72,6 +67,8 @@ export function checkSagaId(option: string, id: unknown): string {
 
 /** Validates and serializes a saga's input. */
 export function serializeInput(saga: CompiledSaga, input: unknown): string {
+  // A forgotten argument was stored as null without a word; null is the explicit "no input".
+  if (input === undefined) throw new InvalidOptionError('input', 'JSON (pass null for none)', input)
   const parsed = saga.parseInput === undefined ? input : saga.parseInput(input)
   // An async parser (zod's parseAsync) returned a promise, stored as the input `{}`, and its
   // rejection went unhandled: refused, and its outcome observed so that it is not reported.
@@ -79,6 +76,13 @@ export function serializeInput(saga: CompiledSaga, input: unknown): string {
     throw new InvalidOptionError(
       `saga "${saga.name}".input`,
       'a function that returns the input itself (synchronously), not a promise',
+      parsed,
+    )
+  }
+  if (parsed === undefined) {
+    throw new InvalidOptionError(
+      `saga "${saga.name}".input`,
+      'a function that returns the input (JSON; return null for none), not undefined',
       parsed,
     )
   }
@@ -100,8 +104,9 @@ export function initialSteps(saga: CompiledSaga): string {
  * with this definition will claim and run. Pass the transaction of your business write as
  * `executor` (a breakwater `tx`, or `fromPgClient` / `fromBetterSqlite` / `fromKysely`) and
  * the saga starts exactly when that write commits, and not at all if it rolls back. The input
- * is validated by the definition's `input` function and stored as JSON. An unknown (misspelt)
- * option is refused with `InvalidOptionError` (`INVALID_OPTION`) before anything is written.
+ * is validated by the definition's `input` function and stored as JSON; it is required: an
+ * undefined input is refused (pass `null` for none). An unknown (misspelt) option, or one given
+ * as `null`, is refused with `InvalidOptionError` (`INVALID_OPTION`) before anything is written.
  *
  * @example
  * ```ts
@@ -119,7 +124,7 @@ export async function startSaga<I>(
 ): Promise<StartedSaga> {
   checkObject('options', options)
   // A misspelt id (`Id`) was dropped: a random id made a repeated start a second saga.
-  checkKnownOptions('options', options, startOptions)
+  checkSagaOptions('options', options, startOptions)
   if (typeof executor !== 'object' || executor === null || typeof executor.query !== 'function')
     throw new InvalidOptionError('executor', 'a SqlExecutor (driver or transaction)', executor)
   // A string 'false' (from an env var) was truthy and notified.

@@ -7,7 +7,6 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
   optionKeys,
 } from '../core/validate.js'
@@ -25,6 +24,7 @@ import {
   sagaInstruments,
 } from './events.js'
 import type { SagaFaults } from './faults.js'
+import { checkSagaOptions } from './options.js'
 import { claimedLeaseToken, InstanceRun, type RunnerHost, type RunOutcome } from './runner.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
 import { checkSagaId, initialSteps, serializeInput } from './start.js'
@@ -296,7 +296,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   constructor(options: SagaWorkerOptions) {
     checkObject('options', options)
     // A misspelt option (`leaseMS`) was dropped without a word: its default was used instead.
-    checkKnownOptions('options', options, workerOptions)
+    checkSagaOptions('options', options, workerOptions)
     const db = options.db
     if (typeof db !== 'object' || db === null || typeof db.transaction !== 'function')
       throw new InvalidOptionError('db', 'a SqlDriver (openDatabase)', db)
@@ -411,7 +411,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
 
   async stop(options: StopSagaWorkerOptions = {}): Promise<void> {
     checkObject('options', options)
-    checkKnownOptions('options', options, stopOptions)
+    checkSagaOptions('options', options, stopOptions)
     const timeoutMs =
       options.timeoutMs === undefined
         ? undefined
@@ -646,7 +646,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     options: RunSagaOptions = {},
   ): Promise<SagaOutcome<C>> {
     checkObject('options', options)
-    checkKnownOptions('options', options, runOptions)
+    checkSagaOptions('options', options, runOptions)
     const given = compiledSaga(definition)
     const saga = this.#sagas.get(given.key)
     if (saga === undefined) {

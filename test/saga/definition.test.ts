@@ -178,6 +178,39 @@ describe('defineSaga declarations', () => {
       'saga "x".steps["a"].compensationTimeoutMs',
     ],
     [
+      // Dead settings: most likely the compensation itself was forgotten.
+      'compensationRetry on an action step without compensation',
+      {
+        name: 'x',
+        version: 1,
+        steps: [{ name: 'a', action: noop, compensationRetry: { maxAttempts: 2 } }],
+      },
+      'saga "x".steps["a"].compensationRetry',
+    ],
+    [
+      'compensationTimeoutMs on an action step without compensation',
+      { name: 'x', version: 1, steps: [{ name: 'a', action: noop, compensationTimeoutMs: 10 }] },
+      'saga "x".steps["a"].compensationTimeoutMs',
+    ],
+    [
+      'compensationRetry on a reply step without compensation',
+      {
+        name: 'x',
+        version: 1,
+        steps: [{ name: 'a', send: noop, awaitReply: { timeoutMs: 10 }, compensationRetry: {} }],
+      },
+      'saga "x".steps["a"].compensationRetry',
+    ],
+    [
+      'compensationTimeoutMs on a reply step without compensation',
+      {
+        name: 'x',
+        version: 1,
+        steps: [{ name: 'a', send: noop, awaitReply: { timeoutMs: 10 }, compensationTimeoutMs: 5 }],
+      },
+      'saga "x".steps["a"].compensationTimeoutMs',
+    ],
+    [
       'an input parser that is not a function',
       { name: 'x', version: 1, input: {}, steps: [{ name: 'a', action: noop }] },
       'saga "x".input',
@@ -185,6 +218,31 @@ describe('defineSaga declarations', () => {
   ])('refuses %s', (_label, declaration, option) => {
     const error = rejection(() => defineSaga(declaration as never))
     expect(error.option).toBe(option)
+  })
+
+  it('names the missing compensation when compensationRetry or compensationTimeoutMs is set without one', () => {
+    const error = rejection(() =>
+      defineSaga({
+        name: 'x',
+        version: 1,
+        steps: [{ name: 'a', action: noop, compensationTimeoutMs: 10 }],
+      }),
+    )
+    expect(error.message).toContain('without a compensation')
+    // With the compensation both are accepted, as before.
+    defineSaga({
+      name: 'x',
+      version: 1,
+      steps: [
+        {
+          name: 'a',
+          action: noop,
+          compensation: noop,
+          compensationRetry: { maxAttempts: 2 },
+          compensationTimeoutMs: 10,
+        },
+      ],
+    })
   })
 
   it('refuses a commandStep option it does not know, naming it (it was dropped)', () => {

@@ -95,9 +95,11 @@ class World {
       steps: stepNames.map((name) => ({
         name,
         action: invoke(`do:${name}`),
-        ...(compensable.includes(name) ? { compensation: invoke(`undo:${name}`) } : {}),
+        // compensationRetry only with a compensation: defineSaga refuses it on a step without.
+        ...(compensable.includes(name)
+          ? { compensation: invoke(`undo:${name}`), compensationRetry: quick }
+          : {}),
         retry: quick,
-        compensationRetry: quick,
         // Shorter than a lease: a hang and a clock jump cut the attempt off at it (an unknown
         // outcome, compensated as a lost attempt is) while the worker still holds the lease.
         timeoutMs: 300,
