@@ -110,6 +110,49 @@ export function checkKnownOptions(
   }
 }
 
+/** What a known option set to null is refused with: only undefined means the default. */
+const notNull = 'a value, not null (leave the option out, or undefined, for its default)'
+
+/** How {@link checkOptionKeys} treats some keys. */
+export interface OptionKeysCheck {
+  /**
+   * Keys that hold the caller's JSON rather than an option (a saga reply's `payload`): null is a
+   * value there like any other.
+   */
+  readonly data?: ReadonlySet<string> | undefined
+  /**
+   * Name a null option by its bare key (`expectedVersion`) rather than `${prefix}.${key}`, where
+   * the option's own check names it so.
+   */
+  readonly bareNames?: boolean
+}
+
+/**
+ * The check of an options object: {@link checkKnownOptions}, then a known option set to `null`
+ * is refused with `InvalidOptionError` naming it. Only `undefined` (or leaving the option out)
+ * means the default: read with `??`, `maxAttempts: null` silently took the default and
+ * `expectedVersion: null` appended at any version, so `loaded?.version ?? null` lost its
+ * concurrency check.
+ *
+ * @example
+ * ```ts
+ * checkOptionKeys('options', options, startOptions)
+ * ```
+ */
+export function checkOptionKeys(
+  prefix: string,
+  options: object,
+  known: ReadonlySet<string>,
+  how: OptionKeysCheck = {},
+): void {
+  checkKnownOptions(prefix, options, known)
+  const record = options as Record<string, unknown>
+  for (const key of known) {
+    if (record[key] === null && how.data?.has(key) !== true)
+      throw new InvalidOptionError(how.bareNames ? key : `${prefix}.${key}`, notNull, null)
+  }
+}
+
 /**
  * Returns `value` if it is a {@link Clock} (`now`, `setTimeout` and `clearTimeout` functions),
  * `systemClock` when it is undefined, else throws naming `option`.

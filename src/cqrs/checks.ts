@@ -2,24 +2,15 @@
 // event data and metadata, which must read back as what was appended.
 import { InvalidOptionError } from '../core/errors.js'
 import { jsonTextOf } from '../core/text.js'
-import { checkKnownOptions } from '../core/validate.js'
-
-/** What an option set to null is refused with: only undefined (or leaving it out) is a default. */
-const notNull = 'a value, not null (leave the option out, or undefined, for its default)'
+import { checkOptionKeys as coreCheckOptionKeys } from '../core/validate.js'
 
 /**
- * @internal `checkKnownOptions`, and refuses a known option set to `null`, naming it
- * (`maxAttempts`, `snapshots.every`; `prefix` `'options'` names the bare key, as the option's
- * own check does). `?? default` took null as the default: `expectedVersion: null` appended at
- * any version, so `expectedVersion: loaded?.version ?? null` lost its concurrency check.
+ * @internal The core {@link coreCheckOptionKeys} (known keys, no null), naming a null option by
+ * its bare key when `prefix` is `'options'` (`maxAttempts`, but `snapshots.every`), as the
+ * option's own check names it.
  */
 export function checkOptionKeys(prefix: string, options: object, known: ReadonlySet<string>): void {
-  checkKnownOptions(prefix, options, known)
-  for (const key of known) {
-    if ((options as Record<string, unknown>)[key] === null) {
-      throw new InvalidOptionError(prefix === 'options' ? key : `${prefix}.${key}`, notNull, null)
-    }
-  }
+  coreCheckOptionKeys(prefix, options, known, { bareNames: prefix === 'options' })
 }
 
 /** What JSON turns into a `null` the caller did not write, or a throw of the caller's code. */

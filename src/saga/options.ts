@@ -1,14 +1,12 @@
-import { InvalidOptionError } from '../core/errors.js'
-import { checkKnownOptions } from '../core/validate.js'
+// The options check of breakwater/saga: the core one, with a reply's payload kept as data.
+import { checkOptionKeys } from '../core/validate.js'
 
 /**
  * The one check of every options object of breakwater/saga (a declaration, a step, its retry,
- * a function's options): {@link checkKnownOptions}, then a known option given as `null` is
- * refused with `InvalidOptionError` (`INVALID_OPTION`) naming `${prefix}.${key}`. Only
- * `undefined` means the default: read with `??`, `maxAttempts: null` silently retried three
- * times and `leaseMs: null` ran with the default lease, while `timeoutMs: null` was refused.
- * `data` names the fields that hold the caller's JSON rather than an option (a reply's
- * `payload`), where null is a value like any other.
+ * a function's options): core's {@link checkOptionKeys} (unknown keys and null options refused
+ * with `INVALID_OPTION` naming `${prefix}.${key}`; only `undefined` means the default). `data`
+ * names the fields that hold the caller's JSON rather than an option (a reply's `payload`),
+ * where null is a value like any other.
  *
  * @example
  * ```ts
@@ -21,14 +19,5 @@ export function checkSagaOptions(
   known: ReadonlySet<string>,
   data?: ReadonlySet<string>,
 ): void {
-  checkKnownOptions(prefix, options, known)
-  const record = options as Record<string, unknown>
-  for (const key of known) {
-    if (record[key] === null && data?.has(key) !== true)
-      throw new InvalidOptionError(
-        `${prefix}.${key}`,
-        'a value, not null (leave the option out, or undefined, for its default)',
-        null,
-      )
-  }
+  checkOptionKeys(prefix, options, known, { data })
 }

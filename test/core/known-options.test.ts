@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
-import { checkKnownOptions, optionKeys } from '../../src/core/validate.js'
+import { checkKnownOptions, checkOptionKeys, optionKeys } from '../../src/core/validate.js'
 
 interface Sample {
   readonly required: number
@@ -37,5 +37,27 @@ describe('optionKeys and checkKnownOptions', () => {
   it('is refused by TypeScript when a key of the type is missing', () => {
     // @ts-expect-error: 'optional' is missing, so the set would refuse a real option.
     optionKeys<Sample>({ required: true })
+  })
+})
+
+describe('checkOptionKeys', () => {
+  const known = optionKeys<Sample>({ required: true, optional: true })
+
+  it('refuses a known option set to null, naming it; undefined is the default', () => {
+    expect(() =>
+      checkOptionKeys('sample', { required: 1, optional: undefined }, known),
+    ).not.toThrow()
+    const attempt = () => checkOptionKeys('sample', { required: 1, optional: null }, known)
+    expect(attempt).toThrow(InvalidOptionError)
+    expect(attempt).toThrow(/^sample\.optional: .*not null/)
+    expect(() => checkOptionKeys('sample', { optional: null }, known, { bareNames: true })).toThrow(
+      /^optional: /,
+    )
+  })
+
+  it('keeps null in the keys named as data, and still refuses unknown keys', () => {
+    const data = new Set(['optional'])
+    expect(() => checkOptionKeys('sample', { optional: null }, known, { data })).not.toThrow()
+    expect(() => checkOptionKeys('sample', { optinal: 1 }, known, { data })).toThrow(/optinal/)
   })
 })
