@@ -122,7 +122,8 @@ interface ResolvedNatsOptions extends ResolvedCommonOptions {
   readonly name: string
 }
 
-const natsOptions = optionKeys<NatsBrokerOptions>({
+/** The keys NatsBrokerOptions takes (internal: not exported from the package root). */
+export const natsOptions = optionKeys<NatsBrokerOptions>({
   ...commonOptionKeys,
   stream: true,
   createStreams: true,
@@ -132,7 +133,8 @@ const natsOptions = optionKeys<NatsBrokerOptions>({
   name: true,
 })
 
-const streamSpecKeys = optionKeys<NatsStreamSpec>({ name: true, subjects: true })
+/** The keys NatsStreamSpec takes (internal: not exported from the package root). */
+export const streamSpecKeys = optionKeys<NatsStreamSpec>({ name: true, subjects: true })
 
 const loadNats = lazyDriver('nats', () => import('nats'))
 

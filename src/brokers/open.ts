@@ -1,6 +1,6 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkObject, optionKeys } from '../core/validate.js'
+import { checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import { redactUrl, type SubscriberErrorEvent } from './common.js'
 import { createNatsBroker, type NatsBrokerOptions } from './nats.js'
 import { hideText } from './option-keys.js'
@@ -25,7 +25,8 @@ export interface OpenBrokerOptions {
   readonly redis?: Omit<RedisBrokerOptions, 'url'>
 }
 
-const openBrokerKeys = optionKeys<OpenBrokerOptions>({
+/** The keys OpenBrokerOptions takes (internal: not exported from the package root). */
+export const openBrokerKeys = optionKeys<OpenBrokerOptions>({
   clock: true,
   onError: true,
   nats: true,
@@ -64,6 +65,9 @@ export function openBroker(url: string, options: OpenBrokerOptions = {}): Broker
       )
     }
   }
+  // Only undefined means the default: clock: null was handed on and refused under the
+  // adapter's name.
+  checkOptionKeys('openBroker', options, openBrokerKeys)
   // Every adapter's settings are checked, not only the one the URL picks: a string or array
   // there would otherwise be spread into the options and silently ignored.
   for (const name of ['nats', 'rabbitmq', 'redis'] as const) {

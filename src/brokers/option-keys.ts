@@ -1,6 +1,6 @@
 // The refusal of unknown broker options, with their values hidden. Shared by the adapters, the
 // webhook publisher and the `tls` check.
-import { checkKnownOptions } from '../core/validate.js'
+import { checkOptionKeys } from '../core/validate.js'
 
 /**
  * A refused value as an error may show it: text, bytes, arrays and objects are hidden. What a
@@ -17,8 +17,11 @@ export function hideText(value: unknown): unknown {
 }
 
 /**
- * `checkKnownOptions` for a broker option bag: throws `InvalidOptionError` naming
- * `${prefix}.${key}` for an unknown key, its value hidden by {@link hideText}.
+ * `checkOptionKeys` for a broker option bag: throws `InvalidOptionError` naming
+ * `${prefix}.${key}` for an unknown key, its value hidden by {@link hideText}, and for a known
+ * one given as null (only undefined means the default). Under the prefix `options` (a function's
+ * options, as `verifyWebhookSignature`'s) a null option is named by its bare key, as its own
+ * check names it.
  */
 export function checkKnownBrokerOptions(
   prefix: string,
@@ -27,5 +30,5 @@ export function checkKnownBrokerOptions(
 ): void {
   // Built only at construction, never per message.
   const shown = Object.fromEntries(Object.entries(options).map(([k, v]) => [k, hideText(v)]))
-  checkKnownOptions(prefix, shown, known)
+  checkOptionKeys(prefix, shown, known, { bareNames: prefix === 'options' })
 }

@@ -79,7 +79,8 @@ interface ResolvedRabbitOptions extends ResolvedCommonOptions {
   readonly mandatory: boolean
 }
 
-const rabbitOptions = optionKeys<RabbitMqBrokerOptions>({
+/** The keys RabbitMqBrokerOptions takes (internal: not exported from the package root). */
+export const rabbitOptions = optionKeys<RabbitMqBrokerOptions>({
   ...commonOptionKeys,
   exchange: true,
   exchangeType: true,

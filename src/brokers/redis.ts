@@ -114,7 +114,8 @@ interface ResolvedRedisOptions extends ResolvedCommonOptions {
   readonly consumerName: string | undefined
 }
 
-const redisOptions = optionKeys<RedisBrokerOptions>({
+/** The keys RedisBrokerOptions takes (internal: not exported from the package root). */
+export const redisOptions = optionKeys<RedisBrokerOptions>({
   ...commonOptionKeys,
   maxLength: true,
   visibilityTimeoutMs: true,

@@ -14,8 +14,8 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import { Waker } from '../core/waker.js'
@@ -401,7 +401,8 @@ interface ResolvedOptions {
   readonly onError: (event: SqlQueueErrorEvent) => void
 }
 
-const sqlQueueOptions = optionKeys<SqlQueueOptions>({
+/** The keys SqlQueueOptions takes (internal: not exported from the package root). */
+export const sqlQueueOptions = optionKeys<SqlQueueOptions>({
   clock: true,
   visibilityTimeoutMs: true,
   retryDelayMs: true,
@@ -416,7 +417,7 @@ const sqlQueueOptions = optionKeys<SqlQueueOptions>({
 function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOptions {
   checkObject('sqlQueue', options)
   // A misspelt visibilityTimeoutMs or onError was dropped without a word and its default used.
-  checkKnownOptions('sqlQueue', options, sqlQueueOptions)
+  checkOptionKeys('sqlQueue', options, sqlQueueOptions)
   const clock = checkClock('sqlQueue.clock', options.clock)
   if (options.listen !== undefined && typeof options.listen !== 'boolean')
     throw new InvalidOptionError('sqlQueue.listen', 'a boolean', options.listen)
@@ -1147,7 +1148,8 @@ function checkQueueDb(db: SqlDriver): void {
   }
 }
 
-const pruneSqlQueueOptions = optionKeys<PruneSqlQueueOptions>({
+/** The keys PruneSqlQueueOptions takes (internal: not exported from the package root). */
+export const pruneSqlQueueOptions = optionKeys<PruneSqlQueueOptions>({
   olderThanMs: true,
   batchSize: true,
   maxBatches: true,
@@ -1173,7 +1175,7 @@ export async function pruneSqlQueue(
   checkQueueDb(db)
   checkObject('pruneSqlQueue', options)
   // A misspelt olderThanMs pruned with the one-day default: messages still wanted were removed.
-  checkKnownOptions('pruneSqlQueue', options, pruneSqlQueueOptions)
+  checkOptionKeys('pruneSqlQueue', options, pruneSqlQueueOptions)
   const clock = checkClock('pruneSqlQueue.clock', options.clock)
   const olderThanMs = checkInteger(
     'pruneSqlQueue.olderThanMs',

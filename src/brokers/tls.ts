@@ -9,7 +9,7 @@ import { createConnection, isIP, type Socket } from 'node:net'
 import { connect as connectTls } from 'node:tls'
 import type { Clock } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
-import { checkObject, optionKeys } from '../core/validate.js'
+import { checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import { BrokerError, type BrokerKind, reasonOf } from './errors.js'
 import { hideText } from './option-keys.js'
 
@@ -68,7 +68,8 @@ export interface BrokerTlsOptions {
   readonly passphrase?: string
 }
 
-const tlsOptions = optionKeys<BrokerTlsOptions>({
+/** The keys BrokerTlsOptions takes (internal: not exported from the package root). */
+export const tlsOptions = optionKeys<BrokerTlsOptions>({
   ca: true,
   caFile: true,
   cert: true,
@@ -136,6 +137,8 @@ export function resolveTlsOptions(
       )
     }
   }
+  // Only undefined means none: a null CA or key is refused, naming it.
+  checkOptionKeys(option, tls, tlsOptions)
   if (!tlsSchemes.includes(url.protocol)) {
     const schemes = tlsSchemes.map((s) => `${s}//`).join(' or ')
     throw new InvalidOptionError(

@@ -237,7 +237,11 @@ export type WebhookVerification =
       readonly reason: 'missing' | 'malformed' | 'mismatch' | 'stale'
     }
 
-const verifyOptions = optionKeys<VerifyWebhookSignatureOptions>({ toleranceMs: true, clock: true })
+/** The keys VerifyWebhookSignatureOptions takes (internal: not exported from the package root). */
+export const verifyOptions = optionKeys<VerifyWebhookSignatureOptions>({
+  toleranceMs: true,
+  clock: true,
+})
 
 /**
  * Checks a `Breakwater-Signature` header (see {@link WEBHOOK_SIGNATURE_HEADER}) against the raw
@@ -369,7 +373,8 @@ function isAbortLike(error: unknown): boolean {
   return error instanceof Error && error.name === 'AbortError'
 }
 
-const webhookOptions = optionKeys<WebhookPublisherOptions>({
+/** The keys WebhookPublisherOptions takes (internal: not exported from the package root). */
+export const webhookOptions = optionKeys<WebhookPublisherOptions>({
   url: true,
   secret: true,
   batch: true,
@@ -382,7 +387,8 @@ const webhookOptions = optionKeys<WebhookPublisherOptions>({
 
 // The publisher sets clock and shouldRetry itself: given here, they are refused as unknown
 // rather than silently replaced.
-const webhookRetryOptions = optionKeys<WebhookRetryOptions>({
+/** The keys WebhookRetryOptions takes (internal: not exported from the package root). */
+export const webhookRetryOptions = optionKeys<WebhookRetryOptions>({
   maxAttempts: true,
   baseDelayMs: true,
   maxDelayMs: true,

@@ -1,5 +1,5 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { checkClock, checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import { HttpClientClosedError } from './errors.js'
 import { ClientEvents, type HttpEvents } from './events.js'
 import type { HttpClientOptions, HttpRequestOptions } from './options.js'
@@ -41,7 +41,8 @@ export interface HttpClient {
 
 const serviceName = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
 
-const httpClientOptions = optionKeys<HttpClientOptions>({ services: true, clock: true })
+/** The keys HttpClientOptions takes (internal: not exported from the package root). */
+export const httpClientOptions = optionKeys<HttpClientOptions>({ services: true, clock: true })
 
 class HttpClientImpl implements HttpClient {
   readonly services: readonly string[]
@@ -134,7 +135,7 @@ class HttpClientImpl implements HttpClient {
  */
 export function createHttpClient(options: HttpClientOptions): HttpClient {
   checkObject('httpClient', options)
-  checkKnownOptions('httpClient', options, httpClientOptions)
+  checkOptionKeys('httpClient', options, httpClientOptions, { bareNames: true })
   const services = options.services
   if (typeof services !== 'object' || services === null || Array.isArray(services))
     throw new InvalidOptionError('services', 'an object of service names to options', services)

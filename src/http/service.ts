@@ -6,9 +6,9 @@ import { InvalidOptionError } from '../core/errors.js'
 import {
   checkClock,
   checkInteger,
-  checkKnownOptions,
   checkNumber,
   checkObject,
+  checkOptionKeys,
   checkSignal,
   optionKeys,
   signalRefusal,
@@ -137,7 +137,8 @@ export interface HttpService {
 // undici's channels for a request answered in full and one that failed.
 const requestEndChannels = ['undici:request:trailers', 'undici:request:error'] as const
 
-const serviceOptions = optionKeys<HttpServiceOptions>({
+/** The keys HttpServiceOptions takes (internal: not exported from the package root). */
+export const serviceOptions = optionKeys<HttpServiceOptions>({
   baseUrl: true,
   connectTimeoutMs: true,
   headersTimeoutMs: true,
@@ -157,7 +158,8 @@ const serviceOptions = optionKeys<HttpServiceOptions>({
   maxResponseBytes: true,
   clock: true,
 })
-const requestOptions = optionKeys<HttpRequestOptions>({
+/** The keys HttpRequestOptions takes (internal: not exported from the package root). */
+export const requestOptions = optionKeys<HttpRequestOptions>({
   method: true,
   path: true,
   query: true,
@@ -169,7 +171,10 @@ const requestOptions = optionKeys<HttpRequestOptions>({
   throwOnErrorStatus: true,
   signal: true,
 })
-const executeOptions = optionKeys<HttpExecuteOptions>({ retry: true, signal: true })
+/** The request options holding the caller's data, where null is a value. */
+const requestData = { data: new Set(['json']) }
+/** The keys HttpExecuteOptions takes (internal: not exported from the package root). */
+export const executeOptions = optionKeys<HttpExecuteOptions>({ retry: true, signal: true })
 
 const keyedMethods = new Set(['POST', 'PATCH', 'PUT', 'DELETE'])
 const defaultBulkhead = { maxConcurrent: 32, maxQueued: 64 }
@@ -251,7 +256,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     const prefix = `services.${name}`
     checkObject(prefix, options)
     // The policies' own bags (retry, circuitBreaker, ...) are checked by the policies.
-    checkKnownOptions(prefix, options, serviceOptions)
+    checkOptionKeys(prefix, options, serviceOptions)
     this.name = name
     this.#base = parseBaseUrl(`${prefix}.baseUrl`, options.baseUrl)
     this.baseUrl = this.#base.href
@@ -403,7 +408,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     if (typeof options !== 'object' || options === null)
       return Promise.reject(new InvalidOptionError('execute.options', 'an object', options))
     try {
-      checkKnownOptions('execute', options, executeOptions)
+      checkOptionKeys('execute', options, executeOptions)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -533,7 +538,8 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
   #plan(options: HttpRequestOptions): CallPlan {
     if (typeof options !== 'object' || options === null)
       throw new InvalidOptionError('request', 'an object', options)
-    checkKnownOptions('request', options, requestOptions)
+    // json is the caller's data: json: null sends the JSON body null.
+    checkOptionKeys('request', options, requestOptions, requestData)
     const rawMethod = options.method ?? 'GET'
     if (
       typeof rawMethod !== 'string' ||

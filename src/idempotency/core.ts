@@ -6,9 +6,9 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
   checkOneOf,
+  checkOptionKeys,
   checkSignal,
   optionKeys,
 } from '../core/validate.js'
@@ -374,7 +374,8 @@ const maxPollMs = 500
 
 const storeCache = new WeakMap<SqlDriver, IdempotencyStore>()
 
-const idempotencyOptions = optionKeys<IdempotencyOptions>({
+/** The keys IdempotencyOptions takes (internal: not exported from the package root). */
+export const idempotencyOptions = optionKeys<IdempotencyOptions>({
   store: true,
   claim: true,
   scope: true,
@@ -392,15 +393,17 @@ const idempotencyOptions = optionKeys<IdempotencyOptions>({
   clock: true,
 })
 
-const runOptions = optionKeys<RunOptions>({ scope: true, fingerprint: true, signal: true })
+/** The keys RunOptions takes (internal: not exported from the package root). */
+export const runOptions = optionKeys<RunOptions>({ scope: true, fingerprint: true, signal: true })
 
-const abortOptions = optionKeys<IdempotentAbortOptions>({ release: true })
+/** The keys IdempotentAbortOptions takes (internal: not exported from the package root). */
+export const abortOptions = optionKeys<IdempotentAbortOptions>({ release: true })
 
 /** Why `abort(options)` cannot be taken as written, or undefined when it can. */
 function abortOptionsRefusal(options: unknown): InvalidOptionError | undefined {
   try {
     const given = checkObject('options', options)
-    checkKnownOptions('options', given, abortOptions)
+    checkOptionKeys('options', given, abortOptions, { bareNames: true })
     if (given.release !== undefined && typeof given.release !== 'boolean') {
       return new InvalidOptionError('release', 'a boolean', given.release)
     }
@@ -635,7 +638,7 @@ class IdempotencyCore implements Idempotency {
   constructor(options: IdempotencyOptions) {
     checkObject('options', options)
     // A misspelt option (`leaseMS`) was dropped without a word and its default used instead.
-    checkKnownOptions('options', options, idempotencyOptions)
+    checkOptionKeys('options', options, idempotencyOptions, { bareNames: true })
     this.store = resolveStore(options.store)
     const clock = checkClock('clock', options.clock)
     this.#settings = {
@@ -830,7 +833,7 @@ class IdempotencyCore implements Idempotency {
     checkFunction('fn', fn)
     checkObject('options', options)
     // A misspelt `scope` would put the key in the default scope, shared with other callers.
-    checkKnownOptions('options', options, runOptions)
+    checkOptionKeys('options', options, runOptions, { bareNames: true })
     // Read only when the call waits for another holder: checked now, or a wrong value would
     // fail (with a bare TypeError) only in the one call that had to wait.
     checkSignal('signal', options.signal)

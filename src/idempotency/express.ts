@@ -3,8 +3,8 @@ import { InvalidOptionError } from '../core/errors.js'
 import {
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import { CapturedRun } from './captured-run.js'
@@ -61,7 +61,8 @@ export interface ExpressIdempotencyOptions {
   readonly onError?: (error: unknown) => void
 }
 
-const expressOptions = optionKeys<ExpressIdempotencyOptions>({
+/** The keys ExpressIdempotencyOptions takes (internal: not exported from the package root). */
+export const expressOptions = optionKeys<ExpressIdempotencyOptions>({
   scope: true,
   maxBodyBytes: true,
   onError: true,
@@ -105,7 +106,7 @@ export function expressIdempotency(
   }
   checkObject('options', options)
   // A misspelt option was dropped without a word and its default used instead.
-  checkKnownOptions('options', options, expressOptions)
+  checkOptionKeys('options', options, expressOptions, { bareNames: true })
   const scope =
     options.scope === undefined
       ? undefined

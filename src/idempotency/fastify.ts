@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkFunction, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { checkFunction, checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
 import { IdempotencyInProgressError } from './errors.js'
@@ -50,7 +50,8 @@ export interface FastifyIdempotencyOptions {
   readonly scope?: (request: FastifyLikeRequest) => string | Promise<string>
 }
 
-const fastifyOptions = optionKeys<FastifyIdempotencyOptions>({ scope: true })
+/** The keys FastifyIdempotencyOptions takes (internal: not exported from the package root). */
+export const fastifyOptions = optionKeys<FastifyIdempotencyOptions>({ scope: true })
 
 // 'executing': the handler runs (its lease running out answers the client from the listener);
 // `sending` once it called reply.send, whose payload has not reached this plugin's onSend yet
@@ -348,7 +349,7 @@ export function fastifyIdempotency(
   }
   checkObject('options', options)
   // A misspelt option was dropped without a word and its default used instead.
-  checkKnownOptions('options', options, fastifyOptions)
+  checkOptionKeys('options', options, fastifyOptions, { bareNames: true })
   const scope =
     options.scope === undefined
       ? undefined

@@ -2,8 +2,8 @@ import { InvalidOptionError } from '../core/errors.js'
 import {
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
@@ -52,7 +52,8 @@ export interface HonoIdempotencyOptions {
   readonly maxBodyBytes?: number
 }
 
-const honoOptions = optionKeys<HonoIdempotencyOptions>({ scope: true, maxBodyBytes: true })
+/** The keys HonoIdempotencyOptions takes (internal: not exported from the package root). */
+export const honoOptions = optionKeys<HonoIdempotencyOptions>({ scope: true, maxBodyBytes: true })
 
 // Statuses whose responses must not have a body in the Fetch API.
 const nullBodyStatuses = new Set([101, 103, 204, 205, 304])
@@ -183,7 +184,7 @@ export function honoIdempotency(
   }
   checkObject('options', options)
   // A misspelt option was dropped without a word and its default used instead.
-  checkKnownOptions('options', options, honoOptions)
+  checkOptionKeys('options', options, honoOptions, { bareNames: true })
   const scope =
     options.scope === undefined
       ? undefined

@@ -1,5 +1,5 @@
 import type { Clock } from '../core/clock.js'
-import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
 import { createIdempotency, type IdempotencyClaimMode } from './core.js'
 import type { IdempotencyStore } from './store.js'
@@ -67,7 +67,8 @@ export interface IdempotentOptions {
   readonly clock?: Clock
 }
 
-const idempotentOptions = optionKeys<IdempotentOptions>({
+/** The keys IdempotentOptions takes (internal: not exported from the package root). */
+export const idempotentOptions = optionKeys<IdempotentOptions>({
   store: true,
   claim: true,
   scope: true,
@@ -114,7 +115,7 @@ export async function idempotent<T>(
 ): Promise<T> {
   checkObject('options', options)
   // The rest goes to createIdempotency, which would take its HTTP-only options without a word.
-  checkKnownOptions('options', options, idempotentOptions)
+  checkOptionKeys('options', options, idempotentOptions, { bareNames: true })
   const { scope, fingerprint, signal, ...rest } = options
   const core = createIdempotency(rest)
   return core.run(key, fn, {

@@ -3,8 +3,8 @@ import { InvalidOptionError } from '../core/errors.js'
 import {
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import { CapturedRun } from './captured-run.js'
@@ -51,7 +51,8 @@ export interface IdempotentHandlerOptions {
   readonly onError?: (error: unknown) => void
 }
 
-const handlerOptions = optionKeys<IdempotentHandlerOptions>({
+/** The keys IdempotentHandlerOptions takes (internal: not exported from the package root). */
+export const handlerOptions = optionKeys<IdempotentHandlerOptions>({
   idempotency: true,
   scope: true,
   route: true,
@@ -109,7 +110,7 @@ export function idempotentHandler(
 ): (req: IncomingMessage, res: ServerResponse) => void {
   checkObject('options', options)
   // A misspelt option was dropped without a word and its default used instead.
-  checkKnownOptions('options', options, handlerOptions)
+  checkOptionKeys('options', options, handlerOptions, { bareNames: true })
   const idempotency = options.idempotency
   if (typeof idempotency?.begin !== 'function') {
     throw new InvalidOptionError('idempotency', 'an Idempotency (createIdempotency)', idempotency)

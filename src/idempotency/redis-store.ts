@@ -3,7 +3,7 @@
 // a SQL database, which is why this store has no `inTransaction` and its ctx.tx runs no SQL.
 import type { Redis } from 'ioredis'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import { parseStoredObject, StoredDataError, type StoredPlace } from '../stores/errors.js'
 import {
   DriverMissingError,
@@ -57,7 +57,8 @@ export interface RedisIdempotencyStoreOptions {
   readonly keyPrefix?: string
 }
 
-const redisStoreOptions = optionKeys<RedisIdempotencyStoreOptions>({
+/** The keys RedisIdempotencyStoreOptions takes (internal: not exported from the package root). */
+export const redisStoreOptions = optionKeys<RedisIdempotencyStoreOptions>({
   url: true,
   client: true,
   keyPrefix: true,
@@ -311,7 +312,7 @@ export function createRedisIdempotencyStore(
 ): RedisIdempotencyStore {
   checkObject('options', options)
   // A misspelt keyPrefix would share the default prefix with every other store.
-  checkKnownOptions('options', options, redisStoreOptions)
+  checkOptionKeys('options', options, redisStoreOptions, { bareNames: true })
   const { url, client: given } = options
   if ((url === undefined) === (given === undefined)) {
     throw new InvalidOptionError('url', 'exactly one of url and client', url)

@@ -1,6 +1,6 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { exceedsBytes, isStorableText } from '../core/text.js'
-import { checkKnownOptions, optionKeys } from '../core/validate.js'
+import { checkOptionKeys, optionKeys } from '../core/validate.js'
 import { sha256Hex } from './fingerprint.js'
 import { headerNameExpected, isHeaderName } from './header-name.js'
 import type { IdempotencyRequest } from './types.js'
@@ -37,7 +37,10 @@ export type ScopeFunction = (request: IdempotencyRequest) => string | Promise<st
  */
 export type ScopeOption = 'credential' | { readonly tenantHeader: string } | ScopeFunction
 
-const tenantScopeOptions = optionKeys<{ readonly tenantHeader: string }>({ tenantHeader: true })
+/** The keys a tenant scope takes (internal: not exported from the package root). */
+export const tenantScopeOptions = optionKeys<{ readonly tenantHeader: string }>({
+  tenantHeader: true,
+})
 
 /** The headers the `'credential'` scope reads, in order. */
 export const credentialHeaders: readonly string[] = ['authorization', 'x-api-key']
@@ -68,7 +71,7 @@ export function scopeResolver(option: unknown): ScopeFunction {
   if (typeof option === 'function') return option as ScopeFunction
   if (typeof option === 'object' && option !== null) {
     // A misspelt key beside the header name would be dropped without a word.
-    checkKnownOptions('scope', option, tenantScopeOptions)
+    checkOptionKeys('scope', option, tenantScopeOptions)
     const header = (option as { tenantHeader?: unknown }).tenantHeader
     // Checked here, once: a name that is not a token never matches a request's header, so
     // every request would fall back to the credential scope without a word.

@@ -5,8 +5,8 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
@@ -34,7 +34,12 @@ export interface SweepOptions {
   readonly clock?: Clock
 }
 
-const sweepOptions = optionKeys<SweepOptions>({ batchSize: true, maxBatches: true, clock: true })
+/** The keys SweepOptions takes (internal: not exported from the package root). */
+export const sweepOptions = optionKeys<SweepOptions>({
+  batchSize: true,
+  maxBatches: true,
+  clock: true,
+})
 
 function storeOf(target: unknown): IdempotencyStore {
   const candidate = checkObject('store', target)
@@ -78,7 +83,7 @@ export function sweepExpired(
 ): Promise<number> {
   checkObject('options', options)
   // A misspelt option was dropped without a word and its default used instead.
-  checkKnownOptions('options', options, sweepOptions)
+  checkOptionKeys('options', options, sweepOptions, { bareNames: true })
   const { batchSize, maxBatches } = batchSettings(options)
   return sweepBatches(storeOf(store), checkClock('clock', options.clock), batchSize, maxBatches)
 }
@@ -99,7 +104,8 @@ export interface SweeperOptions extends SweepOptions {
   readonly onError?: (error: unknown) => void
 }
 
-const sweeperOptions = optionKeys<SweeperOptions>({
+/** The keys SweeperOptions takes (internal: not exported from the package root). */
+export const sweeperOptions = optionKeys<SweeperOptions>({
   store: true,
   intervalMs: true,
   onError: true,
@@ -137,7 +143,7 @@ export interface Sweeper {
 export function createSweeper(options: SweeperOptions): Sweeper {
   checkObject('options', options)
   // A misspelt option was dropped without a word and its default used instead.
-  checkKnownOptions('options', options, sweeperOptions)
+  checkOptionKeys('options', options, sweeperOptions, { bareNames: true })
   const store = storeOf(options.store)
   const clock = checkClock('clock', options.clock)
   const intervalMs = checkInteger('intervalMs', options.intervalMs ?? 60_000, 1)

@@ -5,7 +5,7 @@
 // end of the turn it was logged in (setImmediate), or less when `maxBytes` fill first.
 
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { checkInteger, checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import type { LogOutput } from './logger.js'
 import { writeSafely } from './safe-write.js'
 
@@ -25,7 +25,8 @@ export interface BufferedOutputOptions {
   readonly flushOnExit?: boolean
 }
 
-const bufferedOutputOptions = optionKeys<BufferedOutputOptions>({
+/** The keys BufferedOutputOptions takes (internal: not exported from the package root). */
+export const bufferedOutputOptions = optionKeys<BufferedOutputOptions>({
   maxBytes: true,
   flushOnExit: true,
 })
@@ -57,7 +58,7 @@ export function createBufferedOutput(
 ): BufferedOutput {
   checkObject('options', options)
   // A misspelt option was dropped without a word and its default used instead.
-  checkKnownOptions('options', options, bufferedOutputOptions)
+  checkOptionKeys('options', options, bufferedOutputOptions, { bareNames: true })
   if (typeof output !== 'object' || output === null || typeof output.write !== 'function') {
     throw new InvalidOptionError('output', 'an object with write()', output)
   }

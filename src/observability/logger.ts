@@ -2,9 +2,9 @@ import type { Clock } from '../core/clock.js'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import {
   checkClock,
-  checkKnownOptions,
   checkObject,
   checkOneOf,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import { isSecretKey, normalizeKey, REDACTED, redactSecrets } from './redact.js'
@@ -83,7 +83,8 @@ export interface JsonLoggerOptions {
   readonly clock?: Clock
 }
 
-const loggerOptions = optionKeys<JsonLoggerOptions>({
+/** The keys JsonLoggerOptions takes (internal: not exported from the package root). */
+export const loggerOptions = optionKeys<JsonLoggerOptions>({
   level: true,
   output: true,
   fields: true,
@@ -448,7 +449,7 @@ function serializeError(
 export function createJsonLogger(options: JsonLoggerOptions = {}): Logger {
   checkObject('logger', options)
   // A misspelt redactKeys left the fields it named unredacted, without a word.
-  checkKnownOptions('logger', options, loggerOptions)
+  checkOptionKeys('logger', options, loggerOptions)
   const level = checkOneOf('logger.level', options.level ?? 'info', logThresholds)
   const output = options.output ?? process.stdout
   if (typeof output !== 'object' || output === null || typeof output.write !== 'function')

@@ -6,8 +6,8 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import type { MetricsRegistry } from './metrics.js'
@@ -50,7 +50,8 @@ export interface MetricsServerOptions {
   readonly onError?: (error: unknown) => void
 }
 
-const metricsServerOptions = optionKeys<MetricsServerOptions>({
+/** The keys MetricsServerOptions takes (internal: not exported from the package root). */
+export const metricsServerOptions = optionKeys<MetricsServerOptions>({
   port: true,
   host: true,
   registry: true,
@@ -111,7 +112,7 @@ export interface MetricsServer {
 export async function startMetricsServer(options: MetricsServerOptions): Promise<MetricsServer> {
   checkObject('metricsServer', options)
   // A misspelt option was dropped without a word and its default used instead.
-  checkKnownOptions('metricsServer', options, metricsServerOptions)
+  checkOptionKeys('metricsServer', options, metricsServerOptions)
   const port = checkInteger('metricsServer.port', options.port, 0, 65_535)
   const host = options.host ?? '127.0.0.1'
   if (typeof host !== 'string' || host === '')

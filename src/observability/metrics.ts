@@ -4,8 +4,8 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 
@@ -254,14 +254,17 @@ export function formatSampleValue(value: number): string {
 
 type Kind = 'counter' | 'gauge' | 'histogram'
 
-const metricOptions = optionKeys<MetricOptions>({ name: true, help: true, labelNames: true })
-const histogramOptions = optionKeys<HistogramOptions>({
+/** The keys MetricOptions takes (internal: not exported from the package root). */
+export const metricOptions = optionKeys<MetricOptions>({ name: true, help: true, labelNames: true })
+/** The keys HistogramOptions takes (internal: not exported from the package root). */
+export const histogramOptions = optionKeys<HistogramOptions>({
   name: true,
   help: true,
   labelNames: true,
   buckets: true,
 })
-const registryOptions = optionKeys<MetricsRegistryOptions>({
+/** The keys MetricsRegistryOptions takes (internal: not exported from the package root). */
+export const registryOptions = optionKeys<MetricsRegistryOptions>({
   onCollectError: true,
   collectTimeoutMs: true,
   clock: true,
@@ -292,7 +295,7 @@ abstract class Metric<S> implements Renderable {
   ) {
     checkObject(kind, options)
     // A misspelt labelNames gave a metric without labels, and every labelled call then failed.
-    checkKnownOptions(kind, options, known)
+    checkOptionKeys(kind, options, known)
     if (typeof options.name !== 'string' || !metricName.test(options.name))
       throw new InvalidOptionError(
         `${kind}.name`,
@@ -593,7 +596,7 @@ class Registry implements MetricsRegistry {
   constructor(options: MetricsRegistryOptions) {
     checkObject('metricsRegistry', options)
     // A misspelt option was dropped without a word and its default used instead.
-    checkKnownOptions('metricsRegistry', options, registryOptions)
+    checkOptionKeys('metricsRegistry', options, registryOptions)
     this.#collectTimeoutMs = checkInteger(
       'metricsRegistry.collectTimeoutMs',
       options.collectTimeoutMs ?? 5_000,

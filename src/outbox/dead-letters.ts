@@ -4,8 +4,8 @@ import { checkStoredName } from '../core/text.js'
 import {
   checkClock,
   checkInteger,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   isObjectRecord,
   optionKeys,
 } from '../core/validate.js'
@@ -63,7 +63,8 @@ export interface ListDeadOptions {
   readonly afterId?: number
 }
 
-const listDeadOptions = optionKeys<ListDeadOptions>({ limit: true, afterId: true })
+/** The keys ListDeadOptions takes (internal: not exported from the package root). */
+export const listDeadOptions = optionKeys<ListDeadOptions>({ limit: true, afterId: true })
 
 /**
  * Lists dead-lettered events, oldest first. Each one holds back the later events of its
@@ -83,7 +84,7 @@ export async function listDead(
 ): Promise<DeadEvent[]> {
   checkObject('listDead', options)
   // A misspelt afterId listed the first page again, without a word.
-  checkKnownOptions('listDead', options, listDeadOptions)
+  checkOptionKeys('listDead', options, listDeadOptions)
   const limit = checkInteger('listDead.limit', options.limit ?? 100, 1, 100_000)
   const afterId = checkInteger('listDead.afterId', options.afterId ?? 0, 0)
   const rows = await db.query<{
@@ -202,7 +203,8 @@ export interface OutboxStatsOptions {
   readonly clock?: Clock
 }
 
-const outboxStatsOptions = optionKeys<OutboxStatsOptions>({ clock: true })
+/** The keys OutboxStatsOptions takes (internal: not exported from the package root). */
+export const outboxStatsOptions = optionKeys<OutboxStatsOptions>({ clock: true })
 
 /**
  * Counts pending, dead and stranded events (pending in a partition no relay claims) and measures
@@ -222,7 +224,7 @@ export async function outboxStats(
   options: OutboxStatsOptions = {},
 ): Promise<OutboxStats> {
   checkObject('outboxStats', options)
-  checkKnownOptions('outboxStats', options, outboxStatsOptions)
+  checkOptionKeys('outboxStats', options, outboxStatsOptions)
   const clock = wholeMsClock(checkClock('outboxStats.clock', options.clock))
   const sql = outboxStatements[db.dialect]
   const counts = await db.query<{

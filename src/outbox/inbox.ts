@@ -5,8 +5,8 @@ import { checkStoredKey, maxStoredNameBytes } from '../core/text.js'
 import {
   checkClock,
   checkFunction,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
@@ -80,7 +80,12 @@ export interface Inbox {
   ): Promise<InboxResult<T>>
 }
 
-const inboxOptions = optionKeys<InboxOptions>({ consumer: true, clock: true, onRefused: true })
+/** The keys InboxOptions takes (internal: not exported from the package root). */
+export const inboxOptions = optionKeys<InboxOptions>({
+  consumer: true,
+  clock: true,
+  onRefused: true,
+})
 
 class SqlInbox implements Inbox {
   readonly consumer: string
@@ -90,7 +95,7 @@ class SqlInbox implements Inbox {
   constructor(options: InboxOptions) {
     checkObject('inbox', options)
     // A misspelt onRefused was dropped without a word: poison messages went unreported.
-    checkKnownOptions('inbox', options, inboxOptions)
+    checkOptionKeys('inbox', options, inboxOptions)
     // Stored as text, as message ids are (a lone surrogate would make two ids one record, and
     // the second message's effect would be skipped as a duplicate). It shares the record's
     // index key with the message id: capped so that any id within maxStoredIdBytes fits.

@@ -3,7 +3,13 @@ import { context, propagation } from '@opentelemetry/api'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredKey, checkStoredName, jsonTextOf } from '../core/text.js'
-import { checkClock, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import {
+  checkClock,
+  checkKnownOptions,
+  checkObject,
+  checkOptionKeys,
+  optionKeys,
+} from '../core/validate.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { partitionOf } from './partition.js'
 import { OUTBOX_CHANNEL, outboxStatements } from './sql.js'
@@ -135,7 +141,8 @@ const outboxEventFields = optionKeys<OutboxEvent>({
   causationId: true,
 })
 
-const outboxOptions = optionKeys<OutboxOptions>({
+/** The keys OutboxOptions takes (internal: not exported from the package root). */
+export const outboxOptions = optionKeys<OutboxOptions>({
   topic: true,
   propagateTraceContext: true,
   notify: true,
@@ -210,7 +217,7 @@ class SqlOutbox implements Outbox {
   constructor(options: OutboxOptions) {
     checkObject('outbox', options)
     // A misspelt notify or topic was dropped without a word and its default used.
-    checkKnownOptions('outbox', options, outboxOptions)
+    checkOptionKeys('outbox', options, outboxOptions)
     const topic = options.topic
     if (
       topic !== undefined &&
@@ -350,7 +357,10 @@ class SqlOutbox implements Outbox {
       throw new InvalidOptionError(at, 'an outbox event object', event)
     // A misspelt field (`correlationID`) was dropped without a word; data belongs in the payload.
     checkKnownOptions(at, event, outboxEventFields)
-    const id = event.id ?? randomUUID()
+    // Only undefined takes the default: `?? randomUUID()` gave id: null a random id (and
+    // topic: null the default topic) where every other field refuses null. Compared here, not
+    // by a second loop over the fields: this runs per event.
+    const id = event.id === undefined ? randomUUID() : event.id
     // Index keys (the id's own, and the held-rows index a retry or dead letter puts the
     // aggregate id in): capped, or PostgreSQL fails the caller's transaction (or, for the
     // aggregate id, every charge of a failed publish) with a bare "index row size" error, and
@@ -360,9 +370,10 @@ class SqlOutbox implements Outbox {
     checkStoredKey(`${at}.aggregateId`, event.aggregateId)
     checkText(`${at}.type`, event.type)
     const topic =
-      event.topic ??
-      (typeof this.#topic === 'function' ? this.#topic(event) : this.#topic) ??
-      event.aggregateType
+      event.topic !== undefined
+        ? event.topic
+        : ((typeof this.#topic === 'function' ? this.#topic(event) : this.#topic) ??
+          event.aggregateType)
     checkText(`${at}.topic`, topic)
     const payload = jsonTextOf(`${at}.payload`, event.payload)
     // No prototype: a header named __proto__ is then an ordinary key instead of being dropped.

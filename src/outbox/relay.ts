@@ -43,9 +43,9 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
   checkOneOf,
+  checkOptionKeys,
   optionKeys,
   withOptionPrefix,
 } from '../core/validate.js'
@@ -392,7 +392,8 @@ function refuseOwnField(option: string, value: unknown, why: string): void {
   if (value !== undefined) throw new InvalidOptionError(option, `undefined (${why})`, value)
 }
 
-const relayOptions = optionKeys<RelayOptions>({
+/** The keys RelayOptions takes (internal: not exported from the package root). */
+export const relayOptions = optionKeys<RelayOptions>({
   db: true,
   publisher: true,
   batchSize: true,
@@ -411,7 +412,8 @@ const relayOptions = optionKeys<RelayOptions>({
   clock: true,
 })
 
-const retentionOptions = optionKeys<RelayRetentionOptions>({
+/** The keys RelayRetentionOptions takes (internal: not exported from the package root). */
+export const retentionOptions = optionKeys<RelayRetentionOptions>({
   olderThanMs: true,
   batchSize: true,
   archive: true,
@@ -559,7 +561,7 @@ class OutboxRelay implements Relay {
   constructor(options: RelayOptions) {
     checkObject('relay', options)
     // A misspelt maxAttempts or leaseMs was dropped without a word and its default used.
-    checkKnownOptions('relay', options, relayOptions)
+    checkOptionKeys('relay', options, relayOptions)
     const db = options.db
     if (
       typeof db !== 'object' ||
@@ -612,7 +614,7 @@ class OutboxRelay implements Relay {
     this.#maxAttempts = checkInteger('relay.maxAttempts', options.maxAttempts ?? 10, 1)
     const backoff = checkObject('relay.retryBackoff', options.retryBackoff ?? {})
     // resolveBackoff does not look at unknown keys (retry() hands it all of its options).
-    checkKnownOptions('relay.retryBackoff', backoff, backoffOptions)
+    checkOptionKeys('relay.retryBackoff', backoff, backoffOptions)
     this.#backoff = resolveBackoff('relay.retryBackoff', {
       baseDelayMs: 100,
       ...(backoff as BackoffOptions),
@@ -652,7 +654,7 @@ class OutboxRelay implements Relay {
         'a relay run has no batch budget: see everyMs',
       )
       // After the two above, which say why those are not the relay's to take.
-      checkKnownOptions('relay.retention', retention, retentionOptions)
+      checkOptionKeys('relay.retention', retention, retentionOptions)
       const { everyMs: _ignored, ...prune } = retention as RelayRetentionOptions
       // No batch budget: a run goes on while batches come back full (see RelayRetentionOptions).
       this.#retention = {

@@ -2,9 +2,9 @@ import type { Clock } from '../core/clock.js'
 import {
   checkClock,
   checkInteger,
-  checkKnownOptions,
   checkNumber,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import { removeInBatches } from '../stores/batches.js'
@@ -59,7 +59,8 @@ function checkAge(option: string, value: unknown): number {
   return checkNumber(option, value, 0, Number.MAX_SAFE_INTEGER)
 }
 
-const pruneOutboxOptions = optionKeys<PruneOutboxOptions>({
+/** The keys PruneOutboxOptions takes (internal: not exported from the package root). */
+export const pruneOutboxOptions = optionKeys<PruneOutboxOptions>({
   olderThanMs: true,
   batchSize: true,
   maxBatches: true,
@@ -74,7 +75,7 @@ const pruneOutboxOptions = optionKeys<PruneOutboxOptions>({
 export function resolvePruneOptions(prefix: string, options: PruneOutboxOptions): PruneSettings {
   checkObject(prefix, options)
   // A misspelt olderThanMs pruned with the default window: rows still wanted were removed.
-  checkKnownOptions(prefix, options, pruneOutboxOptions)
+  checkOptionKeys(prefix, options, pruneOutboxOptions)
   const clock = wholeMsClock(checkClock(`${prefix}.clock`, options.clock))
   return {
     olderThanMs: checkAge(`${prefix}.olderThanMs`, options.olderThanMs ?? 86_400_000),
@@ -175,7 +176,8 @@ export interface PruneInboxOptions {
   readonly clock?: Clock
 }
 
-const pruneInboxOptions = optionKeys<PruneInboxOptions>({
+/** The keys PruneInboxOptions takes (internal: not exported from the package root). */
+export const pruneInboxOptions = optionKeys<PruneInboxOptions>({
   olderThanMs: true,
   batchSize: true,
   maxBatches: true,
@@ -197,7 +199,7 @@ const pruneInboxOptions = optionKeys<PruneInboxOptions>({
 export async function pruneInbox(db: SqlDriver, options: PruneInboxOptions = {}): Promise<number> {
   checkObject('pruneInbox', options)
   // A misspelt olderThanMs pruned with the default window: records still needed were removed.
-  checkKnownOptions('pruneInbox', options, pruneInboxOptions)
+  checkOptionKeys('pruneInbox', options, pruneInboxOptions)
   const clock = wholeMsClock(checkClock('pruneInbox.clock', options.clock))
   const olderThanMs = checkAge('pruneInbox.olderThanMs', options.olderThanMs ?? 604_800_000)
   const batchSize = checkInteger('pruneInbox.batchSize', options.batchSize ?? 1000, 1, 100_000)

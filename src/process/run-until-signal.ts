@@ -5,8 +5,8 @@ import {
   checkClock,
   checkFunction,
   checkInteger,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 
@@ -92,7 +92,8 @@ const defaultSignals: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT']
 // No process can listen for these.
 const uncatchableSignals: ReadonlySet<string> = new Set(['SIGKILL', 'SIGSTOP'])
 
-const runUntilSignalOptions = optionKeys<RunUntilSignalOptions>({
+/** The keys RunUntilSignalOptions takes (internal: not exported from the package root). */
+export const runUntilSignalOptions = optionKeys<RunUntilSignalOptions>({
   signals: true,
   drainTimeoutMs: true,
   onSignal: true,
@@ -137,7 +138,7 @@ export async function runUntilSignal(
   checkFunction('start', start)
   checkObject('runUntilSignal', options)
   // A misspelt option (`drainTimeoutMS`) would drain with the 30 s default without a word.
-  checkKnownOptions('runUntilSignal', options, runUntilSignalOptions)
+  checkOptionKeys('runUntilSignal', options, runUntilSignalOptions)
   const signals = options.signals ?? defaultSignals
   // Checked before any listener is installed: an unknown name ('SIGTRM') listens for nothing
   // and leaves SIGTERM to its default action; process.on('SIGKILL') throws EINVAL after the

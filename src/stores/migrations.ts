@@ -1,6 +1,6 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkClock, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { checkClock, checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import { MigrationConflictError, SchemaTooNewError } from './errors.js'
 import type { SqlDriver, SqlExecutor } from './types.js'
 
@@ -44,7 +44,8 @@ export interface RunMigrationsOptions {
   readonly clock?: Clock
 }
 
-const runMigrationsOptions = optionKeys<RunMigrationsOptions>({ clock: true })
+/** The keys RunMigrationsOptions takes (internal: not exported from the package root). */
+export const runMigrationsOptions = optionKeys<RunMigrationsOptions>({ clock: true })
 
 const createTable = {
   sqlite: `CREATE TABLE IF NOT EXISTS breakwater_migrations (
@@ -109,7 +110,7 @@ export async function runMigrations(
   const ordered = checkMigrations(capability, migrations)
   checkObject('options', options)
   // A misspelt clock was dropped without a word: applied_at came from the system clock.
-  checkKnownOptions('options', options, runMigrationsOptions)
+  checkOptionKeys('options', options, runMigrationsOptions, { bareNames: true })
   const clock = checkClock('clock', options.clock)
   return db.transaction(async (tx) => {
     if (tx.dialect === 'postgres') {

@@ -1,5 +1,5 @@
 import { InvalidOptionError } from '../core/errors.js'
-import { checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
+import { checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import {
   createPostgresDriver,
   type PostgresDriverOptions,
@@ -157,7 +157,8 @@ function sqlitePath(url: string): string | undefined {
 /** The URL names the file or server: a driver's settings must not name another one. */
 const fromUrl = { sqlite: 'filename', postgres: 'connectionString' } as const
 
-const openOptions = optionKeys<OpenDatabaseOptions>({ sqlite: true, postgres: true })
+/** The keys OpenDatabaseOptions takes (internal: not exported from the package root). */
+export const openOptions = optionKeys<OpenDatabaseOptions>({ sqlite: true, postgres: true })
 
 /** Each driver's own option keys: its settings are checked whichever driver the URL selects. */
 const driverOptions = { sqlite: sqliteDriverOptions, postgres: postgresDriverOptions } as const
@@ -166,7 +167,7 @@ function checkOpenOptions(options: OpenDatabaseOptions): void {
   checkObject('options', options)
   for (const name of Object.keys(options)) {
     const key = name as keyof OpenDatabaseOptions
-    // Not checkKnownOptions: this message says where a flat driver setting goes instead.
+    // Not checkOptionKeys: this message says where a flat driver setting goes instead.
     if (!openOptions.has(key))
       throw new InvalidOptionError(
         `options.${key}`,
@@ -176,7 +177,7 @@ function checkOpenOptions(options: OpenDatabaseOptions): void {
     const settings: unknown = options[key]
     if (settings === undefined) continue
     const given = checkObject(`options.${key}`, settings)
-    checkKnownOptions(`options.${key}`, given, driverOptions[key])
+    checkOptionKeys(`options.${key}`, given, driverOptions[key])
     const named = fromUrl[key]
     const value = given[named]
     if (value !== undefined)

@@ -5,8 +5,8 @@ import { InvalidOptionError } from '../core/errors.js'
 import {
   checkClock,
   checkInteger,
-  checkKnownOptions,
   checkObject,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './errors.js'
@@ -844,7 +844,7 @@ export async function createPostgresDriver(
 ): Promise<PostgresDriver> {
   checkObject('options', options)
   // A misspelt option was dropped without a word and the default used instead.
-  checkKnownOptions('options', options, postgresDriverOptions)
+  checkOptionKeys('options', options, postgresDriverOptions, { bareNames: true })
   const { connectionString } = options
   if (typeof connectionString !== 'string' || !/^postgres(ql)?:\/\//i.test(connectionString)) {
     throw new InvalidOptionError(

@@ -4,9 +4,9 @@ import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import {
   checkInteger,
-  checkKnownOptions,
   checkObject,
   checkOneOf,
+  checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
 import {
@@ -482,7 +482,7 @@ export async function loadBetterSqlite<C>(): Promise<
 export async function createSqliteDriver(options: SqliteDriverOptions = {}): Promise<SqliteDriver> {
   checkObject('options', options)
   // A misspelt option was dropped without a word and the default used instead.
-  checkKnownOptions('options', options, sqliteDriverOptions)
+  checkOptionKeys('options', options, sqliteDriverOptions, { bareNames: true })
   const filename = options.filename ?? defaultSqliteFilename
   if (typeof filename !== 'string' || filename === '') {
     throw new InvalidOptionError('filename', 'a file path or ":memory:"', filename)

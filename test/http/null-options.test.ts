@@ -1,0 +1,57 @@
+// `null` for an http client option was taken as its default wherever it was read with
+// `?? default` (a service's retry: null retried with the default policy, its bulkhead: null
+// queued by the default one). Only undefined (or leaving it out) means the default: every
+// option given as null is refused with INVALID_OPTION naming it, before anything is sent. A
+// request's `json` is the caller's data: null is sent as the JSON body `null`. No server for the
+// refusals: a loopback port nobody listens on, so a request that went out would fail otherwise.
+import { afterAll, describe, expect, it } from 'vitest'
+import { httpClientOptions } from '../../src/http/client.js'
+import { createHttpClient } from '../../src/http/index.js'
+import { executeOptions, requestOptions, serviceOptions } from '../../src/http/service.js'
+import { expectNullOptionsRefused, type NullOptionCase } from '../support/null-option.js'
+
+const baseUrl = 'http://127.0.0.1:9'
+
+describe('http client options given as null', () => {
+  const client = createHttpClient({ services: { svc: { baseUrl } } })
+  afterAll(() => client.close())
+
+  const bags: Record<string, NullOptionCase> = {
+    createHttpClient: {
+      build: async (o) => (await createHttpClient(o as never)).close(),
+      good: { services: { svc: { baseUrl } } },
+      keys: httpClientOptions,
+      prefix: undefined,
+    },
+    'a service': {
+      build: (o) => createHttpClient({ services: { svc: o as never } }).close(),
+      good: { baseUrl },
+      keys: serviceOptions,
+      prefix: 'services.svc',
+    },
+    request: {
+      build: (o) => client.request('svc', o as never),
+      good: { path: '/x', retry: false },
+      keys: requestOptions,
+      prefix: 'request',
+      data: ['json'],
+    },
+    execute: {
+      build: (o) => client.service('svc').execute(() => 1, o),
+      good: {},
+      keys: executeOptions,
+      prefix: 'execute',
+    },
+  }
+
+  it.each(Object.keys(bags))('%s refuses each option given as null', (name) =>
+    expectNullOptionsRefused(bags[name]!),
+  )
+
+  it('takes json: null as the JSON body null (data, not an option)', async () => {
+    const sent = client.request('svc', { method: 'POST', path: '/x', json: null, retry: false })
+    const error = await sent.catch((e: unknown) => e)
+    // It went out: refused by the connection, not by the options check.
+    expect(error).not.toMatchObject({ code: 'INVALID_OPTION' })
+  })
+})
