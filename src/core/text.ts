@@ -89,15 +89,17 @@ export function checkStoredKey(
  * - a Map or Set (written as `{}`);
  * - a function or symbol (left out of an object, `null` in an array, no text at all alone);
  * - a BigInt (JSON has no such number) or a cycle;
- * - NaN or ±Infinity (written as `null`);
+ * - NaN or ±Infinity, an invalid Date (its toJSON gives null), and `undefined` or a hole in an
+ *   array: all written as a `null` the caller did not write;
  * - an object that is not plain, has no `toJSON` and no own enumerable fields (an instance
  *   holding only `#private` fields or getters, an Error, a RegExp, a Promise): written as `{}`.
  *   An empty marker instance looks the same and is refused too.
+ * A `toJSON` or getter that throws is refused the same way, naming its path, with its error as
+ * the `cause` (not enumerable), rather than escaping as the caller's bare Error.
  * Kept: plain objects (with or without a prototype), arrays, strings, finite numbers,
- * booleans, null, what `toJSON` returns (checked the same way; a `Date` as its ISO string),
- * boxed primitives, and class instances with own enumerable fields, which come back as a
- * plain object of those fields. `undefined` is left out of objects and `null` in arrays, as
- * JSON does.
+ * booleans, null, what `toJSON` returns (checked the same way; a valid `Date` as its ISO
+ * string), boxed primitives, and class instances with own enumerable fields, which come back
+ * as a plain object of those fields. `undefined` in an object is left out, as JSON does.
  *
  * One native `JSON.stringify` (no replacer, which costs several times more) and one walk that
  * allocates nothing unless it finds a problem.
@@ -111,13 +113,8 @@ export function jsonTextOf(
   try {
     text = JSON.stringify(value)
   } catch (error) {
-    // A BigInt or a cycle: the walk says where; the engine's message is the fallback.
-    const found = jsonLossIn(value)
-    throw new InvalidOptionError(
-      option,
-      `${expected} (${found === undefined ? String(error) : describeLoss(option, found)})`,
-      value,
-    )
+    // A BigInt, a cycle or a throwing toJSON or getter: the walk says where.
+    throw jsonRefusal(option, value, expected, lossOf(value), error)
   }
   if (text === undefined) {
     const what = value === undefined ? undefined : `a ${typeof value} has no JSON text`
@@ -127,10 +124,8 @@ export function jsonTextOf(
       value,
     )
   }
-  const found = jsonLossIn(value)
-  if (found !== undefined) {
-    throw new InvalidOptionError(option, `${expected} (${describeLoss(option, found)})`, value)
-  }
+  const found = lossOf(value)
+  if (found !== undefined) throw jsonRefusal(option, value, expected, found, undefined)
   return text
 }
 
@@ -139,15 +134,60 @@ interface JsonLoss {
   readonly what: string
   readonly outcome: string
   readonly path: string[]
+  /** The error a toJSON or getter threw, when that is what was found. */
+  readonly thrown?: { readonly error: unknown }
 }
 
-function describeLoss(root: string, loss: JsonLoss): string {
-  let path = root
-  for (let i = loss.path.length - 1; i >= 0; i--) path += loss.path[i]
-  return `${loss.what} at ${path} has no JSON form: ${loss.outcome}`
+/**
+ * The refusal of `value`: `found` names what and where; without it (a toJSON that threw for
+ * `JSON.stringify` only), `stringifyError` is the reason. A thrown error is the `cause`.
+ */
+function jsonRefusal(
+  option: string,
+  value: unknown,
+  expected: string,
+  found: JsonLoss | undefined,
+  stringifyError: unknown,
+): InvalidOptionError {
+  let reason: string
+  let cause: { readonly error: unknown } | undefined
+  if (found === undefined) {
+    reason = `its JSON form threw: ${String(stringifyError)}`
+    cause = { error: stringifyError }
+  } else {
+    let path = option
+    for (let i = found.path.length - 1; i >= 0; i--) path += found.path[i]
+    cause = found.thrown
+    reason =
+      cause === undefined
+        ? `${found.what} at ${path} has no JSON form: ${found.outcome}`
+        : `${found.what} at ${path} threw: ${String(cause.error)}`
+  }
+  const error = new InvalidOptionError(option, `${expected} (${reason})`, value)
+  if (cause !== undefined) {
+    // As Error's own cause: not enumerable, so a log of the error does not repeat it.
+    Object.defineProperty(error, 'cause', {
+      value: cause.error,
+      writable: true,
+      configurable: true,
+      enumerable: false,
+    })
+  }
+  return error
+}
+
+/** {@link jsonLossIn} from the root; what the caller's code throws on the way is a loss too. */
+function lossOf(value: unknown): JsonLoss | undefined {
+  try {
+    return jsonLossIn(value)
+  } catch (error) {
+    // A Proxy's trap, say, outside a toJSON or a field read (those name their path).
+    return { what: 'walking the value', outcome: '', path: [], thrown: { error } }
+  }
 }
 
 const dateToJSON = Date.prototype.toJSON
+const storedAsNull = 'it would be stored as null'
 
 /**
  * The first part of `value` that `JSON.stringify` would lose (see {@link jsonTextOf}), or
@@ -162,23 +202,31 @@ function jsonLossIn(
 ): JsonLoss | undefined {
   let v = value
   if ((typeof v === 'object' && v !== null) || typeof v === 'bigint') {
-    const toJSON = (v as { toJSON?: unknown }).toJSON
-    // A Date's gives its ISO string (or null when invalid): nothing to check, nor call twice.
-    if (typeof toJSON === 'function' && toJSON !== dateToJSON) v = toJSON.call(v, String(key))
-    else if (toJSON === dateToJSON && v instanceof Date) return undefined
+    try {
+      const toJSON = (v as { toJSON?: unknown }).toJSON
+      // A Date's gives its ISO string, or null when invalid: checked here, not called twice.
+      if (toJSON === dateToJSON && v instanceof Date) {
+        return Number.isNaN(v.getTime()) ? loss('an invalid Date', storedAsNull) : undefined
+      }
+      if (typeof toJSON === 'function') v = toJSON.call(v, String(key))
+    } catch (error) {
+      return { what: 'the toJSON', outcome: '', path: [], thrown: { error } }
+    }
   }
   switch (typeof v) {
     case 'string':
     case 'boolean':
-    case 'undefined':
       return undefined
+    case 'undefined':
+      // Left out of an object; an array element (or a hole) is written as null.
+      return inArray ? loss('undefined', storedAsNull) : undefined
     case 'number':
-      return Number.isFinite(v) ? undefined : loss(String(v), 'it would be stored as null')
+      return Number.isFinite(v) ? undefined : loss(String(v), storedAsNull)
     case 'bigint':
       return loss('a BigInt', 'JSON has no such number')
     case 'function':
     case 'symbol':
-      return loss(`a ${typeof v}`, inArray ? 'it would be stored as null' : 'it would be left out')
+      return loss(`a ${typeof v}`, inArray ? storedAsNull : 'it would be left out')
   }
   if (v === null) return undefined
   const object = v as object
@@ -194,7 +242,7 @@ function jsonLossIn(
 
 function lossInArray(array: readonly unknown[], ancestors: object[]): JsonLoss | undefined {
   for (let i = 0; i < array.length; i++) {
-    const found = jsonLossIn(array[i], i, true, ancestors)
+    const found = fieldLoss(array, i, true, ancestors)
     if (found !== undefined) {
       found.path.push(`[${i}]`)
       return found
@@ -220,15 +268,30 @@ function lossInObject(object: object, inArray: boolean, ancestors: object[]): Js
       )
     }
   }
-  const record = object as Record<string, unknown>
-  for (const key of Object.keys(record)) {
-    const found = jsonLossIn(record[key], key, false, ancestors)
+  for (const key of Object.keys(object)) {
+    const found = fieldLoss(object, key, false, ancestors)
     if (found !== undefined) {
       found.path.push(/^[A-Za-z_$][\w$]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`)
       return found
     }
   }
   return undefined
+}
+
+/** The loss in `holder[key]`, reading it as JSON does: a getter that throws is a loss too. */
+function fieldLoss(
+  holder: object,
+  key: string | number,
+  inArray: boolean,
+  ancestors: object[],
+): JsonLoss | undefined {
+  let field: unknown
+  try {
+    field = (holder as Record<string | number, unknown>)[key]
+  } catch (error) {
+    return { what: 'reading the field', outcome: '', path: [], thrown: { error } }
+  }
+  return jsonLossIn(field, key, inArray, ancestors)
 }
 
 function loss(what: string, outcome: string): JsonLoss {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, storedTime } from '../core/clock.js'
 import { describeValue, InvalidOptionError } from '../core/errors.js'
-import { checkStoredName, exceedsBytes } from '../core/text.js'
+import { checkStoredName, exceedsBytes, jsonTextOf } from '../core/text.js'
 import {
   checkClock,
   checkInteger,
@@ -17,7 +17,7 @@ import {
   appendAlone,
   type BatchedAppend,
 } from './append-batcher.js'
-import { checkOptionKeys, eventJsonText } from './checks.js'
+import { checkOptionKeys } from './checks.js'
 import { UpcastError, WrongExpectedVersionError } from './errors.js'
 import { publish } from './events.js'
 import { AppendNotifier } from './follower.js'
@@ -690,7 +690,7 @@ export class EventStoreImpl implements EventStore {
       checkName(`events[${i}].type`, event.type)
       // Only a missing id is generated: null is refused, as for every option.
       const id = checkName(`events[${i}].id`, event.id === undefined ? randomUUID() : event.id)
-      const data = eventJsonText(`events[${i}].data`, event.data)
+      const data = jsonTextOf(`events[${i}].data`, event.data)
       const metadata = event.metadata
       // An array would be stored and read back as the event's "metadata object".
       if (metadata !== undefined) checkObject(`events[${i}].metadata`, metadata)
@@ -708,7 +708,7 @@ export class EventStoreImpl implements EventStore {
       prepared.values[i] = isPlainJson(event.data) ? event.data : JSON.parse(data)
       const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0
       const metadataText = hasMetadata
-        ? eventJsonText(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
+        ? jsonTextOf(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
         : null
       prepared.metadata[i] = metadataText
       prepared.metadataObjects[i] =
@@ -976,7 +976,7 @@ export class EventStoreImpl implements EventStore {
     checkObject('options', options)
     checkOptionKeys('options', options, streamWriteOptions)
     const expected = expectedOf(options.expectedVersion)
-    const text = eventJsonText('metadata', metadata, 'a JSON-serializable object')
+    const text = jsonTextOf('metadata', metadata, 'a JSON-serializable object')
     checkWriteTx(options.tx)
     await this.#inTransaction(options.tx, async (tx) => {
       const now = storedTime(this.clock)

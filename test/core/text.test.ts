@@ -76,6 +76,83 @@ describe('jsonTextOf', () => {
     }
   })
 
+  // Moved here from the event store (fba9e58), so every capability storing JSON refuses them.
+  it('refuses what JSON writes as a null the caller did not write: invalid Date, undefined in an array', () => {
+    const cases: [unknown, string][] = [
+      [
+        { at: new Date('nope') },
+        'an invalid Date at v.at has no JSON form: it would be stored as null',
+      ],
+      [new Date(Number.NaN), 'an invalid Date at v has no JSON form'],
+      [
+        { list: [1, undefined] },
+        'undefined at v.list[1] has no JSON form: it would be stored as null',
+      ],
+      [new Array(3).fill(1, 0, 1), 'undefined at v[1] has no JSON form'],
+      [{ m: { toJSON: () => [undefined] } }, 'undefined at v.m[0] has no JSON form'],
+    ]
+    for (const [value, where] of cases) {
+      const error = refusal('v', value)
+      expect(error).toMatchObject({ code: 'INVALID_OPTION', option: 'v' })
+      expect(error.message).toContain(where)
+    }
+    expect(jsonTextOf('v', { a: undefined, at: new Date(0), list: [null] })).toBe(
+      '{"at":"1970-01-01T00:00:00.000Z","list":[null]}',
+    )
+  })
+
+  it('wraps a throwing toJSON or getter as INVALID_OPTION naming the path, the error as cause', () => {
+    const boom = new Error('boom')
+    const cases: [unknown, string][] = [
+      [
+        {
+          a: {
+            toJSON: () => {
+              throw boom
+            },
+          },
+        },
+        'the toJSON at v.a threw: Error: boom',
+      ],
+      [
+        [
+          {
+            get n(): number {
+              throw boom
+            },
+          },
+        ],
+        'reading the field at v[0].n threw: Error: boom',
+      ],
+      [
+        {
+          toJSON: () => {
+            throw boom
+          },
+        },
+        'the toJSON at v threw: Error: boom',
+      ],
+    ]
+    for (const [value, where] of cases) {
+      const error = refusal('v', value)
+      expect(error).toMatchObject({ code: 'INVALID_OPTION', option: 'v' })
+      expect(error.message).toContain(where)
+      expect(error.cause).toBe(boom)
+      expect(Object.keys(error)).not.toContain('cause')
+    }
+    // A toJSON that throws only once (for JSON.stringify): the walk finds nothing to name.
+    let calls = 0
+    const flaky = {
+      toJSON() {
+        if (calls++ === 0) throw boom
+        return 1
+      },
+    }
+    const error = refusal('v', { flaky })
+    expect(error.message).toContain('its JSON form threw: Error: boom')
+    expect(error.cause).toBe(boom)
+  })
+
   it('keeps class instances as their own enumerable fields, Dates, toJSON and shared objects', () => {
     class Money {
       constructor(
@@ -91,7 +168,7 @@ describe('jsonTextOf', () => {
       price: new Money(5, 'EUR'),
       at: new Date(Date.UTC(2026, 0, 1)),
       skipped: undefined,
-      list: [shared, shared, undefined],
+      list: [shared, shared, null],
       bare: Object.assign(Object.create(null), { y: 2 }),
       boxed: [Object(3), Object('s'), Object(true)],
     }

@@ -45,6 +45,55 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     expect(await idempotent(key, async () => ({ price: 1 }), options)).toEqual({ price: 1 })
   })
 
+  // An invalid Date or undefined in an array was recorded as null (the first call got its
+  // value, every later call null), and a throwing toJSON escaped as the caller's bare Error.
+  // Like NaN: refused after fn ran (its transaction rolls back), the key released.
+  it('refuses a result with an invalid Date, undefined in an array or a throwing toJSON, like NaN', async () => {
+    const key = randomUUID()
+    const options = { store: testDb.db, scope: 'null-loss' }
+    const orderId = randomUUID()
+    let runs = 0
+    const run = (result: unknown) =>
+      idempotent(
+        key,
+        async (ctx) => {
+          runs++
+          await ctx.tx.execute('INSERT INTO shipments (id, order_id) VALUES ($1, $2)', [
+            randomUUID(),
+            orderId,
+          ])
+          return result
+        },
+        options,
+      ).catch((e: unknown) => e)
+    const date = await run({ shippedAt: new Date('nope') })
+    expect(date).toMatchObject({ code: 'INVALID_OPTION', option: 'result' })
+    expect(String((date as Error).message)).toContain('an invalid Date at result.shippedAt')
+    const hole = await run({ parcels: [undefined] })
+    expect(String((hole as Error).message)).toContain('undefined at result.parcels[0]')
+    const boom = new Error('boom')
+    const thrown = await run({
+      label: {
+        toJSON() {
+          throw boom
+        },
+      },
+    })
+    expect(thrown).toMatchObject({ code: 'INVALID_OPTION', option: 'result' })
+    expect((thrown as Error).cause).toBe(boom)
+    const phase = await idempotent(
+      key,
+      (ctx) => ctx.phase('quote', async () => [new Date(Number.NaN)]),
+      options,
+    ).catch((e: unknown) => e)
+    expect(phase).toMatchObject({ code: 'INVALID_OPTION' })
+    expect(runs).toBe(3)
+    expect(await shipments(orderId)).toBe(0)
+    expect(await run({ ok: true })).toEqual({ ok: true })
+    expect(runs).toBe(4)
+    expect(await shipments(orderId)).toBe(1)
+  })
+
   it('records and replays under a clock with a fraction of a millisecond (ManualClock after a jittered timer)', async () => {
     const clock = new ManualClock(1_700_000_000_000.5)
     const options = { store: testDb.db, scope: 'fractional-clock', clock }

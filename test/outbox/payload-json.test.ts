@@ -31,6 +31,10 @@ const refused: ReadonlyArray<readonly [string, unknown, string]> = [
   ['a Set', { tags: [new Set(['x'])] }, 'a Set at event.payload.tags[0]'],
   ['a function field', { total: 1, notify: () => 1 }, 'a function at event.payload.notify'],
   ['only #private fields', { order: new Sealed() }, 'an instance of Sealed'],
+  // Enqueued as null before (the event store refused them since fba9e58, the outbox did not).
+  ['an invalid Date', { at: new Date('nope') }, 'an invalid Date at event.payload.at has no'],
+  ['undefined in an array', { lines: [1, undefined] }, 'undefined at event.payload.lines[1]'],
+  ['a hole', { lines: new Array(2).fill(1, 0, 1) }, 'undefined at event.payload.lines[1] has'],
 ]
 
 describe.each(dbTargets)('outbox payload JSON on $dialect', (target) => {
@@ -62,6 +66,28 @@ describe.each(dbTargets)('outbox payload JSON on $dialect', (target) => {
       expect(await count(t.db, 'breakwater_outbox', `WHERE aggregate_id = '${id}'`)).toBe(0)
     },
   )
+
+  // A throwing toJSON escaped as the caller's bare Error, with no code or path.
+  it('wraps a throwing toJSON as INVALID_OPTION naming the path, with the cause', async () => {
+    const boom = new Error('boom')
+    const payload = {
+      total: {
+        toJSON() {
+          throw boom
+        },
+      },
+    }
+    const error = await t.db
+      .transaction((tx) =>
+        outbox.enqueue(tx, { aggregateType: 'order', aggregateId: 'th', type: 't', payload }),
+      )
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect(error).toMatchObject({ code: 'INVALID_OPTION', option: 'event.payload' })
+    expect((error as Error).message).toContain('event.payload.total threw: Error: boom')
+    expect((error as Error).cause).toBe(boom)
+    expect(await count(t.db, 'breakwater_outbox', `WHERE aggregate_id = 'th'`)).toBe(0)
+  })
 
   it('names the event in a list', async () => {
     const error = await t.db

@@ -55,6 +55,34 @@ describe.each(dbTargets)('saga JSON values on $dialect', (target) => {
     expect(await getSaga(t.db, id)).toBeUndefined()
   })
 
+  // An invalid Date and an undefined array element or hole were stored as null (the saga ran
+  // on `at: null`), and a throwing toJSON escaped as the caller's bare Error.
+  it('refuses an input with an invalid Date, undefined in an array or a throwing toJSON', async () => {
+    const saga = defineSaga({
+      name: `null-loss-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'a', action: async () => undefined }],
+    })
+    const id = `null-loss-${randomUUID()}`
+    const date = await refusal(() => startSaga(t.db, saga, { at: new Date('nope') }, { id }))
+    expect(date).toMatchObject({ code: 'INVALID_OPTION', option: 'input' })
+    expect(date.message).toContain('an invalid Date at input.at has no JSON form')
+    const hole = await refusal(() => startSaga(t.db, saga, { skus: ['a', undefined] }, { id }))
+    expect(hole.message).toContain('undefined at input.skus[1] has no JSON form')
+    const boom = new Error('boom')
+    const input = {
+      card: {
+        toJSON() {
+          throw boom
+        },
+      },
+    }
+    const thrown = await refusal(() => startSaga(t.db, saga, input, { id }))
+    expect(thrown.message).toContain('input.card threw: Error: boom')
+    expect(thrown.cause).toBe(boom)
+    expect(await getSaga(t.db, id)).toBeUndefined()
+  })
+
   it('refuses a reply with a non-finite number, and the step still takes a good one', async () => {
     const clock = new ManualClock(0)
     const saga = defineSaga({
