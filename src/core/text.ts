@@ -117,7 +117,11 @@ export function jsonTextOf(
     throw jsonRefusal(option, value, expected, lossOf(value), error)
   }
   if (text === undefined) {
-    const what = value === undefined ? undefined : `a ${typeof value} has no JSON text`
+    // An object whose toJSON gave undefined, a function or a symbol (an/a by their names).
+    const what =
+      value === undefined
+        ? undefined
+        : `${typeof value === 'object' ? 'an object whose toJSON gave undefined' : `a ${typeof value}`} has no JSON text`
     throw new InvalidOptionError(
       option,
       what === undefined ? expected : `${expected} (${what})`,

@@ -67,6 +67,8 @@ describe('jsonTextOf', () => {
       [{ m: { toJSON: () => new Map() } }, 'a Map at v.m has no JSON form'],
       [new Map(), 'a Map at v has no JSON form'],
       [() => 1, 'a function has no JSON text'],
+      [{ toJSON: () => undefined }, 'an object whose toJSON gave undefined has no JSON text'],
+      [Symbol('s'), 'a symbol has no JSON text'],
     ]
     for (const [value, where] of cases) {
       const error = refusal('v', value)
