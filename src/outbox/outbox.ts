@@ -205,6 +205,11 @@ const traceSetter = {
 // committed or rolled back, outside it.
 const maxRowsPerStatement = 1000
 
+// RFC 9110 field names (token characters), and what ends or breaks a header line.
+const headerName = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+const headerNameRule = "header names of letters, digits and ! # $ % & ' * + - . ^ _ ` | ~"
+const headerValueBreak = /[\r\n\0]/
+
 class SqlOutbox implements Outbox {
   readonly #topic: string | ((event: OutboxEvent) => string) | undefined
   readonly #trace: boolean
@@ -382,8 +387,20 @@ class SqlOutbox implements Outbox {
     if (event.headers !== undefined) {
       checkObject(`${at}.headers`, event.headers)
       for (const [name, value] of Object.entries(event.headers)) {
+        // What every broker carries: an HTTP field name (the webhook sends the headers as HTTP
+        // headers; nats.js refuses a name with a space or a colon) and a value without CR, LF or
+        // NUL. Either would be refused at publish, long after the transaction committed, and the
+        // event would retry into the dead letters.
+        if (!headerName.test(name))
+          throw new InvalidOptionError(`${at}.headers`, headerNameRule, name)
         if (typeof value !== 'string')
           throw new InvalidOptionError(`${at}.headers.${name}`, 'a string', value)
+        if (headerValueBreak.test(value))
+          throw new InvalidOptionError(
+            `${at}.headers.${name}`,
+            'a string without CR, LF or NUL',
+            value,
+          )
         headers[name] = value
       }
     }

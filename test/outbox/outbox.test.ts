@@ -181,6 +181,51 @@ describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
         { aggregateType: 'order', aggregateId: 'a', type: 't', payload: 1, headers: { x: 1 } },
         'event.headers.x',
       ],
+      // Refused by the brokers at publish (a webhook's HTTP headers, nats.js), after the commit.
+      [
+        { aggregateType: 'order', aggregateId: 'a', type: 't', payload: 1, headers: { '': 'v' } },
+        'event.headers',
+      ],
+      [
+        {
+          aggregateType: 'order',
+          aggregateId: 'a',
+          type: 't',
+          payload: 1,
+          headers: { 'a b': 'v' },
+        },
+        'event.headers',
+      ],
+      [
+        {
+          aggregateType: 'order',
+          aggregateId: 'a',
+          type: 't',
+          payload: 1,
+          headers: { 'a:b': 'v' },
+        },
+        'event.headers',
+      ],
+      [
+        {
+          aggregateType: 'order',
+          aggregateId: 'a',
+          type: 't',
+          payload: 1,
+          headers: { a: 'x\r\ny' },
+        },
+        'event.headers.a',
+      ],
+      [
+        {
+          aggregateType: 'order',
+          aggregateId: 'a',
+          type: 't',
+          payload: 1,
+          headers: { a: 'x\u0000' },
+        },
+        'event.headers.a',
+      ],
       // PostgreSQL text cannot hold NUL (a bare driver error there, stored on SQLite), and a
       // lone surrogate has no UTF-8 form (stored as U+FFFD, so two ids would become one).
       [
