@@ -26,8 +26,11 @@ export interface IdempotentOptions {
   /**
    * What the call looks like (e.g. a hash of its input); a later call with the same key and
    * another fingerprint throws `IdempotencyMismatchError`. Like `scope`, a well-formed string
-   * without NUL (else `INVALID_OPTION`).
-   * @default '' (no check)
+   * without NUL (else `INVALID_OPTION`). Left out, it is `''`, which is compared like any
+   * other: calls that all leave it out never mismatch, but a call with a fingerprint and one
+   * without do (decided: the key's first use fixed what the call looks like, and a caller that
+   * starts sending fingerprints must not replay results recorded without one unnoticed).
+   * @default ''
    */
   readonly fingerprint?: string
   /**

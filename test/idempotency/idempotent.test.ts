@@ -252,6 +252,23 @@ describe.each(dbTargets)('idempotent() on $dialect', (target) => {
     expect(await idempotent(key, () => ++runs, { store: testDb.db, fingerprint })).toBe(1)
   })
 
+  // The documented default: a left-out fingerprint is '', compared like any other.
+  it('matches calls that all leave the fingerprint out, but not one with a fingerprint', async () => {
+    let runs = 0
+    const key = randomUUID()
+    expect(await idempotent(key, () => ++runs, { store: testDb.db })).toBe(1)
+    expect(await idempotent(key, () => ++runs, { store: testDb.db })).toBe(1)
+    await expect(
+      idempotent(key, () => ++runs, { store: testDb.db, fingerprint: 'b' }),
+    ).rejects.toBeInstanceOf(IdempotencyMismatchError)
+    const other = randomUUID()
+    expect(await idempotent(other, () => ++runs, { store: testDb.db, fingerprint: 'b' })).toBe(2)
+    await expect(idempotent(other, () => ++runs, { store: testDb.db })).rejects.toBeInstanceOf(
+      IdempotencyMismatchError,
+    )
+    expect(runs).toBe(2)
+  })
+
   // Scope and key are one primary-key entry. PostgreSQL refuses an index entry over 2,704 bytes
   // (a bare 54000 "index row size" error, after the key was parsed) where SQLite stores any
   // length, so a long scope worked on one database and failed on the other. Refused on both,
