@@ -3,11 +3,13 @@
 //   node scripts/services.mjs start [postgres|nats|redis|rabbitmq|chromium]   start (installing if
 //                                                needed), print env lines; none: all of them
 //   node scripts/services.mjs stop [name...]     stop and delete the folders
-//   node scripts/services.mjs env                print VAR=url for every running service
+//   node scripts/services.mjs env                print VAR=url for every running service (one
+//                                                that no longer answers is left out, with a note)
 // Importable too: startService('postgres', { watchPid }) returns { url, stop() }.
 // A service is one row of the table below (start + stop + its environment variable), so NATS,
 // Redis and RabbitMQ join the same way.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { startNats, startRabbitMq, startRedis, stopBroker } from './lib/brokers.mjs'
@@ -60,6 +62,36 @@ function readState(name) {
   return JSON.parse(readFileSync(file, 'utf8'))
 }
 
+/**
+ * Whether the server a saved state describes still answers on its loopback port. A machine
+ * restart kills the servers but leaves the state and folders: taken as running, the dead URL
+ * was printed and every test failed to connect. States without a port (chromium) count as alive.
+ */
+function answers(state) {
+  if (typeof state.port !== 'number') return Promise.resolve(true)
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port: state.port })
+    const done = (alive) => {
+      socket.destroy()
+      resolve(alive)
+    }
+    socket.setTimeout(2_000, () => done(false))
+    socket.once('connect', () => done(true))
+    socket.once('error', () => done(false))
+  })
+}
+
+/** Removes a saved state whose server is gone, and what is left of its folder. */
+function forgetDead(name, state) {
+  try {
+    stopService(state)
+  } catch {
+    // The server is gone already; its stop may find nothing to stop.
+  }
+  if (typeof state.root === 'string') rmSync(state.root, { recursive: true, force: true })
+  rmSync(stateFile(name), { force: true })
+}
+
 function runningNames() {
   if (!existsSync(stateDir)) return []
   return readdirSync(stateDir)
@@ -86,8 +118,14 @@ async function cli(argv) {
     for (const name of names) {
       const existing = readState(name)
       if (existing !== undefined && existsSync(existing.root ?? '')) {
-        process.stdout.write(`${services[name].env}=${existing.url}\n`)
-        continue
+        if (await answers(existing)) {
+          process.stdout.write(`${services[name].env}=${existing.url}\n`)
+          continue
+        }
+        process.stderr.write(
+          `${name}: not answering on port ${existing.port}; starting a new one\n`,
+        )
+        forgetDead(name, existing)
       }
       const { stop: _stop, ...state } = await startService(name)
       writeFileSync(stateFile(name), JSON.stringify(state), { mode: 0o600 })
@@ -112,9 +150,12 @@ async function cli(argv) {
   if (command === 'env') {
     for (const name of runningNames()) {
       const state = readState(name)
-      if (state !== undefined && services[name] !== undefined) {
-        process.stdout.write(`${services[name].env}=${state.url}\n`)
-      }
+      if (state === undefined || services[name] === undefined) continue
+      if (await answers(state)) process.stdout.write(`${services[name].env}=${state.url}\n`)
+      else
+        process.stderr.write(
+          `${name}: not answering on port ${state.port} (stopped since it started; run start again)\n`,
+        )
     }
     return 0
   }

@@ -63,6 +63,34 @@ describe('scripts/services.mjs', () => {
     }
   })
 
+  // A machine restart kills the servers but keeps the state and folders: start printed the dead
+  // URL as if the server ran, and env handed it on, so every test then failed to connect.
+  it('start replaces a server that no longer answers; env leaves it out and says so', async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), 'breakwater-services-state-'))
+    const env = { ...process.env, BREAKWATER_SERVICES_DIR: stateDir }
+    try {
+      const first = (await run(process.execPath, [script, 'start', 'postgres'], { env })).stdout
+      const state = JSON.parse(readFileSync(join(stateDir, 'postgres.json'), 'utf8')) as {
+        root: string
+      }
+      const pid = Number(
+        readFileSync(join(state.root, 'data', 'postmaster.pid'), 'utf8').split('\n')[0],
+      )
+      process.kill(pid, 'SIGKILL')
+      await eventually(async () => !(await canQuery(first.trim().split('=')[1]!)), 10_000)
+      const envOut = await run(process.execPath, [script, 'env'], { env })
+      expect(envOut.stdout).toBe('')
+      expect(envOut.stderr).toContain('postgres: not answering')
+      const second = (await run(process.execPath, [script, 'start', 'postgres'], { env })).stdout
+      expect(second).not.toBe(first)
+      expect(await canQuery(second.trim().slice('BREAKWATER_TEST_PG_URL='.length))).toBe(true)
+      expect(existsSync(state.root)).toBe(false)
+      await run(process.execPath, [script, 'stop', 'postgres'], { env })
+    } finally {
+      rmSync(stateDir, { recursive: true, force: true })
+    }
+  })
+
   it('rejects an unknown command or service with a message', async () => {
     const usage = await run(process.execPath, [script, 'frobnicate']).catch((e) => e)
     expect(usage.code).toBe(2)
