@@ -436,6 +436,19 @@ export interface TunnelEnd {
   readonly bytesOut: number
 }
 
+/** Options of {@link ServiceRuntime.exchange}. */
+export interface ExchangeOptions {
+  /**
+   * A shadow call (or a second primary call to learn noise): it must not change what the real
+   * clients of the service get, since the shadow service is often also a target of the route.
+   * So it takes no bulkhead slot (the shadow runner caps its own calls), is made once (no retry,
+   * no retry budget), is not sent while the breaker is open or half-open (refused as
+   * `BROKEN_CIRCUIT`, taking no probe), and its outcome counts neither for the breaker nor for
+   * outlier ejection. It still counts in the service's request metrics: the service served it.
+   */
+  readonly shadow?: boolean
+}
+
 /** How a forwarded exchange ended. */
 export interface ForwardOutcome {
   /** Status sent to the client (the upstream's, or the proxy's own 502/503/504). */
@@ -530,8 +543,15 @@ export interface ServiceRuntime {
     res: ProxyResponse,
     options?: ForwardOptions,
   ): Promise<ForwardOutcome>
-  /** Sends without a client response and buffers the result (shadow traffic). */
-  exchange(req: ForwardRequest, maxBytes: number): Promise<CapturedResponse>
+  /**
+   * Sends without a client response and buffers the result. With `options.shadow`, the call
+   * is outside the service's accounting (see {@link ExchangeOptions}).
+   */
+  exchange(
+    req: ForwardRequest,
+    maxBytes: number,
+    options?: ExchangeOptions,
+  ): Promise<CapturedResponse>
   /**
    * Sends a WebSocket handshake to one endpoint and, when it answers 101, joins `client` to
    * that connection (`head`: bytes the client sent after its request head). Resolves once the

@@ -33,6 +33,10 @@ import {
 // with ever-new paths cannot grow it without end.
 const maxLearnedNoise = 1_000
 
+// Both services are often targets of the route too: the calls stay out of their breakers,
+// bulkheads, retries and outlier ejection, which the real clients depend on.
+const shadowCall = { shadow: true } as const
+
 /** Shadow counters of one route, as the admin API shows them. */
 export interface ShadowSnapshot {
   /** Requests whose primary and shadow responses were compared. */
@@ -307,8 +311,8 @@ class Runner implements ShadowRunner {
     let second: CapturedResponse | undefined
     try {
       ;[shadowResponse, second] = await Promise.all([
-        job.shadow.exchange(detached, this.maxBodyBytes),
-        learn ? job.primary.exchange(detached, this.maxBodyBytes) : undefined,
+        job.shadow.exchange(detached, this.maxBodyBytes, shadowCall),
+        learn ? job.primary.exchange(detached, this.maxBodyBytes, shadowCall) : undefined,
       ])
     } catch (error) {
       this.#failed(job, 'shadow call failed', error)

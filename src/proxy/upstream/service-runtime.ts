@@ -20,6 +20,7 @@ import {
 import type { Logger } from '../../observability/logger.js'
 import type {
   CapturedResponse,
+  ExchangeOptions,
   ForwardOptions,
   ForwardOutcome,
   ForwardRequest,
@@ -464,8 +465,14 @@ class UpstreamServiceRuntime implements UpstreamService {
     return openTunnel(this.#core, req, client, head)
   }
 
-  async exchange(req: ForwardRequest, maxBytes: number): Promise<CapturedResponse> {
-    const outcome = await new ForwardCall(this.#core, req, undefined, Math.max(0, maxBytes)).start()
+  async exchange(
+    req: ForwardRequest,
+    maxBytes: number,
+    options?: ExchangeOptions,
+  ): Promise<CapturedResponse> {
+    const call = new ForwardCall(this.#core, req, undefined, Math.max(0, maxBytes))
+    if (options?.shadow === true) call.shadow = true
+    const outcome = await call.start()
     if (outcome.captured !== undefined && outcome.error === undefined) return outcome.captured
     const code = (outcome.error ?? 'UPSTREAM_RESET') as ErrorCode
     // The proxy's status for the code: an answer cut mid-body ends with the upstream's own
@@ -522,6 +529,12 @@ class UpstreamServiceRuntime implements UpstreamService {
 // ---------------------------------------------------------------------------------------------
 // One forwarded request and its attempts
 // ---------------------------------------------------------------------------------------------
+
+/**
+ * The breaker epoch of a shadow call's attempts: below every epoch the breaker has (they count
+ * up from 0) and unlike its refusal (-1), so record() ignores the attempt.
+ */
+const uncountedEpoch = -2
 
 const phaseConnect = 0
 const phaseHead = 1
@@ -703,6 +716,8 @@ class ForwardCall {
   grpcTimeoutIndex = -1
   retryable = false
   unsafeRetry: NonNullable<ForwardOptions['unsafeRetry']> = 'with-key'
+  /** Outside the service's accounting (ExchangeOptions.shadow): no slot, retry or record. */
+  shadow = false
   // A non-idempotent request under unsafeRetry 'unsent-only': retried only when the failed
   // attempt never reached onConnect (undici writes nothing before it).
   unsentOnly = false
@@ -783,7 +798,10 @@ class ForwardCall {
       this.fail('UPSTREAM_NO_ENDPOINTS')
       return
     }
-    if (core.running < core.maxConcurrent) {
+    if (this.shadow) {
+      // The shadow runner caps its own calls; a real request must never wait for a shadow.
+      this.begin()
+    } else if (core.running < core.maxConcurrent) {
       core.running++
       this.holdsSlot = true
       this.begin()
@@ -816,7 +834,7 @@ class ForwardCall {
     const core = this.core
     const req = this.req
     const method = req.method
-    core.budget?.recordRequest()
+    if (!this.shadow) core.budget?.recordRequest()
     // The upstream request head, built once for every attempt: the inbound headers as given
     // (hop-by-hop ones are gone already; names the proxy sets are replaced), then host,
     // request id, deadline, credentials and the Idempotency-Key.
@@ -890,8 +908,14 @@ class ForwardCall {
       this.fail('UPSTREAM_NO_ENDPOINTS')
       return
     }
-    const epoch = core.breaker.admit()
-    if (epoch < 0) {
+    // A shadow goes only through a closed breaker, and with an epoch the breaker never has,
+    // so that its every record() is ignored.
+    const epoch = this.shadow
+      ? core.breaker.state === 'closed'
+        ? uncountedEpoch
+        : -1
+      : core.breaker.admit()
+    if (epoch < 0 && epoch !== uncountedEpoch) {
       this.fail(core.breaker.state === 'isolated' ? 'ISOLATED_CIRCUIT' : 'BROKEN_CIRCUIT')
       return
     }
@@ -1064,6 +1088,7 @@ class ForwardCall {
   }
 
   recordAttempt(attempt: Attempt, failed: boolean): void {
+    if (this.shadow) return
     const core = this.core
     core.breaker.record(attempt.epoch, failed)
     if (failed || attempt.status >= 500) core.endpoints.failure(attempt.endpoint)
@@ -1074,6 +1099,7 @@ class ForwardCall {
     const core = this.core
     return (
       this.retryable &&
+      !this.shadow &&
       this.attempts < (core.config.retry?.attempts ?? 1) &&
       !this.finished &&
       core.breaker.state === 'closed'
