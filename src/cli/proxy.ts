@@ -18,7 +18,7 @@ import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { AdminBackend, AdminServer } from '../proxy/admin/index.js'
 import type { ProxyConfigOverrides } from '../proxy/config/load.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
-import type { ProxyInternals } from '../proxy/runtime.js'
+import type { ProxyDrainReport, ProxyInternals } from '../proxy/runtime.js'
 import { StartupError } from './process-support.js'
 import { counted, messageOf, UsageError, wantsHelp } from './usage.js'
 
@@ -326,6 +326,7 @@ async function runSingle(
   // can take a while (binding listeners, opening the idempotency store). One that comes while
   // the proxy starts is applied once it is up.
   let proxy: ProxyInternals | undefined
+  let drained: ProxyDrainReport | undefined
   let hupWhileStarting = false
   const reload = (): void => {
     // Refused reloads are logged by the runtime; one after the stop began is not applied.
@@ -365,7 +366,7 @@ async function runSingle(
           signals.off('SIGHUP', onHup)
           // Readiness goes false first, so a load balancer stops sending before we stop taking.
           running.beginDrain()
-          await running.close()
+          drained = await running.close()
         },
       }
     },
@@ -379,7 +380,7 @@ async function runSingle(
     .finally(() => signals.off('SIGHUP', onHup))
     .catch((error: unknown) => endTimedOutStart(error, deps))
   if (typeof outcome === 'number') return outcome
-  logger.info('proxy exited', { ...outcome })
+  logExit(logger, 'proxy exited', outcome, drained)
   if (outcome.reason === 'signal' && outcome.drain !== 'complete') {
     // The drain given up on is still under way: its connections would keep the process alive
     // (until their timeouts, or for ever). The buffered log output is flushed at exit.
@@ -412,6 +413,7 @@ async function serveAsWorker(
 ): Promise<number> {
   const { startProxyRuntime } = await import('../proxy/runtime.js')
   const { receiveWorkerConfig, serveWorkerCommands } = await import('../proxy/admin/cluster.js')
+  let drained: ProxyDrainReport | undefined
   // The primary coordinates reloads; a SIGHUP sent to a worker must not end it (the default
   // action of SIGHUP is to exit), also while it waits for its config or starts.
   const onHup = (): void => logger.info('SIGHUP ignored in a worker: signal the primary')
@@ -447,7 +449,7 @@ async function serveAsWorker(
         done,
         stop: async () => {
           proxy.beginDrain()
-          await proxy.close()
+          drained = await proxy.close()
           stopServing()
         },
       }
@@ -458,7 +460,7 @@ async function serveAsWorker(
     // Ended at once: the primary notices a worker that failed to start only once it exits.
     .catch((error: unknown) => endTimedOutStart(error, deps))
   if (typeof outcome === 'number') return outcome
-  logger.info('worker exited', { ...outcome })
+  logExit(logger, 'worker exited', outcome, drained)
   return 0
 }
 
@@ -678,6 +680,25 @@ async function startPrimaryAdmin(
   } finally {
     bound.end()
   }
+}
+
+/**
+ * The exit line. A drain that ended in time but cut requests at drainTimeoutMs says
+ * `"drain":"cut"` and how many, at warn: the stop finished as bounded (exit 0), yet
+ * drainTimeoutMs is too short for the requests it should let finish.
+ */
+function logExit(
+  logger: Logger,
+  msg: string,
+  outcome: object & { readonly drain?: string },
+  drained: ProxyDrainReport | undefined,
+): void {
+  // A drain runUntilSignal gave up on (timeout, forced) says so itself; the runtime's report is
+  // for a stop that finished (on a signal, or a worker's drain command from the primary).
+  const finished = outcome.drain === undefined || outcome.drain === 'complete'
+  if (finished && drained?.drain === 'cut') {
+    logger.warn(msg, { ...outcome, ...drained })
+  } else logger.info(msg, { ...outcome })
 }
 
 /**

@@ -105,6 +105,8 @@ export const errorCodes = {
     'No gateway route matches the request (or the admin API was asked for an unknown route); answered 404.',
   PROXY_DRAINING:
     'The proxy is shutting down and opens no new WebSocket tunnel; answered 503 so the client reconnects elsewhere.',
+  DRAIN_TIMEOUT:
+    "A proxy request was still under way when the shutdown drain's drainTimeoutMs ran out, and the proxy cut its connection (access log status 503; the client gets no answer).",
   LISTENER_REMOVED:
     'A request reached a proxy listener that a reload removed while the connection was open; answered 503 with Connection: close, so the client reconnects.',
   IDEMPOTENCY_STORE_UNAVAILABLE:

@@ -35,7 +35,7 @@ export {
   HOP_BY_HOP_HEADERS,
   isHopByHop,
 } from './hop-by-hop.js'
-export type { Proxy, StartProxyOptions } from './runtime.js'
+export type { Proxy, ProxyDrainReport, StartProxyOptions } from './runtime.js'
 export { startProxy } from './runtime.js'
 // What a service's exchange() rejects with (docs/errors.md): exported so that callers can test
 // `instanceof` and read its `status` and `service`, not only its `code`.

@@ -152,9 +152,20 @@ export interface Proxy {
    * Graceful stop: readiness turns false, listeners stop accepting and let requests in flight
    * finish for up to `drainMs` (default: the config's `drainTimeoutMs`), then services, the
    * admin API and the file watcher close. A `drainMs` that is not an integer >= 0 is refused
-   * (InvalidOptionError, code `INVALID_OPTION`) before anything stops.
+   * (InvalidOptionError, code `INVALID_OPTION`) before anything stops. Resolves with how the
+   * drain went: `cut` when requests were still under way at `drainMs` and the proxy cut them.
    */
-  close(drainMs?: number): Promise<void>
+  close(drainMs?: number): Promise<ProxyDrainReport>
+}
+
+/** How a proxy's stop drained ({@link Proxy.close}); also in its `proxy stopped` log line. */
+export interface ProxyDrainReport {
+  /** `complete`: every request in flight finished; `cut`: some were cut at the drain timeout. */
+  readonly drain: 'complete' | 'cut'
+  /** Requests still under way when the drain time was up, cut (access log `DRAIN_TIMEOUT`). */
+  readonly cut: number
+  /** WebSocket tunnels the stop ended (a drain ends them at once: they never finish by themselves). */
+  readonly tunnels: number
 }
 
 /** What the admin API needs beyond {@link Proxy} (same process). */
@@ -319,7 +330,7 @@ class ProxyRuntime implements ProxyInternals {
   // One runner for every gateway and generation: its cap on shadow calls in flight holds
   // across reloads, and close() can wait for it.
   readonly #shadow: ShadowRunner
-  #closed: Promise<void> | undefined
+  #closed: Promise<ProxyDrainReport> | undefined
 
   constructor(options: StartProxyOptions) {
     const clock = checkClock('clock', options.clock)
@@ -434,7 +445,7 @@ class ProxyRuntime implements ProxyInternals {
       else {
         // The file did not load: nothing started, so there is nothing to drain or to log; the
         // watch stops, and a reload it asked for meanwhile finds the proxy closed.
-        this.#closed ??= Promise.resolve()
+        this.#closed ??= Promise.resolve({ drain: 'complete', cut: 0, tunnels: 0 })
         this.#watcher?.close()
         this.#stopCollect()
       }
@@ -558,7 +569,7 @@ class ProxyRuntime implements ProxyInternals {
     return this.#deps.metrics.render()
   }
 
-  close(drainMs?: number): Promise<void> {
+  close(drainMs?: number): Promise<ProxyDrainReport> {
     // Checked before anything stops: a bad value used to fail the listeners' close midway,
     // leaving a proxy half stopped that no later close() could finish.
     if (drainMs !== undefined) {
@@ -1139,7 +1150,7 @@ class ProxyRuntime implements ProxyInternals {
     })
   }
 
-  async #close(drainMs: number | undefined): Promise<void> {
+  async #close(drainMs: number | undefined): Promise<ProxyDrainReport> {
     this.beginDrain()
     this.#watcher?.close()
     this.#deps.clock.clearTimeout(this.#rebindTimer)
@@ -1152,10 +1163,18 @@ class ProxyRuntime implements ProxyInternals {
     const clock = this.#deps.clock
     const cutAt = clock.now() + wait
     // Servers a reload retired may still drain requests: the stop's own drain bounds them too.
-    await Promise.all([
-      ...[...this.#listeners.values()].map((l) => l.server.close(wait)),
-      ...[...this.#retiring].map((server) => server.close(wait)),
-    ])
+    // Only what this stop cut is counted (a retired server may have cut requests at its own
+    // drain's end, before it).
+    const servers = [...[...this.#listeners.values()].map((l) => l.server), ...this.#retiring]
+    const before = servers.map((server) => server.cutRequests)
+    const tunnelsBefore = servers.map((server) => server.closedTunnels)
+    await Promise.all(servers.map((server) => server.close(wait)))
+    let cut = 0
+    let tunnels = 0
+    servers.forEach((server, i) => {
+      cut += server.cutRequests - (before[i] ?? 0)
+      tunnels += server.closedTunnels - (tunnelsBefore[i] ?? 0)
+    })
     this.#listeners.clear()
     // Shadow comparisons run after their client's answer: they get what is left of the drain
     // time, and are cut then (a slow shadow service must not hold the stop for its overallMs).
@@ -1176,7 +1195,19 @@ class ProxyRuntime implements ProxyInternals {
     await settleBy(clock, cutAt, Promise.all([...this.#storesOpening].map((o) => o.settled)))
     await this.#admin?.close()
     this.#stopCollect()
-    this.#deps.logger.info('proxy stopped')
+    // At warn when requests were cut: drainTimeoutMs is shorter than the requests it should let
+    // finish, which an operator wants to see rather than a stop that reads as clean.
+    if (cut > 0) {
+      const report: ProxyDrainReport = { drain: 'cut', cut, tunnels }
+      this.#deps.logger.warn('proxy stopped', { ...report, drainTimeoutMs: wait })
+      return report
+    }
+    const report: ProxyDrainReport = { drain: 'complete', cut: 0, tunnels }
+    this.#deps.logger.info('proxy stopped', {
+      drain: 'complete',
+      ...(tunnels > 0 ? { tunnels } : {}),
+    })
+    return report
   }
 
   #collectRetryAffinity(): void {

@@ -19,6 +19,7 @@ import type { TimerHandle } from '../../core/clock.js'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import type { ListenerConfig, ProxyDeps, RequestHandler } from '../contracts.js'
+import { markCutByDrain } from '../drain-cut.js'
 import { type FileWatch, watchFileContent } from '../upstream/file-watch.js'
 import { FastConnection } from './fast-connection.js'
 import { endWithProblem, rawProblem } from './raw-response.js'
@@ -66,6 +67,10 @@ export interface ListenerServer {
    * closing returns the same promise, and cuts the connections no later than its own `drainMs`.
    */
   close(drainMs?: number): Promise<void>
+  /** Requests still under way when close()'s `drainMs` ran out, which it cut (0 until then). */
+  readonly cutRequests: number
+  /** WebSocket tunnels close() ended when it began (they never drain on their own). */
+  readonly closedTunnels: number
 }
 
 function ignoreSocketError(): void {}
@@ -469,10 +474,20 @@ export function createListenerServer(
   let closing: Promise<void> | undefined
   let hardStop: TimerHandle | undefined
   let hardStopAt = Number.POSITIVE_INFINITY
+  // What the drain cut: requests still under way at its hard stop, and the tunnels it ended.
+  let cutRequests = 0
+  let closedTunnels = 0
   const armHardStop = (drainMs: number): void => {
     if (hardStop !== undefined) deps.clock.clearTimeout(hardStop)
     hardStopAt = deps.clock.now() + drainMs
     hardStop = deps.clock.setTimeout(() => {
+      hardStop = undefined
+      // Marked before they go, so that their forwards log DRAIN_TIMEOUT rather than ABORTED (a
+      // client that went away): the proxy cut them (src/proxy/drain-cut.ts).
+      for (const responses of busy.values()) cutRequests += responses.length
+      for (const connection of fastConnections) if (connection.busy) cutRequests++
+      for (const socket of busy.keys()) markCutByDrain(socket)
+      for (const socket of sockets) markCutByDrain(socket)
       server.closeAllConnections()
       for (const socket of sockets) socket.destroy()
     }, drainMs)
@@ -486,6 +501,12 @@ export function createListenerServer(
     },
     get refusedConnections() {
       return refused
+    },
+    get cutRequests() {
+      return cutRequests
+    },
+    get closedTunnels() {
+      return closedTunnels
     },
     listen() {
       return new Promise<ListenerAddress>((resolvePromise, reject) => {
@@ -546,6 +567,7 @@ export function createListenerServer(
         server.closeIdleConnections()
         for (const [socket, responses] of busy) if (responses.length === 0) socket.destroy()
         for (const connection of fastConnections) connection.drain()
+        closedTunnels = upgraded.size
         for (const socket of upgraded) socket.destroy()
         armHardStop(drainMs)
       })

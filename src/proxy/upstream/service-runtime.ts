@@ -32,6 +32,7 @@ import type {
   TunnelOutcome,
   TunnelRequest,
 } from '../contracts.js'
+import { cutByDrain } from '../drain-cut.js'
 import { emptyHeaderRecord, HOP_BY_HOP_HEADERS, isPlainChunked } from '../hop-by-hop.js'
 import { appendVia, viaPseudonymPattern } from '../via.js'
 import { ServiceBreaker } from './breaker.js'
@@ -1161,8 +1162,11 @@ class ForwardCall {
       attempt.finish(new Error('client went away'))
       this.core.breaker.record(attempt.epoch, undefined)
     }
-    if (this.res !== undefined && !this.res.writableEnded) this.res.destroy()
-    this.end(499, 'ABORTED')
+    const res = this.res
+    if (res !== undefined && !res.writableEnded) res.destroy()
+    // The listener's drain cut the connection when its time was up: not the client's doing.
+    if (res !== undefined && cutByDrain(res)) this.end(503, 'DRAIN_TIMEOUT')
+    else this.end(499, 'ABORTED')
   }
 
   /** Answers with the proxy's own problem response. */

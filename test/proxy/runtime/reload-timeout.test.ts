@@ -154,7 +154,7 @@ describe('a reload whose new store waits on the migration lock (PostgreSQL)', ()
       // No time passes on the clock: close() used to wait for the reload, and so for its bound.
       const closed = outcome(proxy.close())
       await until(() => closed().done, 'close() to end the open', 5_000)
-      expect(closed()).toEqual({ done: true, value: undefined })
+      expect(closed()).toEqual({ done: true, value: { drain: 'complete', cut: 0, tunnels: 0 } })
       expect(await lock.proxySessions()).toBe(0)
       await until(() => state().done, 'the reload to be refused')
       expect(state().error).toBeInstanceOf(ConfigInvalidError)
