@@ -162,6 +162,8 @@ export async function startShopProxy(
       return counters
     },
     routes: () => proxy.routes(),
-    close: () => proxy.close(1_000),
+    close: async () => {
+      await proxy.close(1_000)
+    },
   }
 }
