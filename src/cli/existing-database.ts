@@ -11,6 +11,7 @@ import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
 import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
 import { loadBetterSqlite } from '../stores/sqlite.js'
+import { folderChain, visibleStatOf } from '../stores/sqlite-path.js'
 
 /** The table `breakwater migrate` creates first (src/stores/migrations.ts). */
 const migrationsTable = 'breakwater_migrations'
@@ -154,12 +155,11 @@ async function checkBreakwaterFile(filename: string, migrate: string): Promise<v
  * goes: `migrate` refuses that path too, so a hint to run it would lead nowhere.
  */
 function refuseFileAsFolder(filename: string): void {
-  let part = dirname(filename)
-  while (!existsSync(part) && dirname(part) !== part) part = dirname(part)
-  if (existsSync(part) && !statSync(part).isDirectory())
+  const { nearest, stats } = folderChain(filename, visibleStatOf)
+  if (stats !== undefined && !stats.isDirectory())
     throw new InvalidOptionError(
       'filename',
-      `a path whose folders are folders (${part} is a file)`,
+      `a path whose folders are folders (${nearest} is a file)`,
       filename,
     )
 }

@@ -1,5 +1,4 @@
-import { mkdirSync, realpathSync, type Stats, statSync } from 'node:fs'
-import { dirname } from 'node:path'
+import { mkdirSync, realpathSync } from 'node:fs'
 import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import {
@@ -20,6 +19,7 @@ import { AsyncMutex } from './mutex.js'
 import { bindPositional, type PositionalSql, toPositional } from './placeholders.js'
 import { ScopedTransaction } from './scoped-transaction.js'
 import { type FileLock, fileLock } from './sqlite-file-lock.js'
+import { folderChain, statOf } from './sqlite-path.js'
 import { currentTransaction, refuseCloseInside } from './transaction-context.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from './types.js'
 
@@ -530,22 +530,15 @@ function prepareFolder(filename: string): void {
   // Not mkdirSync({ recursive: true }): on Node 20 it loops forever under /proc, where mkdir
   // answers ENOENT for a parent that stat finds. Walking up to the nearest existing part and
   // creating each missing level on its own gets a plain error there instead.
-  const missing: string[] = []
-  let part = dirname(filename)
-  let found = statOf(part)
-  while (found === undefined && dirname(part) !== part) {
-    missing.push(part)
-    part = dirname(part)
-    found = statOf(part)
-  }
-  if (found !== undefined && !found.isDirectory()) {
+  const { nearest, stats, missing } = folderChain(filename)
+  if (stats !== undefined && !stats.isDirectory()) {
     throw new InvalidOptionError(
       'filename',
-      `a path whose folders are folders (${part} ${found.isFile() ? 'is a file' : 'is not a folder'})`,
+      `a path whose folders are folders (${nearest} ${stats.isFile() ? 'is a file' : 'is not a folder'})`,
       filename,
     )
   }
-  for (const folder of missing.reverse()) {
+  for (const folder of missing) {
     try {
       mkdirSync(folder)
     } catch (error) {
@@ -566,17 +559,6 @@ function prepareFolder(filename: string): void {
 // takes no new folders (/proc, /sys), no permission, a read-only file system, or a dangling link
 // or other non-folder in the way. Anything else (ENOSPC, EIO) is a failure of the moment.
 const uncreatableFolder = new Set(['ENOENT', 'EACCES', 'EPERM', 'EROFS', 'EEXIST', 'ENOTDIR'])
-
-/** What `path` is, or undefined when nothing is there (or a file stands where a folder goes). */
-function statOf(path: string): Stats | undefined {
-  try {
-    return statSync(path)
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined
-    throw error
-  }
-}
 
 const wrappedStatements = new WeakMap<object, SqliteStatements>()
 

@@ -9,11 +9,11 @@
 // where one of its folders goes, stops the start.
 
 import { createPrivateKey, X509Certificate } from 'node:crypto'
-import { accessSync, constants, readFileSync, type Stats, statSync } from 'node:fs'
+import { accessSync, constants, readFileSync, statSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { dirname } from 'node:path'
 import { createSecureContext } from 'node:tls'
 import { parseDatabaseUrl } from '../../stores/open.js'
+import { folderChain, visibleStatOf } from '../../stores/sqlite-path.js'
 import type { ProxyConfig, SecretSource } from '../contracts.js'
 import { credentialProblem } from '../upstream/credentials.js'
 import { ConfigInvalidError, echo } from './errors.js'
@@ -141,29 +141,13 @@ function sqliteFile(url: string): string | undefined {
  * problem (the start creates them).
  */
 function storePathProblem(filename: string): string | undefined {
-  if (pathStat(filename)?.isDirectory()) return 'a folder, not a file (SQLite needs a file here)'
+  if (visibleStatOf(filename)?.isDirectory())
+    return 'a folder, not a file (SQLite needs a file here)'
   // The nearest existing part of the folder path is the one that must be a folder.
-  let part = dirname(filename)
-  let stat = pathStat(part)
-  while (stat === undefined && dirname(part) !== part) {
-    part = dirname(part)
-    stat = pathStat(part)
-  }
-  if (stat !== undefined && !stat.isDirectory())
-    return `${echo(part)} is a file, not a folder (the database's folders cannot be made)`
+  const { nearest, stats } = folderChain(filename, visibleStatOf)
+  if (stats !== undefined && !stats.isDirectory())
+    return `${echo(nearest)} is a file, not a folder (the database's folders cannot be made)`
   return undefined
-}
-
-/**
- * What is at `path`, or undefined when nothing is, a file stands where a folder goes, or it
- * cannot be looked at (permission denied): the start reports that one itself.
- */
-function pathStat(path: string): Stats | undefined {
-  try {
-    return statSync(path)
-  } catch {
-    return undefined
-  }
 }
 
 function unreadable(file: string): string | undefined {
