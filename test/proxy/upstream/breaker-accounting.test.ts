@@ -5,32 +5,25 @@
 import { Duplex } from 'node:stream'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { ServiceConfig } from '../../../src/proxy/contracts.js'
+import { UpstreamError } from '../../../src/proxy/upstream/index.js'
+import type { startFaultyUpstream } from '../support/faulty-upstream.js'
 import {
-  createServiceRuntime,
-  UpstreamError,
-  type UpstreamService,
-} from '../../../src/proxy/upstream/index.js'
-import { ManualClock } from '../../../src/testing/manual-clock.js'
-import { type FaultyUpstream, startFaultyUpstream } from '../support/faulty-upstream.js'
-import { eventually, forwardRequest, serviceConfig, testDeps } from './helpers.js'
+  type Cleanups,
+  eventually,
+  forwardRequest,
+  manualClockService,
+  serviceConfig,
+  trackedUpstream,
+} from './helpers.js'
 
-const cleanups: Array<() => Promise<unknown> | unknown> = []
+const cleanups: Cleanups = []
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
 })
 
-async function upstream(...args: Parameters<typeof startFaultyUpstream>): Promise<FaultyUpstream> {
-  const started = await startFaultyUpstream(...args)
-  cleanups.push(() => started.close())
-  return started
-}
-
-function service(config: ServiceConfig): { service: UpstreamService; clock: ManualClock } {
-  const clock = new ManualClock(1_000_000)
-  const created = createServiceRuntime(config, testDeps(clock), { random: () => 0.5 })
-  cleanups.push(() => created.close())
-  return { service: created, clock }
-}
+const upstream = (...args: Parameters<typeof startFaultyUpstream>) =>
+  trackedUpstream(cleanups, ...args)
+const service = (config: ServiceConfig) => manualClockService(cleanups, config)
 
 const tripAtOnce = {
   breaker: { failureThreshold: 1, cooldownMs: 10_000, halfOpenProbes: 1 },

@@ -10,17 +10,19 @@ import {
 } from '../../../src/proxy/upstream/index.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { listenOnLoopback } from '../../support/loopback.js'
-import { type FaultyUpstream, refusedUrl, startFaultyUpstream } from '../support/faulty-upstream.js'
+import { refusedUrl, type startFaultyUpstream } from '../support/faulty-upstream.js'
 import {
+  type Cleanups,
   eventually,
   type Front,
   forwardRequest,
   serviceConfig,
   startFront,
   testDeps,
+  trackedUpstream,
 } from './helpers.js'
 
-const cleanups: Array<() => Promise<unknown> | unknown> = []
+const cleanups: Cleanups = []
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
 })
@@ -50,11 +52,8 @@ async function setup(
   return { clock, service, front, deps }
 }
 
-async function upstream(...args: Parameters<typeof startFaultyUpstream>): Promise<FaultyUpstream> {
-  const started = await startFaultyUpstream(...args)
-  cleanups.push(() => started.close())
-  return started
-}
+const upstream = (...args: Parameters<typeof startFaultyUpstream>) =>
+  trackedUpstream(cleanups, ...args)
 
 /** Waits until the clock's earliest timer is at most `ms` away (a retry or wait was scheduled). */
 async function timerWithin(clock: ManualClock, ms: number): Promise<void> {

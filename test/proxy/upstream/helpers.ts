@@ -15,11 +15,41 @@ import type {
   ServiceRuntime,
 } from '../../../src/proxy/contracts.js'
 import { forwardableHeaders } from '../../../src/proxy/hop-by-hop.js'
+import { createServiceRuntime, type UpstreamService } from '../../../src/proxy/upstream/index.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { listenOnLoopback } from '../../support/loopback.js'
 import { until } from '../../support/until.js'
 
+import { type FaultyUpstream, startFaultyUpstream } from '../support/faulty-upstream.js'
+
 type Mutable<T> = { -readonly [K in keyof T]: T[K] }
+
+/** What a test file closes after each test (run newest first). */
+export type Cleanups = Array<() => Promise<unknown> | unknown>
+
+/** A scripted upstream (see startFaultyUpstream) that `cleanups` closes. */
+export async function trackedUpstream(
+  cleanups: Cleanups,
+  ...args: Parameters<typeof startFaultyUpstream>
+): Promise<FaultyUpstream> {
+  const started = await startFaultyUpstream(...args)
+  cleanups.push(() => started.close())
+  return started
+}
+
+/**
+ * A service runtime over `config` on its own ManualClock (random fixed at 0.5, so backoffs are
+ * known), that `cleanups` closes.
+ */
+export function manualClockService(
+  cleanups: Cleanups,
+  config: ServiceConfig,
+): { service: UpstreamService; clock: ManualClock } {
+  const clock = new ManualClock(1_000_000)
+  const created = createServiceRuntime(config, testDeps(clock), { random: () => 0.5 })
+  cleanups.push(() => created.close())
+  return { service: created, clock }
+}
 
 /** A service config with small, test-friendly defaults; `overrides` replace whole sections. */
 export function serviceConfig(
