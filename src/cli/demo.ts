@@ -219,12 +219,12 @@ function parseShop(args: readonly string[]): Parsed | string {
     if (flag === '--chaos') {
       const script = value()
       if (script === undefined || !(chaosScripts as readonly string[]).includes(script))
-        return `--chaos needs one of ${chaosScripts.join(', ')}`
+        return `--chaos needs one of ${chaosScripts.join(', ')}, got ${shown(script)}`
       options.chaos = script
     } else if (flag === '--db') {
       const url = value()
       if (url === undefined || !/^postgres(ql)?:\/\/./i.test(url))
-        return '--db needs a postgres:// URL (SQLite is the default)'
+        return `--db needs a postgres:// URL (SQLite is the default), got ${shown(url)}`
       // By the library's own check (src/stores/open.ts): one that does not parse is a bad
       // argument, not a database that "cannot open" once the shop is loaded.
       try {
@@ -236,13 +236,13 @@ function parseShop(args: readonly string[]): Parsed | string {
     } else if (flag === '--broker') {
       const url = value()
       if (url === undefined || !/^(nats|amqps?|rediss?):\/\//.test(url))
-        return '--broker needs a nats://, amqp:// or redis:// URL (the SQL queue is the default)'
+        return `--broker needs a nats://, amqp:// or redis:// URL (the SQL queue is the default), got ${shown(url)}`
       if (brokerAddress(url) === undefined) return `--broker: not a URL with a host: ${shown(url)}`
       options.broker = url
     } else if (flag === '--break') {
       const what = value()
       if (what !== 'payments-idempotency' && what !== 'inbox')
-        return '--break takes: payments-idempotency, inbox'
+        return `--break needs one of payments-idempotency, inbox, got ${shown(what)}`
       if (options.breaks.includes(what)) return `--break ${what} given twice`
       options.breaks.push(what)
     } else if (flag === '--json') {

@@ -42,10 +42,23 @@ describe('breakwater demo (arguments)', () => {
     [['--duration', '-1'], '--duration needs a whole number of seconds from 0 to 86400, got "-1"'],
     [['--rate'], '--rate needs a number from 0.1 to 500, got nothing'],
     [['--new-share=101'], '--new-share needs a whole number from 0 to 100, got "101"'],
-    [['--chaos', 'storm'], '--chaos needs one of default, lost-replies, none'],
-    [['--db', 'mysql://x'], '--db needs a postgres:// URL'],
-    [['--broker', 'kafka://x'], '--broker needs a nats://, amqp:// or redis:// URL'],
-    [['--break', 'everything'], '--break takes: payments-idempotency, inbox'],
+    [['--chaos', 'storm'], '--chaos needs one of default, lost-replies, none, got "storm"'],
+    [
+      ['--db', 'mysql://x'],
+      '--db needs a postgres:// URL (SQLite is the default), got "mysql://x"',
+    ],
+    [
+      ['--db', 'mysql://u:secret@x/db'],
+      '--db needs a postgres:// URL (SQLite is the default), got "mysql://u:***@x/db"',
+    ],
+    [
+      ['--broker', 'kafka://x'],
+      '--broker needs a nats://, amqp:// or redis:// URL (the SQL queue is the default), got "kafka://x"',
+    ],
+    [
+      ['--break', 'everything'],
+      '--break needs one of payments-idempotency, inbox, got "everything"',
+    ],
     // Ports are whole numbers 0..65535, refused before anything listens.
     [['--port', '1.5'], '--port needs a whole number from 0 to 65535, got "1.5"'],
     [['--port=65536'], '--port needs a whole number from 0 to 65535, got "65536"'],
