@@ -17,6 +17,7 @@ import {
   sagaMigrations,
 } from '../saga/index.js'
 import type { SqlDriver } from '../stores/index.js'
+import { visibleStatOf } from '../stores/sqlite-path.js'
 import {
   type LongRunningCommandDeps,
   openServiceDatabase,
@@ -132,15 +133,21 @@ function parse(
 
 /**
  * Loads the definitions `--module` exports. Whether they are valid definitions is left to
- * `createSagaWorker`, which names the one at fault.
+ * `createSagaWorker`, which names the one at fault. A path that names no file is a bad argument
+ * (exit 2, with the usage); a file that fails while it loads (its own code throws, a package it
+ * imports is missing, it cannot reach what it connects to at its top level) is a failure to
+ * start (exit 1): the arguments were right, and the usage would not help.
  */
 async function loadSagas(file: string): Promise<readonly SagaDefinition<unknown, unknown>[]> {
   const path = isAbsolute(file) ? file : resolve(process.cwd(), file)
+  const stats = visibleStatOf(path)
+  if (stats === undefined) throw new UsageError(`--module: cannot load ${path}: no such file`)
+  if (!stats.isFile()) throw new UsageError(`--module: cannot load ${path}: not a file`)
   let loaded: Record<string, unknown>
   try {
     loaded = (await import(pathToFileURL(path).href)) as Record<string, unknown>
   } catch (error) {
-    throw new UsageError(`--module: cannot load ${path}: ${messageOf(error)}`)
+    throw new StartupError(`--module: ${path} failed while loading: ${messageOf(error)}`)
   }
   const sagas =
     loaded.sagas ??
@@ -251,8 +258,8 @@ function logWorkerEvents(worker: SagaWorker, log: Logger, onAbandoned: () => voi
 /**
  * `breakwater saga worker --module <file>`: runs the sagas a module defines as a process, until
  * SIGTERM or SIGINT, with JSON logs and optional Prometheus metrics. Resolves to the exit code:
- * 0 after a graceful stop, 2 for bad arguments or a module without sagas, 1 when the database
- * fails, is not migrated, or the drain takes too long.
+ * 0 after a graceful stop, 2 for bad arguments or a module without sagas, 1 when the module
+ * fails while it loads, when the database fails, is not migrated, or the drain takes too long.
  *
  * @example
  * ```ts

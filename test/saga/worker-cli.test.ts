@@ -46,12 +46,22 @@ describe('saga worker arguments', () => {
     [['--module', sagasModule, 'extra'], 'unexpected argument "extra"'],
     [['--module', sagasModule, '--verbose'], 'unknown option "--verbose"'],
     [['--module', fixture('nowhere.ts')], '--module: cannot load'],
+    [['--module', fixture('')], 'saga/: not a file'],
     [['--module', fixture('cli-no-sagas.ts')], 'must export `sagas`, a non-empty array'],
   ])('%j -> exit 2 with a message and the usage', async (args, message) => {
     const { code, err } = await run(args)
     expect(code).toBe(2)
     expect(err).toContain(message)
     expect(err).toContain('usage: breakwater saga worker')
+  })
+
+  it('a module that throws while it loads exits 1, naming it, without the usage', async () => {
+    const { code, err } = await run(['--module', fixture('cli-throws.ts')])
+    expect(code).toBe(1)
+    expect(err).toContain(`--module: ${fixture('cli-throws.ts')} failed while loading`)
+    expect(err).toContain('cannot reach the config at postgres://app:***@config.internal/app')
+    expect(err).not.toContain('hunter2')
+    expect(err).not.toContain('usage:')
   })
 
   it('--help prints the usage', async () => {
