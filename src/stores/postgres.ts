@@ -13,7 +13,7 @@ import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './
 import { LruCache } from './lru.js'
 import { OpenPoolConnections } from './pg-connections.js'
 import { redactUrl } from './redact.js'
-import { ScopedTransaction } from './scoped-transaction.js'
+import { failedEarlier, ScopedTransaction } from './scoped-transaction.js'
 import type { SqlDriver, SqlExecutor, SqlNotification, SqlTransaction, Unlisten } from './types.js'
 
 /**
@@ -537,12 +537,6 @@ class PgListener {
   }
 }
 
-function failedEarlier(): TransactionMisuseError {
-  return new TransactionMisuseError(
-    'The transaction was rolled back, not committed: one of its statements had failed (was its error caught inside the transaction callback?)',
-  )
-}
-
 /** How a transaction ended by `finish()` went. */
 interface FinishOutcome {
   readonly result: { rows: unknown[]; rowCount: number }
@@ -574,7 +568,8 @@ async function finishWith(
     return { result: noRows, error, broken }
   }
   if (statement.status === 'rejected') return { result: noRows, error: statement.reason }
-  if (commit.value.command === 'ROLLBACK') return { result: noRows, error: failedEarlier() }
+  if (commit.value.command === 'ROLLBACK')
+    return { result: noRows, error: failedEarlier('transaction') }
   const { rows, rowCount } = statement.value
   return { result: { rows, rowCount: rowCount ?? 0 } }
 }
@@ -754,7 +749,7 @@ export class PostgresDriver implements SqlDriver {
     // PostgreSQL answers COMMIT in a transaction that an earlier statement failed with
     // ROLLBACK, not with an error: a callback that swallowed that statement's error would
     // otherwise look committed.
-    if (committed.command === 'ROLLBACK') throw failedEarlier()
+    if (committed.command === 'ROLLBACK') throw failedEarlier('transaction')
     return settled.value
   }
 

@@ -122,19 +122,52 @@ export class ScopedTransaction implements SqlTransaction {
       result = await fn(child)
     } catch (error) {
       child.end()
-      try {
-        await this.#control(`ROLLBACK TO SAVEPOINT ${name}`)
-        await this.#control(`RELEASE SAVEPOINT ${name}`)
-      } catch {
-        // The connection is broken (or the transaction ended); the outer transaction will fail
-        // on its next statement or on COMMIT, and the caller's error is the one worth seeing.
-      }
+      await this.#rollBackTo(name)
       throw error
     }
     child.end()
-    await this.#control(`RELEASE SAVEPOINT ${name}`)
+    try {
+      await this.#control(`RELEASE SAVEPOINT ${name}`)
+    } catch (error) {
+      // PostgreSQL aborts the transaction at a failed statement; a callback that caught that
+      // error and returned leaves it aborted back to the SAVEPOINT, which then cannot be
+      // released (25P02). Rolled back to it, the outer transaction goes on; the savepoint's
+      // writes are undone, so it must not look released: as for the outer transaction's
+      // COMMIT answered with ROLLBACK. SQLite undoes only the failed statement (those that end
+      // the whole transaction end the savepoint too), so it releases normally.
+      if ((error as { code?: unknown } | null)?.code !== abortedTransaction) throw error
+      await this.#rollBackTo(name)
+      throw failedEarlier('savepoint')
+    }
     return result
   }
+
+  async #rollBackTo(name: string): Promise<void> {
+    try {
+      await this.#control(`ROLLBACK TO SAVEPOINT ${name}`)
+      await this.#control(`RELEASE SAVEPOINT ${name}`)
+    } catch {
+      // The connection is broken (or the transaction ended); the outer transaction will fail
+      // on its next statement or on COMMIT, and the error already at hand is the one worth
+      // seeing.
+    }
+  }
+}
+
+/** PostgreSQL's "current transaction is aborted, commands ignored until end of transaction block". */
+const abortedTransaction = '25P02'
+
+/**
+ * The error for a transaction (PostgreSQL answered its `COMMIT` with `ROLLBACK`) or a savepoint
+ * (its `RELEASE` was refused) that a failed statement had aborted although its callback
+ * returned normally: the callback caught the statement's error. Nothing of it was kept.
+ */
+export function failedEarlier(scope: 'transaction' | 'savepoint'): TransactionMisuseError {
+  return new TransactionMisuseError(
+    scope === 'transaction'
+      ? 'The transaction was rolled back, not committed: one of its statements had failed (was its error caught inside the transaction callback?)'
+      : 'The savepoint (tx.transaction) was rolled back, not released: one of its statements had failed (was its error caught inside the savepoint callback?); the outer transaction goes on without its writes',
+  )
 }
 
 function overlapping(): TransactionMisuseError {
