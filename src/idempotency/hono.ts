@@ -133,7 +133,11 @@ async function readBody(c: HonoLikeContext, maxBytes: number): Promise<Uint8Arra
       if (done) break
       total += value.byteLength
       if (total > maxBytes) {
-        await reader.cancel()
+        // Not awaited: cancelling one branch of a tee'd stream settles only once the other (the
+        // request's own body, never read now) is cancelled too, so awaiting it left the request
+        // without an answer while the client was still sending. Cancelling the request's body
+        // as well would destroy its socket before the 413 goes out.
+        reader.cancel().catch(() => {})
         return undefined
       }
     }
