@@ -34,6 +34,7 @@ import {
   timeout,
   type Unsubscribe,
 } from '../index.js'
+import { MAX_DEADLINE_HEADER_MS } from '../policies/deadline.js'
 import { timeoutEndOf } from '../policies/fused.js'
 import { HttpClientClosedError, HttpStatusError } from './errors.js'
 import { type HttpEvents, ServiceEvents } from './events.js'
@@ -676,7 +677,9 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
         if (endMs !== Number.POSITIVE_INFINITY)
           budget = Math.min(budget, Math.max(1, Math.floor(endMs - now - margin)))
       }
-      return budget
+      // A huge finite budget (withDeadline(1e300)) would be written "1e+300", which no hop
+      // parses; Infinity stays Infinity: no header, as deadlineHeaderValue() sends none.
+      return budget === Number.POSITIVE_INFINITY ? budget : Math.min(budget, MAX_DEADLINE_HEADER_MS)
     }
   }
 

@@ -153,8 +153,18 @@ export const DEADLINE_HEADER = 'x-breakwater-deadline-ms'
 export const GRPC_TIMEOUT_HEADER = 'grpc-timeout'
 
 /**
+ * The largest budget the deadline header carries, in milliseconds: 999999999999999 (15 digits,
+ * about 31,700 years). A sender clamps a larger finite budget to it, because `String(n)` turns
+ * to exponent notation (`1e+21`) that no hop parses, and earlier breakwater versions read at
+ * most 15 digits; a reader takes any longer run of digits as this much (it is simply huge) and
+ * then caps it like any other budget. Internal: not exported from the package root.
+ */
+export const MAX_DEADLINE_HEADER_MS = 999_999_999_999_999
+
+/**
  * The value to send as {@link DEADLINE_HEADER} so the downstream adopts the remaining budget:
- * whole milliseconds, rounded down. Undefined when there is no deadline (or an infinite one).
+ * whole milliseconds, rounded down, at most {@link MAX_DEADLINE_HEADER_MS}. Undefined when there
+ * is no deadline (or an infinite one).
  *
  * @example
  * ```ts
@@ -168,7 +178,7 @@ export function deadlineHeaderValue(clock?: Clock): string | undefined {
   // withDeadline(Infinity) is no budget at all: 'Infinity' is not a header anyone can parse.
   return left === undefined || left === Number.POSITIVE_INFINITY
     ? undefined
-    : String(Math.floor(left))
+    : String(Math.floor(Math.min(left, MAX_DEADLINE_HEADER_MS)))
 }
 
 /**
@@ -339,10 +349,18 @@ function headerOf(headers: HeadersLike, name: string): string | undefined {
   return typeof value === 'string' ? value : undefined
 }
 
-function parseDeadlineMs(value: string | undefined): number | undefined {
+/**
+ * Parses one deadline header value (an integer of any length, negative allowed, whitespace
+ * around it ignored) into milliseconds within ±{@link MAX_DEADLINE_HEADER_MS}, or undefined
+ * when it is malformed. Internal: the proxy reads its inbound header with it too.
+ */
+export function parseDeadlineMs(value: string | undefined): number | undefined {
   if (value === undefined) return undefined
   const trimmed = value.trim()
-  return /^-?\d{1,15}$/.test(trimmed) ? Number(trimmed) : undefined
+  if (!/^-?\d+$/.test(trimmed)) return undefined
+  // More digits than a double holds exactly is still all digits: a huge budget, not garbage
+  // (read as garbage, it would give the caller defaultMs, shorter than what it asked for).
+  return Math.max(-MAX_DEADLINE_HEADER_MS, Math.min(MAX_DEADLINE_HEADER_MS, Number(trimmed)))
 }
 
 const grpcUnitMs: Readonly<Record<string, number>> = {

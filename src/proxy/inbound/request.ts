@@ -34,7 +34,7 @@
 import { randomUUID } from 'node:crypto'
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http'
 import type { ErrorCode } from '../../core/error-codes.js'
-import { GRPC_TIMEOUT_HEADER, parseGrpcTimeout } from '../../policies/deadline.js'
+import { GRPC_TIMEOUT_HEADER, parseDeadlineMs, parseGrpcTimeout } from '../../policies/deadline.js'
 import type {
   ForwardOutcome,
   ForwardRequest,
@@ -165,7 +165,6 @@ const absoluteForm = /^(https?):\/\/([^/?#]*)([/?].*)?$/is
 const badQuery = /[^\x21-\x7e]|#/
 const hostPattern = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?$/
 const requestIdPattern = /^[\x21-\x7e]{1,200}$/
-const deadlineMsPattern = /^-?\d{1,15}$/
 
 /**
  * Validates, normalizes and reads the body of an inbound request. On input the proxy refuses
@@ -443,12 +442,7 @@ function validateHead(
   if (!normalized.ok) return [400, 'REQUEST_PATH_INVALID', normalized.reason]
 
   // Deadline: the sooner of the context's header and grpc-timeout.
-  let remaining: number | undefined
-  const deadlineValue = firstHeader(req.headers[ctx.deadlineHeader])
-  if (deadlineValue !== undefined) {
-    const trimmed = deadlineValue.trim()
-    if (deadlineMsPattern.test(trimmed)) remaining = Number(trimmed)
-  }
+  let remaining = parseDeadlineMs(firstHeader(req.headers[ctx.deadlineHeader]))
   const grpc = parseGrpcTimeout(firstHeader(req.headers[GRPC_TIMEOUT_HEADER]))
   if (grpc !== undefined) remaining = remaining === undefined ? grpc : Math.min(remaining, grpc)
 
