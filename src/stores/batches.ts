@@ -5,7 +5,8 @@
 /**
  * Runs `removeBatch` (which removes at most `batchSize` rows and resolves to how many it
  * removed) until one removes fewer than `batchSize` (nothing that old is left, or what is left
- * is locked by someone else right now) or `maxBatches` have run; resolves to the total.
+ * is locked by someone else right now) or `maxBatches` have run; resolves to the total. The
+ * event loop turns between batches (see below), not after the last one.
  */
 export async function removeInBatches(
   batchSize: number,
@@ -14,9 +15,18 @@ export async function removeInBatches(
 ): Promise<number> {
   let total = 0
   for (let batch = 0; batch < maxBatches; batch++) {
+    // On SQLite a statement resolves at once, so without this turn a whole sweep would run as
+    // one chain of microtasks: the write lock would be free between batches, but nothing else
+    // (a request's claim, a timer) could run until the sweep ends.
+    if (batch > 0) await yieldToEventLoop()
     const removed = await removeBatch()
     total += removed
     if (removed < batchSize) break
   }
   return total
+}
+
+// Not a timer: it only lets the event loop turn, so a test clock has nothing to drive here.
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve))
 }
