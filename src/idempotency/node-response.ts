@@ -328,14 +328,36 @@ export function answerInternalError(res: ServerResponse): void {
 
 type WriteCallback = (error?: Error | null) => void
 
-function chunkToBuffer(chunk: unknown, encoding: unknown): Buffer | undefined {
-  if (chunk === undefined || chunk === null || typeof chunk === 'function') return undefined
+// A chunk as node writes it: a string (in `encoding`) or a Uint8Array. Anything else throws
+// the TypeError node's write throws (ERR_INVALID_ARG_TYPE, ERR_STREAM_NULL_VALUES for null), at
+// the handler's call: dropped without a word, it recorded a response without that body.
+function chunkToBuffer(chunk: unknown, encoding: unknown): Buffer {
   if (typeof chunk === 'string') {
     return Buffer.from(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8')
   }
   if (chunk instanceof Uint8Array)
     return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
-  return undefined
+  throw invalidChunk(chunk)
+}
+
+function invalidChunk(chunk: unknown): TypeError {
+  if (chunk === null) {
+    return Object.assign(new TypeError('May not write null values to stream'), {
+      code: 'ERR_STREAM_NULL_VALUES',
+    })
+  }
+  const received =
+    typeof chunk === 'object' || typeof chunk === 'function'
+      ? `an instance of ${(chunk as object).constructor?.name ?? 'Object'}`
+      : chunk === undefined
+        ? 'undefined'
+        : `type ${typeof chunk} (${String(chunk)})`
+  return Object.assign(
+    new TypeError(
+      `The "chunk" argument must be of type string or an instance of Buffer or Uint8Array. Received ${received}`,
+    ),
+    { code: 'ERR_INVALID_ARG_TYPE' },
+  )
 }
 
 // What a capture keeps while the handler writes: on the response itself (under a symbol), so
@@ -391,7 +413,7 @@ function capturedWrite(
 ): boolean {
   const capture = this[captureState]
   const buffer = chunkToBuffer(chunk, encoding)
-  if (buffer !== undefined && capture !== undefined && !capture.ended) capture.chunks.push(buffer)
+  if (capture !== undefined && !capture.ended) capture.chunks.push(buffer)
   const done = (typeof encoding === 'function' ? encoding : callback) as WriteCallback | undefined
   if (done !== undefined) queueMicrotask(() => done(null))
   return true
@@ -405,8 +427,8 @@ function capturedEnd(
 ): CapturedResponse {
   const capture = this[captureState]
   if (capture === undefined || capture.ended) return this
-  const buffer = chunkToBuffer(chunk, encoding)
-  if (buffer !== undefined) capture.chunks.push(buffer)
+  // As node's end: a falsy chunk (or a callback in its place) is no data.
+  if (chunk && typeof chunk !== 'function') capture.chunks.push(chunkToBuffer(chunk, encoding))
   capture.ended = true
   const done =
     typeof chunk === 'function'
