@@ -232,8 +232,9 @@ function executorOf(target: PgQueryable, types?: PgTypes): SqlExecutor {
 /**
  * Wraps a pg client the application holds inside its own `BEGIN` as a {@link SqlExecutor}, so
  * breakwater's rows commit (or roll back) with the business write. Works with a `PoolClient`
- * from `pool.connect()` or a `Client`; never pass a `Pool` for transactional work (each query
- * may run on another connection). BIGINT columns read through it arrive as numbers, whatever
+ * from `pool.connect()` or a `Client`; a `Pool` is refused with `InvalidOptionError`
+ * (`INVALID_OPTION` naming `client`): each of its queries may run on another connection, where
+ * it would commit alone. BIGINT columns read through it arrive as numbers, whatever
  * the client's own type parsers do. A statement sent while the client is outside a transaction
  * (before its BEGIN was answered, so await it; after COMMIT or ROLLBACK), or once the
  * `PoolClient` was released and checked out again, is refused with `TransactionMisuseError`: it
@@ -251,6 +252,15 @@ function executorOf(target: PgQueryable, types?: PgTypes): SqlExecutor {
  * ```
  */
 export function fromPgClient(client: PgQueryable): SqlExecutor {
+  // A Pool has neither a PoolClient's release nor getTransactionStatus, so the checks below
+  // would let every statement through, each committing on a connection of its own.
+  if (isPgPool(client)) {
+    throw new InvalidOptionError(
+      'client',
+      'a pg PoolClient or Client inside a transaction; this is a pg Pool, not a PoolClient: pass the client your transaction runs on (the one of `await pool.connect()` that ran BEGIN)',
+      client,
+    )
+  }
   const inner = executorOf(client, typesForWrappedClients())
   const wrapped = client as WrappedPgClient
   // pg-pool gives a PoolClient a new release function at each checkout: a different one means
@@ -281,6 +291,17 @@ export function fromPgClient(client: PgQueryable): SqlExecutor {
       return inner.execute(sql, params)
     },
   }
+}
+
+// Recognised by shape, so that pg stays an optional dependency loaded only by the driver: a
+// pg-pool Pool counts its connections; a Client or PoolClient does not.
+function isPgPool(value: unknown): boolean {
+  const pool = value as { connect?: unknown; totalCount?: unknown; idleCount?: unknown } | null
+  return (
+    typeof pool?.connect === 'function' &&
+    typeof pool.totalCount === 'number' &&
+    typeof pool.idleCount === 'number'
+  )
 }
 
 /** What {@link fromPgClient} reads of a pg `Client` or `PoolClient`, when it has it. */
