@@ -283,8 +283,8 @@ function budgetFromHeaders(
   }
   // Both sent (a hop that speaks gRPC and breakwater): two bounds on one budget, so the tighter
   // holds, as the proxy reads them; otherwise one could give a hop more time than the other.
-  const own = parseDeadlineMs(headerOf(headers, DEADLINE_HEADER))
-  const grpc = parseGrpcTimeout(headerOf(headers, GRPC_TIMEOUT_HEADER))
+  const own = smallestHeaderValue(headerOf(headers, DEADLINE_HEADER), parseDeadlineMs)
+  const grpc = smallestHeaderValue(headerOf(headers, GRPC_TIMEOUT_HEADER), parseGrpcTimeout)
   const sent = own === undefined ? grpc : grpc === undefined ? own : Math.min(own, grpc)
   return sent === undefined ? defaultMs : Math.min(sent, maxMs)
 }
@@ -329,7 +329,9 @@ export function adoptDeadline<T>(
   return withDeadline(ms, fn, { clock })
 }
 
-function headerOf(headers: HeadersLike, name: string): string | undefined {
+// The header's value as given: one string (repeats joined by node:http or Headers) or Node's
+// array; what is not a string is no value.
+function headerOf(headers: HeadersLike, name: string): string | readonly string[] | undefined {
   if (typeof headers !== 'object' || headers === null) return undefined
   if (typeof headers.get === 'function') {
     return (headers as { get(name: string): string | null | undefined }).get(name) ?? undefined
@@ -345,8 +347,33 @@ function headerOf(headers: HeadersLike, name: string): string | undefined {
       }
     }
   }
-  if (Array.isArray(value)) value = value[0]
+  if (Array.isArray(value)) return value.filter((one): one is string => typeof one === 'string')
   return typeof value === 'string' ? value : undefined
+}
+
+/**
+ * The smallest budget among the values of a header that may have been sent more than once:
+ * node:http and fetch's `Headers` join repeats into `"100, 50"`, Node's header objects may hold
+ * an array. Two budgets for one request are two bounds on it, so the tighter holds (as between
+ * the deadline header and `grpc-timeout`); reading the joined value as one malformed value
+ * would give the request `defaultMs`, longer than either. Malformed values among them are
+ * skipped; undefined when none is valid, as for a single malformed value. Internal: the proxy
+ * reads its inbound headers with it too.
+ */
+export function smallestHeaderValue(
+  value: string | readonly string[] | undefined,
+  parse: (one: string) => number | undefined,
+): number | undefined {
+  if (value === undefined) return undefined
+  const joined = typeof value === 'string' ? value : value.join(',')
+  // The usual case, one value, splits nothing.
+  if (!joined.includes(',')) return parse(joined)
+  let smallest: number | undefined
+  for (const one of joined.split(',')) {
+    const ms = parse(one)
+    if (ms !== undefined && (smallest === undefined || ms < smallest)) smallest = ms
+  }
+  return smallest
 }
 
 /**

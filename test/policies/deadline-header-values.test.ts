@@ -58,3 +58,37 @@ describe('deadlineHeaderValue', () => {
     ).toBeUndefined()
   })
 })
+
+describe('a deadline header sent more than once', () => {
+  it('gives the smallest of its valid values, joined by node:http or fetch or as an array', () => {
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: '100, 50' })).toBe(50)
+    expect(
+      deadlineFromHeaders(
+        new Headers([
+          [DEADLINE_HEADER, '100'],
+          [DEADLINE_HEADER, '50'],
+        ]),
+      ),
+    ).toBe(50)
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: ['100', '50'] })).toBe(50)
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: ['100', '70, 60', '80'] })).toBe(60)
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: '100,-5' })).toBe(-5)
+    // Still capped, whatever the order.
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: '900000, 600000' })).toBe(300_000)
+  })
+
+  it('skips the malformed values, and ignores the header when none is valid', () => {
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: 'soon, 70' }, { defaultMs: 500 })).toBe(70)
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: '70, , 1e3' }, { defaultMs: 500 })).toBe(70)
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: 'soon, later' }, { defaultMs: 500 })).toBe(500)
+    expect(deadlineFromHeaders({ [DEADLINE_HEADER]: ', ' })).toBeUndefined()
+  })
+
+  it('reads grpc-timeout the same way, and the tighter of the two headers still holds', () => {
+    expect(deadlineFromHeaders({ 'grpc-timeout': '2S, 100m' })).toBe(100)
+    expect(deadlineFromHeaders({ 'grpc-timeout': ['1x', '3S'] })).toBe(3_000)
+    expect(deadlineFromHeaders({ 'grpc-timeout': '2S, 1S', [DEADLINE_HEADER]: '1500, 4000' })).toBe(
+      1_000,
+    )
+  })
+})

@@ -34,7 +34,12 @@
 import { randomUUID } from 'node:crypto'
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http'
 import type { ErrorCode } from '../../core/error-codes.js'
-import { GRPC_TIMEOUT_HEADER, parseDeadlineMs, parseGrpcTimeout } from '../../policies/deadline.js'
+import {
+  GRPC_TIMEOUT_HEADER,
+  parseDeadlineMs,
+  parseGrpcTimeout,
+  smallestHeaderValue,
+} from '../../policies/deadline.js'
 import type {
   ForwardOutcome,
   ForwardRequest,
@@ -441,9 +446,10 @@ function validateHead(
   const normalized = normalizePath(q === -1 ? target : target.slice(0, q))
   if (!normalized.ok) return [400, 'REQUEST_PATH_INVALID', normalized.reason]
 
-  // Deadline: the sooner of the context's header and grpc-timeout.
-  let remaining = parseDeadlineMs(firstHeader(req.headers[ctx.deadlineHeader]))
-  const grpc = parseGrpcTimeout(firstHeader(req.headers[GRPC_TIMEOUT_HEADER]))
+  // Deadline: the sooner of the context's header and grpc-timeout, and of the values of each
+  // when it was sent more than once (node:http and the fast path join them with ", ").
+  let remaining = smallestHeaderValue(req.headers[ctx.deadlineHeader], parseDeadlineMs)
+  const grpc = smallestHeaderValue(req.headers[GRPC_TIMEOUT_HEADER], parseGrpcTimeout)
   if (grpc !== undefined) remaining = remaining === undefined ? grpc : Math.min(remaining, grpc)
 
   const sentId = firstHeader(req.headers['x-request-id'])

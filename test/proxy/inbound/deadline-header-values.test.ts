@@ -50,3 +50,19 @@ describe('a long deadline header value', () => {
     ).toBe(250)
   })
 })
+
+describe('a deadline header sent more than once', () => {
+  it('gives the smallest valid value, skipping malformed ones', async () => {
+    expect(
+      await deadlineAtFor('X-Breakwater-Deadline-Ms: 100\r\nX-Breakwater-Deadline-Ms: 50'),
+    ).toBe(50)
+    expect(await deadlineAtFor('X-Breakwater-Deadline-Ms: soon, 70')).toBe(70)
+    expect(await deadlineAtFor('X-Breakwater-Deadline-Ms: soon, later')).toBeUndefined()
+    expect(await deadlineAtFor('Grpc-Timeout: 2S\r\nGrpc-Timeout: 300m')).toBe(300)
+    expect(
+      await deadlineAtFor(
+        'X-Breakwater-Deadline-Ms: 900, 400\r\nGrpc-Timeout: 1S\r\nGrpc-Timeout: 500m',
+      ),
+    ).toBe(400)
+  })
+})
