@@ -284,6 +284,19 @@ export function parseBrokerUrl(option: string, value: unknown, schemes: readonly
 }
 
 /**
+ * The first query parameter `url` names more than once, if any. The drivers keep one of the
+ * values (amqplib the first, ioredis the last) and drop the other without a word.
+ */
+export function repeatedQueryParameter(url: URL): string | undefined {
+  const seen = new Set<string>()
+  for (const name of url.searchParams.keys()) {
+    if (seen.has(name)) return name
+    seen.add(name)
+  }
+  return undefined
+}
+
+/**
  * The URL with any user name and password replaced by `***`, for messages and logs; so is a
  * `password` in its query (ioredis reads it).
  */

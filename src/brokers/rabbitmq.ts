@@ -17,6 +17,7 @@ import {
   payloadBuffer,
   type ResolvedCommonOptions,
   redactUrl,
+  repeatedQueryParameter,
   resolveCommonOptions,
   subscriptionDispatcher,
   throwIfAborted,
@@ -123,7 +124,9 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * byte arrays base64): see docs/rabbitmq.md.
  *
  * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming
- * it (`rabbitmq.exchangeTyp`), its value hidden when it is text or bytes.
+ * it (`rabbitmq.exchangeTyp`), its value hidden when it is text or bytes. So is a URL query
+ * parameter amqplib does not read, one given twice, or a value it cannot use (`heartbeat`,
+ * `channelMax`, `frameMax`, `maxFrameSize`, `locale`: see docs/rabbitmq.md), and a fragment.
  *
  * @example
  * ```ts
@@ -147,6 +150,7 @@ function resolveRabbitOptions(options: RabbitMqBrokerOptions): ResolvedRabbitOpt
     ['amqps:'],
     rabbitOptions,
   )
+  checkRabbitUrl(common.url, options.url)
   const exchange = options.exchange ?? 'breakwater'
   // At most 255 bytes (an AMQP short string): a longer one would fail every publish with
   // amqplib's TypeError, which reads as a rejected message rather than a bad setting.
@@ -186,6 +190,82 @@ function resolveRabbitOptions(options: RabbitMqBrokerOptions): ResolvedRabbitOpt
   }
 }
 
+/** An unsigned decimal integer, as amqplib's parseInt reads it in full (no sign, unit or point). */
+const digits = /^\d+$/
+
+/**
+ * The query parameters amqplib reads from the URL when it connects, and which of their values
+ * it can use: each field's range in the AMQP frame it is sent in (channel-max and heartbeat
+ * are 16-bit; frame-max 32-bit and, unless 0, at least the protocol's 4096 bytes, which
+ * RabbitMQ enforces by dropping the connection; locale a short string), and amqplib's own rule
+ * for maxFrameSize (the largest frame it accepts from the server).
+ */
+const rabbitQuery: ReadonlyMap<
+  string,
+  { readonly valid: (v: string) => boolean; readonly is: string }
+> = new Map([
+  [
+    'heartbeat',
+    {
+      valid: (v) => digits.test(v) && Number(v) <= 0xffff,
+      is: 'an integer from 0 to 65535 (seconds; 0 turns heartbeats off)',
+    },
+  ],
+  [
+    'channelMax',
+    {
+      valid: (v) => digits.test(v) && Number(v) <= 0xffff,
+      is: "an integer from 0 to 65535 (0: the server's limit)",
+    },
+  ],
+  [
+    'frameMax',
+    { valid: frameSize, is: "0 (the server's limit) or an integer from 4096 to 4294967295" },
+  ],
+  ['maxFrameSize', { valid: frameSize, is: '0 (no limit) or an integer from 4096 to 4294967295' }],
+  [
+    'locale',
+    {
+      valid: (v) => v !== '' && Buffer.byteLength(v) <= 255,
+      is: 'a non-empty name of at most 255 bytes',
+    },
+  ],
+])
+
+function frameSize(value: string): boolean {
+  if (!digits.test(value)) return false
+  const size = Number(value)
+  return size === 0 || (size >= 4096 && size <= 0xffffffff)
+}
+
+/**
+ * Refuses at construction what amqplib would misread or throw on when it connects: an unknown
+ * (misspelt) query parameter is ignored without a word, a bad value throws a TypeError or
+ * RangeError from connect (or is read as its leading digits: heartbeat=10s as 10), a repeated
+ * one keeps its first value, a fragment is dropped. Values are never quoted: the query may
+ * have been pasted with a secret in it.
+ */
+function checkRabbitUrl(url: URL, given: string): void {
+  const refuse = (expected: string): never => {
+    throw new InvalidOptionError(
+      'rabbitmq.url',
+      `an amqp:// or amqps:// URL ${expected}`,
+      redactUrl(given),
+    )
+  }
+  for (const [name, value] of url.searchParams) {
+    const parameter = rabbitQuery.get(name)
+    if (parameter === undefined) {
+      refuse(`whose query sets only ${[...rabbitQuery.keys()].join(', ')}, not "${name}"`)
+    } else if (!parameter.valid(value)) {
+      refuse(`whose query parameter "${name}" is ${parameter.is}`)
+    }
+  }
+  const repeated = repeatedQueryParameter(url)
+  if (repeated !== undefined) refuse(`that sets "${repeated}" once (amqplib would keep the first)`)
+  if (url.hash !== '') refuse('without a fragment (#...)')
+}
+
 async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelModel> {
   const amqp = await loadAmqp()
   try {
@@ -205,10 +285,23 @@ async function connectRabbit(options: ResolvedRabbitOptions): Promise<ChannelMod
     model.on('error', () => {})
     return model
   } catch (error) {
-    throw (
-      refusedLogin(options, error) ??
-      rabbitError(error, `cannot connect to ${redactUrl(options.url.toString())}`)
-    )
+    const context = `cannot connect to ${redactUrl(options.url.toString())}`
+    // While connecting, amqplib throws TypeError and RangeError over its settings (a field
+    // that does not fit its frame: a vhost over 255 bytes), never over a message: every
+    // message would fail alike, so it is the setup's fault, and a relay must not dead-letter
+    // events for it (rabbitError reads them as a refused message).
+    if (
+      (error instanceof TypeError || error instanceof RangeError) &&
+      tlsFailure('rabbitmq', error, context) === undefined
+    ) {
+      throw new BrokerError(
+        'BROKER_MISCONFIGURED',
+        'rabbitmq',
+        `${context}: amqplib refused a connection setting: ${reasonOf(error)}; check the URL`,
+        { cause: error },
+      )
+    }
+    throw refusedLogin(options, error) ?? rabbitError(error, context)
   }
 }
 
