@@ -31,6 +31,7 @@ import {
   type RetryBudget,
   type RetryPolicy,
   retry,
+  TimeoutError,
   timeout,
   type Unsubscribe,
 } from '../index.js'
@@ -447,17 +448,42 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       }
     }
     this.#calls.add(link)
+    const startMs = this.clock.now()
     try {
       return await stack.execute((ctx) => this.#linkedAttempt(link, stack, fn, ctx), own.signal)
     } catch (error) {
       // The policies report the abort as ABORTED (or a timeout); the caller is told why.
       if (link.closed) throw own.signal.reason
-      throw error
+      throw this.#namedTimeout(error, startMs)
     } finally {
       this.#calls.delete(link)
       link.end()
       if (forward !== undefined) callerSignal?.removeEventListener('abort', forward)
     }
+  }
+
+  // A timeout policy's TimeoutError says only "The operation timed out after 300 ms"; this
+  // client has two such limits, so the message says which one ran out, and for which service
+  // (class, code and timeoutMs unchanged). The overall timeout is the one whose time has passed
+  // since the call began: it starts first, so when the attempt timeout is as long it also ends
+  // first. (The propagated deadline ends a call with DeadlineExceededError instead.) Only this
+  // call's own error is renamed: a nested call's was named by its own #run.
+  #namedTimeout(error: unknown, startMs: number): unknown {
+    if (!(error instanceof TimeoutError) || namedTimeouts.has(error)) return error
+    const ms = error.timeoutMs
+    let what: string
+    if (ms === this.#overallTimeoutMs && this.clock.now() - startMs >= ms)
+      what = `the call timed out after ${ms} ms, retries included (overallTimeoutMs)`
+    else if (ms === this.#attemptTimeoutMs)
+      what = `the attempt timed out after ${ms} ms (attemptTimeoutMs)`
+    else return error
+    namedTimeouts.add(error)
+    const before = `${error.name}: ${error.message}`
+    error.message = `Service "${this.name}": ${what}`
+    // The stack's first line was written from the old message.
+    if (error.stack?.startsWith(before))
+      error.stack = `${error.name}: ${error.message}${error.stack.slice(before.length)}`
+    return error
   }
 
   async #linkedAttempt<T>(
@@ -804,6 +830,9 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     await this.dispatcher.destroy()
   }
 }
+
+// TimeoutErrors whose message already names the service's limit.
+const namedTimeouts = new WeakSet<TimeoutError>()
 
 type TimeoutName =
   | 'connectTimeoutMs'
