@@ -39,7 +39,10 @@ export interface PostgresDriverOptions {
   readonly statementTimeoutMs?: number
   /**
    * The server ends a session that sits idle inside an open transaction this long
-   * (`idle_in_transaction_session_timeout`), releasing its locks; 0 means no limit.
+   * (`idle_in_transaction_session_timeout`), releasing its locks; 0 means no limit. The
+   * transaction's next statement (or its COMMIT) then fails with pg's "not queryable" error,
+   * whose `cause` is the server's (code `25P03`, "terminating connection due to
+   * idle-in-transaction timeout"), which a network failure's is not.
    * @default 0
    */
   readonly idleInTransactionTimeoutMs?: number
@@ -684,11 +687,16 @@ export class PostgresDriver implements SqlDriver {
     if (this.#closed) throw new StoreClosedError('postgres')
     const pooled = await this.#checkout()
     // The pool listens for errors on idle connections only. A connection lost while this
-    // transaction holds it but runs no statement (a server restart, pg_terminate_backend) would
-    // otherwise be an 'error' event nobody handles, which crashes the process; with this
-    // listener the next statement or COMMIT fails with the connection error instead.
-    const ignoreLost = (): void => {}
-    pooled.on('error', ignoreLost)
+    // transaction holds it but runs no statement (a server restart, pg_terminate_backend, the
+    // server's idle_in_transaction_session_timeout) would otherwise be an 'error' event nobody
+    // handles, which crashes the process. With this listener the next statement or COMMIT fails
+    // instead, with pg's bare "not queryable" error (no code): the error kept here becomes its
+    // cause, so the caller can tell a configured timeout (25P03) from a network failure.
+    let lost: Error | undefined
+    const keepLost = (error: Error): void => {
+      lost ??= error
+    }
+    pooled.on('error', keepLost)
     // A statement prepared on this connection before a schema change elsewhere (a column added
     // to a table it reads with `*`) fails with "cached plan must not change result type", and
     // does so for as long as the connection lives: such a connection is destroyed, not returned
@@ -698,10 +706,13 @@ export class PostgresDriver implements SqlDriver {
       query: (config: PgQueryConfig | string): Promise<PgResult> =>
         pooled.query(config).catch((error: unknown) => {
           if (isOutdatedPlan(error)) outdated = asError(error)
+          if (lost !== undefined && error !== lost && error instanceof Error) {
+            error.cause ??= lost
+          }
           throw error
         }),
       release(error?: Error): void {
-        pooled.removeListener('error', ignoreLost)
+        pooled.removeListener('error', keepLost)
         pooled.release(error ?? outdated)
       },
     }
