@@ -151,7 +151,8 @@ const loadNats = lazyDriver('nats', () => import('nats'))
  * every request, which about halves publish throughput. Connections do not reconnect by
  * themselves: a publisher reconnects on its next `publish()` (so failures surface at once as
  * `BROKER_UNAVAILABLE` and the caller's retry policy decides), a subscription reconnects with
- * backoff.
+ * backoff. `close()` drains each connection for at most `connectTimeoutMs`, then closes it: a
+ * server that keeps the connection open but stopped answering cannot hold it.
  *
  * Per-key order survives a lost connection: when JetStream counts more deliveries as
  * unacknowledged than the reconnected subscription knows of (they were in flight when the
@@ -467,6 +468,28 @@ function natsError(error: unknown, context: string): BrokerError {
  * unroutable topic, which a relay retries for good. No retry enables JetStream: it is refused
  * as BROKER_MISCONFIGURED, saying so.
  */
+/**
+ * Drains `nc` (pending publishes flushed, subscriptions ended) for at most `connectTimeoutMs`
+ * on the adapter's clock, then closes it. nats.js's drain waits for the server's answer to a
+ * flush, so a server that keeps the connection open but stops answering (frozen, a partition
+ * the kernel does not see) held close() for minutes, as long as the driver's own pings allow.
+ * Closing does not wait for the server: it ends the socket.
+ */
+async function drainAndClose(nc: NatsConnection, options: ResolvedNatsOptions): Promise<void> {
+  if (!nc.isClosed()) {
+    await within(
+      nc.drain(),
+      options.clock,
+      options.connectTimeoutMs,
+      () => new Error('drain timed out'),
+    ).catch(
+      // Whatever the drain did not finish, the close below ends.
+      () => {},
+    )
+  }
+  await nc.close().catch(() => {})
+}
+
 async function jetStreamManager(nc: NatsConnection): Promise<JetStreamManager> {
   try {
     return await nc.jetstreamManager()
@@ -666,7 +689,7 @@ class NatsPublisher implements Publisher {
     if (connection === undefined) return
     const inbox = await connection.catch(() => undefined)
     const nc = inbox?.nc
-    if (nc !== undefined && !nc.isClosed()) await nc.drain().catch(() => nc.close())
+    if (nc !== undefined) await drainAndClose(nc, this.#options)
   }
 
   #connect(): Promise<AckInbox> {
@@ -1179,8 +1202,7 @@ class NatsSubscriber implements Subscriber {
           for (const delivery of dispatcher.abandon((d) => d.session === session)) {
             if (!owe(delivery.raw, NAK_BODY)) delivery.raw.nak()
           }
-          if (!nc.isClosed()) await nc.drain().catch(() => nc.close())
-          else await nc.close().catch(() => {})
+          await drainAndClose(nc, options)
         })()
         return closing
       },

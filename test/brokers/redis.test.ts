@@ -5,7 +5,12 @@ import { ManualClock } from '../../src/testing/index.js'
 import { brokerUrl, startPrivateBroker, stopOwnBrokers } from '../support/brokers.js'
 import { until } from '../support/until.js'
 import { describeBrokerConformance, makeBatch, Received, unique } from './conformance.js'
-import { expectBrokerError, publishAndSubscribeFailures, rejectionOf } from './support.js'
+import {
+  driveUntil,
+  expectBrokerError,
+  publishAndSubscribeFailures,
+  rejectionOf,
+} from './support.js'
 import { testBroker } from './targets.js'
 
 // Only stops a server this file started itself (when no global setup provided one).
@@ -26,20 +31,6 @@ async function drive<T>(clock: ManualClock, work: Promise<T>): Promise<T> {
     else await new Promise((resolve) => setTimeout(resolve, 1))
   }
   return result
-}
-
-/**
- * Advances the clock to each pending timer, letting real I/O run between, until `done()`. Gives
- * up after 30 s of real time so a hang fails the test with `what` instead of its timeout.
- */
-async function driveUntil(clock: ManualClock, done: () => boolean, what: string): Promise<void> {
-  const deadline = Date.now() + 30_000
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`still waiting for ${what}`)
-    const next = clock.nextTimerAt()
-    if (next !== undefined) await clock.advance(next - clock.now())
-    await new Promise((resolve) => setTimeout(resolve, 1))
-  }
 }
 
 describe('redis specifics', () => {

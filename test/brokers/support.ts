@@ -8,6 +8,7 @@ import {
 } from '../../src/brokers/index.js'
 import type { ErrorCode } from '../../src/core/error-codes.js'
 import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
+import type { ManualClock } from '../../src/testing/index.js'
 import { makeBatch, Received, unique } from './conformance.js'
 
 /**
@@ -98,4 +99,22 @@ export const createWithTls = {
     createRabbitMqBroker({ url: 'amqps://127.0.0.1:5671', tls, ...extra } as Parameters<
       typeof createRabbitMqBroker
     >[0]),
+}
+
+/**
+ * Advances the clock to each pending timer, letting real I/O run between, until `done()`. Gives
+ * up after 30 s of real time so a hang fails the test with `what` instead of its timeout.
+ */
+export async function driveUntil(
+  clock: ManualClock,
+  done: () => boolean,
+  what: string,
+): Promise<void> {
+  const deadline = Date.now() + 30_000
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`still waiting for ${what}`)
+    const next = clock.nextTimerAt()
+    if (next !== undefined) await clock.advance(next - clock.now())
+    await new Promise((resolve) => setTimeout(resolve, 1))
+  }
 }
