@@ -27,6 +27,8 @@ export const errorCodes = {
     'An idempotency key was reused for a different request (method, route or body).',
   IDEMPOTENCY_BODY_UNAVAILABLE:
     'An idempotency adapter was given a request whose body an earlier layer had already read without leaving it in req.body, so the body cannot be fingerprinted.',
+  IDEMPOTENCY_RESPONSE_UNSUPPORTED:
+    "A keyed request's handler answered in a way its idempotency adapter cannot record and replay (rule 'trailers': node:http or Express trailers; rule 'raw-reply': Fastify reply.raw or reply.hijack()); rolled back, the key released, answered 500.",
   IDEMPOTENCY_IN_PROGRESS:
     'Another request or call holds the idempotency key and has not finished.',
   DRIVER_MISSING:

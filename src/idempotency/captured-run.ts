@@ -1,6 +1,6 @@
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { Idempotency, IdempotentExecution } from './core.js'
-import type { IdempotencyInProgressError } from './errors.js'
+import type { IdempotencyInProgressError, IdempotencyResponseUnsupportedError } from './errors.js'
 import { isLostLease, leaseLostAnswer } from './lease-lost.js'
 import {
   abandonCapturedResponse,
@@ -63,7 +63,9 @@ export class CapturedRun {
    */
   start(run: () => void | Promise<void>): void {
     this.#earlier = earlierHeaders(this.#res)
-    this.#capture = captureNodeResponse(this.#res, (response) => this.#captured(response))
+    this.#capture = captureNodeResponse(this.#res, (response, unsupported) =>
+      this.#captured(response, unsupported),
+    )
     this.#execution.onLeaseLost((error) => this.#leaseLost(error))
     // The lease ran out before the handler could even start: answered already.
     if (this.#ended) return
@@ -81,9 +83,21 @@ export class CapturedRun {
 
   // The handler ended its response: record it, then send what complete() returns (the response
   // itself, which holds the earlier layers' headers, or the lease-lost 409 in its place). The
-  // store failing (the key is then released) rejects: nothing was sent yet.
-  #captured(response: IdempotencyResponse): void {
+  // store failing (the key is then released) rejects: nothing was sent yet. A response that
+  // cannot be sent as recorded (trailers) is refused before the commit: once committed, a
+  // failure to write it would answer 500 a result the retry replays.
+  #captured(
+    response: IdempotencyResponse,
+    unsupported: IdempotencyResponseUnsupportedError | undefined,
+  ): void {
     this.#ended = true
+    if (unsupported !== undefined) {
+      this.#execution.abort().then(
+        () => this.#internalError(unsupported),
+        (abortError: unknown) => this.#internalError(abortError),
+      )
+      return
+    }
     this.#execution.complete(response).then(
       (final) => this.#send(final, final === response ? undefined : this.#earlier),
       (error: unknown) => this.#internalError(error),

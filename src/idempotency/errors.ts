@@ -114,6 +114,40 @@ export class IdempotencyBodyUnavailableError extends BreakwaterError {
   }
 }
 
+/**
+ * Which rule an {@link IdempotencyResponseUnsupportedError} names: `trailers`, a node:http or
+ * Express response that declares a `Trailer` header or calls `res.addTrailers()`; `raw-reply`,
+ * a Fastify handler that writes to `reply.raw` or calls `reply.hijack()`.
+ */
+export type UnsupportedResponseRule = 'trailers' | 'raw-reply'
+
+const unsupportedMessages: Record<UnsupportedResponseRule, string> = {
+  trailers:
+    'Trailers are not supported under idempotency: a recorded response is sent whole, with a Content-Length; drop the Trailer header and res.addTrailers()',
+  'raw-reply':
+    'reply.raw and reply.hijack() bypass idempotency: answer with reply.send (or return the payload)',
+}
+
+/**
+ * A keyed request's handler answered in a way its adapter cannot record and replay (code
+ * `IDEMPOTENCY_RESPONSE_UNSUPPORTED`, HTTP 500); `rule` says which. Raised before anything is
+ * committed or sent: `ctx.tx` is rolled back, the key released, and the client answered 500, so
+ * a success never goes out with its writes rolled back, nor a 500 with them committed. A
+ * server bug (the handler must answer another way), so it is not among the errors answered as
+ * problem+json to the client.
+ */
+export class IdempotencyResponseUnsupportedError extends BreakwaterError {
+  /** The HTTP status the adapter answers with. */
+  readonly status = 500
+  /** The rule the handler's response broke. */
+  readonly rule: UnsupportedResponseRule
+
+  constructor(rule: UnsupportedResponseRule) {
+    super('IDEMPOTENCY_RESPONSE_UNSUPPORTED', unsupportedMessages[rule])
+    this.rule = rule
+  }
+}
+
 /** Any of the errors above: the ones the middleware turns into problem+json responses. */
 export type IdempotencyError =
   | IdempotencyKeyMissingError

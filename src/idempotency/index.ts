@@ -14,13 +14,19 @@ export type {
   RunOptions,
 } from './core.js'
 export { createIdempotency, defaultReplayHeaders, replayedHeader } from './core.js'
-export type { IdempotencyError, IdempotencyKeyRule, InProgressReason } from './errors.js'
+export type {
+  IdempotencyError,
+  IdempotencyKeyRule,
+  InProgressReason,
+  UnsupportedResponseRule,
+} from './errors.js'
 export {
   IdempotencyBodyUnavailableError,
   IdempotencyInProgressError,
   IdempotencyKeyInvalidError,
   IdempotencyKeyMissingError,
   IdempotencyMismatchError,
+  IdempotencyResponseUnsupportedError,
 } from './errors.js'
 export type { IdempotencyEvents } from './events.js'
 export { idempotencyChannelNames } from './events.js'

@@ -1,6 +1,11 @@
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import {
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type ServerResponse,
+  STATUS_CODES,
+} from 'node:http'
 import { AbortedError } from '../core/errors.js'
-import { IdempotencyBodyUnavailableError } from './errors.js'
+import { IdempotencyBodyUnavailableError, IdempotencyResponseUnsupportedError } from './errors.js'
 import { answerOrDestroy } from './lease-lost.js'
 import { genericProblem } from './problem.js'
 import type { IdempotencyRequest, IdempotencyResponse } from './types.js'
@@ -296,6 +301,12 @@ function writeWhole(
   // A 1xx, 204 or 304 has no body, and RFC 9110 forbids Content-Length on 1xx and 204 (on a
   // 304 it would have to be the 200's length): node sends whatever header it is given.
   if (hasBody(response.status)) headers['content-length'] = String(response.body.byteLength)
+  // A reason phrase the handler set belongs to its own status; with another (the 500 or 409
+  // that replaces its response) it would go out as "500 Created", and one node refuses would
+  // make this writeHead throw, leaving the client without any answer.
+  if (response.status !== res.statusCode || !validStatusMessage(res.statusMessage)) {
+    res.statusMessage = STATUS_CODES[response.status] ?? 'unknown'
+  }
   res.writeHead(response.status, headers)
   res.end(response.body)
 }
@@ -340,6 +351,19 @@ function chunkToBuffer(chunk: unknown, encoding: unknown): Buffer {
   throw invalidChunk(chunk)
 }
 
+// node's check of a reason phrase (ERR_INVALID_CHAR), which its writeHead throws.
+function validStatusMessage(message: string | undefined): boolean {
+  return message === undefined || !/[^\t\x20-\x7e\x80-\xff]/.test(message)
+}
+
+function checkStatusMessage(message: string | undefined): void {
+  if (!validStatusMessage(message)) {
+    throw Object.assign(new TypeError('Invalid character in statusMessage'), {
+      code: 'ERR_INVALID_CHAR',
+    })
+  }
+}
+
 function invalidChunk(chunk: unknown): TypeError {
   if (chunk === null) {
     return Object.assign(new TypeError('May not write null values to stream'), {
@@ -363,13 +387,26 @@ function invalidChunk(chunk: unknown): TypeError {
 // What a capture keeps while the handler writes: on the response itself (under a symbol), so
 // that the replacement methods are the same three functions for every response.
 interface Capture {
-  readonly original: Pick<ServerResponse, 'writeHead' | 'write' | 'end'>
+  readonly original: Pick<ServerResponse, 'writeHead' | 'write' | 'end' | 'addTrailers'>
   /** A capture of the same response by an outer layer, in effect again after this one. */
   readonly previous: Capture | undefined
-  readonly onEnd: (response: IdempotencyResponse) => void
+  readonly onEnd: CapturedEnd
   readonly chunks: Buffer[]
   ended: boolean
+  /** Whether the handler called addTrailers (which the capture keeps from node: see onEnd). */
+  trailers: boolean
 }
+
+/**
+ * What a capture calls when the handler ends its response: with the response, or, instead,
+ * with the error its response cannot be recorded for (trailers: a recorded response is sent
+ * whole, with a Content-Length, and node's writeHead throws ERR_HTTP_TRAILER_INVALID for a
+ * `Trailer` header beside one, which, only after the commit, answered 500 a result committed).
+ */
+export type CapturedEnd = (
+  response: IdempotencyResponse,
+  unsupported: IdempotencyResponseUnsupportedError | undefined,
+) => void
 
 const captureState = Symbol('breakwater.idempotency.capture')
 
@@ -380,6 +417,7 @@ function capturedWriteHead(this: CapturedResponse, status: number, ...rest: unkn
   this.statusCode = status
   let headers = rest[0]
   if (typeof headers === 'string') {
+    checkStatusMessage(headers)
     this.statusMessage = headers
     headers = rest[1]
   }
@@ -427,6 +465,9 @@ function capturedEnd(
 ): CapturedResponse {
   const capture = this[captureState]
   if (capture === undefined || capture.ended) return this
+  // Checked where node's end checks it (its implicit writeHead), not when the recorded response
+  // is written after the commit: that threw, and left the client without any answer.
+  checkStatusMessage(this.statusMessage)
   // As node's end: a falsy chunk (or a callback in its place) is no data.
   if (chunk && typeof chunk !== 'function') capture.chunks.push(chunkToBuffer(chunk, encoding))
   capture.ended = true
@@ -451,8 +492,20 @@ function capturedEnd(
   // headers sent) writes after end() must neither reach the client before nor instead of the
   // response that was recorded.
   // A copy: a chunk may be a view of the handler's own buffer, which it is free to reuse.
-  capture.onEnd({ status: this.statusCode, headers, body: Buffer.concat(capture.chunks) })
+  capture.onEnd(
+    { status: this.statusCode, headers, body: Buffer.concat(capture.chunks) },
+    capture.trailers || headers.trailer !== undefined
+      ? new IdempotencyResponseUnsupportedError('trailers')
+      : undefined,
+  )
   return this
+}
+
+// Noted rather than passed on: node would send the trailers with the captured response's
+// writeHead only if it were chunked, and the handler's response is refused (see CapturedEnd).
+function capturedAddTrailers(this: CapturedResponse): void {
+  const capture = this[captureState]
+  if (capture !== undefined && !capture.ended) capture.trailers = true
 }
 
 // Puts back what `capture` replaced, once, if it is still the response's current capture.
@@ -462,6 +515,7 @@ function restoreCaptured(res: CapturedResponse, capture: Capture): void {
   res.writeHead = capture.original.writeHead
   res.write = capture.original.write
   res.end = capture.original.end
+  res.addTrailers = capture.original.addTrailers
 }
 
 /**
@@ -475,17 +529,20 @@ function restoreCaptured(res: CapturedResponse, capture: Capture): void {
  * closures measurably slowed every keyed request (more allocation, and young objects kept
  * alive long enough to be promoted).
  */
-export function captureNodeResponse(
-  res: ServerResponse,
-  onEnd: (response: IdempotencyResponse) => void,
-): { restore(): void } {
+export function captureNodeResponse(res: ServerResponse, onEnd: CapturedEnd): { restore(): void } {
   const target = res as CapturedResponse
   const capture: Capture = {
-    original: { writeHead: res.writeHead, write: res.write, end: res.end },
+    original: {
+      writeHead: res.writeHead,
+      write: res.write,
+      end: res.end,
+      addTrailers: res.addTrailers,
+    },
     previous: target[captureState],
     onEnd,
     chunks: [],
     ended: false,
+    trailers: false,
   }
   installCapture(target, capture)
   return new CaptureHandle(target, capture)
@@ -497,6 +554,7 @@ function installCapture(res: CapturedResponse, capture: Capture): void {
   res.writeHead = capturedWriteHead as typeof res.writeHead
   res.write = capturedWrite as typeof res.write
   res.end = capturedEnd as typeof res.end
+  res.addTrailers = capturedAddTrailers
 }
 
 /**
