@@ -886,14 +886,10 @@ class OutboxRelay implements Relay {
       this.#scheduleRetention()
       if (this.#pruning !== undefined) return
       // stop() (and a crash) aborts the signal: no batch starts after it. The run yields to
-      // the event loop between batches: on SQLite a batch resolves without I/O, and a long run
-      // would otherwise hold up the relay's reads, marks and lease renewals until it ended.
-      this.#pruning = prunePublished(
-        this.#db,
-        this.#retention!,
-        this.#stop.signal,
-        yieldToEventLoop,
-      )
+      // the event loop between batches (removeInBatches does, src/stores/batches.ts): on SQLite
+      // a batch resolves without I/O, and a long run would otherwise hold up the relay's reads,
+      // marks and lease renewals until it ended.
+      this.#pruning = prunePublished(this.#db, this.#retention!, this.#stop.signal)
         .then((count) => {
           if (count > 0 && this.#state !== 'crashed') this.#emit({ type: 'pruned', count })
         })

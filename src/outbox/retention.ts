@@ -88,23 +88,19 @@ export function resolvePruneOptions(prefix: string, options: PruneOutboxOptions)
 
 /**
  * Runs one prune pass with settings already validated; returns the rows removed. Once `signal`
- * is aborted no further batch starts (the one under way finishes). `between`, if given, is
- * awaited before every batch but the first (the relay yields to the event loop there).
+ * is aborted no further batch starts (the one under way finishes). The event loop turns between
+ * batches (removeInBatches).
  */
 export async function prunePublished(
   db: SqlDriver,
   settings: PruneSettings,
   signal?: AbortSignal,
-  between?: () => Promise<void>,
 ): Promise<number> {
   const sql = outboxStatements[db.dialect]
   // Fixed for the pass: rows published after it started are never due in it, so even a pass
   // without a batch budget ends.
   const cutoff = Math.floor(settings.clock.now() - settings.olderThanMs)
-  let first = true
   return removeInBatches(settings.batchSize, settings.maxBatches, async () => {
-    if (!first) await between?.()
-    first = false
     // A short count ends the pass.
     if (signal?.aborted === true) return 0
     if (!settings.archive) {

@@ -35,6 +35,10 @@ export interface SqlTransaction extends SqlExecutor {
   /**
    * Runs `fn` inside a savepoint of this transaction: the savepoint is released when `fn`
    * resolves and rolled back (leaving the outer transaction open and usable) when it throws.
+   * On PostgreSQL, a statement that failed inside `fn` whose error `fn` caught has aborted the
+   * savepoint: it is rolled back all the same, and this rejects with `TRANSACTION_MISUSE` (the
+   * outer transaction goes on). On SQLite such a statement undoes only itself, as in the outer
+   * transaction, and the savepoint is released with its other writes.
    * Savepoints nest; they cannot overlap: a second savepoint of the same `tx` started while one
    * runs is refused with `TRANSACTION_MISUSE`. While `fn` runs (from `SAVEPOINT` to `RELEASE`),
    * the outer `tx` refuses its own statements and `finish` with `TRANSACTION_MISUSE` too: sent
