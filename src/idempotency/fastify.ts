@@ -3,7 +3,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
-import { IdempotencyInProgressError } from './errors.js'
+import { IdempotencyInProgressError, IdempotencyResponseUnsupportedError } from './errors.js'
 import { parsedBodyBytes } from './fingerprint.js'
 import { answerOrDestroy, leaseLostAnswer, readBodyWithinLease } from './lease-lost.js'
 import { disconnectSignal, nodeHeaderRepeated } from './node-response.js'
@@ -29,6 +29,8 @@ export interface FastifyLikeReply {
   getHeaders(): Record<string, unknown>
   removeHeader(name: string): unknown
   send(payload?: unknown): unknown
+  /** Fastify's; refused while a keyed handler runs (see guardRawReply). */
+  hijack?(): unknown
 }
 
 /** The parts of a Fastify instance the plugin uses. */
@@ -98,6 +100,72 @@ type TrackedReply = FastifyLikeReply & {
   readonly request: FastifyLikeRequest
   status?: FastifyLikeReply['code']
   [untracked: symbol]: FastifyLikeReply['send'] | FastifyLikeReply['code'] | undefined
+}
+
+// A keyed handler's writes to reply.raw and its reply.hijack() are refused while it runs (until
+// it calls reply.send): its response would go out past the plugin's onSend, unrecorded, while
+// onResponse rolls ctx.tx back, and the retry would run it again. Refused by a throw at the call,
+// before any byte leaves, which fails the handler: Fastify's error handling answers (500), the
+// key is released and ctx.tx rolled back. Once the handler sent, Fastify writes reply.raw itself.
+const rawGuard = Symbol('breakwater.idempotency.raw')
+const guardedRawMethods = ['writeHead', 'write', 'end', 'flushHeaders'] as const
+type GuardedRawMethod = (typeof guardedRawMethods)[number]
+
+interface RawGuard {
+  readonly request: FastifyLikeRequest
+  readonly states: WeakMap<FastifyLikeRequest, RequestState>
+  readonly original: Pick<ServerResponse, GuardedRawMethod>
+  readonly hijack: (() => unknown) | undefined
+}
+
+type GuardedRaw = ServerResponse & { [rawGuard]?: RawGuard }
+
+function refusesRaw(guard: RawGuard | undefined): boolean {
+  const state = guard?.states.get(guard.request)
+  return state?.kind === 'executing' && !state.sending
+}
+
+// One function per method for all replies (no closure per request): each finds its guard on
+// the raw response.
+const guardedRaw = Object.fromEntries(
+  guardedRawMethods.map((name) => [
+    name,
+    function (this: GuardedRaw, ...args: unknown[]) {
+      const guard = this[rawGuard]
+      if (refusesRaw(guard)) throw new IdempotencyResponseUnsupportedError('raw-reply')
+      return (guard!.original[name] as (...a: unknown[]) => unknown).apply(this, args)
+    },
+  ]),
+) as unknown as Pick<ServerResponse, GuardedRawMethod>
+
+function guardedHijack(this: FastifyLikeReply): unknown {
+  const guard = (this.raw as GuardedRaw)[rawGuard]
+  if (refusesRaw(guard)) throw new IdempotencyResponseUnsupportedError('raw-reply')
+  return guard!.hijack!.call(this)
+}
+
+/** Refuses the handler's writes to `reply.raw` and `reply.hijack()` while it runs. */
+function guardRawReply(
+  request: FastifyLikeRequest,
+  reply: FastifyLikeReply,
+  states: WeakMap<FastifyLikeRequest, RequestState>,
+): void {
+  const raw = reply.raw as GuardedRaw
+  // A second plugin on the route: the first one's guard covers the same time.
+  if (raw[rawGuard] !== undefined) return
+  raw[rawGuard] = {
+    request,
+    states,
+    original: {
+      writeHead: raw.writeHead,
+      write: raw.write,
+      end: raw.end,
+      flushHeaders: raw.flushHeaders,
+    },
+    hijack: reply.hijack,
+  }
+  Object.assign(raw, guardedRaw)
+  if (reply.hijack !== undefined) reply.hijack = guardedHijack
 }
 
 /** Sends on a reply with the send() it had before the plugin (`untracked`) tracked it. */
@@ -318,12 +386,15 @@ function setReply(
  * the handler); an `onSend` hook records the serialized response (errors rendered by Fastify
  * included, so a 5xx releases the key) before it is sent. The fingerprint hashes the canonical
  * JSON of the parsed body (a string from a text parser as its text; see `parsedBodyBytes`).
- * Handlers find the context with `idempotencyContextOf(request)`.
+ * Handlers find the context with `idempotencyContextOf(request)`. A keyed handler answers through
+ * the reply: until it sends, writes to `reply.raw` and `reply.hijack()` throw
+ * `IdempotencyResponseUnsupportedError` (`rule: 'raw-reply'`), as such a response would go out
+ * unrecorded with `ctx.tx` rolled back.
  *
  * A handler must send its reply within the lease (`leaseMs`). If the lease runs out first (or
  * while a streamed payload is still being read), `ctx.tx` is rolled back and the client is
  * answered at once with the 409 problem (`reason: 'lease-lost'`, with `Retry-After`), or its
- * connection is destroyed if the handler wrote its head to `reply.raw` or hijacked the reply;
+ * connection is destroyed if the handler's head went out past the plugin;
  * the key stays in progress, expired, for the client's retry to take over. What the stale
  * handler sends later, Fastify drops (and logs); its changes to the reply's status, headers and
  * trailers are dropped, so the 409 goes out as the plugin built it.
@@ -477,6 +548,7 @@ export function fastifyIdempotency(
     tracked[untrackedCode] = reply.code
     tracked.code = trackedCode
     tracked.status = trackedCode
+    guardRawReply(request, reply, states)
     attachContext(request, execution.context)
     let answered: Promise<void> | undefined
     execution.onLeaseLost((error) => {

@@ -44,8 +44,9 @@ interface Adapter {
 
 // Sends the head on the socket as a layer holding node's own writeHead would.
 function sendHeadPast(res: ServerResponse): Promise<never> {
+  // Through the prototype: the adapters refuse (Fastify) or capture these on the response.
   ServerResponse.prototype.writeHead.call(res, 200, { 'content-type': 'text/plain' })
-  res.flushHeaders()
+  ServerResponse.prototype.flushHeaders.call(res)
   return new Promise<never>(() => {})
 }
 
