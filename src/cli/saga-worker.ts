@@ -50,8 +50,8 @@ finishes the step it is running and is given back for another worker, and the pr
 Logs JSON lines to stdout. Run \`breakwater migrate --db <url>\` first.
 
 options:
-  --module <file>            an ES module (or CommonJS) that exports \`sagas\`, the definitions
-                             to run (defineSaga), as an array (or as its default export)
+  --module <file>            an ES module that exports \`sagas\`, the definitions to run
+                             (defineSaga), as an array (or as its default export)
   --db <url>                 sqlite:<file> or postgres://user@host/db (default ${defaultDb})
   --metrics-port <n>         serve Prometheus /metrics and /healthz on this port (0: any free
                              port, logged at start; default: no server)
