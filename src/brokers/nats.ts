@@ -136,7 +136,49 @@ export const natsOptions = optionKeys<NatsBrokerOptions>({
 /** The keys NatsStreamSpec takes (internal: not exported from the package root). */
 export const streamSpecKeys = optionKeys<NatsStreamSpec>({ name: true, subjects: true })
 
-const loadNats = lazyDriver('nats', () => import('nats'))
+const loadNats = lazyDriver('nats', async () => {
+  const nats = await import('nats')
+  await closeUnconnectedTransports()
+  return nats
+})
+
+const patched = Symbol.for('breakwater.nats.closeUnconnected')
+
+/**
+ * Makes nats.js's Node transport close its socket when it is closed before it connected. A
+ * connect that times out while the server has accepted the TCP connection but not sent its
+ * INFO line (a hung server, another program on the port) closes the transport, and the
+ * transport's close() returns at once when it never connected, so the socket stayed open for
+ * good: one per attempt of a publisher or subscription retrying against such a peer. The
+ * socket is not reachable otherwise (the driver drops the transport with the failed connect),
+ * and diagnostics_channel could only tell which socket is whose with an AsyncLocalStorage,
+ * which turns on promise hooks for the whole process. Patched once per process, only in that
+ * case (a connected transport's close is unchanged), so any other user of nats.js in the
+ * process gets the same fix; skipped if a future nats.js has no such transport.
+ */
+async function closeUnconnectedTransports(): Promise<void> {
+  let transport: typeof import('nats/lib/src/node_transport.js').NodeTransport
+  try {
+    transport = (await import('nats/lib/src/node_transport.js')).NodeTransport
+  } catch {
+    return
+  }
+  const proto = transport?.prototype as (NodeTransportShape & { [patched]?: true }) | undefined
+  if (proto === undefined || typeof proto.close !== 'function' || proto[patched]) return
+  const close = proto.close
+  proto.close = function (this: NodeTransportShape, error?: Error): Promise<void> {
+    if (!this.connected) this.socket?.destroy()
+    return close.call(this, error)
+  }
+  proto[patched] = true
+}
+
+/** What {@link closeUnconnectedTransports} uses of nats.js's NodeTransport. */
+interface NodeTransportShape {
+  connected: boolean
+  socket?: { destroy(): void }
+  close(error?: Error): Promise<void>
+}
 
 /**
  * A NATS JetStream publisher and subscriber.
@@ -152,7 +194,8 @@ const loadNats = lazyDriver('nats', () => import('nats'))
  * themselves: a publisher reconnects on its next `publish()` (so failures surface at once as
  * `BROKER_UNAVAILABLE` and the caller's retry policy decides), a subscription reconnects with
  * backoff. `close()` drains each connection for at most `connectTimeoutMs`, then closes it: a
- * server that keeps the connection open but stopped answering cannot hold it.
+ * server that keeps the connection open but stopped answering cannot hold it. A connect that
+ * times out closes its socket, also one the peer accepted and never answered.
  *
  * Per-key order survives a lost connection: when JetStream counts more deliveries as
  * unacknowledged than the reconnected subscription knows of (they were in flight when the
@@ -462,13 +505,6 @@ function natsError(error: unknown, context: string): BrokerError {
 }
 
 /**
- * The connection's JetStream API. The driver asks the server for the account's JetStream
- * info first; a server without JetStream (started without `-js` or a `jetstream` block, or an
- * account without it) has no responder there, and its 503 "no responders" would read as an
- * unroutable topic, which a relay retries for good. No retry enables JetStream: it is refused
- * as BROKER_MISCONFIGURED, saying so.
- */
-/**
  * Drains `nc` (pending publishes flushed, subscriptions ended) for at most `connectTimeoutMs`
  * on the adapter's clock, then closes it. nats.js's drain waits for the server's answer to a
  * flush, so a server that keeps the connection open but stops answering (frozen, a partition
@@ -490,6 +526,13 @@ async function drainAndClose(nc: NatsConnection, options: ResolvedNatsOptions): 
   await nc.close().catch(() => {})
 }
 
+/**
+ * The connection's JetStream API. The driver asks the server for the account's JetStream
+ * info first; a server without JetStream (started without `-js` or a `jetstream` block, or an
+ * account without it) has no responder there, and its 503 "no responders" would read as an
+ * unroutable topic, which a relay retries for good. No retry enables JetStream: it is refused
+ * as BROKER_MISCONFIGURED, saying so.
+ */
 async function jetStreamManager(nc: NatsConnection): Promise<JetStreamManager> {
   try {
     return await nc.jetstreamManager()
