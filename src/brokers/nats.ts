@@ -460,7 +460,7 @@ export function natsInfoStartsTls(greeting: string): boolean {
 
 /**
  * JetStream API errors that refuse the message itself, so every attempt of it fails alike: its
- * size, or a `Nats-*` header JetStream acts on (an expectation the stream does not meet, a
+ * size, its headers' size (over 64 KiB), or a `Nats-*` header JetStream acts on (an expectation the stream does not meet, a
  * rollup the stream does not allow). Read as an outage they would be retried for ever.
  */
 const messageRefusals = new Set([
@@ -468,6 +468,7 @@ const messageRefusals = new Set([
   10060, // Nats-Expected-Stream: expected stream does not match
   10070, // Nats-Expected-Last-Msg-Id: wrong last msg ID
   10071, // Nats-Expected-Last-(Subject-)Sequence: wrong last sequence
+  10097, // header size exceeds maximum allowed of 64k
   10111, // Nats-Rollup: rollup not permitted
 ])
 
