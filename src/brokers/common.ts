@@ -344,7 +344,7 @@ export function checkSubscribeArgs(topic: unknown, group: unknown, handler: unkn
  * whole batch at once with `BROKER_REJECTED` (not retryable) naming `messages[i]` and the field,
  * instead of a driver's TypeError read as an outage (retried for ever) or text arriving
  * changed: id, topic and key are strings, headers a record of strings, the payload a string or
- * bytes, and no text holds half of a surrogate pair (it has no UTF-8 form and would be sent as
+ * bytes, the id is not empty, and no text holds half of a surrogate pair (it has no UTF-8 form and would be sent as
  * U+FFFD, so two different ids would arrive as one, and NATS would drop the second as a
  * duplicate), and no header is named {@link KEY_HEADER} (it would be overwritten with the key).
  * `extra` adds the adapter's own limits, returning what is wrong.
@@ -373,6 +373,10 @@ function outgoingProblem(message: OutgoingMessage): string | undefined {
     if (typeof value !== 'string') return `.${field} is not a string`
     if (hasLoneSurrogate(value)) return `.${field} ${loneSurrogate}`
   }
+  // The id is what a consumer's inbox dedupes on: RabbitMQ's subscriber would refuse a message
+  // without one, NATS and Redis deliver a substitute; the SQL queue refuses it as well.
+  if (message.id === '') return '.id is empty (an id is what consumers dedupe on)'
+
   const headers: unknown = message.headers
   if (typeof headers !== 'object' || headers === null || Array.isArray(headers)) {
     return '.headers is not a record of strings'
