@@ -162,7 +162,10 @@ export function storedTime(clock: Pick<Clock, 'now'>): number {
 /**
  * Waits for `work` but gives up after `timeoutMs` on `clock` (rejecting with what `onTimeout`
  * returns) or when `signal` aborts (rejecting with {@link AbortedError}). `work` keeps running;
- * callers treat its outcome as unknown (a broker's reply, a health check).
+ * callers treat its outcome as unknown (a broker's reply, a health check). The timer holds the
+ * process open while it waits (see {@link keepProcessAlive}): a caller blocked on a bounded wait
+ * (a saga worker's `stop({ timeoutMs })` whose step never settles) must be resumed when the
+ * bound runs out, not see the process end under it (exit code 13).
  */
 export function within<T>(
   work: Promise<T>,
@@ -185,6 +188,7 @@ export function within<T>(
       finish()
       reject(onTimeout())
     }, timeoutMs)
+    keepProcessAlive(timer)
     signal?.addEventListener('abort', onAbort, { once: true })
     work.then(
       (value) => {

@@ -3,7 +3,7 @@
 // a server's Retry-After that large would have turned "much later" into "now". Driven by
 // vitest's fake timers, which systemClock picks up because it reads the globals at call time.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import type { Clock, TimerHandle } from '../../src/core/clock.js'
+import { type Clock, type TimerHandle, within } from '../../src/core/clock.js'
 import { retry, sleep, systemClock, TimeoutError } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 
@@ -208,6 +208,28 @@ describe('which system-clock timers hold the process open', () => {
     stop.abort()
     await expect(run).rejects.toMatchObject({ code: 'ABORTED' })
     expect(cleared).toEqual(handles)
+  })
+
+  it('a bounded wait (within) does while it waits, and lets go once it settles', async () => {
+    // A saga worker's stop({ timeoutMs }) waits this way for steps that may never settle: with
+    // the timer unreferenced, a script awaiting the stop ended under it (exit code 13).
+    const before = heldTimers()
+    const stop = new AbortController()
+    const never = new Promise<never>(() => {})
+    const waited = within(never, systemClock, 60_000, () => new Error('gave up'), stop.signal)
+    expect(heldTimers()).toBe(before + 1)
+    stop.abort()
+    await expect(waited).rejects.toMatchObject({ code: 'ABORTED' })
+    expect(heldTimers()).toBe(before)
+    let settle: (value: string) => void = () => {}
+    const work = new Promise<string>((resolve) => {
+      settle = resolve
+    })
+    const done = within(work, systemClock, 60_000, () => new Error('gave up'))
+    expect(heldTimers()).toBe(before + 1)
+    settle('ok')
+    await expect(done).resolves.toBe('ok')
+    expect(heldTimers()).toBe(before)
   })
 
   it('a plain clock timer (a cooldown, an idle timer) does not', () => {
