@@ -19,6 +19,7 @@ import {
   payloadBuffer,
   type ResolvedCommonOptions,
   redactUrl,
+  repeatedQueryParameter,
   resolveCommonOptions,
   subscriptionDispatcher,
   throwIfAborted,
@@ -270,6 +271,16 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
         redactUrl(options.url),
       )
     }
+  }
+  // ioredis keeps a repeated parameter's last value (?db=3&db=4 is database 4), dropping the
+  // other without a word.
+  const repeated = repeatedQueryParameter(common.url)
+  if (repeated !== undefined) {
+    throw new InvalidOptionError(
+      'redis.url',
+      `a redis:// or rediss:// URL that sets "${repeated}" once, in its query`,
+      redactUrl(options.url),
+    )
   }
   // ioredis takes what the URL itself names and ignores the query's: one would be dropped.
   const url = common.url
