@@ -1,6 +1,6 @@
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { Idempotency, IdempotentExecution } from './core.js'
-import type { IdempotencyInProgressError, IdempotencyResponseUnsupportedError } from './errors.js'
+import type { IdempotencyInProgressError } from './errors.js'
 import { isLostLease, leaseLostAnswer } from './lease-lost.js'
 import {
   abandonCapturedResponse,
@@ -22,6 +22,13 @@ export interface CapturedRunOptions {
    * connection must not have been reused for another request (the client's retry) by then.
    */
   readonly closeOnLeaseLost: boolean
+  /**
+   * Whether a response whose status or headers changed after its first `res.write` fails the
+   * execution (see `CaptureOptions.fixedAtFirstWrite`): Express, whose error handling renders
+   * a handler's error on the response the handler already started.
+   * @default false
+   */
+  readonly fixedAtFirstWrite?: boolean
 }
 
 /**
@@ -63,8 +70,11 @@ export class CapturedRun {
    */
   start(run: () => void | Promise<void>): void {
     this.#earlier = earlierHeaders(this.#res)
-    this.#capture = captureNodeResponse(this.#res, (response, unsupported) =>
-      this.#captured(response, unsupported),
+    this.#capture = captureNodeResponse(
+      this.#res,
+      (response, unsupported) => this.#captured(response, unsupported),
+      // Its fixedAtFirstWrite is the capture's option (no object made per request for it).
+      this.#options,
     )
     this.#execution.onLeaseLost((error) => this.#leaseLost(error))
     // The lease ran out before the handler could even start: answered already.
@@ -85,11 +95,10 @@ export class CapturedRun {
   // itself, which holds the earlier layers' headers, or the lease-lost 409 in its place). The
   // store failing (the key is then released) rejects: nothing was sent yet. A response that
   // cannot be sent as recorded (trailers) is refused before the commit: once committed, a
-  // failure to write it would answer 500 a result the retry replays.
-  #captured(
-    response: IdempotencyResponse,
-    unsupported: IdempotencyResponseUnsupportedError | undefined,
-  ): void {
+  // failure to write it would answer 500 a result the retry replays. So is one no plain server
+  // could have sent (status or headers changed after the body started, with fixedAtFirstWrite):
+  // the handler failed after it started its body, answered as #failed answers a throw.
+  #captured(response: IdempotencyResponse, unsupported: Error | undefined): void {
     this.#ended = true
     if (unsupported !== undefined) {
       this.#execution.abort().then(

@@ -7,7 +7,7 @@ import {
   checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
-import { CapturedRun } from './captured-run.js'
+import { CapturedRun, type CapturedRunOptions } from './captured-run.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency } from './core.js'
 import { parsedBodyBytes } from './fingerprint.js'
@@ -77,7 +77,11 @@ export const expressOptions = optionKeys<ExpressIdempotencyOptions>({
  * such a request goes to `next()` with `IdempotencyBodyUnavailableError` and nothing runs.
  * Handlers find the context with `idempotencyContextOf(req)` or in
  * `res.locals.idempotency`; their response (`res.json`, `res.send`, errors rendered by Express)
- * is held back until it is recorded, then sent.
+ * is held back until it is recorded, then sent. Status and headers are fixed at the handler's
+ * first `res.write`, as node fixes them by sending them: a response whose status or headers
+ * changed after it (an error handler rendering a handler's error after a partial body) fails as
+ * a throw after a partial write does on node:http (500 problem, `ctx.tx` rolled back, key
+ * released, an `ERR_HTTP_HEADERS_SENT` error to `onError`).
  *
  * A handler must end its response within the lease (`leaseMs`). If the lease runs out first,
  * `ctx.tx` is rolled back and the client is answered at once with the 409 problem
@@ -116,6 +120,11 @@ export function expressIdempotency(
     options.onError === undefined
       ? (error: unknown) => console.error(error)
       : checkFunction<(error: unknown) => void>('onError', options.onError)
+  const runOptions: CapturedRunOptions = {
+    onError,
+    closeOnLeaseLost: true,
+    fixedAtFirstWrite: true,
+  }
 
   return async (req, res, next) => {
     if (!idempotency.appliesTo(req.method ?? 'GET')) {
@@ -166,7 +175,10 @@ export function expressIdempotency(
     // Express renders a handler's error through res.end too (status 500 by default), so the
     // captured response covers failures: a 5xx releases the key. The run sends what was
     // recorded, or a 500 (and onError) when the store fails: Express cannot render that error
-    // any more, the handler's response already went through res.end.
-    new CapturedRun(idempotency, execution, res, { onError, closeOnLeaseLost: true }).start(next)
+    // any more, the handler's response already went through res.end. A handler that throws
+    // after res.write is not seen here either: its error handler's response lands on the one
+    // the handler started, so status or headers changing after the first write fail the
+    // execution (fixedAtFirstWrite), as node:http's handler that throws after a partial write.
+    new CapturedRun(idempotency, execution, res, runOptions).start(next)
   }
 }

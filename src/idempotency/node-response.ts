@@ -395,18 +395,40 @@ interface Capture {
   ended: boolean
   /** Whether the handler called addTrailers (which the capture keeps from node: see onEnd). */
   trailers: boolean
+  /**
+   * Whether status and headers are fixed once the body starts, as node fixes them when it sends
+   * them with the first chunk (see {@link CaptureOptions}); `written` is what they were then.
+   */
+  readonly fixedAtFirstWrite: boolean
+  written:
+    | { readonly status: number; readonly headers: Record<string, string | string[]> }
+    | undefined
+}
+
+/** How {@link captureNodeResponse} treats what the handler writes. */
+export interface CaptureOptions {
+  /**
+   * Refuse, at `end()`, a response whose status or headers differ from what they were at its
+   * first `write()`: node sends them with the first body chunk, and a later change throws
+   * `ERR_HTTP_HEADERS_SENT` on a plain server, so such a response is not one the handler could
+   * have sent. Express needs it: a handler that writes part of its body and then throws is
+   * routed to Express's error handling, whose `res.status(4xx).json(...)` lands on the same
+   * captured response, which would otherwise record the partial body and the error's JSON as
+   * one response. Not on node:http, where the handler's throw itself fails the execution.
+   * @default false
+   */
+  readonly fixedAtFirstWrite?: boolean
 }
 
 /**
  * What a capture calls when the handler ends its response: with the response, or, instead,
- * with the error its response cannot be recorded for (trailers: a recorded response is sent
+ * with the error its response cannot be recorded for: trailers (a recorded response is sent
  * whole, with a Content-Length, and node's writeHead throws ERR_HTTP_TRAILER_INVALID for a
- * `Trailer` header beside one, which, only after the commit, answered 500 a result committed).
+ * `Trailer` header beside one, which, only after the commit, answered 500 a result committed),
+ * or, with `fixedAtFirstWrite`, status or headers changed after the body started (node's
+ * `ERR_HTTP_HEADERS_SENT`).
  */
-export type CapturedEnd = (
-  response: IdempotencyResponse,
-  unsupported: IdempotencyResponseUnsupportedError | undefined,
-) => void
+export type CapturedEnd = (response: IdempotencyResponse, unsupported: Error | undefined) => void
 
 const captureState = Symbol('breakwater.idempotency.capture')
 
@@ -451,7 +473,13 @@ function capturedWrite(
 ): boolean {
   const capture = this[captureState]
   const buffer = chunkToBuffer(chunk, encoding)
-  if (capture !== undefined && !capture.ended) capture.chunks.push(buffer)
+  if (capture !== undefined && !capture.ended) {
+    // Where node would send status and headers (even for an empty chunk).
+    if (capture.fixedAtFirstWrite && capture.written === undefined) {
+      capture.written = { status: this.statusCode, headers: currentHeaders(this) }
+    }
+    capture.chunks.push(buffer)
+  }
   const done = (typeof encoding === 'function' ? encoding : callback) as WriteCallback | undefined
   if (done !== undefined) queueMicrotask(() => done(null))
   return true
@@ -480,25 +508,65 @@ function capturedEnd(
           ? callback
           : undefined
   if (done !== undefined) this.once('finish', done as () => void)
-  const headers: Record<string, string | string[]> = {}
-  const current = this.getHeaders() // a fresh object without prototype
-  for (const name in current) {
-    const value = current[name]
-    if (value === undefined) continue
-    headers[name] = Array.isArray(value) ? value : String(value)
-  }
+  const headers = currentHeaders(this)
   // The capture stays in place until the recorded response is written (writeNodeResponse):
   // what the handler (or an error handler after it, as Express's finalhandler, which sees no
   // headers sent) writes after end() must neither reach the client before nor instead of the
   // response that was recorded.
   // A copy: a chunk may be a view of the handler's own buffer, which it is free to reuse.
+  const { written } = capture
   capture.onEnd(
     { status: this.statusCode, headers, body: Buffer.concat(capture.chunks) },
     capture.trailers || headers.trailer !== undefined
       ? new IdempotencyResponseUnsupportedError('trailers')
-      : undefined,
+      : written !== undefined &&
+          (written.status !== this.statusCode || !sameHeaders(written.headers, headers))
+        ? headersSentError()
+        : undefined,
   )
   return this
+}
+
+// The response's headers as a capture records them (array values copied: the handler may still
+// change the array it set).
+function currentHeaders(res: ServerResponse): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = {}
+  const current = res.getHeaders() // a fresh object without prototype
+  for (const name in current) {
+    const value = current[name]
+    if (value === undefined) continue
+    headers[name] = Array.isArray(value) ? [...value] : String(value)
+  }
+  return headers
+}
+
+function sameHeaders(
+  a: Record<string, string | string[]>,
+  b: Record<string, string | string[]>,
+): boolean {
+  const names = Object.keys(a)
+  if (names.length !== Object.keys(b).length) return false
+  for (const name of names) {
+    const x = a[name]
+    const y = b[name]
+    if (y === undefined) return false
+    if (Array.isArray(x) || Array.isArray(y)) {
+      if (!Array.isArray(x) || !Array.isArray(y) || x.length !== y.length) return false
+      if (x.some((value, i) => value !== y[i])) return false
+    } else if (x !== y) return false
+  }
+  return true
+}
+
+// node's error for a header set once headers went out with the first body chunk (its code, as
+// the capture's other errors keep node's), here found at end() rather than at the call.
+function headersSentError(): Error {
+  return Object.assign(
+    new Error(
+      'Cannot set headers after they are sent to the client: the status or headers changed after the first res.write (as when an error handler renders an error after a partial body)',
+    ),
+    { code: 'ERR_HTTP_HEADERS_SENT' },
+  )
 }
 
 // Noted rather than passed on: node would send the trailers with the captured response's
@@ -529,7 +597,11 @@ function restoreCaptured(res: CapturedResponse, capture: Capture): void {
  * closures measurably slowed every keyed request (more allocation, and young objects kept
  * alive long enough to be promoted).
  */
-export function captureNodeResponse(res: ServerResponse, onEnd: CapturedEnd): { restore(): void } {
+export function captureNodeResponse(
+  res: ServerResponse,
+  onEnd: CapturedEnd,
+  options: CaptureOptions = {},
+): { restore(): void } {
   const target = res as CapturedResponse
   const capture: Capture = {
     original: {
@@ -543,6 +615,8 @@ export function captureNodeResponse(res: ServerResponse, onEnd: CapturedEnd): { 
     chunks: [],
     ended: false,
     trailers: false,
+    fixedAtFirstWrite: options.fixedAtFirstWrite === true,
+    written: undefined,
   }
   installCapture(target, capture)
   return new CaptureHandle(target, capture)
