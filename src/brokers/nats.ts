@@ -214,7 +214,8 @@ interface NodeTransportShape {
  * U+FFFD, so two of them would look alike) gets `<stream>:<sequence>`, stable across
  * redeliveries; an id holding U+FFFD is read the same way. A header another producer repeated
  * is delivered as its values joined with `", "`, as HTTP combines a repeated field; a repeated
- * id or key header gives its first value.
+ * id or key header gives its first value. A header named `__proto__` is delivered as an
+ * ordinary one (the headers object has no prototype), as on Redis.
  *
  * An unknown (misspelt) option, top-level or in `stream` or `tls`, is refused with
  * `InvalidOptionError` (`INVALID_OPTION`) naming it (`nats.ackWait`), its value hidden when it
@@ -924,7 +925,9 @@ function headerValue(what: string, value: string): string {
 }
 
 function toIncoming(message: JsMsg): IncomingMessage {
-  const headers: Record<string, string> = {}
+  // No prototype: a header named __proto__ (the outbox keeps those) is then an ordinary key
+  // instead of setting the prototype and being lost, as on the Redis adapter.
+  const headers: Record<string, string> = Object.create(null)
   let id = ''
   let key = ''
   if (message.headers !== undefined) {
