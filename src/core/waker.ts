@@ -1,4 +1,4 @@
-import { type Clock, type TimerHandle, timerDelayMs } from './clock.js'
+import { type Clock, keepProcessAlive, type TimerHandle, timerDelayMs } from './clock.js'
 
 /**
  * An idle wait that ends early when woken: by a notification, by `wake()` from the same
@@ -9,15 +9,20 @@ import { type Clock, type TimerHandle, timerDelayMs } from './clock.js'
  * Waits may overlap: each ends on its own timer or its own signal, and a wake ends all of those
  * running (and is then not remembered). The callers run one loop each, but a second wait must
  * never orphan the first (its promise never settling, its timer left pending).
+ *
+ * With `keepAlive`, a wait holds the process open (see {@link keepProcessAlive}): the idle wait
+ * of a started worker that is meant to run until stopped, as a listening server does.
  */
 export class Waker {
   readonly #clock: Clock
+  readonly #keepAlive: boolean
   #pending = false
   // The running waits, each as the function that ends it.
   readonly #waits = new Set<() => void>()
 
-  constructor(clock: Clock) {
+  constructor(clock: Clock, keepAlive = false) {
     this.#clock = clock
+    this.#keepAlive = keepAlive
   }
 
   /** Ends every running wait, or the next one if none is running. */
@@ -50,6 +55,7 @@ export class Waker {
       this.#waits.add(finish)
       signal.addEventListener('abort', finish, { once: true })
       timer = this.#clock.setTimeout(finish, timerDelayMs(delayMs))
+      if (this.#keepAlive) keepProcessAlive(timer)
       // Ended during setTimeout: the handle was not known yet, so clear it now.
       if (!this.#waits.has(finish)) this.#clock.clearTimeout(timer)
     })

@@ -176,6 +176,13 @@ export interface RelayOptions {
    */
   readonly listen?: boolean
   /**
+   * Whether the started relay (until `stop()`) keeps the Node.js process alive, as a listening server does.
+   * With false, its timers (like every breakwater timer) let the process exit when nothing
+   * else holds it open. Only the system clock's timers can be held; a test clock's cannot.
+   * @default true
+   */
+  readonly keepAlive?: boolean
+  /**
    * After this many failed attempts that are the event's own fault, the event is dead-lettered:
    * set aside (`listDead`, `redrive`) while other aggregates flow on. The later events of the
    * same aggregate wait behind it, to keep the aggregate's order, until it is redriven.
@@ -403,6 +410,7 @@ export const relayOptions = optionKeys<RelayOptions>({
   pollIntervalMs: true,
   maxPollIntervalMs: true,
   listen: true,
+  keepAlive: true,
   maxAttempts: true,
   retryBackoff: true,
   circuitBreaker: true,
@@ -605,6 +613,8 @@ class OutboxRelay implements Relay {
     if (options.listen !== undefined && typeof options.listen !== 'boolean')
       throw new InvalidOptionError('relay.listen', 'a boolean', options.listen)
     this.#listen = (options.listen ?? true) && typeof db.listen === 'function'
+    if (options.keepAlive !== undefined && typeof options.keepAlive !== 'boolean')
+      throw new InvalidOptionError('relay.keepAlive', 'a boolean', options.keepAlive)
     this.#maxPollMs = checkInteger(
       'relay.maxPollIntervalMs',
       options.maxPollIntervalMs ?? Math.max(this.#pollMs, this.#listen ? 1_000 : 250),
@@ -671,7 +681,10 @@ class OutboxRelay implements Relay {
     // lone surrogate, stored as U+FFFD, made two relay ids one.
     this.id = checkStoredKey('relay.relayId', options.relayId ?? randomUUID())
     this.#leases = new PartitionLeases(db, this.id, clock, this.#leaseMs)
-    this.#waker = new Waker(clock)
+    // The system clock unrefs its timers, and on SQLite nothing else holds the process (no
+    // LISTEN connection): a started relay idles in the waker, whose waits are referenced so it
+    // runs until stopped, as a listening server does. A stopped relay waits no more.
+    this.#waker = new Waker(clock, options.keepAlive ?? true)
   }
 
   get state(): RelayState {
@@ -1559,6 +1572,9 @@ function storedHeaders(row: OutboxRow): Record<string, string> {
  * on SQLite). Broker failures back off (`retryBackoff`) behind a circuit breaker; an event that
  * fails `maxAttempts` times by its own fault is dead-lettered (`listDead`, `redrive`) without
  * blocking other aggregates, while its own aggregate's later events wait behind it.
+ *
+ * A started relay keeps the Node.js process alive until `stop()`, like a listening server
+ * (`keepAlive: false` turns that off).
  *
  * An unknown (misspelt) option, top-level or in `retention`, is refused with
  * `InvalidOptionError` (`INVALID_OPTION`) naming it (`relay.maxAttemps`); so is one in

@@ -1,6 +1,13 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
-import { type Clock, maxTimerDelayMs, storedTime, type TimerHandle, within } from '../core/clock.js'
+import {
+  type Clock,
+  keepProcessAlive,
+  maxTimerDelayMs,
+  storedTime,
+  type TimerHandle,
+  within,
+} from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
 import {
@@ -491,7 +498,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       const timer = this.clock.setTimeout(done, ms)
       // The system clock unrefs its timers; a started worker is meant to hold the process the
       // way a listening server does, so its poll timer is re-referenced when it can be.
-      if (this.#keepAlive) (timer as { ref?: () => void } | null)?.ref?.()
+      if (this.#keepAlive) keepProcessAlive(timer)
       this.#wake = done
     })
   }
