@@ -284,6 +284,13 @@ export class InstanceRun {
 
   async #parkMismatch(): Promise<RunOutcome> {
     if (this.#status !== 'running' && this.#status !== 'compensating') return 'finished'
+    // An attempt of the current step that began and recorded nothing (its worker died during
+    // it) is noted now, as the right definition's run would note it (see #noteUnrecorded):
+    // retrySaga resumes the compensation with a fresh attempt count, and the gap that is the
+    // only sign of that attempt is gone. This run cannot tell the stored step's kind: a reply
+    // step whose send never committed is compensated too (a compensation must allow for an
+    // effect that never happened, as for any unknown outcome); a wait step has none.
+    if (this.#status === 'running') this.#noteUnrecorded(this.#steps[this.#stepIndex])
     this.#status = 'failed'
     this.#reason = `the stored steps (${this.#steps.map((s) => s.name).join(', ')}) do not match definition ${this.saga.key} (${this.saga.steps.map((s) => s.name).join(', ')}): a definition was changed without a version bump`
     this.#event('parked', null, null, { reason: this.#reason })
@@ -298,7 +305,7 @@ export class InstanceRun {
   async #forward(): Promise<Step> {
     const step = this.saga.steps[this.#stepIndex]
     // Before a cancel too: an action that crashed, then waits for its retry, is compensated.
-    if (step?.kind === 'action') this.#noteUnrecorded(step)
+    if (step?.kind === 'action') this.#noteUnrecorded(this.#steps[step.index])
     if (this.#cancelRequested) {
       // From the current step: a reply step whose command was sent, and an action an attempt
       // of which recorded no outcome, are compensated too.
@@ -317,8 +324,8 @@ export class InstanceRun {
   // recorded nothing shows as a gap before the attempt this claim counts. It cannot be told
   // from a death just before the action was called, so the step's outcome is unknown and its
   // compensation runs if the saga compensates (see #nextCompensable).
-  #noteUnrecorded(step: CompiledStep): void {
-    const state = this.#steps[step.index]!
+  #noteUnrecorded(state: StepState | undefined): void {
+    if (state === undefined) return
     if (state.status !== 'completed' && this.#attempt > state.attempts + 1) {
       state.outcomeUnknown = true
     }
