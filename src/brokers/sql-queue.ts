@@ -380,6 +380,13 @@ export interface SqlQueueOptions {
    */
   readonly listen?: boolean
   /**
+   * Whether a subscription (until it or the queue is closed) keeps the Node.js process alive, as a listening server does.
+   * With false, its timers (like every breakwater timer) let the process exit when nothing
+   * else holds it open. Only the system clock's timers can be held; a test clock's cannot.
+   * @default true
+   */
+  readonly keepAlive?: boolean
+  /**
    * Receives handler failures, refused (unreadable) messages, failed acks and lease errors.
    * @default ignore them
    */
@@ -398,6 +405,7 @@ interface ResolvedOptions {
   readonly pollIntervalMs: number
   readonly maxPollIntervalMs: number
   readonly listen: boolean
+  readonly keepAlive: boolean
   readonly onError: (event: SqlQueueErrorEvent) => void
 }
 
@@ -411,6 +419,7 @@ export const sqlQueueOptions = optionKeys<SqlQueueOptions>({
   pollIntervalMs: true,
   maxPollIntervalMs: true,
   listen: true,
+  keepAlive: true,
   onError: true,
 })
 
@@ -422,6 +431,8 @@ function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOption
   if (options.listen !== undefined && typeof options.listen !== 'boolean')
     throw new InvalidOptionError('sqlQueue.listen', 'a boolean', options.listen)
   const listen = (options.listen ?? true) && typeof db.listen === 'function'
+  if (options.keepAlive !== undefined && typeof options.keepAlive !== 'boolean')
+    throw new InvalidOptionError('sqlQueue.keepAlive', 'a boolean', options.keepAlive)
   const pollIntervalMs = checkInteger(
     'sqlQueue.pollIntervalMs',
     options.pollIntervalMs ?? 10,
@@ -452,6 +463,7 @@ function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOption
       maxTimerDelayMs,
     ),
     listen,
+    keepAlive: options.keepAlive ?? true,
     onError:
       options.onError === undefined
         ? () => {}
@@ -593,7 +605,10 @@ class QueueSubscription implements Subscription {
     this.group = group
     this.#handler = handler
     this.#onClosed = onClosed
-    this.#wakeable = new Waker(options.clock)
+    // The system clock unrefs its timers, and on SQLite nothing else holds the process (no
+    // LISTEN connection): the idle waits of a running subscription are referenced, so it
+    // receives until closed, as a listening server does.
+    this.#wakeable = new Waker(options.clock, options.keepAlive)
   }
 
   start(): void {
@@ -1077,6 +1092,8 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
  *   failure (`retryDelayMs`) or an expired lease. A group keeps per-key order for a single
  *   consumer: a key's next message is leased only once no earlier one is held (leased or
  *   waiting for its retry). Competing consumers may handle one key's messages concurrently.
+ *   A running subscription keeps the Node.js process alive until it or the queue is closed,
+ *   like a listening server (`keepAlive: false` turns that off).
  *
  * Stored messages are kept for late-joining groups and for dedupe until `pruneSqlQueue`
  * removes the acknowledged ones.

@@ -63,7 +63,7 @@ async function enqueue(piece: 'relay' | 'queue', n: number): Promise<void> {
   }
 }
 
-describe.each(['relay'] as const)('%s on SQLite', (piece) => {
+describe.each(['relay', 'queue'] as const)('%s on SQLite', (piece) => {
   const seen = piece === 'relay' ? 'published' : 'received'
 
   for (const keepAlive of ['default', 'true'] as const) {
@@ -106,5 +106,11 @@ describe('keepAlive given as something other than a boolean', () => {
     expect(() =>
       createRelay({ db, publisher: queue.publisher, keepAlive: 'yes' as unknown as boolean }),
     ).toThrow(expect.objectContaining({ option: 'relay.keepAlive', expected: 'a boolean' }))
+  })
+
+  it('is refused by createSqlQueue', () => {
+    expect(() => createSqlQueue(db, { keepAlive: 1 as unknown as boolean })).toThrow(
+      expect.objectContaining({ option: 'sqlQueue.keepAlive', expected: 'a boolean' }),
+    )
   })
 })
