@@ -270,8 +270,11 @@ export class InstanceRun {
     })
   }
 
+  // From the stored steps: #recovered runs before the definition is checked against them, and
+  // the timeline of an instance parked for a changed definition named the changed
+  // definition's step at that index, one the instance does not have.
   #currentStepName(): string | null {
-    return this.saga.steps[this.#stepIndex]?.name ?? null
+    return this.#steps[this.#stepIndex]?.name ?? null
   }
 
   // A definition changed without a version bump would run the wrong code on persisted state.

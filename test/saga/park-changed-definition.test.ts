@@ -4,12 +4,14 @@
 // first, as for any attempt without a recorded outcome. The park used to come before that was
 // noted, and retrySaga reset the attempt counter, the only sign that the attempt began: the
 // step was skipped and only the earlier steps were undone (found by exploratory testing).
+// The timeline's lease-expired entry names the stored step, not the changed definition's.
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   createSagaWorker,
   defineSaga,
   getSaga,
+  getSagaTimeline,
   retrySaga,
   startSaga,
 } from '../../src/saga/index.js'
@@ -78,6 +80,9 @@ describe.each(dbTargets)('a park for a changed definition on $dialect', (target)
     expect(parked).toMatchObject({ status: 'failed' })
     expect(parked!.reason).toContain('a definition was changed without a version bump')
     expect(parked!.steps[1]).toMatchObject({ name: 'b', outcomeUnknown: true })
+    const recovered = (await getSagaTimeline(t.db, id)).find((e) => e.kind === 'lease-expired')
+    // The stored step, not the changed definition's 'x' at that index.
+    expect(recovered).toMatchObject({ step: 'b', worker: 'changed' })
 
     await retrySaga(t.db, id, { clock: new ManualClock(20 * leaseMs) })
     const right = createSagaWorker({
