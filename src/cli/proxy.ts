@@ -1,7 +1,7 @@
 import cluster, { type Worker } from 'node:cluster'
 import { readFile } from 'node:fs/promises'
 import { resolve } from 'node:path'
-import { maxTimerDelayMs } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, systemClock, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
 import {
   createBufferedOutput,
@@ -14,7 +14,12 @@ import {
   type MetricsRegistry,
   redactSecrets,
 } from '../observability/index.js'
-import { runUntilSignal, type SignalTarget } from '../process/index.js'
+import {
+  type RunOutcome,
+  type RunUntilSignalOptions,
+  runUntilSignal,
+  type SignalTarget,
+} from '../process/index.js'
 import type { AdminBackend, AdminServer } from '../proxy/admin/index.js'
 import type { ProxyConfigOverrides } from '../proxy/config/load.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
@@ -41,6 +46,8 @@ export interface ProxyCommandDeps {
    * @default process.exit
    */
   readonly exit?: (code: number) => void
+  /** Times the command's own bound on a drain (see drainWait). @default systemClock */
+  readonly clock?: Clock
 }
 
 const usage = `usage: breakwater proxy --config <file.yaml> [options]
@@ -328,6 +335,11 @@ async function runSingle(
   let proxy: ProxyInternals | undefined
   let drained: ProxyDrainReport | undefined
   let hupWhileStarting = false
+  const clock = deps.clock ?? systemClock
+  // drainTimeoutMs is reloadable: the config in force at the signal bounds the drain.
+  const bound = drainBound(clock, () =>
+    drainWait(proxy?.config().drainTimeoutMs ?? config.drainTimeoutMs, 5_000),
+  )
   const reload = (): void => {
     // Refused reloads are logged by the runtime; one after the stop began is not applied.
     proxy
@@ -366,17 +378,19 @@ async function runSingle(
           signals.off('SIGHUP', onHup)
           // Readiness goes false first, so a load balancer stops sending before we stop taking.
           running.beginDrain()
-          drained = await running.close()
+          await bound.within(
+            running.close().then((report) => {
+              drained = report
+            }),
+          )
         },
       }
     },
-    {
-      target: signals,
-      drainTimeoutMs: drainWait(config.drainTimeoutMs, 5_000),
-      onSignal: (signal, phase) =>
-        logger.info(`${signal}: ${phase === 'drain' ? 'draining' : 'forced stop'}`),
-    },
+    bound.options(signals, (signal, phase) =>
+      logger.info(`${signal}: ${phase === 'drain' ? 'draining' : 'forced stop'}`),
+    ),
   )
+    .then((ran) => bound.outcome(ran))
     .finally(() => signals.off('SIGHUP', onHup))
     .catch((error: unknown) => endTimedOutStart(error, deps))
   if (typeof outcome === 'number') return outcome
@@ -474,6 +488,7 @@ async function runPrimary(
   early: EarlySighup,
 ): Promise<number> {
   const workers = config.workers
+  const clock = deps.clock ?? systemClock
   const { createClusterBackend, RestartBackoff } = await import('../proxy/admin/cluster.js')
   const { watchFileContent } = await import('../proxy/upstream/file-watch.js')
   const signals = deps.signals ?? process
@@ -492,6 +507,10 @@ async function runPrimary(
     metrics,
   })
   backend.expect(workers)
+  // drainTimeoutMs is reloadable: the config in force at the signal bounds the drain.
+  const bound = drainBound(clock, async () =>
+    drainWait((await backend.config()).drainTimeoutMs, 10_000),
+  )
   const restartDelay = new RestartBackoff()
   let stopping = false
   let admin: AdminServer | undefined
@@ -594,33 +613,32 @@ async function runPrimary(
       for (let i = 0; i < workers; i++) fork()
       forked = true
       if (hupWhileStarting) reload('SIGHUP')
+      const stopAll = async (): Promise<void> => {
+        stopping = true
+        signals.off('SIGHUP', onHup)
+        watcher?.close()
+        backend.beginDrain()
+        if (startError === undefined && backend.hasStartedAll()) {
+          await backend.drainAll()
+        } else {
+          // Some workers have not come up (a signal while they start), or never will: a drain
+          // request sent before a worker listens is lost. Signal each one instead: a worker
+          // drains on SIGTERM, and one still starting stops as soon as it is up.
+          for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM')
+        }
+        await Promise.all(exited.values())
+        await admin?.close()
+      }
       return {
         done: startFailed,
-        stop: async () => {
-          stopping = true
-          signals.off('SIGHUP', onHup)
-          watcher?.close()
-          backend.beginDrain()
-          if (startError === undefined && backend.hasStartedAll()) {
-            await backend.drainAll()
-          } else {
-            // Some workers have not come up (a signal while they start), or never will: a drain
-            // request sent before a worker listens is lost. Signal each one instead: a worker
-            // drains on SIGTERM, and one still starting stops as soon as it is up.
-            for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM')
-          }
-          await Promise.all(exited.values())
-          await admin?.close()
-        },
+        stop: () => bound.within(stopAll()),
       }
     },
-    {
-      target: signals,
-      drainTimeoutMs: drainWait(config.drainTimeoutMs, 10_000),
-      onSignal: (signal, phase) =>
-        log.info(`${signal}: ${phase === 'drain' ? 'draining every worker' : 'forced stop'}`),
-    },
+    bound.options(signals, (signal, phase) =>
+      log.info(`${signal}: ${phase === 'drain' ? 'draining every worker' : 'forced stop'}`),
+    ),
   )
+    .then((ran) => bound.outcome(ran))
     .finally(() => signals.off('SIGHUP', onHup))
     // No worker was forked yet: nothing to stop but this process.
     .catch((error: unknown) => endTimedOutStart(error, deps))
@@ -650,7 +668,6 @@ async function startPrimaryAdmin(
   metrics: MetricsRegistry,
   env: Readonly<Record<string, string | undefined>> | undefined,
 ): Promise<AdminServer | undefined> {
-  const { systemClock } = await import('../core/clock.js')
   const { checkAdminTokenFile } = await import('../proxy/config/files.js')
   const { startAdminServer } = await import('../proxy/admin/server.js')
   const { startBound } = await import('../proxy/start-bound.js')
@@ -708,6 +725,71 @@ function logExit(
  */
 function drainWait(drainTimeoutMs: number, margin: number): number {
   return Math.min(drainTimeoutMs + margin, maxTimerDelayMs)
+}
+
+/** The command's own bound on a drain; see {@link drainBound}. */
+interface DrainBound {
+  /**
+   * runUntilSignal's options: signals from `target`, each told to `onSignal`; the first one
+   * starts the bound (runUntilSignal's own is lifted).
+   */
+  options(target: SignalTarget, onSignal: RunUntilSignalOptions['onSignal']): RunUntilSignalOptions
+  /** Waits for `stopping`, for at most the bound from the first signal on. */
+  within(stopping: Promise<void>): Promise<void>
+  /** `outcome`, as `drain: 'timeout'` when the bound ran out. */
+  outcome(outcome: RunOutcome): RunOutcome
+}
+
+/**
+ * Bounds a stop as runUntilSignal's `drainTimeoutMs` would, but with the wait `waitMs` gives
+ * at the first signal rather than when the run began: drainTimeoutMs is reloadable, so the
+ * config in force at the signal, not the one started on, says how long requests may take. A
+ * stop that begins before any signal (a service that ended by itself) is bounded from the
+ * signal that comes during it, as runUntilSignal does.
+ */
+function drainBound(clock: Clock, waitMs: () => number | Promise<number>): DrainBound {
+  let signalled: () => void = () => {}
+  const first = new Promise<void>((resolvePromise) => {
+    signalled = resolvePromise
+  })
+  let timedOut = false
+  return {
+    options: (target, onSignal) => ({
+      target,
+      clock,
+      drainTimeoutMs: maxTimerDelayMs,
+      onSignal: (signal, phase) => {
+        if (phase === 'drain') signalled()
+        onSignal?.(signal, phase)
+      },
+    }),
+    async within(stopping) {
+      // Once the wait is over, a late failure of the stop has nobody to tell.
+      stopping.catch(() => {})
+      let timer: TimerHandle | undefined
+      let over = false
+      try {
+        await Promise.race([
+          stopping,
+          first.then(async () => {
+            const ms = await waitMs()
+            if (over) return
+            await new Promise<void>((resolvePromise) => {
+              timer = clock.setTimeout(resolvePromise, ms)
+            })
+            timedOut = true
+          }),
+        ])
+      } finally {
+        over = true
+        clock.clearTimeout(timer)
+      }
+    },
+    outcome: (outcome) =>
+      timedOut && outcome.reason === 'signal' && outcome.drain === 'complete'
+        ? { ...outcome, drain: 'timeout' }
+        : outcome,
+  }
 }
 
 // Why the proxy could not start, for proxyCommand: config and option errors stay what they are
