@@ -1,4 +1,5 @@
-// The root entry point: resilience policies only. It must never load a database or broker
+// The root entry point: resilience policies, and runUntilSignal to run a long-running piece
+// (relay, subscription, saga worker) until a signal. It must never load a database or broker
 // driver; those live behind their own subpaths.
 
 export type { Clock, TimerHandle } from './core/clock.js'
@@ -89,3 +90,10 @@ export type {
 export { timeout } from './policies/timeout.js'
 export type { Policy, PolicyContext, PolicyFunction } from './policies/types.js'
 export { neverAbortedSignal } from './policies/types.js'
+export type {
+  RunningService,
+  RunOutcome,
+  RunUntilSignalOptions,
+  SignalTarget,
+} from './process/index.js'
+export { runUntilSignal } from './process/index.js'

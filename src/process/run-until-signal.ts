@@ -124,6 +124,7 @@ export const runUntilSignalOptions = optionKeys<RunUntilSignalOptions>({
  *
  * @example
  * ```ts
+ * import { runUntilSignal } from 'breakwater'
  * const outcome = await runUntilSignal(async () => {
  *   await relay.start()
  *   return { stop: () => relay.stop() }
