@@ -142,9 +142,13 @@ const method = z
   .string({ error: 'upper-case HTTP method (GET, POST, ...)' })
   .regex(methodPattern, { error: 'upper-case HTTP method (GET, POST, ...)' })
 
+const endpointUrlText =
+  'http:// or https:// URL of a host name or IP address and a port (1-65535), without credentials, path, query or fragment'
 const endpointUrl = z.string({ error: 'http:// or https:// URL' }).refine(isEndpointUrl, {
-  error:
-    'http:// or https:// URL of a host and port (1-65535), without credentials, path, query or fragment',
+  error: (issue) =>
+    String(issue.input).includes('$')
+      ? `${endpointUrlText} (the config substitutes no variables: write the host itself)`
+      : endpointUrlText,
 })
 
 // The service runtime takes an endpoint's origin only (upstream/discovery.ts parseEndpointUrl
@@ -154,7 +158,7 @@ function isEndpointUrl(value: string): boolean {
   try {
     const url = new URL(value)
     return (
-      url.hostname !== '' &&
+      isEndpointHost(url.hostname) &&
       url.port !== '0' &&
       url.username === '' &&
       url.password === '' &&
@@ -165,6 +169,14 @@ function isEndpointUrl(value: string): boolean {
   } catch {
     return false
   }
+}
+
+// WHATWG URL takes `$`, `{`, `}` and more in a host (`http://${ORDERS_HOST}:19101`), which
+// passed `--check` and then failed every request with 502: the host must be an IP address
+// (URL has normalized an IPv4 one, and validated a bracketed IPv6 one) or a name the resolver
+// can look up, as discovery.dns.name's must (punycode for an international name).
+function isEndpointHost(host: string): boolean {
+  return host.startsWith('[') || isIPv4(host) || dnsNamePattern.test(host)
 }
 
 const bindHostText = 'IP address or host name to bind (IPv6 without brackets: "::1")'
@@ -202,11 +214,8 @@ function isPort(text: string | undefined): boolean {
 // `--check`, and then every lookup failed and every request to the service was refused.
 const dnsNameText =
   'a host name to resolve (labels of letters, digits, "-" or "_", up to 63 characters each; no scheme or port)'
-const dnsName = z
-  .string({ error: dnsNameText })
-  .regex(/^(?=.{1,253}\.?$)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?$/, {
-    error: dnsNameText,
-  })
+const dnsNamePattern = /^(?=.{1,253}\.?$)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?$/
+const dnsName = z.string({ error: dnsNameText }).regex(dnsNamePattern, { error: dnsNameText })
 
 const dnsDiscoverySchema = z.strictObject({
   name: dnsName,
