@@ -38,8 +38,9 @@ export const fusedStep: unique symbol = Symbol('breakwater.fusedStep')
 
 /**
  * Key of a context's method returning when the innermost timeout it runs under ends (on that
- * timeout's clock; Infinity for an infinite one), on the contexts timeout policies hand to fn.
- * Internal: the HTTP client announces what is left of an attempt's timeout downstream.
+ * timeout's clock; Infinity for an infinite one), on the contexts timeout policies hand to fn
+ * and those a retry inside them hands on. Internal: the HTTP client announces what is left of
+ * an attempt's timeout downstream.
  */
 export const timeoutEnd: unique symbol = Symbol('breakwater.timeoutEnd')
 
@@ -50,17 +51,24 @@ export function timeoutEndOf(context: PolicyContext): number | undefined {
 }
 
 /**
- * Key of a context's method returning how long is left of the innermost timeout it runs under,
- * read on that timeout's own clock (Infinity for an infinite one). Internal: a retry inside a
- * timeout gives up rather than sleep past the timeout's end, whatever clock it reads itself.
+ * Key of a context's method returning how long is left until the earliest end of the timeouts
+ * it runs under, each read on its own clock (Infinity when all are infinite). Internal: a retry
+ * inside timeouts gives up rather than sleep past the first of their ends, whatever clock it
+ * reads itself. The earliest, not the innermost: an outer timeout shorter than an inner one
+ * ends the call first.
  */
 export const timeoutLeft: unique symbol = Symbol('breakwater.timeoutLeft')
 
-/** How long is left of the innermost timeout `context` runs under, or undefined when none. */
+/** How long is left of the timeouts `context` runs under (the earliest), or undefined when none. */
 export function timeoutLeftOf(context: PolicyContext | undefined): number | undefined {
   if (context === undefined) return undefined
   const left = (context as { [timeoutLeft]?: () => number | undefined })[timeoutLeft]
   return typeof left === 'function' ? left.call(context) : undefined
+}
+
+/** The lesser of two times left, either unknown (undefined). */
+export function earlierLeft(a: number | undefined, b: number | undefined): number | undefined {
+  return a === undefined ? b : b === undefined || a <= b ? a : b
 }
 
 /** Returned by {@link FusedStep.enter}: run this policy and the rest through the chain. */
@@ -325,9 +333,25 @@ export class FusedCall implements PolicyContext, TimerNode {
   }
 
   [timeoutLeft](): number | undefined {
-    const end = this[timeoutEnd]()
+    return this.timeoutLeftWithin(this.plan.steps.length)
+  }
+
+  /**
+   * How long is left of the timeouts around the first `depth` steps, the earliest of them and
+   * of those around the pipeline (see timeoutLeft), or undefined when there are none.
+   */
+  timeoutLeftWithin(depth: number): number | undefined {
+    const plan = this.plan
+    let shortestMs = Number.NaN
+    for (let p = plan.timeoutBelow[depth]!; p >= 0; p = plan.timeoutBelow[p]!) {
+      const ms = plan.timeoutMs[p]!
+      if (!(ms >= shortestMs)) shortestMs = ms
+    }
     // A plan with a timeout step reads a clock: its steps share one.
-    return end === undefined ? undefined : end - this.plan.clock!.now()
+    const left = Number.isNaN(shortestMs)
+      ? undefined
+      : this.startMs + shortestMs - plan.clock!.now()
+    return earlierLeft(left, timeoutLeftOf(this.outer))
   }
 
   get timerAtMs(): number {
@@ -574,7 +598,8 @@ class TimeoutScope extends CancelScope implements PolicyContext {
   }
 
   [timeoutLeft](): number {
-    return this[timeoutEnd]() - this.#call.plan.clock!.now()
+    // This step and the timeout steps outside it.
+    return this.#call.timeoutLeftWithin(this.#layer + 1)!
   }
 
   // Its timeout fired before anybody made the scope: it aborted then, with the reason it

@@ -25,7 +25,16 @@ import { isTransientFailure, retryAfterMsOf } from './classify.js'
 import { currentDeadlineScope } from './deadline.js'
 import { abortFailure, DeadlineExceededError, RetryBudgetExhaustedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { type FusablePolicy, type FusedStep, fusedStep, Later, timeoutLeftOf } from './fused.js'
+import {
+  type FusablePolicy,
+  type FusedStep,
+  fusedStep,
+  Later,
+  timeoutEnd,
+  timeoutEndOf,
+  timeoutLeft,
+  timeoutLeftOf,
+} from './fused.js'
 import {
   optional,
   optionalClock,
@@ -256,6 +265,16 @@ class RetryExecution implements PolicyContext {
     return this.scope()
   }
 
+  // The attempts run under the timeouts around the retry: a retry further in (or the HTTP
+  // client) must still see them, or it would sleep past their end.
+  [timeoutEnd](): number | undefined {
+    return this.enclosing === undefined ? undefined : timeoutEndOf(this.enclosing)
+  }
+
+  [timeoutLeft](): number | undefined {
+    return timeoutLeftOf(this.enclosing)
+  }
+
   scope(): CancelParent | undefined {
     if (!this.#resolved) {
       this.#resolved = true
@@ -314,6 +333,14 @@ class RetryContext implements PolicyContext {
 
   [cancelScope](): CancelParent | undefined {
     return this.#execution.scope()
+  }
+
+  [timeoutEnd](): number | undefined {
+    return this.#execution[timeoutEnd]()
+  }
+
+  [timeoutLeft](): number | undefined {
+    return this.#execution[timeoutLeft]()
   }
 }
 

@@ -13,7 +13,15 @@ import {
 import { currentDeadline } from './deadline.js'
 import { abortFailure, DeadlineExceededError, TimeoutError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
-import { type FusablePolicy, type FusedStep, fusedStep, timeoutEnd, timeoutLeft } from './fused.js'
+import {
+  earlierLeft,
+  type FusablePolicy,
+  type FusedStep,
+  fusedStep,
+  timeoutEnd,
+  timeoutLeft,
+  timeoutLeftOf,
+} from './fused.js'
 import { optionalClock, optionalOneOf } from './options.js'
 import {
   type ChainablePolicy,
@@ -102,6 +110,8 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
   readonly #policy: TimeoutPolicyImpl
   readonly #limitMs: number
   readonly #byDeadline: boolean
+  // The context the call runs in: a timeout around this one may end first (see timeoutLeft).
+  readonly #enclosing: PolicyContext | undefined
   // The error this call's own timer produced; undefined until it fires.
   #expired: BreakwaterError | undefined
   #settled = false
@@ -118,6 +128,7 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
     atMs: number,
     limitMs: number,
     byDeadline: boolean,
+    enclosing: PolicyContext | undefined,
   ) {
     super(parent)
     this.#policy = policy
@@ -125,6 +136,7 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
     this.atMs = atMs
     this.#limitMs = limitMs
     this.#byDeadline = byDeadline
+    this.#enclosing = enclosing
   }
 
   [cancelScope](): CancelParent {
@@ -136,7 +148,7 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
   }
 
   [timeoutLeft](): number {
-    return this.atMs - this.#policy.clock.now()
+    return earlierLeft(this.atMs - this.#policy.clock.now(), timeoutLeftOf(this.#enclosing))!
   }
 
   /** Timer queue callback: the time is up. */
@@ -294,16 +306,17 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
     const refused = signalRefusal('timeout.execute(signal)', signal)
     if (refused !== undefined) return refused
-    return this.#run(callDirectly, fn, signal === undefined ? undefined : parentOfSignal(signal), 1)
+    const parent = signal === undefined ? undefined : parentOfSignal(signal)
+    return this.#run(callDirectly, fn, parent, 1, undefined)
   }
 
   // Called by pipeline(): the outer policy's context is used without reading its signal.
   [executeInContext]<T>(fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    return this.#run(callDirectly, fn, parentOf(context), context.attempt)
+    return this.#run(callDirectly, fn, parentOf(context), context.attempt, context)
   }
 
   [executeThrough]<T>(next: Next, fn: PolicyFunction<T>, context: PolicyContext): Promise<T> {
-    return this.#run(next, fn, parentOf(context), context.attempt)
+    return this.#run(next, fn, parentOf(context), context.attempt, context)
   }
 
   #run<T>(
@@ -311,6 +324,7 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
     fn: PolicyFunction<T>,
     parent: CancelParent | undefined,
     attempt: number,
+    enclosing: PolicyContext | undefined,
   ): Promise<T> {
     if (parent?.aborted) return Promise.reject(abortFailure(parent.reason, false))
     const now = this.#clock.now()
@@ -328,7 +342,15 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
         byDeadline = true
       }
     }
-    const call = new TimeoutCall<T>(this, parent, attempt, now + limitMs, limitMs, byDeadline)
+    const call = new TimeoutCall<T>(
+      this,
+      parent,
+      attempt,
+      now + limitMs,
+      limitMs,
+      byDeadline,
+      enclosing,
+    )
     // An infinite timeout (and no deadline) needs no timer at all.
     if (limitMs !== Number.POSITIVE_INFINITY) this.queue.add(call)
     // A caller's real signal must reject the call at once when it aborts, whatever fn does;
