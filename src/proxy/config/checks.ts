@@ -4,7 +4,7 @@
 // document next to the schema (not after it), so one run reports every problem; each check
 // looks only at the parts that have the right shape and leaves the rest to the schema.
 
-import { isIPv6 } from 'node:net'
+import { isIP, isIPv6 } from 'node:net'
 import { InvalidOptionError } from '../../core/errors.js'
 import { isObjectRecord as isObj } from '../../core/validate.js'
 import { DEADLINE_HEADER } from '../../policies/deadline.js'
@@ -132,7 +132,10 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
   const listeners = list(doc.listeners)
   const listenerNames = new Map<string, number>()
   // Who took each port, on which address.
-  const ports = new Map<number, { host: string; wildcard: boolean; path: string }[]>()
+  const ports = new Map<
+    number,
+    { host: string; wildcard: boolean; named: boolean; path: string }[]
+  >()
   const routeNames = new Map<string, string>()
   const claimPort = (path: (string | number)[], host: unknown, port: unknown): void => {
     if (typeof port !== 'number' || port === 0) return
@@ -140,13 +143,26 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
     // A wildcard address takes the port on every address, so it clashes with any other use,
     // whichever of the two is written first.
     const wildcard = address === '0.0.0.0' || address === '::'
+    // A host name may resolve to any address (localhost to 127.0.0.1 or ::1) when the proxy
+    // binds: the loader cannot tell it from another address, so it shares a port with none.
+    const named = !isIP(address)
     const claims = ports.get(port) ?? []
-    const owner = claims.find((c) => c.host === address || c.wildcard || wildcard)
+    const owner = claims.find(
+      (c) => c.host === address || c.wildcard || wildcard || c.named || named,
+    )
     if (owner !== undefined) {
-      add(path, `a port not already used by ${owner.path}`, port)
+      add(
+        path,
+        `a port not already used by ${owner.path}${
+          owner.host !== address && (owner.named || named)
+            ? ' (a host name may resolve to the other address: write IP addresses to share a port)'
+            : ''
+        }`,
+        port,
+      )
       return
     }
-    claims.push({ host: address, wildcard, path: formatPath(path) })
+    claims.push({ host: address, wildcard, named, path: formatPath(path) })
     ports.set(port, claims)
   }
   // Headers the inbound side removes before a route looks at the request (request.ts): a
@@ -467,11 +483,19 @@ function isPathPrefixOf(prefix: string, path: string): boolean {
  */
 function canonicalHost(host: string): string {
   if (!isIPv6(host)) return host
+  let canonical: string
   try {
-    return new URL(`http://[${host}]/`).hostname.slice(1, -1)
+    canonical = new URL(`http://[${host}]/`).hostname.slice(1, -1)
   } catch {
     return host
   }
+  // An IPv4-mapped address (`::ffff:127.0.0.1`, which URL writes `::ffff:7f00:1`) binds the
+  // IPv4 address itself.
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical)
+  if (mapped === null) return canonical
+  const high = Number.parseInt(mapped[1] as string, 16)
+  const low = Number.parseInt(mapped[2] as string, 16)
+  return [high >> 8, high & 0xff, low >> 8, low & 0xff].join('.')
 }
 
 /** `services.payments.retry.attempts`, `listeners[1].routes[0].name`. */

@@ -179,18 +179,27 @@ function isEndpointHost(host: string): boolean {
   return host.startsWith('[') || isIPv4(host) || dnsNamePattern.test(host)
 }
 
-const bindHostText = 'IP address or host name to bind (IPv6 without brackets: "::1")'
+const bindHostText =
+  'IP address or host name to bind (IPv4 as a dotted quad: "127.0.0.1"; IPv6 without brackets: "::1")'
 const hostLabel = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
 const hostNamePattern = new RegExp(`^${hostLabel}(?:\\.${hostLabel})*\\.?$`)
 
 // The address a listener or the admin API binds. Anything else (a bracketed IPv6 literal, a
 // URL, a typo with a space) passed `--check` and then failed the start (or a reload) with
 // ENOTFOUND from the resolver.
+// A name whose last label is a number (`127.0.0.1.`, `127.000.000.001`, `127.1`, `0x7f.0.0.1`)
+// is no host name: the resolver reads some as an IPv4 address (leading zeros as octal: `010`
+// is 8) and refuses others (ENOTFOUND), so an IPv4 address is written as a dotted quad.
+const numericLastLabel = /(?:^|\.)(?:\d+|0x[0-9a-f]*)\.?$/i
 const bindHost = z
   .string({ error: bindHostText })
-  .refine((value) => isIPv4(value) || isIPv6(value) || hostNamePattern.test(value), {
-    error: bindHostText,
-  })
+  .refine(
+    (value) =>
+      isIPv4(value) ||
+      isIPv6(value) ||
+      (hostNamePattern.test(value) && !numericLastLabel.test(value)),
+    { error: bindHostText },
+  )
 
 const dnsServerText = '"ip" or "ip:port" of a DNS server ("[ipv6]:port" with a port)'
 
