@@ -146,6 +146,8 @@ export class InstanceRun {
   #reason: string | null
   // cancel_requested as stored: by the claim (checked then), then as each write read it back.
   #cancelFlag: number | boolean
+  // Set by a write that keeps the lease: a cancel may have committed since (see #seeCancel).
+  #cancelUnread = false
   #events: TimelineRecord[] = []
   readonly #previousOwner: string | null
   readonly #previousExpiry: number | null
@@ -306,6 +308,7 @@ export class InstanceRun {
   // ---- forward ---------------------------------------------------------------------------
 
   async #forward(): Promise<Step> {
+    await this.#seeCancel()
     const step = this.saga.steps[this.#stepIndex]
     // Before a cancel too: an action that crashed, then waits for its retry, is compensated.
     if (step?.kind === 'action') this.#noteUnrecorded(this.#steps[step.index])
@@ -332,6 +335,25 @@ export class InstanceRun {
     if (state.status !== 'completed' && this.#attempt > state.attempts + 1) {
       state.outcomeUnknown = true
     }
+  }
+
+  // On SQLite a cancel made while the step before was being recorded (its atCommit work
+  // running) waits for the writer and commits just after it, unseen by the write's read-back:
+  // the next step ran, and when it was the last the saga ended completed. A cancel of this
+  // process is queued ahead of this read, so the read sees it: one primary-key read, in
+  // process, per step the run goes on to after a write that kept the lease (a claim reads the
+  // flag itself), while no cancel is known. (On PostgreSQL the row is locked only for the
+  // write at the end of the transaction, which reads such a cancel back: see writeTransition.)
+  async #seeCancel(): Promise<void> {
+    if (!this.#cancelUnread) return
+    this.#cancelUnread = false
+    const db = this.#host.db
+    if (db.dialect !== 'sqlite' || this.#cancelRequested) return
+    const rows = await db.query<{ cancel_requested: number | boolean }>(
+      sagaStatements[db.dialect].cancelFlag,
+      [this.id],
+    )
+    if (rows[0] !== undefined) this.#cancelFlag = rows[0].cancel_requested
   }
 
   // The operator's reason (cancelSaga's `reason`, recorded with the request in the same
@@ -1012,6 +1034,7 @@ export class InstanceRun {
     if (result.leaseExpiresAt !== null) this.leaseExpiresAt = result.leaseExpiresAt
     // As stored: checked where the run acts on it (see #cancelRequested).
     this.#cancelFlag = result.cancelRequested
+    this.#cancelUnread = !options.release
     return true
   }
 

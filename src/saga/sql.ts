@@ -165,6 +165,11 @@ export interface SagaStatements {
   readonly renew: string
   /** $1 id, $2 lease token, $3 lease end. */
   readonly renewOne: string
+  /**
+   * $1 id, $2 lease token. A row when the token still holds: checked before a transition's
+   * commit work runs (its fenced write comes after the work; see writeTransition).
+   */
+  readonly leaseHeld: string
   /** $1 id. */
   readonly selectOne: string
   /** $1 saga id. */
@@ -182,6 +187,11 @@ export interface SagaStatements {
   readonly cancel: string
   /** $1 saga id: the seq and detail (JSON, with the operator's `reason`) of its latest cancel request. */
   readonly cancelRequest: string
+  /**
+   * $1 id. The instance's `cancel_requested`, read on SQLite by a run before it starts its next
+   * step (see InstanceRun's #seeCancel); no row when the instance is gone.
+   */
+  readonly cancelFlag: string
   /**
    * $1 saga id, $2 step, $3 reply JSON, $4 now. Inserts nothing when the instance is gone (or
    * the step's reply was recorded already): a reply never outlives its instance, even when
@@ -305,6 +315,8 @@ const neverShorter = (dialect: SqlDialect) =>
 const common = {
   insertEvent: `INSERT INTO ${sagaEventsTable} (saga_id, at, kind, step, attempt, worker, detail)
 VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+  // A plain read, no lock: the transition after the work is fenced again (and locks the row).
+  leaseHeld: `SELECT 1 AS held FROM ${sagaTable} WHERE id = $1 AND lease_token = $2`,
   renewOne: `UPDATE ${sagaTable} SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2`,
   selectOne: `SELECT ${rowColumns} FROM ${sagaTable} WHERE id = $1`,
   selectEvents: `SELECT seq, at, kind, step, attempt, worker, detail FROM ${sagaEventsTable}
@@ -320,6 +332,7 @@ WHERE saga_id = $1 AND kind = 'compensating' ORDER BY seq DESC LIMIT 1`,
   cancel: `UPDATE ${sagaTable} SET cancel_requested = 1, updated_at = $2,
     next_run_at = CASE WHEN next_run_at > $2 THEN $2 ELSE next_run_at END
 WHERE id = $1 AND status = 'running'`,
+  cancelFlag: `SELECT cancel_requested FROM ${sagaTable} WHERE id = $1`,
   cancelRequest: `SELECT seq, detail FROM ${sagaEventsTable}
 WHERE saga_id = $1 AND kind = 'cancel-requested' ORDER BY seq DESC LIMIT 1`,
 

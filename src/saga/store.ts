@@ -104,13 +104,16 @@ function transitionParams(write: TransitionWrite): unknown[] {
   ]
 }
 
-/** Work run inside the transition's transaction after the fenced write succeeded. */
+/**
+ * Work run inside the transition's transaction, once the token is seen to hold and before the
+ * fenced write; a write the token no longer allows rolls it back.
+ */
 export type CommitWork = (tx: SqlTransaction) => Promise<void>
 
 /**
  * Writes a transition. Resolves to whether a cancel was requested and the lease end written, or
  * `undefined` when the token no longer holds (the lease was taken over): then nothing was
- * written and `work` did not run.
+ * written, and `work` did not run or was rolled back.
  */
 export async function writeTransition(
   db: SqlDriver,
@@ -138,25 +141,34 @@ export async function writeTransition(
     const write = stamped(built)
     return outcome(write, await db.query(statements.transition, params(write)))
   }
-  return db.transaction(async (tx) => {
-    // Measured once the transaction has begun: the wait for it is not the lease's.
-    const write = stamped(built)
-    const result = outcome(write, await tx.query(statements.transition, params(write)))
-    if (result === undefined) return undefined
-    if (db.dialect === 'sqlite') {
-      await insertTimeline(tx, statements.insertEvent, write)
-    }
-    for (const w of work) await w(tx)
-    // The work took time (a slow statement, a lock wait): the lease runs from its end. Same
-    // row, same transaction, already locked: fenced by the token like the transition.
-    const after = stamped(write)
-    if (after !== write) {
-      await tx.execute(statements.renewOne, [write.id, write.token, after.leaseExpiresAt])
-      return { ...result, leaseExpiresAt: after.leaseExpiresAt }
-    }
-    return result
-  })
+  try {
+    return await db.transaction(async (tx) => {
+      // The work runs only while the token holds, as it ran after the fenced write before.
+      const held = await tx.query(statements.leaseHeld, [built.id, built.token])
+      if (held.length === 0) return undefined
+      for (const w of work) await w(tx)
+      // The fenced write comes after the work, which may take long (atCommit work): on
+      // PostgreSQL the row is locked only from here to the commit, so a cancelSaga made while
+      // the work ran commits at once and this write reads it back, instead of waiting for the
+      // row and landing unseen just after the commit (the run then started its next step).
+      // Measured now: neither the wait for the transaction nor the work is the lease's.
+      const write = stamped(built)
+      const result = outcome(write, await tx.query(statements.transition, params(write)))
+      // Taken over while the work ran: what it wrote is rolled back with the transaction.
+      if (result === undefined) throw new TakenOver()
+      if (db.dialect === 'sqlite') {
+        await insertTimeline(tx, statements.insertEvent, write)
+      }
+      return result
+    })
+  } catch (error) {
+    if (error instanceof TakenOver) return undefined
+    throw error
+  }
 }
+
+/** Rolls a transition's transaction back when its fenced write finds the lease taken over. */
+class TakenOver extends Error {}
 
 /**
  * A list of strings (the claim's definition keys, the renewal's ids) in the form the dialect's
