@@ -1,5 +1,4 @@
 import cluster, { type Worker } from 'node:cluster'
-import { readFile } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { type Clock, maxTimerDelayMs, systemClock, type TimerHandle } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
@@ -306,16 +305,9 @@ async function readProxyConfig(
   file: string,
   overrides: ProxyConfigOverrides,
 ): Promise<{ config: ProxyConfig; text: string }> {
-  const { loadProxyConfig, parseProxyConfig } = await import('../proxy/config/load.js')
-  let text: string
-  try {
-    text = await readFile(file, 'utf8')
-  } catch {
-    // Unreadable: loadProxyConfig says so in its usual words (a file that appeared meanwhile
-    // is read again).
-    await loadProxyConfig(file, overrides)
-    return readProxyConfig(file, overrides)
-  }
+  const { parseProxyConfig, readConfigText } = await import('../proxy/config/load.js')
+  // Refuses a path that is no regular file before reading it (a FIFO's read never ends).
+  const text = await readConfigText(file)
   return { config: parseProxyConfig(text, file, overrides), text }
 }
 

@@ -5,7 +5,6 @@
 // close after their in-flight work (ServiceRuntime.close waits for it). Listener sockets
 // survive a reload unless their host, port or TLS files changed.
 
-import { readFile } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { resolve } from 'node:path'
 import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
@@ -27,7 +26,7 @@ import {
   type ProxyStartErrorCode,
 } from './config/errors.js'
 import { checkAdminTokenFile } from './config/files.js'
-import { type ProxyConfigOverrides, parseProxyConfig } from './config/load.js'
+import { type ProxyConfigOverrides, parseProxyConfig, readConfigText } from './config/load.js'
 import { keepsServiceRuntime } from './config/reload.js'
 import type {
   InboundContext,
@@ -651,7 +650,8 @@ class ProxyRuntime implements ProxyInternals {
     const source = this.#source
     switch (source.kind) {
       case 'file': {
-        const text = await readFile(source.file, 'utf8').catch(() => undefined)
+        // Not readFile: a path that is no regular file (a FIFO) is refused before it is read.
+        const text = await readConfigText(source.file).catch(() => undefined)
         if (!bound.expired()) this.#fileText = text
         if (text === undefined) {
           // Unreadable: loadProxyConfig reports it as it always has.
@@ -1136,7 +1136,7 @@ class ProxyRuntime implements ProxyInternals {
     return this.#queued(async () => {
       if (this.#closed !== undefined) return undefined
       // A delete or a half-written file would fail the reload anyway; only react to content.
-      const text = await readFile(file, 'utf8').catch(() => undefined)
+      const text = await readConfigText(file).catch(() => undefined)
       // Closed during the read: nothing to reload, and no one to tell.
       if (text === undefined || this.#closed !== undefined) return undefined
       // The event may be another file's: a ConfigMap update swaps ..data for any of its keys.

@@ -1,4 +1,5 @@
-import { readFile } from 'node:fs/promises'
+import type { Stats } from 'node:fs'
+import { readFile, stat } from 'node:fs/promises'
 import {
   type Alias,
   type Document,
@@ -61,21 +62,41 @@ export async function loadProxyConfig(
   file: string,
   overrides: ProxyConfigOverrides = {},
 ): Promise<ProxyConfig> {
-  let text: string
+  return parseProxyConfig(await readConfigText(file), file, overrides)
+}
+
+/**
+ * Reads the config file's text. A path that is no regular file (a FIFO, a device, a directory)
+ * is refused before it is opened: reading a FIFO nobody writes to never ends, and the read would
+ * hold a thread of libuv's pool (which DNS lookups share) for ever, past any timeout. Throws
+ * ConfigInvalidError naming `(file)` for that and for a file that cannot be read.
+ */
+export async function readConfigText(file: string): Promise<string> {
+  let kind: string | undefined
   try {
-    text = await readFile(file, 'utf8')
+    kind = fileKind(await stat(file))
+    if (kind === undefined) return await readFile(file, 'utf8')
   } catch (error) {
     const reason = (error as NodeJS.ErrnoException).code ?? String(error)
-    throw new ConfigInvalidError(file, [
-      {
-        path: '(file)',
-        message: `expected a readable YAML file, got ${reason}`,
-        line: undefined,
-        column: undefined,
-      },
-    ])
+    throw fileProblem(file, `expected a readable YAML file, got ${reason}`)
   }
-  return parseProxyConfig(text, file, overrides)
+  throw fileProblem(file, `expected a regular YAML file, got ${kind}`)
+}
+
+/** What a path that is no regular file is, in words; undefined for a regular file. */
+function fileKind(stats: Stats): string | undefined {
+  if (stats.isFile()) return undefined
+  if (stats.isDirectory()) return 'a directory'
+  if (stats.isFIFO()) return 'a FIFO (named pipe)'
+  if (stats.isSocket()) return 'a socket'
+  if (stats.isCharacterDevice() || stats.isBlockDevice()) return 'a device'
+  return 'no regular file'
+}
+
+function fileProblem(file: string, message: string): ConfigInvalidError {
+  return new ConfigInvalidError(file, [
+    { path: '(file)', message, line: undefined, column: undefined },
+  ])
 }
 
 /**
