@@ -854,10 +854,11 @@ function compileRetry(at: string, raw: unknown, defaults: RetryDefaults): Compil
       ...(options.random === undefined ? {} : { random: options.random as RandomSource }),
     })
   } catch (error) {
-    // Only jitter and random are left unchecked above; name them under this step.
+    // Only jitter and random are left unchecked above; name them under this step, with what
+    // the policy takes (the values jitter may be), not a bare "a valid value".
     if (error instanceof InvalidOptionError) {
       const field = error.option.slice(error.option.indexOf('.') + 1)
-      throw new InvalidOptionError(`${at}.${field}`, 'a valid value', error.value)
+      throw new InvalidOptionError(`${at}.${field}`, error.expected, error.value)
     }
     throw error
   }
