@@ -8,30 +8,18 @@
 import { randomUUID } from 'node:crypto'
 import { createServer } from 'node:http'
 import express, { type NextFunction, type Request, type Response } from 'express'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
   createIdempotency,
   expressIdempotency,
   idempotencyContextOf,
 } from '../../src/idempotency/index.js'
-import { countRows, createChargesTable, dbTargets, insertCharge, type TestDb } from './databases.js'
-import { type Listening, listenServer, send } from './servers.js'
+import { countRows, dbTargets, insertCharge } from './databases.js'
+import { listenServer, send } from './servers.js'
+import { useServerSuite } from './suite.js'
 
 describe.each(dbTargets)('express: a handler that fails after res.write, on $dialect', (db) => {
-  let testDb: TestDb
-  let listening: Listening | undefined
-
-  beforeAll(async () => {
-    testDb = await db.open('idem_express_write_fail')
-    await createChargesTable(testDb.db)
-  })
-  afterAll(async () => {
-    await testDb?.close()
-  })
-  afterEach(async () => {
-    await listening?.close()
-    listening = undefined
-  })
+  const suite = useServerSuite(db, 'idem_express_write_fail')
 
   function errorHandler(
     error: { status?: number; message: string },
@@ -43,7 +31,7 @@ describe.each(dbTargets)('express: a handler that fails after res.write, on $dia
   }
 
   it('answers the 500 problem, records nothing, and runs the retry again', async () => {
-    const idempotency = createIdempotency({ store: testDb.db })
+    const idempotency = createIdempotency({ store: suite.db })
     const errors: unknown[] = []
     let runs = 0
     const app = express()
@@ -65,7 +53,7 @@ describe.each(dbTargets)('express: a handler that fails after res.write, on $dia
       },
     )
     app.use(errorHandler)
-    listening = await listenServer(createServer(app))
+    const listening = suite.keep(await listenServer(createServer(app)))
     const key = randomUUID()
 
     const first = await send(`${listening.url}/export`, { key, body: '{}' })
@@ -78,7 +66,7 @@ describe.each(dbTargets)('express: a handler that fails after res.write, on $dia
     expect(errors).toHaveLength(1)
     expect(errors[0]).toMatchObject({ code: 'ERR_HTTP_HEADERS_SENT' })
     expect(await idempotency.store.get('anonymous', key)).toBeUndefined()
-    expect(await countRows(testDb.db, 'charges', `WHERE tenant = 'export'`)).toBe(0)
+    expect(await countRows(suite.db, 'charges', `WHERE tenant = 'export'`)).toBe(0)
 
     const retry = await send(`${listening.url}/export`, { key, body: '{}' })
     expect(retry.status).toBe(500)
@@ -88,7 +76,7 @@ describe.each(dbTargets)('express: a handler that fails after res.write, on $dia
   })
 
   it("fails the same way under Express's default error handler", async () => {
-    const idempotency = createIdempotency({ store: testDb.db })
+    const idempotency = createIdempotency({ store: suite.db })
     const errors: unknown[] = []
     const app = express()
     app.post(
@@ -99,7 +87,7 @@ describe.each(dbTargets)('express: a handler that fails after res.write, on $dia
         throw new Error('broken')
       },
     )
-    listening = await listenServer(createServer(app))
+    const listening = suite.keep(await listenServer(createServer(app)))
     const key = randomUUID()
     const reply = await send(`${listening.url}/export`, { key, body: '{}' })
     expect(reply.status).toBe(500)
@@ -110,7 +98,7 @@ describe.each(dbTargets)('express: a handler that fails after res.write, on $dia
   })
 
   it('still records a streamed response (write, write, end) and replays it byte for byte', async () => {
-    const idempotency = createIdempotency({ store: testDb.db })
+    const idempotency = createIdempotency({ store: suite.db })
     const errors: unknown[] = []
     let runs = 0
     const app = express()
@@ -126,7 +114,7 @@ describe.each(dbTargets)('express: a handler that fails after res.write, on $dia
         res.end('2,\u00e9\n', 'utf8')
       },
     )
-    listening = await listenServer(createServer(app))
+    const listening = suite.keep(await listenServer(createServer(app)))
     const key = randomUUID()
     const first = await send(`${listening.url}/export`, { key, body: '{}' })
     expect(first.status).toBe(201)

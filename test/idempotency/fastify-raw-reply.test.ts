@@ -5,14 +5,15 @@
 // 'raw-reply'): Fastify's error handling answers 500, ctx.tx is rolled back, the key released.
 import { randomUUID } from 'node:crypto'
 import Fastify, { type FastifyReply } from 'fastify'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
   createIdempotency,
   fastifyIdempotency,
   idempotencyContextOf,
 } from '../../src/idempotency/index.js'
-import { createChargesTable, insertCharge, sqliteDb, type TestDb } from './databases.js'
-import { type Listening, listenServer, send } from './servers.js'
+import { insertCharge, sqliteDb } from './databases.js'
+import { listenServer, send } from './servers.js'
+import { useServerSuite } from './suite.js'
 
 const rawAnswers: Record<string, (reply: FastifyReply) => void> = {
   'reply.raw.writeHead and end': (reply) => {
@@ -30,25 +31,12 @@ const rawAnswers: Record<string, (reply: FastifyReply) => void> = {
 }
 
 describe('fastify: a handler answering through reply.raw or reply.hijack()', () => {
-  let testDb: TestDb
-  let listening: Listening | undefined
-
-  beforeAll(async () => {
-    testDb = await sqliteDb.open('idem_fastify_raw_reply')
-    await createChargesTable(testDb.db)
-  })
-  afterAll(async () => {
-    await testDb?.close()
-  })
-  afterEach(async () => {
-    await listening?.close()
-    listening = undefined
-  })
+  const suite = useServerSuite(sqliteDb, 'idem_fastify_raw_reply')
 
   it.each(Object.keys(rawAnswers))(
     '%s is refused before any byte leaves; 500, rolled back, key released',
     async (name) => {
-      const idempotency = createIdempotency({ store: testDb.db })
+      const idempotency = createIdempotency({ store: suite.db })
       const thrown: unknown[] = []
       let runs = 0
       const app = Fastify()
@@ -65,7 +53,7 @@ describe('fastify: a handler answering through reply.raw or reply.hijack()', () 
         }
       })
       await app.ready()
-      listening = await listenServer(app.server)
+      const listening = suite.keep(await listenServer(app.server))
       const key = randomUUID()
       for (const attempt of [1, 2]) {
         const reply = await send(`${listening.url}/`, { key, body: '{}' })
@@ -78,13 +66,13 @@ describe('fastify: a handler answering through reply.raw or reply.hijack()', () 
         expect.objectContaining({ code: 'IDEMPOTENCY_RESPONSE_UNSUPPORTED', rule: 'raw-reply' }),
       ])
       expect(await idempotency.store.get('anonymous', key)).toBeUndefined()
-      expect(await testDb.db.query('SELECT id FROM charges WHERE id = $1', [key])).toEqual([])
+      expect(await suite.db.query('SELECT id FROM charges WHERE id = $1', [key])).toEqual([])
       await app.close()
     },
   )
 
   it('leaves reply.raw to Fastify once the handler sent its reply', async () => {
-    const idempotency = createIdempotency({ store: testDb.db })
+    const idempotency = createIdempotency({ store: suite.db })
     const app = Fastify()
     await app.register(fastifyIdempotency(idempotency))
     app.post('/', async (_request, reply) => {
@@ -92,7 +80,7 @@ describe('fastify: a handler answering through reply.raw or reply.hijack()', () 
       return reply.code(201).send({ ok: true })
     })
     await app.ready()
-    listening = await listenServer(app.server)
+    const listening = suite.keep(await listenServer(app.server))
     const key = randomUUID()
     const reply = await send(`${listening.url}/`, { key, body: '{}' })
     expect(reply.status).toBe(201)

@@ -6,35 +6,26 @@ import { randomUUID } from 'node:crypto'
 import { request as httpRequest, type IncomingMessage, type Server } from 'node:http'
 import { createAdaptorServer } from '@hono/node-server'
 import { Hono } from 'hono'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { createIdempotency, honoIdempotency } from '../../src/idempotency/index.js'
-import { sqliteDb, type TestDb } from './databases.js'
-import { type Listening, listenServer } from './servers.js'
+import { sqliteDb } from './databases.js'
+import { listenServer } from './servers.js'
+import { useServerSuite } from './suite.js'
 
 describe('hono: a chunked body over the limit, still arriving', () => {
-  let testDb: TestDb
-  let listening: Listening | undefined
-
-  beforeAll(async () => {
-    testDb = await sqliteDb.open('idem_hono_unfinished_body')
-  })
-  afterAll(async () => {
-    await testDb?.close()
-  })
-  afterEach(async () => {
-    await listening?.close()
-    listening = undefined
-  })
+  const suite = useServerSuite(sqliteDb, 'idem_hono_unfinished_body', false)
 
   it('is answered 413 with connection: close before the client ends it', async () => {
-    const idempotency = createIdempotency({ store: testDb.db })
+    const idempotency = createIdempotency({ store: suite.db })
     let runs = 0
     const app = new Hono()
     app.post('/charges', honoIdempotency(idempotency, { maxBodyBytes: 1000 }), (c) => {
       runs++
       return c.text('ok')
     })
-    listening = await listenServer(createAdaptorServer({ fetch: app.fetch }) as Server)
+    const listening = suite.keep(
+      await listenServer(createAdaptorServer({ fetch: app.fetch }) as Server),
+    )
     const { port } = new URL(listening.url)
     const key = randomUUID()
     const response = await new Promise<IncomingMessage>((resolve, reject) => {

@@ -4,15 +4,16 @@
 import { randomUUID } from 'node:crypto'
 import { createServer, type ServerResponse } from 'node:http'
 import express from 'express'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
   createIdempotency,
   expressIdempotency,
   idempotencyContextOf,
   idempotentHandler,
 } from '../../src/idempotency/index.js'
-import { createChargesTable, sqliteDb, type TestDb } from './databases.js'
-import { type Listening, listen, listenServer, send } from './servers.js'
+import { sqliteDb } from './databases.js'
+import { listen, listenServer, send } from './servers.js'
+import { useServerSuite } from './suite.js'
 
 const invalidWrites: Record<string, (res: ServerResponse) => void> = {
   'end(object)': (res) => res.end({ a: 1 } as never),
@@ -23,43 +24,31 @@ const invalidWrites: Record<string, (res: ServerResponse) => void> = {
 }
 
 describe('node:http and Express: a chunk node cannot write', () => {
-  let testDb: TestDb
-  let listening: Listening | undefined
-
-  beforeAll(async () => {
-    testDb = await sqliteDb.open('idem_invalid_chunk')
-    await createChargesTable(testDb.db)
-  })
-  afterAll(async () => {
-    await testDb?.close()
-  })
-  afterEach(async () => {
-    await listening?.close()
-    listening = undefined
-  })
+  const suite = useServerSuite(sqliteDb, 'idem_invalid_chunk')
 
   it.each(Object.keys(invalidWrites))(
     'node:http: %s throws ERR_INVALID_ARG_TYPE at the call; 500, key released',
     async (name) => {
-      const idempotency = createIdempotency({ store: testDb.db })
+      const idempotency = createIdempotency({ store: suite.db })
       const thrown: unknown[] = []
       const errors: unknown[] = []
-      listening = await listen(
-        idempotentHandler(
-          { idempotency, onError: (error) => errors.push(error) },
-          async (_, res, { idempotency: ctx }) => {
-            await ctx!.tx.execute('INSERT INTO charges (id, tenant, amount) VALUES ($1, $2, $3)', [
-              ctx!.key,
-              't',
-              1,
-            ])
-            try {
-              invalidWrites[name]!(res)
-            } catch (error) {
-              thrown.push(error)
-              throw error
-            }
-          },
+      const listening = suite.keep(
+        await listen(
+          idempotentHandler(
+            { idempotency, onError: (error) => errors.push(error) },
+            async (_, res, { idempotency: ctx }) => {
+              await ctx!.tx.execute(
+                'INSERT INTO charges (id, tenant, amount) VALUES ($1, $2, $3)',
+                [ctx!.key, 't', 1],
+              )
+              try {
+                invalidWrites[name]!(res)
+              } catch (error) {
+                thrown.push(error)
+                throw error
+              }
+            },
+          ),
         ),
       )
       const key = randomUUID()
@@ -69,14 +58,14 @@ describe('node:http and Express: a chunk node cannot write', () => {
       expect(thrown[0]).toBeInstanceOf(TypeError)
       expect(errors).toEqual(thrown)
       expect(await idempotency.store.get('anonymous', key)).toBeUndefined()
-      expect(await testDb.db.query('SELECT id FROM charges WHERE id = $1', [key])).toEqual([])
+      expect(await suite.db.query('SELECT id FROM charges WHERE id = $1', [key])).toEqual([])
     },
   )
 
   it.each(Object.keys(invalidWrites))(
     "Express: %s reaches Express's error handling; the key is released",
     async (name) => {
-      const idempotency = createIdempotency({ store: testDb.db })
+      const idempotency = createIdempotency({ store: suite.db })
       const errors: unknown[] = []
       const app = express()
       app.post('/', expressIdempotency(idempotency), async (req, res) => {
@@ -92,14 +81,14 @@ describe('node:http and Express: a chunk node cannot write', () => {
         errors.push(error)
         res.status(500).json({ failed: true })
       })
-      listening = await listenServer(createServer(app))
+      const listening = suite.keep(await listenServer(createServer(app)))
       const key = randomUUID()
       const reply = await send(`${listening.url}/`, { key, body: '{}' })
       expect(reply.status).toBe(500)
       expect(reply.text).toBe('{"failed":true}')
       expect(errors).toEqual([expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' })])
       expect(await idempotency.store.get('anonymous', key)).toBeUndefined()
-      expect(await testDb.db.query('SELECT id FROM charges WHERE id = $1', [key])).toEqual([])
+      expect(await suite.db.query('SELECT id FROM charges WHERE id = $1', [key])).toEqual([])
     },
   )
 })

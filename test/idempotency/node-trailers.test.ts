@@ -6,15 +6,16 @@
 import { randomUUID } from 'node:crypto'
 import { createServer, type ServerResponse } from 'node:http'
 import express from 'express'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
   createIdempotency,
   expressIdempotency,
   idempotencyContextOf,
   idempotentHandler,
 } from '../../src/idempotency/index.js'
-import { createChargesTable, sqliteDb, type TestDb } from './databases.js'
-import { type Listening, listen, listenServer, send } from './servers.js'
+import { sqliteDb } from './databases.js'
+import { listen, listenServer, send } from './servers.js'
+import { useServerSuite } from './suite.js'
 
 const trailerResponses: Record<string, (res: ServerResponse) => void> = {
   'a Trailer header and addTrailers': (res) => {
@@ -42,20 +43,7 @@ const unsupported = expect.objectContaining({
 })
 
 describe('node:http and Express: a response with trailers', () => {
-  let testDb: TestDb
-  let listening: Listening | undefined
-
-  beforeAll(async () => {
-    testDb = await sqliteDb.open('idem_node_trailers')
-    await createChargesTable(testDb.db)
-  })
-  afterAll(async () => {
-    await testDb?.close()
-  })
-  afterEach(async () => {
-    await listening?.close()
-    listening = undefined
-  })
+  const suite = useServerSuite(sqliteDb, 'idem_node_trailers')
 
   const charge = (ctx: {
     tx: { execute(sql: string, params: unknown[]): Promise<unknown> }
@@ -70,17 +58,19 @@ describe('node:http and Express: a response with trailers', () => {
   it.each(Object.keys(trailerResponses))(
     'node:http: %s fails before the commit; 500, key released, nothing written',
     async (name) => {
-      const idempotency = createIdempotency({ store: testDb.db })
+      const idempotency = createIdempotency({ store: suite.db })
       const errors: unknown[] = []
       let runs = 0
-      listening = await listen(
-        idempotentHandler(
-          { idempotency, onError: (error) => errors.push(error) },
-          async (_, res, { idempotency: ctx }) => {
-            runs++
-            await charge(ctx!)
-            trailerResponses[name]!(res)
-          },
+      const listening = suite.keep(
+        await listen(
+          idempotentHandler(
+            { idempotency, onError: (error) => errors.push(error) },
+            async (_, res, { idempotency: ctx }) => {
+              runs++
+              await charge(ctx!)
+              trailerResponses[name]!(res)
+            },
+          ),
         ),
       )
       const key = randomUUID()
@@ -94,12 +84,12 @@ describe('node:http and Express: a response with trailers', () => {
       }
       expect(errors).toEqual([unsupported, unsupported])
       expect(await idempotency.store.get('anonymous', key)).toBeUndefined()
-      expect(await testDb.db.query('SELECT id FROM charges WHERE id = $1', [key])).toEqual([])
+      expect(await suite.db.query('SELECT id FROM charges WHERE id = $1', [key])).toEqual([])
     },
   )
 
   it('Express: a Trailer header and addTrailers fail before the commit', async () => {
-    const idempotency = createIdempotency({ store: testDb.db })
+    const idempotency = createIdempotency({ store: suite.db })
     const errors: unknown[] = []
     const app = express()
     app.post(
@@ -110,33 +100,21 @@ describe('node:http and Express: a response with trailers', () => {
         trailerResponses['a Trailer header and addTrailers']!(res)
       },
     )
-    listening = await listenServer(createServer(app))
+    const listening = suite.keep(await listenServer(createServer(app)))
     const key = randomUUID()
     const reply = await send(`${listening.url}/`, { key, body: '{}' })
     expect(reply.status).toBe(500)
     expect(reply.headers.trailer).toBeUndefined()
     expect(errors).toEqual([unsupported])
     expect(await idempotency.store.get('anonymous', key)).toBeUndefined()
-    expect(await testDb.db.query('SELECT id FROM charges WHERE id = $1', [key])).toEqual([])
+    expect(await suite.db.query('SELECT id FROM charges WHERE id = $1', [key])).toEqual([])
   })
 })
 
 // The same rule for what node's writeHead checks: a reason phrase it refuses threw when the
 // recorded response was written, after the commit, and the client got no answer at all.
 describe('node:http: a reason phrase node refuses', () => {
-  let testDb: TestDb
-  let listening: Listening | undefined
-
-  beforeAll(async () => {
-    testDb = await sqliteDb.open('idem_node_status_message')
-  })
-  afterAll(async () => {
-    await testDb?.close()
-  })
-  afterEach(async () => {
-    await listening?.close()
-    listening = undefined
-  })
+  const suite = useServerSuite(sqliteDb, 'idem_node_status_message', false)
 
   it.each([
     ['writeHead(201, reason)', (res: ServerResponse) => res.writeHead(201, 'bad\u0001').end('x')],
@@ -148,11 +126,13 @@ describe('node:http: a reason phrase node refuses', () => {
       },
     ],
   ])('%s throws ERR_INVALID_CHAR at the call, before the commit', async (_, write) => {
-    const idempotency = createIdempotency({ store: testDb.db })
+    const idempotency = createIdempotency({ store: suite.db })
     const errors: unknown[] = []
-    listening = await listen(
-      idempotentHandler({ idempotency, onError: (error) => errors.push(error) }, (_req, res) =>
-        write(res),
+    const listening = suite.keep(
+      await listen(
+        idempotentHandler({ idempotency, onError: (error) => errors.push(error) }, (_req, res) =>
+          write(res),
+        ),
       ),
     )
     const key = randomUUID()
