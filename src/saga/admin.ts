@@ -247,7 +247,9 @@ async function compensationReason(tx: SqlExecutor, id: string): Promise<string |
  * for a timer, a retry delay or a reply is woken at once. A command/reply step whose command
  * was sent and whose reply was not read is compensated too, first (its outcome is unknown). Throws `SagaNotFoundError`, or
  * `SagaStateConflictError` when the saga is not running (already compensating or finished).
- * A saga that was finishing its last step as the cancel arrived still ends `completed`. An
+ * A saga that was finishing its last step as the cancel arrived still ends `completed`. A
+ * cancel of a running saga whose cancel is already requested resolves and changes nothing: the
+ * first request (and its reason) stands, and the timeline records only that one. An
  * unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`).
  */
 export async function cancelSaga(
@@ -260,7 +262,12 @@ export async function cancelSaga(
   const statements = sagaStatements[db.dialect]
   await db.transaction(async (tx) => {
     const { rowCount } = await tx.execute(statements.cancel, [id, now])
-    if (rowCount === 0) await refuse(tx, id, 'only a running saga can be cancelled')
+    if (rowCount === 0) {
+      // Requested already and not yet acted on: the first request stands, reason and all (a
+      // second one replaced its reason, unsaid), and nothing is recorded for this one.
+      if (await cancelPending(tx, id)) return
+      await refuse(tx, id, 'only a running saga can be cancelled')
+    }
     await tx.execute(statements.insertEvent, [
       id,
       now,
@@ -425,6 +432,15 @@ function adminOptions(options: SagaAdminOptions): { now: number; by: string; rea
     throw new InvalidOptionError('options.reason', 'a string', options.reason)
   const now = storedTime(checkClock('clock', options.clock))
   return options.reason === undefined ? { now, by } : { now, by, reason: options.reason }
+}
+
+// Whether the saga is running with its cancel requested (a worker has not taken it up yet).
+async function cancelPending(tx: SqlExecutor, id: string): Promise<boolean> {
+  const rows = await tx.query<{ status: string }>(
+    `SELECT status FROM breakwater_sagas WHERE id = $1 AND cancel_requested = 1`,
+    [id],
+  )
+  return rows[0]?.status === 'running'
 }
 
 async function refuse(tx: SqlExecutor, id: string, message: string): Promise<never> {

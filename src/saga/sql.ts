@@ -331,7 +331,7 @@ WHERE id = $1 AND status = 'failed'`,
 WHERE saga_id = $1 AND kind = 'compensating' ORDER BY seq DESC LIMIT 1`,
   cancel: `UPDATE ${sagaTable} SET cancel_requested = 1, updated_at = $2,
     next_run_at = CASE WHEN next_run_at > $2 THEN $2 ELSE next_run_at END
-WHERE id = $1 AND status = 'running'`,
+WHERE id = $1 AND status = 'running' AND cancel_requested <> 1`,
   cancelFlag: `SELECT cancel_requested FROM ${sagaTable} WHERE id = $1`,
   cancelRequest: `SELECT seq, detail FROM ${sagaEventsTable}
 WHERE saga_id = $1 AND kind = 'cancel-requested' ORDER BY seq DESC LIMIT 1`,
