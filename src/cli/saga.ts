@@ -287,8 +287,20 @@ function table(rows: readonly (readonly string[])[]): string {
 // it is redacted before being cut, so a cut cannot leave a password that no longer looks like
 // one (`postgres://app:hunt…`).
 function truncate(text: string, max: number): string {
-  const shown = redactSecrets(text)
+  const shown = oneLine(redactSecrets(text))
   return shown.length > max ? `${shown.slice(0, max - 1)}…` : shown
+}
+
+const escapes: Readonly<Record<string, string>> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
+
+// Stored text (a reason, an error message, an operator's name) is printed inside a table row
+// or a timeline line: a line break in it broke the layout, its rest read as rows of their own.
+// Control characters and line separators are shown escaped (\n, \r, \t, \u001b).
+function oneLine(text: string): string {
+  return text.replace(
+    /[\p{Cc}\u2028\u2029]/gu,
+    (c) => escapes[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  )
 }
 
 // A row changed outside breakwater is listed with the others: its cells that cannot be read
@@ -327,7 +339,7 @@ function formatShow(saga: SagaInstance, timeline: readonly SagaTimelineEntry[]):
     `name      ${saga.name}@${saga.version}`,
     `status    ${saga.status}${saga.cancelRequested && saga.status !== 'cancelled' ? ' (cancel requested)' : ''}`,
   ]
-  if (saga.reason !== undefined) lines.push(`reason    ${saga.reason}`)
+  if (saga.reason !== undefined) lines.push(`reason    ${oneLine(saga.reason)}`)
   lines.push(
     `created   ${time(saga.createdAt)}`,
     `updated   ${time(saga.updatedAt)}`,
@@ -346,7 +358,7 @@ function formatShow(saga: SagaInstance, timeline: readonly SagaTimelineEntry[]):
     ['#', 'STEP', 'STATUS', 'ATTEMPTS', 'COMPENSATION', 'LAST ERROR'],
     ...saga.steps.map((s, i) => [
       String(i + 1),
-      s.name,
+      oneLine(s.name),
       s.status,
       String(s.attempts),
       s.compensationAttempts === undefined
@@ -386,5 +398,5 @@ function formatEntry(entry: SagaTimelineEntry): string {
   if (typeof d.previousOwner === 'string') parts.push(`(lease of ${d.previousOwner} expired)`)
   if (typeof d.reason === 'string') parts.push(`reason: ${d.reason}`)
   if (entry.worker !== undefined) parts.push(`[${entry.worker}]`)
-  return parts.join('  ')
+  return oneLine(parts.join('  '))
 }
