@@ -6,6 +6,7 @@ import { BreakwaterError } from '../../core/errors.js'
 import { redactSecrets } from '../../observability/redact.js'
 import type { ConfigInvalidError } from '../config/errors.js'
 import type {
+  AdminConfig,
   ProxyConfig,
   RouteState,
   RouteTargetConfig,
@@ -118,21 +119,44 @@ export interface AdminBackend {
 }
 
 /**
+ * The settings read at start only (`admin`, `workers`): a reload that changes them in the file
+ * applies them at the next restart, so until then the process runs on these.
+ */
+export interface StartOnlySettings {
+  readonly admin: AdminConfig | undefined
+  readonly workers: number
+}
+
+/**
  * The config as the admin API shows it: the `services` map as an object, secrets as their
  * `{ env }` / `{ file }` references (the config never holds a secret value), and credentials
- * in URLs (an idempotency database URL) masked.
+ * in URLs (an idempotency database URL) masked. `via` is `false` when no Via is added, as in
+ * the YAML. Given `running` (the start-only settings the process started with), `admin` and
+ * `workers` are those, and `pendingAtRestart` lists the file's values that differ from them:
+ * a reload took them in, but they apply only at the next restart.
  */
-export function configForDisplay(config: ProxyConfig): Record<string, unknown> {
+export function configForDisplay(
+  config: ProxyConfig,
+  running?: StartOnlySettings,
+): Record<string, unknown> {
+  const pending: Record<string, unknown> = {}
+  // Compared as JSON: the config holds plain data, and the reloaded copy is a new object.
+  if (running !== undefined && JSON.stringify(running.admin) !== JSON.stringify(config.admin))
+    pending.admin = config.admin ?? null
+  if (running !== undefined && running.workers !== config.workers) pending.workers = config.workers
   return {
     services: Object.fromEntries(config.services),
     listeners: config.listeners,
-    admin: config.admin,
+    admin: running === undefined ? config.admin : running.admin,
     idempotency:
       config.idempotency === undefined ? undefined : { url: redactSecrets(config.idempotency.url) },
     accessLog: config.accessLog,
     deadlineHeader: config.deadlineHeader,
+    via: config.via ?? false,
     drainTimeoutMs: config.drainTimeoutMs,
-    workers: config.workers,
+    startTimeoutMs: config.startTimeoutMs,
+    workers: running === undefined ? config.workers : running.workers,
+    ...(Object.keys(pending).length === 0 ? {} : { pendingAtRestart: pending }),
   }
 }
 

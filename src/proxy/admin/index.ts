@@ -4,6 +4,7 @@
 export type {
   AdminBackend,
   ReloadReport,
+  StartOnlySettings,
   WorkerReload,
   WorkerRoutes,
   WorkerServices,

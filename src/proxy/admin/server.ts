@@ -22,6 +22,7 @@ import {
   configForDisplay,
   mergeRoutes,
   PartiallyAppliedError,
+  type StartOnlySettings,
 } from './backend.js'
 
 /** Options of {@link startAdminServer}. */
@@ -186,6 +187,16 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       { tokenSource },
     )
 
+  // `admin` and `workers` are read at start only: GET /admin/config shows the ones running
+  // (this server's settings, and the worker count of the config in force now, at the start)
+  // rather than a reloaded file's. A backend without a config (a test's) shows the file's.
+  const running: StartOnlySettings | undefined = await Promise.resolve()
+    .then(() => backend.config())
+    .then(
+      (started) => ({ admin: config, workers: started.workers }),
+      () => undefined,
+    )
+
   const sockets = new Set<Socket>()
   const server: Server = createServer(
     {
@@ -290,7 +301,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     // /admin/config
     if (parts.length === 1 && parts[0] === 'config')
       return only(method, ['GET'], async () =>
-        sendJson(res, 200, configForDisplay(await backend.config())),
+        sendJson(res, 200, configForDisplay(await backend.config(), running)),
       )
     if (parts.length === 1 && parts[0] === 'services')
       return only(method, ['GET'], async () =>
