@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url'
 import { openDatabase, type SqlDriver } from 'breakwater/stores'
 import { migrateQueue, migrateService, type StoreOwner, storeOwners } from './domain/schema.js'
 import { envNames } from './lib/env.js'
+import { exitReason } from './lib/exit-reason.js'
 import type { ChaosSettings } from './lib/host.js'
 import { type ShopProxy, startShopProxy } from './proxy.js'
 
@@ -257,10 +258,15 @@ async function startPrepared(
     entry.child = child
     started.spawned.add(child)
     child.once('exit', () => started.spawned.delete(child))
-    let stderr = ''
+    // The start of stderr holds an uncaught error's own line; the end, whatever came last.
+    let head = ''
+    let tail = ''
     child.stderr?.on('data', (chunk: Buffer) => {
-      stderr = (stderr + chunk.toString()).slice(-4_000)
+      const text = chunk.toString()
+      if (head.length < 8_000) head += text.slice(0, 8_000 - head.length)
+      tail = (tail + text).slice(-4_000)
     })
+    const reason = (): string => exitReason(`${head}\n${tail}`)
     return new Promise((resolve, reject) => {
       child.on('message', (message: { type?: string }) => {
         if (message.type === 'ready') {
@@ -272,8 +278,8 @@ async function startPrepared(
         entry.up = false
         if (entry.child === child) entry.child = undefined
         if (!closing && signal !== 'SIGKILL')
-          options.log(`${spec.name} exited (${signal ?? code}): ${stderr.trim().slice(-600)}`)
-        reject(new Error(`${spec.name} exited before it was ready: ${stderr.trim().slice(-1_500)}`))
+          options.log(`${spec.name} exited (${signal ?? code}): ${reason()}`)
+        reject(new Error(`${spec.name} exited before it was ready: ${reason()}`))
       })
     })
   }
