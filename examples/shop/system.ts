@@ -114,6 +114,25 @@ async function freePort(taken: ReadonlySet<number>): Promise<number> {
   }
 }
 
+/** The PostgreSQL schemas the shop creates and owns: one per store, and the SQL queue's. */
+export const shopSchemas: readonly string[] = [...storeOwners, 'queue'].map((o) => `shop_${o}`)
+
+/**
+ * Replaces the shop's schemas ({@link shopSchemas}) with empty ones, in one transaction. The
+ * shop owns them: a run that found an earlier run's rows would count its orders in its figures,
+ * and its pending outbox events, published to that run's topic, would never be consumed. A
+ * `DROP SCHEMA ... CASCADE` also drops what depends on their objects elsewhere (a view on one
+ * of their tables); no other schema is named.
+ */
+export async function prepareShopSchemas(db: SqlDriver): Promise<void> {
+  await db.transaction(async (tx) => {
+    for (const schema of shopSchemas) {
+      await tx.execute(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)
+      await tx.execute(`CREATE SCHEMA ${schema}`)
+    }
+  })
+}
+
 const servicesDir = fileURLToPath(new URL('./services/', import.meta.url))
 
 /**
@@ -174,10 +193,10 @@ async function startPrepared(
     return `${options.db}${separator}options=${encodeURIComponent(`-c search_path=shop_${owner}`)}`
   }
   if (options.db !== undefined) {
-    at("creating the stores' schemas")
+    // Each run starts from empty stores (see prepareShopSchemas).
+    at("replacing the stores' schemas")
     const admin = await open(options.db, { postgres: { maxConnections: 1 } })
-    for (const owner of [...storeOwners, 'queue'])
-      await admin.execute(`CREATE SCHEMA IF NOT EXISTS shop_${owner}`)
+    await prepareShopSchemas(admin)
     await closeNow(admin)
   }
 

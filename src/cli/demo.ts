@@ -38,7 +38,8 @@ invariants are counted from the databases; the exit code is 1 if one broke.
   --duration <s>      how long the load runs (default ${shopDefaults.durationS}; 0: until Ctrl-C)
   --chaos <script>    ${chaosScripts.join(' | ')} (default: ${shopDefaults.chaos})
   --rate <n>          orders per second (default ${shopDefaults.rate})
-  --db <url>          postgres://... for every store (default: SQLite files in a temp folder)
+  --db <url>          postgres://... for every store, a shop_* schema each: its shop_* schemas
+                      are replaced on each run (default: SQLite files in a temp folder)
   --broker <url>      nats://, amqp://, redis:// (default: the SQL queue in the database)
   --port <n>          dashboard port (default ${shopDefaults.port}; if busy, a free one)
   --new-share <pct>   share of /orders the strangler sends to the new service (default ${shopDefaults.newShare})

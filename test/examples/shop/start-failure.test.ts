@@ -1,5 +1,6 @@
-// The shop failing to start before any of its processes runs (here a migration: a table of the
-// notifications store is already there, not made by its migrations) must leave nothing behind:
+// The shop failing to start before any of its processes runs (here a migration: an event trigger
+// of the database refuses the notifications store's tables; a table left in its schema would be
+// dropped, as the shop replaces its schemas on each run) must leave nothing behind:
 // no temporary folder, no database connection, and an error that says which step failed and why.
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -60,8 +61,15 @@ async function sessionsAfterSettling(): Promise<number> {
 
 describe('startShop failing before its processes start', () => {
   it('closes the databases it opened, removes its folder and names the failed step', async () => {
-    await watcher.execute('CREATE SCHEMA shop_notifications')
-    await watcher.execute('CREATE TABLE shop_notifications.notifications_emails (id TEXT)')
+    await watcher.execute(`CREATE FUNCTION public.refuse_notifications() RETURNS event_trigger
+      LANGUAGE plpgsql AS $$ BEGIN
+        IF tg_tag = 'CREATE TABLE' AND current_schema() = 'shop_notifications' THEN
+          RAISE EXCEPTION 'notifications_emails refused by the test';
+        END IF;
+      END $$`)
+    await watcher.execute(
+      'CREATE EVENT TRIGGER refuse_notifications ON ddl_command_start EXECUTE FUNCTION public.refuse_notifications()',
+    )
     const tmp = process.env.TMPDIR
     // The shop's temporary folder goes inside `temp`, where the test can see it.
     process.env.TMPDIR = temp
