@@ -4,7 +4,9 @@ import { proxyConfigSchema } from './schema.js'
 /**
  * The JSON Schema (draft 2020-12) of the proxy config YAML, generated from the zod schema, for
  * editors (`# yaml-language-server: $schema=...`). Cross-field rules (targets name defined
- * services, unique ports, ...) are not expressible in it; the loader checks them.
+ * services, unique ports, ...) are not expressible in it; the loader checks them. Single-field
+ * rules a keyword can state (patterns, bounds) are in it through the zod schemas' `.meta()`;
+ * docs/proxy.md lists what it leaves to the loader. It compiles in Ajv's strict mode.
  * docs/proxy-config.schema.json is this value; a test keeps the two equal.
  */
 export function proxyConfigJsonSchema(): Record<string, unknown> {
@@ -12,6 +14,12 @@ export function proxyConfigJsonSchema(): Record<string, unknown> {
     io: 'input',
     target: 'draft-2020-12',
     unrepresentable: 'any',
+    // zod writes `startsWith` as `format: "starts_with"` beside its `pattern`; that is no JSON
+    // Schema format, and Ajv's strict mode refuses to compile a schema naming an unknown one.
+    // The pattern says the same, so only the format is dropped.
+    override: (ctx) => {
+      if (ctx.jsonSchema.format === 'starts_with') delete ctx.jsonSchema.format
+    },
   }) as Record<string, unknown>
   return {
     $schema: schema.$schema,

@@ -51,6 +51,7 @@ function retryableStatus(): z.ZodInt {
     .min(408, { error: text, abort: true })
     .max(599, { error: text, abort: true })
     .refine((s) => s === 408 || s === 425 || s === 429 || s >= 500, { error: text })
+    .meta({ anyOf: [{ enum: [408, 425, 429] }, { minimum: 500 }] })
 }
 
 function num(min: number, max: number): z.ZodNumber {
@@ -120,22 +121,26 @@ const pathPrefix = z
 // one written in another form (`%7e` for `~`, lower-case hex, `//`, dot segments, a query) could
 // never match: every request would fall through to the next route without a word. Such a
 // prefix is refused, naming the form to write.
-const routePrefix = pathPrefix.refine(
-  (value) => {
-    // A prefix without the leading `/` is pathPrefix's to name.
-    if (!value.startsWith('/')) return true
-    const normalized = normalizePath(value)
-    return normalized.ok && normalized.path === value
-  },
-  {
-    error: (issue) => {
-      const normalized = normalizePath(String(issue.input))
-      return normalized.ok
-        ? `a normalized path (${echo(normalized.path)})`
-        : `a normalized path (${normalized.reason})`
+const routePrefix = pathPrefix
+  .refine(
+    (value) => {
+      // A prefix without the leading `/` is pathPrefix's to name.
+      if (!value.startsWith('/')) return true
+      const normalized = normalizePath(value)
+      return normalized.ok && normalized.path === value
     },
-  },
-)
+    {
+      error: (issue) => {
+        const normalized = normalizePath(String(issue.input))
+        return normalized.ok
+          ? `a normalized path (${echo(normalized.path)})`
+          : `a normalized path (${normalized.reason})`
+      },
+    },
+  )
+  // For the JSON Schema: visible ASCII without `\`, `#` or `?` (normalizePath refuses those);
+  // percent-encoding, `//` and dot segments are left to the loader.
+  .meta({ pattern: '^/[!"$->@-\\[\\]-~]*$' })
 
 const methodPattern = /^[A-Z]+$/
 const method = z
@@ -144,12 +149,21 @@ const method = z
 
 const endpointUrlText =
   'http:// or https:// URL of a host name or IP address and a port (1-65535), without credentials, path, query or fragment'
-const endpointUrl = z.string({ error: 'http:// or https:// URL' }).refine(isEndpointUrl, {
-  error: (issue) =>
-    String(issue.input).includes('$')
-      ? `${endpointUrlText} (the config substitutes no variables: write the host itself)`
-      : endpointUrlText,
-})
+const endpointUrl = z
+  .string({ error: 'http:// or https:// URL' })
+  .refine(isEndpointUrl, {
+    error: (issue) =>
+      String(issue.input).includes('$')
+        ? `${endpointUrlText} (the config substitutes no variables: write the host itself)`
+        : endpointUrlText,
+  })
+  // For the JSON Schema, isEndpointUrl's shape: scheme, a bracketed IPv6 address or a name of
+  // dnsNamePattern's characters, a port of up to 5 digits (its range is the loader's), at most
+  // a `/` after.
+  .meta({
+    pattern:
+      '^[Hh][Tt][Tt][Pp][Ss]?://(?:\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9_-]{1,63}(?:\\.[A-Za-z0-9_-]{1,63})*\\.?)(?::[0-9]{1,5})?/?$',
+  })
 
 // The service runtime takes an endpoint's origin only (upstream/discovery.ts parseEndpointUrl
 // refuses a path at start), so a path here would pass `--check` and then stop the start.
@@ -190,6 +204,8 @@ const hostNamePattern = new RegExp(`^${hostLabel}(?:\\.${hostLabel})*\\.?$`)
 // A name whose last label is a number (`127.0.0.1.`, `127.000.000.001`, `127.1`, `0x7f.0.0.1`)
 // is no host name: the resolver reads some as an IPv4 address (leading zeros as octal: `010`
 // is 8) and refuses others (ENOTFOUND), so an IPv4 address is written as a dotted quad.
+const ipv4Octet = '(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])'
+const ipv4Pattern = `(?:${ipv4Octet}\\.){3}${ipv4Octet}`
 const numericLastLabel = /(?:^|\.)(?:\d+|0x[0-9a-f]*)\.?$/i
 const bindHost = z
   .string({ error: bindHostText })
@@ -200,6 +216,11 @@ const bindHost = z
       (hostNamePattern.test(value) && !numericLastLabel.test(value)),
     { error: bindHostText },
   )
+  // For the JSON Schema: a dotted quad, something of IPv6 characters with a `:` (its exact
+  // form is the loader's), or a host name whose last label is no number.
+  .meta({
+    pattern: `^(?:${ipv4Pattern}|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[^\\s%]+)?|(?!(?:[^.]*\\.)*(?:[0-9]+|0[Xx][0-9A-Fa-f]*)\\.?$)${hostLabel}(?:\\.${hostLabel})*\\.?)$`,
+  })
 
 const dnsServerText = '"ip" or "ip:port" of a DNS server ("[ipv6]:port" with a port)'
 
@@ -414,9 +435,11 @@ const routeSchema = z.strictObject({
       // HEAD is refused as breakwater/idempotency's `methods` refuses it: no body to record.
       methods: z
         .array(
-          method.refine((m) => m !== 'HEAD', {
-            error: 'a method other than HEAD (safe, no body to record)',
-          }),
+          method
+            .refine((m) => m !== 'HEAD', {
+              error: 'a method other than HEAD (safe, no body to record)',
+            })
+            .meta({ not: { const: 'HEAD' } }),
         )
         .min(1, { error: 'non-empty list of methods' })
         .default(['POST']),
