@@ -351,8 +351,14 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
         if (!workers.some((w) => w.routes.some((r) => r.name === name)))
           throw new AdminProblem(404, 'ROUTE_NOT_FOUND', `no route named ${JSON.stringify(name)}`)
       }
+      // A method the path does not take is 405 for a route that exists only: for one that
+      // does not (`orders%2Fx`), 405 with an `Allow` said the resource was there.
+      const onRoute = async (allowed: readonly string[], run: () => Promise<void>) => {
+        if (!withHead(allowed).includes(method)) await known()
+        return only(method, allowed, run)
+      }
       if (parts.length === 2) {
-        return only(method, ['POST'], async () => {
+        return onRoute(['POST'], async () => {
           await known()
           const targets = parseTargets(await readJson(req, maxBodyBytes))
           await backend.switchRoute(name, targets).catch(toProblem)
@@ -361,7 +367,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
         })
       }
       if (parts.length === 3 && parts[2] === 'override') {
-        return only(method, ['DELETE'], async () => {
+        return onRoute(['DELETE'], async () => {
           await known()
           await backend.resetRoute(name).catch(toProblem)
           log.info('route override removed through the admin API', { route: name })
@@ -369,7 +375,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
         })
       }
       if (parts.length === 3 && parts[2] === 'mismatches') {
-        return only(method, ['GET'], async () => {
+        return onRoute(['GET'], async () => {
           const workers = await backend.routes()
           const route = mergeRoutes(workers).find((r) => r.name === name)
           if (route === undefined)
@@ -418,10 +424,7 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       allowed: readonly string[],
       run: () => void | Promise<void>,
     ): Promise<void> {
-      // HEAD is answered wherever GET is (RFC 9110 §9.3.2): same status and headers, no body
-      // (node:http drops the body of a HEAD response).
-      const methods =
-        allowed.includes('GET') && !allowed.includes('HEAD') ? [...allowed, 'HEAD'] : allowed
+      const methods = withHead(allowed)
       if (!methods.includes(actual)) {
         res.setHeader('allow', methods.join(', '))
         throw new AdminProblem(405, 'METHOD_NOT_ALLOWED', `use ${methods.join(' or ')}`)
@@ -514,6 +517,12 @@ function pathOf(req: IncomingMessage): string {
   const q = url.indexOf('?')
   const path = q === -1 ? url : url.slice(0, q)
   return path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path
+}
+
+// HEAD is answered wherever GET is (RFC 9110 §9.3.2): same status and headers, no body
+// (node:http drops the body of a HEAD response).
+function withHead(allowed: readonly string[]): readonly string[] {
+  return allowed.includes('GET') && !allowed.includes('HEAD') ? [...allowed, 'HEAD'] : allowed
 }
 
 function decodeSegment(segment: string): string {
