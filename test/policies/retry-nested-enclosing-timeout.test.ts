@@ -9,15 +9,9 @@ import { describe, expect, it } from 'vitest'
 import { pipeline } from '../../src/policies/pipeline.js'
 import { type RetryEvent, type RetryPolicy, retry } from '../../src/policies/retry.js'
 import { timeout } from '../../src/policies/timeout.js'
-import { neverAbortedSignal, type Policy, type PolicyFunction } from '../../src/policies/types.js'
+import type { Policy } from '../../src/policies/types.js'
 import { flushJobs, ManualClock } from '../../src/testing/index.js'
-
-/** A policy breakwater does not know: in front of a pipeline it keeps the whole chain unfused. */
-class Opaque implements Policy {
-  async execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
-    return await fn({ signal: signal ?? neverAbortedSignal, attempt: 1 })
-  }
-}
+import { Opaque } from './opaque-policy.js'
 
 const reset = () => Object.assign(new Error('reset'), { code: 'ECONNRESET' })
 
