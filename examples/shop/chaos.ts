@@ -1,5 +1,6 @@
 // Chaos: the actions the dashboard's buttons and the CLI apply, and the scripted schedule of
 // `--chaos default`, which walks through every failure the patterns are there for.
+import { type Clock, sleep } from 'breakwater'
 import type { ProcessName, Shop } from './system.js'
 
 /** One chaos action. */
@@ -70,6 +71,67 @@ export const chaosScripts: Readonly<Record<string, readonly ChaosStep[]>> = {
   default: defaultChaos,
   'lost-replies': lostRepliesChaos,
   none: [],
+}
+
+/** Options of {@link playChaosScript}. */
+export interface ChaosScriptOptions {
+  readonly clock: Clock
+  readonly script: readonly ChaosStep[]
+  /** The run's length (ms), the load's; 0: until `stop`, and no step is played. */
+  readonly durationMs: number
+  /** Ends the run early (the first Ctrl-C). */
+  readonly stop: AbortSignal
+  /** Applies one action; it settles its own failures (a rejection ends the script). */
+  readonly apply: (action: ChaosAction) => Promise<void>
+}
+
+/** A chaos script being played: see {@link playChaosScript}. */
+export interface ChaosScriptRun {
+  /** Resolves when the duration is over, or at once when stopped: the load stops then. */
+  readonly ended: Promise<void>
+  /** Resolves when no step runs any more: the one in progress at the end has finished. */
+  readonly stepsDone: Promise<void>
+}
+
+/**
+ * Plays a chaos script over a run: each step at its fraction of the duration. A step waits for
+ * the one before it on the same process (or, for `weight` and `rollback`, the strangler) to be
+ * done, so an `up` waiting for its process to be ready delays the next step on that process
+ * only. The run ends at its duration whatever a step is doing, so the load stops on time; a
+ * step that has not started by then is skipped. Before calming the system, wait for
+ * {@link ChaosScriptRun.stepsDone}: a step still restarting a process would race the calm.
+ */
+export function playChaosScript(options: ChaosScriptOptions): ChaosScriptRun {
+  const { clock, script, durationMs, stop } = options
+  const startedAt = clock.now()
+  // Aborted when the run ends, by its duration or by `stop`: no step starts after it.
+  const over = new AbortController()
+  const untilStopped = new Promise<void>((resolve) => {
+    if (stop.aborted) resolve()
+    else stop.addEventListener('abort', () => resolve(), { once: true })
+  })
+  const ended = (
+    durationMs > 0 ? sleep(clock, durationMs, stop).catch(() => {}) : untilStopped
+  ).then(() => over.abort())
+  // The last step started or queued on each process (and on the strangler).
+  const lastOn = new Map<string, Promise<void>>()
+  const stepsDone = (async () => {
+    for (const step of durationMs > 0 ? script : []) {
+      if (step.at >= 1 || over.signal.aborted) break
+      const wait = startedAt + step.at * durationMs - clock.now()
+      // Rejects when the run ends first: the step is skipped.
+      if (wait > 0) await sleep(clock, wait, over.signal).catch(() => {})
+      if (over.signal.aborted) break
+      const on = 'target' in step.action ? step.action.target : 'strangler'
+      const before = lastOn.get(on) ?? Promise.resolve()
+      lastOn.set(
+        on,
+        before.then(() => (over.signal.aborted ? undefined : options.apply(step.action))),
+      )
+    }
+    await Promise.all(lastOn.values())
+  })()
+  return { ended, stepsDone }
 }
 
 /** The commands the demo reads from its terminal, for `help`. */

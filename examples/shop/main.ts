@@ -12,6 +12,7 @@ import {
   chaosScripts,
   describeAction,
   parseChaosCommand,
+  playChaosScript,
   watchFor,
 } from './chaos.js'
 import { type Dashboard, startDashboard } from './dashboard.js'
@@ -190,28 +191,27 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
       newShare: () => newShare,
     })
 
-    // The chaos script, at fractions of the load's run.
-    const loadStartedAt = Date.now()
-    const script = chaosScripts[options.chaos] ?? []
-    const durationMs = options.durationS * 1_000
-    const runEnds = options.durationS > 0 ? loadStartedAt + durationMs : Number.POSITIVE_INFINITY
-    for (const step of options.durationS > 0 ? script : []) {
-      const due = loadStartedAt + step.at * durationMs
-      while (Date.now() < due && !stopSignal.signal.aborted)
-        await sleep(systemClock, Math.min(250, due - Date.now()))
-      if (stopSignal.signal.aborted) break
-      await chaos(step.action).catch((error: unknown) => live(`  chaos failed: ${String(error)}`))
-    }
-    while (Date.now() < runEnds && !stopSignal.signal.aborted)
-      await sleep(systemClock, Math.min(250, runEnds - Date.now()))
+    // The chaos script, at fractions of the load's run. The load ends at the duration even
+    // while a step still runs (an `up` waiting for its process); steps not started are skipped.
+    const script = playChaosScript({
+      clock: systemClock,
+      script: chaosScripts[options.chaos] ?? [],
+      durationMs: options.durationS * 1_000,
+      stop: stopSignal.signal,
+      apply: (action) =>
+        chaos(action).catch((error: unknown) => live(`  chaos failed: ${String(error)}`)),
+    })
+    await script.ended
 
-    // The end: every process back up and calm, no more orders, then wait for the system to
-    // settle (sagas finished, outbox drained, every event in the inbox) before judging.
+    // The end: no more orders, every process back up and calm (once the step in progress, if
+    // any, is done: it could be restarting one), then wait for the system to settle (sagas
+    // finished, outbox drained, every event in the inbox) before judging.
+    await load.stop()
     live(
       `[${((Date.now() - startedAt) / 1000).toFixed(1).padStart(5)}s] load stops; every service back up and calm; waiting for the system to settle...`,
     )
+    await script.stepsDone
     await calmEverything(shop)
-    await load.stop()
     const settleBy = Date.now() + options.quiesceS * 1_000
     // Settled also means no redelivery still owed: an email message whose acknowledgement
     // chaos lost comes again, and only then do the emails counted show what it did.
