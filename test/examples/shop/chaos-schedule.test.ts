@@ -23,6 +23,19 @@ function recorder(clock: ManualClock) {
   return { started, release, apply }
 }
 
+/** Plays `script` on a fresh ManualClock (at `startMs`), recording the actions started. */
+function play(
+  script: readonly ChaosStep[],
+  durationMs = 10_000,
+  stop = new AbortController().signal,
+  startMs = 0,
+) {
+  const clock = new ManualClock(startMs)
+  const recorded = recorder(clock)
+  const run = playChaosScript({ clock, script, durationMs, stop, apply: recorded.apply })
+  return { clock, run, ...recorded }
+}
+
 function flag(promise: Promise<void>): { done: boolean } {
   const state = { done: false }
   void promise.then(() => {
@@ -33,15 +46,12 @@ function flag(promise: Promise<void>): { done: boolean } {
 
 describe('playChaosScript', () => {
   it('plays each step at its fraction of the duration and ends at the duration', async () => {
-    const clock = new ManualClock(1_000)
-    const { started, release, apply } = recorder(clock)
-    const run = playChaosScript({
-      clock,
-      script: [step(0.1, 'payments'), step(0.5, 'relay')],
-      durationMs: 10_000,
-      stop: new AbortController().signal,
-      apply,
-    })
+    const { clock, run, started, release } = play(
+      [step(0.1, 'payments'), step(0.5, 'relay')],
+      10_000,
+      undefined,
+      1_000,
+    )
     const ended = flag(run.ended)
     await clock.advance(999)
     expect(started).toEqual([])
@@ -59,15 +69,11 @@ describe('playChaosScript', () => {
   })
 
   it('ends at the duration while a slow step runs, and skips the steps not yet started', async () => {
-    const clock = new ManualClock(0)
-    const { started, release, apply } = recorder(clock)
-    const run = playChaosScript({
-      clock,
-      script: [step(0.1, 'payments'), step(0.5, 'payments'), step(0.9, 'payments')],
-      durationMs: 10_000,
-      stop: new AbortController().signal,
-      apply,
-    })
+    const { clock, run, started, release } = play([
+      step(0.1, 'payments'),
+      step(0.5, 'payments'),
+      step(0.9, 'payments'),
+    ])
     const ended = flag(run.ended)
     const stepsDone = flag(run.stepsDone)
     // The first step (an `up` waiting for readiness, say) is still running at the end.
@@ -81,15 +87,11 @@ describe('playChaosScript', () => {
   })
 
   it('plays a step delayed by a slow one on its process late, if the run has not ended', async () => {
-    const clock = new ManualClock(0)
-    const { started, release, apply } = recorder(clock)
-    const run = playChaosScript({
-      clock,
-      script: [step(0.1, 'relay'), step(0.5, 'relay'), step(0.9, 'inventory')],
-      durationMs: 10_000,
-      stop: new AbortController().signal,
-      apply,
-    })
+    const { clock, run, started, release } = play([
+      step(0.1, 'relay'),
+      step(0.5, 'relay'),
+      step(0.9, 'inventory'),
+    ])
     await clock.advance(7_000)
     expect(started).toEqual([{ target: 'relay', at: 1_000 }])
     release[0]!()
@@ -105,15 +107,7 @@ describe('playChaosScript', () => {
   })
 
   it("does not delay another process's steps behind a slow one", async () => {
-    const clock = new ManualClock(0)
-    const { started, release, apply } = recorder(clock)
-    const run = playChaosScript({
-      clock,
-      script: [step(0.1, 'payments'), step(0.5, 'relay')],
-      durationMs: 10_000,
-      stop: new AbortController().signal,
-      apply,
-    })
+    const { clock, run, started, release } = play([step(0.1, 'payments'), step(0.5, 'relay')])
     await clock.advance(5_000)
     expect(started).toEqual([
       { target: 'payments', at: 1_000 },
@@ -125,16 +119,8 @@ describe('playChaosScript', () => {
   })
 
   it('ends as soon as it is stopped, playing nothing more', async () => {
-    const clock = new ManualClock(0)
-    const { started, apply } = recorder(clock)
     const stop = new AbortController()
-    const run = playChaosScript({
-      clock,
-      script: [step(0.5, 'relay')],
-      durationMs: 10_000,
-      stop: stop.signal,
-      apply,
-    })
+    const { clock, run, started } = play([step(0.5, 'relay')], 10_000, stop.signal)
     await clock.advance(1_000)
     stop.abort()
     await run.ended
@@ -144,16 +130,8 @@ describe('playChaosScript', () => {
   })
 
   it('with no duration plays no step and ends only when stopped', async () => {
-    const clock = new ManualClock(0)
-    const { started, apply } = recorder(clock)
     const stop = new AbortController()
-    const run = playChaosScript({
-      clock,
-      script: [step(0.1, 'relay')],
-      durationMs: 0,
-      stop: stop.signal,
-      apply,
-    })
+    const { clock, run, started } = play([step(0.1, 'relay')], 0, stop.signal)
     const ended = flag(run.ended)
     await clock.advance(1_000_000)
     expect(ended.done).toBe(false)
