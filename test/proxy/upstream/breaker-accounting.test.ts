@@ -3,27 +3,11 @@
 // 429 answer (the upstream is shedding load or the client was slow, it is not broken).
 
 import { Duplex } from 'node:stream'
-import { afterEach, describe, expect, it } from 'vitest'
-import type { ServiceConfig } from '../../../src/proxy/contracts.js'
+import { describe, expect, it } from 'vitest'
 import { UpstreamError } from '../../../src/proxy/upstream/index.js'
-import type { startFaultyUpstream } from '../support/faulty-upstream.js'
-import {
-  type Cleanups,
-  eventually,
-  forwardRequest,
-  manualClockService,
-  serviceConfig,
-  trackedUpstream,
-} from './helpers.js'
+import { eventually, forwardRequest, serviceConfig, useUpstreamTest } from './helpers.js'
 
-const cleanups: Cleanups = []
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
-})
-
-const upstream = (...args: Parameters<typeof startFaultyUpstream>) =>
-  trackedUpstream(cleanups, ...args)
-const service = (config: ServiceConfig) => manualClockService(cleanups, config)
+const { cleanups, upstream, service } = useUpstreamTest()
 
 const tripAtOnce = {
   breaker: { failureThreshold: 1, cooldownMs: 10_000, halfOpenProbes: 1 },

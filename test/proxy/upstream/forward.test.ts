@@ -1,6 +1,6 @@
 import { createServer, request as httpRequest, type IncomingMessage } from 'node:http'
 import { Duplex } from 'node:stream'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { classifyFailure, DEADLINE_HEADER } from '../../../src/index.js'
 import type { ServiceConfig } from '../../../src/proxy/contracts.js'
 import {
@@ -10,22 +10,18 @@ import {
 } from '../../../src/proxy/upstream/index.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { listenOnLoopback } from '../../support/loopback.js'
-import { refusedUrl, type startFaultyUpstream } from '../support/faulty-upstream.js'
+import { refusedUrl } from '../support/faulty-upstream.js'
 import {
-  type Cleanups,
   eventually,
   type Front,
   forwardRequest,
   serviceConfig,
   startFront,
   testDeps,
-  trackedUpstream,
+  useUpstreamTest,
 } from './helpers.js'
 
-const cleanups: Cleanups = []
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
-})
+const { cleanups, upstream } = useUpstreamTest()
 
 interface Setup {
   readonly clock: ManualClock
@@ -51,9 +47,6 @@ async function setup(
   cleanups.push(() => front.close())
   return { clock, service, front, deps }
 }
-
-const upstream = (...args: Parameters<typeof startFaultyUpstream>) =>
-  trackedUpstream(cleanups, ...args)
 
 /** Waits until the clock's earliest timer is at most `ms` away (a retry or wait was scheduled). */
 async function timerWithin(clock: ManualClock, ms: number): Promise<void> {

@@ -3,6 +3,7 @@
 // server that hands each request to a service's forward() as the inbound side would.
 
 import { createServer, type Server, type ServerResponse } from 'node:http'
+import { afterEach } from 'vitest'
 import type { Clock } from '../../../src/core/clock.js'
 import { DEADLINE_HEADER } from '../../../src/index.js'
 import { createJsonLogger } from '../../../src/observability/logger.js'
@@ -49,6 +50,32 @@ export function manualClockService(
   const created = createServiceRuntime(config, testDeps(clock), { random: () => 0.5 })
   cleanups.push(() => created.close())
   return { service: created, clock }
+}
+
+/** What {@link useUpstreamTest} gives a test file. */
+export interface UpstreamTest {
+  /** Closed after each test, newest first. */
+  readonly cleanups: Cleanups
+  /** {@link trackedUpstream} on these cleanups. */
+  upstream(...args: Parameters<typeof startFaultyUpstream>): Promise<FaultyUpstream>
+  /** {@link manualClockService} on these cleanups. */
+  service(config: ServiceConfig): { service: UpstreamService; clock: ManualClock }
+}
+
+/**
+ * Registers, in the calling file (or describe block), an afterEach that closes what its tests
+ * started, newest first, and returns the starters that record into it.
+ */
+export function useUpstreamTest(): UpstreamTest {
+  const cleanups: Cleanups = []
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
+  })
+  return {
+    cleanups,
+    upstream: (...args) => trackedUpstream(cleanups, ...args),
+    service: (config) => manualClockService(cleanups, config),
+  }
 }
 
 /** A service config with small, test-friendly defaults; `overrides` replace whole sections. */

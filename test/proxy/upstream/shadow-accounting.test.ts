@@ -4,25 +4,10 @@
 // ejected its endpoints and filled its bulkhead, so the real clients routed there got 503s
 // (found by exploratory testing).
 
-import { afterEach, describe, expect, it } from 'vitest'
-import type { ServiceConfig } from '../../../src/proxy/contracts.js'
-import type { startFaultyUpstream } from '../support/faulty-upstream.js'
-import {
-  type Cleanups,
-  forwardRequest,
-  manualClockService,
-  serviceConfig,
-  trackedUpstream,
-} from './helpers.js'
+import { describe, expect, it } from 'vitest'
+import { forwardRequest, serviceConfig, useUpstreamTest } from './helpers.js'
 
-const cleanups: Cleanups = []
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
-})
-
-const upstream = (...args: Parameters<typeof startFaultyUpstream>) =>
-  trackedUpstream(cleanups, ...args)
-const service = (config: ServiceConfig) => manualClockService(cleanups, config)
+const { upstream, service } = useUpstreamTest()
 
 const strict = {
   breaker: { failureThreshold: 1, cooldownMs: 10_000, halfOpenProbes: 1 },
