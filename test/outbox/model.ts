@@ -6,7 +6,9 @@ import type fc from 'fast-check'
 import { expect } from 'vitest'
 import type { OutgoingMessage } from '../../src/brokers/types.js'
 import {
+  createOutbox,
   createRelay,
+  type Outbox,
   outboxPartitionsTable,
   outboxRelaysTable,
   outboxTable,
@@ -17,6 +19,8 @@ import {
   type RelayOptions,
 } from '../../src/outbox/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { settleOnClock } from '../support/settle.js'
 
 /** The model of the model tests: none, the invariants are checked against the real system. */
 export type NoModel = Record<string, never>
@@ -207,5 +211,56 @@ export function expectCovered<K extends string>(
 ): void {
   for (const key of keys) {
     expect(coverage[key], `${key} in ${JSON.stringify(coverage)}`).toBeGreaterThan(0)
+  }
+}
+
+/**
+ * What the relay model tests' worlds share: one ManualClock and outbox for every relay, what
+ * was committed and what the broker stored, the trace for failure messages, and settling and
+ * stopping the relay processes on the clock.
+ */
+export abstract class RelayModelWorld {
+  readonly clock: ManualClock
+  readonly outbox: Outbox
+  /** Committed event ids per aggregate, in commit order. */
+  readonly committed = new Map<string, string[]>()
+  /** What the broker stored, in order (with repeats). */
+  readonly log: Publication[] = []
+  /** Commands and what the relays and the broker did meanwhile, for failure messages. */
+  readonly trace: string[] = []
+
+  constructor(startMs: number) {
+    this.clock = new ManualClock(startMs)
+    this.outbox = createOutbox({ clock: this.clock, topic: 'orders' })
+  }
+
+  /** The relay processes in their slots, alive or not. */
+  abstract processes(): RelayProcess[]
+
+  /** Notes `events`, just committed in one transaction, in commit order. */
+  protected noteCommitted(events: readonly { id: string; aggregateId: string }[]): void {
+    for (const event of events) {
+      const list = this.committed.get(event.aggregateId) ?? []
+      list.push(event.id)
+      this.committed.set(event.aggregateId, list)
+    }
+  }
+
+  /** Moves the clock in steps until `promise` settles (a stop waiting for its batch). */
+  async settle(promise: Promise<unknown>, what: string): Promise<void> {
+    await settleOnClock(this.clock, promise, what, () => this.describe())
+  }
+
+  describe(): string {
+    return `trace:\n${this.trace.join('\n')}\nbroker log: ${this.log.map((p) => `${p.id}@${p.by}`).join(' ')}`
+  }
+
+  /** Stops every live process (crash plans dropped), each after the batch it has in hand. */
+  async stopAll(): Promise<void> {
+    for (const process of this.processes()) {
+      process.crashAt = undefined
+      if (!process.alive) continue
+      await this.settle(process.stopping ?? process.relay.stop(), `${process.name}'s stop`)
+    }
   }
 }

@@ -28,24 +28,17 @@ import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { OutgoingMessage, Publisher } from '../../src/brokers/types.js'
 import { BreakwaterError } from '../../src/core/errors.js'
-import {
-  createOutbox,
-  listDead,
-  outboxTable,
-  type RelayEvent,
-  redrive,
-} from '../../src/outbox/index.js'
+import { listDead, outboxTable, type RelayEvent, redrive } from '../../src/outbox/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
-import { flushJobs, ManualClock } from '../../src/testing/index.js'
+import { flushJobs } from '../../src/testing/index.js'
 import { scaled } from '../support/scale.js'
-import { settleOnClock } from '../support/settle.js'
 import {
   type CrashPoint,
   expectCovered,
   expectPublishedInOrder,
   leaseViolations,
   PartitionHolders,
-  type Publication,
+  RelayModelWorld,
   RelayProcess,
   readLeases,
   resetOutbox,
@@ -83,24 +76,16 @@ const coverage = {
 }
 
 /** The system under test for one generated sequence, and what the commands script. */
-class World {
-  readonly clock = new ManualClock(T0)
-  readonly outbox = createOutbox({ clock: this.clock, topic: 'orders' })
+class World extends RelayModelWorld {
   readonly slots: Record<SlotName, RelayProcess | undefined> = {
     A: undefined,
     B: undefined,
     C: undefined,
   }
-  /** Committed event ids per aggregate, in commit order. */
-  readonly committed = new Map<string, string[]>()
   /** Events the broker refuses now. */
   readonly poison = new Set<string>()
-  /** What the broker stored, in order (with repeats). */
-  readonly log: Publication[] = []
   /** Publish calls that broke an invariant when they started (must stay empty). */
   readonly violations: string[] = []
-  /** Commands and what the relays and the broker did meanwhile, for failure messages. */
-  readonly trace: string[] = []
   /** Publish calls still to fail as if the broker were down. */
   transientFailures = 0
   /** Events reported dead-lettered, and redriven (by any command). */
@@ -121,7 +106,9 @@ class World {
     readonly db: SqlDriver,
     readonly writer: SqlDriver,
     readonly relayDbs: Record<SlotName, SqlDriver>,
-  ) {}
+  ) {
+    super(T0)
+  }
 
   /** A publisher for the relay `by`: every call goes through the scripted broker. */
   publisherFor(by: string): Publisher {
@@ -222,11 +209,7 @@ class World {
       return { id, aggregateType: 'order', aggregateId: key, type: 'changed', payload: { id } }
     })
     await this.writer.transaction((tx) => this.outbox.enqueue(tx, events))
-    for (const event of events) {
-      const list = this.committed.get(event.aggregateId) ?? []
-      list.push(event.id)
-      this.committed.set(event.aggregateId, list)
-    }
+    this.noteCommitted(events)
   }
 
   /** Redrives the given dead events (or all), as an operator would, and notes which. */
@@ -269,19 +252,10 @@ class World {
     })
   }
 
-  processes(): RelayProcess[] {
+  override processes(): RelayProcess[] {
     return slotNames
       .map((slot) => this.slots[slot])
       .filter((p): p is RelayProcess => p !== undefined)
-  }
-
-  /** Moves the clock in steps until `promise` settles (a stop waiting for its batch). */
-  async settle(promise: Promise<unknown>, what: string): Promise<void> {
-    await settleOnClock(this.clock, promise, what, () => this.describe())
-  }
-
-  describe(): string {
-    return `trace:\n${this.trace.join('\n')}\nbroker log: ${this.log.map((p) => `${p.id}@${p.by}`).join(' ')}`
   }
 }
 
@@ -457,11 +431,7 @@ async function drain(w: World): Promise<void> {
 async function shutDown(w: World): Promise<void> {
   w.poison.clear()
   w.transientFailures = 0
-  for (const process of w.processes()) {
-    process.crashAt = undefined
-    if (!process.alive) continue
-    await w.settle(process.stopping ?? process.relay.stop(), `${process.name}'s stop`)
-  }
+  await w.stopAll()
 }
 
 function tally(w: World): void {

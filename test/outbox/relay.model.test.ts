@@ -31,15 +31,9 @@ import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { OutgoingMessage, Publisher } from '../../src/brokers/types.js'
 import { BreakwaterError } from '../../src/core/errors.js'
-import {
-  createOutbox,
-  outboxTable,
-  type RelayEvent,
-  type RelayOptions,
-} from '../../src/outbox/index.js'
+import { outboxTable, type RelayEvent, type RelayOptions } from '../../src/outbox/index.js'
 import type { SqlDriver } from '../../src/stores/index.js'
-import { flushJobs, ManualClock } from '../../src/testing/index.js'
-import { settleOnClock } from '../support/settle.js'
+import { flushJobs } from '../../src/testing/index.js'
 import { StallableDriver } from '../support/stall.js'
 import {
   type CrashPoint,
@@ -47,7 +41,7 @@ import {
   expectPublishedInOrder,
   leaseViolations,
   PartitionHolders,
-  type Publication,
+  RelayModelWorld,
   RelayProcess,
   readLeases,
   resetOutbox,
@@ -138,15 +132,9 @@ class FaultyDriver extends StallableDriver {
 }
 
 /** The system under test for one generated sequence, and what the commands script. */
-class World {
-  readonly clock = new ManualClock(T0)
-  readonly outbox = createOutbox({ clock: this.clock, topic: 'orders' })
+class World extends RelayModelWorld {
   readonly slots: Record<SlotName, RelayProcess | undefined> = { A: undefined, B: undefined }
-  /** Committed event ids per aggregate, in commit order. */
-  readonly committed = new Map<string, string[]>()
   readonly rolledBack = new Set<string>()
-  /** What the broker stored, in order (with repeats). */
-  readonly log: Publication[] = []
   /** Outcomes of the next publish calls (default: stored). */
   readonly failures: Failure[] = []
   hangArmed = false
@@ -155,8 +143,6 @@ class World {
   readonly repeatExcuses: string[] = []
   /** Publish calls started without enough lease in the database (must stay empty). */
   readonly leaseViolations: string[] = []
-  /** Commands and what the relays and the broker did meanwhile, for failure messages. */
-  readonly trace: string[] = []
   /** Per partition, the relay whose claim is the latest not released (to spot takeovers). */
   readonly #holders = new PartitionHolders()
   #incarnations = 0
@@ -174,7 +160,9 @@ class World {
     readonly db: SqlDriver,
     readonly writer: SqlDriver,
     readonly relayDbs: Record<SlotName, FaultyDriver>,
-  ) {}
+  ) {
+    super(T0)
+  }
 
   /** A publisher for the relay `by`: every call goes through the scripted broker. */
   publisherFor(by: string): Publisher {
@@ -312,11 +300,7 @@ class World {
       return
     }
     await this.writer.transaction((tx) => this.outbox.enqueue(tx, events))
-    for (const event of events) {
-      const list = this.committed.get(event.aggregateId) ?? []
-      list.push(event.id)
-      this.committed.set(event.aggregateId, list)
-    }
+    this.noteCommitted(events)
   }
 
   /**
@@ -355,17 +339,8 @@ class World {
     hung.release(outcome)
   }
 
-  processes(): RelayProcess[] {
+  override processes(): RelayProcess[] {
     return [this.slots.A, this.slots.B].filter((p): p is RelayProcess => p !== undefined)
-  }
-
-  /** Moves the clock in steps until `promise` settles (a stop waiting for its batch). */
-  async settle(promise: Promise<unknown>, what: string): Promise<void> {
-    await settleOnClock(this.clock, promise, what, () => this.describe())
-  }
-
-  describe(): string {
-    return `trace:\n${this.trace.join('\n')}\nbroker log: ${this.log.map((p) => `${p.id}@${p.by}`).join(' ')}`
   }
 }
 
@@ -610,11 +585,7 @@ async function shutDown(w: World): Promise<void> {
   w.release('dropped')
   w.relayDbs.A.resume()
   w.relayDbs.B.resume()
-  for (const process of w.processes()) {
-    process.crashAt = undefined
-    if (!process.alive) continue
-    await w.settle(process.stopping ?? process.relay.stop(), `${process.name}'s stop`)
-  }
+  await w.stopAll()
 }
 
 function tally(w: World): void {
