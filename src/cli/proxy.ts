@@ -1,6 +1,6 @@
 import cluster, { type Worker } from 'node:cluster'
 import { resolve } from 'node:path'
-import { type Clock, maxTimerDelayMs, systemClock, type TimerHandle } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, systemClock } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
 import {
   createBufferedOutput,
@@ -13,12 +13,7 @@ import {
   type MetricsRegistry,
   redactSecrets,
 } from '../observability/index.js'
-import {
-  type RunOutcome,
-  type RunUntilSignalOptions,
-  runUntilSignal,
-  type SignalTarget,
-} from '../process/index.js'
+import { runUntilSignal, type SignalTarget } from '../process/index.js'
 import type { AdminBackend, AdminServer } from '../proxy/admin/index.js'
 import type { ProxyConfigOverrides } from '../proxy/config/load.js'
 import type { ProxyConfig } from '../proxy/contracts.js'
@@ -327,11 +322,6 @@ async function runSingle(
   let proxy: ProxyInternals | undefined
   let drained: ProxyDrainReport | undefined
   let hupWhileStarting = false
-  const clock = deps.clock ?? systemClock
-  // drainTimeoutMs is reloadable: the config in force at the signal bounds the drain.
-  const bound = drainBound(clock, () =>
-    drainWait(proxy?.config().drainTimeoutMs ?? config.drainTimeoutMs, 5_000),
-  )
   const reload = (): void => {
     // Refused reloads are logged by the runtime; one after the stop began is not applied.
     proxy
@@ -370,19 +360,20 @@ async function runSingle(
           signals.off('SIGHUP', onHup)
           // Readiness goes false first, so a load balancer stops sending before we stop taking.
           running.beginDrain()
-          await bound.within(
-            running.close().then((report) => {
-              drained = report
-            }),
-          )
+          drained = await running.close()
         },
       }
     },
-    bound.options(signals, (signal, phase) =>
-      logger.info(`${signal}: ${phase === 'drain' ? 'draining' : 'forced stop'}`),
-    ),
+    {
+      target: signals,
+      clock: deps.clock ?? systemClock,
+      // drainTimeoutMs is reloadable: the config in force at the signal bounds the drain.
+      drainTimeoutMs: () =>
+        drainWait(proxy?.config().drainTimeoutMs ?? config.drainTimeoutMs, 5_000),
+      onSignal: (signal, phase) =>
+        logger.info(`${signal}: ${phase === 'drain' ? 'draining' : 'forced stop'}`),
+    },
   )
-    .then((ran) => bound.outcome(ran))
     .finally(() => signals.off('SIGHUP', onHup))
     .catch((error: unknown) => endTimedOutStart(error, deps))
   if (typeof outcome === 'number') return outcome
@@ -480,7 +471,6 @@ async function runPrimary(
   early: EarlySighup,
 ): Promise<number> {
   const workers = config.workers
-  const clock = deps.clock ?? systemClock
   const { createClusterBackend, RestartBackoff } = await import('../proxy/admin/cluster.js')
   const { watchFileContent } = await import('../proxy/upstream/file-watch.js')
   const signals = deps.signals ?? process
@@ -499,10 +489,6 @@ async function runPrimary(
     metrics,
   })
   backend.expect(workers)
-  // drainTimeoutMs is reloadable: the config in force at the signal bounds the drain.
-  const bound = drainBound(clock, async () =>
-    drainWait((await backend.config()).drainTimeoutMs, 10_000),
-  )
   const restartDelay = new RestartBackoff()
   let stopping = false
   let admin: AdminServer | undefined
@@ -605,32 +591,35 @@ async function runPrimary(
       for (let i = 0; i < workers; i++) fork()
       forked = true
       if (hupWhileStarting) reload('SIGHUP')
-      const stopAll = async (): Promise<void> => {
-        stopping = true
-        signals.off('SIGHUP', onHup)
-        watcher?.close()
-        backend.beginDrain()
-        if (startError === undefined && backend.hasStartedAll()) {
-          await backend.drainAll()
-        } else {
-          // Some workers have not come up (a signal while they start), or never will: a drain
-          // request sent before a worker listens is lost. Signal each one instead: a worker
-          // drains on SIGTERM, and one still starting stops as soon as it is up.
-          for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM')
-        }
-        await Promise.all(exited.values())
-        await admin?.close()
-      }
       return {
         done: startFailed,
-        stop: () => bound.within(stopAll()),
+        stop: async () => {
+          stopping = true
+          signals.off('SIGHUP', onHup)
+          watcher?.close()
+          backend.beginDrain()
+          if (startError === undefined && backend.hasStartedAll()) {
+            await backend.drainAll()
+          } else {
+            // Some workers have not come up (a signal while they start), or never will: a drain
+            // request sent before a worker listens is lost. Signal each one instead: a worker
+            // drains on SIGTERM, and one still starting stops as soon as it is up.
+            for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM')
+          }
+          await Promise.all(exited.values())
+          await admin?.close()
+        },
       }
     },
-    bound.options(signals, (signal, phase) =>
-      log.info(`${signal}: ${phase === 'drain' ? 'draining every worker' : 'forced stop'}`),
-    ),
+    {
+      target: signals,
+      clock: deps.clock ?? systemClock,
+      // drainTimeoutMs is reloadable: the config in force at the signal bounds the drain.
+      drainTimeoutMs: () => drainWait(backend.configInForce().drainTimeoutMs, 10_000),
+      onSignal: (signal, phase) =>
+        log.info(`${signal}: ${phase === 'drain' ? 'draining every worker' : 'forced stop'}`),
+    },
   )
-    .then((ran) => bound.outcome(ran))
     .finally(() => signals.off('SIGHUP', onHup))
     // No worker was forked yet: nothing to stop but this process.
     .catch((error: unknown) => endTimedOutStart(error, deps))
@@ -717,71 +706,6 @@ function logExit(
  */
 function drainWait(drainTimeoutMs: number, margin: number): number {
   return Math.min(drainTimeoutMs + margin, maxTimerDelayMs)
-}
-
-/** The command's own bound on a drain; see {@link drainBound}. */
-interface DrainBound {
-  /**
-   * runUntilSignal's options: signals from `target`, each told to `onSignal`; the first one
-   * starts the bound (runUntilSignal's own is lifted).
-   */
-  options(target: SignalTarget, onSignal: RunUntilSignalOptions['onSignal']): RunUntilSignalOptions
-  /** Waits for `stopping`, for at most the bound from the first signal on. */
-  within(stopping: Promise<void>): Promise<void>
-  /** `outcome`, as `drain: 'timeout'` when the bound ran out. */
-  outcome(outcome: RunOutcome): RunOutcome
-}
-
-/**
- * Bounds a stop as runUntilSignal's `drainTimeoutMs` would, but with the wait `waitMs` gives
- * at the first signal rather than when the run began: drainTimeoutMs is reloadable, so the
- * config in force at the signal, not the one started on, says how long requests may take. A
- * stop that begins before any signal (a service that ended by itself) is bounded from the
- * signal that comes during it, as runUntilSignal does.
- */
-function drainBound(clock: Clock, waitMs: () => number | Promise<number>): DrainBound {
-  let signalled: () => void = () => {}
-  const first = new Promise<void>((resolvePromise) => {
-    signalled = resolvePromise
-  })
-  let timedOut = false
-  return {
-    options: (target, onSignal) => ({
-      target,
-      clock,
-      drainTimeoutMs: maxTimerDelayMs,
-      onSignal: (signal, phase) => {
-        if (phase === 'drain') signalled()
-        onSignal?.(signal, phase)
-      },
-    }),
-    async within(stopping) {
-      // Once the wait is over, a late failure of the stop has nobody to tell.
-      stopping.catch(() => {})
-      let timer: TimerHandle | undefined
-      let over = false
-      try {
-        await Promise.race([
-          stopping,
-          first.then(async () => {
-            const ms = await waitMs()
-            if (over) return
-            await new Promise<void>((resolvePromise) => {
-              timer = clock.setTimeout(resolvePromise, ms)
-            })
-            timedOut = true
-          }),
-        ])
-      } finally {
-        over = true
-        clock.clearTimeout(timer)
-      }
-    },
-    outcome: (outcome) =>
-      timedOut && outcome.reason === 'signal' && outcome.drain === 'complete'
-        ? { ...outcome, drain: 'timeout' }
-        : outcome,
-  }
 }
 
 // Why the proxy could not start, for proxyCommand: config and option errors stay what they are

@@ -42,10 +42,12 @@ export interface RunUntilSignalOptions {
   readonly signals?: readonly NodeJS.Signals[]
   /**
    * How long `stop()` may take after a signal before the run gives up on it (outcome
-   * `drain: 'timeout'`).
+   * `drain: 'timeout'`). A function is asked at the first signal, for a bound that can change
+   * while the service runs (a reloaded config's); what it returns is checked then, and a value
+   * out of range rejects the run with `INVALID_OPTION`.
    * @default 30_000
    */
-  readonly drainTimeoutMs?: number
+  readonly drainTimeoutMs?: number | (() => number)
   /**
    * Called when a signal arrives: `'drain'` for the first, `'force'` for any later one (during
    * the drain, or during a start that the first one interrupted). For logging.
@@ -161,12 +163,12 @@ export async function runUntilSignal(
       'a non-empty array of distinct signal names this platform knows, other than SIGKILL and SIGSTOP',
       signals,
     )
-  const drainTimeoutMs = checkInteger(
-    'runUntilSignal.drainTimeoutMs',
-    options.drainTimeoutMs ?? 30_000,
-    0,
-    maxTimerDelayMs,
-  )
+  const drainOption = options.drainTimeoutMs ?? 30_000
+  const checkDrain = (ms: number): number =>
+    checkInteger('runUntilSignal.drainTimeoutMs', ms, 0, maxTimerDelayMs)
+  // A number is checked now; a function's answer when it is asked (at the first signal).
+  const fixedDrainMs = typeof drainOption === 'function' ? undefined : checkDrain(drainOption)
+  const drainTimeoutMs = (): number => fixedDrainMs ?? checkDrain((drainOption as () => number)())
   const onSignal =
     options.onSignal === undefined
       ? () => {}
@@ -284,13 +286,13 @@ export async function runUntilSignal(
       try {
         return await Promise.race([
           stopping.then(() => 'complete' as const),
-          firstSignal.then(() =>
-            over
-              ? ('complete' as const)
-              : new Promise<'timeout'>((resolve) => {
-                  timer = clock.setTimeout(() => resolve('timeout'), drainTimeoutMs)
-                }),
-          ),
+          firstSignal.then(() => {
+            if (over) return 'complete' as const
+            const ms = drainTimeoutMs()
+            return new Promise<'timeout'>((resolve) => {
+              timer = clock.setTimeout(() => resolve('timeout'), ms)
+            })
+          }),
           forced,
         ])
       } finally {

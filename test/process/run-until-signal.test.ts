@@ -103,6 +103,40 @@ describe('runUntilSignal', () => {
     expect(clock.pendingTimers).toBe(0)
   })
 
+  it('asks a drainTimeoutMs function at the first signal, for a bound that changed meanwhile', async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const s = service()
+    let bound = 100
+    let asked = 0
+    const drainTimeoutMs = () => {
+      asked++
+      return bound
+    }
+    const run = track(runUntilSignal(() => s.handle, { target, clock, drainTimeoutMs }))
+    await flushJobs()
+    bound = 1_000 // a reload, say
+    expect(asked).toBe(0)
+    target.emit('SIGTERM', 'SIGTERM')
+    await clock.advance(999)
+    expect(run.outcome).toBeUndefined()
+    await clock.advance(1)
+    expect(run.outcome).toEqual({ reason: 'signal', signal: 'SIGTERM', drain: 'timeout' })
+    expect(asked).toBe(1)
+  })
+
+  it("refuses a drainTimeoutMs function's answer out of range when it asks", async () => {
+    const target = new EventEmitter()
+    const clock = new ManualClock()
+    const s = service()
+    const run = track(runUntilSignal(() => s.handle, { target, clock, drainTimeoutMs: () => -1 }))
+    await flushJobs()
+    target.emit('SIGTERM', 'SIGTERM')
+    await flushJobs()
+    expect(run.error).toBeInstanceOf(InvalidOptionError)
+    expect((run.error as Error).message).toContain('runUntilSignal.drainTimeoutMs')
+  })
+
   it('a second signal during the drain forces the end', async () => {
     const target = new EventEmitter()
     const clock = new ManualClock()

@@ -341,6 +341,8 @@ interface WorkerEntry {
 
 /** The primary's admin backend plus worker bookkeeping. */
 export interface ClusterBackend extends AdminBackend {
+  /** The config in force now (the last one reloaded), as `config()` gives it, synchronously. */
+  configInForce(): ProxyConfig
   /** What a reload did in each worker (see {@link AdminBackend.reloadByWorker}). */
   reloadByWorker(): Promise<ReloadReport>
   /** Starts talking to a (new or restarted) worker; replays switches and isolations. */
@@ -708,6 +710,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
 
   const backend: ClusterBackend = {
     config: async () => config,
+    configInForce: () => config,
     services: async () => (await all({ op: 'services' })) as WorkerServices[],
     routes: async () => (await all({ op: 'routes' })) as WorkerRoutes[],
     switchRoute: (route, targets) =>
