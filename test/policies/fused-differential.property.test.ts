@@ -262,8 +262,10 @@ async function run(
     )
     await flushJobs()
   }
-  // Long enough for every hanging attempt, sleep, queue wait and cooldown to be over.
-  for (let i = 0; i < 20; i++) await clock.advance(50)
+  // Long enough for every hanging attempt, sleep, queue wait and cooldown to be over: a second
+  // at least, and on while timers are pending (four nested retries make up to 81 attempts and
+  // their sleeps, more than a second; 100 s of clock is far past any).
+  for (let i = 0; i < 20 || (clock.pendingTimers > 0 && i < 2_000); i++) await clock.advance(50)
   log.push(`end ${state()}`)
   let timer: NodeJS.Timeout | undefined
   const counts = await Promise.race([
@@ -322,6 +324,31 @@ describe('a fused pipeline and the same policies unfused', () => {
         sameBothWays,
       ),
       { numRuns: 400 },
+    )
+  })
+
+  it('agree on four nested retries whose attempts outlast a second (a counterexample)', async () => {
+    // Found by a CI run (seed -1913532928): the runs were stopped after 1 s of clock with
+    // attempts still scheduled, so the pendingTimers check failed though both paths agreed.
+    await sameBothWays(
+      [
+        { kind: 'retry', max: 3, base: 1 },
+        { kind: 'retry', max: 3, base: 1 },
+        { kind: 'retry', max: 3, base: 7 },
+        { kind: 'retry', max: 3, base: 5 },
+      ] as PolicySpec[],
+      [
+        {
+          t: 'call',
+          attempts: [
+            { kind: 'transient', d: 0, readSignal: false, honour: false },
+            { kind: 'transient', d: 0, readSignal: false, honour: false },
+            { kind: 'transient', d: 5, readSignal: false, honour: false },
+          ],
+          withSignal: false,
+          abortAfter: undefined,
+        },
+      ] as Step[],
     )
   })
 })
