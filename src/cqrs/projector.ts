@@ -698,7 +698,8 @@ class SqlProjector implements Projector {
     let applied = 0
     for (;;) {
       if (signal?.aborted) await this.#abandon(generation, signal.reason)
-      let count: number
+      // Rows read end the fill (a short page is the log's end); events applied are reported.
+      let count: { readonly read: number; readonly applied: number }
       try {
         count = await store.db.transaction(async (tx) => {
           const page = await store.readAllOfTypes(
@@ -708,7 +709,7 @@ class SqlProjector implements Projector {
           if (page.failure !== undefined) throw page.failure
           await this.#applyAll(tx, page.events, generation)
           if (page.position !== undefined) position = page.position
-          return page.read
+          return { read: page.read, applied: page.events.length }
         })
       } catch (error) {
         // A later rebuild dropped these tables under this one: the driver's "no such table"
@@ -723,8 +724,8 @@ class SqlProjector implements Projector {
         if (superseded) throw new RebuildSupersededError(this.name, error)
         throw error
       }
-      applied += count
-      if (count < batchSize) break
+      applied += count.applied
+      if (count.read < batchSize) break
     }
 
     // 3. Swap: stop the live side, apply what was appended meanwhile, rename, commit. A try
@@ -830,7 +831,7 @@ class SqlProjector implements Projector {
         const page = store.pageOfTypes(within, this.#wants)
         if (page.failure !== undefined) throw page.failure
         await this.#applyAll(tx, page.events, generation)
-        events += page.read
+        events += page.events.length
         // Rows beyond the checkpoint, or the log's end, end the prefix: it is all applied.
         position =
           page.position === undefined || within.length < rows.length || rows.length < batchSize
@@ -843,7 +844,7 @@ class SqlProjector implements Projector {
         if (page.position === undefined) break
         await this.#applyAll(tx, page.events, generation)
         position = page.position
-        events += page.read
+        events += page.events.length
       }
       // SQLite's views name their tables, and a rename rewrites the views that read the table
       // to read it under its new name: a view of the live table would read `__old`, then
