@@ -31,8 +31,14 @@ export function checkInteger(
   max = Number.MAX_SAFE_INTEGER,
 ): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    // Past 2^53 a number is not an exact integer: say so, or "an integer >= 0" would refuse
+    // what reads as one.
     const range =
-      max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer in [${min}, ${max}]`
+      max !== Number.MAX_SAFE_INTEGER
+        ? `an integer in [${min}, ${max}]`
+        : typeof value === 'number' && value > max
+          ? `an integer in [${min}, 2^53 - 1]`
+          : `an integer >= ${min}`
     throw new InvalidOptionError(option, range, value)
   }
   return value

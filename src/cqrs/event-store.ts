@@ -225,9 +225,13 @@ export function checkExpected(value: unknown): ExpectedVersion {
   // Safe integers only: above 2^53 a version is no longer exact, and a value such as 1e21
   // would reach PostgreSQL as "1e+21" and fail there with a bare driver error.
   if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value
+  const integers =
+    typeof value === 'number' && value > Number.MAX_SAFE_INTEGER
+      ? 'an integer in [0, 2^53 - 1]'
+      : 'an integer >= 0'
   throw new InvalidOptionError(
     'expectedVersion',
-    '"any", "noStream", "streamExists" or an integer >= 0',
+    `"any", "noStream", "streamExists" or ${integers}`,
     value,
   )
 }

@@ -463,8 +463,9 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
         expect(store.append('s', [event(1)], { expectedVersion })).rejects.toThrow(
           InvalidOptionError,
         ),
+        // The message names the limit: "an integer >= 0" would refuse what reads as one.
         expect(store.append('s', [event(1), event(2)], { expectedVersion })).rejects.toThrow(
-          /expectedVersion: expected/,
+          /expectedVersion: expected .* or an integer in \[0, 2\^53 - 1\]/,
         ),
         expect(store.deleteStream('s', { expectedVersion })).rejects.toThrow(InvalidOptionError),
         expect(store.setStreamMetadata('s', {}, { expectedVersion })).rejects.toThrow(
@@ -501,6 +502,9 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
         /events\[0\]\.id: expected a non-empty string without NUL/,
       ),
       expect(store.readAll({ limit: -1 })).rejects.toThrow(/limit: expected an integer >= 0/),
+      expect(store.readAll({ fromPosition: 2 ** 60 })).rejects.toThrow(
+        /fromPosition: expected an integer in \[0, 2\^53 - 1\]/,
+      ),
       expect(store.readStream('s', { direction: 'sideways' as 'forwards' })).rejects.toThrow(
         /direction/,
       ),
