@@ -30,13 +30,13 @@ import {
   pipeline,
   type RetryBudget,
   type RetryPolicy,
-  retry,
   TimeoutError,
   timeout,
   type Unsubscribe,
 } from '../index.js'
 import { MAX_DEADLINE_HEADER_MS } from '../policies/deadline.js'
 import { timeoutEndOf } from '../policies/fused.js'
+import { retryWithDeadlineReserve } from '../policies/retry.js'
 import { HttpClientClosedError, HttpStatusError } from './errors.js'
 import { type HttpEvents, ServiceEvents } from './events.js'
 import {
@@ -315,11 +315,16 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
       options.retry === false
         ? undefined
         : withOptionPrefix(prefix, () =>
-            retry({
-              ...serviceManaged(`${prefix}.retry`, options.retry, ['budget', 'clock']),
-              ...(this.retryBudget === undefined ? {} : { budget: this.retryBudget }),
-              clock,
-            }),
+            // An attempt needs the margin plus 1 ms of the deadline to be sent (see #budget):
+            // a backoff leaving less must give up with the last failure instead.
+            retryWithDeadlineReserve(
+              {
+                ...serviceManaged(`${prefix}.retry`, options.retry, ['budget', 'clock']),
+                ...(this.retryBudget === undefined ? {} : { budget: this.retryBudget }),
+                clock,
+              },
+              this.#deadlineMarginMs + 1,
+            ),
           )
     this.breaker =
       options.circuitBreaker === false

@@ -352,6 +352,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   readonly #maxRetryAfterMs: number
   readonly #budget: RetryBudget | undefined
   readonly #clock: Clock
+  readonly #deadlineReserveMs: number
   // In a fused pipeline the first attempt is the call itself: the step only books it. A
   // failure leaves the fused call: the retries run through the promise-based chain inside
   // this policy, in a scope that follows the fused layers outside it.
@@ -376,8 +377,9 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
     timeout: undefined,
   }
 
-  constructor(options: RetryOptions) {
+  constructor(options: RetryOptions, deadlineReserveMs = 0) {
     checkKnownOptions('retry', options, retryOptions)
+    this.#deadlineReserveMs = deadlineReserveMs
     this.#maxAttempts = optionalInteger('retry.maxAttempts', options.maxAttempts, 3, 1)
     this.#backoff = resolveBackoff('retry', options)
     this.#shouldRetry = optionalFunction<(error: unknown, attempt: number) => boolean>(
@@ -527,8 +529,11 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
         delayMs = Math.max(delayMs, Math.min(retryAfterMs, this.#maxRetryAfterMs))
       }
       // Sleeping into the deadline only to be cut off wastes the wait and the attempt; the
-      // last real failure says more than a deadline error would.
-      if (deadline !== undefined && now + delayMs >= deadline.atMs) {
+      // last real failure says more than a deadline error would. The same for a sleep that
+      // leaves less than the attempts need to be made at all (the HTTP client's margin): the
+      // attempt would be refused, unsent, and the last failure lost.
+      const leftAfterMs = deadline === undefined ? 0 : deadline.atMs - (now + delayMs)
+      if (deadline !== undefined && (leftAfterMs <= 0 || leftAfterMs < this.#deadlineReserveMs)) {
         this.#giveUp(attempt, 'deadline', error)
         throw error
       }
@@ -708,4 +713,17 @@ function backoffSleep(
  */
 export function retry(options: RetryOptions = {}): RetryPolicy {
   return new RetryPolicyImpl(checkObject('retry', options) as RetryOptions)
+}
+
+/**
+ * A {@link retry} whose attempts need at least `deadlineReserveMs` of the deadline left to be
+ * made at all (the HTTP client sends nothing with less than its margin plus 1 ms left): a
+ * backoff that would leave less gives up at once with the last failure, as one that would end
+ * past the deadline does. Internal: not exported from the package root.
+ */
+export function retryWithDeadlineReserve(
+  options: RetryOptions,
+  deadlineReserveMs: number,
+): RetryPolicy {
+  return new RetryPolicyImpl(checkObject('retry', options) as RetryOptions, deadlineReserveMs)
 }

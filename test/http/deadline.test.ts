@@ -450,3 +450,61 @@ describe('the overall timeout around the retries', () => {
     expect(clock.pendingTimers).toBe(0)
   })
 })
+
+describe('a retry backoff under the deadline margin', () => {
+  // deadlineMarginMs: 100 under a 300 ms deadline: an attempt needs at least 101 ms left, so a
+  // backoff may end at 199 ms at the latest (the first attempt takes no time on the clock).
+  async function run(baseDelayMs: number) {
+    const clock = new ManualClock()
+    const server = await serve((_req, res) => {
+      res.writeHead(503).end('busy')
+    })
+    const client = track(
+      createHttpClient({
+        clock,
+        services: {
+          svc: {
+            baseUrl: server.url,
+            deadlineMarginMs: 100,
+            circuitBreaker: false,
+            retry: { maxAttempts: 2, baseDelayMs, jitter: 'none' },
+          },
+        },
+      }),
+    )
+    const events: HttpClientEvent[] = []
+    client.events.on((event) => events.push(event))
+    let settled = false
+    const pending = withDeadline(300, () => client.request('svc', { path: '/' }), { clock })
+      .catch((e: unknown) => e)
+      .finally(() => {
+        settled = true
+      })
+    await until(() => settled || events.some((e) => e.type === 'retry'))
+    const slept = events.some((e) => e.type === 'retry')
+    // A backoff that was started runs out, so the call ends either way.
+    while (!settled) {
+      await clock.advance(baseDelayMs)
+      await until(() => settled || server.hits.length === 2, 1_000).catch(() => {})
+    }
+    return { error: await pending, hits: server.hits.length, events, slept, clock }
+  }
+
+  it('gives up at once with the 503 when the backoff would end inside the margin', async () => {
+    const { error, hits, events, slept, clock } = await run(200)
+    // Sleeping to 200 ms would leave 100 ms, too little to send: the call would then end in a
+    // DeadlineExceededError (started: false) with the 503 lost.
+    expect(slept).toBe(false)
+    expect(error).toBeInstanceOf(HttpStatusError)
+    expect((error as HttpStatusError).status).toBe(503)
+    expect(hits).toBe(1)
+    expect(clock.now()).toBe(0)
+    expect(events.find((e) => e.type === 'giveUp')).toMatchObject({ reason: 'deadline' })
+  })
+
+  it('still retries when the backoff leaves exactly the margin plus 1 ms', async () => {
+    const { error, hits } = await run(199)
+    expect(hits).toBe(2)
+    expect((error as HttpStatusError).status).toBe(503)
+  })
+})

@@ -6,7 +6,7 @@ import { circuitBreaker } from '../../src/policies/circuit-breaker.js'
 import { withDeadline } from '../../src/policies/deadline.js'
 import { DeadlineExceededError } from '../../src/policies/errors.js'
 import { pipeline } from '../../src/policies/pipeline.js'
-import { type RetryEvent, retry } from '../../src/policies/retry.js'
+import { type RetryEvent, retry, retryWithDeadlineReserve } from '../../src/policies/retry.js'
 import { createRetryBudget } from '../../src/policies/retry-budget.js'
 import { timeout } from '../../src/policies/timeout.js'
 import { neverAbortedSignal, type Policy, type PolicyFunction } from '../../src/policies/types.js'
@@ -228,5 +228,56 @@ describe('retry cut off by a deadline through its caller', () => {
     expect(events.at(-1)).toMatchObject({ type: 'giveUp', reason: 'deadline', attempt: 1 })
     expect(calls).toBe(1)
     expect(clock.pendingTimers).toBe(0)
+  })
+})
+
+describe('retry with a deadline reserve (the HTTP client: its attempts need the margin)', () => {
+  // A 300 ms deadline and a 200 ms backoff: the sleep ends with 100 ms left.
+  async function attemptsWith(policy: Policy, clock: ManualClock) {
+    let calls = 0
+    const outcome = withDeadline(
+      300,
+      () =>
+        policy.execute(() => {
+          calls++
+          throw transient()
+        }),
+      { clock },
+    ).catch((e: unknown) => e)
+    await clock.advance(300)
+    return { error: await outcome, calls }
+  }
+
+  it('sleeps into the last 100 ms without one, as retry() always has', async () => {
+    const clock = new ManualClock()
+    const { calls } = await attemptsWith(
+      retry({ clock, maxAttempts: 2, baseDelayMs: 200, jitter: 'none' }),
+      clock,
+    )
+    expect(calls).toBe(2)
+  })
+
+  it('gives up at once with the last failure when the sleep would leave less than the reserve', async () => {
+    const clock = new ManualClock()
+    const policy = retryWithDeadlineReserve(
+      { clock, maxAttempts: 2, baseDelayMs: 200, jitter: 'none' },
+      101,
+    )
+    const events: RetryEvent[] = []
+    policy.events.on((event) => events.push(event))
+    const { error, calls } = await attemptsWith(policy, clock)
+    expect(calls).toBe(1)
+    expect(describeError(error)).toBe('Error: reset')
+    expect(events.map((e) => e.type === 'giveUp' && e.reason)).toEqual(['deadline'])
+    // Exactly the reserve left after the sleep is enough.
+    const exact = new ManualClock()
+    const enough = await attemptsWith(
+      retryWithDeadlineReserve(
+        { clock: exact, maxAttempts: 2, baseDelayMs: 200, jitter: 'none' },
+        100,
+      ),
+      exact,
+    )
+    expect(enough.calls).toBe(2)
   })
 })
