@@ -23,7 +23,9 @@
 //    - double encoding of a character that matters to the structure, `%25` followed by the
 //      hex of `.`, `/`, `\`, `%` or a control character (`%252e`, `%252f`, `%255c`, `%2525`),
 //      is rejected: an upstream that decodes twice would see a dot segment or a separator.
-//      Other `%25XX` (a literal `%` followed by two hex-looking characters) is kept as is.
+//      It is judged after the decoding above, so hex digits that arrive encoded count too
+//      (`%25%32%65` is `%252e`). Other `%25XX` (a literal `%` followed by two hex-looking
+//      characters) is kept as is.
 //    - encoded bytes >= 0x80 must spell well-formed UTF-8 (RFC 3629): overlong forms such as
 //      `%C0%AE` (a dot) and `%C0%AF` (a slash), surrogates and stray continuation bytes are
 //      rejected, since a lenient decoder (old IIS, some Java servers) reads them as `.` or `/`.
@@ -58,6 +60,18 @@ function isUnreserved(code: number): boolean {
     code === 0x5f ||
     code === 0x7e
   )
+}
+
+// In a decoded segment every `%` starts an encoding, so `%25` is always an encoded `%`, and the
+// two characters after it are what an upstream that decodes twice reads as a byte.
+const doubleEncoding = /%25([0-9A-Fa-f]{2})/g
+
+function hasStructuralDoubleEncoding(segment: string): boolean {
+  for (const match of segment.matchAll(doubleEncoding)) {
+    const innerByte = Number.parseInt(match[1] as string, 16)
+    if (structuralBytes.has(innerByte) || innerByte < 0x20 || innerByte === 0x7f) return true
+  }
+  return false
 }
 
 // A path without `%`, `\`, `#`, `?`, `//`, `/.` and with only visible ASCII needs no work; most do.
@@ -110,18 +124,17 @@ export function normalizePath(raw: string): NormalizedPath {
       continue
     }
     if (byte >= 0x80) highBytes = true
-    if (byte === 0x25) {
-      const inner = raw.slice(i + 1, i + 3)
-      if (hexDigit.test(inner)) {
-        const innerByte = Number.parseInt(inner, 16)
-        if (structuralBytes.has(innerByte) || innerByte < 0x20 || innerByte === 0x7f) {
-          return { ok: false, reason: 'double percent-encoding' }
-        }
-      }
-    }
     current += `%${hex.toUpperCase()}`
   }
   segments.push(current)
+  // Double encoding is judged on the decoded segments, not on the raw characters after `%25`:
+  // the hex digits may themselves arrive encoded (`%25%32%65` decodes to `%252e`), and the
+  // output must pass this same rule when normalized again.
+  for (const segment of segments) {
+    if (segment.includes('%25') && hasStructuralDoubleEncoding(segment)) {
+      return { ok: false, reason: 'double percent-encoding' }
+    }
+  }
   if (highBytes) {
     for (const segment of segments) {
       // Only `%XX` of ASCII other than these high bytes remain, which decode without error, so

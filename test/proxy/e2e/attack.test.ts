@@ -296,6 +296,8 @@ describe('no route bypass: matching and forwarding use one normalized path', () 
     '/public/%252e%252e/secret',
     '/public/%25252e%25252e/secret',
     '/public/%252fsecret',
+    '/public/%25%32%65%25%32%65/secret',
+    '/public/%25%32%66secret',
     '/public/..;/secret',
     '/public;/../secret',
     '/public/.;/../secret',

@@ -84,6 +84,11 @@ export const refusedByProxy: readonly [string, string, number][] = [
   ['an encoded backslash', 'GET /orders/%5c..%5cadmin HTTP/1.1\r\nHost: HOST\r\n\r\n', 400],
   ['a double-encoded dot-dot', 'GET /orders/%252e%252e/admin HTTP/1.1\r\nHost: HOST\r\n\r\n', 400],
   ['a double-encoded slash', 'GET /orders/%252fadmin HTTP/1.1\r\nHost: HOST\r\n\r\n', 400],
+  [
+    'a double-encoded dot-dot with its hex digits encoded',
+    'GET /orders/%25%32%65%25%32%65/admin HTTP/1.1\r\nHost: HOST\r\n\r\n',
+    400,
+  ],
   ['an encoded NUL', 'GET /orders/a%00b HTTP/1.1\r\nHost: HOST\r\n\r\n', 400],
   ['a dot-dot with parameters', 'GET /orders/..;/admin HTTP/1.1\r\nHost: HOST\r\n\r\n', 400],
   ['a malformed percent-encoding', 'GET /orders/%zz HTTP/1.1\r\nHost: HOST\r\n\r\n', 400],

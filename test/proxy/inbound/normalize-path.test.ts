@@ -56,6 +56,14 @@ describe('normalizePath examples', () => {
     ['/a/%252F', 'double percent-encoding'],
     ['/a/%255c', 'double percent-encoding'],
     ['/a/%25252e', 'double percent-encoding'],
+    // The hex after `%25` may itself arrive encoded: judged on what it decodes to.
+    ['/api/%25%32%65%25%32%65/secret', 'double percent-encoding'],
+    ['/api/%25%32%66etc', 'double percent-encoding'],
+    ['/api/%25%35%63x', 'double percent-encoding'],
+    ['/api/%25%32%45', 'double percent-encoding'],
+    ['/api/%252%65', 'double percent-encoding'],
+    ['/api/%25%32%35', 'double percent-encoding'],
+    ['/api/%25%30%30', 'double percent-encoding'],
     ['/a%00', 'encoded control character'],
     ['/a%0d%0a', 'encoded control character'],
     ['/a%7f', 'encoded control character'],
@@ -147,7 +155,37 @@ function upstreamView(path: string, times: number): string {
   return `/${out.join('/')}`
 }
 
+// Paths of any percent-encoded byte (either case) among raw characters, and of `%25` followed
+// by two hex digits each sent raw or encoded (`%25%32%65`), which spell a double encoding only
+// once decoded.
+const encodedByte = (byte: number) => `%${byte.toString(16).padStart(2, '0')}`
+const hexDigitText = fc.constantFrom(...'0123456789abcdefABCDEF'.split(''))
+const maybeEncodedHexDigit = fc.oneof(
+  hexDigitText,
+  hexDigitText.map((digit) => encodedByte(digit.charCodeAt(0))),
+  hexDigitText.map((digit) => encodedByte(digit.charCodeAt(0)).toUpperCase()),
+)
+const encodedPiece = fc.oneof(
+  fc.integer({ min: 0, max: 0xff }).map(encodedByte),
+  fc.integer({ min: 0, max: 0xff }).map((byte) => encodedByte(byte).toUpperCase()),
+  fc.tuple(maybeEncodedHexDigit, maybeEncodedHexDigit).map(([high, low]) => `%25${high}${low}`),
+  hexDigitText,
+  fc.constantFrom('/', '.', '..', 'a', ';'),
+)
+const encodedPath = fc.array(encodedPiece, { maxLength: 16 }).map((parts) => `/${parts.join('')}`)
+
 describe('normalizePath properties', () => {
+  it('gives a fixed point: its output normalizes to itself, never to a refusal', () => {
+    fc.assert(
+      fc.property(fc.oneof(rawPath, encodedPath), (raw) => {
+        const first = normalizePath(raw)
+        if (!first.ok) return
+        expect(normalizePath(first.path), `${raw} -> ${first.path}`).toEqual(first)
+      }),
+      { numRuns: 10_000 },
+    )
+  })
+
   it('is idempotent', () => {
     fc.assert(
       fc.property(rawPath, (raw) => {
