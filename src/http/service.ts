@@ -34,6 +34,7 @@ import {
   timeout,
   type Unsubscribe,
 } from '../index.js'
+import { type AbortListener, listenToSignal, unlistenToSignal } from '../policies/cancel-scope.js'
 import { MAX_DEADLINE_HEADER_MS } from '../policies/deadline.js'
 import { timeoutEndOf } from '../policies/fused.js'
 import { retryWithDeadlineReserve } from '../policies/retry.js'
@@ -190,7 +191,7 @@ interface CallPlan extends ExchangePlan {
 // One call's link to close(): a call that waits (retry backoff, bulkhead queue) when the client
 // closes could only ever be refused, so close() aborts it at once instead of letting the wait run
 // out (a Retry-After of up to maxRetryAfterMs, with a timer that holds the process open).
-class CallLink {
+class CallLink implements AbortListener {
   readonly controller = new AbortController()
   /** An attempt of the call is running: it finishes, close() leaves it alone. */
   attempting = false
@@ -208,6 +209,11 @@ class CallLink {
       settle = resolve
     })
     this.#settle = settle
+  }
+
+  /** The caller's signal aborted: so does the call. */
+  parentAborted(reason: unknown): void {
+    this.controller.abort(reason)
   }
 
   /** The call has settled. */
@@ -443,13 +449,15 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     const link = new CallLink()
     const own = link.controller
     // The caller's signal is forwarded by a listener removed at the end, not AbortSignal.any(),
-    // whose composite signals a long-lived caller signal keeps until a garbage collection.
-    let forward: (() => void) | undefined
+    // whose composite signals a long-lived caller signal keeps until a garbage collection. The
+    // listener is shared with every other call under the same signal (listenToSignal): a
+    // fan-out of more than 10 calls would otherwise make Node warn of a listener leak.
+    let listening = false
     if (callerSignal !== undefined) {
       if (callerSignal.aborted) own.abort(callerSignal.reason)
       else {
-        forward = () => own.abort(callerSignal.reason)
-        callerSignal.addEventListener('abort', forward)
+        listenToSignal(callerSignal, link)
+        listening = true
       }
     }
     this.#calls.add(link)
@@ -463,7 +471,7 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     } finally {
       this.#calls.delete(link)
       link.end()
-      if (forward !== undefined) callerSignal?.removeEventListener('abort', forward)
+      if (listening) unlistenToSignal(callerSignal!, link)
     }
   }
 

@@ -7,7 +7,7 @@ import {
   optionKeys,
   signalRefusal,
 } from '../core/validate.js'
-import { parentOf } from './cancel-scope.js'
+import { type AbortListener, listenToSignal, parentOf, unlistenToSignal } from './cancel-scope.js'
 import { abortFailure, BulkheadRejectedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, slowPath } from './fused.js'
@@ -116,7 +116,7 @@ interface Waiter {
   resolve: () => void
   reject: (error: unknown) => void
   signal: AbortSignal | undefined
-  onAbort: (() => void) | undefined
+  onAbort: AbortListener | undefined
   timer: TimerHandle | undefined
   prev: Waiter | undefined
   next: Waiter | undefined
@@ -294,13 +294,16 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
       }
       // The shared never-aborting signal would collect listeners forever; it needs none.
       if (signal !== neverAbortedSignal) {
-        const onAbort = (): void => {
-          this.#unlink(waiter)
-          reject(abortFailure(signal.reason, false))
+        const onAbort: AbortListener = {
+          parentAborted: (reason) => {
+            this.#unlink(waiter)
+            reject(abortFailure(reason, false))
+          },
         }
         waiter.signal = signal
         waiter.onAbort = onAbort
-        signal.addEventListener('abort', onAbort, { once: true })
+        // Shared with the other calls waiting on the same caller's signal (see listenToSignal).
+        listenToSignal(signal, onAbort)
       }
       // Emitted once the waiter listens to its signal: a listener that aborts the call (user
       // code) must take it out of the queue, not leave it waiting for a slot it no longer wants.
@@ -322,7 +325,7 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
       waiter.timer = undefined
     }
     if (waiter.onAbort !== undefined) {
-      waiter.signal?.removeEventListener('abort', waiter.onAbort)
+      if (waiter.signal !== undefined) unlistenToSignal(waiter.signal, waiter.onAbort)
       waiter.onAbort = undefined
     }
   }

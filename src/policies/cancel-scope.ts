@@ -14,8 +14,6 @@ import { neverAbortedSignal, type PolicyContext } from './types.js'
 export interface AbortListener {
   /** The parent aborted with `reason`. Called at most once per subscription. */
   parentAborted(reason: unknown): void
-  /** The same, as an `EventListenerObject` for a real AbortSignal parent. */
-  handleEvent(event: Event): void
 }
 
 /** What a policy runs under: an outer scope, or a caller's real signal. */
@@ -66,14 +64,71 @@ export function signalOf(parent: CancelParent | undefined): AbortSignal {
 export function listen(parent: CancelParent | undefined, listener: AbortListener): void {
   if (parent === undefined) return
   if (parent instanceof CancelScope) parent.addListener(listener)
-  else parent.addEventListener('abort', listener)
+  else listenToSignal(parent, listener)
 }
 
 /** Undoes {@link listen}. */
 export function unlisten(parent: CancelParent | undefined, listener: AbortListener): void {
   if (parent === undefined) return
   if (parent instanceof CancelScope) parent.removeListener(listener)
-  else parent.removeEventListener('abort', listener)
+  else unlistenToSignal(parent, listener)
+}
+
+// breakwater's listeners on one caller's real signal, told through a single listener of the
+// signal's own. A caller commonly shares one signal across a fan-out of concurrent calls (a
+// request's signal for every call it makes): one listener per call would make Node warn
+// (MaxListenersExceededWarning) past 10, although nothing leaks. The entry goes with the last
+// listener, so a long-lived signal holds nothing of finished calls.
+class SignalListeners {
+  readonly #signal: AbortSignal
+  readonly listeners = new Set<AbortListener>()
+
+  constructor(signal: AbortSignal) {
+    this.#signal = signal
+  }
+
+  handleEvent(): void {
+    const reason = this.#signal.reason
+    const listeners = this.listeners
+    // As an EventTarget does: a listener removed by an earlier one is not told, one added
+    // meanwhile neither; one that throws does not keep the others from being told.
+    for (const listener of [...listeners]) {
+      if (!listeners.has(listener)) continue
+      try {
+        listener.parentAborted(reason)
+      } catch (error) {
+        queueMicrotask(() => {
+          throw error
+        })
+      }
+    }
+  }
+}
+
+const signalListeners = new WeakMap<AbortSignal, SignalListeners>()
+
+/**
+ * Tells `listener` when the real `signal` aborts (not if it already has, as for
+ * `addEventListener`), sharing one listener of the signal's own with every other breakwater
+ * listener on it. Undone by {@link unlistenToSignal}.
+ */
+export function listenToSignal(signal: AbortSignal, listener: AbortListener): void {
+  let entry = signalListeners.get(signal)
+  if (entry === undefined) {
+    entry = new SignalListeners(signal)
+    signalListeners.set(signal, entry)
+    signal.addEventListener('abort', entry)
+  }
+  entry.listeners.add(listener)
+}
+
+/** Undoes {@link listenToSignal}; the last listener to go removes the signal's own. */
+export function unlistenToSignal(signal: AbortSignal, listener: AbortListener): void {
+  const entry = signalListeners.get(signal)
+  if (entry === undefined || !entry.listeners.delete(listener)) return
+  if (entry.listeners.size > 0) return
+  signalListeners.delete(signal)
+  signal.removeEventListener('abort', entry)
 }
 
 /** A lazily linked cancellation scope with up to two parents. */
@@ -202,10 +257,6 @@ export class CancelScope implements AbortListener {
     const p2 = this.#parent2
     if (p2?.aborted && p2.reason !== reason) return p2.reason
     return reason
-  }
-
-  handleEvent(event: Event): void {
-    this.parentAborted((event.target as AbortSignal).reason)
   }
 
   /** The owner is done with the scope: unlink from the parents and never link again. */

@@ -662,10 +662,6 @@ class BackoffSleep implements AbortListener {
     this.#reject(new AbortedError(reason))
   }
 
-  handleEvent(event: Event): void {
-    this.parentAborted((event.target as AbortSignal).reason)
-  }
-
   #stop(): boolean {
     if (this.#done) return false
     this.#done = true
