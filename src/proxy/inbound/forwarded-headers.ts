@@ -27,6 +27,29 @@ const clientClaims = [
 // Headers through which frameworks (Express method-override, Rails, Spring's filter, ...) let a
 // request stand for another method: on a route chosen by method they would undo the choice.
 const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-override'] as const
+// The hyphenated names of every header this module sets or drops. WSGI, CGI and the servers
+// that follow them (PHP, Rack) name a header's variable by reading `-` as `_`, so a client's
+// `X_Forwarded_For` reaches the app as HTTP_X_FORWARDED_FOR, the variable the real header
+// fills; nginx drops underscore headers by default for this reason.
+const forwardingNames = new Set<string>([
+  ...clientClaims,
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+])
+const overrideNames = new Set<string>(methodOverrides)
+
+// Whether `name` (lower case, with at least one `_`) is a spelling of a header that is set or
+// dropped here once `_` is read as `-`: any X-Forwarded-*, a client claim, and a method
+// override on a route chosen by method.
+function isUnderscoreSpelling(name: string, methodRoute: boolean): boolean {
+  const folded = name.replaceAll('_', '-')
+  return (
+    (folded.length > 12 && folded.startsWith('x-forwarded-')) ||
+    forwardingNames.has(folded) ||
+    (methodRoute && overrideNames.has(folded))
+  )
+}
 
 /**
  * The inbound headers with `X-Forwarded-For` (the client address appended), `X-Forwarded-Proto`
@@ -38,7 +61,9 @@ const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-ov
  * the path overrides `X-Original-URL` and `X-Rewrite-URL`. Trusted (a
  * listener behind a load balancer that sets them): the address is appended to the chain, and
  * Proto / Host are set only when absent. On a route that matches on methods, method-override
- * headers are dropped, so the app runs the method the route admitted.
+ * headers are dropped, so the app runs the method the route admitted. In both modes a header
+ * whose name is one of those once `_` is read as `-` (`X_Forwarded_For`, `X-Real_IP`,
+ * `X_Original_URL`, any `X_Forwarded_*`) is dropped: WSGI and CGI apps read it as the real one.
  */
 export function forwardedHeaders(
   inbound: InboundRequest,
@@ -72,6 +97,11 @@ export function forwardedHeaders(
     }
   }
   if (methodRoute) for (const name of methodOverrides) delete headers[name]
+  // Underscore spellings are dropped on trusted listeners too: no proxy in front sets them, so
+  // they can only come from a client, and a front proxy may pass them through.
+  for (const name in headers) {
+    if (name.includes('_') && isUnderscoreSpelling(name, methodRoute)) delete headers[name]
+  }
   // Only the headers are new: a copy of the inbound request would read (and so create) its
   // lazy signal.
   return headers

@@ -733,6 +733,18 @@ describe('X-Forwarded-For, -Proto and -Host on what the gateway forwards', () =>
     expect(legacy.requests.at(-1)?.headers['x-forwarded-host']).toBe(`127.0.0.1:${gw}`)
   })
 
+  it('drops underscore spellings, which WSGI and CGI apps read as the real headers', async () => {
+    const target = `GET /public/xff-underscore HTTP/1.1\r\nHost: app.example:${gw}\r\nX_Forwarded_For: 6.6.6.6\r\nX_Forwarded_Proto: https\r\nX_Original_URL: /secret\r\nX-Real_IP: 6.6.6.6\r\nX_Custom: kept\r\n\r\n`
+    for (const port of [gw, trusted]) {
+      expect((await raw(port, target.replace(`:${gw}`, `:${port}`))).status, `${port}`).toBe(200)
+      const headers = legacy.requests.at(-1)?.headers ?? {}
+      for (const name of ['x_forwarded_for', 'x_forwarded_proto', 'x_original_url', 'x-real_ip'])
+        expect(headers[name], `${port} ${name}`).toBeUndefined()
+      expect(headers.x_custom, `${port}`).toBe('kept')
+      expect(headers['x-forwarded-for'], `${port}`).toBe('127.0.0.1')
+    }
+  })
+
   it('appends the client to trusted copies on a listener with trustForwardedHeaders', async () => {
     expect((await raw(trusted, spoofed(trusted))).status).toBe(200)
     const headers = legacy.requests.at(-1)?.headers ?? {}

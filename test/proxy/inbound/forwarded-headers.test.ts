@@ -65,3 +65,48 @@ describe('forwardedHeaders on an untrusted gateway', () => {
       expect(headers[name], name).toBe(value)
   })
 })
+
+// WSGI and CGI servers name a header's variable by upper-casing it and reading `-` as `_`, so
+// `X_Forwarded_For` reaches the app as HTTP_X_FORWARDED_FOR, the variable the real one fills.
+describe('forwardedHeaders and underscore spellings', () => {
+  const underscored = {
+    x_forwarded_for: '6.6.6.6',
+    x_forwarded_proto: 'https',
+    x_forwarded_host: 'evil.example',
+    'x-forwarded_port': '443',
+    x_forwarded_prefix: '/admin',
+    'x-real_ip': '6.6.6.6',
+    x_original_url: '/admin',
+    x_rewrite_url: '/admin',
+    'true_client-ip': '6.6.6.6',
+    forwarded_for: '6.6.6.6',
+  }
+
+  it.each([false, true])(
+    'drops the underscore spelling of every forwarding header (trusted: %s)',
+    (trusted) => {
+      const headers = forwardedHeaders(
+        inboundWith({ ...underscored, x_kept_header: 'yes', 'x-forwarded-for': '5.5.5.5' }),
+        req,
+        'http',
+        trusted,
+        false,
+      )
+      for (const name of Object.keys(underscored)) expect(headers[name], name).toBeUndefined()
+      expect(headers.x_kept_header).toBe('yes')
+      expect(headers['x-forwarded-for']).toBe(trusted ? '5.5.5.5, 10.0.0.9' : '10.0.0.9')
+    },
+  )
+
+  it('drops the underscore spelling of method overrides on a route chosen by method', () => {
+    const overrides = {
+      x_http_method_override: 'DELETE',
+      x_http_method: 'DELETE',
+      'x-method_override': 'DELETE',
+    }
+    const onMethodRoute = forwardedHeaders(inboundWith(overrides), req, 'http', true, true)
+    for (const name of Object.keys(overrides)) expect(onMethodRoute[name], name).toBeUndefined()
+    const elsewhere = forwardedHeaders(inboundWith(overrides), req, 'http', false, false)
+    for (const name of Object.keys(overrides)) expect(elsewhere[name], name).toBe('DELETE')
+  })
+})
