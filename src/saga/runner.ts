@@ -640,7 +640,18 @@ export class InstanceRun {
       // Woken by a reply, by the reply timeout, or spuriously: the attempt is the last send.
       const attempt = state.attempts
       const { found, reply } = await read()
-      if (found) return this.#replied(step, state, attempt, reply)
+      if (found) {
+        // Each claim that reads the reply counts an attempt, as an action's does: the first
+        // handles it as part of the send's attempt, each one after it follows a worker that
+        // died (or lost its lease) handling it. Unchecked, an onReply that kills its worker
+        // every time was called again at every claim, for ever.
+        const handling = Math.max(attempt, this.#attempt - 1)
+        if (handling > step.retry.maxAttempts) {
+          this.#attempt = handling
+          return this.#attemptsSpent(step, state)
+        }
+        return this.#replied(step, state, handling, reply)
+      }
       const now = storedTime(this.#host.clock)
       if (now >= (state.wakeAt ?? 0)) {
         this.#attempt = attempt

@@ -1,6 +1,6 @@
 // Steps whose attempts end without a recorded outcome: the worker dies or loses its lease while
-// the step runs. (1) A wait step's waitUntil obeys the attempt bound of an action: one that
-// kills its worker every time must not be called for ever. (2) An action step an attempt of
+// the step runs. (1) A wait step's waitUntil, and a reply step's onReply, obey the attempt bound
+// of an action: one that kills its worker every time must not be called for ever. (2) An action step an attempt of
 // which ended so may have had its effect: its own compensation runs, first, before the earlier
 // steps' in reverse order. So may (3) an action the runner cut off at its timeoutMs: its call may
 // have reached the remote side. (4) An action that returned (its effect happened) but whose step
@@ -18,7 +18,9 @@ import {
   cancelSaga,
   createSagaWorker,
   defineSaga,
+  deliverReply,
   getSaga,
+  type SagaDefinition,
   type SagaFaults,
   startSaga,
 } from '../../src/saga/index.js'
@@ -41,11 +43,62 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
     await t?.close()
   })
 
+  /**
+   * A step function that kills its worker on each of its first three calls: it does not return
+   * while that worker "is dead" (until `settle`). A call past the third returns `value` at
+   * once, so the test ends with or without the bound. `dieThrice` has three workers take the
+   * instance over in turn, each dying in it: each one's clock stands still (a dead process: no
+   * renewal), the next one's is past the lease of the one before, so its claim counts an
+   * attempt. Then a last worker, past every lease, polls once.
+   */
+  function killing<T>(value: T) {
+    const stuck = gate()
+    let called = gate()
+    const polls: Promise<number>[] = []
+    const calls = { count: 0 }
+    return {
+      calls,
+      fn: async (): Promise<T> => {
+        calls.count++
+        if (calls.count > 3) return value
+        called.open()
+        await stuck.promise
+        return value
+      },
+      async dieThrice(saga: SagaDefinition<unknown, unknown>, from: number): Promise<number> {
+        for (let n = 0; n < 3; n++) {
+          called = gate()
+          const worker = createSagaWorker({
+            db: t.db,
+            sagas: [saga],
+            clock: new ManualClock(from + n * 10 * leaseMs),
+            leaseMs,
+            workerId: `dead-${n}`,
+          })
+          polls.push(worker.poll())
+          await called.promise
+        }
+        expect(calls.count).toBe(3)
+        const last = createSagaWorker({
+          db: t.db,
+          sagas: [saga],
+          clock: new ManualClock(from + 100 * leaseMs),
+          leaseMs,
+          workerId: 'last',
+        })
+        return last.poll()
+      },
+      /** Lets the dead workers' calls return; their late writes must be fenced off. */
+      async settle(): Promise<void> {
+        stuck.open()
+        await Promise.all(polls)
+      },
+    }
+  }
+
   it('a waitUntil that kills its worker every time is not called past its attempts', async () => {
     const effects: string[] = []
-    const stuck = gate()
-    let calls = 0
-    let called = gate()
+    const waitUntil = killing(0)
     const saga = defineSaga({
       name: `wait-crash-${randomUUID().slice(0, 8)}`,
       version: 1,
@@ -57,54 +110,64 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
             effects.push('undo-reserve')
           },
         },
-        {
-          name: 'wait',
-          waitUntil: async () => {
-            calls++
-            // The bound's test must end, with or without the bound: a call past the third
-            // returns (a wait already over), the others never do while their worker "is dead".
-            if (calls > 3) return 0
-            called.open()
-            await stuck.promise
-            return 0
-          },
-        },
+        { name: 'wait', waitUntil: waitUntil.fn },
       ],
     })
     const { id } = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
-    const polls: Promise<number>[] = []
-    // Each worker's clock stands still (a dead process: no renewal), the next one's is past
-    // the lease of the one before, so it takes the instance over: the claim counts an attempt.
-    for (let n = 0; n < 3; n++) {
-      called = gate()
-      const worker = createSagaWorker({
-        db: t.db,
-        sagas: [saga],
-        clock: new ManualClock(n * 10 * leaseMs),
-        leaseMs,
-        workerId: `dead-${n}`,
-      })
-      polls.push(worker.poll())
-      await called.promise
-    }
-    expect(calls).toBe(3)
-    const last = createSagaWorker({
-      db: t.db,
-      sagas: [saga],
-      clock: new ManualClock(100 * leaseMs),
-      leaseMs,
-      workerId: 'last',
-    })
-    expect(await last.poll()).toBe(1)
-    expect(calls).toBe(3)
+    expect(await waitUntil.dieThrice(saga, 0)).toBe(1)
+    expect(waitUntil.calls.count).toBe(3)
     const instance = await getSaga(t.db, id)
     expect(instance).toMatchObject({ status: 'compensated' })
     expect(instance!.reason).toContain('step "wait" used up its 3 attempts without recording')
     expect(instance!.steps[1]).toMatchObject({ status: 'failed' })
     expect(effects).toEqual(['undo-reserve'])
-    stuck.open()
-    await Promise.all(polls)
-    // The dead workers' late writes were fenced off.
+    await waitUntil.settle()
+    expect(await getSaga(t.db, id)).toEqual(instance)
+  })
+
+  // Each claim that reads the reply counts an attempt, as an action's: the claim that would call
+  // onReply past the step's attempts fails the step, and the saga compensates, the step itself
+  // too (its command was sent and its reply never handled). Unchecked, it was called for ever.
+  it('an onReply that kills its worker every time is not called past its attempts', async () => {
+    const effects: string[] = []
+    const onReply = killing({ charged: true })
+    const saga = defineSaga({
+      name: `reply-crash-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [
+        {
+          name: 'reserve',
+          action: async () => ({ reserved: true }),
+          compensation: async () => {
+            effects.push('undo-reserve')
+          },
+        },
+        {
+          name: 'charge',
+          retry: { maxAttempts: 3 },
+          send: async (ctx) => {
+            effects.push(`send ${ctx.attempt}`)
+          },
+          awaitReply: { timeoutMs: 1_000 * leaseMs, onReply: onReply.fn },
+          compensation: async () => {
+            effects.push('refund')
+          },
+        },
+        { name: 'ship', action: async () => ({ shipped: true }) },
+      ],
+    })
+    const sender = createSagaWorker({ db: t.db, sagas: [saga], clock: new ManualClock(0), leaseMs })
+    const { id } = await sender.run(saga, {})
+    const clock = new ManualClock(0)
+    expect(await deliverReply(t.db, id, 'charge', { ok: true }, { clock })).toBe('delivered')
+    expect(await onReply.dieThrice(saga, 10 * leaseMs)).toBe(1)
+    expect(onReply.calls.count).toBe(3)
+    const instance = await getSaga(t.db, id)
+    expect(instance).toMatchObject({ status: 'compensated' })
+    expect(instance!.reason).toContain('step "charge" used up its 3 attempts without recording')
+    expect(instance!.steps[1]).toMatchObject({ status: 'compensated' })
+    expect(effects).toEqual(['send 1', 'refund', 'undo-reserve'])
+    await onReply.settle()
     expect(await getSaga(t.db, id)).toEqual(instance)
   })
 
