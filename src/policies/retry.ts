@@ -154,7 +154,10 @@ export type GiveUpReason =
   /**
    * The next attempt could not start before the end of a timeout around the retry (a timeout
    * policy outside it in a pipeline, such as the HTTP client's overall timeout): the wait would
-   * only end in that timeout's `TimeoutError`, hiding the failure.
+   * only end in that timeout's `TimeoutError`, hiding the failure. Also when that timeout ran
+   * out (it reached the retry as its caller's abort with a `TimeoutError`): the call fails with
+   * the last attempt's error, which the timeout reports as its `TimeoutError`'s cause (none
+   * when the attempt ended with the timeout's own error), never as a caller's `AbortedError`.
    */
   | 'timeout'
 
@@ -488,11 +491,12 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       // A caller who left after the deadline had passed is a deadline, checked next.
       if (execution.callerAborted()) {
         const reason = parent?.reason
-        if (!isCode(reason, 'DEADLINE_EXCEEDED')) {
-          this.#giveUp(attempt, 'aborted', error)
-          throw isCode(error, 'ABORTED') ? error : new AbortedError(reason)
-        }
-        this.#deadlineCutOff(attempt, error, reason)
+        this.#callerEnded(
+          attempt,
+          error,
+          reason,
+          isCode(error, 'ABORTED') ? error : new AbortedError(reason),
+        )
       }
       const now = clock.now()
       if (deadline !== undefined && now >= deadline.atMs) {
@@ -513,11 +517,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       // catches an abort from a retry listener or the budget).
       if (execution.callerAborted()) {
         const reason = parent?.reason
-        if (!isCode(reason, 'DEADLINE_EXCEEDED')) {
-          this.#giveUp(attempt, 'aborted', error)
-          throw new AbortedError(reason)
-        }
-        this.#deadlineCutOff(attempt, error, reason)
+        this.#callerEnded(attempt, error, reason, new AbortedError(reason))
       }
       const backoffMs = this.#backoff.delayMs(attempt - 1, previousDelayMs)
       // Decorrelated jitter grows from its own previous draw, not from a longer Retry-After
@@ -558,11 +558,8 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
       } catch (abort) {
         // The retry this token paid for never ran: nothing reached the downstream.
         this.#budget?.refund?.()
-        if (parent?.aborted === true && !isCode(parent.reason, 'DEADLINE_EXCEEDED')) {
-          this.#giveUp(attempt, 'aborted', error)
-          throw abort
-        }
-        this.#deadlineCutOff(attempt, error, parent?.aborted === true ? parent.reason : undefined)
+        if (parent?.aborted === true) this.#callerEnded(attempt, error, parent.reason, abort)
+        this.#deadlineCutOff(attempt, error, undefined)
       }
       attempt++
       retryCounters().attempts.add(1)
@@ -572,6 +569,22 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
         error = next
       }
     }
+  }
+
+  // The caller's side aborted with `reason` after attempt `attempt` failed with `error`. A
+  // deadline is the deadline's (below). A timeout around the retry that ran out (its
+  // TimeoutError as the reason: through a pipeline, or a signal such a timeout handed on) is no
+  // cancellation by the caller: that timeout reports the call, with the last failure as what
+  // the attempts came to, as when the next wait would outlast it ('timeout'). Only a caller's
+  // own abort is 'aborted', with `aborted`.
+  #callerEnded(attempt: number, error: unknown, reason: unknown, aborted: unknown): never {
+    if (isCode(reason, 'DEADLINE_EXCEEDED')) this.#deadlineCutOff(attempt, error, reason)
+    if (isCode(reason, 'TIMEOUT')) {
+      this.#giveUp(attempt, 'timeout', error)
+      throw error
+    }
+    this.#giveUp(attempt, 'aborted', error)
+    throw aborted
   }
 
   // The deadline ended the call: it passed, or the caller's side aborted because of it (a

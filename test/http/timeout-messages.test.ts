@@ -84,6 +84,20 @@ describe('a timed-out call', () => {
     expect(error.message).toMatch(/^Service "orders": the call timed out after 250 ms/)
   })
 
+  it('blames no caller when the overall timeout ends an attempt of a retried call', async () => {
+    for (const run of ['request', 'signalled request'] as const) {
+      const error = await timedOut(
+        { attemptTimeoutMs: 10_000, overallTimeoutMs: 300, retry: {} },
+        300,
+        run,
+      )
+      expect(error.message).toMatch(/^Service "orders": the call timed out after 300 ms/)
+      // The attempt ended with the timeout's own error: nothing more to say, and above all not
+      // an AbortedError ("aborted by the caller") that nobody's signal caused.
+      expect(error.cause).toBeUndefined()
+    }
+  })
+
   it('names the overall timeout when both are the same (it started first, so it ends first)', async () => {
     const error = await timedOut({ attemptTimeoutMs: 300, overallTimeoutMs: 300 }, 300)
     expect(error.message).toMatch(/^Service "orders": the call timed out after 300 ms/)

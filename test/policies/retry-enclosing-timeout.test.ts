@@ -50,4 +50,45 @@ describe.each([
     expect(events.at(-1)).toMatchObject({ type: 'giveUp', attempt: 2 })
     expect(clock.pendingTimers).toBe(0)
   })
+
+  it('gives up as timeout, blaming no caller, when the timeout ends an attempt', async () => {
+    for (const honour of ['with the reason', 'with its own error'] as const) {
+      const clock = new ManualClock(0)
+      const retrying = retry({ clock, maxAttempts: 5, baseDelayMs: 100 })
+      const events: RetryEvent[] = []
+      retrying.events.on((e) => events.push(e))
+      const policies = [timeout(300, { clock }), retrying]
+      const policy = opaque ? pipeline(new Opaque(), ...policies) : pipeline(...policies)
+      const ownError = new Error('gave up')
+      let settled: unknown
+      void policy
+        .execute(
+          (ctx) =>
+            new Promise((_resolve, reject) => {
+              ctx.signal.addEventListener('abort', () =>
+                reject(honour === 'with the reason' ? ctx.signal.reason : ownError),
+              )
+            }),
+        )
+        .catch((error: unknown) => {
+          settled = error
+        })
+      await flushJobs()
+      await clock.advance(300)
+      expect(settled).toMatchObject({ code: 'TIMEOUT', timeoutMs: 300 })
+      // The attempt's own failure, as the cooperative timeout reports any: not an AbortedError
+      // saying the caller aborted.
+      const cause = (settled as Error).cause
+      if (honour === 'with the reason') expect(cause).toBeUndefined()
+      else expect(cause).toBe(ownError)
+      expect(events).toEqual([
+        {
+          type: 'giveUp',
+          attempt: 1,
+          reason: 'timeout',
+          error: honour === 'with the reason' ? settled : ownError,
+        },
+      ])
+    }
+  })
 })
