@@ -256,7 +256,11 @@ export class Exchange implements Dispatcher.DispatchHandler {
     if (this.#done) return
     const clock = this.#settings.clock
     if (this.#phase === headersPhase) {
-      this.#timeOut(new errors.HeadersTimeoutError())
+      this.#timeOut(
+        new errors.HeadersTimeoutError(
+          `Service "${this.#plan.service}": the response headers timed out after ${this.#settings.headersTimeoutMs} ms (headersTimeoutMs)`,
+        ),
+      )
       return
     }
     const idleMs = clock.now() - this.#lastDataMs
@@ -265,9 +269,16 @@ export class Exchange implements Dispatcher.DispatchHandler {
       this.#timer = clock.setTimeout(this.#onTimer, leftMs)
       return
     }
-    this.#timeOut(new errors.BodyTimeoutError())
+    this.#timeOut(
+      new errors.BodyTimeoutError(
+        `Service "${this.#plan.service}": the response body timed out after ${this.#settings.bodyTimeoutMs} ms without data (bodyTimeoutMs)`,
+      ),
+    )
   }
 
+  // undici's own classes and codes (documented, known to the classifier), with a message that
+  // names the limit and the service as the client's TimeoutErrors do: undici's says only
+  // "Headers Timeout Error".
   #timeOut(error: Error): void {
     this.#reason = error
     this.#controller?.abort(error)

@@ -112,3 +112,51 @@ describe('a timed-out call', () => {
     expect(error.message).toMatch(/^Service "orders": the attempt timed out after 300 ms/)
   })
 })
+
+describe("undici's headers and body timeouts", () => {
+  // Their classes and codes are undici's (UND_ERR_HEADERS_TIMEOUT, UND_ERR_BODY_TIMEOUT); the
+  // message says which limit ran out, for which service, as TimeoutError's does.
+  async function failed(
+    handler: Parameters<typeof startServer>[0],
+    options: Partial<HttpServiceOptions>,
+    armedAtMs: number,
+  ): Promise<Error & { code?: string }> {
+    const server = await startServer(handler)
+    cleanup.push(() => server.close())
+    const clock = new ManualClock(1_000_000)
+    const client = createHttpClient({
+      clock,
+      services: { orders: { baseUrl: server.url, retry: false, ...options } },
+    })
+    cleanup.push(() => client.close())
+    const outcome = client.request('orders', { path: '/' }).catch((error: unknown) => error)
+    await until(() => clock.nextTimerAt() === armedAtMs)
+    await clock.advance(armedAtMs - clock.now())
+    return (await outcome) as Error & { code?: string }
+  }
+
+  it('names the headers timeout and the service', async () => {
+    const error = await failed(() => {}, { headersTimeoutMs: 300 }, 1_000_300)
+    expect(error.name).toBe('HeadersTimeoutError')
+    expect(error.code).toBe('UND_ERR_HEADERS_TIMEOUT')
+    expect(error.message).toBe(
+      'Service "orders": the response headers timed out after 300 ms (headersTimeoutMs)',
+    )
+  })
+
+  it('names the body timeout and the service', async () => {
+    const error = await failed(
+      (_req, res) => {
+        res.writeHead(200)
+        res.write('start ')
+      },
+      { headersTimeoutMs: 5_000, bodyTimeoutMs: 300 },
+      1_000_300,
+    )
+    expect(error.name).toBe('BodyTimeoutError')
+    expect(error.code).toBe('UND_ERR_BODY_TIMEOUT')
+    expect(error.message).toBe(
+      'Service "orders": the response body timed out after 300 ms without data (bodyTimeoutMs)',
+    )
+  })
+})
