@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createHttpClient, type HttpServiceOptions } from '../../src/http/index.js'
 import { TimeoutError } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { startServer, until } from './servers.js'
+import { type Handler, startServer, until } from './servers.js'
 
 // Which limit ended a call: the attempt timeout and the overall timeout both reject with
 // TimeoutError (code TIMEOUT); the message names the limit and the service.
@@ -12,13 +12,9 @@ afterEach(async () => {
   for (const c of cleanup.splice(0).reverse()) await c()
 })
 
-async function timedOut(
-  options: Partial<HttpServiceOptions>,
-  advanceMs: number,
-  run: 'request' | 'signalled request' | 'execute' = 'request',
-): Promise<TimeoutError> {
-  // A server that never answers: only a timeout ends the call.
-  const server = await startServer(() => {})
+/** A server running `handler`, and a client on a ManualClock with its service `orders`. */
+async function ordersOn(handler: Handler, options: Partial<HttpServiceOptions>) {
+  const server = await startServer(handler)
   cleanup.push(() => server.close())
   const clock = new ManualClock(1_000_000)
   const client = createHttpClient({
@@ -26,6 +22,16 @@ async function timedOut(
     services: { orders: { baseUrl: server.url, retry: false, ...options } },
   })
   cleanup.push(() => client.close())
+  return { server, clock, client }
+}
+
+async function timedOut(
+  options: Partial<HttpServiceOptions>,
+  advanceMs: number,
+  run: 'request' | 'signalled request' | 'execute' = 'request',
+): Promise<TimeoutError> {
+  // A server that never answers: only a timeout ends the call.
+  const { server, clock, client } = await ordersOn(() => {}, options)
   const service = client.service('orders')
   const call =
     run === 'execute'
@@ -117,18 +123,11 @@ describe("undici's headers and body timeouts", () => {
   // Their classes and codes are undici's (UND_ERR_HEADERS_TIMEOUT, UND_ERR_BODY_TIMEOUT); the
   // message says which limit ran out, for which service, as TimeoutError's does.
   async function failed(
-    handler: Parameters<typeof startServer>[0],
+    handler: Handler,
     options: Partial<HttpServiceOptions>,
     armedAtMs: number,
   ): Promise<Error & { code?: string }> {
-    const server = await startServer(handler)
-    cleanup.push(() => server.close())
-    const clock = new ManualClock(1_000_000)
-    const client = createHttpClient({
-      clock,
-      services: { orders: { baseUrl: server.url, retry: false, ...options } },
-    })
-    cleanup.push(() => client.close())
+    const { clock, client } = await ordersOn(handler, options)
     const outcome = client.request('orders', { path: '/' }).catch((error: unknown) => error)
     await until(() => clock.nextTimerAt() === armedAtMs)
     await clock.advance(armedAtMs - clock.now())
