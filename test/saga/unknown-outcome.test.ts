@@ -96,22 +96,22 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
     }
   }
 
+  /** A first step that reserves, and logs its undoing to `effects`. */
+  const reserveStep = (effects: string[]) => ({
+    name: 'reserve',
+    action: async () => ({ reserved: true }),
+    compensation: async () => {
+      effects.push('undo-reserve')
+    },
+  })
+
   it('a waitUntil that kills its worker every time is not called past its attempts', async () => {
     const effects: string[] = []
     const waitUntil = killing(0)
     const saga = defineSaga({
       name: `wait-crash-${randomUUID().slice(0, 8)}`,
       version: 1,
-      steps: [
-        {
-          name: 'reserve',
-          action: async () => ({ reserved: true }),
-          compensation: async () => {
-            effects.push('undo-reserve')
-          },
-        },
-        { name: 'wait', waitUntil: waitUntil.fn },
-      ],
+      steps: [reserveStep(effects), { name: 'wait', waitUntil: waitUntil.fn }],
     })
     const { id } = await startSaga(t.db, saga, {}, { clock: new ManualClock(0) })
     expect(await waitUntil.dieThrice(saga, 0)).toBe(1)
@@ -135,13 +135,7 @@ describe.each(dbTargets)('steps with an unknown outcome on $dialect', (target) =
       name: `reply-crash-${randomUUID().slice(0, 8)}`,
       version: 1,
       steps: [
-        {
-          name: 'reserve',
-          action: async () => ({ reserved: true }),
-          compensation: async () => {
-            effects.push('undo-reserve')
-          },
-        },
+        reserveStep(effects),
         {
           name: 'charge',
           retry: { maxAttempts: 3 },
