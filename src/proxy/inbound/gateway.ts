@@ -149,10 +149,21 @@ export function createGatewayHandler(
   const trustForwarded = listener.trustForwardedHeaders === true
 
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const inbound = await readInboundRequest(req, res, listener, ctx)
+    // A client waiting for `100 Continue` is refused before it sends a body no route takes.
+    // Its request then comes without the body, so it is refused even if a reload meanwhile
+    // added a route for it.
+    let refusedAtHead = false
+    const inbound = await readInboundRequest(req, res, listener, ctx, (head) => {
+      refusedAtHead = currentTable().match(head.method, head.path, head.headers) === undefined
+      return !refusedAtHead
+    })
     if (inbound === undefined) return
+    // Matched once the body is read, on the table then in force: a reload during the upload
+    // may have taken the service away (test/proxy/runtime/reload-mid-request.test.ts).
     const routes = currentTable()
-    const route = routes.match(inbound.method, inbound.path, inbound.headers)
+    const route = refusedAtHead
+      ? undefined
+      : routes.match(inbound.method, inbound.path, inbound.headers)
     if (route === undefined) {
       sendProblem(res, 404, 'ROUTE_NOT_FOUND', 'no route matches this request')
       const outcome = noRoute(404, 'ROUTE_NOT_FOUND')

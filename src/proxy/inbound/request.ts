@@ -27,7 +27,9 @@
 //   would be forwarded as the body.
 // - `Content-Length` above `limits.maxBodyBytes`: 413 before a byte of the body is read (and,
 //   for `Expect: 100-continue`, before `100 Continue` invites it); a chunked body is counted
-//   while it is read and cut with 413 as soon as it passes the limit.
+//   while it is read and cut with 413 as soon as it passes the limit. The caller's own
+//   decision on the head (`admit`: the gateway's route match) is taken before `100 Continue`
+//   too, so a request it refuses is answered before the client sends its body.
 // - The deadline: the listener context's deadline header (remaining ms) and gRPC's
 //   `grpc-timeout`; the sooner wins. Malformed values are ignored, as the deadline policy does.
 
@@ -191,10 +193,24 @@ export function readInboundRequest(
   res: ServerResponse,
   listener: ListenerConfig,
   ctx: InboundContext,
+  admit?: AdmitHead,
 ): Promise<InboundRequest | undefined> {
-  const read = readInbound(req, res, listener, ctx)
+  const read = readInbound(req, res, listener, ctx, admit)
   return read instanceof Promise ? read : Promise.resolve(read)
 }
+
+/** The validated head of an inbound request, before its body is read. */
+export type InboundHead = Pick<InboundRequest, 'method' | 'path' | 'query' | 'headers' | 'host'>
+
+/**
+ * The caller's own decision on the validated head of a request whose client waits for
+ * `100 Continue` (the gateway checks it has a route), asked before the body is invited: false
+ * means the caller will refuse the request, so `100 Continue` is not sent, the request
+ * resolves without its body, and the caller's answer closes the connection (the body is
+ * unread). Not asked for other requests: their body is on its way anyway, and reading it lets
+ * the answer keep the connection.
+ */
+export type AdmitHead = (head: InboundHead) => boolean
 
 /**
  * {@link readInboundRequest} without a promise when none is needed: a request without a body
@@ -214,6 +230,7 @@ export function readInbound(
   res: ServerResponse,
   listener: ListenerConfig,
   ctx: InboundContext,
+  admit?: AdmitHead,
 ): InboundRequest | undefined | Promise<InboundRequest | undefined> {
   const head = validateHead(req, listener, ctx)
   if (isRefusal(head)) return refuse(req, res, listener, ctx, head[0], head[1], head[2])
@@ -240,7 +257,11 @@ export function readInbound(
       `request body larger than ${limit} bytes`,
     )
   }
-  if (continueWanted.has(req)) res.writeContinue()
+  if (continueWanted.has(req)) {
+    // The caller refuses it (a route miss): the body it would invite is not wanted.
+    if (admit !== undefined && !admit(head)) return finish(req, res, head, undefined)
+    res.writeContinue()
+  }
   return new Promise<InboundRequest | undefined>((resolve) => {
     const chunks: Buffer[] = []
     let size = 0

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { createMetricsRegistry } from '../../../src/observability/metrics.js'
 import { createRouteTable, type RouteTable } from '../../../src/proxy/inbound/routes.js'
 import { createShadowRunner } from '../../../src/proxy/inbound/shadow.js'
+import { sendRaw } from '../support/raw-http.js'
 import { route, shadowConfig } from './fixtures.js'
 import {
   type Gateway,
@@ -209,6 +210,35 @@ describe('routing through the gateway', () => {
     const hit = await fetch(`${gw.url}/x/%2e%2e/api/orders?x=1`)
     expect(await hit.json()).toEqual({ url: '/orders?x=1' })
     expect(app.seen).toHaveLength(1)
+  })
+
+  it('refuses an Expect: 100-continue request with no route before inviting its body', async () => {
+    const app = await upstream((req, res) => void sendJson(res, 200, { url: req.url }))
+    const routes = [route('api', '/api', [{ service: 'app', weight: 1 }])]
+    const gw = await gateway({ app: app.url }, routes, createRouteTable(routes))
+    const port = Number(new URL(gw.url).port)
+    // The body is never sent: a 100 Continue would leave the client waiting for an answer
+    // until the timeout (the helper skips interim responses, so `raw` shows it).
+    const miss = await sendRaw(
+      port,
+      `POST /elsewhere HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n`,
+      { untilFirstResponse: false, timeoutMs: 3_000 },
+    )
+    expect(miss.raw.slice(0, 12), miss.raw.slice(0, 60)).toBe('HTTP/1.1 404')
+    expect(JSON.parse(miss.body)).toMatchObject({ code: 'ROUTE_NOT_FOUND' })
+    expect(miss.closed).toBe(true)
+    // With a route: 100 Continue, then the body, then the answer.
+    const hit = await sendRaw(
+      port,
+      [
+        `POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n`,
+        'hello',
+      ],
+      { gapMs: 50, timeoutMs: 3_000 },
+    )
+    expect(hit.raw.startsWith('HTTP/1.1 100 Continue\r\n')).toBe(true)
+    expect(hit.status).toBe(200)
+    expect(app.seen.map((r) => r.body)).toEqual(['hello'])
   })
 
   it('answers 502 problem for a route whose target service does not exist', async () => {
