@@ -12,12 +12,16 @@ export const statusFor: Partial<Record<ErrorCode, number>> = {
   UPSTREAM_POOL_REFUSED: 503,
   UPSTREAM_CONNECT_FAILED: 502,
   UPSTREAM_RESET: 502,
+  UPSTREAM_RESPONSE_INVALID: 502,
   UPSTREAM_TIMEOUT: 504,
   DEADLINE_EXCEEDED: 504,
 }
 
-/** The problem detail for a failure code, naming the service. */
-export function problemDetail(code: ErrorCode, service: string): string {
+/**
+ * The problem detail for a failure code, naming the service; for `UPSTREAM_RESPONSE_INVALID`,
+ * `reason` is what the parser refused (`HPE_INVALID_HEADER_TOKEN: ...`).
+ */
+export function problemDetail(code: ErrorCode, service: string, reason?: string): string {
   switch (code) {
     case 'BROKEN_CIRCUIT':
       return `The circuit breaker of service ${service} is open.`
@@ -35,6 +39,8 @@ export function problemDetail(code: ErrorCode, service: string): string {
       return `Service ${service} did not answer in time.`
     case 'DEADLINE_EXCEEDED':
       return `The deadline passed before service ${service} answered.`
+    case 'UPSTREAM_RESPONSE_INVALID':
+      return `Service ${service} sent a malformed response${reason === undefined ? '' : ` (${reason})`}.`
     case 'ABORTED':
       return `The caller went away before service ${service} answered.`
     default:

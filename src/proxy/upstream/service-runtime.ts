@@ -40,6 +40,7 @@ import { OutboundAuth, TlsMaterial } from './credentials.js'
 import { type Discovery, type DnsResolver, startDiscovery } from './discovery.js'
 import { type Endpoint, EndpointSet, type UpstreamPool } from './endpoints.js'
 import { Http1Pool } from './http1-pool.js'
+import { Http1PoolError } from './http1-types.js'
 import { type UpstreamMetrics, upstreamMetrics } from './metrics.js'
 import { problemDetail, statusFor } from './problems.js'
 import { openTunnel } from './tunnel.js'
@@ -87,6 +88,7 @@ export interface ServiceRuntimeOptions {
 const retryableCodes: ReadonlySet<string> = new Set<ErrorCode>([
   'UPSTREAM_CONNECT_FAILED',
   'UPSTREAM_RESET',
+  'UPSTREAM_RESPONSE_INVALID',
   'UPSTREAM_TIMEOUT',
   'UPSTREAM_NO_ENDPOINTS',
 ])
@@ -94,8 +96,8 @@ const retryableCodes: ReadonlySet<string> = new Set<ErrorCode>([
 /**
  * A proxy failure, as `exchange()` rejects with it and as `forward()` answers it: a
  * problem+json response whose `code` is this error's code, with status 502, 503 or 504 (499
- * for `ABORTED`). Retryable only for the upstream's own failures (connect, reset, timeout, no
- * endpoints), never for the proxy's refusals (`BROKEN_CIRCUIT`, `ISOLATED_CIRCUIT`,
+ * for `ABORTED`). Retryable only for the upstream's own failures (connect, reset, a malformed
+ * response, timeout, no endpoints), never for the proxy's refusals (`BROKEN_CIRCUIT`, `ISOLATED_CIRCUIT`,
  * `BULKHEAD_FULL`, `UPSTREAM_POOL_REFUSED`), `DEADLINE_EXCEEDED` or `ABORTED`, as for the
  * policies' errors.
  */
@@ -479,7 +481,12 @@ class UpstreamServiceRuntime implements UpstreamService {
     // The proxy's status for the code: an answer cut mid-body ends with the upstream's own
     // status (200, say) in the outcome, which is no status for a failure.
     const status = code === 'ABORTED' ? 499 : (statusFor[code] ?? 502)
-    throw new UpstreamError(code, status, this.name, problemDetail(code, this.name))
+    throw new UpstreamError(
+      code,
+      status,
+      this.name,
+      problemDetail(code, this.name, call.invalidReason),
+    )
   }
 
   state(): ServiceState {
@@ -548,6 +555,20 @@ const failReset = 2
 const failTimeout = 3
 const failDeadline = 4
 const failRefused = 5
+// The response broke HTTP/1.1 (the parser refused it, or its framing cannot be passed on).
+const failInvalid = 6
+
+/**
+ * Whether a pool error is its parser refusing the response (llhttp's `HPE_*` codes, which
+ * Http1Pool's parser uses too, and a head past `maxHeaderBytes`): the upstream answered, but
+ * not in HTTP/1.1, rather than the connection failing.
+ */
+function isMalformedResponse(error: Error): boolean {
+  const code = (error as { code?: unknown }).code
+  return (
+    typeof code === 'string' && (code.startsWith('HPE_') || code === 'UND_ERR_HEADERS_OVERFLOW')
+  )
+}
 
 /**
  * Error codes with which a pool refuses a request before writing any of it (undici's names,
@@ -726,6 +747,8 @@ class ForwardCall {
   /** Whether an attempt got past its connect (see ForwardOutcome.written). */
   written = false
   attempt: Attempt | undefined
+  /** Why the last attempt's response was malformed (`<code>: <message>`), for the problem. */
+  invalidReason: string | undefined
   lastEndpoint: Endpoint | undefined
   holdsSlot = false
   inQueue = false
@@ -965,7 +988,11 @@ class ForwardCall {
       // A transfer coding besides chunked (`gzip, chunked`): the pool de-chunks but decodes
       // nothing else, and Transfer-Encoding is hop-by-hop, so the client would take the coded
       // bytes for the body. 502, as nginx answers it ("unknown Transfer-Encoding").
-      this.failAttempt(attempt, new Error('unsupported transfer coding'), failReset)
+      this.failAttempt(
+        attempt,
+        new Http1PoolError('HPE_INVALID_TRANSFER_ENCODING', 'Transfer coding other than chunked'),
+        failInvalid,
+      )
       return false
     }
     if (res !== undefined) {
@@ -1029,7 +1056,9 @@ class ForwardCall {
       kind !== 0
         ? kind
         : attempt.phase !== phaseConnect
-          ? failReset
+          ? isMalformedResponse(error)
+            ? failInvalid
+            : failReset
           : poolRefusalCodes.has((error as { code?: unknown }).code as string)
             ? failRefused
             : failConnect
@@ -1040,6 +1069,7 @@ class ForwardCall {
     const streaming = attempt.phase === phaseBody
     const unsent = attempt.phase === phaseConnect
     attempt.finish(error)
+    if (reason === failInvalid) this.malformed(attempt, error)
     // A request the pool refused never reached the upstream: it says nothing of its health,
     // so neither the breaker (a half-open probe slot is given back) nor outlier ejection
     // counts it. Counting it let local trouble (a pool being retired, a request that cannot
@@ -1063,7 +1093,9 @@ class ForwardCall {
           ? 'UPSTREAM_TIMEOUT'
           : reason === failDeadline
             ? 'DEADLINE_EXCEEDED'
-            : 'UPSTREAM_RESET',
+            : reason === failInvalid
+              ? 'UPSTREAM_RESPONSE_INVALID'
+              : 'UPSTREAM_RESET',
       )
       return
     }
@@ -1084,8 +1116,28 @@ class ForwardCall {
             ? 'UPSTREAM_TIMEOUT'
             : reason === failDeadline
               ? 'DEADLINE_EXCEEDED'
-              : 'UPSTREAM_RESET',
+              : reason === failInvalid
+                ? 'UPSTREAM_RESPONSE_INVALID'
+                : 'UPSTREAM_RESET',
     )
+  }
+
+  /**
+   * Notes and logs why an attempt's response was malformed: the parser's code says what the
+   * upstream got wrong (obs-fold, conflicting framing...), which nothing else records. Like a
+   * 502 answer, it is counted against the upstream and retried only when the request may be.
+   */
+  malformed(attempt: Attempt, error: Error): void {
+    const code = (error as { code?: unknown }).code
+    this.invalidReason = typeof code === 'string' ? `${code}: ${error.message}` : error.message
+    this.core.logger.warn('upstream response malformed', {
+      service: this.core.name,
+      endpoint: attempt.endpoint.url,
+      reason: code,
+      detail: error.message,
+      method: this.req.method,
+      requestId: this.req.requestId,
+    })
   }
 
   recordAttempt(attempt: Attempt, failed: boolean): void {
@@ -1187,7 +1239,7 @@ class ForwardCall {
                 : 'Bad Gateway',
           status,
           code,
-          detail: problemDetail(code, this.core.name),
+          detail: problemDetail(code, this.core.name, this.invalidReason),
           service: this.core.name,
         })
         const headers: Record<string, string | number> = {

@@ -392,7 +392,7 @@ describe('forward: failures and retries', () => {
     const response = await fetch(`${front.url}/gzip`)
     expect(response.status).toBe(502)
     expect(response.headers.get('content-type')).toBe('application/problem+json')
-    expect(await response.json()).toMatchObject({ status: 502, code: 'UPSTREAM_RESET' })
+    expect(await response.json()).toMatchObject({ status: 502, code: 'UPSTREAM_RESPONSE_INVALID' })
     // Plain chunked still streams through.
     const plain = await fetch(`${front.url}/plain`)
     expect(plain.status).toBe(200)
