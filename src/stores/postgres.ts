@@ -129,12 +129,12 @@ interface PgClient extends PgQueryable {
 }
 interface PgPoolClient extends PgClient {
   release(error?: Error | boolean): void
-  removeListener(event: 'error', listener: (error: Error) => void): unknown
 }
 interface PgPool extends PgQueryable {
   connect(): Promise<PgPoolClient>
   end(): Promise<void>
   on(event: 'error', listener: (error: Error) => void): unknown
+  on(event: 'connect', listener: (client: PgPoolClient) => void): unknown
   on(event: 'connect' | 'remove', listener: (client: object) => void): unknown
 }
 interface PgModule {
@@ -618,6 +618,17 @@ export class PostgresDriver implements SqlDriver {
    * (or until `connectionTimeoutMs`, with a bare timeout error).
    */
   readonly #waiting = new Set<(error: Error) => void>()
+  /**
+   * Why each lost pooled connection was lost (its first 'error'), recorded by a listener that
+   * every connection has from the moment pg-pool creates it until it is gone. pg-pool listens
+   * for errors only while a connection is idle and drops its listener as it hands the
+   * connection out; a listener added by whoever awaited `pool.connect()` comes a microtask
+   * later. A server's FATAL (pg_terminate_backend, a restart) read in the same chunk as the
+   * ReadyForQuery that completes the connect is emitted in between, and an 'error' event
+   * nobody listens to crashes the process. A lost connection is never handed out again: pg-pool
+   * removes it when idle, and breakwater destroys one whose statement failed.
+   */
+  readonly #lost = new WeakMap<object, Error>()
   #closed = false
   #closing: Promise<void> | undefined
 
@@ -628,6 +639,11 @@ export class PostgresDriver implements SqlDriver {
     this.#listener = listener
     this.#connections = new OpenPoolConnections(pool)
     this.#clock = clock
+    pool.on('connect', (client) => {
+      client.on('error', (error) => {
+        if (!this.#lost.has(client)) this.#lost.set(client, error)
+      })
+    })
   }
 
   query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<R[]> {
@@ -640,16 +656,28 @@ export class PostgresDriver implements SqlDriver {
     return this.#direct.execute(sql, params)
   }
 
-  /** A pooled connection, unless `close()` is called first: then `STORE_CLOSED`. */
+  /**
+   * A pooled connection, unless `close()` is called first: then `STORE_CLOSED`. A connection
+   * lost while it was being handed out (the server ended the session as it connected) is
+   * destroyed, and its error (57P01 for pg_terminate_backend) is the outcome: nothing was sent
+   * on it yet.
+   */
   #checkout(): Promise<PgPoolClient> {
     return new Promise((resolve, reject) => {
       const refuse = (error: Error): void => reject(error)
       this.#waiting.add(refuse)
       this.#pool.connect().then(
         (client) => {
-          if (this.#waiting.delete(refuse)) resolve(client)
-          // Refused by close() in the meantime: nobody will use it.
-          else client.release()
+          const lost = this.#lost.get(client)
+          if (!this.#waiting.delete(refuse)) {
+            // Refused by close() in the meantime: nobody will use it.
+            client.release(lost)
+          } else if (lost !== undefined) {
+            client.release(lost)
+            reject(lost)
+          } else {
+            resolve(client)
+          }
         },
         (error: unknown) => {
           this.#waiting.delete(refuse)
@@ -662,23 +690,15 @@ export class PostgresDriver implements SqlDriver {
   /** One statement on a pooled connection, as pg-pool's `pool.query` runs it. */
   async #runOnPool(config: PgQueryConfig): Promise<PgResult> {
     const client = await this.#checkout()
-    let released = false
-    // A connection lost while the statement runs emits 'error' (unhandled, it would crash the
-    // process); the statement rejects with it too.
-    const release = (error?: Error): void => {
-      if (released) return
-      released = true
-      client.removeListener('error', release)
-      client.release(error)
-    }
-    client.on('error', release)
+    // A connection lost while the statement runs emits 'error' (kept in #lost, so it does not
+    // crash the process); the statement rejects with it too.
     try {
       const result = await client.query(config)
-      release()
+      client.release()
       return result
     } catch (error) {
       // As pg-pool does: a connection whose statement failed is not reused.
-      release(asError(error))
+      client.release(asError(error))
       throw error
     }
   }
@@ -686,17 +706,11 @@ export class PostgresDriver implements SqlDriver {
   async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
     if (this.#closed) throw new StoreClosedError('postgres')
     const pooled = await this.#checkout()
-    // The pool listens for errors on idle connections only. A connection lost while this
-    // transaction holds it but runs no statement (a server restart, pg_terminate_backend, the
-    // server's idle_in_transaction_session_timeout) would otherwise be an 'error' event nobody
-    // handles, which crashes the process. With this listener the next statement or COMMIT fails
-    // instead, with pg's bare "not queryable" error (no code): the error kept here becomes its
-    // cause, so the caller can tell a configured timeout (25P03) from a network failure.
-    let lost: Error | undefined
-    const keepLost = (error: Error): void => {
-      lost ??= error
-    }
-    pooled.on('error', keepLost)
+    // A connection lost while this transaction holds it but runs no statement (a server
+    // restart, pg_terminate_backend, the server's idle_in_transaction_session_timeout) emits
+    // 'error', kept in #lost; the next statement or COMMIT fails with pg's bare "not queryable"
+    // error (no code). The kept error becomes its cause, so the caller can tell a configured
+    // timeout (25P03) from a network failure.
     // A statement prepared on this connection before a schema change elsewhere (a column added
     // to a table it reads with `*`) fails with "cached plan must not change result type", and
     // does so for as long as the connection lives: such a connection is destroyed, not returned
@@ -706,13 +720,13 @@ export class PostgresDriver implements SqlDriver {
       query: (config: PgQueryConfig | string): Promise<PgResult> =>
         pooled.query(config).catch((error: unknown) => {
           if (isOutdatedPlan(error)) outdated = asError(error)
+          const lost = this.#lost.get(pooled)
           if (lost !== undefined && error !== lost && error instanceof Error) {
             error.cause ??= lost
           }
           throw error
         }),
       release(error?: Error): void {
-        pooled.removeListener('error', keepLost)
         pooled.release(error ?? outdated)
       },
     }
