@@ -40,6 +40,8 @@ const sEnd = 7
 const csDigits = 0
 const csExtension = 1
 const csLf = 2
+// Whitespace after the size: only more of it or `;` may follow (BWS before an extension).
+const csSpace = 3
 
 /**
  * The parser state of the response a socket is reading, and the steps that advance it. The
@@ -507,7 +509,11 @@ export abstract class ResponseParser {
     return end
   }
 
-  /** `size[;extensions]\r\n`; a zero size starts the trailers. */
+  /**
+   * `size[;extensions]\r\n`; a zero size starts the trailers. Whitespace after the size is the
+   * BWS that RFC 9112 §7.1.1 allows before a `;`, and nothing else: `5 6` or `5 \r\n` is an
+   * invalid chunk size, as llhttp has it, rather than a 5-byte chunk with an odd extension.
+   */
   readChunkSize(b: Buffer, start: number): number {
     const len = b.length
     const max = this.maxHeaderBytes
@@ -528,8 +534,13 @@ export abstract class ResponseParser {
         if (this.chunkDigits === 0)
           return this.parseError('HPE_INVALID_CHUNK_SIZE', 'Invalid chunk size')
         if (c === 13) this.chunkSub = csLf
-        else if (c === 59 || c === 32 || c === 9) this.chunkSub = csExtension
+        else if (c === 59) this.chunkSub = csExtension
+        else if (c === 32 || c === 9) this.chunkSub = csSpace
         else return this.parseError('HPE_INVALID_CHUNK_SIZE', 'Invalid chunk size')
+      } else if (this.chunkSub === csSpace) {
+        if (c === 59) this.chunkSub = csExtension
+        else if (c !== 32 && c !== 9)
+          return this.parseError('HPE_INVALID_CHUNK_SIZE', 'Invalid chunk size')
       } else if (this.chunkSub === csExtension) {
         if (c === 13) this.chunkSub = csLf
         else if ((c < 32 && c !== 9) || c === 127)

@@ -601,6 +601,7 @@ describe('Http1Pool response parsing', () => {
       'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\nTrailer: X-Sum\r\n\r\n' +
         '5;name=value\r\nhello\r\n' +
         'A ; a=b;c="d"\r\n and more!\r\n' +
+        '1 \t ;x\r\n?\r\n' +
         '0;last\r\nX-Sum: 42\r\nX-Other:  two words \r\n\r\n',
     )
     const up = await rawUpstream((socket, _head, index) =>
@@ -609,7 +610,7 @@ describe('Http1Pool response parsing', () => {
     const pool = newPool(up.url)
     for (let i = 0; i < 2; i++) {
       const outcome = await send(pool)
-      expect(outcome.body.toString()).toBe('hello and more!')
+      expect(outcome.body.toString()).toBe('hello and more!?')
       expect(outcome.trailers).toEqual(['X-Sum', '42', 'X-Other', 'two words'])
     }
     expect(up.sockets).toHaveLength(1)
@@ -762,6 +763,21 @@ describe('Http1Pool response parsing', () => {
       'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n',
       'HPE_INVALID_CHUNK_SIZE',
     ],
+    // After the size only `;` (extensions, with BWS before it) or CRLF, as llhttp: `5 6` was
+    // read as a 5-byte chunk, anything after a space or tab taken for an extension.
+    ...[
+      ['a second number after the chunk size', '5 6'],
+      ['a tab and a letter after the chunk size', '5\tx'],
+      ['a space and a letter before an extension', '5 x;y'],
+      ['trailing whitespace after the chunk size', '5 '],
+    ].map(
+      ([name, line]) =>
+        [
+          name as string,
+          `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${line}\r\nhello\r\n0\r\n\r\n`,
+          'HPE_INVALID_CHUNK_SIZE',
+        ] as const,
+    ),
     [
       'a huge chunk size',
       'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff\r\n',
