@@ -1,4 +1,5 @@
 // RabbitMQ adapter. The `amqplib` driver is imported lazily, here only.
+import { createHash } from 'node:crypto'
 import { setMaxListeners } from 'node:events'
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib'
 import { sleep, within } from '../core/clock.js'
@@ -13,12 +14,14 @@ import {
   commonOptionKeys,
   KEY_HEADER,
   lazyDriver,
+  ms,
   pairBroker,
   payloadBuffer,
   type ResolvedCommonOptions,
   redactUrl,
   repeatedQueryParameter,
   resolveCommonOptions,
+  shielded,
   subscriptionDispatcher,
   throwIfAborted,
   untilAborted,
@@ -70,6 +73,16 @@ export interface RabbitMqBrokerOptions extends BrokerCommonOptions {
    * `BROKER_UNROUTABLE`, instead of RabbitMQ dropping it silently. @default true
    */
   readonly mandatory?: boolean
+  /**
+   * How often each subscription checks that its queue is still bound to the exchange, and binds
+   * it again when not. Deleting the exchange (an operator, another application) removes its
+   * bindings without a word to the consumer, and the publisher declares it again, empty, on its
+   * next connection: without the check, every later publish of the topic fails
+   * `BROKER_UNROUTABLE` until the subscription reconnects for another reason. A deletion found
+   * is reported to `onError` (phase `connection`). `0` turns the check off: see
+   * docs/rabbitmq.md. @default 10000
+   */
+  readonly bindingCheckIntervalMs?: number
 }
 
 interface ResolvedRabbitOptions extends ResolvedCommonOptions {
@@ -78,6 +91,7 @@ interface ResolvedRabbitOptions extends ResolvedCommonOptions {
   readonly queueName: (topic: string, group: string) => string
   readonly queueType: 'quorum' | 'classic'
   readonly mandatory: boolean
+  readonly bindingCheckIntervalMs: number
 }
 
 /** The keys RabbitMqBrokerOptions takes (internal: not exported from the package root). */
@@ -88,6 +102,7 @@ export const rabbitOptions = optionKeys<RabbitMqBrokerOptions>({
   queueName: true,
   queueType: true,
   mandatory: true,
+  bindingCheckIntervalMs: true,
 })
 
 const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
@@ -102,7 +117,9 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * the publisher reconnects on its next `publish()`, a subscription reconnects with backoff.
  * Every other round trip to the server (opening channels, declarations, cancelling, closing)
  * waits at most `connectTimeoutMs`, then drops the connection: a server that keeps it open but
- * stops answering cannot hold `subscribe()` or `close()` for good.
+ * stops answering cannot hold `subscribe()` or `close()` for good. A subscription checks every
+ * `bindingCheckIntervalMs` that its queue is still bound, and binds it again (reporting it) when
+ * the exchange was deleted under it, which no consumer is told of: see docs/rabbitmq.md.
  *
  * An exchange or queue that exists with other settings than this adapter declares (another
  * type, a classic queue where a quorum one is declared), or that the user may not configure,
@@ -187,6 +204,12 @@ function resolveRabbitOptions(options: RabbitMqBrokerOptions): ResolvedRabbitOpt
       'classic',
     ]),
     mandatory,
+    bindingCheckIntervalMs: ms(
+      'rabbitmq.bindingCheckIntervalMs',
+      options.bindingCheckIntervalMs,
+      10_000,
+      0,
+    ),
   }
 }
 
@@ -452,6 +475,139 @@ async function declareExchange(
     `type ${options.exchangeType} (rabbitmq.exchangeType), durable`,
     channel.assertExchange(options.exchange, options.exchangeType, { durable: true }),
   )
+}
+
+/** What {@link watchBinding} watches, on which connection, and where it reports. */
+interface BindingWatch {
+  readonly options: ResolvedRabbitOptions
+  readonly model: ChannelModel
+  readonly queue: string
+  readonly topic: string
+  /** Aborted when the session ends or stops receiving: the watch ends with it. */
+  readonly signal: AbortSignal
+  readonly report: (error: unknown) => void
+}
+
+/**
+ * The name of the marker exchange that tells whether the exchange was deleted since `queue` was
+ * bound to it: one per (exchange, queue), so competing subscribers of a group share it and
+ * restarts reuse it, never leaving one behind per connection.
+ */
+function bindingMarker(options: ResolvedRabbitOptions, queue: string): string {
+  const hash = createHash('sha256').update(`${options.exchange}\n${queue}`).digest('hex')
+  return `breakwater.binding-check.${hash.slice(0, 32)}`
+}
+
+/**
+ * Checks every `bindingCheckIntervalMs` (on the clock) that `queue` is still bound to the
+ * exchange, for as long as the session lasts. Deleting an exchange removes its bindings but
+ * cancels no consumer, and the publisher declares the exchange again (empty) on its next
+ * connection, so neither the consumer nor a passive check of the exchange shows the loss. A
+ * marker does: a durable auto-delete exchange bound to the exchange (as its source, so it routes
+ * nothing), which RabbitMQ deletes with the binding when the exchange is deleted. When the
+ * marker is gone the exchange is declared, the queue bound and the marker set again, and the
+ * deletion reported. A user who may not declare or bind the marker (403: it needs configure
+ * permission on its name and write permission on the exchange) is checked without it: the
+ * exchange passively (404: declared, bound and reported), and the queue bound again at every
+ * check (idempotent), which repairs a deletion and re-creation between two checks but cannot
+ * tell it happened, so reports nothing for it. Errors are reported; the check goes on.
+ */
+async function watchBinding(watch: BindingWatch): Promise<void> {
+  const { options, queue, topic, signal } = watch
+  const marker = bindingMarker(options, queue)
+  // Tried again at the next check when setting it fails (the exchange may be gone just then).
+  let marked = await markBinding(watch, marker).catch((): MarkerState => 'unset')
+  for (;;) {
+    try {
+      await sleep(options.clock, options.bindingCheckIntervalMs, signal)
+    } catch {
+      return // the session ended
+    }
+    try {
+      const gone = await exchangeGone(watch, marked === 'set' ? marker : options.exchange)
+      if (gone) {
+        await throwaway(watch, `binding the queue ${queue} again`, async (channel) => {
+          await channel.assertExchange(options.exchange, options.exchangeType, { durable: true })
+          await channel.bindQueue(queue, options.exchange, topic)
+        })
+        watch.report(
+          new BrokerError(
+            'BROKER_UNAVAILABLE',
+            'rabbitmq',
+            `exchange "${options.exchange}" was deleted (by an operator or another application), which removed the binding of queue ${queue} for topic "${topic}": publishes of the topic meanwhile failed BROKER_UNROUTABLE or reached other queues only; declared the exchange and bound the queue again`,
+          ),
+        )
+        marked = 'unset'
+      } else if (marked !== 'set') {
+        await throwaway(watch, `binding the queue ${queue} again`, (channel) =>
+          channel.bindQueue(queue, options.exchange, topic),
+        )
+      }
+      if (marked === 'unset') marked = await markBinding(watch, marker)
+    } catch (error) {
+      if (signal.aborted) return
+      watch.report(rabbitError(error, `cannot check the binding of queue ${queue}`))
+    }
+  }
+}
+
+/** Whether {@link watchBinding}'s marker is set, yet to be set, or refused to this user. */
+type MarkerState = 'unset' | 'set' | 'refused'
+
+/**
+ * Declares the marker of {@link watchBinding} and binds it to the exchange: `set`, or `refused`
+ * when the server refuses it (403 ACCESS_REFUSED); other failures reject.
+ */
+async function markBinding(watch: BindingWatch, marker: string): Promise<MarkerState> {
+  try {
+    await throwaway(watch, `declaring the binding check exchange ${marker}`, async (channel) => {
+      await channel.assertExchange(marker, 'fanout', { durable: true, autoDelete: true })
+      await channel.bindExchange(watch.options.exchange, marker, '')
+    })
+    return 'set'
+  } catch (error) {
+    if ((error as { code?: unknown } | null)?.code === 403) return 'refused'
+    throw error
+  }
+}
+
+/** Whether the exchange `name` is missing (a passive declare answered 404 NOT_FOUND). */
+async function exchangeGone(watch: BindingWatch, name: string): Promise<boolean> {
+  try {
+    await throwaway(watch, `checking the exchange ${name}`, (channel) =>
+      channel.checkExchange(name),
+    )
+    return false
+  } catch (error) {
+    if ((error as { code?: unknown } | null)?.code === 404) return true
+    throw error
+  }
+}
+
+/**
+ * Runs `work` on a channel of its own, closed after: a 404 or 403 closes the channel it comes
+ * on, which must not be the consuming one. Bounded by {@link answered}.
+ */
+async function throwaway<T>(
+  watch: BindingWatch,
+  what: string,
+  work: (channel: Channel) => Promise<T>,
+): Promise<T> {
+  const { options, model } = watch
+  const channel = await answered(options, model, 'opening a channel', model.createChannel())
+  // The server's reason also rejects `work`; without a listener 'error' would be thrown.
+  channel.on('error', () => {})
+  try {
+    return await answered(options, model, what, work(channel))
+  } finally {
+    // Already closed by the server after a 404 or 403: then close() throws, harmlessly.
+    await answered(
+      options,
+      model,
+      'closing the channel',
+      Promise.resolve().then(() => channel.close()),
+    ).catch(() => {})
+  }
 }
 
 /** Closes a connection, bounded by {@link answered} (dropped on timeout); never rejects. */
@@ -1014,8 +1170,11 @@ class RabbitSubscriber implements Subscriber {
     })
     let stopping = false
     let lost = false
+    // Ends the binding check when the session ends, is stopped or closes.
+    const watching = new AbortController()
     const lose = (reason: unknown): void => {
       lost = true
+      watching.abort()
       resolveEnded(
         stopping
           ? undefined
@@ -1133,15 +1292,30 @@ class RabbitSubscriber implements Subscriber {
       })
       consumerTag = reply.consumerTag
     } catch (error) {
+      watching.abort()
       stopping = true
       await closeConnection(options, model)
       throw rabbitError(error, `cannot subscribe ${queue} to ${topic}`)
+    }
+
+    if (options.bindingCheckIntervalMs > 0) {
+      void watchBinding({
+        options,
+        model,
+        queue,
+        topic,
+        signal: watching.signal,
+        report: shielded((error: unknown) =>
+          options.onError({ error, phase: 'connection', topic, group: shared.group }),
+        ),
+      })
     }
 
     let stoppingReceipt: Promise<void> | undefined
     const stopReceiving = (): Promise<void> => {
       stoppingReceipt ??= (async () => {
         stopping = true
+        watching.abort()
         await answered(
           options,
           model,

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   type Broker,
   createRabbitMqBroker,
+  type RabbitMqBrokerOptions,
   type SubscriberErrorEvent,
 } from '../../src/brokers/index.js'
 import { BreakwaterError, InvalidOptionError } from '../../src/core/errors.js'
@@ -817,6 +818,22 @@ describe('rabbitmq specifics', () => {
     ).not.toThrow()
   })
 
+  it('refuses a bindingCheckIntervalMs that is not a whole number of milliseconds from 0 at construction, naming it', () => {
+    for (const bad of [-1, 1.5, '1000', Number.NaN]) {
+      const make = (): unknown =>
+        createRabbitMqBroker({
+          url: 'amqp://127.0.0.1:1',
+          bindingCheckIntervalMs: bad as number,
+        })
+      expect(make).toThrow(InvalidOptionError)
+      expect(make).toThrow(/rabbitmq\.bindingCheckIntervalMs/)
+    }
+    // 0 turns the check off.
+    expect(() =>
+      createRabbitMqBroker({ url: 'amqp://127.0.0.1:1', bindingCheckIntervalMs: 0 }),
+    ).not.toThrow()
+  })
+
   it('refuses to subscribe with a queue name longer than 255 bytes with InvalidOptionError, before connecting', async () => {
     const broker = createRabbitMqBroker({ url: 'amqp://127.0.0.1:1' })
     closers.push(() => broker.close())
@@ -923,12 +940,35 @@ describe('rabbitmq: a handler slower than the server’s consumer_timeout', () =
   }, 90_000)
 })
 
+/**
+ * Publishes `batch` on `broker`, again while it fails retryably (no queue bound until the
+ * subscription is back), as a relay does, advancing `clock` between attempts. A retry may send
+ * again what a partly routed attempt delivered.
+ */
+async function publishRetrying(
+  broker: Broker,
+  clock: ManualClock,
+  batch: ReturnType<typeof makeBatch>,
+): Promise<void> {
+  const deadline = Date.now() + 20_000
+  for (;;) {
+    const error = await rejectionOf(broker.publisher.publish(batch))
+    if (error === undefined) return
+    // Retried as a relay does: whatever is retryable (unroutable, the new queue not ready).
+    if (!(error instanceof BreakwaterError && error.retryable) || Date.now() > deadline) {
+      throw error
+    }
+    await clock.advance(50)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
 // The server ends a subscription's consumer, channel or connection for reasons of its own: an
 // operator deletes the queue (basic.cancel), another application takes the queue's name with
-// other settings (the redeclare fails with 406 PRECONDITION_FAILED), or an operator closes every
-// connection (320 CONNECTION_FORCED). The subscription must name the cause in onError and
-// resume, never stop consuming in silence, lose a message the server still holds, or reorder a
-// key's messages.
+// other settings (the redeclare fails with 406 PRECONDITION_FAILED), an operator closes every
+// connection (320 CONNECTION_FORCED) or deletes the exchange (its bindings go, silently). The
+// subscription must name the cause in onError and resume, never stop consuming in silence,
+// lose a message the server still holds, or reorder a key's messages.
 describe('rabbitmq: the server ends a subscription', () => {
   let server: StartedBroker
   const setup = async () => {
@@ -937,11 +977,17 @@ describe('rabbitmq: the server ends a subscription', () => {
   }
 
   /** A subscription of `topic` (group g) recording each run, with a manual clock. */
-  async function subscribed(url: string, topic: string, hold?: Promise<void>) {
+  async function subscribed(
+    url: string,
+    topic: string,
+    hold?: Promise<void>,
+    extra: Partial<RabbitMqBrokerOptions> = {},
+  ) {
     const clock = new ManualClock()
     const errors: SubscriberErrorEvent[] = []
     const broker = createRabbitMqBroker({
       ...testTuning,
+      ...extra,
       url,
       clock,
       onError: (e) => errors.push(e),
@@ -956,19 +1002,7 @@ describe('rabbitmq: the server ends a subscription', () => {
      * Publishes `batch`, again while it fails retryably (no queue bound until the subscription
      * is back), as a relay does. A retry may send again what a partly routed attempt delivered.
      */
-    const publish = async (batch: ReturnType<typeof makeBatch>) => {
-      const deadline = Date.now() + 20_000
-      for (;;) {
-        const error = await rejectionOf(broker.publisher.publish(batch))
-        if (error === undefined) return
-        // Retried as a relay does: whatever is retryable (unroutable, the new queue not ready).
-        if (!(error instanceof BreakwaterError && error.retryable) || Date.now() > deadline) {
-          throw error
-        }
-        await clock.advance(50)
-        await new Promise((resolve) => setTimeout(resolve, 20))
-      }
-    }
+    const publish = (batch: ReturnType<typeof makeBatch>) => publishRetrying(broker, clock, batch)
     /** Waits until every message of `batch` ran; the first runs then show the order. */
     const ran = (batch: ReturnType<typeof makeBatch>, what: string) =>
       until(clock, () => batch.every((m) => seen.includes(m.id)), what)
@@ -1120,6 +1154,83 @@ describe('rabbitmq: the server ends a subscription', () => {
       }),
     90_000,
   )
+
+  it('notices its exchange deleted under it (and re-created by the publisher), binds its queue again, reports it, and delivers what is published after', async () => {
+    const { url } = await setup()
+    const exchange = unique('exgone-x')
+    const topic = unique('exgone')
+    // Checked every second of the test's clock, which the publish retries below advance.
+    const sub = await subscribed(url, topic, undefined, {
+      exchange,
+      bindingCheckIntervalMs: 1_000,
+    })
+    const op = await operator(url)
+    try {
+      const first = makeBatch(topic, 3, 1, 'first')
+      await sub.broker.publisher.publish(first)
+      await until(sub.clock, () => sub.seen.length === 3, 'the first batch')
+      // Deleting an exchange removes its bindings but leaves the consumer alone: nothing
+      // tells the subscription. The publisher's first publish fails 404 and its next
+      // connection declares the exchange again, with no queue bound to it.
+      await op.channel.deleteExchange(exchange)
+      const second = makeBatch(topic, 5, 1, 'second')
+      await sub.publish(second)
+      await sub.ran(second, 'the second batch')
+      expect(new Set(sub.firstRuns())).toEqual(new Set([...first, ...second].map((m) => m.id)))
+      const reports = sub.lost()
+      expect(reports.some((r) => r.includes(`exchange "${exchange}" was deleted`))).toBe(true)
+      expect(reports.join('\n')).toContain(`queue ${topic}.g`)
+      expect(sub.errors.filter((e) => e.phase !== 'connection')).toEqual([])
+    } finally {
+      await op.model.close()
+      await sub.broker.close()
+    }
+  }, 90_000)
+
+  it('binds its queue again after the exchange is deleted and re-created when its user may not declare the binding check exchange', async () => {
+    const server = await setup()
+    const exchange = unique('exgone-x')
+    const topic = unique('exgone')
+    const queue = `${topic}.g`
+    const user = unique('exsub')
+    // May declare, bind and consume its own exchange and queue, and nothing else: the marker
+    // exchange (breakwater.binding-check.*) is refused, so the check runs without it.
+    const own = (...names: string[]) => `^(${names.map((n) => n.replace(/\./g, '\\.')).join('|')})$`
+    addUsers(server, [
+      {
+        name: user,
+        password: 'pw',
+        permissions: [own(exchange, queue), own(queue), own(exchange, queue)],
+      },
+    ])
+    const restricted = server.url.replace('guest:guest', `${user}:pw`)
+    const clock = new ManualClock()
+    const errors: SubscriberErrorEvent[] = []
+    const tuning = { ...testTuning, clock, exchange, bindingCheckIntervalMs: 1_000 }
+    const consumer = createRabbitMqBroker({
+      ...tuning,
+      url: restricted,
+      onError: (e) => errors.push(e),
+    })
+    const producer = createRabbitMqBroker({ ...tuning, url: server.url })
+    const op = await operator(server.url)
+    try {
+      const seen: string[] = []
+      await consumer.subscriber.subscribe(topic, 'g', async (m) => {
+        seen.push(m.id)
+      })
+      await op.channel.deleteExchange(exchange)
+      const batch = makeBatch(topic, 3, 1)
+      await publishRetrying(producer, clock, batch)
+      await until(clock, () => batch.every((m) => seen.includes(m.id)), 'the batch')
+      // Refused markers are not reported as failures of the check.
+      expect(errors.filter((e) => /binding-check/.test(String(e.error)))).toEqual([])
+    } finally {
+      await op.model.close()
+      await producer.close()
+      await consumer.close()
+    }
+  }, 90_000)
 
   it('reports connections closed by an operator with the server’s reason, reconnects, and runs every message in key order', async () => {
     const { url } = await setup()
