@@ -983,7 +983,7 @@ class ForwardCall {
       this.capturedHeaders = record
       this.chunks = []
     }
-    const flat = responseHeaders(raw, record, core.via)
+    const flat = responseHeaders(raw, record, core.via, status)
     if (flat === undefined) {
       // A transfer coding besides chunked (`gzip, chunked`): the pool de-chunks but decodes
       // nothing else, and Transfer-Encoding is hop-by-hop, so the client would take the coded
@@ -1309,12 +1309,15 @@ function isConnectionName(name: Buffer): boolean {
  * `writeHead` takes (no header object, no per-header `setHeader`); also fills `record` (lower-case
  * names) when the response is captured. With a `via` pseudonym, the upstream's Via lines become
  * one, with `1.1 <via>` appended (the proxy speaks HTTP/1.1 upstream). Undefined when a
- * `Transfer-Encoding` names a coding other than chunked, which cannot be passed on.
+ * `Transfer-Encoding` names a coding other than chunked, which cannot be passed on. A 204
+ * loses `Content-Length` and `Transfer-Encoding` whatever their values: a sender must not send
+ * them in one (RFC 9110 §8.6, RFC 9112 §6.1), and the body they announce was never read.
  */
 function responseHeaders(
   raw: Buffer[],
   record: Record<string, string | string[]> | undefined,
   via: string | undefined,
+  status: number,
 ): string[] | undefined {
   let named: Set<string> | undefined
   for (let i = 0; i < raw.length; i += 2) {
@@ -1331,6 +1334,7 @@ function responseHeaders(
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] as Buffer).toString('latin1')
     const lower = name.toLowerCase()
+    if (status === 204 && (lower === 'content-length' || lower === 'transfer-encoding')) continue
     if (HOP_BY_HOP_HEADERS.has(lower) || named?.has(lower) === true) {
       if (
         lower === 'transfer-encoding' &&

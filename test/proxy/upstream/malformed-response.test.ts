@@ -6,44 +6,18 @@
 // parser's code was logged nowhere. It counts as a failure for the circuit breaker, and it is
 // retried only as a 502 answer would be: never for a POST without an Idempotency-Key.
 
-import { createServer as createNetServer, type Socket } from 'node:net'
 import { describe, expect, it } from 'vitest'
 import { createServiceRuntime } from '../../../src/proxy/upstream/index.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
-import { listenOnLoopback } from '../../support/loopback.js'
+import { startScriptedUpstream } from '../support/raw-upstream.js'
 import { type Front, serviceConfig, startFront, testDeps, useUpstreamTest } from './helpers.js'
 
 const { cleanups } = useUpstreamTest()
 
-/** A raw upstream that answers every request head with `answer`, counting the requests. */
 async function rawUpstream(answer: string): Promise<{ url: string; requests: () => number }> {
-  let requests = 0
-  const sockets: Socket[] = []
-  const server = createNetServer((socket) => {
-    sockets.push(socket)
-    socket.on('error', () => {})
-    let pending = Buffer.alloc(0)
-    // Each whole request (head and Content-Length body) gets `answer`.
-    socket.on('data', (data: Buffer) => {
-      pending = Buffer.concat([pending, data])
-      let headEnd = pending.indexOf('\r\n\r\n')
-      while (headEnd >= 0) {
-        const length = /content-length:\s*(\d+)/i.exec(pending.toString('latin1', 0, headEnd))
-        const whole = headEnd + 4 + Number(length?.[1] ?? 0)
-        if (pending.length < whole) return
-        pending = pending.subarray(whole)
-        requests++
-        socket.write(answer)
-        headEnd = pending.indexOf('\r\n\r\n')
-      }
-    })
-  })
-  const port = await listenOnLoopback(server)
-  cleanups.push(async () => {
-    for (const socket of sockets) socket.destroy()
-    await new Promise((resolve) => server.close(resolve))
-  })
-  return { url: `http://127.0.0.1:${port}`, requests: () => requests }
+  const up = await startScriptedUpstream(answer)
+  cleanups.push(() => up.close())
+  return up
 }
 
 async function front(
