@@ -106,7 +106,7 @@ export const errorCodes = {
   SERVICE_NOT_FOUND:
     'A proxy request named no upstream service the listener exposes, or its route has no live target; answered 404 (ambassador) or 502 (gateway).',
   ROUTE_NOT_FOUND:
-    'No gateway route matches the request (or the admin API was asked for an unknown route); answered 404.',
+    'No gateway route matches the request path and headers (or the admin API was asked for an unknown route); answered 404.',
   PROXY_DRAINING:
     'The proxy is shutting down and opens no new WebSocket tunnel; answered 503 so the client reconnects elsewhere.',
   DRAIN_TIMEOUT:
@@ -120,7 +120,7 @@ export const errorCodes = {
     'An /admin/ request of the proxy admin API came without the right bearer token; answered 401.',
   NOT_FOUND: 'The proxy admin API has no endpoint at the requested path; answered 404.',
   METHOD_NOT_ALLOWED:
-    'A proxy admin API endpoint (or probe) was called with a method it does not take; answered 405.',
+    'Gateway routes take the request path but not its method, or a proxy admin API endpoint (or probe) was called with a method it does not take; answered 405 with Allow.',
   BAD_PATH: 'A proxy admin API path segment is not valid percent-encoding; answered 400.',
   INVALID_BODY:
     'A proxy admin API request body is not JSON or not the expected shape, or names an unknown service; answered 400.',

@@ -25,7 +25,7 @@ import {
   toForwardRequest,
 } from './request.js'
 import { retryKeyOf } from './retry-affinity.js'
-import { type RouteTable, stripPathPrefix } from './routes.js'
+import { noRouteAnswer, type RouteTable, stripPathPrefix } from './routes.js'
 import { createShadowRunner, type ShadowRunner } from './shadow.js'
 import type { SidecarIdempotency } from './sidecar-idempotency.js'
 import { stickyValueOf } from './sticky.js'
@@ -33,10 +33,15 @@ import { createWebSocketHandler } from './websocket.js'
 
 /**
  * The `code` values of problems the gateway answers itself: `ROUTE_NOT_FOUND` (404, no route
- * matches), `SERVICE_NOT_FOUND` (502, a route names a service the config lacks),
- * `INTERNAL_ERROR` (500, a bug in the proxy).
+ * matches), `METHOD_NOT_ALLOWED` (405 with `Allow`, routes take the path but not the method),
+ * `SERVICE_NOT_FOUND` (502, a route names a service the config lacks), `INTERNAL_ERROR` (500,
+ * a bug in the proxy).
  */
-export type GatewayProblemCode = 'ROUTE_NOT_FOUND' | 'SERVICE_NOT_FOUND' | 'INTERNAL_ERROR'
+export type GatewayProblemCode =
+  | 'ROUTE_NOT_FOUND'
+  | 'METHOD_NOT_ALLOWED'
+  | 'SERVICE_NOT_FOUND'
+  | 'INTERNAL_ERROR'
 
 /** Options of {@link createGatewayHandler}. */
 export interface GatewayHandlerOptions {
@@ -165,8 +170,10 @@ export function createGatewayHandler(
       ? undefined
       : routes.match(inbound.method, inbound.path, inbound.headers)
     if (route === undefined) {
-      sendProblem(res, 404, 'ROUTE_NOT_FOUND', 'no route matches this request')
-      const outcome = noRoute(404, 'ROUTE_NOT_FOUND')
+      const answer = noRouteAnswer(routes, inbound.method, inbound.path, inbound.headers)
+      if (answer.allow !== undefined) res.setHeader('allow', answer.allow)
+      sendProblem(res, answer.status, answer.code, answer.detail)
+      const outcome = noRoute(answer.status, answer.code)
       logAccess(ctx, inbound, outcome, listener.name)
       observe(inbound, outcome, '', '')
       return

@@ -73,6 +73,13 @@ export interface RouteTable {
     headers: Readonly<Record<string, string | string[]>>,
   ): Route | undefined
   /**
+   * The methods (upper case, in route order, each once) of the routes whose prefix and
+   * headers match `path` and `headers`: what a request there may use when {@link match} found
+   * no route for its method (answered 405 with them in `Allow`). Empty when no route takes the
+   * path and headers at all (404).
+   */
+  allowedMethods(path: string, headers: Readonly<Record<string, string | string[]>>): string[]
+  /**
    * The target service for one request. With a sticky value, weighted rendezvous hashing of
    * (value, service) picks the target (see sticky.ts): the same user always lands on the same
    * target while the weights stay, and a weight change moves users only to a target whose
@@ -200,6 +207,44 @@ export function trimPrefix(prefix: string): string {
   return p
 }
 
+/** The gateway's answer to a request no route takes: 404, or 405 with `Allow`. */
+export interface NoRouteAnswer {
+  readonly status: 404 | 405
+  readonly code: 'ROUTE_NOT_FOUND' | 'METHOD_NOT_ALLOWED'
+  readonly detail: string
+  /** The `Allow` header of a 405: the methods the routes of the path take. */
+  readonly allow: string | undefined
+}
+
+/**
+ * The answer to a request `table` has no route for: 405 `METHOD_NOT_ALLOWED` with `Allow` when
+ * routes take its path and headers but not its method (RFC 9110 §15.5.6), else 404
+ * `ROUTE_NOT_FOUND`. The detail names the method and the normalized path (never the query,
+ * which may carry tokens).
+ *
+ * @example
+ * ```ts
+ * const table = createRouteTable([route])
+ * const answer = noRouteAnswer(table, 'GET', '/only/x', {})
+ * // { status: 405, code: 'METHOD_NOT_ALLOWED', allow: 'POST', detail: 'no route takes GET /only/x; use POST' }
+ * ```
+ */
+export function noRouteAnswer(
+  table: RouteTable,
+  method: string,
+  path: string,
+  headers: Readonly<Record<string, string | string[]>>,
+): NoRouteAnswer {
+  const allowed = table.allowedMethods(path, headers)
+  if (allowed.length === 0) {
+    const detail = `no route matches ${method} ${path}`
+    return { status: 404, code: 'ROUTE_NOT_FOUND', detail, allow: undefined }
+  }
+  const allow = allowed.join(', ')
+  const detail = `no route takes ${method} ${path}; use ${allow}`
+  return { status: 405, code: 'METHOD_NOT_ALLOWED', detail, allow }
+}
+
 /**
  * True when `path` is `prefix` or lies under it at a segment boundary: `/orders` matches
  * `/orders` and `/orders/1`, never `/ordersx`. A prefix of `/` matches every path.
@@ -266,8 +311,13 @@ class RouteEntry implements Route {
   }
 
   matches(method: string, path: string, headers: Readonly<Record<string, string | string[]>>) {
-    if (!matchesPrefix(path, this.prefix)) return false
     if (this.methods !== undefined && !this.methods.has(method.toUpperCase())) return false
+    return this.takes(path, headers)
+  }
+
+  /** Whether the prefix and headers match, whatever the method. */
+  takes(path: string, headers: Readonly<Record<string, string | string[]>>): boolean {
+    if (!matchesPrefix(path, this.prefix)) return false
     for (const [name, expected] of this.headers) {
       // A repeated header means the same as its values joined with ", " (RFC 9110 §5.3).
       if (headerValueOf(headers, name) !== expected) return false
@@ -323,6 +373,15 @@ class Table implements RouteTable {
   ): Route | undefined {
     for (const route of this.routes) if (route.matches(method, path, headers)) return route
     return undefined
+  }
+
+  allowedMethods(path: string, headers: Readonly<Record<string, string | string[]>>): string[] {
+    const allowed = new Set<string>()
+    for (const route of this.routes) {
+      if (route.methods === undefined || !route.takes(path, headers)) continue
+      for (const method of route.methods) allowed.add(method)
+    }
+    return [...allowed]
   }
 
   choose(

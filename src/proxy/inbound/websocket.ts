@@ -23,7 +23,7 @@ import type {
 import { forwardedHeaders } from './forwarded-headers.js'
 import { endWithProblem } from './raw-response.js'
 import { checkUpgradeRequest, type InboundRequest, logAccess, logRefusal } from './request.js'
-import { type RouteTable, stripPathPrefix } from './routes.js'
+import { noRouteAnswer, type RouteTable, stripPathPrefix } from './routes.js'
 import { stickyValueOf } from './sticky.js'
 
 /** What the gateway counts for each handshake (its route request metrics). */
@@ -74,8 +74,10 @@ export function createWebSocketHandler(
     code: string,
     detail: string,
     route = '',
+    allow?: string,
   ): void => {
-    refuseUpgrade(ctx, listener.name, req, socket, { status, code, detail }, inbound?.path, route)
+    const refusal = allow === undefined ? { status, code, detail } : { status, code, detail, allow }
+    refuseUpgrade(ctx, listener.name, req, socket, refusal, inbound?.path, route)
     observe(inbound, status, route, '')
   }
 
@@ -89,7 +91,8 @@ export function createWebSocketHandler(
     const routes = table()
     const route = routes.match(inbound.method, inbound.path, inbound.headers)
     if (route === undefined) {
-      refuse(req, socket, inbound, 404, 'ROUTE_NOT_FOUND', 'no route matches this request')
+      const answer = noRouteAnswer(routes, inbound.method, inbound.path, inbound.headers)
+      refuse(req, socket, inbound, answer.status, answer.code, answer.detail, '', answer.allow)
       return
     }
     const config = route.config
@@ -188,6 +191,8 @@ export interface UpgradeRefusal {
   readonly status: number
   readonly code: string
   readonly detail: string
+  /** The `Allow` header of a 405. */
+  readonly allow?: string
 }
 
 /**
@@ -203,6 +208,7 @@ export function refuseUpgrade(
   path?: string,
   route = '',
 ): void {
-  endWithProblem(socket, ctx.clock, refusal.status, refusal.code, refusal.detail)
+  const extras = refusal.allow === undefined ? undefined : { headers: { allow: refusal.allow } }
+  endWithProblem(socket, ctx.clock, refusal.status, refusal.code, refusal.detail, extras)
   logRefusal(ctx, listener, req, refusal, { path, route: route === '' ? undefined : route })
 }

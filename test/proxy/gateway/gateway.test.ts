@@ -241,6 +241,45 @@ describe('routing through the gateway', () => {
     expect(app.seen.map((r) => r.body)).toEqual(['hello'])
   })
 
+  it('answers 405 with Allow when routes take the path but not the method, and 404 naming the request otherwise', async () => {
+    const app = await upstream((req, res) => void sendJson(res, 200, { url: req.url }))
+    const routes = [
+      route('writes', '/only', [{ service: 'app', weight: 1 }], {
+        match: { prefix: '/only', methods: ['POST', 'PUT'], headers: {} },
+      }),
+      route('canary', '/only', [{ service: 'app', weight: 1 }], {
+        match: { prefix: '/only', methods: ['GET'], headers: { 'x-canary': '1' } },
+      }),
+    ]
+    const gw = await gateway({ app: app.url }, routes, createRouteTable(routes))
+    const wrong = await fetch(`${gw.url}/only/x?secret=1`, { method: 'DELETE' })
+    expect(wrong.status).toBe(405)
+    expect(wrong.headers.get('allow')).toBe('POST, PUT')
+    expect(await wrong.json()).toMatchObject({
+      status: 405,
+      code: 'METHOD_NOT_ALLOWED',
+      detail: 'no route takes DELETE /only/x; use POST, PUT',
+    })
+    // The canary route's method counts only for requests its headers match.
+    const get = await fetch(`${gw.url}/only/x`)
+    expect(get.status).toBe(405)
+    expect(get.headers.get('allow')).toBe('POST, PUT')
+    const canary = await fetch(`${gw.url}/only/x`, {
+      method: 'DELETE',
+      headers: { 'x-canary': '1' },
+    })
+    expect(canary.headers.get('allow')).toBe('POST, PUT, GET')
+    const miss = await fetch(`${gw.url}/nothing/y?secret=1`, { method: 'PATCH' })
+    expect(miss.status).toBe(404)
+    expect(miss.headers.get('allow')).toBeNull()
+    expect(await miss.json()).toMatchObject({
+      code: 'ROUTE_NOT_FOUND',
+      detail: 'no route matches PATCH /nothing/y',
+    })
+    expect(app.seen).toHaveLength(0)
+    expect(gw.logText()).toContain('"status":405')
+  })
+
   it('answers 502 problem for a route whose target service does not exist', async () => {
     const routes = [route('ghost', '/', [{ service: 'missing', weight: 1 }])]
     const gw = await gateway({}, routes, createRouteTable(routes))

@@ -92,6 +92,27 @@ describe('route matching', () => {
     expect(table.match('DELETE', '/anything', {})?.name).toBe('rest')
   })
 
+  it('lists the methods of the routes whose prefix and headers match, for a 405', () => {
+    const table = createRouteTable([
+      route('canary', '/orders', [{ service: 'new', weight: 1 }], {
+        match: { prefix: '/orders', methods: ['GET'], headers: { 'x-canary': '1' } },
+      }),
+      route('writes', '/orders', [{ service: 'legacy', weight: 1 }], {
+        match: { prefix: '/orders', methods: ['post', 'PUT'], headers: {} },
+      }),
+      route('deletes', '/orders/old', [{ service: 'legacy', weight: 1 }], {
+        match: { prefix: '/orders/old', methods: ['DELETE', 'PUT'], headers: {} },
+      }),
+    ])
+    expect(table.allowedMethods('/orders/1', {})).toEqual(['POST', 'PUT'])
+    expect(table.allowedMethods('/orders/1', { 'x-canary': '1' })).toEqual(['GET', 'POST', 'PUT'])
+    expect(table.allowedMethods('/orders/old/1', {})).toEqual(['POST', 'PUT', 'DELETE'])
+    expect(table.allowedMethods('/elsewhere', {})).toEqual([])
+    // A route that takes any method would have matched: there is nothing to list.
+    const open = createRouteTable([route('rest', '/', [{ service: 'app', weight: 1 }])])
+    expect(open.allowedMethods('/x', {})).toEqual([])
+  })
+
   it('strips a prefix at a segment boundary only', () => {
     expect(stripPathPrefix('/api/orders/1', '/api')).toBe('/orders/1')
     expect(stripPathPrefix('/api', '/api')).toBe('/')

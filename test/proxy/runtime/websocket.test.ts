@@ -252,6 +252,24 @@ describe('WebSocket tunnels', () => {
     expect(legacy.seen).toEqual([])
   })
 
+  it('answers a handshake 405 with Allow where the routes of its path take other methods', async () => {
+    const legacy = await upstream('legacy')
+    const config = yaml({ legacy: legacy.url }).replace(
+      'match: { prefix: / }',
+      'match: { prefix: /, methods: [POST, PUT] }',
+    )
+    proxy = await startProxy({ config, logger: quiet })
+    const port = proxy.address('in').port
+    const wrong = await rawHandshake(port, '/other')
+    expect(wrong.status).toBe(405)
+    expect(wrong.headers.allow).toBe('POST, PUT')
+    expect(JSON.parse(wrong.body)).toMatchObject({
+      code: 'METHOD_NOT_ALLOWED',
+      detail: 'no route takes GET /other; use POST, PUT',
+    })
+    expect(legacy.seen).toEqual([])
+  })
+
   it('tunnels wss to wss: TLS on both sides, the client certificate and credentials of the service', async () => {
     const certs = createTestCerts()
     cleanups.push(() => certs.cleanup())
