@@ -2,11 +2,12 @@
 // dependency of breakwater, so nothing here is loaded lazily.
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { Pool } from 'undici'
-import { type Clock, maxTimerDelayMs } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, type TimerHandle } from '../core/clock.js'
 import { AbortedError, BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { hasLoneSurrogate } from '../core/text.js'
 import { checkClock, checkInteger, checkObject, optionKeys } from '../core/validate.js'
 import { httpTokenPattern } from '../http/token.js'
+import { currentDeadline } from '../policies/deadline.js'
 import { pipeline } from '../policies/pipeline.js'
 import { type RetryOptions, retry } from '../policies/retry.js'
 import { timeout } from '../policies/timeout.js'
@@ -66,7 +67,8 @@ export interface WebhookPublisherOptions {
    */
   readonly concurrency?: number
   /**
-   * How long one attempt (connect, send, response headers and body) may take.
+   * How long one attempt (connect, send, response headers and body) may take. The body of an
+   * error answer is read for at most 200 ms of it (for the error's message), then dropped.
    * @default 10_000
    */
   readonly attemptTimeoutMs?: number
@@ -647,11 +649,11 @@ class WebhookPublisher implements Publisher {
       await response.body.dump().catch(() => {})
       return
     }
-    const snippet = await readSnippet(response.body)
+    const snippet = await readSnippet(response.body, this.#clock)
     const detail = `POST ${this.#origin} answered ${status}${snippet === '' ? '' : `: ${snippet}`}`
     if (status === 408 || status === 429 || status >= 500) {
       const retryAfterMs = retryAfterMsFrom(response.headers['retry-after'], this.#clock.now())
-      const failure = new WebhookError('BROKER_UNAVAILABLE', detail, {
+      const failure = new WebhookError('BROKER_UNAVAILABLE', beyondDeadline(detail, retryAfterMs), {
         status,
         ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
       })
@@ -682,22 +684,55 @@ class WebhookPublisher implements Publisher {
   }
 }
 
+// The error body is only for the message: it is read for at most this long (on the
+// publisher's clock) after the status came. A receiver that sends its head and then the body
+// slowly (a byte at a time) held the attempt until the attempt timeout cut it, and the answer
+// was reported as a timeout without its status.
+const errorBodyWaitMs = 200
+
+// Up to maxErrorBody bytes of an error answer's body: what arrives within errorBodyWaitMs (or
+// until the body ends). The body is then dropped: the connection is not reused for a body
+// still coming, which is cheaper than waiting for it.
 async function readSnippet(
   body: AsyncIterable<Buffer | Uint8Array> & { destroy(): unknown },
+  clock: Clock,
 ): Promise<string> {
   const chunks: Buffer[] = []
   let size = 0
+  let timer: TimerHandle | undefined
+  const timeUp = new Promise<'time-up'>((resolve) => {
+    timer = clock.setTimeout(() => resolve('time-up'), errorBodyWaitMs)
+  })
+  const iterator = body[Symbol.asyncIterator]()
   try {
-    for await (const chunk of body) {
-      chunks.push(Buffer.from(chunk))
-      size += chunk.byteLength
-      if (size >= maxErrorBody) break
+    while (size < maxErrorBody) {
+      // A read left pending when the time is up ends (or fails) with the destroy below; the
+      // race has handled it either way.
+      const next = await Promise.race([iterator.next(), timeUp])
+      if (next === 'time-up' || next.done === true) break
+      chunks.push(Buffer.from(next.value))
+      size += next.value.byteLength
     }
   } catch {
     // The body is only for the message.
+  } finally {
+    clock.clearTimeout(timer)
+    body.destroy()
   }
   const text = Buffer.concat(chunks).toString('utf8').slice(0, maxErrorBody)
   return text.replace(/\s+/g, ' ').trim()
+}
+
+// The detail of a retryable answer whose Retry-After reaches past the deadline of the call (a
+// relay's publish timeout, a caller's withDeadline). The retry then gives up at once rather
+// than sleep into the deadline (unless maxRetryAfterMs shortens the wait to fit), and without
+// this the failure, milliseconds after the call began, said nothing of why.
+function beyondDeadline(detail: string, retryAfterMs: number | undefined): string {
+  const deadline = currentDeadline()
+  if (retryAfterMs === undefined || deadline === undefined) return detail
+  const leftMs = deadline.remainingMs()
+  if (retryAfterMs < leftMs) return detail
+  return `${detail}; its Retry-After of ${retryAfterMs} ms is beyond the deadline (${Math.round(leftMs)} ms left)`
 }
 
 function messageOf(error: unknown): string {

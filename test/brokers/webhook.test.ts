@@ -11,6 +11,7 @@ import {
 } from '../../src/brokers/index.js'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import { classifyFailure } from '../../src/policies/classify.js'
+import { withDeadline } from '../../src/policies/deadline.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 import { listenOnLoopback } from '../support/loopback.js'
 
@@ -384,6 +385,79 @@ describe('webhook publisher', () => {
         }),
       ).toThrow(/headers.x-api-key/)
     }
+  })
+})
+
+describe('webhook publisher error answers', () => {
+  it('reports a 5xx whose error body drips in as the 5xx, promptly, not as an attempt timeout', async () => {
+    const clock = new ManualClock(start)
+    // The head at once, then one byte of the body every 200 ms (real time), never ending:
+    // the 300-byte snippet would take a minute.
+    const drips = new Set<NodeJS.Timeout>()
+    const server = createServer((req, res) => {
+      req.resume()
+      req.on('end', () => {
+        res.writeHead(500, { 'content-type': 'text/plain' })
+        const drip = setInterval(() => res.write('x'), 200)
+        drips.add(drip)
+        res.on('close', () => clearInterval(drip))
+      })
+    })
+    const port = await listenOnLoopback(server)
+    cleanup.push(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const drip of drips) clearInterval(drip)
+          server.closeAllConnections()
+          server.close(() => resolve())
+        }),
+    )
+    const publisher = publisherFor({
+      url: `http://127.0.0.1:${port}/hooks/orders`,
+      secret,
+      clock,
+      attemptTimeoutMs: 3_000,
+      retry: false,
+    })
+    const began = Date.now()
+    // The clock moves only through timers due within 500 ms: the attempt timeout (3 s) never
+    // fires, so only the body's own bound can end the read.
+    const error = await drive(clock, publisher.publish([message('e1', 'k')]), 500).catch((e) => e)
+    expect(error).toBeInstanceOf(WebhookError)
+    expect(error).toMatchObject({ code: 'BROKER_UNAVAILABLE', status: 500, retryable: true })
+    expect(error.message).toContain('answered 500')
+    expect(Date.now() - began).toBeLessThan(3_000)
+  }, 10_000)
+
+  it("says a Retry-After beyond the caller's deadline is why it stopped, and carries it", async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 429, headers: { 'retry-after': '30' } }))
+    const publisher = publisherFor({ url: hook.url, secret, clock })
+    const error = await drive(
+      clock,
+      withDeadline(5_000, () => publisher.publish([message('e1', 'k')]), { clock }),
+    ).catch((e) => e)
+    // No wait: the 30 s asked for could never fit in the 5 s left.
+    expect(hook.seen).toHaveLength(1)
+    expect(clock.now() - start).toBeLessThan(5_000)
+    expect(error).toBeInstanceOf(WebhookError)
+    expect(error).toMatchObject({ code: 'BROKER_UNAVAILABLE', status: 429, retryAfterMs: 30_000 })
+    expect(error.message).toMatch(/answered 429/)
+    expect(error.message).toMatch(/Retry-After of 30000 ms is beyond the deadline \(5000 ms left\)/)
+  })
+
+  it('does not mention the deadline when the Retry-After fits in it', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 503, headers: { 'retry-after': '1' } }))
+    const publisher = publisherFor({ url: hook.url, secret, clock, retry: { maxAttempts: 2 } })
+    const error = await drive(
+      clock,
+      withDeadline(5_000, () => publisher.publish([message('e1', 'k')]), { clock }),
+      2_000,
+    ).catch((e) => e)
+    expect(hook.seen).toHaveLength(2)
+    expect(error).toMatchObject({ status: 503, retryAfterMs: 1_000 })
+    expect(error.message).not.toMatch(/deadline/)
   })
 })
 
