@@ -62,7 +62,7 @@ import {
   type CircuitState,
   circuitBreaker,
 } from '../policies/circuit-breaker.js'
-import { classifyFailure } from '../policies/classify.js'
+import { classifyFailure, retryAfterMsOf } from '../policies/classify.js'
 import { withDeadline } from '../policies/deadline.js'
 import { BrokenCircuitError, TimeoutError } from '../policies/errors.js'
 import { diagnosticsChannel, EventSource } from '../policies/events.js'
@@ -190,7 +190,9 @@ export interface RelayOptions {
    */
   readonly maxAttempts?: number
   /**
-   * Delays between failed rounds (broker down) and before an event's next attempt.
+   * Delays between failed rounds (broker down) and before an event's next attempt. A failed
+   * round whose error carries `retryAfterMs` (a webhook's 429 or 503 with `Retry-After`) waits
+   * at least that long, up to `maxDelayMs`.
    * @default { baseDelayMs: 100, maxDelayMs: 30_000, jitter: 'full' }
    */
   readonly retryBackoff?: BackoffOptions
@@ -525,6 +527,8 @@ class OutboxRelay implements Relay {
   readonly #listen: boolean
   readonly #maxAttempts: number
   readonly #backoff: Backoff
+  /** The longest wait a broker's `retryAfterMs` gets: retryBackoff.maxDelayMs. */
+  readonly #maxRetryAfterMs: number
   readonly #retention: ReturnType<typeof resolvePruneOptions> | undefined
   readonly #retentionEveryMs: number
   readonly #faults: RelayFaults | undefined
@@ -625,10 +629,11 @@ class OutboxRelay implements Relay {
     const backoff = checkObject('relay.retryBackoff', options.retryBackoff ?? {})
     // resolveBackoff does not look at unknown keys (retry() hands it all of its options).
     checkOptionKeys('relay.retryBackoff', backoff, backoffOptions)
-    this.#backoff = resolveBackoff('relay.retryBackoff', {
-      baseDelayMs: 100,
-      ...(backoff as BackoffOptions),
-    })
+    const backoffSettings: BackoffOptions = { baseDelayMs: 100, ...(backoff as BackoffOptions) }
+    this.#backoff = resolveBackoff('relay.retryBackoff', backoffSettings)
+    // resolveBackoff's default cap (it checked a given one).
+    this.#maxRetryAfterMs =
+      backoffSettings.maxDelayMs ?? Math.max(30_000, backoffSettings.baseDelayMs ?? 100)
     const breakerOptions = checkObject('relay.circuitBreaker', options.circuitBreaker ?? {})
     refuseOwnField('relay.circuitBreaker.clock', breakerOptions.clock, sameClock)
     refuseOwnField(
@@ -933,6 +938,22 @@ class OutboxRelay implements Relay {
     return this.#clock.now() + this.#publishTimeoutMs < this.#leases.validUntil
   }
 
+  #outage(error: unknown): WaveResult {
+    return { ok: [], charged: [], outage: true, retryAfterMs: this.#waitAskedBy(error) }
+  }
+
+  // The wait a failed publish asks for before the next round. An open breaker says how long
+  // it stays open. A broker's error may carry the wait its server asked for (`retryAfterMs`,
+  // read as the retry policy reads it: a webhook's 429 or 503 with Retry-After). Without it a
+  // receiver that rate-limits was hit again after the relay's own 100 ms backoff: the
+  // publisher gives up at once on a Retry-After beyond the publish deadline, so nobody waited.
+  // Capped at retryBackoff.maxDelayMs: one header must not stall the relay for hours.
+  #waitAskedBy(error: unknown): number {
+    if (error instanceof BrokenCircuitError) return error.retryAfterMs
+    const askedMs = retryAfterMsOf(error, this.#clock.now())
+    return askedMs === undefined ? 0 : Math.min(askedMs, this.#maxRetryAfterMs)
+  }
+
   // A backoff pause: only stop() ends it early (notifications must not cut an outage short).
   async #pause(delayMs: number): Promise<void> {
     try {
@@ -987,9 +1008,13 @@ class OutboxRelay implements Relay {
         } else if (this.#suspects.size === 0) this.#lagMs = 0
         if (rows.length === 0 && this.#suspects.size > 0) {
           // Nothing else to try: with no other event going through, the suspects' failures
-          // may well be the broker's. Nobody is charged; they are retried after a backoff.
+          // may well be the broker's. Nobody is charged; they are retried after a backoff, at
+          // least as long as any of their failures asked for.
+          let delayMs = this.#backoff.delayMs(failedRounds++)
+          for (const { error } of this.#suspects.values())
+            delayMs = Math.max(delayMs, this.#waitAskedBy(error))
           this.#suspects.clear()
-          await this.#pause(this.#backoff.delayMs(failedRounds++))
+          await this.#pause(delayMs)
           continue
         }
         if (rows.length === 0) {
@@ -1231,7 +1256,7 @@ class OutboxRelay implements Relay {
         } catch (error) {
           this.#onSendFailure(error, 1)
           if (isCircuitRejection(error)) {
-            failure = outage(error)
+            failure = this.#outage(error)
             break
           }
           blocked.add(row.aggregate_id)
@@ -1285,7 +1310,7 @@ class OutboxRelay implements Relay {
       return { ok: rows, charged: [], outage: false, retryAfterMs: 0 }
     } catch (error) {
       this.#onSendFailure(error, rows.length)
-      if (isCircuitRejection(error)) return outage(error)
+      if (isCircuitRejection(error)) return this.#outage(error)
       if (rows.length === 1) {
         const row = rows[0]!
         blocked.add(row.aggregate_id)
@@ -1308,13 +1333,13 @@ class OutboxRelay implements Relay {
         ok.push(row)
       } catch (error) {
         this.#onSendFailure(error, 1)
-        if (isCircuitRejection(error)) return { ...outage(error), ok, charged }
+        if (isCircuitRejection(error)) return { ...this.#outage(error), ok, charged }
         blocked.add(row.aggregate_id)
         if (isMessageFault(error)) {
           charged.push({ row, error })
         } else {
           this.#suspect(row, error)
-          if (ok.length === 0 && ++unclear >= 3) return { ...outage(error), ok, charged }
+          if (ok.length === 0 && ++unclear >= 3) return { ...this.#outage(error), ok, charged }
         }
       }
     }
@@ -1491,11 +1516,6 @@ function phaseOf(error: unknown): 'read' | 'mark' | 'charge' | 'lease' {
 
 function causeOf(error: unknown): unknown {
   return error instanceof PhaseError ? error.cause : error
-}
-
-function outage(error: unknown): WaveResult {
-  const retryAfterMs = error instanceof BrokenCircuitError ? error.retryAfterMs : 0
-  return { ok: [], charged: [], outage: true, retryAfterMs }
 }
 
 /**
