@@ -147,6 +147,37 @@ describe('the packed package', () => {
     }
   })
 
+  // The package is ESM only; a CommonJS application loads it with require(esm), which Node
+  // runs unflagged from 20.19 (22.12 on 22). The exports' "default" condition is what require()
+  // resolves: with "import" alone it failed with ERR_PACKAGE_PATH_NOT_EXPORTED although
+  // TypeScript, reading "types", had compiled the require.
+  it.runIf(process.features.require_module)('requires every subpath from CommonJS', () => {
+    const specifiers = subpaths.map(specifierOf)
+    writeFileSync(
+      join(app.dir, 'require-all.cjs'),
+      `const counts = {}
+      for (const specifier of ${JSON.stringify(specifiers)}) {
+        counts[specifier] = Object.keys(require(specifier)).length
+      }
+      const { retry } = require('${packageJson.name}')
+      retry({ maxAttempts: 2 }).execute(async () => 1).then((value) => {
+        console.log(JSON.stringify({ counts, value }))
+      })`,
+    )
+    const child = app.node(['require-all.cjs'])
+    expect(child.stderr).toBe('')
+    expect(child.status).toBe(0)
+    const { counts, value } = JSON.parse(child.stdout) as {
+      counts: Record<string, number>
+      value: number
+    }
+    expect(Object.keys(counts)).toEqual(specifiers)
+    for (const [specifier, count] of Object.entries(counts)) {
+      expect(count, specifier).toBeGreaterThan(0)
+    }
+    expect(value).toBe(1)
+  })
+
   it('runs a retry policy end to end on a manual clock', () => {
     const result = app.script<{ value: string; attempts: number; gaveUp: string; now: number }>(
       'retry',
