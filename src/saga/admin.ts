@@ -322,8 +322,11 @@ const deliverReplyOptions = optionKeys<DeliverReplyOptions>({ clock: true, attem
  * dropped as `'stale'` and wakes nothing: a duplicate delivery woke the saga early (a retry ran
  * before its delay, a sleep ended early) or was taken as the answer to the resend. Give `attempt` (the `ctx.attempt` of the
  * send being answered; `sagaReplyHandler` reads it from the reply's `causation-id`) to drop a
- * copy of a refused reply even while the resend waits. A reply that comes after its attempt
- * timed out still counts. An unknown (misspelt) option is refused with `InvalidOptionError`
+ * copy of a refused reply even while the resend waits. The step's state is read again once the
+ * reply is recorded (on PostgreSQL locking the instance's row until the transaction ends, as the
+ * wake does), so a copy that read it just before a worker read and refused the first copy is
+ * dropped as `'stale'` too. Given the driver, it runs in a transaction of its own. A reply that
+ * comes after its attempt timed out still counts. An unknown (misspelt) option is refused with `InvalidOptionError`
  * (`INVALID_OPTION`).
  *
  * @example
@@ -348,30 +351,36 @@ export async function deliverReply(
     options.attempt === undefined ? undefined : checkInteger('options.attempt', options.attempt, 1)
   // The reply itself first: a value JSON cannot hold is the caller's mistake, whatever the saga.
   const json = storedJson('reply', reply)
+  const now = storedTime(clock)
+  // The check and the insert are one with the worker's writes (see recordReply): given the
+  // driver, in a transaction of its own; given a transaction, in it.
+  if (isDriver(executor)) {
+    return executor.transaction((tx) => recordReply(tx, sagaId, step, json, attempt, now))
+  }
+  return recordReply(executor, sagaId, step, json, attempt, now)
+}
+
+// Records a reply the step awaits, and wakes the saga. The state is read without a lock, so a
+// duplicate or stale copy holds nothing (an inbox's transaction may stay open a while), then
+// read again once the reply is inserted, locked on PostgreSQL: a worker that read and refused
+// the first copy meanwhile (the step's state changed, that reply deleted) made this copy stale.
+// Taken as delivered, it woke the saga before its retry delay and was read as the answer to a
+// resend never sent. A worker's write under way is waited for (the lock; on SQLite the write
+// transaction), and the re-read sees it; a later one waits for this transaction, which holds
+// the reply until it ends, as the wake always did.
+async function recordReply(
+  executor: SqlExecutor,
+  sagaId: string,
+  step: string,
+  json: string,
+  attempt: number | undefined,
+  now: number,
+): Promise<DeliverReplyResult> {
   const statements = sagaStatements[executor.dialect]
   const rows = await executor.query<SagaRow>(statements.selectOne, [sagaId])
   const row = rows[0]
   if (row === undefined) throw new SagaNotFoundError(sagaId)
-  // Unreadable (a row changed outside breakwater): StoredDataError naming the saga. Nothing is
-  // recorded, and sagaReplyHandler rethrows it, so the message carrying the reply is not
-  // acknowledged: the reply is not lost while the row is fixed.
-  const steps = storedSteps(row)
-  const state = steps.find((s) => s.name === step)
-  if (state === undefined) {
-    throw new SagaStateConflictError(sagaId, row.status, `it has no step named "${step}"`)
-  }
-  // A step's command commits with the state that leaves `pending`, so a reply to a step still
-  // pending answers nothing it sent (misrouted, or meant for an earlier instance with this id).
-  // Kept, it was taken as the step's answer when the step came, and the command never went.
-  if (state.status === 'pending') {
-    throw new SagaStateConflictError(
-      sagaId,
-      row.status,
-      `step "${step}" has sent no command to reply to`,
-    )
-  }
-  if (isStale(state, attempt)) return 'stale'
-  const now = storedTime(clock)
+  if (awaitedStep(row, step, attempt) === undefined) return 'stale'
   const { rowCount } = await executor.execute(statements.insertReply, [sagaId, step, json, now])
   if (rowCount === 0) {
     // Either this step's reply was recorded already, or the instance was removed (pruneSagas)
@@ -380,8 +389,45 @@ export async function deliverReply(
       throw new SagaNotFoundError(sagaId)
     return 'duplicate'
   }
-  await wakeSaga(executor, sagaId, steps.indexOf(state), now)
+  // The insert's FOR KEY SHARE (PostgreSQL) keeps the instance from being removed meanwhile.
+  const locked = (await executor.query<SagaRow>(statements.lockOne, [sagaId]))[0]!
+  const index = awaitedStep(locked, step, attempt)
+  if (index === undefined) {
+    await executor.execute(statements.deleteReply, [sagaId, step])
+    return 'stale'
+  }
+  await wakeSaga(executor, sagaId, index, now)
   return 'delivered'
+}
+
+// The index of the step named `step` when it awaits this reply, undefined when the reply is
+// stale. Unreadable steps (a row changed outside breakwater): StoredDataError naming the saga.
+// Nothing is recorded, and sagaReplyHandler rethrows it, so the message carrying the reply is
+// not acknowledged: the reply is not lost while the row is fixed.
+function awaitedStep(row: SagaRow, step: string, attempt: number | undefined): number | undefined {
+  const steps = storedSteps(row)
+  const index = steps.findIndex((s) => s.name === step)
+  const state = steps[index]
+  if (state === undefined) {
+    throw new SagaStateConflictError(row.id, row.status, `it has no step named "${step}"`)
+  }
+  // A step's command commits with the state that leaves `pending`, so a reply to a step still
+  // pending answers nothing it sent (misrouted, or meant for an earlier instance with this id).
+  // Kept, it was taken as the step's answer when the step came, and the command never went.
+  if (state.status === 'pending') {
+    throw new SagaStateConflictError(
+      row.id,
+      row.status,
+      `step "${step}" has sent no command to reply to`,
+    )
+  }
+  return isStale(state, attempt) ? undefined : index
+}
+
+// Whether `executor` is a driver (which has `close`), not a transaction: its statements would
+// each commit alone.
+function isDriver(executor: SqlExecutor): executor is SqlDriver {
+  return 'close' in executor && typeof (executor as SqlDriver).transaction === 'function'
 }
 
 // Whether a step awaits no reply (see deliverReply): only a command in flight (`sent`), or a

@@ -172,6 +172,12 @@ export interface SagaStatements {
   readonly leaseHeld: string
   /** $1 id. */
   readonly selectOne: string
+  /**
+   * $1 id: the row as `selectOne` reads it, on PostgreSQL locked until the transaction ends
+   * (FOR NO KEY UPDATE, the lock a worker's write takes: a write under way is waited for, and
+   * its outcome read). On SQLite a plain read: a write transaction excludes every other writer.
+   */
+  readonly lockOne: string
   /** $1 saga id. */
   readonly selectEvents: string
   /** $1 status or null, $2 name or null, $3 limit. */
@@ -370,6 +376,7 @@ export const sagaStatements: Readonly<Record<SqlDialect, SagaStatements>> = {
     insertReply: `INSERT INTO ${sagaRepliesTable} (saga_id, step, reply, received_at)
 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM ${sagaTable} WHERE id = $1)
 ON CONFLICT (saga_id, step) DO NOTHING`,
+    lockOne: `SELECT ${rowColumns} FROM ${sagaTable} WHERE id = $1`,
     insert: `INSERT INTO ${sagaTable} ${insertColumns} RETURNING id`,
     insertNotify: `INSERT INTO ${sagaTable} ${insertColumns} RETURNING id`,
     // SQLite has one writer at a time, so a single UPDATE ... RETURNING both picks and takes
@@ -421,6 +428,7 @@ ORDER BY created_at DESC, id LIMIT $3`,
     insertReply: `INSERT INTO ${sagaRepliesTable} (saga_id, step, reply, received_at)
 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM ${sagaTable} WHERE id = $1 FOR KEY SHARE)
 ON CONFLICT (saga_id, step) DO NOTHING`,
+    lockOne: `SELECT ${rowColumns} FROM ${sagaTable} WHERE id = $1 FOR NO KEY UPDATE`,
     insert: `INSERT INTO ${sagaTable} ${insertColumns} RETURNING id`,
     insertNotify: `WITH inserted AS (
   INSERT INTO ${sagaTable} ${insertColumns} RETURNING id

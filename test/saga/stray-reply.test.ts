@@ -13,7 +13,9 @@ import {
   getSaga,
   sagaReplyHandler,
 } from '../../src/saga/index.js'
+import type { SqlDriver, SqlExecutor, SqlTransaction } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { gate } from '../support/gate.js'
 import { dbTargets, type TestDb } from './databases.js'
 
 describe.each(dbTargets)('stray saga replies on $dialect', (target) => {
@@ -163,6 +165,90 @@ describe.each(dbTargets)('stray saga replies on $dialect', (target) => {
     )
   })
 
+  // A copy of attempt 1's reply read the step's state (waiting for it), then stalled before
+  // its insert; meanwhile the first copy was recorded, read and refused (the reply row deleted,
+  // the resend due in a minute). The stalled copy's insert then found no row: it was recorded
+  // as 'delivered' and woke the saga at once, and the next claim took it as the answer to the
+  // resend, which was never sent. Its check and its insert must be one with the worker's
+  // writes: it is dropped as 'stale' (or, had it come first, recorded, and the other copy a
+  // duplicate). Through the driver, and in the caller's transaction (as sagaReplyHandler
+  // delivers a reply, in its inbox transaction).
+  it.each(['driver', 'transaction'] as const)(
+    'a copy of a reply that read the state before the first copy was refused wakes nothing (%s)',
+    async (via) => {
+      const clock = new ManualClock(0)
+      const saga = chargeSaga()
+      // Every statement of the first copy and of the worker, counted while it runs: on SQLite a
+      // copy that holds a write transaction keeps them waiting until it ends.
+      let running = 0
+      const counted = hooked(t.db, async (_sql, run) => {
+        running++
+        try {
+          return await run()
+        } finally {
+          running--
+        }
+      })
+      const worker = createSagaWorker({ db: counted, sagas: [saga], clock })
+      const { id } = await worker.run(saga, {})
+      const stalled = gate()
+      const release = gate()
+      let inTransaction = false
+      // The second copy waits before its insert until the first copy was handled (or cannot be
+      // while this copy holds the database).
+      const second = hooked(
+        t.db,
+        async (sql, run) => {
+          if (/INSERT INTO breakwater_saga_replies/.test(sql)) {
+            stalled.open()
+            await release.promise
+          }
+          return run()
+        },
+        (open) => {
+          inTransaction = open
+        },
+      )
+      const copy = { ok: false, copy: 2 }
+      const secondCopy =
+        via === 'driver'
+          ? deliverReply(second, id, 'charge', copy, { clock, attempt: 1 })
+          : second.transaction((tx) => deliverReply(tx, id, 'charge', copy, { clock, attempt: 1 }))
+      await stalled.promise
+      let firstCopy: unknown
+      const refusal = (async () => {
+        firstCopy = await deliverReply(counted, id, 'charge', { ok: false }, { clock, attempt: 1 })
+        return worker.poll()
+      })()
+      let settled = false
+      void refusal.finally(() => {
+        settled = true
+      })
+      while (!settled && !(t.db.dialect === 'sqlite' && inTransaction && running > 0)) {
+        await new Promise((resolve) => setImmediate(resolve))
+      }
+      release.open()
+      const outcomes = [await secondCopy, await refusal.then(() => firstCopy)].sort()
+      expect([
+        ['delivered', 'stale'],
+        ['delivered', 'duplicate'],
+      ]).toContainEqual(outcomes)
+      const refused = await getSaga(t.db, id)
+      expect(refused!.steps[0]).toMatchObject({ status: 'failed', attempts: 1, replyRefusedAt: 1 })
+      expect(refused!.nextRunAt).toBe(60_000)
+      expect(await worker.poll()).toBe(0)
+      // The resend is sent after its delay, and its own reply is read.
+      await clock.advance(60_000)
+      expect(await worker.poll()).toBe(1)
+      expect((await getSaga(t.db, id))!.steps[0]).toMatchObject({ status: 'waiting', attempts: 2 })
+      expect(await deliverReply(t.db, id, 'charge', { ok: true }, { clock, attempt: 2 })).toBe(
+        'delivered',
+      )
+      expect(await worker.poll()).toBe(1)
+      expect((await getSaga(t.db, id))!.status).toBe('completed')
+    },
+  )
+
   it('sagaReplyHandler drops a copy of a refused reply by the attempt in its causation id', async () => {
     const clock = new ManualClock(0)
     const saga = chargeSaga()
@@ -223,3 +309,40 @@ describe.each(dbTargets)('stray saga replies on $dialect', (target) => {
     )
   })
 })
+
+/**
+ * The database with every statement (its own, and its transactions', and each transaction as
+ * a whole, as `BEGIN`) going through `hook`, which may hold it before it runs (the saga tests never mock a database); `inTransaction` is
+ * told when a transaction of it opens and ends.
+ */
+function hooked(
+  db: SqlDriver,
+  hook: (sql: string, run: () => Promise<unknown>) => Promise<unknown>,
+  inTransaction: (open: boolean) => void = () => {},
+): SqlDriver {
+  const wrap = <T extends SqlExecutor>(target: T): T =>
+    new Proxy(target, {
+      get(object, prop) {
+        if (prop === 'query' || prop === 'execute') {
+          return (sql: string, params?: readonly unknown[]) =>
+            hook(sql, () => (object[prop] as SqlExecutor['query']).call(object, sql, params))
+        }
+        if (prop === 'transaction') {
+          return (fn: (tx: SqlTransaction) => Promise<unknown>) =>
+            hook('BEGIN', () =>
+              (object as unknown as SqlDriver).transaction(async (tx) => {
+                inTransaction(true)
+                try {
+                  return await fn(wrap(tx))
+                } finally {
+                  inTransaction(false)
+                }
+              }),
+            )
+        }
+        const value: unknown = Reflect.get(object, prop, object)
+        return typeof value === 'function' ? value.bind(object) : value
+      },
+    })
+  return wrap(db)
+}
