@@ -288,8 +288,9 @@ export type DeliverReplyResult =
   | 'duplicate'
   /**
    * The step awaits no reply any more: it already ran (completed or compensated), it is not a
-   * step with a command in flight (a wait step never has one), or the reply answers an attempt
-   * whose reply was already read and refused (a redelivered copy). Dropped; nothing was
+   * step with a command in flight (a wait step never has one), the reply answers an attempt
+   * whose reply was already read and refused (a redelivered copy), or the saga is not running
+   * (it compensates, or has ended or been parked: it reads no reply). Dropped; nothing was
    * recorded or woken.
    */
   | 'stale'
@@ -318,7 +319,8 @@ const deliverReplyOptions = optionKeys<DeliverReplyOptions>({ clock: true, attem
  * `SagaNotFoundError` for an unknown saga and `SagaStateConflictError` for a step it does not
  * have or one that has sent no command yet, and `StoredDataError` when the instance's stored
  * steps cannot be read (a row changed outside breakwater; nothing is recorded). A reply for a step that awaits none (a wait step,
- * one that already ran, or one whose reply was read and refused and that waits to resend) is
+ * one that already ran, or one whose reply was read and refused and that waits to resend), or
+ * for a saga that is not running (compensating, parked, ended), is
  * dropped as `'stale'` and wakes nothing: a duplicate delivery woke the saga early (a retry ran
  * before its delay, a sleep ended early) or was taken as the answer to the resend. Give `attempt` (the `ctx.attempt` of the
  * send being answered; `sagaReplyHandler` reads it from the reply's `causation-id`) to drop a
@@ -421,6 +423,10 @@ function awaitedStep(row: SagaRow, step: string, attempt: number | undefined): n
       `step "${step}" has sent no command to reply to`,
     )
   }
+  // Only a running saga reads a reply: one that compensates (its steps are undone, a command
+  // still in flight included) or has ended never does. Recorded, such a reply was reported as
+  // delivered, and the wake (running sagas only) did nothing.
+  if (row.status !== 'running') return undefined
   return isStale(state, attempt) ? undefined : index
 }
 

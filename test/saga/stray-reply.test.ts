@@ -7,6 +7,7 @@ import { InvalidOptionError } from '../../src/core/errors.js'
 import { migrateInbox } from '../../src/outbox/index.js'
 import { wakeSaga } from '../../src/saga/admin.js'
 import {
+  cancelSaga,
   createSagaWorker,
   defineSaga,
   deliverReply,
@@ -280,6 +281,52 @@ describe.each(dbTargets)('stray saga replies on $dialect', (target) => {
     await reply('m-3', 2, true)
     expect(await worker.poll()).toBe(1)
     expect((await getSaga(t.db, id))!.status).toBe('completed')
+  })
+
+  // The step's state alone said the reply was awaited (its command sent, unread), but a saga
+  // that compensates, or is parked, never reads a reply: it was recorded as 'delivered', the
+  // wake (running sagas only) did nothing, and sagaReplyHandler did not report it.
+  it('a reply for a saga that compensates or is parked is stale, and reported as ignored', async () => {
+    const clock = new ManualClock(0)
+    const saga = defineSaga({
+      name: name('parked'),
+      version: 1,
+      steps: [
+        {
+          name: 'charge',
+          send: () => {},
+          awaitReply: { timeoutMs: 600_000 },
+          compensation: () => {
+            throw new Error('refunds down')
+          },
+          compensationRetry: { maxAttempts: 2, baseDelayMs: 60_000, jitter: 'none' },
+        },
+      ],
+    })
+    const ignored: string[] = []
+    const handle = sagaReplyHandler(t.db, { clock, onIgnored: (m) => ignored.push(m.id) })
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
+    const { id } = await worker.run(saga, {})
+    await cancelSaga(t.db, id, { clock })
+    expect(await worker.poll()).toBe(1)
+    expect(await getSaga(t.db, id)).toMatchObject({ status: 'compensating' })
+    expect((await getSaga(t.db, id))!.steps[0]).toMatchObject({ status: 'waiting', sent: true })
+    expect(await deliverReply(t.db, id, 'charge', { ok: true }, { clock })).toBe('stale')
+    await clock.advance(60_000)
+    expect(await worker.poll()).toBe(1)
+    expect(await getSaga(t.db, id)).toMatchObject({ status: 'failed' })
+    expect(await deliverReply(t.db, id, 'charge', { ok: true }, { clock })).toBe('stale')
+    await handle({
+      id: `${id}-reply`,
+      topic: 'saga.replies',
+      key: id,
+      payload: JSON.stringify({ ok: true }),
+      headers: { 'correlation-id': id, 'saga-step': 'charge' },
+    } as never)
+    expect(ignored).toEqual([`${id}-reply`])
+    expect(
+      await t.db.query('SELECT 1 FROM breakwater_saga_replies WHERE saga_id = $1', [id]),
+    ).toEqual([])
   })
 
   it('refuses an attempt that is not a positive integer', async () => {
