@@ -310,7 +310,7 @@ export function sagaReplyHandler(
             }),
           )
           if (delivered === 'stale')
-            ignored = `saga ${sagaId}: step "${step}" awaits no reply to this command any more (it already ran, or this reply was read before)`
+            ignored = `saga ${sagaId}: step "${step}" awaits no reply to this command any more (it already ran, this reply was read before, or the saga is no longer running: compensating, parked or finished)`
         } catch (error) {
           const code = (error as { code?: unknown }).code
           if (code !== 'SAGA_NOT_FOUND' && code !== 'SAGA_STATE_CONFLICT') throw error
