@@ -27,9 +27,10 @@ import {
   type SqlDialect,
   type SqlDriver,
   type SqlExecutor,
+  type SqlTransaction,
   type Unlisten,
 } from '../stores/index.js'
-import { measuredExecute, measuredOnceBegun, queryLast } from '../stores/measured.js'
+import { measuredOnceBegun, queryLast } from '../stores/measured.js'
 import { shielded, throwIfAborted } from './common.js'
 import type {
   Broker,
@@ -57,6 +58,35 @@ export const QUEUE_CHANNEL = 'breakwater_queue'
 // Group creation takes this advisory lock exclusively; publishers and the pruner take it
 // shared ("bwqueue!" in ASCII). See registerGroup.
 const groupLockKey = '7095768478631387425'
+
+// PostgreSQL: a group's lease lock, held to commit by every statement that leases a group's
+// deliveries or changes how long one is held (extension, retry, release). "Is an earlier
+// message of this key held?" is read from the lease statement's snapshot, and FOR UPDATE SKIP
+// LOCKED passes over rows another transaction is writing: without the lock, while consumer A's
+// lease of a key's message n was not yet committed, consumer B skipped that row, did not see it
+// held, and leased message n + 1 of the key, to run beside (often before) n. The lock is taken
+// by a statement of its own before the lease statement: a snapshot taken after the wait sees
+// what the previous holder committed. Two-key form (class 'bwqu', a hash of topic and group):
+// a space apart from the single-key locks of group creation and migrations; two groups whose
+// hashes collide only lease one after the other.
+const leaseLock = `SELECT pg_advisory_xact_lock(1651994997, hashtext($1::text || chr(31) || $2::text))`
+
+/**
+ * Runs `last` (the transaction's last statement) behind the group's lease lock on PostgreSQL,
+ * the two sent together; on SQLite, whose one writer already runs them one at a time, alone.
+ */
+async function behindLeaseLock<T>(
+  tx: SqlTransaction,
+  topic: string,
+  group: string,
+  last: () => Promise<T>,
+): Promise<T> {
+  if (tx.dialect !== 'postgres') return last()
+  // Pipelined: the lock and the statement go out without waiting for each other and run in
+  // order on the server, so the lock costs no round trip of its own.
+  const [, result] = await Promise.all([tx.query(leaseLock, [topic, group]), last()])
+  return result
+}
 
 /** The numbered migrations of the `queue` capability. */
 export const sqlQueueMigrations: readonly Migration[] = [
@@ -195,7 +225,7 @@ interface QueueStatements {
   readonly retry: string
   /** $1 topic, $2 group, $3 seqs (list), $4 token. */
   readonly release: string
-  /** $1 topic, $2 group, $3 token, $4 lease end. */
+  /** $1 topic, $2 group, $3 token, $4 lease end; returns the seqs still held under the token. */
   readonly extend: string
   /** $1 cutoff, $2 batch size. */
   readonly prune: string
@@ -216,7 +246,7 @@ WHERE topic = $1 AND group_name = $2 AND seq = $3 AND lease_token = $4`,
   retry: `UPDATE ${queueDeliveriesTable} SET held_until = $5, lease_token = NULL
 WHERE topic = $1 AND group_name = $2 AND seq = $3 AND lease_token = $4`,
   extend: `UPDATE ${queueDeliveriesTable} SET held_until = $4
-WHERE topic = $1 AND group_name = $2 AND lease_token = $3`,
+WHERE topic = $1 AND group_name = $2 AND lease_token = $3 RETURNING seq`,
 }
 
 // SQLite: at most $2 messages in one range of the created_at index that no group still has to
@@ -244,10 +274,11 @@ const statements: Readonly<Record<SqlDialect, QueueStatements>> = {
   FROM ins JOIN ${queueGroupsTable} g ON g.topic = ins.topic
 )
 SELECT pg_notify($7, topics.topic) FROM (SELECT DISTINCT topic FROM ins) AS topics`,
-    // FOR UPDATE SKIP LOCKED: competing consumers of a group lease at the same moment without
-    // waiting for each other's lease transactions or taking the same rows; each skips what
-    // another is leasing right now and takes the next deliveries. A row updated and committed
-    // in between is re-checked against the conditions before it is taken.
+    // Run behind the group's lease lock (see leaseLock), so competing consumers of a group lease
+    // one after the other, each seeing what the previous one leased. FOR UPDATE SKIP LOCKED
+    // passes over rows an ack or a retry is writing right now rather than waiting for it; a
+    // row updated and committed in between is re-checked against the conditions before it is
+    // taken.
     lease: `WITH picked AS (
   SELECT w.seq FROM ${queueDeliveriesTable} w
   WHERE w.topic = $1 AND w.group_name = $2 AND ${leasable('postgres')}
@@ -323,7 +354,9 @@ export interface SqlQueueErrorEvent {
    * problem), while the message row itself stays
    * in `breakwater_queue` until pruned; also a delivery whose seq points at no message (changed
    * outside breakwater), removed without `message`, the error naming the seq; `settle`: an ack, retry or release could not be
-   * written; `connection`: leasing failed (the subscription retries with backoff).
+   * written, or (`BROKER_UNAVAILABLE`) an ack or a lease extension found the batch's lease run
+   * out and taken by another consumer, so none of the batch's other messages is started here;
+   * `connection`: leasing failed (the subscription retries with backoff).
    */
   readonly phase: 'handler' | 'refused' | 'settle' | 'connection'
   readonly topic: string
@@ -576,6 +609,39 @@ function describeSeq(seq: unknown): string {
   return seq instanceof Uint8Array ? `a blob of ${seq.length} bytes` : describeValue(seq)
 }
 
+// A seq as a Set key: as the row holds it, so a seq changed outside breakwater (text, a blob, on
+// SQLite) matches what the extension returns for the same row.
+function seqKey(seq: unknown): string {
+  if (typeof seq === 'number') return String(seq)
+  if (seq instanceof Uint8Array) return `blob:${Buffer.from(seq).toString('hex')}`
+  return `${typeof seq}:${String(seq)}`
+}
+
+// Runs `sql` as the transaction's last statement (committing with it where the driver can) and
+// resolves to the rows it changed.
+async function executeLast(
+  tx: SqlTransaction,
+  sql: string,
+  params: readonly unknown[],
+): Promise<number> {
+  return tx.finish === undefined
+    ? (await tx.execute(sql, params)).rowCount
+    : (await tx.finish(sql, params)).rowCount
+}
+
+/** A leased batch while its handlers run. */
+interface Batch {
+  /** The lease token every delivery of the batch was leased under. */
+  readonly token: string
+  /** The batch's deliveries (seqKey) whose ack, retry or release has not been sent yet. */
+  readonly mine: Set<string>
+  /**
+   * Set once an ack or an extension showed that the lease ran out and another consumer took
+   * some of the batch: no chain or message of it starts after that.
+   */
+  lost: boolean
+}
+
 class QueueSubscription implements Subscription {
   readonly topic: string
   readonly group: string
@@ -688,7 +754,11 @@ class QueueSubscription implements Subscription {
       clock,
       async (tx, now, asked): Promise<Row[]> => {
         const params = [this.topic, this.group, asked, now + visibilityTimeoutMs, token, prefetch]
-        if (tx.dialect === 'postgres') return queryLast<Row>(tx, this.#sql.lease, params)
+        if (tx.dialect === 'postgres') {
+          return behindLeaseLock(tx, this.topic, this.group, () =>
+            queryLast<Row>(tx, this.#sql.lease, params),
+          )
+        }
         const leased = await tx.query<{ seq: unknown; delivery_count: number }>(
           this.#sql.lease,
           params,
@@ -743,20 +813,41 @@ class QueueSubscription implements Subscription {
     })
   }
 
-  async #dispatch(batch: Leased[], token: string): Promise<void> {
+  async #dispatch(leased: Leased[], token: string): Promise<void> {
     const { clock, visibilityTimeoutMs, concurrency } = this.#options
+    const batch: Batch = {
+      token,
+      mine: new Set(leased.map((item) => seqKey(item.seq))),
+      lost: false,
+    }
     // Keep the leases alive while handlers run, so a slow handler is not handed to another
     // consumer; a consumer that dies stops extending and its leases run out.
     let extender: TimerHandle | undefined
     const extend = (): void => {
       extender = clock.setTimeout(
         () => {
+          const expected = [...batch.mine]
           // Measured once its transaction has begun: a wait for the writer or a connection is
           // not taken off the extension. (BEGIN and COMMIT travel with it on PostgreSQL.)
-          measuredExecute(this.#db, clock, (now) => ({
-            sql: this.#sql.extend,
-            params: [this.topic, this.group, token, now + visibilityTimeoutMs],
-          }))
+          measuredOnceBegun(this.#db, clock, (tx, now) =>
+            behindLeaseLock(tx, this.topic, this.group, () =>
+              queryLast<{ seq: unknown }>(tx, this.#sql.extend, [
+                this.topic,
+                this.group,
+                token,
+                now + visibilityTimeoutMs,
+              ]),
+            ),
+          )
+            .then((rows) => {
+              // A delivery this consumer still means to settle (not one whose settle was sent
+              // meanwhile) that the token no longer holds was taken by another consumer: the
+              // lease ran out (a stalled process) and every delivery of the batch with it.
+              const held = new Set(rows.map((row) => seqKey(row.seq)))
+              if (expected.some((seq) => batch.mine.has(seq) && !held.has(seq))) {
+                this.#lose(batch, 'an extension of its lease found it taken by another consumer')
+              }
+            })
             .catch((error: unknown) =>
               this.#options.onError({
                 error,
@@ -775,7 +866,7 @@ class QueueSubscription implements Subscription {
     extend()
     try {
       const chains = new Map<string, Leased[]>()
-      for (const item of batch) {
+      for (const item of leased) {
         if (item.message === undefined) {
           // The delivery points at no message: its seq was changed outside breakwater (a
           // message is pruned only once no delivery names it). Leased again it would find none
@@ -789,7 +880,7 @@ class QueueSubscription implements Subscription {
             topic: this.topic,
             group: this.group,
           })
-          await this.#settle(this.#sql.ack, [this.topic, this.group, item.seq, token], undefined)
+          await this.#ack(item, batch)
           continue
         }
         if (item.refused !== undefined) {
@@ -802,7 +893,7 @@ class QueueSubscription implements Subscription {
             group: this.group,
             message: item.message,
           })
-          await this.#settle(this.#sql.ack, [this.topic, this.group, item.seq, token], item.message)
+          await this.#ack(item, batch)
           continue
         }
         const chain = chains.get(item.message.key)
@@ -812,7 +903,13 @@ class QueueSubscription implements Subscription {
       const queue = [...chains.values()]
       const worker = async (): Promise<void> => {
         for (let chain = queue.shift(); chain !== undefined; chain = queue.shift()) {
-          await this.#runChain(chain, token)
+          if (batch.lost) {
+            // The lease ran out and another consumer may hold any of these: none is started,
+            // and what is still this consumer's goes back at once, not when the lease ends.
+            await this.#release([...chain, ...queue.splice(0).flat()], batch)
+            return
+          }
+          await this.#runChain(chain, batch)
         }
       }
       await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, worker))
@@ -823,14 +920,35 @@ class QueueSubscription implements Subscription {
     }
   }
 
-  // One key's messages, strictly in order. After a failure (or on close) the rest of the chain
-  // goes back unhandled, so nothing overtakes the failed message.
-  async #runChain(chain: Leased[], token: string): Promise<void> {
+  // Reports, once per batch, that its lease was lost; the batch's unstarted messages are then
+  // left (released) rather than run beside (and before) the other consumer's runs of them.
+  #lose(batch: Batch, how: string, message?: IncomingMessage): void {
+    if (batch.lost) return
+    batch.lost = true
+    const which =
+      message === undefined ? 'a batch' : `the batch of message ${JSON.stringify(message.id)}`
+    this.#options.onError({
+      error: new BreakwaterError(
+        'BROKER_UNAVAILABLE',
+        `sql-queue: the lease of ${which} of topic ${JSON.stringify(this.topic)} ran out (${how}), and another consumer of group ${JSON.stringify(this.group)} took some of it: what it took will be handled again (dedupe by id), and this consumer starts none of the batch's other messages`,
+        { retryable: true },
+      ),
+      phase: 'settle',
+      topic: this.topic,
+      group: this.group,
+      ...(message === undefined ? {} : { message }),
+    })
+  }
+
+  // One key's messages, strictly in order. After a failure, on close, or once the batch's
+  // lease is known lost, the rest of the chain goes back unhandled, so nothing overtakes the
+  // failed message or runs beside another consumer's run of it.
+  async #runChain(chain: Leased[], batch: Batch): Promise<void> {
     for (let i = 0; i < chain.length; i++) {
       const item = chain[i]!
       const message = item.message!
-      if (this.#closed) {
-        await this.#release(chain.slice(i), token)
+      if (this.#closed || batch.lost) {
+        await this.#release(chain.slice(i), batch)
         return
       }
       try {
@@ -843,52 +961,58 @@ class QueueSubscription implements Subscription {
           group: this.group,
           message,
         })
+        batch.mine.delete(seqKey(item.seq))
         // The delay runs from when the statement runs, not from before its wait.
         await this.#settle(
           this.#sql.retry,
-          (now) => [this.topic, this.group, item.seq, token, now + this.#options.retryDelayMs],
+          (now) => [
+            this.topic,
+            this.group,
+            item.seq,
+            batch.token,
+            now + this.#options.retryDelayMs,
+          ],
           message,
         )
-        await this.#release(chain.slice(i + 1), token)
+        await this.#release(chain.slice(i + 1), batch)
         return
       }
-      const acked = await this.#settle(
-        this.#sql.ack,
-        [this.topic, this.group, item.seq, token],
-        message,
-      )
-      if (acked === 0) {
+      if ((await this.#ack(item, batch)) === 0) {
         // The lease ran out while the handler ran (a stalled process, extensions the database
         // did not take) and another consumer took it: that one runs this message again, and
-        // holds the key's later ones, leased under the same token. Running them here too would
-        // run them beside (and before) its run of this one. Whatever is still ours goes back.
-        this.#options.onError({
-          error: new BreakwaterError(
-            'BROKER_UNAVAILABLE',
-            `sql-queue: the lease of message ${JSON.stringify(message.id)} (seq ${item.seq}) of topic ${JSON.stringify(this.topic)} ran out while its handler ran, and another consumer of group ${JSON.stringify(this.group)} took it: it will be handled again (dedupe by id), and this consumer left the later messages of its key to the lease's holder`,
-            { retryable: true },
-          ),
-          phase: 'settle',
-          topic: this.topic,
-          group: this.group,
-          message,
-        })
-        await this.#release(chain.slice(i + 1), token)
+        // holds the key's later ones and maybe the batch's other keys, leased under the same
+        // token. Running them here too would run them beside (and before) its runs of them.
+        // Whatever is still ours goes back.
+        this.#lose(batch, 'its ack found it taken while the handler ran', message)
+        await this.#release(chain.slice(i + 1), batch)
         return
       }
     }
   }
 
-  async #release(items: Leased[], token: string): Promise<void> {
+  // Removes the group's delivery: resolves to the rows removed (0: the token no longer holds
+  // it), or undefined when the statement failed.
+  #ack(item: Leased, batch: Batch): Promise<number | undefined> {
+    batch.mine.delete(seqKey(item.seq))
+    return this.#settle(
+      this.#sql.ack,
+      () => [this.topic, this.group, item.seq, batch.token],
+      item.message,
+      false,
+    )
+  }
+
+  async #release(items: Leased[], batch: Batch): Promise<void> {
     if (items.length === 0) return
     const seqs = items.map((item) => item.seq)
+    for (const seq of seqs) batch.mine.delete(seqKey(seq))
     await this.#settle(
       this.#sql.release,
-      [
+      () => [
         this.topic,
         this.group,
         this.#db.dialect === 'postgres' ? seqs : JSON.stringify(seqs),
-        token,
+        batch.token,
       ],
       items[0]!.message,
     )
@@ -896,19 +1020,21 @@ class QueueSubscription implements Subscription {
 
   // A failed settle is reported, not thrown: the lease runs out and the message comes back.
   // Resolves to the rows it changed (0: the lease is no longer this token's), or undefined
-  // when it failed. Params given as a function of the time are measured once the statement's
-  // transaction has begun (see measuredOnceBegun).
+  // when it failed. Params are built from the time once the statement's transaction has begun
+  // (see measuredOnceBegun). A retry or a release changes how long a delivery is held, so it
+  // runs behind the group's lease lock (see leaseLock); an ack only removes a delivery whose
+  // handler finished, which a concurrent lease may pass over without harm.
   async #settle(
     sql: string,
-    params: unknown[] | ((now: number) => unknown[]),
+    params: (now: number) => unknown[],
     message: IncomingMessage | undefined,
+    locked = true,
   ): Promise<number | undefined> {
     try {
-      if (typeof params !== 'function') return (await this.#db.execute(sql, params)).rowCount
-      return await measuredExecute(this.#db, this.#options.clock, (now) => ({
-        sql,
-        params: params(now),
-      }))
+      if (!locked) return (await this.#db.execute(sql, params(this.#options.clock.now()))).rowCount
+      return await measuredOnceBegun(this.#db, this.#options.clock, (tx, now) =>
+        behindLeaseLock(tx, this.topic, this.group, () => executeLast(tx, sql, params(now))),
+      )
     } catch (error) {
       this.#options.onError({
         error,
@@ -1089,9 +1215,14 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
  * - Subscriber: consumer groups (each group gets every message; consumers in a group compete),
  *   leases with a visibility timeout, acknowledgement (the group's delivery row is deleted)
  *   only after the handler resolved, redelivery with a growing `deliveryCount` after a handler
- *   failure (`retryDelayMs`) or an expired lease. A group keeps per-key order for a single
- *   consumer: a key's next message is leased only once no earlier one is held (leased or
- *   waiting for its retry). Competing consumers may handle one key's messages concurrently.
+ *   failure (`retryDelayMs`) or an expired lease. A group keeps per-key order across all its
+ *   consumers, in one process or many: a key's next message is leased only once no earlier
+ *   one is held (leased or waiting for its retry), and on PostgreSQL a group's consumers lease
+ *   one after the other (a transaction-scoped advisory lock per topic and group), each seeing
+ *   what the previous one leased. Only a consumer stalled past `visibilityTimeoutMs` breaks
+ *   it: another consumer takes its batch meanwhile, and the stalled one, once an ack or a
+ *   lease extension shows the loss, finishes only the handler it was running and starts none
+ *   of the batch's other messages (the error goes to `onError`, phase `settle`).
  *   A running subscription keeps the Node.js process alive until it or the queue is closed,
  *   like a listening server (`keepAlive: false` turns that off).
  *

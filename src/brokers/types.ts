@@ -60,10 +60,14 @@ export interface Subscriber {
    * subscription reconnects by itself. Messages with the same key are handled one at a time,
    * in order, by this subscription. Across competing subscribers of one group (several
    * processes), only the SQL queue keeps that order: it leases no message of a key while an
-   * earlier one is held. NATS, RabbitMQ and Redis hand out a group's messages one by one to
-   * whichever subscriber asks, so two subscribers may run messages of one key at once; for
-   * order per key across processes there, run one subscriber per group (RabbitMQ's limits
-   * over half-open connections are in docs/rabbitmq.md).
+   * earlier one is held, and a group's consumers lease one after the other (on PostgreSQL
+   * behind an advisory lock per topic and group), so none leases past another's uncommitted
+   * lease; only a consumer stalled past its visibility timeout loses its batch to another
+   * (and starts none of the rest once it sees that). NATS, RabbitMQ and Redis hand out a
+   * group's messages one by one to whichever subscriber asks, so two subscribers may run
+   * messages of one key at once; for order per key across processes there, run one
+   * subscriber per group (RabbitMQ's limits over half-open connections are in
+   * docs/rabbitmq.md).
    *
    * `handler` runs in breakwater's own async context, not the caller's: a deadline set around
    * the `subscribe()` call (`withDeadline`, a request's) or an `AsyncLocalStorage` store of the

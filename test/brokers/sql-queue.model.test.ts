@@ -143,7 +143,14 @@ class ProcessDriver extends StallableDriver {
     const process = this.process
     const watched: SqlTransaction = {
       dialect: tx.dialect,
-      execute: (sql, params) => tx.execute(sql, params),
+      // Retries, releases and extensions run in a transaction of their own (behind the
+      // group's lease lock on PostgreSQL): watched as the driver's own statements are.
+      async execute(sql, params) {
+        const askedAt = world.clock.now()
+        const result = await tx.execute(sql, params)
+        world.observeStatement(process, sql, params ?? [], result.rowCount, askedAt)
+        return result
+      },
       transaction: (fn) => tx.transaction(fn),
       async query<R = Record<string, unknown>>(
         sql: string,
