@@ -8,6 +8,7 @@ export type { ErrorCode } from './core/error-codes.js'
 export { errorCodes } from './core/error-codes.js'
 export type { BreakwaterErrorOptions } from './core/errors.js'
 export { AbortedError, BreakwaterError, InvalidOptionError } from './core/errors.js'
+export type { Jsonified } from './core/jsonified.js'
 export type { Backoff, BackoffOptions, Jitter } from './policies/backoff.js'
 export { exponentialBackoff } from './policies/backoff.js'
 export type {

@@ -538,23 +538,25 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
       ran = false
       for (;;) {
         try {
-          return await idempotency.run<RecordedResult<S>>(commandId, execute, {
+          // A replay's state is its JSON form (typed Jsonified<S>); the handler's result is
+          // typed S as before.
+          return (await idempotency.run<RecordedResult<S>>(commandId, execute, {
             scope,
             fingerprint,
-          })
+          })) as RecordedResult<S>
         } catch (error) {
           if (!(error instanceof IdempotencyMismatchError)) throw error
         }
         // Records written before commands were fingerprinted hold the stream alone: a repeat of
         // such a command (a client's retry across the upgrade) is still a repeat.
         try {
-          return await idempotency.run<RecordedResult<S>>(
+          return (await idempotency.run<RecordedResult<S>>(
             commandId,
             () => {
               throw keyFreed
             },
             { scope, fingerprint: stream },
-          )
+          )) as RecordedResult<S>
         } catch (error) {
           // The record went away meanwhile (expired): the key is free, claim it again.
           if (error === keyFreed) continue

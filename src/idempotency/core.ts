@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { type Clock, sleep } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
+import type { Jsonified } from '../core/jsonified.js'
 import { isStorableText } from '../core/text.js'
 import {
   checkClock,
@@ -326,8 +327,8 @@ export interface Idempotency {
   ): Promise<IdempotencyResponse>
   /**
    * Runs `fn` at most once per key (non-HTTP work: message consumers, saga steps) and returns
-   * its result; a later call with the same key returns the recorded result (as JSON round trip)
-   * without running `fn`. `fn` may write in `ctx.tx`, which commits with the result. If `fn`
+   * its result; a later call with the same key returns the recorded result (as JSON round trip,
+   * typed {@link Jsonified}; the first call gets the round trip too) without running `fn`. `fn` may write in `ctx.tx`, which commits with the result. If `fn`
    * throws, its writes roll back, the key is released and the error is rethrown.
    *
    * @throws IdempotencyInProgressError while another call holds the key (or waits, by option)
@@ -339,7 +340,7 @@ export interface Idempotency {
     key: string,
     fn: (context: IdempotencyContext) => Promise<T> | T,
     options?: RunOptions,
-  ): Promise<T>
+  ): Promise<Jsonified<T>>
 }
 
 type Acquired =
@@ -831,7 +832,7 @@ class IdempotencyCore implements Idempotency {
     key: string,
     fn: (context: IdempotencyContext) => Promise<T> | T,
     options: RunOptions = {},
-  ): Promise<T> {
+  ): Promise<Jsonified<T>> {
     checkOperationKey(key)
     checkFunction('fn', fn)
     checkObject('options', options)
@@ -857,7 +858,7 @@ class IdempotencyCore implements Idempotency {
     const acquired = await this.#acquire(scope, key, fingerprint, options, undefined)
     switch (acquired.kind) {
       case 'completed':
-        return decodeResult<T>(acquired.record)
+        return decodeResult<Jsonified<T>>(acquired.record)
       case 'mismatch':
         throw new IdempotencyMismatchError(key)
       case 'busy':
@@ -879,7 +880,7 @@ class IdempotencyCore implements Idempotency {
     }
     const body = json === undefined ? new Uint8Array(0) : Buffer.from(json)
     await execution.record({ status: undefined, headers: {}, body })
-    return (json === undefined ? undefined : JSON.parse(json)) as T
+    return (json === undefined ? undefined : JSON.parse(json)) as Jsonified<T>
   }
 
   async #acquire(

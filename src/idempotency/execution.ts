@@ -1,4 +1,5 @@
 import type { Clock, TimerHandle } from '../core/clock.js'
+import type { Jsonified } from '../core/jsonified.js'
 import { checkStoredName } from '../core/text.js'
 import { type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
@@ -78,9 +79,9 @@ class ExecutionContext implements IdempotencyContext {
 type WrappedPhase = { readonly v?: JsonValue }
 
 // What a replay will read back; refused (INVALID_OPTION) when JSON would change the value.
-function roundTrip<T>(value: T, name: string): T {
-  if (value === undefined) return value
-  return JSON.parse(recordableJson(`phase ${JSON.stringify(name)}`, value)) as T
+function roundTrip<T>(value: T, name: string): Jsonified<T> {
+  if (value === undefined) return value as Jsonified<T>
+  return JSON.parse(recordableJson(`phase ${JSON.stringify(name)}`, value)) as Jsonified<T>
 }
 
 /**
@@ -131,7 +132,7 @@ export class Execution {
   }
 
   /** {@link IdempotencyContext.phase} */
-  phase<T>(name: string, fn: (tx: SqlTransaction) => Promise<T> | T): Promise<T> {
+  phase<T>(name: string, fn: (tx: SqlTransaction) => Promise<T> | T): Promise<Jsonified<T>> {
     return this.#phase(name, fn)
   }
 
@@ -187,14 +188,14 @@ export class Execution {
     )
   }
 
-  async #phase<T>(name: string, fn: (tx: SqlTransaction) => Promise<T> | T): Promise<T> {
+  async #phase<T>(name: string, fn: (tx: SqlTransaction) => Promise<T> | T): Promise<Jsonified<T>> {
     // Checked before fn runs: the name is stored as the recovery point (PostgreSQL refuses NUL,
     // and both databases store half of a surrogate pair as U+FFFD, so a retry would not find
     // the phase and run it again), and finding that out at the save would come after fn's call
     // to another system had already happened.
     checkStoredName('ctx.phase(name)', name)
     if (Object.hasOwn(this.#phases, name)) {
-      return (this.#phases[name] as WrappedPhase).v as T
+      return (this.#phases[name] as WrappedPhase).v as Jsonified<T>
     }
     if (this.#expired) throw this.#leaseLost()
     if (this.#settled) {
@@ -230,12 +231,12 @@ export class Execution {
     // for the phase, until the lease runs out.
     this.#phaseRunning = true
     this.#tx.hold(phaseMisuse())
-    let result: T
+    let result: Jsonified<T>
     let leaseExpiresAtMs = 0
     let phases: Record<string, JsonValue>
     try {
       try {
-        result = roundTrip(await fn(phaseTx), name)
+        result = roundTrip<T>((await fn(phaseTx)) as T, name)
       } catch (error) {
         await phaseTx.rollback()
         throw error

@@ -1,4 +1,5 @@
 import type { Clock } from '../core/clock.js'
+import type { Jsonified } from '../core/jsonified.js'
 import { checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import type { SqlDriver } from '../stores/index.js'
 import { createIdempotency, type IdempotencyClaimMode } from './core.js'
@@ -90,7 +91,8 @@ export const idempotentOptions = optionKeys<IdempotentOptions>({
  * saga steps (key = saga id + step). `fn` gets `ctx.tx`, a transaction on the store's database
  * for its business writes; its JSON-serializable result is recorded in that same transaction,
  * so both commit or neither does. A later call with the same key returns the recorded result
- * (as a JSON round trip, also on the first call, so both calls see equal values) without
+ * (as a JSON round trip, also on the first call, so both calls see equal values, typed
+ * {@link Jsonified}: a `Date` comes back as a string, an instance without its methods) without
  * running `fn`. If `fn` throws, its writes roll back, the key is released, and the error is
  * rethrown, so a retry runs `fn` again. A result JSON would not give back (a Map, a Set, a
  * function, a BigInt, NaN, an object with only `#private` fields) is refused the same way,
@@ -115,7 +117,7 @@ export async function idempotent<T>(
   key: string,
   fn: (context: IdempotencyContext) => Promise<T> | T,
   options: IdempotentOptions,
-): Promise<T> {
+): Promise<Jsonified<T>> {
   checkObject('options', options)
   // The rest goes to createIdempotency, which would take its HTTP-only options without a word.
   checkOptionKeys('options', options, idempotentOptions, { bareNames: true })

@@ -3,6 +3,8 @@
 // thin adapters for node:http, Express, Fastify and Hono, and idempotent() for non-HTTP work.
 // No framework or driver is imported here: adapters are typed structurally.
 
+// What idempotent() and ctx.phase() give back; also exported from the root entry.
+export type { Jsonified } from '../core/jsonified.js'
 export { idempotencyContextOf } from './context-registry.js'
 export type {
   Idempotency,

@@ -1,3 +1,4 @@
+import type { Jsonified } from '../core/jsonified.js'
 import type { SqlTransaction } from '../stores/index.js'
 
 /** A value that survives `JSON.stringify` / `JSON.parse` unchanged. */
@@ -118,7 +119,8 @@ export interface IdempotencyContext {
    * a call to another system made before any statement holds no transaction), and its JSON
    * result is recorded as the recovery point `name` in that transaction, which then commits. If an earlier execution of this key already
    * committed the phase, `fn` does not run and its recorded result is returned: after a crash,
-   * a retry resumes after the last committed phase.
+   * a retry resumes after the last committed phase. Either way the value is the JSON round trip
+   * of `fn`'s result, typed {@link Jsonified} (a `Date` becomes its ISO string).
    *
    * Phases must run before the first statement on `tx` (a SQLite connection holds one
    * transaction at a time), and `fn` writes through the transaction it is given: `tx` and
@@ -134,5 +136,5 @@ export interface IdempotencyContext {
    * await ctx.tx.execute('UPDATE orders SET charge_id = $1 WHERE id = $2', [charge.id, orderId])
    * ```
    */
-  phase<T>(name: string, fn: (tx: SqlTransaction) => Promise<T> | T): Promise<T>
+  phase<T>(name: string, fn: (tx: SqlTransaction) => Promise<T> | T): Promise<Jsonified<T>>
 }
