@@ -111,4 +111,14 @@ export class Http1Pool {
   get pending(): number {
     return this.#core.pending
   }
+
+  /**
+   * Every socket the pool may open is connected and serving a request, none connecting or
+   * idle: a request waiting now waits for one of them to finish, which is the pool's own
+   * congestion and says nothing of the server.
+   */
+  get saturated(): boolean {
+    const core = this.#core
+    return core.conns.size >= core.max && core.connecting === 0 && core.idle.length === 0
+  }
 }

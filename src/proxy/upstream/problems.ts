@@ -18,8 +18,9 @@ export const statusFor: Partial<Record<ErrorCode, number>> = {
 }
 
 /**
- * The problem detail for a failure code, naming the service; for `UPSTREAM_RESPONSE_INVALID`,
- * `reason` is what the parser refused (`HPE_INVALID_HEADER_TOKEN: ...`).
+ * The problem detail for a failure code, naming the service; `reason` adds why: for
+ * `UPSTREAM_RESPONSE_INVALID`, what the parser refused (`HPE_INVALID_HEADER_TOKEN: ...`), for
+ * `DEADLINE_EXCEEDED`, where the request was when the deadline passed.
  */
 export function problemDetail(code: ErrorCode, service: string, reason?: string): string {
   switch (code) {
@@ -38,7 +39,7 @@ export function problemDetail(code: ErrorCode, service: string, reason?: string)
     case 'UPSTREAM_TIMEOUT':
       return `Service ${service} did not answer in time.`
     case 'DEADLINE_EXCEEDED':
-      return `The deadline passed before service ${service} answered.`
+      return `The deadline passed before service ${service} answered${reason === undefined ? '' : ` (${reason})`}.`
     case 'UPSTREAM_RESPONSE_INVALID':
       return `Service ${service} sent a malformed response${reason === undefined ? '' : ` (${reason})`}.`
     case 'ABORTED':

@@ -485,7 +485,7 @@ class UpstreamServiceRuntime implements UpstreamService {
       code,
       status,
       this.name,
-      problemDetail(code, this.name, call.invalidReason),
+      problemDetail(code, this.name, call.failureReason),
     )
   }
 
@@ -583,6 +583,17 @@ const poolRefusalCodes: ReadonlySet<string> = new Set([
 ])
 
 /**
+ * Whether every socket `pool` may open (`connections`) is connected and serving a request, so
+ * that a request still waiting for one waits for the proxy's own pool, not for a connect.
+ * undici's `Pool` says it through its stats: connected clients, and those free among them.
+ */
+function poolSaturated(pool: UpstreamPool, connections: number): boolean {
+  if (pool instanceof Http1Pool) return pool.saturated
+  const stats = (pool as unknown as Pool).stats
+  return stats.connected >= connections && stats.free === 0
+}
+
+/**
  * One attempt: the undici dispatch handler (undici's own callback interface, which its pools
  * call directly; the newer controller interface is wrapped per request by undici) and the
  * attempt's timer. A separate object per attempt so that the late callbacks of an abandoned
@@ -591,8 +602,15 @@ const poolRefusalCodes: ReadonlySet<string> = new Set([
 class Attempt {
   readonly call: ForwardCall
   readonly endpoint: Endpoint
+  /** The pool it was dispatched on (the endpoint's may be replaced meanwhile). */
+  readonly pool: UpstreamPool
   readonly epoch: number
   phase = phaseConnect
+  /**
+   * connectMs ran out (or the deadline came) while it waited for a socket of a pool whose
+   * every socket was connected and busy: the wait is the proxy's own congestion.
+   */
+  poolWait = false
   abort: ((reason?: Error) => void) | undefined
   abandonReason: Error | undefined
   resume: (() => void) | undefined
@@ -604,9 +622,16 @@ class Attempt {
   timer: TimerHandle | undefined
   readonly onTimer = (): void => this.timerFired()
 
-  constructor(call: ForwardCall, endpoint: Endpoint, epoch: number, now: number) {
+  constructor(
+    call: ForwardCall,
+    endpoint: Endpoint,
+    pool: UpstreamPool,
+    epoch: number,
+    now: number,
+  ) {
     this.call = call
     this.endpoint = endpoint
+    this.pool = pool
     this.epoch = epoch
     const core = call.core
     this.dueAt = now + core.connectMs
@@ -677,9 +702,24 @@ class Attempt {
   timerFired(): void {
     this.timer = undefined
     if (this.phase === phaseDone) return
-    const clock = this.call.core.clock
+    const core = this.call.core
+    const clock = core.clock
     const now = clock.now()
     const deadlineAt = this.call.deadlineAt
+    if (
+      this.phase === phaseConnect &&
+      !this.poolWait &&
+      now >= Math.min(this.dueAt, deadlineAt) &&
+      poolSaturated(this.pool, core.config.bulkhead.connectionsPerEndpoint)
+    ) {
+      // Not connected yet because every socket of the endpoint's pool is serving another
+      // request: the proxy's own congestion, like its bulkhead queue, not a slow connect.
+      // connectMs stops timing it (counted, it opened the circuit of a healthy upstream that
+      // was merely slower than connectMs); the deadline bounds the wait, and a socket the
+      // pool opens for it later has the pool's own connect timeout (connectMs too).
+      this.poolWait = true
+      this.dueAt = Number.POSITIVE_INFINITY
+    }
     const due = Math.min(this.dueAt, deadlineAt)
     if (now < due) {
       this.armedAt = due
@@ -747,8 +787,11 @@ class ForwardCall {
   /** Whether an attempt got past its connect (see ForwardOutcome.written). */
   written = false
   attempt: Attempt | undefined
-  /** Why the last attempt's response was malformed (`<code>: <message>`), for the problem. */
-  invalidReason: string | undefined
+  /**
+   * What the problem detail adds: why the last attempt's response was malformed (`<code>:
+   * <message>`), or that the deadline passed while it waited for the proxy's pool.
+   */
+  failureReason: string | undefined
   lastEndpoint: Endpoint | undefined
   holdsSlot = false
   inQueue = false
@@ -951,9 +994,9 @@ class ForwardCall {
     this.attempts++
     this.lastEndpoint = endpoint
     endpoint.inFlight++
-    const attempt = new Attempt(this, endpoint, epoch, now)
-    this.attempt = attempt
     const pool = endpoint.pool as UpstreamPool
+    const attempt = new Attempt(this, endpoint, pool, epoch, now)
+    this.attempt = attempt
     try {
       pool.dispatch(this.dispatchOptions as NonNullable<ForwardCall['dispatchOptions']>, attempt)
     } catch (error) {
@@ -1070,6 +1113,8 @@ class ForwardCall {
     const unsent = attempt.phase === phaseConnect
     attempt.finish(error)
     if (reason === failInvalid) this.malformed(attempt, error)
+    else if (reason === failDeadline && unsent && attempt.poolWait)
+      this.failureReason = `it was still waiting for one of the proxy's ${this.core.config.bulkhead.connectionsPerEndpoint} connections to ${attempt.endpoint.url}, all busy (bulkhead.connectionsPerEndpoint)`
     // A request the pool refused never reached the upstream: it says nothing of its health,
     // so neither the breaker (a half-open probe slot is given back) nor outlier ejection
     // counts it. Counting it let local trouble (a pool being retired, a request that cannot
@@ -1129,7 +1174,7 @@ class ForwardCall {
    */
   malformed(attempt: Attempt, error: Error): void {
     const code = (error as { code?: unknown }).code
-    this.invalidReason = typeof code === 'string' ? `${code}: ${error.message}` : error.message
+    this.failureReason = typeof code === 'string' ? `${code}: ${error.message}` : error.message
     this.core.logger.warn('upstream response malformed', {
       service: this.core.name,
       endpoint: attempt.endpoint.url,
@@ -1239,7 +1284,7 @@ class ForwardCall {
                 : 'Bad Gateway',
           status,
           code,
-          detail: problemDetail(code, this.core.name, this.invalidReason),
+          detail: problemDetail(code, this.core.name, this.failureReason),
           service: this.core.name,
         })
         const headers: Record<string, string | number> = {
