@@ -6,10 +6,13 @@ import type { HttpClientOptions, HttpRequestOptions } from './options.js'
 import type { HttpResponse } from './response.js'
 import { type HttpService, type HttpServiceState, ServiceRuntime } from './service.js'
 
-/** A resilient HTTP client for a fixed set of downstream services; see {@link createHttpClient}. */
-export interface HttpClient {
+/**
+ * A resilient HTTP client for a fixed set of downstream services; see {@link createHttpClient}.
+ * `S` is the union of their names (`string` when they were not known at compile time).
+ */
+export interface HttpClient<S extends string = string> {
   /** The names of the declared services. */
-  readonly services: readonly string[]
+  readonly services: readonly S[]
   /** The events of every service (each event names its service). */
   readonly events: HttpEvents
   /**
@@ -21,11 +24,11 @@ export interface HttpClient {
    * `TimeoutError`, `DeadlineExceededError`, `BrokenCircuitError`, `BulkheadRejectedError`,
    * `RetryBudgetExhaustedError` and `AbortedError`.
    */
-  request(service: string, options: HttpRequestOptions): Promise<HttpResponse>
+  request(service: S, options: HttpRequestOptions): Promise<HttpResponse>
   /** The handle of one service; throws `InvalidOptionError` for an unknown name. */
-  service(name: string): HttpService
+  service(name: S): HttpService
   /** A snapshot of every service's breaker, bulkhead, pool and retry budget. */
-  state(): Readonly<Record<string, HttpServiceState>>
+  state(): Readonly<Record<S, HttpServiceState>>
   /**
    * Refuses new requests (`HttpClientClosedError`), lets requests in flight finish, then
    * closes every connection pool and stops the breakers' timers. A call waiting in a retry
@@ -116,6 +119,9 @@ class HttpClientImpl implements HttpClient {
  * service or of a service's `retry`, `circuitBreaker`, `bulkhead` or `retryBudget`, is refused
  * with `InvalidOptionError` (code `INVALID_OPTION`) naming it (`services.payments.retry.maxAttemps`).
  * A request's and an `execute()`'s options are checked the same way when they are made.
+ * The client is typed by the names of `services` (`S`): a request to a name not declared there
+ * does not compile when `services` is a literal (it is refused at run time with
+ * `INVALID_OPTION` naming `request.service` otherwise).
  *
  * @example
  * ```ts
@@ -133,7 +139,9 @@ class HttpClientImpl implements HttpClient {
  * await client.close()
  * ```
  */
-export function createHttpClient(options: HttpClientOptions): HttpClient {
+export function createHttpClient<const S extends string>(
+  options: HttpClientOptions<S>,
+): HttpClient<S> {
   checkObject('httpClient', options)
   checkOptionKeys('httpClient', options, httpClientOptions, { bareNames: true })
   const services = options.services
@@ -151,12 +159,13 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
           'a name of letters, digits, ".", "_" and "-"',
           name,
         )
-      runtimes.set(name, new ServiceRuntime(name, services[name]!, clock))
+      runtimes.set(name, new ServiceRuntime(name, services[name as S], clock))
     }
   } catch (error) {
     // The services built before the bad one hold pools (without connections yet).
     for (const runtime of runtimes.values()) void runtime.close()
     throw error
   }
-  return new HttpClientImpl(runtimes)
+  // The runtimes are keyed by exactly the names of `services`, which are S.
+  return new HttpClientImpl(runtimes) as HttpClient<string> as HttpClient<S>
 }

@@ -9,6 +9,8 @@ export type {
   HttpBulkheadOptions,
   HttpCircuitBreakerOptions,
   HttpClientOptions,
+  HttpRequestBaseOptions,
+  HttpRequestBody,
   HttpRequestOptions,
   HttpRetryBudgetOptions,
   HttpRetryOptions,

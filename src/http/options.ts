@@ -141,10 +141,14 @@ export interface HttpServiceOptions {
   readonly clock?: Clock
 }
 
-/** Options of {@link createHttpClient}. */
-export interface HttpClientOptions {
+/**
+ * Options of {@link createHttpClient}. `S` is the union of the service names: inferred from a
+ * literal `services` object, so that a request to a name not declared there does not compile;
+ * `string` when the services are built at run time.
+ */
+export interface HttpClientOptions<S extends string = string> {
   /** The downstream services by name (letters, digits, `.`, `_`, `-`). At least one. Required. */
-  readonly services: Readonly<Record<string, HttpServiceOptions>>
+  readonly services: Readonly<Record<S, HttpServiceOptions>>
   /**
    * The clock of every service that sets none.
    * @default systemClock
@@ -152,8 +156,41 @@ export interface HttpClientOptions {
   readonly clock?: Clock
 }
 
-/** One request, as passed to `client.request(service, options)`. */
-export interface HttpRequestOptions {
+/**
+ * One request, as passed to `client.request(service, options)`: the common options and at most
+ * one of `body` and `json` (both is refused at compile time, and with `INVALID_OPTION` naming
+ * `request.body` at run time).
+ */
+export type HttpRequestOptions = HttpRequestBaseOptions & HttpRequestBody
+
+/**
+ * The request's body: raw `body` or a `json` value, not both (the other is absent or
+ * `undefined`). Neither sends no body.
+ */
+export type HttpRequestBody =
+  | {
+      /**
+       * The request body. Bodies are buffered so that every attempt can send them again.
+       * @default undefined
+       */
+      readonly body?: string | Uint8Array
+      /** Not together with `body`. */
+      readonly json?: undefined
+    }
+  | {
+      /** Not together with `json`. */
+      readonly body?: undefined
+      /**
+       * A value to send as JSON (sets `content-type: application/json` unless given). Not
+       * together with `body`. A value `JSON.stringify` cannot serialize (a function, a symbol, a
+       * BigInt, a cycle) is refused with `InvalidOptionError`.
+       * @default undefined
+       */
+      readonly json?: unknown
+    }
+
+/** The options of one request other than its body; see {@link HttpRequestOptions}. */
+export interface HttpRequestBaseOptions {
   /**
    * The HTTP method (an HTTP token; upper-cased).
    * @default 'GET'
@@ -177,18 +214,6 @@ export interface HttpRequestOptions {
    * @default undefined
    */
   readonly headers?: Readonly<Record<string, string | readonly string[] | undefined>>
-  /**
-   * The request body. Bodies are buffered so that every attempt can send them again.
-   * @default undefined
-   */
-  readonly body?: string | Uint8Array
-  /**
-   * A value to send as JSON (sets `content-type: application/json` unless given). Not
-   * together with `body`. A value `JSON.stringify` cannot serialize (a function, a symbol, a
-   * BigInt, a cycle) is refused with `InvalidOptionError`.
-   * @default undefined
-   */
-  readonly json?: unknown
   /**
    * The idempotency key to send as `Idempotency-Key` with every attempt (1 to 255 visible
    * ASCII characters), or `false` to send none. A saga step passes its deterministic key here.

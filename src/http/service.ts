@@ -594,10 +594,12 @@ export class ServiceRuntime implements HttpService, ExchangeSettings {
     addHeaders(headers, 'request.headers', options.headers)
 
     let body: string | Uint8Array | undefined
-    if (options.json !== undefined) {
-      if (options.body !== undefined)
-        throw new InvalidOptionError('request.body', 'undefined when json is given', options.body)
-      body = jsonBody(options.json)
+    // Read as unknown: the type refuses both at once, an untyped caller may still pass both.
+    const raw: { readonly body?: unknown; readonly json?: unknown } = options
+    if (raw.json !== undefined) {
+      if (raw.body !== undefined)
+        throw new InvalidOptionError('request.body', 'undefined when json is given', raw.body)
+      body = jsonBody(raw.json)
       if (headers['content-type'] === undefined) headers['content-type'] = 'application/json'
     } else if (options.body !== undefined) {
       if (typeof options.body !== 'string' && !(options.body instanceof Uint8Array))
