@@ -85,12 +85,13 @@ export interface StartProxyOptions {
    */
   readonly clock?: Clock
   /**
-   * Where the proxy logs (JSON lines; access logs too when `accessLog` is on).
-   * @default createJsonLogger({ fields: { component: 'proxy' } }) on stdout
+   * Where the proxy logs (access logs too when `accessLog` is on): any object with the
+   * {@link Logger} methods (a pino or winston logger behind a small adapter).
+   * @default JSON lines on stdout at level info, each with `component: 'proxy'` (secrets redacted)
    */
   readonly logger?: Logger
   /**
-   * Registry of the proxy's metrics (`/metrics`).
+   * Registry of the proxy's metrics (`/metrics`); see {@link MetricsRegistry}.
    * @default a new registry
    */
   readonly metrics?: MetricsRegistry
