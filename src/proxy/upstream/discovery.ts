@@ -1,5 +1,6 @@
 import { Resolver } from 'node:dns/promises'
 import { readFileSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import { isIP } from 'node:net'
 import { parse as parseYaml } from 'yaml'
 import type { Clock, TimerHandle } from '../../core/clock.js'
@@ -94,9 +95,33 @@ export function startDiscovery(config: DiscoveryConfig, context: DiscoveryContex
   }
 }
 
+/**
+ * Quiet time after the last change event before a discovery file is read, as for the config
+ * file: a writer that truncates and then writes (`writeFileSync`, a shell's `>`), or writes in
+ * several parts, is read once, when it is done, not half-way.
+ */
+const fileDebounceMs = 250
+
+/**
+ * How long a discovery file that lists no endpoint must stay so before the service's
+ * endpoints go: a read that finds it empty is more often a write caught half-way than a wish
+ * to refuse every request.
+ */
+const confirmEmptyMs = 1_000
+
+// Reads the file at start and after each change (debounced). An unparsable read keeps the
+// endpoints as they were; so does one that lists no valid endpoint while there are some,
+// until a read `confirmEmptyMs` later finds the file still listing none (any change in
+// between, a list again, drops that check).
 function startFileDiscovery(path: string, context: DiscoveryContext): Discovery {
-  const { logger, service } = context
-  const apply = (content: Buffer): void => {
+  const { clock, logger, service } = context
+  /** Endpoints applied last. */
+  let current = 0
+  /** Counts applied answers and changes, so a confirming read that a change overtook is dropped. */
+  let generation = 0
+  let confirm: TimerHandle | undefined
+  let closed = false
+  const targetsOf = (content: Buffer): EndpointTarget[] | undefined => {
     let urls: string[]
     try {
       urls = parseEndpointFile(content.toString('utf8'))
@@ -106,7 +131,7 @@ function startFileDiscovery(path: string, context: DiscoveryContext): Discovery 
         file: path,
         error: (error as Error).message,
       })
-      return
+      return undefined
     }
     const targets: EndpointTarget[] = []
     for (const raw of urls) {
@@ -120,8 +145,42 @@ function startFileDiscovery(path: string, context: DiscoveryContext): Discovery 
         })
       }
     }
+    return targets
+  }
+  const set = (targets: EndpointTarget[]): void => {
+    current = targets.length
     context.onTargets(targets)
-    logger.info('endpoints updated from file', { service, file: path, endpoints: targets.length })
+    logger.info('endpoints updated from file', { service, file: path, endpoints: current })
+  }
+  const confirmEmpty = (): void => {
+    confirm = undefined
+    const seen = generation
+    readFile(path).then(
+      (content) => {
+        if (closed || seen !== generation) return
+        const targets = targetsOf(content)
+        if (targets !== undefined && targets.length === 0) set(targets)
+      },
+      // Gone or unreadable: the endpoints stay, as for any unreadable file.
+      () => undefined,
+    )
+  }
+  const apply = (content: Buffer): void => {
+    generation++
+    clock.clearTimeout(confirm)
+    confirm = undefined
+    const targets = targetsOf(content)
+    if (targets === undefined) return
+    if (targets.length === 0 && current > 0) {
+      logger.warn('discovery file lists no endpoints; keeping them unless it still does later', {
+        service,
+        file: path,
+        confirmMs: confirmEmptyMs,
+      })
+      confirm = clock.setTimeout(confirmEmpty, confirmEmptyMs)
+      return
+    }
+    set(targets)
   }
   let initial: Buffer | undefined
   try {
@@ -134,14 +193,26 @@ function startFileDiscovery(path: string, context: DiscoveryContext): Discovery 
       error: (error as Error).message,
     })
   }
-  const watch: FileWatch = watchFileContent(path, initial, apply, (error) =>
-    logger.warn('discovery file watch failed', {
-      service,
-      file: path,
-      error: (error as Error).message,
-    }),
+  const watch: FileWatch = watchFileContent(
+    path,
+    initial,
+    apply,
+    (error) =>
+      logger.warn('discovery file watch failed', {
+        service,
+        file: path,
+        error: (error as Error).message,
+      }),
+    { debounceMs: fileDebounceMs, clock },
   )
-  return { ready: Promise.resolve(), close: () => watch.close() }
+  return {
+    ready: Promise.resolve(),
+    close: () => {
+      closed = true
+      clock.clearTimeout(confirm)
+      watch.close()
+    },
+  }
 }
 
 type DnsConfig = Extract<DiscoveryConfig, { kind: 'dns' }>

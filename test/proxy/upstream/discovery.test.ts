@@ -225,6 +225,35 @@ describe('DNS discovery', () => {
   })
 })
 
+/** A temporary folder holding a discovery file with `content`, removed after the test. */
+function discoveryFile(content: string): { dir: string; file: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'breakwater-discovery-'))
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'orders.txt')
+  writeFileSync(file, content)
+  return { dir, file }
+}
+
+/** A service discovering from `file` on `clock`, closed after the test. */
+function fileService(file: string, clock: ManualClock, deps = testDeps(clock)) {
+  const service = createServiceRuntime(
+    serviceConfig([], { discovery: { kind: 'file', path: file } }),
+    deps,
+  )
+  cleanups.push(() => service.close())
+  return service
+}
+
+/**
+ * Lets a file change reach the discovery: waits (real time) for its debounce timer, moves the
+ * clock past it, then waits for `done`.
+ */
+async function settle(clock: ManualClock, done: () => boolean): Promise<void> {
+  await eventually(() => clock.nextTimerAt() === clock.now() + 250)
+  await clock.advance(250)
+  await eventually(done)
+}
+
 describe('file discovery', () => {
   it('reads the endpoint file and follows its changes, keeping the list on a bad file', async () => {
     const a = await startFaultyUpstream()
@@ -233,28 +262,69 @@ describe('file discovery', () => {
       () => a.close(),
       () => b.close(),
     )
-    const dir = mkdtempSync(join(tmpdir(), 'breakwater-discovery-'))
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }))
-    const file = join(dir, 'orders.txt')
-    writeFileSync(file, `# orders\n${a.url}\n`)
-    const deps = testDeps()
-    const service = createServiceRuntime(
-      serviceConfig([], { discovery: { kind: 'file', path: file } }),
-      deps,
-    )
-    cleanups.push(() => service.close())
+    const { dir, file } = discoveryFile(`# orders\n${a.url}\n`)
+    const clock = new ManualClock(1_000_000)
+    const deps = testDeps(clock)
+    const service = fileService(file, clock, deps)
     expect(endpointsOf(service)).toEqual([a.url])
     // Replaced by rename, as editors and secret mounts do.
     writeFileSync(join(dir, 'next.tmp'), JSON.stringify([b.url]))
     renameSync(join(dir, 'next.tmp'), file)
-    await eventually(() => endpointsOf(service)[0] === b.url)
+    await settle(clock, () => endpointsOf(service)[0] === b.url)
     expect((await service.exchange(forwardRequest(), 100)).status).toBe(200)
     expect(b.requests).toHaveLength(1)
     writeFileSync(file, '[not json')
-    await eventually(() => deps.logs.some((line) => line.includes('discovery file unreadable')))
+    await settle(clock, () => deps.logs.some((line) => line.includes('discovery file unreadable')))
     expect(endpointsOf(service)).toEqual([b.url])
     writeFileSync(file, `- ${a.url}\n- ${b.url}\n`)
+    await settle(clock, () => endpointsOf(service).length === 2)
+  })
+
+  it('reads a change once it settles (250 ms on the clock), not at the first event of a write', async () => {
+    const a = await startFaultyUpstream()
+    cleanups.push(() => a.close())
+    const { file } = discoveryFile(`${a.url}\n`)
+    const clock = new ManualClock(1_000_000)
+    const service = fileService(file, clock)
+    expect(endpointsOf(service)).toEqual([a.url])
+    // A writer midway: one line of the two it will write.
+    writeFileSync(file, 'http://127.0.0.1:1\n')
+    await eventually(() => clock.nextTimerAt() === clock.now() + 250)
+    expect(endpointsOf(service)).toEqual([a.url])
+    writeFileSync(file, `http://127.0.0.1:1\n${a.url}\n`)
+    await clock.advance(250)
     await eventually(() => endpointsOf(service).length === 2)
+    expect(endpointsOf(service)).toEqual(['http://127.0.0.1:1', a.url])
+  })
+
+  it('keeps its endpoints when the file reads empty (rewritten in place), and empties only when it stays so', async () => {
+    const a = await startFaultyUpstream()
+    cleanups.push(() => a.close())
+    const { file } = discoveryFile(`${a.url}\n`)
+    const clock = new ManualClock(1_000_000)
+    const deps = testDeps(clock)
+    const service = fileService(file, clock, deps)
+    const emptied = () => deps.logs.filter((line) => line.includes('lists no endpoints')).length
+    // Truncated, as writeFileSync does before it writes: read empty, then written again.
+    writeFileSync(file, '')
+    await settle(clock, () => emptied() === 1)
+    expect(endpointsOf(service)).toEqual([a.url])
+    const updates = () => deps.logs.filter((line) => line.includes('endpoints updated')).length
+    expect(updates()).toBe(1)
+    writeFileSync(file, `${a.url}\n`)
+    await settle(clock, () => updates() === 2)
+    // The pending check of the empty read is dropped: the file lists an endpoint again.
+    await clock.advance(5_000)
+    expect(endpointsOf(service)).toEqual([a.url])
+    // Meant: still empty (comments only) a second after it was read so.
+    writeFileSync(file, '# orders are drained\n')
+    await settle(clock, () => emptied() === 2)
+    expect(endpointsOf(service)).toEqual([a.url])
+    await clock.advance(1_000)
+    await eventually(() => endpointsOf(service).length === 0)
+    expect((await service.exchange(forwardRequest(), 100).catch((e) => e)).code).toBe(
+      'UPSTREAM_NO_ENDPOINTS',
+    )
   })
 
   it('parses the three file formats and validates endpoint URLs', () => {
