@@ -18,7 +18,7 @@ export type { AppliedMigration, Migration, RunMigrationsOptions } from './migrat
 export { checkSchemaVersion, listAppliedMigrations, runMigrations } from './migrations.js'
 export type { DatabaseTarget, OpenDatabaseOptions } from './open.js'
 export { openDatabase, parseDatabaseUrl } from './open.js'
-export type { PgQueryable, PostgresDriverOptions } from './postgres.js'
+export type { PgQueryable, PgTransactionClient, PostgresDriverOptions } from './postgres.js'
 export { createPostgresDriver, fromPgClient, notify, PostgresDriver } from './postgres.js'
 export { redactUrl } from './redact.js'
 export type {

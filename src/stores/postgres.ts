@@ -113,6 +113,17 @@ export interface PgQueryable {
   /** Runs one statement (pg's query-config form). */
   query(config: PgQueryConfig): Promise<PgResult>
 }
+/**
+ * What {@link fromPgClient} takes: a pg `Client` or `PoolClient`, the connection a transaction
+ * runs on. A pg `Pool` does not compile (its `totalCount` and `idleCount` are numbers): each of
+ * its queries may run on another connection, and commit alone.
+ */
+export interface PgTransactionClient extends PgQueryable {
+  /** A Pool's; a Client or PoolClient has none. */
+  readonly totalCount?: never
+  /** A Pool's; a Client or PoolClient has none. */
+  readonly idleCount?: never
+}
 interface PgTypes {
   getTypeParser(oid: number, format?: string): unknown
 }
@@ -235,10 +246,10 @@ function executorOf(target: PgQueryable, types?: PgTypes): SqlExecutor {
 /**
  * Wraps a pg client the application holds inside its own `BEGIN` as a {@link SqlExecutor}, so
  * breakwater's rows commit (or roll back) with the business write. Works with a `PoolClient`
- * from `pool.connect()` or a `Client`; a `Pool` is refused with `InvalidOptionError`
- * (`INVALID_OPTION` naming `client`): each of its queries may run on another connection, where
- * it would commit alone. BIGINT columns read through it arrive as numbers, whatever
- * the client's own type parsers do. A statement sent while the client is outside a transaction
+ * from `pool.connect()` or a `Client`; a `Pool` does not compile ({@link PgTransactionClient}),
+ * and is refused with `InvalidOptionError` (`INVALID_OPTION` naming `client`) at run time: each
+ * of its queries may run on another connection, where it would commit alone. BIGINT columns
+ * read through it arrive as numbers, whatever the client's own type parsers do. A statement sent while the client is outside a transaction
  * (before its BEGIN was answered, so await it; after COMMIT or ROLLBACK), or once the
  * `PoolClient` was released and checked out again, is refused with `TransactionMisuseError`: it
  * would commit apart from the business write, or inside another caller's transaction.
@@ -254,9 +265,10 @@ function executorOf(target: PgQueryable, types?: PgTypes): SqlExecutor {
  * } catch (error) { await client.query('ROLLBACK'); throw error } finally { client.release() }
  * ```
  */
-export function fromPgClient(client: PgQueryable): SqlExecutor {
+export function fromPgClient(client: PgTransactionClient): SqlExecutor {
   // A Pool has neither a PoolClient's release nor getTransactionStatus, so the checks below
-  // would let every statement through, each committing on a connection of its own.
+  // would let every statement through, each committing on a connection of its own. Its type
+  // is refused too; this is for JavaScript callers and casts.
   if (isPgPool(client)) {
     throw new InvalidOptionError(
       'client',
