@@ -36,7 +36,11 @@ export class Endpoint {
   readonly url: string
   /** True for `https` endpoints (TLS origination). */
   readonly https: boolean
-  /** `host[:port]` as written in the URL, for a rewritten `Host` header. */
+  /**
+   * The rewritten `Host` header: `host[:port]` as written in the URL, or, for an endpoint DNS
+   * discovery found, the name it resolved (the TLS name) with the URL's port (none when the
+   * scheme's default). The address is no name a virtual host answers to.
+   */
   readonly hostHeader: string
   /** SNI and verification name from discovery, when not the URL's host. */
   readonly servername: string | undefined
@@ -58,8 +62,13 @@ export class Endpoint {
   constructor(target: EndpointTarget) {
     this.url = target.url
     this.https = target.url.startsWith('https:')
-    this.hostHeader = target.url.slice(target.url.indexOf('//') + 2)
     this.servername = target.servername
+    if (target.servername === undefined)
+      this.hostHeader = target.url.slice(target.url.indexOf('//') + 2)
+    else {
+      const port = new URL(target.url).port
+      this.hostHeader = port === '' ? target.servername : `${target.servername}:${port}`
+    }
   }
 
   /** A snapshot for the admin API. */

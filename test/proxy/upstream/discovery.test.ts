@@ -93,6 +93,8 @@ describe('DNS discovery', () => {
     expect(endpointsOf(service)).toEqual([`http://127.0.0.1:${first.port}`])
     expect((await service.exchange(forwardRequest(), 100)).status).toBe(200)
     expect(first.requests).toHaveLength(1)
+    // rewriteHost: the name that was resolved, as TLS SNI has it, not the address.
+    expect(first.requests[0]?.headers.host).toBe(`orders.test:${first.port}`)
 
     server.set('orders.test', 'A', [{ type: 'A', address: '127.0.0.2', ttl: 5 }])
     const asked = server.queries.length
@@ -220,6 +222,10 @@ describe('DNS discovery', () => {
     await service.exchange(forwardRequest(), 10)
     await service.exchange(forwardRequest(), 10)
     expect([a.requests.length, b.requests.length]).toEqual([1, 1])
+    expect([a.requests[0]?.headers.host, b.requests[0]?.headers.host]).toEqual([
+      `a.orders.test:${a.port}`,
+      `b.orders.test:${b.port}`,
+    ])
     // The shortest address TTL (10 s) decides the next lookup.
     expect(clock.nextTimerAt()).toBe(10_000)
   })
