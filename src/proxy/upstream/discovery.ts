@@ -316,15 +316,17 @@ class DnsDiscovery implements Discovery {
       for (const record of records) ttl = Math.min(ttl, record.ttl)
       return records.map((record) => record.address)
     }
-    const push = (address: string, port: number, servername: string) => {
+    const push = (address: string, port: number, servername: string, priority = 0) => {
       const host = isIP(address) === 6 ? `[${address}]` : address
-      targets.push({ url: `${config.scheme}://${host}:${port}`, servername })
+      targets.push({ url: `${config.scheme}://${host}:${port}`, servername, priority })
     }
     if (config.recordType === 'SRV') {
+      // Priority is kept (the endpoint set prefers the lowest, RFC 2782); weight is not used:
+      // endpoints of one priority share the load equally (see docs/proxy.md).
       const records = await resolver.resolveSrv(config.name)
       for (const record of records) {
         for (const address of await addresses(record.name, false))
-          push(address, record.port, record.name)
+          push(address, record.port, record.name, record.priority)
       }
     } else {
       const port = config.port ?? (config.scheme === 'https' ? 443 : 80)

@@ -8,6 +8,12 @@ export interface EndpointTarget {
   readonly url: string
   /** SNI and verification name (from DNS: the name that was resolved). */
   readonly servername: string | undefined
+  /**
+   * Lower is preferred (an SRV record's priority): only the endpoints of the lowest priority
+   * that has one not ejected are picked.
+   * @default 0
+   */
+  readonly priority?: number
 }
 
 /**
@@ -44,6 +50,8 @@ export class Endpoint {
   readonly hostHeader: string
   /** SNI and verification name from discovery, when not the URL's host. */
   readonly servername: string | undefined
+  /** Lower is preferred; see {@link EndpointTarget.priority}. Updated by a new answer. */
+  priority: number
   /** The endpoint's connection pool; replaced (and the old one retired) when TLS files change. */
   pool: UpstreamPool | undefined
   /** Attempts on this endpoint that have not ended. */
@@ -63,6 +71,7 @@ export class Endpoint {
     this.url = target.url
     this.https = target.url.startsWith('https:')
     this.servername = target.servername
+    this.priority = target.priority ?? 0
     if (target.servername === undefined)
       this.hostHeader = target.url.slice(target.url.indexOf('//') + 2)
     else {
@@ -119,6 +128,8 @@ export class EndpointSet {
   #healthy: Endpoint[] = []
   #ejected = 0
   #next = 0
+  /** Whether the endpoints have more than one priority (picks then go to the lowest in use). */
+  #tiered = false
 
   constructor(options: EndpointSetOptions) {
     this.#options = options
@@ -154,7 +165,7 @@ export class EndpointSet {
         endpoint = new Endpoint(target)
         this.#byUrl.set(target.url, endpoint)
         this.#options.open(endpoint)
-      }
+      } else endpoint.priority = target.priority ?? 0
       next.push(endpoint)
     }
     for (const old of this.#all) {
@@ -166,12 +177,15 @@ export class EndpointSet {
       this.#options.retire(old)
     }
     this.#all = next
+    this.#tiered = next.some((endpoint) => endpoint.priority !== next[0]?.priority)
     this.#rebuild()
   }
 
   /**
    * Picks an endpoint for an attempt, avoiding `avoid` (the endpoint a retry just failed on)
-   * when another healthy one exists. When every endpoint is ejected (only possible with
+   * when another healthy one exists. With priorities, the healthy list holds only the lowest
+   * priority that has an endpoint not ejected (higher ones are backups, as SRV's priority
+   * says). When every endpoint is ejected (only possible with
    * `maxEjectedPercent: 100`) it picks among all of them rather than fail: some chance beats
    * none. Undefined only when there are no endpoints at all.
    */
@@ -212,7 +226,8 @@ export class EndpointSet {
     if (
       config === undefined ||
       endpoint.ejectedUntil !== undefined ||
-      endpoint.healthyIndex < 0 ||
+      // Removed by discovery: an attempt that was running on it reports late.
+      this.#byUrl.get(endpoint.url) !== endpoint ||
       failures < config.consecutiveFailures ||
       (this.#ejected + 1) * 100 > config.maxEjectedPercent * this.#all.length
     )
@@ -260,11 +275,21 @@ export class EndpointSet {
     endpoint.consecutiveFailures = 0
     if (this.#byUrl.get(endpoint.url) !== endpoint) return
     this.#ejected--
+    if (this.#tiered) {
+      this.#rebuild()
+      return
+    }
     endpoint.healthyIndex = this.#healthy.length
     this.#healthy.push(endpoint)
   }
 
   #removeHealthy(endpoint: Endpoint): void {
+    if (this.#tiered) {
+      // The last of its priority may be going, and the next priority coming in: ejections are
+      // rare, a rebuild is cheap enough.
+      this.#rebuild()
+      return
+    }
     const list = this.#healthy
     const index = endpoint.healthyIndex
     const last = list.pop() as Endpoint
@@ -278,13 +303,16 @@ export class EndpointSet {
   #rebuild(): void {
     const healthy: Endpoint[] = []
     let ejected = 0
+    let best = Number.POSITIVE_INFINITY
+    for (const endpoint of this.#all)
+      if (endpoint.ejectedUntil === undefined && endpoint.priority < best) best = endpoint.priority
     for (const endpoint of this.#all) {
-      if (endpoint.ejectedUntil === undefined) {
+      if (endpoint.ejectedUntil === undefined && endpoint.priority === best) {
         endpoint.healthyIndex = healthy.length
         healthy.push(endpoint)
       } else {
         endpoint.healthyIndex = -1
-        ejected++
+        if (endpoint.ejectedUntil !== undefined) ejected++
       }
     }
     this.#healthy = healthy

@@ -12,7 +12,7 @@ import {
 } from '../../../src/proxy/upstream/index.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
 import { startDnsServer, type TestDnsServer } from '../support/dns-server.js'
-import { startFaultyUpstream } from '../support/faulty-upstream.js'
+import { type FaultyUpstream, startFaultyUpstream } from '../support/faulty-upstream.js'
 import { eventually, forwardRequest, serviceConfig, testDeps } from './helpers.js'
 
 const cleanups: Array<() => Promise<unknown> | unknown> = []
@@ -68,6 +68,17 @@ function dnsService(discovery: DnsDiscovery, clock: ManualClock, resolver: Resol
   })
   cleanups.push(() => service.close())
   return service
+}
+
+/** Two upstreams on 127.0.0.1, closed after the test. */
+async function twoUpstreams(): Promise<[FaultyUpstream, FaultyUpstream]> {
+  const a = await startFaultyUpstream()
+  const b = await startFaultyUpstream()
+  cleanups.push(
+    () => a.close(),
+    () => b.close(),
+  )
+  return [a, b]
 }
 
 function endpointsOf(service: { state(): { endpoints: readonly { url: string }[] } }): string[] {
@@ -196,12 +207,7 @@ describe('DNS discovery', () => {
   })
 
   it('resolves SRV records to their targets addresses and ports, TLS name from the target', async () => {
-    const a = await startFaultyUpstream()
-    const b = await startFaultyUpstream()
-    cleanups.push(
-      () => a.close(),
-      () => b.close(),
-    )
+    const [a, b] = await twoUpstreams()
     const server = await dns()
     server.set('_http._tcp.orders.test', 'SRV', [
       { type: 'SRV', target: 'a.orders.test', port: a.port, ttl: 30 },
@@ -228,6 +234,44 @@ describe('DNS discovery', () => {
     ])
     // The shortest address TTL (10 s) decides the next lookup.
     expect(clock.nextTimerAt()).toBe(10_000)
+  })
+
+  it('uses the lowest SRV priority only, and a higher one while every lower endpoint is ejected', async () => {
+    const [a, b] = await twoUpstreams()
+    const server = await dns()
+    server.set('_http._tcp.orders.test', 'SRV', [
+      { type: 'SRV', target: 'b.orders.test', port: b.port, priority: 20, weight: 100, ttl: 30 },
+      { type: 'SRV', target: 'a.orders.test', port: a.port, priority: 10, weight: 1, ttl: 30 },
+    ])
+    server.set('a.orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 30 }])
+    server.set('b.orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 30 }])
+    const clock = new ManualClock(0)
+    const service = createServiceRuntime(
+      serviceConfig([], {
+        discovery: dnsDiscovery({
+          name: '_http._tcp.orders.test',
+          recordType: 'SRV',
+          port: undefined,
+        }),
+        retry: undefined,
+        outlierEjection: { consecutiveFailures: 1, baseEjectionMs: 10_000, maxEjectedPercent: 100 },
+      }),
+      testDeps(clock),
+      { dnsResolver: resolverOf(server) },
+    )
+    cleanups.push(() => service.close())
+    await service.ready()
+    for (let i = 0; i < 4; i++) await service.exchange(forwardRequest(), 10)
+    expect([a.requests.length, b.requests.length]).toEqual([4, 0])
+    // The primary fails and is ejected: the backup takes over until it returns.
+    a.fallback = { kind: 'respond', status: 503 }
+    expect((await service.exchange(forwardRequest(), 10)).status).toBe(503)
+    a.fallback = { kind: 'respond' }
+    for (let i = 0; i < 2; i++) await service.exchange(forwardRequest(), 10)
+    expect([a.requests.length, b.requests.length]).toEqual([5, 2])
+    await clock.advance(10_000)
+    await service.exchange(forwardRequest(), 10)
+    expect([a.requests.length, b.requests.length]).toEqual([6, 2])
   })
 })
 
