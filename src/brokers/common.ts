@@ -53,19 +53,19 @@ export interface BrokerCommonOptions {
   /** The broker's URL, credentials included (they are never logged). */
   readonly url: string
   /** Source of time for publish timeouts, retry delays and reconnect backoff. @default systemClock */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /** How long connecting may take before it fails with `BROKER_UNAVAILABLE`. @default 5000 */
-  readonly connectTimeoutMs?: number
+  readonly connectTimeoutMs?: number | undefined
   /**
    * How long `publish()` waits for the broker to confirm a batch before it rejects with
    * `BROKER_UNAVAILABLE` (the batch may still be stored: publish again). @default 10000
    */
-  readonly publishTimeoutMs?: number
+  readonly publishTimeoutMs?: number | undefined
   /**
    * Handlers run at once per subscription. Messages with the same key never run concurrently
    * and keep their order, whatever this is. @default 1
    */
-  readonly concurrency?: number
+  readonly concurrency?: number | undefined
   /**
    * Messages fetched ahead of the handlers per subscription (the broker's prefetch / max
    * in-flight; on NATS also the consumer's max_ack_pending). Must be at least `concurrency`.
@@ -75,37 +75,37 @@ export interface BrokerCommonOptions {
    * restarts: while a message of a key is unacknowledged (its handler failed, or its connection
    * was lost before it ran), later messages of that key are held until it is back and handled.
    */
-  readonly prefetch?: number
+  readonly prefetch?: number | undefined
   /**
    * Messages of one key held while the key waits for an earlier message to be redelivered;
    * newer ones of that key are handed back (redelivered after `retryDelayMs`). @default
    * max(1, prefetch / 4)
    */
-  readonly maxHeldPerKey?: number
+  readonly maxHeldPerKey?: number | undefined
   /**
    * How long a key's later messages wait for an earlier message that went back to the broker
    * before they run without it (it may have gone to another subscriber of the group, or been
    * removed from the broker); each give-up is reported to `onError` (phase `settle`).
    * @default 60000
    */
-  readonly holdTimeoutMs?: number
+  readonly holdTimeoutMs?: number | undefined
   /** Wait before a message whose handler failed is delivered again. @default 1000 */
-  readonly retryDelayMs?: number
+  readonly retryDelayMs?: number | undefined
   /** First wait before a lost subscription reconnects; doubles per failed attempt. @default 100 */
-  readonly reconnectDelayMs?: number
+  readonly reconnectDelayMs?: number | undefined
   /** Longest wait between reconnect attempts. @default 5000 */
-  readonly maxReconnectDelayMs?: number
+  readonly maxReconnectDelayMs?: number | undefined
   /**
    * Receives subscriber errors: handler failures (the message is redelivered), failed acks,
    * lost connections. @default ignore them
    */
-  readonly onError?: (event: SubscriberErrorEvent) => void
+  readonly onError?: ((event: SubscriberErrorEvent) => void) | undefined
   /**
    * TLS settings (the CA to trust, a client certificate and its key) for a URL that uses TLS
    * (`rediss://`, `amqps://`, NATS `tls://` or `nats://`); refused with a URL that does not.
    * @default Node's TLS defaults
    */
-  readonly tls?: BrokerTlsOptions
+  readonly tls?: BrokerTlsOptions | undefined
 }
 
 /**

@@ -13,7 +13,7 @@ export type BrokerErrorCode =
 /** Options of a {@link BrokerError}. */
 export interface BrokerErrorOptions {
   /** The driver's error, if any. */
-  readonly cause?: unknown
+  readonly cause?: unknown | undefined
 }
 
 /**

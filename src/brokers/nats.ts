@@ -81,7 +81,7 @@ export interface NatsBrokerOptions extends BrokerCommonOptions {
    * topic; a topic it does not cover fails with `BROKER_UNROUTABLE`.
    * @default one stream per topic
    */
-  readonly stream?: NatsStreamSpec
+  readonly stream?: NatsStreamSpec | undefined
   /**
    * Create a missing stream (file storage, one replica, limits retention). When false, streams
    * must exist already (managed elsewhere): `publish()` and `subscribe()` on a topic without
@@ -90,15 +90,15 @@ export interface NatsBrokerOptions extends BrokerCommonOptions {
    * `BROKER_MISCONFIGURED` (not retryable): name that stream in `stream` instead.
    * @default true
    */
-  readonly createStreams?: boolean
+  readonly createStreams?: boolean | undefined
   /**
    * The duplicate window of streams this adapter creates: a message id published again within
    * it is acknowledged but not stored again. At most `maxAgeMs` when that is set.
    * @default 120000, or maxAgeMs when that is shorter
    */
-  readonly duplicateWindowMs?: number
+  readonly duplicateWindowMs?: number | undefined
   /** Age after which streams this adapter creates drop messages; 0 keeps them. @default 0 */
-  readonly maxAgeMs?: number
+  readonly maxAgeMs?: number | undefined
   /**
    * How long a delivered message may stay unacknowledged before JetStream redelivers it (a
    * crashed subscriber's messages come back after this). Extended while its handler runs.
@@ -108,9 +108,9 @@ export interface NatsBrokerOptions extends BrokerCommonOptions {
    * predecessor left deliveries unacknowledged (see {@link createNatsBroker}).
    * @default 30000
    */
-  readonly ackWaitMs?: number
+  readonly ackWaitMs?: number | undefined
   /** Connection name the server shows. @default 'breakwater' */
-  readonly name?: string
+  readonly name?: string | undefined
 }
 
 interface ResolvedNatsOptions extends ResolvedCommonOptions {

@@ -14,15 +14,15 @@ import type { Broker } from './types.js'
  */
 export interface OpenBrokerOptions {
   /** Source of time for every adapter. @default systemClock */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /** Receives subscriber errors of whichever adapter the URL selects. @default ignore them */
-  readonly onError?: (event: SubscriberErrorEvent) => void
+  readonly onError?: ((event: SubscriberErrorEvent) => void) | undefined
   /** Settings used when the URL is `nats://` or `tls://`. @default {} */
-  readonly nats?: Omit<NatsBrokerOptions, 'url'>
+  readonly nats?: Omit<NatsBrokerOptions, 'url'> | undefined
   /** Settings used when the URL is `amqp://` or `amqps://`. @default {} */
-  readonly rabbitmq?: Omit<RabbitMqBrokerOptions, 'url'>
+  readonly rabbitmq?: Omit<RabbitMqBrokerOptions, 'url'> | undefined
   /** Settings used when the URL is `redis://` or `rediss://`. @default {} */
-  readonly redis?: Omit<RedisBrokerOptions, 'url'>
+  readonly redis?: Omit<RedisBrokerOptions, 'url'> | undefined
 }
 
 /** The keys OpenBrokerOptions takes (internal: not exported from the package root). */
@@ -81,13 +81,13 @@ export function openBroker(url: string, options: OpenBrokerOptions = {}): Broker
   switch (scheme?.toLowerCase()) {
     case 'nats':
     case 'tls':
-      return createNatsBroker({ ...shared, ...options.nats, url })
+      return createNatsBroker({ ...shared, ...definedOnly(options.nats), url })
     case 'amqp':
     case 'amqps':
-      return createRabbitMqBroker({ ...shared, ...options.rabbitmq, url })
+      return createRabbitMqBroker({ ...shared, ...definedOnly(options.rabbitmq), url })
     case 'redis':
     case 'rediss':
-      return createRedisBroker({ ...shared, ...options.redis, url })
+      return createRedisBroker({ ...shared, ...definedOnly(options.redis), url })
     default:
       throw new InvalidOptionError(
         'url',
@@ -95,4 +95,16 @@ export function openBroker(url: string, options: OpenBrokerOptions = {}): Broker
         typeof url === 'string' ? redactUrl(url) : url,
       )
   }
+}
+
+/**
+ * An adapter's own settings without the keys given as undefined: undefined means left out, so
+ * `nats: { clock: undefined }` keeps openBroker's clock (a plain spread would replace it with
+ * undefined, and the adapter would use its default).
+ */
+function definedOnly<T extends object>(settings: T | undefined): Partial<T> {
+  if (settings === undefined) return {}
+  return Object.fromEntries(
+    Object.entries(settings).filter(([, value]) => value !== undefined),
+  ) as Partial<T>
 }

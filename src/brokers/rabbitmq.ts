@@ -51,28 +51,28 @@ export interface RabbitMqBrokerOptions extends BrokerCommonOptions {
    * The exchange messages are published to (declared durable when missing): at most 255 bytes,
    * not starting with `amq.`. @default 'breakwater'
    */
-  readonly exchange?: string
+  readonly exchange?: string | undefined
   /**
    * Its type. With `topic`, topics are dot-separated words and a subscription's topic may use
    * `*` and `#` wildcards. @default 'topic'
    */
-  readonly exchangeType?: 'topic' | 'direct'
+  readonly exchangeType?: 'topic' | 'direct' | undefined
   /**
    * The queue of a subscription. Scoped to the topic as well as the group, so one group name
    * can subscribe to several topics without their messages mixing, as on NATS and Redis.
    * @default (topic, group) => `${topic}.${group}`
    */
-  readonly queueName?: (topic: string, group: string) => string
+  readonly queueName?: ((topic: string, group: string) => string) | undefined
   /**
    * Queue type declared for subscriptions: `quorum` (replicated Raft log, fsynced before the
    * confirm, delivery counts) or `classic`. @default 'quorum'
    */
-  readonly queueType?: 'quorum' | 'classic'
+  readonly queueType?: 'quorum' | 'classic' | undefined
   /**
    * Publish `mandatory`: a message no queue is bound for comes back and `publish()` fails with
    * `BROKER_UNROUTABLE`, instead of RabbitMQ dropping it silently. @default true
    */
-  readonly mandatory?: boolean
+  readonly mandatory?: boolean | undefined
   /**
    * How often each subscription checks that its queue is still bound to the exchange, and binds
    * it again when not. Deleting the exchange (an operator, another application) removes its
@@ -82,7 +82,7 @@ export interface RabbitMqBrokerOptions extends BrokerCommonOptions {
    * is reported to `onError` (phase `connection`). `0` turns the check off: see
    * docs/rabbitmq.md. @default 10000
    */
-  readonly bindingCheckIntervalMs?: number
+  readonly bindingCheckIntervalMs?: number | undefined
 }
 
 interface ResolvedRabbitOptions extends ResolvedCommonOptions {

@@ -63,7 +63,7 @@ export interface RedisBrokerOptions extends BrokerCommonOptions {
    * 0 never trims.
    * @default 0
    */
-  readonly maxLength?: number
+  readonly maxLength?: number | undefined
   /**
    * How long a delivered message may stay unacknowledged before another consumer of the group
    * claims it (XAUTOCLAIM): a crashed subscriber's messages come back after this (a new
@@ -75,15 +75,15 @@ export interface RedisBrokerOptions extends BrokerCommonOptions {
    * `BROKER_UNAVAILABLE`); the other consumer runs them again.
    * @default 30000
    */
-  readonly visibilityTimeoutMs?: number
+  readonly visibilityTimeoutMs?: number | undefined
   /**
    * How often a subscription claims failed or abandoned messages and tells Redis it still works
    * on the ones it holds. At most a third of `visibilityTimeoutMs`.
    * @default min(1000, visibilityTimeoutMs / 3)
    */
-  readonly claimIntervalMs?: number
+  readonly claimIntervalMs?: number | undefined
   /** Longest wait of one blocking XREADGROUP (closing interrupts it at once). @default 5000 */
-  readonly blockMs?: number
+  readonly blockMs?: number | undefined
   /**
    * How long a Redis command of a subscription (XACK, XCLAIM, XAUTOCLAIM, XPENDING, XGROUP,
    * ...) or a closing QUIT may wait for its answer before it fails with `BROKER_UNAVAILABLE`
@@ -94,7 +94,7 @@ export interface RedisBrokerOptions extends BrokerCommonOptions {
    * `publishTimeoutMs` instead.
    * @default 10000
    */
-  readonly commandTimeoutMs?: number
+  readonly commandTimeoutMs?: number | undefined
   /**
    * The consumer name of this adapter's subscriptions within their groups. A stable name lets a
    * restarted process take back its own pending messages at once (they are claimed by anyone
@@ -103,7 +103,7 @@ export interface RedisBrokerOptions extends BrokerCommonOptions {
    * `INVALID_OPTION` while the first is open; other processes cannot be checked).
    * @default `${hostname}-${pid}-${random}`, new for every subscription
    */
-  readonly consumerName?: string
+  readonly consumerName?: string | undefined
 }
 
 interface ResolvedRedisOptions extends ResolvedCommonOptions {

@@ -371,59 +371,59 @@ export interface SqlQueueOptions {
    * Source of time for leases, retry delays and polling.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * How long a leased message stays invisible to the group's other consumers. A running
    * handler's lease is extended every third of it; a consumer that dies loses its leases after
    * at most this long, and the messages are delivered again.
    * @default 30_000
    */
-  readonly visibilityTimeoutMs?: number
+  readonly visibilityTimeoutMs?: number | undefined
   /**
    * Wait before a message whose handler failed is delivered again. Later messages of its key
    * wait behind it.
    * @default 1_000
    */
-  readonly retryDelayMs?: number
+  readonly retryDelayMs?: number | undefined
   /**
    * Messages leased per round per subscription.
    * @default 64
    */
-  readonly prefetch?: number
+  readonly prefetch?: number | undefined
   /**
    * Handlers running at once per subscription. Messages of one key never run concurrently and
    * keep their order, whatever this is.
    * @default 1
    */
-  readonly concurrency?: number
+  readonly concurrency?: number | undefined
   /**
    * First idle wait after a round found nothing; doubles up to `maxPollIntervalMs`. A publish
    * through this queue in the same process, or a PostgreSQL notification, ends it early.
    * @default 10
    */
-  readonly pollIntervalMs?: number
+  readonly pollIntervalMs?: number | undefined
   /**
    * Longest idle wait.
    * @default 1_000 with LISTEN (PostgreSQL), 250 without
    */
-  readonly maxPollIntervalMs?: number
+  readonly maxPollIntervalMs?: number | undefined
   /**
    * Wakes subscribers on PostgreSQL notifications from publishers in other processes.
    * @default true
    */
-  readonly listen?: boolean
+  readonly listen?: boolean | undefined
   /**
    * Whether a subscription (until it or the queue is closed) keeps the Node.js process alive, as a listening server does.
    * With false, its timers (like every breakwater timer) let the process exit when nothing
    * else holds it open. Only the system clock's timers can be held; a test clock's cannot.
    * @default true
    */
-  readonly keepAlive?: boolean
+  readonly keepAlive?: boolean | undefined
   /**
    * Receives handler failures, refused (unreadable) messages, failed acks and lease errors.
    * @default ignore them
    */
-  readonly onError?: (event: SqlQueueErrorEvent) => void
+  readonly onError?: ((event: SqlQueueErrorEvent) => void) | undefined
 }
 
 /** The SQL queue: a {@link Broker} stored in a SQLite or PostgreSQL database. */
@@ -1267,21 +1267,21 @@ export interface PruneSqlQueueOptions {
    * is also the window in which a duplicate id is dropped and a new group is backfilled.
    * @default 86_400_000 (one day)
    */
-  readonly olderThanMs?: number
+  readonly olderThanMs?: number | undefined
   /**
    * Messages removed per statement.
    * @default 1000
    */
-  readonly batchSize?: number
+  readonly batchSize?: number | undefined
   /**
    * At most this many batches per call.
    * @default 100
    */
-  readonly maxBatches?: number
+  readonly maxBatches?: number | undefined
   /**
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** Refuses, naming option `db`, anything that is not a SQLite or PostgreSQL SqlDriver. */

@@ -38,34 +38,34 @@ export interface BrokerTlsOptions {
    * certificate. They replace Node's bundled roots for these connections (and
    * NODE_EXTRA_CA_CERTS, which only adds to those roots). @default Node's roots
    */
-  readonly ca?: Pem | readonly Pem[]
+  readonly ca?: Pem | readonly Pem[] | undefined
   /**
    * Path of a PEM file of CA certificates, used as `ca`. It is read once, when the adapter is
    * created: a missing or unreadable file, or one without a certificate, fails there with
    * `INVALID_OPTION` naming the option and the path.
    */
-  readonly caFile?: string
+  readonly caFile?: string | undefined
   /**
    * The client certificate (PEM: the certificate first, then any intermediates) presented to a
    * server that asks for one. Needs `key` or `keyFile`; checked at construction to be a PEM
    * certificate whose public key matches the key. @default no client certificate
    */
-  readonly cert?: Pem
+  readonly cert?: Pem | undefined
   /**
    * Path of a PEM file holding the client certificate, used as `cert`; read once, when the
    * adapter is created (a missing or unreadable file, or one without a certificate, fails
    * there with `INVALID_OPTION` naming the option and the path).
    */
-  readonly certFile?: string
+  readonly certFile?: string | undefined
   /**
    * The private key of the client certificate (PEM; encrypted keys need `passphrase`). Needs
    * `cert` or `certFile`. Never shown in an error. @default no client certificate
    */
-  readonly key?: Pem
+  readonly key?: Pem | undefined
   /** Path of a PEM file holding the private key, used as `key`; read once, at construction. */
-  readonly keyFile?: string
+  readonly keyFile?: string | undefined
   /** The passphrase of an encrypted `key` or `keyFile`. Never shown in an error. */
-  readonly passphrase?: string
+  readonly passphrase?: string | undefined
 }
 
 /** The keys BrokerTlsOptions takes (internal: not exported from the package root). */

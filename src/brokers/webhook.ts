@@ -59,25 +59,25 @@ export interface WebhookPublisherOptions {
    * `{ messages: [...] }` in order; the receiver accepts or refuses the batch as a whole.
    * @default false
    */
-  readonly batch?: boolean
+  readonly batch?: boolean | undefined
   /**
    * Requests in flight at once (one-message mode) and the connection pool's size. Messages
    * with the same key are always sent one after another, in order.
    * @default 8
    */
-  readonly concurrency?: number
+  readonly concurrency?: number | undefined
   /**
    * How long one attempt (connect, send, response headers and body) may take. The body of an
    * error answer is read for at most 200 ms of it (for the error's message), then dropped.
    * @default 10_000
    */
-  readonly attemptTimeoutMs?: number
+  readonly attemptTimeoutMs?: number | undefined
   /**
    * Retries of attempts that failed with a 5xx, 408 or 429 answer (honouring `Retry-After`),
    * a timeout or a network error; or `false` for none. Other answers are never retried here.
    * @default { maxAttempts: 3, baseDelayMs: 100, maxDelayMs: 2_000, maxRetryAfterMs: 5_000 }
    */
-  readonly retry?: WebhookRetryOptions | false
+  readonly retry?: WebhookRetryOptions | false | undefined
   /**
    * Extra request headers (e.g. an API key the receiver wants; a `user-agent` here replaces
    * the default `breakwater-webhook`), each name once whatever its case. May not set `content-type`,
@@ -85,12 +85,12 @@ export interface WebhookPublisherOptions {
    * headers, or `idempotency-key`.
    * @default {}
    */
-  readonly headers?: Readonly<Record<string, string>>
+  readonly headers?: Readonly<Record<string, string>> | undefined
   /**
    * Source of signature timestamps, attempt timeouts and retry delays.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /**
@@ -214,12 +214,12 @@ export interface VerifyWebhookSignatureOptions {
    * refused as a replay (or a badly skewed clock).
    * @default 300_000 (5 minutes)
    */
-  readonly toleranceMs?: number
+  readonly toleranceMs?: number | undefined
   /**
    * Source of "now".
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** The outcome of {@link verifyWebhookSignature}. */

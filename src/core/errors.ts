@@ -7,12 +7,12 @@ const brand = Symbol.for('breakwater.error')
 /** Options shared by every breakwater error. */
 export interface BreakwaterErrorOptions {
   /** The underlying error, if any. */
-  readonly cause?: unknown
+  readonly cause?: unknown | undefined
   /**
    * Whether the failure is worth retrying. The shared classifier reads this.
    * @default false
    */
-  readonly retryable?: boolean
+  readonly retryable?: boolean | undefined
 }
 
 /**

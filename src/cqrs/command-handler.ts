@@ -84,7 +84,7 @@ export interface SnapshotOptions<S> {
    * changes, so old snapshots are ignored.
    * @default 'default'
    */
-  readonly name?: string
+  readonly name?: string | undefined
   /**
    * Turns the state into JSON text. The default refuses (with `InvalidOptionError`, failing the
    * command without writing) a state JSON cannot hold; with the default `deserialize` too, also
@@ -92,12 +92,12 @@ export interface SnapshotOptions<S> {
    * functions for such states.
    * @default JSON.stringify
    */
-  readonly serialize?: (state: S) => string
+  readonly serialize?: ((state: S) => string) | undefined
   /**
    * Turns the JSON text back into a state, synchronously.
    * @default JSON.parse
    */
-  readonly deserialize?: (text: string) => S
+  readonly deserialize?: ((text: string) => S) | undefined
 }
 
 /** Integration events published through the outbox with the append. */
@@ -126,17 +126,17 @@ export interface CommandHandlerOptions<C, E extends EventShape, S> {
    * or a serialization failure re-reads the stream and decides again, up to this many times.
    * @default 5
    */
-  readonly maxAttempts?: number
+  readonly maxAttempts?: number | undefined
   /**
    * Backoff ceiling of the first retry (full jitter, doubling per retry).
    * @default 5
    */
-  readonly baseDelayMs?: number
+  readonly baseDelayMs?: number | undefined
   /**
    * Longest backoff between attempts.
    * @default 500
    */
-  readonly maxDelayMs?: number
+  readonly maxDelayMs?: number | undefined
   /**
    * Idempotent commands: a command with a `commandId` is decided and appended at most once;
    * a repeat returns the recorded result (`replayed: true`). The record is written in the
@@ -144,65 +144,67 @@ export interface CommandHandlerOptions<C, E extends EventShape, S> {
    * store's database.
    * @default undefined (commandId only goes into the events' metadata)
    */
-  readonly idempotency?: {
-    /**
-     * The scope command ids live in.
-     * @default 'commands'
-     */
-    readonly scope?: string
-    /**
-     * How long one execution owns a command id before another may take over.
-     * @default 60000
-     */
-    readonly leaseMs?: number
-    /**
-     * How long recorded results are kept.
-     * @default 86400000
-     */
-    readonly retentionMs?: number
-    /**
-     * What a command looks like, stored with its id: the same id with another command (or on
-     * another stream) throws `IdempotencyMismatchError` instead of replaying the first result.
-     * Return `''` to compare the stream only; leave out fields a retry may change (a request
-     * timestamp). The default is the command's JSON with object keys sorted (`toJSON` is
-     * used; functions, symbols and `undefined` fields do not count, nor do the contents of a
-     * `Map` or `Set`); a command JSON cannot hold (a `bigint`, a cycle) fails with
-     * `InvalidOptionError` before anything runs, so give a function for such commands.
-     * @default the command's canonical JSON
-     */
-    readonly fingerprint?: (command: C) => string
-  }
+  readonly idempotency?:
+    | {
+        /**
+         * The scope command ids live in.
+         * @default 'commands'
+         */
+        readonly scope?: string | undefined
+        /**
+         * How long one execution owns a command id before another may take over.
+         * @default 60000
+         */
+        readonly leaseMs?: number | undefined
+        /**
+         * How long recorded results are kept.
+         * @default 86400000
+         */
+        readonly retentionMs?: number | undefined
+        /**
+         * What a command looks like, stored with its id: the same id with another command (or on
+         * another stream) throws `IdempotencyMismatchError` instead of replaying the first result.
+         * Return `''` to compare the stream only; leave out fields a retry may change (a request
+         * timestamp). The default is the command's JSON with object keys sorted (`toJSON` is
+         * used; functions, symbols and `undefined` fields do not count, nor do the contents of a
+         * `Map` or `Set`); a command JSON cannot hold (a `bigint`, a cycle) fails with
+         * `InvalidOptionError` before anything runs, so give a function for such commands.
+         * @default the command's canonical JSON
+         */
+        readonly fingerprint?: ((command: C) => string) | undefined
+      }
+    | undefined
   /**
    * Integration events to enqueue in the outbox with every append.
    * @default undefined (none)
    */
-  readonly outbox?: CommandOutboxOptions<E, S>
+  readonly outbox?: CommandOutboxOptions<E, S> | undefined
   /**
    * Snapshots for long streams: load = latest snapshot + the events after it.
    * @default undefined (always fold the whole stream)
    */
-  readonly snapshots?: SnapshotOptions<S>
+  readonly snapshots?: SnapshotOptions<S> | undefined
   /**
    * Time source for retry delays and idempotency leases.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** Options of {@link CommandHandler.handle}. */
 export interface HandleOptions {
   /** The command's id: with the handler's `idempotency` option, repeats are replayed. */
-  readonly commandId?: string
+  readonly commandId?: string | undefined
   /**
    * A precondition from the caller (e.g. an HTTP `If-Match`): checked against the loaded
    * version and never retried.
    * @default no precondition
    */
-  readonly expectedVersion?: ExpectedVersion
+  readonly expectedVersion?: ExpectedVersion | undefined
   /** Merged into every appended event's metadata (besides `commandId`). */
-  readonly metadata?: Readonly<Record<string, unknown>>
+  readonly metadata?: Readonly<Record<string, unknown>> | undefined
   /** Aborts retries. */
-  readonly signal?: AbortSignal
+  readonly signal?: AbortSignal | undefined
 }
 
 /** What handling a command did. */
@@ -277,7 +279,7 @@ export interface CommandHandler<C, E extends EventShape, S> {
    */
   handle(stream: string, command: C, options?: HandleOptions): Promise<CommandResult<E, S>>
   /** Loads a stream's state (snapshot + tail when snapshots are on). */
-  load(stream: string, options?: { readonly tx?: SqlExecutor }): Promise<LoadedState<S>>
+  load(stream: string, options?: { readonly tx?: SqlExecutor | undefined }): Promise<LoadedState<S>>
 }
 
 interface RecordedResult<S> {
@@ -422,7 +424,10 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     return kind === 'serialization-failure' || kind === 'busy'
   }
 
-  async load(stream: string, options: { readonly tx?: SqlExecutor } = {}): Promise<LoadedState<S>> {
+  async load(
+    stream: string,
+    options: { readonly tx?: SqlExecutor | undefined } = {},
+  ): Promise<LoadedState<S>> {
     // As handle() does: '' would read as a never-written stream, and a name PostgreSQL cannot
     // store as given would fail there with a bare driver error (or read another stream).
     checkName('stream', stream)

@@ -61,13 +61,13 @@ export interface EventStoreOptions {
    * version new events of that type are written with.
    * @default []
    */
-  readonly upcasters?: readonly Upcaster[]
+  readonly upcasters?: readonly Upcaster[] | undefined
   /**
    * Projections applied inside every append's transaction, so their read models are
    * consistent with the log at commit. Their tables are created on first use.
    * @default []
    */
-  readonly inlineProjections?: readonly ProjectionDefinition[]
+  readonly inlineProjections?: readonly ProjectionDefinition[] | undefined
   /**
    * On PostgreSQL, wake subscriptions and projectors with `NOTIFY breakwater_events` (payload:
    * the last appended position) instead of leaving them to their next poll. Standalone appends
@@ -77,14 +77,14 @@ export interface EventStoreOptions {
    * transactions (with their WAL flush), so such appends do not commit concurrently.
    * @default true
    */
-  readonly notify?: boolean
+  readonly notify?: boolean | undefined
   /**
    * How long a standalone append (or command) waits before notifying, so that appends close
    * together share one notification; 0 notifies right after each commit. Followers hear of an
    * append at most this much later.
    * @default 5
    */
-  readonly notifyDelayMs?: number
+  readonly notifyDelayMs?: number | undefined
   /**
    * On PostgreSQL, group commit: standalone appends (no `tx`, no inline projections) made while
    * an earlier one is still being written go out together, as one statement and one
@@ -95,12 +95,12 @@ export interface EventStoreOptions {
    * holds back every later standalone append of the store until that transaction ends.
    * @default true
    */
-  readonly groupCommit?: boolean
+  readonly groupCommit?: boolean | undefined
   /**
    * Source of `createdAt`.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 const storeOptions = optionKeys<EventStoreOptions>({
@@ -163,9 +163,12 @@ export interface EventStore {
    */
   readAll<E extends EventShape = EventShape>(options?: ReadAllOptions): Promise<RecordedEvent<E>[]>
   /** The largest position `readAll` can return now (0 for an empty log). */
-  headPosition(options?: { readonly tx?: SqlExecutor }): Promise<number>
+  headPosition(options?: { readonly tx?: SqlExecutor | undefined }): Promise<number>
   /** A stream's version, flags and metadata. */
-  streamInfo(stream: string, options?: { readonly tx?: SqlExecutor }): Promise<StreamInfo>
+  streamInfo(
+    stream: string,
+    options?: { readonly tx?: SqlExecutor | undefined },
+  ): Promise<StreamInfo>
   /** Replaces a stream's metadata (a JSON object); creates an empty stream row if needed. */
   setStreamMetadata(
     stream: string,
@@ -936,7 +939,7 @@ export class EventStoreImpl implements EventStore {
     } as RecordedEvent<E>
   }
 
-  async headPosition(options: { readonly tx?: SqlExecutor } = {}): Promise<number> {
+  async headPosition(options: { readonly tx?: SqlExecutor | undefined } = {}): Promise<number> {
     checkObject('options', options)
     checkOptionKeys('options', options, txOptions)
     const rows = await (options.tx ?? this.db).query<{ position: number | string }>(
@@ -957,7 +960,7 @@ export class EventStoreImpl implements EventStore {
 
   async streamInfo(
     stream: string,
-    options: { readonly tx?: SqlExecutor } = {},
+    options: { readonly tx?: SqlExecutor | undefined } = {},
   ): Promise<StreamInfo> {
     checkStream(stream)
     checkObject('options', options)

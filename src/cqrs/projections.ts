@@ -83,7 +83,7 @@ export interface ProjectionDefinition<E extends EventShape = EventShape> {
    * it the projection is a catch-all: every event is upcast and handed to `apply`.
    * @default every type
    */
-  readonly eventTypes?: readonly string[]
+  readonly eventTypes?: readonly string[] | undefined
   /** Applies one event to the read model. */
   apply(event: RecordedEvent<E>, context: ProjectionContext): Promise<void> | void
 }

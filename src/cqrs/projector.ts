@@ -42,13 +42,13 @@ export interface ProjectorOptions {
    * checkpoint together).
    * @default 500
    */
-  readonly batchSize?: number
+  readonly batchSize?: number | undefined
   /**
    * How long a caught-up projector waits before looking again: the polling interval on
    * SQLite, and on PostgreSQL the longest wait between notifications.
    * @default 1000 on SQLite, 5000 on PostgreSQL
    */
-  readonly pollIntervalMs?: number
+  readonly pollIntervalMs?: number | undefined
   /**
    * First delay after a failed batch (rolled back as a whole); doubles up to
    * `retryMaxDelayMs`. When `apply` failed on an event, the events before it are applied and
@@ -57,17 +57,17 @@ export interface ProjectorOptions {
    * rather than being skipped, and holds back no event before it.
    * @default 100
    */
-  readonly retryBaseDelayMs?: number
+  readonly retryBaseDelayMs?: number | undefined
   /**
    * Longest delay between retries after failures.
    * @default 30000
    */
-  readonly retryMaxDelayMs?: number
+  readonly retryMaxDelayMs?: number | undefined
   /**
    * Called with every failed batch.
    * @default ignores failures
    */
-  readonly onError?: (error: unknown) => void
+  readonly onError?: ((error: unknown) => void) | undefined
   /**
    * How many rounds a rebuild's swap may take before it fails with `RebuildContendedError`
    * (nothing swapped in). Each try of the swap transaction is a round, and so is each further
@@ -79,7 +79,7 @@ export interface ProjectorOptions {
    * the tables would keep the rebuild going round for ever.
    * @default 100
    */
-  readonly maxSwapRounds?: number
+  readonly maxSwapRounds?: number | undefined
   /**
    * On PostgreSQL, the longest a rebuild's swap waits for any one lock (its `lock_timeout`):
    * the checkpoint row, an inline projection's live table, the rename of a table (which waits
@@ -92,12 +92,12 @@ export interface ProjectorOptions {
    * swap only waits for the write lock (bounded by the driver's `busyTimeoutMs`).
    * @default 2000
    */
-  readonly swapLockTimeoutMs?: number
+  readonly swapLockTimeoutMs?: number | undefined
   /**
    * Time source for polling, retries, lag and `waitFor`.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** How far a projection is behind the log. */
@@ -131,9 +131,9 @@ export interface WaitForOptions {
    * Give up after this long with `TimeoutError`.
    * @default 5000
    */
-  readonly timeoutMs?: number
+  readonly timeoutMs?: number | undefined
   /** Aborts the wait (rejects with `AbortedError`). */
-  readonly signal?: AbortSignal
+  readonly signal?: AbortSignal | undefined
 }
 
 /** Options of {@link Projector.rebuild}. */
@@ -142,14 +142,14 @@ export interface RebuildOptions {
    * Events applied per transaction while filling the fresh tables.
    * @default the projector's batchSize
    */
-  readonly batchSize?: number
+  readonly batchSize?: number | undefined
   /**
    * Cancels the rebuild: looked at before it starts, between the fill's batches and before
    * each try of the swap (a batch or swap in progress runs to its end). An aborted rebuild
    * drops its fresh tables, swaps nothing in and rejects with `AbortedError` (`cause` the
    * signal's reason).
    */
-  readonly signal?: AbortSignal
+  readonly signal?: AbortSignal | undefined
 }
 
 const waitForOptions = optionKeys<WaitForOptions>({ timeoutMs: true, signal: true })
@@ -199,7 +199,7 @@ export interface Projector {
    * The caller's own work: its batches run in the caller's async context (a deadline set around
    * the call bounds them).
    */
-  catchUp(options?: { readonly signal?: AbortSignal }): Promise<number>
+  catchUp(options?: { readonly signal?: AbortSignal | undefined }): Promise<number>
   /**
    * The checkpoint (last applied position), read from the database. An inline projection has
    * applied every committed event: its position is the head. One registered on a log that
@@ -539,7 +539,7 @@ class SqlProjector implements Projector {
     for (const wake of [...this.#progress]) wake()
   }
 
-  async catchUp(options: { readonly signal?: AbortSignal } = {}): Promise<number> {
+  async catchUp(options: { readonly signal?: AbortSignal | undefined } = {}): Promise<number> {
     checkObject('options', options)
     checkOptionKeys('options', options, catchUpOptions)
     const signal = checkSignal('signal', options.signal)

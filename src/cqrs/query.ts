@@ -33,7 +33,7 @@ export interface QueryHandlerOptions<P, R> {
    * The projectors of the read models this query reads, for `atLeastPosition` waits.
    * @default []
    */
-  readonly projectors?: readonly Projector[]
+  readonly projectors?: readonly Projector[] | undefined
   /** Runs the query. */
   readonly run: (reader: ReadModelReader, params: P) => Promise<R>
 }
@@ -45,14 +45,14 @@ export interface QueryOptions {
    * position (e.g. a command's `lastPosition`) before running the query.
    * @default no wait
    */
-  readonly atLeastPosition?: number
+  readonly atLeastPosition?: number | undefined
   /**
    * How long to wait for `atLeastPosition` before failing with `TimeoutError`.
    * @default 5000
    */
-  readonly timeoutMs?: number
+  readonly timeoutMs?: number | undefined
   /** Aborts the wait. */
-  readonly signal?: AbortSignal
+  readonly signal?: AbortSignal | undefined
 }
 
 /** A query: params in, result out, read models only. */

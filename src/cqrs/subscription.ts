@@ -23,44 +23,44 @@ export interface SubscriptionOptions {
    * of the same name saving an older position leaves the newer one in place.
    * @default undefined (no checkpoint)
    */
-  readonly name?: string
+  readonly name?: string | undefined
   /**
    * Where to start (inclusive) when no checkpoint is stored.
    * @default 0 (the beginning of the log)
    */
-  readonly fromPosition?: number
+  readonly fromPosition?: number | undefined
   /**
    * Events read per query.
    * @default 500
    */
-  readonly batchSize?: number
+  readonly batchSize?: number | undefined
   /**
    * How long a caught-up subscription waits before looking again: the polling interval on
    * SQLite, and on PostgreSQL the longest wait between notifications (a safety net).
    * @default 1000 on SQLite, 5000 on PostgreSQL
    */
-  readonly pollIntervalMs?: number
+  readonly pollIntervalMs?: number | undefined
   /**
    * First delay after a failure (reading, or the handler throwing); doubles up to
    * `retryMaxDelayMs`. The failed event is delivered again: nothing is skipped.
    * @default 100
    */
-  readonly retryBaseDelayMs?: number
+  readonly retryBaseDelayMs?: number | undefined
   /**
    * Longest delay between retries after failures.
    * @default 30000
    */
-  readonly retryMaxDelayMs?: number
+  readonly retryMaxDelayMs?: number | undefined
   /**
    * Called with every failure (the subscription keeps retrying).
    * @default ignores failures
    */
-  readonly onError?: (error: unknown) => void
+  readonly onError?: ((error: unknown) => void) | undefined
   /**
    * Time source for polling and retry delays.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 const subscriptionOptions = optionKeys<SubscriptionOptions>({

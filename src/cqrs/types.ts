@@ -14,18 +14,18 @@ export interface NewEventFields {
    * The event's id (e.g. used as the outbox message id downstream).
    * @default a random UUID
    */
-  readonly id?: string
+  readonly id?: string | undefined
   /**
    * Free-form JSON metadata: correlation id, causation id, user.
    * @default {}
    */
-  readonly metadata?: Readonly<Record<string, unknown>>
+  readonly metadata?: Readonly<Record<string, unknown>> | undefined
   /**
    * The schema version of `data`.
    * @default the current version of the type, as the event store's upcasters define it (1 when
    * the type has none)
    */
-  readonly schemaVersion?: number
+  readonly schemaVersion?: number | undefined
 }
 
 /**
@@ -75,7 +75,7 @@ export interface AppendOptions {
    * `null` is refused (`INVALID_OPTION`), not read as `'any'`.
    * @default 'any'
    */
-  readonly expectedVersion?: ExpectedVersion
+  readonly expectedVersion?: ExpectedVersion | undefined
   /**
    * Append inside this transaction (a breakwater `tx`, or the application's own through
    * `fromPgClient`/`fromBetterSqlite`/`fromKysely`): the events commit with the caller's other
@@ -86,7 +86,7 @@ export interface AppendOptions {
    * Keep such transactions short: until it ends, followers of `readAll` cannot read past its
    * events (see `docs/cqrs.md`, "global positions").
    */
-  readonly tx?: SqlExecutor
+  readonly tx?: SqlExecutor | undefined
 }
 
 /** What `EventStore.append` returns. */
@@ -110,19 +110,19 @@ export interface ReadStreamOptions {
    * The first version to read (inclusive).
    * @default 1 forwards, the last version backwards
    */
-  readonly from?: number
+  readonly from?: number | undefined
   /**
    * Reading order.
    * @default 'forwards'
    */
-  readonly direction?: 'forwards' | 'backwards'
+  readonly direction?: 'forwards' | 'backwards' | undefined
   /**
    * The most events to return; 0 returns none, only the stream's version and flags.
    * @default unlimited
    */
-  readonly limit?: number
+  readonly limit?: number | undefined
   /** Read through this executor (e.g. inside a transaction). */
-  readonly tx?: SqlExecutor
+  readonly tx?: SqlExecutor | undefined
 }
 
 /** What `EventStore.readStream` returns. Events, version and flags come from one snapshot. */
@@ -146,14 +146,14 @@ export interface ReadAllOptions {
    * The first global position to return (inclusive); 0 reads from the start.
    * @default 0
    */
-  readonly fromPosition?: number
+  readonly fromPosition?: number | undefined
   /**
    * The most events to return; 0 returns none (as `readStream`'s does).
    * @default 1000
    */
-  readonly limit?: number
+  readonly limit?: number | undefined
   /** Read through this executor (e.g. inside the projector's transaction). */
-  readonly tx?: SqlExecutor
+  readonly tx?: SqlExecutor | undefined
 }
 
 /** A stream's state, without its events. */
@@ -174,7 +174,7 @@ export interface StreamWriteOptions {
    * The concurrency check against the stream's version. `null` is refused, not read as `'any'`.
    * @default 'any'
    */
-  readonly expectedVersion?: ExpectedVersion
+  readonly expectedVersion?: ExpectedVersion | undefined
   /** Run inside this transaction (not the driver itself: refused, see `AppendOptions.tx`). */
-  readonly tx?: SqlExecutor
+  readonly tx?: SqlExecutor | undefined
 }

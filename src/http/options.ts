@@ -33,31 +33,31 @@ export interface HttpServiceOptions {
    * have a resolution of about half a second. `Infinity` disables it.
    * @default 5_000
    */
-  readonly connectTimeoutMs?: number
+  readonly connectTimeoutMs?: number | undefined
   /**
    * How long the response headers may take once the request went out on a connection.
    * `Infinity` disables it.
    * @default 10_000
    */
-  readonly headersTimeoutMs?: number
+  readonly headersTimeoutMs?: number | undefined
   /**
    * How long the response body may go without receiving data (an idle timeout, not a total).
    * `Infinity` disables it.
    * @default 10_000
    */
-  readonly bodyTimeoutMs?: number
+  readonly bodyTimeoutMs?: number | undefined
   /**
    * The time limit of one attempt, bulkhead queueing, headers and body included. Clipped to the
    * current deadline. `Infinity` leaves only the deadline.
    * @default 10_000
    */
-  readonly attemptTimeoutMs?: number
+  readonly attemptTimeoutMs?: number | undefined
   /**
    * The time limit of a whole call, every attempt and backoff included: what the caller waits
    * at most. Clipped to the current deadline. `Infinity` leaves only the deadline.
    * @default 30_000
    */
-  readonly overallTimeoutMs?: number
+  readonly overallTimeoutMs?: number | undefined
   /**
    * Retry of transient failures (timeouts, refused or reset connections, 408/429/502/503/504,
    * honouring `Retry-After`), or `false` for none. Only requests that are safe to repeat are
@@ -65,25 +65,25 @@ export interface HttpServiceOptions {
    * idempotency key.
    * @default {} (3 attempts, full jitter from 100 ms)
    */
-  readonly retry?: HttpRetryOptions | false
+  readonly retry?: HttpRetryOptions | false | undefined
   /**
    * The service's circuit breaker, or `false` for none. It counts transient failures and 5xx
    * answers, not 4xx answers.
    * @default {} (opens after 5 consecutive failures, 30 s cooldown)
    */
-  readonly circuitBreaker?: HttpCircuitBreakerOptions | false
+  readonly circuitBreaker?: HttpCircuitBreakerOptions | false | undefined
   /**
    * The service's bulkhead, or `false` for none. Its `maxConcurrent` is also the number of
    * connections of the service's own pool, so a slow service can tie up only its own.
    * @default { maxConcurrent: 32, maxQueued: 64 }
    */
-  readonly bulkhead?: HttpBulkheadOptions | false
+  readonly bulkhead?: HttpBulkheadOptions | false | undefined
   /**
    * The connection pool's size when `bulkhead` is `false` (with a bulkhead, its
    * `maxConcurrent` sizes the pool and this must be left out).
    * @default 32
    */
-  readonly connections?: number
+  readonly connections?: number | undefined
   /**
    * The retry budget of the service (see `createRetryBudget`): retries may add at most this
    * share of the traffic, so a fleet of clients cannot turn an outage into a retry storm. Pass
@@ -91,20 +91,20 @@ export interface HttpServiceOptions {
    * undefined) when `retry` is `false`.
    * @default {} (20% of requests plus 10 retries per second)
    */
-  readonly retryBudget?: HttpRetryBudgetOptions | false
+  readonly retryBudget?: HttpRetryBudgetOptions | false | undefined
   /**
    * Whether mutating requests (POST, PATCH, PUT, DELETE) without a caller-supplied key get an
    * `Idempotency-Key` (a random UUID, generated once per call and sent with every attempt).
    * With `false`, POST and PATCH are only retried when the caller supplies a key.
    * @default true
    */
-  readonly idempotencyKeys?: boolean
+  readonly idempotencyKeys?: boolean | undefined
   /**
    * Whether every status >= 400 rejects with `HttpStatusError`. By default only the transient
    * statuses reject (after retries); other statuses resolve as responses.
    * @default false
    */
-  readonly throwOnErrorStatus?: boolean
+  readonly throwOnErrorStatus?: boolean | undefined
   /**
    * Whether to send the remaining time budget downstream in the `x-breakwater-deadline-ms`
    * header: the least of the current deadline, the overall timeout left and the attempt
@@ -113,7 +113,7 @@ export interface HttpServiceOptions {
    * part of it).
    * @default true
    */
-  readonly propagateDeadline?: boolean
+  readonly propagateDeadline?: boolean | undefined
   /**
    * Subtracted from the budget sent downstream, to cover the time the request takes to arrive
    * once written (the wait for a connection is already taken off): the downstream starts its own clock on arrival, so without a
@@ -121,24 +121,24 @@ export interface HttpServiceOptions {
    * deadline leaves less than this plus 1 ms is not sent (`DeadlineExceededError`).
    * @default 5
    */
-  readonly deadlineMarginMs?: number
+  readonly deadlineMarginMs?: number | undefined
   /**
    * Headers sent with every request to the service (a request's own headers win). An
    * `Idempotency-Key` is refused: a key belongs to one call (`request.idempotencyKey`).
    * @default {}
    */
-  readonly headers?: Readonly<Record<string, string | readonly string[]>>
+  readonly headers?: Readonly<Record<string, string | readonly string[]>> | undefined
   /**
    * The largest response body accepted, in bytes; a larger one fails the attempt with undici's
    * `ResponseExceededMaxSizeError` (not retried).
    * @default 16_777_216 (16 MiB)
    */
-  readonly maxResponseBytes?: number
+  readonly maxResponseBytes?: number | undefined
   /**
    * The clock of the service's policies and of the headers and body timeouts.
    * @default the client's clock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /**
@@ -153,7 +153,7 @@ export interface HttpClientOptions<S extends string = string> {
    * The clock of every service that sets none.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /**
@@ -173,20 +173,20 @@ export type HttpRequestBody =
        * The request body. Bodies are buffered so that every attempt can send them again.
        * @default undefined
        */
-      readonly body?: string | Uint8Array
+      readonly body?: string | Uint8Array | undefined
       /** Not together with `body`. */
-      readonly json?: undefined
+      readonly json?: undefined | undefined
     }
   | {
       /** Not together with `json`. */
-      readonly body?: undefined
+      readonly body?: undefined | undefined
       /**
        * A value to send as JSON (sets `content-type: application/json` unless given). Not
        * together with `body`. A value `JSON.stringify` cannot serialize (a function, a symbol, a
        * BigInt, a cycle) is refused with `InvalidOptionError`.
        * @default undefined
        */
-      readonly json?: unknown
+      readonly json?: unknown | undefined
     }
 
 /** The options of one request other than its body; see {@link HttpRequestOptions}. */
@@ -195,7 +195,7 @@ export interface HttpRequestBaseOptions {
    * The HTTP method (an HTTP token; upper-cased).
    * @default 'GET'
    */
-  readonly method?: string
+  readonly method?: string | undefined
   /**
    * The path under the service's base URL: starts with one `/`, may carry a query string.
    * Absolute and protocol-relative URLs, `\`, `#`, `.`/`..` segments (also percent-encoded,
@@ -207,34 +207,34 @@ export interface HttpRequestBaseOptions {
    * Query parameters appended to the path (arrays repeat the name).
    * @default undefined
    */
-  readonly query?: QueryParams
+  readonly query?: QueryParams | undefined
   /**
    * Request headers. Connection-level headers (`host`, `connection`, `content-length`,
    * `transfer-encoding`, ...) are refused.
    * @default undefined
    */
-  readonly headers?: Readonly<Record<string, string | readonly string[] | undefined>>
+  readonly headers?: Readonly<Record<string, string | readonly string[] | undefined>> | undefined
   /**
    * The idempotency key to send as `Idempotency-Key` with every attempt (1 to 255 visible
    * ASCII characters), or `false` to send none. A saga step passes its deterministic key here.
    * @default a random UUID for POST, PATCH, PUT and DELETE when the service's `idempotencyKeys` is on
    */
-  readonly idempotencyKey?: string | false
+  readonly idempotencyKey?: string | false | undefined
   /**
    * Overrides whether the call may be retried. By default: idempotent methods and requests
    * carrying an idempotency key.
    * @default undefined
    */
-  readonly retry?: boolean
+  readonly retry?: boolean | undefined
   /**
    * Overrides the service's `throwOnErrorStatus` for this call.
    * @default the service's setting
    */
-  readonly throwOnErrorStatus?: boolean
+  readonly throwOnErrorStatus?: boolean | undefined
   /**
    * Aborts the call: a running attempt's request is aborted and the call rejects with
    * `AbortedError`.
    * @default undefined
    */
-  readonly signal?: AbortSignal
+  readonly signal?: AbortSignal | undefined
 }

@@ -94,12 +94,12 @@ export interface HttpExecuteOptions {
    * only for work that is safe to repeat.
    * @default false
    */
-  readonly retry?: boolean
+  readonly retry?: boolean | undefined
   /**
    * Aborts the call.
    * @default undefined
    */
-  readonly signal?: AbortSignal
+  readonly signal?: AbortSignal | undefined
 }
 
 /**

@@ -110,7 +110,7 @@ export interface IdempotencyOptions {
    * would be made while the key is locked. Needs a SQL store.
    * @default 'leased'
    */
-  readonly claim?: IdempotencyClaimMode
+  readonly claim?: IdempotencyClaimMode | undefined
   /**
    * The scope keys live in: `'credential'` (hash of `Authorization`, else `X-API-Key`, else
    * `anonymous`), `{ tenantHeader }` (an HTTP token, matched case-insensitively; else
@@ -120,14 +120,14 @@ export interface IdempotencyOptions {
    * tenant header's value; else the request fails (500) with `INVALID_OPTION`.
    * @default 'credential'
    */
-  readonly scope?: ScopeOption
+  readonly scope?: ScopeOption | undefined
   /**
    * What a request looks like, stored with its key; a reuse of the key with another
    * fingerprint is answered 422. Return `''` to disable the check. A string without NUL
    * characters or lone surrogates; else the request fails (500) with `INVALID_OPTION`.
    * @default SHA-256 of method, route (path and query) and the SHA-256 of the body
    */
-  readonly fingerprint?: FingerprintFunction
+  readonly fingerprint?: FingerprintFunction | undefined
   /**
    * The HTTP methods the middleware guards; other methods pass through untouched. `HEAD` is
    * refused: it is safe by definition (RFC 9110 section 9.2.1) and its response has no body to
@@ -135,13 +135,13 @@ export interface IdempotencyOptions {
    * to a guarded GET route passes through unguarded.
    * @default ['POST', 'PATCH']
    */
-  readonly methods?: readonly string[]
+  readonly methods?: readonly string[] | undefined
   /**
    * Whether a guarded request without `Idempotency-Key` is refused with 400. When false, such
    * requests run without idempotency.
    * @default true
    */
-  readonly required?: boolean
+  readonly required?: boolean | undefined
   /**
    * How long a holder owns a key before another request may take it over and run again. The
    * handler (or each atomic phase) must finish within it: when it runs out, the handler's
@@ -149,12 +149,12 @@ export interface IdempotencyOptions {
    * it bounds how long the handler may hold its transaction (and the key's lock).
    * @default 60000
    */
-  readonly leaseMs?: number
+  readonly leaseMs?: number | undefined
   /**
    * How long a completed key is kept (and replayed) after its result was recorded.
    * @default 86400000 (24 hours)
    */
-  readonly retentionMs?: number
+  readonly retentionMs?: number | undefined
   /**
    * What a request does while another holds its key: `'reject'` answers 409 with
    * `Retry-After` at once; `'wait'` polls (10 ms doubling to 500 ms, on the clock) until the
@@ -162,27 +162,27 @@ export interface IdempotencyOptions {
    * 'in-transaction'` only `'wait'` is possible: the database makes the duplicate wait.
    * @default 'reject' ('wait' with claim: 'in-transaction')
    */
-  readonly onConcurrent?: 'reject' | 'wait'
+  readonly onConcurrent?: 'reject' | 'wait' | undefined
   /**
    * In `'wait'` mode, how long to wait before answering 409. With `claim: 'in-transaction'`
    * it applies to holders that committed a leased claim; waiting for another transaction's
    * claim is bounded by that holder's `leaseMs` instead.
    * @default 10000
    */
-  readonly waitTimeoutMs?: number
+  readonly waitTimeoutMs?: number | undefined
   /**
    * The `Retry-After` sent with 409 (rounded up to whole seconds) and the `retryAfterMs` of
    * `IdempotencyInProgressError`.
    * @default 1000
    */
-  readonly retryAfterMs?: number
+  readonly retryAfterMs?: number | undefined
   /**
    * Which results are recorded and replayed. A result that is not recorded releases the key:
    * its transaction is rolled back and the record deleted, so the client's retry runs again.
    * A handler that throws always releases.
    * @default (status) => status < 500 (4xx are recorded, 5xx release)
    */
-  readonly storeResponse?: (status: number) => boolean
+  readonly storeResponse?: ((status: number) => boolean) | undefined
   /**
    * Response headers stored and replayed with status and body. Names are matched
    * case-insensitively (names differing only in case count once) and must be HTTP tokens.
@@ -196,17 +196,17 @@ export interface IdempotencyOptions {
    * @default defaultReplayHeaders (content-type, content-language, content-encoding,
    * content-disposition, location, etag, last-modified, link, cache-control)
    */
-  readonly replayHeaders?: readonly string[]
+  readonly replayHeaders?: readonly string[] | undefined
   /**
    * The base of the problem type URIs in error responses.
    * @default 'https://breakwater.dev/problems/'
    */
-  readonly problemTypeBase?: string
+  readonly problemTypeBase?: string | undefined
   /**
    * The clock for leases, retention and waits.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** Options of {@link Idempotency.run} (and `idempotent()`). */
@@ -216,7 +216,7 @@ export interface RunOptions {
    * string without NUL, of at most `maxScopeBytes` (1,024) UTF-8 bytes (else `INVALID_OPTION`).
    * @default 'default'
    */
-  readonly scope?: string
+  readonly scope?: string | undefined
   /**
    * What the call looks like (e.g. a hash of its input); a second call with the same key and
    * another fingerprint throws `IdempotencyMismatchError`. Like `scope`, a well-formed string
@@ -226,9 +226,9 @@ export interface RunOptions {
    * starts sending fingerprints must not replay results recorded without one unnoticed).
    * @default ''
    */
-  readonly fingerprint?: string
+  readonly fingerprint?: string | undefined
   /** Aborts a wait in `onConcurrent: 'wait'` mode. */
-  readonly signal?: AbortSignal
+  readonly signal?: AbortSignal | undefined
 }
 
 /** Options of {@link IdempotentExecution.abort}. */
@@ -243,7 +243,7 @@ export interface IdempotentAbortOptions {
    * such a handler was in that transaction, so nothing happened).
    * @default true
    */
-  readonly release?: boolean
+  readonly release?: boolean | undefined
 }
 
 /**

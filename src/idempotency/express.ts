@@ -53,19 +53,19 @@ export interface ExpressIdempotencyOptions {
    * middleware), overriding the core's `scope` option.
    * @default the core's `scope` option
    */
-  readonly scope?: (req: ExpressLikeRequest) => string | Promise<string>
+  readonly scope?: ((req: ExpressLikeRequest) => string | Promise<string>) | undefined
   /**
    * The largest raw body read when no body parser ran before the middleware.
    * @default 1048576 (1 MiB)
    */
-  readonly maxBodyBytes?: number
+  readonly maxBodyBytes?: number | undefined
   /**
    * Called with an error of the store that kept the handler's response from being recorded
    * (the client got a 500, the key was released). Express cannot render it: the handler's
    * response already went through `res.end`. Other errors go to Express's error handling.
    * @default console.error
    */
-  readonly onError?: (error: unknown) => void
+  readonly onError?: ((error: unknown) => void) | undefined
 }
 
 /** The keys ExpressIdempotencyOptions takes (internal: not exported from the package root). */

@@ -49,7 +49,7 @@ export interface FastifyIdempotencyOptions {
    * core's `scope` option.
    * @default the core's `scope` option
    */
-  readonly scope?: (request: FastifyLikeRequest) => string | Promise<string>
+  readonly scope?: ((request: FastifyLikeRequest) => string | Promise<string>) | undefined
 }
 
 /** The keys FastifyIdempotencyOptions takes (internal: not exported from the package root). */

@@ -42,14 +42,14 @@ export interface HonoIdempotencyOptions {
    * `scope` option.
    * @default the core's `scope` option
    */
-  readonly scope?: (c: HonoLikeContext) => string | Promise<string>
+  readonly scope?: ((c: HonoLikeContext) => string | Promise<string>) | undefined
   /**
    * The largest request body read (the middleware reads the body to fingerprint it); larger
    * bodies are answered 413 before anything is stored or the handler runs, whether they declare
    * a `Content-Length` or arrive chunked.
    * @default 1048576 (1 MiB)
    */
-  readonly maxBodyBytes?: number
+  readonly maxBodyBytes?: number | undefined
 }
 
 /** The keys HonoIdempotencyOptions takes (internal: not exported from the package root). */

@@ -17,13 +17,13 @@ export interface IdempotentOptions {
    * `IdempotencyOptions.claim`.
    * @default 'leased'
    */
-  readonly claim?: IdempotencyClaimMode
+  readonly claim?: IdempotencyClaimMode | undefined
   /**
    * The scope the key lives in, e.g. the consumer or saga name: a non-empty, well-formed string
    * without NUL, of at most `maxScopeBytes` (1,024) UTF-8 bytes (else `INVALID_OPTION`).
    * @default 'default'
    */
-  readonly scope?: string
+  readonly scope?: string | undefined
   /**
    * What the call looks like (e.g. a hash of its input); a later call with the same key and
    * another fingerprint throws `IdempotencyMismatchError`. Like `scope`, a well-formed string
@@ -33,42 +33,42 @@ export interface IdempotentOptions {
    * starts sending fingerprints must not replay results recorded without one unnoticed).
    * @default ''
    */
-  readonly fingerprint?: string
+  readonly fingerprint?: string | undefined
   /**
    * What a call does while another holds the key: `'reject'` throws
    * `IdempotencyInProgressError`; `'wait'` waits for the holder and returns its result
    * (the only choice with `claim: 'in-transaction'`).
    * @default 'reject' ('wait' with claim: 'in-transaction')
    */
-  readonly onConcurrent?: 'reject' | 'wait'
+  readonly onConcurrent?: 'reject' | 'wait' | undefined
   /**
    * In `'wait'` mode, how long to wait before throwing `IdempotencyInProgressError`.
    * @default 10000
    */
-  readonly waitTimeoutMs?: number
+  readonly waitTimeoutMs?: number | undefined
   /**
    * How long a call owns the key before another may take over (after a crash). `fn` must
    * finish within it, or its writes are rolled back.
    * @default 60000
    */
-  readonly leaseMs?: number
+  readonly leaseMs?: number | undefined
   /**
    * How long a recorded result is kept.
    * @default 86400000 (24 hours)
    */
-  readonly retentionMs?: number
+  readonly retentionMs?: number | undefined
   /**
    * The `retryAfterMs` carried by `IdempotencyInProgressError`.
    * @default 1000
    */
-  readonly retryAfterMs?: number
+  readonly retryAfterMs?: number | undefined
   /** Aborts a wait in `'wait'` mode. */
-  readonly signal?: AbortSignal
+  readonly signal?: AbortSignal | undefined
   /**
    * The clock for leases, retention and waits.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** The keys IdempotentOptions takes (internal: not exported from the package root). */

@@ -31,24 +31,24 @@ export interface IdempotentHandlerOptions {
    * core's `scope` option.
    * @default the core's `scope` option
    */
-  readonly scope?: (req: IncomingMessage) => string | Promise<string>
+  readonly scope?: ((req: IncomingMessage) => string | Promise<string>) | undefined
   /**
    * The route used in the fingerprint.
    * @default the request target as received (`req.url`: path and query)
    */
-  readonly route?: (req: IncomingMessage) => string
+  readonly route?: ((req: IncomingMessage) => string) | undefined
   /**
    * The largest request body read (the wrapper reads the body to fingerprint it); larger
    * bodies are answered 413. It applies to every request, guarded or not: the wrapper reads
    * each body for the handler's `body`.
    * @default 1048576 (1 MiB)
    */
-  readonly maxBodyBytes?: number
+  readonly maxBodyBytes?: number | undefined
   /**
    * Called with an error thrown by the handler (after a 500 was sent) or by the store.
    * @default console.error
    */
-  readonly onError?: (error: unknown) => void
+  readonly onError?: ((error: unknown) => void) | undefined
 }
 
 /** The keys IdempotentHandlerOptions takes (internal: not exported from the package root). */

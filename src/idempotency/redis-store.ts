@@ -43,18 +43,18 @@ export interface RedisIdempotencyStoreOptions {
    * closes it in `close()`.
    * @default undefined (then `client` is required)
    */
-  readonly url?: string
+  readonly url?: string | undefined
   /**
    * An ioredis client the caller owns (not closed by `close()`). It must not use
    * `enableAutoPipelining` (ioredis 6 breaks `call()` with it).
    * @default undefined (then `url` is required)
    */
-  readonly client?: RedisIdempotencyClient
+  readonly client?: RedisIdempotencyClient | undefined
   /**
    * Prefix of every key the store writes; one hash per idempotency key.
    * @default 'breakwater:idempotency:'
    */
-  readonly keyPrefix?: string
+  readonly keyPrefix?: string | undefined
 }
 
 /** The keys RedisIdempotencyStoreOptions takes (internal: not exported from the package root). */

@@ -21,17 +21,17 @@ export interface SweepOptions {
    * never wait long behind the sweeper.
    * @default 1000
    */
-  readonly batchSize?: number
+  readonly batchSize?: number | undefined
   /**
    * At most this many batches per call; the rest waits for the next call.
    * @default 100
    */
-  readonly maxBatches?: number
+  readonly maxBatches?: number | undefined
   /**
    * The clock that says what has expired.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** The keys SweepOptions takes (internal: not exported from the package root). */
@@ -96,12 +96,12 @@ export interface SweeperOptions extends SweepOptions {
    * Time between sweeps.
    * @default 60000
    */
-  readonly intervalMs?: number
+  readonly intervalMs?: number | undefined
   /**
    * Called with the error when a sweep fails; the sweeper keeps going.
    * @default ignore
    */
-  readonly onError?: (error: unknown) => void
+  readonly onError?: ((error: unknown) => void) | undefined
 }
 
 /** The keys SweeperOptions takes (internal: not exported from the package root). */

@@ -41,13 +41,13 @@ export interface IdempotencyRequest {
    * before fingerprint v2 hashed for it. It makes the default fingerprint `v2:`, and lets a
    * `v1:` record those releases stored match its own retry (see `defaultFingerprint`).
    */
-  readonly earlierBody?: Uint8Array
+  readonly earlierBody?: Uint8Array | undefined
   /** A scope computed by the adapter (overrides the core's `scope` option when set). */
-  readonly scope?: string
+  readonly scope?: string | undefined
   /** Aborts a wait in `onConcurrent: 'wait'` mode (e.g. when the client disconnects). */
-  readonly signal?: AbortSignal
+  readonly signal?: AbortSignal | undefined
   /** The framework's own request object, for a custom `scope` or `fingerprint` function. */
-  readonly native?: unknown
+  readonly native?: unknown | undefined
 }
 
 /**

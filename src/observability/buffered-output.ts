@@ -16,13 +16,13 @@ export interface BufferedOutputOptions {
    * for the end of the turn.
    * @default 65536
    */
-  readonly maxBytes?: number
+  readonly maxBytes?: number | undefined
   /**
    * Write the held lines when the process exits (a `process.on('exit')` listener), so a normal
    * exit or `process.exit()` loses nothing. Off for outputs whose lifetime is not the process's.
    * @default true
    */
-  readonly flushOnExit?: boolean
+  readonly flushOnExit?: boolean | undefined
 }
 
 /** The keys BufferedOutputOptions takes (internal: not exported from the package root). */

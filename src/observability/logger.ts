@@ -58,29 +58,29 @@ export interface JsonLoggerOptions {
    * Lines below this level are dropped.
    * @default 'info'
    */
-  readonly level?: LogThreshold
+  readonly level?: LogThreshold | undefined
   /**
    * Receives one line (JSON object plus `\n`) per call.
    * @default process.stdout
    */
-  readonly output?: LogOutput
+  readonly output?: LogOutput | undefined
   /**
    * Fields added to every line, e.g. `{ service: 'relay' }`.
    * @default {}
    */
-  readonly fields?: LogFields
+  readonly fields?: LogFields | undefined
   /**
    * More field names whose values are secrets, on top of the built-in ones (password, secret,
    * token, API key, authorization, cookie, ...: see `isSecretKey`). Compared case-insensitively,
    * ignoring `-`, `_` and `.`.
    * @default []
    */
-  readonly redactKeys?: readonly string[]
+  readonly redactKeys?: readonly string[] | undefined
   /**
    * Source of each line's `time`.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** The keys JsonLoggerOptions takes (internal: not exported from the package root). */

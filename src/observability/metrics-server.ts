@@ -21,7 +21,7 @@ export interface MetricsServerOptions {
    * exposing them further is a decision to make explicitly.
    * @default '127.0.0.1'
    */
-  readonly host?: string
+  readonly host?: string | undefined
   /** The metrics served at `GET /metrics`. Required. */
   readonly registry: MetricsRegistry
   /**
@@ -30,24 +30,24 @@ export interface MetricsServerOptions {
    * is unsettled share it rather than starting one each.
    * @default () => true
    */
-  readonly health?: () => boolean | Promise<boolean>
+  readonly health?: (() => boolean | Promise<boolean>) | undefined
   /**
    * How long `GET /healthz` waits for `health`: past it the answer is 503 and `onError` gets
    * a {@link HealthCheckTimeoutError}, rather than the probe held open until it gives up.
    * @default 5000
    */
-  readonly healthTimeoutMs?: number
+  readonly healthTimeoutMs?: number | undefined
   /**
    * Times `healthTimeoutMs`.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * Receives errors while rendering metrics or checking health (the request gets a 500 or 503).
    * What it throws is ignored: the request is answered all the same.
    * @default ignore them
    */
-  readonly onError?: (error: unknown) => void
+  readonly onError?: ((error: unknown) => void) | undefined
 }
 
 /** The keys MetricsServerOptions takes (internal: not exported from the package root). */

@@ -31,7 +31,7 @@ export interface MetricOptions {
    * with `__`.
    * @default []
    */
-  readonly labelNames?: readonly string[]
+  readonly labelNames?: readonly string[] | undefined
 }
 
 /** Options of {@link MetricsRegistry.counter}. */
@@ -47,7 +47,7 @@ export interface HistogramOptions extends MetricOptions {
    * may also be given, as the last bound only).
    * @default [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
    */
-  readonly buckets?: readonly number[]
+  readonly buckets?: readonly number[] | undefined
 }
 
 /** A value that only goes up (resets only when the process restarts). */
@@ -114,7 +114,7 @@ export interface MetricsRegistryOptions {
    * are (also when this throws).
    * @default ignore them
    */
-  readonly onCollectError?: (error: unknown) => void
+  readonly onCollectError?: ((error: unknown) => void) | undefined
   /**
    * How long a render waits for the `onCollect` callbacks. When it passes, the render goes on
    * with the values as they are and `onCollectError` gets a {@link MetricsCollectTimeoutError}:
@@ -123,12 +123,12 @@ export interface MetricsRegistryOptions {
    * settles; later renders wait for that run (again at most this long) instead.
    * @default 5000
    */
-  readonly collectTimeoutMs?: number
+  readonly collectTimeoutMs?: number | undefined
   /**
    * Times `collectTimeoutMs`.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /**

@@ -55,12 +55,12 @@ export interface ListDeadOptions {
    * Most events returned.
    * @default 100
    */
-  readonly limit?: number
+  readonly limit?: number | undefined
   /**
    * Only events with a row id above this (paging: pass the last id of the previous page).
    * @default 0
    */
-  readonly afterId?: number
+  readonly afterId?: number | undefined
 }
 
 /** The keys ListDeadOptions takes (internal: not exported from the package root). */
@@ -200,7 +200,7 @@ export interface OutboxStatsOptions {
    * The clock the lag is measured against.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** The keys OutboxStatsOptions takes (internal: not exported from the package root). */

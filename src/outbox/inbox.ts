@@ -27,7 +27,7 @@ export interface InboxOptions {
    * Source of `received_at` (used by `pruneInbox`).
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * Called with each message refused for good as poison (see {@link PoisonMessageError}):
    * nothing was written, `fn` did not run, and the message is acknowledged. Log or keep it
@@ -35,7 +35,9 @@ export interface InboxOptions {
    * A listener that throws does not change the outcome.
    * @default ignore (the channel still reports it)
    */
-  readonly onRefused?: (message: { readonly id: string }, error: PoisonMessageError) => void
+  readonly onRefused?:
+    | ((message: { readonly id: string }, error: PoisonMessageError) => void)
+    | undefined
 }
 
 /** The outcome of {@link Inbox.handle}. */

@@ -39,7 +39,7 @@ export interface OutboxEvent {
    * enqueuing an id twice fails the transaction.
    * @default a random UUID
    */
-  readonly id?: string
+  readonly id?: string | undefined
   /** The kind of aggregate the event belongs to, e.g. `order`. */
   readonly aggregateType: string
   /** The aggregate's id: the ordering key. Events of one aggregate are published in order. */
@@ -52,13 +52,13 @@ export interface OutboxEvent {
    * Where the relay publishes it (subject, routing key, stream, queue topic).
    * @default the outbox's `topic` option
    */
-  readonly topic?: string
+  readonly topic?: string | undefined
   /** Extra headers (string values). Trace context is added unless the outbox turns it off. */
-  readonly headers?: Readonly<Record<string, string>>
+  readonly headers?: Readonly<Record<string, string>> | undefined
   /** Stored as the `correlation-id` header. */
-  readonly correlationId?: string
+  readonly correlationId?: string | undefined
   /** Stored as the `causation-id` header. */
-  readonly causationId?: string
+  readonly causationId?: string | undefined
 }
 
 /** Options of {@link createOutbox}. */
@@ -67,14 +67,14 @@ export interface OutboxOptions {
    * The topic of events that name none: a fixed string, or a function of the event.
    * @default the event's aggregateType
    */
-  readonly topic?: string | ((event: OutboxEvent) => string)
+  readonly topic?: string | ((event: OutboxEvent) => string) | undefined
   /**
    * Copies the active OpenTelemetry context (W3C `traceparent`, `tracestate`, baggage) into the
    * headers, so consumers continue the producer's trace. A no-op unless an OpenTelemetry SDK
    * with a propagator is registered.
    * @default true
    */
-  readonly propagateTraceContext?: boolean
+  readonly propagateTraceContext?: boolean | undefined
   /**
    * On PostgreSQL, wakes relays (`NOTIFY breakwater_outbox`) when an enqueue commits (not at all
    * if it rolls back). Off means relays only poll. In the caller's own transaction the NOTIFY is
@@ -83,12 +83,12 @@ export interface OutboxOptions {
    * instead, coalesced, so its writers commit concurrently.
    * @default true
    */
-  readonly notify?: boolean
+  readonly notify?: boolean | undefined
   /**
    * Source of `created_at`.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** Writes events into the outbox table inside the caller's transaction. */

@@ -120,7 +120,7 @@ export interface RelayRetentionOptions extends Omit<PruneOutboxOptions, 'clock' 
    * starts none.
    * @default 60_000
    */
-  readonly everyMs?: number
+  readonly everyMs?: number | undefined
 }
 
 /** Options of {@link createRelay}. */
@@ -136,19 +136,19 @@ export interface RelayOptions {
    * event run strictly one after the other.
    * @default 256
    */
-  readonly batchSize?: number
+  readonly batchSize?: number | undefined
   /**
    * How one aggregate's events are ordered within a batch; see {@link RelayOrdering}.
    * @default 'confirmed'
    */
-  readonly ordering?: RelayOrdering
+  readonly ordering?: RelayOrdering | undefined
   /**
    * How long a partition lease lasts. Leases are renewed every third of it; a relay that dies
    * holds its partitions until the lease ends, so this bounds the pause before another relay
    * takes over.
    * @default 10_000
    */
-  readonly leaseMs?: number
+  readonly leaseMs?: number | undefined
   /**
    * How long one `publish()` call may take before it counts as failed (its signal is aborted).
    * At most half of `leaseMs`: a relay starts a publish only with that much lease left, so it
@@ -157,45 +157,45 @@ export interface RelayOptions {
    * policies (the webhook publisher) clamps its attempts to it and stops retrying in time.
    * @default min(5_000, leaseMs / 2)
    */
-  readonly publishTimeoutMs?: number
+  readonly publishTimeoutMs?: number | undefined
   /**
    * The first idle wait after a round found nothing to publish; it doubles per empty round up
    * to `maxPollIntervalMs`. A notification (PostgreSQL) or {@link Relay.wake} ends it early.
    * @default 20
    */
-  readonly pollIntervalMs?: number
+  readonly pollIntervalMs?: number | undefined
   /**
    * The longest idle wait between polls.
    * @default 1_000 with LISTEN (PostgreSQL), 250 without
    */
-  readonly maxPollIntervalMs?: number
+  readonly maxPollIntervalMs?: number | undefined
   /**
    * Wakes on PostgreSQL notifications (`LISTEN breakwater_outbox`) sent by enqueues at commit.
    * Ignored on SQLite, which only polls.
    * @default true
    */
-  readonly listen?: boolean
+  readonly listen?: boolean | undefined
   /**
    * Whether the started relay (until `stop()`) keeps the Node.js process alive, as a listening server does.
    * With false, its timers (like every breakwater timer) let the process exit when nothing
    * else holds it open. Only the system clock's timers can be held; a test clock's cannot.
    * @default true
    */
-  readonly keepAlive?: boolean
+  readonly keepAlive?: boolean | undefined
   /**
    * After this many failed attempts that are the event's own fault, the event is dead-lettered:
    * set aside (`listDead`, `redrive`) while other aggregates flow on. The later events of the
    * same aggregate wait behind it, to keep the aggregate's order, until it is redriven.
    * @default 10
    */
-  readonly maxAttempts?: number
+  readonly maxAttempts?: number | undefined
   /**
    * Delays between failed rounds (broker down) and before an event's next attempt. A failed
    * round whose error carries `retryAfterMs` (a webhook's 429 or 503 with `Retry-After`) waits
    * at least that long, up to `maxDelayMs`.
    * @default { baseDelayMs: 100, maxDelayMs: 30_000, jitter: 'full' }
    */
-  readonly retryBackoff?: BackoffOptions
+  readonly retryBackoff?: BackoffOptions | undefined
   /**
    * The circuit breaker around the publisher (the relay's clock is used). Failures that are a
    * message's own fault (`BROKER_REJECTED`, permanent errors) never count against it. A bad
@@ -203,14 +203,14 @@ export interface RelayOptions {
    * relay sets itself, are refused (`INVALID_OPTION`) rather than dropped.
    * @default { window: { kind: 'consecutive', failures: 5 }, cooldownMs: 5_000 }
    */
-  readonly circuitBreaker?: Omit<CircuitBreakerOptions, 'clock' | 'isFailure'>
+  readonly circuitBreaker?: Omit<CircuitBreakerOptions, 'clock' | 'isFailure'> | undefined
   /**
    * Periodic removal of published rows; `false` turns it off.
    * @default { olderThanMs: 86_400_000, everyMs: 60_000, batchSize: 1000, archive: false }
    */
-  readonly retention?: RelayRetentionOptions | false
+  readonly retention?: RelayRetentionOptions | false | undefined
   /** Fault-injection hook called at each step boundary; see {@link RelayFaults}. */
-  readonly faults?: RelayFaults
+  readonly faults?: RelayFaults | undefined
   /**
    * This relay's identity in the lease tables (unique per running relay): a non-empty string
    * of at most 2048 UTF-8 bytes without NUL characters or lone surrogates, else
@@ -221,12 +221,12 @@ export interface RelayOptions {
    * (a `failed` event, `RELAY_ID_IN_USE`).
    * @default a random UUID
    */
-  readonly relayId?: string
+  readonly relayId?: string | undefined
   /**
    * Source of time for leases, waits, backoff, the breaker and timestamps.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** What a relay reports through its `events`. */

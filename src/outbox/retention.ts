@@ -19,28 +19,28 @@ export interface PruneOutboxOptions {
    * Rows published at least this long ago are removed.
    * @default 86_400_000 (one day)
    */
-  readonly olderThanMs?: number
+  readonly olderThanMs?: number | undefined
   /**
    * Rows removed per statement. Small batches keep each statement short, so writers never
    * wait long behind the pruner (row locks only on PostgreSQL; a short write lock on SQLite).
    * @default 1000
    */
-  readonly batchSize?: number
+  readonly batchSize?: number | undefined
   /**
    * At most this many batches per call; the rest waits for the next call.
    * @default 100
    */
-  readonly maxBatches?: number
+  readonly maxBatches?: number | undefined
   /**
    * Moves the rows to `breakwater_outbox_archive` instead of deleting them.
    * @default false
    */
-  readonly archive?: boolean
+  readonly archive?: boolean | undefined
   /**
    * The clock that says how old a row is.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 interface PruneSettings {
@@ -154,22 +154,22 @@ export interface PruneInboxOptions {
    * keep it longer than any message can take to be redelivered.
    * @default 604_800_000 (seven days)
    */
-  readonly olderThanMs?: number
+  readonly olderThanMs?: number | undefined
   /**
    * Records removed per statement.
    * @default 1000
    */
-  readonly batchSize?: number
+  readonly batchSize?: number | undefined
   /**
    * At most this many batches per call.
    * @default 100
    */
-  readonly maxBatches?: number
+  readonly maxBatches?: number | undefined
   /**
    * The clock that says how old a record is.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** The keys PruneInboxOptions takes (internal: not exported from the package root). */

@@ -26,28 +26,28 @@ export interface BackoffOptions {
    * The delay ceiling of the first retry, in milliseconds.
    * @default 100
    */
-  readonly baseDelayMs?: number
+  readonly baseDelayMs?: number | undefined
   /**
    * How much the ceiling grows per retry (>= 1).
    * @default 2
    */
-  readonly factor?: number
+  readonly factor?: number | undefined
   /**
    * The cap on any delay, in milliseconds (>= baseDelayMs, at most 2^31 - 1).
    * @default 30_000, or baseDelayMs when that is larger
    */
-  readonly maxDelayMs?: number
+  readonly maxDelayMs?: number | undefined
   /**
    * How the delay is randomised; see {@link Jitter}.
    * @default 'full'
    */
-  readonly jitter?: Jitter
+  readonly jitter?: Jitter | undefined
   /**
    * The random source, returning numbers in `[0, 1)`. Pass `seededRandom(seed)` for
    * reproducible delays.
    * @default Math.random
    */
-  readonly random?: RandomSource
+  readonly random?: RandomSource | undefined
 }
 
 /** Computes backoff delays. Stateless, so one instance can serve any number of callers. */

@@ -13,7 +13,7 @@ export interface ConsecutiveWindowOptions {
    * Failures in a row that open the circuit.
    * @default 5
    */
-  readonly failures?: number
+  readonly failures?: number | undefined
 }
 
 /**
@@ -27,17 +27,17 @@ export interface CountWindowOptions {
    * How many of the most recent calls the rate is computed over.
    * @default 100
    */
-  readonly size?: number
+  readonly size?: number | undefined
   /**
    * Failure rate in (0, 1] at or above which the circuit opens (0.5 = half the calls failed).
    * @default 0.5
    */
-  readonly failureRateThreshold?: number
+  readonly failureRateThreshold?: number | undefined
   /**
    * Calls the window must hold before the rate is trusted; fewer never open the circuit.
    * @default size
    */
-  readonly minimumCalls?: number
+  readonly minimumCalls?: number | undefined
 }
 
 /**
@@ -53,22 +53,22 @@ export interface TimeWindowOptions {
    * Length of the window in milliseconds.
    * @default 60_000
    */
-  readonly durationMs?: number
+  readonly durationMs?: number | undefined
   /**
    * Number of slices the window is cut into (more = smoother expiry, more memory).
    * @default 10
    */
-  readonly buckets?: number
+  readonly buckets?: number | undefined
   /**
    * Failure rate in (0, 1] at or above which the circuit opens.
    * @default 0.5
    */
-  readonly failureRateThreshold?: number
+  readonly failureRateThreshold?: number | undefined
   /**
    * Calls the window must hold before the rate is trusted; fewer never open the circuit.
    * @default 20
    */
-  readonly minimumCalls?: number
+  readonly minimumCalls?: number | undefined
 }
 
 /** How a circuit breaker decides that the downstream is unhealthy. */

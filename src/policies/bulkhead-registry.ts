@@ -10,7 +10,7 @@ export interface BulkheadRegistryOptions {
    * Time source for the queue timeouts of bulkheads that do not set their own.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** Named bulkheads, one per downstream or resource pool; see {@link createBulkheads}. */

@@ -49,23 +49,23 @@ export interface BulkheadOptions {
    * finds all slots taken.
    * @default 0
    */
-  readonly maxQueued?: number
+  readonly maxQueued?: number | undefined
   /**
    * How long a call may wait in the queue before it is refused with `BulkheadRejectedError`
    * (`reason: 'queueTimeout'`). Waits as long as it takes when undefined.
    * @default undefined
    */
-  readonly queueTimeoutMs?: number
+  readonly queueTimeoutMs?: number | undefined
   /**
    * A label for diagnostics-channel messages and metric attributes.
    * @default undefined (the registry sets the bulkhead's name)
    */
-  readonly name?: string
+  readonly name?: string | undefined
   /**
    * Time source for the queue timeout.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** A bulkhead policy; see {@link bulkhead}. */

@@ -101,13 +101,13 @@ export interface CircuitBreakerOptions {
    * calls) or `time` (the calls of the last N milliseconds).
    * @default { kind: 'consecutive', failures: 5 }
    */
-  readonly window?: BreakerWindowOptions
+  readonly window?: BreakerWindowOptions | undefined
   /**
    * A call that returns but took at least this long counts as a failure: a downstream that
    * answers slowly is as unhealthy as one that errors. Off when undefined.
    * @default undefined
    */
-  readonly slowCallMs?: number
+  readonly slowCallMs?: number | undefined
   /**
    * Which errors count as failures. An error it rejects counts as a success (the downstream
    * answered, the request was wrong), except a refusal on this side, which is not recorded at
@@ -121,39 +121,39 @@ export interface CircuitBreakerOptions {
    * out before the deadline (`TimeoutError`) is the downstream's slowness and still counts.
    * @default error => classifyFailure(error) !== 'permanent', and not those refusals
    */
-  readonly isFailure?: (error: unknown) => boolean
+  readonly isFailure?: ((error: unknown) => boolean) | undefined
   /**
    * How long the circuit stays open before it lets probes through.
    * @default 30_000
    */
-  readonly cooldownMs?: number
+  readonly cooldownMs?: number | undefined
   /**
    * Each failed probe multiplies the next cooldown by this, up to `maxCooldownMs`; closing the
    * circuit restores `cooldownMs`. 1 keeps the cooldown fixed.
    * @default 1
    */
-  readonly cooldownMultiplier?: number
+  readonly cooldownMultiplier?: number | undefined
   /**
    * Upper bound of a growing cooldown.
    * @default max(cooldownMs, 300_000)
    */
-  readonly maxCooldownMs?: number
+  readonly maxCooldownMs?: number | undefined
   /**
    * How many trial calls the half-open circuit admits. All must succeed to close it; one
    * failure opens it again.
    * @default 1
    */
-  readonly halfOpenProbes?: number
+  readonly halfOpenProbes?: number | undefined
   /**
    * A label for diagnostics-channel messages and metric attributes (e.g. the downstream).
    * @default undefined
    */
-  readonly name?: string
+  readonly name?: string | undefined
   /**
    * Time source for cooldowns and slow-call measurement.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** A circuit breaker policy; see {@link circuitBreaker}. */

@@ -32,7 +32,7 @@ export interface DeadlineOptions {
    * The clock the deadline is measured on.
    * @default the enclosing deadline's clock, else systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** The option keys `withDeadline` takes (internal: not exported from the package root). */
@@ -206,13 +206,13 @@ export interface DeadlineFromHeadersOptions {
    * `Number.POSITIVE_INFINITY` turns the cap off and honours whatever the caller sent.
    * @default {@link DEFAULT_MAX_DEADLINE_MS} (five minutes)
    */
-  readonly maxMs?: number
+  readonly maxMs?: number | undefined
   /**
    * The budget to use when the request carries no (valid) deadline header. It is this server's
    * own choice, so the default cap does not shorten it; an explicit `maxMs` below it is refused.
    * @default undefined (no deadline)
    */
-  readonly defaultMs?: number
+  readonly defaultMs?: number | undefined
 }
 
 /** Options of {@link adoptDeadline}. */
@@ -221,7 +221,7 @@ export interface AdoptDeadlineOptions extends DeadlineFromHeadersOptions {
    * The clock the adopted deadline is measured on.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** The option keys `deadlineFromHeaders` takes (internal: not exported from the package root). */

@@ -31,7 +31,7 @@ export interface FallbackOptions {
    * substitute answer would hide the cancellation from it.
    * @default () => true
    */
-  readonly shouldFallback?: (error: unknown) => boolean
+  readonly shouldFallback?: ((error: unknown) => boolean) | undefined
 }
 
 /**

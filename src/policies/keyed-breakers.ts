@@ -14,19 +14,19 @@ export interface KeyedBreakersOptions {
    * can exceed the bound while more than `maxKeys` circuits are open at once.
    * @default 1000
    */
-  readonly maxKeys?: number
+  readonly maxKeys?: number | undefined
   /**
    * A closed breaker not asked for during this long is dropped. An open, half-open or isolated
    * one is kept (it carries the knowledge that the key is unhealthy) and checked again after
    * another `idleMs`.
    * @default 600_000
    */
-  readonly idleMs?: number
+  readonly idleMs?: number | undefined
   /**
    * Time source for idleness.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** A bounded set of circuit breakers by key; see {@link createKeyedBreakers}. */

@@ -32,23 +32,23 @@ export interface RetryBudgetOptions {
    * ratio below 0.0005 (which would round to no deposit) is refused.
    * @default 0.2
    */
-  readonly ratio?: number
+  readonly ratio?: number | undefined
   /**
    * The floor: retries allowed per second even without traffic, so that a caller with few
    * requests can still retry. Provides `minRetriesPerSecond * ttlMs / 1000` tokens per window.
    * @default 10
    */
-  readonly minRetriesPerSecond?: number
+  readonly minRetriesPerSecond?: number | undefined
   /**
    * How long deposits (and withdrawals) count, in milliseconds.
    * @default 10_000
    */
-  readonly ttlMs?: number
+  readonly ttlMs?: number | undefined
   /**
    * The clock that ages deposits.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 // Deposits and withdrawals are kept in fixed point (1 token = 1000 units), as Finagle does,

@@ -59,33 +59,33 @@ export interface RetryOptions {
    * The most attempts in total, counting the first call (1 disables retrying).
    * @default 3
    */
-  readonly maxAttempts?: number
+  readonly maxAttempts?: number | undefined
   /**
    * The backoff ceiling before the first retry, in milliseconds.
    * @default 100
    */
-  readonly baseDelayMs?: number
+  readonly baseDelayMs?: number | undefined
   /**
    * How much the backoff ceiling grows per retry (>= 1).
    * @default 2
    */
-  readonly factor?: number
+  readonly factor?: number | undefined
   /**
    * The cap on any backoff delay, in milliseconds.
    * @default 30_000, or baseDelayMs when that is larger
    */
-  readonly maxDelayMs?: number
+  readonly maxDelayMs?: number | undefined
   /**
    * How delays are randomised; see `Jitter`. Full jitter: `random(0, min(cap, base * factor^n))`.
    * @default 'full'
    */
-  readonly jitter?: Jitter
+  readonly jitter?: Jitter | undefined
   /**
    * The random source for jitter, returning numbers in `[0, 1)`; `seededRandom(seed)` makes
    * delays reproducible.
    * @default Math.random
    */
-  readonly random?: RandomSource
+  readonly random?: RandomSource | undefined
   /**
    * Decides whether a failure is worth another attempt. `attempt` is the number of the attempt
    * that failed (1 for the first call). If it throws, the call rejects with that error (reported
@@ -93,7 +93,7 @@ export interface RetryOptions {
    * @default isTransientFailure (timeouts, refused or reset connections, 408/429/502/503/504,
    * database deadlocks, serialization failures and busy locks)
    */
-  readonly shouldRetry?: (error: unknown, attempt: number) => boolean
+  readonly shouldRetry?: ((error: unknown, attempt: number) => boolean) | undefined
   /**
    * The longest server-requested wait (`Retry-After`, or an error's `retryAfterMs`) that is
    * honoured, in milliseconds; longer requests wait this long. Whatever the `jitter`, the wait
@@ -104,7 +104,7 @@ export interface RetryOptions {
    * leave the documented bounds of the sequence and keep later waits long for nothing.
    * @default 30_000
    */
-  readonly maxRetryAfterMs?: number
+  readonly maxRetryAfterMs?: number | undefined
   /**
    * A retry budget shared with other callers of the same downstream; when it is spent the
    * call fails with `RetryBudgetExhaustedError` instead of retrying. A token is taken before
@@ -112,12 +112,12 @@ export interface RetryOptions {
    * retry was made) it is given back through the budget's `refund()`.
    * @default undefined (no budget)
    */
-  readonly budget?: RetryBudget
+  readonly budget?: RetryBudget | undefined
   /**
    * The clock for backoff sleeps and deadline arithmetic.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 // Checked once in the constructor, never per call.

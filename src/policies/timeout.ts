@@ -50,12 +50,12 @@ export interface TimeoutOptions {
    * How the timeout ends a call; see {@link TimeoutMode}.
    * @default 'cooperative'
    */
-  readonly mode?: TimeoutMode
+  readonly mode?: TimeoutMode | undefined
   /**
    * The clock that times calls.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** Emitted by a timeout policy when a call runs out of time. */

@@ -39,7 +39,7 @@ export interface RunUntilSignalOptions {
    * Distinct names this platform knows (`os.constants.signals`), not SIGKILL or SIGSTOP.
    * @default ['SIGTERM', 'SIGINT']
    */
-  readonly signals?: readonly NodeJS.Signals[]
+  readonly signals?: readonly NodeJS.Signals[] | undefined
   /**
    * How long `stop()` may take after a signal before the run gives up on it (outcome
    * `drain: 'timeout'`). A function is asked at the first signal, for a bound that can change
@@ -47,29 +47,29 @@ export interface RunUntilSignalOptions {
    * out of range rejects the run with `INVALID_OPTION`.
    * @default 30_000
    */
-  readonly drainTimeoutMs?: number | (() => number)
+  readonly drainTimeoutMs?: number | (() => number) | undefined
   /**
    * Called when a signal arrives: `'drain'` for the first, `'force'` for any later one (during
    * the drain, or during a start that the first one interrupted). For logging.
    * @default none
    */
-  readonly onSignal?: (signal: NodeJS.Signals, phase: 'drain' | 'force') => void
+  readonly onSignal?: ((signal: NodeJS.Signals, phase: 'drain' | 'force') => void) | undefined
   /**
    * Keeps the event loop alive while the service runs, for services whose only handles are
    * unreferenced timers (a relay on SQLite): otherwise Node would exit under them.
    * @default true
    */
-  readonly keepAlive?: boolean
+  readonly keepAlive?: boolean | undefined
   /**
    * Where signals are listened for.
    * @default process
    */
-  readonly target?: SignalTarget
+  readonly target?: SignalTarget | undefined
   /**
    * Times the drain.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** How {@link runUntilSignal} ended. */

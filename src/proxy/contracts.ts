@@ -446,7 +446,7 @@ export interface ExchangeOptions {
    * `BROKEN_CIRCUIT`, taking no probe), and its outcome counts neither for the breaker nor for
    * outlier ejection. It still counts in the service's request metrics: the service served it.
    */
-  readonly shadow?: boolean
+  readonly shadow?: boolean | undefined
 }
 
 /** How a forwarded exchange ended. */
@@ -484,7 +484,7 @@ export interface ForwardOptions {
    * Also buffer the response as sent (up to this many bytes) and return it in the outcome; 0
    * captures the head with an empty body (truncated when the answer had one).
    */
-  readonly captureBytes?: number
+  readonly captureBytes?: number | undefined
   /**
    * When a request with a non-idempotent method (POST, PATCH, ...) may be retried:
    * - `'with-key'`: like an idempotent one when it carries an `Idempotency-Key` (the app behind
@@ -499,7 +499,7 @@ export interface ForwardOptions {
    * whatever this says.
    * @default 'with-key'
    */
-  readonly unsafeRetry?: 'with-key' | 'unsent-only' | 'never'
+  readonly unsafeRetry?: 'with-key' | 'unsent-only' | 'never' | undefined
 }
 
 /**

@@ -78,46 +78,46 @@ export interface StartProxyOptions {
    * read, at start and at every reload, as if the file held them.
    * @default none
    */
-  readonly configOverrides?: ProxyConfigOverrides
+  readonly configOverrides?: ProxyConfigOverrides | undefined
   /**
    * Time source of every policy, deadline and timer.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * Where the proxy logs (access logs too when `accessLog` is on): any object with the
    * {@link Logger} methods (a pino or winston logger behind a small adapter).
    * @default JSON lines on stdout at level info, each with `component: 'proxy'` (secrets redacted)
    */
-  readonly logger?: Logger
+  readonly logger?: Logger | undefined
   /**
    * Registry of the proxy's metrics (`/metrics`); see {@link MetricsRegistry}.
    * @default a new registry
    */
-  readonly metrics?: MetricsRegistry
+  readonly metrics?: MetricsRegistry | undefined
   /**
    * Reload when the config file changes (only with `config: { file }`).
    * @default true
    */
-  readonly watch?: boolean
+  readonly watch?: boolean | undefined
   /**
    * Quiet time after the last change to the config file before it is reloaded (ms), so an
    * editor's several writes become one reload.
    * @default 250
    */
-  readonly watchDebounceMs?: number
+  readonly watchDebounceMs?: number | undefined
   /**
    * Start the admin API when the config has an `admin` section. Worker processes of the
    * multi-process mode set this to false: their primary serves the admin API.
    * @default true
    */
-  readonly admin?: boolean
+  readonly admin?: boolean | undefined
   /**
    * Where the admin token's `{ env }` reference is read. (Services read their outbound
    * credentials from `process.env`.)
    * @default process.env
    */
-  readonly env?: Readonly<Record<string, string | undefined>>
+  readonly env?: Readonly<Record<string, string | undefined>> | undefined
 }
 
 /** A running proxy; see {@link startProxy}. */

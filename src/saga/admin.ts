@@ -32,17 +32,17 @@ export interface ListSagasOptions {
    * Only instances in this status.
    * @default all statuses
    */
-  readonly status?: SagaStatus
+  readonly status?: SagaStatus | undefined
   /**
    * Only instances of this definition name.
    * @default all names
    */
-  readonly name?: string
+  readonly name?: string | undefined
   /**
    * The most instances returned, newest first.
    * @default 100
    */
-  readonly limit?: number
+  readonly limit?: number | undefined
 }
 
 const listOptions = optionKeys<ListSagasOptions>({ status: true, name: true, limit: true })
@@ -171,17 +171,17 @@ export interface SagaAdminOptions {
    * Who asks, recorded in the timeline.
    * @default 'operator'
    */
-  readonly by?: string
+  readonly by?: string | undefined
   /**
    * Why, recorded in the timeline (and, for a cancel, as the reason of the compensation).
    * @default undefined
    */
-  readonly reason?: string
+  readonly reason?: string | undefined
   /**
    * Source of the timestamps.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 const adminOptionKeys = optionKeys<SagaAdminOptions>({ by: true, reason: true, clock: true })
@@ -301,12 +301,12 @@ export interface DeliverReplyOptions {
    * Source of the reply's receive time.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * The attempt (`ctx.attempt` of `send`) whose command this replies to, when known.
    * @default undefined (any attempt)
    */
-  readonly attempt?: number
+  readonly attempt?: number | undefined
 }
 
 const deliverReplyOptions = optionKeys<DeliverReplyOptions>({ clock: true, attempt: true })

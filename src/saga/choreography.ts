@@ -62,29 +62,29 @@ export interface CommandStepOptions<I, C, Out> {
    * Turns the reply into the step's result; throw to fail the step (a negative reply).
    * @default the reply itself, when it is a plain object
    */
-  readonly onReply?: (reply: unknown, ctx: SagaStepInfo<I, C>) => Out | Promise<Out>
+  readonly onReply?: ((reply: unknown, ctx: SagaStepInfo<I, C>) => Out | Promise<Out>) | undefined
   /**
    * Undoes the step after a later failure, and also when the command was sent and no reply was
    * read (a cancel, a last reply timeout): the step's result may then be missing from the
    * context, so find the effect by the command's idempotency key (`${ctx.sagaId}:${ctx.step}`).
    */
-  readonly compensation?: (
-    ctx: CompensationContext<I, MergeContext<C, Partial<Out>>>,
-  ) => Promise<void> | void
+  readonly compensation?:
+    | ((ctx: CompensationContext<I, MergeContext<C, Partial<Out>>>) => Promise<void> | void)
+    | undefined
   /** Retry of the step (a reply timeout is retryable: the command is sent again). */
-  readonly retry?: SagaRetryOptions
+  readonly retry?: SagaRetryOptions | undefined
   /** Fail the declaration without a compensation. */
-  readonly compensationRequired?: boolean
+  readonly compensationRequired?: boolean | undefined
   /** Retry of the compensation. */
-  readonly compensationRetry?: SagaRetryOptions
+  readonly compensationRetry?: SagaRetryOptions | undefined
   /** Time limit of one compensation attempt, in ms. */
-  readonly compensationTimeoutMs?: number
+  readonly compensationTimeoutMs?: number | undefined
   /**
    * Time limit of one call of the command's write (`command` and the outbox enqueue) and of
    * one call of `onReply`, in ms (the step's `callTimeoutMs`).
    * @default 30_000
    */
-  readonly callTimeoutMs?: number
+  readonly callTimeoutMs?: number | undefined
 }
 
 const commandStepOptions = optionKeys<CommandStepOptions<unknown, unknown, unknown>>({
@@ -179,7 +179,7 @@ export interface SagaReply {
    * The aggregate type of the reply event.
    * @default 'saga-reply'
    */
-  readonly aggregateType?: string
+  readonly aggregateType?: string | undefined
 }
 
 /** The fields of a {@link SagaReply}. */
@@ -238,7 +238,7 @@ export interface SagaReplyHandlerOptions {
    * The inbox consumer name under which reply messages are deduplicated.
    * @default 'saga-replies'
    */
-  readonly consumer?: string
+  readonly consumer?: string | undefined
   /**
    * Called for a reply that names no saga (or a step it does not have), that its step awaits
    * no more (`deliverReply`'s `'stale'`), or whose message id no inbox record can hold (empty,
@@ -246,12 +246,12 @@ export interface SagaReplyHandlerOptions {
    * acknowledged and dropped rather than redelivered forever.
    * @default ignore
    */
-  readonly onIgnored?: (message: IncomingMessage, reason: string) => void
+  readonly onIgnored?: ((message: IncomingMessage, reason: string) => void) | undefined
   /**
    * Source of the reply's receive time.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /**
@@ -392,12 +392,12 @@ export interface ReactorOptions {
    * (`tracker.observe`).
    * @default none
    */
-  readonly tracker?: FlowTracker
+  readonly tracker?: FlowTracker | undefined
   /**
    * Source of inbox and tracker timestamps.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /**
@@ -518,11 +518,11 @@ export interface EmitEventOptions {
   /** Where the event goes. */
   readonly outbox: Outbox
   /** Records the event with the tracker in the same transaction. @default none */
-  readonly tracker?: FlowTracker
+  readonly tracker?: FlowTracker | undefined
   /** The emitting service, recorded as the event's source. @default undefined */
-  readonly consumer?: string
+  readonly consumer?: string | undefined
   /** Source of the tracker timestamp. @default systemClock */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /**

@@ -29,45 +29,45 @@ export interface SagaRetryOptions {
    * every time cannot loop forever.
    * @default 3 for steps, 10 for compensations
    */
-  readonly maxAttempts?: number
+  readonly maxAttempts?: number | undefined
   /**
    * The backoff ceiling before the first retry, in milliseconds.
    * @default 100 for steps, 500 for compensations
    */
-  readonly baseDelayMs?: number
+  readonly baseDelayMs?: number | undefined
   /**
    * How much the ceiling grows per retry (>= 1).
    * @default 2
    */
-  readonly factor?: number
+  readonly factor?: number | undefined
   /**
    * The cap on any delay, in milliseconds.
    * @default 30_000 for steps, 60_000 for compensations
    */
-  readonly maxDelayMs?: number
+  readonly maxDelayMs?: number | undefined
   /**
    * How delays are randomised (see breakwater's `Jitter`).
    * @default 'full'
    */
-  readonly jitter?: Jitter
+  readonly jitter?: Jitter | undefined
   /**
    * The random source for jitter.
    * @default Math.random
    */
-  readonly random?: RandomSource
+  readonly random?: RandomSource | undefined
   /**
    * Whether a failure is worth another attempt; `attempt` is the attempt that failed.
    * @default steps: isTransientFailure (timeouts, refused or reset connections,
    * 408/429/502/503/504, database deadlocks, serialization failures and busy locks);
    * compensations: always (a compensation must eventually succeed)
    */
-  readonly shouldRetry?: (error: unknown, attempt: number) => boolean
+  readonly shouldRetry?: ((error: unknown, attempt: number) => boolean) | undefined
   /**
    * The longest server-requested wait (`Retry-After`, an error's `retryAfterMs`) honoured, in
    * milliseconds.
    * @default 30_000
    */
-  readonly maxRetryAfterMs?: number
+  readonly maxRetryAfterMs?: number | undefined
 }
 
 /** What every step function (action, compensation, wait) is told about the saga. */
@@ -182,44 +182,44 @@ export interface ActionStep<I, C, Out> {
    * calls included) is not compensated: throw only once nothing is left to undo.
    * @default none: the step is skipped when compensating
    */
-  readonly compensation?: (
-    ctx: CompensationContext<I, MergeContext<C, Partial<Out>>>,
-  ) => Promise<void> | void
+  readonly compensation?:
+    | ((ctx: CompensationContext<I, MergeContext<C, Partial<Out>>>) => Promise<void> | void)
+    | undefined
   /**
    * Retry of failed attempts; delays are persisted, not slept through.
    * @default { maxAttempts: 3, baseDelayMs: 100, shouldRetry: isTransientFailure }
    */
-  readonly retry?: SagaRetryOptions
+  readonly retry?: SagaRetryOptions | undefined
   /**
    * The time limit of one attempt, in milliseconds: `ctx.signal` aborts and the attempt fails
    * with `TimeoutError` (retryable). The attempt is abandoned, not known to have failed, so the
    * step is marked `outcomeUnknown` and its `compensation` runs if the saga compensates from it.
    * @default none
    */
-  readonly timeoutMs?: number
+  readonly timeoutMs?: number | undefined
   /**
    * Makes the declaration fail unless a `compensation` is given: mark steps whose effect must
    * be undone if a later step fails.
    * @default false
    */
-  readonly compensationRequired?: boolean
+  readonly compensationRequired?: boolean | undefined
   /**
    * Retry of the compensation. When its attempts are spent the saga is parked as `failed`
    * with the reason, for a person to look at (`breakwater saga retry` resumes it). Only with a
    * `compensation`: refused on a step without one (it would set nothing).
    * @default { maxAttempts: 10, baseDelayMs: 500, maxDelayMs: 60_000, shouldRetry: always }
    */
-  readonly compensationRetry?: SagaRetryOptions
+  readonly compensationRetry?: SagaRetryOptions | undefined
   /**
    * The time limit of one compensation attempt, in milliseconds. Only with a `compensation`:
    * refused on a step without one.
    * @default the step's timeoutMs
    */
-  readonly compensationTimeoutMs?: number
-  readonly callTimeoutMs?: never
-  readonly sleepMs?: never
-  readonly waitUntil?: never
-  readonly awaitReply?: never
+  readonly compensationTimeoutMs?: number | undefined
+  readonly callTimeoutMs?: never | undefined
+  readonly sleepMs?: never | undefined
+  readonly waitUntil?: never | undefined
+  readonly awaitReply?: never | undefined
 }
 
 /**
@@ -234,19 +234,19 @@ export interface WaitStep<I, C> {
    * 8.64e15 (Date's range). A sleep that would end past the latest Date fails the step with
    * `InvalidOptionError` when reached.
    */
-  readonly sleepMs?: number
+  readonly sleepMs?: number | undefined
   /** When to continue (epoch milliseconds on the worker's clock), computed when reached. */
-  readonly waitUntil?: (ctx: SagaStepInfo<I, C>) => number | Promise<number>
+  readonly waitUntil?: ((ctx: SagaStepInfo<I, C>) => number | Promise<number>) | undefined
   /**
    * The time limit of one call of `waitUntil`, in milliseconds (only with `waitUntil`). A call
    * still running then is abandoned and fails the attempt with `TimeoutError` (retryable), so
    * a hung function cannot hold the saga's lease.
    * @default 30_000 ({@link defaultCallTimeoutMs})
    */
-  readonly callTimeoutMs?: number
-  readonly action?: never
-  readonly compensation?: never
-  readonly awaitReply?: never
+  readonly callTimeoutMs?: number | undefined
+  readonly action?: never | undefined
+  readonly compensation?: never | undefined
+  readonly awaitReply?: never | undefined
 }
 
 /** How a {@link ReplyStep} waits for its reply. */
@@ -258,7 +258,7 @@ export interface AwaitReplyOptions<I, C, Out> {
    * to fail the step (for example on a negative reply); the step's `retry` decides what next.
    * @default the reply itself, when it is a plain object
    */
-  readonly onReply?: (reply: unknown, ctx: SagaStepInfo<I, C>) => Out | Promise<Out>
+  readonly onReply?: ((reply: unknown, ctx: SagaStepInfo<I, C>) => Out | Promise<Out>) | undefined
 }
 
 /**
@@ -282,17 +282,17 @@ export interface ReplyStep<I, C, Out> {
    * not in the context (hence `Partial`): find the effect by the command's idempotency key
    * (`${ctx.sagaId}:${ctx.step}`), and do nothing when there is none.
    */
-  readonly compensation?: (
-    ctx: CompensationContext<I, MergeContext<C, Partial<Out>>>,
-  ) => Promise<void> | void
+  readonly compensation?:
+    | ((ctx: CompensationContext<I, MergeContext<C, Partial<Out>>>) => Promise<void> | void)
+    | undefined
   /** As for an action step; a reply timeout is retryable. */
-  readonly retry?: SagaRetryOptions
+  readonly retry?: SagaRetryOptions | undefined
   /** As for an action step. */
-  readonly compensationRequired?: boolean
+  readonly compensationRequired?: boolean | undefined
   /** As for an action step. */
-  readonly compensationRetry?: SagaRetryOptions
+  readonly compensationRetry?: SagaRetryOptions | undefined
   /** As for an action step. */
-  readonly compensationTimeoutMs?: number
+  readonly compensationTimeoutMs?: number | undefined
   /**
    * The time limit of one call of `send` and of one call of `awaitReply.onReply`, in
    * milliseconds. A call still running then is abandoned and fails the attempt with
@@ -301,10 +301,10 @@ export interface ReplyStep<I, C, Out> {
    * function held the saga's lease (renewed) for ever.
    * @default 30_000 ({@link defaultCallTimeoutMs})
    */
-  readonly callTimeoutMs?: number
-  readonly action?: never
-  readonly sleepMs?: never
-  readonly waitUntil?: never
+  readonly callTimeoutMs?: number | undefined
+  readonly action?: never | undefined
+  readonly sleepMs?: never | undefined
+  readonly waitUntil?: never | undefined
 }
 
 /** Any step of a saga. */
@@ -328,7 +328,7 @@ export interface SagaDeclaration<I> {
    * the input itself: a promise (an async parser) is refused with `InvalidOptionError`.
    * @default none: the input is taken as it is
    */
-  readonly input?: (raw: unknown) => I
+  readonly input?: ((raw: unknown) => I) | undefined
 }
 
 /**

@@ -35,13 +35,13 @@ export interface FlowStepDeclaration {
    * stalled, in milliseconds.
    * @default the flow's withinMs
    */
-  readonly withinMs?: number
+  readonly withinMs?: number | undefined
   /**
    * Event types that mean this step failed (e.g. `payment-declined`): the flow then turns to
    * its compensation. For the flow's steps only: refused on a compensation step.
    * @default []
    */
-  readonly failsOn?: readonly string[]
+  readonly failsOn?: readonly string[] | undefined
 }
 
 /** A declared choreographed flow. */
@@ -60,12 +60,12 @@ export interface FlowDeclaration {
    * `order-cancelled`).
    * @default []
    */
-  readonly compensation?: readonly (string | FlowStepDeclaration)[]
+  readonly compensation?: readonly (string | FlowStepDeclaration)[] | undefined
   /**
    * The default time each step may take after the previous one, in milliseconds.
    * @default 60_000
    */
-  readonly withinMs?: number
+  readonly withinMs?: number | undefined
 }
 
 interface CompiledFlowStep {
@@ -294,7 +294,7 @@ export interface FlowTrackerOptions {
    * The clock that decides what is overdue.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** Message headers the tracker reads (the outbox's names). */
@@ -342,7 +342,10 @@ export interface FlowTracker {
    * `at` cannot be read fails it as it fails `state()`: its time decides where the flow is, so
    * the flow could be neither placed nor left out without a word.
    */
-  stalled(options?: { readonly withinMs?: number; readonly limit?: number }): Promise<FlowState[]>
+  stalled(options?: {
+    readonly withinMs?: number | undefined
+    readonly limit?: number | undefined
+  }): Promise<FlowState[]>
 }
 
 interface FlowEventRow {
@@ -458,7 +461,9 @@ class SqlFlowTracker implements FlowTracker {
     return reconstructFlow(this.#flows, correlationId, events, storedTime(this.#clock))
   }
 
-  async stalled(options: { withinMs?: number; limit?: number } = {}): Promise<FlowState[]> {
+  async stalled(
+    options: { readonly withinMs?: number | undefined; readonly limit?: number | undefined } = {},
+  ): Promise<FlowState[]> {
     checkObject('options', options)
     checkSagaOptions('options', options, stalledOptions)
     const withinMs = checkInteger('options.withinMs', options.withinMs ?? 86_400_000, 1)

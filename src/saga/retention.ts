@@ -23,30 +23,30 @@ export interface PruneSagasOptions {
    * not ended: its age counts from its last change.
    * @default 2_592_000_000 (30 days)
    */
-  readonly olderThanMs?: number
+  readonly olderThanMs?: number | undefined
   /**
    * The statuses removed. Parked (`failed`) instances are left out unless named here: each one
    * waits for an operator (`retrySaga`), and removing it forgets that its compensation did not
    * finish.
    * @default ['completed', 'compensated', 'cancelled']
    */
-  readonly statuses?: readonly PrunableSagaStatus[]
+  readonly statuses?: readonly PrunableSagaStatus[] | undefined
   /**
    * Instances removed per transaction (each with its timeline and recorded replies). Small
    * batches keep each transaction short, so workers never wait long behind the pruner.
    * @default 500
    */
-  readonly batchSize?: number
+  readonly batchSize?: number | undefined
   /**
    * At most this many batches per call; the rest waits for the next call.
    * @default 100
    */
-  readonly maxBatches?: number
+  readonly maxBatches?: number | undefined
   /**
    * The clock that says how old an instance is.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 const pruneSagasOptions = optionKeys<PruneSagasOptions>({
@@ -141,23 +141,23 @@ export interface PruneFlowEventsOptions {
    * Flows whose last event is at least this old are removed, all their events at once.
    * @default 2_592_000_000 (30 days)
    */
-  readonly olderThanMs?: number
+  readonly olderThanMs?: number | undefined
   /**
    * Old events looked at per batch (each batch removes the flows they belong to, if those have
    * nothing newer).
    * @default 1000
    */
-  readonly batchSize?: number
+  readonly batchSize?: number | undefined
   /**
    * At most this many batches per call; the rest waits for the next call.
    * @default 100
    */
-  readonly maxBatches?: number
+  readonly maxBatches?: number | undefined
   /**
    * The clock that says how old an event is (its recorded `at`).
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 const pruneFlowEventsOptions = optionKeys<PruneFlowEventsOptions>({

@@ -27,18 +27,18 @@ export interface StartSagaOptions {
    * inserts nothing and resolves with `created: false`.
    * @default a random UUID
    */
-  readonly id?: string
+  readonly id?: string | undefined
   /**
    * On PostgreSQL, sends `NOTIFY breakwater_saga` with the insert, so that listening workers
    * claim the saga as soon as it commits instead of at their next poll.
    * @default true
    */
-  readonly notify?: boolean
+  readonly notify?: boolean | undefined
   /**
    * Source of `created_at` and of the first `next_run_at`.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 const startOptions = optionKeys<StartSagaOptions>({ id: true, notify: true, clock: true })

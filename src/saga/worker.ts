@@ -68,7 +68,7 @@ export interface SagaWorkerOptions {
    * refused by fencing and the step is repeated elsewhere (with the same idempotency key).
    * @default 800
    */
-  readonly leaseMs?: number
+  readonly leaseMs?: number | undefined
   /**
    * How often the leases of the instances in hand are renewed (one statement for all of them).
    * On PostgreSQL an instance whose row is locked at that moment (its step's `send` or
@@ -81,7 +81,7 @@ export interface SagaWorkerOptions {
    * `atCommit` and `send`), or raise `leaseMs`.
    * @default leaseMs / 3
    */
-  readonly renewIntervalMs?: number
+  readonly renewIntervalMs?: number | undefined
   /**
    * The most time a step's (or compensation's) `atCommit` work may take, all of it together,
    * measured on `clock` from when it starts inside the transaction that records the step. That
@@ -97,13 +97,13 @@ export interface SagaWorkerOptions {
    * waits for it: bound statements with PostgreSQL's `statement_timeout`. A positive integer.
    * @default 30000 ({@link defaultAtCommitTimeoutMs})
    */
-  readonly atCommitTimeoutMs?: number
+  readonly atCommitTimeoutMs?: number | undefined
   /**
    * How often an idle worker looks for runnable instances (new ones, due timers and retry
    * delays, expired leases). On PostgreSQL new sagas also wake it through NOTIFY.
    * @default 100
    */
-  readonly pollIntervalMs?: number
+  readonly pollIntervalMs?: number | undefined
   /**
    * How often the worker looks for instances it cannot run: due, unleased for this long, and of
    * a definition (name and version) it does not have, such as a version retired while instances
@@ -113,40 +113,40 @@ export interface SagaWorkerOptions {
    * instances, at most once per interval on `clock`. A positive integer.
    * @default 60000
    */
-  readonly missingDefinitionCheckIntervalMs?: number
+  readonly missingDefinitionCheckIntervalMs?: number | undefined
   /**
    * The most instances this worker runs at once.
    * @default 16
    */
-  readonly concurrency?: number
+  readonly concurrency?: number | undefined
   /**
    * The worker's id, stored as the lease owner and in the timeline.
    * @default `${hostname}:${pid}:${random}`
    */
-  readonly workerId?: string
+  readonly workerId?: string | undefined
   /**
    * On PostgreSQL, LISTEN for the NOTIFY that `startSaga` sends, so new sagas start at once.
    * @default true
    */
-  readonly listen?: boolean
+  readonly listen?: boolean | undefined
   /**
    * Whether the started worker keeps the Node.js process alive, as a listening server does.
    * With false, its timers (like every breakwater timer) let the process exit when nothing
    * else holds it open. Only the system clock's timers can be held; a test clock's cannot.
    * @default true
    */
-  readonly keepAlive?: boolean
+  readonly keepAlive?: boolean | undefined
   /**
    * A hook called at named points (see `SagaFaultPoint`), for crash tests. See
    * `sagaCrashAtFromEnv`.
    * @default undefined
    */
-  readonly faults?: SagaFaults
+  readonly faults?: SagaFaults | undefined
   /**
    * The clock of leases, timers, retry delays and timeouts.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** Options of {@link SagaWorker.run}. */
@@ -156,7 +156,7 @@ export interface RunSagaOptions {
    * the existing instance.
    * @default a random UUID
    */
-  readonly id?: string
+  readonly id?: string | undefined
 }
 
 /** What {@link SagaWorker.run} reports. */
@@ -189,7 +189,7 @@ export interface StopSagaWorkerOptions {
    * A non-negative integer.
    * @default no limit: wait for every step in progress to end
    */
-  readonly timeoutMs?: number
+  readonly timeoutMs?: number | undefined
 }
 
 const workerOptions = optionKeys<SagaWorkerOptions>({

@@ -41,7 +41,7 @@ export interface RunMigrationsOptions {
    * Source of `applied_at`.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** The keys RunMigrationsOptions takes (internal: not exported from the package root). */

@@ -22,12 +22,12 @@ export interface OpenDatabaseOptions {
    * Settings for `sqlite:` URLs (the file comes from the URL).
    * @default {}
    */
-  readonly sqlite?: Omit<SqliteDriverOptions, 'filename'>
+  readonly sqlite?: Omit<SqliteDriverOptions, 'filename'> | undefined
   /**
    * Settings for `postgres://` URLs (the connection comes from the URL).
    * @default {}
    */
-  readonly postgres?: Omit<PostgresDriverOptions, 'connectionString'>
+  readonly postgres?: Omit<PostgresDriverOptions, 'connectionString'> | undefined
 }
 
 /** What a database URL selects. */

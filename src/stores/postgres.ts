@@ -30,13 +30,13 @@ export interface PostgresDriverOptions {
    * The most connections the pool opens.
    * @default 10
    */
-  readonly maxConnections?: number
+  readonly maxConnections?: number | undefined
   /**
    * The server cancels any statement running longer than this (`statement_timeout`); 0 means
    * no limit.
    * @default 0
    */
-  readonly statementTimeoutMs?: number
+  readonly statementTimeoutMs?: number | undefined
   /**
    * The server ends a session that sits idle inside an open transaction this long
    * (`idle_in_transaction_session_timeout`), releasing its locks; 0 means no limit. The
@@ -45,40 +45,40 @@ export interface PostgresDriverOptions {
    * idle-in-transaction timeout"), which a network failure's is not.
    * @default 0
    */
-  readonly idleInTransactionTimeoutMs?: number
+  readonly idleInTransactionTimeoutMs?: number | undefined
   /**
    * How long to wait for a new connection (and for a free one when the pool is full); 0 means
    * no limit (pg's meaning): a server that never answers is waited for forever.
    * @default 10000
    */
-  readonly connectionTimeoutMs?: number
+  readonly connectionTimeoutMs?: number | undefined
   /**
    * How long an unused pooled connection stays open; 0 keeps unused connections open for good
    * (pg-pool's meaning), not closing them at once.
    * @default 10000
    */
-  readonly idleTimeoutMs?: number
+  readonly idleTimeoutMs?: number | undefined
   /**
    * Shown in `pg_stat_activity.application_name`.
    * @default 'breakwater'
    */
-  readonly applicationName?: string
+  readonly applicationName?: string | undefined
   /**
    * First delay before re-establishing a lost LISTEN connection after the immediate retry
    * failed; doubles per failure (with jitter) up to `listenRetryMaxMs`.
    * @default 100
    */
-  readonly listenRetryBaseMs?: number
+  readonly listenRetryBaseMs?: number | undefined
   /**
    * Longest delay between attempts to re-establish the LISTEN connection.
    * @default 5000
    */
-  readonly listenRetryMaxMs?: number
+  readonly listenRetryMaxMs?: number | undefined
   /**
    * Time source for the LISTEN reconnect backoff.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** The keys of {@link PostgresDriverOptions}. @internal Also checked by `openDatabase`. */

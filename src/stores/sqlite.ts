@@ -33,7 +33,7 @@ export interface SqliteDriverOptions {
    * is created if missing.
    * @default './.breakwater/breakwater.db'
    */
-  readonly filename?: string
+  readonly filename?: string | undefined
   /**
    * How long a statement waits for another process's write lock before failing with
    * `SQLITE_BUSY`. better-sqlite3 is synchronous: while it waits, this thread is blocked. A
@@ -41,7 +41,7 @@ export interface SqliteDriverOptions {
    * blocking, as long at most, then fails with `STORE_BUSY`. At most 2147483647 (SQLite's limit).
    * @default 5000
    */
-  readonly busyTimeoutMs?: number
+  readonly busyTimeoutMs?: number | undefined
   /**
    * SQLite's `synchronous` setting in WAL mode. `'normal'`: a commit survives a crash of the
    * process, but the last commits may be lost on power loss or an OS crash (the database stays
@@ -49,12 +49,12 @@ export interface SqliteDriverOptions {
    * a cost in write throughput.
    * @default 'normal'
    */
-  readonly synchronous?: 'normal' | 'full'
+  readonly synchronous?: 'normal' | 'full' | undefined
   /**
    * How many prepared statements are kept (least recently used are dropped).
    * @default 500
    */
-  readonly statementCacheSize?: number
+  readonly statementCacheSize?: number | undefined
 }
 
 /** The keys of {@link SqliteDriverOptions}. @internal Also checked by `openDatabase`. */

@@ -24,29 +24,29 @@ export interface BreakerScenarioOptions {
    * first half of them.
    * @default 240
    */
-  readonly calls?: number
+  readonly calls?: number | undefined
   /**
    * Multiplies every duration of the story (a call every 50 ms, answers in 20 ms, a 1 s
    * cooldown, backoff from 100 ms).
    * @default 0.1
    */
-  readonly timeScale?: number
+  readonly timeScale?: number | undefined
   /**
    * Seed of the backoff jitter.
    * @default 1
    */
-  readonly seed?: number
+  readonly seed?: number | undefined
   /**
    * The clock for pacing, backoff, the cooldown and measurements.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * How the calls reach the scenario's services: real HTTP on 127.0.0.1, or `'memory'` (no
    * sockets; with a ManualClock the scenario runs in virtual time, as the tests run it).
    * @default 'http'
    */
-  readonly transport?: DemoTransport
+  readonly transport?: DemoTransport | undefined
 }
 
 /** A state change of the breaker, with when it happened relative to the service's return. */

@@ -20,24 +20,24 @@ export interface BulkheadScenarioOptions {
    * Calls to each of B, C and D, one to each every 100 ms of the story.
    * @default 120
    */
-  readonly callsPerDownstream?: number
+  readonly callsPerDownstream?: number | undefined
   /**
    * Multiplies every duration of the story (D answers in 5 s, B and C in 50 ms, a call to each
    * every 100 ms, a queued call gives up after 1 s).
    * @default 0.1
    */
-  readonly timeScale?: number
+  readonly timeScale?: number | undefined
   /**
    * The clock for pacing, the services' answers, queue timeouts and measurements.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * How the calls reach the scenario's services: real HTTP on 127.0.0.1, or `'memory'` (no
    * sockets; with a ManualClock the scenario runs in virtual time, as the tests run it).
    * @default 'http'
    */
-  readonly transport?: DemoTransport
+  readonly transport?: DemoTransport | undefined
 }
 
 /** The three downstreams of service A. */

@@ -21,12 +21,12 @@ export interface JitterScenarioOptions {
    * Clients that fail at the same moment and retry.
    * @default 200
    */
-  readonly clients?: number
+  readonly clients?: number | undefined
   /**
    * Attempts per client, the first included.
    * @default 10
    */
-  readonly maxAttempts?: number
+  readonly maxAttempts?: number | undefined
   /**
    * Multiplies every duration of the story (outage 3 s, 100 ms of work per request, backoff
    * from 100 ms up to 3.2 s, peak window 200 ms) so the scenario runs in a fraction of the time.
@@ -35,23 +35,23 @@ export interface JitterScenarioOptions {
    * tens of milliseconds.
    * @default 0.25
    */
-  readonly timeScale?: number
+  readonly timeScale?: number | undefined
   /**
    * Seed of the full-jitter random source, for repeatable delays.
    * @default 1
    */
-  readonly seed?: number
+  readonly seed?: number | undefined
   /**
    * The clock for backoff, the service's work and all measurements.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * How the calls reach the scenario's services: real HTTP on 127.0.0.1, or `'memory'` (no
    * sockets; with a ManualClock the scenario runs in virtual time, as the tests run it).
    * @default 'http'
    */
-  readonly transport?: DemoTransport
+  readonly transport?: DemoTransport | undefined
 }
 
 /** One variant of the jitter scenario. */

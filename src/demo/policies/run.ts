@@ -24,43 +24,43 @@ export interface PoliciesDemoOptions {
    * Receives the report, one line at a time (without the newline).
    * @default discards the report
    */
-  readonly write?: (line: string) => void
+  readonly write?: ((line: string) => void) | undefined
   /**
    * Which scenarios to play, in the demo's order whatever the order here.
    * @default all four
    */
-  readonly only?: readonly PolicyScenarioName[]
+  readonly only?: readonly PolicyScenarioName[] | undefined
   /**
    * Multiplies every duration of every scenario's story, unless a scenario's own options
    * set `timeScale`.
    * @default each scenario's own: x0.25 for jitter, x0.1 for the others
    */
-  readonly timeScale?: number
+  readonly timeScale?: number | undefined
   /**
    * Options of the jitter scenario (smaller runs, other seeds).
    * @default {}
    */
-  readonly jitter?: JitterScenarioOptions
+  readonly jitter?: JitterScenarioOptions | undefined
   /**
    * Options of the bulkhead scenario.
    * @default {}
    */
-  readonly bulkhead?: BulkheadScenarioOptions
+  readonly bulkhead?: BulkheadScenarioOptions | undefined
   /**
    * Options of the timeout scenario.
    * @default {}
    */
-  readonly timeout?: TimeoutScenarioOptions
+  readonly timeout?: TimeoutScenarioOptions | undefined
   /**
    * Options of the breaker scenario.
    * @default {}
    */
-  readonly breaker?: BreakerScenarioOptions
+  readonly breaker?: BreakerScenarioOptions | undefined
   /**
    * The clock of every scenario that does not set its own, and of the total run time.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /** What {@link runPoliciesDemo} measured. */
@@ -110,9 +110,19 @@ export async function runPoliciesDemo(
       ? undefined
       : checkNumber('policiesDemo.timeScale', options.timeScale, 0.01, 10)
   const clock = checkClock('policiesDemo.clock', options.clock)
-  const withDefaults = <T extends { readonly timeScale?: number; readonly clock?: Clock }>(
+  // A scenario's own timeScale or clock given as undefined means the run's, as leaving it out
+  // does: a plain spread would let the undefined replace it (null still reaches the scenario,
+  // which refuses it).
+  const withDefaults = <
+    T extends { readonly timeScale?: number | undefined; readonly clock?: Clock | undefined },
+  >(
     own: T | undefined,
-  ): T => ({ ...(timeScale === undefined ? {} : { timeScale }), clock, ...own }) as T
+  ): T =>
+    ({
+      ...own,
+      timeScale: own?.timeScale === undefined ? timeScale : own.timeScale,
+      clock: own?.clock === undefined ? clock : own.clock,
+    }) as T
   const play: Record<PolicyScenarioName, () => Promise<PolicyScenarioResult>> = {
     jitter: () => runJitterScenario(withDefaults(options.jitter)),
     bulkhead: () => runBulkheadScenario(withDefaults(options.bulkhead)),

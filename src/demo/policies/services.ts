@@ -48,12 +48,12 @@ export interface FaultyServiceOptions {
    * How the service treats requests until `behave()` changes it.
    * @default answers 200 at once
    */
-  readonly behaviour?: Behaviour
+  readonly behaviour?: Behaviour | undefined
   /**
    * The clock for answer delays and arrival times.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * How requests reach the service. `'http'`: a real HTTP server on 127.0.0.1. `'memory'`: no
    * server and no sockets; the demo client (createDemoClient) hands a `memory://` URL's request
@@ -62,7 +62,7 @@ export interface FaultyServiceOptions {
    * machine: that is how the tests check each scenario's claim without timing anything real.
    * @default 'http'
    */
-  readonly transport?: DemoTransport
+  readonly transport?: DemoTransport | undefined
 }
 
 /** How a demo client reaches a demo service; see {@link FaultyServiceOptions.transport}. */

@@ -23,40 +23,40 @@ export interface TimeoutScenarioOptions {
    * Calls made in each variant.
    * @default 300
    */
-  readonly calls?: number
+  readonly calls?: number | undefined
   /**
    * Calls in flight at once.
    * @default 30
    */
-  readonly concurrency?: number
+  readonly concurrency?: number | undefined
   /**
    * The share of requests the dependency never answers (0 to 0.5).
    * @default 0.05
    */
-  readonly hangRate?: number
+  readonly hangRate?: number | undefined
   /**
    * Multiplies every duration of the story (answers in 20-80 ms, a 10 s timeout against a
    * 500 ms timeout with retries backing off from 100 ms).
    * @default 0.1
    */
-  readonly timeScale?: number
+  readonly timeScale?: number | undefined
   /**
    * Seed of the random source that picks the requests that hang, the answer times and the
    * backoff jitter.
    * @default 1
    */
-  readonly seed?: number
+  readonly seed?: number | undefined
   /**
    * The clock for timeouts, backoff, the dependency's answers and measurements.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * How the calls reach the scenario's services: real HTTP on 127.0.0.1, or `'memory'` (no
    * sockets; with a ManualClock the scenario runs in virtual time, as the tests run it).
    * @default 'http'
    */
-  readonly transport?: DemoTransport
+  readonly transport?: DemoTransport | undefined
 }
 
 /** What {@link runTimeoutScenario} measured. */

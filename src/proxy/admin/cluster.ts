@@ -311,12 +311,12 @@ export interface ClusterBackendOptions {
    * bounds its reload by that `startTimeoutMs`.
    * @default 10000
    */
-  readonly commandTimeoutMs?: number
+  readonly commandTimeoutMs?: number | undefined
   /**
    * Times the command timeouts.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
 }
 
 /**
@@ -861,12 +861,12 @@ export interface RestartBackoffOptions {
    * of workers that exit while starting (ms).
    * @default 500
    */
-  readonly firstDelayMs?: number
+  readonly firstDelayMs?: number | undefined
   /**
    * The longest delay, reached by doubling (ms).
    * @default 30000
    */
-  readonly maxDelayMs?: number
+  readonly maxDelayMs?: number | undefined
 }
 
 /**

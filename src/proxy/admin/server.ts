@@ -37,24 +37,24 @@ export interface AdminServerOptions {
    * Where `{ env }` token references are read.
    * @default process.env
    */
-  readonly env?: Readonly<Record<string, string | undefined>>
+  readonly env?: Readonly<Record<string, string | undefined>> | undefined
   /**
    * Largest request body accepted (bytes).
    * @default 65536
    */
-  readonly maxBodyBytes?: number
+  readonly maxBodyBytes?: number | undefined
   /**
    * How long a request head may take to arrive (ms) before it is answered 408; at most
    * `requestTimeoutMs`. The listeners' default (`limits.headersTimeoutMs`).
    * @default 10000
    */
-  readonly headersTimeoutMs?: number
+  readonly headersTimeoutMs?: number | undefined
   /**
    * How long a whole request may take to arrive (ms) before it is answered 408. The listeners'
    * default (`limits.requestTimeoutMs`).
    * @default 30000
    */
-  readonly requestTimeoutMs?: number
+  readonly requestTimeoutMs?: number | undefined
 }
 
 /** A running admin API. */

@@ -52,9 +52,9 @@ export function parseProxyConfig(
  */
 export interface ProxyConfigOverrides {
   /** Replaces the file's `workers`: rules that depend on it (a shared idempotency store) apply. */
-  readonly workers?: number
+  readonly workers?: number | undefined
   /** Replaces the file's `startTimeoutMs` (the CLI's `--start-timeout`). */
-  readonly startTimeoutMs?: number
+  readonly startTimeoutMs?: number | undefined
 }
 
 /** Reads a YAML file and {@link parseProxyConfig}s it (the file path names the source). */

@@ -51,18 +51,18 @@ export interface GatewayHandlerOptions {
    * warning is logged once per route.
    * @default undefined
    */
-  readonly idempotency?: SidecarIdempotency
+  readonly idempotency?: SidecarIdempotency | undefined
   /**
    * Runs shadow comparisons (shared by every route of the listener).
    * @default createShadowRunner({ clock: ctx.clock, logger: ctx.logger })
    */
-  readonly shadow?: ShadowRunner
+  readonly shadow?: ShadowRunner | undefined
   /**
    * Source of randomness in [0, 1) for non-sticky splits and shadow sampling (tests pass a
    * seeded one).
    * @default Math.random
    */
-  readonly random?: () => number
+  readonly random?: (() => number) | undefined
 }
 
 interface GatewayMetrics {

@@ -70,12 +70,12 @@ export interface DiffJsonOptions {
    * Subtrees left out of the comparison.
    * @default no patterns
    */
-  readonly ignore?: PathPatterns
+  readonly ignore?: PathPatterns | undefined
   /**
    * Stop after this many differences (a rewritten endpoint can differ everywhere).
    * @default 100
    */
-  readonly maxDifferences?: number
+  readonly maxDifferences?: number | undefined
 }
 
 const noPatterns = compilePathPatterns([])
@@ -177,17 +177,17 @@ export interface CompareResponsesOptions {
    * JSON body subtrees left out (patterns as in {@link compilePathPatterns}).
    * @default no patterns
    */
-  readonly ignoreFields?: PathPatterns
+  readonly ignoreFields?: PathPatterns | undefined
   /**
    * Header names (lower case) left out, on top of {@link defaultIgnoredHeaders}.
    * @default []
    */
-  readonly ignoreHeaders?: ReadonlySet<string>
+  readonly ignoreHeaders?: ReadonlySet<string> | undefined
   /**
    * Most differences reported per comparison.
    * @default 100
    */
-  readonly maxDifferences?: number
+  readonly maxDifferences?: number | undefined
 }
 
 function headerValue(value: string | readonly string[] | undefined): string | undefined {

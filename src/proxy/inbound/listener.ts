@@ -32,7 +32,7 @@ export interface ListenerServerOptions {
    * and key written one after the other are read together (ms).
    * @default 200
    */
-  readonly tlsReloadDebounceMs?: number
+  readonly tlsReloadDebounceMs?: number | undefined
 }
 
 /** The bound address of a listener. */

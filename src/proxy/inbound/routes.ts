@@ -31,18 +31,18 @@ export interface RouteTableOptions {
    * route-overrides.ts).
    * @default undefined
    */
-  readonly previous?: RouteTable
+  readonly previous?: RouteTable | undefined
   /**
    * Time for the retry affinity pins' lifetime (tests pass a ManualClock).
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * Told about each retry affinity pin once a request may have reached its service (the
    * multi-process mode passes it on to the other workers, which {@link RouteTable.adoptPin} it).
    * @default undefined
    */
-  readonly onPinReached?: (pin: SharedRetryPin) => void
+  readonly onPinReached?: ((pin: SharedRetryPin) => void) | undefined
 }
 
 /** A retry affinity pin as one process tells the others. */

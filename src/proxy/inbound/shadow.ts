@@ -120,29 +120,29 @@ export interface ShadowRunnerOptions {
    * counted, never queued: shadow traffic must not pile up behind a slow new system.
    * @default 32
    */
-  readonly maxInFlight?: number
+  readonly maxInFlight?: number | undefined
   /**
    * Largest response body compared (bytes); a longer primary, shadow or second primary body
    * skips the comparison.
    * @default 1048576 (1 MiB)
    */
-  readonly maxBodyBytes?: number
+  readonly maxBodyBytes?: number | undefined
   /**
    * Clock for the `at` time of mismatch examples.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * Where shadow call failures are logged (debug level, without request data).
    * @default no logging
    */
-  readonly logger?: Logger
+  readonly logger?: Logger | undefined
   /**
    * Registry for `breakwater_proxy_shadow_comparisons_total{route, result}` (result: `match`,
    * `mismatch`, `skipped`, `error`).
    * @default no metrics
    */
-  readonly metrics?: MetricsRegistry
+  readonly metrics?: MetricsRegistry | undefined
 }
 
 /** What became of one sampled request. */

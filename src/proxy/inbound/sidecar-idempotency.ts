@@ -49,28 +49,28 @@ export interface SidecarIdempotencyOptions {
    * the app's slowest answer, with retries.
    * @default 60000
    */
-  readonly leaseMs?: number
+  readonly leaseMs?: number | undefined
   /**
    * The `Retry-After` of a 409 for a concurrent duplicate (rounded up to whole seconds).
    * @default 1000
    */
-  readonly retryAfterMs?: number
+  readonly retryAfterMs?: number | undefined
   /**
    * Largest response body recorded for replay; a longer one is passed to the client but not
    * recorded (the key is released).
    * @default 1048576 (1 MiB)
    */
-  readonly maxResponseBytes?: number
+  readonly maxResponseBytes?: number | undefined
   /**
    * Clock of leases and retention.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * Where record failures are logged.
    * @default no logging
    */
-  readonly logger?: Logger
+  readonly logger?: Logger | undefined
 }
 
 /** Runs forwards of routes with Idempotency-Key enforcement. */
@@ -415,14 +415,14 @@ export interface OpenProxyIdempotencyOptions {
    * Clock of leases and retention.
    * @default systemClock
    */
-  readonly clock?: Clock
+  readonly clock?: Clock | undefined
   /**
    * Cancels the open: it then rejects with `AbortedError` (code `ABORTED`) once every
    * connection it made has closed. On PostgreSQL a migration waiting on the migration lock
    * (another session migrating, a hung `breakwater migrate`) is ended at once; a connect to a
    * server that does not answer ends at the driver's connect timeout (10 s).
    */
-  readonly signal?: AbortSignal
+  readonly signal?: AbortSignal | undefined
 }
 
 /**
