@@ -8,7 +8,12 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { httpClientOptions } from '../../src/http/client.js'
 import { createHttpClient } from '../../src/http/index.js'
 import { executeOptions, requestOptions, serviceOptions } from '../../src/http/service.js'
-import { expectNullOptionsRefused, type NullOptionCase } from '../support/null-option.js'
+import {
+  expectNullOptionsRefused,
+  expectUndefinedOptionsAccepted,
+  type NullOptionCase,
+} from '../support/null-option.js'
+import { startServer } from './servers.js'
 
 const baseUrl = 'http://127.0.0.1:9'
 
@@ -47,6 +52,28 @@ describe('http client options given as null', () => {
   it.each(Object.keys(bags))('%s refuses each option given as null', (name) =>
     expectNullOptionsRefused(bags[name]!),
   )
+
+  const offline = Object.keys(bags).filter((name) => name !== 'request')
+  it.each(offline)('%s takes each optional option given as undefined', (name) =>
+    expectUndefinedOptionsAccepted(bags[name]!),
+  )
+
+  // A request that passes the checks goes out: this one needs a server that answers.
+  it('request takes each optional option given as undefined', async () => {
+    const server = await startServer((_req, res) => {
+      res.end('{}')
+    })
+    const served = createHttpClient({ services: { svc: { baseUrl: server.url } } })
+    try {
+      await expectUndefinedOptionsAccepted({
+        ...bags.request!,
+        build: (o) => served.request('svc', o as never),
+      })
+    } finally {
+      await served.close()
+      await server.close()
+    }
+  })
 
   it('takes json: null as the JSON body null (data, not an option)', async () => {
     const sent = client.request('svc', { method: 'POST', path: '/x', json: null, retry: false })

@@ -25,7 +25,11 @@ import { handlerOptions } from '../../src/idempotency/node-http.js'
 import { redisStoreOptions } from '../../src/idempotency/redis-store.js'
 import { tenantScopeOptions } from '../../src/idempotency/scope.js'
 import { sweeperOptions, sweepOptions } from '../../src/idempotency/sweeper.js'
-import { expectNullOptionsRefused, type NullOptionCase } from '../support/null-option.js'
+import {
+  expectNullOptionsRefused,
+  expectUndefinedOptionsAccepted,
+  type NullOptionCase,
+} from '../support/null-option.js'
 
 const store = createMemoryIdempotencyStore()
 const idempotency = createIdempotency({ store })
@@ -103,5 +107,9 @@ const bags: Record<string, NullOptionCase> = {
 describe('idempotency options given as null', () => {
   it.each(Object.keys(bags))('%s refuses each option given as null', (name) =>
     expectNullOptionsRefused(bags[name]!),
+  )
+
+  it.each(Object.keys(bags))('%s takes each optional option given as undefined', (name) =>
+    expectUndefinedOptionsAccepted(bags[name]!),
   )
 })

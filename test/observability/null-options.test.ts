@@ -18,7 +18,11 @@ import {
   registryOptions,
 } from '../../src/observability/metrics.js'
 import { metricsServerOptions } from '../../src/observability/metrics-server.js'
-import { expectNullOptionsRefused, type NullOptionCase } from '../support/null-option.js'
+import {
+  expectNullOptionsRefused,
+  expectUndefinedOptionsAccepted,
+  type NullOptionCase,
+} from '../support/null-option.js'
 
 const sink = { write: () => true }
 const registry = createMetricsRegistry()
@@ -66,5 +70,9 @@ const bags: Record<string, NullOptionCase> = {
 describe('observability options given as null', () => {
   it.each(Object.keys(bags))('%s refuses each option given as null', (name) =>
     expectNullOptionsRefused(bags[name]!),
+  )
+
+  it.each(Object.keys(bags))('%s takes each optional option given as undefined', (name) =>
+    expectUndefinedOptionsAccepted(bags[name]!),
   )
 })

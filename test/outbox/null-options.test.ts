@@ -22,7 +22,11 @@ import { relayOptions, retentionOptions } from '../../src/outbox/relay.js'
 import { pruneInboxOptions, pruneOutboxOptions } from '../../src/outbox/retention.js'
 import { backoffOptions } from '../../src/policies/backoff.js'
 import type { SqlDriver } from '../../src/stores/index.js'
-import { expectNullOptionsRefused, type NullOptionCase } from '../support/null-option.js'
+import {
+  expectNullOptionsRefused,
+  expectUndefinedOptionsAccepted,
+  type NullOptionCase,
+} from '../support/null-option.js'
 import { optionRefusal } from '../support/unknown-option.js'
 import { count, type OutboxDb, sqliteTarget } from './support.js'
 
@@ -99,6 +103,10 @@ describe('outbox options given as null', () => {
 
   it.each(Object.keys(bags()))('%s refuses each option given as null', (name) =>
     expectNullOptionsRefused(bags()[name]!),
+  )
+
+  it.each(Object.keys(bags()))('%s takes each optional option given as undefined', (name) =>
+    expectUndefinedOptionsAccepted(bags()[name]!),
   )
 
   it('refuses an event id or topic given as null; a null payload is JSON null', async () => {

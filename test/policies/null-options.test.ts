@@ -32,6 +32,7 @@ import { retryOptions } from '../../src/policies/retry.js'
 import { retryBudgetOptions } from '../../src/policies/retry-budget.js'
 import { timeoutOptions } from '../../src/policies/timeout.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { expectUndefinedOptionsAccepted } from '../support/null-option.js'
 import { optionRefusal } from '../support/unknown-option.js'
 
 const clock = new ManualClock()
@@ -178,6 +179,10 @@ describe('an option given as null', () => {
       }
     })
   }
+
+  it.each(Object.keys(factories))('%s takes each optional option given as undefined', (what) =>
+    expectUndefinedOptionsAccepted(factories[what]!),
+  )
 
   it('a retry given maxAttempts: null makes no attempt: it is never built', async () => {
     let calls = 0

@@ -8,15 +8,23 @@ import { describe, it } from 'vitest'
 import { runUntilSignal } from '../../src/process/index.js'
 import { runUntilSignalOptions } from '../../src/process/run-until-signal.js'
 import { ManualClock } from '../../src/testing/index.js'
-import { expectNullOptionsRefused } from '../support/null-option.js'
+import {
+  expectNullOptionsRefused,
+  expectUndefinedOptionsAccepted,
+  type NullOptionCase,
+} from '../support/null-option.js'
+
+const bag: NullOptionCase = {
+  build: (o) =>
+    runUntilSignal(() => ({ done: Promise.resolve(), stop: async () => {} }), o as never),
+  good: { target: new EventEmitter(), clock: new ManualClock() },
+  keys: runUntilSignalOptions,
+  prefix: 'runUntilSignal',
+}
 
 describe('runUntilSignal options given as null', () => {
-  it('refuses each option given as null', () =>
-    expectNullOptionsRefused({
-      build: (o) =>
-        runUntilSignal(() => ({ done: Promise.resolve(), stop: async () => {} }), o as never),
-      good: { target: new EventEmitter(), clock: new ManualClock() },
-      keys: runUntilSignalOptions,
-      prefix: 'runUntilSignal',
-    }))
+  it('refuses each option given as null', () => expectNullOptionsRefused(bag))
+
+  // target: undefined listens on the process for the moment the service runs (it ends at once).
+  it('takes each option given as undefined', () => expectUndefinedOptionsAccepted(bag))
 })

@@ -15,7 +15,11 @@ import { runMigrationsOptions } from '../../src/stores/migrations.js'
 import { openOptions } from '../../src/stores/open.js'
 import { postgresDriverOptions } from '../../src/stores/postgres.js'
 import { sqliteDriverOptions } from '../../src/stores/sqlite.js'
-import { expectNullOptionsRefused, type NullOptionCase } from '../support/null-option.js'
+import {
+  expectNullOptionsRefused,
+  expectUndefinedOptionsAccepted,
+  type NullOptionCase,
+} from '../support/null-option.js'
 
 let db: SqlDriver
 beforeAll(async () => {
@@ -75,5 +79,9 @@ const bags: Record<string, NullOptionCase> = {
 describe('store options given as null', () => {
   it.each(Object.keys(bags))('%s refuses each option given as null', (name) =>
     expectNullOptionsRefused(bags[name]!),
+  )
+
+  it.each(Object.keys(bags))('%s takes each optional option given as undefined', (name) =>
+    expectUndefinedOptionsAccepted(bags[name]!),
   )
 })
