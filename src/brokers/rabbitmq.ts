@@ -489,12 +489,13 @@ interface BindingWatch {
 }
 
 /**
- * The name of the marker exchange that tells whether the exchange was deleted since `queue` was
+ * The name of the marker exchange that tells whether `exchange` was deleted since `queue` was
  * bound to it: one per (exchange, queue), so competing subscribers of a group share it and
- * restarts reuse it, never leaving one behind per connection.
+ * restarts reuse it, never leaving one behind per connection. Internal: not exported from the
+ * package root (tests wait for it).
  */
-function bindingMarker(options: ResolvedRabbitOptions, queue: string): string {
-  const hash = createHash('sha256').update(`${options.exchange}\n${queue}`).digest('hex')
+export function bindingMarker(exchange: string, queue: string): string {
+  const hash = createHash('sha256').update(`${exchange}\n${queue}`).digest('hex')
   return `breakwater.binding-check.${hash.slice(0, 32)}`
 }
 
@@ -514,7 +515,7 @@ function bindingMarker(options: ResolvedRabbitOptions, queue: string): string {
  */
 async function watchBinding(watch: BindingWatch): Promise<void> {
   const { options, queue, topic, signal } = watch
-  const marker = bindingMarker(options, queue)
+  const marker = bindingMarker(options.exchange, queue)
   // Tried again at the next check when setting it fails (the exchange may be gone just then).
   let marked = await markBinding(watch, marker).catch((): MarkerState => 'unset')
   for (;;) {
