@@ -30,7 +30,7 @@ import {
   type SqlTransaction,
   type Unlisten,
 } from '../stores/index.js'
-import { measuredOnceBegun, queryLast } from '../stores/measured.js'
+import { executeLast, measuredOnceBegun, queryLast } from '../stores/measured.js'
 import { shielded, throwIfAborted } from './common.js'
 import type {
   Broker,
@@ -615,18 +615,6 @@ function seqKey(seq: unknown): string {
   if (typeof seq === 'number') return String(seq)
   if (seq instanceof Uint8Array) return `blob:${Buffer.from(seq).toString('hex')}`
   return `${typeof seq}:${String(seq)}`
-}
-
-// Runs `sql` as the transaction's last statement (committing with it where the driver can) and
-// resolves to the rows it changed.
-async function executeLast(
-  tx: SqlTransaction,
-  sql: string,
-  params: readonly unknown[],
-): Promise<number> {
-  return tx.finish === undefined
-    ? (await tx.execute(sql, params)).rowCount
-    : (await tx.finish(sql, params)).rowCount
 }
 
 /** A leased batch while its handlers run. */

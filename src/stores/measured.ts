@@ -90,12 +90,24 @@ export function measuredExecute(
   clock: Pick<Clock, 'now'>,
   build: (now: number, asked: number) => MeasuredStatement,
 ): Promise<number> {
-  return measuredOnceBegun(db, clock, async (tx, now, asked) => {
+  return measuredOnceBegun(db, clock, (tx, now, asked) => {
     const { sql, params } = build(now, asked)
-    return tx.finish === undefined
-      ? (await tx.execute(sql, params)).rowCount
-      : (await tx.finish(sql, params)).rowCount
+    return executeLast(tx, sql, params)
   })
+}
+
+/**
+ * Runs `sql` as the last statement of `tx` and resolves to the number of rows it changed,
+ * committing with it where the driver can, as {@link queryLast} does for rows.
+ */
+export async function executeLast(
+  tx: SqlTransaction,
+  sql: string,
+  params: readonly unknown[],
+): Promise<number> {
+  return tx.finish === undefined
+    ? (await tx.execute(sql, params)).rowCount
+    : (await tx.finish(sql, params)).rowCount
 }
 
 /**
