@@ -59,6 +59,28 @@ export interface PostgresDriverOptions {
    */
   readonly idleTimeoutMs?: number | undefined
   /**
+   * How long the client waits for the answer to one statement before it gives up on it (pg's
+   * `query_timeout`); 0 means no limit. The statement rejects with "Query read timeout" and its
+   * connection is destroyed, not reused. This is the one bound on a server that stops answering
+   * while the connection stays open (a frozen server, a stateful firewall that silently drops
+   * the flow): without it every statement on such a connection waits forever, and a relay or
+   * saga worker stalls without an error. Unlike `statementTimeoutMs` the server plays no part,
+   * so set it above the longest statement you run (rebuilds and large prunes included) and
+   * above any lock wait (advisory locks of the SQL queue, row locks of a saga claim).
+   * @default 0
+   */
+  readonly queryTimeoutMs?: number | undefined
+  /**
+   * TCP keepalive on every connection: the first probe goes out after this long without
+   * traffic; 0 turns keepalive off. It lets the kernel notice a server host that vanished (the
+   * LISTEN connection is otherwise idle for good); later probes follow the kernel's
+   * `tcp_keepalive_intvl` and `tcp_keepalive_probes` (75 s and 9 on Linux), which node 20 does
+   * not set. It cannot notice a server that is alive but not answering: that is
+   * `queryTimeoutMs`'s job.
+   * @default 10000
+   */
+  readonly keepAliveDelayMs?: number | undefined
+  /**
    * Shown in `pg_stat_activity.application_name`.
    * @default 'breakwater'
    */
@@ -89,6 +111,8 @@ export const postgresDriverOptions = optionKeys<PostgresDriverOptions>({
   idleInTransactionTimeoutMs: true,
   connectionTimeoutMs: true,
   idleTimeoutMs: true,
+  queryTimeoutMs: true,
+  keepAliveDelayMs: true,
   applicationName: true,
   listenRetryBaseMs: true,
   listenRetryMaxMs: true,
@@ -920,6 +944,8 @@ export async function createPostgresDriver(
   const idleInTxMs = timeout('idleInTransactionTimeoutMs', options.idleInTransactionTimeoutMs ?? 0)
   const connectionTimeoutMs = timeout('connectionTimeoutMs', options.connectionTimeoutMs ?? 10_000)
   const idleTimeoutMs = timeout('idleTimeoutMs', options.idleTimeoutMs ?? 10_000)
+  const queryTimeoutMs = timeout('queryTimeoutMs', options.queryTimeoutMs ?? 0)
+  const keepAliveDelayMs = timeout('keepAliveDelayMs', options.keepAliveDelayMs ?? 10_000)
   const applicationName = options.applicationName ?? 'breakwater'
   if (typeof applicationName !== 'string') {
     throw new InvalidOptionError('applicationName', 'a string', applicationName)
@@ -938,6 +964,13 @@ export async function createPostgresDriver(
   }
   if (statementTimeoutMs > 0) connection.statement_timeout = statementTimeoutMs
   if (idleInTxMs > 0) connection.idle_in_transaction_session_timeout = idleInTxMs
+  // A query_timeout in the URL wins over the option (pg lets the URL's parameters override the
+  // config object), as statement_timeout's does.
+  if (queryTimeoutMs > 0) connection.query_timeout = queryTimeoutMs
+  if (keepAliveDelayMs > 0) {
+    connection.keepAlive = true
+    connection.keepAliveInitialDelayMillis = keepAliveDelayMs
+  }
   // Pipeline mode (pg 8.23) lets a transaction send BEGIN and its first statement together.
   // breakwater never uses what it excludes (cursors, the `rows` option, query streams); the
   // LISTEN connection below is a plain client.

@@ -200,6 +200,8 @@ describe('PostgreSQL driver', () => {
       'idleInTransactionTimeoutMs',
       'connectionTimeoutMs',
       'idleTimeoutMs',
+      'queryTimeoutMs',
+      'keepAliveDelayMs',
     ]) {
       await expect(
         createPostgresDriver({ connectionString: 'postgres://u:pw@h/db', [option]: 2 ** 31 }),
