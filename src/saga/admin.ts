@@ -477,9 +477,9 @@ function adminOptions(options: SagaAdminOptions): { now: number; by: string; rea
   checkObject('options', options)
   // A misspelt reason (`because`) left the timeline without it.
   checkSagaOptions('options', options, adminOptionKeys)
-  const by = options.by ?? 'operator'
-  if (typeof by !== 'string' || by === '')
-    throw new InvalidOptionError('options.by', 'a non-empty string', by)
+  // Written to the worker column as it is: a NUL made PostgreSQL refuse the write with a bare
+  // driver error (22021) where SQLite stored it.
+  const by = checkStoredName('options.by', options.by ?? 'operator')
   if (options.reason !== undefined && typeof options.reason !== 'string')
     throw new InvalidOptionError('options.reason', 'a string', options.reason)
   const now = storedTime(checkClock('clock', options.clock))

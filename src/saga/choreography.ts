@@ -241,7 +241,8 @@ export interface SagaReplyHandlerOptions {
   readonly consumer?: string | undefined
   /**
    * Called for a reply that names no saga (or a step it does not have), that its step awaits
-   * no more (`deliverReply`'s `'stale'`), or whose message id no inbox record can hold (empty,
+   * no more (`deliverReply`'s `'stale'`), whose payload cannot be stored (JSON that parses to a
+   * value with no JSON form, such as `1e400`), or whose message id no inbox record can hold (empty,
    * a NUL, a lone surrogate: the reason is the `POISON_MESSAGE` error's message); it is
    * acknowledged and dropped rather than redelivered forever.
    * @default ignore
@@ -313,7 +314,15 @@ export function sagaReplyHandler(
             ignored = `saga ${sagaId}: step "${step}" awaits no reply to this command any more (it already ran, this reply was read before, or the saga is no longer running: compensating, parked or finished)`
         } catch (error) {
           const code = (error as { code?: unknown }).code
-          if (code !== 'SAGA_NOT_FOUND' && code !== 'SAGA_STATE_CONFLICT') throw error
+          // INVALID_OPTION: the reply parsed but cannot be stored (1e400 parses to Infinity,
+          // which JSON cannot write back); every delivery of it fails alike, so it is dropped
+          // and reported, not redelivered forever.
+          if (
+            code !== 'SAGA_NOT_FOUND' &&
+            code !== 'SAGA_STATE_CONFLICT' &&
+            code !== 'INVALID_OPTION'
+          )
+            throw error
           ignored = (error as Error).message
         }
       })

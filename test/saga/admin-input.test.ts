@@ -37,6 +37,19 @@ describe('saga admin functions refuse an id that is not a string', () => {
     })
   }
 
+  // `by` is written to the worker column as it is: PostgreSQL refused a NUL there with a bare
+  // driver error (22021) where SQLite stored it.
+  it.each([
+    ['cancelSaga', cancelSaga],
+    ['retrySaga', retrySaga],
+  ] as const)('%s refuses a `by` that no text column can hold', async (_name, operation) => {
+    for (const by of ['op\u0000x', 'op\ud800', '']) {
+      const error = await operation(untouched, 'order-1', { by }).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe('options.by')
+    }
+  })
+
   it('deliverReply refuses a step that is not a string', async () => {
     const error = await deliverReply(untouched, 'order-1', 7 as never, {}).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(InvalidOptionError)
