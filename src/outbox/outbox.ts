@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto'
 import { context, propagation } from '@opentelemetry/api'
+import { KEY_HEADER } from '../brokers/common.js'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkStoredKey, checkStoredName, jsonTextOf } from '../core/text.js'
+import { checkStoredKey, checkStoredName, hasLoneSurrogate, jsonTextOf } from '../core/text.js'
 import {
   checkClock,
   checkKnownOptions,
@@ -209,6 +210,15 @@ const maxRowsPerStatement = 1000
 const headerName = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 const headerNameRule = "header names of letters, digits and ! # $ % & ' * + - . ^ _ ` | ~"
 const headerValueBreak = /[\r\n\0]/
+// Names set by the relay (the event's type and aggregate type) and by the NATS, RabbitMQ and
+// Redis adapters (the key): a header of that name was overwritten by the relay without a word,
+// or refused by the broker (BROKER_REJECTED) after the commit.
+const reservedHeaders: ReadonlySet<string> = new Set([
+  EVENT_TYPE_HEADER,
+  AGGREGATE_TYPE_HEADER,
+  KEY_HEADER,
+])
+const reservedHeaderRule = `a header name other than ${[...reservedHeaders].join(', ')}, which are reserved (set by the relay and the brokers from the event's type, aggregateType and aggregateId)`
 
 class SqlOutbox implements Outbox {
   readonly #topic: string | ((event: OutboxEvent) => string) | undefined
@@ -388,17 +398,20 @@ class SqlOutbox implements Outbox {
       checkObject(`${at}.headers`, event.headers)
       for (const [name, value] of Object.entries(event.headers)) {
         // What every broker carries: an HTTP field name (the webhook sends the headers as HTTP
-        // headers; nats.js refuses a name with a space or a colon) and a value without CR, LF or
-        // NUL. Either would be refused at publish, long after the transaction committed, and the
-        // event would retry into the dead letters.
+        // headers; nats.js refuses a name with a space or a colon), not one of the reserved
+        // names, and a value without CR, LF, NUL or half of a surrogate pair (no UTF-8 form:
+        // the brokers' checkOutgoing refuses it). Any of these would be refused at publish,
+        // long after the transaction committed, and the event would be dead-lettered.
         if (!headerName.test(name))
           throw new InvalidOptionError(`${at}.headers`, headerNameRule, name)
+        if (reservedHeaders.has(name))
+          throw new InvalidOptionError(`${at}.headers.${name}`, reservedHeaderRule, value)
         if (typeof value !== 'string')
           throw new InvalidOptionError(`${at}.headers.${name}`, 'a string', value)
-        if (headerValueBreak.test(value))
+        if (headerValueBreak.test(value) || hasLoneSurrogate(value))
           throw new InvalidOptionError(
             `${at}.headers.${name}`,
-            'a string without CR, LF or NUL',
+            'a string without CR, LF, NUL or half of a surrogate pair',
             value,
           )
         headers[name] = value
