@@ -562,6 +562,11 @@ class OutboxRelay implements Relay {
   // Marks committed, and those the loop has passed the after-mark fault point for.
   #marksDone = 0
   #marksReported = 0
+  // Rounds handed to the marker, and those whose mark statement has ended (committed or
+  // failed), in the order they were handed over: the loop's failure backoff is reset once the
+  // rounds of a cycle that ended cleanly are settled with no failure (see #run).
+  #roundsQueued = 0
+  #roundsSettled = 0
   // The next round, read while the current one is published (see #publishBatch).
   #ahead: Promise<OutboxRow[]> | undefined
   #published = 0
@@ -969,8 +974,26 @@ class OutboxRelay implements Relay {
     // Whether the last empty read found rows held back by the horizon.
     let heldBack = false
     let failedRounds = 0
+    // Failed cycles in a row (a read, mark, charge or lease statement that threw): the pause
+    // after each grows. Reset only once a cycle went through entirely, its marks included: a
+    // mark that keeps failing (the role lost UPDATE) fails every other cycle while the reads
+    // succeed, and resetting after each read kept the pause at its base, so the relay
+    // republished the same events several times a second for ever.
     let dbFailures = 0
+    // Set when a cycle ended cleanly: the rounds queued by then, whose marks must settle
+    // without a failure before dbFailures is reset.
+    let cleanUpTo: number | undefined
     while (this.#state === 'running') {
+      if (
+        cleanUpTo !== undefined &&
+        this.#roundsSettled >= cleanUpTo &&
+        this.#markFailure === undefined
+      ) {
+        dbFailures = 0
+        cleanUpTo = undefined
+      }
+      // Whether this cycle went through (a publish failure or an outage is not a clean one).
+      let clean = true
       try {
         this.#resumeMarks()
         await this.#reportMarks()
@@ -1000,7 +1023,6 @@ class OutboxRelay implements Relay {
           rows = await this.#readBatch()
         }
         await this.#fault('after-claim')
-        dbFailures = 0
         if (rows.length > 0) {
           const since = oldest(rows)
           // None can be read: no age to tell, the last one measured is kept.
@@ -1014,6 +1036,7 @@ class OutboxRelay implements Relay {
           for (const { error } of this.#suspects.values())
             delayMs = Math.max(delayMs, this.#waitAskedBy(error))
           this.#suspects.clear()
+          clean = false
           await this.#pause(delayMs)
           continue
         }
@@ -1048,6 +1071,7 @@ class OutboxRelay implements Relay {
         } else {
           const delay = Math.max(this.#backoff.delayMs(failedRounds), failure.retryAfterMs)
           failedRounds++
+          clean = false
           await this.#pause(delay)
         }
       } catch (error) {
@@ -1059,8 +1083,13 @@ class OutboxRelay implements Relay {
         // A round cut short by a failure: what was read ahead of it is read again.
         this.#dropAhead()
         this.#emit({ type: 'error', phase: phaseOf(error), error: causeOf(error) })
+        clean = false
+        cleanUpTo = undefined
         await this.#pause(this.#backoff.delayMs(dbFailures))
         dbFailures++
+      } finally {
+        // Also on continue: an idle or held-back cycle is a clean one.
+        if (clean) cleanUpTo = this.#roundsQueued
       }
     }
     // Stopping: a round read ahead is not published; the rounds in hand are marked before the
@@ -1117,6 +1146,7 @@ class OutboxRelay implements Relay {
   #queueMark(rows: OutboxRow[], startedAt: number): void {
     this.#toMark.push({ rows, startedAt })
     this.#toMarkCount += rows.length
+    this.#roundsQueued++
     if (this.#marking === undefined) this.#startMark()
   }
 
@@ -1144,6 +1174,8 @@ class OutboxRelay implements Relay {
       } finally {
         this.#markingRows = []
         this.#marking = undefined
+        // After #markFailure is set: the loop never counts a failed round as settled cleanly.
+        this.#roundsSettled += rounds.length
       }
       if (this.#markFailure === undefined) this.#startMark()
     })()
