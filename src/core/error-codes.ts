@@ -62,9 +62,11 @@ export const errorCodes = {
     "A saga worker's write was refused because another worker took the instance over (its lease expired).",
   SAGA_NOT_FOUND: 'No saga instance has the given id.',
   SAGA_STATE_CONFLICT:
-    'A saga operation (retry, cancel, deliver a reply) does not apply to the instance in its current status.',
+    'A saga operation (retry, cancel, deliver a reply) does not apply to the instance in its current status, or a saga was started with an id an instance of another saga holds.',
   SAGA_REPLY_TIMEOUT:
     'A saga step waited for its reply message longer than its timeout; retryable.',
+  SAGA_WORKER_STOPPED:
+    'start() was called on a saga worker after stop() (or after a start() that failed); a worker runs once, create a new one.',
   SAGA_AT_COMMIT_TIMEOUT:
     "A saga step's atCommit work did not finish within the worker's atCommitTimeoutMs; its transaction was rolled back and the attempt failed; retryable.",
   WRONG_EXPECTED_VERSION:

@@ -36,7 +36,8 @@ export class SagaNotFoundError extends BreakwaterError {
 /**
  * The operation does not apply to the instance in its current status (code
  * `SAGA_STATE_CONFLICT`): retrying a saga that is not parked, cancelling one that finished, a
- * reply for a step the saga is not waiting on.
+ * reply for a step the saga is not waiting on, a start (`startSaga`, `worker.run`) with an id an
+ * instance of another saga holds.
  */
 export class SagaStateConflictError extends BreakwaterError {
   /** The saga instance. */
@@ -48,6 +49,23 @@ export class SagaStateConflictError extends BreakwaterError {
     super('SAGA_STATE_CONFLICT', `Saga ${sagaId} is ${status}: ${message}`)
     this.sagaId = sagaId
     this.status = status
+  }
+}
+
+/**
+ * `start()` was called on a saga worker after `stop()`, or after a `start()` that failed (code
+ * `SAGA_WORKER_STOPPED`): a worker runs once; create a new one.
+ */
+export class SagaWorkerStoppedError extends BreakwaterError {
+  /** The worker's id. */
+  readonly workerId: string
+
+  constructor(workerId: string) {
+    super(
+      'SAGA_WORKER_STOPPED',
+      `Saga worker ${JSON.stringify(workerId)} was stopped (or failed to start) and cannot start again; create a new worker`,
+    )
+    this.workerId = workerId
   }
 }
 

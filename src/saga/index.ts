@@ -60,6 +60,7 @@ export {
   SagaNotFoundError,
   SagaReplyTimeoutError,
   SagaStateConflictError,
+  SagaWorkerStoppedError,
 } from './errors.js'
 export type { SagaEvent, SagaEventType, SagaWorkerMetrics } from './events.js'
 export type { SagaFaultPoint, SagaFaultSite, SagaFaults } from './faults.js'
@@ -110,4 +111,4 @@ export type {
   SagaWorkerState,
   StopSagaWorkerOptions,
 } from './worker.js'
-export { createSagaWorker, defaultAtCommitTimeoutMs } from './worker.js'
+export { createSagaWorker, defaultAtCommitTimeoutMs, maxClaimBackoffMs } from './worker.js'

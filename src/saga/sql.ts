@@ -173,6 +173,16 @@ export interface SagaStatements {
   /** $1 id. */
   readonly selectOne: string
   /**
+   * $1 id: the instance's `name`, `version` and `status`, read when a start found the id taken,
+   * to tell a repeated start of the same saga from an id another saga's instance holds.
+   */
+  readonly selectDefinition: string
+  /**
+   * No parameters, no rows: the read a worker's `start()` makes, so that a closed database or
+   * one without the saga tables rejects it instead of failing every poll after it resolved.
+   */
+  readonly probe: string
+  /**
    * $1 id: the row as `selectOne` reads it, on PostgreSQL locked until the transaction ends
    * (FOR NO KEY UPDATE, the lock a worker's write takes: a write under way is waited for, and
    * its outcome read). On SQLite a plain read: a write transaction excludes every other writer.
@@ -325,6 +335,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)`,
   leaseHeld: `SELECT 1 AS held FROM ${sagaTable} WHERE id = $1 AND lease_token = $2`,
   renewOne: `UPDATE ${sagaTable} SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2`,
   selectOne: `SELECT ${rowColumns} FROM ${sagaTable} WHERE id = $1`,
+  selectDefinition: `SELECT name, version, status FROM ${sagaTable} WHERE id = $1`,
+  probe: `SELECT 1 AS reachable FROM ${sagaTable} WHERE 1 = 0`,
   selectEvents: `SELECT seq, at, kind, step, attempt, worker, detail FROM ${sagaEventsTable}
 WHERE saga_id = $1 ORDER BY seq`,
   // The token as the claim bumps it (see `bumped`): `+ 1` at the BIGINT maximum failed the

@@ -14,8 +14,9 @@ import {
   maxSagaIdLength,
   type SagaDefinition,
 } from './definition.js'
+import { SagaStateConflictError } from './errors.js'
 import { checkSagaOptions } from './options.js'
-import { sagaMigrations } from './sql.js'
+import { sagaMigrations, sagaStatements } from './sql.js'
 import { type StepState, storedJson } from './state.js'
 import { insertInstance } from './store.js'
 
@@ -24,7 +25,10 @@ export interface StartSagaOptions {
   /**
    * The instance id: 1 to 200 characters from `A-Z a-z 0-9 - _ . : ~ + / =`. Derive it from the
    * business key (`order-42`) to make starting idempotent: a second start with the same id
-   * inserts nothing and resolves with `created: false`.
+   * inserts nothing and resolves with `created: false`. Ids are one namespace across every
+   * saga: an id an instance of another saga (another name) holds is refused with
+   * `SagaStateConflictError`; one held by another version of the same saga counts as that
+   * saga (`created: false`). Prefix ids with the saga's name when keys may repeat across sagas.
    * @default a random UUID
    */
   readonly id?: string | undefined
@@ -47,7 +51,10 @@ const startOptions = optionKeys<StartSagaOptions>({ id: true, notify: true, cloc
 export interface StartedSaga {
   /** The instance id. */
   readonly id: string
-  /** False when an instance with this id already existed (nothing was inserted). */
+  /**
+   * False when an instance of this saga (this name, any version) with this id already existed
+   * (nothing was inserted).
+   */
   readonly created: boolean
 }
 
@@ -89,6 +96,34 @@ export function serializeInput(saga: CompiledSaga, input: unknown): string {
   return storedJson('input', parsed)
 }
 
+/** What a start that found its id taken reads of the instance holding it. */
+export interface ExistingInstance {
+  readonly name: unknown
+  readonly version: unknown
+  readonly status: unknown
+}
+
+/**
+ * Refuses a start (`startSaga`, `worker.run`) that found its id held by an instance of another
+ * saga. Ids are one namespace across definitions, and `created: false` said "this saga was
+ * started already" of a saga that never was (it never ran; `worker.run` reported the other
+ * saga's state as its outcome). Another version of the same name is the same saga, re-started
+ * after a version bump: no refusal. `existing` undefined (the row was pruned meanwhile) is left
+ * as the start found it, not created.
+ */
+export function refuseOtherSaga(
+  id: string,
+  saga: CompiledSaga,
+  existing: ExistingInstance | undefined,
+): void {
+  if (existing === undefined || existing.name === saga.name) return
+  throw new SagaStateConflictError(
+    id,
+    String(existing.status),
+    `the id is held by an instance of saga ${JSON.stringify(existing.name)} version ${String(existing.version)}, not of ${JSON.stringify(saga.name)}: saga ids are shared by every definition (prefix them with the saga's name); nothing was started`,
+  )
+}
+
 /** The initial step states of a definition, as JSON. */
 export function initialSteps(saga: CompiledSaga): string {
   const steps: StepState[] = saga.steps.map((s) => ({
@@ -107,6 +142,8 @@ export function initialSteps(saga: CompiledSaga): string {
  * is validated by the definition's `input` function and stored as JSON; it is required: an
  * undefined input is refused (pass `null` for none). An unknown (misspelt) option, or one given
  * as `null`, is refused with `InvalidOptionError` (`INVALID_OPTION`) before anything is written.
+ * An id an instance of another saga holds is refused with `SagaStateConflictError`
+ * (`SAGA_STATE_CONFLICT`) naming that saga (see {@link StartSagaOptions.id}).
  *
  * @example
  * ```ts
@@ -152,6 +189,14 @@ export async function startSaga<I>(
     },
     options.notify !== false,
   )
+  if (!created) {
+    // Read on the same executor: within the caller's transaction, a refusal rolls it back.
+    const [existing] = await executor.query<ExistingInstance>(
+      sagaStatements[executor.dialect].selectDefinition,
+      [id],
+    )
+    refuseOtherSaga(id, saga, existing)
+  }
   return { id, created }
 }
 

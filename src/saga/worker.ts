@@ -20,8 +20,10 @@ import {
 import { EventSource, TimeoutError } from '../index.js'
 import { readStoredNumber, StoredDataError } from '../stores/errors.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
+import { currentTransaction } from '../stores/transaction-context.js'
 import { WriteBatcher } from './batcher.js'
 import { type CompiledSaga, compiledSaga, type SagaDefinition } from './definition.js'
+import { SagaWorkerStoppedError } from './errors.js'
 import {
   emptyMetrics,
   type MutableSagaMetrics,
@@ -34,7 +36,7 @@ import type { SagaFaults } from './faults.js'
 import { checkSagaOptions } from './options.js'
 import { claimedLeaseToken, InstanceRun, type RunnerHost, type RunOutcome } from './runner.js'
 import { sagaNotifyChannel, sagaStatements } from './sql.js'
-import { checkSagaId, initialSteps, serializeInput } from './start.js'
+import { checkSagaId, initialSteps, refuseOtherSaga, serializeInput } from './start.js'
 import { errorInfo, type SagaRow, type SagaStatus, storedState } from './state.js'
 import {
   type BatchOutcome,
@@ -47,6 +49,14 @@ import {
   type TransitionWrite,
   writeTransition,
 } from './store.js'
+
+/**
+ * The longest wait between two claims of a worker whose claims keep failing, in milliseconds
+ * (unless `pollIntervalMs` is longer): each failure in a row doubles the wait from
+ * `pollIntervalMs` up to this; a claim that succeeds brings it back to `pollIntervalMs`. A
+ * NOTIFY (PostgreSQL) still wakes the worker at once.
+ */
+export const maxClaimBackoffMs = 5_000
 
 /** The default of {@link SagaWorkerOptions.atCommitTimeoutMs}, in milliseconds. */
 export const defaultAtCommitTimeoutMs = 30_000
@@ -153,7 +163,8 @@ export interface SagaWorkerOptions {
 export interface RunSagaOptions {
   /**
    * The instance id (see `startSaga`); a second run with the same id runs nothing and reports
-   * the existing instance.
+   * the existing instance. An id an instance of another saga (another name) holds is refused
+   * with `SagaStateConflictError` (`SAGA_STATE_CONFLICT`): ids are shared by every definition.
    * @default a random UUID
    */
   readonly id?: string | undefined
@@ -228,7 +239,11 @@ export interface SagaWorker {
    * Starts polling for runnable instances (and listening, on PostgreSQL). The poll loop and the
    * lease-renewal timer run in breakwater's own async context, not the caller's: a deadline
    * (`withDeadline`) or an open transaction around `start()` does not reach the steps the loop
-   * runs later.
+   * runs later. Rejects if one read of the saga table fails (`STORE_CLOSED` on a closed
+   * database, the driver's error when the migrations have not run); the worker is then
+   * stopped. After {@link SagaWorker.stop}, or a start that failed, rejects with
+   * `SagaWorkerStoppedError` (`SAGA_WORKER_STOPPED`): a worker runs once, create a new one.
+   * Claims that fail in a row back off (see {@link maxClaimBackoffMs}).
    */
   start(): Promise<void>
   /**
@@ -243,7 +258,9 @@ export interface SagaWorker {
    * claim round trip): resolves when it finishes or suspends. If this process dies meanwhile,
    * another worker resumes it after the lease expires, as for any instance. The run is the
    * caller's own work: its steps see the caller's async context (a deadline set around the call
-   * bounds them), unlike the instances the poll loop runs.
+   * bounds them), unlike the instances the poll loop runs. `definition` must be the object the
+   * worker was created with for its name and version, else `InvalidOptionError`
+   * (`INVALID_OPTION`) on `definition`.
    */
   run<I, C>(
     definition: SagaDefinition<I, C>,
@@ -297,6 +314,10 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   #renewTimer: TimerHandle | undefined
   #renewing = false
   #unlisten: Unlisten | undefined
+  /** The first start() (all of them: a worker starts once). */
+  #startup: Promise<void> | undefined
+  /** start()'s read of the saga table, settled (never rejects). */
+  #probing: Promise<void> | undefined
   /** Set when stop({ timeoutMs }) gave up waiting: every run in hand, or tracked later, is abandoned. */
   #abandonedBy: Error | undefined
 
@@ -396,24 +417,68 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
 
   // ---- life cycle ------------------------------------------------------------------------
 
-  async start(): Promise<void> {
-    if (this.#state !== 'new') return
+  start(): Promise<void> {
+    // A worker runs once, as a relay does: a start() after stop() resolved and claimed nothing,
+    // as if the worker ran.
+    if (this.stopping) return Promise.reject(new SagaWorkerStoppedError(this.id))
+    this.#startup ??= this.#start()
+    return this.#startup
+  }
+
+  async #start(): Promise<void> {
     this.#state = 'running'
-    if (this.#listen && this.db.listen !== undefined) {
-      try {
-        const unlisten = await this.db.listen(sagaNotifyChannel, () => this.#wakeUp())
-        // stop() came while subscribing: it could not unsubscribe what it did not have yet.
-        if (this.#state !== 'running') await unlisten().catch(() => {})
-        else this.#unlisten = unlisten
-      } catch (error) {
-        // Polling still finds every saga; NOTIFY only makes it quicker.
-        this.#error(error)
-      }
+    // Subscribed at once (stop() may come while it is under way: see below), alongside the
+    // probe; a failed subscription is reported once the probe has passed.
+    const listening = this.#listen ? this.#subscribe() : undefined
+    const probing = this.#probe()
+    // stop() waits for the read (not for the subscription, which cleans up after itself): once
+    // stop() resolves the worker sends nothing, and the caller may close the database.
+    this.#probing = probing.catch(() => {})
+    try {
+      await probing
+    } catch (error) {
+      // A closed database (STORE_CLOSED) or one without the saga tables: the loop would have
+      // reported it at every poll, for ever, after start() resolved.
+      this.#state = 'stopped'
+      const listened = await listening
+      if (listened !== undefined && 'unlisten' in listened)
+        await listened.unlisten().catch(() => {})
+      throw error
+    }
+    const listened = await listening
+    if (listened !== undefined) {
+      // Polling still finds every saga; NOTIFY only makes it quicker.
+      if ('error' in listened) this.#error(listened.error)
+      // stop() came while subscribing: it could not unsubscribe what it did not have yet.
+      else if (this.#state !== 'running') await listened.unlisten().catch(() => {})
+      else this.#unlisten = listened.unlisten
     }
     // The loop runs in breakwater's own async context, never the caller's of start(): a
     // deadline set around an application's startup would otherwise bound every step it runs
     // forever after, and an open SQLite transaction would refuse its claims.
     this.#loop = detached(() => this.#pollLoop())
+  }
+
+  /** LISTENs for startSaga's NOTIFY when the driver can; never rejects. */
+  async #subscribe(): Promise<{ unlisten: Unlisten } | { error: unknown } | undefined> {
+    if (this.db.listen === undefined) return undefined
+    try {
+      return { unlisten: await this.db.listen(sagaNotifyChannel, () => this.#wakeUp()) }
+    } catch (error) {
+      return { error }
+    }
+  }
+
+  /** One read of the saga table, so that start() fails where every claim would. */
+  async #probe(): Promise<void> {
+    // Inside a transaction of this very SQLite driver the read would wait for that transaction,
+    // which waits for start(): skipped, as the driver is open (it holds a transaction) and the
+    // first claim reports a missing table.
+    const current = currentTransaction.getStore()
+    if (current?.driver === this.db && current.tx.open) return
+    // In breakwater's own context, as the claims: not as a statement of a transaction around
+    // start() (another driver's on the same SQLite file lets a read go ahead).
+    await detached(() => this.db.query(sagaStatements[this.db.dialect].probe))
   }
 
   async stop(options: StopSagaWorkerOptions = {}): Promise<void> {
@@ -448,6 +513,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   }
 
   async #drain(): Promise<void> {
+    await this.#probing
     await this.#loop
     while (this.#running.size > 0 || this.#starting.size > 0)
       await Promise.allSettled([...this.#running, ...this.#starting])
@@ -462,12 +528,17 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   }
 
   async #pollLoop(): Promise<void> {
+    // Claims failed in a row (the database unreachable, its saga table gone): each one doubles
+    // the wait before the next, up to maxClaimBackoffMs, so an outage is reported once per
+    // wait rather than once per poll interval. A claim that succeeds resets it.
+    let failures = 0
     while (this.#state === 'running') {
       await this.#checkMissingDefinitions()
       const free = this.#concurrency - this.#inHand.size
       if (free > 0) {
         try {
           const claimed = await this.#claim(free)
+          failures = 0
           this.#saturated = claimed === free
           // A full batch suggests more is waiting: claim again at once while slots are free,
           // after letting I/O and timers run (on SQLite a burst of short sagas would otherwise
@@ -477,10 +548,15 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
             continue
           }
         } catch (error) {
+          failures++
           this.#error(error)
         }
       }
-      await this.#idle(this.#pollMs)
+      await this.#idle(
+        failures === 0
+          ? this.#pollMs
+          : Math.max(this.#pollMs, Math.min(this.#pollMs * 2 ** failures, maxClaimBackoffMs)),
+      )
     }
   }
 
@@ -663,6 +739,15 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         given.key,
       )
     }
+    // Another defineSaga() of the same name and version (steps changed without a bump) ran the
+    // registered definition's steps, not the ones passed, without a word.
+    if (saga !== given) {
+      throw new InvalidOptionError(
+        'definition',
+        `the definition object registered with this worker as ${saga.key} (this one is another defineSaga() of that name and version: register it, or bump its version)`,
+        given.key,
+      )
+    }
     if (this.stopping)
       throw new InvalidOptionError('worker', 'a worker that is not stopping', this.#state)
     const id = options.id === undefined ? randomUUID() : checkSagaId('options.id', options.id)
@@ -697,7 +782,7 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
         // writer), as transition writes are: see NewInstance.lease.
         lease: { clock: this.clock, ms: this.leaseMs },
       })
-      if (created === undefined) return this.#stored(id, false)
+      if (created === undefined) return this.#stored(id, false, saga)
       const row: SagaRow = {
         id,
         name: saga.name,
@@ -741,11 +826,17 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     }
   }
 
-  async #stored<C>(id: string, created: boolean): Promise<SagaOutcome<C>> {
+  /**
+   * The outcome of instance `id` as stored. `started` is the saga a run found the id taken for
+   * (created false): an instance of another saga holding it is refused, not reported as this
+   * run's outcome.
+   */
+  async #stored<C>(id: string, created: boolean, started?: CompiledSaga): Promise<SagaOutcome<C>> {
     // The row, not getSaga: a run given up on a cancel_requested, attempt or step_index it
     // cannot read (reported, the instance held) still resolves with what is stored; getSaga
     // refuses such a row. Its JSON columns are still read as getSaga reads them.
     const [row] = await this.db.query<SagaRow>(sagaStatements[this.db.dialect].selectOne, [id])
+    if (started !== undefined) refuseOtherSaga(id, started, row)
     return {
       id,
       created,
