@@ -58,6 +58,7 @@ import {
   createSidecarIdempotency,
   openProxyIdempotency,
   type ProxyIdempotencyStore,
+  proxySweepIntervalMs,
   type SidecarIdempotency,
 } from './inbound/sidecar-idempotency.js'
 import { defaultStartTimeoutMs, type StartBound, startBound, unbounded } from './start-bound.js'
@@ -786,6 +787,9 @@ class ProxyRuntime implements ProxyInternals {
         l.routes.some((r) => r.idempotency !== undefined),
       )
       const url = config.idempotency?.url ?? 'memory'
+      const sweepMs = proxySweepIntervalMs(
+        config.listeners.flatMap((l) => l.routes.flatMap((r) => r.idempotency?.ttlMs ?? [])),
+      )
       let sidecar = this.#sidecar
       if (needsIdempotency && this.#idempotencyStore?.url !== url) {
         let store: ProxyIdempotencyStore
@@ -793,7 +797,7 @@ class ProxyRuntime implements ProxyInternals {
           store = await bound.wait(
             'idempotency.url',
             `opening ${redactUrl(url)} and running its migrations`,
-            this.#openStore(url, bound),
+            this.#openStore(url, sweepMs, bound),
           )
         } catch (error) {
           if (bound.timedOut(error)) throw error
@@ -920,6 +924,10 @@ class ProxyRuntime implements ProxyInternals {
           void closing.finally(() => this.#storesClosing.delete(closing))
         }
       }
+      // A kept store sweeps by the ttlMs of the routes now in force (its one sweeper replaced
+      // when they changed it). With no guarded route left it keeps its interval: the records
+      // it holds still expire.
+      if (needsIdempotency) this.#idempotencyStore?.store.sweepEvery(sweepMs)
       const replaced: ListenerServer[] = []
       for (const entry of newListeners) {
         const running = this.#listeners.get(entry.config.name)
@@ -993,7 +1001,7 @@ class ProxyRuntime implements ProxyInternals {
   // waiting on a lock another session holds would otherwise keep its connection, and with it
   // the process, for as long as that lock is held. A store it opens all the same (its
   // migration ended as it was cancelled) is closed. close() waits for it, within its drain.
-  #openStore(url: string, bound: StartBound): Promise<ProxyIdempotencyStore> {
+  #openStore(url: string, sweepMs: number, bound: StartBound): Promise<ProxyIdempotencyStore> {
     const logger = this.#deps.logger
     const controller = new AbortController()
     const cancel = (): void => controller.abort()
@@ -1002,6 +1010,8 @@ class ProxyRuntime implements ProxyInternals {
     bound.signal.addEventListener('abort', cancel, { once: true })
     const opening = openProxyIdempotency(url, {
       clock: this.#deps.clock,
+      sweepIntervalMs: sweepMs,
+      logger: logger.child({ component: 'idempotency' }),
       signal: controller.signal,
     }).then(async (store) => {
       if (!controller.signal.aborted) return store

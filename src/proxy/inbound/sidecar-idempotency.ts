@@ -25,9 +25,11 @@ import { checkClock, checkInteger, checkObject, checkSignal } from '../../core/v
 import {
   createIdempotency,
   createMemoryIdempotencyStore,
+  createSweeper,
   type Idempotency,
   type IdempotencyResponse,
   migrateIdempotency,
+  type Sweeper,
 } from '../../idempotency/index.js'
 import type { Logger } from '../../observability/logger.js'
 import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../../stores/index.js'
@@ -402,20 +404,40 @@ export function createSidecarIdempotency(options: SidecarIdempotencyOptions): Si
   return new Sidecar(options)
 }
 
-/** An idempotency protocol over the store a proxy config names, and how to close it. */
+/**
+ * An idempotency protocol over the store a proxy config names, swept of expired records while
+ * it is open, and how to close it.
+ */
 export interface ProxyIdempotencyStore {
   readonly idempotency: Idempotency
-  /** Closes the database (nothing for `memory`). */
+  /**
+   * Sets the time between sweeps (see {@link proxySweepIntervalMs}): the sweeper in place stops
+   * (a sweep under way finishes) and one with the new interval starts, its first sweep
+   * `intervalMs` from now. The same interval as now, or a call after close(), changes nothing.
+   */
+  sweepEvery(intervalMs: number): void
+  /** Stops the sweeper (waiting for a sweep under way), then closes the database. */
   close(): Promise<void>
 }
 
 /** Options of {@link openProxyIdempotency}. */
 export interface OpenProxyIdempotencyOptions {
   /**
-   * Clock of leases and retention.
+   * Clock of leases, retention and sweeps.
    * @default systemClock
    */
   readonly clock?: Clock | undefined
+  /**
+   * Time between sweeps of expired records (the proxy passes {@link proxySweepIntervalMs} of
+   * its routes); change it later with {@link ProxyIdempotencyStore.sweepEvery}.
+   * @default 60000
+   */
+  readonly sweepIntervalMs?: number | undefined
+  /**
+   * Where failed sweeps are logged (at warn; the sweeper keeps going).
+   * @default no logging
+   */
+  readonly logger?: Logger | undefined
   /**
    * Cancels the open: it then rejects with `AbortedError` (code `ABORTED`) once every
    * connection it made has closed. On PostgreSQL a migration waiting on the migration lock
@@ -425,10 +447,31 @@ export interface OpenProxyIdempotencyOptions {
   readonly signal?: AbortSignal | undefined
 }
 
+const shortestSweepMs = 1_000
+const longestSweepMs = 60_000
+
+/**
+ * The time between sweeps of the proxy's idempotency store for routes with these `ttlMs`: the
+ * shortest, within 1 s and 60 s. A record is then deleted at most one interval after its ttlMs
+ * ends (so a short ttlMs does not leave records behind for many times their life), while a
+ * store shared by many proxies is not swept more than once a second by each.
+ *
+ * @example
+ * ```ts
+ * proxySweepIntervalMs([86_400_000, 30_000]) // 30000
+ * ```
+ */
+export function proxySweepIntervalMs(ttlsMs: Iterable<number>): number {
+  let shortest = longestSweepMs
+  for (const ttl of ttlsMs) shortest = Math.min(shortest, ttl)
+  return Math.max(shortestSweepMs, Math.ceil(shortest))
+}
+
 /**
  * Opens the store named by `ProxyConfig.idempotency.url`: `memory` (one process only: worker
  * processes would not see each other's keys), `sqlite:<path>` or `postgres://...`, with the
- * idempotency migrations applied.
+ * idempotency migrations applied. A sweeper deletes expired records every `sweepIntervalMs`
+ * on the clock until close(): nothing else removes them (the memory store would grow for good).
  *
  * @example
  * ```ts
@@ -443,12 +486,19 @@ export async function openProxyIdempotency(
 ): Promise<ProxyIdempotencyStore> {
   const clock = checkClock('clock', options.clock)
   const signal = checkSignal('signal', options.signal)
+  const sweepIntervalMs = checkInteger(
+    'sweepIntervalMs',
+    options.sweepIntervalMs ?? longestSweepMs,
+    1,
+  )
   if (signal?.aborted) throw new AbortedError(signal.reason)
+  const sweeping = { clock, intervalMs: sweepIntervalMs, logger: options.logger }
   if (url === 'memory') {
-    return {
-      idempotency: createIdempotency({ store: createMemoryIdempotencyStore(), clock }),
-      close: async () => {},
-    }
+    return withSweeper(
+      createIdempotency({ store: createMemoryIdempotencyStore(), clock }),
+      sweeping,
+      async () => {},
+    )
   }
   let db: SqlDriver
   if (parseDatabaseUrl(url).dialect === 'postgres') {
@@ -469,7 +519,52 @@ export async function openProxyIdempotency(
     await db.close()
     throw new AbortedError(signal.reason)
   }
-  return { idempotency: createIdempotency({ store: db, clock }), close: () => db.close() }
+  return withSweeper(createIdempotency({ store: db, clock }), sweeping, () => db.close())
+}
+
+// The store with its sweeper. Changing the interval replaces the sweeper (createSweeper's is
+// fixed); the old one's close, which waits for a sweep under way, is awaited by close() before
+// the database closes under it.
+function withSweeper(
+  idempotency: Idempotency,
+  options: { clock: Clock; intervalMs: number; logger: Logger | undefined },
+  closeStore: () => Promise<void>,
+): ProxyIdempotencyStore {
+  const { clock, logger } = options
+  const start = (intervalMs: number): Sweeper =>
+    createSweeper({
+      store: idempotency.store,
+      clock,
+      intervalMs,
+      onError: (error) =>
+        logger?.warn('idempotency sweep failed', {
+          error: error instanceof Error ? error.message : String(error),
+        }),
+    })
+  let intervalMs = options.intervalMs
+  let sweeper = start(intervalMs)
+  const stopping = new Set<Promise<void>>()
+  let closed = false
+  return {
+    idempotency,
+    sweepEvery(next) {
+      checkInteger('intervalMs', next, 1)
+      if (closed || next === intervalMs) return
+      const stop = sweeper.close()
+      stopping.add(stop)
+      void stop.finally(() => stopping.delete(stop))
+      intervalMs = next
+      sweeper = start(next)
+    },
+    async close() {
+      if (!closed) {
+        closed = true
+        stopping.add(sweeper.close())
+      }
+      await Promise.all(stopping)
+      await closeStore()
+    },
+  }
 }
 
 // Runs the idempotency migrations on a pool of one connection whose server process is known.
