@@ -142,6 +142,9 @@ interface JsonLoss {
   readonly thrown?: { readonly error: unknown }
 }
 
+/** The most steps of a path a refusal names in full (an even number: half from each end). */
+const maxPathSteps = 16
+
 /**
  * The refusal of `value`: `found` names what and where; without it (a toJSON that threw for
  * `JSON.stringify` only), `stringifyError` is the reason. A thrown error is the `cause`.
@@ -160,7 +163,15 @@ function jsonRefusal(
     cause = { error: stringifyError }
   } else {
     let path = option
-    for (let i = found.path.length - 1; i >= 0; i--) path += found.path[i]
+    const steps = found.path.length
+    // A path hundreds of levels long would fill the message: its first and last steps say where.
+    for (let i = steps - 1; i >= 0; i--) {
+      if (steps > maxPathSteps && i === steps - 1 - maxPathSteps / 2) {
+        path += `…(${steps - maxPathSteps} more)…`
+        i = maxPathSteps / 2 - 1
+      }
+      path += found.path[i]
+    }
     cause = found.thrown
     reason =
       cause === undefined
@@ -178,6 +189,22 @@ function jsonRefusal(
     })
   }
   return error
+}
+
+/**
+ * The most levels of objects and arrays a stored JSON value may nest. The walk below recurses,
+ * so without a bound a deep value overflowed its stack, and was refused at a depth that hung on
+ * how deep the caller's stack already was, as "RangeError" at the root. 1,000 is what SQLite's
+ * JSON functions and Jackson's default (`maxNestingDepth`) accept, so a value stored here can
+ * also be read by the consumers most likely to meet it.
+ */
+export const maxJsonDepth = 1000
+
+function tooDeep(): JsonLoss {
+  return loss(
+    `a value nested more than ${maxJsonDepth} levels deep`,
+    `breakwater stores JSON up to ${maxJsonDepth} levels (SQLite's JSON functions and Jackson stop there)`,
+  )
 }
 
 /** {@link jsonLossIn} from the root; what the caller's code throws on the way is a loss too. */
@@ -236,6 +263,7 @@ function jsonLossIn(
   const object = v as object
   if (ancestors.includes(object))
     return loss('a reference back to an enclosing object', 'JSON cannot hold a cycle')
+  if (ancestors.length >= maxJsonDepth) return tooDeep()
   ancestors.push(object)
   const found = Array.isArray(object)
     ? lossInArray(object, ancestors)

@@ -3,7 +3,7 @@
 // INVALID_OPTION instead of being stored as another value.
 import { describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
-import { jsonTextOf } from '../../src/core/text.js'
+import { jsonTextOf, maxJsonDepth } from '../../src/core/text.js'
 
 function refusal(option: string, value: unknown): InvalidOptionError {
   try {
@@ -153,6 +153,28 @@ describe('jsonTextOf', () => {
     const error = refusal('v', { flaky })
     expect(error.message).toContain('its JSON form threw: Error: boom')
     expect(error.cause).toBe(boom)
+  })
+
+  // The walk recursed without a bound: past about 2,000 levels its stack overflowed and the
+  // value was refused as "walking the value at <root> threw: RangeError", at a depth that
+  // depended on how deep the caller's own stack was. Now a fixed, named limit.
+  it(`keeps values nested ${maxJsonDepth} levels deep and refuses deeper ones, naming the limit`, () => {
+    const nested = (depth: number, leaf: unknown = 1): unknown => {
+      let value = leaf
+      for (let i = 0; i < depth; i++) value = i % 2 === 0 ? { a: value } : [value]
+      return value
+    }
+    expect(JSON.parse(jsonTextOf('payload', nested(maxJsonDepth)))).toEqual(nested(maxJsonDepth))
+    for (const depth of [maxJsonDepth + 1, 5_000, 50_000]) {
+      const error = refusal('payload', nested(depth))
+      expect(error.message).toContain(`nested more than ${maxJsonDepth} levels deep`)
+      expect(error.message).not.toContain('RangeError')
+      // The path is cut short: its first and last 8 steps, and how many are left out.
+      expect(error.message).toContain(`…(${maxJsonDepth - 16} more)…`)
+      expect(error.message.length).toBeLessThan(400)
+    }
+    // A loss below the limit is still named by its path.
+    expect(refusal('payload', nested(3, Number.NaN)).message).toContain('payload.a[0].a')
   })
 
   it('keeps class instances as their own enumerable fields, Dates, toJSON and shared objects', () => {
