@@ -5,13 +5,15 @@
 
 import { BreakwaterError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
-import type { SqlDriver } from '../stores/index.js'
+import { SchemaTooNewError } from '../stores/errors.js'
+import { checkSchemaVersion, type Migration, type SqlDriver } from '../stores/index.js'
 import {
   badDatabaseArgument,
   databaseUrlSource,
   migrateCommandFor,
   openExistingDatabase,
 } from './existing-database.js'
+import { tooNewLine } from './process-support.js'
 import { messageOf, UsageError, wantsHelp } from './usage.js'
 
 /** Where a command writes (process.stdout / process.stderr by default). */
@@ -45,6 +47,12 @@ export interface DatabaseCommand<P extends { readonly url: string }> {
    * throws {@link UsageError} for bad ones.
    */
   parse(args: readonly string[], env: Readonly<Record<string, string | undefined>>): P
+  /**
+   * The capabilities whose tables the parsed command reads or writes, with this code's
+   * migrations of each: a database where a newer breakwater migrated one of them is refused
+   * (`SCHEMA_TOO_NEW`) before the command runs, the reading commands too.
+   */
+  capabilities(parsed: P): Readonly<Record<string, readonly Migration[]>>
   /** Runs the parsed command; resolves to the exit code. */
   execute(parsed: P, db: SqlDriver, out: TextSink, err: TextSink): Promise<number>
   /**
@@ -57,8 +65,10 @@ export interface DatabaseCommand<P extends { readonly url: string }> {
 /**
  * Runs `command` with `args`. Resolves to the exit code: 0 on success, 2 for bad arguments or a
  * malformed or in-memory `--db` (or `BREAKWATER_DB_URL`), or one whose path cannot be a database
- * file (a folder: any INVALID_OPTION from opening it), 1 when the database cannot be opened
- * or the command fails (with a hint to run `breakwater migrate` when its tables are missing).
+ * file (a folder: any INVALID_OPTION from opening it), 1 when the database cannot be opened,
+ * when a newer breakwater migrated a capability the command uses (`SCHEMA_TOO_NEW`, one line
+ * each; the command does not run), or when the command fails (with a hint to run
+ * `breakwater migrate` when its tables are missing).
  * Messages never show a URL's password.
  *
  * @example
@@ -105,6 +115,20 @@ export async function runDatabaseCommand<P extends { readonly url: string }>(
     return 1
   }
   try {
+    // An older process never runs on a schema it was not written for (docs/architecture.md),
+    // as `migrate`, `relay` and `saga worker` refuse: a write could break what the newer
+    // release relies on, and a read could misreport rows whose meaning changed.
+    const tooNew: SchemaTooNewError[] = []
+    for (const [capability, migrations] of Object.entries(command.capabilities(parsed))) {
+      try {
+        await checkSchemaVersion(db, capability, migrations)
+      } catch (error) {
+        if (!(error instanceof SchemaTooNewError)) throw error
+        tooNew.push(error)
+      }
+    }
+    for (const error of tooNew) err.write(`${prefix} ${tooNewLine(error)}\n`)
+    if (tooNew.length > 0) return 1
     return await command.execute(parsed, db, out, err)
   } catch (error) {
     if (BreakwaterError.is(error) && command.expectedErrors?.includes(error.code) === true) {

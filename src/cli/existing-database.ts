@@ -12,6 +12,7 @@ import { redactSecrets } from '../observability/index.js'
 import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../stores/index.js'
 import { loadBetterSqlite } from '../stores/sqlite.js'
 import { folderChain, visibleStatOf } from '../stores/sqlite-path.js'
+import { messageOf } from './usage.js'
 
 /** The table `breakwater migrate` creates first (src/stores/migrations.ts). */
 const migrationsTable = 'breakwater_migrations'
@@ -67,6 +68,30 @@ export function badDatabaseArgument(error: unknown, source: string): string | un
   return BreakwaterError.is(error) && error.code === 'INVALID_OPTION'
     ? `${source}: ${redactSecrets(error.message)}`
     : undefined
+}
+
+/**
+ * For `breakwater migrate`, which creates a missing SQLite file: when opening `url` failed with
+ * SQLite's bare "unable to open database file" (`SQLITE_CANTOPEN`) and the file does not exist
+ * in a folder that does, that folder takes no new file (a read-only place such as /proc, a
+ * read-only mount, no permission). Returns the INVALID_OPTION that names the folder, a bad
+ * argument as the driver's refusal of a folder it cannot create is; undefined otherwise.
+ */
+export function uncreatableFileRefusal(
+  url: string,
+  error: unknown,
+): InvalidOptionError | undefined {
+  if ((error as { code?: unknown } | null)?.code !== 'SQLITE_CANTOPEN') return undefined
+  const target = parseDatabaseUrl(url)
+  if (target.dialect !== 'sqlite' || target.filename === ':memory:') return undefined
+  const file = resolve(target.filename)
+  if (visibleStatOf(file) !== undefined || !visibleStatOf(dirname(file))?.isDirectory())
+    return undefined
+  return new InvalidOptionError(
+    'filename',
+    `a file the folder ${dirname(file)} can hold (it refused a new ${basename(file)}: ${messageOf(error)})`,
+    target.filename,
+  )
 }
 
 /**

@@ -30,7 +30,7 @@ export interface LongRunningCommandDeps {
   readonly stderr?: { write(text: string): unknown }
   /** Where `BREAKWATER_*` settings are read. @default process.env */
   readonly env?: Readonly<Record<string, string | undefined>>
-  /** Where SIGTERM and SIGINT come from. @default process */
+  /** Where SIGTERM, SIGINT and SIGHUP (logged and ignored) come from. @default process */
   readonly signals?: SignalTarget
   /**
    * Ends the process when a drain did not finish (timed out, or cut short by a second signal):
@@ -248,8 +248,32 @@ function boundOnceAborted(
 }
 
 /**
+ * Closes what a failed start left open, for at most `ms` (on `clock`); false when that was not
+ * enough. What the start had already set going (a relay publishing its batch) must not hold a
+ * process that failed to start for longer than its drain timeout: the caller then ends it.
+ */
+async function closedWithin(
+  resources: ServiceResources,
+  ms: number,
+  clock: Clock,
+): Promise<boolean> {
+  let timer: TimerHandle | undefined
+  try {
+    return await Promise.race([
+      resources.closeAll().then(() => true),
+      new Promise<boolean>((resolve) => {
+        timer = clock.setTimeout(() => resolve(false), ms)
+      }),
+    ])
+  } finally {
+    if (timer !== undefined) clock.clearTimeout(timer)
+  }
+}
+
+/**
  * Runs a long-running command until SIGTERM or SIGINT and resolves to its exit code: 0 after a
- * graceful stop; 1 when starting fails (a `StartupError`, its message printed), when the drain
+ * graceful stop; 1 when starting fails (a `StartupError`, its message printed; what the start
+ * already opened is closed within `drainTimeoutMs`, or `exit(1)` ends the process), when the drain
  * outlasts `drainTimeoutMs` or a second signal cuts it short, also when the signal came while
  * the service was still starting (then `exit(1)` ends the process at once, whatever still holds
  * it open), when the service's stop gave up on some work (its
@@ -290,11 +314,23 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
         },
       }
     } catch (error) {
-      await resources.closeAll()
+      // Said first: the cleanup may take the whole drain (a batch in hand to finish).
       if (error instanceof StartupError) startupFailure = fail(error.message)
+      if (!(await closedWithin(resources, command.drainTimeoutMs, clock)))
+        throw new StartOutlastedDrain()
       throw error
     }
   }
+  // SIGHUP's default action ends the process at once, with no drain, and a proxy takes it as
+  // "reload": an operator or a script may send it to every breakwater process. These have no
+  // configuration to reload, so they say so and run on (as a proxy worker does). Installed
+  // before the start, which may take a while (a saga module connecting at import).
+  const signals: SignalTarget = deps.signals ?? process
+  const onHup = (): void =>
+    log.info(`SIGHUP ignored: the ${name} has nothing to reload; SIGTERM or SIGINT stops it`, {
+      signal: 'SIGHUP',
+    })
+  signals.on('SIGHUP', onHup)
   try {
     const outcome = await runUntilSignal(start, {
       drainTimeoutMs: command.drainTimeoutMs,
@@ -347,5 +383,7 @@ export async function runLongRunningCommand(command: LongRunningCommand): Promis
       return 2
     }
     return fail(`the ${name} failed`, error)
+  } finally {
+    signals.off('SIGHUP', onHup)
   }
 }

@@ -7,6 +7,7 @@ import {
   badDatabaseArgument,
   databaseUrlSource,
   openAnsweringDatabase,
+  uncreatableFileRefusal,
 } from './existing-database.js'
 import {
   acceptedDatabaseUrls,
@@ -42,7 +43,8 @@ ${databaseUrlEnvironmentHelp}`
  * `breakwater migrate --db <url>`: applies every capability's pending migrations and prints
  * what it applied; without `--db`, `BREAKWATER_DB_URL` names the database. Resolves to the exit
  * code: 0 on success, 2 for bad arguments (a malformed or in-memory URL too, or one whose path
- * cannot be a database file: a folder), 1 when the
+ * cannot be a database file: a folder, a folder that cannot be created or takes no new file),
+ * 1 when the
  * database fails, or when a newer breakwater migrated one of the capabilities (`SCHEMA_TOO_NEW`,
  * one line per such capability; then nothing is applied).
  *
@@ -112,7 +114,10 @@ export async function migrateCommand(
   try {
     db = await openAnsweringDatabase(url)
   } catch (error) {
-    const bad = badDatabaseArgument(error, databaseUrlSource(url, env))
+    const bad = badDatabaseArgument(
+      uncreatableFileRefusal(url, error) ?? error,
+      databaseUrlSource(url, env),
+    )
     if (bad !== undefined) {
       err.write(`breakwater migrate: ${bad}\n`)
       return 2

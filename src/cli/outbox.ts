@@ -2,8 +2,10 @@ import { isStorableText } from '../core/text.js'
 import { redactSecrets } from '../observability/index.js'
 import {
   type DeadEvent,
+  inboxMigrations,
   listDead,
   OUTBOX_PARTITIONS,
+  outboxMigrations,
   outboxStats,
   outboxTable,
   pruneInbox,
@@ -172,7 +174,14 @@ and set partition_no back to partitionOf(aggregate_id) of each; a relay then pub
  * ```
  */
 export function outboxCommand(args: string[], deps: OutboxCommandDeps = {}): Promise<number> {
-  return runDatabaseCommand({ name: 'outbox', usage, parse, execute }, args, deps)
+  return runDatabaseCommand({ name: 'outbox', usage, parse, capabilities, execute }, args, deps)
+}
+
+// prune removes inbox records too (when the inbox is migrated).
+function capabilities(parsed: Parsed) {
+  return parsed.command === 'prune'
+    ? { outbox: outboxMigrations, inbox: inboxMigrations }
+    : { outbox: outboxMigrations }
 }
 
 async function execute(

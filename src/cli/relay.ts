@@ -78,7 +78,8 @@ const defaultSecretEnv = 'BREAKWATER_WEBHOOK_SECRET'
 const usage = `usage: breakwater relay [options]
 
 Publishes the outbox's events to a broker until SIGTERM or SIGINT, then finishes the batch in
-hand and exits 0. Exits 1 if another process takes its --relay-id over (RELAY_ID_IN_USE).
+hand and exits 0; SIGHUP is logged and ignored (nothing to reload). Exits 1 if another process
+takes its --relay-id over (RELAY_ID_IN_USE).
 Logs JSON lines to stdout. Run \`breakwater migrate --db <url>\` first.
 
 options:
@@ -149,6 +150,8 @@ interface RelayArgs {
   readonly drainTimeoutMs: number
   readonly logLevel: LogThreshold
   readonly secretEnv: string
+  /** Whether --webhook-secret-env named `secretEnv` (else it is the default variable). */
+  readonly secretEnvGiven: boolean
   readonly secretFile: string | undefined
   readonly webhookBatch: boolean
   /** The broker's TLS files and passphrase source; undefined when none is given. */
@@ -304,6 +307,7 @@ function parse(
       30_000,
     logLevel,
     secretEnv,
+    secretEnvGiven: values.has('--webhook-secret-env'),
     secretFile,
     webhookBatch,
     brokerTls,
@@ -324,13 +328,17 @@ function webhookSecret(args: RelayArgs, env: Readonly<Record<string, string | un
   } else {
     secret = env[args.secretEnv]
   }
-  const source =
-    args.secretFile === undefined
-      ? `the ${args.secretEnv} environment variable`
-      : `the file ${args.secretFile}`
+  // A name given with --webhook-secret-env is never shown: it may be the secret itself, put
+  // there by mistake (`--webhook-secret-env sk_live_...` looks like a variable name too).
+  const variable = args.secretEnvGiven
+    ? 'the environment variable that --webhook-secret-env names'
+    : `the ${args.secretEnv} environment variable`
+  const source = args.secretFile === undefined ? variable : `the file ${args.secretFile}`
   if (secret === undefined || secret === '')
     throw new UsageError(
-      `a webhook --broker needs a signing secret: set ${args.secretEnv} or pass --webhook-secret-file`,
+      args.secretEnvGiven
+        ? `a webhook --broker needs a signing secret: ${variable} is not set (or is empty); set it or pass --webhook-secret-file`
+        : `a webhook --broker needs a signing secret: set ${args.secretEnv} or pass --webhook-secret-file`,
     )
   if (Buffer.byteLength(secret) < 16)
     throw new UsageError(`the webhook secret from ${source} is shorter than 16 bytes`)
@@ -721,13 +729,9 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         else if (event.type === 'failed') crashed(event.error)
       })
       const registry = relayMetrics(relay, db, log, broker.kind)
-      try {
-        await relay.start()
-      } catch (error) {
-        throw new StartupError(`the relay could not start: ${messageOf(error)}`)
-      }
-      resources.add('relay', () => relay.stop())
-
+      // Bound before the relay starts: a port in use must fail the start before anything is
+      // published (the batches in hand would hold the failed start up to their end). /healthz
+      // answers 503 until the relay runs.
       const server = await serveMetrics(resources, {
         port: parsed.metricsPort,
         host: parsed.metricsHost,
@@ -735,6 +739,12 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         health: () => relay.state === 'running',
         log,
       })
+      try {
+        await relay.start()
+      } catch (error) {
+        throw new StartupError(`the relay could not start: ${messageOf(error)}`)
+      }
+      resources.add('relay', () => relay.stop())
       log.info('relay started', {
         relayId: relay.id,
         db: parsed.db,

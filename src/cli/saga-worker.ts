@@ -47,6 +47,7 @@ const usage = `usage: breakwater saga worker --module <file> [options]
 
 Runs the sagas that a module defines until SIGTERM or SIGINT; then each instance in hand
 finishes the step it is running and is given back for another worker, and the process exits 0.
+SIGHUP is logged and ignored (nothing to reload).
 Logs JSON lines to stdout. Run \`breakwater migrate --db <url>\` first.
 
 options:
@@ -329,6 +330,16 @@ export async function sagaWorkerCommand(
       let abandoned = 0
       logWorkerEvents(worker, log, () => abandoned++)
       const registry = workerMetrics(worker, db, log)
+      // Bound before the worker starts: a port in use must fail the start before any instance
+      // is claimed (a claimed one would be abandoned, its step left running, to the lease).
+      // /healthz answers 503 until the worker runs.
+      const server = await serveMetrics(resources, {
+        port: parsed.metricsPort,
+        host: parsed.metricsHost,
+        registry,
+        health: () => worker.state === 'running',
+        log,
+      })
       try {
         await worker.start()
       } catch (error) {
@@ -337,13 +348,6 @@ export async function sagaWorkerCommand(
       resources.add('worker', () =>
         worker.stop({ timeoutMs: workerStopTimeoutMs(parsed.drainTimeoutMs) }),
       )
-      const server = await serveMetrics(resources, {
-        port: parsed.metricsPort,
-        host: parsed.metricsHost,
-        registry,
-        health: () => worker.state === 'running',
-        log,
-      })
       log.info('saga worker started', {
         workerId: worker.id,
         db: parsed.db,

@@ -11,6 +11,7 @@ import {
   type SagaStatus,
   type SagaSummary,
   type SagaTimelineEntry,
+  sagaMigrations,
   sagaStatuses,
 } from '../saga/index.js'
 import type { SqlDriver } from '../stores/index.js'
@@ -34,7 +35,8 @@ commands:
   retry <id> [--reason <text>] [--by <who>]
                        re-queue a parked (failed) saga: its compensation resumes
   cancel <id> [--reason <text>] [--by <who>]
-                       cancel a running saga: its completed steps are compensated
+                       cancel a running saga: its completed steps are compensated (when
+                       a cancel is already pending it says so, records nothing, exits 0)
   worker --module <file> [options]
                        run the sagas a module defines as a process until SIGTERM (see
                        \`breakwater saga worker --help\`)
@@ -183,6 +185,8 @@ export async function sagaCommand(args: string[], deps: SagaCommandDeps = {}): P
       name: 'saga',
       usage,
       parse,
+      // Every command reads or writes the saga tables (prune: the tracked flows' too).
+      capabilities: () => ({ saga: sagaMigrations }),
       execute,
       expectedErrors: ['SAGA_NOT_FOUND', 'SAGA_STATE_CONFLICT'],
     },
@@ -222,10 +226,19 @@ async function execute(
       await retrySaga(db, parsed.id!, adminOptions(parsed))
       out.write(`saga ${parsed.id}: re-queued; its compensation resumes on the next worker\n`)
       return 0
-    case 'cancel':
+    case 'cancel': {
+      // cancelSaga resolves alike whether it recorded this request or found one pending (then
+      // the first request and its reason stand): the instance read first tells them apart. A
+      // cancel recorded by someone else between the two is reported as this one's.
+      const before = await getSaga(db, parsed.id!)
       await cancelSaga(db, parsed.id!, adminOptions(parsed))
-      out.write(`saga ${parsed.id}: cancel requested; its completed steps will be compensated\n`)
+      out.write(
+        before?.cancelRequested === true
+          ? `saga ${parsed.id}: cancel already requested; nothing recorded (the first request and its reason stand)\n`
+          : `saga ${parsed.id}: cancel requested; its completed steps will be compensated\n`,
+      )
       return 0
+    }
     case 'prune': {
       // A one-off run goes on until nothing that old is left.
       const instances = await pruneSagas(db, {

@@ -1,4 +1,5 @@
 // Runs a CLI command's entry point in-process, with its output captured.
+import { EventEmitter } from 'node:events'
 
 /** Where a command writes. */
 interface Sink {
@@ -24,4 +25,33 @@ export async function runCaptured(
   })
   const code = await entry(args, { stdout: sink('stdout'), stderr: sink('stderr') })
   return { code, ...printed }
+}
+
+/**
+ * The deps of a long-running command run in-process (relay, saga worker): its JSON log lines
+ * parsed, its stderr, the codes it passed to `exit`, and signals nobody sends unless the test
+ * emits them.
+ */
+export function captureLongRunning() {
+  const lines: Record<string, unknown>[] = []
+  const exits: number[] = []
+  let stderr = ''
+  const signals = new EventEmitter()
+  return {
+    lines,
+    exits,
+    signals,
+    stderr: () => stderr,
+    deps: {
+      stdout: {
+        write: (t: string) => {
+          for (const l of t.split('\n')) if (l.startsWith('{')) lines.push(JSON.parse(l))
+        },
+      },
+      stderr: { write: (t: string) => (stderr += t) },
+      env: {},
+      signals,
+      exit: (code: number) => exits.push(code),
+    },
+  }
 }

@@ -58,6 +58,18 @@ describe.runIf(process.platform === 'linux' && existsSync('/proc/self'))(
       expect(result.stderr).toContain('breakwater migrate: --db: filename: expected')
       expect(result.stderr).toContain('/proc/nope')
     })
+
+    // README: a read-only place such as /proc is refused with exit 2 naming the folder; a file
+    // right in /proc (whose folder exists and takes no new file) got exit 1 and SQLite's bare
+    // "unable to open database file".
+    it('breakwater migrate exits 2 for a file in /proc itself, naming the folder', async () => {
+      const result = await runIn(['migrate', '--db', 'sqlite:/proc/x.db'])
+      expect(result.killed).toBe(false)
+      expect(result.code, result.stderr).toBe(2)
+      expect(result.stderr).toContain('breakwater migrate: --db: filename: expected')
+      expect(result.stderr).toContain('the folder /proc ')
+      expect(result.stderr).toContain('/proc/x.db')
+    })
   },
 )
 

@@ -44,10 +44,16 @@ describe('breakwater relay: argument errors', () => {
       {},
       'a webhook --broker needs a signing secret: set BREAKWATER_WEBHOOK_SECRET or pass --webhook-secret-file',
     ],
+    // A --webhook-secret-env value is not shown (the secret itself may have been given there).
+    [
+      ['--broker', 'https://hooks.example.com/x', '--webhook-secret-env', 'HOOK_KEY'],
+      {},
+      'a webhook --broker needs a signing secret: the environment variable that --webhook-secret-env names is not set (or is empty); set it or pass --webhook-secret-file',
+    ],
     [
       ['--broker', 'https://hooks.example.com/x', '--webhook-secret-env', 'HOOK_KEY'],
       { HOOK_KEY: 'short' },
-      'the webhook secret from the HOOK_KEY environment variable is shorter than 16 bytes',
+      'the webhook secret from the environment variable that --webhook-secret-env names is shorter than 16 bytes',
     ],
     [
       ['--broker', 'https://hooks.example.com/x', '--webhook-secret-file', '/nonexistent/secret'],
@@ -104,6 +110,16 @@ describe('breakwater relay: argument errors', () => {
     expect(misplaced.code).toBe(2)
     expect(misplaced.stderr).toContain('--webhook-secret-env must name an environment variable')
     expect(misplaced.all).not.toContain('hunter2')
+    // A secret that happens to look like a variable name is not echoed either.
+    const secretAsName = await run([
+      '--broker',
+      'https://hooks.example.com/x',
+      '--webhook-secret-env',
+      'sk_live_abcdef1234567890',
+    ])
+    expect(secretAsName.code).toBe(2)
+    expect(secretAsName.stderr).toContain('needs a signing secret')
+    expect(secretAsName.all).not.toContain('abcdef1234567890')
     const fromEnv = await run([], { BREAKWATER_BROKER_URL: 'gopher://u:hunter2-pw@h' })
     expect(fromEnv.code).toBe(2)
     expect(fromEnv.stderr).toContain('unsupported broker "gopher://u:***@h"')

@@ -13,6 +13,7 @@ import { openDatabase } from '../../src/stores/index.js'
 import { flushJobs, ManualClock } from '../../src/testing/index.js'
 import { createTestSqlite } from '../support/sqlite.js'
 import { until } from '../support/until.js'
+import { captureLongRunning } from './captured.js'
 import { hanging } from './fixtures/hanging-sagas.js'
 
 const module = fileURLToPath(new URL('./fixtures/hanging-sagas.ts', import.meta.url))
@@ -34,10 +35,7 @@ describe('breakwater saga worker: a step that never returns during the drain', (
       await migrateSagas(db)
       const { id } = await startSaga(db, hanging, {})
       const clock = new ManualClock(Date.now())
-      const signals = new EventEmitter()
-      const exits: number[] = []
-      const lines: Record<string, unknown>[] = []
-      let stderr = ''
+      const { lines, exits, signals, stderr, deps } = captureLongRunning()
       const running = sagaWorkerCommand(
         [
           '--module',
@@ -49,18 +47,7 @@ describe('breakwater saga worker: a step that never returns during the drain', (
           '--log-level',
           'debug',
         ],
-        {
-          stdout: {
-            write: (t: string) => {
-              for (const l of t.split('\n')) if (l.startsWith('{')) lines.push(JSON.parse(l))
-            },
-          },
-          stderr: { write: (t: string) => (stderr += t) },
-          env: {},
-          signals,
-          exit: (code) => exits.push(code),
-          clock,
-        },
+        { ...deps, clock },
       )
       await until(
         () => lines.some((l) => l.msg === 'saga step-started' && l.sagaId === id),
@@ -70,7 +57,7 @@ describe('breakwater saga worker: a step that never returns during the drain', (
       await flushJobs()
       // Short of the drain timeout (10 s): only the worker's own bound falls due.
       await clock.advance(workerStopTimeoutMs(10_000))
-      expect(await running, stderr).toBe(1)
+      expect(await running, stderr()).toBe(1)
       expect(exits).toEqual([1])
       const abandoned = lines.find((l) => l.msg === 'saga abandoned')
       expect(abandoned).toMatchObject({ level: 'warn', sagaId: id })
