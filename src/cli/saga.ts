@@ -227,13 +227,10 @@ async function execute(
       out.write(`saga ${parsed.id}: re-queued; its compensation resumes on the next worker\n`)
       return 0
     case 'cancel': {
-      // cancelSaga resolves alike whether it recorded this request or found one pending (then
-      // the first request and its reason stand): the instance read first tells them apart. A
-      // cancel recorded by someone else between the two is reported as this one's.
-      const before = await getSaga(db, parsed.id!)
-      await cancelSaga(db, parsed.id!, adminOptions(parsed))
+      // A second cancel changes nothing (the first request and its reason stand): say so.
+      const outcome = await cancelSaga(db, parsed.id!, adminOptions(parsed))
       out.write(
-        before?.cancelRequested === true
+        outcome === 'already-requested'
           ? `saga ${parsed.id}: cancel already requested; nothing recorded (the first request and its reason stand)\n`
           : `saga ${parsed.id}: cancel requested; its completed steps will be compensated\n`,
       )

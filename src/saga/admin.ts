@@ -248,24 +248,27 @@ async function compensationReason(tx: SqlExecutor, id: string): Promise<string |
  * was sent and whose reply was not read is compensated too, first (its outcome is unknown). Throws `SagaNotFoundError`, or
  * `SagaStateConflictError` when the saga is not running (already compensating or finished).
  * A saga that was finishing its last step as the cancel arrived still ends `completed`. A
- * cancel of a running saga whose cancel is already requested resolves and changes nothing: the
- * first request (and its reason) stands, and the timeline records only that one. An
- * unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`).
+ * cancel of a running saga whose cancel is already requested resolves with
+ * `'already-requested'` and changes nothing: the first request (and its reason) stands, and the
+ * timeline records only that one. An unknown (misspelt) option is refused with
+ * `InvalidOptionError` (`INVALID_OPTION`).
+ * @returns `'requested'` when this call recorded the request, `'already-requested'` when an
+ * earlier one was still pending.
  */
 export async function cancelSaga(
   db: SqlDriver,
   id: string,
   options: SagaAdminOptions = {},
-): Promise<void> {
+): Promise<CancelSagaResult> {
   checkId('id', id)
   const { now, by, reason } = adminOptions(options)
   const statements = sagaStatements[db.dialect]
-  await db.transaction(async (tx) => {
+  return db.transaction(async (tx) => {
     const { rowCount } = await tx.execute(statements.cancel, [id, now])
     if (rowCount === 0) {
       // Requested already and not yet acted on: the first request stands, reason and all (a
       // second one replaced its reason, unsaid), and nothing is recorded for this one.
-      if (await cancelPending(tx, id)) return
+      if (await cancelPending(tx, id)) return 'already-requested'
       await refuse(tx, id, 'only a running saga can be cancelled')
     }
     await tx.execute(statements.insertEvent, [
@@ -277,8 +280,15 @@ export async function cancelSaga(
       by,
       JSON.stringify(reason === undefined ? {} : { reason }),
     ])
+    return 'requested'
   })
 }
+
+/**
+ * What {@link cancelSaga} did: recorded this request, or found an earlier one still pending
+ * (then this one changed nothing).
+ */
+export type CancelSagaResult = 'requested' | 'already-requested'
 
 /** What {@link deliverReply} did. */
 export type DeliverReplyResult =

@@ -3,6 +3,7 @@
 // Loads no database driver by itself: it works through the stores seam.
 
 export type {
+  CancelSagaResult,
   DeliverReplyOptions,
   DeliverReplyResult,
   ListSagasOptions,

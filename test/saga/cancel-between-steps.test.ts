@@ -29,7 +29,7 @@ describe.each(dbTargets)('a cancel during a step commit on $dialect', (target) =
 
   // Until the cancel has committed (PostgreSQL: the step's row is not locked yet), or waits for
   // the step's transaction (a row lock; on SQLite this driver's queue, which it joins at once).
-  async function landedOrWaiting(cancel: Promise<void>): Promise<void> {
+  async function landedOrWaiting(cancel: Promise<unknown>): Promise<void> {
     let done = false
     void cancel.then(() => (done = true)).catch(() => (done = true))
     if (target.dialect === 'sqlite') {

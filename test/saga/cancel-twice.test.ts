@@ -45,9 +45,11 @@ describe.each(dbTargets)('a second cancel on $dialect', (target) => {
     const { id } = await startSaga(t.db, saga, null, { clock })
     const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
     expect(await worker.poll()).toBe(1)
-    await cancelSaga(t.db, id, { reason: 'first', by: 'alice', clock })
+    await expect(cancelSaga(t.db, id, { reason: 'first', by: 'alice', clock })).resolves.toBe(
+      'requested',
+    )
     await expect(cancelSaga(t.db, id, { reason: 'second', by: 'bob', clock })).resolves.toBe(
-      undefined,
+      'already-requested',
     )
     expect(await worker.poll()).toBe(1)
     expect(await getSaga(t.db, id)).toMatchObject({
