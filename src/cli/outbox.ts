@@ -237,20 +237,34 @@ async function execute(
       return 0
     }
     case 'prune': {
+      // A producer-only service migrates the outbox alone (migrateOutbox), a consumer-only one
+      // the inbox alone (migrateInbox): a part whose table is missing has nothing to prune,
+      // which is no failure of the other part's work (nor a reason to migrate tables the
+      // service never uses). A database with neither is the wrong database.
+      const applied = new Set((await listAppliedMigrations(db)).map((m) => m.capability))
+      if (!applied.has('outbox') && !applied.has('inbox')) {
+        err.write(
+          `breakwater outbox: nothing to prune: neither the outbox nor the inbox capability is migrated in this database (is --db the right database?)\n`,
+        )
+        return 1
+      }
       // A one-off run goes on until nothing that old is left. Each part reports as soon as it
       // is done, so a failure of the second still tells what the first removed.
-      const events = await pruneOutbox(db, {
-        olderThanMs: parsed.olderThanMs,
-        archive: parsed.archive,
-        maxBatches: Number.MAX_SAFE_INTEGER,
-      })
-      out.write(
-        `${parsed.archive ? 'Archived' : 'Removed'} ${counted(events, 'published event')}.\n`,
-      )
-      // A producer-only service migrates the outbox alone (migrateOutbox): its database has no
-      // inbox table, which is nothing to prune, not a failure after the outbox part's work.
-      const applied = await listAppliedMigrations(db)
-      if (!applied.some((migration) => migration.capability === 'inbox')) {
+      if (applied.has('outbox')) {
+        const events = await pruneOutbox(db, {
+          olderThanMs: parsed.olderThanMs,
+          archive: parsed.archive,
+          maxBatches: Number.MAX_SAFE_INTEGER,
+        })
+        out.write(
+          `${parsed.archive ? 'Archived' : 'Removed'} ${counted(events, 'published event')}.\n`,
+        )
+      } else {
+        out.write(
+          'No published events to remove: the outbox capability is not migrated in this database.\n',
+        )
+      }
+      if (!applied.has('inbox')) {
         out.write(
           'No inbox records to remove: the inbox capability is not migrated in this database.\n',
         )
