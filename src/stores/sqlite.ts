@@ -1,4 +1,5 @@
-import { mkdirSync, realpathSync } from 'node:fs'
+import { accessSync, constants, mkdirSync, realpathSync, statSync } from 'node:fs'
+import { basename, dirname, resolve, sep } from 'node:path'
 import { maxTimerDelayMs } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import {
@@ -55,7 +56,39 @@ export interface SqliteDriverOptions {
    * @default 500
    */
   readonly statementCacheSize?: number | undefined
+  /**
+   * How large the WAL file (`<filename>-wal`) may grow before the driver empties it. SQLite
+   * checkpoints the WAL into the database after commits but never waits for readers, and it
+   * starts the file over only once no reader is left in it, which processes that read and
+   * write all the time (relays, consumers, projectors, handlers) never allow: without this the
+   * WAL grew to hundreds of MB and stayed there. Past this size, a look after every 32nd
+   * statement or transaction runs `wal_checkpoint(TRUNCATE)`, which waits up to 100 ms (or
+   * `busyTimeoutMs`, when shorter) for other processes' writer and older readers, blocking this
+   * thread and their writes meanwhile; one that gives up (a long read elsewhere) is tried again
+   * once the WAL has grown by as much again. Also SQLite's `journal_size_limit`. At least 1 MiB
+   * (1048576): a smaller bound would checkpoint after nearly every transaction.
+   * @default 16777216 (16 MiB)
+   */
+  readonly walSizeLimitBytes?: number | undefined
 }
+
+/** The default of {@link SqliteDriverOptions.walSizeLimitBytes}: 16 MiB. */
+export const defaultWalSizeLimitBytes = 16 * 1024 * 1024
+
+// How many statements and transactions pass between two looks at the WAL's size: a stat costs
+// about a microsecond, which every commit need not pay; a WAL grows by at most this many
+// transactions' pages past the bound before it is seen.
+const walCheckInterval = 32
+
+// The longest a checkpoint of an oversized WAL blocks the thread (and other processes' writers)
+// waiting for the writer and readers of other connections to finish. Their transactions are
+// short under the load that makes the WAL grow; one that holds on longer (a long report) makes
+// the checkpoint give up, and it is tried again once the WAL has grown by the bound once more.
+const walCheckpointWaitMs = 100
+
+// What the retries of a checkpoint sleep on (Atomics.wait: this thread blocks, as it does in
+// SQLite's own busy wait).
+const pause = new Int32Array(new SharedArrayBuffer(4))
 
 /** The keys of {@link SqliteDriverOptions}. @internal Also checked by `openDatabase`. */
 export const sqliteDriverOptions = optionKeys<SqliteDriverOptions>({
@@ -63,6 +96,7 @@ export const sqliteDriverOptions = optionKeys<SqliteDriverOptions>({
   busyTimeoutMs: true,
   synchronous: true,
   statementCacheSize: true,
+  walSizeLimitBytes: true,
 })
 
 /** The parts of a better-sqlite3 statement breakwater uses. */
@@ -241,6 +275,13 @@ export class SqliteDriver implements SqlDriver {
   /** Shared by the drivers of this process on the same file: held by a write transaction. */
   readonly #file: FileLock
   readonly #busyTimeoutMs: number
+  /** The WAL file; undefined for an in-memory database (which has none). */
+  readonly #walFile: string | undefined
+  /** Statements and transactions left before the next look at the WAL's size. */
+  #untilWalCheck = walCheckInterval
+  readonly #walSizeLimitBytes: number
+  /** The WAL size above which it is checkpointed (raised after a checkpoint that gave up). */
+  #checkpointAbove: number
   #closed = false
 
   /** @internal Use {@link createSqliteDriver}. */
@@ -249,10 +290,15 @@ export class SqliteDriver implements SqlDriver {
     statementCacheSize: number,
     file: FileLock,
     busyTimeoutMs: number,
+    walFile?: string,
+    walSizeLimitBytes = defaultWalSizeLimitBytes,
   ) {
     this.#db = db
     this.#file = file
     this.#busyTimeoutMs = busyTimeoutMs
+    this.#walFile = walFile
+    this.#walSizeLimitBytes = walSizeLimitBytes
+    this.#checkpointAbove = walSizeLimitBytes
     this.#statements = new SqliteStatements(db, statementCacheSize)
     this.#inTransaction = new TransactionExecutor(db, this.#statements, rolledBackBySqlite)
   }
@@ -270,7 +316,9 @@ export class SqliteDriver implements SqlDriver {
     if (this.#closed) return Promise.reject(new StoreClosedError('sqlite'))
     // Run at once, without a closure: this is every plain statement's path.
     try {
-      return Promise.resolve(this.#statements.all(sql, params) as R[])
+      const rows = this.#statements.all(sql, params) as R[]
+      if (--this.#untilWalCheck <= 0) this.#checkWal(false)
+      return Promise.resolve(rows)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -285,7 +333,9 @@ export class SqliteDriver implements SqlDriver {
     }
     if (this.#closed) return Promise.reject(new StoreClosedError('sqlite'))
     try {
-      return Promise.resolve({ rowCount: this.#statements.run(sql, params) })
+      const rowCount = this.#statements.run(sql, params)
+      if (--this.#untilWalCheck <= 0) this.#checkWal(false)
+      return Promise.resolve({ rowCount })
     } catch (error) {
       return Promise.reject(error)
     }
@@ -311,7 +361,9 @@ export class SqliteDriver implements SqlDriver {
       if (writes) await this.#takeFileLock()
       try {
         if (this.#closed) throw new StoreClosedError('sqlite')
-        return run()
+        const result = run()
+        if (writes && --this.#untilWalCheck <= 0) this.#checkWal(true)
+        return result
       } finally {
         if (writes) this.#file.mutex.release()
       }
@@ -375,6 +427,7 @@ export class SqliteDriver implements SqlDriver {
           try {
             const outcome = this.#statements.rowsAndCount(sql, params)
             this.#db.exec('COMMIT')
+            if (--this.#untilWalCheck <= 0) this.#checkWal(true)
             return Promise.resolve(outcome)
           } catch (error) {
             this.#rollbackQuietly()
@@ -406,6 +459,7 @@ export class SqliteDriver implements SqlDriver {
           this.#rollbackQuietly()
           throw error
         }
+        if (--this.#untilWalCheck <= 0) this.#checkWal(true)
         return result
       } finally {
         this.#file.mutex.release()
@@ -413,6 +467,52 @@ export class SqliteDriver implements SqlDriver {
     } finally {
       this.#mutex.release()
     }
+  }
+
+  /**
+   * Checkpoints the WAL back to nothing once it has grown past `walSizeLimitBytes`. SQLite
+   * checkpoints after commits on its own, but without waiting: a reader on an older snapshot
+   * stops it short, and the WAL restarts from its beginning only once it was checkpointed whole
+   * with no reader left in it. Processes that read and write all the time (relays, consumers,
+   * projectors, request handlers) always have some reader there, so the WAL only grew (466 MB
+   * beside a 108 MB database in exploratory testing) and every reader's lookups in it slowed
+   * with it. `wal_checkpoint(TRUNCATE)` takes the write lock and waits for the readers on old
+   * snapshots to finish (new ones read the database file: everything is in it by then), then
+   * empties the file. Runs outside any transaction of this connection and never while another
+   * driver of this process holds the file (its write lock, held on this thread, would never
+   * come free); the commit before it stands whatever happens here. `holdsFile`: the caller
+   * holds the file's lock of this process.
+   */
+  #checkWal(holdsFile: boolean): void {
+    this.#untilWalCheck = walCheckInterval
+    if (this.#walFile === undefined || this.#db.inTransaction) return
+    if (!holdsFile && this.#file.mutex.locked) return
+    const size = statSync(this.#walFile, { throwIfNoEntry: false })?.size ?? 0
+    if (size <= this.#checkpointAbove) return
+    let outcome: { busy: number; log: number } | undefined
+    const deadline = performance.now() + Math.min(this.#busyTimeoutMs, walCheckpointWaitMs)
+    try {
+      for (;;) {
+        const left = Math.max(0, Math.ceil(deadline - performance.now()))
+        this.#db.pragma(`busy_timeout = ${left}`)
+        ;[outcome] = this.#db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number; log: number }[]
+        // log -1: another connection held the checkpoint lock, which SQLite gives up on at once,
+        // without its busy wait. While the WAL is this large every commit of every process
+        // runs SQLite's own passive checkpoint, so that lock is taken most of the time; it comes
+        // free between two of them.
+        if (outcome?.busy !== 1 || outcome.log !== -1 || left === 0) break
+        Atomics.wait(pause, 0, 0, 1)
+      }
+    } catch {
+      // Only an I/O failure gets here (a busy checkpoint reports busy = 1): the commit before it
+      // stands, and the next statement meets the failure if it persists.
+    } finally {
+      this.#db.pragma(`busy_timeout = ${this.#busyTimeoutMs}`)
+    }
+    // One that gave up (a reader or writer held on past the wait) is tried again once the WAL
+    // has grown as much again, rather than blocking after every commit while that reader runs.
+    this.#checkpointAbove =
+      outcome?.busy === 0 ? this.#walSizeLimitBytes : size + this.#walSizeLimitBytes
   }
 
   // The caller's error is the one worth seeing; a failing ROLLBACK must not replace it.
@@ -467,8 +567,11 @@ export async function loadBetterSqlite<C>(): Promise<
 
 /**
  * Opens (creating if needed) a SQLite database with better-sqlite3, in WAL mode with a busy
- * timeout, foreign keys on and `synchronous` as chosen. An unknown (misspelt) option is refused
- * with `InvalidOptionError` (`INVALID_OPTION`) naming it.
+ * timeout, foreign keys on and `synchronous` as chosen, keeping the WAL file near
+ * `walSizeLimitBytes`. An unknown (misspelt) option is refused with `InvalidOptionError`
+ * (`INVALID_OPTION`) naming it, and so is a `filename` that cannot hold a database: a folder
+ * (or a path ending in `/`), a path under a file, a folder that cannot be created or one this
+ * user may not write (SQLite creates `<file>-wal` and `<file>-shm` beside the file).
  *
  * @example
  * ```ts
@@ -497,10 +600,20 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
   )
   const synchronous = checkOneOf('synchronous', options.synchronous ?? 'normal', ['normal', 'full'])
   const cacheSize = checkInteger('statementCacheSize', options.statementCacheSize ?? 500, 1)
+  const walSizeLimitBytes = checkInteger(
+    'walSizeLimitBytes',
+    options.walSizeLimitBytes ?? defaultWalSizeLimitBytes,
+    1024 * 1024,
+  )
 
   const Database = await loadBetterSqlite<BetterSqliteConnection>()
   if (filename !== ':memory:') prepareFolder(filename)
-  const db = new Database(filename)
+  let db: BetterSqliteConnection
+  try {
+    db = new Database(filename)
+  } catch (error) {
+    throw unwritableFolder(filename, error) ?? error
+  }
   let fileKey: string | undefined
   try {
     // The file exists now; its real path names it whatever relative path or link reached it.
@@ -510,21 +623,33 @@ export async function createSqliteDriver(options: SqliteDriverOptions = {}): Pro
     db.pragma('journal_mode = WAL')
     db.pragma(`synchronous = ${synchronous === 'full' ? 'FULL' : 'NORMAL'}`)
     db.pragma('foreign_keys = ON')
+    // A WAL that restarts from its beginning is cut down to this size (by default SQLite keeps
+    // the file as large as it ever grew).
+    db.pragma(`journal_size_limit = ${walSizeLimitBytes}`)
   } catch (error) {
     db.close()
-    throw error
+    throw unwritableFolder(filename, error) ?? error
   }
-  return new SqliteDriver(db, cacheSize, fileLock(fileKey), busyTimeoutMs)
+  return new SqliteDriver(
+    db,
+    cacheSize,
+    fileLock(fileKey),
+    busyTimeoutMs,
+    fileKey === undefined ? undefined : `${fileKey}-wal`,
+    walSizeLimitBytes,
+  )
 }
 
 /**
  * Creates the file's folders, refusing with `INVALID_OPTION` what cannot hold a database file:
- * a folder given as the file (SQLite says only "unable to open database file"), a file where
+ * a folder given as the file, or a path ending in a separator, `.` or `..` (SQLite says only
+ * "unable to open database file", or creates a file named after the last folder), a file where
  * a folder goes (mkdir says "EEXIST: file already exists"), and a folder that cannot be created
  * (`/proc/nope/x.db`, a read-only or forbidden place), each naming the path.
  */
 function prepareFolder(filename: string): void {
-  if (statOf(filename)?.isDirectory()) {
+  // '/data/new/' named a folder, yet SQLite created a file called new.
+  if (statOf(filename)?.isDirectory() || namesFolder(filename)) {
     throw new InvalidOptionError('filename', 'a file, not a folder', filename)
   }
   // Not mkdirSync({ recursive: true }): on Node 20 it loops forever under /proc, where mkdir
@@ -552,6 +677,36 @@ function prepareFolder(filename: string): void {
         filename,
       )
     }
+  }
+}
+
+/** Whether a path ends in a separator, `.` or `..`: a folder, whether or not it exists. */
+function namesFolder(filename: string): boolean {
+  const last = filename.split(sep === '\\' ? /[\\/]/ : '/').at(-1)
+  return last === '' || last === '.' || last === '..'
+}
+
+/**
+ * The refusal for a database SQLite could not open or switch to WAL because its folder is not
+ * writable by this user (undefined when that is not why): SQLite creates `<file>-wal` and
+ * `<file>-shm` beside the file, even to read a WAL database, and said only "unable to open
+ * database file" (a new file) or "attempt to write a readonly database" (an existing one).
+ */
+function unwritableFolder(filename: string, error: unknown): InvalidOptionError | undefined {
+  const code = (error as { code?: unknown } | null)?.code
+  if (typeof code !== 'string') return undefined
+  if (!code.startsWith('SQLITE_CANTOPEN') && !code.startsWith('SQLITE_READONLY')) return undefined
+  const folder = dirname(resolve(filename))
+  try {
+    accessSync(folder, constants.W_OK | constants.X_OK)
+    return undefined
+  } catch (refusal) {
+    const name = basename(filename)
+    return new InvalidOptionError(
+      'filename',
+      `a file in a folder this user can write (${folder} is not: ${(refusal as NodeJS.ErrnoException).code}; SQLite creates ${name}-wal and ${name}-shm there, even to read a WAL database)`,
+      filename,
+    )
   }
 }
 

@@ -1,8 +1,10 @@
 // The SQLite driver creates the folders of its file one level at a time: Node 20's recursive
 // mkdir never returned for a folder under /proc (it loops on ENOENT for a parent stat finds).
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { InvalidOptionError } from '../../src/core/errors.js'
 import { createSqliteDriver } from '../../src/stores/sqlite.js'
@@ -45,4 +47,73 @@ describe('createSqliteDriver: the folders of its file', () => {
       rmSync(dir, { recursive: true, force: true })
     }
   })
+
+  // SQLite created a file called `new` for '/data/new/', and '/data/new/.' failed with its bare
+  // "unable to open database file" after the folder was created.
+  it.each(['new/', 'new/.', 'new/..'])(
+    'refuses %j, which names a folder, as a folder',
+    async (name) => {
+      const dir = mkdtempSync(join(tmpdir(), 'breakwater-sqlite-folder-'))
+      try {
+        const filename = `${dir}/${name}`
+        await expect(createSqliteDriver({ filename })).rejects.toThrow(
+          new InvalidOptionError('filename', 'a file, not a folder', filename),
+        )
+        expect(existsSync(join(dir, 'new'))).toBe(false)
+      } finally {
+        rmSync(dir, { recursive: true, force: true })
+      }
+    },
+  )
+
+  // Root may write any folder, so the refusal is seen through a child run as nobody.
+  it.runIf(canRunAsNobody())(
+    'names the folder this user may not write, for a new file and an existing one',
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'breakwater-sqlite-folder-'))
+      try {
+        chmodSync(dir, 0o755)
+        const folder = join(dir, 'ro')
+        mkdirSync(folder, { mode: 0o755 })
+        const existing = join(folder, 'exist.db')
+        await (await createSqliteDriver({ filename: existing })).close()
+        // The file itself is writable: only the folder is not.
+        chmodSync(existing, 0o666)
+        const filenames = [join(folder, 'new.db'), existing]
+        expect(openAsNobody(filenames)).toEqual(
+          filenames.map((filename) => {
+            const name = filename.slice(folder.length + 1)
+            return {
+              code: 'INVALID_OPTION',
+              message: new InvalidOptionError(
+                'filename',
+                `a file in a folder this user can write (${folder} is not: EACCES; SQLite creates ${name}-wal and ${name}-shm there, even to read a WAL database)`,
+                filename,
+              ).message,
+            }
+          }),
+        )
+      } finally {
+        rmSync(dir, { recursive: true, force: true })
+      }
+    },
+  )
 })
+
+const repo = fileURLToPath(new URL('../..', import.meta.url))
+const opener = fileURLToPath(new URL('./fixtures/open-sqlite.ts', import.meta.url))
+
+function canRunAsNobody(): boolean {
+  if (process.platform !== 'linux' || process.getuid?.() !== 0) return false
+  return spawnSync('runuser', ['-u', 'nobody', '--', 'true']).status === 0
+}
+
+function openAsNobody(filenames: readonly string[]): unknown {
+  const child = spawnSync(
+    'runuser',
+    ['-u', 'nobody', '--', process.execPath, '--import', 'tsx', opener, ...filenames],
+    { cwd: repo, encoding: 'utf8' },
+  )
+  if (child.status !== 0) throw new Error(`open-sqlite failed: ${child.stderr}`)
+  return JSON.parse(child.stdout)
+}
