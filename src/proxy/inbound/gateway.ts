@@ -18,6 +18,7 @@ import type {
 } from '../contracts.js'
 import { forwardedHeaders } from './forwarded-headers.js'
 import {
+  clientLeftOutcome,
   type InboundRequest,
   logAccess,
   readInboundRequest,
@@ -153,15 +154,36 @@ export function createGatewayHandler(
   const scheme = listener.tls === undefined ? 'http' : 'https'
   const trustForwarded = listener.trustForwardedHeaders === true
 
+  // A client that left in the middle of its body: logged and counted as one that leaves while
+  // the upstream answers (499 ABORTED), under the route its head matched; no service saw it.
+  const clientLeft = (inbound: InboundRequest): void => {
+    const route = currentTable().match(inbound.method, inbound.path, inbound.headers)
+    logAccess(
+      ctx,
+      inbound,
+      clientLeftOutcome,
+      listener.name,
+      route === undefined ? {} : { route: route.name },
+    )
+    observe(inbound, clientLeftOutcome, route?.name ?? '', '')
+  }
+
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     // A client waiting for `100 Continue` is refused before it sends a body no route takes.
     // Its request then comes without the body, so it is refused even if a reload meanwhile
     // added a route for it.
     let refusedAtHead = false
-    const inbound = await readInboundRequest(req, res, listener, ctx, (head) => {
-      refusedAtHead = currentTable().match(head.method, head.path, head.headers) === undefined
-      return !refusedAtHead
-    })
+    const inbound = await readInboundRequest(
+      req,
+      res,
+      listener,
+      ctx,
+      (head) => {
+        refusedAtHead = currentTable().match(head.method, head.path, head.headers) === undefined
+        return !refusedAtHead
+      },
+      clientLeft,
+    )
     if (inbound === undefined) return
     // Matched once the body is read, on the table then in force: a reload during the upload
     // may have taken the service away (test/proxy/runtime/reload-mid-request.test.ts).

@@ -116,10 +116,21 @@ class LiveInboundRequest implements InboundRequest {
   readonly body: Buffer | undefined
   readonly startedAt: number
   readonly #res: ProxyResponse
+  // Kept from the start: node:http detaches `res.socket` when the response finishes, before
+  // the access log line is written, so reading it then found none (and no bytesOut).
+  readonly #socket: { readonly bytesWritten: number } | null
   readonly #bytesWrittenAtStart: number
+  // Body bytes read: the body's length, or what came before the client left (bodyLeft).
+  readonly #bytesIn: number
   #controller: AbortController | undefined
 
-  constructor(head: Head, body: Buffer | undefined, res: ProxyResponse, bytesWritten: number) {
+  constructor(
+    head: Head,
+    body: Buffer | undefined,
+    res: ProxyResponse,
+    bytesWritten: number,
+    bytesIn = body?.length ?? 0,
+  ) {
     this.method = head.method
     this.path = head.path
     this.query = head.query
@@ -130,7 +141,9 @@ class LiveInboundRequest implements InboundRequest {
     this.body = body
     this.startedAt = head.startedAt
     this.#res = res
+    this.#socket = res.socket
     this.#bytesWrittenAtStart = bytesWritten
+    this.#bytesIn = bytesIn
     this.#controller = undefined
   }
 
@@ -157,10 +170,18 @@ class LiveInboundRequest implements InboundRequest {
   /** Bytes written on the connection since the request was read (head and body). */
   static bytesOut(inbound: InboundRequest): number | undefined {
     if (!(#res in inbound)) return undefined
-    const socket = inbound.#res.socket
+    // The connection's count when the line is written: the response is complete by then, and
+    // a next response on a keep-alive connection is not yet under way (a pipelined one whose
+    // handler already wrote would be counted in, a rare overcount rather than no count).
+    const socket = inbound.#socket
     return socket === null || socket === undefined
       ? undefined
       : socket.bytesWritten - inbound.#bytesWrittenAtStart
+  }
+
+  /** Body bytes read from the client (those before it left, for one that left mid-body). */
+  static bytesIn(inbound: InboundRequest): number {
+    return #res in inbound ? inbound.#bytesIn : (inbound.body?.length ?? 0)
   }
 
   static isLive(inbound: InboundRequest): inbound is LiveInboundRequest {
@@ -194,8 +215,9 @@ export function readInboundRequest(
   listener: ListenerConfig,
   ctx: InboundContext,
   admit?: AdmitHead,
+  left?: ClientLeft,
 ): Promise<InboundRequest | undefined> {
-  const read = readInbound(req, res, listener, ctx, admit)
+  const read = readInbound(req, res, listener, ctx, admit, left)
   return read instanceof Promise ? read : Promise.resolve(read)
 }
 
@@ -211,6 +233,28 @@ export type InboundHead = Pick<InboundRequest, 'method' | 'path' | 'query' | 'he
  * the answer keep the connection.
  */
 export type AdmitHead = (head: InboundHead) => boolean
+
+/**
+ * Told of a request whose client went away before its body was read to the end (the read
+ * then resolves undefined, and nothing is answered: nobody is left to hear it). `inbound` has
+ * no body; the access log line written for it counts the body bytes that came (`bytesIn`).
+ * Callers log it as `499 ABORTED`, like a client that leaves while the upstream answers.
+ */
+export type ClientLeft = (inbound: InboundRequest) => void
+
+/**
+ * The outcome of a request whose client went away before its body was read: status 499,
+ * `ABORTED`, nothing sent anywhere. For the access line and request metrics of a
+ * {@link ClientLeft} request.
+ */
+export const clientLeftOutcome: ForwardOutcome = Object.freeze({
+  status: 499,
+  attempts: 0,
+  written: false,
+  endpoint: undefined,
+  error: 'ABORTED',
+  captured: undefined,
+})
 
 /**
  * {@link readInboundRequest} without a promise when none is needed: a request without a body
@@ -231,6 +275,7 @@ export function readInbound(
   listener: ListenerConfig,
   ctx: InboundContext,
   admit?: AdmitHead,
+  left?: ClientLeft,
 ): InboundRequest | undefined | Promise<InboundRequest | undefined> {
   const head = validateHead(req, listener, ctx)
   if (isRefusal(head)) return refuse(req, res, listener, ctx, head[0], head[1], head[2])
@@ -262,8 +307,14 @@ export function readInbound(
     if (admit !== undefined && !admit(head)) return finish(req, res, head, undefined)
     res.writeContinue()
   }
+  // With a Content-Length the body is copied into one buffer of that size as it comes, rather
+  // than kept as chunks and joined at the end (two copies of a large upload at once). The
+  // buffer is taken when the first chunk arrives, not for a head that announces a body and
+  // sends none. A chunked body is still joined at its end.
+  const announced = chunked ? -1 : Number(contentLength)
   return new Promise<InboundRequest | undefined>((resolve) => {
     const chunks: Buffer[] = []
+    let whole: Buffer | undefined
     let size = 0
     let settled = false
     const done = (value: InboundRequest | undefined): void => {
@@ -292,12 +343,34 @@ export function readInbound(
         )
         return
       }
-      chunks.push(chunk)
+      if (announced > 0) {
+        // node's parser delivers no more than Content-Length.
+        whole ??= Buffer.allocUnsafe(announced)
+        chunk.copy(whole, size - chunk.length)
+      } else chunks.push(chunk)
     }
     const onEnd = (): void => {
-      done(finish(req, res, head, size === 0 ? undefined : Buffer.concat(chunks, size)))
+      const body =
+        size === 0
+          ? undefined
+          : whole !== undefined
+            ? whole.subarray(0, size)
+            : Buffer.concat(chunks, size)
+      done(finish(req, res, head, body))
+    }
+    const clientLeft = (): void => {
+      // Nobody is left to answer: the caller logs and counts it (499 ABORTED).
+      const inbound = new LiveInboundRequest(head, undefined, res, req.socket.bytesWritten, size)
+      done(undefined)
+      left?.(inbound)
     }
     const onError = (): void => {
+      // A client that went away mid-body fails the stream too ('aborted'): not a request the
+      // proxy could not read, and no 400 for a client that is not there to hear it.
+      if (req.socket.destroyed || res.destroyed) {
+        clientLeft()
+        return
+      }
       done(
         refuse(
           req,
@@ -312,7 +385,7 @@ export function readInbound(
     }
     const onClose = (): void => {
       // The client went away mid-body: nobody is left to answer.
-      if (!req.complete) done(undefined)
+      if (!req.complete) clientLeft()
     }
     req.on('data', onData)
     req.on('end', onEnd)
@@ -802,7 +875,7 @@ export function logAccess(
     error: outcome.error,
     requestId: inbound.requestId,
     durationMs: ctx.clock.now() - inbound.startedAt,
-    bytesIn: details.tunnel?.bytesIn ?? inbound.body?.length ?? 0,
+    bytesIn: details.tunnel?.bytesIn ?? LiveInboundRequest.bytesIn(inbound),
     bytesOut: details.tunnel?.bytesOut ?? LiveInboundRequest.bytesOut(inbound),
     ...(details.tunnel === undefined || outcome.status !== 101
       ? {}

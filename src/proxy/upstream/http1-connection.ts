@@ -56,7 +56,10 @@ export class PendingRequest {
   }
 }
 
-/** Bodies up to this size are copied behind the head for a single write; bigger ones are not. */
+/**
+ * Bodies up to this size are copied behind the head for a single write; bigger ones are
+ * written in slices of this size, each once the socket took the one before (see `sendBody`).
+ */
 const copyBodyBelow = 65_536
 
 const emptyBuffer = Buffer.alloc(0)
@@ -80,6 +83,10 @@ export class Connection extends ResponseParser {
   connectTimer: TimerHandle | undefined
   /** True while the current request's onConnect runs: nothing of it is written yet. */
   inOnConnect = false
+  /** The request whose large body is still being written in slices (see `sendBody`). */
+  sending: PendingRequest | undefined
+  /** Where the next slice of `sending`'s body starts. */
+  sendOffset = 0
 
   // Flow control: the handler paused the response (see Http1Handler.onHeaders and onData).
   override paused = false
@@ -241,12 +248,58 @@ export class Connection extends ResponseParser {
       body.copy(out, headLength)
       socket.write(out)
     } else {
+      // The head and the first slice go out in one write, as before the slicing.
       socket.cork()
       socket.write(req.head, 'latin1')
-      socket.write(body)
+      this.sending = req
+      this.sendOffset = 0
+      this.sendBody()
       socket.uncork()
     }
     return true
+  }
+
+  /**
+   * Writes the slices of the current large body, one after the other as the socket takes them
+   * ('drain'), rather than all in one write: the handler hears of each step (`onBodySent`) and
+   * of the end (`onRequestSent`, once the last slice left), so its read timeout can tell an
+   * upstream reading slowly but steadily from one that stopped (one write says nothing until
+   * all of it has gone). Slices are views of the body: nothing is copied.
+   */
+  sendBody(): void {
+    const req = this.sending as PendingRequest
+    const body = req.body as Buffer
+    const socket = this.socket
+    let offset = this.sendOffset
+    while (offset < body.length) {
+      const end = Math.min(offset + copyBodyBelow, body.length)
+      const slice = body.subarray(offset, end)
+      offset = end
+      if (end === body.length) {
+        this.sending = undefined
+        socket.write(slice, () => {
+          if (this.req === req && !this.dead) req.handler.onRequestSent?.()
+        })
+        return
+      }
+      if (!socket.write(slice)) {
+        this.sendOffset = offset
+        socket.once('drain', this.onBodyDrain)
+        return
+      }
+    }
+  }
+
+  readonly onBodyDrain = (): void => {
+    const req = this.sending
+    // The request ended meanwhile (an early answer, a failure): nothing more of it is sent.
+    if (req === undefined || this.req !== req || this.dead) {
+      this.sending = undefined
+      return
+    }
+    const sent = this.sendOffset
+    req.handler.onBodySent?.((req.body as Buffer).subarray(sent - copyBodyBelow, sent))
+    if (this.req === req && !this.dead) this.sendBody()
   }
 
   /** Ends the current request on this socket (its callbacks stop reaching the handler). */
@@ -254,6 +307,7 @@ export class Connection extends ResponseParser {
     const req = this.req as PendingRequest
     this.req = undefined
     req.conn = undefined
+    this.sending = undefined
     this.core.busy--
     return req
   }
@@ -275,7 +329,12 @@ export class Connection extends ResponseParser {
     // Unsent request bytes mean the server answered before reading the whole body: what it
     // would read next is the rest of that body, not the next request.
     const reuse =
-      this.keepAlive && !extraBytes && !this.dead && !this.ended && this.socket.writableLength === 0
+      this.keepAlive &&
+      !extraBytes &&
+      !this.dead &&
+      !this.ended &&
+      this.sending === undefined &&
+      this.socket.writableLength === 0
     this.idleMs =
       this.hasHint && this.hintMs < this.core.keepAliveMs ? this.hintMs : this.core.keepAliveMs
     const req = this.detach()

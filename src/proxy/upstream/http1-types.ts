@@ -66,6 +66,20 @@ export interface Http1Handler {
    */
   onQueued?(abort: (reason?: Error) => void): void
   /**
+   * Part of a large request body left the proxy (handed to the operating system): the send is
+   * making progress. Called for bodies the pool writes in slices (64 KiB and more) each time
+   * the socket takes more, so that a handler can tell a slow but steady reader from a stall.
+   * undici calls it too, as it queues each chunk.
+   */
+  onBodySent?(chunk: Buffer): void
+  /**
+   * The whole request has been handed to the operating system: what follows is the server's
+   * turn. Called for bodies the pool writes in slices; for a smaller request (written in one
+   * go with its head) `onConnect` is the last word. undici calls it too, once it queued the
+   * request.
+   */
+  onRequestSent?(): void
+  /**
    * A response head: interim 1xx ones (their return value is ignored) and then the final one.
    * `rawHeaders` is flat `[name, value, ...]`, names in their original case. Returning false
    * pauses the socket until `resume()` is called.

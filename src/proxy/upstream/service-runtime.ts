@@ -649,7 +649,20 @@ class Attempt {
     this.phase = phaseHead
     // undici writes the request right after this call: from here on it may reach the app.
     this.call.written = true
+    // readMs from here bounds a request written in one go. A large body is written in slices,
+    // and readMs then runs from each step of the write (onBodySent) and from its end
+    // (onRequestSent): time the upstream spends reading a big upload steadily is not time it
+    // keeps the response waiting, while a send that stalls for readMs still fails.
     this.setDue(this.call.core.clock.now() + this.call.core.readMs)
+  }
+
+  onBodySent(): void {
+    // Moves the due time on; the timer, armed for the earlier one, re-arms when it fires.
+    if (this.phase === phaseHead) this.dueAt = this.call.core.clock.now() + this.call.core.readMs
+  }
+
+  onRequestSent(): void {
+    this.onBodySent()
   }
 
   // Http1Pool only: the request waits for a socket. An attempt given up on now (the client went

@@ -27,7 +27,8 @@
 // - The tunnel ends when either side fails, when no byte has passed either way for the route's
 //   `idleTimeoutMs`, when the listener drains, or when its service closes (a reload changed or
 //   removed it). When one side closes, the other is ended (its queued bytes, a close frame,
-//   still go out) and cut if it has not closed within 5 s.
+//   still go out); from the first side's end (its FIN) or close, both are cut if the tunnel
+//   has not closed within 5 s.
 
 import { type ClientRequest, request as httpRequest, type IncomingMessage } from 'node:http'
 import { request as httpsRequest } from 'node:https'
@@ -491,7 +492,8 @@ function closedWith(client: Duplex): Promise<TunnelEnd> {
 /**
  * Copies bytes both ways between `client` and `upstream` (each side's end is passed on, so a
  * half-close reaches the other side), ends both when either fails or closes, or when nothing
- * has passed for `idleTimeoutMs` on `clock`. Settles when both are closed.
+ * has passed for `idleTimeoutMs` on `clock`; cuts both when they have not closed 5 s after the
+ * first side ended or closed. Settles when both are closed.
  */
 function join(
   client: Duplex,
@@ -529,6 +531,22 @@ function join(
   upstream.on('error', () => stop('error'))
   client.pipe(upstream)
   upstream.pipe(client)
+  // From the first side's end (its FIN, which the pipe passes on as a half-close) or close,
+  // the tunnel has closeGraceMs to finish closing, then is cut. A peer that never closes after
+  // the FIN it was passed (a client that left, an upstream that ignores half-closes) would
+  // otherwise hold the tunnel, and its upstream connection, until idleTimeoutMs.
+  let grace = false
+  const startGrace = (): void => {
+    if (grace) return
+    grace = true
+    if (timer !== undefined) clock.clearTimeout(timer)
+    timer = clock.setTimeout(() => {
+      timer = undefined
+      stop(reason ?? 'closed')
+    }, closeGraceMs)
+  }
+  client.once('end', startGrace)
+  upstream.once('end', startGrace)
   let open = 2
   return new Promise<TunnelEnd>((resolve) => {
     const closed = (): void => {
@@ -537,11 +555,7 @@ function join(
         // (a close frame) goes out first, and destroyed if it has not closed within a grace.
         if (!client.destroyed) client.end()
         if (!upstream.destroyed) upstream.end()
-        if (timer !== undefined) clock.clearTimeout(timer)
-        timer = clock.setTimeout(() => {
-          timer = undefined
-          stop(reason ?? 'closed')
-        }, closeGraceMs)
+        startGrace()
         return
       }
       if (timer !== undefined) {
