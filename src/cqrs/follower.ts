@@ -1,7 +1,7 @@
 import { type Clock, sleep, type TimerHandle } from '../core/clock.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import type { EventStoreImpl } from './event-store.js'
-import { eventsChannel, postgresLastTaken, postgresNotify } from './sql.js'
+import { eventsChannel, postgresFollowStart, postgresNotify } from './sql.js'
 
 // The shortest wait before re-reading when a notification announced a position that `readAll`
 // does not return yet (an older transaction is still open); doubles up to the poll interval.
@@ -12,14 +12,17 @@ const firstRecheckMs = 2
  * everything `readAll` returns. On PostgreSQL it listens on the append channel: a notification
  * wakes it at once, and its payload (the appended position) tells whether events are known to
  * be pending, in which case it re-reads after a short, growing delay rather than the full poll
- * interval (the notified events become readable when older transactions finish). On SQLite it
- * polls.
+ * interval (the notified events become readable when older transactions finish). The channel
+ * is shared by every store of the database (one per schema): a payload naming another store is
+ * ignored. On SQLite it polls.
  */
 export class LogWaker {
   readonly #store: EventStoreImpl
   readonly #clock: Clock
   readonly #pollIntervalMs: number
   #unlisten: Unlisten | undefined
+  /** This store in notification payloads; undefined until start() has read it. */
+  #storeKey: string | undefined
   #knownHead = 0
   #dirty = false
   #recheckMs = firstRecheckMs
@@ -41,7 +44,13 @@ export class LogWaker {
         // Anything sent while the connection was down is lost: read again.
         this.#dirty = true
       } else {
-        const position = Number(notification.payload)
+        // `<position>:<store>` (a payload without the store: a store not migrated yet). Another
+        // store's append (another schema) adds nothing here: waking for it would cost a read,
+        // and its position, unrelated to ours, would make the loop re-check quickly for events
+        // that never come. Before the key is known, every notification counts.
+        const [head, store] = (notification.payload ?? '').split(':')
+        if (store !== undefined && this.#storeKey !== undefined && store !== this.#storeKey) return
+        const position = Number(head)
         if (Number.isFinite(position) && position > this.#knownHead) this.#knownHead = position
         else this.#dirty = true
       }
@@ -53,7 +62,10 @@ export class LogWaker {
     })
     // Appends that notified before LISTEN was in place: the largest position handed out so far
     // (committed or not) says whether something may still become readable.
-    const rows = await this.#store.db.query<{ position: number | string }>(postgresLastTaken)
+    const rows = await this.#store.db.query<{ position: number | string; store?: string }>(
+      postgresFollowStart,
+    )
+    this.#storeKey = rows[0]?.store
     const taken = Number(rows[0]?.position ?? 0)
     if (taken > this.#knownHead) this.#knownHead = taken
   }

@@ -10,18 +10,36 @@ import { runMigrations } from '../stores/index.js'
 // - breakwater_projections: the checkpoint and table generation of each projection.
 // - breakwater_snapshots: optional snapshots of long streams' folded state.
 
-/** The NOTIFY channel an append signals on PostgreSQL (payload: the last position). */
+/**
+ * The NOTIFY channel an append signals on PostgreSQL, shared by the stores of every schema of the
+ * database (payload: `<position>:<store>`, the last position and the oid of the store's sequence
+ * `breakwater_events_position`; the position alone before migration 6).
+ */
 export const eventsChannel = 'breakwater_events'
 
 /**
  * PostgreSQL: the advisory lock keys that mark appending transactions. Each appending
  * transaction holds one shared transaction-level lock `appenderLockBase + n` (n: a lower bound of
- * the first position it takes) until it ends. The base ("bw" in the top two bytes) keeps these
- * keys clear of small application lock numbers.
+ * the first position it takes) until it ends, and beside it a shared lock naming its store (the
+ * schema's event store), so that a store in another schema of the database does not wait for it.
+ * The base ("bw" in the top two bytes) keeps these keys clear of small application lock numbers.
  */
 export const appenderLockBase = '7095139737945505792'
 const appenderLockClassLow = 1651965952 // appenderLockBase >> 32
 const appenderLockClassHigh = appenderLockClassLow + 65536 // positions below 2^48
+
+// Since migration 6 an appending transaction also holds, taken before its position lock, a
+// shared lock on the two keys (storeLockClass, the oid of its store's position sequence): the
+// position keys above say nothing about which store's sequence they come from, and several
+// stores (tenants, apps) may live in separate schemas of one database, each reading pg_locks.
+// The first key is "bwes" in ASCII; the second is the oid as an int4 of the same bits (pg_locks
+// shows it back as the oid).
+const storeLockClass = 1651991923
+const storeOid = "'breakwater_events_position'::regclass::oid"
+const storeLockKey = `(${storeOid}::bigint - ((${storeOid}::bigint >> 31) << 32))::integer`
+const storeLock = `pg_advisory_xact_lock_shared(${storeLockClass}, ${storeLockKey})`
+const positionLock = `pg_advisory_xact_lock_shared(${appenderLockBase}::bigint + 1
+      + COALESCE(pg_sequence_last_value('breakwater_events_position'), 0))`
 
 const eventColumns =
   'e.position, e.stream_id, e.stream_version, e.event_id, e.type, e.schema_version, e.data, e.metadata, e.created_at'
@@ -86,9 +104,18 @@ const sqliteMigration: string[] = [
 //   (once per transaction). Every position it takes afterwards is > L, so the key is a lower
 //   bound of all its positions.
 // - A reader (breakwater_read_watermark) first reads the sequence's last value R, then the
-//   lowest key held in pg_locks by appenders of this database (A), and returns
-//   W = min(A, R + 1). Only then, in a new statement (so with a snapshot taken after), does it
-//   read events at positions below W.
+//   lowest key held in pg_locks by appenders of this store (A), and returns W = min(A, R + 1).
+//   Only then, in a new statement (so with a snapshot taken after), does it read events at
+//   positions below W.
+// - "Of this store" (migration 6): several stores may share the database, one per schema, and
+//   another store's appender is not ours to wait for (its key comes from its own sequence, so it
+//   may be far below our positions: our head went back while it ran). Each appender first
+//   takes a second shared lock naming its store (storeLock), and the reader skips the keys of a
+//   transaction that holds a store lock but not this store's. One pg_locks scan sees both locks
+//   (it copies the lock table under all of its partition locks; advisory locks are never
+//   fast-path), and a transaction holds both until it ends, so an appender of this store whose
+//   key is seen is also seen holding this store's lock. A key held without any store lock (an
+//   older release's appender, or one between its two locks) counts for every store, as before.
 //
 // Why no event below W can still appear: take an appending transaction still running when the
 // events are read. If it took its lock before pg_locks was read, its key is in A, so W <= key <=
@@ -113,11 +140,37 @@ const upsertConditionV1 = `p_expected_kind = 0
 // already matches no negative version.
 const upsertConditionV5 = `s.version >= 0 AND (${upsertConditionV1})`
 
-function appendFunctionSql(
-  create: string,
-  multiEventInsert: string,
-  upsertCondition = upsertConditionV1,
-): string {
+// Migration 6: the appender takes its store's lock too (see the proof above), and notifies with
+// the store in the payload. The once-per-transaction setting holds the store, so a transaction
+// that appends to a second store (another search_path) takes that store's locks as well.
+const appenderLocksV1 = `IF current_setting('breakwater.appending', true) IS DISTINCT FROM 'on' THEN
+    PERFORM ${positionLock};
+    PERFORM set_config('breakwater.appending', 'on', true);
+  END IF;`
+const appenderLocksV6 = `IF current_setting('breakwater.appending', true) IS DISTINCT FROM ${storeOid}::text THEN
+    PERFORM ${storeLock};
+    PERFORM ${positionLock};
+    PERFORM set_config('breakwater.appending', ${storeOid}::text, true);
+  END IF;`
+
+/**
+ * The NOTIFY payload since migration 6, as SQL: `<position>:<store>`, the store being the oid of
+ * its position sequence (before: the position alone). Every store of the database notifies on
+ * {@link eventsChannel}; a follower ignores the other stores' notifications.
+ */
+function notifyPayloadSql(position: string): string {
+  return `${position}::text || ':' || ${storeOid}::text`
+}
+
+interface AppendFunctionVersion {
+  readonly multiEventInsert: string
+  readonly upsertCondition: string
+  readonly appenderLocks: string
+  readonly notifyPayload: string
+}
+
+function appendFunctionSql(create: string, version: AppendFunctionVersion): string {
+  const { multiEventInsert, upsertCondition, appenderLocks, notifyPayload } = version
   return `${create} breakwater_append(
   p_stream TEXT,
   p_expected_kind INTEGER,
@@ -171,11 +224,7 @@ BEGIN
 
   -- Announce this transaction as an appender before it takes positions (see above). The
   -- setting is local to the transaction (and to a savepoint that rolls back, like the lock).
-  IF current_setting('breakwater.appending', true) IS DISTINCT FROM 'on' THEN
-    PERFORM pg_advisory_xact_lock_shared(${appenderLockBase}::bigint + 1
-      + COALESCE(pg_sequence_last_value('breakwater_events_position'), 0));
-    PERFORM set_config('breakwater.appending', 'on', true);
-  END IF;
+  ${appenderLocks}
   IF v_count = 1 THEN
     r_positions := ARRAY[nextval('breakwater_events_position')];
     INSERT INTO breakwater_events
@@ -187,7 +236,7 @@ BEGIN
 ${multiEventInsert}  END IF;
 
   IF p_notify THEN
-    PERFORM pg_notify('${eventsChannel}', r_positions[v_count]::text);
+    PERFORM pg_notify('${eventsChannel}', ${notifyPayload});
   END IF;
   r_ok := TRUE;
   r_version := v_version;
@@ -208,7 +257,13 @@ const multiEventInsertV1 = `    SELECT array_agg(n.p ORDER BY n.p) INTO r_positi
         WITH ORDINALITY AS u(id, type, sv, data, meta, ord);
 `
 
-const appendFunction = appendFunctionSql('CREATE FUNCTION', multiEventInsertV1)
+const appendFunctionV1: AppendFunctionVersion = {
+  multiEventInsert: multiEventInsertV1,
+  upsertCondition: upsertConditionV1,
+  appenderLocks: appenderLocksV1,
+  notifyPayload: 'r_positions[v_count]::text',
+}
+const appendFunction = appendFunctionSql('CREATE FUNCTION', appendFunctionV1)
 
 // Migration 2: a several-event append takes its positions in the INSERT itself (one statement
 // instead of two); the ordered subquery makes nextval run in event order, so positions still
@@ -227,7 +282,8 @@ const multiEventInsertV2 = `    WITH inserted AS (
     SELECT array_agg(i.position ORDER BY i.stream_version) INTO r_positions FROM inserted AS i;
 `
 
-const watermarkFunction = `CREATE FUNCTION breakwater_read_watermark() RETURNS BIGINT
+function watermarkFunctionSql(create: string, running: string): string {
+  return `${create} breakwater_read_watermark() RETURNS BIGINT
 LANGUAGE plpgsql AS $fn$
 DECLARE
   v_taken BIGINT;
@@ -240,15 +296,37 @@ BEGIN
       MESSAGE = 'breakwater: reading the log needs READ COMMITTED isolation';
   END IF;
   v_taken := COALESCE(pg_sequence_last_value('breakwater_events_position'), 0);
-  SELECT min((l.classid::bigint << 32) + l.objid::bigint) - ${appenderLockBase}::bigint
+  ${running}
+  RETURN LEAST(v_running, v_taken + 1);
+END;
+$fn$`
+}
+
+const watermarkFunction = watermarkFunctionSql(
+  'CREATE FUNCTION',
+  `SELECT min((l.classid::bigint << 32) + l.objid::bigint) - ${appenderLockBase}::bigint
     INTO v_running
     FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
       AND l.classid >= ${appenderLockClassLow} AND l.classid < ${appenderLockClassHigh}
-      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
-  RETURN LEAST(v_running, v_taken + 1);
-END;
-$fn$`
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());`,
+)
+
+// Migration 6: the lowest key among the transactions that hold this store's lock or no store
+// lock at all (see the proof above). One scan of pg_locks, grouped by transaction.
+const watermarkFunctionV6 = watermarkFunctionSql(
+  'CREATE OR REPLACE FUNCTION',
+  `SELECT min(a.key) - ${appenderLockBase}::bigint INTO v_running
+    FROM (SELECT min((l.classid::bigint << 32) + l.objid::bigint) FILTER (WHERE l.objsubid = 1) AS key,
+            bool_or(l.objsubid = 2 AND l.classid = ${storeLockClass}) AS tagged,
+            bool_or(l.objsubid = 2 AND l.classid = ${storeLockClass} AND l.objid = ${storeOid}) AS ours
+          FROM pg_locks l
+          WHERE l.locktype = 'advisory' AND l.granted
+            AND l.classid >= ${appenderLockClassLow} AND l.classid < ${appenderLockClassHigh}
+            AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+          GROUP BY l.virtualtransaction) AS a
+    WHERE a.ours OR NOT a.tagged;`,
+)
 
 // Each function computes the watermark first; its query then runs as a new statement, with a
 // snapshot taken after the watermark (READ COMMITTED), as the proof above needs. readAll does
@@ -282,13 +360,16 @@ $fn$`
 // cluster-wide lock from a notifying transaction's commit until its WAL flush, which would
 // serialize every concurrent append. This tiny transaction does not wait for its flush (a
 // lost notification only delays followers until their next poll).
-const notifyFunction = `CREATE FUNCTION breakwater_notify(p_position BIGINT) RETURNS VOID
+function notifyFunctionSql(create: string, payload: string): string {
+  return `${create} breakwater_notify(p_position BIGINT) RETURNS VOID
 LANGUAGE plpgsql AS $fn$
 BEGIN
   PERFORM set_config('synchronous_commit', 'off', true);
-  PERFORM pg_notify('${eventsChannel}', p_position::text);
+  PERFORM pg_notify('${eventsChannel}', ${payload});
 END;
 $fn$`
+}
+const notifyFunction = notifyFunctionSql('CREATE FUNCTION', 'p_position::text')
 
 const postgresMigration: string[] = [
   `CREATE TABLE breakwater_streams (
@@ -401,7 +482,10 @@ export const cqrsMigrations: readonly Migration[] = [
     name: 'append-batch',
     sqlite: [],
     postgres: [
-      appendFunctionSql('CREATE OR REPLACE FUNCTION', multiEventInsertV2),
+      appendFunctionSql('CREATE OR REPLACE FUNCTION', {
+        ...appendFunctionV1,
+        multiEventInsert: multiEventInsertV2,
+      }),
       appendBatchFunction,
     ],
   },
@@ -429,7 +513,28 @@ export const cqrsMigrations: readonly Migration[] = [
     name: 'append-negative-version',
     sqlite: [],
     postgres: [
-      appendFunctionSql('CREATE OR REPLACE FUNCTION', multiEventInsertV2, upsertConditionV5),
+      appendFunctionSql('CREATE OR REPLACE FUNCTION', {
+        ...appendFunctionV1,
+        multiEventInsert: multiEventInsertV2,
+        upsertCondition: upsertConditionV5,
+      }),
+    ],
+  },
+  {
+    // Stores in separate schemas of one database: each reader's watermark counts its own
+    // store's appenders only, and notifications name their store (see the proof above).
+    version: 6,
+    name: 'store-scoped-watermark',
+    sqlite: [],
+    postgres: [
+      appendFunctionSql('CREATE OR REPLACE FUNCTION', {
+        multiEventInsert: multiEventInsertV2,
+        upsertCondition: upsertConditionV5,
+        appenderLocks: appenderLocksV6,
+        notifyPayload: notifyPayloadSql('r_positions[v_count]'),
+      }),
+      watermarkFunctionV6,
+      notifyFunctionSql('CREATE OR REPLACE FUNCTION', notifyPayloadSql('p_position')),
     ],
   },
 ]
@@ -623,8 +728,13 @@ ORDER BY e.position LIMIT $2`,
   },
 }
 
-/** PostgreSQL: the largest position handed out so far (committed, in flight or rolled back). */
-export const postgresLastTaken: string = cqrsStatements.postgres.lastTaken
+/**
+ * PostgreSQL, for a follower starting: `position`, the largest position handed out so far
+ * (committed, in flight or rolled back), and `store`, the key naming this store in its
+ * notifications' payloads (`<position>:<store>`, since migration 6).
+ */
+export const postgresFollowStart = `SELECT COALESCE(pg_sequence_last_value('breakwater_events_position'), 0) AS position,
+  ${storeOid}::text AS store`
 
 /** PostgreSQL: the post-commit wake-up of followers (see the migration). */
 export const postgresNotify = 'SELECT breakwater_notify($1)'
@@ -651,11 +761,12 @@ export type AloneExpectation = 'any' | 'noStream' | 'streamExists' | 'version0' 
 // - The stream part locks and bumps the stream row only if the expectation holds, against the
 //   latest committed row (the UPDATE re-checks it after waiting for a concurrent writer; the
 //   upsert's conflict branch always sees the latest row), as breakwater_append does.
-// - Its RETURNING takes the appender lock of the watermark (see the migration), evaluated for
+// - Its RETURNING takes the appender locks of the watermark (see the migration), evaluated for
 //   the updated row, so after the row lock and before any position is taken: the INSERT below
-//   reads from s, so its nextval calls run only once s has produced its row. The statement is
-//   its own transaction, so it takes the lock unconditionally (breakwater_append's
-//   once-per-transaction check is for appends inside a caller's transaction).
+//   reads from s, so its nextval calls run only once s has produced its row (the store's lock
+//   first, then the position lock). The statement is its own transaction, so it takes them
+//   unconditionally (breakwater_append's once-per-transaction check is for appends inside a
+//   caller's transaction).
 // - Several events take their positions from an ordered subquery, so positions increase with
 //   stream versions (as in migration 2).
 // When the expectation fails, s is empty: nothing is inserted or updated and the statement
@@ -684,8 +795,6 @@ function appendAloneSql(expectation: AloneExpectation, many: boolean): string {
     streamExists: update('s.version > 0 AND NOT s.deleted'),
     version: update(`s.version = ${expected}`),
   }[expectation]
-  const lock = `pg_advisory_xact_lock_shared(${appenderLockBase}::bigint + 1
-    + COALESCE(pg_sequence_last_value('breakwater_events_position'), 0))`
   const columns =
     'position, stream_id, stream_version, event_id, type, schema_version, data, metadata, created_at'
   const insert = many
@@ -700,7 +809,7 @@ function appendAloneSql(expectation: AloneExpectation, many: boolean): string {
   FROM s`
   return `WITH s AS (
   ${stream}
-  RETURNING s.version, ${lock} AS appender
+  RETURNING s.version, ${storeLock} AS store, ${positionLock} AS appender
 )
 INSERT INTO breakwater_events (${columns})
 ${insert}
