@@ -19,6 +19,7 @@ import type { FastRequestHandler } from './fast-connection.js'
 import { endWithProblem } from './raw-response.js'
 import {
   checkUpgradeRequest,
+  clientLeftOutcome,
   type InboundRequest,
   logAccess,
   readFastInbound,
@@ -94,9 +95,23 @@ export function createAmbassadorHandler(
   }
   const logForward = (inbound: InboundRequest, outcome: ForwardOutcome, service: string): void =>
     logAccess(ctx, inbound, outcome, listener.name, { route: AMBASSADOR_ROUTE, service })
+  // A client that left in the middle of its body: logged as one that leaves while the
+  // upstream answers (499 ABORTED), under the service its path names; no service saw it.
+  const clientLeft = (inbound: InboundRequest): void => {
+    const service = serviceNamed(serviceSegment(inbound.path))
+    logAccess(
+      ctx,
+      inbound,
+      clientLeftOutcome,
+      listener.name,
+      service === undefined
+        ? { route: AMBASSADOR_ROUTE }
+        : { route: AMBASSADOR_ROUTE, service: service.name },
+    )
+  }
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
     try {
-      const read = readInbound(req, res, listener, ctx)
+      const read = readInbound(req, res, listener, ctx, undefined, clientLeft)
       // A request without a body is routed in this turn, without a promise for the read.
       if (read instanceof Promise) {
         read
