@@ -40,7 +40,7 @@ it('prunes the inbox and skips the outbox, saying so, when only the inbox was mi
     inbox.handle(
       tx,
       { id: 'm-1', topic: 'orders', key: 'o-1', payload: '{}', headers: {} },
-      () => {},
+      async () => {},
     ),
   )
   await db.close()
