@@ -441,7 +441,9 @@ async function serveAsWorker(
       const done = new Promise<void>((resolvePromise) => {
         drain = resolvePromise
       })
-      const stopServing = serveWorkerCommands(proxy, process, () => drain(), given.generation)
+      // In the turn the start resolved in (no await since): the route switches and isolations
+      // in force are applied before the listeners' first request is read.
+      const stopServing = serveWorkerCommands(proxy, process, () => drain(), given)
       return {
         done,
         stop: async () => {

@@ -18,12 +18,19 @@ import type {
 export interface WorkerServices {
   readonly pid: number
   readonly services: readonly ServiceState[]
+  /**
+   * Set (and `services` empty) for a worker of the multi-process mode that did not answer:
+   * why (it did not in time, or it exited first).
+   */
+  readonly error?: string
 }
 
 /** One process's routes. */
 export interface WorkerRoutes {
   readonly pid: number
   readonly routes: readonly RouteState[]
+  /** As {@link WorkerServices.error}: set (and `routes` empty) for a worker that did not answer. */
+  readonly error?: string
 }
 
 /**
@@ -163,9 +170,14 @@ export function configForDisplay(
 /**
  * Adds the route counters of several processes: requests, shadow (compared, mismatches,
  * skipped, errors) and retry affinity counts are summed, the examples merged (latest last, at
- * most `keep`) and the learned noise joined; targets and override taken from the first.
+ * most `keep`, or `keep(route)`: the route's `shadow.keepExamples`) and the learned noise
+ * joined; targets and override taken from the first.
  */
-export function mergeRoutes(workers: readonly WorkerRoutes[], keep = 50): RouteState[] {
+export function mergeRoutes(
+  workers: readonly WorkerRoutes[],
+  keep: number | ((route: string) => number) = 50,
+): RouteState[] {
+  const keepOf = typeof keep === 'number' ? () => keep : keep
   const merged = new Map<string, RouteState>()
   for (const worker of workers) {
     for (const route of worker.routes) {
@@ -184,7 +196,8 @@ export function mergeRoutes(workers: readonly WorkerRoutes[], keep = 50): RouteS
         shadow = {
           compared: (shadow?.compared ?? 0) + route.shadow.compared,
           mismatches: (shadow?.mismatches ?? 0) + route.shadow.mismatches,
-          examples: examples.slice(-keep),
+          // slice(-0) would keep them all.
+          examples: examples.slice(examples.length - Math.min(keepOf(route.name), examples.length)),
           skipped: (shadow?.skipped ?? 0) + (route.shadow.skipped ?? 0),
           errors: (shadow?.errors ?? 0) + (route.shadow.errors ?? 0),
           noise: [...new Set([...(shadow?.noise ?? []), ...(route.shadow.noise ?? [])])],
@@ -208,4 +221,16 @@ export function mergeRoutes(workers: readonly WorkerRoutes[], keep = 50): RouteS
     }
   }
   return [...merged.values()]
+}
+
+/**
+ * The route's `shadow.keepExamples` in `config` (how many mismatch examples each process keeps,
+ * and so the merged list too); 50 for a route `config` does not have.
+ */
+export function keepExamplesOf(config: ProxyConfig): (route: string) => number {
+  const keep = new Map<string, number>()
+  for (const listener of config.listeners)
+    for (const route of listener.routes)
+      if (route.shadow !== undefined) keep.set(route.name, route.shadow.keepExamples)
+  return (route) => keep.get(route) ?? 50
 }

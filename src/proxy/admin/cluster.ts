@@ -57,14 +57,18 @@ type Message =
     }
   // A starting worker asks for the config in force (worker -> primary) ...
   | { readonly bw: 'starting' }
-  // ... and is sent it: the text the primary accepted, its generation, and the worker count
-  // it was validated with (primary -> worker).
+  // ... and is sent it: the text the primary accepted, its generation, the worker count it
+  // was validated with, and the route switches and isolations in force (primary -> worker).
   | {
       readonly bw: 'config'
       readonly text: string
       readonly generation: number
       readonly workers: number
+      readonly changes?: readonly WorkerCommand[]
     }
+  // A switch, override removal, isolation or reset recorded while a worker starts (primary ->
+  // a worker sent the config but not counted ready yet): applied before it serves, or at once.
+  | { readonly bw: 'change'; readonly command: WorkerCommand }
   // Up and serving the config of `generation`.
   | { readonly bw: 'ready'; readonly generation?: number }
   // The worker's configured listeners that are not listening: sent when it comes up and after
@@ -153,11 +157,36 @@ export interface WorkerConfig {
   readonly generation: number
   /** The worker count it was validated with (the file's `workers`, or `--workers`). */
   readonly workers: number
+  /**
+   * The route switches and isolations in force, then those the primary recorded while this
+   * worker starts (it keeps collecting them until {@link serveWorkerCommands} takes over, which
+   * applies them before anything else).
+   */
+  readonly changes: readonly WorkerCommand[]
+}
+
+// Stops collecting a WorkerConfig's changes (see receiveWorkerConfig).
+const collecting = new WeakMap<WorkerConfig, () => void>()
+
+// The commands a worker applies without answering: those the primary pushes (see `change`).
+const pushedOps: ReadonlySet<WorkerCommand['op']> = new Set([
+  'switchRoute',
+  'resetRoute',
+  'isolate',
+  'reset',
+])
+
+function isPushed(command: unknown): command is WorkerCommand {
+  return (
+    typeof command === 'object' && command !== null && pushedOps.has((command as WorkerCommand).op)
+  )
 }
 
 /**
  * Worker side, first step: asks the primary for the config in force and resolves with it, or
- * with `undefined` when the channel closes first (the primary is gone: nothing to run).
+ * with `undefined` when the channel closes first (the primary is gone: nothing to run). The
+ * switches and isolations the primary records while the worker starts are collected into the
+ * config's `changes` until {@link serveWorkerCommands} is given it.
  */
 export function receiveWorkerConfig(channel: NodeJS.Process): Promise<WorkerConfig | undefined> {
   return new Promise((resolve) => {
@@ -175,7 +204,23 @@ export function receiveWorkerConfig(channel: NodeJS.Process): Promise<WorkerConf
         !Number.isInteger(m.workers)
       )
         return
-      done({ text: m.text, generation: m.generation, workers: m.workers })
+      const changes = Array.isArray(m.changes) ? m.changes.filter(isPushed) : []
+      const given: WorkerConfig = {
+        text: m.text,
+        generation: m.generation,
+        workers: m.workers,
+        changes,
+      }
+      // A change recorded while this worker starts its runtime: applied with the others before
+      // it serves (the runtime cannot take it before its listeners are up).
+      const collect = (pushed: unknown): void => {
+        const c = pushed as Message
+        if (typeof c === 'object' && c !== null && c.bw === 'change' && isPushed(c.command))
+          changes.push(c.command)
+      }
+      channel.on('message', collect)
+      collecting.set(given, () => channel.off('message', collect))
+      done(given)
     }
     const gone = (): void => done(undefined)
     channel.on('message', listener)
@@ -191,19 +236,40 @@ export function receiveWorkerConfig(channel: NodeJS.Process): Promise<WorkerConf
 
 /**
  * Worker side: answers the primary's commands from the local runtime. `onDrain` is called for
- * the `drain` command (the CLI then stops the worker gracefully). `generation` is the one of
- * the config the runtime started on (see receiveWorkerConfig), reported with `ready` so the
- * primary can send a newer one. Returns a function that stops listening.
+ * the `drain` command (the CLI then stops the worker gracefully). `given` is the config the
+ * runtime started on (see receiveWorkerConfig), or its generation: the generation is reported
+ * with `ready` so the primary can send a newer one, and the config's `changes` (the route
+ * switches and isolations in force) are applied first, synchronously.
+ *
+ * Call it in the same turn as the runtime's start resolves (no `await` in between): the
+ * listeners are bound by then, and a request is only read in a later turn of the event loop,
+ * so the worker's first request is routed with the switches and isolations the others have.
+ * Returns a function that stops listening.
  */
 export function serveWorkerCommands(
   runtime: ProxyInternals,
   channel: NodeJS.Process,
   onDrain: () => void,
-  generation = 0,
+  given: number | WorkerConfig = 0,
 ): () => void {
+  const generation = typeof given === 'number' ? given : given.generation
+  if (typeof given !== 'number') {
+    collecting.get(given)?.()
+    for (const command of given.changes) applyPushed(command)
+  }
+  function applyPushed(command: WorkerCommand): void {
+    // Applied by the time run returns (the runtime's switches and isolations are synchronous).
+    // A refusal names a route or service this worker's config lacks: it started on an older
+    // config, and is brought onto the one in force and given the changes again (catchUp).
+    run(command).catch(() => {})
+  }
   const listener = (message: unknown): void => {
     const m = message as Message
     if (typeof m !== 'object' || m === null) return
+    if (m.bw === 'change') {
+      if (isPushed(m.command)) applyPushed(m.command)
+      return
+    }
     if (m.bw === 'pin') {
       runtime.adoptRetryPin(pinOf(m))
       return
@@ -286,6 +352,21 @@ export function serveWorkerCommands(
   }
 }
 
+/**
+ * Refuses a switch to a service `config` does not have, as a worker's runtime does (same
+ * option and wording), so that a switch made while no worker is ready is checked too.
+ */
+function checkTargets(config: ProxyConfig, targets: readonly RouteTargetConfig[]): void {
+  targets.forEach((target, i) => {
+    if (!config.services.has(target.service))
+      throw new InvalidOptionError(
+        `targets[${i}].service`,
+        `a configured service (${[...config.services.keys()].join(', ')})`,
+        target.service,
+      )
+  })
+}
+
 function pinOf(m: SharedRetryPin): SharedRetryPin {
   return { route: m.route, key: m.key, service: m.service, expiresAt: m.expiresAt }
 }
@@ -337,6 +418,8 @@ interface WorkerEntry {
   terminated: boolean
   /** The listeners it last reported not listening. */
   listenersDown: readonly string[]
+  /** Sent the config (and the changes in force): the changes recorded since are pushed to it. */
+  configSent: boolean
 }
 
 /** The primary's admin backend plus worker bookkeeping. */
@@ -384,6 +467,8 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   >()
   const overrides = new Map<string, RouteTargetConfig[]>()
   const isolated = new Set<string>()
+  // Each worker's answer to the last command sendToEach gave it (read right after).
+  const answerOf = new WeakMap<WorkerEntry, unknown>()
   let config = options.config
   if (typeof options.configText !== 'string')
     throw new InvalidOptionError('configText', 'the YAML text of config', options.configText)
@@ -473,12 +558,28 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     }
   }
 
-  async function all(command: WorkerCommand): Promise<unknown[]> {
-    const live = [...workers.values()].filter((w) => w.ready && w.worker.isConnected())
-    const results = await Promise.allSettled(live.map((w) => ask(w.worker, command)))
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-    if (failed !== undefined) throw failed.reason
-    return results.map((r) => (r as PromiseFulfilledResult<unknown>).value)
+  /**
+   * Asks every ready worker `command` (a read): the answers, and each worker that did not
+   * answer with why. One hung worker must not take the others' answers with it.
+   */
+  async function all(
+    command: WorkerCommand,
+  ): Promise<{ answers: unknown[]; unanswered: { pid: number; error: string }[] }> {
+    const { appliedBy, failed } = await sendToEach(command)
+    const answers = appliedBy.map((entry) => answerOf.get(entry))
+    if (failed.length > 0)
+      log.warn('some workers did not answer', { op: command.op, workers: notAppliedBy(failed) })
+    return { answers, unanswered: notAppliedBy(failed) }
+  }
+
+  /** The commands that give a worker the route switches and isolations in force. */
+  function replayCommands(): WorkerCommand[] {
+    return [
+      ...[...overrides].map(
+        ([route, targets]): WorkerCommand => ({ op: 'switchRoute', route, targets }),
+      ),
+      ...[...isolated].map((service): WorkerCommand => ({ op: 'isolate', service })),
+    ]
   }
 
   /**
@@ -506,6 +607,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
       if (result.status === 'fulfilled') {
         applied.push(pid)
         appliedBy.push(entry)
+        answerOf.set(entry, result.value)
       } else failed.push({ entry, pid, error: result.reason })
     })
     return { asked: live, applied, appliedBy, failed }
@@ -522,9 +624,10 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     entry.ready = true
     entry.cameUp = true
     if ([...workers.values()].filter((w) => w.ready).length >= expected) startedAll = true
-    for (const [route, targets] of overrides)
-      void ask(worker, { op: 'switchRoute', route, targets }).catch(() => {})
-    for (const service of isolated) void ask(worker, { op: 'isolate', service }).catch(() => {})
+    // It was handed them with the config and applied them before serving; again here for a
+    // worker that came up on an older config (it could not apply those its config lacked, and
+    // has reloaded the one in force since). Idempotent for the others.
+    for (const command of replayCommands()) void ask(worker, command).catch(() => {})
     // ... and the retry pins its siblings reported, so that its retries follow them too.
     for (const batch of pins.batches(clock.now(), pinBatchSize)) {
       try {
@@ -548,6 +651,9 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         // Its reload is bounded by the config in force's startTimeoutMs, as any reload to it.
         await ask(worker, { op: 'reload', text, generation }, reloadWaitMs(config))
       } catch (error) {
+        // A reload refused in a worker, counted once here (the workers' own count is not
+        // exported in this mode: see primaryOwnedFamilies).
+        reloadFailures.inc()
         log.error('a worker could not apply the config in force; replacing it', {
           workerPid: worker.process.pid,
           error: error instanceof Error ? error.message : String(error),
@@ -579,6 +685,18 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     const { applied, failed } = await sendToEach(command)
     if (applied.length === 0 && failed.length > 0) throw failed[0]?.error
     record()
+    // With no worker ready (all starting, or crash-looping) nobody was asked: recorded all the
+    // same (the primary checked the route or service against its config), so every worker
+    // starting now gets it: pushed to those that were sent the config already, the others get
+    // it with the config.
+    for (const entry of workers.values())
+      if (!entry.ready && entry.configSent && entry.worker.isConnected()) {
+        try {
+          entry.worker.send({ bw: 'change', command } satisfies Message, ignoreSendFailure)
+        } catch {
+          // Gone: its replacement gets it with the config.
+        }
+      }
     if (failed.length > 0) {
       const error = new PartiallyAppliedError(command.op, applied, notAppliedBy(failed))
       log.error('a change was applied by only some workers', {
@@ -702,6 +820,8 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
     // workers that did not apply it are replaced (above): their replacements start from the
     // text in force, so every worker ends up on the same config without the operator having
     // to notice.
+    // Refused (or not answered) by some workers: one failure, however many workers.
+    reloadFailures.inc()
     log.error('a reload was applied by only some workers; replacing the others', {
       workers: report(),
     })
@@ -711,25 +831,43 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
   const backend: ClusterBackend = {
     config: async () => config,
     configInForce: () => config,
-    services: async () => (await all({ op: 'services' })) as WorkerServices[],
-    routes: async () => (await all({ op: 'routes' })) as WorkerRoutes[],
-    switchRoute: (route, targets) =>
-      change({ op: 'switchRoute', route, targets }, () => overrides.set(route, targets)),
+    services: async () => {
+      const { answers, unanswered } = await all({ op: 'services' })
+      return [
+        ...(answers as WorkerServices[]),
+        ...unanswered.map(({ pid, error }) => ({ pid, services: [], error })),
+      ]
+    },
+    routes: async () => {
+      const { answers, unanswered } = await all({ op: 'routes' })
+      return [
+        ...(answers as WorkerRoutes[]),
+        ...unanswered.map(({ pid, error }) => ({ pid, routes: [], error })),
+      ]
+    },
+    switchRoute: async (route, targets) => {
+      // Checked here too: with no worker ready, no worker would refuse a bad target.
+      checkTargets(config, targets)
+      await change({ op: 'switchRoute', route, targets }, () => overrides.set(route, targets))
+    },
     resetRoute: (route) => change({ op: 'resetRoute', route }, () => overrides.delete(route)),
     isolate: (service) => change({ op: 'isolate', service }, () => isolated.add(service)),
     reset: (service) => change({ op: 'reset', service }, () => isolated.delete(service)),
     reload: () => enqueue(reloadNow).then((report) => report.refused),
     reloadByWorker: () => enqueue(reloadNow),
     async metricsText() {
-      const texts = await Promise.all(
-        [...workers.values()]
-          .filter((w) => w.ready && w.worker.isConnected())
-          .map(async (w) => ({
-            pid: w.worker.process.pid ?? 0,
-            text: (await ask(w.worker, { op: 'metrics' })) as string,
-          })),
-      )
-      return mergeMetricsText(await options.metrics.render(), texts)
+      const { appliedBy, failed } = await sendToEach({ op: 'metrics' })
+      const texts = appliedBy.map((entry) => ({
+        pid: entry.worker.process.pid ?? 0,
+        text: String(answerOf.get(entry)),
+      }))
+      if (failed.length > 0)
+        log.warn('some workers did not answer', { op: 'metrics', workers: notAppliedBy(failed) })
+      // The healthy workers' series; a comment names each worker missing from them.
+      const missing = notAppliedBy(failed)
+        .map(({ pid, error }) => `# worker ${pid} did not answer: ${error.replace(/\n/g, ' ')}\n`)
+        .join('')
+      return mergeMetricsText(await options.metrics.render(), texts, primaryOwnedFamilies) + missing
     },
     // Ready once every worker came up; afterwards one ready worker is enough, so a worker
     // being replaced does not take the whole node out of its load balancer.
@@ -757,6 +895,7 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         cameUp: false,
         terminated: false,
         listenersDown: [],
+        configSent: false,
       })
       // Sends pass callbacks (see ignoreSendFailure); this catches anything else the channel
       // reports, which would otherwise end the primary.
@@ -767,13 +906,18 @@ export function createClusterBackend(options: ClusterBackendOptions): ClusterBac
         const m = message as Message
         if (typeof m !== 'object' || m === null) return
         if (m.bw === 'starting') {
+          const entry = workers.get(worker.id)
+          if (entry !== undefined) entry.configSent = true
           try {
+            // With the switches and isolations in force, which the worker applies before it
+            // serves: from its first request it routes as its siblings do.
             worker.send(
               {
                 bw: 'config',
                 text: accepted.text,
                 generation: accepted.generation,
                 workers: config.workers,
+                changes: replayCommands(),
               } satisfies Message,
               ignoreSendFailure,
             )
@@ -905,12 +1049,24 @@ export class RestartBackoff {
 }
 
 /**
+ * The metric families the primary owns in the multi-process mode: the workers count them too
+ * (a worker refuses a reload as one process does), but the primary counts each reload refused
+ * anywhere once, so the workers' series would count it again, and mix series with and without
+ * a `worker` label in one family.
+ */
+export const primaryOwnedFamilies: ReadonlySet<string> = new Set([
+  'breakwater_proxy_config_reload_failures_total',
+])
+
+/**
  * Merges Prometheus texts: the primary's as is, each worker's samples with a
- * `worker="<pid>"` label, and one HELP/TYPE block per metric family.
+ * `worker="<pid>"` label, and one HELP/TYPE block per metric family. The workers' samples of
+ * the families in `primaryOnly` are left out (see {@link primaryOwnedFamilies}).
  */
 export function mergeMetricsText(
   primary: string,
   workers: readonly { readonly pid: number; readonly text: string }[],
+  primaryOnly: ReadonlySet<string> = new Set(),
 ): string {
   const families = new Map<string, { meta: string[]; samples: string[] }>()
   const family = (name: string): { meta: string[]; samples: string[] } => {
@@ -933,8 +1089,10 @@ export function mergeMetricsText(
         continue
       }
       if (line.startsWith('#')) continue
+      const name = current === '' ? (/^[^{\s]+/.exec(line)?.[0] ?? '') : current
+      if (worker !== undefined && primaryOnly.has(name)) continue
       const sample = worker === undefined ? line : withWorkerLabel(line, worker)
-      family(current === '' ? (/^[^{\s]+/.exec(line)?.[0] ?? '') : current).samples.push(sample)
+      family(name).samples.push(sample)
     }
   }
   add(primary, undefined)

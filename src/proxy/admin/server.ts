@@ -20,6 +20,7 @@ import { maxRouteWeight } from '../inbound/routes.js'
 import {
   type AdminBackend,
   configForDisplay,
+  keepExamplesOf,
   mergeRoutes,
   PartiallyAppliedError,
   type StartOnlySettings,
@@ -304,17 +305,24 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
         sendJson(res, 200, configForDisplay(await backend.config(), running)),
       )
     if (parts.length === 1 && parts[0] === 'services')
-      return only(method, ['GET'], async () =>
-        sendJson(res, 200, { workers: await backend.services() }),
-      )
+      return only(method, ['GET'], async () => {
+        const { answered, notAnswered } = split(await backend.services())
+        sendJson(res, 200, { workers: answered, ...notAnswered })
+      })
     if (parts.length === 1 && parts[0] === 'routes') {
       return only(method, ['GET'], async () => {
-        const workers = await backend.routes()
-        sendJson(res, 200, { routes: mergeRoutes(workers), workers: workers.length })
+        const { answered, notAnswered } = split(await backend.routes())
+        const keep = keepExamplesOf(await backend.config())
+        sendJson(res, 200, {
+          routes: mergeRoutes(answered, keep),
+          workers: answered.length,
+          ...notAnswered,
+        })
       })
     }
     if (parts.length === 1 && parts[0] === 'reload') {
       return only(method, ['POST'], async () => {
+        await readEmptyBody(req, maxBodyBytes)
         // The multi-process primary says what the reload did in each worker.
         const { refused: error, workers } = await (backend.reloadByWorker === undefined
           ? backend.reload().then((refused) => ({ refused, workers: undefined }))
@@ -346,9 +354,12 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     }
     if (parts[0] === 'routes' && parts.length >= 2) {
       const name = parts[1] as string
+      // Checked against the config in force, which the multi-process primary holds: asking the
+      // workers found no route while none was ready (starting, crash-looping), and failed
+      // every command while one did not answer.
       const known = async (): Promise<void> => {
-        const workers = await backend.routes()
-        if (!workers.some((w) => w.routes.some((r) => r.name === name)))
+        const config = await backend.config()
+        if (!config.listeners.some((l) => l.routes.some((r) => r.name === name)))
           throw new AdminProblem(404, 'ROUTE_NOT_FOUND', `no route named ${JSON.stringify(name)}`)
       }
       // A method the path does not take is 405 for a route that exists only: for one that
@@ -376,21 +387,26 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       }
       if (parts.length === 3 && parts[2] === 'mismatches') {
         return onRoute(['GET'], async () => {
-          const workers = await backend.routes()
-          const route = mergeRoutes(workers).find((r) => r.name === name)
-          if (route === undefined)
-            throw new AdminProblem(404, 'ROUTE_NOT_FOUND', `no route named ${JSON.stringify(name)}`)
-          if (route.shadow === undefined)
+          await known()
+          const config = await backend.config()
+          const configured = config.listeners.flatMap((l) => l.routes).find((r) => r.name === name)
+          if (configured?.shadow === undefined)
             throw new AdminProblem(
               404,
               'SHADOW_NOT_CONFIGURED',
               `route ${JSON.stringify(name)} has no shadow`,
             )
+          const { answered, notAnswered } = split(await backend.routes())
+          // No worker answered (none ready, or none in time): nothing counted yet.
+          const shadow = mergeRoutes(answered, keepExamplesOf(config)).find(
+            (r) => r.name === name,
+          )?.shadow
           sendJson(res, 200, {
             route: name,
-            compared: route.shadow.compared,
-            mismatches: route.shadow.mismatches,
-            examples: route.shadow.examples,
+            compared: shadow?.compared ?? 0,
+            mismatches: shadow?.mismatches ?? 0,
+            examples: shadow?.examples ?? [],
+            ...notAnswered,
           })
         })
       }
@@ -402,14 +418,12 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
     ) {
       const name = parts[1] as string
       const action = parts[2]
+      // Checked against the config in force (see `known` above), and before the method, as for
+      // routes: 405 with an `Allow` would say the service is there.
+      if (!(await backend.config()).services.has(name))
+        throw new AdminProblem(404, 'SERVICE_NOT_FOUND', `no service named ${JSON.stringify(name)}`)
       return only(method, ['POST'], async () => {
-        const workers = await backend.services()
-        if (!workers.some((w) => w.services.some((s) => s.name === name)))
-          throw new AdminProblem(
-            404,
-            'SERVICE_NOT_FOUND',
-            `no service named ${JSON.stringify(name)}`,
-          )
+        await readEmptyBody(req, maxBodyBytes)
         await (action === 'isolate' ? backend.isolate(name) : backend.reset(name)).catch(toProblem)
         log.info(`service ${action === 'isolate' ? 'isolated' : 'reset'} through the admin API`, {
           service: name,
@@ -533,6 +547,44 @@ function decodeSegment(segment: string): string {
   }
 }
 
+/**
+ * The workers that answered a read, and `{ notAnsweredBy: [{ pid, error }] }` naming those
+ * that did not (multi-process mode), or `{}` when all did.
+ */
+function split<T extends { readonly pid: number; readonly error?: string }>(
+  workers: readonly T[],
+): { answered: T[]; notAnswered: { notAnsweredBy?: { pid: number; error: string }[] } } {
+  const answered = workers.filter((w) => w.error === undefined)
+  const missing = workers.flatMap((w) =>
+    w.error === undefined ? [] : [{ pid: w.pid, error: w.error }],
+  )
+  return { answered, notAnswered: missing.length === 0 ? {} : { notAnsweredBy: missing } }
+}
+
+/**
+ * The body of a command that takes none: empty, or an empty JSON object. Anything else is
+ * refused (400 naming the first field) rather than ignored, as `POST /admin/routes/:name`
+ * refuses a field it does not know: a caller who sent one expected it to mean something.
+ */
+async function readEmptyBody(req: IncomingMessage, maxBytes: number): Promise<void> {
+  const body = await readJson(req, maxBytes, {})
+  if (typeof body !== 'object' || body === null || Array.isArray(body))
+    throw new AdminProblem(
+      400,
+      'INVALID_BODY',
+      `(body): expected no body or {}, got ${describe(body)}`,
+      { field: '(body)' },
+    )
+  const field = Object.keys(body)[0]
+  if (field !== undefined)
+    throw new AdminProblem(
+      400,
+      'INVALID_BODY',
+      `${field}: expected no such field (this command takes no body), got ${describe((body as Record<string, unknown>)[field])}`,
+      { field },
+    )
+}
+
 function toProblem(error: unknown): never {
   if (error instanceof AdminProblem) throw error
   // The admin API closes after the listeners' drain: a command meanwhile finds the proxy
@@ -560,8 +612,16 @@ function toProblem(error: unknown): never {
   throw error
 }
 
-async function readJson(req: IncomingMessage, maxBytes: number): Promise<unknown> {
+/** The JSON body; `empty` stands for a body that is empty or blank (when given). */
+async function readJson(req: IncomingMessage, maxBytes: number, empty?: unknown): Promise<unknown> {
   const type = req.headers['content-type']
+  const length = req.headers['content-length']
+  if (
+    empty !== undefined &&
+    (length === undefined || length === '0') &&
+    req.headers['transfer-encoding'] === undefined
+  )
+    return empty
   if (type !== undefined && !/^application\/(.+\+)?json\b/i.test(type))
     throw new AdminProblem(415, 'UNSUPPORTED_MEDIA_TYPE', 'send application/json')
   const chunks: Buffer[] = []
@@ -578,8 +638,10 @@ async function readJson(req: IncomingMessage, maxBytes: number): Promise<unknown
     if (error instanceof AdminProblem || req.complete) throw error
     throw new ClientGone(error)
   }
+  const text = Buffer.concat(chunks).toString('utf8')
+  if (empty !== undefined && text.trim() === '') return empty
   try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    return JSON.parse(text)
   } catch {
     throw new AdminProblem(400, 'INVALID_BODY', 'the body is not valid JSON', { field: '(body)' })
   }

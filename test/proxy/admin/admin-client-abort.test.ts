@@ -31,9 +31,9 @@ describe('a client leaving the admin API mid-request', () => {
       backend: {
         ready: () => true,
         listenersDown: () => [],
-        routes: async () => {
+        config: async () => {
           headRead()
-          return [{ pid: 1, routes: [{ name: 'r' }] }]
+          return { listeners: [{ routes: [{ name: 'r' }] }] }
         },
         switchRoute: async () => {
           switched = true

@@ -86,7 +86,10 @@ describe('cluster backend: a closing worker channel', () => {
 
   it('fails a command whose send fails with the channel error', async () => {
     const { backend } = setup()
-    await expect(backend.services()).rejects.toThrow('Channel closed')
+    // A read names each worker that did not answer, and why.
+    const read = await backend.services()
+    expect(read.map((w) => w.error)).toEqual(['Channel closed', 'Channel closed'])
+    await expect(backend.isolate('orders')).rejects.toThrow('Channel closed')
   })
 
   it("logs an 'error' the worker's channel reports, rather than letting it end the primary", () => {

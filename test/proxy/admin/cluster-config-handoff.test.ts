@@ -77,7 +77,13 @@ describe('cluster backend: the config a worker runs', () => {
     const b = attach(new FakeWorker(2, { answering: true }))
     expect(a.start()).toBe(0)
     b.start()
-    expect(a.sent).toContainEqual({ bw: 'config', text: first, generation: 0, workers: 2 })
+    expect(a.sent).toContainEqual({
+      bw: 'config',
+      text: first,
+      generation: 0,
+      workers: 2,
+      changes: [],
+    })
 
     expect(await backend.reload()).toBeUndefined()
     // The reload carries the text the primary validated.
@@ -88,7 +94,13 @@ describe('cluster backend: the config a worker runs', () => {
     backend.detach(b as unknown as Worker)
     const c = attach(new FakeWorker(3, { answering: true }))
     expect(c.start()).toBe(1)
-    expect(c.sent).toContainEqual({ bw: 'config', text: second, generation: 1, workers: 2 })
+    expect(c.sent).toContainEqual({
+      bw: 'config',
+      text: second,
+      generation: 1,
+      workers: 2,
+      changes: [],
+    })
     expect(reloads(c)).toEqual([])
     expect(backend.readyWorkers()).toBe(2)
   })
@@ -182,8 +194,10 @@ describe('worker side: the config comes from the primary', () => {
     expect(sent).toEqual([{ bw: 'starting' }])
     ch.emit('message', { bw: 'pin', route: 'x' })
     ch.emit('message', { bw: 'config', text: second, generation: 3, workers: 4 })
-    expect(await given).toEqual({ text: second, generation: 3, workers: 4 })
-    expect(ch.listenerCount('message')).toBe(0)
+    expect(await given).toEqual({ text: second, generation: 3, workers: 4, changes: [] })
+    // One listener is left: it collects the changes recorded while the worker starts, until
+    // serveWorkerCommands takes over.
+    expect(ch.listenerCount('message')).toBe(1)
   })
 
   it('resolves with nothing when the primary goes away first (nothing to run)', async () => {

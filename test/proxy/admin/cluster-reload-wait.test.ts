@@ -150,7 +150,7 @@ describe("cluster backend: the wait for a reload's answer", () => {
     const asking = backend.services().catch((e: unknown) => e)
     await settle()
     await clock.advance(10_000)
-    expect(String(await asking)).toContain('did not answer services in 10000 ms')
+    expect(JSON.stringify(await asking)).toContain('did not answer services in 10000 ms')
   })
 
   it('replaces a worker that did not answer also when no worker applied the reload', async () => {

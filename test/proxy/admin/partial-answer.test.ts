@@ -21,6 +21,7 @@ describe('admin API partial answers', () => {
       ready: () => true,
       listenersDown: () => [],
       services: async () => [{ pid: 1, services: [{ name: 'orders' }] }],
+      config: async () => ({ services: new Map([['orders', {}]]) }),
       isolate: async () => {
         throw new PartiallyAppliedError('isolate', [1], [{ pid: 2, error: 'no answer' }])
       },

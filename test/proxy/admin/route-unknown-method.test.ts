@@ -18,7 +18,8 @@ beforeAll(async () => {
   server = await startAdminServer({
     config: { host: '127.0.0.1', port: 0, token: { env: 'T' } },
     backend: {
-      config: async () => ({ workers: 1 }),
+      // Routes are looked up in the config in force.
+      config: async () => ({ workers: 1, listeners: [{ routes: [{ name: 'orders' }] }] }),
       routes: async () => [{ pid: 1, routes: [{ name: 'orders', requestsByService: {} }] }],
       ready: () => true,
       listenersDown: () => [],
