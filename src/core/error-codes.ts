@@ -73,6 +73,10 @@ export const errorCodes = {
     'An event store append found the stream at another version than its expectedVersion; nothing was written.',
   UPCAST_FAILED:
     'An event store read (or append) met an event its upcasters cannot bring to the current version: an upcaster threw or returned nothing, or no chain starts at its stored version.',
+  PROJECTION_FAILED:
+    "A projection's apply threw on an event (a projector's batch, or a rebuild); the error names the projection, position, stream, type and event id, with the application's error as cause.",
+  SUBSCRIPTION_HANDLER_FAILED:
+    "An event store subscription's handler threw on an event; the error names the subscription, position, stream, type and event id, with the handler's error as cause; the event is delivered again.",
   REBUILD_SUPERSEDED:
     'A projection rebuild was overtaken by a later rebuild of the same projection; it swapped nothing in.',
   REBUILD_CONTENDED:

@@ -1,6 +1,6 @@
 import type { Clock } from '../core/clock.js'
 import { describeValue, InvalidOptionError } from '../core/errors.js'
-import { jsonTextOf } from '../core/text.js'
+import { isStorableText, jsonTextOf } from '../core/text.js'
 import {
   checkClock,
   checkFunction,
@@ -86,7 +86,9 @@ export interface SnapshotOptions<S> {
    */
   readonly name?: string | undefined
   /**
-   * Turns the state into JSON text. The default refuses (with `InvalidOptionError`, failing the
+   * Turns the state into JSON text. Text holding a NUL or a lone surrogate (which the
+   * databases cannot store alike) is refused with `InvalidOptionError`, failing the command
+   * without writing. The default refuses (with `InvalidOptionError`, failing the
    * command without writing) a state JSON cannot hold; with the default `deserialize` too, also
    * one it would not give back as is (a `Date`, `Map`, `Set`, class instance): give both
    * functions for such states.
@@ -389,8 +391,15 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
           if (serialize !== undefined) {
             const text = serialize(state)
             // Anything else would reach the database as a NULL or a number: a bare driver error.
-            if (typeof text !== 'string') {
-              throw new InvalidOptionError('snapshots.serialize', 'to return a string', text)
+            // A NUL fails PostgreSQL's insert (22021, rolling back every later command that
+            // writes a snapshot: the stream would be stuck) and a lone surrogate is stored
+            // there as U+FFFD while SQLite keeps it: refused alike on both.
+            if (typeof text !== 'string' || !isStorableText(text)) {
+              throw new InvalidOptionError(
+                'snapshots.serialize',
+                'to return a string without NUL characters or lone surrogates',
+                text,
+              )
             }
             return text
           }

@@ -297,6 +297,133 @@ export class UpcastError extends BreakwaterError {
   }
 }
 
+/** Which event a projection's `apply` or a subscription's handler failed on. */
+interface FailedEvent {
+  readonly position: number
+  readonly stream: string
+  readonly type: string
+  readonly id: string
+}
+
+/**
+ * What the failures of an application's code on an event have in common: the event, named in
+ * the message and in fields, and the application's error as `cause`. See
+ * {@link ProjectionFailedError} and {@link SubscriptionHandlerError}.
+ */
+export abstract class EventHandlingError extends BreakwaterError {
+  /** The event's position in the log. */
+  readonly position: number
+  /** The event's stream. */
+  readonly stream: string
+  /** The event's type. */
+  readonly type: string
+  /** The event's id. */
+  readonly eventId: string
+
+  /**
+   * @param who What failed, starting the message (`projection "orders"`).
+   * @param what What it did (`apply failed`).
+   * @param event The event it failed on.
+   * @param cause What the application's code threw.
+   */
+  constructor(
+    code: 'PROJECTION_FAILED' | 'SUBSCRIPTION_HANDLER_FAILED',
+    who: string,
+    what: string,
+    event: FailedEvent,
+    cause: unknown,
+  ) {
+    super(
+      code,
+      `${who}: ${what} on event "${event.type}" (stream "${event.stream}", position ${event.position}, id "${event.id}"): ${messageOf(cause)}`,
+      { cause },
+    )
+    this.position = event.position
+    this.stream = event.stream
+    this.type = event.type
+    this.eventId = event.id
+  }
+}
+
+/**
+ * A projection's `apply` threw on an event (code `PROJECTION_FAILED`): `cause` holds what it
+ * threw (also a database error of a statement it ran), and the error names the projection and
+ * the event (`position`, `stream`, `type`, `eventId`). A projector's batch rolled back:
+ * `catchUp` rejects with it, `start()`'s loop reports it to `onError` (and the
+ * `projection-error` channel) and retries the event after its delay, never moving past it; the
+ * events before it in the batch are applied and checkpointed first. A `rebuild()` (`rebuild`
+ * true) rejects with it, nothing swapped in. Not retryable as is: the event fails until the
+ * projection (or the data it depends on) is fixed.
+ *
+ * @example
+ * ```ts
+ * const projector = createProjector(store, orderHistory, {
+ *   onError: (error) => {
+ *     if (error instanceof ProjectionFailedError) log.error({ at: error.position, id: error.eventId }, error.message)
+ *   },
+ * })
+ * ```
+ */
+export class ProjectionFailedError extends EventHandlingError {
+  /** The projection. */
+  readonly projection: string
+  /** Whether a `rebuild()` (filling fresh tables) failed, rather than a live batch. */
+  readonly rebuild: boolean
+
+  /**
+   * @param event The event `apply` threw on.
+   * @param cause What it threw.
+   */
+  constructor(projection: string, event: FailedEvent, cause: unknown, rebuild: boolean) {
+    super(
+      'PROJECTION_FAILED',
+      `projection "${projection}"${rebuild ? ' (rebuild)' : ''}`,
+      'apply failed',
+      event,
+      cause,
+    )
+    this.projection = projection
+    this.rebuild = rebuild
+  }
+}
+
+/**
+ * A subscription's handler threw on an event (code `SUBSCRIPTION_HANDLER_FAILED`): `cause`
+ * holds what it threw, and the error names the subscription and the event (`position`,
+ * `stream`, `type`, `eventId`). Reported to the subscription's `onError`; the events before it
+ * are handled (and checkpointed), and the event is delivered again after the retry delay,
+ * never skipped.
+ *
+ * @example
+ * ```ts
+ * store.subscribe(handler, {
+ *   name: 'mailer',
+ *   onError: (error) => {
+ *     if (error instanceof SubscriptionHandlerError) log.error({ at: error.position }, error.message)
+ *   },
+ * })
+ * ```
+ */
+export class SubscriptionHandlerError extends EventHandlingError {
+  /** The subscription's checkpoint name (undefined for one without). */
+  readonly subscription: string | undefined
+
+  /**
+   * @param event The event the handler threw on.
+   * @param cause What it threw.
+   */
+  constructor(subscription: string | undefined, event: FailedEvent, cause: unknown) {
+    super(
+      'SUBSCRIPTION_HANDLER_FAILED',
+      subscription === undefined ? 'subscription' : `subscription "${subscription}"`,
+      'the handler failed',
+      event,
+      cause,
+    )
+    this.subscription = subscription
+  }
+}
+
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error)
 }

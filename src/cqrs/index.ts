@@ -17,9 +17,12 @@ export type {
 export { createCommandHandler } from './command-handler.js'
 export type { RebuildBlockingForeignKey } from './errors.js'
 export {
+  EventHandlingError,
+  ProjectionFailedError,
   RebuildBlockedError,
   RebuildContendedError,
   RebuildSupersededError,
+  SubscriptionHandlerError,
   UpcastError,
   WrongExpectedVersionError,
 } from './errors.js'

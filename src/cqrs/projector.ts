@@ -11,9 +11,11 @@ import {
   optionKeys,
 } from '../core/validate.js'
 import { TimeoutError } from '../index.js'
+import { yieldToEventLoop } from '../stores/batches.js'
 import { type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { checkOptionKeys } from './checks.js'
 import {
+  ProjectionFailedError,
   RebuildBlockedError,
   type RebuildBlockingForeignKey,
   RebuildContendedError,
@@ -64,7 +66,8 @@ export interface ProjectorOptions {
    */
   readonly retryMaxDelayMs?: number | undefined
   /**
-   * Called with every failed batch.
+   * Called with every failed batch: a failing `apply` as a `ProjectionFailedError` naming the
+   * event, with the application's error as `cause`.
    * @default ignores failures
    */
   readonly onError?: ((error: unknown) => void) | undefined
@@ -225,7 +228,14 @@ export interface Projector {
    * async and inline projections. A rebuild that fails rejects with its own failure; should
    * the check that follows it (for a newer rebuild) fail too, that error is attached to it as
    * `suppressed` (an array), not put in its place.
+   *
+   * Rebuilding under changed code: nothing records which code a projection's tables were built
+   * by, so a projector still running the old code (an instance not yet redeployed) goes on
+   * applying new events with the old `apply` to the rebuilt tables. Stop every old projector
+   * (and, for an inline projection, every old appending process) before rebuilding, or rebuild
+   * the changed projection under a new name and tables and switch the queries over.
    * @throws AbortedError when `signal` aborts it (nothing swapped in, fresh tables dropped)
+   * @throws ProjectionFailedError when `apply` throws on an event (nothing swapped in)
    * @throws RebuildBlockedError when views (PostgreSQL) or foreign keys that would stay with
    * the old tables depend on the projection's tables
    */
@@ -378,8 +388,12 @@ class SqlProjector implements Projector {
         }
         const { applied, position } = await this.#batch()
         failures = 0
-        if (applied > 0) this.#waker.progressed()
-        else await this.#waker.wait(position, signal)
+        if (applied > 0) {
+          this.#waker.progressed()
+          // Catching up, batch after batch: on SQLite nothing else of the process (timers, I/O,
+          // requests) would run until the projection had caught up (see yieldToEventLoop).
+          await yieldToEventLoop()
+        } else await this.#waker.wait(position, signal)
       } catch (error) {
         if (signal.aborted) break
         failures++
@@ -400,20 +414,21 @@ class SqlProjector implements Projector {
    * a whole; the events before that one are then applied and checkpointed in a batch of their
    * own, so that one failing event holds back neither them (read-your-writes, lag) nor the
    * checkpoint, which stops right before it, as for an event that cannot be upcast. The
-   * failure is then thrown (reported and retried from that event).
+   * failure, a {@link ProjectionFailedError} naming the event, is then thrown (reported and
+   * retried from that event).
    */
   async #batch(): Promise<{ applied: number; position: number }> {
     try {
       return await this.#batchBefore(undefined)
     } catch (error) {
       if (!(error instanceof ApplyFailure)) throw error
-      if (error.first) throw error.cause
+      if (error.first) throw error.failure
       try {
-        await this.#batchBefore(error.position)
+        await this.#batchBefore(error.failure.position)
       } catch (prefixError) {
-        throw withSuppressed(error.cause, unwrapApply(prefixError))
+        throw withSuppressed(error.failure, unwrapApply(prefixError))
       }
-      throw error.cause
+      throw error.failure
     }
   }
 
@@ -449,7 +464,7 @@ class SqlProjector implements Projector {
       if (through > position) {
         await this.#applyAll(tx, events, 0, true).catch((error: unknown) => {
           // Nothing before it in the log since the checkpoint: no batch of its own to apply.
-          if (error instanceof ApplyFailure && error.position === position + 1) {
+          if (error instanceof ApplyFailure && error.failure.position === position + 1) {
             error.first = true
           }
           throw error
@@ -512,8 +527,9 @@ class SqlProjector implements Projector {
   }
 
   /**
-   * Applies `events` to the tables of `generation`. `locate`: a failure of `apply` is thrown as
-   * an {@link ApplyFailure} naming the event's position (the live batch's, see `#batch`).
+   * Applies `events` to the tables of `generation`. A failure of `apply` is thrown as a
+   * {@link ProjectionFailedError} naming the event (a rebuild's: into a generation other than
+   * 0), wrapped, with `locate` (the live batch's, see `#batch`), in an {@link ApplyFailure}.
    */
   async #applyAll(
     tx: SqlExecutor,
@@ -528,7 +544,8 @@ class SqlProjector implements Projector {
         try {
           await this.#projection.apply(event, context)
         } catch (error) {
-          throw locate ? new ApplyFailure(event.position, error) : error
+          const failure = new ProjectionFailedError(this.name, event, error, generation !== 0)
+          throw locate ? new ApplyFailure(failure) : failure
         }
       }
     })
@@ -544,8 +561,10 @@ class SqlProjector implements Projector {
     checkOptionKeys('options', options, catchUpOptions)
     const signal = checkSignal('signal', options.signal)
     if (this.inline) return this.position()
-    for (;;) {
+    for (let batch = 0; ; batch++) {
       if (signal?.aborted) throw new AbortedError(signal.reason)
+      // The caller's process runs on between batches (see #follow).
+      if (batch > 0) await yieldToEventLoop()
       const { applied, position } = await this.#batch()
       if (applied < this.#batchSize) return position
     }
@@ -696,7 +715,9 @@ class SqlProjector implements Projector {
     // live projector or the appends need.
     let position = 0
     let applied = 0
-    for (;;) {
+    for (let batch = 0; ; batch++) {
+      // The process runs on between batches (see #follow); no lock is held here.
+      if (batch > 0) await yieldToEventLoop()
       if (signal?.aborted) await this.#abandon(generation, signal.reason)
       // Rows read end the fill (a short page is the log's end); events applied are reported.
       let count: { readonly read: number; readonly applied: number }
@@ -749,9 +770,12 @@ class SqlProjector implements Projector {
         swapped = await this.#swap(generation, batchSize, rounds, position)
         break
       } catch (error) {
-        if (sqlErrorKind(error) !== 'serialization-failure' && !isLockNotAvailable(error))
+        // A deadlock or lock timeout met by a statement of `apply` (catching up in the swap)
+        // ends the round as one of the swap's own does.
+        const failure = error instanceof ProjectionFailedError ? error.cause : error
+        if (sqlErrorKind(failure) !== 'serialization-failure' && !isLockNotAvailable(failure))
           throw error
-        if (rounds.used >= rounds.max) throw contended(rounds, error)
+        if (rounds.used >= rounds.max) throw contended(rounds, failure)
       }
     }
     const final = swapped.position
@@ -1021,22 +1045,22 @@ class SqlProjector implements Projector {
 }
 
 /**
- * A projection's `apply` failed on the event at `position` in a live batch (internal: the
- * projector reports `cause`, the application's own error).
+ * A projection's `apply` failed in a live batch (internal: the projector reports `failure`,
+ * which names the event and holds the application's error).
  */
 class ApplyFailure extends Error {
-  readonly position: number
+  readonly failure: ProjectionFailedError
   /** It is the first position after the batch's checkpoint: no event comes before it. */
   first = false
-  constructor(position: number, cause: unknown) {
-    super(`apply failed on the event at position ${position}`, { cause })
-    this.position = position
+  constructor(failure: ProjectionFailedError) {
+    super(failure.message, { cause: failure })
+    this.failure = failure
   }
 }
 
-/** The application's error for an {@link ApplyFailure}; any other error as it is. */
+/** The reported error for an {@link ApplyFailure}; any other error as it is. */
 function unwrapApply(error: unknown): unknown {
-  return error instanceof ApplyFailure ? error.cause : error
+  return error instanceof ApplyFailure ? error.failure : error
 }
 
 /**

@@ -30,7 +30,8 @@ export interface QueryHandlerOptions<P, R> {
   /** Where the read models live (the event store's `db`, or a read replica's executor). */
   readonly db: SqlExecutor
   /**
-   * The projectors of the read models this query reads, for `atLeastPosition` waits.
+   * The projectors of the read models this query reads, for `atLeastPosition` waits. Without
+   * any, a query given `atLeastPosition` is refused with `InvalidOptionError`.
    * @default []
    */
   readonly projectors?: readonly Projector[] | undefined
@@ -306,7 +307,8 @@ function readerOf(db: SqlExecutor): ReadModelReader {
 
 /**
  * Creates a query handler over read models. With `atLeastPosition` it first waits for the
- * given projectors (read-your-writes after a command). An unknown (misspelt) option, here or
+ * given projectors (read-your-writes after a command; refused with `InvalidOptionError` when
+ * it was given none). An unknown (misspelt) option, here or
  * in a query's options, is refused with `InvalidOptionError` (`INVALID_OPTION`).
  *
  * @example
@@ -346,6 +348,15 @@ export function createQueryHandler<P, R>(options: QueryHandlerOptions<P, R>): Qu
     checkOptionKeys('options', callOptions, queryOptions)
     if (callOptions.atLeastPosition !== undefined) {
       const position = checkInteger('atLeastPosition', callOptions.atLeastPosition, 0)
+      // Read-your-writes asked of a handler with nothing to wait for: the query would run at
+      // once and could miss the caller's write, while the caller believed it waited.
+      if (projectors.length === 0) {
+        throw new InvalidOptionError(
+          'atLeastPosition',
+          'no position: this query handler has no projectors to wait for (give createQueryHandler the projectors of the read models it reads)',
+          position,
+        )
+      }
       const wait = {
         timeoutMs: callOptions.timeoutMs ?? 5000,
         ...(callOptions.signal === undefined ? {} : { signal: callOptions.signal }),

@@ -8,7 +8,9 @@ import {
   checkObject,
   optionKeys,
 } from '../core/validate.js'
+import { yieldToEventLoop } from '../stores/batches.js'
 import { checkOptionKeys } from './checks.js'
+import { SubscriptionHandlerError } from './errors.js'
 import { checkKey, type EventStoreImpl } from './event-store.js'
 import { failureDelayMs, LogWaker, safeListener } from './follower.js'
 import { storedPosition } from './stored-position.js'
@@ -52,7 +54,8 @@ export interface SubscriptionOptions {
    */
   readonly retryMaxDelayMs?: number | undefined
   /**
-   * Called with every failure (the subscription keeps retrying).
+   * Called with every failure (the subscription keeps retrying): a handler's error comes as a
+   * `SubscriptionHandlerError` naming the event, with the handler's error as `cause`.
    * @default ignores failures
    */
   readonly onError?: ((error: unknown) => void) | undefined
@@ -182,7 +185,11 @@ class StoreSubscription implements Subscription {
         })
         for (const event of events) {
           if (signal.aborted) break
-          await handling.run(this, () => this.#handler(event))
+          try {
+            await handling.run(this, () => this.#handler(event))
+          } catch (error) {
+            throw new SubscriptionHandlerError(this.name, event, error)
+          }
           this.position = event.position
         }
         await this.#saveCheckpoint()
@@ -194,6 +201,10 @@ class StoreSubscription implements Subscription {
         if (events.length < this.#batchSize && !signal.aborted) {
           this.live = true
           await this.#waker.wait(this.position, signal)
+        } else {
+          // Catching up, batch after batch: on SQLite nothing else of the process (timers, I/O,
+          // requests) would run until the subscription had caught up (see yieldToEventLoop).
+          await yieldToEventLoop()
         }
       } catch (error) {
         if (signal.aborted) break

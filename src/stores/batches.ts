@@ -26,7 +26,11 @@ export async function removeInBatches(
   return total
 }
 
-// Not a timer: it only lets the event loop turn, so a test clock has nothing to drive here.
-function yieldToEventLoop(): Promise<void> {
+/**
+ * Lets the event loop turn once (timers, I/O, other requests), for loops of batches: on SQLite
+ * a statement resolves at once, so a loop that only awaits statements never gives the loop a
+ * turn. Not a timer: a test clock has nothing to drive here.
+ */
+export function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve))
 }

@@ -342,6 +342,10 @@ describe.each(dbTargets)('projections on $dialect', (target) => {
       while (writing || count < 5) {
         await accounts.handle(id, { kind: 'deposit', amount: 1 })
         count++
+        // As requests arrive, through the event loop: on SQLite, whose statements resolve at
+        // once, a loop of bare awaits would never let it turn, and the rebuild, which lets it
+        // turn between its batches, would wait behind it forever.
+        await new Promise((resolve) => setImmediate(resolve))
       }
       return count
     })()

@@ -14,6 +14,7 @@ import {
   createProjector,
   defineProjection,
   type EventStore,
+  ProjectionFailedError,
   type Projector,
   RebuildBlockedError,
 } from '../../src/cqrs/index.js'
@@ -165,7 +166,9 @@ describe('a failed rebuild on a failing database (sqlite)', () => {
     }
     const error = await outcomeOf(projector.rebuild())
     await closing
-    expect(error).toBe(failure)
+    // apply's failure, named by the event it failed on.
+    expect(error).toBeInstanceOf(ProjectionFailedError)
+    expect((error as ProjectionFailedError).cause).toBe(failure)
     const suppressed = (error as { suppressed?: unknown[] }).suppressed
     expect(suppressed).toHaveLength(1)
     expect(suppressed?.[0]).toBeInstanceOf(StoreClosedError)
@@ -211,7 +214,8 @@ describe('a failed rebuild on a failing database (postgres)', () => {
       await admin.query(`ALTER DATABASE ${database()} ALLOW_CONNECTIONS true`)
     }
     expect(failure).toBeInstanceOf(Error)
-    expect(error).toBe(failure)
+    expect(error).toBeInstanceOf(ProjectionFailedError)
+    expect((error as ProjectionFailedError).cause).toBe(failure)
     const suppressed = (error as { suppressed?: unknown[] }).suppressed
     expect(suppressed).toHaveLength(1)
     expect(String(suppressed?.[0])).toMatch(/not currently accepting connections/)

@@ -237,7 +237,13 @@ const cases: Array<[string, (o: object) => unknown, object, string, object, stri
   ],
   [
     'a query',
-    (o) => createQueryHandler({ db: test.db, run: async () => 1 })(undefined, o),
+    // A projector to wait for: atLeastPosition without one is refused (refused-options.test.ts).
+    (o) =>
+      createQueryHandler({
+        db: test.db,
+        projectors: [{ waitFor: async () => {} } as never],
+        run: async () => 1,
+      })(undefined, o),
     { atLeast: 0 },
     'options.atLeast',
     { atLeastPosition: 0 },

@@ -1,0 +1,142 @@
+// A projection's apply or a subscription's handler that throws is reported with the event it
+// failed on: ProjectionFailedError (PROJECTION_FAILED) and SubscriptionHandlerError
+// (SUBSCRIPTION_HANDLER_FAILED) name the position, stream, type and event id, with the
+// application's own error as `cause`, from catchUp, start()'s onError and the
+// projection-error diagnostic, rebuild(), and a subscription's onError.
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
+import { describe, expect, it } from 'vitest'
+import {
+  cqrsChannelNames,
+  createEventStore,
+  createProjector,
+  defineProjection,
+  type EventStore,
+  ProjectionFailedError,
+  type RecordedEvent,
+  SubscriptionHandlerError,
+} from '../../src/cqrs/index.js'
+import { ManualClock } from '../../src/testing/index.js'
+import { dbTargets, useTestDb } from './databases.js'
+
+const poll = { timeout: 10_000, interval: 2 }
+
+class Boom extends Error {}
+
+/** A projection of events of type `type` whose apply throws `boom` on the data 'bad'. */
+function failing(name: string, type: string, boom: Boom) {
+  return defineProjection({
+    name,
+    eventTypes: [type],
+    tables: { [name]: (table) => [`CREATE TABLE ${table} (n TEXT NOT NULL)`] },
+    async apply(event, { tx, table }) {
+      await tx.execute(`INSERT INTO ${table(name)} (n) VALUES ($1)`, [String(event.data)])
+      if (event.data === 'bad') throw boom
+    },
+  })
+}
+
+function expectNames(error: unknown, event: RecordedEvent, boom: Boom): void {
+  expect(error).toBeInstanceOf(ProjectionFailedError)
+  const failure = error as ProjectionFailedError
+  expect(failure.code).toBe('PROJECTION_FAILED')
+  expect(failure.position).toBe(event.position)
+  expect(failure.stream).toBe(event.stream)
+  expect(failure.type).toBe(event.type)
+  expect(failure.eventId).toBe(event.id)
+  expect(failure.cause).toBe(boom)
+  expect(failure.message).toContain(boom.message)
+  expect(failure.message).toContain(`position ${event.position}`)
+  expect(failure.message).toContain(event.id)
+}
+
+/** Appends an event of `type` carrying 'ok', then one carrying 'bad'. */
+async function okThenBad(store: EventStore, stream: string, type: string) {
+  const { events } = await store.append(stream, [
+    { type, data: 'ok' },
+    { type, data: 'bad' },
+  ])
+  return events
+}
+
+describe.each(dbTargets)('handler failures name their event on $dialect', (target) => {
+  const t = useTestDb(target, 'cqrs_handler_failures')
+
+  it('catchUp() rejects with ProjectionFailedError, also when the event starts the batch', async () => {
+    const store = createEventStore(t.db)
+    const events = await okThenBad(store, 'fail-catch-up', 'fc')
+    const boom = new Boom('apply refused it')
+    const projector = createProjector(store, failing('fail_catch_up', 'fc', boom))
+    // The first call applies the event before it, then fails; the second starts at it.
+    expectNames(await projector.catchUp().catch((e: unknown) => e), events[1]!, boom)
+    expectNames(await projector.catchUp().catch((e: unknown) => e), events[1]!, boom)
+  })
+
+  it('start() reports it to onError and on the projection-error channel', async () => {
+    const store = createEventStore(t.db)
+    const { events } = await store.append('fail-start', [{ type: 'fs', data: 'bad' }])
+    const boom = new Boom('apply refused it in the loop')
+    const reported: unknown[] = []
+    const published: unknown[] = []
+    const onPublished = (message: unknown): void => {
+      const m = message as { projection: string; error: unknown }
+      if (m.projection === 'fail_start') published.push(m.error)
+    }
+    subscribe(cqrsChannelNames['projection-error'], onPublished)
+    const projector = createProjector(store, failing('fail_start', 'fs', boom), {
+      clock: new ManualClock(Date.now()),
+      onError: (error) => reported.push(error),
+    })
+    try {
+      projector.start()
+      await expect.poll(() => reported.length, poll).toBeGreaterThan(0)
+      await projector.stop()
+    } finally {
+      unsubscribe(cqrsChannelNames['projection-error'], onPublished)
+    }
+    expectNames(reported[0], events[0]!, boom)
+    expect(published[0]).toBe(reported[0])
+  })
+
+  it('rebuild() rejects with ProjectionFailedError', async () => {
+    const store = createEventStore(t.db)
+    const events = await okThenBad(store, 'fail-rebuild', 'fr')
+    const boom = new Boom('apply refused it in the rebuild')
+    const projector = createProjector(store, failing('fail_rebuild', 'fr', boom))
+    const error = await projector.rebuild().catch((e: unknown) => e)
+    expectNames(error, events[1]!, boom)
+    expect((error as Error).message).toContain('rebuild')
+  })
+
+  it('a subscription reports SubscriptionHandlerError to onError', async () => {
+    const store = createEventStore(t.db)
+    const from = (await store.headPosition()) + 1
+    const events = await okThenBad(store, 'fail-subscription', 'fsub')
+    const boom = new Boom('handler refused it')
+    const reported: unknown[] = []
+    const subscription = store.subscribe(
+      (event) => {
+        if (event.data === 'bad') throw boom
+      },
+      {
+        name: 'failing-subscriber',
+        fromPosition: from,
+        clock: new ManualClock(Date.now()),
+        onError: (error) => reported.push(error),
+      },
+    )
+    await expect.poll(() => reported.length, poll).toBeGreaterThan(0)
+    await subscription.stop()
+    const error = reported[0] as SubscriptionHandlerError
+    expect(error).toBeInstanceOf(SubscriptionHandlerError)
+    expect(error.code).toBe('SUBSCRIPTION_HANDLER_FAILED')
+    expect(error.subscription).toBe('failing-subscriber')
+    expect(error.position).toBe(events[1]!.position)
+    expect(error.stream).toBe('fail-subscription')
+    expect(error.type).toBe('fsub')
+    expect(error.eventId).toBe(events[1]!.id)
+    expect(error.cause).toBe(boom)
+    expect(error.message).toContain(boom.message)
+    // Handled up to the event before it.
+    expect(subscription.position).toBe(events[0]!.position)
+  })
+})
