@@ -1,7 +1,7 @@
 import { type Clock, storedTime } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkObject, optionKeys } from '../core/validate.js'
-import type { SqlDialect, SqlDriver, SqlExecutor } from '../stores/index.js'
+import { type SqlDialect, type SqlDriver, type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { checkOptionKeys } from './checks.js'
 import { cqrsStatements } from './sql.js'
 import { readStoredPosition } from './stored-position.js'
@@ -202,11 +202,15 @@ export async function foreignKeysFollowRenames(tx: SqlExecutor): Promise<boolean
   return Number(rows[0]?.foreign_keys ?? 0) === 1
 }
 
-/** @internal Runs the table definitions of `generation`. */
+/**
+ * @internal Runs the table definitions of `generation`. `failed`, if given, turns a statement's
+ * error into the one thrown, knowing the table it was creating.
+ */
 export async function createTables(
   tx: SqlExecutor,
   projection: ProjectionDefinition,
   generation: number,
+  failed?: (table: string, error: unknown) => unknown,
 ): Promise<void> {
   // The name a REFERENCES clause gives another of the projection's tables: its copy in this
   // generation, unless keys do not follow renames (SQLite with foreign_keys off), where only the
@@ -215,9 +219,34 @@ export async function createTables(
   const tables = (name: string): string => tableOf(projection, name, referenced)
   for (const [table, definition] of Object.entries(projection.tables)) {
     for (const statement of definition(physicalTable(table, generation), tx.dialect, tables)) {
-      await tx.execute(statement)
+      try {
+        await tx.execute(statement)
+      } catch (error) {
+        throw failed === undefined ? error : failed(table, error)
+      }
     }
   }
+}
+
+/**
+ * The error of a projection's first run whose table could not be created. The driver's names
+ * neither the projection nor the table: under a role without CREATE on the schema it was a bare
+ * `permission denied for schema public` from the first append or catch-up. Errors callers
+ * classify and retry on (a serialization failure, a busy database) pass as they are.
+ */
+function firstRunFailure(projection: string, table: string, error: unknown): unknown {
+  if (sqlErrorKind(error) !== 'other') return error
+  const code = (error as { code?: unknown } | null)?.code
+  const reason = error instanceof Error ? error.message : String(error)
+  // 42501 insufficient_privilege.
+  const hint =
+    code === '42501'
+      ? ". A projection's first run creates its tables: the role needs CREATE on the schema, or a role that has it (the one that migrates) runs the projection once and grants this role SELECT, INSERT, UPDATE and DELETE on the tables it creates"
+      : ''
+  return new Error(
+    `projection "${projection}": creating its table "${table}" on its first run failed: ${reason}${hint}`,
+    { cause: error },
+  )
 }
 
 /**
@@ -257,7 +286,9 @@ export async function ensureProjections(
         mode,
       ])
       if (inserted.rowCount > 0) {
-        await createTables(tx, projection, 0)
+        await createTables(tx, projection, 0, (table, error) =>
+          firstRunFailure(projection.name, table, error),
+        )
         continue
       }
       // Registered before: by this mode, the other one, or before modes were recorded (NULL).
