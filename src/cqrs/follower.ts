@@ -1,7 +1,7 @@
 import { type Clock, sleep, type TimerHandle } from '../core/clock.js'
 import type { SqlDriver, Unlisten } from '../stores/index.js'
 import type { EventStoreImpl } from './event-store.js'
-import { eventsChannel, postgresFollowStart, postgresNotify } from './sql.js'
+import { eventsChannel, postgresFollowChannel, postgresFollowStart, postgresNotify } from './sql.js'
 
 // The shortest wait before re-reading when a notification announced a position that `readAll`
 // does not return yet (an older transaction is still open); doubles up to the poll interval.
@@ -12,17 +12,16 @@ const firstRecheckMs = 2
  * everything `readAll` returns. On PostgreSQL it listens on the append channel: a notification
  * wakes it at once, and its payload (the appended position) tells whether events are known to
  * be pending, in which case it re-reads after a short, growing delay rather than the full poll
- * interval (the notified events become readable when older transactions finish). The channel
- * is shared by every store of the database (one per schema): a payload naming another store is
- * ignored. On SQLite it polls.
+ * interval (the notified events become readable when older transactions finish). It listens
+ * on its store's own channel (`breakwater_events_<oid>`, since migration 6), so the appends of
+ * stores in other schemas of the database do not wake it; before migration 6, on the database's
+ * channel, which every store shares. On SQLite it polls.
  */
 export class LogWaker {
   readonly #store: EventStoreImpl
   readonly #clock: Clock
   readonly #pollIntervalMs: number
   #unlisten: Unlisten | undefined
-  /** This store in notification payloads; undefined until start() has read it. */
-  #storeKey: string | undefined
   #knownHead = 0
   #dirty = false
   #recheckMs = firstRecheckMs
@@ -38,34 +37,31 @@ export class LogWaker {
   async start(): Promise<void> {
     const listen = this.#store.db.listen
     if (listen === undefined) return
-    // Called again after a failed start: listen only once.
-    this.#unlisten ??= await listen.call(this.#store.db, eventsChannel, (notification) => {
-      if (notification.reconnected) {
-        // Anything sent while the connection was down is lost: read again.
-        this.#dirty = true
-      } else {
-        // `<position>:<store>` (a payload without the store: a store not migrated yet). Another
-        // store's append (another schema) adds nothing here: waking for it would cost a read,
-        // and its position, unrelated to ours, would make the loop re-check quickly for events
-        // that never come. Before the key is known, every notification counts.
-        const [head, store] = (notification.payload ?? '').split(':')
-        if (store !== undefined && this.#storeKey !== undefined && store !== this.#storeKey) return
-        const position = Number(head)
-        if (Number.isFinite(position) && position > this.#knownHead) this.#knownHead = position
-        else this.#dirty = true
-      }
-      // Not waiting: the loop is reading, and its read may have begun before this commit (NOTIFY
-      // is sent at commit). Its next wait must read again at once rather than sleep until a
-      // timed re-check (or, on a poll interval alone, until the next poll).
-      if (this.#wake === undefined) this.#dirty = true
-      else this.#wake()
-    })
+    // Which channel: read before LISTEN. A follower started before migration 6 stays on the
+    // database's channel (every store's appends wake it, as before) until it is restarted.
+    if (this.#unlisten === undefined) {
+      const rows = await this.#store.db.query<{ channel: string }>(postgresFollowChannel)
+      const channel = rows[0]?.channel ?? eventsChannel
+      // Called again after a failed start: listen only once.
+      this.#unlisten ??= await listen.call(this.#store.db, channel, (notification) => {
+        if (notification.reconnected) {
+          // Anything sent while the connection was down is lost: read again.
+          this.#dirty = true
+        } else {
+          const position = Number(notification.payload)
+          if (Number.isFinite(position) && position > this.#knownHead) this.#knownHead = position
+          else this.#dirty = true
+        }
+        // Not waiting: the loop is reading, and its read may have begun before this commit
+        // (NOTIFY is sent at commit). Its next wait must read again at once rather than sleep
+        // until a timed re-check (or, on a poll interval alone, until the next poll).
+        if (this.#wake === undefined) this.#dirty = true
+        else this.#wake()
+      })
+    }
     // Appends that notified before LISTEN was in place: the largest position handed out so far
     // (committed or not) says whether something may still become readable.
-    const rows = await this.#store.db.query<{ position: number | string; store?: string }>(
-      postgresFollowStart,
-    )
-    this.#storeKey = rows[0]?.store
+    const rows = await this.#store.db.query<{ position: number | string }>(postgresFollowStart)
     const taken = Number(rows[0]?.position ?? 0)
     if (taken > this.#knownHead) this.#knownHead = taken
   }

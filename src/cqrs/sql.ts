@@ -154,12 +154,19 @@ const appenderLocksV6 = `IF current_setting('breakwater.appending', true) IS DIS
   END IF;`
 
 /**
- * The NOTIFY payload since migration 6, as SQL: `<position>:<store>`, the store being the oid of
- * its position sequence (before: the position alone). Every store of the database notifies on
- * {@link eventsChannel}; a follower ignores the other stores' notifications.
+ * The channel of one store's notifications since migration 6: `breakwater_events_<oid>`, the oid
+ * being its position sequence's, as SQL. Every store also notifies on {@link eventsChannel} with
+ * the position alone, as before, for followers of earlier releases (they parse the payload as a
+ * number: a changed payload there would leave them polling until upgraded) and for anyone who
+ * LISTENs themselves; followers of this release listen on their store's channel, so another
+ * schema's appends do not wake them.
  */
-function notifyPayloadSql(position: string): string {
-  return `${position}::text || ':' || ${storeOid}::text`
+const storeChannelSql = `'${eventsChannel}_' || ${storeOid}::text`
+
+/** The NOTIFY statements of an append: the database's channel, and its store's since 6. */
+function notifySql(payload: string, storeChannel: boolean): string {
+  const shared = `PERFORM pg_notify('${eventsChannel}', ${payload});`
+  return storeChannel ? `${shared}\n    PERFORM pg_notify(${storeChannelSql}, ${payload});` : shared
 }
 
 interface AppendFunctionVersion {
@@ -167,10 +174,13 @@ interface AppendFunctionVersion {
   readonly upsertCondition: string
   readonly appenderLocks: string
   readonly notifyPayload: string
+  /** Notifies on the store's own channel too (migration 6). */
+  readonly storeChannel?: boolean
 }
 
 function appendFunctionSql(create: string, version: AppendFunctionVersion): string {
   const { multiEventInsert, upsertCondition, appenderLocks, notifyPayload } = version
+  const notify = notifySql(notifyPayload, version.storeChannel === true)
   return `${create} breakwater_append(
   p_stream TEXT,
   p_expected_kind INTEGER,
@@ -236,7 +246,7 @@ BEGIN
 ${multiEventInsert}  END IF;
 
   IF p_notify THEN
-    PERFORM pg_notify('${eventsChannel}', ${notifyPayload});
+    ${notify}
   END IF;
   r_ok := TRUE;
   r_version := v_version;
@@ -360,16 +370,16 @@ $fn$`
 // cluster-wide lock from a notifying transaction's commit until its WAL flush, which would
 // serialize every concurrent append. This tiny transaction does not wait for its flush (a
 // lost notification only delays followers until their next poll).
-function notifyFunctionSql(create: string, payload: string): string {
+function notifyFunctionSql(create: string, storeChannel: boolean): string {
   return `${create} breakwater_notify(p_position BIGINT) RETURNS VOID
 LANGUAGE plpgsql AS $fn$
 BEGIN
   PERFORM set_config('synchronous_commit', 'off', true);
-  PERFORM pg_notify('${eventsChannel}', ${payload});
+  ${notifySql('p_position::text', storeChannel).replace('\n    ', '\n  ')}
 END;
 $fn$`
 }
-const notifyFunction = notifyFunctionSql('CREATE FUNCTION', 'p_position::text')
+const notifyFunction = notifyFunctionSql('CREATE FUNCTION', false)
 
 const postgresMigration: string[] = [
   `CREATE TABLE breakwater_streams (
@@ -531,10 +541,11 @@ export const cqrsMigrations: readonly Migration[] = [
         multiEventInsert: multiEventInsertV2,
         upsertCondition: upsertConditionV5,
         appenderLocks: appenderLocksV6,
-        notifyPayload: notifyPayloadSql('r_positions[v_count]'),
+        notifyPayload: 'r_positions[v_count]::text',
+        storeChannel: true,
       }),
       watermarkFunctionV6,
-      notifyFunctionSql('CREATE OR REPLACE FUNCTION', notifyPayloadSql('p_position')),
+      notifyFunctionSql('CREATE OR REPLACE FUNCTION', true),
     ],
   },
 ]
@@ -733,8 +744,15 @@ ORDER BY e.position LIMIT $2`,
  * (committed, in flight or rolled back), and `store`, the key naming this store in its
  * notifications' payloads (`<position>:<store>`, since migration 6).
  */
-export const postgresFollowStart = `SELECT COALESCE(pg_sequence_last_value('breakwater_events_position'), 0) AS position,
-  ${storeOid}::text AS store`
+export const postgresFollowStart = `SELECT COALESCE(pg_sequence_last_value('breakwater_events_position'), 0) AS position`
+
+/**
+ * PostgreSQL: the channel a follower of this store listens on: its own
+ * (`breakwater_events_<oid>`) once migration 6 made appends notify there, else the database's.
+ */
+export const postgresFollowChannel = `SELECT CASE WHEN EXISTS (
+    SELECT 1 FROM breakwater_migrations WHERE capability = 'cqrs' AND version >= 6)
+  THEN ${storeChannelSql} ELSE '${eventsChannel}' END AS channel`
 
 /** PostgreSQL: the post-commit wake-up of followers (see the migration). */
 export const postgresNotify = 'SELECT breakwater_notify($1)'

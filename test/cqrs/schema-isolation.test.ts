@@ -2,8 +2,9 @@
 // with its own search_path) must not interfere. The read watermark counts the appending
 // transactions of its own store only: an append left open in one schema holds back that
 // schema's followers (that is the gap safety), never the other's, and the other's head never
-// goes back. Notifications on the shared channel carry the store they come from, so one
-// store's appends do not wake the other's followers.
+// goes back. Followers listen on their store's own channel, so one store's appends do not wake
+// the other's; the database's shared channel keeps its plain-number payload for followers of
+// earlier releases (a rolling upgrade left them polling when it carried the store too).
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { EventStoreImpl } from '../../src/cqrs/event-store.js'
 import { LogWaker } from '../../src/cqrs/follower.js'
@@ -177,5 +178,26 @@ describe('event stores in two schemas of one PostgreSQL database', () => {
     expect(woke).toBe(true)
     await unlisten()
     await waker.close()
+  })
+
+  // A follower of a release before migration 6 reads `Number(payload)` on the shared channel:
+  // `<position>:<store>` there gave NaN, so it lost its quick re-checks and waited a whole poll
+  // interval for events behind a rolled-back append.
+  it('keeps a plain position as the payload on the shared channel, for earlier followers', async () => {
+    const payloads: string[] = []
+    const waiters: Array<() => void> = []
+    const unlisten = await db1.listen!(eventsChannel, (n: SqlNotification) => {
+      payloads.push(n.payload ?? '')
+      for (const w of waiters.splice(0)) w()
+    })
+    try {
+      const { lastPosition } = await store2.append('m', [{ type: 't', data: 1 }])
+      while (!payloads.includes(String(lastPosition))) {
+        await new Promise<void>((resolve) => waiters.push(resolve))
+      }
+      expect(payloads.every((p) => Number.isFinite(Number(p)))).toBe(true)
+    } finally {
+      await unlisten()
+    }
   })
 })
