@@ -24,6 +24,59 @@ import type { Broker, IncomingMessage, OutgoingMessage, Publisher, Subscriber } 
  */
 export const KEY_HEADER = 'breakwater-key'
 
+/**
+ * The header JetStream drops duplicates on; the NATS adapter sets it from
+ * {@link OutgoingMessage.id} and refuses an application header of exactly this name.
+ */
+export const NATS_MSG_ID_HEADER = 'Nats-Msg-Id'
+
+/**
+ * The headers RabbitMQ adds on its own (quorum queue delivery count, dead-lettering history):
+ * the RabbitMQ adapter refuses them at publish and leaves them out of a delivery. Whole names
+ * only: an application's header that merely starts like one (x-death-note) is the application's.
+ */
+export const rabbitmqOwnHeader =
+  /^x-(delivery-count|death|(first|last)-death-(exchange|queue|reason))$/
+
+/**
+ * Whether a header value starts or ends with whitespace: nats.js trims it when it encodes the
+ * value and again when it parses it, so the value would arrive changed (the NATS adapter refuses it).
+ */
+export function hasEdgeWhitespace(value: string): boolean {
+  return value.trim() !== value
+}
+
+/**
+ * Why one of the adapters (NATS, RabbitMQ, Redis, the SQL queue, the webhook) would refuse, on
+ * every message, a header of this name and value; undefined when each carries it as it is. For
+ * a producer that does not know which broker its messages will go to: the outbox checks its
+ * events' headers with it at enqueue, since a refusal at publish comes after the commit and
+ * dead-letters the event. Stricter than any one adapter: every `Nats-` name is refused, not
+ * only `Nats-Msg-Id`, as the others are expectations and rollups JetStream acts on (refusing
+ * the message, or purging the subject). Names are compared as the adapters compare them (the
+ * Nats- prefix in any case, the others exactly).
+ */
+export function portableHeaderProblem(name: string, value: string): string | undefined {
+  if (name === KEY_HEADER) {
+    return `${KEY_HEADER} is reserved for the message key on every broker`
+  }
+  if (/^nats-/i.test(name)) {
+    return `NATS: Nats- headers are JetStream's own (${NATS_MSG_ID_HEADER} is set from the message id; the others are expectations and rollups JetStream acts on)`
+  }
+  if (name === '__proto__')
+    return 'RabbitMQ: the amqplib driver drops a header named __proto__ on receipt'
+  if (rabbitmqOwnHeader.test(name)) {
+    return `RabbitMQ: ${name} is RabbitMQ's own header, which the subscriber does not deliver`
+  }
+  // AMQP carries a header table's field names as short strings.
+  if (Buffer.byteLength(name) > 255) return 'RabbitMQ: a header name is at most 255 bytes'
+  if (hasLoneSurrogate(name) || hasLoneSurrogate(value)) return loneSurrogate
+  if (hasEdgeWhitespace(value)) {
+    return 'NATS: a value with leading or trailing whitespace, which NATS headers cannot carry (nats.js trims it)'
+  }
+  return undefined
+}
+
 /** Where a subscriber's error came from, for {@link SubscriberErrorEvent}. */
 export type SubscriberErrorPhase = 'handler' | 'refused' | 'settle' | 'connection'
 

@@ -20,9 +20,11 @@ import {
   checkSubscribeArgs,
   closedError,
   commonOptionKeys,
+  hasEdgeWhitespace,
   KEY_HEADER,
   lazyDriver,
   ms,
+  NATS_MSG_ID_HEADER,
   pairBroker,
   payloadBytes,
   type ResolvedCommonOptions,
@@ -47,8 +49,6 @@ import type {
   Subscriber,
   Subscription,
 } from './types.js'
-
-const MSG_ID_HEADER = 'Nats-Msg-Id'
 
 /** A JetStream stream shared by every topic, for {@link NatsBrokerOptions.stream}. */
 export interface NatsStreamSpec {
@@ -879,8 +879,8 @@ function isSubject(topic: string): boolean {
  * on) without a word: refused like the key header, naming the field that sets it.
  */
 function reservedNatsHeader(message: OutgoingMessage): string | undefined {
-  if (Object.hasOwn(message.headers, MSG_ID_HEADER)) {
-    return `.headers has a header named ${MSG_ID_HEADER}, which is reserved for the message id (set the id field instead)`
+  if (Object.hasOwn(message.headers, NATS_MSG_ID_HEADER)) {
+    return `.headers has a header named ${NATS_MSG_ID_HEADER}, which is reserved for the message id (set the id field instead)`
   }
   return undefined
 }
@@ -897,7 +897,7 @@ function toNatsHeaders(headers: MsgHdrs, message: OutgoingMessage, index: number
     }
     headers.set(KEY_HEADER, headerValue(`${at}.key`, message.key))
     // JetStream drops a second message with this id inside the stream's duplicate window.
-    headers.set(MSG_ID_HEADER, headerValue(`${at}.id`, message.id))
+    headers.set(NATS_MSG_ID_HEADER, headerValue(`${at}.id`, message.id))
   } catch (error) {
     if (error instanceof BrokerError) throw error
     throw new BrokerError('BROKER_REJECTED', 'nats', `${at} refused: ${reasonOf(error)}`, {
@@ -914,7 +914,7 @@ function toNatsHeaders(headers: MsgHdrs, message: OutgoingMessage, index: number
  * CR and LF.
  */
 function headerValue(what: string, value: string): string {
-  if (value.trim() !== value) {
+  if (hasEdgeWhitespace(value)) {
     throw new BrokerError(
       'BROKER_REJECTED',
       'nats',
@@ -935,7 +935,7 @@ function toIncoming(message: JsMsg): IncomingMessage {
       // Another producer may repeat a header (NATS headers are HTTP-style): the values are
       // joined with ", " as HTTP combines a repeated field, rather than all but the first
       // dropped without a word. The id and the key are single values: the first is taken.
-      if (name === MSG_ID_HEADER) id = values[0] ?? ''
+      if (name === NATS_MSG_ID_HEADER) id = values[0] ?? ''
       else if (name === KEY_HEADER) key = values[0] ?? ''
       else headers[name] = values.length === 1 ? values[0]! : values.join(', ')
     }

@@ -18,6 +18,7 @@ import {
   pairBroker,
   payloadBuffer,
   type ResolvedCommonOptions,
+  rabbitmqOwnHeader,
   redactUrl,
   repeatedQueryParameter,
   resolveCommonOptions,
@@ -916,7 +917,7 @@ function shortStrings(message: OutgoingMessage): string | undefined {
     if (Buffer.byteLength(name) > 255) {
       return `.headers has a header name longer than 255 bytes ("${name.slice(0, 32)}…")`
     }
-    if (brokerHeaders.test(name)) {
+    if (rabbitmqOwnHeader.test(name)) {
       return `.headers has a header named ${name}, which is RabbitMQ's own: the subscriber does not deliver it`
     }
   }
@@ -935,11 +936,6 @@ function drained(channel: Channel): Promise<void> {
     channel.once('close', done)
   })
 }
-
-// Headers RabbitMQ adds on its own (quorum queue delivery count, dead-lettering history).
-// Whole names only: an application's header that merely starts like one (x-death-note) is
-// the application's and must be delivered.
-const brokerHeaders = /^x-(delivery-count|death|(first|last)-death-(exchange|queue|reason))$/
 
 /**
  * Why a delivery without a message id is refused. RabbitMQ gives a message no id of its own
@@ -1038,7 +1034,7 @@ function toIncoming(message: ConsumeMessage): IncomingMessage {
   for (const name in raw) {
     const text = headerText(raw[name])
     if (name === KEY_HEADER) key = text
-    else if (!brokerHeaders.test(name)) headers[name] = text
+    else if (!rabbitmqOwnHeader.test(name)) headers[name] = text
   }
   // Quorum queues count returned deliveries in x-delivery-count; classic queues only flag a
   // redelivery, which then counts as the second. The header is read only on a redelivery, and

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { context, propagation } from '@opentelemetry/api'
-import { KEY_HEADER } from '../brokers/common.js'
+import { KEY_HEADER, portableHeaderProblem } from '../brokers/common.js'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredKey, checkStoredName, hasLoneSurrogate, jsonTextOf } from '../core/text.js'
@@ -218,6 +218,12 @@ const reservedHeaders: ReadonlySet<string> = new Set([
   AGGREGATE_TYPE_HEADER,
   KEY_HEADER,
 ])
+// The headers the event's fields set, by lower-case name: HTTP reads names in any case, so a
+// Correlation-Id header beside the field's correlation-id would be two values for one name.
+const idFields: ReadonlyMap<string, 'correlationId' | 'causationId'> = new Map([
+  [CORRELATION_ID_HEADER, 'correlationId'],
+  [CAUSATION_ID_HEADER, 'causationId'],
+])
 const reservedHeaderRule = `a header name other than ${[...reservedHeaders].join(', ')}, which are reserved (set by the relay and the brokers from the event's type, aggregateType and aggregateId)`
 
 class SqlOutbox implements Outbox {
@@ -391,7 +397,7 @@ class SqlOutbox implements Outbox {
           event.aggregateType)
     checkText(`${at}.topic`, topic)
     const payload = jsonTextOf(`${at}.payload`, event.payload)
-    // No prototype: a header named __proto__ is then an ordinary key instead of being dropped.
+    // No prototype: no header name reaches an Object.prototype member (__proto__ is refused below).
     const headers: Record<string, string> = Object.create(null)
     if (this.#trace) propagation.inject(context.active(), headers, traceSetter)
     if (event.headers !== undefined) {
@@ -412,6 +418,24 @@ class SqlOutbox implements Outbox {
           throw new InvalidOptionError(
             `${at}.headers.${name}`,
             'a string without CR, LF, NUL or half of a surrogate pair',
+            value,
+          )
+        // The outbox does not know which broker the relay publishes to: a header one of them
+        // refuses on every message (NATS: Nats-Msg-Id, a value it would trim; RabbitMQ:
+        // x-death, __proto__, a name over 255 bytes) is refused here, before the commit.
+        const problem = portableHeaderProblem(name, value)
+        if (problem !== undefined)
+          throw new InvalidOptionError(
+            `${at}.headers.${name}`,
+            `a header every supported broker carries (${problem})`,
+            value,
+          )
+        // The field would overwrite the header without a word: one or the other, not both.
+        const field = idFields.get(name.toLowerCase())
+        if (field !== undefined && event[field] !== undefined)
+          throw new InvalidOptionError(
+            `${at}.headers.${name}`,
+            `no ${name} header alongside the ${field} field, which sets it (give one of them)`,
             value,
           )
         headers[name] = value

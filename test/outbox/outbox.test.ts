@@ -103,8 +103,9 @@ describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
     })
   })
 
-  it('keeps a header of any name, __proto__ included', async () => {
-    const headers = JSON.parse('{"__proto__":"p","constructor":"c"}') as Record<string, string>
+  // __proto__ is refused (RabbitMQ's driver drops it on receipt): broker-refused-headers.test.ts.
+  it('keeps a header named like an Object.prototype member', async () => {
+    const headers = JSON.parse('{"toString":"p","constructor":"c"}') as Record<string, string>
     const eventId = await t.db.transaction((tx) =>
       outbox.enqueue(tx, {
         aggregateType: 'order',
@@ -116,7 +117,7 @@ describe.each(dbTargets)('outbox.enqueue on $dialect', (target) => {
     )
     const stored = JSON.parse((await row(eventId))!.headers) as Record<string, string>
     expect(Object.entries(stored)).toEqual([
-      ['__proto__', 'p'],
+      ['toString', 'p'],
       ['constructor', 'c'],
     ])
   })
