@@ -19,7 +19,7 @@ import {
   optionKeys,
 } from '../core/validate.js'
 import { Waker } from '../core/waker.js'
-import { removeInBatches } from '../stores/batches.js'
+import { removeInBatches, yieldToEventLoop } from '../stores/batches.js'
 import {
   type AppliedMigration,
   type Migration,
@@ -714,6 +714,10 @@ class QueueSubscription implements Subscription {
       }
       idleMs = pollIntervalMs
       await this.#dispatch(batch, token)
+      // better-sqlite3 answers with promises already resolved: without a turn of the event
+      // loop here, a backlog ran as one chain of microtasks and held off the process's timers,
+      // I/O and signal handlers until it was empty.
+      await yieldToEventLoop()
     }
   }
 
