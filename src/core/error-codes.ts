@@ -75,6 +75,8 @@ export const errorCodes = {
     'An event store read (or append) met an event its upcasters cannot bring to the current version: an upcaster threw or returned nothing, or no chain starts at its stored version.',
   PROJECTION_FAILED:
     "A projection's apply threw on an event (a projector's batch, or a rebuild); the error names the projection, position, stream, type and event id, with the application's error as cause.",
+  PROJECTION_SETUP_FAILED:
+    "A projection's first run could not create one of its tables (under a role without CREATE on the schema, say); the error names the projection and the table, with the database's error as cause.",
   SUBSCRIPTION_HANDLER_FAILED:
     "An event store subscription's handler threw on an event; the error names the subscription, position, stream, type and event id, with the handler's error as cause; the event is delivered again.",
   REBUILD_SUPERSEDED:

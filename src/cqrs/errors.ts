@@ -71,6 +71,37 @@ export class RebuildSupersededError extends BreakwaterError {
 }
 
 /**
+ * A projection's first run could not create one of its tables (code `PROJECTION_SETUP_FAILED`):
+ * `cause` holds the database's error. Under a role without CREATE on the schema the database
+ * says only `permission denied for schema public`; this names the projection and the table,
+ * and on 42501 what the role needs. Errors callers retry on (a serialization failure, a busy
+ * database) are not wrapped.
+ */
+export class ProjectionSetupError extends BreakwaterError {
+  /** The projection. */
+  readonly projection: string
+  /** The table (its name in the projection's `tables`) whose definition failed. */
+  readonly table: string
+
+  /** @param cause The database's error. */
+  constructor(projection: string, table: string, cause: unknown) {
+    const reason = cause instanceof Error ? cause.message : String(cause)
+    // 42501 insufficient_privilege.
+    const hint =
+      (cause as { code?: unknown } | null)?.code === '42501'
+        ? ". A projection's first run creates its tables: the role needs CREATE on the schema, or a role that has it (the one that migrates) runs the projection once and grants this role SELECT, INSERT, UPDATE and DELETE on the tables it creates"
+        : ''
+    super(
+      'PROJECTION_SETUP_FAILED',
+      `projection "${projection}": creating its table "${table}" on its first run failed: ${reason}${hint}`,
+      { cause },
+    )
+    this.projection = projection
+    this.table = table
+  }
+}
+
+/**
  * A projection rebuild's swap did not get through within `maxSwapRounds` rounds (code
  * `REBUILD_CONTENDED`): on PostgreSQL an inline projection's swap kept finding one of its live
  * tables held by appends, or a lock the swap waited for was not granted within

@@ -19,6 +19,7 @@ export type { RebuildBlockingForeignKey } from './errors.js'
 export {
   EventHandlingError,
   ProjectionFailedError,
+  ProjectionSetupError,
   RebuildBlockedError,
   RebuildContendedError,
   RebuildSupersededError,

@@ -3,6 +3,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkObject, optionKeys } from '../core/validate.js'
 import { type SqlDialect, type SqlDriver, type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { checkOptionKeys } from './checks.js'
+import { ProjectionSetupError } from './errors.js'
 import { cqrsStatements } from './sql.js'
 import { readStoredPosition } from './stored-position.js'
 import type { EventShape, RecordedEvent } from './types.js'
@@ -229,24 +230,12 @@ export async function createTables(
 }
 
 /**
- * The error of a projection's first run whose table could not be created. The driver's names
- * neither the projection nor the table: under a role without CREATE on the schema it was a bare
- * `permission denied for schema public` from the first append or catch-up. Errors callers
- * classify and retry on (a serialization failure, a busy database) pass as they are.
+ * The error of a projection's first run whose table could not be created: the driver's names
+ * neither the projection nor the table. Errors callers classify and retry on pass as they are.
  */
 function firstRunFailure(projection: string, table: string, error: unknown): unknown {
   if (sqlErrorKind(error) !== 'other') return error
-  const code = (error as { code?: unknown } | null)?.code
-  const reason = error instanceof Error ? error.message : String(error)
-  // 42501 insufficient_privilege.
-  const hint =
-    code === '42501'
-      ? ". A projection's first run creates its tables: the role needs CREATE on the schema, or a role that has it (the one that migrates) runs the projection once and grants this role SELECT, INSERT, UPDATE and DELETE on the tables it creates"
-      : ''
-  return new Error(
-    `projection "${projection}": creating its table "${table}" on its first run failed: ${reason}${hint}`,
-    { cause: error },
-  )
+  return new ProjectionSetupError(projection, table, error)
 }
 
 /**

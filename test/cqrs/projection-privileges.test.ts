@@ -12,6 +12,7 @@ import {
   createProjector,
   defineProjection,
   migrateCqrs,
+  ProjectionSetupError,
 } from '../../src/cqrs/index.js'
 import { openDatabase, type SqlDriver } from '../../src/stores/index.js'
 import { createTestDatabase, type TestDatabase } from '../support/postgres.js'
@@ -69,7 +70,8 @@ describe('a projection run by a role without CREATE on the schema (PostgreSQL)',
   })
 
   function expectNamed(error: unknown, projection: string, table: string): void {
-    expect(error).toBeInstanceOf(Error)
+    expect(error).toBeInstanceOf(ProjectionSetupError)
+    expect(error).toMatchObject({ code: 'PROJECTION_SETUP_FAILED', projection, table })
     const message = (error as Error).message
     expect(message).toContain(`projection "${projection}"`)
     expect(message).toContain(`table "${table}"`)
