@@ -69,7 +69,15 @@ describe.each(dbTargets)('fencing of a paused worker on $dialect', (target) => {
       SAGA_LEASE_MS: String(leaseMsA),
       SAGA_POLL_MS: '20',
     }
-    const a = spawnWorker({ ...env, SAGA_WORKER_ID: 'A', SAGA_HOLD: 'charge' })
+    // A claims the saga at once, then polls no more: on SQLite a SIGSTOP that lands while A
+    // holds the write lock (a claim every 20 ms, slower under load) leaves B no way to write
+    // until SIGCONT, and the test hung (fresh-clone CI, sqlite, 60 s timeout).
+    const a = spawnWorker({
+      ...env,
+      SAGA_WORKER_ID: 'A',
+      SAGA_HOLD: 'charge',
+      SAGA_POLL_MS: String(leaseMsA),
+    })
     workers.push(a)
     // A is inside "charge": the payment went through, its result is not recorded yet (A holds
     // there until SIGUSR2).
