@@ -130,11 +130,14 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * docs/rabbitmq.md.
  *
  * A delivered message's id is its AMQP `messageId` property, which this publisher always sets.
- * A message from another producer without one (or with an empty one) never reaches the handler:
- * RabbitMQ has no stable id of its own to stand in for it, so it is rejected without requeueing
- * (dead-lettered if the queue has a dead-letter exchange, by policy) and reported to `onError`
- * (phase `refused`, `BROKER_REJECTED`), rather than handed on with an id an inbox could not
- * tell apart from every other such message.
+ * A message from another producer without one (or with an empty one), or with one that is not
+ * UTF-8 (amqplib decodes such bytes as U+FFFD, so two different ids would arrive as one; an id
+ * holding U+FFFD itself is taken the same way, and this publisher refuses to send one), never
+ * reaches the handler: RabbitMQ has no stable id of its own to stand in for it (NATS and Redis
+ * give the stream position), so it is rejected without requeueing (dead-lettered if the queue
+ * has a dead-letter exchange, by policy) and reported to `onError` (phase `refused`,
+ * `BROKER_REJECTED`), rather than handed on with an id an inbox could not tell apart from
+ * every other such message.
  *
  * Header values arrive as text. breakwater's publisher sends strings only; another producer's
  * numbers, booleans, decimals, timestamps, byte arrays, tables and arrays are converted to
@@ -908,6 +911,9 @@ class RabbitPublisher implements Publisher {
  */
 function shortStrings(message: OutgoingMessage): string | undefined {
   if (Buffer.byteLength(message.id) > 255) return '.id is longer than 255 bytes'
+  if (message.id.includes('\uFFFD')) {
+    return '.id holds U+FFFD, which the subscriber cannot tell from an id that is not UTF-8 and refuses'
+  }
   if (Buffer.byteLength(message.topic) > 255) return '.topic is longer than 255 bytes'
   if (Object.hasOwn(message.headers, '__proto__')) {
     return '.headers has a header named __proto__, which the amqplib driver drops on receipt'
@@ -948,6 +954,25 @@ function drained(channel: Channel): Promise<void> {
  */
 const MISSING_ID_REASON =
   'refused a message without a messageId property (set by every breakwater publisher; other producers must set a unique one): it has no id to deduplicate on, so it was rejected without requeueing (dead-lettered if the queue has a dead-letter exchange)'
+
+/**
+ * Why a delivery whose message id holds U+FFFD is refused, as one without an id is (see
+ * {@link MISSING_ID_REASON}). amqplib decodes the `messageId` short string as UTF-8 and keeps no
+ * bytes: every byte sequence that is not UTF-8 becomes U+FFFD, so `62 69 6e ff fe` and
+ * `62 69 6e fe ff` both arrive as "bin\uFFFD\uFFFD", and an inbox would ack the second as a
+ * duplicate of the first without running its handler. NATS and Redis substitute the stream
+ * position for such an id; RabbitMQ has none that survives redelivery. An id that held U+FFFD
+ * itself cannot be told from those, so it is refused too (the publisher refuses to send one).
+ */
+const UNREADABLE_ID_REASON =
+  'refused a message whose messageId property is not UTF-8 (or holds U+FFFD): the driver decodes every byte sequence that is not UTF-8 as U+FFFD, so two different ids would arrive as one and an inbox would drop the second as a duplicate; it was rejected without requeueing (dead-lettered if the queue has a dead-letter exchange)'
+
+/** Why a delivery cannot reach the handler with its id, or `undefined` when it can. */
+function idProblem(id: string): string | undefined {
+  if (id === '') return MISSING_ID_REASON
+  if (id.includes('\uFFFD')) return UNREADABLE_ID_REASON
+  return undefined
+}
 
 /**
  * The text an AMQP header value takes in {@link IncomingMessage.headers}, whose values are
@@ -1190,16 +1215,17 @@ class RabbitSubscriber implements Subscriber {
       }
       if (!lost) channel.nack(raw, false, true)
     }
-    // A message without an id (another producer's, published without `messageId`) cannot be
-    // told from its redeliveries or from other such messages: see MISSING_ID_REASON.
-    const refuse = (raw: ConsumeMessage, message: IncomingMessage): void => {
+    // A message without an id (another producer's, published without `messageId`) or with one
+    // amqplib could not decode cannot be told from its redeliveries or from other such
+    // messages: see MISSING_ID_REASON and UNREADABLE_ID_REASON.
+    const refuse = (raw: ConsumeMessage, message: IncomingMessage, reason: string): void => {
       if (lost) return
       channel.nack(raw, false, false)
       options.onError({
         error: new BrokerError(
           'BROKER_REJECTED',
           'rabbitmq',
-          `${MISSING_ID_REASON} (queue ${queue}, delivery tag ${raw.fields.deliveryTag})`,
+          `${reason} (queue ${queue}, delivery tag ${raw.fields.deliveryTag})`,
         ),
         phase: 'refused',
         topic,
@@ -1271,7 +1297,8 @@ class RabbitSubscriber implements Subscriber {
               )
             } else {
               const message = toIncoming(raw)
-              if (message.id === '') refuse(raw, message)
+              const problem = idProblem(message.id)
+              if (problem !== undefined) refuse(raw, message, problem)
               else dispatcher.push({ raw, session, message, settle: (o) => settle(raw, o) })
             }
           },
