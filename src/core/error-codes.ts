@@ -135,7 +135,7 @@ export const errorCodes = {
   UNSUPPORTED_MEDIA_TYPE:
     'A proxy admin API request body was sent with a Content-Type other than JSON; answered 415.',
   BODY_TOO_LARGE:
-    "A proxy admin API request body is larger than the admin server's limit; answered 413.",
+    "A proxy admin API request body is larger than the admin server's limit; answered 413, and the connection closed after the answer.",
   SHADOW_NOT_CONFIGURED:
     'The proxy admin API was asked for the shadow mismatches of a route without a shadow; answered 404.',
   PROXY_LISTEN_FAILED:

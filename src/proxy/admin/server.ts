@@ -212,6 +212,9 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       ),
     },
     (req, res) => {
+      // A request node parsed behind an answer that closes the connection (sendProblem): never
+      // processed, as the listeners drop one (RFC 9112 §9.6).
+      if (closingSockets.has(req.socket)) return
       handle(req, res).catch((error: unknown) => {
         if (error instanceof ClientGone) {
           // The client's doing, not a fault of the proxy: warn, as the gateway logs a request
@@ -624,6 +627,9 @@ async function readJson(req: IncomingMessage, maxBytes: number, empty?: unknown)
     return empty
   if (type !== undefined && !/^application\/(.+\+)?json\b/i.test(type))
     throw new AdminProblem(415, 'UNSUPPORTED_MEDIA_TYPE', 'send application/json')
+  // Refused before a byte of it is read, as the listeners refuse an announced length.
+  if (length !== undefined && Number(length) > maxBytes)
+    throw new AdminProblem(413, 'BODY_TOO_LARGE', `the body is over ${maxBytes} bytes`)
   const chunks: Buffer[] = []
   let size = 0
   try {
@@ -708,6 +714,17 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
   res.end(res.req?.method === 'HEAD' ? undefined : text)
 }
 
+// Sockets whose current answer said `Connection: close` (sendProblem): node may still parse a
+// request pipelined behind it, which the server then ignores.
+const closingSockets = new WeakSet<Socket>()
+
+// Whether part of the request's body has not arrived (or was never read to its end).
+function hasUnreadBody(req: IncomingMessage): boolean {
+  if (req.complete) return false
+  const length = req.headers['content-length']
+  return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined
+}
+
 function sendProblem(res: ServerResponse, problem: AdminProblem): void {
   const text = JSON.stringify({
     type: 'about:blank',
@@ -723,6 +740,16 @@ function sendProblem(res: ServerResponse, problem: AdminProblem): void {
     'cache-control': 'no-store',
   }
   if (problem.status === 401) headers['www-authenticate'] = 'Bearer realm="breakwater-admin"'
+  if (hasUnreadBody(res.req)) {
+    // The rest of the body is not wanted (413 stops reading mid-way; 401, 404, 405 and 415
+    // are answered before it is read): the connection closes after this answer, as after a
+    // listener's refusal. Kept open, a 413's connection was left with the body half read and
+    // the client's next request on it failed; and node would otherwise read and drop a body
+    // of any size before the next request.
+    headers.connection = 'close'
+    // The response's: a request destroyed mid-body (readJson's loop) has let go of its socket.
+    if (res.socket !== null) closingSockets.add(res.socket)
+  }
   res.writeHead(problem.status, headers)
   res.end(text)
 }
