@@ -19,6 +19,7 @@
 
 import type { Socket } from 'node:net'
 import { tokenChar } from '../../http/token.js'
+import { HeaderRecord } from '../hop-by-hop.js'
 
 /** A request read whole by {@link parseFastRequest}. */
 export interface FastRequest {
@@ -111,7 +112,7 @@ export function parseFastRequest(
   // Header lines.
   const rawHeaders: string[] = []
   // No prototype, as IncomingMessage.headers: a header named `constructor` is only a header.
-  const headers: Record<string, string> = Object.create(null)
+  const headers: Record<string, string> = new HeaderRecord()
   let contentLength = -1
   let keepAlive = true
   let at = lineEnd < 0 ? head.length : lineEnd + 2
