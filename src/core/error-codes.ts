@@ -110,7 +110,8 @@ export const errorCodes = {
   REQUEST_BODY_TOO_LARGE:
     "A request body was larger than the listener's limits.maxBodyBytes; answered 413.",
   REQUEST_BODY_INCOMPLETE: 'The proxy could not read a request body to its end; answered 400.',
-  REQUEST_METHOD_NOT_ALLOWED: 'The proxy refused a CONNECT, TRACE or TRACK request; answered 405.',
+  REQUEST_METHOD_NOT_ALLOWED:
+    "The proxy refused a CONNECT or TRACE request; answered 405. (TRACK is refused by node's HTTP parser: 400 REQUEST_INVALID.)",
   SERVICE_NOT_FOUND:
     'A proxy request named no upstream service the listener exposes, or its route has no live target; answered 404 (ambassador) or 502 (gateway).',
   ROUTE_NOT_FOUND:
