@@ -879,26 +879,28 @@ class OutboxRelay implements Relay {
   // Renewal runs on its own timer, not in the loop, so a slow publish never lets leases lapse.
   #scheduleRenewal(): void {
     if (this.#timersStopped) return
-    this.#renewTimer = this.#clock.setTimeout(
-      () => {
-        this.#renewTimer = undefined
-        if (!this.#active() || this.#timersStopped) return
-        this.#leases
-          .renew()
-          .then((lost) => {
-            if (lost.length > 0) this.#reportChange({ claimed: [], released: [], lost })
-          })
-          .catch((error: unknown) => {
-            if (error instanceof RelayIdInUseError) this.#idTakenOver(error)
-            // A renewal under way when the relay crashed: nothing to report after 'crashed'.
-            else if (this.#state !== 'crashed') this.#emit({ type: 'error', phase: 'lease', error })
-          })
-          .finally(() => {
-            if (this.#active()) this.#scheduleRenewal()
-          })
-      },
-      Math.max(1, Math.floor(this.#leaseMs / 3)),
-    )
+    this.#renewTimer = this.#clock.setTimeout(() => {
+      this.#renewTimer = undefined
+      if (!this.#active() || this.#timersStopped) return
+      this.#leases
+        .renew()
+        .then((lost) => {
+          if (lost.length > 0) this.#reportChange({ claimed: [], released: [], lost })
+        })
+        .catch((error: unknown) => {
+          if (error instanceof RelayIdInUseError) this.#idTakenOver(error)
+          // A renewal under way when the relay crashed: nothing to report after 'crashed'.
+          else if (this.#state !== 'crashed') this.#emit({ type: 'error', phase: 'lease', error })
+        })
+        .finally(() => {
+          if (this.#active()) this.#scheduleRenewal()
+        })
+    }, this.#rebalanceEveryMs)
+  }
+
+  // Leases are renewed, and partitions rebalanced, three times per lease.
+  get #rebalanceEveryMs(): number {
+    return Math.max(1, Math.floor(this.#leaseMs / 3))
   }
 
   #scheduleRetention(): void {
@@ -926,7 +928,7 @@ class OutboxRelay implements Relay {
   }
 
   async #rebalance(): Promise<void> {
-    this.#nextRebalanceAt = this.#clock.now() + Math.max(1, Math.floor(this.#leaseMs / 3))
+    this.#nextRebalanceAt = this.#clock.now() + this.#rebalanceEveryMs
     const { recreated, ...change } = await this.#leases.rebalance()
     if (recreated > 0) this.#emit({ type: 'partitionsRecreated', count: recreated })
     if (change.claimed.length + change.released.length + change.lost.length > 0) {
@@ -997,7 +999,7 @@ class OutboxRelay implements Relay {
       try {
         this.#resumeMarks()
         await this.#reportMarks()
-        if (this.#clock.now() >= this.#nextRebalanceAt) {
+        if (this.#rebalanceLeftMs() <= 0) {
           // Marks are fenced by the lease: finish them before partitions may be released. A
           // round read ahead may hold rows of partitions that change hands: read again.
           this.#dropAhead()
@@ -1182,7 +1184,19 @@ class OutboxRelay implements Relay {
   }
 
   #untilRebalance(): number {
-    return Math.max(1, this.#nextRebalanceAt - this.#clock.now())
+    return Math.max(1, this.#rebalanceLeftMs())
+  }
+
+  // Time left before the next rebalance (<= 0: due), never more than its interval. The due time
+  // is wall-clock time, and after the clock stepped back (an NTP correction) it lay as far
+  // ahead as the step: an hour's step left the relay waiting an hour, in one timer that setting
+  // the clock right again did not shorten, before it looked for free partitions again (with
+  // none of its own, it waits for nothing else). The interval is counted from now instead.
+  #rebalanceLeftMs(): number {
+    const now = this.#clock.now()
+    const everyMs = this.#rebalanceEveryMs
+    if (this.#nextRebalanceAt - now > everyMs) this.#nextRebalanceAt = now + everyMs
+    return this.#nextRebalanceAt - now
   }
 
   // Rows whose mark is under way or queued: a read must not hand them out again.

@@ -4,7 +4,8 @@ import { checkNumber } from '../core/validate.js'
 
 interface PendingTimer {
   readonly id: number
-  readonly at: number
+  // Moved along when the clock jumps (see ManualClock.jump).
+  at: number
   readonly callback: () => void
 }
 
@@ -63,6 +64,28 @@ export class ManualClock implements Clock {
     if (index >= 0) this.#timers.splice(index, 1)
   }
 
+  /**
+   * Steps `now()` by `ms` (negative: back) without firing anything, as an NTP correction steps a
+   * machine's wall clock: `Date.now()` jumps, while Node's timers, which count elapsed time, fire
+   * when they would have. So every pending timer keeps the time it had left: it still fires after
+   * the same total of `advance()`, at a `now()` moved by `ms`. For testing code against a wall
+   * clock that steps back (or forward) under it.
+   *
+   * @throws InvalidOptionError when `ms` is not a finite number (time must stay usable).
+   * @example
+   * ```ts
+   * import { ManualClock } from 'breakwater/testing'
+   * const clock = new ManualClock(10_000)
+   * clock.setTimeout(() => {}, 500)
+   * clock.jump(-5_000) // now() is 5000; the timer still fires after advance(500), at 5500
+   * ```
+   */
+  jump(ms: number): void {
+    checkNumber('ManualClock.jump ms', ms, -Number.MAX_VALUE, Number.MAX_VALUE)
+    this.#now += ms
+    for (const timer of this.#timers) timer.at += ms
+  }
+
   /** Number of timers still waiting to fire. */
   get pendingTimers(): number {
     return this.#timers.length
@@ -77,8 +100,9 @@ export class ManualClock implements Clock {
    * Moves time forward by `ms`, firing every timer that falls due on the way (including ones
    * scheduled by the callbacks themselves) and letting promise jobs settle after each.
    *
-   * @throws InvalidOptionError (rejects) when `ms` is not a finite number >= 0: time never goes
-   * back, and a NaN or infinite step would leave `now()` unusable for good.
+   * @throws InvalidOptionError (rejects) when `ms` is not a finite number >= 0: elapsed time never
+   * goes back (a wall clock stepping back is {@link ManualClock.jump}), and a NaN or infinite
+   * step would leave `now()` unusable for good.
    */
   async advance(ms: number): Promise<void> {
     checkNumber('ManualClock.advance ms', ms, 0, Number.MAX_VALUE)

@@ -136,6 +136,33 @@ describe('ManualClock timers', () => {
     )
   })
 
+  it('jumps now() back or forward as a stepped wall clock does, timers keeping the time they had left', async () => {
+    const clock = new ManualClock(10_000)
+    const fired: Array<[string, number]> = []
+    clock.setTimeout(() => fired.push(['a', clock.now()]), 500)
+    clock.setTimeout(() => fired.push(['never', clock.now()]), Number.POSITIVE_INFINITY)
+    await clock.advance(100)
+    clock.jump(-5_000)
+    expect(clock.now()).toBe(5_100)
+    expect(fired).toEqual([])
+    clock.setTimeout(() => fired.push(['b', clock.now()]), 100)
+    await clock.advance(400)
+    expect(fired).toEqual([
+      ['b', 5_200],
+      ['a', 5_500],
+    ])
+    clock.setTimeout(() => fired.push(['c', clock.now()]), 1_000)
+    clock.jump(3_600_000)
+    expect(fired).toHaveLength(2)
+    await clock.advance(1_000)
+    expect(fired.at(-1)).toEqual(['c', 3_606_500])
+    expect(clock.pendingTimers).toBe(1)
+    expect(() => clock.jump(Number.NaN)).toThrow(
+      expect.objectContaining({ code: 'INVALID_OPTION' }),
+    )
+    expect(clock.now()).toBe(3_606_500)
+  })
+
   it('never fires an infinite delay, not even in runAll, like the system clock', async () => {
     const clock = new ManualClock(0)
     const fired: string[] = []
