@@ -22,7 +22,7 @@ export const errorCodes = {
   IDEMPOTENCY_KEY_MISSING:
     'A request to a route that requires an Idempotency-Key came without one.',
   IDEMPOTENCY_KEY_INVALID:
-    'An idempotency key is empty, longer than 255 characters, or uses a character outside the allowed set.',
+    'An idempotency key is empty, longer than 255 characters, uses a character outside the allowed set, is a malformed quoted string (rule syntax), or came in an Idempotency-Key header sent more than once (rule repeated).',
   IDEMPOTENCY_MISMATCH:
     'An idempotency key was reused for a different request (method, route or body).',
   IDEMPOTENCY_BODY_UNAVAILABLE:
