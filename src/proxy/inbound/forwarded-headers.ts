@@ -10,10 +10,12 @@ import type { InboundRequest } from './request.js'
 // address headers that widespread client-address helpers read before (or instead of)
 // X-Forwarded-For (request-ip, Rails' RemoteIp, Spring, ASP.NET), and the path headers that
 // IIS URL Rewrite, Symfony and Laminas take as the request's real path: through those an app
-// would serve another path than the one the route table matched.
+// would serve another path than the one the route table matched. `Client-IP` is the one
+// common PHP code reads first, as CGI's HTTP_CLIENT_IP.
 const clientClaims = [
   'forwarded',
   'x-real-ip',
+  'client-ip',
   'x-client-ip',
   'true-client-ip',
   'cf-connecting-ip',
@@ -27,6 +29,10 @@ const clientClaims = [
 // Headers through which frameworks (Express method-override, Rails, Spring's filter, ...) let a
 // request stand for another method: on a route chosen by method they would undo the choice.
 const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-override'] as const
+// httpoxy (CVE-2016-5385): CGI turns `Proxy` into HTTP_PROXY, the variable PHP, Python and Go
+// HTTP clients in a CGI app take as their outbound proxy. Dropped on trusted listeners too: no
+// load balancer sets it, so it can only be the client's, passed through.
+const PROXY_HEADER = 'proxy'
 // The hyphenated names of every header this module sets or drops. WSGI, CGI and the servers
 // that follow them (PHP, Rack) name a header's variable by reading `-` as `_`, so a client's
 // `X_Forwarded_For` reaches the app as HTTP_X_FORWARDED_FOR, the variable the real header
@@ -57,10 +63,10 @@ function isUnderscoreSpelling(name: string, methodRoute: boolean): boolean {
  * those, of `Forwarded` and of `X-Real-IP` are discarded and the three are set from the
  * connection and the validated `Host`, so an app that reads them can believe them; any other
  * `X-Forwarded-*` the client sent (`-Port`, `-Prefix`, ...) is dropped as well, and so are the
- * other client-address headers (`X-Client-IP`, `True-Client-IP`, `CF-Connecting-IP`, ...) and
- * the path overrides `X-Original-URL` and `X-Rewrite-URL`. Trusted (a
- * listener behind a load balancer that sets them): the address is appended to the chain, and
- * Proto / Host are set only when absent. On a route that matches on methods, method-override
+ * other client-address headers (`Client-IP`, `X-Client-IP`, `True-Client-IP`,
+ * `CF-Connecting-IP`, ...) and the path overrides `X-Original-URL` and `X-Rewrite-URL`. Trusted
+ * (a listener behind a load balancer that sets them): the address is appended to the chain, and
+ * Proto / Host are set only when absent. `Proxy` (httpoxy) is dropped in both modes. On a route that matches on methods, method-override
  * headers are dropped, so the app runs the method the route admitted. In both modes a header
  * whose name is one of those once `_` is read as `-` (`X_Forwarded_For`, `X-Real_IP`,
  * `X_Original_URL`, any `X_Forwarded_*`) is dropped: WSGI and CGI apps read it as the real one.
@@ -96,6 +102,7 @@ export function forwardedHeaders(
         delete headers[name]
     }
   }
+  delete headers[PROXY_HEADER]
   if (methodRoute) for (const name of methodOverrides) delete headers[name]
   // Underscore spellings are dropped on trusted listeners too: no proxy in front sets them, so
   // they can only come from a client, and a front proxy may pass them through.

@@ -110,3 +110,38 @@ describe('forwardedHeaders and underscore spellings', () => {
     for (const name of Object.keys(overrides)) expect(elsewhere[name], name).toBe('DELETE')
   })
 })
+
+// httpoxy (CVE-2016-5385): CGI turns a request's `Proxy` header into HTTP_PROXY, the variable
+// HTTP clients in PHP, Python and Go CGI apps take as their outbound proxy. `Client-IP` becomes
+// HTTP_CLIENT_IP, which common PHP code reads as the client's address before X-Forwarded-For.
+describe('forwardedHeaders and CGI variables', () => {
+  it('drops Proxy and Client-IP on an untrusted gateway', () => {
+    const headers = forwardedHeaders(
+      inboundWith({
+        proxy: 'http://attacker.example:8080',
+        'client-ip': '6.6.6.6',
+        client_ip: '6.6.6.6',
+      }),
+      req,
+      'http',
+      false,
+      false,
+    )
+    expect(headers.proxy).toBeUndefined()
+    expect(headers['client-ip']).toBeUndefined()
+    expect(headers.client_ip).toBeUndefined()
+  })
+
+  it('drops Proxy on a trusted gateway too, and keeps Client-IP there', () => {
+    // No load balancer sets Proxy, so on a trusted listener it can only be the client's.
+    const headers = forwardedHeaders(
+      inboundWith({ proxy: 'http://attacker.example:8080', 'client-ip': '6.6.6.6' }),
+      req,
+      'http',
+      true,
+      false,
+    )
+    expect(headers.proxy).toBeUndefined()
+    expect(headers['client-ip']).toBe('6.6.6.6')
+  })
+})
