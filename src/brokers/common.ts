@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import { type Clock, maxTimerDelayMs } from '../core/clock.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
+import { maskQueryValues } from '../core/query-keys.js'
 import { hasLoneSurrogate } from '../core/text.js'
 import { userinfoSpan } from '../core/userinfo.js'
 import {
@@ -377,7 +378,8 @@ export function redactUrl(value: string): string {
       span !== undefined
         ? `${value.slice(0, span.start)}***${value.slice(span.at)}`
         : value.replace(/\/\/[^/@]*@/, '//***@')
-    return shown.replace(/([?&]password=)[^&#]*/g, '$1***')
+    // Its key read as URLSearchParams reads it (`pass%77ord` too), in any case.
+    return maskQueryValues(shown, (name) => name.toLowerCase() === 'password', /[&#]/g)
   }
 }
 

@@ -1,3 +1,4 @@
+import { maskQueryValues } from '../core/query-keys.js'
 import { userinfoSpan } from '../core/userinfo.js'
 
 // Secret hiding for logs and messages. Two nets: field names that hold secrets (their values
@@ -84,9 +85,20 @@ const afterAt = /[^\s"'<>`]*/y
 // (`name=`). Each blank run is tried once, so this stays linear. A query parameter (its key
 // follows `?` or `&`) ends at a blank: a URL holds none unencoded, so what follows is the rest
 // of the line (an access line's status and duration). The look back covers the key alone, and
-// runs only where a secret name and `=` matched.
-const secretPairs =
-  /(password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id)=(?:"[^"]*"|'[^']*'|(?<=[?&][\w.-]*=)[^\s&#]*|[^\s&#;,]*(?:[^\S\n]+(?![\w.-]+=)[^\s&#;,]+)*)/gi
+// runs only where a secret name and `=` matched; it takes a percent-encoded key too
+// (`?access%5Ftoken=`), so that it masks the value as maskQueryValues does (to a blank).
+const secretNames =
+  'password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id'
+const secretPairs = new RegExp(
+  String.raw`(${secretNames})=(?:"[^"]*"|'[^']*'|(?<=[?&][\w.%-]*=)[^\s&#]*|[^\s&#;,]*(?:[^\S\n]+(?![\w.-]+=)[^\s&#;,]+)*)`,
+  'gi',
+)
+// A query key is judged as secretPairs judges a key, once percent-decoded as a URL reader
+// decodes it (`?pass%77ord=x` sets a password, as `?password=x` does); its value ends as a
+// query parameter's does there.
+const secretQueryKey = new RegExp(`(?:${secretNames})$`, 'i')
+const isSecretQueryKey = (name: string): boolean => secretQueryKey.test(name)
+const queryValueEnd = /[\s&#]/g
 const authSchemes = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/g
 // After an Authorization header name, any scheme in any case (schemes are case-insensitive,
 // RFC 9110 §11.1: `authorization: bearer ...`, `Token ...`); elsewhere only `Bearer`/`Basic`,
@@ -122,7 +134,8 @@ const mayHoldSecret =
  * Masks secrets embedded in text: URL credentials (`postgres://app:secret@db` becomes
  * `postgres://app:***@db`; a user-only userinfo such as a NATS token becomes `***`),
  * `key=value` pairs whose key ends in a secret name (`password=`, `DB_PASSWORD=`, `token=`,
- * `x-api-key=`, as {@link isSecretKey} judges field names), the values of secret-named members
+ * `x-api-key=`, as {@link isSecretKey} judges field names; a query key once percent-decoded,
+ * `?pass%77ord=`), the values of secret-named members
  * of JSON text (`"password":"..."`), `Bearer`/`Basic` credentials, the credentials after
  * an `Authorization` header name whatever their scheme and case, and the value after every
  * secret-named `name:` (or `name = `, `name =>`) that starts a header line, a config line or
@@ -157,7 +170,7 @@ const mayHoldSecret =
  */
 export function redactSecrets(text: string): string {
   if (!text.includes('@') && !text.includes('=') && !mayHoldSecret.test(text)) return text
-  const masked = maskUrlCredentials(text)
+  const masked = maskQueryValues(maskUrlCredentials(text), isSecretQueryKey, queryValueEnd)
     .replace(jsonMembers, (match, key: string, colon: string) =>
       isSecretKey(key) ? `"${key}"${colon}"***"` : match,
     )

@@ -3,6 +3,7 @@
 // with its userinfo hidden, and must hide that too. Port 9 on loopback refuses the connection:
 // the failure's message names the URL without a server to reach.
 import { describe, expect, it } from 'vitest'
+import { redactUrl } from '../../src/brokers/common.js'
 import { createRedisBroker } from '../../src/brokers/index.js'
 import { makeBatch, unique } from './conformance.js'
 import { expectBrokerError, rejectionOf } from './support.js'
@@ -22,5 +23,21 @@ describe('a password in a redis URL query', () => {
     } finally {
       await broker.close()
     }
+  })
+})
+
+// ioredis reads the query through URLSearchParams, which percent-decodes keys: `pass%77ord` is
+// `password`. A URL that does not parse (port 99999) is hidden by pattern, which looked for the
+// literal `password=` only.
+describe('a password under a percent-encoded query key', () => {
+  it.each([
+    ['redis://127.0.0.1:6379/?pass%77ord=hunter2', 'redis://127.0.0.1:6379/?password=***'],
+    ['redis://127.0.0.1:99999/?pass%77ord=hunter2', 'redis://127.0.0.1:99999/?pass%77ord=***'],
+    [
+      'redis://127.0.0.1:99999/?db=1&%70assword=hunter2',
+      'redis://127.0.0.1:99999/?db=1&%70assword=***',
+    ],
+  ])('%s is hidden', (url, shown) => {
+    expect(redactUrl(url)).toBe(shown)
   })
 })

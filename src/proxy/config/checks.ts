@@ -9,6 +9,7 @@ import { InvalidOptionError } from '../../core/errors.js'
 import { isObjectRecord as isObj } from '../../core/validate.js'
 import { DEADLINE_HEADER } from '../../policies/deadline.js'
 import { type DatabaseTarget, parseDatabaseUrl } from '../../stores/open.js'
+import { hasQueryPassword } from '../../stores/redact.js'
 import { HOP_BY_HOP_HEADERS } from '../hop-by-hop.js'
 import { matchesPrefix, trimPrefix } from '../inbound/routes.js'
 import { echo } from './errors.js'
@@ -381,11 +382,12 @@ export function crossFieldProblems(doc: unknown): RawProblem[] {
       'a shared store (sqlite:<path> or postgres://...) when workers > 1 and a route enforces Idempotency-Key',
       store,
     )
-  // node-postgres also takes `password` (and the key's `sslpassword`) from the query string.
+  // node-postgres also takes `password` (and the key's `sslpassword`) from the query string,
+  // under a percent-encoded key too (`pass%77ord`).
   if (
     typeof store === 'string' &&
     (/^postgres(ql)?:\/\/[^/@]*:[^/@]*@/i.test(store) ||
-      (/^postgres(ql)?:\/\//i.test(store) && /[?&](ssl)?password=/i.test(store)))
+      (/^postgres(ql)?:\/\//i.test(store) && hasQueryPassword(store)))
   )
     add(
       ['idempotency', 'url'],

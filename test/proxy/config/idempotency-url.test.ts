@@ -49,6 +49,20 @@ describe('idempotency.url', () => {
     )
   })
 
+  // pg-connection-string decodes query keys (and the URL parser drops raw tabs and line
+  // breaks), so each of these sets the password; the check looked for the literal `password=`.
+  it.each([
+    'postgres://proxy@db.internal/proxy?pass%77ord=HUNTER2',
+    'postgres://proxy@db.internal/proxy?%70assword=HUNTER2',
+    'postgres://proxy@db.internal/proxy?sslmode=require&pass%77ord=HUNTER2',
+    'postgres://proxy@db.internal/proxy?pass\tword=HUNTER2',
+    'postgres://proxy@db.internal/proxy?sslpass%77ord=HUNTER2',
+  ])('refuses %j, a password under an encoded query key, without repeating it', (url) => {
+    const message = problemsOf(config(url))
+    expect(message).toContain('idempotency.url: expected a URL without a password')
+    expect(message).not.toContain('HUNTER2')
+  })
+
   it('reports an empty URL once', () => {
     const message = problemsOf(config(''))
     expect(message).toContain('(1 problem)')
