@@ -72,7 +72,18 @@ interface Awaited {
   readonly timer: TimerHandle
 }
 
-/** One ordering key's state. */
+/**
+ * The lane a message runs in: its key's, or, for a message without a key (`''`, as every message
+ * of a producer that sets none arrives), a lane of its own, by its id. Keyless messages are not
+ * ordered: in one shared lane, one whose handler failed every time held back every other keyless
+ * message for as long as it was redelivered (for ever, on NATS). Copies of one keyless message
+ * still run one at a time. The prefixes keep a key from naming an id's lane.
+ */
+function laneOf(key: string, id: string): string {
+  return key === '' ? `#${id}` : `=${key}`
+}
+
+/** One lane's state: an ordering key's, or one keyless message's (see {@link laneOf}). */
 interface KeyState<D> {
   /** Deliveries not started yet, sorted by order. */
   readonly queue: Array<Entry<D>>
@@ -85,7 +96,8 @@ interface KeyState<D> {
 /**
  * Runs handlers for the deliveries of one subscription: at most `concurrency` at once, one at a
  * time per ordering key, in log order per key, so per-key order survives concurrency,
- * redelivery and reconnects.
+ * redelivery and reconnects. A message without a key (`''`) is ordered with nothing: it runs on
+ * its own, and its failures hold back no other message.
  *
  * A delivery that is not acknowledged (its handler failed, it was handed back, or its
  * connection was lost before it ran, see {@link abandon}) is *awaited*: later deliveries of its
@@ -98,8 +110,9 @@ interface KeyState<D> {
  */
 export class KeyedDispatcher<D extends Delivery = Delivery> {
   readonly #options: DispatcherOptions
-  readonly #keys = new Map<string, KeyState<D>>()
-  // Keys whose first queued delivery may start now (no handler running, nothing earlier awaited).
+  readonly #lanes = new Map<string, KeyState<D>>()
+  // Lanes whose first queued delivery may start now (no handler running, nothing earlier
+  // awaited).
   readonly #ready: string[] = []
   readonly #readySet = new Set<string>()
   readonly #settling = new Set<Promise<void>>()
@@ -144,10 +157,10 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
   /** Every delivery held (running first), e.g. to extend their ack deadlines. */
   held(): D[] {
     const all: D[] = []
-    for (const state of this.#keys.values()) {
+    for (const state of this.#lanes.values()) {
       if (state.running !== undefined) all.push(state.running.delivery)
     }
-    for (const state of this.#keys.values()) {
+    for (const state of this.#lanes.values()) {
       for (const entry of state.queue) all.push(entry.delivery)
     }
     return all
@@ -159,7 +172,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
    */
   tracks(key: string, id: string): boolean {
     if (this.#handled.has(id)) return true
-    const state = this.#keys.get(key)
+    const state = this.#lanes.get(laneOf(key, id))
     if (state === undefined) return false
     if (state.running?.delivery.message.id === id || state.awaited.has(id)) return true
     return state.queue.some((entry) => entry.delivery.message.id === id)
@@ -196,7 +209,8 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       return
     }
     const { message } = delivery
-    const state = this.#state(message.key)
+    const lane = laneOf(message.key, message.id)
+    const state = this.#state(lane)
     const awaited = state.awaited.get(message.id)
     if (awaited !== undefined) this.#forget(state, message.id, awaited)
     const order = delivery.order ?? this.#arrivalOf(message.id)
@@ -208,12 +222,12 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
         (state.awaited.size > 0 && state.queue.length >= this.#options.maxHeldPerKey))
     ) {
       this.#handBack(state, { delivery, order }, 'retry')
-      this.#refresh(message.key, state)
+      this.#refresh(lane, state)
       return
     }
     insertSorted(state.queue, { delivery, order })
     this.#queued++
-    this.#refresh(message.key, state)
+    this.#refresh(lane, state)
     this.#pump()
   }
 
@@ -224,7 +238,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
    */
   abandon(belongs: (delivery: D) => boolean): D[] {
     const dropped: D[] = []
-    for (const [key, state] of this.#keys) {
+    for (const [lane, state] of this.#lanes) {
       const keep: Array<Entry<D>> = []
       for (const entry of state.queue) {
         if (belongs(entry.delivery)) {
@@ -237,7 +251,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       if (keep.length !== state.queue.length) {
         this.#queued -= state.queue.length - keep.length
         state.queue.splice(0, state.queue.length, ...keep)
-        this.#refresh(key, state)
+        this.#refresh(lane, state)
       }
     }
     this.#wakeRoom()
@@ -254,7 +268,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
    */
   forsake(lost: (delivery: D) => boolean): D[] {
     const dropped: D[] = []
-    for (const [key, state] of this.#keys) {
+    for (const [lane, state] of this.#lanes) {
       let earliest: DeliveryOrder | undefined
       if (state.running !== undefined && lost(state.running.delivery)) {
         earliest = state.running.order
@@ -276,7 +290,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       }
       this.#queued -= state.queue.length - stay.length
       state.queue.splice(0, state.queue.length, ...stay)
-      this.#refresh(key, state)
+      this.#refresh(lane, state)
     }
     this.#wakeRoom()
     this.#pump()
@@ -290,7 +304,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
   async close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true
-      for (const state of this.#keys.values()) {
+      for (const state of this.#lanes.values()) {
         for (const entry of state.queue) this.#settle(entry.delivery, 'release')
         state.queue.length = 0
         for (const awaited of state.awaited.values())
@@ -323,34 +337,34 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     return order
   }
 
-  #state(key: string): KeyState<D> {
-    let state = this.#keys.get(key)
+  #state(lane: string): KeyState<D> {
+    let state = this.#lanes.get(lane)
     if (state === undefined) {
       state = { queue: [], running: undefined, awaited: new Map() }
-      this.#keys.set(key, state)
+      this.#lanes.set(lane, state)
     }
     return state
   }
 
-  /** Marks the key ready when its first queued delivery may start; drops an empty key. */
-  #refresh(key: string, state: KeyState<D>): void {
+  /** Marks the lane ready when its first queued delivery may start; drops an empty lane. */
+  #refresh(lane: string, state: KeyState<D>): void {
     const head = state.queue[0]
     if (head === undefined) {
-      if (state.running === undefined && state.awaited.size === 0) this.#keys.delete(key)
+      if (state.running === undefined && state.awaited.size === 0) this.#lanes.delete(lane)
       return
     }
-    if (state.running !== undefined || this.#readySet.has(key)) return
+    if (state.running !== undefined || this.#readySet.has(lane)) return
     for (const awaited of state.awaited.values()) if (awaited.order < head.order) return
-    this.#readySet.add(key)
-    this.#ready.push(key)
+    this.#readySet.add(lane)
+    this.#ready.push(lane)
   }
 
   #pump(): void {
     while (!this.#closed && this.#pauses === 0 && this.#running < this.#options.concurrency) {
-      const key = this.#ready.shift()
-      if (key === undefined) return
-      this.#readySet.delete(key)
-      const state = this.#keys.get(key)
+      const lane = this.#ready.shift()
+      if (lane === undefined) return
+      this.#readySet.delete(lane)
+      const state = this.#lanes.get(lane)
       const entry = state?.queue[0]
       if (state === undefined || entry === undefined || state.running !== undefined) continue
       // Something earlier may have become awaited since the key was marked ready.
@@ -365,11 +379,11 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       // subscription) was opened in: a handler must not inherit the deadline or request store
       // of whoever happened to subscribe (a bounded startup, a request handler), which would
       // fail every later delivery with a long-expired deadline.
-      void detached(() => this.#run(entry, key, state))
+      void detached(() => this.#run(entry, lane, state))
     }
   }
 
-  async #run(entry: Entry<D>, key: string, state: KeyState<D>): Promise<void> {
+  async #run(entry: Entry<D>, lane: string, state: KeyState<D>): Promise<void> {
     const { delivery } = entry
     try {
       await this.#options.handler(delivery.message)
@@ -394,7 +408,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     }
     state.running = undefined
     this.#running--
-    this.#refresh(key, state)
+    this.#refresh(lane, state)
     this.#wakeRoom()
     if (this.#running === 0) {
       const idle = this.#idleWaiters
@@ -420,6 +434,12 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     const timer = this.#options.clock.setTimeout(() => {
       if (state.awaited.get(message.id)?.timer !== timer) return
       this.#forget(state, message.id, state.awaited.get(message.id)!)
+      const lane = laneOf(message.key, message.id)
+      // A keyless message held nothing back: its lane is its own.
+      if (message.key === '') {
+        this.#refresh(lane, state)
+        return
+      }
       const error = new BrokerError(
         'BROKER_UNAVAILABLE',
         this.#options.broker,
@@ -427,7 +447,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
           `${timeoutMs} ms; later messages of its key run without it`,
       )
       this.#report(error, 'settle', message)
-      this.#refresh(message.key, state)
+      this.#refresh(lane, state)
       this.#pump()
     }, timeoutMs)
     state.awaited.set(message.id, { order: entry.order, message, timer })

@@ -177,7 +177,8 @@ export function migrateSqlQueue(db: SqlDriver): Promise<AppliedMigration[]> {
 
 // A delivery may be leased when it is not held (never leased, lease ended, retry delay over)
 // and no earlier delivery of the same key in the group is held: a failed message waiting for
-// its retry keeps the later messages of its key behind it.
+// its retry keeps the later messages of its key behind it. A message without a key ('') is
+// ordered with nothing: one failing for ever would otherwise hold every keyless message.
 // On SQLite, a held_until that is not a number (text set by hand: SQLite keeps it as text,
 // which sorts above every number) has run out: it never did before, so the message was never
 // delivered again and held the rest of its key for ever. Until it is leased again (which writes
@@ -187,10 +188,10 @@ const leasable = (
 ): string => `(w.held_until IS NULL OR w.held_until <= $3${
   dialect === 'sqlite' ? " OR typeof(w.held_until) NOT IN ('integer', 'real')" : ''
 })
-    AND NOT EXISTS (
+    AND (w.msg_key = '' OR NOT EXISTS (
       SELECT 1 FROM ${queueDeliveriesTable} h
       WHERE h.topic = w.topic AND h.group_name = w.group_name AND h.msg_key = w.msg_key
-        AND h.seq < w.seq AND h.held_until IS NOT NULL AND h.held_until > $3)`
+        AND h.seq < w.seq AND h.held_until IS NOT NULL AND h.held_until > $3))`
 
 // The delivery count a lease writes. A stored count that is not a whole number from 0 (changed
 // outside breakwater: SQLite keeps text, a blob or a fraction as it is, either database a
@@ -857,7 +858,7 @@ class QueueSubscription implements Subscription {
     }
     extend()
     try {
-      const chains = new Map<string, Leased[]>()
+      const chains = new Map<string | Leased, Leased[]>()
       for (const item of leased) {
         if (item.message === undefined) {
           // The delivery points at no message: its seq was changed outside breakwater (a
@@ -888,8 +889,10 @@ class QueueSubscription implements Subscription {
           await this.#ack(item, batch)
           continue
         }
-        const chain = chains.get(item.message.key)
-        if (chain === undefined) chains.set(item.message.key, [item])
+        // A keyless message is a chain of its own: it is ordered with nothing.
+        const lane = item.message.key === '' ? item : item.message.key
+        const chain = chains.get(lane)
+        if (chain === undefined) chains.set(lane, [item])
         else chain.push(item)
       }
       const queue = [...chains.values()]
@@ -1214,7 +1217,8 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
  *   what the previous one leased. Only a consumer stalled past `visibilityTimeoutMs` breaks
  *   it: another consumer takes its batch meanwhile, and the stalled one, once an ack or a
  *   lease extension shows the loss, finishes only the handler it was running and starts none
- *   of the batch's other messages (the error goes to `onError`, phase `settle`).
+ *   of the batch's other messages (the error goes to `onError`, phase `settle`). A message
+ *   with the empty key is ordered with nothing: it waits for no other, and none waits for it.
  *   A running subscription keeps the Node.js process alive until it or the queue is closed,
  *   like a listening server (`keepAlive: false` turns that off).
  *

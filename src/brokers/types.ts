@@ -9,7 +9,10 @@ export interface OutgoingMessage {
   readonly id: string
   /** Where the message goes (subject, routing key, stream). */
   readonly topic: string
-  /** Ordering key (aggregate id): order is kept per key. */
+  /**
+   * Ordering key (aggregate id): order is kept per key. The empty string means no key: such
+   * messages are not ordered (see {@link Subscriber.subscribe}).
+   */
   readonly key: string
   /** The body. Strings are sent as UTF-8. */
   readonly payload: Uint8Array | string
@@ -33,6 +36,10 @@ export interface Publisher {
 export interface IncomingMessage {
   readonly id: string
   readonly topic: string
+  /**
+   * The ordering key; `''` when the message has none (a producer other than breakwater sets no
+   * `breakwater-key` header or `key` field), and then it is ordered with nothing.
+   */
   readonly key: string
   readonly payload: Uint8Array
   readonly headers: Readonly<Record<string, string>>
@@ -68,6 +75,17 @@ export interface Subscriber {
    * messages of one key at once; for order per key across processes there, run one
    * subscriber per group (RabbitMQ's limits over half-open connections are in
    * docs/rabbitmq.md).
+   *
+   * A message without a key (`''`: every message of a producer that sets no `breakwater-key`
+   * header or Redis `key` field) is ordered with nothing: it may run beside or before any other,
+   * and while it fails no other message waits for it. A message whose handler always fails (a
+   * poison message) is still redelivered as the broker is set up to: every `retryDelayMs`
+   * (1 s by default) with no limit on NATS (the adapter's consumers have `max_deliver` -1),
+   * Redis, the SQL queue and a RabbitMQ classic queue (or quorum queue before RabbitMQ 4.0); a
+   * RabbitMQ 4 quorum queue dead-letters
+   * it (or drops it, without a dead-letter exchange) after its delivery limit, 20 returns by
+   * default. With a key, it holds that key's later messages for as long (see docs/outbox.md);
+   * without one, it costs a handler slot each time it comes back and holds nothing.
    *
    * `handler` runs in breakwater's own async context, not the caller's: a deadline set around
    * the `subscribe()` call (`withDeadline`, a request's) or an `AsyncLocalStorage` store of the

@@ -10,6 +10,28 @@ import { type Delivery, KeyedDispatcher, type Outcome } from '../../src/brokers/
 import type { IncomingMessage } from '../../src/brokers/types.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 
+/**
+ * One handler at a time, holds given up after 5 s; each error is recorded in `errors` as
+ * `<phase>:<id>:<code, or 'handler'>`.
+ */
+function reportingDispatcher(
+  clock: ManualClock,
+  errors: string[],
+  handler: (m: IncomingMessage) => Promise<void>,
+): KeyedDispatcher {
+  return new KeyedDispatcher({
+    concurrency: 1,
+    capacity: 10,
+    maxHeldPerKey: 10,
+    holdTimeoutMs: 5_000,
+    clock,
+    broker: 'redis',
+    onError: (error, phase, m) =>
+      errors.push(`${phase}:${m.id}:${(error as { code?: string }).code ?? 'handler'}`),
+    handler,
+  })
+}
+
 interface SimDelivery extends Delivery {
   readonly seq: number
   readonly session: number
@@ -229,22 +251,12 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
     const started: string[] = []
     const errors: string[] = []
     let fail = true
-    const dispatcher = new KeyedDispatcher({
-      concurrency: 1,
-      capacity: 10,
-      maxHeldPerKey: 10,
-      holdTimeoutMs: 5_000,
-      clock,
-      broker: 'redis',
-      onError: (error, phase, m) =>
-        errors.push(`${phase}:${m.id}:${(error as { code?: string }).code ?? 'handler'}`),
-      handler: async (m) => {
-        started.push(m.id)
-        if (m.id === 'm1' && fail) {
-          fail = false
-          throw new Error('first attempt fails')
-        }
-      },
+    const dispatcher = reportingDispatcher(clock, errors, async (m) => {
+      started.push(m.id)
+      if (m.id === 'm1' && fail) {
+        fail = false
+        throw new Error('first attempt fails')
+      }
     })
     const push = (seq: number): void =>
       dispatcher.push({ message: message(seq, 'k', 1), order: seq, settle: () => {} })
@@ -259,6 +271,48 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
     await new Promise((resolve) => setImmediate(resolve))
     expect(started).toEqual(['m1', 'm2'])
     expect(errors).toEqual(['handler:m1:handler', 'settle:m1:BROKER_UNAVAILABLE'])
+    await dispatcher.close()
+  })
+  // Deliveries without a key ('', as every message of a producer that sets no key arrives)
+  // shared one lane: one whose handler failed every time held every other keyless delivery back
+  // for as long as it was redelivered. Each now runs in a lane of its own.
+  it('runs keyless deliveries on their own: a failing one holds none back, and its hold ends without a report', async () => {
+    const clock = new ManualClock()
+    const started: string[] = []
+    const outcomes: string[] = []
+    const errors: string[] = []
+    const dispatcher = reportingDispatcher(clock, errors, async (m) => {
+      started.push(m.id)
+      if (m.id.startsWith('bad')) throw new Error('malformed')
+    })
+    const push = (id: string, key: string, order: number): void =>
+      dispatcher.push({
+        message: { ...message(order, key, 1), id },
+        order,
+        settle: (outcome: Outcome) => void outcomes.push(`${id}:${outcome}`),
+      })
+    push('bad', '', 1)
+    push('good-1', '', 2)
+    push('good-2', '', 3)
+    // A key keeps its order: its later delivery waits for its failed one.
+    push('bad-k', 'k', 4)
+    push('next-k', 'k', 5)
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(started).toEqual(['bad', 'good-1', 'good-2', 'bad-k'])
+    expect(outcomes).toEqual(['bad:retry', 'good-1:ack', 'good-2:ack', 'bad-k:retry'])
+    // The failed keyless delivery is still known (its copy may come back), in its own lane.
+    expect(dispatcher.tracks('', 'bad')).toBe(true)
+    expect(dispatcher.awaited).toBe(2)
+    await clock.advance(5_000)
+    await new Promise((resolve) => setImmediate(resolve))
+    // Nothing waited behind 'bad': its hold ends without a report; 'k' reports its given-up wait.
+    expect(started).toEqual(['bad', 'good-1', 'good-2', 'bad-k', 'next-k'])
+    expect(errors).toEqual([
+      'handler:bad:handler',
+      'handler:bad-k:handler',
+      'settle:bad-k:BROKER_UNAVAILABLE',
+    ])
+    expect(dispatcher.awaited).toBe(0)
     await dispatcher.close()
   })
 })
