@@ -45,7 +45,8 @@ import type {
  * A topic is a stream key; each entry holds the fields `id`, `key`, `headers` (JSON) and
  * `payload`. An entry another producer wrote without an `id` (or with an empty one, or one
  * that is not UTF-8) is delivered with the id `<topic>:<entry id>`; one without a `headers` field is delivered with
- * no headers; one whose `headers` field is not a JSON object of string values, or that holds
+ * no headers; one without a `payload` field (another producer's layout, such as `data` and
+ * `type`), one whose `headers` field is not a JSON object of string values, or one that holds
  * one of these four fields twice, is refused (see {@link createRedisBroker}).
  *
  * The URL's query may set `db` (when the path does not), `port` (when the host part does not),
@@ -211,7 +212,11 @@ const queryFormatNames: Readonly<Record<string, string>> = {
  * word, and no retry can repair it. It is reported to `onError` with phase `refused`, a
  * `BROKER_REJECTED` error (not retryable) naming the entry id, and the message (id, key and
  * payload; headers empty), then acked for the group. The entry itself stays in the stream until
- * trimmed, to be inspected (`XRANGE <topic> <entry id> <entry id>`) and published again.
+ * trimmed, to be inspected (`XRANGE <topic> <entry id> <entry id>`) and published again. So is
+ * an entry without a `payload` field (another producer's layout, e.g. `XADD orders * data {...}
+ * type order.placed`): handed on, its handler would have succeeded on an empty payload and the
+ * entry been acked, its content lost. The error names the fields it has. An empty `payload`
+ * field is a payload (breakwater writes one for an empty body).
  *
  * An unknown (misspelt) option is refused with `InvalidOptionError` (`INVALID_OPTION`) naming
  * it (`redis.visibilityTimeout`), its value hidden when it is text or bytes.
@@ -773,9 +778,9 @@ type Entry = [id: Buffer, fields: Fields]
  * redeliveries and unique across streams (two streams' entries of one millisecond share the
  * entry id `<ms>-0`), so an inbox can deduplicate it.
  *
- * An entry without a `headers` field has no headers. One whose `headers` field is not the JSON
- * record of strings the publisher writes comes with `refused` (the message with empty headers
- * is still built, for the report): see {@link createRedisBroker}.
+ * An entry without a `headers` field has no headers. One without a `payload` field, or whose
+ * `headers` field is not the JSON record of strings the publisher writes, comes with `refused`
+ * (the message with empty headers is still built, for the report): see {@link createRedisBroker}.
  */
 function toIncoming(
   topic: string,
@@ -820,21 +825,39 @@ function toIncoming(
   }
   if (id === '') id = `${topic}:${entryId}`
   const message: IncomingMessage = { id, topic, key, payload, headers, deliveryCount }
-  if (bad === undefined && repeated === undefined) return { message }
+  // Without a payload field (another producer's layout: `data`, `body`, ...) the entry would
+  // reach the handler with an empty payload and be acked: its content lost without a word.
+  const noPayload = (seen & knownFieldBits.payload) === 0
+  if (bad === undefined && repeated === undefined && !noPayload) return { message }
   // Handing it on without the headers it was sent with (a correlation id, a tenant, a saga
   // step), or with one of two values of a field, could make a handler do the wrong thing
   // without a word; no retry can repair it.
   const problem =
     repeated !== undefined
       ? `its ${repeated} field appears more than once (which value was meant cannot be told)`
-      : 'its headers field is not the JSON record of strings the publisher writes'
+      : bad !== undefined
+        ? 'its headers field is not the JSON record of strings the publisher writes'
+        : `it has no payload field (its fields: ${fieldNames(fields)}; the publisher writes id, key, headers and payload)`
   const refused = new BrokerError(
     'BROKER_REJECTED',
     'redis',
     `refused entry ${entryId} (message ${JSON.stringify(id)}) of stream ${JSON.stringify(topic)}: ${problem}, so group ${JSON.stringify(group)} acked it without calling the handler; the entry stays in the stream until trimmed (XRANGE ${topic} ${entryId} ${entryId})`,
-    repeated === undefined ? { cause: bad!.error } : {},
+    repeated === undefined && bad !== undefined ? { cause: bad.error } : {},
   )
   return { message, refused }
+}
+
+/** An entry's field names, quoted, for a report (the first 20; values left out). */
+function fieldNames(fields: readonly Buffer[]): string {
+  const total = Math.floor(fields.length / 2)
+  if (total === 0) return 'none'
+  const names: string[] = []
+  for (let i = 0; i < Math.min(total, 20); i++) {
+    names.push(JSON.stringify(fields[2 * i]!.toString('utf8')))
+  }
+  return total > names.length
+    ? `${names.join(', ')} and ${total - names.length} more`
+    : names.join(', ')
 }
 
 type KnownField = 'id' | 'key' | 'payload' | 'headers'
