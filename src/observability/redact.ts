@@ -84,13 +84,15 @@ const afterAt = /[^\s"'<>`]*/y
 // Blanks and the word after them continue a value, unless the word starts the next pair
 // (`name=`). Each blank run is tried once, so this stays linear. A query parameter (its key
 // follows `?` or `&`) ends at a blank: a URL holds none unencoded, so what follows is the rest
-// of the line (an access line's status and duration). The look back covers the key alone, and
-// runs only where a secret name and `=` matched; it takes a percent-encoded key too
-// (`?access%5Ftoken=`), so that it masks the value as maskQueryValues does (to a blank).
+// of the line (an access line's status and duration); a colon just before that blank (or the
+// end of the text) is the message's, not the value's (`cannot open <url>: connect ...`). The
+// look back covers the key alone, and runs only where a secret name and `=` matched; it takes a
+// percent-encoded key too (`?access%5Ftoken=`), so that it masks the value as maskQueryValues
+// does.
 const secretNames =
   'password|passwd|passphrase|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?|session[_-]?id'
 const secretPairs = new RegExp(
-  String.raw`(${secretNames})=(?:"[^"]*"|'[^']*'|(?<=[?&][\w.%-]*=)[^\s&#]*|[^\s&#;,]*(?:[^\S\n]+(?![\w.-]+=)[^\s&#;,]+)*)`,
+  String.raw`(${secretNames})=(?:"[^"]*"|'[^']*'|(?<=[?&][\w.%-]*=)(?:[^\s&#:]|:(?!\s|$))*|[^\s&#;,]*(?:[^\S\n]+(?![\w.-]+=)[^\s&#;,]+)*)`,
   'gi',
 )
 // A query key is judged as secretPairs judges a key, once percent-decoded as a URL reader
@@ -98,7 +100,7 @@ const secretPairs = new RegExp(
 // query parameter's does there.
 const secretQueryKey = new RegExp(`(?:${secretNames})$`, 'i')
 const isSecretQueryKey = (name: string): boolean => secretQueryKey.test(name)
-const queryValueEnd = /[\s&#]/g
+const queryValueEnd = /[\s&#]|:(?=\s|$)/g
 const authSchemes = /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/g
 // After an Authorization header name, any scheme in any case (schemes are case-insensitive,
 // RFC 9110 §11.1: `authorization: bearer ...`, `Token ...`); elsewhere only `Bearer`/`Basic`,
