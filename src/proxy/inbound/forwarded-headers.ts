@@ -3,6 +3,7 @@
 // WebSocket handshakes.
 
 import type { IncomingMessage } from 'node:http'
+import type { RouteConfig } from '../contracts.js'
 import type { InboundRequest } from './request.js'
 
 // Headers through which a client could claim another address, scheme, host or path; dropped
@@ -27,7 +28,8 @@ const clientClaims = [
   'x-rewrite-url',
 ] as const
 // Headers through which frameworks (Express method-override, Rails, Spring's filter, ...) let a
-// request stand for another method: on a route chosen by method they would undo the choice.
+// request stand for another method: on a route chosen by method they would undo the choice, and
+// on a shadowed or guarded route the app would run another method than the one judged there.
 const methodOverrides = ['x-http-method-override', 'x-http-method', 'x-method-override'] as const
 // httpoxy (CVE-2016-5385): CGI turns `Proxy` into HTTP_PROXY, the variable PHP, Python and Go
 // HTTP clients in a CGI app take as their outbound proxy. Dropped on trusted listeners too: no
@@ -58,6 +60,22 @@ function isUnderscoreSpelling(name: string, methodRoute: boolean): boolean {
 }
 
 /**
+ * Whether a route's method-override headers are dropped: when anything on the route judges the
+ * request's method, so that the app runs that method. A route that matches on `methods` admits
+ * by it; `shadow` sends only its `methods` (GET, HEAD, OPTIONS by default) to the shadow and
+ * repeats a safe one to the primary to learn noise; `idempotency` guards only its `methods`.
+ * A GET with `X-HTTP-Method-Override: DELETE` would otherwise delete twice on the primary and
+ * once on the shadow, or delete unguarded.
+ */
+export function dropsMethodOverrides(route: RouteConfig): boolean {
+  return (
+    route.match.methods !== undefined ||
+    route.shadow !== undefined ||
+    route.idempotency !== undefined
+  )
+}
+
+/**
  * The inbound headers with `X-Forwarded-For` (the client address appended), `X-Forwarded-Proto`
  * and `X-Forwarded-Host` for the service. Untrusted (the default): the client's own copies of
  * those, of `Forwarded` and of `X-Real-IP` are discarded and the three are set from the
@@ -66,8 +84,9 @@ function isUnderscoreSpelling(name: string, methodRoute: boolean): boolean {
  * other client-address headers (`Client-IP`, `X-Client-IP`, `True-Client-IP`,
  * `CF-Connecting-IP`, ...) and the path overrides `X-Original-URL` and `X-Rewrite-URL`. Trusted
  * (a listener behind a load balancer that sets them): the address is appended to the chain, and
- * Proto / Host are set only when absent. `Proxy` (httpoxy) is dropped in both modes. On a route that matches on methods, method-override
- * headers are dropped, so the app runs the method the route admitted. In both modes a header
+ * Proto / Host are set only when absent. `Proxy` (httpoxy) is dropped in both modes. With
+ * `methodRoute` (see {@link dropsMethodOverrides}) method-override headers are dropped, so the
+ * app runs the method the route judged. In both modes a header
  * whose name is one of those once `_` is read as `-` (`X_Forwarded_For`, `X-Real_IP`,
  * `X_Original_URL`, any `X_Forwarded_*`) is dropped: WSGI and CGI apps read it as the real one.
  */

@@ -16,7 +16,7 @@ import type {
   RequestHandler,
   ServiceRuntime,
 } from '../contracts.js'
-import { forwardedHeaders } from './forwarded-headers.js'
+import { dropsMethodOverrides, forwardedHeaders } from './forwarded-headers.js'
 import {
   clientLeftOutcome,
   type InboundRequest,
@@ -218,7 +218,7 @@ export function createGatewayHandler(
       inbound,
       route.name,
       `${stripPathPrefix(inbound.path, config.stripPrefix)}${inbound.query}`,
-      forwardedHeaders(inbound, req, scheme, trustForwarded, config.match.methods !== undefined),
+      forwardedHeaders(inbound, req, scheme, trustForwarded, dropsMethodOverrides(config)),
     )
 
     // Sampling is decided before the forward, so only sampled responses are captured.

@@ -20,7 +20,7 @@ import type {
   TunnelRequest,
   UpgradeHandler,
 } from '../contracts.js'
-import { forwardedHeaders } from './forwarded-headers.js'
+import { dropsMethodOverrides, forwardedHeaders } from './forwarded-headers.js'
 import { endWithProblem } from './raw-response.js'
 import { checkUpgradeRequest, type InboundRequest, logAccess, logRefusal } from './request.js'
 import { noRouteAnswer, type RouteTable, stripPathPrefix } from './routes.js'
@@ -113,7 +113,7 @@ export function createWebSocketHandler(
       req,
       scheme,
       trustForwarded,
-      config.match.methods !== undefined,
+      dropsMethodOverrides(config),
     )
     await tunnelAndLog(
       ctx,
