@@ -56,7 +56,9 @@ export interface WebhookPublisherOptions {
   /**
    * `false`: one POST per message, body `{ id, topic, key, headers, payload }`, with the id in
    * `Breakwater-Message-Id` and `Idempotency-Key`. `true`: one POST per `publish()` call, body
-   * `{ messages: [...] }` in order; the receiver accepts or refuses the batch as a whole.
+   * `{ messages: [...] }` in order; the receiver accepts or refuses the batch as a whole. The
+   * W3C trace context headers go out as request headers too (see
+   * {@link createWebhookPublisher}); in batch mode only those every message shares.
    * @default false
    */
   readonly batch?: boolean | undefined
@@ -82,7 +84,8 @@ export interface WebhookPublisherOptions {
    * Extra request headers (e.g. an API key the receiver wants; a `user-agent` here replaces
    * the default `breakwater-webhook`), each name once whatever its case. May not set `content-type`,
    * `content-length`, `host`, `connection`, `transfer-encoding`, the signature or message-id
-   * headers, or `idempotency-key`.
+   * headers, or `idempotency-key`. A message's own `traceparent`, `tracestate` or `baggage`
+   * replaces one given here.
    * @default {}
    */
   readonly headers?: Readonly<Record<string, string>> | undefined
@@ -341,6 +344,54 @@ export function webhookMessageJson(message: OutgoingMessage): string {
   return `{"id":${JSON.stringify(message.id)},"topic":${JSON.stringify(message.topic)},"key":${JSON.stringify(message.key)},"headers":${JSON.stringify(message.headers)},${payloadField(message.payload)}}`
 }
 
+// The W3C trace context headers (Trace Context and Baggage) the outbox copies into a message's
+// headers. They also go out as request headers: an HTTP receiver's OpenTelemetry instrumentation
+// reads them there, not in the body, and would otherwise start a new trace.
+const traceHeaderNames = ['traceparent', 'tracestate', 'baggage'] as const
+// A W3C traceparent: version, trace id, parent id, flags; a later version may append fields.
+const traceparentPattern = /^([0-9a-f]{2})-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[\x20-\x7e]*)?$/
+
+/**
+ * The trace context request headers of a request carrying `messages`: each of `traceparent`,
+ * `tracestate` and `baggage` (named in any case) that every message carries with the same
+ * value, and that can be a header value. A traceparent that is not W3C's is left out, and its
+ * tracestate with it (the receiver would discard both); every value stays in the body.
+ */
+function webhookTraceHeaders(messages: readonly OutgoingMessage[]): Record<string, string> {
+  const common: Record<string, string> = {}
+  for (const name of traceHeaderNames) {
+    let value: string | undefined
+    for (const [i, message] of messages.entries()) {
+      const own = headerNamed(message.headers, name)
+      if (own === undefined || (i > 0 && own !== value)) {
+        value = undefined
+        break
+      }
+      value = own
+    }
+    if (value !== undefined && headerValuePattern.test(value)) common[name] = value
+  }
+  const parent =
+    common.traceparent === undefined ? null : traceparentPattern.exec(common.traceparent)
+  if (parent === null || parent[1] === 'ff' || (parent[1] === '00' && parent[2] !== undefined)) {
+    delete common.traceparent
+    delete common.tracestate
+  }
+  return common
+}
+
+// The value of the header `name` (lower case) in any case; undefined when absent, or when two
+// spellings disagree (which one the producer meant cannot be told).
+function headerNamed(headers: Readonly<Record<string, string>>, name: string): string | undefined {
+  let found: string | undefined
+  for (const [key, value] of Object.entries(headers)) {
+    if (key.toLowerCase() !== name) continue
+    if (found !== undefined && found !== value) return undefined
+    found = value
+  }
+  return found
+}
+
 /** What makes `message` not an {@link OutgoingMessage} (a field of the wrong type), if anything. */
 function shapeProblem(message: unknown): string | undefined {
   if (typeof message !== 'object' || message === null) return ' is not a message object'
@@ -519,7 +570,7 @@ class WebhookPublisher implements Publisher {
     this.#checkSendable(messages)
     if (this.#batch) {
       const body = `{"messages":[${messages.map(webhookMessageJson).join(',')}]}`
-      await this.#deliver(body, undefined, signal)
+      await this.#deliver(body, undefined, webhookTraceHeaders(messages), signal)
       return
     }
     await this.#publishEach(messages, signal)
@@ -576,7 +627,12 @@ class WebhookPublisher implements Publisher {
         for (const { index, message } of lane) {
           if (signal?.aborted) return
           try {
-            await this.#deliver(webhookMessageJson(message), message.id, signal)
+            await this.#deliver(
+              webhookMessageJson(message),
+              message.id,
+              webhookTraceHeaders([message]),
+              signal,
+            )
           } catch (error) {
             if (firstFailure === undefined || index < firstFailure.index)
               firstFailure = { index, error }
@@ -590,10 +646,15 @@ class WebhookPublisher implements Publisher {
     if (signal?.aborted) throw new AbortedError(signal.reason)
   }
 
-  async #deliver(body: string, messageId: string | undefined, signal?: AbortSignal): Promise<void> {
+  async #deliver(
+    body: string,
+    messageId: string | undefined,
+    trace: Readonly<Record<string, string>>,
+    signal?: AbortSignal,
+  ): Promise<void> {
     try {
       await this.#policy.execute(
-        ({ signal: attemptSignal }) => this.#attempt(body, messageId, attemptSignal),
+        ({ signal: attemptSignal }) => this.#attempt(body, messageId, trace, attemptSignal),
         signal,
       )
     } catch (error) {
@@ -609,12 +670,19 @@ class WebhookPublisher implements Publisher {
     }
   }
 
-  async #attempt(body: string, messageId: string | undefined, signal: AbortSignal): Promise<void> {
+  async #attempt(
+    body: string,
+    messageId: string | undefined,
+    trace: Readonly<Record<string, string>>,
+    signal: AbortSignal,
+  ): Promise<void> {
     const t = String(Math.floor(this.#clock.now() / 1000))
     const headers: Record<string, string> = {
       // The default only: a User-Agent given in the headers option is the caller's to set.
       'user-agent': 'breakwater-webhook',
       ...this.#headers,
+      // The message's own trace is more specific than a fixed one in the headers option.
+      ...trace,
       'content-type': 'application/json',
       [WEBHOOK_SIGNATURE_HEADER]: `t=${t},v1=${hmacHex(this.#secret, t, body)}`,
     }
@@ -756,6 +824,14 @@ function messageOf(error: unknown): string {
  * The receiver may see a message more than once (a lost answer, a relay that re-publishes
  * after a crash): dedupe on the message id (`Breakwater-Message-Id`, also sent as
  * `Idempotency-Key`), e.g. with breakwater's inbox or idempotency middleware.
+ *
+ * A message's W3C trace context headers (`traceparent`, `tracestate`, `baggage`: the outbox
+ * copies the producer's OpenTelemetry context into them) are sent as request headers as well
+ * as in the body, so a receiver with standard OpenTelemetry HTTP instrumentation continues the
+ * producer's trace instead of starting a new one. In batch mode a request carries them only
+ * when every message of the batch has the same value (two traces in one request are neither
+ * the request's). A `traceparent` that is not a W3C one is not sent as a header, nor its
+ * `tracestate`; every value stays in the body as it was.
  *
  * An unknown (misspelt) option, top-level or in `retry`, is refused with `InvalidOptionError`
  * (`INVALID_OPTION`) naming it (`webhook.retry.maxAttemps`), its value hidden when it is text

@@ -487,6 +487,57 @@ describe('webhook publisher headers option', () => {
   })
 })
 
+// The W3C trace context went only inside the JSON body: an HTTP receiver with standard
+// OpenTelemetry instrumentation, which reads the request headers, started a new trace.
+describe('webhook publisher trace context', () => {
+  const traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'
+  const trace = { traceparent, tracestate: 'congo=t61rcWkgMzE', baggage: 'tenant=acme' }
+  const traced = (id: string, headers: Record<string, string>): OutgoingMessage => ({
+    ...message(id, id),
+    headers: { 'event-type': 'order-placed', ...headers },
+  })
+
+  it('sends a message’s traceparent, tracestate and baggage as request headers too', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 204 }))
+    const publisher = publisherFor({ url: hook.url, secret, clock, concurrency: 1 })
+    await drive(
+      clock,
+      publisher.publish([
+        traced('t1', trace),
+        traced('t2', {}),
+        // Not a W3C traceparent: not sent as a header (nor its tracestate), kept in the body.
+        traced('t3', { traceparent: 'not-a-trace', tracestate: 'congo=x' }),
+      ]),
+    )
+    const byId = new Map(hook.seen.map((s) => [JSON.parse(s.body).id as string, s]))
+    expect(byId.get('t1')!.headers).toMatchObject(trace)
+    expect(JSON.parse(byId.get('t1')!.body).headers).toMatchObject(trace)
+    for (const id of ['t2', 't3']) {
+      expect(byId.get(id)!.headers.traceparent).toBeUndefined()
+      expect(byId.get(id)!.headers.tracestate).toBeUndefined()
+    }
+    expect(JSON.parse(byId.get('t3')!.body).headers.traceparent).toBe('not-a-trace')
+  })
+
+  it('in batch mode, sends the trace headers only when every message of the batch carries the same', async () => {
+    const clock = new ManualClock(start)
+    const hook = await receiver(clock, () => ({ status: 204 }))
+    const publisher = publisherFor({ url: hook.url, secret, clock, batch: true })
+    await drive(clock, publisher.publish([traced('b1', trace), traced('b2', trace)]))
+    const other = '00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01'
+    await drive(
+      clock,
+      publisher.publish([traced('b3', trace), traced('b4', { ...trace, traceparent: other })]),
+    )
+    expect(hook.seen[0]!.headers).toMatchObject(trace)
+    // Two traces in one request: neither is the request's.
+    expect(hook.seen[1]!.headers.traceparent).toBeUndefined()
+    expect(hook.seen[1]!.headers.tracestate).toBeUndefined()
+    expect(hook.seen[1]!.headers.baggage).toBe(trace.baggage)
+  })
+})
+
 describe('verifyWebhookSignature', () => {
   const body = '{"id":"e1","payload":{"total":12}}'
 
