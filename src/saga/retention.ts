@@ -116,13 +116,20 @@ export async function pruneSagas(db: SqlDriver, options: PruneSagasOptions = {})
       return Number(rows[0]?.removed ?? 0)
     }
     return db.transaction(async (tx) => {
-      const rows = await tx.query<{ id: string }>(sql.pick, [
-        JSON.stringify(statuses),
-        cutoff,
-        batchSize,
-      ])
-      if (rows.length === 0) return 0
-      const ids = JSON.stringify(rows.map((row) => row.id))
+      // One status at a time: the index is in created_at order within a status only (see
+      // SagaPruneStatements).
+      const picked: string[] = []
+      for (const status of statuses) {
+        if (picked.length === batchSize) break
+        const rows = await tx.query<{ id: string }>(sql.pick, [
+          status,
+          cutoff,
+          batchSize - picked.length,
+        ])
+        for (const row of rows) picked.push(row.id)
+      }
+      if (picked.length === 0) return 0
+      const ids = JSON.stringify(picked)
       await tx.execute(sql.deleteEvents!, [ids])
       await tx.execute(sql.deleteReplies!, [ids])
       const { rowCount } = await tx.execute(sql.deleteInstances!, [
