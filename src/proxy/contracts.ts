@@ -179,6 +179,12 @@ export interface RouteMatchConfig {
   readonly methods: readonly string[] | undefined
   /** Header name (lower case) to exact value. */
   readonly headers: Readonly<Record<string, string>>
+  /**
+   * Whether the prefix is compared with the case of ASCII letters (`/pay` ≠ `/PAY`). `false`
+   * for an app that routes without regard to case (Express by default), so that `/PAY`
+   * takes this route and not the one after it. Undefined: true.
+   */
+  readonly caseSensitive?: boolean | undefined
 }
 
 /** A weighted target of a route (strangler fig split). */

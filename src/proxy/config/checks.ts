@@ -439,6 +439,7 @@ function setByProxy(name: string, deadlineHeader: unknown): boolean {
 /** What a route matches on, in the form the route table compares (routes.ts). */
 interface RouteMatch {
   readonly prefix: string
+  readonly caseSensitive: boolean
   readonly methods: ReadonlySet<string> | undefined
   readonly headers: ReadonlyMap<string, unknown>
 }
@@ -451,11 +452,14 @@ function routeMatchOf(match: unknown): RouteMatch | undefined {
   const methods = match?.methods
   if (methods !== undefined && (!Array.isArray(methods) || methods.length === 0)) return undefined
   if (match?.headers !== undefined && !isObj(match.headers)) return undefined
+  const caseSensitive = match?.caseSensitive ?? true
+  if (typeof caseSensitive !== 'boolean') return undefined
   const headers = new Map<string, unknown>()
   for (const [name, value] of Object.entries(match?.headers ?? {}))
     headers.set(name.toLowerCase(), value)
   return {
     prefix: trimPrefix(prefix),
+    caseSensitive,
     methods: methods === undefined ? undefined : new Set(methods.map(String)),
     headers,
   }
@@ -463,7 +467,10 @@ function routeMatchOf(match: unknown): RouteMatch | undefined {
 
 /** Whether every request `later` matches is matched by `first` too. */
 function covers(first: RouteMatch, later: RouteMatch): boolean {
-  if (!matchesPrefix(later.prefix, first.prefix)) return false
+  // A case-sensitive route takes the one spelling of its prefix: a later case-insensitive
+  // route still gets the others (`/PAY` after `/pay`).
+  if (first.caseSensitive && !later.caseSensitive) return false
+  if (!matchesPrefix(later.prefix, first.prefix, first.caseSensitive)) return false
   if (first.methods !== undefined) {
     if (later.methods === undefined) return false
     for (const m of later.methods) if (!first.methods.has(m)) return false

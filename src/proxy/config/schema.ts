@@ -396,8 +396,9 @@ const routeSchema = z.strictObject({
       prefix: routePrefix.default('/'),
       methods: z.array(method).min(1, { error: 'non-empty list of methods' }).optional(),
       headers: z.record(headerName, headerValue).default({}),
+      caseSensitive: z.boolean().default(true),
     })
-    .default({ prefix: '/', headers: {} }),
+    .default({ prefix: '/', headers: {}, caseSensitive: true }),
   targets: z
     .array(
       z.strictObject({
@@ -646,7 +647,12 @@ function toRoute(r: RouteDocument): RouteConfig {
   for (const [key, value] of Object.entries(r.match.headers)) headers[key.toLowerCase()] = value
   return {
     name: r.name,
-    match: { prefix: r.match.prefix, methods: r.match.methods, headers },
+    match: {
+      prefix: r.match.prefix,
+      methods: r.match.methods,
+      headers,
+      caseSensitive: r.match.caseSensitive,
+    },
     targets: r.targets.map((t) => ({ service: t.service, weight: t.weight })),
     sticky:
       r.sticky === undefined

@@ -217,7 +217,7 @@ export function createGatewayHandler(
     const forwarded = toForwardRequest(
       inbound,
       route.name,
-      `${stripPathPrefix(inbound.path, config.stripPrefix)}${inbound.query}`,
+      `${stripPathPrefix(inbound.path, config.stripPrefix, config.match.caseSensitive)}${inbound.query}`,
       forwardedHeaders(inbound, req, scheme, trustForwarded, dropsMethodOverrides(config)),
     )
 

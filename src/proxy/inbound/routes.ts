@@ -247,22 +247,38 @@ export function noRouteAnswer(
 
 /**
  * True when `path` is `prefix` or lies under it at a segment boundary: `/orders` matches
- * `/orders` and `/orders/1`, never `/ordersx`. A prefix of `/` matches every path.
+ * `/orders` and `/orders/1`, never `/ordersx`. A prefix of `/` matches every path. With
+ * `caseSensitive` false, ASCII letters match in either case (`/ORDERS/1` too).
  */
-export function matchesPrefix(path: string, prefix: string): boolean {
+export function matchesPrefix(path: string, prefix: string, caseSensitive = true): boolean {
   if (prefix === '/') return path.startsWith('/')
-  if (!path.startsWith(prefix)) return false
+  const head = path.slice(0, prefix.length)
+  if (caseSensitive ? head !== prefix : asciiLower(head) !== asciiLower(prefix)) return false
   return path.length === prefix.length || path.charCodeAt(prefix.length) === 47 /* / */
 }
 
+// Lower-cases A-Z only. Normalized paths are visible ASCII (normalize-path.ts), so this is
+// what an app matching without case (a regular expression's `i` flag on the raw path, as
+// Express does) compares; percent-encoded letters (`%C3%A9` é, `%C3%89` É) stay distinct
+// there too. Unicode case mapping could also change the length, and the strip below slices
+// by the prefix's length.
+function asciiLower(text: string): string {
+  return text.replace(/[A-Z]+/g, (upper) => upper.toLowerCase())
+}
+
 /**
- * Removes `prefix` from `path` at a segment boundary (`/api/x` → `/x`, `/api` → `/`); a path
- * not under the prefix is returned unchanged.
+ * Removes `prefix` from `path` at a segment boundary (`/api/x` → `/x`, `/api` → `/`), in
+ * whatever case the path spells it when `caseSensitive` is false (the route's
+ * `match.caseSensitive`); a path not under the prefix is returned unchanged.
  */
-export function stripPathPrefix(path: string, prefix: string | undefined): string {
+export function stripPathPrefix(
+  path: string,
+  prefix: string | undefined,
+  caseSensitive = true,
+): string {
   if (prefix === undefined || prefix === '' || prefix === '/') return path
   const p = trimPrefix(prefix)
-  if (!matchesPrefix(path, p)) return path
+  if (!matchesPrefix(path, p, caseSensitive)) return path
   const rest = path.slice(p.length)
   return rest === '' ? '/' : rest
 }
@@ -272,6 +288,7 @@ class RouteEntry implements Route {
   readonly config: RouteConfig
   readonly shadow: ShadowStats | undefined
   readonly prefix: string
+  readonly caseSensitive: boolean
   readonly methods: ReadonlySet<string> | undefined
   readonly headers: readonly (readonly [string, string])[]
   readonly configured: Plan
@@ -287,6 +304,11 @@ class RouteEntry implements Route {
     this.name = config.name
     this.config = config
     this.prefix = normalizePrefix(`${at}.match.prefix`, config.match?.prefix)
+    const caseSensitive = config.match.caseSensitive
+    if (caseSensitive !== undefined && typeof caseSensitive !== 'boolean') {
+      throw new InvalidOptionError(`${at}.match.caseSensitive`, 'true or false', caseSensitive)
+    }
+    this.caseSensitive = caseSensitive ?? true
     const methods = config.match.methods
     if (methods !== undefined && !Array.isArray(methods)) {
       throw new InvalidOptionError(`${at}.match.methods`, 'an array of method names', methods)
@@ -317,7 +339,7 @@ class RouteEntry implements Route {
 
   /** Whether the prefix and headers match, whatever the method. */
   takes(path: string, headers: Readonly<Record<string, string | string[]>>): boolean {
-    if (!matchesPrefix(path, this.prefix)) return false
+    if (!matchesPrefix(path, this.prefix, this.caseSensitive)) return false
     for (const [name, expected] of this.headers) {
       // A repeated header means the same as its values joined with ", " (RFC 9110 §5.3).
       if (headerValueOf(headers, name) !== expected) return false

@@ -122,7 +122,7 @@ export function createWebSocketHandler(
       inbound,
       service,
       {
-        target: `${stripPathPrefix(inbound.path, config.stripPrefix)}${inbound.query}`,
+        target: `${stripPathPrefix(inbound.path, config.stripPrefix, config.match.caseSensitive)}${inbound.query}`,
         headers,
         host: inbound.host,
         requestId: inbound.requestId,

@@ -8,13 +8,9 @@ import { afterEach, describe, expect, it } from 'vitest'
 import type { RouteConfig } from '../../../src/proxy/contracts.js'
 import { dropsMethodOverrides } from '../../../src/proxy/inbound/forwarded-headers.js'
 import { createRouteTable } from '../../../src/proxy/inbound/routes.js'
-import {
-  createSidecarIdempotency,
-  openProxyIdempotency,
-} from '../../../src/proxy/inbound/sidecar-idempotency.js'
-import { createTestSqlite } from '../../support/sqlite.js'
 import { route, shadowConfig } from './fixtures.js'
 import { sendJson, startGateway, startUpstream, type UpstreamRequest, until } from './harness.js'
+import { startSqliteGuardedGateway } from './sqlite-guard.js'
 
 const cleanups: (() => Promise<void> | void)[] = []
 afterEach(async () => {
@@ -66,19 +62,12 @@ describe('method-override headers on the gateway', () => {
 
   it('never reach the app of a route guarded by idempotency without match.methods', async () => {
     const app = await upstream()
-    const sqlite = createTestSqlite('method-override')
-    cleanups.push(() => sqlite.cleanup())
-    const store = await openProxyIdempotency(sqlite.url)
-    cleanups.push(() => store.close())
     const routes = [
       route('orders', '/orders', [{ service: 'app', weight: 1 }], {
         idempotency: { methods: ['POST', 'DELETE'], ttlMs: 3_600_000 },
       }),
     ]
-    const gw = await startGateway({ app: app.url }, routes, createRouteTable(routes), {
-      idempotency: createSidecarIdempotency({ idempotency: store.idempotency }),
-    })
-    cleanups.push(() => gw.close())
+    const gw = await startSqliteGuardedGateway({ app: app.url }, routes, cleanups)
     const res = await fetch(`${gw.url}/orders/7`, { headers: overrides })
     expect(res.status).toBe(200)
     await res.arrayBuffer()
