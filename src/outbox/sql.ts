@@ -421,6 +421,16 @@ RETURNING relay_id`
 const holdsId = (instanceParam: string): string =>
   `EXISTS (SELECT 1 FROM ${outboxRelaysTable} r WHERE r.relay_id = $1 AND r.instance = ${instanceParam})`
 
+// The dead rows are in the partial index of held rows (dead or waiting for a retry), which holds
+// none of the published rows the outbox keeps until retention. Without ANALYZE statistics (breakwater never runs it) SQLite
+// read `id > $1 ORDER BY id` from the rowid instead, walking every published row above afterId
+// to find the dead ones (585 ms at a million published rows); INDEXED BY makes it read the
+// index and sort what it finds. PostgreSQL picks the index by itself.
+const listDead = (from: string): string =>
+  `SELECT id, event_id, aggregate_type, aggregate_id, event_type, topic, payload, headers, attempts,
+  last_error, created_at, dead_at
+FROM ${from} WHERE dead_at IS NOT NULL AND published_at IS NULL AND id > $1 ORDER BY id LIMIT $2`
+
 // An unreadable created_at (changed outside breakwater) is left out: it made the lag NaN.
 const oldestPending = (readable: string): string =>
   `SELECT created_at FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL AND ${readable} ORDER BY id LIMIT 1`
@@ -431,9 +441,6 @@ const shared = {
   holder: `SELECT instance, expires_at FROM ${outboxRelaysTable} WHERE relay_id = $1`,
   fence: `UPDATE ${outboxPartitionsTable} SET token = token + 1 WHERE owner = $1`,
   partitionRows,
-  listDead: `SELECT id, event_id, aggregate_type, aggregate_id, event_type, topic, payload, headers, attempts,
-  last_error, created_at, dead_at
-FROM ${outboxTable} WHERE dead_at IS NOT NULL AND published_at IS NULL AND id > $1 ORDER BY id LIMIT $2`,
   redriveAll: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
 WHERE dead_at IS NOT NULL AND published_at IS NULL`,
 }
@@ -442,6 +449,7 @@ WHERE dead_at IS NOT NULL AND published_at IS NULL`,
 export const outboxStatements: Readonly<Record<SqlDialect, OutboxStatements>> = {
   postgres: {
     ...shared,
+    listDead: listDead(outboxTable),
     oldestPending: oldestPending('created_at >= 0'),
     counts: counts(knownPartition('partition_no')),
     restorePartitions: restorePartitions('postgres'),
@@ -569,6 +577,7 @@ SELECT ${archivedColumns}, $3::bigint FROM moved`,
   },
   sqlite: {
     ...shared,
+    listDead: listDead(`${outboxTable} INDEXED BY ${outboxTable}_held`),
     // Text sorts above every number: only an integer is a time.
     oldestPending: oldestPending(`typeof(created_at) = 'integer' AND created_at >= 0`),
     // Text or a real set by hand stays as it is in the INTEGER column: in no partition list.
