@@ -1258,10 +1258,10 @@ function trackRuns(inner: SidecarIdempotency): {
   return {
     sidecar: {
       guards: (config, method) => inner.guards(config, method),
-      run: async (config, inbound, res, forward) => {
+      run: async (config, at, inbound, res, forward) => {
         running++
         try {
-          return await inner.run(config, inbound, res, forward)
+          return await inner.run(config, at, inbound, res, forward)
         } finally {
           running--
           if (running === 0) for (const done of waiters.splice(0)) done()

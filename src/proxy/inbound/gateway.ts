@@ -260,7 +260,13 @@ export function createGatewayHandler(
     try {
       if (guard !== undefined && idempotency !== undefined) {
         outcome = idempotency.guards(guard, inbound.method)
-          ? await idempotency.run(guard, inbound, res, forward)
+          ? await idempotency.run(
+              guard,
+              { listener: listener.name, route: route.name },
+              inbound,
+              res,
+              forward,
+            )
           : await forward({})
       } else {
         if (guard !== undefined && !warned.has(route.name)) {

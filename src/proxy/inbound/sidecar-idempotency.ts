@@ -31,6 +31,8 @@ import {
   migrateIdempotency,
   type Sweeper,
 } from '../../idempotency/index.js'
+import { credentialScope } from '../../idempotency/scope.js'
+import type { IdempotencyRequest } from '../../idempotency/types.js'
 import type { Logger } from '../../observability/logger.js'
 import { openDatabase, parseDatabaseUrl, type SqlDriver } from '../../stores/index.js'
 import type { ForwardOptions, ForwardOutcome, RouteIdempotencyConfig } from '../contracts.js'
@@ -42,7 +44,7 @@ export interface SidecarIdempotencyOptions {
   /**
    * The protocol whose store holds the records (see {@link openProxyIdempotency}). Each route
    * gets its own protocol over this store, with the route's `methods` and `ttlMs` (as
-   * `retentionMs`), keys scoped by credential (the hash of `Authorization`, else `X-API-Key`),
+   * `retentionMs`), keys scoped by listener, route and credential (see {@link sidecarScope}),
    * and a concurrent duplicate answered 409 at once.
    */
   readonly idempotency: Idempotency
@@ -75,6 +77,35 @@ export interface SidecarIdempotencyOptions {
   readonly logger?: Logger | undefined
 }
 
+/** The listener and route a guarded request came through, as the config names them. */
+export interface GuardedRoute {
+  readonly listener: string
+  readonly route: string
+}
+
+/**
+ * The scope a guarded request's key lives in: the listener and route names, then the default
+ * credential scope (the SHA-256 of `Authorization`, else of `X-API-Key`, else `anonymous`).
+ * With the credential alone, every listener and route sharing `idempotency.url` shared the
+ * keys: a POST to another app with a key already used answered the first app's recorded
+ * response, and the second app never ran it.
+ *
+ * Names, not what the route does: a reload that moves the route's targets (a strangler step),
+ * its prefix or its methods keeps its keys, so a retry of a request the old target ran is
+ * replayed rather than run again on the new one; a route or listener renamed is another route,
+ * whose keys start afresh. Names are letters, digits, `.`, `_` and `-` (the config schema), so
+ * `/` and `|` cannot make two pairs read alike; a name built by hand with them could.
+ *
+ * @example
+ * ```ts
+ * sidecarScope({ listener: 'inbound', route: 'pay' }, 'anonymous')
+ * // 'route:inbound/pay|anonymous'
+ * ```
+ */
+export function sidecarScope(at: GuardedRoute, credential: string): string {
+  return `route:${at.listener}/${at.route}|${credential}`
+}
+
 /** Runs forwards of routes with Idempotency-Key enforcement. */
 export interface SidecarIdempotency {
   /** Whether `config` guards requests with this method. */
@@ -86,10 +117,11 @@ export interface SidecarIdempotency {
    * connection: a client that goes away does not cut the app's call short, so its answer is
    * still recorded and the client's retry with the same key gets it replayed (the lost-reply
    * case the protocol is for). Resolves with the outcome for the access log and counters;
-   * `attempts` is 0 when the app was not called.
+   * `attempts` is 0 when the app was not called. Keys live per `at` (see {@link sidecarScope}).
    */
   run(
     config: RouteIdempotencyConfig,
+    at: GuardedRoute,
     inbound: InboundRequest,
     res: ServerResponse,
     forward: (options: ForwardOptions, response: ServerResponse) => Promise<ForwardOutcome>,
@@ -271,12 +303,13 @@ class Sidecar implements SidecarIdempotency {
 
   async run(
     config: RouteIdempotencyConfig,
+    at: GuardedRoute,
     inbound: InboundRequest,
     res: ServerResponse,
     forward: (options: ForwardOptions, response: ServerResponse) => Promise<ForwardOutcome>,
   ): Promise<ForwardOutcome> {
     const protocol = this.#protocol(config)
-    const begun = await protocol.begin({
+    const request: IdempotencyRequest = {
       method: inbound.method,
       // The normalized path, as routed and forwarded, so two spellings of one path are one
       // request.
@@ -288,6 +321,10 @@ class Sidecar implements SidecarIdempotency {
       body: inbound.body ?? emptyBody,
       signal: inbound.signal,
       native: inbound,
+    }
+    const begun = await protocol.begin({
+      ...request,
+      scope: sidecarScope(at, credentialScope(request)),
     })
     if (begun.kind === 'bypass') return forward(unsentOnly, res)
     if (begun.kind === 'respond') {
