@@ -1,6 +1,11 @@
 import { randomUUID } from 'node:crypto'
 import { context, propagation } from '@opentelemetry/api'
-import { KEY_HEADER, portableHeaderProblem } from '../brokers/common.js'
+import {
+  hasEdgeWhitespace,
+  KEY_HEADER,
+  NATS_MSG_ID_HEADER,
+  portableHeaderProblem,
+} from '../brokers/common.js'
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkStoredKey, checkStoredName, hasLoneSurrogate, jsonTextOf } from '../core/text.js'
@@ -29,7 +34,10 @@ export const AGGREGATE_TYPE_HEADER = 'aggregate-type'
  * An event handed to {@link Outbox.enqueue}. Its text fields (id, aggregateType, aggregateId,
  * type, topic, correlationId, causationId) are non-empty strings without NUL characters or lone
  * surrogates (neither can be stored as they are), and the id and aggregateId, which are index
- * keys, are at most 2048 UTF-8 bytes (PostgreSQL cannot index much more); anything else is
+ * keys, are at most 2048 UTF-8 bytes (PostgreSQL cannot index much more). Those sent as headers
+ * (all but topic: correlation-id, causation-id, event-type, aggregate-type, the key and NATS's
+ * Nats-Msg-Id) hold no CR or LF and no leading or trailing whitespace, which some broker cannot
+ * carry (nats.js refuses or trims them) and would refuse at every publish; anything else is
  * refused with `InvalidOptionError` naming the field (`events[1].id`) before writing, and so is
  * a field not listed here (`event.correlationID`): it would be dropped, and data belongs in the
  * payload or headers. A field whose value is `undefined` is ignored.
@@ -387,9 +395,13 @@ class SqlOutbox implements Outbox {
     // aggregate id, every charge of a failed publish) with a bare "index row size" error, and
     // an id SQLite took could be recorded by no PostgreSQL inbox.
     checkStoredKey(`${at}.id`, id)
+    checkHeaderField(`${at}.id`, NATS_MSG_ID_HEADER, id)
     checkText(`${at}.aggregateType`, event.aggregateType)
+    checkHeaderField(`${at}.aggregateType`, AGGREGATE_TYPE_HEADER, event.aggregateType)
     checkStoredKey(`${at}.aggregateId`, event.aggregateId)
+    checkHeaderField(`${at}.aggregateId`, KEY_HEADER, event.aggregateId)
     checkText(`${at}.type`, event.type)
+    checkHeaderField(`${at}.type`, EVENT_TYPE_HEADER, event.type)
     const topic =
       event.topic !== undefined
         ? event.topic
@@ -443,10 +455,12 @@ class SqlOutbox implements Outbox {
     }
     if (event.correlationId !== undefined) {
       checkText(`${at}.correlationId`, event.correlationId)
+      checkHeaderField(`${at}.correlationId`, CORRELATION_ID_HEADER, event.correlationId)
       headers[CORRELATION_ID_HEADER] = event.correlationId
     }
     if (event.causationId !== undefined) {
       checkText(`${at}.causationId`, event.causationId)
+      checkHeaderField(`${at}.causationId`, CAUSATION_ID_HEADER, event.causationId)
       headers[CAUSATION_ID_HEADER] = event.causationId
     }
     return {
@@ -470,6 +484,35 @@ class SqlOutbox implements Outbox {
  */
 function checkText(option: string, value: unknown): asserts value is string {
   checkStoredName(option, value)
+}
+
+/**
+ * @internal Why some broker adapter would refuse `value` as a header value on every message:
+ * a CR, LF or NUL ends or breaks a header line (nats.js and HTTP refuse it), and NATS headers
+ * cannot carry leading or trailing whitespace (nats.js trims it, so the NATS adapter refuses
+ * it). Undefined when every adapter carries it. Also a reactor's (src/saga/choreography.ts),
+ * whose emitted events inherit a consumed message's ids.
+ */
+export function headerValueProblem(value: string): string | undefined {
+  if (headerValueBreak.test(value)) return 'it holds a CR, LF or NUL, which no header line carries'
+  if (hasEdgeWhitespace(value))
+    return 'it has leading or trailing whitespace, which NATS headers cannot carry (nats.js trims it)'
+  return undefined
+}
+
+// The event's fields that are sent as headers: the ids and types by the relay, the aggregate id
+// as the key (NATS and RabbitMQ send it as the breakwater-key header) and the id as NATS's
+// Nats-Msg-Id. Checked as a header's value is, since a value some adapter refuses would be
+// refused at every publish after the commit, and the event dead-lettered, holding back its
+// aggregate.
+function checkHeaderField(option: string, header: string, value: string): void {
+  const problem = headerValueProblem(value)
+  if (problem !== undefined)
+    throw new InvalidOptionError(
+      option,
+      `text every supported broker carries as the ${header} header (${problem})`,
+      value,
+    )
 }
 
 /** Returns a boolean option's value or its default, else throws naming the option. */

@@ -14,6 +14,7 @@ import {
   type Outbox,
   type OutboxEvent,
 } from '../outbox/index.js'
+import { headerValueProblem } from '../outbox/outbox.js'
 import type { SqlDriver, SqlExecutor, SqlTransaction } from '../stores/index.js'
 import { deliverReply } from './admin.js'
 import type {
@@ -415,9 +416,11 @@ export interface ReactorOptions {
  * emits the service's own events through the outbox in that same transaction, correlated to
  * the flow and caused by the event. An event whose message id no inbox record can hold, or
  * whose `correlation-id` header holds a NUL or a lone surrogate (with a tracker: is longer than
- * 2048 UTF-8 bytes, or whose `event-type` holds one), is acknowledged without its reaction and
- * reported on the channel `breakwater:outbox:message-refused` (`POISON_MESSAGE`) rather than
- * redelivered forever.
+ * 2048 UTF-8 bytes, or whose `event-type` holds one), or whose `correlation-id` or message id
+ * the outbox would refuse on what it emits (a CR, LF, or leading or trailing whitespace, which
+ * some broker cannot carry as a header), is acknowledged without its reaction and reported on
+ * the channel `breakwater:outbox:message-refused` (`POISON_MESSAGE`) rather than redelivered
+ * forever.
  *
  * @example
  * ```ts
@@ -505,6 +508,10 @@ export function createReactor(
  * onto everything the reaction emits (the outbox refuses a NUL or a lone surrogate) and, with a
  * tracker, into an index key (at most 2048 bytes), as its type goes into the tracker: thrown
  * inside the reaction's transaction, the event was redelivered for ever, holding back its key.
+ * So does a correlation id, or a message id (each emitted event's causation-id, and its
+ * correlation-id when the header is absent), that the outbox refuses as a header value some
+ * broker cannot carry (CR, LF, leading or trailing whitespace): another producer's message, on
+ * a broker that carries it. Refused rather than trimmed: a changed id would split the flow.
  */
 function unfollowableReason(message: IncomingMessage, tracked: boolean): string | undefined {
   const headers = message?.headers ?? {}
@@ -518,6 +525,15 @@ function unfollowableReason(message: IncomingMessage, tracked: boolean): string 
       return `its ${header} header holds a NUL or a lone surrogate (text the database cannot store), so its flow cannot be followed`
     if (tracked && header === CORRELATION_ID_HEADER && exceedsBytes(value, maxStoredIdBytes))
       return `its ${header} header is longer than ${maxStoredIdBytes} UTF-8 bytes (more than the flow tracker can index), so its flow cannot be followed`
+  }
+  const carried: [string, unknown][] = [
+    [`${CORRELATION_ID_HEADER} header`, headers[CORRELATION_ID_HEADER]],
+    [`message id (the ${CAUSATION_ID_HEADER} of what it emits)`, message?.id],
+  ]
+  for (const [what, value] of carried) {
+    const problem = typeof value === 'string' ? headerValueProblem(value) : undefined
+    if (problem !== undefined)
+      return `its ${what} cannot be carried on to the events its reaction emits (${problem}; the outbox refuses it), so its flow cannot be followed`
   }
   return undefined
 }
