@@ -887,20 +887,27 @@ function reservedNatsHeader(message: OutgoingMessage): string | undefined {
 
 /**
  * The NATS headers of `messages[index]`. A value or name the driver refuses (CR, LF, a
- * character a header name cannot hold) fails with `BROKER_REJECTED` naming the message.
+ * character a header name cannot hold) fails with `BROKER_REJECTED` naming the message and the
+ * header (or its key or id).
  */
 function toNatsHeaders(headers: MsgHdrs, message: OutgoingMessage, index: number): MsgHdrs {
   const at = `messages[${index}]`
+  // What is being set: the driver's refusal ("invalid header value - \r and \n are not
+  // allowed") names no header, and the relay records the message as the event's failure.
+  let what = at
   try {
     for (const name in message.headers) {
-      headers.set(name, headerValue(`${at}.headers.${name}`, message.headers[name]!))
+      what = `${at}.headers.${name}`
+      headers.set(name, headerValue(what, message.headers[name]!))
     }
-    headers.set(KEY_HEADER, headerValue(`${at}.key`, message.key))
+    what = `${at}.key`
+    headers.set(KEY_HEADER, headerValue(what, message.key))
     // JetStream drops a second message with this id inside the stream's duplicate window.
-    headers.set(NATS_MSG_ID_HEADER, headerValue(`${at}.id`, message.id))
+    what = `${at}.id`
+    headers.set(NATS_MSG_ID_HEADER, headerValue(what, message.id))
   } catch (error) {
     if (error instanceof BrokerError) throw error
-    throw new BrokerError('BROKER_REJECTED', 'nats', `${at} refused: ${reasonOf(error)}`, {
+    throw new BrokerError('BROKER_REJECTED', 'nats', `${what} refused: ${reasonOf(error)}`, {
       cause: error,
     })
   }
