@@ -105,11 +105,17 @@ export async function listSagas(
   if (options.name !== undefined && typeof options.name !== 'string')
     throw new InvalidOptionError('options.name', 'a string', options.name)
   const limit = checkInteger('options.limit', options.limit ?? 100, 1, 100_000)
-  const rows = await db.query<SagaRow>(sagaStatements[db.dialect].list, [
-    status,
-    options.name ?? null,
-    limit,
-  ])
+  const list = sagaStatements[db.dialect].list
+  const name = options.name
+  const [sql, params] =
+    status === null
+      ? name === undefined
+        ? [list.all, [limit]]
+        : [list.name, [name, limit]]
+      : name === undefined
+        ? [list.status, [status, limit]]
+        : [list.statusAndName, [status, name, limit]]
+  const rows = await db.query<SagaRow>(sql, params)
   return rows.map((row) => {
     // One row that cannot be read failed the whole listing, hiding every other instance: it is
     // listed, marked with the columns it cannot read.

@@ -63,27 +63,30 @@ export function recordingStatements<E extends SqlExecutor>(executor: E, sent: Se
 /**
  * Rows of `table` PostgreSQL looks at to run `statement` on the database at `url`, in a
  * transaction rolled back afterwards (a DELETE deletes nothing). The breakwater driver prepares
- * its statements, and PostgreSQL may switch a prepared statement to a generic plan (one made
- * without the parameters' values) after a few runs: `plan` says which one to measure.
+ * its statements, and from a prepared statement's sixth run PostgreSQL may plan it once for
+ * every value (a generic plan) if that looks no dearer than planning each run: `plan` says
+ * which run to measure, the first (`custom`) or one after five runs (`cached`, whichever plan
+ * PostgreSQL chose by then; the runs change what they change, rolled back with the rest).
  */
 export async function postgresRowsExamined(
   url: string,
   statement: SentStatement,
   table: string,
-  plan: 'custom' | 'generic',
+  plan: 'custom' | 'cached',
 ): Promise<number> {
   const pg = (await import('pg')).default
   const client = new pg.Client({ connectionString: url })
   await client.connect()
   try {
     await client.query('BEGIN')
-    await client.query(`SET LOCAL plan_cache_mode = force_${plan}_plan`)
     await client.query(`PREPARE measured AS ${statement.sql}`)
     // EXECUTE takes its arguments as literals, not bound parameters; the types are the ones
     // PREPARE inferred, as for the driver's own prepared statement.
     const args = statement.params.map((value) => literal(client, value)).join(', ')
+    const execute = `EXECUTE measured${args === '' ? '' : `(${args})`}`
+    if (plan === 'cached') for (let run = 0; run < 5; run++) await client.query(execute)
     const { rows } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-      `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE measured${args === '' ? '' : `(${args})`}`,
+      `EXPLAIN (ANALYZE, FORMAT JSON) ${execute}`,
     )
     const root = rows[0]?.['QUERY PLAN'][0]?.Plan
     if (root === undefined) throw new Error('no plan')
@@ -107,11 +110,32 @@ function literal(client: { escapeLiteral(text: string): string }, value: unknown
   return client.escapeLiteral(String(value))
 }
 
-/** The lines (`detail`) of SQLite's `EXPLAIN QUERY PLAN` for `statement`, its parameters bound. */
-export async function sqlitePlan(db: SqlExecutor, statement: SentStatement): Promise<string[]> {
-  const rows = await db.query<{ detail: string }>(
-    `EXPLAIN QUERY PLAN ${statement.sql}`,
-    statement.params,
-  )
-  return rows.map((row) => row.detail)
+/** A line of SQLite's `EXPLAIN QUERY PLAN`. */
+export interface SqlitePlanLine {
+  readonly id: number
+  readonly parent: number
+  readonly detail: string
+}
+
+/** SQLite's `EXPLAIN QUERY PLAN` for `statement`, its parameters bound. */
+export function sqlitePlan(db: SqlExecutor, statement: SentStatement): Promise<SqlitePlanLine[]> {
+  return db.query<SqlitePlanLine>(`EXPLAIN QUERY PLAN ${statement.sql}`, statement.params)
+}
+
+/**
+ * The lines of `plan` that read every row of `table` or sort what a read of it found: a full
+ * scan (not one of an index read in order), or a sort of the whole result (`TEMP B-TREE FOR
+ * ORDER BY`) beside a read of the table. A sort of a subquery's rows (bounded by its own
+ * LIMIT) or of the rest of an order an index gives in part (`RIGHT PART OF ORDER BY`) is not.
+ */
+export function sqliteUnboundedReads(plan: readonly SqlitePlanLine[], table: string): string[] {
+  const reads = new RegExp(`^(SCAN|SEARCH) ${table}\\b`)
+  return plan
+    .filter(
+      (line) =>
+        line.detail === `SCAN ${table}` ||
+        (line.detail === 'USE TEMP B-TREE FOR ORDER BY' &&
+          plan.some((other) => other.parent === line.parent && reads.test(other.detail))),
+    )
+    .map((line) => line.detail)
 }
