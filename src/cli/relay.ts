@@ -6,7 +6,7 @@ import {
   openBroker,
   type Publisher,
 } from '../brokers/index.js'
-import { maxTimerDelayMs } from '../core/clock.js'
+import { type Clock, maxTimerDelayMs, systemClock } from '../core/clock.js'
 import { BreakwaterError } from '../core/errors.js'
 import type { CircuitState } from '../index.js'
 import {
@@ -20,6 +20,7 @@ import {
   crashAtFromEnv,
   createRelay,
   createSqlQueue,
+  type OutboxStats,
   outboxMigrations,
   outboxPartitionsTable,
   outboxStats,
@@ -42,6 +43,7 @@ import {
   type ServiceResources,
   serveMetrics,
 } from './long-running.js'
+import { type PeriodicRead, periodicRead } from './periodic-read.js'
 import {
   checkDatabaseUrl,
   databaseUrl,
@@ -74,6 +76,7 @@ export type RelayCommandDeps = LongRunningCommandDeps
 
 const defaultDb = 'sqlite:./.breakwater/breakwater.db'
 const defaultSecretEnv = 'BREAKWATER_WEBHOOK_SECRET'
+const defaultStatsIntervalMs = 15_000
 
 const usage = `usage: breakwater relay [options]
 
@@ -97,6 +100,9 @@ options:
                              port, logged at start; default: no server)
   --metrics-host <host>      the metrics server's address, with --metrics-port (default
                              127.0.0.1)
+  --stats-interval-ms <n>    least time between two reads of the whole-outbox figures for
+                             /metrics (they scan the pending rows), with --metrics-port
+                             (default 15000; 0: at each scrape, one at a time)
   --batch-size <n>           most events confirmed and not yet marked published (what a
                              crash can publish twice); a round reads half, 1-10000
                              (default 256)
@@ -139,6 +145,7 @@ interface RelayArgs {
   readonly brokerSource: string
   readonly metricsPort: number | undefined
   readonly metricsHost: string
+  readonly statsIntervalMs: number
   readonly batchSize: number | undefined
   readonly topicPrefix: string | undefined
   readonly ordering: 'confirmed' | 'batch' | undefined
@@ -163,6 +170,7 @@ const valueFlags = new Set([
   '--broker',
   '--metrics-port',
   '--metrics-host',
+  '--stats-interval-ms',
   '--batch-size',
   '--topic-prefix',
   '--ordering',
@@ -258,6 +266,8 @@ function parse(
     )
   const logLevel = logLevelFlag(values.get('--log-level'))
   const metrics = metricsFlags(values)
+  if (values.has('--stats-interval-ms') && metrics.port === undefined)
+    throw new UsageError('--stats-interval-ms applies only with --metrics-port')
   const topicPrefix = values.get('--topic-prefix')
   if (topicPrefix !== undefined && !/^[\x21-\x7e]+$/.test(topicPrefix))
     throw new UsageError('--topic-prefix must be visible ASCII characters (no spaces)')
@@ -284,6 +294,9 @@ function parse(
     brokerSource: brokerSetting.source,
     metricsPort: metrics.port,
     metricsHost: metrics.host,
+    statsIntervalMs:
+      integerFlag('--stats-interval-ms', values.get('--stats-interval-ms'), 0, maxTimerDelayMs) ??
+      defaultStatsIntervalMs,
     batchSize: integerFlag('--batch-size', values.get('--batch-size'), 1, 10_000),
     topicPrefix,
     ordering: ordering as RelayArgs['ordering'],
@@ -459,8 +472,37 @@ function prefixTopics(publisher: Publisher, prefix: string): Publisher {
 
 const breakerStates: readonly CircuitState[] = ['closed', 'open', 'half-open', 'isolated']
 
-/** Metrics of the relay process, refreshed at each scrape. */
-function relayMetrics(relay: Relay, db: SqlDriver, log: Logger, broker: string) {
+/** How {@link relayMetrics} reads the whole-outbox figures. */
+export interface OutboxFiguresOptions {
+  /** Least time between the starts of two reads, in ms. */
+  readonly intervalMs: number
+  /** @default systemClock */
+  readonly clock?: Clock | undefined
+}
+
+/**
+ * Metrics of the relay process (internal: exported for tests). The relay's own figures are
+ * taken at each scrape; the whole-outbox ones (`outboxStats`, which scans the pending rows: over
+ * a second at a million, per scrape per relay) are read in the background at most once per
+ * `figures.intervalMs`, never two reads at once, and a scrape serves the last ones read without
+ * waiting. `outboxFigures` is that read: its first one starts with the metrics server, and a
+ * stop waits for one still running before the database closes.
+ */
+export function relayMetrics(
+  relay: Relay,
+  db: SqlDriver,
+  log: Logger,
+  broker: string,
+  figures: OutboxFiguresOptions,
+): {
+  registry: ReturnType<typeof createMetricsRegistry>
+  outboxFigures: PeriodicRead<OutboxStats>
+} {
+  const outboxFigures = periodicRead(() => outboxStats(db), {
+    intervalMs: figures.intervalMs,
+    clock: figures.clock ?? systemClock,
+    onError: (error) => log.warn('outbox figures could not be read', { error }),
+  })
   const registry = createMetricsRegistry({
     onCollectError: (error) => log.warn('metrics collection failed', { error }),
   })
@@ -503,7 +545,7 @@ function relayMetrics(relay: Relay, db: SqlDriver, log: Logger, broker: string) 
   })
   const statsUp = registry.gauge({
     name: 'breakwater_outbox_stats_up',
-    help: '1 when the last read of the outbox figures succeeded, 0 when it failed (figures are stale).',
+    help: '1 when the last read of the outbox figures succeeded, 0 when it failed or none has finished yet (figures are stale or 0).',
   })
   const relayLag = registry.gauge({
     name: 'breakwater_relay_lag_seconds',
@@ -541,19 +583,16 @@ function relayMetrics(relay: Relay, db: SqlDriver, log: Logger, broker: string) 
     relayLag.set(m.lagMs / 1000)
     partitions.set(m.ownedPartitions)
     for (const state of breakerStates) breaker.set({ state }, m.breakerState === state ? 1 : 0)
-    try {
-      const stats = await outboxStats(db)
+    const { value: stats, ok } = outboxFigures.latest()
+    if (stats !== undefined) {
       outboxLag.set(stats.lagMs / 1000)
       pending.set(stats.pending)
       dead.set(stats.dead)
       stranded.set(stats.stranded)
-      statsUp.set(1)
-    } catch (error) {
-      statsUp.set(0)
-      throw error
     }
+    statsUp.set(ok ? 1 : 0)
   })
-  return registry
+  return { registry, outboxFigures }
 }
 
 /** Logs what the relay reports, at levels an operator can filter on. */
@@ -728,7 +767,11 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         // restart it or alert, rather than run on publishing nothing.
         else if (event.type === 'failed') crashed(event.error)
       })
-      const registry = relayMetrics(relay, db, log, broker.kind)
+      const { registry, outboxFigures } = relayMetrics(relay, db, log, broker.kind, {
+        intervalMs: parsed.statsIntervalMs,
+      })
+      // Closed after the metrics server (no scrape starts a read any more), before the database.
+      resources.add('outbox figures', () => outboxFigures.idle())
       // Bound before the relay starts: a port in use must fail the start before anything is
       // published (the batches in hand would hold the failed start up to their end). /healthz
       // answers 503 until the relay runs.
@@ -739,6 +782,8 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         health: () => relay.state === 'running',
         log,
       })
+      // The first read, so that the first scrape finds figures rather than starting their read.
+      if (server !== undefined) outboxFigures.latest()
       try {
         await relay.start()
       } catch (error) {

@@ -39,6 +39,12 @@ describe('breakwater relay: argument errors', () => {
     [['--webhook-secret', 'abc'], {}, '--webhook-secret: secrets are not accepted as arguments'],
     // Without --metrics-port no server starts: the address would be ignored silently.
     [['--metrics-host', '0.0.0.0'], {}, '--metrics-host applies only with --metrics-port'],
+    [['--stats-interval-ms', '5000'], {}, '--stats-interval-ms applies only with --metrics-port'],
+    [
+      ['--metrics-port', '0', '--stats-interval-ms', '-1'],
+      {},
+      '--stats-interval-ms must be an integer from 0',
+    ],
     [
       ['--broker', 'https://hooks.example.com/x'],
       {},

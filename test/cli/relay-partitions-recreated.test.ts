@@ -29,7 +29,7 @@ describe('breakwater relay: partition rows deleted by hand', () => {
     expect((await relay.exited).code, relay.stderr()).toBe(0)
   })
 
-  // outboxStats counts the stranded events at every scrape anyway; the gauge shows them where an
+  // outboxStats counts the stranded events with the other figures anyway; the gauge shows them where an
   // alert can see them, since pending and lag alone do not say that no relay will publish them.
   it('exports events with a partition_no outside 0..63 as breakwater_outbox_stranded_events', async () => {
     const { url: dbUrl, db } = await migratedSqlite('relay-cli-stranded', cleanups)
@@ -47,7 +47,15 @@ describe('breakwater relay: partition rows deleted by hand', () => {
     )
     await db.execute(`UPDATE ${outboxTable} SET partition_no = 99 WHERE event_id = 'a-1'`)
 
-    const relay = spawnCli(['relay', '--db', dbUrl, '--metrics-port', '0'])
+    const relay = spawnCli([
+      'relay',
+      '--db',
+      dbUrl,
+      '--metrics-port',
+      '0',
+      '--stats-interval-ms',
+      '0',
+    ])
     cleanups.push(() => relay.kill())
     const started = await relay.waitForLine((l) => l.msg === 'relay started', 'the relay to start')
     const metricsUrl = started.metrics as string

@@ -91,6 +91,9 @@ describe('breakwater relay (PostgreSQL, NATS JetStream)', () => {
       prefix,
       '--metrics-port',
       '0',
+      // Figures read again at each scrape (in the background): these tests wait for them.
+      '--stats-interval-ms',
+      '0',
     ])
     cleanups.push(() => relay.kill())
     const started = await relay.waitForLine((l) => l.msg === 'relay started', 'the relay to start')
@@ -126,6 +129,9 @@ describe('breakwater relay (PostgreSQL, NATS JetStream)', () => {
       '--broker',
       nats.url,
       '--metrics-port',
+      '0',
+      // Figures read again at each scrape (in the background): these tests wait for them.
+      '--stats-interval-ms',
       '0',
       '--max-backoff-ms',
       '200',
