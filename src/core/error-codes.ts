@@ -31,6 +31,8 @@ export const errorCodes = {
     "A keyed request's handler answered in a way its idempotency adapter cannot record and replay (rule 'trailers': node:http or Express trailers; rule 'raw-reply': Fastify reply.raw or reply.hijack()); rolled back, the key released, answered 500.",
   IDEMPOTENCY_IN_PROGRESS:
     'Another request or call holds the idempotency key and has not finished.',
+  IDEMPOTENCY_RELEASE_FAILED:
+    'The idempotency store failed while a key was being released (a failed handler, or a result that is not recorded); the key stays in progress until its lease ends, and retries meanwhile get IDEMPOTENCY_IN_PROGRESS.',
   DRIVER_MISSING:
     'A driver package (better-sqlite3, pg, nats, amqplib or ioredis) is not installed.',
   STORE_CLOSED:

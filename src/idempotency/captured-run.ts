@@ -103,7 +103,10 @@ export class CapturedRun {
     if (unsupported !== undefined) {
       this.#execution.abort().then(
         () => this.#internalError(unsupported),
-        (abortError: unknown) => this.#internalError(abortError),
+        (abortError: unknown) => {
+          this.#internalError(unsupported)
+          this.#options.onError(abortError)
+        },
       )
       return
     }
@@ -150,7 +153,12 @@ export class CapturedRun {
           this.#send(this.#idempotency.problem(error), this.#earlier)
         } else this.#internalError(error)
       },
-      (abortError: unknown) => this.#internalError(abortError),
+      // The key could not be released (it stays held until its lease ends): both failures are
+      // reported, the handler's first.
+      (abortError: unknown) => {
+        this.#internalError(error)
+        this.#options.onError(abortError)
+      },
     )
   }
 

@@ -257,15 +257,19 @@ export interface IdempotentExecution {
    * Records the handler's response (in `context.tx`, which then commits) and returns the
    * response to send: the same one, or a 409 problem if the lease was lost meanwhile (then the
    * handler's writes were rolled back). A response that `storeResponse` rejects releases the
-   * key instead and is returned as is. Rejects on a database error, and with `INVALID_OPTION`
-   * (`option: 'status'`) for a status outside 100-599, which no response can be sent with;
-   * either way the key is released.
+   * key instead and is returned as is, or, if the store fails to release it, rejects with
+   * `IdempotencyReleaseError` (`IDEMPOTENCY_RELEASE_FAILED`: the key stays held until its lease
+   * ends). Rejects on a database error, and with `INVALID_OPTION` (`option: 'status'`) for a
+   * status outside 100-599, which no response can be sent with; either way the key is released
+   * (or, if that fails too, the `release-failed` event is published).
    */
   complete(response: IdempotencyResponse): Promise<IdempotencyResponse>
   /**
    * The handler failed: rolls `context.tx` back and releases the key (or, with `release:
-   * false`, leaves it held until its lease expires). Rejects only with `INVALID_OPTION` for
-   * options it cannot take (an unknown key, a non-boolean `release`), after rolling back and
+   * false`, leaves it held until its lease expires). Rejects with `IdempotencyReleaseError`
+   * (`IDEMPOTENCY_RELEASE_FAILED`, the store's error as `cause`) when the store fails to
+   * release the key, which then stays held until its lease ends: report it, or the client's
+   * 409s until then go unexplained. Rejects with `INVALID_OPTION` for options it cannot take (an unknown key, a non-boolean `release`), after rolling back and
    * leaving the key held until its lease expires: of the two outcomes, the one that cannot run
    * the work twice.
    */
@@ -329,7 +333,8 @@ export interface Idempotency {
    * Runs `fn` at most once per key (non-HTTP work: message consumers, saga steps) and returns
    * its result; a later call with the same key returns the recorded result (as JSON round trip,
    * typed {@link Jsonified}; the first call gets the round trip too) without running `fn`. `fn` may write in `ctx.tx`, which commits with the result. If `fn`
-   * throws, its writes roll back, the key is released and the error is rethrown.
+   * throws, its writes roll back, the key is released and the error is rethrown (if the release
+   * fails, the key stays held until its lease ends and the `release-failed` event is published).
    *
    * @throws IdempotencyInProgressError while another call holds the key (or waits, by option)
    * @throws IdempotencyMismatchError when the key was used with another fingerprint
@@ -574,7 +579,8 @@ class HttpExecution implements IdempotentExecution {
     if (!Number.isInteger(status) || status < 100 || status > 599) {
       // No response can be sent with it (node's writeHead throws, a fetch Response refuses it),
       // so a recorded one would fail every replay until its retention ends: a handler failure.
-      await this.#execution.release()
+      // The handler's bug is the error to fix; a failed release is published (release-failed).
+      await this.#execution.release().catch(() => {})
       throw new InvalidOptionError('status', 'an HTTP status code from 100 to 599', status)
     }
     let store: boolean
@@ -583,7 +589,7 @@ class HttpExecution implements IdempotentExecution {
     } catch (error) {
       // The user's function failed: settle anyway, or ctx.tx stays open (on SQLite blocking
       // every other statement) and the key held until the lease runs out.
-      await this.#execution.release()
+      await this.#execution.release().catch(() => {})
       throw error
     }
     if (!store) {
@@ -875,7 +881,9 @@ class IdempotencyCore implements Idempotency {
       // returned. Thrown here, so the key is released and ctx.tx rolled back.
       json = result === undefined ? undefined : recordableJson('result', result)
     } catch (error) {
-      await execution.release()
+      // fn's error is what the caller acts on; a failed release (the key then stays held until
+      // its lease ends) is published as release-failed.
+      await execution.release().catch(() => {})
       throw error
     }
     const body = json === undefined ? new Uint8Array(0) : Buffer.from(json)

@@ -19,6 +19,11 @@ export interface IdempotencyEvents {
   readonly recorded: { scope: string; key: string; status: number | undefined }
   /** A holder gave the key back (handler failed or its result is not recorded). */
   readonly released: { scope: string; key: string }
+  /**
+   * A holder could not give the key back: the store failed (`error`). The key stays in progress
+   * until its lease ends; a retry meanwhile is answered in-progress (409).
+   */
+  readonly 'release-failed': { scope: string; key: string; error: unknown }
   /** A holder's lease expired before it recorded its result; its writes were rolled back. */
   readonly 'lease-lost': { scope: string; key: string }
 }
@@ -32,6 +37,7 @@ export const idempotencyChannelNames: { readonly [E in keyof IdempotencyEvents]:
   'key-rejected': 'breakwater:idempotency:key-rejected',
   recorded: 'breakwater:idempotency:recorded',
   released: 'breakwater:idempotency:released',
+  'release-failed': 'breakwater:idempotency:release-failed',
   'lease-lost': 'breakwater:idempotency:lease-lost',
 }
 

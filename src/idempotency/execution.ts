@@ -3,7 +3,7 @@ import type { Jsonified } from '../core/jsonified.js'
 import { checkStoredName } from '../core/text.js'
 import { type SqlTransaction, TransactionMisuseError } from '../stores/index.js'
 import { DeferredTransaction } from './deferred-tx.js'
-import { IdempotencyInProgressError } from './errors.js'
+import { IdempotencyInProgressError, IdempotencyReleaseError } from './errors.js'
 import { publish } from './events.js'
 import { recordableJson } from './json-result.js'
 import type { IdempotencyStore, LeaseRef, StoredResult } from './store.js'
@@ -291,7 +291,9 @@ export class Execution {
       // The COMMIT may have happened (a connection lost after COMMIT was sent). Releasing is
       // still safe: it deletes only an in-progress record held by this lease. A claim made in
       // the transaction has nothing to release: it committed or it is gone.
-      if (!this.#claimInTx) await store.release(this.#lease).catch(() => {})
+      // If that fails too (the same outage, most likely), the key stays held until its lease
+      // ends: published, but the commit's error is the one thrown.
+      if (!this.#claimInTx) await this.#releaseRecord().catch(() => {})
       throw error
     }
   }
@@ -311,16 +313,31 @@ export class Execution {
   /**
    * Rolls the handler's transaction back and deletes the in-progress record (with `claim:
    * 'in-transaction'` the rollback alone undoes the claim), so that a retry runs the work again.
-   * Never rejects: if the release fails, the lease expiry frees the key.
+   * Rejects with {@link IdempotencyReleaseError} (the store's error as `cause`, and the
+   * `release-failed` event published) when the store fails to delete the record: the key then
+   * stays held until its lease ends, and the caller must report that, since every retry until
+   * then is answered in-progress.
    */
   async release(): Promise<void> {
     this.#settle()
     await this.#tx.rollback()
     // A claim made in the transaction was rolled back with it: the key is free again.
-    // Otherwise the record is deleted, fenced by the token: after a takeover nothing goes.
-    const released =
-      this.#claimInTx || (await this.#settings.store.release(this.#lease).catch(() => false))
-    if (released) publish('released', { scope: this.#lease.scope, key: this.#lease.key })
+    if (this.#claimInTx) publish('released', { scope: this.#lease.scope, key: this.#lease.key })
+    else await this.#releaseRecord()
+  }
+
+  // Deletes the record, fenced by the token: after a takeover nothing goes (and nothing is
+  // published). A store failure is published and thrown as IdempotencyReleaseError.
+  async #releaseRecord(): Promise<void> {
+    const { scope, key } = this.#lease
+    let released: boolean
+    try {
+      released = await this.#settings.store.release(this.#lease)
+    } catch (error) {
+      publish('release-failed', { scope, key, error })
+      throw new IdempotencyReleaseError(scope, key, error)
+    }
+    if (released) publish('released', { scope, key })
   }
 }
 

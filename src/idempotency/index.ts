@@ -28,6 +28,7 @@ export {
   IdempotencyKeyInvalidError,
   IdempotencyKeyMissingError,
   IdempotencyMismatchError,
+  IdempotencyReleaseError,
   IdempotencyResponseUnsupportedError,
 } from './errors.js'
 export type { IdempotencyEvents } from './events.js'

@@ -351,8 +351,8 @@ class Sidecar implements SidecarIdempotency {
       )
     } catch (error) {
       // forward() answers every failure itself: a throw comes before the call was made.
-      await execution.abort()
-      held.release()
+      // The response is let go even if the release fails (the caller answers 503 on it).
+      await execution.abort().finally(() => held.release())
       throw error
     }
     const captured = outcome.captured
@@ -378,7 +378,17 @@ class Sidecar implements SidecarIdempotency {
           error: outcome.error,
         })
       }
-      await execution.abort(unknown ? keepKey : undefined)
+      try {
+        await execution.abort(unknown ? keepKey : undefined)
+      } catch (error) {
+        // IDEMPOTENCY_RELEASE_FAILED: the key stays held until its lease ends (a retry gets
+        // 409 meanwhile). The client still gets the app's answer, as when recording fails.
+        this.#logger?.error('idempotency release failed', {
+          path: inbound.path,
+          requestId: inbound.requestId,
+          error: error instanceof Error ? error.message : String(error),
+        })
+      }
       held.release()
       return outcome
     }
