@@ -146,7 +146,11 @@ export interface SagaStatements {
   readonly insert: string
   /** As `insert`, plus $13 the NOTIFY channel (PostgreSQL; SQLite has no NOTIFY). */
   readonly insertNotify: string
-  /** $1 owner, $2 lease end, $3 now, $4 definition keys (array / JSON array), $5 limit. */
+  /**
+   * $1 owner, $2 lease end, $3 now, $4 definition keys (array / JSON array), $5 limit, $6 when
+   * the claim was asked for, $7 the ids the claiming worker has in hand (array / JSON array),
+   * which it never takes.
+   */
   readonly claim: string
   /**
    * $1 cutoff, $2 definition keys (array / JSON array). Per (name, version) not among the keys,
@@ -312,8 +316,13 @@ const leaseRanOut = (dialect: SqlDialect, now: string): string =>
 // Due as of when the claim runs ($3), but a lease counts as run out only as of when the claim
 // was asked for ($6), before it waited for the writer or a connection: see claimInstances.
 // (`due` is the condition on next_run_at: SQLite picks its rows due now and not a number apart.)
+// Never one the claiming worker is running ($7): its lease may have run out only because the
+// renewal fell behind (a loaded host), and taken back it started the step a second time in the
+// same process while the first attempt still ran, whose write was then refused (lease lost).
+// Left alone, the next renewal extends the lease, as the worker still owns it.
 const runnable = (dialect: SqlDialect, due = 'next_run_at <= $3') =>
-  `status IN ('running', 'compensating') AND ${due} AND ${leaseRanOut(dialect, '$6')}`
+  `status IN ('running', 'compensating') AND ${due} AND ${leaseRanOut(dialect, '$6')}
+    AND ${dialect === 'sqlite' ? 'id NOT IN (SELECT value FROM json_each($7))' : 'id <> ALL($7::text[])'}`
 
 // A plain read, no lock: it only counts, and an instance claimed meanwhile by a worker that has
 // its definition is simply not counted next time. Due since the cutoff (not just now) and not

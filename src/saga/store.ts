@@ -186,6 +186,8 @@ export function stringListParam(db: SqlExecutor, keys: readonly string[]): unkno
  * that wait: a lease that ran out during it may only have gone unrenewed because its owner's
  * renewal was queued behind the same writer (SQLite) or pool, and taking it then ran its step on
  * two workers at once. A worker that did die loses the instance at the next claim instead.
+ * `inHand` gives the ids of the instances the claiming worker is running, which it never takes
+ * back from itself (see the claim statement).
  */
 export function claimInstances(
   db: SqlDriver,
@@ -193,11 +195,13 @@ export function claimInstances(
   lease: MeasuredLease,
   keys: unknown,
   limit: number,
+  inHand: () => readonly string[] = () => [],
 ): Promise<SagaRow[]> {
-  // One statement: on PostgreSQL it travels with BEGIN and COMMIT, one round trip.
+  // One statement: on PostgreSQL it travels with BEGIN and COMMIT, one round trip. The ids in
+  // hand are read when it goes out too: a run tracked during the wait is left out as well.
   return measuredQuery<SagaRow>(db, lease.clock, (now, asked) => ({
     sql: sagaStatements[db.dialect].claim,
-    params: [owner, now + lease.ms, now, keys, limit, asked],
+    params: [owner, now + lease.ms, now, keys, limit, asked, stringListParam(db, inHand())],
   }))
 }
 

@@ -639,7 +639,9 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   async #claim(limit: number): Promise<number> {
     // Measured when the claim runs (after the writer or a pool connection), not now.
     const lease = { clock: this.clock, ms: this.leaseMs }
-    const rows = await claimInstances(this.db, this.id, lease, this.#keys, limit)
+    const rows = await claimInstances(this.db, this.id, lease, this.#keys, limit, () => [
+      ...this.#inHand.keys(),
+    ])
     if (rows.length === 0) return 0
     this.#metrics.claimed += rows.length
     this.emit({ type: 'claimed', count: rows.length })
@@ -648,6 +650,11 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
       const saga = this.#sagas.get(row.definition)
       // The claim selects only registered definitions; this guards a hand-edited row.
       if (saga === undefined) continue
+      // The claim leaves out the instances in hand as it goes out. Should one come back all the
+      // same (a run tracked in between), it gets no second run and does not replace the one in
+      // hand: the token the claim bumped fences that run's next write off, and the instance is
+      // taken over once the claim's lease runs out.
+      if (this.#inHand.has(row.id)) continue
       let run: InstanceRun
       try {
         run = new InstanceRun(this, saga, row)
