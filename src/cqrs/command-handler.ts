@@ -6,6 +6,7 @@ import {
   checkFunction,
   checkInteger,
   checkObject,
+  checkOneOf,
   isDroppedPromise,
   isObjectRecord,
   optionKeys,
@@ -154,7 +155,24 @@ export interface CommandHandlerOptions<C, E extends EventShape, S> {
          */
         readonly scope?: string | undefined
         /**
-         * How long one execution owns a command id before another may take over.
+         * Where the command id is claimed (see `claim` in docs/idempotency.md).
+         *
+         * `'leased'` commits the claim on its own before the command runs: a process that dies
+         * mid-command leaves the id in progress until `leaseMs` ends, and a repeat meanwhile
+         * waits (up to 10 s) then throws `IdempotencyInProgressError`.
+         *
+         * `'in-transaction'` makes the claim the first statement of the command's own
+         * transaction (the one that loads, appends and records the result): a crash rolls it
+         * back with everything else, and a repeat runs at once. A concurrent repeat waits in the
+         * database for the first to commit (holding a pooled connection on PostgreSQL), then
+         * replays. Recommended for commands run from saga steps, whose retries come sooner than
+         * a lease ends. Costs a replay 3 statements instead of 1 on PostgreSQL.
+         * @default 'leased'
+         */
+        readonly claim?: 'leased' | 'in-transaction' | undefined
+        /**
+         * How long one execution owns a command id before another may take over. With `claim:
+         * 'in-transaction'`, how long the command's transaction may stay open.
          * @default 60000
          */
         readonly leaseMs?: number | undefined
@@ -248,6 +266,7 @@ const handlerOptions = optionKeys<AnyHandlerOptions>({
 })
 const idempotencyOptions = optionKeys<NonNullable<AnyHandlerOptions['idempotency']>>({
   scope: true,
+  claim: true,
   leaseMs: true,
   retentionMs: true,
   fingerprint: true,
@@ -345,8 +364,14 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
         settings.fingerprint === undefined
           ? undefined
           : checkFunction<(command: C) => string>('idempotency.fingerprint', settings.fingerprint)
+      // Checked here, to name the option as the caller wrote it.
+      const claim = checkOneOf('idempotency.claim', settings.claim ?? 'leased', [
+        'leased',
+        'in-transaction',
+      ])
       this.#idempotency = createIdempotency({
         store: this.#store.db,
+        claim,
         onConcurrent: 'wait',
         clock,
         ...(options.idempotency.leaseMs === undefined
