@@ -42,7 +42,8 @@ export const deadlineOptions = optionKeys<DeadlineOptions>({ clock: true })
 // timer is only queued while somebody listens (a read `signal`, a retry's sleep or an attempt's
 // linked signal), and never after the scope that set it has ended.
 class ScopedDeadline extends CancelScope implements Deadline, TimerEntry {
-  readonly atMs: number
+  // Moved only when the clock steps while its timer is queued (see clockStepped).
+  atMs: number
   readonly clock: Clock
   queueIndex = -1
 
@@ -60,12 +61,18 @@ class ScopedDeadline extends CancelScope implements Deadline, TimerEntry {
     this.abort(new DeadlineExceededError(this.atMs))
   }
 
+  clockStepped(stepMs: number): void {
+    this.atMs += stepMs
+  }
+
   protected override expiry(): unknown {
     return this.clock.now() >= this.atMs ? new DeadlineExceededError(this.atMs) : undefined
   }
 
   protected override onLink(): void {
-    timerQueueFor(this.clock).add(this)
+    // Read now, not when the deadline was set: the queue takes each reading it is given for the
+    // latest (an earlier one would look like the clock going back).
+    timerQueueFor(this.clock).add(this, this.clock.now())
   }
 
   protected override onUnlink(): void {

@@ -268,7 +268,8 @@ export class FusedCall implements PolicyContext, TimerNode {
   readonly outer: PolicyContext
   timerPrev: TimerNode | undefined = undefined
   timerNext: TimerNode | undefined = undefined
-  readonly #offsetMs: number
+  // Moved only when the clock steps (see clockStepped).
+  #offsetMs: number
   #bits = 0
   #state0 = 0
   #rare: Rare | undefined = undefined
@@ -359,6 +360,11 @@ export class FusedCall implements PolicyContext, TimerNode {
     return plan.baseMs + this.#offsetMs + plan.timeoutMs[this.#timerLayer]!
   }
 
+  /** Timer list callback: the clock stepped by `stepMs` since the call started. */
+  clockStepped(stepMs: number): void {
+    this.#offsetMs += stepMs
+  }
+
   /** Runs the enter steps and fn (or the chain from the first step that declined). */
   start(): Promise<unknown> {
     const plan = this.plan
@@ -378,7 +384,7 @@ export class FusedCall implements PolicyContext, TimerNode {
       if (i === 0) return plan.links[0]!(this.fn, this.outer) as Promise<unknown>
       // Timed before fn runs, as each timeout did on entry: on a clock that breaks ties by
       // creation order, fn's own timers set for the same instant fire after the timeout.
-      this.#arm()
+      this.#arm(this.startMs)
       result = i === n && plan.complete ? this.fn(this) : plan.links[i]!(this.fn, this.contextAt(i))
     } catch (error) {
       try {
@@ -524,8 +530,9 @@ export class FusedCall implements PolicyContext, TimerNode {
     if (rare !== undefined) rare.scopes[layer]?.close()
   }
 
-  // Puts the call in the list of its nearest running timeout.
-  #arm(): void {
+  // Puts the call in the list of its nearest running timeout. `nowMs`: the clock's reading the
+  // call started at, when it starts now (see TimerList.add).
+  #arm(nowMs?: number): void {
     const plan = this.plan
     if (!plan.hasTimeouts) return
     let layer = -1
@@ -544,7 +551,7 @@ export class FusedCall implements PolicyContext, TimerNode {
     }
     if (layer < 0) return
     this.#timerLayer = layer
-    plan.steps[layer]!.timeout!.list.add(this)
+    plan.steps[layer]!.timeout!.list.add(this, nowMs)
   }
 
   #disarm(): void {

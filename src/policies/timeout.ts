@@ -105,7 +105,8 @@ const deadlineAttributes = { reason: 'deadline' }
 // no Node timer and no AbortController unless fn actually reads ctx.signal.
 class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
   readonly attempt: number
-  readonly atMs: number
+  // Moved only when the clock steps (see clockStepped).
+  atMs: number
   queueIndex = -1
   readonly #policy: TimeoutPolicyImpl
   readonly #limitMs: number
@@ -149,6 +150,11 @@ class TimeoutCall<T> extends CancelScope implements PolicyContext, TimerEntry {
 
   [timeoutLeft](): number {
     return earlierLeft(this.atMs - this.#policy.clock.now(), timeoutLeftOf(this.#enclosing))!
+  }
+
+  /** Timer queue callback: the clock stepped by `stepMs` since the call started. */
+  clockStepped(stepMs: number): void {
+    this.atMs += stepMs
   }
 
   /** Timer queue callback: the time is up. */
@@ -352,7 +358,7 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
       enclosing,
     )
     // An infinite timeout (and no deadline) needs no timer at all.
-    if (limitMs !== Number.POSITIVE_INFINITY) this.queue.add(call)
+    if (limitMs !== Number.POSITIVE_INFINITY) this.queue.add(call, now)
     // A caller's real signal must reject the call at once when it aborts, whatever fn does;
     // aborts from breakwater's own scopes (an outer timeout) are handled by their owner, except
     // in hard mode: a hard timeout inside a cooperative one is what that one waits for, and it

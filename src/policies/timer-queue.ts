@@ -11,13 +11,27 @@ import {
  * position in the heap, -1 when not queued) so removal needs no search and no extra object.
  */
 export interface TimerEntry {
-  /** When to fire, in the clock's milliseconds. */
+  /** When to fire, in the clock's milliseconds; only {@link TimerEntry.clockStepped} moves it. */
   readonly atMs: number
   /** Position in the queue; owned by the queue. Start at -1. */
   queueIndex: number
-  /** Called once at `atMs` unless removed first. */
-  fire(): void
+  /** Called once at `atMs` unless removed first, with the clock's reading, at least `atMs`. */
+  fire(nowMs: number): void
+  /**
+   * The clock stepped by `stepMs` (negative: back) while the entry was queued: move `atMs`, and
+   * every time taken from the same reading of the clock, by as much, so that the entry still
+   * fires after the time it had left. Only what falls due by `throughMs` moves (an entry made of
+   * several, such as a {@link TimerList}, moves those of its own that do). Called by the queue
+   * only, and only when `atMs` is due by `throughMs`.
+   */
+  clockStepped(stepMs: number, throughMs: number): void
 }
+
+/**
+ * A step of the wall clock smaller than this is not told from the delay of a timer (or the
+ * fraction of a millisecond of an injected clock): the queue follows larger steps only.
+ */
+const stepToleranceMs = 10
 
 /**
  * A deadline queue shared by every timeout and deadline on one clock: a binary min-heap of
@@ -32,6 +46,29 @@ export interface TimerEntry {
  * exact. Entries always fire at their exact time: nothing is rounded into coarse buckets. While
  * anything is queued the timer holds the process open (every entry is a call someone awaits);
  * the idle timer left in place does not.
+ *
+ * Steps of the wall clock: the entries' times are `clock.now()` times, but the timer counts
+ * elapsed time (Node's timers are monotonic). When the clock stepped back (an NTP correction),
+ * comparing them with the stepped clock held every timeout back by the size of the step: a
+ * 500 ms timeout with the clock stepped back 5 s ran out after 5.5 s, an hour's step held it for
+ * the hour. So the queue follows a step back, moving the times of the entries queued before it
+ * by as much (see {@link TimerEntry.clockStepped}): each still fires after the time it had left.
+ * It learns of a step in two ways, neither reading any other clock:
+ * - Every entry is added with the reading of the clock it was timed from (`add(entry, nowMs)`),
+ *   and the timer reads the clock when armed and when it fires. A reading below the latest one
+ *   means the clock went back at least by the difference, and every queued entry was timed
+ *   before the step: all move by that difference. Exact while readings come often (a busy
+ *   service); otherwise late by at most the time between the last reading before the step and
+ *   the first after it.
+ * - When the timer fires, the time it was armed for has truly passed: a clock reading short of
+ *   it by `delta` means a step back of `delta`. If every entry added since the timer was armed
+ *   was timed before the step (its reading lies above the clock's now), all move by `delta`,
+ *   exactly. Otherwise some may have been timed after the step, and moving them would make them
+ *   fire early: only the entries the timer was armed for move, and the others keep their times
+ *   (late by at most the step, which is then no larger than the timer's delay).
+ * A step forward needs nothing: entries fall due early, as wall-clock times do. A clock whose
+ * timers fire when `now()` reaches them (fake timers, ManualClock's `advance()`) never looks
+ * stepped; ManualClock's `jump()` steps it as NTP does.
  */
 export class TimerQueue {
   readonly #clock: Clock
@@ -39,6 +76,14 @@ export class TimerQueue {
   #heap: TimerEntry[] = []
   #handle: TimerHandle = undefined
   #armedAtMs = Number.POSITIVE_INFINITY
+  // The clock's reading when the timer was armed, and its delay: when it fires, the clock should
+  // read at least their sum.
+  #armedNowMs = Number.NaN
+  #armedDelayMs = 0
+  // The reading of the latest entry added since the timer was armed (Infinity: none).
+  #addedNowMs = Number.POSITIVE_INFINITY
+  // The latest reading of the clock the queue has seen.
+  #seenMs = Number.NEGATIVE_INFINITY
   readonly #onTimer = (): void => this.#run()
 
   constructor(clock: Clock) {
@@ -51,13 +96,18 @@ export class TimerQueue {
     return this.#heap.length
   }
 
-  /** Queues `entry` to fire at `entry.atMs`. The entry must not be queued already. */
-  add(entry: TimerEntry): void {
+  /**
+   * Queues `entry` to fire at `entry.atMs`. The entry must not be queued already. `nowMs` is the
+   * clock's reading its time was taken from, read just now (it tells a step of the clock, see
+   * {@link TimerQueue}); without one (an entry queued again) the queue reads nothing.
+   */
+  add(entry: TimerEntry, nowMs?: number): void {
+    if (nowMs !== undefined) this.observe(nowMs)
     const heap = this.#heap
     entry.queueIndex = heap.length
     heap.push(entry)
     this.#up(entry.queueIndex)
-    if (entry.atMs < this.#armedAtMs) this.#arm(entry.atMs)
+    if (entry.atMs < this.#armedAtMs) this.#arm(entry.atMs, nowMs)
     // The idle timer left armed (no later than this entry) waits for someone again.
     else if (heap.length === 1) keepProcessAlive(this.#handle)
   }
@@ -82,18 +132,69 @@ export class TimerQueue {
     }
   }
 
+  /**
+   * Something is about to be timed from `nowMs`, a reading of the clock taken just now (a
+   * {@link TimerList} adding a node). Call before adding anything timed from it.
+   */
+  observe(nowMs: number): void {
+    this.#followStep(nowMs)
+    this.#addedNowMs = nowMs
+  }
+
+  // A reading below the latest one seen: the clock stepped back since, and everything queued
+  // was timed before the step. Moves it all by the difference; true when it did.
+  #followStep(nowMs: number): boolean {
+    const seenMs = this.#seenMs
+    if (nowMs >= seenMs - stepToleranceMs) {
+      if (nowMs > seenMs) this.#seenMs = nowMs
+      return false
+    }
+    this.#seenMs = nowMs
+    this.#shift(nowMs - seenMs)
+    // Armed before the step, the timer can no longer tell it: armed again from this reading.
+    const top = this.#heap[0]
+    if (top !== undefined) this.#arm(top.atMs, nowMs)
+    return true
+  }
+
+  // Moves the entries due by `throughMs` by `stepMs`. Those are the earliest ones, and all move
+  // alike: the heap stays in order.
+  #shift(stepMs: number, throughMs = Number.POSITIVE_INFINITY): void {
+    for (const entry of this.#heap) {
+      if (entry.atMs > throughMs) continue
+      try {
+        entry.clockStepped(stepMs, throughMs)
+      } catch (error) {
+        queueMicrotask(() => {
+          throw error
+        })
+      }
+    }
+  }
+
   #run(): void {
+    const expectedMs = this.#armedNowMs + this.#armedDelayMs
+    const addedNowMs = this.#addedNowMs
     this.#handle = undefined
     this.#armedAtMs = Number.POSITIVE_INFINITY
+    this.#armedNowMs = Number.NaN
     const heap = this.#heap
     const now = this.#clock.now()
+    // The time the timer was armed for has passed, whatever the clock reads (see TimerQueue):
+    // everything, or (when entries timed after the step may be queued) what the timer was armed
+    // for, moves by the step.
+    if (expectedMs - now > stepToleranceMs) {
+      this.#seenMs = now
+      const safe = addedNowMs > now + stepToleranceMs
+      this.#shift(now - expectedMs, safe ? Number.POSITIVE_INFINITY : expectedMs)
+    } else this.#followStep(now)
     for (;;) {
       const top = heap[0]
       if (top === undefined || top.atMs > now) break
       this.remove(top)
       // An entry's callback must not stop the others from firing.
       try {
-        top.fire()
+        top.fire(now)
       } catch (error) {
         queueMicrotask(() => {
           throw error
@@ -104,11 +205,18 @@ export class TimerQueue {
     if (next !== undefined && next.atMs < this.#armedAtMs) this.#arm(next.atMs)
   }
 
-  #arm(atMs: number): void {
+  // Arms the timer for `atMs`. `nowMs`: the clock's reading just taken, already followed (see
+  // #followStep); without it the clock is read, and a step it tells arms the timer anew.
+  #arm(atMs: number, nowMs?: number): void {
+    const now = nowMs ?? this.#clock.now()
+    if (nowMs === undefined && this.#followStep(now)) return
     if (this.#handle !== undefined) this.#clock.clearTimeout(this.#handle)
     this.#armedAtMs = atMs
     // Longer delays would make Node fire after 1 ms; the run then re-arms for the rest.
-    const delayMs = Math.min(maxTimerDelayMs, Math.max(0, atMs - this.#clock.now()))
+    const delayMs = Math.min(maxTimerDelayMs, Math.max(0, atMs - now))
+    this.#armedNowMs = now
+    this.#armedDelayMs = delayMs
+    this.#addedNowMs = Number.POSITIVE_INFINITY
     this.#handle = this.#clock.setTimeout(this.#onTimer, delayMs)
     // Armed only for queued entries, each a call someone awaits: a timeout exists to end a call
     // that would never settle, and with an unreferenced timer a script awaiting such a call
@@ -121,6 +229,7 @@ export class TimerQueue {
     this.#clock.clearTimeout(this.#handle)
     this.#handle = undefined
     this.#armedAtMs = Number.POSITIVE_INFINITY
+    this.#armedNowMs = Number.NaN
   }
 
   #up(index: number): void {
@@ -185,10 +294,12 @@ export interface TimerNode {
   timerPrev: TimerNode | undefined
   /** The next (later or same-time) node; owned by the list. Start undefined. */
   timerNext: TimerNode | undefined
-  /** When to fire, in the clock's milliseconds. */
+  /** When to fire, in the clock's milliseconds; only {@link TimerNode.clockStepped} moves it. */
   readonly timerAtMs: number
   /** Called once at `timerAtMs` unless removed first; the node is no longer listed then. */
   timerFired(): void
+  /** As {@link TimerEntry.clockStepped}: moves `timerAtMs` by `stepMs`. Called by the list only. */
+  clockStepped(stepMs: number): void
 }
 
 /**
@@ -206,18 +317,20 @@ export class TimerList implements TimerEntry {
   atMs = Number.POSITIVE_INFINITY
   queueIndex = -1
   readonly #queue: TimerQueue
-  readonly #clock: Clock
   #head: TimerNode | undefined
   #tail: TimerNode | undefined
   #firing = false
 
   constructor(clock: Clock) {
-    this.#clock = clock
     this.#queue = timerQueueFor(clock)
   }
 
-  /** Lists `node`, which must not be listed already. */
-  add(node: TimerNode): void {
+  /**
+   * Lists `node`, which must not be listed already. `nowMs`: the clock's reading its time was
+   * taken from, just now (see {@link TimerQueue.add}); none for a node timed earlier.
+   */
+  add(node: TimerNode, nowMs?: number): void {
+    if (nowMs !== undefined) this.#queue.observe(nowMs)
     const atMs = node.timerAtMs
     let before = this.#tail
     while (before !== undefined && before.timerAtMs > atMs) before = before.timerPrev
@@ -245,8 +358,7 @@ export class TimerList implements TimerEntry {
   }
 
   /** Timer queue callback: fires every node that is due. */
-  fire(): void {
-    const now = this.#clock.now()
+  fire(now: number): void {
     this.#firing = true
     try {
       for (;;) {
@@ -266,6 +378,16 @@ export class TimerList implements TimerEntry {
       this.#firing = false
     }
     this.#reschedule()
+  }
+
+  /** Timer queue callback: the clock stepped; moves the nodes due by `throughMs`, the first ones. */
+  clockStepped(stepMs: number, throughMs: number): void {
+    for (let node = this.#head; node !== undefined && node.timerAtMs <= throughMs; ) {
+      const next = node.timerNext
+      node.clockStepped(stepMs)
+      node = next
+    }
+    this.atMs = this.#head!.timerAtMs
   }
 
   // True when `node` was the head.

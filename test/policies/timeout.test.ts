@@ -9,7 +9,7 @@ import { DeadlineExceededError, TimeoutError } from '../../src/policies/errors.j
 import { pipeline } from '../../src/policies/pipeline.js'
 import { retry } from '../../src/policies/retry.js'
 import { type TimeoutEvent, timeout } from '../../src/policies/timeout.js'
-import { type TimerEntry, timerQueueFor } from '../../src/policies/timer-queue.js'
+import { type TimerEntry, type TimerQueue, timerQueueFor } from '../../src/policies/timer-queue.js'
 import { neverAbortedSignal, type PolicyContext } from '../../src/policies/types.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
 
@@ -372,16 +372,43 @@ describe('the shared timer queue behind timeouts and deadlines', () => {
     | { readonly kind: 'add'; readonly delayMs: number }
     | { readonly kind: 'remove'; readonly pick: number }
     | { readonly kind: 'advance'; readonly ms: number }
+    | { readonly kind: 'jump'; readonly ms: number }
 
-  const op: fc.Arbitrary<Op> = fc.oneof(
-    fc.record({ kind: fc.constant('add' as const), delayMs: fc.integer({ min: 0, max: 500 }) }),
-    fc.record({ kind: fc.constant('remove' as const), pick: fc.nat() }),
-    fc.record({ kind: fc.constant('advance' as const), ms: fc.integer({ min: 0, max: 300 }) }),
-  )
+  // Up to 60 operations; with `jumpBackMs`, steps of the wall clock back up to that far too.
+  function opsOf(maxDelayMs: number, maxAdvanceMs: number, jumpBackMs = 0): fc.Arbitrary<Op[]> {
+    const kinds: Array<fc.Arbitrary<Op>> = [
+      fc.record({
+        kind: fc.constant('add' as const),
+        delayMs: fc.integer({ min: 0, max: maxDelayMs }),
+      }),
+      fc.record({ kind: fc.constant('remove' as const), pick: fc.nat() }),
+      fc.record({
+        kind: fc.constant('advance' as const),
+        ms: fc.integer({ min: 0, max: maxAdvanceMs }),
+      }),
+    ]
+    if (jumpBackMs > 0)
+      kinds.push(
+        fc.record({
+          kind: fc.constant('jump' as const),
+          ms: fc.integer({ min: -jumpBackMs, max: 0 }),
+        }),
+      )
+    return fc.array(fc.oneof(...kinds), { maxLength: 60 })
+  }
+
+  // Removes the pending entry `pick` chooses, if any.
+  function removePicked(queue: TimerQueue, pending: Map<number, TimerEntry>, pick: number): void {
+    const ids = [...pending.keys()]
+    if (ids.length === 0) return
+    const id = ids[pick % ids.length]!
+    queue.remove(pending.get(id)!)
+    pending.delete(id)
+  }
 
   it('fires exactly the entries that fall due, each at its time and in order, never a removed one', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(op, { maxLength: 60 }), async (ops) => {
+      fc.asyncProperty(opsOf(500, 300), async (ops) => {
         const clock = new ManualClock()
         const queue = timerQueueFor(clock)
         const fired: Array<{ id: number; atMs: number; firedAt: number }> = []
@@ -397,16 +424,14 @@ describe('the shared timer queue behind timeouts and deadlines', () => {
                 fired.push({ id, atMs: this.atMs, firedAt: clock.now() })
                 pending.delete(id)
               },
+              clockStepped() {
+                throw new Error('the clock never steps here')
+              },
             }
             pending.set(id, entry)
             queue.add(entry)
-          } else if (o.kind === 'remove') {
-            const ids = [...pending.keys()]
-            if (ids.length === 0) continue
-            const id = ids[o.pick % ids.length]!
-            queue.remove(pending.get(id)!)
-            pending.delete(id)
-          } else {
+          } else if (o.kind === 'remove') removePicked(queue, pending, o.pick)
+          else {
             const before = fired.length
             await clock.advance(o.ms)
             const now = clock.now()
@@ -420,6 +445,54 @@ describe('the shared timer queue behind timeouts and deadlines', () => {
           // One clock timer at most, and none once nothing is queued.
           expect(clock.pendingTimers).toBe(pending.size === 0 ? 0 : 1)
         }
+        expect(new Set(fired.map((f) => f.id)).size).toBe(fired.length)
+      }),
+      { numRuns: 300 },
+    )
+  })
+
+  // Steps of the wall clock back (see timeout-clock-step.test.ts): every entry still fires after
+  // its delay of elapsed time. A step below the queue's tolerance (10 ms) is not followed: an
+  // entry timed after one may fire that much early.
+  it('fires every entry across steps of the clock back, none more than 10 ms early', async () => {
+    await fc.assert(
+      fc.asyncProperty(opsOf(2_000, 600, 10_000), async (ops) => {
+        const clock = new ManualClock()
+        let jumpedMs = 0
+        const elapsed = () => clock.now() - jumpedMs
+        const queue = timerQueueFor(clock)
+        const fired: Array<{ id: number; dueAt: number; firedAt: number }> = []
+        const pending = new Map<number, TimerEntry>()
+        let nextId = 0
+        for (const o of ops) {
+          if (o.kind === 'add') {
+            const id = nextId++
+            const now = clock.now()
+            const dueAt = elapsed() + o.delayMs
+            const entry: TimerEntry = {
+              atMs: now + o.delayMs,
+              queueIndex: -1,
+              fire() {
+                fired.push({ id, dueAt, firedAt: elapsed() })
+                pending.delete(id)
+              },
+              clockStepped(stepMs) {
+                ;(this as { atMs: number }).atMs += stepMs
+              },
+            }
+            pending.set(id, entry)
+            queue.add(entry, now)
+          } else if (o.kind === 'remove') removePicked(queue, pending, o.pick)
+          else if (o.kind === 'advance') await clock.advance(o.ms)
+          else {
+            jumpedMs += o.ms
+            clock.jump(o.ms)
+          }
+          expect(queue.size).toBe(pending.size)
+        }
+        await clock.runAll()
+        expect(pending.size).toBe(0)
+        for (const f of fired) expect(f.firedAt).toBeGreaterThanOrEqual(f.dueAt - 10)
         expect(new Set(fired.map((f) => f.id)).size).toBe(fired.length)
       }),
       { numRuns: 300 },

@@ -594,6 +594,12 @@ function poolSaturated(pool: UpstreamPool, connections: number): boolean {
 }
 
 /**
+ * A step of the wall clock smaller than this is not told from the delay of a timer: the call
+ * follows larger steps only (see {@link ForwardCall.now}).
+ */
+const stepToleranceMs = 10
+
+/**
  * One attempt: the undici dispatch handler (undici's own callback interface, which its pools
  * call directly; the newer controller interface is wrapped per request by undici) and the
  * attempt's timer. A separate object per attempt so that the late callbacks of an abandoned
@@ -618,7 +624,12 @@ class Attempt {
   statusFailed = false
   /** The current phase's due time (connect, head, or body idle). */
   dueAt: number
-  armedAt: number
+  /** The clock's reading `dueAt` was taken from. */
+  dueFrom: number
+  /** The due time the timer is armed for, the clock's reading then, and the timer's delay. */
+  armedAt = Number.POSITIVE_INFINITY
+  armedNow = 0
+  armedDelay = 0
   timer: TimerHandle | undefined
   readonly onTimer = (): void => this.timerFired()
 
@@ -633,11 +644,26 @@ class Attempt {
     this.endpoint = endpoint
     this.pool = pool
     this.epoch = epoch
-    const core = call.core
-    this.dueAt = now + core.connectMs
-    const due = Math.min(this.dueAt, call.deadlineAt)
+    this.dueAt = now + call.core.connectMs
+    this.dueFrom = now
+    this.arm(Math.min(this.dueAt, call.deadlineAt), now)
+  }
+
+  arm(due: number, now: number): void {
+    const clock = this.call.core.clock
+    if (this.timer !== undefined) clock.clearTimeout(this.timer)
     this.armedAt = due
-    this.timer = core.clock.setTimeout(this.onTimer, due - now)
+    this.armedNow = now
+    this.armedDelay = Math.max(0, due - now)
+    this.timer = clock.setTimeout(this.onTimer, this.armedDelay)
+  }
+
+  /** Moves the phase's due time to `ms` from now, and returns now. */
+  due(ms: number): number {
+    const now = this.call.now()
+    this.dueAt = now + ms
+    this.dueFrom = now
+    return now
   }
 
   onConnect(abort: (reason?: Error) => void): void {
@@ -653,12 +679,12 @@ class Attempt {
     // and readMs then runs from each step of the write (onBodySent) and from its end
     // (onRequestSent): time the upstream spends reading a big upload steadily is not time it
     // keeps the response waiting, while a send that stalls for readMs still fails.
-    this.setDue(this.call.core.clock.now() + this.call.core.readMs)
+    this.setDue(this.call.core.readMs)
   }
 
   onBodySent(): void {
     // Moves the due time on; the timer, armed for the earlier one, re-arms when it fires.
-    if (this.phase === phaseHead) this.dueAt = this.call.core.clock.now() + this.call.core.readMs
+    if (this.phase === phaseHead) this.due(this.call.core.readMs)
   }
 
   onRequestSent(): void {
@@ -698,26 +724,52 @@ class Attempt {
     this.onError(new Error('unexpected upgrade'))
   }
 
-  setDue(dueAt: number): void {
-    this.dueAt = dueAt
-    const due = Math.min(dueAt, this.call.deadlineAt)
-    if (due < this.armedAt) {
-      const clock = this.call.core.clock
-      clock.clearTimeout(this.timer)
-      this.armedAt = due
-      this.timer = clock.setTimeout(this.onTimer, due - clock.now())
+  /** Moves the phase's due time to `ms` from now, re-arming the timer if that is earlier. */
+  setDue(ms: number): void {
+    const now = this.due(ms)
+    const due = Math.min(this.dueAt, this.call.deadlineAt)
+    if (due < this.armedAt) this.arm(due, now)
+  }
+
+  /**
+   * The clock stepped by `stepMs` (negative: back), the call's times have moved (see
+   * {@link ForwardCall.clockStepped}), and so does the phase's due time if `withDue`. The
+   * timer is armed again from `now` when it is running.
+   */
+  clockStepped(stepMs: number, withDue: boolean, now: number): void {
+    if (withDue) {
+      this.dueAt += stepMs
+      this.dueFrom += stepMs
     }
+    if (this.timer !== undefined) this.arm(Math.min(this.dueAt, this.call.deadlineAt), now)
   }
 
   // The timer is armed for the earliest due time known when it was set; later phases move
   // the due time on without touching the timer (a body chunk just writes `dueAt`), and the
   // timer, when it fires, re-arms for what is left.
+  //
+  // The times are wall-clock times, but the timer counts elapsed time (Node's timers are
+  // monotonic): when the clock stepped back (an NTP correction) after the timer was armed, the
+  // clock reads less than the time the timer was armed for, which has truly passed. Compared
+  // with the stepped clock, the due times held the attempt back by the size of the step (a
+  // readMs of 500 with the clock stepped back 5 s ran out after 5.5 s); they move by the step
+  // instead. Those read before the timer was armed (the call's deadline and start, a due time
+  // the timer was armed for) surely were read before the step; a due time moved on since (a
+  // body chunk) moves only when the call's latest reading of the clock lies above now, so was
+  // taken before the step too (moving one read after the step would make it run out early).
+  // See also ForwardCall.now.
   timerFired(): void {
     this.timer = undefined
     if (this.phase === phaseDone) return
-    const core = this.call.core
+    const call = this.call
+    const core = call.core
     const clock = core.clock
-    const now = clock.now()
+    let now = clock.now()
+    const expected = this.armedNow + this.armedDelay
+    if (expected - now > stepToleranceMs) {
+      const withDue = this.dueFrom <= this.armedNow || call.seenMs > now + stepToleranceMs
+      call.clockStepped(now - expected, withDue, now)
+    } else now = call.now()
     const deadlineAt = this.call.deadlineAt
     if (
       this.phase === phaseConnect &&
@@ -735,8 +787,7 @@ class Attempt {
     }
     const due = Math.min(this.dueAt, deadlineAt)
     if (now < due) {
-      this.armedAt = due
-      this.timer = clock.setTimeout(this.onTimer, due - now)
+      this.arm(due, now)
       return
     }
     this.call.onAttemptError(
@@ -778,8 +829,11 @@ class ForwardCall {
   readonly res: ProxyResponse | undefined
   /** Bytes of the body captured for the outcome; negative: no capture. */
   readonly captureMax: number
-  readonly startedAt: number
+  // Both moved only when the clock steps back (see now()).
+  startedAt: number
   deadlineAt: number
+  /** The latest reading of the clock the call has taken (see now()). */
+  seenMs: number
   resolve!: (outcome: ForwardOutcome) => void
   // Bulkhead queue links.
   prev: ForwardCall | undefined
@@ -835,6 +889,7 @@ class ForwardCall {
     this.captureMax = captureMax
     const now = core.clock.now()
     this.startedAt = now
+    this.seenMs = now
     const overall = now + core.overallMs
     this.deadlineAt =
       req.deadlineAt !== undefined && req.deadlineAt < overall ? req.deadlineAt : overall
@@ -890,7 +945,7 @@ class ForwardCall {
       this.waitTimer = core.clock.setTimeout(() => {
         this.waitTimer = undefined
         if (!this.holdsSlot) this.fail('DEADLINE_EXCEEDED')
-      }, this.deadlineAt - core.clock.now())
+      }, this.deadlineAt - this.now())
     } else {
       this.fail('BULKHEAD_FULL')
     }
@@ -975,9 +1030,38 @@ class ForwardCall {
     this.dispatch()
   }
 
+  /**
+   * Reads the clock. A reading below the latest one means the clock stepped back (an NTP
+   * correction) since, and every time of the call and its attempt was read before the step:
+   * they move by the difference, so that the deadline and the attempt's due time still end
+   * after the time they had left, not after that and the step. (The attempt's timer tells a
+   * step that comes while nothing reads the clock: see Attempt.timerFired.)
+   */
+  now(): number {
+    const now = this.core.clock.now()
+    const seenMs = this.seenMs
+    if (now < seenMs - stepToleranceMs) this.clockStepped(now - seenMs, true, now)
+    else if (now > seenMs) this.seenMs = now
+    return now
+  }
+
+  /**
+   * The clock stepped by `stepMs` (negative: back) after the call's start and deadline were
+   * read, and now reads `now`: they move by as much, and so do the running attempt's times
+   * (its due time only if `withDue`: see Attempt.timerFired).
+   */
+  clockStepped(stepMs: number, withDue: boolean, now: number): void {
+    this.startedAt += stepMs
+    this.deadlineAt += stepMs
+    this.seenMs = now
+    const attempt = this.attempt
+    if (attempt !== undefined && attempt.phase !== phaseDone)
+      attempt.clockStepped(stepMs, withDue, now)
+  }
+
   dispatch(): void {
     const core = this.core
-    const now = core.clock.now()
+    const now = this.now()
     // A retry timer (or a slot) that came too late: no attempt without time left.
     if (now >= this.deadlineAt) {
       this.fail('DEADLINE_EXCEEDED')
@@ -1065,12 +1149,12 @@ class ForwardCall {
       }
     }
     attempt.phase = phaseBody
-    attempt.setDue(core.clock.now() + core.readMs)
+    attempt.setDue(core.readMs)
     return true
   }
 
   onData(attempt: Attempt, chunk: Buffer): boolean {
-    attempt.dueAt = this.core.clock.now() + this.core.readMs
+    attempt.due(this.core.readMs)
     if (this.chunks !== undefined && !this.truncated) {
       const room = this.captureMax - this.capturedBytes
       if (chunk.length <= room) {
@@ -1090,7 +1174,7 @@ class ForwardCall {
     this.onDrain ??= () => {
       const current = this.attempt
       if (current === undefined || current.phase !== phaseBody) return
-      current.setDue(this.core.clock.now() + this.core.readMs)
+      current.setDue(this.core.readMs)
       current.resume?.()
     }
     res.once('drain', this.onDrain)
@@ -1135,10 +1219,7 @@ class ForwardCall {
     // attempt before the service's own connectMs or readMs ran out: the deadline is the
     // client's (its header, on a gateway sent from anywhere), and a client asking for less
     // than the upstream's usual latency would otherwise open the circuit for every client.
-    if (
-      reason === failRefused ||
-      (reason === failDeadline && this.core.clock.now() < attempt.dueAt)
-    )
+    if (reason === failRefused || (reason === failDeadline && this.now() < attempt.dueAt))
       this.core.breaker.record(attempt.epoch, undefined)
     else this.recordAttempt(attempt, true)
     if (streaming) {
@@ -1227,7 +1308,7 @@ class ForwardCall {
     const backoff = core.backoff as Backoff
     let delayMs = backoff.delayMs(this.attempts - 1)
     if (retryAfterMs !== undefined && retryAfterMs > delayMs) delayMs = retryAfterMs
-    const now = core.clock.now()
+    const now = this.now()
     if (now + delayMs >= this.deadlineAt) return false
     if (core.budget !== undefined && !core.budget.tryWithdraw()) return false
     if (attempt.phase !== phaseDone) {
@@ -1240,7 +1321,13 @@ class ForwardCall {
     this.waitTimer = core.clock.setTimeout(() => {
       this.waitTimer = undefined
       this.inBackoff = false
-      if (!this.finished) this.dispatch()
+      if (this.finished) return
+      // The backoff has truly passed, whatever the clock reads: a reading short of its end
+      // means the clock stepped back meanwhile, when nothing of the call read it.
+      const ended = core.clock.now()
+      if (now + delayMs - ended > stepToleranceMs)
+        this.clockStepped(ended - (now + delayMs), false, ended)
+      this.dispatch()
     }, delayMs)
     return true
   }
