@@ -38,7 +38,7 @@ export const errorCodes = {
   STORE_CLOSED:
     'A statement was sent to a database driver (or a call made on the Redis idempotency store) after close() was called.',
   STORE_BUSY:
-    'A SQLite write waited longer than busyTimeoutMs for a transaction of another driver of the same process on the same file; retryable.',
+    'A SQLite write waited longer than busyTimeoutMs for a transaction of another driver of the same process on the same file, or a PostgreSQL statement waited longer than connectionTimeoutMs for a pooled connection (all maxConnections in use); retryable.',
   TRANSACTION_MISUSE:
     'A transaction executor was used after its transaction ended, or a SQLite driver was called from inside its own transaction (or asked to write from inside the transaction of another driver on the same file).',
   MIGRATION_CONFLICT:

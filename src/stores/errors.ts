@@ -27,16 +27,24 @@ export class StoreClosedError extends BreakwaterError {
 }
 
 /**
- * A SQLite write waited longer than `busyTimeoutMs` for the write lock that drivers of one
- * process share per file (held by another driver's transaction). Retryable.
+ * The store stayed busy for longer than its wait limit. Retryable. On SQLite: a write waited
+ * longer than `busyTimeoutMs` for the write lock that drivers of one process share per file
+ * (held by another driver's transaction). On PostgreSQL: every pooled connection
+ * (`maxConnections`) stayed in use for longer than `connectionTimeoutMs`; `cause` is pg-pool's
+ * own error.
  */
 export class StoreBusyError extends BreakwaterError {
-  constructor(timeoutMs: number) {
+  /** How long the statement waited, in milliseconds. */
+  readonly timeoutMs: number
+
+  constructor(timeoutMs: number, message?: string, cause?: unknown) {
     super(
       'STORE_BUSY',
-      `database is locked: another SQLite driver of this process on the same file held a transaction open for more than busyTimeoutMs (${timeoutMs} ms)`,
-      { retryable: true },
+      message ??
+        `database is locked: another SQLite driver of this process on the same file held a transaction open for more than busyTimeoutMs (${timeoutMs} ms)`,
+      cause === undefined ? { retryable: true } : { retryable: true, cause },
     )
+    this.timeoutMs = timeoutMs
   }
 }
 

@@ -9,7 +9,12 @@ import {
   checkOptionKeys,
   optionKeys,
 } from '../core/validate.js'
-import { DriverMissingError, StoreClosedError, TransactionMisuseError } from './errors.js'
+import {
+  DriverMissingError,
+  StoreBusyError,
+  StoreClosedError,
+  TransactionMisuseError,
+} from './errors.js'
 import { LruCache } from './lru.js'
 import { OpenPoolConnections } from './pg-connections.js'
 import { redactUrl } from './redact.js'
@@ -48,7 +53,9 @@ export interface PostgresDriverOptions {
   readonly idleInTransactionTimeoutMs?: number | undefined
   /**
    * How long to wait for a new connection (and for a free one when the pool is full); 0 means
-   * no limit (pg's meaning): a server that never answers is waited for forever.
+   * no limit (pg's meaning): a server that never answers is waited for forever. A wait for a
+   * free connection that runs out fails with `StoreBusyError` (`STORE_BUSY`) naming
+   * `maxConnections`.
    * @default 10000
    */
   readonly connectionTimeoutMs?: number | undefined
@@ -648,6 +655,7 @@ export class PostgresDriver implements SqlDriver {
   readonly #listener: PgListener
   readonly #connections: OpenPoolConnections
   readonly #clock: Clock
+  readonly #limits: PoolLimits
   /**
    * How to refuse each statement or transaction still waiting for a pooled connection: once
    * `close()` has called `pool.end()`, pg-pool serves no waiter, so they would wait for ever
@@ -669,8 +677,9 @@ export class PostgresDriver implements SqlDriver {
   #closing: Promise<void> | undefined
 
   /** @internal Use {@link createPostgresDriver}. */
-  constructor(pool: PgPool, listener: PgListener, clock: Clock) {
+  constructor(pool: PgPool, listener: PgListener, clock: Clock, limits: PoolLimits) {
     this.#pool = pool
+    this.#limits = limits
     this.#direct = executorOf({ query: (config) => this.#runOnPool(config) })
     this.#listener = listener
     this.#connections = new OpenPoolConnections(pool)
@@ -717,7 +726,7 @@ export class PostgresDriver implements SqlDriver {
         },
         (error: unknown) => {
           this.#waiting.delete(refuse)
-          reject(error)
+          reject(poolError(error, this.#limits))
         },
       )
     })
@@ -904,6 +913,29 @@ function asError(value: unknown): Error {
   return value instanceof Error ? value : new Error(String(value))
 }
 
+/** The pool's size and wait limit, named when the pool runs out. */
+interface PoolLimits {
+  readonly maxConnections: number
+  readonly connectionTimeoutMs: number
+}
+
+// pg-pool's message when a checkout waited connectionTimeoutMs with every connection in use (a
+// new connection that takes too long fails with another message, kept as is).
+const poolWaitTimeout = 'timeout exceeded when trying to connect'
+
+/**
+ * A checkout's failure: pg-pool's bare timeout of a full pool becomes {@link StoreBusyError}
+ * naming the pool size and the options to raise, with pg's error as `cause`.
+ */
+function poolError(error: unknown, limits: PoolLimits): unknown {
+  if (!(error instanceof Error) || error.message !== poolWaitTimeout) return error
+  return new StoreBusyError(
+    limits.connectionTimeoutMs,
+    `PostgreSQL pool exhausted: all maxConnections (${limits.maxConnections}) connections stayed in use for connectionTimeoutMs (${limits.connectionTimeoutMs} ms); raise maxConnections (within the server's max_connections, shared by every process), hold connections for less time (short transactions, no remote calls inside them), or raise connectionTimeoutMs`,
+    error,
+  )
+}
+
 /**
  * Connects to PostgreSQL with a pg pool. The pool connects lazily; the first statement (or
  * transaction) reports connection problems. An unknown (misspelt) option is refused with
@@ -989,5 +1021,5 @@ export async function createPostgresDriver(
     baseMs,
     maxMs,
   )
-  return new PostgresDriver(pool, listener, clock)
+  return new PostgresDriver(pool, listener, clock, { maxConnections: max, connectionTimeoutMs })
 }
