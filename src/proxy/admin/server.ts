@@ -457,9 +457,12 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
       resolve()
     })
   })
-  // A failed accept (EMFILE or ENFILE: out of file descriptors) comes as an 'error' event,
-  // which Node throws when nobody listens, ending the proxy with it. The server keeps
-  // listening; the failures are logged at most every 10 s, with how many were not.
+  // An accept that fails for want of file descriptors (EMFILE or ENFILE) is handled inside
+  // libuv (it accepts and closes the connections with a descriptor kept in reserve) and Node
+  // emits nothing, so those are not logged. Only when that reserve is gone too, or for another
+  // accept error, does an 'error' event come, which Node throws when nobody listens, ending
+  // the proxy with it. The server keeps listening; such errors are logged at most every 10 s,
+  // with how many were not.
   let suppressed = 0
   let loggedAt = Number.NEGATIVE_INFINITY
   server.on('error', (error: NodeJS.ErrnoException) => {

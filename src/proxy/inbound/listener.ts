@@ -289,11 +289,13 @@ export function createListenerServer(
   server.on('drop', () => {
     refused++
   })
-  // A failed accept (EMFILE or ENFILE: the process or the machine is out of file descriptors,
-  // as a connection flood can make it) comes as the server's 'error' event, which Node throws
-  // when nobody listens: the proxy would end. The server keeps listening (libuv sheds the
-  // connection it could not take); the failures are logged at most every 10 s, with how many
-  // were not. Errors before listening are listen()'s to report.
+  // An accept that fails for want of file descriptors (EMFILE or ENFILE, as a connection flood
+  // can make it) is handled inside libuv: it frees a descriptor it keeps in reserve, accepts
+  // the waiting connections and closes them, and Node emits nothing, so those are not logged
+  // (docs/proxy.md, File descriptors). Only when that reserve is gone too, or for another
+  // accept error, does the server emit 'error', which Node throws when nobody listens: the
+  // proxy would end. The server keeps listening; such errors are logged at most every 10 s,
+  // with how many were not. Errors before listening are listen()'s to report.
   let acceptFailuresSuppressed = 0
   let acceptFailureLoggedAt = Number.NEGATIVE_INFINITY
   server.on('error', (error: NodeJS.ErrnoException) => {

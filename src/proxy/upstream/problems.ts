@@ -20,7 +20,9 @@ export const statusFor: Partial<Record<ErrorCode, number>> = {
 /**
  * The problem detail for a failure code, naming the service; `reason` adds why: for
  * `UPSTREAM_RESPONSE_INVALID`, what the parser refused (`HPE_INVALID_HEADER_TOKEN: ...`), for
- * `DEADLINE_EXCEEDED`, where the request was when the deadline passed.
+ * `DEADLINE_EXCEEDED`, where the request was when the deadline passed, for
+ * `UPSTREAM_POOL_REFUSED`, what the proxy is short of (`the proxy is out of file descriptors
+ * (EMFILE)`).
  */
 export function problemDetail(code: ErrorCode, service: string, reason?: string): string {
   switch (code) {
@@ -35,7 +37,7 @@ export function problemDetail(code: ErrorCode, service: string, reason?: string)
     case 'UPSTREAM_CONNECT_FAILED':
       return `Could not connect to service ${service}.`
     case 'UPSTREAM_POOL_REFUSED':
-      return `The proxy's connection pool for service ${service} refused the request before sending it.`
+      return `The proxy's connection pool for service ${service} refused the request before sending it${reason === undefined ? '' : `: ${reason}`}.`
     case 'UPSTREAM_TIMEOUT':
       return `Service ${service} did not answer in time.`
     case 'DEADLINE_EXCEEDED':

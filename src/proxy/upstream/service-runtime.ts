@@ -41,6 +41,7 @@ import { type Discovery, type DnsResolver, startDiscovery } from './discovery.js
 import { type Endpoint, EndpointSet, type UpstreamPool } from './endpoints.js'
 import { Http1Pool } from './http1-pool.js'
 import { Http1PoolError } from './http1-types.js'
+import { localShortage, ShortageLog } from './local-shortage.js'
 import { type UpstreamMetrics, upstreamMetrics } from './metrics.js'
 import { problemDetail, statusFor } from './problems.js'
 import { openTunnel } from './tunnel.js'
@@ -244,6 +245,8 @@ class Core {
   readonly statusCounts = new Map<number, number>()
   retryCount = 0
   ejectionCount = 0
+  /** Connects that failed for want of the proxy's own descriptors or memory (logged rarely). */
+  readonly shortages: ShortageLog
   readonly serviceLabels: { readonly service: string }
 
   constructor(config: ServiceConfig, deps: ProxyDeps, options: ServiceRuntimeOptions) {
@@ -251,6 +254,7 @@ class Core {
     this.config = config
     this.clock = deps.clock
     this.logger = deps.logger
+    this.shortages = new ShortageLog(deps.clock, deps.logger)
     this.metrics = upstreamMetrics(deps.metrics)
     this.serviceLabels = { service: config.name }
     this.connectMs = config.timeouts.connectMs
@@ -557,6 +561,8 @@ const failDeadline = 4
 const failRefused = 5
 // The response broke HTTP/1.1 (the parser refused it, or its framing cannot be passed on).
 const failInvalid = 6
+// The proxy could not create the socket: out of descriptors or memory (local-shortage.ts).
+const failLocal = 7
 
 /**
  * Whether a pool error is its parser refusing the response (llhttp's `HPE_*` codes, which
@@ -1201,7 +1207,9 @@ class ForwardCall {
             : failReset
           : poolRefusalCodes.has((error as { code?: unknown }).code as string)
             ? failRefused
-            : failConnect
+            : localShortage(error) !== undefined
+              ? failLocal
+              : failConnect
     this.failAttempt(attempt, error, reason)
   }
 
@@ -1210,7 +1218,10 @@ class ForwardCall {
     const unsent = attempt.phase === phaseConnect
     attempt.finish(error)
     if (reason === failInvalid) this.malformed(attempt, error)
-    else if (reason === failDeadline && unsent && attempt.poolWait)
+    else if (reason === failLocal) {
+      this.failureReason = localShortage(error)
+      this.core.shortages.note(this.core.name, attempt.endpoint.url, error)
+    } else if (reason === failDeadline && unsent && attempt.poolWait)
       this.failureReason = `it was still waiting for one of the proxy's ${this.core.config.bulkhead.connectionsPerEndpoint} connections to ${attempt.endpoint.url}, all busy (bulkhead.connectionsPerEndpoint)`
     // A request the pool refused never reached the upstream: it says nothing of its health,
     // so neither the breaker (a half-open probe slot is given back) nor outlier ejection
@@ -1219,7 +1230,14 @@ class ForwardCall {
     // attempt before the service's own connectMs or readMs ran out: the deadline is the
     // client's (its header, on a gateway sent from anywhere), and a client asking for less
     // than the upstream's usual latency would otherwise open the circuit for every client.
-    if (reason === failRefused || (reason === failDeadline && this.now() < attempt.dueAt))
+    // Nor a socket the proxy could not create (out of descriptors or memory): under a
+    // connection flood every connect fails so, and the breaker then refused the healthy
+    // upstream for its whole cooldown after the flood had passed.
+    if (
+      reason === failRefused ||
+      reason === failLocal ||
+      (reason === failDeadline && this.now() < attempt.dueAt)
+    )
       this.core.breaker.record(attempt.epoch, undefined)
     else this.recordAttempt(attempt, true)
     if (streaming) {
@@ -1238,8 +1256,11 @@ class ForwardCall {
       )
       return
     }
+    // Not retried after a local shortage either: the retry budget is for the upstream's
+    // failures, and a retry would hold the client's descriptor through its backoff.
     if (
       reason !== failDeadline &&
+      reason !== failLocal &&
       this.retryable &&
       (unsent || !this.unsentOnly) &&
       this.canRetry() &&
@@ -1249,7 +1270,7 @@ class ForwardCall {
     this.fail(
       reason === failConnect
         ? 'UPSTREAM_CONNECT_FAILED'
-        : reason === failRefused
+        : reason === failRefused || reason === failLocal
           ? 'UPSTREAM_POOL_REFUSED'
           : reason === failTimeout
             ? 'UPSTREAM_TIMEOUT'

@@ -43,6 +43,7 @@ import { appendVia } from '../via.js'
 import type { ServiceBreaker } from './breaker.js'
 import type { OutboundAuth, TlsMaterial } from './credentials.js'
 import type { Endpoint, EndpointSet } from './endpoints.js'
+import { localShortage, type ShortageLog } from './local-shortage.js'
 import { problemDetail, statusFor } from './problems.js'
 
 /** What a tunnel needs of its service: the service runtime's shared state. */
@@ -66,6 +67,8 @@ export interface TunnelService {
   readonly discovering: Promise<void> | undefined
   /** Stops of the handshakes and tunnels under way; the service calls them when it closes. */
   readonly tunnels: Set<() => void>
+  /** Where connects that failed for want of the proxy's own resources are logged. */
+  readonly shortages: ShortageLog
   /** Counts an answer in the service's request metrics. */
   count(status: number, startedAt: number): void
 }
@@ -272,8 +275,18 @@ class Handshake {
       this.upgraded(res, socket, upstreamHead),
     )
     upstream.once('response', (res: IncomingMessage) => this.answered(res))
-    upstream.on('error', () => {
+    upstream.on('error', (error: Error) => {
       if (this.decided) return
+      const shortage = this.connected || this.timedOut ? undefined : localShortage(error)
+      if (shortage !== undefined) {
+        // The proxy could not create the socket (out of descriptors or memory): its own
+        // trouble, counted by neither the breaker nor ejection, as on the HTTP path.
+        service.shortages.note(service.name, endpoint.url, error)
+        this.record(undefined)
+        this.client.off('close', this.onClientGone)
+        this.refuse('UPSTREAM_POOL_REFUSED', shortage)
+        return
+      }
       this.fail(
         this.timedOut
           ? 'UPSTREAM_TIMEOUT'
@@ -384,17 +397,24 @@ class Handshake {
     this.refuse(code)
   }
 
-  /** Answers the client with the proxy's own problem for `code`. */
-  refuse(code: ErrorCode): void {
+  /** Answers the client with the proxy's own problem for `code` (`reason`: see problemDetail). */
+  refuse(code: ErrorCode, reason?: string): void {
     const service = this.service
     const status = statusFor[code] ?? 502
     const headers: Record<string, string> = {}
     if (code === 'BROKEN_CIRCUIT')
       headers['retry-after'] = String(service.breaker.retryAfterSeconds())
-    endWithProblem(this.client, service.clock, status, code, problemDetail(code, service.name), {
-      headers,
-      fields: { service: service.name },
-    })
+    endWithProblem(
+      this.client,
+      service.clock,
+      status,
+      code,
+      problemDetail(code, service.name, reason),
+      {
+        headers,
+        fields: { service: service.name },
+      },
+    )
     this.settle(status, code, closedWith(this.client))
   }
 

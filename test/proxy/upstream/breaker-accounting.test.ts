@@ -2,10 +2,15 @@
 // refusal of the proxy's own connection pool (nothing reached the upstream), and not a 408 or
 // 429 answer (the upstream is shedding load or the client was slow, it is not broken).
 
-import { Duplex } from 'node:stream'
 import { describe, expect, it } from 'vitest'
 import { UpstreamError } from '../../../src/proxy/upstream/index.js'
-import { eventually, forwardRequest, serviceConfig, useUpstreamTest } from './helpers.js'
+import {
+  eventually,
+  forwardRequest,
+  recordingClient,
+  serviceConfig,
+  useUpstreamTest,
+} from './helpers.js'
 
 const { cleanups, upstream, service } = useUpstreamTest()
 
@@ -66,15 +71,7 @@ describe('a WebSocket handshake node refuses to send', () => {
         ...tripAtOnce,
       }),
     )
-    const written: Buffer[] = []
-    const client = new Duplex({
-      read() {},
-      write(chunk: Buffer, _encoding, callback) {
-        written.push(chunk)
-        callback()
-      },
-    })
-    cleanups.push(() => client.destroy())
+    const { client, written } = recordingClient(cleanups)
     const outcome = await orders.tunnel(
       {
         target: '/chat',

@@ -1,5 +1,4 @@
 import { createServer, request as httpRequest, type IncomingMessage } from 'node:http'
-import { Duplex } from 'node:stream'
 import { describe, expect, it } from 'vitest'
 import { classifyFailure, DEADLINE_HEADER } from '../../../src/index.js'
 import type { ServiceConfig } from '../../../src/proxy/contracts.js'
@@ -15,6 +14,7 @@ import {
   eventually,
   type Front,
   forwardRequest,
+  recordingClient,
   serviceConfig,
   startFront,
   testDeps,
@@ -676,14 +676,7 @@ describe('websocket refusals', () => {
       }),
     )
     expect((await service.exchange(forwardRequest(), 10)).status).toBe(502)
-    const written: Buffer[] = []
-    const client = new Duplex({
-      read() {},
-      write(chunk: Buffer, _encoding, callback) {
-        written.push(chunk)
-        callback()
-      },
-    })
+    const { client, written } = recordingClient(cleanups)
     const outcome = await service.tunnel(
       { target: '/chat', headers: {}, host: 'front', requestId: 'ws-1', idleTimeoutMs: 1_000 },
       client,

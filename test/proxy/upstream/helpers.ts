@@ -3,6 +3,7 @@
 // server that hands each request to a service's forward() as the inbound side would.
 
 import { createServer, type Server, type ServerResponse } from 'node:http'
+import { Duplex } from 'node:stream'
 import { afterEach } from 'vitest'
 import type { Clock } from '../../../src/core/clock.js'
 import { DEADLINE_HEADER } from '../../../src/index.js'
@@ -213,4 +214,21 @@ export function forwardRequest(overrides: Partial<Mutable<ForwardRequest>> = {})
     signal: new AbortController().signal,
     ...overrides,
   }
+}
+
+/**
+ * A WebSocket client's side of a tunnel, recording what the proxy writes to it (`written`),
+ * that `cleanups` destroys.
+ */
+export function recordingClient(cleanups: Cleanups): { client: Duplex; written: Buffer[] } {
+  const written: Buffer[] = []
+  const client = new Duplex({
+    read() {},
+    write(chunk: Buffer, _encoding, callback) {
+      written.push(chunk)
+      callback()
+    },
+  })
+  cleanups.push(() => client.destroy())
+  return { client, written }
 }
