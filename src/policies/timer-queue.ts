@@ -84,6 +84,10 @@ export class TimerQueue {
   #addedNowMs = Number.POSITIVE_INFINITY
   // The latest reading of the clock the queue has seen.
   #seenMs = Number.NEGATIVE_INFINITY
+  // systemClock only: the global setTimeout that armed the timer, and the clearTimeout that
+  // goes with it (see #followTimers).
+  #armedBy: unknown
+  #clearArmed: typeof globalThis.clearTimeout | undefined
   readonly #onTimer = (): void => this.#run()
 
   constructor(clock: Clock) {
@@ -103,6 +107,7 @@ export class TimerQueue {
    */
   add(entry: TimerEntry, nowMs?: number): void {
     if (nowMs !== undefined) this.observe(nowMs)
+    else this.#followTimers()
     const heap = this.#heap
     entry.queueIndex = heap.length
     heap.push(entry)
@@ -137,8 +142,31 @@ export class TimerQueue {
    * {@link TimerList} adding a node). Call before adding anything timed from it.
    */
   observe(nowMs: number): void {
+    this.#followTimers()
     this.#followStep(nowMs)
     this.#addedNowMs = nowMs
+  }
+
+  // systemClock looks the global timers up at call time, so fake timers (vi.useFakeTimers(),
+  // @sinonjs/fake-timers) drive it. A timer armed under one fake clock belongs to it: once the
+  // globals change (installed, uninstalled, another fake clock) it will not fire, and the kept
+  // idle timer made every later entry wait for it: after one timeout under fake timers, no
+  // timeout on the real clock ever ran out. Such a timer is cleared with the clearTimeout of its
+  // own clock (the current one would not know it; @sinonjs/fake-timers warns) and the timer armed
+  // anew on the current globals.
+  #followTimers(): void {
+    if (!this.#keepIdleTimer || this.#handle === undefined) return
+    if (globalThis.setTimeout === this.#armedBy) return
+    try {
+      this.#clearArmed?.(this.#handle as Parameters<typeof globalThis.clearTimeout>[0])
+    } catch {
+      // A fake clock's own clearTimeout after uninstall(): nothing fires there any more anyway.
+    }
+    this.#handle = undefined
+    this.#armedAtMs = Number.POSITIVE_INFINITY
+    this.#armedNowMs = Number.NaN
+    const top = this.#heap[0]
+    if (top !== undefined) this.#arm(top.atMs)
   }
 
   // A reading below the latest one seen: the clock stepped back since, and everything queued
@@ -217,6 +245,11 @@ export class TimerQueue {
     this.#armedNowMs = now
     this.#armedDelayMs = delayMs
     this.#addedNowMs = Number.POSITIVE_INFINITY
+    if (this.#keepIdleTimer) {
+      // The queue's delays are at most maxTimerDelayMs: the handle is the global timers' own.
+      this.#armedBy = globalThis.setTimeout
+      this.#clearArmed = globalThis.clearTimeout
+    }
     this.#handle = this.#clock.setTimeout(this.#onTimer, delayMs)
     // Armed only for queued entries, each a call someone awaits: a timeout exists to end a call
     // that would never settle, and with an unreferenced timer a script awaiting such a call
