@@ -91,19 +91,32 @@ export function crashTests(target: DbTarget): void {
     )
 
     it('the checker catches a worker that sends a fresh idempotency key per attempt', async () => {
-      const sagas = await startOrders(sagaDb.db, saga, 6, 500_000)
-      await runWithCrashes({
-        db: sagaDb.db,
-        saga,
-        sagas,
-        env: { ...env(), SAGA_BROKEN_KEYS: '1' },
-        points: ['saga:after-step-action:charge'],
-        randomKills: 0,
-        workers: 2,
-        deadlineMs: 60_000,
-      })
-      const violations = await checkOrderSagas(sagaDb.db, servicesDb.db, sagas)
-      expect(violations.some((v) => /2 charge effect\(s\)/.test(v))).toBe(true)
-    }, 90_000)
+      // The broken worker is killed after charge's remote call; the saga's next run charges
+      // again under a fresh key, which the checker must report. On an overloaded machine that
+      // next run can instead give up on charge (its attempts spent on timeouts) and compensate
+      // a step of unknown outcome, which is correct and leaves one charge. A CI run under load
+      // once saw no double charge, most likely for that reason (not reproduced). So the scenario runs again, on fresh sagas, up to three times, and every run's
+      // violations are in the failure message.
+      const seen: string[][] = []
+      for (let run = 0; run < 3; run++) {
+        const sagas = await startOrders(sagaDb.db, saga, 6, 500_000 + run * 1_000)
+        await runWithCrashes({
+          db: sagaDb.db,
+          saga,
+          sagas,
+          env: { ...env(), SAGA_BROKEN_KEYS: '1' },
+          points: ['saga:after-step-action:charge'],
+          randomKills: 0,
+          workers: 2,
+          deadlineMs: 60_000,
+        })
+        const violations = await checkOrderSagas(sagaDb.db, servicesDb.db, sagas)
+        seen.push(violations)
+        if (violations.some((v) => /2 charge effect\(s\)/.test(v))) break
+      }
+      expect(seen.flat(), JSON.stringify(seen)).toEqual(
+        expect.arrayContaining([expect.stringMatching(/2 charge effect\(s\)/)]),
+      )
+    }, 240_000)
   })
 }
