@@ -8,8 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { listDead, outboxStats, redrive } from '../../src/outbox/index.js'
 import {
   postgresRowsExamined,
-  recordingStatements,
   type SentStatement,
+  sqlitePlan,
+  statementsSentBy,
 } from '../support/query-plan.js'
 import { dbTargets, type OutboxDb } from './support.js'
 
@@ -43,21 +44,12 @@ describe.each(dbTargets)('dead-letter statements on $dialect', (target) => {
     await t?.close()
   })
 
-  /** The statements `call` sends, recorded as it runs them on the real database. */
-  async function sentBy(call: (db: typeof t.db) => Promise<unknown>): Promise<SentStatement[]> {
-    const sent: SentStatement[] = []
-    await call(recordingStatements(t.db, sent))
-    return sent
-  }
+  const sentBy = (call: (db: typeof t.db) => Promise<unknown>): Promise<SentStatement[]> =>
+    statementsSentBy(t.db, call)
 
   /** The lines of SQLite's `EXPLAIN QUERY PLAN` for `statement`, its parameters bound. */
-  async function sqlitePlan(statement: SentStatement): Promise<string[]> {
-    const rows = await t.db.query<{ detail: string }>(
-      `EXPLAIN QUERY PLAN ${statement.sql}`,
-      statement.params,
-    )
-    return rows.map((row) => row.detail)
-  }
+  const planDetails = async (statement: SentStatement): Promise<string[]> =>
+    (await sqlitePlan(t.db, statement)).map((line) => line.detail)
 
   /** Each statement reads the dead rows (SQLite: through `index`), not the published ones. */
   async function expectDeadRowsOnly(
@@ -70,7 +62,7 @@ describe.each(dbTargets)('dead-letter statements on $dialect', (target) => {
         const examined = await postgresRowsExamined(t.url, statement, outboxTable, 'custom')
         expect(examined, `plan of ${statement.sql}`).toBeLessThanOrEqual(2 * dead)
       } else {
-        const details = await sqlitePlan(statement)
+        const details = await planDetails(statement)
         const shown = `plan of ${statement.sql}: ${details.join('; ')}`
         // A walk of the rowid range, or of the whole table: every published row.
         expect(
@@ -108,7 +100,7 @@ describe.each(dbTargets)('dead-letter statements on $dialect', (target) => {
     const deadCount = sent.filter((s) => /dead_at IS NOT NULL/.test(s.sql))
     if (target.dialect === 'sqlite') {
       // One statement counts pending, dead and stranded: its dead sub-count reads the index.
-      const details = deadCount.length > 0 ? await sqlitePlan(deadCount[0]!) : []
+      const details = deadCount.length > 0 ? await planDetails(deadCount[0]!) : []
       expect(
         details.some((d) => d.includes(`${outboxTable}_held`)),
         details.join('; '),

@@ -7,31 +7,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { OUTBOX_PARTITIONS } from '../../src/outbox/index.js'
 import { outboxStatements } from '../../src/outbox/sql.js'
+import { type PlanNode, rowsExamined } from '../support/query-plan.js'
 import { type OutboxDb, postgresTarget } from './support.js'
-
-interface PlanNode {
-  readonly 'Relation Name'?: string
-  readonly 'Actual Rows'?: number
-  readonly 'Actual Loops'?: number
-  readonly 'Rows Removed by Filter'?: number
-  readonly 'Rows Removed by Index Recheck'?: number
-  readonly Plans?: readonly PlanNode[]
-}
-
-/** Rows of `table` the plan's scans produced or removed, over all their loops. */
-function rowsExamined(node: PlanNode, table: string): number {
-  let examined = 0
-  if (node['Relation Name'] === table) {
-    const loops = node['Actual Loops'] ?? 1
-    examined +=
-      ((node['Actual Rows'] ?? 0) +
-        (node['Rows Removed by Filter'] ?? 0) +
-        (node['Rows Removed by Index Recheck'] ?? 0)) *
-      loops
-  }
-  for (const child of node.Plans ?? []) examined += rowsExamined(child, table)
-  return examined
-}
 
 const partitions = Array.from({ length: OUTBOX_PARTITIONS }, (_, i) => i)
 const heldBack = outboxStatements.postgres.heldBack ?? ''

@@ -13,10 +13,10 @@ import { sagaTable } from '../../src/saga/sql.js'
 import { ManualClock } from '../../src/testing/index.js'
 import {
   postgresRowsExamined,
-  recordingStatements,
   type SentStatement,
   sqlitePlan,
   sqliteUnboundedReads,
+  statementsSentBy,
 } from '../support/query-plan.js'
 import { dbTargets, type TestDb } from './databases.js'
 
@@ -64,12 +64,8 @@ describe.each(dbTargets)('saga admin statements on $dialect', (target) => {
     await t?.close()
   })
 
-  /** The statements `call` sends, recorded as it runs them on the real database. */
-  async function sentBy(call: (db: typeof t.db) => Promise<unknown>): Promise<SentStatement[]> {
-    const sent: SentStatement[] = []
-    await call(recordingStatements(t.db, sent))
-    return sent
-  }
+  const sentBy = (call: (db: typeof t.db) => Promise<unknown>): Promise<SentStatement[]> =>
+    statementsSentBy(t.db, call)
 
   /** How each statement reads the saga table: rows examined (PostgreSQL), plan lines (SQLite). */
   async function expectBounded(sent: readonly SentStatement[], most: number): Promise<void> {

@@ -60,6 +60,16 @@ export function recordingStatements<E extends SqlExecutor>(executor: E, sent: Se
   })
 }
 
+/** The statements `call` sends through `executor`, recorded as it runs them on the real database. */
+export async function statementsSentBy<E extends SqlExecutor>(
+  executor: E,
+  call: (db: E) => Promise<unknown>,
+): Promise<SentStatement[]> {
+  const sent: SentStatement[] = []
+  await call(recordingStatements(executor, sent))
+  return sent
+}
+
 /**
  * Rows of `table` PostgreSQL looks at to run `statement` on the database at `url`, in a
  * transaction rolled back afterwards (a DELETE deletes nothing). The breakwater driver prepares
