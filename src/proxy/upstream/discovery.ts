@@ -316,17 +316,20 @@ class DnsDiscovery implements Discovery {
       for (const record of records) ttl = Math.min(ttl, record.ttl)
       return records.map((record) => record.address)
     }
-    const push = (address: string, port: number, servername: string, priority = 0) => {
+    const push = (address: string, port: number, servername: string, priority = 0, weight = 1) => {
       const host = isIP(address) === 6 ? `[${address}]` : address
-      targets.push({ url: `${config.scheme}://${host}:${port}`, servername, priority })
+      targets.push({ url: `${config.scheme}://${host}:${port}`, servername, priority, weight })
     }
     if (config.recordType === 'SRV') {
-      // Priority is kept (the endpoint set prefers the lowest, RFC 2782); weight is not used:
-      // endpoints of one priority share the load equally (see docs/proxy.md).
+      // Priority and weight are kept, as RFC 2782 says: the endpoint set picks among the lowest
+      // priority in use, in proportion to weight (weight 0: only when all of that priority are
+      // 0, or the others are ejected). The weight is the target host's share, so it is split
+      // among the target's addresses: a name with two addresses gets no more than with one.
       const records = await resolver.resolveSrv(config.name)
       for (const record of records) {
-        for (const address of await addresses(record.name, false))
-          push(address, record.port, record.name, record.priority)
+        const found = await addresses(record.name, false)
+        for (const address of found)
+          push(address, record.port, record.name, record.priority, record.weight / found.length)
       }
     } else {
       const port = config.port ?? (config.scheme === 'https' ? 443 : 80)

@@ -14,6 +14,13 @@ export interface EndpointTarget {
    * @default 0
    */
   readonly priority?: number
+  /**
+   * The endpoint's share among those of its priority (an SRV record's weight): picks go to it
+   * in proportion to its weight. An endpoint of weight 0 takes none while one of its priority
+   * with weight above 0 is picked from; when all of them are 0 they share equally.
+   * @default 1
+   */
+  readonly weight?: number
 }
 
 /**
@@ -52,6 +59,10 @@ export class Endpoint {
   readonly servername: string | undefined
   /** Lower is preferred; see {@link EndpointTarget.priority}. Updated by a new answer. */
   priority: number
+  /** Its share within its priority; see {@link EndpointTarget.weight}. Updated by a new answer. */
+  weight: number
+  /** Smooth weighted round robin's running credit (owned by the set, reset by a rebuild). */
+  credit = 0
   /** The endpoint's connection pool; replaced (and the old one retired) when TLS files change. */
   pool: UpstreamPool | undefined
   /** Attempts on this endpoint that have not ended. */
@@ -72,6 +83,7 @@ export class Endpoint {
     this.https = target.url.startsWith('https:')
     this.servername = target.servername
     this.priority = target.priority ?? 0
+    this.weight = target.weight ?? 1
     if (target.servername === undefined)
       this.hostHeader = target.url.slice(target.url.indexOf('//') + 2)
     else {
@@ -128,8 +140,19 @@ export class EndpointSet {
   #healthy: Endpoint[] = []
   #ejected = 0
   #next = 0
-  /** Whether the endpoints have more than one priority (picks then go to the lowest in use). */
+  /**
+   * Whether the endpoints have more than one priority (picks then go to the lowest in use) or
+   * more than one weight: ejections and returns then rebuild the healthy list.
+   */
   #tiered = false
+  /**
+   * The healthy endpoints' weights when they are not all equal (else undefined: every pick
+   * is the unweighted one), in the order of `#healthy`. An endpoint of weight 0 has 0 here
+   * while another has more, so it is never picked; when all are 0 the list is undefined.
+   */
+  #weights: number[] | undefined
+  /** The sum of `#weights`. */
+  #totalWeight = 0
 
   constructor(options: EndpointSetOptions) {
     this.#options = options
@@ -165,7 +188,10 @@ export class EndpointSet {
         endpoint = new Endpoint(target)
         this.#byUrl.set(target.url, endpoint)
         this.#options.open(endpoint)
-      } else endpoint.priority = target.priority ?? 0
+      } else {
+        endpoint.priority = target.priority ?? 0
+        endpoint.weight = target.weight ?? 1
+      }
       next.push(endpoint)
     }
     for (const old of this.#all) {
@@ -177,7 +203,9 @@ export class EndpointSet {
       this.#options.retire(old)
     }
     this.#all = next
-    this.#tiered = next.some((endpoint) => endpoint.priority !== next[0]?.priority)
+    this.#tiered = next.some(
+      (endpoint) => endpoint.priority !== next[0]?.priority || endpoint.weight !== next[0]?.weight,
+    )
     this.#rebuild()
   }
 
@@ -185,7 +213,7 @@ export class EndpointSet {
    * Picks an endpoint for an attempt, avoiding `avoid` (the endpoint a retry just failed on)
    * when another healthy one exists. With priorities, the healthy list holds only the lowest
    * priority that has an endpoint not ejected (higher ones are backups, as SRV's priority
-   * says). When every endpoint is ejected (only possible with
+   * says), picked by weight when their weights differ. When every endpoint is ejected (only possible with
    * `maxEjectedPercent: 100`) it picks among all of them rather than fail: some chance beats
    * none. Undefined only when there are no endpoints at all.
    */
@@ -197,6 +225,8 @@ export class EndpointSet {
     }
     const n = list.length
     if (n === 1) return list[0]
+    const weights = list === this.#healthy ? this.#weights : undefined
+    if (weights !== undefined) return this.#pickWeighted(list, weights, avoid)
     if (this.#options.loadBalancer === 'round-robin') {
       let index = this.#next++ % n
       if (this.#next >= 0x3fffffff) this.#next = 0
@@ -212,6 +242,58 @@ export class EndpointSet {
     if (a === avoid) return b
     if (b === avoid) return a
     return b.inFlight < a.inFlight ? b : a
+  }
+
+  // With unequal weights (RFC 2782's SRV weight): round robin is nginx's smooth weighted round
+  // robin (each pick credits every endpoint its weight and takes the one with the most credit,
+  // which then pays the total), so a weight-5 endpoint among two of weight 1 gets 5 picks of 7
+  // spread out (a a b a c a a), not 5 in a row. Least-request draws its two candidates at
+  // random in proportion to weight and keeps the one with less load for its weight (in flight
+  // divided by weight; the first drawn on a tie), so idle endpoints share by weight and busy
+  // ones keep requests in flight in proportion to it. O(n) in the endpoints of one priority.
+  #pickWeighted(list: readonly Endpoint[], weights: readonly number[], avoid?: Endpoint): Endpoint {
+    const n = list.length
+    // The endpoint a retry failed on is left out when another one of weight > 0 remains.
+    let skip = avoid === undefined ? -1 : list.indexOf(avoid)
+    if (skip >= 0 && (weights[skip] as number) >= this.#totalWeight) skip = -1
+    const total = this.#totalWeight - (skip >= 0 ? (weights[skip] as number) : 0)
+    if (this.#options.loadBalancer === 'round-robin') {
+      let best = -1
+      for (let i = 0; i < n; i++) {
+        const endpoint = list[i] as Endpoint
+        endpoint.credit += weights[i] as number
+        if (
+          i !== skip &&
+          (weights[i] as number) > 0 &&
+          (best < 0 || endpoint.credit > (list[best] as Endpoint).credit)
+        )
+          best = i
+      }
+      const chosen = list[best] as Endpoint
+      chosen.credit -= this.#totalWeight
+      return chosen
+    }
+    const random = this.#options.random
+    /** An index drawn in proportion to weight among all but `left` (whose weights sum to `sum`). */
+    const draw = (sum: number, left: number): number => {
+      let r = random() * sum
+      let last = -1
+      for (let i = 0; i < n; i++) {
+        const w = weights[i] as number
+        if (i === skip || i === left || w === 0) continue
+        last = i
+        if (r < w) return i
+        r -= w
+      }
+      // Rounding may leave r just above the last weight.
+      return last
+    }
+    const i = draw(total, -1)
+    const a = list[i] as Endpoint
+    if (total - (weights[i] as number) <= 0) return a
+    const j = draw(total - (weights[i] as number), i)
+    const b = list[j] as Endpoint
+    return b.inFlight * (weights[i] as number) < a.inFlight * (weights[j] as number) ? b : a
   }
 
   /** An attempt on `endpoint` got a response that is not a failure. */
@@ -317,6 +399,16 @@ export class EndpointSet {
     }
     this.#healthy = healthy
     this.#ejected = ejected
+    this.#weights = undefined
+    this.#totalWeight = 0
+    if (healthy.some((endpoint) => endpoint.weight !== healthy[0]?.weight)) {
+      // Not all equal, so some weight is above 0: those of weight 0 get none.
+      this.#weights = healthy.map((endpoint) => endpoint.weight)
+      for (const endpoint of healthy) {
+        endpoint.credit = 0
+        this.#totalWeight += endpoint.weight
+      }
+    }
   }
 
   #clearTimer(endpoint: Endpoint): void {

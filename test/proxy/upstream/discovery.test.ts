@@ -236,6 +236,80 @@ describe('DNS discovery', () => {
     expect(clock.nextTimerAt()).toBe(10_000)
   })
 
+  /** SRV records of priority 10 for a.orders.test and b.orders.test with weights wa and wb. */
+  function setSrv(
+    server: TestDnsServer,
+    [a, b]: readonly FaultyUpstream[],
+    wa: number,
+    wb: number,
+  ) {
+    server.set('_http._tcp.orders.test', 'SRV', [
+      {
+        type: 'SRV',
+        target: 'a.orders.test',
+        port: a?.port ?? 0,
+        priority: 10,
+        weight: wa,
+        ttl: 30,
+      },
+      {
+        type: 'SRV',
+        target: 'b.orders.test',
+        port: b?.port ?? 0,
+        priority: 10,
+        weight: wb,
+        ttl: 30,
+      },
+    ])
+  }
+
+  /** A round-robin service discovering _http._tcp.orders.test through `server`, ready. */
+  async function srvService(server: TestDnsServer) {
+    const clock = new ManualClock(0)
+    const discovery = dnsDiscovery({
+      name: '_http._tcp.orders.test',
+      recordType: 'SRV',
+      port: undefined,
+    })
+    const service = dnsService(discovery, clock, resolverOf(server))
+    await service.ready()
+    return { clock, service }
+  }
+
+  it('shares the load of one SRV priority by weight; a target of weight 0 gets none', async () => {
+    const [a, b] = await twoUpstreams()
+    const server = await dns()
+    setSrv(server, [a, b], 3, 1)
+    server.set('a.orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 30 }])
+    server.set('b.orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 30 }])
+    const { clock, service } = await srvService(server)
+    for (let i = 0; i < 8; i++) await service.exchange(forwardRequest(), 10)
+    expect([a.requests.length, b.requests.length]).toEqual([6, 2])
+    setSrv(server, [a, b], 0, 5)
+    await clock.advance(30_000)
+    await eventually(() => clock.nextTimerAt() === 60_000)
+    for (let i = 0; i < 4; i++) await service.exchange(forwardRequest(), 10)
+    expect([a.requests.length, b.requests.length]).toEqual([6, 6])
+  })
+
+  it('splits an SRV weight among the addresses of its target', async () => {
+    const [a, b] = await twoUpstreams()
+    // a.orders.test has two addresses (the same port on 127.0.0.2): together they get a's
+    // weight, as much as b, not twice as much.
+    const a2 = await startFaultyUpstream({ host: '127.0.0.2', port: a.port })
+    cleanups.push(() => a2.close())
+    const server = await dns()
+    setSrv(server, [a, b], 2, 2)
+    server.set('a.orders.test', 'A', [
+      { type: 'A', address: '127.0.0.1', ttl: 30 },
+      { type: 'A', address: '127.0.0.2', ttl: 30 },
+    ])
+    server.set('b.orders.test', 'A', [{ type: 'A', address: '127.0.0.1', ttl: 30 }])
+    const { service } = await srvService(server)
+    for (let i = 0; i < 8; i++) await service.exchange(forwardRequest(), 10)
+    expect([a.requests.length, a2.requests.length, b.requests.length]).toEqual([2, 2, 4])
+  })
+
   it('uses the lowest SRV priority only, and a higher one while every lower endpoint is ejected', async () => {
     const [a, b] = await twoUpstreams()
     const server = await dns()
