@@ -56,6 +56,13 @@ import {
   StartupError,
 } from './process-support.js'
 import {
+  type BrokerSettings,
+  brokerSettingFlags,
+  brokerSettingRefusal,
+  brokerSettingsHelp,
+  parseBrokerSettings,
+} from './relay-broker-settings.js'
+import {
   type BrokerTlsArgs,
   brokerTlsEnvironmentHelp,
   brokerTlsOption,
@@ -96,6 +103,8 @@ options:
                                amqp://, amqps://          RabbitMQ
                                redis://, rediss://        Redis Streams
                                http://, https://          a webhook (signed POSTs)
+                             the consumers must open the broker with the same exchange or
+                             stream: see --rabbitmq-exchange and --nats-stream
   --metrics-port <n>         serve Prometheus /metrics and /healthz on this port (0: any free
                              port, logged at start; default: no server)
   --metrics-host <host>      the metrics server's address, with --metrics-port (default
@@ -119,7 +128,7 @@ options:
                              (default ${defaultSecretEnv})
   --webhook-secret-file <f>  file holding the webhook signing secret
   --webhook-batch            one POST per batch instead of one per event
-${brokerTlsOptionsHelp}
+${brokerSettingsHelp}${brokerTlsOptionsHelp}
 environment:
   BREAKWATER_DB_URL, BREAKWATER_BROKER_URL
                              used when --db or --broker is not given: arguments show in ps
@@ -163,6 +172,10 @@ interface RelayArgs {
   readonly webhookBatch: boolean
   /** The broker's TLS files and passphrase source; undefined when none is given. */
   readonly brokerTls: BrokerTlsArgs | undefined
+  /** The adapter's exchange or stream, from `--rabbitmq-exchange`, `--nats-stream`... */
+  readonly brokerSettings: BrokerSettings
+  /** The flags as given, for the adapter's refusal of a value of `brokerSettings`'s. */
+  readonly brokerSettingValues: ReadonlyMap<string, string>
 }
 
 const valueFlags = new Set([
@@ -184,6 +197,7 @@ const valueFlags = new Set([
   '--webhook-secret-env',
   '--webhook-secret-file',
   ...brokerTlsValueFlags,
+  ...brokerSettingFlags,
 ])
 const booleanFlags = new Set(['--webhook-batch'])
 /** Flags that would carry a secret, refused with how to give it instead. */
@@ -259,6 +273,7 @@ function parse(
     webhook: broker.kind === 'webhook',
     source: brokerSetting.source,
   })
+  const brokerSettings = parseBrokerSettings(values, broker.kind)
   const ordering = values.get('--ordering')
   if (ordering !== undefined && ordering !== 'confirmed' && ordering !== 'batch')
     throw new UsageError(
@@ -324,6 +339,8 @@ function parse(
     secretFile,
     webhookBatch,
     brokerTls,
+    brokerSettings,
+    brokerSettingValues: values,
   }
 }
 
@@ -361,9 +378,10 @@ function webhookSecret(args: RelayArgs, env: Readonly<Record<string, string | un
 /**
  * Builds the broker's publisher. The adapter checks the rest of the URL (a Redis path that is
  * no database number, a webhook URL with credentials or a fragment) and reads the TLS files
- * (`tls`, from `parsed.brokerTls`): its INVALID_OPTION is the user's to fix like a bad argument
- * (exit 2), and the message says where the setting came from (`--broker` or
- * BREAKWATER_BROKER_URL, `--broker-key-file` and its path) rather than only the adapter's
+ * (`tls`, from `parsed.brokerTls`) and checks the exchange or stream `--rabbitmq-exchange` or
+ * `--nats-stream` names: its INVALID_OPTION is the user's to fix like a bad argument (exit 2),
+ * and the message says where the setting came from (`--broker` or BREAKWATER_BROKER_URL,
+ * `--broker-key-file` and its path, `--rabbitmq-exchange`) rather than only the adapter's
  * option name.
  */
 function brokerOption<T>(parsed: RelayArgs, tls: BrokerTlsOptions | undefined, build: () => T): T {
@@ -375,6 +393,7 @@ function brokerOption<T>(parsed: RelayArgs, tls: BrokerTlsOptions | undefined, b
         (parsed.brokerTls === undefined || tls === undefined
           ? undefined
           : brokerTlsRefusal(error, parsed.brokerTls, tls)) ??
+        brokerSettingRefusal(error, parsed.brokerSettingValues) ??
         `${parsed.brokerSource}: ${error.message}`
       throw new BreakwaterError('INVALID_OPTION', message, { cause: error })
     }
@@ -417,7 +436,10 @@ function externalPublisher(
     openBroker(broker.url, {
       onError: (event) => log.warn('broker error', { phase: event.phase, error: event.error }),
       // The adapter's section (nats, rabbitmq, redis) is named as the broker's kind.
-      ...(tls === undefined ? {} : { [broker.kind]: { tls } }),
+      [broker.kind]: {
+        ...parsed.brokerSettings[broker.kind as keyof BrokerSettings],
+        ...(tls === undefined ? {} : { tls }),
+      },
     }),
   )
   resources.add('broker', () => opened.close())
