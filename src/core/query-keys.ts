@@ -27,6 +27,29 @@ export function decodeQueryKey(key: string): string {
     .replace(asciiEscapes, (_escape, hex: string) => String.fromCharCode(Number.parseInt(hex, 16)))
 }
 
+// How many rounds of decoding masking applies to a key. A reader decodes once, so
+// `pass%2577ord` sets the parameter `pass%77ord`, no password, and hasQueryKey says so; but a
+// key encoded twice is what a layer that encodes an already encoded URL (a template, a URL
+// passed in another's query) writes for `password`, and its value is as secret. Masking, where
+// hiding too much is the safe side, decodes until the key no longer changes, at most this many
+// rounds, and hides the value when any round's form is secret or the key still changes after
+// the last round (`%25` nested deeper than that is no accident, and is hidden whatever it
+// names). Each round is linear, so a long run of `%2525…` in logged text costs at most this
+// many passes, not one per level of nesting.
+const maskDecodeRounds = 4
+
+/** Whether a key, decoded up to {@link maskDecodeRounds} times, may name a secret. */
+function maskedKey(key: string, isSecret: (name: string) => boolean): boolean {
+  let current = key
+  for (let round = 0; round < maskDecodeRounds; round++) {
+    const decoded = decodeQueryKey(current)
+    if (isSecret(decoded)) return true
+    if (decoded === current) return false
+    current = decoded
+  }
+  return decodeQueryKey(current) !== current
+}
+
 /**
  * Whether a query parameter of `text` (a URL, or free text holding one) has a key that
  * `isSecret` accepts once decoded by {@link decodeQueryKey}.
@@ -41,7 +64,8 @@ export function hasQueryKey(text: string, isSecret: (name: string) => boolean): 
 
 /**
  * Replaces with `***` the value of each query parameter of `text` whose key, decoded by
- * {@link decodeQueryKey}, `isSecret` accepts; the key is kept as written. A value ends where
+ * {@link decodeQueryKey} once or more (`pass%2577ord` too, see maskDecodeRounds), `isSecret`
+ * accepts; the key is kept as written. A value ends where
  * `valueEnd` (a global pattern) first matches after its `=`, or at the end of `text`. The
  * value of any other key is read on, so a `?password=` inside it is still found. Linear in the
  * length of `text`.
@@ -62,7 +86,7 @@ export function maskQueryValues(
   let masked = false
   queryKeys.lastIndex = 0
   for (let key = queryKeys.exec(text); key !== null; key = queryKeys.exec(text)) {
-    if (!isSecret(decodeQueryKey(key[1] as string))) continue
+    if (!maskedKey(key[1] as string, isSecret)) continue
     const start = queryKeys.lastIndex
     valueEnd.lastIndex = start
     const end = valueEnd.exec(text)?.index ?? text.length

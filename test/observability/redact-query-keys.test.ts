@@ -14,12 +14,14 @@ describe('redactSecrets on query parameters under an encoded key', () => {
     ['GET /x?access%5Ftoken=HUNTER2 200', 'GET /x?access%5Ftoken=*** 200'],
     ['GET /x?api%2Dkey=HUNTER2#top', 'GET /x?api%2Dkey=***#top'],
     ['GET /x?sslpass%77ord=HUNTER2', 'GET /x?sslpass%77ord=***'],
+    // Encoded twice: what a layer encoding an encoded URL writes for a password.
+    ['GET /x?pass%2577ord=HUNTER2', 'GET /x?pass%2577ord=***'],
   ])('%j', (text, expected) => {
     expect(redactSecrets(text)).toBe(expected)
   })
 
   it('leaves a key that does not decode to a secret name as it is', () => {
-    for (const text of ['GET /x?q=pass%77ord&page%5Fsize=10', 'GET /x?pass%2577ord=1']) {
+    for (const text of ['GET /x?q=pass%77ord&page%5Fsize=10', 'GET /x?page%255Fsize=1']) {
       expect(redactSecrets(text)).toBe(text)
     }
   })

@@ -63,6 +63,18 @@ describe('idempotency.url', () => {
     expect(message).not.toContain('HUNTER2')
   })
 
+  // Encoded twice, the key sets no password (pg decodes once and refuses the parameter
+  // `pass%77ord` as one it would ignore), but the refusal quoted the URL with its value.
+  it.each([
+    'postgres://proxy@db.internal/proxy?pass%2577ord=HUNTER2',
+    'postgres://proxy@db.internal/proxy?sslpass%252577ord=HUNTER2',
+  ])('refuses %j, a key encoded more than once, without repeating its value', (url) => {
+    const message = problemsOf(config(url))
+    expect(message).toContain('(1 problem)')
+    expect(message).toContain('idempotency.url: expected ')
+    expect(message).not.toContain('HUNTER2')
+  })
+
   it('reports an empty URL once', () => {
     const message = problemsOf(config(''))
     expect(message).toContain('(1 problem)')
