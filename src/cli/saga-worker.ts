@@ -51,8 +51,9 @@ SIGHUP is logged and ignored (nothing to reload).
 Logs JSON lines to stdout. Run \`breakwater migrate --db <url>\` first.
 
 options:
-  --module <file>            an ES module that exports \`sagas\`, the definitions to run
-                             (defineSaga), as an array (or as its default export)
+  --module <file>            an ES or CommonJS module that exports \`sagas\`, the
+                             definitions to run (defineSaga), as an array (or as its
+                             default export, module.exports in CommonJS)
   --db <url>                 sqlite:<file> or postgres://user@host/db (default ${defaultDb})
   --metrics-port <n>         serve Prometheus /metrics and /healthz on this port (0: any free
                              port, logged at start; default: no server)
