@@ -349,7 +349,7 @@ const deliverReplyOptions = optionKeys<DeliverReplyOptions>({ clock: true, attem
  *
  * @example
  * ```ts
- * await deliverReply(db, message.headers['correlation-id'], 'charge', JSON.parse(message.payload))
+ * await deliverReply(db, message.headers['correlation-id'], 'charge', JSON.parse(new TextDecoder().decode(message.payload)))
  * ```
  */
 export async function deliverReply(
