@@ -17,6 +17,7 @@ import { limitsDefaults } from '../config/schema.js'
 import type { AdminConfig, ProxyDeps, RouteTargetConfig, SecretSource } from '../contracts.js'
 import { connectionsCheckingIntervalMs } from '../inbound/listener.js'
 import { maxRouteWeight } from '../inbound/routes.js'
+import { RateLimitedLog } from '../rate-limited-log.js'
 import {
   type AdminBackend,
   configForDisplay,
@@ -463,21 +464,11 @@ export async function startAdminServer(options: AdminServerOptions): Promise<Adm
   // accept error, does an 'error' event come, which Node throws when nobody listens, ending
   // the proxy with it. The server keeps listening; such errors are logged at most every 10 s,
   // with how many were not.
-  let suppressed = 0
-  let loggedAt = Number.NEGATIVE_INFINITY
+  const acceptFailures = new RateLimitedLog(deps.clock, (fields) =>
+    log.error('accepting a connection failed', fields),
+  )
   server.on('error', (error: NodeJS.ErrnoException) => {
-    const now = deps.clock.now()
-    if (now - loggedAt < 10_000) {
-      suppressed++
-      return
-    }
-    loggedAt = now
-    log.error('accepting a connection failed', {
-      code: error.code,
-      error: error.message,
-      ...(suppressed > 0 ? { suppressed } : {}),
-    })
-    suppressed = 0
+    acceptFailures.log({ code: error.code, error: error.message })
   })
   const info = server.address()
   const bound =

@@ -20,6 +20,7 @@ import { InvalidOptionError } from '../../core/errors.js'
 import { checkInteger, checkObject } from '../../core/validate.js'
 import type { ListenerConfig, ProxyDeps, RequestHandler } from '../contracts.js'
 import { markCutByDrain } from '../drain-cut.js'
+import { RateLimitedLog } from '../rate-limited-log.js'
 import { type FileWatch, watchFileContent } from '../upstream/file-watch.js'
 import { FastConnection } from './fast-connection.js'
 import { endWithProblem, rawProblem } from './raw-response.js'
@@ -296,22 +297,12 @@ export function createListenerServer(
   // accept error, does the server emit 'error', which Node throws when nobody listens: the
   // proxy would end. The server keeps listening; such errors are logged at most every 10 s,
   // with how many were not. Errors before listening are listen()'s to report.
-  let acceptFailuresSuppressed = 0
-  let acceptFailureLoggedAt = Number.NEGATIVE_INFINITY
+  const acceptFailures = new RateLimitedLog(deps.clock, (fields) =>
+    log.error('accepting a connection failed', fields),
+  )
   server.on('error', (error: NodeJS.ErrnoException) => {
     if (bound === undefined) return
-    const now = deps.clock.now()
-    if (now - acceptFailureLoggedAt < 10_000) {
-      acceptFailuresSuppressed++
-      return
-    }
-    acceptFailureLoggedAt = now
-    log.error('accepting a connection failed', {
-      code: error.code,
-      error: error.message,
-      ...(acceptFailuresSuppressed > 0 ? { suppressed: acceptFailuresSuppressed } : {}),
-    })
-    acceptFailuresSuppressed = 0
+    acceptFailures.log({ code: error.code, error: error.message })
   })
   server.on('connect', (_req, socket: Socket) => {
     endWithProblem(

@@ -6,6 +6,7 @@
 
 import type { Clock } from '../../core/clock.js'
 import type { Logger } from '../../observability/logger.js'
+import { RateLimitedLog } from '../rate-limited-log.js'
 
 /** What each local shortage means, by the error's `code` (node's errno names). */
 const shortages: Readonly<Record<string, string>> = {
@@ -24,40 +25,27 @@ export function localShortage(error: Error): string | undefined {
   return typeof code === 'string' && Object.hasOwn(shortages, code) ? shortages[code] : undefined
 }
 
-/** How often a service logs its local shortages at most, as failed accepts are. */
-const logEveryMs = 10_000
-
 /**
  * Logs a service's local shortages (`msg: "upstream connect failed: proxy out of resources"`,
- * warn) at most every 10 s, with how many were not logged since: a shortage fails every
- * connect at once, and a line for each would flood the log when it can least afford it.
+ * warn) at most every 10 s, with how many were not logged since (a {@link RateLimitedLog}), as
+ * failed accepts are: a shortage fails every connect at once.
  */
 export class ShortageLog {
-  readonly #clock: Clock
-  readonly #logger: Logger
-  #loggedAt = Number.NEGATIVE_INFINITY
-  #suppressed = 0
+  readonly #log: RateLimitedLog
 
   constructor(clock: Clock, logger: Logger) {
-    this.#clock = clock
-    this.#logger = logger
+    this.#log = new RateLimitedLog(clock, (fields) =>
+      logger.warn('upstream connect failed: proxy out of resources', fields),
+    )
   }
 
   /** Notes one failed connect to `endpoint` of `service` with `error`'s code. */
   note(service: string, endpoint: string, error: Error): void {
-    const now = this.#clock.now()
-    if (now - this.#loggedAt < logEveryMs) {
-      this.#suppressed++
-      return
-    }
-    this.#loggedAt = now
-    this.#logger.warn('upstream connect failed: proxy out of resources', {
+    this.#log.log({
       service,
       endpoint,
       code: (error as { code?: unknown }).code,
       error: error.message,
-      ...(this.#suppressed > 0 ? { suppressed: this.#suppressed } : {}),
     })
-    this.#suppressed = 0
   }
 }
