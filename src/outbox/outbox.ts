@@ -492,6 +492,16 @@ function checkText(option: string, value: unknown): asserts value is string {
  * cannot carry leading or trailing whitespace (nats.js trims it, so the NATS adapter refuses
  * it). Undefined when every adapter carries it. Also a reactor's (src/saga/choreography.ts),
  * whose emitted events inherit a consumed message's ids.
+ *
+ * Not one function with {@link portableHeaderProblem}, on purpose: they judge different headers.
+ * That one judges an application's header, name and value (reserved and brokers' own names,
+ * lone surrogates), and leaves CR, LF and NUL to the headers loop in `enqueue`, which refuses
+ * them first with its own message. This one judges the value of a header breakwater sets itself
+ * (ids and types), whose name is fine by construction and whose lone surrogates `checkStoredName`
+ * refuses before, as text no database stores. Folding either into the other would change what
+ * is refused with which message, and what a reactor answers for a message id with a lone
+ * surrogate (this one passes it; enqueue's `checkText` refuses it later). The one rule they
+ * share, edge whitespace, is one function already (`hasEdgeWhitespace`).
  */
 export function headerValueProblem(value: string): string | undefined {
   if (headerValueBreak.test(value)) return 'it holds a CR, LF or NUL, which no header line carries'
