@@ -1,19 +1,11 @@
 // The admin API's server reports a failed accept (EMFILE / ENFILE) as an 'error' event; without
 // a listener for it Node throws, ending the proxy. It is logged and the API keeps answering.
 import type { Server } from 'node:http'
-import { afterEach, describe, expect, it } from 'vitest'
-import { systemClock } from '../../../src/core/clock.js'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import { createMetricsRegistry } from '../../../src/observability/metrics.js'
-import type { AdminBackend } from '../../../src/proxy/admin/backend.js'
-import { type AdminServer, startAdminServer } from '../../../src/proxy/admin/server.js'
+import { describe, expect, it } from 'vitest'
 import { captureLog, http } from '../runtime/helpers.js'
+import { useTestAdmin } from './admin-support.js'
 
-let admin: AdminServer | undefined
-afterEach(async () => {
-  await admin?.close()
-  admin = undefined
-})
+const startAdmin = useTestAdmin()
 
 // The admin API does not hand out its node:http server: found among the process's handles.
 function serverOn(port: number): Server {
@@ -31,16 +23,7 @@ function serverOn(port: number): Server {
 describe('admin API accept errors', () => {
   it('are logged and the API keeps answering', async () => {
     const log = captureLog()
-    admin = await startAdminServer({
-      config: { host: '127.0.0.1', port: 0, token: { env: 'T' } },
-      backend: { ready: () => true, listenersDown: () => [] } as unknown as AdminBackend,
-      deps: {
-        clock: systemClock,
-        logger: createJsonLogger({ output: log }),
-        metrics: createMetricsRegistry(),
-      },
-      env: { T: 'admin-token-0123456789abcdef' },
-    })
+    const admin = await startAdmin({ log })
     const { port } = admin.address()
     serverOn(port).emit(
       'error',

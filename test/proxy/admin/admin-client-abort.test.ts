@@ -3,20 +3,11 @@
 // client's doing: logged at warn, as the gateway logs a request whose body never arrived
 // (request.ts, `request refused` REQUEST_BODY_INCOMPLETE), and never at error.
 import { connect } from 'node:net'
-import { afterEach, describe, expect, it } from 'vitest'
-import { systemClock } from '../../../src/core/clock.js'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import { createMetricsRegistry } from '../../../src/observability/metrics.js'
-import type { AdminBackend } from '../../../src/proxy/admin/backend.js'
-import { type AdminServer, startAdminServer } from '../../../src/proxy/admin/server.js'
+import { describe, expect, it } from 'vitest'
 import { captureLog, eventually } from '../runtime/helpers.js'
+import { adminToken as token, useTestAdmin } from './admin-support.js'
 
-const token = 'admin-token-0123456789abcdef'
-let admin: AdminServer | undefined
-afterEach(async () => {
-  await admin?.close()
-  admin = undefined
-})
+const startAdmin = useTestAdmin()
 
 describe('a client leaving the admin API mid-request', () => {
   it('is logged at warn, not as a failure of the proxy', async () => {
@@ -26,11 +17,10 @@ describe('a client leaving the admin API mid-request', () => {
     const head = new Promise<void>((resolve) => {
       headRead = resolve
     })
-    admin = await startAdminServer({
-      config: { host: '127.0.0.1', port: 0, token: { env: 'T' } },
+    const admin = await startAdmin({
+      log,
+      level: 'debug',
       backend: {
-        ready: () => true,
-        listenersDown: () => [],
         config: async () => {
           headRead()
           return { listeners: [{ routes: [{ name: 'r' }] }] }
@@ -38,13 +28,7 @@ describe('a client leaving the admin API mid-request', () => {
         switchRoute: async () => {
           switched = true
         },
-      } as unknown as AdminBackend,
-      deps: {
-        clock: systemClock,
-        logger: createJsonLogger({ output: log, level: 'debug' }),
-        metrics: createMetricsRegistry(),
       },
-      env: { T: token },
     })
     const socket = connect(admin.address().port, '127.0.0.1')
     await new Promise<void>((resolve) => socket.once('connect', resolve))

@@ -3,28 +3,10 @@
 // promises: a second call resolves only once the server has really closed, like the first.
 import { request } from 'node:http'
 import { describe, expect, it } from 'vitest'
-import { systemClock } from '../../../src/core/clock.js'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import { createMetricsRegistry } from '../../../src/observability/metrics.js'
-import type { AdminBackend } from '../../../src/proxy/admin/backend.js'
-import { startAdminServer } from '../../../src/proxy/admin/server.js'
-import { captureLog } from '../runtime/helpers.js'
+import { startTestAdmin } from './admin-support.js'
 
-async function admin() {
-  return startAdminServer({
-    config: { host: '127.0.0.1', port: 0, token: { env: 'T' } },
-    backend: {
-      ready: () => true,
-      listenersDown: () => [],
-      metricsText: async () => 'up 1\n',
-    } as unknown as AdminBackend,
-    deps: {
-      clock: systemClock,
-      logger: createJsonLogger({ output: captureLog() }),
-      metrics: createMetricsRegistry(),
-    },
-    env: { T: 'admin-token-0123456789abcdef' },
-  })
+function admin() {
+  return startTestAdmin({ backend: { metricsText: async () => 'up 1\n' } })
 }
 
 function send(port: number, method: string, path: string) {

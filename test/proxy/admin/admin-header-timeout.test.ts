@@ -4,32 +4,14 @@
 // server now takes the listeners' timeouts and checks them as often; short ones here, so the
 // test waits well under a second.
 import { connect } from 'node:net'
-import { afterEach, describe, expect, it } from 'vitest'
-import { systemClock } from '../../../src/core/clock.js'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import { createMetricsRegistry } from '../../../src/observability/metrics.js'
-import type { AdminBackend } from '../../../src/proxy/admin/backend.js'
-import { type AdminServer, startAdminServer } from '../../../src/proxy/admin/server.js'
-import { captureLog } from '../runtime/helpers.js'
+import { describe, expect, it } from 'vitest'
+import type { AdminServer } from '../../../src/proxy/admin/server.js'
+import { useTestAdmin } from './admin-support.js'
 
-let admin: AdminServer | undefined
-afterEach(async () => {
-  await admin?.close()
-  admin = undefined
-})
+const startAdmin = useTestAdmin()
 
 function start(headersTimeoutMs: number, requestTimeoutMs: number): Promise<AdminServer> {
-  return startAdminServer({
-    config: { host: '127.0.0.1', port: 0, token: { env: 'T' } },
-    backend: { ready: () => true, listenersDown: () => [] } as unknown as AdminBackend,
-    deps: {
-      clock: systemClock,
-      logger: createJsonLogger({ output: captureLog() }),
-      metrics: createMetricsRegistry(),
-    },
-    headersTimeoutMs,
-    requestTimeoutMs,
-  })
+  return startAdmin({ headersTimeoutMs, requestTimeoutMs })
 }
 
 /** Sends `head` and resolves with what the server wrote before closing, and when. */
@@ -49,7 +31,7 @@ function halfSent(port: number, head: string): Promise<{ text: string; ms: numbe
 
 describe('admin API request timeouts', () => {
   it('answers a half-sent head with 408 once headersTimeoutMs has passed', async () => {
-    admin = await start(200, 400)
+    const admin = await start(200, 400)
     const answer = await halfSent(admin.address().port, 'GET /healthz HTTP/1.1\r\nHost: x\r\n')
     expect(answer.text).toMatch(/^HTTP\/1\.1 408 /)
     // Node's default check interval (30 s) would answer after the test's own timeout.

@@ -2,12 +2,9 @@
 // spelling: all of 127.0.0.0/8, ::1 in any of its forms, IPv4-mapped loopback and `localhost`
 // in any case are loopback; the wildcards 0.0.0.0 and :: reach every interface and must warn.
 import { describe, expect, it } from 'vitest'
-import { systemClock } from '../../../src/core/clock.js'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import { createMetricsRegistry } from '../../../src/observability/metrics.js'
-import type { AdminBackend } from '../../../src/proxy/admin/backend.js'
-import { isLoopbackHost, startAdminServer } from '../../../src/proxy/admin/server.js'
+import { isLoopbackHost } from '../../../src/proxy/admin/server.js'
 import { captureLog } from '../runtime/helpers.js'
+import { startTestAdmin } from './admin-support.js'
 
 describe('isLoopbackHost', () => {
   it.each([
@@ -44,16 +41,7 @@ describe('isLoopbackHost', () => {
 describe('admin API loopback warning', () => {
   it('is not logged for another 127/8 address', async () => {
     const log = captureLog()
-    const admin = await startAdminServer({
-      config: { host: '127.0.0.2', port: 0, token: { env: 'T' } },
-      backend: { ready: () => true, listenersDown: () => [] } as unknown as AdminBackend,
-      deps: {
-        clock: systemClock,
-        logger: createJsonLogger({ output: log }),
-        metrics: createMetricsRegistry(),
-      },
-      env: { T: 'admin-token-0123456789abcdef' },
-    })
+    const admin = await startTestAdmin({ host: '127.0.0.2', log })
     try {
       expect(log.lines().filter((l) => String(l.msg).includes('beyond loopback'))).toEqual([])
     } finally {

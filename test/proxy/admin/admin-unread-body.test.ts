@@ -6,36 +6,22 @@
 // `Connection: close` and the connection is closed after it; a request pipelined behind it is
 // never answered.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { systemClock } from '../../../src/core/clock.js'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import { createMetricsRegistry } from '../../../src/observability/metrics.js'
-import type { AdminBackend } from '../../../src/proxy/admin/backend.js'
-import { type AdminServer, startAdminServer } from '../../../src/proxy/admin/server.js'
-import { captureLog } from '../runtime/helpers.js'
+import type { AdminServer } from '../../../src/proxy/admin/server.js'
 import { sendRaw } from '../support/raw-http.js'
+import { startTestAdmin, adminToken as token } from './admin-support.js'
 
-const token = 'admin-token-0123456789abcdef'
 const auth = `Authorization: Bearer ${token}\r\n`
 let admin: AdminServer
 const switched: unknown[] = []
 
 beforeAll(async () => {
-  admin = await startAdminServer({
-    config: { host: '127.0.0.1', port: 0, token: { env: 'T' } },
+  admin = await startTestAdmin({
     backend: {
-      ready: () => true,
-      listenersDown: () => [],
       config: async () => ({ workers: 1, listeners: [{ routes: [{ name: 'orders' }] }] }),
       switchRoute: async (_name: string, targets: unknown) => {
         switched.push(targets)
       },
-    } as unknown as AdminBackend,
-    deps: {
-      clock: systemClock,
-      logger: createJsonLogger({ output: captureLog() }),
-      metrics: createMetricsRegistry(),
     },
-    env: { T: token },
   })
 })
 

@@ -4,32 +4,18 @@
 // were there).
 import { request } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { systemClock } from '../../../src/core/clock.js'
-import { createJsonLogger } from '../../../src/observability/logger.js'
-import { createMetricsRegistry } from '../../../src/observability/metrics.js'
-import type { AdminBackend, AdminServer } from '../../../src/proxy/admin/index.js'
-import { startAdminServer } from '../../../src/proxy/admin/server.js'
-import { captureLog } from '../runtime/helpers.js'
+import type { AdminServer } from '../../../src/proxy/admin/index.js'
+import { startTestAdmin, adminToken as token } from './admin-support.js'
 
-const token = 'admin-token-0123456789abcdef'
 let server: AdminServer
 
 beforeAll(async () => {
-  server = await startAdminServer({
-    config: { host: '127.0.0.1', port: 0, token: { env: 'T' } },
+  server = await startTestAdmin({
     backend: {
       // Routes are looked up in the config in force.
       config: async () => ({ workers: 1, listeners: [{ routes: [{ name: 'orders' }] }] }),
       routes: async () => [{ pid: 1, routes: [{ name: 'orders', requestsByService: {} }] }],
-      ready: () => true,
-      listenersDown: () => [],
-    } as unknown as AdminBackend,
-    deps: {
-      clock: systemClock,
-      logger: createJsonLogger({ output: captureLog() }),
-      metrics: createMetricsRegistry(),
     },
-    env: { T: token },
   })
 })
 
