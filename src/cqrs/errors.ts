@@ -108,8 +108,8 @@ export class ProjectionSetupError extends BreakwaterError {
  * `swapLockTimeoutMs` (a lock timeout, 55P03: another session held it; `waitedFor` says which
  * lock), or the swap kept failing with a deadlock (40P01) or serialization failure (40001),
  * whichever used up the rounds (`cause` holds the last such failure). Nothing was swapped in:
- * queries keep reading the old tables, and the fresh ones stay until the next rebuild drops
- * them. Retryable: rebuild again when appends are calmer (or the long transaction has ended),
+ * queries keep reading the old tables, and the fresh ones were dropped (as by any rebuild that
+ * fails). Retryable: rebuild again when appends are calmer (or the long transaction has ended),
  * or allow more rounds or a longer `swapLockTimeoutMs`.
  *
  * @example

@@ -225,9 +225,10 @@ export interface Projector {
   /**
    * Rebuilds the read model from position 0 into fresh tables, then swaps them in atomically
    * (with the checkpoint); queries keep reading the old tables until the swap. Works for
-   * async and inline projections. A rebuild that fails rejects with its own failure; should
-   * the check that follows it (for a newer rebuild) fail too, that error is attached to it as
-   * `suppressed` (an array), not put in its place.
+   * async and inline projections. A rebuild that fails (or is aborted) swaps nothing in and
+   * drops its fresh tables (unless a newer rebuild has taken over, which dropped them), then
+   * rejects with its own failure; should that clean-up fail too, its error is attached to the
+   * failure as `suppressed` (an array), not put in its place.
    *
    * Rebuilding under changed code: nothing records which code a projection's tables were built
    * by, so a projector still running the old code (an instance not yet redeployed) goes on
@@ -235,7 +236,8 @@ export interface Projector {
    * (and, for an inline projection, every old appending process) before rebuilding, or rebuild
    * the changed projection under a new name and tables and switch the queries over.
    * @throws AbortedError when `signal` aborts it (nothing swapped in, fresh tables dropped)
-   * @throws ProjectionFailedError when `apply` throws on an event (nothing swapped in)
+   * @throws ProjectionFailedError when `apply` throws on an event (nothing swapped in, fresh
+   * tables dropped)
    * @throws RebuildBlockedError when views (PostgreSQL) or foreign keys that would stay with
    * the old tables depend on the projection's tables
    */
@@ -507,13 +509,6 @@ class SqlProjector implements Projector {
     )
   }
 
-  /** Whether a later rebuild has taken over from the one filling `generation`. */
-  #rebuildSuperseded(generation: number): Promise<boolean> {
-    return this.#store.db.transaction(
-      async (tx) => !ownsRebuild(await this.#lockRow(tx), generation),
-    )
-  }
-
   async #lockRow(tx: SqlExecutor): Promise<ProjectionRow> {
     // FOR UPDATE on PostgreSQL: two projector instances (or a rebuild's swap) serialize here,
     // and each reads the checkpoint the previous one committed. SQLite's write lock already
@@ -718,7 +713,7 @@ class SqlProjector implements Projector {
     for (let batch = 0; ; batch++) {
       // The process runs on between batches (see #follow); no lock is held here.
       if (batch > 0) await yieldToEventLoop()
-      if (signal?.aborted) await this.#abandon(generation, signal.reason)
+      if (signal?.aborted) throw await this.#abandon(generation, new AbortedError(signal.reason))
       // Rows read end the fill (a short page is the log's end); events applied are reported.
       let count: { readonly read: number; readonly applied: number }
       try {
@@ -734,16 +729,9 @@ class SqlProjector implements Projector {
         })
       } catch (error) {
         // A later rebuild dropped these tables under this one: the driver's "no such table"
-        // is that, and the caller is told so (the check costs a query on failure only). On a
-        // failing database the check may fail too: the caller still gets the fill's failure.
-        let superseded: boolean
-        try {
-          superseded = await this.#rebuildSuperseded(generation)
-        } catch (checkError) {
-          throw withSuppressed(error, checkError)
-        }
-        if (superseded) throw new RebuildSupersededError(this.name, error)
-        throw error
+        // is that, and the caller is told so (the clean-up finds the later rebuild's
+        // generation in the row).
+        throw await this.#abandon(generation, error, true)
       }
       applied += count.applied
       if (count.read < batchSize) break
@@ -763,7 +751,7 @@ class SqlProjector implements Projector {
     }
     let swapped: { readonly position: number; readonly events: number }
     for (;;) {
-      if (signal?.aborted) await this.#abandon(generation, signal.reason)
+      if (signal?.aborted) throw await this.#abandon(generation, new AbortedError(signal.reason))
       rounds.used++
       rounds.waiting = undefined
       try {
@@ -773,9 +761,12 @@ class SqlProjector implements Projector {
         // A deadlock or lock timeout met by a statement of `apply` (catching up in the swap)
         // ends the round as one of the swap's own does.
         const failure = error instanceof ProjectionFailedError ? error.cause : error
+        // A later rebuild took over: the fresh tables are its to drop (it has).
+        if (error instanceof RebuildSupersededError) throw error
         if (sqlErrorKind(failure) !== 'serialization-failure' && !isLockNotAvailable(failure))
-          throw error
-        if (rounds.used >= rounds.max) throw contended(rounds, failure)
+          throw await this.#abandon(generation, error)
+        if (rounds.used >= rounds.max)
+          throw await this.#abandon(generation, contended(rounds, failure))
       }
     }
     const final = swapped.position
@@ -964,27 +955,32 @@ class SqlProjector implements Projector {
   }
 
   /**
-   * Ends a rebuild aborted by its signal: drops the fresh tables of `generation` and clears the
-   * rebuild from the checkpoint row (unless a later rebuild has taken over, which dropped them
-   * already), then rejects with `AbortedError`. Should that fail, the `AbortedError` still
-   * goes to the caller, the failure attached as `suppressed`.
+   * Ends a rebuild that swaps nothing in (aborted by its signal, or failed), resolving with the
+   * error for the caller to throw, `error`: drops the fresh tables of `generation` and clears the rebuild from the checkpoint
+   * row, so that it leaves nothing behind. A later rebuild that has taken over dropped them
+   * already, and the row's generation is its own: nothing is touched then, and with
+   * `reportSuperseded` the caller gets `RebuildSupersededError` (`cause` the error) instead.
+   * Should the clean-up fail (on a database that is failing too), `error` still goes to the
+   * caller, the clean-up's failure attached as `suppressed`; the next rebuild drops what is
+   * left.
    */
-  async #abandon(generation: number, reason: unknown): Promise<never> {
-    const aborted = new AbortedError(reason)
+  async #abandon(generation: number, error: unknown, reportSuperseded = false): Promise<unknown> {
+    let superseded: boolean
     try {
-      await this.#store.db.transaction(async (tx) => {
-        if (!ownsRebuild(await this.#lockRow(tx), generation)) return
+      superseded = await this.#store.db.transaction(async (tx) => {
+        if (!ownsRebuild(await this.#lockRow(tx), generation)) return true
         await this.#dropTables(tx, generation)
         await tx.execute(this.#store.statements.setRebuildGeneration, [
           this.name,
           null,
           storedTime(this.#clock),
         ])
+        return false
       })
-    } catch (error) {
-      throw withSuppressed(aborted, error)
+    } catch (cleanupError) {
+      return withSuppressed(error, cleanupError)
     }
-    throw aborted
+    return superseded && reportSuperseded ? new RebuildSupersededError(this.name, error) : error
   }
 
   async #dropTables(tx: SqlExecutor, generation: number): Promise<void> {

@@ -154,6 +154,16 @@ export async function tablesLike(db: SqlDriver, prefix: string): Promise<string[
   return rows.map((row) => row.name)
 }
 
+/** The generation of the rebuild under way that projection `name`'s row records (null: none). */
+export async function rebuildGenerationOf(db: SqlDriver, name: string): Promise<number | null> {
+  const rows = await db.query<{ g: unknown }>(
+    'SELECT rebuild_generation AS g FROM breakwater_projections WHERE name = $1',
+    [name],
+  )
+  const g = rows[0]?.g
+  return g === null || g === undefined ? null : Number(g)
+}
+
 /**
  * Runs `fn` and returns the unhandled rejections seen meanwhile (after a macrotask turn, so one
  * left unhandled by its end has surfaced).

@@ -3,8 +3,9 @@
 // put in its place), the faults being a real SQLite driver closed and a real PostgreSQL session
 // terminated on a database that refuses new connections; a view on a projection's table
 // (PostgreSQL: refused before any work with REBUILD_BLOCKED; SQLite: still reads the table
-// after the swap); and a rebuild cancelled through its AbortSignal, which drops its fresh
-// tables and leaves the live read model as it was.
+// after the swap); and a rebuild cancelled through its AbortSignal or failed (its apply throws,
+// its swap is blocked), which drops its fresh tables and clears its generation, leaving the
+// live read model as it was, but not the tables of a newer rebuild that took over from it.
 import pg from 'pg'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { detached } from '../../src/core/detached.js'
@@ -17,13 +18,16 @@ import {
   ProjectionFailedError,
   type Projector,
   RebuildBlockedError,
+  RebuildSupersededError,
 } from '../../src/cqrs/index.js'
 import { type SqlDriver, type SqlExecutor, StoreClosedError } from '../../src/stores/index.js'
+import { gate } from '../support/gate.js'
 import { postgresAdminUrl } from '../support/postgres.js'
 import {
   dbTargets,
   outcomeOf,
   postgresDb,
+  rebuildGenerationOf,
   sqliteDb,
   tableRows,
   tablesLike,
@@ -81,27 +85,33 @@ async function projected(
   return { store, projector }
 }
 
+/** The live read model of `ticks(table)` and its checkpoint. */
+async function state(db: SqlDriver, projector: Projector, table: string) {
+  return { rows: await tableRows(db, table, 'n'), position: await projector.position() }
+}
+
+/**
+ * Asserts that a rebuild of `table` that ended without a swap (aborted or failed) left no trace
+ * (no fresh table, no generation in the checkpoint row) and changed nothing.
+ */
+async function untouched(
+  db: SqlDriver,
+  projector: Projector,
+  table: string,
+  before: { rows: unknown[]; position: number },
+) {
+  expect(await freshTables(db, table)).toEqual([])
+  expect(await rebuildGenerationOf(db, table)).toBeNull()
+  expect(await tableRows(db, table, 'n')).toEqual(before.rows)
+  expect(await projector.position()).toBe(before.position)
+  // Nothing of the rebuild is left in the way of the next one.
+  await projector.rebuild()
+  expect((await tableRows(db, table, 'n')).map((row) => row.n)).toEqual([0, 1, 2])
+}
+
 for (const target of dbTargets) {
   describe(`rebuild signal (${target.dialect})`, () => {
     const t = useTestDb(target, `cqrs_rebuild_abort_${target.dialect}`)
-
-    async function state(projector: Projector, table: string) {
-      return { rows: await tableRows(t.db, table, 'n'), position: await projector.position() }
-    }
-
-    /** Asserts that an aborted rebuild of `table` left no trace and changed nothing. */
-    async function untouched(
-      projector: Projector,
-      table: string,
-      before: { rows: unknown[]; position: number },
-    ) {
-      expect(await freshTables(t.db, table)).toEqual([])
-      expect(await tableRows(t.db, table, 'n')).toEqual(before.rows)
-      expect(await projector.position()).toBe(before.position)
-      // Nothing of the aborted rebuild is left in the way of the next one.
-      await projector.rebuild()
-      expect((await tableRows(t.db, table, 'n')).map((row) => row.n)).toEqual([0, 1, 2])
-    }
 
     it('refuses a signal that is not an AbortSignal with INVALID_OPTION naming signal', async () => {
       const { projector } = await projected(t.db, 'ra_invalid')
@@ -119,7 +129,7 @@ for (const target of dbTargets) {
      */
     async function abortedRebuild(table: string, at: number, batchSize: number): Promise<number> {
       const { projector } = await projected(t.db, table)
-      const before = await state(projector, table)
+      const before = await state(t.db, projector, table)
       const controller = new AbortController()
       if (at === 0) controller.abort('shutting down')
       let applied = 0
@@ -130,7 +140,7 @@ for (const target of dbTargets) {
       duringRebuild = undefined
       expect(error).toBeInstanceOf(AbortedError)
       expect((error as AbortedError).cause).toBe('shutting down')
-      await untouched(projector, table, before)
+      await untouched(t.db, projector, table, before)
       return applied
     }
 
@@ -146,6 +156,65 @@ for (const target of dbTargets) {
     it('stops before the swap once the fill is done', async () => {
       // One batch holds every event: the signal fires in it, and the fill then ends.
       expect(await abortedRebuild('ra_swap', 3, 10)).toBe(3)
+    })
+  })
+
+  describe(`a failed rebuild (${target.dialect})`, () => {
+    const t = useTestDb(target, `cqrs_rebuild_failed_${target.dialect}`)
+
+    it('failing in its fill: rejects with the failure, its fresh tables dropped and its generation cleared', async () => {
+      const { projector } = await projected(t.db, 'rx_fill')
+      const before = await state(t.db, projector, 'rx_fill')
+      const failure = new Error('apply failed')
+      let applied = 0
+      duringRebuild = async () => {
+        // The second batch fails: the first one's row is in the fresh table by then.
+        if (++applied === 2) throw failure
+      }
+      const error = await outcomeOf(projector.rebuild({ batchSize: 1 }))
+      duringRebuild = undefined
+      expect(error).toBeInstanceOf(ProjectionFailedError)
+      expect((error as ProjectionFailedError).cause).toBe(failure)
+      expect((error as { suppressed?: unknown }).suppressed).toBeUndefined()
+      await untouched(t.db, projector, 'rx_fill', before)
+    })
+
+    it('failing after a newer rebuild took over: its clean-up leaves the newer one its tables', async () => {
+      const { store, projector } = await projected(t.db, 'rx_fenced')
+      // Another instance, registered already: its rebuild's first transaction is the rebuild's.
+      const newer = createProjector(store, ticks('rx_fenced'))
+      await newer.catchUp()
+      const newerFilling = gate()
+      const failedSettled = gate()
+      let newerRebuild: Promise<unknown> | undefined
+      const failure = new Error('apply failed')
+      duringRebuild = async () => {
+        duringRebuild = async () => {
+          // The newer rebuild's fill. On PostgreSQL it holds here until the first rebuild has
+          // failed and cleaned up, so that clean-up meets the newer rebuild's fresh table.
+          duringRebuild = undefined
+          newerFilling.open()
+          if (target.dialect === 'postgres') await failedSettled.promise
+        }
+        // Outside this transaction's context, as another request's would be.
+        newerRebuild = outcomeOf(detached(() => newer.rebuild()))
+        // The newer rebuild creates its tables before the first one's failure is handled: on
+        // PostgreSQL it is filling once this resolves; on SQLite its first transaction waits
+        // for this one, queued ahead of the clean-up's (the driver's lock is first come, first
+        // served).
+        if (target.dialect === 'postgres') await newerFilling.promise
+        else await new Promise((resolve) => setImmediate(resolve))
+        throw failure
+      }
+      const error = await outcomeOf(projector.rebuild())
+      failedSettled.open()
+      expect(error).toBeInstanceOf(RebuildSupersededError)
+      expect((error as RebuildSupersededError).cause).toBeInstanceOf(ProjectionFailedError)
+      expect(((error as RebuildSupersededError).cause as ProjectionFailedError).cause).toBe(failure)
+      expect(await newerRebuild).toMatchObject({ events: 3 })
+      expect((await tableRows(t.db, 'rx_fenced', 'n')).map((row) => row.n)).toEqual([0, 1, 2])
+      expect(await freshTables(t.db, 'rx_fenced')).toEqual([])
+      expect(await rebuildGenerationOf(t.db, 'rx_fenced')).toBeNull()
     })
   })
 }
@@ -263,6 +332,9 @@ describe('a view on a projection table (postgres)', () => {
     const error = await outcomeOf(projector.rebuild())
     expect(error).toBeInstanceOf(RebuildBlockedError)
     expect((error as RebuildBlockedError).views).toEqual(['rv_late_ids'])
+    // Its fresh table is dropped and its generation cleared, as for an aborted rebuild.
+    expect(await freshTables(t.db, 'rv_late')).toEqual([])
+    expect(await rebuildGenerationOf(t.db, 'rv_late')).toBeNull()
     expect(await tableRows(t.db, 'rv_late', 'n')).toEqual(before)
     expect(await projector.position()).toBe(position)
     expect(await t.db.query('SELECT id FROM rv_late_ids')).toHaveLength(3)

@@ -16,7 +16,15 @@ import {
   RebuildBlockedError,
 } from '../../src/cqrs/index.js'
 import type { SqlDriver, SqlExecutor } from '../../src/stores/index.js'
-import { dbTargets, outcomeOf, sqliteDb, tableRows, tablesLike, useTestDb } from './databases.js'
+import {
+  dbTargets,
+  outcomeOf,
+  rebuildGenerationOf,
+  sqliteDb,
+  tableRows,
+  tablesLike,
+  useTestDb,
+} from './databases.js'
 
 type Event = { type: string; data: { n: number } }
 
@@ -164,6 +172,9 @@ for (const target of dbTargets) {
       expect((error as RebuildBlockedError).foreignKeys.map((key) => key.table)).toEqual([
         'fk_late_notes',
       ])
+      // The failed swap's fresh table is dropped and its generation cleared.
+      expect(await tablesLike(t.db, 'fk_late__r')).toEqual([])
+      expect(await rebuildGenerationOf(t.db, 'fk_late')).toBeNull()
       expect(await tableRows(t.db, 'fk_late', 'n')).toEqual(before)
       expect(await projector.position()).toBe(position)
       expect(await tableRows(t.db, 'fk_late_notes', 'id')).toHaveLength(1)

@@ -20,7 +20,14 @@ import type { SqlDriver } from '../../src/stores/index.js'
 import { type Gate, gate } from '../support/gate.js'
 import { type HeldTransaction, holdOpenTransaction } from '../support/held-transaction.js'
 import { until } from '../support/until.js'
-import { outcomeOf, postgresDb, rowCount, useTestDb } from './databases.js'
+import {
+  outcomeOf,
+  postgresDb,
+  rebuildGenerationOf,
+  rowCount,
+  tablesLike,
+  useTestDb,
+} from './databases.js'
 
 type Event = { type: string; data: { fail?: boolean } }
 
@@ -374,6 +381,9 @@ describe('swapLockTimeoutMs', () => {
     })
     expect((outcome as Error).message).toContain('sta_a')
     expect(await ids('sta_a')).toEqual(before)
+    // The fresh table is dropped and the generation cleared, as for an aborted rebuild.
+    expect(await tablesLike(t.db, 'sta_a__r')).toEqual([])
+    expect(await rebuildGenerationOf(t.db, 'swap-timeout-async')).toBeNull()
     await expect(projector.rebuild()).resolves.toMatchObject({ events: expect.any(Number) })
     expect(await ids('sta_a')).not.toContain('old')
   })
