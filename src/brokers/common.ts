@@ -11,6 +11,7 @@ import {
   checkObject,
   checkSignal,
 } from '../core/validate.js'
+import { diagnosticsChannel } from '../policies/events.js'
 import { type Delivery, KeyedDispatcher } from './dispatcher.js'
 import { BrokerDriverMissingError, BrokerError, type BrokerKind } from './errors.js'
 import { checkKnownBrokerOptions } from './option-keys.js'
@@ -150,8 +151,11 @@ export interface BrokerCommonOptions {
   /** Longest wait between reconnect attempts. @default 5000 */
   readonly maxReconnectDelayMs?: number | undefined
   /**
-   * Receives subscriber errors: handler failures (the message is redelivered), failed acks,
-   * lost connections. @default ignore them
+   * Receives subscriber errors: handler failures (the message is redelivered), refused
+   * messages, failed acks, lost connections. One that throws is ignored. Every error is also
+   * published on the diagnostics channel `breakwater:broker:error`, with or without it.
+   * @default console.error: one line naming the broker, phase, topic, group and message id,
+   * then the error
    */
   readonly onError?: ((event: SubscriberErrorEvent) => void) | undefined
   /**
@@ -249,16 +253,60 @@ export function resolveCommonOptions(
       Math.max(5_000, reconnectDelayMs),
       reconnectDelayMs,
     ),
-    onError:
+    onError: subscriberErrorReporter(
+      prefix,
       options.onError === undefined
-        ? () => {}
-        : shielded(
-            checkFunction<(event: SubscriberErrorEvent) => void>(
-              `${prefix}.onError`,
-              options.onError,
-            ),
+        ? undefined
+        : checkFunction<(event: SubscriberErrorEvent) => void>(
+            `${prefix}.onError`,
+            options.onError,
           ),
+    ),
     tls: resolveTlsOptions(prefix, options.tls, url, tlsSchemes),
+  }
+}
+
+const errorChannel = diagnosticsChannel('broker', 'error')
+
+/**
+ * How a subscription reports its errors (`broker`: the adapter, `nats`, `sqlQueue`...). Each
+ * event is published on `breakwater:broker:error` (as `{ broker, ...event }`), for tracers and
+ * APM agents, then handed to the application's `onError`, made unable to throw; without one,
+ * written to stderr with `console.error`, as the idempotency adapters' `onError` does by
+ * default: a handler failure, a message refused for good with nowhere to dead-letter it, a
+ * failed ack or a lost connection left no trace at all when nobody passed `onError`. The line
+ * quotes topic, group and message id as JSON, so none can start a line of its own.
+ */
+export function subscriberErrorReporter<E extends SubscriberErrorReport>(
+  broker: string,
+  listener: ((event: E) => void) | undefined,
+): (event: E) => void {
+  const report =
+    listener === undefined ? (event: E) => writeSubscriberError(broker, event) : shielded(listener)
+  return (event) => {
+    if (errorChannel.hasSubscribers) errorChannel.publish({ broker, ...event })
+    report(event)
+  }
+}
+
+/** What every adapter's error event holds ({@link SubscriberErrorEvent}, the SQL queue's). */
+interface SubscriberErrorReport {
+  readonly error: unknown
+  readonly phase: string
+  readonly topic: string
+  readonly group: string
+  readonly message?: { readonly id: string } | undefined
+}
+
+function writeSubscriberError(broker: string, event: SubscriberErrorReport): void {
+  const id = event.message === undefined ? '' : `, message ${JSON.stringify(event.message.id)}`
+  try {
+    console.error(
+      `breakwater ${broker} subscriber error (phase ${event.phase}, topic ${JSON.stringify(event.topic)}, group ${JSON.stringify(event.group)}${id}):`,
+      event.error,
+    )
+  } catch {
+    // A broken stderr must not break the subscription either.
   }
 }
 

@@ -31,7 +31,7 @@ import {
   type Unlisten,
 } from '../stores/index.js'
 import { executeLast, measuredOnceBegun, queryLast } from '../stores/measured.js'
-import { shielded, throwIfAborted } from './common.js'
+import { subscriberErrorReporter, throwIfAborted } from './common.js'
 import type {
   Broker,
   IncomingMessage,
@@ -422,7 +422,10 @@ export interface SqlQueueOptions {
   readonly keepAlive?: boolean | undefined
   /**
    * Receives handler failures, refused (unreadable) messages, failed acks and lease errors.
-   * @default ignore them
+   * One that throws is ignored. Every error is also published on the diagnostics channel
+   * `breakwater:broker:error`, with or without it.
+   * @default console.error: one line naming the queue, phase, topic, group and message id,
+   * then the error
    */
   readonly onError?: ((event: SqlQueueErrorEvent) => void) | undefined
 }
@@ -498,12 +501,12 @@ function resolveOptions(db: SqlDriver, options: SqlQueueOptions): ResolvedOption
     ),
     listen,
     keepAlive: options.keepAlive ?? true,
-    onError:
+    onError: subscriberErrorReporter(
+      'sqlQueue',
       options.onError === undefined
-        ? () => {}
-        : shielded(
-            checkFunction<(event: SqlQueueErrorEvent) => void>('sqlQueue.onError', options.onError),
-          ),
+        ? undefined
+        : checkFunction<(event: SqlQueueErrorEvent) => void>('sqlQueue.onError', options.onError),
+    ),
   }
 }
 
