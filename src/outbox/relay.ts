@@ -14,6 +14,10 @@
 //   ordering 'confirmed' (the default) it goes out in waves, wave n holding the n-th event of
 //   each aggregate, so event n+1 is handed to the broker only after event n was confirmed. A
 //   row is publishable when no earlier row of its aggregate is dead or waiting for a retry.
+//   Every read checks that for each row it returns; the rows it finds held back are parked
+//   (parked_behind = the event they wait for), which the next reads skip, and unparked when that
+//   event is published, so the events queued behind a dead one are walked once, not at every
+//   read (see sql.ts, Parking). Parking only saves work: order rests on the read's own check.
 //   On PostgreSQL a row is read only when its writing transaction is older than every running
 //   one (xid below the snapshot's xmin), so a row that commits late is neither overtaken by a
 //   later row of its aggregate nor skipped. SQLite serializes writers, so ids commit in order.
@@ -84,6 +88,7 @@ import {
   type OutboxStatements,
   outboxStatements,
   outboxTable,
+  type ReadRow,
 } from './sql.js'
 import { wholeMsClock } from './time.js'
 
@@ -388,6 +393,23 @@ const deadLetteredChannel = diagnosticsChannel('outbox', 'dead-lettered')
 // doubles per read that still finds them held, up to maxPollIntervalMs.
 const horizonRecheckMs = 10
 
+// How often a relay unparks the rows of its partitions parked behind an event that is no longer
+// held without having been published through this release (see sql.ts, unparkStale): a safety
+// net for rows a relay of the previous release, a hand edit or a lost race left parked. It walks
+// every parked row of the partitions, so it is rare; such rows wait up to this long.
+const unparkSweepEveryMs = 60_000
+
+// A read that found rows held back reads this many times a round next, so that the rows queued
+// behind a dead event are parked in few reads; the free rows beyond a round are left for the
+// next read. A read that found none reads a round, so the usual read costs what it always did.
+const parkingReadFactor = 8
+
+/** What a read found: the rows to publish (at most a round), and the ids of rows held back. */
+interface ReadResult {
+  readonly rows: OutboxRow[]
+  readonly held: ReadonlyArray<number | string>
+}
+
 // Thrown through the loop when the fault hook simulated a crash.
 class Halt extends Error {}
 
@@ -568,7 +590,12 @@ class OutboxRelay implements Relay {
   #roundsQueued = 0
   #roundsSettled = 0
   // The next round, read while the current one is published (see #publishBatch).
-  #ahead: Promise<OutboxRow[]> | undefined
+  #ahead: Promise<ReadResult> | undefined
+  // Rows a read asks for: a round, or more while reads find rows held back (see
+  // parkingReadFactor).
+  #readLimit = 0
+  // When the next sweep of stale parked rows is due (see unparkSweepEveryMs).
+  #nextSweepAt = 0
   #published = 0
   #publishFailures = 0
   #deadLettered = 0
@@ -602,6 +629,7 @@ class OutboxRelay implements Relay {
     this.#clock = clock
     this.#batchSize = checkInteger('relay.batchSize', options.batchSize ?? 256, 1, 10_000)
     this.#roundSize = Math.max(1, Math.floor(this.#batchSize / 2))
+    this.#readLimit = this.#roundSize
     this.#ordering = checkOneOf('relay.ordering', options.ordering ?? 'confirmed', [
       'confirmed',
       'batch',
@@ -1012,19 +1040,25 @@ class OutboxRelay implements Relay {
           await this.#waker.wait(this.#untilRebalance(), this.#stop.signal)
           continue
         }
-        let rows: OutboxRow[]
+        await this.#sweepParked()
+        let read: ReadResult
         const ahead = this.#ahead
         this.#ahead = undefined
         if (ahead !== undefined) {
           // Read during the last round's publish, which passed before-claim for it.
-          rows = await ahead
+          read = await ahead
         } else {
           await this.#fault('before-claim')
           // stop() asked for before this batch was taken: take none.
           if (this.#state !== 'running') break
-          rows = await this.#readBatch()
+          read = await this.#readBatch()
         }
         await this.#fault('after-claim')
+        const rows = read.rows
+        // Sent here, with no publish out: every mark that may run meanwhile is known (#park).
+        const parked = read.held.length > 0 ? await this.#park(read.held) : 0
+        // Only held rows, now parked: the next read goes past them, to rows that may be free.
+        if (rows.length === 0 && parked > 0) continue
         if (rows.length > 0) {
           const since = oldest(rows)
           // None can be read: no age to tell, the last one measured is kept.
@@ -1222,14 +1256,70 @@ class OutboxRelay implements Relay {
     }
   }
 
-  async #readBatch(publishing: readonly OutboxRow[] = []): Promise<OutboxRow[]> {
+  // The oldest unparked rows of the relay's partitions, each with the event it is held behind
+  // (if any): the free ones, at most a round, are published; the held ones are parked.
+  async #readBatch(publishing: readonly OutboxRow[] = []): Promise<ReadResult> {
+    let found: ReadRow[]
     try {
-      return await this.#db.query<OutboxRow>(this.#sql.readBatch, [
+      found = await this.#db.query<ReadRow>(this.#sql.readBatch, [
         listParam(this.#db.dialect, this.#leases.partitions),
         this.#clock.now(),
-        this.#roundSize,
+        this.#readLimit,
         listParam(this.#db.dialect, [...this.#suspects.keys()]),
         listParam(this.#db.dialect, this.#markPendingIds(publishing)),
+      ])
+    } catch (error) {
+      throw new PhaseError('read', error)
+    }
+    const rows: OutboxRow[] = []
+    const held: Array<number | string> = []
+    for (const row of found) {
+      // Never published: an earlier event of its aggregate is dead, waiting for a retry or
+      // parked (the read checks each row it returns, whatever was parked).
+      if (row.held_behind !== null && row.held_behind !== undefined) held.push(row.id)
+      else if (rows.length < this.#roundSize) rows.push(row)
+    }
+    this.#readLimit =
+      held.length > 0 ? Math.min(10_000, this.#roundSize * parkingReadFactor) : this.#roundSize
+    return { rows, held }
+  }
+
+  /**
+   * Parks the rows a read found held back, so the next reads skip them; returns how many. The
+   * statement checks again that each is held, and skips those held behind an event whose mark
+   * is under way (on PostgreSQL that mark may not see the park and leave the row parked behind
+   * a published event). Sent from the loop with no publish out, so no mark starts meanwhile for
+   * rows not in that list. Fenced by the lease token like a mark: a relay that lost the
+   * partition parks nothing.
+   */
+  async #park(ids: ReadonlyArray<number | string>): Promise<number> {
+    try {
+      const parked = await this.#db.query<{ id: number | string }>(this.#sql.park, [
+        listParam(this.#db.dialect, ids),
+        listParam(this.#db.dialect, this.#markPendingIds([])),
+        this.id,
+        this.#leases.tokens(),
+      ])
+      return parked.length
+    } catch (error) {
+      throw new PhaseError('read', error)
+    }
+  }
+
+  /**
+   * Unparks the rows of the relay's partitions parked behind an event no longer held (see
+   * unparkStale), at most every unparkSweepEveryMs by the relay's clock, the first time at the
+   * relay's first read. A due time further ahead than the interval (the clock stepped back) is
+   * brought back, as for rebalancing.
+   */
+  async #sweepParked(): Promise<void> {
+    const now = this.#clock.now()
+    const leftMs = this.#nextSweepAt - now
+    if (leftMs > 0 && leftMs <= unparkSweepEveryMs) return
+    this.#nextSweepAt = now + unparkSweepEveryMs
+    try {
+      await this.#db.execute(this.#sql.unparkStale, [
+        listParam(this.#db.dialect, this.#leases.partitions),
       ])
     } catch (error) {
       throw new PhaseError('read', error)
@@ -1637,7 +1727,13 @@ function storedHeaders(row: OutboxRow): Record<string, string> {
  * Wakes on PostgreSQL notifications from enqueues, and polls with backoff otherwise (always
  * on SQLite). Broker failures back off (`retryBackoff`) behind a circuit breaker; an event that
  * fails `maxAttempts` times by its own fault is dead-lettered (`listDead`, `redrive`) without
- * blocking other aggregates, while its own aggregate's later events wait behind it.
+ * blocking other aggregates, while its own aggregate's later events wait behind it. The
+ * events waiting behind a dead or retrying event are parked (outbox migration 4) by the read
+ * that finds them, so later reads skip them instead of checking each again, and unparked when
+ * the event they wait for is published (or, for one that stopped holding them back some other
+ * way, by a sweep the relay runs every minute of its clock). Every read still checks each event
+ * it takes against the dead, retrying and parked events before it: parking saves work, the
+ * order never rests on it.
  *
  * A started relay keeps the Node.js process alive until `stop()`, like a listening server
  * (`keepAlive: false` turns that off).

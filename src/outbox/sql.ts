@@ -27,6 +27,14 @@ export const OUTBOX_CHANNEL = 'breakwater_outbox'
 
 const last = OUTBOX_PARTITIONS - 1
 
+// The rows `h` that hold back the later rows of their aggregate: pending and dead, waiting for a
+// retry, or parked. A parked row holds them back as the other two do: the read leaves it out, so
+// a later row that nothing else held (the parked row's blocker was redriven, or published by a
+// relay of the previous release, which does not unpark) would otherwise overtake it. The
+// _blocking index holds exactly these rows, so the check stays one short index search.
+const blocking = (h: string): string =>
+  `${h}.published_at IS NULL AND (${h}.dead_at IS NOT NULL OR ${h}.retry_at IS NOT NULL OR ${h}.parked_behind IS NOT NULL)`
+
 /**
  * The numbered migrations of the `outbox` capability. Run them with `migrateOutbox(db)` (or
  * the stores' `runMigrations(db, 'outbox', outboxMigrations)`).
@@ -166,6 +174,42 @@ INSERT INTO ${outboxPartitionsTable} (partition_no, token) SELECT i, 0 FROM n`,
       `CREATE INDEX ${outboxTable}_horizon ON ${outboxTable} (partition_no, xid) WHERE published_at IS NULL AND dead_at IS NULL`,
     ],
   },
+  {
+    // Parking (see readBatch and park): parked_behind is the id of the dead, retrying or parked
+    // event a pending row waits behind, set by the relay that read it held back, cleared when that
+    // event is published (markPublished) or by the relay's sweep (unparkStale). The read walks
+    // the _unparked index, which leaves parked rows out, so the rows queued behind a dead event
+    // are stepped over once, not at every read. _pending stays: the pending count and the lag
+    // (which count parked rows too) read it, and so does a relay of the previous release during
+    // a rolling upgrade (it ignores the column and checks every row as before). _parked finds
+    // the rows to unpark by their blocker; _blocking serves the read's check (a parked row
+    // holds back its aggregate's later rows, see blocking). All hold pending rows only, so they
+    // are small on a table of published rows (each build still reads the table once). Adding a
+    // nullable column rewrites nothing.
+    version: 4,
+    name: 'parked-events',
+    sqlite: [
+      `ALTER TABLE ${outboxTable} ADD COLUMN parked_behind INTEGER`,
+      `CREATE INDEX ${outboxTable}_unparked ON ${outboxTable} (id) WHERE published_at IS NULL AND dead_at IS NULL AND parked_behind IS NULL`,
+      `CREATE INDEX ${outboxTable}_parked ON ${outboxTable} (parked_behind) WHERE parked_behind IS NOT NULL`,
+      `CREATE INDEX ${outboxTable}_blocking ON ${outboxTable} (aggregate_id, id) WHERE ${blocking(outboxTable)}`,
+      // SQLite has no statement that updates two sets of rows: the unparking of rows behind an
+      // event published is this trigger, in the same statement as the mark (one index probe per
+      // row marked, nothing found when nothing is parked). A relay of the previous release
+      // unparks through it too.
+      `CREATE TRIGGER ${outboxTable}_unpark AFTER UPDATE OF published_at ON ${outboxTable}
+FOR EACH ROW WHEN NEW.published_at IS NOT NULL
+BEGIN
+  UPDATE ${outboxTable} SET parked_behind = NULL WHERE parked_behind = NEW.id;
+END`,
+    ],
+    postgres: [
+      `ALTER TABLE ${outboxTable} ADD COLUMN parked_behind BIGINT`,
+      `CREATE INDEX ${outboxTable}_unparked ON ${outboxTable} (id) WHERE published_at IS NULL AND dead_at IS NULL AND parked_behind IS NULL`,
+      `CREATE INDEX ${outboxTable}_parked ON ${outboxTable} (parked_behind) WHERE parked_behind IS NOT NULL`,
+      `CREATE INDEX ${outboxTable}_blocking ON ${outboxTable} (aggregate_id, id) WHERE ${blocking(outboxTable)}`,
+    ],
+  },
 ]
 
 /**
@@ -212,6 +256,15 @@ export interface OutboxRow {
   readonly attempts: number
 }
 
+/**
+ * A row as readBatch returns it: `held_behind` is the id of the latest earlier event of its
+ * aggregate that is dead, waiting for a retry or parked (the row must not be published), or
+ * null.
+ */
+export interface ReadRow extends OutboxRow {
+  readonly held_behind: number | string | null
+}
+
 /** The statements of the outbox, for one dialect. */
 export interface OutboxStatements {
   /** $1 event id, $2 aggregate type, $3 aggregate id, $4 event type, $5 topic, $6 payload, $7 headers, $8 partition, $9 created at. */
@@ -224,16 +277,28 @@ export interface OutboxStatements {
   readonly insertManyNotify: string
   /**
    * $1 owned partitions (list), $2 now, $3 limit, $4 aggregate ids to skip (list), $5 row ids
-   * to skip (list: rows confirmed by the broker whose mark is still under way).
+   * to skip (list: rows confirmed by the broker whose mark is still under way). Rows come as
+   * {@link ReadRow}: those held back (held_behind not null) are to be parked, not published.
    */
   readonly readBatch: string
+  /**
+   * $1 row ids (list), $2 ids of events whose mark is under way (list), $3 relay id, $4 tokens
+   * by partition (list). Parks the rows still held back, behind the latest dead, retrying or
+   * parked earlier event of their aggregate, unless that event is in $2. Returns the ids parked.
+   */
+  readonly park: string
+  /** $1 owned partitions (list). Unparks their rows parked behind an event no longer held. */
+  readonly unparkStale: string
   /**
    * PostgreSQL only: $1 owned partitions (list). Whether a pending row of them is held back by
    * the transaction horizon (its writer is not older than every running transaction), so the
    * read that found nothing should be tried again soon.
    */
   readonly heldBack: string | undefined
-  /** $1 now, $2 ids (list), $3 relay id, $4 tokens by partition (list). Returns the ids marked. */
+  /**
+   * $1 now, $2 ids (list), $3 relay id, $4 tokens by partition (list). Returns the ids marked.
+   * Unparks the rows parked behind them in the same statement.
+   */
   readonly markPublished: string
   /**
    * $1 id, $2 error text, $3 max attempts, $4 retry at, $5 now, $6 relay id, $7 tokens by
@@ -313,19 +378,63 @@ const archivedColumns =
   'id, event_id, aggregate_type, aggregate_id, event_type, topic, payload, headers, partition_no, created_at, published_at, attempts, last_error'
 
 // A row is held back while an earlier row of its aggregate is dead or waiting for a retry, so
-// an aggregate's events never overtake each other; other aggregates are not affected.
+// an aggregate's events never overtake each other; other aggregates are not affected. readBatch
+// computes, for every row it returns, the latest such earlier row (one probe of the _blocking
+// index, usually empty): a row with one is never published. This check, made by every read, is what
+// keeps the order; parking (below) only saves work and is never relied on for it. A relay of
+// the previous release ignores parking and makes its own check (NOT EXISTS over the same rows).
 //
-// Its cost. readBatch walks the pending rows in id order and makes this probe for every row it
-// meets, until it has its limit. Rows held behind a dead or retrying event (and a retrying
-// event whose time has not come) stay pending, so every read meets all of them again before the
-// rows it can take: microseconds each, but 0.1 to 0.8 s per read with 200,000 events queued
-// behind one dead event, and 5 to 9 s on PostgreSQL with a million pending events held behind
-// the retries of 200,000 aggregates. The cost grows with the events held back; see
-// docs/outbox.md, Limits.
-const noHeldPredecessor = `NOT EXISTS (
-    SELECT 1 FROM ${outboxTable} h
-    WHERE h.aggregate_id = o.aggregate_id AND h.id < o.id
-      AND h.published_at IS NULL AND (h.dead_at IS NOT NULL OR h.retry_at IS NOT NULL))`
+// Parking. The rows held behind a dead or retrying event stay pending, and a read that stepped
+// over them would step over them again at every read (0.1 to 0.8 s per read with 200,000
+// events behind one dead event before parking existed). So readBatch returns them with the
+// blocker's id instead of leaving them out, and the relay parks them (park: parked_behind =
+// the blocker, re-checked in the same statement, fenced by the lease token); the read walks the
+// _unparked index, which leaves them out. Each held row is then walked once per blocker, not
+// once per read. A row parked behind event E is unparked when E is published (markPublished),
+// and E cannot be published before every held event before it is: E is itself held by them.
+// Rows parked behind an event that is no longer held without being published by this release
+// (redriven and published by an older relay, changed by hand, a mark lost in a race with a
+// park) are unparked by unparkStale, which the relay runs every unparkSweepEveryMs.
+//
+// A parked row holds back the later rows of its aggregate as a dead or retrying one does (see
+// blocking, above the migrations).
+const latestHeldPredecessor = (row: string): string => `(SELECT h.id FROM ${outboxTable} h
+    WHERE h.aggregate_id = ${row}.aggregate_id AND h.id < ${row}.id AND ${blocking('h')}
+    ORDER BY h.id DESC LIMIT 1)`
+
+// The park statement. Only rows that are still pending, unparked and held (the blocker is read
+// again here, not taken from the read), and not behind an event whose mark is under way ($2):
+// on PostgreSQL that mark may have started before this statement and not see the park, so the
+// row would stay parked behind a published event until the sweep. The relay sends it from its
+// loop, with no publish out, so every mark that may run meanwhile is one of $2.
+// (SQLite's RETURNING names the updated table's columns without its alias.)
+const park = (dialect: SqlDialect): string => {
+  const pg = dialect === 'postgres'
+  const ids = pg ? '= ANY($1::bigint[])' : 'IN (SELECT value FROM json_each($1))'
+  const marking = pg
+    ? 'NOT (b.blocker = ANY($2::bigint[]))'
+    : 'b.blocker NOT IN (SELECT value FROM json_each($2))'
+  const token = pg
+    ? '($4::bigint[])[o.partition_no + 1]'
+    : `json_extract($4, '$[' || o.partition_no || ']')`
+  return `UPDATE ${outboxTable} AS o SET parked_behind = b.blocker
+FROM (SELECT s.id, ${latestHeldPredecessor('s')} AS blocker
+  FROM ${outboxTable} s WHERE s.id ${ids}) AS b
+WHERE o.id = b.id AND b.blocker IS NOT NULL AND ${marking}
+  AND o.parked_behind IS NULL AND o.published_at IS NULL AND o.dead_at IS NULL
+  AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
+    WHERE p.partition_no = o.partition_no AND p.owner = $3 AND p.token = ${token})
+RETURNING ${pg ? 'o.id' : 'id'}`
+}
+
+// The sweep: rows of the owned partitions parked behind an event that no longer holds them
+// back (gone, published, or pending with no retry and not parked). Walks the parked rows of the
+// _parked index, once per unparkSweepEveryMs, not at every read. Unparking early is harmless:
+// the read checks again.
+const unparkStale = (partitions: string): string => `UPDATE ${outboxTable} SET parked_behind = NULL
+WHERE parked_behind IS NOT NULL AND partition_no ${partitions}
+  AND NOT EXISTS (SELECT 1 FROM ${outboxTable} h
+    WHERE h.id = ${outboxTable}.parked_behind AND ${blocking('h')})`
 
 // On SQLite, a lease or heartbeat end that is not a number (text or a blob set by hand: SQLite
 // keeps it as it is in its INTEGER column, and it sorts above every number) counts as run out.
@@ -362,9 +471,10 @@ const knownPartition = (column: string): string => `${column} BETWEEN 0 AND ${la
 // outside 0..63 (changed by hand; `known` says which are inside) is in no relay's claim, so the
 // event waits for ever, unreported but for pending and lag. The rows are left as they are: only
 // the operator knows whether the row or the number is wrong.
-const counts = (known: string): string => `SELECT
+// Parked rows are pending: counted in pending (and in the lag, see oldestPending).
+const counts = (known: string, held: string): string => `SELECT
   (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL) AS pending,
-  (SELECT COUNT(*) FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NOT NULL) AS dead,
+  (SELECT COUNT(*) FROM ${held} WHERE published_at IS NULL AND dead_at IS NOT NULL) AS dead,
   (SELECT COUNT(*) FROM ${outboxTable}
     WHERE published_at IS NULL AND dead_at IS NULL AND NOT (${known})) AS stranded`
 
@@ -431,6 +541,12 @@ const listDead = (from: string): string =>
   last_error, created_at, dead_at
 FROM ${from} WHERE dead_at IS NOT NULL AND published_at IS NULL AND id > $1 ORDER BY id LIMIT $2`
 
+// Redrive: the dead rows become pending again. The rows parked behind one stay parked (a
+// parked row holds back its aggregate's later rows): they are unparked when it is published.
+const redriveAll = (from: string): string =>
+  `UPDATE ${from} SET dead_at = NULL, retry_at = NULL, attempts = 0
+WHERE dead_at IS NOT NULL AND published_at IS NULL`
+
 // An unreadable created_at (changed outside breakwater) is left out: it made the lag NaN.
 const oldestPending = (readable: string): string =>
   `SELECT created_at FROM ${outboxTable} WHERE published_at IS NULL AND dead_at IS NULL AND ${readable} ORDER BY id LIMIT 1`
@@ -441,8 +557,6 @@ const shared = {
   holder: `SELECT instance, expires_at FROM ${outboxRelaysTable} WHERE relay_id = $1`,
   fence: `UPDATE ${outboxPartitionsTable} SET token = token + 1 WHERE owner = $1`,
   partitionRows,
-  redriveAll: `UPDATE ${outboxTable} SET dead_at = NULL, retry_at = NULL, attempts = 0
-WHERE dead_at IS NOT NULL AND published_at IS NULL`,
 }
 
 /** The statements, per dialect. */
@@ -451,7 +565,8 @@ export const outboxStatements: Readonly<Record<SqlDialect, OutboxStatements>> = 
     ...shared,
     listDead: listDead(outboxTable),
     oldestPending: oldestPending('created_at >= 0'),
-    counts: counts(knownPartition('partition_no')),
+    counts: counts(knownPartition('partition_no'), outboxTable),
+    redriveAll: redriveAll(outboxTable),
     restorePartitions: restorePartitions('postgres'),
     heartbeat: heartbeat('postgres'),
     liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable} WHERE expires_at > $1`,
@@ -498,17 +613,18 @@ SELECT pg_notify($10, '')`,
     WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.partition_no = p.partition_no
     ORDER BY o.xid DESC LIMIT 1) AS newest
   WHERE newest.xid >= (SELECT pg_snapshot_xmin(pg_current_snapshot()))) AS held`,
-    readBatch: `SELECT ${readColumns}
+    readBatch: `SELECT ${readColumns}, ${latestHeldPredecessor('o')} AS held_behind
 FROM ${outboxTable} o
-WHERE o.published_at IS NULL AND o.dead_at IS NULL
+WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.parked_behind IS NULL
   AND o.partition_no = ANY($1::int[])
   AND (o.retry_at IS NULL OR o.retry_at <= $2)
   AND o.xid < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
   AND NOT (o.aggregate_id = ANY($4::text[]))
   AND o.id NOT IN (SELECT unnest($5::bigint[]))
-  AND ${noHeldPredecessor}
 ORDER BY o.id
 LIMIT $3`,
+    park: park('postgres'),
+    unparkStale: unparkStale('= ANY($1::int[])'),
     // Fenced by the lease token: a relay that lost a partition (its lease expired and another
     // relay took it over) writes nothing for that partition's rows.
     //
@@ -517,7 +633,15 @@ LIMIT $3`,
     // flush was most of the statement's time. A mark lost to a PostgreSQL crash only means
     // those events are published again (deduped by message id, absorbed by the inbox); the
     // events themselves were committed durably by their writers, so nothing can be lost.
-    markPublished: `UPDATE ${outboxTable} AS o SET published_at = $1, retry_at = NULL
+    //
+    // The rows parked behind the events published are unparked by the same statement (a
+    // data-modifying CTE runs to completion), unfenced: unparking too many only costs a check.
+    // They are never rows this statement marks: a row is published only as read unparked, and
+    // none is parked while its mark is under way (the reads skip it, see readBatch's $5).
+    markPublished: `WITH unparked AS (
+  UPDATE ${outboxTable} SET parked_behind = NULL WHERE parked_behind = ANY($2::bigint[])
+)
+UPDATE ${outboxTable} AS o SET published_at = $1, retry_at = NULL
 WHERE o.id = ANY($2::bigint[]) AND o.published_at IS NULL
   AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
   AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p
@@ -581,7 +705,13 @@ SELECT ${archivedColumns}, $3::bigint FROM moved`,
     // Text sorts above every number: only an integer is a time.
     oldestPending: oldestPending(`typeof(created_at) = 'integer' AND created_at >= 0`),
     // Text or a real set by hand stays as it is in the INTEGER column: in no partition list.
-    counts: counts(`typeof(partition_no) = 'integer' AND ${knownPartition('partition_no')}`),
+    // The dead rows through _held: SQLite also finds _blocking fits, which holds the parked rows
+    // as well (any number of them).
+    counts: counts(
+      `typeof(partition_no) = 'integer' AND ${knownPartition('partition_no')}`,
+      `${outboxTable} INDEXED BY ${outboxTable}_held`,
+    ),
+    redriveAll: redriveAll(`${outboxTable} INDEXED BY ${outboxTable}_held`),
     restorePartitions: restorePartitions('sqlite'),
     heartbeat: heartbeat('sqlite'),
     liveRelays: `SELECT COUNT(*) AS n FROM ${outboxRelaysTable}
@@ -602,16 +732,20 @@ FROM json_each($1) ORDER BY key`,
     // A retry_at that is not a number (text set by hand: SQLite keeps it as text, which sorts
     // above every number) is due: it was never due before, so the event was never retried and
     // held back the rest of its aggregate for ever. Its attempts still decide the dead letter.
-    readBatch: `SELECT ${readColumns}
-FROM ${outboxTable} o
-WHERE o.published_at IS NULL AND o.dead_at IS NULL
+    //
+    // INDEXED BY: _pending also fits the WHERE clause, and without statistics SQLite may take
+    // it and walk the parked rows again.
+    readBatch: `SELECT ${readColumns}, ${latestHeldPredecessor('o')} AS held_behind
+FROM ${outboxTable} o INDEXED BY ${outboxTable}_unparked
+WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.parked_behind IS NULL
   AND o.partition_no IN (SELECT value FROM json_each($1))
   AND (o.retry_at IS NULL OR o.retry_at <= $2 OR typeof(o.retry_at) NOT IN ('integer', 'real'))
   AND o.aggregate_id NOT IN (SELECT value FROM json_each($4))
   AND o.id NOT IN (SELECT value FROM json_each($5))
-  AND ${noHeldPredecessor}
 ORDER BY o.id
 LIMIT $3`,
+    park: park('sqlite'),
+    unparkStale: unparkStale('IN (SELECT value FROM json_each($1))'),
     markPublished: `UPDATE ${outboxTable} SET published_at = $1, retry_at = NULL
 WHERE id IN (SELECT value FROM json_each($2)) AND published_at IS NULL
   AND EXISTS (SELECT 1 FROM ${outboxPartitionsTable} p

@@ -100,6 +100,8 @@ const coverage = {
   withLostConfirm: 0,
   withRetryScheduled: 0,
   withRepeats: 0,
+  /** Events were parked behind a retrying one at some step (see noteParked). */
+  withParked: 0,
   publications: 0,
 }
 
@@ -153,6 +155,8 @@ class World extends RelayModelWorld {
   stops = 0
   timeouts = 0
   retriesScheduled = 0
+  /** Whether events were seen parked after some step. */
+  parkedSeen = false
 
   constructor(
     readonly run: number,
@@ -386,7 +390,16 @@ const step = (label: string, act: (w: World) => unknown, flush: boolean) =>
   new Step<World>(label, act, async (w) => {
     if (flush) await flushJobs()
     await checkInvariants(w)
+    await noteParked(w)
   })
+
+/** Whether events wait parked behind a retrying one now (they must be unparked by the end). */
+async function noteParked(w: World): Promise<void> {
+  const [row] = await w.db.query<{ n: number }>(
+    `SELECT COUNT(*) AS n FROM ${outboxTable} WHERE parked_behind IS NOT NULL`,
+  )
+  if (Number(row?.n ?? 0) > 0) w.parkedSeen = true
+}
 
 /** A command that only notes `label` and acts. */
 const traced = (label: string, act: (w: World) => Promise<void> | void) =>
@@ -571,6 +584,11 @@ async function drain(w: World): Promise<void> {
   }
   const left = (await unmarked()).map((r) => r.event_id)
   expect(left, `events never marked published\n${w.describe()}`).toEqual([])
+  // A read never takes a parked event: all published, none may be left parked.
+  const parked = await w.db.query<{ event_id: string }>(
+    `SELECT event_id FROM ${outboxTable} WHERE parked_behind IS NOT NULL`,
+  )
+  expect(parked, `rows left parked\n${w.describe()}`).toEqual([])
   await checkInvariants(w)
   const everPublished = new Set(w.log.map((p) => p.id))
   const lost = [...w.committed.values()].flat().filter((id) => !everPublished.has(id))
@@ -598,6 +616,7 @@ function tally(w: World): void {
   if (w.repeatExcuses.some((e) => e.endsWith('lost confirm') || e.endsWith('partly stored')))
     coverage.withLostConfirm++
   if (w.retriesScheduled > 0) coverage.withRetryScheduled++
+  if (w.parkedSeen) coverage.withParked++
   if (repeated(w.log.map((p) => p.id)).length > 0) coverage.withRepeats++
   coverage.publications += w.log.length
 }
@@ -637,6 +656,12 @@ describe('outbox relay interleavings on sqlite', () => {
     )
     // The generator must keep reaching the situations the invariants are about (about a tenth
     // of the runs each): a property that stopped exercising them would pass vacuously.
-    expectCovered(coverage, ['withCrash', 'withTakeover', 'withTimeout', 'withLostConfirm'])
+    expectCovered(coverage, [
+      'withCrash',
+      'withTakeover',
+      'withTimeout',
+      'withLostConfirm',
+      'withParked',
+    ])
   }, 120_000)
 })
