@@ -1,7 +1,7 @@
 import type { Clock } from '../core/clock.js'
 import { InvalidOptionError } from '../core/errors.js'
 import { checkClock, checkKnownOptions, checkObject, optionKeys } from '../core/validate.js'
-import { type Bulkhead, type BulkheadOptions, BulkheadPolicy } from './bulkhead.js'
+import { type Bulkhead, type BulkheadOptions, BulkheadPolicy, bulkheadOptions } from './bulkhead.js'
 import { optional } from './options.js'
 
 /** Options shared by every bulkhead of a {@link createBulkheads} registry. */
@@ -56,15 +56,24 @@ export function createBulkheads<const K extends string>(
   const clock = optional('bulkheads.options.clock', options.clock, undefined, checkClock)
   const byName = new Map<string, Bulkhead>()
   for (const name of Object.keys(definitions) as K[]) {
-    checkObject(`bulkheads.${name}`, definitions[name])
+    const prefix = `bulkheads.${name}`
+    checkObject(prefix, definitions[name])
     const definition: BulkheadOptions = definitions[name]
-    const withDefaults: BulkheadOptions = {
-      ...definition,
+    // Misspelt keys are looked for in the definition as given: the copy below has known ones only.
+    checkKnownOptions(prefix, definition, bulkheadOptions)
+    // Each option is read off the definition, not spread ({ ...definition } keeps own keys
+    // only): one made with Object.create(defaults) keeps its inherited options, as bulkhead()
+    // and the other option readers read them. Every key is listed (-?), so a new option
+    // cannot be left out of the copy.
+    const withDefaults: { readonly [P in keyof BulkheadOptions]-?: BulkheadOptions[P] } = {
+      maxConcurrent: definition.maxConcurrent,
+      maxQueued: definition.maxQueued,
+      queueTimeoutMs: definition.queueTimeoutMs,
       // Only a name left out becomes the key: null is refused by the bulkhead like any option.
       name: definition.name === undefined ? name : definition.name,
-      ...(definition.clock === undefined && clock !== undefined ? { clock } : {}),
+      clock: definition.clock === undefined ? clock : definition.clock,
     }
-    byName.set(name, new BulkheadPolicy(withDefaults, `bulkheads.${name}`))
+    byName.set(name, new BulkheadPolicy(withDefaults, prefix))
   }
   const names = Object.freeze([...byName.keys()] as K[])
   return {

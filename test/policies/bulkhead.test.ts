@@ -335,6 +335,44 @@ describe('createBulkheads', () => {
     expect((error as InvalidOptionError).option).toBe('bulkheads.C.maxQueued')
   })
 
+  // bulkhead() and retry() read options as they are given, inherited ones too; the registry
+  // spread each definition ({ ...definition }), which keeps own keys only, so a definition made
+  // with Object.create(defaults) lost maxConcurrent and was refused as if it were not given.
+  it('reads inherited options of a definition, as bulkhead() does', async () => {
+    const clock = new ManualClock()
+    const defaults = { maxConcurrent: 1, maxQueued: 1, queueTimeoutMs: 5, clock }
+    const bulkheads = createBulkheads({
+      search: Object.create(defaults) as BulkheadOptions,
+      named: Object.assign(Object.create(defaults) as BulkheadOptions, { name: 'own' }),
+    })
+    expect(bulkheads.get('search').name).toBe('search')
+    expect(bulkheads.get('named').name).toBe('own')
+    const gate = deferred()
+    const busy = bulkheads.get('search').execute(() => gate.promise)
+    const queued = bulkheads
+      .get('search')
+      .execute(() => 'queued')
+      .catch((e: unknown) => e)
+    // maxQueued 1: a third call is refused; the queued one times out on the inherited clock.
+    await expect(bulkheads.get('search').execute(() => 'x')).rejects.toThrow(BulkheadRejectedError)
+    expect(clock.pendingTimers).toBe(1)
+    await clock.advance(5)
+    expect(await queued).toBeInstanceOf(BulkheadRejectedError)
+    gate.resolve('s')
+    await busy
+  })
+
+  it('still refuses a misspelt own option of a definition, and a bad inherited one', () => {
+    const misspelt = thrown(() =>
+      createBulkheads({ search: { maxConcurrent: 1, maxQeued: 2 } as BulkheadOptions }),
+    )
+    expect((misspelt as InvalidOptionError).option).toBe('bulkheads.search.maxQeued')
+    const inherited = thrown(() =>
+      createBulkheads({ search: Object.create({ maxConcurrent: 0 }) as BulkheadOptions }),
+    )
+    expect((inherited as InvalidOptionError).option).toBe('bulkheads.search.maxConcurrent')
+  })
+
   it('gives every bulkhead the registry clock unless it has its own', async () => {
     const shared = new ManualClock()
     const own = new ManualClock()
