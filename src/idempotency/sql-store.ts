@@ -12,6 +12,7 @@ import {
   type SqlExecutor,
   type SqlTransaction,
 } from '../stores/index.js'
+import { IdempotencyInProgressError } from './errors.js'
 import {
   type IdempotencyStatements,
   idempotencyMigrations,
@@ -281,6 +282,10 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
   }
   const sql: IdempotencyStatements = idempotencyStatements[db.dialect]
   const autocommit = new ClaimSteps(db, sql, sql.claim)
+  // The transactions a complete() rolled back on finding the lease lost (PostgreSQL), with
+  // that lease: the driver rejects them with the raw BW001 error, reported by `transaction`
+  // as the lease-lost error instead.
+  const lostAtFinish = new WeakMap<SqlTransaction, LeaseRef>()
 
   return {
     dialect: db.dialect,
@@ -293,8 +298,24 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
       return new ClaimSteps(tx, sql, sql.claimInTransaction)
     },
 
-    transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
-      return db.transaction(fn)
+    async transaction<T>(fn: (tx: SqlTransaction) => Promise<T>): Promise<T> {
+      let opened: SqlTransaction | undefined
+      try {
+        return await db.transaction((tx) => {
+          opened = tx
+          return fn(tx)
+        })
+      } catch (error) {
+        // A callback that threw its own error after complete() returned false gets that error.
+        const lost = opened === undefined ? undefined : lostAtFinish.get(opened)
+        if (
+          lost !== undefined &&
+          (error as { code?: unknown } | null)?.code === leaseLostSqlState
+        ) {
+          throw new IdempotencyInProgressError(lost.key, 'lease-lost', 0)
+        }
+        throw error
+      }
     },
 
     async complete(
@@ -321,7 +342,10 @@ export function createSqlIdempotencyStore(db: SqlDriver): IdempotencyStore {
           await tx.finish(sql.completeOrRaise, params)
           return true
         } catch (error) {
-          if ((error as { code?: unknown } | null)?.code === leaseLostSqlState) return false
+          if ((error as { code?: unknown } | null)?.code === leaseLostSqlState) {
+            lostAtFinish.set(tx, lease)
+            return false
+          }
           throw error
         }
       }

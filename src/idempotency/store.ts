@@ -136,8 +136,21 @@ export interface IdempotencyStore {
   /**
    * In `tx`: records the result and marks the key completed, only if `lease` still holds it.
    * False (and nothing written) when the lease was taken over. It is the transaction's last
-   * statement, so a store may commit `tx` with it (`tx.finish`, one round trip on PostgreSQL);
-   * when it returns false after doing so, `tx` was rolled back instead.
+   * statement, so a store may commit `tx` with it (`tx.finish`, one round trip on PostgreSQL).
+   *
+   * What becomes of the transaction when it returns false depends on the store:
+   * - SQL store on PostgreSQL, in a transaction opened with `transaction`: the result was sent
+   *   with the `COMMIT`, so the whole transaction (the callback's other writes included) has
+   *   been rolled back, and `transaction` rejects with `IdempotencyInProgressError`
+   *   (`IDEMPOTENCY_IN_PROGRESS`, reason `lease-lost`) whatever the callback returns; a callback
+   *   that throws its own error instead gets that error.
+   * - SQL store on SQLite (or PostgreSQL in a transaction without `finish`, a savepoint or a
+   *   wrapped one): `tx` is still open, and it commits the callback's other writes if the
+   *   callback returns; throw to roll them back (the built-in protocol throws its lease-lost
+   *   error).
+   * - In-memory and Redis stores: nothing is staged for the result; the transaction commits
+   *   the callback's other staged writes (phases) if the callback returns, or rejects with
+   *   the same lease-lost error if one of them lost its lease too.
    */
   complete(
     tx: SqlTransaction,

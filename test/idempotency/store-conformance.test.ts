@@ -4,6 +4,7 @@ import {
   type ClaimInput,
   createMemoryIdempotencyStore,
   createSqlIdempotencyStore,
+  IdempotencyInProgressError,
   type IdempotencyStore,
   idempotencyTable,
   type StoredResult,
@@ -153,6 +154,30 @@ describe.each(storeTargets)('$name idempotency store', (target) => {
       expect((await store.get('tenant:a', key))?.state).toBe('completed')
     },
   )
+
+  // What becomes of the transaction when complete() finds the lease lost: PostgreSQL's complete
+  // commits with its write (tx.finish), so the transaction has already been rolled back and
+  // rejects with the lease-lost error; elsewhere the transaction is the callback's to end.
+  it('settles a transaction whose complete() found the lease lost as documented', async () => {
+    const key = nextKey()
+    await store.claim(claimInput(key))
+    const stale = { scope: 'tenant:a', key, leaseToken: 'someone-else' }
+    let held: boolean | undefined
+    const outcome = await store
+      .transaction(async (tx) => {
+        held = await store.complete(tx, stale, result, 2_000, 9_000)
+        return 'callback value'
+      })
+      .catch((error: unknown) => error)
+    expect(held).toBe(false)
+    if (target.name === 'postgres') {
+      expect(outcome).toBeInstanceOf(IdempotencyInProgressError)
+      expect(outcome).toMatchObject({ code: 'IDEMPOTENCY_IN_PROGRESS', reason: 'lease-lost', key })
+    } else {
+      expect(outcome).toBe('callback value')
+    }
+    expect((await store.get('tenant:a', key))?.state).toBe('in_progress')
+  })
 
   it('records a result only under the current lease, inside the transaction', async () => {
     const key = nextKey()
