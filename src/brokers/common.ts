@@ -358,7 +358,8 @@ export function ms(option: string, value: unknown, fallback: number, min: number
 
 /** Parses a broker URL and checks its scheme; the error names the option, never the password. */
 export function parseBrokerUrl(option: string, value: unknown, schemes: readonly string[]): URL {
-  const expected = `a ${schemes.map((s) => `${s}//`).join(' or ')} URL`
+  const article = /^[aeiou]/.test(schemes[0] ?? '') ? 'an' : 'a'
+  const expected = `${article} ${schemes.map((s) => `${s}//`).join(' or ')} URL`
   if (typeof value !== 'string') throw new InvalidOptionError(option, expected, value)
   let url: URL
   try {
@@ -368,6 +369,15 @@ export function parseBrokerUrl(option: string, value: unknown, schemes: readonly
   }
   if (!schemes.includes(url.protocol) || url.hostname === '') {
     throw new InvalidOptionError(option, expected, redactUrl(value))
+  }
+  // The URL parser refuses a port past 65535 but keeps 0, which no server listens on: amqplib
+  // reads it as its default (5672, a port never written), ioredis and nats.js try port 0.
+  if (url.port !== '' && !isPortNumber(url.port)) {
+    throw new InvalidOptionError(
+      option,
+      `${expected} whose port is from 1 to 65535`,
+      redactUrl(value),
+    )
   }
   // The drivers decode the user name, password and path (RabbitMQ's vhost) on first connect: a
   // bare % there would throw a URIError from publish() or subscribe() instead of failing here.
@@ -383,6 +393,17 @@ export function parseBrokerUrl(option: string, value: unknown, schemes: readonly
     }
   }
   return url
+}
+
+/**
+ * Whether `text` is a TCP port a driver can connect to: decimal digits (leading zeros allowed,
+ * as the drivers read them with parseInt or Number) naming 1 to 65535. Port 0 is refused too:
+ * no server listens on it, and amqplib reads it as its default port.
+ */
+export function isPortNumber(text: string): boolean {
+  if (!/^\d+$/.test(text)) return false
+  const port = Number(text)
+  return port >= 1 && port <= 65_535
 }
 
 /**

@@ -13,6 +13,7 @@ import {
   checkSubscribeArgs,
   closedError,
   commonOptionKeys,
+  isPortNumber,
   lazyDriver,
   ms,
   pairBroker,
@@ -49,7 +50,8 @@ import type {
  * `type`), one whose `headers` field is not a JSON object of string values, or one that holds
  * one of these four fields twice, is refused (see {@link createRedisBroker}).
  *
- * The URL's query may set `db` (when the path does not), `port` (when the host part does not),
+ * The URL's query may set `db` (when the path does not; either 0 to 2147483646, any database a
+ * server may be configured with), `port` (when the host part does not; 1 to 65535, as there),
  * `family` (0, 4 or 6), `username`, `password` and `tls` (an ioredis TLS profile name, not
  * beside the `tls` option). Any other parameter is refused at construction with
  * `INVALID_OPTION` naming it: ioredis would take it as an option, ignoring a typo without a word
@@ -148,22 +150,37 @@ const reservedQuery = new Set([
 ])
 
 /**
+ * The largest database number a Redis server can have: SELECT reads a C int, and `databases`
+ * (the count, 16 by default) is at most 2147483647. Any lower one may be configured, so the
+ * default count is no limit here; past this ioredis's SELECT fails and connect() rejects with a
+ * bare "Connection is closed.".
+ */
+const maxRedisDb = 2_147_483_646
+
+/** Whether `text` is a database number a Redis server may have, as ioredis reads it (parseInt). */
+function isDbNumber(text: string): boolean {
+  return /^\d+$/.test(text) && Number(text) <= maxRedisDb
+}
+
+/**
  * The URL query parameters the adapter lets through to ioredis, with the values it reads
  * right: ioredis parses `db` and `port` with parseInt (`3x` would mean 3) and keeps a `family`
- * it cannot parse as a string that no socket takes.
+ * it cannot parse as a string that no socket takes. A `port` outside 1 to 65535 is refused as
+ * the host part's is: ioredis would fail every connect with a RangeError, reported as a
+ * retryable outage.
  */
-const queryFormats = new Map<string, RegExp>([
-  ['db', /^\d+$/],
-  ['port', /^\d+$/],
-  ['family', /^[046]$/],
-  ['username', /^/],
-  ['password', /^/],
+const queryFormats = new Map<string, (value: string) => boolean>([
+  ['db', isDbNumber],
+  ['port', isPortNumber],
+  ['family', (value) => /^[046]$/.test(value)],
+  ['username', () => true],
+  ['password', () => true],
   // A TLS profile name (ioredis's RedisCloudFixed, RedisCloudFlexible).
-  ['tls', /^/],
+  ['tls', () => true],
 ])
 const queryFormatNames: Readonly<Record<string, string>> = {
-  db: 'a database number',
-  port: 'a port number',
+  db: `a database number from 0 to ${maxRedisDb}`,
+  port: 'a port number from 1 to 65535',
   family: '0, 4 or 6',
 }
 
@@ -245,10 +262,11 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
   )
   // ioredis reads the path as the database number with parseInt and ignores the rest, so
   // '/3x' would silently mean database 3 and '/abc' database 0.
-  if (!/^\/?(\d+)?$/.test(common.url.pathname)) {
+  const path = common.url.pathname.replace(/^\//, '')
+  if (path !== '' && !isDbNumber(path)) {
     throw new InvalidOptionError(
       'redis.url',
-      'a redis:// or rediss:// URL whose path is empty or a database number (/0, /1, ...)',
+      `a redis:// or rediss:// URL whose path is empty or a database number from 0 to ${maxRedisDb} (/0, /1, ...)`,
       redactUrl(options.url),
     )
   }
@@ -267,7 +285,7 @@ function resolveRedisOptions(options: RedisBrokerOptions): ResolvedRedisOptions 
     // Any other name becomes an ioredis option: a typo is ignored without a word, and some act
     // behind the adapter's back (monitor, readOnly, path: a Unix socket instead of the host).
     const format = queryFormats.get(name)
-    if (format === undefined || !format.test(value)) {
+    if (format === undefined || !format(value)) {
       throw new InvalidOptionError(
         'redis.url',
         format === undefined

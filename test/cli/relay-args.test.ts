@@ -266,6 +266,18 @@ describe('breakwater relay: a --broker its adapter refuses', () => {
       {},
       '--broker: redis.url: expected a redis:// or rediss:// URL',
     ],
+    // A port the driver cannot connect to was retried for ever (?port=99999) or read as the
+    // default (amqplib connects to 5672 for port 0).
+    [
+      ['--broker', 'redis://127.0.0.1/?port=99999'],
+      {},
+      '--broker: redis.url: expected a redis:// or rediss:// URL whose query parameter "port" is a port number from 1 to 65535',
+    ],
+    [
+      ['--broker', 'amqp://u:hunter2-pw@127.0.0.1:0'],
+      {},
+      '--broker: rabbitmq.url: expected an amqp:// or amqps:// URL whose port is from 1 to 65535',
+    ],
     [
       ['--broker', 'http://127.0.0.1:1/hook#part', '--webhook-secret-env', 'HOOK'],
       { HOOK: 'a-webhook-secret-long-enough' },
