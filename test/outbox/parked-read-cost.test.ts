@@ -61,11 +61,17 @@ describe.each(dbTargets)('the relay read behind a dead event on $dialect', (targ
       FROM g ORDER BY i`)
   }
 
-  /** Rows of the outbox the read looks at (PostgreSQL), or the index it walks (SQLite). */
+  /**
+   * Rows of the outbox the read looks at (PostgreSQL: the more of its first plan and the plan
+   * cached after five runs), or the lines of the plan SQLite runs.
+   */
   async function readCost(statement: SentStatement): Promise<number | string[]> {
     if (target.dialect === 'postgres') {
       await t.db.execute(`ANALYZE ${outboxTable}`)
-      return postgresRowsExamined(t.url, statement, outboxTable, 'custom')
+      return Math.max(
+        await postgresRowsExamined(t.url, statement, outboxTable, 'custom'),
+        await postgresRowsExamined(t.url, statement, outboxTable, 'cached'),
+      )
     }
     return (await sqlitePlan(t.db, statement)).map((line) => line.detail)
   }
@@ -94,10 +100,15 @@ describe.each(dbTargets)('the relay read behind a dead event on $dialect', (targ
     await relay.start()
     try {
       const parked = () => count(t.db, outboxTable, 'WHERE parked_behind IS NOT NULL')
-      await until(async () => {
-        await clock.advance(50)
-        return (await parked()) === behind && published.length === 10
-      }, 'the held events to be parked and the others published')
+      // Parking 20,000 rows is 20,000 row updates: a loaded host gets its time.
+      await until(
+        async () => {
+          await clock.advance(50)
+          return (await parked()) === behind && published.length === 10
+        },
+        'the held events to be parked and the others published',
+        90_000,
+      )
       expect(published.every((id) => id.startsWith('free-'))).toBe(true)
 
       // New events of other aggregates come in: the next read takes them alone.
@@ -148,5 +159,5 @@ describe.each(dbTargets)('the relay read behind a dead event on $dialect', (targ
     } finally {
       await relay.stop()
     }
-  }, 60_000)
+  }, 180_000)
 })
