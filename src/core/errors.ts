@@ -1,3 +1,4 @@
+import { builtInKind } from './built-in-kind.js'
 import type { ErrorCode } from './error-codes.js'
 
 // A registry-wide symbol so the brand survives two copies of breakwater in one process
@@ -77,7 +78,12 @@ export class AbortedError extends BreakwaterError {
   }
 }
 
-/** Renders a rejected value for an error message without dumping large objects. */
+/**
+ * Renders a rejected value for an error message without dumping large objects. A built-in whose
+ * data is not in its properties is named by its kind (`a Map`, `a Headers`, `a Uint8Array` for a
+ * Buffer; the test isObjectRecord refuses them by), any other object is `an object`. Never
+ * throws, whatever the value's getters or Proxy traps do: it builds the message of an error.
+ */
 export function describeValue(value: unknown): string {
   if (typeof value === 'string')
     return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value)
@@ -85,6 +91,12 @@ export function describeValue(value: unknown): string {
     return String(value)
   if (value === undefined || value === null) return String(value)
   if (typeof value === 'function') return 'a function'
-  if (Array.isArray(value)) return `an array of ${value.length}`
-  return 'an object'
+  if (typeof value === 'symbol') return 'a symbol'
+  try {
+    // Array.isArray and a Proxy's length can throw (a revoked Proxy, a throwing trap).
+    if (Array.isArray(value)) return `an array of ${value.length}`
+  } catch {
+    return 'an object'
+  }
+  return builtInKind(value) ?? 'an object'
 }

@@ -1,4 +1,4 @@
-import { types } from 'node:util'
+import { builtInKind } from './built-in-kind.js'
 import { type Clock, systemClock } from './clock.js'
 import { InvalidOptionError } from './errors.js'
 
@@ -66,52 +66,11 @@ export function checkFunction<T extends (...args: never[]) => unknown>(
   return value as T
 }
 
-// Built-ins whose data lives in internal slots, not in enumerable properties: read as options or
-// as a record of names they are {} (a Map's entries, a Date's time, a Headers' fields are all
-// dropped without a word). util.types looks at the slots, so another realm's (a vm context's,
-// a jsdom window's) count too, and a subclass of one is one.
-const slotted: ReadonlyArray<(value: object) => boolean> = [
-  types.isMap,
-  types.isSet,
-  types.isWeakMap,
-  types.isWeakSet,
-  types.isDate,
-  types.isRegExp,
-  types.isPromise,
-  types.isNativeError,
-  types.isAnyArrayBuffer,
-  types.isArrayBufferView,
-  types.isBoxedPrimitive,
-]
-// The web classes util.types has no test for; these are checked against this realm's classes.
-const webClasses = ['Headers', 'URLSearchParams', 'FormData', 'Blob']
-  .map((name) => (globalThis as Record<string, unknown>)[name])
-  .filter((c): c is abstract new (...args: never[]) => object => typeof c === 'function')
-
-/**
- * The kind of built-in `value` is (`a Map`, `a Headers`, `an ArrayBuffer`) when it is one whose
- * data is not in its enumerable properties (see {@link isObjectRecord}), else undefined. Named
- * by its `Symbol.toStringTag`, as `Object.prototype.toString` gives it (a Buffer is a
- * Uint8Array, any Error an Error).
- */
-function nonRecordKind(value: object): string | undefined {
-  // A plain object, the common case (and the per-event one: event headers, metadata), costs one
-  // prototype lookup.
-  const proto: unknown = Object.getPrototypeOf(value)
-  if (proto === Object.prototype || proto === null) return undefined
-  if (!slotted.some((is) => is(value)) && !webClasses.some((c) => value instanceof c))
-    return undefined
-  const tag = Object.prototype.toString.call(value).slice(8, -1)
-  // No built-in's name starts with a U read as a vowel (Uint8Array, URLSearchParams).
-  return `${/^[AEIO]/.test(tag) ? 'an' : 'a'} ${tag}`
-}
-
 /**
  * Whether `value` is a record: an object whose data is its properties, as JSON's `{...}`
  * parses. Not null, not an array, and not a built-in whose data is held elsewhere (in internal
- * slots): a Map, Set, WeakMap, WeakSet, Date, RegExp, Promise, Error, ArrayBuffer, typed array
- * or DataView (a Buffer), boxed primitive, Headers, URLSearchParams, FormData or Blob. Read for
- * its properties, each of those is {}. Any other object is a record whatever its prototype: an
+ * slots: a Map, Date, Headers, Buffer, ...; {@link builtInKind} lists them). Read for its
+ * properties, each of those is {}. Any other object is a record whatever its prototype: an
  * instance of the caller's own class, or `Object.create(defaults)` with inherited options, is
  * read like a plain object (refusing every object not made by `{...}` would break those).
  */
@@ -120,22 +79,21 @@ export function isObjectRecord(value: unknown): value is Record<string, unknown>
     typeof value === 'object' &&
     value !== null &&
     !Array.isArray(value) &&
-    nonRecordKind(value) === undefined
+    builtInKind(value) === undefined
   )
 }
 
 /**
  * Returns `value` if it is a record ({@link isObjectRecord}), else throws `InvalidOptionError`
- * naming `option`. A built-in such as a Map or a Date is refused as `expected a plain object, not
- * a Map`: it would be read as {}, its entries dropped and every default used without a word. A
- * function is refused too (`got a function`).
+ * naming `option`. A built-in such as a Map or a Date is refused as `expected a plain object, got
+ * a Map` (describeValue names the kind by the same test): it would be read as {}, its entries
+ * dropped and every default used without a word. A function is refused too (`got a function`).
  */
 export function checkObject(option: string, value: unknown): Record<string, unknown> {
   if (typeof value !== 'object' || value === null || Array.isArray(value))
     throw new InvalidOptionError(option, 'an object', value)
-  const kind = nonRecordKind(value)
-  // The kind goes in what is expected: the message's "got" part says only "an object".
-  if (kind !== undefined) throw new InvalidOptionError(option, `a plain object, not ${kind}`, value)
+  if (builtInKind(value) !== undefined)
+    throw new InvalidOptionError(option, 'a plain object', value)
   return value as Record<string, unknown>
 }
 

@@ -78,7 +78,9 @@ export type QueryValue = string | number | boolean
 export type QueryParams = Readonly<Record<string, QueryValue | readonly QueryValue[] | undefined>>
 
 // A Headers, Map or URLSearchParams is an object whose Object.entries() is empty: accepted, every
-// header or parameter in it would be dropped without a word. Only plain objects are read.
+// header or parameter in it would be dropped without a word. Only plain objects are read: a
+// stricter rule than isObjectRecord's (a class instance is refused here too), but the refusal
+// names what was given the same way (describeValue: `got a Headers`, `got a URLSearchParams`).
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   if (typeof value !== 'object' || value === null) return false
   const proto = Object.getPrototypeOf(value) as unknown

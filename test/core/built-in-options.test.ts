@@ -24,8 +24,9 @@ const publisher = { publish: async () => {}, close: async () => {} }
 async function expectRefused(run: () => unknown, option: string, given: string): Promise<void> {
   const error = await optionRefusal(run)
   expect(error.option).toBe(option)
-  expect(error.message).toContain(`${option}: expected a plain object`)
-  expect(error.message).toContain(given)
+  // The kind is what was given (describeValue), not part of what is expected.
+  expect(error.message).toBe(`${option}: expected a plain object, got ${given}`)
+  expect(error.expected).toBe('a plain object')
 }
 
 describe('a built-in that is not a record, where an object is expected', () => {

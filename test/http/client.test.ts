@@ -374,6 +374,34 @@ describe('request options are checked before anything is sent', () => {
     expect(server.hits).toHaveLength(0)
   })
 
+  // The query and headers take plain objects only (prototype Object.prototype or null), a
+  // stricter rule than other options; the refusal names the built-in given, as they do.
+  it('names the built-in given as query or headers, and still refuses a class instance', async () => {
+    class Query {
+      readonly a = '1'
+    }
+    const cases: ReadonlyArray<[Record<string, unknown>, string]> = [
+      [
+        { headers: new Headers({ 'x-a': '1' }) },
+        'request.headers: expected a plain object of header names to values, got a Headers',
+      ],
+      [
+        { headers: new Map([['x-a', '1']]) },
+        'request.headers: expected a plain object of header names to values, got a Map',
+      ],
+      [
+        { query: new URLSearchParams('a=1') },
+        'request.query: expected a plain object, got a URLSearchParams',
+      ],
+      [{ query: new Query() }, 'request.query: expected a plain object, got an object'],
+    ]
+    for (const [options, message] of cases) {
+      const error = await optionRefusal(() => make().request('svc', { path: '/', ...options }))
+      expect(error.message).toBe(message)
+    }
+    expect(server.hits).toHaveLength(0)
+  })
+
   it('never echoes the value of a secret header it refuses (a token read with its newline)', async () => {
     for (const headers of [
       { 'X-Api-Key': 'sk_live_0123456789\n' },

@@ -33,7 +33,7 @@ describe.each(dbTargets)('flow events with a malformed at, on $dialect', (target
       ? ([
           ['text', 'abc', '"abc"'],
           ['a fraction', 5.5, '5.5'],
-          ['a blob', Buffer.from('x'), 'an object'],
+          ['a blob', Buffer.from('x'), 'a Uint8Array'],
         ] as [string, unknown, string][])
       : []),
   ]
