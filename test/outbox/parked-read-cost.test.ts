@@ -120,8 +120,10 @@ describe.each(dbTargets)('the relay read behind a dead event on $dialect', (targ
       params[2] = roundSize
       const after = await readCost({ sql: readBatch, params })
       if (typeof after === 'number') {
-        // Each row taken and its one probe for an earlier held event of its aggregate.
-        expect(after).toBeLessThanOrEqual(3 * roundSize)
+        // Each row taken and its one probe for an earlier held event of its aggregate; with
+        // fresh statistics the planner may instead read every unparked row (the 100 new ones)
+        // and sort them, which is the same claim: none of the parked events is looked at.
+        expect(after).toBeLessThanOrEqual(100 + 3 * roundSize)
       } else {
         expect(after, after.join('; ')).toContain(`SCAN o USING INDEX ${outboxTable}_unparked`)
         // What that index holds: the new events, none of the parked ones.
