@@ -20,11 +20,11 @@ export interface TimerEntry {
   /**
    * The clock stepped by `stepMs` (negative: back) while the entry was queued: move `atMs`, and
    * every time taken from the same reading of the clock, by as much, so that the entry still
-   * fires after the time it had left. Only what falls due by `throughMs` moves (an entry made of
-   * several, such as a {@link TimerList}, moves those of its own that do). Called by the queue
-   * only, and only when `atMs` is due by `throughMs`.
+   * fires after the time it had left. Only what falls due before `beforeMs` moves (an entry made
+   * of several, such as a {@link TimerList}, moves those of its own that do). Called by the queue
+   * only, and only when `atMs` is before `beforeMs`.
    */
-  clockStepped(stepMs: number, throughMs: number): void
+  clockStepped(stepMs: number, beforeMs: number): void
 }
 
 /**
@@ -61,11 +61,16 @@ const stepToleranceMs = 10
  *   service); otherwise late by at most the time between the last reading before the step and
  *   the first after it.
  * - When the timer fires, the time it was armed for has truly passed: a clock reading short of
- *   it by `delta` means a step back of `delta`. If every entry added since the timer was armed
- *   was timed before the step (its reading lies above the clock's now), all move by `delta`,
- *   exactly. Otherwise some may have been timed after the step, and moving them would make them
- *   fire early: only the entries the timer was armed for move, and the others keep their times
- *   (late by at most the step, which is then no larger than the timer's delay).
+ *   it by `delta` means the clock went back `delta` since it was armed (in one step or more).
+ *   The entries queued when it was armed were all timed before: they move by `delta`, exactly.
+ *   They are the ones due before the earliest entry added (or timed, see
+ *   {@link TimerQueue.observe}) since. An entry added since may have been timed before the step,
+ *   after it, or between two steps, and the queue cannot tell which: it moves by what is sure,
+ *   the lowest reading taken for one of them less the clock's now (the clock cannot have gone
+ *   back less than that after any of them), which is late by at most the timer's delay and
+ *   never early. (Before, these moved by all of `delta` when every one of them read above the
+ *   clock's now, and otherwise not at all; but an entry timed after a first step of the clock
+ *   reads above the clock's now after a second, and fired early by the first.)
  * A step forward needs nothing: entries fall due early, as wall-clock times do. A clock whose
  * timers fire when `now()` reaches them (fake timers, ManualClock's `advance()`) never looks
  * stepped; ManualClock's `jump()` steps it as NTP does.
@@ -80,8 +85,11 @@ export class TimerQueue {
   // read at least their sum.
   #armedNowMs = Number.NaN
   #armedDelayMs = 0
-  // The reading of the latest entry added since the timer was armed (Infinity: none).
-  #addedNowMs = Number.POSITIVE_INFINITY
+  // The lowest reading an entry was timed from since the timer was armed (Infinity: none).
+  #addedMinNowMs = Number.POSITIVE_INFINITY
+  // The earliest time of an entry added (or timed, see observe) since the timer was armed
+  // (Infinity: none). Everything queued earlier than it was queued when the timer was armed.
+  #addedMinAtMs = Number.POSITIVE_INFINITY
   // The latest reading of the clock the queue has seen.
   #seenMs = Number.NEGATIVE_INFINITY
   // systemClock only: the global setTimeout that armed the timer, and the clearTimeout that
@@ -106,7 +114,7 @@ export class TimerQueue {
    * {@link TimerQueue}); without one (an entry queued again) the queue reads nothing.
    */
   add(entry: TimerEntry, nowMs?: number): void {
-    if (nowMs !== undefined) this.observe(nowMs)
+    if (nowMs !== undefined) this.observe(nowMs, entry.atMs)
     else this.#followTimers()
     const heap = this.#heap
     entry.queueIndex = heap.length
@@ -138,13 +146,15 @@ export class TimerQueue {
   }
 
   /**
-   * Something is about to be timed from `nowMs`, a reading of the clock taken just now (a
-   * {@link TimerList} adding a node). Call before adding anything timed from it.
+   * Something is about to be timed from `nowMs`, a reading of the clock taken just now, for
+   * `atMs` (a {@link TimerList} adding a node: the list's one entry may be queued already). Call
+   * before adding anything timed from it.
    */
-  observe(nowMs: number): void {
+  observe(nowMs: number, atMs: number): void {
     this.#followTimers()
     this.#followStep(nowMs)
-    this.#addedNowMs = nowMs
+    if (nowMs < this.#addedMinNowMs) this.#addedMinNowMs = nowMs
+    if (atMs < this.#addedMinAtMs) this.#addedMinAtMs = atMs
   }
 
   // systemClock looks the global timers up at call time, so fake timers (vi.useFakeTimers(),
@@ -185,13 +195,13 @@ export class TimerQueue {
     return true
   }
 
-  // Moves the entries due by `throughMs` by `stepMs`. Those are the earliest ones, and all move
-  // alike: the heap stays in order.
-  #shift(stepMs: number, throughMs = Number.POSITIVE_INFINITY): void {
+  // Moves the entries due before `beforeMs` by `stepMs`. Those are the earliest ones, and all
+  // move alike (back): the heap stays in order.
+  #shift(stepMs: number, beforeMs = Number.POSITIVE_INFINITY): void {
     for (const entry of this.#heap) {
-      if (entry.atMs > throughMs) continue
+      if (entry.atMs >= beforeMs) continue
       try {
-        entry.clockStepped(stepMs, throughMs)
+        entry.clockStepped(stepMs, beforeMs)
       } catch (error) {
         queueMicrotask(() => {
           throw error
@@ -202,19 +212,23 @@ export class TimerQueue {
 
   #run(): void {
     const expectedMs = this.#armedNowMs + this.#armedDelayMs
-    const addedNowMs = this.#addedNowMs
+    const addedMinNowMs = this.#addedMinNowMs
+    const addedMinAtMs = this.#addedMinAtMs
     this.#handle = undefined
     this.#armedAtMs = Number.POSITIVE_INFINITY
     this.#armedNowMs = Number.NaN
     const heap = this.#heap
     const now = this.#clock.now()
     // The time the timer was armed for has passed, whatever the clock reads (see TimerQueue):
-    // everything, or (when entries timed after the step may be queued) what the timer was armed
-    // for, moves by the step.
-    if (expectedMs - now > stepToleranceMs) {
+    // what was queued when the timer was armed moves by the whole step, what was added since by
+    // the part of it sure to have come after each (two moves, the first for the earliest only,
+    // keep the heap in order).
+    const stepMs = expectedMs - now
+    if (stepMs > stepToleranceMs) {
       this.#seenMs = now
-      const safe = addedNowMs > now + stepToleranceMs
-      this.#shift(now - expectedMs, safe ? Number.POSITIVE_INFINITY : expectedMs)
+      const sureMs = Math.min(stepMs, Math.max(0, addedMinNowMs - now))
+      if (sureMs < stepMs) this.#shift(sureMs - stepMs, addedMinAtMs)
+      if (sureMs > 0) this.#shift(-sureMs)
     } else this.#followStep(now)
     for (;;) {
       const top = heap[0]
@@ -244,7 +258,8 @@ export class TimerQueue {
     const delayMs = Math.min(maxTimerDelayMs, Math.max(0, atMs - now))
     this.#armedNowMs = now
     this.#armedDelayMs = delayMs
-    this.#addedNowMs = Number.POSITIVE_INFINITY
+    this.#addedMinNowMs = Number.POSITIVE_INFINITY
+    this.#addedMinAtMs = Number.POSITIVE_INFINITY
     if (this.#keepIdleTimer) {
       // The queue's delays are at most maxTimerDelayMs: the handle is the global timers' own.
       this.#armedBy = globalThis.setTimeout
@@ -363,8 +378,8 @@ export class TimerList implements TimerEntry {
    * taken from, just now (see {@link TimerQueue.add}); none for a node timed earlier.
    */
   add(node: TimerNode, nowMs?: number): void {
-    if (nowMs !== undefined) this.#queue.observe(nowMs)
     const atMs = node.timerAtMs
+    if (nowMs !== undefined) this.#queue.observe(nowMs, atMs)
     let before = this.#tail
     while (before !== undefined && before.timerAtMs > atMs) before = before.timerPrev
     node.timerPrev = before
@@ -413,9 +428,9 @@ export class TimerList implements TimerEntry {
     this.#reschedule()
   }
 
-  /** Timer queue callback: the clock stepped; moves the nodes due by `throughMs`, the first ones. */
-  clockStepped(stepMs: number, throughMs: number): void {
-    for (let node = this.#head; node !== undefined && node.timerAtMs <= throughMs; ) {
+  /** Timer queue callback: the clock stepped; moves the nodes due before `beforeMs`, the first ones. */
+  clockStepped(stepMs: number, beforeMs: number): void {
+    for (let node = this.#head; node !== undefined && node.timerAtMs < beforeMs; ) {
       const next = node.timerNext
       node.clockStepped(stepMs)
       node = next
