@@ -632,6 +632,11 @@ class Attempt {
   dueAt: number
   /** The clock's reading `dueAt` was taken from. */
   dueFrom: number
+  /**
+   * `dueAt` was taken since the timer was armed (see timerFired). Kept apart from `dueFrom`: a
+   * step back that no reading showed leaves a later reading no higher than the timer's own.
+   */
+  dueMovedSinceArm = false
   /** The due time the timer is armed for, the clock's reading then, and the timer's delay. */
   armedAt = Number.POSITIVE_INFINITY
   armedNow = 0
@@ -661,6 +666,7 @@ class Attempt {
     this.armedAt = due
     this.armedNow = now
     this.armedDelay = Math.max(0, due - now)
+    this.dueMovedSinceArm = false
     this.timer = clock.setTimeout(this.onTimer, this.armedDelay)
   }
 
@@ -669,6 +675,7 @@ class Attempt {
     const now = this.call.now()
     this.dueAt = now + ms
     this.dueFrom = now
+    this.dueMovedSinceArm = true
     return now
   }
 
@@ -738,14 +745,14 @@ class Attempt {
   }
 
   /**
-   * The clock stepped by `stepMs` (negative: back), the call's times have moved (see
-   * {@link ForwardCall.clockStepped}), and so does the phase's due time if `withDue`. The
-   * timer is armed again from `now` when it is running.
+   * The clock stepped back, the call's times have moved (see {@link ForwardCall.clockStepped}),
+   * and the phase's due time moves by `dueStepMs` (negative: back; what of the step surely came
+   * after it was read). The timer is armed again from `now` when it is running.
    */
-  clockStepped(stepMs: number, withDue: boolean, now: number): void {
-    if (withDue) {
-      this.dueAt += stepMs
-      this.dueFrom += stepMs
+  clockStepped(dueStepMs: number, now: number): void {
+    if (dueStepMs !== 0) {
+      this.dueAt += dueStepMs
+      this.dueFrom += dueStepMs
     }
     if (this.timer !== undefined) this.arm(Math.min(this.dueAt, this.call.deadlineAt), now)
   }
@@ -760,9 +767,12 @@ class Attempt {
   // with the stepped clock, the due times held the attempt back by the size of the step (a
   // readMs of 500 with the clock stepped back 5 s ran out after 5.5 s); they move by the step
   // instead. Those read before the timer was armed (the call's deadline and start, a due time
-  // the timer was armed for) surely were read before the step; a due time moved on since (a
-  // body chunk) moves only when the call's latest reading of the clock lies above now, so was
-  // taken before the step too (moving one read after the step would make it run out early).
+  // the timer was armed for) surely were read before the step and move by all of it. A due time
+  // moved on since (a body chunk) may have been read before the step, after it or between two
+  // steps (moving one read after a step by that step would make it run out early): it moves by
+  // what is sure, its reading less now, late by at most the timer's delay and never early.
+  // (It used to move by the whole step when the call's latest reading lay above now, but a due
+  // time read after a first step lies above now after a second, and ran out early by the first.)
   // See also ForwardCall.now.
   timerFired(): void {
     this.timer = undefined
@@ -772,9 +782,12 @@ class Attempt {
     const clock = core.clock
     let now = clock.now()
     const expected = this.armedNow + this.armedDelay
-    if (expected - now > stepToleranceMs) {
-      const withDue = this.dueFrom <= this.armedNow || call.seenMs > now + stepToleranceMs
-      call.clockStepped(now - expected, withDue, now)
+    const stepMs = expected - now
+    if (stepMs > stepToleranceMs) {
+      const dueStepMs = !this.dueMovedSinceArm
+        ? stepMs
+        : Math.min(stepMs, Math.max(0, this.dueFrom - now))
+      call.clockStepped(-stepMs, -dueStepMs, now)
     } else now = call.now()
     const deadlineAt = this.call.deadlineAt
     if (
@@ -1046,23 +1059,22 @@ class ForwardCall {
   now(): number {
     const now = this.core.clock.now()
     const seenMs = this.seenMs
-    if (now < seenMs - stepToleranceMs) this.clockStepped(now - seenMs, true, now)
+    if (now < seenMs - stepToleranceMs) this.clockStepped(now - seenMs, now - seenMs, now)
     else if (now > seenMs) this.seenMs = now
     return now
   }
 
   /**
    * The clock stepped by `stepMs` (negative: back) after the call's start and deadline were
-   * read, and now reads `now`: they move by as much, and so do the running attempt's times
-   * (its due time only if `withDue`: see Attempt.timerFired).
+   * read, and now reads `now`: they move by as much, and the running attempt's due time by
+   * `dueStepMs` (see Attempt.timerFired).
    */
-  clockStepped(stepMs: number, withDue: boolean, now: number): void {
+  clockStepped(stepMs: number, dueStepMs: number, now: number): void {
     this.startedAt += stepMs
     this.deadlineAt += stepMs
     this.seenMs = now
     const attempt = this.attempt
-    if (attempt !== undefined && attempt.phase !== phaseDone)
-      attempt.clockStepped(stepMs, withDue, now)
+    if (attempt !== undefined && attempt.phase !== phaseDone) attempt.clockStepped(dueStepMs, now)
   }
 
   dispatch(): void {
@@ -1347,7 +1359,7 @@ class ForwardCall {
       // means the clock stepped back meanwhile, when nothing of the call read it.
       const ended = core.clock.now()
       if (now + delayMs - ended > stepToleranceMs)
-        this.clockStepped(ended - (now + delayMs), false, ended)
+        this.clockStepped(ended - (now + delayMs), 0, ended)
       this.dispatch()
     }, delayMs)
     return true
