@@ -470,6 +470,23 @@ function isMessageFault(error: unknown): boolean {
   return classifyFailure(error) === 'permanent'
 }
 
+/**
+ * True for `BROKER_UNROUTABLE`: the broker answered that nothing takes the topic (no RabbitMQ
+ * queue bound to it, no JetStream stream for the subject). That is an answer, so the broker is
+ * up: the failure does not count against the relay's circuit breaker, and a pause that only
+ * such failures caused ends when a new event is enqueued. Still not the event's own fault
+ * (a queue may be bound later): it is charged only once other events go through.
+ *
+ * Why: one event of a topic nobody had bound yet, retried alone, opened the breaker every few
+ * seconds and held back every other event for its cooldown, and since it was never charged
+ * while nothing else went through, that went on for as long as traffic was sparse. (On NATS a
+ * 503 also comes when JetStream itself is off: every publish then fails, and the relay still
+ * backs off, as for any round with nothing confirmed, without the breaker.)
+ */
+function isUnroutable(error: unknown): boolean {
+  return BreakwaterError.is(error) && error.code === 'BROKER_UNROUTABLE'
+}
+
 function isCircuitRejection(error: unknown): boolean {
   return (
     BreakwaterError.is(error) &&
@@ -681,7 +698,7 @@ class OutboxRelay implements Relay {
         name: 'outbox-relay',
         ...breakerOptions,
         clock,
-        isFailure: (error) => !isMessageFault(error),
+        isFailure: (error) => !isMessageFault(error) && !isUnroutable(error),
       }),
     )
     if (options.retention === false) {
@@ -1069,11 +1086,16 @@ class OutboxRelay implements Relay {
           // may well be the broker's. Nobody is charged; they are retried after a backoff, at
           // least as long as any of their failures asked for.
           let delayMs = this.#backoff.delayMs(failedRounds++)
-          for (const { error } of this.#suspects.values())
+          let unroutableOnly = true
+          for (const { error } of this.#suspects.values()) {
             delayMs = Math.max(delayMs, this.#waitAskedBy(error))
+            if (!isUnroutable(error)) unroutableOnly = false
+          }
           this.#suspects.clear()
           clean = false
-          await this.#pause(delayMs)
+          // The broker answered (see isUnroutable): a new event need not wait.
+          if (unroutableOnly) await this.#waker.wait(delayMs, this.#stop.signal)
+          else await this.#pause(delayMs)
           continue
         }
         if (rows.length === 0) {

@@ -526,6 +526,51 @@ describe.each(dbTargets)('relay failures on $dialect', (target) => {
     }
   })
 
+  // BROKER_UNROUTABLE is the broker answering that nothing takes the topic (no queue bound):
+  // evidence that it is up. A lone such event used to count against the breaker (open every
+  // few seconds, holding back every other event for the cooldown) and its outage pause was not
+  // cut short by new events, so it was never charged while traffic was sparse.
+  it('keeps an event nothing takes (BROKER_UNROUTABLE) from holding back the others, and dead-letters it', async () => {
+    const clock = new ManualClock(T0 + 2_500_000)
+    const poison = createOutbox({ clock, topic: 'nobody-bound' })
+    const healthy = createOutbox({ clock, topic: 'bound' })
+    const { publisher, relay } = await setup(clock, { maxAttempts: 3 })
+    publisher.before = (messages) => {
+      if (messages.some((m) => m.topic === 'nobody-bound'))
+        throw new BrokerError('BROKER_UNROUTABLE', 'rabbitmq', 'no queue bound to nobody-bound')
+    }
+    try {
+      await relay.start()
+      await enqueueAll(t.db, poison, ['unroutable-p-0'])
+      await advanceUntil(clock, () => publisher.calls >= 6, 'several failed calls', 500)
+      // Alone, it is not charged (it may be the broker's), but the breaker stays closed.
+      expect(relay.breaker.state).toBe('closed')
+      expect(await listDead(t.db)).toEqual([])
+      // A new event goes out when it is enqueued, without waiting for the clock (the relay is
+      // woken as a notification would); each one lets the poison's next failure be charged.
+      const isDead = async () => (await listDead(t.db)).length > 0
+      for (let i = 0; !(await isDead()); i++) {
+        expect(i).toBeLessThan(10)
+        const id = `unroutable-h${i}-0`
+        await enqueueAll(t.db, healthy, [id])
+        relay.wake()
+        await until(() => publisher.confirmed.includes(id), `${id} published`)
+        const calls = publisher.calls
+        await advanceUntil(
+          clock,
+          async () => publisher.calls > calls || (await isDead()),
+          'the poison tried again',
+          100,
+        )
+      }
+      expect((await listDead(t.db)).map((d) => d.eventId)).toEqual(['unroutable-p-0'])
+      expect(relay.breaker.state).toBe('closed')
+    } finally {
+      await relay.stop()
+      await t.db.execute("DELETE FROM breakwater_outbox WHERE event_id LIKE 'unroutable-%'")
+    }
+  })
+
   it("treats a misconfigured broker (refused login) as an outage, never as the event's fault", async () => {
     const clock = new ManualClock(T0 + 3_000_000)
     const outbox = createOutbox({ clock, topic: 'refused' })
