@@ -28,6 +28,7 @@ import {
   checkExpected,
   checkKey,
   checkName,
+  checkTx,
   type EventStore,
   type EventStoreImpl,
   internalsOf,
@@ -467,7 +468,10 @@ class StoreCommandHandler<C, E extends EventShape, S> implements CommandHandler<
     checkName('stream', stream)
     checkObject('options', options)
     checkOptionKeys('options', options, txOptions)
-    const { truncateBefore: _, ...loaded } = await this.#load(stream, options.tx ?? this.#store.db)
+    const { truncateBefore: _, ...loaded } = await this.#load(
+      stream,
+      checkTx(options.tx) ?? this.#store.db,
+    )
     return loaded
   }
 

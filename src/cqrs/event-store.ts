@@ -310,6 +310,30 @@ export function checkKey(option: string, value: unknown, maxBytes = maxKeyBytes)
 }
 
 /**
+ * @internal Refuses a `tx` option that cannot run statements (`{}`, a string, a number): it
+ * failed later with a bare TypeError (`tx.query is not a function`) that named neither the
+ * option nor what it takes. Only the two methods the store calls are looked at, so any
+ * executor passes: a transaction, the application's own (`fromPgClient`), and for reads the
+ * driver.
+ */
+export function checkTx(tx: unknown): SqlExecutor | undefined {
+  if (
+    tx !== undefined &&
+    (typeof tx !== 'object' ||
+      tx === null ||
+      typeof (tx as Partial<SqlExecutor>).query !== 'function' ||
+      typeof (tx as Partial<SqlExecutor>).execute !== 'function')
+  ) {
+    throw new InvalidOptionError(
+      'tx',
+      "a transaction (the tx given to db.transaction's callback)",
+      tx,
+    )
+  }
+  return tx as SqlExecutor | undefined
+}
+
+/**
  * Refuses the driver itself (it has `close`) as the `tx` of a write. Each of its statements
  * commits on its own: on SQLite an append's read of the stream row, its bump and its insert,
  * and on PostgreSQL a delete's or metadata write's `FOR UPDATE` and the write after it, would
@@ -317,6 +341,7 @@ export function checkKey(option: string, value: unknown, maxBytes = maxKeyBytes)
  * could end up ahead of the events. Leave `tx` out to write on its own.
  */
 function checkWriteTx(tx: SqlExecutor | undefined): void {
+  checkTx(tx)
   if (tx !== undefined && typeof (tx as Partial<SqlDriver>).close === 'function') {
     throw new InvalidOptionError(
       'tx',
@@ -764,7 +789,7 @@ export class EventStoreImpl implements EventStore {
         ? this.statements.noLimit
         : checkInteger('limit', options.limit, 0)
     const { truncateBefore: _, ...result } = await this.#readStream<E>(
-      options.tx ?? this.db,
+      checkTx(options.tx) ?? this.db,
       stream,
       direction,
       from,
@@ -900,7 +925,7 @@ export class EventStoreImpl implements EventStore {
     const from = checkInteger('fromPosition', options.fromPosition ?? 0, 0)
     // 0 reads no events, as readStream's 0 reads none (followers never ask for 0).
     const limit = checkInteger('limit', options.limit ?? 1000, 0)
-    const executor = options.tx ?? this.db
+    const executor = checkTx(options.tx) ?? this.db
     const params: unknown[] = [from, limit]
     const watermarkSql = this.statements.readAllWatermark
     if (watermarkSql !== undefined) {
@@ -942,7 +967,7 @@ export class EventStoreImpl implements EventStore {
   async headPosition(options: { readonly tx?: SqlExecutor | undefined } = {}): Promise<number> {
     checkObject('options', options)
     checkOptionKeys('options', options, txOptions)
-    const rows = await (options.tx ?? this.db).query<{ position: number | string }>(
+    const rows = await (checkTx(options.tx) ?? this.db).query<{ position: number | string }>(
       this.statements.headPosition,
     )
     return Number(rows[0]?.position ?? 0)
@@ -965,9 +990,10 @@ export class EventStoreImpl implements EventStore {
     checkStream(stream)
     checkObject('options', options)
     checkOptionKeys('options', options, txOptions)
-    const rows = await (options.tx ?? this.db).query<StreamRow>(this.statements.streamInfo, [
-      stream,
-    ])
+    const rows = await (checkTx(options.tx) ?? this.db).query<StreamRow>(
+      this.statements.streamInfo,
+      [stream],
+    )
     return streamInfoOf(stream, rows[0])
   }
 

@@ -5,6 +5,7 @@
 
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { beforeAll, describe, expect, it } from 'vitest'
+import { InvalidOptionError } from '../../src/core/errors.js'
 import {
   cqrsChannelNames,
   createCommandHandler,
@@ -53,6 +54,16 @@ describe.each(dbTargets)('command handlers on $dialect', (target) => {
     )
     expect((await store.readStream(id)).version).toBe(3)
     expect((await accounts.load(id)).state).toEqual({ open: true, balance: 30, events: 3 })
+  })
+
+  it('load refuses a tx that is not a transaction, naming tx', async () => {
+    // It failed with a bare TypeError (executor.query is not a function).
+    const accounts = createCommandHandler(store, { decider: account })
+    for (const tx of [{}, 'x', 5]) {
+      const error = await accounts.load(fresh(), { tx: tx as never }).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidOptionError)
+      expect((error as InvalidOptionError).option).toBe('tx')
+    }
   })
 
   it('retries version conflicts: 20 concurrent commands on one stream all land', async () => {

@@ -642,6 +642,35 @@ describe.each(dbTargets)('event store on $dialect', (target) => {
     expect(await store.streamInfo(stream, { tx: t.db })).toMatchObject({ version: 0 })
   })
 
+  it('refuses a tx that is not a transaction, naming tx, in every method that takes one', async () => {
+    // Each failed with a bare TypeError (tx.query / executor.query is not a function), naming
+    // neither the option nor what it takes; reads did not look at tx at all.
+    const stream = fresh()
+    for (const tx of [{}, 'x', 5, { query: () => [] }, { execute: () => ({}) }]) {
+      const calls: [string, () => Promise<unknown>][] = [
+        ['append', () => store.append(stream, [event(1)], { tx: tx as never })],
+        ['readStream', () => store.readStream(stream, { tx: tx as never })],
+        ['readAll', () => store.readAll({ tx: tx as never })],
+        ['headPosition', () => store.headPosition({ tx: tx as never })],
+        ['streamInfo', () => store.streamInfo(stream, { tx: tx as never })],
+        ['setStreamMetadata', () => store.setStreamMetadata(stream, { a: 1 }, { tx: tx as never })],
+        ['deleteStream', () => store.deleteStream(stream, { tx: tx as never })],
+      ]
+      for (const [name, call] of calls) {
+        const error = await call().then(
+          () => undefined,
+          (e: unknown) => e,
+        )
+        expect(error, `${name} ${String(tx)}`).toBeInstanceOf(InvalidOptionError)
+        expect((error as InvalidOptionError).option, name).toBe('tx')
+        expect((error as Error).message, name).toMatch(
+          /^tx: expected a transaction \(the tx given to db\.transaction's callback\)/,
+        )
+      }
+    }
+    expect(await store.streamInfo(stream)).toMatchObject({ version: 0, exists: false })
+  })
+
   it('refuses stream ids PostgreSQL cannot index, alike on both databases', async () => {
     // The stream id is a key of two indexes: past about 2,700 bytes PostgreSQL failed the
     // append with a bare "index row size" error, while SQLite stored it.
