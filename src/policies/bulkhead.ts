@@ -11,7 +11,13 @@ import { type AbortListener, listenToSignal, parentOf, unlistenToSignal } from '
 import { abortFailure, BulkheadRejectedError } from './errors.js'
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, slowPath } from './fused.js'
-import { optionalClock, optionalInteger, optionalNumber, optionalString } from './options.js'
+import {
+  fnRefusal,
+  optionalClock,
+  optionalInteger,
+  optionalNumber,
+  optionalString,
+} from './options.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -187,6 +193,7 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    if (typeof fn !== 'function') return fnRefusal('bulkhead.execute(fn)', fn)
     const refused = signalRefusal('bulkhead.execute(signal)', signal)
     if (refused !== undefined) return refused
     return this.#run(callDirectly, fn, contextFor(signal))

@@ -14,6 +14,7 @@ import { abortFailure, BrokenCircuitError, IsolatedCircuitError } from './errors
 import { diagnosticsChannel, EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep } from './fused.js'
 import {
+  fnRefusal,
   optional,
   optionalClock,
   optionalFunction,
@@ -372,6 +373,7 @@ class CircuitBreakerPolicy implements CircuitBreaker, ChainablePolicy, FusablePo
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    if (typeof fn !== 'function') return fnRefusal('circuitBreaker.execute(fn)', fn)
     const refused = signalRefusal('circuitBreaker.execute(signal)', signal)
     if (refused !== undefined) return refused
     return this.#run(callDirectly, fn, contextFor(signal))

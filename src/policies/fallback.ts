@@ -2,7 +2,7 @@ import { checkKnownOptions, checkObject, optionKeys, signalRefusal } from '../co
 import { abortFailure } from './errors.js'
 import { EventSource } from './events.js'
 import { type FusablePolicy, type FusedStep, fusedStep, Later } from './fused.js'
-import { optionalFunction } from './options.js'
+import { fnRefusal, optionalFunction } from './options.js'
 import {
   callDirectly,
   contextFor,
@@ -117,6 +117,7 @@ class FallbackPolicyImpl<R> implements FallbackPolicy<R>, FusablePolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T | R> {
+    if (typeof fn !== 'function') return fnRefusal('fallback.execute(fn)', fn)
     const refused = signalRefusal('fallback.execute(signal)', signal)
     if (refused !== undefined) return refused
     return this.#run(callDirectly, fn, contextFor(signal))

@@ -106,3 +106,19 @@ function checkString(option: string, value: unknown): string {
   if (typeof value !== 'string') throw new InvalidOptionError(option, 'a string', value)
   return value
 }
+
+/**
+ * The rejection of a policy's `execute` given an `fn` that is not a function, naming the
+ * parameter (`retry.execute(fn)`): rejected like a refused signal, before anything runs, so a
+ * circuit breaker does not count the caller's bug as a downstream failure nor a fallback hide it
+ * behind its value. Unlike the options above it guards every call: the caller tests
+ * `typeof fn !== 'function'` inline and only a refusal comes here.
+ *
+ * @example
+ * ```ts
+ * if (typeof fn !== 'function') return fnRefusal('retry.execute(fn)', fn)
+ * ```
+ */
+export function fnRefusal(option: string, value: unknown): Promise<never> {
+  return Promise.reject(new InvalidOptionError(option, 'a function', value))
+}

@@ -4,6 +4,7 @@ import { parentOf } from './cancel-scope.js'
 import { abortFailure } from './errors.js'
 import type { FallbackPolicy } from './fallback.js'
 import { FusedPlan } from './fused.js'
+import { fnRefusal } from './options.js'
 import {
   neverAbortedSignal,
   type Policy,
@@ -161,6 +162,7 @@ class Pipeline implements ContextAwarePolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    if (typeof fn !== 'function') return fnRefusal('pipeline.execute(fn)', fn)
     const refused = signalRefusal('pipeline.execute(signal)', signal)
     if (refused !== undefined) return refused
     const plan = this.#plan

@@ -36,6 +36,7 @@ import {
   timeoutLeftOf,
 } from './fused.js'
 import {
+  fnRefusal,
   optional,
   optionalClock,
   optionalFunction,
@@ -408,6 +409,7 @@ class RetryPolicyImpl implements RetryPolicy, ChainablePolicy, FusablePolicy {
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    if (typeof fn !== 'function') return fnRefusal('retry.execute(fn)', fn)
     const refused = signalRefusal('retry.execute(signal)', signal)
     if (refused !== undefined) return refused
     const parent = signal === undefined ? undefined : parentOfSignal(signal)

@@ -22,7 +22,7 @@ import {
   timeoutLeft,
   timeoutLeftOf,
 } from './fused.js'
-import { optionalClock, optionalOneOf } from './options.js'
+import { fnRefusal, optionalClock, optionalOneOf } from './options.js'
 import {
   type ChainablePolicy,
   callDirectly,
@@ -310,6 +310,7 @@ class TimeoutPolicyImpl implements TimeoutPolicy, ChainablePolicy, FusablePolicy
   }
 
   execute<T>(fn: PolicyFunction<T>, signal?: AbortSignal): Promise<T> {
+    if (typeof fn !== 'function') return fnRefusal('timeout.execute(fn)', fn)
     const refused = signalRefusal('timeout.execute(signal)', signal)
     if (refused !== undefined) return refused
     const parent = signal === undefined ? undefined : parentOfSignal(signal)

@@ -3,37 +3,9 @@
 // (`parent.addEventListener is not a function`) in timeout() and some pipelines. Every
 // policy's execute now rejects it with INVALID_OPTION naming the parameter, before fn runs.
 import { describe, expect, it } from 'vitest'
-import {
-  bulkhead,
-  circuitBreaker,
-  createKeyedBreakers,
-  fallback,
-  pipeline,
-  retry,
-  timeout,
-} from '../../src/index.js'
+import { retry } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/manual-clock.js'
-
-/** What every policy, fallbacks included, offers. */
-interface Executes {
-  execute(fn: () => unknown, signal?: AbortSignal): Promise<unknown>
-}
-
-// [test name, the option the error names, the policy]
-const policies: ReadonlyArray<readonly [string, string, () => Executes]> = [
-  ['retry', 'retry', () => retry()],
-  ['timeout', 'timeout', () => timeout(1000)],
-  ['circuitBreaker', 'circuitBreaker', () => circuitBreaker()],
-  [
-    'a keyed breaker',
-    'circuitBreaker',
-    () => createKeyedBreakers({ create: () => circuitBreaker() }).get('inventory'),
-  ],
-  ['bulkhead', 'bulkhead', () => bulkhead({ maxConcurrent: 1 })],
-  ['fallback', 'fallback', () => fallback('fallback value')],
-  ['a fused pipeline', 'pipeline', () => pipeline(retry(), timeout(1000))],
-  ['a linked pipeline', 'pipeline', () => pipeline(fallback(0), bulkhead({ maxConcurrent: 1 }))],
-]
+import { everyPolicy as policies } from './every-policy.js'
 
 describe('policies refuse a signal that is not an AbortSignal', () => {
   for (const [test, name, make] of policies) {
