@@ -31,9 +31,15 @@ export interface KeyedBreakersOptions {
 
 /** A bounded set of circuit breakers by key; see {@link createKeyedBreakers}. */
 export interface KeyedBreakers {
-  /** The breaker for `key`, created on first use. */
+  /**
+   * The breaker for `key`, created on first use. A key that is not a string throws
+   * `InvalidOptionError` (code `INVALID_OPTION`) naming `keyedBreakers.get(key)`.
+   */
   get(key: string): CircuitBreaker
-  /** Drops (and disposes) the breaker for `key`; true when there was one. */
+  /**
+   * Drops (and disposes) the breaker for `key`; true when there was one. A key that is not a
+   * string throws `InvalidOptionError` naming `keyedBreakers.delete(key)`.
+   */
   delete(key: string): boolean
   /** Breakers currently kept. */
   readonly size: number
@@ -99,6 +105,10 @@ class KeyedBreakerSet implements KeyedBreakers {
   }
 
   get(key: string): CircuitBreaker {
+    // A Map compares an object key by identity: a key object built per request would make a
+    // fresh breaker per call that never trips, so only strings are keys.
+    if (typeof key !== 'string')
+      throw new InvalidOptionError('keyedBreakers.get(key)', 'a string', key)
     const now = this.#clock.now()
     const entries = this.#entries
     let entry = entries.get(key)
@@ -130,6 +140,8 @@ class KeyedBreakerSet implements KeyedBreakers {
   }
 
   delete(key: string): boolean {
+    if (typeof key !== 'string')
+      throw new InvalidOptionError('keyedBreakers.delete(key)', 'a string', key)
     const entry = this.#entries.get(key)
     if (entry === undefined) return false
     this.#entries.delete(key)

@@ -146,4 +146,43 @@ describe('createKeyedBreakers', () => {
     expect(() => breakers.get('x')).toThrow(InvalidOptionError)
     expect(breakers.size).toBe(0)
   })
+
+  it('refuses a key that is not a string, in get() and delete()', () => {
+    // Accepted, any key went into the map: an object key is compared by identity, so a key
+    // object built per request made a fresh breaker per call that never tripped, and the set
+    // grew past maxKeys with them; undefined, numbers and symbols were keys of their own.
+    let created = 0
+    const breakers = createKeyedBreakers({
+      create: () => {
+        created++
+        return circuitBreaker()
+      },
+    })
+    for (const key of [undefined, null, 42, { host: 'a' }, ['x'], Symbol('s')]) {
+      for (const [method, call] of [
+        ['get', () => breakers.get(key as unknown as string)],
+        ['delete', () => breakers.delete(key as unknown as string)],
+      ] as const) {
+        let error: unknown
+        try {
+          call()
+        } catch (caught) {
+          error = caught
+        }
+        expect(error).toBeInstanceOf(InvalidOptionError)
+        expect(error).toMatchObject({
+          code: 'INVALID_OPTION',
+          option: `keyedBreakers.${method}(key)`,
+          expected: 'a string',
+        })
+      }
+    }
+    expect(() => breakers.get(undefined as unknown as string)).toThrow(
+      'keyedBreakers.get(key): expected a string, got undefined',
+    )
+    expect(created).toBe(0)
+    expect(breakers.size).toBe(0)
+    expect(breakers.get('')).toBe(breakers.get(''))
+    breakers.close()
+  })
 })
