@@ -10,6 +10,7 @@ import {
 } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { AbortedError, InvalidOptionError } from '../core/errors.js'
+import { isStorableText } from '../core/text.js'
 import {
   checkClock,
   checkFunction,
@@ -130,7 +131,9 @@ export interface SagaWorkerOptions {
    */
   readonly concurrency?: number | undefined
   /**
-   * The worker's id, stored as the lease owner and in the timeline.
+   * The worker's id, stored as the lease owner and in the timeline: a non-empty string of at
+   * most 200 characters without NUL characters or lone surrogates (text both databases store
+   * as given), or `InvalidOptionError` naming `workerId`.
    * @default `${hostname}:${pid}:${random}`
    */
   readonly workerId?: string | undefined
@@ -362,10 +365,17 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
     this.#batcher = new WriteBatcher(db, 500)
     const workerId =
       options.workerId ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`
-    if (typeof workerId !== 'string' || workerId === '' || workerId.length > 200)
+    // Written as the lease owner and into the timeline: a NUL or half of a surrogate pair made
+    // every claim on PostgreSQL fail with a bare driver error (the worker never ran a saga).
+    if (
+      typeof workerId !== 'string' ||
+      !isStorableText(workerId) ||
+      workerId === '' ||
+      workerId.length > 200
+    )
       throw new InvalidOptionError(
         'workerId',
-        'a non-empty string of at most 200 characters',
+        'a non-empty string of at most 200 characters without NUL characters or lone surrogates',
         workerId,
       )
     this.id = workerId
