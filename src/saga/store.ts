@@ -69,10 +69,13 @@ function stamped<
  * operator's cancel reason, which may hold NUL: PostgreSQL text cannot, so the write of the
  * failure was refused every time and the saga never left its failing step (and in a group
  * commit, the writes of every other instance of the batch were refused with it). The NUL is
- * written as `\0`; the timeline keeps the error as it was (JSON escapes it).
+ * written as `\0`. Half of a surrogate pair, which has no UTF-8 form, is written as U+FFFD:
+ * in PostgreSQL's batched write (a JSON parameter) it was refused the same way (22P02), and
+ * SQLite stored three bytes read back as three U+FFFD. The timeline keeps the error as it was
+ * (JSON escapes both).
  */
 export function storedReason(reason: string | null): string | null {
-  return reason === null ? null : reason.replaceAll('\u0000', '\\0')
+  return reason === null ? null : reason.replaceAll('\u0000', '\\0').replace(/\p{Cs}/gu, '\ufffd')
 }
 
 /** Writes a transition's timeline events with `insertEvent` (SQLite: one row per event). */

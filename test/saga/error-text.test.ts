@@ -4,6 +4,7 @@
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
+  cancelSaga,
   createSagaWorker,
   defineSaga,
   getSaga,
@@ -24,29 +25,57 @@ describe.each(dbTargets)('saga error text on $dialect', (target) => {
     await t?.close()
   })
 
-  it('records a final step failure whose message holds a NUL', async () => {
+  // Half of a surrogate pair has no UTF-8 form: on PostgreSQL the batched write (a JSON
+  // parameter) was refused with `22P02 invalid input syntax for type json` at every attempt, so
+  // the saga stayed `running` for ever; SQLite stored three bytes read back as three U+FFFD. It
+  // is stored as one U+FFFD. The timeline keeps the message as it was (JSON escapes both).
+  it.each([
+    ['a NUL', 'bad byte \u0000 here', 'bad byte \\0 here'],
+    ['a lone surrogate', 'bad \ud800 here', 'bad \ufffd here'],
+  ])('records a final step failure whose message holds %s', async (_what, message, stored) => {
     const clock = new ManualClock(1_000_000)
     const saga = defineSaga({
-      name: `nul-${randomUUID().slice(0, 8)}`,
+      name: `text-${randomUUID().slice(0, 8)}`,
       version: 1,
       steps: [
         {
           name: 'a',
           retry: { maxAttempts: 1 },
           action: async () => {
-            throw new Error('bad byte \u0000 here')
+            throw new Error(message)
           },
         },
       ],
     })
-    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock })
-    const { id } = await worker.run(saga, {})
-    const instance = await getSaga(t.db, id)
-    expect(instance?.status).toBe('compensated')
-    expect(instance?.reason).toBe('step "a" failed: Error: bad byte \\0 here')
-    // The timeline keeps the message as it was (JSON escapes the NUL).
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock, listen: false })
+    const { id, status } = await worker.run(saga, {})
+    expect(status).toBe('compensated')
+    expect((await getSaga(t.db, id))?.reason).toBe(`step "a" failed: Error: ${stored}`)
     const failed = (await getSagaTimeline(t.db, id)).find((e) => e.kind === 'step-failed')
-    expect(failed?.detail).toMatchObject({ error: { message: 'bad byte \u0000 here' } })
+    expect(failed?.detail).toMatchObject({ error: { message } })
+    await worker.stop()
+  })
+
+  it('cancels with an operator reason that holds a lone surrogate', async () => {
+    const clock = new ManualClock(1_000_000)
+    const saga = defineSaga({
+      name: `sur-cancel-${randomUUID().slice(0, 8)}`,
+      version: 1,
+      steps: [{ name: 'a', action: async () => ({}) }],
+    })
+    const { id } = await startSaga(t.db, saga, {}, { clock })
+    expect(await cancelSaga(t.db, id, { reason: 'x\ud800y', clock })).toBe('requested')
+    const worker = createSagaWorker({ db: t.db, sagas: [saga], clock, listen: false })
+    const errors: unknown[] = []
+    worker.events.on((e) => {
+      if (e.type === 'error') errors.push(e.error)
+    })
+    expect(await worker.poll()).toBe(1)
+    await worker.stop()
+    expect(errors).toEqual([])
+    const instance = await getSaga(t.db, id)
+    expect(instance?.status).toBe('cancelled')
+    expect(instance?.reason).toBe('cancel requested: x\ufffdy')
   })
 
   it('writes a group commit whose reason holds a NUL, with the other instances of the batch', async () => {
