@@ -342,7 +342,7 @@ interface FailedEvent {
  * {@link ProjectionFailedError} and {@link SubscriptionHandlerError}.
  */
 export abstract class EventHandlingError extends BreakwaterError {
-  /** The event's position in the log. */
+  /** The event's position in the log; 0 for an event that was never written (see `inline`). */
   readonly position: number
   /** The event's stream. */
   readonly stream: string
@@ -364,9 +364,11 @@ export abstract class EventHandlingError extends BreakwaterError {
     event: FailedEvent,
     cause: unknown,
   ) {
+    // Position 0: an event of an append that failed (an inline projection's), never in the log.
+    const where = event.position > 0 ? `position ${event.position}` : 'not written'
     super(
       code,
-      `${who}: ${what} on event "${event.type}" (stream "${event.stream}", position ${event.position}, id "${event.id}"): ${messageOf(cause)}`,
+      `${who}: ${what} on event "${event.type}" (stream "${event.stream}", ${where}, id "${event.id}"): ${messageOf(cause)}`,
       { cause },
     )
     this.position = event.position
@@ -383,8 +385,13 @@ export abstract class EventHandlingError extends BreakwaterError {
  * `catchUp` rejects with it, `start()`'s loop reports it to `onError` (and the
  * `projection-error` channel) and retries the event after its delay, never moving past it; the
  * events before it in the batch are applied and checkpointed first. A `rebuild()` (`rebuild`
- * true) rejects with it, nothing swapped in. Not retryable as is: the event fails until the
- * projection (or the data it depends on) is fixed.
+ * true) rejects with it, nothing swapped in. An inline projection's (`inline` true) is what
+ * the append (or command) rejects with: its transaction rolled back, so the event is not in
+ * the log and `position` is 0 (the position it was given in that transaction is not reported:
+ * it names no event, or on SQLite a later append's). A busy database or a serialization
+ * failure in an inline `apply` is not wrapped: it is the transaction's, and a command handler
+ * retries it. Not retryable as is: the event fails until the projection (or the data it
+ * depends on) is fixed.
  *
  * @example
  * ```ts
@@ -400,21 +407,30 @@ export class ProjectionFailedError extends EventHandlingError {
   readonly projection: string
   /** Whether a `rebuild()` (filling fresh tables) failed, rather than a live batch. */
   readonly rebuild: boolean
+  /** Whether an inline projection failed, in an append's transaction (which rolled back). */
+  readonly inline: boolean
 
   /**
    * @param event The event `apply` threw on.
    * @param cause What it threw.
    */
-  constructor(projection: string, event: FailedEvent, cause: unknown, rebuild: boolean) {
+  constructor(
+    projection: string,
+    event: FailedEvent,
+    cause: unknown,
+    rebuild: boolean,
+    inline = false,
+  ) {
     super(
       'PROJECTION_FAILED',
-      `projection "${projection}"${rebuild ? ' (rebuild)' : ''}`,
+      `projection "${projection}"${rebuild ? ' (rebuild)' : inline ? ' (inline)' : ''}`,
       'apply failed',
       event,
       cause,
     )
     this.projection = projection
     this.rebuild = rebuild
+    this.inline = inline
   }
 }
 

@@ -3,7 +3,7 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkObject, optionKeys } from '../core/validate.js'
 import { type SqlDialect, type SqlDriver, type SqlExecutor, sqlErrorKind } from '../stores/index.js'
 import { checkOptionKeys } from './checks.js'
-import { ProjectionSetupError } from './errors.js'
+import { ProjectionFailedError, ProjectionSetupError } from './errors.js'
 import { cqrsStatements } from './sql.js'
 import { readStoredPosition } from './stored-position.js'
 import type { EventShape, RecordedEvent } from './types.js'
@@ -325,7 +325,14 @@ export function handles(projection: ProjectionDefinition, type: string): boolean
   return projection.eventTypes === undefined || projection.eventTypes.includes(type)
 }
 
-/** @internal Applies inline projections to freshly appended events in the append's tx. */
+/**
+ * @internal Applies inline projections to freshly appended events in the append's tx. A
+ * failure of `apply` is thrown as a {@link ProjectionFailedError} naming the projection and
+ * the event (position 0: the append fails, so the event is never in the log): the bare error
+ * named neither, and a unique violation of the projection's table read (`sqlErrorKind`) as the
+ * append's own. A busy database or a serialization failure passes as it is: it is the
+ * transaction's, which a command handler retries as a whole.
+ */
 export async function applyInline(
   tx: SqlExecutor,
   projections: readonly ProjectionDefinition[],
@@ -334,7 +341,20 @@ export async function applyInline(
   for (const projection of projections) {
     const context = projectionContext(tx, projection, 0)
     for (const event of events) {
-      if (handles(projection, event.type)) await projection.apply(event, context)
+      if (!handles(projection, event.type)) continue
+      try {
+        await projection.apply(event, context)
+      } catch (error) {
+        const kind = sqlErrorKind(error)
+        if (kind === 'busy' || kind === 'serialization-failure') throw error
+        throw new ProjectionFailedError(
+          projection.name,
+          { ...event, position: 0 },
+          error,
+          false,
+          true,
+        )
+      }
     }
   }
 }

@@ -7,6 +7,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { describe, expect, it } from 'vitest'
 import {
   cqrsChannelNames,
+  createCommandHandler,
   createEventStore,
   createProjector,
   defineProjection,
@@ -15,6 +16,7 @@ import {
   type RecordedEvent,
   SubscriptionHandlerError,
 } from '../../src/cqrs/index.js'
+import { sqlErrorKind } from '../../src/stores/index.js'
 import { ManualClock } from '../../src/testing/index.js'
 import { dbTargets, useTestDb } from './databases.js'
 
@@ -105,6 +107,81 @@ describe.each(dbTargets)('handler failures name their event on $dialect', (targe
     const error = await projector.rebuild().catch((e: unknown) => e)
     expectNames(error, events[1]!, boom)
     expect((error as Error).message).toContain('rebuild')
+  })
+
+  it('an inline append rejects with ProjectionFailedError, position 0, and writes nothing', async () => {
+    // It rejected with the bare error of apply: a unique violation of the projection's own
+    // table read (sqlErrorKind) as the append's, naming no projection, event or stream.
+    const name = 'fail_inline'
+    const projection = defineProjection({
+      name,
+      tables: { [name]: (table) => [`CREATE TABLE ${table} (id TEXT PRIMARY KEY)`] },
+      async apply(event, { tx, table }) {
+        await tx.execute(`INSERT INTO ${table(name)} (id) VALUES ($1)`, [String(event.data)])
+      },
+    })
+    const store = createEventStore(t.db, { inlineProjections: [projection] })
+    await store.append('fail-inline-a', [{ type: 'fi', data: 'dup' }])
+    const head = await store.headPosition()
+    const appends = [
+      () => store.append('fail-inline-b', [{ type: 'fi', data: 'dup', id: 'fi-1' }]),
+      () =>
+        t.db.transaction((tx) =>
+          store.append('fail-inline-b', [{ type: 'fi', data: 'dup', id: 'fi-1' }], { tx }),
+        ),
+    ]
+    for (const append of appends) {
+      const error = await append().catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(ProjectionFailedError)
+      const failure = error as ProjectionFailedError
+      expect(failure.code).toBe('PROJECTION_FAILED')
+      expect(failure.projection).toBe(name)
+      expect(failure.rebuild).toBe(false)
+      expect(failure.inline).toBe(true)
+      expect(failure.stream).toBe('fail-inline-b')
+      expect(failure.type).toBe('fi')
+      expect(failure.eventId).toBe('fi-1')
+      // Never committed: the event has no position in the log.
+      expect(failure.position).toBe(0)
+      expect(failure.message).toMatch(/projection "fail_inline" \(inline\)/)
+      expect(failure.message).toContain('not written')
+      expect(sqlErrorKind(failure.cause)).toBe('unique-violation')
+      // The append's own unique violation is no longer what a caller classifies it as.
+      expect(sqlErrorKind(failure)).toBe('other')
+    }
+    expect(await store.headPosition()).toBe(head)
+    expect((await store.streamInfo('fail-inline-b')).version).toBe(0)
+  })
+
+  it("an inline apply's serialization failure passes as it is, and a command retries it", async () => {
+    // It is the transaction's, not the projection's: wrapped, the command would stop retrying.
+    const name = 'fail_inline_retry'
+    let failures = 1
+    const projection = defineProjection({
+      name,
+      tables: { [name]: (table) => [`CREATE TABLE ${table} (n TEXT NOT NULL)`] },
+      async apply(event, { tx, table }) {
+        if (failures-- > 0) throw Object.assign(new Error('could not serialize'), { code: '40001' })
+        await tx.execute(`INSERT INTO ${table(name)} (n) VALUES ($1)`, [event.id])
+      },
+    })
+    const store = createEventStore(t.db, { inlineProjections: [projection] })
+    const error = await store
+      .append('fail-inline-retry', [{ type: 'fir', data: 1 }])
+      .catch((e: unknown) => e)
+    expect(error).not.toBeInstanceOf(ProjectionFailedError)
+    expect(sqlErrorKind(error)).toBe('serialization-failure')
+    failures = 1
+    const handler = createCommandHandler(store, {
+      baseDelayMs: 0,
+      decider: {
+        initialState: () => 0,
+        evolve: (n: number) => n + 1,
+        decide: () => [{ type: 'fir', data: 1 }],
+      },
+    })
+    expect((await handler.handle('fail-inline-retry', {})).version).toBe(1)
+    expect(await t.db.query(`SELECT n FROM ${name}`)).toHaveLength(1)
   })
 
   it('a subscription reports SubscriptionHandlerError to onError', async () => {
