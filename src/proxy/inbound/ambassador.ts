@@ -19,7 +19,6 @@ import type { FastRequestHandler } from './fast-connection.js'
 import { endWithProblem } from './raw-response.js'
 import {
   checkUpgradeRequest,
-  clientLeftOutcome,
   type InboundRequest,
   logAccess,
   readFastInbound,
@@ -95,14 +94,16 @@ export function createAmbassadorHandler(
   }
   const logForward = (inbound: InboundRequest, outcome: ForwardOutcome, service: string): void =>
     logAccess(ctx, inbound, outcome, listener.name, { route: AMBASSADOR_ROUTE, service })
-  // A client that left in the middle of its body: logged as one that leaves while the
-  // upstream answers (499 ABORTED), under the service its path names; no service saw it.
-  const clientLeft = (inbound: InboundRequest): void => {
+  // A request whose connection went in the middle of its body: logged with what its client
+  // was sent (499 ABORTED for one that left, as for one that leaves while the upstream
+  // answers; the listener's 408 when the request timer cut it), under the service its path
+  // names; no service saw it.
+  const bodyCut = (inbound: InboundRequest, outcome: ForwardOutcome): void => {
     const service = serviceNamed(serviceSegment(inbound.path))
     logAccess(
       ctx,
       inbound,
-      clientLeftOutcome,
+      outcome,
       listener.name,
       service === undefined
         ? { route: AMBASSADOR_ROUTE }
@@ -111,7 +112,7 @@ export function createAmbassadorHandler(
   }
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
     try {
-      const read = readInbound(req, res, listener, ctx, undefined, clientLeft)
+      const read = readInbound(req, res, listener, ctx, undefined, bodyCut)
       // A request without a body is routed in this turn, without a promise for the read.
       if (read instanceof Promise) {
         read

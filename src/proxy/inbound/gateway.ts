@@ -18,7 +18,6 @@ import type {
 } from '../contracts.js'
 import { dropsMethodOverrides, forwardedHeaders } from './forwarded-headers.js'
 import {
-  clientLeftOutcome,
   type InboundRequest,
   logAccess,
   readInboundRequest,
@@ -154,18 +153,20 @@ export function createGatewayHandler(
   const scheme = listener.tls === undefined ? 'http' : 'https'
   const trustForwarded = listener.trustForwardedHeaders === true
 
-  // A client that left in the middle of its body: logged and counted as one that leaves while
-  // the upstream answers (499 ABORTED), under the route its head matched; no service saw it.
-  const clientLeft = (inbound: InboundRequest): void => {
+  // A request whose connection went in the middle of its body: logged and counted with what
+  // its client was sent (499 ABORTED for one that left, as for one that leaves while the
+  // upstream answers; the listener's 408 when the request timer cut it), under the route its
+  // head matched; no service saw it.
+  const bodyCut = (inbound: InboundRequest, outcome: ForwardOutcome): void => {
     const route = currentTable().match(inbound.method, inbound.path, inbound.headers)
     logAccess(
       ctx,
       inbound,
-      clientLeftOutcome,
+      outcome,
       listener.name,
       route === undefined ? {} : { route: route.name },
     )
-    observe(inbound, clientLeftOutcome, route?.name ?? '', '')
+    observe(inbound, outcome, route?.name ?? '', '')
   }
 
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
@@ -182,7 +183,7 @@ export function createGatewayHandler(
         refusedAtHead = currentTable().match(head.method, head.path, head.headers) === undefined
         return !refusedAtHead
       },
-      clientLeft,
+      bodyCut,
     )
     if (inbound === undefined) return
     // Matched once the body is read, on the table then in force: a reload during the upload

@@ -23,6 +23,7 @@ import { markCutByDrain } from '../drain-cut.js'
 import { RateLimitedLog } from '../rate-limited-log.js'
 import { type FileWatch, watchFileContent } from '../upstream/file-watch.js'
 import { FastConnection } from './fast-connection.js'
+import { markAnsweredByListener } from './listener-answer.js'
 import { endWithProblem, rawProblem } from './raw-response.js'
 import { awaitContinue, isConnectionClosing } from './request.js'
 
@@ -356,12 +357,16 @@ export function createListenerServer(
   // What node:http's parser refuses (and its header and request timers) is answered as every
   // other refusal, a problem with a stable code, rather than node's bare status line. As node
   // does: only when nothing of a response is on the wire yet, and the connection goes at once
-  // (the parser has failed, so nothing more can be read from it).
+  // (the parser has failed, so nothing more can be read from it). A request whose body was
+  // being read then is logged with this answer, not as a client that left (listener-answer.ts).
   server.on('clientError', (error: Error & { code?: string }, socket: Duplex) => {
     const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage
     if (socket.writable && inFlight?.headersSent !== true) {
       const [status, code, detail] = clientErrorAnswer(error.code, maxHeaderBytes)
       socket.write(rawProblem(status, code, detail))
+      // A client that ended its side in the middle of a request (EOF) went away: logged as one
+      // that left (499), though the answer is written in case it still reads.
+      if (error.code !== 'HPE_INVALID_EOF_STATE') markAnsweredByListener(socket, status, code)
     }
     socket.destroy()
   })

@@ -54,6 +54,7 @@ import type {
 import { forwardableHeaders, isPlainChunked } from '../hop-by-hop.js'
 import { appendVia } from '../via.js'
 import type { FastRequest } from './fast-request.js'
+import { listenerAnswer } from './listener-answer.js'
 import { normalizePath } from './normalize-path.js'
 
 /** A validated inbound request, ready for routing and forwarding. */
@@ -216,9 +217,9 @@ export function readInboundRequest(
   listener: ListenerConfig,
   ctx: InboundContext,
   admit?: AdmitHead,
-  left?: ClientLeft,
+  cut?: BodyCut,
 ): Promise<InboundRequest | undefined> {
-  const read = readInbound(req, res, listener, ctx, admit, left)
+  const read = readInbound(req, res, listener, ctx, admit, cut)
   return read instanceof Promise ? read : Promise.resolve(read)
 }
 
@@ -236,17 +237,20 @@ export type InboundHead = Pick<InboundRequest, 'method' | 'path' | 'query' | 'he
 export type AdmitHead = (head: InboundHead) => boolean
 
 /**
- * Told of a request whose client went away before its body was read to the end (the read
- * then resolves undefined, and nothing is answered: nobody is left to hear it). `inbound` has
- * no body; the access log line written for it counts the body bytes that came (`bytesIn`).
- * Callers log it as `499 ABORTED`, like a client that leaves while the upstream answers.
+ * Told of a request whose connection went before its body was read to the end (the read then
+ * resolves undefined, and nothing more is answered). `outcome` is what the client was sent, for
+ * the caller's access log line and request metrics: {@link clientLeftOutcome} (499 `ABORTED`,
+ * like a client that leaves while the upstream answers) when the client went away, or the
+ * answer the listener wrote before it closed the connection itself (node's request timer: 408
+ * `TIMEOUT`; its parser failing on the body: 400 `REQUEST_INVALID`). `inbound` has no body;
+ * the access log line written for it counts the body bytes that came (`bytesIn`).
  */
-export type ClientLeft = (inbound: InboundRequest) => void
+export type BodyCut = (inbound: InboundRequest, outcome: ForwardOutcome) => void
 
 /**
  * The outcome of a request whose client went away before its body was read: status 499,
  * `ABORTED`, nothing sent anywhere. For the access line and request metrics of a
- * {@link ClientLeft} request.
+ * {@link BodyCut} request that nobody answered.
  */
 export const clientLeftOutcome: ForwardOutcome = Object.freeze({
   status: 499,
@@ -276,7 +280,7 @@ export function readInbound(
   listener: ListenerConfig,
   ctx: InboundContext,
   admit?: AdmitHead,
-  left?: ClientLeft,
+  cut?: BodyCut,
 ): InboundRequest | undefined | Promise<InboundRequest | undefined> {
   const head = validateHead(req, listener, ctx)
   if (isRefusal(head)) return refuse(req, res, listener, ctx, head[0], head[1], head[2])
@@ -318,6 +322,8 @@ export function readInbound(
     let whole: Buffer | undefined
     let size = 0
     let settled = false
+    // Counted from here, so that the listener's answer to a cut body is in its bytesOut.
+    const bytesWritten = req.socket.bytesWritten
     const done = (value: InboundRequest | undefined): void => {
       if (settled) return
       settled = true
@@ -359,17 +365,20 @@ export function readInbound(
             : Buffer.concat(chunks, size)
       done(finish(req, res, head, body))
     }
-    const clientLeft = (): void => {
-      // Nobody is left to answer: the caller logs and counts it (499 ABORTED).
-      const inbound = new LiveInboundRequest(head, undefined, res, req.socket.bytesWritten, size)
+    const connectionGone = (): void => {
+      // Nothing more can be answered: the caller logs and counts what the client was sent, the
+      // listener's own answer (a 408 when node's request timer fired mid-body) or nothing (499
+      // ABORTED: the client went away).
+      const inbound = new LiveInboundRequest(head, undefined, res, bytesWritten, size)
       done(undefined)
-      left?.(inbound)
+      cut?.(inbound, listenerAnswer(req.socket) ?? clientLeftOutcome)
     }
     const onError = (): void => {
-      // A client that went away mid-body fails the stream too ('aborted'): not a request the
-      // proxy could not read, and no 400 for a client that is not there to hear it.
+      // A connection that went mid-body fails the stream too ('aborted'): not a request the
+      // proxy could not read, and no 400 for a client that is not there to hear it (or that
+      // the listener already answered).
       if (req.socket.destroyed || res.destroyed) {
-        clientLeft()
+        connectionGone()
         return
       }
       done(
@@ -385,8 +394,8 @@ export function readInbound(
       )
     }
     const onClose = (): void => {
-      // The client went away mid-body: nobody is left to answer.
-      if (!req.complete) clientLeft()
+      // The connection went mid-body: nobody is left to answer.
+      if (!req.complete) connectionGone()
     }
     req.on('data', onData)
     req.on('end', onEnd)
