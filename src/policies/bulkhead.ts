@@ -1,5 +1,6 @@
 import { type Counter, metrics } from '@opentelemetry/api'
 import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
+import { BreakwaterError } from '../core/errors.js'
 import {
   checkInteger,
   checkKnownOptions,
@@ -249,7 +250,7 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
       await this.#enqueue(signal)
       if (signal.aborted) {
         this.#release()
-        throw abortFailure(signal.reason, false)
+        throw queuedAbortFailure(signal.reason)
       }
     } else {
       this.#rejected('full')
@@ -304,7 +305,7 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
         const onAbort: AbortListener = {
           parentAborted: (reason) => {
             this.#unlink(waiter)
-            reject(abortFailure(reason, false))
+            reject(queuedAbortFailure(reason))
           },
         }
         waiter.signal = signal
@@ -348,4 +349,14 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
       })
     rejectionCounter.add(1, this.name === undefined ? { reason } : { reason, bulkhead: this.name })
   }
+}
+
+// What a queued call rejects with when its signal aborts with `reason`. A timeout around the call
+// that ran out while it waited (its TimeoutError as the reason: through a pipeline, or a signal
+// such a timeout handed on) is no cancellation by the caller: the call rejects with that very
+// error, which the timeout reports as it is (as a retry's backoff sleep leaves the call to it),
+// never wrapped around an AbortedError that blames the caller. A deadline is the deadline's.
+function queuedAbortFailure(reason: unknown): unknown {
+  if (BreakwaterError.is(reason) && reason.code === 'TIMEOUT') return reason
+  return abortFailure(reason, false)
 }
