@@ -333,7 +333,8 @@ const deliverReplyOptions = optionKeys<DeliverReplyOptions>({ clock: true, attem
  * are duplicates) and wakes the saga so that a worker continues it. Pass your transaction to
  * record the reply together with, say, the inbox row of the message that carried it. Throws
  * `SagaNotFoundError` for an unknown saga and `SagaStateConflictError` for a step it does not
- * have or one that has sent no command yet, and `StoredDataError` when the instance's stored
+ * have or one that has sent no command yet, `InvalidOptionError` (`INVALID_OPTION`) for a reply
+ * JSON cannot hold or an undefined one (pass null for none), and `StoredDataError` when the instance's stored
  * steps cannot be read (a row changed outside breakwater; nothing is recorded). A reply for a step that awaits none (a wait step,
  * one that already ran, or one whose reply was read and refused and that waits to resend), or
  * for a saga that is not running (compensating, parked, ended), is
@@ -368,6 +369,9 @@ export async function deliverReply(
   const attempt =
     options.attempt === undefined ? undefined : checkInteger('options.attempt', options.attempt, 1)
   // The reply itself first: a value JSON cannot hold is the caller's mistake, whatever the saga.
+  // A forgotten reply (undefined) was recorded as null and the step went on with it; null is
+  // the explicit "no reply", as for a saga's input.
+  if (reply === undefined) throw new InvalidOptionError('reply', 'JSON (pass null for none)', reply)
   const json = storedJson('reply', reply)
   const now = storedTime(clock)
   // The check and the insert are one with the worker's writes (see recordReply): given the

@@ -572,11 +572,12 @@ export function describeError(info: ErrorInfo | undefined): string {
 }
 
 /**
- * A value as the JSON text stored for it (`null` for undefined); throws `InvalidOptionError`
- * naming `option` when JSON cannot hold it.
+ * A value as the JSON text stored for it; throws `InvalidOptionError` naming `option` when JSON
+ * cannot hold it, undefined included (the callers refuse it first, saying to pass null).
  */
 export function storedJson(option: string, value: unknown): string {
   // A function or a symbol has no JSON text at all: refused here rather than by the database's
   // NOT NULL constraint (a driver error, with the caller's transaction aborted on PostgreSQL).
-  return jsonTextOf(option, value ?? null)
+  // Undefined was stored as null, which let a forgotten reply through as "no reply".
+  return jsonTextOf(option, value)
 }

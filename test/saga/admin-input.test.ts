@@ -50,6 +50,17 @@ describe('saga admin functions refuse an id that is not a string', () => {
     }
   })
 
+  // A forgotten reply (plain JS) was recorded as null and the step went on with it, where an
+  // undefined input is refused: null is the explicit "no reply".
+  it('deliverReply refuses an undefined reply, naming reply', async () => {
+    const error = await deliverReply(untouched, 'order-1', 'charge', undefined).catch(
+      (e: unknown) => e,
+    )
+    expect(error).toBeInstanceOf(InvalidOptionError)
+    expect((error as InvalidOptionError).option).toBe('reply')
+    expect((error as InvalidOptionError).message).toContain('pass null for none')
+  })
+
   it('deliverReply refuses a step that is not a string', async () => {
     const error = await deliverReply(untouched, 'order-1', 7 as never, {}).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(InvalidOptionError)
