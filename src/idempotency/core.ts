@@ -34,6 +34,7 @@ import {
 import { isHeaderName, replayableHeaders, unreplayableHeaders } from './header-name.js'
 import { recordableJson } from './json-result.js'
 import { checkOperationKey, parseIdempotencyKey } from './key.js'
+import { checkMethods, defaultMethods } from './methods.js'
 import { defaultProblemTypeBase, isIdempotencyError, problemResponse } from './problem.js'
 import {
   credentialScope,
@@ -132,7 +133,10 @@ export interface IdempotencyOptions {
    * The HTTP methods the middleware guards; other methods pass through untouched. `HEAD` is
    * refused: it is safe by definition (RFC 9110 section 9.2.1) and its response has no body to
    * record, so a replay could not restore the Content-Length of the body it stands for. A HEAD
-   * to a guarded GET route passes through unguarded.
+   * to a guarded GET route passes through unguarded. Names are matched case-insensitively
+   * (`'post'` guards POST). Each must be an HTTP method (an RFC 9110 token: no spaces, one
+   * method per entry), and the list must name one at least; else `INVALID_OPTION` names the
+   * entry (`methods[0]`) or the list.
    * @default ['POST', 'PATCH']
    */
   readonly methods?: readonly string[] | undefined
@@ -666,18 +670,7 @@ class IdempotencyCore implements Idempotency {
         : checkFunction<FingerprintFunction>('fingerprint', options.fingerprint)
     this.#scopeIsDefault = this.#scope === credentialScope
     this.#fingerprintIsDefault = this.#fingerprint === defaultFingerprint
-    const methods = options.methods ?? ['POST', 'PATCH']
-    if (!Array.isArray(methods) || methods.some((m) => typeof m !== 'string' || m === '')) {
-      throw new InvalidOptionError('methods', 'an array of HTTP method names', methods)
-    }
-    if (methods.some((m) => m.toUpperCase() === 'HEAD')) {
-      throw new InvalidOptionError(
-        'methods',
-        'HTTP method names other than HEAD (a HEAD response has no body to record; it is safe, so leave it unguarded)',
-        methods,
-      )
-    }
-    this.#methods = new Set(methods.map((m) => m.toUpperCase()))
+    this.#methods = checkMethods(options.methods ?? defaultMethods)
     const required = options.required ?? true
     if (typeof required !== 'boolean') {
       throw new InvalidOptionError('required', 'a boolean', required)

@@ -1,5 +1,5 @@
 // Which header names the idempotency capability accepts: in its options (`replayHeaders`,
-// `scope.tenantHeader`) and in what it replays from storage.
+// `scope.tenantHeader`) and in what it replays from storage. A method is the same token.
 
 // An HTTP field name is a token (RFC 9110 section 5.1). A name outside it can never match a
 // request's or a response's header, so an option naming one is a mistake to report, not a no-op
@@ -10,6 +10,9 @@ const headerToken = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 export function isHeaderName(name: string): boolean {
   return headerToken.test(name)
 }
+
+/** True when `value` is an HTTP token, as a method must be too (RFC 9110 section 9.1). */
+export const isHttpToken: (value: string) => boolean = isHeaderName
 
 /** What an option that names a header expects, for `InvalidOptionError`. */
 export const headerNameExpected =

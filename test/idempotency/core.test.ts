@@ -586,7 +586,7 @@ describe('options', () => {
       [{ retentionMs: -1 }, 'retentionMs'],
       [{ onConcurrent: 'queue' as 'wait' }, 'onConcurrent'],
       [{ waitTimeoutMs: Number.NaN }, 'waitTimeoutMs'],
-      [{ methods: ['POST', ''] }, 'methods'],
+      [{ methods: ['POST', ''] }, 'methods[1]'],
       [{ required: 'yes' as unknown as boolean }, 'required'],
       [{ scope: { tenantHeader: '' } }, 'scope.tenantHeader'],
       [{ scope: 'global' as 'credential' }, 'scope'],
