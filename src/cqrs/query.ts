@@ -13,10 +13,13 @@ import type { Projector } from './projector.js'
  *
  * On PostgreSQL, when the handler's `db` can open transactions (a breakwater driver, or a `tx`,
  * where the query runs in a savepoint), each statement also runs in a `READ ONLY` transaction:
- * what the text cannot show (`nextval`, `SELECT ... FOR UPDATE`, a function that writes) is
- * refused by the server, with the same `INVALID_OPTION` error (`cause`: the server's error).
- * Session-level advisory locks and `set_config`, which a read-only transaction allows but which
- * would outlive the query on a pooled connection, are refused by name.
+ * writes to tables and sequences the text cannot show (`nextval`, `SELECT ... FOR SHARE`, a SQL
+ * function that inserts) are refused by the server, with the same `INVALID_OPTION` error
+ * (`cause`: the server's error). What a read-only transaction allows is refused by name:
+ * session-level advisory locks and `set_config` (they would outlive the query on a pooled
+ * connection), large objects (`lo_create`, `lo_import`, ...), `pg_notify`, `pg_stat_reset*`
+ * and other server effects, and functions that run SQL given as text (`query_to_xml` and the
+ * other `*_to_xml`, `ts_stat`, `dblink`). Not every such function: see docs/cqrs.md.
  */
 export interface ReadModelReader {
   /** The database dialect. */
@@ -77,11 +80,50 @@ const writes = /\b(insert|into|update|delete|merge|create|drop|alter|truncate|gr
 // LOCK, NOTIFY, CALL, DO.
 const secondStatement = /;\s*\S/
 const storeTables = /\bbreakwater_/i
-// PostgreSQL functions that a READ ONLY transaction allows but whose effect outlives it on the
-// (pooled) session: session-level advisory locks and unlocks, and settings (set_config's
-// is_local argument is not visible to a text check, so all of set_config is refused). The
-// transaction-scoped pg_advisory_xact_lock* end with the query and stay allowed.
-const sessionEffects = /\b(pg_(try_)?advisory_(lock|unlock)(_shared|_all)?|set_config)\b/i
+/**
+ * PostgreSQL functions refused by name: a READ ONLY transaction allows them (checked on
+ * PostgreSQL 15), but their effect outlives the query or reaches past the read models. Not every
+ * such function: the database role the queries run as is the boundary (see docs/cqrs.md).
+ */
+const refusedFunctions = [
+  // Effects that outlive the query on the (pooled) session: session-level advisory locks and
+  // unlocks, and settings (set_config's is_local argument is not visible to a text check, so
+  // all of set_config is refused). The transaction-scoped pg_advisory_xact_lock* end with the
+  // query and stay allowed.
+  'pg_(?:try_)?advisory_(?:lock|unlock)(?:_shared|_all)?',
+  'set_config',
+  // Large objects: created, written and unlinked in a read-only transaction, committed with
+  // the query; lo_import and lo_export also read and write the server's files.
+  'lo_(?:creat|create|from_bytea|import|export|unlink|put|open|truncate|truncate64)',
+  'lowrite',
+  // Effects outside the database's tables: NOTIFY, statistics, the server's processes, WAL and
+  // configuration, replication, and its files.
+  'pg_notify',
+  'pg_stat_reset\\w*',
+  'pg_stat_statements_reset',
+  'pg_(?:cancel|terminate)_backend',
+  'pg_reload_conf',
+  'pg_rotate_logfile',
+  'pg_switch_wal',
+  'pg_create_restore_point',
+  'pg_logical_emit_message',
+  'pg_(?:create|drop|copy)_(?:physical_|logical_)?replication_slot',
+  'pg_replication_origin_\\w+',
+  'pg_read_(?:binary_)?file',
+  'pg_file_\\w+',
+  // SQL given as text, which the text check cannot judge: query_to_xml('select * from
+  // breakwater_events', ...) read the event log; table_to_xml('breakwater_events', ...) and
+  // schema_to_xml / database_to_xml read it by name; dblink runs anything on a connection of
+  // its own, outside the read-only transaction.
+  '(?:query|table|schema|database|cursor)_to_xml(?:schema|_and_xmlschema)?',
+  'ts_stat',
+  'ts_rewrite',
+  'dblink\\w*',
+].join('|')
+// A refused function called by its name (also schema-qualified: pg_catalog.lo_create).
+const refusedCall = new RegExp(`\\b(?:${refusedFunctions})\\b`, 'i')
+// One written as a quoted identifier ("lo_create", U&"lo\005fcreate").
+const refusedName = new RegExp(`^(?:${refusedFunctions})$`, 'i')
 
 /** What a statement is made of, apart from its literals and comments. */
 interface Scanned {
@@ -232,9 +274,9 @@ function isReadModelQuery(sql: unknown, dialect: SqlDialect): boolean {
     readOnly.test(scanned.code) &&
     !secondStatement.test(scanned.code) &&
     !writes.test(scanned.code) &&
-    !sessionEffects.test(scanned.code) &&
+    !refusedCall.test(scanned.code) &&
     !storeTables.test(scanned.code) &&
-    !scanned.quoted.some((name) => /^breakwater_/i.test(name))
+    !scanned.quoted.some((name) => /^breakwater_/i.test(name) || refusedName.test(name))
   )
 }
 
