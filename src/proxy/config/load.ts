@@ -419,10 +419,26 @@ function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
 // Keys under which a string is a secret itself, not a reference to one.
 const secretKeys = new Set(['bearer', 'apikey', 'key', 'token'])
 
+/**
+ * A route's `sticky.cookie`: its key reads as a secret field's (isSecretKey: `cookie`), but it
+ * names the cookie to hash; it holds none. (A `Cookie` header a route matches on stays secret:
+ * its key is the user's, under `match.headers`, and its value is a cookie's.)
+ */
+function isStickyCookie(path: readonly (string | number)[]): boolean {
+  return (
+    path.length === 6 &&
+    path[0] === 'listeners' &&
+    path[2] === 'routes' &&
+    path[4] === 'sticky' &&
+    path[5] === 'cookie'
+  )
+}
+
 function isSecretPath(path: readonly (string | number)[]): boolean {
   const last = path[path.length - 1]
   // `{ env: NAME }` and `{ file: path }` are references: safe to show.
   if (last === 'env' || last === 'file' || last === 'header') return false
+  if (isStickyCookie(path)) return false
   return path.some(
     (part) => typeof part === 'string' && (secretKeys.has(part.toLowerCase()) || isSecretKey(part)),
   )
@@ -437,6 +453,9 @@ function describe(path: readonly (string | number)[], value: unknown): string {
     // A value refused where a variable's name belongs is as often the secret pasted there.
     if (path[path.length - 1] === 'env' && value !== '')
       return 'a string (not shown: it may be the secret itself)'
+    // A cookie name written with its value (`sid=...`): the value may be a session.
+    if (value.includes('=') && isStickyCookie(path))
+      return 'a string with "=" (not shown: it may hold a cookie\'s value)'
     return echo(redactSecrets(value), true)
   }
   if (typeof value === 'number' || typeof value === 'boolean') return String(value)
