@@ -162,7 +162,10 @@ export type MergeContext<C, Out> = [Out] extends [undefined | null | void]
 
 /** A step that does something (usually a call to another service) and may be compensated. */
 export interface ActionStep<I, C, Out> {
-  /** The step's name: letters, digits, `.`, `_`, `-`; up to 40 characters; unique in the saga. */
+  /**
+   * The step's name: letters, digits, `.`, `_`, `-`, starting with a letter or a digit; up to 40
+   * characters; unique in the saga.
+   */
   readonly name: string
   /**
    * The work. Its result must survive a JSON round trip; a plain-object result is merged into
@@ -313,8 +316,8 @@ export type SagaStep<I, C, Out> = ActionStep<I, C, Out> | WaitStep<I, C> | Reply
 /** The parts of a saga declaration besides its steps. */
 export interface SagaDeclaration<I> {
   /**
-   * The saga's name: letters, digits, `.`, `_`, `-` (up to 100 characters). Together with
-   * `version` it selects the definition an instance runs on.
+   * The saga's name: letters, digits, `.`, `_`, `-`, starting with a letter or a digit (up to
+   * 100 characters). Together with `version` it selects the definition an instance runs on.
    */
   readonly name: string
   /**
@@ -416,6 +419,9 @@ export function compiledSaga(definition: unknown, option = 'definition'): Compil
 }
 
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
+// What namePattern takes, as its refusals say it: listing only the characters left `_a` or
+// `__proto__` (each character allowed) refused without saying what was wrong.
+const nameRule = 'letters, digits, ".", "_" and "-", starting with a letter or a digit'
 /** Longest step name: keeps `${sagaId}:${step}:compensate` within 255 characters. */
 export const maxStepNameLength = 40
 /** Longest saga id. */
@@ -563,7 +569,7 @@ function compile(raw: unknown): CompiledSaga {
   if (typeof name !== 'string' || name.length > 100 || !namePattern.test(name)) {
     throw new InvalidOptionError(
       'saga.name',
-      'a name of letters, digits, ".", "_" and "-" (at most 100 characters)',
+      `a name of ${nameRule} (at most 100 characters)`,
       name,
     )
   }
@@ -601,7 +607,7 @@ function compileStep(at: string, raw: unknown, index: number): CompiledStep {
   if (typeof name !== 'string' || name.length > maxStepNameLength || !namePattern.test(name)) {
     throw new InvalidOptionError(
       `${at}.name`,
-      `a step name of letters, digits, ".", "_" and "-" (at most ${maxStepNameLength} characters)`,
+      `a step name of ${nameRule} (at most ${maxStepNameLength} characters)`,
       name,
     )
   }

@@ -26,6 +26,21 @@ function rejection(fn: () => unknown): InvalidOptionError {
 }
 
 describe('defineSaga declarations', () => {
+  // A name must start with a letter or a digit, but the message listed only the characters, so
+  // `_a` or `__proto__` (each character allowed) was refused without saying what was wrong.
+  it.each(['_a', '.a', '-a', '__proto__'])('refuses a name starting with %j, saying why', (bad) => {
+    const step = rejection(() =>
+      defineSaga({ name: 'o', version: 1, steps: [{ name: bad, action: noop }] }),
+    )
+    expect(step.option).toBe('saga "o".steps[0].name')
+    expect(step.message).toContain('starting with a letter or a digit')
+    const saga = rejection(() =>
+      defineSaga({ name: bad, version: 1, steps: [{ name: 'a', action: noop }] }),
+    )
+    expect(saga.option).toBe('saga.name')
+    expect(saga.message).toContain('starting with a letter or a digit')
+  })
+
   it('refuses duplicate step names, naming the step', () => {
     const error = rejection(() =>
       defineSaga({
