@@ -213,7 +213,12 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     const state = this.#state(lane)
     const awaited = state.awaited.get(message.id)
     if (awaited !== undefined) this.#forget(state, message.id, awaited)
-    const order = delivery.order ?? this.#arrivalOf(message.id)
+    let order = delivery.order ?? this.#arrivalOf(message.id)
+    // A copy of an awaited delivery ends the wait, so it takes the awaited one's place: a copy
+    // further down the log (the message published again, as a relay restarted after a crash
+    // does) queued at its own position let the key's later messages, held for the wait, run
+    // before it.
+    if (awaited !== undefined && awaited.order < order) order = awaited.order
     // Beyond the bounds, hand the newcomer back: it comes back later and keeps its place. An
     // awaited delivery coming back is always taken, or its key could wait forever.
     if (

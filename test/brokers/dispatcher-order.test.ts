@@ -32,6 +32,24 @@ function reportingDispatcher(
   })
 }
 
+/** A {@link reportingDispatcher} whose handler records each start and fails `id` once. */
+function failingOnce(
+  clock: ManualClock,
+  errors: string[],
+  id: string,
+): { dispatcher: KeyedDispatcher; started: string[] } {
+  const started: string[] = []
+  let fail = true
+  const dispatcher = reportingDispatcher(clock, errors, async (m) => {
+    started.push(m.id)
+    if (m.id === id && fail) {
+      fail = false
+      throw new Error(`${id} fails once`)
+    }
+  })
+  return { dispatcher, started }
+}
+
 interface SimDelivery extends Delivery {
   readonly seq: number
   readonly session: number
@@ -73,6 +91,8 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
           connectionLosses: fc.integer({ min: 0, max: 2 }),
           // The broker redelivers a message still out (its ack wait ran out): two copies.
           ackWaitExpiries: fc.integer({ min: 0, max: 3 }),
+          // A restarted relay publishes messages again: copies further down the log.
+          republishes: fc.integer({ min: 0, max: 3 }),
         }),
         fc.scheduler(),
         async (log, config, s) => {
@@ -119,18 +139,20 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
 
           // The broker: a delivery not acknowledged (handed back, or its ack lost with the
           // connection) comes back at some later point the scheduler picks.
-          const redeliver = (seq: number): void => {
+          const redeliver = (seq: number, order: number): void => {
             void s.schedule(Promise.resolve(), `redeliver m${seq}`).then(() => {
-              if (!acked.has(seq)) deliver(seq)
+              if (!acked.has(seq)) deliver(seq, order)
             })
           }
-          const deliver = (seq: number): void => {
+          // Log positions of republished copies come after every first publish.
+          let republished = log.length
+          const deliver = (seq: number, order = seq): void => {
             const entry = log[seq]!
             const delivery: SimDelivery = {
               seq,
               session,
               message: message(seq, entry.key, ++deliveries),
-              ...(config.brokerOrder ? { order: seq } : {}),
+              ...(config.brokerOrder ? { order } : {}),
               settle: (outcome) => {
                 settles.set(delivery, [...(settles.get(delivery) ?? []), outcome])
                 // An ack on a connection that is gone never reaches the broker.
@@ -138,7 +160,7 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
                   acked.add(seq)
                   out.delete(seq)
                 } else {
-                  redeliver(seq)
+                  redeliver(seq, order)
                 }
               },
             }
@@ -160,7 +182,7 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
               const gone = session++
               for (const d of dispatcher.abandon((d) => d.session === gone)) {
                 abandoned.add(d)
-                redeliver(d.seq)
+                redeliver(d.seq, d.order === undefined ? d.seq : Number(d.order))
               }
             })
           }
@@ -169,6 +191,14 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
             void s.schedule(Promise.resolve(), `ack wait ran out ${i}`).then(() => {
               const [seq] = [...out].filter((n) => !acked.has(n))
               if (seq !== undefined) deliver(seq)
+            })
+          }
+
+          for (let i = 0; i < config.republishes; i++) {
+            void s.schedule(Promise.resolve(), `republish ${i}`).then(() => {
+              const [seq] = [...out].filter((n) => !acked.has(n))
+              // A copy of its own in the broker: acking it does not ack the first one.
+              if (seq !== undefined) deliver(seq, ++republished)
             })
           }
 
@@ -248,16 +278,8 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
 
   it('stops waiting for a delivery that does not come back after holdTimeoutMs, and says so', async () => {
     const clock = new ManualClock()
-    const started: string[] = []
     const errors: string[] = []
-    let fail = true
-    const dispatcher = reportingDispatcher(clock, errors, async (m) => {
-      started.push(m.id)
-      if (m.id === 'm1' && fail) {
-        fail = false
-        throw new Error('first attempt fails')
-      }
-    })
+    const { dispatcher, started } = failingOnce(clock, errors, 'm1')
     const push = (seq: number): void =>
       dispatcher.push({ message: message(seq, 'k', 1), order: seq, settle: () => {} })
     push(1)
@@ -315,4 +337,35 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
     expect(dispatcher.awaited).toBe(0)
     await dispatcher.close()
   })
+
+  // A relay restarted after a crash publishes a key's messages again: a copy of a message that
+  // waits for its retry lands further down the log. The copy ended the wait and queued at its
+  // own later position, so the key's later messages, held behind the wait, ran first.
+  for (const brokerOrder of [true, false]) {
+    it(`runs a later copy of an awaited delivery at the awaited one's place (${brokerOrder ? 'log order' : 'arrival order'})`, async () => {
+      const clock = new ManualClock()
+      const errors: string[] = []
+      const { dispatcher, started } = failingOnce(clock, errors, 'm2')
+      let position = 0
+      const push = (seq: number): void =>
+        dispatcher.push({
+          message: message(seq, 'k', 1),
+          ...(brokerOrder ? { order: ++position } : {}),
+          settle: () => {},
+        })
+      push(1)
+      push(2)
+      push(3)
+      await new Promise((resolve) => setImmediate(resolve))
+      // m2 failed and is awaited; m3 waits for it.
+      expect(started).toEqual(['m1', 'm2'])
+      // The republished copies of m2 and m3 arrive before m2's retry.
+      push(2)
+      push(3)
+      await new Promise((resolve) => setImmediate(resolve))
+      expect(started.slice(0, 4)).toEqual(['m1', 'm2', 'm2', 'm3'])
+      expect(errors).toEqual(['handler:m2:handler'])
+      await dispatcher.close()
+    })
+  }
 })
