@@ -71,8 +71,7 @@ function toRecord(row: RecordRow): IdempotencyRecord {
     fingerprint: row.fingerprint,
     state: completed ? 'completed' : 'in_progress',
     leaseToken: row.lease_token,
-    leaseExpiresAtMs:
-      row.lease_expires_at === null ? undefined : storedNumber(row, 'lease_expires_at'),
+    leaseExpiresAtMs: storedLeaseEnd(row, completed),
     attempt,
     recoveryPoint: row.recovery_point ?? undefined,
     phases:
@@ -110,6 +109,21 @@ function storedNumber(row: RecordRow, column: NumberColumn): number {
   throw new StoredDataError(
     placeOf(row, column)(),
     `is not a number: ${describeValue(row[column])}`,
+  )
+}
+
+/**
+ * The lease end: none once completed, a number while in progress. An in-progress record without
+ * one (a row changed outside breakwater) was taken for an expired lease, but the takeover's
+ * `lease_expires_at <= now` never matches NULL, so every call with the key was answered 409
+ * in-progress for the record's whole retention, and nothing was reported.
+ */
+function storedLeaseEnd(row: RecordRow, completed: boolean): number | undefined {
+  if (row.lease_expires_at !== null) return storedNumber(row, 'lease_expires_at')
+  if (completed) return undefined
+  throw new StoredDataError(
+    placeOf(row, 'lease_expires_at')(),
+    'is empty on a record in progress, which must have a lease end',
   )
 }
 

@@ -220,6 +220,10 @@ describe.each(dbTargets)('a record number changed outside breakwater on $dialect
     // began reading columns with the shared readStoredNumber, which takes a sign).
     ['attempt', false, -1, 'is not a positive whole number', ['sqlite', 'postgres']],
     ['lease_expires_at', false, 'soon', 'is not a number', ['sqlite']],
+    // An in-progress record without a lease end was taken for expired, but the takeover
+    // (lease_expires_at <= now) never matches NULL: every call got 409 in-progress for the
+    // record's whole retention, and nothing was reported.
+    ['lease_expires_at', false, null, 'is empty on a record in progress', ['sqlite', 'postgres']],
     ['created_at', true, 'yesterday', 'is not a number', ['sqlite']],
     ['updated_at', false, '', 'is not a number', ['sqlite']],
     ['expires_at', true, 'tomorrow', 'is not a number', ['sqlite']],
