@@ -89,10 +89,17 @@ function checkKeyCharacters(key: string): void {
   }
 }
 
+// The control characters (C0, DEL and C1: Unicode's Cc) and the line and paragraph separators.
+// C1 was let through (U+0085 is a line break, like U+2028 and U+2029): each ends a line of a
+// log, as \n does. Format characters (a BOM, bidi marks) are left alone: they are not controls.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+const controlOrLineBreak = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/
+
 /**
- * Checks a key given to `idempotent()` (message ids, saga id + step name): 1 to 255 characters
- * and no control characters. It is not a header value, so the header's character set does not
- * apply.
+ * Checks a key given to `idempotent()` (message ids, saga id + step name): 1 to 255 characters,
+ * no control characters (U+0000 to U+001F, U+007F to U+009F) and no line or paragraph separator
+ * (U+2028, U+2029). It is not a header value, so the header's character set does not apply.
+ * Only new keys are checked: records stored under a key refused now are read and swept as any.
  *
  * @throws {@link IdempotencyKeyInvalidError} naming the rule broken.
  */
@@ -106,11 +113,10 @@ export function checkOperationKey(key: unknown): string {
       `The idempotency key has ${key.length} characters; at most ${maxKeyLength} are allowed`,
     )
   }
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
-  if (/[\u0000-\u001f\u007f]/.test(key)) {
+  if (controlOrLineBreak.test(key)) {
     throw new IdempotencyKeyInvalidError(
       'characters',
-      'The idempotency key must not contain control characters',
+      'The idempotency key must not contain control characters (U+0000 to U+001F, U+007F to U+009F) or line separators (U+2028, U+2029)',
     )
   }
   // Half of a surrogate pair (a key cut from text at 255 UTF-16 units) has no UTF-8 form: the

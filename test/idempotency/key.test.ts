@@ -103,6 +103,40 @@ describe('checkOperationKey', () => {
     expect(() => checkOperationKey('a\nb')).toThrow(/control characters/)
     expect(() => checkOperationKey(42)).toThrow(IdempotencyKeyInvalidError)
   })
+
+  // The documented rule is "no control characters", but only C0 and DEL were refused: a C1
+  // control (U+0085, next line, among them) passed. The line and paragraph separators are not
+  // controls, but end a line as \n does (in logs, in JavaScript source), so they go with them.
+  it.each([
+    ['U+0080', '\u0080'],
+    ['U+0085 (next line)', '\u0085'],
+    ['U+009F', '\u009f'],
+    ['U+2028 (line separator)', '\u2028'],
+    ['U+2029 (paragraph separator)', '\u2029'],
+    ['U+0000', '\u0000'],
+    ['U+007F', '\u007f'],
+  ])('refuses a key holding %s, with the characters rule', (_name, character) => {
+    let error: unknown
+    try {
+      checkOperationKey(`order${character}42`)
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(IdempotencyKeyInvalidError)
+    expect(error).toMatchObject({ code: 'IDEMPOTENCY_KEY_INVALID', rule: 'characters' })
+    expect((error as Error).message).toMatch(/control characters/)
+  })
+
+  it.each([
+    ['U+00A0 (no-break space), right after the C1 range', 'a\u00a0b'],
+    ['U+00FF', 'a\u00ffb'],
+    ['letters beyond ASCII', 'ключ-ü'],
+    ['an emoji', 'k\u{1f600}'],
+    ['U+2027 and U+202A, either side of the separators', 'a\u2027\u202ab'],
+    ['a byte-order mark, which is not a control', '\ufeffk'],
+  ])('takes a key holding %s', (_name, key) => {
+    expect(checkOperationKey(key)).toBe(key)
+  })
 })
 
 describe('problem+json', () => {
