@@ -517,42 +517,54 @@ function toBuffer(payload: Uint8Array | string): Buffer {
     : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)
 }
 
+/**
+ * Checks a batch before anything of it is written. A message no attempt can store fails the
+ * whole batch with `BROKER_REJECTED` (not retryable) naming `messages[i]` and the field, as the
+ * brokers' adapters refuse what they cannot carry (it was `INVALID_OPTION`, the code of a
+ * caller's bad option): the message's own fault, which a relay charges to its event.
+ */
 function checkMessages(messages: readonly OutgoingMessage[]): void {
   if (!Array.isArray(messages)) throw new InvalidOptionError('messages', 'an array', messages)
   messages.forEach((m: OutgoingMessage, i) => {
-    if (typeof m !== 'object' || m === null)
-      throw new InvalidOptionError(`messages[${i}]`, 'a message', m)
-    // Stored as text: a NUL fails on PostgreSQL with a bare driver error, and a lone surrogate
-    // is stored as U+FFFD there, so two different ids would be one and the second dropped as a
-    // duplicate. Refused on both databases alike. They are index keys too (topic with id; topic,
-    // group and key in the held index every lease writes), capped so that PostgreSQL can index
-    // them: a long key was taken here and then failed every lease of its batch for good.
-    checkStoredKey(`messages[${i}].id`, m.id)
-    checkStoredKey(`messages[${i}].topic`, m.topic, maxStoredNameBytes)
-    if (
-      typeof m.key !== 'string' ||
-      !isStorableText(m.key) ||
-      exceedsBytes(m.key, maxStoredIdBytes)
-    )
-      throw new InvalidOptionError(
-        `messages[${i}].key`,
-        `a string of at most ${maxStoredIdBytes} UTF-8 bytes without NUL characters or lone surrogates`,
-        m.key,
-      )
-    if (typeof m.payload !== 'string' && !(m.payload instanceof Uint8Array))
-      throw new InvalidOptionError(`messages[${i}].payload`, 'a string or Uint8Array', m.payload)
-    // Stored as JSON and handed to subscribers as parsed: a number or an object would arrive as
-    // one where a string is promised, a string or array as the whole headers. (Missing headers
-    // are stored as none.)
-    const headers: unknown = m.headers
-    if (headers === undefined || headers === null) return
-    if (typeof headers !== 'object' || Array.isArray(headers))
-      throw new InvalidOptionError(`messages[${i}].headers`, 'a record of strings', headers)
-    for (const [name, value] of Object.entries(headers)) {
-      if (typeof value !== 'string')
-        throw new InvalidOptionError(`messages[${i}].headers.${name}`, 'a string', value)
+    try {
+      checkMessage(m, i)
+    } catch (error) {
+      if (!(error instanceof InvalidOptionError)) throw error
+      throw new BreakwaterError('BROKER_REJECTED', `sql-queue: ${error.message}`, { cause: error })
     }
   })
+}
+
+/** Throws `InvalidOptionError` naming the field of `messages[i]` that cannot be stored. */
+function checkMessage(m: OutgoingMessage, i: number): void {
+  if (typeof m !== 'object' || m === null)
+    throw new InvalidOptionError(`messages[${i}]`, 'a message', m)
+  // Stored as text: a NUL fails on PostgreSQL with a bare driver error, and a lone surrogate
+  // is stored as U+FFFD there, so two different ids would be one and the second dropped as a
+  // duplicate. Refused on both databases alike. They are index keys too (topic with id; topic,
+  // group and key in the held index every lease writes), capped so that PostgreSQL can index
+  // them: a long key was taken here and then failed every lease of its batch for good.
+  checkStoredKey(`messages[${i}].id`, m.id)
+  checkStoredKey(`messages[${i}].topic`, m.topic, maxStoredNameBytes)
+  if (typeof m.key !== 'string' || !isStorableText(m.key) || exceedsBytes(m.key, maxStoredIdBytes))
+    throw new InvalidOptionError(
+      `messages[${i}].key`,
+      `a string of at most ${maxStoredIdBytes} UTF-8 bytes without NUL characters or lone surrogates`,
+      m.key,
+    )
+  if (typeof m.payload !== 'string' && !(m.payload instanceof Uint8Array))
+    throw new InvalidOptionError(`messages[${i}].payload`, 'a string or Uint8Array', m.payload)
+  // Stored as JSON and handed to subscribers as parsed: a number or an object would arrive as
+  // one where a string is promised, a string or array as the whole headers. (Missing headers
+  // are stored as none.)
+  const headers: unknown = m.headers
+  if (headers === undefined || headers === null) return
+  if (typeof headers !== 'object' || Array.isArray(headers))
+    throw new InvalidOptionError(`messages[${i}].headers`, 'a record of strings', headers)
+  for (const [name, value] of Object.entries(headers)) {
+    if (typeof value !== 'string')
+      throw new InvalidOptionError(`messages[${i}].headers.${name}`, 'a string', value)
+  }
 }
 
 interface Leased {
@@ -1230,8 +1242,9 @@ class SqlQueueBroker implements SqlQueue, Publisher, Subscriber {
  *
  * Ids, keys, topics and groups are stored as index keys: a message id or key is at most 2048
  * UTF-8 bytes and a topic or group name at most 256 (PostgreSQL cannot index much more; SQLite
- * is held to the same caps), or `publish()` / `subscribe()` fails with `INVALID_OPTION` naming
- * it (`messages[1].key`) before anything is written.
+ * is held to the same caps), or `publish()` fails with `BROKER_REJECTED` naming it
+ * (`messages[1].key`), `subscribe()` with `INVALID_OPTION` (`topic`), before anything is
+ * written.
  *
  * A message row another writer put in `breakwater_queue` is delivered as it can be read: an
  * empty id, or (SQLite) a blob or bytes that are not UTF-8 where the id belongs, gives the id
