@@ -1,6 +1,6 @@
 import { InvalidOptionError } from '../core/errors.js'
 import { checkKnownOptions, checkObject, checkOneOf, optionKeys } from '../core/validate.js'
-import { optionalInteger, optionalNumber } from './options.js'
+import { optional, optionalInteger } from './options.js'
 
 /**
  * Opens the circuit after `failures` failures in a row; any success starts the count again.
@@ -121,16 +121,12 @@ export function createBreakerWindow(
     const o = options as ConsecutiveWindowOptions
     return new ConsecutiveWindow(optionalInteger(`${prefix}.failures`, o.failures, 5, 1))
   }
-  const threshold = optionalNumber(
+  const threshold = optional(
     `${prefix}.failureRateThreshold`,
     (options as CountWindowOptions | TimeWindowOptions).failureRateThreshold,
     0.5,
-    0,
-    1,
+    checkFailureRate,
   )
-  // A threshold of 0 would open on the first counted call even when it succeeded.
-  if (threshold === 0)
-    throw new InvalidOptionError(`${prefix}.failureRateThreshold`, 'a number in (0, 1]', threshold)
   if (kind === 'count') {
     const o = options as CountWindowOptions
     const size = optionalInteger(`${prefix}.size`, o.size, 100, 1, 1_000_000)
@@ -148,6 +144,14 @@ export function createBreakerWindow(
   )
   const minimumCalls = optionalInteger(`${prefix}.minimumCalls`, o.minimumCalls, 20, 1)
   return new TimeWindow(durationMs / buckets, buckets, threshold, minimumCalls, nowMs)
+}
+
+// A rate in (0, 1], said so by every refusal (checkNumber's [0, 1] would invite a 0). A threshold
+// of 0 would open on the first counted call even when it succeeded.
+function checkFailureRate(option: string, value: unknown): number {
+  if (typeof value !== 'number' || !(value > 0) || value > 1)
+    throw new InvalidOptionError(option, 'a number in (0, 1]', value)
+  return value
 }
 
 class ConsecutiveWindow implements BreakerWindow {
