@@ -1,6 +1,6 @@
 import { type Counter, metrics } from '@opentelemetry/api'
 import { type Clock, keepProcessAlive, type TimerHandle } from '../core/clock.js'
-import { BreakwaterError } from '../core/errors.js'
+import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import {
   checkInteger,
   checkKnownOptions,
@@ -59,7 +59,8 @@ export interface BulkheadOptions {
   readonly maxQueued?: number | undefined
   /**
    * How long a call may wait in the queue before it is refused with `BulkheadRejectedError`
-   * (`reason: 'queueTimeout'`). Waits as long as it takes when undefined.
+   * (`reason: 'queueTimeout'`). Waits as long as it takes when undefined. Needs `maxQueued` > 0:
+   * with no queue it could never apply, and is refused (`INVALID_OPTION`).
    * @default undefined
    */
   readonly queueTimeoutMs?: number | undefined
@@ -181,6 +182,14 @@ export class BulkheadPolicy implements Bulkhead, ChainablePolicy, FusablePolicy 
       undefined,
       0,
     )
+    // Without a queue no call ever waits, so a queue timeout could never apply: a caller who set
+    // one expects waiting calls to be bounded, and has forgotten maxQueued.
+    if (this.#queueTimeoutMs !== undefined && this.#maxQueued === 0)
+      throw new InvalidOptionError(
+        `${prefix}.queueTimeoutMs`,
+        'no queue timeout while maxQueued is 0 (a queue timeout needs maxQueued > 0)',
+        this.#queueTimeoutMs,
+      )
     this.#clock = optionalClock(`${prefix}.clock`, options.clock)
     this.name = optionalString(`${prefix}.name`, options.name)
   }

@@ -287,7 +287,7 @@ describe('bulkhead', () => {
     ['bulkhead.maxConcurrent', { maxConcurrent: 0 }],
     ['bulkhead.maxConcurrent', { maxConcurrent: 1.5 }],
     ['bulkhead.maxQueued', { maxConcurrent: 1, maxQueued: -1 }],
-    ['bulkhead.queueTimeoutMs', { maxConcurrent: 1, queueTimeoutMs: Number.NaN }],
+    ['bulkhead.queueTimeoutMs', { maxConcurrent: 1, maxQueued: 1, queueTimeoutMs: Number.NaN }],
     ['bulkhead.clock', { maxConcurrent: 1, clock: { now: () => 0 } }],
     ['bulkhead.name', { maxConcurrent: 1, name: 7 }],
     ['bulkhead', null],

@@ -153,7 +153,8 @@ function build(spec: readonly PolicySpec[], clock: ManualClock): Built {
         const b = bulkhead({
           maxConcurrent: p.conc,
           maxQueued: p.queued,
-          ...(p.qt === undefined ? {} : { queueTimeoutMs: p.qt }),
+          // A queue timeout needs a queue (refused with maxQueued 0, where it could never apply).
+          ...(p.qt === undefined || p.queued === 0 ? {} : { queueTimeoutMs: p.qt }),
           clock,
         })
         bulkheads.push(b)

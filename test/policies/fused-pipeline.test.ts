@@ -210,7 +210,8 @@ async function observe(scenario: Scenario, fused: boolean): Promise<Observed> {
         const policy = bulkhead({
           maxConcurrent: spec.n,
           maxQueued: spec.m,
-          ...(spec.flag ? { queueTimeoutMs: 8 * spec.ms + 0.5 } : {}),
+          // A queue timeout needs a queue (refused with maxQueued 0, where it could never apply).
+          ...(spec.flag && spec.m > 0 ? { queueTimeoutMs: 8 * spec.ms + 0.5 } : {}),
           clock,
         })
         policy.events.on(record)

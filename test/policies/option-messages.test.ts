@@ -1,7 +1,9 @@
 // Refusals that said the wrong thing about what is accepted: a failure-rate threshold outside
-// [0, 1] was told "expected a number in [0, 1]" although 0 is refused too.
+// [0, 1] was told "expected a number in [0, 1]" although 0 is refused too, and a bulkhead was
+// built with a queue timeout that could never apply (maxQueued defaults to 0: no call waits).
 import { describe, expect, it } from 'vitest'
-import { circuitBreaker, InvalidOptionError } from '../../src/index.js'
+import { bulkhead, circuitBreaker, InvalidOptionError } from '../../src/index.js'
+import { createBulkheads } from '../../src/policies/bulkhead-registry.js'
 
 function refusal(make: () => unknown): InvalidOptionError {
   try {
@@ -42,4 +44,28 @@ describe('a count or time window refuses a failureRateThreshold outside (0, 1]',
       circuitBreaker({ window: { kind, failureRateThreshold: Number.MIN_VALUE } }).dispose()
     })
   }
+})
+
+describe('a bulkhead refuses a queue timeout without a queue', () => {
+  it('refuses queueTimeoutMs while maxQueued is 0, given or by default', () => {
+    for (const options of [
+      { maxConcurrent: 1, queueTimeoutMs: 100 },
+      { maxConcurrent: 1, maxQueued: 0, queueTimeoutMs: 100 },
+    ]) {
+      const error = refusal(() => bulkhead(options))
+      expect(error.option).toBe('bulkhead.queueTimeoutMs')
+      expect(error.message).toContain('maxQueued > 0')
+      expect(error.value).toBe(100)
+    }
+    // A queue makes it apply; without a queue timeout nothing is refused.
+    expect(bulkhead({ maxConcurrent: 1, maxQueued: 1, queueTimeoutMs: 100 }).queued).toBe(0)
+    expect(bulkhead({ maxConcurrent: 1 }).queued).toBe(0)
+  })
+
+  it('names the bulkhead of a registry the refusal is about', () => {
+    const error = refusal(() =>
+      createBulkheads({ search: { maxConcurrent: 1, queueTimeoutMs: 50 } }),
+    )
+    expect(error.option).toBe('bulkheads.search.queueTimeoutMs')
+  })
 })
