@@ -147,7 +147,11 @@ export function addHeaders(
   for (const [rawName, value] of Object.entries(headers as Record<string, unknown>)) {
     if (value === undefined) continue
     const name = rawName.toLowerCase()
-    if (!tokenPattern.test(name) || reservedHeaders.has(name)) {
+    // Each refusal says what is wrong: a name that is no token is not one the client manages.
+    if (!tokenPattern.test(name)) {
+      throw new InvalidOptionError(`${option}.${rawName}`, tokenName, rawName)
+    }
+    if (reservedHeaders.has(name)) {
       throw new InvalidOptionError(
         `${option}.${rawName}`,
         'a header name the client does not manage itself',
@@ -165,14 +169,24 @@ export function addHeaders(
   }
 }
 
+const tokenName = "a header name that is an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
+
 // The value of a secret header (authorization, x-api-key, cookie) is not put in the error: the
 // usual bad value is a token read from a file with its newline, which the message would carry
 // into logs that do not mask it.
 function checkHeaderValue(option: string, value: unknown, secret: boolean): void {
-  if (typeof value !== 'string' || !headerValuePattern.test(value)) {
+  if (typeof value !== 'string') {
     throw new InvalidOptionError(
       option,
-      'a header value without CR, LF or NUL',
+      'a string or an array of strings',
+      secret ? REDACTED : value,
+    )
+  }
+  if (!headerValuePattern.test(value)) {
+    throw new InvalidOptionError(
+      option,
+      // What headerValuePattern takes: tab, 0x20-0x7e and 0x80-0xff.
+      'a header value of tabs, printable ASCII and U+0080 to U+00FF only (no CR, LF, NUL or other ASCII control character)',
       secret ? REDACTED : value,
     )
   }
