@@ -23,6 +23,7 @@ import type { MutableSagaMetrics, SagaEvent } from './events.js'
 import type { SagaFaultPoint, SagaFaults } from './faults.js'
 import { sagaRepliesTable, sagaStatements } from './sql.js'
 import {
+  checkStoredDefinition,
   describeError,
   type ErrorInfo,
   errorInfo,
@@ -157,6 +158,9 @@ export class InstanceRun {
     this.saga = saga
     this.id = row.id
     this.leaseExpiresAt = Number(row.lease_expires_at)
+    // The claim matched the definition column; a name or version edited apart from it would
+    // have the definition's steps run on a row that says it is another saga.
+    checkStoredDefinition(row, saga)
     const { input, context, steps } = storedState(row)
     this.#input = input
     this.#status = row.status as SagaStatus

@@ -325,6 +325,35 @@ export function storedIndex(
   )
 }
 
+/**
+ * Checks that a claimed row's `name` and `version` are those of `saga`, the definition its
+ * `definition` column names (the key the claim matches on, and so which steps run). They differ
+ * only in a row changed outside breakwater: the worker ran the definition's steps on it while
+ * `saga list` showed it under another name or version. StoredDataError names the saga and the
+ * column (`name` when both differ, the message saying both).
+ */
+export function checkStoredDefinition(
+  row: Pick<SagaRow, 'id' | 'name' | 'version'>,
+  saga: { readonly name: string; readonly version: number; readonly key: string },
+): void {
+  const version = storedWhole(row.version, 1, instancePlace(row, 'version'), storedVersionText)
+  const nameDiffers = row.name !== saga.name
+  if (!nameDiffers && version === saga.version) return
+  const [column, stored, expected] = !nameDiffers
+    ? ['version', String(version), String(saga.version)]
+    : version === saga.version
+      ? ['name', describeValue(row.name), JSON.stringify(saga.name)]
+      : [
+          'name',
+          `${describeValue(row.name)} and its version ${version}`,
+          `${JSON.stringify(saga.name)} and ${saga.version}`,
+        ]
+  throw new StoredDataError(
+    instancePlace(row, column)(),
+    `is ${stored}, not ${expected}: its definition column says ${saga.key}`,
+  )
+}
+
 /** The columns of a row that hold a version or a time, always set. */
 export type SagaNumberColumn = 'version' | 'next_run_at' | 'created_at' | 'updated_at'
 /** The columns of a row that hold a time, or NULL when there is none. */
@@ -360,11 +389,12 @@ export function storedNumber(
   if (value === null && (column === 'lease_expires_at' || column === 'finished_at'))
     return undefined
   return column === 'version'
-    ? storedWhole(value, 1, instancePlace(row, column), 'a version (a whole number from 1)')
+    ? storedWhole(value, 1, instancePlace(row, column), storedVersionText)
     : storedWhole(value, 0, instancePlace(row, column), storedTimeText)
 }
 
 const storedTimeText = 'a time (whole epoch ms from 0)'
+const storedVersionText = 'a version (a whole number from 1)'
 
 /**
  * A whole number from `low` read back from a stored row (see readStoredWholeNumber), or
