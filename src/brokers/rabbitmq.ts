@@ -110,7 +110,10 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
 
 /**
  * A RabbitMQ publisher (confirm channel, persistent messages) and subscriber (prefetch-limited
- * consumer on a quorum queue, acking after the handler).
+ * consumer on a quorum queue, acking after the handler). A message whose handler failed is not
+ * returned to the queue: it stays unacknowledged and runs again on the same subscription after
+ * `retryDelayMs`, its `deliveryCount` one more each time, so the queue keeps its key's order
+ * when the consumer dies (see docs/rabbitmq.md).
  *
  * `publish()` writes the whole batch, then waits for the broker's confirm of every message: a
  * quorum queue confirms once a majority has fsynced it; a negative confirm or a returned
@@ -642,16 +645,17 @@ function oversizedBody(failure: unknown): number | undefined {
 /**
  * Why a consuming channel ended, from the server's error when it closed it (none when the
  * connection went first). A handler that held a message longer than the server's
- * `consumer_timeout` makes it close the channel with 406 PRECONDITION_FAILED and requeue what
- * the channel held: the error says so and what to change, since the reconnect alone runs the
- * message again and, with a handler that slow, meets the same timeout.
+ * `consumer_timeout`, or a message retried on the subscription (its handler failing) for
+ * longer, makes it close the channel with 406 PRECONDITION_FAILED and requeue what the channel
+ * held: the error says so and what to change, since the reconnect alone runs the message again
+ * and, with a handler that slow, meets the same timeout.
  */
 function channelLoss(failure: unknown): unknown {
   if (failure === undefined) return new Error('channel closed')
   const reason = reasonOf(failure)
   if (!/delivery acknowledgement on channel \d+ timed out/.test(reason)) return failure
   return new Error(
-    `${reason}; a handler ran longer than the server's consumer_timeout: the server closed the channel and requeued its unacknowledged messages, which run again after the reconnect. Raise consumer_timeout (rabbitmq.conf) above the slowest handler, or bound the handler below it`,
+    `${reason}; a handler ran longer than the server's consumer_timeout (or a message whose handler kept failing was retried for longer): the server closed the channel and requeued its unacknowledged messages, which run again after the reconnect. Raise consumer_timeout (rabbitmq.conf) above the slowest handler, or bound the handler below it`,
     { cause: failure },
   )
 }
@@ -1204,16 +1208,38 @@ class RabbitSubscriber implements Subscriber {
       )
     }
     model.once('close', lose)
-    const settle = async (raw: ConsumeMessage, outcome: Outcome): Promise<void> => {
+    const settle = async (delivery: RabbitDelivery, outcome: Outcome): Promise<void> => {
       // A delivery tag belongs to its channel: once that is gone, RabbitMQ has requeued the
       // message already.
       if (lost) return
-      if (outcome === 'ack') return channel.ack(raw)
-      if (outcome === 'retry' && options.retryDelayMs > 0) {
-        // Held back, not nacked yet: a requeued message would be redelivered at once.
-        await sleep(options.clock, options.retryDelayMs, shared.abort).catch(() => {})
+      if (outcome === 'ack') return channel.ack(delivery.raw)
+      if (outcome === 'retry') return retry(delivery)
+      channel.nack(delivery.raw, false, true)
+    }
+    // A delivery to retry (its handler failed, or it was handed back) is kept unacked and runs
+    // again here after retryDelayMs, at its place in its key's order. Nacked with requeue, a
+    // quorum queue put it back behind the key's later messages this consumer held, so when the
+    // channel died (a crash, a lost connection) those came back before it and the next consumer
+    // ran them first. Unacked, everything the channel held returns in the queue's order.
+    const retry = async (delivery: RabbitDelivery): Promise<void> => {
+      const closing = await sleep(options.clock, options.retryDelayMs, shared.abort).then(
+        () => false,
+        () => true,
+      )
+      // Closing: the channel's close returns it to the queue, in order, with the key's others.
+      if (lost || closing) return
+      // The broker counts only its own redeliveries: each run here counts one more.
+      const message = { ...delivery.message, deliveryCount: delivery.message.deliveryCount + 1 }
+      receive(delivery.raw, message)
+    }
+    const receive = (raw: ConsumeMessage, message: IncomingMessage): void => {
+      const delivery: RabbitDelivery = {
+        raw,
+        session,
+        message,
+        settle: (outcome) => settle(delivery, outcome),
       }
-      if (!lost) channel.nack(raw, false, true)
+      dispatcher.push(delivery)
     }
     // A message without an id (another producer's, published without `messageId`) or with one
     // amqplib could not decode cannot be told from its redeliveries or from other such
@@ -1299,7 +1325,7 @@ class RabbitSubscriber implements Subscriber {
               const message = toIncoming(raw)
               const problem = idProblem(message.id)
               if (problem !== undefined) refuse(raw, message, problem)
-              else dispatcher.push({ raw, session, message, settle: (o) => settle(raw, o) })
+              else receive(raw, message)
             }
           },
           { noAck: false },

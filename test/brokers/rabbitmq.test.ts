@@ -1285,4 +1285,62 @@ describe('rabbitmq: the server ends a subscription', () => {
       await sub.broker.close()
     }
   }, 90_000)
+
+  // A failed message was nacked with requeue after retryDelayMs: the quorum queue put it back
+  // behind the key's later messages, which this consumer held unacked, so once its connection
+  // died (a crash: nothing settled) the next consumer of the group ran them first (m2 m3 m1).
+  // A failed message now stays unacked and runs again here, so the queue keeps the key's order.
+  it('keeps a key in order for the next consumer when one dies while retrying its first message', async () => {
+    const { url } = await setup()
+    const topic = unique('retry-crash')
+    // The dying consumer's clock moves only here: it retries once, and never reconnects.
+    const clock = new ManualClock()
+    const attempts: number[] = []
+    const dying = createRabbitMqBroker({
+      ...testTuning,
+      url,
+      clock,
+      retryDelayMs: 1_000,
+      reconnectDelayMs: 3_600_000,
+      maxReconnectDelayMs: 3_600_000,
+      onError: () => {},
+    })
+    const next = await subscribed(url, topic)
+    try {
+      // The next consumer declares the queue; it leaves the group until the crash.
+      await next.broker.close()
+      const batch = makeBatch(topic, 3, 1)
+      await dying.subscriber.subscribe(topic, 'g', async (m) => {
+        if (m.id === batch[0]!.id) {
+          attempts.push(m.deliveryCount)
+          throw new Error('the first message fails here')
+        }
+      })
+      await dying.publisher.publish(batch)
+      const waitFor = async (done: () => boolean, what: string) => {
+        const deadline = Date.now() + 20_000
+        while (!done()) {
+          if (Date.now() > deadline) throw new Error(`still waiting for ${what}`)
+          await new Promise((resolve) => setTimeout(resolve, 20))
+        }
+      }
+      await waitFor(() => attempts.length === 1, 'the first attempt')
+      await clock.advance(1_000)
+      await waitFor(() => attempts.length === 2, 'the retry')
+      // The attempt count grows across retries.
+      expect(attempts[1]).toBeGreaterThan(attempts[0]!)
+      rabbitCtl(server)('close_all_connections', 'consumer crashed')
+      const after = await subscribed(url, topic)
+      try {
+        const more = makeBatch(topic, 1, 1, 'later')
+        await after.publish(more)
+        await after.ran([...batch, ...more], 'every message')
+        expect(after.firstRuns()).toEqual([...batch, ...more].map((m) => m.id))
+      } finally {
+        await after.broker.close()
+      }
+    } finally {
+      await dying.close()
+    }
+  }, 90_000)
 })
