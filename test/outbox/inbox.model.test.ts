@@ -322,45 +322,50 @@ describe.each(dbTargets)('inbox interleavings on $dialect', (target) => {
     await t?.close()
   })
 
-  it('every interleaving of deliveries, handler failures, prunes and clock jumps runs each effect once per dedupe window', async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.scheduler(),
-        fc.commands(commands, { maxCommands: 25 }),
-        async (s, cmds) => {
-          for (const table of ['effects', 'pruned', inboxTable])
-            await t.db.execute(`DELETE FROM ${table}`)
-          const w = new World(s, t.db, drivers)
-          try {
-            await fc.asyncModelRun(() => ({ model: {}, real: w }), cmds)
-            await w.settleAll()
-            await checkInvariants(w, false)
-            // Each message delivered once more, successfully: each must end with its effect.
-            const delivered = new Map(w.results.map((r) => [`${r.consumer}/${r.messageId}`, r]))
-            for (const r of delivered.values()) w.deliver(r.consumer, r.messageId, false, 0, false)
-            await w.settleAll()
-            await checkInvariants(w, true)
-            const effects = await t.db.query<{ consumer: string; message_id: string }>(
-              'SELECT consumer, message_id FROM effects',
-            )
-            const effectRuns = countBy(effects)
-            expect(
-              [...delivered.keys()].filter((key) => !effectRuns.has(key)),
-              `messages delivered that never had their effect\n${w.describe()}`,
-            ).toEqual([])
-            tally(coverage, w, effectRuns)
-          } finally {
-            await w.settleAll().catch(() => {})
-          }
-        },
-      ),
-      { numRuns: scaled(1_000, 150) },
-    )
-    expectCovered(coverage, [
-      'withDuplicate',
-      'withFailure',
-      'withRerunAfterPrune',
-      'withConcurrentCopies',
-    ])
-  }, 120_000)
+  it(
+    'every interleaving of deliveries, handler failures, prunes and clock jumps runs each effect once per dedupe window',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.scheduler(),
+          fc.commands(commands, { maxCommands: 25 }),
+          async (s, cmds) => {
+            for (const table of ['effects', 'pruned', inboxTable])
+              await t.db.execute(`DELETE FROM ${table}`)
+            const w = new World(s, t.db, drivers)
+            try {
+              await fc.asyncModelRun(() => ({ model: {}, real: w }), cmds)
+              await w.settleAll()
+              await checkInvariants(w, false)
+              // Each message delivered once more, successfully: each must end with its effect.
+              const delivered = new Map(w.results.map((r) => [`${r.consumer}/${r.messageId}`, r]))
+              for (const r of delivered.values())
+                w.deliver(r.consumer, r.messageId, false, 0, false)
+              await w.settleAll()
+              await checkInvariants(w, true)
+              const effects = await t.db.query<{ consumer: string; message_id: string }>(
+                'SELECT consumer, message_id FROM effects',
+              )
+              const effectRuns = countBy(effects)
+              expect(
+                [...delivered.keys()].filter((key) => !effectRuns.has(key)),
+                `messages delivered that never had their effect\n${w.describe()}`,
+              ).toEqual([])
+              tally(coverage, w, effectRuns)
+            } finally {
+              await w.settleAll().catch(() => {})
+            }
+          },
+        ),
+        { numRuns: scaled(1_000, 150) },
+      )
+      expectCovered(coverage, [
+        'withDuplicate',
+        'withFailure',
+        'withRerunAfterPrune',
+        'withConcurrentCopies',
+      ])
+    },
+    scaled(1_800_000, 120_000),
+  )
 })

@@ -493,29 +493,33 @@ describe('outbox relay dead letters and redrive, interleaved, on sqlite', () => 
     await t?.close()
   })
 
-  it('poison events dead-letter, hold back only their aggregate, and are published in order once redriven', async () => {
-    await fc.assert(
-      fc.asyncProperty(fc.commands(commands, { maxCommands: 40 }), async (cmds) => {
-        await resetOutbox(t.db)
-        const world = new World(++run, t.db, writer, relayDbs)
-        try {
-          await fc.asyncModelRun(() => ({ model: {}, real: world }), cmds)
-          await drain(world)
-          tally(world)
-        } finally {
-          await shutDown(world)
-        }
-      }),
-      { numRuns: scaled(1_000, 200) },
-    )
-    expectCovered(coverage, [
-      'withDeadLetter',
-      'withRedriveCommand',
-      'withHeldBackReleased',
-      'withCrash',
-      'withTakeover',
-      'withParked',
-      'withParkedReleased',
-    ])
-  }, 120_000)
+  it(
+    'poison events dead-letter, hold back only their aggregate, and are published in order once redriven',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(fc.commands(commands, { maxCommands: 40 }), async (cmds) => {
+          await resetOutbox(t.db)
+          const world = new World(++run, t.db, writer, relayDbs)
+          try {
+            await fc.asyncModelRun(() => ({ model: {}, real: world }), cmds)
+            await drain(world)
+            tally(world)
+          } finally {
+            await shutDown(world)
+          }
+        }),
+        { numRuns: scaled(1_000, 200) },
+      )
+      expectCovered(coverage, [
+        'withDeadLetter',
+        'withRedriveCommand',
+        'withHeldBackReleased',
+        'withCrash',
+        'withTakeover',
+        'withParked',
+        'withParkedReleased',
+      ])
+    },
+    scaled(1_800_000, 120_000),
+  )
 })
