@@ -87,7 +87,8 @@ export function checkStoredKey(
  * its path (`a Map at input.byId has no JSON form: it would be stored as {}`), is a value whose
  * JSON loses data, rather than stored as something other than the caller's value:
  * - a Map or Set (written as `{}`);
- * - a function or symbol (left out of an object, `null` in an array, no text at all alone);
+ * - a function or symbol (left out of an object, `null` in an array, no text at all alone),
+ *   and an own enumerable symbol key (left out);
  * - a BigInt (JSON has no such number) or a cycle;
  * - NaN or ±Infinity, an invalid Date (its toJSON gives null), and `undefined` or a hole in an
  *   array: all written as a `null` the caller did not write;
@@ -304,6 +305,15 @@ function lossInObject(object: object, inArray: boolean, ancestors: object[]): Js
     const found = fieldLoss(object, key, false, ancestors)
     if (found !== undefined) {
       found.path.push(/^[A-Za-z_$][\w$]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`)
+      return found
+    }
+  }
+  // JSON leaves symbol keys out: { [Symbol('x')]: 1 } was stored as {}. Enumerable ones only,
+  // as for string keys: a non-enumerable field (a library's brand) is not the caller's data.
+  for (const symbol of Object.getOwnPropertySymbols(object)) {
+    if (Object.prototype.propertyIsEnumerable.call(object, symbol)) {
+      const found = loss('a symbol key', 'it would be left out')
+      found.path.push(`[${String(symbol)}]`)
       return found
     }
   }

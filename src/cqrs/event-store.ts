@@ -738,7 +738,8 @@ export class EventStoreImpl implements EventStore {
       // returns it: a Date, class instance or toJSON would otherwise reach them as the caller's object
       // while the log holds its JSON. Plain data is the same either way and is not copied.
       prepared.values[i] = isPlainJson(event.data) ? event.data : JSON.parse(data)
-      const hasMetadata = metadata !== undefined && Object.keys(metadata).length > 0
+      // Own keys, not Object.keys: metadata of symbol keys only was stored as null, unchecked.
+      const hasMetadata = metadata !== undefined && Reflect.ownKeys(metadata).length > 0
       const metadataText = hasMetadata
         ? jsonTextOf(`events[${i}].metadata`, metadata, 'a JSON-serializable object')
         : null

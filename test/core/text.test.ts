@@ -60,6 +60,10 @@ describe('jsonTextOf', () => {
       [[new Set([1])], 'a Set at v[0] has no JSON form: it would be stored as {}'],
       [{ f: () => 1 }, 'a function at v.f has no JSON form: it would be left out'],
       [[1, Symbol('s')], 'a symbol at v[1] has no JSON form: it would be stored as null'],
+      [
+        { a: { [Symbol('k')]: 1 } },
+        'a symbol key at v.a[Symbol(k)] has no JSON form: it would be left out',
+      ],
       [{ deep: { n: 10n } }, 'a BigInt at v.deep.n has no JSON form'],
       [cyclic, 'at v.self.back has no JSON form: JSON cannot hold a cycle'],
       [{ h: new Hidden() }, 'an instance of Hidden without own enumerable fields or toJSON at v.h'],

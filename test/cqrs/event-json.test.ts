@@ -82,6 +82,21 @@ describe.each(dbTargets)('event store JSON values on $dialect', (target) => {
         () => store.append('bad', [{ type: 'x', data: new Sealed() }]),
       ],
       [
+        'events[0].data',
+        'a symbol key at events[0].data[Symbol(x)]',
+        () => store.append('bad', [{ type: 'x', data: { n: 1, [Symbol('x')]: 1 } }]),
+      ],
+      [
+        'events[0].metadata',
+        'a symbol key at events[0].metadata[Symbol(trace)]',
+        () => store.append('bad', [{ type: 'x', data: 1, metadata: { [Symbol('trace')]: 'a' } }]),
+      ],
+      [
+        'metadata',
+        'a symbol key at metadata[Symbol(acl)]',
+        () => store.setStreamMetadata('bad', { [Symbol('acl')]: 1 }),
+      ],
+      [
         'events[0].metadata',
         'a Set at events[0].metadata.tags',
         () => store.append('bad', [{ type: 'x', data: 1, metadata: { tags: new Set(['a']) } }]),
