@@ -113,7 +113,8 @@ const loadAmqp = lazyDriver('amqplib', () => import('amqplib'))
  * consumer on a quorum queue, acking after the handler). A message whose handler failed is not
  * returned to the queue: it stays unacknowledged and runs again on the same subscription after
  * `retryDelayMs`, its `deliveryCount` one more each time, so the queue keeps its key's order
- * when the consumer dies (see docs/rabbitmq.md).
+ * when the consumer dies (see docs/rabbitmq.md). Closing a subscription waits for its running
+ * handlers and acks them; what it held but never ran goes back with the channel, in order.
  *
  * `publish()` writes the whole batch, then waits for the broker's confirm of every message: a
  * quorum queue confirms once a majority has fsynced it; a negative confirm or a returned
@@ -1159,9 +1160,11 @@ class RabbitSubscriber implements Subscriber {
       close: async () => {
         this.#subscriptions.delete(subscription)
         abort.abort()
-        // The consumer is cancelled first, or RabbitMQ would hand every released delivery
-        // straight back while running handlers finish (and count each return).
+        // The consumer is cancelled first: RabbitMQ delivers nothing more while running
+        // handlers finish.
         await inner.stopReceiving()
+        // Waits for the running handlers and their acks; what never ran stays unacked for the
+        // channel's close to return, in order (see settle in #open).
         await dispatcher.close()
         await inner.close()
       },
@@ -1214,7 +1217,12 @@ class RabbitSubscriber implements Subscriber {
       if (lost) return
       if (outcome === 'ack') return channel.ack(delivery.raw)
       if (outcome === 'retry') return retry(delivery)
-      channel.nack(delivery.raw, false, true)
+      // 'release': the subscription is closing and the delivery never ran (held behind its
+      // key's running or retrying message). It stays unacked, and the channel's close (after
+      // the running handlers settled) returns it with everything else the channel held, in the
+      // queue's order. Nacked with requeue one by one, RabbitMQ 4's quorum queues put each at
+      // the back, behind the key's messages not yet delivered, while the channel's close put
+      // a failed earlier message back in front: the next consumer ran m0 m3 m4 m1.
     }
     // A delivery to retry (its handler failed, or it was handed back) is kept unacked and runs
     // again here after retryDelayMs, at its place in its key's order. Nacked with requeue, a
