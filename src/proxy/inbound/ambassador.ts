@@ -96,8 +96,8 @@ export function createAmbassadorHandler(
     logAccess(ctx, inbound, outcome, listener.name, { route: AMBASSADOR_ROUTE, service })
   // A request whose connection went in the middle of its body: logged with what its client
   // was sent (499 ABORTED for one that left, as for one that leaves while the upstream
-  // answers; the listener's 408 when the request timer cut it), under the service its path
-  // names; no service saw it.
+  // answers; the listener's 408 when the request timer cut it; 503 DRAIN_TIMEOUT when the
+  // drain's hard stop cut it), under the service its path names; no service saw it.
   const bodyCut = (inbound: InboundRequest, outcome: ForwardOutcome): void => {
     const service = serviceNamed(serviceSegment(inbound.path))
     logAccess(

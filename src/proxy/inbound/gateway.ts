@@ -155,8 +155,8 @@ export function createGatewayHandler(
 
   // A request whose connection went in the middle of its body: logged and counted with what
   // its client was sent (499 ABORTED for one that left, as for one that leaves while the
-  // upstream answers; the listener's 408 when the request timer cut it), under the route its
-  // head matched; no service saw it.
+  // upstream answers; the listener's 408 when the request timer cut it; 503 DRAIN_TIMEOUT when
+  // the drain's hard stop cut it), under the route its head matched; no service saw it.
   const bodyCut = (inbound: InboundRequest, outcome: ForwardOutcome): void => {
     const route = currentTable().match(inbound.method, inbound.path, inbound.headers)
     logAccess(

@@ -51,6 +51,7 @@ import type {
   ProxyResponse,
   TunnelEnd,
 } from '../contracts.js'
+import { cutByDrain } from '../drain-cut.js'
 import { forwardableHeaders, isPlainChunked } from '../hop-by-hop.js'
 import { appendVia } from '../via.js'
 import type { FastRequest } from './fast-request.js'
@@ -240,9 +241,11 @@ export type AdmitHead = (head: InboundHead) => boolean
  * Told of a request whose connection went before its body was read to the end (the read then
  * resolves undefined, and nothing more is answered). `outcome` is what the client was sent, for
  * the caller's access log line and request metrics: {@link clientLeftOutcome} (499 `ABORTED`,
- * like a client that leaves while the upstream answers) when the client went away, or the
- * answer the listener wrote before it closed the connection itself (node's request timer: 408
- * `TIMEOUT`; its parser failing on the body: 400 `REQUEST_INVALID`). `inbound` has no body;
+ * like a client that leaves while the upstream answers) when the client went away,
+ * {@link drainCutOutcome} (503 `DRAIN_TIMEOUT`) when the listener's drain cut the connection at
+ * its hard stop, or the answer the listener wrote before it closed the connection itself
+ * (node's request timer: 408 `TIMEOUT`; its parser failing on the body: 400
+ * `REQUEST_INVALID`). `inbound` has no body;
  * the access log line written for it counts the body bytes that came (`bytesIn`).
  */
 export type BodyCut = (inbound: InboundRequest, outcome: ForwardOutcome) => void
@@ -258,6 +261,21 @@ export const clientLeftOutcome: ForwardOutcome = Object.freeze({
   written: false,
   endpoint: undefined,
   error: 'ABORTED',
+  captured: undefined,
+})
+
+/**
+ * The outcome of a request whose connection the listener's drain cut, when its time was up,
+ * before its body was read: status 503, `DRAIN_TIMEOUT`, nothing sent anywhere (as for a
+ * forward the drain cuts, see src/proxy/drain-cut.ts). For the access line and request metrics
+ * of a {@link BodyCut} request.
+ */
+export const drainCutOutcome: ForwardOutcome = Object.freeze({
+  status: 503,
+  attempts: 0,
+  written: false,
+  endpoint: undefined,
+  error: 'DRAIN_TIMEOUT',
   captured: undefined,
 })
 
@@ -367,11 +385,14 @@ export function readInbound(
     }
     const connectionGone = (): void => {
       // Nothing more can be answered: the caller logs and counts what the client was sent, the
-      // listener's own answer (a 408 when node's request timer fired mid-body) or nothing (499
-      // ABORTED: the client went away).
+      // listener's own answer (a 408 when node's request timer fired mid-body) or nothing: 503
+      // DRAIN_TIMEOUT when the drain's hard stop cut the connection (the listener marked it
+      // before destroying it), else 499 ABORTED, the client went away.
       const inbound = new LiveInboundRequest(head, undefined, res, bytesWritten, size)
       done(undefined)
-      cut?.(inbound, listenerAnswer(req.socket) ?? clientLeftOutcome)
+      const outcome =
+        listenerAnswer(req.socket) ?? (cutByDrain(res) ? drainCutOutcome : clientLeftOutcome)
+      cut?.(inbound, outcome)
     }
     const onError = (): void => {
       // A connection that went mid-body fails the stream too ('aborted'): not a request the

@@ -3,6 +3,8 @@
 // (a unit-level stand-in until tests run against the real upstream runtime).
 
 import type { ServerResponse } from 'node:http'
+import { connect } from 'node:net'
+import { expect } from 'vitest'
 import type { Clock } from '../../../src/core/clock.js'
 import { systemClock } from '../../../src/core/clock.js'
 import { createJsonLogger } from '../../../src/observability/logger.js'
@@ -19,7 +21,9 @@ import type {
   ServiceRuntime,
 } from '../../../src/proxy/contracts.js'
 import { createAmbassadorHandler } from '../../../src/proxy/inbound/ambassador.js'
+import { createGatewayHandler } from '../../../src/proxy/inbound/gateway.js'
 import { createListenerServer, type ListenerServer } from '../../../src/proxy/inbound/listener.js'
+import { createRouteTable } from '../../../src/proxy/inbound/routes.js'
 
 export const defaultLimits: LimitsConfig = {
   maxHeaderBytes: 16_384,
@@ -105,6 +109,79 @@ export async function listenAmbassador(
   const server = createListenerServer(listener, createAmbassadorHandler(listener, ctx), ctx)
   const { port } = await server.listen()
   return { server, port, ctx, log }
+}
+
+/**
+ * Starts an ambassador or gateway listener (named after its role, gateway `routes`, `limits`
+ * by default defaultLimits) in front of one recording service named `orders`, on a free
+ * loopback port. The caller closes `server`.
+ */
+export async function listenRole(
+  role: 'ambassador' | 'gateway',
+  routes: ListenerConfig['routes'],
+  options: { limits?: LimitsConfig; clock?: Clock } = {},
+): Promise<{
+  server: ListenerServer
+  port: number
+  ctx: InboundContext
+  log: CapturedLog
+  orders: RecordingService
+}> {
+  const { limits = defaultLimits, ...context } = options
+  const orders = recordingService('orders')
+  const { ctx, log } = contextWith(() => registryOf([orders]), context)
+  const listener = listenerConfig({
+    name: role,
+    role,
+    limits,
+    routes: role === 'gateway' ? routes : [],
+  })
+  const handler =
+    role === 'gateway'
+      ? createGatewayHandler(listener, ctx, createRouteTable(routes))
+      : createAmbassadorHandler(listener, ctx)
+  const server = createListenerServer(listener, handler, ctx)
+  const { port } = await server.listen()
+  return { server, port, ctx, log, orders }
+}
+
+/**
+ * Checks a request cut mid-body on a {@link listenRole} listener: no `ABORTED` in the log, no
+ * forward, and on a gateway the route's request counter at `status`, none at 499.
+ */
+export async function expectBodyCutCounted(
+  role: 'ambassador' | 'gateway',
+  running: { ctx: InboundContext; log: CapturedLog; orders: RecordingService },
+  status: number,
+): Promise<void> {
+  expect(running.log.text()).not.toContain('ABORTED')
+  expect(running.orders.forwarded).toHaveLength(0)
+  if (role === 'gateway') {
+    const metrics = await running.ctx.metrics.render()
+    expect(metrics).toContain(
+      `breakwater_proxy_route_requests_total{listener="gateway",route="orders",service="",status="${status}"} 1`,
+    )
+    expect(metrics).not.toContain('status="499"')
+  }
+}
+
+/**
+ * Opens a raw connection to `port` and writes `request` on it: `received()` is what the proxy
+ * wrote so far (latin1), `closed` settles when the connection closes.
+ */
+export function sendRaw(
+  port: number,
+  request: string,
+): { received: () => string; closed: Promise<unknown> } {
+  const socket = connect(port, '127.0.0.1')
+  socket.on('error', () => {})
+  let received = ''
+  socket.on('data', (chunk: Buffer) => {
+    received += chunk.toString('latin1')
+  })
+  const closed = new Promise((resolve) => socket.once('close', resolve))
+  socket.write(request)
+  return { received: () => received, closed }
 }
 
 /** An in-memory service: records each forward and answers 200 with a JSON echo. */
