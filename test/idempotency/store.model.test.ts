@@ -55,8 +55,11 @@ function claimed(op: Op, now: number): ModelRecord {
   }
 }
 
-/** Runs `op` on the model at `now`, as the store's documentation says it works. */
-function applyToModel(m: Model, op: Op, now: number): Outcome {
+/**
+ * Runs `op` on the model at `now`, as the store's documentation says it works. A sweep passes
+ * over the key `skipped` (see the steps: on PostgreSQL it skips a row locked right now).
+ */
+function applyToModel(m: Model, op: Op, now: number, skipped?: string): Outcome {
   const r = m.get(op.key)
   const holds = r !== undefined && r.token === op.previous && r.state === 'in_progress'
   switch (op.kind) {
@@ -92,7 +95,7 @@ function applyToModel(m: Model, op: Op, now: number): Outcome {
       m.delete(op.key)
       return true
     case 'sweep':
-      for (const [key, record] of m) if (record.expires <= now) m.delete(key)
+      for (const [key, record] of m) if (key !== skipped && record.expires <= now) m.delete(key)
       return 'swept'
   }
 }
@@ -234,12 +237,25 @@ describe.each(dbTargets)('the SQL idempotency store against a model on $dialect'
                     [1, 0],
                   ]
                 : [[0]]
-            const tried = orders.map((order) => {
-              const next: Model = structuredClone(model)
-              const expected: Outcome[] = []
-              for (const i of order) expected[i] = applyToModel(next, ops[i]!, now)
-              return { next, expected }
-            })
+            // On PostgreSQL the sweep's FOR UPDATE SKIP LOCKED passes over a row the other
+            // operation holds locked at that moment (documented in sql.ts: it does not queue
+            // behind a handler recording its result): an expired key then outlives this sweep,
+            // which no serial order gives. So a sweep that skipped the other's key is accepted
+            // there too, in either order.
+            const skips =
+              target.dialect === 'postgres' &&
+              ops.length === 2 &&
+              ops.some((o) => o.kind === 'sweep')
+                ? [undefined, ...ops.filter((o) => o.kind !== 'sweep').map((o) => o.key)]
+                : [undefined]
+            const tried = orders.flatMap((order) =>
+              skips.map((skipped) => {
+                const next: Model = structuredClone(model)
+                const expected: Outcome[] = []
+                for (const i of order) expected[i] = applyToModel(next, ops[i]!, now, skipped)
+                return { next, expected }
+              }),
+            )
             const match = tried.find(
               (c) =>
                 JSON.stringify(c.expected) === JSON.stringify(results) &&
