@@ -42,8 +42,11 @@ export interface LoadStats {
   inFlight: number
   bySystem: Record<string, number>
   latencies: number[]
-  /** New orders read back from the read model right after placing them: found, or not. */
-  readYourWrites: { found: number; missed: number }
+  /**
+   * New orders read back from the read model right after placing them: found, or not, and why
+   * not (`status 500`, the error's message), so that a run where none was found says why.
+   */
+  readYourWrites: { found: number; missed: number; missedBecause: Record<string, number> }
 }
 
 /** The running load generator. */
@@ -114,7 +117,7 @@ export function startLoad(options: LoadOptions): Load {
     inFlight: 0,
     bySystem: {},
     latencies: [],
-    readYourWrites: { found: 0, missed: 0 },
+    readYourWrites: { found: 0, missed: 0, missedBecause: {} },
   }
   const stamps: number[] = []
   const runId = randomUUID().slice(0, 8)
@@ -191,10 +194,16 @@ export function startLoad(options: LoadOptions): Load {
       const found =
         response.status === 200 && response.json<{ order_id?: string }>().order_id === orderId
       if (found) stats.readYourWrites.found++
-      else stats.readYourWrites.missed++
-    } catch {
-      stats.readYourWrites.missed++
+      else missed(response.status === 200 ? 'another order' : `status ${response.status}`)
+    } catch (error) {
+      missed(error instanceof Error ? error.message : String(error))
     }
+  }
+
+  const missed = (reason: string): void => {
+    const reasons = stats.readYourWrites.missedBecause
+    stats.readYourWrites.missed++
+    reasons[reason] = (reasons[reason] ?? 0) + 1
   }
 
   const readCatalog = async (): Promise<void> => {

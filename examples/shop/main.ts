@@ -61,7 +61,11 @@ export interface ShopDemoResult {
     readonly sent: number
     readonly accepted: number
     readonly failed: number
-    readonly readYourWrites: { readonly found: number; readonly missed: number }
+    readonly readYourWrites: {
+      readonly found: number
+      readonly missed: number
+      readonly missedBecause: Readonly<Record<string, number>>
+    }
   }
   readonly engines: { readonly db: string; readonly broker: string }
   readonly policiesIn: string
@@ -235,7 +239,10 @@ export async function runShopDemo(options: ShopDemoOptions): Promise<ShopDemoRes
         sent: load.stats.sent,
         accepted: load.stats.accepted,
         failed: load.stats.failed,
-        readYourWrites: { ...load.stats.readYourWrites },
+        readYourWrites: {
+          ...load.stats.readYourWrites,
+          missedBecause: { ...load.stats.readYourWrites.missedBecause },
+        },
       },
       engines: shop.engines,
       policiesIn: snapshot.policiesIn,

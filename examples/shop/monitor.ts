@@ -63,7 +63,11 @@ export interface Snapshot {
     readonly p50: number
     readonly p99: number
     /** New orders read back from the read model right after they were placed. */
-    readonly readYourWrites: { readonly found: number; readonly missed: number }
+    readonly readYourWrites: {
+      readonly found: number
+      readonly missed: number
+      readonly missedBecause: Readonly<Record<string, number>>
+    }
   }
   readonly figures: ShopFigures | undefined
   /**
@@ -373,7 +377,9 @@ export function startMonitor(options: MonitorOptions): Monitor {
         shed: load?.stats.shed ?? 0,
         p50: percentile(load?.stats.latencies ?? [], 50),
         p99: percentile(load?.stats.latencies ?? [], 99),
-        readYourWrites: { ...(load?.stats.readYourWrites ?? { found: 0, missed: 0 }) },
+        readYourWrites: {
+          ...(load?.stats.readYourWrites ?? { found: 0, missed: 0, missedBecause: {} }),
+        },
       },
       figures,
       awaitingRedelivery:

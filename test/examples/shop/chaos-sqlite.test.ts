@@ -39,8 +39,12 @@ describe('breakwater demo: the shop under the default chaos script (SQLite + SQL
       expect(s.figures.emails.sent).toBe(s.figures.orders.new)
       expect(s.figures.events.delivered).toBe(s.figures.events.committed)
       expect(s.figures.events.committed).toBeGreaterThanOrEqual(2 * s.figures.orders.new)
-      // New orders were read back from the read model right after placing them.
-      expect(s.load.readYourWrites.found).toBeGreaterThan(0)
+      // New orders were read back from the read model right after placing them (the message
+      // says how many new orders there were and why read-backs missed, if any did).
+      expect(
+        s.load.readYourWrites.found,
+        JSON.stringify({ newOrders: s.figures.orders.new, readYourWrites: s.load.readYourWrites }),
+      ).toBeGreaterThan(0)
       // The chaos happened: relay, inventory, a saga worker and notifications were killed
       // and restarted.
       expect(s.restarts).toBe(4)
