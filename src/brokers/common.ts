@@ -10,6 +10,7 @@ import {
   checkInteger,
   checkObject,
   checkSignal,
+  isPortNumber,
 } from '../core/validate.js'
 import { diagnosticsChannel } from '../policies/events.js'
 import { type Delivery, KeyedDispatcher } from './dispatcher.js'
@@ -393,17 +394,6 @@ export function parseBrokerUrl(option: string, value: unknown, schemes: readonly
     }
   }
   return url
-}
-
-/**
- * Whether `text` is a TCP port a driver can connect to: decimal digits (leading zeros allowed,
- * as the drivers read them with parseInt or Number) naming 1 to 65535. Port 0 is refused too:
- * no server listens on it, and amqplib reads it as its default port.
- */
-export function isPortNumber(text: string): boolean {
-  if (!/^\d+$/.test(text)) return false
-  const port = Number(text)
-  return port >= 1 && port <= 65_535
 }
 
 /**

@@ -6,14 +6,13 @@ import type { Redis } from 'ioredis'
 import { maxTimerDelayMs, sleep, within } from '../core/clock.js'
 import { detached } from '../core/detached.js'
 import { InvalidOptionError } from '../core/errors.js'
-import { checkInteger, optionKeys } from '../core/validate.js'
+import { checkInteger, isPortNumber, optionKeys } from '../core/validate.js'
 import {
   type BrokerCommonOptions,
   checkOutgoing,
   checkSubscribeArgs,
   closedError,
   commonOptionKeys,
-  isPortNumber,
   lazyDriver,
   ms,
   pairBroker,

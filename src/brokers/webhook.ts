@@ -481,6 +481,13 @@ class WebhookPublisher implements Publisher {
     }
     if (url.protocol !== 'http:' && url.protocol !== 'https:')
       throw new InvalidOptionError('webhook.url', 'an http: or https: URL', url.protocol)
+    // Port 0 parses, but nothing listens there: every delivery would fail to connect.
+    if (url.port === '0')
+      throw new InvalidOptionError(
+        'webhook.url',
+        'an http: or https: URL whose port is from 1 to 65535',
+        url.origin,
+      )
     if (url.username !== '' || url.password !== '')
       throw new InvalidOptionError(
         'webhook.url',

@@ -295,3 +295,15 @@ export function withOptionPrefix<T>(prefix: string, build: () => T): T {
     throw error
   }
 }
+
+/**
+ * Whether `text` is a TCP port a driver can connect to: decimal digits (leading zeros allowed,
+ * as the drivers read them with parseInt or Number) naming 1 to 65535. Port 0 is refused too:
+ * no server listens on it (a URL parses with it, and every connection would then fail), and
+ * amqplib reads it as its default port. @internal
+ */
+export function isPortNumber(text: string): boolean {
+  if (!/^\d+$/.test(text)) return false
+  const port = Number(text)
+  return port >= 1 && port <= 65_535
+}

@@ -37,6 +37,9 @@ export function parseBaseUrl(option: string, value: unknown): BaseTarget {
   ) {
     throw new InvalidOptionError(option, expected, value)
   }
+  // Port 0 parses, but no server listens there: every call would fail to connect.
+  if (url.port === '0')
+    throw new InvalidOptionError(option, `${expected}, whose port is from 1 to 65535`, value)
   const basePath = url.pathname.replace(/\/+$/, '')
   return { origin: url.origin, basePath, href: `${url.origin}${basePath}` }
 }

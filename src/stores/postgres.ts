@@ -7,6 +7,7 @@ import {
   checkInteger,
   checkObject,
   checkOptionKeys,
+  isPortNumber,
   optionKeys,
 } from '../core/validate.js'
 import {
@@ -429,6 +430,12 @@ export function postgresUrlDefect(url: string): string | undefined {
   const parsable = URL.canParse(url) ? url : URL.canParse(socketForm) ? socketForm : undefined
   if (parsable === undefined) return unparsablePostgresUrl
   const parsed = new URL(parsable)
+  // Port 0 parses, but nothing listens there: pg would fail every connection (and it reads a
+  // `port` parameter with parseInt, so `5x` would be 5).
+  const port = parsed.searchParams.get('port')
+  if (parsed.port === '0' || (port !== null && !isPortNumber(port))) {
+    return 'a postgres:// URL whose port is from 1 to 65535'
+  }
   for (const [name, value] of parsed.searchParams) {
     if (!pgUrlParameters.has(name)) {
       const hint = pgUrlParameterHints[name]

@@ -368,6 +368,10 @@ describe('webhook publisher', () => {
       expect(String(error)).not.toContain('hunter2')
     }
     expect(() => createWebhookPublisher({ url: 'ftp://example.com/x', secret })).toThrow(/http/)
+    // Port 0 parses, but nothing listens there: every delivery would fail to connect.
+    expect(() => createWebhookPublisher({ url: 'http://127.0.0.1:0/x', secret })).toThrow(
+      /webhook\.url.*port is from 1 to 65535/,
+    )
     expect(() =>
       createWebhookPublisher({
         url: 'http://example.com/x',

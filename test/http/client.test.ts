@@ -153,6 +153,8 @@ describe('options are checked at construction', () => {
     ['a missing baseUrl', { services: { a: {} } }, 'services.a.baseUrl'],
     ['a relative baseUrl', { services: { a: { baseUrl: '/api' } } }, 'services.a.baseUrl'],
     ['an ftp baseUrl', { services: { a: { baseUrl: 'ftp://x' } } }, 'services.a.baseUrl'],
+    // Port 0 parses, but no server listens there: every call would fail to connect.
+    ['port 0 in the baseUrl', { services: { a: { baseUrl: 'http://x:0' } } }, 'services.a.baseUrl'],
     [
       'credentials in the baseUrl',
       { services: { a: { baseUrl: 'http://u:p@x' } } },

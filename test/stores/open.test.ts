@@ -130,6 +130,10 @@ describe('parseDatabaseUrl', () => {
     ['postgres://app:s3cret@db/app?sslmode=requre', /sslmode.*"requre"/],
     ['postgres://app:s3cret@db/app?ssl=false', /ssl.*"false"/],
     ['postgres://app@db/app?sslpassword=s3cret', /"sslpassword"/],
+    // Port 0 parses, but nothing listens there: pg would fail every connection.
+    ['postgres://app:s3cret@db:0/app', /port is from 1 to 65535/],
+    ['postgres://app:s3cret@db/app?port=0', /port is from 1 to 65535/],
+    ['postgres://app:s3cret@db/app?port=5x', /port is from 1 to 65535/],
   ])('rejects %j, a query parameter pg would ignore or misread, naming it', async (url, says) => {
     for (const parse of [
       async () => parseDatabaseUrl(url),

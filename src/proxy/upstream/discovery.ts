@@ -58,6 +58,13 @@ export function parseEndpointUrl(option: string, raw: string): string {
     url.hash !== ''
   )
     throw new InvalidOptionError(option, 'an http(s)://host:port URL without path', raw)
+  // Port 0 parses, but nothing listens there: every request to the endpoint would fail.
+  if (url.port === '0')
+    throw new InvalidOptionError(
+      option,
+      'an http(s)://host:port URL whose port is from 1 to 65535',
+      raw,
+    )
   return url.origin
 }
 

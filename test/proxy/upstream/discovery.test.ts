@@ -462,7 +462,14 @@ describe('file discovery', () => {
       'https://b:2',
     ])
     expect(parseEndpointUrl('x', 'https://Orders.Example:443/')).toBe('https://orders.example')
-    for (const bad of ['ftp://a', 'http://u:p@a', 'http://a/path', 'http://a?q', 'nope'])
+    for (const bad of [
+      'ftp://a',
+      'http://u:p@a',
+      'http://a/path',
+      'http://a?q',
+      'nope',
+      'http://a:0',
+    ])
       expect(() => parseEndpointUrl('services.orders.endpoints[0]', bad)).toThrow(
         /services\.orders\.endpoints\[0\]/,
       )
