@@ -81,8 +81,9 @@ export class AbortedError extends BreakwaterError {
 /**
  * Renders a rejected value for an error message without dumping large objects. A built-in whose
  * data is not in its properties is named by its kind (`a Map`, `a Headers`, `a Uint8Array` for a
- * Buffer; the test isObjectRecord refuses them by), any other object is `an object`. Never
- * throws, whatever the value's getters or Proxy traps do: it builds the message of an error.
+ * Buffer; the test isObjectRecord refuses them by), an instance of a class by its class (`an
+ * instance of Limits`), any other object is `an object`. Never throws, whatever the value's
+ * getters or Proxy traps do: it builds the message of an error.
  */
 export function describeValue(value: unknown): string {
   if (typeof value === 'string')
@@ -98,5 +99,30 @@ export function describeValue(value: unknown): string {
   } catch {
     return 'an object'
   }
-  return builtInKind(value) ?? 'an object'
+  return builtInKind(value) ?? classInstance(value) ?? 'an object'
+}
+
+// A class's name as JavaScript writes one: only such a name is copied into a message.
+const classNamePattern = /^[A-Za-z_$][A-Za-z0-9_$]{0,59}$/
+
+/**
+ * `an instance of Limits` for an instance of a class (its prototype's own `constructor`, whose
+ * `prototype` it is), else undefined: "expected a plain object, got an object" read as if a
+ * plain object were refused. Reads data properties only (no getter runs); another realm's plain
+ * object (its constructor is that realm's `Object`) stays an object.
+ */
+function classInstance(value: object): string | undefined {
+  try {
+    const proto: unknown = Object.getPrototypeOf(value)
+    if (proto === null || proto === Object.prototype || typeof proto !== 'object') return undefined
+    const maker: unknown = Object.getOwnPropertyDescriptor(proto, 'constructor')?.value
+    if (typeof maker !== 'function' || maker.prototype !== proto) return undefined
+    const name: unknown = Object.getOwnPropertyDescriptor(maker, 'name')?.value
+    if (typeof name !== 'string' || name === 'Object' || !classNamePattern.test(name)) {
+      return undefined
+    }
+    return `an instance of ${name}`
+  } catch {
+    return undefined
+  }
 }

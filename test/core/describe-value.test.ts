@@ -28,12 +28,38 @@ describe('describeValue', () => {
     expect(describeValue(value)).toBe(kind)
   })
 
-  it('says "an object" of records, whatever their prototype', () => {
+  it('says "an object" of plain records and of objects made from a plain prototype', () => {
+    const another = runInNewContext('({ a: 1 })')
+    for (const value of [{}, { a: 1 }, Object.create(null), Object.create({ a: 1 }), another])
+      expect(describeValue(value)).toBe('an object')
+  })
+
+  // "expected a plain object, got an object" read as if a plain object were refused.
+  it("names a class instance's class, when its name is a plain name", () => {
     class Limits {
       readonly maxConcurrent = 1
     }
-    for (const value of [{}, { a: 1 }, Object.create(null), new Limits(), Object.create({ a: 1 })])
-      expect(describeValue(value)).toBe('an object')
+    class Sub extends Limits {}
+    expect(describeValue(new Limits())).toBe('an instance of Limits')
+    expect(describeValue(new Sub())).toBe('an instance of Sub')
+    expect(describeValue(runInNewContext('new (class Remote {})()'))).toBe('an instance of Remote')
+    // Only a name goes into a message; an anonymous class, or a name that is not one, is not.
+    const Anonymous = (() => class {})()
+    Object.defineProperty(Anonymous, 'name', { value: '' })
+    const Odd = class {}
+    Object.defineProperty(Odd, 'name', { value: 'x, got nothing' })
+    expect(describeValue(new Anonymous())).toBe('an object')
+    expect(describeValue(new Odd())).toBe('an object')
+    // A constructor getter that throws, or a prototype without a constructor.
+    const throwing = Object.create(
+      Object.defineProperty({}, 'constructor', {
+        get() {
+          throw new Error('getter')
+        },
+      }),
+    )
+    expect(describeValue(throwing)).toBe('an object')
+    expect(describeValue(Object.create(Object.create(null)))).toBe('an object')
   })
 
   it('keeps what it said of other values', () => {

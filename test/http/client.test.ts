@@ -377,7 +377,8 @@ describe('request options are checked before anything is sent', () => {
   })
 
   // The query and headers take plain objects only (prototype Object.prototype or null), a
-  // stricter rule than other options; the refusal names the built-in given, as they do.
+  // stricter rule than other options; the refusal names the built-in or the class given (it
+  // said "got an object" of a class instance, which read as if a plain object were refused).
   it('names the built-in given as query or headers, and still refuses a class instance', async () => {
     class Query {
       readonly a = '1'
@@ -395,7 +396,7 @@ describe('request options are checked before anything is sent', () => {
         { query: new URLSearchParams('a=1') },
         'request.query: expected a plain object, got a URLSearchParams',
       ],
-      [{ query: new Query() }, 'request.query: expected a plain object, got an object'],
+      [{ query: new Query() }, 'request.query: expected a plain object, got an instance of Query'],
     ]
     for (const [options, message] of cases) {
       const error = await optionRefusal(() => make().request('svc', { path: '/', ...options }))
