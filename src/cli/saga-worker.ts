@@ -10,6 +10,7 @@ import {
 } from '../observability/index.js'
 import {
   createSagaWorker,
+  type ErrorInfo,
   type SagaDefinition,
   type SagaWorker,
   type SagaWorkerMetrics,
@@ -221,13 +222,28 @@ export function workerStopTimeoutMs(drainTimeoutMs: number): number {
   return drainTimeoutMs - Math.min(2_000, Math.floor(drainTimeoutMs / 10))
 }
 
+/** A persisted error in the shape the JSON logger writes an `Error` in. */
+function loggedError({ name, message, code, status }: ErrorInfo): Record<string, unknown> {
+  return {
+    type: name,
+    message,
+    ...(code === undefined ? {} : { code }),
+    ...(status === undefined ? {} : { status }),
+  }
+}
+
 /**
  * Logs what the worker reports, at levels an operator can filter on; `onAbandoned` is called
  * for each instance the stop gave up on.
  */
 function logWorkerEvents(worker: SagaWorker, log: Logger, onAbandoned: () => void): void {
   worker.events.on((event) => {
-    const { type, at: _at, worker: _worker, ...fields } = event
+    const { type, at: _at, worker: _worker, error, ...rest } = event
+    // An event's error is the persisted ErrorInfo, `{ name, message, code?, status? }`; every
+    // other breakwater log line (createJsonLogger's, the relay's, the proxy's) writes an error
+    // as `{ type, message, code, status }`, so it is written in that shape here too: a query or
+    // alert on error.type would otherwise never match a saga failure.
+    const fields = error === undefined ? rest : { ...rest, error: loggedError(error) }
     switch (type) {
       case 'abandoned':
         // Its step may still be running, and another worker will repeat it once the lease

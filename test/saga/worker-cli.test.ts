@@ -10,6 +10,7 @@ import { sagaWorkerCommand } from '../../src/cli/saga-worker.js'
 import { migrateIdempotency } from '../../src/idempotency/index.js'
 import { createSagaWorker, getSaga, migrateSagas, startSaga } from '../../src/saga/index.js'
 import { openDatabase } from '../../src/stores/index.js'
+import { declined } from '../fixtures/saga/cli-failing.js'
 import { greeting, slow } from '../fixtures/saga/cli-sagas.js'
 import { runCli, spawnCliFromSources } from '../process/cli-process.js'
 import { createTestSqlite } from '../support/sqlite.js'
@@ -95,6 +96,46 @@ describe('saga worker arguments', () => {
       expect(out).toContain('cli-greeting@1')
       signals.emit('SIGTERM', 'SIGTERM')
       expect(await running).toBe(0)
+    } finally {
+      file.cleanup()
+    }
+  })
+
+  it('logs a step failure with the error as every breakwater process logs one: { type, message, code, status }', async () => {
+    // The worker's events carry the persisted ErrorInfo ({ name, ... }); logged as they were,
+    // saga workers wrote error.name where the relay, the proxy and createJsonLogger write
+    // error.type, so a log query or alert on error.type never matched a saga failure.
+    const file = createTestSqlite('saga-worker-error-shape')
+    try {
+      const db = await openDatabase(file.url)
+      await migrateSagas(db)
+      const signals = new EventEmitter()
+      let out = ''
+      const running = sagaWorkerCommand(
+        ['--module', fixture('cli-failing.ts'), '--db', file.url, '--poll-interval-ms', '20'],
+        { stdout: { write: (t: string) => (out += t) }, stderr: { write: () => {} }, signals },
+      )
+      const lines = () =>
+        out
+          .split('\n')
+          .filter((l) => l !== '')
+          .map((l) => JSON.parse(l) as Record<string, unknown>)
+      await until(() => out.includes('saga worker started'), 'the worker to start')
+      const { id } = await startSaga(db, declined, {})
+      await until(
+        () => lines().some((l) => l.msg === 'saga compensated' && l.sagaId === id),
+        'the saga to fail and be compensated',
+      )
+      const failed = lines().find((l) => l.msg === 'saga step-failed')
+      expect(failed?.error).toEqual({
+        type: 'ChargeDeclinedError',
+        message: 'card "4242" declined',
+        code: 'CARD_DECLINED',
+        status: 402,
+      })
+      signals.emit('SIGTERM', 'SIGTERM')
+      expect(await running).toBe(0)
+      await db.close()
     } finally {
       file.cleanup()
     }
