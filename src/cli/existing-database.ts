@@ -5,7 +5,7 @@
 // must exist and hold breakwater's migrations table. A mistyped path then creates nothing, and
 // another program's database is left byte for byte as it was.
 
-import { existsSync, statSync } from 'node:fs'
+import { accessSync, existsSync, constants as fsConstants, statSync } from 'node:fs'
 import { basename, dirname, resolve } from 'node:path'
 import { BreakwaterError, InvalidOptionError } from '../core/errors.js'
 import { redactSecrets } from '../observability/index.js'
@@ -102,7 +102,8 @@ export function uncreatableFileRefusal(
  * folder, or a file where a folder of the path goes), as the SQLite driver refuses it for
  * `breakwater migrate`. PostgreSQL URLs open as they are (nothing is
  * created by connecting). `env` is where the hint to migrate looks for `BREAKWATER_DB_URL` (see
- * {@link migrateCommandFor}).
+ * {@link migrateCommandFor}). Given `writer` (`the relay`), a SQLite file this user may not write
+ * is refused too, naming it.
  *
  * @example
  * ```ts
@@ -112,12 +113,31 @@ export function uncreatableFileRefusal(
 export async function openExistingDatabase(
   url: string,
   env: Readonly<Record<string, string | undefined>> = {},
+  options: { readonly writer?: string } = {},
 ): Promise<SqlDriver> {
   const target = parseDatabaseUrl(url)
   if (isInMemoryDatabase(url)) throw new BreakwaterError('INVALID_OPTION', inMemoryRefusal)
-  if (target.dialect === 'sqlite')
+  if (target.dialect === 'sqlite') {
     await checkBreakwaterFile(target.filename, `run ${migrateCommandFor(url, env)} first`)
+    if (options.writer !== undefined) checkWritableFile(target.filename, options.writer)
+  }
   return openAnsweringDatabase(url)
+}
+
+/**
+ * Throws, naming `filename` and `writer` (the command that writes to it), when this user may not
+ * write the file (its mode, a read-only mount). SQLite opens such a file read-only without a
+ * word: a long-running command would start, then fail each write for as long as it runs.
+ */
+function checkWritableFile(filename: string, writer: string): void {
+  try {
+    accessSync(filename, fsConstants.W_OK)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? messageOf(error)
+    throw new Error(
+      `${filename} is not writable by this user (${code}), and ${writer} writes to it`,
+    )
+  }
 }
 
 /**

@@ -81,16 +81,18 @@ export class ServiceResources {
  * Opens the database at `url` for a service (closed with its other resources); a SQLite file
  * must already exist and be migrated (see existing-database.ts). A URL whose path cannot be a
  * database file (a folder) is a {@link UsageError} (exit 2), any other failure a StartupError. `env` holds the
- * `BREAKWATER_DB_URL` the hint to migrate may name.
+ * `BREAKWATER_DB_URL` the hint to migrate may name; `writer` (`the relay`) names the service in
+ * the refusal of a SQLite file this user may not write.
  */
 export async function openServiceDatabase(
   resources: ServiceResources,
   url: string,
-  env: Readonly<Record<string, string | undefined>> = {},
+  env: Readonly<Record<string, string | undefined>>,
+  writer: string,
 ): Promise<SqlDriver> {
   let db: SqlDriver
   try {
-    db = await openExistingDatabase(url, env)
+    db = await openExistingDatabase(url, env, { writer })
   } catch (error) {
     const bad = badDatabaseArgument(error, databaseUrlSource(url, env))
     if (bad !== undefined) throw new UsageError(bad, { cause: error })
@@ -120,17 +122,18 @@ export async function requireMigrations(
 }
 
 /**
- * Opens the database at `url` and checks that `capability`'s migrations were applied (`env` as
- * for {@link requireMigrations}).
+ * Opens the database at `url` and checks that `capability`'s migrations were applied (`env` and
+ * `writer` as for {@link openServiceDatabase}).
  */
 export async function openMigratedDatabase(
   resources: ServiceResources,
   url: string,
   capability: string,
   migrations: readonly Migration[],
-  env: Readonly<Record<string, string | undefined>> = {},
+  env: Readonly<Record<string, string | undefined>>,
+  writer: string,
 ): Promise<SqlDriver> {
-  const db = await openServiceDatabase(resources, url, env)
+  const db = await openServiceDatabase(resources, url, env, writer)
   await requireMigrations(db, url, capability, migrations, env)
   return db
 }

@@ -463,7 +463,7 @@ async function sqlQueuePublisher(
   let queueDb = db
   if (url !== undefined) {
     try {
-      queueDb = await openExistingDatabase(url)
+      queueDb = await openExistingDatabase(url, {}, { writer: 'the relay' })
     } catch (error) {
       // A path that cannot be a database file (a folder) is a bad argument, as for --db.
       const bad = badDatabaseArgument(error, parsed.brokerSource)
@@ -748,7 +748,14 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
       // built and connects only on the first publish: built before the database is opened, a
       // bad setting is reported whatever the state of the database.
       const external = externalPublisher(resources, parsed, tls, secret, log)
-      const db = await openMigratedDatabase(resources, parsed.db, 'outbox', outboxMigrations, env)
+      const db = await openMigratedDatabase(
+        resources,
+        parsed.db,
+        'outbox',
+        outboxMigrations,
+        env,
+        'the relay',
+      )
       const broker = parsed.broker
       let publisher =
         external ??
