@@ -1,3 +1,4 @@
+import { Socket } from 'node:net'
 import type { Clock } from '../core/clock.js'
 
 /** The two pg-pool events this module follows. */
@@ -49,5 +50,32 @@ export class OpenPoolConnections {
         resolve(true)
       }
     })
+  }
+}
+
+/**
+ * The sockets a driver's connections open (given to pg as its `stream` option), so that the
+ * driver's `close()` can destroy those no server has answered yet. pg-pool's `end()` waits for a
+ * connection still being opened: to a server that accepted it and never answers (a hung server,
+ * a half-up failover) that is until `connectionTimeoutMs` gives up (never, with 0), the socket
+ * holding the process open all the while. Such a socket has carried nothing back: no session
+ * exists on it to end, and whoever waited for it was refused by `close()` already.
+ */
+export class PgSockets {
+  readonly #open = new Set<Socket>()
+
+  /** pg's `stream` option: a new socket, followed until it closes. */
+  readonly stream = (): Socket => {
+    const socket = new Socket()
+    this.#open.add(socket)
+    socket.once('close', () => this.#open.delete(socket))
+    return socket
+  }
+
+  /** Destroys the open sockets that have read nothing: connects still under way. */
+  destroyUnanswered(): void {
+    for (const socket of this.#open)
+      if (socket.bytesRead === 0)
+        socket.destroy(new Error('connection abandoned: the driver was closed while it was opened'))
   }
 }

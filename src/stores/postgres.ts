@@ -17,7 +17,7 @@ import {
   TransactionMisuseError,
 } from './errors.js'
 import { LruCache } from './lru.js'
-import { OpenPoolConnections } from './pg-connections.js'
+import { OpenPoolConnections, PgSockets } from './pg-connections.js'
 import { redactUrl } from './redact.js'
 import { failedEarlier, ScopedTransaction } from './scoped-transaction.js'
 import type { SqlDriver, SqlExecutor, SqlNotification, SqlTransaction, Unlisten } from './types.js'
@@ -663,6 +663,7 @@ export class PostgresDriver implements SqlDriver {
   readonly #connections: OpenPoolConnections
   readonly #clock: Clock
   readonly #limits: PoolLimits
+  readonly #sockets: PgSockets
   /**
    * How to refuse each statement or transaction still waiting for a pooled connection: once
    * `close()` has called `pool.end()`, pg-pool serves no waiter, so they would wait for ever
@@ -684,9 +685,16 @@ export class PostgresDriver implements SqlDriver {
   #closing: Promise<void> | undefined
 
   /** @internal Use {@link createPostgresDriver}. */
-  constructor(pool: PgPool, listener: PgListener, clock: Clock, limits: PoolLimits) {
+  constructor(
+    pool: PgPool,
+    listener: PgListener,
+    clock: Clock,
+    limits: PoolLimits,
+    sockets: PgSockets,
+  ) {
     this.#pool = pool
     this.#limits = limits
+    this.#sockets = sockets
     this.#direct = executorOf({ query: (config) => this.#runOnPool(config) })
     this.#listener = listener
     this.#connections = new OpenPoolConnections(pool)
@@ -888,6 +896,9 @@ export class PostgresDriver implements SqlDriver {
     // after close() is. What holds a connection runs to its end; pool.end() waits for it.
     for (const refuse of this.#waiting) refuse(new StoreClosedError('postgres'))
     this.#waiting.clear()
+    // A connect still under way (pool or LISTEN connection) serves nobody now; pool.end() would
+    // wait for it until connectionTimeoutMs, however long a server that never answers takes.
+    this.#sockets.destroyUnanswered()
     await this.#listener.close()
     await this.#pool.end()
     // end() does not wait for the sockets to close (see OpenPoolConnections); close() does, so
@@ -995,8 +1006,10 @@ export async function createPostgresDriver(
 
   const pg = await loadPg()
   const types = breakwaterTypes(pg.types)
+  const sockets = new PgSockets()
   const connection: Record<string, unknown> = {
     connectionString,
+    stream: sockets.stream,
     types,
     application_name: applicationName,
     connectionTimeoutMillis: connectionTimeoutMs,
@@ -1028,5 +1041,11 @@ export async function createPostgresDriver(
     baseMs,
     maxMs,
   )
-  return new PostgresDriver(pool, listener, clock, { maxConnections: max, connectionTimeoutMs })
+  return new PostgresDriver(
+    pool,
+    listener,
+    clock,
+    { maxConnections: max, connectionTimeoutMs },
+    sockets,
+  )
 }
