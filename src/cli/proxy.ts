@@ -246,12 +246,13 @@ async function runProxy(
   }
 
   const isWorker = cluster.isWorker && env[workerEnv] === '1'
+  // An access line per request: gathered per event-loop turn, so a busy proxy makes one write
+  // to its stdout pipe per turn instead of one per request (see buffered-output.ts). A given
+  // output (tests) is written to directly. A primary passes its workers' lines on through it.
+  const output = deps.stdout ?? createBufferedOutput(process.stdout)
   const logger = createJsonLogger({
     level: parsed.logLevel,
-    // An access line per request: gathered per event-loop turn, so a busy proxy makes one
-    // write to its stdout pipe per turn instead of one per request (see buffered-output.ts).
-    // A given output (tests) is written to directly.
-    output: deps.stdout ?? createBufferedOutput(process.stdout),
+    output,
     fields: {
       component: 'proxy',
       pid: process.pid,
@@ -262,7 +263,7 @@ async function runProxy(
   // Validates before anything starts; an invalid file is exit 2 through main.ts.
   const { config, text } = await readProxyConfig(file, overrides)
   if (config.workers > 1 && cluster.isPrimary)
-    return runPrimary(file, config, text, overrides, logger, deps, early)
+    return runPrimary(file, config, text, overrides, logger, output, deps, early)
   return runSingle(file, config, overrides, logger, deps, early)
 }
 
@@ -469,10 +470,12 @@ async function runPrimary(
   configText: string,
   overrides: ProxyConfigOverrides,
   logger: Logger,
+  output: LogOutput,
   deps: ProxyCommandDeps,
   early: EarlySighup,
 ): Promise<number> {
   const workers = config.workers
+  const { forwardLines } = await import('./worker-output.js')
   const { createClusterBackend, RestartBackoff } = await import('../proxy/admin/cluster.js')
   const { watchFileContent } = await import('../proxy/upstream/file-watch.js')
   const signals = deps.signals ?? process
@@ -496,6 +499,11 @@ async function runPrimary(
   let admin: AdminServer | undefined
   let watcher: { close(): void } | undefined
   const exited = new Map<number, Promise<void>>()
+  // Each worker's stdout is a pipe of its own, passed on here a whole line at a time: shared,
+  // the workers' writes of more than PIPE_BUF to a pipe read slowly cut each other's lines
+  // (see worker-output.ts). stderr stays shared: a worker writes there only when it fails.
+  cluster.setupPrimary({ stdio: ['inherit', 'pipe', 'inherit', 'ipc'] })
+  const forwarding = new Set<Promise<void>>()
 
   // Until every first worker has come up, a worker that exits ends the start: a worker that
   // cannot start (a port in use, a store that does not open) would fail the same way again.
@@ -506,6 +514,13 @@ async function runPrimary(
   let startError: string | undefined
   const fork = (): Worker => {
     const worker = cluster.fork({ [workerEnv]: '1' })
+    const stdout = worker.process.stdout
+    if (stdout !== null) {
+      const forwarded = forwardLines(stdout, output).then(() => {
+        forwarding.delete(forwarded)
+      })
+      forwarding.add(forwarded)
+    }
     backend.attach(worker)
     exited.set(
       worker.id,
@@ -609,6 +624,8 @@ async function runPrimary(
             for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM')
           }
           await Promise.all(exited.values())
+          // A worker's last lines ("worker exited") may still be in its pipe.
+          await Promise.all(forwarding)
           await admin?.close()
         },
       }
