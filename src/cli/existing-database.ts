@@ -113,7 +113,7 @@ export function uncreatableFileRefusal(
 export async function openExistingDatabase(
   url: string,
   env: Readonly<Record<string, string | undefined>> = {},
-  options: { readonly writer?: string } = {},
+  options: { readonly writer?: string; readonly signal?: AbortSignal } = {},
 ): Promise<SqlDriver> {
   const target = parseDatabaseUrl(url)
   if (isInMemoryDatabase(url)) throw new BreakwaterError('INVALID_OPTION', inMemoryRefusal)
@@ -121,7 +121,7 @@ export async function openExistingDatabase(
     await checkBreakwaterFile(target.filename, `run ${migrateCommandFor(url, env)} first`)
     if (options.writer !== undefined) checkWritableFile(target.filename, options.writer)
   }
-  return openAnsweringDatabase(url)
+  return openAnsweringDatabase(url, options.signal)
 }
 
 /**
@@ -144,16 +144,28 @@ function checkWritableFile(filename: string, writer: string): void {
  * Opens the database at `url` and, for PostgreSQL, runs one statement, so that a server that
  * does not answer, refuses the credentials, or has no such database fails here, where the
  * caller reports it as "cannot open <url>". (pg connects only at the first statement: without
- * this the failure would surface in the command itself, as its own error.)
+ * this the failure would surface in the command itself, as its own error.) When `signal`
+ * aborts first (SIGTERM), the connect is abandoned and its reason thrown: a server that never
+ * answers would otherwise hold a process asked to stop for pg's whole connect timeout, and
+ * then fail it as if the database had.
  */
-export async function openAnsweringDatabase(url: string): Promise<SqlDriver> {
+export async function openAnsweringDatabase(url: string, signal?: AbortSignal): Promise<SqlDriver> {
   const db = await openDatabase(url)
   if (db.dialect === 'postgres') {
+    // close() refuses the statement waiting for its connection and drops the connect.
+    const abandon = (): void => {
+      db.close().catch(() => {})
+    }
+    signal?.addEventListener('abort', abandon, { once: true })
     try {
+      signal?.throwIfAborted()
       await db.query('SELECT 1')
     } catch (error) {
       await db.close().catch(() => {})
+      signal?.throwIfAborted()
       throw error
+    } finally {
+      signal?.removeEventListener('abort', abandon)
     }
   }
   return db

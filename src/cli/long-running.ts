@@ -82,18 +82,22 @@ export class ServiceResources {
  * must already exist and be migrated (see existing-database.ts). A URL whose path cannot be a
  * database file (a folder) is a {@link UsageError} (exit 2), any other failure a StartupError. `env` holds the
  * `BREAKWATER_DB_URL` the hint to migrate may name; `writer` (`the relay`) names the service in
- * the refusal of a SQLite file this user may not write.
+ * the refusal of a SQLite file this user may not write. When `signal` (the start's) aborts
+ * while a PostgreSQL connect is under way, the connect is abandoned and its reason thrown.
  */
 export async function openServiceDatabase(
   resources: ServiceResources,
   url: string,
   env: Readonly<Record<string, string | undefined>>,
   writer: string,
+  signal?: AbortSignal,
 ): Promise<SqlDriver> {
   let db: SqlDriver
   try {
-    db = await openExistingDatabase(url, env, { writer })
+    db = await openExistingDatabase(url, env, { writer, ...(signal && { signal }) })
   } catch (error) {
+    // Stopped while connecting: the signal's reason ends the start cleanly (exit 0).
+    if (signal?.aborted === true && error === signal.reason) throw error
     const bad = badDatabaseArgument(error, databaseUrlSource(url, env))
     if (bad !== undefined) throw new UsageError(bad, { cause: error })
     throw new StartupError(`cannot open ${redactSecrets(url)}: ${messageOf(error)}`)
@@ -122,8 +126,8 @@ export async function requireMigrations(
 }
 
 /**
- * Opens the database at `url` and checks that `capability`'s migrations were applied (`env` and
- * `writer` as for {@link openServiceDatabase}).
+ * Opens the database at `url` and checks that `capability`'s migrations were applied (`env`,
+ * `writer` and `signal` as for {@link openServiceDatabase}).
  */
 export async function openMigratedDatabase(
   resources: ServiceResources,
@@ -132,8 +136,9 @@ export async function openMigratedDatabase(
   migrations: readonly Migration[],
   env: Readonly<Record<string, string | undefined>>,
   writer: string,
+  signal?: AbortSignal,
 ): Promise<SqlDriver> {
-  const db = await openServiceDatabase(resources, url, env, writer)
+  const db = await openServiceDatabase(resources, url, env, writer, signal)
   await requireMigrations(db, url, capability, migrations, env)
   return db
 }

@@ -450,7 +450,7 @@ function externalPublisher(
  * The SQL queue's publisher, in the outbox's database `db` (at `dbUrl`) or, given `url`, in
  * that database; registered in `resources`. A queue database that cannot be opened or lacks
  * the queue's migrations is a StartupError; one whose path cannot be a database file (a
- * folder) a UsageError naming where the URL came from.
+ * folder) a UsageError naming where the URL came from. `signal` (the start's) abandons the open.
  */
 async function sqlQueuePublisher(
   resources: ServiceResources,
@@ -458,13 +458,15 @@ async function sqlQueuePublisher(
   url: string | undefined,
   parsed: RelayArgs,
   env: Readonly<Record<string, string | undefined>>,
+  signal: AbortSignal,
 ): Promise<Publisher> {
   const dbUrl = parsed.db
   let queueDb = db
   if (url !== undefined) {
     try {
-      queueDb = await openExistingDatabase(url, {}, { writer: 'the relay' })
+      queueDb = await openExistingDatabase(url, {}, { writer: 'the relay', signal })
     } catch (error) {
+      if (signal.aborted && error === signal.reason) throw error
       // A path that cannot be a database file (a folder) is a bad argument, as for --db.
       const bad = badDatabaseArgument(error, parsed.brokerSource)
       if (bad !== undefined) throw new UsageError(bad, { cause: error })
@@ -743,7 +745,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
     deps,
     drainTimeoutMs: parsed.drainTimeoutMs,
     drainMessage: 'stopping: finishing the batch in hand',
-    async start(resources) {
+    async start(resources, signal) {
       // A broker adapter checks its settings (the rest of the URL, the TLS files) when it is
       // built and connects only on the first publish: built before the database is opened, a
       // bad setting is reported whatever the state of the database.
@@ -755,6 +757,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
         outboxMigrations,
         env,
         'the relay',
+        signal,
       )
       const broker = parsed.broker
       let publisher =
@@ -765,6 +768,7 @@ export async function relayCommand(args: string[], deps: RelayCommandDeps = {}):
           broker.kind === 'sql' ? broker.url : undefined,
           parsed,
           env,
+          signal,
         ))
       if (parsed.topicPrefix !== undefined) publisher = prefixTopics(publisher, parsed.topicPrefix)
 

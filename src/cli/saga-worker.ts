@@ -330,7 +330,7 @@ export async function sagaWorkerCommand(
       const sagas = await loadSagas(parsed.module)
       // Stopped while loading: nothing was started (the signal's reason ends it cleanly).
       signal.throwIfAborted()
-      const db = await openServiceDatabase(resources, parsed.db, env, 'the saga worker')
+      const db = await openServiceDatabase(resources, parsed.db, env, 'the saga worker', signal)
       // The definitions are checked first: a bad module is the user's to fix (exit 2) whatever
       // state the database is in.
       const worker = createSagaWorker({

@@ -4,43 +4,19 @@
 // the socket held the process open until then. A `breakwater relay` sent SIGTERM while it
 // connected sat out the whole bound. close() now destroys the sockets no server has answered
 // yet: nothing was sent on them, and no session exists to end. Found by exploratory testing.
-import { createServer, type Server, type Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { createPostgresDriver } from '../../src/stores/postgres.js'
+import { silentServer } from '../support/silent-server.js'
 
 const cleanups: Array<() => unknown> = []
 afterEach(async () => {
   for (const fn of cleanups.splice(0).reverse()) await fn()
 })
 
-/** A server that accepts every connection and never sends a byte. */
-async function silentServer(): Promise<{ port: number; accepted: Promise<Socket> }> {
-  let accept: (socket: Socket) => void = () => {}
-  const accepted = new Promise<Socket>((resolve) => {
-    accept = resolve
-  })
-  const sockets = new Set<Socket>()
-  const server: Server = createServer((socket) => {
-    sockets.add(socket)
-    socket.on('error', () => {})
-    accept(socket)
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy()
-        server.close(() => resolve())
-      }),
-  )
-  const address = server.address()
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return { port: address.port, accepted }
-}
-
 describe('PostgresDriver.close() with a connect under way that the server never answers', () => {
   it('refuses the waiting statement, closes the socket and resolves', async () => {
-    const { port, accepted } = await silentServer()
+    const { port, accepted, close } = await silentServer()
+    cleanups.push(close)
     const db = await createPostgresDriver({
       connectionString: `postgres://app:secret@127.0.0.1:${port}/app`,
       // No bound of its own: only close() can end this connect.
@@ -56,7 +32,8 @@ describe('PostgresDriver.close() with a connect under way that the server never 
   })
 
   it('also ends a transaction still waiting for its connection', async () => {
-    const { port, accepted } = await silentServer()
+    const { port, accepted, close } = await silentServer()
+    cleanups.push(close)
     const db = await createPostgresDriver({
       connectionString: `postgres://app:secret@127.0.0.1:${port}/app`,
       connectionTimeoutMs: 0,
