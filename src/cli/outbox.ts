@@ -32,8 +32,10 @@ commands:
   redrive (--all | --id <event id> [--id <event id> ...])
                          send dead-lettered events again: the relay owning their partition
                          publishes them first in their aggregate, then the events behind them
-  stats [--json]         pending, dead and stranded counts (stranded: pending in a partition
-                         no relay claims), and the lag (age of the oldest pending event)
+  stats [--json]         pending, dead and stranded counts (stranded: pending with a
+                         partition_no outside 0..63, which no relay ever publishes; not
+                         events waiting for a relay that is down), and the lag (age of
+                         the oldest pending event)
   prune [--older-than <duration>] [--archive] [--inbox-older-than <duration>]
                          remove published events older than the duration (default 1d;
                          30d, 12h, 90m, 45s, 500ms), or move them to

@@ -207,7 +207,9 @@ export interface OutboxStatsOptions {
 export const outboxStatsOptions = optionKeys<OutboxStatsOptions>({ clock: true })
 
 /**
- * Counts pending, dead and stranded events (pending in a partition no relay claims) and measures
+ * Counts pending, dead and stranded events (pending with a `partition_no` outside
+ * 0..OUTBOX_PARTITIONS-1, which no relay ever publishes; an event waiting for a relay that is
+ * down is pending, not stranded) and measures
  * the lag (age of the oldest unpublished event) across the whole outbox, whichever relay owns
  * them. The counts scan the pending rows; call
  * it for dashboards and /metrics, not per event. An unknown (misspelt) option is refused with
