@@ -656,7 +656,21 @@ export type RequestHandler = ((req: IncomingMessage, res: ServerResponse) => voi
   readonly fast?: FastRequestHandler | undefined
   /** Takes `Upgrade` requests (node:http's 'upgrade' event); undefined: they are refused. */
   readonly upgrade?: UpgradeHandler | undefined
+  /**
+   * Told of a request the listener refused before the handler saw it (node's parser, its
+   * header and request timers), to log it as the handler's own refusals are logged.
+   */
+  readonly refused?: ListenerRefusalHandler | undefined
 }
+
+/** A refusal the listener answered itself: see {@link RequestHandler.refused}. */
+export type ListenerRefusalHandler = (refusal: {
+  readonly status: number
+  readonly code: string
+  readonly detail: string
+  /** The client's address, when the socket still knows it. */
+  readonly remote: string | undefined
+}) => void
 
 /** Serves one `Upgrade` request: node:http gave up the socket, `head` is what followed it. */
 export type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void

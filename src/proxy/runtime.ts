@@ -31,6 +31,7 @@ import { keepsServiceRuntime } from './config/reload.js'
 import type {
   InboundContext,
   ListenerConfig,
+  ListenerRefusalHandler,
   ProxyConfig,
   ProxyDeps,
   RequestHandler,
@@ -1057,6 +1058,12 @@ class ProxyRuntime implements ProxyInternals {
     // without, or a listener a reload removed) the listener refuses them itself.
     Object.defineProperty(dispatch, 'upgrade', {
       get: (): UpgradeHandler | undefined => this.#generation?.handlers.get(listener)?.upgrade,
+      enumerable: true,
+    })
+    // So are the listener's own refusals, logged by the handler in force (its accessLog).
+    Object.defineProperty(dispatch, 'refused', {
+      get: (): ListenerRefusalHandler | undefined =>
+        this.#generation?.handlers.get(listener)?.refused,
       enumerable: true,
     })
     return Object.defineProperty(dispatch, 'fast', { get: currentFast, enumerable: true })

@@ -20,6 +20,7 @@ import { endWithProblem } from './raw-response.js'
 import {
   checkUpgradeRequest,
   type InboundRequest,
+  listenerRefusalLogger,
   logAccess,
   readFastInbound,
   readInbound,
@@ -185,7 +186,11 @@ export function createAmbassadorHandler(
         endWithProblem(socket, ctx.clock, 500, 'INTERNAL_ERROR', 'internal proxy error')
       })
   }
-  return Object.assign(handler, { fast, upgrade })
+  return Object.assign(handler, {
+    fast,
+    upgrade,
+    refused: listenerRefusalLogger(ctx, listener.name),
+  })
 }
 
 /** The first segment of a normalized path (`/orders/v1/x` → `orders`). */

@@ -19,6 +19,7 @@ import type {
 import { dropsMethodOverrides, forwardedHeaders } from './forwarded-headers.js'
 import {
   type InboundRequest,
+  listenerRefusalLogger,
   logAccess,
   readInboundRequest,
   sendProblem,
@@ -365,7 +366,7 @@ export function createGatewayHandler(
       sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to handle the request')
     })
   }
-  return Object.assign(handler, { upgrade })
+  return Object.assign(handler, { upgrade, refused: listenerRefusalLogger(ctx, listener.name) })
 }
 
 const unsentOnly: ForwardOptions = { unsafeRetry: 'unsent-only' }

@@ -366,7 +366,18 @@ export function createListenerServer(
       socket.write(rawProblem(status, code, detail))
       // A client that ended its side in the middle of a request (EOF) went away: logged as one
       // that left (499), though the answer is written in case it still reads.
-      if (error.code !== 'HPE_INVALID_EOF_STATE') markAnsweredByListener(socket, status, code)
+      if (error.code !== 'HPE_INVALID_EOF_STATE') {
+        markAnsweredByListener(socket, status, code)
+        // A request the handler has (its body was being read) is logged with this answer on
+        // its access line; one refused before the handler saw it is logged here, or nowhere.
+        if (inFlight === undefined)
+          handler.refused?.({
+            status,
+            code,
+            detail,
+            remote: (socket as Duplex & { remoteAddress?: string }).remoteAddress,
+          })
+      }
     }
     socket.destroy()
   })

@@ -48,6 +48,7 @@ import type {
   ForwardRequest,
   InboundContext,
   ListenerConfig,
+  ListenerRefusalHandler,
   ProxyResponse,
   TunnelEnd,
 } from '../contracts.js'
@@ -861,6 +862,22 @@ export function logRefusal(
     detail: refusal.detail,
     remote: req.socket.remoteAddress,
   })
+}
+
+/**
+ * The {@link RequestHandler.refused} of a listener's handler: logs a request the listener
+ * refused before the handler saw it (node's parser, header and request timers) as
+ * `request refused`, like {@link logRefusal}, when access logs are on. Without it a flood of
+ * malformed requests, or of 431s for oversized cookies, left no line at all.
+ */
+export function listenerRefusalLogger(
+  ctx: InboundContext,
+  listener: string,
+): ListenerRefusalHandler {
+  return ({ status, code, detail, remote }) => {
+    if (!ctx.accessLog) return
+    ctx.logger.warn('request refused', { listener, status, code, detail, remote })
+  }
 }
 
 /** Extra fields of an access log line that the inbound request does not carry. */
