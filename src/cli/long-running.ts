@@ -126,6 +126,25 @@ export async function requireMigrations(
 }
 
 /**
+ * Runs `statements`, writes that change nothing (`UPDATE t SET id = id WHERE 1 = 0`), on `db`
+ * (at `url`): a role without the privileges, or a server that takes no writes (a standby), is
+ * a StartupError naming what refused, before a service starts that would fail each write.
+ */
+export async function requireWrites(
+  db: SqlDriver,
+  url: string,
+  statements: readonly string[],
+): Promise<void> {
+  for (const statement of statements) {
+    try {
+      await db.execute(statement)
+    } catch (error) {
+      throw new StartupError(`cannot write ${redactSecrets(url)}: ${messageOf(error)}`)
+    }
+  }
+}
+
+/**
  * Opens the database at `url` and checks that `capability`'s migrations were applied (`env`,
  * `writer` and `signal` as for {@link openServiceDatabase}).
  */

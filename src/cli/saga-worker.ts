@@ -17,12 +17,14 @@ import {
   sagaCrashAtFromEnv,
   sagaMigrations,
 } from '../saga/index.js'
+import { sagaEventsTable, sagaTable } from '../saga/sql.js'
 import type { SqlDriver } from '../stores/index.js'
 import { visibleStatOf } from '../stores/sqlite-path.js'
 import {
   type LongRunningCommandDeps,
   openServiceDatabase,
   requireMigrations,
+  requireWrites,
   runLongRunningCommand,
   serveMetrics,
 } from './long-running.js'
@@ -344,6 +346,13 @@ export async function sagaWorkerCommand(
         ...(deps.clock === undefined ? {} : { clock: deps.clock }),
       })
       await requireMigrations(db, parsed.db, 'saga', sagaMigrations, env)
+      // A role that may only read the tables (or a read-only server) would fail every claim for
+      // as long as the worker runs: the writes each step makes are tried first, changing nothing.
+      await requireWrites(db, parsed.db, [
+        `UPDATE ${sagaTable} SET id = id WHERE 1 = 0`,
+        // Named columns: PostgreSQL's seq is GENERATED ALWAYS, which refuses a value even here.
+        `INSERT INTO ${sagaEventsTable} (saga_id, at, kind) SELECT saga_id, at, kind FROM ${sagaEventsTable} WHERE 1 = 0`,
+      ])
       let abandoned = 0
       logWorkerEvents(worker, log, () => abandoned++)
       const registry = workerMetrics(worker, db, log)
