@@ -433,8 +433,15 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
     const { message } = entry.delivery
     // Already handled: later messages need not wait for this copy.
     if (this.#handled.has(message.id)) return
+    // Copies of one message (a redelivery beside a republished copy further down the log) are
+    // one wait, at the earliest position any of them held: taking a later copy's position let
+    // the key's messages in between run before the message (the mirror of push's rule).
+    let order = entry.order
     const previous = state.awaited.get(message.id)
-    if (previous !== undefined) this.#forget(state, message.id, previous)
+    if (previous !== undefined) {
+      if (previous.order < order) order = previous.order
+      this.#forget(state, message.id, previous)
+    }
     const timeoutMs = this.#options.holdTimeoutMs
     const timer = this.#options.clock.setTimeout(() => {
       if (state.awaited.get(message.id)?.timer !== timer) return
@@ -455,7 +462,7 @@ export class KeyedDispatcher<D extends Delivery = Delivery> {
       this.#refresh(lane, state)
       this.#pump()
     }, timeoutMs)
-    state.awaited.set(message.id, { order: entry.order, message, timer })
+    state.awaited.set(message.id, { order, message, timer })
     this.#awaited++
   }
 

@@ -276,6 +276,50 @@ describe('KeyedDispatcher per-key order under redelivery', () => {
     await dispatcher.close()
   })
 
+  // Found by the property above (seed -2067219697): a copy of m1 queued further down the log
+  // (published again) while m1 ran; m1 failed and was awaited at its own position; the
+  // connection was then lost, and abandoning the copy replaced the wait for m1 with a wait at
+  // the copy's later position, so m2, coming back first, ran before m1.
+  it('keeps waiting at the earliest position when a later copy of an awaited message is abandoned', async () => {
+    const clock = new ManualClock()
+    const errors: string[] = []
+    let releaseM1!: () => void
+    const m1Runs = new Promise<void>((resolve) => {
+      releaseM1 = resolve
+    })
+    const started: string[] = []
+    let m1Failed = false
+    const dispatcher = reportingDispatcher(clock, errors, async (m) => {
+      started.push(m.id)
+      if (m.id === 'm1' && !m1Failed) {
+        await m1Runs
+        m1Failed = true
+        throw new Error('m1 fails once')
+      }
+    })
+    const push = (seq: number, order: number): void =>
+      dispatcher.push({ message: message(seq, 'k', 1), order, settle: () => {} })
+    const turn = () => new Promise((resolve) => setImmediate(resolve))
+    push(1, 1)
+    await turn()
+    // While m1 runs: m2 arrives, and a copy of m1 further down the log.
+    push(2, 2)
+    push(1, 6)
+    releaseM1()
+    await turn()
+    expect(started).toEqual(['m1'])
+    // The connection is lost: the queued m2 and the copy of m1 are abandoned.
+    expect(dispatcher.abandon(() => true)).toHaveLength(2)
+    // m2 comes back first: it must still wait for m1.
+    push(2, 2)
+    await turn()
+    expect(started).toEqual(['m1'])
+    push(1, 1)
+    await turn()
+    expect(started).toEqual(['m1', 'm1', 'm2'])
+    await dispatcher.close()
+  })
+
   it('stops waiting for a delivery that does not come back after holdTimeoutMs, and says so', async () => {
     const clock = new ManualClock()
     const errors: string[] = []
