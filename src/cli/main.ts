@@ -75,6 +75,8 @@ const exitCodes = `exit codes:
        created), a sqlite://host/path URL, a proxy config that is not valid (at
        start: \`proxy --check\` exits 1 listing its faults)
   141  the reader of the output went away (\`breakwater saga list | head -1\`)
+  143  stopped by SIGTERM (130: SIGINT) before it finished, as shells show a signal's
+       end; the relay, saga worker, proxy and demo drain on either and exit as above
 `
 
 function usage(): string {

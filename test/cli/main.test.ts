@@ -25,6 +25,7 @@ describe('breakwater --help', () => {
     expect(asked.stdout).toMatch(/^ {2}1 +a failure at run time/m)
     expect(asked.stdout).toMatch(/^ {2}2 +a bad argument/m)
     expect(asked.stdout).toMatch(/^ {2}141 +the reader of the output went away/m)
+    expect(asked.stdout).toMatch(/^ {2}143 +stopped by SIGTERM \(130: SIGINT\)/m)
   })
 })
 
