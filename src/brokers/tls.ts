@@ -346,7 +346,14 @@ function checkKeyPair(
         undefined,
       )
     }
-    if (passphrase !== undefined && (error as { code?: unknown }).code === 'ERR_OSSL_BAD_DECRYPT') {
+    // A wrong passphrase fails the cipher's padding check only most of the time: about once in
+    // 256 it decrypts to bytes that are no key, and OpenSSL reports an ASN.1 error instead. An
+    // encrypted key that will not open with the passphrase given is the passphrase's fault.
+    if (
+      passphrase !== undefined &&
+      ((error as { code?: unknown }).code === 'ERR_OSSL_BAD_DECRYPT' ||
+        /ENCRYPTED/.test(String(key)))
+    ) {
       throw new InvalidOptionError(
         `${option}.passphrase`,
         `a passphrase that decrypts the key: this one does not decrypt it (${reasonOf(error)})`,

@@ -6,7 +6,7 @@
 // `verify: true`, a redis-server with `tls-auth-clients yes` and a RabbitMQ with
 // `fail_if_no_peer_cert`, started together so their boots overlap.
 import { createPrivateKey } from 'node:crypto'
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { createSecureContext, TLSSocket } from 'node:tls'
@@ -192,6 +192,30 @@ describe.each(Object.entries(createWithTls))(
           expect(shown).not.toContain('wrong-passphrase')
         }
       }
+    })
+
+    // A wrong passphrase fails OpenSSL's padding check only most of the time: about once in
+    // 256 it decrypts to bytes that are no key (an ASN.1 error, not "bad decrypt"), and the
+    // refusal named the key file as unreadable instead of the passphrase (fresh-clone CI:
+    // "expected 'nats.tls.keyFile' to be 'nats.tls.passphrase'"). One such passphrase is
+    // found here (about 256 tries), so the case is met on every run.
+    it('blames the passphrase when a wrong one decrypts the key to something that is no key', () => {
+      const pem = readFileSync(encryptedKeyFile, 'utf8')
+      let lucky: string | undefined
+      for (let i = 0; i < 20_000 && lucky === undefined; i++) {
+        try {
+          createPrivateKey({ key: pem, passphrase: `wrong-${i}` })
+        } catch (error) {
+          if ((error as { code?: unknown }).code !== 'ERR_OSSL_BAD_DECRYPT') lucky = `wrong-${i}`
+        }
+      }
+      expect(lucky, 'a wrong passphrase OpenSSL does not report as bad decrypt').toBeDefined()
+      const error = refusal(() =>
+        make({ certFile: certs.client.certFile, keyFile: encryptedKeyFile, passphrase: lucky }),
+      )
+      expect(error.option).toBe(`${at}.passphrase`)
+      expect(error.message).toMatch(/does not decrypt/)
+      expect(error.message).not.toContain(lucky!)
     })
   },
 )
