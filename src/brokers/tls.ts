@@ -339,7 +339,8 @@ function checkKeyPair(
   } catch (error) {
     // OpenSSL's reasons (bad decrypt, unsupported) name no key material. Node 20 reports a
     // missing passphrase only as an interrupted read, so the key's PEM header says encrypted.
-    if (passphrase === undefined && /ENCRYPTED/.test(String(key))) {
+    const encrypted = /ENCRYPTED/.test(String(key))
+    if (passphrase === undefined && encrypted) {
       throw new InvalidOptionError(
         `${option}.passphrase`,
         `the passphrase of the encrypted key (${givenKey.name})`,
@@ -351,8 +352,7 @@ function checkKeyPair(
     // encrypted key that will not open with the passphrase given is the passphrase's fault.
     if (
       passphrase !== undefined &&
-      ((error as { code?: unknown }).code === 'ERR_OSSL_BAD_DECRYPT' ||
-        /ENCRYPTED/.test(String(key)))
+      ((error as { code?: unknown }).code === 'ERR_OSSL_BAD_DECRYPT' || encrypted)
     ) {
       throw new InvalidOptionError(
         `${option}.passphrase`,
