@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { spawnCli } from '../process/cli-process.js'
-import { type SilentServer, startSilentServer } from '../proxy/support/silent-server.js'
+import { type SilentServer, startSilentServer } from '../support/silent-server.js'
 import { until } from '../support/until.js'
 
 let silent: SilentServer

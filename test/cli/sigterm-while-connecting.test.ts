@@ -7,7 +7,7 @@
 import { fileURLToPath } from 'node:url'
 import { afterEach, describe, expect, it } from 'vitest'
 import { type CliProcess, spawnCli, spawnCliFromSources } from '../process/cli-process.js'
-import { silentServer } from '../support/silent-server.js'
+import { startSilentServer } from '../support/silent-server.js'
 
 const module = fileURLToPath(new URL('./fixtures/hanging-sagas.ts', import.meta.url))
 const cleanups: Array<() => unknown> = []
@@ -19,11 +19,11 @@ async function stopWhileConnecting(
   start: (url: string) => CliProcess,
   drainMessage: string,
 ): Promise<void> {
-  const { port, accepted, close } = await silentServer()
-  cleanups.push(close)
-  const cli = start(`postgres://app:secret@127.0.0.1:${port}/app`)
+  const silent = await startSilentServer()
+  cleanups.push(() => silent.close())
+  const cli = start(`postgres://app:secret@127.0.0.1:${silent.port}/app`)
   cleanups.push(() => cli.kill())
-  await accepted
+  await silent.firstConnection
   cli.child.kill('SIGTERM')
   const exit = await cli.exited
   expect(exit, cli.stdout() + cli.stderr()).toEqual({ code: 0, signal: null })

@@ -1,38 +1,41 @@
-// A TCP server that accepts every connection and never sends a byte: a hung server, or a
-// half-up failover, as a client connecting to it sees one.
-import { createServer, type Socket } from 'node:net'
+// A TCP server that takes connections and never says a word: a database port behind a broken
+// load balancer, a hung server, or a half-up failover, as a client connecting to it meets one.
 
-/** A running {@link silentServer}. */
+import { createServer, type Socket } from 'node:net'
+import { listenOnLoopback } from './loopback.js'
+
+/** A running {@link startSilentServer}. */
 export interface SilentServer {
   readonly port: number
-  /** Settles with the first connection it accepts. */
-  readonly accepted: Promise<Socket>
+  /** Connections taken so far. */
+  accepted(): number
+  /** Settles with the first connection it takes. */
+  readonly firstConnection: Promise<Socket>
   /** Destroys the connections and stops listening. */
   close(): Promise<void>
 }
 
 /** Starts a {@link SilentServer} on a free loopback port. */
-export async function silentServer(): Promise<SilentServer> {
-  let accept: (socket: Socket) => void = () => {}
-  const accepted = new Promise<Socket>((resolve) => {
-    accept = resolve
+export async function startSilentServer(): Promise<SilentServer> {
+  let first: (socket: Socket) => void = () => {}
+  const firstConnection = new Promise<Socket>((resolve) => {
+    first = resolve
   })
-  const sockets = new Set<Socket>()
+  const sockets: Socket[] = []
   const server = createServer((socket) => {
-    sockets.add(socket)
+    sockets.push(socket)
+    // A client that gives up resets the connection: nothing to report.
     socket.on('error', () => {})
-    accept(socket)
+    first(socket)
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const address = server.address()
-  if (address === null || typeof address === 'string') throw new Error('no port')
+  const port = await listenOnLoopback(server)
   return {
-    port: address.port,
-    accepted,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy()
-        server.close(() => resolve())
-      }),
+    port,
+    accepted: () => sockets.length,
+    firstConnection,
+    close: async () => {
+      for (const socket of sockets) socket.destroy()
+      await new Promise((resolve) => server.close(resolve))
+    },
   }
 }

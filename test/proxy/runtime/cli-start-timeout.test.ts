@@ -10,8 +10,8 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { proxyCommand } from '../../../src/cli/proxy.js'
 import { spawnCli } from '../../process/cli-process.js'
+import { type SilentServer, startSilentServer } from '../../support/silent-server.js'
 import { until } from '../../support/until.js'
-import { type SilentServer, startSilentServer } from '../support/silent-server.js'
 import { captureLog, http } from './helpers.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'bw-proxy-cli-start-timeout-'))

@@ -12,9 +12,9 @@ import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ConfigInvalidError, startProxy } from '../../../src/proxy/index.js'
 import { type ProxyInternals, startProxyRuntime } from '../../../src/proxy/runtime.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
+import { type SilentServer, startSilentServer } from '../../support/silent-server.js'
 import { until } from '../../support/until.js'
 import { createStoreDatabase, type StoreDatabase } from '../support/migration-lock.js'
-import { type SilentServer, startSilentServer } from '../support/silent-server.js'
 import { http, type NamedUpstream, outcome, startNamedUpstream } from './helpers.js'
 
 const quiet = createJsonLogger({ level: 'silent' })

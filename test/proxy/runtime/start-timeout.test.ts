@@ -8,9 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createJsonLogger } from '../../../src/observability/logger.js'
 import { ProxyStartError, parseProxyConfig, startProxy } from '../../../src/proxy/index.js'
 import { ManualClock } from '../../../src/testing/manual-clock.js'
+import { type SilentServer, startSilentServer } from '../../support/silent-server.js'
 import { until } from '../../support/until.js'
 import { createStoreDatabase, type StoreDatabase } from '../support/migration-lock.js'
-import { type SilentServer, startSilentServer } from '../support/silent-server.js'
 import { type NamedUpstream, outcome, startNamedUpstream } from './helpers.js'
 
 const quiet = createJsonLogger({ level: 'silent' })
