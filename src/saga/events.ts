@@ -165,7 +165,11 @@ interface Histogram {
 export interface SagaInstruments {
   /** `breakwater.saga.events`: every worker event, attributes `type` and `saga`. */
   readonly events: Counter
-  /** `breakwater.saga.step.duration`: action and compensation run time in ms. */
+  /**
+   * `breakwater.saga.step.duration`: action and compensation run time in seconds (unit `s`,
+   * buckets in seconds), as OpenTelemetry's conventions and the relay's and proxy's duration
+   * metrics have it.
+   */
   readonly stepDuration: Histogram
   /**
    * `breakwater.saga.definition_missing.instances`: per `saga` and `version` a worker lacks, the
@@ -173,6 +177,11 @@ export interface SagaInstruments {
    */
   readonly missingDefinition: Gauge
 }
+
+/** Upper bounds (seconds) of the step duration buckets: a local write to a slow remote call. */
+const stepDurationBuckets = [
+  0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+]
 
 let instruments: SagaInstruments | undefined
 // Created on first use, not at import, so an SDK registered at startup is picked up.
@@ -183,9 +192,13 @@ export function sagaInstruments(): SagaInstruments {
       events: meter.createCounter('breakwater.saga.events', {
         description: 'Saga worker events (attribute type: step-completed, compensated, ...)',
       }),
+      // Seconds: recorded in ms, it was exported to Prometheus as `..._milliseconds` and read
+      // as seconds beside the relay's and proxy's latencies; the SDK's default buckets (0 to
+      // 10 000) are made for ms, hence these.
       stepDuration: meter.createHistogram('breakwater.saga.step.duration', {
         description: 'Run time of saga actions and compensations',
-        unit: 'ms',
+        unit: 's',
+        advice: { explicitBucketBoundaries: stepDurationBuckets },
       }),
       missingDefinition: meter.createGauge('breakwater.saga.definition_missing.instances', {
         description: 'Due saga instances of a definition (saga, version) the worker does not have',

@@ -422,7 +422,8 @@ class SagaWorkerImpl implements SagaWorker, RunnerHost {
   }
 
   recordDuration(ms: number, saga: string): void {
-    sagaInstruments().stepDuration.record(ms, { saga })
+    // The histogram is in seconds (see sagaInstruments); the events keep their `durationMs`.
+    sagaInstruments().stepDuration.record(ms / 1000, { saga })
   }
 
   // ---- life cycle ------------------------------------------------------------------------
