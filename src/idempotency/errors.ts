@@ -96,21 +96,22 @@ export class IdempotencyInProgressError extends BreakwaterError {
 }
 
 /**
- * The node:http or Express adapter got a request whose body an earlier layer had already read
- * without leaving it in `req.body` (code `IDEMPOTENCY_BODY_UNAVAILABLE`, HTTP 500): the body
- * cannot be fingerprinted, and hashing it as empty would replay a stored response to the same
- * key with another body. A server misconfiguration (the adapter is mounted after a layer that
- * drains the stream), so it is not among the errors answered as problem+json to the client.
+ * An adapter got a request whose body it cannot fingerprint (code `IDEMPOTENCY_BODY_UNAVAILABLE`,
+ * HTTP 500): on node:http or Express, an earlier layer had already read it without leaving it in
+ * `req.body`; on Fastify, the route's content-type parser left it unparsed (`request.body`
+ * undefined, as a streaming multipart parser does) and the fingerprint reads it. Hashing it as
+ * empty would replay a stored response to the same key with another body. A server
+ * misconfiguration, so it is not among the errors answered as problem+json to the client.
  */
 export class IdempotencyBodyUnavailableError extends BreakwaterError {
   /** The HTTP status the adapter answers with. */
   readonly status = 500
 
-  constructor() {
-    super(
-      'IDEMPOTENCY_BODY_UNAVAILABLE',
-      'The request body was already read by an earlier handler or middleware and is not in req.body, so it cannot be fingerprinted; mount the idempotency adapter before that layer, or after a body parser',
-    )
+  /** @param message - What left the body unreadable, and the fix (node:http and Express's by default). */
+  constructor(
+    message = 'The request body was already read by an earlier handler or middleware and is not in req.body, so it cannot be fingerprinted; mount the idempotency adapter before that layer, or after a body parser',
+  ) {
+    super('IDEMPOTENCY_BODY_UNAVAILABLE', message)
   }
 }
 

@@ -3,10 +3,14 @@ import { InvalidOptionError } from '../core/errors.js'
 import { checkFunction, checkObject, checkOptionKeys, optionKeys } from '../core/validate.js'
 import { attachContext } from './context-registry.js'
 import { computedString, type Idempotency, type IdempotentExecution } from './core.js'
-import { IdempotencyInProgressError, IdempotencyResponseUnsupportedError } from './errors.js'
+import {
+  IdempotencyBodyUnavailableError,
+  IdempotencyInProgressError,
+  IdempotencyResponseUnsupportedError,
+} from './errors.js'
 import { parsedBodyBytes } from './fingerprint.js'
 import { answerOrDestroy, leaseLostAnswer, readBodyWithinLease } from './lease-lost.js'
-import { disconnectSignal, nodeHeaderRepeated } from './node-response.js'
+import { disconnectSignal, framedWithoutBody, nodeHeaderRepeated } from './node-response.js'
 import type { IdempotencyResponse } from './types.js'
 
 /** The parts of a Fastify request the plugin reads (any Fastify 5 `FastifyRequest`). */
@@ -143,6 +147,9 @@ function guardedHijack(this: FastifyLikeReply): unknown {
   if (refusesRaw(guard)) throw new IdempotencyResponseUnsupportedError('raw-reply')
   return guard!.hijack!.call(this)
 }
+
+const unparsedBodyMessage =
+  "The request has a body but the route's content-type parser left request.body undefined (a streaming parser, such as a multipart one), so it cannot be fingerprinted; parse the body into request.body (e.g. @fastify/multipart's attachFieldsToBody, or parseAs: 'buffer'), or give createIdempotency a fingerprint that does not read it"
 
 /** Refuses the handler's writes to `reply.raw` and `reply.hijack()` while it runs. */
 function guardRawReply(
@@ -514,12 +521,20 @@ export function fastifyIdempotency(
     const scopeValue =
       scope === undefined ? undefined : computedString('scope', await scope(request))
     const { body, earlierBody } = parsedBodyBytes(request.body, request.headers['content-type'])
+    // A parser that leaves the body to the handler (a streaming multipart parser) gives no
+    // request.body for a request that has one: hashed as empty, a key reused with another body
+    // was replayed instead of answered 422. Refused where the fingerprint reads it, so that a
+    // bad key still gets its 400 and a fingerprint that ignores the body still works.
+    const unparsed = request.body === undefined && !framedWithoutBody(request.raw)
     const begun = await idempotency.begin({
       method: request.method,
       route: request.url,
       header: (name) => headerOf(request.headers, name),
       headerRepeated: (name) => nodeHeaderRepeated(request.raw, name),
-      body,
+      get body() {
+        if (unparsed) throw new IdempotencyBodyUnavailableError(unparsedBodyMessage)
+        return body
+      },
       earlierBody,
       get signal() {
         return signal()

@@ -102,7 +102,7 @@ function onBodyClose(this: ReadingRequest): void {
  * True when the request's framing says it carries no body: no `Transfer-Encoding` and no
  * `Content-Length` other than 0 (RFC 9112 section 6.3).
  */
-function framedWithoutBody(req: IncomingMessage): boolean {
+export function framedWithoutBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length']
   return req.headers['transfer-encoding'] === undefined && (length === undefined || length === '0')
 }

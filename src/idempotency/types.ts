@@ -33,7 +33,9 @@ export interface IdempotencyRequest {
   headerRepeated?(name: string): boolean | undefined
   /**
    * The request body bytes, for the fingerprint. Adapters whose framework has already parsed
-   * the body pass its canonical JSON (see `parsedBodyBytes`).
+   * the body pass its canonical JSON (see `parsedBodyBytes`). Reading it throws
+   * `IdempotencyBodyUnavailableError` where the adapter has no body to give (Fastify, when the
+   * route's parser left a body unparsed).
    */
   readonly body: Uint8Array
   /**
