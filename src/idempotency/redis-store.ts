@@ -46,7 +46,9 @@ export interface RedisIdempotencyStoreOptions {
   readonly url?: string | undefined
   /**
    * An ioredis client the caller owns (not closed by `close()`). It must not use
-   * `enableAutoPipelining` (ioredis 6 breaks `call()` with it).
+   * `enableAutoPipelining` (ioredis 6 breaks `call()` with it): such a client, or one without
+   * ioredis's `callBuffer`, `hmget` and `hgetallBuffer` (a node-redis client), is refused here
+   * with `InvalidOptionError` naming `client`.
    * @default undefined (then `url` is required)
    */
   readonly client?: RedisIdempotencyClient | undefined
@@ -287,6 +289,38 @@ function toRecord(reply: readonly Buffer[], keyPrefix: string, key: string): Ide
 }
 
 /**
+ * Checks a given `client` once, here: one the store cannot use was taken without a word, and
+ * every request then failed (a 500). A node-redis client has none of the commands the store
+ * sends (a bare TypeError, `callBuffer is not a function`); an ioredis client with
+ * `enableAutoPipelining` sends each Lua script as the command's name through `callBuffer`
+ * (`ERR unknown command`).
+ */
+function checkClient(client: unknown): void {
+  const commands = client as Partial<Record<keyof RedisIdempotencyClient, unknown>> | null
+  if (
+    typeof commands !== 'object' ||
+    commands === null ||
+    typeof commands.callBuffer !== 'function' ||
+    typeof commands.hmget !== 'function' ||
+    typeof commands.hgetallBuffer !== 'function'
+  ) {
+    throw new InvalidOptionError(
+      'client',
+      'an ioredis client (with callBuffer, hmget and hgetallBuffer)',
+      client,
+    )
+  }
+  const options = (client as { options?: { enableAutoPipelining?: unknown } }).options
+  if (options?.enableAutoPipelining === true) {
+    throw new InvalidOptionError(
+      'client',
+      "an ioredis client without enableAutoPipelining (ioredis 6 sends the store's scripts wrongly with it)",
+      client,
+    )
+  }
+}
+
+/**
  * An idempotency store in Redis, for services without a SQL database. Each step (claim,
  * takeover, recycle, fenced completion, release) is one atomic Lua script; every key gets a
  * TTL equal to its retention, so Redis deletes expired keys itself and `sweep` is a no-op
@@ -325,9 +359,7 @@ export function createRedisIdempotencyStore(
       typeof url === 'string' ? redactUrl(url) : url,
     )
   }
-  if (given !== undefined && (typeof given !== 'object' || given === null)) {
-    throw new InvalidOptionError('client', 'an ioredis client', given)
-  }
+  if (given !== undefined) checkClient(given)
   const keyPrefix = options.keyPrefix ?? 'breakwater:idempotency:'
   if (typeof keyPrefix !== 'string') {
     throw new InvalidOptionError('keyPrefix', 'a string', keyPrefix)
