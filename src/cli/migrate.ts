@@ -33,6 +33,9 @@ const usage = `usage: breakwater migrate [--db <url>]
 
 Applies the pending migrations of every capability. Exits 1, applying nothing,
 when a newer breakwater already migrated one (SCHEMA_TOO_NEW): upgrade first.
+Each capability's migrations are applied in one transaction, one capability
+after another: stopped (SIGTERM: exit 143), each capability is left migrated
+whole or not at all (those printed are); run it again to finish.
   --db <url>  ${acceptedDatabaseUrls}
               (a sqlite: file is created with its folder when missing;
               default ${defaultUrl})
@@ -46,7 +49,9 @@ ${databaseUrlEnvironmentHelp}`
  * cannot be a database file: a folder, a folder that cannot be created or takes no new file),
  * 1 when the
  * database fails, or when a newer breakwater migrated one of the capabilities (`SCHEMA_TOO_NEW`,
- * one line per such capability; then nothing is applied).
+ * one line per such capability; then nothing is applied). SIGTERM and SIGINT keep their default
+ * action (exit 143 and 130): each capability is migrated in a transaction of its own, so a run
+ * stopped leaves each one migrated whole or not at all.
  *
  * @example
  * ```ts

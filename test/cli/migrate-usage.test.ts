@@ -18,4 +18,9 @@ describe('breakwater migrate --help', () => {
     expect(memory.code).toBe(2)
     expect(help.stdout).not.toContain('sqlite::memory:')
   })
+
+  it('says what a run stopped by SIGTERM leaves (see migrate-sigterm.test.ts)', async () => {
+    const help = await runCaptured(migrate, ['--help'])
+    expect(help.stdout).toContain('stopped (SIGTERM: exit 143), each capability is left migrated')
+  })
 })
