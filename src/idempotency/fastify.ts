@@ -149,7 +149,17 @@ function guardedHijack(this: FastifyLikeReply): unknown {
 }
 
 const unparsedBodyMessage =
-  "The request has a body but the route's content-type parser left request.body undefined (a streaming parser, such as a multipart one), so it cannot be fingerprinted; parse the body into request.body (e.g. @fastify/multipart's attachFieldsToBody, or parseAs: 'buffer'), or give createIdempotency a fingerprint that does not read it"
+  "The request has a body but the route's content-type parser left it unparsed (request.body is undefined, or the payload stream itself, as a streaming parser such as a multipart one leaves it), so it cannot be fingerprinted; parse the body into request.body (e.g. @fastify/multipart's attachFieldsToBody, or parseAs: 'buffer'), or give createIdempotency a fingerprint that does not read it"
+
+// What stands for an unparsed body, which is never read (see preHandler).
+const unparsedBody = { body: new Uint8Array(0), earlierBody: new Uint8Array(0) }
+
+/** Whether a parsed body is a stream (a node Readable, or a web ReadableStream), not data. */
+function isBodyStream(body: unknown): boolean {
+  if (typeof body !== 'object' || body === null) return false
+  const stream = body as { pipe?: unknown; getReader?: unknown }
+  return typeof stream.pipe === 'function' || typeof stream.getReader === 'function'
+}
 
 /** Refuses the handler's writes to `reply.raw` and `reply.hijack()` while it runs. */
 function guardRawReply(
@@ -520,12 +530,17 @@ export function fastifyIdempotency(
     const signal = disconnectSignal(reply.raw)
     const scopeValue =
       scope === undefined ? undefined : computedString('scope', await scope(request))
-    const { body, earlierBody } = parsedBodyBytes(request.body, request.headers['content-type'])
-    // A parser that leaves the body to the handler (a streaming multipart parser) gives no
-    // request.body for a request that has one: hashed as empty, a key reused with another body
-    // was replayed instead of answered 422. Refused where the fingerprint reads it, so that a
-    // bad key still gets its 400 and a fingerprint that ignores the body still works.
-    const unparsed = request.body === undefined && !framedWithoutBody(request.raw)
+    // A parser that leaves the body to the handler gives no request.body for a request that has
+    // one (a streaming multipart parser), or hands on the payload stream as request.body: hashed
+    // as empty, a key reused with another body was replayed instead of answered 422; hashed as
+    // JSON, the stream's circular object graph failed every keyed request with a RangeError.
+    // Refused where the fingerprint reads it, so that a bad key still gets its 400 and a
+    // fingerprint that ignores the body still works.
+    const unparsed =
+      request.body === undefined ? !framedWithoutBody(request.raw) : isBodyStream(request.body)
+    const { body, earlierBody } = unparsed
+      ? unparsedBody
+      : parsedBodyBytes(request.body, request.headers['content-type'])
     const begun = await idempotency.begin({
       method: request.method,
       route: request.url,

@@ -22,12 +22,16 @@ afterEach(async () => {
   listening = undefined
 })
 
-// An upload route whose parser leaves the stream to the handler, as @fastify/multipart's does.
+// An upload route whose parser leaves the stream to the handler, as @fastify/multipart's does,
+// or (`passStream`) hands the payload stream on as request.body.
 async function uploads(
   options: Partial<IdempotencyOptions> = {},
+  passStream = false,
 ): Promise<{ app: FastifyInstance; runs: () => number; errors: unknown[] }> {
   const app = Fastify()
-  app.addContentTypeParser('application/octet-stream', (_request, _payload, done) => done(null))
+  app.addContentTypeParser('application/octet-stream', (_request, payload, done) =>
+    passStream ? done(null, payload) : done(null),
+  )
   await app.register(
     fastifyIdempotency(createIdempotency({ store: createMemoryIdempotencyStore(), ...options })),
   )
@@ -40,10 +44,12 @@ async function uploads(
   app.post('/uploads', async (request) => {
     runs++
     const chunks: Buffer[] = []
-    for await (const chunk of request.raw) chunks.push(chunk as Buffer)
+    const stream = (request.body ?? request.raw) as AsyncIterable<Buffer>
+    for await (const chunk of stream) chunks.push(chunk)
     return { stored: Buffer.concat(chunks).toString() }
   })
   await app.ready()
+  await listening?.close()
   listening = await listenServer(app.server)
   return { app, runs: () => runs, errors }
 }
@@ -88,4 +94,19 @@ it('still runs it when the fingerprint does not read the body', async () => {
   expect((await upload(key, 'a file')).text).toBe('{"stored":"a file"}')
   expect((await upload(key, 'a file')).headers['idempotent-replayed']).toBe('true')
   expect(runs()).toBe(1)
+})
+
+// Fastify's other idiom for a raw body: the parser hands the payload stream on as request.body.
+// Hashed as JSON, the stream's object graph (circular through its socket) failed every keyed
+// request with a bare RangeError (Maximum call stack size exceeded).
+it('refuses a keyed request whose parser handed on the payload stream as request.body', async () => {
+  const { runs, errors } = await uploads({}, true)
+  const response = await upload(randomUUID(), 'a file')
+  expect(response.status).toBe(500)
+  expect(runs()).toBe(0)
+  expect(errors).toEqual([expect.objectContaining({ code: 'IDEMPOTENCY_BODY_UNAVAILABLE' })])
+  // Without a key (keys optional) the handler still reads that stream.
+  const { runs: unkeyedRuns } = await uploads({ required: false }, true)
+  expect((await upload(undefined, 'a file')).text).toBe('{"stored":"a file"}')
+  expect(unkeyedRuns()).toBe(1)
 })
