@@ -658,7 +658,8 @@ export type RequestHandler = ((req: IncomingMessage, res: ServerResponse) => voi
   readonly upgrade?: UpgradeHandler | undefined
   /**
    * Told of a request the listener refused before the handler saw it (node's parser, its
-   * header and request timers), to log it as the handler's own refusals are logged.
+   * header and request timers, CONNECT, an `Upgrade` during the drain), to count and log it
+   * as the handler's own refusals are.
    */
   readonly refused?: ListenerRefusalHandler | undefined
 }

@@ -1,11 +1,4 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
-import {
-  type Attributes,
-  type Counter,
-  createNoopMeter,
-  type Meter,
-  metrics,
-} from '@opentelemetry/api'
 import { describe, expect, it } from 'vitest'
 import { sleep } from '../../src/core/clock.js'
 import {
@@ -26,30 +19,11 @@ import {
   withDeadline,
 } from '../../src/index.js'
 import { ManualClock } from '../../src/testing/index.js'
+import { recordOtelCounters } from '../support/otel-counters.js'
 
 // Records what the breaker adds to its transitions counter. Registered before any breaker in
 // this file changes state, because the counter is created on the first transition.
-const counted: Array<{ name: string; value: number; attributes: Attributes | undefined }> = []
-const noopMeter = createNoopMeter()
-const recordingMeter: Meter = {
-  ...noopMeter,
-  createCounter(name: string): Counter {
-    return {
-      add(value: number, attributes?: Attributes) {
-        counted.push({ name, value, attributes })
-      },
-    }
-  },
-  createHistogram: noopMeter.createHistogram.bind(noopMeter),
-  createGauge: noopMeter.createGauge.bind(noopMeter),
-  createUpDownCounter: noopMeter.createUpDownCounter.bind(noopMeter),
-  createObservableGauge: noopMeter.createObservableGauge.bind(noopMeter),
-  createObservableCounter: noopMeter.createObservableCounter.bind(noopMeter),
-  createObservableUpDownCounter: noopMeter.createObservableUpDownCounter.bind(noopMeter),
-  addBatchObservableCallback: noopMeter.addBatchObservableCallback.bind(noopMeter),
-  removeBatchObservableCallback: noopMeter.removeBatchObservableCallback.bind(noopMeter),
-}
-metrics.setGlobalMeterProvider({ getMeter: () => recordingMeter })
+const counted = recordOtelCounters()
 
 interface Deferred<T> {
   promise: Promise<T>

@@ -13,6 +13,7 @@ import type {
   ProxyResponse,
   RequestHandler,
   ServiceRuntime,
+  TunnelOutcome,
   UpgradeHandler,
 } from '../contracts.js'
 import type { FastRequestHandler } from './fast-connection.js'
@@ -27,9 +28,10 @@ import {
   sendProblem,
   toForwardRequest,
 } from './request.js'
+import { countRequest } from './request-metrics.js'
 import { refuseUpgrade, tunnelAndLog } from './websocket.js'
 
-/** The route name ambassador requests carry in metrics and logs. */
+/** The route name ambassador requests carry in metrics and logs (once a service is named). */
 export const AMBASSADOR_ROUTE = 'ambassador'
 
 /**
@@ -58,6 +60,7 @@ export function createAmbassadorHandler(
       error: (error as Error).message,
     })
     sendProblem(res, 500, 'INTERNAL_ERROR', 'internal proxy error')
+    countRequest(ctx, listener.name, '', '', 500)
   }
   // The returned promise never rejects: a failure of the forward is answered here.
   // The service a path's first segment names, if this listener exposes it. (Separate small
@@ -72,15 +75,14 @@ export function createAmbassadorHandler(
     if (service === undefined) {
       sendProblem(res, 404, 'SERVICE_NOT_FOUND', notFoundDetail(name))
       logAccess(ctx, inbound, notFound, listener.name, { route: AMBASSADOR_ROUTE })
+      countRequest(ctx, listener.name, AMBASSADOR_ROUTE, '', 404, inbound.startedAt)
       return undefined
     }
     const target = targetAfterService(inbound)
     const pending = service.forward(toForwardRequest(inbound, AMBASSADOR_ROUTE, target), res)
-    // Without access logs nothing waits for the outcome: no continuation per request.
-    if (!ctx.accessLog) return pending.then(undefined, (error: unknown) => threw(res, error))
     return pending.then(
-      (outcome) => logForward(inbound, outcome, service.name),
-      (error: unknown) => logForward(inbound, threw(res, error, service.name), service.name),
+      (outcome) => settled(inbound, outcome, service.name),
+      (error: unknown) => settled(inbound, threw(res, error, service.name), service.name),
     )
   }
   // forward() promises never to throw; if it does anyway, the client still gets an answer.
@@ -93,12 +95,18 @@ export function createAmbassadorHandler(
     sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to forward the request')
     return forwardThrew
   }
-  const logForward = (inbound: InboundRequest, outcome: ForwardOutcome, service: string): void =>
+  // A forwarded request: logged, and counted as the gateway counts its routes, under the
+  // ambassador's route name.
+  const settled = (inbound: InboundRequest, outcome: ForwardOutcome, service: string): void => {
     logAccess(ctx, inbound, outcome, listener.name, { route: AMBASSADOR_ROUTE, service })
-  // A request whose connection went in the middle of its body: logged with what its client
-  // was sent (499 ABORTED for one that left, as for one that leaves while the upstream
-  // answers; the listener's 408 when the request timer cut it; 503 DRAIN_TIMEOUT when the
-  // drain's hard stop cut it), under the service its path names; no service saw it.
+    countRequest(ctx, listener.name, AMBASSADOR_ROUTE, service, outcome.status, inbound.startedAt)
+  }
+  // A request whose connection went in the middle of its body: logged and counted with what
+  // its client was sent (499 ABORTED for one that left, as for one that leaves while the
+  // upstream answers; the listener's 408 when the request timer cut it; 503 DRAIN_TIMEOUT when
+  // the drain's hard stop cut it), under the service its path names, as the gateway logs and
+  // counts it under the route its head matched (on an ambassador the service is the route);
+  // no service saw it.
   const bodyCut = (inbound: InboundRequest, outcome: ForwardOutcome): void => {
     const service = serviceNamed(serviceSegment(inbound.path))
     logAccess(
@@ -110,6 +118,8 @@ export function createAmbassadorHandler(
         ? { route: AMBASSADOR_ROUTE }
         : { route: AMBASSADOR_ROUTE, service: service.name },
     )
+    const name = service?.name ?? ''
+    countRequest(ctx, listener.name, AMBASSADOR_ROUTE, name, outcome.status, inbound.startedAt)
   }
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
     try {
@@ -148,8 +158,12 @@ export function createAmbassadorHandler(
   // WebSocket handshakes: routed by the same first path segment, tunnelled to services that
   // accept them (`websocket` on the service); the app is the client, so no X-Forwarded-*.
   const upgrade: UpgradeHandler = (req, socket, head) => {
-    const refuse = (status: number, code: string, detail: string, path?: string): void =>
-      refuseUpgrade(ctx, listener.name, req, socket, { status, code, detail }, path)
+    // Counted as the gateway counts its handshakes: no route for one refused before routing.
+    const refuse = (status: number, code: string, detail: string, inbound?: InboundRequest) => {
+      refuseUpgrade(ctx, listener.name, req, socket, { status, code, detail }, inbound?.path)
+      const route = inbound === undefined ? '' : AMBASSADOR_ROUTE
+      countRequest(ctx, listener.name, route, '', status, inbound?.startedAt)
+    }
     const check = checkUpgradeRequest(req, listener, ctx)
     if (!check.ok) {
       refuse(check.status, check.code, check.detail)
@@ -159,13 +173,13 @@ export function createAmbassadorHandler(
     const name = serviceSegment(inbound.path)
     const service = serviceNamed(name)
     if (service === undefined) {
-      refuse(404, 'SERVICE_NOT_FOUND', notFoundDetail(name), inbound.path)
+      refuse(404, 'SERVICE_NOT_FOUND', notFoundDetail(name), inbound)
       return
     }
     const websocket = service.config.websocket
     if (websocket === undefined) {
       const detail = `service ${service.name} does not accept WebSocket upgrades`
-      refuse(400, 'REQUEST_UPGRADE_REFUSED', detail, inbound.path)
+      refuse(400, 'REQUEST_UPGRADE_REFUSED', detail, inbound)
       return
     }
     const request = {
@@ -176,7 +190,23 @@ export function createAmbassadorHandler(
       idleTimeoutMs: websocket.idleTimeoutMs,
       deadlineAt: inbound.deadlineAt,
     }
-    tunnelAndLog(ctx, listener.name, AMBASSADOR_ROUTE, inbound, service, request, socket, head)
+    // Counted as a gateway route counts its tunnels: the service once the handshake reached it.
+    const decided = (outcome: TunnelOutcome): void => {
+      const reached = outcome.error === undefined || outcome.status === 499
+      const counted = reached ? service.name : ''
+      countRequest(ctx, listener.name, AMBASSADOR_ROUTE, counted, outcome.status, inbound.startedAt)
+    }
+    tunnelAndLog(
+      ctx,
+      listener.name,
+      AMBASSADOR_ROUTE,
+      inbound,
+      service,
+      request,
+      socket,
+      head,
+      decided,
+    )
       // tunnel() never rejects; this is a bug's last answer.
       .catch((error: unknown) => {
         ctx.logger.error('websocket handshake failed', {

@@ -7,7 +7,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidOptionError } from '../../core/errors.js'
 import { checkFunction } from '../../core/validate.js'
-import { type Counter, type Histogram, metricsPerRegistry } from '../../observability/metrics.js'
 import type {
   ForwardOptions,
   ForwardOutcome,
@@ -25,6 +24,7 @@ import {
   sendProblem,
   toForwardRequest,
 } from './request.js'
+import { countRequest } from './request-metrics.js'
 import { retryKeyOf } from './retry-affinity.js'
 import { noRouteAnswer, type RouteTable, stripPathPrefix } from './routes.js'
 import { createShadowRunner, type ShadowRunner } from './shadow.js'
@@ -65,28 +65,6 @@ export interface GatewayHandlerOptions {
    */
   readonly random?: (() => number) | undefined
 }
-
-interface GatewayMetrics {
-  readonly requests: Counter
-  readonly duration: Histogram
-}
-
-// One set per registry: every gateway listener, and every handler a reload creates, shares it.
-const gatewayMetrics = metricsPerRegistry(
-  (registry): GatewayMetrics => ({
-    requests: registry.counter({
-      name: 'breakwater_proxy_route_requests_total',
-      help: 'Gateway requests by listener, route, target service and status sent (service empty when the service was not called: no route, idempotent replay or refusal).',
-      labelNames: ['listener', 'route', 'service', 'status'],
-    }),
-    duration: registry.histogram({
-      name: 'breakwater_proxy_route_request_duration_seconds',
-      help: 'Gateway request time from the first byte read to the end of the response, by route.',
-      labelNames: ['listener', 'route'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-    }),
-  }),
-)
 
 function noRoute(status: number, error: GatewayProblemCode): ForwardOutcome {
   return { status, attempts: 0, written: false, endpoint: undefined, error, captured: undefined }
@@ -132,19 +110,12 @@ export function createGatewayHandler(
   const shadows =
     options.shadow ??
     createShadowRunner({ clock: ctx.clock, logger: ctx.logger, metrics: ctx.metrics })
-  const metrics = gatewayMetrics(ctx.metrics)
   const observe = (
     inbound: InboundRequest,
     outcome: ForwardOutcome,
     route: string,
     service: string,
-  ): void => {
-    metrics.requests.inc({ listener: listener.name, route, service, status: outcome.status })
-    metrics.duration.observe(
-      { listener: listener.name, route },
-      (ctx.clock.now() - inbound.startedAt) / 1000,
-    )
-  }
+  ): void => countRequest(ctx, listener.name, route, service, outcome.status, inbound.startedAt)
   const idempotency = options.idempotency
   // Builds each route's protocol now, so a bad idempotency setting fails here, not per request.
   for (const route of listener.routes) {
@@ -348,14 +319,8 @@ export function createGatewayHandler(
     ctx,
     currentTable,
     random,
-    (inbound, status, route, service) => {
-      metrics.requests.inc({ listener: listener.name, route, service, status })
-      if (inbound !== undefined)
-        metrics.duration.observe(
-          { listener: listener.name, route },
-          (ctx.clock.now() - inbound.startedAt) / 1000,
-        )
-    },
+    (inbound, status, route, service) =>
+      countRequest(ctx, listener.name, route, service, status, inbound?.startedAt),
   )
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
     serve(req, res).catch((error: unknown) => {
@@ -364,6 +329,7 @@ export function createGatewayHandler(
         error: error instanceof Error ? error.message : String(error),
       })
       sendProblem(res, 500, 'INTERNAL_ERROR', 'the proxy failed to handle the request')
+      countRequest(ctx, listener.name, '', '', 500)
     })
   }
   return Object.assign(handler, { upgrade, refused: listenerRefusalLogger(ctx, listener.name) })

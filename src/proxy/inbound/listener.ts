@@ -305,17 +305,23 @@ export function createListenerServer(
     if (bound === undefined) return
     acceptFailures.log({ code: error.code, error: error.message })
   })
+  // What the listener answers itself, with no handler call: counted and logged by the handler
+  // in force as node's refusals are (RequestHandler.refused), so no answer goes uncounted.
+  const refuseHere = (
+    socket: Duplex,
+    status: number,
+    code: string,
+    detail: string,
+    headers?: Record<string, string>,
+  ): void => {
+    const remote = (socket as Duplex & { remoteAddress?: string }).remoteAddress
+    endWithProblem(socket, deps.clock, status, code, detail, headers && { headers })
+    handler.refused?.({ status, code, detail, remote })
+  }
   server.on('connect', (_req, socket: Socket) => {
-    endWithProblem(
-      socket,
-      deps.clock,
-      405,
-      'REQUEST_METHOD_NOT_ALLOWED',
-      'CONNECT is not supported',
-      {
-        headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' },
-      },
-    )
+    refuseHere(socket, 405, 'REQUEST_METHOD_NOT_ALLOWED', 'CONNECT is not supported', {
+      allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS',
+    })
   })
   // Upgrade requests (node:http gives them up with their socket): a handler with `upgrade`
   // (a gateway) takes them; any other refuses them as request.ts would. Upgraded connections
@@ -339,11 +345,10 @@ export function createListenerServer(
     }
     busy.delete(req.socket)
     if (draining) {
-      endWithProblem(socket, deps.clock, 503, 'PROXY_DRAINING', 'the proxy is shutting down')
+      refuseHere(socket, 503, 'PROXY_DRAINING', 'the proxy is shutting down')
     } else if (upgrade === undefined) {
-      endWithProblem(
+      refuseHere(
         socket,
-        deps.clock,
         400,
         'REQUEST_UPGRADE_REFUSED',
         'this listener tunnels no upgraded connection',

@@ -58,6 +58,7 @@ import { appendVia } from '../via.js'
 import type { FastRequest } from './fast-request.js'
 import { listenerAnswer } from './listener-answer.js'
 import { normalizePath } from './normalize-path.js'
+import { countRequest } from './request-metrics.js'
 
 /** A validated inbound request, ready for routing and forwarding. */
 export interface InboundRequest {
@@ -694,6 +695,7 @@ function refuse(
   detail: string,
 ): undefined {
   logRefusal(ctx, listener.name, req, { status, code, detail })
+  countRequest(ctx, listener.name, '', '', status)
   // A client that sent something refused here is broken or probing: nothing more is read
   // from its connection.
   res.setHeader('connection', 'close')
@@ -865,16 +867,18 @@ export function logRefusal(
 }
 
 /**
- * The {@link RequestHandler.refused} of a listener's handler: logs a request the listener
- * refused before the handler saw it (node's parser, header and request timers) as
- * `request refused`, like {@link logRefusal}, when access logs are on. Without it a flood of
- * malformed requests, or of 431s for oversized cookies, left no line at all.
+ * The {@link RequestHandler.refused} of a listener's handler: counts a request the listener
+ * refused before the handler saw it (node's parser, header and request timers, CONNECT, a
+ * handshake during the drain) in the listener's request metrics, with no route or service, and
+ * logs it as `request refused`, like {@link logRefusal}, when access logs are on. Without it a
+ * flood of malformed requests, or of 431s for oversized cookies, left no line and no count.
  */
 export function listenerRefusalLogger(
   ctx: InboundContext,
   listener: string,
 ): ListenerRefusalHandler {
   return ({ status, code, detail, remote }) => {
+    countRequest(ctx, listener, '', '', status)
     if (!ctx.accessLog) return
     ctx.logger.warn('request refused', { listener, status, code, detail, remote })
   }

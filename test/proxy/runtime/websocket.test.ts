@@ -213,6 +213,16 @@ describe('WebSocket tunnels', () => {
     expect(unknown.status).toBe(404)
     expect(JSON.parse(unknown.body)).toMatchObject({ code: 'SERVICE_NOT_FOUND' })
     expect(plain.seen).toEqual([])
+    // Each handshake counted per listener, as a gateway route counts its handshakes.
+    const counted = await proxy.metricsText()
+    for (const labels of [
+      'service="legacy",status="101"',
+      'service="",status="400"',
+      'service="",status="404"',
+    ])
+      expect(counted).toContain(
+        `breakwater_proxy_route_requests_total{listener="out",route="ambassador",${labels}} 1`,
+      )
     client.socket.close()
     await client.closed
   })
