@@ -183,7 +183,8 @@ export interface IdempotencyOptions {
   /**
    * Which results are recorded and replayed. A result that is not recorded releases the key:
    * its transaction is rolled back and the record deleted, so the client's retry runs again.
-   * A handler that throws always releases.
+   * A handler that throws always releases. It decides at once: a promise it returns (an
+   * `async` function) fails the request (500, key released) with `INVALID_OPTION` naming it.
    * @default (status) => status < 500 (4xx are recorded, 5xx release)
    */
   readonly storeResponse?: ((status: number) => boolean) | undefined
@@ -590,6 +591,15 @@ class HttpExecution implements IdempotentExecution {
     let store: boolean
     try {
       store = this.#storeResponse(response.status)
+      // A promise is truthy: an async storeResponse recorded every result, 5xx included, and
+      // the client's retry was replayed a 503 instead of running again.
+      if (typeof (store as unknown as PromiseLike<unknown> | null)?.then === 'function') {
+        throw new InvalidOptionError(
+          'storeResponse',
+          'a function that decides at once (it returned a promise, which is always truthy)',
+          store,
+        )
+      }
     } catch (error) {
       // The user's function failed: settle anyway, or ctx.tx stays open (on SQLite blocking
       // every other statement) and the key held until the lease runs out.

@@ -417,6 +417,27 @@ describe.each(dbTargets)('Idempotency-Key over HTTP on $dialect', (target) => {
     expect(runs()).toBe(1)
   })
 
+  // A promise is truthy: an async storeResponse (`async (status) => status < 500`) recorded every
+  // result, 5xx included, and the client's retry was replayed the 503 instead of running again.
+  // Refused as a storeResponse that throws is: 500, the key released, the error to onError.
+  it('refuses a storeResponse that returns a promise, releasing the key', async () => {
+    const clock = new ManualClock(Date.now())
+    const storeResponse = async (status: number) => status < 500
+    const { url, runs } = await start({
+      options: { clock, storeResponse: storeResponse as unknown as (status: number) => boolean },
+    })
+    const key = randomUUID()
+    const before = await charges()
+    expect((await send(url, { key, body: '{"amount":503}' })).status).toBe(500)
+    expect(errors.splice(0)).toMatchObject([
+      { code: 'INVALID_OPTION', option: 'storeResponse', message: /returned a promise/ },
+    ])
+    expect(clock.pendingTimers).toBe(0)
+    expect(await charges()).toBe(before)
+    expect(await recordOf('anonymous', key)).toBeUndefined()
+    expect(runs()).toBe(1)
+  })
+
   it('scopes by credential by default, so two API keys never share a response', async () => {
     const { url, runs } = await start()
     const key = randomUUID()
