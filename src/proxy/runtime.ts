@@ -43,7 +43,7 @@ import type {
   ShadowMismatch,
   UpgradeHandler,
 } from './contracts.js'
-import { createAmbassadorHandler } from './inbound/ambassador.js'
+import { AMBASSADOR_ROUTE, createAmbassadorHandler } from './inbound/ambassador.js'
 import type { FastRequestHandler } from './inbound/fast-connection.js'
 import { createGatewayHandler } from './inbound/gateway.js'
 import { createListenerServer, type ListenerServer } from './inbound/listener.js'
@@ -62,6 +62,7 @@ import {
   proxySweepIntervalMs,
   type SidecarIdempotency,
 } from './inbound/sidecar-idempotency.js'
+import { exportTunnelGauge } from './inbound/websocket.js'
 import { defaultStartTimeoutMs, type StartBound, startBound, unbounded } from './start-bound.js'
 import { type FileWatch, watchFileContent } from './upstream/file-watch.js'
 import { createServiceRuntime } from './upstream/index.js'
@@ -959,6 +960,7 @@ class ProxyRuntime implements ProxyInternals {
       for (const listener of config.listeners)
         for (const route of listener.routes)
           this.#metrics.routeOverridden.set({ route: route.name }, 0)
+      exportTunnelGauges(config, deps.metrics)
       if (switches !== undefined) this.#reportSwitches(switches)
     } catch (error) {
       for (const entry of newListeners) await entry.server.close(0).catch(() => {})
@@ -1390,6 +1392,21 @@ function startFailure(
 ): ProxyStartError {
   const message = error instanceof Error ? error.message : String(error)
   return new ProxyStartError(code, setting, `${what}: ${message}`, error)
+}
+
+// The tunnels gauge of every listener and route that can tunnel, at 0 until its first
+// handshake: a gateway route with `websocket`, an ambassador exposing a service with it.
+function exportTunnelGauges(config: ProxyConfig, metrics: MetricsRegistry): void {
+  for (const listener of config.listeners) {
+    if (listener.role === 'ambassador') {
+      const exposed = listener.services ?? [...config.services.keys()]
+      if (exposed.some((name) => config.services.get(name)?.websocket !== undefined))
+        exportTunnelGauge(metrics, listener.name, AMBASSADOR_ROUTE)
+    } else {
+      for (const route of listener.routes)
+        if (route.websocket !== undefined) exportTunnelGauge(metrics, listener.name, route.name)
+    }
+  }
 }
 
 // A listener's or service's TLS files that cannot be used are refused where they are read (an

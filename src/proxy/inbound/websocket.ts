@@ -10,7 +10,7 @@
 
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
-import { metricsPerRegistry } from '../../observability/metrics.js'
+import { type MetricsRegistry, metricsPerRegistry } from '../../observability/metrics.js'
 import type {
   InboundContext,
   ListenerConfig,
@@ -42,6 +42,20 @@ const tunnelGauges = metricsPerRegistry((registry) =>
     labelNames: ['listener', 'route'],
   }),
 )
+
+/**
+ * Makes the `breakwater_proxy_tunnels_open` series of a listener and route that can tunnel
+ * exist before its first handshake, at 0, so that dashboards and alerts see 0 rather than no
+ * data; a series with tunnels open keeps its value. The runtime calls it for each such route at
+ * start and at every reload.
+ */
+export function exportTunnelGauge(
+  registry: MetricsRegistry,
+  listener: string,
+  route: string,
+): void {
+  tunnelGauges(registry).inc({ listener, route }, 0)
+}
 
 /**
  * The `Upgrade` handler of a gateway listener: see the module comment. `table` returns the
